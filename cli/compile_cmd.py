@@ -1,0 +1,72 @@
+"""`rfc compile` and `rfc tokenizer`."""
+
+import sys
+from pathlib import Path
+
+import click
+
+from rfc.cli.errors import fail
+
+
+@click.command("compile")
+@click.argument("model", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--arch", "targets", multiple=True, metavar="TARGET", help="Target: cpu (default), gfx* (AMD) or sm_* (NVIDIA). Repeat for several.")
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Bundle directory (default: bundles/<model name>).")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+def compile_cmd(model: Path | None, targets: tuple[str, ...], out_dir: Path | None, force: bool, quiet: bool) -> None:
+    """Compile MODEL (a GGUF file; default: the embedded demo model) into a bundle."""
+    from rfc.compiler.errors import CompileError
+    from rfc.compiler.pipeline import CompileOptions, compile_model, demo_model_path
+
+    model = model or demo_model_path()
+    out_dir = out_dir or Path("bundles") / model.stem
+    progress = _BarProgress() if (not quiet and sys.stderr.isatty()) else None
+    try:
+        result = compile_model(CompileOptions(model=model, out_dir=out_dir, targets=targets or ("cpu",), force=force), progress)
+    except CompileError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{e.filename or model}: {e.strerror or e}")
+    if not quiet:
+        click.echo(
+            f"compiled {model.name} -> {result.out_dir} ({_human(result.size)}, "
+            f"{', '.join(t['name'] for t in result.manifest['targets'])}) in {result.seconds:.1f}s",
+            err=True,
+        )
+
+
+@click.command("tokenizer")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Where to write tokenizer.json.")
+def tokenizer_cmd(model: Path, out: Path) -> None:
+    """Write the Hugging Face tokenizer.json built from MODEL's vocabulary."""
+    from rfc.compiler.errors import CompileError
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.tokenizer import TokenizerError, build_tokenizer
+
+    try:
+        text, _ = build_tokenizer(read_gguf(model).metadata)
+    except (CompileError, TokenizerError) as e:
+        fail(str(e))
+    out.write_text(text, encoding="utf-8")
+
+
+class _BarProgress:
+    def start(self, total: int) -> None:
+        self._bar = click.progressbar(length=total, label="tensors", file=sys.stderr)
+        self._bar.__enter__()
+
+    def advance(self, name: str) -> None:
+        self._bar.update(1)
+
+    def finish(self) -> None:
+        self._bar.__exit__(None, None, None)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

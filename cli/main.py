@@ -1,0 +1,38 @@
+"""The `rfc` command line. Commands parse arguments and call one interface function each."""
+
+import sys
+
+import click
+
+from rfc.artifacts import RFC_VERSION
+from rfc.cli.compile_cmd import compile_cmd, tokenizer_cmd
+from rfc.cli.bundle_cmd import inspect_cmd, verify_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(RFC_VERSION, prog_name="rfc")
+def cli() -> None:
+    """rfc: compile GGUF models into reproducible kernel bundles, then run and serve them."""
+
+
+cli.add_command(compile_cmd)
+cli.add_command(tokenizer_cmd)
+cli.add_command(inspect_cmd)
+cli.add_command(verify_cmd)
+
+
+def _add_runtime_commands() -> None:
+    # Imported here so that `rfc compile` on a CI box never loads the runtime's servers.
+    from rfc.cli.run_cmd import run_cmd
+
+    cli.add_command(run_cmd)
+    try:
+        from rfc.cli.serve_cmd import serve_cmd
+    except ImportError:
+        return
+    cli.add_command(serve_cmd)
+
+
+def main() -> None:
+    _add_runtime_commands()
+    sys.exit(cli.main(standalone_mode=True))

@@ -1,0 +1,147 @@
+"""The compile pipeline: read GGUF → spec → plan → tokenizer → weights → kernels → bundle.
+
+`compile_model` is the one entry point; each stage is a module of its own.
+"""
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rfc.artifacts import BundleError
+from rfc.artifacts.bundle import CHAT_TEMPLATE_FILE, TOKENIZER_FILE, BundleWriter
+from rfc.artifacts.layout import LAYOUT_FILE, WEIGHTS_FILE, pack_layout
+from rfc.artifacts.plan import PLAN_FILE, pack_plan
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel, read_gguf
+from rfc.compiler.lower import build_plan
+from rfc.compiler.spec import ModelSpec, build_spec
+from rfc.compiler.targets import Target, parse_targets
+from rfc.compiler.tokenizer import TokenizerError, build_tokenizer
+from rfc.compiler.weights import write_weights
+
+DEMO_MODEL = "stories260K.gguf"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    model: Path
+    out_dir: Path
+    targets: tuple[str, ...] = ("cpu",)
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    size: int
+    seconds: float
+
+
+class Progress:
+    """Callbacks the CLI hooks a progress bar onto; silent by default."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, name: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+def demo_model_path() -> Path:
+    return Path(str(resources.files("rfc.compiler.demo").joinpath(DEMO_MODEL)))
+
+
+def compile_model(options: CompileOptions, progress: Progress | None = None) -> CompileResult:
+    progress = progress or Progress()
+    started = time.monotonic()
+    targets = parse_targets(options.targets)
+    model = read_gguf(options.model)
+    spec = build_spec(model)
+    plan = build_plan(spec)
+    try:
+        tokenizer_json, tok_info = build_tokenizer(model.metadata)
+    except TokenizerError as e:
+        raise CompileError(f"{model.path.name}: {e}") from e
+    try:
+        writer = BundleWriter(options.out_dir, force=options.force)
+    except BundleError as e:
+        raise CompileError(str(e)) from e
+    with writer:
+        writer.write_bytes(TOKENIZER_FILE, tokenizer_json.encode())
+        chat_template = model.metadata.get("tokenizer.chat_template")
+        if chat_template:
+            writer.write_bytes(CHAT_TEMPLATE_FILE, str(chat_template).encode())
+        writer.write_bytes(PLAN_FILE, pack_plan(plan))
+        progress.start(len(spec.tensors))
+        layout = write_weights(model, spec, writer.path(WEIGHTS_FILE), progress.advance)
+        progress.finish()
+        writer.write_bytes(LAYOUT_FILE, pack_layout(layout))
+        target_entries = [_build_target(t, spec, plan, writer) for t in targets]
+        manifest = writer.commit(
+            {
+                "source": {"file": model.path.name, "sha256": _sha256(model.path), "size": model.size},
+                "model": _model_section(model, spec),
+                "targets": target_entries,
+                "tokenizer": {"file": TOKENIZER_FILE, **_jsonable(asdict(tok_info))},
+                "chat_template": CHAT_TEMPLATE_FILE if chat_template else None,
+            }
+        )
+    size = sum(f["size"] for f in manifest["files"].values())
+    return CompileResult(options.out_dir, manifest, size, time.monotonic() - started)
+
+
+def _build_target(target: Target, spec: ModelSpec, plan, writer: BundleWriter) -> dict[str, Any]:
+    return {"name": target.name, "family": target.family, "wave_size": target.wave_size}
+
+
+def _model_section(model: GGUFModel, spec: ModelSpec) -> dict[str, Any]:
+    formats: dict[str, int] = {}
+    params = 0
+    for t in spec.tensors.values():
+        formats[t.format] = formats.get(t.format, 0) + 1
+        n = 1
+        for d in t.shape:
+            n *= d
+        params += n
+    return {
+        "name": spec.hparams.name,
+        "architecture": spec.hparams.architecture,
+        "hparams": spec.hparams.as_dict(),
+        "parameter_count": params,
+        "formats": dict(sorted(formats.items())),
+        "gguf_metadata": _scalar_metadata(model.metadata),
+    }
+
+
+def _scalar_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """GGUF metadata worth showing (GET /models): scalars, without the tokenizer's arrays."""
+    out = {}
+    for k, v in sorted(metadata.items()):
+        if k.startswith("tokenizer.") or isinstance(v, (list, tuple, dict)):
+            continue
+        out[k] = _jsonable(v)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars become Python numbers, tuples become lists."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,84 @@
+"""One forward step's inputs: the tokens of several sequences, flattened.
+
+Built from the scheduler's chunks and the KV block tables; every device reads the same
+arrays, so how a batch is laid out is decided once, here.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rfc.runtime.kv_cache import BlockManager
+
+
+@dataclass(frozen=True)
+class SeqChunk:
+    """Tokens `tokens` of sequence `seq_id`, the first at position `start`."""
+
+    seq_id: int
+    start: int
+    tokens: tuple[int, ...]
+    logits: bool = True  # whether this chunk's last token needs logits
+    all_logits: bool = False  # logits for every token of the chunk (teacher forcing, echo)
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    tokens: np.ndarray  # int32[T]
+    positions: np.ndarray  # int32[T]
+    slots: np.ndarray  # int32[T]: KV-cache slot (block * block_size + offset) of each token
+    seq_of_token: np.ndarray  # int32[T]: row of `block_tables` / `context_lens`
+    seq_start: np.ndarray  # int32[S+1]: tokens of sequence s are [seq_start[s], seq_start[s+1])
+    block_tables: np.ndarray  # int32[S, max_blocks], -1 padded
+    context_lens: np.ndarray  # int32[S]: cached tokens after this step
+    logit_rows: np.ndarray  # int32[R]: rows of T whose logits are wanted
+    block_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.logit_rows)
+
+
+def build_batch(chunks: list[SeqChunk], blocks: BlockManager) -> StepBatch:
+    """Lays out chunks in order; KV blocks must already be allocated for them."""
+    tokens, positions, slots, seq_of_token, rows = [], [], [], [], []
+    seq_start = [0]
+    tables, lens = [], []
+    for s, c in enumerate(chunks):
+        if not c.tokens:
+            raise ValueError(f"empty chunk for sequence {c.seq_id}")
+        table = blocks.block_table(c.seq_id)
+        base = len(tokens)
+        for i, tok in enumerate(c.tokens):
+            pos = c.start + i
+            tokens.append(tok)
+            positions.append(pos)
+            slots.append(table[pos // blocks.block_size] * blocks.block_size + pos % blocks.block_size)
+            seq_of_token.append(s)
+        if c.all_logits:
+            rows.extend(range(base, len(tokens)))
+        elif c.logits:
+            rows.append(len(tokens) - 1)
+        seq_start.append(len(tokens))
+        tables.append(table)
+        lens.append(c.start + len(c.tokens))
+    width = max(len(t) for t in tables)
+    block_tables = np.full((len(chunks), width), -1, dtype=np.int32)
+    for s, t in enumerate(tables):
+        block_tables[s, : len(t)] = t
+    i32 = np.int32
+    return StepBatch(
+        tokens=np.asarray(tokens, dtype=i32),
+        positions=np.asarray(positions, dtype=i32),
+        slots=np.asarray(slots, dtype=i32),
+        seq_of_token=np.asarray(seq_of_token, dtype=i32),
+        seq_start=np.asarray(seq_start, dtype=i32),
+        block_tables=block_tables,
+        context_lens=np.asarray(lens, dtype=i32),
+        logit_rows=np.asarray(rows, dtype=i32),
+        block_size=blocks.block_size,
+    )

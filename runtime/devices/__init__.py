@@ -1,0 +1,56 @@
+"""Device selection: a bundle target that matches this machine, else the numpy reference."""
+
+import sys
+from dataclasses import dataclass
+
+from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.plan import KVSpec
+
+
+class DeviceError(Exception):
+    """No usable device, or a device failed; the message names what was looked for."""
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    name: str  # "ref", "cpu", "hip", "cuda"
+    target: str | None  # the bundle target it runs ("cpu", "gfx1100", "sm_90"), None for ref
+
+
+def choose_device(bundle: Bundle, requested: str = "auto") -> DeviceChoice:
+    targets = [t["name"] for t in bundle.manifest["targets"]]
+    families = {t["name"]: t["family"] for t in bundle.manifest["targets"]}
+    if requested == "ref":
+        return DeviceChoice("ref", None)
+    if requested not in ("auto", "cpu", "hip", "cuda"):
+        raise DeviceError(f"unknown device '{requested}' (expected auto, ref, cpu, hip or cuda)")
+    wanted = ("hip", "cuda", "cpu") if requested == "auto" else (requested,)
+    for family in wanted:
+        for name in targets:
+            if families[name] == family and _compiled(bundle, name) and _present(family, name):
+                return DeviceChoice(family, name)
+    if requested == "auto":
+        print(
+            f"rfc: warning: no compiled target of this bundle ({', '.join(targets)}) runs on this "
+            "machine; using the numpy reference device (slow)",
+            file=sys.stderr,
+        )
+        return DeviceChoice("ref", None)
+    raise DeviceError(f"device '{requested}' requested, but the bundle has no usable target for it (bundle targets: {', '.join(targets)})")
+
+
+def _compiled(bundle: Bundle, target: str) -> bool:
+    entry = next(t for t in bundle.manifest["targets"] if t["name"] == target)
+    return bool(entry.get("kernels"))
+
+
+def _present(family: str, target: str) -> bool:
+    return False  # compiled devices arrive with kernel codegen
+
+
+def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int):
+    if choice.name == "ref":
+        from rfc.runtime.devices.reference import ReferenceDevice
+
+        return ReferenceDevice(bundle, kv, num_blocks, block_size)
+    raise DeviceError(f"device {choice.name} is not available")

@@ -1,0 +1,121 @@
+"""The numpy reference device: every plan op in plain numpy.
+
+It is the oracle the compiled kernels are tested against, so it favours clarity over
+speed; it is also the fallback where no compiled target fits the machine. Weights are
+dequantized to float32 once, on first use.
+"""
+
+import numpy as np
+
+from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.plan import KVSpec, Op
+from rfc.runtime.batch import StepBatch
+from rfc.runtime.quants import dequantize
+
+
+class ReferenceDevice:
+    name = "ref"
+
+    def __init__(self, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int):
+        self._bundle = bundle
+        self._entries = bundle.layout.by_name()
+        self._weights: dict[str, np.ndarray] = {}
+        shape = (kv.n_layers, num_blocks * block_size, kv.n_kv_heads, kv.head_dim)
+        self.k_cache = np.zeros(shape, dtype=np.float32)
+        self.v_cache = np.zeros(shape, dtype=np.float32)
+
+    # -- memory ---------------------------------------------------------------------------
+    def alloc(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        return np.zeros(shape, dtype=np.int32 if dtype == "i32" else np.float32)
+
+    def upload_batch(self, batch: StepBatch) -> StepBatch:
+        return batch
+
+    def download(self, buf: np.ndarray, rows: int) -> np.ndarray:
+        return np.array(buf[:rows], dtype=np.float32)
+
+    def weight(self, name: str) -> np.ndarray:
+        w = self._weights.get(name)
+        if w is None:
+            e = self._entries[name]
+            raw = np.frombuffer(self._bundle.weights, dtype=np.uint8, count=e.nbytes, offset=e.offset)
+            w = self._weights[name] = dequantize(raw, e.format, e.shape)
+        return w
+
+    # -- ops ------------------------------------------------------------------------------
+    def launch(self, op: Op, outs: list, ins: list, weights: list, batch: StepBatch) -> None:
+        getattr(self, "op_" + op.kind)(outs, ins, weights, op.attrs, batch)
+
+    def op_embed(self, outs, ins, weights, attrs, batch):
+        outs[0][...] = weights[0][ins[0]]
+
+    def op_rmsnorm(self, outs, ins, weights, attrs, batch):
+        x = ins[0]
+        ms = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
+        outs[0][...] = x / np.sqrt(ms + np.float32(attrs["eps"])) * weights[0]
+
+    def op_matmul(self, outs, ins, weights, attrs, batch):
+        outs[0][...] = ins[0] @ weights[0].T
+
+    def op_add_bias(self, outs, ins, weights, attrs, batch):
+        outs[0][...] = ins[0] + weights[0]
+
+    def op_add(self, outs, ins, weights, attrs, batch):
+        outs[0][...] = ins[0] + ins[1]
+
+    def op_swiglu(self, outs, ins, weights, attrs, batch):
+        g, u = ins
+        outs[0][...] = g / (1.0 + np.exp(-g)) * u
+
+    def op_gather_rows(self, outs, ins, weights, attrs, batch):
+        outs[0][...] = ins[0][batch.logit_rows]
+
+    def op_rope(self, outs, ins, weights, attrs, batch):
+        n_rot, hd = attrs["n_rot"], attrs["head_dim"]
+        half = n_rot // 2
+        inv_freq = attrs["freq_scale"] * attrs["freq_base"] ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
+        if weights:
+            inv_freq = inv_freq / weights[0].astype(np.float64)
+        theta = batch.positions.astype(np.float64)[:, None] * inv_freq[None, :]  # [T, half]
+        cos = np.cos(theta).astype(np.float32)[:, None, :]
+        sin = np.sin(theta).astype(np.float32)[:, None, :]
+        for buf, heads in ((outs[0], attrs["n_heads"]), (outs[1], attrs["n_kv_heads"])):
+            x = buf.reshape(len(batch.positions), heads, hd)
+            if attrs["style"] == "neox":
+                a, b = x[..., :half].copy(), x[..., half:n_rot].copy()
+                x[..., :half] = a * cos - b * sin
+                x[..., half:n_rot] = a * sin + b * cos
+            else:
+                a, b = x[..., 0:n_rot:2].copy(), x[..., 1:n_rot:2].copy()
+                x[..., 0:n_rot:2] = a * cos - b * sin
+                x[..., 1:n_rot:2] = a * sin + b * cos
+
+    def op_kv_write(self, outs, ins, weights, attrs, batch):
+        layer = attrs["layer"]
+        k, v = ins
+        n = len(batch.slots)
+        self.k_cache[layer, batch.slots] = k.reshape(n, *self.k_cache.shape[2:])
+        self.v_cache[layer, batch.slots] = v.reshape(n, *self.v_cache.shape[2:])
+
+    def op_attention(self, outs, ins, weights, attrs, batch):
+        layer, nh, nkv, hd = attrs["layer"], attrs["n_heads"], attrs["n_kv_heads"], attrs["head_dim"]
+        group = nh // nkv
+        q_all = ins[0].reshape(-1, nh, hd)
+        out = outs[0].reshape(-1, nh, hd)
+        bs = batch.block_size
+        for s in range(len(batch.context_lens)):
+            lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
+            ctx = batch.context_lens[s]
+            table = batch.block_tables[s]
+            pos = np.arange(ctx)
+            slots = table[pos // bs] * bs + pos % bs
+            k = np.repeat(self.k_cache[layer, slots], group, axis=1)  # [ctx, nh, hd]
+            v = np.repeat(self.v_cache[layer, slots], group, axis=1)
+            q = q_all[lo:hi]  # [n, nh, hd]
+            scores = np.einsum("nhd,chd->hnc", q, k) * np.float32(attrs["scale"])
+            causal = pos[None, :] <= batch.positions[lo:hi, None]  # [n, ctx]
+            scores = np.where(causal[None], scores, -np.inf)
+            scores -= scores.max(axis=-1, keepdims=True)
+            p = np.exp(scores)
+            p /= p.sum(axis=-1, keepdims=True)
+            out[lo:hi] = np.einsum("hnc,chd->nhd", p, v)
