@@ -6,7 +6,7 @@
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import CHAT_TEMPLATE_FILE, TOKENIZER_FILE, BundleWriter
 from rfc.artifacts.layout import LAYOUT_FILE, WEIGHTS_FILE, pack_layout
 from rfc.artifacts.plan import PLAN_FILE, pack_plan
+from rfc.compiler.codegen import CodegenInput, build_target
+from rfc.compiler.codegen.cache import default_cache_dir
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, read_gguf
 from rfc.compiler.lower import build_plan
@@ -32,6 +34,7 @@ class CompileOptions:
     out_dir: Path
     targets: tuple[str, ...] = ("cpu",)
     force: bool = False
+    cache_dir: Path | None = field(default_factory=default_cache_dir)
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         layout = write_weights(model, spec, writer.path(WEIGHTS_FILE), progress.advance)
         progress.finish()
         writer.write_bytes(LAYOUT_FILE, pack_layout(layout))
-        target_entries = [_build_target(t, spec, plan, writer) for t in targets]
+        target_entries = [_build_target(t, spec, plan, layout, writer, options.cache_dir) for t in targets]
         manifest = writer.commit(
             {
                 "source": {"file": model.path.name, "sha256": _sha256(model.path), "size": model.size},
@@ -95,8 +98,9 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
     return CompileResult(options.out_dir, manifest, size, time.monotonic() - started)
 
 
-def _build_target(target: Target, spec: ModelSpec, plan, writer: BundleWriter) -> dict[str, Any]:
-    return {"name": target.name, "family": target.family, "wave_size": target.wave_size}
+def _build_target(target: Target, spec: ModelSpec, plan, layout, writer: BundleWriter, cache_dir) -> dict[str, Any]:
+    entry = build_target(CodegenInput(target, spec.hparams, plan, layout, writer, cache_dir))
+    return {"name": target.name, "family": target.family, "wave_size": target.wave_size, **entry}
 
 
 def _model_section(model: GGUFModel, spec: ModelSpec) -> dict[str, Any]:

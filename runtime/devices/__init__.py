@@ -36,7 +36,11 @@ def choose_device(bundle: Bundle, requested: str = "auto") -> DeviceChoice:
             file=sys.stderr,
         )
         return DeviceChoice("ref", None)
-    raise DeviceError(f"device '{requested}' requested, but the bundle has no usable target for it (bundle targets: {', '.join(targets)})")
+    reasons = [f"{n}: {probe_reason(families[n], n) or 'not compiled'}" for n in targets if families[n] in wanted]
+    raise DeviceError(
+        f"device '{requested}' requested, but no bundle target can run it here "
+        f"(bundle targets: {', '.join(targets)}{'; ' + '; '.join(reasons) if reasons else ''})"
+    )
 
 
 def _compiled(bundle: Bundle, target: str) -> bool:
@@ -44,8 +48,30 @@ def _compiled(bundle: Bundle, target: str) -> bool:
     return bool(entry.get("kernels"))
 
 
+# Each compiled family's module exposes `probe(target) -> str | None` (None when the machine
+# can run that target, else the reason it cannot) and a `Device` class with ReferenceDevice's
+# interface, constructed as Device(bundle, target, kv, num_blocks, block_size).
+_FAMILY_MODULES = {"cpu": "rfc.runtime.devices.cpu", "hip": "rfc.runtime.devices.hip", "cuda": "rfc.runtime.devices.cuda"}
+
+
+def _module(family: str):
+    import importlib
+
+    return importlib.import_module(_FAMILY_MODULES[family])
+
+
 def _present(family: str, target: str) -> bool:
-    return False  # compiled devices arrive with kernel codegen
+    try:
+        return _module(family).probe(target) is None
+    except ImportError:
+        return False
+
+
+def probe_reason(family: str, target: str) -> str | None:
+    try:
+        return _module(family).probe(target)
+    except ImportError as e:
+        return f"{family} device support is not installed ({e})"
 
 
 def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int):
@@ -53,4 +79,4 @@ def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: 
         from rfc.runtime.devices.reference import ReferenceDevice
 
         return ReferenceDevice(bundle, kv, num_blocks, block_size)
-    raise DeviceError(f"device {choice.name} is not available")
+    return _module(choice.name).Device(bundle, choice.target, kv, num_blocks, block_size)
