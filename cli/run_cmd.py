@@ -1,0 +1,84 @@
+"""`rfc run`: generate from a bundle, streaming the text to stdout."""
+
+import sys
+from pathlib import Path
+
+import click
+
+from rfc.cli.errors import fail
+
+
+@click.command("run")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-p", "--prompt", default=None, help="Prompt text (default: start from BOS alone).")
+@click.option("--chat", is_flag=True, help="Treat the prompt as a user message and apply the chat template; without -p, read turns from stdin.")
+@click.option("-s", "--system", default=None, help="System message for --chat.")
+@click.option("-n", "--max-tokens", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.8, show_default=True, type=float)
+@click.option("--top-k", default=40, show_default=True, type=int)
+@click.option("--top-p", default=0.95, show_default=True, type=float)
+@click.option("--min-p", default=0.05, show_default=True, type=float)
+@click.option("--repeat-penalty", default=1.0, show_default=True, type=float)
+@click.option("--seed", default=None, type=int, help="Sampling seed (same seed, same prompt: same text).")
+@click.option("--stop", multiple=True, help="Stop string (repeatable); not printed.")
+@click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-generation tokens.")
+@click.option("--device", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
+@click.option("--no-verify", is_flag=True, help="Skip re-hashing the bundle's files when loading.")
+def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, ignore_eos, device, no_verify):
+    """Generate text from BUNDLE; the generation goes to stdout, speed to stderr."""
+    from rfc.artifacts import BundleError
+    from rfc.runtime.chat import ChatTemplateError
+    from rfc.runtime.devices import DeviceError
+    from rfc.runtime.engine import Engine, GenerationRequest, RequestError
+    from rfc.runtime.generate import generate
+    from rfc.runtime.loader import LoadOptions, load_model
+    from rfc.runtime.prompting import chat_template, encode_prompt
+    from rfc.runtime.sampler import SamplingError, SamplingParams
+
+    try:
+        model = load_model(bundle, LoadOptions(device=device, verify=not no_verify))
+    except (BundleError, DeviceError) as e:
+        fail(str(e))
+    engine = Engine(model)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repeat_penalty, seed=seed)
+
+    def one(text: str) -> str:
+        ids = encode_prompt(model, text)
+        budget = min(max_tokens, model.context_length - len(ids))
+        if budget < 1:
+            fail(f"the prompt ({len(ids)} tokens) fills the context ({model.context_length} tokens)")
+        request = GenerationRequest(prompt_ids=ids, params=params, max_tokens=budget, stop=tuple(stop), ignore_eos=ignore_eos)
+        state, stats = generate(engine, request, lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+        sys.stdout.write("\n")
+        click.echo(
+            f"[{model.device_choice.name}] prompt: {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tok/s | "
+            f"generation: {len(state.tokens)} tokens, {stats.generate_tps:.1f} tok/s | finish: {state.finish_reason}",
+            err=True,
+        )
+        return state.text
+
+    try:
+        if not chat:
+            one(prompt or "")
+            return
+        template = chat_template(model)
+        messages = [{"role": "system", "content": system}] if system else []
+        turns = [prompt] if prompt is not None else _stdin_turns()
+        for turn in turns:
+            messages.append({"role": "user", "content": turn})
+            reply = one(template.render(messages, add_generation_prompt=True))
+            messages.append({"role": "assistant", "content": reply})
+    except (RequestError, SamplingError, ChatTemplateError) as e:
+        fail(str(e))
+
+
+def _stdin_turns():
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            click.echo("> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.rstrip("\n")

@@ -1,0 +1,270 @@
+"""The engine: one loop of continuous batching over the paged KV cache (like nano-vllm's
+`LLMEngine.step`). Requests join between steps, leave the moment they finish or are
+cancelled, and their KV blocks return to the pool at once.
+
+HTTP threads only `submit`, `cancel` and read state; the model runs in the thread that calls
+`step` (the engine thread of `rfc serve`, or the caller itself in `rfc run`).
+"""
+
+import itertools
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.detokenize import IncrementalDetokenizer
+from rfc.runtime.loader import LoadedModel
+from rfc.runtime.sampler import Sampler, SamplingParams
+from rfc.runtime.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
+from rfc.runtime.stopping import StopChecker
+
+__all__ = ["Engine", "GenerationRequest", "RequestState", "TokenEvent", "QueueFull", "RequestError"]
+
+# finish reasons (the native API's names; the OpenAI layer maps them)
+LENGTH, STOP, EOS, CANCELLED, FAILED = "length", "stop", "eos", "cancelled", "failed"
+
+
+class RequestError(ValueError):
+    """A request the engine cannot take (too long for the context, empty prompt...)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams = SamplingParams()
+    max_tokens: int = 100
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; n >= 0: the chosen token's and the top n
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    request_id: int
+    token: int | None  # None on an event that only ends the stream (cancel, failure)
+    text: str
+    finished: bool
+    finish_reason: str | None
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+class Observer:
+    """Hooks for metrics and traces; every method is optional."""
+
+    def on_start(self, state: "RequestState") -> None: ...
+
+    def on_first_token(self, state: "RequestState") -> None: ...
+
+    def on_finish(self, state: "RequestState") -> None: ...
+
+    def on_step(self, prefill_tokens: int, decode_tokens: int, seconds: float) -> None: ...
+
+
+@dataclass(eq=False)
+class RequestState:
+    request_id: int
+    request: GenerationRequest
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    first_token_at: float | None = None
+    prefill_done_at: float | None = None
+    finished_at: float | None = None
+    events: "queue.SimpleQueue[TokenEvent]" = field(default_factory=queue.SimpleQueue)
+    # engine-private
+    seq: Sequence | None = None
+    sampler: Sampler | None = None
+    detok: IncrementalDetokenizer | None = None
+    stopper: StopChecker | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.request.prompt_ids)
+
+
+class Engine:
+    def __init__(self, model: LoadedModel, config: SchedulerConfig = SchedulerConfig(), observer: Observer | None = None, keep_finished: int = 1024):
+        if model.blocks.num_blocks * model.blocks.block_size < model.context_length:
+            raise ValueError(
+                f"the KV cache ({model.blocks.num_blocks} pages of {model.blocks.block_size} tokens) "
+                f"must hold at least one full context of {model.context_length} tokens"
+            )
+        self.model = model
+        self.scheduler = Scheduler(config, model.blocks)
+        self.observer = observer or Observer()
+        info = model.tokenizer_info
+        self.eog_ids = frozenset(info.get("eog_ids") or ([info["eos_id"]] if info.get("eos_id") is not None else []))
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._states: OrderedDict[int, RequestState] = OrderedDict()
+        self._keep_finished = keep_finished
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self.steps = 0
+
+    # -- requests (any thread) -------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> RequestState:
+        ctx = self.model.context_length
+        n = len(request.prompt_ids)
+        if n == 0:
+            raise RequestError("prompt", "the prompt is empty (and the model adds no BOS token)")
+        if request.max_tokens < 1:
+            raise RequestError("max_tokens", "max_tokens must be at least 1")
+        if n + request.max_tokens > ctx:
+            raise RequestError(
+                "max_tokens",
+                f"prompt ({n} tokens) + max_tokens ({request.max_tokens}) exceeds the context length ({ctx})",
+            )
+        request.params.validate(self.model.vocab_size)
+        state = RequestState(request_id=next(self._ids), request=request)
+        state.sampler = Sampler(request.params, request.prompt_ids, self.model.vocab_size)
+        state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids)
+        state.stopper = StopChecker(list(request.stop))
+        state.seq = Sequence(seq_id=state.request_id, prompt_ids=list(request.prompt_ids), max_tokens=request.max_tokens, payload=state)
+        with self._lock:
+            self.scheduler.add(state.seq)  # QueueFull propagates: nothing was registered
+            self._remember(state)
+            self._wake.notify()
+        self.observer.on_start(state)
+        return state
+
+    def cancel(self, request_id: int) -> RequestState | None:
+        with self._lock:
+            state = self._states.get(request_id)
+            if state is not None and not state.finished:
+                self._finish(state, CANCELLED, token=None)
+        return state
+
+    def get(self, request_id: int) -> RequestState | None:
+        with self._lock:
+            return self._states.get(request_id)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "running": self.scheduler.num_running(),
+                "waiting": self.scheduler.num_waiting(),
+                "pages_used": self.model.blocks.num_used(),
+                "pages_total": self.model.blocks.num_blocks,
+                "pages_free": self.model.blocks.num_free(),
+                "sequences": self.model.blocks.num_sequences(),
+            }
+
+    # -- the loop (engine thread) ----------------------------------------------------------
+    def step(self) -> bool:
+        """Runs one batch; returns False when there was nothing to do."""
+        with self._lock:
+            chunks = self.scheduler.schedule()
+            if not chunks:
+                return False
+            batch = build_batch(
+                [SeqChunk(c.seq.seq_id, c.start, tuple(c.tokens), c.needs_logits) for c in chunks],
+                self.model.blocks,
+            )
+        started = time.perf_counter()
+        try:
+            logits = self.model.executor.forward(batch)
+        except Exception as e:  # a failing step fails its requests, never the engine
+            with self._lock:
+                for c in chunks:
+                    state = c.seq.payload
+                    if not state.finished:
+                        state.error = f"{type(e).__name__}: {e}"
+                        self._finish(state, FAILED, token=None)
+            return True
+        elapsed = time.perf_counter() - started
+        decode = sum(1 for c in chunks if c.start >= len(c.seq.prompt_ids))
+        self.observer.on_step(batch.num_tokens - decode, decode, elapsed)
+        with self._lock:
+            self.scheduler.commit(chunks)
+            row = 0
+            for c in chunks:
+                if not c.needs_logits:
+                    continue
+                state = c.seq.payload
+                if c.seq.status is not SequenceStatus.FINISHED and not state.finished:
+                    self._advance(state, logits[row])
+                row += 1
+            self.steps += 1
+        return True
+
+    def _advance(self, state: RequestState, logits) -> None:
+        token = state.sampler.sample(logits)
+        logprob, top = None, ()
+        if state.request.logprobs is not None:
+            logprob, top_list = state.sampler.logprobs(logits, token, state.request.logprobs)
+            top = tuple(top_list)
+        now = time.time()
+        if state.first_token_at is None:
+            state.first_token_at = state.prefill_done_at = now
+            self.observer.on_first_token(state)
+        if token in self.eog_ids and not state.request.ignore_eos:
+            self._finish(state, EOS, token=token, logprob=logprob, top=top)
+            return
+        state.seq.output_ids.append(token)
+        state.tokens.append(token)
+        text, stopped = state.stopper.push(state.detok.push(token))
+        if stopped:
+            self._finish(state, STOP, token=token, text=text, logprob=logprob, top=top)
+        elif len(state.tokens) >= state.request.max_tokens or state.seq.num_tokens() >= self.model.context_length:
+            self._finish(state, LENGTH, token=token, text=text, logprob=logprob, top=top)
+        else:
+            state.text += text
+            state.events.put(TokenEvent(state.request_id, token, text, False, None, logprob, top))
+
+    def _finish(self, state: RequestState, reason: str, token: int | None, text: str = "", logprob=None, top=()) -> None:
+        """Ends a request (lock held): frees its KV pages and sends its last event."""
+        if reason not in (STOP, CANCELLED, FAILED):
+            text += state.stopper.push(state.detok.flush())[0] + state.stopper.flush()
+        state.text += text
+        state.finished = True
+        state.finish_reason = reason
+        state.finished_at = time.time()
+        self.scheduler.finish(state.seq)
+        state.events.put(TokenEvent(state.request_id, token, text, True, reason, logprob, top))
+        self.observer.on_finish(state)
+
+    def _remember(self, state: RequestState) -> None:
+        self._states[state.request_id] = state
+        while len(self._states) > self._keep_finished:
+            oldest_id, oldest = next(iter(self._states.items()))
+            if not oldest.finished:
+                break
+            del self._states[oldest_id]
+
+    # -- background thread -----------------------------------------------------------------
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="rfc-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._running = False
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while self._running and not self.scheduler.has_work():
+                    self._wake.wait()
+                if not self._running:
+                    return
+            self.step()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()

@@ -1,0 +1,250 @@
+"""Continuous-batching scheduler: which tokens of which sequences the model runs each step.
+
+Plain Python with no model in sight (STYLE.md point 4, after nano-vllm's scheduler.py and
+vLLM v1). The engine calls `schedule()`, runs the returned chunks through the model, calls
+`commit()`, samples a token for every chunk with `needs_logits`, and calls `finish()` when a
+sequence stops (or its client goes away).
+
+Each step spends a budget of `max_batch_tokens`:
+1. every running sequence that is decoding gets its one new token first, so a long prompt
+   never stalls the decodes;
+2. running sequences still in prefill get chunks of what is left, oldest first;
+3. waiting sequences are admitted FIFO while the batch has room and their first chunk's KV
+   blocks fit.
+When the pool runs dry the most recently admitted sequence is preempted: its blocks are freed
+and it goes back to the front of the queue to recompute prompt + output later (recompute, not
+swap: the KV arrays belong to the device). The oldest running sequence is never preempted for
+another one, and `add` refuses a sequence that could not fit the pool alone, so every
+sequence eventually completes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from rfc.runtime.kv_cache import BlockManager
+
+
+class SequenceStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+
+
+@dataclass(eq=False)  # identity semantics: two requests with equal tokens are still two
+class Sequence:
+    seq_id: int
+    prompt_ids: list[int]
+    max_tokens: int  # new tokens at most
+    output_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0  # leading tokens whose KV is in the cache
+    status: SequenceStatus = SequenceStatus.WAITING
+    payload: object = None  # the engine's per-request state (sampler, stream queue, ...)
+
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+
+@dataclass(frozen=True)
+class ScheduledChunk:
+    seq: Sequence
+    start: int  # position of tokens[0]; equals seq.num_computed when scheduled
+    tokens: list[int]  # a prefill chunk, or the single last sampled token when decoding
+    needs_logits: bool  # the chunk reaches the end of the known tokens: the engine samples
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int = 16  # running sequences at most
+    max_batch_tokens: int = 512  # tokens fed per step at most (the chunked-prefill budget)
+    max_queue: int = 64  # waiting sequences at most (preempted ones may exceed it)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 1:
+            raise ValueError(
+                f"max_batch and max_queue must be positive, got {self.max_batch} "
+                f"and {self.max_queue}"
+            )
+        if self.max_batch_tokens < self.max_batch:
+            # Otherwise a full batch of decodes could not all run in one step.
+            raise ValueError(
+                f"max_batch_tokens ({self.max_batch_tokens}) must be >= max_batch "
+                f"({self.max_batch})"
+            )
+
+
+class QueueFull(Exception):
+    """The waiting queue already holds max_queue sequences."""
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager) -> None:
+        self.config = config
+        self.blocks = blocks
+        self.running: list[Sequence] = []  # admission order, oldest first
+        self.waiting: deque[Sequence] = deque()
+        self.num_preemptions = 0  # since start, for metrics
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a new sequence; ValueError if it can never run, QueueFull if the queue is full."""
+        self._check_fits(seq)
+        if any(other.seq_id == seq.seq_id for other in self._live()):
+            raise ValueError(f"sequence id {seq.seq_id} is already scheduled")
+        if len(self.waiting) >= self.config.max_queue:
+            raise QueueFull(f"{len(self.waiting)} sequences are already waiting")
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def schedule(self) -> list[ScheduledChunk]:
+        """This step's work; the KV blocks of every chunk are allocated on return."""
+        chunks: list[ScheduledChunk] = []
+        preemptions_before = self.num_preemptions
+        budget = self._schedule_decodes(chunks, self.config.max_batch_tokens)
+        budget = self._schedule_prefills(chunks, budget)
+        # Admitting in a step that just preempted would only hand the freed blocks back to
+        # the preempted sequence at the front of the queue and throw its KV away again.
+        if self.num_preemptions == preemptions_before:
+            self._admit(chunks, budget)
+        return chunks
+
+    def commit(self, chunks: list[ScheduledChunk]) -> None:
+        """Record that the step ran: the chunks' tokens now have KV in the cache."""
+        for chunk in chunks:
+            seq = chunk.seq
+            if seq.status is SequenceStatus.FINISHED:
+                continue  # cancelled while the step ran; its blocks are already free
+            if chunk.start != seq.num_computed:
+                raise ValueError(
+                    f"stale chunk for sequence {seq.seq_id}: starts at {chunk.start}, "
+                    f"{seq.num_computed} tokens computed"
+                )
+            seq.num_computed += len(chunk.tokens)
+
+    def finish(self, seq: Sequence) -> None:
+        """Drop a finished, cancelled or disconnected sequence and free its KV blocks now."""
+        if seq in self.running:
+            self.running.remove(seq)
+            self.blocks.free(seq.seq_id)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)  # waiting sequences hold no blocks
+        seq.status = SequenceStatus.FINISHED
+
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def _live(self) -> list[Sequence]:
+        return [*self.running, *self.waiting]
+
+    def _check_fits(self, seq: Sequence) -> None:
+        if not seq.prompt_ids or seq.max_tokens < 1:
+            raise ValueError("a sequence needs a non-empty prompt and max_tokens >= 1")
+        # The last sampled token is never fed back, so this is the most KV it will hold.
+        most_tokens = len(seq.prompt_ids) + seq.max_tokens - 1
+        capacity = self.blocks.num_blocks * self.blocks.block_size
+        if most_tokens > capacity:
+            raise ValueError(
+                f"sequence {seq.seq_id} may need {most_tokens} KV slots (prompt "
+                f"{len(seq.prompt_ids)} + max_tokens {seq.max_tokens} - 1) but the whole "
+                f"cache holds {capacity}"
+            )
+
+    def _schedule_decodes(self, chunks: list[ScheduledChunk], budget: int) -> int:
+        for seq in list(self.running):
+            if budget == 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING or not _is_decoding(seq):
+                continue  # preempted earlier in this loop, or still in prefill
+            if self._make_room(seq, seq.num_computed + 1, chunks):
+                chunks.append(self._chunk(seq, 1))
+                budget -= 1
+            else:
+                self._preempt(seq)  # it is the most recently admitted one left
+        return budget
+
+    def _schedule_prefills(self, chunks: list[ScheduledChunk], budget: int) -> int:
+        scheduled = {chunk.seq for chunk in chunks}
+        for seq in list(self.running):
+            if budget == 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING or seq in scheduled:
+                continue
+            # Preempt only when not even one token fits; otherwise shrink the chunk.
+            if not self._make_room(seq, seq.num_computed + 1, chunks):
+                continue
+            held = len(self.blocks.block_table(seq.seq_id))
+            room = (held + self.blocks.num_free()) * self.blocks.block_size - seq.num_computed
+            n = min(seq.num_tokens() - seq.num_computed, budget, room)
+            chunks.append(self._chunk(seq, n))
+            budget -= n
+        return budget
+
+    def _admit(self, chunks: list[ScheduledChunk], budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_batch:
+            seq = self.waiting[0]
+            n = min(seq.num_tokens(), budget)
+            if not self.blocks.can_allocate(seq.seq_id, n):
+                break  # FIFO: nobody overtakes the head of the queue
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            chunks.append(self._chunk(seq, n))
+            budget -= n
+
+    def _make_room(self, seq: Sequence, total_tokens: int, chunks: list[ScheduledChunk]) -> bool:
+        """Preempt younger sequences with no work this step until seq fits total_tokens."""
+        while not self.blocks.can_allocate(seq.seq_id, total_tokens):
+            victim = self._victim(seq, chunks)
+            if victim is None:
+                return False
+            self._preempt(victim)
+        return True
+
+    def _victim(self, seq: Sequence, chunks: list[ScheduledChunk]) -> Sequence | None:
+        scheduled = {chunk.seq for chunk in chunks}
+        for candidate in reversed(self.running):
+            if candidate is seq:
+                return None  # never preempt an older sequence for a younger one
+            if candidate not in scheduled:
+                return candidate
+        return None
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq.seq_id)
+        seq.num_computed = 0
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _chunk(self, seq: Sequence, n: int) -> ScheduledChunk:
+        start = seq.num_computed
+        self.blocks.allocate(seq.seq_id, start + n)
+        return ScheduledChunk(
+            seq=seq,
+            start=start,
+            tokens=_token_slice(seq, start, start + n),
+            needs_logits=start + n == seq.num_tokens(),
+        )
+
+
+def _is_decoding(seq: Sequence) -> bool:
+    return seq.num_computed == seq.num_tokens() - 1
+
+
+def _token_slice(seq: Sequence, start: int, stop: int) -> list[int]:
+    """all_ids()[start:stop] without copying the whole history for every decode token."""
+    n_prompt = len(seq.prompt_ids)
+    if start >= n_prompt:
+        return seq.output_ids[start - n_prompt : stop - n_prompt]
+    return seq.prompt_ids[start:stop] + seq.output_ids[: max(0, stop - n_prompt)]
