@@ -68,6 +68,9 @@ class KVSpec:
     n_layers: int
     n_kv_heads: int
     head_dim: int
+    # Storage format of cached keys and values: "f16" (what llama.cpp uses; greedy decoding
+    # can hinge on the rounding, so matching it matters) or "f32".
+    dtype: str = "f16"
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ def pack_plan(plan: Plan) -> bytes:
                 }
                 for op in plan.ops
             ],
-            "kv": [plan.kv.n_layers, plan.kv.n_kv_heads, plan.kv.head_dim],
+            "kv": [plan.kv.n_layers, plan.kv.n_kv_heads, plan.kv.head_dim, plan.kv.dtype],
             "input_tokens": plan.input_tokens,
             "output_logits": plan.output_logits,
             "vocab_size": plan.vocab_size,
@@ -150,6 +153,8 @@ def unpack_plan(data: bytes) -> Plan:
 
 
 def validate_plan(plan: Plan) -> None:
+    if plan.kv.dtype not in ("f16", "f32"):
+        raise BundleError(f"plan KV cache dtype {plan.kv.dtype!r} is not f16 or f32")
     names = {b.name for b in plan.buffers}
     for i, op in enumerate(plan.ops):
         if op.kind not in OP_ATTRS:

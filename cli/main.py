@@ -35,4 +35,4 @@ def _add_runtime_commands() -> None:
 
 def main() -> None:
     _add_runtime_commands()
-    sys.exit(cli.main(standalone_mode=True))
+    sys.exit(cli.main(prog_name="rfc", standalone_mode=True))

@@ -65,7 +65,7 @@ def build_plan(spec: ModelSpec) -> Plan:
     return Plan(
         buffers=buffers,
         ops=tuple(ops),
-        kv=KVSpec(n_layers=hp.n_layers, n_kv_heads=hp.n_kv_heads, head_dim=hp.head_dim),
+        kv=KVSpec(n_layers=hp.n_layers, n_kv_heads=hp.n_kv_heads, head_dim=hp.head_dim, dtype="f16"),
         input_tokens="tokens",
         output_logits="logits",
         vocab_size=hp.vocab_size,

@@ -21,8 +21,9 @@ class ReferenceDevice:
         self._entries = bundle.layout.by_name()
         self._weights: dict[str, np.ndarray] = {}
         shape = (kv.n_layers, num_blocks * block_size, kv.n_kv_heads, kv.head_dim)
-        self.k_cache = np.zeros(shape, dtype=np.float32)
-        self.v_cache = np.zeros(shape, dtype=np.float32)
+        dtype = np.float16 if kv.dtype == "f16" else np.float32
+        self.k_cache = np.zeros(shape, dtype=dtype)
+        self.v_cache = np.zeros(shape, dtype=dtype)
 
     # -- memory ---------------------------------------------------------------------------
     def alloc(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -109,8 +110,8 @@ class ReferenceDevice:
             table = batch.block_tables[s]
             pos = np.arange(ctx)
             slots = table[pos // bs] * bs + pos % bs
-            k = np.repeat(self.k_cache[layer, slots], group, axis=1)  # [ctx, nh, hd]
-            v = np.repeat(self.v_cache[layer, slots], group, axis=1)
+            k = np.repeat(self.k_cache[layer, slots].astype(np.float32), group, axis=1)  # [ctx, nh, hd]
+            v = np.repeat(self.v_cache[layer, slots].astype(np.float32), group, axis=1)
             q = q_all[lo:hi]  # [n, nh, hd]
             scores = np.einsum("nhd,chd->hnc", q, k) * np.float32(attrs["scale"])
             causal = pos[None, :] <= batch.positions[lo:hi, None]  # [n, ctx]

@@ -1,0 +1,57 @@
+"""Shared test fixtures: paths to ../shared, compiled bundles cached per session."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+VOCAB = SHARED / "vocab"
+DEMO_MODEL = ROOT / "compiler" / "demo" / "stories260K.gguf"
+
+TINY_MODELS = sorted(p.stem for p in FIXTURES.glob("tiny-*.gguf")) if FIXTURES.is_dir() else []
+
+
+def rfc(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """Runs the `rfc` command line in a subprocess, as a user would."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from rfc.cli.main import main; main()", *map(str, args)],
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rfc {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def bundle_cache(tmp_path_factory):
+    """Compiles each model at most once per test session (for the cpu target)."""
+    root = tmp_path_factory.mktemp("bundles")
+    built: dict[tuple[str, tuple[str, ...]], Path] = {}
+
+    def get(model: Path, targets: tuple[str, ...] = ("cpu",)) -> Path:
+        key = (str(model), targets)
+        if key not in built:
+            from rfc.compiler.pipeline import CompileOptions, compile_model
+
+            out = root / f"{Path(model).stem}-{'-'.join(targets)}"
+            compile_model(CompileOptions(model=Path(model), out_dir=out, targets=targets))
+            built[key] = out
+        return built[key]
+
+    yield get
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not SHARED.is_dir():
+        skip = pytest.mark.skip(reason=f"shared data not found at {SHARED}")
+        for item in items:
+            if "shared" in item.keywords:
+                item.add_marker(skip)

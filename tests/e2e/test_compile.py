@@ -1,0 +1,204 @@
+"""rfc compile / inspect / verify, end to end through the command line."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader
+
+from tests.conftest import DEMO_MODEL, FIXTURES, TINY_MODELS, rfc
+from tests.gguf_edit import rewrite_gguf
+
+pytestmark = pytest.mark.shared
+
+
+def _metadata(path: Path) -> dict:
+    r = GGUFReader(path)
+    return {k: f.contents() for k, f in r.fields.items() if not k.startswith("tokenizer.ggml.")}
+
+
+@pytest.mark.parametrize("name", TINY_MODELS + ["stories260K"])
+def test_compile_and_inspect_shows_gguf_hparams(name, tmp_path):
+    model = DEMO_MODEL if name == "stories260K" else FIXTURES / f"{name}.gguf"
+    out = tmp_path / "bundle"
+    rfc("compile", model, "-o", out, "-q", check=True)
+    info = json.loads(rfc("inspect", out, "--json", check=True).stdout)
+    md = _metadata(model)
+    arch = md["general.architecture"]
+    hp = info["hparams"]
+    assert info["architecture"] == arch
+    assert hp["context_length"] == md[f"{arch}.context_length"]
+    assert hp["n_embd"] == md[f"{arch}.embedding_length"]
+    assert hp["n_ff"] == md[f"{arch}.feed_forward_length"]
+    assert hp["n_layers"] == md[f"{arch}.block_count"]
+    assert hp["n_heads"] == md[f"{arch}.attention.head_count"]
+    assert hp["n_kv_heads"] == md[f"{arch}.attention.head_count_kv"]
+    assert hp["n_rot"] == md.get(f"{arch}.rope.dimension_count", hp["head_dim"])
+    assert hp["rope_freq_base"] == pytest.approx(md[f"{arch}.rope.freq_base"])
+    assert hp["rms_eps"] == pytest.approx(md[f"{arch}.attention.layer_norm_rms_epsilon"])
+    assert hp["rope_style"] == ("neox" if arch == "qwen2" else "adjacent")
+    tensors = {t.name: t for t in GGUFReader(model).tensors}
+    assert hp["tied_embeddings"] == ("output.weight" not in tensors)
+    assert hp["qkv_bias"] == ("blk.0.attn_q.bias" in tensors)
+    assert hp["vocab_size"] == int(tensors["token_embd.weight"].shape[1])
+    assert info["parameter_count"] == sum(int(t.n_elements) for t in tensors.values())
+    assert sum(info["formats"].values()) == len(tensors)
+    assert info["targets"] == ["cpu"]
+    human = rfc("inspect", out, check=True).stdout
+    assert info["bundle_id"] in human and f"{info['parameter_count']:,}" in human
+
+
+def test_compile_is_reproducible(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "nested" / "b"
+    for out in (a, b):
+        rfc("compile", FIXTURES / "tiny-llama-Q4_K_M.gguf", "-o", out, "-q", check=True)
+    files_a = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b and "manifest.json" in files_a
+    for rel in files_a:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    manifest = (a / "manifest.json").read_text()
+    assert str(tmp_path) not in manifest
+
+
+def test_default_model_is_the_embedded_demo(tmp_path):
+    proc = rfc("compile", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "bundles" / "stories260K" / "manifest.json").is_file()
+    assert "stories260K" in proc.stderr  # the one-line summary
+
+
+@pytest.fixture
+def demo_bundle(tmp_path):
+    out = tmp_path / "demo"
+    rfc("compile", DEMO_MODEL, "-o", out, "-q", check=True)
+    return out
+
+
+def test_verify_passes_on_a_fresh_bundle(demo_bundle):
+    proc = rfc("verify", demo_bundle)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok:")
+
+
+@pytest.mark.parametrize("victim", ["weights.bin", "tokenizer.json", "plan.msgpack", "layout.msgpack"])
+def test_verify_reports_one_flipped_byte(demo_bundle, victim):
+    path = demo_bundle / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    proc = rfc("verify", demo_bundle)
+    assert proc.returncode == 1
+    assert victim in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_verify_detects_an_edited_manifest(demo_bundle):
+    path = demo_bundle / "manifest.json"
+    m = json.loads(path.read_text())
+    m["model"]["name"] = "something else"
+    path.write_text(json.dumps(m))
+    proc = rfc("verify", demo_bundle)
+    assert proc.returncode == 1 and "bundle_id" in proc.stderr
+
+
+def test_reader_refuses_another_major_format_version(demo_bundle):
+    path = demo_bundle / "manifest.json"
+    m = json.loads(path.read_text())
+    m["format_version"] = [m["format_version"][0] + 1, 0]
+    path.write_text(json.dumps(m))
+    for cmd in (("inspect", demo_bundle), ("run", demo_bundle, "-n", "1")):
+        proc = rfc(*cmd)
+        assert proc.returncode == 2, cmd
+        assert "format version" in proc.stderr and "not supported" in proc.stderr
+
+
+# -- bad input: exit 2, one line on stderr, nothing left behind --------------------------
+
+
+def _q4_0_to_iq4_nl(name, data, qtype):
+    # IQ4_NL has Q4_0's block size and byte size, so the file stays well-formed
+    if name == "blk.0.attn_q.weight":
+        return data, GGMLQuantizationType.IQ4_NL
+    return data, qtype
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
+    not_gguf = tmp / "notes.gguf"
+    not_gguf.write_text("hello, this is not a model\n" * 100)
+    truncated = tmp / "truncated.gguf"
+    truncated.write_bytes(DEMO_MODEL.read_bytes()[: DEMO_MODEL.stat().st_size * 2 // 3])
+    header_cut = tmp / "header-cut.gguf"
+    header_cut.write_bytes(DEMO_MODEL.read_bytes()[:3000])
+    arch = rewrite_gguf(DEMO_MODEL, tmp / "arch.gguf", metadata={"general.architecture": "mamba"})
+    qtype = rewrite_gguf(FIXTURES / "tiny-llama-Q4_0.gguf", tmp / "qtype.gguf", tensor_fn=_q4_0_to_iq4_nl)
+    missing = rewrite_gguf(DEMO_MODEL, tmp / "missing.gguf", drop_tensors=("blk.2.ffn_up.weight",))
+    shape = rewrite_gguf(
+        DEMO_MODEL,
+        tmp / "shape.gguf",
+        tensor_fn=lambda n, d, q: (d[:, :32].copy(), q) if n == "blk.1.attn_q.weight" else (d, q),
+    )
+    exists = tmp / "exists"
+    exists.mkdir()
+    (exists / "keep.txt").write_text("precious")
+    return {
+        "not a GGUF": ([not_gguf], "not a GGUF file"),
+        "truncated file": ([truncated], "truncated"),
+        "truncated header": ([header_cut], "truncated"),
+        "unsupported architecture": ([arch], "unsupported architecture 'mamba'"),
+        "unsupported tensor type": ([qtype], "unsupported tensor type IQ4_NL"),
+        "missing tensor": ([missing], "missing tensor blk.2.ffn_up.weight"),
+        "shape mismatch": ([shape], "shape mismatch for blk.1.attn_q.weight"),
+        "output exists": ([DEMO_MODEL, "-o", exists], "exists (use --force"),
+        "unknown target": ([DEMO_MODEL, "--arch", "tpu9"], "unknown target 'tpu9'"),
+        "no such file": ([tmp / "absent.gguf"], "no such file"),
+    }
+
+
+BAD_CASES = [
+    "not a GGUF", "truncated file", "truncated header", "unsupported architecture", "unsupported tensor type",
+    "missing tensor", "shape mismatch", "output exists", "unknown target", "no such file",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    args, message = _bad_inputs(inputs)[case]
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    if "-o" not in args:
+        args = [*args, "-o", outputs / "bundle"]
+    proc = rfc("compile", *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert list(outputs.iterdir()) == []  # no bundle, no temporary directory
+    if case == "output exists":
+        exists = inputs / "exists"
+        assert [p.name for p in exists.iterdir()] == ["keep.txt"]
+        assert [p.name for p in inputs.iterdir() if p.name.startswith(".")] == []
+
+
+def test_force_replaces_an_existing_bundle(tmp_path):
+    out = tmp_path / "b"
+    rfc("compile", DEMO_MODEL, "-o", out, "-q", check=True)
+    (out / "stray").write_text("x")
+    rfc("compile", DEMO_MODEL, "-o", out, "-q", "--force", check=True)
+    assert not (out / "stray").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_quiet_compile_prints_nothing(tmp_path):
+    proc = rfc("compile", DEMO_MODEL, "-o", tmp_path / "b", "-q", check=True)
+    assert proc.stdout == "" and proc.stderr == ""
+
+
+def test_every_subcommand_has_help():
+    assert rfc("--version", check=True).stdout.strip().startswith("rfc, version")
+    for cmd in ("compile", "tokenizer", "inspect", "verify", "run", "serve"):
+        proc = rfc(cmd, "--help")
+        assert proc.returncode == 0 and "Usage:" in proc.stdout, cmd

@@ -1,0 +1,42 @@
+"""Writing altered copies of a GGUF for bad-input tests (metadata or tensors changed)."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+
+
+def rewrite_gguf(
+    src: Path,
+    dst: Path,
+    metadata: dict | None = None,
+    drop_tensors: tuple[str, ...] = (),
+    tensor_fn: Callable[[str, np.ndarray, GGMLQuantizationType], tuple[np.ndarray, GGMLQuantizationType]] | None = None,
+) -> Path:
+    """Copies src to dst; `metadata` overrides string/int values; tensor_fn may replace tensors."""
+    reader = GGUFReader(src)
+    arch = metadata.get("general.architecture") if metadata and "general.architecture" in metadata else reader.fields["general.architecture"].contents()
+    writer = GGUFWriter(dst, arch)
+    overrides = dict(metadata or {})
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = overrides.pop(key, field.contents())
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, vtype, sub_type=sub)
+    for key, value in overrides.items():
+        writer.add_key_value(key, value, GGUFValueType.STRING if isinstance(value, str) else GGUFValueType.UINT32)
+    for t in reader.tensors:
+        if t.name in drop_tensors:
+            continue
+        data, qtype = np.array(t.data), t.tensor_type
+        if tensor_fn is not None:
+            data, qtype = tensor_fn(t.name, data, qtype)
+        writer.add_tensor(t.name, data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
