@@ -1,0 +1,114 @@
+"""runtime/quants.py against gguf-py's reference dequantizers.
+
+Tolerance: none. Our decoders perform ggml's float32 operations in ggml's order, so every
+value must be bit-identical to `gguf.quants.dequantize` (compared as raw bits; NaN from
+random fuzz bytes compares equal to NaN).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+
+from rfc.runtime import quants
+from rfc.runtime.quants import FORMATS, QuantError, dequantize, row_nbytes
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
+FIXTURES = sorted((SHARED / "fixtures").glob("tiny-*.gguf"))
+MODELS = FIXTURES + [ROOT / "compiler" / "demo" / "stories260K.gguf"]
+
+
+def assert_identical(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == np.float32 and got.shape == want.shape
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), f"{(~same).sum()} values differ, max |diff| {np.nanmax(abs(got - want))}"
+
+
+def logical_shape(t: gguf.ReaderTensor) -> tuple[int, ...]:
+    return tuple(int(n) for n in reversed(t.shape))
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)
+def test_matches_gguf_on_every_tensor(path: Path) -> None:
+    for t in GGUFReader(path).tensors:
+        want = gguf.quants.dequantize(t.data, t.tensor_type).reshape(logical_shape(t))
+        assert_identical(dequantize(t.data, t.tensor_type.name, logical_shape(t)), want)
+
+
+@pytest.mark.skipif(not FIXTURES, reason=f"fixtures not found under {SHARED}")
+def test_fixtures_cover_every_format() -> None:
+    seen = {t.tensor_type.name for path in MODELS for t in GGUFReader(path).tensors}
+    assert seen == set(FORMATS)
+
+
+def test_format_table_matches_ggml() -> None:
+    for name, fmt in FORMATS.items():
+        assert (fmt.block_size, fmt.type_size) == GGML_QUANT_SIZES[GGMLQuantizationType[name]]
+
+
+# Random fp16 scales include inf and NaN; numpy warns about the products, as it should.
+RANDOM_BYTES_WARN = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@RANDOM_BYTES_WARN
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_random_bytes_several_rows(fmt: str) -> None:
+    # Any bit pattern is a valid block, so random bytes exercise every field of the format.
+    shape = (3, 5, 2 * FORMATS[fmt].block_size)
+    raw = np.random.default_rng(0).integers(0, 256, (15, row_nbytes(fmt, shape[-1])), np.uint8)
+    want = gguf.quants.dequantize(raw, GGMLQuantizationType[fmt]).reshape(shape)
+    assert_identical(dequantize(raw, fmt, shape), want)
+    assert_identical(dequantize(raw.reshape(-1), fmt, shape), want)
+
+
+@RANDOM_BYTES_WARN
+def test_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quants, "_CHUNK_BLOCKS", 7)
+    raw = np.random.default_rng(1).integers(0, 256, row_nbytes("Q4_K", 256 * 20), np.uint8)
+    want = gguf.quants.dequantize(raw, GGMLQuantizationType.Q4_K).reshape(4, 1280)
+    assert_identical(dequantize(raw, "Q4_K", (4, 1280)), want)
+
+
+def test_row_nbytes() -> None:
+    assert row_nbytes("F32", 3) == 12
+    assert row_nbytes("Q8_0", 64) == 68
+    assert row_nbytes("Q4_K", 512) == 288
+    with pytest.raises(QuantError, match="not a whole number"):
+        row_nbytes("Q6_K", 300)
+
+
+def test_unknown_format() -> None:
+    with pytest.raises(QuantError, match="unknown weight format 'Q7_0'"):
+        dequantize(np.zeros(34, np.uint8), "Q7_0", (32,))
+
+
+@pytest.mark.parametrize("nbytes", [33, 35, 68])
+def test_size_mismatch(nbytes: int) -> None:
+    with pytest.raises(QuantError, match=f"needs 34 bytes, got {nbytes}"):
+        dequantize(np.zeros(nbytes, np.uint8), "Q8_0", (1, 32))
+
+
+def test_row_not_whole_blocks() -> None:
+    with pytest.raises(QuantError, match="not a whole number"):
+        dequantize(np.zeros(34, np.uint8), "Q8_0", (2, 16))
+
+
+def test_empty_shape() -> None:
+    with pytest.raises(QuantError, match="at least one dimension"):
+        dequantize(np.zeros(4, np.uint8), "F32", ())
+
+
+def test_quant_error_is_value_error() -> None:
+    assert issubclass(QuantError, ValueError)
+
+
+def test_runtime_quants_does_not_import_gguf() -> None:
+    code = "import sys, rfc.runtime.quants; sys.exit('gguf' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
