@@ -129,7 +129,7 @@ class Engine:
         request.params.validate(self.model.vocab_size)
         state = RequestState(request_id=next(self._ids), request=request)
         state.sampler = Sampler(request.params, request.prompt_ids, self.model.vocab_size)
-        state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids)
+        state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids, keep_leading_space=True)
         state.stopper = StopChecker(list(request.stop))
         state.seq = Sequence(seq_id=state.request_id, prompt_ids=list(request.prompt_ids), max_tokens=request.max_tokens, payload=state)
         with self._lock:

@@ -1,0 +1,260 @@
+"""Token sampling: logit processing and a seeded draw, one `Sampler` per request.
+
+The chain follows llama.cpp's default order:
+logit_bias -> penalties (repetition, presence, frequency) -> greedy when temperature is 0
+-> top_k -> top_p -> min_p -> temperature -> softmax -> draw.
+
+Penalties follow llama.cpp too: all three count the tokens in one window of the last
+`penalty_last_n` tokens of the context, prompt included (vLLM counts only generated tokens
+for presence and frequency; we keep one window so one knob bounds all three).
+"""
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# top_p first looks at this many of the most likely candidates and widens the search only
+# when they do not hold enough mass, so a peaked distribution never sorts the whole vocab.
+_TOP_P_FIRST_LOOK = 256
+_TOP_P_WIDEN = 8
+# The draw sums the weights in blocks of this size (see _pick).
+_PICK_BLOCK = 1024
+# Temperatures below this sample greedily, as in vLLM: dividing float32 logits by them
+# overflows, and the distribution is one-hot long before.
+_GREEDY_BELOW = 1e-5
+
+
+class SamplingError(ValueError):
+    """A sampling parameter (named by `field`) or the logits handed to the sampler are invalid."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 (or below 1e-5) -> greedy (argmax, ties -> lowest id)
+    top_k: int = 0  # 0 or negative -> disabled
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # logit > 0 -> logit / p, else logit * p
+    presence_penalty: float = 0.0  # logit -= presence if the token is in the window
+    frequency_penalty: float = 0.0  # logit -= frequency * count in the window
+    penalty_last_n: int = 64  # window of recent tokens for penalties; 0 off, -1 whole context
+    logit_bias: Mapping[int, float] = field(default_factory=dict)  # -100 effectively bans
+    seed: int | None = None  # None -> OS entropy
+
+    def validate(self, vocab_size: int) -> None:
+        """Raise SamplingError naming the first invalid field."""
+        _require_number(self, "temperature")
+        _require(self.temperature >= 0, "temperature", "must be >= 0")
+        _require_int(self, "top_k")
+        _require_number(self, "top_p")
+        _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _require_number(self, "min_p")
+        _require(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
+        _require_number(self, "repetition_penalty")
+        _require(self.repetition_penalty > 0, "repetition_penalty", "must be > 0")
+        _require_number(self, "presence_penalty")
+        _require_number(self, "frequency_penalty")
+        _require_int(self, "penalty_last_n")
+        _require(self.penalty_last_n >= -1, "penalty_last_n", "must be >= -1")
+        for token, bias in self.logit_bias.items():
+            _require(_is_int(token) and 0 <= token < vocab_size, "logit_bias",
+                     f"token id {token!r} is not in [0, {vocab_size})")
+            _require(_is_finite(bias), "logit_bias", f"bias for token {token} must be finite")
+        _require(self.seed is None or _is_int(self.seed), "seed", "must be an integer or None")
+
+
+class Sampler:
+    """Per-request sampling state: its own numpy Generator (seeded from params.seed, or from
+    OS entropy when None) and the token counts of the penalty window."""
+
+    def __init__(self, params: SamplingParams, prompt_tokens: Sequence[int], vocab_size: int):
+        params.validate(vocab_size)
+        self.params = params
+        self.vocab_size = vocab_size
+        # default_rng takes non-negative seeds only; any int the client sends maps to one.
+        seed = None if params.seed is None else params.seed & (2**64 - 1)
+        self._rng = np.random.default_rng(seed)
+        self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
+        self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32)
+        self._penalized = params.penalty_last_n != 0 and (
+            params.repetition_penalty != 1
+            or params.presence_penalty != 0
+            or params.frequency_penalty != 0
+        )
+        self._window: deque[int] = deque()
+        self._counts: dict[int, int] = {}
+        if self._penalized:
+            recent = prompt_tokens if params.penalty_last_n < 0 else prompt_tokens[-params.penalty_last_n:]
+            for token in recent:
+                self._record(int(token))
+
+    def sample(self, logits: np.ndarray) -> int:
+        """Draw the next token from float logits [vocab] and record it for the penalties."""
+        x = self.processed_logits(logits)
+        if self.params.temperature < _GREEDY_BELOW:
+            token = int(np.argmax(x))  # argmax returns the first maximum: ties -> lowest id
+            _require_drawable(x[token])
+        else:
+            token = self._draw(*self._candidates(x))
+        if self._penalized:
+            self._record(token)
+        return token
+
+    def processed_logits(self, logits: np.ndarray) -> np.ndarray:
+        """A float32 copy of `logits` with logit_bias and the penalties applied."""
+        if logits.shape != (self.vocab_size,):
+            raise SamplingError("logits", f"shape {logits.shape} != ({self.vocab_size},)")
+        x = logits.astype(np.float32, copy=True)
+        if self._bias_ids.size:
+            x[self._bias_ids] += self._bias_values  # dict keys: no repeated ids
+        if self._penalized and self._counts:
+            self._apply_penalties(x)
+        return x
+
+    def logprobs(self, logits: np.ndarray, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
+        """Log-probability of `token` and the `top_n` most likely (id, logprob) pairs, best
+        first, ties by lowest id.
+
+        These are the model's raw log-softmax over the logits, before bias, penalties,
+        temperature and filtering: what vLLM returns by default, and the same for every
+        request whatever its sampling parameters."""
+        lp = _log_softmax(logits.astype(np.float64))
+        top_n = min(max(top_n, 0), lp.size)
+        if top_n == 0:
+            return float(lp[token]), []
+        best = np.argpartition(-lp, top_n - 1)[:top_n]
+        best = best[np.lexsort((best, -lp[best]))]
+        return float(lp[token]), [(int(i), float(lp[i])) for i in best]
+
+    def _apply_penalties(self, x: np.ndarray) -> None:
+        p = self.params
+        ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
+        counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+        vals = x[ids]
+        if p.repetition_penalty != 1:
+            vals = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        vals = vals - p.presence_penalty - p.frequency_penalty * counts  # every count is > 0
+        x[ids] = vals
+
+    def _candidates(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Apply top_k, top_p and min_p: the kept ids (None: all of them) and their logits.
+
+        Works in float32 (its exp is several times faster than float64's over a large vocab)
+        and copies the full vocab only when a filter needs it."""
+        p = self.params
+        ids = None
+        if 0 < p.top_k < x.size:
+            ids = np.argpartition(x, x.size - p.top_k)[x.size - p.top_k:]
+        vals = x if ids is None else x[ids]
+        if p.min_p == 0 and p.top_p == 1:
+            return ids, vals
+        peak = vals.max()
+        _require_drawable(peak)
+        weights = np.exp(vals - peak)  # probabilities times a constant; the best has weight 1
+        # top_p and min_p each keep a head of the candidates sorted by probability, so the
+        # result is the shorter head whichever runs first. min_p runs first because it is a
+        # cheap mask that shrinks what top_p has to sort; top_p still uses the mass of all
+        # candidates, so the result is what llama.cpp's top_p -> min_p order gives.
+        target = p.top_p * float(weights.sum(dtype=np.float64))
+        if p.min_p > 0:
+            kept = np.flatnonzero(weights >= p.min_p)
+            if p.top_p < 1:
+                kept = kept[_top_p_head(weights[kept], target)]
+        else:
+            kept = _top_p_head(weights, target)
+        return (kept if ids is None else ids[kept]), vals[kept]
+
+    def _draw(self, ids: np.ndarray | None, vals: np.ndarray) -> int:
+        peak = vals.max()
+        _require_drawable(peak)
+        probs = vals - peak
+        probs /= self.params.temperature
+        np.exp(probs, out=probs)
+        i = _pick(probs, self._rng.random())
+        return i if ids is None else int(ids[i])
+
+    def _record(self, token: int) -> None:
+        self._counts[token] = self._counts.get(token, 0) + 1
+        if self.params.penalty_last_n < 0:
+            return  # whole context: counts only grow, no window to keep
+        self._window.append(token)
+        if len(self._window) > self.params.penalty_last_n:
+            old = self._window.popleft()
+            self._counts[old] -= 1
+            if self._counts[old] == 0:
+                del self._counts[old]
+
+
+def _top_p_head(weights: np.ndarray, target: float) -> np.ndarray:
+    """Indices of the smallest most-likely head of `weights` whose sum reaches `target`
+    (the token that crosses it included), most likely first."""
+    n = weights.size
+    k = min(n, _TOP_P_FIRST_LOOK)
+    while True:
+        part = np.argpartition(weights, n - k)[n - k:] if k < n else np.arange(n)
+        part = part[np.argsort(-weights[part], kind="stable")]
+        cumulative = np.cumsum(weights[part], dtype=np.float64)
+        if cumulative[-1] >= target or k == n:
+            break
+        k = min(n, k * _TOP_P_WIDEN)
+    cut = int(np.searchsorted(cumulative, target, side="left")) + 1
+    return part[:min(cut, k)]
+
+
+def _pick(weights: np.ndarray, fraction: float) -> int:
+    """Inverse-CDF draw: the index i with cdf[i-1] <= fraction * total < cdf[i], for
+    fraction in [0, 1). numpy's cumsum is slow over a whole vocab (several ms for 150k), so
+    it runs over the block sums and then inside the one block that holds the draw."""
+    starts = np.arange(0, weights.size, _PICK_BLOCK)
+    block_cdf = np.cumsum(np.add.reduceat(weights, starts, dtype=np.float64))
+    u = min(fraction * block_cdf[-1], np.nextafter(block_cdf[-1], 0.0))
+    # side="right": the first block, then the first candidate, whose cdf passes u, so a
+    # zero-probability candidate is never drawn.
+    b = int(np.searchsorted(block_cdf, u, side="right"))
+    block = weights[starts[b]:starts[b] + _PICK_BLOCK]
+    cdf = (block_cdf[b - 1] if b else 0.0) + np.cumsum(block, dtype=np.float64)
+    i = int(np.searchsorted(cdf, u, side="right"))
+    if i == block.size:  # u fell in the rounding gap between the two ways of summing
+        i = int(np.flatnonzero(block)[-1])
+    return int(starts[b]) + i
+
+
+def _require_drawable(peak: float) -> None:
+    if not math.isfinite(peak):
+        raise SamplingError("logits", f"the largest logit is {peak}: no token can be drawn")
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return is_number and math.isfinite(value)
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise SamplingError(field_name, message)
+
+
+def _require_number(params: SamplingParams, field_name: str) -> None:
+    value = getattr(params, field_name)
+    _require(_is_finite(value), field_name, f"must be a finite number, got {value!r}")
+
+
+def _require_int(params: SamplingParams, field_name: str) -> None:
+    value = getattr(params, field_name)
+    _require(_is_int(value), field_name, f"must be an integer, got {value!r}")
