@@ -2,7 +2,9 @@
 
 It is the oracle the compiled kernels are tested against, so it favours clarity over
 speed; it is also the fallback where no compiled target fits the machine. Weights are
-dequantized to float32 once, on first use.
+dequantized once, on first use, and held in float64: matmuls then accumulate in float64, so
+a row's result does not depend on how many rows share the batch (BLAS picks different
+float32 summation orders for different shapes).
 """
 
 import numpy as np
@@ -40,7 +42,7 @@ class ReferenceDevice:
         if w is None:
             e = self._entries[name]
             raw = np.frombuffer(self._bundle.weights, dtype=np.uint8, count=e.nbytes, offset=e.offset)
-            w = self._weights[name] = dequantize(raw, e.format, e.shape)
+            w = self._weights[name] = dequantize(raw, e.format, e.shape).astype(np.float64)
         return w
 
     # -- ops ------------------------------------------------------------------------------
@@ -56,7 +58,7 @@ class ReferenceDevice:
         outs[0][...] = x / np.sqrt(ms + np.float32(attrs["eps"])) * weights[0]
 
     def op_matmul(self, outs, ins, weights, attrs, batch):
-        outs[0][...] = ins[0] @ weights[0].T
+        outs[0][...] = ins[0].astype(np.float64) @ weights[0].T
 
     def op_add_bias(self, outs, ins, weights, attrs, batch):
         outs[0][...] = ins[0] + weights[0]

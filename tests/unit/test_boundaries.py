@@ -1,0 +1,47 @@
+"""The bundle is the only contract: the runtime imports neither the compiler nor gguf."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RUNTIME_MODULES = [
+    "rfc.runtime." + p.relative_to(ROOT / "runtime").with_suffix("").as_posix().replace("/", ".")
+    for p in sorted((ROOT / "runtime").rglob("*.py"))
+    if p.name != "__init__.py"
+] + ["rfc.cli.run_cmd", "rfc.cli.serve_cmd"]
+
+
+def test_runtime_imports_neither_compiler_nor_gguf():
+    code = (
+        "import sys, importlib\n"
+        f"for m in {RUNTIME_MODULES!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(m)\n"
+        "    except ModuleNotFoundError as e:\n"
+        "        if e.name == m: continue\n"
+        "        raise\n"
+        "bad = sorted(n for n in sys.modules if n == 'gguf' or n.startswith(('gguf.', 'rfc.compiler')))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"runtime modules pulled in: {out}"
+
+
+def test_artifacts_uses_only_stdlib_and_msgpack():
+    allowed = set(sys.stdlib_module_names) | {"msgpack", "rfc"}
+    for path in (ROOT / "artifacts").glob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if words[:1] in (["import"], ["from"]):
+                top = words[1].split(".")[0]
+                assert top in allowed, f"{path.name} imports {words[1]}"
+
+
+def test_runtime_never_runs_a_toolchain():
+    """No process spawning anywhere in the runtime: it never compiles at serve time."""
+    for path in (ROOT / "runtime").rglob("*.py"):
+        text = path.read_text()
+        for call in ("import subprocess", "from subprocess", "os.system(", "os.popen(", "Popen(", "os.exec", "os.spawn"):
+            assert call not in text, f"{path.relative_to(ROOT)} uses {call}"
