@@ -1,0 +1,31 @@
+"""`rfc tokenizer` on every llama.cpp test vocabulary: the written tokenizer.json, loaded with
+`tokenizers` alone, encodes every test input to exactly llama.cpp's ids."""
+
+import pytest
+from tokenizers import Tokenizer
+
+from tests.conftest import VOCAB, rfc
+from tests.unit.test_tokenizer import read_expected, read_inputs
+
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
+
+FAMILIES = sorted(p.name[len("ggml-vocab-") : -len(".gguf")] for p in VOCAB.glob("ggml-vocab-*.gguf") if p.with_suffix(".gguf.out").exists())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rfc_tokenizer_output_matches_llama_cpp_vectors(family, tmp_path):
+    out = tmp_path / "tokenizer.json"
+    rfc("tokenizer", VOCAB / f"ggml-vocab-{family}.gguf", "-o", out, check=True)
+    tok = Tokenizer.from_file(str(out))
+    inputs, expected = read_inputs(family), read_expected(family)
+    assert len(inputs) == len(expected)
+    failures = [i for i, (text, ids) in enumerate(zip(inputs, expected)) if tok.encode(text, add_special_tokens=False).ids != ids]
+    assert failures == [], f"{family}: inputs {failures} differ"
+
+
+def test_rfc_tokenizer_refuses_a_file_that_is_not_gguf(tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_text("nope")
+    proc = rfc("tokenizer", bad, "-o", tmp_path / "t.json")
+    assert proc.returncode == 2 and "not a GGUF" in proc.stderr
+    assert not (tmp_path / "t.json").exists()
