@@ -13,7 +13,7 @@ class Target:
     wave_size: int  # threads per wavefront/warp (1 for cpu)
 
 
-_GFX = re.compile(r"gfx[0-9]{3,4}[a-f0-9]?")
+_GFX = re.compile(r"gfx[0-9]{2,3}[0-9a-f]")
 _SM = re.compile(r"sm_[0-9]{2,3}a?")
 
 

@@ -1,5 +1,159 @@
-"""Placeholder: kernel generation for this family is being written."""
+"""Kernel codegen for GPU targets (families "hip" and "cuda").
+
+One HIP-dialect source per target: the prelude (kernels/rfc_gpu.h + kernels/rfc_blocks.h)
+and one rendered template per kernel (gpu_plan decides the kernels and their constants).
+hipcc builds it to a code object for gfx*, nvcc to a cubin for sm_*; the argument layout
+of every kernel is read back from the binary and checked against what the templates
+declare before it goes into the manifest.
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rfc.compiler.codegen import CodegenInput
+from rfc.compiler.codegen.cache import cached_build
+from rfc.compiler.codegen.gpu_plan import ARG_SIZES, KernelSpec, plan_kernels
+from rfc.compiler.codegen.render import render
+from rfc.compiler.errors import CompileError
+from rfc.compiler.targets import Target
+from rfc.artifacts.codeobject import CodeObjectError, KernelInfo, read_cubin, read_hsaco
+
+PRELUDE_TEMPLATE = "gpu_prelude.hip.j2"
 
 
-def build(inp) -> dict:
-    return {}
+@dataclass(frozen=True)
+class Toolchain:
+    """How one family builds the shared source: data, not branches (see STYLE 7)."""
+
+    program: str
+    source_file: str
+    binary_file: str
+    args: tuple[str, ...]  # {arch}, {src} and {out} are substituted
+    env: tuple[tuple[str, str], ...]  # set for the compiler process
+    install_hint: str
+
+    def command(self, target: Target) -> list[str]:
+        subst = {"arch": target.name, "src": self.source_file, "out": self.binary_file}
+        return [self.program, *(a.format(**subst) for a in self.args)]
+
+
+TOOLCHAINS = {
+    # -nogpuinc/-nogpulib: no HIP headers, no device libraries (gfx1100 has none here);
+    # rfc_gpu.h maps everything to builtins. -fno-discard-value-names keeps argument names
+    # in the code object's metadata so the runtime can check them by name.
+    "hip": Toolchain(
+        program="hipcc",
+        source_file="rfc.hip",
+        binary_file="rfc.hsaco",
+        args=("--genco", "--offload-arch={arch}", "-nogpuinc", "-nogpulib", "-O3", "-std=c++17",
+              "-fno-discard-value-names", "-o", "{out}", "{src}"),
+        # with nvcc on the PATH hipcc would otherwise pick the NVIDIA platform
+        env=(("HIP_PLATFORM", "amd"),),
+        install_hint="install ROCm's hipcc",
+    ),
+    "cuda": Toolchain(
+        program="nvcc",
+        source_file="rfc.cu",
+        binary_file="rfc.cubin",
+        args=("-cubin", "-arch={arch}", "-O3", "-std=c++17", "-x", "cu", "-o", "{out}", "{src}"),
+        env=(),
+        install_hint="install the CUDA toolkit's nvcc",
+    ),
+}
+
+
+def build(inp: CodegenInput) -> dict:
+    target = inp.target
+    tc = TOOLCHAINS[target.family]
+    specs, op_kernels = plan_kernels(target, inp.plan, inp.layout)
+    source = render_source(target, specs)
+    command = tc.command(target)
+    version = toolchain_version(tc)
+    binary = cached_build(inp.cache_dir, [source, " ".join(command), version], lambda: _compile(tc, target, source))
+    built = kernels_in(target, binary)
+    kernel_args = {s.name: _checked_layout(s, built) for s in specs}
+    kernels_rel = f"{inp.bundle_dir}/{tc.binary_file}"
+    source_rel = f"{inp.bundle_dir}/{tc.source_file}"
+    inp.writer.write_bytes(kernels_rel, binary)
+    inp.writer.write_bytes(source_rel, source.encode())
+    return {
+        "kernels": kernels_rel,
+        "sources": [source_rel],
+        "toolchain": version,
+        "compile_command": " ".join(command),
+        "kernel_args": kernel_args,
+        "launch": {s.name: s.launch() for s in specs},
+        "op_kernels": op_kernels,
+    }
+
+
+def render_source(target: Target, specs: list[KernelSpec]) -> str:
+    parts = [render(PRELUDE_TEMPLATE, {"wave": target.wave_size})]
+    parts += [render(s.template, s.params) for s in specs]
+    return "\n".join(parts)
+
+
+def kernels_in(target: Target, binary: bytes) -> dict[str, KernelInfo]:
+    """Kernels and argument layouts of a built binary, read the way the runtime reads them."""
+    try:
+        return read_hsaco(binary, target.name) if target.family == "hip" else read_cubin(binary)
+    except CodeObjectError as e:
+        raise CompileError(f"{target.name}: cannot read the built code object: {e}") from e
+
+
+def _checked_layout(spec: KernelSpec, kernels: dict[str, KernelInfo]) -> list[list]:
+    """[[name, size, offset], ...] of the kernel, after checking the binary against the spec."""
+    info = kernels.get(spec.name)
+    if info is None:
+        raise CompileError(f"kernel {spec.name} is missing from the built code object")
+    if len(info.args) != len(spec.args):
+        raise CompileError(f"kernel {spec.name}: the code object has {len(info.args)} arguments, the template declares {len(spec.args)}")
+    layout = []
+    for (name, kind), arg in zip(spec.args, info.args):
+        if arg.name is not None and arg.name != name:
+            raise CompileError(f"kernel {spec.name}: argument {arg.name!r} in the code object, {name!r} expected")
+        if arg.size != ARG_SIZES[kind]:
+            raise CompileError(f"kernel {spec.name}: argument {name} is {arg.size} bytes, {ARG_SIZES[kind]} expected")
+        layout.append([name, arg.size, arg.offset])
+    return layout
+
+
+def toolchain_version(tc: Toolchain) -> str:
+    exe = _executable(tc)
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, env=_env(tc))
+    if proc.returncode != 0:
+        raise CompileError(f"`{tc.program} --version` failed ({proc.returncode}): {proc.stderr.strip()}")
+    lines = [ln.strip() for ln in proc.stdout.splitlines() if "version" in ln.lower() or "release" in ln.lower()]
+    return f"{tc.program}: " + "; ".join(lines or [proc.stdout.strip()])
+
+
+def _executable(tc: Toolchain) -> str:
+    exe = shutil.which(tc.program)
+    if exe is None:
+        raise CompileError(f"{tc.program} not found on PATH: needed to build {tc.binary_file} ({tc.install_hint})")
+    return exe
+
+
+def _env(tc: Toolchain) -> dict[str, str]:
+    return {**os.environ, **dict(tc.env)}
+
+
+def _compile(tc: Toolchain, target: Target, source: str) -> bytes:
+    command = tc.command(target)
+    exe = _executable(tc)
+    # A fresh directory with fixed file names: the command line, and so the cache key and the
+    # output, never depend on where the build ran.
+    with tempfile.TemporaryDirectory(prefix="rfc-gpu-") as tmp:
+        (Path(tmp) / tc.source_file).write_text(source)
+        proc = subprocess.run([exe, *command[1:]], cwd=tmp, capture_output=True, text=True, env=_env(tc))
+        out = Path(tmp) / tc.binary_file
+        if proc.returncode != 0 or not out.is_file():
+            output = (proc.stderr + proc.stdout).strip()
+            raise CompileError(
+                f"{target.name}: `{' '.join(command)}` failed with status {proc.returncode}:\n{output[-8000:]}"
+            )
+        return out.read_bytes()

@@ -45,3 +45,12 @@ def test_runtime_never_runs_a_toolchain():
         text = path.read_text()
         for call in ("import subprocess", "from subprocess", "os.system(", "os.popen(", "Popen(", "os.exec", "os.spawn"):
             assert call not in text, f"{path.relative_to(ROOT)} uses {call}"
+
+
+def test_compiler_does_not_import_the_runtime():
+    """The two halves share only rfc.artifacts."""
+    for path in (ROOT / "compiler").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("import ", "from ")):
+                assert "rfc.runtime" not in stripped, f"{path.relative_to(ROOT)}: {stripped}"

@@ -1,0 +1,272 @@
+"""Kernel planning for GPU targets: every plan op becomes a specialized kernel.
+
+`plan_kernels` decides every constant the templates use (dimensions, weight format and block
+geometry, wave size, threads per block, tiles, the launch grid) and the argument list each
+kernel declares. Ops with the same specialization share one kernel. Templates only spell
+the constants out.
+
+Argument lists are part of the bundle contract: the runtime (rfc.runtime.devices.gpu) packs
+the same names in the same order, and both sides check them against the code object.
+"""
+
+import math
+from dataclasses import dataclass
+
+import gguf
+
+from rfc.artifacts.layout import WeightLayout
+from rfc.artifacts.plan import Op, Plan
+from rfc.compiler.errors import CompileError
+from rfc.compiler.targets import Target
+
+PTR, I32 = "ptr", "i32"
+ARG_SIZES = {PTR: 8, I32: 4}
+
+# The weight formats rfc_blocks.h decodes.
+MATMUL_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+# Declared kernel parameters per op kind, in order (rope adds freq_factors when it has one).
+KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "embed": (("out", PTR), ("tokens", PTR), ("weight", PTR), ("n_rows", I32)),
+    "rmsnorm": (("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
+    "matmul": (("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
+    "add_bias": (("out", PTR), ("x", PTR), ("bias", PTR), ("n_rows", I32)),
+    "rope": (("q", PTR), ("k", PTR), ("positions", PTR), ("freq_factors", PTR), ("n_rows", I32)),
+    "kv_write": (("k_cache", PTR), ("v_cache", PTR), ("k", PTR), ("v", PTR), ("slots", PTR), ("n_rows", I32)),
+    "attention": (
+        ("out", PTR), ("q", PTR), ("k_cache", PTR), ("v_cache", PTR), ("positions", PTR),
+        ("seq_of_token", PTR), ("block_tables", PTR), ("n_rows", I32), ("table_width", I32), ("block_size", I32),
+    ),
+    "swiglu": (("out", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32)),
+    "add": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
+    "gather_rows": (("out", PTR), ("x", PTR), ("rows", PTR), ("n_rows", I32)),
+}
+
+KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<dtype>_t)
+MAX_THREADS = 256  # threads per block for row-wise kernels
+MATMUL_WAVES = 4  # waves per matmul block
+MATMUL_TOKENS = 8  # tokens that share one decoded weight block
+# Blocks up to this many elements are decoded into registers (the dot loop fully unrolled);
+# larger ones (k-quants, 256) stay in a private array: unrolling them costs long compiles
+# for no gain, since rfc_blocks.h decodes a whole block per call.
+MATMUL_UNROLL_MAX = 32
+ATTENTION_THREADS = 256
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    template: str
+    params: dict  # every constant the template uses
+    args: tuple[tuple[str, str], ...]  # (name, PTR | I32), as the kernel declares them
+    threads: int  # threads per block (1-D)
+    # per grid dimension (x, y): (count, tile) -> ceil(count / tile) blocks; count is a
+    # constant or the name of an I32 argument of the kernel
+    grid: tuple[tuple[int | str, int], ...]
+
+    def launch(self) -> dict:
+        return {"threads": self.threads, "grid": [list(g) for g in self.grid]}
+
+
+def block_geometry(fmt: str) -> tuple[int, int]:
+    """(elements, bytes) of one block of a weight format."""
+    try:
+        return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[fmt]]
+    except KeyError:
+        raise CompileError(f"unknown weight format {fmt}") from None
+
+
+def plan_kernels(target: Target, plan: Plan, layout: WeightLayout) -> tuple[list[KernelSpec], list[str]]:
+    """The kernels of a plan (first-use order) and, per plan op, the kernel that runs it."""
+    planner = _Planner(target, plan, layout)
+    specs: dict[str, KernelSpec] = {}
+    op_kernels = []
+    for op in plan.ops:
+        spec = planner.spec(op)
+        if spec.name in specs and specs[spec.name] != spec:
+            spec = _renamed(spec, specs)
+        specs.setdefault(spec.name, spec)
+        op_kernels.append(spec.name)
+    return list(specs.values()), op_kernels
+
+
+def _renamed(spec: KernelSpec, taken: dict[str, KernelSpec]) -> KernelSpec:
+    """Two specializations the readable name does not tell apart: number the later ones."""
+    i = 2
+    while f"{spec.name}_{i}" in taken and taken[f"{spec.name}_{i}"] != spec:
+        i += 1
+    name = f"{spec.name}_{i}"
+    return KernelSpec(name, spec.template, dict(spec.params, name=name), spec.args, spec.threads, spec.grid)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+class _Planner:
+    def __init__(self, target: Target, plan: Plan, layout: WeightLayout):
+        self.wave = target.wave_size
+        self.plan = plan
+        self.tensors = layout.by_name()
+
+    def spec(self, op: Op) -> KernelSpec:
+        return getattr(self, "_" + op.kind)(op)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _width(self, buffer: str) -> int:
+        width = self.plan.buffer(buffer).shape[-1]
+        assert isinstance(width, int), f"buffer {buffer} has a symbolic row width"
+        return width
+
+    def _row_threads(self, items: int) -> int:
+        """Threads for a block that walks `items` per row: whole waves, at most MAX_THREADS."""
+        return min(MAX_THREADS, _round_up(items, self.wave))
+
+    def _f32_vector(self, op: Op, name: str) -> None:
+        fmt = self.tensors[name].format
+        if fmt != "F32":
+            raise CompileError(f"GPU {op.kind} reads {name} as F32, but it is stored as {fmt}")
+
+    def _rowwise(self, op: Op, template: str, name: str, width: int, **params) -> KernelSpec:
+        threads = self._row_threads(width)
+        return KernelSpec(
+            name=name,
+            template=template,
+            params={"name": name, "threads": threads, "width": width, **params},
+            args=KERNEL_ARGS[op.kind],
+            threads=threads,
+            grid=(("n_rows", 1),),
+        )
+
+    def _weight(self, op: Op, name: str) -> dict:
+        entry = self.tensors[name]
+        if entry.format not in MATMUL_FORMATS:
+            raise CompileError(f"no GPU kernel for {op.kind} with {name} in format {entry.format}")
+        qk, ts = block_geometry(entry.format)
+        rows, cols = entry.shape
+        return {
+            "fmt": entry.format.lower(),
+            "fmt_upper": entry.format,
+            "qk": qk,
+            "ts": ts,
+            "rows": rows,
+            "cols": cols,
+            "blocks_per_row": cols // qk,
+            "row_bytes": cols // qk * ts,
+        }
+
+    # -- one method per op kind --------------------------------------------------------------
+    def _embed(self, op: Op) -> KernelSpec:
+        w = self._weight(op, op.weights[0])
+        threads = self._row_threads(w["blocks_per_row"])
+        name = f"rfc_embed_{w['fmt']}_{w['cols']}"
+        params = {"name": name, "threads": threads, "width": w["cols"], **w}
+        return KernelSpec(name, "gpu_embed.hip.j2", params, KERNEL_ARGS["embed"], threads, (("n_rows", 1),))
+
+    def _matmul(self, op: Op) -> KernelSpec:
+        w = self._weight(op, op.weights[0])
+        threads = MATMUL_WAVES * self.wave
+        lanes_per_row = min(self.wave, _pow2_at_least(w["blocks_per_row"]))
+        rows_per_block = threads // lanes_per_row
+        name = f"rfc_matmul_{w['fmt']}_{w['rows']}x{w['cols']}"
+        params = {
+            "name": name,
+            "threads": threads,
+            "n": w["rows"],
+            "k": w["cols"],
+            "lanes_per_row": lanes_per_row,
+            "rows_per_block": rows_per_block,
+            "tokens_per_block": MATMUL_TOKENS,
+            "block_unroll": w["qk"] if w["qk"] <= MATMUL_UNROLL_MAX else 1,
+            **w,
+        }
+        grid = ((w["rows"], rows_per_block), ("n_rows", MATMUL_TOKENS))
+        return KernelSpec(name, "gpu_matmul.hip.j2", params, KERNEL_ARGS["matmul"], threads, grid)
+
+    def _rmsnorm(self, op: Op) -> KernelSpec:
+        self._f32_vector(op, op.weights[0])
+        width = self._width(op.inputs[0])
+        return self._rowwise(op, "gpu_rmsnorm.hip.j2", f"rfc_rmsnorm_{width}", width, eps=float(op.attrs["eps"]))
+
+    def _add_bias(self, op: Op) -> KernelSpec:
+        self._f32_vector(op, op.weights[0])
+        width = self._width(op.inputs[0])
+        return self._rowwise(op, "gpu_add_bias.hip.j2", f"rfc_add_bias_{width}", width)
+
+    def _add(self, op: Op) -> KernelSpec:
+        width = self._width(op.inputs[0])
+        return self._rowwise(op, "gpu_add.hip.j2", f"rfc_add_{width}", width)
+
+    def _swiglu(self, op: Op) -> KernelSpec:
+        width = self._width(op.inputs[0])
+        return self._rowwise(op, "gpu_swiglu.hip.j2", f"rfc_swiglu_{width}", width)
+
+    def _gather_rows(self, op: Op) -> KernelSpec:
+        width = self._width(op.inputs[0])
+        return self._rowwise(op, "gpu_gather_rows.hip.j2", f"rfc_gather_rows_{width}", width)
+
+    def _kv_dtype(self) -> str:
+        dtype = self.plan.kv.dtype
+        if dtype not in KV_DTYPES:
+            raise CompileError(f"no GPU kernels for a KV cache of {dtype} (supported: {', '.join(KV_DTYPES)})")
+        return dtype
+
+    def _kv_write(self, op: Op) -> KernelSpec:
+        width = self.plan.kv.n_kv_heads * self.plan.kv.head_dim
+        dtype = self._kv_dtype()
+        return self._rowwise(op, "gpu_kv_write.hip.j2", f"rfc_kv_write_{dtype}_{width}", width, kv_dtype=dtype)
+
+    def _rope(self, op: Op) -> KernelSpec:
+        a = op.attrs
+        n_rot, style = a["n_rot"], a["style"]
+        half = n_rot // 2
+        if style not in ("adjacent", "neox"):
+            raise CompileError(f"no GPU kernel for rope style {style!r}")
+        has_factors = bool(op.weights)
+        if has_factors:
+            self._f32_vector(op, op.weights[0])
+        inv_freq = [float(a["freq_scale"]) * float(a["freq_base"]) ** (-2.0 * i / n_rot) for i in range(half)]
+        n_pairs = (a["n_heads"] + a["n_kv_heads"]) * half
+        threads = self._row_threads(n_pairs)
+        name = f"rfc_rope_{style}_{a['n_heads']}x{a['n_kv_heads']}x{a['head_dim']}_{n_rot}" + ("_ff" if has_factors else "")
+        params = {
+            "name": name,
+            "threads": threads,
+            "style": style,
+            "n_heads": a["n_heads"],
+            "n_kv_heads": a["n_kv_heads"],
+            "head_dim": a["head_dim"],
+            "half": half,
+            "n_pairs": n_pairs,
+            # adjacent pairs (2i, 2i+1); neox pairs (i, i + n_rot/2)
+            "pair_stride": 2 if style == "adjacent" else 1,
+            "pair_offset": 1 if style == "adjacent" else half,
+            "inv_freq": [repr(f) for f in inv_freq],
+            "has_freq_factors": has_factors,
+        }
+        args = tuple(arg for arg in KERNEL_ARGS["rope"] if has_factors or arg[0] != "freq_factors")
+        return KernelSpec(name, "gpu_rope.hip.j2", params, args, threads, (("n_rows", 1),))
+
+    def _attention(self, op: Op) -> KernelSpec:
+        a = op.attrs
+        head_dim, n_heads, n_kv_heads = a["head_dim"], a["n_heads"], a["n_kv_heads"]
+        threads = max(ATTENTION_THREADS, _round_up(head_dim, self.wave))
+        dtype = self._kv_dtype()
+        name = f"rfc_attention_{dtype}_{n_heads}x{n_kv_heads}x{head_dim}"
+        params = {
+            "name": name,
+            "threads": threads,
+            "n_heads": n_heads,
+            "n_kv_heads": n_kv_heads,
+            "head_dim": head_dim,
+            "group": n_heads // n_kv_heads,
+            "dim_groups": threads // head_dim,
+            "scale": float(a["scale"]),
+            "kv_dtype": dtype,
+        }
+        grid = (("n_rows", 1), (n_heads, 1))
+        return KernelSpec(name, "gpu_attention.hip.j2", params, KERNEL_ARGS["attention"], threads, grid)

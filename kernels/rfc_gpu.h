@@ -1,0 +1,173 @@
+/* Portability header: one HIP-dialect kernel source builds for AMD (hipcc --genco) and
+ * NVIDIA (nvcc -cubin -x cu).
+ *
+ * Kernels use only the RFC_* names below, never HIP or CUDA spellings directly. On AMD
+ * the source is built with -nogpuinc -nogpulib: no HIP headers and no device libraries
+ * (gfx1100 has none in this toolchain), so thread indices, barriers, shuffles and math map
+ * to clang builtins that lower to instructions, never to ocml/ockl calls.
+ *
+ * The generated source defines RFC_WAVE (threads per wavefront/warp, from the target)
+ * before including this file; a toolchain that disagrees fails the build here.
+ */
+#ifndef RFC_GPU_H
+#define RFC_GPU_H
+
+#ifndef RFC_WAVE
+#error "RFC_WAVE (the target's wave size) must be defined before rfc_gpu.h"
+#endif
+
+#if defined(__HIP__) && defined(__AMDGCN__)
+/* ---- AMD: clang HIP device compile, no HIP headers ---------------------------------- */
+#define RFC_HIP 1
+#if __AMDGCN_WAVEFRONT_SIZE != RFC_WAVE
+#error "the target's wave size differs from the compiler's __AMDGCN_WAVEFRONT_SIZE"
+#endif
+#define RFC_KERNEL(threads) extern "C" __attribute__((global)) __attribute__((amdgpu_flat_work_group_size(1, threads)))
+#define RFC_DEVICE_FN __attribute__((device)) inline __attribute__((always_inline))
+#define RFC_SHARED __attribute__((shared))
+#define RFC_CONSTANT __attribute__((constant))
+#define RFC_TID ((int)__builtin_amdgcn_workitem_id_x())
+#define RFC_BID_X ((int)__builtin_amdgcn_workgroup_id_x())
+#define RFC_BID_Y ((int)__builtin_amdgcn_workgroup_id_y())
+
+RFC_DEVICE_FN void rfc_sync(void) {
+    __builtin_amdgcn_fence(__ATOMIC_RELEASE, "workgroup");
+    __builtin_amdgcn_s_barrier();
+    __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "workgroup");
+}
+
+/* Value of `v` in lane (this lane ^ mask) of the wave (ds_bpermute addresses bytes). */
+RFC_DEVICE_FN float rfc_shfl_xor(float v, int mask) {
+    const int lane = RFC_TID & (RFC_WAVE - 1);
+    return __builtin_bit_cast(float, __builtin_amdgcn_ds_bpermute((lane ^ mask) << 2, __builtin_bit_cast(int, v)));
+}
+
+/* llvm.exp / llvm.sqrt lower to v_exp_f32 / v_sqrt_f32 on amdgcn: no library call. */
+#define RFC_EXPF(x) __builtin_expf(x)
+#define RFC_SQRTF(x) __builtin_sqrtf(x)
+#define RFC_RINT(x) __builtin_rint(x)
+#define RFC_FMAXF(a, b) __builtin_fmaxf(a, b)
+/* IEEE half <-> float in hardware (v_cvt_f32_f16 / v_cvt_f16_f32, round to nearest even) */
+#define RFC_HALF_TO_FLOAT(h) ((float)__builtin_bit_cast(_Float16, (unsigned short)(h)))
+#define RFC_FLOAT_TO_HALF(f) __builtin_bit_cast(unsigned short, (_Float16)(f))
+
+#elif defined(__CUDACC__)
+/* ---- NVIDIA: nvcc -x cu ---------------------------------------------------------------- */
+#define RFC_CUDA 1
+#if RFC_WAVE != 32
+#error "NVIDIA warps have 32 threads"
+#endif
+#define RFC_KERNEL(threads) extern "C" __global__ __launch_bounds__(threads)
+#define RFC_DEVICE_FN __device__ __forceinline__
+#define RFC_SHARED __shared__
+#define RFC_CONSTANT __constant__
+#define RFC_TID ((int)threadIdx.x)
+#define RFC_BID_X ((int)blockIdx.x)
+#define RFC_BID_Y ((int)blockIdx.y)
+
+RFC_DEVICE_FN void rfc_sync(void) { __syncthreads(); }
+
+RFC_DEVICE_FN float rfc_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+
+#define RFC_EXPF(x) expf(x)
+#define RFC_SQRTF(x) sqrtf(x)
+#define RFC_RINT(x) rint(x)
+#define RFC_FMAXF(a, b) fmaxf(a, b)
+
+/* IEEE half <-> float with PTX cvt (round to nearest even), no cuda_fp16.h needed */
+RFC_DEVICE_FN float rfc_half_to_float(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+RFC_DEVICE_FN unsigned short rfc_float_to_half(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+#define RFC_HALF_TO_FLOAT(h) rfc_half_to_float(h)
+#define RFC_FLOAT_TO_HALF(f) rfc_float_to_half(f)
+
+#elif defined(RFC_GPU_EMULATED)
+/* ---- host emulation for kernel tests without a GPU: tests/kernels/gpu_emu.h, included
+ * before this file, defines the names above with one fiber per GPU thread. */
+
+#else
+#error "rfc_gpu.h: compile with hipcc (amdgcn) or nvcc"
+#endif
+
+/* GGUF block decoders (kernels/rfc_blocks.h) as device functions. */
+#define RFC_FN RFC_DEVICE_FN
+
+/* ---- KV cache elements: rfc_kv_<dtype>_t, loaded and stored as float ------------------ */
+
+typedef unsigned short rfc_kv_f16_t;
+typedef float rfc_kv_f32_t;
+RFC_DEVICE_FN float rfc_kv_f16_load(rfc_kv_f16_t h) { return RFC_HALF_TO_FLOAT(h); }
+RFC_DEVICE_FN rfc_kv_f16_t rfc_kv_f16_store(float f) { return RFC_FLOAT_TO_HALF(f); }
+RFC_DEVICE_FN float rfc_kv_f32_load(rfc_kv_f32_t v) { return v; }
+RFC_DEVICE_FN rfc_kv_f32_t rfc_kv_f32_store(float f) { return f; }
+
+/* ---- reductions ------------------------------------------------------------------------ */
+
+/* Sum over groups of `width` adjacent lanes (width a power of two <= RFC_WAVE); every lane
+ * of the group gets the total. */
+RFC_DEVICE_FN float rfc_group_sum(float v, int width) {
+    for (int mask = width >> 1; mask > 0; mask >>= 1) v += rfc_shfl_xor(v, mask);
+    return v;
+}
+
+RFC_DEVICE_FN float rfc_wave_max(float v) {
+    for (int mask = RFC_WAVE >> 1; mask > 0; mask >>= 1) v = RFC_FMAXF(v, rfc_shfl_xor(v, mask));
+    return v;
+}
+
+/* Block-wide sum / max for a block of THREADS threads (a multiple of RFC_WAVE); every
+ * thread gets the result. `scratch` holds THREADS / RFC_WAVE floats of shared memory.
+ * With more than one wave they begin with a barrier, so consecutive calls may share
+ * scratch; with one wave they use no shared memory and no barrier at all. */
+template <int THREADS>
+RFC_DEVICE_FN float rfc_block_sum(float v, float *scratch) {
+    constexpr int waves = THREADS / RFC_WAVE;
+    v = rfc_group_sum(v, RFC_WAVE);
+    if (waves == 1) return v;
+    rfc_sync();
+    if ((RFC_TID & (RFC_WAVE - 1)) == 0) scratch[RFC_TID / RFC_WAVE] = v;
+    rfc_sync();
+    float total = 0.0f;
+    for (int w = 0; w < waves; w++) total += scratch[w];
+    return total;
+}
+
+template <int THREADS>
+RFC_DEVICE_FN float rfc_block_max(float v, float *scratch) {
+    constexpr int waves = THREADS / RFC_WAVE;
+    v = rfc_wave_max(v);
+    if (waves == 1) return v;
+    rfc_sync();
+    if ((RFC_TID & (RFC_WAVE - 1)) == 0) scratch[RFC_TID / RFC_WAVE] = v;
+    rfc_sync();
+    float m = scratch[0];
+    for (int w = 1; w < waves; w++) m = RFC_FMAXF(m, scratch[w]);
+    return m;
+}
+
+/* ---- math without device libraries ------------------------------------------------------ */
+
+/* sin and cos of an angle of any size. The reduction to [-pi/4, pi/4] is done in double
+ * (rotary angles reach position * 1 rad, thousands of radians), the polynomials in float
+ * (cephes sinf/cosf coefficients, error ~1e-7 on the reduced range). */
+RFC_DEVICE_FN void rfc_sincos(double theta, float *s, float *c) {
+    const double two_over_pi = 0.63661977236758134308;
+    const double pio2_hi = 1.57079632679489655800, pio2_lo = 6.12323399573676603587e-17;
+    const double k = RFC_RINT(theta * two_over_pi);
+    const float y = (float)((theta - k * pio2_hi) - k * pio2_lo);
+    const float z = y * y;
+    const float sy = y + y * z * (-1.6666654611e-1f + z * (8.3321608736e-3f + z * -1.9515295891e-4f));
+    const float cy = 1.0f - 0.5f * z + z * z * (4.166664568298827e-2f + z * (-1.388731625493765e-3f + z * 2.443315711809948e-5f));
+    const int q = (int)((long long)k & 3);
+    *s = q == 0 ? sy : q == 1 ? cy : q == 2 ? -sy : -cy;
+    *c = q == 0 ? cy : q == 1 ? -sy : q == 2 ? -cy : sy;
+}
+
+#endif /* RFC_GPU_H */

@@ -1,0 +1,148 @@
+/* Host emulation of rfc_gpu.h, for testing the GPU kernels on a machine without a GPU.
+ *
+ * Each GPU thread of a block runs as a fiber (its own stack, switched by a few lines of
+ * x86-64 assembly: glibc's swapcontext makes a syscall per switch, far too slow here).
+ * Blocks run one after another; a barrier suspends the calling fiber until every live
+ * fiber of the block has reached it. Shuffles are barrier + exchange through a table, so
+ * they assume, like CUDA's full-mask shuffles, that the whole block calls them.
+ * Shared memory is `static` (one block at a time), constant memory `static const`.
+ *
+ * Usage: g++ -std=c++17 -include gpu_emu.h -DRFC_GPU_EMULATED generated.hip launchers.cpp
+ * where each launcher calls rfc_emu::launch(kernel, grid_x, grid_y, threads, params).
+ */
+#ifndef RFC_GPU_EMU_H
+#define RFC_GPU_EMU_H
+
+#if !defined(__x86_64__)
+#error "the GPU emulator's fiber switch is x86-64 only"
+#endif
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <utility>
+
+#define RFC_KERNEL(threads) extern "C"
+#define RFC_DEVICE_FN static inline
+#define RFC_SHARED static
+#define RFC_CONSTANT static const
+#define RFC_TID (rfc_emu::cur)
+#define RFC_BID_X (rfc_emu::bid_x)
+#define RFC_BID_Y (rfc_emu::bid_y)
+#define RFC_EXPF(x) expf(x)
+#define RFC_SQRTF(x) sqrtf(x)
+#define RFC_RINT(x) rint(x)
+#define RFC_FMAXF(a, b) fmaxf(a, b)
+/* GCC 12 converts _Float16 in software, rounding to nearest even like the GPUs */
+#define RFC_HALF_TO_FLOAT(h) ((float)__builtin_bit_cast(_Float16, (unsigned short)(h)))
+#define RFC_FLOAT_TO_HALF(f) __builtin_bit_cast(unsigned short, (_Float16)(f))
+
+/* save callee-saved registers on the current stack, store its pointer in *from, switch to
+ * the stack `to` and restore the registers saved there */
+extern "C" void rfc_emu_switch(void **from, void *to);
+__asm__(
+    ".text\n"
+    ".globl rfc_emu_switch\n"
+    ".type rfc_emu_switch,@function\n"
+    "rfc_emu_switch:\n"
+    "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+    "  ret\n"
+    ".size rfc_emu_switch, .-rfc_emu_switch\n");
+
+namespace rfc_emu {
+
+constexpr int kMaxThreads = 1024;
+constexpr size_t kStack = 32 * 1024;
+
+static int cur, bid_x, bid_y;
+static int n_threads;
+static void *sched_sp;
+static void *sp[kMaxThreads];
+static bool done[kMaxThreads];
+static char *stacks;
+static float exchange[kMaxThreads];
+static std::function<void()> body;
+
+/* Suspends the current fiber (at a barrier, or finished) and runs the next live fiber of
+ * this pass, or returns to the scheduler when the pass is complete. */
+static void yield_to_scheduler() {
+    const int from = cur;
+    int next = from + 1;
+    while (next < n_threads && done[next]) next++;
+    if (next < n_threads) {
+        cur = next;
+        rfc_emu_switch(&sp[from], sp[next]);
+    } else {
+        rfc_emu_switch(&sp[from], sched_sp);
+    }
+}
+
+[[noreturn]] static void fiber_main() {
+    body();
+    done[cur] = true;
+    yield_to_scheduler();
+    abort();  // a finished fiber is never resumed
+}
+
+static void start_fiber(int i) {
+    // Stack top: the six callee-saved registers rfc_emu_switch pops, then fiber_main as
+    // its return address, 16-byte aligned so fiber_main starts like a called function.
+    char *top = stacks + (size_t)(i + 1) * kStack;
+    void **s = (void **)((uintptr_t)top & ~(uintptr_t)15) - 2;
+    s[0] = (void *)&fiber_main;
+    s -= 6;
+    for (int r = 0; r < 6; r++) s[r] = nullptr;
+    sp[i] = s;
+    done[i] = false;
+}
+
+static void run_block(int threads) {
+    n_threads = threads;
+    for (int i = 0; i < threads; i++) start_fiber(i);
+    // Each pass runs every live fiber to its next barrier or its end, in order.
+    for (;;) {
+        int first = 0;
+        while (first < threads && done[first]) first++;
+        if (first == threads) break;
+        cur = first;
+        rfc_emu_switch(&sched_sp, sp[first]);
+    }
+}
+
+template <typename... A, size_t... I>
+static void call(void (*kernel)(A...), void **params, std::index_sequence<I...>) {
+    kernel(*static_cast<A *>(params[I])...);
+}
+
+template <typename... A>
+static void launch(void (*kernel)(A...), int grid_x, int grid_y, int threads, void **params) {
+    if (threads > kMaxThreads) {
+        fprintf(stderr, "rfc_emu: %d threads per block\n", threads);
+        abort();
+    }
+    if (stacks == nullptr) stacks = (char *)malloc(kStack * kMaxThreads);
+    body = [&] { call(kernel, params, std::index_sequence_for<A...>{}); };
+    for (bid_y = 0; bid_y < grid_y; bid_y++)
+        for (bid_x = 0; bid_x < grid_x; bid_x++) run_block(threads);
+}
+
+}  // namespace rfc_emu
+
+static inline void rfc_sync(void) { rfc_emu::yield_to_scheduler(); }
+
+static inline float rfc_shfl_xor(float v, int mask) {
+    rfc_emu::exchange[rfc_emu::cur] = v;
+    rfc_sync();
+    const float r = rfc_emu::exchange[rfc_emu::cur ^ mask];
+    rfc_sync();
+    return r;
+}
+
+#endif /* RFC_GPU_EMU_H */

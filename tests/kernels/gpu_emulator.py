@@ -1,0 +1,96 @@
+"""Runs a bundle's GPU kernels on the host, for kernel tests on machines without a GPU.
+
+The target's generated source (kernels/<target>/rfc.hip or rfc.cu, the exact text the GPU
+toolchain built) is compiled with g++ against gpu_emu.h, which emulates rfc_gpu.h with one
+fiber per GPU thread. `EmulatedDriver` implements the Driver protocol of
+rfc.runtime.devices.gpu over host memory, so the real GpuDevice (argument checks, packing
+at the code object's offsets, grids, KV cache, memory pool) drives the emulated kernels.
+"""
+
+import ctypes
+import hashlib
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.plan import KVSpec
+from rfc.artifacts.codeobject import read_cubin, read_hsaco
+from rfc.runtime.devices.gpu import GpuDevice
+from rfc.runtime.devices.gpu_args import target_entry
+
+EMU_HEADER = Path(__file__).with_name("gpu_emu.h")
+
+
+def build_emulator(bundle: Bundle, target: str, build_dir: Path) -> Path:
+    """A shared library with `rfc_emu_launch_<kernel>` for every kernel of the target."""
+    entry = target_entry(bundle, target)
+    source = bundle.read_text(entry["sources"][0])
+    launchers = "".join(
+        f'extern "C" void rfc_emu_launch_{k}(int gx, int gy, int gz, int threads, void **params) '
+        f"{{ rfc_emu::launch({k}, gx, gy, threads, params); }}\n"
+        for k in sorted(entry["kernel_args"])
+    )
+    text = f'#define RFC_GPU_EMULATED 1\n#include "{EMU_HEADER}"\n{source}\n{launchers}'
+    key = hashlib.sha256(text.encode() + EMU_HEADER.read_bytes()).hexdigest()[:16]
+    lib = build_dir / f"emu-{key}.so"
+    if not lib.is_file():
+        build_dir.mkdir(parents=True, exist_ok=True)
+        src = build_dir / f"emu-{key}.cpp"
+        src.write_text(text)
+        cmd = ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-6000:]}")
+    return lib
+
+
+class EmulatedDriver:
+    """Host memory as device memory, emulated kernels as functions."""
+
+    def __init__(self, library: Path):
+        self.lib = ctypes.CDLL(str(library))
+        self.memory: dict[int, np.ndarray] = {}
+        self.launches = 0
+
+    def malloc(self, nbytes: int) -> int:
+        buf = np.full(nbytes, 0xFF, dtype=np.uint8)  # NaN-filled: reads of unwritten memory show
+        ptr = buf.ctypes.data
+        self.memory[ptr] = buf
+        return ptr
+
+    def free(self, ptr: int) -> None:
+        del self.memory[ptr]
+
+    def copy_to_device(self, ptr: int, host: np.ndarray) -> None:
+        host = np.ascontiguousarray(host)
+        ctypes.memmove(ptr, host.ctypes.data, host.nbytes)
+
+    def copy_to_host(self, host: np.ndarray, ptr: int) -> None:
+        ctypes.memmove(host.ctypes.data, ptr, host.nbytes)
+
+    def load_module(self, image: bytes):
+        return self.lib
+
+    def function(self, module, name: str):
+        fn = getattr(module, f"rfc_emu_launch_{name}")
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        return fn
+
+    def launch(self, fn, grid, block, params) -> None:
+        assert grid[2] == 1 and block[1] == block[2] == 1
+        self.launches += 1
+        fn(grid[0], grid[1], grid[2], block[0], ctypes.cast(params, ctypes.c_void_p))
+
+    def synchronize(self) -> None:
+        pass
+
+
+def emulated_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path) -> GpuDevice:
+    """A GpuDevice running the target's kernels emulated, checked against its code object."""
+    entry = target_entry(bundle, target)
+    data = bundle.file(entry["kernels"]).read_bytes()
+    code = read_hsaco(data, target) if entry["family"] == "hip" else read_cubin(data)
+    driver = EmulatedDriver(build_emulator(bundle, target, build_dir))
+    return GpuDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size)

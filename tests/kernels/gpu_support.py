@@ -1,0 +1,53 @@
+"""Shared by the GPU test modules: toolchain skips and bundles compiled per session.
+
+Kept out of conftest.py (tests/kernels is shared with other kernel tests); the modules
+import the fixtures. Each module gets its own fixture instance, but all share one kernel
+build cache under the session's base temp dir, so a model's source is built once per
+target per session.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEMO_MODEL, FIXTURES
+
+HIPCC, NVCC = shutil.which("hipcc"), shutil.which("nvcc")
+
+needs_hipcc = pytest.mark.skipif(HIPCC is None, reason="hipcc (ROCm) is not installed: it builds the gfx code objects")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not installed: it builds the sm_* cubins")
+
+
+def toolchain_marks(target: str) -> list:
+    return [pytest.mark.toolchain, needs_nvcc if target.startswith("sm_") else needs_hipcc]
+
+
+def model_path(name: str) -> Path:
+    return DEMO_MODEL if name == "stories260K" else FIXTURES / f"tiny-{name}.gguf"
+
+
+@pytest.fixture(scope="session")
+def gpu_build_cache(tmp_path_factory) -> Path:
+    """The session's kernel build cache (a fixed path, so every module shares it)."""
+    path = tmp_path_factory.getbasetemp() / "gpu-kernel-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpu_bundle(tmp_path_factory, gpu_build_cache):
+    """gpu_bundle(model_name, target) -> bundle dir, compiled at most once per session."""
+    root = tmp_path_factory.mktemp("gpu-bundles")
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, target: str) -> Path:
+        if (name, target) not in built:
+            from rfc.compiler.pipeline import CompileOptions, compile_model
+
+            out = root / f"{name}-{target}"
+            compile_model(CompileOptions(model=model_path(name), out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+            built[name, target] = out
+        return built[name, target]
+
+    return get
