@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Build llama.cpp's CPU tools (llama-bench, llama-cli/llama-completion,
+# llama-server) for benchmarking rfc against it.
+#
+# llama.cpp is NOT a dependency of rfc; this is a benchmarking aid only.
+#
+# The source is obtained without any network other than PyPI: the
+# llama-cpp-python sdist vendors llama.cpp under vendor/llama.cpp.
+#
+# Usage: tools/build_llama_cpp.sh [BUILD_DIR]   (default /tmp/llama.cpp-build)
+# Env:   LLAMA_CPP_PYTHON_VERSION  pin a llama-cpp-python version (optional)
+#        JOBS                      parallel build jobs (default 2)
+#
+# Idempotent: the download, unpack, configure and build steps are skipped
+# when their outputs already exist.
+set -euo pipefail
+
+BUILD_ROOT="${1:-/tmp/llama.cpp-build}"
+JOBS="${JOBS:-2}"
+DL_DIR="$BUILD_ROOT/sdist"
+SRC_DIR="$BUILD_ROOT/src"          # the unpacked vendor/llama.cpp tree
+BIN_BUILD="$BUILD_ROOT/build"      # cmake build dir
+
+PIP="${PIP:-python3 -m pip}"
+PKG="llama-cpp-python"
+if [[ -n "${LLAMA_CPP_PYTHON_VERSION:-}" ]]; then
+    PKG="llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
+fi
+
+log() { echo "[build_llama_cpp] $*" >&2; }
+
+mkdir -p "$BUILD_ROOT" "$DL_DIR"
+
+# 1. Download the sdist (PyPI only).
+shopt -s nullglob
+sdists=("$DL_DIR"/llama_cpp_python-*.tar.gz "$DL_DIR"/llama-cpp-python-*.tar.gz)
+if (( ${#sdists[@]} == 0 )); then
+    log "downloading $PKG sdist from PyPI into $DL_DIR"
+    $PIP download --no-binary :all: --no-deps "$PKG" -d "$DL_DIR"
+    sdists=("$DL_DIR"/llama_cpp_python-*.tar.gz "$DL_DIR"/llama-cpp-python-*.tar.gz)
+else
+    log "sdist already present: ${sdists[0]}"
+fi
+if (( ${#sdists[@]} == 0 )); then
+    log "error: no llama-cpp-python sdist found in $DL_DIR"; exit 1
+fi
+SDIST="${sdists[0]}"
+
+# 2. Unpack vendor/llama.cpp.
+if [[ ! -f "$SRC_DIR/CMakeLists.txt" ]]; then
+    log "unpacking $SDIST"
+    tmp="$BUILD_ROOT/unpack.tmp"
+    rm -rf "$tmp" "$SRC_DIR"
+    mkdir -p "$tmp"
+    tar -xzf "$SDIST" -C "$tmp"
+    vendor=("$tmp"/*/vendor/llama.cpp)
+    if (( ${#vendor[@]} == 0 )) || [[ ! -f "${vendor[0]}/CMakeLists.txt" ]]; then
+        log "error: $SDIST has no vendor/llama.cpp"; exit 1
+    fi
+    mv "${vendor[0]}" "$SRC_DIR"
+    rm -rf "$tmp"
+else
+    log "source already unpacked: $SRC_DIR"
+fi
+
+# 3. Configure. LLAMA_USE_PREBUILT_UI=OFF stops llama-server's build from trying
+#    to download its web UI from Hugging Face (no network but PyPI here); the
+#    server is built without the embedded UI, which the benchmarks don't need.
+if [[ ! -f "$BIN_BUILD/CMakeCache.txt" ]]; then
+    log "configuring in $BIN_BUILD"
+    cmake -S "$SRC_DIR" -B "$BIN_BUILD" \
+        -DCMAKE_BUILD_TYPE=Release \
+        -DGGML_NATIVE=ON \
+        -DGGML_OPENMP=ON \
+        -DLLAMA_CURL=OFF \
+        -DLLAMA_USE_PREBUILT_UI=OFF \
+        -DBUILD_SHARED_LIBS=OFF \
+        -DLLAMA_BUILD_TESTS=OFF
+else
+    log "already configured: $BIN_BUILD"
+fi
+
+# 4. Build the tools. Pick llama-cli and/or llama-completion, whichever exist
+#    as targets in this llama.cpp version.
+targets=(llama-bench llama-server)
+help_out="$(cmake --build "$BIN_BUILD" --target help 2>/dev/null || true)"
+for t in llama-cli llama-completion; do
+    if grep -Eq "(^|[ .])$t(:|$| )" <<<"$help_out"; then
+        targets+=("$t")
+    fi
+done
+if [[ " ${targets[*]} " != *" llama-cli "* && " ${targets[*]} " != *" llama-completion "* ]]; then
+    # Could not introspect (e.g. generator without 'help'); try llama-cli.
+    targets+=(llama-cli)
+fi
+
+missing=()
+for t in "${targets[@]}"; do
+    [[ -x "$BIN_BUILD/bin/$t" ]] || missing+=("$t")
+done
+if (( ${#missing[@]} > 0 )); then
+    log "building: ${missing[*]} (-j$JOBS)"
+    cmake --build "$BIN_BUILD" --config Release -j "$JOBS" --target "${missing[@]}"
+else
+    log "all binaries already built"
+fi
+
+# 5. Report.
+for t in "${targets[@]}"; do
+    if [[ -x "$BIN_BUILD/bin/$t" ]]; then
+        echo "$BIN_BUILD/bin/$t"
+    else
+        log "error: $t was not built"; exit 1
+    fi
+done
