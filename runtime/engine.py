@@ -7,6 +7,7 @@ HTTP threads only `submit`, `cancel` and read state; the model runs in the threa
 """
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -21,6 +22,8 @@ from rfc.runtime.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequenc
 from rfc.runtime.stopping import StopChecker
 
 __all__ = ["Engine", "GenerationRequest", "RequestState", "TokenEvent", "QueueFull", "RequestError"]
+
+log = logging.getLogger("rfc.engine")
 
 # finish reasons (the native API's names; the OpenAI layer maps them)
 LENGTH, STOP, EOS, CANCELLED, FAILED = "length", "stop", "eos", "cancelled", "failed"
@@ -77,6 +80,7 @@ class RequestState:
     finish_reason: str | None = None
     error: str | None = None
     created_at: float = field(default_factory=time.time)
+    admitted_at: float | None = None  # first scheduled: queueing ends, prefill starts
     first_token_at: float | None = None
     prefill_done_at: float | None = None
     finished_at: float | None = None
@@ -168,6 +172,10 @@ class Engine:
             chunks = self.scheduler.schedule()
             if not chunks:
                 return False
+            now = time.time()
+            for c in chunks:
+                if c.seq.payload.admitted_at is None:
+                    c.seq.payload.admitted_at = now
             batch = build_batch(
                 [SeqChunk(c.seq.seq_id, c.start, tuple(c.tokens), c.needs_logits) for c in chunks],
                 self.model.blocks,
@@ -194,7 +202,12 @@ class Engine:
                     continue
                 state = c.seq.payload
                 if c.seq.status is not SequenceStatus.FINISHED and not state.finished:
-                    self._advance(state, logits[row])
+                    try:
+                        self._advance(state, logits[row])
+                    except Exception as e:  # e.g. non-finite logits: this request fails, alone
+                        state.error = f"{type(e).__name__}: {e}"
+                        if not state.finished:
+                            self._finish(state, FAILED, token=None)
                 row += 1
             self.steps += 1
         return True
@@ -263,7 +276,10 @@ class Engine:
                     self._wake.wait()
                 if not self._running:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception:  # the loop outlives any one step: log it, fail nothing else
+                log.exception("engine step failed")
 
     @property
     def is_running(self) -> bool:

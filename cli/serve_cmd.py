@@ -1,0 +1,80 @@
+"""`rfc serve`: parse the flags (each also read from an RFC_* environment variable) into
+frozen configs and hand them to rfc.runtime.server.serve."""
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from rfc.cli.errors import fail
+
+
+@click.command("serve")
+@click.argument("bundle", envvar="RFC_BUNDLE", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--host", envvar="RFC_HOST", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for all interfaces).")
+@click.option("--port", envvar="RFC_PORT", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--device", envvar="RFC_DEVICE", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
+@click.option("--max-batch", envvar="RFC_MAX_BATCH", default=16, show_default=True, type=click.IntRange(min=1), help="Sequences decoded together at most.")
+@click.option("--max-queue", envvar="RFC_MAX_QUEUE", default=64, show_default=True, type=click.IntRange(min=1), help="Requests waiting at most; more get 503.")
+@click.option("--kv-pages", envvar="RFC_KV_PAGES", default=None, type=click.IntRange(min=1), help="KV-cache pages of 16 tokens (default: 4 full contexts).")
+@click.option("--api-key", envvar="RFC_API_KEY", default=None, help="Require 'Authorization: Bearer KEY' (except /health, /ready). Prefer the env var: flags show in ps.")
+@click.option("--cors-origin", "cors_origins", envvar="RFC_CORS_ORIGIN", multiple=True, default=("*",), show_default=True, help="Allowed CORS origin (repeatable; env: space-separated).")
+@click.option("--no-cors", envvar="RFC_NO_CORS", is_flag=True, help="Send no CORS headers at all.")
+@click.option("--log-format", envvar="RFC_LOG_FORMAT", type=click.Choice(["human", "json"]), default="human", show_default=True)
+@click.option("--log-file", envvar="RFC_LOG_FILE", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Append logs here instead of stderr.")
+@click.option("--log-level", envvar="RFC_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--no-verify", envvar="RFC_NO_VERIFY", is_flag=True, help="Skip re-hashing the bundle's files when loading.")
+@click.option("--trace-sample-rate", envvar="RFC_TRACE_SAMPLE_RATE", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0), help="Fraction of requests traced (GET /traces).")
+@click.option("--max-traces", envvar="RFC_MAX_TRACES", default=1000, show_default=True, type=click.IntRange(min=1), help="Traces kept; the oldest go first.")
+@click.option("--max-body-bytes", envvar="RFC_MAX_BODY_BYTES", default=1 << 20, show_default=True, type=click.IntRange(min=1), help="Larger request bodies get 413.")
+@click.option("--threads", envvar="RFC_THREADS", default=None, type=click.IntRange(min=1), help="HTTP worker threads (default: max-batch + max-queue + 4).")
+@click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
+def serve_cmd(bundle, host, port, device, max_batch, max_queue, kv_pages, api_key, cors_origins, no_cors, log_format, log_file,
+              log_level, no_verify, trace_sample_rate, max_traces, max_body_bytes, threads, load_delay):
+    """Serve BUNDLE over HTTP: the native API and an OpenAI-compatible /v1 API."""
+    # The cpu device's OpenMP workers share the cores with the HTTP threads; spin-waiting
+    # workers starve those (16 streaming clients ran 10x slower on 2 cores). libgomp reads
+    # this when the device library loads, after this line; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from rfc.artifacts import BundleError
+    from rfc.artifacts.bundle import read_manifest
+    from rfc.runtime.loader import LoadOptions
+    from rfc.runtime.scheduler import SchedulerConfig
+    from rfc.runtime.server.config import LogConfig, ServeOptions, ServerConfig
+    from rfc.runtime.server.logs import configure_logging
+    from rfc.runtime.server.serve import serve
+
+    try:
+        read_manifest(bundle)  # fail now, not after binding, on a path that is no bundle at all
+    except BundleError as e:
+        fail(str(e))
+    try:
+        options = ServeOptions(
+            bundle=bundle,
+            host=host,
+            port=port,
+            threads=threads,
+            load=LoadOptions(device=device, verify=not no_verify, kv_blocks=kv_pages),
+            scheduler=SchedulerConfig(max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(512, max_batch)),
+            server=ServerConfig(
+                api_key=api_key or None,
+                cors_origins=() if no_cors else tuple(cors_origins),
+                max_body_bytes=max_body_bytes,
+                trace_sample_rate=trace_sample_rate,
+                max_traces=max_traces,
+            ),
+            log=LogConfig(format=log_format, file=log_file, level=log_level),
+            load_delay_s=load_delay,
+        )
+    except ValueError as e:
+        fail(str(e))
+    try:
+        configure_logging(options.log)
+    except OSError as e:
+        fail(f"cannot open the log file {log_file}: {e.strerror or e}")
+    try:
+        status = serve(options)
+    except OSError as e:  # the address is taken or not ours to bind
+        fail(f"cannot serve on {host}:{port}: {e.strerror or e}")
+    sys.exit(status)

@@ -1,0 +1,63 @@
+"""Server configuration: frozen dataclasses built once at the edge (the `rfc serve` command or
+a test) and handed down; nothing below reads the environment."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rfc.runtime.loader import LoadOptions
+from rfc.runtime.scheduler import SchedulerConfig
+
+# What the native API reports as its service name (seed API: /health, /ready, traces).
+SERVICE_NAME = "rocmforge"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the HTTP app needs to know; independent of how the model gets loaded."""
+
+    api_key: str | None = None  # None: no authentication
+    cors_origins: tuple[str, ...] = ("*",)  # () disables CORS headers entirely
+    max_body_bytes: int = 1 << 20
+    trace_sample_rate: float = 0.1
+    max_traces: int = 1000
+    prompt_cache_entries: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.trace_sample_rate <= 1.0:
+            raise ValueError(f"trace sample rate must be in [0, 1], got {self.trace_sample_rate}")
+        if self.max_traces < 1 or self.max_body_bytes < 1 or self.prompt_cache_entries < 0:
+            raise ValueError("max_traces and max_body_bytes must be positive")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "human"  # "human" or "json"
+    file: Path | None = None  # None: stderr
+    level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.format not in ("human", "json"):
+            raise ValueError(f"log format must be 'human' or 'json', got {self.format!r}")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything `rfc serve` needs: where to listen, what to load, how to serve it."""
+
+    bundle: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int | None = None  # None: enough for max_batch + max_queue clients at once
+    load: LoadOptions = LoadOptions()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
+    # Test hook: sleep this long before loading, so a test can watch /ready say 503.
+    load_delay_s: float = 0.0
+
+    def http_threads(self) -> int:
+        if self.threads is not None:
+            return self.threads
+        # Every streaming client holds a thread for its whole generation; /health and
+        # /metrics must still answer when the batch and the queue are full.
+        return self.scheduler.max_batch + self.scheduler.max_queue + 4

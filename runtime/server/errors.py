@@ -1,0 +1,92 @@
+"""Error responses. Native routes answer the seed API's `{"error": message, "status": "error"}`;
+/v1 routes answer OpenAI's `{"error": {"message", "type", "param", "code"}}`, which the
+official clients parse. Every error, falcon's own (404 route, 405) and unexpected exceptions
+included, goes through here: a client never sees an HTML page or a bare 500."""
+
+import json
+import logging
+
+import falcon
+
+log = logging.getLogger("rfc.server")
+
+OPENAI_PREFIX = "/v1/"
+
+
+class ApiError(falcon.HTTPError):
+    """A domain error with the request field it concerns (`param`), for both error shapes."""
+
+    def __init__(self, status: str, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(status, title=message, description=message, headers=headers)
+        self.message = message
+        self.param = param
+        self.error_code = code
+
+
+def bad_request(message: str, param: str | None = None) -> ApiError:
+    return ApiError(falcon.HTTP_400, message, param=param)
+
+
+def not_found(message: str, code: str | None = None) -> ApiError:
+    return ApiError(falcon.HTTP_404, message, code=code)
+
+
+def unavailable(message: str, retry_after_s: int = 1) -> ApiError:
+    return ApiError(falcon.HTTP_503, message, headers={"Retry-After": str(retry_after_s)})
+
+
+def error_body(path: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    if not path.startswith(OPENAI_PREFIX):
+        return {"error": message, "status": "error"}
+    if status == 401:
+        kind = "authentication_error"
+    elif status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """falcon's error serializer: every HTTPError, ours and falcon's, as JSON."""
+    if isinstance(exc, ApiError):
+        message, param, code = exc.message, exc.param, exc.error_code
+    elif isinstance(exc, falcon.HTTPRouteNotFound):
+        message, param, code = f"no route for {req.method} {req.path}", None, None
+    elif isinstance(exc, falcon.HTTPMethodNotAllowed):
+        message, param, code = f"method {req.method} is not allowed on {req.path}", None, None
+    else:
+        message, param, code = exc.description or exc.title or "error", None, None
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps(error_body(req.path, exc.status_code, message, param, code))
+
+
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
+    """Catch-all for exceptions that are not HTTP errors: a JSON 500, the traceback in the log."""
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    resp.status = falcon.HTTP_500
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps(error_body(req.path, 500, f"internal error: {type(ex).__name__}"))
+
+
+def read_json(req: falcon.Request, max_bytes: int) -> dict:
+    """The request body as a JSON object; 413 over `max_bytes`, 400 when not a JSON object."""
+    if req.content_length is not None and req.content_length > max_bytes:
+        raise _too_large(max_bytes)
+    data = req.bounded_stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise _too_large(max_bytes)
+    if not data:
+        raise bad_request("the request body is empty; expected a JSON object")
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_request(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    return body
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(falcon.HTTP_413, f"the request body exceeds the limit of {max_bytes} bytes")

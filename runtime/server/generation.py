@@ -1,0 +1,34 @@
+"""What both APIs share to run a request: submit with domain errors mapped to HTTP ones,
+and the client-disconnect probe."""
+
+from collections.abc import Callable
+
+import falcon
+
+from rfc.runtime.engine import Engine, GenerationRequest, QueueFull, RequestError, RequestState
+from rfc.runtime.sampler import SamplingError
+from rfc.runtime.server.errors import bad_request, unavailable
+from rfc.runtime.server.host import ServedModel
+
+
+def submit(engine: Engine, request: GenerationRequest) -> RequestState:
+    try:
+        return engine.submit(request)
+    except (RequestError, SamplingError) as e:
+        raise bad_request(str(e), e.field) from None
+    except QueueFull as e:
+        raise unavailable(f"the request queue is full ({e}); retry later") from None
+
+
+def check_token_ids(served: ServedModel, ids: list, field: str) -> list[int]:
+    vocab = served.model.vocab_size
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids):
+        raise bad_request(f"'{field}' token ids must be integers in [0, {vocab})", field)
+    return ids
+
+
+def client_gone(req: falcon.Request) -> Callable[[], bool] | None:
+    """waitress's disconnect probe (present when channel_request_lookahead > 0): lets a
+    request that writes nothing for a while (queued, or a non-streaming reply) notice that
+    its client left."""
+    return req.env.get("waitress.client_disconnected")

@@ -1,0 +1,112 @@
+"""The native API of the seed spec: /generate, /generate/stream, /status/{id}, /cancel/{id}."""
+
+import falcon
+
+from rfc.runtime.engine import FAILED, GenerationRequest, RequestState, TokenEvent
+from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.errors import ApiError, not_found, read_json
+from rfc.runtime.server.fields import RequestFields
+from rfc.runtime.server.generation import client_gone, submit
+from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.middleware import deferred_log
+from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse, sse_body
+
+# The seed API's defaults.
+DEFAULT_MAX_TOKENS = 100
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_K = 50
+DEFAULT_TOP_P = 0.9
+
+
+def native_request(body: dict, served: ServedModel) -> GenerationRequest:
+    f = RequestFields(body)
+    prompt = f.string("prompt", required=True)
+    params = SamplingParams(
+        temperature=f.number("temperature", DEFAULT_TEMPERATURE, 0.0, 2.0),
+        top_k=f.integer("top_k", DEFAULT_TOP_K, 0),
+        top_p=f.number("top_p", DEFAULT_TOP_P),
+    )
+    max_tokens = f.integer("max_tokens", DEFAULT_MAX_TOKENS, 1)
+    return GenerationRequest(prompt_ids=served.prompts.encode(prompt), params=params, max_tokens=max_tokens)
+
+
+def state_body(state: RequestState) -> dict:
+    return {
+        "request_id": state.request_id,
+        "text": state.text,
+        "tokens": list(state.tokens),
+        "finished": state.finished,
+        "finish_reason": state.finish_reason,
+    }
+
+
+class _NativeRenderer:
+    def event(self, event: TokenEvent) -> list[bytes]:
+        return [sse({
+            "request_id": event.request_id,
+            "token": event.token,
+            "text": event.text,
+            "finished": event.finished,
+            "finish_reason": event.finish_reason,
+        })]
+
+    def end(self) -> list[bytes]:
+        return []
+
+
+class GenerateResource:
+    def __init__(self, handle: EngineHandle, config: ServerConfig):
+        self._handle = handle
+        self._config = config
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        served = self._handle.require()
+        state = submit(served.engine, native_request(read_json(req, self._config.max_body_bytes), served))
+        req.context.request_id = state.request_id
+        resp.set_header("X-Request-Id", str(state.request_id))
+        TokenStream(served.engine, state, client_gone(req)).wait()
+        req.context.tokens = len(state.tokens)
+        if state.finish_reason == FAILED:
+            raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
+        resp.media = state_body(state)
+
+
+class GenerateStreamResource:
+    def __init__(self, handle: EngineHandle, config: ServerConfig):
+        self._handle = handle
+        self._config = config
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        served = self._handle.require()
+        state = submit(served.engine, native_request(read_json(req, self._config.max_body_bytes), served))
+        req.context.request_id = state.request_id
+        resp.set_header("X-Request-Id", str(state.request_id))
+        stream = TokenStream(served.engine, state, client_gone(req))
+        resp.content_type = SSE_CONTENT_TYPE
+        resp.set_headers(SSE_HEADERS)
+        resp.stream = sse_body(stream, _NativeRenderer(), deferred_log(req, 200, lambda: len(state.tokens)))
+
+
+class StatusResource:
+    def __init__(self, handle: EngineHandle):
+        self._handle = handle
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, request_id: int) -> None:
+        state = self._handle.require().engine.get(request_id)
+        if state is None:
+            raise not_found(f"request {request_id} not found")
+        req.context.request_id = request_id
+        resp.media = state_body(state)
+
+
+class CancelResource:
+    def __init__(self, handle: EngineHandle):
+        self._handle = handle
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, request_id: int) -> None:
+        state = self._handle.require().engine.cancel(request_id)
+        if state is None:
+            raise not_found(f"request {request_id} not found")
+        req.context.request_id = request_id
+        resp.media = state_body(state)

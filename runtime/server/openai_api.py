@@ -1,0 +1,98 @@
+"""OpenAI-compatible API: /v1/models, /v1/models/{id}, /v1/completions, /v1/chat/completions.
+
+Requests may name any model: the server has one and answers with its id (llama.cpp does the
+same), so clients configured for another name keep working."""
+
+from collections.abc import Callable
+
+import falcon
+
+from rfc.runtime.engine import FAILED, RequestState
+from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.errors import ApiError, not_found, read_json
+from rfc.runtime.server.generation import client_gone, submit
+from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.middleware import deferred_log
+from rfc.runtime.server.openai_format import (
+    ChatFormat, ChatLogprobs, CompletionFormat, CompletionLogprobs, OpenAIStreamRenderer, TokenPieces,
+)
+from rfc.runtime.server.openai_params import OpenAIRequest, chat_request, completion_request
+from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse_body
+
+OWNER = "rfc"
+
+
+def _model_card(served: ServedModel) -> dict:
+    return {"id": served.model_id, "object": "model", "created": served.created, "owned_by": OWNER}
+
+
+class ModelListResource:
+    def __init__(self, handle: EngineHandle):
+        self._handle = handle
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"object": "list", "data": [_model_card(self._handle.require())]}
+
+
+class ModelResource:
+    def __init__(self, handle: EngineHandle):
+        self._handle = handle
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
+        served = self._handle.require()
+        if model_id != served.model_id:
+            raise not_found(f"the model '{model_id}' does not exist (this server serves '{served.model_id}')", code="model_not_found")
+        resp.media = _model_card(served)
+
+
+class _GenerationResource:
+    """POST handler shared by both endpoints; subclasses pick the parser and the shapes."""
+
+    parse: Callable[[dict, ServedModel], OpenAIRequest]
+
+    def __init__(self, handle: EngineHandle, config: ServerConfig):
+        self._handle = handle
+        self._config = config
+        self._pieces: TokenPieces | None = None
+
+    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool) -> CompletionFormat:
+        raise NotImplementedError
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        served = self._handle.require()
+        request = self.parse(read_json(req, self._config.max_body_bytes), served)
+        state = submit(served.engine, request.generation)
+        req.context.request_id = state.request_id
+        resp.set_header("X-Request-Id", str(state.request_id))
+        fmt = self.make_format(served, state, request.generation.logprobs is not None)
+        stream = TokenStream(served.engine, state, client_gone(req))
+        if request.stream:
+            resp.content_type = SSE_CONTENT_TYPE
+            resp.set_headers(SSE_HEADERS)
+            renderer = OpenAIStreamRenderer(fmt, request.include_usage, req.path)
+            resp.stream = sse_body(stream, renderer, deferred_log(req, 200, lambda: len(state.tokens)))
+            return
+        events = list(stream)
+        req.context.tokens = len(state.tokens)
+        if state.finish_reason == FAILED:
+            raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
+        resp.media = fmt.reply(events)
+
+    def pieces(self, served: ServedModel) -> TokenPieces:
+        if self._pieces is None:
+            self._pieces = TokenPieces(served.model.tokenizer)
+        return self._pieces
+
+
+class CompletionsResource(_GenerationResource):
+    parse = staticmethod(completion_request)
+
+    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool) -> CompletionFormat:
+        return CompletionFormat(served.model_id, state, CompletionLogprobs(self.pieces(served)) if with_logprobs else None)
+
+
+class ChatCompletionsResource(_GenerationResource):
+    parse = staticmethod(chat_request)
+
+    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool) -> CompletionFormat:
+        return ChatFormat(served.model_id, state, ChatLogprobs(self.pieces(served)) if with_logprobs else None)

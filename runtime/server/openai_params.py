@@ -1,0 +1,163 @@
+"""OpenAI request bodies -> GenerationRequest. Parameters the engine cannot honour are a
+400, never silently ignored (n > 1, best_of, echo, suffix, tools, JSON mode); unknown fields
+are ignored. llama.cpp/vLLM extras are accepted: top_k, min_p, repetition_penalty,
+ignore_eos, chat_template_kwargs."""
+
+from dataclasses import dataclass
+
+import falcon
+
+from rfc.runtime.chat import ChatTemplateError
+from rfc.runtime.engine import GenerationRequest
+from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.server.errors import ApiError, bad_request
+from rfc.runtime.server.fields import RequestFields
+from rfc.runtime.server.generation import check_token_ids
+from rfc.runtime.server.host import ServedModel
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
+MAX_LOGPROBS = 20
+MAX_STOP_STRINGS = 16
+
+
+@dataclass(frozen=True)
+class OpenAIRequest:
+    generation: GenerationRequest
+    stream: bool
+    include_usage: bool
+
+
+def completion_request(body: dict, served: ServedModel) -> OpenAIRequest:
+    f = RequestFields(body)
+    _refuse_unsupported(f)
+    if f.boolean("echo", False):
+        raise bad_request("echo is not supported", "echo")
+    if f.string("suffix"):
+        raise bad_request("suffix is not supported", "suffix")
+    prompt_ids = _completion_prompt(f, served)
+    logprobs = f.integer("logprobs", None, 0, MAX_LOGPROBS)
+    max_tokens = f.integer("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS, 1)
+    return _build(f, served, prompt_ids, max_tokens, logprobs)
+
+
+def chat_request(body: dict, served: ServedModel) -> OpenAIRequest:
+    f = RequestFields(body)
+    _refuse_unsupported(f)
+    if f.raw("tools") or f.raw("functions"):
+        raise bad_request("tools and function calling are not supported", "tools")
+    response_format = f.raw("response_format", {})
+    if not isinstance(response_format, dict) or response_format.get("type", "text") != "text":
+        raise bad_request("only response_format {'type': 'text'} is supported", "response_format")
+    prompt_ids = served.prompts.encode(_render_chat(f, served))
+    top = f.integer("top_logprobs", None, 0, MAX_LOGPROBS)
+    logprobs = (top or 0) if f.boolean("logprobs", False) else None
+    if top is not None and logprobs is None:
+        raise bad_request("top_logprobs requires logprobs: true", "top_logprobs")
+    max_tokens = f.integer("max_completion_tokens", None, 1)
+    if max_tokens is None:
+        max_tokens = f.integer("max_tokens", None, 1)
+    if max_tokens is None:  # no limit asked: the rest of the context, as llama.cpp and vLLM do
+        max_tokens = served.model.context_length - len(prompt_ids)
+        if max_tokens < 1:
+            raise bad_request(f"the messages ({len(prompt_ids)} tokens) fill the context ({served.model.context_length} tokens)", "messages")
+    return _build(f, served, prompt_ids, max_tokens, logprobs)
+
+
+def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tokens: int, logprobs: int | None) -> OpenAIRequest:
+    stream = f.boolean("stream", False)
+    options = f.raw("stream_options", {})
+    if not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object", "stream_options")
+    include_usage = options.get("include_usage") is True
+    generation = GenerationRequest(
+        prompt_ids=prompt_ids,
+        params=_sampling(f, served),
+        max_tokens=max_tokens,
+        stop=_stop(f),
+        ignore_eos=f.boolean("ignore_eos", False),
+        logprobs=logprobs,
+    )
+    return OpenAIRequest(generation=generation, stream=stream, include_usage=stream and include_usage)
+
+
+def _sampling(f: RequestFields, served: ServedModel) -> SamplingParams:
+    return SamplingParams(
+        temperature=f.number("temperature", 1.0, 0.0, 2.0),
+        top_p=f.number("top_p", 1.0),
+        top_k=f.integer("top_k", 0),
+        min_p=f.number("min_p", 0.0),
+        repetition_penalty=f.number("repetition_penalty", 1.0),
+        presence_penalty=f.number("presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=f.number("frequency_penalty", 0.0, -2.0, 2.0),
+        logit_bias=_logit_bias(f.raw("logit_bias", {}), served.model.vocab_size),
+        seed=f.integer("seed", None),
+    )
+
+
+def _refuse_unsupported(f: RequestFields) -> None:
+    if f.integer("n", 1) != 1:
+        raise bad_request("n > 1 is not supported", "n")
+    if f.integer("best_of", 1) != 1:
+        raise bad_request("best_of > 1 is not supported", "best_of")
+
+
+def _completion_prompt(f: RequestFields, served: ServedModel) -> list[int]:
+    prompt = f.raw("prompt")
+    if prompt is None:
+        raise bad_request("'prompt' is required", "prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str):
+        return served.prompts.encode(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        raise bad_request("only one prompt per request is supported", "prompt")
+    if isinstance(prompt, list):
+        return check_token_ids(served, prompt, "prompt")
+    raise bad_request("'prompt' must be a string or a list of token ids", "prompt")
+
+
+def _render_chat(f: RequestFields, served: ServedModel) -> str:
+    messages = f.raw("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty list", "messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise bad_request(f"messages[{i}] must be an object with a string 'role'", "messages")
+    extra = f.raw("chat_template_kwargs", {})
+    if not isinstance(extra, dict):
+        raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
+    if served.chat is None:
+        raise ApiError(falcon.HTTP_500, served.chat_error or "the bundle has no usable chat template")
+    try:
+        return served.chat.render(messages, add_generation_prompt=True, **extra)
+    except ChatTemplateError as e:
+        raise bad_request(f"the chat template failed on these messages: {e}", "messages") from None
+    except TypeError as e:  # a chat_template_kwargs key that collides with render's own arguments
+        raise bad_request(f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
+
+
+def _stop(f: RequestFields) -> tuple[str, ...]:
+    stop = f.raw("stop", [])
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise bad_request("'stop' must be a non-empty string or a list of them", "stop")
+    if len(stops) > MAX_STOP_STRINGS:
+        raise bad_request(f"at most {MAX_STOP_STRINGS} stop strings are supported", "stop")
+    return tuple(stops)
+
+
+def _logit_bias(raw: object, vocab_size: int) -> dict[int, float]:
+    if not isinstance(raw, dict):
+        raise bad_request("'logit_bias' must be an object mapping token ids to biases", "logit_bias")
+    bias = {}
+    for key, value in raw.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise bad_request(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
+        if not 0 <= token < vocab_size:
+            raise bad_request(f"logit_bias token id {token} is not in [0, {vocab_size})", "logit_bias")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise bad_request(f"logit_bias value for {key} must be a number in [-100, 100]", "logit_bias")
+        bias[token] = float(value)
+    return bias

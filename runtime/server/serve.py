@@ -1,0 +1,86 @@
+"""`rfc serve`, the work behind the command: bind the socket, load the model in the
+background, serve until interrupted.
+
+The socket listens before the model loads, so probes get answers from the start: /health
+says "unhealthy" and /ready 503 until the bundle is loaded, one warm-up step has run and the
+engine thread is up. A bundle that fails to load stops the server (exit status 1): a server
+that can never become ready should not look alive to an orchestrator."""
+
+import _thread
+import logging
+import signal
+import threading
+import time
+
+import waitress
+
+from rfc.runtime.server.app import create_app
+from rfc.runtime.server.config import ServeOptions
+from rfc.runtime.server.host import EngineHandle, load_served_model
+from rfc.runtime.server.telemetry import Telemetry, build_telemetry
+
+log = logging.getLogger("rfc.server")
+
+# waitress must not refuse what the app would answer with its own JSON 413: it parses the
+# Content-Length itself and answers oversized bodies in plain text.
+_BODY_SLACK = 1 << 20
+
+
+def serve(options: ServeOptions) -> int:
+    """Runs the server in this thread until SIGINT/SIGTERM; returns the exit status.
+    Logging is the caller's to configure (`logs.configure_logging` at the edge)."""
+    handle = EngineHandle()
+    telemetry = build_telemetry(handle, options.server)
+    app = create_app(handle, options.server, telemetry)
+    threads = options.http_threads()
+    server = waitress.create_server(
+        app,
+        host=options.host,
+        port=options.port,
+        threads=threads,
+        connection_limit=max(100, 2 * threads),
+        send_bytes=1,  # write each SSE event as it comes; waitress would otherwise batch 18 KB
+        channel_request_lookahead=1,  # keeps reading the socket, so a vanished client is noticed
+        max_request_body_size=options.server.max_body_bytes + _BODY_SLACK,
+        asyncore_use_poll=True,
+        ident="rfc",
+    )
+    log.info("listening on http://%s:%s (%d HTTP threads); loading %s", options.host, server.effective_port, threads, options.bundle)
+    loader = threading.Thread(target=_load, args=(handle, options, telemetry), name="rfc-loader", daemon=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        loader.start()  # inside the try: a load failure interrupts this thread at once
+        server.run()  # returns on SIGINT/SIGTERM: waitress catches the KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass  # one that came before waitress's loop started
+    finally:
+        log.info("shutting down")
+        signal.signal(signal.SIGTERM, previous)
+        server.close()
+        if handle.served is not None:
+            handle.served.engine.stop()
+    if handle.load_error:
+        log.error("%s", handle.load_error)
+        return 1
+    return 0
+
+
+def _load(handle: EngineHandle, options: ServeOptions, telemetry: Telemetry) -> None:
+    try:
+        if options.load_delay_s > 0:
+            time.sleep(options.load_delay_s)
+        started = time.perf_counter()
+        served = load_served_model(options.bundle, options.load, options.scheduler, telemetry, options.server.prompt_cache_entries)
+        handle.attach(served)
+        log.info(
+            "ready: %s on device %s in %.2f s",
+            served.model_id, served.model.device_choice.name, time.perf_counter() - started,
+        )
+    except Exception as e:  # noqa: BLE001 - any load failure ends the server, with its reason
+        handle.fail(f"loading {options.bundle} failed: {e}")
+        log.debug("load failure", exc_info=True)
+        _thread.interrupt_main()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

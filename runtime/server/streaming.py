@@ -1,0 +1,86 @@
+"""Per-request token streams: the HTTP side of RequestState.events.
+
+HTTP threads never run the model: they wait on the request's event queue, which the engine
+thread fills. A stream closed before its final event means the client went away (waitress
+closes the response iterator when a write fails, or the disconnect probe fires), and the
+request is cancelled so its KV pages return to the pool at once."""
+
+import json
+import logging
+import queue
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from rfc.runtime.engine import Engine, RequestState, TokenEvent
+from rfc.runtime.server.errors import unavailable
+
+log = logging.getLogger("rfc.server")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_CONTENT_TYPE = "text/event-stream"
+_POLL_S = 0.25  # how often a waiting stream checks whether its client is still there
+
+
+class TokenStream:
+    def __init__(self, engine: Engine, state: RequestState, client_gone: Callable[[], bool] | None = None):
+        self.engine = engine
+        self.state = state
+        self._client_gone = client_gone
+        self._done = False
+        self.abandoned = False  # closed before its final event
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        while not self._done:
+            try:
+                event = self.state.events.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self._client_gone is not None and self._client_gone():
+                    self.close()
+                    return
+                if not self.engine.is_running:  # its thread died: no event will ever come
+                    self._done = self.abandoned = True
+                    raise unavailable("the engine has stopped; see the server log", 5)
+                continue
+            if event.finished:
+                self._done = True
+            yield event
+
+    def wait(self) -> RequestState:
+        """Block until the request ends (non-streaming replies)."""
+        for _ in self:
+            pass
+        return self.state
+
+    def close(self) -> None:
+        """Cancels the request unless it already ended."""
+        if not self._done:
+            self._done = True
+            self.abandoned = True
+            self.engine.cancel(self.state.request_id)
+
+
+class SseRenderer(Protocol):
+    def event(self, event: TokenEvent) -> list[bytes]: ...
+
+    def end(self) -> list[bytes]: ...
+
+
+def sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return b"data: " + data.encode("utf-8") + b"\n\n"
+
+
+def sse_body(stream: TokenStream, renderer: SseRenderer, on_close: Callable[[], None]) -> Iterator[bytes]:
+    """The response iterator: one SSE chunk per event, each written (and flushed) on its own."""
+    try:
+        for event in stream:
+            yield from renderer.event(event)
+        if not stream.abandoned:
+            yield from renderer.end()
+    except GeneratorExit:
+        raise
+    except Exception:  # headers are gone: the best we can do is log and end the stream
+        log.exception("stream of request %d failed", stream.state.request_id)
+    finally:
+        stream.close()
+        on_close()

@@ -1,0 +1,131 @@
+"""Fixtures for the server tests: the demo bundle compiled once, `rfc serve` in a subprocess
+on a free 127.0.0.1 port, and `rfc run` as the reference for greedy text."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import DEMO_MODEL, rfc
+
+READY_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`rfc serve BUNDLE` as a user starts it; `url` once the port accepts connections."""
+
+    def __init__(self, bundle: Path, *args: str, env: dict[str, str] | None = None, log_dir: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = (log_dir or bundle.parent) / f"serve-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        cmd = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", str(bundle),
+               "--port", str(self.port), "--device", "auto", *args]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def wait_listening(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"rfc serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.01)
+        raise AssertionError(f"rfc serve did not listen within {timeout} s:\n{self.log()}")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "ServerProcess":
+        self.wait_listening(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if requests.get(self.url + "/ready", timeout=5).status_code == 200:
+                return self
+            time.sleep(0.02)
+        raise AssertionError(f"/ready never returned 200:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("serve") / "stories260K"
+    rfc("compile", DEMO_MODEL, "-o", out, "-q", check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def server(demo_bundle):
+    """The shared server: every request traced, default limits."""
+    proc = ServerProcess(demo_bundle, "--trace-sample-rate", "1.0", "--log-format", "json")
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def rfc_run(demo_bundle):
+    """Greedy text of `rfc run BUNDLE -p PROMPT --temperature 0 -n N`, cached per call."""
+    cache: dict[tuple[str, int], str] = {}
+
+    def run(prompt: str, n: int) -> str:
+        if (prompt, n) not in cache:
+            # Passive OpenMP waiting, as `rfc serve` uses: spinning workers crawl on a busy 2-core box.
+            env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
+            out = rfc("run", demo_bundle, "-p", prompt, "--temperature", "0", "-n", str(n), "--device", "auto", check=True, env=env).stdout
+            assert out.endswith("\n")
+            cache[(prompt, n)] = out[:-1]
+        return cache[(prompt, n)]
+
+    return run
+
+
+def sse_events(response: requests.Response):
+    """Parse an SSE body as SSE (event blocks separated by blank lines), yielding the data."""
+    data: list[str] = []
+    for raw in response.iter_lines(decode_unicode=False):
+        line = raw.decode("utf-8")
+        if line == "":
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)
+
+
+def sse_json(response: requests.Response):
+    for data in sse_events(response):
+        if data == "[DONE]":
+            return
+        yield json.loads(data)

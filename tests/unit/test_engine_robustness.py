@@ -1,0 +1,34 @@
+"""The engine survives failures: a failing request ends alone, the others go on."""
+
+import numpy as np
+import pytest
+
+from rfc.runtime.engine import Engine, GenerationRequest
+from rfc.runtime.loader import LoadOptions, load_model
+from rfc.runtime.sampler import SamplingParams
+from tests.conftest import DEMO_MODEL
+
+pytestmark = pytest.mark.shared
+
+
+def test_non_finite_logits_fail_one_request_only(bundle_cache):
+    model = load_model(bundle_cache(DEMO_MODEL), LoadOptions(device="ref"))
+    engine = Engine(model)
+    forward = model.executor.forward
+    victim = engine.submit(GenerationRequest([1, 400], SamplingParams(temperature=0), max_tokens=5))
+    other = engine.submit(GenerationRequest([1, 300], SamplingParams(temperature=0), max_tokens=5))
+
+    def poisoned(batch):
+        logits = forward(batch)
+        logits[0, :] = np.nan  # the victim's row: its chunk comes first
+        return logits
+
+    model.executor.forward = poisoned
+    engine.step()
+    model.executor.forward = forward
+    while engine.step():
+        pass
+    assert victim.finished and victim.finish_reason == "failed" and victim.error
+    assert other.finished and other.finish_reason == "length" and len(other.tokens) == 5
+    assert model.blocks.num_used() == 0
+    assert victim.admitted_at is not None and victim.admitted_at >= victim.created_at

@@ -1,0 +1,192 @@
+"""Benchmark a streaming LLM server: N concurrent clients, aggregate tok/s, TTFT p50/p95,
+and the time from process start to the first /ready 200.
+
+    # start `rfc serve` itself (measures start -> ready), 1 then 16 clients:
+    python tools/bench_serve.py --bundle bundles/stories260K --clients 1,16 --max-tokens 64
+    # an already running server (rfc serve, llama.cpp's llama-server, vLLM):
+    python tools/bench_serve.py --url http://127.0.0.1:8080 --clients 16
+    # any server command; {port} is replaced by a free port:
+    python tools/bench_serve.py --server-cmd 'llama-server -m tl.gguf -t 2 -np 16 --port {port}' --ready-path /health
+
+Each client sends --requests streaming requests one after the other, all clients at once.
+The OpenAI API (/v1/completions, stream, ignore_eos) is the default because every server
+speaks it; `--api native` uses rfc's /generate/stream. With ignore_eos each request makes
+exactly --max-tokens tokens; tokens are counted from the usage chunk when the server sends
+one, else one per streamed chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+
+PROMPTS = ["Once upon a time", "The little dog", "One day, a girl named Lily", "Tom had a big red ball",
+           "The sun was shining", "In the park there was", "Mom said to Tim", "A bird flew over the house"]
+
+
+@dataclass
+class RequestResult:
+    ttft_s: float
+    total_s: float
+    tokens: int
+
+
+def main() -> int:
+    args = _parse()
+    server = None
+    ready_s = None
+    url = args.url
+    try:
+        if url is None:
+            server, url, ready_s = _start_server(args)
+        _wait_ready(url + args.ready_path, 600)
+        _run_once(url, args, clients=1, requests_per_client=1)  # warm the HTTP path and the caches
+        rows = []
+        for clients in args.clients:
+            started = time.perf_counter()
+            results = _run_once(url, args, clients, args.requests)
+            wall = time.perf_counter() - started
+            rows.append(_summary(clients, results, wall))
+        _print(args, rows, ready_s)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--url", help="An already running server.")
+    src.add_argument("--bundle", help="Start `rfc serve BUNDLE` and time it to /ready.")
+    src.add_argument("--server-cmd", help="Start this command ({port}: a free port) and time it to --ready-path.")
+    p.add_argument("--serve-args", default="", help="Extra `rfc serve` arguments (with --bundle).")
+    p.add_argument("--clients", default="1,16", type=lambda s: [int(x) for x in s.split(",")], help="Comma-separated client counts.")
+    p.add_argument("--requests", type=int, default=1, help="Requests per client.")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--api", choices=["openai", "native"], default="openai")
+    p.add_argument("--ready-path", default="/ready", help="Readiness probe (llama-server: /health).")
+    p.add_argument("--json", action="store_true", help="Print the results as JSON too.")
+    return p.parse_args()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(args) -> tuple[subprocess.Popen, str, float]:
+    port = _free_port()
+    if args.bundle:
+        cmd = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", args.bundle, "--port", str(port),
+               "--log-level", "warning", *shlex.split(args.serve_args)]
+    else:
+        cmd = shlex.split(args.server_cmd.replace("{port}", str(port)))
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url + args.ready_path, 600, proc)
+    return proc, url, time.perf_counter() - started
+
+
+def _wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server exited with status {proc.returncode}")
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.005)
+    raise SystemExit(f"{url} did not return 200 within {timeout} s")
+
+
+def _run_once(url: str, args, clients: int, requests_per_client: int) -> list[RequestResult]:
+    results: list[RequestResult] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients)
+
+    def client(i: int) -> None:
+        session = requests.Session()
+        barrier.wait()
+        for j in range(requests_per_client):
+            r = _one_request(session, url, args, PROMPTS[(i + j) % len(PROMPTS)] + f" ({i})")
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def _one_request(session: requests.Session, url: str, args, prompt: str) -> RequestResult:
+    if args.api == "native":
+        path, body = "/generate/stream", {"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0}
+    else:
+        path = "/v1/completions"
+        body = {"model": "bench", "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
+                "ignore_eos": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    first = None
+    chunks = 0
+    usage_tokens = None
+    with session.post(url + path, json=body, stream=True, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                usage_tokens = data["usage"]["completion_tokens"]
+            has_token = data.get("token") is not None if args.api == "native" else bool(data.get("choices"))
+            if has_token:
+                first = first or time.perf_counter()
+                chunks += 1
+    end = time.perf_counter()
+    return RequestResult(ttft_s=(first or end) - started, total_s=end - started, tokens=usage_tokens if usage_tokens is not None else chunks)
+
+
+def _summary(clients: int, results: list[RequestResult], wall: float) -> dict:
+    ttfts = sorted(r.ttft_s for r in results)
+    tokens = sum(r.tokens for r in results)
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "tokens": tokens,
+        "wall_s": wall,
+        "tok_s": tokens / wall,
+        "ttft_p50_s": statistics.median(ttfts),
+        "ttft_p95_s": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+    }
+
+
+def _print(args, rows: list[dict], ready_s: float | None) -> None:
+    ready = f"{ready_s:.2f} s" if ready_s is not None else "n/a (--url)"
+    print(f"start -> ready: {ready}; max_tokens {args.max_tokens}, api {args.api}, {args.requests} request(s) per client")
+    print("| clients | requests | tokens | aggregate tok/s | TTFT p50 (s) | TTFT p95 (s) |")
+    print("|--:|--:|--:|--:|--:|--:|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['requests']} | {r['tokens']} | {r['tok_s']:.1f} | {r['ttft_p50_s']:.3f} | {r['ttft_p95_s']:.3f} |")
+    if args.json:
+        print(json.dumps({"ready_s": ready_s, "rows": rows}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
