@@ -1,5 +1,269 @@
-"""Placeholder: kernel generation for this family is being written."""
+"""CPU codegen: render the cpu_* templates for one model and build them into a shared library.
+
+The planner here computes every constant the templates use (model sizes, the weight formats
+that occur, tile sizes, RoPE frequencies) and renders one self-contained C source; the build
+runs `cc` in a temporary directory with fixed relative file names so that the library is
+byte-identical for the same source, flags and compiler.
+"""
+
+import math
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rfc.compiler.codegen import CodegenInput
+from rfc.compiler.codegen.cache import cached_build
+from rfc.compiler.codegen.render import render
+from rfc.compiler.errors import CompileError
+
+ABI_VERSION = 1  # bump with any change to an exported function's signature
+CC = "cc"
+SOURCE = "rfc_cpu.c"
+LIBRARY = "librfc_cpu.so"
+BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno")
+
+# /proc/cpuinfo flag -> gcc option; the build enables exactly the features found, and the
+# manifest records them so the runtime can refuse a CPU that lacks one.
+ISA_OPTIONS = {
+    "avx2": "-mavx2",
+    "fma": "-mfma",
+    "f16c": "-mf16c",
+    "avx512f": "-mavx512f",
+    "avx512bw": "-mavx512bw",
+    "avx512vl": "-mavx512vl",
+    "avx512_vnni": "-mavx512vnni",
+    "avxvnni": "-mavxvnni",
+}
+
+# Bytes per step along a weight row (one GGUF block; 8 elements for the float formats) and
+# the elements per step, as cpu_dot.h defines them.
+_STEPS = {
+    "F32": (8, 32), "F16": (8, 16), "BF16": (8, 16),
+    "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
+    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+}
+# Formats whose AVX2 path quantizes activations to int8 (cpu_dot.h: RFC_ACT_*); the rest
+# read float activations (4 bytes per element).
+_INT8_ACTIVATIONS = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"}
+# Formats whose rows may have any length (their kernels sum the last K % 8 elements apart).
+_FLOAT_FORMATS = {"F32", "F16", "BF16"}
 
 
-def build(inp) -> dict:
-    return {}
+@dataclass(frozen=True)
+class CpuTuning:
+    row_tile: int = 4  # weight rows per matmul tile (prefill)
+    token_tile: int = 2  # tokens per matmul tile (prefill)
+    decode_row_tile: int = 1  # weight rows per single-token tile: one sequential stream, which
+    # the hardware prefetcher follows on its own
+    act_budget_bytes: int = 256 * 1024  # activations kept in cache while sweeping the rows
+    gemm_min_tokens: int = 8  # from this many tokens on, int8 formats pack 8 rows (cpu_gemm.h)
+    gemm_token_tile: int = 8  # tokens per packed-matmul tile
+    attention_chunk: int = 32  # cache positions per online-softmax step
+    attention_query_block: int = 16  # query tokens of one sequence that share K/V conversions
+
+
+def build(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> dict:
+    isa = detect_isa()
+    source = render_source(inp, tuning)
+    command = compile_command(isa)
+    version = toolchain_version()
+    library = cached_build(inp.cache_dir, [source, " ".join(command), version], lambda: compile_source(source, command))
+    inp.writer.write_bytes(f"{inp.bundle_dir}/{SOURCE}", source.encode())
+    inp.writer.write_bytes(f"{inp.bundle_dir}/{LIBRARY}", library)
+    return {
+        "kernels": f"{inp.bundle_dir}/{LIBRARY}",
+        "sources": [f"{inp.bundle_dir}/{SOURCE}"],
+        "isa": isa,
+        "toolchain": version.splitlines()[0],
+        "compile_command": " ".join(command),
+        "abi_version": ABI_VERSION,
+    }
+
+
+# -- the machine and the toolchain -------------------------------------------------------
+
+
+def detect_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The SIMD features (keys of ISA_OPTIONS) of this x86-64 CPU, sorted; [] elsewhere."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return sorted(f for f in ISA_OPTIONS if f in flags)
+
+
+def compile_command(isa: list[str]) -> list[str]:
+    arch = ["-march=x86-64", *(ISA_OPTIONS[f] for f in isa)] if platform.machine().lower() in ("x86_64", "amd64") else []
+    return [CC, *BASE_FLAGS, *arch, "-o", LIBRARY, SOURCE]
+
+
+def toolchain_version() -> str:
+    try:
+        proc = subprocess.run([CC, "--version"], capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise CompileError(f"the cpu target needs a C compiler, and '{CC}' could not be run: {e}") from e
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise CompileError(f"'{CC} --version' failed (exit {proc.returncode}): {_head(proc.stderr)}")
+    return proc.stdout.strip()
+
+
+def compile_source(source: str, command: list[str]) -> bytes:
+    """Builds `source` with `command` (relative names SOURCE -> LIBRARY) in a scratch folder."""
+    with tempfile.TemporaryDirectory(prefix="rfc-cpu-") as tmp:
+        (Path(tmp) / SOURCE).write_text(source)
+        try:
+            proc = subprocess.run(command, cwd=tmp, capture_output=True, text=True, check=False)
+        except OSError as e:
+            raise CompileError(f"could not run the C compiler ({' '.join(command)}): {e}") from e
+        if proc.returncode != 0:
+            raise CompileError(
+                f"C compiler failed (exit {proc.returncode}) on the generated cpu kernels\n"
+                f"command: {' '.join(command)}\n{_head(proc.stderr or proc.stdout)}"
+            )
+        return (Path(tmp) / LIBRARY).read_bytes()
+
+
+def _head(text: str, lines: int = 20) -> str:
+    return "\n".join(text.strip().splitlines()[:lines])
+
+
+# -- the planner ---------------------------------------------------------------------------
+
+
+def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
+    """The whole library: the prelude, then one rendering of a template per op (per format)."""
+    hp, plan = inp.hparams, inp.plan
+    entries = inp.layout.by_name()
+    ops: dict[str, list] = {}
+    for op in plan.ops:
+        ops.setdefault(op.kind, []).append(op)
+    _check_supported(hp, entries, ops)
+    matmul_formats = sorted({entries[op.weights[0]].format for op in ops.get("matmul", [])})
+    embed_formats = sorted({entries[op.weights[0]].format for op in ops.get("embed", [])})
+    max_k = max((entries[op.weights[0]].shape[-1] for op in ops.get("matmul", [])), default=hp.n_embd)
+    common = {
+        "model_name": hp.name,
+        "abi_version": ABI_VERSION,
+        "n_embd": hp.n_embd,
+        "n_ff": hp.n_ff,
+        "vocab_size": hp.vocab_size,
+        "n_heads": hp.n_heads,
+        "n_kv_heads": hp.n_kv_heads,
+        "head_dim": hp.head_dim,
+        "group": hp.n_heads // hp.n_kv_heads,
+        "q_width": hp.n_heads * hp.head_dim,
+        "kv_width": hp.n_kv_heads * hp.head_dim,
+        "max_k": max_k,
+    }
+    parts = [render("cpu_prelude.c.j2", common)]
+    for fmt in sorted({e.format for e in entries.values()}):
+        parts.append(render("cpu_dequant.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
+    for fmt in embed_formats:
+        parts.append(render("cpu_embed.c.j2", {"fmt": fmt.lower(), "FMT": fmt, "n_embd": hp.n_embd, "vocab_size": hp.vocab_size}))
+    for fmt in matmul_formats:
+        parts.append(render("cpu_matmul.c.j2", _matmul_params(fmt, tuning)))
+    norm = _uniform(ops.get("rmsnorm", []), "rmsnorm")
+    if norm is not None:
+        parts.append(render("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": repr(float(norm["eps"]))}))
+    rope = _uniform(ops.get("rope", []), "rope")
+    if rope is not None:
+        parts.append(render("cpu_rope.c.j2", _rope_params(rope)))
+    attention = _uniform(ops.get("attention", []), "attention")
+    if attention is not None:
+        parts.append(render("cpu_attention.c.j2", _attention_params(hp, attention, tuning)))
+    parts.append(render("cpu_elementwise.c.j2", {}))
+    return "\n".join(parts)
+
+
+def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
+    for e in entries.values():
+        if e.format not in _STEPS:
+            raise CompileError(f"the cpu target has no kernels for weight format {e.format} ({e.name})")
+    for op in ops.get("matmul", []):
+        e = entries[op.weights[0]]
+        if e.format not in _FLOAT_FORMATS and e.shape[-1] % _STEPS[e.format][0]:
+            raise CompileError(f"{e.name}: row length {e.shape[-1]} is not a multiple of {_STEPS[e.format][0]} ({e.format})")
+    for op in ops.get("embed", []):
+        e = entries[op.weights[0]]
+        if e.shape != (hp.vocab_size, hp.n_embd):
+            raise CompileError(f"{e.name}: embedding table {list(e.shape)} is not vocab x n_embd")
+    for name, size in (("n_embd", hp.n_embd), ("head_dim", hp.head_dim)):
+        if size % 8:
+            raise CompileError(f"the cpu target needs {name} to be a multiple of 8, the model has {size}")
+
+
+def _attention_params(hp, attrs: dict, tuning: CpuTuning) -> dict:
+    if (attrs["n_heads"], attrs["n_kv_heads"], attrs["head_dim"]) != (hp.n_heads, hp.n_kv_heads, hp.head_dim):
+        raise CompileError("attention op sizes disagree with the model's hyperparameters")
+    assert tuning.attention_chunk % 8 == 0, "attention chunks are whole vectors"
+    return {
+        "n_heads": hp.n_heads,
+        "n_kv_heads": hp.n_kv_heads,
+        "head_dim": hp.head_dim,
+        "group": hp.n_heads // hp.n_kv_heads,
+        "scale": repr(float(attrs["scale"])),
+        "chunk": tuning.attention_chunk,
+        "query_block": tuning.attention_query_block,
+    }
+
+
+def _matmul_params(fmt: str, tuning: CpuTuning) -> dict:
+    unit, unit_bytes = _STEPS[fmt]
+    rb, tb, rd = tuning.row_tile, tuning.token_tile, tuning.decode_row_tile
+    return {
+        "fmt": fmt.lower(),
+        "FMT": fmt,
+        "unit": unit,
+        "unit_bytes": unit_bytes,
+        "row_tile": rb,
+        "token_tile": tb,
+        "decode_row_tile": rd,
+        "row_group": math.lcm(rb, rd),
+        "tiles": sorted({(rb, tb), (1, tb)}, reverse=True),
+        "grouped_tiles": sorted({rd, 1}, reverse=True),
+        "act_budget_bytes": tuning.act_budget_bytes,
+        "act_elem_bytes": 1 if fmt in _INT8_ACTIVATIONS else 4,
+        "tail": fmt in _FLOAT_FORMATS,
+        "gemm_min_tokens": tuning.gemm_min_tokens,
+        "gemm_token_tile": tuning.gemm_token_tile,
+    }
+
+
+def _rope_params(attrs: dict) -> dict:
+    n_rot, hd = int(attrs["n_rot"]), int(attrs["head_dim"])
+    half = n_rot // 2
+    if attrs["style"] not in ("adjacent", "neox"):
+        raise CompileError(f"unknown rope style {attrs['style']!r}")
+    # float64, the way the reference computes them; repr round-trips exactly
+    inv = [float(attrs["freq_scale"]) * float(attrs["freq_base"]) ** (-2.0 * i / n_rot) for i in range(half)]
+    if any(not math.isfinite(v) for v in inv):
+        raise CompileError("rope frequencies are not finite")
+    return {
+        "style": attrs["style"],
+        "n_heads": int(attrs["n_heads"]),
+        "n_kv_heads": int(attrs["n_kv_heads"]),
+        "head_dim": hd,
+        "n_rot": n_rot,
+        "half": half,
+        "inv_freq": [repr(v) for v in inv],
+    }
+
+
+def _uniform(ops: list, kind: str) -> dict | None:
+    """The attributes all ops of a kind share (their layer aside): they are compiled in."""
+    if not ops:
+        return None
+    first = {k: v for k, v in ops[0].attrs.items() if k != "layer"}
+    for op in ops[1:]:
+        if {k: v for k, v in op.attrs.items() if k != "layer"} != first:
+            raise CompileError(f"the cpu target needs every {kind} op to share its attributes (layers differ)")
+    return first

@@ -1,0 +1,483 @@
+/* Per-format matmul building blocks. For every weight format FMT the matmul tiles use:
+ *
+ *   RFC_UNIT_FMT, RFC_UNIT_BYTES_FMT   elements and bytes of one step along a weight row
+ *   RFC_ACT_FMT                        the activation kind it reads: rfc_quantize_row_<kind>
+ *   rfc_w_fmt                          one step of one weight row, loaded (unpacked)
+ *   rfc_wload_fmt(&w, p)               load the step at p
+ *   rfc_wdot_fmt(acc, &w, act, t, u)   acc += that step . token t's step u of the activation
+ *
+ * A tile loads each weight step once and dots it with several tokens, so rfc_wload does
+ * all per-weight work (unpacking nibbles, converting scales) and rfc_wdot the rest.
+ *
+ * With AVX2 + FMA, Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 (against q8_32 activations) and Q4_K/Q6_K
+ * (against q8_k) use int8 dot products (_mm256_maddubs_epi16, _mm256_madd_epi16). Every
+ * other format, and every format without AVX2, dequantizes a step to float32 and uses
+ * float activations: simpler, and exact up to float rounding.
+ * Requires rfc_blocks.h, cpu_simd.h and cpu_act.h.
+ */
+#ifndef RFC_CPU_DOT_H
+#define RFC_CPU_DOT_H
+
+/* ---- float steps: dequantize, then fma against the float activation ------------------- */
+
+/* acc += w[0:n] . x[0:n], n a multiple of 8 */
+static inline rfc_acc rfc_dot_f32(rfc_acc acc, const float *RFC_RESTRICT w, const float *RFC_RESTRICT x, int n) {
+#ifdef RFC_AVX2
+    for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), acc);
+    return acc;
+#else
+    float s[8] = {0};
+    for (int i = 0; i < n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += w[i + j] * x[i + j];
+    return acc + (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])));
+#endif
+}
+
+#define RFC_DEFINE_FLOAT_STEP(fmt, QK)                                                      \
+    typedef struct { float v[QK]; } rfc_w_##fmt;                                            \
+    static inline void rfc_wload_##fmt(rfc_w_##fmt *w, const uint8_t *p) {                  \
+        rfc_dequant_block_##fmt(p, w->v);                                                   \
+    }                                                                                       \
+    static inline rfc_acc rfc_wdot_##fmt(rfc_acc acc, const rfc_w_##fmt *w, const rfc_act *a, size_t t, int u) { \
+        return rfc_dot_f32(acc, w->v, a->x + t * a->K + (size_t)(QK) * u, QK);       \
+    }
+
+/* F32, F16, BF16: steps of 8 elements, converted straight into a vector; rows of any length,
+ * the last K % 8 elements summed by rfc_wtail_<fmt>(row, x, k0, n) = sum_{k0<=k<k0+n} w[k] x[k]. */
+#define RFC_DEFINE_TAIL(fmt, TS)                                                                    \
+    static inline float rfc_wtail_##fmt(const uint8_t *row, const float *x, int k0, int n) {        \
+        float s = 0.0f, v;                                                                          \
+        for (int k = k0; k < k0 + n; k++) {                                                         \
+            rfc_dequant_block_##fmt(row + (size_t)(TS) * k, &v);                                    \
+            s += v * x[k];                                                                          \
+        }                                                                                           \
+        return s;                                                                                   \
+    }
+RFC_DEFINE_TAIL(f32, RFC_TS_F32)
+RFC_DEFINE_TAIL(f16, RFC_TS_F16)
+RFC_DEFINE_TAIL(bf16, RFC_TS_BF16)
+
+#define RFC_UNIT_F32 8
+#define RFC_UNIT_BYTES_F32 32
+#define RFC_UNIT_F16 8
+#define RFC_UNIT_BYTES_F16 16
+#define RFC_UNIT_BF16 8
+#define RFC_UNIT_BYTES_BF16 16
+#define RFC_ACT_F32 f32
+#define RFC_ACT_F16 f32
+#define RFC_ACT_BF16 f32
+
+#ifdef RFC_AVX2
+#define RFC_DEFINE_VEC8_STEP(fmt, LOAD)                                                     \
+    typedef struct { __m256 v; } rfc_w_##fmt;                                               \
+    static inline void rfc_wload_##fmt(rfc_w_##fmt *w, const uint8_t *p) { w->v = LOAD; }   \
+    static inline rfc_acc rfc_wdot_##fmt(rfc_acc acc, const rfc_w_##fmt *w, const rfc_act *a, size_t t, int u) { \
+        return _mm256_fmadd_ps(w->v, _mm256_loadu_ps(a->x + t * a->K + 8 * (size_t)u), acc); \
+    }
+RFC_DEFINE_VEC8_STEP(f32, _mm256_loadu_ps((const float *)p))
+RFC_DEFINE_VEC8_STEP(f16, rfc_load8_f16((const uint16_t *)p))
+RFC_DEFINE_VEC8_STEP(bf16, rfc_load8_bf16((const uint16_t *)p))
+#else
+typedef struct { float v[8]; } rfc_w_f32;
+typedef struct { float v[8]; } rfc_w_f16;
+typedef struct { float v[8]; } rfc_w_bf16;
+#define RFC_DEFINE_SCALAR8_STEP(fmt)                                                        \
+    static inline void rfc_wload_##fmt(rfc_w_##fmt *w, const uint8_t *p) { rfc_dequant_row_##fmt(p, w->v, 8); } \
+    static inline rfc_acc rfc_wdot_##fmt(rfc_acc acc, const rfc_w_##fmt *w, const rfc_act *a, size_t t, int u) { \
+        return rfc_dot_f32(acc, w->v, a->x + t * a->K + 8 * (size_t)u, 8);          \
+    }
+RFC_DEFINE_SCALAR8_STEP(f32)
+RFC_DEFINE_SCALAR8_STEP(f16)
+RFC_DEFINE_SCALAR8_STEP(bf16)
+#endif
+
+/* Quantized formats: one step is one GGUF block. */
+#define RFC_UNIT_Q8_0 RFC_QK_Q8_0
+#define RFC_UNIT_BYTES_Q8_0 RFC_TS_Q8_0
+#define RFC_UNIT_Q4_0 RFC_QK_Q4_0
+#define RFC_UNIT_BYTES_Q4_0 RFC_TS_Q4_0
+#define RFC_UNIT_Q4_1 RFC_QK_Q4_1
+#define RFC_UNIT_BYTES_Q4_1 RFC_TS_Q4_1
+#define RFC_UNIT_Q5_0 RFC_QK_Q5_0
+#define RFC_UNIT_BYTES_Q5_0 RFC_TS_Q5_0
+#define RFC_UNIT_Q5_1 RFC_QK_Q5_1
+#define RFC_UNIT_BYTES_Q5_1 RFC_TS_Q5_1
+#define RFC_UNIT_Q2_K RFC_QK_Q2_K
+#define RFC_UNIT_BYTES_Q2_K RFC_TS_Q2_K
+#define RFC_UNIT_Q3_K RFC_QK_Q3_K
+#define RFC_UNIT_BYTES_Q3_K RFC_TS_Q3_K
+#define RFC_UNIT_Q4_K RFC_QK_Q4_K
+#define RFC_UNIT_BYTES_Q4_K RFC_TS_Q4_K
+#define RFC_UNIT_Q5_K RFC_QK_Q5_K
+#define RFC_UNIT_BYTES_Q5_K RFC_TS_Q5_K
+#define RFC_UNIT_Q6_K RFC_QK_Q6_K
+#define RFC_UNIT_BYTES_Q6_K RFC_TS_Q6_K
+
+/* Formats without an int8 path on any ISA. */
+#define RFC_ACT_Q2_K f32
+#define RFC_ACT_Q3_K f32
+#define RFC_ACT_Q5_K f32
+RFC_DEFINE_FLOAT_STEP(q2_k, 256)
+RFC_DEFINE_FLOAT_STEP(q3_k, 256)
+RFC_DEFINE_FLOAT_STEP(q5_k, 256)
+
+#ifndef RFC_AVX2
+#define RFC_ACT_Q8_0 f32
+#define RFC_ACT_Q4_0 f32
+#define RFC_ACT_Q4_1 f32
+#define RFC_ACT_Q5_0 f32
+#define RFC_ACT_Q5_1 f32
+#define RFC_ACT_Q4_K f32
+#define RFC_ACT_Q6_K f32
+RFC_DEFINE_FLOAT_STEP(q8_0, 32)
+RFC_DEFINE_FLOAT_STEP(q4_0, 32)
+RFC_DEFINE_FLOAT_STEP(q4_1, 32)
+RFC_DEFINE_FLOAT_STEP(q5_0, 32)
+RFC_DEFINE_FLOAT_STEP(q5_1, 32)
+RFC_DEFINE_FLOAT_STEP(q4_k, 256)
+RFC_DEFINE_FLOAT_STEP(q6_k, 256)
+#else /* RFC_AVX2: int8 dot products */
+
+#define RFC_ACT_Q8_0 q8_32
+#define RFC_ACT_Q4_0 q8_32p
+#define RFC_ACT_Q4_1 q8_32p
+#define RFC_ACT_Q5_0 q8_32p
+#define RFC_ACT_Q5_1 q8_32p
+#define RFC_ACT_Q4_K q8_k
+#define RFC_ACT_Q6_K q8_k
+
+/* 32 weights as bytes (unsigned 0..31 for the offset formats, signed for Q8_0) and the
+ * block's scale (and minimum) broadcast. */
+typedef struct { __m256i q; __m256 d; } rfc_w32;
+typedef struct { __m256i q; __m256 d; __m256 m; } rfc_w32m;
+typedef rfc_w32 rfc_w_q8_0;
+typedef rfc_w32 rfc_w_q4_0;
+typedef rfc_w32 rfc_w_q5_0;
+typedef rfc_w32m rfc_w_q4_1;
+typedef rfc_w32m rfc_w_q5_1;
+
+/* 16 packed bytes -> 32 nibbles: low nibbles (elements 0-15) then high (16-31). */
+static inline __m256i rfc_nibbles32(const uint8_t *qs) {
+    const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
+}
+
+/* The 32 bits of qh as bytes 0x10 (bit set) or 0 (clear), element j from bit j. */
+static inline __m256i rfc_bits32_x10(const uint8_t *qh) {
+    uint32_t x32;
+    memcpy(&x32, qh, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x32), shuf);
+    bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfeLL));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+static inline __m256i rfc_act_q8(const rfc_act *a, size_t t, int u, size_t *i) {
+    *i = t * (a->K / 32) + (size_t)u;
+    return _mm256_loadu_si256((const __m256i *)(a->qs + t * a->K + 32 * (size_t)u));
+}
+
+/* Block u of a q8_32p activation in plain order (its two halves, see cpu_act.h). */
+static inline __m256i rfc_act_q8p(const rfc_act *a, size_t t, int u, size_t *i) {
+    const size_t nb = a->K / 32, pair = (size_t)u & ~(size_t)1;
+    *i = t * nb + (size_t)u;
+    const int8_t *base = a->qs + t * a->K + 32 * pair;
+    if (pair + 1 < nb) {
+        const int8_t *lo = base + 16 * ((size_t)u & 1);
+        return _mm256_loadu2_m128i((const __m128i *)(lo + 32), (const __m128i *)lo);
+    }
+    return _mm256_loadu_si256((const __m256i *)base);
+}
+
+/* sum over the 8 int32 lanes of an unsigned-by-signed byte dot product */
+static inline __m256i rfc_dot_u8s8(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+static inline void rfc_wload_q8_0(rfc_w32 *w, const uint8_t *p) {
+    const rfc_block_q8_0 *b = (const rfc_block_q8_0 *)p;
+    w->q = _mm256_loadu_si256((const __m256i *)b->qs);
+    w->d = _mm256_set1_ps(rfc_fp16_scalar(b->d));
+}
+
+static inline rfc_acc rfc_wdot_q8_0(rfc_acc acc, const rfc_w32 *w, const rfc_act *a, size_t t, int u) {
+    size_t i;
+    const __m256i y = rfc_act_q8(a, t, u, &i);
+    const __m256i p = rfc_dot_u8s8(_mm256_sign_epi8(w->q, w->q), _mm256_sign_epi8(y, w->q));
+    return _mm256_fmadd_ps(_mm256_mul_ps(w->d, _mm256_set1_ps(a->d[i])), _mm256_cvtepi32_ps(p), acc);
+}
+
+static inline void rfc_wload_q4_0(rfc_w32 *w, const uint8_t *p) {
+    const rfc_block_q4_0 *b = (const rfc_block_q4_0 *)p;
+    w->q = rfc_nibbles32(b->qs);
+    w->d = _mm256_set1_ps(rfc_fp16_scalar(b->d));
+}
+
+/* Offset formats store q + off; sum((q + off) * y) - off * sum(y), with off * sum(y)
+ * spread evenly over the 8 lanes (off is 8 or 16, so off / 8 * sum(y) is whole). */
+static inline rfc_acc rfc_wdot_offset(rfc_acc acc, const rfc_w32 *w, const rfc_act *a, size_t t, int u, int off8) {
+    size_t i;
+    const __m256i y = rfc_act_q8p(a, t, u, &i);
+    __m256i p = rfc_dot_u8s8(w->q, y);
+    p = _mm256_sub_epi32(p, _mm256_set1_epi32(off8 * a->isum[i]));
+    return _mm256_fmadd_ps(_mm256_mul_ps(w->d, _mm256_set1_ps(a->d[i])), _mm256_cvtepi32_ps(p), acc);
+}
+
+static inline rfc_acc rfc_wdot_q4_0(rfc_acc acc, const rfc_w32 *w, const rfc_act *a, size_t t, int u) {
+    return rfc_wdot_offset(acc, w, a, t, u, 1);
+}
+
+static inline void rfc_wload_q5_0(rfc_w32 *w, const uint8_t *p) {
+    const rfc_block_q5_0 *b = (const rfc_block_q5_0 *)p;
+    w->q = _mm256_or_si256(rfc_nibbles32(b->qs), rfc_bits32_x10(b->qh));
+    w->d = _mm256_set1_ps(rfc_fp16_scalar(b->d));
+}
+
+static inline rfc_acc rfc_wdot_q5_0(rfc_acc acc, const rfc_w32 *w, const rfc_act *a, size_t t, int u) {
+    return rfc_wdot_offset(acc, w, a, t, u, 2);
+}
+
+/* Formats with a minimum: sum((d q + m) * dy y) = d dy sum(q y) + m dy sum(y). */
+static inline rfc_acc rfc_wdot_min(rfc_acc acc, const rfc_w32m *w, const rfc_act *a, size_t t, int u) {
+    size_t i;
+    const __m256i y = rfc_act_q8p(a, t, u, &i);
+    const __m256i p = rfc_dot_u8s8(w->q, y);
+    const float dy = a->d[i];
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(w->d, _mm256_set1_ps(dy)), _mm256_cvtepi32_ps(p), acc);
+    return _mm256_fmadd_ps(w->m, _mm256_set1_ps(dy * (float)a->isum[i] * 0.125f), acc);
+}
+
+static inline void rfc_wload_q4_1(rfc_w32m *w, const uint8_t *p) {
+    const rfc_block_q4_1 *b = (const rfc_block_q4_1 *)p;
+    w->q = rfc_nibbles32(b->qs);
+    w->d = _mm256_set1_ps(rfc_fp16_scalar(b->d));
+    w->m = _mm256_set1_ps(rfc_fp16_scalar(b->m));
+}
+
+static inline rfc_acc rfc_wdot_q4_1(rfc_acc acc, const rfc_w32m *w, const rfc_act *a, size_t t, int u) {
+    return rfc_wdot_min(acc, w, a, t, u);
+}
+
+static inline void rfc_wload_q5_1(rfc_w32m *w, const uint8_t *p) {
+    const rfc_block_q5_1 *b = (const rfc_block_q5_1 *)p;
+    w->q = _mm256_or_si256(rfc_nibbles32(b->qs), rfc_bits32_x10(b->qh));
+    w->d = _mm256_set1_ps(rfc_fp16_scalar(b->d));
+    w->m = _mm256_set1_ps(rfc_fp16_scalar(b->m));
+}
+
+static inline rfc_acc rfc_wdot_q5_1(rfc_acc acc, const rfc_w32m *w, const rfc_act *a, size_t t, int u) {
+    return rfc_wdot_min(acc, w, a, t, u);
+}
+
+/* ---- 8 blocks of one row at once (decode, one token) --------------------------------------
+ * Each block's int8 dot product stays a vector of 8 int32 partial sums; the 8 vectors are
+ * reduced together into one vector (lane j = block j), so converting to float, applying the
+ * 8 weight scales (gathered) and the 8 activation scales costs one instruction each per
+ * 8 blocks instead of per block. */
+
+/* lane j = sum of the 8 lanes of p[j] */
+static inline __m256i rfc_reduce8_epi32(const __m256i p[8]) {
+    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i a = _mm256_hadd_epi32(h01, h23), b = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* the fp16 at byte `at` of 8 consecutive blocks of `ts` bytes, as floats (a tree of
+ * unpacks: a hardware gather costs several times more on current x86 cores) */
+static inline __m256 rfc_gather8_f16(const uint8_t *blk, int ts, int at) {
+    __m128i v[8];
+    for (int j = 0; j < 8; j++) {
+        int32_t x;
+        memcpy(&x, blk + (size_t)ts * j + at, 4);
+        v[j] = _mm_cvtsi32_si128(x);
+    }
+    const __m128i a = _mm_unpacklo_epi32(_mm_unpacklo_epi16(v[0], v[1]), _mm_unpacklo_epi16(v[2], v[3]));
+    const __m128i b = _mm_unpacklo_epi32(_mm_unpacklo_epi16(v[4], v[5]), _mm_unpacklo_epi16(v[6], v[7]));
+    return _mm256_cvtph_ps(_mm_unpacklo_epi64(a, b));
+}
+
+/* Q8_0: 8 blocks' int8 dots against activation blocks u0..u0+7 (plain order), reduced. */
+static inline __m256i rfc_dot8_q8_0(const uint8_t *w, const int8_t *y) {
+    __m256i p[8];
+    for (int j = 0; j < 8; j++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(w + RFC_TS_Q8_0 * j + 2));
+        const __m256i yv = _mm256_loadu_si256((const __m256i *)(y + 32 * j));
+        p[j] = rfc_dot_u8s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(yv, q));
+    }
+    return rfc_reduce8_epi32(p);
+}
+
+/* 4-bit formats: two blocks per register (block 2k's nibbles in the low half, 2k+1's in the
+ * high half), against the q8_32p activation whose pair layout matches. QS is the offset of
+ * qs in a block, QH that of qh (or -1: no fifth bit). Returns lane j = block j. */
+static inline __m256i rfc_dot8_nibbles(const uint8_t *w, int ts, int qs, int qh, const int8_t *y) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i p[4];
+    for (int k = 0; k < 4; k++) {
+        const uint8_t *a = w + (size_t)ts * (2 * k), *b = a + ts;
+        const __m256i v = _mm256_loadu2_m128i((const __m128i *)(b + qs), (const __m128i *)(a + qs));
+        __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        if (qh >= 0) {
+            const __m256i xa = rfc_bits32_x10(a + qh), xb = rfc_bits32_x10(b + qh);
+            lo = _mm256_or_si256(lo, _mm256_permute2x128_si256(xa, xb, 0x20));
+            hi = _mm256_or_si256(hi, _mm256_permute2x128_si256(xa, xb, 0x31));
+        }
+        const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y + 64 * k))),
+                                           _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y + 64 * k + 32))));
+        p[k] = _mm256_madd_epi16(s, _mm256_set1_epi16(1)); /* lanes 0-3: block 2k, 4-7: 2k+1 */
+    }
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    /* h = blocks 0 2 4 6 | 1 3 5 7 */
+    return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+static inline __m256i rfc_dot8_q4_0(const uint8_t *w, const int8_t *y) { return rfc_dot8_nibbles(w, RFC_TS_Q4_0, 2, -1, y); }
+static inline __m256i rfc_dot8_q5_0(const uint8_t *w, const int8_t *y) { return rfc_dot8_nibbles(w, RFC_TS_Q5_0, 6, 2, y); }
+static inline __m256i rfc_dot8_q4_1(const uint8_t *w, const int8_t *y) { return rfc_dot8_nibbles(w, RFC_TS_Q4_1, 4, -1, y); }
+static inline __m256i rfc_dot8_q5_1(const uint8_t *w, const int8_t *y) { return rfc_dot8_nibbles(w, RFC_TS_Q5_1, 8, 4, y); }
+
+/* Symmetric and offset formats: sum_j dw_j dy_j (dot_j - off * ysum_j). */
+#define RFC_DOT8_OFFSET(FMT, TS, OFF_SHIFT)                                                         \
+    static inline rfc_acc rfc_wdot8_##FMT(rfc_acc acc, const uint8_t *w, const rfc_act *a, size_t t, int u0) { \
+        const size_t i = t * (a->K / 32) + (size_t)u0;                                              \
+        __m256i r = rfc_dot8_##FMT(w, a->qs + t * a->K + 32 * (size_t)u0);                          \
+        if ((OFF_SHIFT) >= 0)                                                                       \
+            r = _mm256_sub_epi32(r, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(a->isum + i)), (OFF_SHIFT) < 0 ? 0 : (OFF_SHIFT))); \
+        const __m256 d = _mm256_mul_ps(rfc_gather8_f16(w, TS, 0), _mm256_loadu_ps(a->d + i));      \
+        return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(r), acc);                                      \
+    }
+RFC_DOT8_OFFSET(q8_0, RFC_TS_Q8_0, -1)
+RFC_DOT8_OFFSET(q4_0, RFC_TS_Q4_0, 3)
+RFC_DOT8_OFFSET(q5_0, RFC_TS_Q5_0, 4)
+
+/* Formats with a minimum: sum_j dy_j (dw_j dot_j + m_j ysum_j). */
+#define RFC_DOT8_MIN(FMT, TS)                                                                       \
+    static inline rfc_acc rfc_wdot8_##FMT(rfc_acc acc, const uint8_t *w, const rfc_act *a, size_t t, int u0) { \
+        const size_t i = t * (a->K / 32) + (size_t)u0;                                              \
+        const __m256i r = rfc_dot8_##FMT(w, a->qs + t * a->K + 32 * (size_t)u0);                    \
+        const __m256 dy = _mm256_loadu_ps(a->d + i);                                                \
+        const __m256 ys = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(a->isum + i)));  \
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(rfc_gather8_f16(w, TS, 0), dy), _mm256_cvtepi32_ps(r), acc);   \
+        return _mm256_fmadd_ps(_mm256_mul_ps(rfc_gather8_f16(w, TS, 2), dy), ys, acc);             \
+    }
+RFC_DOT8_MIN(q4_1, RFC_TS_Q4_1)
+RFC_DOT8_MIN(q5_1, RFC_TS_Q5_1)
+
+#define RFC_HAS_DOT8_Q8_0 1
+#define RFC_HAS_DOT8_Q4_0 1
+#define RFC_HAS_DOT8_Q5_0 1
+#define RFC_HAS_DOT8_Q4_1 1
+#define RFC_HAS_DOT8_Q5_1 1
+
+/* ---- k-quants against q8_k: a step is a whole 256-element super-block ---------------- */
+typedef struct { const uint8_t *p; } rfc_wk;
+typedef rfc_wk rfc_w_q4_k;
+typedef rfc_wk rfc_w_q6_k;
+
+static inline void rfc_wload_q4_k(rfc_wk *w, const uint8_t *p) { w->p = p; }
+static inline void rfc_wload_q6_k(rfc_wk *w, const uint8_t *p) { w->p = p; }
+
+static inline rfc_acc rfc_wdot_q4_k(rfc_acc acc, const rfc_wk *w, const rfc_act *a, size_t t, int u) {
+    const rfc_block_q4_k *b = (const rfc_block_q4_k *)w->p;
+    const size_t i = t * (a->K / 256) + (size_t)u;
+    const int8_t *q8 = a->qs + t * a->K + 256 * (size_t)u;
+    const int16_t *bsums = a->bsums + t * (a->K / 16) + 16 * (size_t)u;
+    const float dy = a->d[i];
+    const float d = dy * rfc_fp16_scalar(b->d), dmin = dy * rfc_fp16_scalar(b->dmin);
+
+    /* 8 six-bit scales then 8 six-bit mins, as bytes (ggml's get_scale_min_k4, all at once) */
+    uint32_t s[4];
+    memcpy(s, b->scales, 12);
+    const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+    s[3] = ((s[2] >> 4) & m2) | (((s[1] >> 6) & m3) << 4);
+    const uint32_t mins_lo = s[1] & m1;
+    s[1] = (s[2] & m2) | (((s[0] >> 6) & m3) << 4);
+    s[2] = mins_lo;
+    s[0] &= m1;
+    const __m256i sm = _mm256_cvtepu8_epi16(_mm_set_epi32((int)s[3], (int)s[2], (int)s[1], (int)s[0]));
+
+    /* minimums: sum_j min_j * (sum of the 32 activations of sub-block j) */
+    const __m256i bs = _mm256_loadu_si256((const __m256i *)bsums);
+    const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    const __m128i pm = _mm_madd_epi16(_mm256_extracti128_si256(sm, 1), q8s);
+    acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_zextps128_ps256(_mm_cvtepi32_ps(pm)), acc);
+
+    const __m128i sc128 = _mm256_castsi256_si128(sm);
+    const __m256i scales = _mm256_broadcastsi128_si256(sc128);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+        const __m256i sl = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)((4 * j) | ((4 * j + 1) << 8))));
+        const __m256i sh = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)((4 * j + 2) | ((4 * j + 3) << 8))));
+        const __m256i q4 = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * j));
+        const __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+        const __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
+        const __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32)));
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(sl, pl), _mm256_madd_epi16(sh, ph)));
+    }
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+}
+
+static inline rfc_acc rfc_wdot_q6_k(rfc_acc acc, const rfc_wk *w, const rfc_act *a, size_t t, int u) {
+    const rfc_block_q6_k *b = (const rfc_block_q6_k *)w->p;
+    const size_t i = t * (a->K / 256) + (size_t)u;
+    const int8_t *q8 = a->qs + t * a->K + 256 * (size_t)u;
+    const int16_t *bsums = a->bsums + t * (a->K / 16) + 16 * (size_t)u;
+    const float d = a->d[i] * rfc_fp16_scalar(b->d);
+
+    const __m128i sc8 = _mm_loadu_si128((const __m128i *)b->scales);
+    /* values are stored as q + 32: subtract 32 * sum_j scale_j * (sum of sub-block j) */
+    const __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_loadu_si256((const __m256i *)bsums));
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+        const __m256i lows[4] = {
+            _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+            _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+        for (int g = 0; g < 4; g++) {
+            const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m3);
+            const __m256i q6 = _mm256_or_si256(lows[g], _mm256_slli_epi16(hb, 4));
+            const int s0 = 8 * h + 2 * g;
+            const __m128i pick = _mm_or_si128(_mm_set1_epi8((char)s0), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+            const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
+            const __m256i p = _mm256_maddubs_epi16(q6, _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * g)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
+        }
+    }
+    sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 5));
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+}
+#endif /* RFC_AVX2 */
+
+/* rfc_wdot8_<fmt>(acc, w, act, t, u0): acc += steps u0..u0+7 of one weight row (w points at
+ * step u0) . token t. Formats without a grouped kernel above do it step by step. */
+#define RFC_DOT8_BY_STEPS(fmt, UB)                                                                  \
+    static inline rfc_acc rfc_wdot8_##fmt(rfc_acc acc, const uint8_t *w, const rfc_act *a, size_t t, int u0) { \
+        for (int j = 0; j < 8; j++) {                                                               \
+            rfc_w_##fmt wj;                                                                         \
+            rfc_wload_##fmt(&wj, w + (size_t)(UB) * j);                                             \
+            acc = rfc_wdot_##fmt(acc, &wj, a, t, u0 + j);                                           \
+        }                                                                                           \
+        return acc;                                                                                 \
+    }
+#ifndef RFC_HAS_DOT8_Q8_0
+RFC_DOT8_BY_STEPS(q8_0, RFC_UNIT_BYTES_Q8_0)
+RFC_DOT8_BY_STEPS(q4_0, RFC_UNIT_BYTES_Q4_0)
+RFC_DOT8_BY_STEPS(q5_0, RFC_UNIT_BYTES_Q5_0)
+RFC_DOT8_BY_STEPS(q4_1, RFC_UNIT_BYTES_Q4_1)
+RFC_DOT8_BY_STEPS(q5_1, RFC_UNIT_BYTES_Q5_1)
+#endif
+RFC_DOT8_BY_STEPS(f32, RFC_UNIT_BYTES_F32)
+RFC_DOT8_BY_STEPS(f16, RFC_UNIT_BYTES_F16)
+RFC_DOT8_BY_STEPS(bf16, RFC_UNIT_BYTES_BF16)
+RFC_DOT8_BY_STEPS(q2_k, RFC_UNIT_BYTES_Q2_K)
+RFC_DOT8_BY_STEPS(q3_k, RFC_UNIT_BYTES_Q3_K)
+RFC_DOT8_BY_STEPS(q4_k, RFC_UNIT_BYTES_Q4_K)
+RFC_DOT8_BY_STEPS(q5_k, RFC_UNIT_BYTES_Q5_K)
+RFC_DOT8_BY_STEPS(q6_k, RFC_UNIT_BYTES_Q6_K)
+
+#endif /* RFC_CPU_DOT_H */

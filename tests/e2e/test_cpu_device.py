@@ -1,0 +1,69 @@
+"""The cpu device end to end: every fixture GGUF compiled for `cpu`, teacher-forced logits
+against llama.cpp's at all 64 positions, with the acceptance bounds of the reference device
+(F32/F16/tied max |Δ| <= 0.05, BF16 <= 0.15, quantized mean <= 0.15 and top-1 >= 0.93)."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.loader import LoadOptions, load_model
+from tests.conftest import FIXTURES, TINY_MODELS
+from tests.e2e.test_reference_oracle import logit_bounds_ok, teacher_forced_logits
+
+pytestmark = [
+    pytest.mark.shared,
+    pytest.mark.toolchain,
+    pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"),
+]
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_cpu_matches_llama_cpp_logits(name, bundle_cache):
+    ref = np.load(FIXTURES / f"{name}.logits.npz")
+    bundle = bundle_cache(FIXTURES / f"{name}.gguf")
+    assert load_model(bundle, LoadOptions(device="auto")).device_choice.name == "cpu"
+    logits = teacher_forced_logits(bundle, "cpu", ref["tokens"].tolist())
+    ok, summary = logit_bounds_ok(name, logits, ref["logits"])
+    assert ok, summary
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-Q4_0", "tiny-qwen2-Q4_K_M", "tiny-llama-F16", "tiny-qwen2-F32"])
+def test_decoding_token_by_token(name, bundle_cache):
+    """Decode steps (one token: other kernels than a prefill's) meet the same bounds against
+    llama.cpp. Float models also match one teacher-forced prefill to 2e-3; quantized ones need
+    not: a last-bit difference in a sum can flip the int8 rounding of an activation, and
+    such flips compound over the layers (both paths stay as close to llama.cpp)."""
+    bundle = bundle_cache(FIXTURES / f"{name}.gguf")
+    ref = np.load(FIXTURES / f"{name}.logits.npz")
+    tokens = ref["tokens"].tolist()[:24]
+    model = load_model(bundle, LoadOptions(device="cpu"))
+    steps = []
+    for pos, tok in enumerate(tokens):
+        model.blocks.allocate(0, pos + 1)
+        steps.append(model.executor.forward(build_batch([SeqChunk(0, pos, (tok,))], model.blocks))[0])
+    ok, summary = logit_bounds_ok(name, np.array(steps), ref["logits"][:24])
+    assert ok, summary
+    if name.endswith(("F16", "F32")):
+        np.testing.assert_allclose(np.array(steps), teacher_forced_logits(bundle, "cpu", tokens), atol=2e-3, rtol=0)
+
+
+def test_batching_does_not_change_logits(bundle_cache):
+    """Sequences of different lengths, some prefilling and some decoding, in one step. A float
+    model, so that only summation order differs (see test_decoding_token_by_token)."""
+    bundle = bundle_cache(FIXTURES / "tiny-qwen2-F32.gguf")
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(2, 512, size=n).tolist() for n in (5, 17, 1, 33)]
+    expected = [teacher_forced_logits(bundle, "cpu", p)[-1] for p in prompts]
+    model = load_model(bundle, LoadOptions(device="cpu"))
+    chunks = []
+    for i, p in enumerate(prompts):
+        model.blocks.allocate(i, len(p))
+        if len(p) > 1:
+            chunks.append(SeqChunk(i, 0, tuple(p[:-1]), logits=False))
+    model.executor.forward(build_batch(chunks, model.blocks))
+    last = [SeqChunk(i, len(p) - 1, (p[-1],)) for i, p in enumerate(prompts)]
+    logits = model.executor.forward(build_batch(last, model.blocks))
+    for got, want in zip(logits, expected):
+        np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)

@@ -1,0 +1,408 @@
+"""Every cpu kernel against the reference op (ReferenceDevice), for every weight format.
+
+Two builds of one generated library are tested: the one for this machine's ISA (the AVX2
+int8 paths where the CPU has AVX2) and the portable build without SIMD flags (scalar C).
+Sizes are odd on purpose: N = 37 rows (not a multiple of the row tile), T in {1, 3, 17}
+tokens (17 > the token chunk of the test build), K = 352 (11 blocks of 32: not a multiple
+of 8 blocks) for the 32-element formats, 512 for the k-quants and 347 (not a multiple of the
+8-element step) for F32/F16/BF16.
+
+Tolerances:
+- matmul: activations that a build rounds to int8 (`rfc_act_block_<fmt>` > 0: one scale d
+  per block, values rounded to the nearest multiple of d) move each product by at most
+  |w| d / 2, so |got - ref| <= sum_k |w_nk| d_t(k) / 2 + 2e-5 sum_k |w_nk x_tk| + 1e-6; for
+  float activations only the float32 summation order differs: 2e-5 sum_k |w x| + 1e-6.
+- embed (dequantization): 1e-6 relative (the same float32 operations; the compiler may fuse
+  a multiply-add). rmsnorm, rope, swiglu, add, add_bias: 1e-5 relative + 1e-6.
+- attention: the cache holds F16 (relative rounding 2^-11 of k and v): 2e-3 absolute on
+  outputs of unit scale.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import platform
+import shutil
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader
+
+from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.layout import TensorEntry, WeightLayout, align_up
+from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan
+from rfc.compiler.codegen import CodegenInput, cpu
+from rfc.compiler.errors import CompileError
+from rfc.compiler.spec import HParams
+from rfc.compiler.targets import parse_target
+from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.devices import DeviceError
+from rfc.runtime.devices.cpu import Device, HostBuffer
+from rfc.runtime.devices.reference import ReferenceDevice
+from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.quants import FORMATS
+from tests.conftest import FIXTURES
+
+pytestmark = [
+    pytest.mark.toolchain,
+    pytest.mark.skipif(shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+]
+
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+ALL_FORMATS = sorted(FORMATS)
+N_ROWS = 37
+N_EMBD, N_HEADS, N_KV_HEADS, HEAD_DIM, N_ROT, N_FF = 256, 8, 2, 32, 24, 96
+KV = KVSpec(n_layers=2, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
+NUM_BLOCKS, BLOCK_SIZE = 16, 4
+
+
+def k_of(fmt: str) -> int:
+    if fmt in ("F32", "F16", "BF16"):
+        return 347  # float rows may have any length (the demo model's n_ff is 172)
+    return 512 if fmt in K_QUANTS else 352
+
+
+# -- test weights --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _fixture_blocks(fmt: str) -> np.ndarray:
+    """Every block of format `fmt` in the fixture GGUFs, as rows of raw bytes."""
+    size = FORMATS[fmt].type_size
+    found = [
+        np.ascontiguousarray(t.data).view(np.uint8).reshape(-1, size)
+        for path in sorted(FIXTURES.glob("tiny-llama-*.gguf"))
+        for t in GGUFReader(path).tensors
+        if t.tensor_type.name == fmt
+    ]
+    if not found:
+        pytest.skip(f"no {fmt} tensor in the fixtures under {FIXTURES}")
+    return np.concatenate(found)
+
+
+def weight_bytes(fmt: str, rows: int, k: int, rng: np.random.Generator) -> bytes:
+    """rows x k weights in `fmt`: quantized by gguf-py where it can, else real fixture blocks."""
+    try:
+        x = (rng.standard_normal((rows, k)) / math.sqrt(k)).astype(np.float32)
+        return np.ascontiguousarray(gguf.quants.quantize(x, GGMLQuantizationType[fmt])).tobytes()
+    except NotImplementedError:
+        blocks = _fixture_blocks(fmt)
+        per_row = k // FORMATS[fmt].block_size
+        pick = rng.choice(len(blocks), size=rows * per_row, replace=len(blocks) < rows * per_row)
+        return blocks[pick].tobytes()
+
+
+class Blob:
+    """weights.bin and its layout, built tensor by tensor."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.entries: list[TensorEntry] = []
+
+    def add(self, name: str, fmt: str, shape: tuple[int, ...], raw: bytes) -> None:
+        offset = align_up(len(self.data))
+        self.data += b"\0" * (offset - len(self.data)) + raw
+        self.entries.append(TensorEntry(name, name, fmt, shape, offset, len(raw), ""))
+
+
+def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
+    rng = np.random.default_rng(1)
+    blob = Blob()
+    f32 = lambda a: np.asarray(a, np.float32).tobytes()  # noqa: E731
+    ops = []
+    for fmt in ALL_FORMATS:
+        k = k_of(fmt)
+        blob.add(f"mm.{fmt}", fmt, (N_ROWS, k), weight_bytes(fmt, N_ROWS, k, rng))
+        blob.add(f"tok.{fmt}", fmt, (N_ROWS, N_EMBD), weight_bytes(fmt, N_ROWS, N_EMBD, rng))
+        ops.append(Op("matmul", ("x",), ("y",), (f"mm.{fmt}",)))
+        ops.append(Op("embed", ("tokens",), ("x",), (f"tok.{fmt}",)))
+    blob.add("norm", "F32", (N_EMBD,), f32(1.0 + 0.1 * rng.standard_normal(N_EMBD)))
+    blob.add("norm16", "F16", (N_EMBD,), (1.0 + 0.1 * rng.standard_normal(N_EMBD)).astype(np.float16).tobytes())
+    blob.add("bias", "F32", (N_ROWS,), f32(rng.standard_normal(N_ROWS)))
+    blob.add("rope_freqs", "F32", (N_ROT // 2,), f32(1.0 + rng.random(N_ROT // 2)))
+    rope = {"n_heads": N_HEADS, "n_kv_heads": N_KV_HEADS, "head_dim": HEAD_DIM, "n_rot": N_ROT,
+            "style": rope_style, "freq_base": 10000.0, "freq_scale": 0.5}
+    att = {"n_heads": N_HEADS, "n_kv_heads": N_KV_HEADS, "head_dim": HEAD_DIM, "scale": 1.0 / math.sqrt(HEAD_DIM)}
+    ops += [
+        Op("rmsnorm", ("x",), ("h",), ("norm",), {"eps": 1e-5}),
+        Op("rope", ("q", "k"), ("q", "k"), ("rope_freqs",), rope),
+        Op("kv_write", ("k", "v"), (), (), {"layer": 1}),
+        Op("attention", ("q",), ("att",), (), {"layer": 1, **att}),
+    ]
+    hp = HParams(
+        architecture="llama", name="kernel-test", context_length=64, n_embd=N_EMBD, n_ff=N_FF, n_layers=2,
+        n_heads=N_HEADS, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM, n_rot=N_ROT, rope_style=rope_style,
+        rope_freq_base=10000.0, rope_freq_scale=0.5, rope_scaling_type="linear", rms_eps=1e-5,
+        vocab_size=N_ROWS, tied_embeddings=False, qkv_bias=False, rope_freq_factors=True,
+    )
+    plan = Plan(buffers=(Buffer("x", ("T", N_EMBD)),), ops=tuple(ops), kv=KV, input_tokens="tokens",
+                output_logits="y", vocab_size=N_ROWS, n_embd=N_EMBD, context_length=64)
+    return hp, plan, WeightLayout(256, tuple(blob.entries)), bytes(blob.data)
+
+
+# -- the library under test ----------------------------------------------------------------
+
+BUILDS = [("native", "adjacent"), ("portable", "adjacent"), ("native", "neox")]
+TUNING = cpu.CpuTuning(act_budget_bytes=4096)  # a token chunk of 8-11: T = 17 spans several
+
+
+class Kit:
+    """A compiled test library behind both devices."""
+
+    def __init__(self, root: Path, build: str, rope_style: str):
+        hp, plan, layout, weights = build_model(rope_style)
+        isa = cpu.detect_isa() if build == "native" else []
+        source = cpu.render_source(CodegenInput(parse_target("cpu"), hp, plan, layout, None, None), TUNING)
+        lib = root / "kernels" / "cpu" / cpu.LIBRARY
+        lib.parent.mkdir(parents=True)
+        self.source, self.command = source, cpu.compile_command(isa)
+        self.library = cpu.compile_source(source, self.command)
+        lib.write_bytes(self.library)
+        entry = {"name": "cpu", "family": "cpu", "kernels": f"kernels/cpu/{cpu.LIBRARY}", "isa": isa,
+                 "abi_version": cpu.ABI_VERSION}
+        bundle = Bundle(root=root, manifest={"targets": [entry]}, layout=layout, plan=plan, weights=weights)
+        self.bundle, self.plan, self.isa = bundle, plan, isa
+        self.cpu = Device(bundle, "cpu", KV, NUM_BLOCKS, BLOCK_SIZE)
+        self.ref = ReferenceDevice(bundle, KV, NUM_BLOCKS, BLOCK_SIZE)
+        self.lib = ctypes.CDLL(str(lib))
+
+    def op(self, kind: str) -> Op:
+        return next(op for op in self.plan.ops if op.kind == kind)
+
+    def act_block(self, fmt: str) -> int:
+        return getattr(self.lib, f"rfc_act_block_{fmt.lower()}")()
+
+
+@pytest.fixture(scope="module", params=BUILDS, ids=lambda b: f"{b[0]}-{b[1]}")
+def kit(request, tmp_path_factory) -> Kit:
+    build, style = request.param
+    if build == "native" and platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the native build is tested on x86-64")
+    return Kit(tmp_path_factory.mktemp(f"cpu-{build}-{style}"), build, style)
+
+
+def host(a: np.ndarray) -> HostBuffer:
+    return HostBuffer(np.ascontiguousarray(a))
+
+
+def one_seq_batch(t: int):
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+    blocks.allocate(0, t)
+    return build_batch([SeqChunk(0, 0, tuple(range(t)), all_logits=True)], blocks)
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> None:
+    err = np.abs(got - want)
+    bound = rtol * np.abs(want) + atol
+    assert (err <= bound).all(), f"max |Δ| {err.max():.3g} (bound there {bound.flat[err.argmax()]:.3g})"
+
+
+# -- matmul and embed ------------------------------------------------------------------------
+
+
+def matmul_bound(w: np.ndarray, x: np.ndarray, act_block: int) -> np.ndarray:
+    """|got - ref| allowed for out = x @ w.T when x is rounded to int8 per act_block values."""
+    w64, x64 = np.abs(w.astype(np.float64)), np.abs(x.astype(np.float64))
+    bound = 2e-5 * (x64 @ w64.T) + 1e-6
+    if act_block:
+        t, k = x.shape
+        d = x64.reshape(t, k // act_block, act_block).max(axis=-1) / 127.0
+        half_step = np.repeat(d / 2, act_block, axis=1) * (1 + 1e-3)
+        bound += half_step @ w64.T
+    return bound
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 17])
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_matmul_matches_reference(kit: Kit, fmt: str, tokens: int):
+    rng = np.random.default_rng(tokens)
+    name = f"mm.{fmt}"
+    x = rng.standard_normal((tokens, k_of(fmt))).astype(np.float32)
+    want = np.zeros((tokens, N_ROWS), np.float32)
+    kit.ref.launch(kit.op("matmul"), [want], [x], [kit.ref.weight(name)], None)
+    got = host(np.full((tokens, N_ROWS), np.nan, np.float32))
+    op = Op("matmul", ("x",), ("y",), (name,))
+    kit.cpu.launch(op, [got], [host(x)], [kit.cpu.weight(name)], None)
+    err = np.abs(got.array - want)
+    bound = matmul_bound(kit.ref.weight(name), x, kit.act_block(fmt))
+    assert (err <= bound).all(), f"{fmt}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
+
+
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "F16"])
+def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
+    """out = x W^T + bias and accum += out, in one call (what the device fuses)."""
+    rng = np.random.default_rng(7)
+    w = kit.cpu.weight(f"mm.{fmt}")
+    x = rng.standard_normal((5, k_of(fmt))).astype(np.float32)
+    bias = kit.ref.weight("bias")
+    residual = rng.standard_normal((5, N_ROWS)).astype(np.float32)
+    out, acc, scratch = host(np.zeros((5, N_ROWS), np.float32)), host(residual.copy()), host(np.zeros(1 << 20, np.uint8))
+    w.matmul(w.ptr, w.row_bytes, N_ROWS, x.shape[1], host(x).ptr, 5, out.ptr, kit.cpu.weight("bias").ptr, acc.ptr, scratch.ptr)
+    want = x @ kit.ref.weight(f"mm.{fmt}").T + bias
+    bound = matmul_bound(kit.ref.weight(f"mm.{fmt}"), x, kit.act_block(fmt))
+    assert (np.abs(out.array - want) <= bound).all()
+    assert (np.abs(acc.array - (residual + want)) <= bound + 1e-5 * np.abs(residual)).all()
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_embed_matches_reference(kit: Kit, fmt: str):
+    batch = one_seq_batch(5)
+    tokens = np.array([3, 0, 36, 3, 17], np.int32)
+    name = f"tok.{fmt}"
+    want = np.zeros((5, N_EMBD), np.float32)
+    kit.ref.launch(Op("embed", ("tokens",), ("x",), (name,)), [want], [tokens], [kit.ref.weight(name)], batch)
+    got = host(np.zeros((5, N_EMBD), np.float32))
+    op = Op("embed", ("tokens",), ("x",), (name,))
+    kit.cpu.launch(op, [got], [host(tokens)], [kit.cpu.weight(name)], kit.cpu.upload_batch(batch))
+    assert_close(got.array, want, 1e-6, 1e-7)
+
+
+def test_embed_refuses_token_outside_vocabulary(kit: Kit):
+    tokens = host(np.array([1, N_ROWS], np.int32))
+    with pytest.raises(DeviceError, match="outside the vocabulary"):
+        kit.cpu.launch(Op("embed", ("tokens",), ("x",), ("tok.Q4_0",)), [host(np.zeros((2, N_EMBD), np.float32))],
+                       [tokens], [kit.cpu.weight("tok.Q4_0")], None)
+
+
+# -- the other ops ----------------------------------------------------------------------------
+
+
+def run_both(kit: Kit, op: Op, outs: list[np.ndarray], ins: list[np.ndarray], weights: list[str], batch):
+    """The op on both devices from the same inputs; returns (cpu outputs, reference outputs)."""
+    ref_outs = [o.copy() for o in outs]
+    ref_ins = [i.copy() for i in ins]
+    if op.kind == "rope":  # in place: the outputs are the inputs
+        ref_outs = ref_ins
+    kit.ref.launch(op, ref_outs, ref_ins, [kit.ref.weight(w) for w in weights], batch)
+    cpu_ins = [host(i.copy()) for i in ins]
+    cpu_outs = cpu_ins if op.kind == "rope" else [host(o.copy()) for o in outs]
+    dev_batch = kit.cpu.upload_batch(batch) if batch is not None else None
+    kit.cpu.launch(op, cpu_outs, cpu_ins, [kit.cpu.weight(w) for w in weights], dev_batch)
+    return [o.array for o in cpu_outs], ref_outs
+
+
+@pytest.mark.parametrize("norm", ["norm", "norm16"])
+@pytest.mark.parametrize("rows", [1, 7])
+def test_rmsnorm(kit: Kit, rows: int, norm: str):
+    x = np.random.default_rng(rows).standard_normal((rows, N_EMBD)).astype(np.float32) * 3
+    op = Op("rmsnorm", ("x",), ("h",), (norm,), {"eps": 1e-5})
+    got, want = run_both(kit, op, [np.zeros_like(x)], [x], [norm], None)
+    assert_close(got[0], want[0], 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("factors", [True, False])
+def test_rope(kit: Kit, factors: bool):
+    rng = np.random.default_rng(3)
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+    blocks.allocate(0, 40)
+    batch = build_batch([SeqChunk(0, 31, tuple(range(9)))], blocks)  # positions 31..39
+    q = rng.standard_normal((9, N_HEADS * HEAD_DIM)).astype(np.float32)
+    k = rng.standard_normal((9, N_KV_HEADS * HEAD_DIM)).astype(np.float32)
+    op = kit.op("rope")
+    weights = list(op.weights) if factors else []
+    op = Op("rope", op.inputs, op.outputs, tuple(weights), op.attrs)
+    got, want = run_both(kit, op, [q, k], [q, k], weights, batch)
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-5, 1e-5)
+
+
+def test_swiglu_add_add_bias_gather(kit: Kit):
+    rng = np.random.default_rng(4)
+    g = (rng.standard_normal((3, 1001)) * 6).astype(np.float32)
+    u = rng.standard_normal((3, 1001)).astype(np.float32)
+    got, want = run_both(kit, Op("swiglu", ("g", "u"), ("g",)), [np.zeros_like(g)], [g, u], [], None)
+    assert_close(got[0], want[0], 1e-5, 1e-6)
+    got, want = run_both(kit, Op("add", ("a", "b"), ("a",)), [np.zeros_like(g)], [g, u], [], None)
+    assert_close(got[0], want[0], 1e-6, 0)
+    x = rng.standard_normal((3, N_ROWS)).astype(np.float32)
+    got, want = run_both(kit, Op("add_bias", ("x",), ("x",), ("bias",)), [np.zeros_like(x)], [x], ["bias"], None)
+    assert_close(got[0], want[0], 1e-6, 0)
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+    blocks.allocate(0, 3)
+    blocks.allocate(1, 5)
+    batch = build_batch([SeqChunk(0, 0, (1, 2, 3)), SeqChunk(1, 0, (1, 2, 3, 4, 5), all_logits=True)], blocks)
+    x = rng.standard_normal((8, N_EMBD)).astype(np.float32)
+    out = np.zeros((batch.num_rows, N_EMBD), np.float32)
+    got, want = run_both(kit, Op("gather_rows", ("x",), ("xr",)), [out], [x], [], batch)
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_kv_write_and_attention_over_paged_cache(kit: Kit):
+    """Two sequences with interleaved blocks, prefill then mixed decode/prefill steps; the
+    last step spans several query blocks and several chunks of cache positions."""
+    rng = np.random.default_rng(5)
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+    steps = [[(0, 0, 6), (1, 0, 3)], [(0, 6, 1), (1, 3, 2)], [(1, 5, 7), (0, 7, 1)], [(0, 8, 37), (1, 12, 1)]]
+    kv_op, att_op = kit.op("kv_write"), kit.op("attention")
+    for step in steps:
+        for seq, start, n in step:
+            blocks.allocate(seq, start + n)
+        batch = build_batch([SeqChunk(s, start, tuple(range(n))) for s, start, n in step], blocks)
+        t = batch.num_tokens
+        q = rng.standard_normal((t, N_HEADS * HEAD_DIM)).astype(np.float32)
+        k = rng.standard_normal((t, N_KV_HEADS * HEAD_DIM)).astype(np.float32)
+        v = rng.standard_normal((t, N_KV_HEADS * HEAD_DIM)).astype(np.float32)
+        run_both(kit, kv_op, [], [k, v], [], batch)
+        got, want = run_both(kit, att_op, [np.zeros_like(q)], [q], [], batch)
+        assert_close(got[0], want[0], 0, 2e-3)
+
+
+# -- the device's contract ----------------------------------------------------------------------
+
+
+def test_device_refuses_cpu_without_the_bundles_isa(kit: Kit):
+    entry = dict(kit.bundle.manifest["targets"][0], isa=["avx2", "rfc_no_such_feature"])
+    bundle = Bundle(kit.bundle.root, {"targets": [entry]}, kit.bundle.layout, kit.plan, kit.bundle.weights)
+    with pytest.raises(DeviceError, match="this CPU lacks rfc_no_such_feature, which bundle target cpu was compiled for"):
+        Device(bundle, "cpu", KV, NUM_BLOCKS, BLOCK_SIZE)
+
+
+def test_pooled_buffers_are_reused_across_steps(kit: Kit):
+    first = [kit.cpu.alloc((3, 8), "f32"), kit.cpu.alloc((3,), "i32")]
+    kit.cpu.upload_batch(one_seq_batch(3))
+    second = [kit.cpu.alloc((3, 8), "f32"), kit.cpu.alloc((3,), "i32")]
+    kit.cpu.upload_batch(one_seq_batch(3))
+    assert [b.ptr for b in first] == [b.ptr for b in second]
+    assert first[0].ptr != first[1].ptr
+
+
+# -- the build ---------------------------------------------------------------------------------
+
+
+def test_build_is_byte_identical(kit: Kit):
+    """The same source, flags and compiler give the same library, byte for byte."""
+    assert cpu.compile_source(kit.source, kit.command) == kit.library
+
+
+def test_compiler_errors_name_the_command_and_the_error(monkeypatch):
+    with pytest.raises(CompileError) as e:
+        cpu.compile_source("int main( {\n", cpu.compile_command([]))
+    assert "cc -O3" in str(e.value) and "error" in str(e.value)
+    monkeypatch.setattr(cpu, "CC", "/nonexistent/rfc-cc")
+    with pytest.raises(CompileError, match="rfc-cc"):
+        cpu.toolchain_version()
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_single_token_and_many_token_paths_agree(kit: Kit, fmt: str):
+    """Decode (one token) and prefill (packed, many tokens) kernels round the activations the
+    same way, so a token's result does not depend on the batch it came in: equal up to float
+    summation order."""
+    rng = np.random.default_rng(11)
+    w = kit.cpu.weight(f"mm.{fmt}")
+    x = rng.standard_normal((19, k_of(fmt))).astype(np.float32)
+    scratch = host(np.zeros(1 << 22, np.uint8))
+
+    def run(rows: np.ndarray) -> np.ndarray:
+        out = host(np.zeros((len(rows), N_ROWS), np.float32))
+        w.matmul(w.ptr, w.row_bytes, N_ROWS, rows.shape[1], host(rows).ptr, len(rows), out.ptr, None, None, scratch.ptr)
+        return out.array
+
+    many = run(x)
+    one = np.concatenate([run(x[t : t + 1]) for t in range(len(x))])
+    scale = np.abs(x) @ np.abs(kit.ref.weight(f"mm.{fmt}")).T
+    assert (np.abs(many - one) <= 1e-5 * scale + 1e-6).all(), f"max |Δ| {np.abs(many - one).max():.3g}"
