@@ -278,8 +278,17 @@ class Engine:
                     return
             try:
                 self.step()
-            except Exception:  # the loop outlives any one step: log it, fail nothing else
-                log.exception("engine step failed")
+            except Exception as e:  # a bug outside the forward pass: fail what is in flight
+                log.exception("engine step failed; failing the requests in flight")
+                self._fail_all(f"{type(e).__name__}: {e}")
+
+    def _fail_all(self, error: str) -> None:
+        """Ends every live request as failed, so a step that keeps raising cannot spin."""
+        with self._lock:
+            for state in list(self._states.values()):
+                if not state.finished:
+                    state.error = error
+                    self._finish(state, FAILED, token=None)
 
     @property
     def is_running(self) -> bool:
