@@ -55,16 +55,22 @@ class _NativeRenderer:
         return []
 
 
+def _start(handle: EngineHandle, config: ServerConfig, req: falcon.Request, resp: falcon.Response):
+    """Parses and submits a native generation request; tags the response with its id."""
+    served = handle.require()
+    state = submit(served.engine, native_request(read_json(req, config.max_body_bytes), served))
+    req.context.request_id = state.request_id
+    resp.set_header("X-Request-Id", str(state.request_id))
+    return served, state
+
+
 class GenerateResource:
     def __init__(self, handle: EngineHandle, config: ServerConfig):
         self._handle = handle
         self._config = config
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        served = self._handle.require()
-        state = submit(served.engine, native_request(read_json(req, self._config.max_body_bytes), served))
-        req.context.request_id = state.request_id
-        resp.set_header("X-Request-Id", str(state.request_id))
+        served, state = _start(self._handle, self._config, req, resp)
         TokenStream(served.engine, state, client_gone(req)).wait()
         req.context.tokens = len(state.tokens)
         if state.finish_reason == FAILED:
@@ -78,10 +84,7 @@ class GenerateStreamResource:
         self._config = config
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        served = self._handle.require()
-        state = submit(served.engine, native_request(read_json(req, self._config.max_body_bytes), served))
-        req.context.request_id = state.request_id
-        resp.set_header("X-Request-Id", str(state.request_id))
+        served, state = _start(self._handle, self._config, req, resp)
         stream = TokenStream(served.engine, state, client_gone(req))
         resp.content_type = SSE_CONTENT_TYPE
         resp.set_headers(SSE_HEADERS)
