@@ -33,10 +33,14 @@ from rfc.cli.errors import fail
 def serve_cmd(bundle, host, port, device, max_batch, max_queue, kv_pages, api_key, cors_origins, no_cors, log_format, log_file,
               log_level, no_verify, trace_sample_rate, max_traces, max_body_bytes, threads, load_delay):
     """Serve BUNDLE over HTTP: the native API and an OpenAI-compatible /v1 API."""
-    # The cpu device's OpenMP workers share the cores with the HTTP threads; spin-waiting
-    # workers starve those (16 streaming clients ran 10x slower on 2 cores). libgomp reads
-    # this when the device library loads, after this line; a user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # The cpu device's OpenMP workers share the cores with the HTTP threads. Unbounded
+    # spin-waiting starves those; sleeping at once (OMP_WAIT_POLICY=PASSIVE) halves decode
+    # speed, since every op ends in a barrier. A short spin keeps workers hot between the
+    # ops of a step and frees the cores between steps (docs/serve.md has the measurements).
+    # libgomp reads this when the device library loads, after this line; a user's own
+    # OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "20000")
     from rfc.artifacts import BundleError
     from rfc.artifacts.bundle import read_manifest
     from rfc.runtime.loader import LoadOptions
