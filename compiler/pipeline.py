@@ -3,7 +3,6 @@
 `compile_model` is the one entry point; each stage is a module of its own.
 """
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rfc.artifacts import BundleError
+from rfc.artifacts.hashing import sha256_file
 from rfc.artifacts.bundle import CHAT_TEMPLATE_FILE, TOKENIZER_FILE, BundleWriter
 from rfc.artifacts.layout import LAYOUT_FILE, WEIGHTS_FILE, pack_layout
 from rfc.artifacts.plan import PLAN_FILE, pack_plan
@@ -87,7 +87,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         target_entries = [_build_target(t, spec, plan, layout, writer, options.cache_dir) for t in targets]
         manifest = writer.commit(
             {
-                "source": {"file": model.path.name, "sha256": _sha256(model.path), "size": model.size},
+                "source": {"file": model.path.name, "sha256": sha256_file(model.path), "size": model.size},
                 "model": _model_section(model, spec),
                 "targets": target_entries,
                 "tokenizer": {"file": TOKENIZER_FILE, **_jsonable(asdict(tok_info))},
@@ -142,10 +142,3 @@ def _jsonable(value: Any) -> Any:
         return value.item()
     return value
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

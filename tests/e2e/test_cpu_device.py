@@ -10,7 +10,7 @@ import pytest
 from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.loader import LoadOptions, load_model
 from tests.conftest import FIXTURES, TINY_MODELS
-from tests.e2e.test_reference_oracle import logit_bounds_ok, teacher_forced_logits
+from tests.e2e.test_reference_oracle import batched_last_logits, logit_bounds_ok, teacher_forced_logits
 
 pytestmark = [
     pytest.mark.shared,
@@ -56,14 +56,6 @@ def test_batching_does_not_change_logits(bundle_cache):
     rng = np.random.default_rng(0)
     prompts = [rng.integers(2, 512, size=n).tolist() for n in (5, 17, 1, 33)]
     expected = [teacher_forced_logits(bundle, "cpu", p)[-1] for p in prompts]
-    model = load_model(bundle, LoadOptions(device="cpu"))
-    chunks = []
-    for i, p in enumerate(prompts):
-        model.blocks.allocate(i, len(p))
-        if len(p) > 1:
-            chunks.append(SeqChunk(i, 0, tuple(p[:-1]), logits=False))
-    model.executor.forward(build_batch(chunks, model.blocks))
-    last = [SeqChunk(i, len(p) - 1, (p[-1],)) for i, p in enumerate(prompts)]
-    logits = model.executor.forward(build_batch(last, model.blocks))
+    logits = batched_last_logits(bundle, "cpu", prompts)
     for got, want in zip(logits, expected):
         np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)

@@ -32,6 +32,21 @@ def teacher_forced_logits(bundle, device: str, tokens: list[int]) -> np.ndarray:
     return model.executor.forward(batch)
 
 
+def batched_last_logits(bundle, device: str, prompts: list[list[int]]) -> np.ndarray:
+    """Last-token logits of every prompt, run together: a prefill step of all but each
+    prompt's last token, then one step feeding every last token (decodes and a 1-token
+    prefill side by side)."""
+    model = load_model(bundle, LoadOptions(device=device))
+    chunks = []
+    for i, p in enumerate(prompts):
+        model.blocks.allocate(i, len(p))
+        if len(p) > 1:
+            chunks.append(SeqChunk(i, 0, tuple(p[:-1]), logits=False))
+    model.executor.forward(build_batch(chunks, model.blocks))
+    last = [SeqChunk(i, len(p) - 1, (p[-1],)) for i, p in enumerate(prompts)]
+    return model.executor.forward(build_batch(last, model.blocks))
+
+
 @pytest.mark.parametrize("name", TINY_MODELS)
 def test_reference_matches_llama_cpp_logits(name, bundle_cache):
     ref = np.load(FIXTURES / f"{name}.logits.npz")
@@ -50,17 +65,7 @@ def test_batching_does_not_change_logits(bundle_cache):
         return teacher_forced_logits(bundle, "ref", tokens)[-1]
 
     expected = [alone(p) for p in prompts]
-    model = load_model(bundle, LoadOptions(device="ref"))
-    # step 1: prefill everything except the last token of each prompt (seq 2 has just one)
-    chunks = []
-    for i, p in enumerate(prompts):
-        model.blocks.allocate(i, len(p))
-        if len(p) > 1:
-            chunks.append(SeqChunk(i, 0, tuple(p[:-1]), logits=False))
-    model.executor.forward(build_batch(chunks, model.blocks))
-    # step 2: every sequence feeds its last token together (decodes and a 1-token prefill)
-    chunks = [SeqChunk(i, len(p) - 1, (p[-1],)) for i, p in enumerate(prompts)]
-    got = model.executor.forward(build_batch(chunks, model.blocks))
+    got = batched_last_logits(bundle, "ref", prompts)
     for i in range(len(prompts)):
         assert np.abs(got[i] - expected[i]).max() <= 1e-4, i
 
