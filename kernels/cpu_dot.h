@@ -419,6 +419,25 @@ static inline rfc_acc rfc_wdot_q4_k(rfc_acc acc, const rfc_wk *w, const rfc_act 
     return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
 }
 
+/* The 256 values of a Q6_K super-block as 8 vectors of 32 (0..63, stored as q + 32), in
+ * element order: vector 4h + g holds elements 128h + 32g .. +31. Shared by the decode dot
+ * product and the prefill pack (cpu_gemm.h). */
+static inline void rfc_q6_k_unpack(const rfc_block_q6_k *b, __m256i q[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
+    for (int h = 0; h < 2; h++) {
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+        const __m256i lows[4] = {
+            _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+            _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+        for (int g = 0; g < 4; g++) {
+            const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m3);
+            q[4 * h + g] = _mm256_or_si256(lows[g], _mm256_slli_epi16(hb, 4));
+        }
+    }
+}
+
 static inline rfc_acc rfc_wdot_q6_k(rfc_acc acc, const rfc_wk *w, const rfc_act *a, size_t t, int u) {
     const rfc_block_q6_k *b = (const rfc_block_q6_k *)w->p;
     const size_t i = t * (a->K / 256) + (size_t)u;
@@ -429,24 +448,14 @@ static inline rfc_acc rfc_wdot_q6_k(rfc_acc acc, const rfc_wk *w, const rfc_act 
     const __m128i sc8 = _mm_loadu_si128((const __m128i *)b->scales);
     /* values are stored as q + 32: subtract 32 * sum_j scale_j * (sum of sub-block j) */
     const __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_loadu_si256((const __m256i *)bsums));
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
+    __m256i q6[8];
+    rfc_q6_k_unpack(b, q6);
     __m256i sumi = _mm256_setzero_si256();
-    for (int h = 0; h < 2; h++) {
-        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
-        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
-        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
-        const __m256i lows[4] = {
-            _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
-            _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
-        for (int g = 0; g < 4; g++) {
-            const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m3);
-            const __m256i q6 = _mm256_or_si256(lows[g], _mm256_slli_epi16(hb, 4));
-            const int s0 = 8 * h + 2 * g;
-            const __m128i pick = _mm_or_si128(_mm_set1_epi8((char)s0), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
-            const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
-            const __m256i p = _mm256_maddubs_epi16(q6, _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * g)));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
-        }
+    for (int blk = 0; blk < 8; blk++) {
+        const __m128i pick = _mm_or_si128(_mm_set1_epi8((char)(2 * blk)), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+        const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
+        const __m256i p = _mm256_maddubs_epi16(q6[blk], _mm256_loadu_si256((const __m256i *)(q8 + 32 * blk)));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
     }
     sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 5));
     return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);

@@ -100,7 +100,6 @@ static inline void rfc_pack8_q4_k(rfc_pack8 *p, const uint8_t *w, size_t row_byt
 
 /* Q6_K: 32-element blocks of two 16-element halves with scales d sc; values stored as q + 32. */
 static inline void rfc_pack8_q6_k(rfc_pack8 *p, const uint8_t *w, size_t row_bytes, int rows, int nb) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
     for (int sb = 0; sb < nb / 8; sb++) {
         __m256i r[8][8]; /* [32-block][row] */
         for (int i = 0; i < 8; i++) {
@@ -113,20 +112,12 @@ static inline void rfc_pack8_q6_k(rfc_pack8 *p, const uint8_t *w, size_t row_byt
             }
             const rfc_block_q6_k *b = (const rfc_block_q6_k *)(w + (size_t)i * row_bytes + (size_t)RFC_TS_Q6_K * sb);
             const float d = rfc_fp16_scalar(b->d);
-            for (int h = 0; h < 2; h++) {
-                const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
-                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
-                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
-                const __m256i lows[4] = {
-                    _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
-                    _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
-                for (int g = 0; g < 4; g++) {
-                    const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m3);
-                    const int blk = 4 * h + g; /* 32-block within the super-block */
-                    r[blk][i] = _mm256_or_si256(lows[g], _mm256_slli_epi16(hb, 4));
-                    p->d[16 * (8 * sb + blk) + i] = d * (float)b->scales[2 * blk];
-                    p->d[16 * (8 * sb + blk) + 8 + i] = d * (float)b->scales[2 * blk + 1];
-                }
+            __m256i q6[8];
+            rfc_q6_k_unpack(b, q6);
+            for (int blk = 0; blk < 8; blk++) { /* 32-block within the super-block */
+                r[blk][i] = q6[blk];
+                p->d[16 * (8 * sb + blk) + i] = d * (float)b->scales[2 * blk];
+                p->d[16 * (8 * sb + blk) + 8 + i] = d * (float)b->scales[2 * blk + 1];
             }
         }
         for (int j = 0; j < 8; j++) rfc_pack8_store(p->qs + (size_t)256 * (8 * sb + j), r[j]);
