@@ -16,8 +16,9 @@ from typing import Any
 from rfc.artifacts.errors import BundleError, BundleIntegrityError
 from rfc.artifacts.hashing import sha256_file
 from rfc.artifacts.layout import LAYOUT_FILE, WEIGHTS_FILE, WeightLayout, unpack_layout
-from rfc.artifacts.manifest import MANIFEST_FILE, bundle_id, dump_manifest, parse_manifest
+from rfc.artifacts.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, bundle_id, dump_manifest, parse_manifest
 from rfc.artifacts.plan import PLAN_FILE, Plan, unpack_plan
+from rfc.artifacts.validate import check_layout, check_plan_weights
 from rfc.artifacts.version import BUNDLE_MAGIC, FORMAT_VERSION, RFC_VERSION
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -84,19 +85,27 @@ class BundleWriter:
 
 @dataclass
 class Bundle:
-    """An opened bundle: parsed manifest, layout and plan, and weights.bin memory-mapped."""
+    """An opened bundle: parsed manifest, layout and plan, and weights.bin memory-mapped.
+    Everything in it was validated by `open_bundle`; files are reached through `file`, which
+    only hands out paths the manifest lists (and so hashes)."""
 
     root: Path
     manifest: dict[str, Any]
     layout: WeightLayout
     plan: Plan
     weights: mmap.mmap | None
+    verified: bool = True
 
     def file(self, relpath: str) -> Path:
+        if relpath not in self.manifest["files"]:
+            raise BundleError(f"{relpath!r} is not a file of this bundle")
         return self.root / relpath
 
     def read_text(self, relpath: str) -> str:
-        return (self.root / relpath).read_text(encoding="utf-8")
+        try:
+            return self.file(relpath).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise BundleError(f"cannot read {relpath} of the bundle: {e}") from None
 
     def close(self) -> None:
         if self.weights is not None:
@@ -111,41 +120,66 @@ def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST_FILE
     if not path.is_file():
         raise BundleError(f"{root} has no {MANIFEST_FILE}: not an rfc bundle")
-    return parse_manifest(path.read_bytes())
+    with open(path, "rb") as f:
+        data = f.read(MAX_MANIFEST_BYTES + 1)
+    return parse_manifest(data)
 
 
-def verify_files(root: Path, manifest: dict[str, Any]) -> list[str]:
-    """Re-hashes every listed file; returns the problems found (empty when all match)."""
+def _inside(root: Path, rel: str) -> Path | None:
+    """root/rel when it is a regular file whose real path stays inside root (a symlink may
+    not lead out of the bundle); None otherwise."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, rel))
+    if os.path.commonpath([real_root, real]) != real_root or not os.path.isfile(real):
+        return None
+    return Path(real)
+
+
+def verify_files(root: Path, manifest: dict[str, Any], hashes: bool = True) -> list[str]:
+    """Checks every listed file (inside the bundle, the recorded size, and with `hashes` the
+    recorded sha256); returns the problems found (empty when all match)."""
     problems = []
     for rel, meta in sorted(manifest["files"].items()):
-        p = Path(root) / rel
-        if not p.is_file():
-            problems.append(f"{rel}: missing")
+        p = _inside(Path(root), rel)
+        if p is None:
+            problems.append(f"{rel}: missing, not a regular file, or outside the bundle")
         elif p.stat().st_size != meta["size"]:
             problems.append(f"{rel}: size {p.stat().st_size} != {meta['size']}")
-        elif sha256_file(p) != meta["sha256"]:
+        elif hashes and sha256_file(p) != meta["sha256"]:
             problems.append(f"{rel}: sha256 mismatch")
-    if bundle_id(manifest) != manifest.get("bundle_id"):
+    if hashes and bundle_id(manifest) != manifest.get("bundle_id"):
         problems.append(f"{MANIFEST_FILE}: bundle_id does not match its content")
     return problems
 
 
 def open_bundle(root: Path, verify: bool = True) -> Bundle:
+    """Opens and validates a bundle before anything in it is used: paths (always), hashes
+    (unless verify is False: "I trust this bundle"), then the layout against weights.bin and
+    the plan against the layout and the op contract."""
     root = Path(root)
     manifest = read_manifest(root)
-    if verify:
-        problems = verify_files(root, manifest)
-        if problems:
-            raise BundleIntegrityError(f"bundle {root} failed verification: " + "; ".join(problems), problems)
     for required in (LAYOUT_FILE, PLAN_FILE, WEIGHTS_FILE):
         if required not in manifest["files"]:
             raise BundleError(f"bundle {root} lacks {required}")
-    layout = unpack_layout((root / LAYOUT_FILE).read_bytes())
-    plan = unpack_plan((root / PLAN_FILE).read_bytes())
+    problems = verify_files(root, manifest, hashes=verify)
+    if problems:
+        raise BundleIntegrityError(f"bundle {root} failed verification: " + "; ".join(problems[:5]), problems)
+    layout = unpack_layout(_read_listed(root, manifest, LAYOUT_FILE))
+    plan = unpack_plan(_read_listed(root, manifest, PLAN_FILE))
+    weights_size = manifest["files"][WEIGHTS_FILE]["size"]
+    check_layout(layout, weights_size)
+    check_plan_weights(plan, layout)
     weights = None
-    if (root / WEIGHTS_FILE).stat().st_size > 0:
+    if weights_size > 0:
         with open(root / WEIGHTS_FILE, "rb") as f:
             weights = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    if layout.total_bytes() > (len(weights) if weights is not None else 0):
-        raise BundleError(f"{WEIGHTS_FILE} is shorter than its layout says")
-    return Bundle(root=root, manifest=manifest, layout=layout, plan=plan, weights=weights)
+        if len(weights) != weights_size:
+            weights.close()
+            raise BundleError(f"{WEIGHTS_FILE} changed size while it was opened")
+    return Bundle(root=root, manifest=manifest, layout=layout, plan=plan, weights=weights, verified=verify)
+
+
+def _read_listed(root: Path, manifest: dict[str, Any], rel: str) -> bytes:
+    limit = manifest["files"][rel]["size"]
+    with open(root / rel, "rb") as f:
+        return f.read(limit + 1)

@@ -44,13 +44,30 @@ def pack_layout(layout: WeightLayout) -> bytes:
     return msgpack.packb({"alignment": layout.alignment, "tensors": tensors})
 
 
+_FIELDS = {"name": str, "role": str, "format": str, "shape": list, "offset": int, "nbytes": int, "sha256": str}
+MAX_TENSORS = 1 << 20
+
+
 def unpack_layout(data: bytes) -> WeightLayout:
+    """Parses layout.msgpack, checking every field's type (sizes are checked against the
+    formats and weights.bin by rfc.artifacts.validate.check_layout)."""
     try:
-        raw = msgpack.unpackb(data)
-        tensors = tuple(TensorEntry(**dict(t, shape=tuple(t["shape"]))) for t in raw["tensors"])
-        return WeightLayout(alignment=int(raw["alignment"]), tensors=tensors)
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
-        raise BundleError(f"{LAYOUT_FILE} is malformed: {e}") from e
+        raw = msgpack.unpackb(data, strict_map_key=True, max_array_len=MAX_TENSORS, max_map_len=64)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise BundleError(f"{LAYOUT_FILE} is not valid msgpack: {e}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("tensors"), list) or not isinstance(raw.get("alignment"), int):
+        raise BundleError(f"{LAYOUT_FILE} is malformed: no tensor list or alignment")
+    tensors = []
+    for i, t in enumerate(raw["tensors"]):
+        if not isinstance(t, dict) or set(t) != set(_FIELDS):
+            raise BundleError(f"{LAYOUT_FILE} is malformed: tensor {i} does not have exactly the fields {sorted(_FIELDS)}")
+        for key, kind in _FIELDS.items():
+            if not isinstance(t[key], kind) or isinstance(t[key], bool):
+                raise BundleError(f"{LAYOUT_FILE} is malformed: tensor {i} {key} is not a {kind.__name__}")
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in t["shape"]):
+            raise BundleError(f"{LAYOUT_FILE} is malformed: tensor {i} shape is not a list of integers")
+        tensors.append(TensorEntry(**dict(t, shape=tuple(t["shape"]))))
+    return WeightLayout(alignment=raw["alignment"], tensors=tuple(tensors))
 
 
 def align_up(offset: int, alignment: int = ALIGNMENT) -> int:

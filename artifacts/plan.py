@@ -9,9 +9,15 @@ which architecture it came from. Buffer shapes are symbolic in the batch sizes:
 Per-step batch inputs the runtime supplies (not buffers of the plan): ``tokens`` and
 ``positions`` (int32[T]), the sequence of each token, each sequence's KV block table, and
 ``logit_rows`` (int32[R], indices into T).
+
+OPS is the contract: every op kind the runtime implements, with its arity and attributes.
+A plan using an op or omitting an attribute not listed here is refused; the shape rules in
+rfc.artifacts.validate check every op against the buffers and the weight layout before any
+kernel runs.
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
@@ -19,32 +25,46 @@ from rfc.artifacts.errors import BundleError
 
 PLAN_FILE = "plan.msgpack"
 
-# Every op kind the runtime must implement, with the attributes each carries. This table is
-# the contract: a plan using an op or omitting an attribute not listed here is refused.
-OP_ATTRS: dict[str, tuple[str, ...]] = {
-    # x[T, n_embd] = dequant(weight)[tokens]
-    "embed": (),
-    # out = x / sqrt(mean(x^2) + eps) * weight
-    "rmsnorm": ("eps",),
-    # out[M, N] = x[M, K] @ weight[N, K]^T, weight in its stored format
-    "matmul": (),
-    # x[M, N] += bias[N]
-    "add_bias": (),
-    # rotary embedding of q and k in place; style "adjacent" (pairs 2i, 2i+1: llama) or
-    # "neox" (pairs i, i + n_rot/2: qwen2); freq_i = freq_scale * base^(-2i/n_rot) / factor_i
-    "rope": ("n_heads", "n_kv_heads", "head_dim", "n_rot", "style", "freq_base", "freq_scale"),
-    # store k, v rows [T, n_kv_heads*head_dim] of this step into layer's paged cache
-    "kv_write": ("layer",),
-    # causal attention of q over the layer's paged cache (all positions <= the token's own),
-    # grouped-query: query head h reads kv head h // (n_heads / n_kv_heads)
-    "attention": ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
-    # out = silu(gate) * up
-    "swiglu": (),
-    # out = a + b
-    "add": (),
-    # out[R, D] = x[logit_rows]
-    "gather_rows": (),
+# A plan this large is hostile or broken; refusing it early keeps validation cheap.
+MAX_OPS = 1 << 20
+MAX_BUFFERS = 4096
+SYMBOLS = ("T", "R")
+DTYPES = ("f32", "i32")
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    inputs: int
+    outputs: int
+    weights: tuple[int, int]  # (at least, at most)
+    attrs: tuple[str, ...] = ()  # required
+    optional: tuple[tuple[str, Any], ...] = ()  # (name, default)
+    doc: str = ""
+
+
+OPS: dict[str, OpSchema] = {
+    "embed": OpSchema(1, 1, (1, 1), doc="x[T, n_embd] = dequant(weight)[tokens]"),
+    "rmsnorm": OpSchema(1, 1, (1, 1), ("eps",), doc="out = x / sqrt(mean(x^2) + eps) * weight"),
+    "matmul": OpSchema(1, 1, (1, 1), doc="out[M, N] = x[M, K] @ weight[N, K]^T, weight in its stored format"),
+    "add_bias": OpSchema(1, 1, (1, 1), doc="x[M, N] += bias[N]"),
+    "rope": OpSchema(
+        2, 2, (0, 1), ("n_heads", "n_kv_heads", "head_dim", "n_rot", "style", "freq_base", "freq_scale"),
+        doc="rotary embedding of q and k in place; style 'adjacent' (pairs 2i, 2i+1: llama) or 'neox' "
+        "(pairs i, i + n_rot/2); freq_i = freq_scale * base^(-2i/n_rot) / factor_i (factors: the optional weight)",
+    ),
+    "kv_write": OpSchema(2, 0, (0, 0), ("layer",), doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"),
+    "attention": OpSchema(
+        1, 1, (0, 0), ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
+        doc="causal attention of q over the layer's paged cache (positions <= the token's own); query head h "
+        "reads kv head h // (n_heads / n_kv_heads)",
+    ),
+    "swiglu": OpSchema(2, 1, (0, 0), doc="out = silu(gate) * up"),
+    "add": OpSchema(2, 1, (0, 0), doc="out = a + b"),
+    "gather_rows": OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),
 }
+
+# Kept for readers of the old name: op kind -> required attributes.
+OP_ATTRS: dict[str, tuple[str, ...]] = {kind: s.attrs for kind, s in OPS.items()}
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,12 @@ class Op:
     outputs: tuple[str, ...]
     weights: tuple[str, ...] = ()
     attrs: dict = field(default_factory=dict)
+
+    def attr(self, name: str) -> Any:
+        """A required or optional attribute, with the schema's default for a missing optional one."""
+        if name in self.attrs:
+            return self.attrs[name]
+        return dict(OPS[self.kind].optional)[name]
 
 
 @dataclass(frozen=True)
@@ -80,6 +106,7 @@ class Plan:
     kv: KVSpec
     input_tokens: str
     output_logits: str
+    output_hidden: str  # the final normalized hidden state [R, n_embd] (embeddings)
     vocab_size: int
     n_embd: int
     context_length: int
@@ -117,6 +144,7 @@ def pack_plan(plan: Plan) -> bytes:
             "kv": [plan.kv.n_layers, plan.kv.n_kv_heads, plan.kv.head_dim, plan.kv.dtype],
             "input_tokens": plan.input_tokens,
             "output_logits": plan.output_logits,
+            "output_hidden": plan.output_hidden,
             "vocab_size": plan.vocab_size,
             "n_embd": plan.n_embd,
             "context_length": plan.context_length,
@@ -124,44 +152,70 @@ def pack_plan(plan: Plan) -> bytes:
     )
 
 
+def _strs(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BundleError(f"{PLAN_FILE}: {what} is not a list of names")
+    return tuple(value)
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BundleError(f"{PLAN_FILE}: {what} is not an integer")
+    return value
+
+
 def unpack_plan(data: bytes) -> Plan:
+    """Parses plan.msgpack, checking every field's type; BundleError (one line) otherwise."""
     try:
-        raw = msgpack.unpackb(data)
+        raw = msgpack.unpackb(data, strict_map_key=True, max_array_len=MAX_OPS, max_map_len=4096)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise BundleError(f"{PLAN_FILE} is not valid msgpack: {e}") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{PLAN_FILE} is not a map")
+    try:
+        buffers = raw["buffers"]
+        ops = raw["ops"]
+        if not isinstance(buffers, list) or not isinstance(ops, list) or len(buffers) > MAX_BUFFERS or len(ops) > MAX_OPS:
+            raise BundleError(f"{PLAN_FILE}: buffers/ops are not lists of a sane length")
+        parsed_buffers = []
+        for b in buffers:
+            if not (isinstance(b, list) and len(b) == 3 and isinstance(b[0], str) and isinstance(b[1], list) and isinstance(b[2], str)):
+                raise BundleError(f"{PLAN_FILE}: a buffer is not [name, shape, dtype]")
+            parsed_buffers.append(Buffer(b[0], tuple(b[1]), b[2]))
+        parsed_ops = []
+        for i, o in enumerate(ops):
+            if not isinstance(o, dict) or not isinstance(o.get("kind"), str) or not isinstance(o.get("attrs"), dict):
+                raise BundleError(f"{PLAN_FILE}: op {i} is malformed")
+            parsed_ops.append(Op(
+                kind=o["kind"],
+                inputs=_strs(o.get("inputs"), f"op {i} inputs"),
+                outputs=_strs(o.get("outputs"), f"op {i} outputs"),
+                weights=_strs(o.get("weights"), f"op {i} weights"),
+                attrs=dict(o["attrs"]),
+            ))  # fmt: skip
+        kv = raw["kv"]
+        if not (isinstance(kv, list) and len(kv) == 4 and isinstance(kv[3], str)):
+            raise BundleError(f"{PLAN_FILE}: kv is not [n_layers, n_kv_heads, head_dim, dtype]")
         plan = Plan(
-            buffers=tuple(Buffer(n, tuple(s), d) for n, s, d in raw["buffers"]),
-            ops=tuple(
-                Op(
-                    kind=o["kind"],
-                    inputs=tuple(o["inputs"]),
-                    outputs=tuple(o["outputs"]),
-                    weights=tuple(o["weights"]),
-                    attrs=dict(o["attrs"]),
-                )
-                for o in raw["ops"]
-            ),
-            kv=KVSpec(*raw["kv"]),
-            input_tokens=raw["input_tokens"],
-            output_logits=raw["output_logits"],
-            vocab_size=int(raw["vocab_size"]),
-            n_embd=int(raw["n_embd"]),
-            context_length=int(raw["context_length"]),
+            buffers=tuple(parsed_buffers),
+            ops=tuple(parsed_ops),
+            kv=KVSpec(_int(kv[0], "kv n_layers"), _int(kv[1], "kv n_kv_heads"), _int(kv[2], "kv head_dim"), kv[3]),
+            input_tokens=_strs([raw["input_tokens"]], "input_tokens")[0],
+            output_logits=_strs([raw["output_logits"]], "output_logits")[0],
+            output_hidden=_strs([raw["output_hidden"]], "output_hidden")[0],
+            vocab_size=_int(raw["vocab_size"], "vocab_size"),
+            n_embd=_int(raw["n_embd"], "n_embd"),
+            context_length=_int(raw["context_length"], "context_length"),
         )
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
-        raise BundleError(f"{PLAN_FILE} is malformed: {e}") from e
+    except KeyError as e:
+        raise BundleError(f"{PLAN_FILE} lacks {e}") from None
     validate_plan(plan)
     return plan
 
 
 def validate_plan(plan: Plan) -> None:
-    if plan.kv.dtype not in ("f16", "f32"):
-        raise BundleError(f"plan KV cache dtype {plan.kv.dtype!r} is not f16 or f32")
-    names = {b.name for b in plan.buffers}
-    for i, op in enumerate(plan.ops):
-        if op.kind not in OP_ATTRS:
-            raise BundleError(f"plan op {i} has unknown kind {op.kind!r}")
-        missing = [a for a in OP_ATTRS[op.kind] if a not in op.attrs]
-        if missing:
-            raise BundleError(f"plan op {i} ({op.kind}) lacks attributes {missing}")
-        for b in (*op.inputs, *op.outputs):
-            if b not in names:
-                raise BundleError(f"plan op {i} ({op.kind}) names unknown buffer {b!r}")
+    """The plan on its own: known ops with their arity and attributes, known buffers, sizes in
+    bounds. `rfc.artifacts.validate.validate_bundle` adds the checks against the weights."""
+    from rfc.artifacts.validate import check_plan
+
+    check_plan(plan)

@@ -23,7 +23,7 @@ from rfc.cli.errors import fail
 @click.option("--stop", multiple=True, help="Stop string (repeatable); not printed.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-generation tokens.")
 @click.option("--device", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
-@click.option("--no-verify", is_flag=True, help="Skip re-hashing the bundle's files when loading.")
+@click.option("--no-verify", is_flag=True, help="Trust the bundle: skip re-hashing its files (paths, sizes, layout and plan are still checked).")
 def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, ignore_eos, device, no_verify):
     """Generate text from BUNDLE; the generation goes to stdout, speed to stderr."""
     from rfc.artifacts import BundleError

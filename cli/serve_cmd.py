@@ -24,7 +24,7 @@ from rfc.cli.errors import fail
 @click.option("--log-format", envvar="RFC_LOG_FORMAT", type=click.Choice(["human", "json"]), default="human", show_default=True)
 @click.option("--log-file", envvar="RFC_LOG_FILE", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Append logs here instead of stderr.")
 @click.option("--log-level", envvar="RFC_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
-@click.option("--no-verify", envvar="RFC_NO_VERIFY", is_flag=True, help="Skip re-hashing the bundle's files when loading.")
+@click.option("--no-verify", envvar="RFC_NO_VERIFY", is_flag=True, help="Trust the bundle: skip re-hashing its files (paths, sizes, layout and plan are still checked).")
 @click.option("--trace-sample-rate", envvar="RFC_TRACE_SAMPLE_RATE", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0), help="Fraction of requests traced (GET /traces).")
 @click.option("--max-traces", envvar="RFC_MAX_TRACES", default=1000, show_default=True, type=click.IntRange(min=1), help="Traces kept; the oldest go first.")
 @click.option("--max-body-bytes", envvar="RFC_MAX_BODY_BYTES", default=1 << 20, show_default=True, type=click.IntRange(min=1), help="Larger request bodies get 413.")

@@ -16,10 +16,9 @@ from rfc.artifacts.bundle import CHAT_TEMPLATE_FILE, TOKENIZER_FILE, BundleWrite
 from rfc.artifacts.layout import LAYOUT_FILE, WEIGHTS_FILE, pack_layout
 from rfc.artifacts.plan import PLAN_FILE, pack_plan
 from rfc.compiler.codegen import CodegenInput, build_target
-from rfc.compiler.codegen.cache import default_cache_dir
+from rfc.compiler.codegen.cache import BuildCache, default_cache_dir
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, read_gguf
-from rfc.compiler.lower import build_plan
 from rfc.compiler.spec import ModelSpec, build_spec
 from rfc.compiler.targets import Target, parse_targets
 from rfc.compiler.tokenizer import TokenizerError, build_tokenizer
@@ -34,7 +33,7 @@ class CompileOptions:
     out_dir: Path
     targets: tuple[str, ...] = ("cpu",)
     force: bool = False
-    cache_dir: Path | None = field(default_factory=default_cache_dir)
+    cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no build cache
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
     targets = parse_targets(options.targets)
     model = read_gguf(options.model)
     spec = build_spec(model)
-    plan = build_plan(spec)
+    plan = spec.plan
     try:
         tokenizer_json, tok_info = build_tokenizer(model.metadata)
     except TokenizerError as e:
@@ -77,14 +76,17 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
     with writer:
         writer.write_bytes(TOKENIZER_FILE, tokenizer_json.encode())
         chat_template = model.metadata.get("tokenizer.chat_template")
+        if not isinstance(chat_template, str):
+            chat_template = None  # a template is text; anything else in that key is ignored
         if chat_template:
-            writer.write_bytes(CHAT_TEMPLATE_FILE, str(chat_template).encode())
+            writer.write_bytes(CHAT_TEMPLATE_FILE, chat_template.encode("utf-8", "replace"))
         writer.write_bytes(PLAN_FILE, pack_plan(plan))
-        progress.start(len(spec.tensors))
-        layout = write_weights(model, spec, writer.path(WEIGHTS_FILE), progress.advance)
+        progress.start(len(spec.weights))
+        layout = write_weights(model, spec.weights, writer.path(WEIGHTS_FILE), progress.advance)
         progress.finish()
         writer.write_bytes(LAYOUT_FILE, pack_layout(layout))
-        target_entries = [_build_target(t, spec, plan, layout, writer, options.cache_dir) for t in targets]
+        cache = BuildCache(options.cache_dir) if options.cache_dir is not None else None
+        target_entries = [_build_target(t, spec, plan, layout, writer, cache) for t in targets]
         manifest = writer.commit(
             {
                 "source": {"file": model.path.name, "sha256": sha256_file(model.path), "size": model.size},
@@ -98,15 +100,15 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
     return CompileResult(options.out_dir, manifest, size, time.monotonic() - started)
 
 
-def _build_target(target: Target, spec: ModelSpec, plan, layout, writer: BundleWriter, cache_dir) -> dict[str, Any]:
-    entry = build_target(CodegenInput(target, spec.hparams, plan, layout, writer, cache_dir))
-    return {"name": target.name, "family": target.family, "wave_size": target.wave_size, **entry}
+def _build_target(target: Target, spec: ModelSpec, plan, layout, writer: BundleWriter, cache: BuildCache | None) -> dict[str, Any]:
+    entry = build_target(CodegenInput(target, spec.hparams, plan, layout, writer, cache))
+    return {"name": target.name, "family": target.family.value, "wave_size": target.wave_size, **entry}
 
 
 def _model_section(model: GGUFModel, spec: ModelSpec) -> dict[str, Any]:
     formats: dict[str, int] = {}
     params = 0
-    for t in spec.tensors.values():
+    for t in spec.sources.values():
         formats[t.format] = formats.get(t.format, 0) + 1
         n = 1
         for d in t.shape:

@@ -1,5 +1,6 @@
 """Loads a bundle for execution: verify, map weights, pick a device, set up the KV pool."""
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,9 @@ class LoadedModel:
 
 
 def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
+    if not options.verify:
+        print(f"rfc: warning: --no-verify: trusting {path} without re-hashing its files "
+              "(paths, sizes, layout and plan are still checked)", file=sys.stderr)
     bundle = open_bundle(Path(path), verify=options.verify)
     plan = bundle.plan
     per_context = -(-plan.context_length // options.block_size)

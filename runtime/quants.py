@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from rfc.artifacts.formats import GGUF_FORMATS
+
 QK_K = 256  # elements in one k-quant super-block
 
 # Decode at most this many blocks at a time: the k-quant decoders build temporaries a few
@@ -218,14 +220,13 @@ _CODECS: dict[str, _Codec] = {
     ),
 }
 
-_BLOCK_SIZES = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32,
-                "Q5_0": 32, "Q5_1": 32, "Q2_K": QK_K, "Q3_K": QK_K, "Q4_K": QK_K,
-                "Q5_K": QK_K, "Q6_K": QK_K}
-
+# Block geometry comes from the one format table (rfc.artifacts.formats); the codecs above
+# must agree with it byte for byte.
 FORMATS: dict[str, QuantFormat] = {
-    name: QuantFormat(name, _BLOCK_SIZES[name], codec.block.itemsize)
-    for name, codec in _CODECS.items()
+    name: QuantFormat(name, GGUF_FORMATS[name].block_elems, GGUF_FORMATS[name].block_bytes)
+    for name in _CODECS
 }
+assert all(_CODECS[n].block.itemsize == f.type_size for n, f in FORMATS.items()), "codec/table mismatch"
 
 
 def _format(fmt: str) -> QuantFormat:

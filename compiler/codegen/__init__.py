@@ -12,7 +12,8 @@ from rfc.artifacts.bundle import BundleWriter
 from rfc.artifacts.layout import WeightLayout
 from rfc.artifacts.plan import Plan
 from rfc.compiler.spec import HParams
-from rfc.compiler.targets import Target
+from rfc.compiler.codegen.cache import BuildCache
+from rfc.compiler.targets import Family, Target
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class CodegenInput:
     plan: Plan
     layout: WeightLayout
     writer: BundleWriter
-    cache_dir: Path | None  # build cache (None: no caching)
+    cache: BuildCache | None  # build cache (None: no caching)
 
     @property
     def bundle_dir(self) -> str:
@@ -31,7 +32,7 @@ class CodegenInput:
 
 
 def build_target(inp: CodegenInput) -> dict:
-    if inp.target.family == "cpu":
+    if inp.target.family is Family.CPU:
         from rfc.compiler.codegen import cpu
 
         return cpu.build(inp)

@@ -17,25 +17,13 @@ from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
+from rfc.compiler.targets import Target
 
 ABI_VERSION = 1  # bump with any change to an exported function's signature
 CC = "cc"
 SOURCE = "rfc_cpu.c"
 LIBRARY = "librfc_cpu.so"
 BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno")
-
-# /proc/cpuinfo flag -> gcc option; the build enables exactly the features found, and the
-# manifest records them so the runtime can refuse a CPU that lacks one.
-ISA_OPTIONS = {
-    "avx2": "-mavx2",
-    "fma": "-mfma",
-    "f16c": "-mf16c",
-    "avx512f": "-mavx512f",
-    "avx512bw": "-mavx512bw",
-    "avx512vl": "-mavx512vl",
-    "avx512_vnni": "-mavx512vnni",
-    "avxvnni": "-mavxvnni",
-}
 
 # Bytes per step along a weight row (one GGUF block; 8 elements for the float formats) and
 # the elements per step, as cpu_dot.h defines them.
@@ -65,45 +53,37 @@ class CpuTuning:
 
 
 def build(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> dict:
-    isa = detect_isa()
+    check_host_machine(inp.target)
     source = render_source(inp, tuning)
-    command = compile_command(isa)
+    command = compile_command(inp.target)
     version = toolchain_version()
-    library = cached_build(inp.cache_dir, [source, " ".join(command), version], lambda: compile_source(source, command))
+    library = cached_build(inp.cache, [source, " ".join(command), version], lambda: compile_source(source, command))
     inp.writer.write_bytes(f"{inp.bundle_dir}/{SOURCE}", source.encode())
     inp.writer.write_bytes(f"{inp.bundle_dir}/{LIBRARY}", library)
     return {
         "kernels": f"{inp.bundle_dir}/{LIBRARY}",
         "sources": [f"{inp.bundle_dir}/{SOURCE}"],
-        "isa": isa,
+        "isa": list(inp.target.isa),
+        "machine": inp.target.machine,
         "toolchain": version.splitlines()[0],
         "compile_command": " ".join(command),
         "abi_version": ABI_VERSION,
     }
 
 
-# -- the machine and the toolchain -------------------------------------------------------
+# -- the toolchain -------------------------------------------------------------------------
 
 
-def detect_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
-    """The SIMD features (keys of ISA_OPTIONS) of this x86-64 CPU, sorted; [] elsewhere."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return []
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-            break
-    return sorted(f for f in ISA_OPTIONS if f in flags)
+def check_host_machine(target: Target) -> None:
+    """The cpu targets are native code for one architecture; `cc` here must produce it."""
+    machine = platform.machine().lower().replace("amd64", "x86_64")
+    if target.machine and machine != target.machine:
+        raise CompileError(f"target {target.name} is {target.machine} code; this machine's C compiler builds {machine}")
 
 
-def compile_command(isa: list[str]) -> list[str]:
-    arch = ["-march=x86-64", *(ISA_OPTIONS[f] for f in isa)] if platform.machine().lower() in ("x86_64", "amd64") else []
-    return [CC, *BASE_FLAGS, *arch, "-o", LIBRARY, SOURCE]
+def compile_command(target: Target) -> list[str]:
+    """The build command: its ISA flags come from the target, never from this machine."""
+    return [CC, *BASE_FLAGS, *target.cflags, "-o", LIBRARY, SOURCE]
 
 
 def toolchain_version() -> str:
@@ -151,7 +131,6 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
     embed_formats = sorted({entries[op.weights[0]].format for op in ops.get("embed", [])})
     max_k = max((entries[op.weights[0]].shape[-1] for op in ops.get("matmul", [])), default=hp.n_embd)
     common = {
-        "model_name": hp.name,
         "abi_version": ABI_VERSION,
         "n_embd": hp.n_embd,
         "n_ff": hp.n_ff,
@@ -173,7 +152,7 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
         parts.append(render("cpu_matmul.c.j2", _matmul_params(fmt, tuning)))
     norm = _uniform(ops.get("rmsnorm", []), "rmsnorm")
     if norm is not None:
-        parts.append(render("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": repr(float(norm["eps"]))}))
+        parts.append(render("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": float(norm["eps"])}))
     rope = _uniform(ops.get("rope", []), "rope")
     if rope is not None:
         parts.append(render("cpu_rope.c.j2", _rope_params(rope)))
@@ -210,7 +189,7 @@ def _attention_params(hp, attrs: dict, tuning: CpuTuning) -> dict:
         "n_kv_heads": hp.n_kv_heads,
         "head_dim": hp.head_dim,
         "group": hp.n_heads // hp.n_kv_heads,
-        "scale": repr(float(attrs["scale"])),
+        "scale": float(attrs["scale"]),
         "chunk": tuning.attention_chunk,
         "query_block": tuning.attention_query_block,
     }
@@ -254,7 +233,7 @@ def _rope_params(attrs: dict) -> dict:
         "head_dim": hd,
         "n_rot": n_rot,
         "half": half,
-        "inv_freq": [repr(v) for v in inv],
+        "inv_freq": inv,
     }
 
 

@@ -73,7 +73,7 @@ def build(inp: CodegenInput) -> dict:
     source = render_source(target, specs)
     command = tc.command(target)
     version = toolchain_version(tc)
-    binary = cached_build(inp.cache_dir, [source, " ".join(command), version], lambda: _compile(tc, target, source))
+    binary = cached_build(inp.cache, [source, " ".join(command), version], lambda: _compile(tc, target, source))
     built = kernels_in(target, binary)
     kernel_args = {s.name: _checked_layout(s, built) for s in specs}
     kernels_rel = f"{inp.bundle_dir}/{tc.binary_file}"

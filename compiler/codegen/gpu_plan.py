@@ -245,7 +245,7 @@ class _Planner:
             # adjacent pairs (2i, 2i+1); neox pairs (i, i + n_rot/2)
             "pair_stride": 2 if style == "adjacent" else 1,
             "pair_offset": 1 if style == "adjacent" else half,
-            "inv_freq": [repr(f) for f in inv_freq],
+            "inv_freq": inv_freq,
             "has_freq_factors": has_factors,
         }
         args = tuple(arg for arg in KERNEL_ARGS["rope"] if has_factors or arg[0] != "freq_factors")

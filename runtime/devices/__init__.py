@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.plan import KVSpec
+from rfc.artifacts.targets import TargetError, parse_target
 
 
 class DeviceError(Exception):
@@ -18,28 +19,37 @@ class DeviceChoice:
 
 
 def choose_device(bundle: Bundle, requested: str = "auto") -> DeviceChoice:
-    targets = [t["name"] for t in bundle.manifest["targets"]]
-    families = {t["name"]: t["family"] for t in bundle.manifest["targets"]}
+    """The device to run on: a GPU target this machine has, else the best CPU variant it
+    supports (highest rank: cpu-avx512 over cpu over cpu-generic), else the reference."""
+    entries = bundle.manifest["targets"]
+    targets = [t.get("name") for t in entries]
     if requested == "ref":
         return DeviceChoice("ref", None)
     if requested not in ("auto", "cpu", "hip", "cuda"):
         raise DeviceError(f"unknown device '{requested}' (expected auto, ref, cpu, hip or cuda)")
     wanted = ("hip", "cuda", "cpu") if requested == "auto" else (requested,)
+    known = []
+    for t in entries:
+        try:
+            known.append(parse_target(t.get("name")))
+        except TargetError:
+            continue  # a target this rfc does not know (a newer bundle): never chosen
     for family in wanted:
-        for name in targets:
-            if families[name] == family and _compiled(bundle, name) and _present(family, name):
-                return DeviceChoice(family, name)
+        candidates = sorted((t for t in known if t.family.value == family), key=lambda t: -t.rank)
+        for t in candidates:
+            if _compiled(bundle, t.name) and _present(family, t.name):
+                return DeviceChoice(family, t.name)
     if requested == "auto":
         print(
-            f"rfc: warning: no compiled target of this bundle ({', '.join(targets)}) runs on this "
+            f"rfc: warning: no compiled target of this bundle ({', '.join(map(str, targets))}) runs on this "
             "machine; using the numpy reference device (slow)",
             file=sys.stderr,
         )
         return DeviceChoice("ref", None)
-    reasons = [f"{n}: {probe_reason(families[n], n) or 'not compiled'}" for n in targets if families[n] in wanted]
+    reasons = [f"{t.name}: {probe_reason(t.family.value, t.name) or 'not compiled'}" for t in known if t.family.value in wanted]
     raise DeviceError(
         f"device '{requested}' requested, but no bundle target can run it here "
-        f"(bundle targets: {', '.join(targets)}{'; ' + '; '.join(reasons) if reasons else ''})"
+        f"(bundle targets: {', '.join(map(str, targets))}{'; ' + '; '.join(reasons) if reasons else ''})"
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.plan import KVSpec, Op
+from rfc.artifacts.targets import Family, TargetError, missing_isa, parse_target
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
 
@@ -40,19 +41,25 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
 
 def probe(target: str) -> str | None:
     """None when this machine can run a cpu bundle target, else why not."""
-    if target != "cpu":
+    try:
+        t = parse_target(target)
+    except TargetError as e:
+        return str(e)
+    if t.family is not Family.CPU:
         return f"'{target}' is not a cpu target"
     if platform.system() != "Linux":
         return f"the cpu kernels are built as Linux shared libraries, this is {platform.system()}"
+    machine = platform.machine().lower().replace("amd64", "x86_64")
+    if t.machine and machine != t.machine:
+        return f"'{target}' is {t.machine} code, this machine is {machine}"
+    lacking = missing_isa(t, cpu_flags())
+    if lacking:
+        return f"this CPU lacks {', '.join(lacking)}"
     try:
         ctypes.CDLL("libgomp.so.1")
     except OSError as e:
         return f"the OpenMP runtime the cpu kernels link to cannot be loaded ({e})"
     return None
-
-
-def missing_isa(required: list[str], flags: set[str]) -> list[str]:
-    return [f for f in required if f not in flags]
 
 
 class HostBuffer:
@@ -164,9 +171,9 @@ class Device:
         entry = next((t for t in bundle.manifest["targets"] if t["name"] == target), None)
         if entry is None or not entry.get("kernels"):
             raise DeviceError(f"bundle has no compiled target {target}")
-        lacking = missing_isa(entry.get("isa", []), cpu_flags())
-        if lacking:
-            raise DeviceError(f"this CPU lacks {', '.join(lacking)}, which bundle target {target} was compiled for")
+        reason = probe(target)
+        if reason is not None:
+            raise DeviceError(f"cannot run bundle target {target} here: {reason}")
         if entry.get("abi_version") != ABI_VERSION:
             raise DeviceError(
                 f"bundle target {target} has cpu kernel ABI {entry.get('abi_version')}, this rfc runs ABI "

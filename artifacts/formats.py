@@ -1,0 +1,108 @@
+"""Weight formats: the one table of how a tensor's elements are stored in bytes.
+
+The compiler reads GGUF tensors in these formats, plans kernels and repacks weights with it;
+the runtime validates layouts (shape x format = bytes) and dequantizes with it. A format is
+a run of fixed-size blocks along a tensor's last dimension; the float formats are blocks of
+one element. A *packed* format is a target layout the weight planner produces from a GGUF
+format: the same blocks, rearranged so that `group_rows` rows are interleaved (a tensor's
+rows are padded up to a whole number of groups, padding bytes zero).
+
+`activation` names how kernels that take int8 dot products round the activations paired
+with a format (llama.cpp's vec_dot_type): "q8_0" (int8, one f16 scale per 32), "q8_1"
+(also the block's sum), "q8_k" (int8, one f32 scale per 256, with 16-element sums), or
+None for formats whose kernels read float activations. Tests derive error bounds from it.
+"""
+
+from dataclasses import dataclass
+from math import prod
+
+from rfc.artifacts.errors import BundleError
+
+# Tensors are bounded long before these: they only stop arithmetic on hostile shapes from
+# producing numbers no allocation or offset could mean.
+MAX_DIM = 1 << 31
+MAX_TENSOR_BYTES = 1 << 40
+
+
+class FormatError(BundleError):
+    """An unknown format, or a shape the format cannot store."""
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    name: str
+    block_elems: int  # elements per block along the last dimension
+    block_bytes: int  # bytes per block
+    activation: str | None  # int8 activation rounding of its kernels; None: float activations
+    base: str | None = None  # packed formats: the GGUF format whose blocks they rearrange
+    group_rows: int = 1  # packed formats: rows interleaved per group
+
+    @property
+    def is_float(self) -> bool:
+        return self.block_elems == 1
+
+    @property
+    def is_packed(self) -> bool:
+        return self.base is not None
+
+
+_GGUF = (
+    WeightFormat("F32", 1, 4, None),
+    WeightFormat("F16", 1, 2, None),
+    WeightFormat("BF16", 1, 2, None),
+    WeightFormat("Q8_0", 32, 34, "q8_0"),
+    WeightFormat("Q4_0", 32, 18, "q8_0"),
+    WeightFormat("Q4_1", 32, 20, "q8_1"),
+    WeightFormat("Q5_0", 32, 22, "q8_0"),
+    WeightFormat("Q5_1", 32, 24, "q8_1"),
+    WeightFormat("Q2_K", 256, 84, "q8_k"),
+    WeightFormat("Q3_K", 256, 110, "q8_k"),
+    WeightFormat("Q4_K", 256, 144, "q8_k"),
+    WeightFormat("Q5_K", 256, 176, "q8_k"),
+    WeightFormat("Q6_K", 256, 210, "q8_k"),
+)
+
+# GGUF formats by GGUF type name: what `rfc compile` accepts in a model file.
+GGUF_FORMATS: dict[str, WeightFormat] = {f.name: f for f in _GGUF}
+
+# Packed target layouts (added by the weight planner's repacking transforms).
+PACKED_FORMATS: dict[str, WeightFormat] = {}
+
+FORMATS: dict[str, WeightFormat] = {**GGUF_FORMATS, **PACKED_FORMATS}
+
+
+def weight_format(name: str) -> WeightFormat:
+    try:
+        return FORMATS[name]
+    except (KeyError, TypeError):
+        raise FormatError(f"unknown weight format {name!r} (known: {', '.join(FORMATS)})") from None
+
+
+def check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A tensor shape: 1 to 4 positive dimensions, each below MAX_DIM."""
+    if not isinstance(shape, (tuple, list)) or not 1 <= len(shape) <= 4:
+        raise FormatError(f"tensor shape {shape!r} must have 1 to 4 dimensions")
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 < d < MAX_DIM:
+            raise FormatError(f"tensor shape {list(shape)} has a dimension that is not a positive integer below 2^31")
+    return tuple(shape)
+
+
+def row_nbytes(fmt: WeightFormat | str, n: int) -> int:
+    """Bytes of one row of n elements."""
+    f = fmt if isinstance(fmt, WeightFormat) else weight_format(fmt)
+    if n % f.block_elems:
+        raise FormatError(f"a {f.name} row of {n} elements is not a whole number of {f.block_elems}-element blocks")
+    return n // f.block_elems * f.block_bytes
+
+
+def tensor_nbytes(fmt: WeightFormat | str, shape: tuple[int, ...]) -> int:
+    """Bytes of a whole tensor of `shape` (the last dimension contiguous) stored in `fmt`."""
+    f = fmt if isinstance(fmt, WeightFormat) else weight_format(fmt)
+    shape = check_shape(shape)
+    rows = prod(shape[:-1])
+    rows = -(-rows // f.group_rows) * f.group_rows
+    nbytes = rows * row_nbytes(f, shape[-1])
+    if nbytes > MAX_TENSOR_BYTES:
+        raise FormatError(f"a {f.name} tensor of shape {list(shape)} would take {nbytes} bytes")
+    return nbytes

@@ -1,0 +1,279 @@
+"""Checks a bundle's plan and weight layout against each other and the format table, before
+any kernel runs (../shared/DESIGN.md §7: a bundle is trusted exactly as far as its hashes,
+and hashes say nothing about whether the numbers inside make sense).
+
+A bundle that passes cannot make a kernel read outside a weight or a buffer: every weight's
+bytes are its shape times its format and lie inside weights.bin, every op's buffers and
+weights have the widths the op needs, and every size is bounded so that no allocation is
+absurd. Each op kind has one shape rule here; a kind without a rule is refused.
+"""
+
+import math
+from collections.abc import Callable
+
+from rfc.artifacts.errors import BundleError
+from rfc.artifacts.formats import FormatError, tensor_nbytes, weight_format
+from rfc.artifacts.layout import TensorEntry, WeightLayout
+from rfc.artifacts.plan import DTYPES, MAX_BUFFERS, OPS, SYMBOLS, Op, Plan
+
+MAX_WIDTH = 1 << 24  # elements in one activation row (a vocabulary of 16M would still fit)
+MAX_CONTEXT = 1 << 24
+MAX_LAYERS = 4096
+MAX_HEADS = 4096
+MAX_HEAD_DIM = 4096
+MAX_TOKEN_BYTES = 1 << 30  # activation bytes per token or row, all buffers together
+
+
+class PlanError(BundleError):
+    """The plan is inconsistent with itself, the op contract or the weight layout."""
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise PlanError(message)
+
+
+def _bounded_int(value: object, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _finite(value: object, lo: float = -math.inf, hi: float = math.inf, open_lo: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    v = float(value)
+    return math.isfinite(v) and lo <= v <= hi and not (open_lo and v == lo)
+
+
+# -- the plan alone ------------------------------------------------------------------------
+
+
+def check_plan(plan: Plan) -> None:
+    _need(_bounded_int(plan.n_embd, 1, MAX_WIDTH), f"plan n_embd {plan.n_embd!r} is out of range")
+    _need(_bounded_int(plan.vocab_size, 1, MAX_WIDTH), f"plan vocab_size {plan.vocab_size!r} is out of range")
+    _need(_bounded_int(plan.context_length, 1, MAX_CONTEXT), f"plan context_length {plan.context_length!r} is not in [1, {MAX_CONTEXT}]")
+    kv = plan.kv
+    _need(kv.dtype in ("f16", "f32"), f"plan KV cache dtype {kv.dtype!r} is not f16 or f32")
+    _need(_bounded_int(kv.n_layers, 1, MAX_LAYERS), f"plan KV n_layers {kv.n_layers!r} is out of range")
+    _need(_bounded_int(kv.n_kv_heads, 1, MAX_HEADS), f"plan KV n_kv_heads {kv.n_kv_heads!r} is out of range")
+    _need(_bounded_int(kv.head_dim, 1, MAX_HEAD_DIM), f"plan KV head_dim {kv.head_dim!r} is out of range")
+    _need(len(plan.buffers) <= MAX_BUFFERS, "plan has too many buffers")
+    buffers = {}
+    per_row_bytes = 0
+    for b in plan.buffers:
+        _need(b.name not in buffers, f"plan buffer {b.name!r} is declared twice")
+        _need(b.dtype in DTYPES, f"plan buffer {b.name!r} has dtype {b.dtype!r}")
+        _need(1 <= len(b.shape) <= 2 and b.shape[0] in SYMBOLS, f"plan buffer {b.name!r} has shape {list(b.shape)}, not [T|R] or [T|R, width]")
+        _need(all(_bounded_int(d, 1, MAX_WIDTH) for d in b.shape[1:]), f"plan buffer {b.name!r} has a width out of range")
+        buffers[b.name] = b
+        per_row_bytes += 4 * (b.shape[1] if len(b.shape) == 2 else 1)
+    _need(per_row_bytes <= MAX_TOKEN_BYTES, "plan buffers need too much memory per token")
+    _need(_is(buffers, plan.input_tokens, ("T",), "i32"), f"plan input {plan.input_tokens!r} is not an i32 [T] buffer")
+    _need(_is(buffers, plan.output_logits, ("R", plan.vocab_size)), f"plan output {plan.output_logits!r} is not [R, vocab_size]")
+    _need(_is(buffers, plan.output_hidden, ("R", plan.n_embd)), f"plan output {plan.output_hidden!r} is not [R, n_embd]")
+    for i, op in enumerate(plan.ops):
+        check_op(plan, buffers, i, op)
+
+
+def _is(buffers: dict, name: str, shape: tuple, dtype: str = "f32") -> bool:
+    b = buffers.get(name)
+    return b is not None and tuple(b.shape) == shape and b.dtype == dtype
+
+
+def check_op(plan: Plan, buffers: dict, i: int, op: Op) -> None:
+    schema = OPS.get(op.kind) if isinstance(op.kind, str) else None
+    where = f"plan op {i} ({str(op.kind)[:32]})"
+    _need(schema is not None, f"{where} is not an op this runtime knows")
+    _need(len(op.inputs) == schema.inputs and len(op.outputs) == schema.outputs, f"{where} has the wrong number of buffers")
+    lo, hi = schema.weights
+    _need(lo <= len(op.weights) <= hi, f"{where} has {len(op.weights)} weights, expects {lo}..{hi}")
+    missing = [a for a in schema.attrs if a not in op.attrs]
+    _need(not missing, f"{where} lacks attributes {missing}")
+    known = set(schema.attrs) | {name for name, _ in schema.optional}
+    unknown = [str(a)[:32] for a in op.attrs if a not in known]
+    _need(not unknown, f"{where} has unknown attributes {unknown}")
+    for b in (*op.inputs, *op.outputs):
+        _need(b in buffers, f"{where} names unknown buffer {b[:64]!r}")
+    RULES[op.kind](_OpView(plan, buffers, op, where, None))
+
+
+# -- the plan against the layout -------------------------------------------------------------
+
+
+def check_layout(layout: WeightLayout, file_size: int) -> None:
+    """Every tensor's bytes are its shape times its format and lie inside weights.bin."""
+    _need(_bounded_int(layout.alignment, 1, 1 << 20), f"layout alignment {layout.alignment!r} is out of range")
+    names = set()
+    spans = []
+    for t in layout.tensors:
+        _need(isinstance(t.name, str) and t.name not in names, f"layout tensor {str(t.name)[:64]!r} is listed twice or unnamed")
+        names.add(t.name)
+        try:
+            nbytes = tensor_nbytes(weight_format(t.format), tuple(t.shape))
+        except FormatError as e:
+            raise PlanError(f"layout tensor {t.name[:64]}: {e}") from None
+        _need(t.nbytes == nbytes, f"layout tensor {t.name[:64]}: {t.nbytes!r} bytes, but shape {list(t.shape)} in {t.format} is {nbytes}")
+        _need(_bounded_int(t.offset, 0, file_size) and t.offset % layout.alignment == 0,
+              f"layout tensor {t.name[:64]}: offset {t.offset!r} is not an aligned offset inside weights.bin")  # fmt: skip
+        _need(t.offset + t.nbytes <= file_size, f"layout tensor {t.name[:64]} ends past the end of weights.bin ({file_size} bytes)")
+        spans.append((t.offset, t.offset + t.nbytes, t.name))
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        _need(start >= end, f"layout tensors {a[:64]} and {b[:64]} overlap")
+
+
+def check_plan_weights(plan: Plan, layout: WeightLayout) -> None:
+    """Every op's weights exist with the shapes the op's buffers need."""
+    entries = layout.by_name()
+    buffers = {b.name: b for b in plan.buffers}
+    for i, op in enumerate(plan.ops):
+        where = f"plan op {i} ({op.kind})"
+        for w in op.weights:
+            _need(w in entries, f"{where} reads weight {w[:64]!r}, which the layout does not have")
+        RULES[op.kind](_OpView(plan, buffers, op, where, entries))
+
+
+# -- shape rules, one per op kind ---------------------------------------------------------------
+
+
+class _OpView:
+    """One op with its buffers' shapes and, when checking against a layout, its weights'."""
+
+    def __init__(self, plan: Plan, buffers: dict, op: Op, where: str, entries: dict[str, TensorEntry] | None):
+        self.plan, self.buffers, self.op, self.where, self.entries = plan, buffers, op, where, entries
+
+    def need(self, cond: bool, message: str) -> None:
+        _need(cond, f"{self.where}: {message}")
+
+    def shape(self, name: str) -> tuple:
+        return tuple(self.buffers[name].shape)
+
+    def rows(self, name: str) -> str:
+        return self.shape(name)[0]
+
+    def width(self, name: str) -> int:
+        s = self.shape(name)
+        return s[1] if len(s) == 2 else 1
+
+    def float_rows(self, *names: str) -> None:
+        for n in names:
+            self.need(self.buffers[n].dtype == "f32" and len(self.shape(n)) == 2, f"{n} is not a float [rows, width] buffer")
+
+    def weight_shape(self, index: int) -> tuple[int, ...] | None:
+        """The shape of the op's index-th weight; None when checking the plan alone."""
+        if self.entries is None:
+            return None
+        return tuple(self.entries[self.op.weights[index]].shape)
+
+    def int_attr(self, name: str, lo: int, hi: int) -> int:
+        v = self.op.attrs[name]
+        self.need(_bounded_int(v, lo, hi), f"attribute {name} = {v!r} is not an integer in [{lo}, {hi}]")
+        return v
+
+    def real_attr(self, name: str, lo: float, hi: float, open_lo: bool = False) -> float:
+        v = self.op.attrs[name]
+        self.need(_finite(v, lo, hi, open_lo), f"attribute {name} = {v!r} is not a finite number in {'(' if open_lo else '['}{lo}, {hi}]")
+        return float(v)
+
+
+def _embed(v: _OpView) -> None:
+    (tokens,), (out,) = v.op.inputs, v.op.outputs
+    v.need(v.buffers[tokens].dtype == "i32" and v.shape(tokens) == ("T",), "tokens are not an i32 [T] buffer")
+    v.float_rows(out)
+    v.need(v.rows(out) == "T", "output is not [T, width]")
+    w = v.weight_shape(0)
+    v.need(w is None or w == (v.plan.vocab_size, v.width(out)), f"table {w} is not [vocab_size, {v.width(out)}]")
+
+
+def _rmsnorm(v: _OpView) -> None:
+    (x,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(x, out)
+    v.need(v.shape(x) == v.shape(out), "input and output shapes differ")
+    v.real_attr("eps", 0.0, 1.0, open_lo=True)
+    w = v.weight_shape(0)
+    v.need(w is None or w == (v.width(x),), f"weight {w} is not [{v.width(x)}]")
+
+
+def _matmul(v: _OpView) -> None:
+    (x,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(x, out)
+    v.need(v.rows(x) == v.rows(out), "input and output rows differ")
+    w = v.weight_shape(0)
+    v.need(w is None or w == (v.width(out), v.width(x)), f"weight {w} is not [{v.width(out)}, {v.width(x)}]")
+
+
+def _add_bias(v: _OpView) -> None:
+    (x,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(x, out)
+    v.need(v.shape(x) == v.shape(out), "input and output shapes differ")
+    w = v.weight_shape(0)
+    v.need(w is None or w == (v.width(x),), f"bias {w} is not [{v.width(x)}]")
+
+
+def _rope(v: _OpView) -> None:
+    q, k = v.op.inputs
+    v.need(tuple(v.op.outputs) == (q, k), "rope works in place: outputs must be its inputs")
+    v.float_rows(q, k)
+    nh = v.int_attr("n_heads", 1, MAX_HEADS)
+    nkv = v.int_attr("n_kv_heads", 1, MAX_HEADS)
+    hd = v.int_attr("head_dim", 1, MAX_HEAD_DIM)
+    n_rot = v.int_attr("n_rot", 2, hd)
+    v.need(n_rot % 2 == 0, "n_rot is odd")
+    v.need(v.op.attrs["style"] in ("adjacent", "neox"), f"style {str(v.op.attrs['style'])[:20]!r} is unknown")
+    v.real_attr("freq_base", 0.0, 1e12, open_lo=True)
+    v.real_attr("freq_scale", 0.0, 1e6, open_lo=True)
+    v.need(v.shape(q) == ("T", nh * hd) and v.shape(k) == ("T", nkv * hd), "q/k widths disagree with the head counts")
+    if v.op.weights:
+        w = v.weight_shape(0)
+        v.need(w is None or w == (n_rot // 2,), f"frequency factors {w} are not [{n_rot // 2}]")
+
+
+def _layer(v: _OpView) -> None:
+    v.int_attr("layer", 0, v.plan.kv.n_layers - 1)
+
+
+def _kv_write(v: _OpView) -> None:
+    _layer(v)
+    width = v.plan.kv.n_kv_heads * v.plan.kv.head_dim
+    for name in v.op.inputs:
+        v.float_rows(name)
+        v.need(v.shape(name) == ("T", width), f"{name} is not [T, {width}] (the KV cache row)")
+
+
+def _attention(v: _OpView) -> None:
+    _layer(v)
+    (q,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(q, out)
+    nh = v.int_attr("n_heads", 1, MAX_HEADS)
+    nkv = v.int_attr("n_kv_heads", 1, MAX_HEADS)
+    hd = v.int_attr("head_dim", 1, MAX_HEAD_DIM)
+    v.need((nkv, hd) == (v.plan.kv.n_kv_heads, v.plan.kv.head_dim), "head sizes disagree with the KV cache")
+    v.need(nh % nkv == 0, "n_heads is not a multiple of n_kv_heads")
+    v.real_attr("scale", 0.0, 1e6, open_lo=True)
+    v.need(v.shape(q) == ("T", nh * hd) == v.shape(out), "q/output are not [T, n_heads * head_dim]")
+
+
+def _same_shape(v: _OpView) -> None:
+    names = (*v.op.inputs, *v.op.outputs)
+    v.float_rows(*names)
+    v.need(len({v.shape(n) for n in names}) == 1, "buffers differ in shape")
+
+
+def _gather_rows(v: _OpView) -> None:
+    (x,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(x, out)
+    v.need(v.rows(x) == "T" and v.rows(out) == "R" and v.width(x) == v.width(out), "not [T, n] -> [R, n]")
+
+
+RULES: dict[str, Callable[[_OpView], None]] = {
+    "embed": _embed,
+    "rmsnorm": _rmsnorm,
+    "matmul": _matmul,
+    "add_bias": _add_bias,
+    "rope": _rope,
+    "kv_write": _kv_write,
+    "attention": _attention,
+    "swiglu": _same_shape,
+    "add": _same_shape,
+    "gather_rows": _gather_rows,
+}
+assert set(RULES) == set(OPS), "every op kind needs a shape rule"

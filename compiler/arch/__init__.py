@@ -1,0 +1,31 @@
+"""Architecture recipes: one module per GGUF `general.architecture`, each mapping that
+architecture's metadata keys and tensors to a plan (../shared/DESIGN.md §5).
+
+A recipe is a function `(GGUFModel) -> ModelSpec`. Adding an architecture means adding a
+module here, registering it below and, if it needs them, new plan ops with their kernels.
+"""
+
+from collections.abc import Callable
+
+from rfc.compiler.arch import llama, qwen2
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+Recipe = Callable[[GGUFModel], ModelSpec]
+
+RECIPES: dict[str, Recipe] = {
+    "llama": llama.build,
+    "qwen2": qwen2.build,
+}
+
+
+def recipe_for(model: GGUFModel) -> Recipe:
+    arch = model.metadata.get("general.architecture")
+    if arch is None:
+        raise CompileError(f"{model.path.name}: no general.architecture in the metadata")
+    recipe = RECIPES.get(arch) if isinstance(arch, str) else None
+    if recipe is None:
+        shown = arch[:40] if isinstance(arch, str) else repr(arch)[:40]
+        raise CompileError(f"{model.path.name}: unsupported architecture '{shown}' (supported: {', '.join(sorted(RECIPES))})")
+    return recipe

@@ -1,0 +1,99 @@
+"""What recipes build with: the plan's buffers and ops, and the weights they read.
+
+A recipe asks for GGUF tensors by name with the shape its hyperparameters imply; the builder
+checks each against the file (present, shape, a supported format) the moment it is asked for,
+so a recipe never plans around a tensor that is not there. Weights can also be made from rows
+of tensors (split a fused tensor, concatenate several): see compiler/weights.py.
+"""
+
+from math import prod
+
+from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
+from rfc.compiler.spec import HParams, ModelSpec
+from rfc.compiler.weights import RowRange, WeightUse, whole
+
+
+class ModelBuilder:
+    def __init__(self, model: GGUFModel):
+        self.model = model
+        self.path = model.path.name
+        self._weights: dict[str, WeightUse] = {}
+        self._sources: dict[str, SourceTensor] = {}
+        self._buffers: dict[str, Buffer] = {}
+        self._ops: list[Op] = []
+
+    # -- tensors of the GGUF ----------------------------------------------------------------
+    def has(self, name: str) -> bool:
+        return name in self.model.tensors
+
+    def source(self, name: str, shape: tuple[int, ...]) -> SourceTensor:
+        t = self.model.tensors.get(name)
+        if t is None:
+            raise CompileError(f"{self.path}: missing tensor {name}")
+        if t.shape != tuple(shape):
+            raise CompileError(f"{self.path}: shape mismatch for {name}: expected {list(shape)}, found {list(t.shape)}")
+        self._sources[name] = t
+        return t
+
+    def tensor(self, name: str, role: str, shape: tuple[int, ...]) -> str:
+        """A GGUF tensor used as it is; returns its name in the plan (the same)."""
+        if name not in self._weights:
+            t = self.source(name, shape)
+            self._add(WeightUse(name, role, t.format, t.shape, (whole(t),)))
+        return name
+
+    def optional_tensor(self, name: str, role: str, shape: tuple[int, ...]) -> str | None:
+        return self.tensor(name, role, shape) if self.has(name) else None
+
+    def rows(self, name: str, role: str, source: str, source_shape: tuple[int, ...], start: int, stop: int) -> str:
+        """A weight made of rows [start, stop) of a 2-D GGUF tensor (a slice of a fused one)."""
+        t = self.source(source, source_shape)
+        if len(t.shape) != 2 or not 0 <= start < stop <= t.shape[0]:
+            raise CompileError(f"{self.path}: cannot take rows {start}..{stop} of {source} {list(t.shape)}")
+        self._add(WeightUse(name, role, t.format, (stop - start, t.shape[1]), (RowRange(source, start, stop),)))
+        return name
+
+    def concat(self, name: str, role: str, sources: list[tuple[str, tuple[int, ...]]]) -> str | None:
+        """One weight made of 2-D GGUF tensors stacked by rows (Q, K, V -> QKV), or None when
+        they cannot be stacked (different formats): the recipe then keeps them apart."""
+        ts = [self.source(n, s) for n, s in sources]
+        if len({t.format for t in ts}) != 1 or len({t.shape[1:] for t in ts}) != 1 or any(len(t.shape) != 2 for t in ts):
+            return None
+        shape = (sum(t.shape[0] for t in ts), ts[0].shape[1])
+        self._add(WeightUse(name, role, ts[0].format, shape, tuple(whole(t) for t in ts)))
+        return name
+
+    def _add(self, use: WeightUse) -> None:
+        if use.name in self._weights:
+            raise CompileError(f"{self.path}: weight {use.name} is defined twice")
+        self._weights[use.name] = use
+
+    # -- the plan ---------------------------------------------------------------------------
+    def buffer(self, name: str, *shape: str | int, dtype: str = "f32") -> str:
+        b = Buffer(name, tuple(shape), dtype)
+        if self._buffers.setdefault(name, b) != b:
+            raise CompileError(f"buffer {name} declared with two shapes")  # a recipe bug
+        return name
+
+    def op(self, kind: str, inputs: tuple[str, ...], outputs: tuple[str, ...], weights: tuple[str, ...] = (), **attrs) -> None:
+        self._ops.append(Op(kind, tuple(inputs), tuple(outputs), tuple(weights), dict(attrs)))
+
+    def finish(self, hparams: HParams, *, input_tokens: str, output_logits: str, output_hidden: str, kv: KVSpec) -> ModelSpec:
+        plan = Plan(
+            buffers=tuple(self._buffers.values()),
+            ops=tuple(self._ops),
+            kv=kv,
+            input_tokens=input_tokens,
+            output_logits=output_logits,
+            output_hidden=output_hidden,
+            vocab_size=hparams.vocab_size,
+            n_embd=hparams.n_embd,
+            context_length=hparams.context_length,
+        )
+        return ModelSpec(hparams=hparams, plan=plan, weights=tuple(self._weights.values()), sources=dict(self._sources))
+
+
+def n_rows(shape: tuple[int, ...]) -> int:
+    return prod(shape[:-1]) if len(shape) > 1 else 1

@@ -1,0 +1,92 @@
+"""Typed, bounded reads of a GGUF's metadata: the only way recipes see it.
+
+A GGUF is untrusted input. Every count read here is an integer inside stated bounds, every
+real number is finite and inside its range, and every string is one of the values the recipe
+names, before anything is allocated or planned from it. The bounds are generous for real
+models (a 4096-layer, 16M-token-context model would pass) and stop hostile values
+(block_count = 2^31, context_length = 2^32 - 1, rms_eps = NaN) with one line.
+"""
+
+import math
+import numbers
+from typing import Any
+
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+
+MAX_LAYERS = 4096
+MAX_EMBD = 1 << 18
+MAX_HEADS = 4096
+MAX_HEAD_DIM = 4096
+MAX_FF = 1 << 20
+MAX_CONTEXT = 1 << 24
+MAX_VOCAB = 1 << 22
+MAX_EXPERTS = 1024
+
+_REQUIRED = object()
+
+
+class Metadata:
+    """The `<arch>.*` keys of one model (and `general.*`), read with bounds."""
+
+    def __init__(self, model: GGUFModel, arch: str):
+        self.model = model
+        self.arch = arch
+        self.path = model.path.name
+
+    def key(self, key: str) -> str:
+        return key if key.startswith("general.") else f"{self.arch}.{key}"
+
+    def has(self, key: str) -> bool:
+        return self.key(key) in self.model.metadata
+
+    def _raw(self, key: str, default: Any) -> Any:
+        full = self.key(key)
+        if full in self.model.metadata:
+            return self.model.metadata[full]
+        if default is _REQUIRED:
+            raise CompileError(f"{self.path}: missing metadata {full}")
+        return default
+
+    def int(self, key: str, lo: int, hi: int, default: Any = _REQUIRED) -> int:
+        value = self._raw(key, default)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise CompileError(f"{self.path}: metadata {self.key(key)} must be an integer, got {_show(value)}")
+        if not lo <= value <= hi:
+            raise CompileError(f"{self.path}: metadata {self.key(key)} = {int(value)} is outside [{lo}, {hi}]")
+        return int(value)
+
+    def float(self, key: str, lo: float, hi: float, default: Any = _REQUIRED, *, open_lo: bool = False) -> float:
+        """A finite real in [lo, hi] ((lo, hi] with open_lo)."""
+        value = self._raw(key, default)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise CompileError(f"{self.path}: metadata {self.key(key)} must be a number, got {_show(value)}")
+        value = float(value)
+        if not math.isfinite(value) or value < lo or value > hi or (open_lo and value == lo):
+            bounds = f"({lo}, {hi}]" if open_lo else f"[{lo}, {hi}]"
+            raise CompileError(f"{self.path}: metadata {self.key(key)} = {value} is not a finite number in {bounds}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
+        value = self._raw(key, default)
+        if not isinstance(value, str) or value not in choices:
+            raise CompileError(f"{self.path}: metadata {self.key(key)} = {_show(value)} is not supported (supported: {', '.join(choices)})")
+        return value
+
+    def bool(self, key: str, default: Any = _REQUIRED) -> bool:
+        value = self._raw(key, default)
+        if not isinstance(value, (bool, numbers.Integral)):
+            raise CompileError(f"{self.path}: metadata {self.key(key)} must be a boolean, got {_show(value)}")
+        return bool(value)
+
+    def text(self, key: str, default: Any = _REQUIRED, max_len: int = 256) -> str:
+        """A string shown to people (a model's name): data only, never put into source."""
+        value = self._raw(key, default)
+        if not isinstance(value, str):
+            raise CompileError(f"{self.path}: metadata {self.key(key)} must be a string, got {_show(value)}")
+        return value[:max_len]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
