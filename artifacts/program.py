@@ -1,0 +1,211 @@
+"""The step program: what a target runs for one engine step (../shared/DESIGN.md §1).
+
+The plan stays the IR (the reference device interprets it op by op). For each compiled target
+the compiler lowers the plan into a step program, written next to the target's code object
+as `kernels/<target>/program.msgpack` and named in the manifest's target entry (`program`):
+
+- an **arena**: every plan buffer at a fixed byte offset, sized for the largest step the
+  program accepts (`max_tokens` tokens, `max_rows` logit rows, `max_seqs` sequences); the
+  runtime allocates it once and never per step;
+- for `cpu*` targets, an **entry**: one exported C function `int <entry>(const rfc_step_args *)`
+  that runs every op of the step in one thread team. STEP_ARGS below is its argument
+  struct, field by field: the compiler generates the C struct from it and the runtime the
+  ctypes one, so the two cannot drift;
+- for `gfx*` / `sm_*` targets, a **launch list**: kernels in order with their grids and
+  argument slots (an arena buffer, a weight, a batch array, a KV layer, a scalar), which the
+  runtime binds once and replays (as a CUDA/HIP graph per batch-shape bucket).
+
+Per step the runtime writes the batch arrays (tokens, positions, KV slots, block tables,
+logit rows) and makes one call or one graph launch. Python does per-step work, never per-op.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import msgpack
+
+from rfc.artifacts.errors import BundleError
+
+PROGRAM_FILE = "program.msgpack"
+PROGRAM_VERSION = 1
+MAX_LAUNCHES = 1 << 16
+MAX_ARENA_BYTES = 1 << 40
+
+# -- the cpu step entry's argument struct ---------------------------------------------------
+# Every field is 8 bytes ("i64" or "ptr"), so the C and ctypes layouts have no padding to
+# disagree about. Order is the ABI: append fields and bump STEP_ABI_VERSION.
+STEP_ABI_VERSION = 1
+STEP_ARGS: tuple[tuple[str, str, str], ...] = (
+    ("abi_version", "i64", "STEP_ABI_VERSION the caller was built for; the entry refuses others"),
+    ("n_threads", "i64", "threads in the team (>= 1)"),
+    ("n_tokens", "i64", "T: tokens fed this step (<= arena max_tokens)"),
+    ("n_rows", "i64", "R: logit rows wanted (<= arena max_rows)"),
+    ("n_seqs", "i64", "S: sequences in the step (<= arena max_seqs)"),
+    ("table_width", "i64", "columns of block_tables"),
+    ("block_size", "i64", "KV slots per cache block"),
+    ("kv_slots", "i64", "KV slots per layer in the cache (num_blocks * block_size)"),
+    ("tokens", "ptr", "int32[T]"),
+    ("positions", "ptr", "int32[T]"),
+    ("slots", "ptr", "int32[T]: KV slot of each token"),
+    ("seq_of_token", "ptr", "int32[T]"),
+    ("seq_start", "ptr", "int32[S+1]"),
+    ("context_lens", "ptr", "int32[S]: cached tokens after this step"),
+    ("block_tables", "ptr", "int32[S, table_width], -1 padded"),
+    ("logit_rows", "ptr", "int32[R]: rows of T whose logits are wanted"),
+    ("weights", "ptr", "base of weights.bin (layout offsets are relative to it)"),
+    ("arena", "ptr", "base of the activation arena (program offsets are relative to it)"),
+    ("k_cache", "ptr", "K cache: [n_layers, kv_slots, n_kv_heads, head_dim] in the plan's KV dtype"),
+    ("v_cache", "ptr", "V cache, same layout"),
+)
+
+
+class ArgKind(str, Enum):
+    ARENA = "arena"  # ref: a plan buffer; the pointer is arena base + its offset
+    WEIGHT = "weight"  # ref: a layout entry; the pointer is weights base + its offset
+    BATCH = "batch"  # ref: a batch array (tokens, positions, slots, ...), a STEP_ARGS pointer name
+    KV = "kv"  # ref: "k" or "v"; value: the layer
+    SCALAR = "scalar"  # ref: "" for the constant `value`, or a STEP_ARGS i64 name (n_tokens, ...)
+
+
+@dataclass(frozen=True)
+class ArgSlot:
+    kind: ArgKind
+    ref: str
+    value: int = 0
+    size: int = 8  # bytes in the kernel's parameter buffer (4 for an i32 scalar)
+
+
+@dataclass(frozen=True)
+class GridDim:
+    """ceil(count / tile) blocks, count being a constant or a STEP_ARGS i64 name."""
+
+    count: int | str
+    tile: int = 1
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: str
+    threads: int
+    grid: tuple[GridDim, ...]
+    args: tuple[ArgSlot, ...]
+    shared_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ArenaSlot:
+    buffer: str
+    offset: int
+    nbytes: int  # capacity at the arena's maximum sizes
+
+
+@dataclass(frozen=True)
+class Arena:
+    max_tokens: int
+    max_rows: int
+    max_seqs: int
+    alignment: int
+    slots: tuple[ArenaSlot, ...]
+    total_bytes: int
+
+    def slot(self, buffer: str) -> ArenaSlot:
+        for s in self.slots:
+            if s.buffer == buffer:
+                return s
+        raise KeyError(buffer)
+
+
+@dataclass(frozen=True)
+class StepProgram:
+    target: str
+    arena: Arena
+    entry: str | None = None  # cpu targets
+    launches: tuple[Launch, ...] = ()  # gpu targets
+    # plan weight name -> the layout entry this target reads for it (a repacked variant such
+    # as "blk.0.attn_q.weight#Q4_0x8"); a plan weight not listed reads the entry of its name
+    weights: dict[str, str] = field(default_factory=dict)
+    version: int = PROGRAM_VERSION
+    extra: dict = field(default_factory=dict)  # target-specific facts (workspace sizes, ...)
+
+
+def plan_arena(buffers, max_tokens: int, max_rows: int, max_seqs: int, alignment: int = 256) -> Arena:
+    """Every plan buffer at its own aligned offset, sized for the largest step. (Buffers are
+    not overlapped yet: a liveness-based packing can come later without changing readers.)"""
+    sizes = {"T": max_tokens, "R": max_rows}
+    slots, offset = [], 0
+    for b in buffers:
+        n = 1
+        for d in b.shape:
+            n *= sizes[d] if isinstance(d, str) else d
+        nbytes = n * 4  # f32 and i32
+        slots.append(ArenaSlot(b.name, offset, nbytes))
+        offset += -(-nbytes // alignment) * alignment
+    return Arena(max_tokens, max_rows, max_seqs, alignment, tuple(slots), offset)
+
+
+# -- serialization ------------------------------------------------------------------------------
+
+
+def pack_program(p: StepProgram) -> bytes:
+    return msgpack.packb({
+        "version": p.version,
+        "target": p.target,
+        "arena": {
+            "max_tokens": p.arena.max_tokens, "max_rows": p.arena.max_rows, "max_seqs": p.arena.max_seqs,
+            "alignment": p.arena.alignment, "total_bytes": p.arena.total_bytes,
+            "slots": [[s.buffer, s.offset, s.nbytes] for s in p.arena.slots],
+        },
+        "entry": p.entry,
+        "launches": [
+            {"kernel": l.kernel, "threads": l.threads, "shared_bytes": l.shared_bytes,
+             "grid": [[g.count, g.tile] for g in l.grid],
+             "args": [[a.kind.value, a.ref, a.value, a.size] for a in l.args]}
+            for l in p.launches
+        ],
+        "weights": dict(sorted(p.weights.items())),
+        "extra": dict(sorted(p.extra.items())),
+    })  # fmt: skip
+
+
+def unpack_program(data: bytes) -> StepProgram:
+    """Parses a program, checking types and bounds; BundleError (one line) otherwise."""
+    try:
+        raw = msgpack.unpackb(data, strict_map_key=True, max_array_len=MAX_LAUNCHES * 4)
+        if raw.get("version") != PROGRAM_VERSION:
+            raise BundleError(f"{PROGRAM_FILE} version {raw.get('version')!r} is not {PROGRAM_VERSION}; recompile the model")
+        a = raw["arena"]
+        arena = Arena(
+            _nat(a["max_tokens"]), _nat(a["max_rows"]), _nat(a["max_seqs"]), _nat(a["alignment"]),
+            tuple(ArenaSlot(_name(s[0]), _nat(s[1], 0), _nat(s[2], 0)) for s in a["slots"]), _nat(a["total_bytes"], 0),
+        )  # fmt: skip
+        if arena.total_bytes > MAX_ARENA_BYTES or any(s.offset + s.nbytes > arena.total_bytes for s in arena.slots):
+            raise BundleError(f"{PROGRAM_FILE}: arena slots lie outside the arena")
+        launches = tuple(
+            Launch(
+                kernel=_name(l["kernel"]), threads=_nat(l["threads"]), shared_bytes=_nat(l["shared_bytes"], 0),
+                grid=tuple(GridDim(g[0] if isinstance(g[0], str) else _nat(g[0], 0), _nat(g[1])) for g in l["grid"]),
+                args=tuple(ArgSlot(ArgKind(x[0]), _name(x[1], empty=True), int(x[2]), _nat(x[3])) for x in l["args"]),
+            )
+            for l in raw["launches"]
+        )  # fmt: skip
+        entry = raw["entry"]
+        if entry is not None:
+            entry = _name(entry)
+        weights = {_name(k): _name(v) for k, v in (raw.get("weights") or {}).items()}
+        return StepProgram(_name(raw["target"]), arena, entry, launches, weights, raw["version"], dict(raw.get("extra") or {}))
+    except BundleError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, msgpack.UnpackException) as e:
+        raise BundleError(f"{PROGRAM_FILE} is malformed: {str(e)[:200]}") from None
+
+
+def _nat(v, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < (1 << 62):
+        raise ValueError(f"{v!r} is not an integer >= {lo}")
+    return v
+
+
+def _name(v, empty: bool = False) -> str:
+    if not isinstance(v, str) or len(v) > 256 or (not v and not empty):
+        raise ValueError(f"{str(v)[:40]!r} is not a name")
+    return v
