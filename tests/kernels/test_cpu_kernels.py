@@ -140,7 +140,7 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         vocab_size=N_ROWS, tied_embeddings=False, qkv_bias=False, rope_freq_factors=True,
     )
     plan = Plan(buffers=(Buffer("x", ("T", N_EMBD)),), ops=tuple(ops), kv=KV, input_tokens="tokens",
-                output_logits="y", vocab_size=N_ROWS, n_embd=N_EMBD, context_length=64)
+                output_logits="y", output_hidden="x", vocab_size=N_ROWS, n_embd=N_EMBD, context_length=64)
     return hp, plan, WeightLayout(256, tuple(blob.entries)), bytes(blob.data)
 
 
@@ -155,18 +155,20 @@ class Kit:
 
     def __init__(self, root: Path, build: str, rope_style: str):
         hp, plan, layout, weights = build_model(rope_style)
-        isa = cpu.detect_isa() if build == "native" else []
-        source = cpu.render_source(CodegenInput(parse_target("cpu"), hp, plan, layout, None, None), TUNING)
+        target = parse_target("cpu" if build == "native" else "cpu-generic")
+        isa = list(target.isa)
+        source = cpu.render_source(CodegenInput(target, hp, plan, layout, None, None), TUNING)
         lib = root / "kernels" / "cpu" / cpu.LIBRARY
         lib.parent.mkdir(parents=True)
-        self.source, self.command = source, cpu.compile_command(isa)
+        self.source, self.command = source, cpu.compile_command(target)
         self.library = cpu.compile_source(source, self.command)
         lib.write_bytes(self.library)
-        entry = {"name": "cpu", "family": "cpu", "kernels": f"kernels/cpu/{cpu.LIBRARY}", "isa": isa,
-                 "abi_version": cpu.ABI_VERSION}
-        bundle = Bundle(root=root, manifest={"targets": [entry]}, layout=layout, plan=plan, weights=weights)
-        self.bundle, self.plan, self.isa = bundle, plan, isa
-        self.cpu = Device(bundle, "cpu", KV, NUM_BLOCKS, BLOCK_SIZE)
+        rel = f"kernels/cpu/{cpu.LIBRARY}"
+        entry = {"name": target.name, "family": "cpu", "kernels": rel, "isa": isa, "abi_version": cpu.ABI_VERSION}
+        files = {rel: {"sha256": "0" * 64, "size": len(self.library)}}
+        bundle = Bundle(root=root, manifest={"targets": [entry], "files": files}, layout=layout, plan=plan, weights=weights)
+        self.bundle, self.plan, self.isa, self.cpu_target = bundle, plan, isa, target.name
+        self.cpu = Device(bundle, target.name, KV, NUM_BLOCKS, BLOCK_SIZE)
         self.ref = ReferenceDevice(bundle, KV, NUM_BLOCKS, BLOCK_SIZE)
         self.lib = ctypes.CDLL(str(lib))
 
@@ -354,11 +356,15 @@ def test_kv_write_and_attention_over_paged_cache(kit: Kit):
 # -- the device's contract ----------------------------------------------------------------------
 
 
-def test_device_refuses_cpu_without_the_bundles_isa(kit: Kit):
-    entry = dict(kit.bundle.manifest["targets"][0], isa=["avx2", "rfc_no_such_feature"])
-    bundle = Bundle(kit.bundle.root, {"targets": [entry]}, kit.bundle.layout, kit.plan, kit.bundle.weights)
-    with pytest.raises(DeviceError, match="this CPU lacks rfc_no_such_feature, which bundle target cpu was compiled for"):
-        Device(bundle, "cpu", KV, NUM_BLOCKS, BLOCK_SIZE)
+def test_device_refuses_cpu_without_the_targets_isa(kit: Kit, monkeypatch):
+    """The ISA a target needs comes from the target table, and a host without it is refused."""
+    import rfc.runtime.devices.cpu as cpu_device
+
+    if not kit.isa:
+        pytest.skip("cpu-generic needs no ISA flags")
+    monkeypatch.setattr(cpu_device, "cpu_flags", lambda: {"sse2"})
+    with pytest.raises(DeviceError, match=f"cannot run bundle target {kit.cpu_target} here: this CPU lacks avx"):
+        Device(kit.bundle, kit.cpu_target, KV, NUM_BLOCKS, BLOCK_SIZE)
 
 
 def test_pooled_buffers_are_reused_across_steps(kit: Kit):
@@ -380,7 +386,7 @@ def test_build_is_byte_identical(kit: Kit):
 
 def test_compiler_errors_name_the_command_and_the_error(monkeypatch):
     with pytest.raises(CompileError) as e:
-        cpu.compile_source("int main( {\n", cpu.compile_command([]))
+        cpu.compile_source("int main( {\n", cpu.compile_command(parse_target("cpu-generic")))
     assert "cc -O3" in str(e.value) and "error" in str(e.value)
     monkeypatch.setattr(cpu, "CC", "/nonexistent/rfc-cc")
     with pytest.raises(CompileError, match="rfc-cc"):
