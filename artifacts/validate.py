@@ -126,7 +126,7 @@ def check_plan_weights(plan: Plan, layout: WeightLayout) -> None:
     entries = layout.by_name()
     buffers = {b.name: b for b in plan.buffers}
     for i, op in enumerate(plan.ops):
-        where = f"plan op {i} ({op.kind})"
+        where = f"plan op {i} ({op.kind} of {', '.join(w[:64] for w in op.weights) or 'no weights'})"
         for w in op.weights:
             _need(w in entries, f"{where} reads weight {w[:64]!r}, which the layout does not have")
         RULES[op.kind](_OpView(plan, buffers, op, where, entries))

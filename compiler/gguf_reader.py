@@ -1,5 +1,6 @@
 """Stage 1: open a GGUF file (memory-mapped, through the `gguf` package) and check it."""
 
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -7,15 +8,14 @@ from typing import Any
 import numpy as np
 from gguf import GGUFReader
 
+from rfc.artifacts.formats import GGUF_FORMATS
 from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_check import check_gguf_structure
 
 GGUF_MAGIC = b"GGUF"
 
-# The weight formats rfc compiles, by GGUF type name.
-SUPPORTED_FORMATS = (
-    "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-)  # fmt: skip
+# The weight formats rfc compiles, by GGUF type name (the format table's GGUF formats).
+SUPPORTED_FORMATS = tuple(GGUF_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,13 @@ def read_gguf(path: Path) -> GGUFModel:
     with open(path, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise CompileError(f"{path}: not a GGUF file (bad magic)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            # Every count and length bounded by the file before the gguf package sees it.
+            check_gguf_structure(data, size, str(path))
     try:
         reader = GGUFReader(path, "r")
-    except (ValueError, IndexError, OverflowError, EOFError, KeyError, TypeError) as e:
-        raise CompileError(f"{path}: truncated or corrupt GGUF ({e})") from e
+    except (ValueError, IndexError, OverflowError, EOFError, KeyError, TypeError, MemoryError) as e:
+        raise CompileError(f"{path}: truncated or corrupt GGUF ({str(e)[:200]})") from None
     metadata = _read_metadata(reader, path)
     tensors = {}
     for t in reader.tensors:
@@ -59,6 +62,8 @@ def read_gguf(path: Path) -> GGUFModel:
         nbytes = int(t.n_bytes)
         if offset + nbytes > size:
             raise CompileError(f"{path}: truncated GGUF (tensor {t.name} ends past the end of the file)")
+        if t.name in tensors:
+            raise CompileError(f"{path}: tensor {t.name[:64]} appears twice")
         fmt = t.tensor_type.name
         if fmt not in SUPPORTED_FORMATS:
             raise CompileError(f"{path}: unsupported tensor type {fmt} (tensor {t.name})")
@@ -74,6 +79,6 @@ def _read_metadata(reader: GGUFReader, path: Path) -> dict[str, Any]:
             continue
         try:
             metadata[key] = field.contents()
-        except (ValueError, IndexError, UnicodeDecodeError) as e:
-            raise CompileError(f"{path}: corrupt metadata value for {key} ({e})") from e
+        except (ValueError, IndexError, TypeError, UnicodeDecodeError) as e:
+            raise CompileError(f"{path}: corrupt metadata value for {key[:64]} ({str(e)[:200]})") from None
     return metadata
