@@ -7,6 +7,7 @@ bounding each count and length by the bytes actually left in the file, and check
 tensor's data lies inside the file. Only a file that passes is handed to `gguf.GGUFReader`.
 """
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -19,6 +20,9 @@ MAX_KEY = 1 << 16  # bytes in a metadata key or tensor name
 MAX_DIMS = 4
 MAX_ARRAY_DEPTH = 2
 DEFAULT_ALIGNMENT = 32
+# Keys and tensor names are identifiers in every real GGUF; anything else (newlines, terminal
+# escapes, path separators) is refused here so no name can smuggle text into messages or files.
+_NAME = re.compile(rb"[A-Za-z0-9_.\-+:]{1,512}")
 
 # value type id -> bytes of a fixed-size value (STRING = 8 and ARRAY = 9 are variable)
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -86,7 +90,7 @@ def _walk(c: _Cursor, file_size: int) -> GGUFShape:
         raise _Corrupt(f"{tensor_count} tensors / {kv_count} metadata entries cannot fit in {file_size} bytes")
     alignment = DEFAULT_ALIGNMENT
     for _ in range(kv_count):
-        key = c.string(MAX_KEY)
+        key = _name(c.string(MAX_KEY), "metadata key")
         vtype = c.u32()
         value = _value(c, vtype, 0)
         if key == b"general.alignment":
@@ -95,7 +99,7 @@ def _walk(c: _Cursor, file_size: int) -> GGUFShape:
             alignment = value
     infos = []
     for _ in range(tensor_count):
-        tname = c.string(MAX_KEY)
+        tname = _name(c.string(MAX_KEY), "tensor name")
         n_dims = c.u32()
         if not 1 <= n_dims <= MAX_DIMS:
             raise _Corrupt(f"tensor {tname[:64]!r} has {n_dims} dimensions")
@@ -108,6 +112,12 @@ def _walk(c: _Cursor, file_size: int) -> GGUFShape:
         if offset % alignment or data_offset + offset + nbytes > file_size:
             raise _Corrupt(f"tensor {tname[:64]!r} ends past the end of the file or is misaligned")
     return GGUFShape(version, tensor_count, kv_count, data_offset)
+
+
+def _name(raw: bytes, what: str) -> bytes:
+    if not _NAME.fullmatch(raw):
+        raise _Corrupt(f"a {what} is not a plain identifier: {raw[:40]!r}")
+    return raw
 
 
 def _value(c: _Cursor, vtype: int, depth: int):

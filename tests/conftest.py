@@ -49,6 +49,18 @@ def bundle_cache(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-cases", type=int, default=None,
+                     help="cases per fuzz test (default: each test's own small, CI-sized number)")
+
+
+@pytest.fixture(scope="session")
+def fuzz_cases(request):
+    """fuzz_cases(default) -> the number of cases a fuzz test runs: --fuzz-cases when given."""
+    given = request.config.getoption("--fuzz-cases")
+    return lambda default: given if given is not None else default
+
+
 def pytest_collection_modifyitems(config, items):
     if not SHARED.is_dir():
         skip = pytest.mark.skip(reason=f"shared data not found at {SHARED}")
