@@ -13,8 +13,10 @@ from rfc.cli.errors import fail
 @click.option("--arch", "targets", multiple=True, metavar="TARGET", help="Target: cpu (default), gfx* (AMD) or sm_* (NVIDIA). Repeat for several.")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Bundle directory (default: bundles/<model name>).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--chat-template", "chat_template", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Jinja chat template file to use instead of the GGUF's own (as llama-server's --chat-template-file).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def compile_cmd(model: Path | None, targets: tuple[str, ...], out_dir: Path | None, force: bool, quiet: bool) -> None:
+def compile_cmd(model: Path | None, targets: tuple[str, ...], out_dir: Path | None, force: bool, chat_template: Path | None, quiet: bool) -> None:
     """Compile MODEL (a GGUF file; default: the embedded demo model) into a bundle."""
     from rfc.compiler.errors import CompileError
     from rfc.compiler.pipeline import CompileOptions, compile_model, demo_model_path
@@ -23,7 +25,8 @@ def compile_cmd(model: Path | None, targets: tuple[str, ...], out_dir: Path | No
     out_dir = out_dir or Path("bundles") / model.stem
     progress = _BarProgress() if (not quiet and sys.stderr.isatty()) else None
     try:
-        result = compile_model(CompileOptions(model=model, out_dir=out_dir, targets=targets or ("cpu",), force=force), progress)
+        options = CompileOptions(model=model, out_dir=out_dir, targets=targets or ("cpu",), force=force, chat_template=chat_template)
+        result = compile_model(options, progress)
     except CompileError as e:
         fail(str(e))
     except OSError as e:

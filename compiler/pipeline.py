@@ -35,6 +35,9 @@ class CompileOptions:
     targets: tuple[str, ...] = ("cpu",)
     force: bool = False
     cache_dir: Path | None = field(default_factory=default_cache_dir)
+    # A Jinja chat template that replaces the GGUF's own (llama-server's --chat-template-file),
+    # for a model whose file has none or a broken one.
+    chat_template: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         raise CompileError(str(e)) from e
     with writer:
         writer.write_bytes(TOKENIZER_FILE, tokenizer_json.encode())
-        chat_template = model.metadata.get("tokenizer.chat_template")
+        chat_template = _chat_template(options, model)
         if chat_template:
             writer.write_bytes(CHAT_TEMPLATE_FILE, str(chat_template).encode())
         writer.write_bytes(PLAN_FILE, pack_plan(plan))
@@ -96,6 +99,15 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         )
     size = sum(f["size"] for f in manifest["files"].values())
     return CompileResult(options.out_dir, manifest, size, time.monotonic() - started)
+
+
+def _chat_template(options: CompileOptions, model: GGUFModel) -> str | None:
+    if options.chat_template is None:
+        return model.metadata.get("tokenizer.chat_template")
+    try:
+        return options.chat_template.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CompileError(f"cannot read the chat template {options.chat_template}: {e}") from e
 
 
 def _build_target(target: Target, spec: ModelSpec, plan, layout, writer: BundleWriter, cache_dir) -> dict[str, Any]:
