@@ -22,6 +22,12 @@ def bundle_paths(paths: Sequence[Path], targets: Sequence[str] = (), chat_templa
     return out
 
 
+def model_names(paths: Sequence[Path]) -> list[str | None]:
+    """The id each argument asks for: a GGUF's file name without .gguf (its cached bundle's
+    directory name carries the cache key); None for a bundle (its own name decides)."""
+    return [path.stem if is_gguf(path) else None for path in paths]
+
+
 def _compiled(request: CompileRequest, cache_dir: Path) -> Path:
     from rfc.compiler.errors import CompileError
 

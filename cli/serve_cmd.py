@@ -54,7 +54,7 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "20000")
     from rfc.artifacts import BundleError
-    from rfc.cli.model_args import bundle_paths
+    from rfc.cli.model_args import bundle_paths, model_names
     from rfc.runtime.embedding import Pooling
     from rfc.runtime.loader import LoadOptions
     from rfc.runtime.scheduler import SchedulerConfig
@@ -67,7 +67,7 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
         paths = list(models) + (discover_bundles(models_dir) if models_dir else [])
         bundles = bundle_paths(paths, targets, chat_template, cache_dir)
         # fail now, not after binding, on a path that is no bundle at all
-        served = plan_models(bundles, LoadOptions(device=device, verify=not no_verify), KvPages.parse(kv_pages))
+        served = plan_models(bundles, LoadOptions(device=device, verify=not no_verify), KvPages.parse(kv_pages), model_names(paths))
     except (BundleError, ValueError) as e:
         fail(str(e))
     try:

@@ -4,6 +4,7 @@ Built once at the edge (the CLI) from the bundle arguments, `--models-dir` and `
 the loading thread then loads them in order. Ids come from the bundles' manifests (the
 model's name), so they are known before anything loads."""
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,6 +12,9 @@ from pathlib import Path
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import MANIFEST_FILE, read_manifest
 from rfc.runtime.loader import LoadOptions
+
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,11 @@ class KvPages:
         return {m: self.per_model.get(m, share) for m in model_ids}
 
 
+def _usable_id(name: object) -> str | None:
+    """A model name that works as an id in every API (GGUF names may be prose)."""
+    return name if isinstance(name, str) and _ID.fullmatch(name) else None
+
+
 def discover_bundles(models_dir: Path) -> list[Path]:
     """Every bundle directly inside `models_dir` (a folder holding a manifest), by name."""
     if not models_dir.is_dir():
@@ -68,14 +77,18 @@ def discover_bundles(models_dir: Path) -> list[Path]:
     return sorted(p for p in models_dir.iterdir() if (p / MANIFEST_FILE).is_file())
 
 
-def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPages()) -> tuple[ModelSource, ...]:
-    """Ids and load options for each bundle. The id is the model's name; when two bundles
-    hold models of the same name, their directory names tell them apart."""
+def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPages(),
+                names: Sequence[str | None] = ()) -> tuple[ModelSource, ...]:
+    """Ids and load options for each bundle. The id is `names[i]` when given (the CLI passes
+    a GGUF's file name for the bundle it compiled), else the model's name when it makes a
+    usable id, else the bundle's directory name; when two bundles would share an id, their
+    directory names tell them apart."""
     if not bundles:
         raise BundleError("no bundle to serve (name one or more bundles, or --models-dir with bundles in it)")
     manifests = [read_manifest(b) for b in bundles]
-    names = [str(m["model"].get("name") or Path(b).name) for m, b in zip(manifests, bundles)]
-    ids = [name if names.count(name) == 1 else Path(b).name for name, b in zip(names, bundles)]
+    given = list(names) + [None] * (len(bundles) - len(names))
+    wanted = [g or _usable_id(m["model"].get("name")) or Path(b).name for g, m, b in zip(given, manifests, bundles)]
+    ids = [name if wanted.count(name) == 1 else Path(b).name for name, b in zip(wanted, bundles)]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise BundleError(f"several bundles would be served as {', '.join(duplicates)}: give each its own directory name")
