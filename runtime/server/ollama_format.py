@@ -76,8 +76,17 @@ def chat_prompt(served: ServedModel, f: RequestFields) -> list[int] | None:
     return served.prompts.encode(render_chat(served, messages))
 
 
+# Top-level sampling fields that ollama-ai-provider-v2 (the AI SDK's Ollama provider) sends
+# beside `options`; Ollama would ignore them, leaving the user's temperature unapplied.
+_TOP_LEVEL_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "num_predict"}
+
+
 def generation(served: ServedModel, f: RequestFields, prompt_ids: list[int]) -> GenerationRequest:
-    options = parse_options(f.raw("options"))
+    raw = f.raw("options", {})
+    if isinstance(raw, dict):
+        top = {opt: f.raw(key) for key, opt in _TOP_LEVEL_OPTIONS.items() if f.has(key)}
+        raw = {**top, **raw}  # `options` wins
+    options = parse_options(raw)
     room = served.model.context_length - len(prompt_ids)
     if room < 1:
         raise bad_request(f"the prompt ({len(prompt_ids)} tokens) fills the context ({served.model.context_length} tokens)", "prompt")
