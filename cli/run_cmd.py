@@ -25,12 +25,12 @@ from rfc.cli.errors import fail
 @click.option("--device", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
 @click.option("--no-verify", is_flag=True, help="Skip re-hashing the bundle's files when loading.")
 @click.option("--arch", "targets", multiple=True, metavar="TARGET", help="For a GGUF: compile for this target (default cpu; repeatable).")
-@click.option("--chat-template", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+@click.option("--chat-template", "template_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="For a GGUF: compile with this Jinja chat template instead of the file's own.")
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where a GGUF is compiled to (default: ~/.cache/rfc/bundles).")
 def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, ignore_eos, device,
-            no_verify, targets, chat_template, cache_dir):
+            no_verify, targets, template_file, cache_dir):
     """Generate text from BUNDLE (a bundle directory, or a GGUF file compiled into the cache on
     first use); the generation goes to stdout, speed to stderr."""
     from rfc.artifacts import BundleError
@@ -43,7 +43,7 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
     from rfc.runtime.prompting import chat_template, encode_prompt
     from rfc.runtime.sampler import SamplingError, SamplingParams
 
-    (bundle,) = bundle_paths([bundle], targets, chat_template, cache_dir)
+    (bundle,) = bundle_paths([bundle], targets, template_file, cache_dir)
     try:
         model = load_model(bundle, LoadOptions(device=device, verify=not no_verify))
     except (BundleError, DeviceError) as e:

@@ -1,0 +1,49 @@
+"""One command from a GGUF: `rfc serve model.gguf` and `rfc run model.gguf` compile into the
+content-addressed bundle cache once, then reuse it; `--chat-template` attaches a template."""
+
+import pytest
+import requests
+
+from tests.conftest import FIXTURES, SHARED, rfc
+from tests.e2e.conftest import ServerProcess
+
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
+GGUF = FIXTURES / "tiny-qwen2-Q8_0.gguf"
+TEMPLATE = SHARED / "chat-templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+
+
+def _serve(cache, tmp_path, *args):
+    proc = ServerProcess(GGUF, "--cache-dir", str(cache), *args, log_dir=tmp_path)
+    try:
+        proc.wait_ready()
+        models = requests.get(proc.url + "/v1/models", timeout=10).json()["data"]
+        prompt = requests.post(proc.url + "/apply-template", json={"messages": [{"role": "user", "content": "Hi"}]}, timeout=10).json()["prompt"]
+        log = proc.log()
+    finally:
+        proc.stop()
+    return models, prompt, log
+
+
+def test_serve_a_gguf_compiles_once_then_reuses_the_bundle(tmp_path):
+    cache = tmp_path / "cache"
+    models, prompt, log = _serve(cache, tmp_path, "--chat-template", str(TEMPLATE))
+    assert [m["id"] for m in models] == ["tiny-qwen2-Q8_0"] and models[0]["capabilities"]["chat"] is True
+    assert prompt.startswith("<|im_start|>system\nYou are Qwen")  # the attached template renders
+    assert "rfc: compiling" in log
+    (bundle,) = [p for p in cache.iterdir() if p.is_dir()]
+    again_models, again_prompt, again_log = _serve(cache, tmp_path, "--chat-template", str(TEMPLATE))
+    assert "rfc: compiling" not in again_log and again_prompt == prompt
+    assert [p for p in cache.iterdir() if p.is_dir()] == [bundle]
+    run = rfc("run", GGUF, "--cache-dir", cache, "--chat-template", TEMPLATE, "-p", "Once", "-n", "3", "--temperature", "0", check=True)
+    assert "rfc: compiling" not in run.stderr and "generation: 3 tokens" in run.stderr
+    # other compile options, another bundle: without the template the GGUF has none
+    plain = rfc("run", GGUF, "--cache-dir", cache, "-p", "Once", "-n", "3", "--temperature", "0", check=True)
+    assert "rfc: compiling" in plain.stderr
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+
+
+def test_a_file_that_is_neither_bundle_nor_gguf_is_one_line(tmp_path):
+    junk = tmp_path / "model.bin"
+    junk.write_bytes(b"not a model")
+    proc = rfc("serve", junk, "--cache-dir", tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("rfc: error:") and proc.stderr.count("\n") == 1
