@@ -177,7 +177,7 @@ class Engine:
         returns its Future. For work beside generation, such as an embedding's forward pass."""
         future: Future = Future()
         with self._lock:
-            if not self._running:
+            if not self._running or not self.is_running:
                 raise RuntimeError("the engine is not running")
             self._jobs.append((fn, future))
             self._wake.notify()
@@ -196,17 +196,17 @@ class Engine:
             with self._lock:
                 self.model.blocks.free(seq_id)
 
-    def _run_jobs(self) -> None:
-        while True:
-            with self._lock:
-                if not self._jobs:
-                    return
-                fn, future = self._jobs.popleft()
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as e:  # noqa: BLE001 - the caller gets the job's own exception
-                    future.set_exception(e)
+    def _run_job(self) -> None:
+        """Runs the oldest job, if any: one per step, so that jobs and generation take turns."""
+        with self._lock:
+            if not self._jobs:
+                return
+            fn, future = self._jobs.popleft()
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - the caller gets the job's own exception
+                future.set_exception(e)
 
     # -- the loop (engine thread) ----------------------------------------------------------
     def step(self) -> bool:
@@ -319,7 +319,7 @@ class Engine:
                     self._wake.wait()
                 if not self._running:
                     break
-            self._run_jobs()
+            self._run_job()
             try:
                 self.step()
             except Exception as e:  # a bug outside the forward pass: fail what is in flight

@@ -47,3 +47,29 @@ def test_a_file_that_is_neither_bundle_nor_gguf_is_one_line(tmp_path):
     junk.write_bytes(b"not a model")
     proc = rfc("serve", junk, "--cache-dir", tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("rfc: error:") and proc.stderr.count("\n") == 1
+
+
+def test_models_dir_serves_every_bundle_in_it(tmp_path, demo_bundle):
+    import shutil
+
+    from rfc.runtime.loader import LoadOptions
+    from rfc.runtime.server.models import KvPages, discover_bundles, plan_models
+
+    models = tmp_path / "models"
+    for name in ("a-demo", "b-demo"):
+        shutil.copytree(demo_bundle, models / name)
+    (models / "notes.txt").write_text("not a bundle")
+    bundles = discover_bundles(models)
+    assert [b.name for b in bundles] == ["a-demo", "b-demo"]
+    planned = plan_models(bundles, LoadOptions(), KvPages.parse(["64"]))
+    # both hold a model named stories260K: their directory names tell them apart
+    assert [(m.model_id, m.load.kv_blocks) for m in planned] == [("a-demo", 32), ("b-demo", 32)]
+    proc = ServerProcess(demo_bundle, "--models-dir", str(models), "--kv-pages", "96", log_dir=tmp_path)
+    try:
+        proc.wait_ready()
+        ids = [m["id"] for m in requests.get(proc.url + "/v1/models", timeout=10).json()["data"]]
+        assert ids == ["stories260K", "a-demo", "b-demo"]
+        r = requests.post(proc.url + "/v1/completions", json={"model": "b-demo", "prompt": "Once", "max_tokens": 2}, timeout=30)
+        assert r.status_code == 200 and r.json()["model"] == "b-demo"
+    finally:
+        proc.stop()
