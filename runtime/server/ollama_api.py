@@ -170,7 +170,7 @@ class EmbedResource:
         if not self._legacy and f.raw("input") == []:
             resp.media = {"model": name, "embeddings": [], "total_duration": 0, "load_duration": 0, "prompt_eval_count": 0}
             return
-        reply = OllamaReply(name, chat=False)
+        started = time.time()
         inputs = encode_inputs(served, f.raw(field), field)
         result = embed(served, inputs, self._config.pooling, f.boolean("truncate", True), field)
         dims = f.integer("dimensions", None)
@@ -181,7 +181,7 @@ class EmbedResource:
         resp.media = {
             "model": name,
             "embeddings": vectors,
-            "total_duration": int((time.time() - reply.started) * 1e9),
+            "total_duration": int((time.time() - started) * 1e9),
             "load_duration": 0,
             "prompt_eval_count": result.prompt_tokens,
         }

@@ -101,7 +101,6 @@ class OllamaReply:
         self.model_name = model_name
         self.chat = chat
         self.state = state
-        self.started = time.time()
 
     def piece(self, text: str, done: bool = False) -> dict:
         out: dict = {"model": self.model_name, "created_at": now_rfc3339()}

@@ -4,7 +4,7 @@ template, slow enough on 2 cores, ~50 tok/s, that a stream can be watched and in
 
 import pytest
 
-from tests.conftest import DEMO_MODEL, SHARED, rfc
+from tests.conftest import SHARED, rfc
 from tests.e2e.conftest import ServerProcess
 
 SMOLLM2 = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
