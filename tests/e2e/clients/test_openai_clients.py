@@ -3,6 +3,7 @@ the Responses API and embeddings."""
 
 import math
 
+import ollama
 import openai
 import pytest
 import requests
@@ -96,6 +97,8 @@ def test_embeddings_create(client):
     assert math.isclose(sum(x * x for x in floats.data[0].embedding), 1.0, rel_tol=1e-5)
     assert base64.usage.prompt_tokens > 0 and base64.model == CHAT
     assert len(client.embeddings.create(model=DEMO, input="hello", dimensions=16).data[0].embedding) == 16
+    ollama_side = ollama.Client(host=str(client.base_url).removesuffix("/v1/")).embed(model=CHAT, input="The sky is blue")
+    assert ollama_side.embeddings[0] == pytest.approx(floats.data[0].embedding, abs=1e-6)  # one pooling for both APIs
 
 
 def test_unknown_model_is_404_listing_the_ids(client):
