@@ -7,6 +7,7 @@ import click
 from rfc.artifacts import RFC_VERSION
 from rfc.cli.compile_cmd import compile_cmd, tokenizer_cmd
 from rfc.cli.bundle_cmd import inspect_cmd, verify_cmd
+from rfc.cli.client_cmd import cancel_cmd, generate_cmd, health_cmd, models_cmd, status_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +20,8 @@ cli.add_command(compile_cmd)
 cli.add_command(tokenizer_cmd)
 cli.add_command(inspect_cmd)
 cli.add_command(verify_cmd)
+for _client_cmd in (generate_cmd, status_cmd, cancel_cmd, models_cmd, health_cmd):  # stdlib-only HTTP clients
+    cli.add_command(_client_cmd)
 
 
 def _add_runtime_commands() -> None:

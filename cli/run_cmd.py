@@ -24,9 +24,17 @@ from rfc.cli.errors import fail
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-generation tokens.")
 @click.option("--device", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
 @click.option("--no-verify", is_flag=True, help="Trust the bundle: skip re-hashing its files (paths, sizes, layout and plan are still checked).")
-def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, ignore_eos, device, no_verify):
-    """Generate text from BUNDLE; the generation goes to stdout, speed to stderr."""
+@click.option("--arch", "targets", multiple=True, metavar="TARGET", help="For a GGUF: compile for this target (default cpu; repeatable).")
+@click.option("--chat-template", "template_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="For a GGUF: compile with this Jinja chat template instead of the file's own.")
+@click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="rfc's cache (default: ~/.cache/rfc); a GGUF is compiled into DIR/bundles.")
+def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, ignore_eos, device,
+            no_verify, targets, template_file, cache_dir):
+    """Generate text from BUNDLE (a bundle directory, or a GGUF file compiled into the cache on
+    first use); the generation goes to stdout, speed to stderr."""
     from rfc.artifacts import BundleError
+    from rfc.cli.model_args import bundle_paths
     from rfc.runtime.chat import ChatTemplateError
     from rfc.runtime.devices import DeviceError
     from rfc.runtime.engine import Engine, GenerationRequest, RequestError
@@ -35,6 +43,7 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
     from rfc.runtime.prompting import chat_template, encode_prompt
     from rfc.runtime.sampler import SamplingError, SamplingParams
 
+    (bundle,) = bundle_paths([bundle], targets, template_file, cache_dir)
     try:
         model = load_model(bundle, LoadOptions(device=device, verify=not no_verify))
     except (BundleError, DeviceError) as e:

@@ -11,13 +11,23 @@ from rfc.cli.errors import fail
 
 
 @click.command("serve")
-@click.argument("bundle", envvar="RFC_BUNDLE", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("models", nargs=-1, envvar="RFC_BUNDLE", type=click.Path(path_type=Path, exists=True))
+@click.option("--models-dir", envvar="RFC_MODELS", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="Serve every bundle in this directory too.")
 @click.option("--host", envvar="RFC_HOST", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for all interfaces).")
 @click.option("--port", envvar="RFC_PORT", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--device", envvar="RFC_DEVICE", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
 @click.option("--max-batch", envvar="RFC_MAX_BATCH", default=16, show_default=True, type=click.IntRange(min=1), help="Sequences decoded together at most.")
 @click.option("--max-queue", envvar="RFC_MAX_QUEUE", default=64, show_default=True, type=click.IntRange(min=1), help="Requests waiting at most; more get 503.")
-@click.option("--kv-pages", envvar="RFC_KV_PAGES", default=None, type=click.IntRange(min=1), help="KV-cache pages of 16 tokens (default: 4 full contexts).")
+@click.option("--kv-pages", envvar="RFC_KV_PAGES", multiple=True, metavar="N|MODEL=N",
+              help="KV-cache pages of 16 tokens: N in all, split evenly over the models; MODEL=N for one model (repeatable). Default: 4 full contexts per model.")
+@click.option("--pooling", envvar="RFC_POOLING", type=click.Choice(["mean", "cls", "last"]), default=None,
+              help="Embedding pooling for every model (default: the model's own, else last, as Ollama).")
+@click.option("--arch", "targets", envvar="RFC_ARCH", multiple=True, metavar="TARGET", help="For a GGUF argument: compile for this target (default cpu; repeatable).")
+@click.option("--chat-template", envvar="RFC_CHAT_TEMPLATE", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="For a GGUF argument: compile with this Jinja chat template instead of the file's own.")
+@click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="rfc's cache (default: ~/.cache/rfc); GGUF arguments are compiled into DIR/bundles.")
 @click.option("--api-key", envvar="RFC_API_KEY", default=None, help="Require 'Authorization: Bearer KEY' (except /health, /ready). Prefer the env var: flags show in ps.")
 @click.option("--cors-origin", "cors_origins", envvar="RFC_CORS_ORIGIN", multiple=True, default=("*",), show_default=True, help="Allowed CORS origin (repeatable; env: space-separated).")
 @click.option("--no-cors", envvar="RFC_NO_CORS", is_flag=True, help="Send no CORS headers at all.")
@@ -30,9 +40,11 @@ from rfc.cli.errors import fail
 @click.option("--max-body-bytes", envvar="RFC_MAX_BODY_BYTES", default=1 << 20, show_default=True, type=click.IntRange(min=1), help="Larger request bodies get 413.")
 @click.option("--threads", envvar="RFC_THREADS", default=None, type=click.IntRange(min=1), help="HTTP worker threads (default: max-batch + max-queue + 4).")
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
-def serve_cmd(bundle, host, port, device, max_batch, max_queue, kv_pages, api_key, cors_origins, no_cors, log_format, log_file,
-              log_level, no_verify, trace_sample_rate, max_traces, max_body_bytes, threads, load_delay):
-    """Serve BUNDLE over HTTP: the native API and an OpenAI-compatible /v1 API."""
+def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_pages, pooling, targets, chat_template, cache_dir,
+              api_key, cors_origins, no_cors, log_format, log_file, log_level, no_verify, trace_sample_rate, max_traces,
+              max_body_bytes, threads, load_delay):
+    """Serve MODELS (bundle directories, or GGUF files compiled on first use) over HTTP: the
+    native API, an OpenAI-compatible /v1 API, Anthropic's /v1/messages and Ollama's /api."""
     # The cpu device's OpenMP workers share the cores with the HTTP threads. Unbounded
     # spin-waiting starves those; sleeping at once (OMP_WAIT_POLICY=PASSIVE) halves decode
     # speed, since every op ends in a barrier. A short spin keeps workers hot between the
@@ -42,24 +54,28 @@ def serve_cmd(bundle, host, port, device, max_batch, max_queue, kv_pages, api_ke
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "20000")
     from rfc.artifacts import BundleError
-    from rfc.artifacts.bundle import read_manifest
+    from rfc.cli.model_args import bundle_paths, model_names
+    from rfc.runtime.embedding import Pooling
     from rfc.runtime.loader import LoadOptions
     from rfc.runtime.scheduler import SchedulerConfig
     from rfc.runtime.server.config import LogConfig, ServeOptions, ServerConfig
     from rfc.runtime.server.logs import configure_logging
+    from rfc.runtime.server.models import KvPages, discover_bundles, plan_models
     from rfc.runtime.server.serve import serve
 
     try:
-        read_manifest(bundle)  # fail now, not after binding, on a path that is no bundle at all
-    except BundleError as e:
+        paths = list(models) + (discover_bundles(models_dir) if models_dir else [])
+        bundles = bundle_paths(paths, targets, chat_template, cache_dir)
+        # fail now, not after binding, on a path that is no bundle at all
+        served = plan_models(bundles, LoadOptions(device=device, verify=not no_verify), KvPages.parse(kv_pages), model_names(paths))
+    except (BundleError, ValueError) as e:
         fail(str(e))
     try:
         options = ServeOptions(
-            bundle=bundle,
+            models=served,
             host=host,
             port=port,
             threads=threads,
-            load=LoadOptions(device=device, verify=not no_verify, kv_blocks=kv_pages),
             scheduler=SchedulerConfig(max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(512, max_batch)),
             server=ServerConfig(
                 api_key=api_key or None,
@@ -67,6 +83,7 @@ def serve_cmd(bundle, host, port, device, max_batch, max_queue, kv_pages, api_ke
                 max_body_bytes=max_body_bytes,
                 trace_sample_rate=trace_sample_rate,
                 max_traces=max_traces,
+                pooling=Pooling(pooling) if pooling else None,
             ),
             log=LogConfig(format=log_format, file=log_file, level=log_level),
             load_delay_s=load_delay,

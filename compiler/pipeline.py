@@ -34,6 +34,9 @@ class CompileOptions:
     targets: tuple[str, ...] = ("cpu",)
     force: bool = False
     cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no build cache
+    # A Jinja chat template that replaces the GGUF's own (llama-server's --chat-template-file),
+    # for a model whose file has none or a broken one.
+    chat_template: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         raise CompileError(str(e)) from e
     with writer:
         writer.write_bytes(TOKENIZER_FILE, tokenizer_json.encode())
-        chat_template = model.metadata.get("tokenizer.chat_template")
-        if not isinstance(chat_template, str):
-            chat_template = None  # a template is text; anything else in that key is ignored
+        chat_template = _chat_template(options, model)
         if chat_template:
             writer.write_bytes(CHAT_TEMPLATE_FILE, chat_template.encode("utf-8", "replace"))
         writer.write_bytes(PLAN_FILE, pack_plan(plan))
@@ -98,6 +99,16 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         )
     size = sum(f["size"] for f in manifest["files"].values())
     return CompileResult(options.out_dir, manifest, size, time.monotonic() - started)
+
+
+def _chat_template(options: CompileOptions, model: GGUFModel) -> str | None:
+    if options.chat_template is None:
+        template = model.metadata.get("tokenizer.chat_template")
+        return template if isinstance(template, str) else None  # a template is text; nothing else is used
+    try:
+        return options.chat_template.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CompileError(f"cannot read the chat template {options.chat_template}: {e}") from None
 
 
 def _build_target(target: Target, spec: ModelSpec, plan, layout, writer: BundleWriter, cache: BuildCache | None) -> dict[str, Any]:

@@ -11,7 +11,11 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
 from dataclasses import dataclass, field
 
 from rfc.runtime.batch import SeqChunk, build_batch
@@ -97,7 +101,8 @@ class RequestState:
 
 
 class Engine:
-    def __init__(self, model: LoadedModel, config: SchedulerConfig = SchedulerConfig(), observer: Observer | None = None, keep_finished: int = 1024):
+    def __init__(self, model: LoadedModel, config: SchedulerConfig = SchedulerConfig(), observer: Observer | None = None, keep_finished: int = 1024,
+                 request_ids: Iterator[int] | None = None):
         if model.blocks.num_blocks * model.blocks.block_size < model.context_length:
             raise ValueError(
                 f"the KV cache ({model.blocks.num_blocks} pages of {model.blocks.block_size} tokens) "
@@ -108,13 +113,15 @@ class Engine:
         self.observer = observer or Observer()
         info = model.tokenizer_info
         self.eog_ids = frozenset(info.get("eog_ids") or ([info["eos_id"]] if info.get("eos_id") is not None else []))
-        self._ids = itertools.count(1)
+        # A server of several models shares one id sequence, so /status/{id} names one request.
+        self._ids = request_ids or itertools.count(1)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._states: OrderedDict[int, RequestState] = OrderedDict()
         self._keep_finished = keep_finished
         self._thread: threading.Thread | None = None
         self._running = False
+        self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
         self.steps = 0
 
     # -- requests (any thread) -------------------------------------------------------------
@@ -164,6 +171,42 @@ class Engine:
                 "pages_free": self.model.blocks.num_free(),
                 "sequences": self.model.blocks.num_sequences(),
             }
+
+    def run_on_engine_thread(self, fn: Callable[[], Any]) -> Future:
+        """Runs `fn` on the engine thread between two steps (devices are not thread-safe) and
+        returns its Future. For work beside generation, such as an embedding's forward pass."""
+        future: Future = Future()
+        with self._lock:
+            if not self._running or not self.is_running:
+                raise RuntimeError("the engine is not running")
+            self._jobs.append((fn, future))
+            self._wake.notify()
+        return future
+
+    @contextmanager
+    def reserved_kv(self, num_tokens: int) -> Iterator[int]:
+        """KV pages for `num_tokens` under a fresh sequence id, for a job's own forward passes;
+        freed on exit. KVCacheFull when the pool cannot hold them now."""
+        with self._lock:
+            seq_id = next(self._ids)
+            self.model.blocks.allocate(seq_id, num_tokens)
+        try:
+            yield seq_id
+        finally:
+            with self._lock:
+                self.model.blocks.free(seq_id)
+
+    def _run_job(self) -> None:
+        """Runs the oldest job, if any: one per step, so that jobs and generation take turns."""
+        with self._lock:
+            if not self._jobs:
+                return
+            fn, future = self._jobs.popleft()
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - the caller gets the job's own exception
+                future.set_exception(e)
 
     # -- the loop (engine thread) ----------------------------------------------------------
     def step(self) -> bool:
@@ -272,15 +315,21 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while self._running and not self.scheduler.has_work():
+                while self._running and not self.scheduler.has_work() and not self._jobs:
                     self._wake.wait()
                 if not self._running:
-                    return
+                    break
+            self._run_job()
             try:
                 self.step()
             except Exception as e:  # a bug outside the forward pass: fail what is in flight
                 log.exception("engine step failed; failing the requests in flight")
                 self._fail_all(f"{type(e).__name__}: {e}")
+
+        with self._lock:
+            jobs, self._jobs = list(self._jobs), deque()
+        for _, future in jobs:
+            future.cancel()
 
     def _fail_all(self, error: str) -> None:
         """Ends every live request as failed, so a step that keeps raising cannot spin."""

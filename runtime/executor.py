@@ -57,7 +57,8 @@ class Executor:
         return self._interpret(batch, self.plan.output_logits)
 
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:
-        """The final normalized hidden states float32[R, n_embd] for the batch's logit rows."""
+        """The final normalized hidden states float32[R, n_embd] for the batch's logit rows
+        (what the output norm writes: llama.cpp's embeddings)."""
         if self._step is not None:
             return self._step.forward_hidden(batch)
         return self._interpret(batch, self.plan.output_hidden)
@@ -68,7 +69,9 @@ class Executor:
         bufs = {b.name: dev.alloc(_resolve(b, sizes), b.dtype) for b in self.plan.buffers}
         dev_batch = dev.upload_batch(batch)
         bufs[self.plan.input_tokens] = dev_batch.tokens
-        for op, weights in self._ops:
+        # Stop at the last op writing the output: the hidden state needs no lm head.
+        last = max(i for i, (op, _) in enumerate(self._ops) if output in op.outputs)
+        for op, weights in self._ops[: last + 1]:
             dev.launch(op, [bufs[n] for n in op.outputs], [bufs[n] for n in op.inputs], weights, dev_batch)
         return dev.download(bufs[output], batch.num_rows)
 

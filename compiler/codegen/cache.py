@@ -68,19 +68,26 @@ class BuildCache:
         return None
 
     def _check_root(self) -> None:
-        """Refuse a cache another user could have written into."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            st = self.root.stat()
-        except OSError as e:
-            raise CompileError(f"cannot use the build cache {self.root}: {e.strerror or e} (use --cache-dir or --no-cache)") from e
-        if not stat.S_ISDIR(st.st_mode):
-            raise CompileError(f"the build cache {self.root} is not a directory (use --cache-dir or --no-cache)")
-        if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise CompileError(
-                f"the build cache {self.root} is writable by other users or owned by another user; "
-                "cached kernels would go into bundles unchecked (use --cache-dir or --no-cache)"
-            )
+        check_private_dir(self.root)
+
+
+def check_private_dir(path: Path) -> None:
+    """Create `path` (mode 0700) or refuse it when another user owns it or could write to it:
+    a cache is only as trustworthy as who can write it. (Whoever can write the directory
+    above can only swap `path` for a directory of their own, which the owner check refuses.)"""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat()
+    except OSError as e:
+        raise CompileError(f"cannot use the cache {path}: {e.strerror or e} (use --cache-dir or --no-cache)") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CompileError(f"the cache {path} is not a directory (use --cache-dir or --no-cache)")
+    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CompileError(
+            f"the cache {path} is writable by other users or owned by another user; what it holds would "
+            "be used unchecked (use --cache-dir or --no-cache)"
+        )
 
 
 def cached_build(cache: BuildCache | None, key_parts: list[str], build: Callable[[], bytes]) -> bytes:

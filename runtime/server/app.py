@@ -5,7 +5,7 @@ EngineHandle and answer 503 until it is ready."""
 import falcon
 from prometheus_client import CollectorRegistry
 
-from rfc.runtime.server import native, openai_api, ops
+from rfc.runtime.server import anthropic_api, extras, native, ollama_api, openai_api, ops, responses_api
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import handle_unexpected, serialize_error
 from rfc.runtime.server.host import EngineHandle
@@ -45,4 +45,10 @@ def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), tele
     app.add_route("/v1/models/{model_id:path}", openai_api.ModelResource(handle))
     app.add_route("/v1/completions", openai_api.CompletionsResource(handle, config))
     app.add_route("/v1/chat/completions", openai_api.ChatCompletionsResource(handle, config))
+    # Further APIs, each in its own module: the Responses API, /v1/embeddings, Anthropic's
+    # Messages, Ollama's /api, llama.cpp's /tokenize family and the integrations of seed 003.
+    responses_api.add_routes(app, handle, config)
+    anthropic_api.add_routes(app, handle, config)
+    ollama_api.add_routes(app, handle, config)
+    extras.add_routes(app, handle, config)
     return app

@@ -4,8 +4,9 @@ a test) and handed down; nothing below reads the environment."""
 from dataclasses import dataclass
 from pathlib import Path
 
-from rfc.runtime.loader import LoadOptions
+from rfc.runtime.embedding import Pooling
 from rfc.runtime.scheduler import SchedulerConfig
+from rfc.runtime.server.models import ModelSource
 
 # What the native API reports as its service name (seed API: /health, /ready, traces).
 SERVICE_NAME = "rocmforge"
@@ -21,6 +22,7 @@ class ServerConfig:
     trace_sample_rate: float = 0.1
     max_traces: int = 1000
     prompt_cache_entries: int = 256
+    pooling: Pooling | None = None  # embeddings: None takes each model's own (see runtime/embedding.py)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.trace_sample_rate <= 1.0:
@@ -44,16 +46,19 @@ class LogConfig:
 class ServeOptions:
     """Everything `rfc serve` needs: where to listen, what to load, how to serve it."""
 
-    bundle: Path
+    models: tuple[ModelSource, ...]  # the first is the default model
     host: str = "127.0.0.1"
     port: int = 8080
     threads: int | None = None  # None: enough for max_batch + max_queue clients at once
-    load: LoadOptions = LoadOptions()
     scheduler: SchedulerConfig = SchedulerConfig()
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
     # Test hook: sleep this long before loading, so a test can watch /ready say 503.
     load_delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("no model to serve")
 
     def http_threads(self) -> int:
         if self.threads is not None:

@@ -1,6 +1,7 @@
-"""Error responses. Native routes answer the seed API's `{"error": message, "status": "error"}`;
-/v1 routes answer OpenAI's `{"error": {"message", "type", "param", "code"}}`, which the
-official clients parse. Every error, falcon's own (404 route, 405) and unexpected exceptions
+"""Error responses, each API in the shape its clients parse: native routes answer the seed
+API's `{"error": message, "status": "error"}`; /v1 routes OpenAI's `{"error": {"message",
+"type", "param", "code"}}`; Anthropic's /v1/messages `{"type": "error", "error": {"type",
+"message"}}`; Ollama's routes (/ and /api/*) `{"error": message}`. Every error, falcon's own (404 route, 405) and unexpected exceptions
 included, goes through here: a client never sees an HTML page or a bare 500."""
 
 import json
@@ -11,6 +12,10 @@ import falcon
 log = logging.getLogger("rfc.server")
 
 OPENAI_PREFIX = "/v1/"
+ANTHROPIC_PREFIX = "/v1/messages"
+OLLAMA_PREFIX = "/api/"
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
 
 
 class ApiError(falcon.HTTPError):
@@ -37,6 +42,11 @@ def unavailable(message: str, retry_after_s: int = 1) -> ApiError:
 
 
 def error_body(path: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    if path == "/" or path.startswith(OLLAMA_PREFIX):
+        return {"error": message}
+    if path.startswith(ANTHROPIC_PREFIX):
+        kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
     if not path.startswith(OPENAI_PREFIX):
         return {"error": message, "status": "error"}
     if status == 401:

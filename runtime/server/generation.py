@@ -1,5 +1,5 @@
-"""What both APIs share to run a request: submit with domain errors mapped to HTTP ones,
-and the client-disconnect probe."""
+"""What every API shares to run a request: the model it names, submit with domain errors
+mapped to HTTP ones, and the client-disconnect probe."""
 
 from collections.abc import Callable
 
@@ -8,7 +8,13 @@ import falcon
 from rfc.runtime.engine import Engine, GenerationRequest, QueueFull, RequestError, RequestState
 from rfc.runtime.sampler import SamplingError
 from rfc.runtime.server.errors import bad_request, unavailable
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.fields import RequestFields
+from rfc.runtime.server.host import EngineHandle, ServedModel
+
+
+def model_for(handle: EngineHandle, body: dict, any_name_if_single: bool = False) -> ServedModel:
+    """The served model the body's optional `model` field names (the default when absent)."""
+    return handle.require(RequestFields(body).string("model"), any_name_if_single)
 
 
 def submit(engine: Engine, request: GenerationRequest) -> RequestState:

@@ -1,20 +1,28 @@
-"""The model the app serves. The app exists (and the socket listens) before the model is
-loaded; resources ask the `EngineHandle` and answer 503 until it holds a `ServedModel`."""
+"""The models the app serves. The app exists (and the socket listens) before the models are
+loaded; resources ask the `EngineHandle` and answer 503 until it holds the `ServedModel`
+they name."""
 
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import falcon
 
 from rfc.runtime.chat import ChatTemplate, ChatTemplateError
-from rfc.runtime.engine import Engine, GenerationRequest, Observer
+from rfc.runtime.engine import Engine, GenerationRequest
 from rfc.runtime.generate import generate
 from rfc.runtime.loader import LoadedModel, LoadOptions, load_model
 from rfc.runtime.prompting import chat_template
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.scheduler import SchedulerConfig
-from rfc.runtime.server.errors import unavailable
+from rfc.runtime.server.errors import ApiError, unavailable
 from rfc.runtime.server.prompt_cache import PromptCache
+
+if TYPE_CHECKING:
+    from rfc.runtime.server.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -29,24 +37,40 @@ class ServedModel:
 
 
 class EngineHandle:
-    """Set once, by the loading thread; read by every HTTP thread."""
+    """The models this server serves, by id; each is attached by the loading thread once it is
+    ready and read by every HTTP thread. The ids are known before loading (from the bundles'
+    manifests), so a request for a model still loading gets 503 and one for no model 404.
+    The first id is the default: native routes and requests without `model` get it."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_ids: Sequence[str] = ()) -> None:
         self._lock = threading.Lock()
-        self._served: ServedModel | None = None
+        self._ids: list[str] = list(model_ids)
+        self._served: dict[str, ServedModel] = {}
         self._error: str | None = None
 
     def attach(self, served: ServedModel) -> None:
         with self._lock:
-            self._served = served
+            if served.model_id not in self._ids:
+                self._ids.append(served.model_id)
+            self._served = {**self._served, served.model_id: served}  # readers see one dict or the next
 
     def fail(self, message: str) -> None:
         with self._lock:
             self._error = message
 
     @property
+    def model_ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
     def served(self) -> ServedModel | None:
-        return self._served
+        """The default model, once loaded."""
+        return self._served.get(self._ids[0]) if self._ids else None
+
+    def all_served(self) -> list[ServedModel]:
+        """The loaded models, in the order they were named."""
+        served = self._served
+        return [served[i] for i in self._ids if i in served]
 
     @property
     def load_error(self) -> str | None:
@@ -54,31 +78,57 @@ class EngineHandle:
 
     def is_ready(self) -> bool:
         served = self._served
-        return served is not None and served.engine.is_running
+        return bool(self._ids) and all(i in served and served[i].engine.is_running for i in self._ids)
 
-    def require(self) -> ServedModel:
-        """The served model, or a 503 the client may retry."""
-        served = self._served
+    def resolve(self, model: str | None, any_name_if_single: bool = False) -> str:
+        """The id a request's `model` names; 404 listing the ids when it names none of them.
+
+        Ollama clients add a `:latest` tag to untagged names. With `any_name_if_single`, a server
+        of one model answers whatever name is asked (llama.cpp's server does: clients
+        configured for "gpt-4o" or a Claude model keep working)."""
+        ids = self._ids
+        if model is None or model == "" or (any_name_if_single and len(ids) == 1):
+            if not ids:
+                raise unavailable(self._error or "no model is configured", 2)
+            return ids[0]
+        for candidate in (model, model.removesuffix(":latest")):
+            if candidate in ids:
+                return candidate
+        raise ApiError(
+            falcon.HTTP_404,
+            f"model '{model}' not found; available models: {', '.join(ids)}",
+            param="model",
+            code="model_not_found",
+        )
+
+    def require(self, model: str | None = None, any_name_if_single: bool = False) -> ServedModel:
+        """The model a request names (the default when None), or a 503 the client may retry."""
+        model_id = self.resolve(model, any_name_if_single)
+        served = self._served.get(model_id)
         if served is None or not served.engine.is_running:
-            raise unavailable(self._error or "the model is loading; retry when /ready returns 200", 2)
+            raise unavailable(self._error or f"the model '{model_id}' is loading; retry when /ready returns 200", 2)
         return served
 
 
-def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfig, observer: Observer,
-                      prompt_cache_entries: int = 256) -> ServedModel:
-    """Load the bundle, run one warm-up step, start the engine thread."""
+def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfig, telemetry: "Telemetry | None" = None,
+                      prompt_cache_entries: int = 256, model_id: str | None = None,
+                      request_ids: Iterator[int] | None = None) -> ServedModel:
+    """Load the bundle, run one warm-up step, start the engine thread. `request_ids` is the id
+    sequence shared by the engines of one server."""
     model = load_model(bundle, load)
     warm_up(model)
     try:
         chat, chat_error = chat_template(model), None
     except ChatTemplateError as e:
         chat, chat_error = None, f"the bundle's chat template does not compile: {e}"
-    engine = Engine(model, scheduler, observer)
+    model_id = model_id or str(model.manifest["model"].get("name") or Path(bundle).name)
+    observer = telemetry.for_model(model_id) if telemetry is not None else None
+    engine = Engine(model, scheduler, observer, request_ids=request_ids)
     engine.start()
     return ServedModel(
         engine=engine,
         model=model,
-        model_id=str(model.manifest["model"].get("name") or Path(bundle).name),
+        model_id=model_id,
         created=int(time.time()),
         prompts=PromptCache(model, prompt_cache_entries),
         chat=chat,

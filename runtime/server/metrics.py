@@ -1,4 +1,5 @@
-"""Prometheus metrics of the seed API (`rocmforge_*`), plus KV-cache gauges.
+"""Prometheus metrics of the seed API (`rocmforge_*`), plus KV-cache gauges, each series
+labelled with the `model` it counts (a server may serve several).
 
 A custom collector on the app's own CollectorRegistry (never the global one): it exposes
 exactly the seed's names and types, without the `_created` series that prometheus-client's
@@ -31,7 +32,17 @@ _HISTOGRAMS = {
     "total_duration_seconds": "Total inference duration in seconds",
     "ttft_seconds": "Time to first token in seconds",
 }
+_GAUGES = (
+    ("queue_length", "waiting", "Current number of requests in queue"),
+    ("active_requests", "running", "Current number of active requests"),
+    ("tokens_per_second", "throughput", f"Tokens generated per second (over the last {THROUGHPUT_WINDOW_S:g} s)"),
+    ("kv_cache_pages_used", "pages_used", "KV-cache pages in use"),
+    ("kv_cache_pages_free", "pages_free", "KV-cache pages free"),
+    ("kv_cache_pages_total", "pages_total", "KV-cache pages in the pool"),
+    ("kv_cache_active_sequences", "sequences", "Sequences holding KV-cache pages"),
+)
 PREFIX = "rocmforge_"
+MODEL_LABEL = "model"
 
 
 class Histogram:
@@ -52,68 +63,90 @@ class Histogram:
         return out
 
 
-class ServerMetrics(Collector):
-    """`engine_counts` returns Engine.counts(), or None while no engine is loaded."""
+class _ModelSeries:
+    """One model's counters, histograms and recent sampling, under the metrics lock."""
 
-    def __init__(self, engine_counts: Callable[[], dict[str, int] | None]):
+    def __init__(self) -> None:
+        self.counters = dict.fromkeys(_COUNTERS, 0)
+        self.histograms = {name: Histogram() for name in _HISTOGRAMS}
+        self.recent: deque[tuple[float, int]] = deque()  # (time, tokens) for tokens_per_second
+
+    def throughput(self, now: float) -> float:
+        while self.recent and self.recent[0][0] < now - THROUGHPUT_WINDOW_S:
+            self.recent.popleft()
+        return sum(n for _, n in self.recent) / THROUGHPUT_WINDOW_S
+
+
+class ServerMetrics(Collector):
+    """Every series carries a `model` label (the served model's id). `engine_counts` returns
+    {model id: Engine.counts()} for the models loaded so far."""
+
+    def __init__(self, engine_counts: Callable[[], dict[str, dict[str, int]]]):
         self._engine_counts = engine_counts
         self._lock = threading.Lock()
-        self._counters = dict.fromkeys(_COUNTERS, 0)
-        self._histograms = {name: Histogram() for name in _HISTOGRAMS}
-        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) for tokens_per_second
+        self._models: dict[str, _ModelSeries] = {}
+
+    def add_model(self, model: str) -> None:
+        """Starts the model's series at zero, so they exist before its first request."""
+        with self._lock:
+            self._models.setdefault(model, _ModelSeries())
+
+    def _series(self, model: str) -> _ModelSeries:
+        series = self._models.get(model)
+        if series is None:
+            series = self._models[model] = _ModelSeries()
+        return series
 
     # -- fed by the engine's observer (the engine lock may be held: no engine calls here) --
-    def request_started(self) -> None:
+    def request_started(self, model: str) -> None:
         with self._lock:
-            self._counters["requests_started"] += 1
+            self._series(model).counters["requests_started"] += 1
 
-    def tokens_sampled(self, n: int) -> None:
+    def tokens_sampled(self, model: str, n: int) -> None:
         if n:
             with self._lock:
-                self._recent.append((time.monotonic(), n))
+                self._series(model).recent.append((time.monotonic(), n))
 
-    def request_finished(self, state: RequestState) -> None:
+    def request_finished(self, model: str, state: RequestState) -> None:
         outcome = {CANCELLED: "requests_cancelled", FAILED: "requests_failed"}.get(state.finish_reason, "requests_completed")
         end = state.finished_at or time.time()
         with self._lock:
-            self._counters[outcome] += 1
-            self._counters["tokens_generated"] += len(state.tokens)
-            self._histograms["total_duration_seconds"].observe(end - state.created_at)
+            series = self._series(model)
+            series.counters[outcome] += 1
+            series.counters["tokens_generated"] += len(state.tokens)
+            series.histograms["total_duration_seconds"].observe(end - state.created_at)
             if state.first_token_at is not None:
                 ttft = state.first_token_at - state.created_at
-                self._histograms["ttft_seconds"].observe(ttft)
-                self._histograms["prefill_duration_seconds"].observe(state.first_token_at - (state.admitted_at or state.created_at))
-                self._histograms["decode_duration_seconds"].observe(end - state.first_token_at)
+                series.histograms["ttft_seconds"].observe(ttft)
+                series.histograms["prefill_duration_seconds"].observe(state.first_token_at - (state.admitted_at or state.created_at))
+                series.histograms["decode_duration_seconds"].observe(end - state.first_token_at)
 
     # -- scraped by prometheus-client --------------------------------------------------------
     def collect(self) -> Iterator:
         counts = self._engine_counts() or {}
-        with self._lock:
-            counters = dict(self._counters)
-            histograms = {name: (h.cumulative(), h.sum) for name, h in self._histograms.items()}
-            throughput = self._throughput()
-        for name, help_text in _COUNTERS.items():
-            yield CounterMetricFamily(PREFIX + name, help_text, value=counters[name])
-        for name, help_text in _HISTOGRAMS.items():
-            buckets, total = histograms[name]
-            yield HistogramMetricFamily(PREFIX + name, help_text, buckets=buckets, sum_value=total)
-        yield _gauge("queue_length", "Current number of requests in queue", counts.get("waiting", 0))
-        yield _gauge("active_requests", "Current number of active requests", counts.get("running", 0))
-        yield _gauge("tokens_per_second", f"Tokens generated per second (over the last {THROUGHPUT_WINDOW_S:g} s)", throughput)
-        yield _gauge("kv_cache_pages_used", "KV-cache pages in use", counts.get("pages_used", 0))
-        yield _gauge("kv_cache_pages_free", "KV-cache pages free", counts.get("pages_free", 0))
-        yield _gauge("kv_cache_pages_total", "KV-cache pages in the pool", counts.get("pages_total", 0))
-        yield _gauge("kv_cache_active_sequences", "Sequences holding KV-cache pages", counts.get("sequences", 0))
-
-    def _throughput(self) -> float:
         now = time.monotonic()
-        while self._recent and self._recent[0][0] < now - THROUGHPUT_WINDOW_S:
-            self._recent.popleft()
-        return sum(n for _, n in self._recent) / THROUGHPUT_WINDOW_S
-
-
-def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(PREFIX + name, help_text, value=value)
+        with self._lock:
+            snapshot = {
+                model: (dict(s.counters), {n: (h.cumulative(), h.sum) for n, h in s.histograms.items()}, s.throughput(now))
+                for model, s in self._models.items()
+            }
+        for name, help_text in _COUNTERS.items():
+            family = CounterMetricFamily(PREFIX + name, help_text, labels=[MODEL_LABEL])
+            for model, (counters, _, _) in snapshot.items():
+                family.add_metric([model], counters[name])
+            yield family
+        for name, help_text in _HISTOGRAMS.items():
+            family = HistogramMetricFamily(PREFIX + name, help_text, labels=[MODEL_LABEL])
+            for model, (_, histograms, _) in snapshot.items():
+                buckets, total = histograms[name]
+                family.add_metric([model], buckets, total)
+            yield family
+        gauges = {model: {**c, "throughput": snapshot.get(model, (0, 0, 0.0))[2]} for model, c in counts.items()}
+        for name, key, help_text in _GAUGES:
+            family = GaugeMetricFamily(PREFIX + name, help_text, labels=[MODEL_LABEL])
+            for model, values in gauges.items():
+                family.add_metric([model], values.get(key, 0))
+            yield family
 
 
 def _fmt(bound: float) -> str:

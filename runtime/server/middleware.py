@@ -16,15 +16,18 @@ UNAUTHENTICATED_PATHS = frozenset({"/health", "/ready"})
 class ApiKeyMiddleware:
     def __init__(self, api_key: str):
         self._expected = f"Bearer {api_key}".encode()
+        self._key = api_key.encode()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.path in UNAUTHENTICATED_PATHS or req.method == "OPTIONS":  # CORS preflights carry no credentials
             return
         given = (req.get_header("Authorization") or "").encode()
-        if not hmac.compare_digest(given, self._expected):
+        # Anthropic's clients send the key as `x-api-key`.
+        other = (req.get_header("X-Api-Key") or "").encode()
+        if not (hmac.compare_digest(given, self._expected) or hmac.compare_digest(other, self._key)):
             raise ApiError(
                 falcon.HTTP_401,
-                "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                "missing or invalid API key (send 'Authorization: Bearer <key>' or 'x-api-key: <key>')",
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )

@@ -2,12 +2,12 @@
 
 import falcon
 
-from rfc.runtime.engine import FAILED, GenerationRequest, RequestState, TokenEvent
+from rfc.runtime.engine import FAILED, Engine, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import ApiError, not_found, read_json
 from rfc.runtime.server.fields import RequestFields
-from rfc.runtime.server.generation import client_gone, submit
+from rfc.runtime.server.generation import client_gone, model_for, submit
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.middleware import deferred_log
 from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse, sse_body
@@ -21,7 +21,7 @@ DEFAULT_TOP_P = 0.9
 
 def native_request(body: dict, served: ServedModel) -> GenerationRequest:
     f = RequestFields(body)
-    prompt = f.string("prompt", required=True)
+    prompt = f.string("prompt", required=True)  # `model` (optional) was read by model_for
     params = SamplingParams(
         temperature=f.number("temperature", DEFAULT_TEMPERATURE, 0.0, 2.0),
         top_k=f.integer("top_k", DEFAULT_TOP_K, 0),
@@ -57,8 +57,9 @@ class _NativeRenderer:
 
 def _start(handle: EngineHandle, config: ServerConfig, req: falcon.Request, resp: falcon.Response):
     """Parses and submits a native generation request; tags the response with its id."""
-    served = handle.require()
-    state = submit(served.engine, native_request(read_json(req, config.max_body_bytes), served))
+    body = read_json(req, config.max_body_bytes)
+    served = model_for(handle, body)
+    state = submit(served.engine, native_request(body, served))
     req.context.request_id = state.request_id
     resp.set_header("X-Request-Id", str(state.request_id))
     return served, state
@@ -91,14 +92,21 @@ class GenerateStreamResource:
         resp.stream = sse_body(stream, _NativeRenderer(), deferred_log(req, 200, lambda: len(state.tokens)))
 
 
+def _engine_of(handle: EngineHandle, request_id: int) -> Engine:
+    """The engine that holds the request (ids are unique across the served models)."""
+    handle.require()
+    for served in handle.all_served():
+        if served.engine.get(request_id) is not None:
+            return served.engine
+    raise not_found(f"request {request_id} not found")
+
+
 class StatusResource:
     def __init__(self, handle: EngineHandle):
         self._handle = handle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, request_id: int) -> None:
-        state = self._handle.require().engine.get(request_id)
-        if state is None:
-            raise not_found(f"request {request_id} not found")
+        state = _engine_of(self._handle, request_id).get(request_id)
         req.context.request_id = request_id
         resp.media = state_body(state)
 
@@ -108,8 +116,6 @@ class CancelResource:
         self._handle = handle
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, request_id: int) -> None:
-        state = self._handle.require().engine.cancel(request_id)
-        if state is None:
-            raise not_found(f"request {request_id} not found")
+        state = _engine_of(self._handle, request_id).cancel(request_id)
         req.context.request_id = request_id
         resp.media = state_body(state)

@@ -1,7 +1,8 @@
 """OpenAI-compatible API: /v1/models, /v1/models/{id}, /v1/completions, /v1/chat/completions.
 
-Requests may name any model: the server has one and answers with its id (llama.cpp does the
-same), so clients configured for another name keep working."""
+A request's `model` picks one of the served models; an unknown one is a 404 that lists them.
+A server of one model answers any name with it (llama.cpp does the same), so clients
+configured for another name keep working."""
 
 from collections.abc import Callable
 
@@ -9,21 +10,17 @@ import falcon
 
 from rfc.runtime.engine import FAILED, RequestState
 from rfc.runtime.server.config import ServerConfig
-from rfc.runtime.server.errors import ApiError, not_found, read_json
-from rfc.runtime.server.generation import client_gone, submit
+from rfc.runtime.server.errors import ApiError, read_json
+from rfc.runtime.server.generation import client_gone, model_for, submit
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.middleware import deferred_log
+from rfc.runtime.server.model_info import model_card
 from rfc.runtime.server.openai_format import (
     ChatFormat, ChatLogprobs, CompletionFormat, CompletionLogprobs, OpenAIStreamRenderer, TokenPieces,
 )
 from rfc.runtime.server.openai_params import OpenAIRequest, chat_request, completion_request
 from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse_body
 
-OWNER = "rfc"
-
-
-def _model_card(served: ServedModel) -> dict:
-    return {"id": served.model_id, "object": "model", "created": served.created, "owned_by": OWNER}
 
 
 class ModelListResource:
@@ -31,7 +28,8 @@ class ModelListResource:
         self._handle = handle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"object": "list", "data": [_model_card(self._handle.require())]}
+        self._handle.require()  # 503 until the default model is up
+        resp.media = {"object": "list", "data": [model_card(s) for s in self._handle.all_served()]}
 
 
 class ModelResource:
@@ -39,10 +37,7 @@ class ModelResource:
         self._handle = handle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
-        served = self._handle.require()
-        if model_id != served.model_id:
-            raise not_found(f"the model '{model_id}' does not exist (this server serves '{served.model_id}')", code="model_not_found")
-        resp.media = _model_card(served)
+        resp.media = model_card(self._handle.require(model_id))
 
 
 class _GenerationResource:
@@ -59,8 +54,9 @@ class _GenerationResource:
         raise NotImplementedError
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        served = self._handle.require()
-        request = self.parse(read_json(req, self._config.max_body_bytes), served)
+        body = read_json(req, self._config.max_body_bytes)
+        served = model_for(self._handle, body, any_name_if_single=True)
+        request = self.parse(body, served)
         state = submit(served.engine, request.generation)
         req.context.request_id = state.request_id
         resp.set_header("X-Request-Id", str(state.request_id))

@@ -5,12 +5,10 @@ ignore_eos, chat_template_kwargs."""
 
 from dataclasses import dataclass
 
-import falcon
-
-from rfc.runtime.chat import ChatTemplateError
 from rfc.runtime.engine import GenerationRequest
 from rfc.runtime.sampler import SamplingParams
-from rfc.runtime.server.errors import ApiError, bad_request
+from rfc.runtime.server.chat_prompt import render_chat
+from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import check_token_ids
 from rfc.runtime.server.host import ServedModel
@@ -117,23 +115,10 @@ def _completion_prompt(f: RequestFields, served: ServedModel) -> list[int]:
 
 
 def _render_chat(f: RequestFields, served: ServedModel) -> str:
-    messages = f.raw("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty list", "messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise bad_request(f"messages[{i}] must be an object with a string 'role'", "messages")
     extra = f.raw("chat_template_kwargs", {})
     if not isinstance(extra, dict):
         raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
-    if served.chat is None:
-        raise ApiError(falcon.HTTP_500, served.chat_error or "the bundle has no usable chat template")
-    try:
-        return served.chat.render(messages, add_generation_prompt=True, **extra)
-    except ChatTemplateError as e:
-        raise bad_request(f"the chat template failed on these messages: {e}", "messages") from None
-    except TypeError as e:  # a chat_template_kwargs key that collides with render's own arguments
-        raise bad_request(f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
+    return render_chat(served, f.raw("messages"), extra)
 
 
 def _stop(f: RequestFields) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from rfc.artifacts import RFC_VERSION
 from rfc.runtime.server.config import SERVICE_NAME
 from rfc.runtime.server.errors import ApiError
 from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.model_info import bundle_size, model_card
 from rfc.runtime.server.traces import TraceStore
 
 _GPU_FAMILIES = ("hip", "cuda")
@@ -19,20 +20,21 @@ class HealthResource:
         self._handle = handle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        served = self._handle.served
-        running = served is not None and served.engine.is_running
-        engine = {"running": running, "model_loaded": served is not None}
+        # Several models: the seed's checks sum over them, and `models` has each one's own.
+        every = self._handle.all_served()
+        running = self._handle.is_ready()
+        engine = {"running": running, "model_loaded": bool(every) and len(every) == len(self._handle.model_ids)}
         if self._handle.load_error:
             engine["error"] = self._handle.load_error
-        checks: dict = {"engine": engine, "gpu": _device_check(served)}
+        checks: dict = {"engine": engine, "gpu": _device_check(self._handle.served)}
         if running:
-            counts = served.engine.counts()
+            per_model = {s.model_id: s.engine.counts() for s in every}
+            counts = {k: sum(c[k] for c in per_model.values()) for k in next(iter(per_model.values()))}
             checks["requests"] = {"active": counts["running"], "queued": counts["waiting"]}
-            checks["cache"] = {
-                "pages_used": counts["pages_used"],
-                "pages_total": counts["pages_total"],
-                "pages_free": counts["pages_free"],
-                "active_sequences": counts["sequences"],
+            checks["cache"] = _cache_check(counts)
+            checks["models"] = {
+                model_id: {"requests": {"active": c["running"], "queued": c["waiting"]}, "cache": _cache_check(c)}
+                for model_id, c in per_model.items()
             }
         resp.media = {
             "status": "healthy" if running else "unhealthy",
@@ -40,6 +42,15 @@ class HealthResource:
             "version": RFC_VERSION,
             "checks": checks,
         }
+
+
+def _cache_check(counts: dict[str, int]) -> dict[str, int]:
+    return {
+        "pages_used": counts["pages_used"],
+        "pages_total": counts["pages_total"],
+        "pages_free": counts["pages_free"],
+        "active_sequences": counts["sequences"],
+    }
 
 
 def _device_check(served: ServedModel | None) -> dict:
@@ -78,17 +89,22 @@ class ModelsResource:
         self._handle = handle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        served = self._handle.require()
-        manifest = served.model.manifest
+        self._handle.require()
+        every = self._handle.all_served()
+        stats = [s.prompts.stats() for s in every]
         resp.media = {
             "models": [
                 {
-                    "path": str(served.model.bundle.root.resolve()),
-                    "size": sum(f["size"] for f in manifest["files"].values()),
-                    "metadata": manifest["model"].get("gguf_metadata", {}),
+                    # the seed's three fields, then the model card's
+                    "path": str(s.model.bundle.root.resolve()),
+                    "size": bundle_size(s),
+                    "metadata": s.model.manifest["model"].get("gguf_metadata", {}),
+                    **model_card(s),
+                    "tokenizer_cache": stats[i],
                 }
+                for i, s in enumerate(every)
             ],
-            "tokenizer_cache": served.prompts.stats(),
+            "tokenizer_cache": {k: sum(st[k] for st in stats) for k in stats[0]},
         }
 
 

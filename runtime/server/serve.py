@@ -1,5 +1,5 @@
-"""`rfc serve`, the work behind the command: bind the socket, load the model in the
-background, serve until interrupted.
+"""`rfc serve`, the work behind the command: bind the socket, load the models in the
+background (one after the other), serve until interrupted.
 
 The socket listens before the model loads, so probes get answers from the start: /health
 says "unhealthy" and /ready 503 until the bundle is loaded, one warm-up step has run and the
@@ -7,6 +7,7 @@ engine thread is up. A bundle that fails to load stops the server (exit status 1
 that can never become ready should not look alive to an orchestrator."""
 
 import _thread
+import itertools
 import logging
 import signal
 import threading
@@ -29,7 +30,7 @@ _BODY_SLACK = 1 << 20
 def serve(options: ServeOptions) -> int:
     """Runs the server in this thread until SIGINT/SIGTERM; returns the exit status.
     Logging is the caller's to configure (`logs.configure_logging` at the edge)."""
-    handle = EngineHandle()
+    handle = EngineHandle([m.model_id for m in options.models])
     telemetry = build_telemetry(handle, options.server)
     app = create_app(handle, options.server, telemetry)
     threads = options.http_threads()
@@ -45,7 +46,8 @@ def serve(options: ServeOptions) -> int:
         asyncore_use_poll=True,
         ident="rfc",
     )
-    log.info("listening on http://%s:%s (%d HTTP threads); loading %s", options.host, server.effective_port, threads, options.bundle)
+    log.info("listening on http://%s:%s (%d HTTP threads); loading %s", options.host, server.effective_port, threads,
+             ", ".join(f"{m.model_id} ({m.bundle})" for m in options.models))
     loader = threading.Thread(target=_load, args=(handle, options, telemetry), name="rfc-loader", daemon=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -57,8 +59,8 @@ def serve(options: ServeOptions) -> int:
         log.info("shutting down")
         signal.signal(signal.SIGTERM, previous)
         server.close()
-        if handle.served is not None:
-            handle.served.engine.stop()
+        for served in handle.all_served():
+            served.engine.stop()
     if handle.load_error:
         log.error("%s", handle.load_error)
         return 1
@@ -66,18 +68,23 @@ def serve(options: ServeOptions) -> int:
 
 
 def _load(handle: EngineHandle, options: ServeOptions, telemetry: Telemetry) -> None:
+    bundle = options.models[0].bundle
     try:
         if options.load_delay_s > 0:
             time.sleep(options.load_delay_s)
-        started = time.perf_counter()
-        served = load_served_model(options.bundle, options.load, options.scheduler, telemetry, options.server.prompt_cache_entries)
-        handle.attach(served)
-        log.info(
-            "ready: %s on device %s in %.2f s",
-            served.model_id, served.model.device_choice.name, time.perf_counter() - started,
-        )
+        request_ids = itertools.count(1)  # one id sequence: /status/{id} names one request of one model
+        for source in options.models:
+            bundle = source.bundle
+            started = time.perf_counter()
+            served = load_served_model(bundle, source.load, options.scheduler, telemetry, options.server.prompt_cache_entries,
+                                       model_id=source.model_id, request_ids=request_ids)
+            handle.attach(served)
+            log.info(
+                "ready: %s on device %s (%d KV pages) in %.2f s",
+                served.model_id, served.model.device_choice.name, served.model.blocks.num_blocks, time.perf_counter() - started,
+            )
     except Exception as e:  # noqa: BLE001 - any load failure ends the server, with its reason
-        handle.fail(f"loading {options.bundle} failed: {e}")
+        handle.fail(f"loading {bundle} failed: {e}")
         log.debug("load failure", exc_info=True)
         _thread.interrupt_main()
 

@@ -84,3 +84,8 @@ def sse_body(stream: TokenStream, renderer: SseRenderer, on_close: Callable[[], 
     finally:
         stream.close()
         on_close()
+
+
+def sse_event(event: str, payload: dict) -> bytes:
+    """An SSE event with a name (`event:` line), as the Responses and Anthropic streams send them."""
+    return b"event: " + event.encode("ascii") + b"\n" + sse(payload)

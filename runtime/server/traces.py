@@ -25,11 +25,11 @@ class TraceStore:
         self._lock = threading.Lock()
         self._traces: deque[list[dict]] = deque(maxlen=max_traces)
 
-    def record(self, state: RequestState) -> None:
+    def record(self, state: RequestState, model_id: str) -> None:
         """Called once per finished request (the engine lock may be held: keep it cheap)."""
         if self._rate <= 0 or self._rng.random() >= self._rate:
             return
-        spans = _request_spans(state)
+        spans = _request_spans(state, model_id)
         with self._lock:
             self._traces.append(spans)
 
@@ -51,13 +51,14 @@ class TraceStore:
         }
 
 
-def _request_spans(state: RequestState) -> list[dict]:
+def _request_spans(state: RequestState, model_id: str) -> list[dict]:
     trace_id = _b64(os.urandom(16))
     root_id = _b64(os.urandom(8))
     end = state.finished_at or state.created_at
     status = STATUS_ERROR if state.finish_reason == FAILED else STATUS_OK
     attributes = [
         _attr("request_id", state.request_id),
+        _attr("model", model_id),
         _attr("token_count", len(state.tokens)),
         _attr("prompt_tokens", state.prompt_tokens),
         _attr("max_tokens", state.request.max_tokens),

@@ -132,7 +132,7 @@ def _library(bundle: Path) -> bytes:
 def test_a_replaced_cache_entry_is_detected_and_rebuilt(tmp_path):
     cache = tmp_path / "cache"
     rfc("compile", DEMO_MODEL, "-o", tmp_path / "a", "-q", "--cache-dir", cache, check=True)
-    objects = [p for p in (cache / "objects").rglob("*") if p.is_file()]
+    objects = [p for p in (cache / "kernels" / "objects").rglob("*") if p.is_file()]
     assert len(objects) == 1
     objects[0].write_bytes(b"\x7fELF evil library")
     proc = rfc("compile", DEMO_MODEL, "-o", tmp_path / "b", "-q", "--cache-dir", cache, check=True)
@@ -144,8 +144,8 @@ def test_a_replaced_cache_entry_is_detected_and_rebuilt(tmp_path):
 
 def test_a_cache_others_can_write_is_refused(tmp_path):
     cache = tmp_path / "shared-cache"
-    cache.mkdir()
-    cache.chmod(cache.stat().st_mode | stat.S_IWOTH)
+    (cache / "kernels").mkdir(parents=True)
+    (cache / "kernels").chmod(0o777)
     proc = rfc("compile", DEMO_MODEL, "-o", tmp_path / "b", "-q", "--cache-dir", cache)
     assert proc.returncode == 2 and "writable by other users" in proc.stderr
     env = {**os.environ, "RFC_CACHE_DIR": str(cache)}

@@ -71,7 +71,7 @@ def test_the_server_survives_bad_requests(server):
 
 # -- in process: what no real request can trigger ------------------------------------------
 class _BrokenHandle(EngineHandle):
-    def require(self):
+    def require(self, model=None, any_name_if_single=False):
         raise RuntimeError("boom")
 
 
@@ -110,7 +110,7 @@ def test_a_failing_step_fails_its_request_only(demo_bundle):
         ok = client.simulate_post("/generate", json={"prompt": "x", "max_tokens": 3})
         assert ok.status_code == 200 and ok.json["finish_reason"] == "length"
         metrics = client.simulate_get("/metrics").text
-        assert "rocmforge_requests_failed_total 1.0" in metrics
+        assert 'rocmforge_requests_failed_total{model="stories260K"} 1.0' in metrics
     finally:
         served.engine.stop()
 

@@ -119,7 +119,8 @@ def test_models_reports_the_bundle(server, demo_bundle):
     body = requests.get(server.url + "/models", timeout=10).json()
     assert set(body) == {"models", "tokenizer_cache"}
     (model,) = body["models"]
-    assert set(model) == {"path", "size", "metadata"}
+    assert {"path", "size", "metadata"} <= set(model)  # the seed's fields, then the model card's
+    assert model["id"] == "stories260K" and model["parameter_size"] == "260K"
     assert model["path"] == str(demo_bundle.resolve())
     assert model["size"] == sum(p.stat().st_size for p in demo_bundle.rglob("*") if p.is_file() and p.name != "manifest.json")
     assert model["metadata"]["general.architecture"] == "llama"

@@ -40,8 +40,8 @@ def test_metrics_have_the_seed_names_and_types(server):
         assert types.get(name) == kind, name
     for gauge in KV_GAUGES:
         assert types.get(gauge) == "gauge"
-    assert samples["rocmforge_kv_cache_pages_total"] > 0
-    assert "rocmforge_ttft_seconds_bucket{le=+Inf}" in samples
+    assert samples["rocmforge_kv_cache_pages_total{model=stories260K}"] > 0
+    assert "rocmforge_ttft_seconds_bucket{le=+Inf,model=stories260K}" in samples
     assert not any(k.endswith("_created") for k in samples)
 
 
@@ -50,12 +50,13 @@ def test_counters_move_as_requests_run(server):
     for max_tokens in (5, 7):
         requests.post(server.url + "/generate", json={"prompt": "Counting", "max_tokens": max_tokens, "temperature": 0}, timeout=60)
     _, after = _scrape(server.url)
-    assert after["rocmforge_requests_started_total"] == before["rocmforge_requests_started_total"] + 2
-    assert after["rocmforge_requests_completed_total"] == before["rocmforge_requests_completed_total"] + 2
-    assert after["rocmforge_tokens_generated_total"] >= before["rocmforge_tokens_generated_total"] + 2
+    model = "{model=stories260K}"  # every series carries the model's label
+    assert after["rocmforge_requests_started_total" + model] == before["rocmforge_requests_started_total" + model] + 2
+    assert after["rocmforge_requests_completed_total" + model] == before["rocmforge_requests_completed_total" + model] + 2
+    assert after["rocmforge_tokens_generated_total" + model] >= before["rocmforge_tokens_generated_total" + model] + 2
     for hist in ("ttft_seconds", "total_duration_seconds", "prefill_duration_seconds", "decode_duration_seconds"):
-        assert after[f"rocmforge_{hist}_count"] == before[f"rocmforge_{hist}_count"] + 2
-    assert after["rocmforge_tokens_per_second"] > 0
+        assert after[f"rocmforge_{hist}_count" + model] == before[f"rocmforge_{hist}_count" + model] + 2
+    assert after["rocmforge_tokens_per_second" + model] > 0
 
 
 def test_traces_hold_spans_of_sampled_requests(server):

@@ -1,0 +1,67 @@
+"""Embeddings of a generative model: its final hidden states (after the output norm, where
+llama.cpp takes them), pooled over the input and L2-normalized as OpenAI clients expect.
+
+Pooling: the model's own `<arch>.pooling_type` when its GGUF states one; otherwise `last`
+(the last token's state), which is what Ollama returns for a generative model. llama.cpp's
+server refuses /v1/embeddings for such a model unless started with `--pooling`; `rfc serve
+--pooling` overrides the choice for every model.
+"""
+
+from enum import Enum
+
+import numpy as np
+
+from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.engine import Engine
+
+
+class Pooling(Enum):
+    MEAN = "mean"  # average over every token
+    CLS = "cls"  # the first token
+    LAST = "last"  # the last token
+
+    @classmethod
+    def parse(cls, name: str) -> "Pooling":
+        try:
+            return cls(name)
+        except ValueError:
+            raise ValueError(f"unknown pooling '{name}' (expected {', '.join(p.value for p in cls)})") from None
+
+
+# llama.cpp's enum llama_pooling_type, as GGUF files store it (0 none and 4 rank have no
+# sentence embedding: the default applies).
+_GGUF_POOLING = {1: Pooling.MEAN, 2: Pooling.CLS, 3: Pooling.LAST}
+DEFAULT_POOLING = Pooling.LAST
+
+
+def model_pooling(manifest: dict, override: Pooling | None = None) -> Pooling:
+    """The pooling for a bundle: `override`, else its GGUF's pooling type, else `last`."""
+    if override is not None:
+        return override
+    model = manifest.get("model", {})
+    value = model.get("gguf_metadata", {}).get(f"{model.get('architecture')}.pooling_type")
+    return _GGUF_POOLING.get(value, DEFAULT_POOLING) if isinstance(value, int) else DEFAULT_POOLING
+
+
+def pooled_embedding(engine: Engine, token_ids: list[int], pooling: Pooling, chunk_tokens: int) -> np.ndarray:
+    """The normalized embedding float32[n_embd] of `token_ids`. Engine thread only (through
+    Engine.run_on_engine_thread): it runs forward passes on the device. The input is fed in
+    chunks of `chunk_tokens`, as a prefill is."""
+    if not token_ids:
+        raise ValueError("nothing to embed")
+    total = np.zeros(0)
+    with engine.reserved_kv(len(token_ids)) as seq_id:
+        for start in range(0, len(token_ids), chunk_tokens):
+            part = tuple(token_ids[start : start + chunk_tokens])
+            every_row = pooling is Pooling.MEAN or (pooling is Pooling.CLS and start == 0)
+            batch = build_batch([SeqChunk(seq_id, start, part, logits=True, all_logits=every_row)], engine.model.blocks)
+            hidden = engine.model.executor.forward_hidden(batch).astype(np.float64)
+            if pooling is Pooling.MEAN:
+                total = hidden.sum(axis=0) + (total if total.size else 0)
+            elif pooling is Pooling.CLS and start == 0:
+                total = hidden[0]
+            elif pooling is Pooling.LAST:
+                total = hidden[-1]
+    vector = total / len(token_ids) if pooling is Pooling.MEAN else total
+    norm = float(np.linalg.norm(vector))
+    return (vector / norm if norm > 0 else vector).astype(np.float32)

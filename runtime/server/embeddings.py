@@ -1,0 +1,83 @@
+"""Embeddings for the HTTP APIs (OpenAI /v1/embeddings, Ollama /api/embed): inputs encoded,
+checked against the context, run on the model's engine thread, pooled and normalized
+(runtime/embedding.py says how)."""
+
+import concurrent.futures
+from dataclasses import dataclass
+
+import numpy as np
+
+from rfc.runtime.embedding import Pooling, model_pooling, pooled_embedding
+from rfc.runtime.kv_cache import KVCacheFull
+from rfc.runtime.server.errors import bad_request, unavailable
+from rfc.runtime.server.generation import check_token_ids
+from rfc.runtime.server.host import ServedModel
+
+MAX_INPUTS = 2048  # OpenAI's limit per request
+_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[np.ndarray]
+    prompt_tokens: int
+
+
+def encode_inputs(served: ServedModel, raw: object, field: str) -> list[list[int]]:
+    """Token ids for each input: a string, a list of strings, a list of token ids, or a list
+    of such lists (OpenAI accepts all four)."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise bad_request(f"'{field}' must be a non-empty string or list", field)
+    if all(isinstance(t, int) and not isinstance(t, bool) for t in raw):
+        raw = [raw]  # one input given as token ids
+    if len(raw) > MAX_INPUTS:
+        raise bad_request(f"'{field}' holds {len(raw)} inputs; at most {MAX_INPUTS} per request", field)
+    out = []
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            out.append(served.prompts.encode(item))
+        elif isinstance(item, list):
+            out.append(check_token_ids(served, item, f"{field}[{i}]"))
+        else:
+            raise bad_request(f"'{field}[{i}]' must be a string or a list of token ids", f"{field}[{i}]")
+        if not out[-1]:
+            raise bad_request(f"'{field}[{i}]' is empty", f"{field}[{i}]")
+    return out
+
+
+def embed(served: ServedModel, inputs: list[list[int]], pooling: Pooling | None, truncate: bool, field: str) -> Embeddings:
+    ctx = served.model.context_length
+    for i, ids in enumerate(inputs):
+        if len(ids) > ctx and not truncate:
+            raise bad_request(f"'{field}[{i}]' has {len(ids)} tokens, more than the context length ({ctx})", field)
+    inputs = [ids[:ctx] for ids in inputs]
+    chosen = model_pooling(served.model.manifest, pooling)
+    engine = served.engine
+    chunk = engine.scheduler.config.max_batch_tokens
+    vectors = []
+    for ids in inputs:
+        try:
+            future = engine.run_on_engine_thread(lambda ids=ids: pooled_embedding(engine, ids, chosen, chunk))
+        except RuntimeError:
+            raise unavailable("the engine is not running; see the server log", 5) from None
+        try:
+            vectors.append(future.result(timeout=_TIMEOUT_S))
+        except KVCacheFull:
+            raise unavailable("the KV cache is full; retry when running requests finish") from None
+        except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
+            raise unavailable("the engine stopped or is too busy to embed now; retry later", 5) from None
+    return Embeddings(vectors, sum(len(ids) for ids in inputs))
+
+
+def shorten(vector: np.ndarray, dimensions: int | None, field: str) -> np.ndarray:
+    """The first `dimensions` components, normalized again (Matryoshka-style, as OpenAI's
+    and Ollama's `dimensions`)."""
+    if dimensions is None:
+        return vector
+    if not 1 <= dimensions <= len(vector):
+        raise bad_request(f"'{field}' must be in [1, {len(vector)}]", field)
+    cut = vector[:dimensions].astype(np.float64)
+    norm = float(np.linalg.norm(cut))
+    return (cut / norm if norm > 0 else cut).astype(np.float32)

@@ -1,0 +1,96 @@
+"""Which bundles one `rfc serve` serves, under which ids, with how much KV cache each.
+
+Built once at the edge (the CLI) from the bundle arguments, `--models-dir` and `--kv-pages`;
+the loading thread then loads them in order. Ids come from the bundles' manifests (the
+model's name), so they are known before anything loads."""
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rfc.artifacts import BundleError
+from rfc.artifacts.bundle import MANIFEST_FILE, read_manifest
+from rfc.runtime.loader import LoadOptions
+
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    model_id: str
+    bundle: Path
+    load: LoadOptions = LoadOptions()
+
+
+@dataclass(frozen=True)
+class KvPages:
+    """How the KV-cache pages are divided between models (the `--kv-pages` policy):
+    `total` pages split evenly over the models not named in `per_model`, which get exactly
+    their own count. Neither: each model gets the loader's default (4 full contexts)."""
+
+    total: int | None = None
+    per_model: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, values: Sequence[str]) -> "KvPages":
+        """From flag values: "N" (the total) or "ID=N" (one model's pages), repeatable."""
+        total, per_model = None, {}
+        for value in values:
+            name, sep, count = value.rpartition("=")
+            try:
+                pages = int(count)
+            except ValueError:
+                raise ValueError(f"--kv-pages '{value}': expected N or MODEL=N with N a number of pages") from None
+            if pages < 1:
+                raise ValueError(f"--kv-pages '{value}': the number of pages must be positive")
+            if sep:
+                per_model[name] = pages
+            else:
+                total = pages
+        return cls(total, per_model)
+
+    def pages_for(self, model_ids: Sequence[str]) -> dict[str, int | None]:
+        unknown = sorted(set(self.per_model) - set(model_ids))
+        if unknown:
+            raise ValueError(f"--kv-pages names unknown models {', '.join(unknown)} (serving {', '.join(model_ids)})")
+        rest = [m for m in model_ids if m not in self.per_model]
+        share = None
+        if self.total is not None and rest:
+            left = self.total - sum(self.per_model.values())
+            share = left // len(rest)
+            if share < 1:
+                raise ValueError(f"--kv-pages {self.total} leaves no pages for {', '.join(rest)}")
+        return {m: self.per_model.get(m, share) for m in model_ids}
+
+
+def _usable_id(name: object) -> str | None:
+    """A model name that works as an id in every API (GGUF names may be prose)."""
+    return name if isinstance(name, str) and _ID.fullmatch(name) else None
+
+
+def discover_bundles(models_dir: Path) -> list[Path]:
+    """Every bundle directly inside `models_dir` (a folder holding a manifest), by name."""
+    if not models_dir.is_dir():
+        raise BundleError(f"{models_dir}: not a directory")
+    return sorted(p for p in models_dir.iterdir() if (p / MANIFEST_FILE).is_file())
+
+
+def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPages(),
+                names: Sequence[str | None] = ()) -> tuple[ModelSource, ...]:
+    """Ids and load options for each bundle. The id is `names[i]` when given (the CLI passes
+    a GGUF's file name for the bundle it compiled), else the model's name when it makes a
+    usable id, else the bundle's directory name; when two bundles would share an id, their
+    directory names tell them apart."""
+    if not bundles:
+        raise BundleError("no bundle to serve (name one or more bundles, or --models-dir with bundles in it)")
+    manifests = [read_manifest(b) for b in bundles]
+    given = list(names) + [None] * (len(bundles) - len(names))
+    wanted = [g or _usable_id(m["model"].get("name")) or Path(b).name for g, m, b in zip(given, manifests, bundles)]
+    ids = [name if wanted.count(name) == 1 else Path(b).name for name, b in zip(wanted, bundles)]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise BundleError(f"several bundles would be served as {', '.join(duplicates)}: give each its own directory name")
+    pages = kv.pages_for(ids)
+    return tuple(ModelSource(i, Path(b), replace(load, kv_blocks=pages[i] or load.kv_blocks)) for i, b in zip(ids, bundles))

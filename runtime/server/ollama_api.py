@@ -1,0 +1,198 @@
+"""Ollama's API, so Ollama clients work unchanged against `rfc serve` (point them at its
+address instead of :11434): GET /, /api/version, /api/tags, /api/ps; POST /api/show,
+/api/generate, /api/chat, /api/embed, /api/embeddings.
+
+Streaming is Ollama's default: NDJSON (`application/x-ndjson`), one object per line, the last
+with `done: true`. Errors are Ollama's `{"error": "..."}`. Model management (pull, push,
+create, copy, delete, blobs) does not apply to compiled bundles: it answers 501 saying so."""
+
+import time
+
+import falcon
+
+from rfc.runtime.engine import FAILED
+from rfc.runtime.server import model_info
+from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.embeddings import embed, encode_inputs, shorten
+from rfc.runtime.server.errors import ApiError, bad_request, read_json
+from rfc.runtime.server.fields import RequestFields
+from rfc.runtime.server.generation import client_gone, submit
+from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.middleware import deferred_log
+from rfc.runtime.server.ollama_format import (
+    NDJSON_CONTENT_TYPE, OllamaReply, OllamaStreamRenderer, chat_prompt, generate_prompt, generation, refuse_unsupported,
+)
+from rfc.runtime.server.streaming import TokenStream, sse_body
+
+# The Ollama API version whose shapes these routes follow (clients gate features on it).
+OLLAMA_API_VERSION = "0.12.0"
+# The bundle stays loaded for the life of the server (Ollama's keep_alive -1).
+_NEVER = "2262-04-11T23:47:16Z"
+UNSUPPORTED_ROUTES = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}")
+
+
+def add_routes(app: falcon.App, handle: EngineHandle, config: ServerConfig) -> None:
+    app.add_route("/", RootResource())
+    app.add_route("/api/version", VersionResource())
+    app.add_route("/api/tags", TagsResource(handle))
+    app.add_route("/api/ps", PsResource(handle))
+    app.add_route("/api/show", ShowResource(handle, config))
+    app.add_route("/api/generate", GenerateResource(handle, config, chat=False))
+    app.add_route("/api/chat", GenerateResource(handle, config, chat=True))
+    app.add_route("/api/embed", EmbedResource(handle, config))
+    app.add_route("/api/embeddings", EmbedResource(handle, config, legacy=True))
+    for path in UNSUPPORTED_ROUTES:
+        app.add_route(path, UnsupportedResource())
+
+
+def _model(handle: EngineHandle, f: RequestFields) -> tuple[str, ServedModel]:
+    name = f.string("model") or f.string("name")  # /api/show once took `name`
+    if not name:
+        raise bad_request("'model' is required", "model")
+    return name, handle.require(name)
+
+
+class RootResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = "Ollama is running"
+
+    on_head = on_get
+
+
+class VersionResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"version": OLLAMA_API_VERSION}
+
+
+class TagsResource:
+    def __init__(self, handle: EngineHandle):
+        self._handle = handle
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"models": [_entry(s) for s in self._handle.all_served()]}
+
+
+class PsResource:
+    def __init__(self, handle: EngineHandle):
+        self._handle = handle
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        models = []
+        for s in self._handle.all_served():
+            size = model_info.bundle_size(s)
+            on_gpu = s.model.device_choice.name in ("hip", "cuda")
+            models.append({**_entry(s), "expires_at": _NEVER, "size": size, "size_vram": size if on_gpu else 0,
+                           "context_length": s.model.context_length})
+        resp.media = {"models": models}
+
+
+def _entry(served: ServedModel) -> dict:
+    details = model_info.details(served)
+    return {
+        "name": served.model_id,
+        "model": served.model_id,
+        "modified_at": model_info.loaded_at(served),
+        "size": model_info.model_size(served),
+        "digest": model_info.digest(served),
+        "details": {"parent_model": "", **{k: v for k, v in details.items() if k != "size"}},
+    }
+
+
+class ShowResource:
+    def __init__(self, handle: EngineHandle, config: ServerConfig):
+        self._handle = handle
+        self._config = config
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _, served = _model(self._handle, RequestFields(read_json(req, self._config.max_body_bytes)))
+        manifest = served.model.manifest
+        model = manifest["model"]
+        info = {**model.get("gguf_metadata", {}), "general.parameter_count": model["parameter_count"]}
+        caps = ["completion"] + (["embedding"] if model_info.capabilities(served)["embeddings"] else [])
+        template = served.chat.source if model_info.has_chat_template(served) else "{{ .Prompt }}"
+        resp.media = {
+            "modelfile": f"# compiled by rfc into the bundle {served.model.bundle.root}\nFROM {manifest.get('source', {}).get('file', '')}\n",
+            "parameters": "",
+            "template": template,
+            "details": {"parent_model": "", **{k: v for k, v in model_info.details(served).items() if k != "size"}},
+            "model_info": info,
+            "capabilities": caps,
+            "modified_at": model_info.loaded_at(served),
+        }
+
+
+class GenerateResource:
+    """/api/generate (`chat=False`) and /api/chat."""
+
+    def __init__(self, handle: EngineHandle, config: ServerConfig, chat: bool):
+        self._handle = handle
+        self._config = config
+        self._chat = chat
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        f = RequestFields(read_json(req, self._config.max_body_bytes))
+        name, served = _model(self._handle, f)
+        refuse_unsupported(f)
+        stream = f.boolean("stream", True)  # Ollama streams unless told not to
+        prompt_ids = chat_prompt(served, f) if self._chat else generate_prompt(served, f)
+        if prompt_ids is None:
+            resp.media = OllamaReply(name, self._chat).loaded()
+            return
+        state = submit(served.engine, generation(served, f, prompt_ids))
+        req.context.request_id = state.request_id
+        resp.set_header("X-Request-Id", str(state.request_id))
+        reply = OllamaReply(name, self._chat, state)
+        tokens = TokenStream(served.engine, state, client_gone(req))
+        if stream:
+            resp.content_type = NDJSON_CONTENT_TYPE
+            resp.stream = sse_body(tokens, OllamaStreamRenderer(reply), deferred_log(req, 200, lambda: len(state.tokens)))
+            return
+        tokens.wait()
+        req.context.tokens = len(state.tokens)
+        if state.finish_reason == FAILED:
+            raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
+        resp.media = reply.final(state.text)
+
+
+class EmbedResource:
+    """/api/embed (`input`, a string or a list) and the older /api/embeddings (`prompt`)."""
+
+    def __init__(self, handle: EngineHandle, config: ServerConfig, legacy: bool = False):
+        self._handle = handle
+        self._config = config
+        self._legacy = legacy
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        f = RequestFields(read_json(req, self._config.max_body_bytes))
+        name, served = _model(self._handle, f)
+        field = "prompt" if self._legacy else "input"
+        if not self._legacy and f.raw("input") == []:
+            resp.media = {"model": name, "embeddings": [], "total_duration": 0, "load_duration": 0, "prompt_eval_count": 0}
+            return
+        started = time.time()
+        inputs = encode_inputs(served, f.raw(field), field)
+        result = embed(served, inputs, self._config.pooling, f.boolean("truncate", True), field)
+        dims = f.integer("dimensions", None)
+        vectors = [shorten(v, dims, "dimensions").tolist() for v in result.vectors]
+        if self._legacy:
+            resp.media = {"embedding": vectors[0]}
+            return
+        resp.media = {
+            "model": name,
+            "embeddings": vectors,
+            "total_duration": int((time.time() - started) * 1e9),
+            "load_duration": 0,
+            "prompt_eval_count": result.prompt_tokens,
+        }
+
+
+class UnsupportedResource:
+    def _refuse(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
+        raise ApiError(
+            falcon.HTTP_501,
+            f"{req.path} is not supported: rfc serves compiled bundles. Compile a GGUF with `rfc compile MODEL.gguf` "
+            "(or pass the .gguf to `rfc serve`) instead of pulling or creating models",
+        )
+
+    on_get = on_post = on_delete = on_head = on_put = _refuse

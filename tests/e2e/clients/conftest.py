@@ -1,0 +1,37 @@
+"""One `rfc serve` with two bundles for every client test: the demo model (stories260K, no
+chat template) and SmolLM2-135M-Instruct (a real instruct model with its own ChatML
+template, slow enough on 2 cores, ~50 tok/s, that a stream can be watched and interrupted)."""
+
+import pytest
+
+from tests.conftest import SHARED, rfc
+from tests.e2e.conftest import ServerProcess
+
+SMOLLM2 = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO = "stories260K"
+CHAT = "SmolLM2-135M-Instruct"
+KV_PAGES = 1024  # split evenly: 512 pages each, one full 8192-token context of SmolLM2
+
+
+@pytest.fixture(scope="session")
+def clients_bundles(tmp_path_factory, demo_bundle):
+    if not SMOLLM2.is_file():
+        pytest.skip(f"{SMOLLM2} not found")
+    chat = tmp_path_factory.mktemp("clients") / CHAT
+    rfc("compile", SMOLLM2, "-o", chat, "-q", check=True)
+    return demo_bundle, chat
+
+
+@pytest.fixture(scope="session")
+def clients_server(clients_bundles):
+    demo, chat = clients_bundles
+    proc = ServerProcess(demo, str(chat), "--kv-pages", str(KV_PAGES), "--trace-sample-rate", "1.0", log_dir=chat.parent)
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def url(clients_server) -> str:
+    return clients_server.url
