@@ -52,6 +52,27 @@ def test_reference_matches_the_float64_oracle(name, bundle_cache, oracle):
     assert ok, summary
 
 
+def test_phi3_long_context_rope_matches_the_oracle(bundle_cache, oracle, tmp_path):
+    """LongRoPE as Phi-3 128k files carry it: factor tensors (the long set, since the context
+    exceeds the original one) and rope.scaling.attn_factor; none is in the fixtures."""
+    from tests.gguf_edit import rewrite_gguf
+
+    src = FIXTURES / "tiny-phi3-F16.gguf"
+    rng = np.random.default_rng(3)
+    path = rewrite_gguf(src, tmp_path / "tiny-phi3-long.gguf",
+                        metadata={"phi3.context_length": 8192, "phi3.rope.scaling.attn_factor": 1.19},
+                        add_tensors={"rope_factors_long.weight": 1.0 + 3.0 * rng.random(16),
+                                     "rope_factors_short.weight": np.ones(16)})  # fmt: skip
+    shutil.copy(src.with_suffix(".logits.npz"), path.with_suffix(".logits.npz"))  # for the tokens
+    bundle = bundle_cache(path, REFERENCE_ONLY)
+    rope = next(op for op in load_model(bundle, LoadOptions(device="ref")).bundle.plan.ops if op.kind == "rope")
+    assert rope.weights == ("rope_factors_long.weight",) and rope.attrs["attn_factor"] == pytest.approx(1.19)
+    ref = teacher_forced_logits(bundle, "ref", _tokens(path))
+    ok, summary = oracle_bounds(path.stem, ref, oracle(path))
+    assert ok, summary
+    assert np.abs(oracle(path) - oracle(src)).mean() > 0.05  # the factors and the attn_factor matter
+
+
 def _cpu_check(path: Path, bundle, oracle, fault=None) -> tuple[bool, str]:
     tokens = _tokens(path)
     model = load_model(bundle, LoadOptions(device="cpu"))

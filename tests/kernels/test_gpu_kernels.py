@@ -344,3 +344,22 @@ def test_sliding_window_attention_over_long_contexts(target, gpu_build_cache, tm
     gpu.launch(op, [out], [_upload(gpu, q)], [], gpu.upload_batch(batch))
     ok, msg = _close(gpu.download(out, 6), want)
     assert ok, msg
+
+
+@pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
+def test_long_context_rope_with_attn_factor(target, gpu_build_cache, tmp_path):
+    """Phi-3 LongRoPE: frequency factors and rope.scaling.attn_factor scaling the rotated pairs."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.gguf_edit import rewrite_gguf
+
+    factors = 1.0 + 3.0 * np.random.default_rng(3).random(16)
+    model = rewrite_gguf(model_path("phi3-F16"), tmp_path / "long.gguf",
+                         metadata={"phi3.context_length": 8192, "phi3.rope.scaling.attn_factor": 1.19},
+                         add_tensors={"rope_factors_long.weight": factors, "rope_factors_short.weight": np.ones(16)})
+    compile_model(CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,), cache_dir=gpu_build_cache))
+    pair = Pair(tmp_path / "bundle", target, tmp_path / "emu")
+    rope = next(o for o in pair.bundle.plan.ops if o.kind == "rope")
+    assert rope.weights == ("rope_factors_long.weight",) and "attn_factor" in rope.attrs
+    gpu, ref = pair.step([SeqChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
+    ok, msg = device_bounds("phi3-long", gpu, ref, rounding=None)
+    assert ok, msg
