@@ -27,7 +27,8 @@ from rfc.artifacts.formats import weight_format
 from rfc.artifacts.targets import Family, Target
 
 FLOAT_EXACT = ("F32", "F16")
-FLOAT_MAX, FLOAT_MEAN = 5e-3, 5e-4  # float32 kernels vs the reference (float64 matmul sums, f16 KV flips)
+FLOAT_MAX, FLOAT_MEAN = 1e-2, 1e-3  # float32 kernels vs the reference: summation order and the f16 KV
+# roundings it flips, as between the reference and the oracle (measured: 4.4e-3 / 3.8e-4 at most, GPU, 64 tokens)
 ORACLE_MAX, ORACLE_MEAN = 1e-2, 1e-3
 ROUNDING_MEAN, ROUNDING_MAX = 1.1, 1.5
 TOP1_GAP = 0.5
