@@ -30,6 +30,8 @@ MAX_OPS = 1 << 20
 MAX_BUFFERS = 4096
 SYMBOLS = ("T", "R")
 DTYPES = ("f32", "i32")
+GLU_ACTIVATIONS = ("silu", "gelu_tanh")  # swiglu's `activation`
+ROPE_STYLES = ("adjacent", "neox")
 
 
 @dataclass(frozen=True)
@@ -43,24 +45,55 @@ class OpSchema:
 
 
 OPS: dict[str, OpSchema] = {
-    "embed": OpSchema(1, 1, (1, 1), doc="x[T, n_embd] = dequant(weight)[tokens]"),
-    "rmsnorm": OpSchema(1, 1, (1, 1), ("eps",), doc="out = x / sqrt(mean(x^2) + eps) * weight"),
+    "embed": OpSchema(
+        1, 1, (1, 1), optional=(("scale", 1.0),),
+        doc="x[T, n_embd] = dequant(weight)[tokens] * scale (gemma: scale = sqrt(n_embd) as a float32)",
+    ),
+    "rmsnorm": OpSchema(
+        1, 1, (1, 1), ("eps",), optional=(("heads", 1),),
+        doc="each row is `heads` equal segments s (1: the whole row; n_heads: per-head Q/K norms), each "
+        "normalized on its own: out = s / sqrt(mean(s^2) + eps) * weight, weight [width / heads]",
+    ),
     "matmul": OpSchema(1, 1, (1, 1), doc="out[M, N] = x[M, K] @ weight[N, K]^T, weight in its stored format"),
     "add_bias": OpSchema(1, 1, (1, 1), doc="x[M, N] += bias[N]"),
     "rope": OpSchema(
         2, 2, (0, 1), ("n_heads", "n_kv_heads", "head_dim", "n_rot", "style", "freq_base", "freq_scale"),
+        optional=(("attn_factor", 1.0),),
         doc="rotary embedding of q and k in place; style 'adjacent' (pairs 2i, 2i+1: llama) or 'neox' "
-        "(pairs i, i + n_rot/2); freq_i = freq_scale * base^(-2i/n_rot) / factor_i (factors: the optional weight)",
+        "(pairs i, i + n_rot/2); freq_i = freq_scale * base^(-2i/n_rot) / factor_i (factors: the optional weight); "
+        "the rotated pair is (a cos - b sin, a sin + b cos) * attn_factor (LongRoPE's magnitude correction)",
     ),
     "kv_write": OpSchema(2, 0, (0, 0), ("layer",), doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"),
     "attention": OpSchema(
         1, 1, (0, 0), ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
+        optional=(("window", None), ("softcap", None)),
         doc="causal attention of q over the layer's paged cache (positions <= the token's own); query head h "
-        "reads kv head h // (n_heads / n_kv_heads)",
+        "reads kv head h // (n_heads / n_kv_heads); score = scale * q.k, then softcap * tanh(score / softcap) "
+        "with a softcap; with a window only keys at positions > pos - window take part (sliding window)",
     ),
-    "swiglu": OpSchema(2, 1, (0, 0), doc="out = silu(gate) * up"),
+    "swiglu": OpSchema(
+        2, 1, (0, 0), optional=(("activation", "silu"),),
+        doc="gated linear unit: out = act(gate) * up, act 'silu' (SwiGLU: g / (1 + exp(-g))) or 'gelu_tanh' "
+        "(GeGLU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))))",
+    ),
     "add": OpSchema(2, 1, (0, 0), doc="out = a + b"),
     "gather_rows": OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),
+    "softcap": OpSchema(1, 1, (0, 0), ("cap",), doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
+    "moe_route": OpSchema(
+        1, 2, (0, 0), ("n_used",),
+        doc="router of a mixture of experts: logits[T, n_expert] -> ids i32[T, n_used], weights[T, n_used]. "
+        "p = softmax(logits); ids = the n_used largest p, largest first (equal p: lower index first); "
+        "weights = p[ids] / max(sum(p[ids]), 2^-14)",
+    ),
+    "moe_matmul": OpSchema(
+        2, 1, (1, 1),
+        doc="expert matmul: x[T, K] (every slot reads its token's row) or x[T, n_used*K] (slot j reads "
+        "segment j), ids i32[T, n_used] -> out[T, n_used*N], segment j = x @ weight[ids[t, j]]^T; "
+        "weight [n_expert, N, K] in its stored format. Kernels group the slots by expert",
+    ),
+    "moe_combine": OpSchema(
+        2, 1, (0, 0), doc="y[T, n_used*N], weights[T, n_used] -> out[T, N] = sum_j weights[t, j] * y[t, segment j]",
+    ),
 }
 
 # Kept for readers of the old name: op kind -> required attributes.

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from rfc.artifacts.errors import BundleError
 from rfc.artifacts.formats import FormatError, tensor_nbytes, weight_format
 from rfc.artifacts.layout import TensorEntry, WeightLayout
-from rfc.artifacts.plan import DTYPES, MAX_BUFFERS, OPS, SYMBOLS, Op, Plan
+from rfc.artifacts.plan import DTYPES, GLU_ACTIVATIONS, MAX_BUFFERS, OPS, ROPE_STYLES, SYMBOLS, Op, Plan
 
 MAX_WIDTH = 1 << 24  # elements in one activation row (a vocabulary of 16M would still fit)
 MAX_CONTEXT = 1 << 24
 MAX_LAYERS = 4096
 MAX_HEADS = 4096
 MAX_HEAD_DIM = 4096
+MAX_EXPERTS = 1024
 MAX_TOKEN_BYTES = 1 << 30  # activation bytes per token or row, all buffers together
 
 
@@ -93,7 +94,7 @@ def check_op(plan: Plan, buffers: dict, i: int, op: Op) -> None:
     _need(not unknown, f"{where} has unknown attributes {unknown}")
     for b in (*op.inputs, *op.outputs):
         _need(b in buffers, f"{where} names unknown buffer {b[:64]!r}")
-    RULES[op.kind](_OpView(plan, buffers, op, where, None))
+    RULES[op.kind](_OpView(plan, buffers, op, where, None, i))
 
 
 # -- the plan against the layout -------------------------------------------------------------
@@ -129,7 +130,7 @@ def check_plan_weights(plan: Plan, layout: WeightLayout) -> None:
         where = f"plan op {i} ({op.kind} of {', '.join(w[:64] for w in op.weights) or 'no weights'})"
         for w in op.weights:
             _need(w in entries, f"{where} reads weight {w[:64]!r}, which the layout does not have")
-        RULES[op.kind](_OpView(plan, buffers, op, where, entries))
+        RULES[op.kind](_OpView(plan, buffers, op, where, entries, i))
 
 
 # -- shape rules, one per op kind ---------------------------------------------------------------
@@ -138,8 +139,8 @@ def check_plan_weights(plan: Plan, layout: WeightLayout) -> None:
 class _OpView:
     """One op with its buffers' shapes and, when checking against a layout, its weights'."""
 
-    def __init__(self, plan: Plan, buffers: dict, op: Op, where: str, entries: dict[str, TensorEntry] | None):
-        self.plan, self.buffers, self.op, self.where, self.entries = plan, buffers, op, where, entries
+    def __init__(self, plan: Plan, buffers: dict, op: Op, where: str, entries: dict[str, TensorEntry] | None, index: int):
+        self.plan, self.buffers, self.op, self.where, self.entries, self.index = plan, buffers, op, where, entries, index
 
     def need(self, cond: bool, message: str) -> None:
         _need(cond, f"{self.where}: {message}")
@@ -165,14 +166,22 @@ class _OpView:
         return tuple(self.entries[self.op.weights[index]].shape)
 
     def int_attr(self, name: str, lo: int, hi: int) -> int:
-        v = self.op.attrs[name]
+        v = self.op.attr(name)
         self.need(_bounded_int(v, lo, hi), f"attribute {name} = {v!r} is not an integer in [{lo}, {hi}]")
         return v
 
     def real_attr(self, name: str, lo: float, hi: float, open_lo: bool = False) -> float:
-        v = self.op.attrs[name]
+        v = self.op.attr(name)
         self.need(_finite(v, lo, hi, open_lo), f"attribute {name} = {v!r} is not a finite number in {'(' if open_lo else '['}{lo}, {hi}]")
         return float(v)
+
+    def choice_attr(self, name: str, choices: tuple[str, ...]) -> str:
+        v = self.op.attr(name)
+        self.need(isinstance(v, str) and v in choices, f"attribute {name} = {str(v)[:20]!r} is not one of {', '.join(choices)}")
+        return v
+
+    def i32_rows(self, name: str) -> None:
+        self.need(self.buffers[name].dtype == "i32" and len(self.shape(name)) == 2, f"{name} is not an i32 [rows, width] buffer")
 
 
 def _embed(v: _OpView) -> None:
@@ -182,6 +191,7 @@ def _embed(v: _OpView) -> None:
     v.need(v.rows(out) == "T", "output is not [T, width]")
     w = v.weight_shape(0)
     v.need(w is None or w == (v.plan.vocab_size, v.width(out)), f"table {w} is not [vocab_size, {v.width(out)}]")
+    v.real_attr("scale", 0.0, 1e6, open_lo=True)
 
 
 def _rmsnorm(v: _OpView) -> None:
@@ -189,8 +199,10 @@ def _rmsnorm(v: _OpView) -> None:
     v.float_rows(x, out)
     v.need(v.shape(x) == v.shape(out), "input and output shapes differ")
     v.real_attr("eps", 0.0, 1.0, open_lo=True)
+    heads = v.int_attr("heads", 1, v.width(x))
+    v.need(v.width(x) % heads == 0, f"a row of {v.width(x)} is not {heads} equal segments")
     w = v.weight_shape(0)
-    v.need(w is None or w == (v.width(x),), f"weight {w} is not [{v.width(x)}]")
+    v.need(w is None or w == (v.width(x) // heads,), f"weight {w} is not [{v.width(x) // heads}]")
 
 
 def _matmul(v: _OpView) -> None:
@@ -218,9 +230,10 @@ def _rope(v: _OpView) -> None:
     hd = v.int_attr("head_dim", 1, MAX_HEAD_DIM)
     n_rot = v.int_attr("n_rot", 2, hd)
     v.need(n_rot % 2 == 0, "n_rot is odd")
-    v.need(v.op.attrs["style"] in ("adjacent", "neox"), f"style {str(v.op.attrs['style'])[:20]!r} is unknown")
+    v.choice_attr("style", ROPE_STYLES)
     v.real_attr("freq_base", 0.0, 1e12, open_lo=True)
     v.real_attr("freq_scale", 0.0, 1e6, open_lo=True)
+    v.real_attr("attn_factor", 0.0, 1e6, open_lo=True)
     v.need(v.shape(q) == ("T", nh * hd) and v.shape(k) == ("T", nkv * hd), "q/k widths disagree with the head counts")
     if v.op.weights:
         w = v.weight_shape(0)
@@ -249,6 +262,10 @@ def _attention(v: _OpView) -> None:
     v.need((nkv, hd) == (v.plan.kv.n_kv_heads, v.plan.kv.head_dim), "head sizes disagree with the KV cache")
     v.need(nh % nkv == 0, "n_heads is not a multiple of n_kv_heads")
     v.real_attr("scale", 0.0, 1e6, open_lo=True)
+    if v.op.attr("window") is not None:
+        v.int_attr("window", 1, MAX_CONTEXT)
+    if v.op.attr("softcap") is not None:
+        v.real_attr("softcap", 0.0, 1e6, open_lo=True)
     v.need(v.shape(q) == ("T", nh * hd) == v.shape(out), "q/output are not [T, n_heads * head_dim]")
 
 
@@ -256,6 +273,60 @@ def _same_shape(v: _OpView) -> None:
     names = (*v.op.inputs, *v.op.outputs)
     v.float_rows(*names)
     v.need(len({v.shape(n) for n in names}) == 1, "buffers differ in shape")
+
+
+def _swiglu(v: _OpView) -> None:
+    _same_shape(v)
+    v.choice_attr("activation", GLU_ACTIVATIONS)
+
+
+def _softcap(v: _OpView) -> None:
+    _same_shape(v)
+    v.real_attr("cap", 0.0, 1e6, open_lo=True)
+
+
+def _moe_route(v: _OpView) -> None:
+    (logits,), (ids, weights) = v.op.inputs, v.op.outputs
+    v.float_rows(logits, weights)
+    v.i32_rows(ids)
+    n_expert = v.width(logits)
+    v.need(v.rows(logits) == "T" and n_expert <= MAX_EXPERTS, f"logits are not [T, n_expert <= {MAX_EXPERTS}]")
+    k = v.int_attr("n_used", 1, n_expert)
+    v.need(v.shape(ids) == ("T", k) == v.shape(weights), f"ids/weights are not [T, {k}]")
+
+
+def _router_of(v: _OpView, ids: str) -> Op | None:
+    """The op that last wrote `ids` before this one, if it is a moe_route (expert ids come from
+    a router, so they index the experts the router scored)."""
+    for op in reversed(v.plan.ops[: v.index]):
+        if ids in op.outputs:
+            return op if op.kind == "moe_route" else None
+    return None
+
+
+def _moe_matmul(v: _OpView) -> None:
+    (x, ids), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(x, out)
+    v.i32_rows(ids)
+    router = _router_of(v, ids)
+    v.need(router is not None, f"{ids} is not written by a moe_route op before it")
+    k = v.width(ids)
+    v.need(v.rows(x) == v.rows(ids) == v.rows(out) == "T", "buffers are not [T, width]")
+    v.need(v.width(out) % k == 0, f"output width {v.width(out)} is not {k} segments")
+    n = v.width(out) // k
+    w = v.weight_shape(0)
+    if w is not None:
+        n_expert = v.width(router.inputs[0])
+        v.need(len(w) == 3 and w[0] == n_expert and w[1] == n, f"weight {w} is not [{n_expert}, {n}, K]")
+        v.need(v.width(x) in (w[2], k * w[2]), f"input width {v.width(x)} is neither K = {w[2]} nor {k} x K")
+
+
+def _moe_combine(v: _OpView) -> None:
+    (y, weights), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(y, weights, out)
+    k = v.width(weights)
+    v.need(v.rows(y) == v.rows(weights) == v.rows(out), "buffers differ in rows")
+    v.need(v.width(y) == k * v.width(out), f"input width {v.width(y)} is not {k} x {v.width(out)}")
 
 
 def _gather_rows(v: _OpView) -> None:
@@ -272,8 +343,12 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "rope": _rope,
     "kv_write": _kv_write,
     "attention": _attention,
-    "swiglu": _same_shape,
+    "swiglu": _swiglu,
     "add": _same_shape,
     "gather_rows": _gather_rows,
+    "softcap": _softcap,
+    "moe_route": _moe_route,
+    "moe_matmul": _moe_matmul,
+    "moe_combine": _moe_combine,
 }
 assert set(RULES) == set(OPS), "every op kind needs a shape rule"

@@ -11,6 +11,7 @@ from rfc.cli.errors import fail
 @click.command("compile")
 @click.argument("model", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--arch", "targets", multiple=True, metavar="TARGET", help="Target: cpu (x86-64-v3, default), cpu-avx512, cpu-generic, gfx* (AMD) or sm_* (NVIDIA). Repeat for several.")
+@click.option("--reference-only", is_flag=True, help="Build no kernels: the bundle runs on the numpy reference device only (`--device ref`).")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Bundle directory (default: bundles/<model name>).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--chat-template", "chat_template", type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -19,19 +20,21 @@ from rfc.cli.errors import fail
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="rfc's cache (default: ~/.cache/rfc); compiled kernels go in DIR/kernels. Must be writable by you alone.")
 @click.option("--no-cache", envvar="RFC_NO_CACHE", is_flag=True, help="Build every kernel afresh; use no cache (CI).")
-def compile_cmd(model: Path | None, targets: tuple[str, ...], out_dir: Path | None, force: bool, chat_template: Path | None,
-                quiet: bool, cache_dir: Path | None, no_cache: bool) -> None:
+def compile_cmd(model: Path | None, targets: tuple[str, ...], reference_only: bool, out_dir: Path | None, force: bool,
+                chat_template: Path | None, quiet: bool, cache_dir: Path | None, no_cache: bool) -> None:
     """Compile MODEL (a GGUF file; default: the embedded demo model) into a bundle."""
     from rfc.cli.gguf_cache import cache_root
     from rfc.compiler.errors import CompileError
     from rfc.compiler.pipeline import CompileOptions, compile_model, demo_model_path
 
+    if reference_only and targets:
+        fail("--reference-only builds no kernels: it cannot be combined with --arch")
     model = model or demo_model_path()
     out_dir = out_dir or Path("bundles") / model.stem
     progress = _BarProgress() if (not quiet and sys.stderr.isatty()) else None
     kernels = None if no_cache else cache_root(cache_dir) / "kernels"
-    options = CompileOptions(model=model, out_dir=out_dir, targets=targets or ("cpu",), force=force,
-                             cache_dir=kernels, chat_template=chat_template)
+    options = CompileOptions(model=model, out_dir=out_dir, targets=() if reference_only else targets or ("cpu",),
+                             force=force, cache_dir=kernels, chat_template=chat_template)
     try:
         result = compile_model(options, progress)
     except CompileError as e:
@@ -41,7 +44,7 @@ def compile_cmd(model: Path | None, targets: tuple[str, ...], out_dir: Path | No
     if not quiet:
         click.echo(
             f"compiled {model.name} -> {result.out_dir} ({_human(result.size)}, "
-            f"{', '.join(t['name'] for t in result.manifest['targets'])}) in {result.seconds:.1f}s",
+            f"{', '.join(t['name'] for t in result.manifest['targets']) or 'reference device only'}) in {result.seconds:.1f}s",
             err=True,
         )
 

@@ -14,8 +14,10 @@ def parse_target(name: str) -> Target:
 
 
 def parse_targets(names: tuple[str, ...]) -> tuple[Target, ...]:
+    """The targets to build, in order, without repeats; none at all is a bundle that only the
+    numpy reference device runs."""
     targets: list[Target] = []
-    for n in names or ("cpu",):
+    for n in names:
         t = parse_target(n)
         if t not in targets:
             targets.append(t)

@@ -170,4 +170,15 @@ RFC_DEVICE_FN void rfc_sincos(double theta, float *s, float *c) {
     *c = q == 0 ? cy : q == 1 ? -sy : q == 2 ? -cy : sy;
 }
 
+/* tanh without device libraries: an odd polynomial near 0 (relative error < 1e-7 there),
+ * else 1 - 2 / (exp(2x) + 1) (absolute error ~1e-7; saturates to +-1 without overflow
+ * trouble: exp(2x) = inf gives 1, exp(2x) = 0 gives -1). For soft-capping and GELU. */
+RFC_DEVICE_FN float rfc_tanhf(float x) {
+    if (x > -0.125f && x < 0.125f) {
+        const float z = x * x;
+        return x * (1.0f + z * (-0.33333333333f + z * (0.13333333333f + z * (-0.05396825397f + z * 0.02186948854f))));
+    }
+    return 1.0f - 2.0f / (RFC_EXPF(2.0f * x) + 1.0f);
+}
+
 #endif /* RFC_GPU_H */

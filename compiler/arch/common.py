@@ -1,22 +1,26 @@
 """Pieces most decoder-only recipes share: the llama-style hyperparameters, as llama.cpp reads
-them (src/llama-model.cpp), and the pre-norm transformer block.
+them (src/llama-model.cpp: llama_model_base::load_hparams), and the parts of a transformer
+block as plan ops (attention, gated FFN, mixture of experts, the output head).
 
-A recipe that differs in a detail passes options (rope style, biases); one that differs in
-structure writes its own block with the same builder.
+A recipe that differs in a detail passes options (rope style, biases, a window); one that
+differs in structure (gemma's extra norms) arranges the same parts in its own block.
 """
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.metadata import (
-    MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata,
+    MAX_CONTEXT, MAX_EMBD, MAX_EXPERTS, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata,
 )  # fmt: skip
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import HParams, ModelSpec
 
+# rope.scaling.type values rfc implements. llama.cpp also knows "yarn" and "longrope"; a file
+# that asks for them is refused by name (Metadata.choice) rather than run with other positions.
 ROPE_SCALING_TYPES = ("none", "linear")
 
 
@@ -70,24 +74,31 @@ class Rope:
     freq_base: float
     freq_scale: float
     scaling_type: str
+    attn_factor: float = 1.0
 
     def attrs(self, sizes: Sizes) -> dict:
-        return {
+        attrs = {
             "n_heads": sizes.n_heads, "n_kv_heads": sizes.n_kv_heads, "head_dim": sizes.head_dim,
             "n_rot": self.n_rot, "style": self.style, "freq_base": self.freq_base, "freq_scale": self.freq_scale,
         }  # fmt: skip
+        if self.attn_factor != 1.0:
+            attrs["attn_factor"] = self.attn_factor
+        return attrs
 
 
-def read_rope(md: Metadata, sizes: Sizes, style: str, default_base: float = 10000.0) -> Rope:
+def read_rope(md: Metadata, sizes: Sizes, style: str) -> Rope:
+    """RoPE as llama.cpp sets it up for the file (load_hparams + llama_context): base 10000
+    unless given; scaling type "linear" when the key is absent, so a `rope.scaling.factor`
+    (or the older `rope.scale_linear`) alone scales positions; type "none" never scales."""
     n_rot = md.int("rope.dimension_count", 2, sizes.head_dim, default=sizes.head_dim)
     if n_rot % 2:
         raise CompileError(f"{md.path}: rope.dimension_count {n_rot} must be even")
-    scaling = md.choice("rope.scaling.type", ROPE_SCALING_TYPES, default="none")
-    freq_scale = 1.0
-    if scaling == "linear":
-        freq_scale = 1.0 / md.float("rope.scaling.factor", 0.0, 1e6, default=1.0, open_lo=True)
-    base = md.float("rope.freq_base", 0.0, 1e12, default=default_base, open_lo=True)
-    return Rope(n_rot, style, base, freq_scale, scaling)
+    scaling = md.choice("rope.scaling.type", ROPE_SCALING_TYPES, default="linear")
+    factor = md.float("rope.scaling.factor", 0.0, 1e6, default=md.float("rope.scale_linear", 0.0, 1e6, default=0.0))
+    freq_scale = 1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor
+    base = md.float("rope.freq_base", 0.0, 1e12, default=10000.0, open_lo=True)
+    attn_factor = md.float("rope.scaling.attn_factor", 0.0, 1e6, default=1.0, open_lo=True)
+    return Rope(n_rot, style, base, freq_scale, scaling, attn_factor)
 
 
 def hparams(md: Metadata, sizes: Sizes, rope: Rope, n_ff: int, rms_eps: float, **flags) -> HParams:
@@ -112,52 +123,196 @@ def hparams(md: Metadata, sizes: Sizes, rope: Rope, n_ff: int, rms_eps: float, *
     )
 
 
-def llama_like(model: GGUFModel, arch: str, rope_style: str, qkv_bias: bool) -> ModelSpec:
+def kv_spec(s: Sizes) -> KVSpec:
+    return KVSpec(n_layers=s.n_layers, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
+
+
+# -- block parts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attention:
+    """What one layer's attention needs beyond the sizes; layers may differ in any of it."""
+
+    rope: Rope
+    scale: float  # applied to q.k (gemma's query pre-scaling folds in here)
+    window: int | None = None  # sliding window: keys more than window - 1 positions back are masked
+    softcap: float | None = None  # attention-logit soft-capping
+    qk_norm: bool = False  # per-head RMS norms attn_q_norm / attn_k_norm before RoPE (qwen3, gemma3)
+    factors: str | None = None  # RoPE frequency factors (a weight of the plan)
+
+    def with_rope(self, **changes) -> "Attention":
+        return replace(self, rope=replace(self.rope, **changes))
+
+
+def declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_used: int = 0, n_expert: int = 0) -> None:
+    """The activations of a llama-style stack: x (residual), h (sublayer in/out), q/k/v/att, the
+    FFN's gate/up, and for MoE the router's and the experts' buffers."""
+    b.buffer("tokens", "T", dtype="i32")
+    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width), ("att", s.q_width)):
+        b.buffer(name, "T", width)
+    if n_used:
+        b.buffer("router", "T", n_expert)
+        b.buffer("expert_ids", "T", n_used, dtype="i32")
+        b.buffer("expert_weights", "T", n_used)
+        b.buffer("gate", "T", n_used * n_ff)
+        b.buffer("up", "T", n_used * n_ff)
+        b.buffer("experts_out", "T", n_used * s.n_embd)
+    else:
+        b.buffer("gate", "T", n_ff)
+        b.buffer("up", "T", n_ff)
+    b.buffer("xr", "R", s.n_embd)
+    b.buffer("hr", "R", s.n_embd)
+    b.buffer("logits", "R", s.vocab_size)
+
+
+def qkv_weights(b: ModelBuilder, p: str, s: Sizes) -> tuple[str, str, str]:
+    """The Q, K and V projections: separate tensors, or row ranges of a fused `attn_qkv` (Q, then
+    K, then V), which llama.cpp accepts for every architecture (create_tensor_qkv). The plan
+    keeps three matmuls either way: splitting costs nothing at run time, and a target that
+    gains from one fused matmul concatenates them again in its lowering (ModelBuilder.concat)."""
+    e, q, kv = s.n_embd, s.q_width, s.kv_width
+    fused = p + "attn_qkv.weight"
+    if not b.has(fused):
+        return tuple(b.tensor(f"{p}attn_{x}.weight", f"attn_{x}", (w, e)) for x, w in (("q", q), ("k", kv), ("v", kv)))
+    if b.has(p + "attn_qkv.bias"):
+        raise CompileError(f"{b.path}: a fused {p}attn_qkv.bias is not supported")
+    shape = (q + 2 * kv, e)
+    return (
+        b.rows(fused + ":q", "attn_q", fused, shape, 0, q),
+        b.rows(fused + ":k", "attn_k", fused, shape, q, q + kv),
+        b.rows(fused + ":v", "attn_v", fused, shape, q + kv, q + 2 * kv),
+    )
+
+
+def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, src: str = "h", dst: str = "h",
+              out_bias: bool = False) -> None:
+    """dst = attn_output(attention(rope(norm?(Q src)), rope(norm?(K src)), V src)) for layer i.
+    Q/K/V biases are added when the file has them (llama.cpp reads them for every architecture)."""
+    p = f"blk.{i}."
+    for proj, w, width in zip("qkv", qkv_weights(b, p, s), (s.q_width, s.kv_width, s.kv_width)):
+        b.op("matmul", (src,), (proj,), (w,))
+        bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
+        if bias:
+            b.op("add_bias", (proj,), (proj,), (bias,))
+    if cfg.qk_norm:
+        hd = (s.head_dim,)
+        b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
+        b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
+    b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+    b.op("kv_write", ("k", "v"), (), layer=i)
+    extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap)) if v is not None}
+    b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
+         scale=cfg.scale, **extra)  # fmt: skip
+    linear(b, "att", dst, p + "attn_output", (s.n_embd, s.q_width), bias=out_bias)
+
+
+def linear(b: ModelBuilder, src: str, dst: str, name: str, shape: tuple[int, int], *, bias: bool = False) -> None:
+    """dst = src @ name.weight^T (+ name.bias when `bias` and the file has one)."""
+    role = name.split(".", 2)[-1] if name.startswith("blk.") else name
+    b.op("matmul", (src,), (dst,), (b.tensor(name + ".weight", role, shape),))
+    if bias:
+        w = b.optional_tensor(name + ".bias", role + "_bias", (shape[0],))
+        if w:
+            b.op("add_bias", (dst,), (dst,), (w,))
+
+
+def glu_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, *, activation: str = "silu", src: str = "h", dst: str = "h",
+            fused_gate_up: bool = False, bias: bool = False) -> None:
+    """dst = ffn_down(act(ffn_gate src) * ffn_up src). With `fused_gate_up` (phi3) `ffn_up` holds
+    2 n_ff rows, gate first: they are split into two weights like a fused QKV."""
+    p = f"blk.{i}."
+    if fused_gate_up:
+        fused, shape = p + "ffn_up.weight", (2 * n_ff, e)
+        b.op("matmul", (src,), ("gate",), (b.rows(fused + ":gate", "ffn_gate", fused, shape, 0, n_ff),))
+        b.op("matmul", (src,), ("up",), (b.rows(fused + ":up", "ffn_up", fused, shape, n_ff, 2 * n_ff),))
+    else:
+        linear(b, src, "gate", p + "ffn_gate", (n_ff, e), bias=bias)
+        linear(b, src, "up", p + "ffn_up", (n_ff, e), bias=bias)
+    b.op("swiglu", ("gate", "up"), ("gate",), **({} if activation == "silu" else {"activation": activation}))
+    linear(b, "gate", dst, p + "ffn_down", (e, n_ff), bias=bias)
+
+
+def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: int, *, src: str = "h", dst: str = "h") -> None:
+    """Mixtral-style mixture of experts (llama.cpp's build_moe_ffn with softmax gating and
+    normalized top-k weights): route each token to n_used of n_expert SwiGLU experts and add
+    their outputs weighted by the renormalized router probabilities."""
+    p = f"blk.{i}."
+    b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (n_expert, e)),))
+    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), n_used=n_used)
+    for name, buf in (("gate", "gate"), ("up", "up")):
+        w = b.tensor(f"{p}ffn_{name}_exps.weight", f"ffn_{name}_exps", (n_expert, n_ff, e))
+        b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
+    b.op("swiglu", ("gate", "up"), ("gate",))
+    down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (n_expert, e, n_ff))
+    b.op("moe_matmul", ("gate", "expert_ids"), ("experts_out",), (down,))
+    b.op("moe_combine", ("experts_out", "expert_weights"), (dst,))
+
+
+def output_head(b: ModelBuilder, s: Sizes, eps: float, *, final_softcap: float | None = None,
+                always_tied: bool = False) -> bool:
+    """logits = output(norm(x)) for the logit rows (`output.weight`, else the tied token
+    embedding; always the embedding with `always_tied`), soft-capped with a final_softcap;
+    returns whether the embedding is tied."""
+    b.op("gather_rows", ("x",), ("xr",))
+    b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (s.n_embd,)),), eps=eps)
+    tied = always_tied or not b.has("output.weight")
+    lm_head = "token_embd.weight" if tied else b.tensor("output.weight", "output", (s.vocab_size, s.n_embd))
+    b.op("matmul", ("hr",), ("logits",), (lm_head,))
+    if final_softcap is not None:
+        b.op("softcap", ("logits",), ("logits",), cap=final_softcap)
+    return tied
+
+
+def read_experts(md: Metadata) -> tuple[int, int]:
+    """(expert_count, expert_used_count); (0, 0) for a dense model. llama.cpp reads both for
+    every architecture and asserts 0 < used <= count when there are experts."""
+    n_expert = md.int("expert_count", 0, MAX_EXPERTS, default=0)
+    n_used = md.int("expert_used_count", 0, n_expert, default=0)
+    if n_expert and not n_used:
+        raise CompileError(f"{md.path}: expert_count {n_expert} without an expert_used_count")
+    if n_used and not n_expert:
+        raise CompileError(f"{md.path}: expert_used_count {n_used} without an expert_count")
+    return n_expert, n_used
+
+
+def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool = False, qk_norm: bool = False,
+               fused_gate_up: bool = False, factors: Callable[[ModelBuilder, Metadata, Rope], str | None] | None = None) -> ModelSpec:
     """llama and its close relatives: pre-norm blocks of GQA attention with rotary positions
-    and a SwiGLU FFN, RMS norms, optional Q/K/V biases, optional tied output."""
+    and a SwiGLU FFN (or a Mixtral-style mixture of SwiGLU experts), RMS norms, optional
+    biases, optional tied output. Options: Q/K/V biases required (qwen2), per-head Q/K norms
+    (qwen3), a fused gate/up tensor (phi3), where the RoPE frequency factors come from
+    (default: `rope_freqs.weight` when present, Llama 3.1's)."""
     md = Metadata(model, arch)
     s = read_sizes(md)
     rope = read_rope(md, s, rope_style)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    n_expert, n_used = read_experts(md)
     b = ModelBuilder(model)
-    e, q, kv = s.n_embd, s.q_width, s.kv_width
-    has_bias = qkv_bias or b.has("blk.0.attn_q.bias")
-    tied = not b.has("output.weight")
-
-    b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", e), ("h", e), ("q", q), ("k", kv), ("v", kv), ("att", q), ("gate", n_ff), ("up", n_ff)):
-        b.buffer(name, "T", width)
-    b.buffer("xr", "R", e)
-    b.buffer("hr", "R", e)
-    b.buffer("logits", "R", s.vocab_size)
-
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, e))
-    factors = b.optional_tensor("rope_freqs.weight", "rope_freqs", (rope.n_rot // 2,))
+    if qkv_bias and not b.has("blk.0.attn_q.bias"):
+        raise CompileError(f"{b.path}: missing tensor blk.0.attn_q.bias ({arch} has Q/K/V biases)")
+    declare_buffers(b, s, n_ff, n_used, n_expert)
+    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    if factors is None:
+        rope_factors = b.optional_tensor("rope_freqs.weight", "rope_freqs", (rope.n_rot // 2,))
+    else:
+        rope_factors = factors(b, md, rope)
+    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=qk_norm, factors=rope_factors)
     b.op("embed", ("tokens",), ("x",), (embd,))
-    attn = {"n_heads": s.n_heads, "n_kv_heads": s.n_kv_heads, "head_dim": s.head_dim, "scale": 1.0 / math.sqrt(s.head_dim)}
     for i in range(s.n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (e,)),), eps=eps)
-        for proj, width in (("q", q), ("k", kv), ("v", kv)):
-            b.op("matmul", ("h",), (proj,), (b.tensor(f"{p}attn_{proj}.weight", f"attn_{proj}", (width, e)),))
-            if has_bias:
-                b.op("add_bias", (proj,), (proj,), (b.tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,)),))
-        b.op("rope", ("q", "k"), ("q", "k"), (factors,) if factors else (), **rope.attrs(s))
-        b.op("kv_write", ("k", "v"), (), layer=i)
-        b.op("attention", ("q",), ("att",), layer=i, **attn)
-        b.op("matmul", ("att",), ("h",), (b.tensor(p + "attn_output.weight", "attn_output", (e, q)),))
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        attention(b, i, s, eps, cfg, out_bias=arch == "llama")
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (e,)),), eps=eps)
-        b.op("matmul", ("h",), ("gate",), (b.tensor(p + "ffn_gate.weight", "ffn_gate", (n_ff, e)),))
-        b.op("matmul", ("h",), ("up",), (b.tensor(p + "ffn_up.weight", "ffn_up", (n_ff, e)),))
-        b.op("swiglu", ("gate", "up"), ("gate",))
-        b.op("matmul", ("gate",), ("h",), (b.tensor(p + "ffn_down.weight", "ffn_down", (e, n_ff)),))
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
+        if n_expert:
+            moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used)
+        else:
+            glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=arch == "llama")
         b.op("add", ("x", "h"), ("x",))
-    b.op("gather_rows", ("x",), ("xr",))
-    b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (e,)),), eps=eps)
-    lm_head = embd if tied else b.tensor("output.weight", "output", (s.vocab_size, e))
-    b.op("matmul", ("hr",), ("logits",), (lm_head,))
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=has_bias, rope_freq_factors=factors is not None)
-    kv_spec = KVSpec(n_layers=s.n_layers, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec)
+    tied = output_head(b, s, eps)
+    extra = {"expert_count": n_expert, "expert_used_count": n_used} if n_expert else {}
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+                 rope_freq_factors=rope_factors is not None, extra=extra)  # fmt: skip
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

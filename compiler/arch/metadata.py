@@ -79,6 +79,19 @@ class Metadata:
             raise CompileError(f"{self.path}: metadata {self.key(key)} must be a boolean, got {_show(value)}")
         return bool(value)
 
+    def is_list(self, key: str) -> bool:
+        return isinstance(self.model.metadata.get(self.key(key)), (list, tuple))
+
+    def flags(self, key: str, max_len: int) -> tuple[bool, ...]:
+        """An array of booleans or integers read as per-entry switches (nonzero: on), at most
+        max_len entries."""
+        value = self._raw(key, _REQUIRED)
+        if not isinstance(value, (list, tuple)) or len(value) > max_len:
+            raise CompileError(f"{self.path}: metadata {self.key(key)} is not an array of at most {max_len} entries")
+        if not all(isinstance(v, (bool, numbers.Integral)) for v in value):
+            raise CompileError(f"{self.path}: metadata {self.key(key)} is not an array of booleans or integers")
+        return tuple(bool(v) for v in value)
+
     def text(self, key: str, default: Any = _REQUIRED, max_len: int = 256) -> str:
         """A string shown to people (a model's name): data only, never put into source."""
         value = self._raw(key, default)

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rfc.artifacts.plan import OPS, Plan
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.render import render
@@ -32,6 +33,11 @@ _STEPS = {
     "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
     "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
 }
+# The op kinds these per-op kernels implement, at their optional attributes' defaults. A plan
+# with anything else (the ops and attributes of newer architectures: windows, soft-caps,
+# per-head norms, GeGLU, experts) is refused until the step program has kernels for them.
+CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows")
+
 # Formats whose AVX2 path quantizes activations to int8 (cpu_dot.h: RFC_ACT_*); the rest
 # read float activations (4 bytes per element).
 _INT8_ACTIVATIONS = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"}
@@ -122,6 +128,7 @@ def _head(text: str, lines: int = 20) -> str:
 def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
     """The whole library: the prelude, then one rendering of a template per op (per format)."""
     hp, plan = inp.hparams, inp.plan
+    check_ops(plan, hp.architecture)
     entries = inp.layout.by_name()
     ops: dict[str, list] = {}
     for op in plan.ops:
@@ -161,6 +168,18 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
         parts.append(render("cpu_attention.c.j2", _attention_params(hp, attention, tuning)))
     parts.append(render("cpu_elementwise.c.j2", {}))
     return "\n".join(parts)
+
+
+def check_ops(plan: Plan, architecture: str) -> None:
+    """Refuses a plan with an op kind or a non-default optional attribute the cpu kernels lack."""
+    hint = "the reference device runs it: compile with --reference-only (or for a GPU target) and use `--device ref`"
+    for op in plan.ops:
+        if op.kind not in CPU_OPS:
+            raise CompileError(f"the cpu target has no kernel for op {op.kind} ({architecture}); {hint}")
+        for name, default in OPS[op.kind].optional:
+            value = op.attr(name)
+            if value != default:
+                raise CompileError(f"the cpu target has no kernel for {op.kind} with {name} = {value!r} ({architecture}); {hint}")
 
 
 def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:

@@ -40,6 +40,10 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "swiglu": (("out", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32)),
     "add": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
     "gather_rows": (("out", PTR), ("x", PTR), ("rows", PTR), ("n_rows", I32)),
+    "softcap": (("out", PTR), ("x", PTR), ("n_rows", I32)),
+    "moe_route": (("ids", PTR), ("weights", PTR), ("logits", PTR), ("n_rows", I32)),
+    "moe_matmul": (("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
+    "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
 }
 
 KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<dtype>_t)
@@ -143,11 +147,12 @@ class _Planner:
         )
 
     def _weight(self, op: Op, name: str) -> dict:
+        """Block geometry of a [rows, cols] weight, or of one expert of an [experts, rows, cols] one."""
         entry = self.tensors[name]
         if entry.format not in MATMUL_FORMATS:
             raise CompileError(f"no GPU kernel for {op.kind} with {name} in format {entry.format}")
         qk, ts = block_geometry(entry.format)
-        rows, cols = entry.shape
+        rows, cols = entry.shape[-2:]
         return {
             "fmt": entry.format.lower(),
             "fmt_upper": entry.format,
@@ -163,8 +168,9 @@ class _Planner:
     def _embed(self, op: Op) -> KernelSpec:
         w = self._weight(op, op.weights[0])
         threads = self._row_threads(w["blocks_per_row"])
-        name = f"rfc_embed_{w['fmt']}_{w['cols']}"
-        params = {"name": name, "threads": threads, "width": w["cols"], **w}
+        scale = float(op.attr("scale"))
+        name = f"rfc_embed_{w['fmt']}_{w['cols']}" + ("" if scale == 1.0 else "_scaled")
+        params = {"name": name, "threads": threads, "width": w["cols"], "scale": scale, **w}
         return KernelSpec(name, "gpu_embed.hip.j2", params, KERNEL_ARGS["embed"], threads, (("n_rows", 1),))
 
     def _matmul(self, op: Op) -> KernelSpec:
@@ -189,8 +195,12 @@ class _Planner:
 
     def _rmsnorm(self, op: Op) -> KernelSpec:
         self._f32_vector(op, op.weights[0])
-        width = self._width(op.inputs[0])
-        return self._rowwise(op, "gpu_rmsnorm.hip.j2", f"rfc_rmsnorm_{width}", width, eps=float(op.attrs["eps"]))
+        width, heads = self._width(op.inputs[0]), int(op.attr("heads"))
+        seg = width // heads
+        threads = self._row_threads(seg)
+        name = f"rfc_rmsnorm_{width}" if heads == 1 else f"rfc_rmsnorm_{heads}x{seg}"
+        params = {"name": name, "threads": threads, "width": width, "heads": heads, "seg": seg, "eps": float(op.attrs["eps"])}
+        return KernelSpec(name, "gpu_rmsnorm.hip.j2", params, KERNEL_ARGS["rmsnorm"], threads, (("n_rows", 1), (heads, 1)))
 
     def _add_bias(self, op: Op) -> KernelSpec:
         self._f32_vector(op, op.weights[0])
@@ -202,8 +212,49 @@ class _Planner:
         return self._rowwise(op, "gpu_add.hip.j2", f"rfc_add_{width}", width)
 
     def _swiglu(self, op: Op) -> KernelSpec:
+        width, activation = self._width(op.inputs[0]), op.attr("activation")
+        name = f"rfc_swiglu_{width}" if activation == "silu" else f"rfc_glu_{activation}_{width}"
+        return self._rowwise(op, "gpu_swiglu.hip.j2", name, width, activation=activation)
+
+    def _softcap(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
-        return self._rowwise(op, "gpu_swiglu.hip.j2", f"rfc_swiglu_{width}", width)
+        return self._rowwise(op, "gpu_softcap.hip.j2", f"rfc_softcap_{width}", width, cap=float(op.attrs["cap"]))
+
+    def _moe_route(self, op: Op) -> KernelSpec:
+        n_expert, n_used = self._width(op.inputs[0]), int(op.attrs["n_used"])
+        return self._rowwise(op, "gpu_moe_route.hip.j2", f"rfc_moe_route_{n_expert}_{n_used}", n_expert,
+                             n_expert=n_expert, n_used=n_used)
+
+    def _moe_combine(self, op: Op) -> KernelSpec:
+        width, n_used = self._width(op.outputs[0]), self._width(op.inputs[1])
+        return self._rowwise(op, "gpu_moe_combine.hip.j2", f"rfc_moe_combine_{n_used}x{width}", width, n_used=n_used)
+
+    def _moe_matmul(self, op: Op) -> KernelSpec:
+        w = self._weight(op, op.weights[0])
+        n_expert = self.tensors[op.weights[0]].shape[0]
+        n_used = self._width(op.inputs[1])
+        per_slot = self._width(op.inputs[0]) == n_used * w["cols"]
+        threads = MATMUL_WAVES * self.wave
+        lanes_per_row = min(self.wave, _pow2_at_least(w["blocks_per_row"]))
+        rows_per_block = threads // lanes_per_row
+        name = f"rfc_moe_matmul_{w['fmt']}_{n_expert}x{w['rows']}x{w['cols']}_{n_used}" + ("_slots" if per_slot else "")
+        params = {
+            "name": name,
+            "threads": threads,
+            "n": w["rows"],
+            "k": w["cols"],
+            "n_expert": n_expert,
+            "n_used": n_used,
+            "per_slot": per_slot,
+            "expert_bytes": w["rows"] * w["row_bytes"],
+            "lanes_per_row": lanes_per_row,
+            "rows_per_block": rows_per_block,
+            "tokens_per_block": MATMUL_TOKENS,
+            "block_unroll": w["qk"] if w["qk"] <= MATMUL_UNROLL_MAX else 1,
+            **w,
+        }
+        grid = ((w["rows"], rows_per_block), (n_expert, 1))
+        return KernelSpec(name, "gpu_moe_matmul.hip.j2", params, KERNEL_ARGS["moe_matmul"], threads, grid)
 
     def _gather_rows(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
@@ -247,6 +298,7 @@ class _Planner:
             "pair_offset": 1 if style == "adjacent" else half,
             "inv_freq": inv_freq,
             "has_freq_factors": has_factors,
+            "attn_factor": float(op.attr("attn_factor")),
         }
         args = tuple(arg for arg in KERNEL_ARGS["rope"] if has_factors or arg[0] != "freq_factors")
         return KernelSpec(name, "gpu_rope.hip.j2", params, args, threads, (("n_rows", 1),))
@@ -256,7 +308,9 @@ class _Planner:
         head_dim, n_heads, n_kv_heads = a["head_dim"], a["n_heads"], a["n_kv_heads"]
         threads = max(ATTENTION_THREADS, _round_up(head_dim, self.wave))
         dtype = self._kv_dtype()
+        window, softcap = op.attr("window"), op.attr("softcap")
         name = f"rfc_attention_{dtype}_{n_heads}x{n_kv_heads}x{head_dim}"
+        name += (f"_w{window}" if window is not None else "") + ("_capped" if softcap is not None else "")
         params = {
             "name": name,
             "threads": threads,
@@ -267,6 +321,10 @@ class _Planner:
             "dim_groups": threads // head_dim,
             "scale": float(a["scale"]),
             "kv_dtype": dtype,
+            "has_window": window is not None,
+            "window": int(window or 0),
+            "has_softcap": softcap is not None,
+            "softcap": float(softcap or 0.0),
         }
         grid = (("n_rows", 1), (n_heads, 1))
         return KernelSpec(name, "gpu_attention.hip.j2", params, KERNEL_ARGS["attention"], threads, grid)

@@ -40,11 +40,9 @@ def choose_device(bundle: Bundle, requested: str = "auto") -> DeviceChoice:
             if _compiled(bundle, t.name) and _present(family, t.name):
                 return DeviceChoice(family, t.name)
     if requested == "auto":
-        print(
-            f"rfc: warning: no compiled target of this bundle ({', '.join(map(str, targets))}) runs on this "
-            "machine; using the numpy reference device (slow)",
-            file=sys.stderr,
-        )
+        why = (f"no compiled target of this bundle ({', '.join(map(str, targets))}) runs on this machine" if targets
+               else "this bundle has no compiled kernels (--reference-only)")
+        print(f"rfc: warning: {why}; using the numpy reference device (slow)", file=sys.stderr)
         return DeviceChoice("ref", None)
     reasons = [f"{t.name}: {probe_reason(t.family.value, t.name) or 'not compiled'}" for t in known if t.family.value in wanted]
     raise DeviceError(

@@ -75,6 +75,14 @@ ARGS: dict[str, tuple[Arg, ...]] = {
             Arg("b", PTR, lambda c: c.ins[1]), Arg("n_rows", I32, _rows)),
     "gather_rows": (Arg("out", PTR, lambda c: c.outs[0]), Arg("x", PTR, lambda c: c.ins[0]),
                     Arg("rows", PTR, lambda c: c.batch.logit_rows), Arg("n_rows", I32, _rows)),
+    "softcap": (Arg("out", PTR, lambda c: c.outs[0]), Arg("x", PTR, lambda c: c.ins[0]), Arg("n_rows", I32, _rows)),
+    "moe_route": (Arg("ids", PTR, lambda c: c.outs[0]), Arg("weights", PTR, lambda c: c.outs[1]),
+                  Arg("logits", PTR, lambda c: c.ins[0]), Arg("n_rows", I32, _rows)),
+    "moe_matmul": (Arg("out", PTR, lambda c: c.outs[0]), Arg("x", PTR, lambda c: c.ins[0]),
+                   Arg("ids", PTR, lambda c: c.ins[1]), Arg("weight", PTR, lambda c: c.weights[0]),
+                   Arg("n_rows", I32, _rows)),
+    "moe_combine": (Arg("out", PTR, lambda c: c.outs[0]), Arg("y", PTR, lambda c: c.ins[0]),
+                    Arg("weights", PTR, lambda c: c.ins[1]), Arg("n_rows", I32, _rows)),
 }
 
 

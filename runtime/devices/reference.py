@@ -10,7 +10,7 @@ float32 summation orders for different shapes).
 import numpy as np
 
 from rfc.artifacts.bundle import Bundle
-from rfc.artifacts.plan import KVSpec, Op
+from rfc.artifacts.plan import OPS, KVSpec, Op
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.quants import dequantize
 
@@ -47,15 +47,17 @@ class ReferenceDevice:
 
     # -- ops ------------------------------------------------------------------------------
     def launch(self, op: Op, outs: list, ins: list, weights: list, batch: StepBatch) -> None:
-        getattr(self, "op_" + op.kind)(outs, ins, weights, op.attrs, batch)
+        attrs = {**dict(OPS[op.kind].optional), **op.attrs}  # optional attributes at their defaults
+        getattr(self, "op_" + op.kind)(outs, ins, weights, attrs, batch)
 
     def op_embed(self, outs, ins, weights, attrs, batch):
-        outs[0][...] = weights[0][ins[0]]
+        outs[0][...] = weights[0][ins[0]] * attrs["scale"]
 
     def op_rmsnorm(self, outs, ins, weights, attrs, batch):
-        x = ins[0]
+        rows, width = ins[0].shape
+        x = ins[0].reshape(rows, attrs["heads"], width // attrs["heads"])
         ms = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
-        outs[0][...] = x / np.sqrt(ms + np.float32(attrs["eps"])) * weights[0]
+        outs[0][...] = (x / np.sqrt(ms + np.float32(attrs["eps"])) * weights[0]).reshape(rows, width)
 
     def op_matmul(self, outs, ins, weights, attrs, batch):
         outs[0][...] = ins[0].astype(np.float64) @ weights[0].T
@@ -68,7 +70,15 @@ class ReferenceDevice:
 
     def op_swiglu(self, outs, ins, weights, attrs, batch):
         g, u = ins
-        outs[0][...] = g / (1.0 + np.exp(-g)) * u
+        if attrs["activation"] == "gelu_tanh":
+            c = np.float32(np.sqrt(2.0 / np.pi))
+            outs[0][...] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * u
+        else:
+            outs[0][...] = g / (1.0 + np.exp(-g)) * u
+
+    def op_softcap(self, outs, ins, weights, attrs, batch):
+        cap = np.float32(attrs["cap"])
+        outs[0][...] = cap * np.tanh(ins[0] / cap)
 
     def op_gather_rows(self, outs, ins, weights, attrs, batch):
         outs[0][...] = ins[0][batch.logit_rows]
@@ -80,8 +90,8 @@ class ReferenceDevice:
         if weights:
             inv_freq = inv_freq / weights[0].astype(np.float64)
         theta = batch.positions.astype(np.float64)[:, None] * inv_freq[None, :]  # [T, half]
-        cos = np.cos(theta).astype(np.float32)[:, None, :]
-        sin = np.sin(theta).astype(np.float32)[:, None, :]
+        cos = (np.cos(theta) * attrs["attn_factor"]).astype(np.float32)[:, None, :]
+        sin = (np.sin(theta) * attrs["attn_factor"]).astype(np.float32)[:, None, :]
         for buf, heads in ((outs[0], attrs["n_heads"]), (outs[1], attrs["n_kv_heads"])):
             x = buf.reshape(len(batch.positions), heads, hd)
             if attrs["style"] == "neox":
@@ -116,9 +126,41 @@ class ReferenceDevice:
             v = np.repeat(self.v_cache[layer, slots].astype(np.float32), group, axis=1)
             q = q_all[lo:hi]  # [n, nh, hd]
             scores = np.einsum("nhd,chd->hnc", q, k) * np.float32(attrs["scale"])
+            if attrs["softcap"] is not None:
+                cap = np.float32(attrs["softcap"])
+                scores = cap * np.tanh(scores / cap)
             causal = pos[None, :] <= batch.positions[lo:hi, None]  # [n, ctx]
+            if attrs["window"] is not None:
+                causal &= pos[None, :] > batch.positions[lo:hi, None] - attrs["window"]
             scores = np.where(causal[None], scores, -np.inf)
             scores -= scores.max(axis=-1, keepdims=True)
             p = np.exp(scores)
             p /= p.sum(axis=-1, keepdims=True)
             out[lo:hi] = np.einsum("hnc,chd->nhd", p, v)
+
+    # -- mixture of experts ----------------------------------------------------------------
+    def op_moe_route(self, outs, ins, weights, attrs, batch):
+        logits = ins[0].astype(np.float64)
+        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        ids = np.argsort(-p, axis=-1, kind="stable")[:, : attrs["n_used"]]  # equal p: lower index first
+        chosen = np.take_along_axis(p, ids, axis=-1)
+        outs[0][...] = ids
+        outs[1][...] = chosen / np.maximum(chosen.sum(axis=-1, keepdims=True), 2.0**-14)
+
+    def op_moe_matmul(self, outs, ins, weights, attrs, batch):
+        """Slots grouped by expert, one matmul per expert (how the kernels stream each expert's
+        weights once for all the tokens routed to it)."""
+        x, ids = ins
+        w = weights[0]  # [n_expert, N, K]
+        n_tok, k = ids.shape
+        rows = x.reshape(n_tok, -1, w.shape[2]).astype(np.float64)  # [T, 1 or k, K]
+        out = outs[0].reshape(n_tok, k, w.shape[1])
+        for e in np.unique(ids):
+            t, j = np.nonzero(ids == e)
+            out[t, j] = rows[t, j if rows.shape[1] > 1 else 0] @ w[e].T
+
+    def op_moe_combine(self, outs, ins, weights, attrs, batch):
+        y, w = ins
+        n_tok, k = w.shape
+        outs[0][...] = np.einsum("tj,tjn->tn", w.astype(np.float64), y.reshape(n_tok, k, -1).astype(np.float64))

@@ -19,11 +19,17 @@ def _metadata(path: Path) -> dict:
     return {k: f.contents() for k, f in r.fields.items() if not k.startswith("tokenizer.ggml.")}
 
 
+# Fixtures the cpu target refuses (ops it has no kernels for yet): compiled without kernels.
+CPU_REFUSED = ("tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-mixtral")
+NEOX_ROPE = ("qwen2", "qwen3", "phi3", "gemma2", "gemma3")  # llama.cpp's LLAMA_ROPE_TYPE_NEOX
+
+
 @pytest.mark.parametrize("name", TINY_MODELS + ["stories260K"])
 def test_compile_and_inspect_shows_gguf_hparams(name, tmp_path):
     model = DEMO_MODEL if name == "stories260K" else FIXTURES / f"{name}.gguf"
     out = tmp_path / "bundle"
-    rfc("compile", model, "-o", out, "-q", check=True)
+    reference_only = name.startswith(CPU_REFUSED)
+    rfc("compile", model, "-o", out, "-q", *(["--reference-only"] if reference_only else []), check=True)
     info = json.loads(rfc("inspect", out, "--json", check=True).stdout)
     md = _metadata(model)
     arch = md["general.architecture"]
@@ -35,19 +41,39 @@ def test_compile_and_inspect_shows_gguf_hparams(name, tmp_path):
     assert hp["n_layers"] == md[f"{arch}.block_count"]
     assert hp["n_heads"] == md[f"{arch}.attention.head_count"]
     assert hp["n_kv_heads"] == md[f"{arch}.attention.head_count_kv"]
+    assert hp["head_dim"] == md.get(f"{arch}.attention.key_length", hp["n_embd"] // hp["n_heads"])
     assert hp["n_rot"] == md.get(f"{arch}.rope.dimension_count", hp["head_dim"])
-    assert hp["rope_freq_base"] == pytest.approx(md[f"{arch}.rope.freq_base"])
+    # llama.cpp's default base when the key is absent (Gemma 2 files have none)
+    assert hp["rope_freq_base"] == pytest.approx(md.get(f"{arch}.rope.freq_base", 10000.0))
     assert hp["rms_eps"] == pytest.approx(md[f"{arch}.attention.layer_norm_rms_epsilon"])
-    assert hp["rope_style"] == ("neox" if arch == "qwen2" else "adjacent")
+    assert hp["rope_style"] == ("neox" if arch in NEOX_ROPE else "adjacent")
     tensors = {t.name: t for t in GGUFReader(model).tensors}
-    assert hp["tied_embeddings"] == ("output.weight" not in tensors)
+    assert hp["tied_embeddings"] == ("output.weight" not in tensors or arch == "gemma2")
     assert hp["qkv_bias"] == ("blk.0.attn_q.bias" in tensors)
     assert hp["vocab_size"] == int(tensors["token_embd.weight"].shape[1])
+    if f"{arch}.expert_count" in md:
+        assert hp["extra"]["expert_count"] == md[f"{arch}.expert_count"]
+        assert hp["extra"]["expert_used_count"] == md[f"{arch}.expert_used_count"]
+    if f"{arch}.attention.sliding_window" in md and arch.startswith("gemma"):
+        assert hp["extra"]["sliding_window"] == md[f"{arch}.attention.sliding_window"]
     assert info["parameter_count"] == sum(int(t.n_elements) for t in tensors.values())
     assert sum(info["formats"].values()) == len(tensors)
-    assert info["targets"] == ["cpu"]
+    assert info["targets"] == ([] if reference_only else ["cpu"])
     human = rfc("inspect", out, check=True).stdout
     assert info["bundle_id"] in human and f"{info['parameter_count']:,}" in human
+
+
+def test_reference_only_bundle_runs_what_the_cpu_target_refuses(tmp_path):
+    model = FIXTURES / "tiny-gemma2-Q8_0.gguf"
+    proc = rfc("compile", model, "-o", tmp_path / "cpu", "--arch", "cpu")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "the cpu target has no kernel for" in proc.stderr and "--reference-only" in proc.stderr
+    assert not (tmp_path / "cpu").exists()
+    proc = rfc("compile", model, "-o", tmp_path / "x", "--reference-only", "--arch", "cpu")
+    assert proc.returncode == 2 and "cannot be combined with --arch" in proc.stderr
+    rfc("compile", model, "-o", tmp_path / "ref", "--reference-only", check=True)
+    run = rfc("run", tmp_path / "ref", "-p", "Once upon a time", "-n", "4", "--temperature", "0", check=True)
+    assert "no compiled kernels" in run.stderr and "[ref]" in run.stderr
 
 
 def test_compile_is_reproducible(tmp_path):

@@ -1,6 +1,8 @@
 """The cpu device end to end: every fixture GGUF compiled for `cpu`, teacher-forced logits
 against llama.cpp's at all 64 positions, with the acceptance bounds of the reference device
-(F32/F16/tied max |Δ| <= 0.05, BF16 <= 0.15, quantized mean <= 0.15 and top-1 >= 0.93)."""
+(tests/bounds.py: llama_cpp_bounds). Fixtures whose plans need ops the per-op cpu kernels
+lack (per-head norms, sliding windows, soft-capping, GeGLU, experts) are refused at compile
+time with a message naming the op, until the cpu step program has kernels for them."""
 
 import shutil
 
@@ -9,8 +11,12 @@ import pytest
 
 from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.loader import LoadOptions, load_model
+from rfc.compiler.errors import CompileError
+from rfc.compiler.pipeline import CompileOptions, compile_model
+from tests.bounds import llama_cpp_bounds as logit_bounds_ok
 from tests.conftest import FIXTURES, TINY_MODELS
-from tests.e2e.test_reference_oracle import batched_last_logits, logit_bounds_ok, teacher_forced_logits
+from tests.e2e.test_oracle_bounds import CPU_MODELS, CPU_REFUSED
+from tests.e2e.test_reference_oracle import batched_last_logits, teacher_forced_logits
 
 pytestmark = [
     pytest.mark.shared,
@@ -19,7 +25,7 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("name", CPU_MODELS)
 def test_cpu_matches_llama_cpp_logits(name, bundle_cache):
     ref = np.load(FIXTURES / f"{name}.logits.npz")
     bundle = bundle_cache(FIXTURES / f"{name}.gguf")
@@ -59,3 +65,21 @@ def test_batching_does_not_change_logits(bundle_cache):
     logits = batched_last_logits(bundle, "cpu", prompts)
     for got, want in zip(logits, expected):
         np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)
+
+
+REFUSED_BECAUSE = {
+    "tiny-qwen3": "rmsnorm with heads = 8",  # the per-head Q norm
+    "tiny-gemma2": "embed with scale = 16.0",
+    "tiny-gemma3": "embed with scale = 16.0",
+    "tiny-mixtral": "op moe_route",
+}
+
+
+@pytest.mark.parametrize("name", [n for n in TINY_MODELS if n.startswith(CPU_REFUSED)])
+def test_cpu_refuses_what_it_has_no_kernels_for(name, tmp_path):
+    with pytest.raises(CompileError) as err:
+        compile_model(CompileOptions(model=FIXTURES / f"{name}.gguf", out_dir=tmp_path / "b", targets=("cpu",), cache_dir=None))
+    message = str(err.value)
+    assert f"the cpu target has no kernel for {REFUSED_BECAUSE[name.rsplit('-', 1)[0]]}" in message, message
+    assert "--reference-only" in message
+    assert not (tmp_path / "b").exists()

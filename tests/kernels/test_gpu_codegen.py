@@ -1,4 +1,4 @@
-"""GPU codegen: every fixture compiles for gfx90a, gfx1100 and sm_90; the code objects hold
+"""GPU codegen: a fixture of every architecture compiles for gfx90a, gfx1100 and sm_90; the code objects hold
 every kernel the plan uses with the argument layout the runtime packs; builds are
 byte-identical; without a GPU the HIP and CUDA devices say so cleanly."""
 
@@ -21,7 +21,10 @@ from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, model_path, t
 
 pytestmark = pytest.mark.shared
 
-MODELS = ["llama-F32", "llama-Q4_0", "llama-Q4_K_M", "llama-Q8_0", "qwen2-Q4_K_M", "llama-tied-F16", "stories260K"]
+MODELS = [
+    "llama-F32", "llama-Q4_0", "llama-Q4_K_M", "llama-Q8_0", "qwen2-Q4_K_M", "llama-tied-F16", "stories260K",
+    "qwen3-Q8_0", "gemma2-Q8_0", "gemma3-F16", "phi3-F16", "mixtral-Q4_K_M", "llama3rope-Q8_0",
+]  # fmt: skip
 TARGETS = ["gfx90a", "gfx1100", "sm_90"]
 
 

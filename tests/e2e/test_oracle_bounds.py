@@ -1,0 +1,142 @@
+"""Bounds that mean something (see tests/bounds.py): the reference device against the float64
+oracle (tests/oracle.py), the cpu device against the reference at bounds derived per weight
+format, and proof that a kernel 2% off fails each of them."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rfc.artifacts.targets import parse_target
+from rfc.runtime.loader import LoadOptions, load_model
+from tests.bounds import device_bounds, oracle_bounds, rounding_kinds
+from tests.conftest import FIXTURES, TINY_MODELS
+from tests.e2e.test_reference_oracle import REFERENCE_ONLY, teacher_forced_logits
+from tests.faults import scale_outputs
+from tests.oracle import Oracle
+
+pytestmark = pytest.mark.shared
+
+# Fixtures whose plans use ops or attributes the per-op cpu kernels lack (they are refused:
+# test_cpu_device.py); the cpu step program will take them over.
+CPU_REFUSED = ("tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-mixtral")
+CPU_MODELS = [n for n in TINY_MODELS if not n.startswith(CPU_REFUSED)]
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """oracle(path, rounding={format: kind}) -> float64 teacher-forced logits over the
+    fixture's tokens, cached per session."""
+    cache: dict = {}
+
+    def get(path: Path, rounding: dict[str, str] | None = None) -> np.ndarray:
+        key = (str(path), tuple(sorted((rounding or {}).items())))
+        if key not in cache:
+            cache[key] = Oracle(path, act_rounding=rounding).logits(_tokens(path))
+        return cache[key]
+
+    return get
+
+
+def _tokens(path: Path) -> list[int]:
+    return np.load(path.with_suffix(".logits.npz"))["tokens"].tolist()
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_reference_matches_the_float64_oracle(name, bundle_cache, oracle):
+    path = FIXTURES / f"{name}.gguf"
+    ref = teacher_forced_logits(bundle_cache(path, REFERENCE_ONLY), "ref", _tokens(path))
+    ok, summary = oracle_bounds(name, ref, oracle(path))
+    assert ok, summary
+
+
+def test_phi3_long_context_rope_matches_the_oracle(bundle_cache, oracle, tmp_path):
+    """LongRoPE as Phi-3 128k files carry it: factor tensors (the long set, since the context
+    exceeds the original one) and rope.scaling.attn_factor; none is in the fixtures."""
+    from tests.gguf_edit import rewrite_gguf
+
+    src = FIXTURES / "tiny-phi3-F16.gguf"
+    rng = np.random.default_rng(3)
+    path = rewrite_gguf(src, tmp_path / "tiny-phi3-long.gguf",
+                        metadata={"phi3.context_length": 8192, "phi3.rope.scaling.attn_factor": 1.19},
+                        add_tensors={"rope_factors_long.weight": 1.0 + 3.0 * rng.random(16),
+                                     "rope_factors_short.weight": np.ones(16)})  # fmt: skip
+    shutil.copy(src.with_suffix(".logits.npz"), path.with_suffix(".logits.npz"))  # for the tokens
+    bundle = bundle_cache(path, REFERENCE_ONLY)
+    rope = next(op for op in load_model(bundle, LoadOptions(device="ref")).bundle.plan.ops if op.kind == "rope")
+    assert rope.weights == ("rope_factors_long.weight",) and rope.attrs["attn_factor"] == pytest.approx(1.19)
+    ref = teacher_forced_logits(bundle, "ref", _tokens(path))
+    ok, summary = oracle_bounds(path.stem, ref, oracle(path))
+    assert ok, summary
+    assert np.abs(oracle(path) - oracle(src)).mean() > 0.05  # the factors and the attn_factor matter
+
+
+def _cpu_check(path: Path, bundle, oracle, fault=None) -> tuple[bool, str]:
+    tokens = _tokens(path)
+    model = load_model(bundle, LoadOptions(device="cpu"))
+    if fault is not None:
+        scale_outputs(model.device, fault)
+    from rfc.runtime.batch import SeqChunk, build_batch
+
+    model.blocks.allocate(0, len(tokens))
+    cpu = model.executor.forward(build_batch([SeqChunk(0, 0, tuple(tokens), all_logits=True)], model.blocks))
+    ref = teacher_forced_logits(bundle, "ref", tokens)
+    formats = {t.format for t in model.bundle.layout.tensors}
+    kinds = rounding_kinds(parse_target(model.device_choice.target), formats)
+    rounding = oracle(path, kinds) - oracle(path) if kinds else None
+    return device_bounds(path.stem, cpu, ref, rounding)
+
+
+@needs_cc
+@pytest.mark.toolchain
+@pytest.mark.parametrize("name", CPU_MODELS)
+def test_cpu_within_its_per_format_bounds(name, bundle_cache, oracle):
+    path = FIXTURES / f"{name}.gguf"
+    ok, summary = _cpu_check(path, bundle_cache(path), oracle)
+    assert ok, summary
+
+
+def _weight_format(bundle_dir: Path, fmt: str):
+    """Selects the matmuls whose weight is stored in `fmt`."""
+    from rfc.artifacts.bundle import open_bundle
+
+    entries = open_bundle(bundle_dir).layout.by_name()
+    return lambda op: op.kind == "matmul" and entries[op.weights[0]].format == fmt
+
+
+@needs_cc
+@pytest.mark.toolchain
+@pytest.mark.parametrize("name,fmt", [
+    ("tiny-llama-Q4_K_M", "Q6_K"),  # the minority format: output, some attn_v and ffn_down
+    ("tiny-llama-Q3_K_M", "Q5_K"),  # two tensors of a format the cpu kernels do not round
+    ("tiny-llama-F16", "F16"),
+])
+def test_a_cpu_kernel_2_percent_off_fails(name, fmt, bundle_cache, oracle):
+    path = FIXTURES / f"{name}.gguf"
+    bundle = bundle_cache(path)
+    ok, summary = _cpu_check(path, bundle, oracle, fault=_weight_format(bundle, fmt))
+    assert not ok, f"a {fmt} matmul kernel 2% off passed: {summary}"
+
+
+@pytest.mark.parametrize("name,which", [
+    ("tiny-gemma2-F16", "blk.1.post_attention_norm.weight"),  # inside a sublayer, gemma's post-norms undo a scale
+    ("tiny-gemma2-Q8_0", "softcap"),
+    ("tiny-gemma3-Q8_0", "blk.0.attn_q_norm.weight"),
+    ("tiny-mixtral-Q8_0", "moe_combine"),
+    ("tiny-qwen3-Q8_0", "blk.0.attn_v.weight"),
+])
+def test_a_reference_kernel_2_percent_off_fails(name, which, bundle_cache, oracle):
+    """One op of one layer (selected by kind or by its weight) 2% off."""
+    path = FIXTURES / f"{name}.gguf"
+    model = load_model(bundle_cache(path, REFERENCE_ONLY), LoadOptions(device="ref"))
+    first = next(op for op in model.bundle.plan.ops if op.kind == which or which in op.weights)
+    scale_outputs(model.device, lambda op: op is first)
+    from rfc.runtime.batch import SeqChunk, build_batch
+
+    tokens = _tokens(path)
+    model.blocks.allocate(0, len(tokens))
+    ref = model.executor.forward(build_batch([SeqChunk(0, 0, tuple(tokens), all_logits=True)], model.blocks))
+    ok, summary = oracle_bounds(name, ref, oracle(path))
+    assert not ok, f"{which} 2% off passed: {summary}"

@@ -1,0 +1,295 @@
+"""An independent float64 forward pass: the oracle the reference device is checked against.
+
+Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
+qwen3,phi3,gemma2,gemma3}.cpp, llama-graph.cpp: build_attn_mha, build_moe_ffn) and sharing no
+code with rfc: the GGUF is read with the `gguf` package, weights are dequantized with
+`gguf.quants`, hyperparameters are read here again, and every op is plain float64 numpy on one
+sequence (teacher forcing, positions 0..n-1).
+
+Two things are not float64, on purpose, because they are part of what is being computed:
+- the KV cache holds float16 keys and values (llama.cpp's default cache type, and the plan's
+  KVSpec), so K and V are rounded to float16 before attention (`kv_dtype`);
+- with `act_rounding` ({weight format: activation kind}), the input of every matmul whose
+  weight is in one of those formats is rounded the way int8 dot-product kernels round it
+  (ACTIVATION_KINDS: blocks of 32 or 256 values, one scale each, |q| <= 127). This models a
+  compiled target's integer kernels exactly up to summation order.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+
+# -- activation rounding of integer kernels ----------------------------------------------------
+
+
+def _round_blocks(x: np.ndarray, block: int, f16_scale: bool) -> np.ndarray:
+    """Symmetric int8 rounding per block: d = max|x| / 127, q = round(x / d), value q * d (d
+    stored as float16 when `f16_scale`, as in ggml's block_q8_0 / block_q8_1)."""
+    rows, k = x.shape
+    xb = x.reshape(rows, k // block, block)
+    amax = np.abs(xb).max(axis=-1, keepdims=True)
+    d = amax / 127.0
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+    q = np.clip(np.rint(xb * inv), -127, 127)
+    if f16_scale:
+        d = d.astype(np.float16).astype(np.float64)
+    return (q * d).reshape(rows, k)
+
+
+ACTIVATION_KINDS = {
+    "q8_0": lambda x: _round_blocks(x, 32, f16_scale=True),
+    "q8_1": lambda x: _round_blocks(x, 32, f16_scale=True),
+    "q8_k": lambda x: _round_blocks(x, 256, f16_scale=False),
+    "q8_32": lambda x: _round_blocks(x, 32, f16_scale=False),  # rfc's cpu kernels: float32 scales
+}
+
+
+# -- hyperparameters, as llama.cpp reads them --------------------------------------------------
+
+
+@dataclass
+class Layer:
+    rope_base: float
+    rope_scale: float
+    window: int | None
+
+
+@dataclass
+class Config:
+    arch: str
+    n_embd: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    n_rot: int
+    neox: bool
+    eps: float
+    attn_factor: float = 1.0
+    embed_scale: float = 1.0
+    q_scale: float = 0.0  # 0: 1/sqrt(head_dim)
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    qk_norm: bool = False
+    post_norms: bool = False
+    gelu: bool = False
+    n_expert: int = 0
+    n_used: int = 0
+    rope_factors: str | None = None
+    tied: bool = False
+    layers: list[Layer] = field(default_factory=list)
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def read_config(md: dict, tensors: dict) -> Config:
+    arch = md["general.architecture"]
+    k = lambda key, default=None: md.get(f"{arch}.{key}", default)  # noqa: E731
+    n_embd, n_heads = k("embedding_length"), k("attention.head_count")
+    head_dim = k("attention.key_length", n_embd // n_heads)
+    scaling = k("rope.scaling.type", "linear")
+    assert scaling in ("none", "linear"), scaling
+    factor = k("rope.scaling.factor", k("rope.scale_linear", 0.0))
+    scale = 1.0 if scaling == "none" or not factor else 1.0 / factor
+    base = k("rope.freq_base", 10000.0)
+    c = Config(
+        arch=arch, n_embd=n_embd, n_layers=k("block_count"), n_heads=n_heads,
+        n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
+        n_rot=k("rope.dimension_count", head_dim), neox=arch != "llama",
+        eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
+        n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
+        tied="output.weight" not in tensors,
+    )  # fmt: skip
+    full = Layer(base, scale, None)
+    c.layers = [full] * c.n_layers
+    if arch == "llama" and "rope_freqs.weight" in tensors:
+        c.rope_factors = "rope_freqs.weight"
+    if arch == "phi3":
+        ctx = k("context_length")
+        which = "long" if ctx > k("rope.scaling.original_context_length", ctx) else "short"
+        if f"rope_factors_{which}.weight" in tensors:
+            c.rope_factors = f"rope_factors_{which}.weight"
+    if arch == "qwen3":
+        c.qk_norm = True
+    if arch in ("gemma2", "gemma3"):
+        c.post_norms, c.gelu = True, True
+        c.embed_scale = _f32(math.sqrt(n_embd))
+        big = c.n_layers == (46 if arch == "gemma2" else 62)
+        c.q_scale = _f32(1.0 / np.sqrt(np.float32(n_embd // n_heads if big else head_dim)))
+        pattern_default = 2 if arch == "gemma2" else 6
+        window = k("attention.sliding_window", 4096 if arch == "gemma2" else 0)
+        pattern = k("attention.sliding_window_pattern", pattern_default)
+        if isinstance(pattern, list):
+            local = [i < len(pattern) and bool(pattern[i]) for i in range(c.n_layers)]
+        else:
+            local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
+        if arch == "gemma2":
+            c.tied = True
+            c.attn_softcap = k("attn_logit_softcapping", 50.0)
+            c.final_softcap = k("final_logit_softcapping", 30.0)
+            swa = Layer(k("rope.freq_base_swa", base), scale, window)
+        else:
+            c.qk_norm = True
+            c.final_softcap = k("final_logit_softcapping", 0.0) or None
+            swa = Layer(k("rope.freq_base_swa", 10000.0), 1.0, window)
+            if not window:
+                local = [False] * c.n_layers
+        c.layers = [swa if is_local else full for is_local in local]
+    return c
+
+
+# -- the forward pass ------------------------------------------------------------------------------
+
+
+class Oracle:
+    def __init__(self, path: Path, kv_dtype=np.float16, act_rounding: dict[str, str] | None = None):
+        self.reader = GGUFReader(path)
+        self.md = {key: f.contents() for key, f in self.reader.fields.items() if not key.startswith("GGUF.")}
+        self.raw = {t.name: t for t in self.reader.tensors}
+        self.cfg = read_config(self.md, self.raw)
+        self.kv_dtype = kv_dtype
+        self.act_rounding = act_rounding or {}
+        self._cache: dict[str, np.ndarray] = {}
+
+    def w(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            t = self.raw[name]
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            self._cache[name] = dequantize(np.array(t.data), t.tensor_type).astype(np.float64).reshape(shape)
+        return self._cache[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.raw
+
+    def linear(self, x: np.ndarray, name: str, weight: np.ndarray | None = None) -> np.ndarray:
+        kind = self.act_rounding.get(self.raw[name].tensor_type.name)
+        if kind is not None:
+            x = ACTIVATION_KINDS[kind](x)
+        return x @ (self.w(name) if weight is None else weight).T
+
+    def norm(self, x: np.ndarray, name: str) -> np.ndarray:
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.cfg.eps) * self.w(name)
+
+    def rope(self, x: np.ndarray, layer: Layer) -> np.ndarray:
+        """x [n, heads, head_dim] at positions 0..n-1 (ggml_rope_ext with ext_factor 0)."""
+        c = self.cfg
+        half = c.n_rot // 2
+        inv = layer.rope_scale * layer.rope_base ** (-2.0 * np.arange(half) / c.n_rot)
+        if c.rope_factors:
+            inv = inv / self.w(c.rope_factors)
+        theta = np.arange(len(x))[:, None] * inv[None, :]
+        cos, sin = np.cos(theta)[:, None, :] * c.attn_factor, np.sin(theta)[:, None, :] * c.attn_factor
+        y = x.copy()
+        if c.neox:
+            a, b = x[..., :half], x[..., half : c.n_rot]
+            y[..., :half], y[..., half : c.n_rot] = a * cos - b * sin, a * sin + b * cos
+        else:
+            a, b = x[..., 0 : c.n_rot : 2], x[..., 1 : c.n_rot : 2]
+            y[..., 0 : c.n_rot : 2], y[..., 1 : c.n_rot : 2] = a * cos - b * sin, a * sin + b * cos
+        return y
+
+    def qkv(self, h: np.ndarray, p: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = self.cfg
+        q_w, kv_w = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        if self.has(p + "attn_qkv.weight"):
+            qkv = self.linear(h, p + "attn_qkv.weight")
+            q, k, v = qkv[:, :q_w], qkv[:, q_w : q_w + kv_w], qkv[:, q_w + kv_w :]
+        else:
+            q, k, v = (self.linear(h, f"{p}attn_{x}.weight") for x in "qkv")
+        for name in ("q", "k", "v"):
+            if self.has(f"{p}attn_{name}.bias"):
+                bias = self.w(f"{p}attn_{name}.bias")
+                q, k, v = (q + bias, k, v) if name == "q" else (q, k + bias, v) if name == "k" else (q, k, v + bias)
+        return q, k, v
+
+    def attention(self, h: np.ndarray, i: int) -> np.ndarray:
+        c, layer, p = self.cfg, self.cfg.layers[i], f"blk.{i}."
+        n = len(h)
+        q, k, v = self.qkv(h, p)
+        q = q.reshape(n, c.n_heads, c.head_dim)
+        k = k.reshape(n, c.n_kv_heads, c.head_dim)
+        v = v.reshape(n, c.n_kv_heads, c.head_dim)
+        if c.qk_norm:
+            q, k = self.norm(q, p + "attn_q_norm.weight"), self.norm(k, p + "attn_k_norm.weight")
+        q, k = self.rope(q, layer), self.rope(k, layer)
+        k = k.astype(self.kv_dtype).astype(np.float64)
+        v = v.astype(self.kv_dtype).astype(np.float64)
+        group = c.n_heads // c.n_kv_heads
+        k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+        scores = np.einsum("qhd,khd->hqk", q, k) * (c.q_scale or 1.0 / math.sqrt(c.head_dim))
+        if c.attn_softcap:
+            scores = c.attn_softcap * np.tanh(scores / c.attn_softcap)
+        pos = np.arange(n)
+        allowed = pos[None, :] <= pos[:, None]
+        if layer.window:
+            allowed &= pos[:, None] - pos[None, :] < layer.window
+        scores = np.where(allowed[None], scores, -np.inf)
+        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        out = np.einsum("hqk,khd->qhd", probs, v).reshape(n, c.n_heads * c.head_dim)
+        out = self.linear(out, p + "attn_output.weight")
+        if c.arch == "llama" and self.has(p + "attn_output.bias"):
+            out = out + self.w(p + "attn_output.bias")
+        return out
+
+    def ffn(self, h: np.ndarray, i: int) -> np.ndarray:
+        c, p = self.cfg, f"blk.{i}."
+        if c.n_expert:
+            return self.moe(h, p)
+        if c.arch == "phi3":
+            gate_up = self.linear(h, p + "ffn_up.weight")
+            half = gate_up.shape[1] // 2
+            gate, up = gate_up[:, :half], gate_up[:, half:]
+        else:
+            gate, up = self.linear(h, p + "ffn_gate.weight"), self.linear(h, p + "ffn_up.weight")
+        act = self.gelu(gate) if c.gelu else gate / (1.0 + np.exp(-gate))
+        return self.linear(act * up, p + "ffn_down.weight")
+
+    @staticmethod
+    def gelu(x: np.ndarray) -> np.ndarray:
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * x * (1.0 + 0.044715 * x * x)))
+
+    def moe(self, h: np.ndarray, p: str) -> np.ndarray:
+        """build_moe_ffn: softmax gating, top n_used, weights renormalized, SwiGLU experts."""
+        c = self.cfg
+        logits = self.linear(h, p + "ffn_gate_inp.weight")
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        out = np.zeros_like(h)
+        gate_w, up_w, down_w = (self.w(f"{p}ffn_{x}_exps.weight") for x in ("gate", "up", "down"))
+        for t in range(len(h)):
+            top = np.argsort(-probs[t], kind="stable")[: c.n_used]
+            weights = probs[t, top] / max(probs[t, top].sum(), 2.0**-14)
+            for e, wt in zip(top, weights):
+                x = h[t : t + 1]
+                g = self.linear(x, p + "ffn_gate_exps.weight", gate_w[e])
+                u = self.linear(x, p + "ffn_up_exps.weight", up_w[e])
+                out[t] += wt * self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_exps.weight", down_w[e])[0]
+        return out
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Teacher-forced logits float64[len(tokens), vocab]."""
+        c = self.cfg
+        x = self.w("token_embd.weight")[np.asarray(tokens)] * c.embed_scale
+        for i in range(c.n_layers):
+            p = f"blk.{i}."
+            a = self.attention(self.norm(x, p + "attn_norm.weight"), i)
+            if c.post_norms:
+                a = self.norm(a, p + "post_attention_norm.weight")
+            x = x + a
+            f = self.ffn(self.norm(x, p + "ffn_norm.weight"), i)
+            if c.post_norms:
+                f = self.norm(f, p + "post_ffw_norm.weight")
+            x = x + f
+        x = self.norm(x, "output_norm.weight")
+        out = self.linear(x, "token_embd.weight" if c.tied else "output.weight")
+        if c.final_softcap:
+            out = c.final_softcap * np.tanh(out / c.final_softcap)
+        return out

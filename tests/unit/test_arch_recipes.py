@@ -1,0 +1,157 @@
+"""Architecture recipes read every hyperparameter as llama.cpp does, defaults included, and
+say what they refuse by name. Plans are inspected directly (no kernels, no device)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import read_gguf
+from rfc.compiler.spec import ModelSpec, build_spec
+from tests.conftest import FIXTURES
+from tests.gguf_edit import rewrite_gguf
+
+pytestmark = pytest.mark.shared
+
+
+def _spec(name: str, tmp_path=None, **edits) -> ModelSpec:
+    path = FIXTURES / f"tiny-{name}.gguf"
+    if edits:
+        path = rewrite_gguf(path, tmp_path / "edited.gguf", **edits)
+    return build_spec(read_gguf(path))
+
+
+def _ops(spec: ModelSpec, kind: str) -> list:
+    return [op for op in spec.plan.ops if op.kind == kind]
+
+
+def _attention_by_layer(spec: ModelSpec) -> list[dict]:
+    return [op.attrs for op in _ops(spec, "attention")]
+
+
+def test_gemma2_reads_its_defaults_like_llama_cpp():
+    spec = _spec("gemma2-Q8_0")
+    hp = spec.hparams
+    assert hp.rope_freq_base == 10000.0  # no rope.freq_base key in the file
+    assert [op.attrs["freq_base"] for op in _ops(spec, "rope")] == [10000.0] * 4
+    attn = _attention_by_layer(spec)
+    assert [a.get("window") for a in attn] == [32, None, 32, None]  # even layers slide (pattern 2)
+    assert {a["softcap"] for a in attn} == {8.0}
+    assert {a["scale"] for a in attn} == {float(np.float32(1) / np.sqrt(np.float32(32)))}  # 1/sqrtf(head_dim)
+    assert _ops(spec, "embed")[0].attrs["scale"] == 16.0  # sqrtf(256)
+    (cap,) = _ops(spec, "softcap")
+    assert cap.attrs["cap"] == 30.0 and cap.inputs == (spec.plan.output_logits,)
+    assert _ops(spec, "matmul")[-1].weights == ("token_embd.weight",)  # always the tied embedding
+    assert {op.attrs.get("activation") for op in _ops(spec, "swiglu")} == {"gelu_tanh"}
+    norms = [op.weights[0] for op in _ops(spec, "rmsnorm")]
+    assert norms[:4] == ["blk.0.attn_norm.weight", "blk.0.post_attention_norm.weight", "blk.0.ffn_norm.weight",
+                         "blk.0.post_ffw_norm.weight"]
+
+
+def test_gemma2_defaults_without_the_keys(tmp_path):
+    spec = _spec("gemma2-F16", tmp_path, drop_keys=("gemma2.attn_logit_softcapping", "gemma2.final_logit_softcapping",
+                                                     "gemma2.attention.sliding_window"))
+    assert {a["softcap"] for a in _attention_by_layer(spec)} == {50.0}
+    assert _ops(spec, "softcap")[0].attrs["cap"] == 30.0
+    assert [a.get("window") for a in _attention_by_layer(spec)] == [4096, None, 4096, None]
+
+
+@pytest.mark.parametrize("pattern,local", [
+    (3, [True, True, False, True]),  # i % 3 < 2
+    (0, [True] * 4),
+    ([False, True, True], [False, True, True, False]),  # per-layer flags; missing layers are global
+])
+def test_sliding_window_pattern(pattern, local, tmp_path):
+    spec = _spec("gemma2-F16", tmp_path, metadata={"gemma2.attention.sliding_window_pattern": pattern})
+    assert [a.get("window") is not None for a in _attention_by_layer(spec)] == local
+
+
+def test_gemma3_local_and_global_layers():
+    spec = _spec("gemma3-Q8_0")
+    attn, rope = _attention_by_layer(spec), [op.attrs for op in _ops(spec, "rope")]
+    assert [a.get("window") for a in attn] == [32] * 5 + [None]  # default pattern 6
+    assert [r["freq_base"] for r in rope] == [10000.0] * 5 + [1e6]  # rope.freq_base_swa on local layers
+    assert [r["freq_scale"] for r in rope] == [1.0] * 5 + [0.125]  # linear scaling, factor 8, global only
+    assert all("softcap" not in a for a in attn) and not _ops(spec, "softcap")
+    q_norms = [op for op in _ops(spec, "rmsnorm") if "attn_q_norm" in op.weights[0]]
+    assert len(q_norms) == 6 and {op.attrs["heads"] for op in q_norms} == {4}
+
+
+def test_gemma3_without_a_sliding_window_is_global_everywhere(tmp_path):
+    spec = _spec("gemma3-F16", tmp_path, drop_keys=("gemma3.attention.sliding_window",))
+    assert all("window" not in a for a in _attention_by_layer(spec))
+    assert {(op.attrs["freq_base"], op.attrs["freq_scale"]) for op in _ops(spec, "rope")} == {(1e6, 0.125)}
+
+
+def test_qwen3_norms_q_and_k_per_head():
+    spec = _spec("qwen3-F16")
+    blk0 = {op.weights[0]: op.attrs.get("heads", 1) for op in _ops(spec, "rmsnorm") if op.weights[0].startswith("blk.0.")}
+    assert blk0 == {"blk.0.attn_norm.weight": 1, "blk.0.attn_q_norm.weight": 8, "blk.0.attn_k_norm.weight": 2,
+                    "blk.0.ffn_norm.weight": 1}
+    assert spec.hparams.head_dim == 64 and spec.plan.buffer("q").shape == ("T", 512)  # attention width != n_embd
+    assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"neox"}
+
+
+def test_phi3_splits_its_fused_tensors_into_plain_weights():
+    spec = _spec("phi3-Q8_0")
+    parts = {w.name: (w.shape, [(p.tensor, p.start, p.stop) for p in w.parts]) for w in spec.weights if ":" in w.name}
+    assert parts["blk.0.attn_qkv.weight:q"] == ((256, 256), [("blk.0.attn_qkv.weight", 0, 256)])
+    assert parts["blk.0.attn_qkv.weight:v"] == ((256, 256), [("blk.0.attn_qkv.weight", 512, 768)])
+    assert parts["blk.0.ffn_up.weight:gate"] == ((512, 256), [("blk.0.ffn_up.weight", 0, 512)])
+    assert parts["blk.0.ffn_up.weight:up"] == ((512, 256), [("blk.0.ffn_up.weight", 512, 1024)])
+    assert {op.kind for op in spec.plan.ops} <= {"embed", "rmsnorm", "matmul", "rope", "kv_write", "attention",
+                                                 "swiglu", "add", "gather_rows"}  # llama's ops: the cpu runs it
+    assert all("window" not in a for a in _attention_by_layer(spec))  # llama.cpp ignores phi3's sliding_window
+    assert _ops(spec, "rope")[0].attrs["n_rot"] == 32
+
+
+def test_mixtral_routes_tokens_to_experts():
+    spec = _spec("mixtral-Q4_K_M")
+    (route, *_) = _ops(spec, "moe_route")
+    assert route.attrs == {"n_used": 2} and spec.plan.buffer("expert_ids").dtype == "i32"
+    shapes = {w.name: w.shape for w in spec.weights}
+    assert shapes["blk.0.ffn_gate_exps.weight"] == (4, 512, 256) and shapes["blk.0.ffn_down_exps.weight"] == (4, 256, 512)
+    assert spec.hparams.extra == {"expert_count": 4, "expert_used_count": 2}
+    assert len(_ops(spec, "moe_matmul")) == 6 and len(_ops(spec, "moe_combine")) == 2
+
+
+def test_experts_need_both_counts(tmp_path):
+    with pytest.raises(CompileError, match="expert_count 4 without an expert_used_count"):
+        _spec("mixtral-Q8_0", tmp_path, drop_keys=("llama.expert_used_count",))
+
+
+@pytest.mark.parametrize("edits,scale,kind", [
+    ({"metadata": {"llama.rope.scaling.factor": 4.0}}, 0.25, "linear"),  # no type key: linear, as in llama.cpp
+    ({"metadata": {"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0}}, 1.0, "none"),
+    ({"metadata": {"llama.rope.scaling.type": "linear", "llama.rope.scale_linear": 2.0}}, 0.5, "linear"),
+])
+def test_rope_scaling_as_llama_cpp_reads_it(edits, scale, kind, tmp_path):
+    spec = _spec("llama-Q8_0", tmp_path, **edits)
+    assert {op.attrs["freq_scale"] for op in _ops(spec, "rope")} == {scale}
+    assert spec.hparams.rope_scaling_type == kind
+
+
+@pytest.mark.parametrize("kind", ["yarn", "longrope", "llama3"])
+def test_rope_scaling_rfc_does_not_implement_is_refused_by_name(kind, tmp_path):
+    with pytest.raises(CompileError, match=rf"llama.rope.scaling.type = '{kind}' is not supported \(supported: none, linear\)"):
+        _spec("llama-Q8_0", tmp_path, metadata={"llama.rope.scaling.type": kind})
+
+
+def test_llama3_frequency_factors_reach_rope():
+    spec = _spec("llama3rope-Q8_0")
+    assert {op.weights for op in _ops(spec, "rope")} == {("rope_freqs.weight",)}
+    assert spec.hparams.rope_freq_base == 500000.0 and spec.hparams.rope_freq_factors
+
+
+def test_llama_refuses_partial_rotary(tmp_path):
+    with pytest.raises(CompileError, match="rope.dimension_count 16 != head size 32"):
+        _spec("llama-Q8_0", tmp_path, metadata={"llama.rope.dimension_count": 16})
+
+
+def test_every_new_recipe_validates():
+    from rfc.artifacts.plan import validate_plan
+
+    for name in ("qwen3-F16", "gemma2-F16", "gemma3-F16", "phi3-F16", "mixtral-Q8_0", "llama3rope-Q8_0"):
+        validate_plan(_spec(name).plan)
+    assert math.isclose(_spec("gemma3-F16").hparams.extra["query_scale"], 1 / 8, rel_tol=1e-7)
