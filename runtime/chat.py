@@ -205,6 +205,8 @@ class _ChatSandbox(ImmutableSandboxedEnvironment):
         except TemplateSyntaxError as exc:
             message = f"chat template syntax error at line {exc.lineno}: {exc.message}"
             raise ChatTemplateError(message) from exc
+        except RecursionError:
+            raise ChatTemplateError("the chat template nests too deeply to compile") from None
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if isinstance(obj, list) and attr in _ALLOWED_LIST_MUTATIONS:

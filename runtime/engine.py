@@ -6,7 +6,6 @@ HTTP threads only `submit`, `cancel` and read state; the model runs in the threa
 `step` (the engine thread of `rfc serve`, or the caller itself in `rfc run`).
 """
 
-import itertools
 import logging
 import queue
 import threading
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.detokenize import IncrementalDetokenizer
 from rfc.runtime.loader import LoadedModel
+from rfc.runtime.request_ids import RandomIds
 from rfc.runtime.sampler import Sampler, SamplingParams
 from rfc.runtime.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
 from rfc.runtime.stopping import StopChecker
@@ -114,7 +114,7 @@ class Engine:
         info = model.tokenizer_info
         self.eog_ids = frozenset(info.get("eog_ids") or ([info["eos_id"]] if info.get("eos_id") is not None else []))
         # A server of several models shares one id sequence, so /status/{id} names one request.
-        self._ids = request_ids or itertools.count(1)
+        self._ids = request_ids or RandomIds()  # unguessable: an id is the key to /status and /cancel
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._states: OrderedDict[int, RequestState] = OrderedDict()

@@ -17,13 +17,18 @@ def encode_prompt(model: LoadedModel, text: str) -> list[int]:
     return ids
 
 
-def chat_template(model: LoadedModel) -> ChatTemplate:
+def chat_template_parts(model: LoadedModel) -> tuple[str, str, str]:
+    """(template source, BOS text, EOS text): what a chat template is compiled from."""
     info = model.tokenizer_info
-    return ChatTemplate(
-        source=model.chat_template_source() or fallback_template(),
-        bos_token=_token_text(model, info.get("bos_id")),
-        eos_token=_token_text(model, info.get("eos_id")),
-    )
+    source = model.chat_template_source() or fallback_template()
+    return source, _token_text(model, info.get("bos_id")), _token_text(model, info.get("eos_id"))
+
+
+def chat_template(model: LoadedModel) -> ChatTemplate:
+    """The template compiled in this process (`rfc run --chat`; the server uses worker
+    processes: runtime/template_worker.py)."""
+    source, bos, eos = chat_template_parts(model)
+    return ChatTemplate(source=source, bos_token=bos, eos_token=eos)
 
 
 def _token_text(model: LoadedModel, token_id: int | None) -> str:

@@ -50,23 +50,27 @@ class SamplingParams:
 
     def validate(self, vocab_size: int) -> None:
         """Raise SamplingError naming the first invalid field."""
+        # Ranges are bounded where the arithmetic would otherwise overflow float32 logits
+        # (a repetition_penalty of 1e-320 divides a logit into infinity).
         _require_number(self, "temperature")
-        _require(self.temperature >= 0, "temperature", "must be >= 0")
+        _require(0 <= self.temperature <= 1e4, "temperature", "must be in [0, 10000]")
         _require_int(self, "top_k")
         _require_number(self, "top_p")
         _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _require_number(self, "min_p")
         _require(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
         _require_number(self, "repetition_penalty")
-        _require(self.repetition_penalty > 0, "repetition_penalty", "must be > 0")
+        _require(1e-3 <= self.repetition_penalty <= 1e3, "repetition_penalty", "must be in [0.001, 1000]")
         _require_number(self, "presence_penalty")
+        _require(abs(self.presence_penalty) <= 1e4, "presence_penalty", "must be in [-10000, 10000]")
         _require_number(self, "frequency_penalty")
+        _require(abs(self.frequency_penalty) <= 1e4, "frequency_penalty", "must be in [-10000, 10000]")
         _require_int(self, "penalty_last_n")
         _require(self.penalty_last_n >= -1, "penalty_last_n", "must be >= -1")
         for token, bias in self.logit_bias.items():
             _require(_is_int(token) and 0 <= token < vocab_size, "logit_bias",
                      f"token id {token!r} is not in [0, {vocab_size})")
-            _require(_is_finite(bias), "logit_bias", f"bias for token {token} must be finite")
+            _require(_is_finite(bias) and abs(bias) <= 1e4, "logit_bias", f"bias for token {token} must be in [-10000, 10000]")
         _require(self.seed is None or _is_int(self.seed), "seed", "must be an integer or None")
 
 

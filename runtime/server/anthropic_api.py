@@ -51,7 +51,7 @@ def prompt_ids(f: RequestFields, served: ServedModel) -> list[int]:
                                   f"messages[{i}].role")
     if not isinstance(messages, list):
         raise bad_request("'messages' must be a list of messages", "messages")
-    return served.prompts.encode(render_chat(served, system_and_turns(system, messages)))
+    return served.prompts.encode(render_chat(served, system_and_turns(system, messages)), "messages")
 
 
 def parse(f: RequestFields, served: ServedModel) -> GenerationRequest:

@@ -21,14 +21,26 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     trace_sample_rate: float = 0.1
     max_traces: int = 1000
-    prompt_cache_entries: int = 256
+    prompt_cache_bytes: int = 32 << 20  # tokenized prompts kept, counted in real bytes
     pooling: Pooling | None = None  # embeddings: None takes each model's own (see runtime/embedding.py)
+    # connections (docs/security.md): slow or idle clients cannot hold the server
+    max_connections: int = 1024
+    request_timeout_s: float = 30.0  # a request's head and body must arrive within this
+    idle_timeout_s: float = 120.0  # an idle keep-alive connection is closed after this
+    # chat templates render in worker processes with these limits
+    template_workers: int = 2
+    template_memory_bytes: int = 1 << 30
+    template_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.trace_sample_rate <= 1.0:
             raise ValueError(f"trace sample rate must be in [0, 1], got {self.trace_sample_rate}")
-        if self.max_traces < 1 or self.max_body_bytes < 1 or self.prompt_cache_entries < 0:
-            raise ValueError("max_traces and max_body_bytes must be positive")
+        if self.max_traces < 1 or self.max_body_bytes < 1 or self.prompt_cache_bytes < 0:
+            raise ValueError("max_traces and max_body_bytes must be positive, prompt_cache_bytes not negative")
+        if self.max_connections < 16 or self.request_timeout_s <= 0 or self.idle_timeout_s <= 0:
+            raise ValueError("max_connections must be at least 16 and the timeouts positive")
+        if self.template_workers < 1 or self.template_memory_bytes < (64 << 20) or self.template_timeout_s <= 0:
+            raise ValueError("template workers: at least 1, at least 64 MiB each, a positive timeout")
 
 
 @dataclass(frozen=True)

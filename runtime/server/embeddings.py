@@ -37,7 +37,7 @@ def encode_inputs(served: ServedModel, raw: object, field: str) -> list[list[int
     out = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
-            out.append(served.prompts.encode(item))
+            out.append(served.prompts.encode(item, f"{field}[{i}]"))
         elif isinstance(item, list):
             out.append(check_token_ids(served, item, f"{field}[{i}]"))
         else:

@@ -80,8 +80,17 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
     resp.text = json.dumps(error_body(req.path, 500, f"internal error: {type(ex).__name__}"))
 
 
+MAX_JSON_DEPTH = 64  # bodies nest a few levels; JSON schemas and tool definitions a few more
+
+
 def read_json(req: falcon.Request, max_bytes: int) -> dict:
-    """The request body as a JSON object; 413 over `max_bytes`, 400 when not a JSON object."""
+    """The request body as a JSON object, checked once for every route (issue 8): 415 unless it
+    says it is JSON (a cross-site "simple" request cannot), 413 over `max_bytes`, 400 when it is
+    not a JSON object, nests deeper than MAX_JSON_DEPTH or holds text that is not Unicode (a lone
+    surrogate) — each 400 naming the field."""
+    media = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise ApiError(falcon.HTTP_415, f"send the body as JSON with 'Content-Type: application/json' (got {media or 'none'!r})")
     if req.content_length is not None and req.content_length > max_bytes:
         raise _too_large(max_bytes)
     data = req.bounded_stream.read(max_bytes + 1)
@@ -91,11 +100,36 @@ def read_json(req: falcon.Request, max_bytes: int) -> dict:
         raise bad_request("the request body is empty; expected a JSON object")
     try:
         body = json.loads(data)
+    except RecursionError:
+        raise bad_request(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise bad_request(f"the request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
+    _check_tree(body)
     return body
+
+
+def _check_tree(body: dict) -> None:
+    """Depth and text of every value, without recursion (the body may be built to exhaust it)."""
+    stack: list[tuple[object, int, str]] = [(body, 1, "")]
+    while stack:
+        value, depth, field = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad_request(f"'{field}' holds text that is not valid Unicode (a lone surrogate)", field) from None
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise bad_request(f"'{field}' nests deeper than {MAX_JSON_DEPTH} levels", field)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                stack.append((key, depth, field or key))
+            stack.append((item, depth + 1, field or str(key)))
 
 
 def _too_large(max_bytes: int) -> ApiError:

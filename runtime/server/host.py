@@ -15,7 +15,7 @@ from rfc.runtime.chat import ChatTemplate, ChatTemplateError
 from rfc.runtime.engine import Engine, GenerationRequest
 from rfc.runtime.generate import generate
 from rfc.runtime.loader import LoadedModel, LoadOptions, load_model
-from rfc.runtime.prompting import chat_template
+from rfc.runtime.prompting import chat_template, chat_template_parts
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.scheduler import SchedulerConfig
 from rfc.runtime.server.errors import ApiError, unavailable
@@ -23,6 +23,7 @@ from rfc.runtime.server.prompt_cache import PromptCache
 
 if TYPE_CHECKING:
     from rfc.runtime.server.telemetry import Telemetry
+    from rfc.runtime.template_worker import RemoteTemplate, TemplatePool
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class ServedModel:
     model_id: str
     created: int  # unix time the model was loaded (OpenAI's `created`)
     prompts: PromptCache
-    chat: ChatTemplate | None
+    chat: "ChatTemplate | RemoteTemplate | None"
     chat_error: str | None  # why the bundle's chat template is unusable, if it is
 
 
@@ -111,14 +112,16 @@ class EngineHandle:
 
 
 def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfig, telemetry: "Telemetry | None" = None,
-                      prompt_cache_entries: int = 256, model_id: str | None = None,
-                      request_ids: Iterator[int] | None = None) -> ServedModel:
+                      prompt_cache_bytes: int = 32 << 20, model_id: str | None = None,
+                      request_ids: Iterator[int] | None = None, templates: "TemplatePool | None" = None) -> ServedModel:
     """Load the bundle, run one warm-up step, start the engine thread. `request_ids` is the id
-    sequence shared by the engines of one server."""
+    sequence shared by the engines of one server; `templates` the worker processes that compile
+    and render chat templates (None: in this process)."""
     model = load_model(bundle, load)
     warm_up(model)
     try:
-        chat, chat_error = chat_template(model), None
+        chat = templates.template(*chat_template_parts(model)) if templates is not None else chat_template(model)
+        chat_error = None
     except ChatTemplateError as e:
         chat, chat_error = None, f"the bundle's chat template does not compile: {e}"
     model_id = model_id or str(model.manifest["model"].get("name") or Path(bundle).name)
@@ -130,7 +133,7 @@ def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfi
         model=model,
         model_id=model_id,
         created=int(time.time()),
-        prompts=PromptCache(model, prompt_cache_entries),
+        prompts=PromptCache(model, prompt_cache_bytes),
         chat=chat,
         chat_error=chat_error,
     )

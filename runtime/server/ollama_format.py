@@ -73,7 +73,7 @@ def chat_prompt(served: ServedModel, f: RequestFields) -> list[int] | None:
         for i, m in enumerate(messages):
             if isinstance(m, dict) and m.get("images"):
                 raise bad_request("images are not supported: this model takes text only", f"messages[{i}].images")
-    return served.prompts.encode(render_chat(served, messages))
+    return served.prompts.encode(render_chat(served, messages), "messages")
 
 
 # Top-level sampling fields that ollama-ai-provider-v2 (the AI SDK's Ollama provider) sends

@@ -46,7 +46,7 @@ def chat_request(body: dict, served: ServedModel) -> OpenAIRequest:
     response_format = f.raw("response_format", {})
     if not isinstance(response_format, dict) or response_format.get("type", "text") != "text":
         raise bad_request("only response_format {'type': 'text'} is supported", "response_format")
-    prompt_ids = served.prompts.encode(_render_chat(f, served))
+    prompt_ids = served.prompts.encode(_render_chat(f, served), "messages")
     top = f.integer("top_logprobs", None, 0, MAX_LOGPROBS)
     logprobs = (top or 0) if f.boolean("logprobs", False) else None
     if top is not None and logprobs is None:

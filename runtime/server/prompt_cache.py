@@ -1,48 +1,80 @@
 """A small LRU of prompt encodings: clients resend the same system prompt and few-shot
-prefixes, and /models reports its counters (the seed API's `tokenizer_cache`)."""
+prefixes, and /models reports its counters (the seed API's `tokenizer_cache`).
 
+Bounded in real bytes, and only for prompts the model can take (issue 8, finding 6): a prompt
+is keyed by its sha256 (the text itself is never kept) and its ids are stored packed, four
+bytes each, so the count matches the memory. A text too long for the context is refused
+before tokenizing when its size alone proves it (no token covers more than the vocabulary's
+longest token), and after tokenizing otherwise; neither is cached.
+"""
+
+import hashlib
+import sys
 import threading
+from array import array
 from collections import OrderedDict
 
 from rfc.runtime.loader import LoadedModel
 from rfc.runtime.prompting import encode_prompt
+from rfc.runtime.server.errors import bad_request
 
-_ID_BYTES = 8  # what the cache counts per stored token id
+_ENTRY_OVERHEAD = 160  # the OrderedDict slot and the objects around the two payloads
+
+
+def longest_token_bytes(model: LoadedModel) -> int:
+    """An upper bound on the text bytes one token can stand for."""
+    vocab = model.tokenizer.get_vocab(with_added_tokens=True)
+    return max((len(t.encode("utf-8", "surrogatepass")) for t in vocab), default=1) or 1
 
 
 class PromptCache:
-    def __init__(self, model: LoadedModel, max_entries: int = 256):
+    def __init__(self, model: LoadedModel, max_bytes: int = 32 << 20):
         self._model = model
-        self._max = max_entries
+        self._max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._entries: OrderedDict[bytes, array] = OrderedDict()
+        # Normalization can shrink text (NFC composes accents): twice the bound stays safe.
+        self._max_text_bytes = 2 * model.context_length * longest_token_bytes(model)
         self.hits = 0
         self.misses = 0
         self.bytes = 0
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, field: str = "prompt") -> list[int]:
+        """Token ids of `text`; a 400 naming `field` when it cannot fit the context."""
+        raw = text.encode("utf-8", "surrogatepass")
+        if len(raw) > self._max_text_bytes:
+            raise self._too_long(field, f"{len(raw)} bytes")
+        key = hashlib.sha256(raw).digest()
         with self._lock:
-            ids = self._entries.get(text)
+            ids = self._entries.get(key)
             if ids is not None:
-                self._entries.move_to_end(text)
+                self._entries.move_to_end(key)
                 self.hits += 1
-                return list(ids)
+                return ids.tolist()
             self.misses += 1
-        ids = tuple(encode_prompt(self._model, text))  # outside the lock: encoding may be slow
-        if self._max:
+        encoded = encode_prompt(self._model, text)  # outside the lock: encoding may be slow
+        if len(encoded) > self._model.context_length:
+            raise self._too_long(field, f"{len(encoded)} tokens")
+        packed = array("i", encoded)
+        size = _size(key, packed)
+        if size <= self._max_bytes:
             with self._lock:
-                if text not in self._entries:
-                    self._entries[text] = ids
-                    self.bytes += _size(text, ids)
-                while len(self._entries) > self._max:
-                    old_text, old_ids = self._entries.popitem(last=False)
-                    self.bytes -= _size(old_text, old_ids)
-        return list(ids)
+                if key not in self._entries:
+                    self._entries[key] = packed
+                    self.bytes += size
+                while self.bytes > self._max_bytes:
+                    old_key, old = self._entries.popitem(last=False)
+                    self.bytes -= _size(old_key, old)
+        return encoded
 
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "bytes": self.bytes}
 
+    def _too_long(self, field: str, size: str):
+        ctx = self._model.context_length
+        return bad_request(f"'{field}' ({size}) cannot fit the model's context of {ctx} tokens", field)
 
-def _size(text: str, ids: tuple[int, ...]) -> int:
-    return len(text.encode("utf-8", "surrogatepass")) + _ID_BYTES * len(ids)
+
+def _size(key: bytes, ids: array) -> int:
+    return sys.getsizeof(key) + sys.getsizeof(ids) + _ENTRY_OVERHEAD

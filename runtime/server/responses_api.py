@@ -45,7 +45,7 @@ def parse(body: dict, served: ServedModel) -> GenerationRequest:
     if not isinstance(fmt, dict) or fmt.get("type", "text") != "text":
         raise bad_request("only text output is supported (text.format {'type': 'text'})", "text.format")
     messages = system_and_turns(f.string("instructions"), _input_messages(f.raw("input")))
-    prompt_ids = served.prompts.encode(render_chat(served, messages, field="input"))
+    prompt_ids = served.prompts.encode(render_chat(served, messages, field="input"), "input")
     room = served.model.context_length - len(prompt_ids)
     max_tokens = f.integer("max_output_tokens", None, 1) or room
     if room < 1:

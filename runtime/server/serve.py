@@ -7,18 +7,18 @@ engine thread is up. A bundle that fails to load stops the server (exit status 1
 that can never become ready should not look alive to an orchestrator."""
 
 import _thread
-import itertools
 import logging
 import signal
 import threading
 import time
 
-import waitress
-
+from rfc.runtime.request_ids import RandomIds
 from rfc.runtime.server.app import create_app
 from rfc.runtime.server.config import ServeOptions
 from rfc.runtime.server.host import EngineHandle, load_served_model
+from rfc.runtime.server.listener import create_listener
 from rfc.runtime.server.telemetry import Telemetry, build_telemetry
+from rfc.runtime.template_worker import TemplatePool, WorkerLimits
 
 log = logging.getLogger("rfc.server")
 
@@ -34,22 +34,19 @@ def serve(options: ServeOptions) -> int:
     telemetry = build_telemetry(handle, options.server)
     app = create_app(handle, options.server, telemetry)
     threads = options.http_threads()
-    server = waitress.create_server(
-        app,
-        host=options.host,
-        port=options.port,
-        threads=threads,
-        connection_limit=max(100, 2 * threads),
-        send_bytes=1,  # write each SSE event as it comes; waitress would otherwise batch 18 KB
-        channel_request_lookahead=1,  # keeps reading the socket, so a vanished client is noticed
-        max_request_body_size=options.server.max_body_bytes + _BODY_SLACK,
-        asyncore_use_poll=True,
-        ident="rfc",
-    )
-    log.info("listening on http://%s:%s (%d HTTP threads); loading %s", options.host, server.effective_port, threads,
-             ", ".join(f"{m.model_id} ({m.bundle})" for m in options.models))
-    loader = threading.Thread(target=_load, args=(handle, options, telemetry), name="rfc-loader", daemon=True)
+    limits = options.server
+    server = create_listener(
+        app, host=options.host, port=options.port, threads=threads, max_connections=limits.max_connections,
+        request_timeout_s=limits.request_timeout_s, idle_timeout_s=limits.idle_timeout_s,
+        max_request_body_size=limits.max_body_bytes + _BODY_SLACK,
+    )  # fmt: skip
+    log.info("listening on http://%s:%s (%d HTTP threads, %d connections); loading %s", options.host, server.effective_port,
+             threads, limits.max_connections, ", ".join(f"{m.model_id} ({m.bundle})" for m in options.models))
+    # SIGTERM ends the server; a load failure raises it too. (SIGINT may be ignored: a
+    # background job of a non-interactive shell starts that way, and must still exit.)
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    templates = TemplatePool(WorkerLimits(limits.template_workers, limits.template_memory_bytes, limits.template_timeout_s))
+    loader = threading.Thread(target=_load, args=(handle, options, telemetry, templates), name="rfc-loader", daemon=True)
     try:
         loader.start()  # inside the try: a load failure interrupts this thread at once
         server.run()  # returns on SIGINT/SIGTERM: waitress catches the KeyboardInterrupt
@@ -61,23 +58,24 @@ def serve(options: ServeOptions) -> int:
         server.close()
         for served in handle.all_served():
             served.engine.stop()
+        templates.close()
     if handle.load_error:
         log.error("%s", handle.load_error)
         return 1
     return 0
 
 
-def _load(handle: EngineHandle, options: ServeOptions, telemetry: Telemetry) -> None:
+def _load(handle: EngineHandle, options: ServeOptions, telemetry: Telemetry, templates: TemplatePool) -> None:
     bundle = options.models[0].bundle
     try:
         if options.load_delay_s > 0:
             time.sleep(options.load_delay_s)
-        request_ids = itertools.count(1)  # one id sequence: /status/{id} names one request of one model
+        request_ids = RandomIds()  # one source for every engine: an id names one request of one model
         for source in options.models:
             bundle = source.bundle
             started = time.perf_counter()
-            served = load_served_model(bundle, source.load, options.scheduler, telemetry, options.server.prompt_cache_entries,
-                                       model_id=source.model_id, request_ids=request_ids)
+            served = load_served_model(bundle, source.load, options.scheduler, telemetry, options.server.prompt_cache_bytes,
+                                       model_id=source.model_id, request_ids=request_ids, templates=templates)
             handle.attach(served)
             log.info(
                 "ready: %s on device %s (%d KV pages) in %.2f s",
@@ -86,7 +84,7 @@ def _load(handle: EngineHandle, options: ServeOptions, telemetry: Telemetry) -> 
     except Exception as e:  # noqa: BLE001 - any load failure ends the server, with its reason
         handle.fail(f"loading {bundle} failed: {e}")
         log.debug("load failure", exc_info=True)
-        _thread.interrupt_main()
+        _thread.interrupt_main(signal.SIGTERM)  # our handler, whatever SIGINT's disposition
 
 
 def _interrupt(signum, frame) -> None:

@@ -10,6 +10,8 @@ from rfc.runtime.scheduler import SchedulerConfig
 from rfc.runtime.server import EngineHandle, ServerConfig, create_app, load_served_model
 from rfc.runtime.server.telemetry import build_telemetry
 
+JSON = {"Content-Type": "application/json"}
+
 
 def _native_error(r: requests.Response, status: int) -> str:
     assert r.status_code == status, r.text
@@ -40,13 +42,13 @@ def test_bad_fields_are_400_naming_the_field(server, route, body, field):
 
 def test_malformed_json_is_400(server):
     for data in (b"{not json", b"[1, 2]", b""):
-        _native_error(requests.post(server.url + "/generate", data=data, timeout=10), 400)
+        _native_error(requests.post(server.url + "/generate", data=data, headers=JSON, timeout=10), 400)
 
 
 def test_body_over_the_limit_is_413(server):
     body = b'{"prompt": "' + b"a" * (1 << 20) + b'"}'
-    _native_error(requests.post(server.url + "/generate", data=body, timeout=30), 413)
-    r = requests.post(server.url + "/v1/completions", data=body, timeout=30)
+    _native_error(requests.post(server.url + "/generate", data=body, headers=JSON, timeout=30), 413)
+    r = requests.post(server.url + "/v1/completions", data=body, headers=JSON, timeout=30)
     assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
 
 
