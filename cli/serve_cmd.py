@@ -39,10 +39,25 @@ from rfc.cli.errors import fail
 @click.option("--max-traces", envvar="RFC_MAX_TRACES", default=1000, show_default=True, type=click.IntRange(min=1), help="Traces kept; the oldest go first.")
 @click.option("--max-body-bytes", envvar="RFC_MAX_BODY_BYTES", default=1 << 20, show_default=True, type=click.IntRange(min=1), help="Larger request bodies get 413.")
 @click.option("--threads", envvar="RFC_THREADS", default=None, type=click.IntRange(min=1), help="HTTP worker threads (default: max-batch + max-queue + 4).")
+@click.option("--max-connections", envvar="RFC_MAX_CONNECTIONS", default=1024, show_default=True, type=click.IntRange(min=16),
+              help="Open connections at most (the file-descriptor limit is raised to fit); more wait in the listen backlog.")
+@click.option("--request-timeout", envvar="RFC_REQUEST_TIMEOUT", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a request's head and body may take to arrive; slower connections are closed.")
+@click.option("--idle-timeout", envvar="RFC_IDLE_TIMEOUT", default=120.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="Seconds an idle keep-alive connection is kept.")
+@click.option("--prompt-cache-mb", envvar="RFC_PROMPT_CACHE_MB", default=32, show_default=True, type=click.IntRange(min=0),
+              help="MiB of tokenized prompts kept per model (0: none).")
+@click.option("--template-workers", envvar="RFC_TEMPLATE_WORKERS", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Processes rendering chat templates.")
+@click.option("--template-memory-mb", envvar="RFC_TEMPLATE_MEMORY_MB", default=1024, show_default=True, type=click.IntRange(min=64),
+              help="Address-space limit of each template process, MiB.")
+@click.option("--template-timeout", envvar="RFC_TEMPLATE_TIMEOUT", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds one chat-template render may take; the process is killed and replaced after.")
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
 def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_pages, pooling, targets, chat_template, cache_dir,
               api_key, cors_origins, no_cors, log_format, log_file, log_level, no_verify, trace_sample_rate, max_traces,
-              max_body_bytes, threads, load_delay):
+              max_body_bytes, threads, max_connections, request_timeout, idle_timeout, prompt_cache_mb, template_workers,
+              template_memory_mb, template_timeout, load_delay):
     """Serve MODELS (bundle directories, or GGUF files compiled on first use) over HTTP: the
     native API, an OpenAI-compatible /v1 API, Anthropic's /v1/messages and Ollama's /api."""
     # The cpu device's OpenMP workers share the cores with the HTTP threads. Unbounded
@@ -84,6 +99,13 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
                 trace_sample_rate=trace_sample_rate,
                 max_traces=max_traces,
                 pooling=Pooling(pooling) if pooling else None,
+                prompt_cache_bytes=prompt_cache_mb << 20,
+                max_connections=max_connections,
+                request_timeout_s=request_timeout,
+                idle_timeout_s=idle_timeout,
+                template_workers=template_workers,
+                template_memory_bytes=template_memory_mb << 20,
+                template_timeout_s=template_timeout,
             ),
             log=LogConfig(format=log_format, file=log_file, level=log_level),
             load_delay_s=load_delay,

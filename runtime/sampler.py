@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rfc.runtime.values import is_finite_number, shown
+
 # top_p first looks at this many of the most likely candidates and widens the search only
 # when they do not hold enough mass, so a peaked distribution never sorts the whole vocab.
 _TOP_P_FIRST_LOOK = 256
@@ -69,7 +71,7 @@ class SamplingParams:
         _require(self.penalty_last_n >= -1, "penalty_last_n", "must be >= -1")
         for token, bias in self.logit_bias.items():
             _require(_is_int(token) and 0 <= token < vocab_size, "logit_bias",
-                     f"token id {token!r} is not in [0, {vocab_size})")
+                     f"token id {shown(token)} is not in [0, {vocab_size})")
             _require(_is_finite(bias) and abs(bias) <= 1e4, "logit_bias", f"bias for token {token} must be in [-10000, 10000]")
         _require(self.seed is None or _is_int(self.seed), "seed", "must be an integer or None")
 
@@ -245,8 +247,7 @@ def _is_int(value: object) -> bool:
 
 
 def _is_finite(value: object) -> bool:
-    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    return is_number and math.isfinite(value)
+    return is_finite_number(value)
 
 
 def _require(condition: bool, field_name: str, message: str) -> None:
@@ -256,9 +257,9 @@ def _require(condition: bool, field_name: str, message: str) -> None:
 
 def _require_number(params: SamplingParams, field_name: str) -> None:
     value = getattr(params, field_name)
-    _require(_is_finite(value), field_name, f"must be a finite number, got {value!r}")
+    _require(_is_finite(value), field_name, f"must be a finite number, got {shown(value)}")
 
 
 def _require_int(params: SamplingParams, field_name: str) -> None:
     value = getattr(params, field_name)
-    _require(_is_int(value), field_name, f"must be an integer, got {value!r}")
+    _require(_is_int(value), field_name, f"must be an integer, got {shown(value)}")

@@ -9,6 +9,8 @@ import logging
 
 import falcon
 
+from rfc.runtime.values import shown
+
 log = logging.getLogger("rfc.server")
 
 OPENAI_PREFIX = "/v1/"
@@ -90,7 +92,7 @@ def read_json(req: falcon.Request, max_bytes: int) -> dict:
     surrogate) — each 400 naming the field."""
     media = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-        raise ApiError(falcon.HTTP_415, f"send the body as JSON with 'Content-Type: application/json' (got {media or 'none'!r})")
+        raise ApiError(falcon.HTTP_415, f"send the body as JSON with 'Content-Type: application/json' (got {shown(media) if media else 'none'})")
     if req.content_length is not None and req.content_length > max_bytes:
         raise _too_large(max_bytes)
     data = req.bounded_stream.read(max_bytes + 1)

@@ -3,9 +3,8 @@
 A field that is absent or null takes its default; unknown fields are ignored (clients send
 extras meant for other servers)."""
 
-import math
-
 from rfc.runtime.server.errors import bad_request
+from rfc.runtime.values import is_finite_number, shown
 
 
 class RequestFields:
@@ -38,7 +37,7 @@ class RequestFields:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise bad_request(f"'{name}' must be an integer, got {value!r}", name)
+            raise bad_request(f"'{name}' must be an integer, got {shown(value)}", name)
         self._check_range(name, value, minimum, maximum)
         return value
 
@@ -46,8 +45,8 @@ class RequestFields:
         value = self._present(name, default, False)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad_request(f"'{name}' must be a finite number, got {value!r}", name)
+        if not is_finite_number(value):
+            raise bad_request(f"'{name}' must be a finite number, got {shown(value)}", name)
         self._check_range(name, value, minimum, maximum)
         return float(value)
 
@@ -62,6 +61,6 @@ class RequestFields:
     @staticmethod
     def _check_range(name: str, value, minimum, maximum) -> None:
         if minimum is not None and value < minimum:
-            raise bad_request(f"'{name}' must be >= {minimum}, got {value}", name)
+            raise bad_request(f"'{name}' must be >= {minimum}, got {shown(value)}", name)
         if maximum is not None and value > maximum:
-            raise bad_request(f"'{name}' must be <= {maximum}, got {value}", name)
+            raise bad_request(f"'{name}' must be <= {maximum}, got {shown(value)}", name)

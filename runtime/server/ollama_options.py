@@ -7,11 +7,11 @@ do not apply to a compiled bundle and are ignored, as Ollama ignores options it 
 know; a sampler Ollama has and rfc does not (mirostat, typical_p, tfs_z) is a 400 unless
 it is off. A wrong type or range is a 400 naming `options.<name>`."""
 
-import math
 from dataclasses import dataclass
 
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.errors import bad_request
+from rfc.runtime.values import is_finite_number, shown
 
 DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat_penalty": 1.1, "repeat_last_n": 64,
             "presence_penalty": 0.0, "frequency_penalty": 0.0}
@@ -38,13 +38,14 @@ def parse_options(raw: object) -> OllamaOptions:
             raise bad_request(f"options.{name} is not supported (only {off}, which turns it off)", f"options.{name}")
     seed = _integer("seed", raw.get("seed"), None)
     params = SamplingParams(
-        temperature=_number("temperature", raw.get("temperature", DEFAULTS["temperature"]), 0.0),
+        # the sampler's bounds (runtime/sampler.py), checked here so the error names Ollama's field
+        temperature=_number("temperature", raw.get("temperature", DEFAULTS["temperature"]), 0.0, 1e4),
         top_k=_integer("top_k", raw.get("top_k", DEFAULTS["top_k"]), None),
         top_p=_number("top_p", raw.get("top_p", DEFAULTS["top_p"]), 0.0, 1.0, open_low=True),
         min_p=_number("min_p", raw.get("min_p", DEFAULTS["min_p"]), 0.0, 1.0),
-        repetition_penalty=_number("repeat_penalty", raw.get("repeat_penalty", DEFAULTS["repeat_penalty"]), 0.0, open_low=True),
-        presence_penalty=_number("presence_penalty", raw.get("presence_penalty", DEFAULTS["presence_penalty"])),
-        frequency_penalty=_number("frequency_penalty", raw.get("frequency_penalty", DEFAULTS["frequency_penalty"])),
+        repetition_penalty=_number("repeat_penalty", raw.get("repeat_penalty", DEFAULTS["repeat_penalty"]), 1e-3, 1e3),
+        presence_penalty=_number("presence_penalty", raw.get("presence_penalty", DEFAULTS["presence_penalty"]), -1e4, 1e4),
+        frequency_penalty=_number("frequency_penalty", raw.get("frequency_penalty", DEFAULTS["frequency_penalty"]), -1e4, 1e4),
         penalty_last_n=_integer("repeat_last_n", raw.get("repeat_last_n", DEFAULTS["repeat_last_n"]), -1),
         seed=None if seed is None or seed < 0 else seed,  # Ollama's -1: a random seed
     )
@@ -55,12 +56,12 @@ def parse_options(raw: object) -> OllamaOptions:
 
 
 def _number(name: str, value: object, low: float | None = None, high: float | None = None, open_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise bad_request(f"options.{name} must be a number, got {value!r}", f"options.{name}")
+    if not is_finite_number(value):
+        raise bad_request(f"options.{name} must be a number, got {shown(value)}", f"options.{name}")
     if low is not None and (value < low or (open_low and value == low)):
-        raise bad_request(f"options.{name} must be {'>' if open_low else '>='} {low}, got {value}", f"options.{name}")
+        raise bad_request(f"options.{name} must be {'>' if open_low else '>='} {low}, got {shown(value)}", f"options.{name}")
     if high is not None and value > high:
-        raise bad_request(f"options.{name} must be <= {high}, got {value}", f"options.{name}")
+        raise bad_request(f"options.{name} must be <= {high}, got {shown(value)}", f"options.{name}")
     return float(value)
 
 
@@ -70,9 +71,9 @@ def _integer(name: str, value: object, low: int | None) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"options.{name} must be an integer, got {value!r}", f"options.{name}")
+        raise bad_request(f"options.{name} must be an integer, got {shown(value)}", f"options.{name}")
     if low is not None and value < low:
-        raise bad_request(f"options.{name} must be >= {low}, got {value}", f"options.{name}")
+        raise bad_request(f"options.{name} must be >= {low}, got {shown(value)}", f"options.{name}")
     return value
 
 

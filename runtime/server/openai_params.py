@@ -12,6 +12,7 @@ from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import check_token_ids
 from rfc.runtime.server.host import ServedModel
+from rfc.runtime.values import shown
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 MAX_LOGPROBS = 20
@@ -139,7 +140,7 @@ def _logit_bias(raw: object, vocab_size: int) -> dict[int, float]:
         try:
             token = int(key)
         except (TypeError, ValueError):
-            raise bad_request(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
+            raise bad_request(f"logit_bias key {shown(key)} is not a token id", "logit_bias") from None
         if not 0 <= token < vocab_size:
             raise bad_request(f"logit_bias token id {token} is not in [0, {vocab_size})", "logit_bias")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
