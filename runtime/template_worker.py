@@ -8,21 +8,28 @@ worker processes do, each under an address-space limit, and the HTTP thread wait
 answer with a deadline. A worker that overruns is killed and replaced; the request gets an
 error naming `messages`; every other request and the probes keep being answered.
 
-Workers are started with the `spawn` method (a fresh interpreter: forking a threaded server
-is unsafe) once, when the server starts; compiled templates are cached in each worker by the
-hash of their source, and a request carries the source, so a replacement recompiles on demand.
+Workers are separate interpreters (`python -m rfc.runtime.template_worker`, not forks of the
+threaded server and not multiprocessing's spawn, which re-runs the parent's main script), started
+once when the server starts; they speak msgpack over their stdin and stdout, never pickle, so
+even a worker whose sandbox fell could send the server nothing but data. Compiled templates are
+cached in each worker by the hash of their source, and a request carries the source, so a
+replacement recompiles on demand.
 """
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
+
+import msgpack
 
 from rfc.runtime.chat import ChatTemplateError
 
@@ -39,10 +46,26 @@ class WorkerLimits:
     wait_s: float = 10.0  # longest wait for a free worker before answering "busy"
 
 
-def _worker_main(conn: Connection, memory_bytes: int, timeout_s: float) -> None:
+# A render's output is bounded by the sandbox (runtime/chat.py); this bounds a reply's frame.
+_MAX_REPLY_BYTES = 64 << 20
+
+
+def _pack(value) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, unicode_errors="surrogatepass")
+
+
+def _unpack(data: bytes):
+    return msgpack.unpackb(data, raw=False, unicode_errors="surrogatepass")
+
+
+def _worker_main(memory_bytes: int, timeout_s: float) -> None:
     """The loop of one worker process: compile and render on request, answer in kind."""
     import resource
 
+    # requests arrive on stdin, replies leave on the original stdout; anything printed goes to stderr
+    requests = Connection(os.dup(0), writable=False)
+    replies = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)
     try:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     except (ValueError, OSError):
@@ -53,7 +76,7 @@ def _worker_main(conn: Connection, memory_bytes: int, timeout_s: float) -> None:
     compiled: dict[str, ChatTemplate] = {}
     while True:
         try:
-            kind, key, source, bos, eos, args = conn.recv()
+            kind, key, source, bos, eos, args = _unpack(requests.recv_bytes())
         except (EOFError, OSError):
             return
         try:
@@ -64,33 +87,49 @@ def _worker_main(conn: Connection, memory_bytes: int, timeout_s: float) -> None:
                     compiled.clear()
                 compiled[key] = template
             result = None if kind == "compile" else template.render(args["messages"], **args["options"])
-            conn.send(("ok", result))
+            reply = ("ok", result)
         except ChatTemplateError as e:
-            conn.send(("error", str(e)))
+            reply = ("error", str(e))
         except MemoryError:
             compiled.clear()
-            conn.send(("error", "the chat template used more memory than a render may"))
+            reply = ("error", "the chat template used more memory than a render may")
         except RecursionError:
-            conn.send(("error", "the chat template nests too deeply"))
+            reply = ("error", "the chat template nests too deeply")
         except Exception as e:  # noqa: BLE001 - template code fails in every way; it is reported, not raised
-            conn.send(("error", f"{type(e).__name__}: {str(e)[:300]}"))
+            reply = ("error", f"{type(e).__name__}: {str(e)[:300]}")
+        try:
+            replies.send_bytes(_pack(reply))
+        except (OSError, ValueError, TypeError):
+            replies.send_bytes(_pack(("error", "the chat template produced something that is not text")))
 
 
 class _Worker:
-    def __init__(self, ctx, limits: WorkerLimits):
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            # the worker's own budget ends first, so an ordinary overrun is a clean error, not a kill
-            target=_worker_main, args=(child, limits.memory_bytes, 0.8 * limits.render_timeout_s),
-            name="rfc-template-worker", daemon=True,
+    def __init__(self, limits: WorkerLimits):
+        # the worker's own budget ends first, so an ordinary overrun is a clean error, not a kill
+        budget = 0.8 * limits.render_timeout_s
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rfc.runtime.template_worker", str(limits.memory_bytes), repr(budget)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
         )  # fmt: skip
-        self.process.start()
-        child.close()
+        self._requests = Connection(os.dup(self.process.stdin.fileno()), readable=False)
+        self._replies = Connection(os.dup(self.process.stdout.fileno()), writable=False)
+        self.process.stdin.close()
+        self.process.stdout.close()
+
+    def send(self, message) -> None:
+        self._requests.send_bytes(_pack(message))
+
+    def poll(self, timeout_s: float) -> bool:
+        return self._replies.poll(timeout_s)
+
+    def recv(self):
+        return _unpack(self._replies.recv_bytes(_MAX_REPLY_BYTES))
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join(timeout=5)
-        self.conn.close()
+        self.process.wait(timeout=5)
+        self._requests.close()
+        self._replies.close()
 
 
 class TemplatePool:
@@ -98,7 +137,6 @@ class TemplatePool:
 
     def __init__(self, limits: WorkerLimits = WorkerLimits()):
         self.limits = limits
-        self._ctx = multiprocessing.get_context("spawn")
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._closed = False
         self._all: list[_Worker] = []
@@ -119,13 +157,13 @@ class TemplatePool:
         except queue.Empty:
             raise TemplatesBusy(f"every chat-template worker stayed busy for {self.limits.wait_s:.0f} s") from None
         try:
-            worker.conn.send((kind, t.key, t.source, t.bos_token, t.eos_token, args))
-            if not worker.conn.poll(self.limits.render_timeout_s):
+            worker.send((kind, t.key, t.source, t.bos_token, t.eos_token, args))
+            if not worker.poll(self.limits.render_timeout_s):
                 self._replace(worker)
                 worker = None
                 raise ChatTemplateError(f"rendering took longer than {self.limits.render_timeout_s:g} s and was stopped")
-            status, value = worker.conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
+            status, value = worker.recv()
+        except (EOFError, OSError, ValueError):
             if worker is not None:
                 self._replace(worker)
                 worker = None
@@ -148,7 +186,7 @@ class TemplatePool:
         with self._lock:
             if self._closed:
                 return
-            w = _Worker(self._ctx, self.limits)
+            w = _Worker(self.limits)
             self._all.append(w)
         self._idle.put(w)
 
@@ -171,3 +209,7 @@ class RemoteTemplate:
     def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None, **extra: Any) -> str:
         options = {"add_generation_prompt": add_generation_prompt, "tools": tools, **extra}
         return self.pool.call("render", self, {"messages": messages, "options": options})
+
+
+if __name__ == "__main__":
+    _worker_main(int(sys.argv[1]), float(sys.argv[2]))
