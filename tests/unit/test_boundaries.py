@@ -39,12 +39,27 @@ def test_artifacts_uses_only_stdlib_and_msgpack():
                 assert top in allowed, f"{path.name} imports {words[1]}"
 
 
+# The one process the runtime starts: its own chat-template worker (docs/security.md).
+TEMPLATE_WORKER = ROOT / "runtime" / "template_worker.py"
+
+
 def test_runtime_never_runs_a_toolchain():
     """No process spawning anywhere in the runtime: it never compiles at serve time."""
     for path in (ROOT / "runtime").rglob("*.py"):
+        if path == TEMPLATE_WORKER:
+            continue
         text = path.read_text()
         for call in ("import subprocess", "from subprocess", "os.system(", "os.popen(", "Popen(", "os.exec", "os.spawn"):
             assert call not in text, f"{path.relative_to(ROOT)} uses {call}"
+
+
+def test_the_template_worker_starts_only_itself():
+    text = TEMPLATE_WORKER.read_text()
+    for call in ("os.system(", "os.popen(", "os.exec", "os.spawn", "shell=True"):
+        assert call not in text
+    launches = [line.strip() for line in text.splitlines() if "Popen(" in line or "sys.executable" in line]
+    assert launches == ['self.process = subprocess.Popen(',
+                        '[sys.executable, "-m", "rfc.runtime.template_worker", str(limits.memory_bytes), repr(budget)],']
 
 
 def test_compiler_does_not_import_the_runtime():
