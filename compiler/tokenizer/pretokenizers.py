@@ -158,6 +158,7 @@ class PreName:
     pre_type: str
     ignore_merges: bool = False  # a word that is itself a token is not merged further
     escape_whitespaces: bool = False  # spaces become "▁" before splitting (SentencePiece-style BPE)
+    add_bos: bool = False  # BOS is added unless tokenizer.ggml.add_bos_token says otherwise
 
 
 def _names(pre_type: str, *names: str, **flags: bool) -> dict[str, PreName]:
@@ -168,7 +169,7 @@ PRE_NAMES: dict[str, PreName] = {
     **_names("DEFAULT", "default"),
     **_names("MINICPM5", "minicpm5", ignore_merges=True),
     **_names("LLAMA3", "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-             "jina-v5-nano", ignore_merges=True),  # fmt: skip
+             "jina-v5-nano", ignore_merges=True, add_bos=True),  # fmt: skip
     **_names("DEEPSEEK_LLM", "deepseek-llm"),
     **_names("DEEPSEEK_CODER", "deepseek-coder"),
     **_names("DEEPSEEK3_LLM", "deepseek-v3"),
@@ -196,14 +197,14 @@ PRE_NAMES: dict[str, PreName] = {
     **_names("CHATGLM4", "glm4", "glm5", ignore_merges=True),
     **_names("VIKING", "viking"),
     **_names("JAIS", "jais"),
-    **_names("TEKKEN", "tekken", ignore_merges=True),
+    **_names("TEKKEN", "tekken", ignore_merges=True, add_bos=True),
     **_names("SMOLLM", "smollm"),
     **_names("CODESHELL", "codeshell"),
     **_names("BLOOM", "bloom"),
     **_names("GPT3_FINNISH", "gpt3-finnish"),
     **_names("EXAONE", "exaone"),
     **_names("EXAONE_MOE", "exaone-moe"),
-    **_names("CHAMELEON", "chameleon"),
+    **_names("CHAMELEON", "chameleon", add_bos=True),
     **_names("MINERVA", "minerva-7b"),
     **_names("GPT4O", "gpt-4o", "llama4", "kanana2", "talkie"),
     **_names("GRANITE_EMB_MULTI", "granite-embed-multi-97m", ignore_merges=True),

@@ -56,6 +56,7 @@ def test_name_selects_llama_cpp_type_and_flags(name):
     assert ours.pre_type in types
     assert ours.ignore_merges == flags.get("ignore_merges", False)
     assert ours.escape_whitespaces == flags.get("escape_whitespaces", False)
+    assert ours.add_bos == flags.get("add_bos", False)
 
 
 def test_no_name_beyond_llama_cpp():
