@@ -29,3 +29,13 @@ def test_rfc_tokenizer_refuses_a_file_that_is_not_gguf(tmp_path):
     proc = rfc("tokenizer", bad, "-o", tmp_path / "t.json")
     assert proc.returncode == 2 and "not a GGUF" in proc.stderr
     assert not (tmp_path / "t.json").exists()
+
+
+def test_rfc_tokenizer_refuses_an_unsupported_model_naming_it(tmp_path):
+    from tests.conftest import DEMO_MODEL
+    from tests.gguf_edit import rewrite_gguf
+
+    model = rewrite_gguf(DEMO_MODEL, tmp_path / "t5.gguf", metadata={"tokenizer.ggml.model": "t5"})
+    proc = rfc("tokenizer", model, "-o", tmp_path / "t.json")
+    assert proc.returncode == 2 and "unsupported tokenizer model 't5'" in proc.stderr and "Unigram" in proc.stderr
+    assert not (tmp_path / "t.json").exists()

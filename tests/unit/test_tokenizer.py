@@ -169,8 +169,8 @@ def test_byte_level_bos_follows_metadata():
 @pytest.mark.parametrize(("family", "eog_ids"), [
     ("llama-spm", (2,)),  # </s>
     ("llama-bpe", (128001, 128009)),  # <|end_of_text|> (eos), <|eot_id|>
-    ("phi-3", (32000, 32007)),  # <|endoftext|> (eos), <|end|>
-    ("qwen2", (151643, 151645)),  # <|endoftext|> (eos), <|im_end|>
+    ("phi-3", (2, 32000, 32007)),  # </s> (llama.cpp's list), <|endoftext|> (eos), <|end|>
+    ("qwen2", (128247, 151643, 151645)),  # a normal-typed </s> llama.cpp makes control, <|endoftext|>, <|im_end|>
 ])  # fmt: skip
 def test_eog_ids(family, eog_ids):
     assert built(family)[1].eog_ids == eog_ids
@@ -237,10 +237,10 @@ def test_json_is_a_tokenizer_file():
 # --- errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["bert", "t5", "rwkv"])
+@pytest.mark.parametrize("model", ["bert", "t5", "rwkv", "plamo2", "hybriddna", "none", "no-such-model"])
 def test_unsupported_model_is_refused(model):
     metadata = stories_metadata() | {"tokenizer.ggml.model": model}
-    with pytest.raises(TokenizerError, match=f"^unsupported tokenizer model '{model}'$"):
+    with pytest.raises(TokenizerError, match=f"^unsupported tokenizer model '{model}': "):
         build_tokenizer(metadata)
 
 
@@ -275,6 +275,9 @@ def test_small_byte_level_vocabulary_builds():
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"tokenizer.ggml.pre": "no-such-pre"}, "unsupported pre-tokenizer 'no-such-pre'"),
+    ({"tokenizer.ggml.pre": "kimi-k2"}, "unsupported pre-tokenizer 'kimi-k2' .*Kimi-K2 splitter"),
+    ({"tokenizer.ggml.pre": "afmoe"}, "unsupported pre-tokenizer 'afmoe' .*AFMoE splitter"),
+    ({"tokenizer.ggml.pre": "whitespace"}, "lacks byte tokens"),
     ({"tokenizer.ggml.merges": []}, "without tokenizer.ggml.merges"),
     ({"tokenizer.ggml.merges": ["h x y"]}, "malformed merge 'h x y'"),
     ({"tokenizer.ggml.eos_token_id": 9999}, "outside the vocabulary"),

@@ -1,14 +1,18 @@
 """Build a Hugging Face `tokenizer.json` from a GGUF's vocabulary metadata.
 
-Two GGUF tokenizer models are supported, each rebuilt the way Hugging Face represents the
-original tokenizer, so that `tokenizers` encodes text to the ids llama.cpp produces:
+The reference is llama.cpp (src/llama-vocab.cpp): each supported GGUF tokenizer model is rebuilt
+so that `tokenizers` encodes text to the ids llama.cpp produces:
 
 - "llama" (SentencePiece): a BPE whose merges come from the token scores (llama.cpp's SPM
   tokenizer merges the adjacent pair whose merged token scores highest, which is BPE with
   merges ranked by score), byte fallback to `<0xNN>` tokens and a "▁" dummy prefix.
-- "gpt2" (byte-level BPE): the GGUF's merges behind the pre-tokenizer that
-  `tokenizer.ggml.pre` names.
+- "gpt2" (BPE): the GGUF's merges behind the pre-tokenizer that `tokenizer.ggml.pre` names
+  (pretokenizers.py), over GPT-2 byte-encoded words, or over raw UTF-8 with `<0xNN>` byte
+  fallback for the SentencePiece-style types (Gemma 4, Sarvam).
+- "gemma4": "gpt2" with the gemma4 pre-tokenizer, as llama.cpp treats it.
 
+Every other model llama.cpp knows is refused by name with what is missing (UNSUPPORTED_MODELS),
+as is any pre-tokenizer without an exact equivalent: never a silently different tokenization.
 Control and user-defined tokens become added tokens so that they match as whole tokens.
 """
 
@@ -18,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rfc.compiler.errors import CompileError
+from rfc.compiler.tokenizer.pretokenizers import PRE_NAMES, PRE_TYPES, UNSUPPORTED_TYPES, pre_tokenizers
 
 SPM_SPACE = "\u2581"  # "▁", SentencePiece's visible space
 
@@ -29,13 +34,40 @@ TYPE_USER_DEFINED = 4
 TYPE_UNUSED = 5
 TYPE_BYTE = 6
 
-# Texts of control tokens that end a turn or a document. GGUF has no field listing every
-# end-of-generation token, so llama.cpp (llama-vocab.cpp) recognizes them by text too.
+# Token texts that llama.cpp's loader (llama-vocab.cpp) treats as end of generation, and makes
+# control tokens (matched whole in text) even where the GGUF types them as normal.
 END_MARKERS = frozenset({
-    "</s>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>",
-    "<|end|>", "<end_of_turn>", "<|return|>", "<|call|>", "<EOT>", "_<EOT>",
-    "<end_of_utterance>", "<|end▁of▁sentence|>", "<｜end▁of▁sentence｜>",
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
 })  # fmt: skip
+# Texts llama.cpp also makes control tokens when it takes them for the EOT or fill-in-the-middle
+# tokens (the FIM pad/repo/file-separator ones end generation too).
+_FIM_END = frozenset({"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", "<|fim_repo|>", "<|repo_name|>",
+                      "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>"})  # fmt: skip
+CONTROL_TEXTS = END_MARKERS | _FIM_END | frozenset({
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>",
+    "<|prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+    "<|code_suffix|>", "<|suffix|>", "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>",
+    "▁<MID>", "<|code_middle|>", "<|middle|>",
+})  # fmt: skip
+
+
+# Models llama.cpp's loader knows that rfc cannot reproduce exactly, and why.
+UNSUPPORTED_MODELS: dict[str, str] = {
+    "bert": "WordPiece (llama.cpp's WPM) is not supported: its normalization and punctuation/CJK splitting "
+            "are not yet reproduced and tested",
+    "t5": "Unigram (llama.cpp's UGM) is not supported: its precompiled charsmap normalization and Viterbi "
+          "search are not yet reproduced and tested",
+    "rwkv": "RWKV's greedy byte-trie tokenizer has no tokenizers equivalent",
+    "plamo2": "PLaMo-2's Aho-Corasick tokenizer has no tokenizers equivalent",
+    "hybriddna": "the HybriDNA k-mer tokenizer has no tokenizers equivalent",
+    "whitespace": "the whitespace tokenizer model is not supported",
+    "test": "llama.cpp's test tokenizer model is not a real vocabulary",
+    "none": "the GGUF has no vocabulary (tokenizer.ggml.model = none)",
+    "no_vocab": "the GGUF has no vocabulary (tokenizer.ggml.model = no_vocab)",
+}  # fmt: skip
 
 
 class TokenizerError(CompileError):
@@ -44,7 +76,7 @@ class TokenizerError(CompileError):
 
 @dataclass(frozen=True)
 class TokenizerInfo:
-    model: str  # "llama" (SentencePiece-style) or "gpt2" (byte-level BPE)
+    model: str  # tokenizer.ggml.model: "llama" (SentencePiece), "gpt2" or "gemma4" (BPE)
     pre: str | None  # tokenizer.ggml.pre
     bos_id: int | None
     eos_id: int | None
@@ -54,113 +86,6 @@ class TokenizerInfo:
     add_eos: bool
     eog_ids: tuple[int, ...]  # end-of-generation ids, sorted
     vocab_size: int
-
-
-# --- pre-tokenizers of byte-level BPE vocabularies ----------------------------------------
-# The regexes are the ones in the models' own tokenizer.json files (llama.cpp's table in
-# llama-vocab.cpp holds rewrites of the same ones for its own regex engine).
-
-_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
-_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
-_TEKKEN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-           r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
-           r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
-_GPT4O = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-          r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-          r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
-          r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-          r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
-_BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
-_CJK = "[一-龥ࠀ-一가-퟿]+"
-# Cased letters (the original regex spells them out as ranges); escaped because several are
-# singletons that Unicode normalization would silently change in an editor (U+212A KELVIN SIGN).
-_DEEPSEEK_LETTERS = (
-    "\\s?[A-Za-z\u00B5\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u01BA\u01BC-\u01BF\u01C4-\u0293\u0295-\u02AF"
-    "\u0370-\u0373\u0376\u0377\u037B-\u037D\u037F\u0386\u0388-\u038A\u038C\u038E-\u03A1\u03A3-\u03F5"
-    "\u03F7-\u0481\u048A-\u052F\u0531-\u0556\u10A0-\u10C5\u13A0-\u13F5\u13F8-\u13FD\u1C90-\u1CBA"
-    "\u1CBD-\u1CBF\u1D00-\u1D2B\u1D6B-\u1D77\u1D79-\u1D9A\u1E00-\u1F15\u1F18-\u1F1D\u1F20-\u1F45"
-    "\u1F48-\u1F4D\u1F50-\u1F57\u1F59\u1F5B\u1F5D\u1F5F-\u1F7D\u1F80-\u1FB4\u1FB6-\u1FBC\u1FBE"
-    "\u1FC2-\u1FC4\u1FC6-\u1FCC\u1FD0-\u1FD3\u1FD6-\u1FDB\u1FE0-\u1FEC\u1FF2-\u1FF4\u1FF6-\u1FFC"
-    "\u2102\u2107\u210A-\u2113\u2115\u2119-\u211D\u2124\u2126\u2128\u212A-\u212D\u212F-\u2134\u2139"
-    "\u213C-\u213F\u2145-\u2149\u214E\u2183\u2184\u2C00-\u2C7B\u2C7E-\u2CE4\u2CEB-\u2CEE\u2CF2\u2CF3"
-    "\uA640-\uA66D\uA680-\uA69B\uA722-\uA76F\uA771-\uA787\uA78B-\uA78E\uAB70-\uABBF\uFB00-\uFB06"
-    "\uFB13-\uFB17\uFF21-\uFF3A\uFF41-\uFF5A\U00010400-\U0001044F\U000104B0-\U000104D3"
-    "\U000104D8-\U000104FB\U00010C80-\U00010CB2\U00010CC0-\U00010CF2\U000118A0-\U000118DF"
-    "\U0001E900-\U0001E943]+"
-)
-
-
-@dataclass(frozen=True)
-class PreTokenization:
-    """How one `tokenizer.ggml.pre` type splits text around the byte-level mapping."""
-
-    splits: tuple[dict, ...]  # pre-tokenizers applied to the text, in order
-    nfc: bool = False  # the original tokenizer.json NFC-normalizes first
-    ignore_merges: bool = False  # a word that is itself a token is not merged further
-    after_bytes: tuple[dict, ...] = ()  # pre-tokenizers applied to the byte-level text
-
-
-def _split(regex: str) -> dict:
-    return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
-
-
-def _digits(individual: bool) -> dict:
-    return {"type": "Digits", "individual_digits": individual}
-
-
-_PUNCTUATION = {"type": "Punctuation", "behavior": "Contiguous"}
-
-_GPT2_LIKE = PreTokenization((_split(_GPT2),))
-_LLAMA3_LIKE = PreTokenization((_split(_LLAMA3),), ignore_merges=True)
-_STARCODER_LIKE = PreTokenization((_digits(True), _split(_GPT2)))
-_BLOOM_LIKE = PreTokenization((_split(_BLOOM),))
-
-PRE_TOKENIZATIONS: dict[str, PreTokenization] = {
-    "gpt-2": _GPT2_LIKE,
-    "olmo": _GPT2_LIKE,
-    "jais": _GPT2_LIKE,
-    "trillion": _GPT2_LIKE,
-    "mpt": PreTokenization((_split(_GPT2),), nfc=True),
-    "llama3": _LLAMA3_LIKE,
-    "llama-v3": _LLAMA3_LIKE,
-    "llama-bpe": _LLAMA3_LIKE,
-    "falcon3": _LLAMA3_LIKE,
-    "dbrx": PreTokenization((_split(_LLAMA3),)),
-    "smaug-bpe": PreTokenization((_split(_LLAMA3),)),
-    "chatglm-bpe": PreTokenization((_split(_LLAMA3),)),
-    "qwen2": PreTokenization((_split(_QWEN2),), nfc=True),
-    "stablelm2": PreTokenization((_split(_QWEN2),)),
-    "starcoder": _STARCODER_LIKE,
-    "refact": _STARCODER_LIKE,
-    "smollm": _STARCODER_LIKE,
-    "codeshell": _STARCODER_LIKE,
-    "exaone": _STARCODER_LIKE,
-    "minerva-7b": _STARCODER_LIKE,
-    # Falcon splits digits after the byte mapping, so a byte of a UTF-8 sequence that maps to
-    # a digit-like character (0xBD -> "½") is split too.
-    "falcon": PreTokenization((_PUNCTUATION, _split(_GPT2)),
-                              after_bytes=(_digits(False), _split("[0-9][0-9][0-9]"))),
-    "deepseek-llm": PreTokenization((
-        _split(r"[\r\n]"), _split(_DEEPSEEK_LETTERS), _split(r"\s?[!-/:-~！-／：-～‘-‟　-。]+"),
-        _split(r"\s+$"), _split(_CJK), _split(r"\p{N}+"),
-    )),  # fmt: skip
-    "deepseek-coder": PreTokenization((
-        _split(r"[\r\n]"), _split(r"\s?\p{L}+"), _split(r"\s?\p{P}+"), _split(_CJK), _split(r"\p{N}"),
-    )),  # fmt: skip
-    "poro-chat": _BLOOM_LIKE,
-    "bloom": _BLOOM_LIKE,
-    "gpt3-finnish": _BLOOM_LIKE,
-    "viking": PreTokenization((_split(_BLOOM), _split(r"\p{N}"))),
-    "tekken": PreTokenization((_split(_TEKKEN),), ignore_merges=True),
-    "gpt-4o": PreTokenization((_split(_GPT4O),)),
-    # llama.cpp's fallback for byte-level vocabularies converted before `pre` existed.
-    "default": PreTokenization((
-        _split(r"[\p{P}\$\+<=>\^~\|]+"), _split(_GPT2), _split(r"\p{N}+"), _split("[0-9][0-9][0-9]"),
-    )),  # fmt: skip
-}
 
 
 # --- the vocabulary as GGUF stores it ---------------------------------------------------
@@ -215,11 +140,26 @@ def _token_id(metadata: Mapping[str, object], key: str, vocab_size: int, default
 # --- tokenizer.json pieces -------------------------------------------------------------
 
 
+def _llama_cpp_types(vocab: _Vocab) -> list[int]:
+    """Token types after llama.cpp's loader has retyped tokens by their text (see CONTROL_TEXTS
+    and its two exceptions below)."""
+    types = [TYPE_CONTROL if token in CONTROL_TEXTS else kind for token, kind in zip(vocab.tokens, vocab.types)]
+    ids = vocab.ids
+    # o200k_harmony and solar-open: "<|end|>" is not an end of generation but stays matchable.
+    if "<|end|>" in ids and (("<|return|>" in ids and "<|call|>" in ids) or ("<|calls|>" in ids and "<|flush|>" in ids)):
+        types[ids["<|end|>"]] = TYPE_USER_DEFINED
+    # Gemma 4 and PLaMo have a normal "</s>".
+    if "</s>" in ids and ("<|tool_response>" in ids or "<|plamo:eos|>" in ids):
+        types[ids["</s>"]] = TYPE_NORMAL
+    return types
+
+
 def _added_tokens(vocab: _Vocab, unk_id: int | None) -> list[dict]:
     """Control (special) and user-defined tokens, matched in the raw text as whole tokens."""
     added = []
-    for i, (token, kind) in enumerate(zip(vocab.tokens, vocab.types)):
-        special = kind == TYPE_CONTROL or (kind == TYPE_UNKNOWN and i == unk_id)
+    for i, (token, kind) in enumerate(zip(vocab.tokens, _llama_cpp_types(vocab))):
+        # llama.cpp matches every unknown-typed token in text as it does control tokens.
+        special = kind in (TYPE_CONTROL, TYPE_UNKNOWN)
         if special or kind == TYPE_USER_DEFINED:
             added.append({
                 "id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
@@ -298,8 +238,8 @@ def _eog_ids(metadata: Mapping[str, object], vocab: _Vocab, eos_id: int | None) 
     n = len(vocab.tokens)
     keys = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
     eog = {i for i in [eos_id, *(_token_id(metadata, k, n, None) for k in keys)] if i is not None}
-    eog.update(i for i, (token, kind) in enumerate(zip(vocab.tokens, vocab.types))
-               if kind == TYPE_CONTROL and token in END_MARKERS)  # fmt: skip
+    eog.update(i for i, (token, kind) in enumerate(zip(vocab.tokens, _llama_cpp_types(vocab)))
+               if kind == TYPE_CONTROL and (token in END_MARKERS or token in _FIM_END))  # fmt: skip
     return tuple(sorted(eog))
 
 
@@ -329,18 +269,45 @@ def _spm_json(metadata: Mapping[str, object], vocab: _Vocab, unk_id: int | None)
     }
 
 
-def _byte_level_json(metadata: Mapping[str, object], vocab: _Vocab, pre: str | None) -> dict:
-    pre_type = "default" if pre is None else pre
-    if pre_type not in PRE_TOKENIZATIONS:
-        raise TokenizerError(f"unsupported pre-tokenizer '{pre_type}' (tokenizer.ggml.pre)")
-    spec = PRE_TOKENIZATIONS[pre_type]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+def _pre_name(model: str, pre: str | None) -> str:
+    if model == "gemma4":
+        return "gemma4"  # llama.cpp ignores tokenizer.ggml.pre for this model
+    name = "default" if pre is None else pre
+    if name not in PRE_NAMES:
+        raise TokenizerError(f"unsupported pre-tokenizer '{name}' (tokenizer.ggml.pre): llama.cpp does not know it")
+    pre_type = PRE_NAMES[name].pre_type
+    if pre_type in UNSUPPORTED_TYPES:
+        raise TokenizerError(f"unsupported pre-tokenizer '{name}' (tokenizer.ggml.pre): {UNSUPPORTED_TYPES[pre_type]}")
+    return name
+
+
+def _bpe_json(metadata: Mapping[str, object], vocab: _Vocab, pre_name: str) -> dict:
+    name = PRE_NAMES[pre_name]
+    pre_type = PRE_TYPES[name.pre_type]
+    merges = _gguf_merges(metadata, vocab.ids)
+    if pre_type.byte_encode:
+        return {
+            "normalizer": None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre_tokenizers(pre_type)},
+            "model": _bpe_model(vocab, merges, byte_fallback=False, unk=None, ignore_merges=name.ignore_merges),
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        }
+    # Raw UTF-8 words: a character outside the vocabulary becomes its <0xNN> byte tokens, which
+    # must all exist (llama.cpp silently drops a byte without one; tokenizers cannot).
+    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in vocab.ids]
+    if missing:
+        raise TokenizerError(f"pre-tokenizer '{pre_name}' works on raw UTF-8 but the vocabulary lacks byte tokens "
+                             f"({missing[0]} and {len(missing) - 1} more)")  # fmt: skip
+    normalizer = None
+    decoders: list[dict] = [{"type": "ByteFallback"}, {"type": "Fuse"}]
+    if name.escape_whitespaces:
+        normalizer = {"type": "Replace", "pattern": {"String": " "}, "content": SPM_SPACE}
+        decoders.insert(0, {"type": "Replace", "pattern": {"String": SPM_SPACE}, "content": " "})
     return {
-        "normalizer": {"type": "NFC"} if spec.nfc else None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [*spec.splits, byte_level, *spec.after_bytes]},
-        "model": _bpe_model(vocab, _gguf_merges(metadata, vocab.ids), byte_fallback=False, unk=None,
-                            ignore_merges=spec.ignore_merges),  # fmt: skip
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "normalizer": normalizer,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre_tokenizers(pre_type)},
+        "model": _bpe_model(vocab, merges, byte_fallback=True, unk=None, ignore_merges=name.ignore_merges),
+        "decoder": {"type": "Sequence", "decoders": decoders},
     }
 
 
@@ -350,10 +317,13 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
     model = metadata.get("tokenizer.ggml.model")
     if model is None:
         raise TokenizerError("the GGUF has no tokenizer (tokenizer.ggml.model is missing)")
-    if model not in ("llama", "gpt2"):
-        raise TokenizerError(f"unsupported tokenizer model '{model}'")
+    if model in UNSUPPORTED_MODELS:
+        raise TokenizerError(f"unsupported tokenizer model '{model}': {UNSUPPORTED_MODELS[model]}")
+    if model not in ("llama", "gpt2", "gemma4"):
+        raise TokenizerError(f"unsupported tokenizer model '{model}': llama.cpp does not know it")
     pre = metadata.get("tokenizer.ggml.pre")
     pre = str(pre) if pre is not None else None
+    pre_name = None if model == "llama" else _pre_name(str(model), pre)
     vocab = _read_vocab(metadata, model)
     n = len(vocab.tokens)
     is_spm = model == "llama"
@@ -362,10 +332,13 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
     eos_id = _token_id(metadata, "tokenizer.ggml.eos_token_id", n, 2 if is_spm else None)
     unk_id = _token_id(metadata, "tokenizer.ggml.unknown_token_id", n, 0 if is_spm else None)
     pad_id = _token_id(metadata, "tokenizer.ggml.padding_token_id", n, None)
-    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", is_spm))
+    add_bos_default = is_spm or (pre_name is not None and PRE_NAMES[pre_name].add_bos)
+    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos_default))
+    if pre_name is not None and PRE_NAMES[pre_name].pre_type == "GEMMA4":
+        add_bos = True  # llama.cpp overrides add_bos_token for Gemma 4
     add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
 
-    parts = _spm_json(metadata, vocab, unk_id) if is_spm else _byte_level_json(metadata, vocab, pre)
+    parts = _spm_json(metadata, vocab, unk_id) if pre_name is None else _bpe_json(metadata, vocab, pre_name)
     document = {
         "version": "1.0",
         "truncation": None,

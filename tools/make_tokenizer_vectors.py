@@ -1,0 +1,218 @@
+"""Generate the tokenizer test vectors in tests/fixtures/tokenizer/ with llama.cpp itself.
+
+For every vocabulary GGUF (../shared/vocab and llama.cpp's models/ggml-vocab-*.gguf) and for
+every `tokenizer.ggml.pre` name llama.cpp recognizes (applied to a shared vocabulary through a
+metadata override), this tokenizes a fixed, varied input set with llama.cpp's tokenizer and
+writes the ids as JSON. The tests then need neither llama.cpp nor /tmp: only the vocabulary
+GGUFs, and a test whose GGUF is absent skips and says which.
+
+    python tools/make_tokenizer_vectors.py --llama-cpp /tmp/llama.cpp-build
+
+Run it again after changing INPUTS or CASES; the fixtures it writes are committed.
+"""
+
+import argparse
+import re
+import json
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "tests" / "fixtures" / "tokenizer"
+SHARED_VOCAB = ROOT.parent / "shared" / "vocab"
+SEPARATOR = "\n__ggml_vocab_test__\n"
+
+# Inputs beyond llama.cpp's own .inp files: scripts, whitespace, digits, emoji, combining marks,
+# case, code, control characters and special-token texts.
+EXTRA_INPUTS = [
+    "", " ", "  ", "\t", "\n\n\n", " \n \n ", "\r\n", "a\r\nb\rc\n", "  leading", "trailing  ",
+    "a" + " " * 40 + "b", "tab\tsep\t\tcols", "non\u00a0breaking", "ideographic\u3000space",
+    "thin\u2009space", "next\u0085line", "zero\u200bwidth", "line\u2028sep",
+    "café", "cafe\u0301", "e\u0301\u0301", "Å vs \u212b vs A\u030a", "\ufb01nance", "ＡＢＣ１２３ｘｙｚ",
+    "K vs \u212a", "ǅemal ǈ", "ΣΊΣΥΦΟΣ σίσυφος", "Привет, мир! Как дела?", "مرحبا بالعالم ١٢٣",
+    "שלום עולם", "नमस्ते दुनिया क्षत्रिय", "สวัสดีครับ ภาษาไทย", "안녕하세요 세계", "こんにちは、世界。カタカナ",
+    "你好，世界！我是中文。", "日本語と中文と한국어", "বাংলা ভাষা", "தமிழ் மொழி", "ქართული ენა", "Ελληνικά 2024",
+    "1234567890", "12345678901234", "3.14159", "1,000,000.00", "-42 +7 0x1F 1e-9", "٣٤٥ ۱۲۳ ४५६",
+    "½ ¾ ² ³ ① Ⅻ", "v1.2.3-rc4", "2024-01-31T12:00:00Z",
+    "👍🏽 👨‍👩‍👧 🇺🇸 ❤️ 🤖", "😀😃😄", "★☆✓✗→←", "I'M YOU'LL we'd They'VE", "don’t can’t", "'s 's'll",
+    "HelloWORLD camelCase XMLHttpRequest snake_case kebab-case", "ALLCAPS lowercase Titlecase",
+    "def f(x):\n    return x**2  # comment\n", "if (a && b) { c++; } else { d--; }",
+    "<html><body class=\"x\">Hi</body></html>", "https://example.com/a/b?q=1&r=2#frag",
+    "a/b/c \\d\\e", "$100 + 5% = ~€105 ^_^ |pipe| `tick`", "...!!!???;;;", "— – - ‐ ‑",
+    "\u0001\u001c\u007f", "x\u0000y", "<s>hi</s>", "<|endoftext|>after", "<|im_start|>user\nhi<|im_end|>",
+    "<unk> <pad> [CLS] [SEP] [MASK]", "▁already▁escaped", "Ġspecial Ċchars",
+]  # fmt: skip
+
+
+def _read_inp(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    return text[: -len(SEPARATOR)].split(SEPARATOR)
+
+
+def inputs(models: Path) -> list[str]:
+    """llama.cpp's .inp strings (each once, first-seen order), then EXTRA_INPUTS."""
+    seen: dict[str, None] = {}
+    for directory in (SHARED_VOCAB, models):
+        for inp in sorted(directory.glob("ggml-vocab-*.gguf.inp")):
+            seen.update(dict.fromkeys(_read_inp(inp)))
+    seen.update(dict.fromkeys(EXTRA_INPUTS))
+    return list(seen)
+
+
+def pre_names(vocab_cpp: Path) -> list[str]:
+    """Every `tokenizer_pre == "..."` name in llama-vocab.cpp's loader, in source order."""
+    names = re.findall(r'tokenizer_pre == "([^"]+)"', vocab_cpp.read_text(encoding="utf-8"))
+    return list(dict.fromkeys(names))
+
+
+def _c_string(literal: str) -> str:
+    escapes = {"\\": "\\", '"': '"', "r": "\r", "n": "\n", "t": "\t"}
+    return re.sub(r"\\(.)", lambda m: escapes[m.group(1)], literal)
+
+
+def pre_types(vocab_cpp: Path) -> dict[str, dict]:
+    """llama.cpp's pre-tokenizer table, read from its source: pre type -> {"regexes": [...],
+    "byte_encode": bool, "names": {name: {flag: value}}}. "DEFAULT" is also the type of a
+    byte-level vocabulary without `tokenizer.ggml.pre`."""
+    source = vocab_cpp.read_text(encoding="utf-8")
+    switch = source[source.index("switch (vocab.get_pre_type())") : source.index("std::vector<std::string> regex_exprs;")]
+    types: dict[str, dict] = {}
+    labels: list[str] = []
+    for block in re.split(r"\n\s*(?=case |default:)", switch)[1:]:
+        label = re.match(r"case LLAMA_VOCAB_PRE_TYPE_(\w+):|default:", block)
+        labels.append(label.group(1) or "DEFAULT")
+        if "regex_exprs = {" not in block:
+            continue
+        body = block[block.index("regex_exprs = {") : block.index("};")]
+        code = "\n".join(line for line in body.splitlines() if not line.strip().startswith("//"))
+        regexes = [_c_string(lit) for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', code)]
+        for pre_type in labels:
+            types[pre_type] = {"regexes": regexes, "byte_encode": "byte_encode = false" not in block, "names": {}}
+        labels = []
+    loader = source[source.index('} else if (tokenizer_pre == "default")') :]
+    loader = loader[: loader.index("} else {")]
+    for block in loader.split("} else if (")[1:]:
+        names = re.findall(r'tokenizer_pre == "([^"]+)"', block)
+        pre_type = re.search(r"pre_type = LLAMA_VOCAB_PRE_TYPE_(\w+);", block).group(1)
+        flags = dict(re.findall(r"\b(\w+) = (true|false);", block))
+        for name in names:
+            types[pre_type]["names"][name] = {k: v == "true" for k, v in flags.items()}
+    return types
+
+
+def cases(models: Path) -> list[tuple[str, str, dict[str, str]]]:
+    """(case name, vocabulary file name, metadata overrides): every vocabulary as it is, and
+    the Gemma 4 vocabulary under the other pre-tokenizers that tokenize raw UTF-8 with "▁"
+    for spaces (no vocabulary of their own is at hand)."""
+    found = []
+    for directory in (SHARED_VOCAB, models):
+        found += [p.name for p in sorted(directory.glob("ggml-vocab-*.gguf"))]
+    result = [(name[len("ggml-vocab-") : -len(".gguf")], name, {}) for name in dict.fromkeys(found)]
+    for pre in ("sarvam-moe", "granite-embed-multi-311m"):
+        overrides = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre}
+        result.append((f"gemma-4-as-{pre}", "ggml-vocab-gemma-4.gguf", overrides))
+    return result
+
+
+def split(exe: Path, regexes: list[str], byte_encode: bool, texts: list[str]) -> list[list[str] | None]:
+    """llama.cpp's pre-tokenizer words for each text (unicode_regex_split, called directly);
+    None where llama.cpp aborts on that text."""
+
+    def run(batch: list[str]) -> list[list[str]] | None:
+        records = b"".join(struct.pack("<I", len(b)) + b for b in (t.encode("utf-8") for t in batch))
+        proc = subprocess.run([str(exe), "--split", "1" if byte_encode else "0", *regexes], input=records,
+                              capture_output=True, timeout=600)  # fmt: skip
+        if proc.returncode != 0:
+            return None
+        lines = proc.stdout.decode().split("\n")
+        assert lines[-1] == "" and len(lines) == len(batch) + 1
+        return [[bytes.fromhex(w.rstrip("-")).decode("utf-8") for w in line.split()] for line in lines[:-1]]
+
+    words = run(texts)
+    return words if words is not None else [(run([t]) or [None])[0] for t in texts]
+
+
+def _build_oracle(llama_cpp: Path, workdir: Path) -> Path:
+    exe = workdir / "llama_tokenize_batch"
+    build = llama_cpp / "build"
+    subprocess.run(
+        ["g++", "-O1", "-std=c++17", f"-I{llama_cpp / 'src/include'}", f"-I{llama_cpp / 'src/src'}", f"-I{llama_cpp / 'src/ggml/include'}",
+         str(ROOT / "tools" / "llama_tokenize_batch.cpp"), str(build / "src/libllama.a"),
+         str(build / "ggml/src/libggml.a"), str(build / "ggml/src/libggml-cpu.a"),
+         str(build / "ggml/src/libggml-base.a"), "-fopenmp", "-lpthread", "-ldl", "-o", str(exe)],
+        check=True,
+    )  # fmt: skip
+    return exe
+
+
+def tokenize(exe: Path, vocab: Path, overrides: dict[str, str], texts: list[str]) -> list[list[int] | None] | str:
+    """llama.cpp's ids per text (None where llama.cpp aborts on that text), or the loader's
+    error when it refuses the vocabulary."""
+
+    def run(batch: list[str]) -> subprocess.CompletedProcess:
+        records = b"".join(struct.pack("<I", len(b)) + b for b in (t.encode("utf-8") for t in batch))
+        args = [f"{k}=str:{v}" for k, v in overrides.items()]
+        return subprocess.run([str(exe), str(vocab), *args], input=records, capture_output=True, timeout=600)
+
+    def parse(proc: subprocess.CompletedProcess, n: int) -> list[list[int]]:
+        lines = proc.stdout.decode().split("\n")
+        assert lines[-1] == "" and len(lines) == n + 1, (vocab, overrides, len(lines))
+        return [[int(i) for i in line.split()] for line in lines[:-1]]
+
+    proc = run(texts)
+    if proc.returncode == 0:
+        return parse(proc, len(texts))
+    if run([]).returncode != 0:  # the vocabulary itself is refused
+        return proc.stderr.decode(errors="replace").strip().splitlines()[0]
+    # Some text makes llama.cpp abort (an assertion): find which, one text at a time.
+    results: list[list[int] | None] = []
+    for text in texts:
+        single = run([text])
+        results.append(parse(single, 1)[0] if single.returncode == 0 else None)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llama-cpp", type=Path, default=Path("/tmp/llama.cpp-build"))
+    args = parser.parse_args()
+    models = args.llama_cpp / "src" / "models"
+    vocab_cpp = args.llama_cpp / "src" / "src" / "llama-vocab.cpp"
+    texts = inputs(models)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for old in OUT.glob("*.json"):
+        old.unlink()
+    _write(OUT / "inputs.json", texts)
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = _build_oracle(args.llama_cpp, Path(tmp))
+        for name, vocab_file, overrides in cases(models):
+            vocab = SHARED_VOCAB / vocab_file if (SHARED_VOCAB / vocab_file).exists() else models / vocab_file
+            result = tokenize(exe, vocab, overrides, texts)
+            record = {"vocab": vocab_file, "overrides": overrides}
+            if isinstance(result, str):
+                record["refused"] = result
+            else:
+                record["ids"] = [None if x is None else " ".join(map(str, x)) for x in result]
+            _write(OUT / f"vocab-{name}.json", record)
+            print(name, record.get("refused", len(record.get("ids", []))))
+        # Pre types with the same regexes split alike: one set of words for each.
+        groups: dict[str, dict] = {}
+        for pre_type, spec in pre_types(vocab_cpp).items():
+            key = json.dumps([spec["regexes"], spec["byte_encode"]])
+            if key not in groups:
+                groups[key] = {"types": [], "names": {}, "regexes": spec["regexes"], "byte_encode": spec["byte_encode"],
+                               "words": split(exe, spec["regexes"], spec["byte_encode"], texts)}  # fmt: skip
+            groups[key]["types"].append(pre_type)
+            groups[key]["names"].update(spec["names"])
+        _write(OUT / "pre-tokenizers.json", list(groups.values()))
+        print(len(groups), "pre-tokenizer groups")
+
+
+def _write(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
