@@ -351,7 +351,7 @@ class _Planner:
             "has_softcap": softcap is not None,
             "softcap": float(softcap or 0.0),
         }
-        grid = (("n_rows", 1), (n_heads, 1))
+        grid = (("n_rows", 1), (n_kv_heads, 1))  # one block per kv head and its query heads
         return KernelSpec(name, "gpu_attention.hip.j2", params, KERNEL_ARGS["attention"], threads, grid)
 
 
