@@ -360,7 +360,7 @@ class _Planner:
 # Largest step a program accepts; the runtime refuses bigger batches (the engine's chunked
 # prefill keeps steps below it).
 PROGRAM_MAX_TOKENS = 2048
-PROGRAM_MAX_ROWS = 256
+PROGRAM_MAX_ROWS = 512  # the scheduler's default step budget (max_batch_tokens), all rows wanted
 PROGRAM_MAX_SEQS = 256
 ARENA_ALIGNMENT = 256  # bytes: every buffer 16-byte (128-bit load) aligned and more
 
