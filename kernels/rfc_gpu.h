@@ -46,10 +46,28 @@ RFC_DEVICE_FN float rfc_shfl_xor(float v, int mask) {
 #define RFC_EXPF(x) __builtin_expf(x)
 #define RFC_SQRTF(x) __builtin_sqrtf(x)
 #define RFC_RINT(x) __builtin_rint(x)
+#define RFC_RINTF(x) __builtin_rintf(x)
 #define RFC_FMAXF(a, b) __builtin_fmaxf(a, b)
 /* IEEE half <-> float in hardware (v_cvt_f32_f16 / v_cvt_f16_f32, round to nearest even) */
 #define RFC_HALF_TO_FLOAT(h) ((float)__builtin_bit_cast(_Float16, (unsigned short)(h)))
 #define RFC_FLOAT_TO_HALF(f) __builtin_bit_cast(unsigned short, (_Float16)(f))
+
+/* 128-bit vectors (one global_load_dwordx4 when the address is 16-byte aligned) */
+typedef int rfc_i4 __attribute__((ext_vector_type(4)));
+typedef float rfc_f4 __attribute__((ext_vector_type(4)));
+
+/* c + the dot product of four signed bytes of a and b. gfx11 has v_dot4_i32_iu8 (dot8-insts),
+ * gfx906/908/90a/94x and gfx1011/1012/103x v_dot4(c)_i32_i8 (dot1-insts); clang 15 accepts
+ * sdot4 for gfx11 and then crashes in the backend, so the choice is by processor, not by
+ * __has_builtin. Other processors take the portable fallback below. */
+#if defined(__GFX11__)
+#define RFC_DP4A(a, b, c) __builtin_amdgcn_sudot4(true, (a), true, (b), (c), false)
+#elif defined(__gfx906__) || defined(__gfx908__) || defined(__gfx90a__) || defined(__gfx940__) || \
+    defined(__gfx941__) || defined(__gfx942__) || defined(__gfx1011__) || defined(__gfx1012__) || \
+    defined(__gfx1030__) || defined(__gfx1031__) || defined(__gfx1032__) || defined(__gfx1033__) || \
+    defined(__gfx1034__) || defined(__gfx1035__) || defined(__gfx1036__)
+#define RFC_DP4A(a, b, c) __builtin_amdgcn_sdot4((a), (b), (c), false)
+#endif
 
 #elif defined(__CUDACC__)
 /* ---- NVIDIA: nvcc -x cu ---------------------------------------------------------------- */
@@ -57,7 +75,9 @@ RFC_DEVICE_FN float rfc_shfl_xor(float v, int mask) {
 #if RFC_WAVE != 32
 #error "NVIDIA warps have 32 threads"
 #endif
-#define RFC_KERNEL(threads) extern "C" __global__ __launch_bounds__(threads)
+/* minBlocksPerSM 1: with the block size alone ptxas kept some int8 matmuls to 64 registers
+ * and spilled 8 bytes (tests/kernels/test_gpu_resources.py); they need ~70-90 */
+#define RFC_KERNEL(threads) extern "C" __global__ __launch_bounds__(threads, 1)
 #define RFC_DEVICE_FN __device__ __forceinline__
 #define RFC_SHARED __shared__
 #define RFC_CONSTANT __constant__
@@ -72,6 +92,7 @@ RFC_DEVICE_FN float rfc_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xf
 #define RFC_EXPF(x) expf(x)
 #define RFC_SQRTF(x) sqrtf(x)
 #define RFC_RINT(x) rint(x)
+#define RFC_RINTF(x) rintf(x)
 #define RFC_FMAXF(a, b) fmaxf(a, b)
 
 /* IEEE half <-> float with PTX cvt (round to nearest even), no cuda_fp16.h needed */
@@ -88,12 +109,29 @@ RFC_DEVICE_FN unsigned short rfc_float_to_half(float f) {
 #define RFC_HALF_TO_FLOAT(h) rfc_half_to_float(h)
 #define RFC_FLOAT_TO_HALF(f) rfc_float_to_half(f)
 
+/* 128-bit vectors (ld.global.v4 when the address is 16-byte aligned) */
+typedef int4 rfc_i4;
+typedef float4 rfc_f4;
+
+/* c + the dot product of four signed bytes of a and b (dp4a, sm_61 and later) */
+#define RFC_DP4A(a, b, c) __dp4a((a), (b), (c))
+
 #elif defined(RFC_GPU_EMULATED)
 /* ---- host emulation for kernel tests without a GPU: tests/kernels/gpu_emu.h, included
  * before this file, defines the names above with one fiber per GPU thread. */
 
 #else
 #error "rfc_gpu.h: compile with hipcc (amdgcn) or nvcc"
+#endif
+
+#ifndef RFC_DP4A
+/* Portable dp4a: four sign-extended byte products (the emulator, and GPUs without a dot
+ * instruction). */
+RFC_DEVICE_FN int rfc_dp4a_portable(int a, int b, int c) {
+    for (int i = 0; i < 32; i += 8) c += (int)(signed char)(a >> i) * (int)(signed char)(b >> i);
+    return c;
+}
+#define RFC_DP4A(a, b, c) rfc_dp4a_portable((a), (b), (c))
 #endif
 
 /* GGUF block decoders (kernels/rfc_blocks.h) as device functions. */

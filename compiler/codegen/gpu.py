@@ -16,11 +16,12 @@ from pathlib import Path
 
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
-from rfc.compiler.codegen.gpu_plan import ARG_SIZES, KernelSpec, plan_kernels
+from rfc.compiler.codegen.gpu_plan import ARG_SIZES, KernelSpec, plan_kernels, plan_program
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 from rfc.artifacts.codeobject import CodeObjectError, KernelInfo, read_cubin, read_hsaco
+from rfc.artifacts.program import PROGRAM_FILE, pack_program
 
 PRELUDE_TEMPLATE = "gpu_prelude.hip.j2"
 
@@ -80,6 +81,8 @@ def build(inp: CodegenInput) -> dict:
     source_rel = f"{inp.bundle_dir}/{tc.source_file}"
     inp.writer.write_bytes(kernels_rel, binary)
     inp.writer.write_bytes(source_rel, source.encode())
+    program_rel = f"{inp.bundle_dir}/{PROGRAM_FILE}"
+    inp.writer.write_bytes(program_rel, pack_program(plan_program(target, inp.plan, specs, op_kernels)))
     return {
         "kernels": kernels_rel,
         "sources": [source_rel],
@@ -88,6 +91,7 @@ def build(inp: CodegenInput) -> dict:
         "kernel_args": kernel_args,
         "launch": {s.name: s.launch() for s in specs},
         "op_kernels": op_kernels,
+        "program": program_rel,
     }
 
 

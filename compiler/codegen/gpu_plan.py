@@ -16,6 +16,7 @@ import gguf
 
 from rfc.artifacts.layout import WeightLayout
 from rfc.artifacts.plan import Op, Plan
+from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 
@@ -50,9 +51,17 @@ KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<d
 MAX_THREADS = 256  # threads per block for row-wise kernels
 MATMUL_WAVES = 4  # waves per matmul block
 MATMUL_TOKENS = 8  # tokens that share one decoded weight block
-# Blocks up to this many elements are decoded into registers (the dot loop fully unrolled);
-# larger ones (k-quants, 256) stay in a private array: unrolling them costs long compiles
-# for no gain, since rfc_blocks.h decodes a whole block per call.
+# Quantized weights: int8 activations and dp4a over 32-element sub-blocks (rfc_gpu_q8.h).
+# Float weights (F32/F16/BF16) read float activations, as llama.cpp's kernels do.
+INT8_FORMATS = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+SUB_BLOCK = 32  # elements per activation scale and per lane step
+# Columns of activations quantized into shared memory at a time: tokens x chunk bytes of
+# int8, plus scales and sums, 22 KiB at 8 x 2048 (under CUDA's 48 KiB of static shared memory).
+MATMUL_CHUNK = 2048
+# Row groups a dense matmul block walks one after another, so that its quantized
+# activations serve that many more weight rows (fewer blocks re-reading x from L2).
+MATMUL_ROW_STEPS = 4
+# Float blocks up to this many elements are decoded into registers (the dot loop unrolled).
 MATMUL_UNROLL_MAX = 32
 ATTENTION_THREADS = 256
 
@@ -176,22 +185,35 @@ class _Planner:
     def _matmul(self, op: Op) -> KernelSpec:
         w = self._weight(op, op.weights[0])
         threads = MATMUL_WAVES * self.wave
-        lanes_per_row = min(self.wave, _pow2_at_least(w["blocks_per_row"]))
-        rows_per_block = threads // lanes_per_row
         name = f"rfc_matmul_{w['fmt']}_{w['rows']}x{w['cols']}"
-        params = {
-            "name": name,
-            "threads": threads,
-            "n": w["rows"],
-            "k": w["cols"],
-            "lanes_per_row": lanes_per_row,
-            "rows_per_block": rows_per_block,
-            "tokens_per_block": MATMUL_TOKENS,
-            "block_unroll": w["qk"] if w["qk"] <= MATMUL_UNROLL_MAX else 1,
-            **w,
-        }
+        if w["fmt_upper"] not in INT8_FORMATS:
+            lanes_per_row = min(self.wave, _pow2_at_least(w["blocks_per_row"]))
+            rows_per_block = threads // lanes_per_row
+            params = {"name": name, "threads": threads, "n": w["rows"], "k": w["cols"], "lanes_per_row": lanes_per_row,
+                      "rows_per_block": rows_per_block, "tokens_per_block": MATMUL_TOKENS,
+                      "block_unroll": w["qk"] if w["qk"] <= MATMUL_UNROLL_MAX else 1, **w}
+            grid = ((w["rows"], rows_per_block), ("n_rows", MATMUL_TOKENS))
+            return KernelSpec(name, "gpu_matmul_float.hip.j2", params, KERNEL_ARGS["matmul"], threads, grid)
+        q8 = self._int8_tiling(w)
+        rows_per_step = threads // q8["lanes_per_row"]
+        # no more row steps than the matrix has row groups (tiny models: one block of rows)
+        row_steps = max(1, min(MATMUL_ROW_STEPS, -(-w["rows"] // rows_per_step)))
+        rows_per_block = rows_per_step * row_steps
+        params = {"name": name, "threads": threads, "n": w["rows"], "k": w["cols"], "rows_per_step": rows_per_step,
+                  "row_steps": row_steps, "rows_per_block": rows_per_block, "tokens_per_block": MATMUL_TOKENS, **q8, **w}
         grid = ((w["rows"], rows_per_block), ("n_rows", MATMUL_TOKENS))
         return KernelSpec(name, "gpu_matmul.hip.j2", params, KERNEL_ARGS["matmul"], threads, grid)
+
+    def _int8_tiling(self, w: dict) -> dict:
+        """Lanes per row and activation chunk of an int8 matmul over a quantized weight."""
+        if w["cols"] % SUB_BLOCK or w["qk"] % SUB_BLOCK:
+            raise CompileError(f"an int8 GPU matmul needs rows of whole {SUB_BLOCK}-element sub-blocks, not {w['cols']}")
+        subs = w["cols"] // SUB_BLOCK
+        return {
+            "lanes_per_row": min(self.wave, _pow2_at_least(subs)),
+            "chunk": min(MATMUL_CHUNK, w["cols"]),
+            "subs_per_block": w["qk"] // SUB_BLOCK,
+        }
 
     def _rmsnorm(self, op: Op) -> KernelSpec:
         self._f32_vector(op, op.weights[0])
@@ -235,8 +257,6 @@ class _Planner:
         n_used = self._width(op.inputs[1])
         per_slot = self._width(op.inputs[0]) == n_used * w["cols"]
         threads = MATMUL_WAVES * self.wave
-        lanes_per_row = min(self.wave, _pow2_at_least(w["blocks_per_row"]))
-        rows_per_block = threads // lanes_per_row
         name = f"rfc_moe_matmul_{w['fmt']}_{n_expert}x{w['rows']}x{w['cols']}_{n_used}" + ("_slots" if per_slot else "")
         params = {
             "name": name,
@@ -247,14 +267,19 @@ class _Planner:
             "n_used": n_used,
             "per_slot": per_slot,
             "expert_bytes": w["rows"] * w["row_bytes"],
-            "lanes_per_row": lanes_per_row,
-            "rows_per_block": rows_per_block,
             "tokens_per_block": MATMUL_TOKENS,
-            "block_unroll": w["qk"] if w["qk"] <= MATMUL_UNROLL_MAX else 1,
             **w,
         }
+        if w["fmt_upper"] in INT8_FORMATS:
+            template = "gpu_moe_matmul.hip.j2"
+            params.update(self._int8_tiling(w))
+        else:
+            template = "gpu_moe_matmul_float.hip.j2"
+            params["lanes_per_row"] = min(self.wave, _pow2_at_least(w["blocks_per_row"]))
+            params["block_unroll"] = w["qk"] if w["qk"] <= MATMUL_UNROLL_MAX else 1
+        params["rows_per_block"] = rows_per_block = threads // params["lanes_per_row"]
         grid = ((w["rows"], rows_per_block), (n_expert, 1))
-        return KernelSpec(name, "gpu_moe_matmul.hip.j2", params, KERNEL_ARGS["moe_matmul"], threads, grid)
+        return KernelSpec(name, template, params, KERNEL_ARGS["moe_matmul"], threads, grid)
 
     def _gather_rows(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
@@ -326,5 +351,99 @@ class _Planner:
             "has_softcap": softcap is not None,
             "softcap": float(softcap or 0.0),
         }
-        grid = (("n_rows", 1), (n_heads, 1))
+        grid = (("n_rows", 1), (n_kv_heads, 1))  # one block per kv head and its query heads
         return KernelSpec(name, "gpu_attention.hip.j2", params, KERNEL_ARGS["attention"], threads, grid)
+
+
+# -- the step program (artifacts/program.py): the launch list over a static arena ------------------
+
+# Largest step a program accepts; the runtime refuses bigger batches (the engine's chunked
+# prefill keeps steps below it).
+PROGRAM_MAX_TOKENS = 2048
+PROGRAM_MAX_ROWS = 512  # the scheduler's default step budget (max_batch_tokens), all rows wanted
+PROGRAM_MAX_SEQS = 256
+ARENA_ALIGNMENT = 256  # bytes: every buffer 16-byte (128-bit load) aligned and more
+
+
+def _row_count(plan: Plan, buffer: str) -> str:
+    """The STEP_ARGS scalar that counts a buffer's rows ("T" tokens or "R" logit rows)."""
+    dim = plan.buffer(buffer).shape[0]
+    return {"T": "n_tokens", "R": "n_rows"}[dim]
+
+
+def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
+    """Where kernel argument `name` of `op` comes from: the compiler's half of what the
+    per-op runtime path (rfc.runtime.devices.gpu_args.ARGS) computes at every launch."""
+    size = ARG_SIZES[kind]
+    rows_of = (op.outputs or op.inputs)[0]
+    names = [n for n, _k in KERNEL_ARGS[op.kind]]
+    if name in ("n_rows",):
+        return ArgSlot(ArgKind.SCALAR, _row_count(plan, rows_of), size=size)
+    if name in ("table_width", "block_size"):
+        return ArgSlot(ArgKind.SCALAR, name, size=size)
+    if name in ("positions", "seq_of_token", "block_tables", "slots", "tokens", "rows"):
+        if name == "tokens" and op.inputs[0] != plan.input_tokens:
+            return ArgSlot(ArgKind.ARENA, op.inputs[0])
+        return ArgSlot(ArgKind.BATCH, "logit_rows" if name == "rows" else name)
+    if name in ("k_cache", "v_cache"):
+        return ArgSlot(ArgKind.KV, name[0], value=int(op.attrs.get("layer", 0)))
+    # the rest are the op's buffers and weights, in declaration order
+    outs = {"embed": ("out",), "rmsnorm": ("out",), "matmul": ("out",), "add_bias": ("out",), "rope": ("q", "k"),
+            "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",),
+            "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": ()}[op.kind]
+    weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
+               "rope": ("freq_factors",), "moe_matmul": ("weight",)}.get(op.kind, ())
+    if name in outs:
+        return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
+    if name in weights:
+        return ArgSlot(ArgKind.WEIGHT, op.weights[weights.index(name)])
+    ins = [n for n in names if n not in outs and n not in weights and n not in
+           ("n_rows", "table_width", "block_size", "positions", "seq_of_token", "block_tables", "slots", "tokens",
+            "rows", "k_cache", "v_cache")]
+    return ArgSlot(ArgKind.ARENA, op.inputs[ins.index(name)])
+
+
+def plan_step_arena(plan: Plan) -> Arena:
+    """Plan buffers packed by liveness: a buffer's bytes are reused once its last reader has
+    run. The outputs (logits, hidden) stay live to the end; the input tokens are a batch array."""
+    sizes = {"T": PROGRAM_MAX_TOKENS, "R": PROGRAM_MAX_ROWS}
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, op in enumerate(plan.ops):
+        for b in (*op.inputs, *op.outputs):
+            first.setdefault(b, i)
+            last[b] = i
+    end = len(plan.ops)
+    for b in (plan.output_logits, plan.output_hidden):
+        last[b] = end
+    live: list[tuple[int, int, int]] = []  # (offset, nbytes, last use)
+    slots, total = [], 0
+    for b in sorted((b for b in plan.buffers if b.name in first and b.name != plan.input_tokens), key=lambda b: first[b.name]):
+        n = 4
+        for d in b.shape:
+            n *= sizes[d] if isinstance(d, str) else d
+        nbytes = _round_up(n, ARENA_ALIGNMENT)
+        start = first[b.name]
+        live = [s for s in live if s[2] >= start]
+        offset = 0
+        for o, size, _ in sorted(live):  # first gap that fits
+            if offset + nbytes <= o:
+                break
+            offset = max(offset, o + size)
+        live.append((offset, nbytes, last[b.name]))
+        slots.append(ArenaSlot(b.name, offset, n))
+        total = max(total, offset + nbytes)
+    return Arena(PROGRAM_MAX_TOKENS, PROGRAM_MAX_ROWS, PROGRAM_MAX_SEQS, ARENA_ALIGNMENT, tuple(slots), total)
+
+
+def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> StepProgram:
+    """The launch list: one launch per plan op, grids counted in STEP_ARGS scalars."""
+    by_name = {s.name: s for s in specs}
+    launches = []
+    for op, kernel in zip(plan.ops, op_kernels):
+        spec = by_name[kernel]
+        rows = _row_count(plan, (op.outputs or op.inputs)[0])
+        grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
+        args = tuple(_arg_slot(plan, op, n, k) for n, k in spec.args)
+        launches.append(Launch(kernel, spec.threads, grid, args))
+    return StepProgram(target.name, plan_step_arena(plan), launches=tuple(launches))

@@ -13,7 +13,7 @@ from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.plan import KVSpec
 from rfc.runtime.devices import DeviceError
 from rfc.artifacts.codeobject import CodeObjectError, read_cubin
-from rfc.runtime.devices.gpu import GpuDevice
+from rfc.runtime.devices.gpu_program import GpuStepDevice
 from rfc.runtime.devices.gpu_args import target_entry
 
 LIBRARIES = ("libcuda.so.1", "libcuda.so")
@@ -28,9 +28,29 @@ def target_capability(target: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+_P, _I, _U, _S, _U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint, ctypes.c_size_t, ctypes.c_uint64
+# Every libcuda function this module calls, with its C signature (CUresult is an int): ctypes
+# then converts and checks each argument instead of guessing from the Python value.
+SIGNATURES: dict[str, list] = {
+    "cuInit": [_U], "cuDeviceGetCount": [_P], "cuDeviceGet": [_P, _I], "cuDeviceGetAttribute": [_P, _I, _I],
+    "cuDevicePrimaryCtxRetain": [_P, _I], "cuCtxSetCurrent": [_P], "cuGetErrorName": [_I, _P],
+    "cuGetErrorString": [_I, _P], "cuMemAlloc_v2": [_P, _S], "cuMemFree_v2": [_U64],
+    "cuMemcpyHtoD_v2": [_U64, _P, _S], "cuMemcpyDtoH_v2": [_P, _U64, _S], "cuModuleLoadData": [_P, _P],
+    "cuModuleGetFunction": [_P, _P, ctypes.c_char_p],
+    "cuLaunchKernel": [_P, _U, _U, _U, _U, _U, _U, _U, _P, _P, _P], "cuCtxSynchronize": [],
+    "cuMemAllocHost_v2": [_P, _S], "cuMemFreeHost": [_P], "cuStreamCreate": [_P, _U],
+    "cuMemcpyHtoDAsync_v2": [_U64, _P, _S, _P], "cuMemcpyDtoHAsync_v2": [_P, _U64, _S, _P],
+    "cuStreamBeginCapture_v2": [_P, _I], "cuStreamEndCapture": [_P, _P],
+    "cuGraphInstantiateWithFlags": [_P, _P, ctypes.c_ulonglong], "cuGraphLaunch": [_P, _P],
+    "cuGraphExecDestroy": [_P], "cuGraphDestroy": [_P], "cuStreamSynchronize": [_P], "cuMemGetInfo_v2": [_P, _P],
+}
+_STREAM_NON_BLOCKING = 1  # CU_STREAM_NON_BLOCKING: no implicit sync with the legacy stream
+_CAPTURE_THREAD_LOCAL = 1  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+
+
 class CudaDriver:
-    def __init__(self, target: str):
-        self.lib = _load_library()
+    def __init__(self, target: str, lib=None):
+        self.lib = lib if lib is not None else _load_library()
         status = self.lib.cuInit(0)
         if status != 0:
             raise DeviceError(f"no CUDA device (cuInit: {self.error_string(status)})")
@@ -101,14 +121,71 @@ class CudaDriver:
     def synchronize(self) -> None:
         self.check("cuCtxSynchronize", self.lib.cuCtxSynchronize())
 
+    # -- the GraphDriver protocol of rfc.runtime.devices.gpu_program ------------------------
+    def malloc_host(self, nbytes: int) -> int:
+        ptr = ctypes.c_void_p()
+        self.check("cuMemAllocHost", self.lib.cuMemAllocHost_v2(ctypes.byref(ptr), nbytes))
+        return ptr.value
+
+    def free_host(self, ptr: int) -> None:
+        self.check("cuMemFreeHost", self.lib.cuMemFreeHost(ptr))
+
+    def stream_create(self) -> ctypes.c_void_p:
+        stream = ctypes.c_void_p()
+        self.check("cuStreamCreate", self.lib.cuStreamCreate(ctypes.byref(stream), _STREAM_NON_BLOCKING))
+        return stream
+
+    def copy_to_device_async(self, dst: int, src: int, nbytes: int, stream) -> None:
+        self.check("cuMemcpyHtoDAsync", self.lib.cuMemcpyHtoDAsync_v2(dst, src, nbytes, stream))
+
+    def copy_to_host_async(self, dst: int, src: int, nbytes: int, stream) -> None:
+        self.check("cuMemcpyDtoHAsync", self.lib.cuMemcpyDtoHAsync_v2(dst, src, nbytes, stream))
+
+    def launch_on(self, fn, grid, block, params, stream) -> None:
+        self.check("cuLaunchKernel", self.lib.cuLaunchKernel(fn, *grid, *block, 0, stream, params, None))
+
+    def capture_begin(self, stream) -> None:
+        self.check("cuStreamBeginCapture", self.lib.cuStreamBeginCapture_v2(stream, _CAPTURE_THREAD_LOCAL))
+
+    def capture_end(self, stream) -> tuple:
+        graph, exe = ctypes.c_void_p(), ctypes.c_void_p()
+        self.check("cuStreamEndCapture", self.lib.cuStreamEndCapture(stream, ctypes.byref(graph)))
+        self.check("cuGraphInstantiate", self.lib.cuGraphInstantiateWithFlags(ctypes.byref(exe), graph, 0))
+        return graph, exe
+
+    def graph_launch(self, graph: tuple, stream) -> None:
+        self.check("cuGraphLaunch", self.lib.cuGraphLaunch(graph[1], stream))
+
+    def graph_destroy(self, graph: tuple) -> None:
+        self.check("cuGraphExecDestroy", self.lib.cuGraphExecDestroy(graph[1]))
+        self.check("cuGraphDestroy", self.lib.cuGraphDestroy(graph[0]))
+
+    def stream_synchronize(self, stream) -> None:
+        self.check("cuStreamSynchronize", self.lib.cuStreamSynchronize(stream))
+
+    def memory_info(self) -> tuple[int, int]:
+        """(free, total) bytes of device memory, from the driver."""
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        self.check("cuMemGetInfo", self.lib.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)))
+        return free.value, total.value
+
 
 def _load_library() -> ctypes.CDLL:
     for name in LIBRARIES:
         try:
-            return ctypes.CDLL(name)
+            lib = ctypes.CDLL(name)
         except OSError:
             continue
+        declare(lib)
+        return lib
     raise DeviceError(f"no CUDA driver: {LIBRARIES[0]} not found")
+
+
+def declare(lib) -> None:
+    """Sets argtypes and restype (CUresult: int) of every function in SIGNATURES."""
+    for name, argtypes in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
 
 
 def probe(target: str) -> str | None:
@@ -120,7 +197,7 @@ def probe(target: str) -> str | None:
     return None
 
 
-class Device(GpuDevice):
+class Device(GpuStepDevice):
     name = "cuda"
 
     def __init__(self, bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int):

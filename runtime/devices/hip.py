@@ -13,7 +13,7 @@ from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.plan import KVSpec
 from rfc.runtime.devices import DeviceError
 from rfc.artifacts.codeobject import CodeObjectError, read_hsaco, unbundle
-from rfc.runtime.devices.gpu import GpuDevice
+from rfc.runtime.devices.gpu_program import GpuStepDevice
 from rfc.runtime.devices.gpu_args import target_entry
 
 LIBRARIES = ("libamdhip64.so", "libamdhip64.so.6", "libamdhip64.so.5")
@@ -26,9 +26,26 @@ _PROPS_BUFFER = 1 << 16
 _ARCH_NAME = re.compile(rb"(gfx[0-9a-f]{3,5})((?::[A-Za-z0-9]+[+-])*)\x00")
 
 
+_P, _I, _U, _S = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint, ctypes.c_size_t
+# Every libamdhip64 function this module calls, with its C signature (hipError_t is an int).
+SIGNATURES: dict[str, list] = {
+    "hipInit": [_U], "hipGetDeviceCount": [_P], "hipSetDevice": [_I], "hipMalloc": [_P, _S], "hipFree": [_P],
+    "hipMemcpyHtoD": [_P, _P, _S], "hipMemcpyDtoH": [_P, _P, _S], "hipModuleLoadData": [_P, _P],
+    "hipModuleGetFunction": [_P, _P, ctypes.c_char_p],
+    "hipModuleLaunchKernel": [_P, _U, _U, _U, _U, _U, _U, _U, _P, _P, _P], "hipDeviceSynchronize": [],
+    "hipHostMalloc": [_P, _S, _U], "hipHostFree": [_P], "hipStreamCreateWithFlags": [_P, _U],
+    "hipMemcpyAsync": [_P, _P, _S, _I, _P], "hipStreamBeginCapture": [_P, _I], "hipStreamEndCapture": [_P, _P],
+    "hipGraphInstantiate": [_P, _P, _P, _P, _S], "hipGraphLaunch": [_P, _P], "hipGraphExecDestroy": [_P],
+    "hipGraphDestroy": [_P], "hipStreamSynchronize": [_P], "hipMemGetInfo": [_P, _P],
+}
+_HOST_TO_DEVICE, _DEVICE_TO_HOST = 1, 2  # hipMemcpyKind
+_STREAM_NON_BLOCKING = 1  # hipStreamNonBlocking
+_CAPTURE_THREAD_LOCAL = 1  # hipStreamCaptureModeThreadLocal
+
+
 class HipDriver:
-    def __init__(self, target: str):
-        self.lib = _load_library()
+    def __init__(self, target: str, lib=None):
+        self.lib = lib if lib is not None else _load_library()
         # hipInit reports "no device" as an error status on machines without a GPU
         status = self.lib.hipInit(0)
         if status != 0:
@@ -98,6 +115,54 @@ class HipDriver:
     def synchronize(self) -> None:
         self.check("hipDeviceSynchronize", self.lib.hipDeviceSynchronize())
 
+    # -- the GraphDriver protocol of rfc.runtime.devices.gpu_program ------------------------
+    def malloc_host(self, nbytes: int) -> int:
+        ptr = ctypes.c_void_p()
+        self.check("hipHostMalloc", self.lib.hipHostMalloc(ctypes.byref(ptr), nbytes, 0))
+        return ptr.value
+
+    def free_host(self, ptr: int) -> None:
+        self.check("hipHostFree", self.lib.hipHostFree(ptr))
+
+    def stream_create(self) -> ctypes.c_void_p:
+        stream = ctypes.c_void_p()
+        self.check("hipStreamCreateWithFlags", self.lib.hipStreamCreateWithFlags(ctypes.byref(stream), _STREAM_NON_BLOCKING))
+        return stream
+
+    def copy_to_device_async(self, dst: int, src: int, nbytes: int, stream) -> None:
+        self.check("hipMemcpyAsync", self.lib.hipMemcpyAsync(dst, src, nbytes, _HOST_TO_DEVICE, stream))
+
+    def copy_to_host_async(self, dst: int, src: int, nbytes: int, stream) -> None:
+        self.check("hipMemcpyAsync", self.lib.hipMemcpyAsync(dst, src, nbytes, _DEVICE_TO_HOST, stream))
+
+    def launch_on(self, fn, grid, block, params, stream) -> None:
+        self.check("hipModuleLaunchKernel", self.lib.hipModuleLaunchKernel(fn, *grid, *block, 0, stream, params, None))
+
+    def capture_begin(self, stream) -> None:
+        self.check("hipStreamBeginCapture", self.lib.hipStreamBeginCapture(stream, _CAPTURE_THREAD_LOCAL))
+
+    def capture_end(self, stream) -> tuple:
+        graph, exe = ctypes.c_void_p(), ctypes.c_void_p()
+        self.check("hipStreamEndCapture", self.lib.hipStreamEndCapture(stream, ctypes.byref(graph)))
+        self.check("hipGraphInstantiate", self.lib.hipGraphInstantiate(ctypes.byref(exe), graph, None, None, 0))
+        return graph, exe
+
+    def graph_launch(self, graph: tuple, stream) -> None:
+        self.check("hipGraphLaunch", self.lib.hipGraphLaunch(graph[1], stream))
+
+    def graph_destroy(self, graph: tuple) -> None:
+        self.check("hipGraphExecDestroy", self.lib.hipGraphExecDestroy(graph[1]))
+        self.check("hipGraphDestroy", self.lib.hipGraphDestroy(graph[0]))
+
+    def stream_synchronize(self, stream) -> None:
+        self.check("hipStreamSynchronize", self.lib.hipStreamSynchronize(stream))
+
+    def memory_info(self) -> tuple[int, int]:
+        """(free, total) bytes of device memory, from the runtime."""
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        self.check("hipMemGetInfo", self.lib.hipMemGetInfo(ctypes.byref(free), ctypes.byref(total)))
+        return free.value, total.value
+
 
 def _load_library() -> ctypes.CDLL:
     for name in LIBRARIES:
@@ -107,8 +172,16 @@ def _load_library() -> ctypes.CDLL:
             continue
         lib.hipGetErrorString.restype = ctypes.c_char_p
         lib.hipGetErrorString.argtypes = [ctypes.c_int]
+        declare(lib)
         return lib
     raise DeviceError(f"no HIP driver: {LIBRARIES[0]} not found")
+
+
+def declare(lib) -> None:
+    """Sets argtypes and restype (hipError_t: int) of every function in SIGNATURES."""
+    for name, argtypes in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
 
 
 def probe(target: str) -> str | None:
@@ -120,7 +193,7 @@ def probe(target: str) -> str | None:
     return None
 
 
-class Device(GpuDevice):
+class Device(GpuStepDevice):
     name = "hip"
 
     def __init__(self, bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int):

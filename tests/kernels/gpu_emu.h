@@ -36,10 +36,20 @@
 #define RFC_EXPF(x) expf(x)
 #define RFC_SQRTF(x) sqrtf(x)
 #define RFC_RINT(x) rint(x)
+#define RFC_RINTF(x) rintf(x)
 #define RFC_FMAXF(a, b) fmaxf(a, b)
 /* GCC 12 converts _Float16 in software, rounding to nearest even like the GPUs */
 #define RFC_HALF_TO_FLOAT(h) ((float)__builtin_bit_cast(_Float16, (unsigned short)(h)))
 #define RFC_FLOAT_TO_HALF(f) __builtin_bit_cast(unsigned short, (_Float16)(f))
+/* 128-bit vectors: plain structs (x86-64 loads them unaligned as well) */
+struct rfc_i4 { int x, y, z, w; };
+struct rfc_f4 { float x, y, z, w; };
+/* dp4a as the GPUs define it: c + four sign-extended byte products */
+static inline int rfc_emu_dp4a(int a, int b, int c) {
+    for (int i = 0; i < 32; i += 8) c += (int)(signed char)(a >> i) * (int)(signed char)(b >> i);
+    return c;
+}
+#define RFC_DP4A(a, b, c) rfc_emu_dp4a((a), (b), (c))
 
 /* save callee-saved registers on the current stack, store its pointer in *from, switch to
  * the stack `to` and restore the registers saved there */

@@ -19,6 +19,7 @@ from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.codeobject import read_cubin, read_hsaco
 from rfc.runtime.devices.gpu import GpuDevice
 from rfc.runtime.devices.gpu_args import target_entry
+from rfc.runtime.devices.gpu_program import GpuStepDevice
 
 EMU_HEADER = Path(__file__).with_name("gpu_emu.h")
 
@@ -53,6 +54,8 @@ class EmulatedDriver:
         self.lib = ctypes.CDLL(str(library))
         self.memory: dict[int, np.ndarray] = {}
         self.launches = 0
+        self.calls: list[tuple] = []  # step-program driver calls, in order
+        self._capture: list | None = None
 
     def malloc(self, nbytes: int) -> int:
         buf = np.full(nbytes, 0xFF, dtype=np.uint8)  # NaN-filled: reads of unwritten memory show
@@ -86,6 +89,58 @@ class EmulatedDriver:
     def synchronize(self) -> None:
         pass
 
+    # -- the GraphDriver protocol (rfc.runtime.devices.gpu_program): one in-order "stream";
+    # a captured graph is the list of launches made during capture, replayed in order.
+    def malloc_host(self, nbytes: int) -> int:
+        self.calls.append(("malloc_host", nbytes))
+        return self.malloc(nbytes)
+
+    def free_host(self, ptr: int) -> None:
+        self.free(ptr)
+
+    def stream_create(self):
+        return "stream"
+
+    def copy_to_device_async(self, dst: int, src: int, nbytes: int, stream) -> None:
+        self.calls.append(("h2d", nbytes))
+        ctypes.memmove(dst, src, nbytes)
+
+    def copy_to_host_async(self, dst: int, src: int, nbytes: int, stream) -> None:
+        self.calls.append(("d2h", nbytes))
+        ctypes.memmove(dst, src, nbytes)
+
+    def launch_on(self, fn, grid, block, params, stream) -> None:
+        assert stream == "stream"
+        if self._capture is not None:
+            # a graph node keeps the parameter values as they were at capture time
+            values = [ctypes.string_at(params[i], 8) for i in range(len(params))]
+            self._capture.append((fn, grid, block, values))
+            return
+        self.calls.append(("launch",))
+        self.launch(fn, grid, block, params)
+
+    def capture_begin(self, stream) -> None:
+        assert self._capture is None
+        self._capture = []
+
+    def capture_end(self, stream):
+        graph, self._capture = self._capture, None
+        self.calls.append(("capture", len(graph)))
+        return graph
+
+    def graph_launch(self, graph, stream) -> None:
+        self.calls.append(("graph_launch", len(graph)))
+        for fn, grid, block, values in graph:
+            bufs = [ctypes.create_string_buffer(v, 8) for v in values]
+            params = (ctypes.c_void_p * len(bufs))(*[ctypes.addressof(b) for b in bufs])
+            self.launch(fn, grid, block, params)
+
+    def graph_destroy(self, graph) -> None:
+        self.calls.append(("graph_destroy", len(graph)))
+
+    def stream_synchronize(self, stream) -> None:
+        self.calls.append(("sync",))
+
 
 def emulated_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path) -> GpuDevice:
     """A GpuDevice running the target's kernels emulated, checked against its code object."""
@@ -94,3 +149,12 @@ def emulated_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, bl
     code = read_hsaco(data, target) if entry["family"] == "hip" else read_cubin(data)
     driver = EmulatedDriver(build_emulator(bundle, target, build_dir))
     return GpuDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size)
+
+
+def emulated_step_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path) -> GpuStepDevice:
+    """A GpuStepDevice (the bound step program, graphs) over the emulated kernels."""
+    entry = target_entry(bundle, target)
+    data = bundle.file(entry["kernels"]).read_bytes()
+    code = read_hsaco(data, target) if entry["family"] == "hip" else read_cubin(data)
+    driver = EmulatedDriver(build_emulator(bundle, target, build_dir))
+    return GpuStepDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size)

@@ -51,3 +51,36 @@ def gpu_bundle(tmp_path_factory, gpu_build_cache):
         return built[name, target]
 
     return get
+
+
+# -- activation rounding of the GPU's int8 matmuls ----------------------------------------------
+# Matmuls over quantized weights round their activations to int8 per 32 elements with a float32
+# scale (kernels/rfc_gpu_q8.h): tests/oracle.py's "q8_32" kind, for every INT8_FORMATS weight.
+GPU_ROUNDING_KIND = "q8_32"
+
+
+def gpu_rounding_kinds(formats) -> dict[str, str]:
+    from rfc.compiler.codegen.gpu_plan import INT8_FORMATS
+
+    return {f: GPU_ROUNDING_KIND for f in formats if f in INT8_FORMATS}
+
+
+def gpu_rounding(model: str, formats, tokens) -> "np.ndarray | None":
+    """D = oracle(activations rounded as the GPU rounds them) - oracle(exact), teacher-forced
+    over `tokens` (None when no matmul rounds: float weights only)."""
+    from tests.oracle import Oracle
+
+    kinds = gpu_rounding_kinds(formats)
+    if not kinds:
+        return None
+    path = model_path(model)
+    return Oracle(path, act_rounding=kinds).logits(list(tokens)) - Oracle(path).logits(list(tokens))
+
+
+def round_activations(x):
+    """x rounded as an int8 GPU matmul rounds its input (for op-level comparisons)."""
+    import numpy as np
+
+    from tests.oracle import ACTIVATION_KINDS
+
+    return ACTIVATION_KINDS[GPU_ROUNDING_KIND](np.asarray(x, dtype=np.float64)).astype(np.float32)

@@ -1,0 +1,132 @@
+"""The GPU step program (issue 10, item 1): the compiler's launch list, bound once by
+rfc.runtime.devices.gpu_program.StepRunner and replayed (a graph per decode batch size),
+against the per-op GpuDevice path over the same emulated kernels. The two must agree bit for
+bit: the same kernels read the same inputs, so any wrong launch, argument slot, arena offset
+or copy shows. The driver is the emulator's, recording its calls: each step makes one
+host-to-device copy, one graph launch (decode) and one device-to-host copy, then one sync.
+"""
+
+import dataclasses
+import platform
+import shutil
+
+import numpy as np
+import pytest
+
+from rfc.artifacts.bundle import open_bundle
+from rfc.artifacts.program import ArgKind, ArgSlot, unpack_program
+from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.executor import Executor
+from rfc.runtime.kv_cache import BlockManager
+from tests.kernels.gpu_emulator import emulated_device, emulated_step_device
+from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
+
+pytestmark = [
+    pytest.mark.shared,
+    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
+                       reason="the GPU emulator needs g++ on x86-64"),
+]
+
+NUM_BLOCKS, BLOCK_SIZE = 48, 16
+TARGET = "gfx1100"
+
+
+class Twins:
+    def __init__(self, bundle_dir, build_dir, mutate=None):
+        self.bundle = open_bundle(bundle_dir)
+        kv = self.bundle.plan.kv
+        self.op = emulated_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
+        if mutate is not None:
+            import rfc.runtime.devices.gpu_program as gp
+
+            real = gp.unpack_program
+            gp.unpack_program = lambda data: mutate(real(data))  # noqa: E731
+        try:
+            self.step = emulated_step_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
+        finally:
+            if mutate is not None:
+                gp.unpack_program = real
+        self.blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+        self.run_op = Executor(self.bundle.plan, self.op)
+        self.run_step = Executor(self.bundle.plan, self.step)
+
+    def forward(self, chunks):
+        for c in chunks:
+            self.blocks.allocate(c.seq_id, c.start + len(c.tokens))
+        batch = build_batch(chunks, self.blocks)
+        return self.run_step.forward(batch), self.run_op.forward(batch)
+
+
+def _decode(twins: Twins, steps: int) -> list[tuple]:
+    """Prefill two sequences (direct launches), then decode both `steps` times (graphs);
+    returns the driver calls of the decode steps. Asserts bit-equal logits throughout."""
+    a, b = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19), (100, 3, 77, 250, 31)
+    got, want = twins.forward([SeqChunk(1, 0, a, all_logits=True), SeqChunk(2, 0, b)])
+    assert np.array_equal(got, want), f"prefill: max |step - op| {np.abs(got - want).max():.3e}"
+    driver = twins.step._driver
+    driver.calls.clear()
+    la, lb = len(a), len(b)
+    for step in range(steps):
+        na, nb = int(want[-2].argmax()), int(want[-1].argmax())
+        got, want = twins.forward([SeqChunk(1, la, (na,)), SeqChunk(2, lb, (nb,))])
+        assert np.array_equal(got, want), f"decode step {step}: max |step - op| {np.abs(got - want).max():.3e}"
+        la, lb = la + 1, lb + 1
+    return driver.calls
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, marks=toolchain_marks(TARGET)) for m in ("llama-Q4_K_M", "qwen2-Q8_0")])
+def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp_path_factory):
+    twins = Twins(gpu_bundle(model, TARGET), tmp_path_factory.getbasetemp() / "gpu-emu")
+    program = twins.step.runner.program
+    assert len(program.launches) == len(twins.bundle.plan.ops)
+    calls = _decode(twins, steps=4)
+    n_launches = len(program.launches)
+    # one capture (batch size 2), then replays; per step one copy each way and one sync
+    per_step = [("h2d",), ("graph_launch", n_launches), ("d2h",), ("sync",)]
+    steps = [c[:1] if c[0] in ("h2d", "d2h", "sync") else c for c in calls if c[0] != "capture"]
+    assert steps == per_step * 4, calls[:12]
+    assert [c for c in calls if c[0] == "capture"] == [("capture", n_launches)]
+    assert not [c for c in calls if c[0] in ("launch", "malloc_host")], "per-step launches or allocations"
+    h2d = [c[1] for c in calls if c[0] == "h2d"]
+    runner = twins.step.runner
+    assert h2d[0] == runner.stage["block_tables"][0] + 2 * runner.table_width * 4  # only the rows in use
+
+
+@pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
+def test_a_wrong_argument_slot_is_caught(model, gpu_bundle, tmp_path_factory):
+    """The program with one matmul reading the wrong arena buffer: the comparison fails."""
+
+    def mutate(program):
+        launches = list(program.launches)
+        i = next(i for i, l in enumerate(launches) if l.kernel.startswith("rfc_matmul_") and i > 3)
+        args = list(launches[i].args)
+        other = next(s.buffer for s in program.arena.slots if s.buffer not in (args[1].ref, args[0].ref))
+        args[1] = ArgSlot(ArgKind.ARENA, other)
+        launches[i] = dataclasses.replace(launches[i], args=tuple(args))
+        return dataclasses.replace(program, launches=tuple(launches))
+
+    twins = Twins(gpu_bundle(model, TARGET), tmp_path_factory.getbasetemp() / "gpu-emu", mutate=mutate)
+    with pytest.raises(AssertionError, match="prefill"):
+        _decode(twins, steps=1)
+
+
+@pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
+def test_program_arena_reuses_dead_buffers(model, gpu_bundle):
+    bundle = open_bundle(gpu_bundle(model, TARGET))
+    entry = next(t for t in bundle.manifest["targets"] if t["name"] == TARGET)
+    program = unpack_program(bundle.file(entry["program"]).read_bytes())
+    a = program.arena
+    capacity = sum(-(-s.nbytes // a.alignment) * a.alignment for s in a.slots)
+    assert a.total_bytes < capacity, "no buffer shares bytes with another"
+    plan = bundle.plan
+    live = {}
+    for i, op in enumerate(plan.ops):
+        for name in (*op.inputs, *op.outputs):
+            live.setdefault(name, [i, i])[1] = i
+    for name in (plan.output_logits, plan.output_hidden):
+        live[name][1] = len(plan.ops)
+    for x in a.slots:
+        for y in a.slots:
+            if x.buffer < y.buffer and x.offset < y.offset + y.nbytes and y.offset < x.offset + x.nbytes:
+                (x0, x1), (y0, y1) = live[x.buffer], live[y.buffer]
+                assert x1 < y0 or y1 < x0, f"{x.buffer} and {y.buffer} overlap while both live"
