@@ -170,7 +170,16 @@ class Engine:
                 "pages_total": self.model.blocks.num_blocks,
                 "pages_free": self.model.blocks.num_free(),
                 "sequences": self.model.blocks.num_sequences(),
+                "pages_cached": self.model.blocks.num_cached_idle(),
+                **self._prefix_counts(),
             }
+
+    def _prefix_counts(self) -> dict[str, int]:
+        cache = self.model.blocks.cache
+        if cache is None:
+            return {}
+        return {"prefix_hit_tokens": cache.hit_tokens, "prefix_miss_tokens": cache.miss_tokens,
+                "prefix_evictions": cache.evictions}
 
     def run_on_engine_thread(self, fn: Callable[[], Any]) -> Future:
         """Runs `fn` on the engine thread between two steps (devices are not thread-safe) and
