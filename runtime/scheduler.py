@@ -43,7 +43,6 @@ class Sequence:
     num_computed: int = 0  # leading tokens whose KV is in the cache
     num_cached: int = 0  # of those, taken from the prefix cache at the last admission
     status: SequenceStatus = SequenceStatus.WAITING
-    payload: object = None  # the engine's per-request state (sampler, stream queue, ...)
 
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
