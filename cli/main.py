@@ -26,9 +26,11 @@ for _client_cmd in (generate_cmd, status_cmd, cancel_cmd, models_cmd, health_cmd
 
 def _add_runtime_commands() -> None:
     # Imported here so that `rfc compile` on a CI box never loads the runtime's servers.
+    from rfc.cli.bench_cmd import bench_cmd
     from rfc.cli.run_cmd import run_cmd
 
     cli.add_command(run_cmd)
+    cli.add_command(bench_cmd)
     try:
         from rfc.cli.serve_cmd import serve_cmd
     except ImportError:

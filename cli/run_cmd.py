@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from rfc.cli.errors import fail
+from rfc.cli.threads import apply_threads, threads_option
 
 
 @click.command("run")
@@ -23,6 +24,7 @@ from rfc.cli.errors import fail
 @click.option("--stop", multiple=True, help="Stop string (repeatable); not printed.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-generation tokens.")
 @click.option("--device", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
+@threads_option
 @click.option("--no-verify", is_flag=True, help="Trust the bundle: skip re-hashing its files (paths, sizes, layout and plan are still checked).")
 @click.option("--arch", "targets", multiple=True, metavar="TARGET", help="For a GGUF: compile for this target (default cpu; repeatable).")
 @click.option("--chat-template", "template_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
@@ -30,9 +32,10 @@ from rfc.cli.errors import fail
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="rfc's cache (default: ~/.cache/rfc); a GGUF is compiled into DIR/bundles.")
 def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, ignore_eos, device,
-            no_verify, targets, template_file, cache_dir):
+            compute_threads, no_verify, targets, template_file, cache_dir):
     """Generate text from BUNDLE (a bundle directory, or a GGUF file compiled into the cache on
     first use); the generation goes to stdout, speed to stderr."""
+    threads = apply_threads(compute_threads)  # before the runtime (numpy, kernels) loads
     from rfc.artifacts import BundleError
     from rfc.cli.model_args import bundle_paths
     from rfc.runtime.chat import ChatTemplateError
@@ -48,6 +51,7 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
         model = load_model(bundle, LoadOptions(device=device, verify=not no_verify))
     except (BundleError, DeviceError) as e:
         fail(str(e))
+    click.echo(f"rfc: {model.device_choice.name}, {threads.describe()}", err=True)
     engine = Engine(model)
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repeat_penalty, seed=seed)
 

@@ -1,6 +1,7 @@
 """`rfc serve`: parse the flags (each also read from an RFC_* environment variable) into
 frozen configs and hand them to rfc.runtime.server.serve."""
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import click
 
 from rfc.cli.errors import fail
+from rfc.cli.threads import apply_threads, threads_option
 
 
 @click.command("serve")
@@ -38,7 +40,8 @@ from rfc.cli.errors import fail
 @click.option("--trace-sample-rate", envvar="RFC_TRACE_SAMPLE_RATE", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0), help="Fraction of requests traced (GET /traces).")
 @click.option("--max-traces", envvar="RFC_MAX_TRACES", default=1000, show_default=True, type=click.IntRange(min=1), help="Traces kept; the oldest go first.")
 @click.option("--max-body-bytes", envvar="RFC_MAX_BODY_BYTES", default=1 << 20, show_default=True, type=click.IntRange(min=1), help="Larger request bodies get 413.")
-@click.option("--threads", envvar="RFC_THREADS", default=None, type=click.IntRange(min=1), help="HTTP worker threads (default: max-batch + max-queue + 4).")
+@threads_option
+@click.option("--http-threads", envvar="RFC_HTTP_THREADS", default=None, type=click.IntRange(min=1), help="HTTP worker threads (default: max-batch + max-queue + 4).")
 @click.option("--max-connections", envvar="RFC_MAX_CONNECTIONS", default=1024, show_default=True, type=click.IntRange(min=16),
               help="Open connections at most (the file-descriptor limit is raised to fit); more wait in the listen backlog.")
 @click.option("--request-timeout", envvar="RFC_REQUEST_TIMEOUT", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
@@ -56,7 +59,7 @@ from rfc.cli.errors import fail
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
 def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_pages, pooling, targets, chat_template, cache_dir,
               api_key, cors_origins, no_cors, log_format, log_file, log_level, no_verify, trace_sample_rate, max_traces,
-              max_body_bytes, threads, max_connections, request_timeout, idle_timeout, prompt_cache_mb, template_workers,
+              max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, prompt_cache_mb, template_workers,
               template_memory_mb, template_timeout, load_delay):
     """Serve MODELS (bundle directories, or GGUF files compiled on first use) over HTTP: the
     native API, an OpenAI-compatible /v1 API, Anthropic's /v1/messages and Ollama's /api."""
@@ -68,6 +71,7 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
     # OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+    thread_choice = apply_threads(compute_threads)
     from rfc.artifacts import BundleError
     from rfc.cli.model_args import bundle_paths, model_names
     from rfc.runtime.embedding import Pooling
@@ -90,7 +94,7 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
             models=served,
             host=host,
             port=port,
-            threads=threads,
+            threads=http_threads,
             scheduler=SchedulerConfig(max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(512, max_batch)),
             server=ServerConfig(
                 api_key=api_key or None,
@@ -116,6 +120,7 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
         configure_logging(options.log)
     except OSError as e:
         fail(f"cannot open the log file {log_file}: {e.strerror or e}")
+    logging.getLogger("rfc.server").info("%s", thread_choice.describe())
     try:
         status = serve(options)
     except OSError as e:  # the address is taken or not ours to bind

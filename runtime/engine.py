@@ -7,97 +7,40 @@ HTTP threads only `submit`, `cancel` and read state; the model runs in the threa
 """
 
 import logging
-import queue
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
-from dataclasses import dataclass, field
 
-from rfc.runtime.batch import SeqChunk, build_batch
+import numpy as np
+
+from rfc.runtime.batch import SeqChunk, StepBatch, build_batch
 from rfc.runtime.detokenize import IncrementalDetokenizer
 from rfc.runtime.loader import LoadedModel
 from rfc.runtime.request_ids import RandomIds
-from rfc.runtime.sampler import Sampler, SamplingParams
-from rfc.runtime.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
+from rfc.runtime.requests import (  # re-exported: the servers import them from here
+    CANCELLED, EOS, FAILED, LENGTH, STOP, GenerationRequest, Observer, RequestError, RequestState, TokenEvent,
+)
+from rfc.runtime.sampler import Sampler
+from rfc.runtime.scheduler import QueueFull, ScheduledChunk, Scheduler, SchedulerConfig, Sequence
 from rfc.runtime.stopping import StopChecker
 
-__all__ = ["Engine", "GenerationRequest", "RequestState", "TokenEvent", "QueueFull", "RequestError"]
+__all__ = ["Engine", "GenerationRequest", "RequestState", "TokenEvent", "QueueFull", "RequestError", "Observer",
+           "LENGTH", "STOP", "EOS", "CANCELLED", "FAILED"]
 
 log = logging.getLogger("rfc.engine")
 
-# finish reasons (the native API's names; the OpenAI layer maps them)
-LENGTH, STOP, EOS, CANCELLED, FAILED = "length", "stop", "eos", "cancelled", "failed"
-
-
-class RequestError(ValueError):
-    """A request the engine cannot take (too long for the context, empty prompt...)."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(message)
-        self.field = field_name
-
-
 @dataclass(frozen=True)
-class GenerationRequest:
-    prompt_ids: list[int]
-    params: SamplingParams = SamplingParams()
-    max_tokens: int = 100
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    logprobs: int | None = None  # None: none; n >= 0: the chosen token's and the top n
+class _Work:
+    """One step's scheduled chunks, their request states and the device batch."""
 
-
-@dataclass(frozen=True)
-class TokenEvent:
-    request_id: int
-    token: int | None  # None on an event that only ends the stream (cancel, failure)
-    text: str
-    finished: bool
-    finish_reason: str | None
-    logprob: float | None = None
-    top_logprobs: tuple[tuple[int, float], ...] = ()
-
-
-class Observer:
-    """Hooks for metrics and traces; every method is optional."""
-
-    def on_start(self, state: "RequestState") -> None: ...
-
-    def on_first_token(self, state: "RequestState") -> None: ...
-
-    def on_finish(self, state: "RequestState") -> None: ...
-
-    def on_step(self, prefill_tokens: int, decode_tokens: int, seconds: float) -> None: ...
-
-
-@dataclass(eq=False)
-class RequestState:
-    request_id: int
-    request: GenerationRequest
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    finished: bool = False
-    finish_reason: str | None = None
-    error: str | None = None
-    created_at: float = field(default_factory=time.time)
-    admitted_at: float | None = None  # first scheduled: queueing ends, prefill starts
-    first_token_at: float | None = None
-    prefill_done_at: float | None = None
-    finished_at: float | None = None
-    events: "queue.SimpleQueue[TokenEvent]" = field(default_factory=queue.SimpleQueue)
-    # engine-private
-    seq: Sequence | None = None
-    sampler: Sampler | None = None
-    detok: IncrementalDetokenizer | None = None
-    stopper: StopChecker | None = None
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.request.prompt_ids)
+    chunks: list[ScheduledChunk]
+    states: list[RequestState]
+    batch: StepBatch
 
 
 class Engine:
@@ -138,11 +81,12 @@ class Engine:
                 f"prompt ({n} tokens) + max_tokens ({request.max_tokens}) exceeds the context length ({ctx})",
             )
         request.params.validate(self.model.vocab_size)
-        state = RequestState(request_id=next(self._ids), request=request)
+        request_id = next(self._ids)
+        seq = Sequence(seq_id=request_id, prompt_ids=list(request.prompt_ids), max_tokens=request.max_tokens)
+        state = RequestState(request_id=request_id, request=request, seq=seq)
         state.sampler = Sampler(request.params, request.prompt_ids, self.model.vocab_size)
         state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids, keep_leading_space=True)
         state.stopper = StopChecker(list(request.stop))
-        state.seq = Sequence(seq_id=state.request_id, prompt_ids=list(request.prompt_ids), max_tokens=request.max_tokens, payload=state)
         with self._lock:
             self.scheduler.add(state.seq)  # QueueFull propagates: nothing was registered
             self._remember(state)
@@ -170,7 +114,16 @@ class Engine:
                 "pages_total": self.model.blocks.num_blocks,
                 "pages_free": self.model.blocks.num_free(),
                 "sequences": self.model.blocks.num_sequences(),
+                "pages_cached": self.model.blocks.num_cached_idle(),
+                **self._prefix_counts(),
             }
+
+    def _prefix_counts(self) -> dict[str, int]:
+        cache = self.model.blocks.cache
+        if cache is None:
+            return {}
+        return {"prefix_hit_tokens": cache.hit_tokens, "prefix_miss_tokens": cache.miss_tokens,
+                "prefix_evictions": cache.evictions}
 
     def run_on_engine_thread(self, fn: Callable[[], Any]) -> Future:
         """Runs `fn` on the engine thread between two steps (devices are not thread-safe) and
@@ -210,50 +163,68 @@ class Engine:
 
     # -- the loop (engine thread) ----------------------------------------------------------
     def step(self) -> bool:
-        """Runs one batch; returns False when there was nothing to do."""
+        """One batch: schedule -> run -> postprocess. False when there was nothing to do."""
         with self._lock:
-            chunks = self.scheduler.schedule()
-            if not chunks:
-                return False
-            now = time.time()
-            for c in chunks:
-                if c.seq.payload.admitted_at is None:
-                    c.seq.payload.admitted_at = now
-            batch = build_batch(
-                [SeqChunk(c.seq.seq_id, c.start, tuple(c.tokens), c.needs_logits) for c in chunks],
-                self.model.blocks,
-            )
+            work = self._schedule()
+        if work is None:
+            return False
         started = time.perf_counter()
+        logits = self._run(work)
+        elapsed = time.perf_counter() - started
+        if logits is None:
+            return True
+        with self._lock:
+            self._postprocess(work, logits)
+            self.steps += 1
+        decode = sum(1 for c in work.chunks if c.start >= len(c.seq.prompt_ids))
+        self.observer.on_step(work.batch.num_tokens - decode, decode, elapsed)
+        return True
+
+    def _schedule(self) -> _Work | None:
+        """This step's chunks and device batch (lock held)."""
+        chunks = self.scheduler.schedule()
+        if not chunks:
+            return None
+        now = time.time()
+        states = [self._states[c.seq.seq_id] for c in chunks]  # a live request is never dropped
+        for state in states:
+            if state.admitted_at is None:
+                state.admitted_at = now
+        batch = build_batch(
+            [SeqChunk(c.seq.seq_id, c.start, tuple(c.tokens), c.needs_logits) for c in chunks],
+            self.model.blocks,
+        )
+        return _Work(chunks, states, batch)
+
+    def _run(self, work: _Work) -> np.ndarray | None:
+        """The forward pass (lock released: HTTP threads may submit and cancel meanwhile).
+        A failing step fails its requests, never the engine: None then."""
         try:
-            logits = self.model.executor.forward(batch)
-        except Exception as e:  # a failing step fails its requests, never the engine
+            return self.model.executor.forward(work.batch)
+        except Exception as e:
             with self._lock:
-                for c in chunks:
-                    state = c.seq.payload
+                for state in work.states:
                     if not state.finished:
                         state.error = f"{type(e).__name__}: {e}"
                         self._finish(state, FAILED, token=None)
-            return True
-        elapsed = time.perf_counter() - started
-        decode = sum(1 for c in chunks if c.start >= len(c.seq.prompt_ids))
-        self.observer.on_step(batch.num_tokens - decode, decode, elapsed)
-        with self._lock:
-            self.scheduler.commit(chunks)
-            row = 0
-            for c in chunks:
-                if not c.needs_logits:
-                    continue
-                state = c.seq.payload
-                if c.seq.status is not SequenceStatus.FINISHED and not state.finished:
-                    try:
-                        self._advance(state, logits[row])
-                    except Exception as e:  # e.g. non-finite logits: this request fails, alone
-                        state.error = f"{type(e).__name__}: {e}"
-                        if not state.finished:
-                            self._finish(state, FAILED, token=None)
-                row += 1
-            self.steps += 1
-        return True
+            return None
+
+    def _postprocess(self, work: _Work, logits: np.ndarray) -> None:
+        """Commit the step's KV, then sample one token for every chunk that ends its known
+        tokens (lock held). A request cancelled while the step ran is skipped."""
+        self.scheduler.commit(work.chunks)
+        row = 0
+        for chunk, state in zip(work.chunks, work.states):
+            if not chunk.needs_logits:
+                continue
+            if not state.finished:
+                try:
+                    self._advance(state, logits[row])
+                except Exception as e:  # e.g. non-finite logits: this request fails, alone
+                    state.error = f"{type(e).__name__}: {e}"
+                    if not state.finished:
+                        self._finish(state, FAILED, token=None)
+            row += 1
 
     def _advance(self, state: RequestState, logits) -> None:
         token = state.sampler.sample(logits)
@@ -269,7 +240,6 @@ class Engine:
             self._finish(state, EOS, token=token, logprob=logprob, top=top)
             return
         state.seq.output_ids.append(token)
-        state.tokens.append(token)
         text, stopped = state.stopper.push(state.detok.push(token))
         if stopped:
             self._finish(state, STOP, token=token, text=text, logprob=logprob, top=top)
@@ -284,10 +254,9 @@ class Engine:
         if reason not in (STOP, CANCELLED, FAILED):
             text += state.stopper.push(state.detok.flush())[0] + state.stopper.flush()
         state.text += text
-        state.finished = True
         state.finish_reason = reason
         state.finished_at = time.time()
-        self.scheduler.finish(state.seq)
+        self.scheduler.finish(state.seq)  # `finished` from here on
         state.events.put(TokenEvent(state.request_id, token, text, True, reason, logprob, top))
         self.observer.on_finish(state)
 

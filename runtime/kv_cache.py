@@ -2,42 +2,81 @@
 
 The KV arrays themselves (one pair per layer) belong to the device; this module only decides
 which slots a sequence's tokens occupy, like nano-vllm's block_manager.py (STYLE.md point 4).
-The pool is `num_blocks` blocks of `block_size` token slots, preallocated once. Free blocks
-are handed out lowest id first so that a run with the same requests is reproducible slot for
-slot.
+The pool is `num_blocks` blocks of `block_size` token slots, preallocated once.
+
+With prefix caching (runtime/prefix_cache.py) a full block whose KV is computed is keyed by
+its tokens and all before them, and a later sequence with the same prefix takes the block
+instead of computing it again: blocks carry reference counts, and a block nobody holds stays
+cached until the pool needs it. Never-used blocks are handed out lowest id first, and cached
+ones are evicted least recently used first only when no never-used block is left, so a run
+with the same requests is reproducible slot for slot.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rfc.runtime.prefix_cache import ROOT_KEY, PrefixCache, block_keys, chain_key
 
 
 class KVCacheFull(Exception):
     """Not enough free blocks for a request; the manager is left unchanged."""
 
 
-class BlockManager:
-    """Block tables of the sequences that hold KV slots, and the free list of the rest."""
+@dataclass(frozen=True)
+class CachedPrefix:
+    """The leading blocks of a token sequence that the cache holds (see find_prefix)."""
 
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    blocks: tuple[int, ...] = ()
+    keys: tuple[bytes, ...] = ()
+    block_size: int = 1
+    query_tokens: int = 0  # tokens looked up, for the hit/miss counters
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.blocks) * self.block_size
+
+
+@dataclass
+class _Table:
+    blocks: list[int] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)  # chain keys of the leading computed blocks
+
+
+class BlockManager:
+    """Block tables of the sequences that hold KV slots, reference counts, and the free pool
+    (never-used blocks plus cached blocks nobody holds)."""
+
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError(
                 f"num_blocks and block_size must be positive, got {num_blocks} and {block_size}"
             )
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self._free: list[int] = list(range(num_blocks))  # a sorted list is already a heap
-        self._tables: dict[int, list[int]] = {}
+        self.cache = PrefixCache() if prefix_caching else None
+        self._fresh: list[int] = list(range(num_blocks))  # a sorted list is already a heap
+        self._refs = [0] * num_blocks
+        self._tables: dict[int, _Table] = {}
 
+    # -- counts ------------------------------------------------------------------------------
     def num_free(self) -> int:
-        return len(self._free)
+        """Blocks a sequence may take now: never used, or cached and held by nobody."""
+        return len(self._fresh) + (self.cache.num_idle() if self.cache else 0)
 
     def num_used(self) -> int:
-        return self.num_blocks - len(self._free)
+        return self.num_blocks - self.num_free()
+
+    def num_cached_idle(self) -> int:
+        """Free blocks that still hold a cached prefix (the first to go are the oldest)."""
+        return self.cache.num_idle() if self.cache else 0
 
     def free_blocks(self) -> list[int]:
         """The free block ids, sorted (for invariant checks and metrics)."""
-        return sorted(self._free)
+        idle = self.cache.idle_blocks() if self.cache else []
+        return sorted(self._fresh + idle)
 
     def num_sequences(self) -> int:
         return len(self._tables)
@@ -45,39 +84,110 @@ class BlockManager:
     def has(self, seq_id: int) -> bool:
         return seq_id in self._tables
 
-    def blocks_needed(self, seq_id: int, total_tokens: int) -> int:
-        """Extra blocks `seq_id` needs so that its table holds `total_tokens` slots."""
+    def ref_count(self, block: int) -> int:
+        return self._refs[block]
+
+    # -- allocation --------------------------------------------------------------------------
+    def find_prefix(self, tokens: Sequence[int]) -> CachedPrefix:
+        """The cached leading full blocks of `tokens`, leaving at least the last token to
+        compute (the step that computes it yields the logits of the next one). Changes
+        nothing: pass the result to `allocate` to take the blocks."""
+        if self.cache is None or len(tokens) < 2:
+            return CachedPrefix(block_size=self.block_size, query_tokens=len(tokens))
+        keys = block_keys(tokens[: len(tokens) - 1], self.block_size)
+        blocks = self.cache.lookup(keys)
+        return CachedPrefix(tuple(blocks), tuple(keys[: len(blocks)]), self.block_size, len(tokens))
+
+    def blocks_needed(self, seq_id: int, total_tokens: int, prefix: CachedPrefix = CachedPrefix()) -> int:
+        """Free blocks `seq_id` must take so that its table holds `total_tokens` slots
+        (a cached prefix's idle blocks count: taking them removes them from the free pool)."""
         if total_tokens < 0:
             raise ValueError(f"total_tokens must be >= 0, got {total_tokens}")
         wanted = -(-total_tokens // self.block_size)
-        return max(0, wanted - len(self._tables.get(seq_id, ())))
+        table = self._tables.get(seq_id)
+        held = len(table.blocks) if table else 0
+        if prefix.blocks and table is None:
+            idle = sum(1 for b in prefix.blocks if self._refs[b] == 0)
+            return idle + max(0, wanted - len(prefix.blocks))
+        return max(0, wanted - held)
 
-    def can_allocate(self, seq_id: int, total_tokens: int) -> bool:
-        return self.blocks_needed(seq_id, total_tokens) <= len(self._free)
+    def can_allocate(self, seq_id: int, total_tokens: int, prefix: CachedPrefix = CachedPrefix()) -> bool:
+        return self.blocks_needed(seq_id, total_tokens, prefix) <= self.num_free()
 
-    def allocate(self, seq_id: int, total_tokens: int) -> None:
-        """Grow (or create) `seq_id`'s table to hold `total_tokens` slots; never shrinks it."""
-        needed = self.blocks_needed(seq_id, total_tokens)
-        if needed > len(self._free):
+    def allocate(self, seq_id: int, total_tokens: int, prefix: CachedPrefix = CachedPrefix()) -> None:
+        """Grow (or create) `seq_id`'s table to hold `total_tokens` slots; never shrinks it.
+        A new sequence may start with a cached `prefix` from find_prefix (taken by reference)."""
+        needed = self.blocks_needed(seq_id, total_tokens, prefix)
+        if needed > self.num_free():
             raise KVCacheFull(
                 f"sequence {seq_id} needs {needed} more blocks for {total_tokens} tokens, "
-                f"{len(self._free)} of {self.num_blocks} are free"
+                f"{self.num_free()} of {self.num_blocks} are free"
             )
-        table = self._tables.setdefault(seq_id, [])
-        table.extend(heapq.heappop(self._free) for _ in range(needed))
+        table = self._tables.get(seq_id)
+        if table is None:
+            table = self._tables[seq_id] = _Table()
+            self._take_prefix(table, prefix)
+        wanted = -(-total_tokens // self.block_size)
+        while len(table.blocks) < wanted:
+            block = heapq.heappop(self._fresh) if self._fresh else self.cache.evict()
+            self._refs[block] = 1
+            table.blocks.append(block)
+
+    def _take_prefix(self, table: _Table, prefix: CachedPrefix) -> None:
+        if self.cache is None:
+            return
+        assert not prefix.blocks or prefix.block_size == self.block_size
+        for block in prefix.blocks:
+            if self._refs[block] == 0:
+                self.cache.hold(block)
+            self._refs[block] += 1
+        table.blocks.extend(prefix.blocks)
+        table.keys.extend(prefix.keys)
+        self.cache.hit_tokens += prefix.num_tokens
+        self.cache.miss_tokens += prefix.query_tokens - prefix.num_tokens
 
     def free(self, seq_id: int) -> None:
-        """Return all of `seq_id`'s blocks to the pool; an unknown id is a no-op."""
-        for block in self._tables.pop(seq_id, ()):
-            heapq.heappush(self._free, block)
+        """Drop `seq_id`'s references; an unknown id is a no-op. Blocks nobody holds go back
+        to the pool, cached ones last block first so that a prefix's head outlives its tail
+        (a lookup can only use a block whose predecessors are cached too)."""
+        table = self._tables.pop(seq_id, None)
+        if table is None:
+            return
+        for block in reversed(table.blocks):
+            self._refs[block] -= 1
+            if self._refs[block] == 0 and not (self.cache and self.cache.release(block)):
+                heapq.heappush(self._fresh, block)
 
+    # -- registration --------------------------------------------------------------------------
+    def num_keyed_tokens(self, seq_id: int) -> int:
+        """Leading tokens of `seq_id` whose blocks are keyed (cached or offered to the cache)."""
+        return len(self._tables[seq_id].keys) * self.block_size
+
+    def register(self, seq_id: int, tokens: Sequence[int]) -> None:
+        """Offer `seq_id`'s next full blocks to the cache once their KV is computed: `tokens`
+        are the tokens from num_keyed_tokens() on, a whole number of blocks."""
+        if self.cache is None:
+            return
+        table = self._tables[seq_id]
+        if len(tokens) % self.block_size:
+            raise ValueError(f"{len(tokens)} tokens are not whole blocks of {self.block_size}")
+        parent = table.keys[-1] if table.keys else ROOT_KEY
+        for start in range(0, len(tokens), self.block_size):
+            i = len(table.keys)
+            if i >= len(table.blocks):
+                raise IndexError(f"sequence {seq_id} holds only {i} blocks")
+            parent = chain_key(parent, tokens[start:start + self.block_size])
+            table.keys.append(parent)
+            self.cache.register(table.blocks[i], parent)
+
+    # -- lookups -------------------------------------------------------------------------------
     def block_table(self, seq_id: int) -> list[int]:
         """A copy of `seq_id`'s block ids in position order; KeyError for an unknown id."""
-        return list(self._tables[seq_id])
+        return list(self._tables[seq_id].blocks)
 
     def slot(self, seq_id: int, position: int) -> int:
         """Index of `position`'s KV slot in the whole pool (block * block_size + offset)."""
-        table = self._tables[seq_id]
+        table = self._tables[seq_id].blocks
         block, offset = divmod(position, self.block_size)
         if position < 0 or block >= len(table):
             raise IndexError(

@@ -18,6 +18,7 @@ class LoadOptions:
     verify: bool = True
     block_size: int = 16
     kv_blocks: int | None = None  # default: room for 4 full contexts
+    prefix_caching: bool = True  # reuse the KV blocks of a prefix computed before
 
 
 @dataclass
@@ -66,6 +67,6 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         tokenizer=tokenizer,
         device_choice=choice,
         device=device,
-        blocks=BlockManager(num_blocks, options.block_size),
+        blocks=BlockManager(num_blocks, options.block_size, options.prefix_caching),
         executor=Executor(plan, device),
     )

@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rfc.runtime.selection import draw, top_k_ids, top_p_head, window
 from rfc.runtime.values import is_finite_number, shown
 
-# top_p first looks at this many of the most likely candidates and widens the search only
-# when they do not hold enough mass, so a peaked distribution never sorts the whole vocab.
-_TOP_P_FIRST_LOOK = 256
-_TOP_P_WIDEN = 8
-# The draw sums the weights in blocks of this size (see _pick).
-_PICK_BLOCK = 1024
+# Windows of selection.window (in logits below the best): a draw exponentiates the tokens
+# within _DRAW_RADIUS (temperature-scaled) and reaches the rest by rejection; top_p's total
+# mass is bounded to within vocab * e^-_MASS_RADIUS before its cut is trusted.
+_DRAW_RADIUS = 16.0
+_MASS_RADIUS = 22.0
+_LOGPROB_RADIUS = 30.0
+_MIN_P_MARGIN = 1e-3  # float32 exp may round up: the window must hold every token min_p keeps
 # Temperatures below this sample greedily, as in vLLM: dividing float32 logits by them
 # overflows, and the distribution is one-hot long before.
 _GREEDY_BELOW = 1e-5
@@ -103,7 +105,7 @@ class Sampler:
 
     def sample(self, logits: np.ndarray) -> int:
         """Draw the next token from float logits [vocab] and record it for the penalties."""
-        x = self.processed_logits(logits)
+        x = self._processed(logits, copy=False)
         if self.params.temperature < _GREEDY_BELOW:
             token = int(np.argmax(x))  # argmax returns the first maximum: ties -> lowest id
             _require_drawable(x[token])
@@ -115,9 +117,16 @@ class Sampler:
 
     def processed_logits(self, logits: np.ndarray) -> np.ndarray:
         """A float32 copy of `logits` with logit_bias and the penalties applied."""
+        return self._processed(logits, copy=True)
+
+    def _processed(self, logits: np.ndarray, copy: bool) -> np.ndarray:
+        """The one per-row logit processing path (bias, penalties; a token mask would go
+        here too). Without copy, logits that need no change come back as they are: the
+        caller must not write to the result."""
         if logits.shape != (self.vocab_size,):
             raise SamplingError("logits", f"shape {logits.shape} != ({self.vocab_size},)")
-        x = logits.astype(np.float32, copy=True)
+        changes = bool(self._bias_ids.size) or (self._penalized and bool(self._counts))
+        x = logits.astype(np.float32, copy=copy or changes)
         if self._bias_ids.size:
             x[self._bias_ids] += self._bias_values  # dict keys: no repeated ids
         if self._penalized and self._counts:
@@ -130,14 +139,19 @@ class Sampler:
 
         These are the model's raw log-softmax over the logits, before bias, penalties,
         temperature and filtering: what vLLM returns by default, and the same for every
-        request whatever its sampling parameters."""
-        lp = _log_softmax(logits.astype(np.float64))
-        top_n = min(max(top_n, 0), lp.size)
+        request whatever its sampling parameters. The normalizer sums the tokens within
+        _LOGPROB_RADIUS of the best; the rest change it by less than vocab * e^-30 (1e-8
+        at 128k), below float32 resolution."""
+        x = logits.astype(np.float32, copy=False)
+        peak = float(x.max())
+        _, weights, _ = window(x, peak, _LOGPROB_RADIUS)
+        lse = peak + math.log(float(weights.sum(dtype=np.float64)))
+        top_n = min(max(top_n, 0), x.size)
         if top_n == 0:
-            return float(lp[token]), []
-        best = np.argpartition(-lp, top_n - 1)[:top_n]
-        best = best[np.lexsort((best, -lp[best]))]
-        return float(lp[token]), [(int(i), float(lp[i])) for i in best]
+            return float(x[token]) - lse, []
+        best = top_k_ids(x, top_n) if top_n < x.size else np.arange(x.size)
+        best = best[np.lexsort((best, -x[best]))]
+        return float(x[token]) - lse, [(int(i), float(x[i]) - lse) for i in best]
 
     def _apply_penalties(self, x: np.ndarray) -> None:
         p = self.params
@@ -150,40 +164,56 @@ class Sampler:
         x[ids] = vals
 
     def _candidates(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        """Apply top_k, top_p and min_p: the kept ids (None: all of them) and their logits.
-
-        Works in float32 (its exp is several times faster than float64's over a large vocab)
-        and copies the full vocab only when a filter needs it."""
+        """Apply top_k, top_p and min_p: the kept ids (None: all of them) and their logits."""
         p = self.params
-        ids = None
-        if 0 < p.top_k < x.size:
-            ids = np.argpartition(x, x.size - p.top_k)[x.size - p.top_k:]
+        ids = top_k_ids(x, p.top_k) if 0 < p.top_k < x.size else None
         vals = x if ids is None else x[ids]
         if p.min_p == 0 and p.top_p == 1:
             return ids, vals
-        peak = vals.max()
+        peak = float(vals.max())
         _require_drawable(peak)
-        weights = np.exp(vals - peak)  # probabilities times a constant; the best has weight 1
-        # top_p and min_p each keep a head of the candidates sorted by probability, so the
-        # result is the shorter head whichever runs first. min_p runs first because it is a
-        # cheap mask that shrinks what top_p has to sort; top_p still uses the mass of all
-        # candidates, so the result is what llama.cpp's top_p -> min_p order gives.
-        target = p.top_p * float(weights.sum(dtype=np.float64))
-        if p.min_p > 0:
-            kept = np.flatnonzero(weights >= p.min_p)
-            if p.top_p < 1:
-                kept = kept[_top_p_head(weights[kept], target)]
-        else:
-            kept = _top_p_head(weights, target)
+        kept = self._nucleus(vals, peak)
         return (kept if ids is None else ids[kept]), vals[kept]
 
+    def _nucleus(self, vals: np.ndarray, peak: float) -> np.ndarray:
+        """Indices of `vals` that min_p and top_p keep.
+
+        top_p and min_p each keep a head of the candidates sorted by probability, so the
+        result is the shorter head whichever runs first. min_p runs first because it is a
+        cheap mask that shrinks what top_p has to sort; top_p still uses the mass of all
+        candidates, so the result is what llama.cpp's top_p -> min_p order gives.
+
+        Only the window near the peak is exponentiated: min_p never keeps a token below
+        peak + log(min_p), and top_p's total is known up to the window's tail bound. When
+        that bound could move top_p's cut, the work is redone over every candidate."""
+        p = self.params
+        radius = _MASS_RADIUS if p.top_p < 1 else 0.0
+        if p.min_p > 0:
+            radius = max(radius, -math.log(p.min_p) + _MIN_P_MARGIN)
+        for r in (radius, math.inf):
+            idx, weights, tail = window(vals, peak, r)
+            at = np.arange(weights.size) if idx is None else idx
+            kept = _at_least(weights, p.min_p) if p.min_p > 0 else None
+            if p.top_p == 1:
+                return at if kept is None else at[kept]
+            mass = float(weights.sum(dtype=np.float64))  # a cut deep in the tail needs float64
+            low, high = p.top_p * mass, p.top_p * (mass + tail)
+            head_weights = weights if kept is None else weights[kept]
+            head, head_mass = top_p_head(head_weights, low)
+            # Exact when the tail bound cannot move the cut, or when min_p's set (all inside
+            # the window) is shorter than any top_p head could be.
+            whole_min_p_set = p.min_p > 0 and head.size == head_weights.size and head_mass < low
+            exact = head_mass >= high or whole_min_p_set
+            if exact or tail == 0:
+                return at[head if kept is None else kept[head]]
+        raise AssertionError("unreachable: the full window has no tail")
+
     def _draw(self, ids: np.ndarray | None, vals: np.ndarray) -> int:
-        peak = vals.max()
+        t = self.params.temperature
+        scaled = vals if t == 1 else vals * np.float32(1 / t)
+        peak = float(scaled.max())
         _require_drawable(peak)
-        probs = vals - peak
-        probs /= self.params.temperature
-        np.exp(probs, out=probs)
-        i = _pick(probs, self._rng.random())
+        i = draw(scaled, peak, _DRAW_RADIUS, self._rng.random, self._rng.integers)
         return i if ids is None else int(ids[i])
 
     def _record(self, token: int) -> None:
@@ -198,48 +228,16 @@ class Sampler:
                 del self._counts[old]
 
 
-def _top_p_head(weights: np.ndarray, target: float) -> np.ndarray:
-    """Indices of the smallest most-likely head of `weights` whose sum reaches `target`
-    (the token that crosses it included), most likely first."""
-    n = weights.size
-    k = min(n, _TOP_P_FIRST_LOOK)
-    while True:
-        part = np.argpartition(weights, n - k)[n - k:] if k < n else np.arange(n)
-        part = part[np.argsort(-weights[part], kind="stable")]
-        cumulative = np.cumsum(weights[part], dtype=np.float64)
-        if cumulative[-1] >= target or k == n:
-            break
-        k = min(n, k * _TOP_P_WIDEN)
-    cut = int(np.searchsorted(cumulative, target, side="left")) + 1
-    return part[:min(cut, k)]
-
-
-def _pick(weights: np.ndarray, fraction: float) -> int:
-    """Inverse-CDF draw: the index i with cdf[i-1] <= fraction * total < cdf[i], for
-    fraction in [0, 1). numpy's cumsum is slow over a whole vocab (several ms for 150k), so
-    it runs over the block sums and then inside the one block that holds the draw."""
-    starts = np.arange(0, weights.size, _PICK_BLOCK)
-    block_cdf = np.cumsum(np.add.reduceat(weights, starts, dtype=np.float64))
-    u = min(fraction * block_cdf[-1], np.nextafter(block_cdf[-1], 0.0))
-    # side="right": the first block, then the first candidate, whose cdf passes u, so a
-    # zero-probability candidate is never drawn.
-    b = int(np.searchsorted(block_cdf, u, side="right"))
-    block = weights[starts[b]:starts[b] + _PICK_BLOCK]
-    cdf = (block_cdf[b - 1] if b else 0.0) + np.cumsum(block, dtype=np.float64)
-    i = int(np.searchsorted(cdf, u, side="right"))
-    if i == block.size:  # u fell in the rounding gap between the two ways of summing
-        i = int(np.flatnonzero(block)[-1])
-    return int(starts[b]) + i
+def _at_least(weights: np.ndarray, floor: float) -> np.ndarray | None:
+    """Indices of weights >= floor, or None when that is all of them (selecting a dense
+    mask is slow; min_p over a flat distribution keeps everything)."""
+    mask = weights >= floor
+    return None if np.count_nonzero(mask) == weights.size else np.flatnonzero(mask)
 
 
 def _require_drawable(peak: float) -> None:
     if not math.isfinite(peak):
         raise SamplingError("logits", f"the largest logit is {peak}: no token can be drawn")
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max()
-    return shifted - np.log(np.exp(shifted).sum())
 
 
 def _is_int(value: object) -> bool:

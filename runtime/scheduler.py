@@ -10,7 +10,8 @@ Each step spends a budget of `max_batch_tokens`:
    never stalls the decodes;
 2. running sequences still in prefill get chunks of what is left, oldest first;
 3. waiting sequences are admitted FIFO while the batch has room and their first chunk's KV
-   blocks fit.
+   blocks fit; a sequence whose leading full blocks are in the prefix cache takes them and
+   starts its prefill after them. Blocks are offered to the cache as each step fills them.
 When the pool runs dry the most recently admitted sequence is preempted: its blocks are freed
 and it goes back to the front of the queue to recompute prompt + output later (recompute, not
 swap: the KV arrays belong to the device). The oldest running sequence is never preempted for
@@ -40,8 +41,8 @@ class Sequence:
     max_tokens: int  # new tokens at most
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # leading tokens whose KV is in the cache
+    num_cached: int = 0  # of those, taken from the prefix cache at the last admission
     status: SequenceStatus = SequenceStatus.WAITING
-    payload: object = None  # the engine's per-request state (sampler, stream queue, ...)
 
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
@@ -124,6 +125,14 @@ class Scheduler:
                     f"{seq.num_computed} tokens computed"
                 )
             seq.num_computed += len(chunk.tokens)
+            self._register_full_blocks(seq)
+
+    def _register_full_blocks(self, seq: Sequence) -> None:
+        """Offer the blocks this step filled to the prefix cache (their KV is now written)."""
+        keyed = self.blocks.num_keyed_tokens(seq.seq_id)
+        full = seq.num_computed - seq.num_computed % self.blocks.block_size
+        if full > keyed:
+            self.blocks.register(seq.seq_id, _token_slice(seq, keyed, full))
 
     def finish(self, seq: Sequence) -> None:
         """Drop a finished, cancelled or disconnected sequence and free its KV blocks now."""
@@ -192,10 +201,15 @@ class Scheduler:
     def _admit(self, chunks: list[ScheduledChunk], budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_batch:
             seq = self.waiting[0]
-            n = min(seq.num_tokens(), budget)
-            if not self.blocks.can_allocate(seq.seq_id, n):
+            # A prefix another sequence computed (or this one, before a preemption) is taken
+            # from the cache; prefill starts at the first token it does not hold.
+            prefix = self.blocks.find_prefix(seq.all_ids())
+            n = min(seq.num_tokens() - prefix.num_tokens, budget)
+            if not self.blocks.can_allocate(seq.seq_id, prefix.num_tokens + n, prefix):
                 break  # FIFO: nobody overtakes the head of the queue
             self.waiting.popleft()
+            self.blocks.allocate(seq.seq_id, prefix.num_tokens + n, prefix)
+            seq.num_computed = seq.num_cached = prefix.num_tokens
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             chunks.append(self._chunk(seq, n))

@@ -40,6 +40,13 @@ _GAUGES = (
     ("kv_cache_pages_free", "pages_free", "KV-cache pages free"),
     ("kv_cache_pages_total", "pages_total", "KV-cache pages in the pool"),
     ("kv_cache_active_sequences", "sequences", "Sequences holding KV-cache pages"),
+    ("kv_cache_pages_cached", "pages_cached", "Free KV-cache pages that still hold a cached prefix"),
+)
+# Counters the engine keeps itself (read at scrape time, like the gauges).
+_ENGINE_COUNTERS = (
+    ("prefix_cache_hit_tokens", "prefix_hit_tokens", "Prompt tokens whose KV came from the prefix cache"),
+    ("prefix_cache_miss_tokens", "prefix_miss_tokens", "Prompt tokens that had to be computed (prefix cache misses)"),
+    ("prefix_cache_evictions", "prefix_evictions", "Cached KV-cache pages evicted for reuse"),
 )
 PREFIX = "rocmforge_"
 MODEL_LABEL = "model"
@@ -140,6 +147,11 @@ class ServerMetrics(Collector):
             for model, (_, histograms, _) in snapshot.items():
                 buckets, total = histograms[name]
                 family.add_metric([model], buckets, total)
+            yield family
+        for name, key, help_text in _ENGINE_COUNTERS:
+            family = CounterMetricFamily(PREFIX + name, help_text, labels=[MODEL_LABEL])
+            for model, values in counts.items():
+                family.add_metric([model], values.get(key, 0))
             yield family
         gauges = {model: {**c, "throughput": snapshot.get(model, (0, 0, 0.0))[2]} for model, c in counts.items()}
         for name, key, help_text in _GAUGES:

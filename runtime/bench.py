@@ -1,0 +1,125 @@
+"""`rfc bench`'s measurements, on a loaded model: the numbers llama-bench reports (prefill and
+decode tokens per second) plus what serving needs (batched decode, time to first token with
+and without a cached prefix, load time, peak memory, the machine's read bandwidth).
+
+Prefill and decode drive the executor directly, like llama-bench drives llama.cpp (no
+sampler, no scheduler); TTFT goes through the Engine, as a request would.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.engine import Engine, GenerationRequest
+from rfc.runtime.loader import LoadedModel
+from rfc.runtime.sampler import SamplingParams
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    prefill_lengths: tuple[int, ...] = (128, 512)
+    decode_batches: tuple[int, ...] = (1, 8, 16)
+    gen: int = 32  # decode steps per measurement
+    repeat: int = 3  # runs per figure; the median counts
+    ttft_prompt: int = 512
+
+
+@dataclass
+class BenchResult:
+    figures: dict[str, list[float]] = field(default_factory=dict)  # name -> one value per run
+
+    def add(self, name: str, value: float) -> None:
+        self.figures.setdefault(name, []).append(value)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.figures[name])
+
+
+def prefill_tps(model: LoadedModel, n: int, rng: np.random.Generator) -> float:
+    tokens = rng.integers(1, model.vocab_size, size=n).tolist()
+    seconds = _timed(model, [(0, 0, tokens)])
+    model.blocks.free(0)
+    return n / seconds
+
+
+def decode_tps(model: LoadedModel, batch: int, gen: int, rng: np.random.Generator) -> float:
+    """Aggregate tokens per second of `batch` sequences decoding one token each per step,
+    after a 16-token prompt each (greedy, the argmax fed back)."""
+    prompts = [rng.integers(1, model.vocab_size, size=16).tolist() for _ in range(batch)]
+    logits = _forward(model, [(s, 0, p) for s, p in enumerate(prompts)])
+    started = time.perf_counter()
+    for step in range(gen):
+        chunks = [(s, 16 + step, [int(logits[s].argmax())]) for s in range(batch)]
+        logits = _forward(model, chunks)
+    seconds = time.perf_counter() - started
+    for s in range(batch):
+        model.blocks.free(s)
+    return batch * gen / seconds
+
+
+def ttft_s(engine: Engine, prompt: list[int]) -> float:
+    """Seconds from submit to the first sampled token, the engine stepped in this thread."""
+    started = time.perf_counter()
+    state = engine.submit(GenerationRequest(prompt, SamplingParams(temperature=0), max_tokens=1))
+    while not state.finished:
+        engine.step()
+    return time.perf_counter() - started
+
+
+def read_bandwidth_gbs(threads: int, mib: int = 512, rounds: int = 3) -> float:
+    """Bytes per second that `threads` threads read from memory, each summing its own slice
+    of an array far larger than the caches (numpy releases the GIL inside the reduction)."""
+    data = np.ones(mib * (1 << 20) // 8, dtype=np.float64)
+    parts = np.array_split(data, threads)
+    best = float("inf")
+    for _ in range(rounds):
+        workers = [threading.Thread(target=np.add.reduce, args=(part,)) for part in parts]
+        started = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = min(best, time.perf_counter() - started)
+    return data.nbytes / best / 1e9
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_once(model: LoadedModel, config: BenchConfig, result: BenchResult, progress: Callable[[str], None]) -> None:
+    """One run of every figure (the caller interleaves runs with llama-bench's)."""
+    rng = np.random.default_rng(len(result.figures.get("decode_1", ())))
+    for n in config.prefill_lengths:
+        result.add(f"prefill_{n}", prefill_tps(model, n, rng))
+        progress(f"prefill {n}: {result.figures[f'prefill_{n}'][-1]:.1f} tok/s")
+    for b in config.decode_batches:
+        result.add(f"decode_{b}", decode_tps(model, b, config.gen, rng))
+        progress(f"decode batch {b}: {result.figures[f'decode_{b}'][-1]:.1f} tok/s")
+    engine = Engine(model)
+    prompt = rng.integers(1, model.vocab_size, size=min(config.ttft_prompt, model.context_length - 1)).tolist()
+    result.add("ttft", ttft_s(engine, prompt))
+    # The same prompt again: its full blocks come from the prefix cache.
+    result.add("ttft_cached", ttft_s(engine, prompt))
+    progress(f"ttft: {result.figures['ttft'][-1]:.3f} s, repeated prompt {result.figures['ttft_cached'][-1]:.3f} s")
+
+
+def _forward(model: LoadedModel, chunks: list[tuple[int, int, list[int]]]) -> np.ndarray:
+    for seq, start, tokens in chunks:
+        model.blocks.allocate(seq, start + len(tokens))
+    batch = build_batch([SeqChunk(seq, start, tuple(tokens)) for seq, start, tokens in chunks], model.blocks)
+    return model.executor.forward(batch)
+
+
+def _timed(model: LoadedModel, chunks: list[tuple[int, int, list[int]]]) -> float:
+    started = time.perf_counter()
+    _forward(model, chunks)
+    return time.perf_counter() - started

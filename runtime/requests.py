@@ -1,0 +1,97 @@
+"""One request as the engine and the APIs see it: what was asked (GenerationRequest), what
+comes back (TokenEvent, RequestState) and the hooks that watch it (Observer). Its tokens and
+status live in its scheduler Sequence alone."""
+
+import queue
+import time
+from dataclasses import dataclass, field
+
+from rfc.runtime.detokenize import IncrementalDetokenizer
+from rfc.runtime.sampler import Sampler, SamplingParams
+from rfc.runtime.scheduler import Sequence, SequenceStatus
+from rfc.runtime.stopping import StopChecker
+
+# finish reasons (the native API's names; the OpenAI layer maps them)
+LENGTH, STOP, EOS, CANCELLED, FAILED = "length", "stop", "eos", "cancelled", "failed"
+
+
+class RequestError(ValueError):
+    """A request the engine cannot take (too long for the context, empty prompt...)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams = SamplingParams()
+    max_tokens: int = 100
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; n >= 0: the chosen token's and the top n
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    request_id: int
+    token: int | None  # None on an event that only ends the stream (cancel, failure)
+    text: str
+    finished: bool
+    finish_reason: str | None
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+class Observer:
+    """Hooks for metrics and traces; every method is optional."""
+
+    def on_start(self, state: "RequestState") -> None: ...
+
+    def on_first_token(self, state: "RequestState") -> None: ...
+
+    def on_finish(self, state: "RequestState") -> None: ...
+
+    def on_step(self, prefill_tokens: int, decode_tokens: int, seconds: float) -> None: ...
+
+
+@dataclass(eq=False)
+class RequestState:
+    """The API side of one request: text, events, timings. Its tokens and whether it is
+    finished live in its scheduler `Sequence` alone (`tokens` and `finished` read them)."""
+
+    request_id: int
+    request: GenerationRequest
+    seq: Sequence
+    text: str = ""
+    finish_reason: str | None = None
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    admitted_at: float | None = None  # first scheduled: queueing ends, prefill starts
+    first_token_at: float | None = None
+    prefill_done_at: float | None = None
+    finished_at: float | None = None
+    events: "queue.SimpleQueue[TokenEvent]" = field(default_factory=queue.SimpleQueue)
+    # engine-private
+    sampler: Sampler | None = None
+    detok: IncrementalDetokenizer | None = None
+    stopper: StopChecker | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        """The generated tokens (an end-of-generation token that stopped it excluded)."""
+        return self.seq.output_ids
+
+    @property
+    def finished(self) -> bool:
+        return self.seq.status is SequenceStatus.FINISHED
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.seq.prompt_ids)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens whose KV came from the prefix cache."""
+        return self.seq.num_cached

@@ -1,0 +1,46 @@
+"""`rfc bench`: the table on the demo model, llama-bench interleaved when a llama.cpp build
+is at hand (RFC_LLAMA_BENCH, or tools/build_llama_cpp.sh's default place)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEMO_MODEL, rfc
+
+LLAMA_BENCH = Path(os.environ.get("RFC_LLAMA_BENCH", "/tmp/llama.cpp-build/build/bin/llama-bench"))
+SMALL = ["--prefill", "16,32", "--batches", "1,2", "--gen", "2", "--repeat", "1", "--threads", "1"]
+
+
+def test_bench_prints_every_figure(demo_bundle):
+    proc = rfc("bench", demo_bundle, *SMALL, "--device", "ref", env={k: v for k, v in os.environ.items() if k != "RFC_LLAMA_BENCH"})
+    assert proc.returncode == 0, proc.stderr
+    for row in ("prefill 16 (tok/s)", "prefill 32 (tok/s)", "decode batch 1 (tok/s)", "decode batch 2, aggregate",
+                "TTFT, 32-token prompt", "prefix cache", "load time", "peak RSS", "read bandwidth"):
+        assert row in proc.stdout, row
+    assert "1 compute thread" in proc.stdout
+
+
+def test_llama_bench_needs_the_gguf_of_a_bundle(demo_bundle, tmp_path):
+    fake = tmp_path / "llama-bench"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    proc = rfc("bench", demo_bundle, *SMALL, "--llama-bench", fake)
+    assert proc.returncode == 2 and "--gguf" in proc.stderr
+
+
+def test_a_failing_llama_bench_is_one_line(demo_bundle, tmp_path):
+    fake = tmp_path / "llama-bench"
+    fake.write_text("#!/bin/sh\necho 'no such model' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    proc = rfc("bench", demo_bundle, *SMALL, "--device", "ref", "--llama-bench", fake, "--gguf", DEMO_MODEL)
+    assert proc.returncode == 1 and "exited with 3" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not LLAMA_BENCH.exists(), reason=f"no llama-bench at {LLAMA_BENCH} (tools/build_llama_cpp.sh builds one)")
+def test_llama_bench_ratios(demo_bundle):
+    proc = rfc("bench", demo_bundle, *SMALL, "--device", "ref", "--llama-bench", LLAMA_BENCH, "--gguf", DEMO_MODEL)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| decode batch 1 "))
+    rfc_tps, llama_tps, ratio = (cell.strip() for cell in row.strip("|").split("|")[1:4])
+    assert float(llama_tps) > 0 and float(ratio) == pytest.approx(float(rfc_tps) / float(llama_tps), abs=0.006)  # printed to 2 decimals
