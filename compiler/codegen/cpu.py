@@ -13,14 +13,23 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rfc.artifacts.formats import FORMATS
 from rfc.artifacts.plan import OPS, Plan
+from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
 from rfc.compiler.codegen import CodegenInput
+from rfc.compiler.codegen import cpu_step
 from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 
-ABI_VERSION = 1  # bump with any change to an exported function's signature
+ABI_VERSION = 2  # bump with any change to an exported function's signature
+STEP_ENTRY = "rfc_step"  # the step program's entry: logits for the logit rows
+HIDDEN_ENTRY = "rfc_step_hidden"  # the same step up to the final norm (embeddings)
+ARENA_ALIGNMENT = 256
+# The arena the program records (what the engine's default step budget needs); the entry
+# computes the same layout for any T and R, and the runtime sizes the arena per step.
+ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS = 512, 512, 16
 CC = "cc"
 SOURCE = "rfc_cpu.c"
 LIBRARY = "librfc_cpu.so"
@@ -66,8 +75,10 @@ def build(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> dict:
     library = cached_build(inp.cache, [source, " ".join(command), version], lambda: compile_source(source, command))
     inp.writer.write_bytes(f"{inp.bundle_dir}/{SOURCE}", source.encode())
     inp.writer.write_bytes(f"{inp.bundle_dir}/{LIBRARY}", library)
+    inp.writer.write_bytes(f"{inp.bundle_dir}/{PROGRAM_FILE}", pack_program(step_program(inp)))
     return {
         "kernels": f"{inp.bundle_dir}/{LIBRARY}",
+        "program": f"{inp.bundle_dir}/{PROGRAM_FILE}",
         "sources": [f"{inp.bundle_dir}/{SOURCE}"],
         "isa": list(inp.target.isa),
         "machine": inp.target.machine,
@@ -167,7 +178,69 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
     if attention is not None:
         parts.append(render("cpu_attention.c.j2", _attention_params(hp, attention, tuning)))
     parts.append(render("cpu_elementwise.c.j2", {}))
+    parts.append(render("cpu_step.c.j2", step_params(inp)))
     return "\n".join(parts)
+
+
+# -- the step program ------------------------------------------------------------------------
+
+
+def vector_refs(plan: Plan, entries: dict) -> tuple[dict[str, list], list[list], int]:
+    """How the step reads each 1-D weight as floats: F32 in place ([False, weight offset]),
+    any other format from a float copy the entry decodes each step ([True, float index]).
+    Returns the references, the copies to make [fmt, weight offset, n, float index] and
+    the floats they take."""
+    refs: dict[str, list] = {}
+    consts: list[list] = []
+    n_floats = 0
+    for name in cpu_step.vector_weights(plan, entries):
+        e = entries[name]
+        if e.format == "F32":
+            refs[name] = [False, e.offset]
+        else:
+            refs[name] = [True, n_floats]
+            consts.append([e.format.lower(), e.offset, e.shape[0], n_floats])
+            n_floats += -(-e.shape[0] // 16) * 16
+    return refs, consts, n_floats
+
+
+def step_params(inp: CodegenInput) -> dict:
+    plan, entries = inp.plan, inp.layout.by_name()
+    refs, consts, n_floats = vector_refs(plan, entries)
+    buffers = []
+    for b in plan.buffers:
+        width = 1
+        for d in b.shape[1:]:
+            if isinstance(d, str):
+                raise CompileError(f"buffer {b.name}: only its first dimension may be T or R")
+            width *= d
+        first = b.shape[0]
+        code = {"T": 1, "R": 2}.get(first, 0) if isinstance(first, str) else 0
+        buffers.append([code, width * 4 * (1 if isinstance(first, str) else first)])
+    lowered = [(STEP_ENTRY, cpu_step.lower(plan, entries, refs, plan.output_logits)),
+               (HIDDEN_ENTRY, cpu_step.lower(plan, entries, refs, plan.output_hidden))]  # fmt: skip
+    return {
+        "fields": [[name, kind] for name, kind, _ in STEP_ARGS],
+        "step_abi": STEP_ABI_VERSION,
+        "alignment": ARENA_ALIGNMENT,
+        "buffers": buffers,
+        "const_floats": n_floats,
+        "consts": consts,
+        "entries": [{"name": name, "phases": low.phases, "counters": low.counters, "barriers": low.barriers}
+                    for name, low in lowered],
+    }
+
+
+def step_program(inp: CodegenInput) -> StepProgram:
+    """What kernels/<target>/program.msgpack records: the arena at the engine's default
+    sizes, the entries, and the step's shape (phases and barriers) for `rfc inspect`."""
+    arena = plan_arena(inp.plan.buffers, ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS, ARENA_ALIGNMENT)
+    low = cpu_step.lower(inp.plan, inp.layout.by_name(), vector_refs(inp.plan, inp.layout.by_name())[0], inp.plan.output_logits)
+    return StepProgram(
+        target=inp.target.name, arena=arena, entry=STEP_ENTRY,
+        extra={"hidden_entry": HIDDEN_ENTRY, "step_abi": STEP_ABI_VERSION, "barriers": low.barriers,
+               "phases": sum(1 for p in low.phases if p["kind"] != "barrier"), "plan_ops": len(inp.plan.ops)},
+    )  # fmt: skip
 
 
 def check_ops(plan: Plan, architecture: str) -> None:

@@ -1,6 +1,11 @@
-"""The cpu device: runs a bundle's compiled CPU kernels (kernels/cpu/librfc_cpu.so) via ctypes.
+"""The cpu device: runs a bundle's compiled CPU kernels (kernels/<target>/librfc_cpu.so).
 
-Weights stay in the bundle's memory-mapped weights.bin: kernels get pointers into it. The
+`Device` is what the engine gets: the step-program device (cpu_step.py), one ctypes call per
+step. `OpDevice` calls the same library's exported per-op kernels one by one (the plan
+interpreted in Python, like the reference device); the kernel tests use it to check each
+kernel against the reference op.
+
+OpDevice: weights stay in the bundle's memory-mapped weights.bin: kernels get pointers into it. The
 KV cache is F16, like llama.cpp's default ([layer, slot, kv head, head_dim] for K and for V).
 Activation buffers come from a pool that is reused step after step (never zero-filled): the
 executor allocates a step's buffers in the same order every step, and every op overwrites
@@ -23,7 +28,7 @@ from rfc.artifacts.targets import Family, TargetError, missing_isa, parse_target
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
 
-ABI_VERSION = 1  # of the exported kernel functions this module calls (compiler/codegen/cpu.py)
+ABI_VERSION = 2  # of the exported kernel functions this module calls (compiler/codegen/cpu.py)
 _P = c_void_p
 
 
@@ -164,27 +169,40 @@ def _declare(lib: ctypes.CDLL, name: str, argtypes: list, restype=None):
     return fn
 
 
-class Device:
+def open_library(bundle: Bundle, target: str, kv: KVSpec) -> tuple[ctypes.CDLL, dict]:
+    """The target's kernel library, loaded once this host, its ABI and the KV dtype check out."""
+    entry = next((t for t in bundle.manifest["targets"] if t["name"] == target), None)
+    if entry is None or not entry.get("kernels"):
+        raise DeviceError(f"bundle has no compiled target {target}")
+    reason = probe(target)
+    if reason is not None:
+        raise DeviceError(f"cannot run bundle target {target} here: {reason}")
+    if entry.get("abi_version") != ABI_VERSION:
+        raise DeviceError(
+            f"bundle target {target} has cpu kernel ABI {entry.get('abi_version')}, this rfc runs ABI "
+            f"{ABI_VERSION}; recompile the model"
+        )
+    if kv.dtype != "f16":
+        raise DeviceError(f"the cpu kernels keep the KV cache in f16; the plan asks for {kv.dtype}")
+    try:
+        return ctypes.CDLL(str(bundle.file(entry["kernels"]))), entry
+    except OSError as e:
+        raise DeviceError(f"cannot load the cpu kernels of bundle target {target}: {e}") from e
+
+
+def Device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, n_threads: int | None = None):
+    """The engine's cpu device: the target's step program (one call per step)."""
+    from rfc.runtime.devices.cpu_step import CpuStepDevice
+
+    lib, entry = open_library(bundle, target, kv)
+    return CpuStepDevice(bundle, target, lib, entry, kv, num_blocks, block_size, n_threads)
+
+
+class OpDevice:
     name = "cpu"
 
     def __init__(self, bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int):
-        entry = next((t for t in bundle.manifest["targets"] if t["name"] == target), None)
-        if entry is None or not entry.get("kernels"):
-            raise DeviceError(f"bundle has no compiled target {target}")
-        reason = probe(target)
-        if reason is not None:
-            raise DeviceError(f"cannot run bundle target {target} here: {reason}")
-        if entry.get("abi_version") != ABI_VERSION:
-            raise DeviceError(
-                f"bundle target {target} has cpu kernel ABI {entry.get('abi_version')}, this rfc runs ABI "
-                f"{ABI_VERSION}; recompile the model"
-            )
-        try:
-            self._lib = ctypes.CDLL(str(bundle.file(entry["kernels"])))
-        except OSError as e:
-            raise DeviceError(f"cannot load the cpu kernels of bundle target {target}: {e}") from e
-        if kv.dtype != "f16":
-            raise DeviceError(f"the cpu kernels keep the KV cache in f16; the plan asks for {kv.dtype}")
+        self._lib, _ = open_library(bundle, target, kv)
         self._bundle = bundle
         self._entries = bundle.layout.by_name()
         self._weights: dict[str, CpuWeight] = {}

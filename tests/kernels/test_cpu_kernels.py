@@ -41,7 +41,7 @@ from rfc.compiler.spec import HParams
 from rfc.compiler.targets import parse_target
 from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.devices import DeviceError
-from rfc.runtime.devices.cpu import Device, HostBuffer
+from rfc.runtime.devices.cpu import HostBuffer, OpDevice
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.kv_cache import BlockManager
 from rfc.runtime.quants import FORMATS
@@ -168,7 +168,7 @@ class Kit:
         files = {rel: {"sha256": "0" * 64, "size": len(self.library)}}
         bundle = Bundle(root=root, manifest={"targets": [entry], "files": files}, layout=layout, plan=plan, weights=weights)
         self.bundle, self.plan, self.isa, self.cpu_target = bundle, plan, isa, target.name
-        self.cpu = Device(bundle, target.name, KV, NUM_BLOCKS, BLOCK_SIZE)
+        self.cpu = OpDevice(bundle, target.name, KV, NUM_BLOCKS, BLOCK_SIZE)
         self.ref = ReferenceDevice(bundle, KV, NUM_BLOCKS, BLOCK_SIZE)
         self.lib = ctypes.CDLL(str(lib))
 
@@ -364,7 +364,7 @@ def test_device_refuses_cpu_without_the_targets_isa(kit: Kit, monkeypatch):
         pytest.skip("cpu-generic needs no ISA flags")
     monkeypatch.setattr(cpu_device, "cpu_flags", lambda: {"sse2"})
     with pytest.raises(DeviceError, match=f"cannot run bundle target {kit.cpu_target} here: this CPU lacks avx"):
-        Device(kit.bundle, kit.cpu_target, KV, NUM_BLOCKS, BLOCK_SIZE)
+        OpDevice(kit.bundle, kit.cpu_target, KV, NUM_BLOCKS, BLOCK_SIZE)
 
 
 def test_pooled_buffers_are_reused_across_steps(kit: Kit):
