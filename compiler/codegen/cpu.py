@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rfc.artifacts.formats import FORMATS
+from rfc.artifacts.formats import PACKED_FORMATS
 from rfc.artifacts.plan import OPS, Plan
 from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
 from rfc.compiler.codegen import CodegenInput
@@ -22,6 +22,7 @@ from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
+from rfc.compiler.weights import repacked
 
 ABI_VERSION = 2  # bump with any change to an exported function's signature
 STEP_ENTRY = "rfc_step"  # the step program's entry: logits for the logit rows
@@ -40,12 +41,18 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 _STEPS = {
     "F32": (8, 32), "F16": (8, 16), "BF16": (8, 16),
     "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
+    "Q4_0x8": (32, 18), "Q4_1x8": (32, 20),
     "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
 }
 # The op kinds these per-op kernels implement, at their optional attributes' defaults. A plan
 # with anything else (the ops and attributes of newer architectures: windows, soft-caps,
 # per-head norms, GeGLU, experts) is refused until the step program has kernels for them.
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows")
+
+# The packed layout the cpu matmuls stream best, per GGUF format (artifacts/formats.py
+# PACKED_FORMATS; templates/cpu_matmul_x8.c.j2). Decode with the row-interleaved 4-bit kernels
+# measured faster than the single-row ones (docs/benchmarks.md).
+REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8"}
 
 # Formats whose AVX2 path quantizes activations to int8 (cpu_dot.h: RFC_ACT_*); the rest
 # read float activations (4 bytes per element).
@@ -136,8 +143,9 @@ def _head(text: str, lines: int = 20) -> str:
 # -- the planner ---------------------------------------------------------------------------
 
 
-def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
-    """The whole library: the prelude, then one rendering of a template per op (per format)."""
+def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool = True) -> str:
+    """The whole library: the prelude, one rendering of a template per op (per format), then
+    the step program (`step`: the kernel tests build the kernels of a plan that is not a model)."""
     hp, plan = inp.hparams, inp.plan
     check_ops(plan, hp.architecture)
     entries = inp.layout.by_name()
@@ -162,12 +170,15 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
         "max_k": max_k,
     }
     parts = [render("cpu_prelude.c.j2", common)]
-    for fmt in sorted({e.format for e in entries.values()}):
+    for fmt in sorted({e.format for e in entries.values()} - set(PACKED_FORMATS)):
         parts.append(render("cpu_dequant.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
     for fmt in embed_formats:
         parts.append(render("cpu_embed.c.j2", {"fmt": fmt.lower(), "FMT": fmt, "n_embd": hp.n_embd, "vocab_size": hp.vocab_size}))
     for fmt in matmul_formats:
-        parts.append(render("cpu_matmul.c.j2", _matmul_params(fmt, tuning)))
+        if fmt in PACKED_FORMATS:
+            parts.append(render("cpu_matmul_x8.c.j2", _x8_params(fmt, tuning)))
+        else:
+            parts.append(render("cpu_matmul.c.j2", _matmul_params(fmt, tuning)))
     norm = _uniform(ops.get("rmsnorm", []), "rmsnorm")
     if norm is not None:
         parts.append(render("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": float(norm["eps"])}))
@@ -178,7 +189,8 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
     if attention is not None:
         parts.append(render("cpu_attention.c.j2", _attention_params(hp, attention, tuning)))
     parts.append(render("cpu_elementwise.c.j2", {}))
-    parts.append(render("cpu_step.c.j2", step_params(inp)))
+    if step:
+        parts.append(render("cpu_step.c.j2", step_params(inp)))
     return "\n".join(parts)
 
 
@@ -285,6 +297,28 @@ def _attention_params(hp, attrs: dict, tuning: CpuTuning) -> dict:
         "chunk": tuning.attention_chunk,
         "query_block": tuning.attention_query_block,
     }
+
+
+def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
+    f = PACKED_FORMATS[fmt]
+    return {"fmt": fmt.lower(), "FMT": fmt, "BASE": f.base, "block_bytes": f.block_bytes, "head": (f.block_bytes - 16) * 8,
+            "has_min": f.block_bytes - 16 == 4, "token_tile": 4}  # fmt: skip
+
+
+def repack_plan(plan: Plan, uses: tuple) -> tuple:
+    """The weight uses with the packed layouts the cpu matmuls read (REPACK): weights of a
+    repackable format that only matmuls read (an embedding table is read by rows)."""
+    readers: dict[str, set[str]] = {}
+    for op in plan.ops:
+        for w in op.weights:
+            readers.setdefault(w, set()).add(op.kind)
+    out = []
+    for use in uses:
+        packed = REPACK.get(use.format)
+        if packed and len(use.shape) == 2 and readers.get(use.name) == {"matmul"} and use.shape[-1] % 32 == 0:
+            use = repacked(use, packed)
+        out.append(use)
+    return tuple(out)
 
 
 def _matmul_params(fmt: str, tuning: CpuTuning) -> dict:

@@ -21,7 +21,7 @@ The generated source takes only numbers and compiler-chosen identifiers (render.
 
 from dataclasses import dataclass, field
 
-from rfc.artifacts.formats import FORMATS
+from rfc.artifacts.formats import FORMATS, row_nbytes
 from rfc.artifacts.plan import Buffer, Op, Plan
 from rfc.compiler.errors import CompileError
 
@@ -119,7 +119,7 @@ class _Lowering:
             out = op.outputs[0]
             if j > i and (op.inputs[0] != src or e.format != fmt or e.shape[-1] != k or out in reads | writes):
                 break
-            seg = {"w": e.offset, "row_bytes": e.nbytes // e.shape[0], "n": e.shape[0], "out": self.buf(out),
+            seg = {"w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]), "n": e.shape[0], "out": self.buf(out),
                    "bias": [], "accum": -1}  # fmt: skip
             if self.width(out) != e.shape[0] or self.rows(out) != self.rows(src):
                 raise CompileError(f"matmul {op.weights[0]}: output buffer {out} is not [{self.rows(src)}, {e.shape[0]}]")
@@ -165,7 +165,7 @@ class _Lowering:
         e = self.entries[op.weights[0]]
         if op.inputs[0] != self.plan.input_tokens:
             raise CompileError("the cpu step program embeds the step's input tokens only")
-        return Phase("embed", {"fmt": e.format.lower(), "w": e.offset, "row_bytes": e.nbytes // e.shape[0],
+        return Phase("embed", {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]),
                                "out": self.buf(op.outputs[0])}, {"@tokens"}, {op.outputs[0]})  # fmt: skip
 
     def _rmsnorm(self, op: Op) -> Phase:

@@ -16,6 +16,7 @@ inside that matmul.
 """
 
 import ctypes
+import os
 import platform
 from ctypes import c_int, c_size_t, c_void_p
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.formats import row_nbytes
 from rfc.artifacts.plan import KVSpec, Op
 from rfc.artifacts.targets import Family, TargetError, missing_isa, parse_target
 from rfc.runtime.batch import StepBatch
@@ -60,6 +62,13 @@ def probe(target: str) -> str | None:
     lacking = missing_isa(t, cpu_flags())
     if lacking:
         return f"this CPU lacks {', '.join(lacking)}"
+    # Threads waiting at the step program's barriers (and idle between steps) sleep rather
+    # than spin: measured on a 2-core machine shared with busy processes, spinning threads
+    # take the core from the very thread they wait for (decode fell from ~40 to 1-15 tok/s
+    # with GOMP_SPINCOUNT 3000-300000). On a dedicated machine OMP_WAIT_POLICY=ACTIVE
+    # saves a wake-up per barrier. libgomp reads this once, when it is first loaded; a
+    # user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         ctypes.CDLL("libgomp.so.1")
     except OSError as e:
@@ -259,7 +268,7 @@ class OpDevice:
     def _load_weight(self, name: str) -> CpuWeight:
         e = self._entries[name]
         rows = int(np.prod(e.shape[:-1], dtype=np.int64)) if len(e.shape) > 1 else 1
-        w = CpuWeight(name, e.format, tuple(e.shape), self._base + e.offset, e.nbytes // rows)
+        w = CpuWeight(name, e.format, tuple(e.shape), self._base + e.offset, row_nbytes(e.format, e.shape[-1]) if len(e.shape) > 1 else e.nbytes)
         fmt = e.format.lower()
         if len(e.shape) == 1 and e.format != "F32":
             # small vectors (norms, biases) stored quantized: decode once to float32

@@ -67,6 +67,8 @@ class CpuStepDevice:
         self._lib = lib
         if _fn(lib, "rfc_step_abi_version", [], c_int)() != STEP_ABI_VERSION:
             raise DeviceError(f"the step program of bundle target {target} reports another ABI version")
+        if _fn(lib, "rfc_step_args_bytes", [], c_size_t)() != ctypes.sizeof(StepArgs):
+            raise DeviceError(f"the step program of bundle target {target} has another argument struct")
         self._entry = _fn(lib, self.program.entry, [ctypes.POINTER(StepArgs)], c_int)
         self._hidden_entry = _fn(lib, str(self.program.extra.get("hidden_entry", "")), [ctypes.POINTER(StepArgs)], c_int)
         self._arena_bytes = _fn(lib, "rfc_step_arena_bytes", [c_int64, c_int64, c_int64], c_size_t)

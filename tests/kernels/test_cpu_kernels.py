@@ -44,6 +44,8 @@ from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.cpu import HostBuffer, OpDevice
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.kv_cache import BlockManager
+from rfc.artifacts.formats import PACKED_FORMATS, tensor_nbytes
+from rfc.compiler.weights import pack_x8
 from rfc.runtime.quants import FORMATS
 from tests.conftest import FIXTURES
 
@@ -53,7 +55,8 @@ pytestmark = [
 ]
 
 K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-ALL_FORMATS = sorted(FORMATS)
+ALL_FORMATS = sorted(FORMATS)  # the GGUF formats and the packed layouts (Q4_0x8, ...)
+GGUF_ONLY = sorted(set(FORMATS) - set(PACKED_FORMATS))
 N_ROWS = 37
 N_EMBD, N_HEADS, N_KV_HEADS, HEAD_DIM, N_ROT, N_FF = 256, 8, 2, 32, 24, 96
 KV = KVSpec(n_layers=2, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
@@ -85,7 +88,16 @@ def _fixture_blocks(fmt: str) -> np.ndarray:
 
 
 def weight_bytes(fmt: str, rows: int, k: int, rng: np.random.Generator) -> bytes:
-    """rows x k weights in `fmt`: quantized by gguf-py where it can, else real fixture blocks."""
+    """rows x k weights in `fmt`: quantized by gguf-py where it can, else real fixture blocks;
+    a packed layout repacks its base format's rows (padded with zero rows to whole groups)."""
+    packed = PACKED_FORMATS.get(fmt)
+    if packed is not None:
+        raw = np.frombuffer(weight_bytes(packed.base, rows, k, rng), np.uint8).reshape(rows, -1)
+        padded = -(-rows // packed.group_rows) * packed.group_rows
+        raw = np.concatenate([raw, np.zeros((padded - rows, raw.shape[1]), np.uint8)])
+        out = pack_x8(raw, fmt).tobytes()
+        assert len(out) == tensor_nbytes(fmt, (rows, k))
+        return out
     try:
         x = (rng.standard_normal((rows, k)) / math.sqrt(k)).astype(np.float32)
         return np.ascontiguousarray(gguf.quants.quantize(x, GGMLQuantizationType[fmt])).tobytes()
@@ -117,9 +129,10 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
     for fmt in ALL_FORMATS:
         k = k_of(fmt)
         blob.add(f"mm.{fmt}", fmt, (N_ROWS, k), weight_bytes(fmt, N_ROWS, k, rng))
-        blob.add(f"tok.{fmt}", fmt, (N_ROWS, N_EMBD), weight_bytes(fmt, N_ROWS, N_EMBD, rng))
         ops.append(Op("matmul", ("x",), ("y",), (f"mm.{fmt}",)))
-        ops.append(Op("embed", ("tokens",), ("x",), (f"tok.{fmt}",)))
+        if fmt not in PACKED_FORMATS:  # embedding tables are read by rows: never repacked
+            blob.add(f"tok.{fmt}", fmt, (N_ROWS, N_EMBD), weight_bytes(fmt, N_ROWS, N_EMBD, rng))
+            ops.append(Op("embed", ("tokens",), ("x",), (f"tok.{fmt}",)))
     blob.add("norm", "F32", (N_EMBD,), f32(1.0 + 0.1 * rng.standard_normal(N_EMBD)))
     blob.add("norm16", "F16", (N_EMBD,), (1.0 + 0.1 * rng.standard_normal(N_EMBD)).astype(np.float16).tobytes())
     blob.add("bias", "F32", (N_ROWS,), f32(rng.standard_normal(N_ROWS)))
@@ -157,7 +170,7 @@ class Kit:
         hp, plan, layout, weights = build_model(rope_style)
         target = parse_target("cpu" if build == "native" else "cpu-generic")
         isa = list(target.isa)
-        source = cpu.render_source(CodegenInput(target, hp, plan, layout, None, None), TUNING)
+        source = cpu.render_source(CodegenInput(target, hp, plan, layout, None, None), TUNING, step=False)
         lib = root / "kernels" / "cpu" / cpu.LIBRARY
         lib.parent.mkdir(parents=True)
         self.source, self.command = source, cpu.compile_command(target)
@@ -234,7 +247,7 @@ def test_matmul_matches_reference(kit: Kit, fmt: str, tokens: int):
     assert (err <= bound).all(), f"{fmt}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "F16"])
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8"])
 def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     """out = x W^T + bias and accum += out, in one call (what the device fuses)."""
     rng = np.random.default_rng(7)
@@ -250,7 +263,7 @@ def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     assert (np.abs(acc.array - (residual + want)) <= bound + 1e-5 * np.abs(residual)).all()
 
 
-@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("fmt", GGUF_ONLY)
 def test_embed_matches_reference(kit: Kit, fmt: str):
     batch = one_seq_batch(5)
     tokens = np.array([3, 0, 36, 3, 17], np.int32)
@@ -412,3 +425,20 @@ def test_single_token_and_many_token_paths_agree(kit: Kit, fmt: str):
     one = np.concatenate([run(x[t : t + 1]) for t in range(len(x))])
     scale = np.abs(x) @ np.abs(kit.ref.weight(f"mm.{fmt}")).T
     assert (np.abs(many - one) <= 1e-5 * scale + 1e-6).all(), f"max |Δ| {np.abs(many - one).max():.3g}"
+
+
+@pytest.mark.parametrize("fmt", sorted(PACKED_FORMATS))
+def test_packed_layout_round_trips(fmt: str):
+    """The weight planner's repacking (compiler/weights.py pack_x8) and the reference's decoder
+    (runtime/quants.py unpack_x8) are inverses, and a packed tensor decodes to its base's values."""
+    from rfc.runtime.quants import dequantize, unpack_x8
+
+    base = PACKED_FORMATS[fmt].base
+    rng = np.random.default_rng(2)
+    raw = np.frombuffer(weight_bytes(base, 16, 96, rng), np.uint8).reshape(16, -1)
+    packed = pack_x8(raw, fmt)
+    assert not np.array_equal(packed, raw)
+    np.testing.assert_array_equal(unpack_x8(packed.reshape(-1), fmt, 16, 96), raw)
+    odd = np.frombuffer(weight_bytes(fmt, 13, 96, rng), np.uint8)  # 13 rows: 3 zero rows of padding
+    want = dequantize(unpack_x8(odd, fmt, 13, 96), base, (13, 96))
+    np.testing.assert_array_equal(dequantize(odd, fmt, (13, 96)), want)
