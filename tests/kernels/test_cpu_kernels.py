@@ -159,7 +159,10 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
 
 # -- the library under test ----------------------------------------------------------------
 
-BUILDS = [("native", "adjacent"), ("portable", "adjacent"), ("native", "neox")]
+# native: the `cpu` target (x86-64-v3, AVX2: always tested on x86-64); portable: cpu-generic;
+# avx512: the cpu-avx512 target (AVX-512 + VNNI paths), run where this CPU has that ISA.
+BUILDS = [("native", "adjacent"), ("portable", "adjacent"), ("native", "neox"), ("avx512", "adjacent")]
+BUILD_TARGETS = {"native": "cpu", "portable": "cpu-generic", "avx512": "cpu-avx512"}
 TUNING = cpu.CpuTuning(act_budget_bytes=4096)  # a token chunk of 8-11: T = 17 spans several
 
 
@@ -168,7 +171,7 @@ class Kit:
 
     def __init__(self, root: Path, build: str, rope_style: str):
         hp, plan, layout, weights = build_model(rope_style)
-        target = parse_target("cpu" if build == "native" else "cpu-generic")
+        target = parse_target(BUILD_TARGETS[build])
         isa = list(target.isa)
         source = cpu.render_source(CodegenInput(target, hp, plan, layout, None, None), TUNING, step=False)
         lib = root / "kernels" / "cpu" / cpu.LIBRARY
@@ -195,8 +198,16 @@ class Kit:
 @pytest.fixture(scope="module", params=BUILDS, ids=lambda b: f"{b[0]}-{b[1]}")
 def kit(request, tmp_path_factory) -> Kit:
     build, style = request.param
-    if build == "native" and platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the native build is tested on x86-64")
+    if build != "portable" and platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the native builds are tested on x86-64")
+    if build == "avx512":
+        from rfc.artifacts.targets import missing_isa
+        from rfc.runtime.devices.cpu import cpu_flags
+
+        lacking = missing_isa(parse_target("cpu-avx512"), cpu_flags())
+        if lacking:
+            pytest.skip(f"this CPU lacks {', '.join(lacking)}: the cpu-avx512 kernels cannot run here (they are still "
+                        "built: test_avx512_build_uses_the_targets_flags)")
     return Kit(tmp_path_factory.mktemp(f"cpu-{build}-{style}"), build, style)
 
 
@@ -442,3 +453,33 @@ def test_packed_layout_round_trips(fmt: str):
     odd = np.frombuffer(weight_bytes(fmt, 13, 96, rng), np.uint8)  # 13 rows: 3 zero rows of padding
     want = dequantize(unpack_x8(odd, fmt, 13, 96), base, (13, 96))
     np.testing.assert_array_equal(dequantize(odd, fmt, (13, 96)), want)
+
+
+def test_avx512_build_uses_the_targets_flags():
+    """The cpu-avx512 library builds on any x86-64 build machine from the target's explicit
+    flags (never -march=native), and its packed 4-bit matmuls use VNNI (vpdpbusd)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-64 targets")
+    hp, plan, layout, _ = build_model("adjacent")
+    target = parse_target("cpu-avx512")
+    command = cpu.compile_command(target)
+    assert "-march=x86-64-v4" in command and "-mavx512vnni" in command and not any("native" in c for c in command)
+    source = cpu.render_source(CodegenInput(target, hp, plan, layout, None, None), TUNING, step=False)
+    library = cpu.compile_source(source, command)
+    if shutil.which("objdump") is None:
+        pytest.skip("objdump not found: cannot look at the instructions")
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".so") as f:
+        f.write(library)
+        f.flush()
+        asm = subprocess.run(["objdump", "-d", f.name], capture_output=True, text=True, check=True).stdout
+    assert "vpdpbusd" in asm and "zmm" in asm
+    source = cpu.render_source(CodegenInput(parse_target("cpu"), hp, plan, layout, None, None), TUNING, step=False)
+    native = cpu.compile_source(source, cpu.compile_command(parse_target("cpu")))
+    with tempfile.NamedTemporaryFile(suffix=".so") as f:
+        f.write(native)
+        f.flush()
+        asm = subprocess.run(["objdump", "-d", f.name], capture_output=True, text=True, check=True).stdout
+    assert "vpdpbusd" not in asm and "zmm" not in asm  # the cpu (AVX2) build stays within x86-64-v3
