@@ -229,9 +229,9 @@ FORMATS: dict[str, QuantFormat] = {
 assert all(_CODECS[n].block.itemsize == f.type_size for n, f in FORMATS.items()), "codec/table mismatch"
 # Packed layouts (artifacts/formats.py PACKED_FORMATS) decode by undoing the interleave into
 # their base format's blocks (unpack_x8), then that format's decoder.
-FORMATS.update({
+PACKED: dict[str, QuantFormat] = {
     name: QuantFormat(name, f.block_elems, f.block_bytes) for name, f in PACKED_FORMATS.items()
-})
+}
 
 
 def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
@@ -252,9 +252,9 @@ def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
 
 def _format(fmt: str) -> QuantFormat:
     try:
-        return FORMATS[fmt]
+        return FORMATS[fmt] if fmt in FORMATS else PACKED[fmt]
     except KeyError:
-        known = ", ".join(FORMATS)
+        known = ", ".join([*FORMATS, *PACKED])
         raise QuantError(f"unknown weight format {fmt!r} (known: {known})") from None
 
 
