@@ -137,3 +137,31 @@ def test_arena_grows_with_the_step(bundle):
     tokens = tuple(int(t) for t in np.random.default_rng(0).integers(0, lm.bundle.plan.vocab_size, n))
     logits = lm.executor.forward(build_batch([SeqChunk(0, 0, tokens, all_logits=True)], lm.blocks))
     assert logits.shape == (n, lm.bundle.plan.vocab_size) and np.isfinite(logits).all()
+
+
+def test_cpu_bundles_store_matmul_weights_repacked(bundle):
+    """Every target is a cpu variant: matmul-only weights are stored in their packed layout
+    (the reference decodes it); the embedding table, read by rows, keeps the GGUF layout."""
+    from rfc.compiler.codegen.cpu import REPACK, repack_plan
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.spec import build_spec
+
+    entries = open_bundle(bundle).layout.by_name()
+    assert entries["token_embd.weight"].format == "Q4_0"
+    matmul = {w for op in open_bundle(bundle).plan.ops if op.kind == "matmul" for w in op.weights}
+    blocks = {w for w in matmul if w.startswith("blk.")}
+    assert blocks and all(entries[w].format == REPACK["Q4_0"] for w in blocks)
+    assert entries["output.weight"].format == "Q6_K"  # no packed layout for it (yet)
+    spec = build_spec(read_gguf(MODEL))
+    assert {u.name for u in repack_plan(spec.plan, spec.weights) if u.packed} == blocks
+
+
+def test_a_bundle_with_a_gpu_target_keeps_the_gguf_layouts():
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.pipeline import _weight_uses
+    from rfc.compiler.spec import build_spec
+    from rfc.compiler.targets import parse_targets
+
+    spec = build_spec(read_gguf(MODEL))
+    assert _weight_uses(spec, parse_targets(("cpu", "gfx1100"))) == spec.weights
+    assert any(u.packed for u in _weight_uses(spec, parse_targets(("cpu", "cpu-avx512"))))
