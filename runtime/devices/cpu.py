@@ -62,12 +62,12 @@ def probe(target: str) -> str | None:
     lacking = missing_isa(t, cpu_flags())
     if lacking:
         return f"this CPU lacks {', '.join(lacking)}"
-    # Threads waiting at the step program's barriers (and idle between steps) sleep rather
-    # than spin: measured on a 2-core machine shared with busy processes, spinning threads
-    # take the core from the very thread they wait for (decode fell from ~40 to 1-15 tok/s
-    # with GOMP_SPINCOUNT 3000-300000). On a dedicated machine OMP_WAIT_POLICY=ACTIVE
-    # saves a wake-up per barrier. libgomp reads this once, when it is first loaded; a
-    # user's own setting wins.
+    # The step program's phases meet at its own adaptive barrier (spin, then sleep: see
+    # templates/cpu_step.c.j2); libgomp only forks and joins the team once per step. Its
+    # idle threads should sleep between steps rather than spin against the Python thread
+    # and, on a busy machine, everyone else: with libgomp spinning, decode beside one busy
+    # process had a long tail (mean 36 vs 50-58 tok/s, SmolLM2, 2 cores). libgomp reads
+    # this once, when it is first loaded; a user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         ctypes.CDLL("libgomp.so.1")
