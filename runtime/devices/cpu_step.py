@@ -67,6 +67,8 @@ class CpuStepDevice:
         self._lib = lib
         if _fn(lib, "rfc_step_abi_version", [], c_int)() != STEP_ABI_VERSION:
             raise DeviceError(f"the step program of bundle target {target} reports another ABI version")
+        if _fn(lib, "rfc_step_arena_alignment", [], c_int64)() != self.program.arena.alignment:
+            raise DeviceError(f"the step program of bundle target {target} lays its arena out unlike its program.msgpack")
         if _fn(lib, "rfc_step_args_bytes", [], c_size_t)() != ctypes.sizeof(StepArgs):
             raise DeviceError(f"the step program of bundle target {target} has another argument struct")
         self._entry = _fn(lib, self.program.entry, [ctypes.POINTER(StepArgs)], c_int)
