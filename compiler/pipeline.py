@@ -20,7 +20,7 @@ from rfc.compiler.codegen.cache import BuildCache, default_cache_dir
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, read_gguf
 from rfc.compiler.spec import ModelSpec, build_spec
-from rfc.compiler.targets import Target, parse_targets
+from rfc.compiler.targets import Family, Target, parse_targets
 from rfc.compiler.tokenizer import TokenizerError, build_tokenizer
 from rfc.compiler.weights import write_weights
 
@@ -83,7 +83,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
             writer.write_bytes(CHAT_TEMPLATE_FILE, chat_template.encode("utf-8", "replace"))
         writer.write_bytes(PLAN_FILE, pack_plan(plan))
         progress.start(len(spec.weights))
-        layout = write_weights(model, spec.weights, writer.path(WEIGHTS_FILE), progress.advance)
+        layout = write_weights(model, _weight_uses(spec, targets), writer.path(WEIGHTS_FILE), progress.advance)
         progress.finish()
         writer.write_bytes(LAYOUT_FILE, pack_layout(layout))
         cache = BuildCache(options.cache_dir) if options.cache_dir is not None else None
@@ -99,6 +99,17 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         )
     size = sum(f["size"] for f in manifest["files"].values())
     return CompileResult(options.out_dir, manifest, size, time.monotonic() - started)
+
+
+def _weight_uses(spec: ModelSpec, targets: list[Target]) -> tuple:
+    """The weights as the bundle stores them. When every target is a cpu variant, matmul
+    weights go into the packed layouts the cpu kernels stream best (the reference decodes
+    them too); a bundle that also carries a GPU target keeps the GGUF block layouts."""
+    if targets and all(t.family is Family.CPU for t in targets):
+        from rfc.compiler.codegen.cpu import repack_plan
+
+        return repack_plan(spec.plan, spec.weights)
+    return spec.weights
 
 
 def _chat_template(options: CompileOptions, model: GGUFModel) -> str | None:

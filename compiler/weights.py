@@ -9,12 +9,14 @@ compiling a model of any size needs little memory.
 """
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
 
-from rfc.artifacts.formats import row_nbytes, tensor_nbytes
+import numpy as np
+
+from rfc.artifacts.formats import PACKED_FORMATS, row_nbytes, tensor_nbytes
 from rfc.artifacts.layout import ALIGNMENT, TensorEntry, WeightLayout, align_up
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
@@ -40,7 +42,28 @@ class WeightUse:
     format: str
     shape: tuple[int, ...]
     parts: tuple[RowRange, ...]
+    packed: str | None = None  # a PACKED_FORMATS layout to repack `format`'s rows into
 
+
+def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
+    """Rows of base-format blocks (uint8 [rows, row_bytes], rows a multiple of the group) in
+    the packed layout `packed` (artifacts/formats.py describes it; runtime/quants.py
+    unpack_x8 is the inverse, which the tests check)."""
+    f = PACKED_FORMATS[packed]
+    g, bb = f.group_rows, f.block_bytes
+    n_rows, row_bytes = rows.shape
+    nb = row_bytes // bb
+    blocks = rows.reshape(n_rows // g, g, nb, bb).transpose(0, 2, 1, 3)  # [group, column, row, byte]
+    head = bb - 16
+    fields = [blocks[..., 2 * i : 2 * i + 2].reshape(n_rows // g, nb, 2 * g) for i in range(head // 2)]
+    qs = blocks[..., head:].reshape(n_rows // g, nb, g, 4, 4).transpose(0, 1, 3, 2, 4).reshape(n_rows // g, nb, 16 * g)
+    return np.concatenate([*fields, qs], axis=-1).reshape(n_rows, row_bytes)
+
+
+def repacked(use: WeightUse, packed: str) -> WeightUse:
+    if PACKED_FORMATS[packed].base != use.format:
+        raise CompileError(f"{use.name}: cannot repack {use.format} into {packed}")
+    return replace(use, packed=packed)
 
 def whole(t: SourceTensor) -> RowRange:
     return RowRange(t.name, 0, prod(t.shape[:-1]) if len(t.shape) > 1 else 1)
@@ -54,6 +77,8 @@ def part_bytes(t: SourceTensor, part: RowRange) -> tuple[int, int]:
 
 def check_use(model: GGUFModel, use: WeightUse) -> None:
     """The parts exist, fit their tensors, share the format and add up to the shape."""
+    if use.packed is not None and (PACKED_FORMATS[use.packed].base != use.format or len(use.shape) != 2):
+        raise CompileError(f"{use.name}: cannot repack {use.format} {list(use.shape)} into {use.packed}")
     total = 0
     for part in use.parts:
         t = model.tensors[part.tensor]
@@ -63,6 +88,36 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
         total += part_bytes(t, part)[1]
     if total != tensor_nbytes(use.format, use.shape):
         raise CompileError(f"{model.path.name}: the parts of {use.name} do not add up to its shape {list(use.shape)}")
+
+
+def _read_parts(src, model: GGUFModel, use: WeightUse, chunk: int) -> Iterator[bytes]:
+    for part in use.parts:
+        start, remaining = part_bytes(model.tensors[part.tensor], part)
+        src.seek(start)
+        while remaining:
+            data = src.read(min(chunk, remaining))
+            if not data:
+                raise CompileError(f"{model.path}: unexpected end of file in tensor {part.tensor}")
+            remaining -= len(data)
+            yield data
+
+
+def _repack_stream(chunks: Iterator[bytes], use: WeightUse) -> Iterator[bytes]:
+    """The bytes of `use` in its packed layout, a whole number of row groups at a time; the
+    last group is padded with zero rows (scale 0: those rows are 0 and never read)."""
+    f = PACKED_FORMATS[use.packed]
+    row = row_nbytes(use.format, use.shape[-1])
+    step = row * f.group_rows * max(1, _CHUNK // (row * f.group_rows))
+    pending = bytearray()
+    for data in chunks:
+        pending += data
+        while len(pending) >= step:
+            yield pack_x8(np.frombuffer(bytes(pending[:step]), np.uint8).reshape(-1, row), use.packed).tobytes()
+            del pending[:step]
+    if pending:
+        whole = -(-len(pending) // (row * f.group_rows)) * row * f.group_rows
+        pending += b"\0" * (whole - len(pending))
+        yield pack_x8(np.frombuffer(bytes(pending), np.uint8).reshape(-1, row), use.packed).tobytes()
 
 
 def write_weights(
@@ -80,18 +135,17 @@ def write_weights(
             dst.write(b"\0" * (aligned - offset))
             digest = hashlib.sha256()
             nbytes = 0
-            for part in use.parts:
-                start, remaining = part_bytes(model.tensors[part.tensor], part)
-                src.seek(start)
-                while remaining:
-                    chunk = src.read(min(_CHUNK, remaining))
-                    if not chunk:
-                        raise CompileError(f"{model.path}: unexpected end of file in tensor {part.tensor}")
-                    digest.update(chunk)
-                    dst.write(chunk)
-                    remaining -= len(chunk)
-                    nbytes += len(chunk)
-            entries.append(TensorEntry(use.name, use.role, use.format, use.shape, aligned, nbytes, digest.hexdigest()))
+            chunks = _read_parts(src, model, use, _CHUNK)
+            if use.packed is not None:
+                chunks = _repack_stream(chunks, use)
+            for data in chunks:
+                digest.update(data)
+                dst.write(data)
+                nbytes += len(data)
+            fmt = use.packed or use.format
+            if nbytes != tensor_nbytes(fmt, use.shape):
+                raise CompileError(f"{use.name}: wrote {nbytes} bytes, its shape in {fmt} is {tensor_nbytes(fmt, use.shape)}")
+            entries.append(TensorEntry(use.name, use.role, fmt, use.shape, aligned, nbytes, digest.hexdigest()))
             offset = aligned + nbytes
             on_tensor(use.name)
         dst.write(b"\0" * (align_up(offset, ALIGNMENT) - offset))

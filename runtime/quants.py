@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from rfc.artifacts.formats import GGUF_FORMATS
+from rfc.artifacts.formats import GGUF_FORMATS, PACKED_FORMATS
 
 QK_K = 256  # elements in one k-quant super-block
 
@@ -227,13 +227,34 @@ FORMATS: dict[str, QuantFormat] = {
     for name in _CODECS
 }
 assert all(_CODECS[n].block.itemsize == f.type_size for n, f in FORMATS.items()), "codec/table mismatch"
+# Packed layouts (artifacts/formats.py PACKED_FORMATS) decode by undoing the interleave into
+# their base format's blocks (unpack_x8), then that format's decoder.
+PACKED: dict[str, QuantFormat] = {
+    name: QuantFormat(name, f.block_elems, f.block_bytes) for name, f in PACKED_FORMATS.items()
+}
+
+
+def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
+    """The bytes of `rows` rows of n elements in packed format `fmt` (Q4_0x8, Q4_1x8), rows
+    padded to whole groups, back in the base format's row-major block layout (padding dropped)."""
+    f = PACKED_FORMATS[fmt]
+    g, nb, bb = f.group_rows, n // f.block_elems, f.block_bytes
+    groups = -(-rows // g)
+    head = bb - 16  # scale fields per block (2: d; 4: d, m), stored as g values each
+    cols = data.reshape(groups, nb, g * bb)
+    out = np.empty((groups, g, nb, bb), np.uint8)
+    for i in range(head // 2):  # field i: g f16 values, one per row
+        out[..., 2 * i : 2 * i + 2] = cols[..., 2 * g * i : 2 * g * (i + 1)].reshape(groups, nb, g, 2).transpose(0, 2, 1, 3)
+    qs = cols[..., head * g :].reshape(groups, nb, 4, g, 4)  # [chunk j][row][byte i]
+    out[..., head:] = qs.transpose(0, 3, 1, 2, 4).reshape(groups, g, nb, 16)
+    return out.reshape(groups * g, nb * bb)[:rows]
 
 
 def _format(fmt: str) -> QuantFormat:
     try:
-        return FORMATS[fmt]
+        return FORMATS[fmt] if fmt in FORMATS else PACKED[fmt]
     except KeyError:
-        known = ", ".join(FORMATS)
+        known = ", ".join([*FORMATS, *PACKED])
         raise QuantError(f"unknown weight format {fmt!r} (known: {known})") from None
 
 
@@ -254,12 +275,18 @@ def dequantize(raw: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
     shape = tuple(int(s) for s in shape)
     if not shape:
         raise QuantError("dequantize needs a shape with at least one dimension")
-    nbytes = math.prod(shape[:-1]) * row_nbytes(fmt, shape[-1])
+    rows = math.prod(shape[:-1])
+    packed = PACKED_FORMATS.get(fmt)
+    padded = -(-rows // packed.group_rows) * packed.group_rows if packed else rows
+    nbytes = padded * row_nbytes(fmt, shape[-1])
     data = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
     if data.size != nbytes:
         raise QuantError(
             f"{fmt} tensor of shape {shape} needs {nbytes} bytes, got {data.size}"
         )
+    if packed:
+        data = np.ascontiguousarray(unpack_x8(data, fmt, rows, shape[-1])).reshape(-1)
+        fmt = packed.base
     codec = _CODECS[fmt]
     blocks = data.view(codec.block)
     out = np.empty((blocks.size, f.block_size), dtype=np.float32)

@@ -13,14 +13,24 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rfc.artifacts.formats import PACKED_FORMATS
 from rfc.artifacts.plan import OPS, Plan
+from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
 from rfc.compiler.codegen import CodegenInput
+from rfc.compiler.codegen import cpu_step
 from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
+from rfc.compiler.weights import repacked
 
-ABI_VERSION = 1  # bump with any change to an exported function's signature
+ABI_VERSION = 2  # bump with any change to an exported function's signature
+STEP_ENTRY = "rfc_step"  # the step program's entry: logits for the logit rows
+HIDDEN_ENTRY = "rfc_step_hidden"  # the same step up to the final norm (embeddings)
+ARENA_ALIGNMENT = 256
+# The arena the program records (what the engine's default step budget needs); the entry
+# computes the same layout for any T and R, and the runtime sizes the arena per step.
+ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS = 512, 512, 16
 CC = "cc"
 SOURCE = "rfc_cpu.c"
 LIBRARY = "librfc_cpu.so"
@@ -31,12 +41,18 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 _STEPS = {
     "F32": (8, 32), "F16": (8, 16), "BF16": (8, 16),
     "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
+    "Q4_0x8": (32, 18), "Q4_1x8": (32, 20),
     "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
 }
 # The op kinds these per-op kernels implement, at their optional attributes' defaults. A plan
 # with anything else (the ops and attributes of newer architectures: windows, soft-caps,
 # per-head norms, GeGLU, experts) is refused until the step program has kernels for them.
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows")
+
+# The packed layout the cpu matmuls stream best, per GGUF format (artifacts/formats.py
+# PACKED_FORMATS; templates/cpu_matmul_x8.c.j2). Decode with the row-interleaved 4-bit kernels
+# measured faster than the single-row ones (docs/benchmarks.md).
+REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8"}
 
 # Formats whose AVX2 path quantizes activations to int8 (cpu_dot.h: RFC_ACT_*); the rest
 # read float activations (4 bytes per element).
@@ -66,8 +82,10 @@ def build(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> dict:
     library = cached_build(inp.cache, [source, " ".join(command), version], lambda: compile_source(source, command))
     inp.writer.write_bytes(f"{inp.bundle_dir}/{SOURCE}", source.encode())
     inp.writer.write_bytes(f"{inp.bundle_dir}/{LIBRARY}", library)
+    inp.writer.write_bytes(f"{inp.bundle_dir}/{PROGRAM_FILE}", pack_program(step_program(inp)))
     return {
         "kernels": f"{inp.bundle_dir}/{LIBRARY}",
+        "program": f"{inp.bundle_dir}/{PROGRAM_FILE}",
         "sources": [f"{inp.bundle_dir}/{SOURCE}"],
         "isa": list(inp.target.isa),
         "machine": inp.target.machine,
@@ -125,8 +143,9 @@ def _head(text: str, lines: int = 20) -> str:
 # -- the planner ---------------------------------------------------------------------------
 
 
-def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
-    """The whole library: the prelude, then one rendering of a template per op (per format)."""
+def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool = True) -> str:
+    """The whole library: the prelude, one rendering of a template per op (per format), then
+    the step program (`step`: the kernel tests build the kernels of a plan that is not a model)."""
     hp, plan = inp.hparams, inp.plan
     check_ops(plan, hp.architecture)
     entries = inp.layout.by_name()
@@ -151,12 +170,15 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
         "max_k": max_k,
     }
     parts = [render("cpu_prelude.c.j2", common)]
-    for fmt in sorted({e.format for e in entries.values()}):
+    for fmt in sorted({e.format for e in entries.values()} - set(PACKED_FORMATS)):
         parts.append(render("cpu_dequant.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
     for fmt in embed_formats:
         parts.append(render("cpu_embed.c.j2", {"fmt": fmt.lower(), "FMT": fmt, "n_embd": hp.n_embd, "vocab_size": hp.vocab_size}))
     for fmt in matmul_formats:
-        parts.append(render("cpu_matmul.c.j2", _matmul_params(fmt, tuning)))
+        if fmt in PACKED_FORMATS:
+            parts.append(render("cpu_matmul_x8.c.j2", _x8_params(fmt, tuning)))
+        else:
+            parts.append(render("cpu_matmul.c.j2", _matmul_params(fmt, tuning)))
     norm = _uniform(ops.get("rmsnorm", []), "rmsnorm")
     if norm is not None:
         parts.append(render("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": float(norm["eps"])}))
@@ -167,7 +189,70 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> str:
     if attention is not None:
         parts.append(render("cpu_attention.c.j2", _attention_params(hp, attention, tuning)))
     parts.append(render("cpu_elementwise.c.j2", {}))
+    if step:
+        parts.append(render("cpu_step.c.j2", step_params(inp)))
     return "\n".join(parts)
+
+
+# -- the step program ------------------------------------------------------------------------
+
+
+def vector_refs(plan: Plan, entries: dict) -> tuple[dict[str, list], list[list], int]:
+    """How the step reads each 1-D weight as floats: F32 in place ([False, weight offset]),
+    any other format from a float copy the entry decodes each step ([True, float index]).
+    Returns the references, the copies to make [fmt, weight offset, n, float index] and
+    the floats they take."""
+    refs: dict[str, list] = {}
+    consts: list[list] = []
+    n_floats = 0
+    for name in cpu_step.vector_weights(plan, entries):
+        e = entries[name]
+        if e.format == "F32":
+            refs[name] = [False, e.offset]
+        else:
+            refs[name] = [True, n_floats]
+            consts.append([e.format.lower(), e.offset, e.shape[0], n_floats])
+            n_floats += -(-e.shape[0] // 16) * 16
+    return refs, consts, n_floats
+
+
+def step_params(inp: CodegenInput) -> dict:
+    plan, entries = inp.plan, inp.layout.by_name()
+    refs, consts, n_floats = vector_refs(plan, entries)
+    buffers = []
+    for b in plan.buffers:
+        width = 1
+        for d in b.shape[1:]:
+            if isinstance(d, str):
+                raise CompileError(f"buffer {b.name}: only its first dimension may be T or R")
+            width *= d
+        first = b.shape[0]
+        code = {"T": 1, "R": 2}.get(first, 0) if isinstance(first, str) else 0
+        buffers.append([code, width * 4 * (1 if isinstance(first, str) else first)])
+    lowered = [(STEP_ENTRY, cpu_step.lower(plan, entries, refs, plan.output_logits)),
+               (HIDDEN_ENTRY, cpu_step.lower(plan, entries, refs, plan.output_hidden))]  # fmt: skip
+    return {
+        "fields": [[name, kind] for name, kind, _ in STEP_ARGS],
+        "step_abi": STEP_ABI_VERSION,
+        "alignment": ARENA_ALIGNMENT,
+        "buffers": buffers,
+        "const_floats": n_floats,
+        "consts": consts,
+        "entries": [{"name": name, "phases": low.phases, "counters": low.counters, "barriers": low.barriers}
+                    for name, low in lowered],
+    }
+
+
+def step_program(inp: CodegenInput) -> StepProgram:
+    """What kernels/<target>/program.msgpack records: the arena at the engine's default
+    sizes, the entries, and the step's shape (phases and barriers) for `rfc inspect`."""
+    arena = plan_arena(inp.plan.buffers, ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS, ARENA_ALIGNMENT)
+    low = cpu_step.lower(inp.plan, inp.layout.by_name(), vector_refs(inp.plan, inp.layout.by_name())[0], inp.plan.output_logits)
+    return StepProgram(
+        target=inp.target.name, arena=arena, entry=STEP_ENTRY,
+        extra={"hidden_entry": HIDDEN_ENTRY, "step_abi": STEP_ABI_VERSION, "barriers": low.barriers,
+               "phases": sum(1 for p in low.phases if p["kind"] != "barrier"), "plan_ops": len(inp.plan.ops)},
+    )  # fmt: skip
 
 
 def check_ops(plan: Plan, architecture: str) -> None:
@@ -212,6 +297,28 @@ def _attention_params(hp, attrs: dict, tuning: CpuTuning) -> dict:
         "chunk": tuning.attention_chunk,
         "query_block": tuning.attention_query_block,
     }
+
+
+def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
+    f = PACKED_FORMATS[fmt]
+    return {"fmt": fmt.lower(), "FMT": fmt, "BASE": f.base, "block_bytes": f.block_bytes, "head": (f.block_bytes - 16) * 8,
+            "has_min": f.block_bytes - 16 == 4, "token_tile": 4}  # fmt: skip
+
+
+def repack_plan(plan: Plan, uses: tuple) -> tuple:
+    """The weight uses with the packed layouts the cpu matmuls read (REPACK): weights of a
+    repackable format that only matmuls read (an embedding table is read by rows)."""
+    readers: dict[str, set[str]] = {}
+    for op in plan.ops:
+        for w in op.weights:
+            readers.setdefault(w, set()).add(op.kind)
+    out = []
+    for use in uses:
+        packed = REPACK.get(use.format)
+        if packed and len(use.shape) == 2 and readers.get(use.name) == {"matmul"} and use.shape[-1] % 32 == 0:
+            use = repacked(use, packed)
+        out.append(use)
+    return tuple(out)
 
 
 def _matmul_params(fmt: str, tuning: CpuTuning) -> dict:

@@ -1,6 +1,11 @@
-"""The cpu device: runs a bundle's compiled CPU kernels (kernels/cpu/librfc_cpu.so) via ctypes.
+"""The cpu device: runs a bundle's compiled CPU kernels (kernels/<target>/librfc_cpu.so).
 
-Weights stay in the bundle's memory-mapped weights.bin: kernels get pointers into it. The
+`Device` is what the engine gets: the step-program device (cpu_step.py), one ctypes call per
+step. `OpDevice` calls the same library's exported per-op kernels one by one (the plan
+interpreted in Python, like the reference device); the kernel tests use it to check each
+kernel against the reference op.
+
+OpDevice: weights stay in the bundle's memory-mapped weights.bin: kernels get pointers into it. The
 KV cache is F16, like llama.cpp's default ([layer, slot, kv head, head_dim] for K and for V).
 Activation buffers come from a pool that is reused step after step (never zero-filled): the
 executor allocates a step's buffers in the same order every step, and every op overwrites
@@ -11,6 +16,7 @@ inside that matmul.
 """
 
 import ctypes
+import os
 import platform
 from ctypes import c_int, c_size_t, c_void_p
 from pathlib import Path
@@ -18,12 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.formats import row_nbytes
 from rfc.artifacts.plan import KVSpec, Op
 from rfc.artifacts.targets import Family, TargetError, missing_isa, parse_target
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
 
-ABI_VERSION = 1  # of the exported kernel functions this module calls (compiler/codegen/cpu.py)
+ABI_VERSION = 2  # of the exported kernel functions this module calls (compiler/codegen/cpu.py)
 _P = c_void_p
 
 
@@ -55,6 +62,13 @@ def probe(target: str) -> str | None:
     lacking = missing_isa(t, cpu_flags())
     if lacking:
         return f"this CPU lacks {', '.join(lacking)}"
+    # The step program's phases meet at its own adaptive barrier (spin, then sleep: see
+    # templates/cpu_step.c.j2); libgomp only forks and joins the team once per step. Its
+    # idle threads should sleep between steps rather than spin against the Python thread
+    # and, on a busy machine, everyone else: with libgomp spinning, decode beside one busy
+    # process had a long tail (mean 36 vs 50-58 tok/s, SmolLM2, 2 cores). libgomp reads
+    # this once, when it is first loaded; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         ctypes.CDLL("libgomp.so.1")
     except OSError as e:
@@ -164,27 +178,40 @@ def _declare(lib: ctypes.CDLL, name: str, argtypes: list, restype=None):
     return fn
 
 
-class Device:
+def open_library(bundle: Bundle, target: str, kv: KVSpec) -> tuple[ctypes.CDLL, dict]:
+    """The target's kernel library, loaded once this host, its ABI and the KV dtype check out."""
+    entry = next((t for t in bundle.manifest["targets"] if t["name"] == target), None)
+    if entry is None or not entry.get("kernels"):
+        raise DeviceError(f"bundle has no compiled target {target}")
+    reason = probe(target)
+    if reason is not None:
+        raise DeviceError(f"cannot run bundle target {target} here: {reason}")
+    if entry.get("abi_version") != ABI_VERSION:
+        raise DeviceError(
+            f"bundle target {target} has cpu kernel ABI {entry.get('abi_version')}, this rfc runs ABI "
+            f"{ABI_VERSION}; recompile the model"
+        )
+    if kv.dtype != "f16":
+        raise DeviceError(f"the cpu kernels keep the KV cache in f16; the plan asks for {kv.dtype}")
+    try:
+        return ctypes.CDLL(str(bundle.file(entry["kernels"]))), entry
+    except OSError as e:
+        raise DeviceError(f"cannot load the cpu kernels of bundle target {target}: {e}") from e
+
+
+def Device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, n_threads: int | None = None):
+    """The engine's cpu device: the target's step program (one call per step)."""
+    from rfc.runtime.devices.cpu_step import CpuStepDevice
+
+    lib, entry = open_library(bundle, target, kv)
+    return CpuStepDevice(bundle, target, lib, entry, kv, num_blocks, block_size, n_threads)
+
+
+class OpDevice:
     name = "cpu"
 
     def __init__(self, bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int):
-        entry = next((t for t in bundle.manifest["targets"] if t["name"] == target), None)
-        if entry is None or not entry.get("kernels"):
-            raise DeviceError(f"bundle has no compiled target {target}")
-        reason = probe(target)
-        if reason is not None:
-            raise DeviceError(f"cannot run bundle target {target} here: {reason}")
-        if entry.get("abi_version") != ABI_VERSION:
-            raise DeviceError(
-                f"bundle target {target} has cpu kernel ABI {entry.get('abi_version')}, this rfc runs ABI "
-                f"{ABI_VERSION}; recompile the model"
-            )
-        try:
-            self._lib = ctypes.CDLL(str(bundle.file(entry["kernels"])))
-        except OSError as e:
-            raise DeviceError(f"cannot load the cpu kernels of bundle target {target}: {e}") from e
-        if kv.dtype != "f16":
-            raise DeviceError(f"the cpu kernels keep the KV cache in f16; the plan asks for {kv.dtype}")
+        self._lib, _ = open_library(bundle, target, kv)
         self._bundle = bundle
         self._entries = bundle.layout.by_name()
         self._weights: dict[str, CpuWeight] = {}
@@ -241,7 +268,7 @@ class Device:
     def _load_weight(self, name: str) -> CpuWeight:
         e = self._entries[name]
         rows = int(np.prod(e.shape[:-1], dtype=np.int64)) if len(e.shape) > 1 else 1
-        w = CpuWeight(name, e.format, tuple(e.shape), self._base + e.offset, e.nbytes // rows)
+        w = CpuWeight(name, e.format, tuple(e.shape), self._base + e.offset, row_nbytes(e.format, e.shape[-1]) if len(e.shape) > 1 else e.nbytes)
         fmt = e.format.lower()
         if len(e.shape) == 1 and e.format != "F32":
             # small vectors (norms, biases) stored quantized: decode once to float32

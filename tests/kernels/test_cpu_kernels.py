@@ -41,9 +41,11 @@ from rfc.compiler.spec import HParams
 from rfc.compiler.targets import parse_target
 from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.devices import DeviceError
-from rfc.runtime.devices.cpu import Device, HostBuffer
+from rfc.runtime.devices.cpu import HostBuffer, OpDevice
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.kv_cache import BlockManager
+from rfc.artifacts.formats import PACKED_FORMATS, tensor_nbytes
+from rfc.compiler.weights import pack_x8
 from rfc.runtime.quants import FORMATS
 from tests.conftest import FIXTURES
 
@@ -53,7 +55,8 @@ pytestmark = [
 ]
 
 K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-ALL_FORMATS = sorted(FORMATS)
+ALL_FORMATS = sorted(FORMATS) + sorted(PACKED_FORMATS)  # the GGUF formats and the packed layouts (Q4_0x8, ...)
+GGUF_ONLY = sorted(FORMATS)
 N_ROWS = 37
 N_EMBD, N_HEADS, N_KV_HEADS, HEAD_DIM, N_ROT, N_FF = 256, 8, 2, 32, 24, 96
 KV = KVSpec(n_layers=2, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
@@ -85,7 +88,16 @@ def _fixture_blocks(fmt: str) -> np.ndarray:
 
 
 def weight_bytes(fmt: str, rows: int, k: int, rng: np.random.Generator) -> bytes:
-    """rows x k weights in `fmt`: quantized by gguf-py where it can, else real fixture blocks."""
+    """rows x k weights in `fmt`: quantized by gguf-py where it can, else real fixture blocks;
+    a packed layout repacks its base format's rows (padded with zero rows to whole groups)."""
+    packed = PACKED_FORMATS.get(fmt)
+    if packed is not None:
+        raw = np.frombuffer(weight_bytes(packed.base, rows, k, rng), np.uint8).reshape(rows, -1)
+        padded = -(-rows // packed.group_rows) * packed.group_rows
+        raw = np.concatenate([raw, np.zeros((padded - rows, raw.shape[1]), np.uint8)])
+        out = pack_x8(raw, fmt).tobytes()
+        assert len(out) == tensor_nbytes(fmt, (rows, k))
+        return out
     try:
         x = (rng.standard_normal((rows, k)) / math.sqrt(k)).astype(np.float32)
         return np.ascontiguousarray(gguf.quants.quantize(x, GGMLQuantizationType[fmt])).tobytes()
@@ -117,9 +129,10 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
     for fmt in ALL_FORMATS:
         k = k_of(fmt)
         blob.add(f"mm.{fmt}", fmt, (N_ROWS, k), weight_bytes(fmt, N_ROWS, k, rng))
-        blob.add(f"tok.{fmt}", fmt, (N_ROWS, N_EMBD), weight_bytes(fmt, N_ROWS, N_EMBD, rng))
         ops.append(Op("matmul", ("x",), ("y",), (f"mm.{fmt}",)))
-        ops.append(Op("embed", ("tokens",), ("x",), (f"tok.{fmt}",)))
+        if fmt not in PACKED_FORMATS:  # embedding tables are read by rows: never repacked
+            blob.add(f"tok.{fmt}", fmt, (N_ROWS, N_EMBD), weight_bytes(fmt, N_ROWS, N_EMBD, rng))
+            ops.append(Op("embed", ("tokens",), ("x",), (f"tok.{fmt}",)))
     blob.add("norm", "F32", (N_EMBD,), f32(1.0 + 0.1 * rng.standard_normal(N_EMBD)))
     blob.add("norm16", "F16", (N_EMBD,), (1.0 + 0.1 * rng.standard_normal(N_EMBD)).astype(np.float16).tobytes())
     blob.add("bias", "F32", (N_ROWS,), f32(rng.standard_normal(N_ROWS)))
@@ -146,7 +159,10 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
 
 # -- the library under test ----------------------------------------------------------------
 
-BUILDS = [("native", "adjacent"), ("portable", "adjacent"), ("native", "neox")]
+# native: the `cpu` target (x86-64-v3, AVX2: always tested on x86-64); portable: cpu-generic;
+# avx512: the cpu-avx512 target (AVX-512 + VNNI paths), run where this CPU has that ISA.
+BUILDS = [("native", "adjacent"), ("portable", "adjacent"), ("native", "neox"), ("avx512", "adjacent")]
+BUILD_TARGETS = {"native": "cpu", "portable": "cpu-generic", "avx512": "cpu-avx512"}
 TUNING = cpu.CpuTuning(act_budget_bytes=4096)  # a token chunk of 8-11: T = 17 spans several
 
 
@@ -155,9 +171,9 @@ class Kit:
 
     def __init__(self, root: Path, build: str, rope_style: str):
         hp, plan, layout, weights = build_model(rope_style)
-        target = parse_target("cpu" if build == "native" else "cpu-generic")
+        target = parse_target(BUILD_TARGETS[build])
         isa = list(target.isa)
-        source = cpu.render_source(CodegenInput(target, hp, plan, layout, None, None), TUNING)
+        source = cpu.render_source(CodegenInput(target, hp, plan, layout, None, None), TUNING, step=False)
         lib = root / "kernels" / "cpu" / cpu.LIBRARY
         lib.parent.mkdir(parents=True)
         self.source, self.command = source, cpu.compile_command(target)
@@ -168,7 +184,7 @@ class Kit:
         files = {rel: {"sha256": "0" * 64, "size": len(self.library)}}
         bundle = Bundle(root=root, manifest={"targets": [entry], "files": files}, layout=layout, plan=plan, weights=weights)
         self.bundle, self.plan, self.isa, self.cpu_target = bundle, plan, isa, target.name
-        self.cpu = Device(bundle, target.name, KV, NUM_BLOCKS, BLOCK_SIZE)
+        self.cpu = OpDevice(bundle, target.name, KV, NUM_BLOCKS, BLOCK_SIZE)
         self.ref = ReferenceDevice(bundle, KV, NUM_BLOCKS, BLOCK_SIZE)
         self.lib = ctypes.CDLL(str(lib))
 
@@ -182,8 +198,16 @@ class Kit:
 @pytest.fixture(scope="module", params=BUILDS, ids=lambda b: f"{b[0]}-{b[1]}")
 def kit(request, tmp_path_factory) -> Kit:
     build, style = request.param
-    if build == "native" and platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the native build is tested on x86-64")
+    if build != "portable" and platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the native builds are tested on x86-64")
+    if build == "avx512":
+        from rfc.artifacts.targets import missing_isa
+        from rfc.runtime.devices.cpu import cpu_flags
+
+        lacking = missing_isa(parse_target("cpu-avx512"), cpu_flags())
+        if lacking:
+            pytest.skip(f"this CPU lacks {', '.join(lacking)}: the cpu-avx512 kernels cannot run here (they are still "
+                        "built: test_avx512_build_uses_the_targets_flags)")
     return Kit(tmp_path_factory.mktemp(f"cpu-{build}-{style}"), build, style)
 
 
@@ -234,7 +258,7 @@ def test_matmul_matches_reference(kit: Kit, fmt: str, tokens: int):
     assert (err <= bound).all(), f"{fmt}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "F16"])
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8"])
 def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     """out = x W^T + bias and accum += out, in one call (what the device fuses)."""
     rng = np.random.default_rng(7)
@@ -250,7 +274,7 @@ def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     assert (np.abs(acc.array - (residual + want)) <= bound + 1e-5 * np.abs(residual)).all()
 
 
-@pytest.mark.parametrize("fmt", ALL_FORMATS)
+@pytest.mark.parametrize("fmt", GGUF_ONLY)
 def test_embed_matches_reference(kit: Kit, fmt: str):
     batch = one_seq_batch(5)
     tokens = np.array([3, 0, 36, 3, 17], np.int32)
@@ -364,7 +388,7 @@ def test_device_refuses_cpu_without_the_targets_isa(kit: Kit, monkeypatch):
         pytest.skip("cpu-generic needs no ISA flags")
     monkeypatch.setattr(cpu_device, "cpu_flags", lambda: {"sse2"})
     with pytest.raises(DeviceError, match=f"cannot run bundle target {kit.cpu_target} here: this CPU lacks avx"):
-        Device(kit.bundle, kit.cpu_target, KV, NUM_BLOCKS, BLOCK_SIZE)
+        OpDevice(kit.bundle, kit.cpu_target, KV, NUM_BLOCKS, BLOCK_SIZE)
 
 
 def test_pooled_buffers_are_reused_across_steps(kit: Kit):
@@ -412,3 +436,50 @@ def test_single_token_and_many_token_paths_agree(kit: Kit, fmt: str):
     one = np.concatenate([run(x[t : t + 1]) for t in range(len(x))])
     scale = np.abs(x) @ np.abs(kit.ref.weight(f"mm.{fmt}")).T
     assert (np.abs(many - one) <= 1e-5 * scale + 1e-6).all(), f"max |Δ| {np.abs(many - one).max():.3g}"
+
+
+@pytest.mark.parametrize("fmt", sorted(PACKED_FORMATS))
+def test_packed_layout_round_trips(fmt: str):
+    """The weight planner's repacking (compiler/weights.py pack_x8) and the reference's decoder
+    (runtime/quants.py unpack_x8) are inverses, and a packed tensor decodes to its base's values."""
+    from rfc.runtime.quants import dequantize, unpack_x8
+
+    base = PACKED_FORMATS[fmt].base
+    rng = np.random.default_rng(2)
+    raw = np.frombuffer(weight_bytes(base, 16, 96, rng), np.uint8).reshape(16, -1)
+    packed = pack_x8(raw, fmt)
+    assert not np.array_equal(packed, raw)
+    np.testing.assert_array_equal(unpack_x8(packed.reshape(-1), fmt, 16, 96), raw)
+    odd = np.frombuffer(weight_bytes(fmt, 13, 96, rng), np.uint8)  # 13 rows: 3 zero rows of padding
+    want = dequantize(unpack_x8(odd, fmt, 13, 96), base, (13, 96))
+    np.testing.assert_array_equal(dequantize(odd, fmt, (13, 96)), want)
+
+
+def test_avx512_build_uses_the_targets_flags():
+    """The cpu-avx512 library builds on any x86-64 build machine from the target's explicit
+    flags (never -march=native), and its packed 4-bit matmuls use VNNI (vpdpbusd)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-64 targets")
+    hp, plan, layout, _ = build_model("adjacent")
+    target = parse_target("cpu-avx512")
+    command = cpu.compile_command(target)
+    assert "-march=x86-64-v4" in command and "-mavx512vnni" in command and not any("native" in c for c in command)
+    source = cpu.render_source(CodegenInput(target, hp, plan, layout, None, None), TUNING, step=False)
+    library = cpu.compile_source(source, command)
+    if shutil.which("objdump") is None:
+        pytest.skip("objdump not found: cannot look at the instructions")
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".so") as f:
+        f.write(library)
+        f.flush()
+        asm = subprocess.run(["objdump", "-d", f.name], capture_output=True, text=True, check=True).stdout
+    assert "vpdpbusd" in asm and "zmm" in asm
+    source = cpu.render_source(CodegenInput(parse_target("cpu"), hp, plan, layout, None, None), TUNING, step=False)
+    native = cpu.compile_source(source, cpu.compile_command(parse_target("cpu")))
+    with tempfile.NamedTemporaryFile(suffix=".so") as f:
+        f.write(native)
+        f.flush()
+        asm = subprocess.run(["objdump", "-d", f.name], capture_output=True, text=True, check=True).stdout
+    assert "vpdpbusd" not in asm and "zmm" not in asm  # the cpu (AVX2) build stays within x86-64-v3

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 
+from rfc.artifacts.formats import PACKED_FORMATS
 from rfc.runtime import quants
 from rfc.runtime.quants import FORMATS, QuantError, dequantize, row_nbytes
 
@@ -112,3 +113,18 @@ def test_quant_error_is_value_error() -> None:
 def test_runtime_quants_does_not_import_gguf() -> None:
     code = "import sys, rfc.runtime.quants; sys.exit('gguf' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@RANDOM_BYTES_WARN
+@pytest.mark.parametrize("fmt", sorted(PACKED_FORMATS))
+def test_packed_formats_decode_like_their_base(fmt: str) -> None:
+    """A packed layout (the weight planner's repacking, rows padded to whole groups) decodes
+    to exactly the values gguf-py decodes from the base format's bytes."""
+    from rfc.compiler.weights import pack_x8
+
+    base, g = PACKED_FORMATS[fmt].base, PACKED_FORMATS[fmt].group_rows
+    rows, k = 13, 96
+    raw = np.random.default_rng(3).integers(0, 256, (rows, row_nbytes(base, k)), np.uint8)
+    padded = np.concatenate([raw, np.zeros((-rows % g, raw.shape[1]), np.uint8)])
+    want = gguf.quants.dequantize(raw, GGMLQuantizationType[base]).reshape(rows, k)
+    assert_identical(dequantize(pack_x8(padded, fmt), fmt, (rows, k)), want)

@@ -1,0 +1,257 @@
+"""Lowers a plan into the cpu step program: one C entry per step, one thread team per step.
+
+The plan's ops become *phases* that every thread of one OpenMP team runs in order; a
+barrier goes in only where a phase touches what an earlier phase since the last barrier
+wrote (or writes what it read): a true dependency. Work inside a phase is split so that a
+thread the OS preempts does not hold the others up: matmul row tiles and attention items
+come from shared atomic counters; row-local ops (norms, rope) split tokens statically
+(they are a few microseconds).
+
+Fusions the lowering decides (the plan keeps the unfused ops, which the reference runs):
+- matmuls that read the same input with weights of one format (Q, K, V; gate, up) are one
+  matmul over segments: the activation is quantized once, one pool of row tiles, one barrier;
+- an add_bias right after a matmul is added in that matmul's epilogue;
+- an `add(x, h) -> x` right after a matmul writing h is that matmul's residual epilogue;
+- the rmsnorm or swiglu that writes a matmul's input runs row by row in the matmul's
+  quantization phase (each thread normalizes a row, then quantizes it: no barrier between);
+- rope and the kv_write of its k (with v) run token by token in one phase.
+
+The generated source takes only numbers and compiler-chosen identifiers (render.py checks).
+"""
+
+from dataclasses import dataclass, field
+
+from rfc.artifacts.formats import FORMATS, row_nbytes
+from rfc.artifacts.plan import Buffer, Op, Plan
+from rfc.compiler.errors import CompileError
+
+MAX_SEGMENTS = 8  # rfc_mm_run's per-call segment arrays
+
+
+@dataclass
+class Phase:
+    kind: str
+    params: dict
+    reads: set[str] = field(default_factory=set)
+    writes: set[str] = field(default_factory=set)
+
+    def as_template(self) -> dict:
+        return {"kind": self.kind, **self.params}
+
+
+@dataclass(frozen=True)
+class Lowered:
+    phases: list[dict]  # template dicts, barriers included
+    counters: int  # atomic tile counters the phases use
+    barriers: int
+
+
+class _Lowering:
+    def __init__(self, plan: Plan, entries: dict, vectors: dict[str, list]):
+        self.plan = plan
+        self.entries = entries
+        self.vectors = vectors  # weight name -> [is_const, offset] (see cpu.vector_refs)
+        self.buf_index = {b.name: i for i, b in enumerate(plan.buffers)}
+        self.buffers = {b.name: b for b in plan.buffers}
+        self.counters = 0
+
+    def buf(self, name: str) -> int:
+        return self.buf_index[name]
+
+    def rows(self, name: str) -> str:
+        """The C expression for a buffer's row count: T or R (tokens or logit rows)."""
+        b: Buffer = self.buffers[name]
+        dim = b.shape[0]
+        if dim not in ("T", "R") or len(b.shape) != 2:
+            raise CompileError(f"the cpu step program needs buffer {name} to be [T or R, width], it is {list(b.shape)}")
+        return dim
+
+    def width(self, name: str) -> int:
+        return int(self.buffers[name].shape[1])
+
+    def vec(self, name: str) -> list:
+        return self.vectors[name]
+
+    def counter(self) -> int:
+        self.counters += 1
+        return self.counters - 1
+
+    # -- the phases -------------------------------------------------------------------------
+    def lower(self, ops: list[Op]) -> list[Phase]:
+        phases: list[Phase] = []
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            if op.kind == "matmul":
+                i = self._matmul(ops, i, phases)
+                continue
+            if op.kind in ("rmsnorm", "swiglu") and self._feeds_matmul(ops, i):
+                i += 1  # runs as the next matmul's prologue
+                continue
+            if op.kind == "rope" and i + 1 < len(ops) and ops[i + 1].kind == "kv_write" and ops[i + 1].inputs == (op.outputs[1], ops[i + 1].inputs[1]):
+                phases.append(self._rope(op, ops[i + 1]))
+                i += 2
+                continue
+            phases.append(getattr(self, "_" + op.kind)(op))
+            i += 1
+        return phases
+
+    def _feeds_matmul(self, ops: list[Op], i: int) -> bool:
+        """ops[i] (rmsnorm/swiglu) writes exactly what the matmul right after it reads."""
+        op = ops[i]
+        if op.kind == "rmsnorm" and (op.attr("heads") or 1) != 1:
+            return False
+        return i + 1 < len(ops) and ops[i + 1].kind == "matmul" and ops[i + 1].inputs[0] == op.outputs[0]
+
+    def _matmul(self, ops: list[Op], i: int, phases: list[Phase]) -> int:
+        first = ops[i]
+        src = first.inputs[0]
+        fmt = self.entries[first.weights[0]].format
+        k = self.entries[first.weights[0]].shape[-1]
+        prologue = None
+        if i > 0 and ops[i - 1].kind in ("rmsnorm", "swiglu") and self._feeds_matmul(ops, i - 1):
+            prologue = ops[i - 1]
+        segs, reads, writes = [], {src}, set()
+        j = i
+        while j < len(ops) and ops[j].kind == "matmul" and len(segs) < MAX_SEGMENTS:
+            op = ops[j]
+            e = self.entries[op.weights[0]]
+            out = op.outputs[0]
+            if j > i and (op.inputs[0] != src or e.format != fmt or e.shape[-1] != k or out in reads | writes):
+                break
+            seg = {"w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]), "n": e.shape[0], "out": self.buf(out),
+                   "bias": [], "accum": -1}  # fmt: skip
+            if self.width(out) != e.shape[0] or self.rows(out) != self.rows(src):
+                raise CompileError(f"matmul {op.weights[0]}: output buffer {out} is not [{self.rows(src)}, {e.shape[0]}]")
+            j += 1
+            if j < len(ops) and ops[j].kind == "add_bias" and ops[j].inputs == (out,) and ops[j].outputs == (out,):
+                seg["bias"] = self.vec(ops[j].weights[0])
+                j += 1
+            if j < len(ops) and ops[j].kind == "add" and out in ops[j].inputs and ops[j].outputs[0] in ops[j].inputs \
+                    and ops[j].outputs[0] != out and len(segs) == 0 and self._single(ops, j - 1, i):
+                acc = ops[j].outputs[0]
+                seg["accum"] = self.buf(acc)
+                reads.add(acc)
+                writes.add(acc)
+                j += 1
+                writes.add(out)
+                segs.append(seg)
+                break  # the residual ends the group
+            writes.add(out)
+            segs.append(seg)
+        rows = self.rows(src)
+        pro = {"kind": "none"}
+        q_reads, q_writes = {src}, {"@act"}
+        if prologue is not None:
+            if prologue.kind == "rmsnorm":
+                pro = {"kind": "rmsnorm", "x": self.buf(prologue.inputs[0]), "w": self.vec(prologue.weights[0])}
+            else:
+                pro = {"kind": "swiglu", "gate": self.buf(prologue.inputs[0]), "up": self.buf(prologue.inputs[1]),
+                       "width": self.width(src)}  # fmt: skip
+            q_reads = set(prologue.inputs)
+            q_writes = {src, "@act"}
+        phases.append(Phase("mm_quantize", {"fmt": fmt.lower(), "k": k, "x": self.buf(src), "rows": rows, "pro": pro},
+                            q_reads, q_writes))  # fmt: skip
+        phases.append(Phase("mm_run", {"fmt": fmt.lower(), "k": k, "x": self.buf(src), "rows": rows, "segs": segs,
+                                       "counter": self.counter()}, reads | {"@act"}, writes))  # fmt: skip
+        return j
+
+    @staticmethod
+    def _single(ops: list[Op], last: int, first: int) -> bool:
+        """Only one matmul (with perhaps its bias) from `first` to `last`."""
+        return sum(1 for op in ops[first : last + 1] if op.kind == "matmul") == 1
+
+    def _embed(self, op: Op) -> Phase:
+        e = self.entries[op.weights[0]]
+        if op.inputs[0] != self.plan.input_tokens:
+            raise CompileError("the cpu step program embeds the step's input tokens only")
+        return Phase("embed", {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]),
+                               "out": self.buf(op.outputs[0])}, {"@tokens"}, {op.outputs[0]})  # fmt: skip
+
+    def _rmsnorm(self, op: Op) -> Phase:
+        if (op.attr("heads") or 1) != 1:
+            raise CompileError("the cpu step program has no per-head rmsnorm")
+        return Phase("rmsnorm", {"x": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
+                                 "rows": self.rows(op.inputs[0])}, set(op.inputs), set(op.outputs))  # fmt: skip
+
+    def _rope(self, op: Op, kv: Op | None = None) -> Phase:
+        q, k = op.outputs
+        params = {"q": self.buf(q), "k": self.buf(k), "factors": self.vec(op.weights[0]) if op.weights else [],
+                  "v": -1, "layer": -1}  # fmt: skip
+        reads, writes = {q, k}, {q, k}
+        if kv is not None:
+            params["v"], params["layer"] = self.buf(kv.inputs[1]), int(kv.attrs["layer"])
+            reads.add(kv.inputs[1])
+            writes.add(f"@kv{kv.attrs['layer']}")
+        return Phase("rope", params, reads, writes)
+
+    def _kv_write(self, op: Op) -> Phase:
+        k, v = op.inputs
+        layer = int(op.attrs["layer"])
+        return Phase("kv_write", {"k": self.buf(k), "v": self.buf(v), "layer": layer}, {k, v}, {f"@kv{layer}"})
+
+    def _attention(self, op: Op) -> Phase:
+        layer = int(op.attrs["layer"])
+        return Phase("attention", {"q": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "layer": layer,
+                                   "counter": self.counter()}, {op.inputs[0], f"@kv{layer}"}, {op.outputs[0]})  # fmt: skip
+
+    def _add(self, op: Op) -> Phase:
+        a, b = op.inputs
+        return Phase("add", {"a": self.buf(a), "b": self.buf(b), "out": self.buf(op.outputs[0]), "width": self.width(a),
+                             "rows": self.rows(a)}, {a, b}, set(op.outputs))  # fmt: skip
+
+    def _add_bias(self, op: Op) -> Phase:
+        x = op.inputs[0]
+        return Phase("add_bias", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
+                                  "width": self.width(x), "rows": self.rows(x)}, {x}, set(op.outputs))  # fmt: skip
+
+    def _swiglu(self, op: Op) -> Phase:
+        g, u = op.inputs
+        return Phase("swiglu", {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]), "width": self.width(g),
+                                "rows": self.rows(g)}, {g, u}, set(op.outputs))  # fmt: skip
+
+    def _gather_rows(self, op: Op) -> Phase:
+        x = op.inputs[0]
+        return Phase("gather", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x)}, {x},
+                     set(op.outputs))
+
+
+def with_barriers(phases: list[Phase]) -> tuple[list[dict], int]:
+    """Phases with a barrier wherever one reads or writes what an earlier phase since the
+    last barrier wrote, or writes what one read (the only orderings a team needs)."""
+    out: list[dict] = []
+    written: set[str] = set()
+    read: set[str] = set()
+    barriers = 0
+    for p in phases:
+        if (p.reads | p.writes) & written or p.writes & read:
+            out.append({"kind": "barrier"})
+            barriers += 1
+            written, read = set(), set()
+        out.append(p.as_template())
+        written |= p.writes
+        read |= p.reads
+    return out, barriers
+
+
+def lower(plan: Plan, entries: dict, vectors: dict[str, list], output: str) -> Lowered:
+    """The phases of one entry: the plan's ops up to the last one writing `output`."""
+    last = max(i for i, op in enumerate(plan.ops) if output in op.outputs)
+    low = _Lowering(plan, entries, vectors)
+    phases = low.lower(list(plan.ops[: last + 1]))
+    done, barriers = with_barriers(phases)
+    return Lowered(done, low.counters, barriers)
+
+
+def vector_weights(plan: Plan, entries: dict) -> list[str]:
+    """The 1-D weights the phases read as float vectors (norms, biases, rope factors), in plan order."""
+    seen: list[str] = []
+    for op in plan.ops:
+        if op.kind in ("rmsnorm", "add_bias", "rope"):
+            for w in op.weights:
+                if w not in seen:
+                    e = entries[w]
+                    if len(e.shape) != 1 or FORMATS[e.format].block_elems != 1 and e.shape[0] % FORMATS[e.format].block_elems:
+                        raise CompileError(f"{w}: the cpu step program reads it as a vector, its shape is {list(e.shape)}")
+                    seen.append(w)
+    return seen

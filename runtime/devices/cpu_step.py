@@ -1,0 +1,135 @@
+"""The cpu step device: runs a bundle target's step program, one ctypes call per step.
+
+The compiled library exports `rfc_step(const rfc_step_args *)` (logits) and
+`rfc_step_hidden` (the final norm's output), which run every op of the plan in one thread
+team (compiler/codegen/cpu_step.py). Per step this device copies the batch arrays into
+buffers it keeps, fills the argument struct (its ctypes layout is generated from
+artifacts/program.py STEP_ARGS, as the C one is), makes the call and copies the logits out
+of the activation arena. Weights stay in the bundle's memory-mapped weights.bin; the KV
+cache is F16 ([layer, slot, kv head, head_dim] for K and for V), like llama.cpp's default.
+"""
+
+import ctypes
+import os
+from ctypes import c_int, c_int64, c_size_t, c_void_p
+
+import numpy as np
+
+from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.errors import BundleError
+from rfc.artifacts.plan import KVSpec
+from rfc.artifacts.program import STEP_ABI_VERSION, STEP_ARGS, plan_arena, unpack_program
+from rfc.runtime.batch import StepBatch
+from rfc.runtime.devices import DeviceError
+
+_CTYPES = {"i64": c_int64, "ptr": c_void_p}
+
+
+class StepArgs(ctypes.Structure):
+    """rfc_step_args, field by field from STEP_ARGS (every field 8 bytes: no padding)."""
+
+    _fields_ = [(name, _CTYPES[kind]) for name, kind, _ in STEP_ARGS]
+
+
+def default_threads() -> int:
+    """The cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _fn(lib: ctypes.CDLL, name: str, argtypes: list, restype):
+    try:
+        fn = getattr(lib, name)
+    except AttributeError:
+        raise DeviceError(f"the bundle's cpu kernels lack {name}; recompile the model with this rfc") from None
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
+class CpuStepDevice:
+    name = "cpu"
+
+    def __init__(self, bundle: Bundle, target: str, lib: ctypes.CDLL, entry: dict, kv: KVSpec, num_blocks: int,
+                 block_size: int, n_threads: int | None = None):  # fmt: skip
+        if not entry.get("program"):
+            raise DeviceError(f"bundle target {target} has no step program; recompile the model with this rfc")
+        try:
+            self.program = unpack_program(bundle.file(entry["program"]).read_bytes())
+        except (OSError, BundleError) as e:
+            raise DeviceError(f"bundle target {target}: {e}") from e
+        if self.program.entry is None or self.program.extra.get("step_abi") != STEP_ABI_VERSION:
+            raise DeviceError(f"bundle target {target} has step ABI {self.program.extra.get('step_abi')}, this rfc "
+                              f"runs {STEP_ABI_VERSION}; recompile the model")  # fmt: skip
+        self.target = target
+        self.plan = bundle.plan
+        self._lib = lib
+        if _fn(lib, "rfc_step_abi_version", [], c_int)() != STEP_ABI_VERSION:
+            raise DeviceError(f"the step program of bundle target {target} reports another ABI version")
+        if _fn(lib, "rfc_step_arena_alignment", [], c_int64)() != self.program.arena.alignment:
+            raise DeviceError(f"the step program of bundle target {target} lays its arena out unlike its program.msgpack")
+        if _fn(lib, "rfc_step_args_bytes", [], c_size_t)() != ctypes.sizeof(StepArgs):
+            raise DeviceError(f"the step program of bundle target {target} has another argument struct")
+        self._entry = _fn(lib, self.program.entry, [ctypes.POINTER(StepArgs)], c_int)
+        self._hidden_entry = _fn(lib, str(self.program.extra.get("hidden_entry", "")), [ctypes.POINTER(StepArgs)], c_int)
+        self._arena_bytes = _fn(lib, "rfc_step_arena_bytes", [c_int64, c_int64, c_int64], c_size_t)
+        self.n_threads = n_threads or default_threads()
+        self._weights = np.frombuffer(bundle.weights, dtype=np.uint8) if bundle.weights is not None else np.zeros(64, np.uint8)
+        shape = (kv.n_layers, num_blocks * block_size, kv.n_kv_heads, kv.head_dim)
+        self.k_cache = np.zeros(shape, dtype=np.uint16)  # F16 bits
+        self.v_cache = np.zeros(shape, dtype=np.uint16)
+        self._arena = np.empty(0, np.uint8)
+        self._arena_base = 0
+        self._layouts: dict[tuple[int, int], dict[str, int]] = {}
+        a = self._args = StepArgs()
+        a.abi_version = STEP_ABI_VERSION
+        a.kv_slots = num_blocks * block_size
+        a.weights = self._weights.ctypes.data
+        a.k_cache, a.v_cache = self.k_cache.ctypes.data, self.v_cache.ctypes.data
+        self._keep: list[np.ndarray] = []
+
+    def forward(self, batch: StepBatch) -> np.ndarray:
+        return self._run(batch, self._entry, self.plan.output_logits)
+
+    def forward_hidden(self, batch: StepBatch) -> np.ndarray:
+        return self._run(batch, self._hidden_entry, self.plan.output_hidden)
+
+    def _offset(self, t: int, r: int, buffer: str) -> int:
+        key = (t, r)
+        offsets = self._layouts.get(key)
+        if offsets is None:
+            arena = plan_arena(self.plan.buffers, t, r, 1, self.program.arena.alignment)
+            offsets = self._layouts[key] = {s.buffer: s.offset for s in arena.slots}
+            if len(self._layouts) > 4096:
+                self._layouts.clear()
+        return offsets[buffer]
+
+    def _ensure_arena(self, need: int) -> None:
+        if self._arena.nbytes < need + 256:
+            self._arena = np.empty(max(need + 256, 2 * self._arena.nbytes), np.uint8)
+            self._arena_base = -self._arena.ctypes.data % 256  # the arena starts 256-byte aligned
+
+    def _run(self, batch: StepBatch, entry, output: str) -> np.ndarray:
+        t, r, s = batch.num_tokens, batch.num_rows, batch.block_tables.shape[0]
+        if t < 1 or s < 1:
+            raise DeviceError("a step needs at least one token and one sequence")
+        keep = [np.ascontiguousarray(getattr(batch, n), dtype=np.int32)
+                for n in ("tokens", "positions", "slots", "seq_of_token", "seq_start", "context_lens", "block_tables",
+                          "logit_rows")]  # fmt: skip
+        self._ensure_arena(int(self._arena_bytes(t, r, self.n_threads)))
+        a = self._args
+        a.n_threads, a.n_tokens, a.n_rows, a.n_seqs = self.n_threads, t, r, s
+        a.table_width, a.block_size = batch.block_tables.shape[1], batch.block_size
+        (a.tokens, a.positions, a.slots, a.seq_of_token, a.seq_start, a.context_lens, a.block_tables,
+         a.logit_rows) = (k.ctypes.data for k in keep)  # fmt: skip
+        a.arena = self._arena.ctypes.data + self._arena_base
+        status = entry(ctypes.byref(a))
+        if status > 0:
+            token = int(keep[0][status - 1])
+            raise DeviceError(f"token id {token} is outside the vocabulary (0..{self.plan.vocab_size - 1})")
+        if status < 0:
+            raise DeviceError(f"the cpu step program refused the step (status {status}): batch arrays out of range")
+        width = next(b for b in self.plan.buffers if b.name == output).shape[-1]
+        start = self._arena_base + self._offset(t, r, output)
+        return self._arena[start : start + r * width * 4].view(np.float32).reshape(r, width).copy()

@@ -1,0 +1,167 @@
+"""The cpu step program: what the lowering decides (fusions, barriers) and the step device
+against the per-op kernels and the reference on a real fixture.
+
+The device tests compare against the OpDevice (the same library's exported kernels, the
+plan interpreted op by op in Python) and against the numpy reference: the step program
+reuses the kernels' building blocks, so it must give the op device's logits up to float
+summation order (row tiles are handed out dynamically; each output element is still
+computed by one thread in one order, so the results are in fact identical).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rfc.artifacts.bundle import open_bundle
+from rfc.artifacts.program import STEP_ARGS, unpack_program
+from rfc.compiler.codegen import cpu, cpu_step
+from rfc.compiler.codegen.cpu_step import Phase, with_barriers
+from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.devices import DeviceError
+from rfc.runtime.devices.cpu import OpDevice
+from rfc.runtime.devices.cpu_step import StepArgs
+from rfc.runtime.executor import Executor
+from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.loader import LoadOptions, load_model
+from tests.conftest import FIXTURES
+
+pytestmark = [
+    pytest.mark.toolchain,
+    pytest.mark.skipif(shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+]
+
+MODEL = FIXTURES / "tiny-llama-Q4_0.gguf"
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_cache) -> Path:
+    if not MODEL.exists():
+        pytest.skip(f"fixture {MODEL} missing")
+    return bundle_cache(MODEL)
+
+
+# -- the lowering ------------------------------------------------------------------------------
+
+
+def test_barriers_only_at_dependencies():
+    phases = [
+        Phase("a", {}, {"x"}, {"q"}),
+        Phase("b", {}, {"x"}, {"k"}),  # independent of a: no barrier
+        Phase("c", {}, {"q", "k"}, {"att"}),  # reads what a and b wrote: barrier
+        Phase("d", {}, {"y"}, {"q"}),  # writes what c read: barrier (write after read)
+        Phase("e", {}, {"z"}, {"w"}),  # independent: none
+    ]
+    out, n = with_barriers(phases)
+    assert [p["kind"] for p in out] == ["a", "b", "barrier", "c", "barrier", "d", "e"]
+    assert n == 2
+
+
+def test_lowering_fuses_and_counts_barriers(bundle):
+    b = open_bundle(bundle)
+    plan = b.plan
+    entries = b.layout.by_name()
+    refs, _, _ = cpu.vector_refs(plan, entries)
+    low = cpu_step.lower(plan, entries, refs, plan.output_logits)
+    kinds = [p["kind"] for p in low.phases]
+    n_layers = plan.kv.n_layers
+    runs = [p for p in low.phases if p["kind"] == "mm_run"]
+    # per layer: QKV (3 segments), attn_output (+ residual), gate/up (2 segments), down (+ residual); lm head
+    assert len(runs) == 4 * n_layers + 1
+    assert [len(p["segs"]) for p in runs[:4]] == [3, 1, 2, 1]
+    assert runs[1]["segs"][0]["accum"] >= 0 and runs[3]["segs"][0]["accum"] >= 0
+    assert "add" not in kinds and "swiglu" not in kinds and "kv_write" not in kinds
+    assert kinds.count("rmsnorm") == 0  # every norm runs in its matmul's quantization phase
+    assert all(p["layer"] >= 0 for p in low.phases if p["kind"] == "rope")  # rope + KV write
+    # after embed; per layer before each of: QKV run, rope+kv, attention, quantize, run, (norm+)quantize, run,
+    # (swiglu+)quantize, run, and the next layer's (norm+)quantize; before the lm head's run
+    assert low.barriers == 1 + 10 * n_layers + 2
+    program = unpack_program((bundle / "kernels/cpu/program.msgpack").read_bytes())
+    assert program.entry == cpu.STEP_ENTRY and program.extra["barriers"] == low.barriers
+
+
+def test_argument_struct_is_the_one_step_args_describes(bundle):
+    lib = ctypes.CDLL(str(bundle / "kernels/cpu" / cpu.LIBRARY))
+    lib.rfc_step_args_bytes.restype = ctypes.c_size_t
+    assert lib.rfc_step_args_bytes() == ctypes.sizeof(StepArgs) == 8 * len(STEP_ARGS)
+
+
+# -- the device --------------------------------------------------------------------------------
+
+
+def _batch(blocks: BlockManager, steps: list[tuple[int, int, int]], tokens: np.ndarray):
+    for seq, start, n in steps:
+        blocks.allocate(seq, start + n)
+    return build_batch([SeqChunk(s, st, tuple(int(t) for t in tokens[st : st + n]), all_logits=True) for s, st, n in steps],
+                       blocks)  # fmt: skip
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_step_program_equals_the_per_op_kernels(bundle, threads):
+    """Prefill (many tokens: the packed matmul), then mixed decode/prefill steps of two
+    sequences (the single-token paths): the step device and the op device agree exactly."""
+    lm = load_model(bundle, LoadOptions(device="cpu"))
+    step = lm.executor.device
+    step.n_threads = threads
+    ops = OpDevice(lm.bundle, step.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
+    op_exec = Executor(lm.bundle.plan, ops)
+    op_blocks = BlockManager(lm.blocks.num_blocks, lm.blocks.block_size)
+    tokens = np.random.default_rng(threads).integers(0, lm.bundle.plan.vocab_size, 64)
+    for steps in ([(0, 0, 20)], [(0, 20, 1), (1, 0, 9)], [(1, 9, 1), (0, 21, 1)]):
+        got = lm.executor.forward(_batch(lm.blocks, steps, tokens))
+        want = op_exec.forward(_batch(op_blocks, steps, tokens))
+        np.testing.assert_array_equal(got, want)
+    hidden = lm.executor.forward_hidden(_batch(lm.blocks, [(0, 22, 2)], tokens))
+    assert hidden.shape == (2, lm.bundle.plan.n_embd) and np.isfinite(hidden).all()
+
+
+def test_step_refuses_a_token_outside_the_vocabulary(bundle):
+    lm = load_model(bundle, LoadOptions(device="cpu"))
+    lm.blocks.allocate(0, 3)
+    vocab = lm.bundle.plan.vocab_size
+    batch = build_batch([SeqChunk(0, 0, (1, vocab, 2))], lm.blocks)
+    with pytest.raises(DeviceError, match=f"token id {vocab} is outside the vocabulary"):
+        lm.executor.forward(batch)
+
+
+def test_arena_grows_with_the_step(bundle):
+    """A step larger than the program's recorded arena still runs: the entry lays the arena
+    out for the step's own T and R, and the device sizes it."""
+    lm = load_model(bundle, LoadOptions(device="cpu"))
+    n = min(600, lm.bundle.plan.context_length)
+    lm.blocks.allocate(0, n)
+    tokens = tuple(int(t) for t in np.random.default_rng(0).integers(0, lm.bundle.plan.vocab_size, n))
+    logits = lm.executor.forward(build_batch([SeqChunk(0, 0, tokens, all_logits=True)], lm.blocks))
+    assert logits.shape == (n, lm.bundle.plan.vocab_size) and np.isfinite(logits).all()
+
+
+def test_cpu_bundles_store_matmul_weights_repacked(bundle):
+    """Every target is a cpu variant: matmul-only weights are stored in their packed layout
+    (the reference decodes it); the embedding table, read by rows, keeps the GGUF layout."""
+    from rfc.compiler.codegen.cpu import REPACK, repack_plan
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.spec import build_spec
+
+    entries = open_bundle(bundle).layout.by_name()
+    assert entries["token_embd.weight"].format == "Q4_0"
+    matmul = {w for op in open_bundle(bundle).plan.ops if op.kind == "matmul" for w in op.weights}
+    blocks = {w for w in matmul if w.startswith("blk.")}
+    assert blocks and all(entries[w].format == REPACK["Q4_0"] for w in blocks)
+    assert entries["output.weight"].format == "Q6_K"  # no packed layout for it (yet)
+    spec = build_spec(read_gguf(MODEL))
+    assert {u.name for u in repack_plan(spec.plan, spec.weights) if u.packed} == blocks
+
+
+def test_a_bundle_with_a_gpu_target_keeps_the_gguf_layouts():
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.pipeline import _weight_uses
+    from rfc.compiler.spec import build_spec
+    from rfc.compiler.targets import parse_targets
+
+    spec = build_spec(read_gguf(MODEL))
+    assert _weight_uses(spec, parse_targets(("cpu", "gfx1100"))) == spec.weights
+    assert any(u.packed for u in _weight_uses(spec, parse_targets(("cpu", "cpu-avx512"))))
