@@ -49,6 +49,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; n >= 0: the chosen token's and the top n
+    constraint: Any = None  # a runtime.constraints.Grammar: only the tokens it allows are sampled
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class RequestState:
     sampler: Sampler | None = None
     detok: IncrementalDetokenizer | None = None
     stopper: StopChecker | None = None
+    matcher: Any = None  # the constraint's per-request state (runtime.constraints.Matcher)
 
     @property
     def prompt_tokens(self) -> int:
@@ -142,6 +144,7 @@ class Engine:
         state.sampler = Sampler(request.params, request.prompt_ids, self.model.vocab_size)
         state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids, keep_leading_space=True)
         state.stopper = StopChecker(list(request.stop))
+        state.matcher = request.constraint.matcher() if request.constraint is not None else None
         state.seq = Sequence(seq_id=state.request_id, prompt_ids=list(request.prompt_ids), max_tokens=request.max_tokens, payload=state)
         with self._lock:
             self.scheduler.add(state.seq)  # QueueFull propagates: nothing was registered
@@ -256,7 +259,11 @@ class Engine:
         return True
 
     def _advance(self, state: RequestState, logits) -> None:
+        if state.matcher is not None:  # constrained rows only: the grammar's mask, then sampling
+            logits = state.matcher.mask(logits)
         token = state.sampler.sample(logits)
+        if state.matcher is not None:
+            state.matcher.accept(token)
         logprob, top = None, ()
         if state.request.logprobs is not None:
             logprob, top_list = state.sampler.logprobs(logits, token, state.request.logprobs)
