@@ -125,12 +125,12 @@ def parse_whole(spec: OutputSpec, text: str) -> AssistantMessage:
 
 
 def forced_calls(text: str) -> list[ToolCall]:
-    """The calls of an output the grammar forced into `[{"name": ..., "arguments": {...}}]`;
-    [] if it was cut short (max_tokens) and does not parse."""
+    """The calls of an output the grammar forced into `[{"name": ..., "arguments": {...}}]`.
+    An output cut short (max_tokens) keeps the calls it completed."""
     try:
         value = json.loads(text)
     except ValueError:
-        return []
+        value = _complete_items(text)
     if not isinstance(value, list):
         return []
     calls = []
@@ -139,6 +139,22 @@ def forced_calls(text: str) -> list[ToolCall]:
             return []
         calls.append(ToolCall(item["name"], json.dumps(item["arguments"], ensure_ascii=False)))
     return calls
+
+
+def _complete_items(text: str) -> list:
+    """The complete elements at the start of a JSON array that was cut off."""
+    items, pos, decoder = [], 1, json.JSONDecoder()
+    if not text.startswith("["):
+        return []
+    while True:
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return items
+        items.append(item)
+        if not text.startswith(",", pos):
+            return items
+        pos += 1
 
 
 def _held_tail(text: str, markers: tuple[str, ...]) -> int:
