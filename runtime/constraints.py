@@ -69,7 +69,7 @@ class Grammars:
         if not isinstance(schema, dict):
             raise GrammarError(field_name, f"'{field_name}' must be a JSON schema object")
         try:
-            text = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+            text = llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=_JSON_OPTIONS)
         except ValueError as e:
             raise GrammarError(field_name, f"'{field_name}' is not a usable JSON schema: {e}") from None
         return self._compiled("json:" + json.dumps(schema, sort_keys=True), text, field_name)
@@ -105,6 +105,37 @@ class Grammars:
             while len(self._cache) > _CACHE_ENTRIES:
                 self._cache.popitem(last=False)
         return grammar
+
+
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+_SUBSCHEMAS = ("items", "additionalItems", "not", "contains", "if", "then", "else", "propertyNames")
+
+
+def closed_objects(schema: object, under_all_of: bool = False) -> object:
+    """A copy of `schema` where an object schema that does not say `additionalProperties`
+    takes no keys beyond its `properties`, as llama.cpp's and Ollama's schema converters read
+    it (JSON Schema's default would let a model pad its answer with invented keys forever).
+    Branches of `allOf` stay open: closing them would make their combination unsatisfiable."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: closed_objects(v) for k, v in out[key].items()}
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed_objects(v) for v in out[key]]
+    if isinstance(out.get("allOf"), list):
+        out["allOf"] = [closed_objects(v, under_all_of=True) for v in out["allOf"]]
+    for key in (*_SUBSCHEMAS, "additionalProperties"):
+        if isinstance(out.get(key), (dict, list)):
+            out[key] = closed_objects(out[key])
+    if "properties" in out and "additionalProperties" not in out and not under_all_of:
+        out["additionalProperties"] = False
+    return out
 
 
 class Matcher:

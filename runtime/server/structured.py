@@ -156,19 +156,11 @@ def check_tool_schemas(served: ServedModel, plan: OutputPlan, field_name: str = 
 def _calls_schema(plan: OutputPlan) -> dict:
     """The JSON the output is forced into: a list of calls, each a tool's name and arguments."""
     chosen = [t["function"] for t in plan.tools if plan.choice.mode == "required" or t["function"]["name"] == plan.choice.name]
-    one = [{"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": _closed(f["parameters"])},
+    one = [{"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
             "required": ["name", "arguments"], "additionalProperties": False} for f in chosen]
     item = one[0] if len(one) == 1 else {"anyOf": one}
     single = plan.choice.mode == "function" or not plan.parallel
     return {"type": "array", "items": item, "minItems": 1, **({"maxItems": 1} if single else {})}
-
-
-def _closed(schema: dict) -> dict:
-    """A tool's parameters with no arguments beyond the declared ones unless it allows them
-    explicitly: a forced call should not invent arguments the tool does not take."""
-    if schema.get("type") == "object" and "additionalProperties" not in schema and "properties" in schema:
-        return {**schema, "additionalProperties": False}
-    return schema
 
 
 def _unique_names(tools: list[dict], field_name: str) -> None:
