@@ -51,7 +51,7 @@ def tools_server(tmp_path_factory):
     for name, template in ((TOOLS_QWEN, "Qwen-Qwen2.5-7B-Instruct.jinja"), (TOOLS_LLAMA, "meta-llama-Llama-3.1-8B-Instruct.jinja")):
         rfc("compile", SMOLLM2, "-o", root / name, "-q", "--chat-template", SHARED / "chat-templates" / template, check=True)
         bundles.append(root / name)
-    proc = ServerProcess(bundles[0], str(bundles[1]), "--kv-pages", "512", log_dir=root)
+    proc = ServerProcess(bundles[0], str(bundles[1]), "--kv-pages", str(KV_PAGES), log_dir=root)
     try:
         yield proc.wait_ready()
     finally:

@@ -144,14 +144,14 @@ def test_anthropic_tool_use(tools_url):
     tools = [{"name": t["function"]["name"], "description": t["function"]["description"], "input_schema": t["function"]["parameters"]}
              for t in TOOLS]
     msg = client.messages.create(model=TOOLS_QWEN, max_tokens=120, messages=ASK, tools=tools, tool_choice={"type": "any"},
-                                 temperature=0)
+                                 extra_body={"temperature": 0})
     assert msg.stop_reason == "tool_use"
     (use,) = [b for b in msg.content if b.type == "tool_use"]
     with client.messages.stream(model=TOOLS_QWEN, max_tokens=120, messages=ASK, tools=tools, tool_choice={"type": "any"},
-                                temperature=0) as stream:
+                                extra_body={"temperature": 0}) as stream:
         streamed = stream.get_final_message()
     assert [(b.name, b.input) for b in streamed.content if b.type == "tool_use"] == [(use.name, use.input)]
     history = ASK + [{"role": "assistant", "content": [b.model_dump() for b in msg.content]},
                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 degrees"}]}]
-    final = client.messages.create(model=TOOLS_QWEN, max_tokens=20, messages=history, tools=tools, temperature=0)
+    final = client.messages.create(model=TOOLS_QWEN, max_tokens=20, messages=history, tools=tools, extra_body={"temperature": 0})
     assert final.content[0].type == "text"
