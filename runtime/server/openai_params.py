@@ -134,6 +134,9 @@ def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tok
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
     include_usage = options.get("include_usage") is True
+    if constraint is not None and f.boolean("ignore_eos", False):
+        # a finished grammar allows only the end token: generating past it would break the grammar
+        raise bad_request("ignore_eos cannot be combined with a response format, grammar or forced tool call", "ignore_eos")
     generation = GenerationRequest(
         prompt_ids=prompt_ids,
         params=_sampling(f, served),
