@@ -11,6 +11,8 @@ import pytest
 from rfc.runtime.constraints import GrammarError, Grammars
 from tests.conftest import SHARED
 
+pytestmark = pytest.mark.shared
+
 SMOLLM2 = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 SCHEMAS = [
     {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},

@@ -7,6 +7,8 @@ from rfc.runtime.chat import ChatTemplate
 from rfc.runtime.reasoning import ReasoningSplitter, prompt_opens_thinking, split_whole, template_thinks
 from tests.conftest import SHARED
 
+pytestmark = pytest.mark.shared
+
 TEMPLATES = SHARED / "chat-templates"
 USER = [{"role": "user", "content": "2+2?"}]
 

@@ -11,6 +11,8 @@ from rfc.runtime import tool_calls
 from rfc.runtime.chat import ChatTemplate
 from tests.conftest import SHARED
 
+pytestmark = pytest.mark.shared
+
 TEMPLATES = sorted((SHARED / "chat-templates").glob("*.jinja"))
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}}]
