@@ -87,6 +87,7 @@ class Engine:
         state.sampler = Sampler(request.params, request.prompt_ids, self.model.vocab_size)
         state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids, keep_leading_space=True)
         state.stopper = StopChecker(list(request.stop))
+        state.matcher = request.constraint.matcher() if request.constraint is not None else None
         with self._lock:
             self.scheduler.add(state.seq)  # QueueFull propagates: nothing was registered
             self._remember(state)
@@ -227,7 +228,11 @@ class Engine:
             row += 1
 
     def _advance(self, state: RequestState, logits) -> None:
+        if state.matcher is not None:  # constrained rows only: the grammar's mask, then sampling
+            logits = state.matcher.mask(logits)
         token = state.sampler.sample(logits)
+        if state.matcher is not None:
+            state.matcher.accept(token)
         logprob, top = None, ()
         if state.request.logprobs is not None:
             logprob, top_list = state.sampler.logprobs(logits, token, state.request.logprobs)

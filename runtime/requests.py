@@ -5,6 +5,7 @@ status live in its scheduler Sequence alone."""
 import queue
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from rfc.runtime.detokenize import IncrementalDetokenizer
 from rfc.runtime.sampler import Sampler, SamplingParams
@@ -31,6 +32,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; n >= 0: the chosen token's and the top n
+    constraint: Any = None  # a runtime.constraints.Grammar: only the tokens it allows are sampled
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class RequestState:
     sampler: Sampler | None = None
     detok: IncrementalDetokenizer | None = None
     stopper: StopChecker | None = None
+    matcher: Any = None  # the constraint's per-request state (runtime.constraints.Matcher)
 
     @property
     def tokens(self) -> list[int]:

@@ -4,17 +4,22 @@
 `system` (a string or text blocks), multi-turn `messages` (user/assistant, text blocks),
 `max_tokens` (required, as Anthropic requires it), `stop_sequences`, `temperature`, `top_p`,
 `top_k`; streaming sends Anthropic's named events (message_start, content_block_start, ping,
-content_block_delta..., content_block_stop, message_delta, message_stop). Tools, images and
-extended thinking are refused with 400. With `--api-key`, `x-api-key` works as well as Bearer."""
+content_block_delta..., content_block_stop, message_delta, message_stop). Client `tools`,
+`tool_choice`, `tool_use` / `tool_result` blocks and `thinking` map onto the chat machinery
+(runtime/server/anthropic_blocks.py); images, documents and server tools are refused with 400.
+With `--api-key`, `x-api-key` works as well as Bearer."""
 
 import secrets
 
 import falcon
 
+from rfc.runtime.assistant_output import Delta, OutputParser, OutputSpec
 from rfc.runtime.engine import EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.messages import MessageError, flatten_content, system_and_turns
+from rfc.runtime.reasoning import template_thinks
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.chat_prompt import render_chat
+from rfc.runtime.server.anthropic_blocks import chat_messages, content_blocks, output_plan, tool_use
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import ApiError, bad_request, read_json
 from rfc.runtime.server.fields import RequestFields
@@ -22,6 +27,7 @@ from rfc.runtime.server.generation import client_gone, model_for, submit
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.middleware import deferred_log
 from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse_body, sse_event
+from rfc.runtime.server.structured import OutputPlan
 
 ROLES = ("user", "assistant")
 MAX_STOP_SEQUENCES = 16
@@ -33,29 +39,26 @@ def add_routes(app: falcon.App, handle: EngineHandle, config: ServerConfig) -> N
     app.add_route("/v1/messages/count_tokens", CountTokensResource(handle, config))
 
 
-def prompt_ids(f: RequestFields, served: ServedModel) -> list[int]:
-    if f.raw("tools"):
-        raise bad_request("tools are not supported", "tools")
-    thinking = f.raw("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") not in (None, "disabled"):
+def prompt(f: RequestFields, served: ServedModel, plan: OutputPlan) -> str:
+    if plan.thinking and not (served.chat is not None and template_thinks(served.chat.source)):
         raise bad_request("extended thinking is not supported by this model", "thinking")
     try:
         system = flatten_content(f.raw("system"), "system", nullable=True)
     except MessageError as e:
         raise bad_request(str(e), e.field) from None
-    messages = f.raw("messages")
-    if isinstance(messages, list):
-        for i, m in enumerate(messages):
-            if isinstance(m, dict) and m.get("role") not in ROLES:
-                raise bad_request(f"messages[{i}].role must be 'user' or 'assistant' (the system prompt goes in 'system')",
-                                  f"messages[{i}].role")
-    if not isinstance(messages, list):
-        raise bad_request("'messages' must be a list of messages", "messages")
-    return served.prompts.encode(render_chat(served, system_and_turns(system, messages)), "messages")
+    messages = chat_messages(f.raw("messages"))
+    extra = {"enable_thinking": plan.thinking} if plan.thinking is not None else {}
+    return render_chat(served, system_and_turns(system, messages), extra, tools=plan.render_tools)
 
 
-def parse(f: RequestFields, served: ServedModel) -> GenerationRequest:
-    ids = prompt_ids(f, served)
+def prompt_ids(f: RequestFields, served: ServedModel) -> list[int]:
+    return served.prompts.encode(prompt(f, served, output_plan(f)), "messages")
+
+
+def parse(f: RequestFields, served: ServedModel) -> tuple[GenerationRequest, OutputSpec]:
+    plan = output_plan(f)
+    text = prompt(f, served, plan)
+    ids = served.prompts.encode(text, "messages")
     max_tokens = f.integer("max_tokens", None, 1)
     if max_tokens is None:
         raise bad_request("'max_tokens' is required", "max_tokens")
@@ -67,19 +70,25 @@ def parse(f: RequestFields, served: ServedModel) -> GenerationRequest:
         raise bad_request(f"'stop_sequences' must be a list of at most {MAX_STOP_SEQUENCES} non-empty strings", "stop_sequences")
     params = SamplingParams(temperature=f.number("temperature", 1.0, 0.0, 1.0), top_p=f.number("top_p", 1.0),
                             top_k=f.integer("top_k", 0, 0))
-    return GenerationRequest(prompt_ids=ids, params=params, max_tokens=max_tokens, stop=tuple(stops))
+    request = GenerationRequest(prompt_ids=ids, params=params, max_tokens=max_tokens, stop=tuple(stops),
+                                constraint=plan.constraint(served))
+    return request, plan.output_spec(served, text)
 
 
 class MessageShapes:
-    def __init__(self, model_id: str, state: RequestState):
+    def __init__(self, model_id: str, state: RequestState, spec: OutputSpec = OutputSpec()):
         self.model_id = model_id
         self.state = state
+        self.spec = spec
+        self.parser = OutputParser(spec)  # the stream's
         self.id = f"msg_{secrets.token_hex(12)}"
 
-    def stop(self) -> tuple[str | None, str | None]:
+    def stop(self, called: bool = False) -> tuple[str | None, str | None]:
         """(stop_reason, stop_sequence) once finished."""
         state = self.state
         matched = state.stopper.matched if state.stopper is not None else None
+        if called and state.finish_reason in (EOS, STOP):
+            return "tool_use", None
         return STOP_REASONS.get(state.finish_reason, "end_turn"), matched if state.finish_reason == STOP else None
 
     def usage(self) -> dict:
@@ -87,38 +96,74 @@ class MessageShapes:
                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
 
     def message(self, done: bool) -> dict:
-        reason, sequence = self.stop() if done else (None, None)
+        if not done:
+            return {"id": self.id, "type": "message", "role": "assistant", "model": self.model_id, "content": [],
+                    "stop_reason": None, "stop_sequence": None, "usage": self.usage()}
+        parser = OutputParser(self.spec)
+        parser.push(self.state.text)
+        parser.finish()
+        reason, sequence = self.stop(bool(parser.message.calls))
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model_id,
-                "content": [{"type": "text", "text": self.state.text}] if done else [],
+                "content": content_blocks(parser.message),
                 "stop_reason": reason, "stop_sequence": sequence, "usage": self.usage()}
 
 
 class MessagesStreamRenderer:
+    """Anthropic's events: a block opens when its kind of output first comes (thinking, text,
+    each tool_use) and closes when another kind starts or the message ends."""
+
     def __init__(self, shapes: MessageShapes):
         self._s = shapes
         self._started = False
+        self._index = -1
+        self._open: str | None = None  # the kind of the open block
 
     def event(self, event: TokenEvent) -> list[bytes]:
         out = []
         if not self._started:
             self._started = True
             out += [sse_event("message_start", {"type": "message_start", "message": self._s.message(False)}),
-                    sse_event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                      "content_block": {"type": "text", "text": ""}}),
                     sse_event("ping", {"type": "ping"})]
         if event.finish_reason == FAILED:
             error = {"type": "api_error", "message": f"generation failed: {self._s.state.error}"}
             return out + [sse_event("error", {"type": "error", "error": error})]
-        if event.text:
-            delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": event.text}}
-            out.append(sse_event("content_block_delta", delta))
+        parts = self._s.parser.push(event.text) if event.text else Delta()
         if event.finished:
-            reason, sequence = self._s.stop()
-            out += [sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            end = self._s.parser.finish()
+            parts = Delta(parts.reasoning + end.reasoning, parts.content + end.content, parts.calls + end.calls)
+        if parts.reasoning:
+            out += self._block("thinking", {"type": "thinking", "thinking": ""})
+            out.append(self._delta({"type": "thinking_delta", "thinking": parts.reasoning}))
+        if parts.content:
+            out += self._block("text", {"type": "text", "text": ""})
+            out.append(self._delta({"type": "text_delta", "text": parts.content}))
+        for call in parts.calls:
+            block = tool_use(call)
+            out += self._block("tool_use", {**block, "input": {}}, always=True)
+            out.append(self._delta({"type": "input_json_delta", "partial_json": call.arguments}))
+        if event.finished:
+            if self._index < 0:  # an empty answer still has its (empty) text block
+                out += self._block("text", {"type": "text", "text": ""})
+            reason, sequence = self._s.stop(bool(self._s.parser.message.calls))
+            out += [sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index}),
                     sse_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
                                                 "usage": {"output_tokens": len(self._s.state.tokens)}}),
                     sse_event("message_stop", {"type": "message_stop"})]
         return out
+
+    def _block(self, kind: str, start: dict, always: bool = False) -> list[bytes]:
+        if self._open == kind and not always:
+            return []
+        out = []
+        if self._open is not None:
+            out.append(sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index}))
+        self._index += 1
+        self._open = kind
+        out.append(sse_event("content_block_start", {"type": "content_block_start", "index": self._index, "content_block": start}))
+        return out
+
+    def _delta(self, delta: dict) -> bytes:
+        return sse_event("content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta})
 
     def end(self) -> list[bytes]:
         return []
@@ -133,10 +178,11 @@ class MessagesResource:
         body = read_json(req, self._config.max_body_bytes)
         served = model_for(self._handle, body, any_name_if_single=True)
         f = RequestFields(body)
-        state = submit(served.engine, parse(f, served))
+        request, spec = parse(f, served)
+        state = submit(served.engine, request)
         req.context.request_id = state.request_id
         resp.set_header("X-Request-Id", str(state.request_id))
-        shapes = MessageShapes(served.model_id, state)
+        shapes = MessageShapes(served.model_id, state, spec)
         tokens = TokenStream(served.engine, state, client_gone(req))
         if f.boolean("stream", False):
             resp.content_type = SSE_CONTENT_TYPE

@@ -2,6 +2,8 @@
 Ollama, /apply-template): messages are normalized (runtime/messages.py), then rendered with
 the bundle's chat template. Template failures are the client's messages' fault: a 400."""
 
+import json
+
 import falcon
 
 from rfc.runtime.chat import ChatTemplateError
@@ -11,8 +13,9 @@ from rfc.runtime.server.host import ServedModel
 
 
 def render_chat(served: ServedModel, messages: object, extra: dict | None = None, field: str = "messages",
-                add_generation_prompt: bool = True) -> str:
-    """Prompt text for `messages`; `extra` holds template variables (chat_template_kwargs)."""
+                add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+    """Prompt text for `messages`; `extra` holds template variables (chat_template_kwargs);
+    `tools` the OpenAI-shaped tools the template renders (None: no tools)."""
     if served.chat is None:
         raise ApiError(falcon.HTTP_500, served.chat_error or "the bundle has no usable chat template")
     try:
@@ -20,9 +23,39 @@ def render_chat(served: ServedModel, messages: object, extra: dict | None = None
     except MessageError as e:
         raise bad_request(str(e), e.field) from None
     try:
-        return served.chat.render(turns, add_generation_prompt=add_generation_prompt, **(extra or {}))
+        # Most templates take a call's arguments as an object (`arguments | tojson`); clients
+        # send the JSON text. A template that wants the text (functionary v3.2) gets it on retry.
+        try:
+            return served.chat.render(_object_arguments(turns), add_generation_prompt=add_generation_prompt, tools=tools,
+                                      **(extra or {}))
+        except ChatTemplateError:
+            if not any(t.get("tool_calls") for t in turns):
+                raise
+            return served.chat.render(turns, add_generation_prompt=add_generation_prompt, tools=tools, **(extra or {}))
     except ChatTemplateError as e:
         raise bad_request(f"the chat template failed on these messages: {e}", field) from None
     except TypeError as e:  # a chat_template_kwargs key that collides with render's own arguments
         raise bad_request(f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
 
+
+
+def _object_arguments(turns: list[dict]) -> list[dict]:
+    """Copies of `turns` whose tool calls' `arguments` are objects, where they were JSON text."""
+    out = []
+    for turn in turns:
+        calls = turn.get("tool_calls")
+        if isinstance(calls, list) and calls:
+            turn = {**turn, "tool_calls": [_object_call(c) for c in calls]}
+        out.append(turn)
+    return out
+
+
+def _object_call(call: object) -> object:
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("arguments"), str):
+        return call
+    try:
+        args = json.loads(fn["arguments"])
+    except ValueError:
+        return call
+    return {**call, "function": {**fn, "arguments": args}}

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import falcon
 
+from rfc.runtime.constraints import GrammarError
 from rfc.runtime.engine import Engine, GenerationRequest, QueueFull, RequestError, RequestState
 from rfc.runtime.sampler import SamplingError
 from rfc.runtime.server.errors import bad_request, unavailable
@@ -20,7 +21,7 @@ def model_for(handle: EngineHandle, body: dict, any_name_if_single: bool = False
 def submit(engine: Engine, request: GenerationRequest) -> RequestState:
     try:
         return engine.submit(request)
-    except (RequestError, SamplingError) as e:
+    except (RequestError, SamplingError, GrammarError) as e:
         raise bad_request(str(e), e.field) from None
     except QueueFull as e:
         raise unavailable(f"the request queue is full ({e}); retry later") from None

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 import falcon
 
+from rfc.artifacts.bundle import TOKENIZER_FILE
 from rfc.runtime.chat import ChatTemplate, ChatTemplateError
+from rfc.runtime.constraints import Grammars
 from rfc.runtime.engine import Engine, GenerationRequest
 from rfc.runtime.generate import generate
 from rfc.runtime.loader import LoadedModel, LoadOptions, load_model
@@ -20,6 +22,7 @@ from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.scheduler import SchedulerConfig
 from rfc.runtime.server.errors import ApiError, unavailable
 from rfc.runtime.server.prompt_cache import PromptCache
+from rfc.runtime.tool_calls import ToolFormat, detect
 
 if TYPE_CHECKING:
     from rfc.runtime.server.telemetry import Telemetry
@@ -35,6 +38,9 @@ class ServedModel:
     prompts: PromptCache
     chat: "ChatTemplate | RemoteTemplate | None"
     chat_error: str | None  # why the bundle's chat template is unusable, if it is
+    tool_format: ToolFormat | None = None  # the template family's tool-call parser
+    grammars: Grammars | None = None  # constrained decoding (llguidance's view of the tokenizer)
+    grammars_error: str | None = None
 
 
 class EngineHandle:
@@ -125,6 +131,11 @@ def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfi
     except ChatTemplateError as e:
         chat, chat_error = None, f"the bundle's chat template does not compile: {e}"
     model_id = model_id or str(model.manifest["model"].get("name") or Path(bundle).name)
+    grammars, grammars_error = None, None
+    try:
+        grammars = Grammars(model.bundle.file(TOKENIZER_FILE).read_text(encoding="utf-8"), model.vocab_size, _eog_ids(model))
+    except Exception as e:  # noqa: BLE001 - a tokenizer llguidance cannot read disables grammars, not the model
+        grammars_error = f"llguidance cannot read this tokenizer: {e}"
     observer = telemetry.for_model(model_id) if telemetry is not None else None
     engine = Engine(model, scheduler, observer, request_ids=request_ids)
     engine.start()
@@ -136,7 +147,15 @@ def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfi
         prompts=PromptCache(model, prompt_cache_bytes),
         chat=chat,
         chat_error=chat_error,
+        tool_format=detect(chat.source) if chat is not None else None,
+        grammars=grammars,
+        grammars_error=grammars_error,
     )
+
+
+def _eog_ids(model: LoadedModel) -> list[int]:
+    info = model.tokenizer_info
+    return list(info.get("eog_ids") or ([info["eos_id"]] if info.get("eos_id") is not None else []))
 
 
 def warm_up(model: LoadedModel) -> None:

@@ -4,6 +4,7 @@ tensor_count, context_length, capabilities, details), read from the bundle's man
 
 from datetime import datetime, timezone
 
+from rfc.runtime.reasoning import template_thinks
 from rfc.runtime.server.host import ServedModel
 
 OWNER = "rfc"
@@ -51,11 +52,22 @@ def has_chat_template(served: ServedModel) -> bool:
     return bool(served.model.manifest.get("chat_template")) and served.chat is not None
 
 
-def capabilities(served: ServedModel) -> dict[str, bool]:
+def capabilities(served: ServedModel) -> dict:
     """What the server does with this model. `chat` needs the model's own template (any model
     can be chatted with through the ChatML fallback, but only one with a template was
-    trained for it); tools and JSON schemas are not supported yet."""
-    return {"completion": True, "chat": has_chat_template(served), "embeddings": True, "tools": False, "json_schema": False}
+    trained for it); `tools` needs a template whose tool-call format has a parser
+    (`tool_call_format` names it); `thinking` a template that writes `<think>` blocks."""
+    source = served.chat.source if served.chat is not None else ""
+    return {
+        "completion": True,
+        "chat": has_chat_template(served),
+        "embeddings": True,
+        "tools": served.tool_format is not None,
+        "tool_call_format": served.tool_format.name if served.tool_format else None,
+        "json_schema": served.grammars is not None,
+        "grammar": served.grammars is not None,
+        "thinking": template_thinks(source) and has_chat_template(served),
+    }
 
 
 def model_size(served: ServedModel) -> int:

@@ -20,7 +20,8 @@ from rfc.runtime.server.generation import client_gone, submit
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.middleware import deferred_log
 from rfc.runtime.server.ollama_format import (
-    NDJSON_CONTENT_TYPE, OllamaReply, OllamaStreamRenderer, chat_prompt, generate_prompt, generation, refuse_unsupported,
+    NDJSON_CONTENT_TYPE, OllamaReply, OllamaStreamRenderer, chat_prompt, generate_prompt, generation, output_plan,
+    refuse_unsupported,
 )
 from rfc.runtime.server.streaming import TokenStream, sse_body
 
@@ -109,7 +110,9 @@ class ShowResource:
         manifest = served.model.manifest
         model = manifest["model"]
         info = {**model.get("gguf_metadata", {}), "general.parameter_count": model["parameter_count"]}
-        caps = ["completion"] + (["embedding"] if model_info.capabilities(served)["embeddings"] else [])
+        flags = model_info.capabilities(served)
+        caps = ["completion"] + [name for name, key in (("embedding", "embeddings"), ("tools", "tools"), ("thinking", "thinking"))
+                                 if flags[key]]
         template = served.chat.source if model_info.has_chat_template(served) else "{{ .Prompt }}"
         resp.media = {
             "modelfile": f"# compiled by rfc into the bundle {served.model.bundle.root}\nFROM {manifest.get('source', {}).get('file', '')}\n",
@@ -135,14 +138,21 @@ class GenerateResource:
         name, served = _model(self._handle, f)
         refuse_unsupported(f)
         stream = f.boolean("stream", True)  # Ollama streams unless told not to
-        prompt_ids = chat_prompt(served, f) if self._chat else generate_prompt(served, f)
-        if prompt_ids is None:
+        plan = output_plan(served, f, self._chat)
+        if self._chat:
+            prompt = chat_prompt(served, f, plan)
+            context: list[int] = []
+        else:
+            found = generate_prompt(served, f, plan)
+            context, prompt = found if found is not None else ([], None)
+        if prompt is None:
             resp.media = OllamaReply(name, self._chat).loaded()
             return
-        state = submit(served.engine, generation(served, f, prompt_ids))
+        prompt_ids = context + served.prompts.encode(prompt, "messages" if self._chat else "prompt")
+        state = submit(served.engine, generation(served, f, prompt_ids, plan))
         req.context.request_id = state.request_id
         resp.set_header("X-Request-Id", str(state.request_id))
-        reply = OllamaReply(name, self._chat, state)
+        reply = OllamaReply(name, self._chat, state, plan.output_spec(served, prompt))
         tokens = TokenStream(served.engine, state, client_gone(req))
         if stream:
             resp.content_type = NDJSON_CONTENT_TYPE
@@ -152,7 +162,7 @@ class GenerateResource:
         req.context.tokens = len(state.tokens)
         if state.finish_reason == FAILED:
             raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
-        resp.media = reply.final(state.text)
+        resp.media = reply.final(reply.whole())
 
 
 class EmbedResource:

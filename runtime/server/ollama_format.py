@@ -6,6 +6,7 @@ import json
 import time
 from datetime import datetime, timezone
 
+from rfc.runtime.assistant_output import Delta, OutputParser, OutputSpec
 from rfc.runtime.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.messages import system_and_turns
 from rfc.runtime.server.chat_prompt import render_chat
@@ -13,8 +14,10 @@ from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import check_token_ids
 from rfc.runtime.server.host import ServedModel
+from rfc.runtime.reasoning import template_thinks
 from rfc.runtime.server.model_info import has_chat_template
 from rfc.runtime.server.ollama_options import parse_options
+from rfc.runtime.server.structured import OutputPlan, grammar, openai_tools
 
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 DONE_REASONS = {EOS: "stop", STOP: "stop", LENGTH: "length", CANCELLED: "cancelled", FAILED: "error"}
@@ -30,24 +33,51 @@ def ndjson(obj: dict) -> bytes:
 
 def refuse_unsupported(f: RequestFields) -> None:
     """What Ollama offers and rfc cannot do yet: a 400 naming it, never silently ignored."""
-    if f.raw("format"):
-        raise bad_request("structured outputs ('format') are not supported", "format")
-    if f.raw("tools"):
-        raise bad_request("tools are not supported", "tools")
     if f.raw("images"):
         raise bad_request("images are not supported: this model takes text only", "images")
     if f.string("suffix"):
         raise bad_request("'suffix' (fill-in-the-middle) is not supported", "suffix")
     if f.string("template"):
         raise bad_request("template overrides are not supported; compile the bundle with --chat-template", "template")
-    if f.raw("think") not in (None, False):
-        raise bad_request("this model does not support thinking", "think")
     if f.boolean("logprobs", False):
         raise bad_request("logprobs are not supported on the Ollama API (use /v1/completions)", "logprobs")
 
 
-def generate_prompt(served: ServedModel, f: RequestFields) -> list[int] | None:
-    """Prompt ids for /api/generate, None for an empty prompt (Ollama's "load the model").
+def output_plan(served: ServedModel, f: RequestFields, chat: bool) -> OutputPlan:
+    """`format` ("json" or a JSON schema), `tools` (/api/chat) and `think`."""
+    plan = OutputPlan()
+    if chat:
+        plan.tools = openai_tools(f.raw("tools"))
+    elif f.raw("tools"):
+        raise bad_request("'tools' is supported on /api/chat only", "tools")
+    fmt = f.raw("format")
+    if fmt == "json":
+        plan.grammar_field, plan.grammar = "format", grammar(served, "format", lambda g: g.any_json_object("format"))
+    elif isinstance(fmt, dict):
+        plan.grammar_field, plan.grammar = "format", grammar(served, "format", lambda g: g.json_schema(fmt, "format"))
+    elif fmt not in (None, ""):
+        raise bad_request("'format' must be \"json\" or a JSON schema object", "format")
+    think = f.raw("think")
+    if think not in (None, False, True, "low", "medium", "high"):
+        raise bad_request("'think' must be true, false or one of 'low', 'medium', 'high'", "think")
+    if think not in (None, False) and not (served.chat is not None and template_thinks(served.chat.source)):
+        raise bad_request("this model does not support thinking", "think")
+    plan.thinking = None if think is None else think is not False
+    return plan
+
+
+def template_variables(plan: OutputPlan, f: RequestFields) -> dict:
+    """Template variables for `think`: Qwen3's and DeepSeek's enable_thinking, gpt-oss's reasoning_effort."""
+    if plan.thinking is None:
+        return {}
+    extra = {"enable_thinking": plan.thinking}
+    if isinstance(f.raw("think"), str):
+        extra["reasoning_effort"] = f.raw("think")
+    return extra
+
+
+def generate_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | None = None) -> tuple[list[int], str] | None:
+    """(`context` ids, prompt text) for /api/generate, None for an empty prompt (Ollama's "load the model").
     As in Ollama, the prompt goes through the model's template as a user turn (with `system`)
     unless `raw` is set or the model has no template of its own."""
     prompt = f.string("prompt", "")
@@ -60,12 +90,13 @@ def generate_prompt(served: ServedModel, f: RequestFields) -> list[int] | None:
     if f.boolean("raw", False) or not has_chat_template(served):
         text = prompt
     else:
-        text = render_chat(served, system_and_turns(f.string("system"), [{"role": "user", "content": prompt}]), field="prompt")
-    return context + served.prompts.encode(text)
+        extra = template_variables(plan, f) if plan is not None else {}
+        text = render_chat(served, system_and_turns(f.string("system"), [{"role": "user", "content": prompt}]), extra, field="prompt")
+    return context, text
 
 
-def chat_prompt(served: ServedModel, f: RequestFields) -> list[int] | None:
-    """Prompt ids for /api/chat, None for no messages (Ollama's "load the model")."""
+def chat_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | None = None) -> str | None:
+    """Prompt text for /api/chat, None for no messages (Ollama's "load the model")."""
     messages = f.raw("messages", [])
     if isinstance(messages, list):
         if not messages:
@@ -73,7 +104,16 @@ def chat_prompt(served: ServedModel, f: RequestFields) -> list[int] | None:
         for i, m in enumerate(messages):
             if isinstance(m, dict) and m.get("images"):
                 raise bad_request("images are not supported: this model takes text only", f"messages[{i}].images")
-    return served.prompts.encode(render_chat(served, messages), "messages")
+        messages = [_from_ollama(m) for m in messages]
+    extra = template_variables(plan, f) if plan is not None else {}
+    return render_chat(served, messages, extra, tools=plan.render_tools if plan is not None else None)
+
+
+def _from_ollama(message: object) -> object:
+    """Ollama's `thinking` of an earlier assistant turn is what templates call `reasoning_content`."""
+    if isinstance(message, dict) and message.get("role") == "assistant" and isinstance(message.get("thinking"), str):
+        return {**message, "reasoning_content": message["thinking"]}
+    return message
 
 
 # Top-level sampling fields that ollama-ai-provider-v2 (the AI SDK's Ollama provider) sends
@@ -81,7 +121,7 @@ def chat_prompt(served: ServedModel, f: RequestFields) -> list[int] | None:
 _TOP_LEVEL_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "num_predict"}
 
 
-def generation(served: ServedModel, f: RequestFields, prompt_ids: list[int]) -> GenerationRequest:
+def generation(served: ServedModel, f: RequestFields, prompt_ids: list[int], plan: OutputPlan | None = None) -> GenerationRequest:
     raw = f.raw("options", {})
     if isinstance(raw, dict):
         top = {opt: f.raw(key) for key, opt in _TOP_LEVEL_OPTIONS.items() if f.has(key)}
@@ -91,31 +131,47 @@ def generation(served: ServedModel, f: RequestFields, prompt_ids: list[int]) -> 
     if room < 1:
         raise bad_request(f"the prompt ({len(prompt_ids)} tokens) fills the context ({served.model.context_length} tokens)", "prompt")
     max_tokens = min(options.num_predict or room, room)  # Ollama stops at the context too
-    return GenerationRequest(prompt_ids=prompt_ids, params=options.params, max_tokens=max_tokens, stop=options.stop)
+    return GenerationRequest(prompt_ids=prompt_ids, params=options.params, max_tokens=max_tokens, stop=options.stop,
+                             constraint=plan.constraint(served) if plan is not None else None)
 
 
 class OllamaReply:
     """The objects of one /api/generate (`chat=False`) or /api/chat reply."""
 
-    def __init__(self, model_name: str, chat: bool, state: RequestState | None = None):
+    def __init__(self, model_name: str, chat: bool, state: RequestState | None = None, spec: OutputSpec = OutputSpec()):
         self.model_name = model_name
         self.chat = chat
         self.state = state
+        self.spec = spec
+        self.parser = OutputParser(spec)
 
-    def piece(self, text: str, done: bool = False) -> dict:
+    def piece(self, text: str | Delta, done: bool = False) -> dict:
+        d = text if isinstance(text, Delta) else Delta(content=text)
         out: dict = {"model": self.model_name, "created_at": now_rfc3339()}
         if self.chat:
-            out["message"] = {"role": "assistant", "content": text}
+            out["message"] = {"role": "assistant", "content": d.content}
+            if d.reasoning:
+                out["message"]["thinking"] = d.reasoning
+            if d.calls:
+                out["message"]["tool_calls"] = [{"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in d.calls]
         else:
-            out["response"] = text
+            out["response"] = d.content
+            if d.reasoning:
+                out["thinking"] = d.reasoning
         out["done"] = done
         return out
+
+    def whole(self) -> Delta:
+        """The complete output of a finished request, read as the stream would have."""
+        parser = OutputParser(self.spec)
+        a, b = parser.push(self.state.text), parser.finish()
+        return Delta(a.reasoning + b.reasoning, a.content + b.content, a.calls + b.calls)
 
     def loaded(self) -> dict:
         """The reply to an empty prompt: the model is loaded (it always is, here)."""
         return {**self.piece("", done=True), "done_reason": "load"}
 
-    def final(self, text: str = "") -> dict:
+    def final(self, text: "str | Delta" = "") -> dict:
         state = self.state
         end = state.finished_at or time.time()
         first = state.first_token_at or end
@@ -144,8 +200,12 @@ class OllamaStreamRenderer:
         if event.finish_reason == FAILED:
             return [ndjson({"error": f"generation failed: {self._reply.state.error}"})]
         out = []
-        if event.text:
-            out.append(ndjson(self._reply.piece(event.text)))
+        delta = self._reply.parser.push(event.text) if event.text else Delta()
+        if event.finished:
+            end = self._reply.parser.finish()
+            delta = Delta(delta.reasoning + end.reasoning, delta.content + end.content, delta.calls + end.calls)
+        if delta:
+            out.append(ndjson(self._reply.piece(delta)))
         if event.finished:
             out.append(ndjson(self._reply.final()))
         return out

@@ -50,7 +50,7 @@ class _GenerationResource:
         self._config = config
         self._pieces: TokenPieces | None = None
 
-    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool) -> CompletionFormat:
+    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest) -> CompletionFormat:
         raise NotImplementedError
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -60,7 +60,7 @@ class _GenerationResource:
         state = submit(served.engine, request.generation)
         req.context.request_id = state.request_id
         resp.set_header("X-Request-Id", str(state.request_id))
-        fmt = self.make_format(served, state, request.generation.logprobs is not None)
+        fmt = self.make_format(served, state, request.generation.logprobs is not None, request)
         stream = TokenStream(served.engine, state, client_gone(req))
         if request.stream:
             resp.content_type = SSE_CONTENT_TYPE
@@ -83,12 +83,13 @@ class _GenerationResource:
 class CompletionsResource(_GenerationResource):
     parse = staticmethod(completion_request)
 
-    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool) -> CompletionFormat:
+    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest) -> CompletionFormat:
         return CompletionFormat(served.model_id, state, CompletionLogprobs(self.pieces(served)) if with_logprobs else None)
 
 
 class ChatCompletionsResource(_GenerationResource):
     parse = staticmethod(chat_request)
 
-    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool) -> CompletionFormat:
-        return ChatFormat(served.model_id, state, ChatLogprobs(self.pieces(served)) if with_logprobs else None)
+    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest) -> CompletionFormat:
+        return ChatFormat(served.model_id, state, ChatLogprobs(self.pieces(served)) if with_logprobs else None,
+                          request.output, request.legacy_functions)

@@ -5,6 +5,7 @@ import functools
 import re
 import time
 
+from rfc.runtime.assistant_output import AssistantMessage, Delta, OutputParser, OutputSpec
 from rfc.runtime.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, RequestState, TokenEvent
 from rfc.runtime.server.errors import error_body
 from rfc.runtime.server.streaming import sse
@@ -114,26 +115,79 @@ class CompletionFormat:
 
 
 class ChatFormat(CompletionFormat):
-    """Shapes of one /v1/chat/completions request."""
+    """Shapes of one /v1/chat/completions request. Reasoning goes in `reasoning_content`
+    (DeepSeek's and llama.cpp's name) and in `reasoning` (vLLM's and Ollama's); tool calls in
+    `tool_calls` (or `function_call` for the legacy `functions`), with finish_reason
+    `tool_calls` (`function_call`)."""
 
-    def __init__(self, model_id: str, state: RequestState, logprobs: ChatLogprobs | None):
+    def __init__(self, model_id: str, state: RequestState, logprobs: ChatLogprobs | None,
+                 spec: OutputSpec = OutputSpec(), legacy_functions: bool = False):
         super().__init__(model_id, state, logprobs)
         self.id = f"chatcmpl-{state.request_id}"
+        self.spec = spec
+        self.legacy = legacy_functions
+        self._parser = OutputParser(spec)
+        self._calls_sent = 0
 
     def reply(self, events: list[TokenEvent]) -> dict:
+        parser = OutputParser(self.spec)
+        parser.push(self.state.text)
+        parser.finish()
+        msg = parser.message
         choice = {
             "index": 0,
-            "message": {"role": "assistant", "content": self.state.text},
+            "message": self._message(msg),
             "logprobs": self._lp(events),
-            "finish_reason": FINISH_REASONS[self.state.finish_reason],
+            "finish_reason": self._finish_reason(self.state.finish_reason, bool(msg.calls)),
         }
         return {**self._head("chat.completion"), "choices": [choice], "usage": usage(self.state)}
 
-    def chunk(self, event: TokenEvent) -> dict:
-        finish = FINISH_REASONS[event.finish_reason] if event.finished else None
-        delta = {"content": event.text} if event.text or not event.finished else {}
+    def _message(self, msg: AssistantMessage) -> dict:
+        out: dict = {"role": "assistant", "content": msg.content if msg.content or not msg.calls else None}
+        if msg.reasoning:
+            out["reasoning_content"] = out["reasoning"] = msg.reasoning
+        if msg.calls and self.legacy:
+            out["function_call"] = {"name": msg.calls[0].name, "arguments": msg.calls[0].arguments}
+        elif msg.calls:
+            out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                                 for c in msg.calls]
+        return out
+
+    def _finish_reason(self, reason: str | None, called: bool) -> str:
+        if called and reason in (EOS, STOP):
+            return "function_call" if self.legacy else "tool_calls"
+        return FINISH_REASONS[reason]
+
+    def chunk(self, event: TokenEvent) -> dict | None:
+        if self.spec.is_plain:
+            delta = {"content": event.text} if event.text or not event.finished else {}
+        else:
+            parts = self._parser.push(event.text)
+            if event.finished:
+                end = self._parser.finish()
+                parts = Delta(parts.reasoning + end.reasoning, parts.content + end.content, parts.calls + end.calls)
+            delta = self._delta(parts)
+            if not delta and not event.finished and not (self.logprobs and output_events(event)):
+                return None
+        finish = self._finish_reason(event.finish_reason, bool(self._parser.message.calls)) if event.finished else None
         choice = {"index": 0, "delta": delta, "logprobs": self._lp([event]), "finish_reason": finish}
         return {**self._head("chat.completion.chunk"), "choices": [choice]}
+
+    def _delta(self, parts: Delta) -> dict:
+        delta: dict = {}
+        if parts.reasoning:
+            delta["reasoning_content"] = delta["reasoning"] = parts.reasoning
+        if parts.content:
+            delta["content"] = parts.content
+        if parts.calls and self.legacy:
+            delta["function_call"] = {"name": parts.calls[0].name, "arguments": parts.calls[0].arguments}
+        elif parts.calls:
+            delta["tool_calls"] = []
+            for c in parts.calls:
+                delta["tool_calls"].append({"index": self._calls_sent, "id": c.id, "type": "function",
+                                            "function": {"name": c.name, "arguments": c.arguments}})
+                self._calls_sent += 1
+        return delta
 
     def first_chunks(self) -> list[dict]:
         choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
@@ -161,7 +215,9 @@ class OpenAIStreamRenderer:
         if event.finish_reason == FAILED:
             out.append(sse(error_body(self._path, 500, f"generation failed: {self._fmt.state.error}")))
         elif event.finished or event.text or (self._fmt.logprobs and output_events(event)):
-            out.append(self._sse(self._fmt.chunk(event)))
+            chunk = self._fmt.chunk(event)
+            if chunk is not None:  # None: the text is held back (a tool call may be starting)
+                out.append(self._sse(chunk))
         return out
 
     def end(self) -> list[bytes]:

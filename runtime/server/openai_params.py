@@ -1,10 +1,15 @@
 """OpenAI request bodies -> GenerationRequest. Parameters the engine cannot honour are a
-400, never silently ignored (n > 1, best_of, echo, suffix, tools, JSON mode); unknown fields
-are ignored. llama.cpp/vLLM extras are accepted: top_k, min_p, repetition_penalty,
-ignore_eos, chat_template_kwargs."""
+400, never silently ignored (n > 1, best_of, echo, suffix); unknown fields are ignored.
+llama.cpp/vLLM extras are accepted: top_k, min_p, repetition_penalty, ignore_eos,
+chat_template_kwargs, json_schema, grammar (GBNF), reasoning_format.
+
+Structured output: `response_format` (`text`, `json_object`, `json_schema`), `tools`,
+`tool_choice`, `parallel_tool_calls` and the legacy `functions` / `function_call`
+(runtime/server/structured.py)."""
 
 from dataclasses import dataclass
 
+from rfc.runtime.assistant_output import OutputSpec
 from rfc.runtime.engine import GenerationRequest
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.chat_prompt import render_chat
@@ -12,6 +17,9 @@ from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import check_token_ids
 from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.structured import (
+    OutputPlan, grammar, legacy_functions, openai_tool_choice, openai_tools,
+)
 from rfc.runtime.values import shown
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
@@ -24,6 +32,8 @@ class OpenAIRequest:
     generation: GenerationRequest
     stream: bool
     include_usage: bool
+    output: OutputSpec = OutputSpec()
+    legacy_functions: bool = False  # answer with `function_call` rather than `tool_calls`
 
 
 def completion_request(body: dict, served: ServedModel) -> OpenAIRequest:
@@ -36,18 +46,22 @@ def completion_request(body: dict, served: ServedModel) -> OpenAIRequest:
     prompt_ids = _completion_prompt(f, served)
     logprobs = f.integer("logprobs", None, 0, MAX_LOGPROBS)
     max_tokens = f.integer("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS, 1)
-    return _build(f, served, prompt_ids, max_tokens, logprobs)
+    plan = OutputPlan()
+    _response_format(f, served, plan)
+    return _build(f, served, prompt_ids, max_tokens, logprobs, plan.constraint(served))
 
 
 def chat_request(body: dict, served: ServedModel) -> OpenAIRequest:
     f = RequestFields(body)
     _refuse_unsupported(f)
-    if f.raw("tools") or f.raw("functions"):
-        raise bad_request("tools and function calling are not supported", "tools")
-    response_format = f.raw("response_format", {})
-    if not isinstance(response_format, dict) or response_format.get("type", "text") != "text":
-        raise bad_request("only response_format {'type': 'text'} is supported", "response_format")
-    prompt_ids = served.prompts.encode(_render_chat(f, served), "messages")
+    plan = _tools(f)
+    _response_format(f, served, plan)
+    reasoning_format = f.string("reasoning_format", "auto")
+    if reasoning_format not in ("auto", "deepseek", "none"):
+        raise bad_request("'reasoning_format' must be 'auto', 'deepseek' or 'none'", "reasoning_format")
+    plan.split_reasoning = reasoning_format != "none"
+    prompt = _render_chat(f, served, plan.render_tools)
+    prompt_ids = served.prompts.encode(prompt, "messages")
     top = f.integer("top_logprobs", None, 0, MAX_LOGPROBS)
     logprobs = (top or 0) if f.boolean("logprobs", False) else None
     if top is not None and logprobs is None:
@@ -59,15 +73,71 @@ def chat_request(body: dict, served: ServedModel) -> OpenAIRequest:
         max_tokens = served.model.context_length - len(prompt_ids)
         if max_tokens < 1:
             raise bad_request(f"the messages ({len(prompt_ids)} tokens) fill the context ({served.model.context_length} tokens)", "messages")
-    return _build(f, served, prompt_ids, max_tokens, logprobs)
+    built = _build(f, served, prompt_ids, max_tokens, logprobs, plan.constraint(served))
+    return OpenAIRequest(built.generation, built.stream, built.include_usage, plan.output_spec(served, prompt),
+                         legacy_functions=f.raw("functions") is not None and f.raw("tools") is None)
 
 
-def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tokens: int, logprobs: int | None) -> OpenAIRequest:
+def _tools(f: RequestFields) -> OutputPlan:
+    """tools / functions, tool_choice / function_call, parallel_tool_calls."""
+    if f.raw("tools") is not None and f.raw("functions") is not None:
+        raise bad_request("send 'tools' or the legacy 'functions', not both", "functions")
+    if f.raw("functions") is not None:
+        tools = legacy_functions(f.raw("functions"))
+        raw = f.raw("function_call")
+        choice = openai_tool_choice(raw if raw is not None else "auto", tools, "function_call")
+        if choice.mode == "required":
+            raise bad_request("'function_call' must be 'auto', 'none' or {'name': ...}", "function_call")
+        return OutputPlan(tools=tools, choice=choice, parallel=False)
+    tools = openai_tools(f.raw("tools"))
+    if not tools:
+        if f.raw("tool_choice") not in (None, "none", "auto"):
+            raise bad_request("'tool_choice' needs 'tools'", "tool_choice")
+        return OutputPlan()
+    return OutputPlan(tools=tools, choice=openai_tool_choice(f.raw("tool_choice"), tools),
+                      parallel=f.boolean("parallel_tool_calls", True))
+
+
+def _response_format(f: RequestFields, served: ServedModel, plan: OutputPlan) -> None:
+    """response_format, or llama.cpp's json_schema / grammar: at most one of them."""
+    asked = []
+    response_format = f.raw("response_format")
+    if response_format is not None:
+        if not isinstance(response_format, dict) or not isinstance(response_format.get("type", "text"), str):
+            raise bad_request("'response_format' must be an object with a 'type'", "response_format")
+        kind = response_format.get("type", "text")
+        if kind == "json_object":
+            asked.append(("response_format", lambda g: g.any_json_object("response_format")))
+        elif kind == "json_schema":
+            spec = response_format.get("json_schema")
+            if not isinstance(spec, dict) or "schema" not in spec:
+                raise bad_request("'response_format.json_schema' must be {'name': ..., 'schema': {...}, 'strict': ...}",
+                                  "response_format.json_schema")
+            asked.append(("response_format", lambda g: g.json_schema(spec["schema"], "response_format.json_schema.schema")))
+        elif kind != "text":
+            raise bad_request(f"response_format type '{kind}' is not supported (text, json_object, json_schema)", "response_format.type")
+    if f.raw("json_schema") is not None:
+        asked.append(("json_schema", lambda g: g.json_schema(f.raw("json_schema"), "json_schema")))
+    if f.raw("grammar") is not None:
+        source = f.string("grammar")
+        asked.append(("grammar", lambda g: g.gbnf(source, "grammar")))
+    if len(asked) > 1:
+        raise bad_request(f"send one of {', '.join(a[0] for a in asked)}, not several", asked[1][0])
+    if asked:
+        plan.grammar_field, build = asked[0]
+        plan.grammar = grammar(served, plan.grammar_field, build)
+
+
+def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tokens: int, logprobs: int | None,
+           constraint=None) -> OpenAIRequest:
     stream = f.boolean("stream", False)
     options = f.raw("stream_options", {})
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
     include_usage = options.get("include_usage") is True
+    if constraint is not None and f.boolean("ignore_eos", False):
+        # a finished grammar allows only the end token: generating past it would break the grammar
+        raise bad_request("ignore_eos cannot be combined with a response format, grammar or forced tool call", "ignore_eos")
     generation = GenerationRequest(
         prompt_ids=prompt_ids,
         params=_sampling(f, served),
@@ -75,6 +145,7 @@ def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tok
         stop=_stop(f),
         ignore_eos=f.boolean("ignore_eos", False),
         logprobs=logprobs,
+        constraint=constraint,
     )
     return OpenAIRequest(generation=generation, stream=stream, include_usage=stream and include_usage)
 
@@ -115,11 +186,11 @@ def _completion_prompt(f: RequestFields, served: ServedModel) -> list[int]:
     raise bad_request("'prompt' must be a string or a list of token ids", "prompt")
 
 
-def _render_chat(f: RequestFields, served: ServedModel) -> str:
+def _render_chat(f: RequestFields, served: ServedModel, tools: list[dict] | None = None) -> str:
     extra = f.raw("chat_template_kwargs", {})
     if not isinstance(extra, dict):
         raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
-    return render_chat(served, f.raw("messages"), extra)
+    return render_chat(served, f.raw("messages"), extra, tools=tools)
 
 
 def _stop(f: RequestFields) -> tuple[str, ...]:

@@ -35,3 +35,29 @@ def clients_server(clients_bundles):
 @pytest.fixture(scope="session")
 def url(clients_server) -> str:
     return clients_server.url
+
+
+TOOLS_QWEN = "smollm2-qwen25-tools"  # SmolLM2 with Qwen2.5's template: hermes `<tool_call>` calls
+TOOLS_LLAMA = "smollm2-llama31-tools"  # SmolLM2 with Llama 3.1's template: bare JSON calls
+
+
+@pytest.fixture(scope="session")
+def tools_server(tmp_path_factory):
+    """SmolLM2 compiled twice with real tool-capable templates from ../shared/chat-templates."""
+    if not SMOLLM2.is_file():
+        pytest.skip(f"{SMOLLM2} not found")
+    root = tmp_path_factory.mktemp("tools")
+    bundles = []
+    for name, template in ((TOOLS_QWEN, "Qwen-Qwen2.5-7B-Instruct.jinja"), (TOOLS_LLAMA, "meta-llama-Llama-3.1-8B-Instruct.jinja")):
+        rfc("compile", SMOLLM2, "-o", root / name, "-q", "--chat-template", SHARED / "chat-templates" / template, check=True)
+        bundles.append(root / name)
+    proc = ServerProcess(bundles[0], str(bundles[1]), "--kv-pages", str(KV_PAGES), log_dir=root)
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def tools_url(tools_server) -> str:
+    return tools_server.url

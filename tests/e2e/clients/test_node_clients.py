@@ -28,3 +28,21 @@ def test_ai_sdk_stream_text_equals_generate_text(url):
         assert got["generated"] == got["streamed"] != "", provider
         assert got["outputTokens"] <= 16 and got["finishReason"] in ("stop", "length"), provider
     assert result["openaiCompatible"]["generated"].startswith("The capital of France is Paris")
+
+
+def test_ai_sdk_tools_and_objects(tools_url):
+    """generateText with tools (toolChoice required) gives a valid call, streamText the same
+    call, generateObject an object its zod schema accepts (tests/node/tools.mjs)."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    if not (NODE_DIR / "node_modules" / "ai").is_dir():
+        pytest.skip("the AI SDK is not installed: run `npm ci` in tests/node (.ci/run does)")
+    from tests.e2e.clients.conftest import TOOLS_QWEN
+
+    proc = subprocess.run(["node", "tools.mjs", tools_url, TOOLS_QWEN], cwd=NODE_DIR, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["finishReason"] == "tool-calls"
+    assert [c["toolName"] for c in out["calls"]] == ["get_weather"] and out["calls"] == out["streamedCalls"]
+    assert out["calls"][0]["input"]["unit"] in ("C", "F")
+    assert isinstance(out["object"]["name"], str) and 0 <= out["object"]["age"] <= 40

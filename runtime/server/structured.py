@@ -1,0 +1,169 @@
+"""What a request asks of its output beyond text, in every API's words -> one `OutputPlan`:
+the tools to render into the prompt, the grammar that constrains sampling, and how to read
+the output (reasoning, tool calls).
+
+- Tools are OpenAI-shaped here (`{"type": "function", "function": {name, description,
+  parameters}}`); Ollama's are already, Anthropic's and the legacy `functions` are mapped.
+- `tool_choice`: `auto` renders the tools and parses calls out of free output with the
+  template family's parser; `none` renders no tools; `required` and a named function
+  constrain the output to a JSON list of calls (`[{"name", "arguments"}]`) by grammar, so the
+  call is valid with any model.
+- A JSON schema or grammar the engine cannot apply is a 400 naming the field, before the
+  request is queued."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from rfc.runtime.assistant_output import OutputSpec
+from rfc.runtime.constraints import Grammar, GrammarError
+from rfc.runtime.reasoning import prompt_opens_thinking, template_thinks
+from rfc.runtime.server.errors import bad_request
+from rfc.runtime.server.host import ServedModel
+
+MAX_TOOLS = 128
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # OpenAI allows a-z, A-Z, 0-9, _ and -; MCP adds . and :
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: str = "auto"  # auto | none | required | function
+    name: str | None = None  # mode "function": the one function to call
+
+
+@dataclass
+class OutputPlan:
+    tools: list[dict] = field(default_factory=list)  # rendered into the prompt
+    choice: ToolChoice = ToolChoice()
+    parallel: bool = True
+    grammar: Grammar | None = None  # response_format, json_schema, grammar, Ollama format
+    grammar_field: str | None = None
+    thinking: bool | None = None  # enable_thinking asked for (None: the template's default)
+    split_reasoning: bool = True
+
+    @property
+    def render_tools(self) -> list[dict] | None:
+        return self.tools if self.tools and self.choice.mode != "none" else None
+
+    def constraint(self, served: ServedModel) -> Grammar | None:
+        """The grammar sampling follows: the forced calls', else the response format's."""
+        if self.tools and self.choice.mode in ("required", "function"):
+            if self.grammar is not None:
+                raise bad_request("a response format cannot be combined with a required tool call", self.grammar_field)
+            check_tool_schemas(served, self)
+            return grammar(served, "tool_choice", lambda g: g.json_schema(_calls_schema(self), "tools"))
+        return self.grammar
+
+    def output_spec(self, served: ServedModel, prompt: str) -> OutputSpec:
+        source = served.chat.source if served.chat is not None else ""
+        thinks = self.split_reasoning and template_thinks(source)
+        forced = bool(self.tools) and self.choice.mode in ("required", "function")
+        fmt = served.tool_format if self.tools and self.choice.mode == "auto" else None
+        return OutputSpec(
+            thinks=thinks,
+            starts_inside=thinks and prompt_opens_thinking(prompt),
+            tool_format=fmt,
+            tools=tuple(self.tools),
+            forced_calls=forced,
+            call_prefix=fmt.opened_by(prompt) if fmt is not None else "",
+        )
+
+
+def grammar(served: ServedModel, field_name: str, build) -> Grammar:
+    if served.grammars is None:
+        raise bad_request(f"constrained decoding is not available for this model: {served.grammars_error}", field_name)
+    try:
+        return build(served.grammars)
+    except GrammarError as e:
+        raise bad_request(str(e), e.field) from None
+
+
+def openai_tools(raw: object, field_name: str = "tools") -> list[dict]:
+    """Validated OpenAI `tools` (function tools only)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_TOOLS:
+        raise bad_request(f"'{field_name}' must be a list of at most {MAX_TOOLS} tools", field_name)
+    out = []
+    for i, tool in enumerate(raw):
+        where = f"{field_name}[{i}]"
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(tool.get("function"), dict):
+            raise bad_request(f"'{where}' must be {{'type': 'function', 'function': {{...}}}} (only function tools are supported)", where)
+        out.append({"type": "function", "function": function_spec(tool["function"], f"{where}.function")})
+    _unique_names(out, field_name)
+    return out
+
+
+def legacy_functions(raw: object) -> list[dict]:
+    """The deprecated `functions` list as tools."""
+    if not isinstance(raw, list) or len(raw) > MAX_TOOLS:
+        raise bad_request(f"'functions' must be a list of at most {MAX_TOOLS} functions", "functions")
+    tools = [{"type": "function", "function": function_spec(f, f"functions[{i}]")} for i, f in enumerate(raw)]
+    _unique_names(tools, "functions")
+    return tools
+
+
+def function_spec(fn: object, where: str, parameters_key: str = "parameters") -> dict:
+    if not isinstance(fn, dict):
+        raise bad_request(f"'{where}' must be an object", where)
+    name = fn.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise bad_request(f"'{where}.name' must be 1-128 letters, digits, '_', '-', '.' or ':'", f"{where}.name")
+    description = fn.get("description", "")
+    if not isinstance(description, str):
+        raise bad_request(f"'{where}.description' must be a string", f"{where}.description")
+    params = fn.get(parameters_key, {"type": "object", "properties": {}})
+    if params is None:
+        params = {"type": "object", "properties": {}}
+    if not isinstance(params, dict):
+        raise bad_request(f"'{where}.{parameters_key}' must be a JSON schema object", f"{where}.{parameters_key}")
+    spec = {"name": name, "description": description, "parameters": params}
+    if fn.get("strict") is not None:
+        spec["strict"] = bool(fn.get("strict"))
+    return spec
+
+
+def openai_tool_choice(raw: object, tools: list[dict], field_name: str = "tool_choice") -> ToolChoice:
+    if raw is None:
+        return ToolChoice("auto")
+    if raw in ("auto", "none", "required"):
+        return ToolChoice(raw)
+    name = None
+    if isinstance(raw, dict):
+        fn = raw.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else raw.get("name")  # {"name"}: legacy function_call
+    if not isinstance(name, str):
+        raise bad_request(f"'{field_name}' must be 'auto', 'none', 'required' or {{'type': 'function', 'function': {{'name': ...}}}}",
+                          field_name)
+    return named_choice(name, tools, field_name)
+
+
+def named_choice(name: str, tools: list[dict], field_name: str) -> ToolChoice:
+    if name not in {t["function"]["name"] for t in tools}:
+        raise bad_request(f"'{field_name}' names '{name}', which is not among the tools", field_name)
+    return ToolChoice("function", name)
+
+
+def check_tool_schemas(served: ServedModel, plan: OutputPlan, field_name: str = "tools") -> None:
+    """Each forced function's parameters compile as a grammar (a 400 naming the tool if not)."""
+    for i, tool in enumerate(plan.tools):
+        fn = tool["function"]
+        if plan.choice.mode == "required" or fn["name"] == plan.choice.name:
+            grammar(served, f"{field_name}[{i}].function.parameters", lambda g: g.json_schema(fn["parameters"], f"{field_name}[{i}].function.parameters"))
+
+
+def _calls_schema(plan: OutputPlan) -> dict:
+    """The JSON the output is forced into: a list of calls, each a tool's name and arguments."""
+    chosen = [t["function"] for t in plan.tools if plan.choice.mode == "required" or t["function"]["name"] == plan.choice.name]
+    one = [{"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
+            "required": ["name", "arguments"], "additionalProperties": False} for f in chosen]
+    item = one[0] if len(one) == 1 else {"anyOf": one}
+    single = plan.choice.mode == "function" or not plan.parallel
+    return {"type": "array", "items": item, "minItems": 1, **({"maxItems": 1} if single else {})}
+
+
+def _unique_names(tools: list[dict], field_name: str) -> None:
+    names = [t["function"]["name"] for t in tools]
+    if len(set(names)) != len(names):
+        raise bad_request(f"'{field_name}' has two tools with the same name", field_name)

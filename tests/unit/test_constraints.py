@@ -1,0 +1,78 @@
+"""Constrained decoding with llguidance over a real tokenizer (SmolLM2's, 49k tokens): random
+logits sampled through the mask always give text the schema accepts; unsupported schema
+features are refused by name."""
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from rfc.runtime.constraints import GrammarError, Grammars
+from tests.conftest import SHARED
+
+pytestmark = pytest.mark.shared
+
+SMOLLM2 = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+     "required": ["name", "age"], "additionalProperties": False},
+    {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "minItems": 1, "maxItems": 4},
+    {"type": "object", "properties": {"p": {"type": "object", "properties": {"x": {"type": "number", "minimum": -1, "maximum": 1}},
+                                            "required": ["x"], "additionalProperties": False}}, "required": ["p"], "additionalProperties": False},
+]
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory):
+    if not SMOLLM2.is_file():
+        pytest.skip(f"{SMOLLM2} not found")
+    from tests.conftest import rfc
+    out = tmp_path_factory.mktemp("constraints") / "smol"
+    rfc("compile", SMOLLM2, "-o", out, "-q", "--reference-only", check=True)
+    return Grammars((out / "tokenizer.json").read_text(encoding="utf-8"), 49152, [2])
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_random_logits_follow_the_schema(smol, schema):
+    grammar = smol.json_schema(schema, "response_format")
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        m = grammar.matcher()
+        tokens = []
+        for _ in range(200):
+            logits = m.mask(rng.standard_normal(49152).astype(np.float32) * 3)
+            token = int(np.argmax(logits))
+            assert np.isfinite(logits[token])
+            m.accept(token)
+            if token == 2:
+                break
+            tokens.append(token)
+        assert tokens and m.is_done
+        text = smol.tokenizer.decode_str(tokens)
+        jsonschema.validate(json.loads(text), schema)
+
+
+def test_grammar_cache(smol):
+    a = smol.json_schema({"type": "object"}, "f")
+    assert smol.json_schema({"type": "object"}, "g") is a
+
+
+@pytest.mark.parametrize("schema,words", [
+    ({"type": "object", "if": {"properties": {}}}, "if"),
+    ({"type": "string", "format": "not-a-format"}, "not-a-format"),
+    ({"$ref": "#/definitions/missing"}, "missing"),
+])
+def test_unsupported_schema_is_named(smol, schema, words):
+    with pytest.raises(GrammarError, match=words) as e:
+        smol.json_schema(schema, "response_format")
+    assert e.value.field == "response_format"
+
+
+def test_gbnf(smol):
+    m = smol.gbnf('root ::= "yes" | "no"', "grammar").matcher()
+    allowed = np.isfinite(m.mask(np.zeros(49152, dtype=np.float32)))
+    texts = {smol.tokenizer.decode_str([int(t)]) for t in np.flatnonzero(allowed)}
+    assert texts and all("yes".startswith(t) or "no".startswith(t) for t in texts)
+    with pytest.raises(GrammarError):
+        smol.gbnf("root ::= (", "grammar")
