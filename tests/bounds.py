@@ -73,9 +73,10 @@ def rounding_kinds(target: Target | None, formats: set[str]) -> dict[str, str]:
         return {}  # GPU kernels and the portable C kernels read float activations
     kinds = {}
     for f in formats:
-        activation = weight_format(f).activation
-        if activation is not None and f not in CPU_FLOAT_ACTIVATION_FORMATS:
-            kinds[f] = _ORACLE_KIND[activation]
+        fmt = weight_format(f)
+        gguf_name = fmt.base or f  # the oracle reads the GGUF: a packed layout rounds as its base format
+        if fmt.activation is not None and gguf_name not in CPU_FLOAT_ACTIVATION_FORMATS:
+            kinds[gguf_name] = _ORACLE_KIND[fmt.activation]
     return kinds
 
 

@@ -15,6 +15,7 @@ from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import check_token_ids, model_for
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.openai_format import TokenPieces
+from rfc.runtime.server.structured import openai_tools
 
 ENCODINGS = ("float", "base64")
 
@@ -104,5 +105,8 @@ class ApplyTemplateResource(_BodyResource):
         extra = f.raw("chat_template_kwargs", {})
         if not isinstance(extra, dict):
             raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
-        resp.media = {"prompt": render_chat(served, f.raw("messages"), extra)}
+        tools = openai_tools(f.raw("tools")) or None  # rendered as /v1/chat/completions renders them
+        if f.raw("tool_choice") == "none":
+            tools = None
+        resp.media = {"prompt": render_chat(served, f.raw("messages"), extra, tools=tools)}
 

@@ -94,6 +94,9 @@ def test_round_trip_renders_through_the_template(client, tools_url):
     expected_call = json.dumps({"name": call.function.name, "arguments": args}, ensure_ascii=False)
     assert f"<tool_call>\n{expected_call}\n</tool_call>" in prompt  # arguments rendered as an object, not a string
     assert '<tool_response>\n{"temperature": 18, "sky": "clear"}\n</tool_response>' in prompt
+    with_tools = requests.post(tools_url + "/apply-template", json={"model": TOOLS_QWEN, "messages": history, "tools": TOOLS},
+                               timeout=30).json()["prompt"]
+    assert "<tools>" in with_tools and '"name": "get_time"' in with_tools and "<tools>" not in prompt
     final = client.chat.completions.create(model=TOOLS_QWEN, messages=history, tools=TOOLS, temperature=0, max_tokens=30)
     assert final.choices[0].message.content and final.choices[0].finish_reason in ("stop", "length")
 
