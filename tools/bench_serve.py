@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shlex
 import socket
 import statistics
@@ -51,6 +52,8 @@ def main() -> int:
             server, url, ready_s = _start_server(args)
         _wait_ready(url + args.ready_path, 600)
         _run_once(url, args, clients=1, requests_per_client=1)  # warm the HTTP path and the caches
+        if args.prefix_ttft:
+            _print_prefix_ttft(url, args)
         rows = []
         for clients in args.clients:
             started = time.perf_counter()
@@ -78,7 +81,42 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--api", choices=["openai", "native"], default="openai")
     p.add_argument("--ready-path", default="/ready", help="Readiness probe (llama-server: /health).")
     p.add_argument("--json", action="store_true", help="Print the results as JSON too.")
+    p.add_argument("--prefix-ttft", type=int, default=0, metavar="WORDS",
+                   help="Also time the first token of a fresh prompt of about WORDS words and of a second "
+                        "request repeating that prompt with another question (prefix reuse), one client, "
+                        "--prefix-rounds times each.")
+    p.add_argument("--prefix-rounds", type=int, default=3)
     return p.parse_args()
+
+
+def _long_prompt(words: int, nonce: int) -> str:
+    """A prompt no server has seen (the nonce leads, so no earlier prefix matches it)."""
+    vocab = ("the lighthouse keeper wrote down every ship that passed the rocks at night while "
+             "storms came from the north and the lamp burned oil that the village brought by cart").split()
+    rng = random.Random(nonce)
+    return f"Log {nonce}: " + " ".join(rng.choice(vocab) for _ in range(words))
+
+
+def _print_prefix_ttft(url: str, args) -> None:
+    """TTFT of a fresh long prompt, then of a request sharing all of it but the question: a
+    server that reuses KV for a repeated prefix prefills only the new tokens the second time."""
+    session = requests.Session()
+    fresh, repeat = [], []
+    one = argparse.Namespace(**{**vars(args), "max_tokens": 1})
+    for i in range(args.prefix_rounds):
+        text = _long_prompt(args.prefix_ttft, random.SystemRandom().randrange(10**9))
+        fresh.append(_one_request(session, url, one, text + "\nQuestion: which ship came first?").ttft_s)
+        repeat.append(_one_request(session, url, one, text + "\nQuestion: who brought the oil?").ttft_s)
+    tokens = _count_tokens(session, url, text)
+    print(f"prefix TTFT ({args.prefix_ttft} words, {tokens} tokens, median of {args.prefix_rounds}): "
+          f"fresh {statistics.median(fresh):.3f} s, repeated prefix {statistics.median(repeat):.3f} s")
+
+
+def _count_tokens(session: requests.Session, url: str, text: str) -> str:
+    try:  # llama.cpp's /tokenize shape, which both rfc serve and llama-server answer
+        return str(len(session.post(url + "/tokenize", json={"content": text}, timeout=60).json()["tokens"]))
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return "?"
 
 
 def _free_port() -> int:
