@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rows", type=int, default=20, help="JSON generations for the isolated mask timing")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved plain/constrained decode runs")
     args = ap.parse_args()
 
     model = load_model(args.bundle, LoadOptions(device=args.device))
@@ -92,9 +93,15 @@ def main() -> None:
     grammars = Grammars((args.bundle / "tokenizer.json").read_text(encoding="utf-8"), model.vocab_size, eos)
     print(f"tokenizer view: {model.vocab_size} tokens in {time.perf_counter() - started:.2f} s")
     prompt = model.tokenizer.encode("Once upon a time", add_special_tokens=True).ids
-    plain = decode_ms_per_token(model, None, args.tokens, prompt)
-    constrained = decode_ms_per_token(model, grammars.lark(ENDLESS, "bench"), args.tokens, prompt)
-    print(f"decode, batch 1, {args.tokens} tokens on {model.device_choice.name}: {plain:.2f} ms/token plain, "
+    endless = grammars.lark(ENDLESS, "bench")
+    decode_ms_per_token(model, None, args.tokens, prompt)  # warm-up: the device's first steps run slower
+    runs: dict[str, list[float]] = {"plain": [], "constrained": []}
+    for _ in range(args.rounds):  # interleaved, so drift in the machine's load hits both alike
+        runs["plain"].append(decode_ms_per_token(model, None, args.tokens, prompt))
+        runs["constrained"].append(decode_ms_per_token(model, endless, args.tokens, prompt))
+    plain, constrained = statistics.median(runs["plain"]), statistics.median(runs["constrained"])
+    print(f"decode, batch 1, {args.tokens} tokens on {model.device_choice.name}, median of {args.rounds} interleaved "
+          f"rounds: {plain:.2f} ms/token plain, "
           f"{constrained:.2f} ms/token constrained: +{constrained - plain:.3f} ms ({100 * (constrained - plain) / plain:+.1f}%)")
     med, p95 = mask_us_per_token(grammars, args.rows)
     print(f"mask + accept, JSON schema, vocab {model.vocab_size}: median {med:.0f} us, p95 {p95:.0f} us per token "
