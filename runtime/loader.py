@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle, open_bundle
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
 from rfc.runtime.executor import Executor
+from rfc.runtime.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, GPU_FAMILIES, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks
 from rfc.runtime.kv_cache import BlockManager
 
 
@@ -17,7 +18,11 @@ class LoadOptions:
     device: str = "auto"
     verify: bool = True
     block_size: int = 16
-    kv_blocks: int | None = None  # default: room for 4 full contexts
+    kv_blocks: int | None = None  # default: from the memory budget (kv_budget.py)
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION  # GPU: fraction of device memory the server may use
+    kv_memory: float | int | None = None  # host: KV bytes, or a fraction of host memory (None: the default fraction)
+    kv_max_sequences: int = HOST_CONTEXTS  # GPU: the pool holds at most this many full contexts
+    kv_share: KvShare = KvShare()  # this model's part of the budget when a server has several
     prefix_caching: bool = True  # reuse the KV blocks of a prefix computed before
 
 
@@ -51,15 +56,27 @@ class LoadedModel:
         return self.bundle.read_text(rel) if rel else None
 
 
+def _budget_blocks(bundle: Bundle, choice: DeviceChoice, options: LoadOptions) -> int:
+    plan = bundle.plan
+    sizing = KvSizing(choice.name, plan.kv, options.block_size, plan.context_length, options.gpu_memory_utilization,
+                      options.kv_memory, options.kv_max_sequences, options.kv_share)
+    if choice.name in GPU_FAMILIES:
+        from rfc.runtime.devices import gpu_memory_info, gpu_resident_bytes
+
+        blocks, _ = budget_blocks(sizing, lambda: gpu_memory_info(choice), gpu_resident_bytes(bundle, choice.target))
+    else:
+        blocks, _ = budget_blocks(sizing)
+    return blocks
+
+
 def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     if not options.verify:
         print(f"rfc: warning: --no-verify: trusting {path} without re-hashing its files "
               "(paths, sizes, layout and plan are still checked)", file=sys.stderr)
     bundle = open_bundle(Path(path), verify=options.verify)
     plan = bundle.plan
-    per_context = -(-plan.context_length // options.block_size)
-    num_blocks = options.kv_blocks or 4 * per_context
     choice = choose_device(bundle, options.device)
+    num_blocks = options.kv_blocks or _budget_blocks(bundle, choice, options)
     device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size)
     tokenizer = Tokenizer.from_file(str(bundle.file(TOKENIZER_FILE)))
     return LoadedModel(

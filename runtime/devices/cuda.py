@@ -188,6 +188,11 @@ def declare(lib) -> None:
         fn.argtypes, fn.restype = argtypes, ctypes.c_int
 
 
+def memory_info(target: str) -> tuple[int, int]:
+    """(free, total) bytes of the device that runs `target`, from the driver (DeviceError if none)."""
+    return CudaDriver(target).memory_info()
+
+
 def probe(target: str) -> str | None:
     """None when this machine can run `target` (sm_XY), else why not."""
     try:

@@ -184,6 +184,11 @@ def declare(lib) -> None:
         fn.argtypes, fn.restype = argtypes, ctypes.c_int
 
 
+def memory_info(target: str) -> tuple[int, int]:
+    """(free, total) bytes of the device that runs `target`, from the driver (DeviceError if none)."""
+    return HipDriver(target).memory_info()
+
+
 def probe(target: str) -> str | None:
     """None when this machine can run `target` (a gfx name), else why not."""
     try:
