@@ -19,6 +19,8 @@ that load from it on, after reserving the weights of every model still to load.
 
 A budget that does not hold one full context of one sequence refuses the model (vLLM's
 "max_model_len ... larger than the maximum number of tokens that can be stored in KV cache").
+A full context is the served one: `--ctx-size` (vLLM's `--max-model-len`) shortens it, and
+with it the pool's cap and the least budget a model needs.
 """
 
 import os
@@ -107,13 +109,15 @@ def host_budget(kv_memory: float | int | None, host_total: int, share: KvShare =
     return total // max(1, share.models)
 
 
-def blocks_within(budget: int, per_block: int, context_blocks: int, cap_blocks: int, hint: str) -> int:
-    """The blocks a budget holds, capped; KvBudgetError when it holds less than one context."""
+def blocks_within(budget: int, per_block: int, context_length: int, block_size: int, cap_contexts: int, hint: str) -> int:
+    """The blocks a budget holds, at most `cap_contexts` full contexts; KvBudgetError when it
+    holds less than one."""
+    context_blocks = -(-context_length // block_size)
     need = context_blocks * per_block
     if budget < need:
-        raise KvBudgetError(f"not enough memory for the KV cache: one full context needs {fmt_bytes(need)} "
-                            f"({need} bytes), the budget is {fmt_bytes(max(budget, 0))} ({max(budget, 0)} bytes); {hint}")
-    return max(context_blocks, min(budget // per_block, cap_blocks))
+        raise KvBudgetError(f"not enough memory for the KV cache: one full context of {context_length} tokens needs "
+                            f"{fmt_bytes(need)} ({need} bytes), the budget is {fmt_bytes(max(budget, 0))} ({max(budget, 0)} bytes); {hint}")
+    return max(context_blocks, min(budget // per_block, cap_contexts * context_blocks))
 
 
 def fmt_bytes(n: int) -> str:
@@ -138,7 +142,7 @@ class KvSizing:
     device: str  # the DeviceChoice's name
     kv: KVSpec
     block_size: int
-    context_length: int
+    context_length: int  # the served context (--ctx-size, else the trained one): one full context is this many tokens
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     kv_memory: float | int | None = None
     max_sequences: int = HOST_CONTEXTS
@@ -150,15 +154,15 @@ def budget_blocks(s: KvSizing, memory_info: Callable[[], tuple[int, int]] | None
     """(blocks, budget bytes) for one model. `memory_info` gives (free, total) device bytes
     (a GPU device); `resident_bytes` is what the model keeps on the device besides the KV."""
     per_block = block_bytes(s.kv, s.block_size, kv_itemsize(s.device, s.kv))
-    context_blocks = -(-s.context_length // s.block_size)
     if s.device in GPU_FAMILIES and memory_info is not None:
         free, total = memory_info()
         budget = gpu_budget(free, total, s.gpu_memory_utilization, resident_bytes, s.share)
-        cap = max(1, s.max_sequences) * context_blocks
+        cap = max(1, s.max_sequences)
         hint = (f"raise --gpu-memory-utilization (now {s.gpu_memory_utilization:g}; {fmt_bytes(free)} of "
-                f"{fmt_bytes(total)} free, {fmt_bytes(resident_bytes)} of weights and activations) or set --kv-pages")
+                f"{fmt_bytes(total)} free, {fmt_bytes(resident_bytes)} of weights and activations), set --kv-pages, "
+                f"or serve a shorter context with --ctx-size")
     else:
         budget = host_budget(s.kv_memory, host_total if host_total is not None else host_memory_bytes(), s.share)
-        cap = HOST_CONTEXTS * context_blocks
-        hint = "raise --kv-memory or set --kv-pages"
-    return blocks_within(budget, per_block, context_blocks, cap, hint), budget
+        cap = HOST_CONTEXTS
+        hint = "raise --kv-memory, set --kv-pages, or serve a shorter context with --ctx-size"
+    return blocks_within(budget, per_block, s.context_length, s.block_size, cap, hint), budget

@@ -82,12 +82,15 @@ def probe_reason(family: str, target: str) -> str | None:
         return f"{family} device support is not installed ({e})"
 
 
-def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int):
+def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int,
+                  context_length: int | None = None):
+    """`context_length`: the longest sequence served (--ctx-size; default the plan's), which
+    bounds the block tables a device sizes ahead of the batches."""
     if choice.name == "ref":
         from rfc.runtime.devices.reference import ReferenceDevice
 
         return ReferenceDevice(bundle, kv, num_blocks, block_size)
-    return _module(choice.name).Device(bundle, choice.target, kv, num_blocks, block_size)
+    return _module(choice.name).Device(bundle, choice.target, kv, num_blocks, block_size, context_length=context_length)
 
 
 # -- memory, for sizing the KV pool from a budget (runtime/kv_budget.py) -------------------------

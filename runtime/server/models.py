@@ -10,10 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rfc.artifacts import BundleError
-from rfc.artifacts.bundle import MANIFEST_FILE, read_manifest
+from rfc.artifacts.bundle import MANIFEST_FILE, read_manifest, read_plan
 from rfc.artifacts.layout import WEIGHTS_FILE
 from rfc.runtime.kv_budget import KvShare
-from rfc.runtime.loader import LoadOptions
+from rfc.runtime.loader import LoadOptions, check_ctx_size
 
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -95,6 +95,8 @@ def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPage
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise BundleError(f"several bundles would be served as {', '.join(duplicates)}: give each its own directory name")
+    if load.ctx_size is not None:  # each model serves min(N, its own): N above them all is a mistake
+        check_ctx_size(load.ctx_size, {i: read_plan(b, m).context_length for i, b, m in zip(ids, bundles, manifests)})
     pages = kv.pages_for(ids)
     counts = [pages[i] or load.kv_blocks for i in ids]
     weights = [int(m["files"].get(WEIGHTS_FILE, {}).get("size", 0)) for m in manifests]

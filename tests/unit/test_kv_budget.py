@@ -1,6 +1,7 @@
 """The KV pool sized from a memory budget (runtime/kv_budget.py): the vLLM-style GPU
 arithmetic against a fake driver's free/total, the host budget, the split over several
-models, the refusal when one context does not fit, and the flags' validation."""
+models, the refusal when one context does not fit, the flags' validation, and --ctx-size:
+a served context shorter than the trained one, which the budget counts a full context by."""
 
 import shutil
 
@@ -21,10 +22,11 @@ from rfc.runtime.kv_budget import (
     budget_blocks,
     gpu_budget,
     host_budget,
+    kv_itemsize,
     parse_kv_memory,
     parse_utilization,
 )
-from rfc.runtime.loader import LoadOptions, load_model
+from rfc.runtime.loader import ContextSizeError, LoadOptions, check_ctx_size, load_model, served_context_length
 from rfc.runtime.server.models import KvPages, plan_models
 from tests.conftest import FIXTURES
 
@@ -193,3 +195,76 @@ def test_plan_models_shares(ref_bundles):
     assert sources[1].load.kv_blocks is None and sources[1].load.kv_share == KvShare(1, 1, 0)
     # --kv-pages N: no budget at all
     assert [s.load.kv_blocks for s in plan_models([a, b], LoadOptions(device="ref"), KvPages.parse(["100"]))] == [50, 50]
+
+
+# -- --ctx-size: a served context shorter than the trained one ---------------------------------------
+
+
+def test_served_context_is_the_cap_at_most_the_trained_one():
+    assert served_context_length(131072, None) == 131072
+    assert served_context_length(131072, 8192) == 8192
+    assert served_context_length(512, 8192) == 512  # one of several models: min(N, its own)
+
+
+def test_check_ctx_size_names_the_flag_and_the_limit():
+    check_ctx_size(None, {"m": 512})
+    check_ctx_size(512, {"m": 512})
+    check_ctx_size(1, {"m": 512})
+    with pytest.raises(ContextSizeError) as e:
+        check_ctx_size(513, {"m": 512})
+    assert str(e.value) == "--ctx-size 513 is larger than the context length of the model m (512 tokens)"
+    with pytest.raises(ContextSizeError, match="at least 1"):
+        check_ctx_size(0, {"m": 512})
+    # several models: N up to the longest is fine (the others serve their own); above it, not
+    check_ctx_size(4096, {"short": 512, "long": 4096})
+    with pytest.raises(ContextSizeError, match=r"the longest of the models, long \(4096 tokens\)"):
+        check_ctx_size(4097, {"short": 512, "long": 4096})
+
+
+def test_a_cap_makes_a_long_context_fit_a_small_budget():
+    # a 128k context needs 16 GiB on the host (f16); 8 GiB holds none of it, but 8 of 8k
+    with pytest.raises(KvBudgetError) as e:
+        budget_blocks(_sizing(device="cpu", context_length=131072, kv_memory=8 * GiB))
+    assert "one full context of 131072 tokens needs 16.00 GiB" in str(e.value) and "--ctx-size" in str(e.value)
+    blocks, _ = budget_blocks(_sizing(device="cpu", context_length=8192, kv_memory=8 * GiB))
+    assert blocks == HOST_CONTEXTS * 512  # the cap: 4 contexts of the served length
+    # on a GPU the cap is max_sequences full contexts of the served length, and the hint names --ctx-size
+    blocks, _ = budget_blocks(_sizing(context_length=1024, max_sequences=4), lambda: (80 * GiB, 80 * GiB), 0)
+    assert blocks == 4 * 64
+    with pytest.raises(KvBudgetError, match="--ctx-size"):
+        budget_blocks(_sizing(gpu_memory_utilization=0.01), lambda: (80 * GiB, 80 * GiB), 0)
+
+
+def test_loader_serves_the_cap_and_sizes_the_pool_by_it(ref_bundles):
+    full = load_model(ref_bundles[0], LoadOptions(device="ref"))
+    capped = load_model(ref_bundles[0], LoadOptions(device="ref", ctx_size=40))
+    assert capped.context_length == 40 and capped.trained_context_length == full.context_length > 40
+    assert capped.blocks.num_blocks == HOST_CONTEXTS * 3  # 40 tokens: 3 pages of 16
+    # a budget of one capped context is enough where the full context was refused
+    need = 3 * block_bytes(capped.bundle.plan.kv, 16, kv_itemsize("ref", capped.bundle.plan.kv))
+    assert load_model(ref_bundles[0], LoadOptions(device="ref", ctx_size=40, kv_memory=need)).blocks.num_blocks == 3
+    with pytest.raises(KvBudgetError):
+        load_model(ref_bundles[0], LoadOptions(device="ref", kv_memory=need))
+
+
+def test_plan_models_refuses_a_cap_above_every_model(ref_bundles):
+    a, b = ref_bundles
+    trained = load_model(a, LoadOptions(device="ref")).context_length
+    sources = plan_models([a, b], LoadOptions(device="ref", ctx_size=trained))
+    assert [s.load.ctx_size for s in sources] == [trained, trained]
+    with pytest.raises(ContextSizeError, match=f"--ctx-size {trained + 1} is larger than the context length"):
+        plan_models([a, b], LoadOptions(device="ref", ctx_size=trained + 1))
+
+
+@pytest.mark.parametrize("cmd", [serve_cmd, run_cmd])
+def test_cli_refuses_a_ctx_size_above_the_model_in_one_line(ref_bundles, cmd):
+    trained = load_model(ref_bundles[0], LoadOptions(device="ref")).context_length
+    for args, env in ((["--ctx-size", str(trained + 1)], {}), (["--max-model-len", str(trained + 1)], {}),
+                      ([], {"RFC_CTX_SIZE": str(trained + 1)})):
+        result = CliRunner().invoke(cmd, [str(ref_bundles[0]), "--device", "ref", *args], env=env)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"rfc: error: --ctx-size {trained + 1} is larger than")
+        assert f"({trained} tokens)" in lines[0]
+    result = CliRunner().invoke(cmd, [str(ref_bundles[0]), "--ctx-size", "0"])
+    assert result.exit_code == 2 and "--ctx-size" in result.output
