@@ -179,6 +179,16 @@ def open_bundle(root: Path, verify: bool = True) -> Bundle:
     return Bundle(root=root, manifest=manifest, layout=layout, plan=plan, weights=weights, verified=verify)
 
 
+def read_plan(root: Path, manifest: dict[str, Any] | None = None) -> Plan:
+    """A bundle's plan alone, for decisions taken before it loads (its hashes are checked
+    when open_bundle loads it)."""
+    root = Path(root)
+    manifest = manifest if manifest is not None else read_manifest(root)
+    if PLAN_FILE not in manifest["files"] or _inside(root, PLAN_FILE) is None:
+        raise BundleError(f"bundle {root} lacks {PLAN_FILE}")
+    return unpack_plan(_read_listed(root, manifest, PLAN_FILE))
+
+
 def _read_listed(root: Path, manifest: dict[str, Any], rel: str) -> bytes:
     limit = manifest["files"][rel]["size"]
     with open(root / rel, "rb") as f:

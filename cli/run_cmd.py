@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from rfc.cli.errors import fail
+from rfc.cli.errors import CHECK_FAILED, fail
+from rfc.cli.memory import check_ctx_size, ctx_size_option, memory_options, parse_memory_options
 from rfc.cli.threads import apply_threads, threads_option
 
 
@@ -25,6 +26,8 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-generation tokens.")
 @click.option("--device", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
 @threads_option
+@memory_options
+@ctx_size_option(several_models=False)
 @click.option("--no-verify", is_flag=True, help="Trust the bundle: skip re-hashing its files (paths, sizes, layout and plan are still checked).")
 @click.option("--arch", "targets", multiple=True, metavar="TARGET", help="For a GGUF: compile for this target (default cpu; repeatable).")
 @click.option("--chat-template", "template_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
@@ -32,25 +35,31 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="rfc's cache (default: ~/.cache/rfc); a GGUF is compiled into DIR/bundles.")
 def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, ignore_eos, device,
-            compute_threads, no_verify, targets, template_file, cache_dir):
+            compute_threads, gpu_memory_utilization, kv_memory, ctx_size, no_verify, targets, template_file, cache_dir):
     """Generate text from BUNDLE (a bundle directory, or a GGUF file compiled into the cache on
     first use); the generation goes to stdout, speed to stderr."""
     threads = apply_threads(compute_threads)  # before the runtime (numpy, kernels) loads
+    utilization, kv_budget = parse_memory_options(gpu_memory_utilization, kv_memory)
     from rfc.artifacts import BundleError
     from rfc.cli.model_args import bundle_paths
     from rfc.runtime.chat import ChatTemplateError
     from rfc.runtime.devices import DeviceError
     from rfc.runtime.engine import Engine, GenerationRequest, RequestError
     from rfc.runtime.generate import generate
+    from rfc.runtime.kv_budget import KvBudgetError
     from rfc.runtime.loader import LoadOptions, load_model
     from rfc.runtime.prompting import chat_template, encode_prompt
     from rfc.runtime.sampler import SamplingError, SamplingParams
 
     (bundle,) = bundle_paths([bundle], targets, template_file, cache_dir)
+    check_ctx_size(ctx_size, {Path(bundle).name: bundle})
     try:
-        model = load_model(bundle, LoadOptions(device=device, verify=not no_verify))
+        model = load_model(bundle, LoadOptions(device=device, verify=not no_verify, gpu_memory_utilization=utilization,
+                                               kv_memory=kv_budget, kv_max_sequences=1, ctx_size=ctx_size))
     except (BundleError, DeviceError) as e:
         fail(str(e))
+    except KvBudgetError as e:
+        fail(str(e), CHECK_FAILED)
     click.echo(f"rfc: {model.device_choice.name}, {threads.describe()}", err=True)
     engine = Engine(model)
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repeat_penalty, seed=seed)

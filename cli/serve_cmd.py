@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from rfc.cli.errors import fail
+from rfc.cli.memory import ctx_size_option, memory_options, parse_memory_options
 from rfc.cli.threads import apply_threads, threads_option
 
 
@@ -22,7 +23,10 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--max-batch", envvar="RFC_MAX_BATCH", default=16, show_default=True, type=click.IntRange(min=1), help="Sequences decoded together at most.")
 @click.option("--max-queue", envvar="RFC_MAX_QUEUE", default=64, show_default=True, type=click.IntRange(min=1), help="Requests waiting at most; more get 503.")
 @click.option("--kv-pages", envvar="RFC_KV_PAGES", multiple=True, metavar="N|MODEL=N",
-              help="KV-cache pages of 16 tokens: N in all, split evenly over the models; MODEL=N for one model (repeatable). Default: 4 full contexts per model.")
+              help="KV-cache pages of 16 tokens: N in all, split evenly over the models; MODEL=N for one model (repeatable). "
+                   "Default: from the memory budget (--gpu-memory-utilization, --kv-memory).")
+@memory_options
+@ctx_size_option(several_models=True)
 @click.option("--pooling", envvar="RFC_POOLING", type=click.Choice(["mean", "cls", "last"]), default=None,
               help="Embedding pooling for every model (default: the model's own, else last, as Ollama).")
 @click.option("--arch", "targets", envvar="RFC_ARCH", multiple=True, metavar="TARGET", help="For a GGUF argument: compile for this target (default cpu; repeatable).")
@@ -57,7 +61,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--template-timeout", envvar="RFC_TEMPLATE_TIMEOUT", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds one chat-template render may take; the process is killed and replaced after.")
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
-def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_pages, pooling, targets, chat_template, cache_dir,
+def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, ctx_size, pooling, targets, chat_template, cache_dir,
               api_key, cors_origins, no_cors, log_format, log_file, log_level, no_verify, trace_sample_rate, max_traces,
               max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, prompt_cache_mb, template_workers,
               template_memory_mb, template_timeout, load_delay):
@@ -72,6 +76,7 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", "20000")
     thread_choice = apply_threads(compute_threads)
+    utilization, kv_budget = parse_memory_options(gpu_memory_utilization, kv_memory)
     from rfc.artifacts import BundleError
     from rfc.cli.model_args import bundle_paths, model_names
     from rfc.runtime.embedding import Pooling
@@ -86,7 +91,9 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
         paths = list(models) + (discover_bundles(models_dir) if models_dir else [])
         bundles = bundle_paths(paths, targets, chat_template, cache_dir)
         # fail now, not after binding, on a path that is no bundle at all
-        served = plan_models(bundles, LoadOptions(device=device, verify=not no_verify), KvPages.parse(kv_pages), model_names(paths))
+        load = LoadOptions(device=device, verify=not no_verify, gpu_memory_utilization=utilization, kv_memory=kv_budget,
+                           kv_max_sequences=max_batch, ctx_size=ctx_size)
+        served = plan_models(bundles, load, KvPages.parse(kv_pages), model_names(paths))
     except (BundleError, ValueError) as e:
         fail(str(e))
     try:

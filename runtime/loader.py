@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle, open_bundle
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
 from rfc.runtime.executor import Executor
+from rfc.runtime.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, GPU_FAMILIES, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks
 from rfc.runtime.kv_cache import BlockManager
 
 
@@ -17,8 +18,13 @@ class LoadOptions:
     device: str = "auto"
     verify: bool = True
     block_size: int = 16
-    kv_blocks: int | None = None  # default: room for 4 full contexts
+    kv_blocks: int | None = None  # default: from the memory budget (kv_budget.py)
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION  # GPU: fraction of device memory the server may use
+    kv_memory: float | int | None = None  # host: KV bytes, or a fraction of host memory (None: the default fraction)
+    kv_max_sequences: int = HOST_CONTEXTS  # GPU: the pool holds at most this many full contexts
+    kv_share: KvShare = KvShare()  # this model's part of the budget when a server has several
     prefix_caching: bool = True  # reuse the KV blocks of a prefix computed before
+    ctx_size: int | None = None  # serve at most this many tokens per sequence (None: the model's own context)
 
 
 @dataclass
@@ -29,13 +35,15 @@ class LoadedModel:
     device: object
     blocks: BlockManager
     executor: Executor
+    context_length: int  # the served limit on prompt + generated tokens: --ctx-size, at most the trained context
 
     @property
     def manifest(self) -> dict:
         return self.bundle.manifest
 
     @property
-    def context_length(self) -> int:
+    def trained_context_length(self) -> int:
+        """The context the model was trained for (the GGUF's metadata), whatever is served."""
         return self.bundle.plan.context_length
 
     @property
@@ -51,16 +59,53 @@ class LoadedModel:
         return self.bundle.read_text(rel) if rel else None
 
 
+class ContextSizeError(ValueError):
+    """--ctx-size asks for more than the model (or every model of a server) was trained for."""
+
+
+def served_context_length(trained: int, ctx_size: int | None) -> int:
+    """The tokens one sequence may hold: --ctx-size caps the trained context, never raises it
+    (each model of a server takes min(N, its own); check_ctx_size refuses an N above all)."""
+    return trained if ctx_size is None else min(ctx_size, trained)
+
+
+def check_ctx_size(ctx_size: int | None, trained: dict[str, int]) -> None:
+    """ContextSizeError unless 1 <= ctx_size <= the longest trained context of the models
+    (`trained`: model id -> context length); a value above that would be no cap at all."""
+    if ctx_size is None or not trained:
+        return
+    if ctx_size < 1:
+        raise ContextSizeError(f"--ctx-size {ctx_size}: expected a number of tokens of at least 1")
+    longest = max(trained, key=lambda m: trained[m])
+    if ctx_size > trained[longest]:
+        whose = f"the model {longest}" if len(trained) == 1 else f"the longest of the models, {longest}"
+        raise ContextSizeError(f"--ctx-size {ctx_size} is larger than the context length of {whose} "
+                               f"({trained[longest]} tokens)")
+
+
+def _budget_blocks(bundle: Bundle, choice: DeviceChoice, options: LoadOptions, context_length: int) -> int:
+    plan = bundle.plan
+    sizing = KvSizing(choice.name, plan.kv, options.block_size, context_length, options.gpu_memory_utilization,
+                      options.kv_memory, options.kv_max_sequences, options.kv_share)
+    if choice.name in GPU_FAMILIES:
+        from rfc.runtime.devices import gpu_memory_info, gpu_resident_bytes
+
+        blocks, _ = budget_blocks(sizing, lambda: gpu_memory_info(choice), gpu_resident_bytes(bundle, choice.target))
+    else:
+        blocks, _ = budget_blocks(sizing)
+    return blocks
+
+
 def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     if not options.verify:
         print(f"rfc: warning: --no-verify: trusting {path} without re-hashing its files "
               "(paths, sizes, layout and plan are still checked)", file=sys.stderr)
     bundle = open_bundle(Path(path), verify=options.verify)
     plan = bundle.plan
-    per_context = -(-plan.context_length // options.block_size)
-    num_blocks = options.kv_blocks or 4 * per_context
     choice = choose_device(bundle, options.device)
-    device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size)
+    context_length = served_context_length(plan.context_length, options.ctx_size)
+    num_blocks = options.kv_blocks or _budget_blocks(bundle, choice, options, context_length)
+    device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length)
     tokenizer = Tokenizer.from_file(str(bundle.file(TOKENIZER_FILE)))
     return LoadedModel(
         bundle=bundle,
@@ -69,4 +114,5 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         device=device,
         blocks=BlockManager(num_blocks, options.block_size, options.prefix_caching),
         executor=Executor(plan, device),
+        context_length=context_length,
     )

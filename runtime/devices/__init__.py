@@ -82,9 +82,31 @@ def probe_reason(family: str, target: str) -> str | None:
         return f"{family} device support is not installed ({e})"
 
 
-def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int):
+def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int,
+                  context_length: int | None = None):
+    """`context_length`: the longest sequence served (--ctx-size; default the plan's), which
+    bounds the block tables a device sizes ahead of the batches."""
     if choice.name == "ref":
         from rfc.runtime.devices.reference import ReferenceDevice
 
         return ReferenceDevice(bundle, kv, num_blocks, block_size)
-    return _module(choice.name).Device(bundle, choice.target, kv, num_blocks, block_size)
+    return _module(choice.name).Device(bundle, choice.target, kv, num_blocks, block_size, context_length=context_length)
+
+
+# -- memory, for sizing the KV pool from a budget (runtime/kv_budget.py) -------------------------
+
+
+def gpu_memory_info(choice: DeviceChoice) -> tuple[int, int]:
+    """(free, total) bytes of the GPU that `choice` runs on, from its driver."""
+    return _module(choice.name).memory_info(choice.target)
+
+
+def gpu_resident_bytes(bundle: Bundle, target: str) -> int:
+    """Device bytes a GPU device keeps besides its KV cache: the weights and the step
+    program's activation arena (sized at compile time)."""
+    from rfc.artifacts.program import unpack_program
+    from rfc.runtime.devices.gpu_args import target_entry
+
+    entry = target_entry(bundle, target)
+    arena = unpack_program(bundle.file(entry["program"]).read_bytes()).arena.total_bytes if "program" in entry else 0
+    return (len(bundle.weights) if bundle.weights is not None else 0) + arena

@@ -199,8 +199,10 @@ def open_library(bundle: Bundle, target: str, kv: KVSpec) -> tuple[ctypes.CDLL, 
         raise DeviceError(f"cannot load the cpu kernels of bundle target {target}: {e}") from e
 
 
-def Device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, n_threads: int | None = None):
-    """The engine's cpu device: the target's step program (one call per step)."""
+def Device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, n_threads: int | None = None,
+           context_length: int | None = None):
+    """The engine's cpu device: the target's step program (one call per step). It sizes its
+    block tables from each batch, so the served `context_length` bounds nothing here."""
     from rfc.runtime.devices.cpu_step import CpuStepDevice
 
     lib, entry = open_library(bundle, target, kv)

@@ -188,6 +188,11 @@ def declare(lib) -> None:
         fn.argtypes, fn.restype = argtypes, ctypes.c_int
 
 
+def memory_info(target: str) -> tuple[int, int]:
+    """(free, total) bytes of the device that runs `target`, from the driver (DeviceError if none)."""
+    return CudaDriver(target).memory_info()
+
+
 def probe(target: str) -> str | None:
     """None when this machine can run `target` (sm_XY), else why not."""
     try:
@@ -200,7 +205,8 @@ def probe(target: str) -> str | None:
 class Device(GpuStepDevice):
     name = "cuda"
 
-    def __init__(self, bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int):
+    def __init__(self, bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int,
+                 context_length: int | None = None):
         driver = CudaDriver(target)
         entry = target_entry(bundle, target)
         if "kernels" not in entry:
@@ -210,4 +216,4 @@ class Device(GpuStepDevice):
             code = read_cubin(data)
         except CodeObjectError as e:
             raise DeviceError(f"{entry['kernels']}: {e}") from e
-        super().__init__(driver, bundle, entry, code, data, kv, num_blocks, block_size)
+        super().__init__(driver, bundle, entry, code, data, kv, num_blocks, block_size, context_length)

@@ -155,6 +155,10 @@ class GpuDevice:
         self._owned.clear()
 
     # -- memory -------------------------------------------------------------------------------
+    def memory_info(self) -> tuple[int, int]:
+        """(free, total) bytes of device memory, from the driver (/health's gpu.memory)."""
+        return self._driver.memory_info()
+
     def alloc(self, shape: tuple[int, ...], dtype: str) -> DeviceArray:
         nbytes = max(4, int(np.prod(shape, dtype=np.int64)) * 4)
         ptr = self._pool.allocate(nbytes)

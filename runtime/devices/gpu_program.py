@@ -228,13 +228,15 @@ class GpuStepDevice(GpuDevice):
     """A GpuDevice that runs whole steps through its bundle's step program (the engine's
     executor calls forward); the per-op `launch` stays for kernel tests."""
 
-    def __init__(self, driver: GraphDriver, bundle, entry: dict, code, image: bytes, kv, num_blocks: int, block_size: int):
+    def __init__(self, driver: GraphDriver, bundle, entry: dict, code, image: bytes, kv, num_blocks: int, block_size: int,
+                 context_length: int | None = None):
         super().__init__(driver, bundle, entry, code, image, kv, num_blocks, block_size)
         if "program" not in entry:
             raise DeviceError(f"bundle target {entry['name']} has no step program: recompile the model with this rfc")
         program = unpack_program(bundle.file(entry["program"]).read_bytes())
         plan = bundle.plan
-        width = min(num_blocks, -(-plan.context_length // block_size))
+        # a sequence holds at most the served context (--ctx-size), so its table this many blocks
+        width = min(num_blocks, -(-(context_length or plan.context_length) // block_size))
         self.runner = StepRunner(
             driver, program, entry["kernel_args"], {n: k.fn for n, k in self._kernels.items()},
             weight_ptr=lambda name: self._weights + self._entries[name].offset,

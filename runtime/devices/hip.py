@@ -184,6 +184,11 @@ def declare(lib) -> None:
         fn.argtypes, fn.restype = argtypes, ctypes.c_int
 
 
+def memory_info(target: str) -> tuple[int, int]:
+    """(free, total) bytes of the device that runs `target`, from the driver (DeviceError if none)."""
+    return HipDriver(target).memory_info()
+
+
 def probe(target: str) -> str | None:
     """None when this machine can run `target` (a gfx name), else why not."""
     try:
@@ -196,7 +201,8 @@ def probe(target: str) -> str | None:
 class Device(GpuStepDevice):
     name = "hip"
 
-    def __init__(self, bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int):
+    def __init__(self, bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int,
+                 context_length: int | None = None):
         driver = HipDriver(target)
         entry = target_entry(bundle, target)
         if "kernels" not in entry:
@@ -206,4 +212,4 @@ class Device(GpuStepDevice):
             code, image = read_hsaco(data, target), unbundle(data, target)
         except CodeObjectError as e:
             raise DeviceError(f"{entry['kernels']}: {e}") from e
-        super().__init__(driver, bundle, entry, code, image, kv, num_blocks, block_size)
+        super().__init__(driver, bundle, entry, code, image, kv, num_blocks, block_size, context_length)

@@ -1,6 +1,8 @@
 """What a served model is, in the words clients look for: the OpenAI model card with the
 registry fields of seeds 003/004 (architecture, parameter_size, quantization, file_size_mb,
-tensor_count, context_length, capabilities, details), read from the bundle's manifest."""
+tensor_count, context_length, capabilities, details), read from the bundle's manifest.
+`context_length` is the limit the server enforces (--ctx-size, else the model's own);
+`trained_context_length` the model's, as its GGUF metadata has it."""
 
 from datetime import datetime, timezone
 
@@ -112,7 +114,8 @@ def model_card(served: ServedModel) -> dict:
         "file_size_mb": round(model_size(served) / _MIB, 2),
         "bundle_size_mb": round(bundle_size(served) / _MIB, 2),
         "tensor_count": sum(model.get("formats", {}).values()),
-        "context_length": served.model.context_length,
+        "context_length": served.model.context_length,  # served: --ctx-size caps it
+        "trained_context_length": served.model.trained_context_length,
         "embedding_length": model.get("hparams", {}).get("n_embd"),
         "vocab_size": served.model.vocab_size,
         "capabilities": caps,

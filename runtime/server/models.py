@@ -1,7 +1,7 @@
 """Which bundles one `rfc serve` serves, under which ids, with how much KV cache each.
 
-Built once at the edge (the CLI) from the bundle arguments, `--models-dir` and `--kv-pages`;
-the loading thread then loads them in order. Ids come from the bundles' manifests (the
+Built once at the edge (the CLI) from the bundle arguments, `--models-dir`, `--kv-pages` and
+the memory budget; the loading thread then loads them in order. Ids come from the bundles' manifests (the
 model's name), so they are known before anything loads."""
 
 import re
@@ -10,8 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rfc.artifacts import BundleError
-from rfc.artifacts.bundle import MANIFEST_FILE, read_manifest
-from rfc.runtime.loader import LoadOptions
+from rfc.artifacts.bundle import MANIFEST_FILE, read_manifest, read_plan
+from rfc.artifacts.layout import WEIGHTS_FILE
+from rfc.runtime.kv_budget import KvShare
+from rfc.runtime.loader import LoadOptions, check_ctx_size
 
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -28,7 +30,8 @@ class ModelSource:
 class KvPages:
     """How the KV-cache pages are divided between models (the `--kv-pages` policy):
     `total` pages split evenly over the models not named in `per_model`, which get exactly
-    their own count. Neither: each model gets the loader's default (4 full contexts)."""
+    their own count. Neither: the models without a count share the memory budget evenly
+    (`--gpu-memory-utilization` on a GPU, `--kv-memory` on the host; runtime/kv_budget.py)."""
 
     total: int | None = None
     per_model: dict[str, int] = field(default_factory=dict)
@@ -92,5 +95,14 @@ def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPage
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise BundleError(f"several bundles would be served as {', '.join(duplicates)}: give each its own directory name")
+    if load.ctx_size is not None:  # each model serves min(N, its own): N above them all is a mistake
+        check_ctx_size(load.ctx_size, {i: read_plan(b, m).context_length for i, b, m in zip(ids, bundles, manifests)})
     pages = kv.pages_for(ids)
-    return tuple(ModelSource(i, Path(b), replace(load, kv_blocks=pages[i] or load.kv_blocks)) for i, b in zip(ids, bundles))
+    counts = [pages[i] or load.kv_blocks for i in ids]
+    weights = [int(m["files"].get(WEIGHTS_FILE, {}).get("size", 0)) for m in manifests]
+    budgeted = sum(c is None for c in counts)
+    return tuple(
+        ModelSource(i, Path(b), replace(load, kv_blocks=c, kv_share=KvShare(
+            models=max(1, budgeted), left=max(1, sum(x is None for x in counts[n:])), reserve_bytes=sum(weights[n + 1:]))))
+        for n, (i, b, c) in enumerate(zip(ids, bundles, counts))
+    )

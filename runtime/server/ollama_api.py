@@ -116,7 +116,8 @@ class ShowResource:
         template = served.chat.source if model_info.has_chat_template(served) else "{{ .Prompt }}"
         resp.media = {
             "modelfile": f"# compiled by rfc into the bundle {served.model.bundle.root}\nFROM {manifest.get('source', {}).get('file', '')}\n",
-            "parameters": "",
+            # model_info is the GGUF's metadata (the trained context); num_ctx is what this server serves
+            "parameters": f"num_ctx {served.model.context_length}",
             "template": template,
             "details": {"parent_model": "", **{k: v for k, v in model_info.details(served).items() if k != "size"}},
             "model_info": info,

@@ -1,9 +1,13 @@
 """Operational endpoints of the seed API: /health, /ready, /models, /metrics, /traces."""
 
+from collections.abc import Sequence
+
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rfc.artifacts import RFC_VERSION
+from rfc.runtime.kv_budget import block_bytes, kv_itemsize
+from rfc.runtime.loader import LoadedModel
 from rfc.runtime.server.config import SERVICE_NAME
 from rfc.runtime.server.errors import ApiError
 from rfc.runtime.server.host import EngineHandle, ServedModel
@@ -26,7 +30,7 @@ class HealthResource:
         engine = {"running": running, "model_loaded": bool(every) and len(every) == len(self._handle.model_ids)}
         if self._handle.load_error:
             engine["error"] = self._handle.load_error
-        checks: dict = {"engine": engine, "gpu": _device_check(self._handle.served)}
+        checks: dict = {"engine": engine, "gpu": _device_check(self._handle.served, every)}
         if running:
             per_model = {s.model_id: s.engine.counts() for s in every}
             counts = {k: sum(c[k] for c in per_model.values()) for k in next(iter(per_model.values()))}
@@ -53,7 +57,9 @@ def _cache_check(counts: dict[str, int]) -> dict[str, int]:
     }
 
 
-def _device_check(served: ServedModel | None) -> dict:
+def _device_check(served: ServedModel | None, every: Sequence[ServedModel] = ()) -> dict:
+    """The seed's gpu block: a GPU's memory from its driver, plus the KV pools' bytes of the
+    models on it; a cpu or ref device is no GPU ({"available": false}, as the seed has it)."""
     if served is None:
         return {"available": False}
     choice = served.model.device_choice
@@ -63,15 +69,25 @@ def _device_check(served: ServedModel | None) -> dict:
     memory_info = getattr(served.model.device, "memory_info", None)  # (free, total) bytes, if the device tells
     if memory_info is not None:
         free, total = memory_info()
+        used = total - free
         check["memory"] = {
             "free_bytes": free,
             "total_bytes": total,
+            "used_bytes": used,
             "free_mb": free >> 20,
             "total_mb": total >> 20,
-            "used_mb": (total - free) >> 20,
-            "utilization_percent": round(100 * (total - free) / total) if total else 0,
+            "used_mb": used >> 20,
+            "utilization_percent": round(100 * used / total) if total else 0,
+            "kv_cache_bytes": sum(kv_pool_bytes(s.model) for s in every or (served,) if s.model.device_choice == choice),
         }
     return check
+
+
+def kv_pool_bytes(model: LoadedModel) -> int:
+    """Bytes of a loaded model's KV pool (K and V of every layer, every block)."""
+    plan = model.bundle.plan
+    blocks = model.blocks
+    return blocks.num_blocks * block_bytes(plan.kv, blocks.block_size, kv_itemsize(model.device_choice.name, plan.kv))
 
 
 class ReadyResource:

@@ -72,8 +72,10 @@ class PromptCache:
             return {"hits": self.hits, "misses": self.misses, "bytes": self.bytes}
 
     def _too_long(self, field: str, size: str):
-        ctx = self._model.context_length
-        return bad_request(f"'{field}' ({size}) cannot fit the model's context of {ctx} tokens", field)
+        ctx, trained = self._model.context_length, self._model.trained_context_length
+        limit = (f"the model's context of {ctx} tokens" if ctx == trained
+                 else f"the served context of {ctx} tokens (--ctx-size; the model's is {trained})")
+        return bad_request(f"'{field}' ({size}) cannot fit {limit}", field)
 
 
 def _size(key: bytes, ids: array) -> int:

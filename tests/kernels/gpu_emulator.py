@@ -151,10 +151,11 @@ def emulated_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, bl
     return GpuDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size)
 
 
-def emulated_step_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path) -> GpuStepDevice:
+def emulated_step_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path,
+                         context_length: int | None = None) -> GpuStepDevice:
     """A GpuStepDevice (the bound step program, graphs) over the emulated kernels."""
     entry = target_entry(bundle, target)
     data = bundle.file(entry["kernels"]).read_bytes()
     code = read_hsaco(data, target) if entry["family"] == "hip" else read_cubin(data)
     driver = EmulatedDriver(build_emulator(bundle, target, build_dir))
-    return GpuStepDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size)
+    return GpuStepDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size, context_length)

@@ -32,7 +32,7 @@ TARGET = "gfx1100"
 
 
 class Twins:
-    def __init__(self, bundle_dir, build_dir, mutate=None):
+    def __init__(self, bundle_dir, build_dir, mutate=None, context_length=None):
         self.bundle = open_bundle(bundle_dir)
         kv = self.bundle.plan.kv
         self.op = emulated_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
@@ -42,7 +42,7 @@ class Twins:
             real = gp.unpack_program
             gp.unpack_program = lambda data: mutate(real(data))  # noqa: E731
         try:
-            self.step = emulated_step_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
+            self.step = emulated_step_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir, context_length)
         finally:
             if mutate is not None:
                 gp.unpack_program = real
@@ -90,6 +90,18 @@ def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp
     h2d = [c[1] for c in calls if c[0] == "h2d"]
     runner = twins.step.runner
     assert h2d[0] == runner.stage["block_tables"][0] + 2 * runner.table_width * 4  # only the rows in use
+
+
+@pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
+def test_a_served_context_narrows_the_block_tables(model, gpu_bundle, tmp_path_factory):
+    """--ctx-size reaches the step program: its block tables are as wide as the served
+    context (not the plan's), and the steps still agree with the per-op path."""
+    build_dir = tmp_path_factory.getbasetemp() / "gpu-emu"
+    full = Twins(gpu_bundle(model, TARGET), build_dir)
+    assert full.step.runner.table_width == min(NUM_BLOCKS, -(-full.bundle.plan.context_length // BLOCK_SIZE)) > 2
+    twins = Twins(gpu_bundle(model, TARGET), build_dir, context_length=20)  # 2 blocks; _decode stays within 15 tokens
+    assert twins.step.runner.table_width == 2
+    _decode(twins, steps=4)
 
 
 @pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
