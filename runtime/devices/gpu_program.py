@@ -19,10 +19,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rfc.artifacts.program import ArgKind, StepProgram, unpack_program
+from rfc.artifacts.program import (
+    SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS, ArgKind, StepProgram, unpack_program,
+)
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.gpu import Driver, GpuDevice
+from rfc.runtime.sampler import SamplingParams
 
 _PACK = {8: "<Q", 4: "<i"}
 # Batch arrays in the staging buffer, in order: (name, length in the program's maxima)
@@ -253,3 +256,36 @@ class GpuStepDevice(GpuDevice):
     def close(self) -> None:
         self.runner.close()
         super().close()
+
+
+# -- sampling on the device (issue 10) -------------------------------------------------------------
+_WORD = {name: i for i, name in enumerate(SAMPLE_WORDS)}
+
+
+def _f32_bits(value: float) -> int:
+    return int(np.array([value], dtype=np.float32).view(np.int32)[0])
+
+
+def write_sample_row(words: np.ndarray, params: SamplingParams, vocab: int, seed: int, step: int,
+                     pen_start: int, pen_count: int, logprob: bool) -> None:
+    """One row of the sampling kernel's parameters (artifacts/program.py SAMPLE_WORDS) into
+    `words` (int32[len(SAMPLE_WORDS)]). `params` were validated when the request came in;
+    the kernel still clamps what it reads."""
+    greedy = params.is_greedy
+    flags = SAMPLE_FLAG_DEVICE | (SAMPLE_FLAG_GREEDY if greedy else 0) | (SAMPLE_FLAG_LOGPROB if logprob else 0)
+    seed &= (1 << 64) - 1
+    w = _WORD
+    words[w["flags"]] = flags
+    words[w["top_k"]] = params.top_k if 0 < params.top_k < vocab else 0
+    words[w["pen_start"]] = pen_start
+    words[w["pen_count"]] = pen_count
+    words[w["seed_lo"]] = np.uint32(seed & 0xFFFFFFFF).view(np.int32)
+    words[w["seed_hi"]] = np.uint32(seed >> 32).view(np.int32)
+    words[w["step"]] = np.uint32(step & 0xFFFFFFFF).view(np.int32)
+    # as sampler.py scales: float32(1 / t), and not at all at t == 1
+    words[w["inv_temp"]] = _f32_bits(1.0 if greedy or params.temperature == 1 else 1 / params.temperature)
+    words[w["top_p"]] = _f32_bits(params.top_p)
+    words[w["min_p"]] = _f32_bits(params.min_p)
+    words[w["repetition"]] = _f32_bits(params.repetition_penalty)
+    words[w["presence"]] = _f32_bits(params.presence_penalty)
+    words[w["frequency"]] = _f32_bits(params.frequency_penalty)
