@@ -13,13 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.program import SAMPLE_WORDS
 from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_sample import SAMPLE_PEN_CAPACITY, plan_sample_kernel
 from rfc.compiler.targets import parse_target
+from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.devices.gpu_program import write_sample_row
+from rfc.runtime.kv_cache import BlockManager
 from rfc.runtime.sampler import Sampler, SamplingParams
-from tests.kernels.gpu_emulator import EMU_HEADER
+from tests.kernels.gpu_emulator import EMU_HEADER, emulated_step_device
+from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ builds the GPU emulator")
 
@@ -244,3 +248,46 @@ def test_large_vocabulary(build_dir):
     tokens, _ = kernel.run(logits.copy(), samplers)
     assert tokens[0] == 200000
     assert int(tokens[1]) in want_kept
+
+
+# -- the step device: sampling after the step program, over the emulated kernels --------------------
+
+GPU_TARGET = "gfx1100"
+
+
+@pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(GPU_TARGET))])
+def test_step_device_samples_like_the_host(model, gpu_bundle, tmp_path_factory):
+    """Two sequences decoded together: a greedy row on the device, a logit_bias row on the
+    host. Every device token equals the host's greedy token over the same step's logits, the
+    host row's logits come back bit for bit, and per decode step the only copy back beyond
+    the host row's logits is the token ids."""
+    bundle = open_bundle(gpu_bundle(model, GPU_TARGET))
+    dev = emulated_step_device(bundle, GPU_TARGET, bundle.plan.kv, 48, 16, tmp_path_factory.getbasetemp() / "gpu-emu")
+    assert dev.samples_on_device
+    vocab = bundle.plan.vocab_size
+    blocks = BlockManager(48, 16)
+    a, b = (5, 17, 33, 2, 9, 41, 7), (100, 3, 77, 250)
+    device_s = Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab)
+    host_s = Sampler(SamplingParams(temperature=0.0, logit_bias={5: 2.0}), list(b), vocab)
+    check_s = Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab)
+    chunks = [SeqChunk(1, 0, a), SeqChunk(2, 0, b)]
+    lengths = [len(a), len(b)]
+    for step in range(4):
+        for c in chunks:
+            blocks.allocate(c.seq_id, c.start + len(c.tokens))
+        batch = build_batch(chunks, blocks)
+        dev.runner._driver.calls.clear()
+        out = dev.forward_sampled(batch, [(device_s, False), None])
+        calls = list(dev.runner._driver.calls)
+        logits = dev.forward(batch)  # the same step again (the KV writes repeat): the host's view
+        want = check_s.sample(logits[0])
+        assert int(out.tokens[0]) == want, f"step {step}"
+        device_s.record(want)
+        assert np.array_equal(out.logits[1], logits[1])
+        host_token = host_s.sample(out.logits[1])
+        if step:
+            d2h = [c[1] for c in calls if c[0] == "d2h"]
+            assert d2h == [2 * 8, vocab * 4], calls
+            assert ("launch",) in calls and not [c for c in calls if c[0] == "malloc_host"]
+        chunks = [SeqChunk(1, lengths[0], (want,)), SeqChunk(2, lengths[1], (host_token,))]
+        lengths = [lengths[0] + 1, lengths[1] + 1]
