@@ -322,6 +322,11 @@ def write_sample_row(words: np.ndarray, params: SamplingParams, vocab: int, seed
 
 
 _SAMPLE_ARGS = ("out", "logits", "params", "pen_tokens", "pen_counts", "pen_raw", "n_rows")
+_MAX_PEN_CAPACITY = 1 << 20  # penalty entries per step: pinned and device bytes are 12 per entry
+
+
+def _is_count(value: object, most: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= most
 
 
 class DeviceSampling:
@@ -336,8 +341,10 @@ class DeviceSampling:
         if words != len(SAMPLE_WORDS) or layout is None or [a[0] for a in layout] != list(_SAMPLE_ARGS):
             raise DeviceError(f"the bundle's sampling kernel {name!r} does not take this runtime's row parameters: recompile the model")
         self._runner, self._driver = runner, runner._driver
-        self.capacity = int(extra["pen_capacity"])
-        self.threads = int(extra["threads"])
+        self.capacity, self.threads = extra.get("pen_capacity"), extra.get("threads")
+        if not (_is_count(self.capacity, _MAX_PEN_CAPACITY) and _is_count(self.threads, 1024)):
+            raise DeviceError(f"the bundle's sampling kernel has a penalty capacity of {self.capacity!r} and "
+                              f"{self.threads!r} threads (at most {_MAX_PEN_CAPACITY} and 1024)")
         R, W = runner.max_rows, len(SAMPLE_WORDS)
         self._params_bytes = R * W * 4
         d = self._driver
