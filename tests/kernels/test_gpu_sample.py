@@ -152,6 +152,20 @@ def test_kept_sets_equal_the_host(k128, kw):
     assert _support(k128, logits, host, draws) == want
 
 
+@pytest.mark.parametrize("kw", [dict(top_k=300), dict(top_k=400, top_p=0.9), dict(min_p=0.1)],
+                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_kept_sets_larger_than_a_block(build_dir, kw):
+    """Kept sets of more tokens than the block has threads (no thread-maxima bound)."""
+    kernel = SampleKernel(512, build_dir)
+    assert kernel.threads < 300
+    rng = np.random.default_rng(21)
+    logits = rng.normal(0, 0.7, 512).astype(np.float32)
+    host = _sampler(512, temperature=1e4, seed=8, **kw)
+    want = _kept(host, logits)
+    assert kernel.threads < len(want) < 512
+    assert _support(kernel, logits, host, 12 * len(want)) == want
+
+
 def test_ties_at_the_top_k_cut_keep_the_lowest_ids(k128):
     logits = np.zeros(128, dtype=np.float32)
     logits[[3, 9]] = 5.0
