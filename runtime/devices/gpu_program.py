@@ -292,33 +292,34 @@ class GpuStepDevice(GpuDevice):
 _WORD = {name: i for i, name in enumerate(SAMPLE_WORDS)}
 
 
-def _f32_bits(value: float) -> int:
-    return int(np.array([value], dtype=np.float32).view(np.int32)[0])
+def _i32(value: int) -> int:
+    """The low 32 bits of `value` as a signed int32."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def write_sample_row(words: np.ndarray, params: SamplingParams, vocab: int, seed: int, step: int,
                      pen_start: int, pen_count: int, logprob: bool) -> None:
     """One row of the sampling kernel's parameters (artifacts/program.py SAMPLE_WORDS) into
-    `words` (int32[len(SAMPLE_WORDS)]). `params` were validated when the request came in;
-    the kernel still clamps what it reads."""
+    `words` (int32[len(SAMPLE_WORDS)]; its float words written through a float32 view).
+    `params` were validated when the request came in; the kernel still clamps what it reads."""
     greedy = params.is_greedy
-    flags = SAMPLE_FLAG_DEVICE | (SAMPLE_FLAG_GREEDY if greedy else 0) | (SAMPLE_FLAG_LOGPROB if logprob else 0)
-    seed &= (1 << 64) - 1
     w = _WORD
-    words[w["flags"]] = flags
+    words[w["flags"]] = SAMPLE_FLAG_DEVICE | (SAMPLE_FLAG_GREEDY if greedy else 0) | (SAMPLE_FLAG_LOGPROB if logprob else 0)
     words[w["top_k"]] = params.top_k if 0 < params.top_k < vocab else 0
     words[w["pen_start"]] = pen_start
     words[w["pen_count"]] = pen_count
-    words[w["seed_lo"]] = np.uint32(seed & 0xFFFFFFFF).view(np.int32)
-    words[w["seed_hi"]] = np.uint32(seed >> 32).view(np.int32)
-    words[w["step"]] = np.uint32(step & 0xFFFFFFFF).view(np.int32)
+    words[w["seed_lo"]] = _i32(seed)
+    words[w["seed_hi"]] = _i32(seed >> 32)
+    words[w["step"]] = _i32(step)
+    f = words.view(np.float32)
     # as sampler.py scales: float32(1 / t), and not at all at t == 1
-    words[w["inv_temp"]] = _f32_bits(1.0 if greedy or params.temperature == 1 else 1 / params.temperature)
-    words[w["top_p"]] = _f32_bits(params.top_p)
-    words[w["min_p"]] = _f32_bits(params.min_p)
-    words[w["repetition"]] = _f32_bits(params.repetition_penalty)
-    words[w["presence"]] = _f32_bits(params.presence_penalty)
-    words[w["frequency"]] = _f32_bits(params.frequency_penalty)
+    f[w["inv_temp"]] = 1.0 if greedy or params.temperature == 1 else 1 / params.temperature
+    f[w["top_p"]] = params.top_p
+    f[w["min_p"]] = params.min_p
+    f[w["repetition"]] = params.repetition_penalty
+    f[w["presence"]] = params.presence_penalty
+    f[w["frequency"]] = params.frequency_penalty
 
 
 _SAMPLE_ARGS = ("out", "logits", "params", "pen_tokens", "pen_counts", "pen_raw", "n_rows")
