@@ -8,6 +8,11 @@ pinned staging, makes one async copy, runs the launch list (a graph captured onc
 decode batch size, replayed; other steps launch the bound list directly), copies the
 logits back into pinned memory and synchronizes the one stream once.
 
+With a sampling kernel in the bundle (program.extra["sample"]) a step can also sample on the
+device (`run_sampled`): the rows' parameters and penalty lists go in after the batch, the
+kernel draws one token per row in place of the logits copy, and only the token ids come back,
+plus the logits of the rows the host samples (grammar masks, logit_bias, top logprobs).
+
 Block tables are staged at the program's full width (max context / block size, padded with
 -1), so a graph captured for a batch size stays valid as contexts grow.
 """
