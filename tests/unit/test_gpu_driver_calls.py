@@ -297,3 +297,16 @@ def test_all_host_rows_skip_the_sampling_kernel(program_and_bundle):
     out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 1, 0), [None])
     assert list(out.logits) == [0]
     assert not [c for c in fake.calls if c[0] == "cuLaunchKernel" and c[1][0] == 0x9999]
+
+
+def test_a_penalty_list_over_the_capacity_goes_to_the_host(program_and_bundle):
+    program, kernel_args, bundle = program_and_bundle
+    vocab = bundle.plan.vocab_size
+    spec = plan_sample_kernel(parse_target("sm_90"), vocab)
+    extra = {**sample_program_extra(spec), "pen_capacity": 2}
+    runner = _runner(FakeCuda(), program, {**kernel_args, spec.name: _natural_layout(spec.args)}, bundle,
+                     sample=(0x9999, extra))
+    small = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [3, 4], vocab)  # 2 entries: fits
+    big = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [5, 6, 7], vocab)  # 3: does not
+    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 2, 0), [(small, False), (big, False)])
+    assert list(out.logits) == [1]
