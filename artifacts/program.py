@@ -209,3 +209,27 @@ def _name(v, empty: bool = False) -> str:
     if not isinstance(v, str) or len(v) > 256 or (not v and not empty):
         raise ValueError(f"{str(v)[:40]!r} is not a name")
     return v
+
+
+# -- device sampling (issue 10): the per-row parameter block of the sampling kernel ---------------
+# One row of SAMPLE_WORDS int32 words per logit row, floats stored as their bit patterns. The
+# compiler renders the word indices into the kernel and the runtime writes the rows from this
+# one table; SAMPLE_FLAG_* are bits of the "flags" word.
+SAMPLE_WORDS: tuple[str, ...] = (
+    "flags",  # SAMPLE_FLAG_* bits; a row without SAMPLE_FLAG_DEVICE is left to the host
+    "top_k",  # <= 0 or >= vocab: off
+    "pen_start",  # the row's (token, count) penalty list: [pen_start, pen_start + pen_count)
+    "pen_count",
+    "seed_lo",  # the request's 64-bit seed
+    "seed_hi",
+    "step",  # tokens the request has drawn so far: the draw is a function of (seed, step)
+    "inv_temp",  # f32: float32(1 / temperature)
+    "top_p",  # f32, >= 1: off
+    "min_p",  # f32, <= 0: off
+    "repetition",  # f32 repetition penalty (1: off)
+    "presence",  # f32
+    "frequency",  # f32
+)
+SAMPLE_FLAG_DEVICE = 1  # the kernel samples this row
+SAMPLE_FLAG_GREEDY = 2  # argmax, ties to the lowest id
+SAMPLE_FLAG_LOGPROB = 4  # also write the chosen token's log-probability

@@ -134,6 +134,31 @@ RFC_DEVICE_FN int rfc_dp4a_portable(int a, int b, int c) {
 #define RFC_DP4A(a, b, c) rfc_dp4a_portable((a), (b), (c))
 #endif
 
+/* ---- for the sampling kernel: log, bit casts, shared-memory atomics, an unfused multiply ---- */
+#if defined(RFC_CUDA)
+#define RFC_LOGF(x) logf(x)
+#define RFC_FLOAT_BITS(f) __float_as_uint(f)
+#define RFC_BITS_FLOAT(u) __uint_as_float(u)
+#define RFC_ATOMIC_ADD(p, v) atomicAdd((p), (v))
+/* a * b rounded on its own: never contracted into an fma with a following add */
+#define RFC_FMUL_RN(a, b) __fmul_rn((a), (b))
+#else
+/* llvm.log lowers to v_log_f32 on amdgcn; the host (emulator) calls logf */
+#define RFC_LOGF(x) __builtin_logf(x)
+#define RFC_FLOAT_BITS(f) __builtin_bit_cast(unsigned, (float)(f))
+#define RFC_BITS_FLOAT(u) __builtin_bit_cast(float, (unsigned)(u))
+/* relaxed atomics on shared memory (ds_add on amdgcn); the emulator's fibers never
+ * interleave between barriers, so there they are plain adds in effect */
+#define RFC_ATOMIC_ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+RFC_DEVICE_FN float rfc_fmul_rn(float a, float b) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    return a * b;
+}
+#define RFC_FMUL_RN(a, b) rfc_fmul_rn((a), (b))
+#endif
+
 /* GGUF block decoders (kernels/rfc_blocks.h) as device functions. */
 #define RFC_FN RFC_DEVICE_FN
 

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 
 from rfc.runtime.batch import SeqChunk, StepBatch, build_batch
+from rfc.runtime.executor import DeviceToken, SampledRows
 from rfc.runtime.detokenize import IncrementalDetokenizer
 from rfc.runtime.loader import LoadedModel
 from rfc.runtime.request_ids import RandomIds
 from rfc.runtime.requests import (  # re-exported: the servers import them from here
     CANCELLED, EOS, FAILED, LENGTH, STOP, GenerationRequest, Observer, RequestError, RequestState, TokenEvent,
 )
-from rfc.runtime.sampler import Sampler
+from rfc.runtime.sampler import Sampler, SamplingError
 from rfc.runtime.scheduler import QueueFull, ScheduledChunk, Scheduler, SchedulerConfig, Sequence
 from rfc.runtime.stopping import StopChecker
 
@@ -201,7 +202,10 @@ class Engine:
         """The forward pass (lock released: HTTP threads may submit and cancel meanwhile).
         A failing step fails its requests, never the engine: None then."""
         try:
-            return self.model.executor.forward(work.batch)
+            executor = self.model.executor
+            if getattr(executor, "samples_on_device", False):
+                return executor.forward_sampled(work.batch, self._device_rows(work))
+            return executor.forward(work.batch)
         except Exception as e:
             with self._lock:
                 for state in work.states:
@@ -210,7 +214,19 @@ class Engine:
                         self._finish(state, FAILED, token=None)
             return None
 
-    def _postprocess(self, work: _Work, logits: np.ndarray) -> None:
+    @staticmethod
+    def _device_rows(work: _Work) -> list:
+        """Per logit row, what a samples_on_device device may sample: (sampler, wants the
+        chosen token's logprob), or None for a row the host samples from its logits (a
+        grammar mask, logit_bias, or top logprobs)."""
+        rows = []
+        for chunk, state in zip(work.chunks, work.states):
+            if chunk.needs_logits:
+                host = state.matcher is not None or state.sampler.needs_host or bool(state.request.logprobs)
+                rows.append(None if host else (state.sampler, state.request.logprobs is not None))
+        return rows
+
+    def _postprocess(self, work: _Work, logits: "np.ndarray | SampledRows") -> None:
         """Commit the step's KV, then sample one token for every chunk that ends its known
         tokens (lock held). A request cancelled while the step ran is skipped."""
         self.scheduler.commit(work.chunks)
@@ -220,7 +236,7 @@ class Engine:
                 continue
             if not state.finished:
                 try:
-                    self._advance(state, logits[row])
+                    self._advance(state, logits.row(row) if isinstance(logits, SampledRows) else logits[row])
                 except Exception as e:  # e.g. non-finite logits: this request fails, alone
                     state.error = f"{type(e).__name__}: {e}"
                     if not state.finished:
@@ -228,15 +244,7 @@ class Engine:
             row += 1
 
     def _advance(self, state: RequestState, logits) -> None:
-        if state.matcher is not None:  # constrained rows only: the grammar's mask, then sampling
-            logits = state.matcher.mask(logits)
-        token = state.sampler.sample(logits)
-        if state.matcher is not None:
-            state.matcher.accept(token)
-        logprob, top = None, ()
-        if state.request.logprobs is not None:
-            logprob, top_list = state.sampler.logprobs(logits, token, state.request.logprobs)
-            top = tuple(top_list)
+        token, logprob, top = self._pick(state, logits)
         now = time.time()
         if state.first_token_at is None:
             state.first_token_at = state.prefill_done_at = now
@@ -253,6 +261,26 @@ class Engine:
         else:
             state.text += text
             state.events.put(TokenEvent(state.request_id, token, text, False, None, logprob, top))
+
+    @staticmethod
+    def _pick(state: RequestState, logits) -> tuple[int, float | None, tuple]:
+        """The row's token, its logprob and top logprobs: drawn on the device already (a
+        DeviceToken), or sampled here from the row's logits."""
+        if isinstance(logits, DeviceToken):
+            if logits.token < 0:
+                raise SamplingError("logits", "the largest logit is not finite: no token can be drawn")
+            state.sampler.record(logits.token)
+            return logits.token, (logits.logprob if state.request.logprobs is not None else None), ()
+        if state.matcher is not None:  # constrained rows only: the grammar's mask, then sampling
+            logits = state.matcher.mask(logits)
+        token = state.sampler.sample(logits)
+        if state.matcher is not None:
+            state.matcher.accept(token)
+        logprob, top = None, ()
+        if state.request.logprobs is not None:
+            logprob, top_list = state.sampler.logprobs(logits, token, state.request.logprobs)
+            top = tuple(top_list)
+        return token, logprob, top
 
     def _finish(self, state: RequestState, reason: str, token: int | None, text: str = "", logprob=None, top=()) -> None:
         """Ends a request (lock held): frees its KV pages and sends its last event."""

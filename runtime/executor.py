@@ -8,6 +8,7 @@ Two kinds of device (../shared/DESIGN.md §1):
   executor interprets the plan on it, op by op.
 """
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -42,6 +43,28 @@ class StepDevice(Protocol):
     def forward_hidden(self, batch: StepBatch) -> np.ndarray: ...  # float32[R, n_embd]
 
 
+@dataclass(frozen=True)
+class DeviceToken:
+    """A token the device drew for a logit row; token < 0: the row had no finite largest logit."""
+
+    token: int
+    logprob: float  # its raw log-probability, when the row asked for it
+
+
+@dataclass(frozen=True)
+class SampledRows:
+    """A step sampled on the device where it could (`samples_on_device` devices): per logit
+    row a DeviceToken, or, for a row the host samples, that row's float32[vocab] logits."""
+
+    tokens: np.ndarray  # int32[R]
+    logprobs: np.ndarray  # float32[R]
+    logits: dict[int, np.ndarray]  # host rows
+
+    def row(self, i: int) -> "DeviceToken | np.ndarray":
+        found = self.logits.get(i)
+        return found if found is not None else DeviceToken(int(self.tokens[i]), float(self.logprobs[i]))
+
+
 class Executor:
     def __init__(self, plan: Plan, device):
         self.plan = plan
@@ -55,6 +78,16 @@ class Executor:
         if self._step is not None:
             return self._step.forward(batch)
         return self._interpret(batch, self.plan.output_logits)
+
+    @property
+    def samples_on_device(self) -> bool:
+        return bool(getattr(self._step, "samples_on_device", False))
+
+    def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
+        """One step on a `samples_on_device` device; rows[i] is (Sampler, wants its logprob)
+        for a row the device may sample, None for a row the host must (grammar, logit_bias,
+        top logprobs)."""
+        return self._step.forward_sampled(batch, rows)
 
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:
         """The final normalized hidden states float32[R, n_embd] for the batch's logit rows

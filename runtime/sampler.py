@@ -10,6 +10,7 @@ for presence and frequency; we keep one window so one knob bounds all three).
 """
 
 import math
+import secrets
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,10 @@ class SamplingParams:
     penalty_last_n: int = 64  # window of recent tokens for penalties; 0 off, -1 whole context
     logit_bias: Mapping[int, float] = field(default_factory=dict)  # -100 effectively bans
     seed: int | None = None  # None -> OS entropy
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature < _GREEDY_BELOW
 
     def validate(self, vocab_size: int) -> None:
         """Raise SamplingError naming the first invalid field."""
@@ -96,6 +101,9 @@ class Sampler:
             or params.presence_penalty != 0
             or params.frequency_penalty != 0
         )
+        # the seed of a device-side draw (a function of (seed, step), not of this Generator)
+        self.device_seed = secrets.randbits(64) if seed is None else seed
+        self.drawn = 0  # tokens drawn so far: the step of the next device draw
         self._window: deque[int] = deque()
         self._counts: dict[int, int] = {}
         if self._penalized:
@@ -111,9 +119,23 @@ class Sampler:
             _require_drawable(x[token])
         else:
             token = self._draw(*self._candidates(x))
+        self.record(token)
+        return token
+
+    def record(self, token: int) -> None:
+        """Counts a token drawn elsewhere (on the device) as sample() counts its own."""
+        self.drawn += 1
         if self._penalized:
             self._record(token)
-        return token
+
+    @property
+    def needs_host(self) -> bool:
+        """Whether this request's sampling needs the host's logits (logit_bias)."""
+        return bool(self._bias_ids.size)
+
+    def penalty_counts(self) -> dict[int, int] | None:
+        """The penalty window's token counts (None: penalties off); not to be modified."""
+        return self._counts if self._penalized else None
 
     def processed_logits(self, logits: np.ndarray) -> np.ndarray:
         """A float32 copy of `logits` with logit_bias and the penalties applied."""

@@ -11,12 +11,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.gpu_plan import ARG_SIZES, KernelSpec, plan_kernels, plan_program
+from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
@@ -71,6 +72,8 @@ def build(inp: CodegenInput) -> dict:
     target = inp.target
     tc = TOOLCHAINS[target.family]
     specs, op_kernels = plan_kernels(target, inp.plan, inp.layout)
+    sample = plan_sample_kernel(target, inp.plan.vocab_size)
+    specs = [*specs, sample]
     source = render_source(target, specs)
     command = tc.command(target)
     version = toolchain_version(tc)
@@ -82,7 +85,9 @@ def build(inp: CodegenInput) -> dict:
     inp.writer.write_bytes(kernels_rel, binary)
     inp.writer.write_bytes(source_rel, source.encode())
     program_rel = f"{inp.bundle_dir}/{PROGRAM_FILE}"
-    inp.writer.write_bytes(program_rel, pack_program(plan_program(target, inp.plan, specs, op_kernels)))
+    program = plan_program(target, inp.plan, specs, op_kernels)
+    program = replace(program, extra={**program.extra, "sample": sample_program_extra(sample)})
+    inp.writer.write_bytes(program_rel, pack_program(program))
     return {
         "kernels": kernels_rel,
         "sources": [source_rel],

@@ -122,6 +122,7 @@ class GpuDevice:
         self._pool = _Pool(driver)
         self._owned: list[int] = []
         module = driver.load_module(image)
+        self._module = module  # the step program binds kernels beyond the ops' (sampling)
         self._kernels = {
             name: _Kernel(driver.function(module, name), args, entry["kernel_args"][name], entry["launch"][name])
             for name, args in packing.items()

@@ -69,3 +69,19 @@ ptxas info    : Used 40 registers, used 1 barriers, 3232 bytes smem
     assert usage["rfc_attention_f16_8x2x32"] == KernelUsage("rfc_attention_f16_8x2x32", 40, 0, 0, 3232)
     assert usage["rfc_matmul_q6_k_512x256"].uses_local_memory and usage["rfc_matmul_q6_k_512x256"].is_hot
     assert not usage["rfc_attention_f16_8x2x32"].uses_local_memory
+
+
+@pytest.mark.parametrize("vocab", [pytest.param(v, marks=toolchain_marks("sm_90")) for v in (32000, 262144)])
+def test_sm90_sampling_kernel_uses_no_local_memory(vocab):
+    """The sampling kernel (templates/gpu_sample.hip.j2), alone, at the largest vocabulary
+    the issue names: no stack frame, no spills."""
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, render_source
+    from rfc.compiler.codegen.gpu_sample import plan_sample_kernel
+    from rfc.compiler.targets import parse_target
+
+    target = parse_target("sm_90")
+    spec = plan_sample_kernel(target, vocab)
+    usage = cuda_usage(render_source(target, [spec]), TOOLCHAINS["cuda"].command(target))
+    print(f"\nsampling sm_90\n{usage_table(usage)}")
+    u = usage[spec.name]
+    assert not u.uses_local_memory, f"{u.name}: {u.stack_bytes} bytes stack frame, {u.spill_bytes} bytes spilled"

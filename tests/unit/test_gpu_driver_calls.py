@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.artifacts.program import ArgKind
+from rfc.artifacts.program import SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS, ArgKind
 from rfc.compiler.codegen.gpu_plan import plan_kernels, plan_program
+from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.compiler.targets import parse_target
 from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.devices import DeviceError, cuda
 from rfc.runtime.devices.gpu_program import StepRunner
 from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.sampler import Sampler, SamplingParams
 from tests.conftest import FIXTURES
 
 
@@ -117,7 +119,17 @@ def program_and_bundle(tmp_path_factory):
     return plan_program(target, bundle.plan, specs, op_kernels), kernel_args, bundle
 
 
-def _runner(fake, program, kernel_args, bundle):
+def _natural_layout(args) -> list:
+    offset, layout = 0, []
+    for name, kind in args:
+        size = 8 if kind == "ptr" else 4
+        offset = -(-offset // size) * size
+        layout.append([name, size, offset])
+        offset += size
+    return layout
+
+
+def _runner(fake, program, kernel_args, bundle, sample=None):
     entries = bundle.layout.by_name()
     plan = bundle.plan
     return StepRunner(
@@ -125,7 +137,7 @@ def _runner(fake, program, kernel_args, bundle):
         weight_ptr=lambda name: 0x10_0000_0000 + entries[name].offset,
         kv_ptr=lambda which, layer: (0x20_0000_0000 if which == "k" else 0x30_0000_0000) + layer * 0x100_0000,
         vocab=plan.vocab_size, n_embd=plan.n_embd, logits=plan.output_logits, hidden=plan.output_hidden,
-        block_size=16, table_width=8,
+        block_size=16, table_width=8, sample=sample,
     )
 
 
@@ -221,3 +233,80 @@ def test_every_driver_function_called_has_a_declared_signature():
         # hipGetErrorString returns a char *, declared next to the library load
         missing = called - set(module.SIGNATURES) - {"hipGetErrorString"}
         assert not missing, f"{module.__name__}: no argtypes for {sorted(missing)}"
+
+
+# -- sampling on the device -------------------------------------------------------------------------
+
+
+def _sampling_runner(fake, program_and_bundle):
+    program, kernel_args, bundle = program_and_bundle
+    spec = plan_sample_kernel(parse_target("sm_90"), bundle.plan.vocab_size)
+    args = {**kernel_args, spec.name: _natural_layout(spec.args)}
+    return _runner(fake, program, args, bundle, sample=(0x9999, sample_program_extra(spec))), spec
+
+
+def test_device_sampled_steps_copy_back_token_ids_only(program_and_bundle):
+    """Per decode step: the batch in, the replay, the row parameters in (and the packed
+    penalty lists when a row has one), the sampling kernel, the token ids out, one sync; a
+    host row (None) adds one copy of its own logits row and nothing else."""
+    _program, _args, bundle = program_and_bundle
+    vocab = bundle.plan.vocab_size
+    fake = FakeCuda()
+    runner, spec = _sampling_runner(fake, program_and_bundle)
+    blocks = BlockManager(32, 16)
+    plain = Sampler(SamplingParams(temperature=0.0), [1, 2], vocab)
+    penalized = Sampler(SamplingParams(top_k=5, repetition_penalty=1.2, seed=7), [3, 3, 4], vocab)
+    fake.calls.clear()
+    out = runner.run_sampled(_decode_batch(blocks, 2, 0), [(plain, False), (penalized, True)])
+    assert out.logits == {} and out.tokens.shape == (2,)
+    names = [c[0] for c in fake.calls if c[0] != "cuStreamBeginCapture_v2" and c[0] != "cuStreamEndCapture"
+             and c[0] != "cuGraphInstantiateWithFlags" and not (c[0] == "cuLaunchKernel" and c[1][0] != 0x9999)]
+    assert names == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyHtoDAsync_v2", "cuMemcpyHtoDAsync_v2",
+                     "cuLaunchKernel", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize"]
+    copies = [c[1] for c in fake.calls if c[0].startswith("cuMemcpy")]
+    assert copies[1][2] == 2 * len(SAMPLE_WORDS) * 4  # two rows of parameters
+    assert copies[2][2] == 2 * 4 * 2  # two distinct tokens (3, 4) in the penalty window: ids then counts
+    assert copies[3][2] == 2 * 8  # token id and logprob per row: no logits
+    launch = next(c[1] for c in fake.calls if c[0] == "cuLaunchKernel" and c[1][0] == 0x9999)
+    assert launch[1:7] == (2, 1, 1, spec.threads, 1, 1)
+    s = runner.sampling
+    pen = np.frombuffer(ctypes.string_at(s._pen, 16), np.int32)
+    assert sorted(pen[:2].tolist()) == [3, 4] and sorted(pen[2:].view(np.float32).tolist()) == [1.0, 2.0]
+    words = {w: i for i, w in enumerate(SAMPLE_WORDS)}
+    params = s._params[:2]
+    assert params[0, words["flags"]] == SAMPLE_FLAG_DEVICE | SAMPLE_FLAG_GREEDY
+    assert params[1, words["flags"]] == SAMPLE_FLAG_DEVICE | SAMPLE_FLAG_LOGPROB
+    assert params[1, words["top_k"]] == 5 and params[1, words["pen_count"]] == 2
+
+    # the next step: one greedy row on the device, one host row (its logits come back alone)
+    fake.calls.clear()
+    out = runner.run_sampled(_decode_batch(blocks, 2, 1), [(plain, False), None])
+    assert list(out.logits) == [1] and out.logits[1].shape == (vocab,)
+    d2h = [c[1] for c in fake.calls if c[0] == "cuMemcpyDtoHAsync_v2"]
+    logits = runner.arena + runner.program.arena.slot(bundle.plan.output_logits).offset
+    assert [c[2] for c in d2h] == [2 * 8, vocab * 4]
+    assert d2h[1][1] == logits + vocab * 4  # row 1 only
+    assert s._params[1, words["flags"]] == 0  # the kernel leaves the host row alone
+    assert not {"cuMemAlloc_v2", "cuMemAllocHost_v2"} & {c[0] for c in fake.calls}
+
+
+def test_all_host_rows_skip_the_sampling_kernel(program_and_bundle):
+    fake = FakeCuda()
+    runner, _spec = _sampling_runner(fake, program_and_bundle)
+    fake.calls.clear()
+    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 1, 0), [None])
+    assert list(out.logits) == [0]
+    assert not [c for c in fake.calls if c[0] == "cuLaunchKernel" and c[1][0] == 0x9999]
+
+
+def test_a_penalty_list_over_the_capacity_goes_to_the_host(program_and_bundle):
+    program, kernel_args, bundle = program_and_bundle
+    vocab = bundle.plan.vocab_size
+    spec = plan_sample_kernel(parse_target("sm_90"), vocab)
+    extra = {**sample_program_extra(spec), "pen_capacity": 2}
+    runner = _runner(FakeCuda(), program, {**kernel_args, spec.name: _natural_layout(spec.args)}, bundle,
+                     sample=(0x9999, extra))
+    small = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [3, 4], vocab)  # 2 entries: fits
+    big = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [5, 6, 7], vocab)  # 3: does not
+    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 2, 0), [(small, False), (big, False)])
+    assert list(out.logits) == [1]

@@ -1,0 +1,57 @@
+"""Planning of the GPU sampling kernel (issue 10): one block per logit row samples that row's
+token on the device (templates/gpu_sample.hip.j2), so a step copies token ids back instead of
+[rows, vocab] logits.
+
+The kernel's row parameters are artifacts/program.py's SAMPLE_WORDS; the planner renders their
+indices and the flag bits into the template, so the runtime and the kernel read one table.
+"""
+
+from rfc.artifacts.program import SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS
+from rfc.compiler.codegen.gpu_plan import I32, PTR, KernelSpec
+from rfc.compiler.errors import CompileError
+from rfc.compiler.targets import Target
+
+SAMPLE_TEMPLATE = "gpu_sample.hip.j2"
+SAMPLE_ARGS: tuple[tuple[str, str], ...] = (
+    ("out", PTR), ("logits", PTR), ("params", PTR), ("pen_tokens", PTR), ("pen_counts", PTR), ("pen_raw", PTR),
+    ("n_rows", I32),
+)
+SAMPLE_MAX_THREADS = 256
+# Penalty list entries of one step, all rows together (the runtime stages them); a row whose
+# window holds more distinct tokens than fit is sampled on the host.
+SAMPLE_PEN_CAPACITY = 1 << 16
+# Fixed-point weights are 2^40 each at most: 2^22 tokens stay below 2^63 in a 64-bit sum.
+SAMPLE_MAX_VOCAB = 1 << 22
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def plan_sample_kernel(target: Target, vocab: int) -> KernelSpec:
+    """The sampling kernel for a vocabulary of `vocab` logits per row."""
+    if not 0 < vocab <= SAMPLE_MAX_VOCAB:
+        raise CompileError(f"no GPU sampling kernel for a vocabulary of {vocab} (at most {SAMPLE_MAX_VOCAB})")
+    threads = min(SAMPLE_MAX_THREADS, max(target.wave_size, _pow2_at_least(vocab)))
+    name = f"rfc_sample_{vocab}"
+    params = {
+        "name": name,
+        "threads": threads,
+        "vocab": vocab,
+        "n_words": len(SAMPLE_WORDS),
+        "words": {w: i for i, w in enumerate(SAMPLE_WORDS)},
+        "pen_capacity": SAMPLE_PEN_CAPACITY,
+        "flag_device": SAMPLE_FLAG_DEVICE,
+        "flag_greedy": SAMPLE_FLAG_GREEDY,
+        "flag_logprob": SAMPLE_FLAG_LOGPROB,
+    }
+    return KernelSpec(name, SAMPLE_TEMPLATE, params, SAMPLE_ARGS, threads, (("n_rows", 1),))
+
+
+def sample_program_extra(spec: KernelSpec) -> dict:
+    """What the runtime needs to bind the kernel (StepProgram.extra["sample"])."""
+    return {"kernel": spec.name, "threads": spec.threads, "pen_capacity": SAMPLE_PEN_CAPACITY,
+            "words": len(SAMPLE_WORDS)}

@@ -1,0 +1,307 @@
+"""The GPU sampling kernel (templates/gpu_sample.hip.j2) against runtime/sampler.py, run on
+the host by the GPU emulator (tests/kernels/gpu_emu.h): greedy tokens equal (ties to the
+lowest id), penalties applied bit for bit, the kept sets of top_k/top_p/min_p identical, the
+seeded draw deterministic per (seed, step) and distributed as the host's probabilities, and
+rows without the device flag left untouched for the host. No GPU needed; g++ builds it."""
+
+import ctypes
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rfc.artifacts.bundle import open_bundle
+from rfc.artifacts.program import SAMPLE_WORDS
+from rfc.compiler.codegen.gpu import render_source
+from rfc.compiler.codegen.gpu_sample import SAMPLE_PEN_CAPACITY, plan_sample_kernel
+from rfc.compiler.targets import parse_target
+from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.devices.gpu_program import write_sample_row
+from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.sampler import Sampler, SamplingParams
+from tests.kernels.gpu_emulator import EMU_HEADER, emulated_step_device
+from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ builds the GPU emulator")
+
+W = len(SAMPLE_WORDS)
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gpu-sample")
+
+
+class SampleKernel:
+    """The planned sampling kernel for one vocabulary, emulated."""
+
+    def __init__(self, vocab: int, build_dir: Path):
+        self.vocab = vocab
+        spec = plan_sample_kernel(parse_target("sm_90"), vocab)
+        self.threads = spec.threads
+        source = render_source(parse_target("sm_90"), [spec])
+        text = (f'#define RFC_GPU_EMULATED 1\n#include "{EMU_HEADER}"\n{source}\n'
+                f'extern "C" void launch(int rows, void **params) {{ rfc_emu::launch({spec.name}, rows, 1, {spec.threads}, params); }}\n')
+        key = hashlib.sha256(text.encode() + EMU_HEADER.read_bytes()).hexdigest()[:16]
+        lib = build_dir / f"sample-{key}.so"
+        if not lib.is_file():
+            src = build_dir / f"sample-{key}.cpp"
+            src.write_text(text)
+            proc = subprocess.run(["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)],
+                                  capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+        self.lib = ctypes.CDLL(str(lib))
+        self.lib.launch.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+    def run(self, logits: np.ndarray, samplers: list, steps=None, logprob: bool = False, host_rows=()):
+        """Samples every row of `logits` (modified in place, as on the device) with its
+        Sampler's parameters and penalty window; returns (tokens, logprobs)."""
+        rows = logits.shape[0]
+        assert logits.dtype == np.float32 and logits.flags.c_contiguous
+        params = np.zeros((rows, W), dtype=np.int32)
+        pen_tokens = np.zeros(SAMPLE_PEN_CAPACITY, dtype=np.int32)
+        pen_counts = np.zeros(SAMPLE_PEN_CAPACITY, dtype=np.float32)
+        pen_raw = np.zeros(SAMPLE_PEN_CAPACITY, dtype=np.float32)
+        start = 0
+        for r, s in enumerate(samplers):
+            counts = s.penalty_counts() or {}
+            n = len(counts)
+            pen_tokens[start:start + n] = list(counts.keys())
+            pen_counts[start:start + n] = list(counts.values())
+            step = s.drawn if steps is None else steps[r]
+            write_sample_row(params[r], s.params, self.vocab, s.device_seed, step, start, n, logprob)
+            if r in host_rows:
+                params[r, 0] = 0
+            start += n
+        out = np.full((rows, 2), -7, dtype=np.int32)
+        self._launch(rows, out, logits, params, pen_tokens, pen_counts, pen_raw)
+        return out[:, 0].copy(), out[:, 1].view(np.float32).copy()
+
+    def _launch(self, rows, *arrays):
+        values = [ctypes.c_void_p(a.ctypes.data) for a in arrays] + [ctypes.c_int(rows)]
+        ptrs = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        self.lib.launch(rows, ptrs)
+
+
+def _sampler(vocab: int, prompt=(), **kw) -> Sampler:
+    return Sampler(SamplingParams(**kw), list(prompt), vocab)
+
+
+def _kept(sampler: Sampler, logits: np.ndarray) -> set[int]:
+    """The host's kept set (top_k -> top_p -> min_p) over the processed logits."""
+    ids, _ = sampler._candidates(sampler.processed_logits(logits))
+    return set(range(logits.size)) if ids is None else {int(i) for i in ids}
+
+
+@pytest.fixture(scope="module")
+def k128(build_dir):
+    return SampleKernel(128, build_dir)
+
+
+def test_greedy_equals_the_host_with_ties(k128):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (24, 128)).astype(np.float32)
+    logits[8:16] = np.round(logits[8:16] / 2)  # few distinct values: many ties for the maximum
+    logits[16:, :] = 1.5  # all equal: id 0
+    logits[20, 100:] = 7.0  # ties at the end of the row
+    samplers = [_sampler(128, temperature=0.0) for _ in range(24)]
+    want = [s.sample(row) for s, row in zip(samplers, logits)]
+    tokens, _ = k128.run(logits.copy(), [_sampler(128, temperature=0.0) for _ in range(24)])
+    assert tokens.tolist() == want
+
+
+def test_penalties_change_logits_exactly_as_the_host(k128):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 4, (6, 128)).astype(np.float32)
+    kw = [dict(repetition_penalty=1.3), dict(presence_penalty=0.7), dict(frequency_penalty=0.45),
+          dict(repetition_penalty=0.8, presence_penalty=-0.3, frequency_penalty=1.7),
+          dict(repetition_penalty=2.0, penalty_last_n=-1), dict(frequency_penalty=3.0, penalty_last_n=5)]
+    samplers = [_sampler(128, rng.integers(0, 128, 40), temperature=0.0, **k) for k in kw]
+    processed = np.stack([s.processed_logits(row) for s, row in zip(samplers, logits)])
+    want = [int(np.argmax(p)) for p in processed]
+    x = logits.copy()
+    tokens, _ = k128.run(x, samplers)
+    assert np.array_equal(x.view(np.int32), processed.view(np.int32))
+    assert tokens.tolist() == want
+
+
+def _support(kernel, logits_row, sampler, draws: int) -> set[int]:
+    rows = np.repeat(logits_row[None], draws, axis=0).copy()
+    tokens, _ = kernel.run(rows, [sampler] * draws, steps=list(range(draws)))
+    assert (tokens >= 0).all()
+    return set(tokens.tolist())
+
+
+@pytest.mark.parametrize("kw", [
+    dict(top_k=7), dict(top_k=1), dict(top_p=0.5), dict(top_p=0.95), dict(min_p=0.05), dict(min_p=0.3),
+    dict(top_k=20, top_p=0.6), dict(top_k=30, min_p=0.1), dict(top_p=0.9, min_p=0.02),
+    dict(top_k=25, top_p=0.8, min_p=0.01, repetition_penalty=1.5, presence_penalty=0.2),
+], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_kept_sets_equal_the_host(k128, kw):
+    """A near-flat temperature draws every kept token within a few hundred draws and never
+    one outside the set: the support of the draws is the kernel's kept set."""
+    rng = np.random.default_rng(abs(hash(str(kw))) % 1000)
+    logits = rng.normal(0, 2, 128).astype(np.float32)
+    host = _sampler(128, rng.integers(0, 128, 30), temperature=1e4, seed=3, **kw)
+    want = _kept(host, logits)
+    assert 1 <= len(want) < 128 or kw.get("min_p") == 0.02
+    draws = max(64, 12 * len(want))
+    assert _support(k128, logits, host, draws) == want
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=300), dict(top_k=400, top_p=0.9), dict(min_p=0.1)],
+                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_kept_sets_larger_than_a_block(build_dir, kw):
+    """Kept sets of more tokens than the block has threads (no thread-maxima bound)."""
+    kernel = SampleKernel(512, build_dir)
+    assert kernel.threads < 300
+    rng = np.random.default_rng(21)
+    logits = rng.normal(0, 0.7, 512).astype(np.float32)
+    host = _sampler(512, temperature=1e4, seed=8, **kw)
+    want = _kept(host, logits)
+    assert kernel.threads < len(want) < 512
+    assert _support(kernel, logits, host, 12 * len(want)) == want
+
+
+def test_ties_at_the_top_k_cut_keep_the_lowest_ids(k128):
+    logits = np.zeros(128, dtype=np.float32)
+    logits[[3, 9]] = 5.0
+    logits[[10, 40, 41, 90]] = 2.0  # top_k=4 cuts these ties: 10 and 40 stay
+    host = _sampler(128, temperature=1e4, top_k=4, seed=1)
+    assert _support(k128, logits, host, 200) == {3, 9, 10, 40}
+
+
+def test_draw_is_deterministic_and_independent_of_the_batch(k128):
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 2, (8, 128)).astype(np.float32)
+    samplers = [_sampler(128, seed=100 + i, top_p=0.9) for i in range(8)]
+    a, _ = k128.run(logits.copy(), samplers, steps=[3] * 8)
+    b, _ = k128.run(logits.copy(), samplers, steps=[3] * 8)
+    assert a.tolist() == b.tolist()
+    # the same row in another position of another batch draws the same token
+    order = [5, 2, 7]
+    c, _ = k128.run(logits[order].copy(), [samplers[i] for i in order], steps=[3] * 3)
+    assert c.tolist() == a[order].tolist()
+    # and the step moves the draw
+    d, _ = k128.run(np.repeat(logits[:1], 64, axis=0).copy(), [samplers[0]] * 64, steps=list(range(64)))
+    assert len(set(d.tolist())) > 1
+
+
+def _chi_square(tokens: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
+    n = tokens.size
+    observed = np.bincount(tokens, minlength=probs.size).astype(np.float64)
+    assert observed[probs == 0].sum() == 0, "drew a token the host cannot draw"
+    expected = probs * n
+    big = expected >= 5  # pool the rare tokens into one bin
+    chi = ((observed[big] - expected[big]) ** 2 / expected[big]).sum()
+    rest_o, rest_e = observed[~big].sum(), expected[~big].sum()
+    if rest_e > 0:
+        chi += (rest_o - rest_e) ** 2 / rest_e
+    return float(chi), int(big.sum())
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=12, top_p=0.9)], ids=["plain", "filtered"])
+def test_draws_follow_the_host_probabilities(build_dir, kw):
+    """4,000 draws of a fixed seed over steps 0..3999: the seed is fixed, so the statistic is
+    a constant of the code, bounded far out (p < 1e-6 for a correct sampler)."""
+    kernel = SampleKernel(32, build_dir)
+    rng = np.random.default_rng(9)
+    logits = rng.normal(0, 1.5, 32).astype(np.float32)
+    host = _sampler(32, seed=1234, **kw)
+    kept = sorted(_kept(host, logits))
+    scaled = logits[kept].astype(np.float64) / kw["temperature"]
+    probs = np.zeros(32)
+    probs[kept] = np.exp(scaled - scaled.max()) / np.exp(scaled - scaled.max()).sum()
+    n = 4000
+    tokens, _ = kernel.run(np.repeat(logits[None], n, axis=0).copy(), [host] * n, steps=list(range(n)))
+    chi, bins = _chi_square(tokens, probs)
+    assert chi < bins + 10 * np.sqrt(2 * bins) + 20, (chi, bins)
+
+
+def test_logprobs_are_the_raw_log_softmax(k128):
+    rng = np.random.default_rng(11)
+    logits = rng.normal(0, 3, (4, 128)).astype(np.float32)
+    samplers = [_sampler(128, rng.integers(0, 128, 20), temperature=t, repetition_penalty=1.4, seed=2)
+                for t in (0.0, 0.8, 1.0, 0.0)]
+    tokens, logprobs = k128.run(logits.copy(), samplers, logprob=True)
+    for r, s in enumerate(samplers):
+        want, _ = s.logprobs(logits[r], int(tokens[r]), 0)
+        assert logprobs[r] == pytest.approx(want, abs=2e-5)
+
+
+def test_host_rows_are_left_alone(k128):
+    rng = np.random.default_rng(12)
+    logits = rng.normal(0, 3, (3, 128)).astype(np.float32)
+    samplers = [_sampler(128, rng.integers(0, 128, 20), temperature=0.0, repetition_penalty=1.4) for _ in range(3)]
+    x = logits.copy()
+    tokens, _ = k128.run(x, samplers, host_rows=(1,))
+    assert tokens[1] == -7  # untouched output
+    assert np.array_equal(x[1], logits[1])
+
+
+def test_non_finite_logits_fail_the_row(k128):
+    logits = np.zeros((3, 128), dtype=np.float32)
+    logits[0, 5] = np.nan
+    logits[1, :] = -np.inf
+    logits[2, 7] = np.inf
+    tokens, _ = k128.run(logits, [_sampler(128, temperature=t) for t in (0.0, 1.0, 1.0)])
+    assert tokens.tolist() == [-1, -1, -1]
+
+
+def test_large_vocabulary(build_dir):
+    """262,144 logits (the largest vocabulary the issue names): greedy and a filtered draw."""
+    kernel = SampleKernel(262144, build_dir)
+    rng = np.random.default_rng(13)
+    logits = rng.normal(0, 2, (2, 262144)).astype(np.float32)
+    logits[0, 200000] = 30.0
+    samplers = [_sampler(262144, temperature=0.0), _sampler(262144, top_k=40, top_p=0.9, seed=5)]
+    want_kept = _kept(samplers[1], logits[1])
+    tokens, _ = kernel.run(logits.copy(), samplers)
+    assert tokens[0] == 200000
+    assert int(tokens[1]) in want_kept
+
+
+# -- the step device: sampling after the step program, over the emulated kernels --------------------
+
+GPU_TARGET = "gfx1100"
+
+
+@pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(GPU_TARGET))])
+def test_step_device_samples_like_the_host(model, gpu_bundle, tmp_path_factory):
+    """Two sequences decoded together: a greedy row on the device, a logit_bias row on the
+    host. Every device token equals the host's greedy token over the same step's logits, the
+    host row's logits come back bit for bit, and per decode step the only copy back beyond
+    the host row's logits is the token ids."""
+    bundle = open_bundle(gpu_bundle(model, GPU_TARGET))
+    dev = emulated_step_device(bundle, GPU_TARGET, bundle.plan.kv, 48, 16, tmp_path_factory.getbasetemp() / "gpu-emu")
+    assert dev.samples_on_device
+    vocab = bundle.plan.vocab_size
+    blocks = BlockManager(48, 16)
+    a, b = (5, 17, 33, 2, 9, 41, 7), (100, 3, 77, 250)
+    device_s = Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab)
+    host_s = Sampler(SamplingParams(temperature=0.0, logit_bias={5: 2.0}), list(b), vocab)
+    check_s = Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab)
+    chunks = [SeqChunk(1, 0, a), SeqChunk(2, 0, b)]
+    lengths = [len(a), len(b)]
+    for step in range(4):
+        for c in chunks:
+            blocks.allocate(c.seq_id, c.start + len(c.tokens))
+        batch = build_batch(chunks, blocks)
+        dev.runner._driver.calls.clear()
+        out = dev.forward_sampled(batch, [(device_s, False), None])
+        calls = list(dev.runner._driver.calls)
+        logits = dev.forward(batch)  # the same step again (the KV writes repeat): the host's view
+        want = check_s.sample(logits[0])
+        assert int(out.tokens[0]) == want, f"step {step}"
+        device_s.record(want)
+        assert np.array_equal(out.logits[1], logits[1])
+        host_token = host_s.sample(out.logits[1])
+        if step:
+            d2h = [c[1] for c in calls if c[0] == "d2h"]
+            assert d2h == [2 * 8, vocab * 4], calls
+            assert ("launch",) in calls and not [c for c in calls if c[0] == "malloc_host"]
+        chunks = [SeqChunk(1, lengths[0], (want,)), SeqChunk(2, lengths[1], (host_token,))]
+        lengths = [lengths[0] + 1, lengths[1] + 1]
