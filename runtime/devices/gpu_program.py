@@ -42,7 +42,7 @@ _PACK = {8: "<Q", 4: "<i"}
 # region's end, so a step's copy starts at its first pair: one contiguous range either way)
 _STAGED = ("tokens", "positions", "slots", "seq_of_token", "seq_start", "context_lens", "logit_rows", "block_tables")
 # Penalty entries staged per logit row (a bind-time bound: pinned and device bytes are
-# 12 * max_rows * this). The default window (penalty_last_n = 64) always fits; a row whose
+# 12 * max_rows * this, 1.5 MiB for 512 rows; _MAX_PEN_CAPACITY caps the total). The default window (penalty_last_n = 64) always fits; a row whose
 # window holds more distinct tokens is sampled on the host.
 PEN_PER_ROW = 256
 
@@ -369,7 +369,7 @@ def _runs(rows: list[int]) -> list[tuple[int, int]]:
 class DeviceSampling:
     """The sampling kernel bound as the last launch of a runner's step. Its inputs live in the
     runner's staging, ahead of the batch arrays: "sample_pen", (token, f32 count) pairs for
-    max_rows * pen_per_row entries, filled from the region's end so a step's lists end where
+    max_rows * pen_per_row entries (capped), filled from the region's end so a step's lists end where
     "sample_params" (SAMPLE_WORDS per row) begins. Both are written through views made at
     bind time and reach the device in the step's one copy; the kernel's pointers never move,
     so the graph captured with it stays valid. Token ids and logprobs come back, and the
@@ -383,10 +383,11 @@ class DeviceSampling:
         self.threads = extra.get("threads")
         if not _is_count(self.threads, 1024):
             raise DeviceError(f"the bundle's sampling kernel has {self.threads!r} threads (at most 1024)")
-        self.capacity = runner.max_rows * pen_per_row
-        if not (_is_count(pen_per_row, _MAX_PEN_CAPACITY) and self.capacity <= _MAX_PEN_CAPACITY):
-            raise DeviceError(f"{pen_per_row!r} penalty entries per row for {runner.max_rows} rows: at most "
-                              f"{_MAX_PEN_CAPACITY} in all")
+        if not _is_count(pen_per_row, _MAX_PEN_CAPACITY):
+            raise DeviceError(f"{pen_per_row!r} penalty entries per row: 1 to {_MAX_PEN_CAPACITY}")
+        # every row's budget, unless the program's rows are so many that the total is capped:
+        # then a row that finds the step's pairs taken is sampled on the host
+        self.capacity = min(runner.max_rows * pen_per_row, _MAX_PEN_CAPACITY)
         self.per_row = pen_per_row
         self._runner, self._driver = runner, runner._driver
         self._fn, self._layout = fn, layout
@@ -423,8 +424,8 @@ class DeviceSampling:
 
     def stage(self, rows: list, vocab: int) -> tuple[list[int], int]:
         """Writes the rows' parameters and penalty lists; returns the rows the host samples (a
-        None row, or one whose list holds more than pen_per_row entries) and the staging byte
-        the step's copy starts at (its first penalty pair)."""
+        None row, or one whose list holds more than pen_per_row entries or no longer fits) and
+        the staging byte the step's copy starts at (its first penalty pair)."""
         if len(rows) > self._params.shape[0]:
             raise DeviceError(f"{len(rows)} sampling rows, the program has {self._params.shape[0]}")
         host_rows: list[int] = []
@@ -432,12 +433,12 @@ class DeviceSampling:
         for r, row in enumerate(rows):
             counts = None if row is None else row[0].penalty_counts()
             n = len(counts) if counts else 0
-            if row is None or n > self.per_row:
+            if row is None or n > self.per_row or n > end:
                 self._params[r, flags] = 0
                 host_rows.append(r)
                 continue
             sampler, logprob = row
-            start = end - n  # >= 0: at most max_rows rows of at most per_row entries
+            start = end - n
             write_sample_row(self._params[r], sampler.params, vocab, sampler.device_seed, sampler.drawn,
                              start, n, bool(logprob))
             if n:

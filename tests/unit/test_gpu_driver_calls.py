@@ -20,7 +20,7 @@ from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_e
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.compiler.targets import parse_target
 from rfc.runtime.batch import SeqChunk, build_batch
-from rfc.runtime.devices import DeviceError, cuda
+from rfc.runtime.devices import DeviceError, cuda, gpu_program
 from rfc.runtime.devices.gpu_program import StepRunner
 from rfc.runtime.kv_cache import BlockManager
 from rfc.runtime.sampler import Sampler, SamplingParams
@@ -364,3 +364,20 @@ def test_a_penalty_list_over_the_row_budget_goes_to_the_host(program_and_bundle)
     out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 2, 0), [(small, False), (big, False)])
     assert list(out.logits) == [1]
     assert not {"cuMemAlloc_v2", "cuMemAllocHost_v2"} & {c[0] for c in fake.calls}
+
+
+def test_rows_past_a_capped_penalty_region_go_to_the_host(program_and_bundle, monkeypatch):
+    """With the region's total capped below rows * budget, a row whose list no longer fits
+    this step is sampled on the host; a row without penalties stays on the device."""
+    program, kernel_args, bundle = program_and_bundle
+    vocab = bundle.plan.vocab_size
+    spec = plan_sample_kernel(parse_target("sm_90"), vocab)
+    monkeypatch.setattr(gpu_program, "_MAX_PEN_CAPACITY", 3)
+    runner = _runner(FakeCuda(), program, {**kernel_args, spec.name: _natural_layout(spec.args)}, bundle,
+                     sample=(0x9999, sample_program_extra(spec)), pen_per_row=2)
+    assert runner.sampling.capacity == 3
+    first = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [3, 4], vocab)
+    second = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [5, 6], vocab)
+    plain = Sampler(SamplingParams(temperature=0.0), [7], vocab)
+    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 3, 0), [(first, False), (second, False), (plain, False)])
+    assert list(out.logits) == [1]
