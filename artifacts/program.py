@@ -218,7 +218,7 @@ def _name(v, empty: bool = False) -> str:
 SAMPLE_WORDS: tuple[str, ...] = (
     "flags",  # SAMPLE_FLAG_* bits; a row without SAMPLE_FLAG_DEVICE is left to the host
     "top_k",  # <= 0 or >= vocab: off
-    "pen_start",  # the row's (token, count) penalty list: [pen_start, pen_start + pen_count)
+    "pen_start",  # the row's penalty list: (token, f32 count) pairs [pen_start, pen_start + pen_count)
     "pen_count",
     "seed_lo",  # the request's 64-bit seed
     "seed_hi",

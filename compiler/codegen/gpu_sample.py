@@ -3,7 +3,9 @@ token on the device (templates/gpu_sample.hip.j2), so a step copies token ids ba
 [rows, vocab] logits.
 
 The kernel's row parameters are artifacts/program.py's SAMPLE_WORDS; the planner renders their
-indices and the flag bits into the template, so the runtime and the kernel read one table.
+indices and the flag bits into the template, so the runtime and the kernel read one table. The
+penalty lists' capacity is the runtime's (it sizes the staging at bind time) and reaches the
+kernel as an argument, which clamps every row's list to it.
 """
 
 from rfc.artifacts.program import SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS
@@ -13,13 +15,10 @@ from rfc.compiler.targets import Target
 
 SAMPLE_TEMPLATE = "gpu_sample.hip.j2"
 SAMPLE_ARGS: tuple[tuple[str, str], ...] = (
-    ("out", PTR), ("logits", PTR), ("params", PTR), ("pen_tokens", PTR), ("pen_counts", PTR), ("pen_raw", PTR),
+    ("out", PTR), ("logits", PTR), ("params", PTR), ("pen", PTR), ("pen_raw", PTR), ("pen_capacity", I32),
     ("n_rows", I32),
 )
 SAMPLE_MAX_THREADS = 256
-# Penalty list entries of one step, all rows together (the runtime stages them); a row whose
-# window holds more distinct tokens than fit is sampled on the host.
-SAMPLE_PEN_CAPACITY = 1 << 16
 # Fixed-point weights are 2^40 each at most: 2^22 tokens stay below 2^63 in a 64-bit sum.
 SAMPLE_MAX_VOCAB = 1 << 22
 
@@ -43,7 +42,6 @@ def plan_sample_kernel(target: Target, vocab: int) -> KernelSpec:
         "vocab": vocab,
         "n_words": len(SAMPLE_WORDS),
         "words": {w: i for i, w in enumerate(SAMPLE_WORDS)},
-        "pen_capacity": SAMPLE_PEN_CAPACITY,
         "flag_device": SAMPLE_FLAG_DEVICE,
         "flag_greedy": SAMPLE_FLAG_GREEDY,
         "flag_logprob": SAMPLE_FLAG_LOGPROB,
@@ -53,5 +51,4 @@ def plan_sample_kernel(target: Target, vocab: int) -> KernelSpec:
 
 def sample_program_extra(spec: KernelSpec) -> dict:
     """What the runtime needs to bind the kernel (StepProgram.extra["sample"])."""
-    return {"kernel": spec.name, "threads": spec.threads, "pen_capacity": SAMPLE_PEN_CAPACITY,
-            "words": len(SAMPLE_WORDS)}
+    return {"kernel": spec.name, "threads": spec.threads, "words": len(SAMPLE_WORDS)}

@@ -9,9 +9,11 @@ decode batch size, replayed; other steps launch the bound list directly), copies
 logits back into pinned memory and synchronizes the one stream once.
 
 With a sampling kernel in the bundle (program.extra["sample"]) a step can also sample on the
-device (`run_sampled`): the rows' parameters and penalty lists go in after the batch, the
-kernel draws one token per row in place of the logits copy, and only the token ids come back,
-plus the logits of the rows the host samples (grammar masks, logit_bias, top logprobs).
+device (`run_sampled`): the rows' parameters and penalty lists sit in the same staging, ahead
+of the batch arrays at fixed offsets, and travel in the step's one copy in; the kernel is the
+last launch of the step (inside the decode graph, captured apart from the forward-only graph
+of `run`) and draws one token per row, so only token ids and logprobs come back, plus the
+logits of the rows the host samples (grammar masks, logit_bias, top logprobs).
 
 Block tables are staged at the program's full width (max context / block size, padded with
 -1), so a graph captured for a batch size stays valid as contexts grow.
@@ -35,8 +37,14 @@ from rfc.runtime.sampler import SamplingParams
 
 _PACK = {8: "<Q", 4: "<i"}
 # Batch arrays in the staging buffer, in order: (name, length in the program's maxima)
-# (block tables last: a step copies the staging only up to its sequences' table rows)
+# (block tables last: a step copies the staging only up to its sequences' table rows; with
+# device sampling the penalty pairs and row parameters come first, the pairs filled from their
+# region's end, so a step's copy starts at its first pair: one contiguous range either way)
 _STAGED = ("tokens", "positions", "slots", "seq_of_token", "seq_start", "context_lens", "logit_rows", "block_tables")
+# Penalty entries staged per logit row (a bind-time bound: pinned and device bytes are
+# 12 * max_rows * this, 1.5 MiB for 512 rows; _MAX_PEN_CAPACITY caps the total). The default window (penalty_last_n = 64) always fits; a row whose
+# window holds more distinct tokens is sampled on the host.
+PEN_PER_ROW = 256
 
 
 class GraphDriver(Driver, Protocol):
@@ -80,7 +88,7 @@ class StepRunner:
 
     def __init__(self, driver: GraphDriver, program: StepProgram, kernel_args: dict, functions: dict[str, Any],
                  weight_ptr, kv_ptr, vocab: int, n_embd: int, logits: str, hidden: str, block_size: int, table_width: int,
-                 max_graphs: int = 64, sample: "tuple[Any, dict] | None" = None):
+                 max_graphs: int = 64, sample: "tuple[Any, dict] | None" = None, pen_per_row: int = PEN_PER_ROW):
         self._driver = driver
         self.program = program
         a = program.arena
@@ -92,6 +100,9 @@ class StepRunner:
         self._out = {logits: vocab, hidden: n_embd}
         self._out_offset = {name: a.slot(name).offset for name in self._out}
         self.stream = driver.stream_create()
+        self._logits = logits
+        # the sampling kernel (fn, the program's extra["sample"]), when the bundle has one
+        self.sampling = DeviceSampling(self, sample[0], kernel_args, sample[1], pen_per_row) if sample else None
         self._stage_layout()
         out_bytes = max(vocab, n_embd) * 4 * self.max_rows
         self._host_out = driver.malloc_host(out_bytes)
@@ -99,11 +110,11 @@ class StepRunner:
         self._dev_in = self._alloc(self.stage_bytes)
         self._views = {n: _view(self._host_in + off, length) for n, (off, length) in self.stage.items()}
         self._bound = [self._bind(launch, kernel_args, functions, weight_ptr, kv_ptr) for launch in program.launches]
-        self._graphs: dict[tuple[int, int], Any] = {}
+        if self.sampling is not None:
+            self.sampling.bind()
+        # (n_tokens, n_rows, sampled) -> graph: `run` must not replay the sampling kernel
+        self._graphs: dict[tuple[int, int, bool], Any] = {}
         self._max_graphs = max_graphs
-        self._logits = logits
-        # the sampling kernel (fn, the program's extra["sample"]), when the bundle has one
-        self.sampling = DeviceSampling(self, sample[0], kernel_args, sample[1]) if sample else None
 
     # -- binding ----------------------------------------------------------------------------
     def _alloc(self, nbytes: int) -> int:
@@ -114,10 +125,12 @@ class StepRunner:
     def _stage_layout(self) -> None:
         lengths = {"seq_start": self.max_seqs + 1, "context_lens": self.max_seqs,
                    "block_tables": self.max_seqs * self.table_width, "logit_rows": self.max_rows}
+        regions = [(name, lengths.get(name, self.max_tokens)) for name in _STAGED]
+        if self.sampling is not None:
+            regions = [*self.sampling.regions(), *regions]
         self.stage: dict[str, tuple[int, int]] = {}
         offset = 0
-        for name in _STAGED:
-            n = lengths.get(name, self.max_tokens)
+        for name, n in regions:
             self.stage[name] = (offset, n)
             offset += -(-n * 4 // 256) * 256
         self.stage_bytes = offset
@@ -176,8 +189,8 @@ class StepRunner:
         v["logit_rows"][:R] = batch.logit_rows
         return {"n_tokens": T, "n_rows": R, "n_seqs": S, "table_width": self.table_width, "block_size": self.block_size}
 
-    def _launch_all(self, scalars: dict[str, int]) -> None:
-        for b in self._bound:
+    def _launch_all(self, scalars: dict[str, int], sampled: bool) -> None:
+        for b in [*self._bound, self.sampling.bound] if sampled else self._bound:
             for offset, nbytes, name in b.scalars:
                 struct.pack_into(_PACK[nbytes], b.buffer, offset, scalars[name])
             grid = [-(-(scalars[c] if isinstance(c, str) else c) // t) for c, t in b.grid]
@@ -185,8 +198,8 @@ class StepRunner:
                 continue
             self._driver.launch_on(b.fn, (*grid, 1, 1, 1)[:3], (b.threads, 1, 1), b.params, self.stream)
 
-    def _graph(self, scalars: dict[str, int]) -> Any:
-        key = (scalars["n_tokens"], scalars["n_rows"])
+    def _graph(self, scalars: dict[str, int], sampled: bool) -> Any:
+        key = (scalars["n_tokens"], scalars["n_rows"], sampled)
         graph = self._graphs.get(key)
         if graph is None:
             if len(self._graphs) >= self._max_graphs:
@@ -194,28 +207,30 @@ class StepRunner:
                 self._driver.graph_destroy(self._graphs.pop(old_key))
             self._driver.capture_begin(self.stream)
             try:
-                self._launch_all(scalars)
+                self._launch_all(scalars, sampled)
             finally:
                 graph = self._driver.capture_end(self.stream)
             self._graphs[key] = graph
         return graph
 
-    def _forward(self, batch: StepBatch) -> dict[str, int]:
-        """Stages the batch and queues the step's launches; returns the step's scalars."""
+    def _forward(self, batch: StepBatch, first: int, sampled: bool = False) -> dict[str, int]:
+        """Stages the batch, copies the staging in from byte `first` (what is staged ahead of
+        the batch arrays is the caller's) and queues the step's launches, with the sampling
+        kernel last when `sampled`; returns the step's scalars."""
         scalars = self._write_batch(batch)
         d = self._driver
-        staged = self.stage["block_tables"][0] + len(batch.context_lens) * self.table_width * 4
-        d.copy_to_device_async(self._dev_in, self._host_in, staged, self.stream)
+        end = self.stage["block_tables"][0] + len(batch.context_lens) * self.table_width * 4
+        d.copy_to_device_async(self._dev_in + first, self._host_in + first, end - first, self.stream)
         # decode steps (one token per row) repeat shapes: those are the graph buckets
         if scalars["n_tokens"] == scalars["n_rows"]:
-            d.graph_launch(self._graph(scalars), self.stream)
+            d.graph_launch(self._graph(scalars, sampled), self.stream)
         else:
-            self._launch_all(scalars)
+            self._launch_all(scalars, sampled)
         return scalars
 
     def run(self, batch: StepBatch, output: str) -> np.ndarray:
         """Runs one step; returns float32[R, width] of `output` (logits or hidden)."""
-        scalars = self._forward(batch)
+        scalars = self._forward(batch, self.stage[_STAGED[0]][0])
         d = self._driver
         R, width = scalars["n_rows"], self._out[output]
         nbytes = R * width * 4
@@ -232,9 +247,12 @@ class StepRunner:
         R = batch.num_rows
         if len(rows) != R:
             raise DeviceError(f"{len(rows)} sampling rows for {R} logit rows")
-        host_rows = self.sampling.stage(rows, self._vocab)  # before the step: it may raise
-        self._forward(batch)
-        return self.sampling.finish(R, host_rows, self.arena + self._out_offset[self._logits], self._host_out)
+        s = self.sampling
+        host_rows, first = s.stage(rows, self._vocab)  # before the step: it may raise
+        # a step whose rows all go to the host needs no kernel, except inside a graph: there
+        # it finds no row flagged for the device and returns
+        self._forward(batch, first, sampled=len(host_rows) < R or batch.num_tokens == R)
+        return s.finish(R, host_rows, self.arena + self._out_offset[self._logits], self._host_out)
 
     def close(self) -> None:
         for g in self._graphs.values():
@@ -329,103 +347,119 @@ def write_sample_row(words: np.ndarray, params: SamplingParams, vocab: int, seed
     f[w["frequency"]] = params.frequency_penalty
 
 
-_SAMPLE_ARGS = ("out", "logits", "params", "pen_tokens", "pen_counts", "pen_raw", "n_rows")
-_MAX_PEN_CAPACITY = 1 << 20  # penalty entries per step: pinned and device bytes are 12 per entry
+_SAMPLE_ARGS = ("out", "logits", "params", "pen", "pen_raw", "pen_capacity", "n_rows")
+_MAX_PEN_CAPACITY = 1 << 22  # staged pairs: the kernel's int32 word indices (2 * pair) stay in range
 
 
 def _is_count(value: object, most: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= most
 
 
+def _runs(rows: list[int]) -> list[tuple[int, int]]:
+    """Ascending row indices as [start, stop) runs of consecutive rows."""
+    runs: list[tuple[int, int]] = []
+    for r in rows:
+        if runs and runs[-1][1] == r:
+            runs[-1] = (runs[-1][0], r + 1)
+        else:
+            runs.append((r, r + 1))
+    return runs
+
+
 class DeviceSampling:
-    """The sampling kernel bound after a runner's step program: per-row parameters and the
-    rows' penalty lists staged in pinned memory (the lists packed: counts right after the
-    step's tokens, so one copy carries both), token ids and logprobs copied back, and the
+    """The sampling kernel bound as the last launch of a runner's step. Its inputs live in the
+    runner's staging, ahead of the batch arrays: "sample_pen", (token, f32 count) pairs for
+    max_rows * pen_per_row entries (capped), filled from the region's end so a step's lists end where
+    "sample_params" (SAMPLE_WORDS per row) begins. Both are written through views made at
+    bind time and reach the device in the step's one copy; the kernel's pointers never move,
+    so the graph captured with it stays valid. Token ids and logprobs come back, and the
     logits of host rows only."""
 
-    def __init__(self, runner: StepRunner, fn: Any, kernel_args: dict, extra: dict):
+    def __init__(self, runner: StepRunner, fn: Any, kernel_args: dict, extra: dict, pen_per_row: int):
         name, words = extra.get("kernel"), extra.get("words")
         layout = kernel_args.get(name)
         if words != len(SAMPLE_WORDS) or layout is None or [a[0] for a in layout] != list(_SAMPLE_ARGS):
             raise DeviceError(f"the bundle's sampling kernel {name!r} does not take this runtime's row parameters: recompile the model")
+        self.threads = extra.get("threads")
+        if not _is_count(self.threads, 1024):
+            raise DeviceError(f"the bundle's sampling kernel has {self.threads!r} threads (at most 1024)")
+        if not _is_count(pen_per_row, _MAX_PEN_CAPACITY):
+            raise DeviceError(f"{pen_per_row!r} penalty entries per row: 1 to {_MAX_PEN_CAPACITY}")
+        # every row's budget, unless the program's rows are so many that the total is capped:
+        # then a row that finds the step's pairs taken is sampled on the host
+        self.capacity = min(runner.max_rows * pen_per_row, _MAX_PEN_CAPACITY)
+        self.per_row = pen_per_row
         self._runner, self._driver = runner, runner._driver
-        self.capacity, self.threads = extra.get("pen_capacity"), extra.get("threads")
-        if not (_is_count(self.capacity, _MAX_PEN_CAPACITY) and _is_count(self.threads, 1024)):
-            raise DeviceError(f"the bundle's sampling kernel has a penalty capacity of {self.capacity!r} and "
-                              f"{self.threads!r} threads (at most {_MAX_PEN_CAPACITY} and 1024)")
-        R, W = runner.max_rows, len(SAMPLE_WORDS)
-        self._params_bytes = R * W * 4
-        d = self._driver
-        self._host = d.malloc_host(self._params_bytes + 8 * self.capacity)
+        self._fn, self._layout = fn, layout
+
+    def regions(self) -> list[tuple[str, int]]:
+        """The staging regions ahead of the batch arrays: (name, int32 words)."""
+        return [("sample_pen", 2 * self.capacity), ("sample_params", self._runner.max_rows * len(SAMPLE_WORDS))]
+
+    def bind(self) -> None:
+        """Views over the runner's staging, the output buffers, the kernel's parameters."""
+        r, d = self._runner, self._driver
+        R, C = r.max_rows, self.capacity
+        self._params = r._views["sample_params"].reshape(R, len(SAMPLE_WORDS))
+        pairs = r._views["sample_pen"].reshape(C, 2)
+        self._pen_tokens, self._pen_counts = pairs[:, 0], pairs.view(np.float32)[:, 1]
+        self._pen_off = r.stage["sample_pen"][0]
         self._host_out = d.malloc_host(8 * R)
-        self._dev = runner._alloc(self._params_bytes + 8 * self.capacity)
-        self._dev_raw = runner._alloc(4 * self.capacity)
-        self._dev_out = runner._alloc(8 * R)
-        self._params = _view(self._host, R * W).reshape(R, W)
-        self._pen = self._host + self._params_bytes
         self._out = _view(self._host_out, 2 * R).reshape(R, 2)
-        self._fn = fn
-        size = max(o + s for _n, s, o in layout)
-        self._buffer = ctypes.create_string_buffer((size + 7) // 8 * 8)
-        base = ctypes.addressof(self._buffer)
-        self._args = {n: (s, o) for n, s, o in layout}
-        self._kparams = (ctypes.c_void_p * len(layout))(*[base + o for _n, _s, o in layout])
-        logits = runner.arena + runner._out_offset[runner._logits]
-        for arg, value in (("out", self._dev_out), ("logits", logits), ("params", self._dev),
-                           ("pen_tokens", self._dev + self._params_bytes), ("pen_raw", self._dev_raw)):
-            self._pack(arg, value)
-        self._n_pen = 0
-        self._device_rows = 0
+        self._dev_out = r._alloc(8 * R)
+        pointers = {"out": self._dev_out, "logits": r.arena + r._out_offset[r._logits],
+                    "params": r._dev_in + r.stage["sample_params"][0], "pen": r._dev_in + self._pen_off,
+                    "pen_raw": r._alloc(4 * C), "pen_capacity": C}
+        size = max(o + s for _n, s, o in self._layout)
+        buffer = ctypes.create_string_buffer((size + 7) // 8 * 8)
+        base = ctypes.addressof(buffer)
+        params = (ctypes.c_void_p * len(self._layout))(*[base + o for _n, _s, o in self._layout])
+        scalars = []
+        for name, nbytes, offset in self._layout:
+            if name == "n_rows":
+                scalars.append((offset, nbytes, "n_rows"))
+            else:
+                struct.pack_into(_PACK[nbytes], buffer, offset, pointers[name])
+        self.bound = _Bound(self._fn, self.threads, [("n_rows", 1)], buffer, params, scalars)
 
-    def _pack(self, arg: str, value: int) -> None:
-        size, offset = self._args[arg]
-        struct.pack_into(_PACK[size], self._buffer, offset, value)
-
-    def stage(self, rows: list, vocab: int) -> list[int]:
-        """Writes the rows' parameters; returns the rows the host samples (a None row, or one
-        whose penalty list no longer fits this step's capacity)."""
-        host_rows, lists, n_pen = [], [], 0
-        flags = _WORD["flags"]
+    def stage(self, rows: list, vocab: int) -> tuple[list[int], int]:
+        """Writes the rows' parameters and penalty lists; returns the rows the host samples (a
+        None row, or one whose list holds more than pen_per_row entries or no longer fits) and
+        the staging byte the step's copy starts at (its first penalty pair)."""
+        if len(rows) > self._params.shape[0]:
+            raise DeviceError(f"{len(rows)} sampling rows, the program has {self._params.shape[0]}")
+        host_rows: list[int] = []
+        flags, end = _WORD["flags"], self.capacity
         for r, row in enumerate(rows):
-            counts = None if row is None else (row[0].penalty_counts() or {})
-            if counts is None or n_pen + len(counts) > self.capacity:
+            counts = None if row is None else row[0].penalty_counts()
+            n = len(counts) if counts else 0
+            if row is None or n > self.per_row or n > end:
                 self._params[r, flags] = 0
                 host_rows.append(r)
                 continue
             sampler, logprob = row
+            start = end - n
             write_sample_row(self._params[r], sampler.params, vocab, sampler.device_seed, sampler.drawn,
-                             n_pen, len(counts), bool(logprob))
-            if counts:
-                lists.append(counts)
-            n_pen += len(counts)
-        # the lists, packed: tokens[n_pen] then counts[n_pen]
-        tokens = _view(self._pen, n_pen)
-        values = _view(self._pen + 4 * n_pen, n_pen, np.float32)
-        at = 0
-        for counts in lists:
-            n = len(counts)
-            tokens[at:at + n] = np.fromiter(counts.keys(), dtype=np.int32, count=n)
-            values[at:at + n] = np.fromiter(counts.values(), dtype=np.float32, count=n)
-            at += n
-        self._n_pen = n_pen
-        self._device_rows = len(rows) - len(host_rows)
-        return host_rows
+                             start, n, bool(logprob))
+            if n:
+                # the window is the Sampler's dict: one array of each from it, into the views
+                self._pen_tokens[start:end] = np.fromiter(counts.keys(), dtype=np.int32, count=n)
+                self._pen_counts[start:end] = np.fromiter(counts.values(), dtype=np.float32, count=n)
+            end = start
+        return host_rows, self._pen_off + 8 * end
 
     def finish(self, n_rows: int, host_rows: list[int], logits_ptr: int, host_logits: int) -> SampledRows:
-        """Queues the copies in, the kernel and the copies out after the step, and waits."""
+        """After the step's launches: token ids and logprobs back (when a row was the
+        device's), each run of host rows' logits back, one sync."""
         d, stream = self._driver, self._runner.stream
-        vocab = self._runner._vocab
-        if self._device_rows:
-            d.copy_to_device_async(self._dev, self._host, n_rows * len(SAMPLE_WORDS) * 4, stream)
-            if self._n_pen:
-                d.copy_to_device_async(self._dev + self._params_bytes, self._pen, 8 * self._n_pen, stream)
-            self._pack("pen_counts", self._dev + self._params_bytes + 4 * self._n_pen)
-            self._pack("n_rows", n_rows)
-            d.launch_on(self._fn, (n_rows, 1, 1), (self.threads, 1, 1), self._kparams, stream)
+        row_bytes = self._runner._vocab * 4
+        if len(host_rows) < n_rows:
             d.copy_to_host_async(self._host_out, self._dev_out, 8 * n_rows, stream)
-        for r in host_rows:
-            d.copy_to_host_async(host_logits + r * vocab * 4, logits_ptr + r * vocab * 4, vocab * 4, stream)
+        for start, stop in _runs(host_rows):
+            d.copy_to_host_async(host_logits + start * row_bytes, logits_ptr + start * row_bytes,
+                                 (stop - start) * row_bytes, stream)
         d.stream_synchronize(stream)
+        vocab = self._runner._vocab
         rows = _view(host_logits, n_rows * vocab, np.float32).reshape(n_rows, vocab) if host_rows else None
         return SampledRows(
             tokens=self._out[:n_rows, 0].copy(),
@@ -434,5 +468,4 @@ class DeviceSampling:
         )
 
     def close(self) -> None:
-        self._driver.free_host(self._host)
         self._driver.free_host(self._host_out)

@@ -16,7 +16,7 @@ import pytest
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.program import SAMPLE_WORDS
 from rfc.compiler.codegen.gpu import render_source
-from rfc.compiler.codegen.gpu_sample import SAMPLE_PEN_CAPACITY, plan_sample_kernel
+from rfc.compiler.codegen.gpu_sample import plan_sample_kernel
 from rfc.compiler.targets import parse_target
 from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.devices.gpu_program import write_sample_row
@@ -62,26 +62,26 @@ class SampleKernel:
         rows = logits.shape[0]
         assert logits.dtype == np.float32 and logits.flags.c_contiguous
         params = np.zeros((rows, W), dtype=np.int32)
-        pen_tokens = np.zeros(SAMPLE_PEN_CAPACITY, dtype=np.int32)
-        pen_counts = np.zeros(SAMPLE_PEN_CAPACITY, dtype=np.float32)
-        pen_raw = np.zeros(SAMPLE_PEN_CAPACITY, dtype=np.float32)
+        capacity = max(1, sum(len(s.penalty_counts() or {}) for s in samplers))  # staged exactly
+        pen = np.zeros((capacity, 2), dtype=np.int32)  # (token, f32 count bits) pairs
+        pen_raw = np.zeros(capacity, dtype=np.float32)
         start = 0
         for r, s in enumerate(samplers):
             counts = s.penalty_counts() or {}
             n = len(counts)
-            pen_tokens[start:start + n] = list(counts.keys())
-            pen_counts[start:start + n] = list(counts.values())
+            pen[start:start + n, 0] = list(counts.keys())
+            pen.view(np.float32)[start:start + n, 1] = list(counts.values())
             step = s.drawn if steps is None else steps[r]
             write_sample_row(params[r], s.params, self.vocab, s.device_seed, step, start, n, logprob)
             if r in host_rows:
                 params[r, 0] = 0
             start += n
         out = np.full((rows, 2), -7, dtype=np.int32)
-        self._launch(rows, out, logits, params, pen_tokens, pen_counts, pen_raw)
+        self._launch(rows, capacity, out, logits, params, pen, pen_raw)
         return out[:, 0].copy(), out[:, 1].view(np.float32).copy()
 
-    def _launch(self, rows, *arrays):
-        values = [ctypes.c_void_p(a.ctypes.data) for a in arrays] + [ctypes.c_int(rows)]
+    def _launch(self, rows, capacity, *arrays):
+        values = [ctypes.c_void_p(a.ctypes.data) for a in arrays] + [ctypes.c_int(capacity), ctypes.c_int(rows)]
         ptrs = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
         self.lib.launch(rows, ptrs)
 
@@ -270,38 +270,51 @@ GPU_TARGET = "gfx1100"
 
 
 @pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(GPU_TARGET))])
-def test_step_device_samples_like_the_host(model, gpu_bundle, tmp_path_factory):
-    """Two sequences decoded together: a greedy row on the device, a logit_bias row on the
-    host. Every device token equals the host's greedy token over the same step's logits, the
-    host row's logits come back bit for bit, and per decode step the only copy back beyond
-    the host row's logits is the token ids."""
+@pytest.mark.parametrize("host_row", [False, True], ids=["device-rows", "a-host-row"])
+def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path_factory):
+    """Two sequences decoded together: a greedy row with a repetition penalty on the device,
+    the other greedy row on the device too or (logit_bias) on the host. Every device token
+    equals the host's greedy token over the same step's logits, a host row's logits come back
+    bit for bit, and per decode step the driver sees one copy in, one graph launch (the
+    forward pass and the sampling kernel), the token ids back (and the host row's logits),
+    one sync: no other launch, no allocation."""
     bundle = open_bundle(gpu_bundle(model, GPU_TARGET))
     dev = emulated_step_device(bundle, GPU_TARGET, bundle.plan.kv, 48, 16, tmp_path_factory.getbasetemp() / "gpu-emu")
     assert dev.samples_on_device
     vocab = bundle.plan.vocab_size
     blocks = BlockManager(48, 16)
     a, b = (5, 17, 33, 2, 9, 41, 7), (100, 3, 77, 250)
+    second = {"logit_bias": {5: 2.0}} if host_row else {}
     device_s = Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab)
-    host_s = Sampler(SamplingParams(temperature=0.0, logit_bias={5: 2.0}), list(b), vocab)
-    check_s = Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab)
+    other_s = Sampler(SamplingParams(temperature=0.0, **second), list(b), vocab)
+    check = [Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab),
+             Sampler(SamplingParams(temperature=0.0), list(b), vocab)]
     chunks = [SeqChunk(1, 0, a), SeqChunk(2, 0, b)]
     lengths = [len(a), len(b)]
+    n_launches = len(dev.runner.program.launches) + 1  # the step program, then the sampling kernel
     for step in range(4):
         for c in chunks:
             blocks.allocate(c.seq_id, c.start + len(c.tokens))
         batch = build_batch(chunks, blocks)
         dev.runner._driver.calls.clear()
-        out = dev.forward_sampled(batch, [(device_s, False), None])
+        out = dev.forward_sampled(batch, [(device_s, False), None if host_row else (other_s, False)])
         calls = list(dev.runner._driver.calls)
         logits = dev.forward(batch)  # the same step again (the KV writes repeat): the host's view
-        want = check_s.sample(logits[0])
-        assert int(out.tokens[0]) == want, f"step {step}"
-        device_s.record(want)
-        assert np.array_equal(out.logits[1], logits[1])
-        host_token = host_s.sample(out.logits[1])
+        want = [check[0].sample(logits[0]), None]
+        assert int(out.tokens[0]) == want[0], f"step {step}"
+        device_s.record(want[0])
+        if host_row:
+            assert sorted(out.logits) == [1] and np.array_equal(out.logits[1], logits[1])
+            want[1] = other_s.sample(out.logits[1])
+        else:
+            want[1] = check[1].sample(logits[1])
+            assert out.logits == {} and int(out.tokens[1]) == want[1], f"step {step}"
+            other_s.record(want[1])
         if step:
-            d2h = [c[1] for c in calls if c[0] == "d2h"]
-            assert d2h == [2 * 8, vocab * 4], calls
-            assert ("launch",) in calls and not [c for c in calls if c[0] == "malloc_host"]
-        chunks = [SeqChunk(1, lengths[0], (want,)), SeqChunk(2, lengths[1], (host_token,))]
+            d2h = [("d2h", 2 * 8)] + ([("d2h", vocab * 4)] if host_row else [])
+            graphs = [c for c in calls if c[0] == "capture"]
+            assert graphs in ([], [("capture", n_launches)]), calls  # the first decode step captures
+            assert [c for c in calls if c[0] != "capture"] == [
+                ("h2d", calls[0][1]), ("graph_launch", n_launches), *d2h, ("sync",)], calls
+        chunks = [SeqChunk(1, lengths[0], (want[0],)), SeqChunk(2, lengths[1], (want[1],))]
         lengths = [lengths[0] + 1, lengths[1] + 1]

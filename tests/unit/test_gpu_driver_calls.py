@@ -20,7 +20,7 @@ from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_e
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.compiler.targets import parse_target
 from rfc.runtime.batch import SeqChunk, build_batch
-from rfc.runtime.devices import DeviceError, cuda
+from rfc.runtime.devices import DeviceError, cuda, gpu_program
 from rfc.runtime.devices.gpu_program import StepRunner
 from rfc.runtime.kv_cache import BlockManager
 from rfc.runtime.sampler import Sampler, SamplingParams
@@ -84,6 +84,14 @@ class FakeCuda:
             self.captured.append([ctypes.cast(params[i], ctypes.POINTER(ctypes.c_uint64))[0] for i in range(len(params))])
         return 0
 
+    def _cuMemcpyHtoDAsync_v2(self, dst, src, nbytes, stream):
+        ctypes.memmove(dst, src, nbytes)  # "device" memory is host memory here
+        return 0
+
+    def _cuMemcpyDtoHAsync_v2(self, dst, src, nbytes, stream):
+        ctypes.memmove(dst, src, nbytes)
+        return 0
+
     def _cuGetErrorName(self, status, ref):
         ctypes.cast(ref, ctypes.POINTER(ctypes.c_char_p))[0] = b"CUDA_ERROR_ILLEGAL_ADDRESS"
         return 0
@@ -129,7 +137,7 @@ def _natural_layout(args) -> list:
     return layout
 
 
-def _runner(fake, program, kernel_args, bundle, sample=None):
+def _runner(fake, program, kernel_args, bundle, sample=None, pen_per_row=256):
     entries = bundle.layout.by_name()
     plan = bundle.plan
     return StepRunner(
@@ -137,7 +145,7 @@ def _runner(fake, program, kernel_args, bundle, sample=None):
         weight_ptr=lambda name: 0x10_0000_0000 + entries[name].offset,
         kv_ptr=lambda which, layer: (0x20_0000_0000 if which == "k" else 0x30_0000_0000) + layer * 0x100_0000,
         vocab=plan.vocab_size, n_embd=plan.n_embd, logits=plan.output_logits, hidden=plan.output_hidden,
-        block_size=16, table_width=8, sample=sample,
+        block_size=16, table_width=8, sample=sample, pen_per_row=pen_per_row,
     )
 
 
@@ -245,68 +253,131 @@ def _sampling_runner(fake, program_and_bundle):
     return _runner(fake, program, args, bundle, sample=(0x9999, sample_program_extra(spec))), spec
 
 
-def test_device_sampled_steps_copy_back_token_ids_only(program_and_bundle):
-    """Per decode step: the batch in, the replay, the row parameters in (and the packed
-    penalty lists when a row has one), the sampling kernel, the token ids out, one sync; a
-    host row (None) adds one copy of its own logits row and nothing else."""
-    _program, _args, bundle = program_and_bundle
+_STEP_CALLS = ("cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize", "cuLaunchKernel",
+               "cuMemAlloc_v2", "cuMemAllocHost_v2", "cuCtxSynchronize", "cuMemcpyHtoD_v2", "cuMemcpyDtoH_v2")
+
+
+def test_device_sampled_decode_steps_are_one_graph_launch(program_and_bundle):
+    """Per decode step with device-sampled rows: one copy in (batch, row parameters and
+    penalty lists together), one graph launch (the forward pass and the sampling kernel,
+    captured once), one copy out (token ids and logprobs, no logits), one sync, no malloc."""
+    program, _args, bundle = program_and_bundle
     vocab = bundle.plan.vocab_size
     fake = FakeCuda()
     runner, spec = _sampling_runner(fake, program_and_bundle)
+    s = runner.sampling
     blocks = BlockManager(32, 16)
     plain = Sampler(SamplingParams(temperature=0.0), [1, 2], vocab)
     penalized = Sampler(SamplingParams(top_k=5, repetition_penalty=1.2, seed=7), [3, 3, 4], vocab)
     fake.calls.clear()
-    out = runner.run_sampled(_decode_batch(blocks, 2, 0), [(plain, False), (penalized, True)])
-    assert out.logits == {} and out.tokens.shape == (2,)
-    names = [c[0] for c in fake.calls if c[0] != "cuStreamBeginCapture_v2" and c[0] != "cuStreamEndCapture"
-             and c[0] != "cuGraphInstantiateWithFlags" and not (c[0] == "cuLaunchKernel" and c[1][0] != 0x9999)]
-    assert names == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyHtoDAsync_v2", "cuMemcpyHtoDAsync_v2",
-                     "cuLaunchKernel", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize"]
-    copies = [c[1] for c in fake.calls if c[0].startswith("cuMemcpy")]
-    assert copies[1][2] == 2 * len(SAMPLE_WORDS) * 4  # two rows of parameters
-    assert copies[2][2] == 2 * 4 * 2  # two distinct tokens (3, 4) in the penalty window: ids then counts
-    assert copies[3][2] == 2 * 8  # token id and logprob per row: no logits
-    launch = next(c[1] for c in fake.calls if c[0] == "cuLaunchKernel" and c[1][0] == 0x9999)
-    assert launch[1:7] == (2, 1, 1, spec.threads, 1, 1)
-    s = runner.sampling
-    pen = np.frombuffer(ctypes.string_at(s._pen, 16), np.int32)
-    assert sorted(pen[:2].tolist()) == [3, 4] and sorted(pen[2:].view(np.float32).tolist()) == [1.0, 2.0]
-    words = {w: i for i, w in enumerate(SAMPLE_WORDS)}
-    params = s._params[:2]
-    assert params[0, words["flags"]] == SAMPLE_FLAG_DEVICE | SAMPLE_FLAG_GREEDY
-    assert params[1, words["flags"]] == SAMPLE_FLAG_DEVICE | SAMPLE_FLAG_LOGPROB
-    assert params[1, words["top_k"]] == 5 and params[1, words["pen_count"]] == 2
-
-    # the next step: one greedy row on the device, one host row (its logits come back alone)
+    for step in range(3):
+        out = runner.run_sampled(_decode_batch(blocks, 2, step), [(plain, False), (penalized, True)])
+        assert out.logits == {} and out.tokens.shape == (2,)
+    names = [c[0] for c in fake.calls]
+    assert names.count("cuStreamBeginCapture_v2") == 1 and names.count("cuGraphInstantiateWithFlags") == 1
+    # every kernel launch was captured, the sampling kernel last, once
+    launches = [c[1] for c in fake.calls if c[0] == "cuLaunchKernel"]
+    assert len(launches) == len(program.launches) + 1 == len(fake.captured)
+    assert launches[-1][0] == 0x9999 and launches[-1][1:7] == (2, 1, 1, spec.threads, 1, 1)
+    step_calls = [c for c in fake.calls if c[0] in _STEP_CALLS and c[0] != "cuLaunchKernel"]
+    assert [c[0] for c in step_calls] == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2",
+                                          "cuStreamSynchronize"] * 3
+    # the copy in: from the step's first penalty pair to its last block-table row
+    pen_off, _n = runner.stage["sample_pen"]
+    n_pen = 2  # tokens 3 and 4 in the penalized row's window
+    first = pen_off + 8 * (s.capacity - n_pen)
+    end = runner.stage["block_tables"][0] + 2 * runner.table_width * 4
+    assert step_calls[0][1][:3] == (runner._dev_in + first, runner._host_in + first, end - first)
+    # the copy out: token id and logprob per row
+    assert step_calls[2][1][1:3] == (s._dev_out, 2 * 8)
+    # the captured sampling kernel reads the staging's fixed regions
+    words = dict(zip([name for name, _kind in spec.args], fake.captured[-1]))
+    assert words["params"] == runner._dev_in + runner.stage["sample_params"][0]
+    assert words["pen"] == runner._dev_in + pen_off and words["out"] == s._dev_out
+    assert words["logits"] == runner.arena + program.arena.slot(bundle.plan.output_logits).offset
+    assert words["pen_capacity"] & 0xFFFFFFFF == s.capacity and words["n_rows"] & 0xFFFFFFFF == 2
+    # what the kernel reads arrived: the rows' parameters and the penalized row's pairs
+    w = {name: i for i, name in enumerate(SAMPLE_WORDS)}
+    params = np.frombuffer(ctypes.string_at(words["params"], 2 * len(SAMPLE_WORDS) * 4), np.int32).reshape(2, -1)
+    assert params[0, w["flags"]] == SAMPLE_FLAG_DEVICE | SAMPLE_FLAG_GREEDY and params[0, w["pen_count"]] == 0
+    assert params[1, w["flags"]] == SAMPLE_FLAG_DEVICE | SAMPLE_FLAG_LOGPROB and params[1, w["top_k"]] == 5
+    start, count = int(params[1, w["pen_start"]]), int(params[1, w["pen_count"]])
+    assert (start, count) == (s.capacity - n_pen, n_pen)
+    pairs = np.frombuffer(ctypes.string_at(words["pen"] + 8 * start, 8 * count), np.int32).reshape(count, 2)
+    assert sorted(pairs[:, 0].tolist()) == [3, 4]
+    assert dict(zip(pairs[:, 0].tolist(), pairs[:, 1].view(np.float32).tolist())) == {3: 2.0, 4: 1.0}
+    # run() replays a forward-only graph of its own: the sampling kernel stays out of it
     fake.calls.clear()
-    out = runner.run_sampled(_decode_batch(blocks, 2, 1), [(plain, False), None])
-    assert list(out.logits) == [1] and out.logits[1].shape == (vocab,)
-    d2h = [c[1] for c in fake.calls if c[0] == "cuMemcpyDtoHAsync_v2"]
-    logits = runner.arena + runner.program.arena.slot(bundle.plan.output_logits).offset
-    assert [c[2] for c in d2h] == [2 * 8, vocab * 4]
-    assert d2h[1][1] == logits + vocab * 4  # row 1 only
-    assert s._params[1, words["flags"]] == 0  # the kernel leaves the host row alone
-    assert not {"cuMemAlloc_v2", "cuMemAllocHost_v2"} & {c[0] for c in fake.calls}
+    runner.run(_decode_batch(blocks, 2, 3), bundle.plan.output_logits)
+    captured = [c[1][0] for c in fake.calls if c[0] == "cuLaunchKernel"]
+    assert len(captured) == len(program.launches) and 0x9999 not in captured
 
 
-def test_all_host_rows_skip_the_sampling_kernel(program_and_bundle):
+def test_a_host_row_comes_back_as_its_logits(program_and_bundle):
+    """A host row in a decode step: the same one copy in and graph launch (the kernel skips
+    the row), then the token ids and that row's logits alone, bit for bit; still no malloc."""
+    program, _args, bundle = program_and_bundle
+    vocab = bundle.plan.vocab_size
     fake = FakeCuda()
     runner, _spec = _sampling_runner(fake, program_and_bundle)
+    blocks = BlockManager(32, 16)
+    plain = Sampler(SamplingParams(temperature=0.0), [1, 2], vocab)
+    runner.run_sampled(_decode_batch(blocks, 3, 0), [(plain, False)] * 3)  # captures the bucket
+    logits = runner.arena + program.arena.slot(bundle.plan.output_logits).offset
+    want = np.arange(3 * vocab, dtype=np.float32).reshape(3, vocab) / 7  # what the step "wrote"
+    ctypes.memmove(logits, want.ctypes.data, want.nbytes)
     fake.calls.clear()
-    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 1, 0), [None])
+    out = runner.run_sampled(_decode_batch(blocks, 3, 1), [(plain, False), None, None])
+    assert sorted(out.logits) == [1, 2]
+    assert np.array_equal(out.logits[1], want[1]) and np.array_equal(out.logits[2], want[2])
+    step_calls = [c for c in fake.calls if c[0] in _STEP_CALLS]
+    assert [c[0] for c in step_calls] == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2",
+                                          "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize"]
+    assert step_calls[2][1][1:3] == (runner.sampling._dev_out, 3 * 8)
+    assert step_calls[3][1][1:3] == (logits + vocab * 4, 2 * vocab * 4)  # rows 1 and 2, one run
+    assert runner.sampling._params[1, 0] == 0 and runner.sampling._params[2, 0] == 0  # left to the host
+
+
+def test_all_host_rows_outside_a_graph_skip_the_sampling_kernel(program_and_bundle):
+    fake = FakeCuda()
+    runner, _spec = _sampling_runner(fake, program_and_bundle)
+    blocks = BlockManager(32, 16)
+    blocks.allocate(0, 3)
+    fake.calls.clear()
+    out = runner.run_sampled(build_batch([SeqChunk(0, 0, (5, 6, 7))], blocks), [None])  # a prefill: no graph
     assert list(out.logits) == [0]
     assert not [c for c in fake.calls if c[0] == "cuLaunchKernel" and c[1][0] == 0x9999]
+    assert [c[0] for c in fake.calls if c[0].startswith("cuMemcpy")] == ["cuMemcpyHtoDAsync_v2", "cuMemcpyDtoHAsync_v2"]
 
 
-def test_a_penalty_list_over_the_capacity_goes_to_the_host(program_and_bundle):
+def test_a_penalty_list_over_the_row_budget_goes_to_the_host(program_and_bundle):
     program, kernel_args, bundle = program_and_bundle
     vocab = bundle.plan.vocab_size
     spec = plan_sample_kernel(parse_target("sm_90"), vocab)
-    extra = {**sample_program_extra(spec), "pen_capacity": 2}
-    runner = _runner(FakeCuda(), program, {**kernel_args, spec.name: _natural_layout(spec.args)}, bundle,
-                     sample=(0x9999, extra))
+    fake = FakeCuda()
+    runner = _runner(fake, program, {**kernel_args, spec.name: _natural_layout(spec.args)}, bundle,
+                     sample=(0x9999, sample_program_extra(spec)), pen_per_row=2)
+    assert runner.sampling.capacity == 2 * runner.max_rows
     small = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [3, 4], vocab)  # 2 entries: fits
     big = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [5, 6, 7], vocab)  # 3: does not
+    fake.calls.clear()
     out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 2, 0), [(small, False), (big, False)])
+    assert list(out.logits) == [1]
+    assert not {"cuMemAlloc_v2", "cuMemAllocHost_v2"} & {c[0] for c in fake.calls}
+
+
+def test_rows_past_a_capped_penalty_region_go_to_the_host(program_and_bundle, monkeypatch):
+    """With the region's total capped below rows * budget, a row whose list no longer fits
+    this step is sampled on the host; a row without penalties stays on the device."""
+    program, kernel_args, bundle = program_and_bundle
+    vocab = bundle.plan.vocab_size
+    spec = plan_sample_kernel(parse_target("sm_90"), vocab)
+    monkeypatch.setattr(gpu_program, "_MAX_PEN_CAPACITY", 3)
+    runner = _runner(FakeCuda(), program, {**kernel_args, spec.name: _natural_layout(spec.args)}, bundle,
+                     sample=(0x9999, sample_program_extra(spec)), pen_per_row=2)
+    assert runner.sampling.capacity == 3
+    first = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [3, 4], vocab)
+    second = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [5, 6], vocab)
+    plain = Sampler(SamplingParams(temperature=0.0), [7], vocab)
+    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 3, 0), [(first, False), (second, False), (plain, False)])
     assert list(out.logits) == [1]
