@@ -11,7 +11,10 @@
    program, graphs), compare teacher-forced logits with the fixture's llama.cpp logits
    (tests/bounds.py's llama.cpp bounds) and with the numpy reference device (tests/bounds.py's
    per-format bounds, the GPU's int8 activation rounding measured by the float64 oracle). For
-   stories260K also greedy text against the llama.cpp goldens (`rfc run --device <gpu>`).
+   stories260K also greedy text against the llama.cpp goldens (`rfc run --device <gpu>`); for
+   the real SmolLM2-135M-Instruct (../shared/models) its lighthouse logits against llama.cpp's
+   (top-1 wherever llama.cpp's gap > 0.5, mean |d| <= 0.2, max <= 1.5, as tests/e2e/test_smollm2.py)
+   and llama.cpp's greedy tokens up to each case's first near-tie, through `rfc run`.
 3. With --bench: random-weight GGUFs made here with tools/make_gguf.py (a Llama-3-8B-shaped
    Q4_K_M and a TinyLlama-1.1B-shaped Q4_0), decode tok/s at batch 1 and 16, the weight bytes
    streamed per second at batch 1 (against the HBM roofline), and the time from `rfc serve`
@@ -43,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.bounds, tests.oracle: the same bounds as CI
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 DEMO = ROOT / "compiler" / "demo" / "stories260K.gguf"
+SMOLLM2 = (ROOT.parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").resolve()
+SMOLLM2_MEAN, SMOLLM2_MAX = 0.2, 1.5  # tests/e2e/test_smollm2.py's bounds
 GOLDENS = (  # (prompt or None for BOS alone, tokens, golden file)
     (None, 199, "stories260K.greedy-from-bos.txt"),
     ("Once upon a time, there was a dragon", 100, "stories260K.greedy-dragon.txt"),
@@ -114,8 +119,41 @@ def greedy_goldens(bundle: Path, device: str) -> tuple[bool, str]:
     return ok, ", ".join(notes)
 
 
+def smollm2_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
+    """SmolLM2 against llama.cpp: teacher-forced lighthouse logits and the greedy prefixes."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from tests.bounds import TOP1_GAP
+
+    data = np.load(FIXTURES / "smollm2-lighthouse.logits.npz")
+    expected = data["logits"]
+    got = teacher_forced(bundle, device, data["tokens"].tolist())
+    d = np.abs(got - expected)
+    top = np.sort(expected, axis=-1)
+    clear = top[:, -1] - top[:, -2] > TOP1_GAP
+    agree = got.argmax(-1) == expected.argmax(-1)
+    ok = bool(agree[clear].all()) and d.mean() <= SMOLLM2_MEAN and d.max() <= SMOLLM2_MAX
+    notes = [f"lighthouse max {d.max():.3f} mean {d.mean():.4f} top1 {agree.mean():.3f}{'' if ok else ' FAIL'}"]
+    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    same = 0
+    cases = json.loads((FIXTURES / "smollm2-greedy.json").read_text())
+    for case in cases:
+        n = case["first_near_tie"]
+        prefix = case["completion_ids"][: len(case["completion_ids"]) if n is None else n]
+        prompt = case["prompt"] if case["kind"] == "raw" else case["rendered"]  # the exact rendering as the prompt
+        proc = subprocess.run([sys.executable, "-c", "from rfc.cli.main import main; main()", "run", str(bundle),
+                               "--temperature", "0", "-n", str(len(prefix)), "--device", device, "-p", prompt],
+                              capture_output=True, text=True)
+        same += proc.returncode == 0 and proc.stdout == tokenizer.decode(prefix) + "\n"
+    ok &= same == len(cases)
+    notes.append(f"greedy prefixes {same}/{len(cases)} same")
+    return bool(ok), notes
+
+
 def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
-    name = "stories260K" if path == DEMO else path.stem.removeprefix("tiny-")
+    name = "stories260K" if path == DEMO else "SmolLM2" if path == SMOLLM2 else path.stem.removeprefix("tiny-")
     row = {"model": name, "ok": True, "notes": []}
     bundle = out / f"{path.stem}-{target}"
     t = time.perf_counter()
@@ -142,6 +180,10 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
         ok, summary = greedy_goldens(bundle, device)
         row["ok"] &= ok
         row["notes"].append(summary)
+    if path == SMOLLM2:
+        ok, notes = smollm2_checks(bundle, device)
+        row["ok"] &= ok
+        row["notes"].extend(notes)
     ok, table = kernel_usage(bundle, target)
     row["ok"] &= ok
     row["notes"].append("kernels: no local memory" if ok else "kernels: LOCAL MEMORY in hot kernels")
@@ -219,7 +261,7 @@ def bench(target: str, device: str, out: Path, steps: int) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="*", type=Path, help="GGUF files (default: every fixture and stories260K)")
+    ap.add_argument("models", nargs="*", type=Path, help="GGUF files (default: every fixture, stories260K and SmolLM2)")
     ap.add_argument("--target", default="sm_90", help="sm_XY (device cuda) or gfxNNNN (device hip)")
     ap.add_argument("--out", type=Path, default=None, help="where to write bundles (default: a temp dir)")
     ap.add_argument("--prompt", type=int, default=128, help="prefill tokens for the speed test")
@@ -227,7 +269,7 @@ def main() -> int:
     ap.add_argument("--bench", action="store_true", help="also the 8B / 1.1B random-weight benchmark table")
     args = ap.parse_args()
     device = "cuda" if args.target.startswith("sm_") else "hip"
-    models = args.models or sorted(FIXTURES.glob("tiny-*.gguf")) + [DEMO]
+    models = args.models or sorted(FIXTURES.glob("tiny-*.gguf")) + [DEMO] + ([SMOLLM2] if SMOLLM2.is_file() else [])
     out = args.out or Path(tempfile.mkdtemp(prefix="rfc-gpu-check-"))
     rows = []
     for path in models:
