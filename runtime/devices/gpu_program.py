@@ -23,6 +23,7 @@ from rfc.artifacts.program import ArgKind, StepProgram, unpack_program
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.gpu import Driver, GpuDevice
+from rfc.runtime.devices.gpu_args import check_code_object_args
 
 _PACK = {8: "<Q", 4: "<i"}
 # Batch arrays in the staging buffer, in order: (name, length in the program's maxima)
@@ -235,8 +236,19 @@ class GpuStepDevice(GpuDevice):
         program = unpack_program(bundle.file(entry["program"]).read_bytes())
         plan = bundle.plan
         width = min(num_blocks, -(-plan.context_length // block_size))
+        functions = {n: k.fn for n, k in self._kernels.items()}
+        # kernels only the program launches (split attention and its reduction), checked
+        # against the code object as the per-op kernels are
+        only_program = sorted({l.kernel for l in program.launches} - set(functions))
+        if only_program:
+            module = driver.load_module(image)
+            for name in only_program:
+                if name not in entry["kernel_args"]:
+                    raise DeviceError(f"step program: kernel {name} has no argument layout in the manifest")
+                check_code_object_args(f"bundle target {entry['name']}", name, entry["kernel_args"][name], code.get(name))
+                functions[name] = driver.function(module, name)
         self.runner = StepRunner(
-            driver, program, entry["kernel_args"], {n: k.fn for n, k in self._kernels.items()},
+            driver, program, entry["kernel_args"], functions,
             weight_ptr=lambda name: self._weights + self._entries[name].offset,
             kv_ptr=lambda which, layer: (self._k_cache if which == "k" else self._v_cache) + layer * self._layer_bytes,
             vocab=plan.vocab_size, n_embd=plan.n_embd, logits=plan.output_logits, hidden=plan.output_hidden,
