@@ -82,7 +82,9 @@ ATTENTION_THREADS = 256
 # blocks), each a multiple of ATTENTION_SPLIT_KEYS keys (short rows take fewer slices). Only
 # steps of at most ATTENTION_SPLIT_ROWS rows split (bigger ones have blocks enough), so the
 # partials' scratch is bounded by ATTENTION_SPLIT_ROWS x n_heads x ATTENTION_SPLITS x
-# (head_dim + 2) floats whatever the context length: 17 MB at 32 heads of 128.
+# (head_dim + 2) floats whatever the context length: 17 MB at 32 heads of 128. Grids are static
+# per row count, so in a bigger step the blocks of slices 1.. exit at once (a GridDim with a cap
+# on its count would spare launching them).
 ATTENTION_SPLITS = 16
 ATTENTION_SPLIT_KEYS = 64
 ATTENTION_SPLIT_ROWS = 64
