@@ -29,6 +29,7 @@
 #define RFC_TID ((int)__builtin_amdgcn_workitem_id_x())
 #define RFC_BID_X ((int)__builtin_amdgcn_workgroup_id_x())
 #define RFC_BID_Y ((int)__builtin_amdgcn_workgroup_id_y())
+#define RFC_BID_Z ((int)__builtin_amdgcn_workgroup_id_z())
 
 RFC_DEVICE_FN void rfc_sync(void) {
     __builtin_amdgcn_fence(__ATOMIC_RELEASE, "workgroup");
@@ -51,6 +52,7 @@ RFC_DEVICE_FN float rfc_shfl_xor(float v, int mask) {
 /* IEEE half <-> float in hardware (v_cvt_f32_f16 / v_cvt_f16_f32, round to nearest even) */
 #define RFC_HALF_TO_FLOAT(h) ((float)__builtin_bit_cast(_Float16, (unsigned short)(h)))
 #define RFC_FLOAT_TO_HALF(f) __builtin_bit_cast(unsigned short, (_Float16)(f))
+#define RFC_BITS_TO_FLOAT(u) __builtin_bit_cast(float, (unsigned)(u))
 
 /* 128-bit vectors (one global_load_dwordx4 when the address is 16-byte aligned) */
 typedef int rfc_i4 __attribute__((ext_vector_type(4)));
@@ -84,6 +86,7 @@ typedef float rfc_f4 __attribute__((ext_vector_type(4)));
 #define RFC_TID ((int)threadIdx.x)
 #define RFC_BID_X ((int)blockIdx.x)
 #define RFC_BID_Y ((int)blockIdx.y)
+#define RFC_BID_Z ((int)blockIdx.z)
 
 RFC_DEVICE_FN void rfc_sync(void) { __syncthreads(); }
 
@@ -108,6 +111,7 @@ RFC_DEVICE_FN unsigned short rfc_float_to_half(float f) {
 }
 #define RFC_HALF_TO_FLOAT(h) rfc_half_to_float(h)
 #define RFC_FLOAT_TO_HALF(f) rfc_float_to_half(f)
+#define RFC_BITS_TO_FLOAT(u) __uint_as_float((unsigned)(u))
 
 /* 128-bit vectors (ld.global.v4 when the address is 16-byte aligned) */
 typedef int4 rfc_i4;
@@ -170,6 +174,82 @@ RFC_DEVICE_FN float rfc_kv_f16_load(rfc_kv_f16_t h) { return RFC_HALF_TO_FLOAT(h
 RFC_DEVICE_FN rfc_kv_f16_t rfc_kv_f16_store(float f) { return RFC_FLOAT_TO_HALF(f); }
 RFC_DEVICE_FN float rfc_kv_f32_load(rfc_kv_f32_t v) { return v; }
 RFC_DEVICE_FN rfc_kv_f32_t rfc_kv_f32_store(float f) { return f; }
+
+/* N consecutive KV elements at p as floats, in the widest loads that N divides: 16 bytes,
+ * 8 bytes, 4 bytes (a half2), else one element at a time. p must be aligned to the load
+ * (the planner picks N so that head_dim is a multiple of it: rows start aligned). */
+RFC_DEVICE_FN void rfc_half2_unpack(unsigned w, float *f) {
+    f[0] = RFC_HALF_TO_FLOAT((unsigned short)(w & 0xffffu));
+    f[1] = RFC_HALF_TO_FLOAT((unsigned short)(w >> 16));
+}
+
+template <int N>
+RFC_DEVICE_FN void rfc_kv_f16_load_n(const rfc_kv_f16_t *p, float *f) {
+    if constexpr (N % 8 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 8) {
+            const rfc_i4 w = *(const rfc_i4 *)(p + i);
+            rfc_half2_unpack((unsigned)w.x, f + i), rfc_half2_unpack((unsigned)w.y, f + i + 2);
+            rfc_half2_unpack((unsigned)w.z, f + i + 4), rfc_half2_unpack((unsigned)w.w, f + i + 6);
+        }
+    } else if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 4) {
+            const unsigned long long w = *(const unsigned long long *)(p + i);
+            rfc_half2_unpack((unsigned)w, f + i), rfc_half2_unpack((unsigned)(w >> 32), f + i + 2);
+        }
+    } else if constexpr (N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 2) rfc_half2_unpack(*(const unsigned *)(p + i), f + i);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) f[i] = rfc_kv_f16_load(p[i]);
+    }
+}
+
+template <int N>
+RFC_DEVICE_FN void rfc_kv_f32_load_n(const rfc_kv_f32_t *p, float *f) {
+    if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 4) {
+            const rfc_f4 w = *(const rfc_f4 *)(p + i);
+            f[i] = w.x, f[i + 1] = w.y, f[i + 2] = w.z, f[i + 3] = w.w;
+        }
+    } else if constexpr (N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 2) {
+            const unsigned long long w = *(const unsigned long long *)(p + i);
+            f[i] = RFC_BITS_TO_FLOAT((unsigned)w), f[i + 1] = RFC_BITS_TO_FLOAT((unsigned)(w >> 32));
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) f[i] = p[i];
+    }
+}
+
+/* ---- split-KV attention ------------------------------------------------------------------ */
+
+/* Keys per split of a row's n keys: ceil(n / splits) rounded up to a multiple of granule, so
+ * no split is empty and short rows take fewer splits. A step of more than split_rows rows
+ * does not split (one slice of all n keys): it has blocks enough, and the partials' scratch
+ * holds split_rows rows. The split attention kernels, their reduction and the per-op kernel
+ * all cut rows with this one function. */
+RFC_DEVICE_FN int rfc_attention_slice(int n, int n_rows, int splits, int granule, int split_rows) {
+    if (n_rows > split_rows) return n;
+    const int per = (n + splits - 1) / splits;
+    return (per + granule - 1) / granule * granule;
+}
+
+/* Folds one softmax partial (its max m, sum l and weighted value a) into the running (M, L, O):
+ * the exact log-sum-exp merge. The reduction kernel and the per-op kernel merge the same
+ * partials in the same order with it, so the two agree bit for bit. */
+RFC_DEVICE_FN void rfc_softmax_merge(float *M, float *L, float *O, float m, float l, float a) {
+    const float m_new = RFC_FMAXF(*M, m);
+    const float alpha = RFC_EXPF(*M - m_new), beta = RFC_EXPF(m - m_new);
+    *L = *L * alpha + l * beta;
+    *O = *O * alpha + a * beta;
+    *M = m_new;
+}
 
 /* ---- reductions ------------------------------------------------------------------------ */
 

@@ -9,6 +9,7 @@ Argument lists are part of the bundle contract: the runtime (rfc.runtime.devices
 the same names in the same order, and both sides check them against the code object.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -47,6 +48,18 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
 }
 
+# Kernels only the step program launches, bound by its argument slots (the per-op runtime,
+# rfc.runtime.devices.gpu_args.ARGS, never packs them): split-KV attention (flash decoding),
+# whose partials go to the arena's scratch, and its reduction. The per-op path runs "attention".
+STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "attention_split": (
+        ("out", PTR), ("q", PTR), ("k_cache", PTR), ("v_cache", PTR), ("positions", PTR),
+        ("seq_of_token", PTR), ("block_tables", PTR), ("scratch", PTR), ("n_rows", I32), ("table_width", I32),
+        ("block_size", I32),
+    ),
+    "attention_reduce": (("out", PTR), ("scratch", PTR), ("positions", PTR), ("n_rows", I32)),
+}
+
 KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<dtype>_t)
 MAX_THREADS = 256  # threads per block for row-wise kernels
 MATMUL_WAVES = 4  # waves per matmul block
@@ -64,6 +77,20 @@ MATMUL_ROW_STEPS = 4
 # Float blocks up to this many elements are decoded into registers (the dot loop unrolled).
 MATMUL_UNROLL_MAX = 32
 ATTENTION_THREADS = 256
+# Split-KV attention (flash decoding). Targets name an ISA, not a machine, so the split count
+# is fixed: at most ATTENTION_SPLITS slices per row (a batch-1 decode over 8 kv heads runs 128
+# blocks), each a multiple of ATTENTION_SPLIT_KEYS keys (short rows take fewer slices). Only
+# steps of at most ATTENTION_SPLIT_ROWS rows split (bigger ones have blocks enough), so the
+# partials' scratch is bounded by ATTENTION_SPLIT_ROWS x n_heads x ATTENTION_SPLITS x
+# (head_dim + 2) floats whatever the context length: 17 MB at 32 heads of 128. Grids are static
+# per row count, so in a bigger step the blocks of slices 1.. exit at once (a GridDim with a cap
+# on its count would spare launching them).
+ATTENTION_SPLITS = 16
+ATTENTION_SPLIT_KEYS = 64
+ATTENTION_SPLIT_ROWS = 64
+ATTENTION_SCRATCH = "attention.scratch"  # the arena slot of the partials (not a plan buffer)
+VECTOR_BYTES = 16  # widest load along head_dim (128 bits)
+ATTENTION_ACC_MAX = 8  # V accumulators per thread (query heads x elements): registers, and 8 KB of shared to merge them
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,9 @@ class KernelSpec:
     # per grid dimension (x, y): (count, tile) -> ceil(count / tile) blocks; count is a
     # constant or the name of an I32 argument of the kernel
     grid: tuple[tuple[int | str, int], ...]
+    # the kernels the step program launches for this op in its place (split attention); the
+    # per-op path launches this one
+    steps: tuple["KernelSpec", ...] = ()
 
     def launch(self) -> dict:
         return {"threads": self.threads, "grid": [list(g) for g in self.grid]}
@@ -94,22 +124,29 @@ def plan_kernels(target: Target, plan: Plan, layout: WeightLayout) -> tuple[list
     planner = _Planner(target, plan, layout)
     specs: dict[str, KernelSpec] = {}
     op_kernels = []
-    for op in plan.ops:
-        spec = planner.spec(op)
+
+    def add(spec: KernelSpec) -> KernelSpec:
+        if spec.steps:
+            spec = dataclasses.replace(spec, steps=tuple(add(s) for s in spec.steps))
         if spec.name in specs and specs[spec.name] != spec:
             spec = _renamed(spec, specs)
-        specs.setdefault(spec.name, spec)
-        op_kernels.append(spec.name)
+        return specs.setdefault(spec.name, spec)
+
+    for op in plan.ops:
+        op_kernels.append(add(planner.spec(op)).name)
     return list(specs.values()), op_kernels
 
 
 def _renamed(spec: KernelSpec, taken: dict[str, KernelSpec]) -> KernelSpec:
     """Two specializations the readable name does not tell apart: number the later ones."""
     i = 2
-    while f"{spec.name}_{i}" in taken and taken[f"{spec.name}_{i}"] != spec:
+    while f"{spec.name}_{i}" in taken and taken[f"{spec.name}_{i}"] != _named(spec, f"{spec.name}_{i}"):
         i += 1
-    name = f"{spec.name}_{i}"
-    return KernelSpec(name, spec.template, dict(spec.params, name=name), spec.args, spec.threads, spec.grid)
+    return _named(spec, f"{spec.name}_{i}")
+
+
+def _named(spec: KernelSpec, name: str) -> KernelSpec:
+    return dataclasses.replace(spec, name=name, params=dict(spec.params, name=name))
 
 
 def _round_up(n: int, m: int) -> int:
@@ -329,11 +366,23 @@ class _Planner:
         return KernelSpec(name, "gpu_rope.hip.j2", params, args, threads, (("n_rows", 1),))
 
     def _attention(self, op: Op) -> KernelSpec:
+        """The per-op kernel (grid rows x kv heads, every slice in turn) and, when rows split
+        into more than one slice, the step program's split and reduce kernels."""
         a = op.attrs
         head_dim, n_heads, n_kv_heads = a["head_dim"], a["n_heads"], a["n_kv_heads"]
         threads = max(ATTENTION_THREADS, _round_up(head_dim, self.wave))
         dtype = self._kv_dtype()
         window, softcap = op.attr("window"), op.attr("softcap")
+        group = n_heads // n_kv_heads
+        # no more slices than the longest row (the context, or the window) can fill
+        keys = min(self.plan.context_length, int(window)) if window is not None else self.plan.context_length
+        splits = max(1, min(ATTENTION_SPLITS, -(-keys // ATTENTION_SPLIT_KEYS)))
+        item = 2 if dtype == "f16" else 4
+        widths = [n for n in (8, 4, 2, 1) if n * item <= VECTOR_BYTES and head_dim % n == 0]
+        k_vec = widths[0]  # one thread reads a key's row: the widest load
+        v_vec = next(n for n in widths if n * group <= ATTENTION_ACC_MAX or n == 1)
+        lanes = head_dim // v_vec  # threads per value row
+        dim_groups = threads // lanes
         name = f"rfc_attention_{dtype}_{n_heads}x{n_kv_heads}x{head_dim}"
         name += (f"_w{window}" if window is not None else "") + ("_capped" if softcap is not None else "")
         params = {
@@ -342,17 +391,42 @@ class _Planner:
             "n_heads": n_heads,
             "n_kv_heads": n_kv_heads,
             "head_dim": head_dim,
-            "group": n_heads // n_kv_heads,
-            "dim_groups": threads // head_dim,
+            "group": group,
+            "k_vec": k_vec,
+            "v_vec": v_vec,
+            "lanes": lanes,
+            "dim_groups": dim_groups,
+            # shared: p of a chunk [group][threads], then the accumulators [dim_groups][group][head_dim]
+            "p_floats": max(group * threads, dim_groups * group * head_dim),
+            "splits": splits,
+            "split_keys": ATTENTION_SPLIT_KEYS,
+            "split_rows": ATTENTION_SPLIT_ROWS,
+            "part_floats": head_dim + 2,  # max, sum, weighted values
             "scale": float(a["scale"]),
             "kv_dtype": dtype,
             "has_window": window is not None,
             "window": int(window or 0),
             "has_softcap": softcap is not None,
             "softcap": float(softcap or 0.0),
+            "split": False,
         }
+        steps = ()
+        if splits > 1:
+            split = KernelSpec(f"{name}_split", "gpu_attention.hip.j2", dict(params, name=f"{name}_split", split=True),
+                               STEP_KERNEL_ARGS["attention_split"], threads, (("n_rows", 1), (n_kv_heads, 1), (splits, 1)))
+            reduce_threads = self._row_threads(group * head_dim)
+            reduce = KernelSpec(f"{name}_reduce", "gpu_attention_reduce.hip.j2",
+                                dict(params, name=f"{name}_reduce", threads=reduce_threads),
+                                STEP_KERNEL_ARGS["attention_reduce"], reduce_threads, (("n_rows", 1), (n_kv_heads, 1)))
+            steps = (split, reduce)
         grid = (("n_rows", 1), (n_kv_heads, 1))  # one block per kv head and its query heads
-        return KernelSpec(name, "gpu_attention.hip.j2", params, KERNEL_ARGS["attention"], threads, grid)
+        return KernelSpec(name, "gpu_attention.hip.j2", params, KERNEL_ARGS["attention"], threads, grid, steps)
+
+
+def attention_scratch_floats(spec: KernelSpec) -> int:
+    """Floats of the partials a split attention kernel writes: rows up to the split bound."""
+    p = spec.params
+    return ATTENTION_SPLIT_ROWS * p["n_heads"] * p["splits"] * p["part_floats"]
 
 
 # -- the step program (artifacts/program.py): the launch list over a static arena ------------------
@@ -403,9 +477,12 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     return ArgSlot(ArgKind.ARENA, op.inputs[ins.index(name)])
 
 
-def plan_step_arena(plan: Plan) -> Arena:
+def plan_step_arena(plan: Plan, scratch_floats: int = 0) -> Arena:
     """Plan buffers packed by liveness: a buffer's bytes are reused once its last reader has
-    run. The outputs (logits, hidden) stay live to the end; the input tokens are a batch array."""
+    run. The outputs (logits, hidden) stay live to the end; the input tokens are a batch array.
+    The split attention's partials (ATTENTION_SCRATCH, `scratch_floats`, bounded by
+    ATTENTION_SPLIT_ROWS rows, not by the context) follow, overlapping nothing: every layer's
+    attention reuses them between its split and reduce launches."""
     sizes = {"T": PROGRAM_MAX_TOKENS, "R": PROGRAM_MAX_ROWS}
     first: dict[str, int] = {}
     last: dict[str, int] = {}
@@ -433,6 +510,9 @@ def plan_step_arena(plan: Plan) -> Arena:
         live.append((offset, nbytes, last[b.name]))
         slots.append(ArenaSlot(b.name, offset, n))
         total = max(total, offset + nbytes)
+    if scratch_floats:
+        slots.append(ArenaSlot(ATTENTION_SCRATCH, total, 4 * scratch_floats))
+        total += _round_up(4 * scratch_floats, ARENA_ALIGNMENT)
     return Arena(PROGRAM_MAX_TOKENS, PROGRAM_MAX_ROWS, PROGRAM_MAX_SEQS, ARENA_ALIGNMENT, tuple(slots), total)
 
 
@@ -440,10 +520,14 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
     """The launch list: one launch per plan op, grids counted in STEP_ARGS scalars."""
     by_name = {s.name: s for s in specs}
     launches = []
+    scratch = 0
     for op, kernel in zip(plan.ops, op_kernels):
-        spec = by_name[kernel]
         rows = _row_count(plan, (op.outputs or op.inputs)[0])
-        grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
-        args = tuple(_arg_slot(plan, op, n, k) for n, k in spec.args)
-        launches.append(Launch(kernel, spec.threads, grid, args))
-    return StepProgram(target.name, plan_step_arena(plan), launches=tuple(launches))
+        for spec in by_name[kernel].steps or (by_name[kernel],):
+            grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
+            args = tuple(ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH) if n == "scratch" else _arg_slot(plan, op, n, k)
+                         for n, k in spec.args)
+            if any(n == "scratch" for n, _k in spec.args):
+                scratch = max(scratch, attention_scratch_floats(spec))
+            launches.append(Launch(spec.name, spec.threads, grid, args))
+    return StepProgram(target.name, plan_step_arena(plan, scratch), launches=tuple(launches))

@@ -126,7 +126,7 @@ def check_kernels(bundle: Bundle, entry: dict, code: dict[str, KernelInfo]) -> d
                 raise DeviceError(f"kernel {name} runs ops of different signatures (op {i}, {op.kind})")
             continue
         _check_manifest_args(where, name, f"op {i} ({op.kind})", args, entry["kernel_args"].get(name))
-        _check_code_object_args(where, name, entry["kernel_args"][name], code.get(name))
+        check_code_object_args(where, name, entry["kernel_args"][name], code.get(name))
         _check_launch(where, name, entry["launch"].get(name), args, code[name], entry.get("wave_size"))
         packing[name] = args
     return packing
@@ -145,7 +145,7 @@ def _check_manifest_args(where: str, kernel: str, op: str, args: tuple[Arg, ...]
             )
 
 
-def _check_code_object_args(where: str, kernel: str, declared: list, info: KernelInfo | None) -> None:
+def check_code_object_args(where: str, kernel: str, declared: list, info: KernelInfo | None) -> None:
     if info is None:
         raise DeviceError(f"{where}: kernel {kernel} is not in the code object")
     if len(info.args) != len(declared):

@@ -32,6 +32,7 @@ from rfc.artifacts.program import (
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.gpu import Driver, GpuDevice
+from rfc.runtime.devices.gpu_args import check_code_object_args
 from rfc.runtime.executor import SampledRows
 from rfc.runtime.sampler import SamplingParams
 
@@ -289,8 +290,17 @@ class GpuStepDevice(GpuDevice):
         width = min(num_blocks, -(-(context_length or plan.context_length) // block_size))
         sample = program.extra.get("sample")
         sample_fn = driver.function(self._module, sample["kernel"]) if isinstance(sample, dict) and "kernel" in sample else None
+        functions = {n: k.fn for n, k in self._kernels.items()}
+        # kernels only the program launches (split attention and its reduction), checked
+        # against the code object as the per-op kernels are
+        only_program = sorted({l.kernel for l in program.launches} - set(functions))
+        for name in only_program:
+            if name not in entry["kernel_args"]:
+                raise DeviceError(f"step program: kernel {name} has no argument layout in the manifest")
+            check_code_object_args(f"bundle target {entry['name']}", name, entry["kernel_args"][name], code.get(name))
+            functions[name] = driver.function(self._module, name)
         self.runner = StepRunner(
-            driver, program, entry["kernel_args"], {n: k.fn for n, k in self._kernels.items()},
+            driver, program, entry["kernel_args"], functions,
             weight_ptr=lambda name: self._weights + self._entries[name].offset,
             kv_ptr=lambda which, layer: (self._k_cache if which == "k" else self._v_cache) + layer * self._layer_bytes,
             vocab=plan.vocab_size, n_embd=plan.n_embd, logits=plan.output_logits, hidden=plan.output_hidden,

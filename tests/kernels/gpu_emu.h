@@ -8,7 +8,7 @@
  * Shared memory is `static` (one block at a time), constant memory `static const`.
  *
  * Usage: g++ -std=c++17 -include gpu_emu.h -DRFC_GPU_EMULATED generated.hip launchers.cpp
- * where each launcher calls rfc_emu::launch(kernel, grid_x, grid_y, threads, params).
+ * where each launcher calls rfc_emu::launch(kernel, grid_x, grid_y, grid_z, threads, params).
  */
 #ifndef RFC_GPU_EMU_H
 #define RFC_GPU_EMU_H
@@ -33,6 +33,7 @@
 #define RFC_TID (rfc_emu::cur)
 #define RFC_BID_X (rfc_emu::bid_x)
 #define RFC_BID_Y (rfc_emu::bid_y)
+#define RFC_BID_Z (rfc_emu::bid_z)
 #define RFC_EXPF(x) expf(x)
 #define RFC_SQRTF(x) sqrtf(x)
 #define RFC_RINT(x) rint(x)
@@ -41,6 +42,7 @@
 /* GCC 12 converts _Float16 in software, rounding to nearest even like the GPUs */
 #define RFC_HALF_TO_FLOAT(h) ((float)__builtin_bit_cast(_Float16, (unsigned short)(h)))
 #define RFC_FLOAT_TO_HALF(f) __builtin_bit_cast(unsigned short, (_Float16)(f))
+#define RFC_BITS_TO_FLOAT(u) __builtin_bit_cast(float, (unsigned)(u))
 /* 128-bit vectors: plain structs (x86-64 loads them unaligned as well) */
 struct rfc_i4 { int x, y, z, w; };
 struct rfc_f4 { float x, y, z, w; };
@@ -71,7 +73,7 @@ namespace rfc_emu {
 constexpr int kMaxThreads = 1024;
 constexpr size_t kStack = 32 * 1024;
 
-static int cur, bid_x, bid_y;
+static int cur, bid_x, bid_y, bid_z;
 static int n_threads;
 static void *sched_sp;
 static void *sp[kMaxThreads];
@@ -132,15 +134,16 @@ static void call(void (*kernel)(A...), void **params, std::index_sequence<I...>)
 }
 
 template <typename... A>
-static void launch(void (*kernel)(A...), int grid_x, int grid_y, int threads, void **params) {
+static void launch(void (*kernel)(A...), int grid_x, int grid_y, int grid_z, int threads, void **params) {
     if (threads > kMaxThreads) {
         fprintf(stderr, "rfc_emu: %d threads per block\n", threads);
         abort();
     }
     if (stacks == nullptr) stacks = (char *)malloc(kStack * kMaxThreads);
     body = [&] { call(kernel, params, std::index_sequence_for<A...>{}); };
-    for (bid_y = 0; bid_y < grid_y; bid_y++)
-        for (bid_x = 0; bid_x < grid_x; bid_x++) run_block(threads);
+    for (bid_z = 0; bid_z < grid_z; bid_z++)
+        for (bid_y = 0; bid_y < grid_y; bid_y++)
+            for (bid_x = 0; bid_x < grid_x; bid_x++) run_block(threads);
 }
 
 }  // namespace rfc_emu

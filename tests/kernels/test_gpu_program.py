@@ -78,7 +78,8 @@ def _decode(twins: Twins, steps: int) -> list[tuple]:
 def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp_path_factory):
     twins = Twins(gpu_bundle(model, TARGET), tmp_path_factory.getbasetemp() / "gpu-emu")
     program = twins.step.runner.program
-    assert len(program.launches) == len(twins.bundle.plan.ops)
+    # one launch per op, but two per attention op (split-KV attention and its reduction)
+    assert len(program.launches) == sum(2 if op.kind == "attention" else 1 for op in twins.bundle.plan.ops)
     calls = _decode(twins, steps=4)
     n_launches = len(program.launches)
     # one capture (batch size 2), then replays; per step one copy each way and one sync
@@ -144,3 +145,24 @@ def test_program_arena_reuses_dead_buffers(model, gpu_bundle):
             if x.buffer < y.buffer and x.offset < y.offset + y.nbytes and y.offset < x.offset + x.nbytes:
                 (x0, x1), (y0, y1) = live[x.buffer], live[y.buffer]
                 assert x1 < y0 or y1 < x0, f"{x.buffer} and {y.buffer} overlap while both live"
+
+
+@pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
+def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp_path_factory):
+    """Decode rows of 151 and 71 keys: several slices each, so the program's split attention
+    kernels leave partials in the arena's scratch for the reduce kernel, and the result must
+    still equal the per-op kernel's (which merges the same partials in the same order)."""
+    twins = Twins(gpu_bundle(model, TARGET), tmp_path_factory.getbasetemp() / "gpu-emu")
+    program = twins.step.runner.program
+    assert any(l.kernel.endswith("_split") for l in program.launches)
+    assert program.arena.slot("attention.scratch").offset >= max(
+        s.offset + s.nbytes for s in program.arena.slots if s.buffer != "attention.scratch")
+    prompt = tuple((7 * i) % 250 + 1 for i in range(150))
+    got, want = twins.forward([SeqChunk(1, 0, prompt), SeqChunk(2, 0, prompt[:70])])
+    assert np.array_equal(got, want)
+    lens = [150, 70]
+    for step in range(2):
+        tokens = [int(want[0].argmax()), int(want[1].argmax())]
+        got, want = twins.forward([SeqChunk(1, lens[0], (tokens[0],)), SeqChunk(2, lens[1], (tokens[1],))])
+        assert np.array_equal(got, want), f"decode step {step}: max |step - op| {np.abs(got - want).max():.3e}"
+        lens = [lens[0] + 1, lens[1] + 1]

@@ -44,7 +44,7 @@ class SampleKernel:
         self.threads = spec.threads
         source = render_source(parse_target("sm_90"), [spec])
         text = (f'#define RFC_GPU_EMULATED 1\n#include "{EMU_HEADER}"\n{source}\n'
-                f'extern "C" void launch(int rows, void **params) {{ rfc_emu::launch({spec.name}, rows, 1, {spec.threads}, params); }}\n')
+                f'extern "C" void launch(int rows, void **params) {{ rfc_emu::launch({spec.name}, rows, 1, 1, {spec.threads}, params); }}\n')
         key = hashlib.sha256(text.encode() + EMU_HEADER.read_bytes()).hexdigest()[:16]
         lib = build_dir / f"sample-{key}.so"
         if not lib.is_file():

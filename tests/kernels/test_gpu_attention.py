@@ -1,0 +1,178 @@
+"""Split-KV attention (flash decoding, issue 10 item 3) against the numpy reference, emulated.
+
+The planner's attention kernels for synthetic shapes (GQA groups 1 to 4, head_dim 7 to 64,
+f16 and f32 KV caches, sliding windows, soft-capping) are rendered as a GPU target renders
+them and run by the host emulator (gpu_emulator.py): the split kernel (grid rows x kv heads x
+slices) with its reduce kernel, as the step program launches them, and the per-op kernel.
+Both must match ReferenceDevice.op_attention within 2e-4 * max(1, max |ref|) and each other
+bit for bit (the same partials merged in the same order). Rows are ragged: several sequences,
+some shorter than one slice, some past the window, over shuffled block tables. No GPU
+toolchain is needed.
+"""
+
+import ctypes
+import platform
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from rfc.artifacts.plan import Op
+from rfc.compiler.codegen.gpu import render_source
+from rfc.compiler.codegen.gpu_plan import (
+    ATTENTION_SPLIT_KEYS, ATTENTION_SPLIT_ROWS, ATTENTION_SPLITS, I32, KernelSpec, attention_scratch_floats, plan_kernels,
+)
+from rfc.compiler.targets import parse_target
+from rfc.runtime.batch import StepBatch
+from rfc.runtime.devices.reference import ReferenceDevice
+from tests.kernels.gpu_emulator import EmulatedDriver, build_source_emulator
+
+pytestmark = [
+    pytest.mark.shared,
+    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
+                       reason="the GPU emulator needs g++ on x86-64"),
+]
+
+BLOCK_SIZE, NUM_BLOCKS = 16, 128
+REL_TOL = 2e-4
+
+
+class Case:
+    """One attention op's kernels, built for the emulator, over a one-layer KV cache."""
+
+    def __init__(self, build_dir, target: str, n_heads: int, n_kv_heads: int, head_dim: int, kv_dtype: str,
+                 window=None, softcap=None, context_length: int = 4096):
+        attrs = {"layer": 0, "n_heads": n_heads, "n_kv_heads": n_kv_heads, "head_dim": head_dim,
+                 "scale": head_dim ** -0.5, "window": window, "softcap": softcap}
+        self.op = Op("attention", ("q",), ("out",), attrs=attrs)
+        kv = SimpleNamespace(dtype=kv_dtype)
+        plan = SimpleNamespace(ops=[self.op], kv=kv, context_length=context_length)
+        layout = SimpleNamespace(by_name=lambda: {})
+        specs, (kernel,) = plan_kernels(parse_target(target), plan, layout)
+        self.specs = {s.name: s for s in specs}
+        self.fused = self.specs[kernel]
+        self.driver = EmulatedDriver(build_source_emulator(render_source(parse_target(target), specs), self.specs, build_dir))
+        self.width, self.head_dim, self.n_kv_heads = n_heads * head_dim, head_dim, n_kv_heads
+        shape = (1, NUM_BLOCKS * BLOCK_SIZE, n_kv_heads, head_dim)
+        self.ref = ReferenceDevice.__new__(ReferenceDevice)
+        rng = np.random.default_rng(head_dim * 100 + n_heads)
+        dtype = np.float16 if kv_dtype == "f16" else np.float32
+        self.ref.k_cache = (2 * rng.standard_normal(shape)).astype(dtype)
+        self.ref.v_cache = rng.standard_normal(shape).astype(dtype)
+        self.k_dev, self.v_dev = self._upload(self.ref.k_cache), self._upload(self.ref.v_cache)
+        self.rng = rng
+
+    def _upload(self, host: np.ndarray) -> int:
+        ptr = self.driver.malloc(max(4, host.nbytes))
+        self.driver.copy_to_device(ptr, host)
+        return ptr
+
+    def _launch(self, spec: KernelSpec, values: dict) -> None:
+        cells = [ctypes.c_int32(values[n]) if k == I32 else ctypes.c_uint64(values[n]) for n, k in spec.args]
+        params = (ctypes.c_void_p * len(cells))(*[ctypes.addressof(c) for c in cells])
+        grid = [-(-(values[c] if isinstance(c, str) else c) // t) for c, t in spec.grid]
+        self.driver.launch(self.driver.function(self.driver.lib, spec.name), (*grid, 1, 1)[:3], (spec.threads, 1, 1), params)
+
+    def batch(self, seq_lens: list[int], rows_of: list[int]) -> StepBatch:
+        """Sequences of `seq_lens` keys over shuffled cache blocks; the step's rows are the
+        last rows_of[s] tokens of sequence s."""
+        width = max(-(-n // BLOCK_SIZE) for n in seq_lens)
+        perm = self.rng.permutation(NUM_BLOCKS).astype(np.int32)
+        tables, used = np.full((len(seq_lens), width), -1, np.int32), 0
+        for s, n in enumerate(seq_lens):
+            blocks = -(-n // BLOCK_SIZE)
+            tables[s, :blocks], used = perm[used:used + blocks], used + blocks
+        assert used <= NUM_BLOCKS
+        positions = np.concatenate([np.arange(n - r, n) for n, r in zip(seq_lens, rows_of)]).astype(np.int32)
+        seq_of_token = np.repeat(np.arange(len(seq_lens)), rows_of).astype(np.int32)
+        T = len(positions)
+        return StepBatch(
+            tokens=np.zeros(T, np.int32), positions=positions,
+            slots=np.array([tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for s, p in zip(seq_of_token, positions)], np.int32),
+            seq_of_token=seq_of_token, seq_start=np.concatenate([[0], np.cumsum(rows_of)]).astype(np.int32),
+            block_tables=tables, context_lens=np.array(seq_lens, np.int32), logit_rows=np.arange(T, dtype=np.int32),
+            block_size=BLOCK_SIZE,
+        )
+
+    def run(self, batch: StepBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(reference, split + reduce kernels, per-op kernel) outputs for random queries."""
+        T = len(batch.positions)
+        q = (2 * self.rng.standard_normal((T, self.width))).astype(np.float32)
+        want = np.zeros_like(q)
+        self.ref.op_attention([want], [q], [], {**self.op.attrs}, batch)
+        values = {
+            "q": self._upload(q), "k_cache": self.k_dev, "v_cache": self.v_dev,
+            "positions": self._upload(batch.positions), "seq_of_token": self._upload(batch.seq_of_token),
+            "block_tables": self._upload(batch.block_tables), "n_rows": T,
+            "table_width": batch.block_tables.shape[1], "block_size": BLOCK_SIZE,
+        }
+        outs = []
+        for kernels in (self.fused.steps, (self.fused,)):
+            values["out"] = self.driver.malloc(q.nbytes)  # NaN-filled: a row left unwritten shows
+            if any(n == "scratch" for n, _k in kernels[0].args):
+                values["scratch"] = self.driver.malloc(4 * attention_scratch_floats(kernels[0]))
+            for spec in kernels:
+                self._launch(spec, values)
+            got = np.empty_like(q)
+            self.driver.copy_to_host(got, values["out"])
+            outs.append(got)
+        return want, outs[0], outs[1]
+
+
+def _check(case: Case, batch: StepBatch) -> None:
+    want, split, fused = case.run(batch)
+    bound = REL_TOL * max(1.0, float(np.abs(want).max()))
+    for name, got in (("split + reduce", split), ("per-op", fused)):
+        d = np.abs(got - want).max(axis=1)
+        assert np.all(d <= bound), f"{name}: rows {np.nonzero(~(d <= bound))[0].tolist()} off by up to {np.nanmax(d):.2e} > {bound:.2e}"
+    assert np.array_equal(split, fused), "the split kernels and the per-op kernel differ"
+
+
+# (n_heads, n_kv_heads, head_dim, kv dtype, window, softcap)
+SHAPES = [
+    pytest.param(8, 2, 32, "f16", None, None, id="gqa4-hd32-f16"),
+    pytest.param(4, 1, 64, "f32", None, 30.0, id="gqa4-hd64-f32-softcap"),
+    pytest.param(8, 8, 8, "f16", None, None, id="mha-hd8-f16"),
+    pytest.param(6, 3, 12, "f16", 150, None, id="gqa2-hd12-f16-window"),
+    pytest.param(4, 2, 7, "f32", 300, 8.0, id="gqa2-hd7-f32-window-softcap"),
+    pytest.param(2, 1, 6, "f16", None, None, id="gqa2-hd6-f16-half2"),
+]
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,head_dim,kv_dtype,window,softcap", SHAPES)
+def test_split_attention_matches_reference(n_heads, n_kv_heads, head_dim, kv_dtype, window, softcap, tmp_path_factory):
+    """Decode-like rows: one per sequence, from 1 key (shorter than one slice) to 1000 keys
+    (every slice of the 16 in use), plus a chunk of 3 rows of one sequence."""
+    case = Case(tmp_path_factory.getbasetemp() / "gpu-emu-attn", "gfx1100", n_heads, n_kv_heads, head_dim, kv_dtype,
+                window, softcap)
+    assert case.fused.params["splits"] > 1 and len(case.fused.steps) == 2
+    lens = [1, 5, ATTENTION_SPLIT_KEYS, ATTENTION_SPLIT_KEYS + 1, 200, 301, 1000]
+    _check(case, case.batch(lens, [1, 1, 1, 1, 1, 3, 1]))
+
+
+def test_wave_64_and_a_step_too_big_to_split(tmp_path_factory):
+    """gfx90a (wave 64); a step of more rows than ATTENTION_SPLIT_ROWS takes one slice per
+    row (the split kernel writes out itself, the reduce kernel does nothing)."""
+    case = Case(tmp_path_factory.getbasetemp() / "gpu-emu-attn", "gfx90a", 8, 2, 32, "f16", None, None)
+    _check(case, case.batch([700, 40], [ATTENTION_SPLIT_ROWS - 3, 4]))
+    _check(case, case.batch([700, 30], [ATTENTION_SPLIT_ROWS - 3, 3]))  # exactly the bound: splits
+
+
+def test_splits_follow_the_longest_row():
+    """No more slices than the context (or the window) can fill; one slice: no split kernels."""
+    def fused(context_length, window=None):
+        op = Op("attention", ("q",), ("out",), attrs={"layer": 0, "n_heads": 4, "n_kv_heads": 2, "head_dim": 32,
+                                                       "scale": 0.2, "window": window, "softcap": None})
+        plan = SimpleNamespace(ops=[op], kv=SimpleNamespace(dtype="f16"), context_length=context_length)
+        specs, (name,) = plan_kernels(parse_target("sm_90"), plan, SimpleNamespace(by_name=lambda: {}))
+        return next(s for s in specs if s.name == name)
+
+    assert fused(512).params["splits"] == 512 // ATTENTION_SPLIT_KEYS
+    assert fused(1 << 17).params["splits"] == ATTENTION_SPLITS
+    assert fused(1 << 17, window=100).params["splits"] == 2
+    assert fused(1 << 17, window=32).steps == ()
+    split = fused(1 << 17).steps[0]
+    assert [g for g in split.grid] == [("n_rows", 1), (2, 1), (ATTENTION_SPLITS, 1)]
+    # the scratch is bounded by the split rows, whatever the context
+    assert attention_scratch_floats(split) == ATTENTION_SPLIT_ROWS * 4 * ATTENTION_SPLITS * (32 + 2)
