@@ -56,7 +56,7 @@ REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8"}
 
 # Formats whose AVX2 path quantizes activations to int8 (cpu_dot.h: RFC_ACT_*); the rest
 # read float activations (4 bytes per element).
-_INT8_ACTIVATIONS = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"}
+_INT8_ACTIVATIONS = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
 # Formats whose rows may have any length (their kernels sum the last K % 8 elements apart).
 _FLOAT_FORMATS = {"F32", "F16", "BF16"}
 
