@@ -54,9 +54,10 @@ def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
     n_rows, row_bytes = rows.shape
     nb = row_bytes // bb
     blocks = rows.reshape(n_rows // g, g, nb, bb).transpose(0, 2, 1, 3)  # [group, column, row, byte]
-    head = bb - 16
+    head = f.head_bytes
     fields = [blocks[..., 2 * i : 2 * i + 2].reshape(n_rows // g, nb, 2 * g) for i in range(head // 2)]
-    qs = blocks[..., head:].reshape(n_rows // g, nb, g, 4, 4).transpose(0, 1, 3, 2, 4).reshape(n_rows // g, nb, 16 * g)
+    qb = bb - head  # quant bytes per block: chunks of 4 bytes of every row
+    qs = blocks[..., head:].reshape(n_rows // g, nb, g, qb // 4, 4).transpose(0, 1, 3, 2, 4).reshape(n_rows // g, nb, qb * g)
     return np.concatenate([*fields, qs], axis=-1).reshape(n_rows, row_bytes)
 
 

@@ -235,18 +235,19 @@ PACKED: dict[str, QuantFormat] = {
 
 
 def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
-    """The bytes of `rows` rows of n elements in packed format `fmt` (Q4_0x8, Q4_1x8), rows
+    """The bytes of `rows` rows of n elements in packed format `fmt` (Q4_0x8, Q4_1x8, Q8_0x8), rows
     padded to whole groups, back in the base format's row-major block layout (padding dropped)."""
     f = PACKED_FORMATS[fmt]
     g, nb, bb = f.group_rows, n // f.block_elems, f.block_bytes
     groups = -(-rows // g)
-    head = bb - 16  # scale fields per block (2: d; 4: d, m), stored as g values each
+    head = f.head_bytes  # scale fields per block (2: d; 4: d, m), stored as g values each
+    qb = bb - head  # quant bytes per block, in chunks of 4 bytes of every row
     cols = data.reshape(groups, nb, g * bb)
     out = np.empty((groups, g, nb, bb), np.uint8)
     for i in range(head // 2):  # field i: g f16 values, one per row
         out[..., 2 * i : 2 * i + 2] = cols[..., 2 * g * i : 2 * g * (i + 1)].reshape(groups, nb, g, 2).transpose(0, 2, 1, 3)
-    qs = cols[..., head * g :].reshape(groups, nb, 4, g, 4)  # [chunk j][row][byte i]
-    out[..., head:] = qs.transpose(0, 3, 1, 2, 4).reshape(groups, g, nb, 16)
+    qs = cols[..., head * g :].reshape(groups, nb, qb // 4, g, 4)  # [chunk j][row][byte i]
+    out[..., head:] = qs.transpose(0, 3, 1, 2, 4).reshape(groups, g, nb, qb)
     return out.reshape(groups * g, nb * bb)[:rows]
 
 

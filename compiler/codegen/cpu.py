@@ -41,7 +41,7 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 _STEPS = {
     "F32": (8, 32), "F16": (8, 16), "BF16": (8, 16),
     "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-    "Q4_0x8": (32, 18), "Q4_1x8": (32, 20),
+    "Q4_0x8": (32, 18), "Q4_1x8": (32, 20), "Q8_0x8": (32, 34),
     "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
 }
 # The op kinds these per-op kernels implement, at their optional attributes' defaults. A plan
@@ -50,9 +50,9 @@ _STEPS = {
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows")
 
 # The packed layout the cpu matmuls stream best, per GGUF format (artifacts/formats.py
-# PACKED_FORMATS; templates/cpu_matmul_x8.c.j2). Decode with the row-interleaved 4-bit kernels
+# PACKED_FORMATS; templates/cpu_matmul_x8.c.j2). Decode with the row-interleaved kernels
 # measured faster than the single-row ones (docs/benchmarks.md).
-REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8"}
+REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8", "Q8_0": "Q8_0x8"}
 
 # Formats whose AVX2 path quantizes activations to int8 (cpu_dot.h: RFC_ACT_*); the rest
 # read float activations (4 bytes per element).
@@ -301,8 +301,10 @@ def _attention_params(hp, attrs: dict, tuning: CpuTuning) -> dict:
 
 def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
     f = PACKED_FORMATS[fmt]
-    return {"fmt": fmt.lower(), "FMT": fmt, "BASE": f.base, "block_bytes": f.block_bytes, "head": (f.block_bytes - 16) * 8,
-            "has_min": f.block_bytes - 16 == 4, "token_tile": 4}  # fmt: skip
+    quant_bytes = f.block_bytes - f.head_bytes
+    assert quant_bytes in (16, 32) and f.head_bytes in (2, 4), f"{fmt}: a layout cpu_matmul_x8.c.j2 does not know"
+    return {"fmt": fmt.lower(), "FMT": fmt, "BASE": f.base, "block_bytes": f.block_bytes, "head": f.head_bytes * 8,
+            "has_min": f.head_bytes == 4, "int8": quant_bytes == 32, "token_tile": 4}  # fmt: skip
 
 
 def repack_plan(plan: Plan, uses: tuple) -> tuple:

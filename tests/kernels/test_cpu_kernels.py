@@ -258,7 +258,7 @@ def test_matmul_matches_reference(kit: Kit, fmt: str, tokens: int):
     assert (err <= bound).all(), f"{fmt}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8"])
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8", "Q8_0x8"])
 def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     """out = x W^T + bias and accum += out, in one call (what the device fuses)."""
     rng = np.random.default_rng(7)
