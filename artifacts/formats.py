@@ -77,12 +77,21 @@ GGUF_FORMATS: dict[str, WeightFormat] = {f.name: f for f in _GGUF}
 # the AVX2 kernel dots with 4 activation bytes broadcast: each lane is one row, no
 # horizontal sums, and the scales of 8 rows convert in one instruction. Same bytes per
 # block as the base.
+#
+# Q4_Kx8: rows in groups of 8, a column is one super-block of each of the 8 rows, stored as
+# the 8 scales d (f16), the 8 dmin (f16), the sub-block scales decoded to bytes [sub-block
+# 0..7][row], the sub-block minimums decoded to bytes [pair 0..3][row][2 sub-blocks], then
+# per pair c of sub-blocks (GGUF qs bytes 32c..32c+31: low nibbles sub-block 2c, high 2c+1)
+# 8 chunks of 32 bytes, chunk j holding bytes 4j..4j+3 of every row. 1184 bytes per column
+# (148 per row and super-block: the 12 bytes of packed 6-bit scales become 16).
+Q4_KX8_COLUMN_BYTES = 16 + 16 + 64 + 64 + 1024
 PACKED_FORMATS: dict[str, WeightFormat] = {
     f.name: f
     for f in (
         WeightFormat("Q4_0x8", 32, 18, "q8_0", base="Q4_0", group_rows=8, head_bytes=2),
         WeightFormat("Q4_1x8", 32, 20, "q8_1", base="Q4_1", group_rows=8, head_bytes=4),
         WeightFormat("Q8_0x8", 32, 34, "q8_0", base="Q8_0", group_rows=8, head_bytes=2),
+        WeightFormat("Q4_Kx8", 256, Q4_KX8_COLUMN_BYTES // 8, "q8_k", base="Q4_K", group_rows=8),
     )
 }
 

@@ -565,6 +565,62 @@ static inline rfc_acc rfc_wdot_q6_k(rfc_acc acc, const rfc_wk *w, const rfc_act 
 }
 #endif /* RFC_AVX2 */
 
+/* ---- Q4_Kx8 (artifacts/formats.py): one column is one super-block of 8 interleaved rows ----
+ * rfc_x8col_q4_k(acc, col, a, t, b): lane r of acc += row r's super-block b . token t. */
+#define RFC_X8COL_Q4_K 1184
+#ifdef RFC_AVX2
+static inline __m256 rfc_x8col_q4_k(__m256 acc, const uint8_t *col, const rfc_act *a, size_t t, int b) {
+    const float dy = a->d[t * (a->K / 256) + (size_t)b];
+    const int8_t *y = a->qs + t * a->K + 256 * (size_t)b;
+    const __m256i bs = _mm256_loadu_si256((const __m256i *)(a->bsums + t * (a->K / 16) + 16 * (size_t)b));
+    /* the sums of the 8 sub-blocks of 32 as int16; int32 lane c = the pair (2c, 2c+1) */
+    const __m256i ys = _mm256_broadcastsi128_si256(_mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)));
+    const uint8_t *sc = col + 32, *mn = col + 96, *qs = col + 160;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i sumi = _mm256_setzero_si256(), summ = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        int32_t y4[16];
+        memcpy(y4, y + 64 * c, 64);
+        __m256i slo = _mm256_setzero_si256(), shi = _mm256_setzero_si256();
+        /* 8 products of at most 15 x 127 x 2 per int16 lane: no saturation */
+        for (int j = 0; j < 8; j++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 256 * c + 32 * j));
+            slo = _mm256_add_epi16(slo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), _mm256_set1_epi32(y4[j])));
+            shi = _mm256_add_epi16(shi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), _mm256_set1_epi32(y4[8 + j])));
+        }
+        /* each row's scale in both int16 lanes of its row */
+        const __m128i sl = _mm_loadl_epi64((const __m128i *)(sc + 16 * c)), sh = _mm_loadl_epi64((const __m128i *)(sc + 16 * c + 8));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(slo, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sl, sl))));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(shi, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sh, sh))));
+        const __m256i m = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(mn + 16 * c)));
+        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m, _mm256_permutevar8x32_epi32(ys, _mm256_set1_epi32(c))));
+    }
+    const __m256 vdy = _mm256_set1_ps(dy);
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col)), vdy), _mm256_cvtepi32_ps(sumi), acc);
+    return _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(col + 16))), vdy),
+                            _mm256_cvtepi32_ps(summ), acc);
+}
+#else
+/* float activations: acc[r] += row r's super-block b . x[256 b ..] */
+static inline void rfc_x8col_q4_k(float acc[8], const uint8_t *col, const float *x) {
+    const uint8_t *qs = col + 160;
+    for (int r = 0; r < 8; r++) {
+        const float d = rfc_fp16_to_fp32((uint16_t)(col[2 * r] | col[2 * r + 1] << 8));
+        const float dmin = rfc_fp16_to_fp32((uint16_t)(col[16 + 2 * r] | col[16 + 2 * r + 1] << 8));
+        float s = 0.0f;
+        for (int sb = 0; sb < 8; sb++) {
+            const int c = sb / 2, shift = 4 * (sb & 1);
+            const float ds = d * (float)col[32 + 8 * sb + r], dm = dmin * (float)col[96 + 16 * c + 2 * r + (sb & 1)];
+            for (int e = 0; e < 32; e++) {
+                const int q = (qs[256 * c + 32 * (e / 4) + 4 * r + (e & 3)] >> shift) & 0xF;
+                s += (ds * (float)q - dm) * x[32 * sb + e];
+            }
+        }
+        acc[r] += s;
+    }
+}
+#endif
+
 /* rfc_wdot8_<fmt>(acc, w, act, t, u0): acc += steps u0..u0+7 of one weight row (w points at
  * step u0) . token t. Formats without a grouped kernel above do it step by step. */
 #define RFC_DOT8_BY_STEPS(fmt, UB)                                                                  \
