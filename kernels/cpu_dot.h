@@ -600,6 +600,51 @@ static inline __m256 rfc_x8col_q4_k(__m256 acc, const uint8_t *col, const rfc_ac
     return _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(col + 16))), vdy),
                             _mm256_cvtepi32_ps(summ), acc);
 }
+
+/* The same for the 4 tokens t0..t0+3 (prefill): the nibbles are unpacked once for all four. */
+static inline void rfc_x8col4_q4_k(__m256 acc[4], const uint8_t *col, const rfc_act *a, size_t t0, int b) {
+    const size_t K = a->K;
+    const uint8_t *sc = col + 32, *mn = col + 96, *qs = col + 160;
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col));
+    const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(col + 16)));
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    float dy[4];
+    for (int i = 0; i < 4; i++) { /* the minimums, token by token (as rfc_x8col_q4_k) */
+        const size_t t = t0 + (size_t)i;
+        dy[i] = a->d[t * (K / 256) + (size_t)b];
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)(a->bsums + t * (K / 16) + 16 * (size_t)b));
+        const __m256i ys = _mm256_broadcastsi128_si256(_mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)));
+        __m256i summ = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i m = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(mn + 16 * c)));
+            summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m, _mm256_permutevar8x32_epi32(ys, _mm256_set1_epi32(c))));
+        }
+        acc[i] = _mm256_fnmadd_ps(_mm256_mul_ps(mw, _mm256_set1_ps(dy[i])), _mm256_cvtepi32_ps(summ), acc[i]);
+    }
+    __m256i sumi[4];
+    for (int i = 0; i < 4; i++) sumi[i] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i slo[4], shi[4];
+        for (int i = 0; i < 4; i++) slo[i] = shi[i] = _mm256_setzero_si256();
+        for (int j = 0; j < 8; j++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 256 * c + 32 * j));
+            const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            for (int i = 0; i < 4; i++) {
+                const int8_t *y = a->qs + (t0 + (size_t)i) * K + 256 * (size_t)b + 64 * c + 4 * j;
+                int32_t ylo, yhi;
+                memcpy(&ylo, y, 4);
+                memcpy(&yhi, y + 32, 4);
+                slo[i] = _mm256_add_epi16(slo[i], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(ylo)));
+                shi[i] = _mm256_add_epi16(shi[i], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(yhi)));
+            }
+        }
+        const __m128i sl = _mm_loadl_epi64((const __m128i *)(sc + 16 * c)), sh = _mm_loadl_epi64((const __m128i *)(sc + 16 * c + 8));
+        const __m256i scl = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sl, sl)), sch = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sh, sh));
+        for (int i = 0; i < 4; i++)
+            sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(_mm256_madd_epi16(slo[i], scl), _mm256_madd_epi16(shi[i], sch)));
+    }
+    for (int i = 0; i < 4; i++) acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dy[i])), _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+}
 #else
 /* float activations: acc[r] += row r's super-block b . x[256 b ..] */
 static inline void rfc_x8col_q4_k(float acc[8], const uint8_t *col, const float *x) {
