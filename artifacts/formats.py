@@ -36,6 +36,7 @@ class WeightFormat:
     activation: str | None  # int8 activation rounding of its kernels; None: float activations
     base: str | None = None  # packed formats: the GGUF format whose blocks they rearrange
     group_rows: int = 1  # packed formats: rows interleaved per group
+    head_bytes: int = 0  # packed formats: bytes of f16 fields (scale, minimum) that start a base block
 
     @property
     def is_float(self) -> bool:
@@ -67,18 +68,30 @@ GGUF_FORMATS: dict[str, WeightFormat] = {f.name: f for f in _GGUF}
 
 # Packed target layouts (added by the weight planner's repacking transforms).
 #
-# Q4_0x8 / Q4_1x8 (the cpu targets' matmul weights): rows in groups of 8; a group is its
-# blocks column by column, and each column of 8 blocks is stored as the 8 scales (f16),
-# for Q4_1 then the 8 minimums (f16), then 4 chunks of 32 bytes where chunk j holds bytes
-# 4j..4j+3 of each row's 16 quant bytes, row after row. One 32-byte load is then 8 nibbles
-# of every row of the group (elements 4j..4j+3 low, 16+4j..16+4j+3 high), which the AVX2
-# kernel dots with 4 activation bytes broadcast: each lane is one row, no horizontal sums,
-# and the scales of 8 rows convert in one instruction. Same bytes per block as the base.
+# Q4_0x8 / Q4_1x8 / Q8_0x8 (the cpu targets' matmul weights): rows in groups of 8; a group
+# is its blocks column by column, and each column of 8 blocks is stored as the 8 scales
+# (f16), for Q4_1 then the 8 minimums (f16), then chunks of 32 bytes where chunk j holds
+# bytes 4j..4j+3 of each row's quant bytes (16 for the 4-bit formats: 4 chunks; 32 for Q8_0:
+# 8 chunks), row after row. One 32-byte load is then 4 quant bytes of every row of the
+# group (4-bit: elements 4j..4j+3 low, 16+4j..16+4j+3 high; Q8_0: elements 4j..4j+3), which
+# the AVX2 kernel dots with 4 activation bytes broadcast: each lane is one row, no
+# horizontal sums, and the scales of 8 rows convert in one instruction. Same bytes per
+# block as the base.
+#
+# Q4_Kx8: rows in groups of 8, a column is one super-block of each of the 8 rows, stored as
+# the 8 scales d (f16), the 8 dmin (f16), the sub-block scales decoded to bytes [sub-block
+# 0..7][row], the sub-block minimums decoded to bytes [pair 0..3][row][2 sub-blocks], then
+# per pair c of sub-blocks (GGUF qs bytes 32c..32c+31: low nibbles sub-block 2c, high 2c+1)
+# 8 chunks of 32 bytes, chunk j holding bytes 4j..4j+3 of every row. 1184 bytes per column
+# (148 per row and super-block: the 12 bytes of packed 6-bit scales become 16).
+Q4_KX8_COLUMN_BYTES = 16 + 16 + 64 + 64 + 1024
 PACKED_FORMATS: dict[str, WeightFormat] = {
     f.name: f
     for f in (
-        WeightFormat("Q4_0x8", 32, 18, "q8_0", base="Q4_0", group_rows=8),
-        WeightFormat("Q4_1x8", 32, 20, "q8_1", base="Q4_1", group_rows=8),
+        WeightFormat("Q4_0x8", 32, 18, "q8_0", base="Q4_0", group_rows=8, head_bytes=2),
+        WeightFormat("Q4_1x8", 32, 20, "q8_1", base="Q4_1", group_rows=8, head_bytes=4),
+        WeightFormat("Q8_0x8", 32, 34, "q8_0", base="Q8_0", group_rows=8, head_bytes=2),
+        WeightFormat("Q4_Kx8", 256, Q4_KX8_COLUMN_BYTES // 8, "q8_k", base="Q4_K", group_rows=8),
     )
 }
 

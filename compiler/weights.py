@@ -50,14 +50,35 @@ def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
     the packed layout `packed` (artifacts/formats.py describes it; runtime/quants.py
     unpack_x8 is the inverse, which the tests check)."""
     f = PACKED_FORMATS[packed]
+    if f.base == "Q4_K":
+        return _pack_q4_k_x8(rows)
     g, bb = f.group_rows, f.block_bytes
     n_rows, row_bytes = rows.shape
     nb = row_bytes // bb
     blocks = rows.reshape(n_rows // g, g, nb, bb).transpose(0, 2, 1, 3)  # [group, column, row, byte]
-    head = bb - 16
+    head = f.head_bytes
     fields = [blocks[..., 2 * i : 2 * i + 2].reshape(n_rows // g, nb, 2 * g) for i in range(head // 2)]
-    qs = blocks[..., head:].reshape(n_rows // g, nb, g, 4, 4).transpose(0, 1, 3, 2, 4).reshape(n_rows // g, nb, 16 * g)
+    qb = bb - head  # quant bytes per block: chunks of 4 bytes of every row
+    qs = blocks[..., head:].reshape(n_rows // g, nb, g, qb // 4, 4).transpose(0, 1, 3, 2, 4).reshape(n_rows // g, nb, qb * g)
     return np.concatenate([*fields, qs], axis=-1).reshape(n_rows, row_bytes)
+
+
+def _pack_q4_k_x8(rows: np.ndarray) -> np.ndarray:
+    """Q4_K rows in the Q4_Kx8 layout (artifacts/formats.py): scales and minimums decoded."""
+    n_rows, row_bytes = rows.shape
+    nb, ng = row_bytes // 144, n_rows // 8
+    b = rows.reshape(ng, 8, nb, 144).transpose(0, 2, 1, 3)  # [group, column, row, byte]
+    q = b[..., 4:16].astype(np.uint8)  # ggml's get_scale_min_k4, for all 8 sub-blocks
+    sc = np.concatenate([q[..., 0:4] & 63, (q[..., 8:12] & 0xF) | ((q[..., 0:4] >> 6) << 4)], axis=-1)
+    mn = np.concatenate([q[..., 4:8] & 63, (q[..., 8:12] >> 4) | ((q[..., 4:8] >> 6) << 4)], axis=-1)
+    parts = [
+        b[..., 0:2].reshape(ng, nb, 16),
+        b[..., 2:4].reshape(ng, nb, 16),
+        sc.transpose(0, 1, 3, 2).reshape(ng, nb, 64),  # [sub-block][row]
+        mn.reshape(ng, nb, 8, 4, 2).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 64),  # [pair][row][2]
+        b[..., 16:].reshape(ng, nb, 8, 4, 8, 4).transpose(0, 1, 3, 4, 2, 5).reshape(ng, nb, 1024),  # [pair][chunk][row][4]
+    ]
+    return np.concatenate(parts, axis=-1).reshape(n_rows, -1)
 
 
 def repacked(use: WeightUse, packed: str) -> WeightUse:

@@ -9,8 +9,8 @@
  * A tile loads each weight step once and dots it with several tokens, so rfc_wload does
  * all per-weight work (unpacking nibbles, converting scales) and rfc_wdot the rest.
  *
- * With AVX2 + FMA, Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 (against q8_32 activations) and Q4_K/Q6_K
- * (against q8_k) use int8 dot products (_mm256_maddubs_epi16, _mm256_madd_epi16). Every
+ * With AVX2 + FMA, Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 (against q8_32 activations) and the k-quants
+ * Q2_K..Q6_K (against q8_k) use int8 dot products (_mm256_maddubs_epi16, _mm256_madd_epi16). Every
  * other format, and every format without AVX2, dequantizes a step to float32 and uses
  * float activations: simpler, and exact up to float rounding.
  * Requires rfc_blocks.h, cpu_simd.h and cpu_act.h.
@@ -113,15 +113,13 @@ RFC_DEFINE_SCALAR8_STEP(bf16)
 #define RFC_UNIT_Q6_K RFC_QK_Q6_K
 #define RFC_UNIT_BYTES_Q6_K RFC_TS_Q6_K
 
-/* Formats without an int8 path on any ISA. */
+#ifndef RFC_AVX2
 #define RFC_ACT_Q2_K f32
 #define RFC_ACT_Q3_K f32
 #define RFC_ACT_Q5_K f32
 RFC_DEFINE_FLOAT_STEP(q2_k, 256)
 RFC_DEFINE_FLOAT_STEP(q3_k, 256)
 RFC_DEFINE_FLOAT_STEP(q5_k, 256)
-
-#ifndef RFC_AVX2
 #define RFC_ACT_Q8_0 f32
 #define RFC_ACT_Q4_0 f32
 #define RFC_ACT_Q4_1 f32
@@ -143,7 +141,10 @@ RFC_DEFINE_FLOAT_STEP(q6_k, 256)
 #define RFC_ACT_Q4_1 q8_32p
 #define RFC_ACT_Q5_0 q8_32p
 #define RFC_ACT_Q5_1 q8_32p
+#define RFC_ACT_Q2_K q8_k
+#define RFC_ACT_Q3_K q8_k
 #define RFC_ACT_Q4_K q8_k
+#define RFC_ACT_Q5_K q8_k
 #define RFC_ACT_Q6_K q8_k
 
 /* 32 weights as bytes (unsigned 0..31 for the offset formats, signed for Q8_0) and the
@@ -370,53 +371,156 @@ RFC_DOT8_MIN(q5_1, RFC_TS_Q5_1)
 #define RFC_HAS_DOT8_Q4_1 1
 #define RFC_HAS_DOT8_Q5_1 1
 
-/* ---- k-quants against q8_k: a step is a whole 256-element super-block ---------------- */
+/* ---- k-quants against q8_k: a step is a whole 256-element super-block ----------------
+ * Every k-quant is sum_g d sc_g sum_{e in g} q_e y_e (- dmin m_g sum_{e in g} y_e) over its
+ * sub-blocks g; the int8 sums run in maddubs (unsigned weights 0..63 by signed activations),
+ * then one madd per 32 elements applies the sub-block scales, and the minimums (or the offset
+ * of the signed formats) come from the activation's 16-element sums. */
 typedef struct { const uint8_t *p; } rfc_wk;
+typedef rfc_wk rfc_w_q2_k;
+typedef rfc_wk rfc_w_q3_k;
 typedef rfc_wk rfc_w_q4_k;
+typedef rfc_wk rfc_w_q5_k;
 typedef rfc_wk rfc_w_q6_k;
 
+static inline void rfc_wload_q2_k(rfc_wk *w, const uint8_t *p) { w->p = p; }
+static inline void rfc_wload_q3_k(rfc_wk *w, const uint8_t *p) { w->p = p; }
 static inline void rfc_wload_q4_k(rfc_wk *w, const uint8_t *p) { w->p = p; }
+static inline void rfc_wload_q5_k(rfc_wk *w, const uint8_t *p) { w->p = p; }
 static inline void rfc_wload_q6_k(rfc_wk *w, const uint8_t *p) { w->p = p; }
 
-static inline rfc_acc rfc_wdot_q4_k(rfc_acc acc, const rfc_wk *w, const rfc_act *a, size_t t, int u) {
-    const rfc_block_q4_k *b = (const rfc_block_q4_k *)w->p;
-    const size_t i = t * (a->K / 256) + (size_t)u;
-    const int8_t *q8 = a->qs + t * a->K + 256 * (size_t)u;
-    const int16_t *bsums = a->bsums + t * (a->K / 16) + 16 * (size_t)u;
-    const float dy = a->d[i];
-    const float d = dy * rfc_fp16_scalar(b->d), dmin = dy * rfc_fp16_scalar(b->dmin);
+/* 16 int16 scales, lanes 0-7 = scale 2 blk, lanes 8-15 = scale 2 blk + 1 (of 16 int8): the
+ * scales of the two 16-element halves of 32-element piece blk, matching maddubs' lanes. */
+static inline __m256i rfc_pick_scales16(__m128i sc8, int blk) {
+    const __m128i pick = _mm_or_si128(_mm_set1_epi8((char)(2 * blk)), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
+}
 
-    /* 8 six-bit scales then 8 six-bit mins, as bytes (ggml's get_scale_min_k4, all at once) */
+/* Q4_K/Q5_K: the 8 six-bit scales then the 8 six-bit mins as 16 int16 (ggml's
+ * get_scale_min_k4, all at once). */
+static inline __m256i rfc_k4_scales_mins(const uint8_t *scales) {
     uint32_t s[4];
-    memcpy(s, b->scales, 12);
+    memcpy(s, scales, 12);
     const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
     s[3] = ((s[2] >> 4) & m2) | (((s[1] >> 6) & m3) << 4);
     const uint32_t mins_lo = s[1] & m1;
     s[1] = (s[2] & m2) | (((s[0] >> 6) & m3) << 4);
     s[2] = mins_lo;
     s[0] &= m1;
-    const __m256i sm = _mm256_cvtepu8_epi16(_mm_set_epi32((int)s[3], (int)s[2], (int)s[1], (int)s[0]));
+    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)s[3], (int)s[2], (int)s[1], (int)s[0]));
+}
 
-    /* minimums: sum_j min_j * (sum of the 32 activations of sub-block j) */
+/* acc -= dmin sum_j min_j (sum of the 32 activations of sub-block j), sm from rfc_k4_scales_mins */
+static inline rfc_acc rfc_k4_sub_mins(rfc_acc acc, __m256i sm, const int16_t *bsums, float dmin) {
     const __m256i bs = _mm256_loadu_si256((const __m256i *)bsums);
     const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
     const __m128i pm = _mm_madd_epi16(_mm256_extracti128_si256(sm, 1), q8s);
-    acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_zextps128_ps256(_mm_cvtepi32_ps(pm)), acc);
+    return _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_zextps128_ps256(_mm_cvtepi32_ps(pm)), acc);
+}
 
+/* Q4_K (fifth bits qh == NULL) and Q5_K: sub-block 2j is the low nibbles of qs[32j..], 2j+1
+ * the high ones; Q5_K adds qh bit 2j (2j+1) of byte l as 16. */
+static inline rfc_acc rfc_wdot_k45(rfc_acc acc, const uint8_t *qs, const uint8_t *qh, __m256i sm, float d,
+                                   const int8_t *q8) {
     const __m128i sc128 = _mm256_castsi256_si128(sm);
     const __m256i scales = _mm256_broadcastsi128_si256(sc128);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const __m256i hb = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
     __m256i sumi = _mm256_setzero_si256();
     for (int j = 0; j < 4; j++) {
         const __m256i sl = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)((4 * j) | ((4 * j + 1) << 8))));
         const __m256i sh = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)((4 * j + 2) | ((4 * j + 3) << 8))));
-        const __m256i q4 = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * j));
-        const __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+        const __m256i q4 = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+        __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+        if (qh) {
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4));
+        }
         const __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
         const __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32)));
         sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(sl, pl), _mm256_madd_epi16(sh, ph)));
     }
     return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+}
+
+static inline rfc_acc rfc_wdot_q4_k(rfc_acc acc, const rfc_wk *w, const rfc_act *a, size_t t, int u) {
+    const rfc_block_q4_k *b = (const rfc_block_q4_k *)w->p;
+    const size_t i = t * (a->K / 256) + (size_t)u;
+    const float dy = a->d[i];
+    const __m256i sm = rfc_k4_scales_mins(b->scales);
+    acc = rfc_k4_sub_mins(acc, sm, a->bsums + t * (a->K / 16) + 16 * (size_t)u, dy * rfc_fp16_scalar(b->dmin));
+    return rfc_wdot_k45(acc, b->qs, NULL, sm, dy * rfc_fp16_scalar(b->d), a->qs + t * a->K + 256 * (size_t)u);
+}
+
+static inline rfc_acc rfc_wdot_q5_k(rfc_acc acc, const rfc_wk *w, const rfc_act *a, size_t t, int u) {
+    const rfc_block_q5_k *b = (const rfc_block_q5_k *)w->p;
+    const size_t i = t * (a->K / 256) + (size_t)u;
+    const float dy = a->d[i];
+    const __m256i sm = rfc_k4_scales_mins(b->scales);
+    acc = rfc_k4_sub_mins(acc, sm, a->bsums + t * (a->K / 16) + 16 * (size_t)u, dy * rfc_fp16_scalar(b->dmin));
+    return rfc_wdot_k45(acc, b->qs, b->qh, sm, dy * rfc_fp16_scalar(b->d), a->qs + t * a->K + 256 * (size_t)u);
+}
+
+/* Q2_K: 16 sub-blocks of 16 with 4-bit scale (low nibble) and min (high); element
+ * 128 n + 32 j + l is bits 2j..2j+1 of qs[32 n + l]. */
+static inline rfc_acc rfc_wdot_q2_k(rfc_acc acc, const rfc_wk *w, const rfc_act *a, size_t t, int u) {
+    const rfc_block_q2_k *b = (const rfc_block_q2_k *)w->p;
+    const size_t i = t * (a->K / 256) + (size_t)u;
+    const int8_t *q8 = a->qs + t * a->K + 256 * (size_t)u;
+    const int16_t *bsums = a->bsums + t * (a->K / 16) + 16 * (size_t)u;
+    const float dy = a->d[i];
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m128i raw = _mm_loadu_si128((const __m128i *)b->scales);
+    const __m128i sc8 = _mm_and_si128(raw, m4), mn8 = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+    const __m256i pm = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mn8), _mm256_loadu_si256((const __m256i *)bsums));
+    const __m256i m3 = _mm256_set1_epi8(0x03);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int n = 0; n < 2; n++) {
+        const __m256i q2 = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * n));
+        for (int j = 0; j < 4; j++) {
+            const int blk = 4 * n + j;
+            const __m256i q = _mm256_and_si256(_mm256_srli_epi16(q2, 2 * j), m3);
+            const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(q8 + 32 * blk)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(rfc_pick_scales16(sc8, blk), p));
+        }
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * rfc_fp16_scalar(b->d)), _mm256_cvtepi32_ps(sumi), acc);
+    return _mm256_fnmadd_ps(_mm256_set1_ps(dy * rfc_fp16_scalar(b->dmin)), _mm256_cvtepi32_ps(pm), acc);
+}
+
+/* Q3_K: 16 sub-blocks of 16 with signed 6-bit scales; element 128 n + 32 j + l is bits
+ * 2j..2j+1 of qs[32 n + l] plus 4 if bit 4n + j of hmask[l] is set, minus 4 (the minus 4
+ * comes from the activation sums). */
+static inline rfc_acc rfc_wdot_q3_k(rfc_acc acc, const rfc_wk *w, const rfc_act *a, size_t t, int u) {
+    const rfc_block_q3_k *b = (const rfc_block_q3_k *)w->p;
+    const size_t i = t * (a->K / 256) + (size_t)u;
+    const int8_t *q8 = a->qs + t * a->K + 256 * (size_t)u;
+    const int16_t *bsums = a->bsums + t * (a->K / 16) + 16 * (size_t)u;
+    /* ggml's kmask unpacking of the 16 six-bit scales, four at a time (rfc_q3_k_scales) */
+    uint32_t s[4];
+    memcpy(s, b->scales, 12);
+    const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f, hi = s[2];
+    s[2] = ((s[0] >> 4) & k2) | (((hi >> 4) & k1) << 4);
+    s[3] = ((s[1] >> 4) & k2) | (((hi >> 6) & k1) << 4);
+    s[0] = (s[0] & k2) | ((hi & k1) << 4);
+    s[1] = (s[1] & k2) | (((hi >> 2) & k1) << 4);
+    const __m128i sc8 = _mm_sub_epi8(_mm_set_epi32((int)s[3], (int)s[2], (int)s[1], (int)s[0]), _mm_set1_epi8(32));
+    const __m256i corr = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_loadu_si256((const __m256i *)bsums));
+    const __m256i m3 = _mm256_set1_epi8(0x03), one = _mm256_set1_epi8(1);
+    const __m256i hm = _mm256_loadu_si256((const __m256i *)b->hmask);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int n = 0; n < 2; n++) {
+        const __m256i q2 = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * n));
+        for (int j = 0; j < 4; j++) {
+            const int blk = 4 * n + j;
+            const __m256i h = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, blk), one), 2);
+            const __m256i q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q2, 2 * j), m3), h);
+            const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(q8 + 32 * blk)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(rfc_pick_scales16(sc8, blk), p));
+        }
+    }
+    sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 2));
+    return _mm256_fmadd_ps(_mm256_set1_ps(a->d[i] * rfc_fp16_scalar(b->d)), _mm256_cvtepi32_ps(sumi), acc);
 }
 
 /* The 256 values of a Q6_K super-block as 8 vectors of 32 (0..63, stored as q + 32), in
@@ -452,8 +556,7 @@ static inline rfc_acc rfc_wdot_q6_k(rfc_acc acc, const rfc_wk *w, const rfc_act 
     rfc_q6_k_unpack(b, q6);
     __m256i sumi = _mm256_setzero_si256();
     for (int blk = 0; blk < 8; blk++) {
-        const __m128i pick = _mm_or_si128(_mm_set1_epi8((char)(2 * blk)), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
-        const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
+        const __m256i sc = rfc_pick_scales16(sc8, blk);
         const __m256i p = _mm256_maddubs_epi16(q6[blk], _mm256_loadu_si256((const __m256i *)(q8 + 32 * blk)));
         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
     }
@@ -461,6 +564,107 @@ static inline rfc_acc rfc_wdot_q6_k(rfc_acc acc, const rfc_wk *w, const rfc_act 
     return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
 }
 #endif /* RFC_AVX2 */
+
+/* ---- Q4_Kx8 (artifacts/formats.py): one column is one super-block of 8 interleaved rows ----
+ * rfc_x8col_q4_k(acc, col, a, t, b): lane r of acc += row r's super-block b . token t. */
+#define RFC_X8COL_Q4_K 1184
+#ifdef RFC_AVX2
+static inline __m256 rfc_x8col_q4_k(__m256 acc, const uint8_t *col, const rfc_act *a, size_t t, int b) {
+    const float dy = a->d[t * (a->K / 256) + (size_t)b];
+    const int8_t *y = a->qs + t * a->K + 256 * (size_t)b;
+    const __m256i bs = _mm256_loadu_si256((const __m256i *)(a->bsums + t * (a->K / 16) + 16 * (size_t)b));
+    /* the sums of the 8 sub-blocks of 32 as int16; int32 lane c = the pair (2c, 2c+1) */
+    const __m256i ys = _mm256_broadcastsi128_si256(_mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)));
+    const uint8_t *sc = col + 32, *mn = col + 96, *qs = col + 160;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i sumi = _mm256_setzero_si256(), summ = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        int32_t y4[16];
+        memcpy(y4, y + 64 * c, 64);
+        __m256i slo = _mm256_setzero_si256(), shi = _mm256_setzero_si256();
+        /* 8 products of at most 15 x 127 x 2 per int16 lane: no saturation */
+        for (int j = 0; j < 8; j++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 256 * c + 32 * j));
+            slo = _mm256_add_epi16(slo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), _mm256_set1_epi32(y4[j])));
+            shi = _mm256_add_epi16(shi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), _mm256_set1_epi32(y4[8 + j])));
+        }
+        /* each row's scale in both int16 lanes of its row */
+        const __m128i sl = _mm_loadl_epi64((const __m128i *)(sc + 16 * c)), sh = _mm_loadl_epi64((const __m128i *)(sc + 16 * c + 8));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(slo, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sl, sl))));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(shi, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sh, sh))));
+        const __m256i m = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(mn + 16 * c)));
+        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m, _mm256_permutevar8x32_epi32(ys, _mm256_set1_epi32(c))));
+    }
+    const __m256 vdy = _mm256_set1_ps(dy);
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col)), vdy), _mm256_cvtepi32_ps(sumi), acc);
+    return _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(col + 16))), vdy),
+                            _mm256_cvtepi32_ps(summ), acc);
+}
+
+/* The same for the 4 tokens t0..t0+3 (prefill): the nibbles are unpacked once for all four. */
+static inline void rfc_x8col4_q4_k(__m256 acc[4], const uint8_t *col, const rfc_act *a, size_t t0, int b) {
+    const size_t K = a->K;
+    const uint8_t *sc = col + 32, *mn = col + 96, *qs = col + 160;
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col));
+    const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(col + 16)));
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    float dy[4];
+    for (int i = 0; i < 4; i++) { /* the minimums, token by token (as rfc_x8col_q4_k) */
+        const size_t t = t0 + (size_t)i;
+        dy[i] = a->d[t * (K / 256) + (size_t)b];
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)(a->bsums + t * (K / 16) + 16 * (size_t)b));
+        const __m256i ys = _mm256_broadcastsi128_si256(_mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)));
+        __m256i summ = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i m = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(mn + 16 * c)));
+            summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m, _mm256_permutevar8x32_epi32(ys, _mm256_set1_epi32(c))));
+        }
+        acc[i] = _mm256_fnmadd_ps(_mm256_mul_ps(mw, _mm256_set1_ps(dy[i])), _mm256_cvtepi32_ps(summ), acc[i]);
+    }
+    __m256i sumi[4];
+    for (int i = 0; i < 4; i++) sumi[i] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i slo[4], shi[4];
+        for (int i = 0; i < 4; i++) slo[i] = shi[i] = _mm256_setzero_si256();
+        for (int j = 0; j < 8; j++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 256 * c + 32 * j));
+            const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            for (int i = 0; i < 4; i++) {
+                const int8_t *y = a->qs + (t0 + (size_t)i) * K + 256 * (size_t)b + 64 * c + 4 * j;
+                int32_t ylo, yhi;
+                memcpy(&ylo, y, 4);
+                memcpy(&yhi, y + 32, 4);
+                slo[i] = _mm256_add_epi16(slo[i], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(ylo)));
+                shi[i] = _mm256_add_epi16(shi[i], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(yhi)));
+            }
+        }
+        const __m128i sl = _mm_loadl_epi64((const __m128i *)(sc + 16 * c)), sh = _mm_loadl_epi64((const __m128i *)(sc + 16 * c + 8));
+        const __m256i scl = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sl, sl)), sch = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sh, sh));
+        for (int i = 0; i < 4; i++)
+            sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(_mm256_madd_epi16(slo[i], scl), _mm256_madd_epi16(shi[i], sch)));
+    }
+    for (int i = 0; i < 4; i++) acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dy[i])), _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+}
+#else
+/* float activations: acc[r] += row r's super-block b . x[256 b ..] */
+static inline void rfc_x8col_q4_k(float acc[8], const uint8_t *col, const float *x) {
+    const uint8_t *qs = col + 160;
+    for (int r = 0; r < 8; r++) {
+        const float d = rfc_fp16_to_fp32((uint16_t)(col[2 * r] | col[2 * r + 1] << 8));
+        const float dmin = rfc_fp16_to_fp32((uint16_t)(col[16 + 2 * r] | col[16 + 2 * r + 1] << 8));
+        float s = 0.0f;
+        for (int sb = 0; sb < 8; sb++) {
+            const int c = sb / 2, shift = 4 * (sb & 1);
+            const float ds = d * (float)col[32 + 8 * sb + r], dm = dmin * (float)col[96 + 16 * c + 2 * r + (sb & 1)];
+            for (int e = 0; e < 32; e++) {
+                const int q = (qs[256 * c + 32 * (e / 4) + 4 * r + (e & 3)] >> shift) & 0xF;
+                s += (ds * (float)q - dm) * x[32 * sb + e];
+            }
+        }
+        acc[r] += s;
+    }
+}
+#endif
 
 /* rfc_wdot8_<fmt>(acc, w, act, t, u0): acc += steps u0..u0+7 of one weight row (w points at
  * step u0) . token t. Formats without a grouped kernel above do it step by step. */

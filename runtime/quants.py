@@ -235,19 +235,38 @@ PACKED: dict[str, QuantFormat] = {
 
 
 def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
-    """The bytes of `rows` rows of n elements in packed format `fmt` (Q4_0x8, Q4_1x8), rows
+    """The bytes of `rows` rows of n elements in packed format `fmt` (Q4_0x8, Q4_1x8, Q8_0x8), rows
     padded to whole groups, back in the base format's row-major block layout (padding dropped)."""
     f = PACKED_FORMATS[fmt]
     g, nb, bb = f.group_rows, n // f.block_elems, f.block_bytes
     groups = -(-rows // g)
-    head = bb - 16  # scale fields per block (2: d; 4: d, m), stored as g values each
+    if f.base == "Q4_K":
+        return _unpack_q4_k_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
+    head = f.head_bytes  # scale fields per block (2: d; 4: d, m), stored as g values each
+    qb = bb - head  # quant bytes per block, in chunks of 4 bytes of every row
     cols = data.reshape(groups, nb, g * bb)
     out = np.empty((groups, g, nb, bb), np.uint8)
     for i in range(head // 2):  # field i: g f16 values, one per row
         out[..., 2 * i : 2 * i + 2] = cols[..., 2 * g * i : 2 * g * (i + 1)].reshape(groups, nb, g, 2).transpose(0, 2, 1, 3)
-    qs = cols[..., head * g :].reshape(groups, nb, 4, g, 4)  # [chunk j][row][byte i]
-    out[..., head:] = qs.transpose(0, 3, 1, 2, 4).reshape(groups, g, nb, 16)
+    qs = cols[..., head * g :].reshape(groups, nb, qb // 4, g, 4)  # [chunk j][row][byte i]
+    out[..., head:] = qs.transpose(0, 3, 1, 2, 4).reshape(groups, g, nb, qb)
     return out.reshape(groups * g, nb * bb)[:rows]
+
+
+def _unpack_q4_k_x8(cols: np.ndarray) -> np.ndarray:
+    """Q4_Kx8 columns [group, column, bytes] back to Q4_K blocks [group, row, column, 144]:
+    the decoded scales and minimums packed again into ggml's 12 bytes (an exact inverse)."""
+    ng, nb = cols.shape[:2]
+    out = np.empty((ng, nb, 8, 144), np.uint8)
+    out[..., 0:2] = cols[..., 0:16].reshape(ng, nb, 8, 2)
+    out[..., 2:4] = cols[..., 16:32].reshape(ng, nb, 8, 2)
+    sc = cols[..., 32:96].reshape(ng, nb, 8, 8).transpose(0, 1, 3, 2)  # [row][sub-block]
+    mn = cols[..., 96:160].reshape(ng, nb, 4, 8, 2).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 8, 8)
+    out[..., 4:8] = (sc[..., 0:4] & 63) | ((sc[..., 4:8] >> 4) << 6)
+    out[..., 8:12] = (mn[..., 0:4] & 63) | ((mn[..., 4:8] >> 4) << 6)
+    out[..., 12:16] = (sc[..., 4:8] & 0xF) | ((mn[..., 4:8] & 0xF) << 4)
+    out[..., 16:] = cols[..., 160:].reshape(ng, nb, 4, 8, 8, 4).transpose(0, 1, 4, 2, 3, 5).reshape(ng, nb, 8, 128)
+    return out.transpose(0, 2, 1, 3)
 
 
 def _format(fmt: str) -> QuantFormat:

@@ -33,10 +33,8 @@ ORACLE_MAX, ORACLE_MEAN = 1e-2, 1e-3
 ROUNDING_MEAN, ROUNDING_MAX = 1.1, 1.5
 TOP1_GAP = 0.5
 
-# Where today's per-op cpu kernels differ from formats.py: the AVX2 path reads float activations
-# for these k-quants (kernels/cpu_dot.h, RFC_ACT_Q2_K/Q3_K/Q5_K), and rounds with float32
-# rather than float16 scales (which changes |D| by well under 1%).
-CPU_FLOAT_ACTIVATION_FORMATS = ("Q2_K", "Q3_K", "Q5_K")
+# The AVX2 cpu kernels round activations as formats.py says for every quantized format (q8_k
+# with float32 rather than float16 scales, which changes |D| by well under 1%).
 _ORACLE_KIND = {"q8_0": "q8_32", "q8_1": "q8_32", "q8_k": "q8_k"}  # formats.py kind -> tests/oracle.py kind
 
 
@@ -75,7 +73,7 @@ def rounding_kinds(target: Target | None, formats: set[str]) -> dict[str, str]:
     for f in formats:
         fmt = weight_format(f)
         gguf_name = fmt.base or f  # the oracle reads the GGUF: a packed layout rounds as its base format
-        if fmt.activation is not None and gguf_name not in CPU_FLOAT_ACTIVATION_FORMATS:
+        if fmt.activation is not None:
             kinds[gguf_name] = _ORACLE_KIND[fmt.activation]
     return kinds
 

@@ -41,7 +41,7 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 _STEPS = {
     "F32": (8, 32), "F16": (8, 16), "BF16": (8, 16),
     "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-    "Q4_0x8": (32, 18), "Q4_1x8": (32, 20),
+    "Q4_0x8": (32, 18), "Q4_1x8": (32, 20), "Q8_0x8": (32, 34), "Q4_Kx8": (256, 148),
     "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
 }
 # The op kinds these per-op kernels implement, at their optional attributes' defaults. A plan
@@ -50,13 +50,18 @@ _STEPS = {
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows")
 
 # The packed layout the cpu matmuls stream best, per GGUF format (artifacts/formats.py
-# PACKED_FORMATS; templates/cpu_matmul_x8.c.j2). Decode with the row-interleaved 4-bit kernels
+# PACKED_FORMATS; templates/cpu_matmul_x8.c.j2). Decode with the row-interleaved kernels
 # measured faster than the single-row ones (docs/benchmarks.md).
-REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8"}
+REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8", "Q8_0": "Q8_0x8", "Q4_K": "Q4_Kx8"}
+
+# Packed layouts whose columns cpu_dot.h dots (rfc_x8col_<name>), and the activation kinds
+# (cpu_act.h: rfc_quantize_row_<kind>) the x8 matmuls quantize to, per formats.py kind.
+_X8_COLUMN_KERNELS = {"Q4_Kx8": "q4_k"}
+_X8_ACTIVATION = {"q8_0": "q8_32", "q8_1": "q8_32", "q8_k": "q8_k"}
 
 # Formats whose AVX2 path quantizes activations to int8 (cpu_dot.h: RFC_ACT_*); the rest
 # read float activations (4 bytes per element).
-_INT8_ACTIVATIONS = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K"}
+_INT8_ACTIVATIONS = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
 # Formats whose rows may have any length (their kernels sum the last K % 8 elements apart).
 _FLOAT_FORMATS = {"F32", "F16", "BF16"}
 
@@ -301,8 +306,13 @@ def _attention_params(hp, attrs: dict, tuning: CpuTuning) -> dict:
 
 def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
     f = PACKED_FORMATS[fmt]
-    return {"fmt": fmt.lower(), "FMT": fmt, "BASE": f.base, "block_bytes": f.block_bytes, "head": (f.block_bytes - 16) * 8,
-            "has_min": f.block_bytes - 16 == 4, "token_tile": 4}  # fmt: skip
+    common = {"fmt": fmt.lower(), "FMT": fmt, "BASE": f.base, "block_bytes": f.block_bytes, "block_elems": f.block_elems,
+              "act": _X8_ACTIVATION[f.activation], "token_tile": 4}  # fmt: skip
+    if fmt in _X8_COLUMN_KERNELS:  # a layout of its own, dotted a column at a time by cpu_dot.h
+        return {**common, "columns": True, "column_kernel": _X8_COLUMN_KERNELS[fmt], "head": 0, "has_min": False, "int8": False}
+    quant_bytes = f.block_bytes - f.head_bytes
+    assert quant_bytes in (16, 32) and f.head_bytes in (2, 4), f"{fmt}: a layout cpu_matmul_x8.c.j2 does not know"
+    return {**common, "columns": False, "head": f.head_bytes * 8, "has_min": f.head_bytes == 4, "int8": quant_bytes == 32}
 
 
 def repack_plan(plan: Plan, uses: tuple) -> tuple:

@@ -64,6 +64,7 @@ NUM_BLOCKS, BLOCK_SIZE = 16, 4
 
 
 def k_of(fmt: str) -> int:
+    fmt = PACKED_FORMATS[fmt].base if fmt in PACKED_FORMATS else fmt
     if fmt in ("F32", "F16", "BF16"):
         return 347  # float rows may have any length (the demo model's n_ff is 172)
     return 512 if fmt in K_QUANTS else 352
@@ -258,7 +259,7 @@ def test_matmul_matches_reference(kit: Kit, fmt: str, tokens: int):
     assert (err <= bound).all(), f"{fmt}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8"])
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8"])
 def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     """out = x W^T + bias and accum += out, in one call (what the device fuses)."""
     rng = np.random.default_rng(7)
@@ -445,14 +446,15 @@ def test_packed_layout_round_trips(fmt: str):
     from rfc.runtime.quants import dequantize, unpack_x8
 
     base = PACKED_FORMATS[fmt].base
+    k = 3 * PACKED_FORMATS[fmt].block_elems
     rng = np.random.default_rng(2)
-    raw = np.frombuffer(weight_bytes(base, 16, 96, rng), np.uint8).reshape(16, -1)
+    raw = np.frombuffer(weight_bytes(base, 16, k, rng), np.uint8).reshape(16, -1)
     packed = pack_x8(raw, fmt)
     assert not np.array_equal(packed, raw)
-    np.testing.assert_array_equal(unpack_x8(packed.reshape(-1), fmt, 16, 96), raw)
-    odd = np.frombuffer(weight_bytes(fmt, 13, 96, rng), np.uint8)  # 13 rows: 3 zero rows of padding
-    want = dequantize(unpack_x8(odd, fmt, 13, 96), base, (13, 96))
-    np.testing.assert_array_equal(dequantize(odd, fmt, (13, 96)), want)
+    np.testing.assert_array_equal(unpack_x8(packed.reshape(-1), fmt, 16, k), raw)
+    odd = np.frombuffer(weight_bytes(fmt, 13, k, rng), np.uint8)  # 13 rows: 3 zero rows of padding
+    want = dequantize(unpack_x8(odd, fmt, 13, k), base, (13, k))
+    np.testing.assert_array_equal(dequantize(odd, fmt, (13, k)), want)
 
 
 def test_avx512_build_uses_the_targets_flags():

@@ -123,7 +123,7 @@ def test_packed_formats_decode_like_their_base(fmt: str) -> None:
     from rfc.compiler.weights import pack_x8
 
     base, g = PACKED_FORMATS[fmt].base, PACKED_FORMATS[fmt].group_rows
-    rows, k = 13, 96
+    rows, k = 13, 3 * PACKED_FORMATS[fmt].block_elems
     raw = np.random.default_rng(3).integers(0, 256, (rows, row_nbytes(base, k)), np.uint8)
     padded = np.concatenate([raw, np.zeros((-rows % g, raw.shape[1]), np.uint8)])
     want = gguf.quants.dequantize(raw, GGMLQuantizationType[base]).reshape(rows, k)
