@@ -1,8 +1,7 @@
 """The cpu device end to end: every fixture GGUF compiled for `cpu`, teacher-forced logits
 against llama.cpp's at all 64 positions, with the acceptance bounds of the reference device
-(tests/bounds.py: llama_cpp_bounds). Fixtures whose plans need ops the per-op cpu kernels
-lack (per-head norms, sliding windows, soft-capping, GeGLU, experts) are refused at compile
-time with a message naming the op, until the cpu step program has kernels for them."""
+(tests/bounds.py: llama_cpp_bounds). Fixtures whose plans need ops the cpu kernels lack
+(experts) are refused at compile time with a message naming the op."""
 
 import shutil
 
@@ -68,9 +67,6 @@ def test_batching_does_not_change_logits(bundle_cache):
 
 
 REFUSED_BECAUSE = {
-    "tiny-qwen3": "rmsnorm with heads = 8",  # the per-head Q norm
-    "tiny-gemma2": "embed with scale = 16.0",
-    "tiny-gemma3": "embed with scale = 16.0",
     "tiny-mixtral": "op moe_route",
 }
 
