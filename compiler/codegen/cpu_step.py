@@ -16,6 +16,11 @@ Fusions the lowering decides (the plan keeps the unfused ops, which the referenc
   quantization phase (each thread normalizes a row, then quantizes it: no barrier between);
 - rope and the kv_write of its k (with v) run token by token in one phase.
 
+What layers may differ in (gemma's windows, gemma3's rope bases) are constants of each phase:
+an attention phase's window and soft-cap, a rope phase's frequency table (one compiled per
+distinct base, scale and attn_factor: rope_variants). Per-head norms and norms of rows other
+than n_embd are phases of their own (no matmul prologue).
+
 The generated source takes only numbers and compiler-chosen identifiers (render.py checks).
 """
 

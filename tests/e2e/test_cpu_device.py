@@ -79,3 +79,49 @@ def test_cpu_refuses_what_it_has_no_kernels_for(name, tmp_path):
     assert f"the cpu target has no kernel for {REFUSED_BECAUSE[name.rsplit('-', 1)[0]]}" in message, message
     assert "--reference-only" in message
     assert not (tmp_path / "b").exists()
+
+
+ARCH_MODELS = ["tiny-qwen3-Q8_0", "tiny-gemma2-Q8_0", "tiny-gemma3-Q8_0", "tiny-qwen3-F16", "tiny-gemma2-F16", "tiny-gemma3-F16"]
+NEAR_TIE = 1e-2  # a top-2 gap the two devices' rounding may flip
+
+
+def _greedy(bundle, device: str, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
+    """n greedy tokens after `prompt` (one prefill step, then one decode step per token) and
+    each step's top-2 logit gap."""
+    model = load_model(bundle, LoadOptions(device=device))
+    model.blocks.allocate(0, len(prompt))
+    logits = model.executor.forward(build_batch([SeqChunk(0, 0, tuple(prompt))], model.blocks))[-1]
+    out, gaps = [], []
+    for _ in range(n):
+        top = np.sort(logits)
+        out.append(int(logits.argmax()))
+        gaps.append(float(top[-1] - top[-2]))
+        pos = len(prompt) + len(out) - 1
+        model.blocks.allocate(0, pos + 1)
+        logits = model.executor.forward(build_batch([SeqChunk(0, pos, (out[-1],))], model.blocks))[-1]
+    return out, gaps
+
+
+@pytest.mark.parametrize("name", ARCH_MODELS)
+def test_greedy_decoding_agrees_with_the_reference(name, bundle_cache):
+    """Per architecture (per-head norms, windows of 32 crossed by 48 positions, soft-capping,
+    GeGLU, per-layer rope bases): the cpu step program decodes greedily what the reference
+    does, up to the reference's first near-tie."""
+    from tests.e2e.test_reference_oracle import REFERENCE_ONLY
+
+    prompt = np.load(FIXTURES / f"{name}.logits.npz")["tokens"].tolist()[:8]
+    want, gaps = _greedy(bundle_cache(FIXTURES / f"{name}.gguf", REFERENCE_ONLY), "ref", prompt, 40)
+    got, _ = _greedy(bundle_cache(FIXTURES / f"{name}.gguf"), "cpu", prompt, 40)
+    n = next((i + 1 for i, g in enumerate(gaps) if g < NEAR_TIE), len(gaps))
+    assert got[:n] == want[:n], f"{name}: the first {n} tokens differ: cpu {got[:n]} ref {want[:n]}"
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma2-F16", "tiny-gemma3-F16"])
+def test_batching_with_sliding_windows(name, bundle_cache):
+    """Prefilling and decoding sequences side by side, some past the window of 32."""
+    bundle = bundle_cache(FIXTURES / f"{name}.gguf")
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(2, 512, size=n).tolist() for n in (5, 40, 1, 37)]
+    expected = [teacher_forced_logits(bundle, "cpu", p)[-1] for p in prompts]
+    for got, want in zip(batched_last_logits(bundle, "cpu", prompts), expected):
+        np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)

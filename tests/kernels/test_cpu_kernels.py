@@ -61,6 +61,8 @@ N_ROWS = 37
 N_EMBD, N_HEADS, N_KV_HEADS, HEAD_DIM, N_ROT, N_FF = 256, 8, 2, 32, 24, 96
 KV = KVSpec(n_layers=2, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
 NUM_BLOCKS, BLOCK_SIZE = 16, 4
+LOCAL_ROPE = {"freq_base": 500.0, "freq_scale": 1.0, "attn_factor": 1.25}  # a second rope: other base, attn_factor
+WINDOW_SOFTCAP = {"window": 5, "softcap": 1.5}  # small: most scores are capped, most positions masked
 
 
 def k_of(fmt: str) -> int:
@@ -138,6 +140,7 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
     blob.add("norm16", "F16", (N_EMBD,), (1.0 + 0.1 * rng.standard_normal(N_EMBD)).astype(np.float16).tobytes())
     blob.add("bias", "F32", (N_ROWS,), f32(rng.standard_normal(N_ROWS)))
     blob.add("rope_freqs", "F32", (N_ROT // 2,), f32(1.0 + rng.random(N_ROT // 2)))
+    blob.add("head_norm", "F32", (HEAD_DIM,), f32(1.0 + 0.1 * rng.standard_normal(HEAD_DIM)))
     rope = {"n_heads": N_HEADS, "n_kv_heads": N_KV_HEADS, "head_dim": HEAD_DIM, "n_rot": N_ROT,
             "style": rope_style, "freq_base": 10000.0, "freq_scale": 0.5}
     att = {"n_heads": N_HEADS, "n_kv_heads": N_KV_HEADS, "head_dim": HEAD_DIM, "scale": 1.0 / math.sqrt(HEAD_DIM)}
@@ -146,6 +149,12 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         Op("rope", ("q", "k"), ("q", "k"), ("rope_freqs",), rope),
         Op("kv_write", ("k", "v"), (), (), {"layer": 1}),
         Op("attention", ("q",), ("att",), (), {"layer": 1, **att}),
+        # the attributes layers of newer architectures differ in (qwen3, gemma2, gemma3)
+        Op("rmsnorm", ("q",), ("q",), ("head_norm",), {"eps": 1e-5, "heads": N_HEADS}),
+        Op("rope", ("q", "k"), ("q", "k"), (), {**rope, **LOCAL_ROPE}),
+        Op("attention", ("q",), ("att",), (), {"layer": 1, **att, **WINDOW_SOFTCAP}),
+        Op("swiglu", ("gate", "up"), ("gate",), (), {"activation": "gelu_tanh"}),
+        Op("softcap", ("y",), ("y",), (), {"cap": 3.0}),
     ]
     hp = HParams(
         architecture="llama", name="kernel-test", context_length=64, n_embd=N_EMBD, n_ff=N_FF, n_layers=2,
@@ -288,6 +297,19 @@ def test_embed_matches_reference(kit: Kit, fmt: str):
     assert_close(got.array, want, 1e-6, 1e-7)
 
 
+@pytest.mark.parametrize("fmt", ["Q8_0", "F16", "Q4_K"])
+def test_embed_with_a_scale(kit: Kit, fmt: str):
+    """gemma: the rows times sqrtf(n_embd)."""
+    batch = one_seq_batch(3)
+    tokens = np.array([3, 36, 0], np.int32)
+    op = Op("embed", ("tokens",), ("x",), (f"tok.{fmt}",), {"scale": float(np.sqrt(np.float32(N_EMBD)))})
+    want = np.zeros((3, N_EMBD), np.float32)
+    kit.ref.launch(op, [want], [tokens], [kit.ref.weight(f"tok.{fmt}")], batch)
+    got = host(np.zeros((3, N_EMBD), np.float32))
+    kit.cpu.launch(op, [got], [host(tokens)], [kit.cpu.weight(f"tok.{fmt}")], kit.cpu.upload_batch(batch))
+    assert_close(got.array, want, 1e-6, 1e-7)
+
+
 def test_embed_refuses_token_outside_vocabulary(kit: Kit):
     tokens = host(np.array([1, N_ROWS], np.int32))
     with pytest.raises(DeviceError, match="outside the vocabulary"):
@@ -321,16 +343,28 @@ def test_rmsnorm(kit: Kit, rows: int, norm: str):
     assert_close(got[0], want[0], 1e-5, 1e-6)
 
 
+@pytest.mark.parametrize("heads,width", [(N_HEADS, N_HEADS * HEAD_DIM), (N_KV_HEADS, N_KV_HEADS * HEAD_DIM), (1, HEAD_DIM)])
+def test_rmsnorm_per_head(kit: Kit, heads: int, width: int):
+    """qwen3's and gemma3's Q/K norms: each head's segment on its own, in place (one head:
+    a row narrower than n_embd, gemma3's single kv head)."""
+    x = np.random.default_rng(heads).standard_normal((5, width)).astype(np.float32) * 3
+    x[:, :HEAD_DIM] *= 40  # heads of different scales: one norm over the row would differ
+    op = Op("rmsnorm", ("q",), ("q",), ("head_norm",), {"eps": 1e-5, "heads": heads})
+    got, want = run_both(kit, op, [np.zeros_like(x)], [x], ["head_norm"], None)
+    assert_close(got[0], want[0], 1e-5, 1e-6)
+
+
 @pytest.mark.parametrize("factors", [True, False])
-def test_rope(kit: Kit, factors: bool):
+@pytest.mark.parametrize("variant", ["first", "local"])
+def test_rope(kit: Kit, factors: bool, variant: str):
     rng = np.random.default_rng(3)
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     blocks.allocate(0, 40)
     batch = build_batch([SeqChunk(0, 31, tuple(range(9)))], blocks)  # positions 31..39
     q = rng.standard_normal((9, N_HEADS * HEAD_DIM)).astype(np.float32)
     k = rng.standard_normal((9, N_KV_HEADS * HEAD_DIM)).astype(np.float32)
-    op = kit.op("rope")
-    weights = list(op.weights) if factors else []
+    op = [o for o in kit.plan.ops if o.kind == "rope"][0 if variant == "first" else 1]
+    weights = list(kit.op("rope").weights) if factors else []
     op = Op("rope", op.inputs, op.outputs, tuple(weights), op.attrs)
     got, want = run_both(kit, op, [q, k], [q, k], weights, batch)
     for g, w in zip(got, want):
@@ -342,6 +376,11 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     g = (rng.standard_normal((3, 1001)) * 6).astype(np.float32)
     u = rng.standard_normal((3, 1001)).astype(np.float32)
     got, want = run_both(kit, Op("swiglu", ("g", "u"), ("g",)), [np.zeros_like(g)], [g, u], [], None)
+    assert_close(got[0], want[0], 1e-5, 1e-6)
+    gelu = Op("swiglu", ("g", "u"), ("g",), (), {"activation": "gelu_tanh"})
+    got, want = run_both(kit, gelu, [np.zeros_like(g)], [g, u], [], None)
+    assert_close(got[0], want[0], 1e-5, 1e-6)
+    got, want = run_both(kit, Op("softcap", ("g",), ("g",), (), {"cap": 3.0}), [np.zeros_like(g)], [g], [], None)
     assert_close(got[0], want[0], 1e-5, 1e-6)
     got, want = run_both(kit, Op("add", ("a", "b"), ("a",)), [np.zeros_like(g)], [g, u], [], None)
     assert_close(got[0], want[0], 1e-6, 0)
@@ -358,13 +397,16 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     np.testing.assert_array_equal(got[0], want[0])
 
 
-def test_kv_write_and_attention_over_paged_cache(kit: Kit):
+@pytest.mark.parametrize("extra", [{}, WINDOW_SOFTCAP, {"window": 40}, {"softcap": 1.5}], ids=["plain", "window5-softcap", "window40", "softcap"])
+def test_kv_write_and_attention_over_paged_cache(kit: Kit, extra: dict):
     """Two sequences with interleaved blocks, prefill then mixed decode/prefill steps; the
-    last step spans several query blocks and several chunks of cache positions."""
+    last step spans several query blocks and several chunks of cache positions. Sliding
+    windows (gemma2/3: of 5, inside a chunk; of 40, across chunks) and soft-capped scores."""
     rng = np.random.default_rng(5)
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     steps = [[(0, 0, 6), (1, 0, 3)], [(0, 6, 1), (1, 3, 2)], [(1, 5, 7), (0, 7, 1)], [(0, 8, 37), (1, 12, 1)]]
     kv_op, att_op = kit.op("kv_write"), kit.op("attention")
+    att_op = Op(att_op.kind, att_op.inputs, att_op.outputs, (), {**att_op.attrs, **extra})
     for step in steps:
         for seq, start, n in step:
             blocks.allocate(seq, start + n)
