@@ -72,6 +72,24 @@ def test_phi3_long_context_rope_matches_the_oracle(bundle_cache, oracle, tmp_pat
     assert np.abs(oracle(path) - oracle(src)).mean() > 0.05  # the factors and the attn_factor matter
 
 
+@needs_cc
+@pytest.mark.toolchain
+def test_phi3_long_context_rope_on_the_cpu(bundle_cache, oracle, tmp_path):
+    """The same LongRoPE file on the cpu step program (rope attn_factor 1.19), within its
+    per-format bounds."""
+    from tests.gguf_edit import rewrite_gguf
+
+    src = FIXTURES / "tiny-phi3-F16.gguf"
+    rng = np.random.default_rng(3)
+    path = rewrite_gguf(src, tmp_path / "tiny-phi3-long-F16.gguf",
+                        metadata={"phi3.context_length": 8192, "phi3.rope.scaling.attn_factor": 1.19},
+                        add_tensors={"rope_factors_long.weight": 1.0 + 3.0 * rng.random(16),
+                                     "rope_factors_short.weight": np.ones(16)})  # fmt: skip
+    shutil.copy(src.with_suffix(".logits.npz"), path.with_suffix(".logits.npz"))
+    ok, summary = _cpu_check(path, bundle_cache(path), oracle)
+    assert ok, summary
+
+
 def _cpu_check(path: Path, bundle, oracle, fault=None) -> tuple[bool, str]:
     tokens = _tokens(path)
     model = load_model(bundle, LoadOptions(device="cpu"))
