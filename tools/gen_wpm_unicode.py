@@ -42,7 +42,8 @@ def classes(unicode_data: Path) -> dict[str, list[tuple[int, int]]]:
     pairs = r"\{(0x[0-9A-F]+), (0x[0-9A-F]+)\}"
     lowercase = [(int(a, 16), int(b, 16)) for a, b in re.findall(pairs, _block(source, "unicode_map_lowercase"))]
     triples = r"\{(0x[0-9A-F]+), (0x[0-9A-F]+), (0x[0-9A-F]+)\}"
-    nfd = [(int(a, 16), int(b, 16), int(n, 16)) for a, b, n in re.findall(triples, _block(source, "unicode_ranges_nfd"))]
+    nfd_entries = re.findall(triples, _block(source, "unicode_ranges_nfd"))
+    nfd = [(int(a, 16), int(b, 16), int(n, 16)) for a, b, n in nfd_entries]
     return {
         "LOWERCASE": [(a, b) for a, b in lowercase if a != b],
         "NFD_FIRST": [(a, b, n) for a, b, n in nfd if not a == b == n],

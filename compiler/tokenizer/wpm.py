@@ -13,26 +13,30 @@ Its preprocessing maps each codepoint on its own, in this order:
 3. U+0000, U+FFFD and controls (Cc, Cf, Co, Cs) are dropped, and with strip_accents so are marks;
 4. with lowercase, the simple (one-codepoint) lowercase mapping of UnicodeData;
 5. punctuation (\\p{P}), ASCII symbols and CJK ideographs become words of their own.
-This is a function from codepoint to text, which `normalizers` applies as one Replace per
-distinct result (a character class of every codepoint giving it). Built-in normalizers would
-be faster but differ: BertNormalizer drops U+000B/U+000C/U+0085 as controls instead of splitting
-on them and decomposes Hangul fully, NFD does the latter, Lowercase applies the full mapping
-(U+0130 gains U+0307) of the Unicode version `tokenizers` was built with (newer than llama.cpp's
-tables, so it lowercases letters llama.cpp leaves alone), and Precompiled replaces whole grapheme
-clusters. The tables are llama.cpp's own (wpm_unicode.py, generated from them), never the
+This is a function from codepoint to text: a Replace deletes the codepoints it deletes, another
+turns whitespace into " ", and a charsmap (charsmap.py) maps the ~16,000 others that change, in
+one pass, over text cut into single-character grapheme clusters. Built-in normalizers differ:
+BertNormalizer drops U+000B/U+000C/U+0085 as controls instead of splitting on them and
+decomposes Hangul fully, NFD does the latter, and Lowercase applies the full mapping (U+0130
+gains U+0307) of the Unicode version `tokenizers` was built with (newer than llama.cpp's tables,
+so it lowercases letters llama.cpp leaves alone). The tables are llama.cpp's own (wpm_unicode.py, generated from them), never the
 GGUF's, so nothing from the file reaches a pattern. tests/unit/test_tokenizer_wpm.py checks
 every codepoint against llama.cpp's preprocessing.
 """
 
+import base64
 import functools
 
 from rfc.compiler.tokenizer import wpm_unicode
+from rfc.compiler.tokenizer.charsmap import build_charsmap
 
 SPACE_MARK = "\u2581"  # "▁", the phantom space llama.cpp prepends to each word
 _SURROGATES = range(0xD800, 0xE000)
 # CJK ideograph blocks llama.cpp's WPM splits into single characters (is_chinese_char).
 _CJK = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
         (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))  # fmt: skip
+# A control character: grapheme clusters always break before and after it.
+_CLUSTER_BREAK = "\x01"
 # llama.cpp bounds no word's length; WordPiece needs a bound, so one no text can reach.
 _UNBOUNDED_WORD = 1 << 62
 
@@ -80,14 +84,27 @@ def _replace(regex: str, content: str) -> dict:
 
 
 def normalizers(*, lowercase: bool, strip_accents: bool) -> list[dict]:
-    # No result is itself mapped (tested), so the order of the Replace steps does not matter.
-    steps = [_replace(_char_class(ranges), result)
-             for result, ranges in sorted(_mapping(lowercase, strip_accents).items())]  # fmt: skip
+    mapping = _mapping(lowercase, strip_accents)
+    # Deleted and whitespace codepoints by a Replace each; the ~16,000 others that change by a
+    # charsmap, over text cut into one-character grapheme clusters by a control character
+    # between every two characters (which the deletion before has taken out of the text).
+    assert any(a <= ord(_CLUSTER_BREAK) <= b for a, b in mapping[""])
+    steps = [_replace(_char_class(mapping[""]), ""), _replace(_char_class(mapping[" "]), " "),
+             _replace(r"(?<=[\s\S])(?=[\s\S])", _CLUSTER_BREAK),
+             {"type": "Precompiled", "precompiled_charsmap": _charsmap(lowercase, strip_accents)}]  # fmt: skip
     # A word that itself starts with "▁" still gets the phantom one ("▁▁x"): double it here, since
     # Metaspace below prepends "▁" only to words that do not start with one.
     starts = _char_class([(0x20, 0x20), *_isolated()])
     steps.append(_replace(f"(?:^|(?<={starts})){SPACE_MARK}", SPACE_MARK * 2))
     return steps
+
+
+@functools.cache
+def _charsmap(lowercase: bool, strip_accents: bool) -> str:
+    singles = {chr(c): result for result, ranges in _mapping(lowercase, strip_accents).items()
+               if len(result) == 1 and result != " " for a, b in ranges for c in range(a, b + 1)}  # fmt: skip
+    singles[_CLUSTER_BREAK] = ""
+    return base64.b64encode(build_charsmap(singles)).decode("ascii")
 
 
 def _isolated() -> list[tuple[int, int]]:

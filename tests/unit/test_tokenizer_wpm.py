@@ -7,13 +7,16 @@ The 119 llama.cpp vectors (test_tokenizer_vectors.py) cover whole tokenization; 
 the character classes, which a few inputs cannot."""
 
 import json
+import random
 import re
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers
 
-from rfc.compiler.tokenizer import build_tokenizer, wpm
+from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, wpm
+from rfc.compiler.tokenizer.charsmap import build_charsmap
+from rfc.runtime.detokenize import IncrementalDetokenizer
 from tests.unit.test_tokenizer_vectors import gguf_path
 from tests.unit.test_tokenizer import metadata_of
 
@@ -93,7 +96,7 @@ MODES = [(True, True), (True, False), (False, False)]  # (lowercase, strip_accen
 
 @pytest.mark.parametrize(("lowercase", "strip_accents"), MODES)
 def test_each_codepoint_maps_as_in_llama_cpp(llama_unicode, lowercase, strip_accents):
-    """wpm's codepoint map (what the Replace steps do) and split classes, for every codepoint."""
+    """wpm's codepoint map (what the Replace steps and the charsmap do) and split classes, for every codepoint."""
     result = {c: r for r, ranges in wpm._mapping(lowercase, strip_accents).items()
               for a, b in ranges for c in range(a, b + 1)}  # fmt: skip
     isolated = {c for a, b in wpm._isolated() for c in range(a, b + 1)}
@@ -128,14 +131,6 @@ def test_words_match_llama_cpp(llama_unicode, bge_metadata, lowercase, strip_acc
     assert [(a, b) for a, b in zip(ours, expected) if a != b][:5] == []
 
 
-@pytest.mark.parametrize(("lowercase", "strip_accents"), [(True, True), (True, False), (False, False)])
-def test_no_result_is_mapped_again(lowercase, strip_accents):
-    """The Replace steps run one after another: a result that another step maps would be mapped twice."""
-    mapping = wpm._mapping(lowercase, strip_accents)
-    mapped = {c for ranges in mapping.values() for a, b in ranges for c in range(a, b + 1)}
-    assert not [r for r in mapping if len(r) == 1 and ord(r) in mapped]
-
-
 def test_decode_joins_pieces(bge_metadata):
     tokenizer = Tokenizer.from_str(build_tokenizer(bge_metadata)[0])
     encoding = tokenizer.encode("Hello, world! camelCase")
@@ -157,3 +152,46 @@ def test_options_follow_llama_cpp(bge_metadata):
     default = Tokenizer.from_str(build_tokenizer(bge_metadata)[0])
     assert default.normalizer.normalize_str("Café 한") == "cafe \u1112"
     assert json.loads(build_tokenizer(bge_metadata)[0])["model"]["continuing_subword_prefix"] == ""
+
+
+def test_charsmap_maps_single_characters_and_leaves_the_rest():
+    mapping = {"A": "a", "É": "e", "\U0001d400": "x", "\x01": "", "한": "\u1112"}
+    normalizer = normalizers.Precompiled(build_charsmap(mapping))
+    text = "\x01".join("AÉ\U0001d400한bc\U0001f600ÿ")
+    assert normalizer.normalize_str(text) == "aex\u1112bc\U0001f600ÿ"
+    rng = random.Random(0)
+    for _ in range(200):  # a lookup never reads past the array
+        sample = "".join(chr(rng.choice([rng.randrange(0x80), rng.randrange(0x80, 0x10000),
+                                         rng.randrange(0x10000, 0x110000)])) for _ in range(8))  # fmt: skip
+        sample = "".join(c for c in sample if not 0xD800 <= ord(c) <= 0xDFFF)
+        normalizer.normalize_str(sample)
+
+
+def test_streaming_detokenization_joins_pieces(bge_metadata):
+    tokenizer = Tokenizer.from_str(build_tokenizer(bge_metadata)[0])
+    ids = tokenizer.encode("Streaming, piece by piece: tokenization works!").ids
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    streamed = "".join(detokenizer.push(i) for i in ids) + detokenizer.flush()
+    assert streamed == tokenizer.decode(ids) == "streaming , piece by piece : tokenization works !"
+
+
+def small_bert_metadata(**overrides) -> dict:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "\u2581hello", "\u2581world", "ing", "\u2581!"]
+    return {"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": [3, 2, 3, 3, 1, 1, 1, 1], "tokenizer.ggml.bos_token_id": 2,
+            "tokenizer.ggml.seperator_token_id": 3, "tokenizer.ggml.unknown_token_id": 1} | overrides  # fmt: skip
+
+
+def test_small_vocabulary_with_its_own_ids():
+    text, info = build_tokenizer(small_bert_metadata())
+    tokenizer = Tokenizer.from_str(text)
+    assert tokenizer.encode("Hello worlding! foo").tokens == [
+        "[CLS]", "\u2581hello", "\u2581world", "ing", "\u2581!", "[UNK]", "[SEP]"]  # fmt: skip
+    assert (info.model, info.bos_id, info.unk_id, info.add_bos, info.add_eos) == ("bert", 2, 1, True, False)
+
+
+def test_default_ids_outside_the_vocabulary_are_refused():
+    metadata = small_bert_metadata()
+    del metadata["tokenizer.ggml.unknown_token_id"]  # llama.cpp's default 100
+    with pytest.raises(TokenizerError, match="unknown_token_id = 100 is outside the vocabulary"):
+        build_tokenizer(metadata)
