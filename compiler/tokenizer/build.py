@@ -10,6 +10,8 @@ so that `tokenizers` encodes text to the ids llama.cpp produces:
   (pretokenizers.py), over GPT-2 byte-encoded words, or over raw UTF-8 with `<0xNN>` byte
   fallback for the SentencePiece-style types (Gemma 4, Sarvam).
 - "gemma4": "gpt2" with the gemma4 pre-tokenizer, as llama.cpp treats it.
+- "bert" (WordPiece): llama.cpp's "▁"-prefixed vocabulary, preprocessing and greedy longest match
+  (wpm.py), wrapped in the CLS and SEP tokens as llama.cpp always does for it.
 
 Every other model llama.cpp knows is refused by name with what is missing (UNSUPPORTED_MODELS),
 as is any pre-tokenizer without an exact equivalent: never a silently different tokenization.
@@ -22,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rfc.compiler.errors import CompileError
+from rfc.compiler.tokenizer import wpm
 from rfc.compiler.tokenizer.pretokenizers import PRE_NAMES, PRE_TYPES, UNSUPPORTED_TYPES, pre_tokenizers
 
 SPM_SPACE = "\u2581"  # "▁", SentencePiece's visible space
@@ -56,10 +59,10 @@ CONTROL_TEXTS = END_MARKERS | _FIM_END | frozenset({
 
 # Models llama.cpp's loader knows that rfc cannot reproduce exactly, and why.
 UNSUPPORTED_MODELS: dict[str, str] = {
-    "bert": "WordPiece (llama.cpp's WPM) is not supported: its normalization and punctuation/CJK splitting "
-            "are not yet reproduced and tested",
-    "t5": "Unigram (llama.cpp's UGM) is not supported: its precompiled charsmap normalization and Viterbi "
-          "search are not yet reproduced and tested",
+    "t5": "Unigram (llama.cpp's UGM) is not supported: llama.cpp applies the precompiled charsmap by "
+          "longest byte-prefix match at each position, while the Precompiled normalizer of tokenizers "
+          "replaces a whole grapheme cluster under 6 bytes by its first matching prefix (dropping the "
+          "rest, e.g. the second accent of 'e\\u0301\\u0301') and longer clusters character by character",
     "rwkv": "RWKV's greedy byte-trie tokenizer has no tokenizers equivalent",
     "plamo2": "PLaMo-2's Aho-Corasick tokenizer has no tokenizers equivalent",
     "hybriddna": "the HybriDNA k-mer tokenizer has no tokenizers equivalent",
@@ -76,7 +79,7 @@ class TokenizerError(CompileError):
 
 @dataclass(frozen=True)
 class TokenizerInfo:
-    model: str  # tokenizer.ggml.model: "llama" (SentencePiece), "gpt2" or "gemma4" (BPE)
+    model: str  # tokenizer.ggml.model: "llama" (SentencePiece), "gpt2" or "gemma4" (BPE), "bert" (WordPiece)
     pre: str | None  # tokenizer.ggml.pre
     bos_id: int | None
     eos_id: int | None
@@ -218,17 +221,18 @@ def _template(vocab: _Vocab, bos_id: int | None, eos_id: int | None, add_bos: bo
         raise TokenizerError("tokenizer.ggml.add_bos_token is set but there is no BOS token")
     if add_eos and eos_id is None:
         raise TokenizerError("tokenizer.ggml.add_eos_token is set but there is no EOS token")
-    wrap = [(add_bos, bos_id), (add_eos, eos_id)]
+    return _wrap(vocab, [bos_id] if add_bos else [], [eos_id] if add_eos else [])
+
+
+def _wrap(vocab: _Vocab, before: list[int], after: list[int]) -> dict:
+    """A post-processor putting the `before` tokens ahead of each sequence, `after` behind it."""
     specials = {vocab.tokens[i]: {"id": vocab.tokens[i], "ids": [i], "tokens": [vocab.tokens[i]]}
-                for used, i in wrap if used}  # fmt: skip
+                for i in before + after}  # fmt: skip
 
     def sequence(name: str, type_id: int) -> list[dict]:
-        items = [{"Sequence": {"id": name, "type_id": type_id}}]
-        if add_bos:
-            items.insert(0, {"SpecialToken": {"id": vocab.tokens[bos_id], "type_id": type_id}})
-        if add_eos:
-            items.append({"SpecialToken": {"id": vocab.tokens[eos_id], "type_id": type_id}})
-        return items
+        return ([{"SpecialToken": {"id": vocab.tokens[i], "type_id": type_id}} for i in before]
+                + [{"Sequence": {"id": name, "type_id": type_id}}]
+                + [{"SpecialToken": {"id": vocab.tokens[i], "type_id": type_id}} for i in after])  # fmt: skip
 
     return {"type": "TemplateProcessing", "single": sequence("A", 0),
             "pair": sequence("A", 0) + sequence("B", 1), "special_tokens": specials}  # fmt: skip
@@ -267,6 +271,21 @@ def _spm_json(metadata: Mapping[str, object], vocab: _Vocab, unk_id: int | None)
                             ignore_merges=False),  # fmt: skip
         "decoder": {"type": "Sequence", "decoders": decoders},
     }
+
+
+def _wpm_json(metadata: Mapping[str, object], vocab: _Vocab, unk_id: int | None) -> dict:
+    if unk_id is None:
+        raise TokenizerError("bert tokenizer without an unknown token (tokenizer.ggml.unknown_token_id)")
+    # llama.cpp's BertNormalizer options: strip_accents follows lowercase unless given.
+    lowercase = bool(metadata.get("tokenizer.ggml.normalizer.lowercase", True))
+    strip_accents = bool(metadata.get("tokenizer.ggml.normalizer.strip_accents", lowercase))
+    return {
+        "normalizer": {"type": "Sequence",
+                       "normalizers": wpm.normalizers(lowercase=lowercase, strip_accents=strip_accents)},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": wpm.pre_tokenizers()},
+        "model": wpm.model(dict(vocab.ids), vocab.tokens[unk_id]),
+        "decoder": wpm.decoder(),
+    }  # fmt: skip
 
 
 def _pre_name(model: str, pre: str | None) -> str:
@@ -319,26 +338,36 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
         raise TokenizerError("the GGUF has no tokenizer (tokenizer.ggml.model is missing)")
     if model in UNSUPPORTED_MODELS:
         raise TokenizerError(f"unsupported tokenizer model '{model}': {UNSUPPORTED_MODELS[model]}")
-    if model not in ("llama", "gpt2", "gemma4"):
+    if model not in ("llama", "gpt2", "gemma4", "bert"):
         raise TokenizerError(f"unsupported tokenizer model '{model}': llama.cpp does not know it")
     pre = metadata.get("tokenizer.ggml.pre")
     pre = str(pre) if pre is not None else None
-    pre_name = None if model == "llama" else _pre_name(str(model), pre)
+    # llama.cpp ignores tokenizer.ggml.pre for SentencePiece and WordPiece vocabularies.
+    pre_name = None if model in ("llama", "bert") else _pre_name(str(model), pre)
     vocab = _read_vocab(metadata, model)
     n = len(vocab.tokens)
-    is_spm = model == "llama"
-    # llama.cpp's defaults for SentencePiece vocabularies that omit the special ids.
-    bos_id = _token_id(metadata, "tokenizer.ggml.bos_token_id", n, 1 if is_spm else None)
-    eos_id = _token_id(metadata, "tokenizer.ggml.eos_token_id", n, 2 if is_spm else None)
-    unk_id = _token_id(metadata, "tokenizer.ggml.unknown_token_id", n, 0 if is_spm else None)
-    pad_id = _token_id(metadata, "tokenizer.ggml.padding_token_id", n, None)
+    is_spm, is_wpm = model == "llama", model == "bert"
+    # llama.cpp's defaults for the special ids a vocabulary omits.
+    default_bos, default_eos, default_unk = (1, 2, 0) if is_spm else (101, None, 100) if is_wpm else (None,) * 3
+    bos_id = _token_id(metadata, "tokenizer.ggml.bos_token_id", n, default_bos)
+    eos_id = _token_id(metadata, "tokenizer.ggml.eos_token_id", n, default_eos)
+    unk_id = _token_id(metadata, "tokenizer.ggml.unknown_token_id", n, default_unk)
+    pad_id = _token_id(metadata, "tokenizer.ggml.padding_token_id", n, 0 if is_wpm else None)
     add_bos_default = is_spm or (pre_name is not None and PRE_NAMES[pre_name].add_bos)
     add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos_default))
     if pre_name is not None and PRE_NAMES[pre_name].pre_type == "GEMMA4":
         add_bos = True  # llama.cpp overrides add_bos_token for Gemma 4
     add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
 
-    parts = _spm_json(metadata, vocab, unk_id) if pre_name is None else _bpe_json(metadata, vocab, pre_name)
+    if is_wpm:
+        # llama.cpp wraps WordPiece text in BOS (CLS) and SEP whatever the add_* flags say.
+        sep_id = _token_id(metadata, "tokenizer.ggml.seperator_token_id", n, 102)
+        add_bos, add_eos = True, False
+        parts = _wpm_json(metadata, vocab, unk_id)
+        post_processor = _wrap(vocab, [bos_id], [sep_id])
+    else:
+        parts = _spm_json(metadata, vocab, unk_id) if pre_name is None else _bpe_json(metadata, vocab, pre_name)
+        post_processor = _template(vocab, bos_id, eos_id, add_bos, add_eos)
     document = {
         "version": "1.0",
         "truncation": None,
@@ -347,7 +376,7 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
         "normalizer": parts["normalizer"],
         "pre_tokenizer": parts["pre_tokenizer"],
         "model": parts["model"],
-        "post_processor": _template(vocab, bos_id, eos_id, add_bos, add_eos),
+        "post_processor": post_processor,
         "decoder": parts["decoder"],
     }
     info = TokenizerInfo(
