@@ -20,7 +20,7 @@ pytestmark = pytest.mark.shared
 
 # Fixtures whose plans use ops or attributes the per-op cpu kernels lack (they are refused:
 # test_cpu_device.py); the cpu step program will take them over.
-CPU_REFUSED = ("tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-mixtral")
+CPU_REFUSED = ("tiny-qwen3", "tiny-gemma2", "tiny-gemma3")
 CPU_MODELS = [n for n in TINY_MODELS if not n.startswith(CPU_REFUSED)]
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
 
