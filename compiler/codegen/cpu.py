@@ -46,7 +46,7 @@ _STEPS = {
 }
 # The op kinds these per-op kernels implement, at their optional attributes' defaults. A plan
 # with anything else (the ops and attributes of newer architectures: windows, soft-caps,
-# per-head norms, GeGLU, experts) is refused until the step program has kernels for them.
+# per-head norms, GeGLU) is refused until the step program has kernels for them.
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
            "moe_route", "moe_matmul", "moe_combine")
 MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count to the same: the router's stack arrays

@@ -551,3 +551,12 @@ def test_moe_combine_matches_reference(kit: Kit):
     w = rng.random((5, N_USED)).astype(np.float32)
     (got,), (want,) = run_both(kit, kit.op("moe_combine"), [np.zeros((5, N_ROWS), np.float32)], [y, w], [], None)
     assert_close(got, want, 1e-6, 1e-7)
+
+
+@pytest.mark.parametrize("n_expert,n_used", [(cpu.MAX_EXPERTS + 1, 2), (4, 5), (4, 0)])
+def test_moe_expert_counts_are_bounded_before_they_size_anything(n_expert: int, n_used: int):
+    plan = Plan(buffers=(Buffer("router", ("T", n_expert)),), ops=(Op("moe_route", ("router",), ("ids", "w"), (), {"n_used": n_used}),),
+                kv=KV, input_tokens="tokens", output_logits="w", output_hidden="w", vocab_size=N_ROWS, n_embd=N_EMBD,
+                context_length=64)  # fmt: skip
+    with pytest.raises(CompileError, match="expert counts out of range"):
+        cpu._moe_params(plan, {}, {"moe_route": list(plan.ops)})
