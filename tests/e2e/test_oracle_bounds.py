@@ -129,6 +129,15 @@ def test_a_cpu_kernel_2_percent_off_fails(name, fmt, bundle_cache, oracle):
     assert not ok, f"a {fmt} matmul kernel 2% off passed: {summary}"
 
 
+@needs_cc
+@pytest.mark.toolchain
+def test_a_cpu_expert_matmul_2_percent_off_fails(bundle_cache, oracle):
+    path = FIXTURES / "tiny-mixtral-Q4_K_M.gguf"
+    bundle = bundle_cache(path)
+    ok, summary = _cpu_check(path, bundle, oracle, fault=lambda op: op.kind == "moe_matmul" and "down" in op.weights[0])
+    assert not ok, f"an expert matmul 2% off passed: {summary}"
+
+
 @pytest.mark.parametrize("name,which", [
     ("tiny-gemma2-F16", "blk.1.post_attention_norm.weight"),  # inside a sublayer, gemma's post-norms undo a scale
     ("tiny-gemma2-Q8_0", "softcap"),
