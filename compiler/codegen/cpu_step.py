@@ -55,6 +55,7 @@ class _Lowering:
         self.buf_index = {b.name: i for i, b in enumerate(plan.buffers)}
         self.buffers = {b.name: b for b in plan.buffers}
         self.counters = 0
+        self.moe_ids: str | None = None  # the ids buffer of the last moe_route (its grouping is current)
 
     def buf(self, name: str) -> int:
         return self.buf_index[name]
@@ -188,7 +189,7 @@ class _Lowering:
     def _moe_matmul(self, ops: list[Op], i: int, phases: list[Phase]) -> int:
         first = ops[i]
         src, ids = first.inputs
-        if ids != getattr(self, "moe_ids", None):
+        if ids != self.moe_ids:
             raise CompileError(f"moe_matmul {first.weights[0]}: its expert ids {ids} are not the last moe_route's")
         e0 = self.entries[first.weights[0]]
         fmt, k = e0.format, e0.shape[2]
