@@ -58,6 +58,7 @@ def rope_variants(plan: Plan) -> list[tuple[float, ...]]:
         if op.kind == "rope" and rope_key(op) not in seen:
             seen.append(rope_key(op))
     return seen
+MAX_MOE_SEGMENTS = 2  # expert matmuls sharing one gathered activation (gate, up): cpu_moe.c.j2's grouped outputs
 
 
 @dataclass
@@ -87,6 +88,7 @@ class _Lowering:
         self.buffers = {b.name: b for b in plan.buffers}
         self.counters = 0
         self.rope_variants = rope_variants(plan)
+        self.moe_ids: str | None = None  # the ids buffer of the last moe_route (its grouping is current)
 
     def buf(self, name: str) -> int:
         return self.buf_index[name]
@@ -117,6 +119,16 @@ class _Lowering:
             op = ops[i]
             if op.kind == "matmul":
                 i = self._matmul(ops, i, phases)
+                continue
+            if op.kind == "moe_matmul":
+                i = self._moe_matmul(ops, i, phases)
+                continue
+            if op.kind == "swiglu" and self._feeds_moe(ops, i):
+                i += 1  # runs in the next expert matmul's gather
+                continue
+            if op.kind == "moe_combine" and self._residual(ops, i):
+                phases.append(self._moe_combine(op, ops[i + 1]))
+                i += 2
                 continue
             if op.kind in ("rmsnorm", "swiglu") and self._feeds_matmul(ops, i):
                 i += 1  # runs as the next matmul's prologue
@@ -188,6 +200,71 @@ class _Lowering:
         phases.append(Phase("mm_run", {"fmt": fmt.lower(), "k": k, "x": self.buf(src), "rows": rows, "segs": segs,
                                        "counter": self.counter()}, reads | {"@act"}, writes))  # fmt: skip
         return j
+
+    # -- mixture of experts (cpu_moe.c.j2, cpu_moe_matmul.c.j2) ------------------------------------
+    # moe_route also groups the step's slots by expert (one thread: T x n_expert work); the
+    # expert matmuls read that grouping ("@moe"), so their ids must be the last route's.
+    def _moe_route(self, op: Op) -> Phase:
+        (logits,), (ids, weights) = op.inputs, op.outputs
+        self.moe_ids = ids
+        return Phase("moe_route", {"logits": self.buf(logits), "ids": self.buf(ids), "w": self.buf(weights),
+                                   "n_expert": self.width(logits), "n_used": int(op.attrs["n_used"])},
+                     {logits}, {ids, weights, "@moe"})  # fmt: skip
+
+    def _feeds_moe(self, ops: list[Op], i: int) -> bool:
+        """ops[i] (swiglu) writes exactly what the expert matmul right after it reads, per slot."""
+        op = ops[i]
+        if op.attr("activation") not in (None, "silu") or i + 1 >= len(ops) or ops[i + 1].kind != "moe_matmul":
+            return False
+        nxt = ops[i + 1]
+        return nxt.inputs[0] == op.outputs[0] == op.inputs[0] and self.width(op.inputs[0]) == self.width(nxt.inputs[1]) * self.entries[nxt.weights[0]].shape[2]
+
+    def _moe_matmul(self, ops: list[Op], i: int, phases: list[Phase]) -> int:
+        first = ops[i]
+        src, ids = first.inputs
+        if ids != self.moe_ids:
+            raise CompileError(f"moe_matmul {first.weights[0]}: its expert ids {ids} are not the last moe_route's")
+        e0 = self.entries[first.weights[0]]
+        fmt, k = e0.format, e0.shape[2]
+        n_used = self.width(ids)
+        per_slot = self.width(src) == n_used * k
+        pro = None
+        if i > 0 and ops[i - 1].kind == "swiglu" and self._feeds_moe(ops, i - 1):
+            pro = ops[i - 1]
+        segs, writes = [], set()
+        j = i
+        while j < len(ops) and ops[j].kind == "moe_matmul" and len(segs) < MAX_MOE_SEGMENTS:
+            op = ops[j]
+            e = self.entries[op.weights[0]]
+            out = op.outputs[0]
+            if j > i and (op.inputs != first.inputs or e.format != fmt or e.shape[2] != k or out in writes | {src, ids}):
+                break
+            if self.width(out) != n_used * e.shape[1]:
+                raise CompileError(f"moe_matmul {op.weights[0]}: output buffer {out} is not [T, {n_used} x {e.shape[1]}]")
+            segs.append({"w": e.offset, "expert_bytes": e.shape[1] * row_nbytes(fmt, k), "row_bytes": row_nbytes(fmt, k),
+                         "n": e.shape[1], "out": self.buf(out)})  # fmt: skip
+            writes.add(out)
+            j += 1
+        q_reads = {src, "@moe"} | (set(pro.inputs) if pro is not None else set())
+        q_writes = {"@act"} | writes | ({src} if pro is not None else set())  # slots without an expert get zeros
+        params = {"fmt": fmt.lower(), "k": k, "x": self.buf(src), "up": self.buf(pro.inputs[1]) if pro is not None else -1,
+                  "per_slot": int(per_slot), "n_used": n_used, "segs": segs}  # fmt: skip
+        phases.append(Phase("moe_quantize", params, q_reads, q_writes))
+        phases.append(Phase("moe_run", {**params, "counter": self.counter()}, {"@act", "@moe"}, writes))
+        return j
+
+    def _residual(self, ops: list[Op], i: int) -> bool:
+        """ops[i + 1] is `add(x, out) -> x` of ops[i]'s output (a residual the op can add itself)."""
+        out = ops[i].outputs[0]
+        return (i + 1 < len(ops) and ops[i + 1].kind == "add" and out in ops[i + 1].inputs
+                and ops[i + 1].outputs[0] in ops[i + 1].inputs and ops[i + 1].outputs[0] != out)
+
+    def _moe_combine(self, op: Op, add: Op | None = None) -> Phase:
+        (y, w), (out,) = op.inputs, op.outputs
+        acc = add.outputs[0] if add is not None else None
+        return Phase("moe_combine", {"y": self.buf(y), "w": self.buf(w), "out": self.buf(out), "n_used": self.width(w),
+                                     "width": self.width(out), "rows": self.rows(out), "accum": self.buf(acc) if acc else -1},
+                     {y, w} | ({acc} if acc else set()), {out} | ({acc} if acc else set()))  # fmt: skip
 
     @staticmethod
     def _single(ops: list[Op], last: int, first: int) -> bool:

@@ -230,6 +230,7 @@ class OpDevice:
         self._pool = _Pool()
         self._batch = DeviceBatch()
         self._scratch = np.empty(0, np.uint8)
+        self._moe_scratch = np.empty(0, np.uint8)
         self._retired: list[np.ndarray] = []
         self._calls: dict[int, _Call] = {}
         self._bias_of, self._folded = _fusions(bundle.plan.ops)
@@ -255,6 +256,11 @@ class OpDevice:
                     "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float]}  # fmt: skip
         self._arch = {name: _declare(lib, name, args) for name, args in optional.items() if hasattr(lib, name)}
         self._keep: dict[int, np.ndarray] = {}  # per-op arrays the kernels read (rope tables)
+
+        if hasattr(lib, "rfc_moe_route"):  # a plan with experts (cpu_moe.c.j2)
+            self._moe_route = _declare(lib, "rfc_moe_route", [_P, c_int, c_int, c_int, _P, _P], c_int)
+            self._moe_combine = _declare(lib, "rfc_moe_combine", [_P, _P, c_int, c_int, c_int, _P])
+            self._moe_scratch_bytes = _declare(lib, "rfc_moe_scratch_bytes_kernel", [c_int], c_size_t)
 
     def _arch_kernel(self, name: str, op: Op):
         fn = self._arch.get(name)
@@ -289,6 +295,9 @@ class OpDevice:
             out = np.empty(e.shape[0], np.float32)
             _declare(self._lib, f"rfc_dequant_{fmt}", [_P, _P, c_int])(w.ptr, out.ctypes.data, e.shape[0])
             w.keep, w.ptr = out, out.ctypes.data
+        if len(e.shape) == 3 and hasattr(self._lib, f"rfc_moe_matmul_{fmt}"):  # experts: [E, N, K]
+            w.matmul = _declare(self._lib, f"rfc_moe_matmul_{fmt}",
+                                [_P, c_size_t, c_size_t, c_int, c_int, _P, c_int, _P, c_int, c_int, _P, _P], c_int)
         if len(e.shape) == 2:
             if hasattr(self._lib, f"rfc_embed_{fmt}_scaled"):
                 w.embed_scaled = _declare(self._lib, f"rfc_embed_{fmt}_scaled", [_P, c_size_t, _P, c_int, _P, c_float], c_int)
@@ -349,6 +358,30 @@ class OpDevice:
         bias_ptr = self.weight(bias).ptr if bias is not None else None
         return w.matmul, (w.ptr, w.row_bytes, w.shape[0], k, x.ptr, m, outs[0].ptr, bias_ptr, None, self._scratch_ptr(m))
 
+    def _op_moe_route(self, op, outs, ins, weights, batch):
+        (logits,), (ids, w) = ins, outs
+        t, n_expert = logits.array.shape
+        return _checked(self._moe_route, "moe_route"), (logits.ptr, t, n_expert, op.attrs["n_used"], ids.ptr, w.ptr)
+
+    def _op_moe_matmul(self, op, outs, ins, weights, batch):
+        (x, ids), w = ins, weights[0]
+        if w.matmul is None:
+            raise DeviceError(f"the cpu kernels have no expert matmul for {w.name} ({w.format})")
+        t, n_used = ids.array.shape
+        _, n, k = w.shape
+        need = self._moe_scratch_bytes(t)
+        if self._moe_scratch.nbytes < need:
+            self._retired.append(self._moe_scratch)
+            self._moe_scratch = np.empty(max(need, 2 * self._moe_scratch.nbytes), np.uint8)
+        per_slot = int(x.array.shape[1] == n_used * k)
+        return _checked(w.matmul, f"moe_matmul {w.name}"), (w.ptr, n * w.row_bytes, w.row_bytes, n, k, x.ptr, per_slot,
+                                                             ids.ptr, t, n_used, outs[0].ptr, self._moe_scratch.ctypes.data)  # fmt: skip
+
+    def _op_moe_combine(self, op, outs, ins, weights, batch):
+        y, w = ins
+        t, n_used = w.array.shape
+        return self._moe_combine, (y.ptr, w.ptr, t, n_used, outs[0].array.shape[1], outs[0].ptr)
+
     def _op_add_bias(self, op, outs, ins, weights, batch):
         rows, n = ins[0].array.shape
         return self._add_bias, (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows, n)
@@ -391,6 +424,16 @@ class OpDevice:
         if window is None and softcap is None:
             return self._attention, args
         return self._arch_kernel("rfc_attention_ws", op), (*args, window or 0, softcap or 0.0)  # 0: off
+
+
+def _checked(fn, what: str):
+    """A kernel that returns a negative status for sizes its build was not made for."""
+
+    def call(*args) -> None:
+        if fn(*args) < 0:
+            raise DeviceError(f"the cpu kernels refused {what}: sizes outside what the library was compiled for")
+
+    return call
 
 
 def _fusions(ops: tuple[Op, ...]) -> tuple[dict[int, str], set[int]]:

@@ -18,8 +18,8 @@ from tests.oracle import Oracle
 
 pytestmark = pytest.mark.shared
 
-# Fixtures whose plans use ops the cpu kernels lack (they are refused: test_cpu_device.py).
-CPU_REFUSED = ("tiny-mixtral",)
+# Fixtures the cpu target refuses (none today: every fixture architecture has cpu kernels).
+CPU_REFUSED: tuple[str, ...] = ()
 CPU_MODELS = [n for n in TINY_MODELS if not n.startswith(CPU_REFUSED)]
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
 
@@ -144,6 +144,15 @@ def test_a_cpu_kernel_2_percent_off_fails(name, fmt, bundle_cache, oracle):
     bundle = bundle_cache(path)
     ok, summary = _cpu_check(path, bundle, oracle, fault=_weight_format(bundle, fmt))
     assert not ok, f"a {fmt} matmul kernel 2% off passed: {summary}"
+
+
+@needs_cc
+@pytest.mark.toolchain
+def test_a_cpu_expert_matmul_2_percent_off_fails(bundle_cache, oracle):
+    path = FIXTURES / "tiny-mixtral-Q4_K_M.gguf"
+    bundle = bundle_cache(path)
+    ok, summary = _cpu_check(path, bundle, oracle, fault=lambda op: op.kind == "moe_matmul" and "down" in op.weights[0])
+    assert not ok, f"an expert matmul 2% off passed: {summary}"
 
 
 @pytest.mark.parametrize("name,which", [

@@ -215,3 +215,51 @@ def test_step_program_refuses_attribute_values_outside_float32():
 
     with pytest.raises(CompileError, match="outside the float32 range"):
         cpu_step.f32_literal(1e-300, "attention softcap")
+# -- mixture of experts (tiny-mixtral: 4 experts, 2 per token) ---------------------------------
+
+MOE_MODEL = FIXTURES / "tiny-mixtral-Q4_K_M.gguf"
+
+
+@pytest.fixture(scope="module")
+def moe_bundle(bundle_cache) -> Path:
+    if not MOE_MODEL.exists():
+        pytest.skip(f"fixture {MOE_MODEL} missing")
+    return bundle_cache(MOE_MODEL)
+
+
+def test_moe_lowering_groups_and_fuses(moe_bundle):
+    """Per layer: the router runs as its matmul's own phase, then moe_route (+ the grouping),
+    gate and up as one expert matmul of two segments, swiglu inside the down matmul's
+    gather, and moe_combine adding the residual. Expert tensors keep their GGUF layout."""
+    b = open_bundle(moe_bundle)
+    entries = b.layout.by_name()
+    refs, _, _ = cpu.vector_refs(b.plan, entries)
+    low = cpu_step.lower(b.plan, entries, refs, b.plan.output_logits)
+    kinds = [p["kind"] for p in low.phases]
+    n_layers = b.plan.kv.n_layers
+    assert kinds.count("moe_route") == kinds.count("moe_combine") == n_layers
+    quantize = [p for p in low.phases if p["kind"] == "moe_quantize"]
+    assert [len(p["segs"]) for p in quantize[:2]] == [2, 1]
+    assert quantize[0]["per_slot"] == 0 and quantize[0]["up"] == -1
+    assert quantize[1]["per_slot"] == 1 and quantize[1]["up"] >= 0  # swiglu(gate, up) in the gather
+    assert all(p["accum"] >= 0 for p in low.phases if p["kind"] == "moe_combine")
+    assert "swiglu" not in kinds and "add" not in kinds
+    experts = [w for op in b.plan.ops if op.kind == "moe_matmul" for w in op.weights]
+    assert experts and all(entries[w].format in ("Q4_K", "Q6_K") and len(entries[w].shape) == 3 for w in experts)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_moe_step_program_equals_the_per_op_kernels(moe_bundle, threads):
+    """A 20-token prefill (experts with 8+ tokens take the packed matmul, others the row
+    tiles), then mixed steps: the step program and the op-by-op kernels agree exactly."""
+    lm = load_model(moe_bundle, LoadOptions(device="cpu"))
+    step = lm.executor.device
+    step.n_threads = threads
+    ops = OpDevice(lm.bundle, step.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
+    op_exec = Executor(lm.bundle.plan, ops)
+    op_blocks = BlockManager(lm.blocks.num_blocks, lm.blocks.block_size)
+    tokens = np.random.default_rng(threads).integers(0, lm.bundle.plan.vocab_size, 64)
+    for steps in ([(0, 0, 20)], [(0, 20, 1), (1, 0, 9)], [(1, 9, 1), (0, 21, 1)]):
+        got = lm.executor.forward(_batch(lm.blocks, steps, tokens))
+        want = op_exec.forward(_batch(op_blocks, steps, tokens))
+        np.testing.assert_array_equal(got, want)
