@@ -96,6 +96,12 @@ OPS: dict[str, OpSchema] = {
     ),
 }
 
+def rope_inv_freq(n_rot: int, freq_base: float, freq_scale: float) -> list[float]:
+    """The rope op's frequencies before its factors, in float64: freq_scale * base^(-2i/n_rot)
+    for the n_rot / 2 pairs (what the compiled tables and the kernels that take a table hold)."""
+    return [float(freq_scale) * float(freq_base) ** (-2.0 * i / n_rot) for i in range(n_rot // 2)]
+
+
 # Kept for readers of the old name: op kind -> required attributes.
 OP_ATTRS: dict[str, tuple[str, ...]] = {kind: s.attrs for kind, s in OPS.items()}
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rfc.artifacts.formats import PACKED_FORMATS
-from rfc.artifacts.plan import OPS, Plan
+from rfc.artifacts.plan import OPS, Plan, rope_inv_freq
 from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen import cpu_step
@@ -44,10 +44,17 @@ _STEPS = {
     "Q4_0x8": (32, 18), "Q4_1x8": (32, 20), "Q8_0x8": (32, 34), "Q4_Kx8": (256, 148),
     "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
 }
-# The op kinds these per-op kernels implement, at their optional attributes' defaults. A plan
-# with anything else (the ops and attributes of newer architectures: windows, soft-caps,
-# per-head norms, GeGLU, experts) is refused until the step program has kernels for them.
-CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows")
+# The op kinds the cpu kernels implement; a plan with another op is refused.
+CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
+           "moe_route", "moe_matmul", "moe_combine")
+CPU_ARCH_OPS = ("softcap",)  # gemma's final-logit soft-capping
+# The optional attributes the cpu kernels take, per op (any other non-default one is refused).
+# Those that may differ between layers are per-op arguments in the step program; the rest
+# must be the same for every op of a kind (_uniform).
+CPU_ATTRS = {"embed": ("scale",), "rmsnorm": ("heads",), "rope": ("attn_factor",), "attention": ("window", "softcap"),
+             "swiglu": ("activation",)}  # fmt: skip
+_PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor"}, "attention": {"window", "softcap"}}
+MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count to the same: the router's stack arrays
 
 # The packed layout the cpu matmuls stream best, per GGUF format (artifacts/formats.py
 # PACKED_FORMATS; templates/cpu_matmul_x8.c.j2). Decode with the row-interleaved kernels
@@ -158,9 +165,10 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     for op in plan.ops:
         ops.setdefault(op.kind, []).append(op)
     _check_supported(hp, entries, ops)
-    matmul_formats = sorted({entries[op.weights[0]].format for op in ops.get("matmul", [])})
+    moe = _moe_params(plan, entries, ops)
+    matmul_formats = sorted({entries[op.weights[0]].format for op in ops.get("matmul", []) + ops.get("moe_matmul", [])})
     embed_formats = sorted({entries[op.weights[0]].format for op in ops.get("embed", [])})
-    max_k = max((entries[op.weights[0]].shape[-1] for op in ops.get("matmul", [])), default=hp.n_embd)
+    max_k = max((entries[op.weights[0]].shape[-1] for op in ops.get("matmul", []) + ops.get("moe_matmul", [])), default=hp.n_embd)
     common = {
         "abi_version": ABI_VERSION,
         "n_embd": hp.n_embd,
@@ -189,11 +197,15 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         parts.append(render("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": float(norm["eps"])}))
     rope = _uniform(ops.get("rope", []), "rope")
     if rope is not None:
-        parts.append(render("cpu_rope.c.j2", _rope_params(rope)))
+        parts.append(render("cpu_rope.c.j2", _rope_params(rope, cpu_step.rope_variants(plan))))
     attention = _uniform(ops.get("attention", []), "attention")
     if attention is not None:
         parts.append(render("cpu_attention.c.j2", _attention_params(hp, attention, tuning)))
     parts.append(render("cpu_elementwise.c.j2", {}))
+    if moe is not None:
+        parts.append(render("cpu_moe.c.j2", moe))
+        for fmt in sorted({entries[op.weights[0]].format for op in ops["moe_matmul"]}):
+            parts.append(render("cpu_moe_matmul.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
     if step:
         parts.append(render("cpu_step.c.j2", step_params(inp)))
     return "\n".join(parts)
@@ -242,6 +254,7 @@ def step_params(inp: CodegenInput) -> dict:
         "alignment": ARENA_ALIGNMENT,
         "buffers": buffers,
         "const_floats": n_floats,
+        "moe": any(op.kind == "moe_route" for op in plan.ops),
         "consts": consts,
         "entries": [{"name": name, "phases": low.phases, "counters": low.counters, "barriers": low.barriers}
                     for name, low in lowered],
@@ -264,11 +277,11 @@ def check_ops(plan: Plan, architecture: str) -> None:
     """Refuses a plan with an op kind or a non-default optional attribute the cpu kernels lack."""
     hint = "the reference device runs it: compile with --reference-only (or for a GPU target) and use `--device ref`"
     for op in plan.ops:
-        if op.kind not in CPU_OPS:
+        if op.kind not in CPU_OPS + CPU_ARCH_OPS:
             raise CompileError(f"the cpu target has no kernel for op {op.kind} ({architecture}); {hint}")
         for name, default in OPS[op.kind].optional:
             value = op.attr(name)
-            if value != default:
+            if value != default and name not in CPU_ATTRS.get(op.kind, ()):
                 raise CompileError(f"the cpu target has no kernel for {op.kind} with {name} = {value!r} ({architecture}); {hint}")
 
 
@@ -276,7 +289,7 @@ def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
     for e in entries.values():
         if e.format not in _STEPS:
             raise CompileError(f"the cpu target has no kernels for weight format {e.format} ({e.name})")
-    for op in ops.get("matmul", []):
+    for op in ops.get("matmul", []) + ops.get("moe_matmul", []):
         e = entries[op.weights[0]]
         if e.format not in _FLOAT_FORMATS and e.shape[-1] % _STEPS[e.format][0]:
             raise CompileError(f"{e.name}: row length {e.shape[-1]} is not a multiple of {_STEPS[e.format][0]} ({e.format})")
@@ -287,6 +300,27 @@ def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
     for name, size in (("n_embd", hp.n_embd), ("head_dim", hp.head_dim)):
         if size % 8:
             raise CompileError(f"the cpu target needs {name} to be a multiple of 8, the model has {size}")
+
+
+def _moe_params(plan: Plan, entries: dict, ops: dict[str, list]) -> dict | None:
+    """The mixture-of-experts constants (cpu_moe.c.j2), bounded before they size anything:
+    1 <= n_used <= n_expert <= MAX_EXPERTS, the same for every layer; expert tensors in a GGUF
+    format (the weight planner repacks 2-D matmul weights only)."""
+    if not ops.get("moe_route"):
+        return None
+    widths = {b.name: b.shape[-1] for b in plan.buffers}
+    routes = {(int(widths[op.inputs[0]]), int(op.attrs["n_used"])) for op in ops["moe_route"]}
+    if len(routes) != 1:
+        raise CompileError("the cpu target needs every moe_route to share its expert counts (layers differ)")
+    ((n_expert, n_used),) = routes
+    if not 1 <= n_used <= n_expert <= MAX_EXPERTS:
+        raise CompileError(f"expert counts out of range: {n_used} used of {n_expert} (at most {MAX_EXPERTS})")
+    shapes = [entries[op.weights[0]] for op in ops.get("moe_matmul", [])]
+    for e in shapes:
+        if len(e.shape) != 3 or e.shape[0] != n_expert or e.format in PACKED_FORMATS:
+            raise CompileError(f"{e.name}: expert tensor {list(e.shape)} ({e.format}) is not [{n_expert}, N, K] in a GGUF format")
+    return {"n_expert": n_expert, "n_used": n_used, "segs": cpu_step.MAX_MOE_SEGMENTS,
+            "max_k": max((e.shape[2] for e in shapes), default=8), "max_n": max((e.shape[1] for e in shapes), default=8)}
 
 
 def _attention_params(hp, attrs: dict, tuning: CpuTuning) -> dict:
@@ -353,14 +387,16 @@ def _matmul_params(fmt: str, tuning: CpuTuning) -> dict:
     }
 
 
-def _rope_params(attrs: dict) -> dict:
+def _rope_params(attrs: dict, variants: list[tuple[float, float, float]]) -> dict:
+    """`attrs`: what every rope op shares; `variants`: the (freq_base, freq_scale, attn_factor)
+    the ops differ in (cpu_step.rope_variants), one frequency table each."""
     n_rot, hd = int(attrs["n_rot"]), int(attrs["head_dim"])
     half = n_rot // 2
     if attrs["style"] not in ("adjacent", "neox"):
         raise CompileError(f"unknown rope style {attrs['style']!r}")
     # float64, the way the reference computes them; repr round-trips exactly
-    inv = [float(attrs["freq_scale"]) * float(attrs["freq_base"]) ** (-2.0 * i / n_rot) for i in range(half)]
-    if any(not math.isfinite(v) for v in inv):
+    tables = [rope_inv_freq(n_rot, base, scale) for base, scale, _ in variants]
+    if any(not math.isfinite(v) for inv in tables for v in inv) or any(not math.isfinite(f) for *_, f in variants):
         raise CompileError("rope frequencies are not finite")
     return {
         "style": attrs["style"],
@@ -369,16 +405,18 @@ def _rope_params(attrs: dict) -> dict:
         "head_dim": hd,
         "n_rot": n_rot,
         "half": half,
-        "inv_freq": inv,
+        "inv_freqs": tables,
     }
 
 
 def _uniform(ops: list, kind: str) -> dict | None:
-    """The attributes all ops of a kind share (their layer aside): they are compiled in."""
+    """The attributes all ops of a kind share (their layer and the per-op arguments aside:
+    _PER_OP_ATTRS): they are compiled in."""
     if not ops:
         return None
-    first = {k: v for k, v in ops[0].attrs.items() if k != "layer"}
+    skip = {"layer"} | _PER_OP_ATTRS.get(kind, set())
+    first = {k: v for k, v in ops[0].attrs.items() if k not in skip}
     for op in ops[1:]:
-        if {k: v for k, v in op.attrs.items() if k != "layer"} != first:
+        if {k: v for k, v in op.attrs.items() if k not in skip} != first:
             raise CompileError(f"the cpu target needs every {kind} op to share its attributes (layers differ)")
     return first

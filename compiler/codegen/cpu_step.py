@@ -16,9 +16,15 @@ Fusions the lowering decides (the plan keeps the unfused ops, which the referenc
   quantization phase (each thread normalizes a row, then quantizes it: no barrier between);
 - rope and the kv_write of its k (with v) run token by token in one phase.
 
+What layers may differ in (gemma's windows, gemma3's rope bases) are constants of each phase:
+an attention phase's window and soft-cap, a rope phase's frequency table (one compiled per
+distinct base, scale and attn_factor: rope_variants). Per-head norms and norms of rows other
+than n_embd are phases of their own (no matmul prologue).
+
 The generated source takes only numbers and compiler-chosen identifiers (render.py checks).
 """
 
+import math
 from dataclasses import dataclass, field
 
 from rfc.artifacts.formats import FORMATS, row_nbytes
@@ -26,6 +32,33 @@ from rfc.artifacts.plan import Buffer, Op, Plan
 from rfc.compiler.errors import CompileError
 
 MAX_SEGMENTS = 8  # rfc_mm_run's per-call segment arrays
+# The C row function of each gated activation (artifacts/plan.py GLU_ACTIVATIONS; cpu_elementwise.c.j2).
+GLU_SPANS = {"silu": "rfc_swiglu_span", "gelu_tanh": "rfc_geglu_span"}
+
+
+def f32_literal(value: float, what: str) -> float:
+    """A positive attribute that becomes a float literal in C: a normal float32, so that it is
+    neither rounded to zero (which the kernels read as "off") nor to infinity."""
+    v = float(value)
+    if not math.isfinite(v) or not 1e-30 <= v <= 1e30:
+        raise CompileError(f"{what} = {v} is outside the float32 range the cpu step program takes")
+    return v
+
+
+def rope_key(op: Op) -> tuple[float, float, float]:
+    """The rope attributes layers may differ in (gemma3's local and global bases)."""
+    return float(op.attrs["freq_base"]), float(op.attrs["freq_scale"]), float(op.attr("attn_factor"))
+
+
+def rope_variants(plan: Plan) -> list[tuple[float, ...]]:
+    """The distinct (freq_base, freq_scale, attn_factor) of the plan's rope ops, in plan order:
+    the step program's frequency tables (templates/cpu_rope.c.j2)."""
+    seen: list[tuple[float, ...]] = []
+    for op in plan.ops:
+        if op.kind == "rope" and rope_key(op) not in seen:
+            seen.append(rope_key(op))
+    return seen
+MAX_MOE_SEGMENTS = 2  # expert matmuls sharing one gathered activation (gate, up): cpu_moe.c.j2's grouped outputs
 
 
 @dataclass
@@ -54,6 +87,8 @@ class _Lowering:
         self.buf_index = {b.name: i for i, b in enumerate(plan.buffers)}
         self.buffers = {b.name: b for b in plan.buffers}
         self.counters = 0
+        self.rope_variants = rope_variants(plan)
+        self.moe_ids: str | None = None  # the ids buffer of the last moe_route (its grouping is current)
 
     def buf(self, name: str) -> int:
         return self.buf_index[name]
@@ -85,6 +120,16 @@ class _Lowering:
             if op.kind == "matmul":
                 i = self._matmul(ops, i, phases)
                 continue
+            if op.kind == "moe_matmul":
+                i = self._moe_matmul(ops, i, phases)
+                continue
+            if op.kind == "swiglu" and self._feeds_moe(ops, i):
+                i += 1  # runs in the next expert matmul's gather
+                continue
+            if op.kind == "moe_combine" and self._residual(ops, i):
+                phases.append(self._moe_combine(op, ops[i + 1]))
+                i += 2
+                continue
             if op.kind in ("rmsnorm", "swiglu") and self._feeds_matmul(ops, i):
                 i += 1  # runs as the next matmul's prologue
                 continue
@@ -99,7 +144,7 @@ class _Lowering:
     def _feeds_matmul(self, ops: list[Op], i: int) -> bool:
         """ops[i] (rmsnorm/swiglu) writes exactly what the matmul right after it reads."""
         op = ops[i]
-        if op.kind == "rmsnorm" and (op.attr("heads") or 1) != 1:
+        if op.kind == "rmsnorm" and (op.attr("heads") != 1 or self.width(op.inputs[0]) != self.plan.n_embd):
             return False
         return i + 1 < len(ops) and ops[i + 1].kind == "matmul" and ops[i + 1].inputs[0] == op.outputs[0]
 
@@ -147,7 +192,7 @@ class _Lowering:
                 pro = {"kind": "rmsnorm", "x": self.buf(prologue.inputs[0]), "w": self.vec(prologue.weights[0])}
             else:
                 pro = {"kind": "swiglu", "gate": self.buf(prologue.inputs[0]), "up": self.buf(prologue.inputs[1]),
-                       "width": self.width(src)}  # fmt: skip
+                       "width": self.width(src), "fn": GLU_SPANS[prologue.attr("activation")]}  # fmt: skip
             q_reads = set(prologue.inputs)
             q_writes = {src, "@act"}
         phases.append(Phase("mm_quantize", {"fmt": fmt.lower(), "k": k, "x": self.buf(src), "rows": rows, "pro": pro},
@@ -155,6 +200,71 @@ class _Lowering:
         phases.append(Phase("mm_run", {"fmt": fmt.lower(), "k": k, "x": self.buf(src), "rows": rows, "segs": segs,
                                        "counter": self.counter()}, reads | {"@act"}, writes))  # fmt: skip
         return j
+
+    # -- mixture of experts (cpu_moe.c.j2, cpu_moe_matmul.c.j2) ------------------------------------
+    # moe_route also groups the step's slots by expert (one thread: T x n_expert work); the
+    # expert matmuls read that grouping ("@moe"), so their ids must be the last route's.
+    def _moe_route(self, op: Op) -> Phase:
+        (logits,), (ids, weights) = op.inputs, op.outputs
+        self.moe_ids = ids
+        return Phase("moe_route", {"logits": self.buf(logits), "ids": self.buf(ids), "w": self.buf(weights),
+                                   "n_expert": self.width(logits), "n_used": int(op.attrs["n_used"])},
+                     {logits}, {ids, weights, "@moe"})  # fmt: skip
+
+    def _feeds_moe(self, ops: list[Op], i: int) -> bool:
+        """ops[i] (swiglu) writes exactly what the expert matmul right after it reads, per slot."""
+        op = ops[i]
+        if op.attr("activation") not in (None, "silu") or i + 1 >= len(ops) or ops[i + 1].kind != "moe_matmul":
+            return False
+        nxt = ops[i + 1]
+        return nxt.inputs[0] == op.outputs[0] == op.inputs[0] and self.width(op.inputs[0]) == self.width(nxt.inputs[1]) * self.entries[nxt.weights[0]].shape[2]
+
+    def _moe_matmul(self, ops: list[Op], i: int, phases: list[Phase]) -> int:
+        first = ops[i]
+        src, ids = first.inputs
+        if ids != self.moe_ids:
+            raise CompileError(f"moe_matmul {first.weights[0]}: its expert ids {ids} are not the last moe_route's")
+        e0 = self.entries[first.weights[0]]
+        fmt, k = e0.format, e0.shape[2]
+        n_used = self.width(ids)
+        per_slot = self.width(src) == n_used * k
+        pro = None
+        if i > 0 and ops[i - 1].kind == "swiglu" and self._feeds_moe(ops, i - 1):
+            pro = ops[i - 1]
+        segs, writes = [], set()
+        j = i
+        while j < len(ops) and ops[j].kind == "moe_matmul" and len(segs) < MAX_MOE_SEGMENTS:
+            op = ops[j]
+            e = self.entries[op.weights[0]]
+            out = op.outputs[0]
+            if j > i and (op.inputs != first.inputs or e.format != fmt or e.shape[2] != k or out in writes | {src, ids}):
+                break
+            if self.width(out) != n_used * e.shape[1]:
+                raise CompileError(f"moe_matmul {op.weights[0]}: output buffer {out} is not [T, {n_used} x {e.shape[1]}]")
+            segs.append({"w": e.offset, "expert_bytes": e.shape[1] * row_nbytes(fmt, k), "row_bytes": row_nbytes(fmt, k),
+                         "n": e.shape[1], "out": self.buf(out)})  # fmt: skip
+            writes.add(out)
+            j += 1
+        q_reads = {src, "@moe"} | (set(pro.inputs) if pro is not None else set())
+        q_writes = {"@act"} | writes | ({src} if pro is not None else set())  # slots without an expert get zeros
+        params = {"fmt": fmt.lower(), "k": k, "x": self.buf(src), "up": self.buf(pro.inputs[1]) if pro is not None else -1,
+                  "per_slot": int(per_slot), "n_used": n_used, "segs": segs}  # fmt: skip
+        phases.append(Phase("moe_quantize", params, q_reads, q_writes))
+        phases.append(Phase("moe_run", {**params, "counter": self.counter()}, {"@act", "@moe"}, writes))
+        return j
+
+    def _residual(self, ops: list[Op], i: int) -> bool:
+        """ops[i + 1] is `add(x, out) -> x` of ops[i]'s output (a residual the op can add itself)."""
+        out = ops[i].outputs[0]
+        return (i + 1 < len(ops) and ops[i + 1].kind == "add" and out in ops[i + 1].inputs
+                and ops[i + 1].outputs[0] in ops[i + 1].inputs and ops[i + 1].outputs[0] != out)
+
+    def _moe_combine(self, op: Op, add: Op | None = None) -> Phase:
+        (y, w), (out,) = op.inputs, op.outputs
+        acc = add.outputs[0] if add is not None else None
+        return Phase("moe_combine", {"y": self.buf(y), "w": self.buf(w), "out": self.buf(out), "n_used": self.width(w),
+                                     "width": self.width(out), "rows": self.rows(out), "accum": self.buf(acc) if acc else -1},
+                     {y, w} | ({acc} if acc else set()), {out} | ({acc} if acc else set()))  # fmt: skip
 
     @staticmethod
     def _single(ops: list[Op], last: int, first: int) -> bool:
@@ -166,18 +276,25 @@ class _Lowering:
         if op.inputs[0] != self.plan.input_tokens:
             raise CompileError("the cpu step program embeds the step's input tokens only")
         return Phase("embed", {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]),
-                               "out": self.buf(op.outputs[0])}, {"@tokens"}, {op.outputs[0]})  # fmt: skip
+                               "out": self.buf(op.outputs[0]), "scale": f32_literal(op.attr("scale"), "embed scale")},
+                     {"@tokens"}, {op.outputs[0]})  # fmt: skip
 
     def _rmsnorm(self, op: Op) -> Phase:
-        if (op.attr("heads") or 1) != 1:
-            raise CompileError("the cpu step program has no per-head rmsnorm")
+        x, heads, width = op.inputs[0], int(op.attr("heads")), self.width(op.inputs[0])
+        if heads != 1 or width != self.plan.n_embd:  # per-head Q/K norms (qwen3, gemma3), or a row of another width
+            if heads < 1 or width % heads or (width // heads) % 8:
+                raise CompileError(f"rmsnorm of {x}: {heads} heads do not split a row of {width} into multiples of 8")
+            return Phase("rmsnorm_heads", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
+                                           "rows": self.rows(x), "width": width, "heads": heads},
+                         set(op.inputs), set(op.outputs))  # fmt: skip
         return Phase("rmsnorm", {"x": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
                                  "rows": self.rows(op.inputs[0])}, set(op.inputs), set(op.outputs))  # fmt: skip
 
     def _rope(self, op: Op, kv: Op | None = None) -> Phase:
         q, k = op.outputs
         params = {"q": self.buf(q), "k": self.buf(k), "factors": self.vec(op.weights[0]) if op.weights else [],
-                  "v": -1, "layer": -1}  # fmt: skip
+                  "v": -1, "layer": -1, "variant": self.rope_variants.index(rope_key(op)),
+                  "attn_factor": f32_literal(op.attr("attn_factor"), "rope attn_factor")}  # fmt: skip
         reads, writes = {q, k}, {q, k}
         if kv is not None:
             params["v"], params["layer"] = self.buf(kv.inputs[1]), int(kv.attrs["layer"])
@@ -192,8 +309,13 @@ class _Lowering:
 
     def _attention(self, op: Op) -> Phase:
         layer = int(op.attrs["layer"])
+        window, softcap = op.attr("window"), op.attr("softcap")
+        if window is not None and not 1 <= int(window) < 2**31:
+            raise CompileError(f"attention window {window} is out of range")
+        softcap = 0.0 if softcap is None else f32_literal(softcap, "attention softcap")  # 0: no soft-capping
         return Phase("attention", {"q": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "layer": layer,
-                                   "counter": self.counter()}, {op.inputs[0], f"@kv{layer}"}, {op.outputs[0]})  # fmt: skip
+                                   "counter": self.counter(), "window": int(window or 0), "softcap": softcap},
+                     {op.inputs[0], f"@kv{layer}"}, {op.outputs[0]})  # fmt: skip
 
     def _add(self, op: Op) -> Phase:
         a, b = op.inputs
@@ -208,7 +330,12 @@ class _Lowering:
     def _swiglu(self, op: Op) -> Phase:
         g, u = op.inputs
         return Phase("swiglu", {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]), "width": self.width(g),
-                                "rows": self.rows(g)}, {g, u}, set(op.outputs))  # fmt: skip
+                                "rows": self.rows(g), "fn": GLU_SPANS[op.attr("activation")]}, {g, u}, set(op.outputs))  # fmt: skip
+
+    def _softcap(self, op: Op) -> Phase:
+        x = op.inputs[0]
+        return Phase("softcap", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
+                                 "cap": f32_literal(op.attrs["cap"], "softcap cap")}, {x}, set(op.outputs))  # fmt: skip
 
     def _gather_rows(self, op: Op) -> Phase:
         x = op.inputs[0]

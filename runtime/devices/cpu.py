@@ -18,14 +18,14 @@ inside that matmul.
 import ctypes
 import os
 import platform
-from ctypes import c_int, c_size_t, c_void_p
+from ctypes import c_double, c_float, c_int, c_size_t, c_void_p
 from pathlib import Path
 
 import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.formats import row_nbytes
-from rfc.artifacts.plan import KVSpec, Op
+from rfc.artifacts.plan import KVSpec, Op, rope_inv_freq
 from rfc.artifacts.targets import Family, TargetError, missing_isa, parse_target
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
@@ -87,11 +87,11 @@ class HostBuffer:
 
 
 class CpuWeight:
-    __slots__ = ("name", "format", "shape", "ptr", "row_bytes", "matmul", "embed", "keep")
+    __slots__ = ("name", "format", "shape", "ptr", "row_bytes", "matmul", "embed", "embed_scaled", "keep")
 
     def __init__(self, name: str, fmt: str, shape: tuple[int, ...], ptr: int, row_bytes: int):
         self.name, self.format, self.shape, self.ptr, self.row_bytes = name, fmt, shape, ptr, row_bytes
-        self.matmul = self.embed = self.keep = None
+        self.matmul = self.embed = self.embed_scaled = self.keep = None
 
 
 class DeviceBatch:
@@ -230,6 +230,7 @@ class OpDevice:
         self._pool = _Pool()
         self._batch = DeviceBatch()
         self._scratch = np.empty(0, np.uint8)
+        self._moe_scratch = np.empty(0, np.uint8)
         self._retired: list[np.ndarray] = []
         self._calls: dict[int, _Call] = {}
         self._bias_of, self._folded = _fusions(bundle.plan.ops)
@@ -249,6 +250,23 @@ class OpDevice:
         self._add_bias = _declare(lib, "rfc_add_bias", [_P, _P, _P, c_int, c_int])
         self._swiglu = _declare(lib, "rfc_swiglu", [_P, _P, _P, c_size_t])
         self._gather_rows = _declare(lib, "rfc_gather_rows", [_P, _P, c_int, c_int, _P])
+        # the kernels of the newer architectures' attributes (libraries built before them lack these)
+        optional = {"rfc_rmsnorm_heads": [_P, _P, _P, c_int, c_int, c_int], "rfc_rope_freqs": [_P, _P, _P, c_int, _P, _P, c_double],
+                    "rfc_attention_ws": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float],
+                    "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float]}  # fmt: skip
+        self._arch = {name: _declare(lib, name, args) for name, args in optional.items() if hasattr(lib, name)}
+        self._keep: dict[int, np.ndarray] = {}  # per-op arrays the kernels read (rope tables)
+
+        if hasattr(lib, "rfc_moe_route"):  # a plan with experts (cpu_moe.c.j2)
+            self._moe_route = _declare(lib, "rfc_moe_route", [_P, c_int, c_int, c_int, _P, _P], c_int)
+            self._moe_combine = _declare(lib, "rfc_moe_combine", [_P, _P, c_int, c_int, c_int, _P])
+            self._moe_scratch_bytes = _declare(lib, "rfc_moe_scratch_bytes_kernel", [c_int], c_size_t)
+
+    def _arch_kernel(self, name: str, op: Op):
+        fn = self._arch.get(name)
+        if fn is None:
+            raise DeviceError(f"the bundle's cpu kernels lack {name} (for {op.kind} {op.attrs}); recompile the model with this rfc")
+        return fn
 
     # -- memory ---------------------------------------------------------------------------
     def alloc(self, shape: tuple[int, ...], dtype: str) -> HostBuffer:
@@ -277,7 +295,12 @@ class OpDevice:
             out = np.empty(e.shape[0], np.float32)
             _declare(self._lib, f"rfc_dequant_{fmt}", [_P, _P, c_int])(w.ptr, out.ctypes.data, e.shape[0])
             w.keep, w.ptr = out, out.ctypes.data
+        if len(e.shape) == 3 and hasattr(self._lib, f"rfc_moe_matmul_{fmt}"):  # experts: [E, N, K]
+            w.matmul = _declare(self._lib, f"rfc_moe_matmul_{fmt}",
+                                [_P, c_size_t, c_size_t, c_int, c_int, _P, c_int, _P, c_int, c_int, _P, _P], c_int)
         if len(e.shape) == 2:
+            if hasattr(self._lib, f"rfc_embed_{fmt}_scaled"):
+                w.embed_scaled = _declare(self._lib, f"rfc_embed_{fmt}_scaled", [_P, c_size_t, _P, c_int, _P, c_float], c_int)
             if hasattr(self._lib, f"rfc_matmul_{fmt}"):
                 w.matmul = _declare(self._lib, f"rfc_matmul_{fmt}", [_P, c_size_t, c_int, c_int, _P, c_int, _P, _P, _P, _P])
             if hasattr(self._lib, f"rfc_embed_{fmt}"):
@@ -312,10 +335,19 @@ class OpDevice:
         w, tokens = weights[0], ins[0]
         if w.embed is None:
             raise DeviceError(f"the cpu kernels have no embedding lookup for {w.name} ({w.format})")
+        scale = op.attr("scale")
+        if scale != 1.0:
+            if w.embed_scaled is None:
+                raise DeviceError(f"the cpu kernels have no scaled embedding lookup for {w.name}; recompile the model with this rfc")
+            return w.embed_scaled, (w.ptr, w.row_bytes, tokens.ptr, tokens.array.shape[0], outs[0].ptr, scale)
         return w.embed, (w.ptr, w.row_bytes, tokens.ptr, tokens.array.shape[0], outs[0].ptr)
 
     def _op_rmsnorm(self, op, outs, ins, weights, batch):
-        return self._rmsnorm, (ins[0].ptr, weights[0].ptr, outs[0].ptr, ins[0].array.shape[0])
+        rows, width = ins[0].array.shape
+        if op.attr("heads") != 1 or width != self._bundle.plan.n_embd:
+            fn = self._arch_kernel("rfc_rmsnorm_heads", op)
+            return fn, (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows, width, op.attr("heads"))
+        return self._rmsnorm, (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows)
 
     def _op_matmul(self, op, outs, ins, weights, batch):
         w, x = weights[0], ins[0]
@@ -326,6 +358,30 @@ class OpDevice:
         bias_ptr = self.weight(bias).ptr if bias is not None else None
         return w.matmul, (w.ptr, w.row_bytes, w.shape[0], k, x.ptr, m, outs[0].ptr, bias_ptr, None, self._scratch_ptr(m))
 
+    def _op_moe_route(self, op, outs, ins, weights, batch):
+        (logits,), (ids, w) = ins, outs
+        t, n_expert = logits.array.shape
+        return _checked(self._moe_route, "moe_route"), (logits.ptr, t, n_expert, op.attrs["n_used"], ids.ptr, w.ptr)
+
+    def _op_moe_matmul(self, op, outs, ins, weights, batch):
+        (x, ids), w = ins, weights[0]
+        if w.matmul is None:
+            raise DeviceError(f"the cpu kernels have no expert matmul for {w.name} ({w.format})")
+        t, n_used = ids.array.shape
+        _, n, k = w.shape
+        need = self._moe_scratch_bytes(t)
+        if self._moe_scratch.nbytes < need:
+            self._retired.append(self._moe_scratch)
+            self._moe_scratch = np.empty(max(need, 2 * self._moe_scratch.nbytes), np.uint8)
+        per_slot = int(x.array.shape[1] == n_used * k)
+        return _checked(w.matmul, f"moe_matmul {w.name}"), (w.ptr, n * w.row_bytes, w.row_bytes, n, k, x.ptr, per_slot,
+                                                             ids.ptr, t, n_used, outs[0].ptr, self._moe_scratch.ctypes.data)  # fmt: skip
+
+    def _op_moe_combine(self, op, outs, ins, weights, batch):
+        y, w = ins
+        t, n_used = w.array.shape
+        return self._moe_combine, (y.ptr, w.ptr, t, n_used, outs[0].array.shape[1], outs[0].ptr)
+
     def _op_add_bias(self, op, outs, ins, weights, batch):
         rows, n = ins[0].array.shape
         return self._add_bias, (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows, n)
@@ -334,14 +390,23 @@ class OpDevice:
         return self._add, (ins[0].ptr, ins[1].ptr, outs[0].ptr, ins[0].array.size)
 
     def _op_swiglu(self, op, outs, ins, weights, batch):
-        return self._swiglu, (ins[0].ptr, ins[1].ptr, outs[0].ptr, ins[0].array.size)
+        fn = self._arch_kernel("rfc_geglu", op) if op.attr("activation") == "gelu_tanh" else self._swiglu
+        return fn, (ins[0].ptr, ins[1].ptr, outs[0].ptr, ins[0].array.size)
+
+    def _op_softcap(self, op, outs, ins, weights, batch):
+        return self._arch_kernel("rfc_softcap", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["cap"])
 
     def _op_gather_rows(self, op, outs, ins, weights, batch):
         return self._gather_rows, (ins[0].ptr, batch.logit_rows.ptr, batch.num_rows, ins[0].array.shape[1], outs[0].ptr)
 
     def _op_rope(self, op, outs, ins, weights, batch):
         factors = weights[0].ptr if weights else None
-        return self._rope, (outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.num_tokens, factors)
+        if "rfc_rope_freqs" not in self._arch:  # a library from before per-op rope frequencies
+            return self._rope, (outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.num_tokens, factors)
+        a = op.attrs
+        table = self._keep.setdefault(id(op), np.array(rope_inv_freq(a["n_rot"], a["freq_base"], a["freq_scale"]), np.float64))
+        return self._arch["rfc_rope_freqs"], (outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.num_tokens, factors,
+                                              table.ctypes.data, op.attr("attn_factor"))  # fmt: skip
 
     def _layer_ptrs(self, layer: int) -> tuple[int, int]:
         off = layer * self._layer_bytes
@@ -353,8 +418,22 @@ class OpDevice:
 
     def _op_attention(self, op, outs, ins, weights, batch):
         kc, vc = self._layer_ptrs(op.attrs["layer"])
-        return self._attention, (ins[0].ptr, outs[0].ptr, kc, vc, batch.positions.ptr, batch.seq_start.ptr,
-                                 batch.num_seqs, batch.block_tables.ptr, batch.max_blocks, batch.block_size)
+        args = (ins[0].ptr, outs[0].ptr, kc, vc, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
+                batch.block_tables.ptr, batch.max_blocks, batch.block_size)
+        window, softcap = op.attr("window"), op.attr("softcap")
+        if window is None and softcap is None:
+            return self._attention, args
+        return self._arch_kernel("rfc_attention_ws", op), (*args, window or 0, softcap or 0.0)  # 0: off
+
+
+def _checked(fn, what: str):
+    """A kernel that returns a negative status for sizes its build was not made for."""
+
+    def call(*args) -> None:
+        if fn(*args) < 0:
+            raise DeviceError(f"the cpu kernels refused {what}: sizes outside what the library was compiled for")
+
+    return call
 
 
 def _fusions(ops: tuple[Op, ...]) -> tuple[dict[int, str], set[int]]:

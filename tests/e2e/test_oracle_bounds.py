@@ -18,9 +18,8 @@ from tests.oracle import Oracle
 
 pytestmark = pytest.mark.shared
 
-# Fixtures whose plans use ops or attributes the per-op cpu kernels lack (they are refused:
-# test_cpu_device.py); the cpu step program will take them over.
-CPU_REFUSED = ("tiny-qwen3", "tiny-gemma2", "tiny-gemma3", "tiny-mixtral")
+# Fixtures the cpu target refuses (none today: every fixture architecture has cpu kernels).
+CPU_REFUSED: tuple[str, ...] = ()
 CPU_MODELS = [n for n in TINY_MODELS if not n.startswith(CPU_REFUSED)]
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
 
@@ -71,6 +70,24 @@ def test_phi3_long_context_rope_matches_the_oracle(bundle_cache, oracle, tmp_pat
     ok, summary = oracle_bounds(path.stem, ref, oracle(path))
     assert ok, summary
     assert np.abs(oracle(path) - oracle(src)).mean() > 0.05  # the factors and the attn_factor matter
+
+
+@needs_cc
+@pytest.mark.toolchain
+def test_phi3_long_context_rope_on_the_cpu(bundle_cache, oracle, tmp_path):
+    """The same LongRoPE file on the cpu step program (rope attn_factor 1.19), within its
+    per-format bounds."""
+    from tests.gguf_edit import rewrite_gguf
+
+    src = FIXTURES / "tiny-phi3-F16.gguf"
+    rng = np.random.default_rng(3)
+    path = rewrite_gguf(src, tmp_path / "tiny-phi3-long-F16.gguf",
+                        metadata={"phi3.context_length": 8192, "phi3.rope.scaling.attn_factor": 1.19},
+                        add_tensors={"rope_factors_long.weight": 1.0 + 3.0 * rng.random(16),
+                                     "rope_factors_short.weight": np.ones(16)})  # fmt: skip
+    shutil.copy(src.with_suffix(".logits.npz"), path.with_suffix(".logits.npz"))
+    ok, summary = _cpu_check(path, bundle_cache(path), oracle)
+    assert ok, summary
 
 
 def _cpu_check(path: Path, bundle, oracle, fault=None) -> tuple[bool, str]:
@@ -127,6 +144,15 @@ def test_a_cpu_kernel_2_percent_off_fails(name, fmt, bundle_cache, oracle):
     bundle = bundle_cache(path)
     ok, summary = _cpu_check(path, bundle, oracle, fault=_weight_format(bundle, fmt))
     assert not ok, f"a {fmt} matmul kernel 2% off passed: {summary}"
+
+
+@needs_cc
+@pytest.mark.toolchain
+def test_a_cpu_expert_matmul_2_percent_off_fails(bundle_cache, oracle):
+    path = FIXTURES / "tiny-mixtral-Q4_K_M.gguf"
+    bundle = bundle_cache(path)
+    ok, summary = _cpu_check(path, bundle, oracle, fault=lambda op: op.kind == "moe_matmul" and "down" in op.weights[0])
+    assert not ok, f"an expert matmul 2% off passed: {summary}"
 
 
 @pytest.mark.parametrize("name,which", [

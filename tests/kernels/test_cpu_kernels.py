@@ -61,6 +61,11 @@ N_ROWS = 37
 N_EMBD, N_HEADS, N_KV_HEADS, HEAD_DIM, N_ROT, N_FF = 256, 8, 2, 32, 24, 96
 KV = KVSpec(n_layers=2, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
 NUM_BLOCKS, BLOCK_SIZE = 16, 4
+LOCAL_ROPE = {"freq_base": 500.0, "freq_scale": 1.0, "attn_factor": 1.25}  # a second rope: other base, attn_factor
+WINDOW_SOFTCAP = {"window": 5, "softcap": 1.5}  # small: most scores are capped, most positions masked
+# Experts: a few formats (float, 32-element int8, k-quants with and without a packed prefill)
+N_EXPERT, N_USED = 6, 2
+MOE_FORMATS = ("F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K")
 
 
 def k_of(fmt: str) -> int:
@@ -134,10 +139,17 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         if fmt not in PACKED_FORMATS:  # embedding tables are read by rows: never repacked
             blob.add(f"tok.{fmt}", fmt, (N_ROWS, N_EMBD), weight_bytes(fmt, N_ROWS, N_EMBD, rng))
             ops.append(Op("embed", ("tokens",), ("x",), (f"tok.{fmt}",)))
+    for fmt in MOE_FORMATS:
+        k = k_of(fmt)
+        blob.add(f"moe.{fmt}", fmt, (N_EXPERT, N_ROWS, k), weight_bytes(fmt, N_EXPERT * N_ROWS, k, rng))
+        ops.append(Op("moe_matmul", ("x", "expert_ids"), ("ey",), (f"moe.{fmt}",)))
+    ops += [Op("moe_route", ("router",), ("expert_ids", "expert_weights"), (), {"n_used": N_USED}),
+            Op("moe_combine", ("ey", "expert_weights"), ("h",))]
     blob.add("norm", "F32", (N_EMBD,), f32(1.0 + 0.1 * rng.standard_normal(N_EMBD)))
     blob.add("norm16", "F16", (N_EMBD,), (1.0 + 0.1 * rng.standard_normal(N_EMBD)).astype(np.float16).tobytes())
     blob.add("bias", "F32", (N_ROWS,), f32(rng.standard_normal(N_ROWS)))
     blob.add("rope_freqs", "F32", (N_ROT // 2,), f32(1.0 + rng.random(N_ROT // 2)))
+    blob.add("head_norm", "F32", (HEAD_DIM,), f32(1.0 + 0.1 * rng.standard_normal(HEAD_DIM)))
     rope = {"n_heads": N_HEADS, "n_kv_heads": N_KV_HEADS, "head_dim": HEAD_DIM, "n_rot": N_ROT,
             "style": rope_style, "freq_base": 10000.0, "freq_scale": 0.5}
     att = {"n_heads": N_HEADS, "n_kv_heads": N_KV_HEADS, "head_dim": HEAD_DIM, "scale": 1.0 / math.sqrt(HEAD_DIM)}
@@ -146,6 +158,12 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         Op("rope", ("q", "k"), ("q", "k"), ("rope_freqs",), rope),
         Op("kv_write", ("k", "v"), (), (), {"layer": 1}),
         Op("attention", ("q",), ("att",), (), {"layer": 1, **att}),
+        # the attributes layers of newer architectures differ in (qwen3, gemma2, gemma3)
+        Op("rmsnorm", ("q",), ("q",), ("head_norm",), {"eps": 1e-5, "heads": N_HEADS}),
+        Op("rope", ("q", "k"), ("q", "k"), (), {**rope, **LOCAL_ROPE}),
+        Op("attention", ("q",), ("att",), (), {"layer": 1, **att, **WINDOW_SOFTCAP}),
+        Op("swiglu", ("gate", "up"), ("gate",), (), {"activation": "gelu_tanh"}),
+        Op("softcap", ("y",), ("y",), (), {"cap": 3.0}),
     ]
     hp = HParams(
         architecture="llama", name="kernel-test", context_length=64, n_embd=N_EMBD, n_ff=N_FF, n_layers=2,
@@ -153,7 +171,7 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         rope_freq_base=10000.0, rope_freq_scale=0.5, rope_scaling_type="linear", rms_eps=1e-5,
         vocab_size=N_ROWS, tied_embeddings=False, qkv_bias=False, rope_freq_factors=True,
     )
-    plan = Plan(buffers=(Buffer("x", ("T", N_EMBD)),), ops=tuple(ops), kv=KV, input_tokens="tokens",
+    plan = Plan(buffers=(Buffer("x", ("T", N_EMBD)), Buffer("router", ("T", N_EXPERT))), ops=tuple(ops), kv=KV, input_tokens="tokens",
                 output_logits="y", output_hidden="x", vocab_size=N_ROWS, n_embd=N_EMBD, context_length=64)
     return hp, plan, WeightLayout(256, tuple(blob.entries)), bytes(blob.data)
 
@@ -288,6 +306,19 @@ def test_embed_matches_reference(kit: Kit, fmt: str):
     assert_close(got.array, want, 1e-6, 1e-7)
 
 
+@pytest.mark.parametrize("fmt", ["Q8_0", "F16", "Q4_K"])
+def test_embed_with_a_scale(kit: Kit, fmt: str):
+    """gemma: the rows times sqrtf(n_embd)."""
+    batch = one_seq_batch(3)
+    tokens = np.array([3, 36, 0], np.int32)
+    op = Op("embed", ("tokens",), ("x",), (f"tok.{fmt}",), {"scale": float(np.sqrt(np.float32(N_EMBD)))})
+    want = np.zeros((3, N_EMBD), np.float32)
+    kit.ref.launch(op, [want], [tokens], [kit.ref.weight(f"tok.{fmt}")], batch)
+    got = host(np.zeros((3, N_EMBD), np.float32))
+    kit.cpu.launch(op, [got], [host(tokens)], [kit.cpu.weight(f"tok.{fmt}")], kit.cpu.upload_batch(batch))
+    assert_close(got.array, want, 1e-6, 1e-7)
+
+
 def test_embed_refuses_token_outside_vocabulary(kit: Kit):
     tokens = host(np.array([1, N_ROWS], np.int32))
     with pytest.raises(DeviceError, match="outside the vocabulary"):
@@ -321,16 +352,28 @@ def test_rmsnorm(kit: Kit, rows: int, norm: str):
     assert_close(got[0], want[0], 1e-5, 1e-6)
 
 
+@pytest.mark.parametrize("heads,width", [(N_HEADS, N_HEADS * HEAD_DIM), (N_KV_HEADS, N_KV_HEADS * HEAD_DIM), (1, HEAD_DIM)])
+def test_rmsnorm_per_head(kit: Kit, heads: int, width: int):
+    """qwen3's and gemma3's Q/K norms: each head's segment on its own, in place (one head:
+    a row narrower than n_embd, gemma3's single kv head)."""
+    x = np.random.default_rng(heads).standard_normal((5, width)).astype(np.float32) * 3
+    x[:, :HEAD_DIM] *= 40  # heads of different scales: one norm over the row would differ
+    op = Op("rmsnorm", ("q",), ("q",), ("head_norm",), {"eps": 1e-5, "heads": heads})
+    got, want = run_both(kit, op, [np.zeros_like(x)], [x], ["head_norm"], None)
+    assert_close(got[0], want[0], 1e-5, 1e-6)
+
+
 @pytest.mark.parametrize("factors", [True, False])
-def test_rope(kit: Kit, factors: bool):
+@pytest.mark.parametrize("variant", ["first", "local"])
+def test_rope(kit: Kit, factors: bool, variant: str):
     rng = np.random.default_rng(3)
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     blocks.allocate(0, 40)
     batch = build_batch([SeqChunk(0, 31, tuple(range(9)))], blocks)  # positions 31..39
     q = rng.standard_normal((9, N_HEADS * HEAD_DIM)).astype(np.float32)
     k = rng.standard_normal((9, N_KV_HEADS * HEAD_DIM)).astype(np.float32)
-    op = kit.op("rope")
-    weights = list(op.weights) if factors else []
+    op = [o for o in kit.plan.ops if o.kind == "rope"][0 if variant == "first" else 1]
+    weights = list(kit.op("rope").weights) if factors else []
     op = Op("rope", op.inputs, op.outputs, tuple(weights), op.attrs)
     got, want = run_both(kit, op, [q, k], [q, k], weights, batch)
     for g, w in zip(got, want):
@@ -342,6 +385,11 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     g = (rng.standard_normal((3, 1001)) * 6).astype(np.float32)
     u = rng.standard_normal((3, 1001)).astype(np.float32)
     got, want = run_both(kit, Op("swiglu", ("g", "u"), ("g",)), [np.zeros_like(g)], [g, u], [], None)
+    assert_close(got[0], want[0], 1e-5, 1e-6)
+    gelu = Op("swiglu", ("g", "u"), ("g",), (), {"activation": "gelu_tanh"})
+    got, want = run_both(kit, gelu, [np.zeros_like(g)], [g, u], [], None)
+    assert_close(got[0], want[0], 1e-5, 1e-6)
+    got, want = run_both(kit, Op("softcap", ("g",), ("g",), (), {"cap": 3.0}), [np.zeros_like(g)], [g], [], None)
     assert_close(got[0], want[0], 1e-5, 1e-6)
     got, want = run_both(kit, Op("add", ("a", "b"), ("a",)), [np.zeros_like(g)], [g, u], [], None)
     assert_close(got[0], want[0], 1e-6, 0)
@@ -358,13 +406,16 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     np.testing.assert_array_equal(got[0], want[0])
 
 
-def test_kv_write_and_attention_over_paged_cache(kit: Kit):
+@pytest.mark.parametrize("extra", [{}, WINDOW_SOFTCAP, {"window": 40}, {"softcap": 1.5}], ids=["plain", "window5-softcap", "window40", "softcap"])
+def test_kv_write_and_attention_over_paged_cache(kit: Kit, extra: dict):
     """Two sequences with interleaved blocks, prefill then mixed decode/prefill steps; the
-    last step spans several query blocks and several chunks of cache positions."""
+    last step spans several query blocks and several chunks of cache positions. Sliding
+    windows (gemma2/3: of 5, inside a chunk; of 40, across chunks) and soft-capped scores."""
     rng = np.random.default_rng(5)
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     steps = [[(0, 0, 6), (1, 0, 3)], [(0, 6, 1), (1, 3, 2)], [(1, 5, 7), (0, 7, 1)], [(0, 8, 37), (1, 12, 1)]]
     kv_op, att_op = kit.op("kv_write"), kit.op("attention")
+    att_op = Op(att_op.kind, att_op.inputs, att_op.outputs, (), {**att_op.attrs, **extra})
     for step in steps:
         for seq, start, n in step:
             blocks.allocate(seq, start + n)
@@ -485,3 +536,69 @@ def test_avx512_build_uses_the_targets_flags():
         f.flush()
         asm = subprocess.run(["objdump", "-d", f.name], capture_output=True, text=True, check=True).stdout
     assert "vpdpbusd" not in asm and "zmm" not in asm  # the cpu (AVX2) build stays within x86-64-v3
+
+
+# -- mixture of experts ------------------------------------------------------------------------
+
+
+def test_moe_route_matches_reference(kit: Kit):
+    """Ids exactly (ties: the lower expert first) and the renormalized weights."""
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((9, N_EXPERT)).astype(np.float32)
+    logits[1] = 0.5  # all equal: experts 0 and 1
+    logits[2, [1, 4]] = logits[2].max() + 1.0  # a tie for the top: 1, then 4
+    logits[3, [0, 3, 5]] = logits[3].max() + 2.0  # three equal: 0 and 3
+    logits[4] *= 60.0  # one expert takes nearly all
+    ids, w = np.zeros((9, N_USED), np.int32), np.zeros((9, N_USED), np.float32)
+    (got_ids, got_w), (want_ids, want_w) = run_both(kit, kit.op("moe_route"), [ids, w], [logits], [], None)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    assert want_ids[1].tolist() == [0, 1] and want_ids[2].tolist() == [1, 4] and want_ids[3].tolist() == [0, 3]
+    assert_close(got_w, want_w, 1e-6, 1e-7)
+
+
+def _expert_ids(tokens: int, rng: np.random.Generator) -> np.ndarray:
+    """Every token's first choice is expert 0 (it gets all tokens), expert N_EXPERT - 1 none."""
+    ids = np.zeros((tokens, N_USED), np.int32)
+    for t in range(tokens):
+        ids[t, 1:] = rng.choice(np.arange(1, N_EXPERT - 1), N_USED - 1, replace=False)
+    return ids
+
+
+@pytest.mark.parametrize("per_slot", [False, True])
+@pytest.mark.parametrize("tokens", [1, 3, 17])
+@pytest.mark.parametrize("fmt", MOE_FORMATS)
+def test_moe_matmul_matches_reference(kit: Kit, fmt: str, tokens: int, per_slot: bool):
+    """Slots grouped by expert: expert 0 has every token (17: the packed prefill path where the
+    format has one), expert 5 none, the others a few. Each slot within the dense bound."""
+    rng = np.random.default_rng(tokens + 100 * per_slot)
+    k = k_of(fmt)
+    name = f"moe.{fmt}"
+    x = rng.standard_normal((tokens, N_USED * k if per_slot else k)).astype(np.float32)
+    ids = _expert_ids(tokens, rng)
+    out = np.full((tokens, N_USED * N_ROWS), np.nan, np.float32)
+    op = Op("moe_matmul", ("x", "expert_ids"), ("ey",), (name,))
+    (got,), (want,) = run_both(kit, op, [out], [x, ids], [name], None)
+    w = kit.ref.weight(name)
+    for t in range(tokens):
+        for j in range(N_USED):
+            row = x[t, j * k : (j + 1) * k] if per_slot else x[t]
+            bound = matmul_bound(w[ids[t, j]], row[None], kit.act_block(fmt))[0]
+            err = np.abs(got[t, j * N_ROWS : (j + 1) * N_ROWS] - want[t, j * N_ROWS : (j + 1) * N_ROWS])
+            assert (err <= bound).all(), f"{fmt} slot ({t}, {j}): max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
+
+
+def test_moe_combine_matches_reference(kit: Kit):
+    rng = np.random.default_rng(7)
+    y = rng.standard_normal((5, N_USED * N_ROWS)).astype(np.float32)
+    w = rng.random((5, N_USED)).astype(np.float32)
+    (got,), (want,) = run_both(kit, kit.op("moe_combine"), [np.zeros((5, N_ROWS), np.float32)], [y, w], [], None)
+    assert_close(got, want, 1e-6, 1e-7)
+
+
+@pytest.mark.parametrize("n_expert,n_used", [(cpu.MAX_EXPERTS + 1, 2), (4, 5), (4, 0)])
+def test_moe_expert_counts_are_bounded_before_they_size_anything(n_expert: int, n_used: int):
+    plan = Plan(buffers=(Buffer("router", ("T", n_expert)),), ops=(Op("moe_route", ("router",), ("ids", "w"), (), {"n_used": n_used}),),
+                kv=KV, input_tokens="tokens", output_logits="w", output_hidden="w", vocab_size=N_ROWS, n_embd=N_EMBD,
+                context_length=64)  # fmt: skip
+    with pytest.raises(CompileError, match="expert counts out of range"):
+        cpu._moe_params(plan, {}, {"moe_route": list(plan.ops)})

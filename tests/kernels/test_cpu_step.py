@@ -165,3 +165,101 @@ def test_a_bundle_with_a_gpu_target_keeps_the_gguf_layouts():
     spec = build_spec(read_gguf(MODEL))
     assert _weight_uses(spec, parse_targets(("cpu", "gfx1100"))) == spec.weights
     assert any(u.packed for u in _weight_uses(spec, parse_targets(("cpu", "cpu-avx512"))))
+
+
+# -- the newer architectures ---------------------------------------------------------------------
+
+ARCH_MODELS = ["tiny-qwen3-Q8_0", "tiny-gemma2-Q8_0", "tiny-gemma3-F16"]
+
+
+@pytest.mark.parametrize("name", ARCH_MODELS)
+def test_step_program_equals_the_per_op_kernels_for(name, bundle_cache):
+    """Per-head Q/K norms, embedding scale, GeGLU, post-norms, sliding windows (32: crossed
+    here), soft-capped attention and logits, per-layer rope bases: the step program gives the
+    per-op kernels' logits exactly, prefill and decode."""
+    path = FIXTURES / f"{name}.gguf"
+    if not path.exists():
+        pytest.skip(f"fixture {path} missing")
+    lm = load_model(bundle_cache(path), LoadOptions(device="cpu"))
+    ops = OpDevice(lm.bundle, lm.executor.device.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
+    op_exec = Executor(lm.bundle.plan, ops)
+    op_blocks = BlockManager(lm.blocks.num_blocks, lm.blocks.block_size)
+    tokens = np.random.default_rng(0).integers(0, lm.bundle.plan.vocab_size, 64)
+    for steps in ([(0, 0, 40)], [(0, 40, 1), (1, 0, 9)], [(1, 9, 1), (0, 41, 1)]):
+        got = lm.executor.forward(_batch(lm.blocks, steps, tokens))
+        want = op_exec.forward(_batch(op_blocks, steps, tokens))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_lowering_of_per_layer_attributes(bundle_cache):
+    """gemma3: two rope tables (local and global bases), windows only on the local layers,
+    per-head norms as phases of their own; llama's fusions stay."""
+    path = FIXTURES / "tiny-gemma3-Q8_0.gguf"
+    if not path.exists():
+        pytest.skip(f"fixture {path} missing")
+    b = open_bundle(bundle_cache(path))
+    plan, entries = b.plan, b.layout.by_name()
+    low = cpu_step.lower(plan, entries, cpu.vector_refs(plan, entries)[0], plan.output_logits)
+    ropes = [p for p in low.phases if p["kind"] == "rope"]
+    assert {p["variant"] for p in ropes} == {0, 1} and len(cpu_step.rope_variants(plan)) == 2
+    windows = [p["window"] for p in low.phases if p["kind"] == "attention"]
+    assert windows == [32 if i % 6 < 5 else 0 for i in range(plan.kv.n_layers)]
+    assert sum(p["kind"] == "rmsnorm_heads" for p in low.phases) == 2 * plan.kv.n_layers
+    quantize = [p for p in low.phases if p["kind"] == "mm_quantize"]
+    assert [p["pro"]["kind"] for p in quantize[:4]] == ["rmsnorm", "none", "rmsnorm", "swiglu"]
+    assert quantize[3]["pro"]["fn"] == "rfc_geglu_span"
+
+
+def test_step_program_refuses_attribute_values_outside_float32():
+    from rfc.compiler.errors import CompileError
+
+    with pytest.raises(CompileError, match="outside the float32 range"):
+        cpu_step.f32_literal(1e-300, "attention softcap")
+# -- mixture of experts (tiny-mixtral: 4 experts, 2 per token) ---------------------------------
+
+MOE_MODEL = FIXTURES / "tiny-mixtral-Q4_K_M.gguf"
+
+
+@pytest.fixture(scope="module")
+def moe_bundle(bundle_cache) -> Path:
+    if not MOE_MODEL.exists():
+        pytest.skip(f"fixture {MOE_MODEL} missing")
+    return bundle_cache(MOE_MODEL)
+
+
+def test_moe_lowering_groups_and_fuses(moe_bundle):
+    """Per layer: the router runs as its matmul's own phase, then moe_route (+ the grouping),
+    gate and up as one expert matmul of two segments, swiglu inside the down matmul's
+    gather, and moe_combine adding the residual. Expert tensors keep their GGUF layout."""
+    b = open_bundle(moe_bundle)
+    entries = b.layout.by_name()
+    refs, _, _ = cpu.vector_refs(b.plan, entries)
+    low = cpu_step.lower(b.plan, entries, refs, b.plan.output_logits)
+    kinds = [p["kind"] for p in low.phases]
+    n_layers = b.plan.kv.n_layers
+    assert kinds.count("moe_route") == kinds.count("moe_combine") == n_layers
+    quantize = [p for p in low.phases if p["kind"] == "moe_quantize"]
+    assert [len(p["segs"]) for p in quantize[:2]] == [2, 1]
+    assert quantize[0]["per_slot"] == 0 and quantize[0]["up"] == -1
+    assert quantize[1]["per_slot"] == 1 and quantize[1]["up"] >= 0  # swiglu(gate, up) in the gather
+    assert all(p["accum"] >= 0 for p in low.phases if p["kind"] == "moe_combine")
+    assert "swiglu" not in kinds and "add" not in kinds
+    experts = [w for op in b.plan.ops if op.kind == "moe_matmul" for w in op.weights]
+    assert experts and all(entries[w].format in ("Q4_K", "Q6_K") and len(entries[w].shape) == 3 for w in experts)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_moe_step_program_equals_the_per_op_kernels(moe_bundle, threads):
+    """A 20-token prefill (experts with 8+ tokens take the packed matmul, others the row
+    tiles), then mixed steps: the step program and the op-by-op kernels agree exactly."""
+    lm = load_model(moe_bundle, LoadOptions(device="cpu"))
+    step = lm.executor.device
+    step.n_threads = threads
+    ops = OpDevice(lm.bundle, step.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
+    op_exec = Executor(lm.bundle.plan, ops)
+    op_blocks = BlockManager(lm.blocks.num_blocks, lm.blocks.block_size)
+    tokens = np.random.default_rng(threads).integers(0, lm.bundle.plan.vocab_size, 64)
+    for steps in ([(0, 0, 20)], [(0, 20, 1), (1, 0, 9)], [(1, 9, 1), (0, 21, 1)]):
+        got = lm.executor.forward(_batch(lm.blocks, steps, tokens))
+        want = op_exec.forward(_batch(op_blocks, steps, tokens))
+        np.testing.assert_array_equal(got, want)
