@@ -231,13 +231,25 @@ RFC_DEVICE_FN void rfc_kv_f32_load_n(const rfc_kv_f32_t *p, float *f) {
 
 /* Keys per split of a row's n keys: ceil(n / splits) rounded up to a multiple of granule, so
  * no split is empty and short rows take fewer splits. A step of more than split_rows rows
- * does not split (one slice of all n keys): it has blocks enough, and the partials' scratch
- * holds split_rows rows. The split attention kernels, their reduction and the per-op kernel
+ * does not split (one slice of all n keys; the kernels take their tiled path there, and the
+ * reduce kernel has nothing to merge): it has blocks enough, and the partials' scratch holds
+ * split_rows rows. The split attention kernels, their reduction and the per-op kernel
  * all cut rows with this one function. */
 RFC_DEVICE_FN int rfc_attention_slice(int n, int n_rows, int splits, int granule, int split_rows) {
     if (n_rows > split_rows) return n;
     const int per = (n + splits - 1) / splits;
     return (per + granule - 1) / granule * granule;
+}
+
+/* Tiled prefill attention: does step row r begin a tile of at most `tile_rows` rows? Tiles
+ * hold consecutive positions of one sequence and are aligned to multiples of tile_rows in
+ * position, so a row starts one at a sequence's first row in the step, after a gap in
+ * positions, or at a position multiple of tile_rows. Every tile is found by its own first
+ * row (one block per step row, the rest exit), so the grid stays static per row count, no
+ * tile spans two sequences, and a decode row in a mixed step is a tile of its own. */
+RFC_DEVICE_FN bool rfc_attention_tile_starts(const int *positions, const int *seq_of_token, int r, int tile_rows) {
+    return r == 0 || seq_of_token[r] != seq_of_token[r - 1] || positions[r] != positions[r - 1] + 1 ||
+           positions[r] % tile_rows == 0;
 }
 
 /* Folds one softmax partial (its max m, sum l and weighted value a) into the running (M, L, O):
@@ -257,6 +269,12 @@ RFC_DEVICE_FN void rfc_softmax_merge(float *M, float *L, float *O, float m, floa
  * of the group gets the total. */
 RFC_DEVICE_FN float rfc_group_sum(float v, int width) {
     for (int mask = width >> 1; mask > 0; mask >>= 1) v += rfc_shfl_xor(v, mask);
+    return v;
+}
+
+/* Maximum over groups of `width` adjacent lanes, like rfc_group_sum. */
+RFC_DEVICE_FN float rfc_group_max(float v, int width) {
+    for (int mask = width >> 1; mask > 0; mask >>= 1) v = RFC_FMAXF(v, rfc_shfl_xor(v, mask));
     return v;
 }
 

@@ -89,6 +89,21 @@ ATTENTION_SPLITS = 16
 ATTENTION_SPLIT_KEYS = 64
 ATTENTION_SPLIT_ROWS = 64
 ATTENTION_SCRATCH = "attention.scratch"  # the arena slot of the partials (not a plan buffer)
+# Tiled prefill attention: steps of more than ATTENTION_SPLIT_ROWS rows (the split kernels'
+# bound, so every step takes exactly one of the two paths) run tiles of up to
+# ATTENTION_TILE_ROWS rows of one sequence x a kv head's query heads, at most
+# ATTENTION_TILE_QUERIES query vectors and ATTENTION_ACC_TILE output elements per thread, over
+# chunks of 32, 16 or 8 keys (one lane group each in the softmax, so at most a wave of 32).
+# Its shared arrays overlay the row path's in the one kernel, within ATTENTION_TILE_SHARED bytes
+# (static shared memory stops at 48 KiB; slot and reduction arrays come on top). The tiled path
+# lives in the row path's kernel, so its registers are the decode kernel's too: 16 outputs per
+# thread keep both at most 128 on sm_90 (two 256-thread blocks per SM, as before it; 24 took
+# 168). The shared overlay does cost decode occupancy where shared memory is 64 KiB per CU.
+ATTENTION_TILE_ROWS = 32
+ATTENTION_TILE_QUERIES = 64
+ATTENTION_ACC_TILE = 16
+ATTENTION_TILE_KEYS = (32, 16, 8)
+ATTENTION_TILE_SHARED = 44 * 1024
 VECTOR_BYTES = 16  # widest load along head_dim (128 bits)
 ATTENTION_ACC_MAX = 8  # V accumulators per thread (query heads x elements): registers, and 8 KB of shared to merge them
 
@@ -367,7 +382,10 @@ class _Planner:
 
     def _attention(self, op: Op) -> KernelSpec:
         """The per-op kernel (grid rows x kv heads, every slice in turn) and, when rows split
-        into more than one slice, the step program's split and reduce kernels."""
+        into more than one slice, the step program's split and reduce kernels. The per-op and
+        split kernels both hold the tiled prefill path (gpu_attention_tile.hip.j2) that steps
+        of more than ATTENTION_SPLIT_ROWS rows take, in their z = 0 blocks: one code for both
+        paths, so they agree bit for bit, and no launch more in the program."""
         a = op.attrs
         head_dim, n_heads, n_kv_heads = a["head_dim"], a["n_heads"], a["n_kv_heads"]
         threads = max(ATTENTION_THREADS, _round_up(head_dim, self.wave))
@@ -410,6 +428,9 @@ class _Planner:
             "softcap": float(softcap or 0.0),
             "split": False,
         }
+        tile = _attention_tile(head_dim, group, threads)
+        params.update(tile)
+        params["smem_floats"] = max(group * head_dim + params["p_floats"], _tile_floats(tile, head_dim))
         steps = ()
         if splits > 1:
             split = KernelSpec(f"{name}_split", "gpu_attention.hip.j2", dict(params, name=f"{name}_split", split=True),
@@ -421,6 +442,33 @@ class _Planner:
             steps = (split, reduce)
         grid = (("n_rows", 1), (n_kv_heads, 1))  # one block per kv head and its query heads
         return KernelSpec(name, "gpu_attention.hip.j2", params, KERNEL_ARGS["attention"], threads, grid, steps)
+
+
+def _tile_floats(tile: dict, head_dim: int) -> int:
+    """Shared floats of the tiled path: q, K (padded rows), V, p, and max / sum / rescale per query."""
+    queries, keys = tile["tile_queries"], tile["tile_keys"]
+    return queries * (head_dim + keys + 3) + keys * (tile["tile_kstride"] + head_dim)
+
+
+def _attention_tile(head_dim: int, group: int, threads: int) -> dict:
+    """The prefill tile: for each key chunk, the most rows that fit the shared budget; of
+    those, the tile whose chunk does the most dot products per element it holds
+    (queries x keys / (queries + keys)), ties to the bigger chunk (fewer barriers per key)."""
+    kstride = head_dim if head_dim % 2 else head_dim + 1  # odd: lanes of a key chunk hit distinct banks
+    cap = max(1, min(ATTENTION_TILE_ROWS, ATTENTION_TILE_QUERIES // group, ATTENTION_ACC_TILE * threads // (group * head_dim)))
+    best, best_score = None, -1.0
+    for keys in ATTENTION_TILE_KEYS:
+        for rows in range(cap, 0, -1):
+            tile = {"tile_rows": rows, "tile_queries": rows * group, "tile_keys": keys, "tile_kstride": kstride,
+                    "tile_acc": -(-rows * group * head_dim // threads)}
+            if 4 * _tile_floats(tile, head_dim) <= ATTENTION_TILE_SHARED:
+                score = rows * group * keys / (rows * group + keys)
+                if score > best_score:
+                    best, best_score = tile, score
+                break
+    if best is None:
+        raise CompileError(f"no prefill attention tile of {group} query heads x {head_dim} fits {ATTENTION_TILE_SHARED} bytes")
+    return best
 
 
 def attention_scratch_floats(spec: KernelSpec) -> int:

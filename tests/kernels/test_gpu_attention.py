@@ -1,4 +1,5 @@
-"""Split-KV attention (flash decoding, issue 10 item 3) against the numpy reference, emulated.
+"""Split-KV attention (flash decoding, issue 10 item 3) and the tiled prefill path against the
+numpy reference, emulated.
 
 The planner's attention kernels for synthetic shapes (GQA groups 1 to 4, head_dim 7 to 64,
 f16 and f32 KV caches, sliding windows, soft-capping) are rendered as a GPU target renders
@@ -6,11 +7,13 @@ them and run by the host emulator (gpu_emulator.py): the split kernel (grid rows
 slices) with its reduce kernel, as the step program launches them, and the per-op kernel.
 Both must match ReferenceDevice.op_attention within 2e-4 * max(1, max |ref|) and each other
 bit for bit (the same partials merged in the same order). Rows are ragged: several sequences,
-some shorter than one slice, some past the window, over shuffled block tables. No GPU
-toolchain is needed.
+some shorter than one slice, some past the window, over shuffled block tables. Steps of more
+than ATTENTION_SPLIT_ROWS rows run both kernels' tiled path: prompts, chunks after a cached
+prefix and decode rows in one step. No GPU toolchain is needed.
 """
 
 import ctypes
+import dataclasses
 import platform
 import shutil
 from types import SimpleNamespace
@@ -21,7 +24,8 @@ import pytest
 from rfc.artifacts.plan import Op
 from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_plan import (
-    ATTENTION_SPLIT_KEYS, ATTENTION_SPLIT_ROWS, ATTENTION_SPLITS, I32, KernelSpec, attention_scratch_floats, plan_kernels,
+    ATTENTION_ACC_TILE, ATTENTION_SPLIT_KEYS, ATTENTION_SPLIT_ROWS, ATTENTION_SPLITS, ATTENTION_TILE_QUERIES,
+    ATTENTION_TILE_SHARED, I32, KernelSpec, attention_scratch_floats, plan_kernels,
 )
 from rfc.compiler.targets import parse_target
 from rfc.runtime.batch import StepBatch
@@ -176,3 +180,41 @@ def test_splits_follow_the_longest_row():
     assert [g for g in split.grid] == [("n_rows", 1), (2, 1), (ATTENTION_SPLITS, 1)]
     # the scratch is bounded by the split rows, whatever the context
     assert attention_scratch_floats(split) == ATTENTION_SPLIT_ROWS * 4 * ATTENTION_SPLITS * (32 + 2)
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,head_dim,kv_dtype,window,softcap", SHAPES)
+def test_tiled_prefill_matches_reference(n_heads, n_kv_heads, head_dim, kv_dtype, window, softcap, tmp_path_factory):
+    """Steps of more than ATTENTION_SPLIT_ROWS rows run the tiled path in both the per-op and
+    the split kernel: fresh prompts of 300, 64, 17 and 1 tokens, a chunk of 65 rows after a
+    cached prefix of 100 keys (chunked prefill: tiles start off the tile grid), a decode row,
+    all in one step, so tiles end at every sequence boundary; then a lone 65-token prompt."""
+    case = Case(tmp_path_factory.getbasetemp() / "gpu-emu-attn", "gfx1100", n_heads, n_kv_heads, head_dim, kv_dtype,
+                window, softcap)
+    lens, rows = [300, 200, 17, 165, 1, 64], [300, 1, 17, 65, 1, 64]
+    assert sum(rows) > ATTENTION_SPLIT_ROWS
+    _check(case, case.batch(lens, rows))
+    _check(case, case.batch([65], [65]))
+
+
+def test_tiled_prefill_on_wave_64_with_one_slice(tmp_path_factory):
+    """gfx90a (wave 64: a softmax lane group is half a wave), and a window too short to split:
+    the program launches the per-op kernel itself, whose big steps are tiled."""
+    case = Case(tmp_path_factory.getbasetemp() / "gpu-emu-attn", "gfx90a", 4, 1, 16, "f32", 40, None)
+    assert case.fused.steps == ()
+    case.fused = dataclasses.replace(case.fused, steps=(case.fused,))  # as the program launches it
+    _check(case, case.batch([130, 7, 70], [129, 7, 6]))
+
+
+@pytest.mark.parametrize("head_dim,group", [(128, 4), (128, 1), (256, 8), (64, 4), (7, 2)])
+def test_prefill_tile_fits_shared_memory(head_dim, group):
+    """The tiled path's arrays fit the budget alongside the row path's, its output elements per
+    thread stay within the register bound, and a key chunk is one lane group of a 32-lane wave."""
+    op = Op("attention", ("q",), ("out",), attrs={"layer": 0, "n_heads": 4 * group, "n_kv_heads": 4,
+                                                   "head_dim": head_dim, "scale": 0.1, "window": None, "softcap": None})
+    plan = SimpleNamespace(ops=[op], kv=SimpleNamespace(dtype="f16"), context_length=4096)
+    specs, (name,) = plan_kernels(parse_target("sm_90"), plan, SimpleNamespace(by_name=lambda: {}))
+    p = next(s for s in specs if s.name == name).params
+    assert p["tile_queries"] == p["tile_rows"] * group <= ATTENTION_TILE_QUERIES
+    assert p["tile_keys"] <= 32 and p["tile_acc"] <= ATTENTION_ACC_TILE
+    assert 4 * p["smem_floats"] <= ATTENTION_TILE_SHARED
+    assert p["tile_kstride"] % 2 == 1
