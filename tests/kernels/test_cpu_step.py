@@ -100,10 +100,9 @@ def _batch(blocks: BlockManager, steps: list[tuple[int, int, int]], tokens: np.n
                        blocks)  # fmt: skip
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_step_program_equals_the_per_op_kernels(bundle, threads):
-    """Prefill (many tokens: the packed matmul), then mixed decode/prefill steps of two
-    sequences (the single-token paths): the step device and the op device agree exactly."""
+def _step_equals_per_op(bundle, threads: int):
+    """A 20-token prefill, then mixed decode/prefill steps of two sequences, on the step
+    device and on the op-by-op kernels: the logits agree exactly. Returns (the step model, the tokens)."""
     lm = load_model(bundle, LoadOptions(device="cpu"))
     step = lm.executor.device
     step.n_threads = threads
@@ -115,6 +114,14 @@ def test_step_program_equals_the_per_op_kernels(bundle, threads):
         got = lm.executor.forward(_batch(lm.blocks, steps, tokens))
         want = op_exec.forward(_batch(op_blocks, steps, tokens))
         np.testing.assert_array_equal(got, want)
+    return lm, tokens
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_step_program_equals_the_per_op_kernels(bundle, threads):
+    """Prefill (many tokens: the packed matmul), then mixed decode/prefill steps of two
+    sequences (the single-token paths): the step device and the op device agree exactly."""
+    lm, tokens = _step_equals_per_op(bundle, threads)
     hidden = lm.executor.forward_hidden(_batch(lm.blocks, [(0, 22, 2)], tokens))
     assert hidden.shape == (2, lm.bundle.plan.n_embd) and np.isfinite(hidden).all()
 
@@ -252,14 +259,4 @@ def test_moe_lowering_groups_and_fuses(moe_bundle):
 def test_moe_step_program_equals_the_per_op_kernels(moe_bundle, threads):
     """A 20-token prefill (experts with 8+ tokens take the packed matmul, others the row
     tiles), then mixed steps: the step program and the op-by-op kernels agree exactly."""
-    lm = load_model(moe_bundle, LoadOptions(device="cpu"))
-    step = lm.executor.device
-    step.n_threads = threads
-    ops = OpDevice(lm.bundle, step.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
-    op_exec = Executor(lm.bundle.plan, ops)
-    op_blocks = BlockManager(lm.blocks.num_blocks, lm.blocks.block_size)
-    tokens = np.random.default_rng(threads).integers(0, lm.bundle.plan.vocab_size, 64)
-    for steps in ([(0, 0, 20)], [(0, 20, 1), (1, 0, 9)], [(1, 9, 1), (0, 21, 1)]):
-        got = lm.executor.forward(_batch(lm.blocks, steps, tokens))
-        want = op_exec.forward(_batch(op_blocks, steps, tokens))
-        np.testing.assert_array_equal(got, want)
+    _step_equals_per_op(moe_bundle, threads)
