@@ -346,7 +346,8 @@ def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
         return {**common, "columns": True, "column_kernel": _X8_COLUMN_KERNELS[fmt], "head": 0, "has_min": False, "int8": False}
     quant_bytes = f.block_bytes - f.head_bytes
     assert quant_bytes in (16, 32) and f.head_bytes in (2, 4), f"{fmt}: a layout cpu_matmul_x8.c.j2 does not know"
-    return {**common, "columns": False, "head": f.head_bytes * 8, "has_min": f.head_bytes == 4, "int8": quant_bytes == 32}
+    return {**common, "columns": False, "head": f.head_bytes * 8, "has_min": f.head_bytes == 4, "int8": quant_bytes == 32,
+            "token_tile": "RFC_X8_TT"}  # 4 or 8 by the target's registers (cpu_gemm.h)
 
 
 def repack_plan(plan: Plan, uses: tuple) -> tuple:
