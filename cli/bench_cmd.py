@@ -2,6 +2,7 @@
 the machine's read bandwidth, as a markdown table; with --llama-bench, llama.cpp's
 llama-bench on the same GGUF, interleaved run by run, and the ratios."""
 
+import os
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def _lengths(ctx, param, value: str) -> tuple[int, ...]:
               help="rfc's cache (default: ~/.cache/rfc); a GGUF is compiled into DIR/bundles.")
 def bench_cmd(model, device, compute_threads, prefill_lengths, batches, gen, repeat, llama_bench, gguf, chart, targets, cache_dir):
     """Measure MODEL (a GGUF, compiled into the cache on first use, or a bundle)."""
+    user_env = dict(os.environ)  # llama-bench runs in this, not in what rfc sets for itself
     threads = apply_threads(compute_threads)  # before the runtime (numpy, kernels) loads
     from rfc.artifacts import BundleError
     from rfc.cli.gguf_cache import is_gguf
@@ -70,7 +72,7 @@ def bench_cmd(model, device, compute_threads, prefill_lengths, batches, gen, rep
         bench.run_once(loaded, config, result, say)
         if llama_bench is not None:
             try:
-                llama.append(run_llama_bench(llama_bench, gguf, threads.threads, prefill_lengths, gen))
+                llama.append(run_llama_bench(llama_bench, gguf, threads.threads, prefill_lengths, gen, env=user_env))
             except LlamaBenchError as e:
                 fail(str(e), status=1)  # the comparison tool failed, not the user's input
             say(f"llama-bench: prefill {llama[-1].prefill}, decode {llama[-1].decode:.1f} tok/s")

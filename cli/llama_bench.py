@@ -21,11 +21,15 @@ class LlamaFigures:
 
 
 def run_llama_bench(binary: Path, gguf: Path, threads: int, prefill_lengths: tuple[int, ...], gen: int,
-                    timeout_s: float = 1800) -> LlamaFigures:
+                    env: dict[str, str] | None = None, timeout_s: float = 1800) -> LlamaFigures:
+    """One llama-bench run. `env`: the environment the user started rfc with. rfc sets
+    OMP_WAIT_POLICY=PASSIVE for its own kernels; inherited, it makes llama.cpp's OpenMP
+    threads sleep at every barrier and cut its decode from 43 to 26 tok/s (1.1B Q4_0, 2
+    threads), which flattered every ratio rfc bench printed before this was passed."""
     cmd = [str(binary), "-m", str(gguf), "-t", str(threads), "-r", "1", "-o", "json",
            "-p", ",".join(map(str, prefill_lengths)), "-n", str(gen)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise LlamaBenchError(f"cannot run {binary}: {e}") from e
     if proc.returncode != 0:
@@ -35,6 +39,16 @@ def run_llama_bench(binary: Path, gguf: Path, threads: int, prefill_lengths: tup
         prefill = {int(r["n_prompt"]): float(r["avg_ts"]) for r in rows if r["n_gen"] == 0}
         decode = next(float(r["avg_ts"]) for r in rows if r["n_prompt"] == 0 and r["n_gen"] > 0)
         build = f"{rows[0].get('build_commit', '?')} ({rows[0].get('cpu_info', '?')})"
+        if rows[0].get("build_commit") in (None, "unknown"):
+            build = f"{_version_note(binary) or 'unknown build'} ({rows[0].get('cpu_info', '?')})"
     except (ValueError, KeyError, TypeError, StopIteration) as e:
         raise LlamaBenchError(f"unexpected llama-bench output: {e}") from e
     return LlamaFigures(prefill, decode, build)
+
+
+def _version_note(binary: Path) -> str | None:
+    """The line tools/build_llama_cpp.sh leaves beside the binaries (which sdist it built)."""
+    try:
+        return (binary.parent / "LLAMA_CPP_VERSION").read_text(encoding="utf-8").strip()[:200] or None
+    except OSError:
+        return None

@@ -105,7 +105,11 @@ else
     log "all binaries already built"
 fi
 
-# 5. Report.
+# 5. Record which llama.cpp this is (an sdist build has no git commit; llama-bench reports
+#    "unknown"): rfc bench prints this file's line beside the binaries.
+echo "llama.cpp vendored in $(basename "$SDIST" .tar.gz)" > "$BIN_BUILD/bin/LLAMA_CPP_VERSION"
+
+# 6. Report.
 for t in "${targets[@]}"; do
     if [[ -x "$BIN_BUILD/bin/$t" ]]; then
         echo "$BIN_BUILD/bin/$t"

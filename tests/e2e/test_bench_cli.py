@@ -44,3 +44,16 @@ def test_llama_bench_ratios(demo_bundle):
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| decode batch 1 "))
     rfc_tps, llama_tps, ratio = (cell.strip() for cell in row.strip("|").split("|")[1:4])
     assert float(llama_tps) > 0 and float(ratio) == pytest.approx(float(rfc_tps) / float(llama_tps), abs=0.006)  # printed to 2 decimals
+
+
+def test_llama_bench_runs_in_the_users_environment(demo_bundle, tmp_path):
+    """rfc sets OMP_WAIT_POLICY=PASSIVE (and thread counts) for its own kernels; llama-bench
+    inheriting them ran its decode at 60% speed, so the ratios favoured rfc unfairly."""
+    fake = tmp_path / "llama-bench"
+    fake.write_text('#!/bin/sh\necho "policy=[${OMP_WAIT_POLICY:-unset}] spin=[${GOMP_SPINCOUNT:-unset}] '
+                    'omp=[${OMP_NUM_THREADS:-unset}]" >&2\nexit 3\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
+    proc = rfc("bench", demo_bundle, *SMALL, "--device", "cpu", "--llama-bench", fake, "--gguf", DEMO_MODEL, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "policy=[unset] spin=[unset] omp=[unset]" in proc.stderr
