@@ -579,14 +579,13 @@ static inline __m256 rfc_x8col_q4_k(__m256 acc, const uint8_t *col, const rfc_ac
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256i sumi = _mm256_setzero_si256(), summ = _mm256_setzero_si256();
     for (int c = 0; c < 4; c++) {
-        int32_t y4[16];
-        memcpy(y4, y + 64 * c, 64);
+        const int8_t *yc = y + 64 * c;
         __m256i slo = _mm256_setzero_si256(), shi = _mm256_setzero_si256();
         /* 8 products of at most 15 x 127 x 2 per int16 lane: no saturation */
         for (int j = 0; j < 8; j++) {
             const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 256 * c + 32 * j));
-            slo = _mm256_add_epi16(slo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), _mm256_set1_epi32(y4[j])));
-            shi = _mm256_add_epi16(shi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), _mm256_set1_epi32(y4[8 + j])));
+            slo = _mm256_add_epi16(slo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), rfc_bcast4(yc + 4 * j)));
+            shi = _mm256_add_epi16(shi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), rfc_bcast4(yc + 32 + 4 * j)));
         }
         /* each row's scale in both int16 lanes of its row */
         const __m128i sl = _mm_loadl_epi64((const __m128i *)(sc + 16 * c)), sh = _mm_loadl_epi64((const __m128i *)(sc + 16 * c + 8));
@@ -631,11 +630,8 @@ static inline void rfc_x8col4_q4_k(__m256 acc[4], const uint8_t *col, const rfc_
             const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
             for (int i = 0; i < 4; i++) {
                 const int8_t *y = a->qs + (t0 + (size_t)i) * K + 256 * (size_t)b + 64 * c + 4 * j;
-                int32_t ylo, yhi;
-                memcpy(&ylo, y, 4);
-                memcpy(&yhi, y + 32, 4);
-                slo[i] = _mm256_add_epi16(slo[i], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(ylo)));
-                shi[i] = _mm256_add_epi16(shi[i], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(yhi)));
+                slo[i] = _mm256_add_epi16(slo[i], _mm256_maddubs_epi16(lo, rfc_bcast4(y)));
+                shi[i] = _mm256_add_epi16(shi[i], _mm256_maddubs_epi16(hi, rfc_bcast4(y + 32)));
             }
         }
         const __m128i sl = _mm_loadl_epi64((const __m128i *)(sc + 16 * c)), sh = _mm_loadl_epi64((const __m128i *)(sc + 16 * c + 8));

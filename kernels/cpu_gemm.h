@@ -143,12 +143,6 @@ static inline void rfc_pack8_q6_k(rfc_pack8 *p, const uint8_t *w, size_t row_byt
  * from memory (rfc_bcast4) lets VNNI fold it into vpdpbusd: 1.8x the prefill. */
 /* (RFC_X8_TT: at the top of this file; the portable build uses it too) */
 
-/* 4 activation bytes broadcast to every int32 lane, loaded as one (foldable) int32 */
-static inline __attribute__((always_inline)) __m256i rfc_bcast4(const int8_t *y) {
-    int32_t v;
-    memcpy(&v, y, 4);
-    return _mm256_set1_epi32(v);
-}
 
 /* Nibbles: lo[j] holds weights 4j..4j+3 of each row, hi[j] weights 16+4j..16+4j+3 (0..15).
  * Two independent chains halve the dependency depth. */

@@ -37,6 +37,15 @@ static inline float rfc_hsum_ps(__m256 v) {
 
 static inline float rfc_acc_sum(rfc_acc a) { return rfc_hsum_ps(a); }
 
+/* 4 activation bytes broadcast to every int32 lane, loaded as one int32 straight from
+ * memory: a memcpy of a whole block into a local array instead made gcc route every
+ * broadcast through a general register (2 uops each), and VNNI cannot fold it. */
+static inline __attribute__((always_inline)) __m256i rfc_bcast4(const int8_t *y) {
+    int32_t v;
+    memcpy(&v, y, 4);
+    return _mm256_set1_epi32(v);
+}
+
 #else
 typedef float rfc_acc;
 
