@@ -140,9 +140,8 @@ static inline void rfc_pack8_q6_k(rfc_pack8 *p, const uint8_t *w, size_t row_byt
  * (the unpacked weights and 8 accumulators stay in registers), with AVX2's 16 only 4.
  * Perf on a 1.1B Q4_0 prefill showed the old memcpy of a token's 32 activation bytes into
  * a local array routing every broadcast through a general register; broadcasting straight
- * from memory (rfc_bcast4) lets VNNI fold it into vpdpbusd: 1.8x the prefill. */
-/* (RFC_X8_TT: at the top of this file; the portable build uses it too) */
-
+ * from memory (rfc_bcast4) lets VNNI fold it into vpdpbusd: 1.8x the prefill.
+ * (RFC_X8_TT is defined at the top of this file: the portable build sizes its tiles by it.) */
 
 /* Nibbles: lo[j] holds weights 4j..4j+3 of each row, hi[j] weights 16+4j..16+4j+3 (0..15).
  * Two independent chains halve the dependency depth. */

@@ -107,7 +107,7 @@ fi
 
 # 5. Record which llama.cpp this is (an sdist build has no git commit; llama-bench reports
 #    "unknown"): rfc bench prints this file's line beside the binaries.
-echo "llama.cpp vendored in $(basename "$SDIST" .tar.gz)" > "$BIN_BUILD/bin/LLAMA_CPP_VERSION"
+echo "vendored in $(basename "$SDIST" .tar.gz)" > "$BIN_BUILD/bin/LLAMA_CPP_VERSION"
 
 # 6. Report.
 for t in "${targets[@]}"; do

@@ -57,3 +57,19 @@ def test_llama_bench_runs_in_the_users_environment(demo_bundle, tmp_path):
     proc = rfc("bench", demo_bundle, *SMALL, "--device", "cpu", "--llama-bench", fake, "--gguf", DEMO_MODEL, env=env)
     assert proc.returncode == 1, proc.stderr
     assert "policy=[unset] spin=[unset] omp=[unset]" in proc.stderr
+
+
+def test_an_sdist_build_is_named_by_build_llama_cpps_note(tmp_path):
+    """llama-bench built from an sdist reports build_commit "unknown"; the line
+    tools/build_llama_cpp.sh leaves beside it names the build instead."""
+    from rfc.cli.llama_bench import run_llama_bench
+
+    fake = tmp_path / "llama-bench"
+    fake.write_text("#!/bin/sh\necho '[{\"n_prompt\": 16, \"n_gen\": 0, \"avg_ts\": 10.0, \"build_commit\": \"unknown\", "
+                    "\"cpu_info\": \"CPU X\"}, {\"n_prompt\": 0, \"n_gen\": 2, \"avg_ts\": 5.0, \"build_commit\": \"unknown\"}]'\n")
+    fake.chmod(0o755)
+    assert run_llama_bench(fake, DEMO_MODEL, 1, (16,), 2).build == "unknown build (CPU X)"
+    (tmp_path / "LLAMA_CPP_VERSION").write_text("vendored in llama_cpp_python-0.3.36\n")
+    figures = run_llama_bench(fake, DEMO_MODEL, 1, (16,), 2)
+    assert figures.build == "vendored in llama_cpp_python-0.3.36 (CPU X)"
+    assert figures.prefill == {16: 10.0} and figures.decode == 5.0
