@@ -51,7 +51,7 @@ def main() -> int:
         if url is None:
             server, url, ready_s = _start_server(args)
         _wait_ready(url + args.ready_path, 600)
-        _run_once(url, args, clients=1, requests_per_client=1)  # warm the HTTP path and the caches
+        _run_once(url, args, clients=1, requests_per_client=1)  # warm the HTTP path
         if args.prefix_ttft:
             _print_prefix_ttft(url, args)
         rows = []
@@ -155,7 +155,11 @@ def _wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) 
 
 
 def _run_once(url: str, args, clients: int, requests_per_client: int) -> list[RequestResult]:
+    """Every request of a run has a prompt no earlier request had: a nonce leads it, so a
+    server's prefix cache (llama-server reuses a slot's cached tokens one by one) cannot
+    turn the measured TTFT into that of a repeat. --prefix-ttft measures reuse on purpose."""
     results: list[RequestResult] = []
+    nonce = random.SystemRandom().randrange(10**9)
     lock = threading.Lock()
     barrier = threading.Barrier(clients)
 
@@ -163,7 +167,7 @@ def _run_once(url: str, args, clients: int, requests_per_client: int) -> list[Re
         session = requests.Session()
         barrier.wait()
         for j in range(requests_per_client):
-            r = _one_request(session, url, args, PROMPTS[(i + j) % len(PROMPTS)] + f" ({i})")
+            r = _one_request(session, url, args, f"({nonce}-{i}-{j}) " + PROMPTS[(i + j) % len(PROMPTS)])
             with lock:
                 results.append(r)
 
