@@ -85,6 +85,12 @@ MATMUL_UNROLL_MAX = 32
 # MATMUL_TOKENS, waste less; unmeasured, no GPU lent). Only matmuls over token rows take it:
 # a logits matmul over the step's few wanted rows stays a dp4a GEMV.
 MMA_TEMPLATE = "gpu_matmul_mma.hip.j2"
+# Formats the tensor-core matmul takes. Not F32: its weights would be rounded to half, which no
+# bound models (the quantized formats' halves are closer to their exact values than the dp4a
+# kernels' int8 activations; F16 weights are exact in half, BF16 ones nearly so, and their
+# half activations are what tests/oracle.py's "f16" kind measures). An F32 model is kept for
+# its precision: its prefill list keeps the float kernel.
+MMA_FORMATS = tuple(f for f in MATMUL_FORMATS if f != "F32")
 MMA_TILE_M, MMA_TILE_N, MMA_K_CHUNK = 64, 64, 128
 MMA_WAVES_M, MMA_WAVES_N = 2, 2
 MMA_PAD = 8  # halves (16 bytes) after each shared row: 32-byte aligned fragments, fewer bank conflicts
@@ -159,6 +165,8 @@ def weight_geometry(fmt: str, rows: int, cols: int) -> dict:
 def mma_matmul_spec(target: Target, w: dict) -> KernelSpec | None:
     """The tensor-core matmul over weight `w` (weight_geometry), or None where it cannot tile it."""
     if not target.wmma_f16 or w["cols"] % SUB_BLOCK:  # shared rows are filled a 32-element sub-block at a time
+        return None
+    if w["fmt_upper"] not in MMA_FORMATS:
         return None
     wave = target.wave_size
     threads = MMA_WAVES_M * MMA_WAVES_N * wave

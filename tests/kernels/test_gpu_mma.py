@@ -1,7 +1,7 @@
 """The tensor-core prefill matmul (templates/gpu_matmul_mma.hip.j2) against the numpy reference,
 on the emulator (gpu_emu.h implements the nvcuda::wmma calls it makes, a whole tile per lane).
 
-Every weight format, partial tiles of tokens (1, 17, 65, 130 against tiles of 64) and of weight
+Every weight format it takes (all GPU matmul formats but F32), partial tiles of tokens (1, 17, 65, 130 against tiles of 64) and of weight
 rows (100 and 10 rows against tiles of 64), K not a multiple of the kernel's chunk. The kernel
 rounds activations and dequantized weights to half and sums their exact products in float,
 so the reference is ReferenceDevice.op_matmul over the same half-rounded inputs, in float64:
@@ -19,7 +19,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
 from rfc.compiler.codegen.gpu import render_source
-from rfc.compiler.codegen.gpu_plan import MATMUL_FORMATS, MMA_TILE_M, MMA_TILE_N, mma_matmul_spec, weight_geometry
+from rfc.compiler.codegen.gpu_plan import MMA_FORMATS, MMA_TILE_M, MMA_TILE_N, mma_matmul_spec, weight_geometry
 from rfc.compiler.targets import parse_target
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.quants import dequantize
@@ -35,7 +35,7 @@ REL_TOL = 2e-4
 TARGET = parse_target("sm_90")
 # (format, rows, cols): every format at a row count that leaves a partial row tile; K of 512
 # is four chunks; 96 and 320 leave a partial chunk (of 96 and 64 columns)
-SHAPES = [(f, 100, 512) for f in MATMUL_FORMATS] + [("Q8_0", 10, 96), ("F16", 70, 320), ("Q4_K", 130, 256)]
+SHAPES = [(f, 100, 512) for f in MMA_FORMATS] + [("Q8_0", 10, 96), ("F16", 70, 320), ("Q4_K", 130, 256)]
 TOKENS = (1, 17, 65, 130)
 
 # byte offsets of the f16 scale fields that random bytes must not turn into inf or NaN
@@ -45,8 +45,8 @@ _SCALES = {"Q8_0": (0,), "Q4_0": (0,), "Q5_0": (0,), "Q4_1": (0, 2), "Q5_1": (0,
 
 def random_weight(rng: np.random.Generator, fmt: str, rows: int, cols: int) -> np.ndarray:
     """Bytes of a [rows, cols] weight: random blocks with finite scales, or normal floats."""
-    if fmt in ("F32", "F16"):
-        return rng.standard_normal((rows, cols)).astype(np.float32 if fmt == "F32" else np.float16).view(np.uint8)
+    if fmt == "F16":
+        return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
     if fmt == "BF16":
         return (rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     qk, ts = GGML_QUANT_SIZES[Q[fmt]]
@@ -117,3 +117,4 @@ def test_only_targets_with_tensor_cores_get_the_kernel():
     for name in ("sm_61", "gfx90a", "gfx1100"):
         assert mma_matmul_spec(parse_target(name), w) is None, name
     assert mma_matmul_spec(TARGET, weight_geometry("F16", 64, 100)) is None  # rows of whole 32-element sub-blocks
+    assert mma_matmul_spec(TARGET, weight_geometry("F32", 64, 256)) is None  # F32 weights are not rounded to half
