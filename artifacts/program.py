@@ -13,7 +13,11 @@ as `kernels/<target>/program.msgpack` and named in the manifest's target entry (
   ctypes one, so the two cannot drift;
 - for `gfx*` / `sm_*` targets, a **launch list**: kernels in order with their grids and
   argument slots (an arena buffer, a weight, a batch array, a KV layer, a scalar), which the
-  runtime binds once and replays (as a CUDA/HIP graph per batch-shape bucket).
+  runtime binds once and replays (as a CUDA/HIP graph per batch-shape bucket). Targets with
+  tensor cores add a second list, `prefill_launches`, for steps of at least
+  `prefill_min_tokens` tokens: the same launches except that matmuls run on tensor cores.
+  (A reader that predates it runs every step with `launches`: correct, only slower; so the
+  field came without a version bump.)
 
 Per step the runtime writes the batch arrays (tokens, positions, KV slots, block tables,
 logit rows) and makes one call or one graph launch. Python does per-step work, never per-op.
@@ -121,6 +125,10 @@ class StepProgram:
     arena: Arena
     entry: str | None = None  # cpu targets
     launches: tuple[Launch, ...] = ()  # gpu targets
+    # gpu targets with tensor cores: what a step of at least prefill_min_tokens tokens runs
+    # instead of `launches` (empty: every step runs `launches`)
+    prefill_launches: tuple[Launch, ...] = ()
+    prefill_min_tokens: int = 0
     # plan weight name -> the layout entry this target reads for it (a repacked variant such
     # as "blk.0.attn_q.weight#Q4_0x8"); a plan weight not listed reads the entry of its name
     weights: dict[str, str] = field(default_factory=dict)
@@ -156,15 +164,26 @@ def pack_program(p: StepProgram) -> bytes:
             "slots": [[s.buffer, s.offset, s.nbytes] for s in p.arena.slots],
         },
         "entry": p.entry,
-        "launches": [
-            {"kernel": l.kernel, "threads": l.threads, "shared_bytes": l.shared_bytes,
-             "grid": [[g.count, g.tile] for g in l.grid],
-             "args": [[a.kind.value, a.ref, a.value, a.size] for a in l.args]}
-            for l in p.launches
-        ],
+        "launches": [_pack_launch(l) for l in p.launches],
+        "prefill_launches": [_pack_launch(l) for l in p.prefill_launches],
+        "prefill_min_tokens": p.prefill_min_tokens,
         "weights": dict(sorted(p.weights.items())),
         "extra": dict(sorted(p.extra.items())),
     })  # fmt: skip
+
+
+def _pack_launch(l: Launch) -> dict:
+    return {"kernel": l.kernel, "threads": l.threads, "shared_bytes": l.shared_bytes,
+            "grid": [[g.count, g.tile] for g in l.grid],
+            "args": [[a.kind.value, a.ref, a.value, a.size] for a in l.args]}
+
+
+def _unpack_launch(l: dict) -> Launch:
+    return Launch(
+        kernel=_name(l["kernel"]), threads=_nat(l["threads"]), shared_bytes=_nat(l["shared_bytes"], 0),
+        grid=tuple(GridDim(g[0] if isinstance(g[0], str) else _nat(g[0], 0), _nat(g[1])) for g in l["grid"]),
+        args=tuple(ArgSlot(ArgKind(x[0]), _name(x[1], empty=True), int(x[2]), _nat(x[3])) for x in l["args"]),
+    )
 
 
 def unpack_program(data: bytes) -> StepProgram:
@@ -180,19 +199,18 @@ def unpack_program(data: bytes) -> StepProgram:
         )  # fmt: skip
         if arena.total_bytes > MAX_ARENA_BYTES or any(s.offset + s.nbytes > arena.total_bytes for s in arena.slots):
             raise BundleError(f"{PROGRAM_FILE}: arena slots lie outside the arena")
-        launches = tuple(
-            Launch(
-                kernel=_name(l["kernel"]), threads=_nat(l["threads"]), shared_bytes=_nat(l["shared_bytes"], 0),
-                grid=tuple(GridDim(g[0] if isinstance(g[0], str) else _nat(g[0], 0), _nat(g[1])) for g in l["grid"]),
-                args=tuple(ArgSlot(ArgKind(x[0]), _name(x[1], empty=True), int(x[2]), _nat(x[3])) for x in l["args"]),
-            )
-            for l in raw["launches"]
-        )  # fmt: skip
+        launches = tuple(_unpack_launch(l) for l in raw["launches"])
+        # absent in programs written before the prefill list: every step runs `launches`
+        prefill = tuple(_unpack_launch(l) for l in raw.get("prefill_launches") or [])
+        min_tokens = _nat(raw.get("prefill_min_tokens", 0), 0)
+        if prefill and not 1 <= min_tokens <= arena.max_tokens:
+            raise BundleError(f"{PROGRAM_FILE}: prefill_min_tokens {min_tokens} is outside 1..{arena.max_tokens}")
         entry = raw["entry"]
         if entry is not None:
             entry = _name(entry)
         weights = {_name(k): _name(v) for k, v in (raw.get("weights") or {}).items()}
-        return StepProgram(_name(raw["target"]), arena, entry, launches, weights, raw["version"], dict(raw.get("extra") or {}))
+        return StepProgram(_name(raw["target"]), arena, entry, launches, prefill, min_tokens if prefill else 0, weights,
+                           raw["version"], dict(raw.get("extra") or {}))
     except BundleError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, msgpack.UnpackException) as e:

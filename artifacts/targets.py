@@ -9,7 +9,7 @@ fields (family, ISA flags), never on its name.
   last decade. `cpu-avx512` is x86-64-v4 (AVX-512 F/BW/CD/DQ/VL) plus VNNI.
   `cpu-generic` is baseline x86-64 (SSE2): the portable C kernels, for old or odd hosts.
 - `gfx*` (AMD, HIP code objects): RDNA (gfx10xx-gfx12xx) runs wave32, CDNA/GCN wave64.
-- `sm_*` (NVIDIA, cubins): warps of 32.
+- `sm_*` (NVIDIA, cubins): warps of 32; sm_70 and newer have fp16 tensor cores (WMMA).
 """
 
 import re
@@ -38,6 +38,9 @@ class Target:
     isa: tuple[str, ...] = ()  # cpu: /proc/cpuinfo flags the host must have
     cflags: tuple[str, ...] = ()  # cpu: the C compiler flags that select exactly that ISA
     rank: int = 0  # cpu: preference among the variants a host can run (higher first)
+    # fp16 tensor cores through nvcuda::wmma (16x16x16 half fragments, float accumulators):
+    # the compiler adds a prefill launch list of tensor-core matmuls (sm_70 and newer)
+    wmma_f16: bool = False
 
     @property
     def arch(self) -> str:
@@ -62,6 +65,7 @@ CPU_TARGETS: dict[str, Target] = {
 
 _GFX = re.compile(r"gfx[0-9]{2,3}[0-9a-f]")
 _SM = re.compile(r"sm_[0-9]{2,3}a?")
+_WMMA_F16_SM = 70  # Volta: the first NVIDIA architecture with tensor cores
 
 
 def parse_target(name: str) -> Target:
@@ -72,7 +76,7 @@ def parse_target(name: str) -> Target:
     if _GFX.fullmatch(name):
         return Target(name, Family.HIP, 32 if name[3:5] in ("10", "11", "12") else 64)
     if _SM.fullmatch(name):
-        return Target(name, Family.CUDA, 32)
+        return Target(name, Family.CUDA, 32, wmma_f16=int(name[3:].rstrip("a")) >= _WMMA_F16_SM)
     cpus = ", ".join(CPU_TARGETS)
     raise TargetError(f"unknown target '{name[:40]}' (expected {cpus}, gfx* such as gfx1100, or sm_* such as sm_90)")
 

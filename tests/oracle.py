@@ -11,8 +11,9 @@ Two things are not float64, on purpose, because they are part of what is being c
   KVSpec), so K and V are rounded to float16 before attention (`kv_dtype`);
 - with `act_rounding` ({weight format: activation kind}), the input of every matmul whose
   weight is in one of those formats is rounded the way int8 dot-product kernels round it
-  (ACTIVATION_KINDS: blocks of 32 or 256 values, one scale each, |q| <= 127). This models a
-  compiled target's integer kernels exactly up to summation order.
+  (ACTIVATION_KINDS: blocks of 32 or 256 values, one scale each, |q| <= 127), or as
+  tensor-core kernels round it (to float16). This models a compiled target's integer and
+  tensor-core kernels exactly up to summation order.
 """
 
 import math
@@ -46,6 +47,8 @@ ACTIVATION_KINDS = {
     "q8_1": lambda x: _round_blocks(x, 32, f16_scale=True),
     "q8_k": lambda x: _round_blocks(x, 256, f16_scale=False),
     "q8_32": lambda x: _round_blocks(x, 32, f16_scale=False),  # rfc's cpu kernels: float32 scales
+    # to float16, nearest even: the tensor-core prefill matmuls (sm_70+) over F16/BF16 weights
+    "f16": lambda x: x.astype(np.float16).astype(np.float64),
 }
 
 

@@ -17,8 +17,9 @@
    and llama.cpp's greedy tokens up to each case's first near-tie, through `rfc run`.
 3. With --bench: random-weight GGUFs made here with tools/make_gguf.py (a Llama-3-8B-shaped
    Q4_K_M and a TinyLlama-1.1B-shaped Q4_0), decode tok/s at batch 1 and 16, the weight bytes
-   streamed per second at batch 1 (against the HBM roofline), and the time from `rfc serve`
-   start to /ready.
+   streamed per second at batch 1 (against the HBM roofline), prefill tok/s of one 512-token
+   prompt on the program's prefill list (tensor-core matmuls, sm_70+) and on the decode list
+   (dp4a) for comparison, and the time from `rfc serve` start to /ready.
 Prints tables; exits non-zero when any check fails. Every driver call is checked by the
 device itself (rfc.runtime.devices.cuda / hip raise DeviceError with the driver's message).
 """
@@ -52,6 +53,7 @@ GOLDENS = (  # (prompt or None for BOS alone, tokens, golden file)
     (None, 199, "stories260K.greedy-from-bos.txt"),
     ("Once upon a time, there was a dragon", 100, "stories260K.greedy-dragon.txt"),
 )
+PREFILL_BENCH_TOKENS = 512
 BENCH_MODELS = (  # (file name, make_gguf.py arguments)
     ("bench-llama3-8b-Q4_K_M.gguf", ["--preset", "7b", "--ffn", "14336", "--kv-heads", "8", "--vocab", "128256", "--format", "Q4_K_M"]),
     ("bench-tinyllama-1.1b-Q4_0.gguf", ["--preset", "tinyllama-1.1b", "--format", "Q4_0"]),
@@ -165,15 +167,18 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
         tokens = expected["tokens"].tolist()
         from rfc.artifacts.bundle import open_bundle
         from tests.bounds import device_bounds, llama_cpp_bounds
-        from tests.kernels.gpu_support import gpu_rounding
+        from tests.kernels.gpu_support import gpu_rounding, prefill_rounding
 
-        gpu = teacher_forced(bundle, device, tokens)
+        lm = load_model(bundle, LoadOptions(device=device))
+        gpu = forward(lm, 0, 0, tokens, all_logits=True)
+        min_tokens = lm.device.runner.prefill_min_tokens  # the fixtures' 64 tokens take the prefill list
+        rounding = prefill_rounding if min_tokens is not None and len(tokens) >= min_tokens else gpu_rounding
         ok, summary = llama_cpp_bounds(name, gpu, expected["logits"])
         row["ok"] &= ok
         row["notes"].append(f"llama.cpp {summary}{'' if ok else ' FAIL'}")
         ref = teacher_forced(bundle, "ref", tokens)
         formats = {t.format for t in open_bundle(bundle).layout.tensors}
-        ok, summary = device_bounds(name, gpu, ref, gpu_rounding(name, formats, tokens))
+        ok, summary = device_bounds(name, gpu, ref, rounding(name, formats, tokens))
         row["ok"] &= ok
         row["notes"].append(f"vs ref {summary}{'' if ok else ' FAIL'}")
     if path == DEMO:
@@ -218,6 +223,31 @@ def decode_batch(lm: LoadedModel, batch: int, steps: int) -> float:
     return rate
 
 
+def prefill_rates(lm: LoadedModel, tokens: int) -> tuple[float, float | None]:
+    """tok/s of one `tokens`-token prompt on the step program's prefill list, and on its decode
+    list (None without a prefill list), each after a warm-up run."""
+    runner = lm.device.runner
+    prompt = np.random.default_rng(2).integers(2, lm.vocab_size, size=tokens).tolist()
+
+    def rate() -> float:
+        forward(lm, 200, 0, prompt)  # warm-up
+        lm.blocks.free(200)
+        t = time.perf_counter()
+        forward(lm, 200, 0, prompt)
+        elapsed = time.perf_counter() - t
+        lm.blocks.free(200)
+        return tokens / elapsed
+
+    mma = rate()
+    if runner.prefill_min_tokens is None:
+        return mma, None
+    saved, runner.prefill_min_tokens = runner.prefill_min_tokens, None  # every step on the decode list
+    try:
+        return mma, rate()
+    finally:
+        runner.prefill_min_tokens = saved
+
+
 def serve_ready_seconds(bundle: Path, device: str) -> float:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -254,8 +284,9 @@ def bench(target: str, device: str, out: Path, steps: int) -> list[dict]:
         weight_bytes = (bundle / "weights.bin").stat().st_size
         b1 = decode_batch(lm, 1, steps)
         b16 = decode_batch(lm, 16, max(8, steps // 4))
+        prefill, prefill_dp4a = prefill_rates(lm, PREFILL_BENCH_TOKENS)
         rows.append({"model": gguf.stem, "b1": b1, "b16": b16, "gbps": b1 * weight_bytes / 1e9,
-                     "ready": serve_ready_seconds(bundle, device)})
+                     "prefill": prefill, "prefill_dp4a": prefill_dp4a, "ready": serve_ready_seconds(bundle, device)})
     return rows
 
 
@@ -289,9 +320,12 @@ def main() -> int:
     if usage:
         print(f"\nkernel resources (llama-Q4_K_M, {args.target}):\n{usage}")
     if args.bench:
-        print(f"\n{'benchmark model':<34} {'b1 tok/s':>9} {'b16 tok/s':>10} {'b16/b1':>7} {'weights GB/s':>12} {'serve ready s':>13}")
+        print(f"\n{'benchmark model':<34} {'b1 tok/s':>9} {'b16 tok/s':>10} {'b16/b1':>7} {'weights GB/s':>12} "
+              f"{'prefill 512 tok/s':>17} {'(dp4a)':>8} {'serve ready s':>13}")
         for b in bench(args.target, device, out, args.decode):
-            print(f"{b['model']:<34} {b['b1']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} {b['ready']:>13.1f}")
+            dp4a = f"{b['prefill_dp4a']:>8.0f}" if b["prefill_dp4a"] is not None else f"{'-':>8}"
+            print(f"{b['model']:<34} {b['b1']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} "
+                  f"{b['prefill']:>17.0f} {dp4a} {b['ready']:>13.1f}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
-from rfc.compiler.codegen.gpu_plan import ARG_SIZES, KernelSpec, plan_kernels, plan_program
+from rfc.compiler.codegen.gpu_plan import ARG_SIZES, MMA_TEMPLATE, KernelSpec, plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
@@ -101,7 +101,9 @@ def build(inp: CodegenInput) -> dict:
 
 
 def render_source(target: Target, specs: list[KernelSpec]) -> str:
-    parts = [render(PRELUDE_TEMPLATE, {"wave": target.wave_size})]
+    # the tensor-core header only where a kernel uses it: HIP has no nvcuda::wmma
+    mma = any(s.template == MMA_TEMPLATE for s in specs)
+    parts = [render(PRELUDE_TEMPLATE, {"wave": target.wave_size, "mma": mma})]
     parts += [render(s.template, s.params) for s in specs]
     return "\n".join(parts)
 

@@ -76,6 +76,25 @@ MATMUL_CHUNK = 2048
 MATMUL_ROW_STEPS = 4
 # Float blocks up to this many elements are decoded into registers (the dot loop unrolled).
 MATMUL_UNROLL_MAX = 32
+# Tensor-core prefill matmul (templates/gpu_matmul_mma.hip.j2, targets with wmma_f16): a block
+# of MMA_WAVES_M x MMA_WAVES_N waves owns MMA_TILE_M tokens x MMA_TILE_N weight rows, each wave
+# a 2 x 2 of 16 x 16 fragments (4 float accumulators, 32 registers); chunks of MMA_K_CHUNK
+# columns as halves in shared memory: 2 x 64 x 136 x 2 bytes + 4 KiB of staging = 38 KiB,
+# under CUDA's 48 KiB of static shared memory. Only steps of at least PREFILL_MIN_TOKENS
+# tokens take it (one whole tile of tokens: below that the dp4a kernels, tiled by
+# MATMUL_TOKENS, waste less; unmeasured, no GPU lent). Only matmuls over token rows take it:
+# a logits matmul over the step's few wanted rows stays a dp4a GEMV.
+MMA_TEMPLATE = "gpu_matmul_mma.hip.j2"
+# Formats the tensor-core matmul takes. Not F32: its weights would be rounded to half, which no
+# bound models (the quantized formats' halves are closer to their exact values than the dp4a
+# kernels' int8 activations; F16 weights are exact in half, BF16 ones nearly so, and their
+# half activations are what tests/oracle.py's "f16" kind measures). An F32 model is kept for
+# its precision: its prefill list keeps the float kernel.
+MMA_FORMATS = tuple(f for f in MATMUL_FORMATS if f != "F32")
+MMA_TILE_M, MMA_TILE_N, MMA_K_CHUNK = 64, 64, 128
+MMA_WAVES_M, MMA_WAVES_N = 2, 2
+MMA_PAD = 8  # halves (16 bytes) after each shared row: 32-byte aligned fragments, fewer bank conflicts
+PREFILL_MIN_TOKENS = 64
 ATTENTION_THREADS = 256
 # Split-KV attention (flash decoding). Targets name an ISA, not a machine, so the split count
 # is fixed: at most ATTENTION_SPLITS slices per row (a batch-1 decode over 8 kv heads runs 128
@@ -121,6 +140,8 @@ class KernelSpec:
     # the kernels the step program launches for this op in its place (split attention); the
     # per-op path launches this one
     steps: tuple["KernelSpec", ...] = ()
+    # the kernel the program's prefill list launches in its place (the tensor-core matmul)
+    prefill: "KernelSpec | None" = None
 
     def launch(self) -> dict:
         return {"threads": self.threads, "grid": [list(g) for g in self.grid]}
@@ -134,6 +155,31 @@ def block_geometry(fmt: str) -> tuple[int, int]:
         raise CompileError(f"unknown weight format {fmt}") from None
 
 
+def weight_geometry(fmt: str, rows: int, cols: int) -> dict:
+    """The template constants of a [rows, cols] weight in format `fmt`."""
+    qk, ts = block_geometry(fmt)
+    return {"fmt": fmt.lower(), "fmt_upper": fmt, "qk": qk, "ts": ts, "rows": rows, "cols": cols,
+            "blocks_per_row": cols // qk, "row_bytes": cols // qk * ts}
+
+
+def mma_matmul_spec(target: Target, w: dict) -> KernelSpec | None:
+    """The tensor-core matmul over weight `w` (weight_geometry), or None where it cannot tile it."""
+    if not target.wmma_f16 or w["cols"] % SUB_BLOCK:  # shared rows are filled a 32-element sub-block at a time
+        return None
+    if w["fmt_upper"] not in MMA_FORMATS:
+        return None
+    wave = target.wave_size
+    threads = MMA_WAVES_M * MMA_WAVES_N * wave
+    frags_m, frags_n = MMA_TILE_M // (16 * MMA_WAVES_M), MMA_TILE_N // (16 * MMA_WAVES_N)
+    name = f"rfc_matmul_mma_{w['fmt']}_{w['rows']}x{w['cols']}"
+    params = {"name": name, "threads": threads, "wave": wave, "n": w["rows"], "k": w["cols"],
+              "tile_m": MMA_TILE_M, "tile_n": MMA_TILE_N, "k_chunk": MMA_K_CHUNK, "ld": MMA_K_CHUNK + MMA_PAD,
+              "waves_n": MMA_WAVES_N, "frags_m": frags_m, "frags_n": frags_n,
+              "quantized": w["fmt_upper"] in INT8_FORMATS, "subs_per_block": max(1, w["qk"] // SUB_BLOCK), **w}
+    grid = ((w["rows"], MMA_TILE_N), ("n_rows", MMA_TILE_M))
+    return KernelSpec(name, MMA_TEMPLATE, params, KERNEL_ARGS["matmul"], threads, grid)
+
+
 def plan_kernels(target: Target, plan: Plan, layout: WeightLayout) -> tuple[list[KernelSpec], list[str]]:
     """The kernels of a plan (first-use order) and, per plan op, the kernel that runs it."""
     planner = _Planner(target, plan, layout)
@@ -143,6 +189,8 @@ def plan_kernels(target: Target, plan: Plan, layout: WeightLayout) -> tuple[list
     def add(spec: KernelSpec) -> KernelSpec:
         if spec.steps:
             spec = dataclasses.replace(spec, steps=tuple(add(s) for s in spec.steps))
+        if spec.prefill is not None:
+            spec = dataclasses.replace(spec, prefill=add(spec.prefill))
         if spec.name in specs and specs[spec.name] != spec:
             spec = _renamed(spec, specs)
         return specs.setdefault(spec.name, spec)
@@ -174,6 +222,7 @@ def _pow2_at_least(n: int) -> int:
 
 class _Planner:
     def __init__(self, target: Target, plan: Plan, layout: WeightLayout):
+        self.target = target
         self.wave = target.wave_size
         self.plan = plan
         self.tensors = layout.by_name()
@@ -212,18 +261,7 @@ class _Planner:
         entry = self.tensors[name]
         if entry.format not in MATMUL_FORMATS:
             raise CompileError(f"no GPU kernel for {op.kind} with {name} in format {entry.format}")
-        qk, ts = block_geometry(entry.format)
-        rows, cols = entry.shape[-2:]
-        return {
-            "fmt": entry.format.lower(),
-            "fmt_upper": entry.format,
-            "qk": qk,
-            "ts": ts,
-            "rows": rows,
-            "cols": cols,
-            "blocks_per_row": cols // qk,
-            "row_bytes": cols // qk * ts,
-        }
+        return weight_geometry(entry.format, *entry.shape[-2:])
 
     # -- one method per op kind --------------------------------------------------------------
     def _embed(self, op: Op) -> KernelSpec:
@@ -235,6 +273,12 @@ class _Planner:
         return KernelSpec(name, "gpu_embed.hip.j2", params, KERNEL_ARGS["embed"], threads, (("n_rows", 1),))
 
     def _matmul(self, op: Op) -> KernelSpec:
+        spec = self._matmul_simt(op)
+        if self.plan.buffer(op.outputs[0]).shape[0] == "T":  # logit rows (R) are few in a prefill step
+            return dataclasses.replace(spec, prefill=mma_matmul_spec(self.target, self._weight(op, op.weights[0])))
+        return spec
+
+    def _matmul_simt(self, op: Op) -> KernelSpec:
         w = self._weight(op, op.weights[0])
         threads = MATMUL_WAVES * self.wave
         name = f"rfc_matmul_{w['fmt']}_{w['rows']}x{w['cols']}"
@@ -565,17 +609,30 @@ def plan_step_arena(plan: Plan, scratch_floats: int = 0) -> Arena:
 
 
 def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> StepProgram:
-    """The launch list: one launch per plan op, grids counted in STEP_ARGS scalars."""
+    """The launch list: one launch per plan op, grids counted in STEP_ARGS scalars. Where an op
+    has a prefill kernel (tensor-core matmuls), a second list for steps of at least
+    PREFILL_MIN_TOKENS tokens: that kernel in its place, every other launch the same."""
     by_name = {s.name: s for s in specs}
-    launches = []
+    launches: list[Launch] = []
+    prefill: list[Launch] = []
     scratch = 0
     for op, kernel in zip(plan.ops, op_kernels):
-        rows = _row_count(plan, (op.outputs or op.inputs)[0])
-        for spec in by_name[kernel].steps or (by_name[kernel],):
-            grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
-            args = tuple(ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH) if n == "scratch" else _arg_slot(plan, op, n, k)
-                         for n, k in spec.args)
-            if any(n == "scratch" for n, _k in spec.args):
-                scratch = max(scratch, attention_scratch_floats(spec))
-            launches.append(Launch(spec.name, spec.threads, grid, args))
-    return StepProgram(target.name, plan_step_arena(plan, scratch), launches=tuple(launches))
+        spec = by_name[kernel]
+        ours = [_launch(plan, op, s) for s in spec.steps or (spec,)]
+        launches += ours
+        prefill += [_launch(plan, op, spec.prefill)] if spec.prefill is not None else ours
+        for s in spec.steps or (spec,):
+            if any(n == "scratch" for n, _k in s.args):
+                scratch = max(scratch, attention_scratch_floats(s))
+    has_prefill = prefill != launches
+    return StepProgram(target.name, plan_step_arena(plan, scratch), launches=tuple(launches),
+                       prefill_launches=tuple(prefill) if has_prefill else (),
+                       prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0)
+
+
+def _launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:
+    rows = _row_count(plan, (op.outputs or op.inputs)[0])
+    grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
+    args = tuple(ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH) if n == "scratch" else _arg_slot(plan, op, n, k)
+                 for n, k in spec.args)
+    return Launch(spec.name, spec.threads, grid, args)

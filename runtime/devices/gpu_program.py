@@ -6,7 +6,9 @@ weight, batch-array and KV pointers written in, and the batch arrays get one pin
 staging buffer with a device twin at fixed offsets. A step then writes the batch into the
 pinned staging, makes one async copy, runs the launch list (a graph captured once per
 decode batch size, replayed; other steps launch the bound list directly), copies the
-logits back into pinned memory and synchronizes the one stream once.
+logits back into pinned memory and synchronizes the one stream once. A program with a
+prefill list (tensor-core matmuls) has it bound as well, sharing the bindings of the
+launches both lists hold; a step of at least prefill_min_tokens tokens runs it instead.
 
 With a sampling kernel in the bundle (program.extra["sample"]) a step can also sample on the
 device (`run_sampled`): the rows' parameters and penalty lists sit in the same staging, ahead
@@ -110,7 +112,16 @@ class StepRunner:
         self._host_in = driver.malloc_host(self.stage_bytes)
         self._dev_in = self._alloc(self.stage_bytes)
         self._views = {n: _view(self._host_in + off, length) for n, (off, length) in self.stage.items()}
-        self._bound = [self._bind(launch, kernel_args, functions, weight_ptr, kv_ptr) for launch in program.launches]
+        bound: dict = {}  # a launch both lists hold is bound once
+
+        def bind(launch) -> _Bound:
+            if launch not in bound:
+                bound[launch] = self._bind(launch, kernel_args, functions, weight_ptr, kv_ptr)
+            return bound[launch]
+
+        self._bound = [bind(launch) for launch in program.launches]
+        self._bound_prefill = [bind(launch) for launch in program.prefill_launches]
+        self.prefill_min_tokens = program.prefill_min_tokens if program.prefill_launches else None
         if self.sampling is not None:
             self.sampling.bind()
         # (n_tokens, n_rows, sampled) -> graph: `run` must not replay the sampling kernel
@@ -190,8 +201,15 @@ class StepRunner:
         v["logit_rows"][:R] = batch.logit_rows
         return {"n_tokens": T, "n_rows": R, "n_seqs": S, "table_width": self.table_width, "block_size": self.block_size}
 
+    def launch_list(self, n_tokens: int) -> list[_Bound]:
+        """The bound list a step of n_tokens runs: the prefill list from prefill_min_tokens on."""
+        if self.prefill_min_tokens is not None and n_tokens >= self.prefill_min_tokens:
+            return self._bound_prefill
+        return self._bound
+
     def _launch_all(self, scalars: dict[str, int], sampled: bool) -> None:
-        for b in [*self._bound, self.sampling.bound] if sampled else self._bound:
+        bound = self.launch_list(scalars["n_tokens"])
+        for b in [*bound, self.sampling.bound] if sampled else bound:
             for offset, nbytes, name in b.scalars:
                 struct.pack_into(_PACK[nbytes], b.buffer, offset, scalars[name])
             grid = [-(-(scalars[c] if isinstance(c, str) else c) // t) for c, t in b.grid]
@@ -222,7 +240,8 @@ class StepRunner:
         d = self._driver
         end = self.stage["block_tables"][0] + len(batch.context_lens) * self.table_width * 4
         d.copy_to_device_async(self._dev_in + first, self._host_in + first, end - first, self.stream)
-        # decode steps (one token per row) repeat shapes: those are the graph buckets
+        # decode steps (one token per row) repeat shapes: those are the graph buckets (each
+        # captures the list its token count picks)
         if scalars["n_tokens"] == scalars["n_rows"]:
             d.graph_launch(self._graph(scalars, sampled), self.stream)
         else:
@@ -291,9 +310,10 @@ class GpuStepDevice(GpuDevice):
         sample = program.extra.get("sample")
         sample_fn = driver.function(self._module, sample["kernel"]) if isinstance(sample, dict) and "kernel" in sample else None
         functions = {n: k.fn for n, k in self._kernels.items()}
-        # kernels only the program launches (split attention and its reduction), checked
+        # kernels only the program launches (split attention and its reduction, the prefill
+        # list's tensor-core matmuls), checked
         # against the code object as the per-op kernels are
-        only_program = sorted({l.kernel for l in program.launches} - set(functions))
+        only_program = sorted({l.kernel for l in (*program.launches, *program.prefill_launches)} - set(functions))
         for name in only_program:
             if name not in entry["kernel_args"]:
                 raise DeviceError(f"step program: kernel {name} has no argument layout in the manifest")

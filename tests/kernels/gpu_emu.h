@@ -158,4 +158,84 @@ static inline float rfc_shfl_xor(float v, int mask) {
     return r;
 }
 
+/* ---- the nvcuda::wmma subset of kernels/rfc_gpu_mma.h ------------------------------------
+ * A fragment holds its whole tile in every lane (WMMA leaves the lane layout opaque, and
+ * the kernels only move whole tiles through memory), so each fiber loads, multiplies and
+ * stores the full tile itself: every lane computes the same values, and stores from the
+ * lanes of a wave write the same values. Numerics as the tensor cores': halves rounded to
+ * nearest even on the way in (RFC_MMA_HALF), half x half products exact in float, summed in
+ * float onto the accumulator in k order. (The hardware's order and internal precision of
+ * that sum are its own; the difference is float rounding noise.) */
+typedef _Float16 rfc_mma_half;
+#define RFC_MMA_HALF(f) ((_Float16)(float)(f))
+static inline void rfc_sync_wave(void) {}  // fibers of a wave write identical tiles
+
+namespace rfc_wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+/* half -> float without GCC's software conversion call per element: a table of all 65536 */
+struct HalfTable {
+    float v[65536];
+    HalfTable() {
+        for (int i = 0; i < 65536; i++) v[i] = (float)__builtin_bit_cast(_Float16, (unsigned short)i);
+    }
+};
+static const HalfTable half_table;
+static inline float to_float(_Float16 h) { return half_table.v[__builtin_bit_cast(unsigned short, h)]; }
+
+/* x[r * 16 + c]: row r, column c of the fragment's tile (A: m x k, B: k x n, C: m x n) */
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+    static_assert(M == 16 && N == 16 && K == 16, "the emulator has 16 x 16 x 16 fragments only");
+    float x[256];
+};
+
+template <typename Use, typename T, typename L>
+static inline void fill_fragment(fragment<Use, 16, 16, 16, T, L> &f, float v) {
+    for (int i = 0; i < 256; i++) f.x[i] = v;
+}
+
+static inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, rfc_mma_half, row_major> &f, const rfc_mma_half *p,
+                                    unsigned ldm) {
+    for (int m = 0; m < 16; m++)
+        for (int k = 0; k < 16; k++) f.x[m * 16 + k] = to_float(p[m * ldm + k]);
+}
+
+/* column-major B: element (k, n) at p[n * ldm + k] */
+static inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, rfc_mma_half, col_major> &f, const rfc_mma_half *p,
+                                    unsigned ldm) {
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < 16; n++) f.x[k * 16 + n] = to_float(p[n * ldm + k]);
+}
+
+static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
+                            const fragment<matrix_a, 16, 16, 16, rfc_mma_half, row_major> &a,
+                            const fragment<matrix_b, 16, 16, 16, rfc_mma_half, col_major> &b,
+                            const fragment<accumulator, 16, 16, 16, float> &c) {
+    float t[256];
+    for (int i = 0; i < 256; i++) t[i] = c.x[i];
+    for (int m = 0; m < 16; m++)
+        for (int k = 0; k < 16; k++) {
+            const float am = a.x[m * 16 + k];
+            for (int n = 0; n < 16; n++) t[m * 16 + n] += am * b.x[k * 16 + n];
+        }
+    for (int i = 0; i < 256; i++) d.x[i] = t[i];
+}
+
+static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm,
+                                     layout_t layout) {
+    if (layout != mem_row_major) {
+        fprintf(stderr, "rfc_emu: store_matrix_sync supports mem_row_major only\n");
+        abort();
+    }
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 16; n++) p[m * ldm + n] = f.x[m * 16 + n];
+}
+}  // namespace rfc_wmma
+
 #endif /* RFC_GPU_EMU_H */

@@ -77,6 +77,20 @@ def gpu_rounding(model: str, formats, tokens) -> "np.ndarray | None":
     return Oracle(path, act_rounding=kinds).logits(list(tokens)) - Oracle(path).logits(list(tokens))
 
 
+def prefill_rounding(model: str, formats, tokens) -> "np.ndarray | None":
+    """gpu_rounding's D for a step that takes the prefill list (tensor-core matmuls, sm_70+):
+    quantized formats keep the dp4a kernels' q8_32 bound (their tensor-core halves round
+    less), F16/BF16 matmuls round activations to float16 (oracle kind "f16")."""
+    from tests.oracle import Oracle
+    from rfc.compiler.codegen.gpu_plan import INT8_FORMATS, MMA_FORMATS
+
+    kinds = {f: GPU_ROUNDING_KIND if f in INT8_FORMATS else "f16" for f in formats if f in MMA_FORMATS}
+    if not kinds:
+        return None
+    path = model_path(model)
+    return Oracle(path, act_rounding=kinds).logits(list(tokens)) - Oracle(path).logits(list(tokens))
+
+
 def round_activations(x):
     """x rounded as an int8 GPU matmul rounds its input (for op-level comparisons)."""
     import numpy as np

@@ -166,3 +166,45 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
         got, want = twins.forward([SeqChunk(1, lens[0], (tokens[0],)), SeqChunk(2, lens[1], (tokens[1],))])
         assert np.array_equal(got, want), f"decode step {step}: max |step - op| {np.abs(got - want).max():.3e}"
         lens = [lens[0] + 1, lens[1] + 1]
+
+
+# -- the prefill list (tensor-core matmuls) on sm_90 ------------------------------------------------
+
+MMA_TARGET = "sm_90"
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, marks=toolchain_marks(MMA_TARGET)) for m in
+                                   ("llama-Q4_K_M", "qwen2-Q8_0", "llama-Q5_1", "llama-Q2_K", "gemma2-F16", "llama-BF16")])
+def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, gpu_bundle, tmp_path_factory):
+    """A 64-token prompt, every row's logits, on the emulated step device: the step takes the
+    prefill list (tensor-core matmuls: activations and weights as halves) and stays within the
+    bounds the dp4a kernels are held to (tests/bounds.py: per format against the reference,
+    and against llama.cpp). F16/BF16 matmuls read float activations on the decode list; on
+    the prefill list their bound is the oracle's for float16 activations (gpu_support.prefill_rounding:
+    without it gemma2-F16 is at max 3.1e-2 / mean 5.1e-3 against float noise's 1e-2 / 1e-3)."""
+    from tests.bounds import device_bounds, llama_cpp_bounds
+    from tests.conftest import FIXTURES
+    from tests.kernels.gpu_support import prefill_rounding
+    from rfc.runtime.devices.reference import ReferenceDevice
+
+    bundle = open_bundle(gpu_bundle(model, MMA_TARGET))
+    kv = bundle.plan.kv
+    device = emulated_step_device(bundle, MMA_TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, tmp_path_factory.getbasetemp() / "gpu-emu")
+    program = device.runner.program
+    assert program.prefill_min_tokens == 64 and any(l.kernel.startswith("rfc_matmul_mma_") for l in program.prefill_launches)
+    expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
+    tokens = tuple(int(t) for t in expected["tokens"][:64])
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+    blocks.allocate(0, len(tokens))
+    batch = build_batch([SeqChunk(0, 0, tokens, all_logits=True)], blocks)
+    device._driver.calls.clear()
+    gpu = Executor(bundle.plan, device).forward(batch)
+    ref = Executor(bundle.plan, ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE)).forward(batch)
+    assert ("capture", len(program.prefill_launches)) in device._driver.calls  # T == R: the prefill list's graph
+    formats = {t.format for t in bundle.layout.tensors}
+    ok, msg = device_bounds(model, gpu, ref, rounding=prefill_rounding(model, formats, tokens))
+    print(msg)
+    assert ok, msg
+    ok, msg = llama_cpp_bounds(model, gpu, expected["logits"][: len(tokens)])
+    print(msg)
+    assert ok, msg

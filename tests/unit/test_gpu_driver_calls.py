@@ -381,3 +381,71 @@ def test_rows_past_a_capped_penalty_region_go_to_the_host(program_and_bundle, mo
     plain = Sampler(SamplingParams(temperature=0.0), [7], vocab)
     out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 3, 0), [(first, False), (second, False), (plain, False)])
     assert list(out.logits) == [1]
+
+
+# -- the prefill list (tensor-core matmuls, sm_70 and newer) ---------------------------------------
+
+
+def _prefill_batch(blocks, n: int):
+    chunk = SeqChunk(0, 0, tuple(range(3, 3 + n)))
+    blocks.allocate(0, n)
+    return build_batch([chunk], blocks)
+
+
+def test_the_program_has_a_prefill_list_of_tensor_core_matmuls(program_and_bundle):
+    program, _kernel_args, bundle = program_and_bundle
+    assert program.prefill_min_tokens == 64 and len(program.prefill_launches) == len(program.launches)
+    swapped = [(d, p) for d, p in zip(program.launches, program.prefill_launches) if d != p]
+    assert swapped and all(p.kernel.startswith("rfc_matmul_mma_") and d.kernel.startswith("rfc_matmul_") for d, p in swapped)
+    # the same op: the same arguments, a grid over the step's tokens
+    assert all(d.args == p.args and p.grid[1].count == "n_tokens" for d, p in swapped)
+    # every matmul over token rows swapped; the logits matmul (over the wanted rows) stays
+    matmuls = [d for d in program.launches if d.kernel.startswith("rfc_matmul_")]
+    assert len(swapped) == len(matmuls) - 1 and all(g.count == "n_rows" for g in matmuls[-1].grid[1:])
+    for name in ("gfx1100", "gfx90a", "sm_61"):
+        target = parse_target(name)
+        specs, op_kernels = plan_kernels(target, bundle.plan, bundle.layout)
+        assert plan_program(target, bundle.plan, specs, op_kernels).prefill_launches == (), name
+
+
+def test_prefill_steps_launch_the_prefill_list_and_decode_steps_replay_the_decode_graph(program_and_bundle):
+    program, kernel_args, bundle = program_and_bundle
+    fake = FakeCuda()
+    runner = _runner(fake, program, kernel_args, bundle)
+    functions = {k: 0x1000 + i for i, k in enumerate(kernel_args)}
+    blocks = BlockManager(32, 16)
+
+    def launched(batch):
+        fake.calls.clear()
+        runner.run(batch, bundle.plan.output_logits)
+        return [c[1][0] for c in fake.calls if c[0] == "cuLaunchKernel"], [c[0] for c in fake.calls]
+
+    fns, names = launched(_prefill_batch(blocks, 64))  # one prompt of 64 tokens: the prefill list, no graph
+    assert fns == [functions[l.kernel] for l in program.prefill_launches]
+    assert "cuStreamBeginCapture_v2" not in names and "cuGraphLaunch" not in names
+    blocks.free(0)
+    fns, names = launched(_prefill_batch(blocks, 63))  # below the bound: the decode list, launched directly
+    assert fns == [functions[l.kernel] for l in program.launches]
+    fake.captured.clear()
+    fns, names = launched(_decode_batch(BlockManager(32, 16), 2, 0))  # decode: the decode list's graph
+    assert names.count("cuGraphLaunch") == 1 and fns == [functions[l.kernel] for l in program.launches]
+    assert not any(l.kernel.startswith("rfc_matmul_mma_") for l in program.launches)
+
+
+def test_the_prefill_list_round_trips_and_is_checked():
+    from rfc.artifacts.errors import BundleError
+    from rfc.artifacts.program import Arena, GridDim, Launch, StepProgram, pack_program, unpack_program
+
+    import msgpack
+
+    arena = Arena(2048, 512, 256, 256, (), 0)
+    launch = Launch("k", 128, (GridDim("n_tokens", 64),), ())
+    program = StepProgram("sm_90", arena, launches=(launch,), prefill_launches=(launch,), prefill_min_tokens=64)
+    assert unpack_program(pack_program(program)) == program
+    raw = msgpack.unpackb(pack_program(program))
+    for bad in (0, 4096, -1, "64", True):
+        with pytest.raises(BundleError, match="prefill_min_tokens|malformed"):
+            unpack_program(msgpack.packb({**raw, "prefill_min_tokens": bad}))
+    # a program written before the prefill list: every step runs `launches`
+    old = {k: v for k, v in raw.items() if not k.startswith("prefill_")}
+    assert unpack_program(msgpack.packb(old)) == StepProgram("sm_90", arena, launches=(launch,))

@@ -1,0 +1,35 @@
+/* Tensor-core matrix products for the prefill matmul (templates/gpu_matmul_mma.hip.j2):
+ * the subset of CUDA's nvcuda::wmma that kernel uses, under one name on every platform
+ * that has it.
+ *
+ *   rfc_wmma::fragment<use, 16, 16, 16, T[, layout]>   matrix_a / matrix_b of rfc_mma_half,
+ *                                                        accumulator of float
+ *   rfc_wmma::fill_fragment, load_matrix_sync, mma_sync, store_matrix_sync (mem_row_major)
+ *   rfc_mma_half, RFC_MMA_HALF(f)                       a half in shared memory; float -> half
+ *                                                        rounded to nearest even
+ *   rfc_sync_wave()                                      a warp's lanes see each other's
+ *                                                        shared-memory writes
+ *
+ * Which lane holds which element of a fragment is left opaque, as WMMA leaves it: the
+ * kernel only loads, multiplies and stores whole tiles through memory, so the emulator
+ * (tests/kernels/gpu_emu.h) can implement the same calls exactly with a whole tile per lane.
+ * Only targets with fp16 tensor cores (Target.wmma_f16) build a kernel that includes this;
+ * AMD's matrix cores have no WMMA of this shape here, so HIP gets an error, not a fallback.
+ */
+#ifndef RFC_GPU_MMA_H
+#define RFC_GPU_MMA_H
+
+#if defined(RFC_CUDA)
+#include <mma.h>
+namespace rfc_wmma = nvcuda::wmma;
+typedef __half rfc_mma_half;
+#define RFC_MMA_HALF(f) __float2half_rn(f)
+/* fragments are stored and read back through shared memory by all lanes of a warp */
+RFC_DEVICE_FN void rfc_sync_wave(void) { __syncwarp(); }
+#elif defined(RFC_GPU_EMULATED)
+/* gpu_emu.h defines rfc_wmma, rfc_mma_half, RFC_MMA_HALF and rfc_sync_wave */
+#else
+#error "rfc_gpu_mma.h: tensor-core kernels are built for sm_70 and newer only"
+#endif
+
+#endif /* RFC_GPU_MMA_H */
