@@ -290,8 +290,12 @@ class Engine:
         state.finish_reason = reason
         state.finished_at = time.time()
         self.scheduler.finish(state.seq)  # `finished` from here on
-        state.events.put(TokenEvent(state.request_id, token, text, True, reason, logprob, top))
-        self.observer.on_finish(state)
+        # metrics and traces first: a client that has its last event may ask /traces or
+        # /metrics at once, and must find this request there
+        try:
+            self.observer.on_finish(state)
+        finally:
+            state.events.put(TokenEvent(state.request_id, token, text, True, reason, logprob, top))
 
     def _remember(self, state: RequestState) -> None:
         self._states[state.request_id] = state

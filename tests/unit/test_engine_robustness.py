@@ -32,3 +32,27 @@ def test_non_finite_logits_fail_one_request_only(bundle_cache):
     assert other.finished and other.finish_reason == "length" and len(other.tokens) == 5
     assert model.blocks.num_used() == 0
     assert victim.admitted_at is not None and victim.admitted_at >= victim.created_at
+
+
+def test_observer_sees_a_finished_request_before_its_client_does(bundle_cache):
+    """A client that has its last event may read /traces or /metrics at once: the observer
+    (which feeds both) must have recorded the request by then."""
+    from rfc.runtime.engine import Observer
+
+    seen = []
+
+    class Recording(Observer):
+        def on_finish(self, state):
+            events = []
+            while not state.events.empty():
+                events.append(state.events.get_nowait())
+            seen.append(any(e.finished for e in events))
+            for e in events:
+                state.events.put(e)
+
+    model = load_model(bundle_cache(DEMO_MODEL), LoadOptions(device="ref"))
+    engine = Engine(model, observer=Recording())
+    state = engine.submit(GenerationRequest([1, 400], SamplingParams(temperature=0), max_tokens=3))
+    while engine.step():
+        pass
+    assert state.finished and seen == [False]
