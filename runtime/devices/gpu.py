@@ -16,6 +16,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.errors import BundleError
+from rfc.artifacts.program import unpack_program
+from rfc.artifacts.validate import check_weight_map
 from rfc.artifacts.plan import KVSpec, Op
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
@@ -129,6 +132,7 @@ class GpuDevice:
         }
         self._kernel_of = {op_key(op): name for op, name in zip(bundle.plan.ops, entry["op_kernels"])}
         self._entries = bundle.layout.by_name()
+        self._weight_of = _weight_map(bundle, entry)
         self._weights = self._upload_weights(bundle)
         slots = num_blocks * block_size
         self._layer_bytes = slots * kv.n_kv_heads * kv.head_dim * _KV_ITEMSIZE[kv.dtype]
@@ -194,7 +198,7 @@ class GpuDevice:
         return out.astype(np.float32, copy=False)
 
     def weight(self, name: str) -> DeviceArray:
-        e = self._entries[name]
+        e = self._entries[self._weight_of.get(name, name)]
         return DeviceArray(self._weights + e.offset, tuple(e.shape), e.format)
 
     # -- ops ----------------------------------------------------------------------------------
@@ -219,3 +223,17 @@ class GpuDevice:
             return  # nothing to do (e.g. no logit rows this step)
         grid3 = (*grid, 1, 1, 1)[:3]
         self._driver.launch(k.fn, grid3, (k.threads, 1, 1), k.params)
+
+
+def _weight_map(bundle: Bundle, entry: dict) -> dict[str, str]:
+    """Plan weight -> the layout entry this target's kernels read (its step program's map: a
+    bundle with cpu targets too stores the GPU layouts as variant entries), checked against
+    the layout."""
+    if "program" not in entry:
+        return {}
+    try:
+        weights = unpack_program(bundle.file(entry["program"]).read_bytes()).weights
+        check_weight_map(weights, bundle.plan, bundle.layout, f"bundle target {entry['name']}")
+    except BundleError as e:
+        raise DeviceError(str(e)) from None
+    return weights
