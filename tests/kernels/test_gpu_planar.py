@@ -21,6 +21,7 @@ from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.artifacts.program import unpack_program
 from rfc.runtime.batch import SeqChunk, StepBatch, build_batch
+from rfc.runtime.devices.gpu import device_weight_bytes
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.executor import Executor
 from rfc.runtime.kv_cache import BlockManager
@@ -145,6 +146,8 @@ def test_bundle_with_cpu_and_gpu_targets_reads_variants(model, gpu_build_cache, 
     assert all(name in entries and entries[name].format in PLANAR_FORMATS for name in weights.values())
     variants = [t for t in bundle.layout.tensors if "#" in t.name]
     assert sorted(t.name for t in variants) == sorted(weights.values()), "every variant is read, none twice"
+    # the GPU uploads what it reads: not the cpu layouts of the same weights
+    assert device_weight_bytes(bundle, entry) < 0.6 * len(bundle.weights)
     cpu_entry = next(t for t in bundle.manifest["targets"] if t["name"] == "cpu")
     assert not unpack_program(bundle.file(cpu_entry["program"]).read_bytes()).weights
     pair = _StepPair(out, tmp_path / "emu")
