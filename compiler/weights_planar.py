@@ -43,13 +43,6 @@ def _k_crumbs(qs: np.ndarray) -> np.ndarray:
     return (q & 3).reshape(*qs.shape[:-1], 8, 32)
 
 
-def _q3_k_scales(s: np.ndarray) -> np.ndarray:
-    """Q3_K's 12 scale bytes -> [..., 16] int8 scales (minus 32), as ggml unpacks them."""
-    low = np.concatenate([s[..., :8] & 0xF, s[..., :8] >> 4], axis=-1)
-    high = (s[..., None, 8:12] >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3  # [shift][byte]
-    return ((low | (high.reshape(*s.shape[:-1], 16) << 4)).astype(np.int16) - 32).astype(np.int8)
-
-
 def _planes(fmt: str, b: np.ndarray) -> list[np.ndarray]:
     """The planes of `fmt` for GGUF blocks b [rows, blocks, block bytes], each [rows, blocks, piece]."""
     base = PLANAR_FORMATS[fmt].base
@@ -68,8 +61,7 @@ def _planes(fmt: str, b: np.ndarray) -> list[np.ndarray]:
     if base == "Q3_K":
         hbits = np.unpackbits(b[..., 0:32, None], axis=-1, bitorder="little")  # [byte l][bit g]
         high = bit4(np.swapaxes(hbits, -1, -2)).reshape(r, nb, 32)  # sub-block g: bit g of bytes 0..31
-        return [b[..., 108:110], _q3_k_scales(b[..., 96:108]).view(np.uint8),
-                crumb8(_k_crumbs(b[..., 32:96])).reshape(r, nb, 64), high]
+        return [b[..., 108:110], b[..., 96:108], crumb8(_k_crumbs(b[..., 32:96])).reshape(r, nb, 64), high]
     if base == "Q6_K":
         # sub-block g = 4 nh + k: low nibbles k // 2 of ql bytes 64 nh + 32 (k % 2) .., high
         # bits 2k of qh bytes 32 nh ..

@@ -26,7 +26,7 @@
 #define RFC_QK_Q2_Kp 256
 #define RFC_TS_Q2_Kp 84
 #define RFC_QK_Q3_Kp 256
-#define RFC_TS_Q3_Kp 114
+#define RFC_TS_Q3_Kp 110
 #define RFC_QK_Q6_Kp 256
 #define RFC_TS_Q6_Kp 210
 
@@ -114,16 +114,16 @@ RFC_DEVICE_FN void rfc_wsub_q2_kp(const uint8_t *row, int g, int ps, int pq, rfc
     w->a1 = d * (float)(s1 & 0xF), w->b1 = -(dmin * (float)(s1 >> 4));
 }
 
-/* planes: d (2) | 16 int8 scales at ps | crumb8 low bits at pq | bit4 high bits at ph */
+/* planes: d (2) | 12 packed scale bytes at ps | crumb8 low bits at pq | bit4 high bits at ph */
 RFC_DEVICE_FN void rfc_wsub_q3_kp(const uint8_t *row, int g, int ps, int pq, int ph, rfc_wsub *w) {
     rfc_pl_crumb8(row + pq + 8 * g, w->u);
     const int hb = rfc_pl_bit4(row + ph + 4 * g);
 #pragma unroll
     for (int i = 0; i < 8; i++) w->u[i] |= ((hb >> i) & 0x01010101) << 2;  /* u = low + 4 * hbit; w = dl * (u - 4) */
     const float d = rfc_ld_half(row + 2 * (g >> 3));
-    const signed char *sc = (const signed char *)(row + ps + 16 * (g >> 3) + 2 * (g & 7));
-    w->a0 = d * (float)sc[0], w->b0 = -4.0f * w->a0;
-    w->a1 = d * (float)sc[1], w->b1 = -4.0f * w->a1;
+    const uint8_t *sc = row + ps + 12 * (g >> 3);
+    w->a0 = d * (float)rfc_q3_k_scale(sc, 2 * (g & 7)), w->b0 = -4.0f * w->a0;
+    w->a1 = d * (float)rfc_q3_k_scale(sc, 2 * (g & 7) + 1), w->b1 = -4.0f * w->a1;
 }
 
 /* planes: d (2) | 16 int8 scales at ps | nib16 low bits at pq | crumb8 high bits at ph */

@@ -33,15 +33,6 @@ def _k_qs(crumbs: np.ndarray) -> np.ndarray:
     return (c[..., 0, :] | (c[..., 1, :] << 2) | (c[..., 2, :] << 4) | (c[..., 3, :] << 6)).reshape(*crumbs.shape[:-2], 64)
 
 
-def _q3_k_scale_bytes(sc: np.ndarray) -> np.ndarray:
-    """[..., 16] int8 scales (minus 32) -> Q3_K's 12 packed bytes."""
-    u = (sc.astype(np.int16) + 32).astype(np.uint8)
-    low = (u[..., :8] & 0xF) | ((u[..., 8:] & 0xF) << 4)
-    high = (u >> 4).reshape(*u.shape[:-1], 4, 4)  # [shift][byte]: scale i = 4 (i >> 2) + (i & 3)
-    high = high[..., 0, :] | (high[..., 1, :] << 2) | (high[..., 2, :] << 4) | (high[..., 3, :] << 6)
-    return np.concatenate([low, high], axis=-1).astype(np.uint8)
-
-
 def _blocks(base: str, p: list[np.ndarray]) -> list[np.ndarray]:
     """The GGUF block fields, in block order, from the planes [rows, blocks, piece bytes]."""
     if base in ("Q4_0", "Q4_1", "Q8_0"):
@@ -55,7 +46,7 @@ def _blocks(base: str, p: list[np.ndarray]) -> list[np.ndarray]:
     if base == "Q3_K":
         high = _un_bit4(p[3].reshape(r, nb, 8, 4))  # [sub-block g][element l]
         hmask = np.packbits(np.swapaxes(high, -1, -2), axis=-1, bitorder="little").reshape(r, nb, 32)
-        return [hmask, _k_qs(_un_crumb8(p[2].reshape(r, nb, 8, 8))), _q3_k_scale_bytes(p[1].view(np.int8)), p[0]]
+        return [hmask, _k_qs(_un_crumb8(p[2].reshape(r, nb, 8, 8))), p[1], p[0]]
     if base == "Q6_K":
         low = _un_nib16(p[2].reshape(r, nb, 8, 16)).reshape(r, nb, 2, 2, 2, 32)  # [nh][k // 2][k % 2][l]
         ql = (low[..., 0, :, :] | (low[..., 1, :, :] << 4)).reshape(r, nb, 128)
