@@ -5,7 +5,9 @@ the runtime validates layouts (shape x format = bytes) and dequantizes with it. 
 a run of fixed-size blocks along a tensor's last dimension; the float formats are blocks of
 one element. A *packed* format is a target layout the weight planner produces from a GGUF
 format: the same blocks, rearranged so that `group_rows` rows are interleaved (a tensor's
-rows are padded up to a whole number of groups, padding bytes zero).
+rows are padded up to a whole number of groups, padding bytes zero). A *planar* format (the
+GPU targets' layouts) keeps rows apart but splits each row into planes: one field of every
+block after another, each plane padded to PLANE_ALIGN bytes (row_nbytes).
 
 `activation` names how kernels that take int8 dot products round the activations paired
 with a format (llama.cpp's vec_dot_type): "q8_0" (int8, one f16 scale per 32), "q8_1"
@@ -37,6 +39,7 @@ class WeightFormat:
     base: str | None = None  # packed formats: the GGUF format whose blocks they rearrange
     group_rows: int = 1  # packed formats: rows interleaved per group
     head_bytes: int = 0  # packed formats: bytes of f16 fields (scale, minimum) that start a base block
+    planes: tuple[int, ...] = ()  # planar formats: bytes per base block of each plane, in row order
 
     @property
     def is_float(self) -> bool:
@@ -45,6 +48,10 @@ class WeightFormat:
     @property
     def is_packed(self) -> bool:
         return self.base is not None
+
+    @property
+    def is_planar(self) -> bool:
+        return bool(self.planes)
 
 
 _GGUF = (
@@ -95,7 +102,48 @@ PACKED_FORMATS: dict[str, WeightFormat] = {
     )
 }
 
-FORMATS: dict[str, WeightFormat] = {**GGUF_FORMATS, **PACKED_FORMATS}
+# Planar GPU layouts (gfx* / sm_* matmul weights; the weight planner's repacking for GPU
+# targets, kernels/rfc_gpu_planar.h decodes them). A row of nb blocks is stored plane after
+# plane, each plane holding one field of every block of the row in block order and starting
+# PLANE_ALIGN-aligned (padding bytes zero); rows follow one another, each a multiple of
+# PLANE_ALIGN bytes, so with 256-aligned tensors every plane of every row is 16-byte aligned.
+# A GPU matmul walks a row with adjacent lanes on adjacent 32-element sub-blocks: lane l's
+# piece of each plane sits right after lane l-1's, so a wave's loads of a plane are one
+# contiguous run (coalesced), and the 16- and 32-byte pieces are 128-bit loads, which the
+# GGUF blocks (18, 20, 22, 24, 34, 84, 110, 210 bytes) never align to. Pieces of a
+# 32-element sub-block, element e in 0..31:
+#   nib16: 16 bytes, byte j = element j (low nibble) | element j+16 (high nibble)
+#          (Q4_0's own order)
+#   q32:   32 bytes, byte e = element e (int8)
+#   crumb8: 8 bytes, byte j bits 2t..2t+1 = element j + 8t (t = 0..3)
+#   bit4:  4 bytes, byte j bit t = element j + 4t (t = 0..7)
+# Planes per format (per block; "d"/"m" are the block's f16 fields as GGUF stores them):
+#   Q4_0p: d (2) | nib16 (16)                 Q4_1p: d, m (4) | nib16 (16)
+#   Q5_0p: d (2) | bit4 fifth bits (4) | nib16 low bits (16)
+#   Q5_1p: d, m (4) | bit4 (4) | nib16 (16)   Q8_0p: d (2) | q32 (32)
+#   Q2_Kp: d, dmin (4) | the 16 scale bytes as GGUF has them (16) | crumb8 per sub-block (64)
+#   Q3_Kp: d (2) | the 12 scale bytes as GGUF has them (12; decoding them to 16 would cost
+#          3.6% more bytes streamed) | crumb8 low 2 bits (64) | bit4 high bits (32)
+#   Q6_Kp: d (2) | the 16 int8 scales (16) | nib16 low 4 bits (128) | crumb8 high 2 bits (64)
+# The planar layouts hold the same bytes as their GGUF blocks, plus the planes' padding.
+# K-quant scales stay indexed as in GGUF: scale 2s + h is half h of sub-block s.
+PLANE_ALIGN = 16
+PLANAR_FORMATS: dict[str, WeightFormat] = {
+    f.name: f
+    for f in (
+        WeightFormat("Q4_0p", 32, 18, "q8_0", base="Q4_0", planes=(2, 16)),
+        WeightFormat("Q4_1p", 32, 20, "q8_1", base="Q4_1", planes=(4, 16)),
+        WeightFormat("Q5_0p", 32, 22, "q8_0", base="Q5_0", planes=(2, 4, 16)),
+        WeightFormat("Q5_1p", 32, 24, "q8_1", base="Q5_1", planes=(4, 4, 16)),
+        WeightFormat("Q8_0p", 32, 34, "q8_0", base="Q8_0", planes=(2, 32)),
+        WeightFormat("Q2_Kp", 256, 84, "q8_k", base="Q2_K", planes=(4, 16, 64)),
+        WeightFormat("Q3_Kp", 256, 110, "q8_k", base="Q3_K", planes=(2, 12, 64, 32)),
+        WeightFormat("Q6_Kp", 256, 210, "q8_k", base="Q6_K", planes=(2, 16, 128, 64)),
+    )
+}
+assert all(sum(f.planes) == f.block_bytes for f in PLANAR_FORMATS.values()), "planes add up to the block"
+
+FORMATS: dict[str, WeightFormat] = {**GGUF_FORMATS, **PACKED_FORMATS, **PLANAR_FORMATS}
 
 
 def weight_format(name: str) -> WeightFormat:
@@ -120,7 +168,25 @@ def row_nbytes(fmt: WeightFormat | str, n: int) -> int:
     f = fmt if isinstance(fmt, WeightFormat) else weight_format(fmt)
     if n % f.block_elems:
         raise FormatError(f"a {f.name} row of {n} elements is not a whole number of {f.block_elems}-element blocks")
+    if f.planes:
+        return sum(_plane_bytes(f, n))
     return n // f.block_elems * f.block_bytes
+
+
+def _plane_bytes(f: WeightFormat, n: int) -> list[int]:
+    nb = n // f.block_elems
+    return [-(-nb * p // PLANE_ALIGN) * PLANE_ALIGN for p in f.planes]
+
+
+def plane_offsets(fmt: WeightFormat | str, n: int) -> tuple[int, ...]:
+    """Byte offsets, within a row of n elements, of each plane of a planar format."""
+    f = fmt if isinstance(fmt, WeightFormat) else weight_format(fmt)
+    row_nbytes(f, n)  # n is whole blocks
+    offsets, at = [], 0
+    for size in _plane_bytes(f, n):
+        offsets.append(at)
+        at += size
+    return tuple(offsets)
 
 
 def tensor_nbytes(fmt: WeightFormat | str, shape: tuple[int, ...]) -> int:

@@ -2,7 +2,11 @@
 
 `shape` is the logical row-major shape, outermost first; the last dimension is contiguous
 (GGUF's ne[0]). Quantized formats store whole blocks along that last dimension, in the
-byte layout named by `format` (the GGUF block layouts, unless a later format says otherwise).
+byte layout named by `format` (artifacts/formats.py: a GGUF block layout, or a target layout
+the weight planner repacked it into: packed rows for the cpu targets, planar rows for the GPU
+ones). A plan weight's entry has the plan's name; a bundle whose targets read different
+layouts of one weight also holds the others as variant entries "<name>#<format>", which a
+target's step program maps its plan weights to (StepProgram.weights).
 """
 
 from dataclasses import asdict, dataclass

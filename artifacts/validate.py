@@ -133,6 +133,18 @@ def check_plan_weights(plan: Plan, layout: WeightLayout) -> None:
         RULES[op.kind](_OpView(plan, buffers, op, where, entries, i))
 
 
+def check_weight_map(weights: dict, plan: Plan, layout: WeightLayout, where: str) -> None:
+    """A step program's weight map (StepProgram.weights): every key a weight the plan reads,
+    every value a layout entry of the same shape (a variant of it in another format)."""
+    entries = layout.by_name()
+    read = {w for op in plan.ops for w in op.weights}
+    for name, entry in weights.items():
+        _need(name in read, f"{where}: weight map names {str(name)[:64]!r}, which no plan op reads")
+        _need(entry in entries, f"{where}: weight {name[:64]} maps to {str(entry)[:64]!r}, which the layout does not have")
+        _need(tuple(entries[entry].shape) == tuple(entries[name].shape),
+              f"{where}: weight {name[:64]} maps to {entry[:64]}, of another shape")
+
+
 # -- shape rules, one per op kind ---------------------------------------------------------------
 
 

@@ -102,14 +102,21 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
 
 
 def _weight_uses(spec: ModelSpec, targets: list[Target]) -> tuple:
-    """The weights as the bundle stores them. When every target is a cpu variant, matmul
-    weights go into the packed layouts the cpu kernels stream best (the reference decodes
-    them too); a bundle that also carries a GPU target keeps the GGUF block layouts."""
-    if targets and all(t.family is Family.CPU for t in targets):
+    """The weights as the bundle stores them. Matmul weights go into the layouts the kernels
+    stream best: the cpu targets' packed layouts when any target is a cpu variant, else the
+    GPU targets' planar ones (the reference decodes both). A bundle with targets of both kinds
+    writes what the GPU targets read as variant entries after the rest (each weight once per
+    layout; gpu_layout.py), and the GPU step programs name them."""
+    from rfc.compiler.codegen.gpu_layout import gpu_repack_plan, gpu_variants
+
+    cpu = any(t.family is Family.CPU for t in targets)
+    gpu = any(t.family is not Family.CPU for t in targets)
+    if cpu:
         from rfc.compiler.codegen.cpu import repack_plan
 
-        return repack_plan(spec.plan, spec.weights)
-    return spec.weights
+        stored = repack_plan(spec.plan, spec.weights)
+        return stored + gpu_variants(spec.plan, spec.weights, stored) if gpu else stored
+    return gpu_repack_plan(spec.plan, spec.weights) if gpu else spec.weights
 
 
 def _chat_template(options: CompileOptions, model: GGUFModel) -> str | None:

@@ -3,7 +3,10 @@
 A weight is made of parts: row ranges of GGUF tensors, written one after the other. One
 whole tensor is the common case; a row range splits a fused tensor (phi3's attn_qkv into
 Q, K and V); several parts concatenate tensors (Q, K and V into one matmul). Rows of the
-block formats are independent runs of bytes, so both are byte copies. Each weight starts on
+block formats are independent runs of bytes, so both are byte copies. A weight may also be
+repacked into a target layout (PACKED_FORMATS for the cpu targets, PLANAR_FORMATS for the
+GPU ones), and when targets of both kinds share a bundle, one of them reads a *variant*: the
+same weight written again under "<name>#<format>" (StepProgram.weights maps it). Each weight starts on
 an ALIGNMENT boundary. Tensors are copied with plain file reads in bounded chunks, so
 compiling a model of any size needs little memory.
 """
@@ -16,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rfc.artifacts.formats import PACKED_FORMATS, row_nbytes, tensor_nbytes
+from rfc.artifacts.formats import PACKED_FORMATS, PLANAR_FORMATS, row_nbytes, tensor_nbytes
 from rfc.artifacts.layout import ALIGNMENT, TensorEntry, WeightLayout, align_up
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
+from rfc.compiler.weights_planar import pack_planar
 
 _CHUNK = 8 << 20
 
@@ -42,7 +46,14 @@ class WeightUse:
     format: str
     shape: tuple[int, ...]
     parts: tuple[RowRange, ...]
-    packed: str | None = None  # a PACKED_FORMATS layout to repack `format`'s rows into
+    packed: str | None = None  # a PACKED_FORMATS or PLANAR_FORMATS layout to repack `format`'s rows into
+
+    @property
+    def stored_format(self) -> str:
+        return self.packed or self.format
+
+
+_REPACKED = {**PACKED_FORMATS, **PLANAR_FORMATS}
 
 
 def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
@@ -82,9 +93,21 @@ def _pack_q4_k_x8(rows: np.ndarray) -> np.ndarray:
 
 
 def repacked(use: WeightUse, packed: str) -> WeightUse:
-    if PACKED_FORMATS[packed].base != use.format:
+    if _REPACKED[packed].base != use.format:
         raise CompileError(f"{use.name}: cannot repack {use.format} into {packed}")
     return replace(use, packed=packed)
+
+
+def variant_name(weight: str, fmt: str) -> str:
+    """The layout entry of `weight` stored again in `fmt` for a target that reads that."""
+    return f"{weight}#{fmt}"
+
+
+def variant(use: WeightUse, fmt: str) -> WeightUse:
+    """`use` (a GGUF-format use) written again as `fmt` (its own format or a repacking of it),
+    under variant_name."""
+    out = replace(use, name=variant_name(use.name, fmt), packed=None)
+    return out if fmt == use.format else repacked(out, fmt)
 
 def whole(t: SourceTensor) -> RowRange:
     return RowRange(t.name, 0, prod(t.shape[:-1]) if len(t.shape) > 1 else 1)
@@ -98,7 +121,8 @@ def part_bytes(t: SourceTensor, part: RowRange) -> tuple[int, int]:
 
 def check_use(model: GGUFModel, use: WeightUse) -> None:
     """The parts exist, fit their tensors, share the format and add up to the shape."""
-    if use.packed is not None and (PACKED_FORMATS[use.packed].base != use.format or len(use.shape) != 2):
+    planar = use.packed in PLANAR_FORMATS  # rows stay whole: any leading dimensions (experts)
+    if use.packed is not None and (_REPACKED[use.packed].base != use.format or (len(use.shape) != 2 and not planar)):
         raise CompileError(f"{use.name}: cannot repack {use.format} {list(use.shape)} into {use.packed}")
     total = 0
     for part in use.parts:
@@ -126,19 +150,20 @@ def _read_parts(src, model: GGUFModel, use: WeightUse, chunk: int) -> Iterator[b
 def _repack_stream(chunks: Iterator[bytes], use: WeightUse) -> Iterator[bytes]:
     """The bytes of `use` in its packed layout, a whole number of row groups at a time; the
     last group is padded with zero rows (scale 0: those rows are 0 and never read)."""
-    f = PACKED_FORMATS[use.packed]
+    f = _REPACKED[use.packed]
+    pack = pack_planar if f.is_planar else pack_x8
     row = row_nbytes(use.format, use.shape[-1])
     step = row * f.group_rows * max(1, _CHUNK // (row * f.group_rows))
     pending = bytearray()
     for data in chunks:
         pending += data
         while len(pending) >= step:
-            yield pack_x8(np.frombuffer(bytes(pending[:step]), np.uint8).reshape(-1, row), use.packed).tobytes()
+            yield pack(np.frombuffer(bytes(pending[:step]), np.uint8).reshape(-1, row), use.packed).tobytes()
             del pending[:step]
     if pending:
         whole = -(-len(pending) // (row * f.group_rows)) * row * f.group_rows
         pending += b"\0" * (whole - len(pending))
-        yield pack_x8(np.frombuffer(bytes(pending), np.uint8).reshape(-1, row), use.packed).tobytes()
+        yield pack(np.frombuffer(bytes(pending), np.uint8).reshape(-1, row), use.packed).tobytes()
 
 
 def write_weights(
@@ -163,7 +188,7 @@ def write_weights(
                 digest.update(data)
                 dst.write(data)
                 nbytes += len(data)
-            fmt = use.packed or use.format
+            fmt = use.stored_format
             if nbytes != tensor_nbytes(fmt, use.shape):
                 raise CompileError(f"{use.name}: wrote {nbytes} bytes, its shape in {fmt} is {tensor_nbytes(fmt, use.shape)}")
             entries.append(TensorEntry(use.name, use.role, fmt, use.shape, aligned, nbytes, digest.hexdigest()))

@@ -16,7 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from rfc.artifacts.formats import GGUF_FORMATS, PACKED_FORMATS
+from rfc.artifacts.formats import GGUF_FORMATS, PACKED_FORMATS, PLANAR_FORMATS
+from rfc.artifacts.formats import row_nbytes as _table_row_nbytes
+from rfc.runtime.quants_planar import unpack_planar
 
 QK_K = 256  # elements in one k-quant super-block
 
@@ -230,7 +232,7 @@ assert all(_CODECS[n].block.itemsize == f.type_size for n, f in FORMATS.items())
 # Packed layouts (artifacts/formats.py PACKED_FORMATS) decode by undoing the interleave into
 # their base format's blocks (unpack_x8), then that format's decoder.
 PACKED: dict[str, QuantFormat] = {
-    name: QuantFormat(name, f.block_elems, f.block_bytes) for name, f in PACKED_FORMATS.items()
+    name: QuantFormat(name, f.block_elems, f.block_bytes) for name, f in {**PACKED_FORMATS, **PLANAR_FORMATS}.items()
 }
 
 
@@ -284,6 +286,8 @@ def row_nbytes(fmt: str, n: int) -> int:
         raise QuantError(
             f"a {fmt} row of {n} elements is not a whole number of {f.block_size}-element blocks"
         )
+    if fmt in PLANAR_FORMATS:  # planes padded to alignment: the table's arithmetic
+        return _table_row_nbytes(fmt, n)
     return n // f.block_size * f.type_size
 
 
@@ -306,6 +310,9 @@ def dequantize(raw: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
     if packed:
         data = np.ascontiguousarray(unpack_x8(data, fmt, rows, shape[-1])).reshape(-1)
         fmt = packed.base
+    elif fmt in PLANAR_FORMATS:
+        data = np.ascontiguousarray(unpack_planar(data, fmt, rows, shape[-1])).reshape(-1)
+        fmt = PLANAR_FORMATS[fmt].base
     codec = _CODECS[fmt]
     blocks = data.view(codec.block)
     out = np.empty((blocks.size, f.block_size), dtype=np.float32)

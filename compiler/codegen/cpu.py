@@ -160,7 +160,9 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     the step program (`step`: the kernel tests build the kernels of a plan that is not a model)."""
     hp, plan = inp.hparams, inp.plan
     check_ops(plan, hp.architecture)
-    entries = inp.layout.by_name()
+    # the plan's weights: a bundle with GPU targets too holds their variants, not read here
+    used = {w for op in plan.ops for w in op.weights}
+    entries = {name: e for name, e in inp.layout.by_name().items() if name in used}
     ops: dict[str, list] = {}
     for op in plan.ops:
         ops.setdefault(op.kind, []).append(op)

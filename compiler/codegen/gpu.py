@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
+from rfc.compiler.codegen.gpu_layout import gpu_weight_map
 from rfc.compiler.codegen.gpu_plan import ARG_SIZES, MMA_TEMPLATE, KernelSpec, plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.codegen.render import render
@@ -86,7 +87,8 @@ def build(inp: CodegenInput) -> dict:
     inp.writer.write_bytes(source_rel, source.encode())
     program_rel = f"{inp.bundle_dir}/{PROGRAM_FILE}"
     program = plan_program(target, inp.plan, specs, op_kernels)
-    program = replace(program, extra={**program.extra, "sample": sample_program_extra(sample)})
+    program = replace(program, extra={**program.extra, "sample": sample_program_extra(sample)},
+                      weights=gpu_weight_map(inp.plan, inp.layout))
     inp.writer.write_bytes(program_rel, pack_program(program))
     return {
         "kernels": kernels_rel,

@@ -13,19 +13,20 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-import gguf
-
+from rfc.artifacts.formats import PLANAR_FORMATS, FormatError, plane_offsets, row_nbytes, weight_format
 from rfc.artifacts.layout import WeightLayout
 from rfc.artifacts.plan import Op, Plan
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
+from rfc.compiler.codegen.gpu_layout import gpu_weight_entries
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 
 PTR, I32 = "ptr", "i32"
 ARG_SIZES = {PTR: 8, I32: 4}
 
-# The weight formats rfc_blocks.h decodes.
-MATMUL_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+# The weight formats rfc_blocks.h decodes, and the planar layouts rfc_gpu_planar.h decodes.
+MATMUL_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                  *PLANAR_FORMATS)
 
 # Declared kernel parameters per op kind, in order (rope adds freq_factors when it has one).
 KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -66,7 +67,7 @@ MATMUL_WAVES = 4  # waves per matmul block
 MATMUL_TOKENS = 8  # tokens that share one decoded weight block
 # Quantized weights: int8 activations and dp4a over 32-element sub-blocks (rfc_gpu_q8.h).
 # Float weights (F32/F16/BF16) read float activations, as llama.cpp's kernels do.
-INT8_FORMATS = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+INT8_FORMATS = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", *PLANAR_FORMATS)
 SUB_BLOCK = 32  # elements per activation scale and per lane step
 # Columns of activations quantized into shared memory at a time: tokens x chunk bytes of
 # int8, plus scales and sums, 22 KiB at 8 x 2048 (under CUDA's 48 KiB of static shared memory).
@@ -147,19 +148,19 @@ class KernelSpec:
         return {"threads": self.threads, "grid": [list(g) for g in self.grid]}
 
 
-def block_geometry(fmt: str) -> tuple[int, int]:
-    """(elements, bytes) of one block of a weight format."""
-    try:
-        return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[fmt]]
-    except KeyError:
-        raise CompileError(f"unknown weight format {fmt}") from None
-
-
 def weight_geometry(fmt: str, rows: int, cols: int) -> dict:
-    """The template constants of a [rows, cols] weight in format `fmt`."""
-    qk, ts = block_geometry(fmt)
+    """The template constants of a [rows, cols] weight in format `fmt` (artifacts/formats.py)."""
+    try:
+        f = weight_format(fmt)
+    except FormatError:
+        raise CompileError(f"unknown weight format {fmt}") from None
+    qk, ts = f.block_elems, f.block_bytes
     return {"fmt": fmt.lower(), "fmt_upper": fmt, "qk": qk, "ts": ts, "rows": rows, "cols": cols,
-            "blocks_per_row": cols // qk, "row_bytes": cols // qk * ts}
+            "blocks_per_row": cols // qk, "row_bytes": row_nbytes(f, cols),
+            # planar layouts: decoders take the row and the sub-block, and the row offsets
+            # of the planes after the first (artifacts/formats.py)
+            "planar": f.is_planar,
+            "plane_offsets": list(plane_offsets(f, cols)[1:]) if f.is_planar else []}
 
 
 def mma_matmul_spec(target: Target, w: dict) -> KernelSpec | None:
@@ -225,7 +226,7 @@ class _Planner:
         self.target = target
         self.wave = target.wave_size
         self.plan = plan
-        self.tensors = layout.by_name()
+        self.tensors = gpu_weight_entries(plan, layout)  # plan weights: the entries GPU targets read
 
     def spec(self, op: Op) -> KernelSpec:
         return getattr(self, "_" + op.kind)(op)
@@ -266,6 +267,8 @@ class _Planner:
     # -- one method per op kind --------------------------------------------------------------
     def _embed(self, op: Op) -> KernelSpec:
         w = self._weight(op, op.weights[0])
+        if w["planar"]:
+            raise CompileError(f"the GPU embed kernel gathers GGUF rows; {op.weights[0]} is {w['fmt_upper']}")
         threads = self._row_threads(w["blocks_per_row"])
         scale = float(op.attr("scale"))
         name = f"rfc_embed_{w['fmt']}_{w['cols']}" + ("" if scale == 1.0 else "_scaled")

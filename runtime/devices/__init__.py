@@ -109,4 +109,6 @@ def gpu_resident_bytes(bundle: Bundle, target: str) -> int:
 
     entry = target_entry(bundle, target)
     arena = unpack_program(bundle.file(entry["program"]).read_bytes()).arena.total_bytes if "program" in entry else 0
-    return (len(bundle.weights) if bundle.weights is not None else 0) + arena
+    from rfc.runtime.devices.gpu import device_weight_bytes
+
+    return device_weight_bytes(bundle, entry) + arena

@@ -16,6 +16,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.errors import BundleError
+from rfc.artifacts.layout import TensorEntry
+from rfc.artifacts.program import unpack_program
+from rfc.artifacts.validate import check_weight_map
 from rfc.artifacts.plan import KVSpec, Op
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
@@ -25,6 +29,7 @@ from rfc.runtime.devices.gpu_args import I32, PTR, Arg, Call, check_kernels, op_
 _PACK = {PTR: "<Q", I32: "<i"}
 _DTYPES = {"f32": np.float32, "i32": np.int32}
 _KV_ITEMSIZE = {"f16": 2, "f32": 4}
+_WEIGHT_ALIGNMENT = 256  # device offsets of uploaded weights: 128-bit loads and more
 
 
 class Driver(Protocol):
@@ -129,6 +134,7 @@ class GpuDevice:
         }
         self._kernel_of = {op_key(op): name for op, name in zip(bundle.plan.ops, entry["op_kernels"])}
         self._entries = bundle.layout.by_name()
+        self._weight_of = _weight_map(bundle, entry)
         self._weights = self._upload_weights(bundle)
         slots = num_blocks * block_size
         self._layer_bytes = slots * kv.n_kv_heads * kv.head_dim * _KV_ITEMSIZE[kv.dtype]
@@ -141,12 +147,22 @@ class GpuDevice:
         return ptr
 
     def _upload_weights(self, bundle: Bundle) -> int:
+        """Uploads the entries this target reads, packed at aligned offsets (_device_offset):
+        a bundle with cpu targets too holds layouts of the same weights the GPU never reads."""
+        self._device_offset: dict[str, int] = {}
         if bundle.weights is None:
             return 0
         host = np.frombuffer(bundle.weights, dtype=np.uint8)
-        ptr = self._owned_alloc(max(1, host.size))
-        self._driver.copy_to_device(ptr, host)
+        spans, total = weight_spans(bundle, self._weight_of)
+        ptr = self._owned_alloc(max(1, total))
+        for at, e in spans:
+            self._device_offset[e.name] = at
+            self._driver.copy_to_device(ptr + at, host[e.offset : e.offset + e.nbytes])
         return ptr
+
+    def weight_address(self, entry: str) -> int:
+        """Device address of a layout entry this target reads."""
+        return self._weights + self._device_offset[entry]
 
     def close(self) -> None:
         self._driver.synchronize()
@@ -194,8 +210,8 @@ class GpuDevice:
         return out.astype(np.float32, copy=False)
 
     def weight(self, name: str) -> DeviceArray:
-        e = self._entries[name]
-        return DeviceArray(self._weights + e.offset, tuple(e.shape), e.format)
+        e = self._entries[self._weight_of.get(name, name)]
+        return DeviceArray(self.weight_address(e.name), tuple(e.shape), e.format)
 
     # -- ops ----------------------------------------------------------------------------------
     def launch(self, op: Op, outs: list, ins: list, weights: list, batch: DeviceBatch) -> None:
@@ -219,3 +235,34 @@ class GpuDevice:
             return  # nothing to do (e.g. no logit rows this step)
         grid3 = (*grid, 1, 1, 1)[:3]
         self._driver.launch(k.fn, grid3, (k.threads, 1, 1), k.params)
+
+
+def weight_spans(bundle: Bundle, weight_of: dict[str, str]) -> tuple[list[tuple[int, TensorEntry]], int]:
+    """The layout entries a GPU target reads (plan weights through its map `weight_of`) at
+    their device offsets, in weights.bin order, and the device bytes they take."""
+    entries = bundle.layout.by_name()
+    read = {weight_of.get(w, w) for op in bundle.plan.ops for w in op.weights}
+    spans, total = [], 0
+    for e in sorted((entries[n] for n in read), key=lambda e: e.offset):
+        spans.append((total, e))
+        total += -(-e.nbytes // _WEIGHT_ALIGNMENT) * _WEIGHT_ALIGNMENT
+    return spans, total
+
+
+def device_weight_bytes(bundle: Bundle, entry: dict) -> int:
+    """Device bytes of the weights a GPU target uploads (kv_budget's resident bytes)."""
+    return weight_spans(bundle, _weight_map(bundle, entry))[1] if bundle.weights is not None else 0
+
+
+def _weight_map(bundle: Bundle, entry: dict) -> dict[str, str]:
+    """Plan weight -> the layout entry this target's kernels read (its step program's map: a
+    bundle with cpu targets too stores the GPU layouts as variant entries), checked against
+    the layout."""
+    if "program" not in entry:
+        return {}
+    try:
+        weights = unpack_program(bundle.file(entry["program"]).read_bytes()).weights
+        check_weight_map(weights, bundle.plan, bundle.layout, f"bundle target {entry['name']}")
+    except BundleError as e:
+        raise DeviceError(str(e)) from None
+    return weights

@@ -321,7 +321,7 @@ class GpuStepDevice(GpuDevice):
             functions[name] = driver.function(self._module, name)
         self.runner = StepRunner(
             driver, program, entry["kernel_args"], functions,
-            weight_ptr=lambda name: self._weights + self._entries[name].offset,
+            weight_ptr=self.weight_address,
             kv_ptr=lambda which, layer: (self._k_cache if which == "k" else self._v_cache) + layer * self._layer_bytes,
             vocab=plan.vocab_size, n_embd=plan.n_embd, logits=plan.output_logits, hidden=plan.output_hidden,
             block_size=block_size, table_width=width, sample=(sample_fn, sample) if sample_fn is not None else None,

@@ -60,9 +60,12 @@ GPU_ROUNDING_KIND = "q8_32"
 
 
 def gpu_rounding_kinds(formats) -> dict[str, str]:
+    """Rounding kinds keyed by GGUF format (the oracle reads the GGUF): a layout the
+    planner repacked counts as its base format."""
+    from rfc.artifacts.formats import FORMATS
     from rfc.compiler.codegen.gpu_plan import INT8_FORMATS
 
-    return {f: GPU_ROUNDING_KIND for f in formats if f in INT8_FORMATS}
+    return {FORMATS[f].base or f: GPU_ROUNDING_KIND for f in formats if f in INT8_FORMATS}
 
 
 def gpu_rounding(model: str, formats, tokens) -> "np.ndarray | None":

@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
+from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_plan import MMA_FORMATS, MMA_TILE_M, MMA_TILE_N, mma_matmul_spec, weight_geometry
 from rfc.compiler.targets import parse_target
+from rfc.compiler.weights_planar import pack_planar
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.quants import dequantize
 from tests.kernels.gpu_emulator import build_source_emulator
@@ -44,7 +46,10 @@ _SCALES = {"Q8_0": (0,), "Q4_0": (0,), "Q5_0": (0,), "Q4_1": (0, 2), "Q5_1": (0,
 
 
 def random_weight(rng: np.random.Generator, fmt: str, rows: int, cols: int) -> np.ndarray:
-    """Bytes of a [rows, cols] weight: random blocks with finite scales, or normal floats."""
+    """Bytes of a [rows, cols] weight: random blocks with finite scales, or normal floats;
+    a planar GPU layout (the planner's repacking for sm_*) packs random blocks of its base."""
+    if fmt in PLANAR_FORMATS:
+        return pack_planar(random_weight(rng, PLANAR_FORMATS[fmt].base, rows, cols), fmt)
     if fmt == "F16":
         return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
     if fmt == "BF16":

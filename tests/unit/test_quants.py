@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 
-from rfc.artifacts.formats import PACKED_FORMATS
+from rfc.artifacts.formats import PACKED_FORMATS, PLANAR_FORMATS, PLANE_ALIGN, plane_offsets, tensor_nbytes
 from rfc.runtime import quants
 from rfc.runtime.quants import FORMATS, QuantError, dequantize, row_nbytes
 
@@ -128,3 +128,40 @@ def test_packed_formats_decode_like_their_base(fmt: str) -> None:
     padded = np.concatenate([raw, np.zeros((-rows % g, raw.shape[1]), np.uint8)])
     want = gguf.quants.dequantize(raw, GGMLQuantizationType[base]).reshape(rows, k)
     assert_identical(dequantize(pack_x8(padded, fmt), fmt, (rows, k)), want)
+
+
+@RANDOM_BYTES_WARN
+@pytest.mark.parametrize("fmt", sorted(PLANAR_FORMATS))
+@pytest.mark.parametrize("rows,blocks", [(1, 1), (7, 3), (13, 9)])
+def test_planar_formats_decode_like_their_base(fmt: str, rows: int, blocks: int) -> None:
+    """A planar GPU layout (the weight planner's repacking for gfx*/sm_*) decodes to exactly
+    the values gguf-py decodes from the base format's bytes; the planes of a row start
+    16-byte aligned, rows are whole multiples of 16 bytes, and unpacking is the inverse of
+    packing byte for byte (random bytes: every bit of the GGUF block must survive). Block
+    counts 1, 3 and 9 leave the small planes unaligned before their padding."""
+    from rfc.compiler.weights_planar import pack_planar
+    from rfc.runtime.quants_planar import unpack_planar
+
+    f = PLANAR_FORMATS[fmt]
+    k = blocks * f.block_elems
+    raw = np.random.default_rng(rows * 31 + blocks).integers(0, 256, (rows, row_nbytes(f.base, k)), np.uint8)
+    packed = pack_planar(raw, fmt)
+    assert packed.shape == (rows, tensor_nbytes(fmt, (rows, k)) // rows) and packed.shape[1] % PLANE_ALIGN == 0
+    assert all(o % PLANE_ALIGN == 0 for o in plane_offsets(fmt, k))
+    assert (unpack_planar(packed.reshape(-1), fmt, rows, k) == raw).all()
+    want = gguf.quants.dequantize(raw, GGMLQuantizationType[f.base]).reshape(rows, k)
+    assert_identical(dequantize(packed, fmt, (rows, k)), want)
+
+
+def test_planar_pieces_put_elements_where_the_table_says() -> None:
+    """The piece encodings artifacts/formats.py describes, element by element (the GPU
+    decoders in rfc_gpu_planar.h read them so)."""
+    from rfc.compiler.weights_planar import bit4, crumb8, nib16
+
+    v = np.arange(32)
+    assert list(nib16(v % 16)) == [(j % 16) | ((j + 16) % 16) << 4 for j in range(16)]
+    c = crumb8(v % 4)
+    assert all((int(c[j]) >> (2 * t)) & 3 == (j + 8 * t) % 4 for j in range(8) for t in range(4))
+    bits = (v * 7 + 3) % 5 % 2
+    b = bit4(bits)
+    assert all((int(b[j]) >> t) & 1 == bits[j + 4 * t] for j in range(4) for t in range(8))

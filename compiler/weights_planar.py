@@ -1,0 +1,86 @@
+"""The planar GPU layouts (artifacts/formats.py PLANAR_FORMATS): GGUF rows split into planes.
+
+`pack_planar` turns rows of GGUF blocks into the layout the GPU matmuls read with aligned,
+coalesced loads; runtime/quants_planar.py is its inverse (the tests check both ways). Every
+rearrangement moves bits without changing them, so the decoded values are the GGUF ones
+exactly. Work is on whole rows at a time: the weight planner streams a tensor in chunks of
+rows, and a planar row depends on nothing outside itself.
+"""
+
+import numpy as np
+
+from rfc.artifacts.formats import PLANAR_FORMATS, plane_offsets, row_nbytes
+
+
+# -- pieces of one 32-element sub-block (formats.py names them), from element values ----------
+def nib16(v: np.ndarray) -> np.ndarray:
+    """[..., 32] 4-bit values -> [..., 16] bytes: byte j = v[j] | v[j + 16] << 4."""
+    return (v[..., :16] | (v[..., 16:] << 4)).astype(np.uint8)
+
+
+def crumb8(v: np.ndarray) -> np.ndarray:
+    """[..., 32] 2-bit values -> [..., 8] bytes: byte j bits 2t.. = v[j + 8t]."""
+    t = v.reshape(*v.shape[:-1], 4, 8).astype(np.uint8)
+    return (t[..., 0, :] | (t[..., 1, :] << 2) | (t[..., 2, :] << 4) | (t[..., 3, :] << 6)).astype(np.uint8)
+
+
+def bit4(v: np.ndarray) -> np.ndarray:
+    """[..., 32] 1-bit values -> [..., 4] bytes: byte j bit t = v[j + 4t]."""
+    t = v.reshape(*v.shape[:-1], 8, 4).astype(np.uint8)
+    return np.bitwise_or.reduce(t << np.arange(8, dtype=np.uint8)[:, None], axis=-2).astype(np.uint8)
+
+
+# -- GGUF fields as per-sub-block element values ([rows, blocks, subs, 32]) ---------------------
+def _gguf_bits32(qh: np.ndarray) -> np.ndarray:
+    """Q5_0/Q5_1 qh (4 bytes, little-endian bit e = element e) -> [..., 32] bits."""
+    return np.unpackbits(qh, axis=-1, bitorder="little")
+
+
+def _k_crumbs(qs: np.ndarray) -> np.ndarray:
+    """Q2_K/Q3_K qs (64 bytes) -> [..., 8 sub-blocks, 32] 2-bit values: sub-block g is bits
+    2(g % 4) of bytes 32(g // 4) .. +31."""
+    q = qs.reshape(*qs.shape[:-1], 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[:, None]
+    return (q & 3).reshape(*qs.shape[:-1], 8, 32)
+
+
+def _planes(fmt: str, b: np.ndarray) -> list[np.ndarray]:
+    """The planes of `fmt` for GGUF blocks b [rows, blocks, block bytes], each [rows, blocks, piece]."""
+    base = PLANAR_FORMATS[fmt].base
+    if base == "Q4_0":
+        return [b[..., 0:2], b[..., 2:18]]
+    if base == "Q4_1":
+        return [b[..., 0:4], b[..., 4:20]]
+    if base == "Q8_0":
+        return [b[..., 0:2], b[..., 2:34]]
+    if base in ("Q5_0", "Q5_1"):
+        head = 2 if base == "Q5_0" else 4
+        return [b[..., 0:head], bit4(_gguf_bits32(b[..., head : head + 4])), b[..., head + 4 : head + 20]]
+    r, nb = b.shape[:2]
+    if base == "Q2_K":
+        return [b[..., 80:84], b[..., 0:16], crumb8(_k_crumbs(b[..., 16:80])).reshape(r, nb, 64)]
+    if base == "Q3_K":
+        hbits = np.unpackbits(b[..., 0:32, None], axis=-1, bitorder="little")  # [byte l][bit g]
+        high = bit4(np.swapaxes(hbits, -1, -2)).reshape(r, nb, 32)  # sub-block g: bit g of bytes 0..31
+        return [b[..., 108:110], b[..., 96:108], crumb8(_k_crumbs(b[..., 32:96])).reshape(r, nb, 64), high]
+    if base == "Q6_K":
+        # sub-block g = 4 nh + k: low nibbles k // 2 of ql bytes 64 nh + 32 (k % 2) .., high
+        # bits 2k of qh bytes 32 nh ..
+        ql = b[..., 0:128].reshape(r, nb, 2, 1, 2, 32) >> (4 * np.arange(2, dtype=np.uint8))[:, None, None]
+        ql = (ql & 0xF).reshape(r, nb, 8, 32)  # [nh][k // 2][k % 2] is [nh][k]
+        qh = (b[..., 128:192].reshape(r, nb, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3
+        return [b[..., 208:210], b[..., 192:208], nib16(ql).reshape(r, nb, 128), crumb8(qh.reshape(r, nb, 8, 32)).reshape(r, nb, 64)]
+    raise AssertionError(f"no planar packing for {fmt}")
+
+
+def pack_planar(rows: np.ndarray, fmt: str) -> np.ndarray:
+    """Rows of GGUF blocks (uint8 [rows, row bytes] of the base format) in planar layout `fmt`."""
+    f = PLANAR_FORMATS[fmt]
+    n_rows = rows.shape[0]
+    nb = rows.shape[1] // row_nbytes(f.base, f.block_elems)
+    n = nb * f.block_elems
+    out = np.zeros((n_rows, row_nbytes(f, n)), np.uint8)
+    planes = _planes(fmt, rows.reshape(n_rows, nb, -1))
+    for at, per_block, plane in zip(plane_offsets(f, n), f.planes, planes):
+        assert plane.shape[-1] == per_block, (fmt, plane.shape)
+        out[:, at : at + nb * per_block] = plane.reshape(n_rows, nb * per_block)
+    return out

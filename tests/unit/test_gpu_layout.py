@@ -1,0 +1,56 @@
+"""Which layouts the weight planner writes for which targets (compiler/pipeline.py
+_weight_uses, compiler/codegen/gpu_layout.py), without building any kernel."""
+
+import pytest
+
+from rfc.artifacts.formats import PACKED_FORMATS, PLANAR_FORMATS
+from rfc.compiler.codegen.gpu_layout import GPU_REPACK
+from rfc.compiler.gguf_reader import read_gguf
+from rfc.compiler.pipeline import _weight_uses
+from rfc.compiler.spec import build_spec
+from rfc.compiler.targets import parse_targets
+from tests.conftest import FIXTURES
+
+pytestmark = pytest.mark.skipif(not (FIXTURES / "tiny-llama-Q4_0.gguf").is_file(), reason="fixtures not found")
+
+
+def _uses(model: str, *targets: str):
+    spec = build_spec(read_gguf(FIXTURES / f"tiny-{model}.gguf"))
+    return spec, _weight_uses(spec, list(parse_targets(targets)))
+
+
+def _matmul_only(spec) -> set[str]:
+    readers: dict[str, set[str]] = {}
+    for op in spec.plan.ops:
+        for w in op.weights:
+            readers.setdefault(w, set()).add(op.kind)
+    return {w for w, r in readers.items() if r <= {"matmul", "moe_matmul"}}
+
+
+@pytest.mark.parametrize("model", ["llama-Q4_0", "llama-Q6_K", "mixtral-Q8_0", "llama-tied-F16"])
+def test_gpu_targets_store_matmul_weights_planar(model):
+    spec, uses = _uses(model, "sm_90", "gfx1100")
+    matmul = _matmul_only(spec)
+    assert [u.name for u in uses] == [u.name for u in spec.weights], "no variants when every target reads one layout"
+    for u in uses:
+        want = GPU_REPACK.get(u.format) if u.name in matmul else None
+        assert u.packed == want, (u.name, u.format, u.packed)
+    assert all(u.packed is None for u in uses if u.name == "token_embd.weight"), "the embed kernel gathers GGUF rows"
+
+
+def test_cpu_and_gpu_targets_each_read_their_layout_written_once():
+    """cpu + two GPU targets: the cpu layouts under the plan names, one variant per weight the
+    GPU reads in another layout (Q6_K output: planar; Q4_0: planar beside Q4_0x8), at the end."""
+    spec, uses = _uses("llama-Q4_0", "cpu", "sm_90", "sm_80")
+    names = [u.name for u in uses]
+    assert len(names) == len(set(names))
+    primary, variants = uses[: len(spec.weights)], uses[len(spec.weights):]
+    assert [u.name for u in primary] == [u.name for u in spec.weights]
+    assert {u.packed for u in primary} - {None} <= set(PACKED_FORMATS)
+    assert variants and all(u.name == f"{u.name.split('#')[0]}#{u.packed}" and u.packed in PLANAR_FORMATS for u in variants)
+    assert {u.name.split("#")[0] for u in variants} == _matmul_only(spec) - {"token_embd.weight"}
+
+
+def test_cpu_only_bundles_are_unchanged():
+    spec, uses = _uses("llama-Q4_0", "cpu")
+    assert len(uses) == len(spec.weights) and not any(u.packed in PLANAR_FORMATS for u in uses)
