@@ -109,6 +109,7 @@ def variant(use: WeightUse, fmt: str) -> WeightUse:
     out = replace(use, name=variant_name(use.name, fmt), packed=None)
     return out if fmt == use.format else repacked(out, fmt)
 
+
 def whole(t: SourceTensor) -> RowRange:
     return RowRange(t.name, 0, prod(t.shape[:-1]) if len(t.shape) > 1 else 1)
 

@@ -229,8 +229,9 @@ FORMATS: dict[str, QuantFormat] = {
     for name in _CODECS
 }
 assert all(_CODECS[n].block.itemsize == f.type_size for n, f in FORMATS.items()), "codec/table mismatch"
-# Packed layouts (artifacts/formats.py PACKED_FORMATS) decode by undoing the interleave into
-# their base format's blocks (unpack_x8), then that format's decoder.
+# Packed and planar layouts (artifacts/formats.py PACKED_FORMATS, PLANAR_FORMATS) decode by
+# undoing the rearrangement into their base format's blocks (unpack_x8, unpack_planar), then
+# that format's decoder.
 PACKED: dict[str, QuantFormat] = {
     name: QuantFormat(name, f.block_elems, f.block_bytes) for name, f in {**PACKED_FORMATS, **PLANAR_FORMATS}.items()
 }
@@ -286,9 +287,7 @@ def row_nbytes(fmt: str, n: int) -> int:
         raise QuantError(
             f"a {fmt} row of {n} elements is not a whole number of {f.block_size}-element blocks"
         )
-    if fmt in PLANAR_FORMATS:  # planes padded to alignment: the table's arithmetic
-        return _table_row_nbytes(fmt, n)
-    return n // f.block_size * f.type_size
+    return _table_row_nbytes(fmt, n)  # the format table's arithmetic (planar rows are padded)
 
 
 def dequantize(raw: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
