@@ -85,7 +85,8 @@ class Engine:
         request_id = next(self._ids)
         seq = Sequence(seq_id=request_id, prompt_ids=list(request.prompt_ids), max_tokens=request.max_tokens)
         state = RequestState(request_id=request_id, request=request, seq=seq)
-        state.sampler = Sampler(request.params, request.prompt_ids, self.model.vocab_size)
+        state.sampler = Sampler(request.params, request.prompt_ids, self.model.vocab_size,
+                                getattr(self.model.executor, "host_sampling", None))
         state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids, keep_leading_space=True)
         state.stopper = StopChecker(list(request.stop))
         state.matcher = request.constraint.matcher() if request.constraint is not None else None
@@ -273,7 +274,7 @@ class Engine:
             return logits.token, (logits.logprob if state.request.logprobs is not None else None), ()
         if state.matcher is not None:  # constrained rows only: the grammar's mask, then sampling
             logits = state.matcher.mask(logits)
-        token = state.sampler.sample(logits)
+        token = state.sampler.sample(logits, state.request.logprobs)
         if state.matcher is not None:
             state.matcher.accept(token)
         logprob, top = None, ()

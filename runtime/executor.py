@@ -80,6 +80,11 @@ class Executor:
         return self._interpret(batch, self.plan.output_logits)
 
     @property
+    def host_sampling(self):
+        """The device's host sampling kernels (runtime/sampling_kernels.py), or None."""
+        return getattr(self.device, "host_sampling", None)
+
+    @property
     def samples_on_device(self) -> bool:
         return bool(getattr(self._step, "samples_on_device", False))
 

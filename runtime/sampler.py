@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rfc.runtime.sampling_kernels import KernelLogitsError, SamplingKernels
 from rfc.runtime.selection import draw, top_k_ids, top_p_head, window
 from rfc.runtime.values import is_finite_number, shown
 
@@ -85,11 +86,19 @@ class SamplingParams:
 
 class Sampler:
     """Per-request sampling state: its own numpy Generator (seeded from params.seed, or from
-    OS entropy when None) and the token counts of the penalty window."""
+    OS entropy when None) and the token counts of the penalty window.
 
-    def __init__(self, params: SamplingParams, prompt_tokens: Sequence[int], vocab_size: int):
+    With `kernels` (the cpu kernel library's, runtime/sampling_kernels.py) the filters, the
+    draw and the logprobs run there, a few passes over the row; without, in numpy below (the
+    reference the kernels are tested against). Both draw from the same distribution; a seed
+    gives the same tokens run after run on one of them, not across the two."""
+
+    def __init__(self, params: SamplingParams, prompt_tokens: Sequence[int], vocab_size: int,
+                 kernels: SamplingKernels | None = None):  # fmt: skip
         params.validate(vocab_size)
         self.params = params
+        self._kernels = kernels
+        self._joint: tuple | None = None  # (row, top_n, (lse, top ids)) of the last joint draw
         self.vocab_size = vocab_size
         # default_rng takes non-negative seeds only; any int the client sends maps to one.
         seed = None if params.seed is None else params.seed & (2**64 - 1)
@@ -111,12 +120,26 @@ class Sampler:
             for token in recent:
                 self._record(int(token))
 
-    def sample(self, logits: np.ndarray) -> int:
-        """Draw the next token from float logits [vocab] and record it for the penalties."""
+    def sample(self, logits: np.ndarray, top_logprobs: int | None = None) -> int:
+        """Draw the next token from float logits [vocab] and record it for the penalties.
+
+        With top_logprobs (the logprobs() call to follow on the same row), the kernels work
+        out the row's normalizer and top ids in the same passes when bias and penalties
+        leave the row as it is; logprobs(logits, ...) then uses them."""
         x = self._processed(logits, copy=False)
+        self._joint = None
         if self.params.temperature < _GREEDY_BELOW:
             token = int(np.argmax(x))  # argmax returns the first maximum: ties -> lowest id
             _require_drawable(x[token])
+        elif self._kernels is not None:
+            p = self.params
+            joint = top_logprobs if x is logits else None  # the logprobs are of the unprocessed row
+            try:
+                token, found = self._kernels.sample(x, p.temperature, p.top_k, p.min_p, p.top_p, self._rng.random(), joint)
+            except KernelLogitsError:
+                raise SamplingError("logits", "a logit is NaN or none is finite: no token can be drawn") from None
+            if found is not None:
+                self._joint = (logits, top_logprobs, found)
         else:
             token = self._draw(*self._candidates(x))
         self.record(token)
@@ -161,17 +184,29 @@ class Sampler:
 
         These are the model's raw log-softmax over the logits, before bias, penalties,
         temperature and filtering: what vLLM returns by default, and the same for every
-        request whatever its sampling parameters. The normalizer sums the tokens within
-        _LOGPROB_RADIUS of the best; the rest change it by less than vocab * e^-30 (1e-8
-        at 128k), below float32 resolution."""
+        request whatever its sampling parameters. The kernels' normalizer sums every token;
+        numpy's sums those within _LOGPROB_RADIUS of the best (the rest change it by less
+        than vocab * e^-30, 1e-8 at 128k: below float32 resolution)."""
         x = logits.astype(np.float32, copy=False)
-        peak = float(x.max())
-        _, weights, _ = window(x, peak, _LOGPROB_RADIUS)
-        lse = peak + math.log(float(weights.sum(dtype=np.float64)))
+        joint, self._joint = self._joint, None
+        asked = top_n
         top_n = min(max(top_n, 0), x.size)
+        best = None
+        if joint is not None and joint[0] is logits and joint[1] == asked:
+            lse, best = joint[2]
+        elif self._kernels is not None:
+            lse, best = self._kernels.logprobs(x, top_n)
+        if self._kernels is not None:
+            _require_drawable(lse)
+        else:
+            peak = float(x.max())
+            _require_drawable(peak)
+            _, weights, _ = window(x, peak, _LOGPROB_RADIUS)
+            lse = peak + math.log(float(weights.sum(dtype=np.float64)))
         if top_n == 0:
             return float(x[token]) - lse, []
-        best = top_k_ids(x, top_n) if top_n < x.size else np.arange(x.size)
+        if best is None:
+            best = top_k_ids(x, top_n) if top_n < x.size else np.arange(x.size)
         best = best[np.lexsort((best, -x[best]))]
         return float(x[token]) - lse, [(int(i), float(x[i]) - lse) for i in best]
 

@@ -1,6 +1,10 @@
 """Sampling time per row at a large vocabulary, for every parameter combination.
 
-    .venv/bin/python tools/bench_sampler.py [--vocab 128256] [--rows 200] [--budget-ms 0.5]
+    python tools/bench_sampler.py [--bundle BUNDLE] [--vocab 128256] [--rows 200] [--budget-ms 0.5]
+
+With --bundle, the Sampler uses the host sampling functions of that bundle's cpu kernel
+library (kernels/cpu_sample.h), as `rfc serve` on that bundle does; without, its numpy code
+(what a bundle without a cpu target samples with).
 
 Logits are drawn like a real model's (a peaked head over a long Gaussian tail, and a flat
 case where top_p must look far). Prints a markdown table, median and p90 per row in ms,
@@ -8,12 +12,15 @@ and exits 1 when any median exceeds --budget-ms (issue 9: <= 0.5 ms at 128k).
 """
 
 import argparse
+import ctypes
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from rfc.runtime.sampler import Sampler, SamplingParams
+from rfc.runtime.sampling_kernels import SamplingKernels
 
 CASES = {
     "greedy": SamplingParams(temperature=0),
@@ -41,13 +48,19 @@ def logits_rows(vocab: int, rows: int, flat: bool, rng: np.random.Generator) -> 
     return x
 
 
-def measure(params: SamplingParams, logits: np.ndarray, logprobs: int | None) -> tuple[float, float]:
+def measure(params: SamplingParams, logits: np.ndarray, logprobs: int | None,
+            kernels: SamplingKernels | None) -> tuple[float, float]:  # fmt: skip
     prompt = list(range(0, 6400, 100))  # 64 distinct tokens in the penalty window
-    sampler = Sampler(params, prompt, logits.shape[1])
+    sampler = Sampler(params, prompt, logits.shape[1], kernels)
     times = []
+    warm = np.empty(logits.shape[1], np.float32)
     for row in logits:
+        # The engine samples rows it has just copied out of the device's arena (cached);
+        # a row read cold from a 100 MB array would add its memory traffic (~50 us here).
+        np.copyto(warm, row)
+        row = warm
         t = time.perf_counter()
-        token = sampler.sample(row)
+        token = sampler.sample(row, logprobs)  # as the engine calls it
         if logprobs is not None:
             sampler.logprobs(row, token, logprobs)
         times.append(time.perf_counter() - t)
@@ -55,22 +68,41 @@ def measure(params: SamplingParams, logits: np.ndarray, logprobs: int | None) ->
     return float(np.median(times_ms)), float(np.percentile(times_ms, 90))
 
 
+def bundle_kernels(path: Path) -> SamplingKernels | None:
+    """The sampling functions of the best cpu target of a bundle this host runs."""
+    from rfc.artifacts.bundle import open_bundle
+    from rfc.runtime.devices import choose_device
+
+    bundle = open_bundle(path)
+    target = choose_device(bundle, "cpu").target
+    entry = next(t for t in bundle.manifest["targets"] if t["name"] == target)
+    return SamplingKernels.from_library(ctypes.CDLL(str(bundle.file(entry["kernels"]))))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, help="sample with this bundle's cpu kernel library")
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--budget-ms", type=float, default=0.5)
     args = ap.parse_args()
+    kernels = None
+    if args.bundle is not None:
+        kernels = bundle_kernels(args.bundle)
+        if kernels is None:
+            print(f"{args.bundle}: no cpu target whose library has the sampling functions", file=sys.stderr)
+            return 2
     rng = np.random.default_rng(0)
     shapes = {"peaked": logits_rows(args.vocab, args.rows, False, rng), "flat": logits_rows(args.vocab, args.rows, True, rng)}
-    print(f"vocab {args.vocab}, {args.rows} rows, ms per row (median / p90)\n")
+    how = f"the cpu kernels of {args.bundle}" if kernels else "numpy (no kernel library)"
+    print(f"vocab {args.vocab}, {args.rows} rows, sampled with {how}; ms per row (median / p90)\n")
     print("| parameters | peaked | flat | peaked + logprobs=5 |")
     print("|---|--:|--:|--:|")
     worst = 0.0
     for name, params in CASES.items():
         cells = []
         for shape, lp in (("peaked", None), ("flat", None), ("peaked", 5)):
-            med, p90 = measure(params, shapes[shape], lp)
+            med, p90 = measure(params, shapes[shape], lp, kernels)
             worst = max(worst, med)
             cells.append(f"{med:.3f} / {p90:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |")

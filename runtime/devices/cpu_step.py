@@ -21,6 +21,7 @@ from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.program import STEP_ABI_VERSION, STEP_ARGS, plan_arena, unpack_program
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
+from rfc.runtime.sampling_kernels import SamplingKernels
 
 _CTYPES = {"i64": c_int64, "ptr": c_void_p}
 
@@ -74,6 +75,8 @@ class CpuStepDevice:
         self._entry = _fn(lib, self.program.entry, [ctypes.POINTER(StepArgs)], c_int)
         self._hidden_entry = _fn(lib, str(self.program.extra.get("hidden_entry", "")), [ctypes.POINTER(StepArgs)], c_int)
         self._arena_bytes = _fn(lib, "rfc_step_arena_bytes", [c_int64, c_int64, c_int64], c_size_t)
+        # the library's sampling functions, for the engine's host sampling (None: older bundle)
+        self.host_sampling = SamplingKernels.from_library(lib)
         self.n_threads = n_threads or default_threads()
         self._weights = np.frombuffer(bundle.weights, dtype=np.uint8) if bundle.weights is not None else np.zeros(64, np.uint8)
         shape = (kv.n_layers, num_blocks * block_size, kv.n_kv_heads, kv.head_dim)
