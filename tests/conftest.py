@@ -1,5 +1,6 @@
 """Shared test fixtures: paths to ../shared, compiled bundles cached per session."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,15 @@ VOCAB = SHARED / "vocab"
 DEMO_MODEL = ROOT / "compiler" / "demo" / "stories260K.gguf"
 
 TINY_MODELS = sorted(p.stem for p in FIXTURES.glob("tiny-*.gguf")) if FIXTURES.is_dir() else []
+# The tiny fixtures that hold every weight format and every architecture between them (the
+# mixture of experts too): the per-fixture GPU build sweeps run these by default, because an
+# sm_90 build of one fixture takes 10-26 s on two cores and the rest repeat what these cover
+# (llama-Q4_K_M's Q4_K and Q6_K are in llama-Q2_K, llama-Q5_K_M's Q5_K in llama-Q3_K_M, ...).
+# RFC_TEST_ALL_FIXTURES=1 sweeps every fixture.
+_SWEEP = {"tiny-llama-Q2_K", "tiny-llama-Q3_K_M", "tiny-llama-Q4_0", "tiny-llama-Q4_1", "tiny-llama-Q5_0",
+          "tiny-llama-Q5_1", "tiny-llama-Q8_0", "tiny-llama-BF16", "tiny-llama-F16", "tiny-gemma2-Q8_0",
+          "tiny-gemma3-Q8_0", "tiny-phi3-Q8_0", "tiny-qwen2-Q8_0", "tiny-qwen3-Q8_0", "tiny-mixtral-Q4_K_M"}  # fmt: skip
+SWEEP_MODELS = TINY_MODELS if os.environ.get("RFC_TEST_ALL_FIXTURES") else [m for m in TINY_MODELS if m in _SWEEP]
 
 
 def rfc(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:

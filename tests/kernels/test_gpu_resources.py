@@ -1,5 +1,6 @@
-"""No local memory in the hot GPU kernels (issue 10): every generated kernel of every fixture
-is built for sm_90 with `-Xptxas -v` (the prefill list's tensor-core matmuls too), and the
+"""No local memory in the hot GPU kernels (issue 10): every generated kernel of the fixtures
+that cover every format and architecture (conftest.SWEEP_MODELS; all of them with
+RFC_TEST_ALL_FIXTURES=1) is built for sm_90 with `-Xptxas -v` (the prefill list's tensor-core matmuls too), and the
 matmul and attention kernels must have no stack frame and no spills; gfx code objects must
 have no private segment and no spills in them either. A per-lane `float w[256]` block decode (the kernels before issue 10) is a
 1024-byte stack frame in local memory: this is the test that catches it, since the
@@ -13,12 +14,12 @@ import pytest
 from rfc.artifacts.bundle import open_bundle
 from rfc.compiler.codegen.gpu_usage import KernelUsage, cuda_usage, hip_usage, parse_ptxas, usage_table
 from rfc.runtime.devices.gpu_args import target_entry
-from tests.conftest import TINY_MODELS
+from tests.conftest import SWEEP_MODELS
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 
 pytestmark = pytest.mark.shared
 
-SM_MODELS = ["stories260K", *(m.removeprefix("tiny-") for m in TINY_MODELS)]
+SM_MODELS = ["stories260K", *(m.removeprefix("tiny-") for m in SWEEP_MODELS)]  # every fixture: RFC_TEST_ALL_FIXTURES=1
 GFX_MODELS = ["llama-Q4_K_M", "llama-Q2_K", "llama-Q3_K_M", "llama-Q6_K", "llama-Q5_1", "mixtral-Q4_K_M", "gemma2-F16"]
 
 
