@@ -135,7 +135,8 @@ class Sampler:
             p = self.params
             joint = top_logprobs if x is logits else None  # the logprobs are of the unprocessed row
             try:
-                token, found = self._kernels.sample(x, p.temperature, p.top_k, p.min_p, p.top_p, self._rng.random(), joint)
+                top_k = p.top_k if 0 < p.top_k < x.size else 0  # any int validates; the kernel takes int64
+                token, found = self._kernels.sample(x, p.temperature, top_k, p.min_p, p.top_p, self._rng.random(), joint)
             except KernelLogitsError:
                 raise SamplingError("logits", "a logit is NaN or none is finite: no token can be drawn") from None
             if found is not None:

@@ -223,3 +223,14 @@ def test_bundle_library_carries_the_sampling_functions(bundle_cache):
     x = np.random.default_rng(1).standard_normal(model.vocab_size).astype(np.float32)
     kept = kept_set(x, 0, 0.9, 0.0)
     assert found.sample(x, 1.0, 0, 0.0, 0.9, 0.25)[0] == inverse_cdf(x, kept, 1.0, 0.25)
+
+
+def test_out_of_range_integers_reach_the_kernel_as_off(kernels):
+    """top_k validates as any integer and logprobs as any count: beyond the vocabulary both
+    mean all of it, and neither may overflow the kernel's int64."""
+    x = np.random.default_rng(2).standard_normal(100).astype(np.float32)
+    a = Sampler(SamplingParams(temperature=0.8, top_k=10**30, seed=1), [1], 100, kernels)
+    b = Sampler(SamplingParams(temperature=0.8, seed=1), [1], 100, kernels)
+    assert a.sample(x, 10**30) == b.sample(x)
+    lp, top = a.logprobs(x, 0, 10**30)
+    assert len(top) == 100 and lp == pytest.approx(b.logprobs(x, 0, 0)[0])
