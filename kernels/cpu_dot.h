@@ -662,6 +662,117 @@ static inline void rfc_x8col_q4_k(float acc[8], const uint8_t *col, const float 
 }
 #endif
 
+/* ---- Q6_Kx8 (artifacts/formats.py): one column is one super-block of 8 interleaved rows ----
+ * d [row] f16 | scales [sub-block][row] int8 | ql [chunk 0..31][row][4] | qh [chunk 0..15][row][4].
+ * Element l + 32 k of half h (l < 32, k < 4) is GGUF's: low 4 bits from ql byte 64h + l (+32
+ * for k odd; the high nibble for k >= 2), high 2 bits from qh byte 32h + l at bit 2k, minus
+ * 32; sub-block 8h + l/16 + 2k. The -32 comes off through the activation block sums. */
+#define RFC_X8COL_Q6_K 1680
+#ifdef RFC_AVX2
+/* each row's scale of sub-block s in both int16 halves of its lane */
+static inline void rfc_x8_q6_k_scales(__m256i scv[16], const uint8_t *col) {
+    for (int s = 0; s < 16; s++) {
+        const __m128i l = _mm_loadl_epi64((const __m128i *)(col + 16 + 8 * s));
+        scv[s] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(l, l));
+    }
+}
+
+/* 32 * sum over sub-blocks of scale * the token's block sum, per row */
+static inline __m256i rfc_x8_q6_k_offset(const __m256i scv[16], const int16_t *bs) {
+    __m256i corr = _mm256_setzero_si256();
+    for (int s = 0; s < 16; s++) corr = _mm256_add_epi32(corr, _mm256_madd_epi16(scv[s], _mm256_set1_epi32((uint16_t)bs[s])));
+    return _mm256_slli_epi32(corr, 5);
+}
+
+/* the four 6-bit quarters of chunk group (h, l4): lane r holds 4 values of row r */
+static inline void rfc_x8_q6_k_decode(__m256i q[4], const uint8_t *col, int h, int l4) {
+    const uint8_t *ql = col + 144, *qh = col + 1168;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    const __m256i v1 = _mm256_loadu_si256((const __m256i *)(ql + 32 * (16 * h + l4)));
+    const __m256i v2 = _mm256_loadu_si256((const __m256i *)(ql + 32 * (16 * h + 8 + l4)));
+    const __m256i hb = _mm256_loadu_si256((const __m256i *)(qh + 32 * (8 * h + l4)));
+    /* 16-bit shifts move bits across bytes; the masks keep each byte's own */
+    q[0] = _mm256_or_si256(_mm256_and_si256(v1, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(v2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v1, 4), m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v2, 4), m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));
+}
+
+/* rfc_x8col_q6_k(acc, col, a, t, b): lane r of acc += row r's super-block b . token t.
+ * maddubs of 6-bit x int8 pairs is at most 2 x 63 x 127: no int16 saturation. */
+static inline __m256 rfc_x8col_q6_k(__m256 acc, const uint8_t *col, const rfc_act *a, size_t t, int b) {
+    const float dy = a->d[t * (a->K / 256) + (size_t)b];
+    const int8_t *y = a->qs + t * a->K + 256 * (size_t)b;
+    __m256i scv[16];
+    rfc_x8_q6_k_scales(scv, col);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        for (int l4 = 0; l4 < 8; l4++) {
+            __m256i q[4];
+            rfc_x8_q6_k_decode(q, col, h, l4);
+            const int8_t *yl = y + 128 * h + 4 * l4;
+            const int s = 8 * h + l4 / 4;
+            for (int k = 0; k < 4; k++)
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], rfc_bcast4(yl + 32 * k)), scv[s + 2 * k]));
+        }
+    }
+    sumi = _mm256_sub_epi32(sumi, rfc_x8_q6_k_offset(scv, a->bsums + t * (a->K / 16) + 16 * (size_t)b));
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col));
+    return _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dy)), _mm256_cvtepi32_ps(sumi), acc);
+}
+
+/* The same for the 4 tokens t0..t0+3 (prefill): the 6-bit values are decoded once for all four. */
+static inline void rfc_x8col4_q6_k(__m256 acc[4], const uint8_t *col, const rfc_act *a, size_t t0, int b) {
+    const size_t K = a->K;
+    __m256i scv[16];
+    rfc_x8_q6_k_scales(scv, col);
+    __m256i sumi[4];
+    for (int i = 0; i < 4; i++) sumi[i] = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        for (int l4 = 0; l4 < 8; l4++) {
+            __m256i q[4];
+            rfc_x8_q6_k_decode(q, col, h, l4);
+            const int s = 8 * h + l4 / 4;
+            for (int i = 0; i < 4; i++) {
+                const int8_t *yl = a->qs + (t0 + (size_t)i) * K + 256 * (size_t)b + 128 * h + 4 * l4;
+                for (int k = 0; k < 4; k++)
+                    sumi[i] = _mm256_add_epi32(sumi[i], _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], rfc_bcast4(yl + 32 * k)), scv[s + 2 * k]));
+            }
+        }
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col));
+    for (int i = 0; i < 4; i++) {
+        const size_t t = t0 + (size_t)i;
+        const __m256i s = _mm256_sub_epi32(sumi[i], rfc_x8_q6_k_offset(scv, a->bsums + t * (K / 16) + 16 * (size_t)b));
+        acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(a->d[t * (K / 256) + (size_t)b])), _mm256_cvtepi32_ps(s), acc[i]);
+    }
+}
+#else
+/* float activations: acc[r] += row r's super-block b . x[256 b ..] */
+static inline void rfc_x8col_q6_k(float acc[8], const uint8_t *col, const float *x) {
+    const uint8_t *ql = col + 144, *qh = col + 1168;
+    for (int r = 0; r < 8; r++) {
+        const float d = rfc_fp16_to_fp32((uint16_t)(col[2 * r] | col[2 * r + 1] << 8));
+        float s = 0.0f;
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const int j = 64 * h + l, jh = 32 * h + l; /* GGUF's byte of ql and of qh */
+                const uint8_t lo1 = ql[32 * (j / 4) + 4 * r + (j & 3)], lo2 = ql[32 * ((j + 32) / 4) + 4 * r + (j & 3)];
+                const uint8_t hi = qh[32 * (jh / 4) + 4 * r + (jh & 3)];
+                const int q[4] = {(lo1 & 0xF) | ((hi & 3) << 4), (lo2 & 0xF) | (((hi >> 2) & 3) << 4),
+                                  (lo1 >> 4) | (((hi >> 4) & 3) << 4), (lo2 >> 4) | (((hi >> 6) & 3) << 4)};
+                for (int k = 0; k < 4; k++) {
+                    const int sb = 8 * h + l / 16 + 2 * k;
+                    s += d * (float)(int8_t)col[16 + 8 * sb + r] * (float)(q[k] - 32) * x[128 * h + l + 32 * k];
+                }
+            }
+        acc[r] += s;
+    }
+}
+#endif
+
 /* rfc_wdot8_<fmt>(acc, w, act, t, u0): acc += steps u0..u0+7 of one weight row (w points at
  * step u0) . token t. Formats without a grouped kernel above do it step by step. */
 #define RFC_DOT8_BY_STEPS(fmt, UB)                                                                  \
