@@ -92,13 +92,6 @@ GGUF_FORMATS: dict[str, WeightFormat] = {f.name: f for f in _GGUF}
 # 8 chunks of 32 bytes, chunk j holding bytes 4j..4j+3 of every row. 1184 bytes per column
 # (148 per row and super-block: the 12 bytes of packed 6-bit scales become 16).
 Q4_KX8_COLUMN_BYTES = 16 + 16 + 64 + 64 + 1024
-#
-# Q6_Kx8: rows in groups of 8, a column is one super-block of each of the 8 rows, stored as
-# the 8 scales d (f16), the 16 int8 sub-block scales [sub-block 0..15][row], then GGUF's ql
-# bytes (low 4 bits, 128 per row) as 32 chunks and its qh bytes (high 2 bits, 64 per row) as
-# 16 chunks, chunk j holding bytes 4j..4j+3 of every row. 1680 bytes per column: the 210 of
-# a GGUF block per row, rearranged.
-Q6_KX8_COLUMN_BYTES = 16 + 128 + 1024 + 512
 PACKED_FORMATS: dict[str, WeightFormat] = {
     f.name: f
     for f in (
@@ -106,7 +99,6 @@ PACKED_FORMATS: dict[str, WeightFormat] = {
         WeightFormat("Q4_1x8", 32, 20, "q8_1", base="Q4_1", group_rows=8, head_bytes=4),
         WeightFormat("Q8_0x8", 32, 34, "q8_0", base="Q8_0", group_rows=8, head_bytes=2),
         WeightFormat("Q4_Kx8", 256, Q4_KX8_COLUMN_BYTES // 8, "q8_k", base="Q4_K", group_rows=8),
-        WeightFormat("Q6_Kx8", 256, Q6_KX8_COLUMN_BYTES // 8, "q8_k", base="Q6_K", group_rows=8),
     )
 }
 

@@ -63,8 +63,6 @@ def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
     f = PACKED_FORMATS[packed]
     if f.base == "Q4_K":
         return _pack_q4_k_x8(rows)
-    if f.base == "Q6_K":
-        return _pack_q6_k_x8(rows)
     g, bb = f.group_rows, f.block_bytes
     n_rows, row_bytes = rows.shape
     nb = row_bytes // bb
@@ -90,20 +88,6 @@ def _pack_q4_k_x8(rows: np.ndarray) -> np.ndarray:
         sc.transpose(0, 1, 3, 2).reshape(ng, nb, 64),  # [sub-block][row]
         mn.reshape(ng, nb, 8, 4, 2).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 64),  # [pair][row][2]
         b[..., 16:].reshape(ng, nb, 8, 4, 8, 4).transpose(0, 1, 3, 4, 2, 5).reshape(ng, nb, 1024),  # [pair][chunk][row][4]
-    ]
-    return np.concatenate(parts, axis=-1).reshape(n_rows, -1)
-
-
-def _pack_q6_k_x8(rows: np.ndarray) -> np.ndarray:
-    """Q6_K rows in the Q6_Kx8 layout (artifacts/formats.py): the same bytes, rearranged."""
-    n_rows, row_bytes = rows.shape
-    nb, ng = row_bytes // 210, n_rows // 8
-    b = rows.reshape(ng, 8, nb, 210).transpose(0, 2, 1, 3)  # [group, column, row, byte]
-    parts = [
-        b[..., 208:210].reshape(ng, nb, 16),  # d
-        b[..., 192:208].transpose(0, 1, 3, 2).reshape(ng, nb, 128),  # scales [sub-block][row]
-        b[..., 0:128].reshape(ng, nb, 8, 32, 4).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 1024),  # ql [chunk][row][4]
-        b[..., 128:192].reshape(ng, nb, 8, 16, 4).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 512),  # qh [chunk][row][4]
     ]
     return np.concatenate(parts, axis=-1).reshape(n_rows, -1)
 

@@ -238,15 +238,13 @@ PACKED: dict[str, QuantFormat] = {
 
 
 def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
-    """The bytes of `rows` rows of n elements in packed format `fmt` (Q4_0x8, ..., Q6_Kx8), rows
+    """The bytes of `rows` rows of n elements in packed format `fmt` (Q4_0x8, Q4_1x8, Q8_0x8), rows
     padded to whole groups, back in the base format's row-major block layout (padding dropped)."""
     f = PACKED_FORMATS[fmt]
     g, nb, bb = f.group_rows, n // f.block_elems, f.block_bytes
     groups = -(-rows // g)
     if f.base == "Q4_K":
         return _unpack_q4_k_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
-    if f.base == "Q6_K":
-        return _unpack_q6_k_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
     head = f.head_bytes  # scale fields per block (2: d; 4: d, m), stored as g values each
     qb = bb - head  # quant bytes per block, in chunks of 4 bytes of every row
     cols = data.reshape(groups, nb, g * bb)
@@ -271,17 +269,6 @@ def _unpack_q4_k_x8(cols: np.ndarray) -> np.ndarray:
     out[..., 8:12] = (mn[..., 0:4] & 63) | ((mn[..., 4:8] >> 4) << 6)
     out[..., 12:16] = (sc[..., 4:8] & 0xF) | ((mn[..., 4:8] & 0xF) << 4)
     out[..., 16:] = cols[..., 160:].reshape(ng, nb, 4, 8, 8, 4).transpose(0, 1, 4, 2, 3, 5).reshape(ng, nb, 8, 128)
-    return out.transpose(0, 2, 1, 3)
-
-
-def _unpack_q6_k_x8(cols: np.ndarray) -> np.ndarray:
-    """Q6_Kx8 columns [group, column, bytes] back to Q6_K blocks [group, row, column, 210]."""
-    ng, nb = cols.shape[:2]
-    out = np.empty((ng, nb, 8, 210), np.uint8)
-    out[..., 208:210] = cols[..., 0:16].reshape(ng, nb, 8, 2)
-    out[..., 192:208] = cols[..., 16:144].reshape(ng, nb, 16, 8).transpose(0, 1, 3, 2)
-    out[..., 0:128] = cols[..., 144:1168].reshape(ng, nb, 32, 8, 4).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 8, 128)
-    out[..., 128:192] = cols[..., 1168:1680].reshape(ng, nb, 16, 8, 4).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 8, 64)
     return out.transpose(0, 2, 1, 3)
 
 

@@ -41,7 +41,7 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 _STEPS = {
     "F32": (8, 32), "F16": (8, 16), "BF16": (8, 16),
     "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-    "Q4_0x8": (32, 18), "Q4_1x8": (32, 20), "Q8_0x8": (32, 34), "Q4_Kx8": (256, 148), "Q6_Kx8": (256, 210),
+    "Q4_0x8": (32, 18), "Q4_1x8": (32, 20), "Q8_0x8": (32, 34), "Q4_Kx8": (256, 148),
     "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
 }
 # The op kinds the cpu kernels implement; a plan with another op is refused.
@@ -59,11 +59,11 @@ MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count t
 # The packed layout the cpu matmuls stream best, per GGUF format (artifacts/formats.py
 # PACKED_FORMATS; templates/cpu_matmul_x8.c.j2). Decode with the row-interleaved kernels
 # measured faster than the single-row ones (docs/benchmarks.md).
-REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8", "Q8_0": "Q8_0x8", "Q4_K": "Q4_Kx8", "Q6_K": "Q6_Kx8"}
+REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8", "Q8_0": "Q8_0x8", "Q4_K": "Q4_Kx8"}
 
 # Packed layouts whose columns cpu_dot.h dots (rfc_x8col_<name>), and the activation kinds
 # (cpu_act.h: rfc_quantize_row_<kind>) the x8 matmuls quantize to, per formats.py kind.
-_X8_COLUMN_KERNELS = {"Q4_Kx8": "q4_k", "Q6_Kx8": "q6_k"}
+_X8_COLUMN_KERNELS = {"Q4_Kx8": "q4_k"}
 _X8_ACTIVATION = {"q8_0": "q8_32", "q8_1": "q8_32", "q8_k": "q8_k"}
 
 # Formats whose AVX2 path quantizes activations to int8 (cpu_dot.h: RFC_ACT_*); the rest
