@@ -1,15 +1,18 @@
-/* Host sampling over one row of logits, for the cpu targets: top_k, min_p, top_p and the
- * temperature draw of rfc.runtime.sampler, at a cost of a few passes over the row.
+/* Host sampling over one row of logits, for the cpu targets: top_k, min_p, top_p, the
+ * temperature draw and logprobs of rfc.runtime.sampler, at a cost of a few passes over the row.
  *
- * rfc.runtime.sampling_kernels calls the three exported functions through ctypes; the numpy
- * sampler (rfc.runtime.sampler) is the reference they are tested against. A 128k-token row
- * in numpy costs 0.3 ms per exp and ~0.15 ms per boolean selection, and top_p needs a cut
- * through the middle of the distribution (1-12 ms measured, issue 9 asks for 0.5 ms); here an
- * exp pass is ~0.03 ms and nothing is sorted but a few hundred values.
+ * rfc.runtime.sampling_kernels calls the two exported functions (rfc_sample_row,
+ * rfc_sample_logprobs) through ctypes; the numpy sampler (rfc.runtime.sampler) is what a
+ * bundle without a cpu target samples with, and tests/kernels/test_cpu_sample.py checks both
+ * against float64 math. A 128k-token row in numpy costs 0.3 ms per exp and ~0.15 ms per
+ * boolean selection, and top_p needs a cut through the middle of the distribution (6-12 ms
+ * measured; issue 9 asks for 0.5 ms); here an exp pass is ~0.07 ms, and what is sorted is a
+ * sample of 1,024 values and lists of at most 2,048 (radix sorts).
  *
  * Conventions, shared with the numpy sampler:
- * - weights are exp(x - peak) (temperature 1) for min_p and top_p, exp((x - peak) / T) for
- *   the draw (llama.cpp's order: top_k -> top_p -> min_p -> temperature -> dist);
+ * - weights are exp(x - peak) (temperature 1) for top_p and, with top_p, min_p; min_p alone
+ *   compares logits (x - peak >= log(min_p)); the draw weighs exp((x - peak) / T)
+ *   (llama.cpp's order: top_k -> top_p -> min_p -> temperature -> dist);
  * - a "head" is a prefix of the candidates sorted by value, descending, ties by lowest index;
  * - sums of weights are double (a top_p cut deep in a flat tail needs better than float32),
  *   taken as float lanes over blocks of RFC_SAMPLE_BLOCK values and added as doubles.
@@ -18,8 +21,6 @@
  */
 #ifndef RFC_CPU_SAMPLE_H
 #define RFC_CPU_SAMPLE_H
-
-#include <float.h>
 
 #define RFC_SAMPLE_BLOCK 1024 /* float lanes sum this many weights before a double add */
 #define RFC_SAMPLE_SORT_MAX 2048 /* a list this short is sorted outright */
@@ -278,12 +279,13 @@ static void rfc_step_sums(const float *v, int64_t len, const float t[RFC_CUT_STE
  * is the sum of all of v (mass; unused for count).
  *
  * A weighted quickselect. A sorted strided sample proposes thresholds: two around the rank
- * where the sample's scaled sum reaches need (the cut, when the sample is representative)
- * and three at the top 1/32, 1/8 and 1/2 of it, for when it is not: a few heavy weights the
- * sample missed (a peaked row) put the cut near the top, where these brackets are small. One pass sums the
- * contributions at or above every threshold; the search goes on between the two thresholds
- * whose sums straddle need -- always the values of one interval, so a list's ties are never
- * split from values outside it. The lists live in lv/lp (m floats and int32 of scratch,
+ * where the sample's scaled sum reaches need (the cut, when the sample is representative;
+ * what the sample's sum lacks of the list's exact sum counts as lying above it all) and
+ * three at the top 1/32, 1/8 and 1/2 of it, for when it is not: a few heavy weights the
+ * sample missed (a peaked row) put the cut near the top, where these brackets are small.
+ * One pass sums the contributions at or above every threshold; the search goes on between
+ * the two thresholds whose sums straddle need -- always the values of one interval, so a
+ * list's ties are never split from values outside it. The lists live in lv/lp (m floats and int32 of scratch,
  * values beside positions, so every pass runs over contiguous floats). Returns 0 or
  * RFC_SAMPLE_NO_MEMORY. */
 static int rfc_cut(const float *v, int64_t m, double need, double whole, int mass, float *lv, int32_t *lp, float *cut,
@@ -351,9 +353,6 @@ static int rfc_cut(const float *v, int64_t m, double need, double whole, int mas
                 list_sum = sums[j] - sums[j - 1];
                 next = rfc_keep(RFC_KEEP_IN, t[j], t[j - 1], cv, NULL, cp, len, lv, NULL, lp);
             }
-#ifdef RFC_SAMPLE_DEBUG
-            fprintf(stderr, "cut level: len %ld r %d spread %d bracket j %d -> %ld\n", (long)len, r, spread, j, (long)next);
-#endif
             if (next < len) {
                 len = next;
                 cv = lv;
