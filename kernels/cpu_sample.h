@@ -435,12 +435,6 @@ static int64_t rfc_keep_until(const float *key, const float *c, const int32_t *i
     return next + rest;
 }
 
-/* Keeps the head a cut describes (values > cut, then the first `ties` equal to it). */
-static int64_t rfc_keep_head(const float *key, const float *c, const int32_t *ids, int64_t m, float cut, int64_t ties,
-                             float *out_key, float *out_c, int32_t *out_p) {
-    return rfc_keep_until(key, c, ids, m, cut, rfc_ties_end(key, m, cut, ties), out_key, out_c, out_p);
-}
-
 #define RFC_TOPK_BLOCK 64 /* block of the block-maxima bound of a small top_k */
 #define RFC_TOPK_SMALL 64 /* up to this k the bound comes by insertion */
 
@@ -507,7 +501,7 @@ static int64_t rfc_top_k(const float *x, int64_t n, int64_t k, int32_t *ids, flo
     float cut;
     int64_t ties;
     if (rfc_cut(cand, c, (double)k, 0.0, 0, lv, lp, &cut, &ties)) return RFC_SAMPLE_NO_MEMORY;
-    return rfc_keep_head(cand, NULL, cids, c, cut, ties, vals, NULL, ids);
+    return rfc_keep_until(cand, NULL, cids, c, cut, rfc_ties_end(cand, c, cut, ties), vals, NULL, ids);
 }
 
 /* log(sum(exp(x))) over x[0..n), and with 0 < k < n the ids of the k largest (ties by lowest

@@ -197,13 +197,12 @@ class Sampler:
             lse, best = joint[2]
         elif self._kernels is not None:
             lse, best = self._kernels.logprobs(x, top_n)
-        if self._kernels is not None:
-            _require_drawable(lse)
         else:
             peak = float(x.max())
-            _require_drawable(peak)
+            _require_drawable(peak)  # before the window: a NaN peak selects nothing
             _, weights, _ = window(x, peak, _LOGPROB_RADIUS)
             lse = peak + math.log(float(weights.sum(dtype=np.float64)))
+        _require_drawable(lse)
         if top_n == 0:
             return float(x[token]) - lse, []
         if best is None:

@@ -72,14 +72,13 @@ class SamplingKernels:
         with self._lock:
             self._scratch(n)
             i0, i1, f0, f1, f2 = self._ptrs
-            if top_logprobs is None:
-                return _checked(self._fns["rfc_sample_row"](x.ctypes.data, n, temperature, top_k, min_p, top_p, u, i0, f0,
-                                                            f1, f2, i1, 0, None, None)), None  # fmt: skip
-            k = top_logprobs if 0 < top_logprobs < n else 0
+            joint = top_logprobs is not None
+            k = top_logprobs if joint and 0 < top_logprobs < n else 0
             lse = c_double()
             token = _checked(self._fns["rfc_sample_row"](x.ctypes.data, n, temperature, top_k, min_p, top_p, u, i0, f0,
-                                                         f1, f2, i1, k, self._top.ctypes.data, ctypes.byref(lse)))  # fmt: skip
-            return token, (lse.value, self._top[:k].copy() if k else None)
+                                                         f1, f2, i1, k, self._top.ctypes.data,
+                                                         ctypes.byref(lse) if joint else None))  # fmt: skip
+            return token, ((lse.value, self._top[:k].copy() if k else None) if joint else None)
 
     def logprobs(self, x: np.ndarray, k: int) -> tuple[float, np.ndarray | None]:
         """log(sum(exp(x))) -- NaN for a NaN anywhere, the largest value when it is infinite --
