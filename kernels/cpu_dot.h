@@ -563,6 +563,53 @@ static inline rfc_acc rfc_wdot_q6_k(rfc_acc acc, const rfc_wk *w, const rfc_act 
     sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 5));
     return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
 }
+
+/* A few tokens (2 to RFC_DOTN_TT) against one Q6_K super-block of one row: the same sums as
+ * rfc_wdot_q6_k, but the 6-bit values are unpacked once for all of them. rfc_wdot_q6_k
+ * unpacks per token, which made a batch-8 decode step spend about 2x the time per weight
+ * on Q6_K tensors (a Q4_0 model's output matrix, Q4_K_M's ffn_down) that it spends on the
+ * x8 layouts. One half super-block (4 vectors) is unpacked at a time so that the unpacked
+ * values and RFC_DOTN_TT int32 sums fit AVX2's 16 registers.
+ * acc[i] += row . token t0 + i, for i < nt. */
+#define RFC_DOTN_TT 4
+#define RFC_HAS_DOTN_Q6_K 1
+static inline __attribute__((always_inline)) void rfc_wdotn_q6_k(__m256 acc[RFC_DOTN_TT], const uint8_t *p, const rfc_act *a,
+        size_t t0, const int nt, int u) {
+    const rfc_block_q6_k *b = (const rfc_block_q6_k *)p;
+    const size_t nbk = a->K / 256;
+    const __m128i sc8 = _mm_loadu_si128((const __m128i *)b->scales);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
+    __m256i sumi[RFC_DOTN_TT];
+    for (int i = 0; i < nt; i++) sumi[i] = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) { /* as rfc_q6_k_unpack, one half at a time */
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+        const __m256i lows[4] = {
+            _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+            _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+        __m256i q[4];
+        for (int g = 0; g < 4; g++)
+            q[g] = _mm256_or_si256(lows[g], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m3), 4));
+        for (int g = 0; g < 4; g++) {
+            const __m256i sc = rfc_pick_scales16(sc8, 4 * h + g);
+            for (int i = 0; i < nt; i++) {
+                const int8_t *y = a->qs + (t0 + (size_t)i) * a->K + 256 * (size_t)u + 32 * (size_t)(4 * h + g);
+                const __m256i pr = _mm256_maddubs_epi16(q[g], _mm256_loadu_si256((const __m256i *)y));
+                sumi[i] = _mm256_add_epi32(sumi[i], _mm256_madd_epi16(sc, pr));
+            }
+        }
+    }
+    const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+    const float dw = rfc_fp16_scalar(b->d);
+    for (int i = 0; i < nt; i++) {
+        const size_t t = t0 + (size_t)i;
+        /* values are stored as q + 32: subtract 32 * sum_j scale_j * (sum of sub-block j) */
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)(a->bsums + t * (a->K / 16) + 16 * (size_t)u));
+        const __m256i s = _mm256_sub_epi32(sumi[i], _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5));
+        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(a->d[t * nbk + (size_t)u] * dw), _mm256_cvtepi32_ps(s), acc[i]);
+    }
+}
 #endif /* RFC_AVX2 */
 
 /* ---- Q4_Kx8 (artifacts/formats.py): one column is one super-block of 8 interleaved rows ----

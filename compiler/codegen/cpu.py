@@ -81,6 +81,7 @@ class CpuTuning:
     # the hardware prefetcher follows on its own
     act_budget_bytes: int = 256 * 1024  # activations kept in cache while sweeping the rows
     gemm_min_tokens: int = 8  # from this many tokens on, int8 formats pack 8 rows (cpu_gemm.h)
+    dotn_gemm_min_tokens: int = 32  # the same for formats with a multi-token dot (cpu_dot.h rfc_wdotn_*)
     gemm_token_tile: int = 8  # tokens per packed-matmul tile
     attention_chunk: int = 32  # cache positions per online-softmax step
     attention_query_block: int = 16  # query tokens of one sequence that share K/V conversions
@@ -386,6 +387,7 @@ def _matmul_params(fmt: str, tuning: CpuTuning) -> dict:
         "act_elem_bytes": 1 if fmt in _INT8_ACTIVATIONS else 4,
         "tail": fmt in _FLOAT_FORMATS,
         "gemm_min_tokens": tuning.gemm_min_tokens,
+        "dotn_gemm_min_tokens": tuning.dotn_gemm_min_tokens,
         "gemm_token_tile": tuning.gemm_token_tile,
     }
 

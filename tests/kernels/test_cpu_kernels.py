@@ -2,7 +2,7 @@
 
 Two builds of one generated library are tested: the one for this machine's ISA (the AVX2
 int8 paths where the CPU has AVX2) and the portable build without SIMD flags (scalar C).
-Sizes are odd on purpose: N = 37 rows (not a multiple of the row tile), T in {1, 3, 17}
+Sizes are odd on purpose: N = 37 rows (not a multiple of the row tile), T in {1, 3, 8, 17}
 tokens (17 > the token chunk of the test build), K = 352 (11 blocks of 32: not a multiple
 of 8 blocks) for the 32-element formats, 512 for the k-quants and 347 (not a multiple of the
 8-element step) for F32/F16/BF16.
@@ -182,7 +182,10 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
 # avx512: the cpu-avx512 target (AVX-512 + VNNI paths), run where this CPU has that ISA.
 BUILDS = [("native", "adjacent"), ("portable", "adjacent"), ("native", "neox"), ("avx512", "adjacent")]
 BUILD_TARGETS = {"native": "cpu", "portable": "cpu-generic", "avx512": "cpu-avx512"}
-TUNING = cpu.CpuTuning(act_budget_bytes=4096)  # a token chunk of 8-11: T = 17 spans several
+# A token chunk of 8-11: T = 17 spans several. Formats with a multi-token dot (Q6_K) take it
+# for T = 3 and 8 (full and partial tiles of RFC_DOTN_TT) and pack rows from 12 tokens on, so
+# T = 17 and 19 still reach the packed path.
+TUNING = cpu.CpuTuning(act_budget_bytes=4096, dotn_gemm_min_tokens=12)
 
 
 class Kit:
@@ -261,7 +264,7 @@ def matmul_bound(w: np.ndarray, x: np.ndarray, act_block: int) -> np.ndarray:
     return bound
 
 
-@pytest.mark.parametrize("tokens", [1, 3, 17])
+@pytest.mark.parametrize("tokens", [1, 3, 8, 17])
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_matmul_matches_reference(kit: Kit, fmt: str, tokens: int):
     rng = np.random.default_rng(tokens)
