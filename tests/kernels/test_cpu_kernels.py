@@ -57,6 +57,7 @@ pytestmark = [
 K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 ALL_FORMATS = sorted(FORMATS) + sorted(PACKED_FORMATS)  # the GGUF formats and the packed layouts (Q4_0x8, ...)
 GGUF_ONLY = sorted(FORMATS)
+EMBED_PACKED = sorted(cpu._X8_EMBED)  # packed layouts the embedding lookup reads (tied embeddings)
 N_ROWS = 37
 N_EMBD, N_HEADS, N_KV_HEADS, HEAD_DIM, N_ROT, N_FF = 256, 8, 2, 32, 24, 96
 KV = KVSpec(n_layers=2, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
@@ -136,7 +137,7 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         k = k_of(fmt)
         blob.add(f"mm.{fmt}", fmt, (N_ROWS, k), weight_bytes(fmt, N_ROWS, k, rng))
         ops.append(Op("matmul", ("x",), ("y",), (f"mm.{fmt}",)))
-        if fmt not in PACKED_FORMATS:  # embedding tables are read by rows: never repacked
+        if fmt not in PACKED_FORMATS or fmt in EMBED_PACKED:  # a tied output matrix is repacked if the lookup reads it
             blob.add(f"tok.{fmt}", fmt, (N_ROWS, N_EMBD), weight_bytes(fmt, N_ROWS, N_EMBD, rng))
             ops.append(Op("embed", ("tokens",), ("x",), (f"tok.{fmt}",)))
     for fmt in MOE_FORMATS:
@@ -296,8 +297,9 @@ def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     assert (np.abs(acc.array - (residual + want)) <= bound + 1e-5 * np.abs(residual)).all()
 
 
-@pytest.mark.parametrize("fmt", GGUF_ONLY)
+@pytest.mark.parametrize("fmt", GGUF_ONLY + EMBED_PACKED)
 def test_embed_matches_reference(kit: Kit, fmt: str):
+    """Packed tables too: 37 rows, so token 36 sits alone in a last group padded to 8."""
     batch = one_seq_batch(5)
     tokens = np.array([3, 0, 36, 3, 17], np.int32)
     name = f"tok.{fmt}"
@@ -309,7 +311,7 @@ def test_embed_matches_reference(kit: Kit, fmt: str):
     assert_close(got.array, want, 1e-6, 1e-7)
 
 
-@pytest.mark.parametrize("fmt", ["Q8_0", "F16", "Q4_K"])
+@pytest.mark.parametrize("fmt", ["Q8_0", "F16", "Q4_K", "Q8_0x8"])
 def test_embed_with_a_scale(kit: Kit, fmt: str):
     """gemma: the rows times sqrtf(n_embd)."""
     batch = one_seq_batch(3)

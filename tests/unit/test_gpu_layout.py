@@ -54,3 +54,22 @@ def test_cpu_and_gpu_targets_each_read_their_layout_written_once():
 def test_cpu_only_bundles_are_unchanged():
     spec, uses = _uses("llama-Q4_0", "cpu")
     assert len(uses) == len(spec.weights) and not any(u.packed in PLANAR_FORMATS for u in uses)
+
+
+SMOLLM2 = FIXTURES.parent / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.skipif(not SMOLLM2.is_file(), reason="SmolLM2 not found in ../shared/models")
+def test_a_tied_embedding_is_repacked_for_the_cpu_and_kept_as_gguf_for_the_gpu():
+    """SmolLM2's Q8_0 token embedding is also its output matrix: the cpu stores it Q8_0x8 (its
+    embedding lookup gathers rows from that layout), a GPU target reads a GGUF variant."""
+    spec = build_spec(read_gguf(SMOLLM2))
+    (tied,) = [u for u in spec.weights if u.name == "token_embd.weight"]
+    assert tied.format == "Q8_0"
+    cpu_only = {u.name: u for u in _weight_uses(spec, list(parse_targets(["cpu"])))}
+    assert cpu_only["token_embd.weight"].packed == "Q8_0x8"
+    mixed = {u.name: u for u in _weight_uses(spec, list(parse_targets(["cpu", "sm_90"])))}
+    assert mixed["token_embd.weight"].packed == "Q8_0x8"
+    assert mixed["token_embd.weight#Q8_0"].packed is None and mixed["token_embd.weight#Q8_0"].format == "Q8_0"
+    gpu_only = {u.name: u for u in _weight_uses(spec, list(parse_targets(["sm_90"])))}
+    assert gpu_only["token_embd.weight"].packed is None
