@@ -26,6 +26,14 @@ _SWEEP = {"tiny-llama-Q2_K", "tiny-llama-Q3_K_M", "tiny-llama-Q4_0", "tiny-llama
 SWEEP_MODELS = TINY_MODELS if os.environ.get("RFC_TEST_ALL_FIXTURES") else [m for m in TINY_MODELS if m in _SWEEP]
 
 
+def shared_basetemp(tmp_path_factory) -> Path:
+    """The session's base temp dir, the same for every pytest-xdist worker (a worker's own
+    basetemp is a folder inside it): for build caches that any worker may fill, whose entries
+    are content-keyed and written atomically, so a build one worker made serves the other."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def rfc(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
     """Runs the `rfc` command line in a subprocess, as a user would."""
     proc = subprocess.run(

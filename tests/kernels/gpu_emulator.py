@@ -9,6 +9,7 @@ at the code object's offsets, grids, KV cache, memory pool) drives the emulated 
 
 import ctypes
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -42,13 +43,15 @@ def build_source_emulator(source: str, kernels, build_dir: Path) -> Path:
     key = hashlib.sha256(text.encode() + EMU_HEADER.read_bytes()).hexdigest()[:16]
     lib = build_dir / f"emu-{key}.so"
     if not lib.is_file():
+        # built under this process's own names, then renamed: test workers share build_dir
         build_dir.mkdir(parents=True, exist_ok=True)
-        src = build_dir / f"emu-{key}.cpp"
+        src, tmp = build_dir / f"emu-{key}.{os.getpid()}.cpp", build_dir / f"emu-{key}.{os.getpid()}.so"
         src.write_text(text)
-        cmd = ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)]
+        cmd = ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-6000:]}")
+        os.replace(tmp, lib)
     return lib
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_MODEL, FIXTURES
+from tests.conftest import DEMO_MODEL, FIXTURES, shared_basetemp
 
 HIPCC, NVCC = shutil.which("hipcc"), shutil.which("nvcc")
 
@@ -29,8 +29,8 @@ def model_path(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def gpu_build_cache(tmp_path_factory) -> Path:
-    """The session's kernel build cache (a fixed path, so every module shares it)."""
-    path = tmp_path_factory.getbasetemp() / "gpu-kernel-cache"
+    """The session's kernel build cache (a fixed path, so every module and worker shares it)."""
+    path = shared_basetemp(tmp_path_factory) / "gpu-kernel-cache"
     path.mkdir(exist_ok=True)
     return path
 

@@ -31,6 +31,7 @@ from rfc.compiler.targets import parse_target
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices.reference import ReferenceDevice
 from tests.kernels.gpu_emulator import EmulatedDriver, build_source_emulator
+from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
@@ -148,7 +149,7 @@ SHAPES = [
 def test_split_attention_matches_reference(n_heads, n_kv_heads, head_dim, kv_dtype, window, softcap, tmp_path_factory):
     """Decode-like rows: one per sequence, from 1 key (shorter than one slice) to 1000 keys
     (every slice of the 16 in use), plus a chunk of 3 rows of one sequence."""
-    case = Case(tmp_path_factory.getbasetemp() / "gpu-emu-attn", "gfx1100", n_heads, n_kv_heads, head_dim, kv_dtype,
+    case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", "gfx1100", n_heads, n_kv_heads, head_dim, kv_dtype,
                 window, softcap)
     assert case.fused.params["splits"] > 1 and len(case.fused.steps) == 2
     lens = [1, 5, ATTENTION_SPLIT_KEYS, ATTENTION_SPLIT_KEYS + 1, 200, 301, 1000]
@@ -158,7 +159,7 @@ def test_split_attention_matches_reference(n_heads, n_kv_heads, head_dim, kv_dty
 def test_wave_64_and_a_step_too_big_to_split(tmp_path_factory):
     """gfx90a (wave 64); a step of more rows than ATTENTION_SPLIT_ROWS takes one slice per
     row (the split kernel writes out itself, the reduce kernel does nothing)."""
-    case = Case(tmp_path_factory.getbasetemp() / "gpu-emu-attn", "gfx90a", 8, 2, 32, "f16", None, None)
+    case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", "gfx90a", 8, 2, 32, "f16", None, None)
     _check(case, case.batch([700, 40], [ATTENTION_SPLIT_ROWS - 3, 4]))
     _check(case, case.batch([700, 30], [ATTENTION_SPLIT_ROWS - 3, 3]))  # exactly the bound: splits
 
@@ -188,7 +189,7 @@ def test_tiled_prefill_matches_reference(n_heads, n_kv_heads, head_dim, kv_dtype
     the split kernel: fresh prompts of 300, 64, 17 and 1 tokens, a chunk of 65 rows after a
     cached prefix of 100 keys (chunked prefill: tiles start off the tile grid), a decode row,
     all in one step, so tiles end at every sequence boundary; then a lone 65-token prompt."""
-    case = Case(tmp_path_factory.getbasetemp() / "gpu-emu-attn", "gfx1100", n_heads, n_kv_heads, head_dim, kv_dtype,
+    case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", "gfx1100", n_heads, n_kv_heads, head_dim, kv_dtype,
                 window, softcap)
     lens, rows = [300, 200, 17, 165, 1, 64], [300, 1, 17, 65, 1, 64]
     assert sum(rows) > ATTENTION_SPLIT_ROWS
@@ -199,7 +200,7 @@ def test_tiled_prefill_matches_reference(n_heads, n_kv_heads, head_dim, kv_dtype
 def test_tiled_prefill_on_wave_64_with_one_slice(tmp_path_factory):
     """gfx90a (wave 64: a softmax lane group is half a wave), and a window too short to split:
     the program launches the per-op kernel itself, whose big steps are tiled."""
-    case = Case(tmp_path_factory.getbasetemp() / "gpu-emu-attn", "gfx90a", 4, 1, 16, "f32", 40, None)
+    case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", "gfx90a", 4, 1, 16, "f32", 40, None)
     assert case.fused.steps == ()
     case.fused = dataclasses.replace(case.fused, steps=(case.fused,))  # as the program launches it
     _check(case, case.batch([130, 7, 70], [129, 7, 6]))

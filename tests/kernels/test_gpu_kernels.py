@@ -30,6 +30,7 @@ from tests.kernels.gpu_emulator import emulated_device
 from tests.kernels.gpu_support import (  # noqa: F401
     gpu_build_cache, gpu_bundle, gpu_rounding, model_path, round_activations, toolchain_marks,
 )
+from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
@@ -93,7 +94,7 @@ def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_pa
     """40 tokens: past gemma's sliding window of 32, several tiles of tokens per expert."""
     from tests.conftest import FIXTURES
 
-    pair = Pair(gpu_bundle(model, target), target, tmp_path_factory.getbasetemp() / "gpu-emu")
+    pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
     tokens = tuple(int(t) for t in expected["tokens"][:40])
     gpu, ref = pair.step([SeqChunk(0, 0, tokens, all_logits=True)])
@@ -115,7 +116,7 @@ def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_pa
 def test_greedy_decoding_matches_reference(model, target, gpu_bundle, tmp_path_factory):
     """Per architecture: a prompt, then greedy decode steps one token at a time (the decode
     kernels), crossing gemma's sliding window of 32; every step's token is the reference's."""
-    pair = Pair(gpu_bundle(model, target), target, tmp_path_factory.getbasetemp() / "gpu-emu")
+    pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     tokens = [1, *range(40, 70)]
     gpu, ref = pair.step([SeqChunk(0, 0, tuple(tokens))])
     for step in range(8):
@@ -132,7 +133,7 @@ def test_greedy_decoding_matches_reference(model, target, gpu_bundle, tmp_path_f
     pytest.param("mixtral-Q8_0", "gfx1100", "moe_combine", marks=toolchain_marks("gfx1100")),
 ])
 def test_a_gpu_kernel_2_percent_off_fails(model, target, kind, gpu_bundle, tmp_path_factory):
-    pair = Pair(gpu_bundle(model, target), target, tmp_path_factory.getbasetemp() / "gpu-emu")
+    pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     first = next(op for op in pair.bundle.plan.ops if op.kind == kind)
     scale_outputs(pair.gpu, lambda op: op is first)
     gpu, ref = pair.step([SeqChunk(0, 0, tuple(range(3, 40)), all_logits=True)])
@@ -144,7 +145,7 @@ def test_a_gpu_kernel_2_percent_off_fails(model, target, kind, gpu_bundle, tmp_p
 def test_batched_prefill_and_decode_over_paged_cache(target, gpu_bundle, tmp_path_factory):
     """Float weights, so that the comparison is tight (the int8 matmuls' rounding is covered
     by the model tests' bounds)."""
-    pair = Pair(gpu_bundle("qwen2-F32", target), target, tmp_path_factory.getbasetemp() / "gpu-emu")
+    pair = Pair(gpu_bundle("qwen2-F32", target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     pair.blocks.allocate(99, 3 * BLOCK_SIZE)  # so the sequences' blocks are not 0, 1, 2, ...
     a, b = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19), (100, 3, 77, 250, 31)
     gpu, ref = pair.step([SeqChunk(1, 0, a, all_logits=True), SeqChunk(2, 0, b)])
@@ -164,7 +165,7 @@ def test_batched_prefill_and_decode_over_paged_cache(target, gpu_bundle, tmp_pat
 @pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
 def test_attention_over_long_contexts(target, gpu_bundle, tmp_path_factory):
     """Several chunks of keys (online softmax), shuffled block tables, two sequences."""
-    pair = Pair(gpu_bundle("llama-F32", target), target, tmp_path_factory.getbasetemp() / "gpu-emu")
+    pair = Pair(gpu_bundle("llama-F32", target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     plan, gpu, ref = pair.bundle.plan, pair.gpu, pair.ref
     op = next(o for o in plan.ops if o.kind == "attention" and o.attrs["layer"] == 1)
     rng = np.random.default_rng(0)
@@ -234,7 +235,7 @@ def test_rope_with_frequency_factors(target, gpu_build_cache, tmp_path):
 
 @pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
 def test_stories260k_greedy_tokens_match_reference(target, gpu_bundle, tmp_path_factory):
-    pair = Pair(gpu_bundle("stories260K", target), target, tmp_path_factory.getbasetemp() / "gpu-emu")
+    pair = Pair(gpu_bundle("stories260K", target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     tokens = [1, 403, 407, 261]
     gpu, ref = pair.step([SeqChunk(0, 0, tuple(tokens))])
     for _ in range(24):
@@ -266,7 +267,7 @@ def _upload(gpu, host: np.ndarray, dtype: str = "f32"):
 def test_moe_kernels_route_and_group_tokens_per_expert(target, gpu_bundle, tmp_path_factory):
     """Router ties (lower index first), one expert taking most tokens (several tiles of 8),
     experts with none, both moe_matmul inputs (a token's row for every slot, a row per slot)."""
-    pair = Pair(gpu_bundle("mixtral-Q8_0", target), target, tmp_path_factory.getbasetemp() / "gpu-emu")
+    pair = Pair(gpu_bundle("mixtral-Q8_0", target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     plan, gpu, ref = pair.bundle.plan, pair.gpu, pair.ref
     route = next(o for o in plan.ops if o.kind == "moe_route")
     gate, down = [o for o in plan.ops if o.kind == "moe_matmul"][0::2][:2]

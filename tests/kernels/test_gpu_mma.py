@@ -26,6 +26,7 @@ from rfc.compiler.weights_planar import pack_planar
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.quants import dequantize
 from tests.kernels.gpu_emulator import build_source_emulator
+from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
@@ -100,7 +101,7 @@ class Kernels:
 
 @pytest.fixture(scope="module")
 def kernels(tmp_path_factory) -> Kernels:
-    return Kernels(tmp_path_factory.getbasetemp() / "gpu-mma")
+    return Kernels(shared_basetemp(tmp_path_factory) / "gpu-mma")
 
 
 @pytest.mark.parametrize("fmt,rows,cols", SHAPES, ids=[f"{f}-{r}x{c}" for f, r, c in SHAPES])

@@ -30,6 +30,7 @@ from tests.kernels.gpu_emulator import emulated_device, emulated_step_device
 from tests.kernels.gpu_support import (  # noqa: F401
     gpu_build_cache, gpu_bundle, gpu_rounding, model_path, round_activations, toolchain_marks,
 )
+from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
@@ -69,7 +70,7 @@ def test_planar_matmuls_match_the_reference(model, gpu_bundle, tmp_path_factory)
     planar = {entries[op.weights[0]].format for op in matmuls} & set(PLANAR_FORMATS)
     assert {f for f, m in FIXTURE_OF.items() if m == model} <= planar, planar
     assert entries["token_embd.weight"].format not in PLANAR_FORMATS, "the embed kernel gathers GGUF rows"
-    gpu = emulated_device(bundle, TARGET, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, tmp_path_factory.getbasetemp() / "gpu-emu")
+    gpu = emulated_device(bundle, TARGET, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu")
     ref = ReferenceDevice(bundle, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE)
     T, rng = 11, np.random.default_rng(5)
     batch = _batch(T)
@@ -123,7 +124,7 @@ def _teacher_forced(model: str, pair: _StepPair, formats) -> None:
 @pytest.mark.parametrize("model", [_param(m) for m in MODELS])
 def test_step_program_over_planar_weights_matches_reference(model, gpu_bundle, tmp_path_factory):
     """40 tokens teacher-forced through the bound step program (the engine's path)."""
-    pair = _StepPair(gpu_bundle(model, TARGET), tmp_path_factory.getbasetemp() / "gpu-emu")
+    pair = _StepPair(gpu_bundle(model, TARGET), shared_basetemp(tmp_path_factory) / "gpu-emu")
     formats = {t.format for t in pair.bundle.layout.tensors}
     assert formats & set(PLANAR_FORMATS), formats
     _teacher_forced(model, pair, formats)

@@ -20,6 +20,7 @@ from rfc.runtime.executor import Executor
 from rfc.runtime.kv_cache import BlockManager
 from tests.kernels.gpu_emulator import emulated_device, emulated_step_device
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
+from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
@@ -76,7 +77,7 @@ def _decode(twins: Twins, steps: int) -> list[tuple]:
 
 @pytest.mark.parametrize("model", [pytest.param(m, marks=toolchain_marks(TARGET)) for m in ("llama-Q4_K_M", "qwen2-Q8_0")])
 def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp_path_factory):
-    twins = Twins(gpu_bundle(model, TARGET), tmp_path_factory.getbasetemp() / "gpu-emu")
+    twins = Twins(gpu_bundle(model, TARGET), shared_basetemp(tmp_path_factory) / "gpu-emu")
     program = twins.step.runner.program
     # one launch per op, but two per attention op (split-KV attention and its reduction)
     assert len(program.launches) == sum(2 if op.kind == "attention" else 1 for op in twins.bundle.plan.ops)
@@ -99,7 +100,7 @@ def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp
 def test_a_served_context_narrows_the_block_tables(model, gpu_bundle, tmp_path_factory):
     """--ctx-size reaches the step program: its block tables are as wide as the served
     context (not the plan's), and the steps still agree with the per-op path."""
-    build_dir = tmp_path_factory.getbasetemp() / "gpu-emu"
+    build_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
     full = Twins(gpu_bundle(model, TARGET), build_dir)
     assert full.step.runner.table_width == min(NUM_BLOCKS, -(-full.bundle.plan.context_length // BLOCK_SIZE)) > 2
     twins = Twins(gpu_bundle(model, TARGET), build_dir, context_length=20)  # 2 blocks; _decode stays within 15 tokens
@@ -120,7 +121,7 @@ def test_a_wrong_argument_slot_is_caught(model, gpu_bundle, tmp_path_factory):
         launches[i] = dataclasses.replace(launches[i], args=tuple(args))
         return dataclasses.replace(program, launches=tuple(launches))
 
-    twins = Twins(gpu_bundle(model, TARGET), tmp_path_factory.getbasetemp() / "gpu-emu", mutate=mutate)
+    twins = Twins(gpu_bundle(model, TARGET), shared_basetemp(tmp_path_factory) / "gpu-emu", mutate=mutate)
     with pytest.raises(AssertionError, match="prefill"):
         _decode(twins, steps=1)
 
@@ -152,7 +153,7 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
     """Decode rows of 151 and 71 keys: several slices each, so the program's split attention
     kernels leave partials in the arena's scratch for the reduce kernel, and the result must
     still equal the per-op kernel's (which merges the same partials in the same order)."""
-    twins = Twins(gpu_bundle(model, TARGET), tmp_path_factory.getbasetemp() / "gpu-emu")
+    twins = Twins(gpu_bundle(model, TARGET), shared_basetemp(tmp_path_factory) / "gpu-emu")
     program = twins.step.runner.program
     assert any(l.kernel.endswith("_split") for l in program.launches)
     assert program.arena.slot("attention.scratch").offset >= max(
@@ -189,7 +190,7 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, gpu_bundl
 
     bundle = open_bundle(gpu_bundle(model, MMA_TARGET))
     kv = bundle.plan.kv
-    device = emulated_step_device(bundle, MMA_TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, tmp_path_factory.getbasetemp() / "gpu-emu")
+    device = emulated_step_device(bundle, MMA_TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu")
     program = device.runner.program
     assert program.prefill_min_tokens == 64 and any(l.kernel.startswith("rfc_matmul_mma_") for l in program.prefill_launches)
     expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")

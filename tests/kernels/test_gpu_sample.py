@@ -24,6 +24,7 @@ from rfc.runtime.kv_cache import BlockManager
 from rfc.runtime.sampler import Sampler, SamplingParams
 from tests.kernels.gpu_emulator import EMU_HEADER, emulated_step_device
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
+from tests.conftest import shared_basetemp
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ builds the GPU emulator")
 
@@ -279,7 +280,7 @@ def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path
     forward pass and the sampling kernel), the token ids back (and the host row's logits),
     one sync: no other launch, no allocation."""
     bundle = open_bundle(gpu_bundle(model, GPU_TARGET))
-    dev = emulated_step_device(bundle, GPU_TARGET, bundle.plan.kv, 48, 16, tmp_path_factory.getbasetemp() / "gpu-emu")
+    dev = emulated_step_device(bundle, GPU_TARGET, bundle.plan.kv, 48, 16, shared_basetemp(tmp_path_factory) / "gpu-emu")
     assert dev.samples_on_device
     vocab = bundle.plan.vocab_size
     blocks = BlockManager(48, 16)
