@@ -163,7 +163,8 @@ def test_arena_grows_with_the_step(bundle):
 
 def test_cpu_bundles_store_matmul_weights_repacked(bundle):
     """Every target is a cpu variant: matmul-only weights are stored in their packed layout
-    (the reference decodes it); the embedding table, read by rows, keeps the GGUF layout."""
+    (the reference decodes it); the embedding table, which no matmul reads in this untied
+    model, keeps the GGUF layout (a tied one is repacked: tests/unit/test_gpu_layout.py)."""
     from rfc.compiler.codegen.cpu import REPACK, repack_plan
     from rfc.compiler.gguf_reader import read_gguf
     from rfc.compiler.spec import build_spec
