@@ -526,20 +526,23 @@ static inline rfc_acc rfc_wdot_q3_k(rfc_acc acc, const rfc_wk *w, const rfc_act 
 /* The 256 values of a Q6_K super-block as 8 vectors of 32 (0..63, stored as q + 32), in
  * element order: vector 4h + g holds elements 128h + 32g .. +31. Shared by the decode dot
  * product and the prefill pack (cpu_gemm.h). */
-static inline void rfc_q6_k_unpack(const rfc_block_q6_k *b, __m256i q[8]) {
+static inline __attribute__((always_inline)) void rfc_q6_k_unpack_half(const rfc_block_q6_k *b, int h, __m256i q[4]) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
-    for (int h = 0; h < 2; h++) {
-        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
-        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
-        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
-        const __m256i lows[4] = {
-            _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
-            _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
-        for (int g = 0; g < 4; g++) {
-            const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m3);
-            q[4 * h + g] = _mm256_or_si256(lows[g], _mm256_slli_epi16(hb, 4));
-        }
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+    const __m256i lows[4] = {
+        _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+        _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+    for (int g = 0; g < 4; g++) {
+        const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m3);
+        q[g] = _mm256_or_si256(lows[g], _mm256_slli_epi16(hb, 4));
     }
+}
+
+static inline void rfc_q6_k_unpack(const rfc_block_q6_k *b, __m256i q[8]) {
+    rfc_q6_k_unpack_half(b, 0, q);
+    rfc_q6_k_unpack_half(b, 1, q + 4);
 }
 
 static inline rfc_acc rfc_wdot_q6_k(rfc_acc acc, const rfc_wk *w, const rfc_act *a, size_t t, int u) {
@@ -578,19 +581,11 @@ static inline __attribute__((always_inline)) void rfc_wdotn_q6_k(__m256 acc[RFC_
     const rfc_block_q6_k *b = (const rfc_block_q6_k *)p;
     const size_t nbk = a->K / 256;
     const __m128i sc8 = _mm_loadu_si128((const __m128i *)b->scales);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
     __m256i sumi[RFC_DOTN_TT];
     for (int i = 0; i < nt; i++) sumi[i] = _mm256_setzero_si256();
-    for (int h = 0; h < 2; h++) { /* as rfc_q6_k_unpack, one half at a time */
-        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
-        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
-        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
-        const __m256i lows[4] = {
-            _mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
-            _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+    for (int h = 0; h < 2; h++) {
         __m256i q[4];
-        for (int g = 0; g < 4; g++)
-            q[g] = _mm256_or_si256(lows[g], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m3), 4));
+        rfc_q6_k_unpack_half(b, h, q);
         for (int g = 0; g < 4; g++) {
             const __m256i sc = rfc_pick_scales16(sc8, 4 * h + g);
             for (int i = 0; i < nt; i++) {
