@@ -420,22 +420,31 @@ static inline rfc_acc rfc_k4_sub_mins(rfc_acc acc, __m256i sm, const int16_t *bs
 
 /* Q4_K (fifth bits qh == NULL) and Q5_K: sub-block 2j is the low nibbles of qs[32j..], 2j+1
  * the high ones; Q5_K adds qh bit 2j (2j+1) of byte l as 16. */
+/* Piece j (elements 64j..64j+63) of a Q4_K/Q5_K super-block: its two sub-blocks' values
+ * (lo: sub-block 2j, hi: 2j+1) and their scales as int16 lanes (sl, sh), from the scales
+ * broadcast to both halves and the fifth bits hb (Q5_K; qh == NULL for Q4_K). */
+static inline __attribute__((always_inline)) void rfc_k45_piece(const uint8_t *qs, const uint8_t *qh, __m256i hb,
+        __m256i scales, int j, __m256i *lo, __m256i *hi, __m256i *sl, __m256i *sh) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    *sl = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)((4 * j) | ((4 * j + 1) << 8))));
+    *sh = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)((4 * j + 2) | ((4 * j + 3) << 8))));
+    const __m256i q4 = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+    *lo = _mm256_and_si256(q4, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+    if (qh) {
+        *lo = _mm256_or_si256(*lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one), 4));
+        *hi = _mm256_or_si256(*hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4));
+    }
+}
+
 static inline rfc_acc rfc_wdot_k45(rfc_acc acc, const uint8_t *qs, const uint8_t *qh, __m256i sm, float d,
                                    const int8_t *q8) {
-    const __m128i sc128 = _mm256_castsi256_si128(sm);
-    const __m256i scales = _mm256_broadcastsi128_si256(sc128);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const __m256i scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
     const __m256i hb = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
     __m256i sumi = _mm256_setzero_si256();
     for (int j = 0; j < 4; j++) {
-        const __m256i sl = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)((4 * j) | ((4 * j + 1) << 8))));
-        const __m256i sh = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((short)((4 * j + 2) | ((4 * j + 3) << 8))));
-        const __m256i q4 = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
-        __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-        if (qh) {
-            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one), 4));
-            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4));
-        }
+        __m256i lo, hi, sl, sh;
+        rfc_k45_piece(qs, qh, hb, scales, j, &lo, &hi, &sl, &sh);
         const __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
         const __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32)));
         sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(sl, pl), _mm256_madd_epi16(sh, ph)));
@@ -459,6 +468,54 @@ static inline rfc_acc rfc_wdot_q5_k(rfc_acc acc, const rfc_wk *w, const rfc_act 
     const __m256i sm = rfc_k4_scales_mins(b->scales);
     acc = rfc_k4_sub_mins(acc, sm, a->bsums + t * (a->K / 16) + 16 * (size_t)u, dy * rfc_fp16_scalar(b->dmin));
     return rfc_wdot_k45(acc, b->qs, b->qh, sm, dy * rfc_fp16_scalar(b->d), a->qs + t * a->K + 256 * (size_t)u);
+}
+
+/* Multi-token dots (rfc_wdotn_<fmt>): a few tokens (2 to RFC_DOTN_TT) against one
+ * super-block of one row, with the same sums as rfc_wdot_<fmt> but the block's values and
+ * scales unpacked once for all of them. rfc_wdot_<fmt> unpacks per token, so a decode step
+ * of a few sequences paid the unpacking once per sequence. acc[i] += row . token t0 + i. */
+#define RFC_DOTN_TT 4
+
+/* Q4_K (qh == NULL) and Q5_K: 4 pieces of 64, each unpacked once and dotted with every token. */
+static inline __attribute__((always_inline)) void rfc_wdotn_k45(__m256 acc[RFC_DOTN_TT], const uint8_t *qs,
+        const uint8_t *qh, const uint8_t *scale_bytes, float d, float dmin, const rfc_act *a, size_t t0, const int nt,
+        int u) {
+    const size_t nbk = a->K / 256;
+    const __m256i sm = rfc_k4_scales_mins(scale_bytes);
+    const __m256i scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
+    const __m256i hb = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+    __m256i sumi[RFC_DOTN_TT];
+    for (int i = 0; i < nt; i++) sumi[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+        __m256i lo, hi, sl, sh;
+        rfc_k45_piece(qs, qh, hb, scales, j, &lo, &hi, &sl, &sh);
+        for (int i = 0; i < nt; i++) {
+            const int8_t *y = a->qs + (t0 + (size_t)i) * a->K + 256 * (size_t)u + 64 * (size_t)j;
+            const __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)y));
+            const __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y + 32)));
+            sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(_mm256_madd_epi16(sl, pl), _mm256_madd_epi16(sh, ph)));
+        }
+    }
+    for (int i = 0; i < nt; i++) {
+        const size_t t = t0 + (size_t)i;
+        const float dy = a->d[t * nbk + (size_t)u];
+        acc[i] = rfc_k4_sub_mins(acc[i], sm, a->bsums + t * (a->K / 16) + 16 * (size_t)u, dy * dmin);
+        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dy * d), _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+    }
+}
+
+#define RFC_HAS_DOTN_Q4_K 1
+static inline __attribute__((always_inline)) void rfc_wdotn_q4_k(__m256 acc[RFC_DOTN_TT], const uint8_t *p, const rfc_act *a,
+        size_t t0, const int nt, int u) {
+    const rfc_block_q4_k *b = (const rfc_block_q4_k *)p;
+    rfc_wdotn_k45(acc, b->qs, NULL, b->scales, rfc_fp16_scalar(b->d), rfc_fp16_scalar(b->dmin), a, t0, nt, u);
+}
+
+#define RFC_HAS_DOTN_Q5_K 1
+static inline __attribute__((always_inline)) void rfc_wdotn_q5_k(__m256 acc[RFC_DOTN_TT], const uint8_t *p, const rfc_act *a,
+        size_t t0, const int nt, int u) {
+    const rfc_block_q5_k *b = (const rfc_block_q5_k *)p;
+    rfc_wdotn_k45(acc, b->qs, b->qh, b->scales, rfc_fp16_scalar(b->d), rfc_fp16_scalar(b->dmin), a, t0, nt, u);
 }
 
 /* Q2_K: 16 sub-blocks of 16 with 4-bit scale (low nibble) and min (high); element
@@ -567,14 +624,10 @@ static inline rfc_acc rfc_wdot_q6_k(rfc_acc acc, const rfc_wk *w, const rfc_act 
     return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
 }
 
-/* A few tokens (2 to RFC_DOTN_TT) against one Q6_K super-block of one row: the same sums as
- * rfc_wdot_q6_k, but the 6-bit values are unpacked once for all of them. rfc_wdot_q6_k
- * unpacks per token, which made a batch-8 decode step spend about 2x the time per weight
- * on Q6_K tensors (a Q4_0 model's output matrix, Q4_K_M's ffn_down) that it spends on the
- * x8 layouts. One half super-block (4 vectors) is unpacked at a time so that the unpacked
- * values and RFC_DOTN_TT int32 sums fit AVX2's 16 registers.
- * acc[i] += row . token t0 + i, for i < nt. */
-#define RFC_DOTN_TT 4
+/* The multi-token dot of Q6_K (see rfc_wdotn_k45). Unpacking per token made a batch-8 decode
+ * step spend about 2x the time per weight on Q6_K tensors (a Q4_0 model's output matrix,
+ * Q4_K_M's ffn_down) that it spends on the x8 layouts. One half super-block (4 vectors) is
+ * unpacked at a time so that the values and RFC_DOTN_TT int32 sums fit AVX2's 16 registers. */
 #define RFC_HAS_DOTN_Q6_K 1
 static inline __attribute__((always_inline)) void rfc_wdotn_q6_k(__m256 acc[RFC_DOTN_TT], const uint8_t *p, const rfc_act *a,
         size_t t0, const int nt, int u) {
