@@ -419,10 +419,9 @@ static inline rfc_acc rfc_k4_sub_mins(rfc_acc acc, __m256i sm, const int16_t *bs
 }
 
 /* Q4_K (fifth bits qh == NULL) and Q5_K: sub-block 2j is the low nibbles of qs[32j..], 2j+1
- * the high ones; Q5_K adds qh bit 2j (2j+1) of byte l as 16. */
-/* Piece j (elements 64j..64j+63) of a Q4_K/Q5_K super-block: its two sub-blocks' values
- * (lo: sub-block 2j, hi: 2j+1) and their scales as int16 lanes (sl, sh), from the scales
- * broadcast to both halves and the fifth bits hb (Q5_K; qh == NULL for Q4_K). */
+ * the high ones; Q5_K adds qh bit 2j (2j+1) of byte l as 16. rfc_k45_piece unpacks piece j
+ * (elements 64j..64j+63): the two sub-blocks' values (lo, hi) and their scales as int16
+ * lanes (sl, sh), from the scales broadcast to both halves and the fifth bits hb. */
 static inline __attribute__((always_inline)) void rfc_k45_piece(const uint8_t *qs, const uint8_t *qh, __m256i hb,
         __m256i scales, int j, __m256i *lo, __m256i *hi, __m256i *sl, __m256i *sh) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
