@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rfc.artifacts.errors import BundleError, BundleIntegrityError
-from rfc.artifacts.hashing import sha256_file
+from rfc.artifacts.hashing import sha256_bytes, sha256_file
 from rfc.artifacts.layout import LAYOUT_FILE, WEIGHTS_FILE, WeightLayout, unpack_layout
 from rfc.artifacts.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, bundle_id, dump_manifest, parse_manifest
 from rfc.artifacts.plan import PLAN_FILE, Plan, unpack_plan
@@ -101,6 +101,23 @@ class Bundle:
             raise BundleError(f"{relpath!r} is not a file of this bundle")
         return self.root / relpath
 
+    def private_copy(self, relpath: str, into: Path) -> Path:
+        """A copy of a bundle file in `into` (a directory only this process uses), checked
+        against the manifest's size and, for a verified bundle, its sha256. A kernel library
+        is loaded from such a copy: the bytes mapped are the bytes checked, and an operator
+        who rewrites the bundle's file in place later cannot change code that is running
+        (a write into a mapped library reaches the running process: SIGTRAP, SIGILL)."""
+        meta = self.manifest["files"][relpath]
+        with open(self.file(relpath), "rb") as f:
+            data = f.read(meta["size"] + 1)
+        if len(data) != meta["size"] or (self.verified and sha256_bytes(data) != meta["sha256"]):
+            raise BundleIntegrityError(f"{relpath} changed after the bundle was verified", [relpath])
+        fd, name = tempfile.mkstemp(prefix=Path(relpath).name + ".", dir=into)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(name, 0o500)
+        return Path(name)
+
     def read_text(self, relpath: str) -> str:
         try:
             return self.file(relpath).read_text(encoding="utf-8")
@@ -152,10 +169,15 @@ def verify_files(root: Path, manifest: dict[str, Any], hashes: bool = True) -> l
     return problems
 
 
-def open_bundle(root: Path, verify: bool = True) -> Bundle:
+def open_bundle(root: Path, verify: bool = True, mmap_weights: bool = True) -> Bundle:
     """Opens and validates a bundle before anything in it is used: paths (always), hashes
     (unless verify is False: "I trust this bundle"), then the layout against weights.bin and
-    the plan against the layout and the op contract."""
+    the plan against the layout and the op contract.
+
+    Weights are memory-mapped read-only (pages load on use, shared with the page cache): a
+    weights.bin truncated or rewritten under a running process reaches it (SIGBUS on a
+    truncated page). `mmap_weights=False` reads them into the process's own memory instead,
+    checked against the manifest's hash as read: later changes to the file cannot reach it."""
     root = Path(root)
     manifest = read_manifest(root)
     for required in (LAYOUT_FILE, PLAN_FILE, WEIGHTS_FILE):
@@ -170,13 +192,34 @@ def open_bundle(root: Path, verify: bool = True) -> Bundle:
     check_layout(layout, weights_size)
     check_plan_weights(plan, layout)
     weights = None
-    if weights_size > 0:
+    if weights_size > 0 and mmap_weights:
         with open(root / WEIGHTS_FILE, "rb") as f:
             weights = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         if len(weights) != weights_size:
             weights.close()
             raise BundleError(f"{WEIGHTS_FILE} changed size while it was opened")
+    elif weights_size > 0:
+        weights = _read_private(root / WEIGHTS_FILE, weights_size, manifest["files"][WEIGHTS_FILE]["sha256"] if verify else None)
     return Bundle(root=root, manifest=manifest, layout=layout, plan=plan, weights=weights, verified=verify)
+
+
+def _read_private(path: Path, size: int, sha256: str | None) -> mmap.mmap:
+    """The file's bytes in anonymous memory (an mmap, so views of it stay zero-copy)."""
+    buf = mmap.mmap(-1, size)
+    with open(path, "rb") as f:
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        view.release()
+        extra = f.read(1)
+    if got != size or extra or (sha256 is not None and sha256_bytes(buf) != sha256):
+        buf.close()
+        raise BundleIntegrityError(f"{path.name} changed after the bundle was verified", [path.name])
+    return buf
 
 
 def read_plan(root: Path, manifest: dict[str, Any] | None = None) -> Plan:

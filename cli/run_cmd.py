@@ -29,13 +29,14 @@ from rfc.cli.threads import apply_threads, threads_option
 @memory_options
 @ctx_size_option(several_models=False)
 @click.option("--no-verify", is_flag=True, help="Trust the bundle: skip re-hashing its files (paths, sizes, layout and plan are still checked).")
+@click.option("--no-mmap", is_flag=True, help="Read the weights into memory instead of mapping the file (changes to the bundle's files under a running process cannot reach it).")
 @click.option("--arch", "targets", multiple=True, metavar="TARGET", help="For a GGUF: compile for this target (default cpu; repeatable).")
 @click.option("--chat-template", "template_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="For a GGUF: compile with this Jinja chat template instead of the file's own.")
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="rfc's cache (default: ~/.cache/rfc); a GGUF is compiled into DIR/bundles.")
 def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, ignore_eos, device,
-            compute_threads, gpu_memory_utilization, kv_memory, ctx_size, no_verify, targets, template_file, cache_dir):
+            compute_threads, gpu_memory_utilization, kv_memory, ctx_size, no_verify, no_mmap, targets, template_file, cache_dir):
     """Generate text from BUNDLE (a bundle directory, or a GGUF file compiled into the cache on
     first use); the generation goes to stdout, speed to stderr."""
     threads = apply_threads(compute_threads)  # before the runtime (numpy, kernels) loads
@@ -54,7 +55,7 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
     (bundle,) = bundle_paths([bundle], targets, template_file, cache_dir)
     check_ctx_size(ctx_size, {Path(bundle).name: bundle})
     try:
-        model = load_model(bundle, LoadOptions(device=device, verify=not no_verify, gpu_memory_utilization=utilization,
+        model = load_model(bundle, LoadOptions(device=device, verify=not no_verify, mmap=not no_mmap, gpu_memory_utilization=utilization,
                                                kv_memory=kv_budget, kv_max_sequences=1, ctx_size=ctx_size))
     except (BundleError, DeviceError) as e:
         fail(str(e))

@@ -34,13 +34,22 @@ from rfc.cli.threads import apply_threads, threads_option
               help="For a GGUF argument: compile with this Jinja chat template instead of the file's own.")
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="rfc's cache (default: ~/.cache/rfc); GGUF arguments are compiled into DIR/bundles.")
-@click.option("--api-key", envvar="RFC_API_KEY", default=None, help="Require 'Authorization: Bearer KEY' (except /health, /ready). Prefer the env var: flags show in ps.")
+@click.option("--api-key", "api_keys", envvar="RFC_API_KEY", multiple=True,
+              help="Require 'Authorization: Bearer KEY' (except /health, /ready); repeatable: each key is one client, who can "
+                   "read and cancel only its own requests (env: space-separated). Prefer the env var: flags show in ps.")
+@click.option("--api-key-file", envvar="RFC_API_KEY_FILE", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Client API keys, one per line (# comments), as --api-key.")
+@click.option("--admin-api-key", envvar="RFC_ADMIN_API_KEY", default=None,
+              help="The key that may read /traces and any request's /status and /cancel.")
+@click.option("--public-traces", envvar="RFC_PUBLIC_TRACES", is_flag=True,
+              help="Serve /traces to every client (the seed API's open endpoint): traces hold request ids, which open their text.")
 @click.option("--cors-origin", "cors_origins", envvar="RFC_CORS_ORIGIN", multiple=True, default=("*",), show_default=True, help="Allowed CORS origin (repeatable; env: space-separated).")
 @click.option("--no-cors", envvar="RFC_NO_CORS", is_flag=True, help="Send no CORS headers at all.")
 @click.option("--log-format", envvar="RFC_LOG_FORMAT", type=click.Choice(["human", "json"]), default="human", show_default=True)
 @click.option("--log-file", envvar="RFC_LOG_FILE", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Append logs here instead of stderr.")
 @click.option("--log-level", envvar="RFC_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--no-verify", envvar="RFC_NO_VERIFY", is_flag=True, help="Trust the bundle: skip re-hashing its files (paths, sizes, layout and plan are still checked).")
+@click.option("--no-mmap", envvar="RFC_NO_MMAP", is_flag=True, help="Read the weights into memory instead of mapping the file (changes to the bundle's files under a running process cannot reach it).")
 @click.option("--trace-sample-rate", envvar="RFC_TRACE_SAMPLE_RATE", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0), help="Fraction of requests traced (GET /traces).")
 @click.option("--max-traces", envvar="RFC_MAX_TRACES", default=1000, show_default=True, type=click.IntRange(min=1), help="Traces kept; the oldest go first.")
 @click.option("--max-body-bytes", envvar="RFC_MAX_BODY_BYTES", default=1 << 20, show_default=True, type=click.IntRange(min=1), help="Larger request bodies get 413.")
@@ -60,11 +69,30 @@ from rfc.cli.threads import apply_threads, threads_option
               help="Address-space limit of each template process, MiB.")
 @click.option("--template-timeout", envvar="RFC_TEMPLATE_TIMEOUT", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds one chat-template render may take; the process is killed and replaced after.")
+@click.option("--shutdown-timeout", envvar="RFC_SHUTDOWN_TIMEOUT", default=30.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="On SIGTERM: seconds running requests get to finish before they are ended (new requests get 503 at once).")
+@click.option("--grammar-max-bytes", envvar="RFC_GRAMMAR_MAX_BYTES", default=128 << 10, show_default=True, type=click.IntRange(min=1),
+              help="Largest JSON schema (compact JSON) or GBNF/Lark grammar a request may send.")
+@click.option("--grammar-max-rules", envvar="RFC_GRAMMAR_MAX_RULES", default=2000, show_default=True, type=click.IntRange(min=1),
+              help="Most rules in a grammar (and x8 subschemas plus $refs in a schema).")
+@click.option("--grammar-max-depth", envvar="RFC_GRAMMAR_MAX_DEPTH", default=512, show_default=True, type=click.IntRange(1, 4096),
+              help="Deepest nesting of a grammar or schema, counting each $ref / rule hop.")
+@click.option("--grammar-max-repeat", envvar="RFC_GRAMMAR_MAX_REPEAT", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Largest product of nested counted repetitions ({m,n}) in a regex or grammar.")
+@click.option("--grammar-workers", envvar="RFC_GRAMMAR_WORKERS", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Threads compiling grammars; --pool-queue more may wait, then 503.")
+@click.option("--grammar-timeout", envvar="RFC_GRAMMAR_TIMEOUT", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a request waits for its grammar to compile, then 503.")
+@click.option("--tokenize-workers", envvar="RFC_TOKENIZE_WORKERS", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Threads tokenizing long inputs (over 32 KiB).")
+@click.option("--pool-queue", envvar="RFC_POOL_QUEUE", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Jobs that may wait for the grammar or tokenizing threads; more get 503.")
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
 def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, ctx_size, pooling, targets, chat_template, cache_dir,
-              api_key, cors_origins, no_cors, log_format, log_file, log_level, no_verify, trace_sample_rate, max_traces,
+              api_keys, api_key_file, admin_api_key, public_traces, cors_origins, no_cors, log_format, log_file, log_level, no_verify, no_mmap, trace_sample_rate, max_traces,
               max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, prompt_cache_mb, template_workers,
-              template_memory_mb, template_timeout, load_delay):
+              template_memory_mb, template_timeout, shutdown_timeout, grammar_max_bytes, grammar_max_rules, grammar_max_depth,
+              grammar_max_repeat, grammar_workers, grammar_timeout, tokenize_workers, pool_queue, load_delay):
     """Serve MODELS (bundle directories, or GGUF files compiled on first use) over HTTP: the
     native API, an OpenAI-compatible /v1 API, Anthropic's /v1/messages and Ollama's /api."""
     # The cpu device's OpenMP workers share the cores with the HTTP threads. Unbounded
@@ -80,31 +108,42 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
     from rfc.artifacts import BundleError
     from rfc.cli.model_args import bundle_paths, model_names
     from rfc.runtime.embedding import Pooling
+    from rfc.runtime.grammar_limits import GrammarLimits
     from rfc.runtime.loader import LoadOptions
     from rfc.runtime.scheduler import SchedulerConfig
     from rfc.runtime.server.config import LogConfig, ServeOptions, ServerConfig
     from rfc.runtime.server.logs import configure_logging
-    from rfc.runtime.server.models import KvPages, discover_bundles, plan_models
+    from rfc.runtime.server.models import KvPages, discover_bundles, plan_models, sort_out
     from rfc.runtime.server.serve import serve
 
     try:
-        paths = list(models) + (discover_bundles(models_dir) if models_dir else [])
+        found = discover_bundles(models_dir) if models_dir else []
+        paths = list(models) + found
         bundles = bundle_paths(paths, targets, chat_template, cache_dir)
-        # fail now, not after binding, on a path that is no bundle at all
-        load = LoadOptions(device=device, verify=not no_verify, gpu_memory_utilization=utilization, kv_memory=kv_budget,
+        # fail now, not after binding, on a named path that is no bundle at all; a bundle of
+        # --models-dir that does not read is reported and skipped (the others serve)
+        names = dict(zip(bundles, model_names(paths)))
+        bundles, optional, broken = sort_out(bundles, [False] * len(models) + [True] * len(found))
+        load = LoadOptions(device=device, verify=not no_verify, mmap=not no_mmap, gpu_memory_utilization=utilization, kv_memory=kv_budget,
                            kv_max_sequences=max_batch, ctx_size=ctx_size)
-        served = plan_models(bundles, load, KvPages.parse(kv_pages), model_names(paths))
+        served = plan_models(bundles, load, KvPages.parse(kv_pages), [names[b] for b in bundles], optional) if bundles else ()
+        if not served:
+            fail("no bundle can be served: " + "; ".join(f"{b.bundle}: {b.error}" for b in broken))
+        keys = list(api_keys) + (_read_keys(api_key_file) if api_key_file else [])
     except (BundleError, ValueError) as e:
         fail(str(e))
     try:
         options = ServeOptions(
             models=served,
+            broken=tuple(broken),
             host=host,
             port=port,
             threads=http_threads,
             scheduler=SchedulerConfig(max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(512, max_batch)),
             server=ServerConfig(
-                api_key=api_key or None,
+                api_keys=tuple(k for k in keys if k),
+                admin_api_key=admin_api_key or None,
+                public_traces=public_traces,
                 cors_origins=() if no_cors else tuple(cors_origins),
                 max_body_bytes=max_body_bytes,
                 trace_sample_rate=trace_sample_rate,
@@ -117,6 +156,13 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
                 template_workers=template_workers,
                 template_memory_bytes=template_memory_mb << 20,
                 template_timeout_s=template_timeout,
+                grammar_limits=GrammarLimits(max_bytes=grammar_max_bytes, max_rules=grammar_max_rules, max_depth=grammar_max_depth,
+                                             max_repeat=grammar_max_repeat),
+                grammar_workers=grammar_workers,
+                grammar_timeout_s=grammar_timeout,
+                tokenize_workers=tokenize_workers,
+                pool_queue=pool_queue,
+                shutdown_timeout_s=shutdown_timeout,
             ),
             log=LogConfig(format=log_format, file=log_file, level=log_level),
             load_delay_s=load_delay,
@@ -133,3 +179,12 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
     except OSError as e:  # the address is taken or not ours to bind
         fail(f"cannot serve on {host}:{port}: {e.strerror or e}")
     sys.exit(status)
+
+
+def _read_keys(path: Path) -> list[str]:
+    """One key per line; blank lines and # comments skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"cannot read the API key file {path}: {e}")
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

@@ -11,35 +11,49 @@ framework needed).
   pay nothing.
 
 Every grammar problem is a `GrammarError` raised before the request is queued, naming what
-the engine refuses (a schema keyword it does not implement, a syntax error): a constraint the
-client asked for is never silently dropped.
+the engine refuses (a schema keyword it does not implement, a syntax error, a limit of
+runtime/grammar_limits.py): a constraint the client asked for is never silently dropped.
+
+Compiling runs in llguidance's native code, which recurses as deep as the grammar nests and
+may take a while: it happens on `GrammarWorkers` threads, with a stack sized for the deepest
+grammar the limits admit and a bounded queue (full: `Busy`, a 503), never on an HTTP thread.
+A request's matcher is dropped when the request ends (the engine does that), so its lexer
+states go with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import llguidance
 import numpy as np
 
+from rfc.runtime.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema
+from rfc.runtime.work_pool import Busy, WorkPool
+
+__all__ = ["Busy", "Grammar", "GrammarError", "GrammarLimits", "GrammarWorkers", "Grammars", "Matcher"]
+
 # Compiled grammars kept per model; each entry is the grammar text, a few KB at most.
 _CACHE_ENTRIES = 256
-# A grammar's text is bounded by the request body; this bounds what one compilation may cost.
-_LIMITS = llguidance.LLParserLimits(step_lexer_fuel=2_000_000, initial_lexer_fuel=10_000_000)
 # JSON as clients expect it from an API: compact, no whitespace freedom for the model to loop in.
 _JSON_OPTIONS = {"whitespace_flexible": False, "coerce_one_of": True}
+# llguidance recurses ~3 KiB of native stack per level of nesting (an 8 MiB thread stack
+# overflowed at a 3,000-long $ref chain); the limits admit 512 levels. 64 MiB is address
+# space reserved per worker, touched only as deep as a grammar goes.
+_WORKER_STACK_BYTES = 64 << 20
 
 
-class GrammarError(ValueError):
-    """A grammar the engine cannot apply; `field` names the request field it came from."""
+class GrammarWorkers(WorkPool):
+    """The threads that run llguidance's compilation, with a stack for the deepest grammar the
+    limits admit."""
 
-    def __init__(self, field_name: str, message: str):
-        super().__init__(message)
-        self.field = field_name
+    def __init__(self, threads: int = 2, max_pending: int = 32, timeout_s: float = 10.0):
+        super().__init__("grammar compilation", threads, max_pending, timeout_s, stack_bytes=_WORKER_STACK_BYTES)
 
 
 @dataclass(frozen=True)
@@ -50,51 +64,94 @@ class Grammar:
     text: str  # llguidance's own serialized grammar
 
     def matcher(self) -> Matcher:
-        return Matcher(self.grammars, self.text)
+        return self.grammars.workers.run(lambda: Matcher(self.grammars, self.text))
 
 
 class Grammars:
     """The grammar side of one model: llguidance's tokenizer view and the compiled-grammar cache."""
 
-    def __init__(self, tokenizer_json: str, vocab_size: int, eos_ids: Iterable[int]):
+    def __init__(self, tokenizer_json: str, vocab_size: int, eos_ids: Iterable[int],
+                 limits: GrammarLimits = GrammarLimits(), workers: GrammarWorkers | None = None):
         eos = sorted(set(eos_ids))
         self.vocab_size = vocab_size
+        self.limits = limits
+        self.parser_limits = llguidance.LLParserLimits(
+            max_lexer_states=limits.max_lexer_states, step_lexer_fuel=limits.step_lexer_fuel,
+            initial_lexer_fuel=limits.initial_lexer_fuel)
+        self.workers = workers or GrammarWorkers(threads=1)
         self.tokenizer = llguidance.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=eos or None)
         self._lock = threading.Lock()
-        self._cache: OrderedDict[str, Grammar] = OrderedDict()
+        self._cache: OrderedDict[bytes, Grammar] = OrderedDict()
 
     def json_schema(self, schema: object, field_name: str) -> Grammar:
         if isinstance(schema, bool):  # JSON Schema's `true` and `false`
             schema = {} if schema else {"not": {}}
         if not isinstance(schema, dict):
             raise GrammarError(field_name, f"'{field_name}' must be a JSON schema object")
-        try:
-            text = llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=_JSON_OPTIONS)
-        except ValueError as e:
-            raise GrammarError(field_name, f"'{field_name}' is not a usable JSON schema: {e}") from None
-        return self._compiled("json:" + json.dumps(schema, sort_keys=True), text, field_name)
+        check_schema(schema, field_name, self.limits)
+        key = _key("json", json.dumps(schema, sort_keys=True))
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+
+        def build() -> str:
+            try:
+                return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=_JSON_OPTIONS)
+            except ValueError as e:
+                raise GrammarError(field_name, f"'{field_name}' is not a usable JSON schema: {e}") from None
+
+        return self._compiled(key, build, field_name)
 
     def any_json_object(self, field_name: str) -> Grammar:
         return self.json_schema({"type": "object"}, field_name)
 
     def lark(self, source: str, field_name: str) -> Grammar:
-        return self._compiled("lark:" + source, llguidance.LLMatcher.grammar_from_lark(source), field_name)
+        check_grammar(source, "lark", field_name, self.limits)
+        key = _key("lark", source)
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+
+        def build() -> str:
+            try:
+                return llguidance.LLMatcher.grammar_from_lark(source)
+            except ValueError as e:
+                raise GrammarError(field_name, f"'{field_name}' is not a Lark grammar llguidance accepts: {e}") from None
+
+        return self._compiled(key, build, field_name)
 
     def gbnf(self, source: str, field_name: str) -> Grammar:
         """A llama.cpp GBNF grammar, through llguidance's converter to Lark."""
-        try:
-            text = llguidance.grammar_from("gbnf", source)
-        except ValueError as e:
-            raise GrammarError(field_name, f"'{field_name}' is not a GBNF grammar llguidance accepts: {e}") from None
-        return self._compiled("gbnf:" + source, text, field_name)
+        check_grammar(source, "gbnf", field_name, self.limits)
+        key = _key("gbnf", source)
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
 
-    def _compiled(self, key: str, text: str, field_name: str) -> Grammar:
+        def build() -> str:
+            try:
+                return llguidance.grammar_from("gbnf", source)
+            except (ValueError, RecursionError) as e:
+                raise GrammarError(field_name, f"'{field_name}' is not a GBNF grammar llguidance accepts: {e}") from None
+
+        return self._compiled(key, build, field_name)
+
+    def _cached(self, key: bytes) -> Grammar | None:
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return hit
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(text, self.tokenizer, limits=_LIMITS)
+            return hit
+
+    def _compiled(self, key: bytes, build: Callable[[], str], field_name: str) -> Grammar:
+        """Converts and validates on a grammar worker; caches the result."""
+
+        def job() -> tuple[str, bool, list[str]]:
+            text = build()
+            is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(text, self.tokenizer, limits=self.parser_limits)
+            return text, is_error, messages
+
+        text, is_error, messages = self.workers.run(job)
         if is_error:
             raise GrammarError(field_name, f"'{field_name}' cannot be applied: {messages[0] if messages else 'invalid'}")
         if messages:  # llguidance warns about the keywords it would ignore: a 400 naming them
@@ -105,6 +162,11 @@ class Grammars:
             while len(self._cache) > _CACHE_ENTRIES:
                 self._cache.popitem(last=False)
         return grammar
+
+
+def _key(kind: str, text: str) -> bytes:
+    """A cache key that costs 32 bytes, not the grammar's text."""
+    return hashlib.sha256(f"{kind}:{text}".encode("utf-8", "surrogatepass")).digest()
 
 
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
@@ -142,7 +204,7 @@ class Matcher:
     """One request's position in its grammar."""
 
     def __init__(self, grammars: Grammars, text: str):
-        self._m = llguidance.LLMatcher(grammars.tokenizer, text, log_level=0, limits=_LIMITS)
+        self._m = llguidance.LLMatcher(grammars.tokenizer, text, log_level=0, limits=grammars.parser_limits)
         if self._m.is_error():
             raise GrammarError("grammar", self._m.get_error())
         self._vocab = grammars.vocab_size

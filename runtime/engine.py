@@ -35,6 +35,9 @@ __all__ = ["Engine", "GenerationRequest", "RequestState", "TokenEvent", "QueueFu
 
 log = logging.getLogger("rfc.engine")
 
+# Jobs (embedding passes) waiting for the engine thread at most; one job runs per step.
+MAX_JOBS = 32
+
 @dataclass(frozen=True)
 class _Work:
     """One step's scheduled chunks, their request states and the device batch."""
@@ -104,6 +107,21 @@ class Engine:
                 self._finish(state, CANCELLED, token=None)
         return state
 
+    def abort_all(self, reason: str) -> int:
+        """Ends every live request as cancelled, `reason` as its error (the server's drain);
+        each stream gets its final event. Returns how many there were."""
+        with self._lock:
+            live = [s for s in self._states.values() if not s.finished]
+            for state in live:
+                state.error = reason
+                self._finish(state, CANCELLED, token=None)
+        return len(live)
+
+    def is_idle(self) -> bool:
+        """No request running or waiting, no job queued."""
+        with self._lock:
+            return not self.scheduler.has_work() and not self._jobs
+
     def get(self, request_id: int) -> RequestState | None:
         with self._lock:
             return self._states.get(request_id)
@@ -130,11 +148,14 @@ class Engine:
 
     def run_on_engine_thread(self, fn: Callable[[], Any]) -> Future:
         """Runs `fn` on the engine thread between two steps (devices are not thread-safe) and
-        returns its Future. For work beside generation, such as an embedding's forward pass."""
+        returns its Future. For work beside generation, such as an embedding's forward pass.
+        QueueFull when MAX_JOBS are already waiting."""
         future: Future = Future()
         with self._lock:
             if not self._running or not self.is_running:
                 raise RuntimeError("the engine is not running")
+            if len(self._jobs) >= MAX_JOBS:
+                raise QueueFull(f"{MAX_JOBS} jobs are waiting for the engine")
             self._jobs.append((fn, future))
             self._wake.notify()
         return future
@@ -290,6 +311,7 @@ class Engine:
         state.text += text
         state.finish_reason = reason
         state.finished_at = time.time()
+        state.matcher = None  # a grammar's lexer states can reach megabytes: not kept with the finished state
         self.scheduler.finish(state.seq)  # `finished` from here on
         # metrics and traces first: a client that has its last event may ask /traces or
         # /metrics at once, and must find this request there

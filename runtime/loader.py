@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle, open_bundle
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
 from rfc.runtime.executor import Executor
@@ -25,6 +26,7 @@ class LoadOptions:
     kv_share: KvShare = KvShare()  # this model's part of the budget when a server has several
     prefix_caching: bool = True  # reuse the KV blocks of a prefix computed before
     ctx_size: int | None = None  # serve at most this many tokens per sequence (None: the model's own context)
+    mmap: bool = True  # False: weights read into private memory (a file changed under the server cannot reach it)
 
 
 @dataclass
@@ -100,13 +102,13 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     if not options.verify:
         print(f"rfc: warning: --no-verify: trusting {path} without re-hashing its files "
               "(paths, sizes, layout and plan are still checked)", file=sys.stderr)
-    bundle = open_bundle(Path(path), verify=options.verify)
+    bundle = open_bundle(Path(path), verify=options.verify, mmap_weights=options.mmap)
+    tokenizer = _load_tokenizer(bundle)
     plan = bundle.plan
     choice = choose_device(bundle, options.device)
     context_length = served_context_length(plan.context_length, options.ctx_size)
     num_blocks = options.kv_blocks or _budget_blocks(bundle, choice, options, context_length)
     device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length)
-    tokenizer = Tokenizer.from_file(str(bundle.file(TOKENIZER_FILE)))
     return LoadedModel(
         bundle=bundle,
         tokenizer=tokenizer,
@@ -116,3 +118,11 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         executor=Executor(plan, device),
         context_length=context_length,
     )
+
+
+def _load_tokenizer(bundle: Bundle) -> Tokenizer:
+    path = bundle.file(TOKENIZER_FILE)
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # `tokenizers` raises a bare Exception for any file it cannot read or parse
+        raise BundleError(f"{path}: damaged, not a tokenizer ({' '.join(str(e).split())[:120]})") from None

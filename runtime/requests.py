@@ -33,6 +33,7 @@ class GenerationRequest:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; n >= 0: the chosen token's and the top n
     constraint: Any = None  # a runtime.constraints.Grammar: only the tokens it allows are sampled
+    owner: str | None = None  # the API client that asked (server: a key's digest); None: anonymous
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@
 # Usage: tools/build_llama_cpp.sh [BUILD_DIR]   (default /tmp/llama.cpp-build)
 # Env:   LLAMA_CPP_PYTHON_VERSION  pin a llama-cpp-python version (optional)
 #        JOBS                      parallel build jobs (default 2)
+#        LLAMA_EXTRA_TARGETS       more cmake targets, e.g. "llama-quantize llama-imatrix
+#                                  test-llama-archs" for the fixture tools in tools/fixtures/
+#                                  (test-* targets switch LLAMA_BUILD_TESTS on)
 #
 # Idempotent: the download, unpack, configure and build steps are skipped
 # when their outputs already exist.
@@ -66,6 +69,13 @@ fi
 # 3. Configure. LLAMA_USE_PREBUILT_UI=OFF stops llama-server's build from trying
 #    to download its web UI from Hugging Face (no network but PyPI here); the
 #    server is built without the embedded UI, which the benchmarks don't need.
+BUILD_TESTS=OFF
+[[ " ${LLAMA_EXTRA_TARGETS:-} " == *" test-"* ]] && BUILD_TESTS=ON
+if [[ -f "$BIN_BUILD/CMakeCache.txt" ]] && ! grep -q "^LLAMA_BUILD_TESTS:BOOL=$BUILD_TESTS" "$BIN_BUILD/CMakeCache.txt" \
+        && [[ $BUILD_TESTS == ON ]]; then
+    log "reconfiguring $BIN_BUILD with LLAMA_BUILD_TESTS=ON"
+    cmake -S "$SRC_DIR" -B "$BIN_BUILD" -DLLAMA_BUILD_TESTS=ON
+fi
 if [[ ! -f "$BIN_BUILD/CMakeCache.txt" ]]; then
     log "configuring in $BIN_BUILD"
     cmake -S "$SRC_DIR" -B "$BIN_BUILD" \
@@ -75,14 +85,14 @@ if [[ ! -f "$BIN_BUILD/CMakeCache.txt" ]]; then
         -DLLAMA_CURL=OFF \
         -DLLAMA_USE_PREBUILT_UI=OFF \
         -DBUILD_SHARED_LIBS=OFF \
-        -DLLAMA_BUILD_TESTS=OFF
+        -DLLAMA_BUILD_TESTS=$BUILD_TESTS
 else
     log "already configured: $BIN_BUILD"
 fi
 
 # 4. Build the tools. Pick llama-cli and/or llama-completion, whichever exist
 #    as targets in this llama.cpp version.
-targets=(llama-bench llama-server)
+targets=(llama-bench llama-server ${LLAMA_EXTRA_TARGETS:-})
 help_out="$(cmake --build "$BIN_BUILD" --target help 2>/dev/null || true)"
 for t in llama-cli llama-completion; do
     if grep -Eq "(^|[ .])$t(:|$| )" <<<"$help_out"; then

@@ -18,6 +18,7 @@ inside that matmul.
 import ctypes
 import os
 import platform
+import tempfile
 from ctypes import c_double, c_float, c_int, c_size_t, c_void_p
 from pathlib import Path
 
@@ -193,10 +194,13 @@ def open_library(bundle: Bundle, target: str, kv: KVSpec) -> tuple[ctypes.CDLL, 
         )
     if kv.dtype != "f16":
         raise DeviceError(f"the cpu kernels keep the KV cache in f16; the plan asks for {kv.dtype}")
-    try:
-        return ctypes.CDLL(str(bundle.file(entry["kernels"]))), entry
-    except OSError as e:
-        raise DeviceError(f"cannot load the cpu kernels of bundle target {target}: {e}") from e
+    with tempfile.TemporaryDirectory(prefix="rfc-kernels-") as private:
+        # loaded from a checked private copy (artifacts/bundle.py Bundle.private_copy); the
+        # mapping outlives the file, which goes with the directory
+        try:
+            return ctypes.CDLL(str(bundle.private_copy(entry["kernels"], Path(private)))), entry
+        except OSError as e:
+            raise DeviceError(f"cannot load the cpu kernels of bundle target {target}: {e}") from e
 
 
 def Device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, n_threads: int | None = None,

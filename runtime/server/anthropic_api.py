@@ -179,9 +179,7 @@ class MessagesResource:
         served = model_for(self._handle, body, any_name_if_single=True)
         f = RequestFields(body)
         request, spec = parse(f, served)
-        state = submit(served.engine, request)
-        req.context.request_id = state.request_id
-        resp.set_header("X-Request-Id", str(state.request_id))
+        state = submit(served.engine, request, req, resp)
         shapes = MessageShapes(served.model_id, state, spec)
         tokens = TokenStream(served.engine, state, client_gone(req))
         if f.boolean("stream", False):

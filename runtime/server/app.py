@@ -9,23 +9,26 @@ from rfc.runtime.server import anthropic_api, extras, native, ollama_api, openai
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import handle_unexpected, serialize_error
 from rfc.runtime.server.host import EngineHandle
+from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.middleware import ApiKeyMiddleware, RequestLogMiddleware
 from rfc.runtime.server.telemetry import Telemetry, build_telemetry
 
 
-def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), telemetry: Telemetry | None = None) -> falcon.App:
+def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), telemetry: Telemetry | None = None,
+               lifecycle: Lifecycle | None = None) -> falcon.App:
     """`telemetry` must be the observer the handle's engine reports to (see serve.py); a
-    fresh one is made when omitted (an app whose engine runs unobserved)."""
+    fresh one is made when omitted (an app whose engine runs unobserved). `lifecycle` counts
+    the responses in flight and says when the server drains."""
+    lifecycle = lifecycle or Lifecycle()
     telemetry = telemetry or build_telemetry(handle, config)
     registry = CollectorRegistry(auto_describe=True)  # the app's own, never the global one
     registry.register(telemetry.metrics)
 
-    middleware: list = [RequestLogMiddleware()]
+    middleware: list = [RequestLogMiddleware(lifecycle)]
     if config.cors_origins:
         origins = "*" if "*" in config.cors_origins else list(config.cors_origins)
         middleware.append(falcon.CORSMiddleware(allow_origins=origins, expose_headers=["X-Request-Id", "Retry-After"]))
-    if config.api_key:
-        middleware.append(ApiKeyMiddleware(config.api_key))
+    middleware.append(ApiKeyMiddleware(config.api_keys, config.admin_api_key))
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
@@ -36,10 +39,10 @@ def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), tele
     app.add_route("/status/{request_id:int}", native.StatusResource(handle))
     app.add_route("/cancel/{request_id:int}", native.CancelResource(handle))
     app.add_route("/models", ops.ModelsResource(handle))
-    app.add_route("/health", ops.HealthResource(handle))
-    app.add_route("/ready", ops.ReadyResource(handle))
+    app.add_route("/health", ops.HealthResource(handle, lifecycle))
+    app.add_route("/ready", ops.ReadyResource(handle, lifecycle))
     app.add_route("/metrics", ops.MetricsResource(registry))
-    app.add_route("/traces", ops.TracesResource(telemetry.traces))
+    app.add_route("/traces", ops.TracesResource(telemetry.traces, config))
 
     app.add_route("/v1/models", openai_api.ModelListResource(handle))
     app.add_route("/v1/models/{model_id:path}", openai_api.ModelResource(handle))

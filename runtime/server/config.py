@@ -5,8 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rfc.runtime.embedding import Pooling
+from rfc.runtime.grammar_limits import GrammarLimits
 from rfc.runtime.scheduler import SchedulerConfig
-from rfc.runtime.server.models import ModelSource
+from rfc.runtime.server.models import BrokenModel, ModelSource
 
 # What the native API reports as its service name (seed API: /health, /ready, traces).
 SERVICE_NAME = "rocmforge"
@@ -16,7 +17,9 @@ SERVICE_NAME = "rocmforge"
 class ServerConfig:
     """What the HTTP app needs to know; independent of how the model gets loaded."""
 
-    api_key: str | None = None  # None: no authentication
+    api_keys: tuple[str, ...] = ()  # (): no authentication; each key is one client, who sees only its own requests
+    admin_api_key: str | None = None  # may read /traces and any request; None: nobody may, unless public_traces
+    public_traces: bool = False  # /traces for anyone who may call the server (the seed API's behaviour)
     cors_origins: tuple[str, ...] = ("*",)  # () disables CORS headers entirely
     max_body_bytes: int = 1 << 20
     trace_sample_rate: float = 0.1
@@ -31,6 +34,19 @@ class ServerConfig:
     template_workers: int = 2
     template_memory_bytes: int = 1 << 30
     template_timeout_s: float = 5.0
+    # grammars (constrained decoding) and long inputs are compiled / tokenized on bounded pools
+    grammar_limits: GrammarLimits = GrammarLimits()
+    grammar_workers: int = 2
+    grammar_timeout_s: float = 10.0
+    tokenize_workers: int = 2
+    pool_queue: int = 32  # jobs waiting per pool; more get 503
+    # SIGTERM: /ready turns 503, new requests 503, running ones get this long to finish
+    shutdown_timeout_s: float = 30.0
+
+    @property
+    def api_key(self) -> str | None:
+        """The first client key (for callers that only need to know whether auth is on)."""
+        return self.api_keys[0] if self.api_keys else None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.trace_sample_rate <= 1.0:
@@ -41,6 +57,12 @@ class ServerConfig:
             raise ValueError("max_connections must be at least 16 and the timeouts positive")
         if self.template_workers < 1 or self.template_memory_bytes < (64 << 20) or self.template_timeout_s <= 0:
             raise ValueError("template workers: at least 1, at least 64 MiB each, a positive timeout")
+        if min(self.grammar_workers, self.tokenize_workers, self.pool_queue) < 1 or self.grammar_timeout_s <= 0:
+            raise ValueError("grammar and tokenization pools need a thread, a queue slot and a positive timeout")
+        if self.shutdown_timeout_s < 0:
+            raise ValueError("the shutdown timeout cannot be negative")
+        if any(not k for k in self.api_keys) or self.admin_api_key == "" or (self.admin_api_key and self.admin_api_key in self.api_keys):
+            raise ValueError("API keys must be non-empty, and the admin key must differ from the client keys")
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,7 @@ class ServeOptions:
     """Everything `rfc serve` needs: where to listen, what to load, how to serve it."""
 
     models: tuple[ModelSource, ...]  # the first is the default model
+    broken: tuple[BrokenModel, ...] = ()  # bundles of --models-dir that cannot be served (reported)
     host: str = "127.0.0.1"
     port: int = 8080
     threads: int | None = None  # None: enough for max_batch + max_queue clients at once

@@ -3,18 +3,20 @@ checked against the context, run on the model's engine thread, pooled and normal
 (runtime/embedding.py says how)."""
 
 import concurrent.futures
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from rfc.runtime.embedding import Pooling, model_pooling, pooled_embedding
 from rfc.runtime.kv_cache import KVCacheFull
+from rfc.runtime.scheduler import QueueFull
 from rfc.runtime.server.errors import bad_request, unavailable
 from rfc.runtime.server.generation import check_token_ids
 from rfc.runtime.server.host import ServedModel
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
-_TIMEOUT_S = 300.0
+_TIMEOUT_S = 300.0  # one request's embeddings, all inputs together
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,20 @@ def embed(served: ServedModel, inputs: list[list[int]], pooling: Pooling | None,
     engine = served.engine
     chunk = engine.scheduler.config.max_batch_tokens
     vectors = []
-    for ids in inputs:
+    deadline = time.monotonic() + _TIMEOUT_S
+    for ids in inputs:  # one at a time: a request past its deadline stops asking for more
         try:
             future = engine.run_on_engine_thread(lambda ids=ids: pooled_embedding(engine, ids, chosen, chunk))
+        except QueueFull:
+            raise unavailable("the engine has too many embedding jobs waiting; retry later") from None
         except RuntimeError:
             raise unavailable("the engine is not running; see the server log", 5) from None
         try:
-            vectors.append(future.result(timeout=_TIMEOUT_S))
+            vectors.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
         except KVCacheFull:
             raise unavailable("the KV cache is full; retry when running requests finish") from None
         except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
+            future.cancel()
             raise unavailable("the engine stopped or is too busy to embed now; retry later", 5) from None
     return Embeddings(vectors, sum(len(ids) for ids in inputs))
 

@@ -2,10 +2,11 @@
 mapped to HTTP ones, and the client-disconnect probe."""
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import falcon
 
-from rfc.runtime.constraints import GrammarError
+from rfc.runtime.constraints import Busy, GrammarError
 from rfc.runtime.engine import Engine, GenerationRequest, QueueFull, RequestError, RequestState
 from rfc.runtime.sampler import SamplingError
 from rfc.runtime.server.errors import bad_request, unavailable
@@ -18,13 +19,20 @@ def model_for(handle: EngineHandle, body: dict, any_name_if_single: bool = False
     return handle.require(RequestFields(body).string("model"), any_name_if_single)
 
 
-def submit(engine: Engine, request: GenerationRequest) -> RequestState:
+def submit(engine: Engine, request: GenerationRequest, req: falcon.Request, resp: falcon.Response) -> RequestState:
+    """Queues the request as the caller's own (only its API key may read or cancel it by id)
+    and tags the response with its id."""
     try:
-        return engine.submit(request)
+        state = engine.submit(replace(request, owner=req.context.get("client")))
     except (RequestError, SamplingError, GrammarError) as e:
         raise bad_request(str(e), e.field) from None
     except QueueFull as e:
         raise unavailable(f"the request queue is full ({e}); retry later") from None
+    except Busy as e:
+        raise unavailable(f"{e}; retry later") from None
+    req.context.request_id = state.request_id
+    resp.set_header("X-Request-Id", str(state.request_id))
+    return state
 
 
 def check_token_ids(served: ServedModel, ids: list, field: str) -> list[int]:

@@ -13,7 +13,7 @@ import falcon
 
 from rfc.artifacts.bundle import TOKENIZER_FILE
 from rfc.runtime.chat import ChatTemplate, ChatTemplateError
-from rfc.runtime.constraints import Grammars
+from rfc.runtime.constraints import GrammarLimits, Grammars, GrammarWorkers
 from rfc.runtime.engine import Engine, GenerationRequest
 from rfc.runtime.generate import generate
 from rfc.runtime.loader import LoadedModel, LoadOptions, load_model
@@ -23,6 +23,7 @@ from rfc.runtime.scheduler import SchedulerConfig
 from rfc.runtime.server.errors import ApiError, unavailable
 from rfc.runtime.server.prompt_cache import PromptCache
 from rfc.runtime.tool_calls import ToolFormat, detect
+from rfc.runtime.work_pool import WorkPool
 
 if TYPE_CHECKING:
     from rfc.runtime.server.telemetry import Telemetry
@@ -53,6 +54,7 @@ class EngineHandle:
         self._lock = threading.Lock()
         self._ids: list[str] = list(model_ids)
         self._served: dict[str, ServedModel] = {}
+        self._failed: dict[str, str] = {}  # optional models that could not be loaded: why
         self._error: str | None = None
 
     def attach(self, served: ServedModel) -> None:
@@ -65,14 +67,30 @@ class EngineHandle:
         with self._lock:
             self._error = message
 
+    def fail_model(self, model_id: str, message: str) -> None:
+        """One model cannot be served (a damaged bundle of --models-dir); the others are."""
+        with self._lock:
+            if model_id not in self._ids:
+                self._ids.append(model_id)
+            self._failed = {**self._failed, model_id: message}
+
+    def has_other_models(self, model_id: str) -> bool:
+        return any(i != model_id and i not in self._failed for i in self._ids)
+
+    @property
+    def failed_models(self) -> dict[str, str]:
+        return dict(self._failed)
+
     @property
     def model_ids(self) -> list[str]:
-        return list(self._ids)
+        """The ids of the models served or loading (not those that failed)."""
+        return [i for i in self._ids if i not in self._failed]
 
     @property
     def served(self) -> ServedModel | None:
         """The default model, once loaded."""
-        return self._served.get(self._ids[0]) if self._ids else None
+        ids = self.model_ids
+        return self._served.get(ids[0]) if ids else None
 
     def all_served(self) -> list[ServedModel]:
         """The loaded models, in the order they were named."""
@@ -84,8 +102,8 @@ class EngineHandle:
         return self._error
 
     def is_ready(self) -> bool:
-        served = self._served
-        return bool(self._ids) and all(i in served and served[i].engine.is_running for i in self._ids)
+        served, ids = self._served, self.model_ids
+        return bool(ids) and all(i in served and served[i].engine.is_running for i in ids)
 
     def resolve(self, model: str | None, any_name_if_single: bool = False) -> str:
         """The id a request's `model` names; 404 listing the ids when it names none of them.
@@ -93,7 +111,11 @@ class EngineHandle:
         Ollama clients add a `:latest` tag to untagged names. With `any_name_if_single`, a server
         of one model answers whatever name is asked (llama.cpp's server does: clients
         configured for "gpt-4o" or a Claude model keep working)."""
-        ids = self._ids
+        ids = self.model_ids
+        for candidate in (model or "", (model or "").removesuffix(":latest")):
+            if candidate in self._failed and candidate not in ids:
+                raise ApiError(falcon.HTTP_503, f"model '{candidate}' cannot be served: {self._failed[candidate]}",
+                               param="model", code="model_unavailable")
         if model is None or model == "" or (any_name_if_single and len(ids) == 1):
             if not ids:
                 raise unavailable(self._error or "no model is configured", 2)
@@ -119,10 +141,14 @@ class EngineHandle:
 
 def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfig, telemetry: "Telemetry | None" = None,
                       prompt_cache_bytes: int = 32 << 20, model_id: str | None = None,
-                      request_ids: Iterator[int] | None = None, templates: "TemplatePool | None" = None) -> ServedModel:
+                      request_ids: Iterator[int] | None = None, templates: "TemplatePool | None" = None,
+                      grammar_limits: GrammarLimits = GrammarLimits(), grammar_workers: GrammarWorkers | None = None,
+                      tokenize_pool: WorkPool | None = None) -> ServedModel:
     """Load the bundle, run one warm-up step, start the engine thread. `request_ids` is the id
     sequence shared by the engines of one server; `templates` the worker processes that compile
-    and render chat templates (None: in this process)."""
+    and render chat templates (None: in this process); `grammar_workers` the threads that
+    compile grammars (None: one of the model's own); `tokenize_pool` the threads that tokenize
+    long inputs (None: the request's own thread)."""
     model = load_model(bundle, load)
     warm_up(model)
     try:
@@ -133,7 +159,8 @@ def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfi
     model_id = model_id or str(model.manifest["model"].get("name") or Path(bundle).name)
     grammars, grammars_error = None, None
     try:
-        grammars = Grammars(model.bundle.file(TOKENIZER_FILE).read_text(encoding="utf-8"), model.vocab_size, _eog_ids(model))
+        grammars = Grammars(model.bundle.file(TOKENIZER_FILE).read_text(encoding="utf-8"), model.vocab_size, _eog_ids(model),
+                            grammar_limits, grammar_workers)
     except Exception as e:  # noqa: BLE001 - a tokenizer llguidance cannot read disables grammars, not the model
         grammars_error = f"llguidance cannot read this tokenizer: {e}"
     observer = telemetry.for_model(model_id) if telemetry is not None else None
@@ -144,7 +171,7 @@ def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfi
         model=model,
         model_id=model_id,
         created=int(time.time()),
-        prompts=PromptCache(model, prompt_cache_bytes),
+        prompts=PromptCache(model, prompt_cache_bytes, tokenize_pool),
         chat=chat,
         chat_error=chat_error,
         tool_format=detect(chat.source) if chat is not None else None,

@@ -24,6 +24,33 @@ class ModelSource:
     model_id: str
     bundle: Path
     load: LoadOptions = LoadOptions()
+    required: bool = True  # named on the command line: the server stops if it cannot load it
+
+
+@dataclass(frozen=True)
+class BrokenModel:
+    """A bundle of --models-dir that cannot be served: reported (log, /v1/models), skipped."""
+
+    model_id: str
+    bundle: Path
+    error: str
+
+
+def sort_out(bundles: Sequence[Path], optional: Sequence[bool]) -> tuple[list[Path], list[bool], list[BrokenModel]]:
+    """The bundles whose manifest and plan read, with their `optional` flags, and the optional
+    ones that do not (a required one that does not raises its BundleError)."""
+    good, flags, broken = [], [], []
+    for bundle, opt in zip(bundles, optional):
+        try:
+            read_plan(bundle, read_manifest(bundle))
+        except BundleError as e:
+            if not opt:
+                raise
+            broken.append(BrokenModel(Path(bundle).name, Path(bundle), str(e)))
+            continue
+        good.append(bundle)
+        flags.append(opt)
+    return good, flags, broken
 
 
 @dataclass(frozen=True)
@@ -81,7 +108,7 @@ def discover_bundles(models_dir: Path) -> list[Path]:
 
 
 def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPages(),
-                names: Sequence[str | None] = ()) -> tuple[ModelSource, ...]:
+                names: Sequence[str | None] = (), optional: Sequence[bool] = ()) -> tuple[ModelSource, ...]:
     """Ids and load options for each bundle. The id is `names[i]` when given (the CLI passes
     a GGUF's file name for the bundle it compiled), else the model's name when it makes a
     usable id, else the bundle's directory name; when two bundles would share an id, their
@@ -101,8 +128,10 @@ def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPage
     counts = [pages[i] or load.kv_blocks for i in ids]
     weights = [int(m["files"].get(WEIGHTS_FILE, {}).get("size", 0)) for m in manifests]
     budgeted = sum(c is None for c in counts)
+    optional = list(optional) + [False] * (len(bundles) - len(optional))
     return tuple(
         ModelSource(i, Path(b), replace(load, kv_blocks=c, kv_share=KvShare(
-            models=max(1, budgeted), left=max(1, sum(x is None for x in counts[n:])), reserve_bytes=sum(weights[n + 1:]))))
+            models=max(1, budgeted), left=max(1, sum(x is None for x in counts[n:])), reserve_bytes=sum(weights[n + 1:]))),
+            required=not optional[n])
         for n, (i, b, c) in enumerate(zip(ids, bundles, counts))
     )

@@ -56,12 +56,10 @@ class _NativeRenderer:
 
 
 def _start(handle: EngineHandle, config: ServerConfig, req: falcon.Request, resp: falcon.Response):
-    """Parses and submits a native generation request; tags the response with its id."""
+    """Parses and submits a native generation request."""
     body = read_json(req, config.max_body_bytes)
     served = model_for(handle, body)
-    state = submit(served.engine, native_request(body, served))
-    req.context.request_id = state.request_id
-    resp.set_header("X-Request-Id", str(state.request_id))
+    state = submit(served.engine, native_request(body, served), req, resp)
     return served, state
 
 
@@ -92,12 +90,16 @@ class GenerateStreamResource:
         resp.stream = sse_body(stream, _NativeRenderer(), deferred_log(req, 200, lambda: len(state.tokens)))
 
 
-def _engine_of(handle: EngineHandle, request_id: int) -> Engine:
-    """The engine that holds the request (ids are unique across the served models)."""
+def _owned(handle: EngineHandle, req: falcon.Request, request_id: int) -> Engine:
+    """The engine holding the request, if the caller may see it: the API key that made it, or
+    the admin key. Anyone else gets the same 404 as for an id that never existed."""
     handle.require()
     for served in handle.all_served():
-        if served.engine.get(request_id) is not None:
-            return served.engine
+        state = served.engine.get(request_id)
+        if state is not None:
+            if req.context.get("admin") or state.request.owner == req.context.get("client"):
+                return served.engine
+            break
     raise not_found(f"request {request_id} not found")
 
 
@@ -106,7 +108,7 @@ class StatusResource:
         self._handle = handle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, request_id: int) -> None:
-        state = _engine_of(self._handle, request_id).get(request_id)
+        state = _owned(self._handle, req, request_id).get(request_id)
         req.context.request_id = request_id
         resp.media = state_body(state)
 
@@ -116,6 +118,6 @@ class CancelResource:
         self._handle = handle
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, request_id: int) -> None:
-        state = _engine_of(self._handle, request_id).cancel(request_id)
+        state = _owned(self._handle, req, request_id).cancel(request_id)
         req.context.request_id = request_id
         resp.media = state_body(state)

@@ -115,7 +115,7 @@ class ShowResource:
                                  if flags[key]]
         template = served.chat.source if model_info.has_chat_template(served) else "{{ .Prompt }}"
         resp.media = {
-            "modelfile": f"# compiled by rfc into the bundle {served.model.bundle.root}\nFROM {manifest.get('source', {}).get('file', '')}\n",
+            "modelfile": f"# compiled by rfc into bundle {manifest.get('bundle_id', '')}\nFROM {manifest.get('source', {}).get('file', '')}\n",
             # model_info is the GGUF's metadata (the trained context); num_ctx is what this server serves
             "parameters": f"num_ctx {served.model.context_length}",
             "template": template,
@@ -150,9 +150,7 @@ class GenerateResource:
             resp.media = OllamaReply(name, self._chat).loaded()
             return
         prompt_ids = context + served.prompts.encode(prompt, "messages" if self._chat else "prompt")
-        state = submit(served.engine, generation(served, f, prompt_ids, plan))
-        req.context.request_id = state.request_id
-        resp.set_header("X-Request-Id", str(state.request_id))
+        state = submit(served.engine, generation(served, f, prompt_ids, plan), req, resp)
         reply = OllamaReply(name, self._chat, state, plan.output_spec(served, prompt))
         tokens = TokenStream(served.engine, state, client_gone(req))
         if stream:

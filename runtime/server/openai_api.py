@@ -29,7 +29,9 @@ class ModelListResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._handle.require()  # 503 until the default model is up
-        resp.media = {"object": "list", "data": [model_card(s) for s in self._handle.all_served()]}
+        failed = [{"id": model_id, "object": "model", "created": 0, "owned_by": "rfc", "status": "failed", "error": error}
+                  for model_id, error in self._handle.failed_models.items()]  # reported, not served
+        resp.media = {"object": "list", "data": [model_card(s) for s in self._handle.all_served()] + failed}
 
 
 class ModelResource:
@@ -57,9 +59,7 @@ class _GenerationResource:
         body = read_json(req, self._config.max_body_bytes)
         served = model_for(self._handle, body, any_name_if_single=True)
         request = self.parse(body, served)
-        state = submit(served.engine, request.generation)
-        req.context.request_id = state.request_id
-        resp.set_header("X-Request-Id", str(state.request_id))
+        state = submit(served.engine, request.generation, req, resp)
         fmt = self.make_format(served, state, request.generation.logprobs is not None, request)
         stream = TokenStream(served.engine, state, client_gone(req))
         if request.stream:

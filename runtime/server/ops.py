@@ -8,9 +8,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from rfc.artifacts import RFC_VERSION
 from rfc.runtime.kv_budget import block_bytes, kv_itemsize
 from rfc.runtime.loader import LoadedModel
-from rfc.runtime.server.config import SERVICE_NAME
+from rfc.runtime.server.config import SERVICE_NAME, ServerConfig
 from rfc.runtime.server.errors import ApiError
 from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.model_info import bundle_size, model_card
 from rfc.runtime.server.traces import TraceStore
 
@@ -20,8 +21,9 @@ _GPU_FAMILIES = ("hip", "cuda")
 class HealthResource:
     """Answers throughout, loaded or not; never needs the API key."""
 
-    def __init__(self, handle: EngineHandle):
+    def __init__(self, handle: EngineHandle, lifecycle: Lifecycle):
         self._handle = handle
+        self._lifecycle = lifecycle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         # Several models: the seed's checks sum over them, and `models` has each one's own.
@@ -30,6 +32,10 @@ class HealthResource:
         engine = {"running": running, "model_loaded": bool(every) and len(every) == len(self._handle.model_ids)}
         if self._handle.load_error:
             engine["error"] = self._handle.load_error
+        if self._handle.failed_models:
+            engine["failed_models"] = self._handle.failed_models
+        if self._lifecycle.draining:
+            engine["draining"] = True  # still alive (a liveness probe must not restart it), no longer ready
         checks: dict = {"engine": engine, "gpu": _device_check(self._handle.served, every)}
         if running:
             per_model = {s.model_id: s.engine.counts() for s in every}
@@ -91,11 +97,12 @@ def kv_pool_bytes(model: LoadedModel) -> int:
 
 
 class ReadyResource:
-    def __init__(self, handle: EngineHandle):
+    def __init__(self, handle: EngineHandle, lifecycle: Lifecycle):
         self._handle = handle
+        self._lifecycle = lifecycle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not self._handle.is_ready():
+        if self._lifecycle.draining or not self._handle.is_ready():
             raise ApiError(falcon.HTTP_503, "Service Unavailable", headers={"Retry-After": "1"})
         resp.media = {"ready": True, "service": SERVICE_NAME}
 
@@ -111,8 +118,10 @@ class ModelsResource:
         resp.media = {
             "models": [
                 {
-                    # the seed's three fields, then the model card's
-                    "path": str(s.model.bundle.root.resolve()),
+                    # the seed's three fields, then the model card's. `path` is the model file
+                    # the bundle was compiled from, as the compiler recorded it (its name):
+                    # never a directory of the serving machine
+                    "path": s.model.manifest.get("source", {}).get("file", ""),
                     "size": bundle_size(s),
                     "metadata": s.model.manifest["model"].get("gguf_metadata", {}),
                     **model_card(s),
@@ -134,10 +143,18 @@ class MetricsResource:
 
 
 class TracesResource:
-    def __init__(self, traces: TraceStore):
+    """Traces name every request's id, and an id opens its text to whoever may call /status
+    with it: so they are the admin key's (`--admin-api-key`), or everyone's only when the
+    operator says so (`--public-traces`, the seed API's open endpoint)."""
+
+    def __init__(self, traces: TraceStore, config: ServerConfig):
         self._traces = traces
+        self._public = config.public_traces
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not (self._public or req.context.get("admin")):
+            raise ApiError(falcon.HTTP_403, "traces are private: send the admin key (--admin-api-key), "
+                                            "or start the server with --public-traces", code="forbidden")
         limit = req.get_param_as_int("limit", min_value=0)
         clear = req.get_param_as_bool("clear", default=False)
         resp.media = self._traces.export(limit=limit, clear=clear)

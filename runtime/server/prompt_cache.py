@@ -5,7 +5,10 @@ Bounded in real bytes, and only for prompts the model can take (issue 8, finding
 is keyed by its sha256 (the text itself is never kept) and its ids are stored packed, four
 bytes each, so the count matches the memory. A text too long for the context is refused
 before tokenizing when its size alone proves it (no token covers more than the vocabulary's
-longest token), and after tokenizing otherwise; neither is cached.
+longest token), and after bounded work otherwise: a long text is tokenized on a bounded pool,
+a piece at a time, and refused as soon as its pieces hold more tokens than the context can
+(issue 29, finding 5: ten 900 KB prompts were tokenized in full, 333,332 tokens each, before
+the context check refused them). Neither is cached.
 """
 
 import hashlib
@@ -16,9 +19,15 @@ from collections import OrderedDict
 
 from rfc.runtime.loader import LoadedModel
 from rfc.runtime.prompting import encode_prompt
-from rfc.runtime.server.errors import bad_request
+from rfc.runtime.server.errors import bad_request, unavailable
+from rfc.runtime.work_pool import Busy, WorkPool
 
 _ENTRY_OVERHEAD = 160  # the OrderedDict slot and the objects around the two payloads
+# Texts longer than this are tokenized on the pool, in pieces of about this size.
+LONG_TEXT_BYTES = 32 << 10
+# What cutting a text at a piece boundary can add to its token count: a word cut in two where
+# no whitespace was near, or SentencePiece's dummy prefix on the next piece.
+_CUT_SLACK_TOKENS = 16
 
 
 def longest_token_bytes(model: LoadedModel) -> int:
@@ -28,8 +37,9 @@ def longest_token_bytes(model: LoadedModel) -> int:
 
 
 class PromptCache:
-    def __init__(self, model: LoadedModel, max_bytes: int = 32 << 20):
+    def __init__(self, model: LoadedModel, max_bytes: int = 32 << 20, pool: WorkPool | None = None):
         self._model = model
+        self._pool = pool
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._entries: OrderedDict[bytes, array] = OrderedDict()
@@ -52,7 +62,13 @@ class PromptCache:
                 self.hits += 1
                 return ids.tolist()
             self.misses += 1
-        encoded = encode_prompt(self._model, text)  # outside the lock: encoding may be slow
+        if len(raw) > LONG_TEXT_BYTES and self._pool is not None:
+            try:
+                encoded = self._pool.run(lambda: self._encode_long(text, field))
+            except Busy as e:
+                raise unavailable(f"{e}; retry later") from None
+        else:
+            encoded = encode_prompt(self._model, text)  # outside the lock: encoding may be slow
         if len(encoded) > self._model.context_length:
             raise self._too_long(field, f"{len(encoded)} tokens")
         packed = array("i", encoded)
@@ -67,6 +83,20 @@ class PromptCache:
                     self.bytes -= _size(old_key, old)
         return encoded
 
+    def _encode_long(self, text: str, field: str) -> list[int]:
+        """Counts the tokens of `text` a piece at a time, refusing once the pieces prove it
+        too long; only a text that may fit is tokenized whole (its tokens are then bounded by
+        the context, its bytes by the size check)."""
+        ctx = self._model.context_length
+        tokenizer = self._model.tokenizer
+        counted, cuts = 0, 0
+        for piece in _pieces(text, LONG_TEXT_BYTES):
+            counted += len(tokenizer.encode(piece, add_special_tokens=False).ids)
+            if counted - cuts * _CUT_SLACK_TOKENS > ctx:
+                raise self._too_long(field, f"more than {ctx} tokens")
+            cuts += 1
+        return encode_prompt(self._model, text)
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "bytes": self.bytes}
@@ -76,6 +106,20 @@ class PromptCache:
         limit = (f"the model's context of {ctx} tokens" if ctx == trained
                  else f"the served context of {ctx} tokens (--ctx-size; the model's is {trained})")
         return bad_request(f"'{field}' ({size}) cannot fit {limit}", field)
+
+
+def _pieces(text: str, size: int):
+    """`text` in consecutive pieces of about `size` characters, each cut before a whitespace
+    character where one is near (so words stay whole and the count stays close)."""
+    start, n = 0, len(text)
+    while start < n:
+        end = min(n, start + size)
+        if end < n:
+            cut = max(text.rfind(" ", start + size // 2, end), text.rfind("\n", start + size // 2, end))
+            if cut > start:
+                end = cut
+        yield text[start:end]
+        start = end
 
 
 def _size(key: bytes, ids: array) -> int:

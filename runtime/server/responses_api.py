@@ -161,9 +161,7 @@ class ResponsesResource:
         body = read_json(req, self._config.max_body_bytes)
         served = model_for(self._handle, body, any_name_if_single=True)
         stream = RequestFields(body).boolean("stream", False)
-        state = submit(served.engine, parse(body, served))
-        req.context.request_id = state.request_id
-        resp.set_header("X-Request-Id", str(state.request_id))
+        state = submit(served.engine, parse(body, served), req, resp)
         shapes = ResponseShapes(served.model_id, state, body)
         tokens = TokenStream(served.engine, state, client_gone(req))
         if stream:

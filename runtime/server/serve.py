@@ -1,10 +1,16 @@
 """`rfc serve`, the work behind the command: bind the socket, load the models in the
-background (one after the other), serve until interrupted.
+background (one after the other), serve until SIGTERM or SIGINT, then drain.
 
 The socket listens before the model loads, so probes get answers from the start: /health
 says "unhealthy" and /ready 503 until the bundle is loaded, one warm-up step has run and the
-engine thread is up. A bundle that fails to load stops the server (exit status 1): a server
-that can never become ready should not look alive to an orchestrator."""
+engine thread is up. A bundle named on the command line that fails to load stops the server
+(exit status 1): a server that can never become ready should not look alive to an
+orchestrator. A bundle found in --models-dir that fails is reported and skipped; the others
+serve.
+
+The first SIGTERM or SIGINT drains (runtime/server/lifecycle.py): /ready 503, new requests
+503, running ones finish within --shutdown-timeout or end with a final event; exit 0. A
+second signal exits at once."""
 
 import _thread
 import logging
@@ -12,13 +18,16 @@ import signal
 import threading
 import time
 
+from rfc.runtime.constraints import GrammarWorkers
 from rfc.runtime.request_ids import RandomIds
 from rfc.runtime.server.app import create_app
 from rfc.runtime.server.config import ServeOptions
 from rfc.runtime.server.host import EngineHandle, load_served_model
+from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.listener import create_listener
 from rfc.runtime.server.telemetry import Telemetry, build_telemetry
 from rfc.runtime.template_worker import TemplatePool, WorkerLimits
+from rfc.runtime.work_pool import WorkPool
 
 log = logging.getLogger("rfc.server")
 
@@ -27,12 +36,31 @@ log = logging.getLogger("rfc.server")
 _BODY_SLACK = 1 << 20
 
 
+class _Pools:
+    """The bounded pools every model of the server shares (runtime/work_pool.py)."""
+
+    def __init__(self, options: ServeOptions):
+        limits = options.server
+        self.templates = TemplatePool(WorkerLimits(limits.template_workers, limits.template_memory_bytes, limits.template_timeout_s))
+        self.grammars = GrammarWorkers(limits.grammar_workers, limits.pool_queue, limits.grammar_timeout_s)
+        self.tokenize = WorkPool("tokenization", limits.tokenize_workers, limits.pool_queue, timeout_s=60.0)
+
+    def close(self) -> None:
+        self.grammars.close()
+        self.tokenize.close()
+        self.templates.close()
+
+
 def serve(options: ServeOptions) -> int:
-    """Runs the server in this thread until SIGINT/SIGTERM; returns the exit status.
-    Logging is the caller's to configure (`logs.configure_logging` at the edge)."""
+    """Runs the server in this thread until SIGINT/SIGTERM and the drain; returns the exit
+    status. Logging is the caller's to configure (`logs.configure_logging` at the edge)."""
     handle = EngineHandle([m.model_id for m in options.models])
+    for broken in options.broken:
+        handle.fail_model(broken.model_id, f"{broken.bundle.name}: {broken.error}")
+        log.error("not serving %s: %s", broken.bundle, broken.error)
+    lifecycle = Lifecycle()
     telemetry = build_telemetry(handle, options.server)
-    app = create_app(handle, options.server, telemetry)
+    app = create_app(handle, options.server, telemetry, lifecycle)
     threads = options.http_threads()
     limits = options.server
     server = create_listener(
@@ -42,53 +70,75 @@ def serve(options: ServeOptions) -> int:
     )  # fmt: skip
     log.info("listening on http://%s:%s (%d HTTP threads, %d connections); loading %s", options.host, server.effective_port,
              threads, limits.max_connections, ", ".join(f"{m.model_id} ({m.bundle})" for m in options.models))
-    # SIGTERM ends the server; a load failure raises it too. (SIGINT may be ignored: a
-    # background job of a non-interactive shell starts that way, and must still exit.)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    templates = TemplatePool(WorkerLimits(limits.template_workers, limits.template_memory_bytes, limits.template_timeout_s))
-    loader = threading.Thread(target=_load, args=(handle, options, telemetry, templates), name="rfc-loader", daemon=True)
+
+    def on_signal(signum, frame) -> None:
+        # the first signal drains; a second one, a finished drain or a failed load stop now
+        if handle.load_error or lifecycle.drained or not lifecycle.begin_drain():
+            raise KeyboardInterrupt
+        log.info("%s: draining (up to %g s for running requests; /ready now answers 503)",
+                 signal.Signals(signum).name, limits.shutdown_timeout_s)
+        threading.Thread(target=_drain, args=(handle, lifecycle, limits.shutdown_timeout_s), name="rfc-drain", daemon=True).start()
+
+    # (SIGINT may be ignored at start: a background job of a non-interactive shell starts that
+    # way, and must still exit on SIGTERM or a load failure.)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+                if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN}
+    pools = _Pools(options)
+    loader = threading.Thread(target=_load, args=(handle, options, telemetry, pools), name="rfc-loader", daemon=True)
     try:
         loader.start()  # inside the try: a load failure interrupts this thread at once
-        server.run()  # returns on SIGINT/SIGTERM: waitress catches the KeyboardInterrupt
+        server.run()  # returns on KeyboardInterrupt: waitress catches it
     except KeyboardInterrupt:
         pass  # one that came before waitress's loop started
     finally:
         log.info("shutting down")
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.close()
         for served in handle.all_served():
             served.engine.stop()
-        templates.close()
+        pools.close()
     if handle.load_error:
         log.error("%s", handle.load_error)
         return 1
     return 0
 
 
-def _load(handle: EngineHandle, options: ServeOptions, telemetry: Telemetry, templates: TemplatePool) -> None:
-    bundle = options.models[0].bundle
+def _drain(handle: EngineHandle, lifecycle: Lifecycle, timeout_s: float) -> None:
     try:
-        if options.load_delay_s > 0:
-            time.sleep(options.load_delay_s)
-        request_ids = RandomIds()  # one source for every engine: an id names one request of one model
-        for source in options.models:
-            bundle = source.bundle
-            started = time.perf_counter()
-            served = load_served_model(bundle, source.load, options.scheduler, telemetry, options.server.prompt_cache_bytes,
-                                       model_id=source.model_id, request_ids=request_ids, templates=templates)
-            handle.attach(served)
-            log.info(
-                "ready: %s on device %s (%d KV pages, context %d of %d tokens) in %.2f s; tool calls: %s; constrained decoding: %s",
-                served.model_id, served.model.device_choice.name, served.model.blocks.num_blocks, served.model.context_length,
-                served.model.trained_context_length, time.perf_counter() - started,
-                served.tool_format.name if served.tool_format else "not parsed (no tool-call format in the chat template)",
-                "llguidance" if served.grammars else served.grammars_error,
+        outcome = lifecycle.drain(lambda: [s.engine for s in handle.all_served()], timeout_s)
+        log.info("drained in %.2f s: %d requests ended by the shutdown, %d responses unfinished",
+                 outcome["seconds"], outcome["ended"], outcome["unfinished_responses"])
+    finally:
+        _thread.interrupt_main(signal.SIGTERM)  # on_signal sees `drained` and stops the loop
+
+
+def _load(handle: EngineHandle, options: ServeOptions, telemetry: Telemetry, pools: _Pools) -> None:
+    request_ids = RandomIds()  # one source for every engine: an id names one request of one model
+    if options.load_delay_s > 0:
+        time.sleep(options.load_delay_s)
+    for source in options.models:
+        started = time.perf_counter()
+        try:
+            served = load_served_model(
+                source.bundle, source.load, options.scheduler, telemetry, options.server.prompt_cache_bytes,
+                model_id=source.model_id, request_ids=request_ids, templates=pools.templates,
+                grammar_limits=options.server.grammar_limits, grammar_workers=pools.grammars, tokenize_pool=pools.tokenize,
             )
-    except Exception as e:  # noqa: BLE001 - any load failure ends the server, with its reason
-        handle.fail(f"loading {bundle} failed: {e}")
-        log.debug("load failure", exc_info=True)
-        _thread.interrupt_main(signal.SIGTERM)  # our handler, whatever SIGINT's disposition
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+        except Exception as e:  # noqa: BLE001 - a load failure ends the server (or skips an optional model), with its reason
+            log.debug("load failure", exc_info=True)
+            if not source.required and handle.has_other_models(source.model_id):
+                handle.fail_model(source.model_id, f"{source.bundle.name}: {e}")
+                log.error("not serving %s (%s): %s", source.model_id, source.bundle, e)
+                continue
+            handle.fail(f"loading {source.bundle} failed: {e}")
+            _thread.interrupt_main(signal.SIGTERM)  # our handler, whatever SIGINT's disposition
+            return
+        handle.attach(served)
+        log.info(
+            "ready: %s on device %s (%d KV pages, context %d of %d tokens) in %.2f s; tool calls: %s; constrained decoding: %s",
+            served.model_id, served.model.device_choice.name, served.model.blocks.num_blocks, served.model.context_length,
+            served.model.trained_context_length, time.perf_counter() - started,
+            served.tool_format.name if served.tool_format else "not parsed (no tool-call format in the chat template)",
+            "llguidance" if served.grammars else served.grammars_error,
+        )

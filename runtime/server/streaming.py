@@ -8,6 +8,7 @@ request is cancelled so its KV pages return to the pool at once."""
 import json
 import logging
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -70,20 +71,49 @@ def sse(payload: dict | str) -> bytes:
     return b"data: " + data.encode("utf-8") + b"\n\n"
 
 
-def sse_body(stream: TokenStream, renderer: SseRenderer, on_close: Callable[[], None]) -> Iterator[bytes]:
-    """The response iterator: one SSE chunk per event, each written (and flushed) on its own."""
-    try:
-        for event in stream:
-            yield from renderer.event(event)
-        if not stream.abandoned:
-            yield from renderer.end()
-    except GeneratorExit:
-        raise
-    except Exception:  # headers are gone: the best we can do is log and end the stream
-        log.exception("stream of request %d failed", stream.state.request_id)
-    finally:
-        stream.close()
-        on_close()
+class _Body:
+    """The response iterable of a stream. waitress calls `close()` when the response ends
+    however it ends; a generator that never started would skip its `finally` there, so the
+    end of the stream (cancel, log, the drain's count) is run here as well, once."""
+
+    def __init__(self, chunks: Iterator[bytes], on_end: Callable[[], None]):
+        self._chunks = chunks
+        self._on_end = on_end
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        try:
+            self._chunks.close()
+        finally:
+            self._on_end()
+
+
+def sse_body(stream: TokenStream, renderer: SseRenderer, on_close: Callable[[], None]) -> _Body:
+    """The response iterable: one SSE chunk per event, each written (and flushed) on its own."""
+    ended = threading.Event()
+
+    def end() -> None:
+        if not ended.is_set():
+            ended.set()
+            stream.close()
+            on_close()
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            for event in stream:
+                yield from renderer.event(event)
+            if not stream.abandoned:
+                yield from renderer.end()
+        except GeneratorExit:
+            raise
+        except Exception:  # headers are gone: the best we can do is log and end the stream
+            log.exception("stream of request %d failed", stream.state.request_id)
+        finally:
+            end()
+
+    return _Body(chunks(), end)
 
 
 def sse_event(event: str, payload: dict) -> bytes:

@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass, field
 
 from rfc.runtime.assistant_output import OutputSpec
-from rfc.runtime.constraints import Grammar, GrammarError
+from rfc.runtime.constraints import Busy, Grammar, GrammarError
 from rfc.runtime.reasoning import prompt_opens_thinking, template_thinks
-from rfc.runtime.server.errors import bad_request
+from rfc.runtime.server.errors import bad_request, unavailable
 from rfc.runtime.server.host import ServedModel
 
 MAX_TOOLS = 128
@@ -77,6 +77,8 @@ def grammar(served: ServedModel, field_name: str, build) -> Grammar:
         return build(served.grammars)
     except GrammarError as e:
         raise bad_request(str(e), e.field) from None
+    except Busy as e:
+        raise unavailable(f"{e}; retry later") from None
 
 
 def openai_tools(raw: object, field_name: str = "tools") -> list[dict]:

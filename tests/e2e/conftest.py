@@ -16,6 +16,9 @@ import requests
 from tests.conftest import DEMO_MODEL, rfc
 
 READY_TIMEOUT_S = 60.0
+# The shared server's admin key: /traces is the admin's (docs/security.md).
+ADMIN_KEY = "test-admin-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def free_port() -> int:
@@ -27,12 +30,13 @@ def free_port() -> int:
 class ServerProcess:
     """`rfc serve BUNDLE` as a user starts it; `url` once the port accepts connections."""
 
-    def __init__(self, bundle: Path, *args: str, env: dict[str, str] | None = None, log_dir: Path | None = None):
+    def __init__(self, bundle: Path | None, *args: str, env: dict[str, str] | None = None, log_dir: Path | None = None):
+        """`bundle` None: the models come from `args` alone (`--models-dir`)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = (log_dir or bundle.parent) / f"serve-{self.port}.log"
         self._log = open(self.log_path, "wb")
-        cmd = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", str(bundle),
+        cmd = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", *([str(bundle)] if bundle else []),
                "--port", str(self.port), "--device", "auto", *args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
@@ -82,8 +86,8 @@ def demo_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(demo_bundle):
-    """The shared server: every request traced, default limits."""
-    proc = ServerProcess(demo_bundle, "--trace-sample-rate", "1.0", "--log-format", "json")
+    """The shared server: every request traced, default limits, an admin key for /traces."""
+    proc = ServerProcess(demo_bundle, "--trace-sample-rate", "1.0", "--log-format", "json", "--admin-api-key", ADMIN_KEY)
     try:
         yield proc.wait_ready()
     finally:

@@ -121,7 +121,9 @@ def test_models_reports_the_bundle(server, demo_bundle):
     (model,) = body["models"]
     assert {"path", "size", "metadata"} <= set(model)  # the seed's fields, then the model card's
     assert model["id"] == "stories260K" and model["parameter_size"] == "260K"
-    assert model["path"] == str(demo_bundle.resolve())
+    # the model file it was compiled from, as recorded at compile; never the server's own directories
+    assert model["path"] == "stories260K.gguf"
+    assert str(demo_bundle.resolve()) not in json.dumps(body) and str(demo_bundle) not in json.dumps(body)
     assert model["size"] == sum(p.stat().st_size for p in demo_bundle.rglob("*") if p.is_file() and p.name != "manifest.json")
     assert model["metadata"]["general.architecture"] == "llama"
     assert model["metadata"]["llama.context_length"] == 512

@@ -5,6 +5,8 @@ import base64
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.conftest import ADMIN
+
 SEED_METRICS = {
     "rocmforge_requests_started": "counter",
     "rocmforge_requests_completed": "counter",
@@ -60,9 +62,9 @@ def test_counters_move_as_requests_run(server):
 
 
 def test_traces_hold_spans_of_sampled_requests(server):
-    requests.get(server.url + "/traces?clear=true", timeout=10)
+    requests.get(server.url + "/traces?clear=true", headers=ADMIN, timeout=10)
     rid = requests.post(server.url + "/generate", json={"prompt": "Trace me", "max_tokens": 6, "temperature": 0}, timeout=60).json()["request_id"]
-    body = requests.get(server.url + "/traces", timeout=10).json()
+    body = requests.get(server.url + "/traces", headers=ADMIN, timeout=10).json()
     (resource,) = body["resource_spans"]
     assert resource["resource"]["attributes"] == [{"key": "service.name", "value": {"stringValue": "rocmforge"}}]
     (scope,) = resource["scope_spans"]
@@ -84,10 +86,10 @@ def test_traces_hold_spans_of_sampled_requests(server):
 def test_traces_limit_and_clear(server):
     for i in range(3):
         requests.post(server.url + "/generate", json={"prompt": f"Trace {i}", "max_tokens": 2}, timeout=60)
-    limited = requests.get(server.url + "/traces?limit=1", timeout=10).json()
+    limited = requests.get(server.url + "/traces?limit=1", headers=ADMIN, timeout=10).json()
     roots = [s for s in limited["resource_spans"][0]["scope_spans"][0]["spans"] if s["name"] == "inference_request"]
     assert len(roots) == 1
-    requests.get(server.url + "/traces?clear=true", timeout=10)
-    assert requests.get(server.url + "/traces", timeout=10).json()["resource_spans"][0]["scope_spans"][0]["spans"] == []
-    bad = requests.get(server.url + "/traces?limit=minus", timeout=10)
+    requests.get(server.url + "/traces?clear=true", headers=ADMIN, timeout=10)
+    assert requests.get(server.url + "/traces", headers=ADMIN, timeout=10).json()["resource_spans"][0]["scope_spans"][0]["spans"] == []
+    bad = requests.get(server.url + "/traces?limit=minus", headers=ADMIN, timeout=10)
     assert bad.status_code == 400 and bad.json()["status"] == "error"

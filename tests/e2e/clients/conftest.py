@@ -25,7 +25,7 @@ def clients_bundles(tmp_path_factory, demo_bundle):
 @pytest.fixture(scope="session")
 def clients_server(clients_bundles):
     demo, chat = clients_bundles
-    proc = ServerProcess(demo, str(chat), "--kv-pages", str(KV_PAGES), "--trace-sample-rate", "1.0", log_dir=chat.parent)
+    proc = ServerProcess(demo, str(chat), "--kv-pages", str(KV_PAGES), "--trace-sample-rate", "1.0", "--public-traces", log_dir=chat.parent)
     try:
         yield proc.wait_ready()
     finally:

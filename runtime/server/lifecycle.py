@@ -1,0 +1,79 @@
+"""The server's life after it starts: the HTTP responses in flight, and the drain that SIGTERM
+begins (issue 29, finding 7: SIGTERM used to cut every stream mid-chunk).
+
+Kubernetes sends SIGTERM on every rollout and waits `terminationGracePeriodSeconds` (30 s by
+default) before SIGKILL. So on the first SIGTERM (or SIGINT) the server stops taking work
+(`/ready` 503 at once, so the endpoint leaves the load balancer; new requests 503 with
+Retry-After), lets the requests in flight finish for up to the shutdown timeout, then ends
+the ones still running with a final event (finish reason `cancelled`, saying why), waits for
+their last bytes to be written, and exits 0. A second signal exits at once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("rfc.server")
+
+# After the last request was ended, how long its response may take to reach the client.
+_FLUSH_S = 5.0
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self.draining = False
+        self.drained = False
+
+    # -- HTTP responses (the request-log middleware counts them) ----------------------------
+    def response_started(self) -> None:
+        with self._cond:
+            self._active += 1
+
+    def response_done(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    @property
+    def active(self) -> int:
+        with self._cond:
+            return self._active
+
+    def wait_responses(self, deadline: float, keep: int = 0) -> bool:
+        """Waits until at most `keep` responses are in flight (the caller's own, if it is one);
+        False at the deadline."""
+        with self._cond:
+            while self._active > keep:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+            return True
+
+    # -- the drain ---------------------------------------------------------------------------
+    def begin_drain(self) -> bool:
+        """True the first time: the caller runs the drain."""
+        with self._cond:
+            if self.draining:
+                return False
+            self.draining = True
+            return True
+
+    def drain(self, engines: Callable[[], list], timeout_s: float) -> dict:
+        """Lets running requests finish for `timeout_s`, ends the rest, waits for their
+        responses to be written. Returns what happened, for the log."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        while time.monotonic() < deadline and any(not e.is_idle() for e in engines()):
+            time.sleep(0.05)
+        ended = 0
+        for engine in engines():
+            ended += engine.abort_all("the server is shutting down")
+        # responses not tied to a generation (an embedding, a slow reader) keep the grace period
+        self.wait_responses((time.monotonic() if ended else max(deadline, time.monotonic())) + _FLUSH_S)
+        self.drained = True
+        return {"seconds": round(time.monotonic() - started, 2), "ended": ended, "unfinished_responses": self.active}
