@@ -12,7 +12,6 @@ The first SIGTERM or SIGINT drains (runtime/server/lifecycle.py): /ready 503, ne
 503, running ones finish within --shutdown-timeout or end with a final event; exit 0. A
 second signal exits at once."""
 
-import _thread
 import logging
 import signal
 import threading
@@ -110,7 +109,14 @@ def _drain(handle: EngineHandle, lifecycle: Lifecycle, timeout_s: float) -> None
         log.info("drained in %.2f s: %d requests ended by the shutdown, %d responses unfinished",
                  outcome["seconds"], outcome["ended"], outcome["unfinished_responses"])
     finally:
-        _thread.interrupt_main(signal.SIGTERM)  # on_signal sees `drained` and stops the loop
+        _stop_main_thread()  # on_signal sees `drained` and stops the loop
+
+
+def _stop_main_thread() -> None:
+    """SIGTERM to the main thread itself: it interrupts the listener's select() at once
+    (`_thread.interrupt_main` only sets a flag that select's timeout, up to a second later,
+    would let the main thread see)."""
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
 
 def _load(handle: EngineHandle, options: ServeOptions, telemetry: Telemetry, pools: _Pools) -> None:
@@ -132,7 +138,7 @@ def _load(handle: EngineHandle, options: ServeOptions, telemetry: Telemetry, poo
                 log.error("not serving %s (%s): %s", source.model_id, source.bundle, e)
                 continue
             handle.fail(f"loading {source.bundle} failed: {e}")
-            _thread.interrupt_main(signal.SIGTERM)  # our handler, whatever SIGINT's disposition
+            _stop_main_thread()  # our handler, whatever SIGINT's disposition
             return
         handle.attach(served)
         log.info(
