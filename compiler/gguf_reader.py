@@ -1,16 +1,21 @@
-"""Stage 1: open a GGUF file (memory-mapped, through the `gguf` package) and check it."""
+"""Stage 1: open a GGUF file and read what the compiler needs from it.
+
+gguf_check.py walks the file's structure (every count bounded by the file before it is used)
+and gguf_metadata.py decodes the metadata rfc reads; tensor data is not read here (weights.py
+reads it from the file by the offsets below).
+"""
 
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from gguf import GGUFReader
+from gguf import GGMLQuantizationType
 
 from rfc.artifacts.formats import GGUF_FORMATS
 from rfc.compiler.errors import CompileError
-from rfc.compiler.gguf_check import check_gguf_structure
+from rfc.compiler.gguf_check import GGUFIndex, index_gguf
+from rfc.compiler.gguf_metadata import decode_metadata
 
 GGUF_MAGIC = b"GGUF"
 
@@ -33,11 +38,6 @@ class GGUFModel:
     size: int
     metadata: dict[str, Any]
     tensors: dict[str, SourceTensor]
-    reader: GGUFReader
-
-    def tensor_bytes(self, t: SourceTensor) -> np.ndarray:
-        """The tensor's raw bytes as a view of the memory map (nothing is copied)."""
-        return self.reader.data[t.offset : t.offset + t.nbytes]
 
 
 def read_gguf(path: Path) -> GGUFModel:
@@ -49,36 +49,19 @@ def read_gguf(path: Path) -> GGUFModel:
         if f.read(4) != GGUF_MAGIC:
             raise CompileError(f"{path}: not a GGUF file (bad magic)")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            # Every count and length bounded by the file before the gguf package sees it.
-            check_gguf_structure(data, size, str(path))
-    try:
-        reader = GGUFReader(path, "r")
-    except (ValueError, IndexError, OverflowError, EOFError, KeyError, TypeError, MemoryError) as e:
-        raise CompileError(f"{path}: truncated or corrupt GGUF ({str(e)[:200]})") from None
-    metadata = _read_metadata(reader, path)
+            index = index_gguf(data, size, str(path))
+            metadata = decode_metadata(data, index, str(path))
+    return GGUFModel(path=path, size=size, metadata=metadata, tensors=_tensors(index, path))
+
+
+def _tensors(index: GGUFIndex, path: Path) -> dict[str, SourceTensor]:
     tensors = {}
-    for t in reader.tensors:
-        offset = int(t.data_offset)
-        nbytes = int(t.n_bytes)
-        if offset + nbytes > size:
-            raise CompileError(f"{path}: truncated GGUF (tensor {t.name} ends past the end of the file)")
+    for t in index.tensors:
         if t.name in tensors:
             raise CompileError(f"{path}: tensor {t.name[:64]} appears twice")
-        fmt = t.tensor_type.name
+        fmt = GGMLQuantizationType(t.ttype).name  # the walk refused type ids the gguf package does not know
         if fmt not in SUPPORTED_FORMATS:
             raise CompileError(f"{path}: unsupported tensor type {fmt} (tensor {t.name})")
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        tensors[t.name] = SourceTensor(name=t.name, format=fmt, shape=shape, offset=offset, nbytes=nbytes)
-    return GGUFModel(path=path, size=size, metadata=metadata, tensors=tensors, reader=reader)
-
-
-def _read_metadata(reader: GGUFReader, path: Path) -> dict[str, Any]:
-    metadata = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        try:
-            metadata[key] = field.contents()
-        except (ValueError, IndexError, TypeError, UnicodeDecodeError) as e:
-            raise CompileError(f"{path}: corrupt metadata value for {key[:64]} ({str(e)[:200]})") from None
-    return metadata
+        shape = tuple(reversed(t.dims))
+        tensors[t.name] = SourceTensor(name=t.name, format=fmt, shape=shape, offset=t.offset, nbytes=t.nbytes)
+    return tensors

@@ -1,5 +1,6 @@
 """Writing altered copies of a GGUF for bad-input tests (metadata or tensors changed)."""
 
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,3 +51,43 @@ def rewrite_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return dst
+
+
+def put_raw_array(src: Path, dst: Path, key: str, etype: GGUFValueType, count: int, payload: bytes) -> Path:
+    """Copies src to dst with metadata `key` set to an array of `count` `etype` elements whose
+    encoded bytes are `payload` (replacing the key's value where src has it, else added after the
+    last entry). Bytes are spliced in as they are, so an array of millions of elements is written
+    in a moment and no reader in the test materializes it."""
+    data = Path(src).read_bytes()
+    reader = GGUFReader(src)
+    fields = [f for name, f in reader.fields.items() if not name.startswith("GGUF.")]
+    entry = _string_bytes(key) + struct.pack("<IIQ", GGUFValueType.ARRAY, etype, count) + payload
+    old = reader.fields.get(key)
+    start = old.offset if old is not None else _end(fields[-1])
+    stop = _end(old) if old is not None else start
+    infos_end = _end(reader.tensors[-1].field) if reader.tensors else _end(fields[-1])
+    head = bytearray(data[:start] + entry + data[stop:infos_end])
+    if old is None:
+        struct.pack_into("<Q", head, 16, len(fields) + 1)  # kv_count
+    head += bytes(-len(head) % reader.alignment)  # tensor data starts aligned
+    Path(dst).write_bytes(bytes(head) + data[reader.data_offset :])
+    return Path(dst)
+
+
+def string_array_payload(count: int, text: bytes = b"t") -> bytes:
+    """`count` copies of `text` as GGUF strings (u64 length, bytes), built without a Python loop."""
+    item = np.dtype([("n", "<u8"), ("s", f"S{len(text)}")]) if text else np.dtype([("n", "<u8")])
+    items = np.zeros(count, dtype=item)
+    items["n"] = len(text)
+    if text:
+        items["s"] = text
+    return items.tobytes()
+
+
+def _string_bytes(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _end(field) -> int:
+    return field.offset + sum(int(p.nbytes) for p in field.parts)

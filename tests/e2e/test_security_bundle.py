@@ -212,3 +212,13 @@ def test_damaged_manifest_json_is_one_line(bundle):
     (bundle / "manifest.json").write_text('{"magic": "rfc-bundle", ' + "[" * 100000)
     proc = rfc("run", bundle, "-n", "1")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_damaged_tokenizer_json_is_one_line(bundle):
+    """Same size, bytes overwritten: --no-verify does not re-hash, so the tokenizer's loader
+    is what refuses it (and verification, with its hash)."""
+    path = bundle / "tokenizer.json"
+    path.write_bytes(b"\x00garbage{" * (path.stat().st_size // 9) + b"}" * (path.stat().st_size % 9))
+    refused(bundle, expect="tokenizer.json")
+    proc = rfc("run", bundle, "--no-verify", "-p", "Once", "-n", "1")
+    assert "not a tokenizer" in proc.stderr, proc.stderr
