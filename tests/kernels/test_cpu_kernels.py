@@ -33,6 +33,7 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 
 from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.hashing import sha256_bytes
 from rfc.artifacts.layout import TensorEntry, WeightLayout, align_up
 from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan
 from rfc.compiler.codegen import CodegenInput, cpu
@@ -204,7 +205,7 @@ class Kit:
         lib.write_bytes(self.library)
         rel = f"kernels/cpu/{cpu.LIBRARY}"
         entry = {"name": target.name, "family": "cpu", "kernels": rel, "isa": isa, "abi_version": cpu.ABI_VERSION}
-        files = {rel: {"sha256": "0" * 64, "size": len(self.library)}}
+        files = {rel: {"sha256": sha256_bytes(self.library), "size": len(self.library)}}
         bundle = Bundle(root=root, manifest={"targets": [entry], "files": files}, layout=layout, plan=plan, weights=weights)
         self.bundle, self.plan, self.isa, self.cpu_target = bundle, plan, isa, target.name
         self.cpu = OpDevice(bundle, target.name, KV, NUM_BLOCKS, BLOCK_SIZE)
