@@ -44,12 +44,19 @@ class BundleWriter:
     def write_bytes(self, relpath: str, data: bytes) -> None:
         self.path(relpath).write_bytes(data)
 
-    def commit(self, manifest_body: dict[str, Any]) -> dict[str, Any]:
+    def file_map(self, known: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+        """{path: {sha256, size}} of every file written so far; entries of `known` (a map this
+        writer made earlier) are reused, not hashed again (weights.bin can be gigabytes)."""
+        known = known or {}
         files = {}
         for p in sorted(self.tmp.rglob("*")):
             if p.is_file():
                 rel = p.relative_to(self.tmp).as_posix()
-                files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+                files[rel] = known.get(rel) or {"sha256": sha256_file(p), "size": p.stat().st_size}
+        return files
+
+    def commit(self, manifest_body: dict[str, Any], known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        files = self.file_map(known)
         manifest = {
             "magic": BUNDLE_MAGIC,
             "format_version": list(FORMAT_VERSION),

@@ -55,6 +55,8 @@ def manifest_paths(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         paths.append(("tokenizer file", tok["file"]))
     if manifest.get("chat_template") is not None:
         paths.append(("chat_template", manifest["chat_template"]))
+    if manifest.get("provenance") is not None:
+        paths.append(("provenance", manifest["provenance"]))
     for i, t in enumerate(manifest.get("targets") or []):
         if not isinstance(t, dict):
             raise BundleError(f"{MANIFEST_FILE}: target {i} is not an object")

@@ -7,4 +7,5 @@ BUNDLE_MAGIC = "rfc-bundle"
 
 # (major, minor). A reader accepts any minor of its own major and refuses other majors:
 # a minor bump only adds optional fields, a major bump changes meaning.
-FORMAT_VERSION = (2, 0)
+# 2.1: the optional `provenance` file (artifacts/provenance.py).
+FORMAT_VERSION = (2, 1)

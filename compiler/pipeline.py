@@ -15,6 +15,7 @@ from rfc.artifacts.hashing import sha256_file
 from rfc.artifacts.bundle import CHAT_TEMPLATE_FILE, TOKENIZER_FILE, BundleWriter
 from rfc.artifacts.layout import LAYOUT_FILE, WEIGHTS_FILE, pack_layout
 from rfc.artifacts.plan import PLAN_FILE, pack_plan
+from rfc.artifacts.provenance import PROVENANCE_FILE, dump_provenance, provenance_statement
 from rfc.compiler.codegen import CodegenInput, build_target
 from rfc.compiler.codegen.cache import BuildCache, default_cache_dir
 from rfc.compiler.errors import CompileError
@@ -37,6 +38,8 @@ class CompileOptions:
     # A Jinja chat template that replaces the GGUF's own (llama-server's --chat-template-file),
     # for a model whose file has none or a broken one.
     chat_template: Path | None = None
+    # SOURCE_DATE_EPOCH of the build, read by the CLI: recorded in the provenance, nothing else.
+    source_date_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,15 +91,16 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         writer.write_bytes(LAYOUT_FILE, pack_layout(layout))
         cache = BuildCache(options.cache_dir) if options.cache_dir is not None else None
         target_entries = [_build_target(t, spec, plan, layout, writer, cache) for t in targets]
-        manifest = writer.commit(
-            {
-                "source": {"file": model.path.name, "sha256": sha256_file(model.path), "size": model.size},
-                "model": _model_section(model, spec),
-                "targets": target_entries,
-                "tokenizer": {"file": TOKENIZER_FILE, **_jsonable(asdict(tok_info))},
-                "chat_template": CHAT_TEMPLATE_FILE if chat_template else None,
-            }
-        )
+        body = {
+            "source": {"file": model.path.name, "sha256": sha256_file(model.path), "size": model.size},
+            "model": _model_section(model, spec),
+            "targets": target_entries,
+            "tokenizer": {"file": TOKENIZER_FILE, **_jsonable(asdict(tok_info))},
+            "chat_template": CHAT_TEMPLATE_FILE if chat_template else None,
+        }
+        files = writer.file_map()
+        writer.write_bytes(PROVENANCE_FILE, dump_provenance(_provenance(options, files, body)))
+        manifest = writer.commit({**body, "provenance": PROVENANCE_FILE}, known=files)
     size = sum(f["size"] for f in manifest["files"].values())
     return CompileResult(options.out_dir, manifest, size, time.monotonic() - started)
 
@@ -117,6 +121,16 @@ def _weight_uses(spec: ModelSpec, targets: list[Target]) -> tuple:
         stored = repack_plan(spec.plan, spec.weights)
         return stored + gpu_variants(spec.plan, spec.weights, stored) if gpu else stored
     return gpu_repack_plan(spec.plan, spec.weights) if gpu else spec.weights
+
+
+def _provenance(options: CompileOptions, files: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The in-toto/SLSA statement of this build (artifacts/provenance.py): inputs and options
+    by content, never by path, so two builds from the same inputs write the same bytes."""
+    chosen = {
+        "reference_only": not body["targets"],
+        "chat_template_file_sha256": sha256_file(options.chat_template) if options.chat_template else None,
+    }
+    return provenance_statement(files, body["source"], body["targets"], chosen, options.source_date_epoch)
 
 
 def _chat_template(options: CompileOptions, model: GGUFModel) -> str | None:
