@@ -7,7 +7,10 @@ import click
 
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import open_bundle, read_manifest, verify_files
+from rfc.artifacts.provenance import provenance_summary, read_provenance
+from rfc.artifacts.signature import SIGNATURE_FILE, unlisted_files
 from rfc.cli.errors import CHECK_FAILED, fail
+from rfc.cli.sign_cmd import make_trust, trust_options
 
 
 @click.command("inspect")
@@ -18,6 +21,9 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     try:
         m = read_manifest(bundle)
         summary = _summary(m)
+        statement = read_provenance(bundle, m)
+        summary["provenance"] = provenance_summary(statement) if statement else None
+        summary["signed"] = (bundle / SIGNATURE_FILE).is_file()
     except BundleError as e:
         fail(str(e))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
@@ -32,6 +38,18 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     click.echo("targets     " + ", ".join(summary["targets"]))
     click.echo("hparams     " + ", ".join(f"{k}={v}" for k, v in summary["hparams"].items()))
     click.echo(f"size        {summary['total_size']:,} bytes")
+    click.echo("signature   " + (f"{SIGNATURE_FILE} (check it: rfc verify --public-key PUB)" if summary["signed"] else "none"))
+    prov = summary["provenance"]
+    if prov:
+        epoch = prov["source_date_epoch"]
+        click.echo(f"provenance  {m['provenance']}: SLSA v1, {prov['subjects']} files, built by rfc {prov['rfc_version']}"
+                   + (f", SOURCE_DATE_EPOCH={epoch}" if epoch is not None else ""))
+        model = prov["model"] or {}
+        click.echo(f"  from      {model.get('file')}  sha256 {model.get('sha256')}  {model.get('size', 0):,} bytes")
+        for target, version in sorted(prov["toolchains"].items()):
+            click.echo(f"  {target:<9} {version}")
+    else:
+        click.echo("provenance  none")
     for name, size in sorted(summary["files"].items()):
         click.echo(f"  {size:>14,}  {name}")
 
@@ -55,13 +73,26 @@ def _summary(m: dict) -> dict:
 
 @click.command("verify")
 @click.argument("bundle", type=click.Path(path_type=Path))
-def verify_cmd(bundle: Path) -> None:
-    """Re-hash every file of BUNDLE against its manifest."""
+@click.option("--public-key", "public_key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Also check BUNDLE/model.sig against this PEM public key: every file, none added or missing.")
+@trust_options
+def verify_cmd(bundle: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], identity: str | None,
+               oidc_issuer: str | None) -> None:
+    """Re-hash every file of BUNDLE against its manifest (and its signature, with a key)."""
+    trust = make_trust(public_key, certificate_chain, identity, oidc_issuer)
     try:
         m = read_manifest(bundle)
     except BundleError as e:
         fail(str(e))
     problems = verify_files(bundle, m)
+    if trust is not None:
+        problems += [f"{rel}: in the bundle but not in its manifest" for rel in unlisted_files(bundle, m)]
+        from rfc.cli.signing import SignatureError, verify_signature
+
+        try:
+            verify_signature(bundle, trust)
+        except SignatureError as e:
+            problems.append(str(e))
     if not problems:
         # hashes match: now what they vouch for must make sense (layout, plan, shapes)
         try:
@@ -72,4 +103,5 @@ def verify_cmd(bundle: Path) -> None:
         for p in problems:
             click.echo(f"rfc: verify: {p}", err=True)
         raise SystemExit(CHECK_FAILED)
-    click.echo(f"ok: {len(m['files'])} files match the manifest of bundle {m['bundle_id']}")
+    click.echo(f"ok: {len(m['files'])} files match the manifest of bundle {m['bundle_id']}"
+               + (f"; {SIGNATURE_FILE} is a valid signature of every file" if trust is not None else ""))

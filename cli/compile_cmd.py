@@ -1,11 +1,13 @@
 """`rfc compile` and `rfc tokenizer`."""
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from rfc.cli.errors import fail
+from rfc.cli.sign_cmd import KEY_PASSWORD_ENV, make_signer, sign_or_fail, signer_options
 
 
 @click.command("compile")
@@ -20,8 +22,13 @@ from rfc.cli.errors import fail
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="rfc's cache (default: ~/.cache/rfc); compiled kernels go in DIR/kernels. Must be writable by you alone.")
 @click.option("--no-cache", envvar="RFC_NO_CACHE", is_flag=True, help="Build every kernel afresh; use no cache (CI).")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help=f"Sign the bundle with this PEM EC private key (model.sig; password from ${KEY_PASSWORD_ENV}); deterministic, "
+                   "so the signed bundle stays byte-reproducible.")
+@signer_options
 def compile_cmd(model: Path | None, targets: tuple[str, ...], reference_only: bool, out_dir: Path | None, force: bool,
-                chat_template: Path | None, quiet: bool, cache_dir: Path | None, no_cache: bool) -> None:
+                chat_template: Path | None, quiet: bool, cache_dir: Path | None, no_cache: bool, sign_key: Path | None,
+                signing_certificate: Path | None, signing_chain: tuple[Path, ...], sigstore: bool) -> None:
     """Compile MODEL (a GGUF file; default: the embedded demo model) into a bundle."""
     from rfc.cli.gguf_cache import cache_root
     from rfc.compiler.errors import CompileError
@@ -29,24 +36,37 @@ def compile_cmd(model: Path | None, targets: tuple[str, ...], reference_only: bo
 
     if reference_only and targets:
         fail("--reference-only builds no kernels: it cannot be combined with --arch")
+    signer = make_signer(sign_key, signing_certificate, signing_chain, sigstore)
     model = model or demo_model_path()
     out_dir = out_dir or Path("bundles") / model.stem
     progress = _BarProgress() if (not quiet and sys.stderr.isatty()) else None
     kernels = None if no_cache else cache_root(cache_dir) / "kernels"
     options = CompileOptions(model=model, out_dir=out_dir, targets=() if reference_only else targets or ("cpu",),
-                             force=force, cache_dir=kernels, chat_template=chat_template)
+                             force=force, cache_dir=kernels, chat_template=chat_template, source_date_epoch=_source_date_epoch())
     try:
         result = compile_model(options, progress)
     except CompileError as e:
         fail(str(e))
     except OSError as e:
         fail(f"{e.filename or model}: {e.strerror or e}")
+    if signer is not None:
+        sign_or_fail(result.out_dir, signer)
     if not quiet:
         click.echo(
             f"compiled {model.name} -> {result.out_dir} ({_human(result.size)}, "
             f"{', '.join(t['name'] for t in result.manifest['targets']) or 'reference device only'}) in {result.seconds:.1f}s",
             err=True,
         )
+
+
+def _source_date_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org): recorded in the bundle's provenance."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        fail(f"SOURCE_DATE_EPOCH must be a non-negative integer of seconds, not {value[:40]!r}")
+    return int(value)
 
 
 @click.command("tokenizer")
