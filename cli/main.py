@@ -8,6 +8,8 @@ from rfc.artifacts import RFC_VERSION
 from rfc.cli.compile_cmd import compile_cmd, tokenizer_cmd
 from rfc.cli.bundle_cmd import inspect_cmd, verify_cmd
 from rfc.cli.client_cmd import cancel_cmd, generate_cmd, health_cmd, models_cmd, status_cmd
+from rfc.cli.oci_cmd import pull_cmd, push_cmd
+from rfc.cli.sign_cmd import sign_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,6 +22,9 @@ cli.add_command(compile_cmd)
 cli.add_command(tokenizer_cmd)
 cli.add_command(inspect_cmd)
 cli.add_command(verify_cmd)
+cli.add_command(sign_cmd)
+cli.add_command(push_cmd)
+cli.add_command(pull_cmd)
 for _client_cmd in (generate_cmd, status_cmd, cancel_cmd, models_cmd, health_cmd):  # stdlib-only HTTP clients
     cli.add_command(_client_cmd)
 

@@ -1,6 +1,8 @@
 """Model arguments of `rfc serve` and `rfc run`: a bundle directory is used as it is; a GGUF
-file is compiled into the bundle cache first (cli/gguf_cache.py)."""
+file is compiled into the bundle cache first (cli/gguf_cache.py); a registry reference
+(`localhost:5000/models/demo:cpu`) is pulled into the OCI cache first (cli/oci.py)."""
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,12 +11,24 @@ import click
 from rfc.cli.errors import fail
 from rfc.cli.gguf_cache import CompileRequest, cache_root, cached_bundle, is_gguf
 
+# A file in --models-dir whose name ends so holds one registry reference to serve.
+REFERENCE_SUFFIX = ".ref"
 
-def bundle_paths(paths: Sequence[Path], targets: Sequence[str] = (), chat_template: Path | None = None,
-                 cache_dir: Path | None = None) -> list[Path]:
-    """Bundle directories for `paths`; exits with one line on a GGUF that does not compile."""
+
+def bundle_paths(paths: Sequence[Path | str], targets: Sequence[str] = (), chat_template: Path | None = None,
+                 cache_dir: Path | None = None, insecure: bool = False) -> list[Path]:
+    """Bundle directories for `paths`; exits with one line on a GGUF that does not compile or
+    a reference that does not pull."""
+    from rfc.cli.oci import is_reference
+
     out = []
     for path in paths:
+        if is_reference(str(path)):
+            out.append(_pulled(str(path), cache_root(cache_dir), insecure))
+            continue
+        path = Path(path)
+        if not os.path.lexists(path):
+            fail(f"{path}: no such bundle, GGUF file or registry reference (REGISTRY/REPOSITORY[:TAG])")
         if not is_gguf(path):
             out.append(path)  # a bundle, or not: the manifest reader says which
             continue
@@ -22,10 +36,42 @@ def bundle_paths(paths: Sequence[Path], targets: Sequence[str] = (), chat_templa
     return out
 
 
-def model_names(paths: Sequence[Path]) -> list[str | None]:
+def model_names(paths: Sequence[Path | str]) -> list[str | None]:
     """The id each argument asks for: a GGUF's file name without .gguf (its cached bundle's
-    directory name carries the cache key); None for a bundle (its own name decides)."""
-    return [path.stem if is_gguf(path) else None for path in paths]
+    directory name carries the cache key); None for a bundle or a reference (the bundle's own
+    name decides)."""
+    return [Path(path).stem if os.path.lexists(path) and is_gguf(Path(path)) else None for path in paths]
+
+
+def model_references(models_dir: Path) -> list[str]:
+    """The references named by `*.ref` files directly in `models_dir` (one per file; blank
+    lines and # comments skipped), by file name: how a ConfigMap names registry bundles."""
+    refs = []
+    for path in sorted(Path(models_dir).glob("*" + REFERENCE_SUFFIX)):
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"cannot read {path}: {e}")
+        lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        if len(lines) != 1:
+            fail(f"{path} must hold exactly one registry reference")
+        refs.append(lines[0])
+    return refs
+
+
+def _pulled(text: str, cache_dir: Path, insecure: bool) -> Path:
+    from rfc.artifacts import BundleError
+    from rfc.cli.oci import OciError, parse_reference, pull_bundle
+    from rfc.cli.oci_cmd import registry_options
+
+    reference = parse_reference(text)
+    click.echo(f"rfc: pulling {reference} into {cache_dir / 'oci'}", err=True)
+    try:
+        return pull_bundle(reference, cache_dir, registry_options(insecure))
+    except (OciError, BundleError) as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{e.filename or text}: {e.strerror or e}")
 
 
 def _compiled(request: CompileRequest, cache_dir: Path) -> Path:

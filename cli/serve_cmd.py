@@ -14,9 +14,13 @@ from rfc.cli.threads import apply_threads, threads_option
 
 
 @click.command("serve")
-@click.argument("models", nargs=-1, envvar="RFC_BUNDLE", type=click.Path(path_type=Path, exists=True))
+@click.argument("models", nargs=-1, envvar="RFC_BUNDLE")
 @click.option("--models-dir", envvar="RFC_MODELS", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="Serve every bundle in this directory too.")
+              help="Serve every bundle in this directory too, and the registry reference in each *.ref file there.")
+@click.option("--require-signature", "require_signature", envvar="RFC_REQUIRE_SIGNATURE", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              default=None, help="Serve only bundles whose model.sig this PEM public key verifies (every file, none added); "
+                                 "anything else: one line, exit 2, before any bundle loads.")
+@click.option("--insecure", envvar="RFC_INSECURE_REGISTRY", is_flag=True, help="Pull references over plain HTTP: only from a registry on this machine.")
 @click.option("--host", envvar="RFC_HOST", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for all interfaces).")
 @click.option("--port", envvar="RFC_PORT", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--device", envvar="RFC_DEVICE", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
@@ -88,7 +92,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--pool-queue", envvar="RFC_POOL_QUEUE", default=32, show_default=True, type=click.IntRange(min=1),
               help="Jobs that may wait for the grammar or tokenizing threads; more get 503.")
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
-def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, ctx_size, pooling, targets, chat_template, cache_dir,
+def serve_cmd(models, models_dir, require_signature, insecure, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, ctx_size, pooling, targets, chat_template, cache_dir,
               api_keys, api_key_file, admin_api_key, public_traces, cors_origins, no_cors, log_format, log_file, log_level, no_verify, no_mmap, trace_sample_rate, max_traces,
               max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, prompt_cache_mb, template_workers,
               template_memory_mb, template_timeout, shutdown_timeout, grammar_max_bytes, grammar_max_rules, grammar_max_depth,
@@ -106,7 +110,8 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
     thread_choice = apply_threads(compute_threads)
     utilization, kv_budget = parse_memory_options(gpu_memory_utilization, kv_memory)
     from rfc.artifacts import BundleError
-    from rfc.cli.model_args import bundle_paths, model_names
+    from rfc.cli.model_args import bundle_paths, model_names, model_references
+    from rfc.cli.sign_cmd import check_signatures, make_trust
     from rfc.runtime.embedding import Pooling
     from rfc.runtime.grammar_limits import GrammarLimits
     from rfc.runtime.loader import LoadOptions
@@ -117,9 +122,11 @@ def serve_cmd(models, models_dir, host, port, device, max_batch, max_queue, kv_p
     from rfc.runtime.server.serve import serve
 
     try:
-        found = discover_bundles(models_dir) if models_dir else []
+        found = discover_bundles(models_dir) + model_references(models_dir) if models_dir else []
         paths = list(models) + found
-        bundles = bundle_paths(paths, targets, chat_template, cache_dir)
+        bundles = bundle_paths(paths, targets, chat_template, cache_dir, insecure)
+        if require_signature:
+            check_signatures(bundles, make_trust(require_signature, (), None, None))
         # fail now, not after binding, on a named path that is no bundle at all; a bundle of
         # --models-dir that does not read is reported and skipped (the others serve)
         names = dict(zip(bundles, model_names(paths)))

@@ -1,0 +1,415 @@
+"""`rfc push` / `rfc pull` / `rfc serve REF`: bundles in OCI registries, through the oras SDK
+(its request and auth machinery: docker config, credential helpers, bearer tokens).
+
+Pulls land in a content-addressed cache, `<cache>/oci/`:
+
+    blobs/sha256/<hex>         every layer, verified against its digest as it downloads
+    blobs/sha256/<hex>.partial an interrupted download, resumed with an HTTP Range request
+    bundles/<manifest hex>/    the bundle, its files hard links to the blobs (read-only)
+    locks/<hex>.lock           one download of a digest at a time, across processes
+
+A second `rfc pull` of a digest another process is downloading waits for it and reuses the
+blob. Nothing is used before its digest is checked: the OCI manifest against the digest the
+reference names (or the registry's answer for a tag), each layer against its descriptor,
+and the bundle's manifest.json against the layers (cli/oci_layout.py); the loader then
+re-hashes the files against manifest.json as for any bundle."""
+
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rfc.artifacts import BundleError
+from rfc.artifacts.bundle import read_manifest, verify_files
+from rfc.artifacts.hashing import sha256_bytes
+from rfc.artifacts.manifest import MANIFEST_FILE
+from rfc.artifacts.provenance import PROVENANCE_FILE
+from rfc.artifacts.signature import unlisted_files
+from rfc.cli import oci_layout as layout
+
+_REFERENCE = re.compile(
+    r"(?P<registry>localhost(?::\d+)?|\[[0-9A-Fa-f:.]+\](?::\d+)?|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?::\d+)?|[A-Za-z0-9-]+:\d+)"
+    r"/(?P<repository>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+)
+_CHUNK = 1 << 20
+_MONOLITHIC_MAX = 64 << 20  # larger blobs go up in chunks
+_ATTEMPTS = 3
+
+
+class OciError(Exception):
+    """A registry, reference or pulled artifact problem; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """registry/repository[:tag][@sha256:...]; the registry is always named (no Docker Hub
+    shorthand: `rfc serve models/x` stays a path)."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """What the registry's manifest URL names: the digest when given, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}" + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
+
+def parse_reference(text: str) -> Reference | None:
+    m = _REFERENCE.fullmatch(text)
+    if m is None:
+        return None
+    return Reference(m["registry"], m["repository"], m["tag"], m["digest"])
+
+
+def is_reference(text: str) -> bool:
+    """A model argument names a registry artifact when it is no existing path and reads as a
+    reference with a registry host (`localhost:5000/models/x:tag`, `ghcr.io/org/x@sha256:...`)."""
+    return not os.path.lexists(text) and parse_reference(text) is not None
+
+
+def is_loopback(registry: str) -> bool:
+    host = registry.rsplit(":", 1)[0] if not registry.startswith("[") else registry[1:registry.index("]")]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """`--insecure`: plain HTTP, for a registry on this machine only. `docker_config`: an
+    extra docker config.json (the CLI passes $DOCKER_CONFIG/config.json; ~/.docker/config.json
+    is always read, with its credHelpers and credsStore)."""
+
+    insecure: bool = False
+    docker_config: Path | None = None
+    timeout_s: float = 60.0
+
+
+class Registry:
+    """One registry host, spoken to through oras's session and auth backend."""
+
+    def __init__(self, reference: Reference, options: RegistryOptions):
+        if options.insecure and not is_loopback(reference.registry):
+            raise OciError(f"--insecure (plain HTTP) is only for a registry on this machine, not {reference.registry}")
+        import oras.container
+        import oras.provider
+
+        self.options = options
+        self.base = f"{'http' if options.insecure else 'https'}://{reference.registry}/v2/{reference.repository}"
+        self._oras = oras.provider.Registry(hostname=reference.registry, insecure=options.insecure)
+        self._container = oras.container.Container(f"{reference.registry}/{reference.repository}:x")
+        configs = [str(options.docker_config)] if options.docker_config and options.docker_config.is_file() else None
+        self._oras.auth.load_configs(self._container, configs=configs)
+        # oras's do_request retries a dead connection for two minutes; one call here is one try
+        self._request = oras.provider.Registry.do_request.__wrapped__
+
+    def request(self, method: str, url: str, *, headers: dict | None = None, data: Any = None, stream: bool = False):
+        import requests
+
+        for attempt in range(_ATTEMPTS):
+            try:
+                return self._request(self._oras, url if url.startswith("http") else self.base + url, method,
+                                     data=data, headers=dict(headers or {}), stream=stream)
+            except requests.exceptions.ConnectionError as e:
+                if attempt == _ATTEMPTS - 1 or hasattr(data, "read"):
+                    raise OciError(f"cannot reach the registry at {self.base.split('/v2/')[0]}: {_first_line(e)}") from None
+                time.sleep(0.5 * (attempt + 1))
+            except (requests.exceptions.RequestException, ValueError) as e:
+                raise OciError(f"registry request {method} {url[:120]} failed: {_first_line(e)}") from None
+
+    def get_manifest(self, ref: str, accept: str = layout.OCI_MANIFEST) -> tuple[bytes, str] | None:
+        """(bytes, sha256 digest) of a manifest, None when the registry has none by that name."""
+        r = self.request("GET", f"/manifests/{ref}", headers={"Accept": accept}, stream=True)
+        with r:
+            if r.status_code == 404:
+                return None
+            _check(r, f"manifest {ref}")
+            data = r.raw.read(layout.MAX_MANIFEST_BYTES + 1, decode_content=True)
+        digest = "sha256:" + sha256_bytes(data)
+        told = r.headers.get("Docker-Content-Digest")
+        if ref.startswith("sha256:") and digest != ref:
+            raise OciError(f"the registry sent a manifest whose digest is {digest}, not the {ref} asked for")
+        if told and told.startswith("sha256:") and told != digest:
+            raise OciError(f"the registry says the manifest is {told} but its bytes hash to {digest}")
+        return data, digest
+
+    def put_manifest(self, ref: str, data: bytes, media_type: str):
+        r = self.request("PUT", f"/manifests/{ref}", data=data, headers={"Content-Type": media_type})
+        _check(r, f"manifest {ref}")
+        return r
+
+    def has_blob(self, digest: str) -> bool:
+        r = self.request("HEAD", f"/blobs/{digest}")
+        return r.status_code == 200
+
+    def upload_blob(self, source: Path | bytes, digest: str, size: int) -> None:
+        r = self.request("POST", "/blobs/uploads/", headers={"Content-Length": "0"})
+        _check(r, "blob upload")
+        location = self._location(r)
+        if isinstance(source, bytes) or size <= _MONOLITHIC_MAX:
+            body = source if isinstance(source, bytes) else open(source, "rb")
+            try:
+                r = self.request("PUT", _with_digest(location, digest), data=body,
+                                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
+            finally:
+                if not isinstance(body, bytes):
+                    body.close()
+        else:
+            with open(source, "rb") as f:
+                start = 0
+                while chunk := f.read(16 << 20):
+                    r = self.request("PATCH", location, data=chunk, headers={
+                        "Content-Type": "application/octet-stream", "Content-Length": str(len(chunk)),
+                        "Content-Range": f"{start}-{start + len(chunk) - 1}"})
+                    _check(r, "blob chunk")
+                    location = self._location(r)
+                    start += len(chunk)
+            r = self.request("PUT", _with_digest(location, digest), headers={"Content-Length": "0"})
+        _check(r, f"blob {digest[:19]}")
+
+    def download_blob(self, digest: str, size: int, partial: Path) -> None:
+        """Into `partial`, resuming what it already holds; raises unless the whole file then
+        hashes to `digest`."""
+        h = hashlib.sha256()
+        have = partial.stat().st_size if partial.exists() else 0
+        if have > size:
+            partial.unlink()
+            have = 0
+        with open(partial, "ab") as out:
+            with open(partial, "rb") as old:
+                while chunk := old.read(_CHUNK):
+                    h.update(chunk)
+            if have < size:
+                r = self.request("GET", f"/blobs/{digest}", headers={"Range": f"bytes={have}-"} if have else None, stream=True)
+                with r:
+                    if r.status_code == 200 and have:  # the registry ignored the range: start over
+                        out.truncate(0)
+                        out.seek(0)
+                        h, have = hashlib.sha256(), 0
+                    elif r.status_code not in (200, 206):
+                        _check(r, f"blob {digest[:19]}")
+                    for chunk in r.iter_content(_CHUNK):
+                        have += len(chunk)
+                        if have > size:
+                            break
+                        out.write(chunk)
+                        h.update(chunk)
+        if have != size or "sha256:" + h.hexdigest() != digest:
+            partial.unlink(missing_ok=True)  # a wrong prefix must not be resumed again
+            raise OciError(f"blob {digest} arrived as {have} bytes hashing to sha256:{h.hexdigest()}: refused")
+
+    def _location(self, r) -> str:
+        loc = r.headers.get("Location", "")
+        if not loc:
+            raise OciError("the registry opened an upload without a Location")
+        return loc if loc.startswith("http") else self.base.split("/v2/")[0] + loc
+
+
+@dataclass
+class PushResult:
+    digest: str
+    uploaded: list[str] = field(default_factory=list)  # bundle paths whose layers went up
+    reused: list[str] = field(default_factory=list)  # already in the registry
+    referrer: str | None = None  # the provenance artifact's digest
+
+
+def push_bundle(root: Path, reference: Reference, options: RegistryOptions) -> PushResult:
+    """Pushes a bundle that verifies (hashes, nothing unlisted) as one artifact, tagged as
+    `reference` says; then its provenance as a referrer."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    problems = verify_files(root, manifest) + [f"{rel}: not listed in the manifest" for rel in unlisted_files(root, manifest)]
+    if problems:
+        raise BundleError(f"will not push {root}: " + "; ".join(problems[:5]))
+    manifest_bytes = (root / MANIFEST_FILE).read_bytes()
+    signature = layout.signature_bytes(root)
+    layers = layout.bundle_layers(manifest, manifest_bytes, signature)
+    config = layout.model_config(manifest, layers)
+    artifact = layout.artifact_manifest(manifest, config, layers, signature is not None)
+    registry = Registry(reference, options)
+    result = PushResult(digest="sha256:" + sha256_bytes(artifact))
+    for layer in layers:
+        rel = layer["annotations"][layout.FILEPATH]
+        if registry.has_blob(layer["digest"]):
+            result.reused.append(rel)
+            continue
+        registry.upload_blob(root / rel, layer["digest"], layer["size"])
+        result.uploaded.append(rel)
+    _ensure_blob(registry, config)
+    registry.put_manifest(reference.tag or result.digest, artifact, layout.OCI_MANIFEST)
+    if manifest.get("provenance") == PROVENANCE_FILE:
+        result.referrer = _push_provenance(registry, artifact, next(l for l in layers if l["annotations"][layout.FILEPATH] == PROVENANCE_FILE),
+                                           manifest["bundle_id"])
+    return result
+
+
+def _push_provenance(registry: Registry, subject: bytes, provenance: dict[str, Any], bundle: str) -> str:
+    _ensure_blob(registry, layout.EMPTY_JSON)
+    referrer = layout.provenance_referrer(subject, provenance, bundle)
+    digest = "sha256:" + sha256_bytes(referrer)
+    r = registry.put_manifest(digest, referrer, layout.OCI_MANIFEST)
+    if not r.headers.get("OCI-Subject"):
+        # no referrers API (distribution 2.x): list it in the fallback tag's index instead
+        tag = layout.referrers_tag("sha256:" + sha256_bytes(subject))
+        found = registry.get_manifest(tag, layout.OCI_INDEX)
+        index = json.loads(found[0]) if found else None
+        descriptor = {"mediaType": layout.OCI_MANIFEST, "digest": digest, "size": len(referrer),
+                      "artifactType": json.loads(referrer)["artifactType"], "annotations": json.loads(referrer)["annotations"]}
+        registry.put_manifest(tag, json.dumps(layout.add_referrer(index, descriptor), sort_keys=True).encode(), layout.OCI_INDEX)
+    return digest
+
+
+def _ensure_blob(registry: Registry, data: bytes) -> None:
+    digest = "sha256:" + sha256_bytes(data)
+    if not registry.has_blob(digest):
+        registry.upload_blob(data, digest, len(data))
+
+
+def pull_bundle(reference: Reference, cache_dir: Path, options: RegistryOptions) -> Path:
+    """The bundle `reference` names, in the cache (pulled unless it is there already)."""
+    from rfc.compiler.codegen.cache import check_private_dir  # the CLI's side of the boundary
+    from rfc.compiler.errors import CompileError
+
+    oci = Path(cache_dir) / "oci"
+    try:
+        check_private_dir(oci)
+    except CompileError as e:
+        raise OciError(str(e)) from None
+    registry = Registry(reference, options)
+    found = registry.get_manifest(reference.ref)
+    if found is None:
+        raise OciError(f"{reference}: no such artifact in the registry")
+    data, digest = found
+    try:
+        _, layers = layout.check_artifact(data)
+    except BundleError as e:
+        raise OciError(f"{reference}: {e}") from None
+    out = oci / "bundles" / digest.split(":")[1]
+    if (out / MANIFEST_FILE).is_file():
+        return out
+    blobs = oci / "blobs" / "sha256"
+    for directory in (blobs, oci / "locks", out.parent):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    manifest_layer = next(l for l in layers if l[0] == MANIFEST_FILE)
+    _fetch(registry, blobs, oci / "locks", manifest_layer[1], manifest_layer[2])
+    try:
+        layout.check_bundle_layers(_blob(blobs, manifest_layer[1]).read_bytes(), layers)
+    except BundleError as e:
+        raise OciError(f"{reference}: {e}") from None
+    for _, blob_digest, size in layers:
+        _fetch(registry, blobs, oci / "locks", blob_digest, size)
+    with _locked(oci / "locks" / f"{out.name}.lock"):
+        if not (out / MANIFEST_FILE).is_file():
+            _assemble(out, blobs, layers)
+    return out
+
+
+def _fetch(registry: Registry, blobs: Path, locks: Path, digest: str, size: int) -> None:
+    path = _blob(blobs, digest)
+    if path.is_file():
+        return
+    with _locked(locks / f"{digest.split(':')[1]}.lock"):
+        if path.is_file():  # another process pulled it while we waited
+            return
+        partial = path.with_name(path.name + ".partial")
+        resumed = partial.exists()
+        try:
+            registry.download_blob(digest, size, partial)
+        except OciError:
+            if not resumed:
+                raise
+            registry.download_blob(digest, size, partial)  # the kept prefix was bad: once more from the start
+        os.chmod(partial, 0o444)
+        os.replace(partial, path)
+
+
+def _assemble(out: Path, blobs: Path, layers: list[tuple[str, str, int]]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for rel, digest, _ in layers:
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(_blob(blobs, digest), dest)
+            except OSError:
+                shutil.copyfile(_blob(blobs, digest), dest)
+                os.chmod(dest, 0o444)
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_bundle(cached: Path, out_dir: Path, force: bool = False) -> Path:
+    """A plain copy of a cached bundle at `out_dir` (files writable like any compile output)."""
+    if out_dir.exists():
+        if not force:
+            raise OciError(f"output {out_dir} exists (use --force to replace it)")
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for src in sorted(p for p in cached.rglob("*") if p.is_file()):
+            dest = tmp / src.relative_to(cached)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+class _locked:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.f = open(self.path, "w")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _blob(blobs: Path, digest: str) -> Path:
+    return blobs / digest.split(":")[1]
+
+
+def _with_digest(location: str, digest: str) -> str:
+    return location + ("&" if "?" in location else "?") + "digest=" + digest
+
+
+def _check(r, what: str) -> None:
+    if r.status_code not in (200, 201, 202, 204, 206):
+        try:
+            errors = r.json().get("errors") or []
+            detail = "; ".join(str(e.get("message", e)) for e in errors if isinstance(e, dict))
+        except ValueError:
+            detail = ""
+        if r.status_code in (401, 403):
+            detail = (detail + "; " if detail else "") + "log in with `docker login` (rfc reads the docker config and its credential helpers)"
+        raise OciError(f"registry answered {r.status_code} for {what}" + (f": {detail[:200]}" if detail else ""))
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:300]
