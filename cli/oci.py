@@ -294,6 +294,8 @@ def pull_bundle(reference: Reference, cache_dir: Path, options: RegistryOptions)
     except CompileError as e:
         raise OciError(str(e)) from None
     registry = Registry(reference, options)
+    if reference.digest and (oci / "bundles" / reference.digest.split(":")[1] / MANIFEST_FILE).is_file():
+        return oci / "bundles" / reference.digest.split(":")[1]  # pinned and pulled before: no registry round trip
     found = registry.get_manifest(reference.ref)
     if found is None:
         raise OciError(f"{reference}: no such artifact in the registry")

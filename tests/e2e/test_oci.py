@@ -130,6 +130,8 @@ def test_push_pull_serve_from_the_reference(registry, bundles, keys, tmp_path):
     assert pulled.stdout.strip() == str(tmp_path / "pulled")
     assert files_of(tmp_path / "pulled") == files_of(bundles["a"])  # byte-identical, same files (the signature too)
     assert (cache / "oci" / "bundles" / digest.split(":")[1] / "manifest.json").is_file()
+    pinned = rfc("pull", f"{registry.host}/models/demo@{digest}", "--insecure", "--cache-dir", cache, check=True)
+    assert pinned.stdout.strip() == str(cache / "oci" / "bundles" / digest.split(":")[1])
 
     local = rfc("run", bundles["a"], "-p", PROMPT, "--temperature", "0", "-n", "24", check=True).stdout.rstrip("\n")
     server = ServerProcess(None, ref, "--insecure", "--cache-dir", tmp_path / "serve-cache", "--require-signature", keys / "pub.pem",
