@@ -27,10 +27,8 @@ def bundle_paths(paths: Sequence[Path | str], targets: Sequence[str] = (), chat_
             out.append(_pulled(str(path), cache_root(cache_dir), insecure))
             continue
         path = Path(path)
-        if not os.path.lexists(path):
-            fail(f"{path}: no such bundle, GGUF file or registry reference (REGISTRY/REPOSITORY[:TAG])")
         if not is_gguf(path):
-            out.append(path)  # a bundle, or not: the manifest reader says which
+            out.append(path)  # a bundle, or not (or nothing): the manifest reader says which
             continue
         out.append(_compiled(CompileRequest(path, tuple(targets) or ("cpu",), chat_template), cache_root(cache_dir) / "bundles"))
     return out
