@@ -13,6 +13,12 @@
 #        LLAMA_EXTRA_TARGETS       more cmake targets, e.g. "llama-quantize llama-imatrix
 #                                  test-llama-archs" for the fixture tools in tools/fixtures/
 #                                  (test-* targets switch LLAMA_BUILD_TESTS on)
+#        LLAMA_PORTABLE=1          build for x86-64-v3 (AVX2, FMA, F16C; no AVX-512, no AMX)
+#                                  into BUILD_DIR/build-portable instead of -march=native: the
+#                                  test goldens (tools/fixtures/record_goldens.py) come from it,
+#                                  so they do not depend on the machine that records them (and a
+#                                  native build on an AMX machine here crashes on quantized models)
+#        LLAMA_TARGETS             the cmake targets to build instead of the benchmark tools
 #
 # Idempotent: the download, unpack, configure and build steps are skipped
 # when their outputs already exist.
@@ -23,6 +29,11 @@ JOBS="${JOBS:-2}"
 DL_DIR="$BUILD_ROOT/sdist"
 SRC_DIR="$BUILD_ROOT/src"          # the unpacked vendor/llama.cpp tree
 BIN_BUILD="$BUILD_ROOT/build"      # cmake build dir
+CPU_FLAGS=(-DGGML_NATIVE=ON)
+if [[ -n "${LLAMA_PORTABLE:-}" ]]; then
+    BIN_BUILD="$BUILD_ROOT/build-portable"
+    CPU_FLAGS=(-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+fi
 
 PIP="${PIP:-python3 -m pip}"
 PKG="llama-cpp-python"
@@ -80,7 +91,7 @@ if [[ ! -f "$BIN_BUILD/CMakeCache.txt" ]]; then
     log "configuring in $BIN_BUILD"
     cmake -S "$SRC_DIR" -B "$BIN_BUILD" \
         -DCMAKE_BUILD_TYPE=Release \
-        -DGGML_NATIVE=ON \
+        "${CPU_FLAGS[@]}" \
         -DGGML_OPENMP=ON \
         -DLLAMA_CURL=OFF \
         -DLLAMA_USE_PREBUILT_UI=OFF \
@@ -92,16 +103,21 @@ fi
 
 # 4. Build the tools. Pick llama-cli and/or llama-completion, whichever exist
 #    as targets in this llama.cpp version.
-targets=(llama-bench llama-server ${LLAMA_EXTRA_TARGETS:-})
-help_out="$(cmake --build "$BIN_BUILD" --target help 2>/dev/null || true)"
-for t in llama-cli llama-completion; do
-    if grep -Eq "(^|[ .])$t(:|$| )" <<<"$help_out"; then
-        targets+=("$t")
+if [[ -n "${LLAMA_TARGETS:-}" ]]; then
+    read -r -a targets <<<"$LLAMA_TARGETS"
+    targets+=(${LLAMA_EXTRA_TARGETS:-})
+else
+    targets=(llama-bench llama-server ${LLAMA_EXTRA_TARGETS:-})
+    help_out="$(cmake --build "$BIN_BUILD" --target help 2>/dev/null || true)"
+    for t in llama-cli llama-completion; do
+        if grep -Eq "(^|[ .])$t(:|$| )" <<<"$help_out"; then
+            targets+=("$t")
+        fi
+    done
+    if [[ " ${targets[*]} " != *" llama-cli "* && " ${targets[*]} " != *" llama-completion "* ]]; then
+        # Could not introspect (e.g. generator without 'help'); try llama-cli.
+        targets+=(llama-cli)
     fi
-done
-if [[ " ${targets[*]} " != *" llama-cli "* && " ${targets[*]} " != *" llama-completion "* ]]; then
-    # Could not introspect (e.g. generator without 'help'); try llama-cli.
-    targets+=(llama-cli)
 fi
 
 missing=()
