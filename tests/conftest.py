@@ -1,4 +1,5 @@
-"""Shared test fixtures: paths to ../shared, compiled bundles cached per session."""
+"""Shared test fixtures: where the test data is (tests/testdata.py), compiled bundles cached
+per session."""
 
 import os
 import shutil
@@ -8,13 +9,17 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures"
-VOCAB = SHARED / "vocab"
-DEMO_MODEL = ROOT / "compiler" / "demo" / "stories260K.gguf"
+from tests import testdata
 
-TINY_MODELS = sorted(p.stem for p in FIXTURES.glob("tiny-*.gguf")) if FIXTURES.is_dir() else []
+ROOT = Path(__file__).resolve().parents[1]
+# In the cache; pytest_sessionstart makes them the first time, before any test module is imported.
+FIXTURES = testdata.fixtures_dir()
+VOCAB = testdata.vocab_dir()
+CHAT_TEMPLATES = testdata.CHAT_TEMPLATES
+DEMO_MODEL = ROOT / "compiler" / "demo" / "stories260K.gguf"
+smollm2, skip_reason = testdata.smollm2, testdata.skip_reason  # a fetched model: its path, why it is missing
+
+TINY_MODELS = testdata.fixture_names()
 # The tiny fixtures that hold every weight format and every architecture between them (the
 # mixture of experts too): the per-fixture GPU build sweeps run these by default, because an
 # sm_90 build of one fixture takes 10-26 s on two cores and the rest repeat what these cover
@@ -67,6 +72,14 @@ def bundle_cache(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
+def pytest_sessionstart(session):
+    try:
+        testdata.make_fixtures()
+        testdata.make_vocab()
+    except testdata.TestDataError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
 def pytest_addoption(parser):
     parser.addoption("--fuzz-cases", type=int, default=None,
                      help="cases per fuzz test (default: each test's own small, CI-sized number)")
@@ -77,11 +90,3 @@ def fuzz_cases(request):
     """fuzz_cases(default) -> the number of cases a fuzz test runs: --fuzz-cases when given."""
     given = request.config.getoption("--fuzz-cases")
     return lambda default: given if given is not None else default
-
-
-def pytest_collection_modifyitems(config, items):
-    if not SHARED.is_dir():
-        skip = pytest.mark.skip(reason=f"shared data not found at {SHARED}")
-        for item in items:
-            if "shared" in item.keywords:
-                item.add_marker(skip)

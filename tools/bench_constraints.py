@@ -2,7 +2,7 @@
 step on SmolLM2-135M at batch 1, <= 1 ms per row at a 128k vocabulary).
 
     python tools/bench_constraints.py --bundle bundles/SmolLM2-135M-Instruct \\
-        --vocab-gguf ../shared/vocab/ggml-vocab-llama-bpe.gguf
+        --vocab-gguf ~/.cache/rfc/test-data/vocab/*/ggml-vocab-llama-bpe.gguf   # unpacked by the tests
 
 1. End to end on the bundle: greedy decode of --tokens tokens (ignore_eos) without a
    constraint and with a grammar that never ends (so both runs make the same number of

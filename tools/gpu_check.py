@@ -2,7 +2,7 @@
 
     python tools/gpu_check.py --bench                  # everything, sm_90, device cuda
     python tools/gpu_check.py --target gfx90a          # an AMD GPU (device hip)
-    python tools/gpu_check.py ../shared/fixtures/tiny-llama-Q4_K_M.gguf --decode 128
+    python tools/gpu_check.py ~/.cache/rfc/test-data/fixtures/*/tiny-llama-Q4_K_M.gguf --decode 128
 
 1. Kernel resources: every kernel's registers, stack, spills and shared memory for the
    target (nvcc -Xptxas -v, or the code object's metadata); matmul/attention kernels with
@@ -12,8 +12,9 @@
    (tests/bounds.py's llama.cpp bounds) and with the numpy reference device (tests/bounds.py's
    per-format bounds, the GPU's int8 activation rounding measured by the float64 oracle). For
    stories260K also greedy text against the llama.cpp goldens (`rfc run --device <gpu>`); for
-   the real SmolLM2-135M-Instruct (../shared/models) its lighthouse logits against llama.cpp's
-   (top-1 wherever llama.cpp's gap > 0.5, mean |d| <= 0.2, max <= 1.5, as tests/e2e/test_smollm2.py)
+   the real SmolLM2-135M-Instruct (fetched as the tests fetch it, tests/testdata.py) its lighthouse
+   logits against llama.cpp's at the vocabulary ids the golden keeps (top-1 wherever llama.cpp's
+   gap > 0.5, mean |d| <= 0.2, max <= 1.5, as tests/e2e/test_smollm2.py)
    and llama.cpp's greedy tokens up to each case's first near-tie, through `rfc run`.
 3. With --bench: random-weight GGUFs made here with tools/make_gguf.py (a Llama-3-8B-shaped
    Q4_K_M and a TinyLlama-1.1B-shaped Q4_0), decode tok/s at batch 1 and 16, the weight bytes
@@ -45,9 +46,11 @@ from rfc.runtime.loader import LoadedModel, LoadOptions, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.bounds, tests.oracle: the same bounds as CI
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+from tests import testdata  # noqa: E402  the fixtures (made in main) and SmolLM2, where the tests find them
+
+FIXTURES = testdata.fixtures_dir()
 DEMO = ROOT / "compiler" / "demo" / "stories260K.gguf"
-SMOLLM2 = (ROOT.parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").resolve()
+SMOLLM2 = testdata.model_path(testdata.SMOLLM2)
 SMOLLM2_MEAN, SMOLLM2_MAX = 0.2, 1.5  # tests/e2e/test_smollm2.py's bounds
 GOLDENS = (  # (prompt or None for BOS alone, tokens, golden file)
     (None, 199, "stories260K.greedy-from-bos.txt"),
@@ -130,8 +133,8 @@ def smollm2_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
     from tests.bounds import TOP1_GAP
 
     data = np.load(FIXTURES / "smollm2-lighthouse.logits.npz")
-    expected = data["logits"]
-    got = teacher_forced(bundle, device, data["tokens"].tolist())
+    expected = data["logits"]  # at the vocabulary ids in data["columns"]
+    got = teacher_forced(bundle, device, data["tokens"].tolist())[:, data["columns"]]
     d = np.abs(got - expected)
     top = np.sort(expected, axis=-1)
     clear = top[:, -1] - top[:, -2] > TOP1_GAP
@@ -300,6 +303,8 @@ def main() -> int:
     ap.add_argument("--bench", action="store_true", help="also the 8B / 1.1B random-weight benchmark table")
     args = ap.parse_args()
     device = "cuda" if args.target.startswith("sm_") else "hip"
+    testdata.make_fixtures()
+    testdata.smollm2()
     models = args.models or sorted(FIXTURES.glob("tiny-*.gguf")) + [DEMO] + ([SMOLLM2] if SMOLLM2.is_file() else [])
     out = args.out or Path(tempfile.mkdtemp(prefix="rfc-gpu-check-"))
     rows = []

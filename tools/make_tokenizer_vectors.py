@@ -1,6 +1,6 @@
 """Generate the tokenizer test vectors in tests/fixtures/tokenizer/ with llama.cpp itself.
 
-For every vocabulary GGUF (../shared/vocab and llama.cpp's models/ggml-vocab-*.gguf) and for
+For every vocabulary GGUF (llama.cpp's models/ggml-vocab-*.gguf; tests/data/vocab packs them) and for
 every `tokenizer.ggml.pre` name llama.cpp recognizes (applied to a shared vocabulary through a
 metadata override), this tokenizes a fixed, varied input set with llama.cpp's tokenizer and
 writes the ids as JSON. The tests then need neither llama.cpp nor /tmp: only the vocabulary
@@ -21,7 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "tokenizer"
-SHARED_VOCAB = ROOT.parent / "shared" / "vocab"
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
 # Inputs beyond llama.cpp's own .inp files: scripts, whitespace, digits, emoji, combining marks,
@@ -54,9 +53,8 @@ def _read_inp(path: Path) -> list[str]:
 def inputs(models: Path) -> list[str]:
     """llama.cpp's .inp strings (each once, first-seen order), then EXTRA_INPUTS."""
     seen: dict[str, None] = {}
-    for directory in (SHARED_VOCAB, models):
-        for inp in sorted(directory.glob("ggml-vocab-*.gguf.inp")):
-            seen.update(dict.fromkeys(_read_inp(inp)))
+    for inp in sorted(models.glob("ggml-vocab-*.gguf.inp")):
+        seen.update(dict.fromkeys(_read_inp(inp)))
     seen.update(dict.fromkeys(EXTRA_INPUTS))
     return list(seen)
 
@@ -106,10 +104,8 @@ def cases(models: Path) -> list[tuple[str, str, dict[str, str]]]:
     """(case name, vocabulary file name, metadata overrides): every vocabulary as it is, and
     the Gemma 4 vocabulary under the other pre-tokenizers that tokenize raw UTF-8 with "▁"
     for spaces (no vocabulary of their own is at hand)."""
-    found = []
-    for directory in (SHARED_VOCAB, models):
-        found += [p.name for p in sorted(directory.glob("ggml-vocab-*.gguf"))]
-    result = [(name[len("ggml-vocab-") : -len(".gguf")], name, {}) for name in dict.fromkeys(found)]
+    found = [p.name for p in sorted(models.glob("ggml-vocab-*.gguf"))]
+    result = [(name[len("ggml-vocab-") : -len(".gguf")], name, {}) for name in found]
     for pre in ("sarvam-moe", "granite-embed-multi-311m"):
         overrides = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre}
         result.append((f"gemma-4-as-{pre}", "ggml-vocab-gemma-4.gguf", overrides))
@@ -188,7 +184,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         exe = _build_oracle(args.llama_cpp, Path(tmp))
         for name, vocab_file, overrides in cases(models):
-            vocab = SHARED_VOCAB / vocab_file if (SHARED_VOCAB / vocab_file).exists() else models / vocab_file
+            vocab = models / vocab_file
             result = tokenize(exe, vocab, overrides, texts)
             record = {"vocab": vocab_file, "overrides": overrides}
             if isinstance(result, str):

@@ -4,12 +4,12 @@ content-addressed bundle cache once, then reuse it; `--chat-template` attaches a
 import pytest
 import requests
 
-from tests.conftest import FIXTURES, SHARED, rfc
+from tests.conftest import CHAT_TEMPLATES, FIXTURES, rfc
 from tests.e2e.conftest import ServerProcess
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 GGUF = FIXTURES / "tiny-qwen2-Q8_0.gguf"
-TEMPLATE = SHARED / "chat-templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+TEMPLATE = CHAT_TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja"
 
 
 def _serve(cache, tmp_path, *args):

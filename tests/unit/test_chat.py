@@ -1,4 +1,4 @@
-"""Chat-template rendering: the 70 real templates in ../shared, the sandbox, and the budget."""
+"""Chat-template rendering: the 70 real templates in tests/data/chat-templates, the sandbox, and the budget."""
 
 import json
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from rfc.runtime.chat import ChatTemplate, ChatTemplateError, RenderLimits, fallback_template
-from tests.conftest import SHARED
+from tests.conftest import CHAT_TEMPLATES
 
-TEMPLATES = sorted((SHARED / "chat-templates").glob("*.jinja"))
+TEMPLATES = sorted(CHAT_TEMPLATES.glob("*.jinja"))
 
 CONVERSATION = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -114,7 +114,7 @@ def tool_conversation(arguments) -> list[dict]:
     ],
 )
 def test_tool_calling_paths_render(name: str):
-    template = load(SHARED / "chat-templates" / f"{name}.jinja")
+    template = load(CHAT_TEMPLATES / f"{name}.jinja")
     prompt = template.render(tool_conversation('{"city": "Paris"}'), tools=[WEATHER_TOOL])
     for text in ("get_weather", "Paris", "Sunny, 25 C", "Thanks!"):
         assert text in prompt
@@ -122,7 +122,7 @@ def test_tool_calling_paths_render(name: str):
 
 @pytest.mark.shared
 def test_template_switches_pass_through():
-    template = load(SHARED / "chat-templates" / "Qwen-Qwen3-0.6B.jinja")
+    template = load(CHAT_TEMPLATES / "Qwen-Qwen3-0.6B.jinja")
     assert "<think>\n\n</think>" not in template.render(WITHOUT_SYSTEM)
     assert template.render(WITHOUT_SYSTEM, enable_thinking=False).endswith("<think>\n\n</think>\n\n")
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from rfc.runtime.constraints import GrammarError, Grammars
-from tests.conftest import SHARED
+from tests.conftest import skip_reason, smollm2
 
 pytestmark = pytest.mark.shared
 
-SMOLLM2 = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = smollm2()
 SCHEMAS = [
     {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
      "required": ["name", "age"], "additionalProperties": False},
@@ -26,7 +26,7 @@ SCHEMAS = [
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
     if not SMOLLM2.is_file():
-        pytest.skip(f"{SMOLLM2} not found")
+        pytest.skip(skip_reason(SMOLLM2))
     from tests.conftest import rfc
     out = tmp_path_factory.mktemp("constraints") / "smol"
     rfc("compile", SMOLLM2, "-o", out, "-q", "--reference-only", check=True)

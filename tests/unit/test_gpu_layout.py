@@ -9,7 +9,7 @@ from rfc.compiler.gguf_reader import read_gguf
 from rfc.compiler.pipeline import _weight_uses
 from rfc.compiler.spec import build_spec
 from rfc.compiler.targets import parse_targets
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, skip_reason, smollm2
 
 pytestmark = pytest.mark.skipif(not (FIXTURES / "tiny-llama-Q4_0.gguf").is_file(), reason="fixtures not found")
 
@@ -56,10 +56,10 @@ def test_cpu_only_bundles_are_unchanged():
     assert len(uses) == len(spec.weights) and not any(u.packed in PLANAR_FORMATS for u in uses)
 
 
-SMOLLM2 = FIXTURES.parent / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = smollm2()
 
 
-@pytest.mark.skipif(not SMOLLM2.is_file(), reason="SmolLM2 not found in ../shared/models")
+@pytest.mark.skipif(not SMOLLM2.is_file(), reason=skip_reason(SMOLLM2))
 def test_a_tied_embedding_is_repacked_for_the_cpu_and_kept_as_gguf_for_the_gpu():
     """SmolLM2's Q8_0 token embedding is also its output matrix: the cpu stores it Q8_0x8 (its
     embedding lookup gathers rows from that layout), a GPU target reads a GGUF variant."""

@@ -1,14 +1,14 @@
 """Chat input as clients send it (runtime/messages.py), checked against every real chat
-template in ../shared/chat-templates: content parts must render exactly as strings do."""
+template in tests/data/chat-templates: content parts must render exactly as strings do."""
 
 
 import pytest
 
 from rfc.runtime.chat import ChatTemplate, ChatTemplateError
 from rfc.runtime.messages import MessageError, flatten_content, normalize_messages, template_knows_role
-from tests.conftest import SHARED
+from tests.conftest import CHAT_TEMPLATES
 
-TEMPLATES = sorted((SHARED / "chat-templates").glob("*.jinja")) if (SHARED / "chat-templates").is_dir() else []
+TEMPLATES = sorted(CHAT_TEMPLATES.glob("*.jinja"))
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Name a colour."},

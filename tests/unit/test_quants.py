@@ -19,10 +19,11 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 from rfc.artifacts.formats import PACKED_FORMATS, PLANAR_FORMATS, PLANE_ALIGN, plane_offsets, tensor_nbytes
 from rfc.runtime import quants
 from rfc.runtime.quants import FORMATS, QuantError, dequantize, row_nbytes
+from tests.conftest import FIXTURES as FIXTURE_DIR
+from tests.conftest import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
-FIXTURES = sorted((SHARED / "fixtures").glob("tiny-*.gguf"))
+FIXTURES = [FIXTURE_DIR / f"{name}.gguf" for name in TINY_MODELS]
 MODELS = FIXTURES + [ROOT / "compiler" / "demo" / "stories260K.gguf"]
 
 
@@ -43,7 +44,7 @@ def test_matches_gguf_on_every_tensor(path: Path) -> None:
         assert_identical(dequantize(t.data, t.tensor_type.name, logical_shape(t)), want)
 
 
-@pytest.mark.skipif(not FIXTURES, reason=f"fixtures not found under {SHARED}")
+@pytest.mark.skipif(not FIXTURES, reason=f"fixtures not found under {FIXTURE_DIR}")
 def test_fixtures_cover_every_format() -> None:
     seen = {t.tensor_type.name for path in MODELS for t in GGUFReader(path).tensors}
     assert seen == set(FORMATS)

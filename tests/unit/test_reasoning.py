@@ -5,11 +5,11 @@ import pytest
 
 from rfc.runtime.chat import ChatTemplate
 from rfc.runtime.reasoning import ReasoningSplitter, prompt_opens_thinking, split_whole, template_thinks
-from tests.conftest import SHARED
+from tests.conftest import CHAT_TEMPLATES
 
 pytestmark = pytest.mark.shared
 
-TEMPLATES = SHARED / "chat-templates"
+TEMPLATES = CHAT_TEMPLATES
 USER = [{"role": "user", "content": "2+2?"}]
 
 

@@ -1,4 +1,4 @@
-"""The tokenizer builder against llama.cpp's own tokenizer test vectors (../shared/vocab), plus
+"""The tokenizer builder against llama.cpp's own tokenizer test vectors (tests/data/vocab), plus
 BOS/EOS handling, end-of-generation ids, determinism and the errors it raises."""
 
 import json

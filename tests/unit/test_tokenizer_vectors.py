@@ -1,8 +1,7 @@
 """Every vocabulary llama.cpp ships for its tokenizer tests, tokenized by the tokenizer.json rfc
 builds and by llama.cpp (ids in tests/fixtures/tokenizer/vocab-*.json, made by
 tools/make_tokenizer_vectors.py over tests/fixtures/tokenizer/inputs.json). Vocabularies of a
-model rfc refuses must be refused, naming why. A vocabulary GGUF that is not on this machine
-(../shared/vocab holds the small ones; llama.cpp's checkout has the rest) skips, saying so."""
+model rfc refuses must be refused, naming why. The GGUFs are in tests/data/vocab."""
 
 import json
 from pathlib import Path
@@ -15,7 +14,6 @@ from tests.conftest import VOCAB
 from tests.unit.test_tokenizer import metadata_of
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tokenizer"
-LLAMA_CPP_MODELS = Path("/tmp/llama.cpp-build/src/models")
 INPUTS: list[str] = json.loads((FIXTURES / "inputs.json").read_text(encoding="utf-8"))
 CASES = sorted(p.stem[len("vocab-") :] for p in FIXTURES.glob("vocab-*.json"))
 
@@ -25,10 +23,9 @@ REFUSED = {"nomic-bert-moe": "unsupported tokenizer model 't5'.*grapheme"}
 
 
 def gguf_path(name: str) -> Path:
-    for directory in (VOCAB, LLAMA_CPP_MODELS):
-        if (directory / name).is_file():
-            return directory / name
-    pytest.skip(f"{name} is not in {VOCAB} nor in {LLAMA_CPP_MODELS}")
+    if not (VOCAB / name).is_file():
+        pytest.skip(f"{name} is not in {VOCAB} (tests/data/vocab)")
+    return VOCAB / name
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -1,4 +1,4 @@
-"""Tool-call parsers against the real templates in ../shared/chat-templates: for every
+"""Tool-call parsers against the real templates in tests/data/chat-templates: for every
 template that renders tools, an assistant turn with a call is rendered through the template,
 and the parser detected from that template must read the same call back out of it."""
 
@@ -9,11 +9,11 @@ import pytest
 
 from rfc.runtime import tool_calls
 from rfc.runtime.chat import ChatTemplate
-from tests.conftest import SHARED
+from tests.conftest import CHAT_TEMPLATES
 
 pytestmark = pytest.mark.shared
 
-TEMPLATES = sorted((SHARED / "chat-templates").glob("*.jinja"))
+TEMPLATES = sorted(CHAT_TEMPLATES.glob("*.jinja"))
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}}]
 ARGS = {"city": "Paris", "days": 2}

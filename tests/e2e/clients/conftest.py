@@ -4,10 +4,10 @@ template, slow enough on 2 cores, ~50 tok/s, that a stream can be watched and in
 
 import pytest
 
-from tests.conftest import SHARED, rfc
+from tests.conftest import CHAT_TEMPLATES, rfc, skip_reason, smollm2
 from tests.e2e.conftest import ServerProcess
 
-SMOLLM2 = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = smollm2()
 DEMO = "stories260K"
 CHAT = "SmolLM2-135M-Instruct"
 KV_PAGES = 1024  # split evenly: 512 pages each, one full 8192-token context of SmolLM2
@@ -16,7 +16,7 @@ KV_PAGES = 1024  # split evenly: 512 pages each, one full 8192-token context of 
 @pytest.fixture(scope="session")
 def clients_bundles(tmp_path_factory, demo_bundle):
     if not SMOLLM2.is_file():
-        pytest.skip(f"{SMOLLM2} not found")
+        pytest.skip(skip_reason(SMOLLM2))
     chat = tmp_path_factory.mktemp("clients") / CHAT
     rfc("compile", SMOLLM2, "-o", chat, "-q", check=True)
     return demo_bundle, chat
@@ -43,13 +43,13 @@ TOOLS_LLAMA = "smollm2-llama31-tools"  # SmolLM2 with Llama 3.1's template: bare
 
 @pytest.fixture(scope="session")
 def tools_server(tmp_path_factory):
-    """SmolLM2 compiled twice with real tool-capable templates from ../shared/chat-templates."""
+    """SmolLM2 compiled twice with real tool-capable templates from tests/data/chat-templates."""
     if not SMOLLM2.is_file():
-        pytest.skip(f"{SMOLLM2} not found")
+        pytest.skip(skip_reason(SMOLLM2))
     root = tmp_path_factory.mktemp("tools")
     bundles = []
     for name, template in ((TOOLS_QWEN, "Qwen-Qwen2.5-7B-Instruct.jinja"), (TOOLS_LLAMA, "meta-llama-Llama-3.1-8B-Instruct.jinja")):
-        rfc("compile", SMOLLM2, "-o", root / name, "-q", "--chat-template", SHARED / "chat-templates" / template, check=True)
+        rfc("compile", SMOLLM2, "-o", root / name, "-q", "--chat-template", CHAT_TEMPLATES / template, check=True)
         bundles.append(root / name)
     proc = ServerProcess(bundles[0], str(bundles[1]), "--kv-pages", str(KV_PAGES), log_dir=root)
     try:
