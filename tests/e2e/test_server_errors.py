@@ -1,4 +1,4 @@
-"""Every error is JSON with the right status: the seed's shape on native routes, OpenAI's on
+"""Every error is JSON with the right status: docs/native-api.md's shape on native routes, OpenAI's on
 /v1. A failing request leaves the engine and other requests running."""
 
 import falcon.testing

@@ -1,4 +1,4 @@
-"""The native API of the seed spec against a real `rfc serve`: /generate, SSE streaming,
+"""The native API (docs/native-api.md) against a real `rfc serve`: /generate, SSE streaming,
 /status, /cancel (explicit and by disconnect), /models, /health."""
 
 import json

@@ -1,4 +1,4 @@
-"""/metrics (Prometheus text, the seed's names and types) and /traces (OTLP JSON)."""
+"""/metrics (Prometheus text, the names and types of docs/native-api.md) and /traces (OTLP JSON)."""
 
 import base64
 
