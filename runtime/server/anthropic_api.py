@@ -21,22 +21,23 @@ from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.anthropic_blocks import chat_messages, content_blocks, output_plan, tool_use
 from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.anthropic_models import COUNT_TOKENS, MAX_STOP_SEQUENCES, MESSAGES
 from rfc.runtime.server.errors import ApiError, bad_request, read_json
 from rfc.runtime.server.fields import RequestFields
-from rfc.runtime.server.generation import client_gone, model_for, submit
+from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, client_gone, model_for, submit
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.middleware import deferred_log
+from rfc.runtime.server.openapi import Operation, Routes
+from rfc.runtime.server.response_schemas import JSON, MESSAGE, MESSAGE_EVENT, TOKEN_COUNT, streamed
 from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse_body, sse_event
 from rfc.runtime.server.structured import OutputPlan
 
-ROLES = ("user", "assistant")
-MAX_STOP_SEQUENCES = 16
 STOP_REASONS = {EOS: "end_turn", STOP: "stop_sequence", LENGTH: "max_tokens"}
 
 
-def add_routes(app: falcon.App, handle: EngineHandle, config: ServerConfig) -> None:
-    app.add_route("/v1/messages", MessagesResource(handle, config))
-    app.add_route("/v1/messages/count_tokens", CountTokensResource(handle, config))
+def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> None:
+    routes.add("/v1/messages", MessagesResource(handle, config))
+    routes.add("/v1/messages/count_tokens", CountTokensResource(handle, config))
 
 
 def prompt(f: RequestFields, served: ServedModel, plan: OutputPlan) -> str:
@@ -59,17 +60,14 @@ def parse(f: RequestFields, served: ServedModel) -> tuple[GenerationRequest, Out
     plan = output_plan(f)
     text = prompt(f, served, plan)
     ids = served.prompts.encode(text, "messages")
-    max_tokens = f.integer("max_tokens", None, 1)
-    if max_tokens is None:
-        raise bad_request("'max_tokens' is required", "max_tokens")
+    max_tokens = f.integer("max_tokens")
     if len(ids) + max_tokens > served.model.context_length:
         raise bad_request(f"the messages ({len(ids)} tokens) + max_tokens ({max_tokens}) exceed the context "
                           f"({served.model.context_length} tokens)", "max_tokens")
-    stops = f.raw("stop_sequences", [])
+    stops = f.raw("stop_sequences")
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_SEQUENCES:
         raise bad_request(f"'stop_sequences' must be a list of at most {MAX_STOP_SEQUENCES} non-empty strings", "stop_sequences")
-    params = SamplingParams(temperature=f.number("temperature", 1.0, 0.0, 1.0), top_p=f.number("top_p", 1.0),
-                            top_k=f.integer("top_k", 0, 0))
+    params = SamplingParams(temperature=f.number("temperature"), top_p=f.number("top_p"), top_k=f.integer("top_k"))
     request = GenerationRequest(prompt_ids=ids, params=params, max_tokens=max_tokens, stop=tuple(stops),
                                 constraint=plan.constraint(served))
     return request, plan.output_spec(served, text)
@@ -170,19 +168,21 @@ class MessagesStreamRenderer:
 
 
 class MessagesResource:
+    operations = {"post": Operation("Create a message", MESSAGES, streamed(MESSAGE, MESSAGE_EVENT), GENERATION_ERRORS,
+                                    links=BY_REQUEST_ID)}
+
     def __init__(self, handle: EngineHandle, config: ServerConfig):
         self._handle = handle
         self._config = config
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json(req, self._config.max_body_bytes)
-        served = model_for(self._handle, body, any_name_if_single=True)
-        f = RequestFields(body)
+        f = MESSAGES.read(read_json(req, self._config.max_body_bytes))
+        served = model_for(self._handle, f, any_name_if_single=True)
         request, spec = parse(f, served)
         state = submit(served.engine, request, req, resp)
         shapes = MessageShapes(served.model_id, state, spec)
         tokens = TokenStream(served.engine, state, client_gone(req))
-        if f.boolean("stream", False):
+        if f.boolean("stream"):
             resp.content_type = SSE_CONTENT_TYPE
             resp.set_headers(SSE_HEADERS)
             resp.stream = sse_body(tokens, MessagesStreamRenderer(shapes), deferred_log(req, 200, lambda: len(state.tokens)))
@@ -195,11 +195,13 @@ class MessagesResource:
 
 
 class CountTokensResource:
+    operations = {"post": Operation("Count a prompt's tokens", COUNT_TOKENS, {JSON: TOKEN_COUNT}, (404,))}
+
     def __init__(self, handle: EngineHandle, config: ServerConfig):
         self._handle = handle
         self._config = config
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json(req, self._config.max_body_bytes)
-        served = model_for(self._handle, body, any_name_if_single=True)
-        resp.media = {"input_tokens": len(prompt_ids(RequestFields(body), served))}
+        f = COUNT_TOKENS.read(read_json(req, self._config.max_body_bytes))
+        served = model_for(self._handle, f, any_name_if_single=True)
+        resp.media = {"input_tokens": len(prompt_ids(f, served))}

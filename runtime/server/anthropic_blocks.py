@@ -13,6 +13,7 @@ from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.structured import MAX_TOOLS, OutputPlan, ToolChoice, function_spec, named_choice
 
+ROLES = ("user", "assistant")
 _CONTEXT_BLOCKS = {"text", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 
 
@@ -55,7 +56,7 @@ def chat_messages(messages: object) -> list[dict]:
     out: list[dict] = []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise bad_request(f"{where}.role must be 'user' or 'assistant' (the system prompt goes in 'system')", f"{where}.role")
         content = m.get("content")
         if isinstance(content, str) or not isinstance(content, list) or not any(

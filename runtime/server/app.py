@@ -11,6 +11,7 @@ from rfc.runtime.server.errors import handle_unexpected, serialize_error
 from rfc.runtime.server.host import EngineHandle
 from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.middleware import ApiKeyMiddleware, RequestLogMiddleware
+from rfc.runtime.server.openapi import OPENAPI_PATH, OpenApiResource, Routes
 from rfc.runtime.server.telemetry import Telemetry, build_telemetry
 
 
@@ -34,24 +35,27 @@ def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), tele
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
 
-    app.add_route("/generate", native.GenerateResource(handle, config))
-    app.add_route("/generate/stream", native.GenerateStreamResource(handle, config))
-    app.add_route("/status/{request_id:int}", native.StatusResource(handle))
-    app.add_route("/cancel/{request_id:int}", native.CancelResource(handle))
-    app.add_route("/models", ops.ModelsResource(handle))
-    app.add_route("/health", ops.HealthResource(handle, lifecycle))
-    app.add_route("/ready", ops.ReadyResource(handle, lifecycle))
-    app.add_route("/metrics", ops.MetricsResource(registry))
-    app.add_route("/traces", ops.TracesResource(telemetry.traces, config))
+    routes = Routes(app)
+    routes.add("/generate", native.GenerateResource(handle, config))
+    routes.add("/generate/stream", native.GenerateStreamResource(handle, config))
+    routes.add("/status/{request_id:int}", native.StatusResource(handle))
+    routes.add("/cancel/{request_id:int}", native.CancelResource(handle))
+    routes.add("/models", ops.ModelsResource(handle))
+    routes.add("/health", ops.HealthResource(handle, lifecycle))
+    routes.add("/ready", ops.ReadyResource(handle, lifecycle))
+    routes.add("/metrics", ops.MetricsResource(registry))
+    routes.add("/traces", ops.TracesResource(telemetry.traces, config))
 
-    app.add_route("/v1/models", openai_api.ModelListResource(handle))
-    app.add_route("/v1/models/{model_id:path}", openai_api.ModelResource(handle))
-    app.add_route("/v1/completions", openai_api.CompletionsResource(handle, config))
-    app.add_route("/v1/chat/completions", openai_api.ChatCompletionsResource(handle, config))
+    routes.add("/v1/models", openai_api.ModelListResource(handle))
+    routes.add("/v1/models/{model_id:path}", openai_api.ModelResource(handle))
+    routes.add("/v1/completions", openai_api.CompletionsResource(handle, config))
+    routes.add("/v1/chat/completions", openai_api.ChatCompletionsResource(handle, config))
     # Further APIs, each in its own module: the Responses API, /v1/embeddings, Anthropic's
     # Messages, Ollama's /api, llama.cpp's /tokenize family and the integrations of seed 003.
-    responses_api.add_routes(app, handle, config)
-    anthropic_api.add_routes(app, handle, config)
-    ollama_api.add_routes(app, handle, config)
-    extras.add_routes(app, handle, config)
+    responses_api.add_routes(routes, handle, config)
+    anthropic_api.add_routes(routes, handle, config)
+    ollama_api.add_routes(routes, handle, config)
+    extras.add_routes(routes, handle, config)
+    # the document of all the routes above, and of itself
+    routes.add(OPENAPI_PATH, OpenApiResource(routes.all, config))
     return app

@@ -17,6 +17,10 @@ from rfc.runtime.server.host import ServedModel
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 _TIMEOUT_S = 300.0  # one request's embeddings, all inputs together
+_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+# What encode_inputs takes, for the request models: a string, token ids, or a list of either.
+INPUTS = {"anyOf": [{"type": "string"}, {**_IDS, "minItems": 1},
+                    {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS, "items": {"anyOf": [{"type": "string"}, _IDS]}}]}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ included, goes through here: a client never sees an HTML page or a bare 500."""
 
 import json
 import logging
+from enum import Enum
 
 import falcon
 
@@ -43,13 +44,31 @@ def unavailable(message: str, retry_after_s: int = 1) -> ApiError:
     return ApiError(falcon.HTTP_503, message, headers={"Retry-After": str(retry_after_s)})
 
 
-def error_body(path: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+class Dialect(Enum):
+    """Which API a path belongs to, for the shape of its errors (and of its document)."""
+
+    NATIVE = "native"
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    OLLAMA = "ollama"
+
+
+def dialect_of(path: str) -> Dialect:
     if path == "/" or path.startswith(OLLAMA_PREFIX):
-        return {"error": message}
+        return Dialect.OLLAMA
     if path.startswith(ANTHROPIC_PREFIX):
+        return Dialect.ANTHROPIC
+    return Dialect.OPENAI if path.startswith(OPENAI_PREFIX) else Dialect.NATIVE
+
+
+def error_body(path: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    dialect = dialect_of(path)
+    if dialect is Dialect.OLLAMA:
+        return {"error": message}
+    if dialect is Dialect.ANTHROPIC:
         kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
-    if not path.startswith(OPENAI_PREFIX):
+    if dialect is Dialect.NATIVE:
         return {"error": message, "status": "error"}
     if status == 401:
         kind = "authentication_error"
@@ -58,6 +77,25 @@ def error_body(path: str, status: int, message: str, param: str | None = None, c
     else:
         kind = "invalid_request_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+# error_body's shapes, for the OpenAPI document
+ERROR_SCHEMAS = {
+    Dialect.NATIVE: {"type": "object", "required": ["error", "status"],
+                     "properties": {"error": {"type": "string"}, "status": {"const": "error"}}},
+    Dialect.OPENAI: {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type", "param", "code"],
+        "properties": {"message": {"type": "string"},
+                       "type": {"enum": ["invalid_request_error", "authentication_error", "server_error"]},
+                       "param": _NULLABLE_STRING, "code": _NULLABLE_STRING}}}},
+    Dialect.ANTHROPIC: {"type": "object", "required": ["type", "error"], "properties": {
+        "type": {"const": "error"},
+        "error": {"type": "object", "required": ["type", "message"],
+                  "properties": {"type": {"enum": sorted({*_ANTHROPIC_TYPES.values(), "api_error", "invalid_request_error"})},
+                                 "message": {"type": "string"}}}}},
+    Dialect.OLLAMA: {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+}
 
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:

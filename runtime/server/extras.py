@@ -7,52 +7,78 @@ import base64
 import falcon
 
 from rfc.runtime.server import integrations
+from rfc.runtime.server import response_schemas as replies
+from rfc.runtime.server.api_fields import (
+    CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, MODEL, OPENAI_TOOLS_FIELD, TOKEN_IDS, TOOL_CHOICE,
+)
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.config import ServerConfig
-from rfc.runtime.server.embeddings import embed, encode_inputs, shorten
+from rfc.runtime.server.embeddings import INPUTS, embed, encode_inputs, shorten
 from rfc.runtime.server.errors import bad_request, read_json
-from rfc.runtime.server.fields import RequestFields
+from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
 from rfc.runtime.server.generation import check_token_ids, model_for
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.openai_format import TokenPieces
-from rfc.runtime.server.structured import openai_tools
+from rfc.runtime.server.openapi import MODEL_ERRORS, Operation, Routes
+from rfc.runtime.server.structured import tool_plan
 
 ENCODINGS = ("float", "base64")
+_DIMENSIONS = Field("dimensions", Kind.INTEGER, description="the first N components, normalized again")
+EMBEDDINGS = RequestModel("EmbeddingsRequest", (
+    MODEL,
+    Field("input", Kind.JSON, required=True, schema=INPUTS),
+    Field("encoding_format", Kind.STRING, "float", enum=ENCODINGS, description="base64: little-endian float32"),
+    _DIMENSIONS,
+), example={"input": "The sky is blue"})
+TOKENIZE = RequestModel("TokenizeRequest", (
+    MODEL,
+    Field("content", Kind.STRING, required=True),
+    Field("add_special", Kind.BOOLEAN, False, description="add the BOS token"),
+    Field("with_pieces", Kind.BOOLEAN, False, description="each token's text with its id"),
+    Field("parse_special", Kind.BOOLEAN, True, description="only true: special tokens in the text are always parsed"),
+), example={"content": "Once upon a time", "with_pieces": True})
+DETOKENIZE = RequestModel("DetokenizeRequest", (MODEL, Field("tokens", Kind.JSON, required=True, schema=TOKEN_IDS)),
+                          example={"tokens": [1, 2, 3]})
+APPLY_TEMPLATE = RequestModel("ApplyTemplateRequest", (MODEL, CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, OPENAI_TOOLS_FIELD, TOOL_CHOICE),
+                              example={"messages": [{"role": "user", "content": "Tell me a story"}]})
 
 
-def add_routes(app: falcon.App, handle: EngineHandle, config: ServerConfig) -> None:
-    app.add_route("/v1/embeddings", EmbeddingsResource(handle, config))
-    app.add_route("/tokenize", TokenizeResource(handle, config))
-    app.add_route("/detokenize", DetokenizeResource(handle, config))
-    app.add_route("/apply-template", ApplyTemplateResource(handle, config))
-    integrations.add_routes(app, handle)
+def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> None:
+    routes.add("/v1/embeddings", EmbeddingsResource(handle, config))
+    routes.add("/tokenize", TokenizeResource(handle, config))
+    routes.add("/detokenize", DetokenizeResource(handle, config))
+    routes.add("/apply-template", ApplyTemplateResource(handle, config))
+    integrations.add_routes(routes, handle)
 
 
 class _BodyResource:
+    model: RequestModel
+
     def __init__(self, handle: EngineHandle, config: ServerConfig, any_name_if_single: bool = False):
         self._handle = handle
         self._config = config
         self._any_name = any_name_if_single
 
     def body(self, req: falcon.Request) -> tuple[RequestFields, ServedModel]:
-        body = read_json(req, self._config.max_body_bytes)
-        return RequestFields(body), model_for(self._handle, body, self._any_name)
+        f = self.model.read(read_json(req, self._config.max_body_bytes))
+        return f, model_for(self._handle, f, self._any_name)
 
 
 class EmbeddingsResource(_BodyResource):
     """OpenAI's /v1/embeddings. The official SDK asks for base64 unless told otherwise: the
     vector's float32 bytes, little-endian."""
 
+    model = EMBEDDINGS
+    operations = {"post": Operation("Embed text", EMBEDDINGS, {replies.JSON: replies.EMBEDDINGS}, MODEL_ERRORS)}
+
     def __init__(self, handle: EngineHandle, config: ServerConfig):
         super().__init__(handle, config, any_name_if_single=True)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         f, served = self.body(req)
-        encoding = f.string("encoding_format", "float")
-        if encoding not in ENCODINGS:
-            raise bad_request(f"'encoding_format' must be one of {', '.join(ENCODINGS)}", "encoding_format")
+        encoding = f.string("encoding_format")
         result = embed(served, encode_inputs(served, f.raw("input"), "input"), self._config.pooling, False, "input")
-        dims = f.integer("dimensions", None)
+        dims = f.integer("dimensions")
         data = []
         for i, vector in enumerate(result.vectors):
             vector = shorten(vector, dims, "dimensions")
@@ -65,13 +91,16 @@ class EmbeddingsResource(_BodyResource):
 class TokenizeResource(_BodyResource):
     """llama.cpp's /tokenize: `content`, `add_special` (default false), `with_pieces`."""
 
+    model = TOKENIZE
+    operations = {"post": Operation("Tokenize text", TOKENIZE, {replies.JSON: replies.TOKENIZE}, MODEL_ERRORS)}
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         f, served = self.body(req)
-        content = f.string("content", required=True)
-        if not f.boolean("parse_special", True):
+        content = f.string("content")
+        if not f.boolean("parse_special"):
             raise bad_request("parse_special: false is not supported (special tokens in the text are always parsed)", "parse_special")
-        ids = served.model.tokenizer.encode(content, add_special_tokens=f.boolean("add_special", False)).ids
-        if not f.boolean("with_pieces", False):
+        ids = served.model.tokenizer.encode(content, add_special_tokens=f.boolean("add_special")).ids
+        if not f.boolean("with_pieces"):
             resp.media = {"tokens": ids}
             return
         pieces = TokenPieces(served.model.tokenizer)
@@ -88,6 +117,9 @@ def _piece(pieces: TokenPieces, token: int) -> str | list[int]:
 
 
 class DetokenizeResource(_BodyResource):
+    model = DETOKENIZE
+    operations = {"post": Operation("Token ids back to text", DETOKENIZE, {replies.JSON: replies.DETOKENIZE}, MODEL_ERRORS)}
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         f, served = self.body(req)
         tokens = f.raw("tokens")
@@ -100,13 +132,15 @@ class DetokenizeResource(_BodyResource):
 class ApplyTemplateResource(_BodyResource):
     """llama.cpp's /apply-template: the prompt text /v1/chat/completions would generate from."""
 
+    model = APPLY_TEMPLATE
+    operations = {"post": Operation("The prompt a chat renders to", APPLY_TEMPLATE, {replies.JSON: replies.APPLY_TEMPLATE},
+                                    MODEL_ERRORS)}
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         f, served = self.body(req)
-        extra = f.raw("chat_template_kwargs", {})
+        extra = f.raw("chat_template_kwargs")
         if not isinstance(extra, dict):
             raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
-        tools = openai_tools(f.raw("tools")) or None  # rendered as /v1/chat/completions renders them
-        if f.raw("tool_choice") == "none":
-            tools = None
+        tools = tool_plan(f.raw("tools"), f.raw("tool_choice")).render_tools  # as /v1/chat/completions renders them
         resp.media = {"prompt": render_chat(served, f.raw("messages"), extra, tools=tools)}
 

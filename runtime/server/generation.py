@@ -12,11 +12,18 @@ from rfc.runtime.sampler import SamplingError
 from rfc.runtime.server.errors import bad_request, unavailable
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.openapi import request_links
+
+# What a generation route can answer besides 200 and the body's errors: a `model` not served
+# (404), a generation that failed (500: the request alone), loading or a full queue (503).
+GENERATION_ERRORS = (404, 500, 503)
+# Every generation reply names its request in X-Request-Id, which /status and /cancel take.
+BY_REQUEST_ID = request_links("$response.header.X-Request-Id")
 
 
-def model_for(handle: EngineHandle, body: dict, any_name_if_single: bool = False) -> ServedModel:
+def model_for(handle: EngineHandle, f: RequestFields, any_name_if_single: bool = False) -> ServedModel:
     """The served model the body's optional `model` field names (the default when absent)."""
-    return handle.require(RequestFields(body).string("model"), any_name_if_single)
+    return handle.require(f.string("model"), any_name_if_single)
 
 
 def submit(engine: Engine, request: GenerationRequest, req: falcon.Request, resp: falcon.Response) -> RequestState:

@@ -14,14 +14,16 @@ import numpy as np
 
 from rfc.runtime.devices import probe_reason
 from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.openapi import Operation, Routes
+from rfc.runtime.server.response_schemas import INTEGRATIONS, INTEGRATIONS_HEALTH, JSON
 
 BACKENDS = ("hip", "cuda", "cpu", "reference")
 _DEVICE_NAMES = {"hip": "hip", "cuda": "cuda", "cpu": "cpu", "reference": "ref"}
 
 
-def add_routes(app: falcon.App, handle: EngineHandle) -> None:
-    app.add_route("/v1/integrations", IntegrationsResource(handle))
-    app.add_route("/v1/integrations/health", IntegrationsHealthResource(handle))
+def add_routes(routes: Routes, handle: EngineHandle) -> None:
+    routes.add("/v1/integrations", IntegrationsResource(handle))
+    routes.add("/v1/integrations/health", IntegrationsHealthResource(handle))
 
 
 @functools.lru_cache(maxsize=64)
@@ -55,6 +57,8 @@ def backend_health(backend: str, served: list[ServedModel]) -> dict:
 
 
 class IntegrationsResource:
+    operations = {"get": Operation("The compute backends", reply={JSON: INTEGRATIONS}, errors=(503,))}
+
     def __init__(self, handle: EngineHandle):
         self._handle = handle
 
@@ -68,6 +72,8 @@ class IntegrationsResource:
 
 
 class IntegrationsHealthResource:
+    operations = {"get": Operation("Each compute backend's state", reply={JSON: INTEGRATIONS_HEALTH}, errors=(503,))}
+
     def __init__(self, handle: EngineHandle):
         self._handle = handle
 

@@ -12,8 +12,10 @@ from rfc.runtime.server.errors import ApiError
 from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.logs import log_request
 
-# Probes must work without credentials (orchestrators do not hold the key).
-UNAUTHENTICATED_PATHS = frozenset({"/health", "/ready"})
+# Probes must work without credentials (orchestrators do not hold the key); so does the
+# OpenAPI document, which client generators fetch before they hold one (openapi.py says why
+# that is safe).
+UNAUTHENTICATED_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
 
 
 def client_id(key: str) -> str:

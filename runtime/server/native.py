@@ -5,11 +5,14 @@ import falcon
 from rfc.runtime.engine import FAILED, Engine, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.api_fields import MAX_TOKENS, MODEL, TEMPERATURE, TOP_K, TOP_P
 from rfc.runtime.server.errors import ApiError, not_found, read_json
-from rfc.runtime.server.fields import RequestFields
-from rfc.runtime.server.generation import client_gone, model_for, submit
+from rfc.runtime.server.fields import Field, Kind, RequestModel
+from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, client_gone, model_for, submit
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.middleware import deferred_log
+from rfc.runtime.server.openapi import Operation
+from rfc.runtime.server.response_schemas import JSON, REQUEST_STATE, SSE, TOKEN_EVENT
 from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse, sse_body
 
 # The seed API's defaults.
@@ -18,17 +21,21 @@ DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_K = 50
 DEFAULT_TOP_P = 0.9
 
+GENERATE = RequestModel("GenerateRequest", (
+    Field("prompt", Kind.STRING, required=True),
+    MAX_TOKENS.but(default=DEFAULT_MAX_TOKENS, description=""),
+    TEMPERATURE.but(default=DEFAULT_TEMPERATURE),
+    TOP_K.but(default=DEFAULT_TOP_K, minimum=0),
+    TOP_P.but(default=DEFAULT_TOP_P),
+    MODEL,
+), example={"prompt": "Once upon a time", "max_tokens": 16})
+
 
 def native_request(body: dict, served: ServedModel) -> GenerationRequest:
-    f = RequestFields(body)
-    prompt = f.string("prompt", required=True)  # `model` (optional) was read by model_for
-    params = SamplingParams(
-        temperature=f.number("temperature", DEFAULT_TEMPERATURE, 0.0, 2.0),
-        top_k=f.integer("top_k", DEFAULT_TOP_K, 0),
-        top_p=f.number("top_p", DEFAULT_TOP_P),
-    )
-    max_tokens = f.integer("max_tokens", DEFAULT_MAX_TOKENS, 1)
-    return GenerationRequest(prompt_ids=served.prompts.encode(prompt), params=params, max_tokens=max_tokens)
+    f = GENERATE.read(body)
+    prompt = f.string("prompt")  # `model` (optional) was read by model_for
+    params = SamplingParams(temperature=f.number("temperature"), top_k=f.integer("top_k"), top_p=f.number("top_p"))
+    return GenerationRequest(prompt_ids=served.prompts.encode(prompt), params=params, max_tokens=f.integer("max_tokens"))
 
 
 def state_body(state: RequestState) -> dict:
@@ -58,12 +65,15 @@ class _NativeRenderer:
 def _start(handle: EngineHandle, config: ServerConfig, req: falcon.Request, resp: falcon.Response):
     """Parses and submits a native generation request."""
     body = read_json(req, config.max_body_bytes)
-    served = model_for(handle, body)
+    served = model_for(handle, GENERATE.read(body))
     state = submit(served.engine, native_request(body, served), req, resp)
     return served, state
 
 
 class GenerateResource:
+    operations = {"post": Operation("Generate text", GENERATE, {JSON: REQUEST_STATE}, GENERATION_ERRORS,
+                                    links=BY_REQUEST_ID)}
+
     def __init__(self, handle: EngineHandle, config: ServerConfig):
         self._handle = handle
         self._config = config
@@ -78,6 +88,9 @@ class GenerateResource:
 
 
 class GenerateStreamResource:
+    operations = {"post": Operation("Generate text, one server-sent event per token", GENERATE, {SSE: TOKEN_EVENT},
+                                    GENERATION_ERRORS, links=BY_REQUEST_ID)}
+
     def __init__(self, handle: EngineHandle, config: ServerConfig):
         self._handle = handle
         self._config = config
@@ -104,6 +117,8 @@ def _owned(handle: EngineHandle, req: falcon.Request, request_id: int) -> Engine
 
 
 class StatusResource:
+    operations = {"get": Operation("A request's state", reply={JSON: REQUEST_STATE}, errors=(404, 503))}
+
     def __init__(self, handle: EngineHandle):
         self._handle = handle
 
@@ -114,6 +129,8 @@ class StatusResource:
 
 
 class CancelResource:
+    operations = {"post": Operation("Cancel a request", reply={JSON: REQUEST_STATE}, errors=(404, 503))}
+
     def __init__(self, handle: EngineHandle):
         self._handle = handle
 

@@ -16,12 +16,18 @@ from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.embeddings import embed, encode_inputs, shorten
 from rfc.runtime.server.errors import ApiError, bad_request, read_json
 from rfc.runtime.server.fields import RequestFields
-from rfc.runtime.server.generation import client_gone, submit
+from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, client_gone, submit
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.middleware import deferred_log
+from rfc.runtime.server.ollama_models import CHAT, EMBED, EMBEDDINGS, GENERATE, SHOW
+from rfc.runtime.server.openapi import Operation, Routes
+from rfc.runtime.server.response_schemas import (
+    ANY_TEXT, JSON, NDJSON, OLLAMA_CHAT, OLLAMA_EMBED, OLLAMA_EMBEDDING, OLLAMA_GENERATE, OLLAMA_PS, OLLAMA_SHOW, OLLAMA_TAGS,
+    OLLAMA_VERSION, TEXT, streamed,
+)
 from rfc.runtime.server.ollama_format import (
     NDJSON_CONTENT_TYPE, OllamaReply, OllamaStreamRenderer, chat_prompt, generate_prompt, generation, output_plan,
-    refuse_unsupported,
+    refuse_unsupported, sampling_options,
 )
 from rfc.runtime.server.streaming import TokenStream, sse_body
 
@@ -32,18 +38,18 @@ _NEVER = "2262-04-11T23:47:16Z"
 UNSUPPORTED_ROUTES = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}")
 
 
-def add_routes(app: falcon.App, handle: EngineHandle, config: ServerConfig) -> None:
-    app.add_route("/", RootResource())
-    app.add_route("/api/version", VersionResource())
-    app.add_route("/api/tags", TagsResource(handle))
-    app.add_route("/api/ps", PsResource(handle))
-    app.add_route("/api/show", ShowResource(handle, config))
-    app.add_route("/api/generate", GenerateResource(handle, config, chat=False))
-    app.add_route("/api/chat", GenerateResource(handle, config, chat=True))
-    app.add_route("/api/embed", EmbedResource(handle, config))
-    app.add_route("/api/embeddings", EmbedResource(handle, config, legacy=True))
+def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> None:
+    routes.add("/", RootResource())
+    routes.add("/api/version", VersionResource())
+    routes.add("/api/tags", TagsResource(handle))
+    routes.add("/api/ps", PsResource(handle))
+    routes.add("/api/show", ShowResource(handle, config))
+    routes.add("/api/generate", GenerateResource(handle, config, chat=False))
+    routes.add("/api/chat", GenerateResource(handle, config, chat=True))
+    routes.add("/api/embed", EmbedResource(handle, config))
+    routes.add("/api/embeddings", EmbedResource(handle, config, legacy=True))
     for path in UNSUPPORTED_ROUTES:
-        app.add_route(path, UnsupportedResource())
+        routes.add(path, UnsupportedResource())
 
 
 def _model(handle: EngineHandle, f: RequestFields) -> tuple[str, ServedModel]:
@@ -54,6 +60,9 @@ def _model(handle: EngineHandle, f: RequestFields) -> tuple[str, ServedModel]:
 
 
 class RootResource:
+    operations = {"get": Operation("Ollama's liveness answer", reply={TEXT: ANY_TEXT}),
+                  "head": Operation("Ollama's liveness answer", reply={TEXT: ANY_TEXT})}
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = "Ollama is running"
@@ -62,11 +71,15 @@ class RootResource:
 
 
 class VersionResource:
+    operations = {"get": Operation("The Ollama API version these routes follow", reply={JSON: OLLAMA_VERSION})}
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"version": OLLAMA_API_VERSION}
 
 
 class TagsResource:
+    operations = {"get": Operation("The served models", reply={JSON: OLLAMA_TAGS})}
+
     def __init__(self, handle: EngineHandle):
         self._handle = handle
 
@@ -75,6 +88,8 @@ class TagsResource:
 
 
 class PsResource:
+    operations = {"get": Operation("The loaded models", reply={JSON: OLLAMA_PS})}
+
     def __init__(self, handle: EngineHandle):
         self._handle = handle
 
@@ -101,12 +116,14 @@ def _entry(served: ServedModel) -> dict:
 
 
 class ShowResource:
+    operations = {"post": Operation("A model's details", SHOW, {JSON: OLLAMA_SHOW}, (404,))}
+
     def __init__(self, handle: EngineHandle, config: ServerConfig):
         self._handle = handle
         self._config = config
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _, served = _model(self._handle, RequestFields(read_json(req, self._config.max_body_bytes)))
+        _, served = _model(self._handle, SHOW.read(read_json(req, self._config.max_body_bytes)))
         manifest = served.model.manifest
         model = manifest["model"]
         info = {**model.get("gguf_metadata", {}), "general.parameter_count": model["parameter_count"]}
@@ -133,12 +150,17 @@ class GenerateResource:
         self._handle = handle
         self._config = config
         self._chat = chat
+        self._model = CHAT if chat else GENERATE
+        reply = streamed(OLLAMA_CHAT if chat else OLLAMA_GENERATE, stream_media=NDJSON)
+        self.operations = {"post": Operation("Answer a chat" if chat else "Generate text", self._model, reply,
+                                             GENERATION_ERRORS, links=BY_REQUEST_ID)}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f = RequestFields(read_json(req, self._config.max_body_bytes))
+        f = self._model.read(read_json(req, self._config.max_body_bytes))
         name, served = _model(self._handle, f)
         refuse_unsupported(f)
-        stream = f.boolean("stream", True)  # Ollama streams unless told not to
+        options = sampling_options(f)
+        stream = f.boolean("stream")  # Ollama streams unless told not to
         plan = output_plan(served, f, self._chat)
         if self._chat:
             prompt = chat_prompt(served, f, plan)
@@ -150,7 +172,7 @@ class GenerateResource:
             resp.media = OllamaReply(name, self._chat).loaded()
             return
         prompt_ids = context + served.prompts.encode(prompt, "messages" if self._chat else "prompt")
-        state = submit(served.engine, generation(served, f, prompt_ids, plan), req, resp)
+        state = submit(served.engine, generation(served, options, prompt_ids, plan), req, resp)
         reply = OllamaReply(name, self._chat, state, plan.output_spec(served, prompt))
         tokens = TokenStream(served.engine, state, client_gone(req))
         if stream:
@@ -171,9 +193,12 @@ class EmbedResource:
         self._handle = handle
         self._config = config
         self._legacy = legacy
+        self._model = EMBEDDINGS if legacy else EMBED
+        self.operations = {"post": Operation("Embed text", self._model, {JSON: OLLAMA_EMBEDDING if legacy else OLLAMA_EMBED},
+                                             (404, 503))}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f = RequestFields(read_json(req, self._config.max_body_bytes))
+        f = self._model.read(read_json(req, self._config.max_body_bytes))
         name, served = _model(self._handle, f)
         field = "prompt" if self._legacy else "input"
         if not self._legacy and f.raw("input") == []:
@@ -181,8 +206,8 @@ class EmbedResource:
             return
         started = time.time()
         inputs = encode_inputs(served, f.raw(field), field)
-        result = embed(served, inputs, self._config.pooling, f.boolean("truncate", True), field)
-        dims = f.integer("dimensions", None)
+        result = embed(served, inputs, self._config.pooling, f.boolean("truncate"), field)
+        dims = f.integer("dimensions")
         vectors = [shorten(v, dims, "dimensions").tolist() for v in result.vectors]
         if self._legacy:
             resp.media = {"embedding": vectors[0]}
@@ -197,6 +222,9 @@ class EmbedResource:
 
 
 class UnsupportedResource:
+    operations = {m: Operation("Not supported: rfc serves compiled bundles", reply={}, errors=(501,))
+                  for m in ("get", "post", "delete", "head", "put")}
+
     def _refuse(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
         raise ApiError(
             falcon.HTTP_501,

@@ -16,7 +16,8 @@ from rfc.runtime.server.generation import check_token_ids
 from rfc.runtime.server.host import ServedModel
 from rfc.runtime.reasoning import template_thinks
 from rfc.runtime.server.model_info import has_chat_template
-from rfc.runtime.server.ollama_options import parse_options
+from rfc.runtime.server.ollama_models import TOP_LEVEL_OPTIONS
+from rfc.runtime.server.ollama_options import OllamaOptions, parse_options
 from rfc.runtime.server.structured import OutputPlan, grammar, openai_tools
 
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
@@ -39,7 +40,7 @@ def refuse_unsupported(f: RequestFields) -> None:
         raise bad_request("'suffix' (fill-in-the-middle) is not supported", "suffix")
     if f.string("template"):
         raise bad_request("template overrides are not supported; compile the bundle with --chat-template", "template")
-    if f.boolean("logprobs", False):
+    if f.boolean("logprobs"):
         raise bad_request("logprobs are not supported on the Ollama API (use /v1/completions)", "logprobs")
 
 
@@ -80,14 +81,14 @@ def generate_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | No
     """(`context` ids, prompt text) for /api/generate, None for an empty prompt (Ollama's "load the model").
     As in Ollama, the prompt goes through the model's template as a user turn (with `system`)
     unless `raw` is set or the model has no template of its own."""
-    prompt = f.string("prompt", "")
-    context = f.raw("context", [])
+    prompt = f.string("prompt")
+    context = f.raw("context")
     if not isinstance(context, list):
         raise bad_request("'context' must be a list of token ids", "context")
     context = check_token_ids(served, context, "context")
     if not prompt:
         return None
-    if f.boolean("raw", False) or not has_chat_template(served):
+    if f.boolean("raw") or not has_chat_template(served):
         text = prompt
     else:
         extra = template_variables(plan, f) if plan is not None else {}
@@ -97,7 +98,7 @@ def generate_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | No
 
 def chat_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | None = None) -> str | None:
     """Prompt text for /api/chat, None for no messages (Ollama's "load the model")."""
-    messages = f.raw("messages", [])
+    messages = f.raw("messages")
     if isinstance(messages, list):
         if not messages:
             return None
@@ -116,17 +117,19 @@ def _from_ollama(message: object) -> object:
     return message
 
 
-# Top-level sampling fields that ollama-ai-provider-v2 (the AI SDK's Ollama provider) sends
-# beside `options`; Ollama would ignore them, leaving the user's temperature unapplied.
-_TOP_LEVEL_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "num_predict"}
+def sampling_options(f: RequestFields) -> OllamaOptions:
+    """`options`, with the top-level fields some clients send beside them (Ollama would ignore
+    those, leaving the user's temperature unapplied); checked for every request, the model
+    "load" requests included."""
+    raw = f.raw("options")
+    if raw is None or isinstance(raw, dict):
+        top = {opt: f.raw(key) for key, opt in TOP_LEVEL_OPTIONS.items() if f.has(key)}
+        raw = {**top, **(raw or {})}  # `options` wins
+    return parse_options(raw)
 
 
-def generation(served: ServedModel, f: RequestFields, prompt_ids: list[int], plan: OutputPlan | None = None) -> GenerationRequest:
-    raw = f.raw("options", {})
-    if isinstance(raw, dict):
-        top = {opt: f.raw(key) for key, opt in _TOP_LEVEL_OPTIONS.items() if f.has(key)}
-        raw = {**top, **raw}  # `options` wins
-    options = parse_options(raw)
+def generation(served: ServedModel, options: OllamaOptions, prompt_ids: list[int],
+               plan: OutputPlan | None = None) -> GenerationRequest:
     room = served.model.context_length - len(prompt_ids)
     if room < 1:
         raise bad_request(f"the prompt ({len(prompt_ids)} tokens) fills the context ({served.model.context_length} tokens)", "prompt")

@@ -6,19 +6,36 @@ sampler settings. Options for Ollama's runner (GPU layers, threads, mmap, batch,
 do not apply to a compiled bundle and are ignored, as Ollama ignores options it does not
 know; a sampler Ollama has and rfc does not (mirostat, typical_p, tfs_z) is a 400 unless
 it is off. A wrong type or range is a 400 naming `options.<name>`; `null` means the default,
-as in Ollama's own server (its clients send nulls for unset options)."""
+as in Ollama's own server (its clients send nulls for unset options). The options are a
+request model of their own (runtime/server/fields.py), nested in the body's `options`."""
 
 from dataclasses import dataclass
 
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.errors import bad_request
-from rfc.runtime.values import is_finite_number, shown
+from rfc.runtime.server.fields import Field, Kind, RequestModel
 
-DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat_penalty": 1.1, "repeat_last_n": 64,
-            "presence_penalty": 0.0, "frequency_penalty": 0.0, "num_predict": -1}
+MAX_STOP_STRINGS = 16
 # Samplers rfc does not have, with the value that turns each off.
 UNSUPPORTED_UNLESS = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0}
-MAX_STOP_STRINGS = 16
+_STOP = {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string"}}]}
+# Ollama's defaults; the bounds are the sampler's (runtime/sampler.py), checked here so that
+# the error names Ollama's field.
+OPTIONS = RequestModel("OllamaOptions", (
+    Field("temperature", Kind.NUMBER, 0.8, 0.0, 1e4),
+    Field("top_k", Kind.INTEGER, 40),
+    Field("top_p", Kind.NUMBER, 0.9, 0.0, 1.0, exclusive_minimum=True),
+    Field("min_p", Kind.NUMBER, 0.0, 0.0, 1.0),
+    Field("repeat_penalty", Kind.NUMBER, 1.1, 1e-3, 1e3),
+    Field("repeat_last_n", Kind.INTEGER, 64, -1, description="-1: the whole context"),
+    Field("presence_penalty", Kind.NUMBER, 0.0, -1e4, 1e4),
+    Field("frequency_penalty", Kind.NUMBER, 0.0, -1e4, 1e4),
+    Field("seed", Kind.INTEGER, description="-1: random"),
+    Field("num_predict", Kind.INTEGER, -1, -2, description="tokens to generate; -1, -2: until the context is full (not 0)"),
+    Field("stop", Kind.JSON, schema=_STOP),
+    *(Field(name, Kind.NUMBER, description=f"not supported: only {off}, which turns it off")
+      for name, off in UNSUPPORTED_UNLESS.items()),
+), description="Ollama's sampler options; runner options (num_ctx, num_gpu, num_thread…) are accepted and ignored")
 
 
 @dataclass(frozen=True)
@@ -33,50 +50,27 @@ def parse_options(raw: object) -> OllamaOptions:
         raw = {}
     if not isinstance(raw, dict):
         raise bad_request("'options' must be an object", "options")
-    raw = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    f = OPTIONS.read(raw, "options.")
     for name, off in UNSUPPORTED_UNLESS.items():
-        value = raw.get(name)
-        if value is not None and _number(name, value) != off:
+        value = f.number(name)
+        if value is not None and value != off:
             raise bad_request(f"options.{name} is not supported (only {off}, which turns it off)", f"options.{name}")
-    seed = _integer("seed", raw.get("seed"), None)
+    seed = f.integer("seed")
     params = SamplingParams(
-        # the sampler's bounds (runtime/sampler.py), checked here so the error names Ollama's field
-        temperature=_number("temperature", raw["temperature"], 0.0, 1e4),
-        top_k=_integer("top_k", raw["top_k"], None),
-        top_p=_number("top_p", raw["top_p"], 0.0, 1.0, open_low=True),
-        min_p=_number("min_p", raw["min_p"], 0.0, 1.0),
-        repetition_penalty=_number("repeat_penalty", raw["repeat_penalty"], 1e-3, 1e3),
-        presence_penalty=_number("presence_penalty", raw["presence_penalty"], -1e4, 1e4),
-        frequency_penalty=_number("frequency_penalty", raw["frequency_penalty"], -1e4, 1e4),
-        penalty_last_n=_integer("repeat_last_n", raw["repeat_last_n"], -1),
+        temperature=f.number("temperature"),
+        top_k=f.integer("top_k"),
+        top_p=f.number("top_p"),
+        min_p=f.number("min_p"),
+        repetition_penalty=f.number("repeat_penalty"),
+        presence_penalty=f.number("presence_penalty"),
+        frequency_penalty=f.number("frequency_penalty"),
+        penalty_last_n=f.integer("repeat_last_n"),
         seed=None if seed is None or seed < 0 else seed,  # Ollama's -1: a random seed
     )
-    num_predict = _integer("num_predict", raw["num_predict"], -2)
+    num_predict = f.integer("num_predict")
     if num_predict == 0:
         raise bad_request("options.num_predict must be positive, or -1 (no limit)", "options.num_predict")
-    return OllamaOptions(params=params, num_predict=num_predict if num_predict > 0 else None, stop=_stop(raw.get("stop")))
-
-
-def _number(name: str, value: object, low: float | None = None, high: float | None = None, open_low: bool = False) -> float:
-    if not is_finite_number(value):
-        raise bad_request(f"options.{name} must be a number, got {shown(value)}", f"options.{name}")
-    if low is not None and (value < low or (open_low and value == low)):
-        raise bad_request(f"options.{name} must be {'>' if open_low else '>='} {low}, got {shown(value)}", f"options.{name}")
-    if high is not None and value > high:
-        raise bad_request(f"options.{name} must be <= {high}, got {shown(value)}", f"options.{name}")
-    return float(value)
-
-
-def _integer(name: str, value: object, low: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"options.{name} must be an integer, got {shown(value)}", f"options.{name}")
-    if low is not None and value < low:
-        raise bad_request(f"options.{name} must be >= {low}, got {shown(value)}", f"options.{name}")
-    return value
+    return OllamaOptions(params=params, num_predict=num_predict if num_predict > 0 else None, stop=_stop(f.raw("stop")))
 
 
 def _stop(value: object) -> tuple[str, ...]:

@@ -13,19 +13,15 @@ from rfc.runtime.assistant_output import OutputSpec
 from rfc.runtime.engine import GenerationRequest
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.chat_prompt import render_chat
+from rfc.runtime.server.api_fields import MAX_STOP_STRINGS
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import check_token_ids
 from rfc.runtime.server.host import ServedModel
 from rfc.runtime.server.structured import (
-    OutputPlan, grammar, legacy_functions, openai_tool_choice, openai_tools,
+    OutputPlan, grammar, legacy_functions, openai_tool_choice, tool_plan,
 )
 from rfc.runtime.values import shown
-
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
-MAX_LOGPROBS = 20
-MAX_STOP_STRINGS = 16
-
 
 @dataclass(frozen=True)
 class OpenAIRequest:
@@ -36,39 +32,34 @@ class OpenAIRequest:
     legacy_functions: bool = False  # answer with `function_call` rather than `tool_calls`
 
 
-def completion_request(body: dict, served: ServedModel) -> OpenAIRequest:
-    f = RequestFields(body)
+def completion_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
     _refuse_unsupported(f)
-    if f.boolean("echo", False):
+    if f.boolean("echo"):
         raise bad_request("echo is not supported", "echo")
     if f.string("suffix"):
         raise bad_request("suffix is not supported", "suffix")
     prompt_ids = _completion_prompt(f, served)
-    logprobs = f.integer("logprobs", None, 0, MAX_LOGPROBS)
-    max_tokens = f.integer("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS, 1)
+    logprobs = f.integer("logprobs")
+    max_tokens = f.integer("max_tokens")
     plan = OutputPlan()
     _response_format(f, served, plan)
     return _build(f, served, prompt_ids, max_tokens, logprobs, plan.constraint(served))
 
 
-def chat_request(body: dict, served: ServedModel) -> OpenAIRequest:
-    f = RequestFields(body)
+def chat_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
     _refuse_unsupported(f)
     plan = _tools(f)
     _response_format(f, served, plan)
-    reasoning_format = f.string("reasoning_format", "auto")
-    if reasoning_format not in ("auto", "deepseek", "none"):
-        raise bad_request("'reasoning_format' must be 'auto', 'deepseek' or 'none'", "reasoning_format")
-    plan.split_reasoning = reasoning_format != "none"
+    plan.split_reasoning = f.string("reasoning_format") != "none"
     prompt = _render_chat(f, served, plan.render_tools)
     prompt_ids = served.prompts.encode(prompt, "messages")
-    top = f.integer("top_logprobs", None, 0, MAX_LOGPROBS)
-    logprobs = (top or 0) if f.boolean("logprobs", False) else None
+    top = f.integer("top_logprobs")
+    logprobs = (top or 0) if f.boolean("logprobs") else None
     if top is not None and logprobs is None:
         raise bad_request("top_logprobs requires logprobs: true", "top_logprobs")
-    max_tokens = f.integer("max_completion_tokens", None, 1)
+    max_tokens = f.integer("max_completion_tokens")
     if max_tokens is None:
-        max_tokens = f.integer("max_tokens", None, 1)
+        max_tokens = f.integer("max_tokens")
     if max_tokens is None:  # no limit asked: the rest of the context, as llama.cpp and vLLM do
         max_tokens = served.model.context_length - len(prompt_ids)
         if max_tokens < 1:
@@ -89,13 +80,9 @@ def _tools(f: RequestFields) -> OutputPlan:
         if choice.mode == "required":
             raise bad_request("'function_call' must be 'auto', 'none' or {'name': ...}", "function_call")
         return OutputPlan(tools=tools, choice=choice, parallel=False)
-    tools = openai_tools(f.raw("tools"))
-    if not tools:
-        if f.raw("tool_choice") not in (None, "none", "auto"):
-            raise bad_request("'tool_choice' needs 'tools'", "tool_choice")
-        return OutputPlan()
-    return OutputPlan(tools=tools, choice=openai_tool_choice(f.raw("tool_choice"), tools),
-                      parallel=f.boolean("parallel_tool_calls", True))
+    if f.raw("function_call") not in (None, "none", "auto"):  # checked, as tool_choice is, not ignored
+        raise bad_request("'function_call' needs 'functions'", "function_call")
+    return tool_plan(f.raw("tools"), f.raw("tool_choice"), f.boolean("parallel_tool_calls"))
 
 
 def _response_format(f: RequestFields, served: ServedModel, plan: OutputPlan) -> None:
@@ -118,7 +105,7 @@ def _response_format(f: RequestFields, served: ServedModel, plan: OutputPlan) ->
             raise bad_request(f"response_format type '{kind}' is not supported (text, json_object, json_schema)", "response_format.type")
     if f.raw("json_schema") is not None:
         asked.append(("json_schema", lambda g: g.json_schema(f.raw("json_schema"), "json_schema")))
-    if f.raw("grammar") is not None:
+    if f.has("grammar"):
         source = f.string("grammar")
         asked.append(("grammar", lambda g: g.gbnf(source, "grammar")))
     if len(asked) > 1:
@@ -130,12 +117,12 @@ def _response_format(f: RequestFields, served: ServedModel, plan: OutputPlan) ->
 
 def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tokens: int, logprobs: int | None,
            constraint=None) -> OpenAIRequest:
-    stream = f.boolean("stream", False)
-    options = f.raw("stream_options", {})
+    stream = f.boolean("stream")
+    options = f.raw("stream_options")
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
     include_usage = options.get("include_usage") is True
-    if constraint is not None and f.boolean("ignore_eos", False):
+    if constraint is not None and f.boolean("ignore_eos"):
         # a finished grammar allows only the end token: generating past it would break the grammar
         raise bad_request("ignore_eos cannot be combined with a response format, grammar or forced tool call", "ignore_eos")
     generation = GenerationRequest(
@@ -143,7 +130,7 @@ def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tok
         params=_sampling(f, served),
         max_tokens=max_tokens,
         stop=_stop(f),
-        ignore_eos=f.boolean("ignore_eos", False),
+        ignore_eos=f.boolean("ignore_eos"),
         logprobs=logprobs,
         constraint=constraint,
     )
@@ -152,29 +139,27 @@ def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tok
 
 def _sampling(f: RequestFields, served: ServedModel) -> SamplingParams:
     return SamplingParams(
-        temperature=f.number("temperature", 1.0, 0.0, 2.0),
-        top_p=f.number("top_p", 1.0),
-        top_k=f.integer("top_k", 0),
-        min_p=f.number("min_p", 0.0),
-        repetition_penalty=f.number("repetition_penalty", 1.0),
-        presence_penalty=f.number("presence_penalty", 0.0, -2.0, 2.0),
-        frequency_penalty=f.number("frequency_penalty", 0.0, -2.0, 2.0),
-        logit_bias=_logit_bias(f.raw("logit_bias", {}), served.model.vocab_size),
-        seed=f.integer("seed", None),
+        temperature=f.number("temperature"),
+        top_p=f.number("top_p"),
+        top_k=f.integer("top_k"),
+        min_p=f.number("min_p"),
+        repetition_penalty=f.number("repetition_penalty"),
+        presence_penalty=f.number("presence_penalty"),
+        frequency_penalty=f.number("frequency_penalty"),
+        logit_bias=_logit_bias(f.raw("logit_bias"), served.model.vocab_size),
+        seed=f.integer("seed"),
     )
 
 
 def _refuse_unsupported(f: RequestFields) -> None:
-    if f.integer("n", 1) != 1:
+    if f.integer("n") != 1:
         raise bad_request("n > 1 is not supported", "n")
-    if f.integer("best_of", 1) != 1:
+    if f.integer("best_of") != 1:
         raise bad_request("best_of > 1 is not supported", "best_of")
 
 
 def _completion_prompt(f: RequestFields, served: ServedModel) -> list[int]:
     prompt = f.raw("prompt")
-    if prompt is None:
-        raise bad_request("'prompt' is required", "prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
@@ -187,14 +172,14 @@ def _completion_prompt(f: RequestFields, served: ServedModel) -> list[int]:
 
 
 def _render_chat(f: RequestFields, served: ServedModel, tools: list[dict] | None = None) -> str:
-    extra = f.raw("chat_template_kwargs", {})
+    extra = f.raw("chat_template_kwargs")
     if not isinstance(extra, dict):
         raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
     return render_chat(served, f.raw("messages"), extra, tools=tools)
 
 
 def _stop(f: RequestFields) -> tuple[str, ...]:
-    stop = f.raw("stop", [])
+    stop = f.raw("stop")
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise bad_request("'stop' must be a non-empty string or a list of them", "stop")

@@ -10,9 +10,12 @@ from rfc.runtime.kv_budget import block_bytes, kv_itemsize
 from rfc.runtime.loader import LoadedModel
 from rfc.runtime.server.config import SERVICE_NAME, ServerConfig
 from rfc.runtime.server.errors import ApiError
+from rfc.runtime.server.fields import Field, Kind, read_query
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.model_info import bundle_size, model_card
+from rfc.runtime.server.openapi import Operation
+from rfc.runtime.server.response_schemas import ANY_TEXT, HEALTH, JSON, MODELS, READY, TEXT, TRACES
 from rfc.runtime.server.traces import TraceStore
 
 _GPU_FAMILIES = ("hip", "cuda")
@@ -20,6 +23,8 @@ _GPU_FAMILIES = ("hip", "cuda")
 
 class HealthResource:
     """Answers throughout, loaded or not; never needs the API key."""
+
+    operations = {"get": Operation("Liveness: the engine, device, requests and KV cache", reply={JSON: HEALTH}, public=True)}
 
     def __init__(self, handle: EngineHandle, lifecycle: Lifecycle):
         self._handle = handle
@@ -97,6 +102,9 @@ def kv_pool_bytes(model: LoadedModel) -> int:
 
 
 class ReadyResource:
+    operations = {"get": Operation("Readiness: 200 once every model is loaded, 503 before and while draining",
+                                   reply={JSON: READY}, errors=(503,), public=True)}
+
     def __init__(self, handle: EngineHandle, lifecycle: Lifecycle):
         self._handle = handle
         self._lifecycle = lifecycle
@@ -108,6 +116,8 @@ class ReadyResource:
 
 
 class ModelsResource:
+    operations = {"get": Operation("The served models", reply={JSON: MODELS}, errors=(503,))}
+
     def __init__(self, handle: EngineHandle):
         self._handle = handle
 
@@ -134,6 +144,8 @@ class ModelsResource:
 
 
 class MetricsResource:
+    operations = {"get": Operation("Prometheus metrics", reply={TEXT: ANY_TEXT})}
+
     def __init__(self, registry: CollectorRegistry):
         self._registry = registry
 
@@ -147,6 +159,11 @@ class TracesResource:
     with it: so they are the admin key's (`--admin-api-key`), or everyone's only when the
     operator says so (`--public-traces`, the seed API's open endpoint)."""
 
+    LIMIT = Field("limit", Kind.INTEGER, minimum=0, description="the newest N traces; absent: all")
+    CLEAR = Field("clear", Kind.BOOLEAN, False, description="drop the traces kept")
+    operations = {"get": Operation("Sampled requests as OTLP JSON", reply={JSON: TRACES}, errors=(400, 403),
+                                   query=(LIMIT, CLEAR))}
+
     def __init__(self, traces: TraceStore, config: ServerConfig):
         self._traces = traces
         self._public = config.public_traces
@@ -155,6 +172,6 @@ class TracesResource:
         if not (self._public or req.context.get("admin")):
             raise ApiError(falcon.HTTP_403, "traces are private: send the admin key (--admin-api-key), "
                                             "or start the server with --public-traces", code="forbidden")
-        limit = req.get_param_as_int("limit", min_value=0)
-        clear = req.get_param_as_bool("clear", default=False)
+        limit = read_query(req, self.LIMIT)
+        clear = read_query(req, self.CLEAR)
         resp.media = self._traces.export(limit=limit, clear=clear)

@@ -16,42 +16,65 @@ from rfc.runtime.messages import system_and_turns
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.api_fields import CONTENT, MODEL, SEED, STREAM, TEMPERATURE, TOP_K, TOP_P, refused
 from rfc.runtime.server.errors import ApiError, bad_request, read_json
-from rfc.runtime.server.fields import RequestFields
-from rfc.runtime.server.generation import client_gone, model_for, submit
+from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
+from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, client_gone, model_for, submit
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.middleware import deferred_log
+from rfc.runtime.server.openapi import Operation, Routes
+from rfc.runtime.server.response_schemas import RESPONSE, RESPONSE_EVENT, streamed
 from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse_body, sse_event
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
+_STATELESS = "this server stores no {}; send the whole conversation as 'input'"
+_INPUT = {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["role"],
+    "properties": {"type": {"const": "message"}, "role": {"enum": list(MESSAGE_ROLES)}, "content": CONTENT}}}]}
+_TEXT = {"type": "object", "properties": {"format": {"type": "object", "properties": {"type": {"const": "text"}}}}}
+_REFUSED = {"previous_response_id": _STATELESS.format("responses"), "conversation": _STATELESS.format("conversations"),
+            "tools": "tools are not supported", "top_logprobs": "logprobs are not supported here",
+            "prompt": "stored prompts are not supported"}
+RESPONSES = RequestModel("ResponseRequest", (
+    MODEL,
+    STREAM,
+    Field("input", Kind.JSON, required=True, schema=_INPUT, description="a string, or a list of messages"),
+    Field("instructions", Kind.STRING, description="the system message"),
+    Field("max_output_tokens", Kind.INTEGER, minimum=1, description="absent: the rest of the context"),
+    TEMPERATURE,
+    TOP_P,
+    TOP_K,
+    SEED,
+    Field("text", Kind.JSON, {}, schema=_TEXT, description="only text output"),
+    Field("background", Kind.BOOLEAN, False, description="not supported"),
+    Field("metadata", Kind.JSON, schema={}, description="echoed"),
+    Field("user", Kind.JSON, schema={}, description="echoed"),
+    *(refused(name, why) for name, why in _REFUSED.items()),
+), example={"input": "Tell me a story", "max_output_tokens": 16})
 
 
-def add_routes(app: falcon.App, handle: EngineHandle, config: ServerConfig) -> None:
-    app.add_route("/v1/responses", ResponsesResource(handle, config))
+def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> None:
+    routes.add("/v1/responses", ResponsesResource(handle, config))
 
 
-def parse(body: dict, served: ServedModel) -> GenerationRequest:
-    f = RequestFields(body)
-    for name, why in (("previous_response_id", "this server stores no responses; send the whole conversation as 'input'"),
-                      ("conversation", "this server stores no conversations; send the whole conversation as 'input'"),
-                      ("tools", "tools are not supported"), ("top_logprobs", "logprobs are not supported here"),
-                      ("prompt", "stored prompts are not supported")):
+def parse(f: RequestFields, served: ServedModel) -> GenerationRequest:
+    for name, why in _REFUSED.items():
         if f.raw(name):
             raise bad_request(f"'{name}' is not supported: {why}", name)
-    if f.boolean("background", False):
+    if f.boolean("background"):
         raise bad_request("background responses are not supported", "background")
-    text = f.raw("text", {})
+    text = f.raw("text")
     fmt = text.get("format", {}) if isinstance(text, dict) else None
     if not isinstance(fmt, dict) or fmt.get("type", "text") != "text":
         raise bad_request("only text output is supported (text.format {'type': 'text'})", "text.format")
     messages = system_and_turns(f.string("instructions"), _input_messages(f.raw("input")))
     prompt_ids = served.prompts.encode(render_chat(served, messages, field="input"), "input")
     room = served.model.context_length - len(prompt_ids)
-    max_tokens = f.integer("max_output_tokens", None, 1) or room
+    max_tokens = f.integer("max_output_tokens") or room
     if room < 1:
         raise bad_request(f"the input ({len(prompt_ids)} tokens) fills the context ({served.model.context_length} tokens)", "input")
-    params = SamplingParams(temperature=f.number("temperature", 1.0, 0.0, 2.0), top_p=f.number("top_p", 1.0),
-                            top_k=f.integer("top_k", 0), seed=f.integer("seed", None))
+    params = SamplingParams(temperature=f.number("temperature"), top_p=f.number("top_p"), top_k=f.integer("top_k"),
+                            seed=f.integer("seed"))
     return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=min(max_tokens, room))
 
 
@@ -75,13 +98,13 @@ def _input_messages(raw: object) -> list[dict]:
 class ResponseShapes:
     """The objects of one response: the response itself, its message item and text part."""
 
-    def __init__(self, model_id: str, state: RequestState, body: dict):
+    def __init__(self, model_id: str, state: RequestState, f: RequestFields):
         self.model_id = model_id
         self.state = state
         self.id = f"resp_{secrets.token_hex(12)}"
         self.item_id = f"msg_{secrets.token_hex(12)}"
         self.created_at = int(time.time())
-        self._echo = {k: body.get(k) for k in ("instructions", "max_output_tokens", "metadata", "temperature", "top_p", "user")}
+        self._echo = {k: f.sent(k) for k in ("instructions", "max_output_tokens", "metadata", "temperature", "top_p", "user")}
 
     def part(self, text: str) -> dict:
         return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
@@ -153,16 +176,19 @@ class ResponsesStreamRenderer:
 
 
 class ResponsesResource:
+    operations = {"post": Operation("Create a response", RESPONSES, streamed(RESPONSE, RESPONSE_EVENT), GENERATION_ERRORS,
+                                    links=BY_REQUEST_ID)}
+
     def __init__(self, handle: EngineHandle, config: ServerConfig):
         self._handle = handle
         self._config = config
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json(req, self._config.max_body_bytes)
-        served = model_for(self._handle, body, any_name_if_single=True)
-        stream = RequestFields(body).boolean("stream", False)
-        state = submit(served.engine, parse(body, served), req, resp)
-        shapes = ResponseShapes(served.model_id, state, body)
+        f = RESPONSES.read(read_json(req, self._config.max_body_bytes))
+        served = model_for(self._handle, f, any_name_if_single=True)
+        stream = f.boolean("stream")
+        state = submit(served.engine, parse(f, served), req, resp)
+        shapes = ResponseShapes(served.model_id, state, f)
         tokens = TokenStream(served.engine, state, client_gone(req))
         if stream:
             resp.content_type = SSE_CONTENT_TYPE

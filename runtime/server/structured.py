@@ -23,7 +23,10 @@ from rfc.runtime.server.errors import bad_request, unavailable
 from rfc.runtime.server.host import ServedModel
 
 MAX_TOOLS = 128
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # OpenAI allows a-z, A-Z, 0-9, _ and -; MCP adds . and :
+# OpenAI allows a-z, A-Z, 0-9, _ and -; MCP adds . and :. Matched whole (re's `$` would let a
+# trailing newline through, where the document's ECMA-262 pattern does not).
+TOOL_NAME_PATTERN = "^[A-Za-z0-9_.:-]{1,128}$"
+_NAME = re.compile(TOOL_NAME_PATTERN.strip("^$"))
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,16 @@ def openai_tools(raw: object, field_name: str = "tools") -> list[dict]:
     return out
 
 
+def tool_plan(raw_tools: object, raw_choice: object, parallel: bool = True) -> OutputPlan:
+    """OpenAI's `tools` and `tool_choice` (a choice other than auto or none needs tools)."""
+    tools = openai_tools(raw_tools)
+    if not tools:
+        if raw_choice not in (None, "none", "auto"):
+            raise bad_request("'tool_choice' needs 'tools'", "tool_choice")
+        return OutputPlan()
+    return OutputPlan(tools=tools, choice=openai_tool_choice(raw_choice, tools), parallel=parallel)
+
+
 def legacy_functions(raw: object) -> list[dict]:
     """The deprecated `functions` list as tools."""
     if not isinstance(raw, list) or len(raw) > MAX_TOOLS:
@@ -110,7 +123,7 @@ def function_spec(fn: object, where: str, parameters_key: str = "parameters") ->
     if not isinstance(fn, dict):
         raise bad_request(f"'{where}' must be an object", where)
     name = fn.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise bad_request(f"'{where}.name' must be 1-128 letters, digits, '_', '-', '.' or ':'", f"{where}.name")
     description = fn.get("description", "")
     if not isinstance(description, str):

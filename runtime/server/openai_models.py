@@ -1,0 +1,76 @@
+"""The bodies of OpenAI's /v1/completions and /v1/chat/completions, with the llama.cpp and
+vLLM extras rfc takes (runtime/server/openai_params.py reads them)."""
+
+from rfc.runtime.server.api_fields import (
+    CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, FREQUENCY_PENALTY, JSON_SCHEMA, LOGPROBS, MAX_TOKENS, MIN_P, MODEL,
+    OBJECT, OPENAI_TOOL_CHOICE, OPENAI_TOOLS_FIELD, PRESENCE_PENALTY, REPETITION_PENALTY, SEED, STOP,
+    STREAM, TEMPERATURE, TOKEN_IDS, TOOL_CHOICE, TOP_K, TOP_P, function_shape,
+)
+from rfc.runtime.server.fields import Field, Kind, RequestModel
+from rfc.runtime.server.structured import MAX_TOOLS
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
+MAX_LOGPROBS = 20
+REASONING_FORMATS = ("auto", "deepseek", "none")
+
+RESPONSE_FORMAT = {"anyOf": [
+    {"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}},
+    {"type": "object", "required": ["type", "json_schema"],
+     "properties": {"type": {"const": "json_schema"}, "json_schema": {"type": "object", "required": ["schema"]}}},
+]}
+_PROMPT = {"anyOf": [
+    {"type": "string"}, TOKEN_IDS,
+    {"type": "array", "minItems": 1, "maxItems": 1, "items": {"anyOf": [{"type": "string"}, TOKEN_IDS]}},  # a batch of one
+]}
+
+_LOGIT_BIAS = {"type": "object", "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}}
+
+# What both endpoints read: sampling, stops, streaming, structured output.
+_SHARED = (
+    MODEL,
+    STREAM,
+    Field("stream_options", Kind.JSON, {}, schema=OBJECT, description="include_usage: a last chunk with the usage"),
+    TEMPERATURE,
+    TOP_P,
+    TOP_K,
+    MIN_P,
+    REPETITION_PENALTY,
+    PRESENCE_PENALTY,
+    FREQUENCY_PENALTY,
+    Field("logit_bias", Kind.JSON, {}, schema=_LOGIT_BIAS, description="token ids (as strings) -> a bias added to their logits"),
+    SEED,
+    Field("stop", Kind.JSON, [], schema=STOP),
+    Field("ignore_eos", Kind.BOOLEAN, False),
+    Field("n", Kind.INTEGER, 1, description="only 1"),
+    Field("best_of", Kind.INTEGER, 1, description="only 1"),
+    Field("response_format", Kind.JSON, schema=RESPONSE_FORMAT),
+    Field("json_schema", Kind.JSON, schema=JSON_SCHEMA, description="llama.cpp's: constrain the output to this schema"),
+    Field("grammar", Kind.STRING, description="llama.cpp's: constrain the output to this GBNF grammar"),
+)
+
+COMPLETION = RequestModel("CompletionRequest", (
+    *_SHARED,
+    Field("prompt", Kind.JSON, required=True, schema=_PROMPT, description="one prompt: text or token ids"),
+    MAX_TOKENS.but(default=COMPLETIONS_DEFAULT_MAX_TOKENS, description=""),
+    Field("logprobs", Kind.INTEGER, minimum=0, maximum=MAX_LOGPROBS, description="the top N logprobs of each token"),
+    Field("echo", Kind.BOOLEAN, False, description="not supported"),
+    Field("suffix", Kind.STRING, description="not supported"),
+), example={"prompt": "Once upon a time", "max_tokens": 16})
+
+CHAT = RequestModel("ChatCompletionRequest", (
+    *_SHARED,
+    CHAT_MESSAGES_FIELD,
+    MAX_TOKENS,
+    MAX_TOKENS.but(name="max_completion_tokens"),
+    LOGPROBS,
+    Field("top_logprobs", Kind.INTEGER, minimum=0, maximum=MAX_LOGPROBS),
+    OPENAI_TOOLS_FIELD,
+    TOOL_CHOICE,
+    Field("parallel_tool_calls", Kind.BOOLEAN, True),
+    Field("functions", Kind.JSON, schema={"type": "array", "maxItems": MAX_TOOLS, "items": function_shape()},
+          description="deprecated: tools"),
+    Field("function_call", Kind.JSON, schema=OPENAI_TOOL_CHOICE, description="deprecated: tool_choice"),
+    CHAT_TEMPLATE_KWARGS,
+    Field("reasoning_format", Kind.STRING, "auto", enum=REASONING_FORMATS,
+          description="none: the reasoning stays in the content"),
+), example={"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 16})
