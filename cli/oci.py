@@ -115,6 +115,7 @@ class Registry:
         self.options = options
         self.base = f"{'http' if options.insecure else 'https'}://{reference.registry}/v2/{reference.repository}"
         self._oras = oras.provider.Registry(hostname=reference.registry, insecure=options.insecure)
+        self._oras.auth = _basic_or_token_auth(self._oras.auth)
         self._container = oras.container.Container(f"{reference.registry}/{reference.repository}:x")
         configs = [str(options.docker_config)] if options.docker_config and options.docker_config.is_file() else None
         self._oras.auth.load_configs(self._container, configs=configs)
@@ -129,7 +130,7 @@ class Registry:
                 return self._request(self._oras, url if url.startswith("http") else self.base + url, method,
                                      data=data, headers=dict(headers or {}), stream=stream)
             except requests.exceptions.ConnectionError as e:
-                if attempt == _ATTEMPTS - 1 or hasattr(data, "read"):
+                if attempt == _ATTEMPTS - 1:
                     raise OciError(f"cannot reach the registry at {self.base.split('/v2/')[0]}: {_first_line(e)}") from None
                 time.sleep(0.5 * (attempt + 1))
             except (requests.exceptions.RequestException, ValueError) as e:
@@ -165,13 +166,11 @@ class Registry:
         _check(r, "blob upload")
         location = self._location(r)
         if isinstance(source, bytes) or size <= _MONOLITHIC_MAX:
-            body = source if isinstance(source, bytes) else open(source, "rb")
-            try:
-                r = self.request("PUT", _with_digest(location, digest), data=body,
-                                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
-            finally:
-                if not isinstance(body, bytes):
-                    body.close()
+            # bytes, not a file object: a request answered 401 is sent again with credentials,
+            # and a file object would be sent again empty
+            body = source if isinstance(source, bytes) else Path(source).read_bytes()
+            r = self.request("PUT", _with_digest(location, digest), data=body,
+                             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
         else:
             with open(source, "rb") as f:
                 start = 0
@@ -221,6 +220,26 @@ class Registry:
         if not loc:
             raise OciError("the registry opened an upload without a Location")
         return loc if loc.startswith("http") else self.base.split("/v2/")[0] + loc
+
+
+def _basic_or_token_auth(auth):
+    """oras's token backend with one addition: a registry that challenges with HTTP Basic
+    (distribution with htpasswd, many on-premises registries) gets the docker config's
+    credentials as Basic auth; bearer-token registries go through oras's token flow."""
+    from oras.auth.token import TokenAuth
+
+    class BasicOrTokenAuth(TokenAuth):
+        def authenticate_request(self, original, headers, refresh=False):
+            challenge = original.headers.get("Www-Authenticate", "")
+            if challenge.lower().startswith("basic"):
+                # without credentials the retry gets the same 401, which the caller reports
+                creds = getattr(self, "_basic_auth", None)
+                return {**(headers or {}), **({"Authorization": f"Basic {creds}"} if creds else {})}, True
+            return super().authenticate_request(original, headers, refresh)
+
+    replacement = BasicOrTokenAuth()
+    replacement.session, replacement.prefix, replacement._tls_verify = auth.session, auth.prefix, auth._tls_verify
+    return replacement
 
 
 @dataclass

@@ -31,7 +31,7 @@ PROMPT = "Once upon a time"
 class Registry:
     """docker-registry serving a fresh storage directory on 127.0.0.1:PORT, its access log kept."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, htpasswd: Path | None = None):
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.storage = root / "storage"
@@ -41,6 +41,7 @@ class Registry:
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.host}\n"
+            + (f"auth:\n  htpasswd:\n    realm: rfc-test\n    path: {htpasswd}\n" if htpasswd else "")
         )
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=self._log, stderr=subprocess.STDOUT)
@@ -48,7 +49,7 @@ class Registry:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log()
             try:
-                if requests.get(f"http://{self.host}/v2/", timeout=1).status_code == 200:
+                if requests.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
                     return
             except requests.ConnectionError:
                 time.sleep(0.05)
@@ -265,3 +266,31 @@ def test_a_registry_that_is_not_there_is_one_line(tmp_path):
     out = rfc("pull", f"127.0.0.1:{free_port()}/models/demo:a", "--insecure", "--cache-dir", tmp_path)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and "cannot reach the registry" in out.stderr
+
+
+def test_credentials_come_from_the_docker_config(tmp_path, bundles):
+    """A registry that wants a password (htpasswd, HTTP Basic): refused without one, in one
+    line that says how to log in; served with the docker config's `auths` entry."""
+    bcrypt = pytest.importorskip("bcrypt", reason="bcrypt not installed (pip install bcrypt)")
+    import base64
+    import os
+
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("ci:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode() + "\n")
+    reg = Registry(tmp_path, htpasswd)
+    try:
+        ref = f"{reg.host}/models/private:a"
+        env = {**os.environ, "DOCKER_CONFIG": str(tmp_path / "nowhere"), "HOME": str(tmp_path)}
+        denied = rfc("push", bundles["a"], ref, "--insecure", env=env)
+        assert denied.returncode == 2 and len(denied.stderr.strip().splitlines()) == 1
+        assert "answered 401" in denied.stderr and "docker login" in denied.stderr
+        docker = tmp_path / "docker"
+        docker.mkdir()
+        auth = base64.b64encode(b"ci:s3cret").decode()
+        (docker / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": auth}}}))
+        env["DOCKER_CONFIG"] = str(docker)
+        rfc("push", bundles["a"], ref, "--insecure", env=env, check=True)
+        rfc("pull", ref, "--insecure", "--cache-dir", tmp_path / "cache", "-o", tmp_path / "out", env=env, check=True)
+        assert files_of(tmp_path / "out") == files_of(bundles["a"])
+    finally:
+        reg.stop()
