@@ -43,6 +43,7 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
     utilization, kv_budget = parse_memory_options(gpu_memory_utilization, kv_memory)
     from rfc.artifacts import BundleError
     from rfc.cli.model_args import bundle_paths
+    from rfc.runtime.budget import BudgetRule, PastContext, generation_budget
     from rfc.runtime.chat import ChatTemplateError
     from rfc.runtime.devices import DeviceError
     from rfc.runtime.engine import Engine, GenerationRequest, RequestError
@@ -67,9 +68,8 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
 
     def one(text: str) -> str:
         ids = encode_prompt(model, text)
-        budget = min(max_tokens, model.context_length - len(ids))
-        if budget < 1:
-            fail(f"the prompt ({len(ids)} tokens) fills the context ({model.context_length} tokens)")
+        # -n past the context stops at it; a prompt that fills the context is refused (RequestError)
+        budget = generation_budget(BudgetRule(past_context=PastContext.CLAMP), max_tokens, len(ids), model.context_length)
         request = GenerationRequest(prompt_ids=ids, params=params, max_tokens=budget, stop=tuple(stop), ignore_eos=ignore_eos)
         state, stats = generate(engine, request, lambda t: (sys.stdout.write(t), sys.stdout.flush()))
         sys.stdout.write("\n")

@@ -14,22 +14,22 @@ import secrets
 import falcon
 
 from rfc.runtime.assistant_output import Delta, OutputParser, OutputSpec
+from rfc.runtime.budget import BudgetRule, PastContext
 from rfc.runtime.engine import EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.messages import MessageError, flatten_content, system_and_turns
 from rfc.runtime.reasoning import template_thinks
 from rfc.runtime.sampler import SamplingParams
-from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.anthropic_blocks import chat_messages, content_blocks, output_plan, tool_use
-from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.anthropic_models import COUNT_TOKENS, MAX_STOP_SEQUENCES, MESSAGES
-from rfc.runtime.server.errors import ApiError, bad_request, read_json
+from rfc.runtime.server.chat_prompt import render_chat
+from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
-from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, client_gone, model_for, submit
+from rfc.runtime.server.generation import Answer, BodyResource, budget, generation_operations, run
 from rfc.runtime.server.host import EngineHandle, ServedModel
-from rfc.runtime.server.middleware import deferred_log
 from rfc.runtime.server.openapi import Operation, Routes
 from rfc.runtime.server.response_schemas import JSON, MESSAGE, MESSAGE_EVENT, TOKEN_COUNT, streamed
-from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse_body, sse_event
+from rfc.runtime.server.streaming import SseRenderer, sse_event
 from rfc.runtime.server.structured import OutputPlan
 
 STOP_REASONS = {EOS: "end_turn", STOP: "stop_sequence", LENGTH: "max_tokens"}
@@ -56,14 +56,15 @@ def prompt_ids(f: RequestFields, served: ServedModel) -> list[int]:
     return served.prompts.encode(prompt(f, served, output_plan(f)), "messages")
 
 
+# max_tokens (required) past the context: a 400 naming the messages
+BUDGET = BudgetRule("the messages", "messages", plural=True, past_context=PastContext.REFUSE)
+
+
 def parse(f: RequestFields, served: ServedModel) -> tuple[GenerationRequest, OutputSpec]:
     plan = output_plan(f)
     text = prompt(f, served, plan)
     ids = served.prompts.encode(text, "messages")
-    max_tokens = f.integer("max_tokens")
-    if len(ids) + max_tokens > served.model.context_length:
-        raise bad_request(f"the messages ({len(ids)} tokens) + max_tokens ({max_tokens}) exceed the context "
-                          f"({served.model.context_length} tokens)", "max_tokens")
+    max_tokens = budget(served, BUDGET, f.integer("max_tokens"), ids)
     stops = f.raw("stop_sequences")
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_SEQUENCES:
         raise bad_request(f"'stop_sequences' must be a list of at most {MAX_STOP_SEQUENCES} non-empty strings", "stop_sequences")
@@ -106,7 +107,7 @@ class MessageShapes:
                 "stop_reason": reason, "stop_sequence": sequence, "usage": self.usage()}
 
 
-class MessagesStreamRenderer:
+class MessagesStreamRenderer(SseRenderer):
     """Anthropic's events: a block opens when its kind of output first comes (thinking, text,
     each tool_use) and closes when another kind starts or the message ends."""
 
@@ -163,45 +164,26 @@ class MessagesStreamRenderer:
     def _delta(self, delta: dict) -> bytes:
         return sse_event("content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta})
 
-    def end(self) -> list[bytes]:
-        return []
 
+class MessagesResource(BodyResource):
+    model = MESSAGES
+    any_name_if_single = True
+    operations = generation_operations("Create a message", MESSAGES, streamed(MESSAGE, MESSAGE_EVENT))
 
-class MessagesResource:
-    operations = {"post": Operation("Create a message", MESSAGES, streamed(MESSAGE, MESSAGE_EVENT), GENERATION_ERRORS,
-                                    links=BY_REQUEST_ID)}
-
-    def __init__(self, handle: EngineHandle, config: ServerConfig):
-        self._handle = handle
-        self._config = config
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f = MESSAGES.read(read_json(req, self._config.max_body_bytes))
-        served = model_for(self._handle, f, any_name_if_single=True)
+    def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         request, spec = parse(f, served)
-        state = submit(served.engine, request, req, resp)
-        shapes = MessageShapes(served.model_id, state, spec)
-        tokens = TokenStream(served.engine, state, client_gone(req))
-        if f.boolean("stream"):
-            resp.content_type = SSE_CONTENT_TYPE
-            resp.set_headers(SSE_HEADERS)
-            resp.stream = sse_body(tokens, MessagesStreamRenderer(shapes), deferred_log(req, 200, lambda: len(state.tokens)))
-            return
-        tokens.wait()
-        req.context.tokens = len(state.tokens)
-        if state.finish_reason == FAILED:
-            raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
-        resp.media = shapes.message(True)
+
+        def answer(state: RequestState) -> Answer:
+            shapes = MessageShapes(served.model_id, state, spec)
+            return Answer(whole=lambda _events: shapes.message(True), stream=MessagesStreamRenderer(shapes))
+
+        run(served, request, req, resp, f.boolean("stream"), answer)
 
 
-class CountTokensResource:
+class CountTokensResource(BodyResource):
+    model = COUNT_TOKENS
+    any_name_if_single = True
     operations = {"post": Operation("Count a prompt's tokens", COUNT_TOKENS, {JSON: TOKEN_COUNT}, (404,))}
 
-    def __init__(self, handle: EngineHandle, config: ServerConfig):
-        self._handle = handle
-        self._config = config
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f = COUNT_TOKENS.read(read_json(req, self._config.max_body_bytes))
-        served = model_for(self._handle, f, any_name_if_single=True)
+    def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"input_tokens": len(prompt_ids(f, served))}

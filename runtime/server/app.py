@@ -37,7 +37,7 @@ def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), tele
 
     routes = Routes(app)
     routes.add("/generate", native.GenerateResource(handle, config))
-    routes.add("/generate/stream", native.GenerateStreamResource(handle, config))
+    routes.add("/generate/stream", native.GenerateResource(handle, config, stream=True))
     routes.add("/status/{request_id:int}", native.StatusResource(handle))
     routes.add("/cancel/{request_id:int}", native.CancelResource(handle))
     routes.add("/models", ops.ModelsResource(handle))

@@ -14,9 +14,9 @@ from rfc.runtime.server.api_fields import (
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.embeddings import INPUTS, embed, encode_inputs, shorten
-from rfc.runtime.server.errors import bad_request, read_json
+from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
-from rfc.runtime.server.generation import check_token_ids, model_for
+from rfc.runtime.server.generation import BodyResource, check_token_ids
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.openai_format import TokenPieces
 from rfc.runtime.server.openapi import MODEL_ERRORS, Operation, Routes
@@ -51,31 +51,16 @@ def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> No
     integrations.add_routes(routes, handle)
 
 
-class _BodyResource:
-    model: RequestModel
-
-    def __init__(self, handle: EngineHandle, config: ServerConfig, any_name_if_single: bool = False):
-        self._handle = handle
-        self._config = config
-        self._any_name = any_name_if_single
-
-    def body(self, req: falcon.Request) -> tuple[RequestFields, ServedModel]:
-        f = self.model.read(read_json(req, self._config.max_body_bytes))
-        return f, model_for(self._handle, f, self._any_name)
-
-
-class EmbeddingsResource(_BodyResource):
+class EmbeddingsResource(BodyResource):
     """OpenAI's /v1/embeddings. The official SDK asks for base64 unless told otherwise: the
     vector's float32 bytes, little-endian."""
 
     model = EMBEDDINGS
     operations = {"post": Operation("Embed text", EMBEDDINGS, {replies.JSON: replies.EMBEDDINGS}, MODEL_ERRORS)}
 
-    def __init__(self, handle: EngineHandle, config: ServerConfig):
-        super().__init__(handle, config, any_name_if_single=True)
+    any_name_if_single = True
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f, served = self.body(req)
+    def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         encoding = f.string("encoding_format")
         result = embed(served, encode_inputs(served, f.raw("input"), "input"), self._config.pooling, False, "input")
         dims = f.integer("dimensions")
@@ -88,14 +73,13 @@ class EmbeddingsResource(_BodyResource):
         resp.media = {"object": "list", "data": data, "model": served.model_id, "usage": usage}
 
 
-class TokenizeResource(_BodyResource):
+class TokenizeResource(BodyResource):
     """llama.cpp's /tokenize: `content`, `add_special` (default false), `with_pieces`."""
 
     model = TOKENIZE
     operations = {"post": Operation("Tokenize text", TOKENIZE, {replies.JSON: replies.TOKENIZE}, MODEL_ERRORS)}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f, served = self.body(req)
+    def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         content = f.string("content")
         if not f.boolean("parse_special"):
             raise bad_request("parse_special: false is not supported (special tokens in the text are always parsed)", "parse_special")
@@ -116,12 +100,11 @@ def _piece(pieces: TokenPieces, token: int) -> str | list[int]:
         return raw
 
 
-class DetokenizeResource(_BodyResource):
+class DetokenizeResource(BodyResource):
     model = DETOKENIZE
     operations = {"post": Operation("Token ids back to text", DETOKENIZE, {replies.JSON: replies.DETOKENIZE}, MODEL_ERRORS)}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f, served = self.body(req)
+    def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         tokens = f.raw("tokens")
         if not isinstance(tokens, list):
             raise bad_request("'tokens' must be a list of token ids", "tokens")
@@ -129,15 +112,14 @@ class DetokenizeResource(_BodyResource):
         resp.media = {"content": served.model.tokenizer.decode(ids, skip_special_tokens=False)}
 
 
-class ApplyTemplateResource(_BodyResource):
+class ApplyTemplateResource(BodyResource):
     """llama.cpp's /apply-template: the prompt text /v1/chat/completions would generate from."""
 
     model = APPLY_TEMPLATE
     operations = {"post": Operation("The prompt a chat renders to", APPLY_TEMPLATE, {replies.JSON: replies.APPLY_TEMPLATE},
                                     MODEL_ERRORS)}
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f, served = self.body(req)
+    def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         extra = f.raw("chat_template_kwargs")
         if not isinstance(extra, dict):
             raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")

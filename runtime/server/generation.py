@@ -1,18 +1,24 @@
-"""What every API shares to run a request: the model it names, submit with domain errors
-mapped to HTTP ones, and the client-disconnect probe."""
+"""What every API shares to run a request: the model it names, its generation budget, and
+one run path (`run`, llama.cpp's handle_completions_impl): submit with domain errors mapped to
+HTTP ones, then stream the events as the API renders them, or wait for the end and reply
+whole, with the client-disconnect probe throughout."""
 
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import falcon
 
+from rfc.runtime.budget import BudgetRule, generation_budget
 from rfc.runtime.constraints import Busy, GrammarError
-from rfc.runtime.engine import Engine, GenerationRequest, QueueFull, RequestError, RequestState
+from rfc.runtime.engine import FAILED, Engine, GenerationRequest, QueueFull, RequestError, RequestState, TokenEvent
 from rfc.runtime.sampler import SamplingError
-from rfc.runtime.server.errors import bad_request, unavailable
-from rfc.runtime.server.fields import RequestFields
+from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.errors import ApiError, bad_request, read_json, unavailable
+from rfc.runtime.server.fields import RequestFields, RequestModel
 from rfc.runtime.server.host import EngineHandle, ServedModel
-from rfc.runtime.server.openapi import request_links
+from rfc.runtime.server.middleware import deferred_log
+from rfc.runtime.server.openapi import Operation, request_links
+from rfc.runtime.server.streaming import SSE_MEDIA, SseRenderer, StreamMedia, TokenStream, sse_body
 
 # What a generation route can answer besides 200 and the body's errors: a `model` not served
 # (404), a generation that failed (500: the request alone), loading or a full queue (503).
@@ -21,9 +27,70 @@ GENERATION_ERRORS = (404, 500, 503)
 BY_REQUEST_ID = request_links("$response.header.X-Request-Id")
 
 
+def generation_operations(summary: str, model: RequestModel, reply: Mapping[str, dict]) -> dict[str, Operation]:
+    """The document of a generation route (POST): its body, its reply, what `run` can answer."""
+    return {"post": Operation(summary, model, reply, GENERATION_ERRORS, links=BY_REQUEST_ID)}
+
+
 def model_for(handle: EngineHandle, f: RequestFields, any_name_if_single: bool = False) -> ServedModel:
     """The served model the body's optional `model` field names (the default when absent)."""
     return handle.require(f.string("model"), any_name_if_single)
+
+
+class BodyResource:
+    """A POST route whose JSON body is read through its request model and names a served
+    model; `post` answers it."""
+
+    model: RequestModel
+    any_name_if_single = False  # a server of one model answers any `model` (the OpenAI and Anthropic routes)
+
+    def __init__(self, handle: EngineHandle, config: ServerConfig):
+        self._handle = handle
+        self._config = config
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        f = self.model.read(read_json(req, self._config.max_body_bytes))
+        self.post(f, model_for(self._handle, f, self.any_name_if_single), req, resp)
+
+    def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
+        raise NotImplementedError
+
+
+def budget(served: ServedModel, rule: BudgetRule, asked: int | None, prompt_ids: list[int]) -> int:
+    """The request's max_tokens by its API's rule (runtime/budget.py); a 400 when it cannot fit."""
+    try:
+        return generation_budget(rule, asked, len(prompt_ids), served.model.context_length)
+    except RequestError as e:
+        raise bad_request(str(e), e.field) from None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How one API answers one request."""
+
+    whole: Callable[[list[TokenEvent]], dict]  # the reply, from the request's events, once it has ended
+    stream: SseRenderer  # the bytes of each event, as they come
+    media: StreamMedia = SSE_MEDIA
+
+
+def run(served: ServedModel, request: GenerationRequest, req: falcon.Request, resp: falcon.Response, stream: bool,
+        answer: Callable[[RequestState], Answer]) -> None:
+    """Submits `request` and answers it: its events streamed as they come, or the whole reply
+    once it ends. A generation that failed is a 500 for this request alone (a stream says so in
+    its last event instead, its status being sent)."""
+    state = submit(served.engine, request, req, resp)
+    reply = answer(state)
+    tokens = TokenStream(served.engine, state, client_gone(req))
+    if stream:
+        resp.content_type = reply.media.content_type
+        resp.set_headers(reply.media.headers)
+        resp.stream = sse_body(tokens, reply.stream, deferred_log(req, 200, lambda: len(state.tokens)))
+        return
+    events = list(tokens)
+    req.context.tokens = len(state.tokens)
+    if state.finish_reason == FAILED:
+        raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
+    resp.media = reply.whole(events)
 
 
 def submit(engine: Engine, request: GenerationRequest, req: falcon.Request, resp: falcon.Response) -> RequestState:

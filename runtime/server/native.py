@@ -2,18 +2,18 @@
 
 import falcon
 
-from rfc.runtime.engine import FAILED, Engine, GenerationRequest, RequestState, TokenEvent
+from rfc.runtime.budget import BudgetRule
+from rfc.runtime.engine import Engine, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.sampler import SamplingParams
-from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server import response_schemas as replies
 from rfc.runtime.server.api_fields import MAX_TOKENS, MODEL, TEMPERATURE, TOP_K, TOP_P
-from rfc.runtime.server.errors import ApiError, not_found, read_json
-from rfc.runtime.server.fields import Field, Kind, RequestModel
-from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, client_gone, model_for, submit
+from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.errors import not_found
+from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
+from rfc.runtime.server.generation import Answer, BodyResource, budget, generation_operations, run
 from rfc.runtime.server.host import EngineHandle, ServedModel
-from rfc.runtime.server.middleware import deferred_log
 from rfc.runtime.server.openapi import Operation
-from rfc.runtime.server.response_schemas import JSON, REQUEST_STATE, SSE, TOKEN_EVENT
-from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse, sse_body
+from rfc.runtime.server.streaming import SseRenderer, sse
 
 # The seed API's defaults.
 DEFAULT_MAX_TOKENS = 100
@@ -31,11 +31,15 @@ GENERATE = RequestModel("GenerateRequest", (
 ), example={"prompt": "Once upon a time", "max_tokens": 16})
 
 
-def native_request(body: dict, served: ServedModel) -> GenerationRequest:
-    f = GENERATE.read(body)
-    prompt = f.string("prompt")  # `model` (optional) was read by model_for
+# max_tokens past the context: the engine's 400 (its default of 100 is GENERATE's)
+BUDGET = BudgetRule()
+
+
+def native_request(f: RequestFields, served: ServedModel) -> GenerationRequest:
+    prompt_ids = served.prompts.encode(f.string("prompt"))  # `model` (optional) was read by model_for
     params = SamplingParams(temperature=f.number("temperature"), top_k=f.integer("top_k"), top_p=f.number("top_p"))
-    return GenerationRequest(prompt_ids=served.prompts.encode(prompt), params=params, max_tokens=f.integer("max_tokens"))
+    max_tokens = budget(served, BUDGET, f.integer("max_tokens"), prompt_ids)
+    return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=max_tokens)
 
 
 def state_body(state: RequestState) -> dict:
@@ -48,7 +52,7 @@ def state_body(state: RequestState) -> dict:
     }
 
 
-class _NativeRenderer:
+class _NativeRenderer(SseRenderer):
     def event(self, event: TokenEvent) -> list[bytes]:
         return [sse({
             "request_id": event.request_id,
@@ -58,49 +62,25 @@ class _NativeRenderer:
             "finish_reason": event.finish_reason,
         })]
 
-    def end(self) -> list[bytes]:
-        return []
+
+def _answer(state: RequestState) -> Answer:
+    return Answer(whole=lambda _events: state_body(state), stream=_NativeRenderer())
 
 
-def _start(handle: EngineHandle, config: ServerConfig, req: falcon.Request, resp: falcon.Response):
-    """Parses and submits a native generation request."""
-    body = read_json(req, config.max_body_bytes)
-    served = model_for(handle, GENERATE.read(body))
-    state = submit(served.engine, native_request(body, served), req, resp)
-    return served, state
+class GenerateResource(BodyResource):
+    """/generate (`stream=False`: the final state) and /generate/stream (one SSE event per token)."""
 
+    model = GENERATE
 
-class GenerateResource:
-    operations = {"post": Operation("Generate text", GENERATE, {JSON: REQUEST_STATE}, GENERATION_ERRORS,
-                                    links=BY_REQUEST_ID)}
+    def __init__(self, handle: EngineHandle, config: ServerConfig, stream: bool = False):
+        super().__init__(handle, config)
+        self._stream = stream
+        summary, reply = (("Generate text, one server-sent event per token", {replies.SSE: replies.TOKEN_EVENT}) if stream
+                          else ("Generate text", {replies.JSON: replies.REQUEST_STATE}))
+        self.operations = generation_operations(summary, GENERATE, reply)
 
-    def __init__(self, handle: EngineHandle, config: ServerConfig):
-        self._handle = handle
-        self._config = config
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        served, state = _start(self._handle, self._config, req, resp)
-        TokenStream(served.engine, state, client_gone(req)).wait()
-        req.context.tokens = len(state.tokens)
-        if state.finish_reason == FAILED:
-            raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
-        resp.media = state_body(state)
-
-
-class GenerateStreamResource:
-    operations = {"post": Operation("Generate text, one server-sent event per token", GENERATE, {SSE: TOKEN_EVENT},
-                                    GENERATION_ERRORS, links=BY_REQUEST_ID)}
-
-    def __init__(self, handle: EngineHandle, config: ServerConfig):
-        self._handle = handle
-        self._config = config
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        served, state = _start(self._handle, self._config, req, resp)
-        stream = TokenStream(served.engine, state, client_gone(req))
-        resp.content_type = SSE_CONTENT_TYPE
-        resp.set_headers(SSE_HEADERS)
-        resp.stream = sse_body(stream, _NativeRenderer(), deferred_log(req, 200, lambda: len(state.tokens)))
+    def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
+        run(served, native_request(f, served), req, resp, self._stream, _answer)
 
 
 def _owned(handle: EngineHandle, req: falcon.Request, request_id: int) -> Engine:
@@ -117,7 +97,7 @@ def _owned(handle: EngineHandle, req: falcon.Request, request_id: int) -> Engine
 
 
 class StatusResource:
-    operations = {"get": Operation("A request's state", reply={JSON: REQUEST_STATE}, errors=(404, 503))}
+    operations = {"get": Operation("A request's state", reply={replies.JSON: replies.REQUEST_STATE}, errors=(404, 503))}
 
     def __init__(self, handle: EngineHandle):
         self._handle = handle
@@ -129,7 +109,7 @@ class StatusResource:
 
 
 class CancelResource:
-    operations = {"post": Operation("Cancel a request", reply={JSON: REQUEST_STATE}, errors=(404, 503))}
+    operations = {"post": Operation("Cancel a request", reply={replies.JSON: replies.REQUEST_STATE}, errors=(404, 503))}
 
     def __init__(self, handle: EngineHandle):
         self._handle = handle

@@ -10,26 +10,25 @@ import time
 
 import falcon
 
-from rfc.runtime.engine import FAILED
+from rfc.runtime.engine import RequestState
 from rfc.runtime.server import model_info
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.embeddings import embed, encode_inputs, shorten
 from rfc.runtime.server.errors import ApiError, bad_request, read_json
 from rfc.runtime.server.fields import RequestFields
-from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, client_gone, submit
+from rfc.runtime.server.generation import Answer, generation_operations, run
 from rfc.runtime.server.host import EngineHandle, ServedModel
-from rfc.runtime.server.middleware import deferred_log
+from rfc.runtime.server.ollama_format import (
+    OllamaReply, OllamaStreamRenderer, chat_prompt, generate_prompt, generation, output_plan, refuse_unsupported,
+    sampling_options,
+)
 from rfc.runtime.server.ollama_models import CHAT, EMBED, EMBEDDINGS, GENERATE, SHOW
 from rfc.runtime.server.openapi import Operation, Routes
 from rfc.runtime.server.response_schemas import (
     ANY_TEXT, JSON, NDJSON, OLLAMA_CHAT, OLLAMA_EMBED, OLLAMA_EMBEDDING, OLLAMA_GENERATE, OLLAMA_PS, OLLAMA_SHOW, OLLAMA_TAGS,
     OLLAMA_VERSION, TEXT, streamed,
 )
-from rfc.runtime.server.ollama_format import (
-    NDJSON_CONTENT_TYPE, OllamaReply, OllamaStreamRenderer, chat_prompt, generate_prompt, generation, output_plan,
-    refuse_unsupported, sampling_options,
-)
-from rfc.runtime.server.streaming import TokenStream, sse_body
+from rfc.runtime.server.streaming import NDJSON_MEDIA
 
 # The Ollama API version whose shapes these routes follow (clients gate features on it).
 OLLAMA_API_VERSION = "0.12.0"
@@ -152,8 +151,7 @@ class GenerateResource:
         self._chat = chat
         self._model = CHAT if chat else GENERATE
         reply = streamed(OLLAMA_CHAT if chat else OLLAMA_GENERATE, stream_media=NDJSON)
-        self.operations = {"post": Operation("Answer a chat" if chat else "Generate text", self._model, reply,
-                                             GENERATION_ERRORS, links=BY_REQUEST_ID)}
+        self.operations = generation_operations("Answer a chat" if chat else "Generate text", self._model, reply)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         f = self._model.read(read_json(req, self._config.max_body_bytes))
@@ -172,18 +170,13 @@ class GenerateResource:
             resp.media = OllamaReply(name, self._chat).loaded()
             return
         prompt_ids = context + served.prompts.encode(prompt, "messages" if self._chat else "prompt")
-        state = submit(served.engine, generation(served, options, prompt_ids, plan), req, resp)
-        reply = OllamaReply(name, self._chat, state, plan.output_spec(served, prompt))
-        tokens = TokenStream(served.engine, state, client_gone(req))
-        if stream:
-            resp.content_type = NDJSON_CONTENT_TYPE
-            resp.stream = sse_body(tokens, OllamaStreamRenderer(reply), deferred_log(req, 200, lambda: len(state.tokens)))
-            return
-        tokens.wait()
-        req.context.tokens = len(state.tokens)
-        if state.finish_reason == FAILED:
-            raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
-        resp.media = reply.final(reply.whole())
+        spec = plan.output_spec(served, prompt)
+
+        def answer(state: RequestState) -> Answer:
+            reply = OllamaReply(name, self._chat, state, spec)
+            return Answer(whole=lambda _events: reply.final(reply.whole()), stream=OllamaStreamRenderer(reply), media=NDJSON_MEDIA)
+
+        run(served, generation(served, options, prompt_ids, plan), req, resp, stream, answer)
 
 
 class EmbedResource:

@@ -7,20 +7,21 @@ import time
 from datetime import datetime, timezone
 
 from rfc.runtime.assistant_output import Delta, OutputParser, OutputSpec
+from rfc.runtime.budget import BudgetRule, PastContext
 from rfc.runtime.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.messages import system_and_turns
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
-from rfc.runtime.server.generation import check_token_ids
+from rfc.runtime.server.generation import budget, check_token_ids
 from rfc.runtime.server.host import ServedModel
 from rfc.runtime.reasoning import template_thinks
 from rfc.runtime.server.model_info import has_chat_template
 from rfc.runtime.server.ollama_models import TOP_LEVEL_OPTIONS
 from rfc.runtime.server.ollama_options import OllamaOptions, parse_options
+from rfc.runtime.server.streaming import SseRenderer
 from rfc.runtime.server.structured import OutputPlan, grammar, openai_tools
 
-NDJSON_CONTENT_TYPE = "application/x-ndjson"
 DONE_REASONS = {EOS: "stop", STOP: "stop", LENGTH: "length", CANCELLED: "cancelled", FAILED: "error"}
 
 
@@ -117,6 +118,10 @@ def _from_ollama(message: object) -> object:
     return message
 
 
+# num_predict past the context stops at it, as Ollama's does
+BUDGET = BudgetRule(past_context=PastContext.CLAMP)
+
+
 def sampling_options(f: RequestFields) -> OllamaOptions:
     """`options`, with the top-level fields some clients send beside them (Ollama would ignore
     those, leaving the user's temperature unapplied); checked for every request, the model
@@ -130,10 +135,7 @@ def sampling_options(f: RequestFields) -> OllamaOptions:
 
 def generation(served: ServedModel, options: OllamaOptions, prompt_ids: list[int],
                plan: OutputPlan | None = None) -> GenerationRequest:
-    room = served.model.context_length - len(prompt_ids)
-    if room < 1:
-        raise bad_request(f"the prompt ({len(prompt_ids)} tokens) fills the context ({served.model.context_length} tokens)", "prompt")
-    max_tokens = min(options.num_predict or room, room)  # Ollama stops at the context too
+    max_tokens = budget(served, BUDGET, options.num_predict, prompt_ids)
     return GenerationRequest(prompt_ids=prompt_ids, params=options.params, max_tokens=max_tokens, stop=options.stop,
                              constraint=plan.constraint(served) if plan is not None else None)
 
@@ -193,7 +195,7 @@ class OllamaReply:
         return out
 
 
-class OllamaStreamRenderer:
+class OllamaStreamRenderer(SseRenderer):
     """NDJSON lines for a streamed reply; a failed generation ends with Ollama's error line."""
 
     def __init__(self, reply: OllamaReply):
@@ -212,9 +214,6 @@ class OllamaStreamRenderer:
         if event.finished:
             out.append(ndjson(self._reply.final()))
         return out
-
-    def end(self) -> list[bytes]:
-        return []
 
 
 def _ns(seconds: float) -> int:

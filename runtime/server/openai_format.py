@@ -8,7 +8,7 @@ import time
 from rfc.runtime.assistant_output import AssistantMessage, Delta, OutputParser, OutputSpec
 from rfc.runtime.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, RequestState, TokenEvent
 from rfc.runtime.server.errors import error_body
-from rfc.runtime.server.streaming import sse
+from rfc.runtime.server.streaming import SseRenderer, sse
 
 # The engine's finish reasons in OpenAI's words ("abort": vLLM's name for a cancelled request).
 FINISH_REASONS = {EOS: "stop", STOP: "stop", LENGTH: "length", CANCELLED: "abort", FAILED: "error"}
@@ -197,7 +197,7 @@ class ChatFormat(CompletionFormat):
         return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(self.state)}
 
 
-class OpenAIStreamRenderer:
+class OpenAIStreamRenderer(SseRenderer):
     """SSE chunks for one request: the chat role chunk first, one chunk per event with text
     (or logprobs), an error object if generation failed, the usage chunk when asked, [DONE]."""
 

@@ -10,13 +10,14 @@ Structured output: `response_format` (`text`, `json_object`, `json_schema`), `to
 from dataclasses import dataclass
 
 from rfc.runtime.assistant_output import OutputSpec
+from rfc.runtime.budget import BudgetRule
 from rfc.runtime.engine import GenerationRequest
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.api_fields import MAX_STOP_STRINGS
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
-from rfc.runtime.server.generation import check_token_ids
+from rfc.runtime.server.generation import budget, check_token_ids
 from rfc.runtime.server.host import ServedModel
 from rfc.runtime.server.structured import (
     OutputPlan, grammar, legacy_functions, openai_tool_choice, tool_plan,
@@ -32,6 +33,12 @@ class OpenAIRequest:
     legacy_functions: bool = False  # answer with `function_call` rather than `tool_calls`
 
 
+# max_tokens past the context: the engine's 400. Completions default to 16 (COMPLETION declares
+# it); chat to the rest of the context.
+COMPLETION_BUDGET = BudgetRule()
+CHAT_BUDGET = BudgetRule("the messages", "messages", plural=True)
+
+
 def completion_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
     _refuse_unsupported(f)
     if f.boolean("echo"):
@@ -40,7 +47,7 @@ def completion_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
         raise bad_request("suffix is not supported", "suffix")
     prompt_ids = _completion_prompt(f, served)
     logprobs = f.integer("logprobs")
-    max_tokens = f.integer("max_tokens")
+    max_tokens = budget(served, COMPLETION_BUDGET, f.integer("max_tokens"), prompt_ids)
     plan = OutputPlan()
     _response_format(f, served, plan)
     return _build(f, served, prompt_ids, max_tokens, logprobs, plan.constraint(served))
@@ -57,13 +64,8 @@ def chat_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
     logprobs = (top or 0) if f.boolean("logprobs") else None
     if top is not None and logprobs is None:
         raise bad_request("top_logprobs requires logprobs: true", "top_logprobs")
-    max_tokens = f.integer("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = f.integer("max_tokens")
-    if max_tokens is None:  # no limit asked: the rest of the context, as llama.cpp and vLLM do
-        max_tokens = served.model.context_length - len(prompt_ids)
-        if max_tokens < 1:
-            raise bad_request(f"the messages ({len(prompt_ids)} tokens) fill the context ({served.model.context_length} tokens)", "messages")
+    asked = f.integer("max_completion_tokens")
+    max_tokens = budget(served, CHAT_BUDGET, asked if asked is not None else f.integer("max_tokens"), prompt_ids)
     built = _build(f, served, prompt_ids, max_tokens, logprobs, plan.constraint(served))
     return OpenAIRequest(built.generation, built.stream, built.include_usage, plan.output_spec(served, prompt),
                          legacy_functions=f.raw("functions") is not None and f.raw("tools") is None)

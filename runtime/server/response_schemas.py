@@ -3,9 +3,11 @@ has, with their types (replies may carry more). Streams are declared by media ty
 NDJSON lines are documented in docs/serve.md. The fuzz test (tests/fuzz/test_openapi_fuzz.py)
 checks every reply against these, and each event of the SSE streams."""
 
+from rfc.runtime.server.streaming import NDJSON_CONTENT_TYPE, SSE_CONTENT_TYPE
+
 JSON = "application/json"
-SSE = "text/event-stream"
-NDJSON = "application/x-ndjson"
+SSE = SSE_CONTENT_TYPE
+NDJSON = NDJSON_CONTENT_TYPE
 TEXT = "text/plain"
 
 STRING = {"type": "string"}

@@ -11,20 +11,20 @@ import time
 
 import falcon
 
+from rfc.runtime.budget import BudgetRule, PastContext
 from rfc.runtime.engine import CANCELLED, FAILED, LENGTH, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.messages import system_and_turns
 from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.server.api_fields import CONTENT, MODEL, SEED, STREAM, TEMPERATURE, TOP_K, TOP_P, refused
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.config import ServerConfig
-from rfc.runtime.server.api_fields import CONTENT, MODEL, SEED, STREAM, TEMPERATURE, TOP_K, TOP_P, refused
-from rfc.runtime.server.errors import ApiError, bad_request, read_json
+from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
-from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, client_gone, model_for, submit
+from rfc.runtime.server.generation import Answer, BodyResource, budget, generation_operations, run
 from rfc.runtime.server.host import EngineHandle, ServedModel
-from rfc.runtime.server.middleware import deferred_log
-from rfc.runtime.server.openapi import Operation, Routes
+from rfc.runtime.server.openapi import Routes
 from rfc.runtime.server.response_schemas import RESPONSE, RESPONSE_EVENT, streamed
-from rfc.runtime.server.streaming import SSE_CONTENT_TYPE, SSE_HEADERS, TokenStream, sse_body, sse_event
+from rfc.runtime.server.streaming import SseRenderer, sse_event
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 _STATELESS = "this server stores no {}; send the whole conversation as 'input'"
@@ -57,6 +57,10 @@ def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> No
     routes.add("/v1/responses", ResponsesResource(handle, config))
 
 
+# max_output_tokens past the context stops at it
+BUDGET = BudgetRule("the input", "input", past_context=PastContext.CLAMP)
+
+
 def parse(f: RequestFields, served: ServedModel) -> GenerationRequest:
     for name, why in _REFUSED.items():
         if f.raw(name):
@@ -69,13 +73,10 @@ def parse(f: RequestFields, served: ServedModel) -> GenerationRequest:
         raise bad_request("only text output is supported (text.format {'type': 'text'})", "text.format")
     messages = system_and_turns(f.string("instructions"), _input_messages(f.raw("input")))
     prompt_ids = served.prompts.encode(render_chat(served, messages, field="input"), "input")
-    room = served.model.context_length - len(prompt_ids)
-    max_tokens = f.integer("max_output_tokens") or room
-    if room < 1:
-        raise bad_request(f"the input ({len(prompt_ids)} tokens) fills the context ({served.model.context_length} tokens)", "input")
+    max_tokens = budget(served, BUDGET, f.integer("max_output_tokens"), prompt_ids)
     params = SamplingParams(temperature=f.number("temperature"), top_p=f.number("top_p"), top_k=f.integer("top_k"),
                             seed=f.integer("seed"))
-    return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=min(max_tokens, room))
+    return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=max_tokens)
 
 
 def _input_messages(raw: object) -> list[dict]:
@@ -139,7 +140,7 @@ class ResponseShapes:
                 "total_tokens": self.state.prompt_tokens + out}
 
 
-class ResponsesStreamRenderer:
+class ResponsesStreamRenderer(SseRenderer):
     def __init__(self, shapes: ResponseShapes):
         self._s = shapes
         self._seq = 0
@@ -171,32 +172,16 @@ class ResponsesStreamRenderer:
             out.append(self._emit(kind, response=final))
         return out
 
-    def end(self) -> list[bytes]:
-        return []
 
+class ResponsesResource(BodyResource):
+    model = RESPONSES
+    any_name_if_single = True
+    operations = generation_operations("Create a response", RESPONSES, streamed(RESPONSE, RESPONSE_EVENT))
 
-class ResponsesResource:
-    operations = {"post": Operation("Create a response", RESPONSES, streamed(RESPONSE, RESPONSE_EVENT), GENERATION_ERRORS,
-                                    links=BY_REQUEST_ID)}
+    def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
 
-    def __init__(self, handle: EngineHandle, config: ServerConfig):
-        self._handle = handle
-        self._config = config
+        def answer(state: RequestState) -> Answer:
+            shapes = ResponseShapes(served.model_id, state, f)
+            return Answer(whole=lambda _events: shapes.response(True), stream=ResponsesStreamRenderer(shapes))
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f = RESPONSES.read(read_json(req, self._config.max_body_bytes))
-        served = model_for(self._handle, f, any_name_if_single=True)
-        stream = f.boolean("stream")
-        state = submit(served.engine, parse(f, served), req, resp)
-        shapes = ResponseShapes(served.model_id, state, f)
-        tokens = TokenStream(served.engine, state, client_gone(req))
-        if stream:
-            resp.content_type = SSE_CONTENT_TYPE
-            resp.set_headers(SSE_HEADERS)
-            resp.stream = sse_body(tokens, ResponsesStreamRenderer(shapes), deferred_log(req, 200, lambda: len(state.tokens)))
-            return
-        tokens.wait()
-        req.context.tokens = len(state.tokens)
-        if state.finish_reason == FAILED:
-            raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
-        resp.media = shapes.response(True)
+        run(served, parse(f, served), req, resp, f.boolean("stream"), answer)

@@ -9,8 +9,8 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from rfc.runtime.engine import Engine, RequestState, TokenEvent
 from rfc.runtime.server.errors import unavailable
@@ -19,6 +19,19 @@ log = logging.getLogger("rfc.server")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_CONTENT_TYPE = "text/event-stream"
+NDJSON_CONTENT_TYPE = "application/x-ndjson"  # Ollama's streams: one JSON object per line
+
+
+@dataclass(frozen=True)
+class StreamMedia:
+    """How a stream is sent: its content type and headers."""
+
+    content_type: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+SSE_MEDIA = StreamMedia(SSE_CONTENT_TYPE, SSE_HEADERS)
+NDJSON_MEDIA = StreamMedia(NDJSON_CONTENT_TYPE)
 _POLL_S = 0.25  # how often a waiting stream checks whether its client is still there
 
 
@@ -60,10 +73,15 @@ class TokenStream:
             self.engine.cancel(self.state.request_id)
 
 
-class SseRenderer(Protocol):
-    def event(self, event: TokenEvent) -> list[bytes]: ...
+class SseRenderer:
+    """One API's bytes for a request's events (SSE events or NDJSON lines), and for the end of
+    a stream that was not abandoned (OpenAI's [DONE]; nothing for most)."""
 
-    def end(self) -> list[bytes]: ...
+    def event(self, event: TokenEvent) -> list[bytes]:
+        raise NotImplementedError
+
+    def end(self) -> list[bytes]:
+        return []
 
 
 def sse(payload: dict | str) -> bytes:
