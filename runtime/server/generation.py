@@ -23,6 +23,8 @@ from rfc.runtime.server.streaming import SSE_MEDIA, SseRenderer, StreamMedia, To
 # What a generation route can answer besides 200 and the body's errors: a `model` not served
 # (404), a generation that failed (500: the request alone), loading or a full queue (503).
 GENERATION_ERRORS = (404, 500, 503)
+# The status a request's log line says when its client left before the reply (nginx's 499).
+CLIENT_CLOSED_REQUEST = 499
 # Every generation reply names its request in X-Request-Id, which /status and /cancel take.
 BY_REQUEST_ID = request_links("$response.header.X-Request-Id")
 
@@ -88,6 +90,9 @@ def run(served: ServedModel, request: GenerationRequest, req: falcon.Request, re
         return
     events = list(tokens)
     req.context.tokens = len(state.tokens)
+    if tokens.abandoned:  # the client left: the request was cancelled, and nobody reads a reply
+        resp.status = CLIENT_CLOSED_REQUEST
+        return
     if state.finish_reason == FAILED:
         raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
     resp.media = reply.whole(events)

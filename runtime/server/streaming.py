@@ -9,6 +9,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -44,20 +45,32 @@ class TokenStream:
         self.abandoned = False  # closed before its final event
 
     def __iter__(self) -> Iterator[TokenEvent]:
+        # The client is asked after every _POLL_S, whether or not events came meanwhile: a
+        # request that keeps producing tokens for a reply nobody waits for must stop too.
+        probed = time.monotonic()
         while not self._done:
             try:
                 event = self.state.events.get(timeout=_POLL_S)
             except queue.Empty:
-                if self._client_gone is not None and self._client_gone():
-                    self.close()
-                    return
+                event = None
                 if not self.engine.is_running:  # its thread died: no event will ever come
                     self._done = self.abandoned = True
                     raise unavailable("the engine has stopped; see the server log", 5)
-                continue
-            if event.finished:
+            if event is not None and event.finished:
                 self._done = True
-            yield event
+                yield event
+                return
+            now = time.monotonic()
+            if now - probed >= _POLL_S:
+                probed = now
+                if self.client_left():
+                    self.close()
+                    return
+            if event is not None:
+                yield event
+
+    def client_left(self) -> bool:
+        return self._client_gone is not None and self._client_gone()
 
     def wait(self) -> RequestState:
         """Block until the request ends (non-streaming replies)."""
