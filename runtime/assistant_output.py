@@ -5,7 +5,12 @@ streamed deltas always reassemble to it).
 Content streams as it comes, except a tail that may be the start of a tool call: once a
 call's marker appears, the rest is held back and parsed when the output ends (a call is
 only useful whole; the OpenAI SDK and the AI SDK accept a call's arguments in one delta).
-Output that does not parse as calls is released as content then."""
+Output that does not parse as calls is released as content then.
+
+A piece costs time in its own length, not in the length of the output so far: what grows
+(the held-back call, the message) is kept as a list of pieces and joined once, and only a
+tail as long as a call marker is searched again (a long generation made quadratic is a way
+to stall the server)."""
 
 from __future__ import annotations
 
@@ -53,10 +58,19 @@ class OutputParser:
     def __init__(self, spec: OutputSpec):
         self.spec = spec
         self._reasoning = ReasoningSplitter(spec.starts_inside) if spec.thinks else None
-        self._pending = spec.call_prefix  # content not yet released
-        self._in_call = False
+        self._pending = spec.call_prefix  # content not yet released: a tail that may start a call
+        self._space: list[str] = []  # at_start_only formats, undecided: the leading whitespace, set aside
+        # The output from a call's marker on (all of it when forced), held back for `finish`.
+        self._call: list[str] | None = [spec.call_prefix] if spec.forced_calls else None
         self._decided = False  # at_start_only formats: whether the output began with a call
-        self.message = AssistantMessage()
+        self._reasoning_parts: list[str] = []  # the message, as released
+        self._content_parts: list[str] = []
+        self._calls: list[ToolCall] = []
+
+    @property
+    def message(self) -> AssistantMessage:
+        """The message so far: read it once the output is finished."""
+        return AssistantMessage(_joined(self._reasoning_parts), _joined(self._content_parts), list(self._calls))
 
     def push(self, text: str) -> Delta:
         if self._reasoning is not None:
@@ -68,52 +82,63 @@ class OutputParser:
 
     def finish(self) -> Delta:
         """What the end of the output releases: held-back text and the parsed calls."""
-        reasoning = ""
+        reasoning = tail = ""
         if self._reasoning is not None:
             split = self._reasoning.flush()
-            reasoning = split.reasoning
-            self._pending += split.content
-        rest, self._pending = self._pending, ""
+            reasoning, tail = split.reasoning, split.content
+        in_call = self._call is not None
+        rest = "".join(self._call if in_call else [*self._space, self._pending]) + tail
+        self._call, self._space, self._pending = [] if in_call else None, [], ""
         if self.spec.forced_calls:
             calls = forced_calls(rest)
             return self._record(Delta(reasoning, "" if calls else rest, tuple(calls)))
-        if self._in_call and self.spec.tool_format is not None:
+        if in_call and self.spec.tool_format is not None:
             parsed = self.spec.tool_format.parse(rest, list(self.spec.tools))
             return self._record(Delta(reasoning, parsed.content if parsed.calls else rest, parsed.calls))
         return self._record(Delta(reasoning, rest))
 
     def _content(self, text: str) -> str:
-        self._pending += text
-        fmt = self.spec.tool_format
-        if self.spec.forced_calls or self._in_call:
+        if self._call is not None:
+            self._call.append(text)
             return ""
+        fmt = self.spec.tool_format
         if fmt is None:
-            out, self._pending = self._pending, ""
+            out, self._pending = self._pending + text, ""
             return out
         if fmt.at_start_only:
-            if not self._decided:
-                if fmt.call_start(self._pending) is not None:
-                    self._decided = self._in_call = True
-                    return ""
-                if fmt.may_start(self._pending):
-                    return ""
-                self._decided = True
-            out, self._pending = self._pending, ""
-            return out
+            return self._content_at_start(text, fmt)
+        self._pending += text  # a marker's length at most, and this piece
         start = fmt.call_start(self._pending)
         if start is not None:
-            out, self._pending = self._pending[:start], self._pending[start:]
-            self._in_call = True
+            out, self._call, self._pending = self._pending[:start], [self._pending[start:]], ""
             return out
         keep = _held_tail(self._pending, fmt.starts)
         out, self._pending = self._pending[:len(self._pending) - keep], self._pending[len(self._pending) - keep:]
         return out
 
+    def _content_at_start(self, text: str, fmt: ToolFormat) -> str:
+        """A format whose call is recognised only at the start of the output: hold the output
+        back until its first non-blank text shows whether it is a call."""
+        if self._decided:
+            return text
+        if not self._pending:  # leading whitespace so far: set it aside, not stripped again on every piece
+            stripped = text.lstrip()
+            self._space.append(text[:len(text) - len(stripped)])
+            text = stripped
+        self._pending += text
+        if fmt.call_start(self._pending) is not None:
+            self._call, out = [*self._space, self._pending], ""
+        elif fmt.may_start(self._pending):
+            return ""
+        else:
+            out = "".join([*self._space, self._pending])
+        self._decided, self._space, self._pending = True, [], ""
+        return out
+
     def _record(self, delta: Delta) -> Delta:
-        m = self.message
-        m.reasoning += delta.reasoning
-        m.content += delta.content
-        m.calls += delta.calls
+        self._reasoning_parts.append(delta.reasoning)
+        self._content_parts.append(delta.content)
+        self._calls += delta.calls
         return delta
 
 
@@ -129,7 +154,7 @@ def forced_calls(text: str) -> list[ToolCall]:
     An output cut short (max_tokens) keeps the calls it completed."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # cut short, or nested past the decoder's depth
         value = _complete_items(text)
     if not isinstance(value, list):
         return []
@@ -149,7 +174,7 @@ def _complete_items(text: str) -> list:
     while True:
         try:
             item, pos = decoder.raw_decode(text, pos)
-        except ValueError:
+        except (ValueError, RecursionError):
             return items
         items.append(item)
         if not text.startswith(",", pos):
@@ -157,12 +182,22 @@ def _complete_items(text: str) -> list:
         pos += 1
 
 
+def _joined(parts: list[str]) -> str:
+    """The pieces joined, and kept as one piece, so that reading again costs nothing."""
+    text = "".join(parts)
+    parts[:] = [text]
+    return text
+
+
 def _held_tail(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest tail of `text` that is a proper prefix of a marker."""
+    """Length of the longest tail of `text` that is a proper prefix of a marker (tried where
+    the marker's first character occurs: this runs on every streamed piece)."""
     best = 0
     for m in markers:
-        for n in range(min(len(m) - 1, len(text)), best, -1):
-            if m.startswith(text[-n:]):
-                best = n
+        i = max(len(text) - len(m) + 1, 0)
+        while (i := text.find(m[0], i)) >= 0 and len(text) - i > best:
+            if m.startswith(text[i:]):
+                best = len(text) - i
                 break
+            i += 1
     return best

@@ -5,6 +5,8 @@ their reasoning between `<think>` and `</think>`, then the answer. Many template
 block themselves at the end of the generation prompt (DeepSeek-R1 writes `<think>\\n`), so the
 output starts inside it and only `</think>` appears. The split is made on the text as it
 streams: a piece that might be the start of a tag is held back until the next piece decides.
+A piece costs time in its own length (plus a tag's): the splitter never searches again text
+it has already passed, not even a long run of whitespace before the block.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class ReasoningSplitter:
         self._inside = starts_inside
         self._may_open = not starts_inside  # only at the very start of the output
         self._done = False  # past `</think>`: everything else is content
-        self._held = ""
+        self._held = ""  # a tail that may be the start of a tag (as long as one, at most)
+        self._space: list[str] = []  # the whitespace the output starts with, while a `<think>` may follow it
         self._reasoning_started = False
         self._content_started = False  # newlines right after `</think>` are the template's, not the answer's
 
@@ -58,15 +61,17 @@ class ReasoningSplitter:
                 break
             if self._may_open:
                 stripped = buf.lstrip()
+                self._space.append(buf[:len(buf) - len(stripped)])
                 if stripped.startswith(OPEN):
-                    self._may_open, self._inside = False, True
+                    self._may_open, self._inside, self._space = False, True, []
                     buf = stripped[len(OPEN):]
                     continue
                 if OPEN.startswith(stripped):  # maybe the tag, not complete yet
-                    self._held = buf
+                    self._held = stripped
                     break
                 self._may_open = False
                 self._done = self._content_started = True  # no reasoning block: all of it is the answer
+                buf, self._space = "".join(self._space) + stripped, []
                 continue
             # inside the block
             if not self._reasoning_started:
@@ -88,7 +93,8 @@ class ReasoningSplitter:
 
     def flush(self) -> Split:
         """The held-back text at the end of the output."""
-        held, self._held = self._held, ""
+        held = "".join(self._space) + self._held
+        self._held, self._space = "", []
         if self._inside:
             return Split(reasoning=held)
         return Split(content=held)

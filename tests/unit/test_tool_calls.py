@@ -122,6 +122,7 @@ def test_may_start_holds_back_partial_markers():
     llama = tool_calls.BY_NAME["llama3"]
     assert llama.may_start("  {") and not llama.may_start("Hello {")
 
+
 SCHEMA_TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"properties": {
     "a": {"type": "string"}, "n": {"type": "integer"}}}}}]
 
