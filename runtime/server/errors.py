@@ -123,13 +123,25 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
 MAX_JSON_DEPTH = 64  # bodies nest a few levels; JSON schemas and tool definitions a few more
 
 
+# Headers only browsers send (fetch metadata, and the Origin of any cross-origin or
+# same-origin POST): a request without them is not a web page's.
+_BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
+
+
 def read_json(req: falcon.Request, max_bytes: int) -> dict:
     """The request body as a JSON object, checked once for every route (issue 8): 415 unless it
     says it is JSON (a cross-site "simple" request cannot), 413 over `max_bytes`, 400 when it is
     not a JSON object, nests deeper than MAX_JSON_DEPTH or holds text that is not Unicode (a lone
-    surrogate) — each 400 naming the field."""
+    surrogate) — each 400 naming the field.
+
+    The Ollama routes, as Ollama itself, read a JSON body whatever its content type says
+    (litellm's Ollama providers send none, Ollama's README `curl -d` examples send a form's):
+    there a body not declared JSON is refused only when a browser sent it, which a web page's
+    form post or `no-cors` fetch always is (it carries `Origin` or `Sec-Fetch-*` headers), so no
+    web page can reach the server without the CORS preflight that `--cors-origin` answers."""
     media = (req.content_type or "").split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+    declared = media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    if not declared and (dialect_of(req.path) is not Dialect.OLLAMA or sent_by_browser(req)):
         raise ApiError(falcon.HTTP_415, f"send the body as JSON with 'Content-Type: application/json' (got {shown(media) if media else 'none'})")
     if req.content_length is not None and req.content_length > max_bytes:
         raise _too_large(max_bytes)
@@ -148,6 +160,10 @@ def read_json(req: falcon.Request, max_bytes: int) -> dict:
         raise bad_request("the request body must be a JSON object")
     _check_tree(body)
     return body
+
+
+def sent_by_browser(req: falcon.Request) -> bool:
+    return any(req.get_header(name) is not None for name in _BROWSER_HEADERS)
 
 
 def _check_tree(body: dict) -> None:
