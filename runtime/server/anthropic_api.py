@@ -15,6 +15,7 @@ import falcon
 
 from rfc.runtime.assistant_output import Delta, OutputParser, OutputSpec
 from rfc.runtime.budget import BudgetRule, PastContext
+from rfc.runtime.call_ids import CallIdForm
 from rfc.runtime.engine import EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.messages import MessageError, flatten_content, system_and_turns
 from rfc.runtime.reasoning import template_thinks
@@ -75,10 +76,12 @@ def parse(f: RequestFields, served: ServedModel) -> tuple[GenerationRequest, Out
 
 
 class MessageShapes:
-    def __init__(self, model_id: str, state: RequestState, spec: OutputSpec = OutputSpec()):
+    def __init__(self, model_id: str, state: RequestState, spec: OutputSpec = OutputSpec(),
+                 call_ids: CallIdForm = CallIdForm.OPENAI):
         self.model_id = model_id
         self.state = state
         self.spec = spec
+        self.call_ids = call_ids
         self.parser = OutputParser(spec)  # the stream's
         self.id = f"msg_{secrets.token_hex(12)}"
 
@@ -103,7 +106,7 @@ class MessageShapes:
         parser.finish()
         reason, sequence = self.stop(bool(parser.message.calls))
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model_id,
-                "content": content_blocks(parser.message),
+                "content": content_blocks(parser.message, self.call_ids),
                 "stop_reason": reason, "stop_sequence": sequence, "usage": self.usage()}
 
 
@@ -137,7 +140,7 @@ class MessagesStreamRenderer(SseRenderer):
             out += self._block("text", {"type": "text", "text": ""})
             out.append(self._delta({"type": "text_delta", "text": parts.content}))
         for call in parts.calls:
-            block = tool_use(call)
+            block = tool_use(call, self._s.call_ids)
             out += self._block("tool_use", {**block, "input": {}}, always=True)
             out.append(self._delta({"type": "input_json_delta", "partial_json": call.arguments}))
         if event.finished:
@@ -174,7 +177,7 @@ class MessagesResource(BodyResource):
         request, spec = parse(f, served)
 
         def answer(state: RequestState) -> Answer:
-            shapes = MessageShapes(served.model_id, state, spec)
+            shapes = MessageShapes(served.model_id, state, spec, served.call_ids)
             return Answer(whole=lambda _events: shapes.message(True), stream=MessagesStreamRenderer(shapes))
 
         run(served, request, req, resp, f.boolean("stream"), answer)

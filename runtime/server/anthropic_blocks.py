@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from rfc.runtime.assistant_output import AssistantMessage
+from rfc.runtime.call_ids import CallIdForm, in_form
 from rfc.runtime.messages import MessageError, flatten_content
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
@@ -101,15 +102,17 @@ def _blocks_to_turns(role: str, blocks: list, where: str) -> list[dict]:
     return results + ([{"role": "user", "content": texts}] if texts else [])
 
 
-def content_blocks(msg: AssistantMessage) -> list[dict]:
+def content_blocks(msg: AssistantMessage, call_ids: CallIdForm = CallIdForm.OPENAI) -> list[dict]:
     blocks: list[dict] = []
     if msg.reasoning:
         blocks.append({"type": "thinking", "thinking": msg.reasoning, "signature": ""})
     if msg.content or not (msg.calls or msg.reasoning):
         blocks.append({"type": "text", "text": msg.content})
-    blocks += [tool_use(c) for c in msg.calls]
+    blocks += [tool_use(c, call_ids) for c in msg.calls]
     return blocks
 
 
-def tool_use(call) -> dict:
-    return {"type": "tool_use", "id": "toolu_" + call.id.removeprefix("call_"), "name": call.name, "input": json.loads(call.arguments)}
+def tool_use(call, call_ids: CallIdForm = CallIdForm.OPENAI) -> dict:
+    """A call as a tool_use block; its id comes back in a tool_result, mapped to the same id."""
+    call_id = "toolu_" + in_form(call.id, call_ids).removeprefix("call_")
+    return {"type": "tool_use", "id": call_id, "name": call.name, "input": json.loads(call.arguments)}

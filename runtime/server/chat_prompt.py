@@ -6,6 +6,7 @@ import json
 
 import falcon
 
+from rfc.runtime.call_ids import turns_in_form
 from rfc.runtime.chat import ChatTemplateError
 from rfc.runtime.messages import MessageError, normalize_messages
 from rfc.runtime.server.errors import ApiError, bad_request
@@ -22,6 +23,7 @@ def render_chat(served: ServedModel, messages: object, extra: dict | None = None
         turns = normalize_messages(messages, served.chat.source, field)
     except MessageError as e:
         raise bad_request(str(e), e.field) from None
+    turns = turns_in_form(turns, served.call_ids)  # Mistral's templates take 9-character ids only
     try:
         # Most templates take a call's arguments as an object (`arguments | tojson`); clients
         # send the JSON text. A template that wants the text (functionary v3.2) gets it on retry.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import falcon
 
 from rfc.artifacts.bundle import TOKENIZER_FILE
+from rfc.runtime.call_ids import CallIdForm, call_id_form
 from rfc.runtime.chat import ChatTemplate, ChatTemplateError
 from rfc.runtime.constraints import GrammarLimits, Grammars, GrammarWorkers
 from rfc.runtime.engine import Engine, GenerationRequest
@@ -42,6 +43,7 @@ class ServedModel:
     tool_format: ToolFormat | None = None  # the template family's tool-call parser
     grammars: Grammars | None = None  # constrained decoding (llguidance's view of the tokenizer)
     grammars_error: str | None = None
+    call_ids: CallIdForm = CallIdForm.OPENAI  # the form of tool-call ids the template takes
 
 
 class EngineHandle:
@@ -177,6 +179,7 @@ def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfi
         tool_format=detect(chat.source) if chat is not None else None,
         grammars=grammars,
         grammars_error=grammars_error,
+        call_ids=call_id_form(chat.source) if chat is not None else CallIdForm.OPENAI,
     )
 
 

@@ -20,7 +20,7 @@ from rfc.runtime.server.model_info import has_chat_template
 from rfc.runtime.server.ollama_models import TOP_LEVEL_OPTIONS
 from rfc.runtime.server.ollama_options import OllamaOptions, parse_options
 from rfc.runtime.server.streaming import SseRenderer
-from rfc.runtime.server.structured import OutputPlan, grammar, openai_tools
+from rfc.runtime.server.structured import OutputPlan, grammar, tool_plan
 
 DONE_REASONS = {EOS: "stop", STOP: "stop", LENGTH: "length", CANCELLED: "cancelled", FAILED: "error"}
 
@@ -46,10 +46,10 @@ def refuse_unsupported(f: RequestFields) -> None:
 
 
 def output_plan(served: ServedModel, f: RequestFields, chat: bool) -> OutputPlan:
-    """`format` ("json" or a JSON schema), `tools` (/api/chat) and `think`."""
+    """`format` ("json" or a JSON schema), `tools` and `tool_choice` (/api/chat) and `think`."""
     plan = OutputPlan()
     if chat:
-        plan.tools = openai_tools(f.raw("tools"))
+        plan = tool_plan(f.raw("tools"), f.raw("tool_choice"))
     elif f.raw("tools"):
         raise bad_request("'tools' is supported on /api/chat only", "tools")
     fmt = f.raw("format")

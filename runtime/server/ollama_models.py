@@ -1,7 +1,7 @@
 """The bodies of Ollama's /api/generate, /api/chat, /api/show, /api/embed and /api/embeddings
 (runtime/server/ollama_api.py and ollama_format.py read them)."""
 
-from rfc.runtime.server.api_fields import MESSAGE, OPENAI_TOOLS_FIELD, TOKEN_IDS, refused
+from rfc.runtime.server.api_fields import MESSAGE, OPENAI_TOOLS_FIELD, TOKEN_IDS, TOOL_CHOICE, refused
 from rfc.runtime.server.embeddings import INPUTS
 from rfc.runtime.server.fields import Field, Kind, RequestModel
 from rfc.runtime.server.ollama_options import OPTIONS
@@ -42,6 +42,8 @@ CHAT = RequestModel("OllamaChatRequest", (
     *_GENERATION,
     Field("messages", Kind.JSON, [], schema={"type": "array", "items": MESSAGE}, description="empty: the model is loaded"),
     OPENAI_TOOLS_FIELD,
+    TOOL_CHOICE.but(description="not Ollama's: ollama-ai-provider-v2 sends it (auto, none, required, "
+                                "{'type': 'function', 'name'}), as OpenAI's tool_choice"),
 ))
 SHOW = RequestModel("OllamaShowRequest", _NAMES)
 _EMBED = (*_NAMES, Field("truncate", Kind.BOOLEAN, True, description="cut inputs to the context"),

@@ -90,4 +90,4 @@ class ChatCompletionsResource(_GenerationResource):
 
     def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest) -> CompletionFormat:
         return ChatFormat(served.model_id, state, ChatLogprobs(self.pieces(served)) if with_logprobs else None,
-                          request.output, request.legacy_functions)
+                          request.output, request.legacy_functions, served.call_ids)

@@ -6,6 +6,7 @@ import re
 import time
 
 from rfc.runtime.assistant_output import AssistantMessage, Delta, OutputParser, OutputSpec
+from rfc.runtime.call_ids import CallIdForm, in_form
 from rfc.runtime.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, RequestState, TokenEvent
 from rfc.runtime.server.errors import error_body
 from rfc.runtime.server.streaming import SseRenderer, sse
@@ -121,8 +122,9 @@ class ChatFormat(CompletionFormat):
     `tool_calls` (`function_call`)."""
 
     def __init__(self, model_id: str, state: RequestState, logprobs: ChatLogprobs | None,
-                 spec: OutputSpec = OutputSpec(), legacy_functions: bool = False):
+                 spec: OutputSpec = OutputSpec(), legacy_functions: bool = False, call_ids: CallIdForm = CallIdForm.OPENAI):
         super().__init__(model_id, state, logprobs)
+        self.call_ids = call_ids
         self.id = f"chatcmpl-{state.request_id}"
         self.spec = spec
         self.legacy = legacy_functions
@@ -149,7 +151,7 @@ class ChatFormat(CompletionFormat):
         if msg.calls and self.legacy:
             out["function_call"] = {"name": msg.calls[0].name, "arguments": msg.calls[0].arguments}
         elif msg.calls:
-            out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            out["tool_calls"] = [{"id": in_form(c.id, self.call_ids), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                                  for c in msg.calls]
         return out
 
@@ -184,7 +186,7 @@ class ChatFormat(CompletionFormat):
         elif parts.calls:
             delta["tool_calls"] = []
             for c in parts.calls:
-                delta["tool_calls"].append({"index": self._calls_sent, "id": c.id, "type": "function",
+                delta["tool_calls"].append({"index": self._calls_sent, "id": in_form(c.id, self.call_ids), "type": "function",
                                             "function": {"name": c.name, "arguments": c.arguments}})
                 self._calls_sent += 1
         return delta

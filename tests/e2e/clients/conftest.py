@@ -61,3 +61,25 @@ def tools_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tools_url(tools_server) -> str:
     return tools_server.url
+
+
+MISTRAL_NEMO = "smollm2-mistral-nemo"  # SmolLM2 with Mistral-Nemo's template: 9-character tool-call ids
+MISTRAL_SMALL = "smollm2-mistral-small"  # and with Mistral-Small-3.2's
+
+
+@pytest.fixture(scope="session")
+def mistral_url(tmp_path_factory):
+    """SmolLM2 compiled with the two Mistral templates that check tool-call ids."""
+    if not SMOLLM2.is_file():
+        pytest.skip(skip_reason(SMOLLM2))
+    root = tmp_path_factory.mktemp("mistral")
+    bundles = []
+    for name, template in ((MISTRAL_NEMO, "mistralai-Mistral-Nemo-Instruct-2407.jinja"),
+                           (MISTRAL_SMALL, "Mistral-Small-3.2-24B-Instruct-2506.jinja")):
+        rfc("compile", SMOLLM2, "-o", root / name, "-q", "--chat-template", CHAT_TEMPLATES / template, check=True)
+        bundles.append(root / name)
+    proc = ServerProcess(bundles[0], str(bundles[1]), "--kv-pages", str(KV_PAGES), log_dir=root)
+    try:
+        yield proc.wait_ready().url
+    finally:
+        proc.stop()

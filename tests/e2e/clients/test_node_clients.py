@@ -46,3 +46,21 @@ def test_ai_sdk_tools_and_objects(tools_url):
     assert [c["toolName"] for c in out["calls"]] == ["get_weather"] and out["calls"] == out["streamedCalls"]
     assert out["calls"][0]["input"]["unit"] in ("C", "F")
     assert isinstance(out["object"]["name"], str) and 0 <= out["object"]["age"] <= 40
+
+
+def test_ollama_provider_honours_tool_choice(tools_url):
+    """Issue 24 item 4: ollama-ai-provider-v2 sends `tool_choice` on /api/chat; it was ignored,
+    and the AI SDK raised AI_ToolChoiceViolationError (tests/node/ollama_tools.mjs)."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    if not (NODE_DIR / "node_modules" / "ollama-ai-provider-v2").is_dir():
+        pytest.skip("the AI SDK is not installed: run `npm ci` in tests/node (.ci/run does)")
+    from tests.e2e.clients.conftest import TOOLS_QWEN
+
+    proc = subprocess.run(["node", "ollama_tools.mjs", tools_url, TOOLS_QWEN], cwd=NODE_DIR, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["required"]["finishReason"] == "tool-calls" and out["required"]["calls"], out
+    assert [c["toolName"] for c in out["named"]["calls"]] == ["get_time"], out
+    assert out["none"]["calls"] == [], out
