@@ -129,9 +129,11 @@ class ModelsResource:
             "models": [
                 {
                     # the seed's three fields, then the model card's. `path` is the model file
-                    # the bundle was compiled from, as the compiler recorded it (its name):
-                    # never a directory of the serving machine
+                    # the bundle was compiled from, as the compiler recorded it (its name), and
+                    # `bundle` the name of the bundle's directory: never a path of the serving
+                    # machine (docs/security.md, "Who sees what")
                     "path": s.model.manifest.get("source", {}).get("file", ""),
+                    "bundle": s.model.bundle.root.name,
                     "size": bundle_size(s),
                     "metadata": s.model.manifest["model"].get("gguf_metadata", {}),
                     **model_card(s),

@@ -50,7 +50,7 @@ TOKEN_EVENT = events(obj({"request_id": INTEGER, "token": {"type": ["integer", "
 MODEL_CARD = obj({"id": STRING, "object": {"const": "model"}, "created": INTEGER, "owned_by": STRING},
                  {"context_length": INTEGER, "capabilities": OBJECT, "details": OBJECT, "status": STRING, "error": STRING})
 _CACHE_STATS = obj({"hits": INTEGER, "misses": INTEGER, "bytes": INTEGER})
-MODELS = obj({"models": array(obj({"path": STRING, "size": INTEGER, "metadata": OBJECT, "id": STRING,
+MODELS = obj({"models": array(obj({"path": STRING, "bundle": STRING, "size": INTEGER, "metadata": OBJECT, "id": STRING,
                                    "tokenizer_cache": _CACHE_STATS})),
               "tokenizer_cache": _CACHE_STATS})
 HEALTH = obj({"status": {"enum": ["healthy", "unhealthy"]}, "service": STRING, "version": STRING,

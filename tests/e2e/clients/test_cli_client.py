@@ -1,6 +1,7 @@
 """`rfc generate/status/cancel/models/health` (seed 000's CLI client) against the two-model
 server; `rfc generate --stream` in a pseudo-terminal, interrupted with Ctrl-C."""
 
+import json
 import os
 import pty
 import re
@@ -12,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import rfc
-from tests.e2e.clients.conftest import CHAT, DEMO
+from tests.e2e.clients.conftest import CHAT, DEMO, SMOLLM2
 from tests.e2e.conftest import free_port
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
@@ -61,6 +62,18 @@ def test_generate_prints_the_servers_text(url):
     assert out == expected["text"] + "\n"
     streamed = rfc("generate", "Once upon a time", "--stream", "-n", "12", "--temperature", "0", "--url", url, check=True)
     assert streamed.stdout == out and re.match(r"rfc: request \d+\n", streamed.stderr)
+
+
+def test_models_names_the_gguf_and_the_bundle(clients_server, clients_bundles):
+    """Issue 24 item 7: `path` is the GGUF the bundle was compiled from, as recorded at compile
+    (its file name: a response names no path of the serving machine), and `bundle` the bundle's
+    directory, by name."""
+    body = rfc("models", "--json", "--url", clients_server.url, check=True).stdout
+    models = {m["id"]: m for m in json.loads(body)["models"]}
+    demo, chat = clients_bundles
+    assert models[DEMO]["path"] == "stories260K.gguf" and models[DEMO]["bundle"] == demo.name
+    assert models[CHAT]["path"] == SMOLLM2.name and models[CHAT]["bundle"] == chat.name
+    assert str(demo.parent) not in body and str(chat.parent) not in body and str(SMOLLM2.parent) not in body
 
 
 def test_status_cancel_models_health(url):
