@@ -1,24 +1,36 @@
-"""Weight formats: the one table of how a tensor's elements are stored in bytes.
+"""Weight formats: the one table of how a tensor's elements are stored in bytes, and of which
+kernels read them (ggml's type_traits: one row per format, the kernels found through it).
 
-The compiler reads GGUF tensors in these formats, plans kernels and repacks weights with it;
-the runtime validates layouts (shape x format = bytes) and dequantizes with it. A format is
-a run of fixed-size blocks along a tensor's last dimension; the float formats are blocks of
-one element. A *packed* format is a target layout the weight planner produces from a GGUF
-format: the same blocks, rearranged so that `group_rows` rows are interleaved (a tensor's
-rows are padded up to a whole number of groups, padding bytes zero). A *planar* format (the
-GPU targets' layouts) keeps rows apart but splits each row into planes: one field of every
-block after another, each plane padded to PLANE_ALIGN bytes (row_nbytes).
+The compiler reads GGUF tensors in these formats, plans kernels and repacks weights with it,
+and renders each row's constants into the kernels' preludes (templates/rfc_formats.h.j2,
+cpu_formats.h.j2); the runtime validates layouts (shape x format = bytes) and dequantizes
+with it. A format is a run of fixed-size blocks along a tensor's last dimension; the float
+formats are blocks of one element. A *packed* format is a target layout the weight planner
+produces from a GGUF format: the same blocks, rearranged so that `group_rows` rows are
+interleaved (a tensor's rows are padded up to a whole number of groups, padding bytes zero).
+A *planar* format (the GPU targets' layouts) keeps rows apart but splits each row into
+planes: one field of every block after another, each plane padded to PLANE_ALIGN bytes
+(row_nbytes). A packed or planar row is also the repack policy: the weight planner stores a
+GGUF format's weights in the layout row whose `kernels` are a target's and whose `ops` read
+all that reads the weight (compiler/weight_plan.py).
 
 `activation` names how kernels that take int8 dot products round the activations paired
 with a format (llama.cpp's vec_dot_type): "q8_0" (int8, one f16 scale per 32), "q8_1"
 (also the block's sum), "q8_k" (int8, one f32 scale per 256, with 16-element sums), or
-None for formats whose kernels read float activations. Tests derive error bounds from it.
+None for formats whose kernels read float activations. Tests derive error bounds from it;
+the GPU int8 matmuls take every format that has one.
+
+A new format is its row here, its block decoder (kernels/rfc_blocks.h, runtime/quants.py),
+its dot kernels where its row says it has them, and its tests.
 """
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from enum import Flag, auto
 from math import prod
 
 from rfc.artifacts.errors import BundleError
+from rfc.artifacts.targets import Family
 
 # Tensors are bounded long before these: they only stop arithmetic on hostile shapes from
 # producing numbers no allocation or offset could mean.
@@ -30,60 +42,83 @@ class FormatError(BundleError):
     """An unknown format, or a shape the format cannot store."""
 
 
+class Kernels(Flag):
+    """The kernels that read a format: the cpu targets' C library, the GPU targets' source
+    (gfx* and sm_* build the same one). No flag: only the numpy reference reads it."""
+
+    NONE = 0
+    CPU = auto()
+    GPU = auto()
+
+    @staticmethod
+    def of(family: Family) -> "Kernels":
+        return Kernels.CPU if family is Family.CPU else Kernels.GPU
+
+
+CPU, GPU = Kernels.CPU, Kernels.GPU
+MATMUL_OPS = frozenset({"matmul", "moe_matmul"})  # the op kinds that take a weight matrix
+
+
 @dataclass(frozen=True)
 class WeightFormat:
     name: str
     block_elems: int  # elements per block along the last dimension
     block_bytes: int  # bytes per block
     activation: str | None  # int8 activation rounding of its kernels; None: float activations
-    base: str | None = None  # packed formats: the GGUF format whose blocks they rearrange
+    kernels: Kernels = Kernels.NONE  # the targets with kernels for it
+    # the int8 activations the AVX2 cpu dot reads (cpu_act.h rfc_quantize_row_<kind>: q8_32,
+    # q8_32p, q8_k); None: float activations, as every cpu dot without AVX2 reads
+    cpu_act: str | None = None
+    cpu_unit: int | None = None  # elements per step of the cpu dot, where not one block
+    base: str | None = None  # packed and planar formats: the GGUF format whose blocks they rearrange
+    ops: frozenset[str] = frozenset()  # packed and planar formats: the op kinds whose kernels read them
     group_rows: int = 1  # packed formats: rows interleaved per group
     head_bytes: int = 0  # packed formats: bytes of f16 fields (scale, minimum) that start a base block
+    column_dot: bool = False  # packed formats: a layout of its own, dotted a column at a time (cpu_dot.h rfc_x8col_<base>)
     planes: tuple[int, ...] = ()  # planar formats: bytes per base block of each plane, in row order
+
+    def __post_init__(self) -> None:
+        assert not self.planes or sum(self.planes) == self.block_bytes, f"{self.name}: planes add up to the block"
+        assert (self.base is None) == (not self.ops), f"{self.name}: a layout names its base and its readers"
 
     @property
     def is_float(self) -> bool:
         return self.block_elems == 1
 
     @property
+    def is_gguf(self) -> bool:
+        return self.base is None
+
+    @property
     def is_packed(self) -> bool:
-        return self.base is not None
+        return self.base is not None and not self.planes
 
     @property
     def is_planar(self) -> bool:
         return bool(self.planes)
 
+    @property
+    def cpu_dot_step(self) -> tuple[int, int]:
+        """(elements, bytes) of one step of the cpu dot along a row (RFC_UNIT_<FMT>,
+        RFC_UNIT_BYTES_<FMT>): one block, or cpu_unit elements of a float format."""
+        elems = self.cpu_unit or self.block_elems
+        return elems, elems // self.block_elems * self.block_bytes
 
-_GGUF = (
-    WeightFormat("F32", 1, 4, None),
-    WeightFormat("F16", 1, 2, None),
-    WeightFormat("BF16", 1, 2, None),
-    WeightFormat("Q8_0", 32, 34, "q8_0"),
-    WeightFormat("Q4_0", 32, 18, "q8_0"),
-    WeightFormat("Q4_1", 32, 20, "q8_1"),
-    WeightFormat("Q5_0", 32, 22, "q8_0"),
-    WeightFormat("Q5_1", 32, 24, "q8_1"),
-    WeightFormat("Q2_K", 256, 84, "q8_k"),
-    WeightFormat("Q3_K", 256, 110, "q8_k"),
-    WeightFormat("Q4_K", 256, 144, "q8_k"),
-    WeightFormat("Q5_K", 256, 176, "q8_k"),
-    WeightFormat("Q6_K", 256, 210, "q8_k"),
-)
 
-# GGUF formats by GGUF type name: what `rfc compile` accepts in a model file.
-GGUF_FORMATS: dict[str, WeightFormat] = {f.name: f for f in _GGUF}
-
-# Packed target layouts (added by the weight planner's repacking transforms).
+# Packed target layouts (the cpu targets' matmul weights).
 #
-# Q4_0x8 / Q4_1x8 / Q8_0x8 (the cpu targets' matmul weights): rows in groups of 8; a group
-# is its blocks column by column, and each column of 8 blocks is stored as the 8 scales
-# (f16), for Q4_1 then the 8 minimums (f16), then chunks of 32 bytes where chunk j holds
-# bytes 4j..4j+3 of each row's quant bytes (16 for the 4-bit formats: 4 chunks; 32 for Q8_0:
-# 8 chunks), row after row. One 32-byte load is then 4 quant bytes of every row of the
-# group (4-bit: elements 4j..4j+3 low, 16+4j..16+4j+3 high; Q8_0: elements 4j..4j+3), which
-# the AVX2 kernel dots with 4 activation bytes broadcast: each lane is one row, no
-# horizontal sums, and the scales of 8 rows convert in one instruction. Same bytes per
-# block as the base.
+# Q4_0x8 / Q4_1x8 / Q8_0x8: rows in groups of 8; a group is its blocks column by column, and
+# each column of 8 blocks is stored as the 8 scales (f16), for Q4_1 then the 8 minimums
+# (f16), then chunks of 32 bytes where chunk j holds bytes 4j..4j+3 of each row's quant bytes
+# (16 for the 4-bit formats: 4 chunks; 32 for Q8_0: 8 chunks), row after row. One 32-byte
+# load is then 4 quant bytes of every row of the group (4-bit: elements 4j..4j+3 low,
+# 16+4j..16+4j+3 high; Q8_0: elements 4j..4j+3), which the AVX2 kernel dots with 4 activation
+# bytes broadcast: each lane is one row, no horizontal sums, and the scales of 8 rows convert
+# in one instruction. Same bytes per block as the base. The embedding lookup gathers a row's
+# blocks back from such a group, so a tied embedding (the output matmul's weight too) is
+# repacked as well: single-thread rfc_matmul on SmolLM2's tied 49152 x 576 Q8_0 table took
+# 0.82x the GGUF layout's time for one token and 0.46x for eight. Decode with the
+# row-interleaved kernels measured faster than the single-row ones (docs/benchmarks.md).
 #
 # Q4_Kx8: rows in groups of 8, a column is one super-block of each of the 8 rows, stored as
 # the 8 scales d (f16), the 8 dmin (f16), the sub-block scales decoded to bytes [sub-block
@@ -92,26 +127,20 @@ GGUF_FORMATS: dict[str, WeightFormat] = {f.name: f for f in _GGUF}
 # 8 chunks of 32 bytes, chunk j holding bytes 4j..4j+3 of every row. 1184 bytes per column
 # (148 per row and super-block: the 12 bytes of packed 6-bit scales become 16).
 Q4_KX8_COLUMN_BYTES = 16 + 16 + 64 + 64 + 1024
-PACKED_FORMATS: dict[str, WeightFormat] = {
-    f.name: f
-    for f in (
-        WeightFormat("Q4_0x8", 32, 18, "q8_0", base="Q4_0", group_rows=8, head_bytes=2),
-        WeightFormat("Q4_1x8", 32, 20, "q8_1", base="Q4_1", group_rows=8, head_bytes=4),
-        WeightFormat("Q8_0x8", 32, 34, "q8_0", base="Q8_0", group_rows=8, head_bytes=2),
-        WeightFormat("Q4_Kx8", 256, Q4_KX8_COLUMN_BYTES // 8, "q8_k", base="Q4_K", group_rows=8),
-    )
-}
+_X8 = {"group_rows": 8, "kernels": CPU}
+_X8_CHUNKS = {**_X8, "ops": frozenset({"matmul", "embed"})}
 
-# Planar GPU layouts (gfx* / sm_* matmul weights; the weight planner's repacking for GPU
-# targets, kernels/rfc_gpu_planar.h decodes them). A row of nb blocks is stored plane after
-# plane, each plane holding one field of every block of the row in block order and starting
-# PLANE_ALIGN-aligned (padding bytes zero); rows follow one another, each a multiple of
-# PLANE_ALIGN bytes, so with 256-aligned tensors every plane of every row is 16-byte aligned.
-# A GPU matmul walks a row with adjacent lanes on adjacent 32-element sub-blocks: lane l's
-# piece of each plane sits right after lane l-1's, so a wave's loads of a plane are one
-# contiguous run (coalesced), and the 16- and 32-byte pieces are 128-bit loads, which the
-# GGUF blocks (18, 20, 22, 24, 34, 84, 110, 210 bytes) never align to. Pieces of a
-# 32-element sub-block, element e in 0..31:
+# Planar GPU layouts (gfx* / sm_* matmul weights; kernels/rfc_gpu_planar.h decodes them). A
+# row of nb blocks is stored plane after plane, each plane holding one field of every block
+# of the row in block order and starting PLANE_ALIGN-aligned (padding bytes zero); rows
+# follow one another, each a multiple of PLANE_ALIGN bytes, so with 256-aligned tensors every
+# plane of every row is 16-byte aligned. A GPU matmul walks a row with adjacent lanes on
+# adjacent 32-element sub-blocks: lane l's piece of each plane sits right after lane l-1's,
+# so a wave's loads of a plane are one contiguous run (coalesced), and the 16- and 32-byte
+# pieces are 128-bit loads, which the GGUF blocks (18, 20, 22, 24, 34, 84, 110, 210 bytes)
+# never align to (Q4_K and Q5_K blocks, 144 and 176 bytes, are aligned as they are). Only
+# matmuls read them: the embed kernel gathers GGUF rows. Pieces of a 32-element sub-block,
+# element e in 0..31:
 #   nib16: 16 bytes, byte j = element j (low nibble) | element j+16 (high nibble)
 #          (Q4_0's own order)
 #   q32:   32 bytes, byte e = element e (int8)
@@ -128,22 +157,75 @@ PACKED_FORMATS: dict[str, WeightFormat] = {
 # The planar layouts hold the same bytes as their GGUF blocks, plus the planes' padding.
 # K-quant scales stay indexed as in GGUF: scale 2s + h is half h of sub-block s.
 PLANE_ALIGN = 16
-PLANAR_FORMATS: dict[str, WeightFormat] = {
+_PLANAR = {"kernels": GPU, "ops": MATMUL_OPS}
+
+# The table. GGUF formats (base None) are what `rfc compile` accepts in a model file; the
+# float formats' cpu dot steps through 8 elements (one vector) at a time.
+FORMATS: dict[str, WeightFormat] = {
     f.name: f
     for f in (
-        WeightFormat("Q4_0p", 32, 18, "q8_0", base="Q4_0", planes=(2, 16)),
-        WeightFormat("Q4_1p", 32, 20, "q8_1", base="Q4_1", planes=(4, 16)),
-        WeightFormat("Q5_0p", 32, 22, "q8_0", base="Q5_0", planes=(2, 4, 16)),
-        WeightFormat("Q5_1p", 32, 24, "q8_1", base="Q5_1", planes=(4, 4, 16)),
-        WeightFormat("Q8_0p", 32, 34, "q8_0", base="Q8_0", planes=(2, 32)),
-        WeightFormat("Q2_Kp", 256, 84, "q8_k", base="Q2_K", planes=(4, 16, 64)),
-        WeightFormat("Q3_Kp", 256, 110, "q8_k", base="Q3_K", planes=(2, 12, 64, 32)),
-        WeightFormat("Q6_Kp", 256, 210, "q8_k", base="Q6_K", planes=(2, 16, 128, 64)),
+        WeightFormat("F32", 1, 4, None, CPU | GPU, cpu_unit=8),
+        WeightFormat("F16", 1, 2, None, CPU | GPU, cpu_unit=8),
+        WeightFormat("BF16", 1, 2, None, CPU | GPU, cpu_unit=8),
+        WeightFormat("Q8_0", 32, 34, "q8_0", CPU | GPU, cpu_act="q8_32"),
+        WeightFormat("Q4_0", 32, 18, "q8_0", CPU | GPU, cpu_act="q8_32p"),
+        WeightFormat("Q4_1", 32, 20, "q8_1", CPU | GPU, cpu_act="q8_32p"),
+        WeightFormat("Q5_0", 32, 22, "q8_0", CPU | GPU, cpu_act="q8_32p"),
+        WeightFormat("Q5_1", 32, 24, "q8_1", CPU | GPU, cpu_act="q8_32p"),
+        WeightFormat("Q2_K", 256, 84, "q8_k", CPU | GPU, cpu_act="q8_k"),
+        WeightFormat("Q3_K", 256, 110, "q8_k", CPU | GPU, cpu_act="q8_k"),
+        WeightFormat("Q4_K", 256, 144, "q8_k", CPU | GPU, cpu_act="q8_k"),
+        WeightFormat("Q5_K", 256, 176, "q8_k", CPU | GPU, cpu_act="q8_k"),
+        WeightFormat("Q6_K", 256, 210, "q8_k", CPU | GPU, cpu_act="q8_k"),
+        # packed cpu layouts
+        WeightFormat("Q4_0x8", 32, 18, "q8_0", cpu_act="q8_32", base="Q4_0", head_bytes=2, **_X8_CHUNKS),
+        WeightFormat("Q4_1x8", 32, 20, "q8_1", cpu_act="q8_32", base="Q4_1", head_bytes=4, **_X8_CHUNKS),
+        WeightFormat("Q8_0x8", 32, 34, "q8_0", cpu_act="q8_32", base="Q8_0", head_bytes=2, **_X8_CHUNKS),
+        WeightFormat("Q4_Kx8", 256, Q4_KX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="Q4_K", column_dot=True,
+                     ops=frozenset({"matmul"}), **_X8),
+        # planar GPU layouts
+        WeightFormat("Q4_0p", 32, 18, "q8_0", base="Q4_0", planes=(2, 16), **_PLANAR),
+        WeightFormat("Q4_1p", 32, 20, "q8_1", base="Q4_1", planes=(4, 16), **_PLANAR),
+        WeightFormat("Q5_0p", 32, 22, "q8_0", base="Q5_0", planes=(2, 4, 16), **_PLANAR),
+        WeightFormat("Q5_1p", 32, 24, "q8_1", base="Q5_1", planes=(4, 4, 16), **_PLANAR),
+        WeightFormat("Q8_0p", 32, 34, "q8_0", base="Q8_0", planes=(2, 32), **_PLANAR),
+        WeightFormat("Q2_Kp", 256, 84, "q8_k", base="Q2_K", planes=(4, 16, 64), **_PLANAR),
+        WeightFormat("Q3_Kp", 256, 110, "q8_k", base="Q3_K", planes=(2, 12, 64, 32), **_PLANAR),
+        WeightFormat("Q6_Kp", 256, 210, "q8_k", base="Q6_K", planes=(2, 16, 128, 64), **_PLANAR),
     )
-}
-assert all(sum(f.planes) == f.block_bytes for f in PLANAR_FORMATS.values()), "planes add up to the block"
+}  # fmt: skip
 
-FORMATS: dict[str, WeightFormat] = {**GGUF_FORMATS, **PACKED_FORMATS, **PLANAR_FORMATS}
+
+class _Rows(Mapping[str, WeightFormat]):
+    """The rows of FORMATS of one kind, read from it at every access (so a row added to the
+    table is in its kind's view too)."""
+
+    def __init__(self, kind: Callable[[WeightFormat], bool]):
+        self._kind = kind
+
+    def __getitem__(self, name: str) -> WeightFormat:
+        f = FORMATS[name]
+        if not self._kind(f):
+            raise KeyError(name)
+        return f
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, f in FORMATS.items() if self._kind(f))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+GGUF_FORMATS: Mapping[str, WeightFormat] = _Rows(lambda f: f.is_gguf)  # what a model file may hold
+PACKED_FORMATS: Mapping[str, WeightFormat] = _Rows(lambda f: f.is_packed)
+PLANAR_FORMATS: Mapping[str, WeightFormat] = _Rows(lambda f: f.is_planar)
+
+
+def target_layout(fmt: str, kernels: Kernels) -> WeightFormat | None:
+    """The layout row that repacks GGUF format `fmt` for `kernels` (None: they read `fmt`)."""
+    found = [f for f in FORMATS.values() if f.base == fmt and f.kernels == kernels]
+    assert len(found) <= 1, f"{fmt} has {len(found)} layouts for {kernels}"
+    return found[0] if found else None
 
 
 def weight_format(name: str) -> WeightFormat:

@@ -3,7 +3,7 @@
 The runtime reads weights in their GGUF block layout and must not import `gguf` (the
 runtime/compiler boundary), so the block formats are decoded here. Each format is data: a
 numpy structured dtype that names the fields of one block, plus a decoder that turns an
-array of such blocks into `block_size` float32 values per block. Decoders are vectorized
+array of such blocks into `block_elems` float32 values per block. Decoders are vectorized
 over blocks and follow ggml's `dequantize_row_*` operation by operation (same products in
 the same order, in float32), so the results are bit-identical to ggml's reference.
 """
@@ -16,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from rfc.artifacts.formats import GGUF_FORMATS, PACKED_FORMATS, PLANAR_FORMATS
+from rfc.artifacts.formats import FORMATS as _TABLE
+from rfc.artifacts.formats import GGUF_FORMATS, PACKED_FORMATS, PLANAR_FORMATS, WeightFormat
 from rfc.artifacts.formats import row_nbytes as _table_row_nbytes
 from rfc.runtime.quants_planar import unpack_planar
 
@@ -29,13 +30,6 @@ _CHUNK_BLOCKS = 1 << 15
 
 class QuantError(ValueError):
     """An unknown weight format, or bytes that do not match the shape asked for."""
-
-
-@dataclass(frozen=True)
-class QuantFormat:
-    name: str
-    block_size: int  # elements per block
-    type_size: int  # bytes per block
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -178,7 +172,7 @@ def _decode_bf16(b: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class _Codec:
     block: np.dtype  # one block's fields, packed
-    decode: Callable[[np.ndarray], np.ndarray]  # (n_blocks,) blocks -> (n_blocks, block_size)
+    decode: Callable[[np.ndarray], np.ndarray]  # (n_blocks,) blocks -> (n_blocks, block_elems)
 
 
 def _block(*fields: tuple) -> np.dtype:
@@ -222,19 +216,12 @@ _CODECS: dict[str, _Codec] = {
     ),
 }
 
-# Block geometry comes from the one format table (rfc.artifacts.formats); the codecs above
-# must agree with it byte for byte.
-FORMATS: dict[str, QuantFormat] = {
-    name: QuantFormat(name, GGUF_FORMATS[name].block_elems, GGUF_FORMATS[name].block_bytes)
-    for name in _CODECS
-}
-assert all(_CODECS[n].block.itemsize == f.type_size for n, f in FORMATS.items()), "codec/table mismatch"
-# Packed and planar layouts (artifacts/formats.py PACKED_FORMATS, PLANAR_FORMATS) decode by
-# undoing the rearrangement into their base format's blocks (unpack_x8, unpack_planar), then
-# that format's decoder.
-PACKED: dict[str, QuantFormat] = {
-    name: QuantFormat(name, f.block_elems, f.block_bytes) for name, f in {**PACKED_FORMATS, **PLANAR_FORMATS}.items()
-}
+# The GGUF formats decoded here: rows of the one format table (rfc.artifacts.formats), whose
+# block geometry the codecs above must agree with byte for byte. Packed and planar layouts
+# (its PACKED_FORMATS, PLANAR_FORMATS) decode by undoing the rearrangement into their base
+# format's blocks (unpack_x8, unpack_planar), then that format's decoder.
+FORMATS: dict[str, WeightFormat] = {name: GGUF_FORMATS[name] for name in _CODECS}
+assert all(_CODECS[n].block.itemsize == f.block_bytes for n, f in FORMATS.items()), "codec/table mismatch"
 
 
 def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
@@ -272,20 +259,21 @@ def _unpack_q4_k_x8(cols: np.ndarray) -> np.ndarray:
     return out.transpose(0, 2, 1, 3)
 
 
-def _format(fmt: str) -> QuantFormat:
-    try:
-        return FORMATS[fmt] if fmt in FORMATS else PACKED[fmt]
-    except KeyError:
-        known = ", ".join([*FORMATS, *PACKED])
-        raise QuantError(f"unknown weight format {fmt!r} (known: {known})") from None
+def _format(fmt: str) -> WeightFormat:
+    """The table's row of `fmt`, a format decoded here or a layout of one."""
+    f = _TABLE.get(fmt) if isinstance(fmt, str) else None
+    if f is None or (f.base or fmt) not in _CODECS:
+        known = ", ".join(n for n, g in _TABLE.items() if (g.base or n) in _CODECS)
+        raise QuantError(f"unknown weight format {fmt!r} (known: {known})")
+    return f
 
 
 def row_nbytes(fmt: str, n: int) -> int:
     """Bytes of one row of `n` elements stored in `fmt`."""
     f = _format(fmt)
-    if n % f.block_size != 0:
+    if n % f.block_elems != 0:
         raise QuantError(
-            f"a {fmt} row of {n} elements is not a whole number of {f.block_size}-element blocks"
+            f"a {fmt} row of {n} elements is not a whole number of {f.block_elems}-element blocks"
         )
     return _table_row_nbytes(fmt, n)  # the format table's arithmetic (planar rows are padded)
 
@@ -314,7 +302,7 @@ def dequantize(raw: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
         fmt = PLANAR_FORMATS[fmt].base
     codec = _CODECS[fmt]
     blocks = data.view(codec.block)
-    out = np.empty((blocks.size, f.block_size), dtype=np.float32)
+    out = np.empty((blocks.size, f.block_elems), dtype=np.float32)
     for start in range(0, blocks.size, _CHUNK_BLOCKS):
         stop = start + _CHUNK_BLOCKS
         out[start:stop] = codec.decode(blocks[start:stop])

@@ -83,7 +83,7 @@ def k_of(fmt: str) -> int:
 @functools.lru_cache(maxsize=None)
 def _fixture_blocks(fmt: str) -> np.ndarray:
     """Every block of format `fmt` in the fixture GGUFs, as rows of raw bytes."""
-    size = FORMATS[fmt].type_size
+    size = FORMATS[fmt].block_bytes
     found = [
         np.ascontiguousarray(t.data).view(np.uint8).reshape(-1, size)
         for path in sorted(FIXTURES.glob("tiny-llama-*.gguf"))
@@ -111,7 +111,7 @@ def weight_bytes(fmt: str, rows: int, k: int, rng: np.random.Generator) -> bytes
         return np.ascontiguousarray(gguf.quants.quantize(x, GGMLQuantizationType[fmt])).tobytes()
     except NotImplementedError:
         blocks = _fixture_blocks(fmt)
-        per_row = k // FORMATS[fmt].block_size
+        per_row = k // FORMATS[fmt].block_elems
         pick = rng.choice(len(blocks), size=rows * per_row, replace=len(blocks) < rows * per_row)
         return blocks[pick].tobytes()
 

@@ -52,7 +52,7 @@ def test_fixtures_cover_every_format() -> None:
 
 def test_format_table_matches_ggml() -> None:
     for name, fmt in FORMATS.items():
-        assert (fmt.block_size, fmt.type_size) == GGML_QUANT_SIZES[GGMLQuantizationType[name]]
+        assert (fmt.block_elems, fmt.block_bytes) == GGML_QUANT_SIZES[GGMLQuantizationType[name]]
 
 
 # Random fp16 scales include inf and NaN; numpy warns about the products, as it should.
@@ -63,7 +63,7 @@ RANDOM_BYTES_WARN = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_random_bytes_several_rows(fmt: str) -> None:
     # Any bit pattern is a valid block, so random bytes exercise every field of the format.
-    shape = (3, 5, 2 * FORMATS[fmt].block_size)
+    shape = (3, 5, 2 * FORMATS[fmt].block_elems)
     raw = np.random.default_rng(0).integers(0, 256, (15, row_nbytes(fmt, shape[-1])), np.uint8)
     want = gguf.quants.dequantize(raw, GGMLQuantizationType[fmt]).reshape(shape)
     assert_identical(dequantize(raw, fmt, shape), want)
