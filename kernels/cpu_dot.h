@@ -5,6 +5,7 @@
  *   rfc_w_fmt                          one step of one weight row, loaded (unpacked)
  *   rfc_wload_fmt(&w, p)               load the step at p
  *   rfc_wdot_fmt(acc, &w, act, t, u)   acc += that step . token t's step u of the activation
+ *   rfc_wdot8_fmt(acc, w, act, t, u0)  8 steps at once (decode)
  *
  * A tile loads each weight step once and dots it with several tokens, so rfc_wload does
  * all per-weight work (unpacking nibbles, converting scales) and rfc_wdot the rest.
@@ -13,7 +14,13 @@
  * Q2_K..Q6_K (against q8_k) use int8 dot products (_mm256_maddubs_epi16, _mm256_madd_epi16). Every
  * other format, and every format without AVX2, dequantizes a step to float32 and uses
  * float activations: simpler, and exact up to float rounding.
- * Requires rfc_blocks.h, cpu_simd.h and cpu_act.h.
+ *
+ * This file holds the kernels; the format table (artifacts/formats.py) instantiates them:
+ * templates/cpu_formats.h.j2, rendered after it, defines RFC_UNIT_/RFC_ACT_ from each row's
+ * cpu_unit and cpu_act, the float step (RFC_DEFINE_FLOAT_STEP) of every quantized format
+ * where it has no int8 dot, the tails of the float formats and rfc_wdot8 step by step where
+ * no grouped kernel (RFC_HAS_DOT8_FMT) is here.
+ * Requires rfc_blocks.h, the format constants, cpu_simd.h and cpu_act.h.
  */
 #ifndef RFC_CPU_DOT_H
 #define RFC_CPU_DOT_H
@@ -53,19 +60,6 @@ static inline rfc_acc rfc_dot_f32(rfc_acc acc, const float *RFC_RESTRICT w, cons
         }                                                                                           \
         return s;                                                                                   \
     }
-RFC_DEFINE_TAIL(f32, RFC_TS_F32)
-RFC_DEFINE_TAIL(f16, RFC_TS_F16)
-RFC_DEFINE_TAIL(bf16, RFC_TS_BF16)
-
-#define RFC_UNIT_F32 8
-#define RFC_UNIT_BYTES_F32 32
-#define RFC_UNIT_F16 8
-#define RFC_UNIT_BYTES_F16 16
-#define RFC_UNIT_BF16 8
-#define RFC_UNIT_BYTES_BF16 16
-#define RFC_ACT_F32 f32
-#define RFC_ACT_F16 f32
-#define RFC_ACT_BF16 f32
 
 #ifdef RFC_AVX2
 #define RFC_DEFINE_VEC8_STEP(fmt, LOAD)                                                     \
@@ -91,62 +85,9 @@ RFC_DEFINE_SCALAR8_STEP(f16)
 RFC_DEFINE_SCALAR8_STEP(bf16)
 #endif
 
-/* Quantized formats: one step is one GGUF block. */
-#define RFC_UNIT_Q8_0 RFC_QK_Q8_0
-#define RFC_UNIT_BYTES_Q8_0 RFC_TS_Q8_0
-#define RFC_UNIT_Q4_0 RFC_QK_Q4_0
-#define RFC_UNIT_BYTES_Q4_0 RFC_TS_Q4_0
-#define RFC_UNIT_Q4_1 RFC_QK_Q4_1
-#define RFC_UNIT_BYTES_Q4_1 RFC_TS_Q4_1
-#define RFC_UNIT_Q5_0 RFC_QK_Q5_0
-#define RFC_UNIT_BYTES_Q5_0 RFC_TS_Q5_0
-#define RFC_UNIT_Q5_1 RFC_QK_Q5_1
-#define RFC_UNIT_BYTES_Q5_1 RFC_TS_Q5_1
-#define RFC_UNIT_Q2_K RFC_QK_Q2_K
-#define RFC_UNIT_BYTES_Q2_K RFC_TS_Q2_K
-#define RFC_UNIT_Q3_K RFC_QK_Q3_K
-#define RFC_UNIT_BYTES_Q3_K RFC_TS_Q3_K
-#define RFC_UNIT_Q4_K RFC_QK_Q4_K
-#define RFC_UNIT_BYTES_Q4_K RFC_TS_Q4_K
-#define RFC_UNIT_Q5_K RFC_QK_Q5_K
-#define RFC_UNIT_BYTES_Q5_K RFC_TS_Q5_K
-#define RFC_UNIT_Q6_K RFC_QK_Q6_K
-#define RFC_UNIT_BYTES_Q6_K RFC_TS_Q6_K
-
-#ifndef RFC_AVX2
-#define RFC_ACT_Q2_K f32
-#define RFC_ACT_Q3_K f32
-#define RFC_ACT_Q5_K f32
-RFC_DEFINE_FLOAT_STEP(q2_k, 256)
-RFC_DEFINE_FLOAT_STEP(q3_k, 256)
-RFC_DEFINE_FLOAT_STEP(q5_k, 256)
-#define RFC_ACT_Q8_0 f32
-#define RFC_ACT_Q4_0 f32
-#define RFC_ACT_Q4_1 f32
-#define RFC_ACT_Q5_0 f32
-#define RFC_ACT_Q5_1 f32
-#define RFC_ACT_Q4_K f32
-#define RFC_ACT_Q6_K f32
-RFC_DEFINE_FLOAT_STEP(q8_0, 32)
-RFC_DEFINE_FLOAT_STEP(q4_0, 32)
-RFC_DEFINE_FLOAT_STEP(q4_1, 32)
-RFC_DEFINE_FLOAT_STEP(q5_0, 32)
-RFC_DEFINE_FLOAT_STEP(q5_1, 32)
-RFC_DEFINE_FLOAT_STEP(q4_k, 256)
-RFC_DEFINE_FLOAT_STEP(q6_k, 256)
-#else /* RFC_AVX2: int8 dot products */
-
-#define RFC_ACT_Q8_0 q8_32
-#define RFC_ACT_Q4_0 q8_32p
-#define RFC_ACT_Q4_1 q8_32p
-#define RFC_ACT_Q5_0 q8_32p
-#define RFC_ACT_Q5_1 q8_32p
-#define RFC_ACT_Q2_K q8_k
-#define RFC_ACT_Q3_K q8_k
-#define RFC_ACT_Q4_K q8_k
-#define RFC_ACT_Q5_K q8_k
-#define RFC_ACT_Q6_K q8_k
-
+/* Quantized formats: one step is one GGUF block; without AVX2 (and for a format without an
+ * int8 dot) a float step (RFC_DEFINE_FLOAT_STEP), with AVX2 the int8 dots below. */
+#ifdef RFC_AVX2
 /* 32 weights as bytes (unsigned 0..31 for the offset formats, signed for Q8_0) and the
  * block's scale (and minimum) broadcast. */
 typedef struct { __m256i q; __m256 d; } rfc_w32;
@@ -757,7 +698,8 @@ static inline void rfc_x8col_q4_k(float acc[8], const uint8_t *col, const float 
 #endif
 
 /* rfc_wdot8_<fmt>(acc, w, act, t, u0): acc += steps u0..u0+7 of one weight row (w points at
- * step u0) . token t. Formats without a grouped kernel above do it step by step. */
+ * step u0) . token t. Formats without a grouped kernel above (RFC_HAS_DOT8_FMT) do it step by
+ * step (cpu_formats.h.j2). */
 #define RFC_DOT8_BY_STEPS(fmt, UB)                                                                  \
     static inline rfc_acc rfc_wdot8_##fmt(rfc_acc acc, const uint8_t *w, const rfc_act *a, size_t t, int u0) { \
         for (int j = 0; j < 8; j++) {                                                               \
@@ -767,20 +709,4 @@ static inline void rfc_x8col_q4_k(float acc[8], const uint8_t *col, const float 
         }                                                                                           \
         return acc;                                                                                 \
     }
-#ifndef RFC_HAS_DOT8_Q8_0
-RFC_DOT8_BY_STEPS(q8_0, RFC_UNIT_BYTES_Q8_0)
-RFC_DOT8_BY_STEPS(q4_0, RFC_UNIT_BYTES_Q4_0)
-RFC_DOT8_BY_STEPS(q5_0, RFC_UNIT_BYTES_Q5_0)
-RFC_DOT8_BY_STEPS(q4_1, RFC_UNIT_BYTES_Q4_1)
-RFC_DOT8_BY_STEPS(q5_1, RFC_UNIT_BYTES_Q5_1)
-#endif
-RFC_DOT8_BY_STEPS(f32, RFC_UNIT_BYTES_F32)
-RFC_DOT8_BY_STEPS(f16, RFC_UNIT_BYTES_F16)
-RFC_DOT8_BY_STEPS(bf16, RFC_UNIT_BYTES_BF16)
-RFC_DOT8_BY_STEPS(q2_k, RFC_UNIT_BYTES_Q2_K)
-RFC_DOT8_BY_STEPS(q3_k, RFC_UNIT_BYTES_Q3_K)
-RFC_DOT8_BY_STEPS(q4_k, RFC_UNIT_BYTES_Q4_K)
-RFC_DOT8_BY_STEPS(q5_k, RFC_UNIT_BYTES_Q5_K)
-RFC_DOT8_BY_STEPS(q6_k, RFC_UNIT_BYTES_Q6_K)
-
 #endif /* RFC_CPU_DOT_H */

@@ -8,10 +8,13 @@
  * products in the same order), so they agree bit for bit with runtime/quants.py.
  *
  * Names are stable (other targets include this file):
- *   RFC_QK_<FMT>   elements per block        RFC_TS_<FMT>   bytes per block
+ *   rfc_block_<fmt>                                              a quantized format's block
  *   rfc_dequant_block_<fmt>(const void *block, float *out)       one block
+ * for every GGUF format of the format table (artifacts/formats.py). The table's rows give
+ * the rest, rendered after this file by every prelude (templates/rfc_formats.h.j2):
+ *   RFC_QK_<FMT>   elements per block        RFC_TS_<FMT>   bytes per block
+ *   sizeof(rfc_block_<fmt>) == RFC_TS_<FMT>, checked at compile time
  *   rfc_dequant_row_<fmt>(const void *row, float *out, int n)    n elements (whole blocks)
- * for fmt in f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k.
  */
 #ifndef RFC_BLOCKS_H
 #define RFC_BLOCKS_H
@@ -32,33 +35,6 @@
 
 #define RFC_QK_K 256
 
-#define RFC_QK_F32 1
-#define RFC_TS_F32 4
-#define RFC_QK_F16 1
-#define RFC_TS_F16 2
-#define RFC_QK_BF16 1
-#define RFC_TS_BF16 2
-#define RFC_QK_Q8_0 32
-#define RFC_TS_Q8_0 34
-#define RFC_QK_Q4_0 32
-#define RFC_TS_Q4_0 18
-#define RFC_QK_Q4_1 32
-#define RFC_TS_Q4_1 20
-#define RFC_QK_Q5_0 32
-#define RFC_TS_Q5_0 22
-#define RFC_QK_Q5_1 32
-#define RFC_TS_Q5_1 24
-#define RFC_QK_Q2_K 256
-#define RFC_TS_Q2_K 84
-#define RFC_QK_Q3_K 256
-#define RFC_TS_Q3_K 110
-#define RFC_QK_Q4_K 256
-#define RFC_TS_Q4_K 144
-#define RFC_QK_Q5_K 256
-#define RFC_TS_Q5_K 176
-#define RFC_QK_Q6_K 256
-#define RFC_TS_Q6_K 210
-
 /* fp16 fields are kept as raw uint16_t so the structs need no half type. qh of Q5_0/Q5_1
  * is a byte array (ggml: uint8_t[4]) so that no field forces 4-byte alignment. */
 typedef struct { uint16_t d; int8_t qs[32]; } rfc_block_q8_0;
@@ -71,17 +47,6 @@ typedef struct { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; uint16_t
 typedef struct { uint16_t d; uint16_t dmin; uint8_t scales[12]; uint8_t qs[128]; } rfc_block_q4_k;
 typedef struct { uint16_t d; uint16_t dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } rfc_block_q5_k;
 typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } rfc_block_q6_k;
-
-RFC_STATIC_ASSERT(sizeof(rfc_block_q8_0) == RFC_TS_Q8_0, "q8_0 block size");
-RFC_STATIC_ASSERT(sizeof(rfc_block_q4_0) == RFC_TS_Q4_0, "q4_0 block size");
-RFC_STATIC_ASSERT(sizeof(rfc_block_q4_1) == RFC_TS_Q4_1, "q4_1 block size");
-RFC_STATIC_ASSERT(sizeof(rfc_block_q5_0) == RFC_TS_Q5_0, "q5_0 block size");
-RFC_STATIC_ASSERT(sizeof(rfc_block_q5_1) == RFC_TS_Q5_1, "q5_1 block size");
-RFC_STATIC_ASSERT(sizeof(rfc_block_q2_k) == RFC_TS_Q2_K, "q2_k block size");
-RFC_STATIC_ASSERT(sizeof(rfc_block_q3_k) == RFC_TS_Q3_K, "q3_k block size");
-RFC_STATIC_ASSERT(sizeof(rfc_block_q4_k) == RFC_TS_Q4_K, "q4_k block size");
-RFC_STATIC_ASSERT(sizeof(rfc_block_q5_k) == RFC_TS_Q5_K, "q5_k block size");
-RFC_STATIC_ASSERT(sizeof(rfc_block_q6_k) == RFC_TS_Q6_K, "q6_k block size");
 
 /* ---- scalar conversions ------------------------------------------------------------- */
 
@@ -321,28 +286,12 @@ RFC_FN void rfc_dequant_block_q6_k(const void *block, float *out) {
     }
 }
 
-/* ---- per-row decoders ------------------------------------------------------------------ */
+/* ---- per-row decoders (one per format: templates/rfc_formats.h.j2) ---------------------- */
 
 #define RFC_DEFINE_DEQUANT_ROW(fmt, QK, TS)                                           \
     RFC_FN void rfc_dequant_row_##fmt(const void *row, float *out, int n) {           \
         const uint8_t *p = (const uint8_t *)row;                                      \
         for (int i = 0; i < n / (QK); i++) rfc_dequant_block_##fmt(p + (TS) * i, out + (QK) * i); \
     }
-
-RFC_DEFINE_DEQUANT_ROW(f32, RFC_QK_F32, RFC_TS_F32)
-RFC_DEFINE_DEQUANT_ROW(f16, RFC_QK_F16, RFC_TS_F16)
-RFC_DEFINE_DEQUANT_ROW(bf16, RFC_QK_BF16, RFC_TS_BF16)
-RFC_DEFINE_DEQUANT_ROW(q8_0, RFC_QK_Q8_0, RFC_TS_Q8_0)
-RFC_DEFINE_DEQUANT_ROW(q4_0, RFC_QK_Q4_0, RFC_TS_Q4_0)
-RFC_DEFINE_DEQUANT_ROW(q4_1, RFC_QK_Q4_1, RFC_TS_Q4_1)
-RFC_DEFINE_DEQUANT_ROW(q5_0, RFC_QK_Q5_0, RFC_TS_Q5_0)
-RFC_DEFINE_DEQUANT_ROW(q5_1, RFC_QK_Q5_1, RFC_TS_Q5_1)
-RFC_DEFINE_DEQUANT_ROW(q2_k, RFC_QK_Q2_K, RFC_TS_Q2_K)
-RFC_DEFINE_DEQUANT_ROW(q3_k, RFC_QK_Q3_K, RFC_TS_Q3_K)
-RFC_DEFINE_DEQUANT_ROW(q4_k, RFC_QK_Q4_K, RFC_TS_Q4_K)
-RFC_DEFINE_DEQUANT_ROW(q5_k, RFC_QK_Q5_K, RFC_TS_Q5_K)
-RFC_DEFINE_DEQUANT_ROW(q6_k, RFC_QK_Q6_K, RFC_TS_Q6_K)
-
-#undef RFC_DEFINE_DEQUANT_ROW
 
 #endif /* RFC_BLOCKS_H */

@@ -7,28 +7,11 @@
  * the row's start). Every plane starts 16-byte aligned, so a sub-block's pieces load whole:
  * nib16 (16 bytes) and q32 (32) as 128-bit loads, crumb8 (8) as one 64-bit load, bit4 (4)
  * and f16 pairs as 32-bit loads. Adjacent lanes walk adjacent sub-blocks, so a wave's loads
- * of a plane are one contiguous run of memory.
+ * of a plane are one contiguous run of memory. RFC_QK_<FMT>/RFC_TS_<FMT> (elements and
+ * bytes of all planes per base block) come from the format table (rfc_formats.h.j2).
  */
 #ifndef RFC_GPU_PLANAR_H
 #define RFC_GPU_PLANAR_H
-
-/* geometry: elements and bytes (all planes) per base block, as the format table has them */
-#define RFC_QK_Q4_0p 32
-#define RFC_TS_Q4_0p 18
-#define RFC_QK_Q4_1p 32
-#define RFC_TS_Q4_1p 20
-#define RFC_QK_Q5_0p 32
-#define RFC_TS_Q5_0p 22
-#define RFC_QK_Q5_1p 32
-#define RFC_TS_Q5_1p 24
-#define RFC_QK_Q8_0p 32
-#define RFC_TS_Q8_0p 34
-#define RFC_QK_Q2_Kp 256
-#define RFC_TS_Q2_Kp 84
-#define RFC_QK_Q3_Kp 256
-#define RFC_TS_Q3_Kp 110
-#define RFC_QK_Q6_Kp 256
-#define RFC_TS_Q6_Kp 210
 
 /* nib16 piece (16-byte aligned): u[i] = elements 4i..4i+3, low nibbles then high */
 RFC_DEVICE_FN void rfc_pl_nib16(const uint8_t *p, int *u) {

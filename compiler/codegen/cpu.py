@@ -13,12 +13,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rfc.artifacts.formats import PACKED_FORMATS
+from rfc.artifacts.formats import FORMATS, Kernels
 from rfc.artifacts.plan import OPS, Plan, rope_inv_freq
 from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen import cpu_step
 from rfc.compiler.codegen.cache import cached_build
+from rfc.compiler.codegen.format_table import format_rows
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
@@ -36,14 +37,6 @@ SOURCE = "rfc_cpu.c"
 LIBRARY = "librfc_cpu.so"
 BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno")
 
-# Bytes per step along a weight row (one GGUF block; 8 elements for the float formats) and
-# the elements per step, as cpu_dot.h defines them.
-_STEPS = {
-    "F32": (8, 32), "F16": (8, 16), "BF16": (8, 16),
-    "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-    "Q4_0x8": (32, 18), "Q4_1x8": (32, 20), "Q8_0x8": (32, 34), "Q4_Kx8": (256, 148),
-    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
-}
 # The op kinds the cpu kernels implement; a plan with another op is refused.
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
            "moe_route", "moe_matmul", "moe_combine")
@@ -60,22 +53,6 @@ MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count t
 # PACKED_FORMATS; templates/cpu_matmul_x8.c.j2). Decode with the row-interleaved kernels
 # measured faster than the single-row ones (docs/benchmarks.md).
 REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8", "Q8_0": "Q8_0x8", "Q4_K": "Q4_Kx8"}
-
-# Packed layouts whose columns cpu_dot.h dots (rfc_x8col_<name>), and the activation kinds
-# (cpu_act.h: rfc_quantize_row_<kind>) the x8 matmuls quantize to, per formats.py kind.
-_X8_COLUMN_KERNELS = {"Q4_Kx8": "q4_k"}
-# Packed layouts whose rows the embedding lookup gathers too (cpu_embed.c.j2 puts a row's
-# blocks back together): a tied embedding, which the output matmul reads as well, is
-# repacked into these. Single-thread rfc_matmul on SmolLM2's tied 49152 x 576 Q8_0 table
-# took 0.82x the GGUF layout's time for one token and 0.46x for eight.
-_X8_EMBED = frozenset(f for f in REPACK.values() if f not in _X8_COLUMN_KERNELS)
-_X8_ACTIVATION = {"q8_0": "q8_32", "q8_1": "q8_32", "q8_k": "q8_k"}
-
-# Formats whose AVX2 path quantizes activations to int8 (cpu_dot.h: RFC_ACT_*); the rest
-# read float activations (4 bytes per element).
-_INT8_ACTIVATIONS = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
-# Formats whose rows may have any length (their kernels sum the last K % 8 elements apart).
-_FLOAT_FORMATS = {"F32", "F16", "BF16"}
 
 
 @dataclass(frozen=True)
@@ -190,13 +167,13 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         "kv_width": hp.n_kv_heads * hp.head_dim,
         "max_k": max_k,
     }
-    parts = [render("cpu_prelude.c.j2", common)]
-    for fmt in sorted({e.format for e in entries.values()} - set(PACKED_FORMATS)):
+    parts = [render("cpu_prelude.c.j2", {**common, "formats": format_rows(Kernels.CPU)})]
+    for fmt in sorted(f for f in {e.format for e in entries.values()} if FORMATS[f].is_gguf):
         parts.append(render("cpu_dequant.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
     for fmt in embed_formats:
         parts.append(render("cpu_embed.c.j2", _embed_params(fmt, hp)))
     for fmt in matmul_formats:
-        if fmt in PACKED_FORMATS:
+        if FORMATS[fmt].is_packed:
             parts.append(render("cpu_matmul_x8.c.j2", _x8_params(fmt, tuning)))
         else:
             parts.append(render("cpu_matmul.c.j2", _matmul_params(fmt, tuning)))
@@ -295,12 +272,13 @@ def check_ops(plan: Plan, architecture: str) -> None:
 
 def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
     for e in entries.values():
-        if e.format not in _STEPS:
+        if e.format not in FORMATS or Kernels.CPU not in FORMATS[e.format].kernels:
             raise CompileError(f"the cpu target has no kernels for weight format {e.format} ({e.name})")
     for op in ops.get("matmul", []) + ops.get("moe_matmul", []):
         e = entries[op.weights[0]]
-        if e.format not in _FLOAT_FORMATS and e.shape[-1] % _STEPS[e.format][0]:
-            raise CompileError(f"{e.name}: row length {e.shape[-1]} is not a multiple of {_STEPS[e.format][0]} ({e.format})")
+        f = FORMATS[e.format]
+        if not f.is_float and e.shape[-1] % f.cpu_dot_step[0]:
+            raise CompileError(f"{e.name}: row length {e.shape[-1]} is not a multiple of {f.cpu_dot_step[0]} ({e.format})")
     for op in ops.get("embed", []):
         e = entries[op.weights[0]]
         if e.shape != (hp.vocab_size, hp.n_embd):
@@ -325,7 +303,7 @@ def _moe_params(plan: Plan, entries: dict, ops: dict[str, list]) -> dict | None:
         raise CompileError(f"expert counts out of range: {n_used} used of {n_expert} (at most {MAX_EXPERTS})")
     shapes = [entries[op.weights[0]] for op in ops.get("moe_matmul", [])]
     for e in shapes:
-        if len(e.shape) != 3 or e.shape[0] != n_expert or e.format in PACKED_FORMATS:
+        if len(e.shape) != 3 or e.shape[0] != n_expert or not FORMATS[e.format].is_gguf:
             raise CompileError(f"{e.name}: expert tensor {list(e.shape)} ({e.format}) is not [{n_expert}, N, K] in a GGUF format")
     return {"n_expert": n_expert, "n_used": n_used, "segs": cpu_step.MAX_MOE_SEGMENTS,
             "max_k": max((e.shape[2] for e in shapes), default=8), "max_n": max((e.shape[1] for e in shapes), default=8)}
@@ -347,11 +325,11 @@ def _attention_params(hp, attrs: dict, tuning: CpuTuning) -> dict:
 
 
 def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
-    f = PACKED_FORMATS[fmt]
+    f = FORMATS[fmt]
     common = {"fmt": fmt.lower(), "FMT": fmt, "BASE": f.base, "block_bytes": f.block_bytes, "block_elems": f.block_elems,
-              "act": _X8_ACTIVATION[f.activation], "token_tile": 4}  # fmt: skip
-    if fmt in _X8_COLUMN_KERNELS:  # a layout of its own, dotted a column at a time by cpu_dot.h
-        return {**common, "columns": True, "column_kernel": _X8_COLUMN_KERNELS[fmt], "head": 0, "has_min": False, "int8": False}
+              "act": f.cpu_act, "token_tile": 4}  # fmt: skip
+    if f.column_dot:  # a layout of its own, dotted a column at a time by cpu_dot.h
+        return {**common, "columns": True, "column_kernel": f.base.lower(), "head": 0, "has_min": False, "int8": False}
     quant_bytes = f.block_bytes - f.head_bytes
     assert quant_bytes in (16, 32) and f.head_bytes in (2, 4), f"{fmt}: a layout cpu_matmul_x8.c.j2 does not know"
     return {**common, "columns": False, "head": f.head_bytes * 8, "has_min": f.head_bytes == 4, "int8": quant_bytes == 32,
@@ -360,10 +338,10 @@ def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
 
 def _embed_params(fmt: str, hp) -> dict:
     params = {"fmt": fmt.lower(), "FMT": fmt, "n_embd": hp.n_embd, "vocab_size": hp.vocab_size, "x8": False}
-    if fmt in PACKED_FORMATS:
-        if fmt not in _X8_EMBED:
+    f = FORMATS[fmt]
+    if f.is_packed:
+        if "embed" not in f.ops:
             raise CompileError(f"the cpu embedding lookup does not read {fmt} tables")
-        f = PACKED_FORMATS[fmt]
         assert f.group_rows == 8 and f.head_bytes % 2 == 0 and (f.block_bytes - f.head_bytes) % 4 == 0
         if hp.n_embd % f.block_elems:
             raise CompileError(f"a {fmt} embedding needs n_embd to be a multiple of {f.block_elems}")
@@ -375,7 +353,7 @@ def _embed_params(fmt: str, hp) -> dict:
 def repack_plan(plan: Plan, uses: tuple) -> tuple:
     """The weight uses with the packed layouts the cpu matmuls read (REPACK): weights of a
     repackable format that matmuls read, and that nothing else reads but an embedding lookup
-    which can gather rows from the packed layout (_X8_EMBED: a tied output matrix). An
+    which can gather rows from the packed layout (its `ops`: a tied output matrix). An
     embedding table that no matmul reads keeps its GGUF layout."""
     readers: dict[str, set[str]] = {}
     for op in plan.ops:
@@ -386,14 +364,15 @@ def repack_plan(plan: Plan, uses: tuple) -> tuple:
         packed = REPACK.get(use.format)
         kinds = readers.get(use.name)
         if (packed and len(use.shape) == 2 and use.shape[-1] % 32 == 0
-                and (kinds == {"matmul"} or (kinds == {"matmul", "embed"} and packed in _X8_EMBED))):
+                and (kinds == {"matmul"} or (kinds == {"matmul", "embed"} and "embed" in FORMATS[packed].ops))):
             use = repacked(use, packed)
         out.append(use)
     return tuple(out)
 
 
 def _matmul_params(fmt: str, tuning: CpuTuning) -> dict:
-    unit, unit_bytes = _STEPS[fmt]
+    f = FORMATS[fmt]
+    unit, unit_bytes = f.cpu_dot_step
     rb, tb, rd = tuning.row_tile, tuning.token_tile, tuning.decode_row_tile
     return {
         "fmt": fmt.lower(),
@@ -407,8 +386,8 @@ def _matmul_params(fmt: str, tuning: CpuTuning) -> dict:
         "tiles": sorted({(rb, tb), (1, tb)}, reverse=True),
         "grouped_tiles": sorted({rd, 1}, reverse=True),
         "act_budget_bytes": tuning.act_budget_bytes,
-        "act_elem_bytes": 1 if fmt in _INT8_ACTIVATIONS else 4,
-        "tail": fmt in _FLOAT_FORMATS,
+        "act_elem_bytes": 1 if f.cpu_act else 4,  # int8 activations, or float
+        "tail": f.is_float,  # float rows may have any length
         "gemm_min_tokens": tuning.gemm_min_tokens,
         "dotn_gemm_min_tokens": tuning.dotn_gemm_min_tokens,
         "gemm_token_tile": tuning.gemm_token_tile,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
+from rfc.compiler.codegen.format_table import format_rows
 from rfc.compiler.codegen.gpu_layout import gpu_weight_map
 from rfc.compiler.codegen.gpu_plan import ARG_SIZES, MMA_TEMPLATE, KernelSpec, plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
@@ -23,6 +24,7 @@ from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 from rfc.artifacts.codeobject import CodeObjectError, KernelInfo, read_cubin, read_hsaco
+from rfc.artifacts.formats import Kernels
 from rfc.artifacts.program import PROGRAM_FILE, pack_program
 
 PRELUDE_TEMPLATE = "gpu_prelude.hip.j2"
@@ -105,7 +107,7 @@ def build(inp: CodegenInput) -> dict:
 def render_source(target: Target, specs: list[KernelSpec]) -> str:
     # the tensor-core header only where a kernel uses it: HIP has no nvcuda::wmma
     mma = any(s.template == MMA_TEMPLATE for s in specs)
-    parts = [render(PRELUDE_TEMPLATE, {"wave": target.wave_size, "mma": mma})]
+    parts = [render(PRELUDE_TEMPLATE, {"wave": target.wave_size, "mma": mma, "formats": format_rows(Kernels.GPU)})]
     parts += [render(s.template, s.params) for s in specs]
     return "\n".join(parts)
 

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from rfc.artifacts.formats import PLANAR_FORMATS, FormatError, plane_offsets, row_nbytes, weight_format
+from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, row_nbytes, weight_format
 from rfc.artifacts.layout import WeightLayout
 from rfc.artifacts.plan import Op, Plan
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
@@ -23,10 +23,6 @@ from rfc.compiler.targets import Target
 
 PTR, I32 = "ptr", "i32"
 ARG_SIZES = {PTR: 8, I32: 4}
-
-# The weight formats rfc_blocks.h decodes, and the planar layouts rfc_gpu_planar.h decodes.
-MATMUL_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-                  *PLANAR_FORMATS)
 
 # Declared kernel parameters per op kind, in order (rope adds freq_factors when it has one).
 KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -65,9 +61,6 @@ KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<d
 MAX_THREADS = 256  # threads per block for row-wise kernels
 MATMUL_WAVES = 4  # waves per matmul block
 MATMUL_TOKENS = 8  # tokens that share one decoded weight block
-# Quantized weights: int8 activations and dp4a over 32-element sub-blocks (rfc_gpu_q8.h).
-# Float weights (F32/F16/BF16) read float activations, as llama.cpp's kernels do.
-INT8_FORMATS = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", *PLANAR_FORMATS)
 SUB_BLOCK = 32  # elements per activation scale and per lane step
 # Columns of activations quantized into shared memory at a time: tokens x chunk bytes of
 # int8, plus scales and sums, 22 KiB at 8 x 2048 (under CUDA's 48 KiB of static shared memory).
@@ -91,7 +84,7 @@ MMA_TEMPLATE = "gpu_matmul_mma.hip.j2"
 # kernels' int8 activations; F16 weights are exact in half, BF16 ones nearly so, and their
 # half activations are what tests/oracle.py's "f16" kind measures). An F32 model is kept for
 # its precision: its prefill list keeps the float kernel.
-MMA_FORMATS = tuple(f for f in MATMUL_FORMATS if f != "F32")
+MMA_FORMATS = tuple(name for name, f in FORMATS.items() if Kernels.GPU in f.kernels and name != "F32")
 MMA_TILE_M, MMA_TILE_N, MMA_K_CHUNK = 64, 64, 128
 MMA_WAVES_M, MMA_WAVES_N = 2, 2
 MMA_PAD = 8  # halves (16 bytes) after each shared row: 32-byte aligned fragments, fewer bank conflicts
@@ -148,6 +141,14 @@ class KernelSpec:
         return {"threads": self.threads, "grid": [list(g) for g in self.grid]}
 
 
+def is_int8(fmt: str) -> bool:
+    """Whether the GPU matmuls over `fmt` take int8 activations and dp4a over 32-element
+    sub-blocks (rfc_gpu_q8.h): the GPU formats with an activation rounding (artifacts/formats.py).
+    Float weights read float activations, as llama.cpp's kernels do."""
+    f = FORMATS.get(fmt)
+    return f is not None and Kernels.GPU in f.kernels and f.activation is not None
+
+
 def weight_geometry(fmt: str, rows: int, cols: int) -> dict:
     """The template constants of a [rows, cols] weight in format `fmt` (artifacts/formats.py)."""
     try:
@@ -176,7 +177,7 @@ def mma_matmul_spec(target: Target, w: dict) -> KernelSpec | None:
     params = {"name": name, "threads": threads, "wave": wave, "n": w["rows"], "k": w["cols"],
               "tile_m": MMA_TILE_M, "tile_n": MMA_TILE_N, "k_chunk": MMA_K_CHUNK, "ld": MMA_K_CHUNK + MMA_PAD,
               "waves_n": MMA_WAVES_N, "frags_m": frags_m, "frags_n": frags_n,
-              "quantized": w["fmt_upper"] in INT8_FORMATS, "subs_per_block": max(1, w["qk"] // SUB_BLOCK), **w}
+              "quantized": is_int8(w["fmt_upper"]), "subs_per_block": max(1, w["qk"] // SUB_BLOCK), **w}
     grid = ((w["rows"], MMA_TILE_N), ("n_rows", MMA_TILE_M))
     return KernelSpec(name, MMA_TEMPLATE, params, KERNEL_ARGS["matmul"], threads, grid)
 
@@ -260,7 +261,7 @@ class _Planner:
     def _weight(self, op: Op, name: str) -> dict:
         """Block geometry of a [rows, cols] weight, or of one expert of an [experts, rows, cols] one."""
         entry = self.tensors[name]
-        if entry.format not in MATMUL_FORMATS:
+        if entry.format not in FORMATS or Kernels.GPU not in FORMATS[entry.format].kernels:
             raise CompileError(f"no GPU kernel for {op.kind} with {name} in format {entry.format}")
         return weight_geometry(entry.format, *entry.shape[-2:])
 
@@ -285,7 +286,7 @@ class _Planner:
         w = self._weight(op, op.weights[0])
         threads = MATMUL_WAVES * self.wave
         name = f"rfc_matmul_{w['fmt']}_{w['rows']}x{w['cols']}"
-        if w["fmt_upper"] not in INT8_FORMATS:
+        if not is_int8(w["fmt_upper"]):
             lanes_per_row = min(self.wave, _pow2_at_least(w["blocks_per_row"]))
             rows_per_block = threads // lanes_per_row
             params = {"name": name, "threads": threads, "n": w["rows"], "k": w["cols"], "lanes_per_row": lanes_per_row,
@@ -369,7 +370,7 @@ class _Planner:
             "tokens_per_block": MATMUL_TOKENS,
             **w,
         }
-        if w["fmt_upper"] in INT8_FORMATS:
+        if is_int8(w["fmt_upper"]):
             template = "gpu_moe_matmul.hip.j2"
             params.update(self._int8_tiling(w))
         else:

@@ -55,7 +55,7 @@ def gpu_bundle(tmp_path_factory, gpu_build_cache):
 
 # -- activation rounding of the GPU's int8 matmuls ----------------------------------------------
 # Matmuls over quantized weights round their activations to int8 per 32 elements with a float32
-# scale (kernels/rfc_gpu_q8.h): tests/oracle.py's "q8_32" kind, for every INT8_FORMATS weight.
+# scale (kernels/rfc_gpu_q8.h): tests/oracle.py's "q8_32" kind, for every gpu_plan.is_int8 weight.
 GPU_ROUNDING_KIND = "q8_32"
 
 
@@ -63,9 +63,9 @@ def gpu_rounding_kinds(formats) -> dict[str, str]:
     """Rounding kinds keyed by GGUF format (the oracle reads the GGUF): a layout the
     planner repacked counts as its base format."""
     from rfc.artifacts.formats import FORMATS
-    from rfc.compiler.codegen.gpu_plan import INT8_FORMATS
+    from rfc.compiler.codegen.gpu_plan import is_int8
 
-    return {FORMATS[f].base or f: GPU_ROUNDING_KIND for f in formats if f in INT8_FORMATS}
+    return {FORMATS[f].base or f: GPU_ROUNDING_KIND for f in formats if is_int8(f)}
 
 
 def gpu_rounding(model: str, formats, tokens) -> "np.ndarray | None":
@@ -85,9 +85,9 @@ def prefill_rounding(model: str, formats, tokens) -> "np.ndarray | None":
     quantized formats keep the dp4a kernels' q8_32 bound (their tensor-core halves round
     less), F16/BF16 matmuls round activations to float16 (oracle kind "f16")."""
     from tests.oracle import Oracle
-    from rfc.compiler.codegen.gpu_plan import INT8_FORMATS, MMA_FORMATS
+    from rfc.compiler.codegen.gpu_plan import MMA_FORMATS, is_int8
 
-    kinds = {f: GPU_ROUNDING_KIND if f in INT8_FORMATS else "f16" for f in formats if f in MMA_FORMATS}
+    kinds = {f: GPU_ROUNDING_KIND if is_int8(f) else "f16" for f in formats if f in MMA_FORMATS}
     if not kinds:
         return None
     path = model_path(model)

@@ -58,7 +58,7 @@ pytestmark = [
 K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 ALL_FORMATS = sorted(FORMATS) + sorted(PACKED_FORMATS)  # the GGUF formats and the packed layouts (Q4_0x8, ...)
 GGUF_ONLY = sorted(FORMATS)
-EMBED_PACKED = sorted(cpu._X8_EMBED)  # packed layouts the embedding lookup reads (tied embeddings)
+EMBED_PACKED = sorted(n for n, f in PACKED_FORMATS.items() if "embed" in f.ops)  # the embedding lookup reads these (tied embeddings)
 N_ROWS = 37
 N_EMBD, N_HEADS, N_KV_HEADS, HEAD_DIM, N_ROT, N_FF = 256, 8, 2, 32, 24, 96
 KV = KVSpec(n_layers=2, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
