@@ -21,8 +21,9 @@ from rfc.compiler.codegen.cache import BuildCache, default_cache_dir
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, read_gguf
 from rfc.compiler.spec import ModelSpec, build_spec
-from rfc.compiler.targets import Family, Target, parse_targets
+from rfc.compiler.targets import Target, parse_targets
 from rfc.compiler.tokenizer import TokenizerError, build_tokenizer
+from rfc.compiler.weight_plan import WeightPlan, plan_weights
 from rfc.compiler.weights import write_weights
 
 DEMO_MODEL = "stories260K.gguf"
@@ -86,11 +87,12 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
             writer.write_bytes(CHAT_TEMPLATE_FILE, chat_template.encode("utf-8", "replace"))
         writer.write_bytes(PLAN_FILE, pack_plan(plan))
         progress.start(len(spec.weights))
-        layout = write_weights(model, _weight_uses(spec, targets), writer.path(WEIGHTS_FILE), progress.advance)
+        weights = plan_weights(spec, targets)
+        layout = write_weights(model, weights.uses, writer.path(WEIGHTS_FILE), progress.advance)
         progress.finish()
         writer.write_bytes(LAYOUT_FILE, pack_layout(layout))
         cache = BuildCache(options.cache_dir) if options.cache_dir is not None else None
-        target_entries = [_build_target(t, spec, plan, layout, writer, cache) for t in targets]
+        target_entries = [_build_target(t, spec, weights, layout, writer, cache) for t in targets]
         body = {
             "source": {"file": model.path.name, "sha256": sha256_file(model.path), "size": model.size},
             "model": _model_section(model, spec),
@@ -103,24 +105,6 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         manifest = writer.commit({**body, "provenance": PROVENANCE_FILE}, known=files)
     size = sum(f["size"] for f in manifest["files"].values())
     return CompileResult(options.out_dir, manifest, size, time.monotonic() - started)
-
-
-def _weight_uses(spec: ModelSpec, targets: list[Target]) -> tuple:
-    """The weights as the bundle stores them. Matmul weights go into the layouts the kernels
-    stream best: the cpu targets' packed layouts when any target is a cpu variant, else the
-    GPU targets' planar ones (the reference decodes both). A bundle with targets of both kinds
-    writes what the GPU targets read as variant entries after the rest (each weight once per
-    layout; gpu_layout.py), and the GPU step programs name them."""
-    from rfc.compiler.codegen.gpu_layout import gpu_repack_plan, gpu_variants
-
-    cpu = any(t.family is Family.CPU for t in targets)
-    gpu = any(t.family is not Family.CPU for t in targets)
-    if cpu:
-        from rfc.compiler.codegen.cpu import repack_plan
-
-        stored = repack_plan(spec.plan, spec.weights)
-        return stored + gpu_variants(spec.plan, spec.weights, stored) if gpu else stored
-    return gpu_repack_plan(spec.plan, spec.weights) if gpu else spec.weights
 
 
 def _provenance(options: CompileOptions, files: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -143,8 +127,9 @@ def _chat_template(options: CompileOptions, model: GGUFModel) -> str | None:
         raise CompileError(f"cannot read the chat template {options.chat_template}: {e}") from None
 
 
-def _build_target(target: Target, spec: ModelSpec, plan, layout, writer: BundleWriter, cache: BuildCache | None) -> dict[str, Any]:
-    entry = build_target(CodegenInput(target, spec.hparams, plan, layout, writer, cache))
+def _build_target(target: Target, spec: ModelSpec, weights: WeightPlan, layout, writer: BundleWriter,
+                  cache: BuildCache | None) -> dict[str, Any]:
+    entry = build_target(CodegenInput(target, spec.hparams, spec.plan, layout, writer, cache, weights.weight_maps[target]))
     return {"name": target.name, "family": target.family.value, "wave_size": target.wave_size, **entry}
 
 

@@ -1,25 +1,24 @@
-"""Stage 4: the weight planner. Streams every weight the plan uses into weights.bin.
+"""Stage 4, its bytes: streams every weight the weight planner (weight_plan.py) chose into
+weights.bin.
 
 A weight is made of parts: row ranges of GGUF tensors, written one after the other. One
 whole tensor is the common case; a row range splits a fused tensor (phi3's attn_qkv into
 Q, K and V); several parts concatenate tensors (Q, K and V into one matmul). Rows of the
 block formats are independent runs of bytes, so both are byte copies. A weight may also be
 repacked into a target layout (PACKED_FORMATS for the cpu targets, PLANAR_FORMATS for the
-GPU ones), and when targets of both kinds share a bundle, one of them reads a *variant*: the
-same weight written again under "<name>#<format>" (StepProgram.weights maps it). Each weight starts on
-an ALIGNMENT boundary. Tensors are copied with plain file reads in bounded chunks, so
-compiling a model of any size needs little memory.
+GPU ones). Each weight starts on an ALIGNMENT boundary. Tensors are copied with plain file
+reads in bounded chunks, so compiling a model of any size needs little memory.
 """
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
 import numpy as np
 
-from rfc.artifacts.formats import PACKED_FORMATS, PLANAR_FORMATS, row_nbytes, tensor_nbytes
+from rfc.artifacts.formats import FORMATS, PACKED_FORMATS, row_nbytes, tensor_nbytes
 from rfc.artifacts.layout import ALIGNMENT, TensorEntry, WeightLayout, align_up
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
@@ -46,14 +45,11 @@ class WeightUse:
     format: str
     shape: tuple[int, ...]
     parts: tuple[RowRange, ...]
-    packed: str | None = None  # a PACKED_FORMATS or PLANAR_FORMATS layout to repack `format`'s rows into
+    packed: str | None = None  # a packed or planar layout (artifacts/formats.py) to repack `format`'s rows into
 
     @property
     def stored_format(self) -> str:
         return self.packed or self.format
-
-
-_REPACKED = {**PACKED_FORMATS, **PLANAR_FORMATS}
 
 
 def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
@@ -92,24 +88,6 @@ def _pack_q4_k_x8(rows: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=-1).reshape(n_rows, -1)
 
 
-def repacked(use: WeightUse, packed: str) -> WeightUse:
-    if _REPACKED[packed].base != use.format:
-        raise CompileError(f"{use.name}: cannot repack {use.format} into {packed}")
-    return replace(use, packed=packed)
-
-
-def variant_name(weight: str, fmt: str) -> str:
-    """The layout entry of `weight` stored again in `fmt` for a target that reads that."""
-    return f"{weight}#{fmt}"
-
-
-def variant(use: WeightUse, fmt: str) -> WeightUse:
-    """`use` (a GGUF-format use) written again as `fmt` (its own format or a repacking of it),
-    under variant_name."""
-    out = replace(use, name=variant_name(use.name, fmt), packed=None)
-    return out if fmt == use.format else repacked(out, fmt)
-
-
 def whole(t: SourceTensor) -> RowRange:
     return RowRange(t.name, 0, prod(t.shape[:-1]) if len(t.shape) > 1 else 1)
 
@@ -122,8 +100,9 @@ def part_bytes(t: SourceTensor, part: RowRange) -> tuple[int, int]:
 
 def check_use(model: GGUFModel, use: WeightUse) -> None:
     """The parts exist, fit their tensors, share the format and add up to the shape."""
-    planar = use.packed in PLANAR_FORMATS  # rows stay whole: any leading dimensions (experts)
-    if use.packed is not None and (_REPACKED[use.packed].base != use.format or (len(use.shape) != 2 and not planar)):
+    # row groups interleave 2-D matrices; a planar layout keeps rows whole (experts: any leading dimensions)
+    f = FORMATS.get(use.packed)
+    if use.packed is not None and (f is None or f.base != use.format or (f.group_rows > 1 and len(use.shape) != 2)):
         raise CompileError(f"{use.name}: cannot repack {use.format} {list(use.shape)} into {use.packed}")
     total = 0
     for part in use.parts:
@@ -151,7 +130,7 @@ def _read_parts(src, model: GGUFModel, use: WeightUse, chunk: int) -> Iterator[b
 def _repack_stream(chunks: Iterator[bytes], use: WeightUse) -> Iterator[bytes]:
     """The bytes of `use` in its packed layout, a whole number of row groups at a time; the
     last group is padded with zero rows (scale 0: those rows are 0 and never read)."""
-    f = _REPACKED[use.packed]
+    f = FORMATS[use.packed]
     pack = pack_planar if f.is_planar else pack_x8
     row = row_nbytes(use.format, use.shape[-1])
     step = row * f.group_rows * max(1, _CHUNK // (row * f.group_rows))

@@ -5,11 +5,10 @@
 bundle and returns the target's manifest entry.
 """
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from rfc.artifacts.bundle import BundleWriter
-from rfc.artifacts.layout import WeightLayout
+from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.plan import Plan
 from rfc.compiler.spec import HParams
 from rfc.compiler.codegen.cache import BuildCache
@@ -24,11 +23,24 @@ class CodegenInput:
     layout: WeightLayout
     writer: BundleWriter
     cache: BuildCache | None  # build cache (None: no caching)
+    # plan weight -> the layout entry this target reads, where not the plan's own name (the
+    # weight planner's map: compiler/weight_plan.py); the step program records it
+    weights: dict[str, str] = field(default_factory=dict)
 
     @property
     def bundle_dir(self) -> str:
         """Relative folder in the bundle for this target's files."""
         return f"kernels/{self.target.name}"
+
+    def weight_entries(self) -> dict[str, TensorEntry]:
+        """The entries this target reads, by plan weight name (every entry of the layout is
+        there under its own name too)."""
+        return weight_entries(self.layout, self.weights)
+
+
+def weight_entries(layout: WeightLayout, weights: dict[str, str]) -> dict[str, TensorEntry]:
+    entries = layout.by_name()
+    return {**entries, **{name: entries[entry] for name, entry in weights.items()}}
 
 
 def build_target(inp: CodegenInput) -> dict:

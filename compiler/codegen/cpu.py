@@ -23,7 +23,6 @@ from rfc.compiler.codegen.format_table import format_rows
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
-from rfc.compiler.weights import repacked
 
 ABI_VERSION = 2  # bump with any change to an exported function's signature
 STEP_ENTRY = "rfc_step"  # the step program's entry: logits for the logit rows
@@ -48,12 +47,6 @@ CPU_ATTRS = {"embed": ("scale",), "rmsnorm": ("heads",), "rope": ("attn_factor",
              "swiglu": ("activation",)}  # fmt: skip
 _PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor"}, "attention": {"window", "softcap"}}
 MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count to the same: the router's stack arrays
-
-# The packed layout the cpu matmuls stream best, per GGUF format (artifacts/formats.py
-# PACKED_FORMATS; templates/cpu_matmul_x8.c.j2). Decode with the row-interleaved kernels
-# measured faster than the single-row ones (docs/benchmarks.md).
-REPACK = {"Q4_0": "Q4_0x8", "Q4_1": "Q4_1x8", "Q8_0": "Q8_0x8", "Q4_K": "Q4_Kx8"}
-
 
 @dataclass(frozen=True)
 class CpuTuning:
@@ -143,9 +136,9 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     the step program (`step`: the kernel tests build the kernels of a plan that is not a model)."""
     hp, plan = inp.hparams, inp.plan
     check_ops(plan, hp.architecture)
-    # the plan's weights: a bundle with GPU targets too holds their variants, not read here
+    # the plan's weights, as this target reads them (the weight planner's map)
     used = {w for op in plan.ops for w in op.weights}
-    entries = {name: e for name, e in inp.layout.by_name().items() if name in used}
+    entries = {name: e for name, e in inp.weight_entries().items() if name in used}
     ops: dict[str, list] = {}
     for op in plan.ops:
         ops.setdefault(op.kind, []).append(op)
@@ -219,7 +212,7 @@ def vector_refs(plan: Plan, entries: dict) -> tuple[dict[str, list], list[list],
 
 
 def step_params(inp: CodegenInput) -> dict:
-    plan, entries = inp.plan, inp.layout.by_name()
+    plan, entries = inp.plan, inp.weight_entries()
     refs, consts, n_floats = vector_refs(plan, entries)
     buffers = []
     for b in plan.buffers:
@@ -250,9 +243,10 @@ def step_program(inp: CodegenInput) -> StepProgram:
     """What kernels/<target>/program.msgpack records: the arena at the engine's default
     sizes, the entries, and the step's shape (phases and barriers) for `rfc inspect`."""
     arena = plan_arena(inp.plan.buffers, ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS, ARENA_ALIGNMENT)
-    low = cpu_step.lower(inp.plan, inp.layout.by_name(), vector_refs(inp.plan, inp.layout.by_name())[0], inp.plan.output_logits)
+    entries = inp.weight_entries()
+    low = cpu_step.lower(inp.plan, entries, vector_refs(inp.plan, entries)[0], inp.plan.output_logits)
     return StepProgram(
-        target=inp.target.name, arena=arena, entry=STEP_ENTRY,
+        target=inp.target.name, arena=arena, entry=STEP_ENTRY, weights=inp.weights,
         extra={"hidden_entry": HIDDEN_ENTRY, "step_abi": STEP_ABI_VERSION, "barriers": low.barriers,
                "phases": sum(1 for p in low.phases if p["kind"] != "barrier"), "plan_ops": len(inp.plan.ops)},
     )  # fmt: skip
@@ -348,26 +342,6 @@ def _embed_params(fmt: str, hp) -> dict:
         params.update(x8=True, BASE=f.base, base=f.base.lower(), head=f.head_bytes, block_bytes=f.block_bytes,
                       block_elems=f.block_elems)
     return params
-
-
-def repack_plan(plan: Plan, uses: tuple) -> tuple:
-    """The weight uses with the packed layouts the cpu matmuls read (REPACK): weights of a
-    repackable format that matmuls read, and that nothing else reads but an embedding lookup
-    which can gather rows from the packed layout (its `ops`: a tied output matrix). An
-    embedding table that no matmul reads keeps its GGUF layout."""
-    readers: dict[str, set[str]] = {}
-    for op in plan.ops:
-        for w in op.weights:
-            readers.setdefault(w, set()).add(op.kind)
-    out = []
-    for use in uses:
-        packed = REPACK.get(use.format)
-        kinds = readers.get(use.name)
-        if (packed and len(use.shape) == 2 and use.shape[-1] % 32 == 0
-                and (kinds == {"matmul"} or (kinds == {"matmul", "embed"} and "embed" in FORMATS[packed].ops))):
-            use = repacked(use, packed)
-        out.append(use)
-    return tuple(out)
 
 
 def _matmul_params(fmt: str, tuning: CpuTuning) -> dict:

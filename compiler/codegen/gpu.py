@@ -17,7 +17,6 @@ from pathlib import Path
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.format_table import format_rows
-from rfc.compiler.codegen.gpu_layout import gpu_weight_map
 from rfc.compiler.codegen.gpu_plan import ARG_SIZES, MMA_TEMPLATE, KernelSpec, plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.codegen.render import render
@@ -74,7 +73,7 @@ TOOLCHAINS = {
 def build(inp: CodegenInput) -> dict:
     target = inp.target
     tc = TOOLCHAINS[target.family]
-    specs, op_kernels = plan_kernels(target, inp.plan, inp.layout)
+    specs, op_kernels = plan_kernels(target, inp.plan, inp.layout, inp.weights)
     sample = plan_sample_kernel(target, inp.plan.vocab_size)
     specs = [*specs, sample]
     source = render_source(target, specs)
@@ -90,7 +89,7 @@ def build(inp: CodegenInput) -> dict:
     program_rel = f"{inp.bundle_dir}/{PROGRAM_FILE}"
     program = plan_program(target, inp.plan, specs, op_kernels)
     program = replace(program, extra={**program.extra, "sample": sample_program_extra(sample)},
-                      weights=gpu_weight_map(inp.plan, inp.layout))
+                      weights=inp.weights)
     inp.writer.write_bytes(program_rel, pack_program(program))
     return {
         "kernels": kernels_rel,

@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass
 
 from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, row_nbytes, weight_format
-from rfc.artifacts.layout import WeightLayout
+from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.plan import Op, Plan
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
-from rfc.compiler.codegen.gpu_layout import gpu_weight_entries
+from rfc.compiler.codegen import weight_entries
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 
@@ -182,9 +182,12 @@ def mma_matmul_spec(target: Target, w: dict) -> KernelSpec | None:
     return KernelSpec(name, MMA_TEMPLATE, params, KERNEL_ARGS["matmul"], threads, grid)
 
 
-def plan_kernels(target: Target, plan: Plan, layout: WeightLayout) -> tuple[list[KernelSpec], list[str]]:
-    """The kernels of a plan (first-use order) and, per plan op, the kernel that runs it."""
-    planner = _Planner(target, plan, layout)
+def plan_kernels(target: Target, plan: Plan, layout: WeightLayout, weights: dict[str, str] | None = None
+                 ) -> tuple[list[KernelSpec], list[str]]:
+    """The kernels of a plan (first-use order) and, per plan op, the kernel that runs it.
+    `weights`: plan weight -> the layout entry this target reads, where not the plan's own
+    name (the weight planner's map; none: the plan's own)."""
+    planner = _Planner(target, plan, weight_entries(layout, weights or {}))
     specs: dict[str, KernelSpec] = {}
     op_kernels = []
 
@@ -223,11 +226,11 @@ def _pow2_at_least(n: int) -> int:
 
 
 class _Planner:
-    def __init__(self, target: Target, plan: Plan, layout: WeightLayout):
+    def __init__(self, target: Target, plan: Plan, tensors: dict[str, TensorEntry]):
         self.target = target
         self.wave = target.wave_size
         self.plan = plan
-        self.tensors = gpu_weight_entries(plan, layout)  # plan weights: the entries GPU targets read
+        self.tensors = tensors  # plan weights: the entries this target reads
 
     def spec(self, op: Op) -> KernelSpec:
         return getattr(self, "_" + op.kind)(op)

@@ -165,32 +165,34 @@ def test_cpu_bundles_store_matmul_weights_repacked(bundle):
     """Every target is a cpu variant: matmul-only weights are stored in their packed layout
     (the reference decodes it); the embedding table, which no matmul reads in this untied
     model, keeps the GGUF layout (a tied one is repacked: tests/unit/test_gpu_layout.py)."""
-    from rfc.compiler.codegen.cpu import REPACK, repack_plan
+    from rfc.artifacts.formats import Kernels, target_layout
     from rfc.compiler.gguf_reader import read_gguf
     from rfc.compiler.spec import build_spec
+    from rfc.compiler.targets import parse_targets
+    from rfc.compiler.weight_plan import plan_weights
 
     entries = open_bundle(bundle).layout.by_name()
     assert entries["token_embd.weight"].format == "Q4_0"
     matmul = {w for op in open_bundle(bundle).plan.ops if op.kind == "matmul" for w in op.weights}
     blocks = {w for w in matmul if w.startswith("blk.")}
-    assert blocks and all(entries[w].format == REPACK["Q4_0"] for w in blocks)
+    assert blocks and all(entries[w].format == target_layout("Q4_0", Kernels.CPU).name for w in blocks)
     assert entries["output.weight"].format == "Q6_K"  # no packed layout for it (yet)
     spec = build_spec(read_gguf(MODEL))
-    assert {u.name for u in repack_plan(spec.plan, spec.weights) if u.packed} == blocks
+    assert {u.name for u in plan_weights(spec, parse_targets(("cpu",))).uses if u.packed} == blocks
 
 
 def test_a_bundle_with_a_gpu_target_still_repacks_for_the_cpu():
     """A cpu + GPU bundle stores the cpu's packed layouts under the plan's names (the GPU
     target reads variant entries of its own: tests/unit/test_gpu_layout.py)."""
     from rfc.compiler.gguf_reader import read_gguf
-    from rfc.compiler.pipeline import _weight_uses
     from rfc.compiler.spec import build_spec
     from rfc.compiler.targets import parse_targets
+    from rfc.compiler.weight_plan import plan_weights
 
     spec = build_spec(read_gguf(MODEL))
-    cpu_only = _weight_uses(spec, parse_targets(("cpu", "cpu-avx512")))
+    cpu_only = plan_weights(spec, parse_targets(("cpu", "cpu-avx512"))).uses
     assert any(u.packed for u in cpu_only)
-    mixed = _weight_uses(spec, parse_targets(("cpu", "gfx1100")))
+    mixed = plan_weights(spec, parse_targets(("cpu", "gfx1100"))).uses
     assert mixed[: len(cpu_only)] == cpu_only and all("#" in u.name for u in mixed[len(cpu_only):])
 
 

@@ -1,7 +1,7 @@
 """A weight format is a row of the format table (artifacts/formats.py). A row added here, and
 in no other table, reaches the codegen constants (the preludes' RFC_QK_/RFC_TS_/RFC_UNIT_/
-RFC_ACT_, its row decoder and cpu steps), the cpu and GPU planners' block geometry and the
-layout arithmetic. Nothing is
+RFC_ACT_, its row decoder and cpu steps), the cpu and GPU planners' block geometry, the
+layout arithmetic and, as a layout row, the weight planner's repack policy. Nothing is
 compiled: the fake format has no kernels to build (tests/kernels build the real ones)."""
 
 import pytest
@@ -12,6 +12,8 @@ from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan
 from rfc.compiler.codegen import CodegenInput, cpu, gpu, gpu_plan
 from rfc.compiler.spec import HParams
 from rfc.compiler.targets import parse_target
+from rfc.compiler.weight_plan import layout_format
+from rfc.compiler.weights import RowRange, WeightUse
 
 # 64 elements in 40 bytes, int8 dots on the cpu (q8_32 activations), kernels on every target
 FAKE = WeightFormat("FAKE", 64, 40, "q8_0", Kernels.CPU | Kernels.GPU, cpu_act="q8_32")
@@ -66,8 +68,12 @@ def test_a_fake_row_reaches_the_gpu_constants_and_the_gpu_planner(fake):
     assert gpu_plan.is_int8("FAKE") and gpu_plan.is_int8("FAKEp")
 
 
-def test_a_fake_layout_row_is_a_row_of_its_kind(fake):
+def test_a_fake_layout_row_is_the_weight_planners_repack_policy(fake):
     assert "FAKE" in GGUF_FORMATS and "FAKEp" in PLANAR_FORMATS
+    use = WeightUse("w", "w", "FAKE", (N, K), (RowRange("t", 0, N),))
+    assert layout_format(use, {"matmul"}, Kernels.GPU) == "FAKEp"
+    assert layout_format(use, {"matmul", "embed"}, Kernels.GPU) == "FAKE"  # the embed kernel reads GGUF rows
+    assert layout_format(use, {"matmul"}, Kernels.CPU) == "FAKE"  # no cpu layout row
     assert tensor_nbytes("FAKEp", (N, K)) == N * (32 + 128)  # 4 blocks: planes of 4 x 8 and 4 x 32 bytes
 
 
