@@ -49,6 +49,7 @@ from rfc.cli.threads import apply_threads, threads_option
               help="Serve /traces to every client (the seed API's open endpoint): traces hold request ids, which open their text.")
 @click.option("--cors-origin", "cors_origins", envvar="RFC_CORS_ORIGIN", multiple=True, default=("*",), show_default=True, help="Allowed CORS origin (repeatable; env: space-separated).")
 @click.option("--no-cors", envvar="RFC_NO_CORS", is_flag=True, help="Send no CORS headers at all.")
+@click.option("--no-webui", envvar="RFC_NO_WEBUI", is_flag=True, help="Serve no web chat page: / answers every client as Ollama's root does.")
 @click.option("--log-format", envvar="RFC_LOG_FORMAT", type=click.Choice(["human", "json"]), default="human", show_default=True)
 @click.option("--log-file", envvar="RFC_LOG_FILE", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Append logs here instead of stderr.")
 @click.option("--log-level", envvar="RFC_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
@@ -93,7 +94,7 @@ from rfc.cli.threads import apply_threads, threads_option
               help="Jobs that may wait for the grammar or tokenizing threads; more get 503.")
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
 def serve_cmd(models, models_dir, require_signature, insecure, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, ctx_size, pooling, targets, chat_template, cache_dir,
-              api_keys, api_key_file, admin_api_key, public_traces, cors_origins, no_cors, log_format, log_file, log_level, no_verify, no_mmap, trace_sample_rate, max_traces,
+              api_keys, api_key_file, admin_api_key, public_traces, cors_origins, no_cors, no_webui, log_format, log_file, log_level, no_verify, no_mmap, trace_sample_rate, max_traces,
               max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, prompt_cache_mb, template_workers,
               template_memory_mb, template_timeout, shutdown_timeout, grammar_max_bytes, grammar_max_rules, grammar_max_depth,
               grammar_max_repeat, grammar_workers, grammar_timeout, tokenize_workers, pool_queue, load_delay):
@@ -170,6 +171,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
                 tokenize_workers=tokenize_workers,
                 pool_queue=pool_queue,
                 shutdown_timeout_s=shutdown_timeout,
+                webui=not no_webui,
             ),
             log=LogConfig(format=log_format, file=log_file, level=log_level),
             load_delay_s=load_delay,

@@ -13,6 +13,7 @@ from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.middleware import ApiKeyMiddleware, RequestLogMiddleware
 from rfc.runtime.server.openapi import OPENAPI_PATH, OpenApiResource, Routes
 from rfc.runtime.server.telemetry import Telemetry, build_telemetry
+from rfc.runtime.server.webui_routes import ROUTE as WEBUI_ROUTE, WebUi, WebUiAssetResource
 
 
 def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), telemetry: Telemetry | None = None,
@@ -29,7 +30,8 @@ def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), tele
     if config.cors_origins:
         origins = "*" if "*" in config.cors_origins else list(config.cors_origins)
         middleware.append(falcon.CORSMiddleware(allow_origins=origins, expose_headers=["X-Request-Id", "Retry-After"]))
-    middleware.append(ApiKeyMiddleware(config.api_keys, config.admin_api_key))
+    webui = WebUi() if config.webui else None
+    middleware.append(ApiKeyMiddleware(config.api_keys, config.admin_api_key, is_open=webui.is_open if webui else None))
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
@@ -54,7 +56,9 @@ def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), tele
     # Messages, Ollama's /api, llama.cpp's /tokenize family and the integrations of seed 003.
     responses_api.add_routes(routes, handle, config)
     anthropic_api.add_routes(routes, handle, config)
-    ollama_api.add_routes(routes, handle, config)
+    ollama_api.add_routes(routes, handle, config, webui)
+    if webui is not None:  # the page itself is at /, for browsers (ollama_api.RootResource)
+        routes.add(WEBUI_ROUTE, WebUiAssetResource(webui))
     extras.add_routes(routes, handle, config)
     # the document of all the routes above, and of itself
     routes.add(OPENAPI_PATH, OpenApiResource(routes.all, config))

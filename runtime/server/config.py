@@ -42,6 +42,7 @@ class ServerConfig:
     pool_queue: int = 32  # jobs waiting per pool; more get 503
     # SIGTERM: /ready turns 503, new requests 503, running ones get this long to finish
     shutdown_timeout_s: float = 30.0
+    webui: bool = True  # the web chat page at / for browsers (runtime/server/webui_routes.py)
 
     @property
     def api_key(self) -> str | None:

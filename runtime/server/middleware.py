@@ -29,9 +29,12 @@ class ApiKeyMiddleware:
     admin key); with only an admin key, client routes stay open and the admin key only adds
     the admin routes (/traces, any request's /status and /cancel)."""
 
-    def __init__(self, api_keys: Sequence[str], admin_api_key: str | None = None):
+    def __init__(self, api_keys: Sequence[str], admin_api_key: str | None = None,
+                 is_open: Callable[[falcon.Request], bool] | None = None):
+        """`is_open`: further requests that need no key (the web page's files: webui_routes.py)."""
         self._keys = [(k.encode(), client_id(k)) for k in api_keys]
         self._admin = admin_api_key.encode() if admin_api_key else None
+        self._is_open = is_open
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.client = None
@@ -49,6 +52,8 @@ class ApiKeyMiddleware:
             req.context.client = matched
             return
         if not self._keys or req.path in UNAUTHENTICATED_PATHS or req.method == "OPTIONS":  # CORS preflights carry no credentials
+            return
+        if self._is_open is not None and self._is_open(req):
             return
         raise ApiError(
             falcon.HTTP_401,

@@ -29,6 +29,7 @@ from rfc.runtime.server.response_schemas import (
     OLLAMA_VERSION, TEXT, streamed,
 )
 from rfc.runtime.server.streaming import NDJSON_MEDIA
+from rfc.runtime.server.webui_routes import HTML, PAGE, WebUi, wants_html
 
 # The Ollama API version whose shapes these routes follow (clients gate features on it).
 OLLAMA_API_VERSION = "0.12.0"
@@ -37,8 +38,8 @@ _NEVER = "2262-04-11T23:47:16Z"
 UNSUPPORTED_ROUTES = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}")
 
 
-def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> None:
-    routes.add("/", RootResource())
+def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig, webui: WebUi | None = None) -> None:
+    routes.add("/", RootResource(webui))
     routes.add("/api/version", VersionResource())
     routes.add("/api/tags", TagsResource(handle))
     routes.add("/api/ps", PsResource(handle))
@@ -59,10 +60,21 @@ def _model(handle: EngineHandle, f: RequestFields) -> tuple[str, ServedModel]:
 
 
 class RootResource:
-    operations = {"get": Operation("Ollama's liveness answer", reply={TEXT: ANY_TEXT}),
-                  "head": Operation("Ollama's liveness answer", reply={TEXT: ANY_TEXT})}
+    """Ollama's liveness answer, which Ollama clients GET (some compare the text). A browser
+    (`Accept: text/html`) gets the web chat page instead, unless it is off (`--no-webui`)."""
+
+    def __init__(self, webui: WebUi | None = None):
+        self._webui = webui
+        reply = {TEXT: ANY_TEXT, **({HTML: ANY_TEXT} if webui else {})}
+        summary = "Ollama's liveness answer" + ("; the web chat page for a browser (Accept: text/html)" if webui else "")
+        self.operations = {"get": Operation(summary, reply=reply), "head": Operation(summary, reply=reply)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if self._webui is not None:
+            resp.vary = ("Accept",)  # one URL, two answers: caches must keep them apart
+            if wants_html(req):
+                self._webui.send(resp, PAGE)
+                return
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = "Ollama is running"
 
