@@ -1,15 +1,14 @@
-"""`rfc tokenizer` on every llama.cpp test vocabulary: the written tokenizer.json, loaded with
-`tokenizers` alone, encodes every test input to exactly llama.cpp's ids."""
+"""`rfc tokenizer` on llama.cpp's test vocabularies (test_tokenizer's families: the ones whose
+.inp/.out vectors it reads): the written tokenizer.json, loaded with `tokenizers` alone, encodes
+every test input to exactly llama.cpp's ids."""
 
 import pytest
 from tokenizers import Tokenizer
 
 from tests.conftest import VOCAB, rfc
-from tests.unit.test_tokenizer import read_expected, read_inputs
+from tests.unit.test_tokenizer import FAMILIES, read_expected, read_inputs
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
-
-FAMILIES = sorted(p.name[len("ggml-vocab-") : -len(".gguf")] for p in VOCAB.glob("ggml-vocab-*.gguf") if p.with_suffix(".gguf.out").exists())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
