@@ -1,7 +1,8 @@
 """One forward step's inputs: the tokens of several sequences, flattened.
 
-Built from the scheduler's chunks and the KV block tables; every device reads the same
-arrays, so how a batch is laid out is decided once, here.
+Built from chunks (the scheduler's, or a caller's that drives the executor itself: an
+embedding, a benchmark) and the KV block tables; every device reads the same arrays, so how a
+batch is laid out is decided once, here.
 """
 
 from dataclasses import dataclass
@@ -12,14 +13,21 @@ from rfc.runtime.kv_cache import BlockManager
 
 
 @dataclass(frozen=True)
-class SeqChunk:
-    """Tokens `tokens` of sequence `seq_id`, the first at position `start`."""
+class ScheduledChunk:
+    """Tokens `tokens` of sequence `seq_id`, the first at position `start`. The scheduler's
+    start where the sequence's computed tokens end; a caller that drives the executor itself
+    (an embedding, a benchmark, a test) makes its own."""
 
     seq_id: int
     start: int
     tokens: tuple[int, ...]
-    logits: bool = True  # whether this chunk's last token needs logits
-    all_logits: bool = False  # logits for every token of the chunk (teacher forcing, echo)
+    needs_logits: bool = True  # the chunk's last token gets a logit row (the engine samples it)
+    all_logits: bool = False  # a logit row for every token of the chunk (teacher forcing, echo)
+
+
+# Transitional: tests/kernels/test_cpu_step.py and test_cpu_kernels.py still use the former
+# name (they are being edited elsewhere); it goes when they say ScheduledChunk.
+SeqChunk = ScheduledChunk
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class StepBatch:
         return len(self.logit_rows)
 
 
-def build_batch(chunks: list[SeqChunk], blocks: BlockManager) -> StepBatch:
+def build_batch(chunks: list[ScheduledChunk], blocks: BlockManager) -> StepBatch:
     """Lays out chunks in order; KV blocks must already be allocated for them."""
     tokens, positions, slots, seq_of_token, rows = [], [], [], [], []
     seq_start = [0]
@@ -61,7 +69,7 @@ def build_batch(chunks: list[SeqChunk], blocks: BlockManager) -> StepBatch:
             seq_of_token.append(s)
         if c.all_logits:
             rows.extend(range(base, len(tokens)))
-        elif c.logits:
+        elif c.needs_logits:
             rows.append(len(tokens) - 1)
         seq_start.append(len(tokens))
         tables.append(table)

@@ -3,7 +3,8 @@ decode tokens per second) plus what serving needs (batched decode, time to first
 and without a cached prefix, load time, peak memory, the machine's read bandwidth).
 
 Prefill and decode drive the executor directly, like llama-bench drives llama.cpp (no
-sampler, no scheduler); TTFT goes through the Engine, as a request would.
+sampler, no scheduler: their own BlockManager over the KV pool); TTFT goes through the Engine,
+as a request would.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine import Engine, GenerationRequest
+from rfc.runtime.kv_cache import BlockManager
 from rfc.runtime.loader import LoadedModel
 from rfc.runtime.sampler import SamplingParams
 
@@ -43,25 +45,25 @@ class BenchResult:
         return statistics.median(self.figures[name])
 
 
-def prefill_tps(model: LoadedModel, n: int, rng: np.random.Generator) -> float:
+def prefill_tps(model: LoadedModel, blocks: BlockManager, n: int, rng: np.random.Generator) -> float:
     tokens = rng.integers(1, model.vocab_size, size=n).tolist()
-    seconds = _timed(model, [(0, 0, tokens)])
-    model.blocks.free(0)
+    seconds = _timed(model, blocks, [(0, 0, tokens)])
+    blocks.free(0)
     return n / seconds
 
 
-def decode_tps(model: LoadedModel, batch: int, gen: int, rng: np.random.Generator) -> float:
+def decode_tps(model: LoadedModel, blocks: BlockManager, batch: int, gen: int, rng: np.random.Generator) -> float:
     """Aggregate tokens per second of `batch` sequences decoding one token each per step,
     after a 16-token prompt each (greedy, the argmax fed back)."""
     prompts = [rng.integers(1, model.vocab_size, size=16).tolist() for _ in range(batch)]
-    logits = _forward(model, [(s, 0, p) for s, p in enumerate(prompts)])
+    logits = _forward(model, blocks, [(s, 0, p) for s, p in enumerate(prompts)])
     started = time.perf_counter()
     for step in range(gen):
         chunks = [(s, 16 + step, [int(logits[s].argmax())]) for s in range(batch)]
-        logits = _forward(model, chunks)
+        logits = _forward(model, blocks, chunks)
     seconds = time.perf_counter() - started
     for s in range(batch):
-        model.blocks.free(s)
+        blocks.free(s)
     return batch * gen / seconds
 
 
@@ -98,11 +100,12 @@ def peak_rss_mib() -> float:
 def run_once(model: LoadedModel, config: BenchConfig, result: BenchResult, progress: Callable[[str], None]) -> None:
     """One run of every figure (the caller interleaves runs with llama-bench's)."""
     rng = np.random.default_rng(len(result.figures.get("decode_1", ())))
+    blocks = model.kv_pool.manager()  # every page is free again before the Engine below takes the pool
     for n in config.prefill_lengths:
-        result.add(f"prefill_{n}", prefill_tps(model, n, rng))
+        result.add(f"prefill_{n}", prefill_tps(model, blocks, n, rng))
         progress(f"prefill {n}: {result.figures[f'prefill_{n}'][-1]:.1f} tok/s")
     for b in config.decode_batches:
-        result.add(f"decode_{b}", decode_tps(model, b, config.gen, rng))
+        result.add(f"decode_{b}", decode_tps(model, blocks, b, config.gen, rng))
         progress(f"decode batch {b}: {result.figures[f'decode_{b}'][-1]:.1f} tok/s")
     engine = Engine(model)
     prompt = rng.integers(1, model.vocab_size, size=min(config.ttft_prompt, model.context_length - 1)).tolist()
@@ -112,14 +115,14 @@ def run_once(model: LoadedModel, config: BenchConfig, result: BenchResult, progr
     progress(f"ttft: {result.figures['ttft'][-1]:.3f} s, repeated prompt {result.figures['ttft_cached'][-1]:.3f} s")
 
 
-def _forward(model: LoadedModel, chunks: list[tuple[int, int, list[int]]]) -> np.ndarray:
+def _forward(model: LoadedModel, blocks: BlockManager, chunks: list[tuple[int, int, list[int]]]) -> np.ndarray:
     for seq, start, tokens in chunks:
-        model.blocks.allocate(seq, start + len(tokens))
-    batch = build_batch([SeqChunk(seq, start, tuple(tokens)) for seq, start, tokens in chunks], model.blocks)
+        blocks.allocate(seq, start + len(tokens))
+    batch = build_batch([ScheduledChunk(seq, start, tuple(tokens)) for seq, start, tokens in chunks], blocks)
     return model.executor.forward(batch)
 
 
-def _timed(model: LoadedModel, chunks: list[tuple[int, int, list[int]]]) -> float:
+def _timed(model: LoadedModel, blocks: BlockManager, chunks: list[tuple[int, int, list[int]]]) -> float:
     started = time.perf_counter()
-    _forward(model, chunks)
+    _forward(model, blocks, chunks)
     return time.perf_counter() - started

@@ -11,7 +11,7 @@ from enum import Enum
 
 import numpy as np
 
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine import Engine
 
 
@@ -54,7 +54,7 @@ def pooled_embedding(engine: Engine, token_ids: list[int], pooling: Pooling, chu
         for start in range(0, len(token_ids), chunk_tokens):
             part = tuple(token_ids[start : start + chunk_tokens])
             every_row = pooling is Pooling.MEAN or (pooling is Pooling.CLS and start == 0)
-            batch = build_batch([SeqChunk(seq_id, start, part, logits=True, all_logits=every_row)], engine.model.blocks)
+            batch = build_batch([ScheduledChunk(seq_id, start, part, all_logits=every_row)], engine.blocks)
             hidden = engine.model.executor.forward_hidden(batch).astype(np.float64)
             if pooling is Pooling.MEAN:
                 total = hidden.sum(axis=0) + (total if total.size else 0)

@@ -2,8 +2,16 @@
 `LLMEngine.step`). Requests join between steps, leave the moment they finish or are
 cancelled, and their KV blocks return to the pool at once.
 
+A step is schedule -> run -> postprocess: the scheduler picks the chunks, the device runs
+them, the engine thread samples a token per logit row (the grammar matcher advances here: the
+next row's mask depends on it), and the scheduler appends the tokens and ends the sequences
+they end (end of generation, max_tokens). Detokenization, stop strings and events run in the
+output stage (runtime/output.py) while the next step runs. The engine's lock covers the
+scheduler's state alone.
+
 HTTP threads only `submit`, `cancel` and read state; the model runs in the thread that calls
-`step` (the engine thread of `rfc serve`, or the caller itself in `rfc run`).
+`step` (the engine thread of `rfc serve`, or the caller itself in `rfc run`, where each step
+also delivers its output before it returns).
 """
 
 import logging
@@ -18,25 +26,29 @@ from typing import Any
 
 import numpy as np
 
-from rfc.runtime.batch import SeqChunk, StepBatch, build_batch
-from rfc.runtime.executor import DeviceToken, SampledRows
+from rfc.runtime.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.detokenize import IncrementalDetokenizer
+from rfc.runtime.executor import DeviceToken, SampledRows
 from rfc.runtime.loader import LoadedModel
+from rfc.runtime.output import OutputStage, SampledToken
 from rfc.runtime.request_ids import RandomIds
-from rfc.runtime.requests import (  # re-exported: the servers import them from here
-    CANCELLED, EOS, FAILED, LENGTH, STOP, GenerationRequest, Observer, RequestError, RequestState, TokenEvent,
-)
+from rfc.runtime.requests import FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent
 from rfc.runtime.sampler import Sampler, SamplingError
-from rfc.runtime.scheduler import QueueFull, ScheduledChunk, Scheduler, SchedulerConfig, Sequence
+from rfc.runtime.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
 from rfc.runtime.stopping import StopChecker
 
+# The servers import the finish reasons under these names (FinishReason.LENGTH is "length").
+LENGTH, STOP, EOS, CANCELLED, FAILED = (FinishReason.LENGTH, FinishReason.STOP, FinishReason.EOS,
+                                        FinishReason.CANCELLED, FinishReason.FAILED)
+
 __all__ = ["Engine", "GenerationRequest", "RequestState", "TokenEvent", "QueueFull", "RequestError", "Observer",
-           "LENGTH", "STOP", "EOS", "CANCELLED", "FAILED"]
+           "FinishReason", "LENGTH", "STOP", "EOS", "CANCELLED", "FAILED"]
 
 log = logging.getLogger("rfc.engine")
 
 # Jobs (embedding passes) waiting for the engine thread at most; one job runs per step.
 MAX_JOBS = 32
+
 
 @dataclass(frozen=True)
 class _Work:
@@ -47,16 +59,29 @@ class _Work:
     batch: StepBatch
 
 
+@dataclass(frozen=True)
+class _Pick:
+    """The token sampled for one request's logit row, or why none could be."""
+
+    state: RequestState
+    token: int = -1
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()
+    error: Exception | None = None
+
+
 class Engine:
     def __init__(self, model: LoadedModel, config: SchedulerConfig = SchedulerConfig(), observer: Observer | None = None, keep_finished: int = 1024,
                  request_ids: Iterator[int] | None = None):
-        if model.blocks.num_blocks * model.blocks.block_size < model.context_length:
+        pool = model.kv_pool
+        if pool.num_blocks * pool.block_size < model.context_length:
             raise ValueError(
-                f"the KV cache ({model.blocks.num_blocks} pages of {model.blocks.block_size} tokens) "
+                f"the KV cache ({pool.num_blocks} pages of {pool.block_size} tokens) "
                 f"must hold at least one full context of {model.context_length} tokens"
             )
         self.model = model
-        self.scheduler = Scheduler(config, model.blocks)
+        self.blocks = pool.manager()  # which request holds which of the device's KV blocks
+        self.scheduler = Scheduler(config, self.blocks)
         self.observer = observer or Observer()
         info = model.tokenizer_info
         self.eog_ids = frozenset(info.get("eog_ids") or ([info["eos_id"]] if info.get("eos_id") is not None else []))
@@ -66,6 +91,7 @@ class Engine:
         self._wake = threading.Condition(self._lock)
         self._states: OrderedDict[int, RequestState] = OrderedDict()
         self._keep_finished = keep_finished
+        self._output = OutputStage(self.observer, self._finish_sequence)
         self._thread: threading.Thread | None = None
         self._running = False
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
@@ -79,14 +105,15 @@ class Engine:
             raise RequestError("prompt", "the prompt is empty (and the model adds no BOS token)")
         if request.max_tokens < 1:
             raise RequestError("max_tokens", "max_tokens must be at least 1")
-        if n + request.max_tokens > ctx:
+        if n + request.max_tokens > ctx:  # so max_tokens always ends a sequence before the context does
             raise RequestError(
                 "max_tokens",
                 f"prompt ({n} tokens) + max_tokens ({request.max_tokens}) exceeds the context length ({ctx})",
             )
         request.params.validate(self.model.vocab_size)
         request_id = next(self._ids)
-        seq = Sequence(seq_id=request_id, prompt_ids=list(request.prompt_ids), max_tokens=request.max_tokens)
+        seq = Sequence(seq_id=request_id, prompt_ids=list(request.prompt_ids), max_tokens=request.max_tokens,
+                       end_ids=frozenset() if request.ignore_eos else self.eog_ids)
         state = RequestState(request_id=request_id, request=request, seq=seq)
         state.sampler = Sampler(request.params, request.prompt_ids, self.model.vocab_size,
                                 getattr(self.model.executor, "host_sampling", None))
@@ -101,26 +128,26 @@ class Engine:
         return state
 
     def cancel(self, request_id: int) -> RequestState | None:
+        """Ends a request as cancelled (its KV freed now) unless it has ended; returns its
+        state, final when this returns."""
         with self._lock:
             state = self._states.get(request_id)
-            if state is not None and not state.finished:
-                self._finish(state, CANCELLED, token=None)
+            live = state is not None and self._finish_sequence_locked(state)
+        if live:
+            self._output.end(state, CANCELLED)
+        elif state is not None:
+            self._output.flush()  # an end the scheduler decided may still be on its way out
         return state
 
     def abort_all(self, reason: str) -> int:
         """Ends every live request as cancelled, `reason` as its error (the server's drain);
         each stream gets its final event. Returns how many there were."""
-        with self._lock:
-            live = [s for s in self._states.values() if not s.finished]
-            for state in live:
-                state.error = reason
-                self._finish(state, CANCELLED, token=None)
-        return len(live)
+        return len(self._end_all(CANCELLED, reason))
 
     def is_idle(self) -> bool:
-        """No request running or waiting, no job queued."""
+        """No request running or waiting, no job queued, no output undelivered."""
         with self._lock:
-            return not self.scheduler.has_work() and not self._jobs
+            return not self.scheduler.has_work() and not self._jobs and self._output.is_idle()
 
     def get(self, request_id: int) -> RequestState | None:
         with self._lock:
@@ -131,16 +158,16 @@ class Engine:
             return {
                 "running": self.scheduler.num_running(),
                 "waiting": self.scheduler.num_waiting(),
-                "pages_used": self.model.blocks.num_used(),
-                "pages_total": self.model.blocks.num_blocks,
-                "pages_free": self.model.blocks.num_free(),
-                "sequences": self.model.blocks.num_sequences(),
-                "pages_cached": self.model.blocks.num_cached_idle(),
+                "pages_used": self.blocks.num_used(),
+                "pages_total": self.blocks.num_blocks,
+                "pages_free": self.blocks.num_free(),
+                "sequences": self.blocks.num_sequences(),
+                "pages_cached": self.blocks.num_cached_idle(),
                 **self._prefix_counts(),
             }
 
     def _prefix_counts(self) -> dict[str, int]:
-        cache = self.model.blocks.cache
+        cache = self.blocks.cache
         if cache is None:
             return {}
         return {"prefix_hit_tokens": cache.hit_tokens, "prefix_miss_tokens": cache.miss_tokens,
@@ -166,12 +193,12 @@ class Engine:
         freed on exit. KVCacheFull when the pool cannot hold them now."""
         with self._lock:
             seq_id = next(self._ids)
-            self.model.blocks.allocate(seq_id, num_tokens)
+            self.blocks.allocate(seq_id, num_tokens)
         try:
             yield seq_id
         finally:
             with self._lock:
-                self.model.blocks.free(seq_id)
+                self.blocks.free(seq_id)
 
     def _run_job(self) -> None:
         """Runs the oldest job, if any: one per step, so that jobs and generation take turns."""
@@ -188,20 +215,24 @@ class Engine:
     # -- the loop (engine thread) ----------------------------------------------------------
     def step(self) -> bool:
         """One batch: schedule -> run -> postprocess. False when there was nothing to do."""
+        self._output.wait_for_room()
         with self._lock:
             work = self._schedule()
         if work is None:
             return False
         started = time.perf_counter()
-        logits = self._run(work)
+        out = self._run(work)
         elapsed = time.perf_counter() - started
-        if logits is None:
-            return True
-        with self._lock:
-            self._postprocess(work, logits)
-            self.steps += 1
-        decode = sum(1 for c in work.chunks if c.start >= len(c.seq.prompt_ids))
-        self.observer.on_step(work.batch.num_tokens - decode, decode, elapsed)
+        if out is not None:
+            picks = self._sample(work, out)
+            with self._lock:
+                self._output.put(self._postprocess(work, picks))
+                self.steps += 1
+        if not self._output.is_running:  # no output thread: this step's output is delivered now
+            self._output.flush()
+        if out is not None:
+            decode = sum(1 for c, s in zip(work.chunks, work.states) if c.start >= s.prompt_tokens)
+            self.observer.on_step(work.batch.num_tokens - decode, decode, elapsed)
         return True
 
     def _schedule(self) -> _Work | None:
@@ -210,17 +241,13 @@ class Engine:
         if not chunks:
             return None
         now = time.time()
-        states = [self._states[c.seq.seq_id] for c in chunks]  # a live request is never dropped
+        states = [self._states[c.seq_id] for c in chunks]  # a live request is never dropped
         for state in states:
             if state.admitted_at is None:
                 state.admitted_at = now
-        batch = build_batch(
-            [SeqChunk(c.seq.seq_id, c.start, tuple(c.tokens), c.needs_logits) for c in chunks],
-            self.model.blocks,
-        )
-        return _Work(chunks, states, batch)
+        return _Work(chunks, states, build_batch(chunks, self.blocks))
 
-    def _run(self, work: _Work) -> np.ndarray | None:
+    def _run(self, work: _Work) -> "np.ndarray | SampledRows | None":
         """The forward pass (lock released: HTTP threads may submit and cancel meanwhile).
         A failing step fails its requests, never the engine: None then."""
         try:
@@ -229,11 +256,7 @@ class Engine:
                 return executor.forward_sampled(work.batch, self._device_rows(work))
             return executor.forward(work.batch)
         except Exception as e:
-            with self._lock:
-                for state in work.states:
-                    if not state.finished:
-                        state.error = f"{type(e).__name__}: {e}"
-                        self._finish(state, FAILED, token=None)
+            self._end_all(FAILED, f"{type(e).__name__}: {e}", work.states)
             return None
 
     @staticmethod
@@ -248,77 +271,95 @@ class Engine:
                 rows.append(None if host else (state.sampler, state.request.logprobs is not None))
         return rows
 
-    def _postprocess(self, work: _Work, logits: "np.ndarray | SampledRows") -> None:
-        """Commit the step's KV, then sample one token for every chunk that ends its known
-        tokens (lock held). A request cancelled while the step ran is skipped."""
-        self.scheduler.commit(work.chunks)
-        row = 0
+    def _sample(self, work: _Work, out: "np.ndarray | SampledRows") -> list[_Pick]:
+        """A token for every logit row of a request still running (lock released: the
+        samplers and matchers are this thread's). A row that cannot be sampled (e.g.
+        non-finite logits) fails its request alone."""
+        picks = []
+        row = -1
         for chunk, state in zip(work.chunks, work.states):
             if not chunk.needs_logits:
                 continue
-            if not state.finished:
-                try:
-                    self._advance(state, logits.row(row) if isinstance(logits, SampledRows) else logits[row])
-                except Exception as e:  # e.g. non-finite logits: this request fails, alone
-                    state.error = f"{type(e).__name__}: {e}"
-                    if not state.finished:
-                        self._finish(state, FAILED, token=None)
             row += 1
-
-    def _advance(self, state: RequestState, logits) -> None:
-        token, logprob, top = self._pick(state, logits)
-        now = time.time()
-        if state.first_token_at is None:
-            state.first_token_at = state.prefill_done_at = now
-            self.observer.on_first_token(state)
-        if token in self.eog_ids and not state.request.ignore_eos:
-            self._finish(state, EOS, token=token, logprob=logprob, top=top)
-            return
-        state.seq.output_ids.append(token)
-        text, stopped = state.stopper.push(state.detok.push(token))
-        if stopped:
-            self._finish(state, STOP, token=token, text=text, logprob=logprob, top=top)
-        elif len(state.tokens) >= state.request.max_tokens or state.seq.num_tokens() >= self.model.context_length:
-            self._finish(state, LENGTH, token=token, text=text, logprob=logprob, top=top)
-        else:
-            state.text += text
-            state.events.put(TokenEvent(state.request_id, token, text, False, None, logprob, top))
+            if state.seq.status is SequenceStatus.FINISHED:
+                continue  # ended while the step ran (read unlocked: a late end only wastes this row)
+            try:
+                picks.append(self._pick(state, out.row(row) if isinstance(out, SampledRows) else out[row]))
+            except Exception as e:
+                picks.append(_Pick(state, error=e))
+        return picks
 
     @staticmethod
-    def _pick(state: RequestState, logits) -> tuple[int, float | None, tuple]:
+    def _pick(state: RequestState, logits) -> _Pick:
         """The row's token, its logprob and top logprobs: drawn on the device already (a
         DeviceToken), or sampled here from the row's logits."""
         if isinstance(logits, DeviceToken):
             if logits.token < 0:
                 raise SamplingError("logits", "the largest logit is not finite: no token can be drawn")
             state.sampler.record(logits.token)
-            return logits.token, (logits.logprob if state.request.logprobs is not None else None), ()
-        if state.matcher is not None:  # constrained rows only: the grammar's mask, then sampling
-            logits = state.matcher.mask(logits)
+            return _Pick(state, logits.token, logits.logprob if state.request.logprobs is not None else None)
+        matcher = state.matcher  # read once: a cancel may drop it meanwhile
+        if matcher is not None:  # constrained rows only: the grammar's mask, then sampling
+            logits = matcher.mask(logits)
         token = state.sampler.sample(logits, state.request.logprobs)
-        if state.matcher is not None:
-            state.matcher.accept(token)
-        logprob, top = None, ()
-        if state.request.logprobs is not None:
-            logprob, top_list = state.sampler.logprobs(logits, token, state.request.logprobs)
-            top = tuple(top_list)
-        return token, logprob, top
+        if matcher is not None:
+            matcher.accept(token)
+        if state.request.logprobs is None:
+            return _Pick(state, token)
+        logprob, top = state.sampler.logprobs(logits, token, state.request.logprobs)
+        return _Pick(state, token, logprob, tuple(top))
 
-    def _finish(self, state: RequestState, reason: str, token: int | None, text: str = "", logprob=None, top=()) -> None:
-        """Ends a request (lock held): frees its KV pages and sends its last event."""
-        if reason not in (STOP, CANCELLED, FAILED):
-            text += state.stopper.push(state.detok.flush())[0] + state.stopper.flush()
-        state.text += text
-        state.finish_reason = reason
-        state.finished_at = time.time()
-        state.matcher = None  # a grammar's lexer states can reach megabytes: not kept with the finished state
-        self.scheduler.finish(state.seq)  # `finished` from here on
-        # metrics and traces first: a client that has its last event may ask /traces or
-        # /metrics at once, and must find this request there
-        try:
-            self.observer.on_finish(state)
-        finally:
-            state.events.put(TokenEvent(state.request_id, token, text, True, reason, logprob, top))
+    def _postprocess(self, work: _Work, picks: list[_Pick]) -> list[SampledToken]:
+        """Hands the step to the scheduler, which commits its KV, appends the tokens and ends
+        the sequences they end (lock held). Returns the step's records for the output stage;
+        a request that ended while the step ran has none."""
+        ok = [p for p in picks if p.error is None and p.state.seq.status is not SequenceStatus.FINISHED]
+        ended = self.scheduler.postprocess(work.chunks, {p.state.seq.seq_id: p.token for p in ok})
+        now = time.time()
+        outputs = []
+        for pick in picks:
+            state = pick.state
+            reason = ended.get(state.seq.seq_id)
+            if state.seq.status is SequenceStatus.FINISHED and reason is None:
+                continue
+            if pick.error is not None:
+                self._finish_sequence_locked(state)
+                outputs.append(SampledToken(state, None, 0, FAILED, error=f"{type(pick.error).__name__}: {pick.error}"))
+                continue
+            first = state.first_token_at is None
+            if first:
+                state.first_token_at = state.prefill_done_at = now
+            if reason is not None:
+                state.matcher = None  # a grammar's lexer states can reach megabytes: not kept with the finished state
+            outputs.append(SampledToken(state, pick.token, len(state.seq.output_ids) - 1, reason, pick.logprob, pick.top, first))
+        return outputs
+
+    # -- ending requests -------------------------------------------------------------------
+    def _finish_sequence_locked(self, state: RequestState) -> bool:
+        """Ends the request's sequence, its KV freed now (lock held). False if it had ended."""
+        if state.seq.status is SequenceStatus.FINISHED:
+            return False
+        self.scheduler.finish(state.seq)
+        state.matcher = None
+        return True
+
+    def _finish_sequence(self, state: RequestState, num_tokens: int | None) -> None:
+        """The output stage's end of a request (a stop string; or its own failure): the
+        sequence ends and keeps its first `num_tokens` output tokens, dropping those sampled
+        after the stop (None: all)."""
+        with self._lock:
+            self._finish_sequence_locked(state)
+            if num_tokens is not None:
+                del state.seq.output_ids[num_tokens:]
+
+    def _end_all(self, reason: FinishReason, error: str, states: list[RequestState] | None = None) -> list[RequestState]:
+        """Ends every live request (or those of `states`) with `reason` and `error`; each
+        stream gets its final event. Returns the ones that were live."""
+        with self._lock:
+            live = [s for s in (self._states.values() if states is None else states) if self._finish_sequence_locked(s)]
+        for state in live:
+            self._output.end(state, reason, error)
+        return live
 
     def _remember(self, state: RequestState) -> None:
         self._states[state.request_id] = state
@@ -328,8 +369,9 @@ class Engine:
                 break
             del self._states[oldest_id]
 
-    # -- background thread -----------------------------------------------------------------
+    # -- background threads ----------------------------------------------------------------
     def start(self) -> None:
+        self._output.start()
         self._running = True
         self._thread = threading.Thread(target=self._loop, name="rfc-engine", daemon=True)
         self._thread.start()
@@ -340,6 +382,7 @@ class Engine:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._output.stop()
 
     def _loop(self) -> None:
         while True:
@@ -353,21 +396,13 @@ class Engine:
                 self.step()
             except Exception as e:  # a bug outside the forward pass: fail what is in flight
                 log.exception("engine step failed; failing the requests in flight")
-                self._fail_all(f"{type(e).__name__}: {e}")
+                self._end_all(FAILED, f"{type(e).__name__}: {e}")  # so a step that keeps raising cannot spin
 
         with self._lock:
             jobs, self._jobs = list(self._jobs), deque()
         for _, future in jobs:
             future.cancel()
 
-    def _fail_all(self, error: str) -> None:
-        """Ends every live request as failed, so a step that keeps raising cannot spin."""
-        with self._lock:
-            for state in list(self._states.values()):
-                if not state.finished:
-                    state.error = error
-                    self._finish(state, FAILED, token=None)
-
     @property
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and self._output.is_running

@@ -1,4 +1,5 @@
-"""Synchronous generation for the command line: the engine stepped in the caller's thread."""
+"""Synchronous generation for the command line: the engine stepped in the caller's thread (with
+no engine thread started, each step delivers its text and events before it returns)."""
 
 import time
 from collections.abc import Callable

@@ -45,6 +45,21 @@ class _Table:
     keys: list[bytes] = field(default_factory=list)  # chain keys of the leading computed blocks
 
 
+@dataclass(frozen=True)
+class KvPool:
+    """A loaded model's KV pool as its device holds it: `num_blocks` blocks of `block_size`
+    token slots for every layer. Which sequence holds which block is the business of one
+    BlockManager over it: the engine's, or that of a caller driving the executor itself."""
+
+    num_blocks: int
+    block_size: int
+    prefix_caching: bool = True  # reuse the blocks of a prefix computed before
+
+    def manager(self) -> BlockManager:
+        """Fresh bookkeeping for the whole pool (every block free)."""
+        return BlockManager(self.num_blocks, self.block_size, self.prefix_caching)
+
+
 class BlockManager:
     """Block tables of the sequences that hold KV slots, reference counts, and the free pool
     (never-used blocks plus cached blocks nobody holds)."""

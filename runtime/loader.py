@@ -2,6 +2,7 @@
 
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -11,7 +12,7 @@ from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle, open_bundle
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
 from rfc.runtime.executor import Executor
 from rfc.runtime.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, GPU_FAMILIES, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks
-from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.kv_cache import BlockManager, KvPool
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,22 @@ class LoadedModel:
     tokenizer: Tokenizer
     device_choice: DeviceChoice
     device: object
-    blocks: BlockManager
+    kv_pool: KvPool  # the device's KV pool; its engine decides which sequence holds which block
     executor: Executor
     context_length: int  # the served limit on prompt + generated tokens: --ctx-size, at most the trained context
 
     @property
     def manifest(self) -> dict:
         return self.bundle.manifest
+
+    @cached_property
+    def blocks(self) -> BlockManager:
+        """Transitional: a BlockManager over the pool for a caller that drives the executor
+        without an Engine (tests/kernels/test_cpu_step.py, tools/bench_cpu.py,
+        tools/gpu_check.py; the server reads `num_blocks` and `block_size` here). An Engine
+        keeps its own (`Engine.blocks`): never use both on one model. Goes once those read
+        `kv_pool` and make their own (`kv_pool.manager()`)."""
+        return self.kv_pool.manager()
 
     @property
     def trained_context_length(self) -> int:
@@ -114,7 +124,7 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         tokenizer=tokenizer,
         device_choice=choice,
         device=device,
-        blocks=BlockManager(num_blocks, options.block_size, options.prefix_caching),
+        kv_pool=KvPool(num_blocks, options.block_size, options.prefix_caching),
         executor=Executor(plan, device),
         context_length=context_length,
     )

@@ -1,6 +1,7 @@
 """One request as the engine and the APIs see it: what was asked (GenerationRequest), what
 comes back (TokenEvent, RequestState) and the hooks that watch it (Observer). Its tokens and
-status live in its scheduler Sequence alone."""
+scheduling status live in its scheduler Sequence alone; how its stream ended (`finish_reason`)
+in its RequestState."""
 
 import queue
 import time
@@ -9,11 +10,10 @@ from typing import Any
 
 from rfc.runtime.detokenize import IncrementalDetokenizer
 from rfc.runtime.sampler import Sampler, SamplingParams
-from rfc.runtime.scheduler import Sequence, SequenceStatus
+from rfc.runtime.scheduler import FinishReason, Sequence
 from rfc.runtime.stopping import StopChecker
 
-# finish reasons (the native API's names; the OpenAI layer maps them)
-LENGTH, STOP, EOS, CANCELLED, FAILED = "length", "stop", "eos", "cancelled", "failed"
+__all__ = ["FinishReason", "GenerationRequest", "Observer", "RequestError", "RequestState", "TokenEvent"]
 
 
 class RequestError(ValueError):
@@ -42,7 +42,7 @@ class TokenEvent:
     token: int | None  # None on an event that only ends the stream (cancel, failure)
     text: str
     finished: bool
-    finish_reason: str | None
+    finish_reason: FinishReason | None
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
 
@@ -61,14 +61,17 @@ class Observer:
 
 @dataclass(eq=False)
 class RequestState:
-    """The API side of one request: text, events, timings. Its tokens and whether it is
-    finished live in its scheduler `Sequence` alone (`tokens` and `finished` read them)."""
+    """The API side of one request: text, events, timings. Its tokens live in its scheduler
+    `Sequence` alone (`tokens` reads them). It is `finished` once its final event is out: the
+    output stage sets `finish_reason` just before, so the text, the tokens and the reason are
+    final by then. While it runs, `tokens` may be a step ahead of `text` (the output stage
+    detokenizes behind the engine)."""
 
     request_id: int
     request: GenerationRequest
     seq: Sequence
     text: str = ""
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     error: str | None = None
     created_at: float = field(default_factory=time.time)
     admitted_at: float | None = None  # first scheduled: queueing ends, prefill starts
@@ -76,11 +79,12 @@ class RequestState:
     prefill_done_at: float | None = None
     finished_at: float | None = None
     events: "queue.SimpleQueue[TokenEvent]" = field(default_factory=queue.SimpleQueue)
-    # engine-private
+    # the engine thread's (sampling; the matcher is dropped when the sequence finishes)
     sampler: Sampler | None = None
+    matcher: Any = None  # the constraint's per-request state (runtime.constraints.Matcher)
+    # the output stage's (runtime/output.py)
     detok: IncrementalDetokenizer | None = None
     stopper: StopChecker | None = None
-    matcher: Any = None  # the constraint's per-request state (runtime.constraints.Matcher)
 
     @property
     def tokens(self) -> list[int]:
@@ -89,7 +93,7 @@ class RequestState:
 
     @property
     def finished(self) -> bool:
-        return self.seq.status is SequenceStatus.FINISHED
+        return self.finish_reason is not None
 
     @property
     def prompt_tokens(self) -> int:

@@ -1,9 +1,11 @@
 """Continuous-batching scheduler: which tokens of which sequences the model runs each step.
 
 Plain Python with no model in sight (STYLE.md point 4, after nano-vllm's scheduler.py and
-vLLM v1). The engine calls `schedule()`, runs the returned chunks through the model, calls
-`commit()`, samples a token for every chunk with `needs_logits`, and calls `finish()` when a
-sequence stops (or its client goes away).
+vLLM v1). The engine calls `schedule()`, runs the returned chunks through the model, samples a
+token for every chunk with `needs_logits`, and hands the tokens to `postprocess()`, which
+commits the step's KV, appends them and finishes the sequences they end (an end-of-generation
+token, max_tokens). `finish()` ends a sequence for a reason the scheduler cannot see: a stop
+string, a cancel, a failure.
 
 Each step spends a budget of `max_batch_tokens`:
 1. every running sequence that is decoding gets its one new token first, so a long prompt
@@ -22,10 +24,14 @@ sequence eventually completes.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum, auto
+from enum import Enum, StrEnum, auto
 
+from rfc.runtime.batch import ScheduledChunk
 from rfc.runtime.kv_cache import BlockManager
+
+__all__ = ["FinishReason", "QueueFull", "ScheduledChunk", "Scheduler", "SchedulerConfig", "Sequence", "SequenceStatus"]
 
 
 class SequenceStatus(Enum):
@@ -34,11 +40,23 @@ class SequenceStatus(Enum):
     FINISHED = auto()
 
 
+class FinishReason(StrEnum):
+    """Why a request ended: the native API's strings (a `str`, so JSON and comparisons with
+    the strings work; the HTTP layer maps them per dialect)."""
+
+    LENGTH = "length"  # max_tokens generated
+    STOP = "stop"  # a stop string
+    EOS = "eos"  # an end-of-generation token
+    CANCELLED = "cancelled"  # the client (or the server's drain) ended it
+    FAILED = "failed"  # the step or its sampling failed
+
+
 @dataclass(eq=False)  # identity semantics: two requests with equal tokens are still two
 class Sequence:
     seq_id: int
     prompt_ids: list[int]
     max_tokens: int  # new tokens at most
+    end_ids: frozenset[int] = frozenset()  # tokens that end it (end of generation; never appended)
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # leading tokens whose KV is in the cache
     num_cached: int = 0  # of those, taken from the prefix cache at the last admission
@@ -49,14 +67,6 @@ class Sequence:
 
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
-
-
-@dataclass(frozen=True)
-class ScheduledChunk:
-    seq: Sequence
-    start: int  # position of tokens[0]; equals seq.num_computed when scheduled
-    tokens: list[int]  # a prefill chunk, or the single last sampled token when decoding
-    needs_logits: bool  # the chunk reaches the end of the known tokens: the engine samples
 
 
 @dataclass(frozen=True)
@@ -115,10 +125,11 @@ class Scheduler:
 
     def commit(self, chunks: list[ScheduledChunk]) -> None:
         """Record that the step ran: the chunks' tokens now have KV in the cache."""
+        running = {seq.seq_id: seq for seq in self.running}
         for chunk in chunks:
-            seq = chunk.seq
-            if seq.status is SequenceStatus.FINISHED:
-                continue  # cancelled while the step ran; its blocks are already free
+            seq = running.get(chunk.seq_id)
+            if seq is None:
+                continue  # finished while the step ran; its blocks are already free
             if chunk.start != seq.num_computed:
                 raise ValueError(
                     f"stale chunk for sequence {seq.seq_id}: starts at {chunk.start}, "
@@ -126,6 +137,28 @@ class Scheduler:
                 )
             seq.num_computed += len(chunk.tokens)
             self._register_full_blocks(seq)
+
+    def postprocess(self, chunks: list[ScheduledChunk], tokens: Mapping[int, int]) -> dict[int, FinishReason]:
+        """Record a step that ran: commit its KV, append each sampled token (sequence id ->
+        token) to its sequence, and finish the sequences it ends, their KV freed now: an
+        end-of-generation token (not appended) or max_tokens reached. Returns the reasons of
+        those by sequence id. A sequence finished while the step ran takes no token."""
+        self.commit(chunks)
+        running = {seq.seq_id: seq for seq in self.running}
+        ended: dict[int, FinishReason] = {}
+        for seq_id, token in tokens.items():
+            seq = running.get(seq_id)
+            if seq is None:
+                continue
+            if token in seq.end_ids:
+                ended[seq_id] = FinishReason.EOS
+            else:
+                seq.output_ids.append(token)
+                if len(seq.output_ids) >= seq.max_tokens:
+                    ended[seq_id] = FinishReason.LENGTH
+            if seq_id in ended:
+                self.finish(seq)
+        return ended
 
     def _register_full_blocks(self, seq: Sequence) -> None:
         """Offer the blocks this step filled to the prefix cache (their KV is now written)."""
@@ -182,11 +215,11 @@ class Scheduler:
         return budget
 
     def _schedule_prefills(self, chunks: list[ScheduledChunk], budget: int) -> int:
-        scheduled = {chunk.seq for chunk in chunks}
+        scheduled = {chunk.seq_id for chunk in chunks}
         for seq in list(self.running):
             if budget == 0:
                 break
-            if seq.status is not SequenceStatus.RUNNING or seq in scheduled:
+            if seq.status is not SequenceStatus.RUNNING or seq.seq_id in scheduled:
                 continue
             # Preempt only when not even one token fits; otherwise shrink the chunk.
             if not self._make_room(seq, seq.num_computed + 1, chunks):
@@ -225,11 +258,11 @@ class Scheduler:
         return True
 
     def _victim(self, seq: Sequence, chunks: list[ScheduledChunk]) -> Sequence | None:
-        scheduled = {chunk.seq for chunk in chunks}
+        scheduled = {chunk.seq_id for chunk in chunks}
         for candidate in reversed(self.running):
             if candidate is seq:
                 return None  # never preempt an older sequence for a younger one
-            if candidate not in scheduled:
+            if candidate.seq_id not in scheduled:
                 return candidate
         return None
 
@@ -245,9 +278,9 @@ class Scheduler:
         start = seq.num_computed
         self.blocks.allocate(seq.seq_id, start + n)
         return ScheduledChunk(
-            seq=seq,
+            seq_id=seq.seq_id,
             start=start,
-            tokens=_token_slice(seq, start, start + n),
+            tokens=tuple(_token_slice(seq, start, start + n)),
             needs_logits=start + n == seq.num_tokens(),
         )
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.batch import ScheduledChunk, build_batch
 from rfc.runtime.loader import LoadedModel, LoadOptions, load_model
 
 
 def prefill(lm: LoadedModel, tokens: list[int], seq: int = 0) -> tuple[float, np.ndarray]:
     lm.blocks.allocate(seq, len(tokens))
-    batch = build_batch([SeqChunk(seq, 0, tuple(tokens))], lm.blocks)
+    batch = build_batch([ScheduledChunk(seq, 0, tuple(tokens))], lm.blocks)
     started = time.perf_counter()
     logits = lm.executor.forward(batch)
     return time.perf_counter() - started, logits
@@ -39,7 +39,7 @@ def decode(lm: LoadedModel, prompt: list[int], steps: int, seq: int = 0) -> floa
     for _ in range(steps):
         token = int(logits[-1].argmax())
         lm.blocks.allocate(seq, pos + 1)
-        logits = lm.executor.forward(build_batch([SeqChunk(seq, pos, (token,))], lm.blocks))
+        logits = lm.executor.forward(build_batch([ScheduledChunk(seq, pos, (token,))], lm.blocks))
         pos += 1
     return time.perf_counter() - started
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from rfc.compiler.pipeline import CompileOptions, compile_model
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.batch import ScheduledChunk, build_batch
 from rfc.runtime.loader import LoadedModel, LoadOptions, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def kernel_usage(bundle: Path, target: str) -> tuple[bool, str]:
 
 def forward(lm: LoadedModel, seq: int, start: int, tokens: list[int], all_logits: bool = False) -> np.ndarray:
     lm.blocks.allocate(seq, start + len(tokens))
-    return lm.executor.forward(build_batch([SeqChunk(seq, start, tuple(tokens), all_logits=all_logits)], lm.blocks))
+    return lm.executor.forward(build_batch([ScheduledChunk(seq, start, tuple(tokens), all_logits=all_logits)], lm.blocks))
 
 
 def teacher_forced(bundle: Path, device: str, tokens: list[int]) -> np.ndarray:
@@ -210,7 +210,7 @@ def decode_batch(lm: LoadedModel, batch: int, steps: int) -> float:
 
     def step():
         nonlocal pos
-        chunks = [SeqChunk(100 + s, pos, (int(rng.integers(2, lm.vocab_size)),)) for s in range(batch)]
+        chunks = [ScheduledChunk(100 + s, pos, (int(rng.integers(2, lm.vocab_size)),)) for s in range(batch)]
         for c in chunks:
             lm.blocks.allocate(c.seq_id, pos + 1)
         lm.executor.forward(build_batch(chunks, lm.blocks))

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.batch import ScheduledChunk, build_batch
 from rfc.runtime.loader import LoadOptions, load_model
 from tests.bounds import llama_cpp_bounds as logit_bounds_ok
 from tests.conftest import FIXTURES
@@ -42,10 +42,11 @@ def test_decoding_token_by_token(name, bundle_cache):
     ref = np.load(FIXTURES / f"{name}.logits.npz")
     tokens = ref["tokens"].tolist()[:24]
     model = load_model(bundle, LoadOptions(device="cpu"))
+    blocks = model.kv_pool.manager()
     steps = []
     for pos, tok in enumerate(tokens):
-        model.blocks.allocate(0, pos + 1)
-        steps.append(model.executor.forward(build_batch([SeqChunk(0, pos, (tok,))], model.blocks))[0])
+        blocks.allocate(0, pos + 1)
+        steps.append(model.executor.forward(build_batch([ScheduledChunk(0, pos, (tok,))], blocks))[0])
     ok, summary = logit_bounds_ok(name, np.array(steps), ref["logits"][:24])
     assert ok, summary
     if name.endswith(("F16", "F32")):
@@ -68,15 +69,16 @@ def greedy(bundle, device: str, prompt: list[int], n: int) -> tuple[list[int], l
     """n greedy tokens after a prefill of prompt, decoded one step at a time; with each
     step's gap between its two largest logits."""
     model = load_model(bundle, LoadOptions(device=device))
+    blocks = model.kv_pool.manager()
     tokens, gaps = list(prompt), []
-    model.blocks.allocate(0, len(tokens))
-    logits = model.executor.forward(build_batch([SeqChunk(0, 0, tuple(tokens))], model.blocks))[0]
+    blocks.allocate(0, len(tokens))
+    logits = model.executor.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens))], blocks))[0]
     for _ in range(n):
         top2 = np.sort(logits)[-2:]
         gaps.append(float(top2[1] - top2[0]))
         tokens.append(int(np.argmax(logits)))
-        model.blocks.allocate(0, len(tokens))
-        logits = model.executor.forward(build_batch([SeqChunk(0, len(tokens) - 1, (tokens[-1],))], model.blocks))[0]
+        blocks.allocate(0, len(tokens))
+        logits = model.executor.forward(build_batch([ScheduledChunk(0, len(tokens) - 1, (tokens[-1],))], blocks))[0]
     return tokens[len(prompt):], gaps
 
 

@@ -45,7 +45,7 @@ def test_pooling_picks_positions(engines):
     # causal attention: the first position's state does not depend on what follows it
     np.testing.assert_allclose(_embed(ref, ids, Pooling.CLS), _embed(ref, ids[:1], Pooling.LAST), atol=1e-6)
     assert not np.allclose(_embed(ref, ids, Pooling.MEAN), _embed(ref, ids, Pooling.LAST), atol=1e-3)
-    assert ref.model.blocks.num_used() == 0  # the jobs' KV pages went back
+    assert ref.blocks.num_used() == 0  # the jobs' KV pages went back
 
 
 def test_the_models_own_pooling_type_wins(demo_bundle):

@@ -100,14 +100,15 @@ def _cpu_check(path: Path, bundle, oracle, fault=None) -> tuple[bool, str]:
         from rfc.runtime.devices.cpu import OpDevice
         from rfc.runtime.executor import Executor
 
-        ops = OpDevice(model.bundle, model.device_choice.target, model.bundle.plan.kv, model.blocks.num_blocks,
-                       model.blocks.block_size)  # fmt: skip
+        ops = OpDevice(model.bundle, model.device_choice.target, model.bundle.plan.kv, model.kv_pool.num_blocks,
+                       model.kv_pool.block_size)  # fmt: skip
         scale_outputs(ops, fault)
         executor = Executor(model.bundle.plan, ops)
-    from rfc.runtime.batch import SeqChunk, build_batch
+    from rfc.runtime.batch import ScheduledChunk, build_batch
 
-    model.blocks.allocate(0, len(tokens))
-    cpu = executor.forward(build_batch([SeqChunk(0, 0, tuple(tokens), all_logits=True)], model.blocks))
+    blocks = model.kv_pool.manager()
+    blocks.allocate(0, len(tokens))
+    cpu = executor.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens), all_logits=True)], blocks))
     ref = teacher_forced_logits(bundle, "ref", tokens)
     formats = {t.format for t in model.bundle.layout.tensors}
     kinds = rounding_kinds(parse_target(model.device_choice.target), formats)
@@ -168,10 +169,11 @@ def test_a_reference_kernel_2_percent_off_fails(name, which, bundle_cache, oracl
     model = load_model(bundle_cache(path, REFERENCE_ONLY), LoadOptions(device="ref"))
     first = next(op for op in model.bundle.plan.ops if op.kind == which or which in op.weights)
     scale_outputs(model.device, lambda op: op is first)
-    from rfc.runtime.batch import SeqChunk, build_batch
+    from rfc.runtime.batch import ScheduledChunk, build_batch
 
     tokens = _tokens(path)
-    model.blocks.allocate(0, len(tokens))
-    ref = model.executor.forward(build_batch([SeqChunk(0, 0, tuple(tokens), all_logits=True)], model.blocks))
+    blocks = model.kv_pool.manager()
+    blocks.allocate(0, len(tokens))
+    ref = model.executor.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens), all_logits=True)], blocks))
     ok, summary = oracle_bounds(name, ref, oracle(path))
     assert not ok, f"{which} 2% off passed: {summary}"

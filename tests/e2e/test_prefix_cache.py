@@ -75,7 +75,7 @@ def test_cached_prefix_gives_the_logits_of_a_full_prefill(model_path, device, bu
     rec = Recorder(cached)
     got = generate(engine, second)
 
-    hits = cached.blocks.cache.hit_tokens
+    hits = engine.blocks.cache.hit_tokens
     assert hits == 80  # the five full 16-token blocks of the shared 84-token prefix
     assert got.seq.num_cached == hits
     assert rec.fed[0] == len(second) - hits  # only the new tokens were prefilled
@@ -83,7 +83,7 @@ def test_cached_prefix_gives_the_logits_of_a_full_prefill(model_path, device, bu
     # Same positions, same math: the rows agree to float32 rounding (a prefill of a
     # different length may sum in another order).
     np.testing.assert_allclose(np.stack(rec.rows), np.stack(fresh_rec.rows), rtol=0, atol=2e-4)
-    assert cached.blocks.num_used() == 0 and cached.blocks.num_cached_idle() > 0
+    assert engine.blocks.num_used() == 0 and engine.blocks.num_cached_idle() > 0
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -115,9 +115,9 @@ def test_eviction_under_pressure_keeps_generation_correct(bundle_cache):
             head = heads[i % 3]
             outs.append(generate(engine, [1, *head, 3 + i], max_tokens=6).tokens)
         outputs[caching] = outs
-        assert model.blocks.num_used() == 0
+        assert engine.blocks.num_used() == 0
         if caching:
-            assert model.blocks.cache.hit_tokens > 0 and model.blocks.cache.evictions > 0
+            assert engine.blocks.cache.hit_tokens > 0 and engine.blocks.cache.evictions > 0
     assert outputs[True] == outputs[False]
 
 

@@ -6,7 +6,7 @@ architecture's fixture runs whether or not a compiled target supports it yet."""
 import numpy as np
 import pytest
 
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.batch import ScheduledChunk, build_batch
 from rfc.runtime.loader import LoadOptions, load_model
 from tests.bounds import llama_cpp_bounds
 from tests.conftest import DEMO_MODEL, FIXTURES, TINY_MODELS, rfc
@@ -18,8 +18,9 @@ REFERENCE_ONLY = ()  # bundle_cache targets: no kernels
 
 def teacher_forced_logits(bundle, device: str, tokens: list[int]) -> np.ndarray:
     model = load_model(bundle, LoadOptions(device=device))
-    model.blocks.allocate(0, len(tokens))
-    batch = build_batch([SeqChunk(0, 0, tuple(tokens), all_logits=True)], model.blocks)
+    blocks = model.kv_pool.manager()
+    blocks.allocate(0, len(tokens))
+    batch = build_batch([ScheduledChunk(0, 0, tuple(tokens), all_logits=True)], blocks)
     return model.executor.forward(batch)
 
 
@@ -28,14 +29,15 @@ def batched_last_logits(bundle, device: str, prompts: list[list[int]]) -> np.nda
     prompt's last token, then one step feeding every last token (decodes and a 1-token
     prefill side by side)."""
     model = load_model(bundle, LoadOptions(device=device))
+    blocks = model.kv_pool.manager()
     chunks = []
     for i, p in enumerate(prompts):
-        model.blocks.allocate(i, len(p))
+        blocks.allocate(i, len(p))
         if len(p) > 1:
-            chunks.append(SeqChunk(i, 0, tuple(p[:-1]), logits=False))
-    model.executor.forward(build_batch(chunks, model.blocks))
-    last = [SeqChunk(i, len(p) - 1, (p[-1],)) for i, p in enumerate(prompts)]
-    return model.executor.forward(build_batch(last, model.blocks))
+            chunks.append(ScheduledChunk(i, 0, tuple(p[:-1]), needs_logits=False))
+    model.executor.forward(build_batch(chunks, blocks))
+    last = [ScheduledChunk(i, len(p) - 1, (p[-1],)) for i, p in enumerate(prompts)]
+    return model.executor.forward(build_batch(last, blocks))
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)

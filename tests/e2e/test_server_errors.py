@@ -131,7 +131,7 @@ def test_an_engine_step_that_raises_fails_its_requests_not_the_server(demo_bundl
     try:
         r = client.simulate_post("/generate", json={"prompt": "x", "max_tokens": 3})
         assert r.status_code == 500 and r.json["status"] == "error" and "injected" in r.json["error"]
-        assert served.model.blocks.num_used() == 0  # its KV pages went back
+        assert served.engine.blocks.num_used() == 0  # its KV pages went back
         served.engine.step = step
         ok = client.simulate_post("/generate", json={"prompt": "x", "max_tokens": 3})
         assert ok.status_code == 200 and ok.json["finish_reason"] == "length"

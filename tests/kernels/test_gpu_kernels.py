@@ -20,7 +20,7 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.runtime.batch import SeqChunk, StepBatch, build_batch
+from rfc.runtime.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.executor import Executor
 from rfc.runtime.kv_cache import BlockManager
@@ -61,7 +61,7 @@ class Pair:
         self.run_ref = Executor(self.bundle.plan, self.ref)
         self.formats = {t.format for t in self.bundle.layout.tensors}
 
-    def step(self, chunks: list[SeqChunk]) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, chunks: list[ScheduledChunk]) -> tuple[np.ndarray, np.ndarray]:
         for c in chunks:
             self.blocks.allocate(c.seq_id, c.start + len(c.tokens))
         batch = build_batch(chunks, self.blocks)
@@ -97,7 +97,7 @@ def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_pa
     pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
     tokens = tuple(int(t) for t in expected["tokens"][:40])
-    gpu, ref = pair.step([SeqChunk(0, 0, tokens, all_logits=True)])
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tokens, all_logits=True)])
     ok, msg = device_bounds(model, gpu, ref, rounding=gpu_rounding(model, pair.formats, tokens))
     assert ok, msg
     ok, msg = llama_cpp_bounds(model, gpu, expected["logits"][: len(tokens)])
@@ -118,11 +118,11 @@ def test_greedy_decoding_matches_reference(model, target, gpu_bundle, tmp_path_f
     kernels), crossing gemma's sliding window of 32; every step's token is the reference's."""
     pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     tokens = [1, *range(40, 70)]
-    gpu, ref = pair.step([SeqChunk(0, 0, tuple(tokens))])
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(tokens))])
     for step in range(8):
         assert int(gpu[-1].argmax()) == int(ref[-1].argmax()), f"greedy paths split at step {step} after {tokens}"
         tokens.append(int(ref[-1].argmax()))
-        gpu, ref = pair.step([SeqChunk(0, len(tokens) - 1, (tokens[-1],))])
+        gpu, ref = pair.step([ScheduledChunk(0, len(tokens) - 1, (tokens[-1],))])
         rounding = gpu_rounding(model, pair.formats, tokens)
         ok, msg = device_bounds(model, gpu, ref, rounding=None if rounding is None else rounding[-1:])
         assert ok, f"step {step}: {msg}"
@@ -136,7 +136,7 @@ def test_a_gpu_kernel_2_percent_off_fails(model, target, kind, gpu_bundle, tmp_p
     pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     first = next(op for op in pair.bundle.plan.ops if op.kind == kind)
     scale_outputs(pair.gpu, lambda op: op is first)
-    gpu, ref = pair.step([SeqChunk(0, 0, tuple(range(3, 40)), all_logits=True)])
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40)), all_logits=True)])
     ok, msg = device_bounds(model, gpu, ref, rounding=None)
     assert not ok, f"{kind} 2% off passed: {msg}"
 
@@ -148,7 +148,7 @@ def test_batched_prefill_and_decode_over_paged_cache(target, gpu_bundle, tmp_pat
     pair = Pair(gpu_bundle("qwen2-F32", target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     pair.blocks.allocate(99, 3 * BLOCK_SIZE)  # so the sequences' blocks are not 0, 1, 2, ...
     a, b = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19), (100, 3, 77, 250, 31)
-    gpu, ref = pair.step([SeqChunk(1, 0, a, all_logits=True), SeqChunk(2, 0, b)])
+    gpu, ref = pair.step([ScheduledChunk(1, 0, a, all_logits=True), ScheduledChunk(2, 0, b)])
     assert gpu.shape == (len(a) + 1, pair.bundle.plan.vocab_size)
     ok, msg = _close(gpu, ref)
     assert ok, msg
@@ -156,7 +156,7 @@ def test_batched_prefill_and_decode_over_paged_cache(target, gpu_bundle, tmp_pat
     la, lb = len(a), len(b)
     for step in range(6):  # decode both sequences together, crossing a block boundary
         na, nb = int(ref[-2].argmax()) if step else int(ref[la - 1].argmax()), int(ref[-1].argmax())
-        gpu, ref = pair.step([SeqChunk(1, la, (na,)), SeqChunk(2, lb, (nb,))])
+        gpu, ref = pair.step([ScheduledChunk(1, la, (na,)), ScheduledChunk(2, lb, (nb,))])
         ok, msg = _close(gpu, ref)
         assert ok, f"decode step {step}: {msg}"
         la, lb = la + 1, lb + 1
@@ -228,7 +228,7 @@ def test_rope_with_frequency_factors(target, gpu_build_cache, tmp_path):
     pair = Pair(out, target, tmp_path / "emu")
     rope = next(o for o in pair.bundle.plan.ops if o.kind == "rope")
     assert rope.weights == ("rope_freqs.weight",)
-    gpu, ref = pair.step([SeqChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
     ok, msg = _close(gpu, ref)
     assert ok, msg
 
@@ -237,11 +237,11 @@ def test_rope_with_frequency_factors(target, gpu_build_cache, tmp_path):
 def test_stories260k_greedy_tokens_match_reference(target, gpu_bundle, tmp_path_factory):
     pair = Pair(gpu_bundle("stories260K", target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     tokens = [1, 403, 407, 261]
-    gpu, ref = pair.step([SeqChunk(0, 0, tuple(tokens))])
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(tokens))])
     for _ in range(24):
         assert int(gpu[-1].argmax()) == int(ref[-1].argmax()), f"greedy paths split after {tokens}"
         tokens.append(int(ref[-1].argmax()))
-        gpu, ref = pair.step([SeqChunk(0, len(tokens) - 1, (tokens[-1],))])
+        gpu, ref = pair.step([ScheduledChunk(0, len(tokens) - 1, (tokens[-1],))])
         ok, msg = _close(gpu, ref)
         assert ok, msg
 
@@ -369,6 +369,6 @@ def test_long_context_rope_with_attn_factor(target, gpu_build_cache, tmp_path):
     pair = Pair(tmp_path / "bundle", target, tmp_path / "emu")
     rope = next(o for o in pair.bundle.plan.ops if o.kind == "rope")
     assert rope.weights == ("rope_factors_long.weight",) and "attn_factor" in rope.attrs
-    gpu, ref = pair.step([SeqChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
     ok, msg = device_bounds("phi3-long", gpu, ref, rounding=None)
     assert ok, msg

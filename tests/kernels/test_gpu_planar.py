@@ -20,7 +20,7 @@ import pytest
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.artifacts.program import unpack_program
-from rfc.runtime.batch import SeqChunk, StepBatch, build_batch
+from rfc.runtime.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.devices.gpu import device_weight_bytes
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.executor import Executor
@@ -114,7 +114,7 @@ def _teacher_forced(model: str, pair: _StepPair, formats) -> None:
 
     expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
     tokens = tuple(int(t) for t in expected["tokens"][:40])
-    gpu, ref = pair.step([SeqChunk(0, 0, tokens, all_logits=True)])
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tokens, all_logits=True)])
     ok, msg = device_bounds(model, gpu, ref, rounding=gpu_rounding(model, formats, tokens))
     assert ok, msg
     ok, msg = llama_cpp_bounds(model, gpu, expected["logits"][: len(tokens)])

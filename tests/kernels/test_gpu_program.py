@@ -15,7 +15,7 @@ import pytest
 
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.program import ArgKind, ArgSlot, unpack_program
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.batch import ScheduledChunk, build_batch
 from rfc.runtime.executor import Executor
 from rfc.runtime.kv_cache import BlockManager
 from tests.kernels.gpu_emulator import emulated_device, emulated_step_device
@@ -62,14 +62,14 @@ def _decode(twins: Twins, steps: int) -> list[tuple]:
     """Prefill two sequences (direct launches), then decode both `steps` times (graphs);
     returns the driver calls of the decode steps. Asserts bit-equal logits throughout."""
     a, b = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19), (100, 3, 77, 250, 31)
-    got, want = twins.forward([SeqChunk(1, 0, a, all_logits=True), SeqChunk(2, 0, b)])
+    got, want = twins.forward([ScheduledChunk(1, 0, a, all_logits=True), ScheduledChunk(2, 0, b)])
     assert np.array_equal(got, want), f"prefill: max |step - op| {np.abs(got - want).max():.3e}"
     driver = twins.step._driver
     driver.calls.clear()
     la, lb = len(a), len(b)
     for step in range(steps):
         na, nb = int(want[-2].argmax()), int(want[-1].argmax())
-        got, want = twins.forward([SeqChunk(1, la, (na,)), SeqChunk(2, lb, (nb,))])
+        got, want = twins.forward([ScheduledChunk(1, la, (na,)), ScheduledChunk(2, lb, (nb,))])
         assert np.array_equal(got, want), f"decode step {step}: max |step - op| {np.abs(got - want).max():.3e}"
         la, lb = la + 1, lb + 1
     return driver.calls
@@ -159,12 +159,12 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
     assert program.arena.slot("attention.scratch").offset >= max(
         s.offset + s.nbytes for s in program.arena.slots if s.buffer != "attention.scratch")
     prompt = tuple((7 * i) % 250 + 1 for i in range(150))
-    got, want = twins.forward([SeqChunk(1, 0, prompt), SeqChunk(2, 0, prompt[:70])])
+    got, want = twins.forward([ScheduledChunk(1, 0, prompt), ScheduledChunk(2, 0, prompt[:70])])
     assert np.array_equal(got, want)
     lens = [150, 70]
     for step in range(2):
         tokens = [int(want[0].argmax()), int(want[1].argmax())]
-        got, want = twins.forward([SeqChunk(1, lens[0], (tokens[0],)), SeqChunk(2, lens[1], (tokens[1],))])
+        got, want = twins.forward([ScheduledChunk(1, lens[0], (tokens[0],)), ScheduledChunk(2, lens[1], (tokens[1],))])
         assert np.array_equal(got, want), f"decode step {step}: max |step - op| {np.abs(got - want).max():.3e}"
         lens = [lens[0] + 1, lens[1] + 1]
 
@@ -197,7 +197,7 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, gpu_bundl
     tokens = tuple(int(t) for t in expected["tokens"][:64])
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     blocks.allocate(0, len(tokens))
-    batch = build_batch([SeqChunk(0, 0, tokens, all_logits=True)], blocks)
+    batch = build_batch([ScheduledChunk(0, 0, tokens, all_logits=True)], blocks)
     device._driver.calls.clear()
     gpu = Executor(bundle.plan, device).forward(batch)
     ref = Executor(bundle.plan, ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE)).forward(batch)

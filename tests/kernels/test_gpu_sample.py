@@ -18,7 +18,7 @@ from rfc.artifacts.program import SAMPLE_WORDS
 from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel
 from rfc.compiler.targets import parse_target
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.batch import ScheduledChunk, build_batch
 from rfc.runtime.devices.gpu_program import write_sample_row
 from rfc.runtime.kv_cache import BlockManager
 from rfc.runtime.sampler import Sampler, SamplingParams
@@ -290,7 +290,7 @@ def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path
     other_s = Sampler(SamplingParams(temperature=0.0, **second), list(b), vocab)
     check = [Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab),
              Sampler(SamplingParams(temperature=0.0), list(b), vocab)]
-    chunks = [SeqChunk(1, 0, a), SeqChunk(2, 0, b)]
+    chunks = [ScheduledChunk(1, 0, a), ScheduledChunk(2, 0, b)]
     lengths = [len(a), len(b)]
     n_launches = len(dev.runner.program.launches) + 1  # the step program, then the sampling kernel
     for step in range(4):
@@ -317,5 +317,5 @@ def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path
             assert graphs in ([], [("capture", n_launches)]), calls  # the first decode step captures
             assert [c for c in calls if c[0] != "capture"] == [
                 ("h2d", calls[0][1]), ("graph_launch", n_launches), *d2h, ("sync",)], calls
-        chunks = [SeqChunk(1, lengths[0], (want[0],)), SeqChunk(2, lengths[1], (want[1],))]
+        chunks = [ScheduledChunk(1, lengths[0], (want[0],)), ScheduledChunk(2, lengths[1], (want[1],))]
         lengths = [lengths[0] + 1, lengths[1] + 1]

@@ -30,7 +30,7 @@ def test_non_finite_logits_fail_one_request_only(bundle_cache):
         pass
     assert victim.finished and victim.finish_reason == "failed" and victim.error
     assert other.finished and other.finish_reason == "length" and len(other.tokens) == 5
-    assert model.blocks.num_used() == 0
+    assert engine.blocks.num_used() == 0
     assert victim.admitted_at is not None and victim.admitted_at >= victim.created_at
 
 

@@ -19,7 +19,7 @@ from rfc.compiler.codegen.gpu_plan import plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.compiler.targets import parse_target
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.batch import ScheduledChunk, build_batch
 from rfc.runtime.devices import DeviceError, cuda, gpu_program
 from rfc.runtime.devices.gpu_program import StepRunner
 from rfc.runtime.kv_cache import BlockManager
@@ -150,7 +150,7 @@ def _runner(fake, program, kernel_args, bundle, sample=None, pen_per_row=256):
 
 
 def _decode_batch(blocks, n: int, start: int):
-    chunks = [SeqChunk(s, start, (7 + s,)) for s in range(n)]
+    chunks = [ScheduledChunk(s, start, (7 + s,)) for s in range(n)]
     for c in chunks:
         blocks.allocate(c.seq_id, c.start + 1)
     return build_batch(chunks, blocks)
@@ -344,7 +344,7 @@ def test_all_host_rows_outside_a_graph_skip_the_sampling_kernel(program_and_bund
     blocks = BlockManager(32, 16)
     blocks.allocate(0, 3)
     fake.calls.clear()
-    out = runner.run_sampled(build_batch([SeqChunk(0, 0, (5, 6, 7))], blocks), [None])  # a prefill: no graph
+    out = runner.run_sampled(build_batch([ScheduledChunk(0, 0, (5, 6, 7))], blocks), [None])  # a prefill: no graph
     assert list(out.logits) == [0]
     assert not [c for c in fake.calls if c[0] == "cuLaunchKernel" and c[1][0] == 0x9999]
     assert [c[0] for c in fake.calls if c[0].startswith("cuMemcpy")] == ["cuMemcpyHtoDAsync_v2", "cuMemcpyDtoHAsync_v2"]
@@ -387,7 +387,7 @@ def test_rows_past_a_capped_penalty_region_go_to_the_host(program_and_bundle, mo
 
 
 def _prefill_batch(blocks, n: int):
-    chunk = SeqChunk(0, 0, tuple(range(3, 3 + n)))
+    chunk = ScheduledChunk(0, 0, tuple(range(3, 3 + n)))
     blocks.allocate(0, n)
     return build_batch([chunk], blocks)
 

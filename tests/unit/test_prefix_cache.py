@@ -133,8 +133,9 @@ class PrefixKV:
     def step(self, rng: random.Random) -> None:
         sched, blocks = self.sched, self.sched.blocks
         chunks = sched.schedule()
+        seqs = {s.seq_id: s for s in sched.running}
         for chunk in chunks:
-            seq = chunk.seq
+            seq = seqs[chunk.seq_id]
             ids = tuple(seq.all_ids())
             assert chunk.start == seq.num_computed and chunk.tokens
             for pos in range(chunk.start):
@@ -145,7 +146,7 @@ class PrefixKV:
             self.computed_tokens += len(chunk.tokens)
         sched.commit(chunks)
         for chunk in chunks:
-            seq = chunk.seq
+            seq = seqs[chunk.seq_id]
             if chunk.needs_logits:
                 # Deterministic in the prefix, as greedy decoding is.
                 seq.output_ids.append(hash(tuple(seq.all_ids())) % 7)

@@ -1,7 +1,7 @@
 """Scheduler: continuous batching with chunked prefill and preemption, alone (no model).
 
-The engine is simulated: after schedule() and commit(), every chunk with needs_logits gets a
-fake sampled token and a sequence finishes at max_tokens. A fake KV store written through
+The engine is simulated: every chunk with needs_logits gets a fake sampled token, handed to
+postprocess(), which commits the step and finishes a sequence at max_tokens. A fake KV store written through
 BlockManager.slot checks that no step ever reads a slot another sequence overwrote.
 """
 
@@ -11,6 +11,7 @@ import pytest
 
 from rfc.runtime.kv_cache import BlockManager
 from rfc.runtime.scheduler import (
+    FinishReason,
     QueueFull,
     ScheduledChunk,
     Scheduler,
@@ -63,34 +64,34 @@ class FakeEngine:
         sched = self.sched
         oldest = sched.running[0] if sched.running else None
         chunks = sched.schedule()
+        seqs = {s.seq_id: s for s in sched.running}  # every chunk's sequence runs
         check_invariants(sched)
         # Liveness: the oldest running sequence is never preempted for a younger one.
         assert oldest is None or oldest.status is SequenceStatus.RUNNING
         assert sum(len(c.tokens) for c in chunks) <= sched.config.max_batch_tokens
-        assert len({id(c.seq) for c in chunks}) == len(chunks), "one chunk per sequence"
+        assert len({c.seq_id for c in chunks}) == len(chunks), "one chunk per sequence"
         for chunk in chunks:
-            self._run(chunk)
-        sched.commit(chunks)
+            self._run(chunk, seqs[chunk.seq_id])
+        ended = sched.postprocess(chunks, {c.seq_id: fake_token(seqs[c.seq_id]) for c in chunks if c.needs_logits})
         for chunk in chunks:
-            seq = chunk.seq
+            seq = seqs[chunk.seq_id]
             assert seq.num_computed == chunk.start + len(chunk.tokens)
-            if chunk.needs_logits:
-                seq.output_ids.append(fake_token(seq))
-                if len(seq.output_ids) == seq.max_tokens:
-                    sched.finish(seq)
-                    self.finished.append(seq)
+            if chunk.seq_id in ended:
+                assert ended[chunk.seq_id] is FinishReason.LENGTH and len(seq.output_ids) == seq.max_tokens
+                assert seq.status is SequenceStatus.FINISHED
+                self.finished.append(seq)
         check_invariants(sched)
         self.trace.append(
-            [(c.seq.seq_id, c.start, tuple(c.tokens), c.needs_logits) for c in chunks]
+            [(c.seq_id, c.start, tuple(c.tokens), c.needs_logits) for c in chunks]
         )
         return chunks
 
-    def _run(self, chunk: ScheduledChunk) -> None:
-        seq, blocks = chunk.seq, self.sched.blocks
+    def _run(self, chunk: ScheduledChunk, seq: Sequence) -> None:
+        blocks = self.sched.blocks
         ids = seq.all_ids()
-        assert chunk.seq.status is SequenceStatus.RUNNING
+        assert seq.status is SequenceStatus.RUNNING
         assert chunk.start == seq.num_computed
-        assert chunk.tokens == ids[chunk.start : chunk.start + len(chunk.tokens)]
+        assert chunk.tokens == tuple(ids[chunk.start : chunk.start + len(chunk.tokens)])
         assert chunk.tokens, "empty chunk"
         assert chunk.needs_logits == (chunk.start + len(chunk.tokens) == seq.num_tokens())
         for pos in range(chunk.start):  # attention reads the whole prefix
@@ -146,8 +147,8 @@ def test_decodes_come_first_and_a_long_prompt_is_chunked_around_them():
     starts = []
     while long.num_computed < 100:
         chunks = engine.step()
-        assert chunks[0].seq is short and len(chunks[0].tokens) == 1  # decode first
-        assert chunks[1].seq is long
+        assert chunks[0].seq_id == short.seq_id and len(chunks[0].tokens) == 1  # decode first
+        assert chunks[1].seq_id == long.seq_id
         assert len(chunks[1].tokens) == min(15, 100 - chunks[1].start)  # the rest of the budget
         assert chunks[1].needs_logits == (long.num_computed == 100)
         starts.append(chunks[1].start)
@@ -166,7 +167,7 @@ def test_decodes_are_not_starved_by_a_prompt_larger_than_the_budget():
     sched.add(make_seq(9, prompt_len=60, max_tokens=1))
     for _ in range(10):
         chunks = engine.step()
-        assert [c.seq.seq_id for c in chunks[:3]] == [0, 1, 2]
+        assert [c.seq_id for c in chunks[:3]] == [0, 1, 2]
         assert all(len(c.tokens) == 1 for c in chunks[:3])
         assert sum(len(c.tokens) for c in chunks) == 8
 
@@ -240,6 +241,25 @@ def test_finish_frees_running_and_waiting_sequences_at_once():
     assert waiting.status is SequenceStatus.FINISHED and sched.num_waiting() == 0
     assert not sched.has_work() and sched.schedule() == []
     sched.finish(waiting)  # twice is harmless
+
+
+def test_postprocess_appends_tokens_and_ends_at_an_end_token_or_max_tokens():
+    sched = make_scheduler(num_blocks=16, block_size=4)
+    eos = Sequence(1, [5, 6], max_tokens=4, end_ids=frozenset({2}))
+    capped = Sequence(2, [7], max_tokens=1, end_ids=frozenset({2}))
+    gone = Sequence(3, [8, 9, 10], max_tokens=4)
+    for seq in (eos, capped, gone):
+        sched.add(seq)
+    chunks = sched.schedule()
+    sched.finish(gone)  # cancelled while the step ran: takes no token
+    assert sched.postprocess(chunks, {1: 9, 2: 3, 3: 4}) == {2: FinishReason.LENGTH}
+    assert eos.output_ids == [9] and capped.output_ids == [3] and gone.output_ids == []
+    assert capped.status is SequenceStatus.FINISHED and not sched.blocks.has(2)
+    chunks = sched.schedule()
+    assert [(c.seq_id, c.tokens) for c in chunks] == [(1, (9,))]
+    assert sched.postprocess(chunks, {1: 2}) == {1: FinishReason.EOS}
+    assert eos.output_ids == [9]  # the end token is not kept
+    assert not sched.has_work() and sched.blocks.num_used() == 0
 
 
 def test_commit_rejects_a_stale_chunk():
