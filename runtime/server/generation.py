@@ -3,7 +3,7 @@ one run path (`run`, llama.cpp's handle_completions_impl): submit with domain er
 HTTP ones, then stream the events as the API renders them, or wait for the end and reply
 whole, with the client-disconnect probe throughout."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import falcon
@@ -80,22 +80,48 @@ def run(served: ServedModel, request: GenerationRequest, req: falcon.Request, re
     """Submits `request` and answers it: its events streamed as they come, or the whole reply
     once it ends. A generation that failed is a 500 for this request alone (a stream says so in
     its last event instead, its status being sent)."""
-    state = submit(served.engine, request, req, resp)
-    reply = answer(state)
-    tokens = TokenStream(served.engine, state, client_gone(req))
+    run_all(served, [request], req, resp, stream, lambda states: answer(states[0]))
+
+
+def run_all(served: ServedModel, requests: Sequence[GenerationRequest], req: falcon.Request, resp: falcon.Response,
+            stream: bool, answer: Callable[[list[RequestState]], Answer]) -> None:
+    """`run` for several requests answered together (OpenAI's `n` and prompt lists): the
+    stream interleaves their events, the whole reply waits for all. X-Request-Id names the
+    first; each is the caller's own, and a client that leaves cancels them all."""
+    states = submit_all(served.engine, requests, req, resp)
+    reply = answer(states)
+    tokens = TokenStream(served.engine, states, client_gone(req))
+    generated = lambda: sum(len(s.tokens) for s in states)  # noqa: E731
     if stream:
         resp.content_type = reply.media.content_type
         resp.set_headers(reply.media.headers)
-        resp.stream = sse_body(tokens, reply.stream, deferred_log(req, 200, lambda: len(state.tokens)))
+        resp.stream = sse_body(tokens, reply.stream, deferred_log(req, 200, generated))
         return
     events = list(tokens)
-    req.context.tokens = len(state.tokens)
+    req.context.tokens = generated()
     if tokens.abandoned:  # the client left: the request was cancelled, and nobody reads a reply
         resp.status = CLIENT_CLOSED_REQUEST
         return
-    if state.finish_reason == FAILED:
-        raise ApiError(falcon.HTTP_500, f"generation failed: {state.error}")
+    failed = next((s for s in states if s.finish_reason == FAILED), None)
+    if failed is not None:
+        raise ApiError(falcon.HTTP_500, f"generation failed: {failed.error}")
     resp.media = reply.whole(events)
+
+
+def submit_all(engine: Engine, requests: Sequence[GenerationRequest], req: falcon.Request,
+               resp: falcon.Response) -> list[RequestState]:
+    """Submits every request, or none: those already queued are cancelled when one is refused."""
+    states: list[RequestState] = []
+    try:
+        for request in requests:
+            states.append(submit(engine, request, req, resp))
+    except BaseException:
+        for state in states:
+            engine.cancel(state.request_id)
+        raise
+    req.context.request_id = states[0].request_id
+    resp.set_header("X-Request-Id", str(states[0].request_id))
+    return states
 
 
 def submit(engine: Engine, request: GenerationRequest, req: falcon.Request, resp: falcon.Response) -> RequestState:

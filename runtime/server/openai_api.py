@@ -12,11 +12,11 @@ from rfc.runtime.engine import RequestState
 from rfc.runtime.server import response_schemas as replies
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.fields import RequestFields
-from rfc.runtime.server.generation import Answer, BodyResource, generation_operations, run
+from rfc.runtime.server.generation import Answer, BodyResource, generation_operations, run_all
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.model_info import model_card
 from rfc.runtime.server.openai_format import (
-    ChatFormat, ChatLogprobs, CompletionFormat, CompletionLogprobs, OpenAIStreamRenderer, TokenPieces,
+    ChatFormat, ChatLogprobs, Choices, CompletionFormat, CompletionLogprobs, OpenAIStreamRenderer, TokenPieces,
 )
 from rfc.runtime.server.openai_models import CHAT, COMPLETION
 from rfc.runtime.server.openai_params import OpenAIRequest, chat_request, completion_request
@@ -56,17 +56,20 @@ class _GenerationResource(BodyResource):
         super().__init__(handle, config)
         self._pieces: TokenPieces | None = None
 
-    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest) -> CompletionFormat:
+    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest,
+                    index: int) -> CompletionFormat:
         raise NotImplementedError
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         request = self.parse(f, served)
 
-        def answer(state: RequestState) -> Answer:
-            fmt = self.make_format(served, state, request.generation.logprobs is not None, request)
-            return Answer(whole=fmt.reply, stream=OpenAIStreamRenderer(fmt, request.include_usage, req.path))
+        def answer(states: list[RequestState]) -> Answer:
+            with_logprobs = request.generation.logprobs is not None
+            choices = Choices([self.make_format(served, s, with_logprobs, request, i) for i, s in enumerate(states)],
+                              request.prompts)
+            return Answer(whole=choices.reply, stream=OpenAIStreamRenderer(choices, request.include_usage, req.path))
 
-        run(served, request.generation, req, resp, request.stream, answer)
+        run_all(served, request.choices or (request.generation,), req, resp, request.stream, answer)
 
     def pieces(self, served: ServedModel) -> TokenPieces:
         if self._pieces is None:
@@ -79,8 +82,9 @@ class CompletionsResource(_GenerationResource):
     parse = staticmethod(completion_request)
     operations = generation_operations("Complete a prompt", COMPLETION, replies.streamed(replies.COMPLETION, replies.COMPLETION_EVENT))
 
-    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest) -> CompletionFormat:
-        return CompletionFormat(served.model_id, state, CompletionLogprobs(self.pieces(served)) if with_logprobs else None)
+    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest,
+                    index: int) -> CompletionFormat:
+        return CompletionFormat(served.model_id, state, CompletionLogprobs(self.pieces(served)) if with_logprobs else None, index)
 
 
 class ChatCompletionsResource(_GenerationResource):
@@ -88,6 +92,7 @@ class ChatCompletionsResource(_GenerationResource):
     parse = staticmethod(chat_request)
     operations = generation_operations("Answer a chat", CHAT, replies.streamed(replies.CHAT_COMPLETION, replies.CHAT_EVENT))
 
-    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest) -> CompletionFormat:
+    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest,
+                    index: int) -> CompletionFormat:
         return ChatFormat(served.model_id, state, ChatLogprobs(self.pieces(served)) if with_logprobs else None,
-                          request.output, request.legacy_functions, served.call_ids)
+                          request.output, request.legacy_functions, served.call_ids, index)

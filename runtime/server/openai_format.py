@@ -41,9 +41,12 @@ def output_events(event: TokenEvent) -> bool:
     return event.token is not None and event.finish_reason != EOS
 
 
-def usage(state: RequestState) -> dict:
-    completion = len(state.tokens)
-    return {"prompt_tokens": state.prompt_tokens, "completion_tokens": completion, "total_tokens": state.prompt_tokens + completion}
+def usage(states: list[RequestState], prompts: int = 1) -> dict:
+    """The usage of a request's choices: each prompt's tokens once (the `n` choices of a prompt
+    share it; `states` holds them prompt after prompt), every choice's completion."""
+    prompt = sum(s.prompt_tokens for s in states[:: len(states) // prompts])
+    completion = sum(len(s.tokens) for s in states)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class CompletionLogprobs:
@@ -84,65 +87,106 @@ class ChatLogprobs:
 
 
 class CompletionFormat:
-    """Shapes of one /v1/completions request."""
+    """Shapes of one choice of a /v1/completions request (`index`: its place among them)."""
 
-    def __init__(self, model_id: str, state: RequestState, logprobs: CompletionLogprobs | None):
+    kind = "text_completion"
+    chunk_kind = "text_completion"
+    id_prefix = "cmpl-"
+
+    def __init__(self, model_id: str, state: RequestState, logprobs: CompletionLogprobs | None, index: int = 0):
         self.model_id = model_id
         self.state = state
         self.logprobs = logprobs
-        self.id = f"cmpl-{state.request_id}"
+        self.index = index
+        self.id = f"{self.id_prefix}{state.request_id}"
         self.created = int(time.time())
+        self.echo = ""  # text shown before the output (`echo`: the prompt)
 
-    def reply(self, events: list[TokenEvent]) -> dict:
-        choice = {"index": 0, "text": self.state.text, "logprobs": self._lp(events), "finish_reason": FINISH_REASONS[self.state.finish_reason]}
-        return {**self._head("text_completion"), "choices": [choice], "usage": usage(self.state)}
+    def choice(self, events: list[TokenEvent]) -> dict:
+        return {"index": self.index, "text": self.echo + self.state.text, "logprobs": self._lp(events),
+                "finish_reason": FINISH_REASONS[self.state.finish_reason]}
 
-    def chunk(self, event: TokenEvent) -> dict:
+    def chunk(self, event: TokenEvent) -> dict | None:
         finish = FINISH_REASONS[event.finish_reason] if event.finished else None
-        choice = {"index": 0, "text": event.text, "logprobs": self._lp([event]), "finish_reason": finish}
-        return {**self._head("text_completion"), "choices": [choice]}
+        choice = {"index": self.index, "text": event.text, "logprobs": self._lp([event]), "finish_reason": finish}
+        return {**self.head(self.chunk_kind), "choices": [choice]}
 
     def first_chunks(self) -> list[dict]:
-        return []
-
-    def usage_chunk(self) -> dict:
-        return {**self._head("text_completion"), "choices": [], "usage": usage(self.state)}
+        if not self.echo:
+            return []
+        choice = {"index": self.index, "text": self.echo, "logprobs": self._lp([]), "finish_reason": None}
+        return [{**self.head(self.chunk_kind), "choices": [choice]}]
 
     def _lp(self, events: list[TokenEvent]) -> dict | None:
         return self.logprobs.entry(events) if self.logprobs else None
 
-    def _head(self, kind: str) -> dict:
+    def head(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model_id}
 
 
+class Choices:
+    """The choices of one request (`n` per prompt, prompt after prompt), answered as one
+    reply under the first one's id."""
+
+    def __init__(self, formats: list[CompletionFormat], prompts: int = 1):
+        self.formats = formats
+        self.prompts = prompts
+        self._by_id = {f.state.request_id: f for f in formats}
+        for f in formats[1:]:
+            f.id, f.created = formats[0].id, formats[0].created
+
+    @property
+    def first(self) -> CompletionFormat:
+        return self.formats[0]
+
+    def of(self, event: TokenEvent) -> CompletionFormat:
+        return self._by_id[event.request_id]
+
+    def usage(self) -> dict:
+        return usage([f.state for f in self.formats], self.prompts)
+
+    def reply(self, events: list[TokenEvent]) -> dict:
+        mine = {f.state.request_id: [] for f in self.formats}
+        for e in events:
+            mine[e.request_id].append(e)
+        choices = [f.choice(mine[f.state.request_id]) for f in self.formats]
+        return {**self.first.head(self.first.kind), "choices": choices, "usage": self.usage()}
+
+    def usage_chunk(self) -> dict:
+        return {**self.first.head(self.first.chunk_kind), "choices": [], "usage": self.usage()}
+
+
 class ChatFormat(CompletionFormat):
-    """Shapes of one /v1/chat/completions request. Reasoning goes in `reasoning_content`
+    """Shapes of one choice of a /v1/chat/completions request. Reasoning goes in `reasoning_content`
     (DeepSeek's and llama.cpp's name) and in `reasoning` (vLLM's and Ollama's); tool calls in
     `tool_calls` (or `function_call` for the legacy `functions`), with finish_reason
     `tool_calls` (`function_call`)."""
 
+    kind = "chat.completion"
+    chunk_kind = "chat.completion.chunk"
+    id_prefix = "chatcmpl-"
+
     def __init__(self, model_id: str, state: RequestState, logprobs: ChatLogprobs | None,
-                 spec: OutputSpec = OutputSpec(), legacy_functions: bool = False, call_ids: CallIdForm = CallIdForm.OPENAI):
-        super().__init__(model_id, state, logprobs)
+                 spec: OutputSpec = OutputSpec(), legacy_functions: bool = False, call_ids: CallIdForm = CallIdForm.OPENAI,
+                 index: int = 0):
+        super().__init__(model_id, state, logprobs, index)
         self.call_ids = call_ids
-        self.id = f"chatcmpl-{state.request_id}"
         self.spec = spec
         self.legacy = legacy_functions
         self._parser = OutputParser(spec)
         self._calls_sent = 0
 
-    def reply(self, events: list[TokenEvent]) -> dict:
+    def choice(self, events: list[TokenEvent]) -> dict:
         parser = OutputParser(self.spec)
         parser.push(self.state.text)
         parser.finish()
         msg = parser.message
-        choice = {
-            "index": 0,
+        return {
+            "index": self.index,
             "message": self._message(msg),
             "logprobs": self._lp(events),
             "finish_reason": self._finish_reason(self.state.finish_reason, bool(msg.calls)),
         }
-        return {**self._head("chat.completion"), "choices": [choice], "usage": usage(self.state)}
 
     def _message(self, msg: AssistantMessage) -> dict:
         out: dict = {"role": "assistant", "content": msg.content if msg.content or not msg.calls else None}
@@ -172,8 +216,8 @@ class ChatFormat(CompletionFormat):
             if not delta and not event.finished and not (self.logprobs and output_events(event)):
                 return None
         finish = self._finish_reason(event.finish_reason, bool(self._parser.message.calls)) if event.finished else None
-        choice = {"index": 0, "delta": delta, "logprobs": self._lp([event]), "finish_reason": finish}
-        return {**self._head("chat.completion.chunk"), "choices": [choice]}
+        choice = {"index": self.index, "delta": delta, "logprobs": self._lp([event]), "finish_reason": finish}
+        return {**self.head(self.chunk_kind), "choices": [choice]}
 
     def _delta(self, parts: Delta) -> dict:
         delta: dict = {}
@@ -192,19 +236,17 @@ class ChatFormat(CompletionFormat):
         return delta
 
     def first_chunks(self) -> list[dict]:
-        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-        return [{**self._head("chat.completion.chunk"), "choices": [choice]}]
-
-    def usage_chunk(self) -> dict:
-        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(self.state)}
+        choice = {"index": self.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        return [{**self.head(self.chunk_kind), "choices": [choice]}]
 
 
 class OpenAIStreamRenderer(SseRenderer):
-    """SSE chunks for one request: the chat role chunk first, one chunk per event with text
-    (or logprobs), an error object if generation failed, the usage chunk when asked, [DONE]."""
+    """SSE chunks for one request's choices: each choice's first chunks (chat: the role) at
+    the start, one chunk per event with text (or logprobs) naming its choice's index, an
+    error object if generation failed, the usage chunk when asked, [DONE]."""
 
-    def __init__(self, fmt: CompletionFormat, include_usage: bool, path: str):
-        self._fmt = fmt
+    def __init__(self, choices: Choices, include_usage: bool, path: str):
+        self._choices = choices
         self._include_usage = include_usage
         self._path = path
         self._started = False
@@ -213,17 +255,18 @@ class OpenAIStreamRenderer(SseRenderer):
         out = []
         if not self._started:
             self._started = True
-            out += [self._sse(c) for c in self._fmt.first_chunks()]
+            out += [self._sse(c) for f in self._choices.formats for c in f.first_chunks()]
+        fmt = self._choices.of(event)
         if event.finish_reason == FAILED:
-            out.append(sse(error_body(self._path, 500, f"generation failed: {self._fmt.state.error}")))
-        elif event.finished or event.text or (self._fmt.logprobs and output_events(event)):
-            chunk = self._fmt.chunk(event)
+            out.append(sse(error_body(self._path, 500, f"generation failed: {fmt.state.error}")))
+        elif event.finished or event.text or (fmt.logprobs and output_events(event)):
+            chunk = fmt.chunk(event)
             if chunk is not None:  # None: the text is held back (a tool call may be starting)
                 out.append(self._sse(chunk))
         return out
 
     def end(self) -> list[bytes]:
-        out = [sse(self._fmt.usage_chunk())] if self._include_usage else []
+        out = [sse(self._choices.usage_chunk())] if self._include_usage else []
         return out + [DONE]
 
     def _sse(self, chunk: dict) -> bytes:

@@ -10,6 +10,7 @@ from rfc.runtime.server.fields import Field, Kind, RequestModel
 from rfc.runtime.server.structured import MAX_TOOLS
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
+MAX_CHOICES = 64  # prompts x n in one request: each choice is a request of its own in the engine
 MAX_LOGPROBS = 20
 REASONING_FORMATS = ("auto", "deepseek", "none")
 
@@ -20,7 +21,7 @@ RESPONSE_FORMAT = {"anyOf": [
 ]}
 _PROMPT = {"anyOf": [
     {"type": "string"}, TOKEN_IDS,
-    {"type": "array", "minItems": 1, "maxItems": 1, "items": {"anyOf": [{"type": "string"}, TOKEN_IDS]}},  # a batch of one
+    {"type": "array", "minItems": 1, "maxItems": MAX_CHOICES, "items": {"anyOf": [{"type": "string"}, TOKEN_IDS]}},  # several
 ]}
 
 _LOGIT_BIAS = {"type": "object", "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}}
@@ -41,7 +42,7 @@ _SHARED = (
     SEED,
     Field("stop", Kind.JSON, [], schema=STOP),
     Field("ignore_eos", Kind.BOOLEAN, False),
-    Field("n", Kind.INTEGER, 1, description="only 1"),
+    Field("n", Kind.INTEGER, 1, 1, MAX_CHOICES, description="choices per prompt; a seed s gives them s, s+1, ..."),
     Field("best_of", Kind.INTEGER, 1, description="only 1"),
     Field("response_format", Kind.JSON, schema=RESPONSE_FORMAT),
     Field("json_schema", Kind.JSON, schema=JSON_SCHEMA, description="llama.cpp's: constrain the output to this schema"),
@@ -50,7 +51,7 @@ _SHARED = (
 
 COMPLETION = RequestModel("CompletionRequest", (
     *_SHARED,
-    Field("prompt", Kind.JSON, required=True, schema=_PROMPT, description="one prompt: text or token ids"),
+    Field("prompt", Kind.JSON, required=True, schema=_PROMPT, description="text or token ids, or a list of such prompts"),
     MAX_TOKENS.but(default=COMPLETIONS_DEFAULT_MAX_TOKENS, description=""),
     Field("logprobs", Kind.INTEGER, minimum=0, maximum=MAX_LOGPROBS, description="the top N logprobs of each token"),
     Field("echo", Kind.BOOLEAN, False, description="not supported"),

@@ -1,5 +1,7 @@
-"""OpenAI request bodies -> GenerationRequest. Parameters the engine cannot honour are a
-400, never silently ignored (n > 1, best_of, echo, suffix); unknown fields are ignored.
+"""OpenAI request bodies -> GenerationRequests: one per choice, `n` per prompt (a seed `s`
+gives the choices of a prompt the seeds s, s+1, ...; the engine's prefix cache shares the
+prompt's KV blocks between them). Parameters the engine cannot honour are a 400, never
+silently ignored (best_of, echo, suffix); unknown fields are ignored.
 llama.cpp/vLLM extras are accepted: top_k, min_p, repetition_penalty, ignore_eos,
 chat_template_kwargs, json_schema, grammar (GBNF), reasoning_format.
 
@@ -7,7 +9,7 @@ Structured output: `response_format` (`text`, `json_object`, `json_schema`), `to
 `tool_choice`, `parallel_tool_calls` and the legacy `functions` / `function_call`
 (runtime/server/structured.py)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rfc.runtime.assistant_output import OutputSpec
 from rfc.runtime.budget import BudgetRule
@@ -19,6 +21,7 @@ from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import budget, check_token_ids
 from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.openai_models import MAX_CHOICES
 from rfc.runtime.server.structured import (
     OutputPlan, grammar, legacy_functions, openai_tool_choice, tool_plan,
 )
@@ -26,11 +29,26 @@ from rfc.runtime.values import shown
 
 @dataclass(frozen=True)
 class OpenAIRequest:
-    generation: GenerationRequest
+    generation: GenerationRequest  # the first choice's; `choices` has them all
     stream: bool
     include_usage: bool
     output: OutputSpec = OutputSpec()
     legacy_functions: bool = False  # answer with `function_call` rather than `tool_calls`
+    choices: tuple[GenerationRequest, ...] = ()  # every choice: `n` per prompt, prompt after prompt
+    prompts: int = 1
+
+
+def with_choices(request: OpenAIRequest, prompts: list[GenerationRequest], n: int) -> OpenAIRequest:
+    """`request` answering `n` choices for each of `prompts`, each choice's seed one more
+    than the one before (different texts, and the same again for the same seed)."""
+    if len(prompts) * n > MAX_CHOICES:
+        raise bad_request(f"at most {MAX_CHOICES} choices per request (prompts x n), got {len(prompts) * n}", "n")
+    choices = []
+    for g in prompts:
+        for j in range(n):
+            seed = g.params.seed
+            choices.append(g if j == 0 or seed is None else replace(g, params=replace(g.params, seed=seed + j)))
+    return replace(request, generation=choices[0], choices=tuple(choices), prompts=len(prompts))
 
 
 # max_tokens past the context: the engine's 400. Completions default to 16 (COMPLETION declares
@@ -45,12 +63,15 @@ def completion_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
         raise bad_request("echo is not supported", "echo")
     if f.string("suffix"):
         raise bad_request("suffix is not supported", "suffix")
-    prompt_ids = _completion_prompt(f, served)
     logprobs = f.integer("logprobs")
-    max_tokens = budget(served, COMPLETION_BUDGET, f.integer("max_tokens"), prompt_ids)
     plan = OutputPlan()
     _response_format(f, served, plan)
-    return _build(f, served, prompt_ids, max_tokens, logprobs, plan.constraint(served))
+    constraint = plan.constraint(served)
+    built = []
+    for prompt_ids in _completion_prompts(f, served):
+        max_tokens = budget(served, COMPLETION_BUDGET, f.integer("max_tokens"), prompt_ids)
+        built.append(_build(f, served, prompt_ids, max_tokens, logprobs, constraint))
+    return with_choices(built[0], [b.generation for b in built], f.integer("n"))
 
 
 def chat_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
@@ -67,8 +88,9 @@ def chat_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
     asked = f.integer("max_completion_tokens")
     max_tokens = budget(served, CHAT_BUDGET, asked if asked is not None else f.integer("max_tokens"), prompt_ids)
     built = _build(f, served, prompt_ids, max_tokens, logprobs, plan.constraint(served))
-    return OpenAIRequest(built.generation, built.stream, built.include_usage, plan.output_spec(served, prompt),
-                         legacy_functions=f.raw("functions") is not None and f.raw("tools") is None)
+    request = OpenAIRequest(built.generation, built.stream, built.include_usage, plan.output_spec(served, prompt),
+                            legacy_functions=f.raw("functions") is not None and f.raw("tools") is None)
+    return with_choices(request, [request.generation], f.integer("n"))
 
 
 def _tools(f: RequestFields) -> OutputPlan:
@@ -154,23 +176,26 @@ def _sampling(f: RequestFields, served: ServedModel) -> SamplingParams:
 
 
 def _refuse_unsupported(f: RequestFields) -> None:
-    if f.integer("n") != 1:
-        raise bad_request("n > 1 is not supported", "n")
     if f.integer("best_of") != 1:
         raise bad_request("best_of > 1 is not supported", "best_of")
 
 
-def _completion_prompt(f: RequestFields, served: ServedModel) -> list[int]:
+def _completion_prompts(f: RequestFields, served: ServedModel) -> list[list[int]]:
+    """The prompts' token ids: one prompt (text or ids), or a list of them."""
     prompt = f.raw("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str):
-        return served.prompts.encode(prompt)
     if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
-        raise bad_request("only one prompt per request is supported", "prompt")
+        if len(prompt) > MAX_CHOICES:
+            raise bad_request(f"at most {MAX_CHOICES} prompts per request", "prompt")
+        return [_one_prompt(served, p, f"prompt[{i}]") for i, p in enumerate(prompt)]
+    return [_one_prompt(served, prompt, "prompt")]
+
+
+def _one_prompt(served: ServedModel, prompt: object, field: str) -> list[int]:
+    if isinstance(prompt, str):
+        return served.prompts.encode(prompt, field)
     if isinstance(prompt, list):
-        return check_token_ids(served, prompt, "prompt")
-    raise bad_request("'prompt' must be a string or a list of token ids", "prompt")
+        return check_token_ids(served, prompt, field)
+    raise bad_request(f"'{field}' must be a string or a list of token ids", field)
 
 
 def _render_chat(f: RequestFields, served: ServedModel, tools: list[dict] | None = None) -> str:

@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rfc.runtime.engine import Engine, RequestState, TokenEvent
@@ -34,32 +34,36 @@ class StreamMedia:
 SSE_MEDIA = StreamMedia(SSE_CONTENT_TYPE, SSE_HEADERS)
 NDJSON_MEDIA = StreamMedia(NDJSON_CONTENT_TYPE)
 _POLL_S = 0.25  # how often a waiting stream checks whether its client is still there
+_MANY_WAIT_S = 0.005  # several requests: how long to wait on one before looking at the others
 
 
 class TokenStream:
-    def __init__(self, engine: Engine, state: RequestState, client_gone: Callable[[], bool] | None = None):
+    """The events of one request, or of several generated together (OpenAI's `n`, several
+    prompts): each request's events in order, the requests' interleaved as they come."""
+
+    def __init__(self, engine: Engine, states: "RequestState | Sequence[RequestState]",
+                 client_gone: Callable[[], bool] | None = None):
         self.engine = engine
-        self.state = state
+        self.states = [states] if isinstance(states, RequestState) else list(states)
+        self.state = self.states[0]
         self._client_gone = client_gone
-        self._done = False
+        self._live = list(self.states)  # not yet finished
         self.abandoned = False  # closed before its final event
 
     def __iter__(self) -> Iterator[TokenEvent]:
         # The client is asked after every _POLL_S, whether or not events came meanwhile: a
         # request that keeps producing tokens for a reply nobody waits for must stop too.
         probed = time.monotonic()
-        while not self._done:
-            try:
-                event = self.state.events.get(timeout=_POLL_S)
-            except queue.Empty:
-                event = None
-                if not self.engine.is_running:  # its thread died: no event will ever come
-                    self._done = self.abandoned = True
-                    raise unavailable("the engine has stopped; see the server log", 5)
+        while self._live:
+            event = self._next()
+            if event is None and not self.engine.is_running:  # its thread died: no event will ever come
+                self._live = []
+                self.abandoned = True
+                raise unavailable("the engine has stopped; see the server log", 5)
             if event is not None and event.finished:
-                self._done = True
+                self._live = [s for s in self._live if s.request_id != event.request_id]
                 yield event
-                return
+                continue
             now = time.monotonic()
             if now - probed >= _POLL_S:
                 probed = now
@@ -69,21 +73,33 @@ class TokenStream:
             if event is not None:
                 yield event
 
+    def _next(self) -> TokenEvent | None:
+        """The next event of any live request; None after a while without one."""
+        if len(self._live) == 1:
+            try:
+                return self._live[0].events.get(timeout=_POLL_S)
+            except queue.Empty:
+                return None
+        for state in self._live:  # several: whichever has one, else a short wait on the first
+            try:
+                return state.events.get_nowait()
+            except queue.Empty:
+                continue
+        try:
+            return self._live[0].events.get(timeout=_MANY_WAIT_S)
+        except queue.Empty:
+            return None
+
     def client_left(self) -> bool:
         return self._client_gone is not None and self._client_gone()
 
-    def wait(self) -> RequestState:
-        """Block until the request ends (non-streaming replies)."""
-        for _ in self:
-            pass
-        return self.state
-
     def close(self) -> None:
-        """Cancels the request unless it already ended."""
-        if not self._done:
-            self._done = True
+        """Cancels the requests that have not ended."""
+        live, self._live = self._live, []
+        if live:
             self.abandoned = True
-            self.engine.cancel(self.state.request_id)
+        for state in live:
+            self.engine.cancel(state.request_id)
 
 
 class SseRenderer:
