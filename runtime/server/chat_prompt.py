@@ -24,6 +24,7 @@ def render_chat(served: ServedModel, messages: object, extra: dict | None = None
     except MessageError as e:
         raise bad_request(str(e), e.field) from None
     turns = turns_in_form(turns, served.call_ids)  # Mistral's templates take 9-character ids only
+    extra = thinking_by_default(served.chat.source, extra or {})
     try:
         # Most templates take a call's arguments as an object (`arguments | tojson`); clients
         # send the JSON text. A template that wants the text (functionary v3.2) gets it on retry.
@@ -39,6 +40,14 @@ def render_chat(served: ServedModel, messages: object, extra: dict | None = None
     except TypeError as e:  # a chat_template_kwargs key that collides with render's own arguments
         raise bad_request(f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
 
+
+
+def thinking_by_default(source: str, extra: dict) -> dict:
+    """Templates with an `enable_thinking` switch think unless a request turns it off, as
+    llama-server renders them (some default it to off themselves: DeepSeek V3.1, Gemma 4)."""
+    if "enable_thinking" in source and "enable_thinking" not in extra:
+        return {**extra, "enable_thinking": True}
+    return extra
 
 
 def _object_arguments(turns: list[dict]) -> list[dict]:

@@ -65,20 +65,23 @@ def tools_url(tools_server) -> str:
 
 MISTRAL_NEMO = "smollm2-mistral-nemo"  # SmolLM2 with Mistral-Nemo's template: 9-character tool-call ids
 MISTRAL_SMALL = "smollm2-mistral-small"  # and with Mistral-Small-3.2's
+DEEPSEEK_V31 = "smollm2-deepseek-v31"  # and with DeepSeek-V3.1's: an enable_thinking switch, off unless set
 
 
 @pytest.fixture(scope="session")
 def mistral_url(tmp_path_factory):
-    """SmolLM2 compiled with the two Mistral templates that check tool-call ids."""
+    """SmolLM2 compiled with the two Mistral templates that check tool-call ids, and with
+    DeepSeek-V3.1's (whose thinking is off unless enable_thinking is set)."""
     if not SMOLLM2.is_file():
         pytest.skip(skip_reason(SMOLLM2))
     root = tmp_path_factory.mktemp("mistral")
     bundles = []
     for name, template in ((MISTRAL_NEMO, "mistralai-Mistral-Nemo-Instruct-2407.jinja"),
-                           (MISTRAL_SMALL, "Mistral-Small-3.2-24B-Instruct-2506.jinja")):
+                           (MISTRAL_SMALL, "Mistral-Small-3.2-24B-Instruct-2506.jinja"),
+                           (DEEPSEEK_V31, "deepseek-ai-DeepSeek-V3.1.jinja")):
         rfc("compile", SMOLLM2, "-o", root / name, "-q", "--chat-template", CHAT_TEMPLATES / template, check=True)
         bundles.append(root / name)
-    proc = ServerProcess(bundles[0], str(bundles[1]), "--kv-pages", str(KV_PAGES), log_dir=root)
+    proc = ServerProcess(bundles[0], *map(str, bundles[1:]), "--kv-pages", str(KV_PAGES * 3 // 2), log_dir=root)
     try:
         yield proc.wait_ready().url
     finally:
