@@ -66,6 +66,10 @@ from rfc.cli.threads import apply_threads, threads_option
               help="Seconds a request's head and body may take to arrive; slower connections are closed.")
 @click.option("--idle-timeout", envvar="RFC_IDLE_TIMEOUT", default=120.0, show_default=True, type=click.FloatRange(min=1.0),
               help="Seconds an idle keep-alive connection is kept.")
+@click.option("--max-stored-responses", envvar="RFC_MAX_STORED_RESPONSES", default=1000, show_default=True,
+              type=click.IntRange(min=0), help="Responses API responses kept for previous_response_id (0: none); the oldest go first.")
+@click.option("--stored-responses-mb", envvar="RFC_STORED_RESPONSES_MB", default=64, show_default=True, type=click.IntRange(min=0),
+              help="MiB of stored responses at most (their JSON); the oldest go first.")
 @click.option("--prompt-cache-mb", envvar="RFC_PROMPT_CACHE_MB", default=32, show_default=True, type=click.IntRange(min=0),
               help="MiB of tokenized prompts kept per model (0: none).")
 @click.option("--template-workers", envvar="RFC_TEMPLATE_WORKERS", default=2, show_default=True, type=click.IntRange(1, 64),
@@ -95,7 +99,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
 def serve_cmd(models, models_dir, require_signature, insecure, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, ctx_size, pooling, targets, chat_template, cache_dir,
               api_keys, api_key_file, admin_api_key, public_traces, cors_origins, no_cors, no_webui, log_format, log_file, log_level, no_verify, no_mmap, trace_sample_rate, max_traces,
-              max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, prompt_cache_mb, template_workers,
+              max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, max_stored_responses, stored_responses_mb, prompt_cache_mb, template_workers,
               template_memory_mb, template_timeout, shutdown_timeout, grammar_max_bytes, grammar_max_rules, grammar_max_depth,
               grammar_max_repeat, grammar_workers, grammar_timeout, tokenize_workers, pool_queue, load_delay):
     """Serve MODELS (bundle directories, or GGUF files compiled on first use) over HTTP: the
@@ -158,6 +162,8 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
                 max_traces=max_traces,
                 pooling=Pooling(pooling) if pooling else None,
                 prompt_cache_bytes=prompt_cache_mb << 20,
+                max_stored_responses=max_stored_responses,
+                stored_responses_bytes=stored_responses_mb << 20,
                 max_connections=max_connections,
                 request_timeout_s=request_timeout,
                 idle_timeout_s=idle_timeout,

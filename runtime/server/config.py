@@ -25,6 +25,9 @@ class ServerConfig:
     trace_sample_rate: float = 0.1
     max_traces: int = 1000
     prompt_cache_bytes: int = 32 << 20  # tokenized prompts kept, counted in real bytes
+    # the Responses API's stored responses (previous_response_id), per server: count and JSON bytes
+    max_stored_responses: int = 1000
+    stored_responses_bytes: int = 64 << 20
     pooling: Pooling | None = None  # embeddings: None takes each model's own (see runtime/embedding.py)
     # connections (docs/security.md): slow or idle clients cannot hold the server
     max_connections: int = 1024
@@ -52,8 +55,9 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.trace_sample_rate <= 1.0:
             raise ValueError(f"trace sample rate must be in [0, 1], got {self.trace_sample_rate}")
-        if self.max_traces < 1 or self.max_body_bytes < 1 or self.prompt_cache_bytes < 0:
-            raise ValueError("max_traces and max_body_bytes must be positive, prompt_cache_bytes not negative")
+        if self.max_traces < 1 or self.max_body_bytes < 1 or min(self.prompt_cache_bytes, self.max_stored_responses,
+                                                                  self.stored_responses_bytes) < 0:
+            raise ValueError("max_traces and max_body_bytes must be positive, the cache and store sizes not negative")
         if self.max_connections < 16 or self.request_timeout_s <= 0 or self.idle_timeout_s <= 0:
             raise ValueError("max_connections must be at least 16 and the timeouts positive")
         if self.template_workers < 1 or self.template_memory_bytes < (64 << 20) or self.template_timeout_s <= 0:

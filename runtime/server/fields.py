@@ -213,4 +213,9 @@ def read_query(req, f: Field):
         return req.get_param_as_int(f.name, min_value=f.minimum, max_value=f.maximum, default=f.default)
     if f.kind is Kind.BOOLEAN:
         return req.get_param_as_bool(f.name, default=f.default)
+    if f.kind is Kind.STRING:
+        value = req.get_param(f.name, default=f.default)
+        if value is not None and f.enum and value not in f.enum:
+            raise bad_request(f"query parameter '{f.name}' must be one of {', '.join(f.enum)}", f.name)
+        return value
     raise UndeclaredField(f"query parameters of kind {f.kind.value} are not read")

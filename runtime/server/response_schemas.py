@@ -79,12 +79,18 @@ CHAT_COMPLETION = obj({**_HEAD, "object": {"const": "chat.completion"}, "usage":
     "message": obj({"role": {"const": "assistant"}, "content": NULLABLE_STRING},
                    {"reasoning_content": STRING, "reasoning": STRING, "tool_calls": array(_TOOL_CALL),
                     "function_call": obj({"name": STRING, "arguments": STRING})})}))})
-_OUTPUT_ITEM = obj({"id": STRING, "type": {"const": "message"}, "role": {"const": "assistant"}, "content": array(OBJECT)})
+_OUTPUT_ITEM = {"anyOf": [
+    obj({"id": STRING, "type": {"const": "message"}, "role": {"const": "assistant"}, "content": array(OBJECT)}),
+    obj({"id": STRING, "type": {"const": "function_call"}, "call_id": STRING, "name": STRING, "arguments": STRING}),
+    obj({"id": STRING, "type": {"const": "reasoning"}, "summary": array(OBJECT)}),
+]}
 RESPONSE = obj({"id": STRING, "object": {"const": "response"}, "created_at": INTEGER, "model": STRING,
                 "status": {"enum": ["completed", "incomplete", "failed", "cancelled"]}, "error": NULLABLE_OBJECT,
                 "incomplete_details": NULLABLE_OBJECT, "output": array(_OUTPUT_ITEM),
                 "usage": obj({"input_tokens": INTEGER, "output_tokens": INTEGER, "total_tokens": INTEGER})})
 RESPONSE_EVENT = events(obj({"type": STRING, "sequence_number": INTEGER}))
+RESPONSE_DELETED = obj({"id": STRING, "object": {"const": "response"}, "deleted": {"const": True}})
+RESPONSE_ITEMS = obj({"object": {"const": "list"}, "data": array(OBJECT), "has_more": BOOLEAN})
 _EMBEDDING = obj({"object": {"const": "embedding"}, "index": INTEGER, "embedding": {"anyOf": [array(NUMBER), STRING]}})
 EMBEDDINGS = obj({"object": {"const": "list"}, "model": STRING, "data": array(_EMBEDDING),
                   "usage": obj({"prompt_tokens": INTEGER, "total_tokens": INTEGER})})

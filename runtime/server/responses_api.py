@@ -1,141 +1,261 @@
-"""OpenAI's Responses API: POST /v1/responses, stateless.
+"""OpenAI's Responses API: POST /v1/responses, GET and DELETE /v1/responses/{id}, GET
+/v1/responses/{id}/input_items.
 
-Nothing is stored: `previous_response_id` and `conversation` are refused (send the whole
-conversation as `input`), `store` is accepted and reported false. Input is a string or a
-list of message items (`input_text`/`output_text` parts); `instructions` is the system
-message. Streaming sends the SDK's event sequence (response.created ... response.completed),
-each as a named SSE event with a `sequence_number`; no [DONE] follows, as OpenAI sends none."""
+Input is a string or a list of items (messages with text parts, `function_call`,
+`function_call_output`, `item_reference`); `instructions` is the system message; `tools`
+(function tools), `tool_choice`, `parallel_tool_calls` and `text.format` (`json_object`,
+`json_schema`) work as on chat completions (runtime/server/responses_input.py). Output items
+are a `reasoning` item (templates that think), a `message` with one `output_text`, and one
+`function_call` per call. Responses are stored unless `store: false`, per API key and bounded
+(runtime/server/response_store.py): `previous_response_id` continues a stored conversation.
+Streaming sends the SDK's event sequence (response.created ... response.completed), each a
+named SSE event with a `sequence_number`; no [DONE] follows, as OpenAI sends none."""
 
-import secrets
 import time
 
 import falcon
 
+from rfc.runtime.assistant_output import Delta, OutputParser, OutputSpec
 from rfc.runtime.budget import BudgetRule, PastContext
+from rfc.runtime.call_ids import CallIdForm, in_form
 from rfc.runtime.engine import CANCELLED, FAILED, LENGTH, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.messages import system_and_turns
 from rfc.runtime.sampler import SamplingParams
-from rfc.runtime.server.api_fields import CONTENT, MODEL, SEED, STREAM, TEMPERATURE, TOP_K, TOP_P, refused
+from rfc.runtime.server.api_fields import CONTENT, MODEL, OBJECT, SEED, STREAM, TEMPERATURE, TOP_K, TOP_P, refused
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.config import ServerConfig
-from rfc.runtime.server.errors import bad_request
-from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
-from rfc.runtime.server.generation import Answer, BodyResource, budget, generation_operations, run
+from rfc.runtime.server.errors import bad_request, not_found
+from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel, read_query
+from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, Answer, BodyResource, budget, run
 from rfc.runtime.server.host import EngineHandle, ServedModel
-from rfc.runtime.server.openapi import Routes
-from rfc.runtime.server.response_schemas import RESPONSE, RESPONSE_EVENT, streamed
+from rfc.runtime.server.openapi import Operation, Routes, operation_id
+from rfc.runtime.server.response_schemas import JSON, RESPONSE, RESPONSE_DELETED, RESPONSE_EVENT, RESPONSE_ITEMS, streamed
+from rfc.runtime.server.response_store import ResponseStore
+from rfc.runtime.server.responses_input import chat_turns, input_items, new_id, output_plan
 from rfc.runtime.server.streaming import SseRenderer, sse_event
 
-MESSAGE_ROLES = ("user", "assistant", "system", "developer")
-_STATELESS = "this server stores no {}; send the whole conversation as 'input'"
-_INPUT = {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {
-    "type": "object", "required": ["role"],
-    "properties": {"type": {"const": "message"}, "role": {"enum": list(MESSAGE_ROLES)}, "content": CONTENT}}}]}
-_TEXT = {"type": "object", "properties": {"format": {"type": "object", "properties": {"type": {"const": "text"}}}}}
-_REFUSED = {"previous_response_id": _STATELESS.format("responses"), "conversation": _STATELESS.format("conversations"),
-            "tools": "tools are not supported", "top_logprobs": "logprobs are not supported here",
-            "prompt": "stored prompts are not supported"}
+_ITEM = {"type": "object", "properties": {"type": {"enum": ["message", "function_call", "function_call_output",
+                                                           "item_reference", "reasoning"]},
+                                          "role": {"enum": ["user", "assistant", "system", "developer"]}, "content": CONTENT}}
+_INPUT = {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": _ITEM}]}
+_TOOLS = {"type": "array", "items": {"type": "object", "required": ["name"],
+                                     "properties": {"type": {"const": "function"}, "name": {"type": "string"}}}}
+_TOOL_CHOICE = {"anyOf": [{"enum": ["auto", "none", "required"]}, {"type": "object", "required": ["name"]}]}
+_TEXT = {"type": "object", "properties": {"format": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {
+    "type": {"enum": ["text", "json_object", "json_schema"]}}}], "description": "null: text"}}}
+_REFUSED = {"conversation": "conversations are not stored; use previous_response_id or send the whole input",
+            "top_logprobs": "logprobs are not supported here", "prompt": "stored prompts are not supported"}
 RESPONSES = RequestModel("ResponseRequest", (
     MODEL,
     STREAM,
-    Field("input", Kind.JSON, required=True, schema=_INPUT, description="a string, or a list of messages"),
+    Field("input", Kind.JSON, required=True, schema=_INPUT, description="a string, or a list of items"),
     Field("instructions", Kind.STRING, description="the system message"),
     Field("max_output_tokens", Kind.INTEGER, minimum=1, description="absent: the rest of the context"),
     TEMPERATURE,
     TOP_P,
     TOP_K,
     SEED,
-    Field("text", Kind.JSON, {}, schema=_TEXT, description="only text output"),
+    Field("tools", Kind.JSON, schema=_TOOLS, description="function tools"),
+    Field("tool_choice", Kind.JSON, schema=_TOOL_CHOICE),
+    Field("parallel_tool_calls", Kind.BOOLEAN, True),
+    Field("text", Kind.JSON, schema=_TEXT, description="format: text, json_object or json_schema"),
+    Field("store", Kind.BOOLEAN, True, description="keep the response for previous_response_id and GET"),
+    Field("previous_response_id", Kind.STRING, description="continue this stored response's conversation"),
     Field("background", Kind.BOOLEAN, False, description="not supported"),
     Field("metadata", Kind.JSON, schema={}, description="echoed"),
     Field("user", Kind.JSON, schema={}, description="echoed"),
     *(refused(name, why) for name, why in _REFUSED.items()),
 ), example={"input": "Tell me a story", "max_output_tokens": 16})
+_STORED = "/v1/responses/{response_id}"
 
 
 def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> None:
-    routes.add("/v1/responses", ResponsesResource(handle, config))
+    store = ResponseStore(config.max_stored_responses, config.stored_responses_bytes)
+    routes.add("/v1/responses", ResponsesResource(handle, config, store))
+    routes.add(_STORED, StoredResponseResource(store))
+    routes.add(_STORED + "/input_items", InputItemsResource(store))
 
 
 # max_output_tokens past the context stops at it
 BUDGET = BudgetRule("the input", "input", past_context=PastContext.CLAMP)
 
 
-def parse(f: RequestFields, served: ServedModel) -> GenerationRequest:
-    for name, why in _REFUSED.items():
-        if f.raw(name):
-            raise bad_request(f"'{name}' is not supported: {why}", name)
-    if f.boolean("background"):
-        raise bad_request("background responses are not supported", "background")
-    text = f.raw("text")
-    fmt = text.get("format", {}) if isinstance(text, dict) else None
-    if not isinstance(fmt, dict) or fmt.get("type", "text") != "text":
-        raise bad_request("only text output is supported (text.format {'type': 'text'})", "text.format")
-    messages = system_and_turns(f.string("instructions"), _input_messages(f.raw("input")))
-    prompt_ids = served.prompts.encode(render_chat(served, messages, field="input"), "input")
-    max_tokens = budget(served, BUDGET, f.integer("max_output_tokens"), prompt_ids)
-    params = SamplingParams(temperature=f.number("temperature"), top_p=f.number("top_p"), top_k=f.integer("top_k"),
-                            seed=f.integer("seed"))
-    return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=max_tokens)
+class Conversation:
+    """What one request asks: its items, the whole conversation as chat turns, and the plan."""
+
+    def __init__(self, f: RequestFields, served: ServedModel, store: ResponseStore, owner: str | None):
+        for name, why in _REFUSED.items():
+            if f.raw(name):
+                raise bad_request(f"'{name}' is not supported: {why}", name)
+        if f.boolean("background"):
+            raise bad_request("background responses are not supported", "background")
+        earlier: list[dict] = []
+        previous = f.string("previous_response_id")
+        if previous is not None:
+            stored = store.get(previous, owner)
+            if stored is None:
+                raise not_found(f"response '{previous}' not found", code="previous_response_not_found")
+            earlier = stored.turns
+        self.items = input_items(f.raw("input"), store, owner)
+        self.turns = earlier + chat_turns(self.items)
+        self.plan = output_plan(served, f.raw("tools"), f.raw("tool_choice"), f.boolean("parallel_tool_calls"), f.raw("text"))
+        self.prompt = render_chat(served, system_and_turns(f.string("instructions"), self.turns), field="input",
+                                  tools=self.plan.render_tools)
+        self.spec = self.plan.output_spec(served, self.prompt)
+
+    def request(self, f: RequestFields, served: ServedModel) -> GenerationRequest:
+        prompt_ids = served.prompts.encode(self.prompt, "input")
+        max_tokens = budget(served, BUDGET, f.integer("max_output_tokens"), prompt_ids)
+        params = SamplingParams(temperature=f.number("temperature"), top_p=f.number("top_p"), top_k=f.integer("top_k"),
+                                seed=f.integer("seed"))
+        return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=max_tokens,
+                                 constraint=self.plan.constraint(served))
 
 
-def _input_messages(raw: object) -> list[dict]:
-    if isinstance(raw, str):
-        return [{"role": "user", "content": raw}]
-    if not isinstance(raw, list) or not raw:
-        raise bad_request("'input' must be a string or a non-empty list of messages", "input")
-    out = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict):
-            raise bad_request(f"'input[{i}]' must be an object", f"input[{i}]")
-        kind = item.get("type", "message")
-        if kind != "message" or item.get("role") not in MESSAGE_ROLES:
-            what = f"items of type '{kind}'" if kind != "message" else f"role '{item.get('role')}'"
-            raise bad_request(f"'input[{i}]': {what} not supported (messages with roles {', '.join(MESSAGE_ROLES)})", f"input[{i}]")
-        out.append({"role": item["role"], "content": item.get("content")})
-    return out
+class OutputItems:
+    """The output items of one response, built from the parsed output as it comes; each step
+    returns the stream events it makes (the whole reply reads `items` at the end)."""
+
+    def __init__(self, call_ids: CallIdForm):
+        self.items: list[dict] = []
+        self._call_ids = call_ids
+        self._message: dict | None = None  # the message item being written
+        self._reasoning = ""
+
+    def add(self, d: Delta) -> list[tuple[str, dict]]:
+        events: list[tuple[str, dict]] = []
+        self._reasoning += d.reasoning
+        if d.content or d.calls:
+            events += self._flush_reasoning()
+        if d.content:
+            if self._message is None:
+                events += self._open_message()
+            part = self._message["content"][0]
+            part["text"] += d.content
+            events.append(("response.output_text.delta", {**self._where(), "delta": d.content, "logprobs": []}))
+        for call in d.calls:
+            events += self._close_message("completed")
+            item = {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
+                    "call_id": in_form(call.id, self._call_ids), "name": call.name, "arguments": ""}
+            index = len(self.items)
+            self.items.append(item)
+            at = {"item_id": item["id"], "output_index": index}
+            events.append(("response.output_item.added", {"output_index": index, "item": dict(item)}))
+            item["arguments"] = call.arguments
+            events += [("response.function_call_arguments.delta", {**at, "delta": call.arguments}),
+                       ("response.function_call_arguments.done", {**at, "name": call.name, "arguments": call.arguments})]
+            item["status"] = "completed"
+            events.append(("response.output_item.done", {"output_index": index, "item": dict(item)}))
+        return events
+
+    def finish(self, status: str) -> list[tuple[str, dict]]:
+        events = self._flush_reasoning()
+        if not self.items:  # an empty answer is still a message
+            events += self._open_message()
+        return events + self._close_message(status)
+
+    def _flush_reasoning(self) -> list[tuple[str, dict]]:
+        if not self._reasoning:
+            return []
+        item = {"id": new_id("rs"), "type": "reasoning", "summary": [{"type": "summary_text", "text": self._reasoning}]}
+        self._reasoning = ""
+        index = len(self.items)
+        self.items.append(item)
+        return [("response.output_item.added", {"output_index": index, "item": {**item, "summary": []}}),
+                ("response.output_item.done", {"output_index": index, "item": item})]
+
+    def _open_message(self) -> list[tuple[str, dict]]:
+        self._message = {"id": new_id("msg"), "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+        self.items.append(self._message)
+        added = ("response.output_item.added", {"output_index": len(self.items) - 1, "item": {**self._message, "content": []}})
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        self._message["content"].append(part)
+        return [added, ("response.content_part.added", {**self._where(), "part": dict(part)})]
+
+    def _close_message(self, status: str) -> list[tuple[str, dict]]:
+        message, self._message = self._message, None
+        if message is None:
+            return []
+        index = self.items.index(message)
+        where = {"item_id": message["id"], "output_index": index, "content_index": 0}
+        part = message["content"][0]
+        message["status"] = status
+        return [("response.output_text.done", {**where, "text": part["text"], "logprobs": []}),
+                ("response.content_part.done", {**where, "part": dict(part)}),
+                ("response.output_item.done", {"output_index": index, "item": message})]
+
+    def _where(self) -> dict:
+        return {"item_id": self._message["id"], "output_index": self.items.index(self._message), "content_index": 0}
+
+
+def turns_of(items: list[dict]) -> list[dict]:
+    """A response's output items as the chat turn that continues its conversation."""
+    return chat_turns([{**i, "role": "assistant"} if i["type"] == "message" else i for i in items
+                       if i["type"] in ("message", "function_call")])
 
 
 class ResponseShapes:
-    """The objects of one response: the response itself, its message item and text part."""
+    """One response: its object (in progress and final), its output items, its storing."""
 
-    def __init__(self, model_id: str, state: RequestState, f: RequestFields):
-        self.model_id = model_id
+    def __init__(self, served: ServedModel, state: RequestState, f: RequestFields, conversation: Conversation,
+                 store: ResponseStore, owner: str | None):
+        self.model_id = served.model_id
         self.state = state
-        self.id = f"resp_{secrets.token_hex(12)}"
-        self.item_id = f"msg_{secrets.token_hex(12)}"
+        self.conversation = conversation
+        self.output = OutputItems(served.call_ids)
+        self.parser = OutputParser(conversation.spec)
+        self.id = new_id("resp")
         self.created_at = int(time.time())
-        self._echo = {k: f.sent(k) for k in ("instructions", "max_output_tokens", "metadata", "temperature", "top_p", "user")}
+        self._store = store if f.boolean("store") else None
+        self._owner = owner
+        self._echo = {
+            **{k: f.sent(k) for k in ("instructions", "max_output_tokens", "temperature", "top_p", "user", "previous_response_id")},
+            "metadata": f.sent("metadata") or {}, "tools": f.sent("tools") or [], "tool_choice": f.sent("tool_choice") or "auto",
+            "parallel_tool_calls": f.boolean("parallel_tool_calls"), "store": f.boolean("store"),
+            "text": {"format": (f.sent("text") or {}).get("format") or {"type": "text"}},
+        }
 
-    def part(self, text: str) -> dict:
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    def status(self) -> str:
+        return {LENGTH: "incomplete", FAILED: "failed", CANCELLED: "cancelled"}.get(self.state.finish_reason, "completed")
 
-    def item(self, done: bool) -> dict:
-        content = [self.part(self.state.text)] if done else []
-        status = ("incomplete" if self.state.finish_reason == LENGTH else "completed") if done else "in_progress"
-        return {"id": self.item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+    def push(self, event: TokenEvent) -> list[tuple[str, dict]]:
+        """The output events of one token event (the stream's and the whole reply's path)."""
+        d = self.parser.push(event.text) if event.text else Delta()
+        if event.finished:
+            end = self.parser.finish()
+            d = Delta(d.reasoning + end.reasoning, d.content + end.content, d.calls + end.calls)
+        out = self.output.add(d)
+        if event.finished and event.finish_reason != FAILED:
+            out += self.output.finish("incomplete" if self.state.finish_reason == LENGTH else "completed")
+        return out
 
     def response(self, done: bool) -> dict:
         state = self.state
         status, error, incomplete = "in_progress", None, None
         if done:
-            status = {LENGTH: "incomplete", FAILED: "failed", CANCELLED: "cancelled"}.get(state.finish_reason, "completed")
+            status = self.status()
             if state.finish_reason == FAILED:
                 error = {"code": "server_error", "message": f"generation failed: {state.error}"}
             if state.finish_reason == LENGTH:
                 incomplete = {"reason": "max_output_tokens"}
         return {
             "id": self.id, "object": "response", "created_at": self.created_at, "status": status, "error": error,
-            "incomplete_details": incomplete, "model": self.model_id, "output": [self.item(True)] if done else [],
-            "parallel_tool_calls": False, "tool_choice": "auto", "tools": [], "store": False, "truncation": "disabled",
-            "text": {"format": {"type": "text"}}, "reasoning": {"effort": None, "summary": None},
-            "previous_response_id": None, "usage": self.usage() if done else None,
-            **{k: v for k, v in self._echo.items() if k != "metadata"}, "metadata": self._echo["metadata"] or {},
+            "incomplete_details": incomplete, "model": self.model_id, "output": list(self.output.items) if done else [],
+            "truncation": "disabled", "reasoning": {"effort": None, "summary": None},
+            "usage": self.usage() if done else None, **self._echo,
         }
+
+    def final(self) -> dict:
+        """The finished response, stored unless `store: false`."""
+        response = self.response(True)
+        if self._store is not None and self.status() in ("completed", "incomplete"):
+            turns = self.conversation.turns + turns_of(self.output.items)
+            self._store.put(self._owner, response, self.conversation.items, turns)
+        return response
 
     def usage(self) -> dict:
         out = len(self.state.tokens)
-        return {"input_tokens": self.state.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+        return {"input_tokens": self.state.prompt_tokens, "input_tokens_details": {"cached_tokens": self.state.cached_tokens},
                 "output_tokens": out, "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": self.state.prompt_tokens + out}
 
@@ -153,21 +273,13 @@ class ResponsesStreamRenderer(SseRenderer):
 
     def event(self, event: TokenEvent) -> list[bytes]:
         s, out = self._s, []
-        where = {"item_id": s.item_id, "output_index": 0, "content_index": 0}
         if not self._started:
             self._started = True
             out += [self._emit("response.created", response=s.response(False)),
-                    self._emit("response.in_progress", response=s.response(False)),
-                    self._emit("response.output_item.added", output_index=0, item=s.item(False)),
-                    self._emit("response.content_part.added", **where, part=s.part(""))]
-        if event.text:
-            out.append(self._emit("response.output_text.delta", **where, delta=event.text, logprobs=[]))
+                    self._emit("response.in_progress", response=s.response(False))]
+        out += [self._emit(kind, **fields) for kind, fields in s.push(event)]
         if event.finished:
-            final = s.response(True)
-            if event.finish_reason != FAILED:
-                out += [self._emit("response.output_text.done", **where, text=s.state.text, logprobs=[]),
-                        self._emit("response.content_part.done", **where, part=s.part(s.state.text)),
-                        self._emit("response.output_item.done", output_index=0, item=s.item(True))]
+            final = s.final()
             kind = {"failed": "response.failed", "incomplete": "response.incomplete"}.get(final["status"], "response.completed")
             out.append(self._emit(kind, response=final))
         return out
@@ -176,12 +288,76 @@ class ResponsesStreamRenderer(SseRenderer):
 class ResponsesResource(BodyResource):
     model = RESPONSES
     any_name_if_single = True
-    operations = generation_operations("Create a response", RESPONSES, streamed(RESPONSE, RESPONSE_EVENT))
+    operations = {"post": Operation("Create a response", RESPONSES, streamed(RESPONSE, RESPONSE_EVENT), GENERATION_ERRORS,
+                                    links={**BY_REQUEST_ID, **{
+                                        f"{method}_{name}": {"operationId": operation_id(method, path),
+                                                             "parameters": {"response_id": "$response.body#/id"}}
+                                        for method, name, path in (("get", "response", _STORED), ("delete", "response", _STORED),
+                                                                   ("get", "input_items", _STORED + "/input_items"))}})}
+
+    def __init__(self, handle: EngineHandle, config: ServerConfig, store: ResponseStore):
+        super().__init__(handle, config)
+        self._store = store
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
+        owner = req.context.get("client")
+        conversation = Conversation(f, served, self._store, owner)
 
         def answer(state: RequestState) -> Answer:
-            shapes = ResponseShapes(served.model_id, state, f)
-            return Answer(whole=lambda _events: shapes.response(True), stream=ResponsesStreamRenderer(shapes))
+            shapes = ResponseShapes(served, state, f, conversation, self._store, owner)
 
-        run(served, parse(f, served), req, resp, f.boolean("stream"), answer)
+            def whole(events: list[TokenEvent]) -> dict:
+                for e in events:
+                    shapes.push(e)
+                return shapes.final()
+
+            return Answer(whole=whole, stream=ResponsesStreamRenderer(shapes))
+
+        run(served, conversation.request(f, served), req, resp, f.boolean("stream"), answer)
+
+
+class StoredResponseResource:
+    """GET and DELETE /v1/responses/{id}: the caller's own stored responses only."""
+
+    operations = {"get": Operation("A stored response", reply={JSON: RESPONSE}, errors=(404,)),
+                  "delete": Operation("Delete a stored response", reply={JSON: RESPONSE_DELETED}, errors=(404,))}
+
+    def __init__(self, store: ResponseStore):
+        self._store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, response_id: str) -> None:
+        stored = self._store.get(response_id, req.context.get("client"))
+        if stored is None:
+            raise not_found(f"response '{response_id}' not found")
+        resp.media = stored.response
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, response_id: str) -> None:
+        if not self._store.delete(response_id, req.context.get("client")):
+            raise not_found(f"response '{response_id}' not found")
+        resp.media = {"id": response_id, "object": "response", "deleted": True}
+
+
+class InputItemsResource:
+    """GET /v1/responses/{id}/input_items: the input the response was made from, as items."""
+
+    LIMIT = Field("limit", Kind.INTEGER, 20, 1, 100, description="items per page")
+    ORDER = Field("order", Kind.STRING, "desc", enum=("asc", "desc"))
+    AFTER = Field("after", Kind.STRING, description="the item id the page starts after")
+    operations = {"get": Operation("A stored response's input items", reply={JSON: RESPONSE_ITEMS}, errors=(400, 404),
+                                   query=(LIMIT, ORDER, AFTER))}
+
+    def __init__(self, store: ResponseStore):
+        self._store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, response_id: str) -> None:
+        stored = self._store.get(response_id, req.context.get("client"))
+        if stored is None:
+            raise not_found(f"response '{response_id}' not found")
+        after = read_query(req, self.AFTER)
+        items = list(stored.input_items) if read_query(req, self.ORDER) == "asc" else list(reversed(stored.input_items))
+        if after is not None:
+            ids = [i["id"] for i in items]
+            items = items[ids.index(after) + 1:] if after in ids else []
+        page = items[: read_query(req, self.LIMIT)]
+        resp.media = {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                      "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)}

@@ -86,3 +86,22 @@ def mistral_url(tmp_path_factory):
         yield proc.wait_ready().url
     finally:
         proc.stop()
+
+
+RESPONSES_KEYS = ("responses-key-one", "responses-key-two")  # two clients: neither sees the other's responses
+
+
+@pytest.fixture(scope="session")
+def responses_url(tmp_path_factory):
+    """SmolLM2 with Qwen2.5's template (hermes tool calls), behind two API keys."""
+    if not SMOLLM2.is_file():
+        pytest.skip(skip_reason(SMOLLM2))
+    root = tmp_path_factory.mktemp("responses")
+    rfc("compile", SMOLLM2, "-o", root / TOOLS_QWEN, "-q", "--chat-template", CHAT_TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja",
+        check=True)
+    proc = ServerProcess(root / TOOLS_QWEN, "--kv-pages", str(KV_PAGES // 2), *(a for k in RESPONSES_KEYS for a in ("--api-key", k)),
+                         log_dir=root)
+    try:
+        yield proc.wait_ready().url
+    finally:
+        proc.stop()

@@ -64,3 +64,33 @@ def test_ollama_provider_honours_tool_choice(tools_url):
     assert out["required"]["finishReason"] == "tool-calls" and out["required"]["calls"], out
     assert [c["toolName"] for c in out["named"]["calls"]] == ["get_time"], out
     assert out["none"]["calls"] == [], out
+
+
+def test_ai_sdk_openai_provider_on_the_responses_api(responses_url):
+    """Issue 24 item 5: the AI SDK's default `openai(id)` provider (the Responses API) does a
+    tool round trip, generateObject with a zod schema, and a conversation by
+    previous_response_id (tests/node/responses.mjs); another API key cannot read the
+    responses it stored."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    if not (NODE_DIR / "node_modules" / "@ai-sdk" / "openai").is_dir():
+        pytest.skip("the AI SDK is not installed: run `npm ci` in tests/node (.ci/run does)")
+    import requests
+
+    from tests.e2e.clients.conftest import RESPONSES_KEYS, TOOLS_QWEN
+
+    proc = subprocess.run(["node", "responses.mjs", responses_url, TOOLS_QWEN, RESPONSES_KEYS[0]], cwd=NODE_DIR,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [s["calls"] for s in out["steps"]] == [["get_weather"], []], out
+    assert out["executed"] and out["steps"][0]["results"][0]["temperature"] == 21
+    assert out["steps"][1]["finishReason"] in ("stop", "length") and out["text"]
+    assert isinstance(out["object"]["name"], str) and 0 <= out["object"]["age"] <= 30
+    assert out["secondInputTokens"] > out["firstInputTokens"]  # the first turn is in the second's prompt
+    mine = {"Authorization": f"Bearer {RESPONSES_KEYS[0]}"}
+    theirs = {"Authorization": f"Bearer {RESPONSES_KEYS[1]}"}
+    second = requests.get(f"{responses_url}/v1/responses/{out['secondId']}", headers=mine, timeout=10).json()
+    assert second["previous_response_id"] == out["firstId"]
+    for rid in (out["firstId"], out["secondId"]):
+        assert requests.get(f"{responses_url}/v1/responses/{rid}", headers=theirs, timeout=10).status_code == 404
