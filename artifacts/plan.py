@@ -10,13 +10,14 @@ Per-step batch inputs the runtime supplies (not buffers of the plan): ``tokens``
 ``positions`` (int32[T]), the sequence of each token, each sequence's KV block table, and
 ``logit_rows`` (int32[R], indices into T).
 
-OPS is the contract: every op kind the runtime implements, with its arity and attributes.
+OpKind names every op kind and OPS is the contract: each kind's arity and attributes.
 A plan using an op or omitting an attribute not listed here is refused; the shape rules in
 rfc.artifacts.validate check every op against the buffers and the weight layout before any
 kernel runs.
 """
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import msgpack
@@ -34,6 +35,28 @@ GLU_ACTIVATIONS = ("silu", "gelu_tanh")  # swiglu's `activation`
 ROPE_STYLES = ("adjacent", "neox")
 
 
+class OpKind(str, Enum):
+    """Every op kind a plan may hold. A str (an Op's kind compares equal to its name, and a
+    table keyed by kind finds it by name), so plans serialize as plain names."""
+
+    EMBED = "embed"
+    RMSNORM = "rmsnorm"
+    MATMUL = "matmul"
+    ADD_BIAS = "add_bias"
+    ROPE = "rope"
+    KV_WRITE = "kv_write"
+    ATTENTION = "attention"
+    SWIGLU = "swiglu"
+    ADD = "add"
+    GATHER_ROWS = "gather_rows"
+    SOFTCAP = "softcap"
+    MOE_ROUTE = "moe_route"
+    MOE_MATMUL = "moe_matmul"
+    MOE_COMBINE = "moe_combine"
+
+    __str__ = str.__str__  # the name itself, not OpKind.X
+
+
 @dataclass(frozen=True)
 class OpSchema:
     inputs: int
@@ -44,57 +67,59 @@ class OpSchema:
     doc: str = ""
 
 
-OPS: dict[str, OpSchema] = {
-    "embed": OpSchema(
+OPS: dict[OpKind, OpSchema] = {
+    OpKind.EMBED: OpSchema(
         1, 1, (1, 1), optional=(("scale", 1.0),),
         doc="x[T, n_embd] = dequant(weight)[tokens] * scale (gemma: scale = sqrt(n_embd) as a float32)",
     ),
-    "rmsnorm": OpSchema(
+    OpKind.RMSNORM: OpSchema(
         1, 1, (1, 1), ("eps",), optional=(("heads", 1),),
         doc="each row is `heads` equal segments s (1: the whole row; n_heads: per-head Q/K norms), each "
         "normalized on its own: out = s / sqrt(mean(s^2) + eps) * weight, weight [width / heads]",
     ),
-    "matmul": OpSchema(1, 1, (1, 1), doc="out[M, N] = x[M, K] @ weight[N, K]^T, weight in its stored format"),
-    "add_bias": OpSchema(1, 1, (1, 1), doc="x[M, N] += bias[N]"),
-    "rope": OpSchema(
+    OpKind.MATMUL: OpSchema(1, 1, (1, 1), doc="out[M, N] = x[M, K] @ weight[N, K]^T, weight in its stored format"),
+    OpKind.ADD_BIAS: OpSchema(1, 1, (1, 1), doc="x[M, N] += bias[N]"),
+    OpKind.ROPE: OpSchema(
         2, 2, (0, 1), ("n_heads", "n_kv_heads", "head_dim", "n_rot", "style", "freq_base", "freq_scale"),
         optional=(("attn_factor", 1.0),),
         doc="rotary embedding of q and k in place; style 'adjacent' (pairs 2i, 2i+1: llama) or 'neox' "
         "(pairs i, i + n_rot/2); freq_i = freq_scale * base^(-2i/n_rot) / factor_i (factors: the optional weight); "
         "the rotated pair is (a cos - b sin, a sin + b cos) * attn_factor (LongRoPE's magnitude correction)",
     ),
-    "kv_write": OpSchema(2, 0, (0, 0), ("layer",), doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"),
-    "attention": OpSchema(
+    OpKind.KV_WRITE: OpSchema(2, 0, (0, 0), ("layer",), doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"),
+    OpKind.ATTENTION: OpSchema(
         1, 1, (0, 0), ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
         optional=(("window", None), ("softcap", None)),
         doc="causal attention of q over the layer's paged cache (positions <= the token's own); query head h "
         "reads kv head h // (n_heads / n_kv_heads); score = scale * q.k, then softcap * tanh(score / softcap) "
         "with a softcap; with a window only keys at positions > pos - window take part (sliding window)",
     ),
-    "swiglu": OpSchema(
+    OpKind.SWIGLU: OpSchema(
         2, 1, (0, 0), optional=(("activation", "silu"),),
         doc="gated linear unit: out = act(gate) * up, act 'silu' (SwiGLU: g / (1 + exp(-g))) or 'gelu_tanh' "
         "(GeGLU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))))",
     ),
-    "add": OpSchema(2, 1, (0, 0), doc="out = a + b"),
-    "gather_rows": OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),
-    "softcap": OpSchema(1, 1, (0, 0), ("cap",), doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
-    "moe_route": OpSchema(
+    OpKind.ADD: OpSchema(2, 1, (0, 0), doc="out = a + b"),
+    OpKind.GATHER_ROWS: OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),
+    OpKind.SOFTCAP: OpSchema(1, 1, (0, 0), ("cap",), doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
+    OpKind.MOE_ROUTE: OpSchema(
         1, 2, (0, 0), ("n_used",),
         doc="router of a mixture of experts: logits[T, n_expert] -> ids i32[T, n_used], weights[T, n_used]. "
         "p = softmax(logits); ids = the n_used largest p, largest first (equal p: lower index first); "
         "weights = p[ids] / max(sum(p[ids]), 2^-14)",
     ),
-    "moe_matmul": OpSchema(
+    OpKind.MOE_MATMUL: OpSchema(
         2, 1, (1, 1),
         doc="expert matmul: x[T, K] (every slot reads its token's row) or x[T, n_used*K] (slot j reads "
         "segment j), ids i32[T, n_used] -> out[T, n_used*N], segment j = x @ weight[ids[t, j]]^T; "
         "weight [n_expert, N, K] in its stored format. Kernels group the slots by expert",
     ),
-    "moe_combine": OpSchema(
+    OpKind.MOE_COMBINE: OpSchema(
         2, 1, (0, 0), doc="y[T, n_used*N], weights[T, n_used] -> out[T, N] = sum_j weights[t, j] * y[t, segment j]",
     ),
 }
+assert set(OPS) == set(OpKind), "every op kind has a schema"
+
 
 def rope_inv_freq(n_rot: int, freq_base: float, freq_scale: float) -> list[float]:
     """The rope op's frequencies before its factors, in float64: freq_scale * base^(-2i/n_rot)
@@ -115,11 +140,14 @@ class Buffer:
 
 @dataclass(frozen=True)
 class Op:
-    kind: str
+    kind: OpKind  # given by name, it is looked up (ValueError for a kind OpKind lacks)
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     weights: tuple[str, ...] = ()
     attrs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", OpKind(self.kind))
 
     def attr(self, name: str) -> Any:
         """A required or optional attribute, with the schema's default for a missing optional one."""
@@ -225,6 +253,8 @@ def unpack_plan(data: bytes) -> Plan:
         for i, o in enumerate(ops):
             if not isinstance(o, dict) or not isinstance(o.get("kind"), str) or not isinstance(o.get("attrs"), dict):
                 raise BundleError(f"{PLAN_FILE}: op {i} is malformed")
+            if o["kind"] not in OPS:
+                raise BundleError(f"{PLAN_FILE}: plan op {i} ({o['kind'][:32]}) is not an op this runtime knows")
             parsed_ops.append(Op(
                 kind=o["kind"],
                 inputs=_strs(o.get("inputs"), f"op {i} inputs"),

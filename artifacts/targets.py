@@ -10,11 +10,15 @@ fields (family, ISA flags), never on its name.
   `cpu-generic` is baseline x86-64 (SSE2): the portable C kernels, for old or odd hosts.
 - `gfx*` (AMD, HIP code objects): RDNA (gfx10xx-gfx12xx) runs wave32, CDNA/GCN wave64.
 - `sm_*` (NVIDIA, cubins): warps of 32; sm_70 and newer have fp16 tensor cores (WMMA).
+
+`TargetEntry` is one compiled target as the manifest's `targets` list records it, read into
+typed fields (`target_entry`, `target_entries`).
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, NamedTuple
 
 from rfc.artifacts.errors import BundleError
 
@@ -27,6 +31,10 @@ class Family(str, Enum):
     CPU = "cpu"
     HIP = "hip"
     CUDA = "cuda"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self is not Family.CPU
 
 
 @dataclass(frozen=True)
@@ -84,3 +92,111 @@ def parse_target(name: str) -> Target:
 def missing_isa(target: Target, flags: set[str]) -> list[str]:
     """The ISA flags `target` needs that a host with /proc/cpuinfo `flags` lacks."""
     return [f for f in target.isa if f not in flags]
+
+
+# -- a bundle's compiled targets, as its manifest records them --------------------------------
+
+
+class KernelArg(NamedTuple):
+    """One kernel parameter as the built code object lays it out (the manifest's kernel_args)."""
+
+    name: str
+    size: int  # bytes
+    offset: int  # in the parameter buffer
+
+
+@dataclass(frozen=True)
+class TargetEntry:
+    """One entry of the manifest's `targets` list (the compiler writes it, compiler/pipeline.py and
+    compiler/codegen/): the target it was built for, the files it built and, for a GPU target,
+    the argument layout of every kernel as the code object declares it."""
+
+    target: Target
+    kernels: str | None = None  # the kernel library (cpu) or code object (gpu)
+    program: str | None = None  # the step program (artifacts/program.py)
+    sources: tuple[str, ...] = ()  # the generated sources
+    toolchain: str = ""
+    compile_command: str = ""
+    abi_version: int | None = None  # cpu: the ABI of the library's per-op exports (compiler/codegen/cpu.py)
+    kernel_args: dict[str, tuple[KernelArg, ...]] = field(default_factory=dict)  # gpu: per kernel, in order
+    op_kernels: tuple[str, ...] = ()  # gpu: the kernel that runs each plan op alone
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def family(self) -> Family:
+        return self.target.family
+
+    @property
+    def wave_size(self) -> int:
+        return self.target.wave_size
+
+    @classmethod
+    def parse(cls, raw: Any) -> "TargetEntry":
+        """TargetError for a target this rfc does not know (a newer bundle's), BundleError for
+        an entry whose fields have the wrong types."""
+        if not isinstance(raw, dict):
+            raise BundleError("manifest.json: a target entry is not an object")
+        target = parse_target(raw.get("name"))
+        where = f"manifest.json: target {target.name}"
+        if raw.get("family", target.family.value) != target.family.value:
+            raise BundleError(f"{where} says family {str(raw.get('family'))[:32]!r}, its name is a {target.family.value} target")
+        return cls(
+            target=target,
+            kernels=_optional(raw, "kernels", str, where),
+            program=_optional(raw, "program", str, where),
+            sources=tuple(_list_of(raw, "sources", str, where)),
+            toolchain=_optional(raw, "toolchain", str, where) or "",
+            compile_command=_optional(raw, "compile_command", str, where) or "",
+            abi_version=_optional(raw, "abi_version", int, where),
+            kernel_args=_kernel_args(raw.get("kernel_args") or {}, where),
+            op_kernels=tuple(_list_of(raw, "op_kernels", str, where)),
+        )
+
+
+def target_entries(manifest: dict) -> tuple[TargetEntry, ...]:
+    """Every target of a bundle that this rfc knows (a newer bundle's other targets are left out)."""
+    entries = []
+    for raw in manifest["targets"]:
+        try:
+            entries.append(TargetEntry.parse(raw))
+        except TargetError:
+            continue
+    return tuple(entries)
+
+
+def target_entry(manifest: dict, name: str) -> TargetEntry | None:
+    """The bundle's entry of target `name`, None when it has none."""
+    return next((e for e in target_entries(manifest) if e.name == name), None)
+
+
+def _optional(raw: dict, key: str, kind: type, where: str) -> Any:
+    value = raw.get(key)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise BundleError(f"{where}: {key} is not a {kind.__name__}")
+    return value
+
+
+def _list_of(raw: dict, key: str, kind: type, where: str) -> list:
+    values = raw.get(key) or []
+    if not isinstance(values, list) or not all(isinstance(v, kind) for v in values):
+        raise BundleError(f"{where}: {key} is not a list of {kind.__name__}s")
+    return values
+
+
+def _kernel_args(raw: Any, where: str) -> dict[str, tuple[KernelArg, ...]]:
+    if not isinstance(raw, dict):
+        raise BundleError(f"{where}: kernel_args is not an object")
+    out = {}
+    for kernel, args in raw.items():
+        if not isinstance(args, list) or not all(_is_kernel_arg(a) for a in args):
+            raise BundleError(f"{where}: kernel_args of {str(kernel)[:64]} are not [name, size, offset] triples")
+        out[kernel] = tuple(KernelArg(*a) for a in args)
+    return out
+
+
+def _is_kernel_arg(a: Any) -> bool:
+    return (isinstance(a, list) and len(a) == 3 and isinstance(a[0], str)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in a[1:]))
