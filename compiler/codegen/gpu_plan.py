@@ -5,8 +5,10 @@ geometry, wave size, threads per block, tiles, the launch grid) and the argument
 kernel declares. Ops with the same specialization share one kernel. Templates only spell
 the constants out.
 
-Argument lists are part of the bundle contract: the runtime (rfc.runtime.devices.gpu) packs
-the same names in the same order, and both sides check them against the code object.
+Argument lists are part of the bundle contract: KERNEL_ARGS is the one table of them. The step
+program's launches name each argument's source (an ArgSlot); the runtime binds them at the
+offsets the code object declares (rfc.runtime.devices.gpu_program), and the kernel tests run
+an op's kernel alone as the launch `op_launch` lowers it to.
 """
 
 import dataclasses
@@ -45,9 +47,9 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
 }
 
-# Kernels only the step program launches, bound by its argument slots (the per-op runtime,
-# rfc.runtime.devices.gpu_args.ARGS, never packs them): split-KV attention (flash decoding),
-# whose partials go to the arena's scratch, and its reduction. The per-op path runs "attention".
+# Kernels only the step program launches in an op's place (KernelSpec.steps; the op's own kernel,
+# which the kernel tests run alone, is "attention"): split-KV attention (flash decoding), whose
+# partials go to the arena's scratch, and its reduction.
 STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "attention_split": (
         ("out", PTR), ("q", PTR), ("k_cache", PTR), ("v_cache", PTR), ("positions", PTR),
@@ -545,8 +547,7 @@ def _row_count(plan: Plan, buffer: str) -> str:
 
 
 def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
-    """Where kernel argument `name` of `op` comes from: the compiler's half of what the
-    per-op runtime path (rfc.runtime.devices.gpu_args.ARGS) computes at every launch."""
+    """Where kernel argument `name` of `op` comes from (the runtime binds it)."""
     size = ARG_SIZES[kind]
     rows_of = (op.outputs or op.inputs)[0]
     names = [n for n, _k in KERNEL_ARGS[op.kind]]
@@ -625,9 +626,9 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
     scratch = 0
     for op, kernel in zip(plan.ops, op_kernels):
         spec = by_name[kernel]
-        ours = [_launch(plan, op, s) for s in spec.steps or (spec,)]
+        ours = [op_launch(plan, op, s) for s in spec.steps or (spec,)]
         launches += ours
-        prefill += [_launch(plan, op, spec.prefill)] if spec.prefill is not None else ours
+        prefill += [op_launch(plan, op, spec.prefill)] if spec.prefill is not None else ours
         for s in spec.steps or (spec,):
             if any(n == "scratch" for n, _k in s.args):
                 scratch = max(scratch, attention_scratch_floats(s))
@@ -637,7 +638,9 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
                        prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0)
 
 
-def _launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:
+def op_launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:
+    """The launch of kernel `spec` for `op`: its grid and argument slots (the kernel tests run
+    an op's own kernel alone as this one launch: tests/kernels/kit/gpu.py)."""
     rows = _row_count(plan, (op.outputs or op.inputs)[0])
     grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
     args = tuple(ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH) if n == "scratch" else _arg_slot(plan, op, n, k)
