@@ -1,5 +1,6 @@
-"""Routes beside generation: OpenAI's /v1/embeddings, llama.cpp's /tokenize, /detokenize and
-/apply-template (same request and reply shapes), and the integrations of seed 003. Each takes
+"""Routes beside generation: OpenAI's /v1/embeddings, llama.cpp's /tokenize, /detokenize,
+/apply-template (same request and reply shapes) and /infill (runtime/server/infill.py), and
+the integrations of seed 003. Each takes
 an optional `model` (the default model when absent)."""
 
 import base64
@@ -18,6 +19,7 @@ from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
 from rfc.runtime.server.generation import BodyResource, check_token_ids
 from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.infill import InfillResource
 from rfc.runtime.server.openai_format import TokenPieces
 from rfc.runtime.server.openapi import MODEL_ERRORS, Operation, Routes
 from rfc.runtime.server.structured import tool_plan
@@ -48,6 +50,7 @@ def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> No
     routes.add("/tokenize", TokenizeResource(handle, config))
     routes.add("/detokenize", DetokenizeResource(handle, config))
     routes.add("/apply-template", ApplyTemplateResource(handle, config))
+    routes.add("/infill", InfillResource(handle, config))
     integrations.add_routes(routes, handle)
 
 

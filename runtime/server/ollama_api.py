@@ -18,6 +18,7 @@ from rfc.runtime.server.errors import ApiError, bad_request, read_json
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import Answer, generation_operations, run
 from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.infill import fim_prompt
 from rfc.runtime.server.ollama_format import (
     OllamaReply, OllamaStreamRenderer, chat_prompt, generate_prompt, generation, output_plan, refuse_unsupported,
     sampling_options,
@@ -181,7 +182,10 @@ class GenerateResource:
         if prompt is None:
             resp.media = OllamaReply(name, self._chat).loaded()
             return
-        prompt_ids = context + served.prompts.encode(prompt, "messages" if self._chat else "prompt")
+        if not self._chat and f.string("suffix"):  # fill in the middle, in the model's FIM tokens (not the template)
+            prompt_ids = context + fim_prompt(served, f.string("prompt"), f.string("suffix"))
+        else:
+            prompt_ids = context + served.prompts.encode(prompt, "messages" if self._chat else "prompt")
         spec = plan.output_spec(served, prompt)
 
         def answer(state: RequestState) -> Answer:

@@ -37,8 +37,6 @@ def refuse_unsupported(f: RequestFields) -> None:
     """What Ollama offers and rfc cannot do yet: a 400 naming it, never silently ignored."""
     if f.raw("images"):
         raise bad_request("images are not supported: this model takes text only", "images")
-    if f.string("suffix"):
-        raise bad_request("'suffix' (fill-in-the-middle) is not supported", "suffix")
     if f.string("template"):
         raise bad_request("template overrides are not supported; compile the bundle with --chat-template", "template")
     if f.boolean("logprobs"):

@@ -25,7 +25,7 @@ _GENERATION = (
           description='"json", or a JSON schema the output follows'),
     Field("think", Kind.JSON, schema={"anyOf": [{"type": "boolean"}, {"enum": list(THINK_LEVELS)}]}),
     refused("images", "this model takes text only"),
-    Field("suffix", Kind.STRING, description="not supported (fill-in-the-middle)"),
+    Field("suffix", Kind.STRING, description="/api/generate: fill in the middle (the model's FIM tokens); /api/chat: ignored"),
     Field("template", Kind.STRING, description="not supported: compile the bundle with --chat-template"),
     Field("logprobs", Kind.BOOLEAN, False, description="not supported here"),
 )

@@ -84,7 +84,11 @@ class CompletionsResource(_GenerationResource):
 
     def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest,
                     index: int) -> CompletionFormat:
-        return CompletionFormat(served.model_id, state, CompletionLogprobs(self.pieces(served)) if with_logprobs else None, index)
+        echo = request.echo[index * request.prompts // len(request.choices)] if request.echo else None
+        logprobs = CompletionLogprobs(self.pieces(served), echo.logprobs if echo else None) if with_logprobs else None
+        fmt = CompletionFormat(served.model_id, state, logprobs, index)
+        fmt.echo = echo.text if echo else ""
+        return fmt
 
 
 class ChatCompletionsResource(_GenerationResource):

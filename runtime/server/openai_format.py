@@ -50,14 +50,24 @@ def usage(states: list[RequestState], prompts: int = 1) -> dict:
 
 
 class CompletionLogprobs:
-    """`logprobs` of /v1/completions: parallel lists over the output tokens."""
+    """`logprobs` of /v1/completions: parallel lists over the output tokens, after the
+    prompt's (`echo`: `prompt`, each token's logprob and top logprobs, the first's null)."""
 
-    def __init__(self, pieces: TokenPieces):
+    def __init__(self, pieces: TokenPieces, prompt: list[tuple[int, float | None, tuple]] | None = None):
         self._pieces = pieces
         self._offset = 0
+        self._prompt = prompt
 
     def entry(self, events: list[TokenEvent]) -> dict:
         out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        prompt, self._prompt = self._prompt or [], None
+        for token, logprob, top in prompt:
+            text = self._pieces.piece(token)[0]
+            out["tokens"].append(text)
+            out["token_logprobs"].append(logprob)
+            out["top_logprobs"].append({self._pieces.piece(t)[0]: lp for t, lp in top} if logprob is not None else None)
+            out["text_offset"].append(self._offset)
+            self._offset += len(text)
         for e in filter(output_events, events):
             text = self._pieces.piece(e.token)[0]
             out["tokens"].append(text)

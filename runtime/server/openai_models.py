@@ -54,8 +54,8 @@ COMPLETION = RequestModel("CompletionRequest", (
     Field("prompt", Kind.JSON, required=True, schema=_PROMPT, description="text or token ids, or a list of such prompts"),
     MAX_TOKENS.but(default=COMPLETIONS_DEFAULT_MAX_TOKENS, description=""),
     Field("logprobs", Kind.INTEGER, minimum=0, maximum=MAX_LOGPROBS, description="the top N logprobs of each token"),
-    Field("echo", Kind.BOOLEAN, False, description="not supported"),
-    Field("suffix", Kind.STRING, description="not supported"),
+    Field("echo", Kind.BOOLEAN, False, description="the prompt before the text (with logprobs: the prompt's too)"),
+    Field("suffix", Kind.STRING, description="fill in the middle: the text after the completion (the model's FIM tokens)"),
 ), example={"prompt": "Once upon a time", "max_tokens": 16})
 
 CHAT = RequestModel("ChatCompletionRequest", (

@@ -1,7 +1,9 @@
 """OpenAI request bodies -> GenerationRequests: one per choice, `n` per prompt (a seed `s`
 gives the choices of a prompt the seeds s, s+1, ...; the engine's prefix cache shares the
 prompt's KV blocks between them). Parameters the engine cannot honour are a 400, never
-silently ignored (best_of, echo, suffix); unknown fields are ignored.
+silently ignored (best_of > 1); unknown fields are ignored. `echo` shows the prompt before each
+choice (and its tokens' logprobs, computed by one forward pass), `suffix` fills in the middle
+with the model's FIM tokens (runtime/server/infill.py).
 llama.cpp/vLLM extras are accepted: top_k, min_p, repetition_penalty, ignore_eos,
 chat_template_kwargs, json_schema, grammar (GBNF), reasoning_format.
 
@@ -21,6 +23,8 @@ from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import budget, check_token_ids
 from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.infill import fim_prompt
+from rfc.runtime.server.prompt_logprobs import prompt_logprobs
 from rfc.runtime.server.openai_models import MAX_CHOICES
 from rfc.runtime.server.structured import (
     OutputPlan, grammar, legacy_functions, openai_tool_choice, tool_plan,
@@ -36,6 +40,15 @@ class OpenAIRequest:
     legacy_functions: bool = False  # answer with `function_call` rather than `tool_calls`
     choices: tuple[GenerationRequest, ...] = ()  # every choice: `n` per prompt, prompt after prompt
     prompts: int = 1
+    echo: tuple["Echo", ...] = ()  # per prompt: what `echo` shows before its choices' text
+
+
+@dataclass(frozen=True)
+class Echo:
+    """A prompt as `echo` shows it: its text, and its tokens' logprobs when they are asked for."""
+
+    text: str
+    logprobs: list[tuple[int, float | None, tuple]] | None = None
 
 
 def with_choices(request: OpenAIRequest, prompts: list[GenerationRequest], n: int) -> OpenAIRequest:
@@ -59,19 +72,27 @@ CHAT_BUDGET = BudgetRule("the messages", "messages", plural=True)
 
 def completion_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
     _refuse_unsupported(f)
-    if f.boolean("echo"):
-        raise bad_request("echo is not supported", "echo")
-    if f.string("suffix"):
-        raise bad_request("suffix is not supported", "suffix")
     logprobs = f.integer("logprobs")
     plan = OutputPlan()
     _response_format(f, served, plan)
     constraint = plan.constraint(served)
-    built = []
-    for prompt_ids in _completion_prompts(f, served):
+    suffix = f.string("suffix")
+    built, echoes = [], []
+    for prompt in _completion_prompts(f, served):
+        prompt_ids, text = prompt.ids, prompt.text
+        if suffix:  # fill in the middle: the prompt is the prefix, laid out in the model's FIM tokens
+            prompt_ids = fim_prompt(served, text, suffix)
         max_tokens = budget(served, COMPLETION_BUDGET, f.integer("max_tokens"), prompt_ids)
         built.append(_build(f, served, prompt_ids, max_tokens, logprobs, constraint))
-    return with_choices(built[0], [b.generation for b in built], f.integer("n"))
+        if f.boolean("echo"):
+            echoes.append(_echo(served, prompt_ids, text, logprobs))
+    request = with_choices(built[0], [b.generation for b in built], f.integer("n"))
+    return replace(request, echo=tuple(echoes))
+
+
+def _echo(served: ServedModel, prompt_ids: list[int], text: str, logprobs: int | None) -> Echo:
+    """The prompt as `echo` shows it; with `logprobs`, its tokens' own (one forward pass)."""
+    return Echo(text, prompt_logprobs(served, prompt_ids, logprobs) if logprobs is not None else None)
 
 
 def chat_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
@@ -180,8 +201,14 @@ def _refuse_unsupported(f: RequestFields) -> None:
         raise bad_request("best_of > 1 is not supported", "best_of")
 
 
-def _completion_prompts(f: RequestFields, served: ServedModel) -> list[list[int]]:
-    """The prompts' token ids: one prompt (text or ids), or a list of them."""
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    text: str  # as sent, or the ids' text (special tokens left out)
+
+
+def _completion_prompts(f: RequestFields, served: ServedModel) -> list[Prompt]:
+    """The prompts: one (text or token ids), or a list of them."""
     prompt = f.raw("prompt")
     if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
         if len(prompt) > MAX_CHOICES:
@@ -190,11 +217,12 @@ def _completion_prompts(f: RequestFields, served: ServedModel) -> list[list[int]
     return [_one_prompt(served, prompt, "prompt")]
 
 
-def _one_prompt(served: ServedModel, prompt: object, field: str) -> list[int]:
+def _one_prompt(served: ServedModel, prompt: object, field: str) -> Prompt:
     if isinstance(prompt, str):
-        return served.prompts.encode(prompt, field)
+        return Prompt(served.prompts.encode(prompt, field), prompt)
     if isinstance(prompt, list):
-        return check_token_ids(served, prompt, field)
+        ids = check_token_ids(served, prompt, field)
+        return Prompt(ids, served.model.tokenizer.decode(ids, skip_special_tokens=True))
     raise bad_request(f"'{field}' must be a string or a list of token ids", field)
 
 

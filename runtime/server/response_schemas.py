@@ -89,6 +89,9 @@ RESPONSE = obj({"id": STRING, "object": {"const": "response"}, "created_at": INT
                 "incomplete_details": NULLABLE_OBJECT, "output": array(_OUTPUT_ITEM),
                 "usage": obj({"input_tokens": INTEGER, "output_tokens": INTEGER, "total_tokens": INTEGER})})
 RESPONSE_EVENT = events(obj({"type": STRING, "sequence_number": INTEGER}))
+INFILL_REPLY = obj({"content": STRING, "stop": BOOLEAN, "model": STRING, "tokens_predicted": INTEGER, "tokens_evaluated": INTEGER,
+                    "stop_type": STRING})
+INFILL_EVENT = events(obj({"stop": BOOLEAN}, {"content": STRING}))
 RESPONSE_DELETED = obj({"id": STRING, "object": {"const": "response"}, "deleted": {"const": True}})
 RESPONSE_ITEMS = obj({"object": {"const": "list"}, "data": array(OBJECT), "has_more": BOOLEAN})
 _EMBEDDING = obj({"object": {"const": "embedding"}, "index": INTEGER, "embedding": {"anyOf": [array(NUMBER), STRING]}})

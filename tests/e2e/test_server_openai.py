@@ -128,7 +128,7 @@ def test_extras_and_penalties_are_accepted(client):
         (dict(top_p=0), "top_p"),
         (dict(max_tokens=600), "max_tokens"),
         (dict(prompt=["a"] * 65), "prompt"),
-        (dict(extra_body={"echo": True}), "echo"),
+        (dict(extra_body={"best_of": 2}), "best_of"),
     ],
 )
 def test_bad_completion_parameters_are_400(client, kwargs, param):

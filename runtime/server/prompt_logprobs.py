@@ -1,0 +1,55 @@
+"""The log-probabilities of a prompt's own tokens (OpenAI's `echo` with `logprobs`): one
+forward pass over the prompt with a logit row for every token, on the engine thread between
+steps (as an embedding's), in chunks of the scheduler's token budget. Row i is the model's
+distribution for token i+1; the first token has none (null, as OpenAI answers)."""
+
+import concurrent.futures
+import time
+
+import numpy as np
+
+from rfc.runtime.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine import Engine, QueueFull
+from rfc.runtime.kv_cache import KVCacheFull
+from rfc.runtime.server.errors import unavailable
+from rfc.runtime.server.host import ServedModel
+
+_TIMEOUT_S = 300.0
+
+
+def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> list[tuple[int, float | None, tuple]]:
+    """(token, its logprob, the top `top` (token, logprob)) for each prompt token."""
+    engine = served.engine
+    chunk = engine.scheduler.config.max_batch_tokens
+    try:
+        future = engine.run_on_engine_thread(lambda: _forward(engine, ids, top, chunk))
+    except QueueFull:
+        raise unavailable("the engine has too many jobs waiting; retry later") from None
+    except RuntimeError:
+        raise unavailable("the engine is not running; see the server log", 5) from None
+    try:
+        return future.result(timeout=_TIMEOUT_S)
+    except KVCacheFull:
+        raise unavailable("the KV cache is full; retry when running requests finish") from None
+    except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
+        future.cancel()
+        raise unavailable("the engine stopped or is too busy now; retry later", 5) from None
+
+
+def _forward(engine: Engine, ids: list[int], top: int, chunk: int) -> list[tuple[int, float | None, tuple]]:
+    out: list[tuple[int, float | None, tuple]] = [(ids[0], None, ())]
+    with engine.reserved_kv(len(ids)) as seq_id:
+        for start in range(0, len(ids) - 1, chunk):  # the last token predicts nothing of the prompt
+            part = tuple(ids[start: start + chunk])
+            batch = build_batch([ScheduledChunk(seq_id, start, part, all_logits=True)], engine.blocks)
+            logits = np.asarray(engine.model.executor.forward(batch), dtype=np.float64)
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            for row in range(len(part)):
+                position = start + row + 1
+                if position >= len(ids):
+                    break
+                token = ids[position]
+                best = np.argsort(-logp[row])[:top] if top else []
+                out.append((token, float(logp[row, token]), tuple((int(t), float(logp[row, t])) for t in best)))
+    return out
