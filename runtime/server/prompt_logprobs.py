@@ -4,7 +4,6 @@ steps (as an embedding's), in chunks of the scheduler's token budget. Row i is t
 distribution for token i+1; the first token has none (null, as OpenAI answers)."""
 
 import concurrent.futures
-import time
 
 import numpy as np
 
