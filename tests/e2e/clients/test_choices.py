@@ -70,3 +70,24 @@ def test_several_prompts_in_one_completion(client):
     assert [c.text for c in both.choices] == [alone[0].choices[0].text] * 2 + [alone[1].choices[0].text] * 2
     assert both.usage.prompt_tokens == alone[0].usage.prompt_tokens + alone[1].usage.prompt_tokens
     assert both.usage.completion_tokens == 4 * 8
+
+
+def test_choices_share_the_prompts_kv_blocks(client, url):
+    """Choices 2..n find the prompt's full KV blocks in the prefix cache: computed once."""
+    import re
+
+    import requests
+
+    def counters() -> dict[str, float]:
+        text = requests.get(url + "/metrics", timeout=10).text
+        return {k: float(v) for k, v in re.findall(r'^rocmforge_prefix_cache_(hit|miss)_tokens_total\{model="' + CHAT + r'"\} (\S+)$',
+                                                     text, re.M)}
+
+    prompt = "A long prompt that fills several blocks of the cache: " + " ".join(f"word{i}" for i in range(60)) + " The end."
+    before = counters()
+    r = client.completions.create(model=CHAT, prompt=prompt, n=4, max_tokens=4, temperature=1.0)
+    after = counters()
+    full_blocks = r.usage.prompt_tokens // 16 * 16
+    assert full_blocks >= 64
+    assert after["hit"] - before["hit"] >= 3 * full_blocks  # the three later choices reuse the first one's blocks
+    assert after["miss"] - before["miss"] <= r.usage.prompt_tokens + 3 * 16

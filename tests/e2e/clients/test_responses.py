@@ -55,10 +55,14 @@ def test_tool_round_trip_by_previous_response_id(responses_url):
 
 def test_store_false_is_not_kept(responses_url):
     c = client(responses_url)
+    kept = c.responses.create(model=TOOLS_QWEN, input="Say hi", max_output_tokens=4, temperature=0)
+    assert kept.store is True and c.responses.retrieve(kept.id).id == kept.id
     r = c.responses.create(model=TOOLS_QWEN, input="Say hi", store=False, max_output_tokens=4, temperature=0)
     assert r.store is False
     with pytest.raises(openai.NotFoundError):
         c.responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError):
+        c.responses.create(model=TOOLS_QWEN, input="And again?", previous_response_id=r.id, max_output_tokens=4)
 
 
 def test_text_format_json_schema(responses_url):
