@@ -14,12 +14,15 @@ from rfc.runtime.server.errors import unavailable
 from rfc.runtime.server.host import ServedModel
 
 _TIMEOUT_S = 300.0
+# Logits held at once (rows x vocabulary): a chunk of the scheduler's 512 tokens of a 152k
+# vocabulary would be 300 MB of float32, twice that as the float64 of the softmax.
+_MAX_LOGITS = 8 << 20
 
 
 def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> list[tuple[int, float | None, tuple]]:
     """(token, its logprob, the top `top` (token, logprob)) for each prompt token."""
     engine = served.engine
-    chunk = engine.scheduler.config.max_batch_tokens
+    chunk = max(1, min(engine.scheduler.config.max_batch_tokens, _MAX_LOGITS // served.model.vocab_size))
     try:
         future = engine.run_on_engine_thread(lambda: _forward(engine, ids, top, chunk))
     except QueueFull:
