@@ -3,6 +3,7 @@ one run path (`run`, llama.cpp's handle_completions_impl): submit with domain er
 HTTP ones, then stream the events as the API renders them, or wait for the end and reply
 whole, with the client-disconnect probe throughout."""
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -110,18 +111,54 @@ def run_all(served: ServedModel, requests: Sequence[GenerationRequest], req: fal
 
 def submit_all(engine: Engine, requests: Sequence[GenerationRequest], req: falcon.Request,
                resp: falcon.Response) -> list[RequestState]:
-    """Submits every request, or none: those already queued are cancelled when one is refused."""
-    states: list[RequestState] = []
+    """Submits every request, or none: those already queued are cancelled when one is refused.
+
+    Requests with the same prompt (OpenAI's `n`) share its KV blocks through the prefix cache,
+    but only if the later ones are admitted once the first has computed them: admitted in the
+    same step, each would compute the whole prompt. So the first of each prompt is submitted,
+    and the others once it has prefilled (or ended, or its client left)."""
+    slots: list[RequestState | None] = [None] * len(requests)
+    firsts: dict[tuple[int, ...], int] = {}
     try:
-        for request in requests:
-            states.append(submit(engine, request, req, resp))
+        for i, request in enumerate(requests):
+            key = tuple(request.prompt_ids)
+            if key not in firsts or not _can_share(engine, request):
+                firsts.setdefault(key, i)
+                slots[i] = submit(engine, request, req, resp)
+        leaders = {firsts[tuple(r.prompt_ids)] for i, r in enumerate(requests) if slots[i] is None}
+        _wait_prefilled(engine, [slots[i] for i in leaders], client_gone(req))
+        for i, request in enumerate(requests):
+            if slots[i] is None:
+                slots[i] = submit(engine, request, req, resp)
     except BaseException:
-        for state in states:
-            engine.cancel(state.request_id)
+        for state in slots:
+            if state is not None:
+                engine.cancel(state.request_id)
         raise
+    states = [s for s in slots if s is not None]
     req.context.request_id = states[0].request_id
     resp.set_header("X-Request-Id", str(states[0].request_id))
     return states
+
+
+def _can_share(engine: Engine, request: GenerationRequest) -> bool:
+    """Whether the prompt holds a full KV block the prefix cache could hand on."""
+    return engine.blocks.cache is not None and len(request.prompt_ids) >= engine.blocks.block_size
+
+
+_PREFILL_POLL_S = 0.002
+
+
+def _wait_prefilled(engine: Engine, states: list[RequestState], gone: Callable[[], bool] | None) -> None:
+    """Until every state has its first token (its prompt's blocks are in the cache) or ended;
+    not past the client's leaving (its stream then cancels them all) or the engine's stopping."""
+    probed = time.monotonic()
+    while engine.is_running and any(s.first_token_at is None and not s.finished for s in states):
+        time.sleep(_PREFILL_POLL_S)
+        if time.monotonic() - probed >= 0.25:
+            probed = time.monotonic()
+            if gone is not None and gone():
+                return
 
 
 def submit(engine: Engine, request: GenerationRequest, req: falcon.Request, resp: falcon.Response) -> RequestState:
