@@ -1,46 +1,25 @@
 """Runs one engine step on a device. Knows nothing about model architectures.
 
-Two kinds of device (../shared/DESIGN.md §1):
-- a *step-program* device (a compiled target whose program runs a whole step: one ctypes call
-  on cpu, one graph launch on a GPU) implements `forward(batch) -> logits` and
-  `forward_hidden(batch) -> hidden` itself;
-- an *op* device (the numpy reference, the oracle) implements the ops one by one, and the
-  executor interprets the plan on it, op by op.
+`Device` is what the engine needs of one (the Executor is one too). Every device runs whole
+steps (../shared/DESIGN.md §1):
+- a compiled target's step program: one ctypes call on cpu (devices/cpu_step.py), one graph
+  launch on a GPU (devices/gpu.py);
+- the numpy reference (devices/reference.py), the oracle, interprets the plan op by op: it
+  implements the ops (`OpDevice`) and inherits its step from `InterpretedDevice`, as the
+  kernel tests' per-op devices do (tests/kernels/kit/).
 """
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from rfc.artifacts.plan import Buffer, Op, Plan
 from rfc.runtime.batch import StepBatch
+from rfc.runtime.devices import DeviceError
 
-
-class OpDevice(Protocol):
-    """What the plan interpreter needs from a device that runs single ops."""
-
-    name: str
-
-    def alloc(self, shape: tuple[int, ...], dtype: str): ...
-
-    def upload_batch(self, batch: StepBatch): ...
-
-    def weight(self, name: str): ...
-
-    def launch(self, op: Op, outs: list, ins: list, weights: list, batch) -> None: ...
-
-    def download(self, buf, rows: int) -> np.ndarray: ...
-
-
-class StepDevice(Protocol):
-    """A device that runs a compiled step program."""
-
-    name: str
-
-    def forward(self, batch: StepBatch) -> np.ndarray: ...  # float32[R, vocab]
-
-    def forward_hidden(self, batch: StepBatch) -> np.ndarray: ...  # float32[R, n_embd]
+if TYPE_CHECKING:
+    from rfc.runtime.sampling_kernels import SamplingKernels
 
 
 @dataclass(frozen=True)
@@ -65,48 +44,103 @@ class SampledRows:
         return found if found is not None else DeviceToken(int(self.tokens[i]), float(self.logprobs[i]))
 
 
-class Executor:
-    def __init__(self, plan: Plan, device):
-        self.plan = plan
-        self.device = device
-        self._step = device if callable(getattr(device, "forward", None)) else None
-        # Resolve weight handles once: per-step work stays a walk over the ops.
-        self._ops = [] if self._step else [(op, [device.weight(w) for w in op.weights]) for op in plan.ops]
+class Device(Protocol):
+    """One step at a time on a model's device: what the engine reads. Every device declares
+    every member; those it lacks a use for keep their stated defaults."""
+
+    @property
+    def samples_on_device(self) -> bool:  # False: forward_sampled refuses (DeviceError)
+        ...
+
+    @property
+    def host_sampling(self) -> "SamplingKernels | None":  # the library's host sampling kernels, or None
+        ...
 
     def forward(self, batch: StepBatch) -> np.ndarray:
         """Logits float32[R, vocab] for the batch's logit rows."""
-        if self._step is not None:
-            return self._step.forward(batch)
-        return self._interpret(batch, self.plan.output_logits)
+        ...
 
-    @property
-    def host_sampling(self):
-        """The device's host sampling kernels (runtime/sampling_kernels.py), or None."""
-        return getattr(self.device, "host_sampling", None)
-
-    @property
-    def samples_on_device(self) -> bool:
-        return bool(getattr(self._step, "samples_on_device", False))
+    def forward_hidden(self, batch: StepBatch) -> np.ndarray:
+        """The final normalized hidden states float32[R, n_embd] for the batch's logit rows
+        (what the output norm writes: llama.cpp's embeddings)."""
+        ...
 
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         """One step on a `samples_on_device` device; rows[i] is (Sampler, wants its logprob)
         for a row the device may sample, None for a row the host must (grammar, logit_bias,
         top logprobs)."""
-        return self._step.forward_sampled(batch, rows)
+        ...
+
+
+class Executor:
+    """The engine's handle on its model's device: a Device that hands every call on."""
+
+    def __init__(self, plan: Plan, device: Device):
+        self.plan = plan
+        self.device = device
+
+    @property
+    def samples_on_device(self) -> bool:
+        return self.device.samples_on_device
+
+    @property
+    def host_sampling(self) -> "SamplingKernels | None":
+        return self.device.host_sampling
+
+    def forward(self, batch: StepBatch) -> np.ndarray:
+        return self.device.forward(batch)
 
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:
-        """The final normalized hidden states float32[R, n_embd] for the batch's logit rows
-        (what the output norm writes: llama.cpp's embeddings)."""
-        if self._step is not None:
-            return self._step.forward_hidden(batch)
-        return self._interpret(batch, self.plan.output_hidden)
+        return self.device.forward_hidden(batch)
+
+    def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
+        return self.device.forward_sampled(batch, rows)
+
+
+# -- the plan interpreted op by op -----------------------------------------------------------------
+
+
+class OpDevice(Protocol):
+    """What the plan interpreter needs from a device that runs single ops."""
+
+    def alloc(self, shape: tuple[int, ...], dtype: str): ...
+
+    def upload_batch(self, batch: StepBatch): ...
+
+    def weight(self, name: str): ...
+
+    def launch(self, op: Op, outs: list, ins: list, weights: list, batch) -> None: ...
+
+    def download(self, buf, rows: int) -> np.ndarray: ...
+
+
+class InterpretedDevice:
+    """A Device whose step interprets its plan op by op: subclasses implement OpDevice."""
+
+    samples_on_device = False
+    host_sampling: "SamplingKernels | None" = None
+
+    def __init__(self, plan: Plan):
+        self._plan = plan
+        self._ops: list[tuple[Op, list]] | None = None  # weight handles resolved on the first step
+
+    def forward(self, batch: StepBatch) -> np.ndarray:
+        return self._interpret(batch, self._plan.output_logits)
+
+    def forward_hidden(self, batch: StepBatch) -> np.ndarray:
+        return self._interpret(batch, self._plan.output_hidden)
+
+    def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
+        raise DeviceError(f"the {type(self).__name__} does not sample: the host samples every row")
 
     def _interpret(self, batch: StepBatch, output: str) -> np.ndarray:
+        dev: OpDevice = self  # type: ignore[assignment]  (subclasses implement it)
+        if self._ops is None:  # per-step work stays a walk over the ops
+            self._ops = [(op, [dev.weight(w) for w in op.weights]) for op in self._plan.ops]
         sizes = {"T": batch.num_tokens, "R": batch.num_rows}
-        dev = self.device
-        bufs = {b.name: dev.alloc(_resolve(b, sizes), b.dtype) for b in self.plan.buffers}
+        bufs = {b.name: dev.alloc(_resolve(b, sizes), b.dtype) for b in self._plan.buffers}
         dev_batch = dev.upload_batch(batch)
-        bufs[self.plan.input_tokens] = dev_batch.tokens
+        bufs[self._plan.input_tokens] = dev_batch.tokens
         # Stop at the last op writing the output: the hidden state needs no lm head.
         last = max(i for i, (op, _) in enumerate(self._ops) if output in op.outputs)
         for op, weights in self._ops[: last + 1]:

@@ -10,8 +10,8 @@ from tokenizers import Tokenizer
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle, open_bundle
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
-from rfc.runtime.executor import Executor
-from rfc.runtime.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, GPU_FAMILIES, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks
+from rfc.runtime.executor import Device, Executor
+from rfc.runtime.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks
 from rfc.runtime.kv_cache import BlockManager, KvPool
 
 
@@ -35,7 +35,7 @@ class LoadedModel:
     bundle: Bundle
     tokenizer: Tokenizer
     device_choice: DeviceChoice
-    device: object
+    device: Device
     kv_pool: KvPool  # the device's KV pool; its engine decides which sequence holds which block
     executor: Executor
     context_length: int  # the served limit on prompt + generated tokens: --ctx-size, at most the trained context
@@ -99,7 +99,7 @@ def _budget_blocks(bundle: Bundle, choice: DeviceChoice, options: LoadOptions, c
     plan = bundle.plan
     sizing = KvSizing(choice.name, plan.kv, options.block_size, context_length, options.gpu_memory_utilization,
                       options.kv_memory, options.kv_max_sequences, options.kv_share)
-    if choice.name in GPU_FAMILIES:
+    if choice.name.is_gpu:
         from rfc.runtime.devices import gpu_memory_info, gpu_resident_bytes
 
         blocks, _ = budget_blocks(sizing, lambda: gpu_memory_info(choice), gpu_resident_bytes(bundle, choice.target))

@@ -66,14 +66,14 @@ BENCH_MODELS = (  # (file name, make_gguf.py arguments)
 def kernel_usage(bundle: Path, target: str) -> tuple[bool, str]:
     from rfc.artifacts.bundle import open_bundle
     from rfc.compiler.codegen.gpu_usage import cuda_usage, hip_usage, usage_table
-    from rfc.runtime.devices.gpu_args import target_entry
+    from rfc.artifacts.targets import Family, target_entry
 
     b = open_bundle(bundle)
-    entry = target_entry(b, target)
-    if entry["family"] == "cuda":
-        usage = cuda_usage(b.read_text(entry["sources"][0]), shlex.split(entry["compile_command"]))
+    entry = target_entry(b.manifest, target)
+    if entry.family is Family.CUDA:
+        usage = cuda_usage(b.read_text(entry.sources[0]), shlex.split(entry.compile_command))
     else:
-        usage = hip_usage(b.file(entry["kernels"]).read_bytes(), target)
+        usage = hip_usage(b.file(entry.kernels).read_bytes(), target)
     bad = [u.name for u in usage.values() if u.is_hot and u.uses_local_memory]
     return not bad, usage_table(usage)
 

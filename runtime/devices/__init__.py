@@ -1,96 +1,126 @@
 """Device selection: a bundle target that matches this machine, else the numpy reference."""
 
+import importlib
 import sys
 from dataclasses import dataclass
+from enum import Enum
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.plan import KVSpec
-from rfc.artifacts.targets import TargetError, parse_target
+from rfc.artifacts.targets import Family, target_entries, target_entry
 
 
 class DeviceError(Exception):
     """No usable device, or a device failed; the message names what was looked for."""
 
 
+class DeviceKind(str, Enum):
+    """What runs a model: the numpy reference or one family of compiled targets. A str, so it
+    reads and prints as the --device name."""
+
+    REF = "ref"
+    CPU = "cpu"
+    HIP = "hip"
+    CUDA = "cuda"
+
+    __str__ = str.__str__  # "cpu", not DeviceKind.CPU
+
+    @property
+    def family(self) -> Family | None:
+        """The family of targets it runs (None: the reference runs the plan itself)."""
+        return None if self is DeviceKind.REF else Family(self.value)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.family is not None and self.family.is_gpu
+
+
 @dataclass(frozen=True)
 class DeviceChoice:
-    name: str  # "ref", "cpu", "hip", "cuda"
+    name: DeviceKind
     target: str | None  # the bundle target it runs ("cpu", "gfx1100", "sm_90"), None for ref
+
+
+# Preference among the compiled families when the device is "auto": a GPU first.
+_AUTO = (DeviceKind.HIP, DeviceKind.CUDA, DeviceKind.CPU)
 
 
 def choose_device(bundle: Bundle, requested: str = "auto") -> DeviceChoice:
     """The device to run on: a GPU target this machine has, else the best CPU variant it
     supports (highest rank: cpu-avx512 over cpu over cpu-generic), else the reference."""
-    entries = bundle.manifest["targets"]
-    targets = [t.get("name") for t in entries]
-    if requested == "ref":
-        return DeviceChoice("ref", None)
-    if requested not in ("auto", "cpu", "hip", "cuda"):
+    names = [t.get("name") for t in bundle.manifest["targets"]]
+    if requested == DeviceKind.REF:
+        return DeviceChoice(DeviceKind.REF, None)
+    if requested != "auto" and requested not in (DeviceKind.CPU, DeviceKind.HIP, DeviceKind.CUDA):
         raise DeviceError(f"unknown device '{requested}' (expected auto, ref, cpu, hip or cuda)")
-    wanted = ("hip", "cuda", "cpu") if requested == "auto" else (requested,)
-    known = []
-    for t in entries:
-        try:
-            known.append(parse_target(t.get("name")))
-        except TargetError:
-            continue  # a target this rfc does not know (a newer bundle): never chosen
-    for family in wanted:
-        candidates = sorted((t for t in known if t.family.value == family), key=lambda t: -t.rank)
-        for t in candidates:
-            if _compiled(bundle, t.name) and _present(family, t.name):
-                return DeviceChoice(family, t.name)
+    wanted = _AUTO if requested == "auto" else (DeviceKind(requested),)
+    known = target_entries(bundle.manifest)  # a target this rfc does not know (a newer bundle's) is never chosen
+    for kind in wanted:
+        for entry in sorted((e for e in known if e.family is kind.family), key=lambda e: -e.target.rank):
+            if entry.kernels and _present(kind, entry.name):
+                return DeviceChoice(kind, entry.name)
     if requested == "auto":
-        why = (f"no compiled target of this bundle ({', '.join(map(str, targets))}) runs on this machine" if targets
+        why = (f"no compiled target of this bundle ({', '.join(map(str, names))}) runs on this machine" if names
                else "this bundle has no compiled kernels (--reference-only)")
         print(f"rfc: warning: {why}; using the numpy reference device (slow)", file=sys.stderr)
-        return DeviceChoice("ref", None)
-    reasons = [f"{t.name}: {probe_reason(t.family.value, t.name) or 'not compiled'}" for t in known if t.family.value in wanted]
+        return DeviceChoice(DeviceKind.REF, None)
+    reasons = [f"{e.name}: {probe_reason(wanted[0], e.name) or 'not compiled'}" for e in known if e.family is wanted[0].family]
     raise DeviceError(
         f"device '{requested}' requested, but no bundle target can run it here "
-        f"(bundle targets: {', '.join(map(str, targets))}{'; ' + '; '.join(reasons) if reasons else ''})"
+        f"(bundle targets: {', '.join(map(str, names))}{'; ' + '; '.join(reasons) if reasons else ''})"
     )
 
 
-def _compiled(bundle: Bundle, target: str) -> bool:
-    entry = next(t for t in bundle.manifest["targets"] if t["name"] == target)
-    return bool(entry.get("kernels"))
+# The module of each compiled family: cpu exposes `probe(target) -> str | None` (None when the
+# machine can run that target, else the reason it cannot) and `Device(...)`; a GPU family its
+# driver class (runtime/devices/gpu_driver.py GpuDriver with the family's dialect).
+_CPU_MODULE = "rfc.runtime.devices.cpu"
+_GPU_DRIVERS = {Family.HIP: ("rfc.runtime.devices.hip", "HipDriver"), Family.CUDA: ("rfc.runtime.devices.cuda", "CudaDriver")}
 
 
-# Each compiled family's module exposes `probe(target) -> str | None` (None when the machine
-# can run that target, else the reason it cannot) and a `Device` class with ReferenceDevice's
-# interface, constructed as Device(bundle, target, kv, num_blocks, block_size).
-_FAMILY_MODULES = {"cpu": "rfc.runtime.devices.cpu", "hip": "rfc.runtime.devices.hip", "cuda": "rfc.runtime.devices.cuda"}
+def gpu_driver_class(family: Family):
+    """The driver class of a GPU family (a GpuDriver)."""
+    module, name = _GPU_DRIVERS[family]
+    return getattr(importlib.import_module(module), name)
 
 
-def _module(family: str):
-    import importlib
-
-    return importlib.import_module(_FAMILY_MODULES[family])
-
-
-def _present(family: str, target: str) -> bool:
+def _present(kind: DeviceKind, target: str) -> bool:
     try:
-        return _module(family).probe(target) is None
+        return _probe(kind, target) is None
     except ImportError:
         return False
 
 
-def probe_reason(family: str, target: str) -> str | None:
+def probe_reason(kind: DeviceKind | str, target: str) -> str | None:
+    """None when this machine can run `target` on a `kind` device (or its name), else why not."""
+    kind = DeviceKind(kind)
     try:
-        return _module(family).probe(target)
+        return _probe(kind, target)
     except ImportError as e:
-        return f"{family} device support is not installed ({e})"
+        return f"{kind} device support is not installed ({e})"
+
+
+def _probe(kind: DeviceKind, target: str) -> str | None:
+    if kind.is_gpu:
+        return gpu_driver_class(kind.family).probe(target)
+    return importlib.import_module(_CPU_MODULE).probe(target)
 
 
 def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int,
                   context_length: int | None = None):
     """`context_length`: the longest sequence served (--ctx-size; default the plan's), which
     bounds the block tables a device sizes ahead of the batches."""
-    if choice.name == "ref":
+    if choice.name is DeviceKind.REF:
         from rfc.runtime.devices.reference import ReferenceDevice
 
         return ReferenceDevice(bundle, kv, num_blocks, block_size)
-    return _module(choice.name).Device(bundle, choice.target, kv, num_blocks, block_size, context_length=context_length)
+    if choice.name.is_gpu:
+        from rfc.runtime.devices.gpu import open_device
+
+        driver = gpu_driver_class(choice.name.family)(choice.target)
+        return open_device(driver, bundle, choice.target, kv, num_blocks, block_size, context_length)
+    return importlib.import_module(_CPU_MODULE).Device(bundle, choice.target, kv, num_blocks, block_size,
+                                                       context_length=context_length)
 
 
 # -- memory, for sizing the KV pool from a budget (runtime/kv_budget.py) -------------------------
@@ -98,17 +128,17 @@ def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: 
 
 def gpu_memory_info(choice: DeviceChoice) -> tuple[int, int]:
     """(free, total) bytes of the GPU that `choice` runs on, from its driver."""
-    return _module(choice.name).memory_info(choice.target)
+    return gpu_driver_class(choice.name.family)(choice.target).memory_info()
 
 
 def gpu_resident_bytes(bundle: Bundle, target: str) -> int:
     """Device bytes a GPU device keeps besides its KV cache: the weights and the step
     program's activation arena (sized at compile time)."""
     from rfc.artifacts.program import unpack_program
-    from rfc.runtime.devices.gpu_args import target_entry
-
-    entry = target_entry(bundle, target)
-    arena = unpack_program(bundle.file(entry["program"]).read_bytes()).arena.total_bytes if "program" in entry else 0
     from rfc.runtime.devices.gpu import device_weight_bytes
 
+    entry = target_entry(bundle.manifest, target)
+    if entry is None:
+        raise DeviceError(f"bundle {bundle.root} has no target {target}")
+    arena = unpack_program(bundle.file(entry.program).read_bytes()).arena.total_bytes if entry.program else 0
     return device_weight_bytes(bundle, entry) + arena

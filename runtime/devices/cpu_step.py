@@ -19,8 +19,10 @@ from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.errors import BundleError
 from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.program import STEP_ABI_VERSION, STEP_ARGS, plan_arena, unpack_program
+from rfc.artifacts.targets import TargetEntry
 from rfc.runtime.batch import StepBatch
-from rfc.runtime.devices import DeviceError
+from rfc.runtime.devices import DeviceError, DeviceKind
+from rfc.runtime.executor import SampledRows
 from rfc.runtime.sampling_kernels import SamplingKernels
 
 _CTYPES = {"i64": c_int64, "ptr": c_void_p}
@@ -50,14 +52,19 @@ def _fn(lib: ctypes.CDLL, name: str, argtypes: list, restype):
 
 
 class CpuStepDevice:
-    name = "cpu"
+    """A runtime.executor.Device: steps run by the library's step program; the host samples,
+    with the library's sampling kernels where it has them."""
 
-    def __init__(self, bundle: Bundle, target: str, lib: ctypes.CDLL, entry: dict, kv: KVSpec, num_blocks: int,
+    name = DeviceKind.CPU
+    samples_on_device = False
+    host_sampling: SamplingKernels | None = None
+
+    def __init__(self, bundle: Bundle, target: str, lib: ctypes.CDLL, entry: TargetEntry, kv: KVSpec, num_blocks: int,
                  block_size: int, n_threads: int | None = None):  # fmt: skip
-        if not entry.get("program"):
+        if not entry.program:
             raise DeviceError(f"bundle target {target} has no step program; recompile the model with this rfc")
         try:
-            self.program = unpack_program(bundle.file(entry["program"]).read_bytes())
+            self.program = unpack_program(bundle.file(entry.program).read_bytes())
         except (OSError, BundleError) as e:
             raise DeviceError(f"bundle target {target}: {e}") from e
         if self.program.entry is None or self.program.extra.get("step_abi") != STEP_ABI_VERSION:
@@ -97,6 +104,9 @@ class CpuStepDevice:
 
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:
         return self._run(batch, self._hidden_entry, self.plan.output_hidden)
+
+    def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
+        raise DeviceError("the cpu step program does not sample: the host samples every row")
 
     def _offset(self, t: int, r: int, buffer: str) -> int:
         key = (t, r)

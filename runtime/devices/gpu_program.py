@@ -23,22 +23,26 @@ Block tables are staged at the program's full width (max context / block size, p
 
 import ctypes
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from rfc.artifacts.program import (
-    SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS, ArgKind, StepProgram, unpack_program,
+    SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS, ArgKind, ArgSlot, Launch, StepProgram,
 )
+from rfc.artifacts.targets import KernelArg
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
-from rfc.runtime.devices.gpu import Driver, GpuDevice
-from rfc.runtime.devices.gpu_args import check_code_object_args
+from rfc.runtime.devices.gpu_driver import Driver
 from rfc.runtime.executor import SampledRows
 from rfc.runtime.sampler import SamplingParams
 
 _PACK = {8: "<Q", 4: "<i"}
+# The scalars a step counts, which launch grids and scalar argument slots may name (a STEP_ARGS
+# i64 name each: artifacts/program.py)
+STEP_SCALARS = ("n_tokens", "n_rows", "n_seqs", "table_width", "block_size")
 # Batch arrays in the staging buffer, in order: (name, length in the program's maxima)
 # (block tables last: a step copies the staging only up to its sequences' table rows; with
 # device sampling the penalty pairs and row parameters come first, the pairs filled from their
@@ -50,34 +54,10 @@ _STAGED = ("tokens", "positions", "slots", "seq_of_token", "seq_start", "context
 PEN_PER_ROW = 256
 
 
-class GraphDriver(Driver, Protocol):
-    """What the step program needs beyond the per-op Driver; every call raises DeviceError."""
-
-    def malloc_host(self, nbytes: int) -> int: ...  # pinned (page-locked) host memory
-
-    def free_host(self, ptr: int) -> None: ...
-
-    def stream_create(self) -> Any: ...
-
-    def copy_to_device_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None: ...
-
-    def copy_to_host_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None: ...
-
-    def launch_on(self, fn: Any, grid: tuple[int, int, int], block: tuple[int, int, int], params: ctypes.Array, stream: Any) -> None: ...
-
-    def capture_begin(self, stream: Any) -> None: ...
-
-    def capture_end(self, stream: Any) -> Any: ...  # an instantiated, launchable graph
-
-    def graph_launch(self, graph: Any, stream: Any) -> None: ...
-
-    def graph_destroy(self, graph: Any) -> None: ...
-
-    def stream_synchronize(self, stream: Any) -> None: ...
-
-
 @dataclass
-class _Bound:
+class BoundLaunch:
+    """A launch with its parameter buffer filled in, but for the scalars a step counts."""
+
     fn: Any
     threads: int
     grid: list  # [(count: int | scalar name, tile)]
@@ -85,11 +65,54 @@ class _Bound:
     params: ctypes.Array
     scalars: list  # [(offset, size, scalar name)]
 
+    def enqueue(self, driver: Driver, scalars: dict[str, int], stream: Any) -> None:
+        """Writes this step's scalars and launches on `stream` (nothing to do, no launch: a
+        grid of no blocks, e.g. no logit rows)."""
+        for offset, nbytes, name in self.scalars:
+            struct.pack_into(_PACK[nbytes], self.buffer, offset, scalars[name])
+        grid = [-(-(scalars[c] if isinstance(c, str) else c) // t) for c, t in self.grid]
+        if min(grid) > 0:
+            driver.launch_on(self.fn, (*grid, 1, 1, 1)[:3], (self.threads, 1, 1), self.params, stream)
+
+
+def parameter_buffer(layout: tuple[KernelArg, ...]) -> tuple[ctypes.Array, ctypes.Array]:
+    """A kernel's parameter buffer (its arguments at the code object's offsets) and the array
+    of pointers into it that a launch takes."""
+    size = max((offset + nbytes for _name, nbytes, offset in layout), default=0)
+    buffer = ctypes.create_string_buffer(max(8, (size + 7) // 8 * 8))
+    base = ctypes.addressof(buffer)
+    params = (ctypes.c_void_p * max(1, len(layout)))(*[base + offset for _name, _nbytes, offset in layout])
+    return buffer, params
+
+
+def bind_launch(launch: Launch, layout: tuple[KernelArg, ...] | None, fn: Any, pointer: Callable[[ArgSlot], int]) -> BoundLaunch:
+    """One launch of a program bound: `layout` is its kernel's (the manifest's kernel_args, as
+    the code object lays them out), `pointer` the device address of a pointer slot. Constant
+    scalars are written in now, the step's (n_tokens, ...) by BoundLaunch.enqueue."""
+    if layout is None or len(layout) != len(launch.args):
+        raise DeviceError(f"step program: kernel {launch.kernel} takes {len(layout or [])} arguments, the launch passes {len(launch.args)}")
+    for g in launch.grid:
+        if isinstance(g.count, str) and g.count not in STEP_SCALARS:
+            raise DeviceError(f"step program: kernel {launch.kernel}'s grid counts {g.count!r}, not a step scalar")
+    buffer, params = parameter_buffer(layout)
+    scalars = []
+    for slot, (name, nbytes, offset) in zip(launch.args, layout):
+        if slot.size != nbytes:
+            raise DeviceError(f"step program: kernel {launch.kernel} argument {name} is {nbytes} bytes, the launch passes {slot.size}")
+        if slot.kind is ArgKind.SCALAR and slot.ref:
+            if slot.ref not in STEP_SCALARS:
+                raise DeviceError(f"step program: kernel {launch.kernel} argument {name} counts {slot.ref!r}, not a step scalar")
+            scalars.append((offset, nbytes, slot.ref))
+        else:
+            value = slot.value if slot.kind is ArgKind.SCALAR else pointer(slot)
+            struct.pack_into(_PACK[nbytes], buffer, offset, value)
+    return BoundLaunch(fn, launch.threads, [(g.count, g.tile) for g in launch.grid], buffer, params, scalars)
+
 
 class StepRunner:
     """One bound step program over a driver; see the module doc."""
 
-    def __init__(self, driver: GraphDriver, program: StepProgram, kernel_args: dict, functions: dict[str, Any],
+    def __init__(self, driver: Driver, program: StepProgram, kernel_args: dict, functions: dict[str, Any],
                  weight_ptr, kv_ptr, vocab: int, n_embd: int, logits: str, hidden: str, block_size: int, table_width: int,
                  max_graphs: int = 64, sample: "tuple[Any, dict] | None" = None, pen_per_row: int = PEN_PER_ROW):
         self._driver = driver
@@ -114,9 +137,10 @@ class StepRunner:
         self._views = {n: _view(self._host_in + off, length) for n, (off, length) in self.stage.items()}
         bound: dict = {}  # a launch both lists hold is bound once
 
-        def bind(launch) -> _Bound:
+        def bind(launch: Launch) -> BoundLaunch:
             if launch not in bound:
-                bound[launch] = self._bind(launch, kernel_args, functions, weight_ptr, kv_ptr)
+                pointer = lambda slot: self._pointer(slot, weight_ptr, kv_ptr)  # noqa: E731
+                bound[launch] = bind_launch(launch, kernel_args.get(launch.kernel), functions[launch.kernel], pointer)
             return bound[launch]
 
         self._bound = [bind(launch) for launch in program.launches]
@@ -146,27 +170,6 @@ class StepRunner:
             self.stage[name] = (offset, n)
             offset += -(-n * 4 // 256) * 256
         self.stage_bytes = offset
-
-    def _bind(self, launch, kernel_args: dict, functions: dict, weight_ptr, kv_ptr) -> _Bound:
-        layout = kernel_args.get(launch.kernel)
-        if layout is None or len(layout) != len(launch.args):
-            raise DeviceError(f"step program: kernel {launch.kernel} takes {len(layout or [])} arguments, the launch passes {len(launch.args)}")
-        size = max((o + s for _n, s, o in layout), default=0)
-        buffer = ctypes.create_string_buffer(max(8, (size + 7) // 8 * 8))
-        base = ctypes.addressof(buffer)
-        params = (ctypes.c_void_p * max(1, len(layout)))(*[base + o for _n, _s, o in layout])
-        scalars = []
-        for slot, (name, nbytes, offset) in zip(launch.args, layout):
-            if slot.size != nbytes:
-                raise DeviceError(f"step program: kernel {launch.kernel} argument {name} is {nbytes} bytes, the launch passes {slot.size}")
-            if slot.kind is ArgKind.SCALAR:
-                if slot.ref:
-                    scalars.append((offset, nbytes, slot.ref))
-                else:
-                    struct.pack_into(_PACK[nbytes], buffer, offset, slot.value)
-                continue
-            struct.pack_into(_PACK[nbytes], buffer, offset, self._pointer(slot, weight_ptr, kv_ptr))
-        return _Bound(functions[launch.kernel], launch.threads, [(g.count, g.tile) for g in launch.grid], buffer, params, scalars)
 
     def _pointer(self, slot, weight_ptr, kv_ptr) -> int:
         if slot.kind is ArgKind.ARENA:
@@ -201,7 +204,7 @@ class StepRunner:
         v["logit_rows"][:R] = batch.logit_rows
         return {"n_tokens": T, "n_rows": R, "n_seqs": S, "table_width": self.table_width, "block_size": self.block_size}
 
-    def launch_list(self, n_tokens: int) -> list[_Bound]:
+    def launch_list(self, n_tokens: int) -> list[BoundLaunch]:
         """The bound list a step of n_tokens runs: the prefill list from prefill_min_tokens on."""
         if self.prefill_min_tokens is not None and n_tokens >= self.prefill_min_tokens:
             return self._bound_prefill
@@ -210,12 +213,7 @@ class StepRunner:
     def _launch_all(self, scalars: dict[str, int], sampled: bool) -> None:
         bound = self.launch_list(scalars["n_tokens"])
         for b in [*bound, self.sampling.bound] if sampled else bound:
-            for offset, nbytes, name in b.scalars:
-                struct.pack_into(_PACK[nbytes], b.buffer, offset, scalars[name])
-            grid = [-(-(scalars[c] if isinstance(c, str) else c) // t) for c, t in b.grid]
-            if min(grid) <= 0:
-                continue
-            self._driver.launch_on(b.fn, (*grid, 1, 1, 1)[:3], (b.threads, 1, 1), b.params, self.stream)
+            b.enqueue(self._driver, scalars, self.stream)
 
     def _graph(self, scalars: dict[str, int], sampled: bool) -> Any:
         key = (scalars["n_tokens"], scalars["n_rows"], sampled)
@@ -292,55 +290,6 @@ def _view(ptr: int, length: int, dtype=np.int32) -> np.ndarray:
     itemsize = np.dtype(dtype).itemsize
     buf = (ctypes.c_char * (length * itemsize)).from_address(ptr)
     return np.frombuffer(buf, dtype=dtype, count=length)
-
-
-class GpuStepDevice(GpuDevice):
-    """A GpuDevice that runs whole steps through its bundle's step program (the engine's
-    executor calls forward); the per-op `launch` stays for kernel tests."""
-
-    def __init__(self, driver: GraphDriver, bundle, entry: dict, code, image: bytes, kv, num_blocks: int, block_size: int,
-                 context_length: int | None = None):
-        super().__init__(driver, bundle, entry, code, image, kv, num_blocks, block_size)
-        if "program" not in entry:
-            raise DeviceError(f"bundle target {entry['name']} has no step program: recompile the model with this rfc")
-        program = unpack_program(bundle.file(entry["program"]).read_bytes())
-        plan = bundle.plan
-        # a sequence holds at most the served context (--ctx-size), so its table this many blocks
-        width = min(num_blocks, -(-(context_length or plan.context_length) // block_size))
-        sample = program.extra.get("sample")
-        sample_fn = driver.function(self._module, sample["kernel"]) if isinstance(sample, dict) and "kernel" in sample else None
-        functions = {n: k.fn for n, k in self._kernels.items()}
-        # kernels only the program launches (split attention and its reduction, the prefill
-        # list's tensor-core matmuls), checked
-        # against the code object as the per-op kernels are
-        only_program = sorted({l.kernel for l in (*program.launches, *program.prefill_launches)} - set(functions))
-        for name in only_program:
-            if name not in entry["kernel_args"]:
-                raise DeviceError(f"step program: kernel {name} has no argument layout in the manifest")
-            check_code_object_args(f"bundle target {entry['name']}", name, entry["kernel_args"][name], code.get(name))
-            functions[name] = driver.function(self._module, name)
-        self.runner = StepRunner(
-            driver, program, entry["kernel_args"], functions,
-            weight_ptr=self.weight_address,
-            kv_ptr=lambda which, layer: (self._k_cache if which == "k" else self._v_cache) + layer * self._layer_bytes,
-            vocab=plan.vocab_size, n_embd=plan.n_embd, logits=plan.output_logits, hidden=plan.output_hidden,
-            block_size=block_size, table_width=width, sample=(sample_fn, sample) if sample_fn is not None else None,
-        )
-        self._plan = plan
-        self.samples_on_device = self.runner.sampling is not None
-
-    def forward(self, batch: StepBatch) -> np.ndarray:
-        return self.runner.run(batch, self._plan.output_logits)
-
-    def forward_hidden(self, batch: StepBatch) -> np.ndarray:
-        return self.runner.run(batch, self._plan.output_hidden)
-
-    def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
-        return self.runner.run_sampled(batch, rows)
-
-    def close(self) -> None:
-        self.runner.close()
-        super().close()
 
 
 # -- sampling on the device (issue 10) -------------------------------------------------------------
@@ -440,17 +389,14 @@ class DeviceSampling:
         pointers = {"out": self._dev_out, "logits": r.arena + r._out_offset[r._logits],
                     "params": r._dev_in + r.stage["sample_params"][0], "pen": r._dev_in + self._pen_off,
                     "pen_raw": r._alloc(4 * C), "pen_capacity": C}
-        size = max(o + s for _n, s, o in self._layout)
-        buffer = ctypes.create_string_buffer((size + 7) // 8 * 8)
-        base = ctypes.addressof(buffer)
-        params = (ctypes.c_void_p * len(self._layout))(*[base + o for _n, _s, o in self._layout])
+        buffer, params = parameter_buffer(self._layout)
         scalars = []
         for name, nbytes, offset in self._layout:
             if name == "n_rows":
                 scalars.append((offset, nbytes, "n_rows"))
             else:
                 struct.pack_into(_PACK[nbytes], buffer, offset, pointers[name])
-        self.bound = _Bound(self._fn, self.threads, [("n_rows", 1)], buffer, params, scalars)
+        self.bound = BoundLaunch(self._fn, self.threads, [("n_rows", 1)], buffer, params, scalars)
 
     def stage(self, rows: list, vocab: int) -> tuple[list[int], int]:
         """Writes the rows' parameters and penalty lists; returns the rows the host samples (a

@@ -1,24 +1,30 @@
-"""The numpy reference device: every plan op in plain numpy.
+"""The numpy reference device: every plan op in plain numpy, the plan interpreted op by op.
 
 It is the oracle the compiled kernels are tested against, so it favours clarity over
 speed; it is also the fallback where no compiled target fits the machine. Weights are
 dequantized once, on first use, and held in float64: matmuls then accumulate in float64, so
 a row's result does not depend on how many rows share the batch (BLAS picks different
-float32 summation orders for different shapes).
+float32 summation orders for different shapes). Each op kind has its method, found in
+_HANDLERS (one per OpKind).
 """
+
+from collections.abc import Callable
 
 import numpy as np
 
 from rfc.artifacts.bundle import Bundle
-from rfc.artifacts.plan import OPS, KVSpec, Op
+from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind
 from rfc.runtime.batch import StepBatch
+from rfc.runtime.devices import DeviceKind
+from rfc.runtime.executor import InterpretedDevice
 from rfc.runtime.quants import dequantize
 
 
-class ReferenceDevice:
-    name = "ref"
+class ReferenceDevice(InterpretedDevice):
+    name = DeviceKind.REF
 
     def __init__(self, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int):
+        super().__init__(bundle.plan)
         self._bundle = bundle
         self._entries = bundle.layout.by_name()
         self._weights: dict[str, np.ndarray] = {}
@@ -48,7 +54,7 @@ class ReferenceDevice:
     # -- ops ------------------------------------------------------------------------------
     def launch(self, op: Op, outs: list, ins: list, weights: list, batch: StepBatch) -> None:
         attrs = {**dict(OPS[op.kind].optional), **op.attrs}  # optional attributes at their defaults
-        getattr(self, "op_" + op.kind)(outs, ins, weights, attrs, batch)
+        _HANDLERS[op.kind](self, outs, ins, weights, attrs, batch)
 
     def op_embed(self, outs, ins, weights, attrs, batch):
         outs[0][...] = weights[0][ins[0]] * attrs["scale"]
@@ -164,3 +170,22 @@ class ReferenceDevice:
         y, w = ins
         n_tok, k = w.shape
         outs[0][...] = np.einsum("tj,tjn->tn", w.astype(np.float64), y.reshape(n_tok, k, -1).astype(np.float64))
+
+
+_HANDLERS: dict[OpKind, Callable] = {
+    OpKind.EMBED: ReferenceDevice.op_embed,
+    OpKind.RMSNORM: ReferenceDevice.op_rmsnorm,
+    OpKind.MATMUL: ReferenceDevice.op_matmul,
+    OpKind.ADD_BIAS: ReferenceDevice.op_add_bias,
+    OpKind.ROPE: ReferenceDevice.op_rope,
+    OpKind.KV_WRITE: ReferenceDevice.op_kv_write,
+    OpKind.ATTENTION: ReferenceDevice.op_attention,
+    OpKind.SWIGLU: ReferenceDevice.op_swiglu,
+    OpKind.ADD: ReferenceDevice.op_add,
+    OpKind.GATHER_ROWS: ReferenceDevice.op_gather_rows,
+    OpKind.SOFTCAP: ReferenceDevice.op_softcap,
+    OpKind.MOE_ROUTE: ReferenceDevice.op_moe_route,
+    OpKind.MOE_MATMUL: ReferenceDevice.op_moe_matmul,
+    OpKind.MOE_COMBINE: ReferenceDevice.op_moe_combine,
+}
+assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"

@@ -97,10 +97,10 @@ def _cpu_check(path: Path, bundle, oracle, fault=None) -> tuple[bool, str]:
     if fault is not None:
         # The step program runs a whole step in one call: a fault goes into the same
         # library's per-op kernels, interpreted op by op (the building blocks of the step).
-        from rfc.runtime.devices.cpu import OpDevice
         from rfc.runtime.executor import Executor
+        from tests.kernels.kit.cpu import CpuOpDevice
 
-        ops = OpDevice(model.bundle, model.device_choice.target, model.bundle.plan.kv, model.kv_pool.num_blocks,
+        ops = CpuOpDevice(model.bundle, model.device_choice.target, model.bundle.plan.kv, model.kv_pool.num_blocks,
                        model.kv_pool.block_size)  # fmt: skip
         scale_outputs(ops, fault)
         executor = Executor(model.bundle.plan, ops)

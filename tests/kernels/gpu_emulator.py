@@ -3,8 +3,9 @@
 The target's generated source (kernels/<target>/rfc.hip or rfc.cu, the exact text the GPU
 toolchain built) is compiled with g++ against gpu_emu.h, which emulates rfc_gpu.h with one
 fiber per GPU thread. `EmulatedDriver` implements the Driver protocol of
-rfc.runtime.devices.gpu over host memory, so the real GpuDevice (argument checks, packing
-at the code object's offsets, grids, KV cache, memory pool) drives the emulated kernels.
+rfc.runtime.devices.gpu_driver over host memory, so the real GpuDevice (load-time checks, the
+bound step program, graphs, weights, KV cache) and the kit's GpuOpDevice (each op's kernel as
+a one-launch program) drive the emulated kernels.
 """
 
 import ctypes
@@ -16,19 +17,20 @@ from pathlib import Path
 import numpy as np
 
 from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.codeobject import KernelInfo
 from rfc.artifacts.plan import KVSpec
-from rfc.artifacts.codeobject import read_cubin, read_hsaco
+from rfc.artifacts.targets import TargetEntry, target_entry
+from rfc.runtime.devices import gpu_driver_class
 from rfc.runtime.devices.gpu import GpuDevice
-from rfc.runtime.devices.gpu_args import target_entry
-from rfc.runtime.devices.gpu_program import GpuStepDevice
+from tests.kernels.kit.gpu import GpuOpDevice
 
 EMU_HEADER = Path(__file__).with_name("gpu_emu.h")
 
 
 def build_emulator(bundle: Bundle, target: str, build_dir: Path) -> Path:
     """A shared library with `rfc_emu_launch_<kernel>` for every kernel of the target."""
-    entry = target_entry(bundle, target)
-    return build_source_emulator(bundle.read_text(entry["sources"][0]), sorted(entry["kernel_args"]), build_dir)
+    entry = target_entry(bundle.manifest, target)
+    return build_source_emulator(bundle.read_text(entry.sources[0]), sorted(entry.kernel_args), build_dir)
 
 
 def build_source_emulator(source: str, kernels, build_dir: Path) -> Path:
@@ -150,20 +152,24 @@ class EmulatedDriver:
         self.calls.append(("sync",))
 
 
-def emulated_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path) -> GpuDevice:
-    """A GpuDevice running the target's kernels emulated, checked against its code object."""
-    entry = target_entry(bundle, target)
-    data = bundle.file(entry["kernels"]).read_bytes()
-    code = read_hsaco(data, target) if entry["family"] == "hip" else read_cubin(data)
+def _code(bundle: Bundle, target: str) -> tuple[TargetEntry, dict[str, KernelInfo]]:
+    """The target's entry and the kernels of its code object, read as its driver reads them."""
+    entry = target_entry(bundle.manifest, target)
+    code, _image = gpu_driver_class(entry.family).dialect.read_code(bundle.file(entry.kernels).read_bytes(), target)
+    return entry, code
+
+
+def emulated_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path) -> GpuOpDevice:
+    """The kit's GpuOpDevice (each op's kernel alone) running the target's kernels emulated,
+    checked against its code object."""
+    entry, code = _code(bundle, target)
     driver = EmulatedDriver(build_emulator(bundle, target, build_dir))
-    return GpuDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size)
+    return GpuOpDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size)
 
 
 def emulated_step_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path,
-                         context_length: int | None = None) -> GpuStepDevice:
-    """A GpuStepDevice (the bound step program, graphs) over the emulated kernels."""
-    entry = target_entry(bundle, target)
-    data = bundle.file(entry["kernels"]).read_bytes()
-    code = read_hsaco(data, target) if entry["family"] == "hip" else read_cubin(data)
+                         context_length: int | None = None) -> GpuDevice:
+    """The runtime's GpuDevice (the bound step program, graphs) over the emulated kernels."""
+    entry, code = _code(bundle, target)
     driver = EmulatedDriver(build_emulator(bundle, target, build_dir))
-    return GpuStepDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size, context_length)
+    return GpuDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size, context_length)

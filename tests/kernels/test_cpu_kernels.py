@@ -1,4 +1,5 @@
-"""Every cpu kernel against the reference op (ReferenceDevice), for every weight format.
+"""Every cpu kernel against the reference op (ReferenceDevice), for every weight format, each
+called alone through the kit (tests/kernels/kit/cpu.py: the library's per-op exports).
 
 Two builds of one generated library are tested: the one for this machine's ISA (the AVX2
 int8 paths where the CPU has AVX2) and the portable build without SIMD flags (scalar C).
@@ -42,13 +43,13 @@ from rfc.compiler.spec import HParams
 from rfc.compiler.targets import parse_target
 from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.devices import DeviceError
-from rfc.runtime.devices.cpu import HostBuffer, OpDevice
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.kv_cache import BlockManager
 from rfc.artifacts.formats import PACKED_FORMATS, tensor_nbytes
 from rfc.compiler.weights import pack_x8
 from rfc.runtime.quants import FORMATS
 from tests.conftest import FIXTURES
+from tests.kernels.kit.cpu import CpuOpDevice, HostBuffer
 
 pytestmark = [
     pytest.mark.toolchain,
@@ -208,7 +209,7 @@ class Kit:
         files = {rel: {"sha256": sha256_bytes(self.library), "size": len(self.library)}}
         bundle = Bundle(root=root, manifest={"targets": [entry], "files": files}, layout=layout, plan=plan, weights=weights)
         self.bundle, self.plan, self.isa, self.cpu_target = bundle, plan, isa, target.name
-        self.cpu = OpDevice(bundle, target.name, KV, NUM_BLOCKS, BLOCK_SIZE)
+        self.cpu = CpuOpDevice(bundle, target.name, KV, NUM_BLOCKS, BLOCK_SIZE)
         self.ref = ReferenceDevice(bundle, KV, NUM_BLOCKS, BLOCK_SIZE)
         self.lib = ctypes.CDLL(str(lib))
 
@@ -446,7 +447,7 @@ def test_device_refuses_cpu_without_the_targets_isa(kit: Kit, monkeypatch):
         pytest.skip("cpu-generic needs no ISA flags")
     monkeypatch.setattr(cpu_device, "cpu_flags", lambda: {"sse2"})
     with pytest.raises(DeviceError, match=f"cannot run bundle target {kit.cpu_target} here: this CPU lacks avx"):
-        OpDevice(kit.bundle, kit.cpu_target, KV, NUM_BLOCKS, BLOCK_SIZE)
+        CpuOpDevice(kit.bundle, kit.cpu_target, KV, NUM_BLOCKS, BLOCK_SIZE)
 
 
 def test_pooled_buffers_are_reused_across_steps(kit: Kit):

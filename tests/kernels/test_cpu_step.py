@@ -1,8 +1,8 @@
 """The cpu step program: what the lowering decides (fusions, barriers) and the step device
 against the per-op kernels and the reference on a real fixture.
 
-The device tests compare against the OpDevice (the same library's exported kernels, the
-plan interpreted op by op in Python) and against the numpy reference: the step program
+The device tests compare against the kit's CpuOpDevice (tests/kernels/kit/cpu.py: the same
+library's exported kernels, the plan interpreted op by op in Python) and against the numpy reference: the step program
 reuses the kernels' building blocks, so it must give the op device's logits up to float
 summation order (row tiles are handed out dynamically; each output element is still
 computed by one thread in one order, so the results are in fact identical).
@@ -25,12 +25,12 @@ from rfc.compiler.codegen import cpu, cpu_step
 from rfc.compiler.codegen.cpu_step import Phase, with_barriers
 from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.devices import DeviceError
-from rfc.runtime.devices.cpu import OpDevice
 from rfc.runtime.devices.cpu_step import StepArgs
 from rfc.runtime.executor import Executor
 from rfc.runtime.kv_cache import BlockManager
 from rfc.runtime.loader import LoadOptions, load_model
 from tests.conftest import FIXTURES
+from tests.kernels.kit.cpu import CpuOpDevice
 
 pytestmark = [
     pytest.mark.toolchain,
@@ -121,7 +121,7 @@ def _step_equals_per_op(bundle, threads: int):
     lm = load_model(bundle, LoadOptions(device="cpu"))
     step = lm.executor.device
     step.n_threads = threads
-    ops = OpDevice(lm.bundle, step.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
+    ops = CpuOpDevice(lm.bundle, step.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
     op_exec = Executor(lm.bundle.plan, ops)
     op_blocks = BlockManager(lm.blocks.num_blocks, lm.blocks.block_size)
     tokens = np.random.default_rng(threads).integers(0, lm.bundle.plan.vocab_size, 64)
@@ -210,7 +210,7 @@ def test_step_program_equals_the_per_op_kernels_for(name, bundle_cache):
     if not path.exists():
         pytest.skip(f"fixture {path} missing")
     lm = load_model(bundle_cache(path), LoadOptions(device="cpu"))
-    ops = OpDevice(lm.bundle, lm.executor.device.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
+    ops = CpuOpDevice(lm.bundle, lm.executor.device.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
     op_exec = Executor(lm.bundle.plan, ops)
     op_blocks = BlockManager(lm.blocks.num_blocks, lm.blocks.block_size)
     tokens = np.random.default_rng(0).integers(0, lm.bundle.plan.vocab_size, 64)

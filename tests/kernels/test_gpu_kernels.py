@@ -1,8 +1,10 @@
 """The GPU kernels against their reference (rfc.runtime.devices.reference), without a GPU.
 
 Each target's generated source is run by the host emulator (gpu_emulator.py: one fiber per
-GPU thread, real barriers and shuffles) under the real GpuDevice, so argument packing at
-the code object's offsets, grids, the paged f16 KV cache and every kernel are exercised.
+GPU thread, real barriers and shuffles), each op's kernel bound as a one-launch program of the
+compiler's argument slots by the runtime's binder (tests/kernels/kit/gpu.py), so argument
+packing at the code object's offsets, grids, the paged f16 KV cache and every kernel are
+exercised.
 Tolerance: max |gpu - ref| <= 2e-4 * max(1, max |ref|) for single ops (float32 summation
 order; the reference accumulates matmuls in float64; int8 matmuls get inputs already rounded
 as they round them); whole models within tests/bounds.py's bounds of the reference for the

@@ -20,6 +20,7 @@ import pytest
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.artifacts.program import unpack_program
+from rfc.artifacts.targets import target_entry
 from rfc.runtime.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.devices.gpu import device_weight_bytes
 from rfc.runtime.devices.reference import ReferenceDevice
@@ -140,8 +141,8 @@ def test_bundle_with_cpu_and_gpu_targets_reads_variants(model, gpu_build_cache, 
     compile_model(CompileOptions(model=model_path(model), out_dir=out, targets=("cpu", TARGET), cache_dir=gpu_build_cache))
     bundle = open_bundle(out)
     entries = bundle.layout.by_name()
-    entry = next(t for t in bundle.manifest["targets"] if t["name"] == TARGET)
-    weights = unpack_program(bundle.file(entry["program"]).read_bytes()).weights
+    entry = target_entry(bundle.manifest, TARGET)
+    weights = unpack_program(bundle.file(entry.program).read_bytes()).weights
     q = "blk.0.attn_q.weight"
     assert entries[q].format == "Q4_0x8" and weights[q] == f"{q}#Q4_0p" and entries[weights[q]].format == "Q4_0p"
     assert all(name in entries and entries[name].format in PLANAR_FORMATS for name in weights.values())
@@ -149,7 +150,7 @@ def test_bundle_with_cpu_and_gpu_targets_reads_variants(model, gpu_build_cache, 
     assert sorted(t.name for t in variants) == sorted(weights.values()), "every variant is read, none twice"
     # the GPU uploads what it reads: not the cpu layouts of the same weights
     assert device_weight_bytes(bundle, entry) < 0.6 * len(bundle.weights)
-    cpu_entry = next(t for t in bundle.manifest["targets"] if t["name"] == "cpu")
-    assert not unpack_program(bundle.file(cpu_entry["program"]).read_bytes()).weights
+    cpu_entry = target_entry(bundle.manifest, "cpu")
+    assert not unpack_program(bundle.file(cpu_entry.program).read_bytes()).weights
     pair = _StepPair(out, tmp_path / "emu")
     _teacher_forced(model, pair, {entries[w].format for w in weights.values()})

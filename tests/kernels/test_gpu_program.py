@@ -1,6 +1,6 @@
 """The GPU step program (issue 10, item 1): the compiler's launch list, bound once by
 rfc.runtime.devices.gpu_program.StepRunner and replayed (a graph per decode batch size),
-against the per-op GpuDevice path over the same emulated kernels. The two must agree bit for
+against the kit's per-op path (tests/kernels/kit/gpu.py) over the same emulated kernels. The two must agree bit for
 bit: the same kernels read the same inputs, so any wrong launch, argument slot, arena offset
 or copy shows. The driver is the emulator's, recording its calls: each step makes one
 host-to-device copy, one graph launch (decode) and one device-to-host copy, then one sync.
@@ -38,7 +38,7 @@ class Twins:
         kv = self.bundle.plan.kv
         self.op = emulated_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
         if mutate is not None:
-            import rfc.runtime.devices.gpu_program as gp
+            import rfc.runtime.devices.gpu as gp
 
             real = gp.unpack_program
             gp.unpack_program = lambda data: mutate(real(data))  # noqa: E731

@@ -14,7 +14,7 @@ import pytest
 
 from rfc.artifacts.bundle import open_bundle
 from rfc.compiler.codegen.gpu_usage import KernelUsage, cuda_usage, hip_usage, parse_ptxas, usage_table
-from rfc.runtime.devices.gpu_args import target_entry
+from rfc.artifacts.targets import Family, target_entry
 from tests.conftest import SWEEP_MODELS
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 
@@ -26,10 +26,10 @@ GFX_MODELS = ["llama-Q4_K_M", "llama-Q2_K", "llama-Q3_K_M", "llama-Q6_K", "llama
 
 def _usage(bundle_dir, target: str) -> dict[str, KernelUsage]:
     bundle = open_bundle(bundle_dir)
-    entry = target_entry(bundle, target)
-    if entry["family"] == "cuda":
-        return cuda_usage(bundle.read_text(entry["sources"][0]), shlex.split(entry["compile_command"]))
-    return hip_usage(bundle.file(entry["kernels"]).read_bytes(), target)
+    entry = target_entry(bundle.manifest, target)
+    if entry.family is Family.CUDA:
+        return cuda_usage(bundle.read_text(entry.sources[0]), shlex.split(entry.compile_command))
+    return hip_usage(bundle.file(entry.kernels).read_bytes(), target)
 
 
 def _check(model: str, target: str, usage: dict[str, KernelUsage]) -> None:
@@ -52,7 +52,7 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     usage = _usage(gpu_bundle(model, "sm_90"), "sm_90")
     _check(model, "sm_90", usage)
     bundle = open_bundle(gpu_bundle(model, "sm_90"))
-    program = unpack_program(bundle.file(target_entry(bundle, "sm_90")["program"]).read_bytes())
+    program = unpack_program(bundle.file(target_entry(bundle.manifest, "sm_90").program).read_bytes())
     mma = {l.kernel for l in program.prefill_launches} - {l.kernel for l in program.launches}
     assert bool(mma) == any(t.format in MMA_FORMATS for t in bundle.layout.tensors), sorted(mma)
     assert mma <= set(usage) and all(k.startswith("rfc_matmul_mma_") and usage[k].is_hot for k in mma)
