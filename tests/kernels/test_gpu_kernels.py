@@ -26,7 +26,7 @@ from rfc.runtime.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.executor import Executor
 from rfc.runtime.kv_cache import BlockManager
-from tests.bounds import device_bounds, llama_cpp_bounds
+from tests.bounds import FLOAT_MAX, device_bounds, llama_cpp_bounds
 from tests.faults import scale_outputs
 from tests.kernels.gpu_emulator import emulated_device
 from tests.kernels.gpu_support import (  # noqa: F401
@@ -121,13 +121,28 @@ def test_greedy_decoding_matches_reference(model, target, gpu_bundle, tmp_path_f
     pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     tokens = [1, *range(40, 70)]
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(tokens))])
+    rounding = gpu_rounding(model, pair.formats, tokens)
     for step in range(8):
-        assert int(gpu[-1].argmax()) == int(ref[-1].argmax()), f"greedy paths split at step {step} after {tokens}"
+        _assert_same_greedy_token(gpu[-1], ref[-1], None if rounding is None else rounding[-1],
+                                  f"step {step} after {tokens}")
         tokens.append(int(ref[-1].argmax()))
         gpu, ref = pair.step([ScheduledChunk(0, len(tokens) - 1, (tokens[-1],))])
         rounding = gpu_rounding(model, pair.formats, tokens)
         ok, msg = device_bounds(model, gpu, ref, rounding=None if rounding is None else rounding[-1:])
         assert ok, f"step {step}: {msg}"
+
+
+def _assert_same_greedy_token(gpu: np.ndarray, ref: np.ndarray, rounding: "np.ndarray | None", where: str):
+    """The GPU's greedy token is the reference's, unless the reference's top two lie closer than
+    what the GPU's activation rounding moves this row's logits (D = oracle(rounded) - oracle(exact),
+    twice its max: both logits may move, in opposite directions) plus float noise: then either
+    token is correct, and the GPU's must still be one the reference ranks within that reach."""
+    g, r = int(gpu.argmax()), int(ref.argmax())
+    if g == r:
+        return
+    reach = 2 * (float(np.abs(rounding).max()) if rounding is not None else 0.0) + 2 * FLOAT_MAX
+    gap = float(ref[r] - ref[g])
+    assert gap <= reach, f"greedy paths split {where}: gpu {g}, ref {r}, ref gap {gap:.3g} > {reach:.3g}"
 
 
 @pytest.mark.parametrize("model,target,kind", [
