@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,14 @@ _ATTEMPTS = 3
 
 class OciError(Exception):
     """A registry, reference or pulled artifact problem; the message is one line."""
+
+
+class OciNotFound(OciError):
+    """The registry holds no artifact by that name."""
+
+
+# How far a pull is, in Ollama's words (its /api/pull stream): (status, digest, total, completed).
+Progress = Callable[[str, "str | None", "int | None", "int | None"], None]
 
 
 @dataclass(frozen=True)
@@ -184,9 +193,9 @@ class Registry:
             r = self.request("PUT", _with_digest(location, digest), headers={"Content-Length": "0"})
         _check(r, f"blob {digest[:19]}")
 
-    def download_blob(self, digest: str, size: int, partial: Path) -> None:
+    def download_blob(self, digest: str, size: int, partial: Path, progress: Callable[[int], None] | None = None) -> None:
         """Into `partial`, resuming what it already holds; raises unless the whole file then
-        hashes to `digest`."""
+        hashes to `digest`. `progress` hears the bytes held after each chunk."""
         h = hashlib.sha256()
         have = partial.stat().st_size if partial.exists() else 0
         if have > size:
@@ -211,6 +220,8 @@ class Registry:
                             break
                         out.write(chunk)
                         h.update(chunk)
+                        if progress is not None:
+                            progress(have)
         if have != size or "sha256:" + h.hexdigest() != digest:
             partial.unlink(missing_ok=True)  # a wrong prefix must not be resumed again
             raise OciError(f"blob {digest} arrived as {have} bytes hashing to sha256:{h.hexdigest()}: refused")
@@ -302,8 +313,10 @@ def _ensure_blob(registry: Registry, data: bytes) -> None:
         registry.upload_blob(data, digest, len(data))
 
 
-def pull_bundle(reference: Reference, cache_dir: Path, options: RegistryOptions) -> Path:
-    """The bundle `reference` names, in the cache (pulled unless it is there already)."""
+def pull_bundle(reference: Reference, cache_dir: Path, options: RegistryOptions, progress: Progress | None = None) -> Path:
+    """The bundle `reference` names, in the cache (pulled unless it is there already);
+    `progress` hears each step and each layer's bytes."""
+    report: Progress = progress or (lambda *_: None)
     from rfc.compiler.codegen.cache import check_private_dir  # the CLI's side of the boundary
     from rfc.compiler.errors import CompileError
 
@@ -315,9 +328,10 @@ def pull_bundle(reference: Reference, cache_dir: Path, options: RegistryOptions)
     registry = Registry(reference, options)
     if reference.digest and (oci / "bundles" / reference.digest.split(":")[1] / MANIFEST_FILE).is_file():
         return oci / "bundles" / reference.digest.split(":")[1]  # pinned and pulled before: no registry round trip
+    report("pulling manifest", None, None, None)
     found = registry.get_manifest(reference.ref)
     if found is None:
-        raise OciError(f"{reference}: no such artifact in the registry")
+        raise OciNotFound(f"{reference}: no such artifact in the registry")
     data, digest = found
     try:
         _, layers = layout.check_artifact(data)
@@ -330,34 +344,42 @@ def pull_bundle(reference: Reference, cache_dir: Path, options: RegistryOptions)
     for directory in (blobs, oci / "locks", out.parent):
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     manifest_layer = next(l for l in layers if l[0] == MANIFEST_FILE)
-    _fetch(registry, blobs, oci / "locks", manifest_layer[1], manifest_layer[2])
+    _fetch(registry, blobs, oci / "locks", manifest_layer[1], manifest_layer[2], report)
     try:
         layout.check_bundle_layers(_blob(blobs, manifest_layer[1]).read_bytes(), layers)
     except BundleError as e:
         raise OciError(f"{reference}: {e}") from None
     for _, blob_digest, size in layers:
-        _fetch(registry, blobs, oci / "locks", blob_digest, size)
+        if blob_digest != manifest_layer[1]:
+            _fetch(registry, blobs, oci / "locks", blob_digest, size, report)
+    report("verifying sha256 digest", None, None, None)  # (each layer was checked as it arrived)
+    report("writing manifest", None, None, None)
     with _locked(oci / "locks" / f"{out.name}.lock"):
         if not (out / MANIFEST_FILE).is_file():
             _assemble(out, blobs, layers)
     return out
 
 
-def _fetch(registry: Registry, blobs: Path, locks: Path, digest: str, size: int) -> None:
+def _fetch(registry: Registry, blobs: Path, locks: Path, digest: str, size: int, report: Progress) -> None:
     path = _blob(blobs, digest)
+    status = f"pulling {digest.split(':')[1][:12]}"  # Ollama's words for a layer
     if path.is_file():
+        report(status, digest, size, size)
         return
     with _locked(locks / f"{digest.split(':')[1]}.lock"):
         if path.is_file():  # another process pulled it while we waited
+            report(status, digest, size, size)
             return
         partial = path.with_name(path.name + ".partial")
         resumed = partial.exists()
+        report(status, digest, size, partial.stat().st_size if resumed else 0)
+        held = lambda have: report(status, digest, size, have)  # noqa: E731
         try:
-            registry.download_blob(digest, size, partial)
+            registry.download_blob(digest, size, partial, held)
         except OciError:
             if not resumed:
                 raise
-            registry.download_blob(digest, size, partial)  # the kept prefix was bad: once more from the start
+            registry.download_blob(digest, size, partial, held)  # the kept prefix was bad: once more from the start
         os.chmod(partial, 0o444)
         os.replace(partial, path)
 
@@ -377,6 +399,25 @@ def _assemble(out: Path, blobs: Path, layers: list[tuple[str, str, int]]) -> Non
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_bundle(bundle: Path, cache_dir: Path) -> bool:
+    """Deletes a pulled bundle from the cache, and the blobs that were its files and that no
+    other pulled bundle shares (hard links: a blob linked from nowhere else has one link left).
+    False for a bundle outside the cache, which is not the cache's to delete."""
+    oci = Path(cache_dir) / "oci"
+    bundle = Path(bundle)
+    if bundle.parent.resolve() != (oci / "bundles").resolve() or not (bundle / MANIFEST_FILE).is_file():
+        return False
+    inodes = {(st.st_dev, st.st_ino) for st in (p.stat() for p in bundle.rglob("*") if p.is_file())}
+    with _locked(oci / "locks" / f"{bundle.name}.lock"):
+        shutil.rmtree(bundle)
+    for blob in (oci / "blobs" / "sha256").glob("*"):
+        st = blob.stat()
+        if (st.st_dev, st.st_ino) in inodes and st.st_nlink == 1:
+            with _locked(oci / "locks" / f"{blob.name}.lock"):
+                blob.unlink(missing_ok=True)
+    return True
 
 
 def export_bundle(cached: Path, out_dir: Path, force: bool = False) -> Path:

@@ -47,6 +47,9 @@ from rfc.cli.threads import apply_threads, threads_option
               help="The key that may read /traces and any request's /status and /cancel.")
 @click.option("--public-traces", envvar="RFC_PUBLIC_TRACES", is_flag=True,
               help="Serve /traces to every client (the seed API's open endpoint): traces hold request ids, which open their text.")
+@click.option("--public-metrics", envvar="RFC_PUBLIC_METRICS", is_flag=True,
+              help="Serve /metrics without an API key, as vLLM does: for Prometheus, autoscalers and load-aware routers "
+                   "(counts and timings, no request text).")
 @click.option("--cors-origin", "cors_origins", envvar="RFC_CORS_ORIGIN", multiple=True, default=("*",), show_default=True, help="Allowed CORS origin (repeatable; env: space-separated).")
 @click.option("--no-cors", envvar="RFC_NO_CORS", is_flag=True, help="Send no CORS headers at all.")
 @click.option("--no-webui", envvar="RFC_NO_WEBUI", is_flag=True, help="Serve no web chat page: / answers every client as Ollama's root does.")
@@ -96,12 +99,18 @@ from rfc.cli.threads import apply_threads, threads_option
               help="Threads tokenizing long inputs (over 32 KiB).")
 @click.option("--pool-queue", envvar="RFC_POOL_QUEUE", default=32, show_default=True, type=click.IntRange(min=1),
               help="Jobs that may wait for the grammar or tokenizing threads; more get 503.")
+@click.option("--keep-alive", envvar="RFC_KEEP_ALIVE", default="-1", show_default=True, metavar="DURATION",
+              help="Unload a model this long after its last request (5m, 1h, seconds; negative: never); the next request "
+                   "loads it again. Ollama clients may set their own per request (keep_alive).")
+@click.option("--max-loaded-models", envvar="RFC_MAX_LOADED_MODELS", default=None, type=click.IntRange(min=1),
+              help="Models loaded at once at most (default: all): the first N load at startup, the others when a request "
+                   "names one, the least recently used idle model unloading to make room. The memory budget is split over N.")
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
 def serve_cmd(models, models_dir, require_signature, insecure, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, ctx_size, pooling, targets, chat_template, cache_dir,
-              api_keys, api_key_file, admin_api_key, public_traces, cors_origins, no_cors, no_webui, log_format, log_file, log_level, no_verify, no_mmap, trace_sample_rate, max_traces,
+              api_keys, api_key_file, admin_api_key, public_traces, public_metrics, cors_origins, no_cors, no_webui, log_format, log_file, log_level, no_verify, no_mmap, trace_sample_rate, max_traces,
               max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, max_stored_responses, stored_responses_mb, prompt_cache_mb, template_workers,
               template_memory_mb, template_timeout, shutdown_timeout, grammar_max_bytes, grammar_max_rules, grammar_max_depth,
-              grammar_max_repeat, grammar_workers, grammar_timeout, tokenize_workers, pool_queue, load_delay):
+              grammar_max_repeat, grammar_workers, grammar_timeout, tokenize_workers, pool_queue, keep_alive, max_loaded_models, load_delay):
     """Serve MODELS (bundle directories, or GGUF files compiled on first use) over HTTP: the
     native API, an OpenAI-compatible /v1 API, Anthropic's /v1/messages and Ollama's /api."""
     # The cpu device's OpenMP workers share the cores with the HTTP threads. Unbounded
@@ -123,27 +132,39 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
     from rfc.runtime.scheduler import SchedulerConfig
     from rfc.runtime.server.config import LogConfig, ServeOptions, ServerConfig
     from rfc.runtime.server.logs import configure_logging
-    from rfc.runtime.server.models import KvPages, discover_bundles, plan_models, sort_out
+    from rfc.cli.gguf_cache import cache_root
+    from rfc.cli.model_fetch import CliFetcher, models_dir_rescan
+    from rfc.runtime.server.model_sources import parse_keep_alive
+    from rfc.runtime.server.models import KvPages, ModelPolicy, discover_bundles, plan_models, sort_out
     from rfc.runtime.server.serve import serve
 
     try:
         found = discover_bundles(models_dir) + model_references(models_dir) if models_dir else []
         paths = list(models) + found
         bundles = bundle_paths(paths, targets, chat_template, cache_dir, insecure)
-        if require_signature:
-            check_signatures(bundles, make_trust(require_signature, (), None, None))
+        trust = make_trust(require_signature, (), None, None) if require_signature else None
+        if trust is not None:
+            check_signatures(bundles, trust)
         # fail now, not after binding, on a named path that is no bundle at all; a bundle of
         # --models-dir that does not read is reported and skipped (the others serve)
         names = dict(zip(bundles, model_names(paths)))
         bundles, optional, broken = sort_out(bundles, [False] * len(models) + [True] * len(found))
         load = LoadOptions(device=device, verify=not no_verify, mmap=not no_mmap, gpu_memory_utilization=utilization, kv_memory=kv_budget,
                            kv_max_sequences=max_batch, ctx_size=ctx_size)
-        served = plan_models(bundles, load, KvPages.parse(kv_pages), [names[b] for b in bundles], optional) if bundles else ()
+        served = plan_models(bundles, load, KvPages.parse(kv_pages), [names[b] for b in bundles], optional,
+                             max_loaded_models) if bundles else ()
         if not served:
             fail("no bundle can be served: " + "; ".join(f"{b.bundle}: {b.error}" for b in broken))
         keys = list(api_keys) + (_read_keys(api_key_file) if api_key_file else [])
+        policy = ModelPolicy(keep_alive_s=parse_keep_alive(keep_alive), max_loaded=max_loaded_models)
     except (BundleError, ValueError) as e:
         fail(str(e))
+    # models arriving while the server runs: pulled or swapped in (the admin key), or found by
+    # SIGHUP in --models-dir; each checked as those named here were
+    fetcher = CliFetcher(cache_root(cache_dir), trust, models_dir)
+    named = bundles[:len(models)]
+    rescan = models_dir_rescan(models_dir, named, [names[b] for b in named], fetcher, load, kv_pages, max_loaded_models) \
+        if models_dir else None
     try:
         options = ServeOptions(
             models=served,
@@ -156,6 +177,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
                 api_keys=tuple(k for k in keys if k),
                 admin_api_key=admin_api_key or None,
                 public_traces=public_traces,
+                public_metrics=public_metrics,
                 cors_origins=() if no_cors else tuple(cors_origins),
                 max_body_bytes=max_body_bytes,
                 trace_sample_rate=trace_sample_rate,
@@ -181,6 +203,10 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
             ),
             log=LogConfig(format=log_format, file=log_file, level=log_level),
             load_delay_s=load_delay,
+            policy=policy,
+            fetcher=fetcher,
+            rescan=rescan,
+            added_load=load,
         )
     except ValueError as e:
         fail(str(e))

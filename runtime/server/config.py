@@ -1,13 +1,16 @@
 """Server configuration: frozen dataclasses built once at the edge (the `rfc serve` command or
 a test) and handed down; nothing below reads the environment."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rfc.runtime.embedding import Pooling
 from rfc.runtime.grammar_limits import GrammarLimits
+from rfc.runtime.loader import LoadOptions
 from rfc.runtime.scheduler import SchedulerConfig
-from rfc.runtime.server.models import BrokenModel, ModelSource
+from rfc.runtime.server.model_sources import BundleFetcher, Rescan
+from rfc.runtime.server.models import BrokenModel, ModelPolicy, ModelSource
 
 # What the native API reports as its service name (seed API: /health, /ready, traces).
 SERVICE_NAME = "rocmforge"
@@ -20,6 +23,8 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()  # (): no authentication; each key is one client, who sees only its own requests
     admin_api_key: str | None = None  # may read /traces and any request; None: nobody may, unless public_traces
     public_traces: bool = False  # /traces for anyone who may call the server (the seed API's behaviour)
+    # /metrics without a key, as vLLM serves it: what Prometheus, KEDA and routers scrape (counts, no text)
+    public_metrics: bool = False
     cors_origins: tuple[str, ...] = ("*",)  # () disables CORS headers entirely
     max_body_bytes: int = 1 << 20
     trace_sample_rate: float = 0.1
@@ -95,6 +100,13 @@ class ServeOptions:
     log: LogConfig = LogConfig()
     # Test hook: sleep this long before loading, so a test can watch /ready say 503.
     load_delay_s: float = 0.0
+    # models while serving (runtime/server/model_manager.py): when they load and unload; what
+    # fetches a pulled or swapped-in version (None: nothing can be); what SIGHUP re-reads
+    # (--models-dir; None: SIGHUP is not handled); the load options of models added so
+    policy: ModelPolicy = ModelPolicy()
+    fetcher: BundleFetcher | None = None
+    rescan: Callable[[], Rescan] | None = None
+    added_load: LoadOptions = LoadOptions()
 
     def __post_init__(self) -> None:
         if not self.models:

@@ -1,13 +1,15 @@
 """The models the app serves. The app exists (and the socket listens) before the models are
 loaded; resources ask the `EngineHandle` and answer 503 until it holds the `ServedModel`
-they name."""
+they name. A model may also be known but unloaded (`available`): the first request that names
+it loads it through the handle's `ModelDemand` (runtime/server/model_manager.py), which also
+unloads, replaces and adds models while the server runs."""
 
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import falcon
 
@@ -44,26 +46,102 @@ class ServedModel:
     grammars: Grammars | None = None  # constrained decoding (llguidance's view of the tokenizer)
     grammars_error: str | None = None
     call_ids: CallIdForm = CallIdForm.OPENAI  # the form of tool-call ids the template takes
+    load_seconds: float = 0.0  # how long loading took (Ollama's load_duration for the request that waited)
+
+    @property
+    def version(self) -> str:
+        """Which build of the model this is: its bundle id (X-Model-Version of every reply)."""
+        return str(self.model.manifest.get("bundle_id", ""))
+
+
+class ModelDemand(Protocol):
+    """Loads models on demand and hears of their use (runtime/server/model_manager.py)."""
+
+    def load(self, model_id: str) -> ServedModel:
+        """The model loaded (blocks while it loads); an ApiError when it cannot be."""
+
+    def used(self, model_id: str) -> None:
+        """A request was handed the model now (its keep-alive starts over)."""
 
 
 class EngineHandle:
     """The models this server serves, by id; each is attached by the loading thread once it is
     ready and read by every HTTP thread. The ids are known before loading (from the bundles'
     manifests), so a request for a model still loading gets 503 and one for no model 404.
-    The first id is the default: native routes and requests without `model` get it."""
+    The first id is the default: native routes and requests without `model` get it.
+
+    An id is served (loaded), loading (named at startup, not loaded yet: 503), available (known,
+    unloaded: the first request that names it loads it through `demand`), or failed. Aliases
+    (Ollama's copy) name another id. Every change replaces a dict, so readers need no lock."""
 
     def __init__(self, model_ids: Sequence[str] = ()) -> None:
         self._lock = threading.Lock()
         self._ids: list[str] = list(model_ids)
         self._served: dict[str, ServedModel] = {}
+        self._available: frozenset[str] = frozenset()
+        self._aliases: dict[str, str] = {}
         self._failed: dict[str, str] = {}  # optional models that could not be loaded: why
         self._error: str | None = None
+        self.demand: ModelDemand | None = None
 
-    def attach(self, served: ServedModel) -> None:
+    def attach(self, served: ServedModel) -> ServedModel | None:
+        """Serves `served` under its id from now on; returns the version it replaces, if any
+        (whose requests in flight go on: the caller retires it)."""
         with self._lock:
             if served.model_id not in self._ids:
                 self._ids.append(served.model_id)
+            previous = self._served.get(served.model_id)
             self._served = {**self._served, served.model_id: served}  # readers see one dict or the next
+            self._available = self._available - {served.model_id}
+        return previous
+
+    def make_available(self, model_id: str) -> ServedModel | None:
+        """The id is known but not loaded (a later request loads it); returns what was loaded."""
+        with self._lock:
+            if model_id not in self._ids:
+                self._ids.append(model_id)
+            previous = self._served.get(model_id)
+            self._served = {k: v for k, v in self._served.items() if k != model_id}
+            self._available = self._available | {model_id}
+            self._failed = {k: v for k, v in self._failed.items() if k != model_id}
+        return previous
+
+    def remove(self, model_id: str) -> ServedModel | None:
+        """The id is served no more (its aliases neither); returns what was loaded."""
+        with self._lock:
+            previous = self._served.get(model_id)
+            self._ids = [i for i in self._ids if i != model_id]
+            self._served = {k: v for k, v in self._served.items() if k != model_id}
+            self._available = self._available - {model_id}
+            self._failed = {k: v for k, v in self._failed.items() if k != model_id}
+            self._aliases = {a: t for a, t in self._aliases.items() if t != model_id}
+        return previous
+
+    def alias(self, name: str, model_id: str) -> None:
+        with self._lock:
+            self._aliases = {**self._aliases, name: model_id}
+
+    def unalias(self, name: str) -> bool:
+        with self._lock:
+            found = name in self._aliases
+            self._aliases = {a: t for a, t in self._aliases.items() if a != name}
+        return found
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def is_available(self, model_id: str) -> bool:
+        return model_id in self._available
+
+    @property
+    def available_ids(self) -> list[str]:
+        """Known models that are not loaded (loaded by the first request that names one)."""
+        available = self._available
+        return [i for i in self._ids if i in available]
+
+    def loaded(self, model_id: str) -> ServedModel | None:
+        return self._served.get(model_id)
 
     def fail(self, message: str) -> None:
         with self._lock:
@@ -85,7 +163,7 @@ class EngineHandle:
 
     @property
     def model_ids(self) -> list[str]:
-        """The ids of the models served or loading (not those that failed)."""
+        """The ids of the models served, loading or available (not those that failed)."""
         return [i for i in self._ids if i not in self._failed]
 
     @property
@@ -104,8 +182,17 @@ class EngineHandle:
         return self._error
 
     def is_ready(self) -> bool:
-        served, ids = self._served, self.model_ids
-        return bool(ids) and all(i in served and served[i].engine.is_running for i in ids)
+        served, available, ids = self._served, self._available, self.model_ids
+        return bool(ids) and all(i in available or (i in served and served[i].engine.is_running) for i in ids)
+
+    def check_up(self) -> None:
+        """503 until the default model is loaded or known unloaded (routes that list models)."""
+        ids = self.model_ids
+        if not ids:
+            raise unavailable(self._error or "no model is configured", 2)
+        served = self._served.get(ids[0])
+        if ids[0] not in self._available and (served is None or not served.engine.is_running):
+            raise unavailable(self._error or f"the model '{ids[0]}' is loading; retry when /ready returns 200", 2)
 
     def resolve(self, model: str | None, any_name_if_single: bool = False) -> str:
         """The id a request's `model` names; 404 listing the ids when it names none of them.
@@ -114,7 +201,10 @@ class EngineHandle:
         of one model answers whatever name is asked (llama.cpp's server does: clients
         configured for "gpt-4o" or a Claude model keep working)."""
         ids = self.model_ids
+        aliases = self._aliases
         for candidate in (model or "", (model or "").removesuffix(":latest")):
+            if candidate in aliases:
+                return aliases[candidate]
             if candidate in self._failed and candidate not in ids:
                 raise ApiError(falcon.HTTP_503, f"model '{candidate}' cannot be served: {self._failed[candidate]}",
                                param="model", code="model_unavailable")
@@ -134,11 +224,23 @@ class EngineHandle:
 
     def require(self, model: str | None = None, any_name_if_single: bool = False) -> ServedModel:
         """The model a request names (the default when None), or a 503 the client may retry."""
+        return self.acquire(model, any_name_if_single)[0]
+
+    def acquire(self, model: str | None = None, any_name_if_single: bool = False) -> tuple[ServedModel, float]:
+        """`require`, and the seconds this request waited for the model to load (0 when it was)."""
         model_id = self.resolve(model, any_name_if_single)
         served = self._served.get(model_id)
+        waited = 0.0
+        demand = self.demand
+        if served is None and model_id in self._available and demand is not None:
+            started = time.monotonic()
+            served = demand.load(model_id)
+            waited = time.monotonic() - started
         if served is None or not served.engine.is_running:
             raise unavailable(self._error or f"the model '{model_id}' is loading; retry when /ready returns 200", 2)
-        return served
+        if demand is not None:
+            demand.used(model_id)
+        return served, waited
 
 
 def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfig, telemetry: "Telemetry | None" = None,
@@ -151,6 +253,7 @@ def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfi
     and render chat templates (None: in this process); `grammar_workers` the threads that
     compile grammars (None: one of the model's own); `tokenize_pool` the threads that tokenize
     long inputs (None: the request's own thread)."""
+    started = time.monotonic()
     model = load_model(bundle, load)
     warm_up(model)
     try:
@@ -180,6 +283,7 @@ def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfi
         grammars=grammars,
         grammars_error=grammars_error,
         call_ids=call_id_form(chat.source) if chat is not None else CallIdForm.OPENAI,
+        load_seconds=time.monotonic() - started,
     )
 
 

@@ -63,7 +63,7 @@ class IntegrationsResource:
         self._handle = handle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._handle.require()
+        self._handle.check_up()
         served = self._handle.all_served()
         resp.media = {
             "integrations": list(BACKENDS),
@@ -78,6 +78,6 @@ class IntegrationsHealthResource:
         self._handle = handle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._handle.require()
+        self._handle.check_up()
         served = self._handle.all_served()
         resp.media = {b: backend_health(b, served) for b in BACKENDS}

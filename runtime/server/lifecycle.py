@@ -25,18 +25,43 @@ class Lifecycle:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._active = 0
+        self._tickets = 0  # responses started so far; each one's number is its ticket
+        self._open: set[int] = set()  # the tickets of the responses in flight
         self.draining = False
         self.drained = False
 
     # -- HTTP responses (the request-log middleware counts them) ----------------------------
-    def response_started(self) -> None:
+    def response_started(self) -> int:
+        """Counts a response in flight; returns its ticket, for `response_done`."""
         with self._cond:
             self._active += 1
+            self._tickets += 1
+            self._open.add(self._tickets)
+            return self._tickets
 
-    def response_done(self) -> None:
+    def response_done(self, ticket: int = 0) -> None:
         with self._cond:
             self._active -= 1
+            self._open.discard(ticket)
             self._cond.notify_all()
+
+    def mark(self) -> int:
+        """The ticket of the latest response started: any later one started after this call.
+        A model replaced before the mark can only be held by responses up to it (they took
+        their model after they started), so `wait_started_by(mark)` lets the old one go."""
+        with self._cond:
+            return self._tickets
+
+    def wait_started_by(self, mark: int, timeout_s: float | None = None) -> bool:
+        """Waits until every response that started by `mark` has ended; False at the timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while any(t <= mark for t in self._open):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.5 if left is None else min(left, 0.5))
+            return True
 
     @property
     def active(self) -> int:

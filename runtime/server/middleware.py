@@ -88,13 +88,13 @@ class RequestLogMiddleware:
         req.context.tokens = None
         req.context.log_deferred = False
         lifecycle = self._lifecycle
-        lifecycle.response_started()
+        ticket = lifecycle.response_started()
         ended = threading.Event()
 
         def finish(status: int) -> None:
             if not ended.is_set():
                 ended.set()
-                lifecycle.response_done()
+                lifecycle.response_done(ticket)
                 _log(req, status)
 
         req.context.finish = finish

@@ -74,8 +74,11 @@ def capabilities(served: ServedModel) -> dict:
 
 def model_size(served: ServedModel) -> int:
     """Bytes of the model file the bundle was compiled from (the GGUF)."""
-    manifest = served.model.manifest
-    return int(manifest.get("source", {}).get("size") or bundle_size(served))
+    return manifest_model_size(served.model.manifest)
+
+
+def manifest_model_size(manifest: dict) -> int:
+    return int(manifest.get("source", {}).get("size") or sum(f["size"] for f in manifest["files"].values()))
 
 
 def bundle_size(served: ServedModel) -> int:
@@ -84,14 +87,19 @@ def bundle_size(served: ServedModel) -> int:
 
 def details(served: ServedModel) -> dict:
     """Seed 003's `details` (size as text), with Ollama's keys for the same facts."""
-    model = served.model.manifest["model"]
+    return manifest_details(served.model.manifest)
+
+
+def manifest_details(manifest: dict) -> dict:
+    """`details` from the bundle's manifest alone (a model not loaded has no more)."""
+    model = manifest["model"]
     return {
         "format": "gguf",
         "family": model["architecture"],
         "families": [model["architecture"]],
         "parameter_size": parameter_size(model["parameter_count"]),
-        "quantization_level": quantization(served.model.manifest),
-        "size": human_size(model_size(served)),
+        "quantization_level": quantization(manifest),
+        "size": human_size(manifest_model_size(manifest)),
     }
 
 
@@ -131,7 +139,11 @@ def model_card(served: ServedModel) -> dict:
 
 def digest(served: ServedModel) -> str:
     """A stable content id for Ollama's `digest`: the source GGUF's sha256, else the bundle id."""
-    return served.model.manifest.get("source", {}).get("sha256") or served.model.manifest["bundle_id"]
+    return manifest_digest(served.model.manifest)
+
+
+def manifest_digest(manifest: dict) -> str:
+    return manifest.get("source", {}).get("sha256") or manifest["bundle_id"]
 
 
 def loaded_at(served: ServedModel) -> str:

@@ -7,6 +7,7 @@ model's name), so they are known before anything loads."""
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 
 from rfc.artifacts import BundleError
@@ -17,6 +18,17 @@ from rfc.runtime.loader import LoadOptions, check_ctx_size
 
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+# A model pulled while serving is named by its reference (`registry:5000/models/x:tag`), as
+# Ollama names a pulled model; so is a copy (Ollama's tag) of any model.
+_PULLED_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
+
+
+class Origin(Enum):
+    """Where a served model came from: what SIGHUP re-reads and what /api/delete removes."""
+
+    ARGUMENT = "argument"  # named on the command line
+    MODELS_DIR = "models-dir"  # found in --models-dir (re-read on SIGHUP)
+    PULLED = "pulled"  # pulled or swapped in through the API (its pulled files are the server's)
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,31 @@ class ModelSource:
     bundle: Path
     load: LoadOptions = LoadOptions()
     required: bool = True  # named on the command line: the server stops if it cannot load it
+    origin: Origin = Origin.ARGUMENT
+    eager: bool = True  # loaded at startup; else at the first request that names it (--max-loaded-models)
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """When models load and unload while the server runs (Ollama's OLLAMA_KEEP_ALIVE and
+    OLLAMA_MAX_LOADED_MODELS): `keep_alive_s` None keeps a loaded model loaded; a number of
+    seconds unloads it that long after its last request (a request may set its own, Ollama's
+    keep_alive). `max_loaded` None lets every model be loaded at once; N loads N at most, the
+    least recently used idle one making room for another."""
+
+    keep_alive_s: float | None = None
+    max_loaded: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_alive_s is not None and self.keep_alive_s < 0:
+            raise ValueError("keep_alive_s must not be negative (None: forever)")
+        if self.max_loaded is not None and self.max_loaded < 1:
+            raise ValueError("--max-loaded-models must be at least 1")
+
+
+def is_model_name(name: str) -> bool:
+    """A name a model may be pulled or copied to."""
+    return bool(_PULLED_ID.fullmatch(name))
 
 
 @dataclass(frozen=True)
@@ -108,11 +145,17 @@ def discover_bundles(models_dir: Path) -> list[Path]:
 
 
 def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPages(),
-                names: Sequence[str | None] = (), optional: Sequence[bool] = ()) -> tuple[ModelSource, ...]:
+                names: Sequence[str | None] = (), optional: Sequence[bool] = (),
+                max_loaded: int | None = None) -> tuple[ModelSource, ...]:
     """Ids and load options for each bundle. The id is `names[i]` when given (the CLI passes
     a GGUF's file name for the bundle it compiled), else the model's name when it makes a
     usable id, else the bundle's directory name; when two bundles would share an id, their
-    directory names tell them apart."""
+    directory names tell them apart. `optional` bundles come from --models-dir.
+
+    With `max_loaded` (--max-loaded-models), only the first `max_loaded` models load at
+    startup and the memory budget is split over that many: a server offering more models than
+    fit accounts memory for the loaded ones only (the others load on demand, runtime/server/
+    model_manager.py, each taking a share of the budget as it loads)."""
     if not bundles:
         raise BundleError("no bundle to serve (name one or more bundles, or --models-dir with bundles in it)")
     manifests = [read_manifest(b) for b in bundles]
@@ -126,12 +169,15 @@ def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPage
         check_ctx_size(load.ctx_size, {i: read_plan(b, m).context_length for i, b, m in zip(ids, bundles, manifests)})
     pages = kv.pages_for(ids)
     counts = [pages[i] or load.kv_blocks for i in ids]
-    weights = [int(m["files"].get(WEIGHTS_FILE, {}).get("size", 0)) for m in manifests]
-    budgeted = sum(c is None for c in counts)
+    eager = [max_loaded is None or n < max_loaded for n in range(len(ids))]
+    weights = [int(m["files"].get(WEIGHTS_FILE, {}).get("size", 0)) if e else 0 for m, e in zip(manifests, eager)]
+    # the budget's shares: one per budgeted model that can be loaded at once
+    budgeted = min(sum(c is None for c in counts), max_loaded or len(ids))
     optional = list(optional) + [False] * (len(bundles) - len(optional))
     return tuple(
         ModelSource(i, Path(b), replace(load, kv_blocks=c, kv_share=KvShare(
-            models=max(1, budgeted), left=max(1, sum(x is None for x in counts[n:])), reserve_bytes=sum(weights[n + 1:]))),
-            required=not optional[n])
+            models=max(1, budgeted), left=max(1, sum(x is None for x, e in zip(counts[n:], eager[n:]) if e)),
+            reserve_bytes=sum(weights[n + 1:]))),
+            required=not optional[n], origin=Origin.MODELS_DIR if optional[n] else Origin.ARGUMENT, eager=eager[n])
         for n, (i, b, c) in enumerate(zip(ids, bundles, counts))
     )

@@ -86,7 +86,7 @@ class GenerateResource(BodyResource):
 def _owned(handle: EngineHandle, req: falcon.Request, request_id: int) -> Engine:
     """The engine holding the request, if the caller may see it: the API key that made it, or
     the admin key. Anyone else gets the same 404 as for an id that never existed."""
-    handle.require()
+    handle.check_up()
     for served in handle.all_served():
         state = served.engine.get(request_id)
         if state is not None:

@@ -141,12 +141,15 @@ def generation(served: ServedModel, options: OllamaOptions, prompt_ids: list[int
 class OllamaReply:
     """The objects of one /api/generate (`chat=False`) or /api/chat reply."""
 
-    def __init__(self, model_name: str, chat: bool, state: RequestState | None = None, spec: OutputSpec = OutputSpec()):
+    def __init__(self, model_name: str, chat: bool, state: RequestState | None = None, spec: OutputSpec = OutputSpec(),
+                 load_seconds: float = 0.0):
+        """`load_seconds`: how long the request waited for its model to load (load_duration)."""
         self.model_name = model_name
         self.chat = chat
         self.state = state
         self.spec = spec
         self.parser = OutputParser(spec)
+        self.load_seconds = load_seconds
 
     def piece(self, text: str | Delta, done: bool = False) -> dict:
         d = text if isinstance(text, Delta) else Delta(content=text)
@@ -171,8 +174,12 @@ class OllamaReply:
         return Delta(a.reasoning + b.reasoning, a.content + b.content, a.calls + b.calls)
 
     def loaded(self) -> dict:
-        """The reply to an empty prompt: the model is loaded (it always is, here)."""
-        return {**self.piece("", done=True), "done_reason": "load"}
+        """The reply to an empty prompt: the model is loaded (now, if it was not)."""
+        return {**self.piece("", done=True), "done_reason": "load", "load_duration": _ns(self.load_seconds)}
+
+    def unloaded(self) -> dict:
+        """The reply to an empty prompt with keep_alive 0: the model unloads (`ollama stop`)."""
+        return {**self.piece("", done=True), "done_reason": "unload"}
 
     def final(self, text: "str | Delta" = "") -> dict:
         state = self.state
@@ -181,8 +188,8 @@ class OllamaReply:
         out = {
             **self.piece(text, done=True),
             "done_reason": DONE_REASONS.get(state.finish_reason, "stop"),
-            "total_duration": _ns(end - state.created_at),
-            "load_duration": 0,  # the model was loaded before the server became ready
+            "total_duration": _ns(end - state.created_at + self.load_seconds),
+            "load_duration": _ns(self.load_seconds),  # 0 unless this request waited for the model to load
             "prompt_eval_count": state.prompt_tokens,
             "prompt_eval_duration": _ns(first - (state.admitted_at or state.created_at)),
             "eval_count": len(state.tokens),

@@ -15,8 +15,12 @@ _NAMES = (
     Field("model", Kind.STRING, description="the model's id (`:latest` is accepted); required"),
     Field("name", Kind.STRING, description="deprecated: model"),
 )
+KEEP_ALIVE = Field("keep_alive", Kind.JSON, schema={"anyOf": [{"type": "number"}, {"type": "string"}]},
+                   description='how long the model stays loaded after this request: a duration ("5m", "1h"), seconds; '
+                               "negative: forever; 0: unloaded once idle; absent: the server's --keep-alive")
 _GENERATION = (
     *_NAMES,
+    KEEP_ALIVE,
     Field("stream", Kind.BOOLEAN, True, description="NDJSON, one object per piece of text (Ollama's default)"),
     Field("options", Kind.JSON, schema=OPTIONS.json_schema()),
     *(Field(name, Kind.JSON, schema=OPTIONS.field(option).json_schema(), description=f"options.{option}, unless options sets it")
@@ -46,7 +50,7 @@ CHAT = RequestModel("OllamaChatRequest", (
                                 "{'type': 'function', 'name'}), as OpenAI's tool_choice"),
 ))
 SHOW = RequestModel("OllamaShowRequest", _NAMES)
-_EMBED = (*_NAMES, Field("truncate", Kind.BOOLEAN, True, description="cut inputs to the context"),
+_EMBED = (*_NAMES, KEEP_ALIVE, Field("truncate", Kind.BOOLEAN, True, description="cut inputs to the context"),
           Field("dimensions", Kind.INTEGER))
 EMBED = RequestModel("OllamaEmbedRequest", (*_EMBED, Field("input", Kind.JSON, required=True, description="[]: no embeddings",
                                                              schema={"anyOf": [INPUTS, {"type": "array", "maxItems": 0}]})))

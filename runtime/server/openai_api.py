@@ -30,10 +30,13 @@ class ModelListResource:
         self._handle = handle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._handle.require()  # 503 until the default model is up
+        self._handle.check_up()  # 503 until the default model is up
         failed = [{"id": model_id, "object": "model", "created": 0, "owned_by": "rfc", "status": "failed", "error": error}
                   for model_id, error in self._handle.failed_models.items()]  # reported, not served
-        resp.media = {"object": "list", "data": [model_card(s) for s in self._handle.all_served()] + failed}
+        # known, not loaded: the first request that names one loads it
+        unloaded = [{"id": model_id, "object": "model", "created": 0, "owned_by": "rfc", "status": "unloaded"}
+                    for model_id in self._handle.available_ids]
+        resp.media = {"object": "list", "data": [model_card(s) for s in self._handle.all_served()] + unloaded + failed}
 
 
 class ModelResource:

@@ -34,7 +34,7 @@ class HealthResource:
         # Several models: the seed's checks sum over them, and `models` has each one's own.
         every = self._handle.all_served()
         running = self._handle.is_ready()
-        engine = {"running": running, "model_loaded": bool(every) and len(every) == len(self._handle.model_ids)}
+        engine = {"running": running, "model_loaded": bool(every) and running}
         if self._handle.load_error:
             engine["error"] = self._handle.load_error
         if self._handle.failed_models:
@@ -42,7 +42,7 @@ class HealthResource:
         if self._lifecycle.draining:
             engine["draining"] = True  # still alive (a liveness probe must not restart it), no longer ready
         checks: dict = {"engine": engine, "gpu": _device_check(self._handle.served, every)}
-        if running:
+        if running and every:  # (every model may be unloaded: loaded on demand)
             per_model = {s.model_id: s.engine.counts() for s in every}
             counts = {k: sum(c[k] for c in per_model.values()) for k in next(iter(per_model.values()))}
             checks["requests"] = {"active": counts["running"], "queued": counts["waiting"]}
@@ -122,7 +122,7 @@ class ModelsResource:
         self._handle = handle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._handle.require()
+        self._handle.check_up()
         every = self._handle.all_served()
         stats = [s.prompts.stats() for s in every]
         resp.media = {
@@ -141,15 +141,17 @@ class ModelsResource:
                 }
                 for i, s in enumerate(every)
             ],
-            "tokenizer_cache": {k: sum(st[k] for st in stats) for k in stats[0]},
+            "tokenizer_cache": {k: sum(st[k] for st in stats) for k in ("hits", "misses", "bytes")},
         }
 
 
 class MetricsResource:
-    operations = {"get": Operation("Prometheus metrics", reply={TEXT: ANY_TEXT})}
+    """Needs the API key when keys are set, unless `public` (--public-metrics): scrapers of
+    /metrics (Prometheus' pod annotations, llm-d's endpoint picker) send none."""
 
-    def __init__(self, registry: CollectorRegistry):
+    def __init__(self, registry: CollectorRegistry, public: bool = False):
         self._registry = registry
+        self.operations = {"get": Operation("Prometheus metrics", reply={TEXT: ANY_TEXT}, public=public)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = CONTENT_TYPE_LATEST

@@ -121,7 +121,7 @@ OLLAMA_PS = obj({"models": array(obj({**_OLLAMA_MODEL, "expires_at": STRING, "si
 OLLAMA_SHOW = obj({"modelfile": STRING, "parameters": STRING, "template": STRING, "details": OBJECT, "model_info": OBJECT,
                    "capabilities": array(STRING), "modified_at": STRING})
 _DONE = {"model": STRING, "created_at": STRING, "done": {"const": True},
-         "done_reason": {"enum": ["stop", "length", "cancelled", "error", "load"]}}
+         "done_reason": {"enum": ["stop", "length", "cancelled", "error", "load", "unload"]}}
 _COUNTS = {"total_duration": INTEGER, "load_duration": INTEGER, "prompt_eval_count": INTEGER, "eval_count": INTEGER}
 OLLAMA_GENERATE = obj({**_DONE, "response": STRING}, {**_COUNTS, "thinking": STRING, "context": array(INTEGER)})
 _OLLAMA_CALL = obj({"function": obj({"name": STRING, "arguments": OBJECT})})
@@ -129,3 +129,9 @@ OLLAMA_CHAT = obj({**_DONE, "message": obj({"role": {"const": "assistant"}, "con
                                            {"thinking": STRING, "tool_calls": array(_OLLAMA_CALL)})}, _COUNTS)
 OLLAMA_EMBED = obj({"model": STRING, "embeddings": array(array(NUMBER))}, {"prompt_eval_count": INTEGER})
 OLLAMA_EMBEDDING = obj({"embedding": array(NUMBER)})
+OLLAMA_STATUS = obj({"status": STRING}, {"digest": STRING, "total": INTEGER, "completed": INTEGER})
+
+# -- model management (runtime/server/model_admin.py) ----------------------------------------
+ADMIN_SWAP = obj({"model": STRING, "version": STRING, "previous": NULLABLE_STRING, "loaded": BOOLEAN, "load_seconds": NUMBER})
+ADMIN_MODELS = obj({"models": array(obj({"id": STRING, "state": {"enum": ["loaded", "available", "loading", "failed"]}})),
+                    "aliases": OBJECT, "retiring": array(obj({"id": STRING, "version": STRING, "memory_bytes": INTEGER}))})

@@ -6,12 +6,7 @@ the provenance attached as a referrer, concurrent and resumed pulls, and digests
 import filecmp
 import hashlib
 import json
-import re
-import shutil
-import signal
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,65 +14,13 @@ import requests
 
 from tests.conftest import DEMO_MODEL, rfc
 from tests.e2e.conftest import ServerProcess, free_port
+from tests.e2e.oci_registry import REGISTRY, Registry, push
 
-REGISTRY = shutil.which("docker-registry")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(REGISTRY is None, reason="docker-registry not installed (apt-get install docker-registry)"),
 ]
 PROMPT = "Once upon a time"
-
-
-class Registry:
-    """docker-registry serving a fresh storage directory on 127.0.0.1:PORT, its access log kept."""
-
-    def __init__(self, root: Path, htpasswd: Path | None = None):
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self.storage = root / "storage"
-        self.log_path = root / "registry.log"
-        config = root / "config.yml"
-        config.write_text(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.host}\n"
-            + (f"auth:\n  htpasswd:\n    realm: rfc-test\n    path: {htpasswd}\n" if htpasswd else "")
-        )
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            try:
-                if requests.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise AssertionError("docker-registry did not answer:\n" + self.log())
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def mark(self) -> int:
-        return len(self.log())
-
-    def uploaded_since(self, mark: int) -> set[str]:
-        """Digests of the blobs whose uploads completed after `mark` (the registry's own log)."""
-        text = self.log()[mark:]
-        return {m.group(1) for m in re.finditer(r'"PUT /v2/[^ ]*/blobs/uploads/[^ ]*digest=sha256(?::|%3A)([0-9a-f]{64})[^"]*" 201', text)}
-
-    def blob_gets_since(self, mark: int, digest: str) -> int:
-        return len(re.findall(rf'"GET /v2/[^ ]*/blobs/sha256:{digest} HTTP/1.1" 20[06]', self.log()[mark:]))
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +57,6 @@ def bundles(tmp_path_factory, keys):
 
 def files_of(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def push(bundle: Path, ref: str) -> str:
-    out = rfc("push", bundle, ref, "--insecure", check=True)
-    digest = out.stdout.strip().rsplit("@", 1)[1]
-    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), out.stdout
-    return digest
 
 
 def test_push_pull_serve_from_the_reference(registry, bundles, keys, tmp_path):

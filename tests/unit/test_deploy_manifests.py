@@ -96,3 +96,40 @@ def test_service_and_budget_select_the_pods():
     assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert objects["Service"]["spec"]["ports"][0]["targetPort"] == serve_container()["ports"][0]["name"]
     assert objects["Deployment"]["spec"]["replicas"] > objects["PodDisruptionBudget"]["spec"]["maxUnavailable"]
+
+
+HPA = ROOT / "deploy" / "rfc-hpa.yaml"
+
+
+def hpa() -> dict:
+    (obj,) = [d for d in yaml.safe_load_all(HPA.read_text()) if d]
+    return obj
+
+
+def test_the_autoscaler_validates_and_scales_the_deployment_on_its_queue():
+    """deploy/rfc-hpa.yaml: a valid autoscaling/v2 HorizontalPodAutoscaler (strict) of the
+    Deployment, on the queue gauge that rfc serve exports, never below what the
+    PodDisruptionBudget needs to leave one replica serving."""
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (pip install kubernetes-validate)")
+    obj = hpa()
+    kv.validate(obj, kv.latest_version(), strict=True)
+    deployment = docs()["Deployment"]
+    target = obj["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    (metric,) = obj["spec"]["metrics"]
+    from rfc.runtime.server.metrics import PREFIX, _GAUGES
+
+    assert metric["pods"]["metric"]["name"] in {PREFIX + name for name, _, _ in _GAUGES}
+    assert obj["spec"]["minReplicas"] > docs()["PodDisruptionBudget"]["spec"]["maxUnavailable"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]  # what Prometheus scrapes
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == int(flag(serve_container()["command"], "--port"))
+    assert "--public-metrics" in serve_container()["command"]  # Prometheus sends no API key
+
+
+def test_a_wrong_autoscaler_field_is_caught():
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (pip install kubernetes-validate)")
+    obj = hpa()
+    obj["spec"]["metrics"][0]["pods"]["target"]["averageValu"] = "4"
+    with pytest.raises(kv.ValidationError):
+        kv.validate(obj, kv.latest_version(), strict=True)

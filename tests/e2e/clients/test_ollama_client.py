@@ -89,7 +89,10 @@ def test_errors_are_ollama_shaped(client, url):
         client.chat(model=CHAT, messages=[{"role": "user", "content": "what is this?", "images": ["aGVsbG8="]}])
     assert e.value.status_code == 400 and "images" in e.value.error
     with pytest.raises(ollama.ResponseError) as e:
-        client.pull("llama3")
+        client.pull("llama3")  # model management is the operator's (tests/e2e/test_model_verbs.py)
+    assert e.value.status_code == 403 and "admin key" in e.value.error
+    with pytest.raises(ollama.ResponseError) as e:
+        client.push("llama3")
     assert e.value.status_code == 501 and "rfc compile" in e.value.error
     r = requests.post(url + "/api/generate", json={"model": DEMO, "prompt": "x", "options": {"num_predict": "many"}}, timeout=10)
     assert r.status_code == 400 and set(r.json()) == {"error"}
