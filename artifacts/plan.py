@@ -33,6 +33,7 @@ SYMBOLS = ("T", "R")
 DTYPES = ("f32", "i32")
 GLU_ACTIVATIONS = ("silu", "gelu_tanh")  # swiglu's `activation`
 ROPE_STYLES = ("adjacent", "neox")
+MOE_GATINGS = ("softmax", "sigmoid", "softmax_weight")  # moe_route's `gating`
 
 
 class OpKind(str, Enum):
@@ -103,10 +104,16 @@ OPS: dict[OpKind, OpSchema] = {
     OpKind.GATHER_ROWS: OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),
     OpKind.SOFTCAP: OpSchema(1, 1, (0, 0), ("cap",), doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
     OpKind.MOE_ROUTE: OpSchema(
-        1, 2, (0, 0), ("n_used",),
-        doc="router of a mixture of experts: logits[T, n_expert] -> ids i32[T, n_used], weights[T, n_used]. "
-        "p = softmax(logits); ids = the n_used largest p, largest first (equal p: lower index first); "
-        "weights = p[ids] / max(sum(p[ids]), 2^-14)",
+        1, 2, (0, 1), ("n_used",),
+        optional=(("gating", "softmax"), ("norm", True), ("scale", 1.0), ("groups", 1), ("groups_used", 1)),
+        doc="router of a mixture of experts: logits[T, n_expert] -> ids i32[T, n_used], weights[T, n_used] "
+        "(llama.cpp's build_moe_ffn). Scores p = softmax(logits) (gating 'softmax'), sigmoid(logits) ('sigmoid') "
+        "or the logits ('softmax_weight'); the experts are chosen by s = p + bias (the optional weight [n_expert]: "
+        "it chooses, it does not weigh). With groups > 1 the experts form `groups` consecutive equal groups, each "
+        "scored by the sum of its two largest s, and only the `groups_used` best groups' experts take part (equal "
+        "scores: the lower group). ids = the n_used largest s, largest first (equal: lower index first); "
+        "weights = p[ids] ('softmax_weight': softmax over the chosen logits), with norm divided by "
+        "max(sum, 2^-14), then times scale",
     ),
     OpKind.MOE_MATMUL: OpSchema(
         2, 1, (1, 1),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from rfc.artifacts.errors import BundleError
 from rfc.artifacts.formats import FormatError, tensor_nbytes, weight_format
 from rfc.artifacts.layout import TensorEntry, WeightLayout
-from rfc.artifacts.plan import DTYPES, GLU_ACTIVATIONS, MAX_BUFFERS, OPS, ROPE_STYLES, SYMBOLS, Op, Plan
+from rfc.artifacts.plan import DTYPES, GLU_ACTIVATIONS, MAX_BUFFERS, MOE_GATINGS, OPS, ROPE_STYLES, SYMBOLS, Op, Plan
 
 MAX_WIDTH = 1 << 24  # elements in one activation row (a vocabulary of 16M would still fit)
 MAX_CONTEXT = 1 << 24
@@ -305,6 +305,17 @@ def _moe_route(v: _OpView) -> None:
     v.need(v.rows(logits) == "T" and n_expert <= MAX_EXPERTS, f"logits are not [T, n_expert <= {MAX_EXPERTS}]")
     k = v.int_attr("n_used", 1, n_expert)
     v.need(v.shape(ids) == ("T", k) == v.shape(weights), f"ids/weights are not [T, {k}]")
+    v.choice_attr("gating", MOE_GATINGS)
+    v.need(isinstance(v.op.attr("norm"), bool), f"attribute norm = {str(v.op.attr('norm'))[:20]!r} is not a boolean")
+    v.real_attr("scale", 0.0, 1e6, open_lo=True)
+    groups = v.int_attr("groups", 1, n_expert)
+    used = v.int_attr("groups_used", 1, groups)
+    if groups > 1:  # each group scored by its two best experts; enough experts left to choose from
+        v.need(n_expert % groups == 0 and n_expert // groups >= 2, f"{n_expert} experts are not {groups} groups of 2 or more")
+        v.need(k <= used * (n_expert // groups), f"{used} of {groups} groups hold fewer than n_used = {k} experts")
+    if v.op.weights:
+        w = v.weight_shape(0)
+        v.need(w is None or w == (n_expert,), f"selection bias {w} is not [{n_expert}]")
 
 
 def _router_of(v: _OpView, ids: str) -> Op | None:

@@ -83,6 +83,13 @@ class Config:
     gelu: bool = False
     n_expert: int = 0
     n_used: int = 0
+    gating: str = "softmax"  # llama.cpp's expert_gating_func: softmax or sigmoid
+    norm_w: bool = True  # renormalize the chosen experts' weights (expert_weights_norm)
+    w_scale: float = 0.0  # expert_weights_scale (0 and 1: none)
+    groups: int = 0  # expert_group_count (> 1: grouped top-k)
+    groups_used: int = 0
+    dense_lead: int = 0  # leading_dense_block_count: the first layers have a dense FFN
+    ffn_norm: str = "ffn_norm"  # the FFN's input norm (glm4moe: post_attention_norm)
     rope_factors: str | None = None
     tied: bool = False
     layers: list[Layer] = field(default_factory=list)
@@ -119,7 +126,7 @@ def read_config(md: dict, tensors: dict) -> Config:
         which = "long" if ctx > k("rope.scaling.original_context_length", ctx) else "short"
         if f"rope_factors_{which}.weight" in tensors:
             c.rope_factors = f"rope_factors_{which}.weight"
-    if arch == "qwen3":
+    if arch in ("qwen3", "qwen3moe"):
         c.qk_norm = True
     if arch in ("gemma2", "gemma3"):
         c.post_norms, c.gelu = True, True
@@ -244,7 +251,7 @@ class Oracle:
 
     def ffn(self, h: np.ndarray, i: int) -> np.ndarray:
         c, p = self.cfg, f"blk.{i}."
-        if c.n_expert:
+        if c.n_expert and i >= c.dense_lead:
             return self.moe(h, p)
         if c.arch == "phi3":
             gate_up = self.linear(h, p + "ffn_up.weight")
@@ -260,21 +267,41 @@ class Oracle:
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * x * (1.0 + 0.044715 * x * x)))
 
     def moe(self, h: np.ndarray, p: str) -> np.ndarray:
-        """build_moe_ffn: softmax gating, top n_used, weights renormalized, SwiGLU experts."""
+        """build_moe_ffn: softmax or sigmoid gating, a selection bias (exp_probs_b) that chooses
+        without weighing, grouped top-k (the groups_used groups whose two best experts sum
+        highest), top n_used, weights renormalized (norm_w) and scaled (w_scale), SwiGLU experts;
+        plus the shared experts' FFN where the layer has one."""
         c = self.cfg
         logits = self.linear(h, p + "ffn_gate_inp.weight")
-        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs /= probs.sum(axis=-1, keepdims=True)
+        if c.gating == "sigmoid":
+            probs = 1.0 / (1.0 + np.exp(-logits))
+        else:
+            probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            probs /= probs.sum(axis=-1, keepdims=True)
+        select = probs + self.w(p + "exp_probs_b.bias") if self.has(p + "exp_probs_b.bias") else probs
         out = np.zeros_like(h)
         gate_w, up_w, down_w = (self.w(f"{p}ffn_{x}_exps.weight") for x in ("gate", "up", "down"))
         for t in range(len(h)):
-            top = np.argsort(-probs[t], kind="stable")[: c.n_used]
-            weights = probs[t, top] / max(probs[t, top].sum(), 2.0**-14)
+            sel = select[t].copy()
+            if c.groups > 1:
+                per_group = sel.reshape(c.groups, -1)
+                group_score = np.array([np.sort(g)[-2:].sum() for g in per_group])
+                kept = np.argsort(-group_score, kind="stable")[: c.groups_used]
+                sel = np.where(np.isin(np.arange(c.groups), kept)[:, None], per_group, -np.inf).reshape(-1)
+            top = np.argsort(-sel, kind="stable")[: c.n_used]
+            weights = probs[t, top]
+            if c.norm_w:
+                weights = weights / max(weights.sum(), 2.0**-14)
+            if c.w_scale not in (0.0, 1.0):
+                weights = weights * c.w_scale
             for e, wt in zip(top, weights):
                 x = h[t : t + 1]
                 g = self.linear(x, p + "ffn_gate_exps.weight", gate_w[e])
                 u = self.linear(x, p + "ffn_up_exps.weight", up_w[e])
                 out[t] += wt * self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_exps.weight", down_w[e])[0]
+        if self.has(p + "ffn_gate_shexp.weight"):
+            g, u = self.linear(h, p + "ffn_gate_shexp.weight"), self.linear(h, p + "ffn_up_shexp.weight")
+            out = out + self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight")
         return out
 
     def logits(self, tokens: list[int]) -> np.ndarray:
@@ -287,7 +314,7 @@ class Oracle:
             if c.post_norms:
                 a = self.norm(a, p + "post_attention_norm.weight")
             x = x + a
-            f = self.ffn(self.norm(x, p + "ffn_norm.weight"), i)
+            f = self.ffn(self.norm(x, f"{p}{c.ffn_norm}.weight"), i)
             if c.post_norms:
                 f = self.norm(f, p + "post_ffw_norm.weight")
             x = x + f

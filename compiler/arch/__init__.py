@@ -8,6 +8,7 @@ module here, registering it below and, if it needs them, new plan ops with their
 from collections.abc import Callable
 
 from rfc.compiler.arch import gemma2, gemma3, llama, phi3, qwen2, qwen3
+from rfc.compiler.arch import qwen3moe
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -21,6 +22,7 @@ RECIPES: dict[str, Recipe] = {
     "phi3": phi3.build,
     "qwen2": qwen2.build,
     "qwen3": qwen3.build,
+    "qwen3moe": qwen3moe.build,
 }
 
 

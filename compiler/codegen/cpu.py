@@ -293,6 +293,8 @@ def _moe_params(plan: Plan, entries: dict, ops: dict[str, list]) -> dict | None:
     if len(routes) != 1:
         raise CompileError("the cpu target needs every moe_route to share its expert counts (layers differ)")
     ((n_expert, n_used),) = routes
+    if any(op.weights for op in ops["moe_route"]):
+        raise CompileError(f"the cpu target has no kernel for moe_route with a selection bias ({ops['moe_route'][0].weights[0]})")
     if not 1 <= n_used <= n_expert <= MAX_EXPERTS:
         raise CompileError(f"expert counts out of range: {n_used} used of {n_expert} (at most {MAX_EXPERTS})")
     shapes = [entries[op.weights[0]] for op in ops.get("moe_matmul", [])]

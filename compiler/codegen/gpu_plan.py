@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, row_nbytes, weight_format
 from rfc.artifacts.layout import TensorEntry, WeightLayout
-from rfc.artifacts.plan import Op, Plan
+from rfc.artifacts.plan import OPS, Op, Plan
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
 from rfc.compiler.codegen import weight_entries
 from rfc.compiler.errors import CompileError
@@ -349,6 +349,11 @@ class _Planner:
 
     def _moe_route(self, op: Op) -> KernelSpec:
         n_expert, n_used = self._width(op.inputs[0]), int(op.attrs["n_used"])
+        for name, default in OPS[op.kind].optional:  # the kernel is the softmax router, renormalized
+            if op.attr(name) != default:
+                raise CompileError(f"no GPU kernel for moe_route with {name} = {op.attr(name)!r}")
+        if op.weights:
+            raise CompileError(f"no GPU kernel for moe_route with a selection bias ({op.weights[0]})")
         return self._rowwise(op, "gpu_moe_route.hip.j2", f"rfc_moe_route_{n_expert}_{n_used}", n_expert,
                              n_expert=n_expert, n_used=n_used)
 

@@ -147,12 +147,31 @@ class ReferenceDevice(InterpretedDevice):
     # -- mixture of experts ----------------------------------------------------------------
     def op_moe_route(self, outs, ins, weights, attrs, batch):
         logits = ins[0].astype(np.float64)
-        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)
-        ids = np.argsort(-p, axis=-1, kind="stable")[:, : attrs["n_used"]]  # equal p: lower index first
-        chosen = np.take_along_axis(p, ids, axis=-1)
+        if attrs["gating"] == "softmax":
+            p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            p /= p.sum(axis=-1, keepdims=True)
+        elif attrs["gating"] == "sigmoid":
+            p = 1.0 / (1.0 + np.exp(-logits))
+        else:  # softmax_weight: chosen by the logits, weighed by a softmax over the chosen
+            p = logits
+        s = p + weights[0] if weights else p.copy()  # the selection bias chooses, it does not weigh
+        groups = attrs["groups"]
+        if groups > 1:  # only the experts of the groups_used groups whose two best scores sum highest
+            by_group = s.reshape(len(s), groups, -1)
+            score = -np.sort(-by_group, axis=-1)[..., :2].sum(axis=-1)
+            keep = np.argsort(-score, axis=-1, kind="stable")[:, : attrs["groups_used"]]
+            mask = np.zeros(score.shape, bool)
+            np.put_along_axis(mask, keep, True, axis=-1)
+            s = np.where(mask[..., None], by_group, -np.inf).reshape(s.shape)
+        ids = np.argsort(-s, axis=-1, kind="stable")[:, : attrs["n_used"]]  # equal: lower index first
+        w = np.take_along_axis(p, ids, axis=-1)
+        if attrs["gating"] == "softmax_weight":
+            w = np.exp(w - w.max(axis=-1, keepdims=True))
+            w /= w.sum(axis=-1, keepdims=True)
+        if attrs["norm"]:
+            w = w / np.maximum(w.sum(axis=-1, keepdims=True), 2.0**-14)
         outs[0][...] = ids
-        outs[1][...] = chosen / np.maximum(chosen.sum(axis=-1, keepdims=True), 2.0**-14)
+        outs[1][...] = w * attrs["scale"]
 
     def op_moe_matmul(self, outs, ins, weights, attrs, batch):
         """Slots grouped by expert, one matmul per expert (how the kernels stream each expert's

@@ -91,6 +91,7 @@ def _gpu_param(model: str, target: str):
     _gpu_param("llama3rope-Q8_0", "gfx1100"),
     _gpu_param("gemma2-Q8_0", "gfx90a"),
     _gpu_param("mixtral-Q8_0", "gfx90a"),
+    _gpu_param("qwen3moe-Q4_K_M", "gfx90a"),  # 8 experts, 4 used, expert width apart from the FFN's
 ])
 def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_path_factory):
     """40 tokens: past gemma's sliding window of 32, several tiles of tokens per expert."""

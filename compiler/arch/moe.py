@@ -1,0 +1,209 @@
+"""Mixtures of experts as llama.cpp's build_moe_ffn computes them, for the families whose
+layers route tokens to experts (qwen3moe, glm4moe, deepseek2): their expert hyperparameters
+read with bounds, and the block as plan ops.
+
+What the families differ in is data, not code: the router is one moe_route op whose
+attributes say how experts are scored and chosen (softmax or sigmoid, a selection bias,
+grouped top-k) and how their weights are made (renormalized, scaled); shared experts are a
+plain SwiGLU FFN beside the routed ones; leading dense layers a plain FFN instead of them.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from rfc.artifacts.plan import OPS, OpKind
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import (
+    Attention, Sizes, attention, glu_ffn, hparams, kv_spec, linear, output_head, read_experts, read_rope, read_sizes,
+)  # fmt: skip
+from rfc.compiler.arch.metadata import MAX_FF, Metadata
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+# llama.cpp's expert_gating_func values (llama_expert_gating_func_type) rfc implements;
+# 0 (none) means the architecture's default. 4 (sqrt softplus) is refused by name.
+GATING_FUNCS = {1: "softmax", 2: "sigmoid", 3: "softmax_weight"}
+
+
+@dataclass(frozen=True)
+class Experts:
+    """One layer kind's experts: `count` routed SwiGLU experts of width `n_ff`, `used` per
+    token; how the router scores and weighs them (moe_route's attributes); `shared` experts
+    that every token runs (one FFN of shared x n_ff); the first `dense_lead` layers have a dense
+    FFN instead."""
+
+    count: int
+    used: int
+    n_ff: int
+    gating: str = "softmax"
+    norm: bool = True
+    scale: float = 1.0
+    groups: int = 1
+    groups_used: int = 1
+    shared: int = 0
+    dense_lead: int = 0
+
+    def route_attrs(self) -> dict:
+        """moe_route's attributes: n_used and the optional ones that are not at their defaults."""
+        defaults = dict(OPS[OpKind.MOE_ROUTE].optional)
+        attrs = {"n_used": self.used}
+        for f in fields(self):
+            if f.name in defaults and getattr(self, f.name) != defaults[f.name]:
+                attrs[f.name] = getattr(self, f.name)
+        return attrs
+
+    def is_moe(self, layer: int) -> bool:
+        return layer >= self.dense_lead
+
+    def hparams(self) -> dict:
+        """For `rfc inspect` (HParams.extra)."""
+        extra = {"expert_count": self.count, "expert_used_count": self.used, "expert_feed_forward_length": self.n_ff}
+        if self.shared:
+            extra["expert_shared_count"] = self.shared
+        if self.dense_lead:
+            extra["leading_dense_block_count"] = self.dense_lead
+        if self.groups > 1:
+            extra.update(expert_group_count=self.groups, expert_group_used_count=self.groups_used)
+        if self.gating != "softmax":
+            extra["expert_gating"] = self.gating
+        return extra
+
+
+def read_experts_of(md: Metadata, *, n_ff: int | None) -> tuple[int, int, int, int, int]:
+    """(count, used, n_ff, groups, groups_used) as llama.cpp's load_hparams reads them for every
+    MoE architecture: both counts required here, the group counts optional (llama.cpp asserts
+    groups < count, count % groups == 0 and 0 < groups_used < groups), the expert FFN width from
+    `expert_feed_forward_length`, else n_ff / used (qwen3moe, glm4moe pass feed_forward_length;
+    None: the key is required). The chosen experts must fit in the groups kept. (llama.cpp also takes
+    per-layer arrays for the used count and the expert width; Metadata.int refuses them by name.)"""
+    count, used = read_experts(md)
+    if not count:
+        raise CompileError(f"{md.path}: {md.arch} needs {md.key('expert_count')} and {md.key('expert_used_count')} > 0")
+    groups = md.int("expert_group_count", 0, count - 1, default=0)
+    groups_used = 1
+    if groups > 1:
+        if count % groups:
+            raise CompileError(f"{md.path}: {md.key('expert_count')} {count} is not a multiple of expert_group_count {groups}")
+        groups_used = md.int("expert_group_used_count", 1, groups - 1)
+        if used > groups_used * (count // groups):
+            raise CompileError(f"{md.path}: expert_used_count {used} exceeds the {groups_used} groups of {count // groups} "
+                               "experts kept")
+    else:
+        groups = 1
+    if n_ff is None or n_ff < used:
+        n_ff_exp = md.int("expert_feed_forward_length", 1, MAX_FF)
+    else:
+        n_ff_exp = md.int("expert_feed_forward_length", 1, MAX_FF, default=n_ff // used)
+    return count, used, n_ff_exp, groups, groups_used
+
+
+def read_gating(md: Metadata, default: str) -> str:
+    """`expert_gating_func` (llama.cpp: 0 or absent means the architecture's default)."""
+    code = md.int("expert_gating_func", 0, 16, default=0)
+    if code == 0:
+        return default
+    if code not in GATING_FUNCS:
+        raise CompileError(f"{md.path}: metadata {md.key('expert_gating_func')} = {code} is not supported "
+                           f"(supported: {', '.join(f'{k} ({v})' for k, v in GATING_FUNCS.items())})")
+    return GATING_FUNCS[code]
+
+
+def read_weights_scale(md: Metadata) -> float:
+    """`expert_weights_scale`: llama.cpp scales the expert weights unless it is 0 or 1."""
+    scale = md.float("expert_weights_scale", 0.0, 1e6, default=0.0)
+    return 1.0 if scale == 0.0 else scale
+
+
+def declare_expert_buffers(b: ModelBuilder, n_embd: int, e: Experts) -> None:
+    """The router's and the experts' activations: logits, ids and weights per token, the
+    routed experts' gate/up/out per slot, their weighted sum, the shared experts' gate/up."""
+    b.buffer("router", "T", e.count)
+    b.buffer("expert_ids", "T", e.used, dtype="i32")
+    b.buffer("expert_weights", "T", e.used)
+    b.buffer("exp_gate", "T", e.used * e.n_ff)
+    b.buffer("exp_up", "T", e.used * e.n_ff)
+    b.buffer("experts_out", "T", e.used * n_embd)
+    b.buffer("moe_out", "T", n_embd)
+    if e.shared:
+        b.buffer("shexp_gate", "T", e.shared * e.n_ff)
+        b.buffer("shexp_up", "T", e.shared * e.n_ff)
+
+
+def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", residual: str = "x") -> None:
+    """residual += routed experts(src) (+ shared experts(src)), for layer i.
+
+    The router reads src (ffn_gate_inp), chooses and weighs `used` experts per token
+    (moe_route; DeepSeek-V3's and GLM's selection bias `exp_probs_b.bias` where the file has
+    one); gate and up of the chosen experts, SwiGLU, down, and their weighted sum; the shared
+    experts (ffn_*_shexp) are one dense SwiGLU FFN over the same input. llama.cpp adds the two
+    before the residual; here each is added to it in turn (float32 rounding apart, the same),
+    which lets the cpu lowering fold both adds into the ops that make them. src is
+    overwritten by the shared experts' output."""
+    p, n = f"blk.{i}.", s.n_embd
+    b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (e.count, n)),))
+    bias = b.optional_tensor(p + "exp_probs_b.bias", "exp_probs_b", (e.count,))
+    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), (bias,) if bias else (), **e.route_attrs())
+    for name, buf in (("gate", "exp_gate"), ("up", "exp_up")):
+        w = b.tensor(f"{p}ffn_{name}_exps.weight", f"ffn_{name}_exps", (e.count, e.n_ff, n))
+        b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
+    b.op("swiglu", ("exp_gate", "exp_up"), ("exp_gate",))
+    down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (e.count, n, e.n_ff))
+    b.op("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",), (down,))
+    b.op("moe_combine", ("experts_out", "expert_weights"), ("moe_out",))
+    b.op("add", (residual, "moe_out"), (residual,))
+    if e.shared:
+        width = e.shared * e.n_ff
+        linear(b, src, "shexp_gate", p + "ffn_gate_shexp", (width, n))
+        linear(b, src, "shexp_up", p + "ffn_up_shexp", (width, n))
+        b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))
+        linear(b, "shexp_gate", src, p + "ffn_down_shexp", (n, width))
+        b.op("add", (residual, src), (residual,))
+
+
+def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], tuple[Experts, int]], *,
+                    ffn_norm: str = "ffn_norm", full_rotary: bool = False) -> ModelSpec:
+    """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
+    Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
+    glm4moe's is post_attention_norm) and the experts (a dense SwiGLU FFN in the leading dense
+    layers). `experts(md)` reads the family's expert hyperparameters: (Experts, the dense FFN
+    width). `full_rotary`: the family asserts rope.dimension_count == head_dim (qwen3moe)."""
+    md = Metadata(model, arch)
+    s = read_sizes(md)
+    rope = read_rope(md, s, "neox")
+    if full_rotary and rope.n_rot != s.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
+                           f"({arch} rotates whole heads; llama.cpp refuses this file too)")
+    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    e, n_ff = experts(md)
+    b = ModelBuilder(model)
+    b.buffer("tokens", "T", dtype="i32")
+    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width),
+                        ("att", s.q_width), ("xr", s.n_embd), ("hr", s.n_embd), ("logits", s.vocab_size)):
+        b.buffer(name, "R" if name in ("xr", "hr", "logits") else "T", width)
+    declare_expert_buffers(b, s.n_embd, e)
+    if e.dense_lead:
+        b.buffer("gate", "T", n_ff)
+        b.buffer("up", "T", n_ff)
+    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    qk_norm = b.has("blk.0.attn_q_norm.weight")
+    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=qk_norm)
+    b.op("embed", ("tokens",), ("x",), (embd,))
+    for i in range(s.n_layers):
+        p = f"blk.{i}."
+        if b.has(p + "attn_q_norm.weight") != qk_norm:
+            raise CompileError(f"{md.path}: attn_q_norm is in some layers and not in others")
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        attention(b, i, s, eps, cfg)
+        b.op("add", ("x", "h"), ("x",))
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{ffn_norm}.weight", ffn_norm, (s.n_embd,)),), eps=eps)
+        if e.is_moe(i):
+            moe_block(b, i, s, e)
+        else:
+            glu_ffn(b, i, s.n_embd, n_ff)
+            b.op("add", ("x", "h"), ("x",))
+    tied = output_head(b, s, eps)
+    hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+                 rope_freq_factors=False, extra=e.hparams())  # fmt: skip
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

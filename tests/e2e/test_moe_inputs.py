@@ -1,0 +1,42 @@
+"""Malformed mixtures of experts (issue 23): expert counts, group counts, expert widths and
+expert tensors of the wrong shape are refused by `rfc compile` with one line naming what is
+wrong, exit 2, before anything is allocated or written."""
+
+import time
+
+import pytest
+
+from tests.conftest import FIXTURES, rfc
+from tests.gguf_edit import rewrite_gguf
+
+pytestmark = pytest.mark.shared
+
+SRC = FIXTURES / "tiny-qwen3moe-Q8_0.gguf"
+
+
+def _seven_experts(name, data, qtype):
+    return (data[:7].copy(), qtype) if name == "blk.1.ffn_up_exps.weight" else (data, qtype)
+
+
+CASES = {
+    "used > count": ({"metadata": {"qwen3moe.expert_used_count": 9}}, "expert_used_count = 9 is outside [0, 8]"),
+    "count 2^31": ({"metadata": {"qwen3moe.expert_count": 1 << 31}}, "qwen3moe.expert_count"),
+    "groups do not divide": ({"metadata": {"qwen3moe.expert_group_count": 3}}, "not a multiple of expert_group_count 3"),
+    "expert width 2^32-1": ({"metadata": {"qwen3moe.expert_feed_forward_length": (1 << 32) - 1}},
+                            "qwen3moe.expert_feed_forward_length"),
+    "seven experts of eight": ({"tensor_fn": _seven_experts}, "blk.1.ffn_up_exps.weight"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_malformed_experts_are_one_line_exit_2(case, tmp_path):
+    edits, message = CASES[case]
+    model = rewrite_gguf(SRC, tmp_path / "bad.gguf", **edits)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    proc = rfc("compile", model, "-o", out / "bundle", "--no-cache")
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists() or list(out.iterdir()) == []
