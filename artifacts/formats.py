@@ -70,12 +70,16 @@ class WeightFormat:
     # q8_32p, q8_k); None: float activations, as every cpu dot without AVX2 reads
     cpu_act: str | None = None
     cpu_unit: int | None = None  # elements per step of the cpu dot, where not one block
+    # the AVX2 cpu dot unpacks each 32-element sub-block to int8 values and half scales
+    # (kernels/cpu_dot_lut.h rfc_u32_<fmt>), one generic kernel over them all; needs cpu_act q8_32
+    cpu_unpack: bool = False
     base: str | None = None  # packed and planar formats: the GGUF format whose blocks they rearrange
     ops: frozenset[str] = frozenset()  # packed and planar formats: the op kinds whose kernels read them
     group_rows: int = 1  # packed formats: rows interleaved per group
     head_bytes: int = 0  # packed formats: bytes of f16 fields (scale, minimum) that start a base block
     column_dot: bool = False  # packed formats: a layout of its own, dotted a column at a time (cpu_dot.h rfc_x8col_<base>)
     planes: tuple[int, ...] = ()  # planar formats: bytes per base block of each plane, in row order
+    ggml_type: int | None = None  # GGUF formats: the tensor type id a GGUF file stores it under (ggml.h's ggml_type)
 
     def __post_init__(self) -> None:
         assert not self.planes or sum(self.planes) == self.block_bytes, f"{self.name}: planes add up to the block"
@@ -164,19 +168,38 @@ _PLANAR = {"kernels": GPU, "ops": MATMUL_OPS}
 FORMATS: dict[str, WeightFormat] = {
     f.name: f
     for f in (
-        WeightFormat("F32", 1, 4, None, CPU | GPU, cpu_unit=8),
-        WeightFormat("F16", 1, 2, None, CPU | GPU, cpu_unit=8),
-        WeightFormat("BF16", 1, 2, None, CPU | GPU, cpu_unit=8),
-        WeightFormat("Q8_0", 32, 34, "q8_0", CPU | GPU, cpu_act="q8_32"),
-        WeightFormat("Q4_0", 32, 18, "q8_0", CPU | GPU, cpu_act="q8_32p"),
-        WeightFormat("Q4_1", 32, 20, "q8_1", CPU | GPU, cpu_act="q8_32p"),
-        WeightFormat("Q5_0", 32, 22, "q8_0", CPU | GPU, cpu_act="q8_32p"),
-        WeightFormat("Q5_1", 32, 24, "q8_1", CPU | GPU, cpu_act="q8_32p"),
-        WeightFormat("Q2_K", 256, 84, "q8_k", CPU | GPU, cpu_act="q8_k"),
-        WeightFormat("Q3_K", 256, 110, "q8_k", CPU | GPU, cpu_act="q8_k"),
-        WeightFormat("Q4_K", 256, 144, "q8_k", CPU | GPU, cpu_act="q8_k"),
-        WeightFormat("Q5_K", 256, 176, "q8_k", CPU | GPU, cpu_act="q8_k"),
-        WeightFormat("Q6_K", 256, 210, "q8_k", CPU | GPU, cpu_act="q8_k"),
+        WeightFormat("F32", 1, 4, None, CPU | GPU, cpu_unit=8, ggml_type=0),
+        WeightFormat("F16", 1, 2, None, CPU | GPU, cpu_unit=8, ggml_type=1),
+        WeightFormat("BF16", 1, 2, None, CPU | GPU, cpu_unit=8, ggml_type=30),
+        WeightFormat("Q8_0", 32, 34, "q8_0", CPU | GPU, cpu_act="q8_32", ggml_type=8),
+        WeightFormat("Q4_0", 32, 18, "q8_0", CPU | GPU, cpu_act="q8_32p", ggml_type=2),
+        WeightFormat("Q4_1", 32, 20, "q8_1", CPU | GPU, cpu_act="q8_32p", ggml_type=3),
+        WeightFormat("Q5_0", 32, 22, "q8_0", CPU | GPU, cpu_act="q8_32p", ggml_type=6),
+        WeightFormat("Q5_1", 32, 24, "q8_1", CPU | GPU, cpu_act="q8_32p", ggml_type=7),
+        WeightFormat("Q2_K", 256, 84, "q8_k", CPU | GPU, cpu_act="q8_k", ggml_type=10),
+        WeightFormat("Q3_K", 256, 110, "q8_k", CPU | GPU, cpu_act="q8_k", ggml_type=11),
+        WeightFormat("Q4_K", 256, 144, "q8_k", CPU | GPU, cpu_act="q8_k", ggml_type=12),
+        WeightFormat("Q5_K", 256, 176, "q8_k", CPU | GPU, cpu_act="q8_k", ggml_type=13),
+        WeightFormat("Q6_K", 256, 210, "q8_k", CPU | GPU, cpu_act="q8_k", ggml_type=14),
+        # Formats decoded through tables (artifacts/quant_tables.py) or of small blocks: the numpy
+        # reference reads them; no target has kernels for them yet (their compiles are refused).
+        # cpu_act: their cpu dots will read q8_32 activations, one scale per 32: finer than
+        # llama.cpp's q8_K for the 256-element ones, and what their sub-blocks' scales need.
+        WeightFormat("IQ4_NL", 32, 18, "q8_0", cpu_act="q8_32", cpu_unpack=True, ggml_type=20),
+        WeightFormat("IQ4_XS", 256, 136, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=23),
+        WeightFormat("MXFP4", 32, 17, "q8_0", cpu_act="q8_32", cpu_unpack=True, ggml_type=39),
+        WeightFormat("NVFP4", 64, 36, "q8_0", cpu_act="q8_32", cpu_unpack=True, ggml_type=40),
+        WeightFormat("TQ1_0", 256, 54, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=34),
+        WeightFormat("TQ2_0", 256, 66, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=35),
+        WeightFormat("Q1_0", 128, 18, "q8_0", cpu_act="q8_32", cpu_unpack=True, ggml_type=41),
+        WeightFormat("Q2_0", 64, 18, "q8_0", cpu_act="q8_32", cpu_unpack=True, ggml_type=42),
+        WeightFormat("IQ2_XXS", 256, 66, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=16),
+        WeightFormat("IQ2_XS", 256, 74, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=17),
+        WeightFormat("IQ2_S", 256, 82, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=22),
+        WeightFormat("IQ3_XXS", 256, 98, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=18),
+        WeightFormat("IQ3_S", 256, 110, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=21),
+        WeightFormat("IQ1_S", 256, 50, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=19),
+        WeightFormat("IQ1_M", 256, 56, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=29),
         # packed cpu layouts
         WeightFormat("Q4_0x8", 32, 18, "q8_0", cpu_act="q8_32", base="Q4_0", head_bytes=2, **_X8_CHUNKS),
         WeightFormat("Q4_1x8", 32, 20, "q8_1", cpu_act="q8_32", base="Q4_1", head_bytes=4, **_X8_CHUNKS),
@@ -225,6 +248,12 @@ def target_layout(fmt: str, kernels: Kernels) -> WeightFormat | None:
     """The layout row that repacks GGUF format `fmt` for `kernels` (None: they read `fmt`)."""
     found = [f for f in FORMATS.values() if f.base == fmt and f.kernels == kernels]
     assert len(found) <= 1, f"{fmt} has {len(found)} layouts for {kernels}"
+    return found[0] if found else None
+
+
+def gguf_format_of_type(type_id: int) -> WeightFormat | None:
+    """The GGUF format a file's tensor type id names (None: none rfc reads)."""
+    found = [f for f in GGUF_FORMATS.values() if f.ggml_type == type_id]
     return found[0] if found else None
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from rfc.artifacts.formats import gguf_format_of_type
+
 from rfc.compiler.errors import CompileError
 
 SUPPORTED_VERSIONS = (2, 3)
@@ -219,8 +221,12 @@ def _alignment(c: _Cursor, entry: MetadataEntry | None) -> int:
 
 
 def _tensor_bytes(name: str, dims: tuple[int, ...], ttype: int) -> int:
+    """Bytes of a tensor: the format table's block geometry for the types rfc reads (some, such
+    as Q2_0, newer than the gguf package), the gguf package's for the others (refused later by
+    name)."""
+    ours = gguf_format_of_type(ttype)
     try:
-        block_elems, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+        block_elems, block_bytes = (ours.block_elems, ours.block_bytes) if ours else GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
     except (ValueError, KeyError):
         raise _Corrupt(f"tensor {name[:64]!r} has unknown type id {ttype}") from None
     n = 1

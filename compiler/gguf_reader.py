@@ -12,7 +12,7 @@ from typing import Any
 
 from gguf import GGMLQuantizationType
 
-from rfc.artifacts.formats import GGUF_FORMATS
+from rfc.artifacts.formats import GGUF_FORMATS, gguf_format_of_type
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_check import GGUFIndex, index_gguf
 from rfc.compiler.gguf_metadata import decode_metadata
@@ -59,7 +59,9 @@ def _tensors(index: GGUFIndex, path: Path) -> dict[str, SourceTensor]:
     for t in index.tensors:
         if t.name in tensors:
             raise CompileError(f"{path}: tensor {t.name[:64]} appears twice")
-        fmt = GGMLQuantizationType(t.ttype).name  # the walk refused type ids the gguf package does not know
+        ours = gguf_format_of_type(t.ttype)
+        # the walk refused type ids neither the format table nor the gguf package knows
+        fmt = ours.name if ours else GGMLQuantizationType(t.ttype).name
         if fmt not in SUPPORTED_FORMATS:
             raise CompileError(f"{path}: unsupported tensor type {fmt} (tensor {t.name})")
         shape = tuple(reversed(t.dims))

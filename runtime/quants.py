@@ -19,6 +19,7 @@ import numpy as np
 from rfc.artifacts.formats import FORMATS as _TABLE
 from rfc.artifacts.formats import GGUF_FORMATS, PACKED_FORMATS, PLANAR_FORMATS, WeightFormat
 from rfc.artifacts.formats import row_nbytes as _table_row_nbytes
+from rfc.runtime import quants_iq, quants_small
 from rfc.runtime.quants_planar import unpack_planar
 
 QK_K = 256  # elements in one k-quant super-block
@@ -215,6 +216,10 @@ _CODECS: dict[str, _Codec] = {
         _decode_q6_k,
     ),
 }
+
+# the formats of the other modules: ggml's i-quants; the ternary, binary and fp4 formats
+for _module in (quants_iq, quants_small):
+    _CODECS.update({name: _Codec(np.dtype(fields), decode) for name, (fields, decode) in _module.CODECS.items()})
 
 # The GGUF formats decoded here: rows of the one format table (rfc.artifacts.formats), whose
 # block geometry the codecs above must agree with byte for byte. Packed and planar layouts

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 
 from tests.conftest import DEMO_MODEL, FIXTURES, TINY_MODELS, rfc
 from tests.gguf_edit import rewrite_gguf
@@ -138,10 +138,12 @@ def test_reader_refuses_another_major_format_version(demo_bundle):
 # -- bad input: exit 2, one line on stderr, nothing left behind --------------------------
 
 
-def _q4_0_to_iq4_nl(name, data, qtype):
-    # IQ4_NL has Q4_0's block size and byte size, so the file stays well-formed
+def _q4_0_to_q8_1(name, data, qtype):
+    # Q8_1: a tensor type ggml knows (its activations' format) that no weight format of rfc's is;
+    # the rows are zeros of its size (gguf's block size for it), so the file stays well-formed
     if name == "blk.0.attn_q.weight":
-        return data, GGMLQuantizationType.IQ4_NL
+        q8_1 = GGMLQuantizationType.Q8_1
+        return np.zeros((data.shape[0], data.shape[1] // 18 * GGML_QUANT_SIZES[q8_1][1]), np.uint8), q8_1
     return data, qtype
 
 
@@ -153,7 +155,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
     header_cut = tmp / "header-cut.gguf"
     header_cut.write_bytes(DEMO_MODEL.read_bytes()[:3000])
     arch = rewrite_gguf(DEMO_MODEL, tmp / "arch.gguf", metadata={"general.architecture": "mamba"})
-    qtype = rewrite_gguf(FIXTURES / "tiny-llama-Q4_0.gguf", tmp / "qtype.gguf", tensor_fn=_q4_0_to_iq4_nl)
+    qtype = rewrite_gguf(FIXTURES / "tiny-llama-Q4_0.gguf", tmp / "qtype.gguf", tensor_fn=_q4_0_to_q8_1)
     missing = rewrite_gguf(DEMO_MODEL, tmp / "missing.gguf", drop_tensors=("blk.2.ffn_up.weight",))
     shape = rewrite_gguf(
         DEMO_MODEL,
@@ -168,7 +170,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
         "truncated file": ([truncated], "truncated"),
         "truncated header": ([header_cut], "truncated"),
         "unsupported architecture": ([arch], "unsupported architecture 'mamba'"),
-        "unsupported tensor type": ([qtype], "unsupported tensor type IQ4_NL"),
+        "unsupported tensor type": ([qtype], "unsupported tensor type Q8_1"),
         "missing tensor": ([missing], "missing tensor blk.2.ffn_up.weight"),
         "shape mismatch": ([shape], "shape mismatch for blk.1.attn_q.weight"),
         "output exists": ([DEMO_MODEL, "-o", exists], "exists (use --force"),

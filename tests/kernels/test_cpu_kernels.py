@@ -45,7 +45,7 @@ from rfc.runtime.batch import SeqChunk, build_batch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.kv_cache import BlockManager
-from rfc.artifacts.formats import PACKED_FORMATS, tensor_nbytes
+from rfc.artifacts.formats import PACKED_FORMATS, Kernels, tensor_nbytes
 from rfc.compiler.weights import pack_x8
 from rfc.runtime.quants import FORMATS
 from tests.conftest import FIXTURES
@@ -57,8 +57,8 @@ pytestmark = [
 ]
 
 K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-ALL_FORMATS = sorted(FORMATS) + sorted(PACKED_FORMATS)  # the GGUF formats and the packed layouts (Q4_0x8, ...)
-GGUF_ONLY = sorted(FORMATS)
+GGUF_ONLY = sorted(f for f in FORMATS if Kernels.CPU in FORMATS[f].kernels)  # the GGUF formats with cpu kernels
+ALL_FORMATS = GGUF_ONLY + sorted(PACKED_FORMATS)  # and the packed layouts (Q4_0x8, ...)
 EMBED_PACKED = sorted(n for n, f in PACKED_FORMATS.items() if "embed" in f.ops)  # the embedding lookup reads these (tied embeddings)
 N_ROWS = 37
 N_EMBD, N_HEADS, N_KV_HEADS, HEAD_DIM, N_ROT, N_FF = 256, 8, 2, 32, 24, 96
