@@ -31,7 +31,7 @@ MAX_OPS = 1 << 20
 MAX_BUFFERS = 4096
 SYMBOLS = ("T", "R")
 DTYPES = ("f32", "i32")
-GLU_ACTIVATIONS = ("silu", "gelu_tanh")  # swiglu's `activation`
+GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai")  # swiglu's `activation`
 ROPE_STYLES = ("adjacent", "neox")
 MOE_GATINGS = ("softmax", "sigmoid", "softmax_weight")  # moe_route's `gating`
 
@@ -54,6 +54,7 @@ class OpKind(str, Enum):
     MOE_ROUTE = "moe_route"
     MOE_MATMUL = "moe_matmul"
     MOE_COMBINE = "moe_combine"
+    MOE_ADD_BIAS = "moe_add_bias"
 
     __str__ = str.__str__  # the name itself, not OpKind.X
 
@@ -89,16 +90,20 @@ OPS: dict[OpKind, OpSchema] = {
     ),
     OpKind.KV_WRITE: OpSchema(2, 0, (0, 0), ("layer",), doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"),
     OpKind.ATTENTION: OpSchema(
-        1, 1, (0, 0), ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
+        1, 1, (0, 1), ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
         optional=(("window", None), ("softcap", None)),
         doc="causal attention of q over the layer's paged cache (positions <= the token's own); query head h "
         "reads kv head h // (n_heads / n_kv_heads); score = scale * q.k, then softcap * tanh(score / softcap) "
-        "with a softcap; with a window only keys at positions > pos - window take part (sliding window)",
+        "with a softcap; with a window only keys at positions > pos - window take part (sliding window). "
+        "The optional weight is a sink logit per query head [n_heads] (gpt-oss): one more score in the softmax "
+        "with no value, p_j = exp(s_j) / (sum_i exp(s_i) + exp(sink_h))",
     ),
     OpKind.SWIGLU: OpSchema(
-        2, 1, (0, 0), optional=(("activation", "silu"),),
+        2, 1, (0, 0), optional=(("activation", "silu"), ("alpha", 1.702), ("limit", 7.0)),
         doc="gated linear unit: out = act(gate) * up, act 'silu' (SwiGLU: g / (1 + exp(-g))) or 'gelu_tanh' "
-        "(GeGLU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))))",
+        "(GeGLU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))); 'swiglu_oai' (gpt-oss, llama.cpp's "
+        "swiglu_oai) clamps and shifts: g' = min(g, limit), u' = clamp(u, -limit, limit), "
+        "out = g' / (1 + exp(-alpha g')) * (u' + 1) (alpha and limit are read by it alone)",
     ),
     OpKind.ADD: OpSchema(2, 1, (0, 0), doc="out = a + b"),
     OpKind.GATHER_ROWS: OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),
@@ -123,6 +128,11 @@ OPS: dict[OpKind, OpSchema] = {
     ),
     OpKind.MOE_COMBINE: OpSchema(
         2, 1, (0, 0), doc="y[T, n_used*N], weights[T, n_used] -> out[T, N] = sum_j weights[t, j] * y[t, segment j]",
+    ),
+    OpKind.MOE_ADD_BIAS: OpSchema(
+        2, 1, (1, 1),
+        doc="per-expert bias (llama.cpp's ggml_add_id; gpt-oss): y[T, n_used*N], ids i32[T, n_used] -> "
+        "out = y with segment j += bias[ids[t, j]], bias [n_expert, N]",
     ),
 }
 assert set(OPS) == set(OpKind), "every op kind has a schema"

@@ -279,6 +279,9 @@ def _attention(v: _OpView) -> None:
     if v.op.attr("softcap") is not None:
         v.real_attr("softcap", 0.0, 1e6, open_lo=True)
     v.need(v.shape(q) == ("T", nh * hd) == v.shape(out), "q/output are not [T, n_heads * head_dim]")
+    if v.op.weights:
+        w = v.weight_shape(0)
+        v.need(w is None or w == (nh,), f"attention sinks {w} are not [{nh}] (one per query head)")
 
 
 def _same_shape(v: _OpView) -> None:
@@ -289,7 +292,9 @@ def _same_shape(v: _OpView) -> None:
 
 def _swiglu(v: _OpView) -> None:
     _same_shape(v)
-    v.choice_attr("activation", GLU_ACTIVATIONS)
+    if v.choice_attr("activation", GLU_ACTIVATIONS) == "swiglu_oai":
+        v.real_attr("alpha", 0.0, 1e6, open_lo=True)
+        v.real_attr("limit", 0.0, 1e6, open_lo=True)
 
 
 def _softcap(v: _OpView) -> None:
@@ -352,6 +357,20 @@ def _moe_combine(v: _OpView) -> None:
     v.need(v.width(y) == k * v.width(out), f"input width {v.width(y)} is not {k} x {v.width(out)}")
 
 
+def _moe_add_bias(v: _OpView) -> None:
+    (y, ids), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(y, out)
+    v.i32_rows(ids)
+    router = _router_of(v, ids)
+    v.need(router is not None, f"{ids} is not written by a moe_route op before it")
+    k = v.width(ids)
+    v.need(v.shape(y) == v.shape(out) and v.rows(y) == v.rows(ids) == "T", "buffers are not [T, width] alike")
+    v.need(v.width(y) % k == 0, f"width {v.width(y)} is not {k} segments")
+    w = v.weight_shape(0)
+    n_expert = v.width(router.inputs[0])
+    v.need(w is None or w == (n_expert, v.width(y) // k), f"bias {w} is not [{n_expert}, {v.width(y) // k}]")
+
+
 def _gather_rows(v: _OpView) -> None:
     (x,), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(x, out)
@@ -373,5 +392,6 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "moe_route": _moe_route,
     "moe_matmul": _moe_matmul,
     "moe_combine": _moe_combine,
+    "moe_add_bias": _moe_add_bias,
 }
 assert set(RULES) == set(OPS), "every op kind needs a shape rule"

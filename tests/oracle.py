@@ -92,6 +92,8 @@ class Config:
     ffn_norm: str = "ffn_norm"  # the FFN's input norm (glm4moe: post_attention_norm)
     rope_factors: str | None = None
     tied: bool = False
+    sinks: bool = False  # gpt-oss: attn_sinks, a logit per head in every softmax
+    oai: bool = False  # gpt-oss experts: biased router and experts, softmax of the top-k, swiglu_oai
     layers: list[Layer] = field(default_factory=list)
 
 
@@ -151,6 +153,13 @@ def read_config(md: dict, tensors: dict) -> Config:
             swa = Layer(k("rope.freq_base_swa", 10000.0), 1.0, window)
             if not window:
                 local = [False] * c.n_layers
+        c.layers = [swa if is_local else full for is_local in local]
+    if arch == "gpt-oss":  # src/models/openai-moe.cpp
+        c.q_scale = _f32(1.0 / np.sqrt(np.float32(c.n_rot)))
+        c.ffn_norm, c.sinks, c.oai = "post_attention_norm", True, True
+        pattern = k("attention.sliding_window_pattern", 2)
+        local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
+        swa = Layer(k("rope.freq_base_swa", base), scale, k("attention.sliding_window"))
         c.layers = [swa if is_local else full for is_local in local]
     return c
 
@@ -241,16 +250,21 @@ class Oracle:
         if layer.window:
             allowed &= pos[:, None] - pos[None, :] < layer.window
         scores = np.where(allowed[None], scores, -np.inf)
+        if c.sinks:  # ggml_soft_max_add_sinks: the head's sink joins the max and the sum, weighs nothing
+            sink = np.repeat(self.w(p + "attn_sinks.weight")[:, None, None], n, axis=1)
+            scores = np.concatenate([scores, sink], axis=-1)
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
-        out = np.einsum("hqk,khd->qhd", probs, v).reshape(n, c.n_heads * c.head_dim)
+        out = np.einsum("hqk,khd->qhd", probs[..., :n], v).reshape(n, c.n_heads * c.head_dim)
         out = self.linear(out, p + "attn_output.weight")
-        if c.arch == "llama" and self.has(p + "attn_output.bias"):
+        if c.arch in ("llama", "gpt-oss") and self.has(p + "attn_output.bias"):
             out = out + self.w(p + "attn_output.bias")
         return out
 
     def ffn(self, h: np.ndarray, i: int) -> np.ndarray:
         c, p = self.cfg, f"blk.{i}."
+        if c.oai:
+            return self.moe_oai(h, p)
         if c.n_expert and i >= c.dense_lead:
             return self.moe(h, p)
         if c.arch == "phi3":
@@ -302,6 +316,27 @@ class Oracle:
         if self.has(p + "ffn_gate_shexp.weight"):
             g, u = self.linear(h, p + "ffn_gate_shexp.weight"), self.linear(h, p + "ffn_up_shexp.weight")
             out = out + self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight")
+        return out
+
+    def moe_oai(self, h: np.ndarray, p: str) -> np.ndarray:
+        """build_moe_ffn as gpt-oss calls it: router logits + bias, the top n_used logits
+        softmaxed among themselves (SOFTMAX_WEIGHT), each expert's gate/up/down with its bias
+        (ggml_add_id), ggml_swiglu_oai(gate, up, alpha 1.702, limit 7)."""
+        c = self.cfg
+        logits = self.linear(h, p + "ffn_gate_inp.weight") + self.w(p + "ffn_gate_inp.bias")
+        w = {x: self.w(f"{p}ffn_{x}_exps.weight") for x in ("gate", "up", "down")}
+        bias = {x: self.w(f"{p}ffn_{x}_exps.bias") for x in ("gate", "up", "down")}
+        out = np.zeros_like(h)
+        for t in range(len(h)):
+            top = np.argsort(-logits[t], kind="stable")[: c.n_used]
+            e_top = np.exp(logits[t, top] - logits[t, top].max())
+            for e, wt in zip(top, e_top / e_top.sum()):
+                x = h[t : t + 1]
+                g = self.linear(x, p + "ffn_gate_exps.weight", w["gate"][e]) + bias["gate"][e]
+                u = self.linear(x, p + "ffn_up_exps.weight", w["up"][e]) + bias["up"][e]
+                g = np.minimum(g, 7.0)
+                act = g / (1.0 + np.exp(-1.702 * g)) * (np.clip(u, -7.0, 7.0) + 1.0)
+                out[t] += wt * (self.linear(act, p + "ffn_down_exps.weight", w["down"][e])[0] + bias["down"][e])
         return out
 
     def logits(self, tokens: list[int]) -> np.ndarray:

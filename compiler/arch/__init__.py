@@ -7,7 +7,7 @@ module here, registering it below and, if it needs them, new plan ops with their
 
 from collections.abc import Callable
 
-from rfc.compiler.arch import gemma2, gemma3, llama, phi3, qwen2, qwen3
+from rfc.compiler.arch import gemma2, gemma3, gpt_oss, llama, phi3, qwen2, qwen3
 from rfc.compiler.arch import qwen3moe
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -18,6 +18,7 @@ Recipe = Callable[[GGUFModel], ModelSpec]
 RECIPES: dict[str, Recipe] = {
     "gemma2": gemma2.build,
     "gemma3": gemma3.build,
+    "gpt-oss": gpt_oss.build,
     "llama": llama.build,
     "phi3": phi3.build,
     "qwen2": qwen2.build,

@@ -79,6 +79,10 @@ class ReferenceDevice(InterpretedDevice):
         if attrs["activation"] == "gelu_tanh":
             c = np.float32(np.sqrt(2.0 / np.pi))
             outs[0][...] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * u
+        elif attrs["activation"] == "swiglu_oai":
+            limit, alpha = np.float32(attrs["limit"]), np.float32(attrs["alpha"])
+            x = np.minimum(g, limit)
+            outs[0][...] = x / (np.float32(1.0) + np.exp(-alpha * x)) * (np.clip(u, -limit, limit) + np.float32(1.0))
         else:
             outs[0][...] = g / (1.0 + np.exp(-g)) * u
 
@@ -139,10 +143,13 @@ class ReferenceDevice(InterpretedDevice):
             if attrs["window"] is not None:
                 causal &= pos[None, :] > batch.positions[lo:hi, None] - attrs["window"]
             scores = np.where(causal[None], scores, -np.inf)
+            if weights:  # a sink logit per head: a column of the softmax that weighs no value
+                sink = np.broadcast_to(weights[0].astype(np.float32)[:, None, None], (*scores.shape[:2], 1))
+                scores = np.concatenate([scores, sink], axis=-1)
             scores -= scores.max(axis=-1, keepdims=True)
             p = np.exp(scores)
             p /= p.sum(axis=-1, keepdims=True)
-            out[lo:hi] = np.einsum("hnc,chd->nhd", p, v)
+            out[lo:hi] = np.einsum("hnc,chd->nhd", p[..., :ctx], v)
 
     # -- mixture of experts ----------------------------------------------------------------
     def op_moe_route(self, outs, ins, weights, attrs, batch):
@@ -185,6 +192,11 @@ class ReferenceDevice(InterpretedDevice):
             t, j = np.nonzero(ids == e)
             out[t, j] = rows[t, j if rows.shape[1] > 1 else 0] @ w[e].T
 
+    def op_moe_add_bias(self, outs, ins, weights, attrs, batch):
+        y, ids = ins
+        n_tok, k = ids.shape
+        outs[0][...] = (y.reshape(n_tok, k, -1) + weights[0][ids]).reshape(n_tok, -1)
+
     def op_moe_combine(self, outs, ins, weights, attrs, batch):
         y, w = ins
         n_tok, k = w.shape
@@ -206,5 +218,6 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.MOE_ROUTE: ReferenceDevice.op_moe_route,
     OpKind.MOE_MATMUL: ReferenceDevice.op_moe_matmul,
     OpKind.MOE_COMBINE: ReferenceDevice.op_moe_combine,
+    OpKind.MOE_ADD_BIAS: ReferenceDevice.op_moe_add_bias,
 }
 assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"

@@ -312,6 +312,12 @@ class CpuOpDevice(InterpretedDevice):
         t, n_used = w.array.shape
         return self._moe_combine, (y.ptr, w.ptr, t, n_used, outs[0].array.shape[1], outs[0].ptr)
 
+    def _op_moe_add_bias(self, op, outs, ins, weights, batch):
+        (y, ids), bias = ins, weights[0]
+        t, n_used = ids.array.shape
+        fn = self._arch_kernel("rfc_moe_add_bias", op)
+        return fn, (y.ptr, ids.ptr, bias.ptr, t, n_used, y.array.shape[1] // n_used, outs[0].ptr)
+
     def _op_add_bias(self, op, outs, ins, weights, batch):
         rows, n = ins[0].array.shape
         return self._add_bias, (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows, n)
@@ -395,5 +401,6 @@ _CALLS: dict[OpKind, Callable] = {
     OpKind.MOE_ROUTE: CpuOpDevice._op_moe_route,
     OpKind.MOE_MATMUL: CpuOpDevice._op_moe_matmul,
     OpKind.MOE_COMBINE: CpuOpDevice._op_moe_combine,
+    OpKind.MOE_ADD_BIAS: CpuOpDevice._op_moe_add_bias,
 }
 assert set(_CALLS) == set(OpKind), "the cpu kit runs every op kind"
