@@ -7,6 +7,7 @@ import click
 
 from rfc.cli.errors import CHECK_FAILED, fail
 from rfc.cli.memory import check_ctx_size, ctx_size_option, memory_options, parse_memory_options
+from rfc.cli.spec_options import draft_bundle, spec_config, spec_options
 from rfc.cli.threads import apply_threads, threads_option
 
 
@@ -35,8 +36,10 @@ from rfc.cli.threads import apply_threads, threads_option
               help="For a GGUF: compile with this Jinja chat template instead of the file's own.")
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="rfc's cache (default: ~/.cache/rfc); a GGUF is compiled into DIR/bundles.")
+@spec_options
 def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, ignore_eos, device,
-            compute_threads, gpu_memory_utilization, kv_memory, ctx_size, no_verify, no_mmap, targets, template_file, cache_dir):
+            compute_threads, gpu_memory_utilization, kv_memory, ctx_size, no_verify, no_mmap, targets, template_file, cache_dir,
+            spec_type, model_draft, spec_n_max):
     """Generate text from BUNDLE (a bundle directory, or a GGUF file compiled into the cache on
     first use); the generation goes to stdout, speed to stderr."""
     threads = apply_threads(compute_threads)  # before the runtime (numpy, kernels) loads
@@ -52,18 +55,22 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
     from rfc.runtime.loader import LoadOptions, load_model
     from rfc.runtime.prompting import chat_template, encode_prompt
     from rfc.runtime.sampler import SamplingError, SamplingParams
+    from rfc.runtime.scheduler import SchedulerConfig
 
     (bundle,) = bundle_paths([bundle], targets, template_file, cache_dir)
+    spec = spec_config(spec_type, spec_n_max, model_draft)
+    draft = draft_bundle(model_draft, targets, cache_dir)
     check_ctx_size(ctx_size, {Path(bundle).name: bundle})
     try:
         model = load_model(bundle, LoadOptions(device=device, verify=not no_verify, mmap=not no_mmap, gpu_memory_utilization=utilization,
-                                               kv_memory=kv_budget, kv_max_sequences=1, ctx_size=ctx_size))
+                                               kv_memory=kv_budget, kv_max_sequences=1, ctx_size=ctx_size,
+                                               draft_model=draft))
     except (BundleError, DeviceError) as e:
         fail(str(e))
     except KvBudgetError as e:
         fail(str(e), CHECK_FAILED)
     click.echo(f"rfc: {model.device_choice.name}, {threads.describe()}", err=True)
-    engine = Engine(model)
+    engine = Engine(model, SchedulerConfig(spec=spec))
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repeat_penalty, seed=seed)
 
     def one(text: str) -> str:
@@ -75,7 +82,8 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
         sys.stdout.write("\n")
         click.echo(
             f"[{model.device_choice.name}] prompt: {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tok/s | "
-            f"generation: {len(state.tokens)} tokens, {stats.generate_tps:.1f} tok/s | finish: {state.finish_reason}",
+            f"generation: {len(state.tokens)} tokens, {stats.generate_tps:.1f} tok/s | finish: {state.finish_reason}"
+            + (f" | drafts accepted: {counts['spec_accepted']}/{counts['spec_drafted']}" if (counts := engine.counts())["spec_drafted"] else ""),
             err=True,
         )
         return state.text

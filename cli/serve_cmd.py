@@ -10,6 +10,7 @@ import click
 
 from rfc.cli.errors import fail
 from rfc.cli.memory import ctx_size_option, memory_options, parse_memory_options
+from rfc.cli.spec_options import draft_bundle, spec_config, spec_options
 from rfc.cli.threads import apply_threads, threads_option
 
 
@@ -105,12 +106,14 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--max-loaded-models", envvar="RFC_MAX_LOADED_MODELS", default=None, type=click.IntRange(min=1),
               help="Models loaded at once at most (default: all): the first N load at startup, the others when a request "
                    "names one, the least recently used idle model unloading to make room. The memory budget is split over N.")
+@spec_options
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
 def serve_cmd(models, models_dir, require_signature, insecure, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, ctx_size, pooling, targets, chat_template, cache_dir,
               api_keys, api_key_file, admin_api_key, public_traces, public_metrics, cors_origins, no_cors, no_webui, log_format, log_file, log_level, no_verify, no_mmap, trace_sample_rate, max_traces,
               max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, max_stored_responses, stored_responses_mb, prompt_cache_mb, template_workers,
               template_memory_mb, template_timeout, shutdown_timeout, grammar_max_bytes, grammar_max_rules, grammar_max_depth,
-              grammar_max_repeat, grammar_workers, grammar_timeout, tokenize_workers, pool_queue, keep_alive, max_loaded_models, load_delay):
+              grammar_max_repeat, grammar_workers, grammar_timeout, tokenize_workers, pool_queue, keep_alive, max_loaded_models,
+              spec_type, model_draft, spec_n_max, load_delay):
     """Serve MODELS (bundle directories, or GGUF files compiled on first use) over HTTP: the
     native API, an OpenAI-compatible /v1 API, Anthropic's /v1/messages and Ollama's /api."""
     # The cpu device's OpenMP workers share the cores with the HTTP threads. Unbounded
@@ -149,8 +152,12 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
         # --models-dir that does not read is reported and skipped (the others serve)
         names = dict(zip(bundles, model_names(paths)))
         bundles, optional, broken = sort_out(bundles, [False] * len(models) + [True] * len(found))
+        spec = spec_config(spec_type, spec_n_max, model_draft)
+        if model_draft and len(bundles) > 1:
+            fail("--model-draft drafts for one model: serve the model it drafts for alone")
         load = LoadOptions(device=device, verify=not no_verify, mmap=not no_mmap, gpu_memory_utilization=utilization, kv_memory=kv_budget,
-                           kv_max_sequences=max_batch, ctx_size=ctx_size)
+                           kv_max_sequences=max_batch, ctx_size=ctx_size,
+                           draft_model=draft_bundle(model_draft, targets, cache_dir, insecure))
         served = plan_models(bundles, load, KvPages.parse(kv_pages), [names[b] for b in bundles], optional,
                              max_loaded_models) if bundles else ()
         if not served:
@@ -172,7 +179,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
             host=host,
             port=port,
             threads=http_threads,
-            scheduler=SchedulerConfig(max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(512, max_batch)),
+            scheduler=SchedulerConfig(max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(512, max_batch), spec=spec),
             server=ServerConfig(
                 api_keys=tuple(k for k in keys if k),
                 admin_api_key=admin_api_key or None,

@@ -23,6 +23,16 @@ class ScheduledChunk:
     tokens: tuple[int, ...]
     needs_logits: bool = True  # the chunk's last token gets a logit row (the engine samples it)
     all_logits: bool = False  # a logit row for every token of the chunk (teacher forcing, echo)
+    # speculative decoding: the last `num_drafts` tokens are drafts the step verifies; every
+    # token of the chunk then gets a logit row (row i: the target's next token after token i)
+    num_drafts: int = 0
+
+    @property
+    def num_rows(self) -> int:
+        """The logit rows this chunk gets in a step."""
+        if self.all_logits or self.num_drafts:
+            return len(self.tokens)
+        return 1 if self.needs_logits else 0
 
 
 # Transitional: tests/kernels/test_cpu_step.py and test_cpu_kernels.py still use the former
@@ -60,17 +70,13 @@ def build_batch(chunks: list[ScheduledChunk], blocks: BlockManager) -> StepBatch
         if not c.tokens:
             raise ValueError(f"empty chunk for sequence {c.seq_id}")
         table = blocks.block_table(c.seq_id)
-        base = len(tokens)
         for i, tok in enumerate(c.tokens):
             pos = c.start + i
             tokens.append(tok)
             positions.append(pos)
             slots.append(table[pos // blocks.block_size] * blocks.block_size + pos % blocks.block_size)
             seq_of_token.append(s)
-        if c.all_logits:
-            rows.extend(range(base, len(tokens)))
-        elif c.needs_logits:
-            rows.append(len(tokens) - 1)
+        rows.extend(range(len(tokens) - c.num_rows, len(tokens)))
         seq_start.append(len(tokens))
         tables.append(table)
         lens.append(c.start + len(c.tokens))

@@ -9,6 +9,12 @@ they end (end of generation, max_tokens). Detokenization, stop strings and event
 output stage (runtime/output.py) while the next step runs. The engine's lock covers the
 scheduler's state alone.
 
+With speculative decoding (runtime/spec.py) a decoding sequence's chunk also carries draft
+tokens: after scheduling, the speculator proposes them (an n-gram lookup, or a draft model run
+with the lock released), the scheduler extends the chunks, and the engine thread samples the
+chunk's rows in order while each draws its draft (`_verify`); the scheduler keeps the KV of
+what was accepted.
+
 HTTP threads only `submit`, `cancel` and read state; the model runs in the thread that calls
 `step` (the engine thread of `rfc serve`, or the caller itself in `rfc run`, where each step
 also delivers its output before it returns).
@@ -35,6 +41,8 @@ from rfc.runtime.request_ids import RandomIds
 from rfc.runtime.requests import FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent
 from rfc.runtime.sampler import Sampler, SamplingError
 from rfc.runtime.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
+from rfc.runtime.spec import Speculator, SpecError, accept
+from rfc.runtime.spec_draft import DraftModel
 from rfc.runtime.stopping import StopChecker
 
 # The servers import the finish reasons under these names (FinishReason.LENGTH is "length").
@@ -95,6 +103,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._running = False
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._spec = Speculator(config.spec, DraftModel(model.draft) if model.draft is not None else None)
         self.steps = 0
 
     # -- requests (any thread) -------------------------------------------------------------
@@ -111,6 +120,10 @@ class Engine:
                 f"prompt ({n} tokens) + max_tokens ({request.max_tokens}) exceeds the context length ({ctx})",
             )
         request.params.validate(self.model.vocab_size)
+        try:
+            spec = self._spec.start(request.speculative)
+        except SpecError as e:
+            raise RequestError(e.field, str(e)) from None
         request_id = next(self._ids)
         seq = Sequence(seq_id=request_id, prompt_ids=list(request.prompt_ids), max_tokens=request.max_tokens,
                        end_ids=frozenset() if request.ignore_eos else self.eog_ids)
@@ -120,6 +133,7 @@ class Engine:
         state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids, keep_leading_space=True)
         state.stopper = StopChecker(list(request.stop))
         state.matcher = request.constraint.matcher() if request.constraint is not None else None
+        state.spec = spec
         with self._lock:
             self.scheduler.add(state.seq)  # QueueFull propagates: nothing was registered
             self._remember(state)
@@ -164,6 +178,7 @@ class Engine:
                 "sequences": self.blocks.num_sequences(),
                 "pages_cached": self.blocks.num_cached_idle(),
                 **self._prefix_counts(),
+                **self._spec.counts(),
             }
 
     def _prefix_counts(self) -> dict[str, int]:
@@ -216,36 +231,51 @@ class Engine:
     def step(self) -> bool:
         """One batch: schedule -> run -> postprocess. False when there was nothing to do."""
         self._output.wait_for_room()
-        with self._lock:
-            work = self._schedule()
+        work = self._schedule()
         if work is None:
             return False
         started = time.perf_counter()
         out = self._run(work)
         elapsed = time.perf_counter() - started
+        picks = []
         if out is not None:
             picks = self._sample(work, out)
+            self._spec.observe_step(work.chunks, time.perf_counter() - started)
             with self._lock:
                 self._output.put(self._postprocess(work, picks))
                 self.steps += 1
         if not self._output.is_running:  # no output thread: this step's output is delivered now
             self._output.flush()
         if out is not None:
-            decode = sum(1 for c, s in zip(work.chunks, work.states) if c.start >= s.prompt_tokens)
-            self.observer.on_step(work.batch.num_tokens - decode, decode, elapsed)
+            decoding = {s.request_id: len(c.tokens) for c, s in zip(work.chunks, work.states) if c.start >= s.prompt_tokens}
+            sampled = sum(1 for p in picks if p.error is None and p.state.request_id in decoding)  # drafts: those accepted
+            self.observer.on_step(work.batch.num_tokens - sum(decoding.values()), sampled, elapsed)
         return True
 
     def _schedule(self) -> _Work | None:
-        """This step's chunks and device batch (lock held)."""
-        chunks = self.scheduler.schedule()
-        if not chunks:
-            return None
-        now = time.time()
-        states = [self._states[c.seq_id] for c in chunks]  # a live request is never dropped
-        for state in states:
-            if state.admitted_at is None:
-                state.admitted_at = now
-        return _Work(chunks, states, build_batch(chunks, self.blocks))
+        """This step's chunks, with the drafts of the sequences that speculate, and its device
+        batch."""
+        with self._lock:
+            chunks = self.scheduler.schedule()
+            if not chunks:
+                return None
+            now = time.time()
+            states = [self._states[c.seq_id] for c in chunks]  # a live request is never dropped
+            for state in states:
+                if state.admitted_at is None:
+                    state.admitted_at = now
+            wants = self._spec.wants(chunks, states)
+            if not wants:
+                return _Work(chunks, states, build_batch(chunks, self.blocks))
+        tokens, rows = sum(len(c.tokens) for c in chunks), sum(c.num_rows for c in chunks)
+        drafts = self._spec.propose(wants, tokens, rows, {c.seq_id for c in chunks})  # lock released: a draft model runs
+        with self._lock:
+            # a request cancelled meanwhile has lost its KV blocks: its chunk goes
+            live = [(c, s) for c, s in zip(chunks, states) if s.seq.status is not SequenceStatus.FINISHED]
+            if not live:
+                return None
+            chunks = self.scheduler.add_drafts([c for c, _ in live], drafts) if drafts else [c for c, _ in live]
+            return _Work(chunks, [s for _, s in live], build_batch(chunks, self.blocks))
 
     def _run(self, work: _Work) -> "np.ndarray | SampledRows | None":
         """The forward pass (lock released: HTTP threads may submit and cancel meanwhile).
@@ -259,40 +289,72 @@ class Engine:
             self._end_all(FAILED, f"{type(e).__name__}: {e}", work.states)
             return None
 
-    @staticmethod
-    def _device_rows(work: _Work) -> list:
+    def _device_rows(self, work: _Work) -> list:
         """Per logit row, what a samples_on_device device may sample: (sampler, wants the
         chosen token's logprob), or None for a row the host samples from its logits (a
         grammar mask, logit_bias, or top logprobs)."""
         rows = []
         for chunk, state in zip(work.chunks, work.states):
-            if chunk.needs_logits:
-                host = state.matcher is not None or state.sampler.needs_host or bool(state.request.logprobs)
-                rows.append(None if host else (state.sampler, state.request.logprobs is not None))
+            host = state.matcher is not None or state.sampler.needs_host or bool(state.request.logprobs)
+            if chunk.num_drafts:
+                # a verify row after an accepted draft needs the penalty window and the random
+                # stream as they are after that draft; and a greedy row's near-tie check its logits
+                sampler = state.sampler
+                host = host or not sampler.params.is_greedy or sampler.penalty_counts() is not None \
+                    or self._spec.config.tie_margin > 0
+            rows.extend([None if host else (state.sampler, state.request.logprobs is not None)] * chunk.num_rows)
         return rows
 
     def _sample(self, work: _Work, out: "np.ndarray | SampledRows") -> list[_Pick]:
         """A token for every logit row of a request still running (lock released: the
         samplers and matchers are this thread's). A row that cannot be sampled (e.g.
         non-finite logits) fails its request alone."""
-        picks = []
-        row = -1
+        picks: list[_Pick] = []
+        first = 0
         for chunk, state in zip(work.chunks, work.states):
-            if not chunk.needs_logits:
+            row, first = first, first + chunk.num_rows
+            if chunk.num_rows == 0:
                 continue
-            row += 1
             if state.seq.status is SequenceStatus.FINISHED:
                 continue  # ended while the step ran (read unlocked: a late end only wastes this row)
+
+            def logits(i: int, base: int = row):
+                return out.row(base + i) if isinstance(out, SampledRows) else out[base + i]
+
             try:
-                picks.append(self._pick(state, out.row(row) if isinstance(out, SampledRows) else out[row]))
+                picks.extend(self._verify(state, chunk, logits) if chunk.num_drafts else [self._pick(state, logits(0))])
             except Exception as e:
                 picks.append(_Pick(state, error=e))
         return picks
 
+    def _verify(self, state: RequestState, chunk: ScheduledChunk, logits: Callable[[int], Any]) -> list[_Pick]:
+        """The tokens a chunk with drafts emits: its rows sampled in order while each draws its
+        draft (runtime/spec.py `accept`). A greedy row whose best two logits nearly tie ends
+        the walk before it: the next step computes it without drafts."""
+        draft = chunk.tokens[len(chunk.tokens) - chunk.num_drafts:]
+        margin = self._spec.config.tie_margin if state.sampler.params.is_greedy else 0.0
+        picks: list[_Pick] = []
+        tie = False
+
+        def sample_row(i: int) -> int | None:
+            nonlocal tie
+            pick = self._pick(state, logits(i), margin)
+            if pick is None:
+                tie = True
+                return None
+            picks.append(pick)
+            return pick.token
+
+        emitted = accept(draft, sample_row, state.seq.end_ids)
+        accepted = next((i for i, (t, d) in enumerate(zip(emitted, draft)) if t != d), min(len(emitted), len(draft)))
+        self._spec.record(state.spec, len(draft), accepted, tie)
+        return picks
+
     @staticmethod
-    def _pick(state: RequestState, logits) -> _Pick:
+    def _pick(state: RequestState, logits, tie_margin: float = 0.0) -> _Pick | None:
         """The row's token, its logprob and top logprobs: drawn on the device already (a
-        DeviceToken), or sampled here from the row's logits."""
+        DeviceToken), or sampled here from the row's logits. With `tie_margin` (greedy verify
+        rows), None when the best two processed logits are that close, nothing recorded."""
         if isinstance(logits, DeviceToken):
             if logits.token < 0:
                 raise SamplingError("logits", "the largest logit is not finite: no token can be drawn")
@@ -301,6 +363,8 @@ class Engine:
         matcher = state.matcher  # read once: a cancel may drop it meanwhile
         if matcher is not None:  # constrained rows only: the grammar's mask, then sampling
             logits = matcher.mask(logits)
+        if tie_margin and state.sampler.near_tie(logits, tie_margin):
+            return None
         token = state.sampler.sample(logits, state.request.logprobs)
         if matcher is not None:
             matcher.accept(token)
@@ -313,25 +377,37 @@ class Engine:
         """Hands the step to the scheduler, which commits its KV, appends the tokens and ends
         the sequences they end (lock held). Returns the step's records for the output stage;
         a request that ended while the step ran has none."""
-        ok = [p for p in picks if p.error is None and p.state.seq.status is not SequenceStatus.FINISHED]
-        ended = self.scheduler.postprocess(work.chunks, {p.state.seq.seq_id: p.token for p in ok})
+        steps: dict[int, tuple[RequestState, list[_Pick]]] = {}  # by request, its picks in order
+        for pick in picks:
+            steps.setdefault(pick.state.request_id, (pick.state, []))[1].append(pick)
+        tokens = {state.seq.seq_id: [p.token for p in mine] for state, mine in steps.values()
+                  if state.seq.status is not SequenceStatus.FINISHED and all(p.error is None for p in mine)}
+        before = {state.seq.seq_id: len(state.seq.output_ids) for state, _ in steps.values()}
+        ended = self.scheduler.postprocess(work.chunks, tokens)
         now = time.time()
         outputs = []
-        for pick in picks:
-            state = pick.state
-            reason = ended.get(state.seq.seq_id)
-            if state.seq.status is SequenceStatus.FINISHED and reason is None:
+        for state, mine in steps.values():
+            seq = state.seq
+            error = next((p.error for p in mine if p.error is not None), None)
+            if error is not None:
+                if self._finish_sequence_locked(state):
+                    outputs.append(SampledToken(state, None, 0, FAILED, error=f"{type(error).__name__}: {error}"))
                 continue
-            if pick.error is not None:
-                self._finish_sequence_locked(state)
-                outputs.append(SampledToken(state, None, 0, FAILED, error=f"{type(pick.error).__name__}: {pick.error}"))
-                continue
-            first = state.first_token_at is None
-            if first:
-                state.first_token_at = state.prefill_done_at = now
+            if seq.seq_id not in tokens:
+                continue  # ended while the step ran
+            reason = ended.get(seq.seq_id)
+            if reason is FinishReason.EOS:  # the end-of-generation token is its last
+                mine = mine[: next(i for i, p in enumerate(mine) if p.token in seq.end_ids) + 1]
+            elif reason is FinishReason.LENGTH:
+                mine = mine[: seq.max_tokens - before[seq.seq_id]]
             if reason is not None:
                 state.matcher = None  # a grammar's lexer states can reach megabytes: not kept with the finished state
-            outputs.append(SampledToken(state, pick.token, len(state.seq.output_ids) - 1, reason, pick.logprob, pick.top, first))
+            for i, pick in enumerate(mine):
+                first = state.first_token_at is None
+                if first:
+                    state.first_token_at = state.prefill_done_at = now
+                end = reason if i == len(mine) - 1 else None
+                outputs.append(SampledToken(state, pick.token, before[seq.seq_id] + i, end, pick.logprob, pick.top, first))
         return outputs
 
     # -- ending requests -------------------------------------------------------------------

@@ -173,6 +173,21 @@ class BlockManager:
             if self._refs[block] == 0 and not (self.cache and self.cache.release(block)):
                 heapq.heappush(self._fresh, block)
 
+    def truncate(self, seq_id: int, total_tokens: int) -> None:
+        """Shrink `seq_id`'s table to the blocks holding its first `total_tokens` slots and
+        free the rest: the KV of draft tokens the target rejected. Keyed blocks (whole blocks
+        of computed tokens) are never dropped; a block the cache knows stays cached."""
+        table = self._tables[seq_id]
+        wanted = -(-total_tokens // self.block_size)
+        if wanted < len(table.keys):
+            raise ValueError(f"sequence {seq_id}: cannot drop the KV of its {len(table.keys)} keyed blocks "
+                             f"to {total_tokens} tokens")
+        while len(table.blocks) > wanted:
+            block = table.blocks.pop()
+            self._refs[block] -= 1
+            if self._refs[block] == 0 and not (self.cache and self.cache.release(block)):
+                heapq.heappush(self._fresh, block)
+
     # -- registration --------------------------------------------------------------------------
     def num_keyed_tokens(self, seq_id: int) -> int:
         """Leading tokens of `seq_id` whose blocks are keyed (cached or offered to the cache)."""

@@ -1,7 +1,7 @@
 """Loads a bundle for execution: verify, map weights, pick a device, set up the KV pool."""
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -28,6 +28,7 @@ class LoadOptions:
     prefix_caching: bool = True  # reuse the KV blocks of a prefix computed before
     ctx_size: int | None = None  # serve at most this many tokens per sequence (None: the model's own context)
     mmap: bool = True  # False: weights read into private memory (a file changed under the server cannot reach it)
+    draft_model: Path | None = None  # speculative decoding: a bundle with the same vocabulary, loaded beside it
 
 
 @dataclass
@@ -39,6 +40,7 @@ class LoadedModel:
     kv_pool: KvPool  # the device's KV pool; its engine decides which sequence holds which block
     executor: Executor
     context_length: int  # the served limit on prompt + generated tokens: --ctx-size, at most the trained context
+    draft: "LoadedModel | None" = None  # the draft model of speculative decoding (same device, its own KV pool)
 
     @property
     def manifest(self) -> dict:
@@ -112,8 +114,12 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     if not options.verify:
         print(f"rfc: warning: --no-verify: trusting {path} without re-hashing its files "
               "(paths, sizes, layout and plan are still checked)", file=sys.stderr)
+    # the draft first: a GPU target's KV budget then counts the draft's memory as taken
+    draft = load_model(options.draft_model, replace(options, draft_model=None, kv_blocks=None)) if options.draft_model else None
     bundle = open_bundle(Path(path), verify=options.verify, mmap_weights=options.mmap)
     tokenizer = _load_tokenizer(bundle)
+    if draft is not None:
+        check_draft_vocabulary(bundle.plan.vocab_size, tokenizer, draft)
     plan = bundle.plan
     choice = choose_device(bundle, options.device)
     context_length = served_context_length(plan.context_length, options.ctx_size)
@@ -127,7 +133,20 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         kv_pool=KvPool(num_blocks, options.block_size, options.prefix_caching),
         executor=Executor(plan, device),
         context_length=context_length,
+        draft=draft,
     )
+
+
+def check_draft_vocabulary(vocab_size: int, tokenizer: Tokenizer, draft: LoadedModel) -> None:
+    """BundleError unless the draft model has the target's vocabulary, token for token (its
+    tokens are proposed to the target by id)."""
+    name = draft.manifest["model"].get("name") or draft.bundle.root.name
+    if draft.vocab_size != vocab_size:
+        raise BundleError(f"the draft model {name} has {draft.vocab_size} tokens, the target {vocab_size}: "
+                          "speculative decoding needs the same vocabulary")
+    if draft.tokenizer.get_vocab(with_added_tokens=True) != tokenizer.get_vocab(with_added_tokens=True):
+        raise BundleError(f"the draft model {name} has another vocabulary than the target (same size, other tokens): "
+                          "speculative decoding needs the same vocabulary")
 
 
 def _load_tokenizer(bundle: Bundle) -> Tokenizer:

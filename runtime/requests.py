@@ -11,6 +11,7 @@ from typing import Any
 from rfc.runtime.detokenize import IncrementalDetokenizer
 from rfc.runtime.sampler import Sampler, SamplingParams
 from rfc.runtime.scheduler import FinishReason, Sequence
+from rfc.runtime.spec import SeqSpec, SpecRequest
 from rfc.runtime.stopping import StopChecker
 
 __all__ = ["FinishReason", "GenerationRequest", "Observer", "RequestError", "RequestState", "TokenEvent"]
@@ -34,6 +35,7 @@ class GenerationRequest:
     logprobs: int | None = None  # None: none; n >= 0: the chosen token's and the top n
     constraint: Any = None  # a runtime.constraints.Grammar: only the tokens it allows are sampled
     owner: str | None = None  # the API client that asked (server: a key's digest); None: anonymous
+    speculative: SpecRequest | None = None  # speculative decoding: None takes the engine's own setting
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ class Observer:
 
     def on_finish(self, state: "RequestState") -> None: ...
 
-    def on_step(self, prefill_tokens: int, decode_tokens: int, seconds: float) -> None: ...
+    def on_step(self, prefill_tokens: int, decode_tokens: int, seconds: float) -> None:
+        """A step ran: `prefill_tokens` prompt tokens fed, `decode_tokens` tokens generated for
+        decoding sequences (a step with drafts: one per token emitted), in `seconds`."""
 
 
 @dataclass(eq=False)
@@ -82,6 +86,7 @@ class RequestState:
     # the engine thread's (sampling; the matcher is dropped when the sequence finishes)
     sampler: Sampler | None = None
     matcher: Any = None  # the constraint's per-request state (runtime.constraints.Matcher)
+    spec: SeqSpec | None = None  # speculative decoding: its drafter and record (None: it does not speculate)
     # the output stage's (runtime/output.py)
     detok: IncrementalDetokenizer | None = None
     stopper: StopChecker | None = None

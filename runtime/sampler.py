@@ -146,6 +146,14 @@ class Sampler:
         self.record(token)
         return token
 
+    def near_tie(self, logits: np.ndarray, margin: float) -> bool:
+        """Whether the best two processed logits are within `margin` of each other (a greedy
+        choice that the last bits of the logits could flip). Records nothing."""
+        x = self._processed(logits, copy=False)
+        best = x.max()
+        _require_drawable(float(best))
+        return int(np.count_nonzero(x >= best - np.float32(margin))) > 1
+
     def record(self, token: int) -> None:
         """Counts a token drawn elsewhere (on the device) as sample() counts its own."""
         self.drawn += 1

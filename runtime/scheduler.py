@@ -14,6 +14,8 @@ Each step spends a budget of `max_batch_tokens`:
 3. waiting sequences are admitted FIFO while the batch has room and their first chunk's KV
    blocks fit; a sequence whose leading full blocks are in the prefix cache takes them and
    starts its prefill after them. Blocks are offered to the cache as each step fills them.
+With speculative decoding, `add_drafts` then extends decode chunks with draft tokens (runtime/
+spec.py decides which and how many) and `postprocess` keeps the KV of the accepted ones only.
 When the pool runs dry the most recently admitted sequence is preempted: its blocks are freed
 and it goes back to the front of the queue to recompute prompt + output later (recompute, not
 swap: the KV arrays belong to the device). The oldest running sequence is never preempted for
@@ -24,12 +26,13 @@ sequence eventually completes.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence as Seq
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum, auto
 
 from rfc.runtime.batch import ScheduledChunk
 from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.spec import SpecConfig
 
 __all__ = ["FinishReason", "QueueFull", "ScheduledChunk", "Scheduler", "SchedulerConfig", "Sequence", "SequenceStatus"]
 
@@ -74,6 +77,7 @@ class SchedulerConfig:
     max_batch: int = 16  # running sequences at most
     max_batch_tokens: int = 512  # tokens fed per step at most (the chunked-prefill budget)
     max_queue: int = 64  # waiting sequences at most (preempted ones may exceed it)
+    spec: SpecConfig = SpecConfig()  # speculative decoding: drafts carried by decode steps (runtime/spec.py)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1:
@@ -138,26 +142,70 @@ class Scheduler:
             seq.num_computed += len(chunk.tokens)
             self._register_full_blocks(seq)
 
-    def postprocess(self, chunks: list[ScheduledChunk], tokens: Mapping[int, int]) -> dict[int, FinishReason]:
-        """Record a step that ran: commit its KV, append each sampled token (sequence id ->
-        token) to its sequence, and finish the sequences it ends, their KV freed now: an
-        end-of-generation token (not appended) or max_tokens reached. Returns the reasons of
-        those by sequence id. A sequence finished while the step ran takes no token."""
-        self.commit(chunks)
+    def add_drafts(self, chunks: list[ScheduledChunk], drafts: Mapping[int, Seq[int]]) -> list[ScheduledChunk]:
+        """Speculative decoding: extends this step's decode chunks with draft tokens (sequence
+        id -> drafts), each with KV slots and a logit row, within max_batch_tokens, the
+        sequence's max_tokens and the free blocks (a draft never preempts anyone)."""
+        budget = self.config.max_batch_tokens - sum(len(c.tokens) for c in chunks)
+        running = {seq.seq_id: seq for seq in self.running}
+        out = []
+        for chunk in chunks:
+            seq = running.get(chunk.seq_id)
+            draft = drafts.get(chunk.seq_id)
+            if draft and seq is not None and budget > 0 and len(chunk.tokens) == 1 and chunk.start == seq.num_computed \
+                    and _is_decoding(seq):
+                held = len(self.blocks.block_table(seq.seq_id))
+                room = (held + self.blocks.num_free()) * self.blocks.block_size - chunk.start - 1
+                k = min(len(draft), budget, seq.max_tokens - len(seq.output_ids) - 1, room)
+                if k > 0:
+                    self.blocks.allocate(seq.seq_id, chunk.start + 1 + k)
+                    chunk = ScheduledChunk(seq.seq_id, chunk.start, chunk.tokens + tuple(draft[:k]), needs_logits=True,
+                                           num_drafts=k)
+                    budget -= k
+            out.append(chunk)
+        return out
+
+    def postprocess(self, chunks: list[ScheduledChunk], tokens: Mapping[int, int | Seq[int]]) -> dict[int, FinishReason]:
+        """Record a step that ran: append each sequence's sampled tokens (sequence id -> a
+        token, or the tokens a verify step emitted) and commit the step's KV, and finish the
+        sequences it ends, their KV freed now: an end-of-generation token (not appended) or
+        max_tokens reached. Returns the reasons of those by sequence id. A sequence finished
+        while the step ran takes no token.
+
+        A chunk with drafts keeps the KV of as many of its tokens as it emitted (its last
+        token and the accepted drafts); the blocks past them, holding only rejected drafts,
+        are freed, and only blocks of kept tokens are ever offered to the prefix cache."""
         running = {seq.seq_id: seq for seq in self.running}
         ended: dict[int, FinishReason] = {}
-        for seq_id, token in tokens.items():
-            seq = running.get(seq_id)
+        for chunk in chunks:
+            seq = running.get(chunk.seq_id)
             if seq is None:
-                continue
-            if token in seq.end_ids:
-                ended[seq_id] = FinishReason.EOS
-            else:
+                continue  # finished while the step ran; its blocks are already free
+            if chunk.start != seq.num_computed:
+                raise ValueError(
+                    f"stale chunk for sequence {seq.seq_id}: starts at {chunk.start}, "
+                    f"{seq.num_computed} tokens computed"
+                )
+            sampled = tokens.get(seq.seq_id, ())
+            sampled = (sampled,) if isinstance(sampled, int) else tuple(sampled)
+            appended = 0
+            for token in sampled:  # appended first: the blocks registered below are keyed by them
+                if token in seq.end_ids:
+                    ended[seq.seq_id] = FinishReason.EOS
+                    break
                 seq.output_ids.append(token)
+                appended += 1
                 if len(seq.output_ids) >= seq.max_tokens:
-                    ended[seq_id] = FinishReason.LENGTH
-            if seq_id in ended:
+                    ended[seq.seq_id] = FinishReason.LENGTH
+                    break
+            # a chunk with drafts computed the KV of its last token and of the drafts that the
+            # emitted tokens accepted: one token fewer than it emitted
+            seq.num_computed += min(len(sampled), appended + 1) if chunk.num_drafts else len(chunk.tokens)
+            self._register_full_blocks(seq)
+            if seq.seq_id in ended:
                 self.finish(seq)
+            elif chunk.num_drafts:
+                self.blocks.truncate(seq.seq_id, seq.num_computed)
         return ended
 
     def _register_full_blocks(self, seq: Sequence) -> None:

@@ -6,6 +6,7 @@ code's own tables where it has them; a shape may be looser than its check, never
 from rfc.runtime.messages import ROLES, TEXT_PARTS
 from rfc.runtime.server.fields import Field, Kind
 from rfc.runtime.server.structured import MAX_TOOLS, TOOL_NAME_PATTERN
+from rfc.runtime.spec import MAX_DRAFT_TOKENS, SpecRequest, SpecType
 
 MAX_STOP_STRINGS = 16
 
@@ -59,6 +60,20 @@ CHAT_TEMPLATE_KWARGS = Field("chat_template_kwargs", Kind.JSON, {}, schema=OBJEC
 OPENAI_TOOLS_FIELD = Field("tools", Kind.JSON, schema=OPENAI_TOOLS)
 TOOL_CHOICE = Field("tool_choice", Kind.JSON, schema=OPENAI_TOOL_CHOICE)
 LOGPROBS = Field("logprobs", Kind.BOOLEAN, False)
+# speculative decoding, per request (llama-server's /completion names)
+SPECULATIVE_TYPE = Field("speculative.type", Kind.STRING, enum=tuple(SpecType),
+                         description="speculative decoding for this request: none (off), ngram, draft (a server with --model-draft); "
+                                     "absent: the server's --spec-type")
+SPECULATIVE_N_MAX = Field("speculative.n_max", Kind.INTEGER, minimum=0, maximum=MAX_DRAFT_TOKENS,
+                          description="draft tokens per step at most, up to the server's --spec-draft-n-max")
+
+
+def speculative_request(f) -> SpecRequest | None:
+    """A request's speculative decoding fields (SPECULATIVE_TYPE, SPECULATIVE_N_MAX); None: neither sent."""
+    kind, n_max = f.string("speculative.type"), f.integer("speculative.n_max")
+    if kind is None and n_max is None:
+        return None
+    return SpecRequest(SpecType(kind) if kind is not None else None, n_max)
 
 
 def refused(name: str, why: str) -> Field:

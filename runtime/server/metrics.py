@@ -47,7 +47,11 @@ _ENGINE_COUNTERS = (
     ("prefix_cache_hit_tokens", "prefix_hit_tokens", "Prompt tokens whose KV came from the prefix cache"),
     ("prefix_cache_miss_tokens", "prefix_miss_tokens", "Prompt tokens that had to be computed (prefix cache misses)"),
     ("prefix_cache_evictions", "prefix_evictions", "Cached KV-cache pages evicted for reuse"),
+    ("spec_draft_tokens", "spec_drafted", "Draft tokens verified (speculative decoding)"),
+    ("spec_accepted_tokens", "spec_accepted", "Draft tokens the target accepted (speculative decoding)"),
 )
+# Gauges worked out from the engine's counts.
+_SPEC_RATE = ("spec_acceptance_rate", "Accepted / verified draft tokens since start (speculative decoding; 0 before any)")
 PREFIX = "rocmforge_"
 MODEL_LABEL = "model"
 
@@ -159,6 +163,11 @@ class ServerMetrics(Collector):
             for model, values in gauges.items():
                 family.add_metric([model], values.get(key, 0))
             yield family
+        family = GaugeMetricFamily(PREFIX + _SPEC_RATE[0], _SPEC_RATE[1], labels=[MODEL_LABEL])
+        for model, values in counts.items():
+            drafted = values.get("spec_drafted", 0)
+            family.add_metric([model], values.get("spec_accepted", 0) / drafted if drafted else 0.0)
+        yield family
 
 
 def _fmt(bound: float) -> str:

@@ -6,7 +6,9 @@ from rfc.runtime.budget import BudgetRule
 from rfc.runtime.engine import Engine, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server import response_schemas as replies
-from rfc.runtime.server.api_fields import MAX_TOKENS, MODEL, TEMPERATURE, TOP_K, TOP_P
+from rfc.runtime.server.api_fields import (
+    MAX_TOKENS, MODEL, SPECULATIVE_N_MAX, SPECULATIVE_TYPE, TEMPERATURE, TOP_K, TOP_P, speculative_request,
+)
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import not_found
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
@@ -28,6 +30,8 @@ GENERATE = RequestModel("GenerateRequest", (
     TOP_K.but(default=DEFAULT_TOP_K, minimum=0),
     TOP_P.but(default=DEFAULT_TOP_P),
     MODEL,
+    SPECULATIVE_TYPE,
+    SPECULATIVE_N_MAX,
 ), example={"prompt": "Once upon a time", "max_tokens": 16})
 
 
@@ -39,7 +43,7 @@ def native_request(f: RequestFields, served: ServedModel) -> GenerationRequest:
     prompt_ids = served.prompts.encode(f.string("prompt"))  # `model` (optional) was read by model_for
     params = SamplingParams(temperature=f.number("temperature"), top_k=f.integer("top_k"), top_p=f.number("top_p"))
     max_tokens = budget(served, BUDGET, f.integer("max_tokens"), prompt_ids)
-    return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=max_tokens)
+    return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=max_tokens, speculative=speculative_request(f))
 
 
 def state_body(state: RequestState) -> dict:

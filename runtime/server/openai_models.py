@@ -3,8 +3,8 @@ vLLM extras rfc takes (runtime/server/openai_params.py reads them)."""
 
 from rfc.runtime.server.api_fields import (
     CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, FREQUENCY_PENALTY, JSON_SCHEMA, LOGPROBS, MAX_TOKENS, MIN_P, MODEL,
-    OBJECT, OPENAI_TOOL_CHOICE, OPENAI_TOOLS_FIELD, PRESENCE_PENALTY, REPETITION_PENALTY, SEED, STOP,
-    STREAM, TEMPERATURE, TOKEN_IDS, TOOL_CHOICE, TOP_K, TOP_P, function_shape,
+    OBJECT, OPENAI_TOOL_CHOICE, OPENAI_TOOLS_FIELD, PRESENCE_PENALTY, REPETITION_PENALTY, SEED, SPECULATIVE_N_MAX,
+    SPECULATIVE_TYPE, STOP, STREAM, TEMPERATURE, TOKEN_IDS, TOOL_CHOICE, TOP_K, TOP_P, function_shape,
 )
 from rfc.runtime.server.fields import Field, Kind, RequestModel
 from rfc.runtime.server.structured import MAX_TOOLS
@@ -47,6 +47,8 @@ _SHARED = (
     Field("response_format", Kind.JSON, schema=RESPONSE_FORMAT),
     Field("json_schema", Kind.JSON, schema=JSON_SCHEMA, description="llama.cpp's: constrain the output to this schema"),
     Field("grammar", Kind.STRING, description="llama.cpp's: constrain the output to this GBNF grammar"),
+    SPECULATIVE_TYPE,
+    SPECULATIVE_N_MAX,
 )
 
 COMPLETION = RequestModel("CompletionRequest", (

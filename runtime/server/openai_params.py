@@ -18,7 +18,7 @@ from rfc.runtime.budget import BudgetRule
 from rfc.runtime.engine import GenerationRequest
 from rfc.runtime.sampler import SamplingParams
 from rfc.runtime.server.chat_prompt import render_chat
-from rfc.runtime.server.api_fields import MAX_STOP_STRINGS
+from rfc.runtime.server.api_fields import MAX_STOP_STRINGS, speculative_request
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import budget, check_token_ids
@@ -178,6 +178,7 @@ def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tok
         ignore_eos=f.boolean("ignore_eos"),
         logprobs=logprobs,
         constraint=constraint,
+        speculative=speculative_request(f),
     )
     return OpenAIRequest(generation=generation, stream=stream, include_usage=stream and include_usage)
 

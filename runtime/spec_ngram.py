@@ -1,0 +1,59 @@
+"""Prompt lookup: draft tokens copied from the sequence's own history (n-gram matching).
+
+Text that rewrites, edits or quotes its input repeats long runs of it. The last `n` tokens of a
+sequence (its key) are looked up among its earlier tokens, prompt included, and the tokens that
+followed the latest earlier occurrence are the draft; keys of `max_n` tokens are tried first,
+down to `min_n` (llama.cpp's ngram-simple looks up one key length, its ngram-map-k keeps a
+map from keys to what followed them; vLLM's n-gram proposer tries a range of lengths, longest
+first, as here).
+
+The index is incremental: each n-gram that has a successor is mapped to the start of its
+latest occurrence, so a lookup is one dictionary probe per key length and appending a token
+costs one insertion per key length, whatever the history's length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class NgramIndex:
+    """The tokens of one sequence and, per key length n in [min_n, max_n], every n-gram that
+    has a successor mapped to the start of its latest occurrence."""
+
+    def __init__(self, min_n: int, max_n: int) -> None:
+        if not 1 <= min_n <= max_n:
+            raise ValueError(f"n-gram key lengths must satisfy 1 <= min_n <= max_n, got {min_n} and {max_n}")
+        self.min_n = min_n
+        self.max_n = max_n
+        self.tokens: list[int] = []
+        self._latest: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(min_n, max_n + 1)}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        """Appends `tokens` to the history."""
+        history = self.tokens
+        for token in tokens:
+            end = len(history)
+            # every n-gram ending at the current last token now has a successor: `token`
+            for n, latest in self._latest.items():
+                if end >= n:
+                    latest[tuple(history[end - n:end])] = end - n
+            history.append(int(token))
+
+    def propose(self, max_tokens: int) -> list[int]:
+        """Up to `max_tokens` tokens that followed the latest earlier occurrence of the
+        history's last n tokens, for the longest n that occurred before; [] when none did."""
+        history = self.tokens
+        end = len(history)
+        if max_tokens < 1:
+            return []
+        for n in range(self.max_n, self.min_n - 1, -1):
+            if end <= n:
+                continue
+            start = self._latest[n].get(tuple(history[end - n:]))
+            if start is not None:
+                return history[start + n:start + n + max_tokens]
+        return []
