@@ -153,3 +153,24 @@ def test_a_bundle_directory_from_a_client_stays_inside_models_dir(server, demo_b
         r = requests.post(server.url + "/admin/swap", json={"model": "stories260K", "source": source}, headers=ADMIN, timeout=30)
         assert r.status_code == 400, r.text
         assert "--models-dir" in r.json()["error"]
+
+
+def test_delete_keeps_the_blobs_another_pulled_bundle_shares(server, registry, bundle, tmp_path):
+    """Two builds differing in the chat template share weights.bin's blob in the pull cache:
+    deleting one leaves it for the other; deleting both removes it."""
+    (tmp_path / "t.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}\n")
+    rfc("compile", DEMO_MODEL, "-o", tmp_path / "b", "-q", "--chat-template", tmp_path / "t.jinja", check=True)
+    refs = [f"{registry.host}/models/shared:a", f"{registry.host}/models/shared:b"]
+    for source, ref in zip((bundle, tmp_path / "b"), refs):
+        push(source, ref)
+    admin = ollama.Client(host=server.url, headers=ADMIN)
+    for ref in refs:
+        assert admin.pull(ref, insecure=True).status == "success"
+    weights = server.cache / "oci" / "blobs" / "sha256" / hashlib.sha256((bundle / "weights.bin").read_bytes()).hexdigest()
+    assert weights.is_file()
+    admin.delete(refs[0])
+    assert weights.is_file()
+    client = ollama.Client(host=server.url, headers=CLIENT)
+    assert client.generate(model=refs[1], prompt=PROMPT, options=GREEDY, raw=True).response
+    admin.delete(refs[1])
+    assert not weights.exists()
