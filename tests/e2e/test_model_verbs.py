@@ -174,3 +174,22 @@ def test_delete_keeps_the_blobs_another_pulled_bundle_shares(server, registry, b
     assert client.generate(model=refs[1], prompt=PROMPT, options=GREEDY, raw=True).response
     admin.delete(refs[1])
     assert not weights.exists()
+
+
+def test_max_loaded_models_loads_on_demand_and_unloads_the_least_recent(demo_bundle, bundle, tmp_path):
+    """--max-loaded-models 1 with two models: the first loads at startup; a request for the
+    second loads it (load_duration) and unloads the first, which the next request loads back."""
+    server = ServerProcess(demo_bundle, str(bundle), "--max-loaded-models", "1", log_dir=tmp_path)
+    try:
+        server.wait_ready()
+        client = ollama.Client(host=server.url)
+        first, second = [m.model for m in client.list().models]
+        assert loaded(server) == {first}
+        reply = client.generate(model=second, prompt=PROMPT, options=GREEDY, raw=True)
+        assert reply.load_duration > 0 and reply.response
+        assert loaded(server) == {second}
+        again = client.generate(model=first, prompt=PROMPT, options=GREEDY, raw=True)
+        assert again.load_duration > 0 and loaded(server) == {first}
+        assert client.generate(model=first, prompt=PROMPT, options=GREEDY, raw=True).load_duration == 0
+    finally:
+        server.stop()
