@@ -181,25 +181,25 @@ FORMATS: dict[str, WeightFormat] = {
         WeightFormat("Q4_K", 256, 144, "q8_k", CPU | GPU, cpu_act="q8_k", ggml_type=12),
         WeightFormat("Q5_K", 256, 176, "q8_k", CPU | GPU, cpu_act="q8_k", ggml_type=13),
         WeightFormat("Q6_K", 256, 210, "q8_k", CPU | GPU, cpu_act="q8_k", ggml_type=14),
-        # Formats decoded through tables (artifacts/quant_tables.py) or of small blocks: the numpy
-        # reference reads them; no target has kernels for them yet (their compiles are refused).
-        # cpu_act: their cpu dots will read q8_32 activations, one scale per 32: finer than
+        # Formats whose cpu dot unpacks sub-blocks (cpu_unpack; most decode through tables,
+        # artifacts/quant_tables.py). They read q8_32 activations, one scale per 32: finer than
         # llama.cpp's q8_K for the 256-element ones, and what their sub-blocks' scales need.
-        WeightFormat("IQ4_NL", 32, 18, "q8_0", cpu_act="q8_32", cpu_unpack=True, ggml_type=20),
-        WeightFormat("IQ4_XS", 256, 136, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=23),
-        WeightFormat("MXFP4", 32, 17, "q8_0", cpu_act="q8_32", cpu_unpack=True, ggml_type=39),
-        WeightFormat("NVFP4", 64, 36, "q8_0", cpu_act="q8_32", cpu_unpack=True, ggml_type=40),
-        WeightFormat("TQ1_0", 256, 54, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=34),
-        WeightFormat("TQ2_0", 256, 66, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=35),
-        WeightFormat("Q1_0", 128, 18, "q8_0", cpu_act="q8_32", cpu_unpack=True, ggml_type=41),
-        WeightFormat("Q2_0", 64, 18, "q8_0", cpu_act="q8_32", cpu_unpack=True, ggml_type=42),
-        WeightFormat("IQ2_XXS", 256, 66, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=16),
-        WeightFormat("IQ2_XS", 256, 74, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=17),
-        WeightFormat("IQ2_S", 256, 82, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=22),
-        WeightFormat("IQ3_XXS", 256, 98, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=18),
-        WeightFormat("IQ3_S", 256, 110, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=21),
-        WeightFormat("IQ1_S", 256, 50, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=19),
-        WeightFormat("IQ1_M", 256, 56, "q8_k", cpu_act="q8_32", cpu_unpack=True, ggml_type=29),
+        # cpu kernels only, so far (a GPU compile refuses them, naming the tensor).
+        WeightFormat("IQ4_NL", 32, 18, "q8_0", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=20),
+        WeightFormat("IQ4_XS", 256, 136, "q8_k", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=23),
+        WeightFormat("MXFP4", 32, 17, "q8_0", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=39),
+        WeightFormat("NVFP4", 64, 36, "q8_0", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=40),
+        WeightFormat("TQ1_0", 256, 54, "q8_k", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=34),
+        WeightFormat("TQ2_0", 256, 66, "q8_k", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=35),
+        WeightFormat("Q1_0", 128, 18, "q8_0", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=41),
+        WeightFormat("Q2_0", 64, 18, "q8_0", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=42),
+        WeightFormat("IQ2_XXS", 256, 66, "q8_k", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=16),
+        WeightFormat("IQ2_XS", 256, 74, "q8_k", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=17),
+        WeightFormat("IQ2_S", 256, 82, "q8_k", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=22),
+        WeightFormat("IQ3_XXS", 256, 98, "q8_k", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=18),
+        WeightFormat("IQ3_S", 256, 110, "q8_k", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=21),
+        WeightFormat("IQ1_S", 256, 50, "q8_k", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=19),
+        WeightFormat("IQ1_M", 256, 56, "q8_k", CPU, cpu_act="q8_32", cpu_unpack=True, ggml_type=29),
         # packed cpu layouts
         WeightFormat("Q4_0x8", 32, 18, "q8_0", cpu_act="q8_32", base="Q4_0", head_bytes=2, **_X8_CHUNKS),
         WeightFormat("Q4_1x8", 32, 20, "q8_1", cpu_act="q8_32", base="Q4_1", head_bytes=4, **_X8_CHUNKS),

@@ -23,6 +23,12 @@
 #define RFC_FN static inline
 #endif
 
+/* The tables of the formats decoded through them (templates/rfc_tables.h.j2): static const
+ * arrays unless the GPU header chose where they live. */
+#ifndef RFC_TABLE
+#define RFC_TABLE static const
+#endif
+
 #ifndef RFC_NO_STDINT
 #include <stdint.h>
 #endif

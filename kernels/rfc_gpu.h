@@ -26,6 +26,7 @@
 #define RFC_DEVICE_FN __attribute__((device)) inline __attribute__((always_inline))
 #define RFC_SHARED __attribute__((shared))
 #define RFC_CONSTANT __attribute__((constant))
+#define RFC_TABLE static const RFC_CONSTANT /* the formats' lookup tables (rfc_tables.h.j2) */
 #define RFC_TID ((int)__builtin_amdgcn_workitem_id_x())
 #define RFC_BID_X ((int)__builtin_amdgcn_workgroup_id_x())
 #define RFC_BID_Y ((int)__builtin_amdgcn_workgroup_id_y())
@@ -83,6 +84,9 @@ typedef float rfc_f4 __attribute__((ext_vector_type(4)));
 #define RFC_DEVICE_FN __device__ __forceinline__
 #define RFC_SHARED __shared__
 #define RFC_CONSTANT __constant__
+/* the formats' lookup tables (rfc_tables.h.j2) in global memory: lanes index them divergently,
+ * which __constant__ memory serializes */
+#define RFC_TABLE static const __device__
 #define RFC_TID ((int)threadIdx.x)
 #define RFC_BID_X ((int)blockIdx.x)
 #define RFC_BID_Y ((int)blockIdx.y)

@@ -19,7 +19,7 @@ from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, Ste
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen import cpu_step
 from rfc.compiler.codegen.cache import cached_build
-from rfc.compiler.codegen.format_table import format_rows
+from rfc.compiler.codegen.format_table import format_params
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
@@ -160,7 +160,7 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         "kv_width": hp.n_kv_heads * hp.head_dim,
         "max_k": max_k,
     }
-    parts = [render("cpu_prelude.c.j2", {**common, "formats": format_rows(Kernels.CPU)})]
+    parts = [render("cpu_prelude.c.j2", {**common, **format_params(Kernels.CPU)})]
     for fmt in sorted(f for f in {e.format for e in entries.values()} if FORMATS[f].is_gguf):
         parts.append(render("cpu_dequant.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
     for fmt in embed_formats:

@@ -48,6 +48,7 @@ from rfc.runtime.kv_cache import BlockManager
 from rfc.artifacts.formats import PACKED_FORMATS, Kernels, tensor_nbytes
 from rfc.compiler.weights import pack_x8
 from rfc.runtime.quants import FORMATS
+from tests import testdata
 from tests.conftest import FIXTURES
 from tests.kernels.kit.cpu import CpuOpDevice, HostBuffer
 
@@ -66,16 +67,18 @@ KV = KVSpec(n_layers=2, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
 NUM_BLOCKS, BLOCK_SIZE = 16, 4
 LOCAL_ROPE = {"freq_base": 500.0, "freq_scale": 1.0, "attn_factor": 1.25}  # a second rope: other base, attn_factor
 WINDOW_SOFTCAP = {"window": 5, "softcap": 1.5}  # small: most scores are capped, most positions masked
-# Experts: a few formats (float, 32-element int8, k-quants with and without a packed prefill)
+# Experts: a few formats (float, 32-element int8, k-quants with and without a packed prefill,
+# MXFP4 as gpt-oss's experts, a lattice i-quant)
 N_EXPERT, N_USED = 6, 2
-MOE_FORMATS = ("F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K")
+MOE_FORMATS = ("F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K", "MXFP4", "IQ2_XXS")
 
 
 def k_of(fmt: str) -> int:
+    """Rows of an odd number of blocks where the format allows (float rows: any length, the demo
+    model's n_ff is 172; 32-element blocks: 11, not a multiple of 8; 256: 2, the k-quants' 512)."""
     fmt = PACKED_FORMATS[fmt].base if fmt in PACKED_FORMATS else fmt
-    if fmt in ("F32", "F16", "BF16"):
-        return 347  # float rows may have any length (the demo model's n_ff is 172)
-    return 512 if fmt in K_QUANTS else 352
+    qk = FORMATS[fmt].block_elems
+    return 347 if qk == 1 else qk * {32: 11, 64: 9, 128: 5, 256: 2}[qk]
 
 
 # -- test weights --------------------------------------------------------------------------
@@ -107,6 +110,11 @@ def weight_bytes(fmt: str, rows: int, k: int, rng: np.random.Generator) -> bytes
         out = pack_x8(raw, fmt).tobytes()
         assert len(out) == tensor_nbytes(fmt, (rows, k))
         return out
+    generator = testdata._generator()
+    if fmt in generator.RANDOM_BLOCK_FORMATS:  # no quantizer: random valid blocks (tools/fixtures/tiny_models.py)
+        f = FORMATS[fmt]
+        raw = rng.integers(0, 256, (rows * k // f.block_elems, f.block_bytes), np.uint8)
+        return generator.random_blocks(fmt, raw, 1 / math.sqrt(k)).tobytes()
     try:
         x = (rng.standard_normal((rows, k)) / math.sqrt(k)).astype(np.float32)
         return np.ascontiguousarray(gguf.quants.quantize(x, GGMLQuantizationType[fmt])).tobytes()
