@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
-from rfc.artifacts.formats import PLANAR_FORMATS
+from rfc.artifacts.formats import FORMATS, PLANAR_FORMATS
 from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_plan import MMA_FORMATS, MMA_TILE_M, MMA_TILE_N, mma_matmul_spec, weight_geometry
 from rfc.compiler.targets import parse_target
 from rfc.compiler.weights_planar import pack_planar
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.quants import dequantize
+from tests import testdata
 from tests.kernels.gpu_emulator import build_source_emulator
 from tests.conftest import shared_basetemp
 
@@ -36,6 +37,7 @@ pytestmark = [
 
 REL_TOL = 2e-4
 TARGET = parse_target("sm_90")
+GENERATOR = testdata._generator()
 # (format, rows, cols): every format at a row count that leaves a partial row tile; K of 512
 # is four chunks; 96 and 320 leave a partial chunk (of 96 and 64 columns)
 SHAPES = [(f, 100, 512) for f in MMA_FORMATS] + [("Q8_0", 10, 96), ("F16", 70, 320), ("Q4_K", 130, 256)]
@@ -55,6 +57,10 @@ def random_weight(rng: np.random.Generator, fmt: str, rows: int, cols: int) -> n
         return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
     if fmt == "BF16":
         return (rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    if fmt in GENERATOR.RANDOM_BLOCK_FORMATS:  # the formats newer than the k-quants (tools/fixtures/tiny_models.py)
+        f = FORMATS[fmt]
+        raw = rng.integers(0, 256, size=(rows * cols // f.block_elems, f.block_bytes), dtype=np.uint8)
+        return GENERATOR.random_blocks(fmt, raw, 0.05).reshape(rows, -1)
     qk, ts = GGML_QUANT_SIZES[Q[fmt]]
     blocks = rng.integers(0, 256, size=(rows * cols // qk, ts), dtype=np.uint8)
     for off in _SCALES[fmt]:
