@@ -43,7 +43,7 @@ from rfc.runtime.sampler import Sampler, SamplingError
 from rfc.runtime.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
 from rfc.runtime.spec import Speculator, SpecError, accept
 from rfc.runtime.spec_draft import DraftModel
-from rfc.runtime.stopping import StopChecker
+from rfc.runtime.stopping import StopChecker, stop_problem
 
 # The servers import the finish reasons under these names (FinishReason.LENGTH is "length").
 LENGTH, STOP, EOS, CANCELLED, FAILED = (FinishReason.LENGTH, FinishReason.STOP, FinishReason.EOS,
@@ -120,6 +120,8 @@ class Engine:
                 f"prompt ({n} tokens) + max_tokens ({request.max_tokens}) exceeds the context length ({ctx})",
             )
         request.params.validate(self.model.vocab_size)
+        if (problem := stop_problem(request.stop)) is not None:
+            raise RequestError("stop", problem)
         try:
             spec = self._spec.start(request.speculative)
         except SpecError as e:

@@ -6,6 +6,18 @@ complete characters.
 
 from collections.abc import Sequence
 
+# Per stop string, in characters: a reply holds back up to this much text, and each streamed
+# piece costs time in proportion to it (llama-server has no bound; OpenAI takes 4 strings).
+MAX_STOP_CHARS = 1024
+
+
+def stop_problem(stop: Sequence[str]) -> str | None:
+    """Why a request's stop strings cannot be taken (None: they can)."""
+    long = [s for s in stop if len(s) > MAX_STOP_CHARS]
+    if long:
+        return f"a stop string of {len(long[0])} characters is longer than {MAX_STOP_CHARS}"
+    return None
+
 
 class StopChecker:
     """Incremental stop-string matching over streamed text. Holds back text that might be the
@@ -56,11 +68,33 @@ def _earliest_match(text: str, stops: Sequence[str]) -> tuple[int, str | None]:
 
 
 def _longest_stop_prefix_tail(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest tail of `text` that is a proper prefix of some stop string."""
+    """Length of the longest tail of `text` that is a proper prefix of some stop string, in
+    time linear in the stops' lengths (the prefix function of stop + separator + text's tail:
+    a tail that repeats a stop's start, "aaaa" against "aaab", would otherwise cost len² per piece)."""
     longest = 0
     for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:n]):
-                longest = n
-                break
+        if len(stop) - 1 <= longest:
+            continue
+        tail = text[len(text) - (len(stop) - 1):] if len(text) >= len(stop) - 1 else text
+        longest = max(longest, _overlap(stop, tail))
     return longest
+
+
+def _overlap(stop: str, tail: str) -> int:
+    """The longest proper prefix of `stop` that `tail` ends with (Knuth-Morris-Pratt: the
+    failure function of `stop`, then `tail` run through it)."""
+    fail = [0] * len(stop)
+    k = 0
+    for i in range(1, len(stop)):
+        while k and stop[i] != stop[k]:
+            k = fail[k - 1]
+        if stop[i] == stop[k]:
+            k += 1
+        fail[i] = k
+    k = 0
+    for ch in tail:
+        while k and (k == len(stop) or ch != stop[k]):
+            k = fail[k - 1]
+        if ch == stop[k]:
+            k += 1
+    return k if k < len(stop) else fail[k - 1]

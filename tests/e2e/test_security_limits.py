@@ -325,6 +325,26 @@ def test_a_kernel_library_rewritten_under_the_server_cannot_reach_it(demo_bundle
         proc.stop()
 
 
+LONG_STOP = "a" * 1025  # runtime/stopping.py MAX_STOP_CHARS + 1
+STOP_ROUTES = [
+    ("/v1/completions", {"prompt": "Once", "max_tokens": 4, "stop": [LONG_STOP]}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stop": LONG_STOP}),
+    ("/api/generate", {"model": "stories260K", "prompt": "Once", "stream": False, "options": {"stop": [LONG_STOP]}}),
+    ("/v1/messages", {"model": "stories260K", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}],
+                      "stop_sequences": [LONG_STOP]}),
+]
+
+
+@pytest.mark.parametrize("path, body", STOP_ROUTES, ids=[p for p, _ in STOP_ROUTES])
+def test_a_stop_string_over_the_bound_is_a_400(served, path, body):
+    """Each streamed piece is matched against the held-back text in time proportional to the
+    stop strings' lengths: a 100,000-character stop string made that 30 ms a piece."""
+    r = requests.post(served.url + path, json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert "stop" in r.text and "1024" in r.text, r.text
+    _alive(served)
+
+
 # -- finding 10: 500s and tracebacks ---------------------------------------------------------------
 
 

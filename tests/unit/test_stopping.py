@@ -96,3 +96,27 @@ def test_random_streams_match_a_one_shot_search(seed):
     chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
     out, stopped, _ = stream(stops, chunks)
     assert (out, stopped) == (expected, bool(starts))
+
+
+def _held_by_search(text: str, stops: list[str]) -> int:
+    """The longest tail of `text` that is a proper prefix of a stop string, by trying each."""
+    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_held_back_tail_is_the_longest_stop_prefix(seed):
+    """Self-overlapping stop strings ("abab", "aab") are where a shortcut goes wrong."""
+    from rfc.runtime.stopping import _longest_stop_prefix_tail
+
+    rng = random.Random(seed)
+    for _ in range(2000):
+        stops = ["".join(rng.choices("ab", k=rng.randint(1, 7))) for _ in range(rng.randint(1, 3))]
+        text = "".join(rng.choices("abc", k=rng.randint(0, 12)))
+        assert _longest_stop_prefix_tail(text, stops) == _held_by_search(text, stops), (text, stops)
+
+
+def test_stop_strings_longer_than_the_bound_are_refused():
+    from rfc.runtime.stopping import MAX_STOP_CHARS, stop_problem
+
+    assert stop_problem(["x" * MAX_STOP_CHARS, "y"]) is None
+    assert str(MAX_STOP_CHARS) in stop_problem(["y", "x" * (MAX_STOP_CHARS + 1)])
