@@ -12,7 +12,7 @@ computing 2% off fails it:
    at most 4e-3 / 4.4e-4, on gemma3), some fifty times tighter than layer 1.
 3. **per format** (`device_bounds`): a compiled device against the reference device. A device
    whose kernels read float activations sits at float noise (FLOAT_MAX, FLOAT_MEAN). One whose
-   integer kernels round activations (artifacts/formats.py: each format's `activation`) moves
+   integer kernels round activations (artifacts/formats.py: each format's `cpu_act`) moves
    away from exact math by what that rounding does to this model, which the oracle measures:
    D = oracle(activations rounded as the device rounds them) - oracle(exact). The device must
    stay within ROUNDING_MEAN x mean |D| (mean |device - ref| and mean |D| agree within 1% on
@@ -33,9 +33,11 @@ ORACLE_MAX, ORACLE_MEAN = 1e-2, 1e-3
 ROUNDING_MEAN, ROUNDING_MAX = 1.1, 1.5
 TOP1_GAP = 0.5
 
-# The AVX2 cpu kernels round activations as formats.py says for every quantized format (q8_k
-# with float32 rather than float16 scales, which changes |D| by well under 1%).
-_ORACLE_KIND = {"q8_0": "q8_32", "q8_1": "q8_32", "q8_k": "q8_k"}  # formats.py kind -> tests/oracle.py kind
+# The AVX2 cpu kernels round activations as each format's cpu_act says (formats.py): in blocks of
+# 32 (q8_32, q8_32p: the same values in another order) or of 256 (q8_k, with float32 rather than
+# float16 scales, which changes |D| by well under 1%). The formats newer than the k-quants read
+# q8_32 where llama.cpp's kernels read q8_K: the bound follows what the cpu does.
+_ORACLE_KIND = {"q8_32": "q8_32", "q8_32p": "q8_32", "q8_k": "q8_k"}  # formats.py cpu_act -> tests/oracle.py kind
 
 
 def _stats(d: np.ndarray) -> tuple[float, float]:
@@ -73,8 +75,8 @@ def rounding_kinds(target: Target | None, formats: set[str]) -> dict[str, str]:
     for f in formats:
         fmt = weight_format(f)
         gguf_name = fmt.base or f  # the oracle reads the GGUF: a packed layout rounds as its base format
-        if fmt.activation is not None:
-            kinds[gguf_name] = _ORACLE_KIND[fmt.activation]
+        if fmt.cpu_act is not None:
+            kinds[gguf_name] = _ORACLE_KIND[fmt.cpu_act]
     return kinds
 
 

@@ -3,8 +3,8 @@
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
 qwen3,phi3,gemma2,gemma3}.cpp, llama-graph.cpp: build_attn_mha, build_moe_ffn) and sharing no
 code with rfc: the GGUF is read with the `gguf` package, weights are dequantized with
-`gguf.quants`, hyperparameters are read here again, and every op is plain float64 numpy on one
-sequence (teacher forcing, positions 0..n-1).
+`gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
+every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
 
 Two things are not float64, on purpose, because they are part of what is being computed:
 - the KV cache holds float16 keys and values (llama.cpp's default cache type, and the plan's
@@ -50,6 +50,21 @@ ACTIVATION_KINDS = {
     # to float16, nearest even: the tensor-core prefill matmuls (sm_70+) over F16/BF16 weights
     "f16": lambda x: x.astype(np.float16).astype(np.float64),
 }
+
+
+# -- weight formats gguf.quants does not decode ------------------------------------------------
+
+
+def _q1_0(data: np.ndarray) -> np.ndarray:
+    """ggml's dequantize_row_q1_0: blocks of an f16 d and 128 bits, bit j (little-endian in
+    each byte) +d when set, -d when clear."""
+    blocks = data.view(np.uint8).reshape(-1, 18)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float64)
+    bits = np.unpackbits(blocks[:, 2:], axis=1, bitorder="little")
+    return np.where(bits == 1, d, -d).reshape(-1)
+
+
+_DECODERS = {"Q1_0": _q1_0}
 
 
 # -- hyperparameters, as llama.cpp reads them --------------------------------------------------
@@ -181,7 +196,8 @@ class Oracle:
         if name not in self._cache:
             t = self.raw[name]
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            self._cache[name] = dequantize(np.array(t.data), t.tensor_type).astype(np.float64).reshape(shape)
+            decode = _DECODERS.get(t.tensor_type.name, lambda data: dequantize(data, t.tensor_type))
+            self._cache[name] = decode(np.array(t.data)).astype(np.float64).reshape(shape)
         return self._cache[name]
 
     def has(self, name: str) -> bool:

@@ -10,7 +10,9 @@ where the format allows. Tolerances as test_gpu_kernels' single ops: the matmul 
 float64 reference over activations rounded as the kernel rounds them (int8 per 32, float32
 scale), max |gpu - ref| <= 2e-4 * max(1, max |ref|); the lookup 1e-6 relative (the same float32
 operations, an fma allowed). The expert matmul (MXFP4, as gpt-oss's experts; IQ2_XXS) at the
-matmul's tolerance per slot.
+matmul's tolerance per slot. And the mixed fixture (tiny-llama-IQ_MIX) compiled for sm_90 (nvcc
+builds the cubin the device checks; the emulator runs the source), teacher-forced, within the
+bounds test_gpu_kernels holds every fixture to.
 """
 
 import ctypes
@@ -28,8 +30,10 @@ from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_plan import MATMUL_TOKENS, plan_kernels
 from rfc.compiler.targets import parse_target
 from rfc.runtime.quants import dequantize
+from rfc.runtime.batch import ScheduledChunk
 from tests import testdata
-from tests.conftest import shared_basetemp
+from tests.bounds import device_bounds, llama_cpp_bounds
+from tests.conftest import FIXTURES, shared_basetemp
 from tests.kernels.gpu_emulator import build_source_emulator
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, gpu_rounding, round_activations, toolchain_marks  # noqa: F401
 
@@ -157,3 +161,21 @@ def test_int8_expert_matmul_matches_reference(lib: Lib, fmt: str):
     want = np.concatenate([np.stack([xr[t] @ experts[ids[t, j]].T for t in range(MOE_TOKENS)]) for j in range(N_USED)], axis=1)
     d, bound = float(np.abs(got - want).max()), REL_TOL * max(1.0, float(np.abs(want).max()))
     assert d <= bound, f"{fmt}: max |gpu - ref| {d:.2e} > {bound:.2e}"
+
+
+@pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
+def test_mixed_fixture_within_its_bounds(target, gpu_bundle, tmp_path_factory):
+    """tiny-llama-IQ_MIX (a tensor type per matrix, every format of this file but Q2_0) compiled for
+    the target, teacher-forced over 40 tokens on the emulator: within tests/bounds.py's bounds of
+    the reference for the GPU's activation rounding, and of llama.cpp's logits."""
+    from tests.kernels.test_gpu_kernels import Pair
+
+    model = "llama-IQ_MIX"
+    pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
+    expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
+    tokens = tuple(int(t) for t in expected["tokens"][:40])
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tokens, all_logits=True)])
+    ok, msg = device_bounds(model, gpu, ref, rounding=gpu_rounding(model, pair.formats, tokens))
+    assert ok, msg
+    ok, msg = llama_cpp_bounds(model, gpu, expected["logits"][: len(tokens)])
+    assert ok, msg
