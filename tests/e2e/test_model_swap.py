@@ -46,7 +46,8 @@ def bundle_id(bundle: Path) -> str:
     return json.loads((bundle / "manifest.json").read_text())["bundle_id"]
 
 
-def stream(url: str, results: list, started: threading.Event | None = None) -> None:
+def stream(url: str, results: list, started: threading.Semaphore | None = None) -> None:
+    """One streamed completion; `started` is released at its first event (once)."""
     body = {"model": "stories260K", "prompt": "Once upon a time", "max_tokens": MAX_TOKENS, "temperature": 0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     try:
@@ -54,7 +55,8 @@ def stream(url: str, results: list, started: threading.Event | None = None) -> N
             version, tokens, finish = r.headers.get("X-Model-Version"), 0, None
             for event in sse_json(r):
                 if started is not None:
-                    started.set()
+                    started.release()
+                    started = None
                 if event["choices"]:
                     finish = event["choices"][0].get("finish_reason") or finish
                 if event.get("usage"):
@@ -80,11 +82,12 @@ def test_swap_under_load_drops_no_request(versions, tmp_path):
                            "--max-batch", "32", "--public-metrics", log_dir=tmp_path)
     try:
         server.wait_ready()
-        before, started = [], threading.Event()
+        before, started = [], threading.Semaphore(0)
         threads = [threading.Thread(target=stream, args=(server.url, before, started)) for _ in range(CLIENTS)]
         for t in threads:
             t.start()
-        assert started.wait(60)
+        for _ in range(CLIENTS):  # every one streaming before the swap (on a busy machine some start late)
+            assert started.acquire(timeout=60)
         scraped = requests.get(server.url + "/metrics", timeout=30)  # no key: --public-metrics
         assert scraped.status_code == 200
         assert sum(metric(scraped.text, "vllm:num_requests_running", model_name="stories260K")) >= 1
