@@ -16,6 +16,7 @@ rfc.artifacts.validate check every op against the buffers and the weight layout 
 kernel runs.
 """
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -83,10 +84,13 @@ OPS: dict[OpKind, OpSchema] = {
     OpKind.ADD_BIAS: OpSchema(1, 1, (1, 1), doc="x[M, N] += bias[N]"),
     OpKind.ROPE: OpSchema(
         2, 2, (0, 1), ("n_heads", "n_kv_heads", "head_dim", "n_rot", "style", "freq_base", "freq_scale"),
-        optional=(("attn_factor", 1.0),),
+        optional=(("attn_factor", 1.0), ("ext_factor", 0.0), ("beta_fast", 32.0), ("beta_slow", 1.0), ("orig_ctx", 0)),
         doc="rotary embedding of q and k in place; style 'adjacent' (pairs 2i, 2i+1: llama) or 'neox' "
-        "(pairs i, i + n_rot/2); freq_i = freq_scale * base^(-2i/n_rot) / factor_i (factors: the optional weight); "
-        "the rotated pair is (a cos - b sin, a sin + b cos) * attn_factor (LongRoPE's magnitude correction)",
+        "(pairs i, i + n_rot/2); freq_i = rope_inv_freq(...)_i / factor_i (factors: the optional weight): "
+        "freq_scale * base^(-2i/n_rot), or with ext_factor > 0 (YaRN) base^(-2i/n_rot) mixed between scaled and "
+        "unscaled by a ramp over the pairs (beta_fast, beta_slow, orig_ctx: see rope_inv_freq); "
+        "the rotated pair is (a cos - b sin, a sin + b cos) * attn_factor (the magnitude: LongRoPE's and YaRN's "
+        "correction, as the compiler computed it)",
     ),
     OpKind.KV_WRITE: OpSchema(2, 0, (0, 0), ("layer",), doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"),
     OpKind.ATTENTION: OpSchema(
@@ -138,10 +142,40 @@ OPS: dict[OpKind, OpSchema] = {
 assert set(OPS) == set(OpKind), "every op kind has a schema"
 
 
-def rope_inv_freq(n_rot: int, freq_base: float, freq_scale: float) -> list[float]:
-    """The rope op's frequencies before its factors, in float64: freq_scale * base^(-2i/n_rot)
-    for the n_rot / 2 pairs (what the compiled tables and the kernels that take a table hold)."""
-    return [float(freq_scale) * float(freq_base) ** (-2.0 * i / n_rot) for i in range(n_rot // 2)]
+def rope_inv_freq(n_rot: int, freq_base: float, freq_scale: float, ext_factor: float = 0.0, beta_fast: float = 32.0,
+                  beta_slow: float = 1.0, orig_ctx: int = 0) -> list[float]:
+    """The rope op's frequencies before its factors, in float64, for the n_rot / 2 pairs (what
+    the compiled tables and the kernels that take a table hold): freq_scale * base^(-2i/n_rot).
+
+    With ext_factor > 0, YaRN as ggml computes it (ggml_rope_yarn_corr_dims, rope_yarn): pair i's
+    angle mixes the interpolated one (freq_scale times) and the original by m_i = ext_factor *
+    ramp_i, so its frequency is base^(-2i/n_rot) * (freq_scale * (1 - m_i) + m_i). The ramp is 1
+    for the pairs below `low`, 0 above `high`, linear between: low = max(0, floor(c(beta_fast))),
+    high = min(n_rot - 1, ceil(c(beta_slow))), c(beta) = n_rot ln(orig_ctx / (2 pi beta)) / (2 ln base),
+    the pair that turns beta times over the original context. (ggml's magnitude term,
+    1 + 0.1 ln(1 / freq_scale), is in the op's attn_factor.)"""
+    theta = [float(freq_base) ** (-2.0 * i / n_rot) for i in range(n_rot // 2)]
+    if not ext_factor:
+        return [float(freq_scale) * t for t in theta]
+
+    def corr_dim(beta: float) -> float:
+        return n_rot * math.log(orig_ctx / (beta * 2.0 * math.pi)) / (2.0 * math.log(freq_base))
+
+    low = max(0.0, math.floor(corr_dim(beta_fast)))
+    high = min(n_rot - 1.0, math.ceil(corr_dim(beta_slow)))
+    out = []
+    for i, t in enumerate(theta):
+        ramp = 1.0 - min(1.0, max(0.0, (i - low) / max(0.001, high - low)))
+        mix = ramp * ext_factor
+        out.append(t * (freq_scale * (1.0 - mix) + mix))
+    return out
+
+
+def rope_freqs(attrs: dict) -> list[float]:
+    """rope_inv_freq of a rope op's attributes (the optional ones at their defaults)."""
+    a = {**dict(OPS[OpKind.ROPE].optional), **attrs}
+    return rope_inv_freq(a["n_rot"], a["freq_base"], a["freq_scale"], a["ext_factor"], a["beta_fast"], a["beta_slow"],
+                         a["orig_ctx"])  # fmt: skip
 
 
 # Kept for readers of the old name: op kind -> required attributes.

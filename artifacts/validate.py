@@ -246,6 +246,11 @@ def _rope(v: _OpView) -> None:
     v.real_attr("freq_base", 0.0, 1e12, open_lo=True)
     v.real_attr("freq_scale", 0.0, 1e6, open_lo=True)
     v.real_attr("attn_factor", 0.0, 1e6, open_lo=True)
+    if v.real_attr("ext_factor", 0.0, 1e3):  # YaRN: the ramp's parameters (rope_inv_freq)
+        v.real_attr("freq_base", 1.0, 1e12, open_lo=True)
+        v.real_attr("beta_fast", 0.0, 1e6, open_lo=True)
+        v.real_attr("beta_slow", 0.0, 1e6, open_lo=True)
+        v.int_attr("orig_ctx", 1, MAX_CONTEXT)
     v.need(v.shape(q) == ("T", nh * hd) and v.shape(k) == ("T", nkv * hd), "q/k widths disagree with the head counts")
     if v.op.weights:
         w = v.weight_shape(0)

@@ -88,7 +88,11 @@ class Config:
     n_rot: int
     neox: bool
     eps: float
-    attn_factor: float = 1.0
+    attn_factor: float = 1.0  # ggml_rope_ext's attn_factor (llama.cpp's cparams.yarn_attn_factor)
+    ext_factor: float = 0.0  # YaRN: 1 when rope.scaling.type is yarn
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    orig_ctx: int = 0
     embed_scale: float = 1.0
     q_scale: float = 0.0  # 0: 1/sqrt(head_dim)
     attn_softcap: float | None = None
@@ -122,7 +126,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     n_embd, n_heads = k("embedding_length"), k("attention.head_count")
     head_dim = k("attention.key_length", n_embd // n_heads)
     scaling = k("rope.scaling.type", "linear")
-    assert scaling in ("none", "linear"), scaling
+    assert scaling in ("none", "linear", "yarn", "longrope"), scaling
     factor = k("rope.scaling.factor", k("rope.scale_linear", 0.0))
     scale = 1.0 if scaling == "none" or not factor else 1.0 / factor
     base = k("rope.freq_base", 10000.0)
@@ -136,13 +140,15 @@ def read_config(md: dict, tensors: dict) -> Config:
     )  # fmt: skip
     full = Layer(base, scale, None)
     c.layers = [full] * c.n_layers
-    if arch == "llama" and "rope_freqs.weight" in tensors:
-        c.rope_factors = "rope_freqs.weight"
-    if arch == "phi3":
-        ctx = k("context_length")
-        which = "long" if ctx > k("rope.scaling.original_context_length", ctx) else "short"
+    ctx = k("context_length")
+    c.orig_ctx = k("rope.scaling.original_context_length", 0) or ctx  # n_ctx_orig_yarn
+    _read_yarn(c, k, scaling, scale)
+    if arch == "phi3" or (scaling == "longrope" and arch in LONG_SHORT_LOADERS):
+        which = "long" if ctx > c.orig_ctx else "short"  # get_rope_factors, serving the training context
         if f"rope_factors_{which}.weight" in tensors:
             c.rope_factors = f"rope_factors_{which}.weight"
+    elif arch in LONG_SHORT_LOADERS and "rope_freqs.weight" in tensors:
+        c.rope_factors = "rope_freqs.weight"
     if arch in ("qwen3", "qwen3moe"):
         c.qk_norm = True
     if arch in ("gemma2", "gemma3"):
@@ -179,6 +185,21 @@ def read_config(md: dict, tensors: dict) -> Config:
     return c
 
 
+# The loaders that read rope_factors_long/short when the scaling type is longrope (else rope_freqs).
+LONG_SHORT_LOADERS = ("llama", "mistral3", "granite")
+
+
+def _read_yarn(c: Config, k, scaling: str, freq_scale: float) -> None:
+    """llama_context's rope setup: ext_factor 1 for yarn, and the attn_factor it passes to ggml."""
+    attn = 1.0
+    if scaling == "yarn":
+        c.ext_factor = 1.0  # the betas stay 32 and 1: these families' loaders read no yarn_beta keys
+        factor = 1.0 / freq_scale
+        attn = 1.0 if factor <= 1.0 else 1.0 + 0.1 * math.log(factor)  # get_mscale(factor, 1)
+        attn /= 1.0 + 0.1 * math.log(factor)  # ggml's rope multiplies it back
+    c.attn_factor = attn * c.attn_factor
+
+
 # -- the forward pass ------------------------------------------------------------------------------
 
 
@@ -213,14 +234,20 @@ class Oracle:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.cfg.eps) * self.w(name)
 
     def rope(self, x: np.ndarray, layer: Layer) -> np.ndarray:
-        """x [n, heads, head_dim] at positions 0..n-1 (ggml_rope_ext with ext_factor 0)."""
+        """x [n, heads, head_dim] at positions 0..n-1 (ggml_rope_ext: rope_yarn on every pair)."""
         c = self.cfg
         half = c.n_rot // 2
-        inv = layer.rope_scale * layer.rope_base ** (-2.0 * np.arange(half) / c.n_rot)
+        extrap = np.arange(len(x))[:, None] * layer.rope_base ** (-2.0 * np.arange(half) / c.n_rot)[None, :]
         if c.rope_factors:
-            inv = inv / self.w(c.rope_factors)
-        theta = np.arange(len(x))[:, None] * inv[None, :]
-        cos, sin = np.cos(theta)[:, None, :] * c.attn_factor, np.sin(theta)[:, None, :] * c.attn_factor
+            extrap = extrap / self.w(c.rope_factors)
+        theta, mscale = layer.rope_scale * extrap, c.attn_factor
+        if c.ext_factor:  # YaRN: ramp between the extrapolated and interpolated angles
+            corr = lambda beta: c.n_rot * math.log(c.orig_ctx / (beta * 2 * math.pi)) / (2 * math.log(layer.rope_base))  # noqa: E731
+            low, high = max(0, math.floor(corr(c.beta_fast))), min(c.n_rot - 1, math.ceil(corr(c.beta_slow)))
+            mix = (1 - np.clip((np.arange(half) - low) / max(0.001, high - low), 0, 1)) * c.ext_factor
+            theta = theta * (1 - mix) + extrap * mix
+            mscale *= 1 + 0.1 * math.log(1 / layer.rope_scale)
+        cos, sin = np.cos(theta)[:, None, :] * mscale, np.sin(theta)[:, None, :] * mscale
         y = x.copy()
         if c.neox:
             a, b = x[..., :half], x[..., half : c.n_rot]

@@ -7,7 +7,6 @@ differs in structure (gemma's extra norms) arranges the same parts in its own bl
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from rfc.artifacts.plan import KVSpec
@@ -19,9 +18,9 @@ from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import HParams, ModelSpec
 
-# rope.scaling.type values rfc implements. llama.cpp also knows "yarn" and "longrope"; a file
-# that asks for them is refused by name (Metadata.choice) rather than run with other positions.
-ROPE_SCALING_TYPES = ("none", "linear")
+# rope.scaling.type values, llama.cpp's (llama_rope_scaling_type_from_string); another is refused
+# by name (Metadata.choice), as llama.cpp refuses it.
+ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 
 
 @dataclass(frozen=True)
@@ -69,27 +68,58 @@ def read_sizes(md: Metadata) -> Sizes:
 
 @dataclass(frozen=True)
 class Rope:
+    """One layer's RoPE with ggml_rope_ext's parameters (llama.cpp's cparams)."""
+
     n_rot: int
     style: str  # "adjacent" (GGML rope mode 0) or "neox" (mode 2)
     freq_base: float
     freq_scale: float
     scaling_type: str
-    attn_factor: float = 1.0
+    attn_factor: float = 1.0  # ggml's attn_factor (cparams.yarn_attn_factor, rope.scaling.attn_factor included)
+    ext_factor: float = 0.0  # YaRN's extrapolation mix: 1 when the scaling type is "yarn"
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    orig_ctx: int = 0  # n_ctx_orig_yarn: rope.scaling.original_context_length, else context_length
+
+    @property
+    def magnitude(self) -> float:
+        """What ggml's rope_yarn multiplies the rotated pair by: attn_factor, and with YaRN also
+        1 + 0.1 ln(1 / freq_scale) (which llama.cpp's attn_factor cancels, see yarn_attn_factor)."""
+        if not self.ext_factor:
+            return self.attn_factor
+        return self.attn_factor * (1.0 + 0.1 * math.log(1.0 / self.freq_scale))
 
     def attrs(self, sizes: Sizes) -> dict:
         attrs = {
             "n_heads": sizes.n_heads, "n_kv_heads": sizes.n_kv_heads, "head_dim": sizes.head_dim,
             "n_rot": self.n_rot, "style": self.style, "freq_base": self.freq_base, "freq_scale": self.freq_scale,
         }  # fmt: skip
-        if self.attn_factor != 1.0:
-            attrs["attn_factor"] = self.attn_factor
+        if self.magnitude != 1.0:
+            attrs["attn_factor"] = self.magnitude
+        if self.ext_factor:
+            attrs.update(ext_factor=self.ext_factor, beta_fast=self.beta_fast, beta_slow=self.beta_slow, orig_ctx=self.orig_ctx)
         return attrs
+
+
+def yarn_attn_factor(freq_scale: float) -> float:
+    """llama.cpp's cparams.yarn_attn_factor for YaRN (llama_context's constructor) without a
+    rope.scaling.yarn_log_multiplier, before the file's rope.scaling.attn_factor multiplies it:
+    get_mscale(factor) = 1 + 0.1 ln(factor) for factor = 1 / freq_scale > 1, else 1; then divided
+    by 1 + 0.1 ln(factor), which ggml's rope multiplies back (Rope.magnitude)."""
+    factor = 1.0 / freq_scale
+    mscale = 1.0 + 0.1 * math.log(factor) if factor > 1.0 else 1.0
+    return mscale / (1.0 + 0.1 * math.log(factor))
 
 
 def read_rope(md: Metadata, sizes: Sizes, style: str) -> Rope:
     """RoPE as llama.cpp sets it up for the file (load_hparams + llama_context): base 10000
     unless given; scaling type "linear" when the key is absent, so a `rope.scaling.factor`
-    (or the older `rope.scale_linear`) alone scales positions; type "none" never scales."""
+    (or the older `rope.scale_linear`) alone scales positions; type "none" never scales;
+    "longrope" scales as linear does (its factor tensors are the recipe's: rope_factors);
+    "yarn" mixes scaled and unscaled frequencies (ext_factor 1, beta_fast 32, beta_slow 1 over
+    the original context) and corrects the magnitude (yarn_attn_factor). The loaders of the
+    families here read no rope.scaling.yarn_beta_* / yarn_log_multiplier keys (mistral3's and
+    deepseek2's do): such keys are ignored, as llama.cpp ignores them for these families."""
     n_rot = md.int("rope.dimension_count", 2, sizes.head_dim, default=sizes.head_dim)
     if n_rot % 2:
         raise CompileError(f"{md.path}: rope.dimension_count {n_rot} must be even")
@@ -98,7 +128,29 @@ def read_rope(md: Metadata, sizes: Sizes, style: str) -> Rope:
     freq_scale = 1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor
     base = md.float("rope.freq_base", 0.0, 1e12, default=10000.0, open_lo=True)
     attn_factor = md.float("rope.scaling.attn_factor", 0.0, 1e6, default=1.0, open_lo=True)
-    return Rope(n_rot, style, base, freq_scale, scaling, attn_factor)
+    n_ctx = md.int("context_length", 1, MAX_CONTEXT)
+    orig_ctx = md.int("rope.scaling.original_context_length", 0, MAX_CONTEXT, default=0) or n_ctx
+    rope = Rope(n_rot, style, base, freq_scale, scaling, attn_factor, orig_ctx=orig_ctx)
+    if scaling != "yarn":
+        return rope
+    if base <= 1.0:
+        raise CompileError(f"{md.path}: YaRN needs {md.key('rope.freq_base')} > 1, got {base}")
+    if freq_scale > 1.0:  # a YaRN "factor" below 1 would shrink the context; 1 + 0.1 ln(factor) divides
+        raise CompileError(f"{md.path}: YaRN needs {md.key('rope.scaling.factor')} >= 1, got {factor}")
+    return replace(rope, attn_factor=yarn_attn_factor(freq_scale) * attn_factor, ext_factor=1.0)
+
+
+def rope_factors(b: ModelBuilder, rope: Rope, n_ctx: int, *, long_short: bool) -> str | None:
+    """llama.cpp's get_rope_factors: `rope_freqs.weight` (Llama 3.1's factors), or, for loaders
+    that read LongRoPE's two sets (`long_short`: phi3 always; llama, mistral3 and granite when
+    the scaling type is "longrope"), `rope_factors_long.weight` when the context served exceeds
+    the original one, else `rope_factors_short.weight`. A bundle serves the model's whole
+    training context, so that decides."""
+    shape = (rope.n_rot // 2,)
+    if not long_short:
+        return b.optional_tensor("rope_freqs.weight", "rope_freqs", shape)
+    which = "long" if n_ctx > rope.orig_ctx else "short"
+    return b.optional_tensor(f"rope_factors_{which}.weight", f"rope_factors_{which}", shape)
 
 
 def hparams(md: Metadata, sizes: Sizes, rope: Rope, n_ff: int, rms_eps: float, **flags) -> HParams:
@@ -140,7 +192,6 @@ class Attention:
     softcap: float | None = None  # attention-logit soft-capping
     qk_norm: bool = False  # per-head RMS norms attn_q_norm / attn_k_norm before RoPE (qwen3, gemma3)
     factors: str | None = None  # RoPE frequency factors (a weight of the plan)
-    sinks: bool = False  # a learned sink logit per query head, `attn_sinks` (gpt-oss)
 
     def with_rope(self, **changes) -> "Attention":
         return replace(self, rope=replace(self.rope, **changes))
@@ -203,8 +254,7 @@ def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, 
     b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
     b.op("kv_write", ("k", "v"), (), layer=i)
     extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap)) if v is not None}
-    sinks = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (s.n_heads,)),) if cfg.sinks else ()
-    b.op("attention", ("q",), ("att",), sinks, layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
+    b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
          scale=cfg.scale, **extra)  # fmt: skip
     linear(b, "att", dst, p + "attn_output", (s.n_embd, s.q_width), bias=out_bias)
 
@@ -279,12 +329,13 @@ def read_experts(md: Metadata) -> tuple[int, int]:
 
 
 def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool = False, qk_norm: bool = False,
-               fused_gate_up: bool = False, factors: Callable[[ModelBuilder, Metadata, Rope], str | None] | None = None) -> ModelSpec:
+               fused_gate_up: bool = False, long_short_factors: bool | None = None) -> ModelSpec:
     """llama and its close relatives: pre-norm blocks of GQA attention with rotary positions
     and a SwiGLU FFN (or a Mixtral-style mixture of SwiGLU experts), RMS norms, optional
     biases, optional tied output. Options: Q/K/V biases required (qwen2), per-head Q/K norms
     (qwen3), a fused gate/up tensor (phi3), where the RoPE frequency factors come from
-    (default: `rope_freqs.weight` when present, Llama 3.1's)."""
+    (rope_factors: LongRoPE's long/short sets with `long_short_factors`; None: when the scaling
+    type is "longrope", as llama's loader decides; else `rope_freqs.weight` when present)."""
     md = Metadata(model, arch)
     s = read_sizes(md)
     rope = read_rope(md, s, rope_style)
@@ -296,11 +347,9 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
         raise CompileError(f"{b.path}: missing tensor blk.0.attn_q.bias ({arch} has Q/K/V biases)")
     declare_buffers(b, s, n_ff, n_used, n_expert)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    if factors is None:
-        rope_factors = b.optional_tensor("rope_freqs.weight", "rope_freqs", (rope.n_rot // 2,))
-    else:
-        rope_factors = factors(b, md, rope)
-    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=qk_norm, factors=rope_factors)
+    long_short = rope.scaling_type == "longrope" if long_short_factors is None else long_short_factors
+    factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=long_short)
+    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=qk_norm, factors=factors)
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(s.n_layers):
         p = f"blk.{i}."
@@ -316,5 +365,5 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
     tied = output_head(b, s, eps)
     extra = {"expert_count": n_expert, "expert_used_count": n_used} if n_expert else {}
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
-                 rope_freq_factors=rope_factors is not None, extra=extra)  # fmt: skip
+                 rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

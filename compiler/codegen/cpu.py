@@ -43,9 +43,11 @@ CPU_ARCH_OPS = ("softcap",)  # gemma's final-logit soft-capping
 # The optional attributes the cpu kernels take, per op (any other non-default one is refused).
 # Those that may differ between layers are per-op arguments in the step program; the rest
 # must be the same for every op of a kind (_uniform).
-CPU_ATTRS = {"embed": ("scale",), "rmsnorm": ("heads",), "rope": ("attn_factor",), "attention": ("window", "softcap"),
+_ROPE_TABLE = ("ext_factor", "beta_fast", "beta_slow", "orig_ctx")  # YaRN: they shape a rope variant's table
+CPU_ATTRS = {"embed": ("scale",), "rmsnorm": ("heads",), "rope": ("attn_factor", *_ROPE_TABLE), "attention": ("window", "softcap"),
              "swiglu": ("activation",)}  # fmt: skip
-_PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor"}, "attention": {"window", "softcap"}}
+_PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor", *_ROPE_TABLE},
+                 "attention": {"window", "softcap"}}  # fmt: skip
 MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count to the same: the router's stack arrays
 
 @dataclass(frozen=True)
@@ -370,16 +372,16 @@ def _matmul_params(fmt: str, tuning: CpuTuning) -> dict:
     }
 
 
-def _rope_params(attrs: dict, variants: list[tuple[float, float, float]]) -> dict:
-    """`attrs`: what every rope op shares; `variants`: the (freq_base, freq_scale, attn_factor)
-    the ops differ in (cpu_step.rope_variants), one frequency table each."""
+def _rope_params(attrs: dict, variants: list[cpu_step.RopeKey]) -> dict:
+    """`attrs`: what every rope op shares; `variants`: the table attributes the ops differ in
+    (cpu_step.rope_variants), one frequency table each."""
     n_rot, hd = int(attrs["n_rot"]), int(attrs["head_dim"])
     half = n_rot // 2
     if attrs["style"] not in ("adjacent", "neox"):
         raise CompileError(f"unknown rope style {attrs['style']!r}")
     # float64, the way the reference computes them; repr round-trips exactly
-    tables = [rope_inv_freq(n_rot, base, scale) for base, scale, _ in variants]
-    if any(not math.isfinite(v) for inv in tables for v in inv) or any(not math.isfinite(f) for *_, f in variants):
+    tables = [rope_inv_freq(n_rot, *key) for key in variants]
+    if any(not math.isfinite(v) for inv in tables for v in inv):
         raise CompileError("rope frequencies are not finite")
     return {
         "style": attrs["style"],

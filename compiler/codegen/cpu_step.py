@@ -18,8 +18,8 @@ Fusions the lowering decides (the plan keeps the unfused ops, which the referenc
 
 What layers may differ in (gemma's windows, gemma3's rope bases) are constants of each phase:
 an attention phase's window and soft-cap, a rope phase's frequency table (one compiled per
-distinct base, scale and attn_factor: rope_variants). Per-head norms and norms of rows other
-than n_embd are phases of their own (no matmul prologue).
+distinct base, scale and YaRN ramp: rope_variants) and attn_factor. Per-head norms and norms of
+rows other than n_embd are phases of their own (no matmul prologue).
 
 The generated source takes only numbers and compiler-chosen identifiers (render.py checks).
 """
@@ -45,14 +45,20 @@ def f32_literal(value: float, what: str) -> float:
     return v
 
 
-def rope_key(op: Op) -> tuple[float, float, float]:
-    """The rope attributes layers may differ in (gemma3's local and global bases)."""
-    return float(op.attrs["freq_base"]), float(op.attrs["freq_scale"]), float(op.attr("attn_factor"))
+# The attributes a rope op's frequency table is made of: rope_inv_freq's arguments after n_rot.
+RopeKey = tuple[float, float, float, float, float, int]
 
 
-def rope_variants(plan: Plan) -> list[tuple[float, ...]]:
-    """The distinct (freq_base, freq_scale, attn_factor) of the plan's rope ops, in plan order:
-    the step program's frequency tables (templates/cpu_rope.c.j2)."""
+def rope_key(op: Op) -> RopeKey:
+    """The rope attributes layers may differ in that shape its table (gemma3's local and global
+    bases; YaRN's ramp): rope_inv_freq(n_rot, *key). attn_factor is a per-phase constant."""
+    return (float(op.attrs["freq_base"]), float(op.attrs["freq_scale"]), float(op.attr("ext_factor")),
+            float(op.attr("beta_fast")), float(op.attr("beta_slow")), int(op.attr("orig_ctx")))  # fmt: skip
+
+
+def rope_variants(plan: Plan) -> list[RopeKey]:
+    """The distinct table keys of the plan's rope ops, in plan order: the step program's
+    frequency tables (templates/cpu_rope.c.j2)."""
     seen: list[tuple[float, ...]] = []
     for op in plan.ops:
         if op.kind == "rope" and rope_key(op) not in seen:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, row_nbytes, weight_format
 from rfc.artifacts.layout import TensorEntry, WeightLayout
-from rfc.artifacts.plan import OPS, Op, Plan
+from rfc.artifacts.plan import OPS, Op, Plan, rope_freqs
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
 from rfc.compiler.codegen import weight_entries
 from rfc.compiler.errors import CompileError
@@ -415,7 +415,9 @@ class _Planner:
         has_factors = bool(op.weights)
         if has_factors:
             self._f32_vector(op, op.weights[0])
-        inv_freq = [float(a["freq_scale"]) * float(a["freq_base"]) ** (-2.0 * i / n_rot) for i in range(half)]
+        inv_freq = rope_freqs(a)  # float64, YaRN's ramp included
+        if not all(math.isfinite(f) for f in inv_freq):
+            raise CompileError("rope frequencies are not finite")
         n_pairs = (a["n_heads"] + a["n_kv_heads"]) * half
         threads = self._row_threads(n_pairs)
         name = f"rfc_rope_{style}_{a['n_heads']}x{a['n_kv_heads']}x{a['head_dim']}_{n_rot}" + ("_ff" if has_factors else "")

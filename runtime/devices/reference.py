@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from rfc.artifacts.bundle import Bundle
-from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind
+from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind, rope_freqs
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceKind
 from rfc.runtime.executor import InterpretedDevice
@@ -96,7 +96,7 @@ class ReferenceDevice(InterpretedDevice):
     def op_rope(self, outs, ins, weights, attrs, batch):
         n_rot, hd = attrs["n_rot"], attrs["head_dim"]
         half = n_rot // 2
-        inv_freq = attrs["freq_scale"] * attrs["freq_base"] ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
+        inv_freq = np.array(rope_freqs(attrs), dtype=np.float64)  # linear scaling or YaRN's ramp, float64
         if weights:
             inv_freq = inv_freq / weights[0].astype(np.float64)
         theta = batch.positions.astype(np.float64)[:, None] * inv_freq[None, :]  # [T, half]

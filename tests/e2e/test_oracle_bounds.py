@@ -90,6 +90,41 @@ def test_phi3_long_context_rope_on_the_cpu(bundle_cache, oracle, tmp_path):
     assert ok, summary
 
 
+# LongRoPE on a llama file: llama's loader reads the long/short factors when the type says so
+# (YaRN has a fixture of its own, tiny-qwen3yarn). llama.cpp 0.3.36 on this file against the
+# oracle: max 0.016, mean 0.0024.
+LONGROPE = {"llama.rope.scaling.type": "longrope", "llama.rope.scaling.original_context_length": 256,
+            "llama.rope.scaling.attn_factor": 1.19}  # fmt: skip
+
+
+def _longrope_llama(tmp_path: Path) -> Path:
+    from tests.gguf_edit import rewrite_gguf
+
+    src = FIXTURES / "tiny-llama-F16.gguf"
+    factors = {"rope_factors_long.weight": 1.0 + 3.0 * np.random.default_rng(3).random(16), "rope_factors_short.weight": np.ones(16)}
+    path = rewrite_gguf(src, tmp_path / "tiny-llamalongrope-F16.gguf", metadata=LONGROPE, add_tensors=factors)
+    shutil.copy(src.with_suffix(".logits.npz"), path.with_suffix(".logits.npz"))  # for the tokens
+    return path
+
+
+def test_longrope_on_llama_matches_the_oracle(bundle_cache, oracle, tmp_path):
+    path = _longrope_llama(tmp_path)
+    bundle = bundle_cache(path, REFERENCE_ONLY)
+    rope = next(op for op in load_model(bundle, LoadOptions(device="ref")).bundle.plan.ops if op.kind == "rope")
+    assert rope.weights == ("rope_factors_long.weight",) and rope.attrs["attn_factor"] == pytest.approx(1.19)
+    ok, summary = oracle_bounds(path.stem, teacher_forced_logits(bundle, "ref", _tokens(path)), oracle(path))
+    assert ok, summary
+    assert np.abs(oracle(path) - oracle(FIXTURES / "tiny-llama-F16.gguf")).mean() > 0.05  # the scaling matters
+
+
+@needs_cc
+@pytest.mark.toolchain
+def test_longrope_on_llama_on_the_cpu(bundle_cache, oracle, tmp_path):
+    path = _longrope_llama(tmp_path)
+    ok, summary = _cpu_check(path, bundle_cache(path), oracle)
+    assert ok, summary
+
+
 def _cpu_check(path: Path, bundle, oracle, fault=None) -> tuple[bool, str]:
     tokens = _tokens(path)
     model = load_model(bundle, LoadOptions(device="cpu"))

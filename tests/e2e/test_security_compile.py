@@ -79,6 +79,11 @@ HOSTILE_NUMBERS = {
     "rope base zero": ({"llama.rope.freq_base": 0.0}, "rope.freq_base"),
     "rope base negative": ({"llama.rope.freq_base": -10000.0}, "rope.freq_base"),
     "rope base NaN": ({"llama.rope.freq_base": float("nan")}, "rope.freq_base"),
+    "yarn base 1": ({"llama.rope.scaling.type": "yarn", "llama.rope.freq_base": 1.0}, "rope.freq_base"),  # ln(base) divides
+    "yarn original context 2^32-1": ({"llama.rope.scaling.type": "yarn",
+                                      "llama.rope.scaling.original_context_length": (1 << 32) - 1}, "original_context_length"),
+    "yarn factor NaN": ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": float("nan")}, "rope.scaling.factor"),
+    "yarn factor 1e-30": ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 1e-30}, "rope.scaling.factor"),
     "block_count 2^31": ({"llama.block_count": 1 << 31}, "block_count"),
     "context_length 0": ({"llama.context_length": 0}, "context_length"),
     "context_length 2^32-1": ({"llama.context_length": (1 << 32) - 1}, "context_length"),

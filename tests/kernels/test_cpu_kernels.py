@@ -66,6 +66,9 @@ N_EMBD, N_HEADS, N_KV_HEADS, HEAD_DIM, N_ROT, N_FF = 256, 8, 2, 32, 24, 96
 KV = KVSpec(n_layers=2, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
 NUM_BLOCKS, BLOCK_SIZE = 16, 4
 LOCAL_ROPE = {"freq_base": 500.0, "freq_scale": 1.0, "attn_factor": 1.25}  # a second rope: other base, attn_factor
+# a third: YaRN, factor 4 over an original context of 4096 (the ramp spans pairs 3..9 of 12), its magnitude
+YARN_ROPE = {"freq_scale": 0.25, "ext_factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0, "orig_ctx": 4096,
+             "attn_factor": 1.0 + 0.1 * math.log(4.0)}  # fmt: skip
 WINDOW_SOFTCAP = {"window": 5, "softcap": 1.5}  # small: most scores are capped, most positions masked
 # Experts: a few formats (float, 32-element int8, k-quants with and without a packed prefill,
 # MXFP4 as gpt-oss's experts, a lattice i-quant)
@@ -172,6 +175,7 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         # the attributes layers of newer architectures differ in (qwen3, gemma2, gemma3)
         Op("rmsnorm", ("q",), ("q",), ("head_norm",), {"eps": 1e-5, "heads": N_HEADS}),
         Op("rope", ("q", "k"), ("q", "k"), (), {**rope, **LOCAL_ROPE}),
+        Op("rope", ("q", "k"), ("q", "k"), (), {**rope, **YARN_ROPE}),
         Op("attention", ("q",), ("att",), (), {"layer": 1, **att, **WINDOW_SOFTCAP}),
         Op("swiglu", ("gate", "up"), ("gate",), (), {"activation": "gelu_tanh"}),
         Op("softcap", ("y",), ("y",), (), {"cap": 3.0}),
@@ -379,7 +383,7 @@ def test_rmsnorm_per_head(kit: Kit, heads: int, width: int):
 
 
 @pytest.mark.parametrize("factors", [True, False])
-@pytest.mark.parametrize("variant", ["first", "local"])
+@pytest.mark.parametrize("variant", ["first", "local", "yarn"])
 def test_rope(kit: Kit, factors: bool, variant: str):
     rng = np.random.default_rng(3)
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
@@ -387,7 +391,7 @@ def test_rope(kit: Kit, factors: bool, variant: str):
     batch = build_batch([SeqChunk(0, 31, tuple(range(9)))], blocks)  # positions 31..39
     q = rng.standard_normal((9, N_HEADS * HEAD_DIM)).astype(np.float32)
     k = rng.standard_normal((9, N_KV_HEADS * HEAD_DIM)).astype(np.float32)
-    op = [o for o in kit.plan.ops if o.kind == "rope"][0 if variant == "first" else 1]
+    op = [o for o in kit.plan.ops if o.kind == "rope"][["first", "local", "yarn"].index(variant)]
     weights = list(kit.op("rope").weights) if factors else []
     op = Op("rope", op.inputs, op.outputs, tuple(weights), op.attrs)
     got, want = run_both(kit, op, [q, k], [q, k], weights, batch)

@@ -132,10 +132,51 @@ def test_rope_scaling_as_llama_cpp_reads_it(edits, scale, kind, tmp_path):
     assert spec.hparams.rope_scaling_type == kind
 
 
-@pytest.mark.parametrize("kind", ["yarn", "longrope", "llama3"])
-def test_rope_scaling_rfc_does_not_implement_is_refused_by_name(kind, tmp_path):
-    with pytest.raises(CompileError, match=rf"llama.rope.scaling.type = '{kind}' is not supported \(supported: none, linear\)"):
+@pytest.mark.parametrize("kind", ["llama3", "dynamic"])
+def test_rope_scaling_llama_cpp_does_not_know_is_refused_by_name(kind, tmp_path):
+    with pytest.raises(CompileError, match=rf"llama.rope.scaling.type = '{kind}' is not supported \(supported: none, linear, yarn, longrope\)"):
         _spec("llama-Q8_0", tmp_path, metadata={"llama.rope.scaling.type": kind})
+
+
+def test_yarn_as_llama_cpp_sets_it_up(tmp_path):
+    """ext_factor 1, llama.cpp's default betas (llama's loader reads no yarn_beta keys), the
+    original context, and the magnitude ggml ends with: rope.scaling.attn_factor times
+    get_mscale(4) = 1 + 0.1 ln 4 (llama_context's attn_factor / (1 + 0.1 ln 4), times ggml's own)."""
+    spec = _spec("llama-Q8_0", tmp_path, metadata={
+        "llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0, "llama.rope.scaling.original_context_length": 128,
+        "llama.rope.scaling.attn_factor": 1.5, "llama.rope.scaling.yarn_beta_fast": 8.0})  # fmt: skip
+    (attrs,) = {tuple(sorted(op.attrs.items())) for op in _ops(spec, "rope")}
+    attrs = dict(attrs)
+    assert attrs["freq_scale"] == 0.25 and attrs["ext_factor"] == 1.0 and attrs["orig_ctx"] == 128
+    assert (attrs["beta_fast"], attrs["beta_slow"]) == (32.0, 1.0)
+    assert attrs["attn_factor"] == pytest.approx(1.5 * (1 + 0.1 * math.log(4.0)), rel=1e-12)
+    assert spec.hparams.rope_scaling_type == "yarn"
+    spec = _spec("llama-Q8_0", tmp_path, metadata={"llama.rope.scaling.type": "yarn"})  # no factor: no magnitude
+    assert {op.attrs.get("attn_factor") for op in _ops(spec, "rope")} == {None}
+    assert {op.attrs["orig_ctx"] for op in _ops(spec, "rope")} == {512}  # context_length
+
+
+def test_yarn_ramp_mixes_the_frequencies():
+    """rope_inv_freq: the pairs below the ramp keep their original frequency (extrapolated),
+    those above it are interpolated by freq_scale, linear between."""
+    from rfc.artifacts.plan import rope_inv_freq
+
+    plain, yarn = rope_inv_freq(64, 10000.0, 0.25), rope_inv_freq(64, 10000.0, 0.25, 1.0, 32.0, 1.0, 4096)
+    ratio = [y / p for y, p in zip(yarn, plain)]
+    assert ratio[:11] == pytest.approx([4.0] * 11) and ratio[23:] == pytest.approx([1.0] * 9)  # low 10, high 23
+    assert ratio[16] == pytest.approx(4.0 - 3.0 * 6 / 13)
+    assert rope_inv_freq(64, 10000.0, 1.0, 1.0, 32.0, 1.0, 4096) == pytest.approx(rope_inv_freq(64, 10000.0, 1.0))
+
+
+def test_longrope_on_llama_reads_the_long_or_short_factors(tmp_path):
+    """llama's loader reads rope_factors_long/short (not rope_freqs) when the type is longrope:
+    long when the context exceeds the original one."""
+    extra = {"rope_factors_long.weight": np.full(16, 2.0), "rope_factors_short.weight": np.ones(16)}
+    md = {"llama.rope.scaling.type": "longrope", "llama.rope.scaling.original_context_length": 256}
+    spec = _spec("llama-Q8_0", tmp_path, metadata=md, add_tensors=extra)
+    assert {op.weights for op in _ops(spec, "rope")} == {("rope_factors_long.weight",)}
+    spec = _spec("llama-Q8_0", tmp_path, metadata={**md, "llama.rope.scaling.original_context_length": 512}, add_tensors=extra)
+    assert {op.weights for op in _ops(spec, "rope")} == {("rope_factors_short.weight",)}
 
 
 def test_llama3_frequency_factors_reach_rope():

@@ -21,7 +21,7 @@ import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.formats import row_nbytes
-from rfc.artifacts.plan import KVSpec, Op, OpKind, rope_inv_freq
+from rfc.artifacts.plan import KVSpec, Op, OpKind, rope_freqs
 from rfc.compiler.codegen.cpu import ABI_VERSION
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
@@ -339,8 +339,7 @@ class CpuOpDevice(InterpretedDevice):
         factors = weights[0].ptr if weights else None
         if "rfc_rope_freqs" not in self._arch:  # a library from before per-op rope frequencies
             return self._rope, (outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.num_tokens, factors)
-        a = op.attrs
-        table = self._keep.setdefault(op_key(op), np.array(rope_inv_freq(a["n_rot"], a["freq_base"], a["freq_scale"]), np.float64))
+        table = self._keep.setdefault(op_key(op), np.array(rope_freqs(op.attrs), np.float64))
         return self._arch["rfc_rope_freqs"], (outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.num_tokens, factors,
                                               table.ctypes.data, op.attr("attn_factor"))  # fmt: skip
 
