@@ -7,6 +7,11 @@ and what a target without kernels for a format does.
   device's logits stay by the reference's as the fixture's own do (its matmul kernels are held to
   their bounds in tests/kernels). Measured: mean |cpu - ref| 0.054, top-1 0.95; the test asks 0.1
   and 0.9 (a wrong Q2_0 decoder moves a 64-wide value matrix, the mean by far more).
+- The mixture issue 23's acceptance names, as an Unsloth "UD" file holds it: F32 norms, Q8_0,
+  Q6_K and Q4_K matrices beside IQ4_XS, IQ3_S, IQ2_XXS and IQ1_S ones (tiny-llama-IQ_MIX with
+  three of its layer-1 matrices quantized to the classic formats instead) compiles, and the
+  reference device and the cpu stay within the bounds every fixture is held to against the
+  float64 oracle (tests/bounds.py: oracle_bounds, device_bounds).
 - A target whose kernels lack a tensor's format (the format table's `kernels` column) refuses the
   compile naming the tensor and the format, for the cpu and for a GPU target.
 """
@@ -16,6 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from gguf import GGUFReader
 
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.formats import FORMATS, Kernels
@@ -23,25 +29,58 @@ from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import read_gguf
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from tests import testdata
+from tests.bounds import oracle_bounds
 from tests.conftest import FIXTURES
-from tests.e2e.test_reference_oracle import teacher_forced_logits
+from tests.e2e.test_oracle_bounds import _cpu_check, _tokens, oracle  # noqa: F401 (oracle: the fixture)
+from tests.e2e.test_reference_oracle import REFERENCE_ONLY, teacher_forced_logits
 
 pytestmark = [pytest.mark.shared]
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
 
 
-@pytest.fixture(scope="module")
-def q2_0_model(tmp_path_factory):
+def _rewritten(directory, name: str, types: dict[str, str]):
+    """tiny-llama-IQ_MIX written again by the fixtures' generator with `types` (its _IQ_MIX keys)
+    changed, beside a copy of its golden (for the tokens)."""
     generator = testdata._generator()
-    path = tmp_path_factory.mktemp("q2_0") / "tiny-llama-Q2_0.gguf"
+    path = directory / f"{name}.gguf"
     mix = dict(generator._IQ_MIX)
-    generator._IQ_MIX["attn_v.0"] = "Q2_0"
+    generator._IQ_MIX.update(types)
     try:
         generator.write_fixture("tiny-llama-IQ_MIX", path)
     finally:
         generator._IQ_MIX.clear()
         generator._IQ_MIX.update(mix)
+    shutil.copy(FIXTURES / "tiny-llama-IQ_MIX.logits.npz", path.with_suffix(".logits.npz"))
     return path
+
+
+@pytest.fixture(scope="module")
+def q2_0_model(tmp_path_factory):
+    return _rewritten(tmp_path_factory.mktemp("q2_0"), "tiny-llama-Q2_0", {"attn_v.0": "Q2_0"})
+
+
+UD_FORMATS = {"F32", "Q8_0", "Q6_K", "Q4_K", "IQ4_XS", "IQ3_S", "IQ2_XXS", "IQ1_S"}
+
+
+@pytest.fixture(scope="module")
+def ud_model(tmp_path_factory):
+    path = _rewritten(tmp_path_factory.mktemp("ud"), "tiny-llama-UD",
+                      {"attn_q.1": "Q8_0", "ffn_down.1": "Q6_K", "ffn_gate.1": "Q4_K"})  # fmt: skip
+    assert UD_FORMATS <= {t.tensor_type.name for t in GGUFReader(path).tensors}
+    return path
+
+
+def test_a_ud_style_mixture_runs_on_the_reference_within_its_bounds(ud_model, bundle_cache, oracle):
+    bundle = bundle_cache(ud_model, REFERENCE_ONLY)
+    ok, summary = oracle_bounds(ud_model.stem, teacher_forced_logits(bundle, "ref", _tokens(ud_model)), oracle(ud_model))
+    assert ok, summary
+
+
+@needs_cc
+@pytest.mark.toolchain
+def test_a_ud_style_mixture_runs_on_the_cpu_within_its_bounds(ud_model, bundle_cache, oracle):
+    ok, summary = _cpu_check(ud_model, bundle_cache(ud_model), oracle)
+    assert ok, summary
 
 
 @needs_cc
