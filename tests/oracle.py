@@ -1,7 +1,7 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3}.cpp, llama-graph.cpp: build_attn_mha, build_moe_ffn) and sharing no
+qwen3,phi3,gemma2,gemma3,smollm3}.cpp, llama-graph.cpp: build_attn_mha, build_moe_ffn) and sharing no
 code with rfc: the GGUF is read with the `gguf` package, weights are dequantized with
 `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
 every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
@@ -75,6 +75,7 @@ class Layer:
     rope_base: float
     rope_scale: float
     window: int | None
+    rope: bool = True  # False: the layer's attention has no positions (smollm3's NoPE layers)
 
 
 @dataclass
@@ -133,7 +134,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     c = Config(
         arch=arch, n_embd=n_embd, n_layers=k("block_count"), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
-        n_rot=k("rope.dimension_count", head_dim), neox=arch != "llama",
+        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3"),
         eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
         n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
         tied="output.weight" not in tensors,
@@ -151,6 +152,8 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.rope_factors = "rope_freqs.weight"
     if arch in ("qwen3", "qwen3moe"):
         c.qk_norm = True
+    if arch == "smollm3":  # src/models/smollm3.cpp: n_no_rope_layer_step 4
+        c.layers = [full if (i + 1) % 4 else Layer(base, scale, None, rope=False) for i in range(c.n_layers)]
     if arch in ("gemma2", "gemma3"):
         c.post_norms, c.gelu = True, True
         c.embed_scale = _f32(math.sqrt(n_embd))
@@ -280,7 +283,8 @@ class Oracle:
         v = v.reshape(n, c.n_kv_heads, c.head_dim)
         if c.qk_norm:
             q, k = self.norm(q, p + "attn_q_norm.weight"), self.norm(k, p + "attn_k_norm.weight")
-        q, k = self.rope(q, layer), self.rope(k, layer)
+        if layer.rope:
+            q, k = self.rope(q, layer), self.rope(k, layer)
         k = k.astype(self.kv_dtype).astype(np.float64)
         v = v.astype(self.kv_dtype).astype(np.float64)
         group = c.n_heads // c.n_kv_heads

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from rfc.compiler.arch import gemma2, gemma3, gpt_oss, llama, phi3, qwen2, qwen3
 from rfc.compiler.arch import qwen3moe
+from rfc.compiler.arch import smollm3
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -24,6 +25,7 @@ RECIPES: dict[str, Recipe] = {
     "qwen2": qwen2.build,
     "qwen3": qwen3.build,
     "qwen3moe": qwen3moe.build,
+    "smollm3": smollm3.build,
 }
 
 

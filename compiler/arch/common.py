@@ -238,9 +238,10 @@ def qkv_weights(b: ModelBuilder, p: str, s: Sizes) -> tuple[str, str, str]:
 
 
 def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, src: str = "h", dst: str = "h",
-              out_bias: bool = False) -> None:
+              out_bias: bool = False, rope: bool = True) -> None:
     """dst = attn_output(attention(rope(norm?(Q src)), rope(norm?(K src)), V src)) for layer i.
-    Q/K/V biases are added when the file has them (llama.cpp reads them for every architecture)."""
+    Q/K/V biases are added when the file has them (llama.cpp reads them for every architecture).
+    Without `rope` the layer's queries and keys keep no positions (smollm3's NoPE layers)."""
     p = f"blk.{i}."
     for proj, w, width in zip("qkv", qkv_weights(b, p, s), (s.q_width, s.kv_width, s.kv_width)):
         b.op("matmul", (src,), (proj,), (w,))
@@ -251,7 +252,8 @@ def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, 
         hd = (s.head_dim,)
         b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
         b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
-    b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+    if rope:
+        b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
     b.op("kv_write", ("k", "v"), (), layer=i)
     extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap)) if v is not None}
     b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
@@ -329,13 +331,15 @@ def read_experts(md: Metadata) -> tuple[int, int]:
 
 
 def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool = False, qk_norm: bool = False,
-               fused_gate_up: bool = False, long_short_factors: bool | None = None) -> ModelSpec:
+               fused_gate_up: bool = False, long_short_factors: bool | None = None, no_rope_step: int = 0) -> ModelSpec:
     """llama and its close relatives: pre-norm blocks of GQA attention with rotary positions
     and a SwiGLU FFN (or a Mixtral-style mixture of SwiGLU experts), RMS norms, optional
     biases, optional tied output. Options: Q/K/V biases required (qwen2), per-head Q/K norms
     (qwen3), a fused gate/up tensor (phi3), where the RoPE frequency factors come from
     (rope_factors: LongRoPE's long/short sets with `long_short_factors`; None: when the scaling
-    type is "longrope", as llama's loader decides; else `rope_freqs.weight` when present)."""
+    type is "longrope", as llama's loader decides; else `rope_freqs.weight` when present), every
+    `no_rope_step`-th layer without RoPE (smollm3: layers 3, 7, 11, ...; llama.cpp's
+    n_no_rope_layer_step)."""
     md = Metadata(model, arch)
     s = read_sizes(md)
     rope = read_rope(md, s, rope_style)
@@ -354,7 +358,7 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
     for i in range(s.n_layers):
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
-        attention(b, i, s, eps, cfg, out_bias=arch == "llama")
+        attention(b, i, s, eps, cfg, out_bias=arch == "llama", rope=not no_rope_step or (i + 1) % no_rope_step != 0)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
         if n_expert:

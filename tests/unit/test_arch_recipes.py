@@ -185,6 +185,22 @@ def test_llama3_frequency_factors_reach_rope():
     assert spec.hparams.rope_freq_base == 500000.0 and spec.hparams.rope_freq_factors
 
 
+def test_smollm3_leaves_every_fourth_layer_without_rope():
+    """NoPE on layers 3, 7, ...: the layer writes its keys unrotated and attends as the others."""
+    spec = _spec("smollm3-Q8_0")
+    layer_of_rope = []
+    for prev, op in zip(spec.plan.ops, spec.plan.ops[1:]):
+        if op.kind == "kv_write":
+            layer_of_rope.append((op.attrs["layer"], prev.kind == "rope"))
+    assert layer_of_rope == [(0, True), (1, True), (2, True), (3, False)]
+    assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"adjacent"}
+
+
+def test_smollm3_refuses_partial_rotary(tmp_path):
+    with pytest.raises(CompileError, match=r"smollm3.rope.dimension_count 16 != head size 32"):
+        _spec("smollm3-Q8_0", tmp_path, metadata={"smollm3.rope.dimension_count": 16})
+
+
 def test_llama_refuses_partial_rotary(tmp_path):
     with pytest.raises(CompileError, match="rope.dimension_count 16 != head size 32"):
         _spec("llama-Q8_0", tmp_path, metadata={"llama.rope.dimension_count": 16})
