@@ -1,7 +1,7 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3,smollm3}.cpp, llama-graph.cpp: build_attn_mha, build_moe_ffn) and sharing no
+qwen3,phi3,gemma2,gemma3,smollm3,olmo2}.cpp, llama-graph.cpp: build_attn_mha, build_moe_ffn) and sharing no
 code with rfc: the GGUF is read with the `gguf` package, weights are dequantized with
 `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
 every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
@@ -99,6 +99,8 @@ class Config:
     attn_softcap: float | None = None
     final_softcap: float | None = None
     qk_norm: bool = False
+    qk_norm_rows: bool = False  # olmo2: one norm over the whole Q (K) row, not per head
+    pre_norms: bool = True  # olmo2: none (the sublayers read the residual itself)
     post_norms: bool = False
     gelu: bool = False
     n_expert: int = 0
@@ -152,6 +154,8 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.rope_factors = "rope_freqs.weight"
     if arch in ("qwen3", "qwen3moe"):
         c.qk_norm = True
+    if arch == "olmo2":  # src/models/olmo2.cpp (no sliding window)
+        c.pre_norms, c.post_norms, c.qk_norm_rows = False, True, True
     if arch == "smollm3":  # src/models/smollm3.cpp: n_no_rope_layer_step 4
         c.layers = [full if (i + 1) % 4 else Layer(base, scale, None, rope=False) for i in range(c.n_layers)]
     if arch in ("gemma2", "gemma3"):
@@ -278,6 +282,8 @@ class Oracle:
         c, layer, p = self.cfg, self.cfg.layers[i], f"blk.{i}."
         n = len(h)
         q, k, v = self.qkv(h, p)
+        if c.qk_norm_rows:
+            q, k = self.norm(q, p + "attn_q_norm.weight"), self.norm(k, p + "attn_k_norm.weight")
         q = q.reshape(n, c.n_heads, c.head_dim)
         k = k.reshape(n, c.n_kv_heads, c.head_dim)
         v = v.reshape(n, c.n_kv_heads, c.head_dim)
@@ -392,11 +398,11 @@ class Oracle:
         x = self.w("token_embd.weight")[np.asarray(tokens)] * c.embed_scale
         for i in range(c.n_layers):
             p = f"blk.{i}."
-            a = self.attention(self.norm(x, p + "attn_norm.weight"), i)
+            a = self.attention(self.norm(x, p + "attn_norm.weight") if c.pre_norms else x, i)
             if c.post_norms:
                 a = self.norm(a, p + "post_attention_norm.weight")
             x = x + a
-            f = self.ffn(self.norm(x, f"{p}{c.ffn_norm}.weight"), i)
+            f = self.ffn(self.norm(x, f"{p}{c.ffn_norm}.weight") if c.pre_norms else x, i)
             if c.post_norms:
                 f = self.norm(f, p + "post_ffw_norm.weight")
             x = x + f

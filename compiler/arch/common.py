@@ -191,6 +191,7 @@ class Attention:
     window: int | None = None  # sliding window: keys more than window - 1 positions back are masked
     softcap: float | None = None  # attention-logit soft-capping
     qk_norm: bool = False  # per-head RMS norms attn_q_norm / attn_k_norm before RoPE (qwen3, gemma3)
+    qk_norm_rows: bool = False  # with qk_norm: one norm over the whole Q (K) row instead, [q_width] / [kv_width] (olmo2)
     factors: str | None = None  # RoPE frequency factors (a weight of the plan)
 
     def with_rope(self, **changes) -> "Attention":
@@ -248,7 +249,10 @@ def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, 
         bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
         if bias:
             b.op("add_bias", (proj,), (proj,), (bias,))
-    if cfg.qk_norm:
+    if cfg.qk_norm and cfg.qk_norm_rows:
+        b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (s.q_width,)),), eps=eps)
+        b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (s.kv_width,)),), eps=eps)
+    elif cfg.qk_norm:
         hd = (s.head_dim,)
         b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
         b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)

@@ -21,7 +21,7 @@ def _metadata(path: Path) -> dict:
 
 # Fixtures the cpu target refuses (ops it has no kernels for yet): compiled without kernels.
 CPU_REFUSED: tuple[str, ...] = ("tiny-gpt-oss",)  # until its cpu kernels land
-NEOX_ROPE = ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "gpt-oss")  # llama.cpp's LLAMA_ROPE_TYPE_NEOX
+NEOX_ROPE = ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "gpt-oss", "olmo2")  # llama.cpp's LLAMA_ROPE_TYPE_NEOX
 
 
 @pytest.mark.parametrize("name", TINY_MODELS + ["stories260K"])

@@ -201,6 +201,29 @@ def test_smollm3_refuses_partial_rotary(tmp_path):
         _spec("smollm3-Q8_0", tmp_path, metadata={"smollm3.rope.dimension_count": 16})
 
 
+def test_olmo2_norms_the_sublayer_outputs_and_whole_q_k_rows():
+    """No norm before the sublayers (attention reads the residual x), one RMS norm over each
+    whole Q and K row, post-norms before each residual add."""
+    spec = _spec("olmo2-Q8_0")
+    ops = spec.plan.ops
+    first = next(i for i, op in enumerate(ops) if op.kind == "matmul")
+    assert ops[first].inputs == ("x",) and ops[first - 1].kind == "embed"
+    norms = [(op.inputs, op.weights[0].split(".", 2)[-1], op.attrs.get("heads")) for op in ops[:ops.index(next(
+        op for op in ops if op.kind == "kv_write")) + 8] if op.kind == "rmsnorm"]  # fmt: skip
+    assert norms == [(("q",), "attn_q_norm.weight", None), (("k",), "attn_k_norm.weight", None),
+                     (("h",), "post_attention_norm.weight", None)]  # fmt: skip
+    assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"neox"}
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"metadata": {"olmo2.attention.sliding_window": 4096}}, r"olmo2.attention.sliding_window = 4096: olmo2 with sliding-window"),
+    ({"drop_tensors": ["output.weight"]}, r"missing tensor output.weight"),
+])
+def test_olmo2_refuses_what_it_does_not_run(edit, message, tmp_path):
+    with pytest.raises(CompileError, match=message):
+        _spec("olmo2-Q8_0", tmp_path, **edit)
+
+
 def test_llama_refuses_partial_rotary(tmp_path):
     with pytest.raises(CompileError, match="rope.dimension_count 16 != head size 32"):
         _spec("llama-Q8_0", tmp_path, metadata={"llama.rope.dimension_count": 16})

@@ -1,0 +1,49 @@
+"""`olmo2` (OLMo 2): no norms before the sublayers; RMS norms of their outputs instead
+(`post_attention_norm`, `post_ffw_norm`) before each residual add, and RMS norms of the whole Q
+and K rows (`attn_q_norm` [n_embd], `attn_k_norm` [kv width], not per head) before NeoX RoPE
+over whole heads; SwiGLU FFN, an untied output. llama.cpp's olmo2 loader also reads a sliding
+window (OLMo 3 files): such a file is refused here by name, not run without its windows."""
+
+import math
+
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import (
+    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
+)  # fmt: skip
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    md = Metadata(model, "olmo2")
+    s = read_sizes(md)
+    if window := md.int("attention.sliding_window", 0, MAX_CONTEXT, default=0):
+        raise CompileError(f"{md.path}: {md.key('attention.sliding_window')} = {window}: olmo2 with sliding-window "
+                           "layers (OLMo 3) is not supported")  # fmt: skip
+    rope = read_rope(md, s, "neox")
+    if rope.n_rot != s.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
+                           "(olmo2 rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    b = ModelBuilder(model)
+    if not b.has("output.weight"):  # llama.cpp's olmo2 loader requires it (no tied fallback)
+        raise CompileError(f"{b.path}: missing tensor output.weight (olmo2's output is not tied)")
+    declare_buffers(b, s, n_ff)
+    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=True, qk_norm_rows=True)
+    b.op("embed", ("tokens",), ("x",), (embd,))
+    e = (s.n_embd,)
+    for i in range(s.n_layers):
+        p = f"blk.{i}."
+        attention(b, i, s, eps, cfg, src="x")
+        b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
+        b.op("add", ("x", "h"), ("x",))
+        glu_ffn(b, i, s.n_embd, n_ff, src="x")
+        b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
+        b.op("add", ("x", "h"), ("x",))
+    output_head(b, s, eps)
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"), rope_freq_factors=False)
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
