@@ -30,11 +30,17 @@ class DraftModel:
 
     def propose(self, wanted: dict[int, tuple[list[int], int]]) -> dict[int, list[int]]:
         """Greedy drafts: `wanted` maps a sequence id to (its tokens, drafts wanted). A
-        sequence whose KV does not fit the draft pool gets none."""
+        sequence whose KV does not fit the draft pool, or whose drafts would pass the draft
+        model's context length, gets none."""
         last: dict[int, int] = {}  # sequence id -> its position whose logits draw the next draft
         chunks: list[ScheduledChunk] = []
         for seq_id, (tokens, n) in wanted.items():
             if n < 1 or not tokens:
+                continue
+            if len(tokens) + n - 1 > self.model.context_length:
+                # past the draft model's own context (it may be shorter than the target's):
+                # its device has no room for those positions, so this sequence drafts no more
+                self.release_one(seq_id)
                 continue
             keep = self._sync(seq_id, tokens)
             if not self._fits(seq_id, len(tokens) + n - 1, wanted):

@@ -270,6 +270,24 @@ def test_a_draft_model_with_the_same_vocabulary(bundle_cache):
     assert engine._spec.draft.blocks.num_used() == 0 or engine._spec.draft.blocks.num_sequences() <= len(requests)
 
 
+def test_a_draft_model_drafts_nothing_past_its_own_context(bundle_cache):
+    """A draft model whose context is shorter than the target's stops drafting for a
+    sequence that would pass it (its device has no room for those positions); the target
+    goes on alone, with the same text."""
+    bundle = bundle_cache(DEMO_MODEL)
+    model = load_model(bundle, LoadOptions(device="ref"))
+    model.draft = load_model(bundle, LoadOptions(device="ref", ctx_size=80))
+    prompt = _prompts(model)[0]
+    assert len(prompt) < 80 < len(prompt) + 40
+    requests = [GenerationRequest(prompt, GREEDY, max_tokens=40, ignore_eos=True)]
+    _, want = _run(model, requests, PLAIN)
+    engine, got = _run(model, requests, SchedulerConfig(spec=SpecConfig(type=SpecType.DRAFT, n_max=4, cost_ratio=0.01)))
+    _same(got, want)
+    draft = engine._spec.draft
+    assert 0 < engine.counts()["spec_drafted"] and draft.blocks.num_used() == 0
+    assert draft.propose({7: (list(range(3, 90)), 2)}) == {}
+
+
 def test_a_draft_model_of_another_vocabulary_is_refused(demo):
     other = SimpleNamespace(vocab_size=demo.vocab_size, manifest={"model": {"name": "other"}}, bundle=demo.bundle,
                             tokenizer=SimpleNamespace(get_vocab=lambda with_added_tokens: {"a": 0}))
