@@ -193,6 +193,7 @@ class Attention:
     qk_norm: bool = False  # per-head RMS norms attn_q_norm / attn_k_norm before RoPE (qwen3, gemma3)
     qk_norm_rows: bool = False  # with qk_norm: one norm over the whole Q (K) row instead, [q_width] / [kv_width] (olmo2)
     factors: str | None = None  # RoPE frequency factors (a weight of the plan)
+    sinks: bool = False  # a learned sink logit per query head, `attn_sinks` (gpt-oss)
 
     def with_rope(self, **changes) -> "Attention":
         return replace(self, rope=replace(self.rope, **changes))
@@ -260,7 +261,8 @@ def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, 
         b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
     b.op("kv_write", ("k", "v"), (), layer=i)
     extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap)) if v is not None}
-    b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
+    sinks = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (s.n_heads,)),) if cfg.sinks else ()
+    b.op("attention", ("q",), ("att",), sinks, layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
          scale=cfg.scale, **extra)  # fmt: skip
     linear(b, "att", dst, p + "attn_output", (s.n_embd, s.q_width), bias=out_bias)
 

@@ -39,13 +39,13 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 # The op kinds the cpu kernels implement; a plan with another op is refused.
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
            "moe_route", "moe_matmul", "moe_combine")
-CPU_ARCH_OPS = ("softcap",)  # gemma's final-logit soft-capping
+CPU_ARCH_OPS = ("softcap", "moe_add_bias")  # gemma's final-logit soft-capping; gpt-oss's per-expert biases
 # The optional attributes the cpu kernels take, per op (any other non-default one is refused).
 # Those that may differ between layers are per-op arguments in the step program; the rest
 # must be the same for every op of a kind (_uniform).
 _ROPE_TABLE = ("ext_factor", "beta_fast", "beta_slow", "orig_ctx")  # YaRN: they shape a rope variant's table
 CPU_ATTRS = {"embed": ("scale",), "rmsnorm": ("heads",), "rope": ("attn_factor", *_ROPE_TABLE), "attention": ("window", "softcap"),
-             "swiglu": ("activation",)}  # fmt: skip
+             "swiglu": ("activation", "alpha", "limit")}  # fmt: skip
 _PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor", *_ROPE_TABLE},
                  "attention": {"window", "softcap"}}  # fmt: skip
 MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count to the same: the router's stack arrays
@@ -181,7 +181,7 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     attention = _uniform(ops.get("attention", []), "attention")
     if attention is not None:
         parts.append(render("cpu_attention.c.j2", _attention_params(hp, attention, tuning)))
-    parts.append(render("cpu_elementwise.c.j2", {}))
+    parts.append(render("cpu_elementwise.c.j2", _oai_params(ops.get("swiglu", []))))
     if moe is not None:
         parts.append(render("cpu_moe.c.j2", moe))
         for fmt in sorted({entries[op.weights[0]].format for op in ops["moe_matmul"]}):
@@ -275,6 +275,10 @@ def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
         f = FORMATS[e.format]
         if not f.is_float and e.shape[-1] % f.cpu_dot_step[0]:
             raise CompileError(f"{e.name}: row length {e.shape[-1]} is not a multiple of {f.cpu_dot_step[0]} ({e.format})")
+    for op in ops.get("moe_add_bias", []):  # read in place, a row per expert
+        e = entries[op.weights[0]]
+        if e.format != "F32" or len(e.shape) != 2:
+            raise CompileError(f"{e.name}: the cpu target reads expert biases as F32 [n_expert, N], it is {e.format} {list(e.shape)}")
     for op in ops.get("embed", []):
         e = entries[op.weights[0]]
         if e.shape != (hp.vocab_size, hp.n_embd):
@@ -305,6 +309,14 @@ def _moe_params(plan: Plan, entries: dict, ops: dict[str, list]) -> dict | None:
             raise CompileError(f"{e.name}: expert tensor {list(e.shape)} ({e.format}) is not [{n_expert}, N, K] in a GGUF format")
     return {"n_expert": n_expert, "n_used": n_used, "segs": cpu_step.MAX_MOE_SEGMENTS,
             "max_k": max((e.shape[2] for e in shapes), default=8), "max_n": max((e.shape[1] for e in shapes), default=8)}
+
+
+def _oai_params(swiglus: list) -> dict:
+    """swiglu_oai's alpha and limit, compiled in (llama.cpp's are constants): the same for every
+    such op, finite and positive (validate.py bounds them)."""
+    oai = _uniform([op for op in swiglus if op.attr("activation") == "swiglu_oai"], "swiglu") or dict(OPS["swiglu"].optional)
+    return {"oai_alpha": cpu_step.f32_literal(oai["alpha"], "swiglu_oai alpha"),
+            "oai_limit": cpu_step.f32_literal(oai["limit"], "swiglu_oai limit")}  # fmt: skip
 
 
 def _attention_params(hp, attrs: dict, tuning: CpuTuning) -> dict:

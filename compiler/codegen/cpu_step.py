@@ -33,7 +33,7 @@ from rfc.compiler.errors import CompileError
 
 MAX_SEGMENTS = 8  # rfc_mm_run's per-call segment arrays
 # The C row function of each gated activation (artifacts/plan.py GLU_ACTIVATIONS; cpu_elementwise.c.j2).
-GLU_SPANS = {"silu": "rfc_swiglu_span", "gelu_tanh": "rfc_geglu_span"}
+GLU_SPANS = {"silu": "rfc_swiglu_span", "gelu_tanh": "rfc_geglu_span", "swiglu_oai": "rfc_swiglu_oai_span"}
 
 
 def f32_literal(value: float, what: str) -> float:
@@ -319,9 +319,17 @@ class _Lowering:
         if window is not None and not 1 <= int(window) < 2**31:
             raise CompileError(f"attention window {window} is out of range")
         softcap = 0.0 if softcap is None else f32_literal(softcap, "attention softcap")  # 0: no soft-capping
+        sinks = self.vec(op.weights[0]) if op.weights else []  # gpt-oss: a logit per query head
         return Phase("attention", {"q": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "layer": layer,
-                                   "counter": self.counter(), "window": int(window or 0), "softcap": softcap},
+                                   "counter": self.counter(), "window": int(window or 0), "softcap": softcap, "sinks": sinks},
                      {op.inputs[0], f"@kv{layer}"}, {op.outputs[0]})  # fmt: skip
+
+    def _moe_add_bias(self, op: Op) -> Phase:
+        (y, ids), (out,) = op.inputs, op.outputs
+        n_used = self.width(ids)
+        return Phase("moe_add_bias", {"y": self.buf(y), "ids": self.buf(ids), "out": self.buf(out), "n_used": n_used,
+                                      "width": self.width(y) // n_used, "w": self.entries[op.weights[0]].offset},
+                     {y, ids}, {out})  # fmt: skip
 
     def _add(self, op: Op) -> Phase:
         a, b = op.inputs
@@ -377,10 +385,11 @@ def lower(plan: Plan, entries: dict, vectors: dict[str, list], output: str) -> L
 
 
 def vector_weights(plan: Plan, entries: dict) -> list[str]:
-    """The 1-D weights the phases read as float vectors (norms, biases, rope factors), in plan order."""
+    """The 1-D weights the phases read as float vectors (norms, biases, rope factors, attention
+    sinks), in plan order."""
     seen: list[str] = []
     for op in plan.ops:
-        if op.kind in ("rmsnorm", "add_bias", "rope"):
+        if op.kind in ("rmsnorm", "add_bias", "rope", "attention"):
             for w in op.weights:
                 if w not in seen:
                     e = entries[w]

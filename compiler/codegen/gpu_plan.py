@@ -36,7 +36,8 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "kv_write": (("k_cache", PTR), ("v_cache", PTR), ("k", PTR), ("v", PTR), ("slots", PTR), ("n_rows", I32)),
     "attention": (
         ("out", PTR), ("q", PTR), ("k_cache", PTR), ("v_cache", PTR), ("positions", PTR),
-        ("seq_of_token", PTR), ("block_tables", PTR), ("n_rows", I32), ("table_width", I32), ("block_size", I32),
+        ("seq_of_token", PTR), ("block_tables", PTR), ("sinks", PTR), ("n_rows", I32), ("table_width", I32),
+        ("block_size", I32),
     ),
     "swiglu": (("out", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32)),
     "add": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
@@ -45,6 +46,7 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "moe_route": (("ids", PTR), ("weights", PTR), ("logits", PTR), ("n_rows", I32)),
     "moe_matmul": (("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
     "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
+    "moe_add_bias": (("out", PTR), ("y", PTR), ("ids", PTR), ("bias", PTR), ("n_rows", I32)),
 }
 
 # Kernels only the step program launches in an op's place (KernelSpec.steps; the op's own kernel,
@@ -53,10 +55,10 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
 STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "attention_split": (
         ("out", PTR), ("q", PTR), ("k_cache", PTR), ("v_cache", PTR), ("positions", PTR),
-        ("seq_of_token", PTR), ("block_tables", PTR), ("scratch", PTR), ("n_rows", I32), ("table_width", I32),
-        ("block_size", I32),
+        ("seq_of_token", PTR), ("block_tables", PTR), ("sinks", PTR), ("scratch", PTR), ("n_rows", I32),
+        ("table_width", I32), ("block_size", I32),
     ),
-    "attention_reduce": (("out", PTR), ("scratch", PTR), ("positions", PTR), ("n_rows", I32)),
+    "attention_reduce": (("out", PTR), ("scratch", PTR), ("positions", PTR), ("sinks", PTR), ("n_rows", I32)),
 }
 
 KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<dtype>_t)
@@ -341,7 +343,13 @@ class _Planner:
     def _swiglu(self, op: Op) -> KernelSpec:
         width, activation = self._width(op.inputs[0]), op.attr("activation")
         name = f"rfc_swiglu_{width}" if activation == "silu" else f"rfc_glu_{activation}_{width}"
-        return self._rowwise(op, "gpu_swiglu.hip.j2", name, width, activation=activation)
+        oai = {}
+        if activation == "swiglu_oai":  # its constants, in the kernel's name too (one kernel per pair)
+            oai = {"alpha": float(op.attr("alpha")), "limit": float(op.attr("limit"))}
+            if not all(math.isfinite(v) and 0.0 < v <= 1e6 for v in oai.values()):
+                raise CompileError(f"swiglu_oai alpha/limit {oai} are out of range")
+            name += "_a{}_l{}".format(*(f"{v:.9g}".replace(".", "p").replace("-", "m").replace("+", "") for v in oai.values()))
+        return self._rowwise(op, "gpu_swiglu.hip.j2", name, width, activation=activation, **oai)
 
     def _softcap(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
@@ -360,6 +368,15 @@ class _Planner:
     def _moe_combine(self, op: Op) -> KernelSpec:
         width, n_used = self._width(op.outputs[0]), self._width(op.inputs[1])
         return self._rowwise(op, "gpu_moe_combine.hip.j2", f"rfc_moe_combine_{n_used}x{width}", width, n_used=n_used)
+
+    def _moe_add_bias(self, op: Op) -> KernelSpec:
+        entry = self.tensors[op.weights[0]]
+        if entry.format != "F32":
+            raise CompileError(f"GPU moe_add_bias reads {op.weights[0]} as F32, but it is stored as {entry.format}")
+        n_used = self._width(op.inputs[1])
+        width = self._width(op.inputs[0]) // n_used
+        return self._rowwise(op, "gpu_moe_add_bias.hip.j2", f"rfc_moe_add_bias_{n_used}x{width}", n_used * width,
+                             n_used=n_used, n=width)
 
     def _moe_matmul(self, op: Op) -> KernelSpec:
         w = self._weight(op, op.weights[0])
@@ -463,6 +480,10 @@ class _Planner:
         dim_groups = threads // lanes
         name = f"rfc_attention_{dtype}_{n_heads}x{n_kv_heads}x{head_dim}"
         name += (f"_w{window}" if window is not None else "") + ("_capped" if softcap is not None else "")
+        has_sinks = bool(op.weights)  # gpt-oss: a logit per query head, F32
+        if has_sinks:
+            self._f32_vector(op, op.weights[0])
+            name += "_sinks"
         params = {
             "name": name,
             "threads": threads,
@@ -486,6 +507,7 @@ class _Planner:
             "window": int(window or 0),
             "has_softcap": softcap is not None,
             "softcap": float(softcap or 0.0),
+            "has_sinks": has_sinks,
             "split": False,
         }
         tile = _attention_tile(head_dim, group, threads)
@@ -494,14 +516,20 @@ class _Planner:
         steps = ()
         if splits > 1:
             split = KernelSpec(f"{name}_split", "gpu_attention.hip.j2", dict(params, name=f"{name}_split", split=True),
-                               STEP_KERNEL_ARGS["attention_split"], threads, (("n_rows", 1), (n_kv_heads, 1), (splits, 1)))
+                               _args("attention_split", has_sinks), threads, (("n_rows", 1), (n_kv_heads, 1), (splits, 1)))
             reduce_threads = self._row_threads(group * head_dim)
             reduce = KernelSpec(f"{name}_reduce", "gpu_attention_reduce.hip.j2",
                                 dict(params, name=f"{name}_reduce", threads=reduce_threads),
-                                STEP_KERNEL_ARGS["attention_reduce"], reduce_threads, (("n_rows", 1), (n_kv_heads, 1)))
+                                _args("attention_reduce", has_sinks), reduce_threads, (("n_rows", 1), (n_kv_heads, 1)))
             steps = (split, reduce)
         grid = (("n_rows", 1), (n_kv_heads, 1))  # one block per kv head and its query heads
-        return KernelSpec(name, "gpu_attention.hip.j2", params, KERNEL_ARGS["attention"], threads, grid, steps)
+        return KernelSpec(name, "gpu_attention.hip.j2", params, _args("attention", has_sinks), threads, grid, steps)
+
+
+def _args(kernel: str, with_sinks: bool) -> tuple[tuple[str, str], ...]:
+    """An attention kernel's arguments, `sinks` only where the op has them."""
+    args = KERNEL_ARGS[kernel] if kernel in KERNEL_ARGS else STEP_KERNEL_ARGS[kernel]
+    return tuple(a for a in args if with_sinks or a[0] != "sinks")
 
 
 def _tile_floats(tile: dict, head_dim: int) -> int:
@@ -571,9 +599,11 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     # the rest are the op's buffers and weights, in declaration order
     outs = {"embed": ("out",), "rmsnorm": ("out",), "matmul": ("out",), "add_bias": ("out",), "rope": ("q", "k"),
             "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",),
-            "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": ()}[op.kind]
+            "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
+            "moe_add_bias": ("out",)}[op.kind]
     weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
-               "rope": ("freq_factors",), "moe_matmul": ("weight",)}.get(op.kind, ())
+               "rope": ("freq_factors",), "moe_matmul": ("weight",), "attention": ("sinks",),
+               "moe_add_bias": ("bias",)}.get(op.kind, ())
     if name in outs:
         return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
     if name in weights:

@@ -70,6 +70,7 @@ LOCAL_ROPE = {"freq_base": 500.0, "freq_scale": 1.0, "attn_factor": 1.25}  # a s
 YARN_ROPE = {"freq_scale": 0.25, "ext_factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0, "orig_ctx": 4096,
              "attn_factor": 1.0 + 0.1 * math.log(4.0)}  # fmt: skip
 WINDOW_SOFTCAP = {"window": 5, "softcap": 1.5}  # small: most scores are capped, most positions masked
+OAI = {"activation": "swiglu_oai", "alpha": 1.702, "limit": 7.0}  # gpt-oss's gate
 # Experts: a few formats (float, 32-element int8, k-quants with and without a packed prefill,
 # MXFP4 as gpt-oss's experts, a lattice i-quant)
 N_EXPERT, N_USED = 6, 2
@@ -164,6 +165,8 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
     blob.add("bias", "F32", (N_ROWS,), f32(rng.standard_normal(N_ROWS)))
     blob.add("rope_freqs", "F32", (N_ROT // 2,), f32(1.0 + rng.random(N_ROT // 2)))
     blob.add("head_norm", "F32", (HEAD_DIM,), f32(1.0 + 0.1 * rng.standard_normal(HEAD_DIM)))
+    blob.add("sinks", "F32", (N_HEADS,), f32([0.0, 12.0, -30.0, 2.5, -1.0, 40.0, 1.5, -4.0][:N_HEADS]))  # gpt-oss
+    blob.add("exp_biases", "F32", (N_EXPERT, N_ROWS), f32(rng.standard_normal((N_EXPERT, N_ROWS))))  # gpt-oss
     rope = {"n_heads": N_HEADS, "n_kv_heads": N_KV_HEADS, "head_dim": HEAD_DIM, "n_rot": N_ROT,
             "style": rope_style, "freq_base": 10000.0, "freq_scale": 0.5}
     att = {"n_heads": N_HEADS, "n_kv_heads": N_KV_HEADS, "head_dim": HEAD_DIM, "scale": 1.0 / math.sqrt(HEAD_DIM)}
@@ -179,6 +182,10 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         Op("attention", ("q",), ("att",), (), {"layer": 1, **att, **WINDOW_SOFTCAP}),
         Op("swiglu", ("gate", "up"), ("gate",), (), {"activation": "gelu_tanh"}),
         Op("softcap", ("y",), ("y",), (), {"cap": 3.0}),
+        # gpt-oss: attention sinks, swiglu_oai, per-expert biases
+        Op("attention", ("q",), ("att",), ("sinks",), {"layer": 1, **att, "window": 5}),
+        Op("swiglu", ("gate", "up"), ("gate",), (), OAI),
+        Op("moe_add_bias", ("ey", "expert_ids"), ("ey",), ("exp_biases",)),
     ]
     hp = HParams(
         architecture="llama", name="kernel-test", context_length=64, n_embd=N_EMBD, n_ff=N_FF, n_layers=2,
@@ -408,6 +415,10 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     gelu = Op("swiglu", ("g", "u"), ("g",), (), {"activation": "gelu_tanh"})
     got, want = run_both(kit, gelu, [np.zeros_like(g)], [g, u], [], None)
     assert_close(got[0], want[0], 1e-5, 1e-6)
+    oai, u8 = Op("swiglu", ("g", "u"), ("g",), (), OAI), 8 * u  # both clamps at work: |u| > 7 and g > 7 in places
+    assert (g > 7).mean() > 0.1 and (np.abs(u8) > 7).mean() > 0.3
+    got, want = run_both(kit, oai, [np.zeros_like(g)], [g, u8], [], None)
+    assert_close(got[0], want[0], 1e-5, 1e-6)
     got, want = run_both(kit, Op("softcap", ("g",), ("g",), (), {"cap": 3.0}), [np.zeros_like(g)], [g], [], None)
     assert_close(got[0], want[0], 1e-5, 1e-6)
     got, want = run_both(kit, Op("add", ("a", "b"), ("a",)), [np.zeros_like(g)], [g, u], [], None)
@@ -425,16 +436,21 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     np.testing.assert_array_equal(got[0], want[0])
 
 
-@pytest.mark.parametrize("extra", [{}, WINDOW_SOFTCAP, {"window": 40}, {"softcap": 1.5}], ids=["plain", "window5-softcap", "window40", "softcap"])
+@pytest.mark.parametrize("extra", [{}, WINDOW_SOFTCAP, {"window": 40}, {"softcap": 1.5}, {"sinks": True},
+                                   {"window": 5, "sinks": True}],
+                         ids=["plain", "window5-softcap", "window40", "softcap", "sinks", "window5-sinks"])
 def test_kv_write_and_attention_over_paged_cache(kit: Kit, extra: dict):
     """Two sequences with interleaved blocks, prefill then mixed decode/prefill steps; the
     last step spans several query blocks and several chunks of cache positions. Sliding
-    windows (gemma2/3: of 5, inside a chunk; of 40, across chunks) and soft-capped scores."""
+    windows (gemma2/3: of 5, inside a chunk; of 40, across chunks), soft-capped scores and
+    gpt-oss's sinks (a logit per query head: far above the scores, far below, in between)."""
     rng = np.random.default_rng(5)
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     steps = [[(0, 0, 6), (1, 0, 3)], [(0, 6, 1), (1, 3, 2)], [(1, 5, 7), (0, 7, 1)], [(0, 8, 37), (1, 12, 1)]]
     kv_op, att_op = kit.op("kv_write"), kit.op("attention")
-    att_op = Op(att_op.kind, att_op.inputs, att_op.outputs, (), {**att_op.attrs, **extra})
+    sinks = ["sinks"] if extra.get("sinks") else []
+    attrs = {k: v for k, v in extra.items() if k != "sinks"}
+    att_op = Op(att_op.kind, att_op.inputs, att_op.outputs, tuple(sinks), {**att_op.attrs, **attrs})
     for step in steps:
         for seq, start, n in step:
             blocks.allocate(seq, start + n)
@@ -444,7 +460,7 @@ def test_kv_write_and_attention_over_paged_cache(kit: Kit, extra: dict):
         k = rng.standard_normal((t, N_KV_HEADS * HEAD_DIM)).astype(np.float32)
         v = rng.standard_normal((t, N_KV_HEADS * HEAD_DIM)).astype(np.float32)
         run_both(kit, kv_op, [], [k, v], [], batch)
-        got, want = run_both(kit, att_op, [np.zeros_like(q)], [q], [], batch)
+        got, want = run_both(kit, att_op, [np.zeros_like(q)], [q], sinks, batch)
         assert_close(got[0], want[0], 0, 2e-3)
 
 
@@ -604,6 +620,17 @@ def test_moe_matmul_matches_reference(kit: Kit, fmt: str, tokens: int, per_slot:
             bound = matmul_bound(w[ids[t, j]], row[None], kit.act_block(fmt))[0]
             err = np.abs(got[t, j * N_ROWS : (j + 1) * N_ROWS] - want[t, j * N_ROWS : (j + 1) * N_ROWS])
             assert (err <= bound).all(), f"{fmt} slot ({t}, {j}): max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
+
+
+def test_moe_add_bias_matches_reference(kit: Kit):
+    """gpt-oss's per-expert biases: slot j of token t adds row ids[t, j] of the bias."""
+    rng = np.random.default_rng(8)
+    y = rng.standard_normal((5, N_USED * N_ROWS)).astype(np.float32)
+    ids = rng.integers(0, N_EXPERT, (5, N_USED)).astype(np.int32)
+    (got,), (want,) = run_both(kit, Op("moe_add_bias", ("ey", "expert_ids"), ("ey",), ("exp_biases",)),
+                               [np.zeros_like(y)], [y, ids], ["exp_biases"], None)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, y)
 
 
 def test_moe_combine_matches_reference(kit: Kit):

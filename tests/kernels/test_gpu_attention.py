@@ -47,13 +47,15 @@ class Case:
     """One attention op's kernels, built for the emulator, over a one-layer KV cache."""
 
     def __init__(self, build_dir, target: str, n_heads: int, n_kv_heads: int, head_dim: int, kv_dtype: str,
-                 window=None, softcap=None, context_length: int = 4096):
+                 window=None, softcap=None, context_length: int = 4096, sinks: np.ndarray | None = None):
         attrs = {"layer": 0, "n_heads": n_heads, "n_kv_heads": n_kv_heads, "head_dim": head_dim,
                  "scale": head_dim ** -0.5, "window": window, "softcap": softcap}
-        self.op = Op("attention", ("q",), ("out",), attrs=attrs)
+        self.op = Op("attention", ("q",), ("out",), ("sinks",) if sinks is not None else (), attrs=attrs)
         kv = SimpleNamespace(dtype=kv_dtype)
         plan = SimpleNamespace(ops=[self.op], kv=kv, context_length=context_length)
-        layout = SimpleNamespace(by_name=lambda: {})
+        entries = {"sinks": SimpleNamespace(name="sinks", format="F32", shape=(n_heads,))} if sinks is not None else {}
+        layout = SimpleNamespace(by_name=lambda: entries)
+        self.sinks = sinks
         specs, (kernel,) = plan_kernels(parse_target(target), plan, layout)
         self.specs = {s.name: s for s in specs}
         self.fused = self.specs[kernel]
@@ -105,13 +107,15 @@ class Case:
         T = len(batch.positions)
         q = (2 * self.rng.standard_normal((T, self.width))).astype(np.float32)
         want = np.zeros_like(q)
-        self.ref.op_attention([want], [q], [], {**self.op.attrs}, batch)
+        self.ref.op_attention([want], [q], [] if self.sinks is None else [self.sinks], {**self.op.attrs}, batch)
         values = {
             "q": self._upload(q), "k_cache": self.k_dev, "v_cache": self.v_dev,
             "positions": self._upload(batch.positions), "seq_of_token": self._upload(batch.seq_of_token),
             "block_tables": self._upload(batch.block_tables), "n_rows": T,
             "table_width": batch.block_tables.shape[1], "block_size": BLOCK_SIZE,
         }
+        if self.sinks is not None:
+            values["sinks"] = self._upload(self.sinks)
         outs = []
         for kernels in (self.fused.steps, (self.fused,)):
             values["out"] = self.driver.malloc(q.nbytes)  # NaN-filled: a row left unwritten shows
@@ -195,6 +199,25 @@ def test_tiled_prefill_matches_reference(n_heads, n_kv_heads, head_dim, kv_dtype
     assert sum(rows) > ATTENTION_SPLIT_ROWS
     _check(case, case.batch(lens, rows))
     _check(case, case.batch([65], [65]))
+
+
+@pytest.mark.parametrize("target", ["gfx1100", "gfx90a"])
+def test_attention_sinks_match_reference(target, tmp_path_factory):
+    """gpt-oss's sinks (a logit per query head in each softmax, no value) on every path: decode
+    rows over 1 to 16 slices (split + reduce, and one slice written by the split kernel), a
+    tiled prefill step, with and without a window. Sinks far above the scores (the values' share
+    near 0), far below (no effect) and in between; without them the output differs."""
+    sinks = np.array([0.0, 12.0, -30.0, 2.5, -1.0, 40.0, 1.5, -4.0], np.float32)
+    for window in (None, 150):
+        case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, 8, 2, 32, "f16", window, None, sinks=sinks)
+        assert case.fused.params["has_sinks"] and [n for n, _k in case.fused.args].count("sinks") == 1
+        _check(case, case.batch([1, 5, ATTENTION_SPLIT_KEYS + 1, 301, 1000], [1, 1, 1, 3, 1]))
+        _check(case, case.batch([300, 17, 165, 1], [300, 17, 65, 1]))
+    plain = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, 8, 2, 32, "f16", 150, None)
+    batch = case.batch([40, 301], [1, 1])
+    case.rng, plain.rng = np.random.default_rng(5), np.random.default_rng(5)
+    with_sinks, without = case.run(batch)[0], plain.run(batch)[0]
+    assert np.abs(with_sinks - without).max() > 0.1
 
 
 def test_tiled_prefill_on_wave_64_with_one_slice(tmp_path_factory):

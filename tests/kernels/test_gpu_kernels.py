@@ -95,6 +95,7 @@ def _gpu_param(model: str, target: str):
     _gpu_param("gemma2-Q8_0", "gfx90a"),
     _gpu_param("mixtral-Q8_0", "gfx90a"),
     _gpu_param("qwen3moe-Q4_K_M", "gfx90a"),  # 8 experts, 4 used, expert width apart from the FFN's
+    _gpu_param("gpt-oss-Q8_0", "gfx90a"),  # sinks, window 24 on even layers, biased experts, swiglu_oai
 ])
 def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_path_factory):
     """40 tokens: past gemma's sliding window of 32, several tiles of tokens per expert."""
@@ -118,6 +119,7 @@ def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_pa
     _gpu_param("mixtral-Q8_0", "gfx1100"),
     _gpu_param("llama3rope-Q8_0", "gfx1100"),
     _gpu_param("gemma2-F16", "sm_90"),
+    _gpu_param("gpt-oss-F16", "gfx1100"),
 ])
 def test_greedy_decoding_matches_reference(model, target, gpu_bundle, tmp_path_factory):
     """Per architecture: a prompt, then greedy decode steps one token at a time (the decode

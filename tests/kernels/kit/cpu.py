@@ -182,7 +182,9 @@ class CpuOpDevice(InterpretedDevice):
         # the kernels of the newer architectures' attributes (libraries built before them lack these)
         optional = {"rfc_rmsnorm_heads": [_P, _P, _P, c_int, c_int, c_int], "rfc_rope_freqs": [_P, _P, _P, c_int, _P, _P, c_double],
                     "rfc_attention_ws": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float],
-                    "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float]}  # fmt: skip
+                    "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float],
+                    "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
+                    "rfc_attention_sinks": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float, _P]}  # fmt: skip
         self._arch = {name: _declare(lib, name, args) for name, args in optional.items() if hasattr(lib, name)}
         self._keep: dict[tuple, np.ndarray] = {}  # per-op arrays the kernels read (rope tables)
 
@@ -326,7 +328,8 @@ class CpuOpDevice(InterpretedDevice):
         return self._add, (ins[0].ptr, ins[1].ptr, outs[0].ptr, ins[0].array.size)
 
     def _op_swiglu(self, op, outs, ins, weights, batch):
-        fn = self._arch_kernel("rfc_geglu", op) if op.attr("activation") == "gelu_tanh" else self._swiglu
+        act = op.attr("activation")
+        fn = self._arch_kernel({"gelu_tanh": "rfc_geglu", "swiglu_oai": "rfc_swiglu_oai"}[act], op) if act != "silu" else self._swiglu
         return fn, (ins[0].ptr, ins[1].ptr, outs[0].ptr, ins[0].array.size)
 
     def _op_softcap(self, op, outs, ins, weights, batch):
@@ -356,6 +359,8 @@ class CpuOpDevice(InterpretedDevice):
         args = (ins[0].ptr, outs[0].ptr, kc, vc, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
                 batch.block_tables.ptr, batch.max_blocks, batch.block_size)
         window, softcap = op.attr("window"), op.attr("softcap")
+        if weights:  # gpt-oss's sinks, a float32 vector
+            return self._arch_kernel("rfc_attention_sinks", op), (*args, window or 0, softcap or 0.0, weights[0].ptr)
         if window is None and softcap is None:
             return self._attention, args
         return self._arch_kernel("rfc_attention_ws", op), (*args, window or 0, softcap or 0.0)  # 0: off
