@@ -59,7 +59,7 @@ def bench_cmd(model, device, compute_threads, prefill_lengths, batches, gen, rep
                                ttft_prompt=max(prefill_lengths))
     started = time.perf_counter()
     try:
-        loaded = load_model(bundle, LoadOptions(device=device))
+        loaded = load_model(bundle, LoadOptions(device=device, threads=threads.threads))
     except (BundleError, DeviceError) as e:
         fail(str(e))
     load_s = time.perf_counter() - started

@@ -63,7 +63,7 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
     check_ctx_size(ctx_size, {Path(bundle).name: bundle})
     try:
         model = load_model(bundle, LoadOptions(device=device, verify=not no_verify, mmap=not no_mmap, gpu_memory_utilization=utilization,
-                                               kv_memory=kv_budget, kv_max_sequences=1, ctx_size=ctx_size,
+                                               kv_memory=kv_budget, kv_max_sequences=1, ctx_size=ctx_size, threads=threads.threads,
                                                draft_model=draft))
     except (BundleError, DeviceError) as e:
         fail(str(e))

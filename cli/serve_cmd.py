@@ -2,7 +2,6 @@
 frozen configs and hand them to rfc.runtime.server.serve."""
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -116,14 +115,9 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
               spec_type, model_draft, spec_n_max, load_delay):
     """Serve MODELS (bundle directories, or GGUF files compiled on first use) over HTTP: the
     native API, an OpenAI-compatible /v1 API, Anthropic's /v1/messages and Ollama's /api."""
-    # The cpu device's OpenMP workers share the cores with the HTTP threads. Unbounded
-    # spin-waiting starves those; sleeping at once (OMP_WAIT_POLICY=PASSIVE) halves decode
-    # speed, since every op ends in a barrier. A short spin keeps workers hot between the
-    # ops of a step and frees the cores between steps (docs/serve.md has the measurements).
-    # libgomp reads this when the device library loads, after this line; a user's own
-    # OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+    from rfc.runtime.devices.cpu import openmp_wait_policy
+
+    openmp_wait_policy(serving=True)  # before the device library loads libgomp
     thread_choice = apply_threads(compute_threads)
     utilization, kv_budget = parse_memory_options(gpu_memory_utilization, kv_memory)
     from rfc.artifacts import BundleError
@@ -156,7 +150,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
         if model_draft and len(bundles) > 1:
             fail("--model-draft drafts for one model: serve the model it drafts for alone")
         load = LoadOptions(device=device, verify=not no_verify, mmap=not no_mmap, gpu_memory_utilization=utilization, kv_memory=kv_budget,
-                           kv_max_sequences=max_batch, ctx_size=ctx_size,
+                           kv_max_sequences=max_batch, ctx_size=ctx_size, threads=thread_choice.threads,
                            draft_model=draft_bundle(model_draft, targets, cache_dir, insecure))
         served = plan_models(bundles, load, KvPages.parse(kv_pages), [names[b] for b in bundles], optional,
                              max_loaded_models) if bundles else ()

@@ -1,11 +1,12 @@
 """--threads: how many threads the compute library runs, decided once at the command line.
 
-The cpu kernels' OpenMP runtime and numpy's BLAS read their thread counts from the
-environment when they load, which happens after the command has parsed its flags: setting
-the variables here, before any runtime import, is how the count reaches them. The default
-is the cores this process may run on (its affinity mask, which `taskset`, cgroups and
-container CPU sets narrow), not the machine's core count: more threads than cores makes
-every barrier wait for a descheduled thread.
+The count is a value: the command passes it in LoadOptions(threads=...) to the cpu device,
+whose step program takes its team size as an argument of every step. numpy's BLAS (the
+reference device) reads its count only from the environment when it loads, which happens
+after the command has parsed its flags, so for it alone the variables are set here, before
+any runtime import. The default is the cores this process may run on (its affinity mask,
+which `taskset`, cgroups and container CPU sets narrow), not the machine's core count: more
+threads than cores makes every barrier wait for a descheduled thread.
 """
 
 import os
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import click
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 threads_option = click.option(
     "--threads", "compute_threads", envvar="RFC_THREADS", default=None, type=click.IntRange(min=1),
@@ -38,7 +39,8 @@ def available_cores() -> int:
 
 
 def apply_threads(requested: int | None) -> ThreadChoice:
-    """Sets the thread variables for the libraries loaded after this call."""
+    """The compute thread count (pass `.threads` to LoadOptions); sets numpy's BLAS
+    variables for the libraries loaded after this call."""
     cores = available_cores()
     user_omp = os.environ.get("OMP_NUM_THREADS", "")
     if requested is not None:
@@ -47,6 +49,6 @@ def apply_threads(requested: int | None) -> ThreadChoice:
         choice = ThreadChoice(int(user_omp), f"OMP_NUM_THREADS; {cores} cores available")
     else:
         choice = ThreadChoice(cores, "the cores in the affinity mask")
-    for name in THREAD_VARIABLES:
+    for name in BLAS_VARIABLES:
         os.environ[name] = str(choice.threads)
     return choice

@@ -29,6 +29,7 @@ class LoadOptions:
     ctx_size: int | None = None  # serve at most this many tokens per sequence (None: the model's own context)
     mmap: bool = True  # False: weights read into private memory (a file changed under the server cannot reach it)
     draft_model: Path | None = None  # speculative decoding: a bundle with the same vocabulary, loaded beside it
+    threads: int | None = None  # cpu: compute threads of the step program (None: the cores in the affinity mask)
 
 
 @dataclass
@@ -124,7 +125,7 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     choice = choose_device(bundle, options.device)
     context_length = served_context_length(plan.context_length, options.ctx_size)
     num_blocks = options.kv_blocks or _budget_blocks(bundle, choice, options, context_length)
-    device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length)
+    device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length, options.threads)
     return LoadedModel(
         bundle=bundle,
         tokenizer=tokenizer,

@@ -107,9 +107,10 @@ def _probe(kind: DeviceKind, target: str) -> str | None:
 
 
 def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int,
-                  context_length: int | None = None):
+                  context_length: int | None = None, threads: int | None = None):
     """`context_length`: the longest sequence served (--ctx-size; default the plan's), which
-    bounds the block tables a device sizes ahead of the batches."""
+    bounds the block tables a device sizes ahead of the batches. `threads`: the cpu step
+    program's team (--threads; None: the cores in the affinity mask); GPUs ignore it."""
     if choice.name is DeviceKind.REF:
         from rfc.runtime.devices.reference import ReferenceDevice
 
@@ -119,7 +120,7 @@ def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: 
 
         driver = gpu_driver_class(choice.name.family)(choice.target)
         return open_device(driver, bundle, choice.target, kv, num_blocks, block_size, context_length)
-    return importlib.import_module(_CPU_MODULE).Device(bundle, choice.target, kv, num_blocks, block_size,
+    return importlib.import_module(_CPU_MODULE).Device(bundle, choice.target, kv, num_blocks, block_size, n_threads=threads,
                                                        context_length=context_length)
 
 

@@ -29,6 +29,23 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
+def openmp_wait_policy(serving: bool = False) -> None:
+    """How libgomp's idle threads wait: the one place that decides it. libgomp reads it once,
+    when it is first loaded (by the first probe); a user's own OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT wins. The step program's phases meet at its own adaptive barrier (spin,
+    then sleep: templates/cpu_step.c.j2); libgomp only forks and joins the team once per step.
+    Its idle threads sleep between steps rather than spin against the Python thread and, on a
+    busy machine, everyone else: with libgomp spinning, decode beside one busy process had a
+    long tail (mean 36 vs 50-58 tok/s, SmolLM2, 2 cores). A server spins a short while first
+    (GOMP_SPINCOUNT, which takes precedence over the policy's own count): its requests' steps
+    follow each other closely, and its HTTP threads share the cores (docs/serve.md)."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if serving:
+        os.environ["GOMP_SPINCOUNT"] = "20000"
+
+
 def probe(target: str) -> str | None:
     """None when this machine can run a cpu bundle target, else why not."""
     try:
@@ -45,13 +62,7 @@ def probe(target: str) -> str | None:
     lacking = missing_isa(t, cpu_flags())
     if lacking:
         return f"this CPU lacks {', '.join(lacking)}"
-    # The step program's phases meet at its own adaptive barrier (spin, then sleep: see
-    # templates/cpu_step.c.j2); libgomp only forks and joins the team once per step. Its
-    # idle threads should sleep between steps rather than spin against the Python thread
-    # and, on a busy machine, everyone else: with libgomp spinning, decode beside one busy
-    # process had a long tail (mean 36 vs 50-58 tok/s, SmolLM2, 2 cores). libgomp reads
-    # this once, when it is first loaded; a user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    openmp_wait_policy()
     try:
         ctypes.CDLL("libgomp.so.1")
     except OSError as e:
