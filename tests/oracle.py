@@ -1,7 +1,7 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3,smollm3,olmo2}.cpp, llama-graph.cpp: build_attn_mha, build_moe_ffn) and sharing no
+qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3}.cpp, llama-graph.cpp: build_attn_mha, build_moe_ffn) and sharing no
 code with rfc: the GGUF is read with the `gguf` package, weights are dequantized with
 `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
 every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
@@ -136,7 +136,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     c = Config(
         arch=arch, n_embd=n_embd, n_layers=k("block_count"), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
-        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3"),
+        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3"),
         eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
         n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
         tied="output.weight" not in tensors,
@@ -194,15 +194,21 @@ def read_config(md: dict, tensors: dict) -> Config:
 
 # The loaders that read rope_factors_long/short when the scaling type is longrope (else rope_freqs).
 LONG_SHORT_LOADERS = ("llama", "mistral3", "granite")
+YARN_KEY_LOADERS = ("mistral3",)  # the loaders that read rope.scaling.yarn_beta_* and yarn_log_multiplier
 
 
 def _read_yarn(c: Config, k, scaling: str, freq_scale: float) -> None:
     """llama_context's rope setup: ext_factor 1 for yarn, and the attn_factor it passes to ggml."""
     attn = 1.0
     if scaling == "yarn":
-        c.ext_factor = 1.0  # the betas stay 32 and 1: these families' loaders read no yarn_beta keys
+        c.ext_factor = 1.0  # the betas stay 32 and 1 unless the loader reads the keys
+        log_mul = 0.0
+        if c.arch in YARN_KEY_LOADERS:
+            c.beta_fast, c.beta_slow = k("rope.scaling.yarn_beta_fast", 32.0), k("rope.scaling.yarn_beta_slow", 1.0)
+            log_mul = k("rope.scaling.yarn_log_multiplier", 0.0)
         factor = 1.0 / freq_scale
-        attn = 1.0 if factor <= 1.0 else 1.0 + 0.1 * math.log(factor)  # get_mscale(factor, 1)
+        mscale = lambda m: 1.0 if factor <= 1.0 else 1.0 + 0.1 * m * math.log(factor)  # noqa: E731  (get_mscale)
+        attn = mscale(1.0) / mscale(log_mul) if log_mul else mscale(1.0)
         attn /= 1.0 + 0.1 * math.log(factor)  # ggml's rope multiplies it back
     c.attn_factor = attn * c.attn_factor
 
@@ -310,7 +316,7 @@ class Oracle:
         probs /= probs.sum(axis=-1, keepdims=True)
         out = np.einsum("hqk,khd->qhd", probs[..., :n], v).reshape(n, c.n_heads * c.head_dim)
         out = self.linear(out, p + "attn_output.weight")
-        if c.arch in ("llama", "gpt-oss") and self.has(p + "attn_output.bias"):
+        if c.arch in ("llama", "gpt-oss", "mistral3") and self.has(p + "attn_output.bias"):
             out = out + self.w(p + "attn_output.bias")
         return out
 

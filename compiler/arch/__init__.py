@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from rfc.compiler.arch import gemma2, gemma3, gpt_oss, llama, phi3, qwen2, qwen3
 from rfc.compiler.arch import qwen3moe
-from rfc.compiler.arch import olmo2, smollm3
+from rfc.compiler.arch import mistral3, olmo2, smollm3
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -21,6 +21,7 @@ RECIPES: dict[str, Recipe] = {
     "gemma3": gemma3.build,
     "gpt-oss": gpt_oss.build,
     "llama": llama.build,
+    "mistral3": mistral3.build,
     "olmo2": olmo2.build,
     "phi3": phi3.build,
     "qwen2": qwen2.build,

@@ -101,25 +101,30 @@ class Rope:
         return attrs
 
 
-def yarn_attn_factor(freq_scale: float) -> float:
-    """llama.cpp's cparams.yarn_attn_factor for YaRN (llama_context's constructor) without a
-    rope.scaling.yarn_log_multiplier, before the file's rope.scaling.attn_factor multiplies it:
-    get_mscale(factor) = 1 + 0.1 ln(factor) for factor = 1 / freq_scale > 1, else 1; then divided
-    by 1 + 0.1 ln(factor), which ggml's rope multiplies back (Rope.magnitude)."""
+def yarn_attn_factor(freq_scale: float, log_mul: float = 0.0) -> float:
+    """llama.cpp's cparams.yarn_attn_factor for YaRN (llama_context's constructor), before the
+    file's rope.scaling.attn_factor multiplies it: get_mscale(factor, 1), or with a
+    rope.scaling.yarn_log_multiplier (mistral3) get_mscale(factor, 1) / get_mscale(factor, log_mul),
+    where get_mscale(f, m) = 1 + 0.1 m ln(f) for f = 1 / freq_scale > 1, else 1; then divided by
+    1 + 0.1 ln(factor), which ggml's rope multiplies back (Rope.magnitude)."""
     factor = 1.0 / freq_scale
-    mscale = 1.0 + 0.1 * math.log(factor) if factor > 1.0 else 1.0
+
+    def get_mscale(m: float) -> float:
+        return 1.0 + 0.1 * m * math.log(factor) if factor > 1.0 else 1.0
+
+    mscale = get_mscale(1.0) / get_mscale(log_mul) if log_mul else get_mscale(1.0)
     return mscale / (1.0 + 0.1 * math.log(factor))
 
 
-def read_rope(md: Metadata, sizes: Sizes, style: str) -> Rope:
+def read_rope(md: Metadata, sizes: Sizes, style: str, *, yarn_keys: bool = False) -> Rope:
     """RoPE as llama.cpp sets it up for the file (load_hparams + llama_context): base 10000
     unless given; scaling type "linear" when the key is absent, so a `rope.scaling.factor`
     (or the older `rope.scale_linear`) alone scales positions; type "none" never scales;
     "longrope" scales as linear does (its factor tensors are the recipe's: rope_factors);
     "yarn" mixes scaled and unscaled frequencies (ext_factor 1, beta_fast 32, beta_slow 1 over
-    the original context) and corrects the magnitude (yarn_attn_factor). The loaders of the
-    families here read no rope.scaling.yarn_beta_* / yarn_log_multiplier keys (mistral3's and
-    deepseek2's do): such keys are ignored, as llama.cpp ignores them for these families."""
+    the original context) and corrects the magnitude (yarn_attn_factor). Only loaders that read
+    rope.scaling.yarn_beta_fast / yarn_beta_slow / yarn_log_multiplier take them (`yarn_keys`:
+    mistral3); the others ignore such keys, as llama.cpp does for those families."""
     n_rot = md.int("rope.dimension_count", 2, sizes.head_dim, default=sizes.head_dim)
     if n_rot % 2:
         raise CompileError(f"{md.path}: rope.dimension_count {n_rot} must be even")
@@ -137,7 +142,13 @@ def read_rope(md: Metadata, sizes: Sizes, style: str) -> Rope:
         raise CompileError(f"{md.path}: YaRN needs {md.key('rope.freq_base')} > 1, got {base}")
     if freq_scale > 1.0:  # a YaRN "factor" below 1 would shrink the context; 1 + 0.1 ln(factor) divides
         raise CompileError(f"{md.path}: YaRN needs {md.key('rope.scaling.factor')} >= 1, got {factor}")
-    return replace(rope, attn_factor=yarn_attn_factor(freq_scale) * attn_factor, ext_factor=1.0)
+    beta_fast, beta_slow, log_mul = rope.beta_fast, rope.beta_slow, 0.0
+    if yarn_keys:
+        beta_fast = md.float("rope.scaling.yarn_beta_fast", 0.0, 1e6, default=beta_fast, open_lo=True)
+        beta_slow = md.float("rope.scaling.yarn_beta_slow", 0.0, 1e6, default=beta_slow, open_lo=True)
+        log_mul = md.float("rope.scaling.yarn_log_multiplier", 0.0, 1e3, default=0.0)
+    return replace(rope, attn_factor=yarn_attn_factor(freq_scale, log_mul) * attn_factor, ext_factor=1.0,
+                   beta_fast=beta_fast, beta_slow=beta_slow)  # fmt: skip
 
 
 def rope_factors(b: ModelBuilder, rope: Rope, n_ctx: int, *, long_short: bool) -> str | None:
@@ -337,7 +348,8 @@ def read_experts(md: Metadata) -> tuple[int, int]:
 
 
 def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool = False, qk_norm: bool = False,
-               fused_gate_up: bool = False, long_short_factors: bool | None = None, no_rope_step: int = 0) -> ModelSpec:
+               fused_gate_up: bool = False, long_short_factors: bool | None = None, no_rope_step: int = 0,
+               yarn_keys: bool = False) -> ModelSpec:
     """llama and its close relatives: pre-norm blocks of GQA attention with rotary positions
     and a SwiGLU FFN (or a Mixtral-style mixture of SwiGLU experts), RMS norms, optional
     biases, optional tied output. Options: Q/K/V biases required (qwen2), per-head Q/K norms
@@ -345,10 +357,11 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
     (rope_factors: LongRoPE's long/short sets with `long_short_factors`; None: when the scaling
     type is "longrope", as llama's loader decides; else `rope_freqs.weight` when present), every
     `no_rope_step`-th layer without RoPE (smollm3: layers 3, 7, 11, ...; llama.cpp's
-    n_no_rope_layer_step)."""
+    n_no_rope_layer_step), the YaRN keys the loader reads (read_rope's `yarn_keys`); biases on the
+    attention output and the FFN where the file has them (llama and mistral3)."""
     md = Metadata(model, arch)
     s = read_sizes(md)
-    rope = read_rope(md, s, rope_style)
+    rope = read_rope(md, s, rope_style, yarn_keys=yarn_keys)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)
@@ -360,17 +373,18 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
     long_short = rope.scaling_type == "longrope" if long_short_factors is None else long_short_factors
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=long_short)
     cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=qk_norm, factors=factors)
+    biases = arch in ("llama", "mistral3")  # their loaders read attn_output and FFN biases when present
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(s.n_layers):
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
-        attention(b, i, s, eps, cfg, out_bias=arch == "llama", rope=not no_rope_step or (i + 1) % no_rope_step != 0)
+        attention(b, i, s, eps, cfg, out_bias=biases, rope=not no_rope_step or (i + 1) % no_rope_step != 0)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
         if n_expert:
             moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used)
         else:
-            glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=arch == "llama")
+            glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=biases)
         b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     extra = {"expert_count": n_expert, "expert_used_count": n_used} if n_expert else {}

@@ -92,6 +92,7 @@ def _gpu_param(model: str, target: str):
     _gpu_param("qwen3yarn-F16", "gfx1100"),  # YaRN: the ramp-mixed frequencies, its magnitude
     _gpu_param("smollm3-Q8_0", "gfx1100"),  # a layer without RoPE
     _gpu_param("olmo2-Q8_0", "gfx90a"),  # post-norms, Q/K normed over whole rows
+    _gpu_param("mistral3-Q8_0", "gfx1100"),  # YaRN with its betas and log multiplier
     _gpu_param("gemma2-Q8_0", "gfx90a"),
     _gpu_param("mixtral-Q8_0", "gfx90a"),
     _gpu_param("qwen3moe-Q4_K_M", "gfx90a"),  # 8 experts, 4 used, expert width apart from the FFN's

@@ -224,6 +224,28 @@ def test_olmo2_refuses_what_it_does_not_run(edit, message, tmp_path):
         _spec("olmo2-Q8_0", tmp_path, **edit)
 
 
+def test_mistral3_reads_the_yarn_keys():
+    """mistral3's loader reads yarn_beta_fast/slow and yarn_log_multiplier (llama's ignores them:
+    test_yarn_as_llama_cpp_sets_it_up). The magnitude: get_mscale(16, 1) / get_mscale(16, 0.5)."""
+    (attrs,) = {tuple(sorted(op.attrs.items())) for op in _ops(_spec("mistral3-Q8_0"), "rope")}
+    attrs = dict(attrs)
+    assert (attrs["beta_fast"], attrs["beta_slow"], attrs["orig_ctx"], attrs["freq_scale"]) == (8.0, 2.0, 64, 1 / 16)
+    assert attrs["attn_factor"] == pytest.approx((1 + 0.1 * math.log(16)) / (1 + 0.05 * math.log(16)), rel=1e-12)
+    assert attrs["style"] == "adjacent"
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("attention.temperature_scale", 0.1, "mistral3 with attention temperature scaling is not supported"),
+    ("expert_count", 8, "mistral3 with experts is not supported"),
+    ("rope.dimension_count", 16, r"mistral3.rope.dimension_count 16 != head size 32"),
+    ("rope.scaling.yarn_beta_fast", float("nan"), r"mistral3.rope.scaling.yarn_beta_fast"),
+    ("rope.scaling.yarn_log_multiplier", 1e9, r"mistral3.rope.scaling.yarn_log_multiplier"),
+])
+def test_mistral3_refuses_what_it_does_not_run(key, value, message, tmp_path):
+    with pytest.raises(CompileError, match=message):
+        _spec("mistral3-Q8_0", tmp_path, metadata={f"mistral3.{key}": value})
+
+
 def test_llama_refuses_partial_rotary(tmp_path):
     with pytest.raises(CompileError, match="rope.dimension_count 16 != head size 32"):
         _spec("llama-Q8_0", tmp_path, metadata={"llama.rope.dimension_count": 16})

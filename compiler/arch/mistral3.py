@@ -1,0 +1,27 @@
+"""`mistral3` (Ministral 3, Devstral 2 text models): llama's block (adjacent-pair RoPE over whole
+heads, SwiGLU, RMS norms, biases where the file has them, LongRoPE factors when the scaling
+type says so) whose loader also reads YaRN's rope.scaling.yarn_beta_fast / yarn_beta_slow /
+yarn_log_multiplier. Refused by name instead of run without them: llama 4 style attention
+temperature scaling (attention.temperature_scale, a position-dependent scale of Q) and experts
+(mistral3's mixture with shared experts)."""
+
+from rfc.compiler.arch.common import llama_like
+from rfc.compiler.arch.metadata import MAX_EXPERTS, Metadata
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    md = Metadata(model, "mistral3")
+    if temp := md.float("attention.temperature_scale", -1e6, 1e6, default=0.0):
+        raise CompileError(f"{md.path}: {md.key('attention.temperature_scale')} = {temp}: mistral3 with attention "
+                           "temperature scaling is not supported")  # fmt: skip
+    if n_expert := md.int("expert_count", 0, MAX_EXPERTS, default=0):
+        raise CompileError(f"{md.path}: {md.key('expert_count')} = {n_expert}: mistral3 with experts is not supported")
+    spec = llama_like(model, "mistral3", rope_style="adjacent", yarn_keys=True)
+    hp = spec.hparams
+    if hp.n_rot != hp.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {hp.n_rot} != head size {hp.head_dim} "
+                           "(mistral3 rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    return spec
