@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from rfc.runtime.reasoning import ReasoningSplitter
+from rfc.runtime.reasoning import make_splitter
 from rfc.runtime.tool_calls import ToolCall, ToolFormat
 
 
@@ -36,6 +36,7 @@ class OutputSpec:
     """How to read one request's output."""
 
     thinks: bool = False  # split `<think>` blocks off as reasoning
+    harmony: bool = False  # ... or harmony's analysis channel (gpt-oss)
     starts_inside: bool = False  # the prompt opened the block
     tool_format: ToolFormat | None = None  # parse calls from free text (tool_choice auto)
     tools: tuple[dict, ...] = ()  # the request's tools, for their parameter types
@@ -57,7 +58,7 @@ class AssistantMessage:
 class OutputParser:
     def __init__(self, spec: OutputSpec):
         self.spec = spec
-        self._reasoning = ReasoningSplitter(spec.starts_inside) if spec.thinks else None
+        self._reasoning = make_splitter(spec.harmony, spec.starts_inside) if spec.thinks else None
         self._pending = spec.call_prefix  # content not yet released: a tail that may start a call
         self._space: list[str] = []  # at_start_only formats, undecided: the leading whitespace, set aside
         # The output from a call's marker on (all of it when forced), held back for `finish`.

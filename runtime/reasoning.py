@@ -14,17 +14,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPEN, CLOSE = "<think>", "</think>"
+# gpt-oss's harmony format: messages `<|start|>assistant<|channel|>NAME<|message|>TEXT<|end|>`,
+# the reasoning in channel analysis, the answer in channel final (which ends with <|return|>),
+# tool calls in channel commentary (` to=functions.NAME`, ending with <|call|>).
+CHANNEL, MESSAGE = "<|channel|>", "<|message|>"
+HARMONY_ANALYSIS = CHANNEL + "analysis" + MESSAGE
+HARMONY_ENDS = ("<|end|>", "<|return|>", "<|call|>")
 
 
 def template_thinks(source: str) -> bool:
-    """Whether a chat template writes or strips `<think>` blocks: its model thinks."""
-    return OPEN in source or CLOSE in source
+    """Whether a chat template writes or strips `<think>` blocks, or harmony's analysis
+    channel: its model thinks."""
+    return OPEN in source or CLOSE in source or template_is_harmony(source)
+
+
+def template_is_harmony(source: str) -> bool:
+    """Whether a chat template is gpt-oss's harmony format (channels, not `<think>`)."""
+    return CHANNEL in source and "analysis" in source and MESSAGE in source
 
 
 def prompt_opens_thinking(prompt: str) -> bool:
-    """Whether the rendered prompt leaves the model inside an open `<think>` block."""
+    """Whether the rendered prompt leaves the model inside an open `<think>` block (or
+    harmony's analysis channel)."""
     tail = prompt.rstrip()
-    return tail.endswith(OPEN)
+    return tail.endswith(OPEN) or prompt.endswith(HARMONY_ANALYSIS)
 
 
 @dataclass
@@ -98,6 +111,94 @@ class ReasoningSplitter:
         if self._inside:
             return Split(reasoning=held)
         return Split(content=held)
+
+
+class HarmonySplitter:
+    """Incremental harmony splitter, the same interface as ReasoningSplitter: the text of
+    analysis messages is reasoning, that of any other message content, headers and end
+    markers dropped; but a message to a recipient (a tool call: `to=functions.NAME` in its
+    header) passes through as content from its recipient on, `<|message|>` and `<|call|>`
+    included, for the harmony tool-call parser. Output that is not harmony at all is content.
+    A header is held until its `<|message|>` (HEADER_MAX characters at most: then it is
+    content), a body's tail while it may be the start of an end marker: a piece costs time
+    in its own length."""
+
+    HEADER_MAX = 256
+
+    def __init__(self, starts_inside: bool):
+        self._channel: str | None = "analysis" if starts_inside else None  # None: in a header
+        self._held = ""  # the header so far, or a body's tail that may start an end marker
+        self._raw = False  # the output did not start as harmony: everything is content
+
+    def push(self, text: str) -> Split:
+        out = Split()
+        buf = self._held + text
+        self._held = ""
+        while buf:
+            if self._raw:
+                out.content += buf
+                break
+            if self._channel is None:  # a header: `<|start|>assistant<|channel|>NAME ...<|message|>`
+                end = buf.find(MESSAGE)
+                if end < 0:
+                    if len(buf) > self.HEADER_MAX or not _may_be_header(buf):
+                        self._raw = True
+                        continue
+                    self._held = buf
+                    break
+                header, buf = buf[:end], buf[end + len(MESSAGE):]
+                self._channel = "analysis" if _channel_of(header) == "analysis" else "final"
+                to = header.find("to=")
+                if to >= 0:  # a tool call: the tool parser reads it whole
+                    self._channel = "call"
+                    out.content += header[to:] + MESSAGE
+                continue
+            ends = [(i, m) for m in HARMONY_ENDS if (i := buf.find(m)) >= 0]
+            if ends:
+                i, marker = min(ends)
+                body, buf = buf[:i], buf[i + len(marker):]
+                self._emit(out, body + (marker if self._channel == "call" else ""))
+                self._channel = None
+                continue
+            keep = max(_partial_suffix(buf, m) for m in HARMONY_ENDS)
+            self._emit(out, buf[:len(buf) - keep])
+            self._held = buf[len(buf) - keep:]
+            break
+        return out
+
+    def _emit(self, out: Split, text: str) -> None:
+        if self._channel == "analysis":
+            out.reasoning += text
+        else:
+            out.content += text
+
+    def flush(self) -> Split:
+        """The held-back text at the end of the output (a header never finished is content)."""
+        held, self._held = self._held, ""
+        if self._channel == "analysis" and not self._raw:
+            return Split(reasoning=held)
+        return Split(content=held)
+
+
+def _channel_of(header: str) -> str:
+    """The channel a harmony header names (`...<|channel|>final`, `<|channel|>commentary to=...`)."""
+    at = header.find(CHANNEL)
+    if at < 0:
+        return ""
+    words = header[at + len(CHANNEL):].split()
+    return words[0] if words else ""
+
+
+def _may_be_header(text: str) -> bool:
+    """Whether `text` may still become a harmony header: it starts with (or is the start of)
+    `<|start|>`, `<|channel|>` or a recipient (` to=functions.NAME<|channel|>...`, the order
+    the template writes)."""
+    return any(text.startswith(t) or t.startswith(text) for t in ("<|start|>", CHANNEL, " to=", "to="))
+
+
+def make_splitter(harmony: bool, starts_inside: bool) -> ReasoningSplitter | HarmonySplitter:
+    """The splitter for a template's reasoning format."""
+    return HarmonySplitter(starts_inside) if harmony else ReasoningSplitter(starts_inside)
 
 
 def split_whole(text: str, starts_inside: bool) -> Split:

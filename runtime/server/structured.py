@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from rfc.runtime.assistant_output import OutputSpec
 from rfc.runtime.constraints import Busy, Grammar, GrammarError
-from rfc.runtime.reasoning import prompt_opens_thinking, template_thinks
+from rfc.runtime.reasoning import prompt_opens_thinking, template_is_harmony, template_thinks
 from rfc.runtime.server.errors import bad_request, unavailable
 from rfc.runtime.server.host import ServedModel
 
@@ -65,6 +65,7 @@ class OutputPlan:
         fmt = served.tool_format if self.tools and self.choice.mode == "auto" else None
         return OutputSpec(
             thinks=thinks,
+            harmony=thinks and template_is_harmony(source),
             starts_inside=thinks and prompt_opens_thinking(prompt),
             tool_format=fmt,
             tools=tuple(self.tools),
