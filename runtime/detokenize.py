@@ -16,6 +16,10 @@ _CHAR_SPAN = 4
 _MAX_PENDING = 2 * _CHAR_SPAN
 
 _REPLACEMENT = "\ufffd"
+# Control tokens that stay in the text although special: gpt-oss's harmony markers, which the
+# reasoning splitter and the tool-call parser read (llama.cpp's chat parsers keep them too:
+# "preserved tokens"). Only where the vocabulary has harmony's channel tokens.
+HARMONY_MARKERS = ("<|start|>", "<|channel|>", "<|message|>", "<|constrain|>")
 
 
 class IncrementalDetokenizer:
@@ -40,8 +44,13 @@ class IncrementalDetokenizer:
                  skip_special_tokens: bool = True, keep_leading_space: bool = False):
         self._tokenizer = tokenizer
         self._skip_special = skip_special_tokens
-        self._special_ids = frozenset(
-            i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
+        added = tokenizer.get_added_tokens_decoder()
+        self._special_ids = frozenset(i for i, t in added.items() if t.special)
+        # kept: harmony's markers (the rest of the special tokens are never put in the window,
+        # so a window holding kept ones is decoded without skipping)
+        by_text = {t.content: i for i, t in added.items() if t.special}
+        self._kept = frozenset(by_text[m] for m in HARMONY_MARKERS if m in by_text) \
+            if "<|channel|>" in by_text and "<|message|>" in by_text else frozenset()
         context = [int(i) for i in prompt_ids if int(i) not in self._special_ids][-_PROMPT_CONTEXT:]
         if not context and keep_leading_space:
             # Nothing but special tokens (BOS) before a generated continuation: SentencePiece
@@ -54,7 +63,7 @@ class IncrementalDetokenizer:
 
     def push(self, token_id: int) -> str:
         """New text since the last push (may be "")."""
-        if self._skip_special and token_id in self._special_ids:
+        if self._skip_special and token_id in self._special_ids and token_id not in self._kept:
             # Decoding skips it anyway; keeping it out of the window keeps the window short.
             return ""
         self._ids.append(token_id)
@@ -87,4 +96,4 @@ class IncrementalDetokenizer:
         return delta
 
     def _decode(self, end: int) -> str:
-        return self._tokenizer.decode(self._ids[:end], skip_special_tokens=self._skip_special)
+        return self._tokenizer.decode(self._ids[:end], skip_special_tokens=self._skip_special and not self._kept)

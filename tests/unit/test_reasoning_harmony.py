@@ -77,3 +77,37 @@ def test_a_header_that_never_ends_is_content_and_pieces_cost_their_length():
     started = time.monotonic()
     got = sum(len(s.push("<|e" if i % 2 else "a").reasoning) for i in range(200_000))  # never an end marker
     assert time.monotonic() - started < 5 and got + len(s.flush().reasoning) == 100_000 * 4
+
+
+def _tokenizer(harmony: bool):
+    """A word-level tokenizer with harmony's control tokens (special) or without them."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, decoders
+
+    words = ["analysis", "final", "assistant", "Hi", "there", "2+2", "is", "4"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="Hi"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    specials = ["<|start|>", "<|channel|>", "<|message|>", "<|return|>", "<s>"] if harmony else ["<s>"]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    if harmony:
+        tok.add_tokens([AddedToken("<|end|>", special=False, normalized=False)])  # llama.cpp retypes it (build.py)
+    return tok
+
+
+def test_the_detokenizer_keeps_harmonys_markers_and_skips_other_special_tokens():
+    from rfc.runtime.detokenize import IncrementalDetokenizer
+
+    tok = _tokenizer(harmony=True)
+    ids = {t: tok.token_to_id(t) for t in ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<s>")}
+    out = ["<|channel|>", "analysis", "<|message|>", "2+2", "<|end|>", "<|start|>", "assistant", "<|channel|>", "final",
+           "<|message|>", "4", "<s>", "<|return|>"]
+    detok = IncrementalDetokenizer(tok, [ids["<s>"], ids["<|start|>"], tok.token_to_id("assistant")], keep_leading_space=True)
+    text = "".join(detok.push(ids[t] if t in ids else tok.token_to_id(t)) for t in out) + detok.flush()
+    assert "<s>" not in text and "<|return|>" not in text  # other special tokens stay out, as before
+    split = HarmonySplitter(starts_inside=False)
+    a, b = split.push(text.replace(" ", "")), split.flush()  # the word decoder puts spaces between words
+    assert (a.reasoning + b.reasoning, a.content + b.content) == ("2+2", "4"), text
+    plain = _tokenizer(harmony=False)  # a vocabulary without harmony: special tokens skipped as before
+    detok = IncrementalDetokenizer(plain, [], keep_leading_space=True)
+    assert "".join(detok.push(i) for i in (plain.token_to_id("Hi"), plain.token_to_id("<s>"), plain.token_to_id("4"))) \
+        + detok.flush() == " Hi 4"  # the word decoder's space before a word after the anchor
