@@ -45,7 +45,8 @@ CPU_ARCH_OPS = ("softcap", "moe_add_bias")  # gemma's final-logit soft-capping; 
 # must be the same for every op of a kind (_uniform).
 _ROPE_TABLE = ("ext_factor", "beta_fast", "beta_slow", "orig_ctx")  # YaRN: they shape a rope variant's table
 CPU_ATTRS = {"embed": ("scale",), "rmsnorm": ("heads",), "rope": ("attn_factor", *_ROPE_TABLE), "attention": ("window", "softcap"),
-             "swiglu": ("activation", "alpha", "limit")}  # fmt: skip
+             "swiglu": ("activation", "alpha", "limit"),
+             "moe_route": ("gating", "norm", "scale", "groups", "groups_used")}  # fmt: skip
 _PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor", *_ROPE_TABLE},
                  "attention": {"window", "softcap"}}  # fmt: skip
 MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count to the same: the router's stack arrays
@@ -299,8 +300,6 @@ def _moe_params(plan: Plan, entries: dict, ops: dict[str, list]) -> dict | None:
     if len(routes) != 1:
         raise CompileError("the cpu target needs every moe_route to share its expert counts (layers differ)")
     ((n_expert, n_used),) = routes
-    if any(op.weights for op in ops["moe_route"]):
-        raise CompileError(f"the cpu target has no kernel for moe_route with a selection bias ({ops['moe_route'][0].weights[0]})")
     if not 1 <= n_used <= n_expert <= MAX_EXPERTS:
         raise CompileError(f"expert counts out of range: {n_used} used of {n_expert} (at most {MAX_EXPERTS})")
     shapes = [entries[op.weights[0]] for op in ops.get("moe_matmul", [])]

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 
 from rfc.artifacts.formats import FORMATS, row_nbytes
-from rfc.artifacts.plan import Buffer, Op, Plan
+from rfc.artifacts.plan import MOE_GATINGS, Buffer, Op, Plan
 from rfc.compiler.errors import CompileError
 
 MAX_SEGMENTS = 8  # rfc_mm_run's per-call segment arrays
@@ -214,7 +214,12 @@ class _Lowering:
         (logits,), (ids, weights) = op.inputs, op.outputs
         self.moe_ids = ids
         return Phase("moe_route", {"logits": self.buf(logits), "ids": self.buf(ids), "w": self.buf(weights),
-                                   "n_expert": self.width(logits), "n_used": int(op.attrs["n_used"])},
+                                   "n_expert": self.width(logits), "n_used": int(op.attrs["n_used"]),
+                                   # the router's variant (cpu_moe.c.j2 numbers the gatings as MOE_GATINGS lists them)
+                                   "gating": MOE_GATINGS.index(op.attr("gating")), "norm": int(bool(op.attr("norm"))),
+                                   "scale": float(op.attr("scale")), "groups": int(op.attr("groups")),
+                                   "groups_used": int(op.attr("groups_used")),
+                                   "bias": self.vec(op.weights[0]) if op.weights else []},
                      {logits}, {ids, weights, "@moe"})  # fmt: skip
 
     def _feeds_moe(self, ops: list[Op], i: int) -> bool:
@@ -386,10 +391,10 @@ def lower(plan: Plan, entries: dict, vectors: dict[str, list], output: str) -> L
 
 def vector_weights(plan: Plan, entries: dict) -> list[str]:
     """The 1-D weights the phases read as float vectors (norms, biases, rope factors, attention
-    sinks), in plan order."""
+    sinks, routers' selection biases), in plan order."""
     seen: list[str] = []
     for op in plan.ops:
-        if op.kind in ("rmsnorm", "add_bias", "rope", "attention"):
+        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route"):
             for w in op.weights:
                 if w not in seen:
                     e = entries[w]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, row_nbytes, weight_format
 from rfc.artifacts.layout import TensorEntry, WeightLayout
-from rfc.artifacts.plan import OPS, Op, Plan, rope_freqs
+from rfc.artifacts.plan import MOE_GATINGS, Op, Plan, rope_freqs
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
 from rfc.compiler.codegen import weight_entries
 from rfc.compiler.errors import CompileError
@@ -43,7 +43,7 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "add": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
     "gather_rows": (("out", PTR), ("x", PTR), ("rows", PTR), ("n_rows", I32)),
     "softcap": (("out", PTR), ("x", PTR), ("n_rows", I32)),
-    "moe_route": (("ids", PTR), ("weights", PTR), ("logits", PTR), ("n_rows", I32)),
+    "moe_route": (("ids", PTR), ("weights", PTR), ("logits", PTR), ("bias", PTR), ("n_rows", I32)),  # bias: when it has one
     "moe_matmul": (("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
     "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
     "moe_add_bias": (("out", PTR), ("y", PTR), ("ids", PTR), ("bias", PTR), ("n_rows", I32)),
@@ -356,14 +356,22 @@ class _Planner:
         return self._rowwise(op, "gpu_softcap.hip.j2", f"rfc_softcap_{width}", width, cap=float(op.attrs["cap"]))
 
     def _moe_route(self, op: Op) -> KernelSpec:
+        """The router's variant is the kernel's: gating, groups, norm and scale are constants of
+        it, the selection bias (where there is one) an argument."""
         n_expert, n_used = self._width(op.inputs[0]), int(op.attrs["n_used"])
-        for name, default in OPS[op.kind].optional:  # the kernel is the softmax router, renormalized
-            if op.attr(name) != default:
-                raise CompileError(f"no GPU kernel for moe_route with {name} = {op.attr(name)!r}")
-        if op.weights:
-            raise CompileError(f"no GPU kernel for moe_route with a selection bias ({op.weights[0]})")
-        return self._rowwise(op, "gpu_moe_route.hip.j2", f"rfc_moe_route_{n_expert}_{n_used}", n_expert,
-                             n_expert=n_expert, n_used=n_used)
+        gating, norm, scale = op.attr("gating"), bool(op.attr("norm")), float(op.attr("scale"))
+        groups, groups_used = int(op.attr("groups")), int(op.attr("groups_used"))
+        if gating not in MOE_GATINGS or not math.isfinite(scale) or groups < 1 or n_expert % groups:
+            raise CompileError(f"no GPU kernel for moe_route with gating {gating!r}, scale {scale}, {groups} groups")
+        has_bias = bool(op.weights)
+        if has_bias:
+            self._f32_vector(op, op.weights[0])
+        name = (f"rfc_moe_route_{n_expert}_{n_used}" + ("" if gating == "softmax" else f"_{gating}") + ("_bias" if has_bias else "")
+                + (f"_g{groups}x{groups_used}" if groups > 1 else "") + ("" if norm else "_raw") + ("" if scale == 1.0 else "_scaled"))
+        spec = self._rowwise(op, "gpu_moe_route.hip.j2", name, n_expert, n_expert=n_expert, n_used=n_used, gating=gating,
+                             norm=norm, scale=scale, groups=groups, groups_used=groups_used, per_group=n_expert // groups,
+                             has_bias=has_bias)  # fmt: skip
+        return dataclasses.replace(spec, args=tuple(a for a in spec.args if has_bias or a[0] != "bias"))
 
     def _moe_combine(self, op: Op) -> KernelSpec:
         width, n_used = self._width(op.outputs[0]), self._width(op.inputs[1])
@@ -603,7 +611,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
             "moe_add_bias": ("out",)}[op.kind]
     weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
                "rope": ("freq_factors",), "moe_matmul": ("weight",), "attention": ("sinks",),
-               "moe_add_bias": ("bias",)}.get(op.kind, ())
+               "moe_add_bias": ("bias",), "moe_route": ("bias",)}.get(op.kind, ())
     if name in outs:
         return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
     if name in weights:

@@ -160,6 +160,8 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         ops.append(Op("moe_matmul", ("x", "expert_ids"), ("ey",), (f"moe.{fmt}",)))
     ops += [Op("moe_route", ("router",), ("expert_ids", "expert_weights"), (), {"n_used": N_USED}),
             Op("moe_combine", ("ey", "expert_weights"), ("h",))]
+    blob.add("exp_bias", "F32", (N_EXPERT,), f32(0.5 * rng.standard_normal(N_EXPERT)))  # a router's selection bias
+    ops.append(Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_bias",), {"n_used": N_USED, **ROUTE_VARIANTS[0]}))
     blob.add("norm", "F32", (N_EMBD,), f32(1.0 + 0.1 * rng.standard_normal(N_EMBD)))
     blob.add("norm16", "F16", (N_EMBD,), (1.0 + 0.1 * rng.standard_normal(N_EMBD)).astype(np.float16).tobytes())
     blob.add("bias", "F32", (N_ROWS,), f32(rng.standard_normal(N_ROWS)))
@@ -589,6 +591,40 @@ def test_moe_route_matches_reference(kit: Kit):
     np.testing.assert_array_equal(got_ids, want_ids)
     assert want_ids[1].tolist() == [0, 1] and want_ids[2].tolist() == [1, 4] and want_ids[3].tolist() == [0, 3]
     assert_close(got_w, want_w, 1e-6, 1e-7)
+
+
+# Routers other than Mixtral's softmax (moe_route's attributes): DeepSeek-V3's (sigmoid, selection
+# bias, 3 groups of which 2 kept, scaled), GLM-4.5's (sigmoid, bias) unnormalized, gpt-oss's
+# softmax over the chosen logits, and the softmax variants. Biased ones read "exp_bias".
+ROUTE_VARIANTS = (
+    {"gating": "sigmoid", "groups": 3, "groups_used": 2, "scale": 2.5},
+    {"gating": "sigmoid", "norm": False, "scale": 1.5},
+    {"gating": "softmax_weight"},
+    {"gating": "softmax_weight", "groups": 3, "groups_used": 1},
+    {"norm": False, "scale": 16.0},
+    {"groups": 3, "groups_used": 1},
+)
+
+
+@pytest.mark.parametrize("biased", [False, True])
+@pytest.mark.parametrize("variant", range(len(ROUTE_VARIANTS)))
+def test_moe_route_variants_match_reference(kit: Kit, variant: int, biased: bool):
+    """Every gating, the selection bias, groups, norm and scale: ids exactly, weights within
+    float rounding of the reference's float64."""
+    rng = np.random.default_rng(11 + variant)
+    tokens = 17
+    logits = (2.0 * rng.standard_normal((tokens, N_EXPERT))).astype(np.float32)
+    logits[1] = 0.5  # all equal: the lower index, the lower group
+    attrs = {"n_used": N_USED, **ROUTE_VARIANTS[variant]}
+    op = Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_bias",) if biased else (), attrs)
+    outs = [np.zeros((tokens, N_USED), np.int32), np.zeros((tokens, N_USED), np.float32)]
+    (got_ids, got_w), (want_ids, want_w) = run_both(kit, op, outs, [logits], ["exp_bias"] if biased else [], None)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    assert_close(got_w, want_w, 1e-6, 1e-7)
+    if biased:  # the bias changed some token's choice
+        plain = Op("moe_route", ("router",), ("expert_ids", "expert_weights"), (), attrs)
+        _, (plain_ids, _) = run_both(kit, plain, [o.copy() for o in outs], [logits], [], None)
+        assert (plain_ids != want_ids).any()
 
 
 def _expert_ids(tokens: int, rng: np.random.Generator) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.formats import row_nbytes
-from rfc.artifacts.plan import KVSpec, Op, OpKind, rope_freqs
+from rfc.artifacts.plan import MOE_GATINGS, KVSpec, Op, OpKind, rope_freqs
 from rfc.compiler.codegen.cpu import ABI_VERSION
 from rfc.runtime.batch import StepBatch
 from rfc.runtime.devices import DeviceError
@@ -189,7 +189,8 @@ class CpuOpDevice(InterpretedDevice):
         self._keep: dict[tuple, np.ndarray] = {}  # per-op arrays the kernels read (rope tables)
 
         if hasattr(lib, "rfc_moe_route"):  # a plan with experts (cpu_moe.c.j2)
-            self._moe_route = _declare(lib, "rfc_moe_route", [_P, c_int, c_int, c_int, _P, _P], c_int)
+            self._moe_route = _declare(lib, "rfc_moe_route", [_P, _P, c_int, c_int, c_int, c_int, c_int, c_double, c_int, c_int,
+                                                              _P, _P], c_int)  # fmt: skip
             self._moe_combine = _declare(lib, "rfc_moe_combine", [_P, _P, c_int, c_int, c_int, _P])
             self._moe_scratch_bytes = _declare(lib, "rfc_moe_scratch_bytes_kernel", [c_int], c_size_t)
 
@@ -293,7 +294,11 @@ class CpuOpDevice(InterpretedDevice):
     def _op_moe_route(self, op, outs, ins, weights, batch):
         (logits,), (ids, w) = ins, outs
         t, n_expert = logits.array.shape
-        return _checked(self._moe_route, "moe_route"), (logits.ptr, t, n_expert, op.attrs["n_used"], ids.ptr, w.ptr)
+        bias = weights[0].ptr if weights else None  # the selection bias, where the router has one
+        return _checked(self._moe_route, "moe_route"), (logits.ptr, bias, t, n_expert, op.attrs["n_used"],
+                                                         MOE_GATINGS.index(op.attr("gating")), int(op.attr("norm")),
+                                                         float(op.attr("scale")), op.attr("groups"), op.attr("groups_used"),
+                                                         ids.ptr, w.ptr)  # fmt: skip
 
     def _op_moe_matmul(self, op, outs, ins, weights, batch):
         (x, ids), w = ins, weights[0]
