@@ -52,6 +52,7 @@ class OpKind(str, Enum):
     ADD = "add"
     GATHER_ROWS = "gather_rows"
     SOFTCAP = "softcap"
+    SCALE = "scale"
     MOE_ROUTE = "moe_route"
     MOE_MATMUL = "moe_matmul"
     MOE_COMBINE = "moe_combine"
@@ -112,6 +113,7 @@ OPS: dict[OpKind, OpSchema] = {
     OpKind.ADD: OpSchema(2, 1, (0, 0), doc="out = a + b"),
     OpKind.GATHER_ROWS: OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),
     OpKind.SOFTCAP: OpSchema(1, 1, (0, 0), ("cap",), doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
+    OpKind.SCALE: OpSchema(1, 1, (0, 0), ("factor",), doc="out = x * factor, factor a float32 (granite's residual and logit multipliers)"),
     OpKind.MOE_ROUTE: OpSchema(
         1, 2, (0, 1), ("n_used",),
         optional=(("gating", "softmax"), ("norm", True), ("scale", 1.0), ("groups", 1), ("groups_used", 1)),

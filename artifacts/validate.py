@@ -302,6 +302,11 @@ def _swiglu(v: _OpView) -> None:
         v.real_attr("limit", 0.0, 1e6, open_lo=True)
 
 
+def _scale(v: _OpView) -> None:
+    _same_shape(v)
+    v.real_attr("factor", 0.0, 1e6, open_lo=True)
+
+
 def _softcap(v: _OpView) -> None:
     _same_shape(v)
     v.real_attr("cap", 0.0, 1e6, open_lo=True)
@@ -394,6 +399,7 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "add": _same_shape,
     "gather_rows": _gather_rows,
     "softcap": _softcap,
+    "scale": _scale,
     "moe_route": _moe_route,
     "moe_matmul": _moe_matmul,
     "moe_combine": _moe_combine,

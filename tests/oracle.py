@@ -1,9 +1,9 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3}.cpp, llama-graph.cpp: build_attn_mha, build_moe_ffn) and sharing no
-code with rfc: the GGUF is read with the `gguf` package, weights are dequantized with
-`gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
+qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite}.cpp, llama-graph.cpp: build_attn_mha,
+build_moe_ffn) and sharing no code with rfc: the GGUF is read with the `gguf` package, weights are
+dequantized with `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
 every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
 
 Two things are not float64, on purpose, because they are part of what is being computed:
@@ -95,6 +95,8 @@ class Config:
     beta_slow: float = 1.0
     orig_ctx: int = 0
     embed_scale: float = 1.0
+    residual_scale: float = 0.0  # granite: each sublayer's output times this before its add (0: none)
+    logit_scale: float = 0.0  # granite: the logits divided by this (0: none)
     q_scale: float = 0.0  # 0: 1/sqrt(head_dim)
     attn_softcap: float | None = None
     final_softcap: float | None = None
@@ -136,7 +138,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     c = Config(
         arch=arch, n_embd=n_embd, n_layers=k("block_count"), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
-        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3"),
+        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite"),
         eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
         n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
         tied="output.weight" not in tensors,
@@ -154,6 +156,11 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.rope_factors = "rope_freqs.weight"
     if arch in ("qwen3", "qwen3moe"):
         c.qk_norm = True
+    if arch == "granite":  # src/models/granite.cpp: the four multipliers, float32; rope.scaling.finetuned switches RoPE
+        c.embed_scale = _f32(k("embedding_scale", 0.0)) or 1.0
+        c.residual_scale, c.logit_scale, c.q_scale = _f32(k("residual_scale", 0.0)), _f32(k("logit_scale")), _f32(k("attention.scale", 0.0))
+        if not k("rope.scaling.finetuned", True):
+            c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
     if arch == "olmo2":  # src/models/olmo2.cpp (no sliding window)
         c.pre_norms, c.post_norms, c.qk_norm_rows = False, True, True
     if arch == "smollm3":  # src/models/smollm3.cpp: n_no_rope_layer_step 4
@@ -316,7 +323,7 @@ class Oracle:
         probs /= probs.sum(axis=-1, keepdims=True)
         out = np.einsum("hqk,khd->qhd", probs[..., :n], v).reshape(n, c.n_heads * c.head_dim)
         out = self.linear(out, p + "attn_output.weight")
-        if c.arch in ("llama", "gpt-oss", "mistral3") and self.has(p + "attn_output.bias"):
+        if c.arch in ("llama", "gpt-oss", "mistral3", "granite") and self.has(p + "attn_output.bias"):
             out = out + self.w(p + "attn_output.bias")
         return out
 
@@ -407,13 +414,19 @@ class Oracle:
             a = self.attention(self.norm(x, p + "attn_norm.weight") if c.pre_norms else x, i)
             if c.post_norms:
                 a = self.norm(a, p + "post_attention_norm.weight")
+            if c.residual_scale:
+                a = a * c.residual_scale
             x = x + a
             f = self.ffn(self.norm(x, f"{p}{c.ffn_norm}.weight") if c.pre_norms else x, i)
             if c.post_norms:
                 f = self.norm(f, p + "post_ffw_norm.weight")
+            if c.residual_scale:
+                f = f * c.residual_scale
             x = x + f
         x = self.norm(x, "output_norm.weight")
         out = self.linear(x, "token_embd.weight" if c.tied else "output.weight")
         if c.final_softcap:
             out = c.final_softcap * np.tanh(out / c.final_softcap)
+        if c.logit_scale:
+            out = out / c.logit_scale
         return out

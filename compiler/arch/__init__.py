@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from rfc.compiler.arch import gemma2, gemma3, gpt_oss, llama, phi3, qwen2, qwen3
 from rfc.compiler.arch import qwen3moe
-from rfc.compiler.arch import mistral3, olmo2, smollm3
+from rfc.compiler.arch import granite, mistral3, olmo2, smollm3
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -20,6 +20,7 @@ RECIPES: dict[str, Recipe] = {
     "gemma2": gemma2.build,
     "gemma3": gemma3.build,
     "gpt-oss": gpt_oss.build,
+    "granite": granite.build,
     "llama": llama.build,
     "mistral3": mistral3.build,
     "olmo2": olmo2.build,

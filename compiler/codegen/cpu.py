@@ -39,7 +39,7 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 # The op kinds the cpu kernels implement; a plan with another op is refused.
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
            "moe_route", "moe_matmul", "moe_combine")
-CPU_ARCH_OPS = ("softcap", "moe_add_bias")  # gemma's final-logit soft-capping; gpt-oss's per-expert biases
+CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale")  # gemma's final-logit soft-capping; gpt-oss's per-expert biases; granite's multipliers
 # The optional attributes the cpu kernels take, per op (any other non-default one is refused).
 # Those that may differ between layers are per-op arguments in the step program; the rest
 # must be the same for every op of a kind (_uniform).

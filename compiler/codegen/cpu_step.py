@@ -351,6 +351,11 @@ class _Lowering:
         return Phase("swiglu", {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]), "width": self.width(g),
                                 "rows": self.rows(g), "fn": GLU_SPANS[op.attr("activation")]}, {g, u}, set(op.outputs))  # fmt: skip
 
+    def _scale(self, op: Op) -> Phase:
+        x = op.inputs[0]
+        return Phase("scale", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
+                               "factor": f32_literal(op.attrs["factor"], "scale factor")}, {x}, set(op.outputs))  # fmt: skip
+
     def _softcap(self, op: Op) -> Phase:
         x = op.inputs[0]
         return Phase("softcap", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),

@@ -43,6 +43,7 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "add": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
     "gather_rows": (("out", PTR), ("x", PTR), ("rows", PTR), ("n_rows", I32)),
     "softcap": (("out", PTR), ("x", PTR), ("n_rows", I32)),
+    "scale": (("out", PTR), ("x", PTR), ("n_rows", I32)),
     "moe_route": (("ids", PTR), ("weights", PTR), ("logits", PTR), ("bias", PTR), ("n_rows", I32)),  # bias: when it has one
     "moe_matmul": (("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
     "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
@@ -351,6 +352,14 @@ class _Planner:
             name += "_a{}_l{}".format(*(f"{v:.9g}".replace(".", "p").replace("-", "m").replace("+", "") for v in oai.values()))
         return self._rowwise(op, "gpu_swiglu.hip.j2", name, width, activation=activation, **oai)
 
+    def _scale(self, op: Op) -> KernelSpec:
+        width, factor = self._width(op.inputs[0]), float(op.attrs["factor"])
+        if not (math.isfinite(factor) and factor > 0):
+            raise CompileError(f"scale factor {factor} is not a positive number")
+        # the factor is compiled in: one kernel per (width, factor), its bits in the name
+        name = f"rfc_scale_{width}_" + f"{factor:.9g}".replace(".", "p").replace("-", "m").replace("+", "")
+        return self._rowwise(op, "gpu_scale.hip.j2", name, width, factor=factor)
+
     def _softcap(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
         return self._rowwise(op, "gpu_softcap.hip.j2", f"rfc_softcap_{width}", width, cap=float(op.attrs["cap"]))
@@ -606,7 +615,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         return ArgSlot(ArgKind.KV, name[0], value=int(op.attrs.get("layer", 0)))
     # the rest are the op's buffers and weights, in declaration order
     outs = {"embed": ("out",), "rmsnorm": ("out",), "matmul": ("out",), "add_bias": ("out",), "rope": ("q", "k"),
-            "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",),
+            "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",), "scale": ("out",),
             "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
             "moe_add_bias": ("out",)}[op.kind]
     weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),

@@ -86,6 +86,9 @@ class ReferenceDevice(InterpretedDevice):
         else:
             outs[0][...] = g / (1.0 + np.exp(-g)) * u
 
+    def op_scale(self, outs, ins, weights, attrs, batch):
+        outs[0][...] = ins[0] * np.float32(attrs["factor"])
+
     def op_softcap(self, outs, ins, weights, attrs, batch):
         cap = np.float32(attrs["cap"])
         outs[0][...] = cap * np.tanh(ins[0] / cap)
@@ -215,6 +218,7 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.ADD: ReferenceDevice.op_add,
     OpKind.GATHER_ROWS: ReferenceDevice.op_gather_rows,
     OpKind.SOFTCAP: ReferenceDevice.op_softcap,
+    OpKind.SCALE: ReferenceDevice.op_scale,
     OpKind.MOE_ROUTE: ReferenceDevice.op_moe_route,
     OpKind.MOE_MATMUL: ReferenceDevice.op_moe_matmul,
     OpKind.MOE_COMBINE: ReferenceDevice.op_moe_combine,

@@ -184,6 +184,7 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         Op("attention", ("q",), ("att",), (), {"layer": 1, **att, **WINDOW_SOFTCAP}),
         Op("swiglu", ("gate", "up"), ("gate",), (), {"activation": "gelu_tanh"}),
         Op("softcap", ("y",), ("y",), (), {"cap": 3.0}),
+        Op("scale", ("y",), ("y",), (), {"factor": 0.75}),
         # gpt-oss: attention sinks, swiglu_oai, per-expert biases
         Op("attention", ("q",), ("att",), ("sinks",), {"layer": 1, **att, "window": 5}),
         Op("swiglu", ("gate", "up"), ("gate",), (), OAI),
@@ -423,6 +424,8 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     assert_close(got[0], want[0], 1e-5, 1e-6)
     got, want = run_both(kit, Op("softcap", ("g",), ("g",), (), {"cap": 3.0}), [np.zeros_like(g)], [g], [], None)
     assert_close(got[0], want[0], 1e-5, 1e-6)
+    got, want = run_both(kit, Op("scale", ("g",), ("g",), (), {"factor": 0.6}), [np.zeros_like(g)], [g], [], None)
+    assert_close(got[0], want[0], 1e-6, 0)
     got, want = run_both(kit, Op("add", ("a", "b"), ("a",)), [np.zeros_like(g)], [g, u], [], None)
     assert_close(got[0], want[0], 1e-6, 0)
     x = rng.standard_normal((3, N_ROWS)).astype(np.float32)

@@ -93,6 +93,7 @@ def _gpu_param(model: str, target: str):
     _gpu_param("smollm3-Q8_0", "gfx1100"),  # a layer without RoPE
     _gpu_param("olmo2-Q8_0", "gfx90a"),  # post-norms, Q/K normed over whole rows
     _gpu_param("mistral3-Q8_0", "gfx1100"),  # YaRN with its betas and log multiplier
+    _gpu_param("granite-Q8_0", "gfx1100"),  # the scale op: residual and logit multipliers
     _gpu_param("gemma2-Q8_0", "gfx90a"),
     _gpu_param("mixtral-Q8_0", "gfx90a"),
     _gpu_param("qwen3moe-Q4_K_M", "gfx90a"),  # 8 experts, 4 used, expert width apart from the FFN's
@@ -154,6 +155,7 @@ def _assert_same_greedy_token(gpu: np.ndarray, ref: np.ndarray, rounding: "np.nd
 
 @pytest.mark.parametrize("model,target,kind", [
     pytest.param("gemma2-F16", "gfx1100", "softcap", marks=toolchain_marks("gfx1100")),
+    pytest.param("granite-Q8_0", "gfx1100", "scale", marks=toolchain_marks("gfx1100")),
     pytest.param("mixtral-Q8_0", "gfx1100", "moe_combine", marks=toolchain_marks("gfx1100")),
 ])
 def test_a_gpu_kernel_2_percent_off_fails(model, target, kind, gpu_bundle, tmp_path_factory):

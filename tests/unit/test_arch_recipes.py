@@ -246,6 +246,25 @@ def test_mistral3_refuses_what_it_does_not_run(key, value, message, tmp_path):
         _spec("mistral3-Q8_0", tmp_path, metadata={f"mistral3.{key}": value})
 
 
+def test_granite_applies_its_four_multipliers():
+    """embedding_scale on the embedding, residual_scale on both sublayers' outputs before their
+    adds, attention.scale as the score scale, 1 / logit_scale on the logits (float32 values)."""
+    spec = _spec("granite-Q8_0")
+    ops = spec.plan.ops
+    assert ops[0].kind == "embed" and ops[0].attrs["scale"] == 2.5
+    scales = [op for op in ops if op.kind == "scale"]
+    assert [(op.inputs, op.attrs["factor"]) for op in scales] == [(("h",), np.float32(0.6))] * 4 + [(("logits",), np.float32(1 / 0.75))]
+    assert all(ops[ops.index(op) + 1].kind == "add" for op in scales[:4]) and ops[-1] is scales[-1]
+    assert {op.attrs["scale"] for op in _ops(spec, "attention")} == {0.125}
+
+
+def test_granite_without_rope_when_not_finetuned(tmp_path):
+    """llama.cpp's granite loader reads rope.scaling.finetuned as the switch for RoPE."""
+    assert not _ops(_spec("granite-Q8_0", tmp_path, metadata={"granite.rope.scaling.finetuned": False}), "rope")
+    with pytest.raises(CompileError, match=r"missing metadata granite.logit_scale"):
+        _spec("granite-Q8_0", tmp_path, drop_keys=("granite.logit_scale",))
+
+
 def test_llama_refuses_partial_rotary(tmp_path):
     with pytest.raises(CompileError, match="rope.dimension_count 16 != head size 32"):
         _spec("llama-Q8_0", tmp_path, metadata={"llama.rope.dimension_count": 16})

@@ -182,7 +182,7 @@ class CpuOpDevice(InterpretedDevice):
         # the kernels of the newer architectures' attributes (libraries built before them lack these)
         optional = {"rfc_rmsnorm_heads": [_P, _P, _P, c_int, c_int, c_int], "rfc_rope_freqs": [_P, _P, _P, c_int, _P, _P, c_double],
                     "rfc_attention_ws": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float],
-                    "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float],
+                    "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float], "rfc_scale": [_P, _P, c_size_t, c_float],
                     "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_attention_sinks": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float, _P]}  # fmt: skip
         self._arch = {name: _declare(lib, name, args) for name, args in optional.items() if hasattr(lib, name)}
@@ -337,6 +337,9 @@ class CpuOpDevice(InterpretedDevice):
         fn = self._arch_kernel({"gelu_tanh": "rfc_geglu", "swiglu_oai": "rfc_swiglu_oai"}[act], op) if act != "silu" else self._swiglu
         return fn, (ins[0].ptr, ins[1].ptr, outs[0].ptr, ins[0].array.size)
 
+    def _op_scale(self, op, outs, ins, weights, batch):
+        return self._arch_kernel("rfc_scale", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["factor"])
+
     def _op_softcap(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_softcap", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["cap"])
 
@@ -407,6 +410,7 @@ _CALLS: dict[OpKind, Callable] = {
     OpKind.ADD: CpuOpDevice._op_add,
     OpKind.GATHER_ROWS: CpuOpDevice._op_gather_rows,
     OpKind.SOFTCAP: CpuOpDevice._op_softcap,
+    OpKind.SCALE: CpuOpDevice._op_scale,
     OpKind.MOE_ROUTE: CpuOpDevice._op_moe_route,
     OpKind.MOE_MATMUL: CpuOpDevice._op_moe_matmul,
     OpKind.MOE_COMBINE: CpuOpDevice._op_moe_combine,
