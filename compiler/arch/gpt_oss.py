@@ -8,8 +8,8 @@ llama-graph.cpp build_moe_ffn):
   attention.sliding_window_pattern (default period 2: even layers slide, as gemma2's);
   rope.freq_base_swa, when present, for the sliding layers;
 - experts: the router has a bias; its top-k logits are softmaxed among themselves
-  (LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT), which is the renormalized top-k softmax
-  moe_route computes; every expert projection has a per-expert bias (ggml_add_id); the gate is
+  (LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT, weights not renormalized again: moe_route's
+  gating softmax_weight, norm off); every expert projection has a per-expert bias (ggml_add_id); the gate is
   llama.cpp's swiglu_oai (alpha 1.702, limit 7, constants in llama.cpp, not in the file);
   the expert width is expert_feed_forward_length;
 - the output is `output.weight` (required).
@@ -37,7 +37,7 @@ def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: i
     p = f"blk.{i}."
     b.op("matmul", ("h",), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (n_expert, e)),))
     b.op("add_bias", ("router",), ("router",), (b.tensor(p + "ffn_gate_inp.bias", "ffn_gate_inp_bias", (n_expert,)),))
-    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), n_used=n_used)
+    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), n_used=n_used, gating="softmax_weight", norm=False)
     # both expert matmuls first (a target reads h once for them), then their biases
     for name in ("gate", "up"):
         w = b.tensor(f"{p}ffn_{name}_exps.weight", f"ffn_{name}_exps", (n_expert, n_ff, e))
@@ -93,7 +93,7 @@ def build(model: GGUFModel) -> ModelSpec:
     extra = {
         "expert_count": n_expert, "expert_used_count": n_used, "expert_feed_forward_length": n_ff,
         "sliding_window": window, "sliding_window_layers": [i for i, on in enumerate(is_local) if on],
-        "rope_freq_base_swa": base_swa, "attention_sinks": True,
+        "rope_freq_base_swa": base_swa, "attention_sinks": True, "expert_gating": "softmax_weight",
     }  # fmt: skip
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=False, extra=extra)  # fmt: skip

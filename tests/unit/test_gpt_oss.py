@@ -48,7 +48,7 @@ def test_plan_has_sinks_windows_biased_experts_and_swiglu_oai():
     biases = [op.weights[0] for op in plan.ops if op.kind == "moe_add_bias"]
     assert biases == [f"blk.{i}.ffn_{x}_exps.bias" for i in range(4) for x in ("gate", "up", "down")]
     routes = [op for op in plan.ops if op.kind == "moe_route"]
-    assert all(op.attrs == {"n_used": 2} for op in routes)  # softmax_weight = the renormalized top-k softmax
+    assert all(op.attrs == {"n_used": 2, "gating": "softmax_weight", "norm": False} for op in routes)  # llama.cpp's
     assert spec.hparams.extra["sliding_window_layers"] == [0, 2]
 
 
