@@ -30,6 +30,7 @@
 #define RFC_DEVICE_FN static inline
 #define RFC_SHARED static
 #define RFC_CONSTANT static const
+#define RFC_TABLE static const /* the formats' lookup tables (templates/rfc_tables.h.j2) */
 #define RFC_TID (rfc_emu::cur)
 #define RFC_BID_X (rfc_emu::bid_x)
 #define RFC_BID_Y (rfc_emu::bid_y)
