@@ -29,11 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rfc.artifacts.plan import KVSpec
+from rfc.runtime.devices import DeviceKind
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_HOST_KV_FRACTION = 0.25
 HOST_CONTEXTS = 4  # the host pool's cap, in full contexts (the default before budgets)
-GPU_FAMILIES = ("hip", "cuda")
+GPU_FAMILIES = tuple(k.value for k in DeviceKind if k.is_gpu)  # the --device names whose KV lives on a GPU
 _KV_ITEMSIZE = {"f16": 2, "f32": 4}
 _SIZE = re.compile(r"(\d+)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -30,7 +30,7 @@ import falcon
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import read_manifest, read_plan
 from rfc.artifacts.layout import WEIGHTS_FILE
-from rfc.runtime.kv_budget import DEFAULT_HOST_KV_FRACTION, GPU_FAMILIES, KvBudgetError, KvShare, host_memory_bytes
+from rfc.runtime.kv_budget import DEFAULT_HOST_KV_FRACTION, KvBudgetError, KvShare, host_memory_bytes
 from rfc.runtime.loader import LoadOptions
 from rfc.runtime.server.errors import ApiError, not_found, unavailable
 from rfc.runtime.server.host import EngineHandle, ServedModel
@@ -364,7 +364,7 @@ class ModelManager:
         holding = [s.model for s in loaded] + [r.served.model for r in self.retiring() if r.served is not None]
         slots = self.policy.max_loaded or max(1, len(self.sources()))
         total = host_kv_budget(self._template.kv_memory)
-        in_use = sum(kv_pool_bytes(m) for m in holding if m.device_choice.name not in GPU_FAMILIES)
+        in_use = sum(kv_pool_bytes(m) for m in holding if not m.device_choice.name.is_gpu)
         share = max(1, min(total // slots, total - in_use))
         return replace(source, load=replace(source.load, kv_memory=share,
                                             kv_share=KvShare(models=1, left=max(1, slots - len(loaded)))))

@@ -159,7 +159,7 @@ class PsResource:
         models = []
         for s in self._handle.all_served():
             size = model_info.bundle_size(s)
-            on_gpu = s.model.device_choice.name in ("hip", "cuda")
+            on_gpu = s.model.device_choice.name.is_gpu
             expires = self._models.expires_in(s.model_id) if self._models is not None else None
             expires_at = _NEVER if expires is None else (datetime.now(timezone.utc) + timedelta(seconds=expires)).isoformat()
             models.append({**_entry(s), "expires_at": expires_at, "size": size, "size_vram": size if on_gpu else 0,

@@ -18,9 +18,6 @@ from rfc.runtime.server.openapi import Operation
 from rfc.runtime.server.response_schemas import ANY_TEXT, HEALTH, JSON, MODELS, READY, TEXT, TRACES
 from rfc.runtime.server.traces import TraceStore
 
-_GPU_FAMILIES = ("hip", "cuda")
-
-
 class HealthResource:
     """Answers throughout, loaded or not; never needs the API key."""
 
@@ -74,7 +71,7 @@ def _device_check(served: ServedModel | None, every: Sequence[ServedModel] = ())
     if served is None:
         return {"available": False}
     choice = served.model.device_choice
-    if choice.name not in _GPU_FAMILIES:
+    if not choice.name.is_gpu:
         return {"available": False, "device": choice.name}
     check: dict = {"available": True, "device": choice.name, "target": choice.target}
     memory_info = getattr(served.model.device, "memory_info", None)  # (free, total) bytes, if the device tells
