@@ -134,11 +134,7 @@ class Scheduler:
             seq = running.get(chunk.seq_id)
             if seq is None:
                 continue  # finished while the step ran; its blocks are already free
-            if chunk.start != seq.num_computed:
-                raise ValueError(
-                    f"stale chunk for sequence {seq.seq_id}: starts at {chunk.start}, "
-                    f"{seq.num_computed} tokens computed"
-                )
+            _check_not_stale(seq, chunk)
             seq.num_computed += len(chunk.tokens)
             self._register_full_blocks(seq)
 
@@ -181,11 +177,7 @@ class Scheduler:
             seq = running.get(chunk.seq_id)
             if seq is None:
                 continue  # finished while the step ran; its blocks are already free
-            if chunk.start != seq.num_computed:
-                raise ValueError(
-                    f"stale chunk for sequence {seq.seq_id}: starts at {chunk.start}, "
-                    f"{seq.num_computed} tokens computed"
-                )
+            _check_not_stale(seq, chunk)
             sampled = tokens.get(seq.seq_id, ())
             sampled = (sampled,) if isinstance(sampled, int) else tuple(sampled)
             appended = 0
@@ -343,3 +335,9 @@ def _token_slice(seq: Sequence, start: int, stop: int) -> list[int]:
     if start >= n_prompt:
         return seq.output_ids[start - n_prompt : stop - n_prompt]
     return seq.prompt_ids[start:stop] + seq.output_ids[: max(0, stop - n_prompt)]
+
+
+def _check_not_stale(seq: Sequence, chunk: ScheduledChunk) -> None:
+    """A step's chunk must start where its sequence's computed tokens end."""
+    if chunk.start != seq.num_computed:
+        raise ValueError(f"stale chunk for sequence {seq.seq_id}: starts at {chunk.start}, {seq.num_computed} tokens computed")

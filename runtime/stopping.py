@@ -27,6 +27,7 @@ class StopChecker:
 
     def __init__(self, stop: Sequence[str]):
         self._stops = tuple(s for s in dict.fromkeys(stop) if s)
+        self._fails = [_failure(s) for s in self._stops]  # once per request, not per piece
         self._held = ""
         self.matched: str | None = None  # the stop string that ended the text, once one has
 
@@ -48,7 +49,7 @@ class StopChecker:
             self._held = ""
             self.matched = matched
             return buffer[:start], True
-        keep = _longest_stop_prefix_tail(buffer, self._stops)
+        keep = _longest_stop_prefix_tail(buffer, self._stops, self._fails)
         self._held = buffer[len(buffer) - keep:] if keep else ""
         return buffer[:len(buffer) - keep], False
 
@@ -67,22 +68,24 @@ def _earliest_match(text: str, stops: Sequence[str]) -> tuple[int, str | None]:
     return best, matched
 
 
-def _longest_stop_prefix_tail(text: str, stops: Sequence[str]) -> int:
+def _longest_stop_prefix_tail(text: str, stops: Sequence[str], fails: Sequence[list[int]] | None = None) -> int:
     """Length of the longest tail of `text` that is a proper prefix of some stop string, in
-    time linear in the stops' lengths (the prefix function of stop + separator + text's tail:
-    a tail that repeats a stop's start, "aaaa" against "aaab", would otherwise cost len² per piece)."""
+    time linear in the stops' lengths (the prefix function of each stop, `fails`, computed
+    once per request by StopChecker, then the text's tail run through it: a tail that repeats
+    a stop's start, "aaaa" against "aaab", would otherwise cost len² per piece)."""
+    fails = fails if fails is not None else [_failure(s) for s in stops]
     longest = 0
-    for stop in stops:
+    for stop, fail in zip(stops, fails):
         if len(stop) - 1 <= longest:
             continue
         tail = text[len(text) - (len(stop) - 1):] if len(text) >= len(stop) - 1 else text
-        longest = max(longest, _overlap(stop, tail))
+        longest = max(longest, _overlap(stop, fail, tail))
     return longest
 
 
-def _overlap(stop: str, tail: str) -> int:
-    """The longest proper prefix of `stop` that `tail` ends with (Knuth-Morris-Pratt: the
-    failure function of `stop`, then `tail` run through it)."""
+def _failure(stop: str) -> list[int]:
+    """Knuth-Morris-Pratt's failure function: fail[i] is the longest proper prefix of
+    stop[:i + 1] that is also its suffix."""
     fail = [0] * len(stop)
     k = 0
     for i in range(1, len(stop)):
@@ -91,10 +94,15 @@ def _overlap(stop: str, tail: str) -> int:
         if stop[i] == stop[k]:
             k += 1
         fail[i] = k
+    return fail
+
+
+def _overlap(stop: str, fail: list[int], tail: str) -> int:
+    """The longest proper prefix of `stop` that `tail` (shorter than `stop`) ends with."""
     k = 0
     for ch in tail:
-        while k and (k == len(stop) or ch != stop[k]):
+        while k and ch != stop[k]:
             k = fail[k - 1]
         if ch == stop[k]:
             k += 1
-    return k if k < len(stop) else fail[k - 1]
+    return k

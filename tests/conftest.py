@@ -53,6 +53,21 @@ def rfc(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProces
     return proc
 
 
+def assert_compile_refused(model: Path, tmp_path: Path, words: str) -> None:
+    """`rfc compile model` is refused at once: exit 2, one line naming `words`, no traceback,
+    nothing written."""
+    import time
+
+    out = tmp_path / "out"
+    started = time.monotonic()
+    proc = rfc("compile", model, "-o", out / "bundle", "--no-cache")
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 @pytest.fixture(scope="session")
 def bundle_cache(tmp_path_factory):
     """Compiles each model at most once per test session (for the cpu target)."""
