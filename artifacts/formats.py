@@ -20,7 +20,7 @@ with a format (llama.cpp's vec_dot_type): "q8_0" (int8, one f16 scale per 32), "
 None for formats whose kernels read float activations. Tests derive error bounds from it;
 the GPU int8 matmuls take every format that has one.
 
-A new format is its row here, its block decoder (kernels/rfc_blocks.h, runtime/quants.py),
+A new format is its row here, its block decoder (kernels/rfc_blocks.h, runtime/model/quants.py),
 its dot kernels where its row says it has them, and its tests.
 """
 

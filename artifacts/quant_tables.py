@@ -1,6 +1,6 @@
 """The constant tables the non-linear weight formats decode through (artifacts/formats.py rows
 IQ4_NL ... IQ1_M, MXFP4, NVFP4): one copy for both halves of rfc. The runtime's numpy reference
-(runtime/quants_iq.py) reads them as arrays; the compiler renders them into every kernel
+(runtime/model/quants_iq.py) reads them as arrays; the compiler renders them into every kernel
 prelude (templates/rfc_tables.h.j2, through compiler/codegen/format_table.py), as C, HIP and
 CUDA tables.
 

@@ -46,10 +46,10 @@ def bench_cmd(model, device, compute_threads, prefill_lengths, batches, gen, rep
     from rfc.artifacts import BundleError
     from rfc.cli.gguf_cache import is_gguf
     from rfc.cli.model_args import bundle_paths
-    from rfc.runtime import bench
+    from rfc.runtime.engine.engine import bench
     from rfc.runtime.devices import DeviceError
     from rfc.cli.llama_bench import LlamaBenchError, run_llama_bench
-    from rfc.runtime.loader import LoadOptions, load_model
+    from rfc.runtime.model.loader import LoadOptions, load_model
 
     gguf = model if is_gguf(model) else gguf
     if llama_bench is not None and gguf is None:

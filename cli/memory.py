@@ -1,5 +1,5 @@
 """--gpu-memory-utilization and --kv-memory: the memory budget the KV pool is sized from
-(runtime/kv_budget.py has the arithmetic; docs/serve.md the policy); --ctx-size: the
+(runtime/engine/kv_budget.py has the arithmetic; docs/serve.md the policy); --ctx-size: the
 context served, which sets what one full context costs."""
 
 from collections.abc import Mapping
@@ -24,7 +24,7 @@ def memory_options(fn):
 
 def parse_memory_options(gpu_memory_utilization: str, kv_memory: str | None) -> tuple[float, float | int | None]:
     """The validated values, or a one-line error naming the flag (exit status 2)."""
-    from rfc.runtime.kv_budget import parse_kv_memory, parse_utilization
+    from rfc.runtime.engine.kv_budget import parse_kv_memory, parse_utilization
 
     try:
         return parse_utilization(gpu_memory_utilization), (parse_kv_memory(kv_memory) if kv_memory is not None else None)
@@ -45,7 +45,7 @@ def check_ctx_size(ctx_size: int | None, bundles: Mapping[str, Path]) -> None:
     """Exit status 2, one line, when --ctx-size exceeds the context of every model (by id)."""
     from rfc.artifacts import BundleError
     from rfc.artifacts.bundle import read_plan
-    from rfc.runtime.loader import ContextSizeError, check_ctx_size as check
+    from rfc.runtime.model.loader import ContextSizeError, check_ctx_size as check
 
     if ctx_size is None:
         return

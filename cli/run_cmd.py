@@ -46,16 +46,16 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
     utilization, kv_budget = parse_memory_options(gpu_memory_utilization, kv_memory)
     from rfc.artifacts import BundleError
     from rfc.cli.model_args import bundle_paths
-    from rfc.runtime.budget import BudgetRule, PastContext, generation_budget
-    from rfc.runtime.chat import ChatTemplateError
+    from rfc.runtime.engine.budget import BudgetRule, PastContext, generation_budget
+    from rfc.runtime.text.chat import ChatTemplateError
     from rfc.runtime.devices import DeviceError
-    from rfc.runtime.engine import Engine, GenerationRequest, RequestError
-    from rfc.runtime.generate import generate
-    from rfc.runtime.kv_budget import KvBudgetError
-    from rfc.runtime.loader import LoadOptions, load_model
-    from rfc.runtime.prompting import chat_template, encode_prompt
-    from rfc.runtime.sampler import SamplingError, SamplingParams
-    from rfc.runtime.scheduler import SchedulerConfig
+    from rfc.runtime.engine.engine import Engine, GenerationRequest, RequestError
+    from rfc.runtime.engine.generate import generate
+    from rfc.runtime.engine.kv_budget import KvBudgetError
+    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.text.prompting import chat_template, encode_prompt
+    from rfc.runtime.sampling.sampler import SamplingError, SamplingParams
+    from rfc.runtime.engine.scheduler import SchedulerConfig
 
     (bundle,) = bundle_paths([bundle], targets, template_file, cache_dir)
     spec = spec_config(spec_type, spec_n_max, model_draft)

@@ -123,10 +123,10 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
     from rfc.artifacts import BundleError
     from rfc.cli.model_args import bundle_paths, model_names, model_references
     from rfc.cli.sign_cmd import check_signatures, make_trust
-    from rfc.runtime.embedding import Pooling
-    from rfc.runtime.grammar_limits import GrammarLimits
-    from rfc.runtime.loader import LoadOptions
-    from rfc.runtime.scheduler import SchedulerConfig
+    from rfc.runtime.engine.embedding import Pooling
+    from rfc.runtime.sampling.grammar_limits import GrammarLimits
+    from rfc.runtime.model.loader import LoadOptions
+    from rfc.runtime.engine.scheduler import SchedulerConfig
     from rfc.runtime.server.config import LogConfig, ServeOptions, ServerConfig
     from rfc.runtime.server.logs import configure_logging
     from rfc.cli.gguf_cache import cache_root

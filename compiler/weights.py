@@ -54,7 +54,7 @@ class WeightUse:
 
 def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
     """Rows of base-format blocks (uint8 [rows, row_bytes], rows a multiple of the group) in
-    the packed layout `packed` (artifacts/formats.py describes it; runtime/quants.py
+    the packed layout `packed` (artifacts/formats.py describes it; runtime/model/quants.py
     unpack_x8 is the inverse, which the tests check)."""
     f = PACKED_FORMATS[packed]
     if f.base == "Q4_K":

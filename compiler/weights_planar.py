@@ -1,7 +1,7 @@
 """The planar GPU layouts (artifacts/formats.py PLANAR_FORMATS): GGUF rows split into planes.
 
 `pack_planar` turns rows of GGUF blocks into the layout the GPU matmuls read with aligned,
-coalesced loads; runtime/quants_planar.py is its inverse (the tests check both ways). Every
+coalesced loads; runtime/model/quants_planar.py is its inverse (the tests check both ways). Every
 rearrangement moves bits without changing them, so the decoded values are the GGUF ones
 exactly. Work is on whole rows at a time: the weight planner streams a tensor in chunks of
 rows, and a planar row depends on nothing outside itself.

@@ -1,8 +1,8 @@
 /* Host sampling over one row of logits, for the cpu targets: top_k, min_p, top_p, the
- * temperature draw and logprobs of rfc.runtime.sampler, at a cost of a few passes over the row.
+ * temperature draw and logprobs of rfc.runtime.sampling.sampler, at a cost of a few passes over the row.
  *
- * rfc.runtime.sampling_kernels calls the two exported functions (rfc_sample_row,
- * rfc_sample_logprobs) through ctypes; the numpy sampler (rfc.runtime.sampler) is what a
+ * rfc.runtime.sampling.sampling_kernels calls the two exported functions (rfc_sample_row,
+ * rfc_sample_logprobs) through ctypes; the numpy sampler (rfc.runtime.sampling.sampler) is what a
  * bundle without a cpu target samples with, and tests/kernels/test_cpu_sample.py checks both
  * against float64 math. A 128k-token row in numpy costs 0.3 ms per exp and ~0.15 ms per
  * boolean selection, and top_p needs a cut through the middle of the distribution (6-12 ms

@@ -5,7 +5,7 @@
  * needs an ISA extension: fp16 is decoded by bit manipulation, not F16C.
  *
  * The decoders follow ggml's dequantize_row_* operation by operation (the same float32
- * products in the same order), so they agree bit for bit with runtime/quants.py.
+ * products in the same order), so they agree bit for bit with runtime/model/quants.py.
  *
  * Names are stable (other targets include this file):
  *   rfc_block_<fmt>                                              a quantized format's block

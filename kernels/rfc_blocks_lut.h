@@ -3,7 +3,7 @@
  * rfc_blocks.h (RFC_FN), after the tables (templates/rfc_tables.h.j2: rfc_kvalues_*,
  * rfc_ksigns_iq2xs, rfc_<grid>_grid).
  *
- * The decoders follow ggml's dequantize_row_* operation by operation, as runtime/quants_iq.py
+ * The decoders follow ggml's dequantize_row_* operation by operation, as runtime/model/quants_iq.py
  * does (which tests/unit/test_quants.py holds to gguf-py bit for bit). Names as in rfc_blocks.h:
  *   rfc_block_<fmt>, rfc_dequant_block_<fmt>(const void *block, float *out)
  */

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rfc.runtime.constraints import Grammars
-from rfc.runtime.engine import Engine, GenerationRequest
-from rfc.runtime.generate import generate
-from rfc.runtime.loader import LoadOptions, load_model
-from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.sampling.constraints import Grammars
+from rfc.runtime.engine.engine import Engine, GenerationRequest
+from rfc.runtime.engine.generate import generate
+from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.sampling.sampler import SamplingParams
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 150},

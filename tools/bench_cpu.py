@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rfc.runtime.batch import ScheduledChunk, build_batch
-from rfc.runtime.loader import LoadedModel, LoadOptions, load_model
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.model.loader import LoadedModel, LoadOptions, load_model
 
 
 def prefill(lm: LoadedModel, tokens: list[int], seq: int = 0) -> tuple[float, np.ndarray]:

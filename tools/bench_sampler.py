@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rfc.runtime.sampler import Sampler, SamplingParams
-from rfc.runtime.sampling_kernels import SamplingKernels
+from rfc.runtime.sampling.sampler import Sampler, SamplingParams
+from rfc.runtime.sampling.sampling_kernels import SamplingKernels
 
 CASES = {
     "greedy": SamplingParams(temperature=0),

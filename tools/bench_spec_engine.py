@@ -20,12 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from rfc.runtime.engine import Engine, GenerationRequest
-from rfc.runtime.loader import LoadOptions, load_model
-from rfc.runtime.prompting import chat_template, encode_prompt
-from rfc.runtime.sampler import SamplingParams
-from rfc.runtime.scheduler import SchedulerConfig
-from rfc.runtime.spec import SpecConfig, SpecType
+from rfc.runtime.engine.engine import Engine, GenerationRequest
+from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.text.prompting import chat_template, encode_prompt
+from rfc.runtime.sampling.sampler import SamplingParams
+from rfc.runtime.engine.scheduler import SchedulerConfig
+from rfc.runtime.engine.spec import SpecConfig, SpecType
 
 PROMPTS = Path(__file__).resolve().parent / "spec_prompts"
 KINDS = (SpecType.NONE, SpecType.NGRAM)

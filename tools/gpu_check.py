@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from rfc.compiler.pipeline import CompileOptions, compile_model
-from rfc.runtime.batch import ScheduledChunk, build_batch
-from rfc.runtime.loader import LoadedModel, LoadOptions, load_model
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.model.loader import LoadedModel, LoadOptions, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.bounds, tests.oracle: the same bounds as CI

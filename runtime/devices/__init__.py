@@ -124,7 +124,7 @@ def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: 
                                                        context_length=context_length)
 
 
-# -- memory, for sizing the KV pool from a budget (runtime/kv_budget.py) -------------------------
+# -- memory, for sizing the KV pool from a budget (runtime/engine/kv_budget.py) -------------------------
 
 
 def gpu_memory_info(choice: DeviceChoice) -> tuple[int, int]:

@@ -20,10 +20,10 @@ from rfc.artifacts.errors import BundleError
 from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.program import STEP_ABI_VERSION, STEP_ARGS, plan_arena, unpack_program
 from rfc.artifacts.targets import TargetEntry
-from rfc.runtime.batch import StepBatch
+from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
-from rfc.runtime.executor import SampledRows
-from rfc.runtime.sampling_kernels import SamplingKernels
+from rfc.runtime.engine.executor import SampledRows
+from rfc.runtime.sampling.sampling_kernels import SamplingKernels
 
 _CTYPES = {"i64": c_int64, "ptr": c_void_p}
 
@@ -52,7 +52,7 @@ def _fn(lib: ctypes.CDLL, name: str, argtypes: list, restype):
 
 
 class CpuStepDevice:
-    """A runtime.executor.Device: steps run by the library's step program; the host samples,
+    """A runtime.engine.executor.Device: steps run by the library's step program; the host samples,
     with the library's sampling kernels where it has them."""
 
     name = DeviceKind.CPU

@@ -14,10 +14,10 @@ import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind, rope_freqs
-from rfc.runtime.batch import StepBatch
+from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceKind
-from rfc.runtime.executor import InterpretedDevice
-from rfc.runtime.quants import dequantize
+from rfc.runtime.engine.executor import InterpretedDevice
+from rfc.runtime.model.quants import dequantize
 
 
 class ReferenceDevice(InterpretedDevice):

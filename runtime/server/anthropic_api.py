@@ -13,13 +13,13 @@ import secrets
 
 import falcon
 
-from rfc.runtime.assistant_output import Delta, OutputParser, OutputSpec
-from rfc.runtime.budget import BudgetRule, PastContext
-from rfc.runtime.call_ids import CallIdForm
-from rfc.runtime.engine import EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
-from rfc.runtime.messages import MessageError, flatten_content, system_and_turns
-from rfc.runtime.reasoning import template_thinks
-from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.text.assistant_output import Delta, OutputParser, OutputSpec
+from rfc.runtime.engine.budget import BudgetRule, PastContext
+from rfc.runtime.text.call_ids import CallIdForm
+from rfc.runtime.engine.engine import EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
+from rfc.runtime.text.messages import MessageError, flatten_content, system_and_turns
+from rfc.runtime.text.reasoning import template_thinks
+from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.anthropic_blocks import chat_messages, content_blocks, output_plan, tool_use
 from rfc.runtime.server.anthropic_models import COUNT_TOKENS, MAX_STOP_SEQUENCES, MESSAGES
 from rfc.runtime.server.chat_prompt import render_chat

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 
-from rfc.runtime.assistant_output import AssistantMessage
-from rfc.runtime.call_ids import CallIdForm, in_form
-from rfc.runtime.messages import MessageError, flatten_content
+from rfc.runtime.text.assistant_output import AssistantMessage
+from rfc.runtime.text.call_ids import CallIdForm, in_form
+from rfc.runtime.text.messages import MessageError, flatten_content
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.structured import MAX_TOOLS, OutputPlan, ToolChoice, function_spec, named_choice

@@ -1,12 +1,12 @@
 """Fields that several APIs share, declared once (runtime/server/fields.py says how a field is
 read and documented), and the shapes of the structured ones. Each shape is what the code that
-checks the field accepts (runtime/messages.py, runtime/server/structured.py…), built from that
+checks the field accepts (runtime/text/messages.py, runtime/server/structured.py…), built from that
 code's own tables where it has them; a shape may be looser than its check, never stricter."""
 
-from rfc.runtime.messages import ROLES, TEXT_PARTS
+from rfc.runtime.text.messages import ROLES, TEXT_PARTS
 from rfc.runtime.server.fields import Field, Kind
 from rfc.runtime.server.structured import MAX_TOOLS, TOOL_NAME_PATTERN
-from rfc.runtime.spec import MAX_DRAFT_TOKENS, SpecRequest, SpecType
+from rfc.runtime.engine.spec import MAX_DRAFT_TOKENS, SpecRequest, SpecType
 
 MAX_STOP_STRINGS = 16
 
@@ -14,7 +14,7 @@ STRING = {"type": "string"}
 OBJECT = {"type": "object"}
 TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 
-# -- chat messages (runtime/messages.py) ----------------------------------------------------
+# -- chat messages (runtime/text/messages.py) ----------------------------------------------------
 _PART = {"anyOf": [STRING, *({"type": "object", "required": ["type", key], "properties": {"type": {"const": kind}, key: STRING}}
                              for kind, key in TEXT_PARTS.items())]}
 CONTENT = {"anyOf": [STRING, {"type": "array", "items": _PART}, {"type": "null"}],

@@ -1,14 +1,14 @@
 """The one place a chat becomes prompt text, for every API (OpenAI chat, Responses, Anthropic,
-Ollama, /apply-template): messages are normalized (runtime/messages.py), then rendered with
+Ollama, /apply-template): messages are normalized (runtime/text/messages.py), then rendered with
 the bundle's chat template. Template failures are the client's messages' fault: a 400."""
 
 import json
 
 import falcon
 
-from rfc.runtime.call_ids import turns_in_form
-from rfc.runtime.chat import ChatTemplateError
-from rfc.runtime.messages import MessageError, normalize_messages
+from rfc.runtime.text.call_ids import turns_in_form
+from rfc.runtime.text.chat import ChatTemplateError
+from rfc.runtime.text.messages import MessageError, normalize_messages
 from rfc.runtime.server.errors import ApiError, bad_request
 from rfc.runtime.server.host import ServedModel
 

@@ -5,10 +5,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rfc.runtime.embedding import Pooling
-from rfc.runtime.grammar_limits import GrammarLimits
-from rfc.runtime.loader import LoadOptions
-from rfc.runtime.scheduler import SchedulerConfig
+from rfc.runtime.engine.embedding import Pooling
+from rfc.runtime.sampling.grammar_limits import GrammarLimits
+from rfc.runtime.model.loader import LoadOptions
+from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.server.model_sources import BundleFetcher, Rescan
 from rfc.runtime.server.models import BrokenModel, ModelPolicy, ModelSource
 
@@ -33,7 +33,7 @@ class ServerConfig:
     # the Responses API's stored responses (previous_response_id), per server: count and JSON bytes
     max_stored_responses: int = 1000
     stored_responses_bytes: int = 64 << 20
-    pooling: Pooling | None = None  # embeddings: None takes each model's own (see runtime/embedding.py)
+    pooling: Pooling | None = None  # embeddings: None takes each model's own (see runtime/engine/embedding.py)
     # connections (docs/security.md): slow or idle clients cannot hold the server
     max_connections: int = 1024
     request_timeout_s: float = 30.0  # a request's head and body must arrive within this

@@ -1,6 +1,6 @@
 """Embeddings for the HTTP APIs (OpenAI /v1/embeddings, Ollama /api/embed): inputs encoded,
 checked against the context, run on the model's engine thread, pooled and normalized
-(runtime/embedding.py says how)."""
+(runtime/engine/embedding.py says how)."""
 
 import concurrent.futures
 import time
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfc.runtime.embedding import Pooling, model_pooling, pooled_embedding
-from rfc.runtime.kv_cache import KVCacheFull
-from rfc.runtime.scheduler import QueueFull
+from rfc.runtime.engine.embedding import Pooling, model_pooling, pooled_embedding
+from rfc.runtime.engine.kv_cache import KVCacheFull
+from rfc.runtime.engine.scheduler import QueueFull
 from rfc.runtime.server.errors import bad_request, unavailable
 from rfc.runtime.server.generation import check_token_ids
 from rfc.runtime.server.host import ServedModel

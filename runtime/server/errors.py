@@ -10,7 +10,7 @@ from enum import Enum
 
 import falcon
 
-from rfc.runtime.values import shown
+from rfc.runtime.text.values import shown
 
 log = logging.getLogger("rfc.server")
 

@@ -19,7 +19,7 @@ from enum import Enum
 from typing import Any
 
 from rfc.runtime.server.errors import bad_request
-from rfc.runtime.values import is_finite_number, shown
+from rfc.runtime.text.values import is_finite_number, shown
 
 
 class Kind(Enum):

@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 
 import falcon
 
-from rfc.runtime.budget import BudgetRule, generation_budget
-from rfc.runtime.constraints import Busy, GrammarError
-from rfc.runtime.engine import FAILED, Engine, GenerationRequest, QueueFull, RequestError, RequestState, TokenEvent
-from rfc.runtime.sampler import SamplingError
+from rfc.runtime.engine.budget import BudgetRule, generation_budget
+from rfc.runtime.sampling.constraints import Busy, GrammarError
+from rfc.runtime.engine.engine import FAILED, Engine, GenerationRequest, QueueFull, RequestError, RequestState, TokenEvent
+from rfc.runtime.sampling.sampler import SamplingError
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import ApiError, bad_request, read_json, unavailable
 from rfc.runtime.server.fields import RequestFields, RequestModel
@@ -60,7 +60,7 @@ class BodyResource:
 
 
 def budget(served: ServedModel, rule: BudgetRule, asked: int | None, prompt_ids: list[int]) -> int:
-    """The request's max_tokens by its API's rule (runtime/budget.py); a 400 when it cannot fit."""
+    """The request's max_tokens by its API's rule (runtime/engine/budget.py); a 400 when it cannot fit."""
     try:
         return generation_budget(rule, asked, len(prompt_ids), served.model.context_length)
     except RequestError as e:

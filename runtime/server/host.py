@@ -14,23 +14,23 @@ from typing import TYPE_CHECKING, Protocol
 import falcon
 
 from rfc.artifacts.bundle import TOKENIZER_FILE
-from rfc.runtime.call_ids import CallIdForm, call_id_form
-from rfc.runtime.chat import ChatTemplate, ChatTemplateError
-from rfc.runtime.constraints import GrammarLimits, Grammars, GrammarWorkers
-from rfc.runtime.engine import Engine, GenerationRequest
-from rfc.runtime.generate import generate
-from rfc.runtime.loader import LoadedModel, LoadOptions, load_model
-from rfc.runtime.prompting import chat_template, chat_template_parts
-from rfc.runtime.sampler import SamplingParams
-from rfc.runtime.scheduler import SchedulerConfig
+from rfc.runtime.text.call_ids import CallIdForm, call_id_form
+from rfc.runtime.text.chat import ChatTemplate, ChatTemplateError
+from rfc.runtime.sampling.constraints import GrammarLimits, Grammars, GrammarWorkers
+from rfc.runtime.engine.engine import Engine, GenerationRequest
+from rfc.runtime.engine.generate import generate
+from rfc.runtime.model.loader import LoadedModel, LoadOptions, load_model
+from rfc.runtime.text.prompting import chat_template, chat_template_parts
+from rfc.runtime.sampling.sampler import SamplingParams
+from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.server.errors import ApiError, unavailable
 from rfc.runtime.server.prompt_cache import PromptCache
-from rfc.runtime.tool_calls import ToolFormat, detect
-from rfc.runtime.work_pool import WorkPool
+from rfc.runtime.text.tool_calls import ToolFormat, detect
+from rfc.runtime.engine.work_pool import WorkPool
 
 if TYPE_CHECKING:
     from rfc.runtime.server.telemetry import Telemetry
-    from rfc.runtime.template_worker import RemoteTemplate, TemplatePool
+    from rfc.runtime.text.template_worker import RemoteTemplate, TemplatePool
 
 
 @dataclass(frozen=True)

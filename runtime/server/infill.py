@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import falcon
 
-from rfc.runtime.budget import BudgetRule, PastContext
-from rfc.runtime.engine import EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
-from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.engine.budget import BudgetRule, PastContext
+from rfc.runtime.engine.engine import EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
+from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.api_fields import MAX_STOP_STRINGS, MODEL, SEED, TEMPERATURE, TOP_K, TOP_P
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from rfc.runtime.engine import CANCELLED, FAILED, RequestState
+from rfc.runtime.engine.engine import CANCELLED, FAILED, RequestState
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 THROUGHPUT_WINDOW_S = 10.0

@@ -6,7 +6,7 @@ tensor_count, context_length, capabilities, details), read from the bundle's man
 
 from datetime import datetime, timezone
 
-from rfc.runtime.reasoning import template_thinks
+from rfc.runtime.text.reasoning import template_thinks
 from rfc.runtime.server.host import ServedModel
 
 OWNER = "rfc"

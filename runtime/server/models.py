@@ -13,8 +13,8 @@ from pathlib import Path
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import MANIFEST_FILE, read_manifest, read_plan
 from rfc.artifacts.layout import WEIGHTS_FILE
-from rfc.runtime.kv_budget import KvShare
-from rfc.runtime.loader import LoadOptions, check_ctx_size
+from rfc.runtime.engine.kv_budget import KvShare
+from rfc.runtime.model.loader import LoadOptions, check_ctx_size
 
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -95,7 +95,7 @@ class KvPages:
     """How the KV-cache pages are divided between models (the `--kv-pages` policy):
     `total` pages split evenly over the models not named in `per_model`, which get exactly
     their own count. Neither: the models without a count share the memory budget evenly
-    (`--gpu-memory-utilization` on a GPU, `--kv-memory` on the host; runtime/kv_budget.py)."""
+    (`--gpu-memory-utilization` on a GPU, `--kv-memory` on the host; runtime/engine/kv_budget.py)."""
 
     total: int | None = None
     per_model: dict[str, int] = field(default_factory=dict)

@@ -2,9 +2,9 @@
 
 import falcon
 
-from rfc.runtime.budget import BudgetRule
-from rfc.runtime.engine import Engine, GenerationRequest, RequestState, TokenEvent
-from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.engine.budget import BudgetRule
+from rfc.runtime.engine.engine import Engine, GenerationRequest, RequestState, TokenEvent
+from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server import response_schemas as replies
 from rfc.runtime.server.api_fields import (
     MAX_TOKENS, MODEL, SPECULATIVE_N_MAX, SPECULATIVE_TYPE, TEMPERATURE, TOP_K, TOP_P, speculative_request,

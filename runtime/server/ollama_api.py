@@ -15,7 +15,7 @@ from pathlib import Path
 
 import falcon
 
-from rfc.runtime.engine import RequestState
+from rfc.runtime.engine.engine import RequestState
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import MANIFEST_FILE, read_manifest
 from rfc.runtime.server import model_info

@@ -6,16 +6,16 @@ import json
 import time
 from datetime import datetime, timezone
 
-from rfc.runtime.assistant_output import Delta, OutputParser, OutputSpec
-from rfc.runtime.budget import BudgetRule, PastContext
-from rfc.runtime.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
-from rfc.runtime.messages import system_and_turns
+from rfc.runtime.text.assistant_output import Delta, OutputParser, OutputSpec
+from rfc.runtime.engine.budget import BudgetRule, PastContext
+from rfc.runtime.engine.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
+from rfc.runtime.text.messages import system_and_turns
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import budget, check_token_ids
 from rfc.runtime.server.host import ServedModel
-from rfc.runtime.reasoning import template_thinks
+from rfc.runtime.text.reasoning import template_thinks
 from rfc.runtime.server.model_info import has_chat_template
 from rfc.runtime.server.ollama_models import TOP_LEVEL_OPTIONS
 from rfc.runtime.server.ollama_options import OllamaOptions, parse_options

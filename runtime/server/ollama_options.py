@@ -11,7 +11,7 @@ request model of their own (runtime/server/fields.py), nested in the body's `opt
 
 from dataclasses import dataclass
 
-from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import Field, Kind, RequestModel
 
@@ -19,7 +19,7 @@ MAX_STOP_STRINGS = 16
 # Samplers rfc does not have, with the value that turns each off.
 UNSUPPORTED_UNLESS = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0}
 _STOP = {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string"}}]}
-# Ollama's defaults; the bounds are the sampler's (runtime/sampler.py), checked here so that
+# Ollama's defaults; the bounds are the sampler's (runtime/sampling/sampler.py), checked here so that
 # the error names Ollama's field.
 OPTIONS = RequestModel("OllamaOptions", (
     Field("temperature", Kind.NUMBER, 0.8, 0.0, 1e4),

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import falcon
 
-from rfc.runtime.engine import RequestState
+from rfc.runtime.engine.engine import RequestState
 from rfc.runtime.server import response_schemas as replies
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.fields import RequestFields

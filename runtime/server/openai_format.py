@@ -5,9 +5,9 @@ import functools
 import re
 import time
 
-from rfc.runtime.assistant_output import AssistantMessage, Delta, OutputParser, OutputSpec
-from rfc.runtime.call_ids import CallIdForm, in_form
-from rfc.runtime.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, RequestState, TokenEvent
+from rfc.runtime.text.assistant_output import AssistantMessage, Delta, OutputParser, OutputSpec
+from rfc.runtime.text.call_ids import CallIdForm, in_form
+from rfc.runtime.engine.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, RequestState, TokenEvent
 from rfc.runtime.server.errors import error_body
 from rfc.runtime.server.streaming import SseRenderer, sse
 

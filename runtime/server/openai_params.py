@@ -13,10 +13,10 @@ Structured output: `response_format` (`text`, `json_object`, `json_schema`), `to
 
 from dataclasses import dataclass, replace
 
-from rfc.runtime.assistant_output import OutputSpec
-from rfc.runtime.budget import BudgetRule
-from rfc.runtime.engine import GenerationRequest
-from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.text.assistant_output import OutputSpec
+from rfc.runtime.engine.budget import BudgetRule
+from rfc.runtime.engine.engine import GenerationRequest
+from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.api_fields import MAX_STOP_STRINGS, speculative_request
 from rfc.runtime.server.errors import bad_request
@@ -29,7 +29,7 @@ from rfc.runtime.server.openai_models import MAX_CHOICES
 from rfc.runtime.server.structured import (
     OutputPlan, grammar, legacy_functions, openai_tool_choice, tool_plan,
 )
-from rfc.runtime.values import shown
+from rfc.runtime.text.values import shown
 
 @dataclass(frozen=True)
 class OpenAIRequest:

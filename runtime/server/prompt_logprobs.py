@@ -7,9 +7,9 @@ import concurrent.futures
 
 import numpy as np
 
-from rfc.runtime.batch import ScheduledChunk, build_batch
-from rfc.runtime.engine import Engine, QueueFull
-from rfc.runtime.kv_cache import KVCacheFull
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.engine import Engine, QueueFull
+from rfc.runtime.engine.kv_cache import KVCacheFull
 from rfc.runtime.server.errors import unavailable
 from rfc.runtime.server.host import ServedModel
 

@@ -15,11 +15,11 @@ import time
 
 import falcon
 
-from rfc.runtime.assistant_output import Delta, OutputParser
-from rfc.runtime.budget import BudgetRule, PastContext
-from rfc.runtime.engine import CANCELLED, FAILED, LENGTH, GenerationRequest, RequestState, TokenEvent
-from rfc.runtime.messages import system_and_turns
-from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.text.assistant_output import Delta, OutputParser
+from rfc.runtime.engine.budget import BudgetRule, PastContext
+from rfc.runtime.engine.engine import CANCELLED, FAILED, LENGTH, GenerationRequest, RequestState, TokenEvent
+from rfc.runtime.text.messages import system_and_turns
+from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.api_fields import CONTENT, MODEL, SEED, STREAM, TEMPERATURE, TOP_K, TOP_P, refused
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.config import ServerConfig

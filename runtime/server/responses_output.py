@@ -4,8 +4,8 @@ step returns the stream events it makes, in the order openai-python's accumulato
 (an item is added, its content grows, it is done), and the whole reply reads `items` at the
 end, so a streamed response and a whole one hold the same items."""
 
-from rfc.runtime.assistant_output import Delta
-from rfc.runtime.call_ids import CallIdForm, in_form
+from rfc.runtime.text.assistant_output import Delta
+from rfc.runtime.text.call_ids import CallIdForm, in_form
 from rfc.runtime.server.responses_input import chat_turns, new_id
 
 

@@ -18,8 +18,8 @@ import signal
 import threading
 import time
 
-from rfc.runtime.constraints import GrammarWorkers
-from rfc.runtime.request_ids import RandomIds
+from rfc.runtime.sampling.constraints import GrammarWorkers
+from rfc.runtime.engine.request_ids import RandomIds
 from rfc.runtime.server.app import create_app
 from rfc.runtime.server.config import ServeOptions
 from rfc.runtime.server.host import EngineHandle, ServedModel, load_served_model
@@ -28,8 +28,8 @@ from rfc.runtime.server.listener import create_listener
 from rfc.runtime.server.model_manager import ModelManager
 from rfc.runtime.server.models import ModelSource
 from rfc.runtime.server.telemetry import Telemetry, build_telemetry
-from rfc.runtime.template_worker import TemplatePool, WorkerLimits
-from rfc.runtime.work_pool import WorkPool
+from rfc.runtime.text.template_worker import TemplatePool, WorkerLimits
+from rfc.runtime.engine.work_pool import WorkPool
 
 log = logging.getLogger("rfc.server")
 
@@ -39,7 +39,7 @@ _BODY_SLACK = 1 << 20
 
 
 class _Pools:
-    """The bounded pools every model of the server shares (runtime/work_pool.py)."""
+    """The bounded pools every model of the server shares (runtime/engine/work_pool.py)."""
 
     def __init__(self, options: ServeOptions):
         limits = options.server

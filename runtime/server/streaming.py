@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from rfc.runtime.engine import Engine, RequestState, TokenEvent
+from rfc.runtime.engine.engine import Engine, RequestState, TokenEvent
 from rfc.runtime.server.errors import unavailable
 
 log = logging.getLogger("rfc.server")

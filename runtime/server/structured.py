@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from rfc.runtime.assistant_output import OutputSpec
-from rfc.runtime.constraints import Busy, Grammar, GrammarError
-from rfc.runtime.reasoning import prompt_opens_thinking, template_is_harmony, template_thinks
+from rfc.runtime.text.assistant_output import OutputSpec
+from rfc.runtime.sampling.constraints import Busy, Grammar, GrammarError
+from rfc.runtime.text.reasoning import prompt_opens_thinking, template_is_harmony, template_thinks
 from rfc.runtime.server.errors import bad_request, unavailable
 from rfc.runtime.server.host import ServedModel
 

@@ -1,7 +1,7 @@
 """The engine Observers of the server: one per served model, feeding the metrics and the
 trace store under that model's label."""
 
-from rfc.runtime.engine import Observer, RequestState
+from rfc.runtime.engine.engine import Observer, RequestState
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.host import EngineHandle
 from rfc.runtime.server.metrics import ServerMetrics

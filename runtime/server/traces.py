@@ -10,7 +10,7 @@ import random
 import threading
 from collections import deque
 
-from rfc.runtime.engine import FAILED, RequestState
+from rfc.runtime.engine.engine import FAILED, RequestState
 from rfc.runtime.server.config import SERVICE_NAME
 
 SCOPE_NAME = "rocmforge.engine"

@@ -1,14 +1,14 @@
-"""Embeddings (runtime/embedding.py): the final hidden state the executor returns, pooled on
+"""Embeddings (runtime/engine/embedding.py): the final hidden state the executor returns, pooled on
 the engine thread; the cpu kernels agree with the numpy reference device, and feeding the
 input in chunks changes nothing."""
 
 import numpy as np
 import pytest
 
-from rfc.runtime.embedding import Pooling, model_pooling, pooled_embedding
-from rfc.runtime.engine import Engine
-from rfc.runtime.loader import LoadOptions, load_model
-from rfc.runtime.prompting import encode_prompt
+from rfc.runtime.engine.embedding import Pooling, model_pooling, pooled_embedding
+from rfc.runtime.engine.engine import Engine
+from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.text.prompting import encode_prompt
 
 TEXT = "Once upon a time, there was a little dragon who liked to fly over the hills."
 

@@ -5,7 +5,7 @@ that cannot hold one context stops `rfc serve` and `rfc run` with exit status 1 
 import requests
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.runtime.kv_budget import HOST_CONTEXTS
+from rfc.runtime.engine.kv_budget import HOST_CONTEXTS
 from tests.conftest import rfc
 from tests.e2e.conftest import ServerProcess
 

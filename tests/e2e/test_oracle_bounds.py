@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rfc.artifacts.targets import parse_target
-from rfc.runtime.loader import LoadOptions, load_model
+from rfc.runtime.model.loader import LoadOptions, load_model
 from tests.bounds import device_bounds, oracle_bounds, rounding_kinds
 from tests.conftest import FIXTURES, TINY_MODELS
 from tests.e2e.test_reference_oracle import REFERENCE_ONLY, teacher_forced_logits
@@ -132,14 +132,14 @@ def _cpu_check(path: Path, bundle, oracle, fault=None) -> tuple[bool, str]:
     if fault is not None:
         # The step program runs a whole step in one call: a fault goes into the same
         # library's per-op kernels, interpreted op by op (the building blocks of the step).
-        from rfc.runtime.executor import Executor
+        from rfc.runtime.engine.executor import Executor
         from tests.kernels.kit.cpu import CpuOpDevice
 
         ops = CpuOpDevice(model.bundle, model.device_choice.target, model.bundle.plan.kv, model.kv_pool.num_blocks,
                        model.kv_pool.block_size)  # fmt: skip
         scale_outputs(ops, fault)
         executor = Executor(model.bundle.plan, ops)
-    from rfc.runtime.batch import ScheduledChunk, build_batch
+    from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 
     blocks = model.kv_pool.manager()
     blocks.allocate(0, len(tokens))
@@ -206,7 +206,7 @@ def test_a_reference_kernel_2_percent_off_fails(name, which, bundle_cache, oracl
     model = load_model(bundle_cache(path, REFERENCE_ONLY), LoadOptions(device="ref"))
     first = next(op for op in model.bundle.plan.ops if op.kind == which or which in op.weights)
     scale_outputs(model.device, lambda op: op is first)
-    from rfc.runtime.batch import ScheduledChunk, build_batch
+    from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 
     tokens = _tokens(path)
     blocks = model.kv_pool.manager()

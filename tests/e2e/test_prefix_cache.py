@@ -9,10 +9,10 @@ import numpy as np
 import requests
 import pytest
 
-from rfc.runtime.engine import Engine, GenerationRequest
-from rfc.runtime.loader import LoadOptions, load_model
-from rfc.runtime.sampler import SamplingParams
-from rfc.runtime.scheduler import SchedulerConfig
+from rfc.runtime.engine.engine import Engine, GenerationRequest
+from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.sampling.sampler import SamplingParams
+from rfc.runtime.engine.scheduler import SchedulerConfig
 from tests.conftest import DEMO_MODEL, FIXTURES
 
 pytestmark = pytest.mark.shared

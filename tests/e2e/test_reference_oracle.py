@@ -6,8 +6,8 @@ architecture's fixture runs whether or not a compiled target supports it yet."""
 import numpy as np
 import pytest
 
-from rfc.runtime.batch import ScheduledChunk, build_batch
-from rfc.runtime.loader import LoadOptions, load_model
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.model.loader import LoadOptions, load_model
 from tests.bounds import llama_cpp_bounds
 from tests.conftest import DEMO_MODEL, FIXTURES, TINY_MODELS, rfc
 

@@ -102,7 +102,7 @@ def test_a_grammar_in_a_native_library_cannot_reach_the_stack_limit(demo_bundle)
     import sys
 
     code = (
-        "from rfc.runtime.constraints import GrammarWorkers; import llguidance, json;"
+        "from rfc.runtime.sampling.constraints import GrammarWorkers; import llguidance, json;"
         "n=8000; d={f'd{i}': {'$ref': f'#/$defs/d{i+1}'} for i in range(n)}; d[f'd{n}']={'type':'string'};"
         "w=GrammarWorkers(threads=1);"
         "t=w.run(lambda: llguidance.LLMatcher.grammar_from_json_schema({'$ref':'#/$defs/d0','$defs':d}));"
@@ -133,10 +133,10 @@ def test_long_prompts_are_refused_after_bounded_work(demo_bundle):
     check: each is refused after tokenizing a piece of it, on a pool of two threads, and the
     process's peak RSS stays within 200 MB of idle (the whole text was tokenized before:
     333,332 tokens each on an 8k model)."""
-    from rfc.runtime.loader import LoadOptions, load_model
+    from rfc.runtime.model.loader import LoadOptions, load_model
     from rfc.runtime.server.errors import ApiError
     from rfc.runtime.server.prompt_cache import PromptCache
-    from rfc.runtime.work_pool import WorkPool
+    from rfc.runtime.engine.work_pool import WorkPool
 
     model = load_model(demo_bundle, LoadOptions(device="ref"))
     model.context_length = 8192  # an 8k model, as in the finding
@@ -325,7 +325,7 @@ def test_a_kernel_library_rewritten_under_the_server_cannot_reach_it(demo_bundle
         proc.stop()
 
 
-LONG_STOP = "a" * 1025  # runtime/stopping.py MAX_STOP_CHARS + 1
+LONG_STOP = "a" * 1025  # runtime/text/stopping.py MAX_STOP_CHARS + 1
 STOP_ROUTES = [
     ("/v1/completions", {"prompt": "Once", "max_tokens": 4, "stop": [LONG_STOP]}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stop": LONG_STOP}),

@@ -25,8 +25,8 @@ def test_run_logs_the_thread_count_and_defaults_to_the_affinity_mask(demo_bundle
 # first parallel region and keeps them).
 _TEAM = """
 import os, sys
-from rfc.runtime.batch import ScheduledChunk, build_batch
-from rfc.runtime.loader import LoadOptions, load_model
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.model.loader import LoadOptions, load_model
 model = load_model(sys.argv[1], LoadOptions(device="cpu", threads=int(sys.argv[2])))
 model.blocks.allocate(0, 4)
 before = len(os.listdir("/proc/self/task"))

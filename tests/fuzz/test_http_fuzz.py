@@ -12,8 +12,8 @@ import random
 import falcon.testing
 import pytest
 
-from rfc.runtime.loader import LoadOptions
-from rfc.runtime.scheduler import SchedulerConfig
+from rfc.runtime.model.loader import LoadOptions
+from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.server import EngineHandle, ServerConfig, create_app, load_served_model
 from rfc.runtime.server.telemetry import build_telemetry
 from tests.conftest import DEMO_MODEL, rfc

@@ -41,13 +41,13 @@ from rfc.compiler.codegen import CodegenInput, cpu
 from rfc.compiler.errors import CompileError
 from rfc.compiler.spec import HParams
 from rfc.compiler.targets import parse_target
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.engine.batch import SeqChunk, build_batch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.reference import ReferenceDevice
-from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.artifacts.formats import PACKED_FORMATS, Kernels, tensor_nbytes
 from rfc.compiler.weights import pack_x8
-from rfc.runtime.quants import FORMATS
+from rfc.runtime.model.quants import FORMATS
 from tests import testdata
 from tests.conftest import FIXTURES
 from tests.kernels.kit.cpu import CpuOpDevice, HostBuffer
@@ -533,8 +533,8 @@ def test_single_token_and_many_token_paths_agree(kit: Kit, fmt: str):
 @pytest.mark.parametrize("fmt", sorted(PACKED_FORMATS))
 def test_packed_layout_round_trips(fmt: str):
     """The weight planner's repacking (compiler/weights.py pack_x8) and the reference's decoder
-    (runtime/quants.py unpack_x8) are inverses, and a packed tensor decodes to its base's values."""
-    from rfc.runtime.quants import dequantize, unpack_x8
+    (runtime/model/quants.py unpack_x8) are inverses, and a packed tensor decodes to its base's values."""
+    from rfc.runtime.model.quants import dequantize, unpack_x8
 
     base = PACKED_FORMATS[fmt].base
     k = 3 * PACKED_FORMATS[fmt].block_elems

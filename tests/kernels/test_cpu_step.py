@@ -23,12 +23,12 @@ from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.program import STEP_ARGS, unpack_program
 from rfc.compiler.codegen import cpu, cpu_step
 from rfc.compiler.codegen.cpu_step import Phase, with_barriers
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.engine.batch import SeqChunk, build_batch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.cpu_step import StepArgs
-from rfc.runtime.executor import Executor
-from rfc.runtime.kv_cache import BlockManager
-from rfc.runtime.loader import LoadOptions, load_model
+from rfc.runtime.engine.executor import Executor
+from rfc.runtime.engine.kv_cache import BlockManager
+from rfc.runtime.model.loader import LoadOptions, load_model
 from tests.conftest import FIXTURES
 from tests.kernels.kit.cpu import CpuOpDevice
 

@@ -22,10 +22,10 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.runtime.batch import ScheduledChunk, StepBatch, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.devices.reference import ReferenceDevice
-from rfc.runtime.executor import Executor
-from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.engine.executor import Executor
+from rfc.runtime.engine.kv_cache import BlockManager
 from tests.bounds import FLOAT_MAX, device_bounds, llama_cpp_bounds
 from tests.faults import scale_outputs
 from tests.kernels.gpu_emulator import emulated_device

@@ -29,8 +29,8 @@ from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan
 from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_plan import MATMUL_TOKENS, plan_kernels
 from rfc.compiler.targets import parse_target
-from rfc.runtime.quants import dequantize
-from rfc.runtime.batch import ScheduledChunk
+from rfc.runtime.model.quants import dequantize
+from rfc.runtime.engine.batch import ScheduledChunk
 from tests import testdata
 from tests.bounds import device_bounds, llama_cpp_bounds
 from tests.conftest import FIXTURES, shared_basetemp

@@ -24,7 +24,7 @@ from rfc.compiler.codegen.gpu_plan import MMA_FORMATS, MMA_TILE_M, MMA_TILE_N, m
 from rfc.compiler.targets import parse_target
 from rfc.compiler.weights_planar import pack_planar
 from rfc.runtime.devices.reference import ReferenceDevice
-from rfc.runtime.quants import dequantize
+from rfc.runtime.model.quants import dequantize
 from tests import testdata
 from tests.kernels.gpu_emulator import build_source_emulator
 from tests.conftest import shared_basetemp

@@ -21,11 +21,11 @@ from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.artifacts.program import unpack_program
 from rfc.artifacts.targets import target_entry
-from rfc.runtime.batch import ScheduledChunk, StepBatch, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.devices.gpu import device_weight_bytes
 from rfc.runtime.devices.reference import ReferenceDevice
-from rfc.runtime.executor import Executor
-from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.engine.executor import Executor
+from rfc.runtime.engine.kv_cache import BlockManager
 from tests.bounds import device_bounds, llama_cpp_bounds
 from tests.kernels.gpu_emulator import emulated_device, emulated_step_device
 from tests.kernels.gpu_support import (  # noqa: F401

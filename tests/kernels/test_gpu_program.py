@@ -15,9 +15,9 @@ import pytest
 
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.program import ArgKind, ArgSlot, unpack_program
-from rfc.runtime.batch import ScheduledChunk, build_batch
-from rfc.runtime.executor import Executor
-from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.executor import Executor
+from rfc.runtime.engine.kv_cache import BlockManager
 from tests.kernels.gpu_emulator import emulated_device, emulated_step_device
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 from tests.conftest import shared_basetemp

@@ -1,4 +1,4 @@
-"""The GPU sampling kernel (templates/gpu_sample.hip.j2) against runtime/sampler.py, run on
+"""The GPU sampling kernel (templates/gpu_sample.hip.j2) against runtime/sampling/sampler.py, run on
 the host by the GPU emulator (tests/kernels/gpu_emu.h): greedy tokens equal (ties to the
 lowest id), penalties applied bit for bit, the kept sets of top_k/top_p/min_p identical, the
 seeded draw deterministic per (seed, step) and distributed as the host's probabilities, and
@@ -18,10 +18,10 @@ from rfc.artifacts.program import SAMPLE_WORDS
 from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel
 from rfc.compiler.targets import parse_target
-from rfc.runtime.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.devices.gpu_program import write_sample_row
-from rfc.runtime.kv_cache import BlockManager
-from rfc.runtime.sampler import Sampler, SamplingParams
+from rfc.runtime.engine.kv_cache import BlockManager
+from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 from tests.kernels.gpu_emulator import EMU_HEADER, emulated_step_device
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 from tests.conftest import shared_basetemp

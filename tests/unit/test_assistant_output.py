@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from rfc.runtime.assistant_output import OutputParser, OutputSpec, forced_calls, parse_whole
-from rfc.runtime.tool_calls import BY_NAME
+from rfc.runtime.text.assistant_output import OutputParser, OutputSpec, forced_calls, parse_whole
+from rfc.runtime.text.tool_calls import BY_NAME
 
 HERMES = OutputSpec(thinks=True, tool_format=BY_NAME["hermes"])
 LLAMA = OutputSpec(tool_format=BY_NAME["llama3"])

@@ -40,7 +40,7 @@ def test_artifacts_uses_only_stdlib_and_msgpack():
 
 
 # The one process the runtime starts: its own chat-template worker (docs/security.md).
-TEMPLATE_WORKER = ROOT / "runtime" / "template_worker.py"
+TEMPLATE_WORKER = ROOT / "runtime" / "text" / "template_worker.py"
 
 
 def test_runtime_never_runs_a_toolchain():
@@ -59,7 +59,7 @@ def test_the_template_worker_starts_only_itself():
         assert call not in text
     launches = [line.strip() for line in text.splitlines() if "Popen(" in line or "sys.executable" in line]
     assert launches == ['self.process = subprocess.Popen(',
-                        '[sys.executable, "-m", "rfc.runtime.template_worker", str(limits.memory_bytes), repr(budget)],']
+                        '[sys.executable, "-m", "rfc.runtime.text.template_worker", str(limits.memory_bytes), repr(budget)],']
 
 
 def test_compiler_does_not_import_the_runtime():

@@ -1,9 +1,9 @@
-"""runtime/budget.py: the one max_tokens rule of every HTTP dialect and `rfc run`."""
+"""runtime/engine/budget.py: the one max_tokens rule of every HTTP dialect and `rfc run`."""
 
 import pytest
 
-from rfc.runtime.budget import BudgetRule, PastContext, generation_budget
-from rfc.runtime.requests import RequestError
+from rfc.runtime.engine.budget import BudgetRule, PastContext, generation_budget
+from rfc.runtime.engine.requests import RequestError
 
 CTX = 64
 CLAMP = BudgetRule(past_context=PastContext.CLAMP)  # Ollama, rfc run

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rfc.runtime.chat import ChatTemplate, ChatTemplateError, RenderLimits, fallback_template
+from rfc.runtime.text.chat import ChatTemplate, ChatTemplateError, RenderLimits, fallback_template
 from tests.conftest import CHAT_TEMPLATES
 
 TEMPLATES = sorted(CHAT_TEMPLATES.glob("*.jinja"))

@@ -8,7 +8,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from rfc.runtime.constraints import GrammarError, Grammars
+from rfc.runtime.sampling.constraints import GrammarError, Grammars
 from tests.conftest import skip_reason, smollm2
 
 pytestmark = pytest.mark.shared

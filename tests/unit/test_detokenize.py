@@ -6,7 +6,7 @@ import random
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from rfc.runtime.detokenize import IncrementalDetokenizer
+from rfc.runtime.text.detokenize import IncrementalDetokenizer
 
 REPLACEMENT = "\ufffd"
 SAMPLE_WORDS = ["Once", "upon", "a", "time", "there", "was", "the", "cat", "€", "世界", "😀",

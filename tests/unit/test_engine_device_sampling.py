@@ -4,15 +4,15 @@ host must sample (a grammar, logit_bias, top logprobs); device tokens are record
 request's penalty window like the host's own, so greedy text is the same either way; a row
 the device could not draw fails its request alone. The "device" here is the numpy reference
 behind a stand-in that samples greedily as the kernel does (the kernel itself is tested
-against runtime/sampler.py in tests/kernels/test_gpu_sample.py)."""
+against runtime/sampling/sampler.py in tests/kernels/test_gpu_sample.py)."""
 
 import numpy as np
 import pytest
 
-from rfc.runtime.engine import Engine, GenerationRequest
-from rfc.runtime.executor import SampledRows
-from rfc.runtime.loader import LoadOptions, load_model
-from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.engine.engine import Engine, GenerationRequest
+from rfc.runtime.engine.executor import SampledRows
+from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.sampling.sampler import SamplingParams
 from tests.conftest import DEMO_MODEL
 
 pytestmark = pytest.mark.shared

@@ -1,4 +1,4 @@
-"""The engine's output stage (runtime/output.py): detokenization, stop strings and events run
+"""The engine's output stage (runtime/engine/output.py): detokenization, stop strings and events run
 behind the engine thread, so a stop string reaches the scheduler up to MAX_LAG steps after the
 token that completed it. Whatever the lag, a request ends with the text and tokens of a run
 without one (`rfc run`'s: each step delivers its output before it returns), no event follows
@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from rfc.runtime.engine import LENGTH, Engine, FinishReason, GenerationRequest
-from rfc.runtime.loader import LoadOptions, load_model
-from rfc.runtime.output import MAX_LAG
-from rfc.runtime.sampler import SamplingParams
-from rfc.runtime.scheduler import SchedulerConfig, SequenceStatus
+from rfc.runtime.engine.engine import LENGTH, Engine, FinishReason, GenerationRequest
+from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.output import MAX_LAG
+from rfc.runtime.sampling.sampler import SamplingParams
+from rfc.runtime.engine.scheduler import SchedulerConfig, SequenceStatus
 from tests.conftest import DEMO_MODEL
 
 pytestmark = pytest.mark.shared

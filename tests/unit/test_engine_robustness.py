@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from rfc.runtime.engine import Engine, GenerationRequest
-from rfc.runtime.loader import LoadOptions, load_model
-from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.engine.engine import Engine, GenerationRequest
+from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.sampling.sampler import SamplingParams
 from tests.conftest import DEMO_MODEL
 
 pytestmark = pytest.mark.shared
@@ -37,7 +37,7 @@ def test_non_finite_logits_fail_one_request_only(bundle_cache):
 def test_observer_sees_a_finished_request_before_its_client_does(bundle_cache):
     """A client that has its last event may read /traces or /metrics at once: the observer
     (which feeds both) must have recorded the request by then."""
-    from rfc.runtime.engine import Observer
+    from rfc.runtime.engine.engine import Observer
 
     seen = []
 

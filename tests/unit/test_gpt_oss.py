@@ -13,9 +13,9 @@ from rfc.artifacts.plan import OPS, OpKind, validate_plan
 from rfc.artifacts.validate import check_plan_weights
 from rfc.compiler.gguf_reader import read_gguf
 from rfc.compiler.spec import ModelSpec, build_spec
-from rfc.runtime.batch import SeqChunk, build_batch
+from rfc.runtime.engine.batch import SeqChunk, build_batch
 from rfc.runtime.devices.reference import ReferenceDevice
-from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.engine.kv_cache import BlockManager
 from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.shared

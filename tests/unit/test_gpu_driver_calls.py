@@ -19,11 +19,11 @@ from rfc.compiler.codegen.gpu_plan import plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.compiler.targets import parse_target
-from rfc.runtime.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.devices import DeviceError, cuda, gpu_program
 from rfc.runtime.devices.gpu_program import StepRunner
-from rfc.runtime.kv_cache import BlockManager
-from rfc.runtime.sampler import Sampler, SamplingParams
+from rfc.runtime.engine.kv_cache import BlockManager
+from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 from tests.conftest import FIXTURES
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rfc.runtime.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema, repetition_product
+from rfc.runtime.sampling.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema, repetition_product
 
 LIMITS = GrammarLimits()
 
@@ -87,10 +87,10 @@ def test_lark_rules_and_embedded_schemas():
 def test_matchers_are_released_when_their_request_ends(tmp_path):
     """Each finished constrained request kept its matcher (its lexer states: ~36 MB for one
     pattern) among the 1,024 finished states the engine remembers."""
-    from rfc.runtime.constraints import Grammars
-    from rfc.runtime.engine import Engine, GenerationRequest
-    from rfc.runtime.loader import LoadOptions, load_model
-    from rfc.runtime.sampler import SamplingParams
+    from rfc.runtime.sampling.constraints import Grammars
+    from rfc.runtime.engine.engine import Engine, GenerationRequest
+    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.sampling.sampler import SamplingParams
     from tests.conftest import DEMO_MODEL, rfc
 
     bundle = tmp_path / "demo"

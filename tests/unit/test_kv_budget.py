@@ -1,4 +1,4 @@
-"""The KV pool sized from a memory budget (runtime/kv_budget.py): the vLLM-style GPU
+"""The KV pool sized from a memory budget (runtime/engine/kv_budget.py): the vLLM-style GPU
 arithmetic against a fake driver's free/total, the host budget, the split over several
 models, the refusal when one context does not fit, the flags' validation, and --ctx-size:
 a served context shorter than the trained one, which the budget counts a full context by."""
@@ -13,7 +13,7 @@ from rfc.cli.run_cmd import run_cmd
 from rfc.cli.serve_cmd import serve_cmd
 from rfc.runtime.devices import cuda
 from rfc.runtime.devices.gpu import GpuDevice
-from rfc.runtime.kv_budget import (
+from rfc.runtime.engine.kv_budget import (
     HOST_CONTEXTS,
     KvBudgetError,
     KvShare,
@@ -26,7 +26,7 @@ from rfc.runtime.kv_budget import (
     parse_kv_memory,
     parse_utilization,
 )
-from rfc.runtime.loader import ContextSizeError, LoadOptions, check_ctx_size, load_model, served_context_length
+from rfc.runtime.model.loader import ContextSizeError, LoadOptions, check_ctx_size, load_model, served_context_length
 from rfc.runtime.server.models import KvPages, plan_models
 from tests.conftest import FIXTURES
 

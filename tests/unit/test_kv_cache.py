@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from rfc.runtime.kv_cache import BlockManager, KVCacheFull
+from rfc.runtime.engine.kv_cache import BlockManager, KVCacheFull
 
 
 def assert_partition(blocks: BlockManager, seq_ids) -> None:

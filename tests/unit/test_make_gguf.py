@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from rfc.runtime.quants import dequantize
+from rfc.runtime.model.quants import dequantize
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_gguf.py"
 _spec = importlib.util.spec_from_file_location("make_gguf", TOOL)

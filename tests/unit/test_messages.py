@@ -1,11 +1,11 @@
-"""Chat input as clients send it (runtime/messages.py), checked against every real chat
+"""Chat input as clients send it (runtime/text/messages.py), checked against every real chat
 template in tests/data/chat-templates: content parts must render exactly as strings do."""
 
 
 import pytest
 
-from rfc.runtime.chat import ChatTemplate, ChatTemplateError
-from rfc.runtime.messages import MessageError, flatten_content, normalize_messages, template_knows_role
+from rfc.runtime.text.chat import ChatTemplate, ChatTemplateError
+from rfc.runtime.text.messages import MessageError, flatten_content, normalize_messages, template_knows_role
 from tests.conftest import CHAT_TEMPLATES
 
 TEMPLATES = sorted(CHAT_TEMPLATES.glob("*.jinja"))

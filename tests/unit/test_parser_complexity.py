@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
-from rfc.runtime.assistant_output import OutputParser, OutputSpec, forced_calls
-from rfc.runtime.reasoning import ReasoningSplitter, split_whole
-from rfc.runtime.tool_calls import BY_NAME, FORMATS, ToolFormat
+from rfc.runtime.text.assistant_output import OutputParser, OutputSpec, forced_calls
+from rfc.runtime.text.reasoning import ReasoningSplitter, split_whole
+from rfc.runtime.text.tool_calls import BY_NAME, FORMATS, ToolFormat
 
 SMALL, LARGE = 10_000, 100_000
 RATIO = 15  # linear parsers measure 10-11x (10 KB stays in the caches, 100 KB less so)

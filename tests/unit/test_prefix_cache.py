@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from rfc.runtime.kv_cache import BlockManager, KVCacheFull
-from rfc.runtime.prefix_cache import block_keys, chain_key
-from rfc.runtime.scheduler import Scheduler, SchedulerConfig, Sequence, SequenceStatus
+from rfc.runtime.engine.kv_cache import BlockManager, KVCacheFull
+from rfc.runtime.engine.prefix_cache import block_keys, chain_key
+from rfc.runtime.engine.scheduler import Scheduler, SchedulerConfig, Sequence, SequenceStatus
 
 
 def computed(blocks: BlockManager, seq_id: int, tokens: list[int]) -> None:

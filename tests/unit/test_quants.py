@@ -1,4 +1,4 @@
-"""runtime/quants.py against gguf-py's reference dequantizers.
+"""runtime/model/quants.py against gguf-py's reference dequantizers.
 
 Tolerance: none. Our decoders perform ggml's float32 operations in ggml's order, so every
 value must be bit-identical to `gguf.quants.dequantize` (compared as raw bits; NaN from
@@ -18,8 +18,8 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 
 from rfc.artifacts.formats import PACKED_FORMATS, PLANAR_FORMATS, PLANE_ALIGN, plane_offsets, tensor_nbytes
-from rfc.runtime import quants
-from rfc.runtime.quants import FORMATS, QuantError, dequantize, row_nbytes
+from rfc.runtime.model import quants
+from rfc.runtime.model.quants import FORMATS, QuantError, dequantize, row_nbytes
 from tests.conftest import FIXTURES as FIXTURE_DIR
 from tests.conftest import TINY_MODELS
 
@@ -153,7 +153,7 @@ def test_quant_error_is_value_error() -> None:
 
 
 def test_runtime_quants_does_not_import_gguf() -> None:
-    code = "import sys, rfc.runtime.quants; sys.exit('gguf' in sys.modules)"
+    code = "import sys, rfc.runtime.model.quants; sys.exit('gguf' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -182,7 +182,7 @@ def test_planar_formats_decode_like_their_base(fmt: str, rows: int, blocks: int)
     packing byte for byte (random bytes: every bit of the GGUF block must survive). Block
     counts 1, 3 and 9 leave the small planes unaligned before their padding."""
     from rfc.compiler.weights_planar import pack_planar
-    from rfc.runtime.quants_planar import unpack_planar
+    from rfc.runtime.model.quants_planar import unpack_planar
 
     f = PLANAR_FORMATS[fmt]
     k = blocks * f.block_elems

@@ -3,8 +3,8 @@ DeepSeek-R1 templates render."""
 
 import pytest
 
-from rfc.runtime.chat import ChatTemplate
-from rfc.runtime.reasoning import ReasoningSplitter, prompt_opens_thinking, split_whole, template_thinks
+from rfc.runtime.text.chat import ChatTemplate
+from rfc.runtime.text.reasoning import ReasoningSplitter, prompt_opens_thinking, split_whole, template_thinks
 from tests.conftest import CHAT_TEMPLATES
 
 pytestmark = pytest.mark.shared

@@ -1,4 +1,4 @@
-"""gpt-oss's harmony format on the server side (runtime/reasoning.py HarmonySplitter): the
+"""gpt-oss's harmony format on the server side (runtime/text/reasoning.py HarmonySplitter): the
 analysis channel is reasoning_content, the final channel content, commentary (tool calls) goes
 to the harmony tool parser untouched; streamed in any pieces it equals the whole reading."""
 
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from rfc.runtime.assistant_output import OutputParser, OutputSpec, parse_whole
-from rfc.runtime.reasoning import HarmonySplitter, prompt_opens_thinking, template_is_harmony, template_thinks
-from rfc.runtime.tool_calls import BY_NAME
+from rfc.runtime.text.assistant_output import OutputParser, OutputSpec, parse_whole
+from rfc.runtime.text.reasoning import HarmonySplitter, prompt_opens_thinking, template_is_harmony, template_thinks
+from rfc.runtime.text.tool_calls import BY_NAME
 from tests.conftest import CHAT_TEMPLATES
 
 HARMONY = OutputSpec(thinks=True, harmony=True)
@@ -95,7 +95,7 @@ def _tokenizer(harmony: bool):
 
 
 def test_the_detokenizer_keeps_harmonys_markers_and_skips_other_special_tokens():
-    from rfc.runtime.detokenize import IncrementalDetokenizer
+    from rfc.runtime.text.detokenize import IncrementalDetokenizer
 
     tok = _tokenizer(harmony=True)
     ids = {t: tok.token_to_id(t) for t in ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<s>")}

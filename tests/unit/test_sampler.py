@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from rfc.runtime.sampler import Sampler, SamplingError, SamplingParams
+from rfc.runtime.sampling.sampler import Sampler, SamplingError, SamplingParams
 
 VOCAB = 1000
 

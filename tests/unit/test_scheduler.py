@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from rfc.runtime.kv_cache import BlockManager
-from rfc.runtime.scheduler import (
+from rfc.runtime.engine.kv_cache import BlockManager
+from rfc.runtime.engine.scheduler import (
     FinishReason,
     QueueFull,
     ScheduledChunk,

@@ -1,4 +1,4 @@
-"""runtime/selection.py and the sampler's windowed paths against brute force over a large
+"""runtime/sampling/selection.py and the sampler's windowed paths against brute force over a large
 vocabulary: the windows and bounds must never change a result, only its cost."""
 
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from rfc.runtime.sampler import Sampler, SamplingParams
-from rfc.runtime.selection import draw, top_k_ids, top_p_head
+from rfc.runtime.sampling.sampler import Sampler, SamplingParams
+from rfc.runtime.sampling.selection import draw, top_k_ids, top_p_head
 
 VOCAB = 50_000
 

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from rfc.runtime.stopping import StopChecker
+from rfc.runtime.text.stopping import StopChecker
 
 
 def stream(stop, chunks):
@@ -106,7 +106,7 @@ def _held_by_search(text: str, stops: list[str]) -> int:
 @pytest.mark.parametrize("seed", range(5))
 def test_the_held_back_tail_is_the_longest_stop_prefix(seed):
     """Self-overlapping stop strings ("abab", "aab") are where a shortcut goes wrong."""
-    from rfc.runtime.stopping import _longest_stop_prefix_tail
+    from rfc.runtime.text.stopping import _longest_stop_prefix_tail
 
     rng = random.Random(seed)
     for _ in range(2000):
@@ -116,7 +116,7 @@ def test_the_held_back_tail_is_the_longest_stop_prefix(seed):
 
 
 def test_stop_strings_longer_than_the_bound_are_refused():
-    from rfc.runtime.stopping import MAX_STOP_CHARS, stop_problem
+    from rfc.runtime.text.stopping import MAX_STOP_CHARS, stop_problem
 
     assert stop_problem(["x" * MAX_STOP_CHARS, "y"]) is None
     assert str(MAX_STOP_CHARS) in stop_problem(["y", "x" * (MAX_STOP_CHARS + 1)])

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, normalizers
 
 from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, wpm
 from rfc.compiler.tokenizer.charsmap import build_charsmap
-from rfc.runtime.detokenize import IncrementalDetokenizer
+from rfc.runtime.text.detokenize import IncrementalDetokenizer
 from tests.unit.test_tokenizer_vectors import gguf_path
 from tests.unit.test_tokenizer import metadata_of
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rfc.runtime import tool_calls
-from rfc.runtime.chat import ChatTemplate
+from rfc.runtime.text import tool_calls
+from rfc.runtime.text.chat import ChatTemplate
 from tests.conftest import CHAT_TEMPLATES
 
 pytestmark = pytest.mark.shared

@@ -23,10 +23,10 @@ from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.formats import row_nbytes
 from rfc.artifacts.plan import MOE_GATINGS, KVSpec, Op, OpKind, rope_freqs
 from rfc.compiler.codegen.cpu import ABI_VERSION
-from rfc.runtime.batch import StepBatch
+from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.cpu import open_library
-from rfc.runtime.executor import InterpretedDevice
+from rfc.runtime.engine.executor import InterpretedDevice
 from tests.kernels.kit import op_key
 
 _P = c_void_p

@@ -6,10 +6,10 @@ A step is schedule -> run -> postprocess: the scheduler picks the chunks, the de
 them, the engine thread samples a token per logit row (the grammar matcher advances here: the
 next row's mask depends on it), and the scheduler appends the tokens and ends the sequences
 they end (end of generation, max_tokens). Detokenization, stop strings and events run in the
-output stage (runtime/output.py) while the next step runs. The engine's lock covers the
+output stage (runtime/engine/output.py) while the next step runs. The engine's lock covers the
 scheduler's state alone.
 
-With speculative decoding (runtime/spec.py) a decoding sequence's chunk also carries draft
+With speculative decoding (runtime/engine/spec.py) a decoding sequence's chunk also carries draft
 tokens: after scheduling, the speculator proposes them (an n-gram lookup, or a draft model run
 with the lock released), the scheduler extends the chunks, and the engine thread samples the
 chunk's rows in order while each draws its draft (`_verify`); the scheduler keeps the KV of
@@ -32,18 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from rfc.runtime.batch import ScheduledChunk, StepBatch, build_batch
-from rfc.runtime.detokenize import IncrementalDetokenizer
-from rfc.runtime.executor import DeviceToken, SampledRows
-from rfc.runtime.loader import LoadedModel
-from rfc.runtime.output import OutputStage, SampledToken
-from rfc.runtime.request_ids import RandomIds
-from rfc.runtime.requests import FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent
-from rfc.runtime.sampler import Sampler, SamplingError
-from rfc.runtime.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
-from rfc.runtime.spec import Speculator, SpecError, accept
-from rfc.runtime.spec_draft import DraftModel
-from rfc.runtime.stopping import StopChecker, stop_problem
+from rfc.runtime.engine.batch import ScheduledChunk, StepBatch, build_batch
+from rfc.runtime.text.detokenize import IncrementalDetokenizer
+from rfc.runtime.engine.executor import DeviceToken, SampledRows
+from rfc.runtime.model.loader import LoadedModel
+from rfc.runtime.engine.output import OutputStage, SampledToken
+from rfc.runtime.engine.request_ids import RandomIds
+from rfc.runtime.engine.requests import FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent
+from rfc.runtime.sampling.sampler import Sampler, SamplingError
+from rfc.runtime.engine.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
+from rfc.runtime.engine.spec import Speculator, SpecError, accept
+from rfc.runtime.engine.spec_draft import DraftModel
+from rfc.runtime.text.stopping import StopChecker, stop_problem
 
 # The servers import the finish reasons under these names (FinishReason.LENGTH is "length").
 LENGTH, STOP, EOS, CANCELLED, FAILED = (FinishReason.LENGTH, FinishReason.STOP, FinishReason.EOS,
@@ -331,7 +331,7 @@ class Engine:
 
     def _verify(self, state: RequestState, chunk: ScheduledChunk, logits: Callable[[int], Any]) -> list[_Pick]:
         """The tokens a chunk with drafts emits: its rows sampled in order while each draws its
-        draft (runtime/spec.py `accept`). A greedy row whose best two logits nearly tie ends
+        draft (runtime/engine/spec.py `accept`). A greedy row whose best two logits nearly tie ends
         the walk before it: the next step computes it without drafts."""
         draft = chunk.tokens[len(chunk.tokens) - chunk.num_drafts:]
         margin = self._spec.config.tie_margin if state.sampler.params.is_greedy else 0.0

@@ -31,7 +31,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 
-from rfc.runtime.tool_parsers import (
+from rfc.runtime.text.tool_parsers import (
     Parser, deepseek, functionary, gemma4, glm, harmony, invoke, json_tags, kimi, llama3, mistral, pythonic,
     qwen3_coder, solar,
 )

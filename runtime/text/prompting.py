@@ -1,7 +1,7 @@
 """Turning user input into prompt token ids: plain text or a chat rendered by the template."""
 
-from rfc.runtime.chat import ChatTemplate, fallback_template
-from rfc.runtime.loader import LoadedModel
+from rfc.runtime.text.chat import ChatTemplate, fallback_template
+from rfc.runtime.model.loader import LoadedModel
 
 
 def encode_prompt(model: LoadedModel, text: str) -> list[int]:
@@ -26,7 +26,7 @@ def chat_template_parts(model: LoadedModel) -> tuple[str, str, str]:
 
 def chat_template(model: LoadedModel) -> ChatTemplate:
     """The template compiled in this process (`rfc run --chat`; the server uses worker
-    processes: runtime/template_worker.py)."""
+    processes: runtime/text/template_worker.py)."""
     source, bos, eos = chat_template_parts(model)
     return ChatTemplate(source=source, bos_token=bos, eos_token=eos)
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from rfc.runtime.reasoning import make_splitter
-from rfc.runtime.tool_calls import ToolCall, ToolFormat
+from rfc.runtime.text.reasoning import make_splitter
+from rfc.runtime.text.tool_calls import ToolCall, ToolFormat
 
 
 @dataclass

@@ -3,7 +3,7 @@ in numpy.
 
 Each decoder follows ggml's dequantize_row_* (and gguf-py's, where gguf-py has one: not Q1_0 nor
 Q2_0, which tests/unit/test_quants.py checks against llama.cpp's own decoder instead) float32
-operation by operation, so the values are bit-identical to theirs. runtime/quants.py merges
+operation by operation, so the values are bit-identical to theirs. runtime/model/quants.py merges
 CODECS into its table.
 """
 

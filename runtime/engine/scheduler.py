@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence as Seq
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum, auto
 
-from rfc.runtime.batch import ScheduledChunk
-from rfc.runtime.kv_cache import BlockManager
-from rfc.runtime.spec import SpecConfig
+from rfc.runtime.engine.batch import ScheduledChunk
+from rfc.runtime.engine.kv_cache import BlockManager
+from rfc.runtime.engine.spec import SpecConfig
 
 __all__ = ["FinishReason", "QueueFull", "ScheduledChunk", "Scheduler", "SchedulerConfig", "Sequence", "SequenceStatus"]
 
@@ -77,7 +77,7 @@ class SchedulerConfig:
     max_batch: int = 16  # running sequences at most
     max_batch_tokens: int = 512  # tokens fed per step at most (the chunked-prefill budget)
     max_queue: int = 64  # waiting sequences at most (preempted ones may exceed it)
-    spec: SpecConfig = SpecConfig()  # speculative decoding: drafts carried by decode steps (runtime/spec.py)
+    spec: SpecConfig = SpecConfig()  # speculative decoding: drafts carried by decode steps (runtime/engine/spec.py)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1:

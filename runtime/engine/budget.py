@@ -10,7 +10,7 @@ submitted as asked, and the engine's own check refuses them (Engine.submit)."""
 from dataclasses import dataclass
 from enum import Enum
 
-from rfc.runtime.requests import RequestError
+from rfc.runtime.engine.requests import RequestError
 
 
 class PastContext(Enum):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfc.runtime.kv_cache import BlockManager
+from rfc.runtime.engine.kv_cache import BlockManager
 
 
 @dataclass(frozen=True)

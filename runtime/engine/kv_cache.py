@@ -4,7 +4,7 @@ The KV arrays themselves (one pair per layer) belong to the device; this module 
 which slots a sequence's tokens occupy, like nano-vllm's block_manager.py (STYLE.md point 4).
 The pool is `num_blocks` blocks of `block_size` token slots, preallocated once.
 
-With prefix caching (runtime/prefix_cache.py) a full block whose KV is computed is keyed by
+With prefix caching (runtime/engine/prefix_cache.py) a full block whose KV is computed is keyed by
 its tokens and all before them, and a later sequence with the same prefix takes the block
 instead of computing it again: blocks carry reference counts, and a block nobody holds stays
 cached until the pool needs it. Never-used blocks are handed out lowest id first, and cached
@@ -18,7 +18,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rfc.runtime.prefix_cache import ROOT_KEY, PrefixCache, block_keys, chain_key
+from rfc.runtime.engine.prefix_cache import ROOT_KEY, PrefixCache, block_keys, chain_key
 
 
 class KVCacheFull(Exception):

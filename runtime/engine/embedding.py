@@ -11,8 +11,8 @@ from enum import Enum
 
 import numpy as np
 
-from rfc.runtime.batch import ScheduledChunk, build_batch
-from rfc.runtime.engine import Engine
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.engine import Engine
 
 
 class Pooling(Enum):

@@ -3,7 +3,7 @@ the codebooks and lattice grids of artifacts/quant_tables.py.
 
 Each decoder follows gguf-py's (and ggml's dequantize_row_*) float32 operations in their order,
 so the values are bit-identical to theirs (tests/unit/test_quants.py). Blocks are numpy
-structured dtypes, as in runtime/quants.py, which merges CODECS into its table.
+structured dtypes, as in runtime/model/quants.py, which merges CODECS into its table.
 """
 
 import numpy as np

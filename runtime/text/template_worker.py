@@ -1,6 +1,6 @@
 """Chat templates render in worker processes with hard limits (issue 8, finding 8).
 
-A chat template is untrusted code. The sandbox in runtime/chat.py bounds what it can reach
+A chat template is untrusted code. The sandbox in runtime/text/chat.py bounds what it can reach
 and counts its steps, but one C-level operation (`x in huge_list`, `['x' * 999999] * 999999`)
 runs without returning to Python: it holds the GIL, blocks every thread of the server and
 can allocate gigabytes. So the server never compiles or renders a template itself: a few
@@ -8,7 +8,7 @@ worker processes do, each under an address-space limit, and the HTTP thread wait
 answer with a deadline. A worker that overruns is killed and replaced; the request gets an
 error naming `messages`; every other request and the probes keep being answered.
 
-Workers are separate interpreters (`python -m rfc.runtime.template_worker`, not forks of the
+Workers are separate interpreters (`python -m rfc.runtime.text.template_worker`, not forks of the
 threaded server and not multiprocessing's spawn, which re-runs the parent's main script), started
 once when the server starts; they speak msgpack over their stdin and stdout, never pickle, so
 even a worker whose sandbox fell could send the server nothing but data. Compiled templates are
@@ -31,7 +31,7 @@ from typing import Any
 
 import msgpack
 
-from rfc.runtime.chat import ChatTemplateError
+from rfc.runtime.text.chat import ChatTemplateError
 
 
 class TemplatesBusy(ChatTemplateError):
@@ -46,7 +46,7 @@ class WorkerLimits:
     wait_s: float = 10.0  # longest wait for a free worker before answering "busy"
 
 
-# A render's output is bounded by the sandbox (runtime/chat.py); this bounds a reply's frame.
+# A render's output is bounded by the sandbox (runtime/text/chat.py); this bounds a reply's frame.
 _MAX_REPLY_BYTES = 64 << 20
 
 
@@ -70,7 +70,7 @@ def _worker_main(memory_bytes: int, timeout_s: float) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     except (ValueError, OSError):
         pass  # a platform without RLIMIT_AS: the parent's deadline still holds
-    from rfc.runtime.chat import ChatTemplate, RenderLimits
+    from rfc.runtime.text.chat import ChatTemplate, RenderLimits
 
     limits = RenderLimits(timeout_s=timeout_s)
     compiled: dict[str, ChatTemplate] = {}
@@ -108,7 +108,7 @@ class _Worker:
         # the worker's own budget ends first, so an ordinary overrun is a clean error, not a kill
         budget = 0.8 * limits.render_timeout_s
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "rfc.runtime.template_worker", str(limits.memory_bytes), repr(budget)],
+            [sys.executable, "-m", "rfc.runtime.text.template_worker", str(limits.memory_bytes), repr(budget)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
         )  # fmt: skip
         self._requests = Connection(os.dup(self.process.stdin.fileno()), readable=False)

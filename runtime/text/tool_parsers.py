@@ -1,4 +1,4 @@
-"""The parsers of runtime/tool_calls.py, one per template family: each takes the output from
+"""The parsers of runtime/text/tool_calls.py, one per template family: each takes the output from
 the first call marker on and returns (the text outside the calls, [(name, arguments)]), or
 raises ValueError & co. on malformed text (the caller keeps it as content).
 

@@ -12,7 +12,7 @@ framework needed).
 
 Every grammar problem is a `GrammarError` raised before the request is queued, naming what
 the engine refuses (a schema keyword it does not implement, a syntax error, a limit of
-runtime/grammar_limits.py): a constraint the client asked for is never silently dropped.
+runtime/sampling/grammar_limits.py): a constraint the client asked for is never silently dropped.
 
 Compiling runs in llguidance's native code, which recurses as deep as the grammar nests and
 may take a while: it happens on `GrammarWorkers` threads, with a stack sized for the deepest
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import llguidance
 import numpy as np
 
-from rfc.runtime.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema
-from rfc.runtime.work_pool import Busy, WorkPool
+from rfc.runtime.sampling.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema
+from rfc.runtime.engine.work_pool import Busy, WorkPool
 
 __all__ = ["Busy", "Grammar", "GrammarError", "GrammarLimits", "GrammarWorkers", "Grammars", "Matcher"]
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rfc.runtime.batch import ScheduledChunk, build_batch
-from rfc.runtime.engine import Engine, GenerationRequest
-from rfc.runtime.kv_cache import BlockManager
-from rfc.runtime.loader import LoadedModel
-from rfc.runtime.sampler import SamplingParams
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.engine import Engine, GenerationRequest
+from rfc.runtime.engine.kv_cache import BlockManager
+from rfc.runtime.model.loader import LoadedModel
+from rfc.runtime.sampling.sampler import SamplingParams
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rfc.runtime.detokenize import IncrementalDetokenizer
-from rfc.runtime.sampler import Sampler, SamplingParams
-from rfc.runtime.scheduler import FinishReason, Sequence
-from rfc.runtime.spec import SeqSpec, SpecRequest
-from rfc.runtime.stopping import StopChecker
+from rfc.runtime.text.detokenize import IncrementalDetokenizer
+from rfc.runtime.sampling.sampler import Sampler, SamplingParams
+from rfc.runtime.engine.scheduler import FinishReason, Sequence
+from rfc.runtime.engine.spec import SeqSpec, SpecRequest
+from rfc.runtime.text.stopping import StopChecker
 
 __all__ = ["FinishReason", "GenerationRequest", "Observer", "RequestError", "RequestState", "TokenEvent"]
 
@@ -87,7 +87,7 @@ class RequestState:
     sampler: Sampler | None = None
     matcher: Any = None  # the constraint's per-request state (runtime.constraints.Matcher)
     spec: SeqSpec | None = None  # speculative decoding: its drafter and record (None: it does not speculate)
-    # the output stage's (runtime/output.py)
+    # the output stage's (runtime/engine/output.py)
     detok: IncrementalDetokenizer | None = None
     stopper: StopChecker | None = None
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from rfc.artifacts.plan import Buffer, Op, Plan
-from rfc.runtime.batch import StepBatch
+from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceError
 
 if TYPE_CHECKING:
-    from rfc.runtime.sampling_kernels import SamplingKernels
+    from rfc.runtime.sampling.sampling_kernels import SamplingKernels
 
 
 @dataclass(frozen=True)

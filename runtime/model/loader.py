@@ -10,9 +10,9 @@ from tokenizers import Tokenizer
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle, open_bundle
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
-from rfc.runtime.executor import Device, Executor
-from rfc.runtime.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks
-from rfc.runtime.kv_cache import BlockManager, KvPool
+from rfc.runtime.engine.executor import Device, Executor
+from rfc.runtime.engine.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks
+from rfc.runtime.engine.kv_cache import BlockManager, KvPool
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ and without recursion, against `GrammarLimits`: its size, its rule count, the lo
 references and nesting through which compilation recurses, and the product of nested counted
 repetitions (`{m,n}`, `~ m..n`) that an automaton unrolls. Over a limit: a `GrammarError`
 naming the field and the limit (a 400). Compilation then runs on threads with a stack sized
-for the deepest input these limits admit (runtime/constraints.py `GrammarWorkers`).
+for the deepest input these limits admit (runtime/sampling/constraints.py `GrammarWorkers`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from rfc.runtime.requests import RequestError
+from rfc.runtime.engine.requests import RequestError
 
 
 class GrammarError(RequestError):

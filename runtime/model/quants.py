@@ -19,8 +19,8 @@ import numpy as np
 from rfc.artifacts.formats import FORMATS as _TABLE
 from rfc.artifacts.formats import GGUF_FORMATS, PACKED_FORMATS, PLANAR_FORMATS, WeightFormat
 from rfc.artifacts.formats import row_nbytes as _table_row_nbytes
-from rfc.runtime import quants_iq, quants_small
-from rfc.runtime.quants_planar import unpack_planar
+from rfc.runtime.model import quants_iq, quants_small
+from rfc.runtime.model.quants_planar import unpack_planar
 
 QK_K = 256  # elements in one k-quant super-block
 

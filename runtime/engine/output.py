@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rfc.runtime.requests import FinishReason, Observer, RequestState, TokenEvent
+from rfc.runtime.engine.requests import FinishReason, Observer, RequestState, TokenEvent
 
 log = logging.getLogger("rfc.engine")
 

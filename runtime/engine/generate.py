@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rfc.runtime.engine import Engine, GenerationRequest, RequestState
+from rfc.runtime.engine.engine import Engine, GenerationRequest, RequestState
 
 
 @dataclass(frozen=True)
