@@ -8,7 +8,19 @@ which architecture it came from. Buffer shapes are symbolic in the batch sizes:
 
 Per-step batch inputs the runtime supplies (not buffers of the plan): ``tokens`` and
 ``positions`` (int32[T]), the sequence of each token, each sequence's KV block table, and
-``logit_rows`` (int32[R], indices into T).
+``logit_rows`` (int32[R], indices into T), and each sequence's recurrent-state slot
+(``state_slots``, int32[S]) for plans that declare state.
+
+Recurrent state (hybrid models: LFM2's short convolutions, Gated DeltaNet, Mamba) is a
+fixed-size float32 record per sequence beside the paged KV cache. The plan declares it in
+``Plan.state`` (a StateSpec: one StateTensor per layer and kind, with its per-sequence
+shape, e.g. a conv window [kernel - 1, channels] or a recurrent matrix [heads, dk, dv]); a
+runtime keeps a pool of slots, each holding every tensor of the spec for one sequence, and
+the step batch names each sequence's slot. An op that reads and writes state takes the
+index of its StateTensor as the attribute ``state``; it reads the slot as the sequence's
+state before the chunk's first token and leaves it as the state after the chunk's last. A
+chunk that starts at position 0 starts from zeros (the op ignores what the slot held), so
+a fresh or recomputed sequence never sees a previous owner's state.
 
 OpKind names every op kind and OPS is the contract: each kind's arity and attributes.
 A plan using an op or omitting an attribute not listed here is refused; the shape rules in
@@ -35,6 +47,10 @@ DTYPES = ("f32", "i32")
 GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai")  # swiglu's `activation`
 ROPE_STYLES = ("adjacent", "neox")
 MOE_GATINGS = ("softmax", "sigmoid", "softmax_weight")  # moe_route's `gating`
+MAX_STATE_TENSORS = 4096  # state tensors of one plan (a few per layer)
+MAX_STATE_DIMS = 3
+MAX_STATE_ELEMENTS = 1 << 28  # float32 elements of one sequence's whole state (1 GiB)
+MAX_CONV_KERNEL = 64  # short_conv's kernel length (LFM2: 3)
 
 
 class OpKind(str, Enum):
@@ -57,6 +73,7 @@ class OpKind(str, Enum):
     MOE_MATMUL = "moe_matmul"
     MOE_COMBINE = "moe_combine"
     MOE_ADD_BIAS = "moe_add_bias"
+    SHORT_CONV = "short_conv"
 
     __str__ = str.__str__  # the name itself, not OpKind.X
 
@@ -140,6 +157,15 @@ OPS: dict[OpKind, OpSchema] = {
         doc="per-expert bias (llama.cpp's ggml_add_id; gpt-oss): y[T, n_used*N], ids i32[T, n_used] -> "
         "out = y with segment j += bias[ids[t, j]], bias [n_expert, N]",
     ),
+    OpKind.SHORT_CONV: OpSchema(
+        1, 1, (1, 1), ("state",),
+        doc="LFM2's gated short convolution over a sequence's recurrent state: bcx[T, 3C] (in_proj's output: "
+        "b, c, x, C channels each) -> out[T, C]. u = b * x; per sequence, the window is the state (the last "
+        "L-1 u rows before the chunk, [L-1, C]; zeros at position 0) followed by the chunk's u rows; "
+        "out[t, ch] = c[t, ch] * sum_k weight[ch, k] * window[t + k, ch] for k < L (weight [C, L], the "
+        "depthwise kernel; llama.cpp's ggml_ssm_conv). The state afterwards: the window's last L-1 rows. "
+        "`state` is the index of its StateTensor ([L-1, C]) in the plan's StateSpec",
+    ),
 }
 assert set(OPS) == set(OpKind), "every op kind has a schema"
 
@@ -220,6 +246,38 @@ class KVSpec:
 
 
 @dataclass(frozen=True)
+class StateTensor:
+    """One recurrent state tensor every sequence has: float32, row-major, `shape` per sequence."""
+
+    layer: int  # the model layer it belongs to (reports; ops name it by index)
+    shape: tuple[int, ...]
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """The per-sequence recurrent state of a plan: empty for a pure transformer. A slot of a
+    runtime's state pool holds every tensor, in order, each at `offset(i)` floats."""
+
+    tensors: tuple[StateTensor, ...] = ()
+
+    @property
+    def slot_floats(self) -> int:
+        return sum(t.elements for t in self.tensors)
+
+    @property
+    def slot_bytes(self) -> int:
+        return 4 * self.slot_floats
+
+    def offset(self, index: int) -> int:
+        """Float offset of tensor `index` inside a slot."""
+        return sum(t.elements for t in self.tensors[:index])
+
+
+@dataclass(frozen=True)
 class Plan:
     buffers: tuple[Buffer, ...]
     ops: tuple[Op, ...]
@@ -230,6 +288,7 @@ class Plan:
     vocab_size: int
     n_embd: int
     context_length: int
+    state: StateSpec = StateSpec()  # per-sequence recurrent state (hybrid models); empty: none
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:
@@ -247,8 +306,11 @@ class Plan:
 
 def pack_plan(plan: Plan) -> bytes:
     validate_plan(plan)
+    # "state" only when there is some: a stateless plan's bytes (and its bundle's hashes) stay as they were
+    state = {"state": [[t.layer, list(t.shape)] for t in plan.state.tensors]} if plan.state.tensors else {}
     return msgpack.packb(
         {
+            **state,
             "buffers": [[b.name, list(b.shape), b.dtype] for b in plan.buffers],
             "ops": [
                 {
@@ -284,6 +346,18 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
+def _state(value: Any) -> StateSpec:
+    """The plan's "state" list, [[layer, [dims]], ...], its counts bounded before anything is built."""
+    if not isinstance(value, list) or len(value) > MAX_STATE_TENSORS:
+        raise BundleError(f"{PLAN_FILE}: state is not a list of at most {MAX_STATE_TENSORS} tensors")
+    tensors = []
+    for i, t in enumerate(value):
+        if not (isinstance(t, list) and len(t) == 2 and isinstance(t[1], list) and 1 <= len(t[1]) <= MAX_STATE_DIMS):
+            raise BundleError(f"{PLAN_FILE}: state tensor {i} is not [layer, [dims]]")
+        tensors.append(StateTensor(_int(t[0], f"state tensor {i} layer"), tuple(_int(d, f"state tensor {i} dims") for d in t[1])))
+    return StateSpec(tuple(tensors))
+
+
 def unpack_plan(data: bytes) -> Plan:
     """Parses plan.msgpack, checking every field's type; BundleError (one line) otherwise."""
     try:
@@ -315,6 +389,7 @@ def unpack_plan(data: bytes) -> Plan:
                 weights=_strs(o.get("weights"), f"op {i} weights"),
                 attrs=dict(o["attrs"]),
             ))  # fmt: skip
+        state = _state(raw.get("state", []))
         kv = raw["kv"]
         if not (isinstance(kv, list) and len(kv) == 4 and isinstance(kv[3], str)):
             raise BundleError(f"{PLAN_FILE}: kv is not [n_layers, n_kv_heads, head_dim, dtype]")
@@ -328,6 +403,7 @@ def unpack_plan(data: bytes) -> Plan:
             vocab_size=_int(raw["vocab_size"], "vocab_size"),
             n_embd=_int(raw["n_embd"], "n_embd"),
             context_length=_int(raw["context_length"], "context_length"),
+            state=state,
         )
     except KeyError as e:
         raise BundleError(f"{PLAN_FILE} lacks {e}") from None

@@ -15,6 +15,7 @@ from rfc.artifacts.errors import BundleError
 from rfc.artifacts.formats import FormatError, tensor_nbytes, weight_format
 from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.plan import DTYPES, GLU_ACTIVATIONS, MAX_BUFFERS, MOE_GATINGS, OPS, ROPE_STYLES, SYMBOLS, Op, Plan
+from rfc.artifacts.plan import MAX_CONV_KERNEL as SHORT_CONV_MAX_KERNEL, MAX_STATE_DIMS, MAX_STATE_ELEMENTS, MAX_STATE_TENSORS
 
 MAX_WIDTH = 1 << 24  # elements in one activation row (a vocabulary of 16M would still fit)
 MAX_CONTEXT = 1 << 24
@@ -57,6 +58,7 @@ def check_plan(plan: Plan) -> None:
     _need(_bounded_int(kv.n_layers, 1, MAX_LAYERS), f"plan KV n_layers {kv.n_layers!r} is out of range")
     _need(_bounded_int(kv.n_kv_heads, 1, MAX_HEADS), f"plan KV n_kv_heads {kv.n_kv_heads!r} is out of range")
     _need(_bounded_int(kv.head_dim, 1, MAX_HEAD_DIM), f"plan KV head_dim {kv.head_dim!r} is out of range")
+    check_state(plan)
     _need(len(plan.buffers) <= MAX_BUFFERS, "plan has too many buffers")
     buffers = {}
     per_row_bytes = 0
@@ -73,6 +75,19 @@ def check_plan(plan: Plan) -> None:
     _need(_is(buffers, plan.output_hidden, ("R", plan.n_embd)), f"plan output {plan.output_hidden!r} is not [R, n_embd]")
     for i, op in enumerate(plan.ops):
         check_op(plan, buffers, i, op)
+
+
+def check_state(plan: Plan) -> None:
+    """The per-sequence state: bounded counts and sizes, so a slot's size is sane before a pool is sized."""
+    tensors = plan.state.tensors
+    _need(len(tensors) <= MAX_STATE_TENSORS, f"plan declares {len(tensors)} state tensors, more than {MAX_STATE_TENSORS}")
+    total = 0
+    for i, t in enumerate(tensors):
+        _need(_bounded_int(t.layer, 0, MAX_LAYERS - 1), f"plan state tensor {i} has layer {t.layer!r} out of range")
+        _need(1 <= len(t.shape) <= MAX_STATE_DIMS and all(_bounded_int(d, 1, MAX_STATE_ELEMENTS) for d in t.shape),
+              f"plan state tensor {i} has shape {list(t.shape)[:4]}, not 1 to {MAX_STATE_DIMS} positive dims")
+        total += t.elements
+        _need(total <= MAX_STATE_ELEMENTS, f"plan state needs more than {MAX_STATE_ELEMENTS} floats per sequence")
 
 
 def _is(buffers: dict, name: str, shape: tuple, dtype: str = "f32") -> bool:
@@ -387,6 +402,26 @@ def _gather_rows(v: _OpView) -> None:
     v.need(v.rows(x) == "T" and v.rows(out) == "R" and v.width(x) == v.width(out), "not [T, n] -> [R, n]")
 
 
+def state_tensor(v: _OpView) -> tuple[int, ...]:
+    """The shape of the StateTensor the op's `state` attribute names (every stateful op has one)."""
+    tensors = v.plan.state.tensors
+    index = v.op.attr("state")
+    v.need(_bounded_int(index, 0, len(tensors) - 1), f"attribute state = {str(index)[:20]!r} names no state tensor of the plan")
+    return tensors[index].shape
+
+
+def _short_conv(v: _OpView) -> None:
+    (bcx,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(bcx, out)
+    c = v.width(out)
+    v.need(v.shape(bcx) == ("T", 3 * c) and v.rows(out) == "T", f"input is not [T, 3 x {c}] (b, c, x) or output not [T, {c}]")
+    shape = state_tensor(v)
+    v.need(len(shape) == 2 and shape[1] == c and 1 <= shape[0] < SHORT_CONV_MAX_KERNEL,
+           f"state tensor {list(shape)} is not [kernel - 1 < {SHORT_CONV_MAX_KERNEL}, {c}]")
+    w = v.weight_shape(0)
+    v.need(w is None or w == (c, shape[0] + 1), f"kernel {w} is not [{c}, {shape[0] + 1}]")
+
+
 RULES: dict[str, Callable[[_OpView], None]] = {
     "embed": _embed,
     "rmsnorm": _rmsnorm,
@@ -404,5 +439,6 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "moe_matmul": _moe_matmul,
     "moe_combine": _moe_combine,
     "moe_add_bias": _moe_add_bias,
+    "short_conv": _short_conv,
 }
 assert set(RULES) == set(OPS), "every op kind needs a shape rule"

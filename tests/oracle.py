@@ -1,7 +1,7 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,glm4-moe}.cpp, llama-graph.cpp: build_attn_mha,
+qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,lfm2}.cpp, llama-graph.cpp: build_attn_mha,
 build_moe_ffn) and sharing no code with rfc: the GGUF is read with the `gguf` package, weights are
 dequantized with `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
 every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
@@ -119,6 +119,9 @@ class Config:
     sinks: bool = False  # gpt-oss: attn_sinks, a logit per head in every softmax
     oai: bool = False  # gpt-oss experts: biased router and experts, softmax of the top-k, swiglu_oai
     layers: list[Layer] = field(default_factory=list)
+    # lfm2: the gated short-conv layers (head_count_kv 0); the final norm's name
+    short_conv: tuple[int, ...] = ()
+    out_norm: str = "output_norm.weight"
 
 
 def _f32(x: float) -> float:
@@ -136,7 +139,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     scale = 1.0 if scaling == "none" or not factor else 1.0 / factor
     base = k("rope.freq_base", 10000.0)
     c = Config(
-        arch=arch, n_embd=n_embd, n_layers=k("block_count") - k("nextn_predict_layers", 0), n_heads=n_heads,
+        arch=arch, n_embd=n_embd, n_layers=k("block_count"), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
         n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite"),
         eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
@@ -189,12 +192,11 @@ def read_config(md: dict, tensors: dict) -> Config:
             if not window:
                 local = [False] * c.n_layers
         c.layers = [swa if is_local else full for is_local in local]
-    if arch == "glm4moe":  # src/models/glm4-moe.cpp (the nextn_predict_layers MTP blocks are not run)
-        c.gating = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}[k("expert_gating_func", 0)]
-        c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
-        c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
-        c.dense_lead, c.ffn_norm = k("leading_dense_block_count", 0), "post_attention_norm"
-        c.qk_norm = "blk.0.attn_q_norm.weight" in tensors
+    if arch == "lfm2":  # src/models/lfm2.cpp: head_count_kv 0 marks a short-conv layer; Q/K normed per head
+        per_layer = list(k("attention.head_count_kv"))
+        c.short_conv = tuple(i for i, n in enumerate(per_layer) if n == 0)
+        c.n_kv_heads = max(per_layer)
+        c.qk_norm, c.out_norm = True, "token_embd_norm.weight"
     if arch == "gpt-oss":  # src/models/openai-moe.cpp
         c.q_scale = _f32(1.0 / np.sqrt(np.float32(c.n_rot)))
         c.ffn_norm, c.sinks, c.oai = "post_attention_norm", True, True
@@ -333,6 +335,20 @@ class Oracle:
             out = out + self.w(p + "attn_output.bias")
         return out
 
+    def short_conv(self, h: np.ndarray, i: int) -> np.ndarray:
+        """lfm2's conv block (build_shortconv_block): in_proj to b, c, x; a causal depthwise
+        conv of b * x over the last l_cache inputs (zeros before the first token: the state a
+        fresh sequence starts from); times c; out_proj."""
+        p, n = f"blk.{i}.", len(h)
+        bcx = self.linear(h, p + "shortconv.in_proj.weight")
+        e = bcx.shape[1] // 3
+        b, cg, x = bcx[:, :e], bcx[:, e : 2 * e], bcx[:, 2 * e :]
+        w = self.w(p + "shortconv.conv.weight")  # [channels, kernel]
+        taps = w.shape[1]
+        window = np.concatenate([np.zeros((taps - 1, e)), b * x])
+        conv = sum(window[j : j + n] * w[:, j] for j in range(taps))
+        return self.linear(cg * conv, p + "shortconv.out_proj.weight")
+
     def ffn(self, h: np.ndarray, i: int) -> np.ndarray:
         c, p = self.cfg, f"blk.{i}."
         if c.oai:
@@ -417,7 +433,8 @@ class Oracle:
         x = self.w("token_embd.weight")[np.asarray(tokens)] * c.embed_scale
         for i in range(c.n_layers):
             p = f"blk.{i}."
-            a = self.attention(self.norm(x, p + "attn_norm.weight") if c.pre_norms else x, i)
+            sub = self.short_conv if i in c.short_conv else self.attention
+            a = sub(self.norm(x, p + "attn_norm.weight") if c.pre_norms else x, i)
             if c.post_norms:
                 a = self.norm(a, p + "post_attention_norm.weight")
             if c.residual_scale:
@@ -429,7 +446,7 @@ class Oracle:
             if c.residual_scale:
                 f = f * c.residual_scale
             x = x + f
-        x = self.norm(x, "output_norm.weight")
+        x = self.norm(x, c.out_norm)
         out = self.linear(x, "token_embd.weight" if c.tied else "output.weight")
         if c.final_softcap:
             out = c.final_softcap * np.tanh(out / c.final_softcap)

@@ -8,7 +8,7 @@ of tensors (split a fused tensor, concatenate several): see compiler/weights.py.
 
 from math import prod
 
-from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan
+from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan, StateSpec, StateTensor
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
 from rfc.compiler.spec import HParams, ModelSpec
@@ -23,6 +23,7 @@ class ModelBuilder:
         self._sources: dict[str, SourceTensor] = {}
         self._buffers: dict[str, Buffer] = {}
         self._ops: list[Op] = []
+        self._state: list[StateTensor] = []
 
     # -- tensors of the GGUF ----------------------------------------------------------------
     def has(self, name: str) -> bool:
@@ -77,6 +78,12 @@ class ModelBuilder:
             raise CompileError(f"buffer {name} declared with two shapes")  # a recipe bug
         return name
 
+    def state(self, layer: int, shape: tuple[int, ...]) -> int:
+        """Declares a per-sequence recurrent state tensor of `layer` (float32, `shape` per
+        sequence); returns the index a stateful op names as its `state` attribute."""
+        self._state.append(StateTensor(layer, tuple(shape)))
+        return len(self._state) - 1
+
     def op(self, kind: str, inputs: tuple[str, ...], outputs: tuple[str, ...], weights: tuple[str, ...] = (), **attrs) -> None:
         self._ops.append(Op(kind, tuple(inputs), tuple(outputs), tuple(weights), dict(attrs)))
 
@@ -91,6 +98,7 @@ class ModelBuilder:
             vocab_size=hparams.vocab_size,
             n_embd=hparams.n_embd,
             context_length=hparams.context_length,
+            state=StateSpec(tuple(self._state)),
         )
         return ModelSpec(hparams=hparams, plan=plan, weights=tuple(self._weights.values()), sources=dict(self._sources))
 

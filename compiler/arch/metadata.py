@@ -92,6 +92,18 @@ class Metadata:
             raise CompileError(f"{self.path}: metadata {self.key(key)} is not an array of booleans or integers")
         return tuple(bool(v) for v in value)
 
+    def per_layer(self, key: str, n_layers: int, lo: int, hi: int, default: Any = _REQUIRED) -> tuple[int, ...]:
+        """An integer for every layer: one for all (a scalar) or an array of exactly n_layers,
+        each in [lo, hi] (llama.cpp's get_key_or_arr: per-layer head counts)."""
+        value = self._raw(key, default)
+        if not isinstance(value, (list, tuple)):
+            return (self.int(key, lo, hi, default),) * n_layers
+        if len(value) != n_layers:
+            raise CompileError(f"{self.path}: metadata {self.key(key)} has {len(value)} entries for {n_layers} layers")
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi for v in value):
+            raise CompileError(f"{self.path}: metadata {self.key(key)} is not an array of integers in [{lo}, {hi}]")
+        return tuple(int(v) for v in value)
+
     def text(self, key: str, default: Any = _REQUIRED, max_len: int = 256) -> str:
         """A string shown to people (a model's name): data only, never put into source."""
         value = self._raw(key, default)

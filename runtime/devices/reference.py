@@ -18,6 +18,7 @@ from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceKind
 from rfc.runtime.engine.executor import InterpretedDevice
 from rfc.runtime.model.quants import dequantize
+from rfc.runtime.devices.state import HostStatePool, seq_state
 
 
 class ReferenceDevice(InterpretedDevice):
@@ -32,12 +33,6 @@ class ReferenceDevice(InterpretedDevice):
         dtype = np.float16 if kv.dtype == "f16" else np.float32
         self.k_cache = np.zeros(shape, dtype=dtype)
         self.v_cache = np.zeros(shape, dtype=dtype)
-
-    copies_kv = True
-
-    def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
-        for cache in (self.k_cache, self.v_cache):
-            cache[:, dst] = cache[:, src]  # every layer; whatever a slot's row holds
 
     # -- memory ---------------------------------------------------------------------------
     def alloc(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -212,6 +207,35 @@ class ReferenceDevice(InterpretedDevice):
         outs[0][...] = np.einsum("tj,tjn->tn", w.astype(np.float64), y.reshape(n_tok, k, -1).astype(np.float64))
 
 
+    # -- recurrent state (runtime/devices/state.py) -------------------------------------------
+    state: HostStatePool | None = None  # sized by the loader (alloc_state) for a plan with state
+
+    def alloc_state(self, slots: int) -> None:
+        self.state = HostStatePool(self._plan.state, slots)
+
+    def copy_state(self, src: list[int], dst: list[int]) -> None:
+        if self.state is not None:
+            self.state.copy(src, dst)
+
+    @property
+    def state_pool(self) -> np.ndarray | None:
+        """The pool's float32 [slots, slot floats] array (None: no pool)."""
+        return self.state.data if self.state is not None else None
+
+    def op_short_conv(self, outs, ins, weights, attrs, batch):
+        out, bcx = outs[0], ins[0]
+        c = out.shape[1]
+        u = bcx[:, :c] * bcx[:, 2 * c :]  # b * x in float32, as llama.cpp's ggml_mul
+        w = weights[0]  # [C, L], float64
+        for s in range(len(batch.seq_start) - 1):
+            lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
+            state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
+            window = np.concatenate([state, u[lo:hi]]).astype(np.float64)  # [L-1+n, C]
+            conv = sum(window[k : k + hi - lo] * w[:, k] for k in range(w.shape[1]))
+            out[lo:hi] = bcx[lo:hi, c : 2 * c] * conv.astype(np.float32)
+            state[...] = window[hi - lo :]
+
+
 _HANDLERS: dict[OpKind, Callable] = {
     OpKind.EMBED: ReferenceDevice.op_embed,
     OpKind.RMSNORM: ReferenceDevice.op_rmsnorm,
@@ -229,5 +253,6 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.MOE_MATMUL: ReferenceDevice.op_moe_matmul,
     OpKind.MOE_COMBINE: ReferenceDevice.op_moe_combine,
     OpKind.MOE_ADD_BIAS: ReferenceDevice.op_moe_add_bias,
+    OpKind.SHORT_CONV: ReferenceDevice.op_short_conv,
 }
 assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"

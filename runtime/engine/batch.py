@@ -5,7 +5,7 @@ embedding, a benchmark) and the KV block tables; every device reads the same arr
 batch is laid out is decided once, here.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,9 @@ class StepBatch:
     context_lens: np.ndarray  # int32[S]: cached tokens after this step
     logit_rows: np.ndarray  # int32[R]: rows of T whose logits are wanted
     block_size: int
+    # int32[S]: each sequence's recurrent-state slot (artifacts/plan.py StateSpec); -1: it has
+    # none (a plan without state). Empty when the batch was built without a block manager.
+    state_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
     @property
     def num_tokens(self) -> int:
@@ -65,7 +68,7 @@ def build_batch(chunks: list[ScheduledChunk], blocks: BlockManager) -> StepBatch
     """Lays out chunks in order; KV blocks must already be allocated for them."""
     tokens, positions, slots, seq_of_token, rows = [], [], [], [], []
     seq_start = [0]
-    tables, lens = [], []
+    tables, lens, state_slots = [], [], []
     for s, c in enumerate(chunks):
         if not c.tokens:
             raise ValueError(f"empty chunk for sequence {c.seq_id}")
@@ -80,6 +83,7 @@ def build_batch(chunks: list[ScheduledChunk], blocks: BlockManager) -> StepBatch
         seq_start.append(len(tokens))
         tables.append(table)
         lens.append(c.start + len(c.tokens))
+        state_slots.append(blocks.state_slot(c.seq_id))
     width = max(len(t) for t in tables)
     block_tables = np.full((len(chunks), width), -1, dtype=np.int32)
     for s, t in enumerate(tables):
@@ -95,4 +99,5 @@ def build_batch(chunks: list[ScheduledChunk], blocks: BlockManager) -> StepBatch
         context_lens=np.asarray(lens, dtype=i32),
         logit_rows=np.asarray(rows, dtype=i32),
         block_size=blocks.block_size,
+        state_slots=np.asarray(state_slots, dtype=i32),
     )

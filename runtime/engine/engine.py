@@ -35,14 +35,13 @@ import numpy as np
 from rfc.runtime.engine.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.text.detokenize import IncrementalDetokenizer
 from rfc.runtime.engine.executor import DeviceToken, SampledRows
-from rfc.runtime.engine.kv_cache import KvCopy, kv_copy_slots
 from rfc.runtime.model.loader import LoadedModel
 from rfc.runtime.engine.output import OutputStage, SampledToken
 from rfc.runtime.engine.request_ids import RandomIds
 from rfc.runtime.engine.requests import FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent
 from rfc.runtime.sampling.sampler import Sampler, SamplingError
 from rfc.runtime.engine.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
-from rfc.runtime.engine.spec import Speculator, SpecError, accept
+from rfc.runtime.engine.spec import Speculator, SpecError, SpecType, accept
 from rfc.runtime.engine.spec_draft import DraftModel
 from rfc.runtime.text.stopping import StopChecker, stop_problem
 
@@ -66,7 +65,6 @@ class _Work:
     chunks: list[ScheduledChunk]
     states: list[RequestState]
     batch: StepBatch
-    copies: tuple[KvCopy, ...] = ()  # KV rows the device copies before the step (reuse to the token)
 
 
 @dataclass(frozen=True)
@@ -89,12 +87,15 @@ class Engine:
                 f"the KV cache ({pool.num_blocks} pages of {pool.block_size} tokens) "
                 f"must hold at least one full context of {model.context_length} tokens"
             )
+        stateful = bool(model.bundle.plan.state.tensors)
+        if stateful and (config.spec.type is not SpecType.NONE or model.draft is not None):
+            # a verify step would have to roll the recurrent state back past rejected drafts
+            raise ValueError("speculative decoding is not supported for models with recurrent state (hybrid "
+                             "architectures such as lfm2): serve without --spec-type / --model-draft")
         self.model = model
-        self.blocks = pool.manager()  # which request holds which of the device's KV blocks
+        self.blocks = pool.manager()  # which request holds which of the device's KV blocks and state slots
+
         self.scheduler = Scheduler(config, self.blocks)
-        # reuse to the token: a prompt takes the rows of a cached block it agrees with, copied
-        # into its own block by the device before the step (prefix_cache.py)
-        self.blocks.copy_partial = self.blocks.cache is not None and model.executor.copies_kv
         self.observer = observer or Observer()
         info = model.tokenizer_info
         self.eog_ids = frozenset(info.get("eog_ids") or ([info["eos_id"]] if info.get("eos_id") is not None else []))
@@ -127,6 +128,9 @@ class Engine:
         request.params.validate(self.model.vocab_size)
         if (problem := stop_problem(request.stop)) is not None:
             raise RequestError("stop", problem)
+        if request.speculative is not None and request.speculative.type not in (None, SpecType.NONE) \
+                and self.blocks.num_state_slots:
+            raise RequestError("speculative.type", "speculative decoding is not supported for models with recurrent state")
         try:
             spec = self._spec.start(request.speculative)
         except SpecError as e:
@@ -184,6 +188,9 @@ class Engine:
                 "pages_free": self.blocks.num_free(),
                 "sequences": self.blocks.num_sequences(),
                 "pages_cached": self.blocks.num_cached_idle(),
+                # recurrent-state slots (hybrid models; 0 of 0 for the others)
+                "state_slots_used": self.blocks.num_state_slots - self.blocks.num_free_states(),
+                "state_slots_total": self.blocks.num_state_slots,
                 **self._prefix_counts(),
                 **self._spec.counts(),
             }
@@ -271,10 +278,9 @@ class Engine:
             for state in states:
                 if state.admitted_at is None:
                     state.admitted_at = now
-            copies = tuple(self.blocks.take_copies())
             wants = self._spec.wants(chunks, states)
             if not wants:
-                return _Work(chunks, states, build_batch(chunks, self.blocks), copies)
+                return _Work(chunks, states, build_batch(chunks, self.blocks))
         tokens, rows = sum(len(c.tokens) for c in chunks), sum(c.num_rows for c in chunks)
         drafts = self._spec.propose(wants, tokens, rows, {c.seq_id for c in chunks})  # lock released: a draft model runs
         with self._lock:
@@ -283,15 +289,13 @@ class Engine:
             if not live:
                 return None
             chunks = self.scheduler.add_drafts([c for c, _ in live], drafts) if drafts else [c for c, _ in live]
-            return _Work(chunks, [s for _, s in live], build_batch(chunks, self.blocks), copies)
+            return _Work(chunks, [s for _, s in live], build_batch(chunks, self.blocks))
 
     def _run(self, work: _Work) -> "np.ndarray | SampledRows | None":
         """The forward pass (lock released: HTTP threads may submit and cancel meanwhile).
         A failing step fails its requests, never the engine: None then."""
         try:
             executor = self.model.executor
-            if work.copies:
-                executor.copy_kv(*kv_copy_slots(work.copies, self.blocks.block_size))
             if getattr(executor, "samples_on_device", False):
                 return executor.forward_sampled(work.batch, self._device_rows(work))
             return executor.forward(work.batch)

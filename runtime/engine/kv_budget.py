@@ -17,6 +17,9 @@ those; the budget is split evenly over the others. On a GPU the budget is measur
 model loads (in order), so a model takes `1/k` of what is left, k being the budgeted models
 that load from it on, after reserving the weights of every model still to load.
 
+A hybrid model's recurrent-state slots (one per sequence that may run at once, each the
+plan's StateSpec.slot_bytes) come off the budget first; the KV pages get the rest.
+
 A budget that does not hold one full context of one sequence refuses the model (vLLM's
 "max_model_len ... larger than the maximum number of tokens that can be stored in KV cache").
 A full context is the served one: `--ctx-size` (vLLM's `--max-model-len`) shortens it, and
@@ -148,6 +151,7 @@ class KvSizing:
     kv_memory: float | int | None = None
     max_sequences: int = HOST_CONTEXTS
     share: KvShare = KvShare()
+    state_bytes: int = 0  # the recurrent-state pool of a hybrid model: taken from the budget before the KV pages
 
 
 def budget_blocks(s: KvSizing, memory_info: Callable[[], tuple[int, int]] | None = None,
@@ -166,4 +170,5 @@ def budget_blocks(s: KvSizing, memory_info: Callable[[], tuple[int, int]] | None
         budget = host_budget(s.kv_memory, host_total if host_total is not None else host_memory_bytes(), s.share)
         cap = HOST_CONTEXTS
         hint = "raise --kv-memory, set --kv-pages, or serve a shorter context with --ctx-size"
+    budget -= s.state_bytes
     return blocks_within(budget, per_block, s.context_length, s.block_size, cap, hint), budget

@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle, open_bundle
+from rfc.artifacts.plan import Plan
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
 from rfc.runtime.engine.executor import Device, Executor
 from rfc.runtime.engine.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks
@@ -102,6 +103,7 @@ def _budget_blocks(bundle: Bundle, choice: DeviceChoice, options: LoadOptions, c
     plan = bundle.plan
     sizing = KvSizing(choice.name, plan.kv, options.block_size, context_length, options.gpu_memory_utilization,
                       options.kv_memory, options.kv_max_sequences, options.kv_share)
+    sizing = replace(sizing, state_bytes=state_slots(plan, options) * plan.state.slot_bytes)
     if choice.name.is_gpu:
         from rfc.runtime.devices import gpu_memory_info, gpu_resident_bytes
 
@@ -109,6 +111,15 @@ def _budget_blocks(bundle: Bundle, choice: DeviceChoice, options: LoadOptions, c
     else:
         blocks, _ = budget_blocks(sizing)
     return blocks
+
+
+def state_slots(plan: Plan, options: LoadOptions) -> int:
+    """Recurrent-state slots of a plan with state (hybrid models), 0 without: one per sequence
+    that may hold KV at once, as many as the pool's `kv_max_sequences` (a server's --max-batch).
+    The scheduler admits a sequence only when one is free (runtime/engine/kv_cache.py). Prefix
+    caching is off for such plans: a cached KV prefix would skip the prefill that computes the
+    state it ends in."""
+    return max(1, options.kv_max_sequences) if plan.state.tensors else 0
 
 
 def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
@@ -126,12 +137,15 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     context_length = served_context_length(plan.context_length, options.ctx_size)
     num_blocks = options.kv_blocks or _budget_blocks(bundle, choice, options, context_length)
     device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length, options.threads)
+    slots = state_slots(plan, options)
+    if slots:
+        device.alloc_state(slots)
     return LoadedModel(
         bundle=bundle,
         tokenizer=tokenizer,
         device_choice=choice,
         device=device,
-        kv_pool=KvPool(num_blocks, options.block_size, options.prefix_caching),
+        kv_pool=KvPool(num_blocks, options.block_size, options.prefix_caching and not slots, state_slots=slots),
         executor=Executor(plan, device),
         context_length=context_length,
         draft=draft,

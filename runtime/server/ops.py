@@ -62,6 +62,8 @@ def _cache_check(counts: dict[str, int]) -> dict[str, int]:
         "pages_total": counts["pages_total"],
         "pages_free": counts["pages_free"],
         "active_sequences": counts["sequences"],
+        "state_slots_used": counts.get("state_slots_used", 0),
+        "state_slots_total": counts.get("state_slots_total", 0),
     }
 
 

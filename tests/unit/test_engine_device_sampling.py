@@ -23,7 +23,6 @@ class GreedyDevice:
     ties to the lowest id: the kernel's rule) and records what it was handed."""
 
     samples_on_device = True
-    copies_kv = False  # the prefix cache reuses whole blocks only
 
     def __init__(self, executor, fail_first: bool = False):
         self._executor = executor
