@@ -21,12 +21,24 @@ from pathlib import Path
 import numpy as np
 
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.model.loader import LoadedModel, LoadOptions, load_model
 
 
+
+# An Engine keeps its own block bookkeeping; this tool drives the executor without one, so it
+# keeps one BlockManager per loaded model it steps.
+_BLOCKS: dict[int, BlockManager] = {}
+
+
+def blocks_of(lm: LoadedModel) -> BlockManager:
+    if id(lm) not in _BLOCKS:
+        _BLOCKS[id(lm)] = lm.kv_pool.manager()
+    return _BLOCKS[id(lm)]
+
 def prefill(lm: LoadedModel, tokens: list[int], seq: int = 0) -> tuple[float, np.ndarray]:
-    lm.blocks.allocate(seq, len(tokens))
-    batch = build_batch([ScheduledChunk(seq, 0, tuple(tokens))], lm.blocks)
+    blocks_of(lm).allocate(seq, len(tokens))
+    batch = build_batch([ScheduledChunk(seq, 0, tuple(tokens))], blocks_of(lm))
     started = time.perf_counter()
     logits = lm.executor.forward(batch)
     return time.perf_counter() - started, logits
@@ -38,8 +50,8 @@ def decode(lm: LoadedModel, prompt: list[int], steps: int, seq: int = 0) -> floa
     started = time.perf_counter()
     for _ in range(steps):
         token = int(logits[-1].argmax())
-        lm.blocks.allocate(seq, pos + 1)
-        logits = lm.executor.forward(build_batch([ScheduledChunk(seq, pos, (token,))], lm.blocks))
+        blocks_of(lm).allocate(seq, pos + 1)
+        logits = lm.executor.forward(build_batch([ScheduledChunk(seq, pos, (token,))], blocks_of(lm)))
         pos += 1
     return time.perf_counter() - started
 
@@ -52,14 +64,14 @@ def run(bundle: Path, prompt_len: int, gen: int, repeat: int) -> dict[str, float
     vocab = lm.vocab_size
     prompt = rng.integers(1, vocab, size=prompt_len).tolist()
     prefill(lm, prompt[:32])  # page the weights in
-    lm.blocks.free(0)
+    blocks_of(lm).free(0)
     best_prefill = best_decode = float("inf")
     for _ in range(repeat):
         seconds, _ = prefill(lm, prompt)
-        lm.blocks.free(0)
+        blocks_of(lm).free(0)
         best_prefill = min(best_prefill, seconds)
         seconds = decode(lm, prompt[:16], gen)
-        lm.blocks.free(0)
+        blocks_of(lm).free(0)
         best_decode = min(best_decode, seconds)
     return {"prefill_tok_s": prompt_len / best_prefill, "decode_tok_s": gen / best_decode}
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.model.loader import LoadedModel, LoadOptions, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,17 @@ BENCH_MODELS = (  # (file name, make_gguf.py arguments)
 )
 
 
+
+# An Engine keeps its own block bookkeeping; this tool drives the executor without one, so it
+# keeps one BlockManager per loaded model it steps.
+_BLOCKS: dict[int, BlockManager] = {}
+
+
+def blocks_of(lm: LoadedModel) -> BlockManager:
+    if id(lm) not in _BLOCKS:
+        _BLOCKS[id(lm)] = lm.kv_pool.manager()
+    return _BLOCKS[id(lm)]
+
 def kernel_usage(bundle: Path, target: str) -> tuple[bool, str]:
     from rfc.artifacts.bundle import open_bundle
     from rfc.compiler.codegen.gpu_usage import cuda_usage, hip_usage, usage_table
@@ -79,8 +91,8 @@ def kernel_usage(bundle: Path, target: str) -> tuple[bool, str]:
 
 
 def forward(lm: LoadedModel, seq: int, start: int, tokens: list[int], all_logits: bool = False) -> np.ndarray:
-    lm.blocks.allocate(seq, start + len(tokens))
-    return lm.executor.forward(build_batch([ScheduledChunk(seq, start, tuple(tokens), all_logits=all_logits)], lm.blocks))
+    blocks_of(lm).allocate(seq, start + len(tokens))
+    return lm.executor.forward(build_batch([ScheduledChunk(seq, start, tuple(tokens), all_logits=all_logits)], blocks_of(lm)))
 
 
 def teacher_forced(bundle: Path, device: str, tokens: list[int]) -> np.ndarray:
@@ -93,7 +105,7 @@ def speed(lm: LoadedModel, prompt_len: int, steps: int) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     prompt = rng.integers(2, lm.vocab_size, size=prompt_len).tolist()
     forward(lm, 0, 0, prompt[:8])  # warm-up: first launches, pool allocations
-    lm.blocks.free(0)
+    blocks_of(lm).free(0)
     t = time.perf_counter()
     logits = forward(lm, 1, 0, prompt)
     prefill = prompt_len / (time.perf_counter() - t)
@@ -212,8 +224,8 @@ def decode_batch(lm: LoadedModel, batch: int, steps: int) -> float:
         nonlocal pos
         chunks = [ScheduledChunk(100 + s, pos, (int(rng.integers(2, lm.vocab_size)),)) for s in range(batch)]
         for c in chunks:
-            lm.blocks.allocate(c.seq_id, pos + 1)
-        lm.executor.forward(build_batch(chunks, lm.blocks))
+            blocks_of(lm).allocate(c.seq_id, pos + 1)
+        lm.executor.forward(build_batch(chunks, blocks_of(lm)))
         pos += 1
 
     step()  # graph capture for this batch size
@@ -222,7 +234,7 @@ def decode_batch(lm: LoadedModel, batch: int, steps: int) -> float:
         step()
     rate = batch * steps / (time.perf_counter() - t)
     for s in range(batch):
-        lm.blocks.free(100 + s)
+        blocks_of(lm).free(100 + s)
     return rate
 
 
@@ -234,11 +246,11 @@ def prefill_rates(lm: LoadedModel, tokens: int) -> tuple[float, float | None]:
 
     def rate() -> float:
         forward(lm, 200, 0, prompt)  # warm-up
-        lm.blocks.free(200)
+        blocks_of(lm).free(200)
         t = time.perf_counter()
         forward(lm, 200, 0, prompt)
         elapsed = time.perf_counter() - t
-        lm.blocks.free(200)
+        blocks_of(lm).free(200)
         return tokens / elapsed
 
     mma = rate()

@@ -35,11 +35,6 @@ class ScheduledChunk:
         return 1 if self.needs_logits else 0
 
 
-# Transitional: tests/kernels/test_cpu_step.py and test_cpu_kernels.py still use the former
-# name (they are being edited elsewhere); it goes when they say ScheduledChunk.
-SeqChunk = ScheduledChunk
-
-
 @dataclass(frozen=True)
 class StepBatch:
     tokens: np.ndarray  # int32[T]

@@ -140,7 +140,7 @@ class Engine:
                        end_ids=frozenset() if request.ignore_eos else self.eog_ids)
         state = RequestState(request_id=request_id, request=request, seq=seq)
         state.sampler = Sampler(request.params, request.prompt_ids, self.model.vocab_size,
-                                getattr(self.model.executor, "host_sampling", None))
+                                self.model.executor.host_sampling)
         state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids, keep_leading_space=True)
         state.stopper = StopChecker(list(request.stop))
         state.matcher = request.constraint.matcher() if request.constraint is not None else None

@@ -2,7 +2,6 @@
 
 import sys
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -13,7 +12,7 @@ from rfc.artifacts.plan import Plan
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
 from rfc.runtime.engine.executor import Device, Executor
 from rfc.runtime.engine.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks
-from rfc.runtime.engine.kv_cache import BlockManager, KvPool
+from rfc.runtime.engine.kv_cache import KvPool
 
 
 @dataclass(frozen=True)
@@ -47,15 +46,6 @@ class LoadedModel:
     @property
     def manifest(self) -> dict:
         return self.bundle.manifest
-
-    @cached_property
-    def blocks(self) -> BlockManager:
-        """Transitional: a BlockManager over the pool for a caller that drives the executor
-        without an Engine (tests/kernels/test_cpu_step.py, tools/bench_cpu.py,
-        tools/gpu_check.py; the server reads `num_blocks` and `block_size` here). An Engine
-        keeps its own (`Engine.blocks`): never use both on one model. Goes once those read
-        `kv_pool` and make their own (`kv_pool.manager()`)."""
-        return self.kv_pool.manager()
 
     @property
     def trained_context_length(self) -> int:

@@ -96,7 +96,7 @@ def _device_check(served: ServedModel | None, every: Sequence[ServedModel] = ())
 def kv_pool_bytes(model: LoadedModel) -> int:
     """Bytes of a loaded model's KV pool (K and V of every layer, every block)."""
     plan = model.bundle.plan
-    blocks = model.blocks
+    blocks = model.kv_pool
     return blocks.num_blocks * block_bytes(plan.kv, blocks.block_size, kv_itemsize(model.device_choice.name, plan.kv))
 
 

@@ -44,7 +44,7 @@ class ReplicaMetrics(Collector):
     def collect(self) -> Iterator:
         served = self._handle.all_served()
         counts = {s.model_id: s.engine.counts() for s in served}
-        yield from self._vllm(counts, {s.model_id: s.model.blocks.block_size for s in served})
+        yield from self._vllm(counts, {s.model_id: s.model.kv_pool.block_size for s in served})
         yield from self._memory(served)
 
     def _vllm(self, counts: dict[str, dict[str, int]], block_sizes: dict[str, int]) -> Iterator:

@@ -177,7 +177,7 @@ def _load(handle: EngineHandle, manager: ModelManager, options: ServeOptions) ->
             continue  # replaced while the server started: the new version loads on demand
         log.info(
             "ready: %s on device %s (%d KV pages, context %d of %d tokens) in %.2f s; tool calls: %s; constrained decoding: %s",
-            served.model_id, served.model.device_choice.name, served.model.blocks.num_blocks, served.model.context_length,
+            served.model_id, served.model.device_choice.name, served.model.kv_pool.num_blocks, served.model.context_length,
             served.model.trained_context_length, time.perf_counter() - started,
             served.tool_format.name if served.tool_format else "not parsed (no tool-call format in the chat template)",
             "llguidance" if served.grammars else served.grammars_error,

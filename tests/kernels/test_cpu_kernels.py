@@ -41,7 +41,7 @@ from rfc.compiler.codegen import CodegenInput, cpu
 from rfc.compiler.errors import CompileError
 from rfc.compiler.spec import HParams
 from rfc.compiler.targets import parse_target
-from rfc.runtime.engine.batch import SeqChunk, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.engine.kv_cache import BlockManager
@@ -265,7 +265,7 @@ def host(a: np.ndarray) -> HostBuffer:
 def one_seq_batch(t: int):
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     blocks.allocate(0, t)
-    return build_batch([SeqChunk(0, 0, tuple(range(t)), all_logits=True)], blocks)
+    return build_batch([ScheduledChunk(0, 0, tuple(range(t)), all_logits=True)], blocks)
 
 
 def assert_close(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> None:
@@ -398,7 +398,7 @@ def test_rope(kit: Kit, factors: bool, variant: str):
     rng = np.random.default_rng(3)
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     blocks.allocate(0, 40)
-    batch = build_batch([SeqChunk(0, 31, tuple(range(9)))], blocks)  # positions 31..39
+    batch = build_batch([ScheduledChunk(0, 31, tuple(range(9)))], blocks)  # positions 31..39
     q = rng.standard_normal((9, N_HEADS * HEAD_DIM)).astype(np.float32)
     k = rng.standard_normal((9, N_KV_HEADS * HEAD_DIM)).astype(np.float32)
     op = [o for o in kit.plan.ops if o.kind == "rope"][["first", "local", "yarn"].index(variant)]
@@ -434,7 +434,7 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     blocks.allocate(0, 3)
     blocks.allocate(1, 5)
-    batch = build_batch([SeqChunk(0, 0, (1, 2, 3)), SeqChunk(1, 0, (1, 2, 3, 4, 5), all_logits=True)], blocks)
+    batch = build_batch([ScheduledChunk(0, 0, (1, 2, 3)), ScheduledChunk(1, 0, (1, 2, 3, 4, 5), all_logits=True)], blocks)
     x = rng.standard_normal((8, N_EMBD)).astype(np.float32)
     out = np.zeros((batch.num_rows, N_EMBD), np.float32)
     got, want = run_both(kit, Op("gather_rows", ("x",), ("xr",)), [out], [x], [], batch)
@@ -459,7 +459,7 @@ def test_kv_write_and_attention_over_paged_cache(kit: Kit, extra: dict):
     for step in steps:
         for seq, start, n in step:
             blocks.allocate(seq, start + n)
-        batch = build_batch([SeqChunk(s, start, tuple(range(n))) for s, start, n in step], blocks)
+        batch = build_batch([ScheduledChunk(s, start, tuple(range(n))) for s, start, n in step], blocks)
         t = batch.num_tokens
         q = rng.standard_normal((t, N_HEADS * HEAD_DIM)).astype(np.float32)
         k = rng.standard_normal((t, N_KV_HEADS * HEAD_DIM)).astype(np.float32)

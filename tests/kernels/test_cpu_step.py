@@ -23,7 +23,7 @@ from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.program import STEP_ARGS, unpack_program
 from rfc.compiler.codegen import cpu, cpu_step
 from rfc.compiler.codegen.cpu_step import Phase, with_barriers
-from rfc.runtime.engine.batch import SeqChunk, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.cpu_step import StepArgs
 from rfc.runtime.engine.executor import Executor
@@ -111,7 +111,7 @@ def test_argument_struct_is_the_one_step_args_describes(bundle):
 def _batch(blocks: BlockManager, steps: list[tuple[int, int, int]], tokens: np.ndarray):
     for seq, start, n in steps:
         blocks.allocate(seq, start + n)
-    return build_batch([SeqChunk(s, st, tuple(int(t) for t in tokens[st : st + n]), all_logits=True) for s, st, n in steps],
+    return build_batch([ScheduledChunk(s, st, tuple(int(t) for t in tokens[st : st + n]), all_logits=True) for s, st, n in steps],
                        blocks)  # fmt: skip
 
 
@@ -119,33 +119,35 @@ def _step_equals_per_op(bundle, threads: int):
     """A 20-token prefill, then mixed decode/prefill steps of two sequences, on the step
     device and on the op-by-op kernels: the logits agree exactly. Returns (the step model, the tokens)."""
     lm = load_model(bundle, LoadOptions(device="cpu"))
+    blocks = lm.kv_pool.manager()
     step = lm.executor.device
     step.n_threads = threads
-    ops = CpuOpDevice(lm.bundle, step.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
+    ops = CpuOpDevice(lm.bundle, step.target, lm.bundle.plan.kv, blocks.num_blocks, blocks.block_size)
     op_exec = Executor(lm.bundle.plan, ops)
-    op_blocks = BlockManager(lm.blocks.num_blocks, lm.blocks.block_size)
+    op_blocks = BlockManager(blocks.num_blocks, blocks.block_size)
     tokens = np.random.default_rng(threads).integers(0, lm.bundle.plan.vocab_size, 64)
     for steps in ([(0, 0, 20)], [(0, 20, 1), (1, 0, 9)], [(1, 9, 1), (0, 21, 1)]):
-        got = lm.executor.forward(_batch(lm.blocks, steps, tokens))
+        got = lm.executor.forward(_batch(blocks, steps, tokens))
         want = op_exec.forward(_batch(op_blocks, steps, tokens))
         np.testing.assert_array_equal(got, want)
-    return lm, tokens
+    return lm, blocks, tokens
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_step_program_equals_the_per_op_kernels(bundle, threads):
     """Prefill (many tokens: the packed matmul), then mixed decode/prefill steps of two
     sequences (the single-token paths): the step device and the op device agree exactly."""
-    lm, tokens = _step_equals_per_op(bundle, threads)
-    hidden = lm.executor.forward_hidden(_batch(lm.blocks, [(0, 22, 2)], tokens))
+    lm, blocks, tokens = _step_equals_per_op(bundle, threads)
+    hidden = lm.executor.forward_hidden(_batch(blocks, [(0, 22, 2)], tokens))
     assert hidden.shape == (2, lm.bundle.plan.n_embd) and np.isfinite(hidden).all()
 
 
 def test_step_refuses_a_token_outside_the_vocabulary(bundle):
     lm = load_model(bundle, LoadOptions(device="cpu"))
-    lm.blocks.allocate(0, 3)
+    blocks = lm.kv_pool.manager()
+    blocks.allocate(0, 3)
     vocab = lm.bundle.plan.vocab_size
-    batch = build_batch([SeqChunk(0, 0, (1, vocab, 2))], lm.blocks)
+    batch = build_batch([ScheduledChunk(0, 0, (1, vocab, 2))], blocks)
     with pytest.raises(DeviceError, match=f"token id {vocab} is outside the vocabulary"):
         lm.executor.forward(batch)
 
@@ -154,10 +156,11 @@ def test_arena_grows_with_the_step(bundle):
     """A step larger than the program's recorded arena still runs: the entry lays the arena
     out for the step's own T and R, and the device sizes it."""
     lm = load_model(bundle, LoadOptions(device="cpu"))
+    blocks = lm.kv_pool.manager()
     n = min(600, lm.bundle.plan.context_length)
-    lm.blocks.allocate(0, n)
+    blocks.allocate(0, n)
     tokens = tuple(int(t) for t in np.random.default_rng(0).integers(0, lm.bundle.plan.vocab_size, n))
-    logits = lm.executor.forward(build_batch([SeqChunk(0, 0, tokens, all_logits=True)], lm.blocks))
+    logits = lm.executor.forward(build_batch([ScheduledChunk(0, 0, tokens, all_logits=True)], blocks))
     assert logits.shape == (n, lm.bundle.plan.vocab_size) and np.isfinite(logits).all()
 
 
@@ -210,12 +213,13 @@ def test_step_program_equals_the_per_op_kernels_for(name, bundle_cache):
     if not path.exists():
         pytest.skip(f"fixture {path} missing")
     lm = load_model(bundle_cache(path), LoadOptions(device="cpu"))
-    ops = CpuOpDevice(lm.bundle, lm.executor.device.target, lm.bundle.plan.kv, lm.blocks.num_blocks, lm.blocks.block_size)
+    blocks = lm.kv_pool.manager()
+    ops = CpuOpDevice(lm.bundle, lm.executor.device.target, lm.bundle.plan.kv, blocks.num_blocks, blocks.block_size)
     op_exec = Executor(lm.bundle.plan, ops)
-    op_blocks = BlockManager(lm.blocks.num_blocks, lm.blocks.block_size)
+    op_blocks = BlockManager(blocks.num_blocks, blocks.block_size)
     tokens = np.random.default_rng(0).integers(0, lm.bundle.plan.vocab_size, 64)
     for steps in ([(0, 0, 40)], [(0, 40, 1), (1, 0, 9)], [(1, 9, 1), (0, 41, 1)]):
-        got = lm.executor.forward(_batch(lm.blocks, steps, tokens))
+        got = lm.executor.forward(_batch(blocks, steps, tokens))
         want = op_exec.forward(_batch(op_blocks, steps, tokens))
         np.testing.assert_array_equal(got, want)
 

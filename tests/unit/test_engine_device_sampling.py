@@ -23,6 +23,7 @@ class GreedyDevice:
     ties to the lowest id: the kernel's rule) and records what it was handed."""
 
     samples_on_device = True
+    host_sampling = None  # an executor's attribute (runtime/engine/executor.py); this one samples on its "device"
 
     def __init__(self, executor, fail_first: bool = False):
         self._executor = executor

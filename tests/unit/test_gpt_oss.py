@@ -13,7 +13,7 @@ from rfc.artifacts.plan import OPS, OpKind, validate_plan
 from rfc.artifacts.validate import check_plan_weights
 from rfc.compiler.gguf_reader import read_gguf
 from rfc.compiler.spec import ModelSpec, build_spec
-from rfc.runtime.engine.batch import SeqChunk, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.conftest import FIXTURES
@@ -114,7 +114,7 @@ def test_reference_sink_takes_its_share_of_the_softmax():
     ref.v_cache = np.zeros((1, 8, 1, 2), np.float16)
     blocks = BlockManager(2, 4)
     blocks.allocate(0, 2)
-    batch = build_batch([SeqChunk(0, 0, (1, 2))], blocks)
+    batch = build_batch([ScheduledChunk(0, 0, (1, 2))], blocks)
     k = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
     v = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
     ref.op_kv_write([], [k, v], [], {"layer": 0}, batch)

@@ -175,7 +175,7 @@ def ref_bundles(tmp_path_factory):
 
 def test_loader_default_is_unchanged_for_small_models(ref_bundles):
     model = load_model(ref_bundles[0], LoadOptions(device="ref"))
-    assert model.blocks.num_blocks == HOST_CONTEXTS * -(-model.context_length // 16)
+    assert model.kv_pool.num_blocks == HOST_CONTEXTS * -(-model.context_length // 16)
 
 
 def test_loader_refuses_a_budget_below_one_context(ref_bundles):
@@ -239,10 +239,10 @@ def test_loader_serves_the_cap_and_sizes_the_pool_by_it(ref_bundles):
     full = load_model(ref_bundles[0], LoadOptions(device="ref"))
     capped = load_model(ref_bundles[0], LoadOptions(device="ref", ctx_size=40))
     assert capped.context_length == 40 and capped.trained_context_length == full.context_length > 40
-    assert capped.blocks.num_blocks == HOST_CONTEXTS * 3  # 40 tokens: 3 pages of 16
+    assert capped.kv_pool.num_blocks == HOST_CONTEXTS * 3  # 40 tokens: 3 pages of 16
     # a budget of one capped context is enough where the full context was refused
     need = 3 * block_bytes(capped.bundle.plan.kv, 16, kv_itemsize("ref", capped.bundle.plan.kv))
-    assert load_model(ref_bundles[0], LoadOptions(device="ref", ctx_size=40, kv_memory=need)).blocks.num_blocks == 3
+    assert load_model(ref_bundles[0], LoadOptions(device="ref", ctx_size=40, kv_memory=need)).kv_pool.num_blocks == 3
     with pytest.raises(KvBudgetError):
         load_model(ref_bundles[0], LoadOptions(device="ref", kv_memory=need))
 
