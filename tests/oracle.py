@@ -1,7 +1,7 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,lfm2}.cpp, llama-graph.cpp: build_attn_mha,
+qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,lfm2,glm4-moe}.cpp, llama-graph.cpp: build_attn_mha,
 build_moe_ffn) and sharing no code with rfc: the GGUF is read with the `gguf` package, weights are
 dequantized with `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
 every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
@@ -139,7 +139,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     scale = 1.0 if scaling == "none" or not factor else 1.0 / factor
     base = k("rope.freq_base", 10000.0)
     c = Config(
-        arch=arch, n_embd=n_embd, n_layers=k("block_count"), n_heads=n_heads,
+        arch=arch, n_embd=n_embd, n_layers=k("block_count") - k("nextn_predict_layers", 0), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
         n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite"),
         eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
@@ -197,6 +197,12 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.short_conv = tuple(i for i, n in enumerate(per_layer) if n == 0)
         c.n_kv_heads = max(per_layer)
         c.qk_norm, c.out_norm = True, "token_embd_norm.weight"
+    if arch == "glm4moe":  # src/models/glm4-moe.cpp (the nextn_predict_layers MTP blocks are not run)
+        c.gating = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}[k("expert_gating_func", 0)]
+        c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
+        c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
+        c.dense_lead, c.ffn_norm = k("leading_dense_block_count", 0), "post_attention_norm"
+        c.qk_norm = "blk.0.attn_q_norm.weight" in tensors
     if arch == "gpt-oss":  # src/models/openai-moe.cpp
         c.q_scale = _f32(1.0 / np.sqrt(np.float32(c.n_rot)))
         c.ffn_norm, c.sinks, c.oai = "post_attention_norm", True, True

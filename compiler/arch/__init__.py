@@ -8,7 +8,7 @@ module here, registering it below and, if it needs them, new plan ops with their
 from collections.abc import Callable
 
 from rfc.compiler.arch import gemma2, gemma3, gpt_oss, llama, phi3, qwen2, qwen3
-from rfc.compiler.arch import qwen3moe
+from rfc.compiler.arch import glm4moe, qwen3moe
 from rfc.compiler.arch import granite, mistral3, olmo2, smollm3
 from rfc.compiler.arch import lfm2
 from rfc.compiler.errors import CompileError
@@ -20,6 +20,7 @@ Recipe = Callable[[GGUFModel], ModelSpec]
 RECIPES: dict[str, Recipe] = {
     "gemma2": gemma2.build,
     "gemma3": gemma3.build,
+    "glm4moe": glm4moe.build,
     "gpt-oss": gpt_oss.build,
     "granite": granite.build,
     "lfm2": lfm2.build,

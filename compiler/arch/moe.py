@@ -10,7 +10,7 @@ plain SwiGLU FFN beside the routed ones; leading dense layers a plain FFN instea
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from rfc.artifacts.plan import OPS, OpKind
 from rfc.compiler.arch.builder import ModelBuilder
@@ -171,6 +171,10 @@ def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], t
     width). `full_rotary`: the family asserts rope.dimension_count == head_dim (qwen3moe)."""
     md = Metadata(model, arch)
     s = read_sizes(md)
+    # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
+    # are multi-token-prediction blocks (GLM-4.5's), which its forward pass skips; so does this one.
+    nextn = md.int("nextn_predict_layers", 0, s.n_layers - 1, default=0)
+    s = replace(s, n_layers=s.n_layers - nextn)
     rope = read_rope(md, s, "neox")
     if full_rotary and rope.n_rot != s.head_dim:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
@@ -205,5 +209,5 @@ def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], t
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
-                 rope_freq_factors=False, extra=e.hparams())  # fmt: skip
+                 rope_freq_factors=False, extra=e.hparams() | ({"nextn_predict_layers": nextn} if nextn else {}))  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

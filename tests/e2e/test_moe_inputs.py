@@ -32,3 +32,16 @@ def test_malformed_experts_are_one_line_exit_2(case, tmp_path):
     edits, message = CASES[case]
     model = rewrite_gguf(SRC, tmp_path / "bad.gguf", **edits)
     assert_compile_refused(model, tmp_path, message)
+
+
+GLM_CASES = {  # glm4moe's own keys and tensors
+    "nextn layers = block_count": ({"metadata": {"glm4moe.nextn_predict_layers": 4}}, "glm4moe.nextn_predict_layers = 4"),
+    "no selection bias": ({"drop_tensors": ("blk.1.exp_probs_b.bias",)}, "blk.1.exp_probs_b.bias"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GLM_CASES))
+def test_malformed_glm4moe_is_one_line_exit_2(case, tmp_path):
+    edits, message = GLM_CASES[case]
+    model = rewrite_gguf(FIXTURES / "tiny-glm4moe-Q8_0.gguf", tmp_path / "bad.gguf", **edits)
+    assert_compile_refused(model, tmp_path, message)
