@@ -141,7 +141,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     c = Config(
         arch=arch, n_embd=n_embd, n_layers=k("block_count") - k("nextn_predict_layers", 0), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
-        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite"),
+        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe"),
         eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
         n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
         tied="output.weight" not in tensors,
@@ -159,10 +159,10 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.rope_factors = "rope_freqs.weight"
     if arch in ("qwen3", "qwen3moe"):
         c.qk_norm = True
-    if arch == "granite":  # src/models/granite.cpp: the four multipliers, float32; rope.scaling.finetuned switches RoPE
+    if arch in ("granite", "granitemoe"):  # src/models/granite.cpp: the four multipliers, float32
         c.embed_scale = _f32(k("embedding_scale", 0.0)) or 1.0
         c.residual_scale, c.logit_scale, c.q_scale = _f32(k("residual_scale", 0.0)), _f32(k("logit_scale")), _f32(k("attention.scale", 0.0))
-        if not k("rope.scaling.finetuned", True):
+        if arch == "granite" and not k("rope.scaling.finetuned", True):  # granite's loader: the switch for RoPE
             c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
     if arch == "olmo2":  # src/models/olmo2.cpp (no sliding window)
         c.pre_norms, c.post_norms, c.qk_norm_rows = False, True, True
@@ -214,7 +214,7 @@ def read_config(md: dict, tensors: dict) -> Config:
 
 
 # The loaders that read rope_factors_long/short when the scaling type is longrope (else rope_freqs).
-LONG_SHORT_LOADERS = ("llama", "mistral3", "granite")
+LONG_SHORT_LOADERS = ("llama", "mistral3", "granite", "granitemoe")
 YARN_KEY_LOADERS = ("mistral3",)  # the loaders that read rope.scaling.yarn_beta_* and yarn_log_multiplier
 
 
@@ -337,7 +337,7 @@ class Oracle:
         probs /= probs.sum(axis=-1, keepdims=True)
         out = np.einsum("hqk,khd->qhd", probs[..., :n], v).reshape(n, c.n_heads * c.head_dim)
         out = self.linear(out, p + "attn_output.weight")
-        if c.arch in ("llama", "gpt-oss", "mistral3", "granite") and self.has(p + "attn_output.bias"):
+        if c.arch in ("llama", "gpt-oss", "mistral3", "granite", "granitemoe") and self.has(p + "attn_output.bias"):
             out = out + self.w(p + "attn_output.bias")
         return out
 

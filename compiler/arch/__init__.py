@@ -23,6 +23,7 @@ RECIPES: dict[str, Recipe] = {
     "glm4moe": glm4moe.build,
     "gpt-oss": gpt_oss.build,
     "granite": granite.build,
+    "granitemoe": granite.build_moe,
     "lfm2": lfm2.build,
     "llama": llama.build,
     "mistral3": mistral3.build,

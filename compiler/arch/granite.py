@@ -3,7 +3,14 @@ graph applies them: the token embedding times `embedding_scale`, each sublayer's
 `residual_scale` before its residual add, attention scores times `attention.scale` (instead of
 1/sqrt(head_dim)), the logits divided by `logit_scale` (required; the others optional, 0 or
 absent: none). `rope.scaling.finetuned` false turns RoPE off (llama.cpp's granite loader reads it
-as that switch). Experts (granitemoe's shapes under this name) are refused by name."""
+as that switch). Experts (granitemoe's shapes under this name) are refused by name.
+
+`granitemoe` (Granite 3.x MoE: 1B-A400M, 3B-A800M; llama.cpp's granite graph with its own loader):
+the same block and multipliers with a Mixtral-style mixture of experts as the FFN (softmax
+router, top expert_used_count renormalized, no weight scale: llama.cpp passes none; each expert
+`feed_forward_length` wide) plus, when `expert_shared_feed_forward_length` is set (Granite MoE
+Shared), a shared SwiGLU expert of that width added to the routed ones before the residual
+multiplier. Its loader does not read rope.scaling.finetuned: RoPE is always on."""
 
 import math
 
@@ -11,8 +18,8 @@ import numpy as np
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_experts, read_rope, read_sizes,
-    rope_factors,
+    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, linear, moe_ffn, output_head, read_experts,
+    read_rope, read_sizes, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -25,23 +32,52 @@ def _f32(x: float) -> float:
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    md = Metadata(model, "granite")
+    return _build(model, "granite")
+
+
+def build_moe(model: GGUFModel) -> ModelSpec:
+    return _build(model, "granitemoe")
+
+
+def _moe_ffn(b: ModelBuilder, i: int, n_embd: int, n_ff: int, n_expert: int, n_used: int, n_ff_shexp: int) -> None:
+    """h = routed experts(h) (+ the shared expert(h)), as llama.cpp's granite build_layer_ffn."""
+    if not n_ff_shexp:
+        moe_ffn(b, i, n_embd, n_ff, n_expert, n_used)
+        return
+    moe_ffn(b, i, n_embd, n_ff, n_expert, n_used, dst="moe_out")
+    p = f"blk.{i}."
+    linear(b, "h", "shexp_gate", p + "ffn_gate_shexp", (n_ff_shexp, n_embd))
+    linear(b, "h", "shexp_up", p + "ffn_up_shexp", (n_ff_shexp, n_embd))
+    b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))
+    linear(b, "shexp_gate", "h", p + "ffn_down_shexp", (n_embd, n_ff_shexp))
+    b.op("add", ("h", "moe_out"), ("h",))
+
+
+def _build(model: GGUFModel, arch: str) -> ModelSpec:
+    md = Metadata(model, arch)
     s = read_sizes(md)
     rope = read_rope(md, s, "adjacent")
     if rope.n_rot != s.head_dim:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
-                           "(granite rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
-    if read_experts(md)[0]:
+                           f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    n_expert, n_used = read_experts(md)
+    if arch == "granite" and n_expert:
         raise CompileError(f"{md.path}: {md.key('expert_count')}: granite with experts is not supported")
+    if arch == "granitemoe" and not n_expert:
+        raise CompileError(f"{md.path}: granitemoe is a mixture of experts, and {md.key('expert_count')} is missing or 0")
+    n_ff_shexp = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) if n_expert else 0
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     logit_scale = _f32(md.float("logit_scale", 0.0, 1e6, open_lo=True))
     residual = _f32(md.float("residual_scale", 0.0, 1e6, default=0.0))
     embedding = _f32(md.float("embedding_scale", 0.0, 1e6, default=0.0))
     att_scale = _f32(md.float("attention.scale", 0.0, 1e6, default=0.0))
-    use_rope = md.bool("rope.scaling.finetuned", default=True)
+    use_rope = md.bool("rope.scaling.finetuned", default=True) if arch == "granite" else True
     b = ModelBuilder(model)
-    declare_buffers(b, s, n_ff)
+    declare_buffers(b, s, n_ff, n_used, n_expert)
+    if n_ff_shexp:
+        for name, width in (("moe_out", s.n_embd), ("shexp_gate", n_ff_shexp), ("shexp_up", n_ff_shexp)):
+            b.buffer(name, "T", width)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=rope.scaling_type == "longrope")
     cfg = Attention(rope, scale=att_scale or 1.0 / math.sqrt(s.head_dim), factors=factors if use_rope else None)
@@ -54,13 +90,20 @@ def build(model: GGUFModel) -> ModelSpec:
             b.op("scale", ("h",), ("h",), factor=residual)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
-        glu_ffn(b, i, s.n_embd, n_ff, bias=True)
+        if n_expert:
+            _moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used, n_ff_shexp)
+        else:
+            glu_ffn(b, i, s.n_embd, n_ff, bias=True)
         if residual:
             b.op("scale", ("h",), ("h",), factor=residual)
         b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / logit_scale))
     extra = {"logit_scale": logit_scale, "residual_scale": residual, "embedding_scale": embedding, "attention_scale": att_scale}
+    if n_expert:
+        extra.update(expert_count=n_expert, expert_used_count=n_used)
+        if n_ff_shexp:
+            extra["expert_shared_feed_forward_length"] = n_ff_shexp
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None and use_rope, extra=extra)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

@@ -45,3 +45,9 @@ def test_malformed_glm4moe_is_one_line_exit_2(case, tmp_path):
     edits, message = GLM_CASES[case]
     model = rewrite_gguf(FIXTURES / "tiny-glm4moe-Q8_0.gguf", tmp_path / "bad.gguf", **edits)
     assert_compile_refused(model, tmp_path, message)
+
+
+def test_malformed_granitemoe_is_one_line_exit_2(tmp_path):
+    model = rewrite_gguf(FIXTURES / "tiny-granitemoe-Q8_0.gguf", tmp_path / "bad.gguf",
+                         metadata={"granitemoe.expert_shared_feed_forward_length": 1 << 31})
+    assert_compile_refused(model, tmp_path, "granitemoe.expert_shared_feed_forward_length")
