@@ -325,6 +325,28 @@ class CpuOpDevice(InterpretedDevice):
         fn = self._arch_kernel("rfc_moe_add_bias", op)
         return fn, (y.ptr, ids.ptr, bias.ptr, t, n_used, y.array.shape[1] // n_used, outs[0].ptr)
 
+    def _op_short_conv(self, op, outs, ins, weights, batch):
+        """Each sequence's chunk from zeros (no state pool here: teacher forcing, chunks from
+        position 0); the step program carries state (tests/e2e/test_hybrid_state.py)."""
+        fn = _declare(self._lib, "rfc_short_conv", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P])
+        states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))  # NULL: no slot
+        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs, outs[0].array.shape[1],
+                    weights[0].ptr, weights[0].shape[1], states.ctypes.data)
+
+    def _op_ssm_conv(self, op, outs, ins, weights, batch):
+        """As _op_short_conv: each sequence's chunk from zeros (no state pool here)."""
+        fn = _declare(self._lib, "rfc_ssm_conv", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P])
+        states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))  # NULL: no slot
+        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs, outs[0].array.shape[1],
+                    weights[0].ptr, weights[0].shape[1], states.ctypes.data)
+
+    def _op_gated_delta_net(self, op, outs, ins, weights, batch):
+        fn = _declare(self._lib, "rfc_gated_delta_net", [_P, _P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, _P, _P, c_float, _P])
+        states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
+        a = op.attrs
+        return fn, (ins[0].ptr, ins[1].ptr, ins[2].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
+                    a["n_k_heads"], a["n_v_heads"], a["head_dim"], weights[0].ptr, weights[1].ptr, a["eps"], states.ctypes.data)
+
     def _op_add_bias(self, op, outs, ins, weights, batch):
         rows, n = ins[0].array.shape
         return self._add_bias, (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows, n)
@@ -415,5 +437,6 @@ _CALLS: dict[OpKind, Callable] = {
     OpKind.MOE_MATMUL: CpuOpDevice._op_moe_matmul,
     OpKind.MOE_COMBINE: CpuOpDevice._op_moe_combine,
     OpKind.MOE_ADD_BIAS: CpuOpDevice._op_moe_add_bias,
+    OpKind.SHORT_CONV: CpuOpDevice._op_short_conv,
 }
 assert set(_CALLS) == set(OpKind), "the cpu kit runs every op kind"
