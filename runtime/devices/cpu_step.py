@@ -108,6 +108,12 @@ class CpuStepDevice:
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         raise DeviceError("the cpu step program does not sample: the host samples every row")
 
+    copies_kv = True  # the KV cache is host memory: a row copy is a numpy copy
+
+    def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
+        for cache in (self.k_cache, self.v_cache):
+            cache[:, dst] = cache[:, src]  # every layer; whatever a slot's row holds
+
     def _offset(self, t: int, r: int, buffer: str) -> int:
         key = (t, r)
         offsets = self._layouts.get(key)

@@ -87,6 +87,13 @@ class GpuDevice:
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         return self.runner.run_sampled(batch, rows)
 
+    # No KV row copy yet (a device-to-device copy per layer would do): the prefix cache reuses
+    # whole blocks only here, and a repeated prompt recomputes its last partial block.
+    copies_kv = False
+
+    def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
+        raise DeviceError(f"the {self.name} device does not copy KV slots")
+
     def memory_info(self) -> tuple[int, int]:
         """(free, total) bytes of device memory, from the driver (/health's gpu.memory)."""
         return self._driver.memory_info()

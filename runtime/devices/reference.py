@@ -34,6 +34,12 @@ class ReferenceDevice(InterpretedDevice):
         self.k_cache = np.zeros(shape, dtype=dtype)
         self.v_cache = np.zeros(shape, dtype=dtype)
 
+    copies_kv = True
+
+    def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
+        for cache in (self.k_cache, self.v_cache):
+            cache[:, dst] = cache[:, src]  # every layer; whatever a slot's row holds
+
     # -- memory ---------------------------------------------------------------------------
     def alloc(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         return np.zeros(shape, dtype=np.int32 if dtype == "i32" else np.float32)

@@ -35,6 +35,7 @@ import numpy as np
 from rfc.runtime.engine.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.text.detokenize import IncrementalDetokenizer
 from rfc.runtime.engine.executor import DeviceToken, SampledRows
+from rfc.runtime.engine.kv_cache import KvCopy, kv_copy_slots
 from rfc.runtime.model.loader import LoadedModel
 from rfc.runtime.engine.output import OutputStage, SampledToken
 from rfc.runtime.engine.request_ids import RandomIds
@@ -65,6 +66,7 @@ class _Work:
     chunks: list[ScheduledChunk]
     states: list[RequestState]
     batch: StepBatch
+    copies: tuple[KvCopy, ...] = ()  # KV rows the device copies before the step (reuse to the token)
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,10 @@ class Engine:
                              "architectures such as lfm2): serve without --spec-type / --model-draft")
         self.model = model
         self.blocks = pool.manager()  # which request holds which of the device's KV blocks and state slots
-
         self.scheduler = Scheduler(config, self.blocks)
+        # reuse to the token: a prompt takes the rows of a cached block it agrees with, copied
+        # into its own block by the device before the step (prefix_cache.py)
+        self.blocks.copy_partial = self.blocks.cache is not None and model.executor.copies_kv
         self.observer = observer or Observer()
         info = model.tokenizer_info
         self.eog_ids = frozenset(info.get("eog_ids") or ([info["eos_id"]] if info.get("eos_id") is not None else []))
@@ -278,9 +282,10 @@ class Engine:
             for state in states:
                 if state.admitted_at is None:
                     state.admitted_at = now
+            copies = tuple(self.blocks.take_copies())
             wants = self._spec.wants(chunks, states)
             if not wants:
-                return _Work(chunks, states, build_batch(chunks, self.blocks))
+                return _Work(chunks, states, build_batch(chunks, self.blocks), copies)
         tokens, rows = sum(len(c.tokens) for c in chunks), sum(c.num_rows for c in chunks)
         drafts = self._spec.propose(wants, tokens, rows, {c.seq_id for c in chunks})  # lock released: a draft model runs
         with self._lock:
@@ -289,13 +294,15 @@ class Engine:
             if not live:
                 return None
             chunks = self.scheduler.add_drafts([c for c, _ in live], drafts) if drafts else [c for c, _ in live]
-            return _Work(chunks, [s for _, s in live], build_batch(chunks, self.blocks))
+            return _Work(chunks, [s for _, s in live], build_batch(chunks, self.blocks), copies)
 
     def _run(self, work: _Work) -> "np.ndarray | SampledRows | None":
         """The forward pass (lock released: HTTP threads may submit and cancel meanwhile).
         A failing step fails its requests, never the engine: None then."""
         try:
             executor = self.model.executor
+            if work.copies:
+                executor.copy_kv(*kv_copy_slots(work.copies, self.blocks.block_size))
             if getattr(executor, "samples_on_device", False):
                 return executor.forward_sampled(work.batch, self._device_rows(work))
             return executor.forward(work.batch)

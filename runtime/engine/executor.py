@@ -71,6 +71,16 @@ class Device(Protocol):
         top logprobs)."""
         ...
 
+    @property
+    def copies_kv(self) -> bool:  # False: copy_kv refuses (DeviceError), no reuse to the token
+        ...
+
+    def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Every layer's K and V of KV slots `src` copied into slots `dst` (int32 arrays of one
+        length, the two sets disjoint), whatever bytes a slot holds: the copy-on-write of the
+        prefix cache's reuse to the token (runtime/engine/prefix_cache.py)."""
+        ...
+
 
 class Executor:
     """The engine's handle on its model's device: a Device that hands every call on."""
@@ -96,6 +106,13 @@ class Executor:
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         return self.device.forward_sampled(batch, rows)
 
+    @property
+    def copies_kv(self) -> bool:
+        return self.device.copies_kv
+
+    def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
+        self.device.copy_kv(src, dst)
+
 
 # -- the plan interpreted op by op -----------------------------------------------------------------
 
@@ -119,6 +136,7 @@ class InterpretedDevice:
 
     samples_on_device = False
     host_sampling: "SamplingKernels | None" = None
+    copies_kv = False  # a subclass whose KV cache is host arrays copies rows (copy_kv)
 
     def __init__(self, plan: Plan):
         self._plan = plan
@@ -132,6 +150,9 @@ class InterpretedDevice:
 
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         raise DeviceError(f"the {type(self).__name__} does not sample: the host samples every row")
+
+    def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
+        raise DeviceError(f"the {type(self).__name__} does not copy KV slots")
 
     def _interpret(self, batch: StepBatch, output: str) -> np.ndarray:
         dev: OpDevice = self  # type: ignore[assignment]  (subclasses implement it)

@@ -25,6 +25,8 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from rfc.runtime.engine.prefix_cache import ROOT_KEY, PrefixCache, block_keys, chain_key
 
 
@@ -40,10 +42,31 @@ class CachedPrefix:
     keys: tuple[bytes, ...] = ()
     block_size: int = 1
     query_tokens: int = 0  # tokens looked up, for the hit/miss counters
+    # reuse to the token: the first `partial_tokens` rows of cached block `partial_block` hold
+    # the tokens after the whole blocks; allocate copies them into the sequence's next block
+    partial_block: int = -1
+    partial_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:
-        return len(self.blocks) * self.block_size
+        return len(self.blocks) * self.block_size + self.partial_tokens
+
+
+@dataclass(frozen=True)
+class KvCopy:
+    """Rows 0..rows-1 of block `src` copied into block `dst` before the step that needs them
+    runs (copy-on-write of a cached block: the engine hands these to its device)."""
+
+    src: int
+    dst: int
+    rows: int
+
+
+def kv_copy_slots(copies: Sequence[KvCopy], block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The source and destination KV slots of `copies`, for Device.copy_kv."""
+    src = [c.src * block_size + r for c in copies for r in range(c.rows)]
+    dst = [c.dst * block_size + r for c in copies for r in range(c.rows)]
+    return np.asarray(src, dtype=np.int32), np.asarray(dst, dtype=np.int32)
 
 
 @dataclass
@@ -80,6 +103,9 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.cache = PrefixCache() if prefix_caching else None
+        # reuse to the token: set by the engine when its device copies KV rows (Device.copy_kv)
+        self.copy_partial = False
+        self._copies: list[KvCopy] = []  # due before the next step runs (take_copies)
         self._fresh: list[int] = list(range(num_blocks))  # a sorted list is already a heap
         self._refs = [0] * num_blocks
         self._tables: dict[int, _Table] = {}
@@ -132,7 +158,12 @@ class BlockManager:
             return CachedPrefix(block_size=self.block_size, query_tokens=len(tokens))
         keys = block_keys(tokens[: len(tokens) - 1], self.block_size)
         blocks = self.cache.lookup(keys)
-        return CachedPrefix(tuple(blocks), tuple(keys[: len(blocks)]), self.block_size, len(tokens))
+        src, rows = -1, 0
+        if self.copy_partial:
+            start = len(blocks) * self.block_size
+            rest = tokens[start : min(start + self.block_size, len(tokens) - 1)]
+            src, rows = self.cache.find_partial(keys[len(blocks) - 1] if blocks else ROOT_KEY, rest)
+        return CachedPrefix(tuple(blocks), tuple(keys[: len(blocks)]), self.block_size, len(tokens), src, rows)
 
     def blocks_needed(self, seq_id: int, total_tokens: int, prefix: CachedPrefix = CachedPrefix()) -> int:
         """Free blocks `seq_id` must take so that its table holds `total_tokens` slots
@@ -156,6 +187,8 @@ class BlockManager:
     def allocate(self, seq_id: int, total_tokens: int, prefix: CachedPrefix = CachedPrefix()) -> None:
         """Grow (or create) `seq_id`'s table to hold `total_tokens` slots; never shrinks it.
         A new sequence may start with a cached `prefix` from find_prefix (taken by reference)."""
+        if prefix.partial_tokens and total_tokens <= prefix.num_tokens:
+            raise ValueError(f"sequence {seq_id}: a prefix reused to the token needs a token after it")
         needed = self.blocks_needed(seq_id, total_tokens, prefix)
         if needed > self.num_free():
             raise KVCacheFull(
@@ -167,6 +200,7 @@ class BlockManager:
                 raise KVCacheFull(f"sequence {seq_id} needs a state slot, all {self.num_state_slots} are held")
             self._state_of[seq_id] = heapq.heappop(self._free_states)
         table = self._tables.get(seq_id)
+        new = table is None
         if table is None:
             table = self._tables[seq_id] = _Table()
             self._take_prefix(table, prefix)
@@ -175,6 +209,11 @@ class BlockManager:
             block = heapq.heappop(self._fresh) if self._fresh else self.cache.evict()
             self._refs[block] = 1
             table.blocks.append(block)
+        if new and prefix.partial_tokens and self.cache is not None:
+            # copy-on-write of the source's rows into the sequence's own next block; they stay
+            # as they are until the step runs, even if the source was evicted for a block
+            # taken here: nothing writes KV before the copies are done
+            self._copies.append(KvCopy(prefix.partial_block, table.blocks[len(prefix.blocks)], prefix.partial_tokens))
 
     def _take_prefix(self, table: _Table, prefix: CachedPrefix) -> None:
         if self.cache is None:
@@ -240,6 +279,25 @@ class BlockManager:
             parent = chain_key(parent, tokens[start:start + self.block_size])
             table.keys.append(parent)
             self.cache.register(table.blocks[i], parent)
+
+    def release_partial(self, seq_id: int, tokens: Sequence[int]) -> None:
+        """Before `seq_id` lets go of its blocks: its block after the keyed ones holds the KV
+        of `tokens` (fewer than a block) in its first rows; keep it as a copy source for reuse
+        to the token (PrefixCache.register_partial). A no-op without copy_partial."""
+        if self.cache is None or not self.copy_partial or not tokens:
+            return
+        table = self._tables[seq_id]
+        if len(tokens) >= self.block_size or len(table.keys) >= len(table.blocks):
+            raise ValueError(f"sequence {seq_id}: {len(tokens)} tokens are not a partial block after its keyed ones")
+        block = table.blocks[len(table.keys)]
+        if self._refs[block] == 1:  # only its own (it always is: only keyed blocks are shared)
+            self.cache.register_partial(block, table.keys[-1] if table.keys else ROOT_KEY, tokens)
+
+    def take_copies(self) -> list[KvCopy]:
+        """The row copies allocations since the last call made due; the caller runs them on
+        the device before the step's forward pass."""
+        copies, self._copies = self._copies, []
+        return copies
 
     # -- lookups -------------------------------------------------------------------------------
     def block_table(self, seq_id: int) -> list[int]:

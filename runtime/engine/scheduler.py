@@ -211,10 +211,20 @@ class Scheduler:
         """Drop a finished, cancelled or disconnected sequence and free its KV blocks now."""
         if seq in self.running:
             self.running.remove(seq)
+            self._release_partial(seq)
             self.blocks.free(seq.seq_id)
         elif seq in self.waiting:
             self.waiting.remove(seq)  # waiting sequences hold no blocks
         seq.status = SequenceStatus.FINISHED
+
+    def _release_partial(self, seq: Sequence) -> None:
+        """Before its blocks go: the computed tokens of the sequence's last, partial block,
+        kept as a copy source for a later prompt that agrees with them (reuse to the token)."""
+        if not self.blocks.copy_partial:
+            return
+        keyed = self.blocks.num_keyed_tokens(seq.seq_id)
+        if seq.num_computed > keyed:
+            self.blocks.release_partial(seq.seq_id, _token_slice(seq, keyed, seq.num_computed))
 
     def num_waiting(self) -> int:
         return len(self.waiting)
@@ -308,6 +318,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        self._release_partial(seq)
         self.blocks.free(seq.seq_id)
         seq.num_computed = 0
         seq.status = SequenceStatus.WAITING

@@ -24,6 +24,7 @@ class GreedyDevice:
 
     samples_on_device = True
     host_sampling = None  # an executor's attribute (runtime/engine/executor.py); this one samples on its "device"
+    copies_kv = False  # the prefix cache reuses whole blocks only
 
     def __init__(self, executor, fail_first: bool = False):
         self._executor = executor

@@ -133,6 +133,9 @@ class PrefixKV:
     def step(self, rng: random.Random) -> None:
         sched, blocks = self.sched, self.sched.blocks
         chunks = sched.schedule()
+        for copy in blocks.take_copies():  # reuse to the token: the device's copy, before the step
+            for r in range(copy.rows):
+                self.kv[copy.dst * blocks.block_size + r] = self.kv[copy.src * blocks.block_size + r]
         seqs = {s.seq_id: s for s in sched.running}
         for chunk in chunks:
             seq = seqs[chunk.seq_id]
@@ -161,10 +164,12 @@ class PrefixKV:
             assert blocks.ref_count(b) == used.count(b), "reference count != holders"
 
 
+@pytest.mark.parametrize("copy_partial", [False, True], ids=["whole-blocks", "to-the-token"])
 @pytest.mark.parametrize("seed", range(12))
-def test_random_shared_prefixes_never_read_stale_kv_and_never_leak(seed):
+def test_random_shared_prefixes_never_read_stale_kv_and_never_leak(seed, copy_partial):
     rng = random.Random(seed)
     blocks = BlockManager(num_blocks=rng.randint(8, 40), block_size=rng.choice([1, 2, 4]))
+    blocks.copy_partial = copy_partial
     sched = Scheduler(SchedulerConfig(max_batch=4, max_batch_tokens=rng.choice([8, 16, 64])), blocks)
     fake = PrefixKV(sched)
     systems = [[rng.randrange(5) for _ in range(rng.randint(1, 12))] for _ in range(3)]
@@ -208,3 +213,45 @@ def test_a_repeated_prompt_prefills_only_its_new_tokens():
     sched.commit(chunks)
     sched.finish(second)
     assert fake.computed_tokens == before
+
+
+def test_an_exact_repeat_reuses_its_prompt_to_the_token():
+    """The partial last block of a finished sequence is a copy source: a repeat of its prompt
+    computes only its last token, its rows copied into a block of its own (never shared)."""
+    blocks = BlockManager(num_blocks=16, block_size=4)
+    blocks.copy_partial = True
+    sched = Scheduler(SchedulerConfig(max_batch=2, max_batch_tokens=64), blocks)
+    fake = PrefixKV(sched)
+    prompt = list(range(3, 13))  # 10 tokens: two full blocks and 2 rows of a third
+    first = Sequence(1, prompt, max_tokens=1)
+    sched.add(first)
+    while sched.has_work():
+        fake.step(random.Random(0))
+    again = Sequence(2, list(prompt), max_tokens=1)
+    sched.add(again)
+    chunks = sched.schedule()
+    assert [(c.start, c.tokens) for c in chunks] == [(9, (12,))] and again.num_cached == 9
+    (copy,) = blocks.take_copies()
+    table = blocks.block_table(2)
+    assert copy.rows == 1 and copy.dst == table[2] and copy.src not in table  # copy-on-write
+    sched.commit(chunks)
+    sched.finish(again)
+    # A prompt that parts from the cached rows inside the block takes the rows before it.
+    assert blocks.find_prefix(prompt[:9] + [99, 98]).num_tokens == 9
+    assert blocks.find_prefix(prompt[:8] + [99, 98]).num_tokens == 8
+    # Without copy_partial (a device that cannot copy KV rows) reuse stops at whole blocks.
+    blocks.copy_partial = False
+    assert blocks.find_prefix(prompt).num_tokens == 8
+
+
+def test_an_evicted_copy_source_is_forgotten():
+    blocks = BlockManager(num_blocks=3, block_size=4)
+    blocks.copy_partial = True
+    blocks.allocate(1, 6)
+    blocks.register(1, [1, 2, 3, 4])
+    blocks.release_partial(1, [5, 6])
+    blocks.free(1)
+    assert blocks.num_cached_idle() == 2 and blocks.find_prefix([1, 2, 3, 4, 5, 6, 7]).num_tokens == 6
+    blocks.allocate(2, 12)  # the whole pool: both cached blocks evicted
+    blocks.free(2)
+    assert blocks.find_prefix([1, 2, 3, 4, 5, 6, 7]).num_tokens == 0
