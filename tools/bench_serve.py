@@ -99,18 +99,23 @@ def _long_prompt(words: int, nonce: int) -> str:
 
 def _print_prefix_ttft(url: str, args) -> None:
     """TTFT of a fresh long prompt, then of a request sharing all of it but the question: a
-    server that reuses KV for a repeated prefix prefills only the new tokens the second time."""
+    server that reuses KV for a repeated prefix prefills only the new tokens the second time;
+    then of an exact repeat of the first (a retry, `n` > 1), which needs only its last token."""
     session = requests.Session()  # for /tokenize; each timed request opens its own connection
-    fresh, repeat = [], []
+    fresh, repeat, exact = [], [], []
     one = argparse.Namespace(**{**vars(args), "max_tokens": 1})
     for i in range(args.prefix_rounds):
         text = _long_prompt(args.prefix_ttft, random.SystemRandom().randrange(10**9))
         # a fresh connection each: llama-server may close an idle kept-alive one under the client
         fresh.append(_one_request(requests.Session(), url, one, text + "\nQuestion: which ship came first?").ttft_s)
         repeat.append(_one_request(requests.Session(), url, one, text + "\nQuestion: who brought the oil?").ttft_s)
+        exact.append(_one_request(requests.Session(), url, one, text + "\nQuestion: which ship came first?").ttft_s)
     tokens = _count_tokens(session, url, text)
     print(f"prefix TTFT ({args.prefix_ttft} words, {tokens} tokens, median of {args.prefix_rounds}): "
-          f"fresh {statistics.median(fresh):.3f} s, repeated prefix {statistics.median(repeat):.3f} s")
+          f"fresh {statistics.median(fresh):.3f} s, repeated prefix {statistics.median(repeat):.3f} s, "
+          f"exact repeat {statistics.median(exact):.3f} s")
+    print("  rounds (fresh / repeated prefix / exact repeat):",
+          " ".join(f"{f:.3f}/{r:.3f}/{e:.3f}" for f, r, e in zip(fresh, repeat, exact)))
 
 
 def _count_tokens(session: requests.Session, url: str, text: str) -> str:

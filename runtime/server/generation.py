@@ -91,6 +91,7 @@ def run_all(served: ServedModel, requests: Sequence[GenerationRequest], req: fal
     first; each is the caller's own, and a client that leaves cancels them all."""
     states = submit_all(served.engine, requests, req, resp)
     resp.set_header("X-Model-Version", served.version)  # which build answered (a swap changes it)
+    resp.set_header("X-System-Fingerprint", served.fingerprint)  # ... on which kernels: the replay receipt
     reply = answer(states)
     tokens = TokenStream(served.engine, states, client_gone(req))
     generated = lambda: sum(len(s.tokens) for s in states)  # noqa: E731

@@ -19,6 +19,7 @@ from rfc.runtime.text.chat import ChatTemplate, ChatTemplateError
 from rfc.runtime.sampling.constraints import GrammarLimits, Grammars, GrammarWorkers
 from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.engine.generate import generate
+from rfc.runtime.model.fingerprint import system_fingerprint
 from rfc.runtime.model.loader import LoadedModel, LoadOptions, load_model
 from rfc.runtime.text.prompting import chat_template, chat_template_parts
 from rfc.runtime.sampling.sampler import SamplingParams
@@ -52,6 +53,12 @@ class ServedModel:
     def version(self) -> str:
         """Which build of the model this is: its bundle id (X-Model-Version of every reply)."""
         return str(self.model.manifest.get("bundle_id", ""))
+
+    @property
+    def fingerprint(self) -> str:
+        """The replay receipt of its replies (`system_fingerprint`, X-System-Fingerprint):
+        bundle, device and kernel variant (runtime/model/fingerprint.py)."""
+        return system_fingerprint(self.model)
 
 
 class ModelDemand(Protocol):

@@ -67,8 +67,8 @@ class _NativeRenderer(SseRenderer):
         })]
 
 
-def _answer(state: RequestState) -> Answer:
-    return Answer(whole=lambda _events: state_body(state), stream=_NativeRenderer())
+def _answer(state: RequestState, fingerprint: str) -> Answer:
+    return Answer(whole=lambda _events: {**state_body(state), "system_fingerprint": fingerprint}, stream=_NativeRenderer())
 
 
 class GenerateResource(BodyResource):
@@ -84,7 +84,7 @@ class GenerateResource(BodyResource):
         self.operations = generation_operations(summary, GENERATE, reply)
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
-        run(served, native_request(f, served), req, resp, self._stream, _answer)
+        run(served, native_request(f, served), req, resp, self._stream, lambda state: _answer(state, served.fingerprint))
 
 
 def _owned(handle: EngineHandle, req: falcon.Request, request_id: int) -> Engine:

@@ -68,8 +68,10 @@ class _GenerationResource(BodyResource):
 
         def answer(states: list[RequestState]) -> Answer:
             with_logprobs = request.generation.logprobs is not None
-            choices = Choices([self.make_format(served, s, with_logprobs, request, i) for i, s in enumerate(states)],
-                              request.prompts)
+            formats = [self.make_format(served, s, with_logprobs, request, i) for i, s in enumerate(states)]
+            for fmt in formats:
+                fmt.fingerprint = served.fingerprint
+            choices = Choices(formats, request.prompts)
             return Answer(whole=choices.reply, stream=OpenAIStreamRenderer(choices, request.include_usage, req.path))
 
         run_all(served, request.choices or (request.generation,), req, resp, request.stream, answer)

@@ -102,6 +102,7 @@ class CompletionFormat:
     kind = "text_completion"
     chunk_kind = "text_completion"
     id_prefix = "cmpl-"
+    fingerprint = ""  # the served model's replay receipt (ServedModel.fingerprint), set by the resource
 
     def __init__(self, model_id: str, state: RequestState, logprobs: CompletionLogprobs | None, index: int = 0):
         self.model_id = model_id
@@ -131,7 +132,8 @@ class CompletionFormat:
         return self.logprobs.entry(events) if self.logprobs else None
 
     def head(self, kind: str) -> dict:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model_id}
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model_id,
+                "system_fingerprint": self.fingerprint}
 
 
 class Choices:

@@ -64,7 +64,7 @@ APPLY_TEMPLATE = obj({"prompt": STRING})
 # -- OpenAI ----------------------------------------------------------------------------------
 USAGE = obj({"prompt_tokens": INTEGER, "completion_tokens": INTEGER, "total_tokens": INTEGER})
 MODEL_LIST = obj({"object": {"const": "list"}, "data": array(MODEL_CARD)})
-_HEAD = {"id": STRING, "created": INTEGER, "model": STRING}
+_HEAD = {"id": STRING, "created": INTEGER, "model": STRING, "system_fingerprint": STRING}
 _FINISH = {"enum": ["stop", "length", "abort", "error", "tool_calls", "function_call"]}
 COMPLETION = obj({**_HEAD, "object": {"const": "text_completion"}, "usage": USAGE, "choices": array(obj({
     "index": INTEGER, "text": STRING, "logprobs": NULLABLE_OBJECT, "finish_reason": _FINISH}))})

@@ -36,7 +36,8 @@ def test_generate_matches_rfc_run(server, rfc_run):
     r = requests.post(server.url + "/generate", json={"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}, timeout=60)
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == STATE_FIELDS
+    assert set(body) == STATE_FIELDS | {"system_fingerprint"}  # the replay receipt (docs/determinism.md)
+    assert body["system_fingerprint"] == r.headers["X-System-Fingerprint"]
     assert isinstance(body["request_id"], int) and body["finished"] is True
     assert body["text"] == rfc_run("Once upon a time", 40)
     assert len(body["tokens"]) == 40 and body["finish_reason"] == "length"
@@ -110,7 +111,7 @@ def test_closing_the_connection_cancels(server):
 def test_status_and_cancel_of_a_finished_request(server):
     done = requests.post(server.url + "/generate", json={"prompt": "Hi", "max_tokens": 3, "temperature": 0}, timeout=60).json()
     status = requests.get(f"{server.url}/status/{done['request_id']}", timeout=10).json()
-    assert status == done
+    assert status == {k: v for k, v in done.items() if k != "system_fingerprint"}  # the state, as it ended
     again = requests.post(f"{server.url}/cancel/{done['request_id']}", timeout=10).json()
     assert again["finish_reason"] == "length"  # nothing to cancel: its state as it ended
 

@@ -1,0 +1,136 @@
+"""Batch invariance on the cpu target (issue 27 item 4; docs/determinism.md): a request's tokens
+and logprobs do not depend on which other requests share its steps, on the batch size, on
+how its prompt was chunked, or on prefix-cache hits (whole blocks by reference, the partial
+last block copied).
+
+The acceptance, verbatim: 50 random requests (mixed lengths, sampling parameters with seeds)
+run alone and inside batches of 1-16 with and without prefix hits give identical tokens and
+logprobs. Equality is exact (floats compared bit for bit), never a tolerance."""
+
+import queue
+import random
+import shutil
+
+import pytest
+
+from rfc.runtime.engine.engine import Engine, GenerationRequest
+from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.sampling.sampler import SamplingParams
+from rfc.runtime.engine.scheduler import SchedulerConfig
+from tests.conftest import DEMO_MODEL
+
+pytestmark = [pytest.mark.toolchain,
+              pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)")]
+
+N_REQUESTS = 50
+
+
+def random_requests(vocab: int, seed: int = 27) -> list[GenerationRequest]:
+    """Mixed lengths (1 to ~150 tokens), a third of them after one of two shared 'system'
+    prompts and a few exact repeats (prefix hits to the token), greedy and seeded sampling
+    with top-k / top-p / min-p / penalties, top logprobs on every token."""
+    rng = random.Random(seed)
+    systems = [[1, *(rng.randrange(3, vocab) for _ in range(n))] for n in (37, 70)]
+    requests = []
+    for i in range(N_REQUESTS):
+        if i % 3 == 0:
+            prompt = [*rng.choice(systems), *(rng.randrange(3, vocab) for _ in range(rng.randint(0, 20)))]
+        elif i % 7 == 1 and requests:
+            prompt = list(rng.choice(requests).prompt_ids)  # an exact repeat
+        else:
+            prompt = [1, *(rng.randrange(3, vocab) for _ in range(rng.choice([0, 1, 5, 15, 16, 17, 40, 150])))]
+        params = SamplingParams(
+            temperature=rng.choice([0.0, 0.7, 1.0, 1.5]), top_k=rng.choice([0, 5, 40]), top_p=rng.choice([1.0, 0.9]),
+            min_p=rng.choice([0.0, 0.05]), repetition_penalty=rng.choice([1.0, 1.1]),
+            presence_penalty=rng.choice([0.0, 0.5]), seed=rng.randrange(2**31))
+        requests.append(GenerationRequest(prompt, params, max_tokens=rng.randint(1, 12), ignore_eos=True, logprobs=2))
+    return requests
+
+
+def outcome(state) -> tuple:
+    """(tokens, per token: its logprob and top logprobs), as the API reports them."""
+    events = []
+    while True:
+        try:
+            events.append(state.events.get_nowait())
+        except queue.Empty:
+            break
+    assert state.finished and state.error is None, state.error
+    return tuple(state.tokens), tuple((e.token, e.logprob, e.top_logprobs) for e in events if e.token is not None)
+
+
+def run(engine: Engine, requests: list[GenerationRequest], groups: list[int]) -> list[tuple]:
+    """Submits the requests in groups of the given sizes, each group run to completion."""
+    states, start = [], 0
+    for size in groups:
+        group = [engine.submit(r) for r in requests[start:start + size]]
+        while engine.step():
+            pass
+        states += group
+        start += size
+    return [outcome(s) for s in states]
+
+
+def test_fifty_requests_alone_and_in_batches_give_identical_tokens_and_logprobs(bundle_cache):
+    bundle = bundle_cache(DEMO_MODEL)
+    model = load_model(bundle, LoadOptions(device="cpu", prefix_caching=False))
+    requests = random_requests(model.vocab_size)
+    alone = Engine(model, SchedulerConfig(max_batch=1, max_batch_tokens=512))
+    expected = run(alone, requests, [1] * N_REQUESTS)
+
+    rng = random.Random(1)
+    widest, hits = 0, []
+    for caching, max_batch, budget in [(True, 16, 512), (True, 16, 48), (False, 7, 64), (True, 4, 16)]:
+        model = load_model(bundle, LoadOptions(device="cpu", prefix_caching=caching))
+        forward, sizes = model.executor.forward, []
+
+        def counting(batch, forward=forward, sizes=sizes):
+            sizes.append(batch.block_tables.shape[0])  # sequences in the step
+            return forward(batch)
+
+        model.executor.forward = counting
+        engine = Engine(model, SchedulerConfig(max_batch=max_batch, max_batch_tokens=budget))
+        groups = []
+        while sum(groups) < N_REQUESTS:
+            groups.append(min(rng.randint(1, 16), N_REQUESTS - sum(groups)))
+        got = run(engine, requests, groups)
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert g == e, f"request {i} (groups {groups}, max_batch {max_batch}, budget {budget}, cache {caching})"
+        widest = max(widest, *sizes)
+        if caching:
+            hits.append(engine.blocks.cache.hit_tokens)
+    assert widest >= 8  # requests really shared steps
+    assert all(hits) and any(h % 16 for h in hits)  # prefix hits, to the token too
+
+
+def test_the_fingerprint_names_bundle_and_kernel_variant(bundle_cache):
+    """Stable across loads (restarts) of the same bundle on the same machine; another kernel
+    variant (here the reference device against the cpu target) gives another."""
+    from rfc.runtime.model.fingerprint import system_fingerprint
+
+    bundle = bundle_cache(DEMO_MODEL)
+    cpu = [system_fingerprint(load_model(bundle, LoadOptions(device="cpu", threads=t))) for t in (1, 2)]
+    ref = system_fingerprint(load_model(bundle, LoadOptions(device="ref")))
+    bundle_id = load_model(bundle, LoadOptions(device="ref")).manifest["bundle_id"]
+    assert cpu[0] == cpu[1] and cpu[0] != ref  # threads change nothing (invariant); the variant does
+    assert cpu[0].startswith(f"fp_{bundle_id[:12]}_cpu") and ref == f"fp_{bundle_id[:12]}_ref"
+
+
+def test_every_openai_reply_carries_the_fingerprint(server):
+    """completions and chat completions, whole and streamed (every chunk), and the header of
+    every generation reply."""
+    import json
+
+    import requests
+
+    seen = set()
+    for path, body in [("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 3}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})]:
+        r = requests.post(server.url + path, json={**body, "model": "stories260K"}, timeout=60)
+        assert r.status_code == 200, r.text
+        seen |= {r.json()["system_fingerprint"], r.headers["X-System-Fingerprint"]}
+        with requests.post(server.url + path, json={**body, "stream": True}, stream=True, timeout=60) as s:
+            chunks = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith(b"data: {")]
+        assert chunks and all(c["system_fingerprint"] in seen for c in chunks)
+    (fingerprint,) = seen
+    assert fingerprint.startswith("fp_")
