@@ -38,7 +38,7 @@ MAX_ARENA_BYTES = 1 << 40
 # -- the cpu step entry's argument struct ---------------------------------------------------
 # Every field is 8 bytes ("i64" or "ptr"), so the C and ctypes layouts have no padding to
 # disagree about. Order is the ABI: append fields and bump STEP_ABI_VERSION.
-STEP_ABI_VERSION = 1
+STEP_ABI_VERSION = 2  # 2: state, state_slots, n_state_slots (recurrent state)
 STEP_ARGS: tuple[tuple[str, str, str], ...] = (
     ("abi_version", "i64", "STEP_ABI_VERSION the caller was built for; the entry refuses others"),
     ("n_threads", "i64", "threads in the team (>= 1)"),
@@ -60,6 +60,9 @@ STEP_ARGS: tuple[tuple[str, str, str], ...] = (
     ("arena", "ptr", "base of the activation arena (program offsets are relative to it)"),
     ("k_cache", "ptr", "K cache: [n_layers, kv_slots, n_kv_heads, head_dim] in the plan's KV dtype"),
     ("v_cache", "ptr", "V cache, same layout"),
+    ("state", "ptr", "recurrent-state pool (plans with state): [n_state_slots, the plan's StateSpec slot_floats] float32"),
+    ("state_slots", "ptr", "int32[S]: each sequence's state slot (-1: none: it starts from zeros, its state is not kept)"),
+    ("n_state_slots", "i64", "slots in the state pool (0: no pool)"),
 )
 
 

@@ -39,7 +39,8 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 # The op kinds the cpu kernels implement; a plan with another op is refused.
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
            "moe_route", "moe_matmul", "moe_combine")
-CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale")  # gemma's final-logit soft-capping; gpt-oss's per-expert biases; granite's multipliers
+CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale",  # gemma's final-logit soft-capping; gpt-oss's per-expert biases; granite's multipliers
+                "short_conv")  # lfm2's gated short convolutions
 # The optional attributes the cpu kernels take, per op (any other non-default one is refused).
 # Those that may differ between layers are per-op arguments in the step program; the rest
 # must be the same for every op of a kind (_uniform).
@@ -183,6 +184,8 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     if attention is not None:
         parts.append(render("cpu_attention.c.j2", _attention_params(hp, attention, tuning)))
     parts.append(render("cpu_elementwise.c.j2", _oai_params(ops.get("swiglu", []))))
+    if "short_conv" in ops:
+        parts.append(render("cpu_short_conv.c.j2", {}))
     if moe is not None:
         parts.append(render("cpu_moe.c.j2", moe))
         for fmt in sorted({entries[op.weights[0]].format for op in ops["moe_matmul"]}):
@@ -236,6 +239,7 @@ def step_params(inp: CodegenInput) -> dict:
         "buffers": buffers,
         "const_floats": n_floats,
         "moe": any(op.kind == "moe_route" for op in plan.ops),
+        "state_floats": plan.state.slot_floats,
         "consts": consts,
         "entries": [{"name": name, "phases": low.phases, "counters": low.counters, "barriers": low.barriers}
                     for name, low in lowered],

@@ -361,6 +361,18 @@ class _Lowering:
         return Phase("softcap", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
                                  "cap": f32_literal(op.attrs["cap"], "softcap cap")}, {x}, set(op.outputs))  # fmt: skip
 
+    # -- LFM2's short conv (cpu_short_conv.c.j2): channels split among the team, the state
+    # tensor at its float offset in each sequence's slot; "@state<i>" orders the phases that touch it
+    def _short_conv(self, op: Op) -> Phase:
+        (bcx,), (out,) = op.inputs, op.outputs
+        e = self.entries[op.weights[0]]
+        if e.format != "F32":
+            raise CompileError(f"short_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is {e.format}")
+        index = int(op.attrs["state"])
+        return Phase("short_conv", {"bcx": self.buf(bcx), "out": self.buf(out), "c": self.width(out), "k": e.shape[1],
+                                    "w": e.offset, "state": self.plan.state.offset(index)},
+                     {bcx, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
+
     def _gather_rows(self, op: Op) -> Phase:
         x = op.inputs[0]
         return Phase("gather", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x)}, {x},

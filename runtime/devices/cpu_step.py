@@ -23,6 +23,7 @@ from rfc.artifacts.targets import TargetEntry
 from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
 from rfc.runtime.engine.executor import SampledRows
+from rfc.runtime.devices.state import HostStatePool
 from rfc.runtime.sampling.sampling_kernels import SamplingKernels
 
 _CTYPES = {"i64": c_int64, "ptr": c_void_p}
@@ -98,6 +99,30 @@ class CpuStepDevice:
         a.weights = self._weights.ctypes.data
         a.k_cache, a.v_cache = self.k_cache.ctypes.data, self.v_cache.ctypes.data
         self._keep: list[np.ndarray] = []
+        self.state: HostStatePool | None = None
+
+    # -- recurrent state (runtime/devices/state.py): the pool's base goes to the step program,
+    # which finds each sequence's slot through the batch's state_slots
+    def alloc_state(self, slots: int) -> None:
+        self.state = HostStatePool(self.plan.state, slots)
+        self._args.state, self._args.n_state_slots = self.state.data.ctypes.data, slots
+
+    def copy_state(self, src: list[int], dst: list[int]) -> None:
+        if self.state is not None:
+            self.state.copy(src, dst)
+
+    @property
+    def state_pool(self) -> np.ndarray | None:
+        return self.state.data if self.state is not None else None
+
+    def forward(self, batch: StepBatch) -> np.ndarray:
+        return self._run(batch, self._entry, self.plan.output_logits)
+
+    def forward_hidden(self, batch: StepBatch) -> np.ndarray:
+        return self._run(batch, self._hidden_entry, self.plan.output_hidden)
+
+    def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
+        raise DeviceError("the cpu step program does not sample: the host samples every row")
 
     def forward(self, batch: StepBatch) -> np.ndarray:
         return self._run(batch, self._entry, self.plan.output_logits)
@@ -136,12 +161,18 @@ class CpuStepDevice:
         keep = [np.ascontiguousarray(getattr(batch, n), dtype=np.int32)
                 for n in ("tokens", "positions", "slots", "seq_of_token", "seq_start", "context_lens", "block_tables",
                           "logit_rows")]  # fmt: skip
+        # each sequence's state slot (-1: none; a batch built without slots names none)
+        states = np.full(s, -1, np.int32)
+        states[: min(s, len(batch.state_slots))] = batch.state_slots[:s]
+        keep.append(states)
+        if self.plan.state.tensors and ((states < 0) & (keep[1][keep[4][:-1]] != 0)).any():
+            raise DeviceError("a recurrent layer needs the sequence's state, and the step names no state slot for it")
         self._ensure_arena(int(self._arena_bytes(t, r, self.n_threads)))
         a = self._args
         a.n_threads, a.n_tokens, a.n_rows, a.n_seqs = self.n_threads, t, r, s
         a.table_width, a.block_size = batch.block_tables.shape[1], batch.block_size
         (a.tokens, a.positions, a.slots, a.seq_of_token, a.seq_start, a.context_lens, a.block_tables,
-         a.logit_rows) = (k.ctypes.data for k in keep)  # fmt: skip
+         a.logit_rows, a.state_slots) = (k.ctypes.data for k in keep)  # fmt: skip
         a.arena = self._arena.ctypes.data + self._arena_base
         status = entry(ctypes.byref(a))
         if status > 0:

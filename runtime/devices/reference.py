@@ -229,18 +229,10 @@ class ReferenceDevice(InterpretedDevice):
         return self.state.data if self.state is not None else None
 
     def op_short_conv(self, outs, ins, weights, attrs, batch):
-        out, bcx = outs[0], ins[0]
-        c = out.shape[1]
-        u = bcx[:, :c] * bcx[:, 2 * c :]  # b * x in float32, as llama.cpp's ggml_mul
-        w = weights[0]  # [C, L], float64
         for s in range(len(batch.seq_start) - 1):
             lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
             state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
-            window = np.concatenate([state, u[lo:hi]]).astype(np.float64)  # [L-1+n, C]
-            conv = sum(window[k : k + hi - lo] * w[:, k] for k in range(w.shape[1]))
-            out[lo:hi] = bcx[lo:hi, c : 2 * c] * conv.astype(np.float32)
-            state[...] = window[hi - lo :]
-
+            outs[0][lo:hi], state[...] = short_conv_chunk(ins[0][lo:hi], weights[0], state)
 
 _HANDLERS: dict[OpKind, Callable] = {
     OpKind.EMBED: ReferenceDevice.op_embed,
@@ -262,3 +254,14 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.SHORT_CONV: ReferenceDevice.op_short_conv,
 }
 assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"
+
+
+def short_conv_chunk(bcx: np.ndarray, w: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One sequence's chunk through short_conv: bcx [n, 3C] (b, c, x), w [C, L], state [L-1, C]
+    -> (out [n, C], the new state). u = b * x in float32 (ggml_mul), the conv summed in float64,
+    then times c in float32."""
+    n, c = len(bcx), bcx.shape[1] // 3
+    u = bcx[:, :c] * bcx[:, 2 * c :]
+    window = np.concatenate([state, u]).astype(np.float64)  # [L-1+n, C]
+    conv = sum(window[k : k + n] * w[:, k] for k in range(w.shape[1]))
+    return bcx[:, c : 2 * c] * conv.astype(np.float32), window[n:].astype(np.float32)

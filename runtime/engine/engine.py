@@ -96,7 +96,6 @@ class Engine:
                              "architectures such as lfm2): serve without --spec-type / --model-draft")
         self.model = model
         self.blocks = pool.manager()  # which request holds which of the device's KV blocks and state slots
-
         self.scheduler = Scheduler(config, self.blocks)
         # reuse to the token: a prompt takes the rows of a cached block it agrees with, copied
         # into its own block by the device before the step (prefix_cache.py)
