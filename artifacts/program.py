@@ -38,7 +38,7 @@ MAX_ARENA_BYTES = 1 << 40
 # -- the cpu step entry's argument struct ---------------------------------------------------
 # Every field is 8 bytes ("i64" or "ptr"), so the C and ctypes layouts have no padding to
 # disagree about. Order is the ABI: append fields and bump STEP_ABI_VERSION.
-STEP_ABI_VERSION = 2  # 2: state, state_slots, n_state_slots (recurrent state)
+STEP_ABI_VERSION = 3  # 2: state, state_slots, n_state_slots (recurrent state); 3: k_type, v_type (quantized KV caches)
 STEP_ARGS: tuple[tuple[str, str, str], ...] = (
     ("abi_version", "i64", "STEP_ABI_VERSION the caller was built for; the entry refuses others"),
     ("n_threads", "i64", "threads in the team (>= 1)"),
@@ -58,11 +58,13 @@ STEP_ARGS: tuple[tuple[str, str, str], ...] = (
     ("logit_rows", "ptr", "int32[R]: rows of T whose logits are wanted"),
     ("weights", "ptr", "base of weights.bin (layout offsets are relative to it)"),
     ("arena", "ptr", "base of the activation arena (program offsets are relative to it)"),
-    ("k_cache", "ptr", "K cache: [n_layers, kv_slots, n_kv_heads, head_dim] in the plan's KV dtype"),
-    ("v_cache", "ptr", "V cache, same layout"),
+    ("k_cache", "ptr", "K cache: [n_layers, kv_slots, row] of k_type (a row: n_kv_heads * head_dim values)"),
+    ("v_cache", "ptr", "V cache, same layout, of v_type"),
     ("state", "ptr", "recurrent-state pool (plans with state): [n_state_slots, the plan's StateSpec slot_floats] float32"),
     ("state_slots", "ptr", "int32[S]: each sequence's state slot (-1: none: it starts from zeros, its state is not kept)"),
     ("n_state_slots", "i64", "slots in the state pool (0: no pool)"),
+    ("k_type", "i64", "how K is stored: artifacts/kv_cache_type.py CacheType.code (0 f16, 1 q8_0, 2 q4_0)"),
+    ("v_type", "i64", "how V is stored, the same codes"),
 )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from rfc.cli.errors import fail
+from rfc.cli.cache_types import cache_type_options, parse_cache_types
 from rfc.cli.threads import apply_threads, threads_option
 
 
@@ -26,6 +27,7 @@ def _lengths(ctx, param, value: str) -> tuple[int, ...]:
 @click.argument("model", type=click.Path(path_type=Path, exists=True))
 @click.option("--device", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
 @threads_option
+@cache_type_options
 @click.option("--prefill", "prefill_lengths", default="128,512", show_default=True, callback=_lengths, help="Prompt lengths.")
 @click.option("--batches", default="1,8,16", show_default=True, callback=_lengths, help="Decode batch sizes.")
 @click.option("--gen", default=32, show_default=True, type=click.IntRange(min=1), help="Decode steps per figure.")
@@ -39,10 +41,11 @@ def _lengths(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--arch", "targets", multiple=True, metavar="TARGET", help="For a GGUF: compile for this target (default cpu; repeatable).")
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="rfc's cache (default: ~/.cache/rfc); a GGUF is compiled into DIR/bundles.")
-def bench_cmd(model, device, compute_threads, prefill_lengths, batches, gen, repeat, llama_bench, gguf, chart, targets, cache_dir):
+def bench_cmd(model, device, compute_threads, cache_type_k, cache_type_v, prefill_lengths, batches, gen, repeat, llama_bench, gguf, chart, targets, cache_dir):
     """Measure MODEL (a GGUF, compiled into the cache on first use, or a bundle)."""
     user_env = dict(os.environ)  # llama-bench runs in this, not in what rfc sets for itself
     threads = apply_threads(compute_threads)  # before the runtime (numpy, kernels) loads
+    cache_types = parse_cache_types(cache_type_k, cache_type_v)
     from rfc.artifacts import BundleError
     from rfc.cli.gguf_cache import is_gguf
     from rfc.cli.model_args import bundle_paths
@@ -59,12 +62,13 @@ def bench_cmd(model, device, compute_threads, prefill_lengths, batches, gen, rep
                                ttft_prompt=max(prefill_lengths))
     started = time.perf_counter()
     try:
-        loaded = load_model(bundle, LoadOptions(device=device, threads=threads.threads))
-    except (BundleError, DeviceError) as e:
+        loaded = load_model(bundle, LoadOptions(device=device, threads=threads.threads, cache_types=cache_types))
+    except (BundleError, DeviceError, ValueError) as e:  # ValueError: a cache type the model cannot take, a budget
         fail(str(e))
     load_s = time.perf_counter() - started
     say = lambda line: click.echo(f"rfc bench: {line}", err=True)  # noqa: E731
-    say(f"{bundle.name} on {loaded.device_choice.name}, {threads.describe()}, loaded in {load_s:.2f} s")
+    say(f"{bundle.name} on {loaded.device_choice.name}, {threads.describe()}, KV cache {cache_types.describe()}, "
+        f"loaded in {load_s:.2f} s")
 
     result, llama = bench.BenchResult(), []
     for run in range(repeat):

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from rfc.cli.errors import CHECK_FAILED, fail
+from rfc.cli.cache_types import cache_type_options, parse_cache_types
 from rfc.cli.memory import check_ctx_size, ctx_size_option, memory_options, parse_memory_options
 from rfc.cli.spec_options import draft_bundle, spec_config, spec_options
 from rfc.cli.threads import apply_threads, threads_option
@@ -28,6 +29,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--device", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
 @threads_option
 @memory_options
+@cache_type_options
 @ctx_size_option(several_models=False)
 @click.option("--no-verify", is_flag=True, help="Trust the bundle: skip re-hashing its files (paths, sizes, layout and plan are still checked).")
 @click.option("--no-mmap", is_flag=True, help="Read the weights into memory instead of mapping the file (changes to the bundle's files under a running process cannot reach it).")
@@ -38,13 +40,15 @@ from rfc.cli.threads import apply_threads, threads_option
               help="rfc's cache (default: ~/.cache/rfc); a GGUF is compiled into DIR/bundles.")
 @spec_options
 def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, ignore_eos, device,
-            compute_threads, gpu_memory_utilization, kv_memory, ctx_size, no_verify, no_mmap, targets, template_file, cache_dir,
+            compute_threads, gpu_memory_utilization, kv_memory, cache_type_k, cache_type_v, ctx_size, no_verify, no_mmap, targets, template_file, cache_dir,
             spec_type, model_draft, spec_n_max):
     """Generate text from BUNDLE (a bundle directory, or a GGUF file compiled into the cache on
     first use); the generation goes to stdout, speed to stderr."""
     threads = apply_threads(compute_threads)  # before the runtime (numpy, kernels) loads
     utilization, kv_budget = parse_memory_options(gpu_memory_utilization, kv_memory)
+    cache_types = parse_cache_types(cache_type_k, cache_type_v)
     from rfc.artifacts import BundleError
+    from rfc.artifacts.kv_cache_type import CacheTypeError
     from rfc.cli.model_args import bundle_paths
     from rfc.runtime.engine.budget import BudgetRule, PastContext, generation_budget
     from rfc.runtime.text.chat import ChatTemplateError
@@ -63,9 +67,9 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
     check_ctx_size(ctx_size, {Path(bundle).name: bundle})
     try:
         model = load_model(bundle, LoadOptions(device=device, verify=not no_verify, mmap=not no_mmap, gpu_memory_utilization=utilization,
-                                               kv_memory=kv_budget, kv_max_sequences=1, ctx_size=ctx_size, threads=threads.threads,
+                                               kv_memory=kv_budget, kv_max_sequences=1, ctx_size=ctx_size, threads=threads.threads, cache_types=cache_types,
                                                draft_model=draft))
-    except (BundleError, DeviceError) as e:
+    except (BundleError, DeviceError, CacheTypeError) as e:
         fail(str(e))
     except KvBudgetError as e:
         fail(str(e), CHECK_FAILED)

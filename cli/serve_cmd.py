@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from rfc.cli.errors import fail
+from rfc.cli.cache_types import cache_type_options, parse_cache_types
 from rfc.cli.memory import ctx_size_option, memory_options, parse_memory_options
 from rfc.cli.spec_options import draft_bundle, spec_config, spec_options
 from rfc.cli.threads import apply_threads, threads_option
@@ -30,6 +31,7 @@ from rfc.cli.threads import apply_threads, threads_option
               help="KV-cache pages of 16 tokens: N in all, split evenly over the models; MODEL=N for one model (repeatable). "
                    "Default: from the memory budget (--gpu-memory-utilization, --kv-memory).")
 @memory_options
+@cache_type_options
 @ctx_size_option(several_models=True)
 @click.option("--pooling", envvar="RFC_POOLING", type=click.Choice(["mean", "cls", "last"]), default=None,
               help="Embedding pooling for every model (default: the model's own, else last, as Ollama).")
@@ -107,7 +109,7 @@ from rfc.cli.threads import apply_threads, threads_option
                    "names one, the least recently used idle model unloading to make room. The memory budget is split over N.")
 @spec_options
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
-def serve_cmd(models, models_dir, require_signature, insecure, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, ctx_size, pooling, targets, chat_template, cache_dir,
+def serve_cmd(models, models_dir, require_signature, insecure, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, cache_type_k, cache_type_v, ctx_size, pooling, targets, chat_template, cache_dir,
               api_keys, api_key_file, admin_api_key, public_traces, public_metrics, cors_origins, no_cors, no_webui, log_format, log_file, log_level, no_verify, no_mmap, trace_sample_rate, max_traces,
               max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, max_stored_responses, stored_responses_mb, prompt_cache_mb, template_workers,
               template_memory_mb, template_timeout, shutdown_timeout, grammar_max_bytes, grammar_max_rules, grammar_max_depth,
@@ -120,6 +122,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
     openmp_wait_policy(serving=True)  # before the device library loads libgomp
     thread_choice = apply_threads(compute_threads)
     utilization, kv_budget = parse_memory_options(gpu_memory_utilization, kv_memory)
+    cache_types = parse_cache_types(cache_type_k, cache_type_v)
     from rfc.artifacts import BundleError
     from rfc.cli.model_args import bundle_paths, model_names, model_references
     from rfc.cli.sign_cmd import check_signatures, make_trust
@@ -150,7 +153,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
         if model_draft and len(bundles) > 1:
             fail("--model-draft drafts for one model: serve the model it drafts for alone")
         load = LoadOptions(device=device, verify=not no_verify, mmap=not no_mmap, gpu_memory_utilization=utilization, kv_memory=kv_budget,
-                           kv_max_sequences=max_batch, ctx_size=ctx_size, threads=thread_choice.threads,
+                           kv_max_sequences=max_batch, ctx_size=ctx_size, threads=thread_choice.threads, cache_types=cache_types,
                            draft_model=draft_bundle(model_draft, targets, cache_dir, insecure))
         served = plan_models(bundles, load, KvPages.parse(kv_pages), [names[b] for b in bundles], optional,
                              max_loaded_models) if bundles else ()

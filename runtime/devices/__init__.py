@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.targets import Family, target_entries, target_entry
 
@@ -107,21 +108,26 @@ def _probe(kind: DeviceKind, target: str) -> str | None:
 
 
 def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int,
-                  context_length: int | None = None, threads: int | None = None):
+                  context_length: int | None = None, threads: int | None = None,
+                  cache_types: KvCacheTypes = KvCacheTypes()):
     """`context_length`: the longest sequence served (--ctx-size; default the plan's), which
     bounds the block tables a device sizes ahead of the batches. `threads`: the cpu step
-    program's team (--threads; None: the cores in the affinity mask); GPUs ignore it."""
+    program's team (--threads; None: the cores in the affinity mask); GPUs ignore it.
+    `cache_types`: how K and V are stored (--cache-type-k/-v; artifacts/kv_cache_type.py)."""
     if choice.name is DeviceKind.REF:
         from rfc.runtime.devices.reference import ReferenceDevice
 
-        return ReferenceDevice(bundle, kv, num_blocks, block_size)
+        return ReferenceDevice(bundle, kv, num_blocks, block_size, cache_types)
     if choice.name.is_gpu:
         from rfc.runtime.devices.gpu import open_device
 
+        if cache_types.quantized:  # the launch lists' kv_write and attention kernels are F16 only so far
+            raise DeviceError(f"a {cache_types.describe()} KV cache is not implemented on {choice.name} targets yet "
+                              "(use --cache-type-k f16 --cache-type-v f16, or --device cpu)")
         driver = gpu_driver_class(choice.name.family)(choice.target)
         return open_device(driver, bundle, choice.target, kv, num_blocks, block_size, context_length)
     return importlib.import_module(_CPU_MODULE).Device(bundle, choice.target, kv, num_blocks, block_size, n_threads=threads,
-                                                       context_length=context_length)
+                                                       context_length=context_length, cache_types=cache_types)
 
 
 # -- memory, for sizing the KV pool from a budget (runtime/engine/kv_budget.py) -------------------------

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.targets import Family, TargetEntry, TargetError, missing_isa, parse_target, target_entry
 from rfc.runtime.devices import DeviceError
@@ -91,12 +92,12 @@ def open_library(bundle: Bundle, target: str, kv: KVSpec) -> tuple[ctypes.CDLL, 
 
 
 def Device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, n_threads: int | None = None,
-           context_length: int | None = None):
+           context_length: int | None = None, cache_types: KvCacheTypes = KvCacheTypes()):
     """The engine's cpu device: the target's step program (one call per step). It sizes its
     block tables from each batch, so the served `context_length` bounds nothing here."""
     from rfc.runtime.devices.cpu_step import CpuStepDevice
 
     lib, entry = open_library(bundle, target, kv)
-    return CpuStepDevice(bundle, target, lib, entry, kv, num_blocks, block_size, n_threads)
+    return CpuStepDevice(bundle, target, lib, entry, kv, num_blocks, block_size, n_threads, cache_types)
 
 

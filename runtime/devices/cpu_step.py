@@ -6,7 +6,9 @@ team (compiler/codegen/cpu_step.py). Per step this device copies the batch array
 buffers it keeps, fills the argument struct (its ctypes layout is generated from
 artifacts/program.py STEP_ARGS, as the C one is), makes the call and copies the logits out
 of the activation arena. Weights stay in the bundle's memory-mapped weights.bin; the KV
-cache is F16 ([layer, slot, kv head, head_dim] for K and for V), like llama.cpp's default.
+cache is [layer, slot, row] for K and for V, each row n_kv_heads * head_dim values in F16
+(llama.cpp's default) or q8_0 / q4_0 blocks (--cache-type-k/-v; the library has the kernels of
+every type, chosen per step by the arguments' k_type / v_type).
 """
 
 import ctypes
@@ -17,6 +19,7 @@ import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.errors import BundleError
+from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.program import STEP_ABI_VERSION, STEP_ARGS, plan_arena, unpack_program
 from rfc.artifacts.targets import TargetEntry
@@ -61,7 +64,7 @@ class CpuStepDevice:
     host_sampling: SamplingKernels | None = None
 
     def __init__(self, bundle: Bundle, target: str, lib: ctypes.CDLL, entry: TargetEntry, kv: KVSpec, num_blocks: int,
-                 block_size: int, n_threads: int | None = None):  # fmt: skip
+                 block_size: int, n_threads: int | None = None, cache_types: KvCacheTypes = KvCacheTypes()):  # fmt: skip
         if not entry.program:
             raise DeviceError(f"bundle target {target} has no step program; recompile the model with this rfc")
         try:
@@ -87,9 +90,11 @@ class CpuStepDevice:
         self.host_sampling = SamplingKernels.from_library(lib)
         self.n_threads = n_threads or default_threads()
         self._weights = np.frombuffer(bundle.weights, dtype=np.uint8) if bundle.weights is not None else np.zeros(64, np.uint8)
-        shape = (kv.n_layers, num_blocks * block_size, kv.n_kv_heads, kv.head_dim)
-        self.k_cache = np.zeros(shape, dtype=np.uint16)  # F16 bits
-        self.v_cache = np.zeros(shape, dtype=np.uint16)
+        cache_types.check(kv)
+        self.cache_types = cache_types
+        k_row, v_row = cache_types.row_bytes(kv)
+        self.k_cache = np.zeros((kv.n_layers, num_blocks * block_size, k_row), dtype=np.uint8)
+        self.v_cache = np.zeros((kv.n_layers, num_blocks * block_size, v_row), dtype=np.uint8)
         self._arena = np.empty(0, np.uint8)
         self._arena_base = 0
         self._layouts: dict[tuple[int, int], dict[str, int]] = {}
@@ -98,6 +103,7 @@ class CpuStepDevice:
         a.kv_slots = num_blocks * block_size
         a.weights = self._weights.ctypes.data
         a.k_cache, a.v_cache = self.k_cache.ctypes.data, self.v_cache.ctypes.data
+        a.k_type, a.v_type = cache_types.k.code, cache_types.v.code
         self._keep: list[np.ndarray] = []
         self.state: HostStatePool | None = None
 

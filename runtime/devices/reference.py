@@ -13,10 +13,12 @@ from collections.abc import Callable
 import numpy as np
 
 from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
 from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind, rope_freqs
 from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceKind
 from rfc.runtime.engine.executor import InterpretedDevice
+from rfc.runtime.model.kv_quant import dequantize_rows, quantize_rows
 from rfc.runtime.model.quants import dequantize
 from rfc.runtime.devices.state import HostStatePool, seq_state
 
@@ -24,15 +26,39 @@ from rfc.runtime.devices.state import HostStatePool, seq_state
 class ReferenceDevice(InterpretedDevice):
     name = DeviceKind.REF
 
-    def __init__(self, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int):
+    def __init__(self, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int,
+                 cache_types: KvCacheTypes = KvCacheTypes()):
         super().__init__(bundle.plan)
+        cache_types.check(kv)
         self._bundle = bundle
         self._entries = bundle.layout.by_name()
         self._weights: dict[str, np.ndarray] = {}
-        shape = (kv.n_layers, num_blocks * block_size, kv.n_kv_heads, kv.head_dim)
-        dtype = np.float16 if kv.dtype == "f16" else np.float32
-        self.k_cache = np.zeros(shape, dtype=dtype)
-        self.v_cache = np.zeros(shape, dtype=dtype)
+        self.cache_types = cache_types
+        self._kv_width = kv.n_kv_heads * kv.head_dim
+        self.k_cache = self._cache(kv, num_blocks * block_size, cache_types.k)
+        self.v_cache = self._cache(kv, num_blocks * block_size, cache_types.v)
+
+    @staticmethod
+    def _cache(kv: KVSpec, slots: int, t: CacheType) -> np.ndarray:
+        """[layer, slot, kv head, head_dim] values (f16, or f32 where the plan asks), or
+        [layer, slot, row bytes] of q8_0 / q4_0 blocks (runtime/model/kv_quant.py)."""
+        if t is not CacheType.F16:
+            return np.zeros((kv.n_layers, slots, t.row_bytes(kv.n_kv_heads * kv.head_dim)), dtype=np.uint8)
+        return np.zeros((kv.n_layers, slots, kv.n_kv_heads, kv.head_dim), dtype=np.float16 if kv.dtype == "f16" else np.float32)
+
+    def _store(self, cache: np.ndarray, t: CacheType, layer: int, slots: np.ndarray, x: np.ndarray) -> None:
+        n = len(slots)
+        if t is CacheType.F16:
+            cache[layer, slots] = x.reshape(n, *cache.shape[2:])
+        else:
+            cache[layer, slots] = quantize_rows(x.reshape(n, -1), t)
+
+    def _load(self, cache: np.ndarray, t: CacheType, layer: int, slots: np.ndarray, heads: int) -> np.ndarray:
+        """float32 [len(slots), kv heads, head_dim]: only the rows asked for are dequantized."""
+        if t is CacheType.F16:
+            return cache[layer, slots].astype(np.float32)
+        rows = dequantize_rows(cache[layer, slots], t, self._kv_width)
+        return rows.reshape(len(slots), heads, -1)
 
     copies_kv = True
 
@@ -126,9 +152,8 @@ class ReferenceDevice(InterpretedDevice):
     def op_kv_write(self, outs, ins, weights, attrs, batch):
         layer = attrs["layer"]
         k, v = ins
-        n = len(batch.slots)
-        self.k_cache[layer, batch.slots] = k.reshape(n, *self.k_cache.shape[2:])
-        self.v_cache[layer, batch.slots] = v.reshape(n, *self.v_cache.shape[2:])
+        self._store(self.k_cache, self.cache_types.k, layer, batch.slots, k)
+        self._store(self.v_cache, self.cache_types.v, layer, batch.slots, v)
 
     def op_attention(self, outs, ins, weights, attrs, batch):
         layer, nh, nkv, hd = attrs["layer"], attrs["n_heads"], attrs["n_kv_heads"], attrs["head_dim"]
@@ -142,8 +167,8 @@ class ReferenceDevice(InterpretedDevice):
             table = batch.block_tables[s]
             pos = np.arange(ctx)
             slots = table[pos // bs] * bs + pos % bs
-            k = np.repeat(self.k_cache[layer, slots].astype(np.float32), group, axis=1)  # [ctx, nh, hd]
-            v = np.repeat(self.v_cache[layer, slots].astype(np.float32), group, axis=1)
+            k = np.repeat(self._load(self.k_cache, self.cache_types.k, layer, slots, nkv), group, axis=1)  # [ctx, nh, hd]
+            v = np.repeat(self._load(self.v_cache, self.cache_types.v, layer, slots, nkv), group, axis=1)
             q = q_all[lo:hi]  # [n, nh, hd]
             scores = np.einsum("nhd,chd->hnc", q, k) * np.float32(attrs["scale"])
             if attrs["softcap"] is not None:

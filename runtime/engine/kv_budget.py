@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
 from rfc.artifacts.plan import KVSpec
 from rfc.runtime.devices import DeviceKind
 
@@ -99,6 +100,15 @@ def block_bytes(kv: KVSpec, block_size: int, itemsize: int) -> int:
     return 2 * kv.n_layers * block_size * kv.n_kv_heads * kv.head_dim * itemsize
 
 
+def token_bytes(device: str, kv: KVSpec, types: KvCacheTypes = KvCacheTypes()) -> int:
+    """Bytes one cached token takes on `device`: K and V of every layer in the chosen cache
+    types (a q8_0 row is 34 bytes per 32 values, q4_0 18, f16 the device's own itemsize)."""
+    width = kv.n_kv_heads * kv.head_dim
+    itemsize = kv_itemsize(device, kv)
+    rows = (width * itemsize if t is CacheType.F16 else t.row_bytes(width) for t in (types.k, types.v))
+    return kv.n_layers * sum(rows)
+
+
 def gpu_budget(free: int, total: int, utilization: float, resident: int, share: KvShare = KvShare()) -> int:
     """Bytes of KV cache this model may have on a GPU (may be negative: nothing fits)."""
     left = int(utilization * total) - (total - free) - resident - share.reserve_bytes
@@ -152,13 +162,14 @@ class KvSizing:
     max_sequences: int = HOST_CONTEXTS
     share: KvShare = KvShare()
     state_bytes: int = 0  # the recurrent-state pool of a hybrid model: taken from the budget before the KV pages
+    cache_types: KvCacheTypes = KvCacheTypes()  # --cache-type-k/-v: a quantized cache holds more pages per byte
 
 
 def budget_blocks(s: KvSizing, memory_info: Callable[[], tuple[int, int]] | None = None,
                   resident_bytes: int = 0, host_total: int | None = None) -> tuple[int, int]:
     """(blocks, budget bytes) for one model. `memory_info` gives (free, total) device bytes
     (a GPU device); `resident_bytes` is what the model keeps on the device besides the KV."""
-    per_block = block_bytes(s.kv, s.block_size, kv_itemsize(s.device, s.kv))
+    per_block = s.block_size * token_bytes(s.device, s.kv, s.cache_types)
     if s.device in GPU_FAMILIES and memory_info is not None:
         free, total = memory_info()
         budget = gpu_budget(free, total, s.gpu_memory_utilization, resident_bytes, s.share)

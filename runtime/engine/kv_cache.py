@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.runtime.engine.prefix_cache import ROOT_KEY, PrefixCache, block_keys, chain_key
 
 
@@ -84,6 +85,7 @@ class KvPool:
     num_blocks: int
     block_size: int
     prefix_caching: bool = True  # reuse the blocks of a prefix computed before
+    cache_types: KvCacheTypes = KvCacheTypes()  # how the device stores K and V (--cache-type-k/-v)
     state_slots: int = 0  # recurrent-state slots (a plan with state): sequences that may hold KV at once
 
     def manager(self) -> BlockManager:

@@ -8,6 +8,7 @@ from tokenizers import Tokenizer
 
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle, open_bundle
+from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import Plan
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
 from rfc.runtime.engine.executor import Device, Executor
@@ -30,6 +31,7 @@ class LoadOptions:
     mmap: bool = True  # False: weights read into private memory (a file changed under the server cannot reach it)
     draft_model: Path | None = None  # speculative decoding: a bundle with the same vocabulary, loaded beside it
     threads: int | None = None  # cpu: compute threads of the step program (None: the cores in the affinity mask)
+    cache_types: KvCacheTypes = KvCacheTypes()  # how K and V are cached (--cache-type-k/-v): f16, q8_0, q4_0
 
 
 @dataclass
@@ -92,7 +94,7 @@ def check_ctx_size(ctx_size: int | None, trained: dict[str, int]) -> None:
 def _budget_blocks(bundle: Bundle, choice: DeviceChoice, options: LoadOptions, context_length: int) -> int:
     plan = bundle.plan
     sizing = KvSizing(choice.name, plan.kv, options.block_size, context_length, options.gpu_memory_utilization,
-                      options.kv_memory, options.kv_max_sequences, options.kv_share)
+                      options.kv_memory, options.kv_max_sequences, options.kv_share, options.cache_types)
     sizing = replace(sizing, state_bytes=state_slots(plan, options) * plan.state.slot_bytes)
     if choice.name.is_gpu:
         from rfc.runtime.devices import gpu_memory_info, gpu_resident_bytes
@@ -125,8 +127,10 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     plan = bundle.plan
     choice = choose_device(bundle, options.device)
     context_length = served_context_length(plan.context_length, options.ctx_size)
+    options.cache_types.check(plan.kv)  # before sizing: a head_dim that is not whole blocks refuses the types
     num_blocks = options.kv_blocks or _budget_blocks(bundle, choice, options, context_length)
-    device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length, options.threads)
+    device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length, options.threads,
+                           options.cache_types)
     slots = state_slots(plan, options)
     if slots:
         device.alloc_state(slots)
@@ -135,7 +139,8 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         tokenizer=tokenizer,
         device_choice=choice,
         device=device,
-        kv_pool=KvPool(num_blocks, options.block_size, options.prefix_caching and not slots, state_slots=slots),
+        kv_pool=KvPool(num_blocks, options.block_size, options.prefix_caching and not slots, options.cache_types,
+                       state_slots=slots),
         executor=Executor(plan, device),
         context_length=context_length,
         draft=draft,

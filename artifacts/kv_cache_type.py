@@ -1,0 +1,85 @@
+"""KV-cache storage types a runtime chooses at load (--cache-type-k / --cache-type-v, llama.cpp's
+names), and the bytes they take.
+
+The plan's KVSpec says what the model needs (layers, kv heads, head_dim); how a device stores
+each cached K and V row is a serving choice, like the number of pages: "f16" (llama.cpp's
+default), or ggml's q8_0 / q4_0 blocks of 32 values along head_dim (an f16 scale, then 32 int8
+or 16 bytes of 4-bit pairs), so that a row of a kv head is whole blocks (head_dim % 32 == 0,
+as llama.cpp requires). The cpu step program is given the type as a number (`code`), the same
+on both sides of the ABI.
+"""
+
+from dataclasses import dataclass
+from enum import Enum
+
+from rfc.artifacts.plan import KVSpec
+
+BLOCK_VALUES = 32  # values per q8_0 / q4_0 block, as ggml's QK8_0 / QK4_0
+
+
+class CacheTypeError(ValueError):
+    """An unknown cache type, or one the model's head_dim cannot be stored in."""
+
+
+class CacheType(str, Enum):
+    F16 = "f16"
+    Q8_0 = "q8_0"
+    Q4_0 = "q4_0"
+
+    __str__ = str.__str__
+
+    @property
+    def code(self) -> int:
+        """The number the cpu step program's k_type / v_type carry (templates/cpu_attention.c.j2)."""
+        return _CODES[self]
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of BLOCK_VALUES values: an f16 scale and the quants (f16: the values)."""
+        return _BLOCK_BYTES[self]
+
+    def row_bytes(self, values: int) -> int:
+        """Bytes of `values` cached values (a whole number of blocks when quantized)."""
+        return values * 2 if self is CacheType.F16 else values // BLOCK_VALUES * self.block_bytes
+
+
+_CODES = {CacheType.F16: 0, CacheType.Q8_0: 1, CacheType.Q4_0: 2}
+_BLOCK_BYTES = {CacheType.F16: 2 * BLOCK_VALUES, CacheType.Q8_0: 2 + BLOCK_VALUES, CacheType.Q4_0: 2 + BLOCK_VALUES // 2}
+
+
+def parse_cache_type(value: str, option: str = "--cache-type") -> CacheType:
+    """A cache type by its llama.cpp name; CacheTypeError naming the option otherwise."""
+    try:
+        return CacheType(str(value).strip().lower())
+    except ValueError:
+        raise CacheTypeError(f"{option} {value}: expected one of {', '.join(t.value for t in CacheType)}") from None
+
+
+@dataclass(frozen=True)
+class KvCacheTypes:
+    """How a device stores K and V (each row: n_kv_heads * head_dim values of one token)."""
+
+    k: CacheType = CacheType.F16
+    v: CacheType = CacheType.F16
+
+    @property
+    def quantized(self) -> bool:
+        return self.k is not CacheType.F16 or self.v is not CacheType.F16
+
+    def check(self, kv: KVSpec) -> None:
+        """CacheTypeError unless every kv head's row is whole blocks of the chosen types."""
+        if self.quantized and kv.head_dim % BLOCK_VALUES:
+            raise CacheTypeError(f"a {self.k}/{self.v} KV cache needs head_dim to be a multiple of {BLOCK_VALUES}; "
+                                 f"this model's is {kv.head_dim}")
+
+    def row_bytes(self, kv: KVSpec) -> tuple[int, int]:
+        """Bytes of one token's K row and V row in one layer."""
+        width = kv.n_kv_heads * kv.head_dim
+        return self.k.row_bytes(width), self.v.row_bytes(width)
+
+    def token_bytes(self, kv: KVSpec) -> int:
+        """Bytes one cached token takes: K and V of every layer."""
+        return kv.n_layers * sum(self.row_bytes(kv))
+
+    def describe(self) -> str:
+        return f"K {self.k}, V {self.v}"
