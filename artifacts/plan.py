@@ -102,13 +102,16 @@ OPS: dict[OpKind, OpSchema] = {
     OpKind.ADD_BIAS: OpSchema(1, 1, (1, 1), doc="x[M, N] += bias[N]"),
     OpKind.ROPE: OpSchema(
         2, 2, (0, 1), ("n_heads", "n_kv_heads", "head_dim", "n_rot", "style", "freq_base", "freq_scale"),
-        optional=(("attn_factor", 1.0), ("ext_factor", 0.0), ("beta_fast", 32.0), ("beta_slow", 1.0), ("orig_ctx", 0)),
+        optional=(("attn_factor", 1.0), ("ext_factor", 0.0), ("beta_fast", 32.0), ("beta_slow", 1.0), ("orig_ctx", 0),
+                  ("temp_scale", 0.0), ("temp_floor", 0)),
         doc="rotary embedding of q and k in place; style 'adjacent' (pairs 2i, 2i+1: llama) or 'neox' "
         "(pairs i, i + n_rot/2); freq_i = rope_inv_freq(...)_i / factor_i (factors: the optional weight): "
         "freq_scale * base^(-2i/n_rot), or with ext_factor > 0 (YaRN) base^(-2i/n_rot) mixed between scaled and "
         "unscaled by a ramp over the pairs (beta_fast, beta_slow, orig_ctx: see rope_inv_freq); "
         "the rotated pair is (a cos - b sin, a sin + b cos) * attn_factor (the magnitude: LongRoPE's and YaRN's "
-        "correction, as the compiler computed it)",
+        "correction, as the compiler computed it); with temp_scale != 0 (llama 4 style attention temperature "
+        "tuning: mistral3) the rotated q row is then multiplied by float32(1 + temp_scale * ln(floor(pos / temp_floor) "
+        "+ 1)), computed in double (q only; needs n_rot == head_dim)",
     ),
     OpKind.KV_WRITE: OpSchema(2, 0, (0, 0), ("layer",), doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"),
     OpKind.ATTENTION: OpSchema(

@@ -266,6 +266,9 @@ def _rope(v: _OpView) -> None:
         v.real_attr("beta_fast", 0.0, 1e6, open_lo=True)
         v.real_attr("beta_slow", 0.0, 1e6, open_lo=True)
         v.int_attr("orig_ctx", 1, MAX_CONTEXT)
+    if v.real_attr("temp_scale", -1e3, 1e3):  # q times 1 + temp_scale ln(floor(pos / temp_floor) + 1)
+        v.int_attr("temp_floor", 1, MAX_CONTEXT)
+        v.need(n_rot == hd, "rope temp_scale needs n_rot == head_dim (the whole q row is scaled with its pairs)")
     v.need(v.shape(q) == ("T", nh * hd) and v.shape(k) == ("T", nkv * hd), "q/k widths disagree with the head counts")
     if v.op.weights:
         w = v.weight_shape(0)

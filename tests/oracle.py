@@ -117,6 +117,7 @@ class Config:
     rope_factors: str | None = None
     tied: bool = False
     sinks: bool = False  # gpt-oss: attn_sinks, a logit per head in every softmax
+    temp_scale: float = 0.0  # mistral3: q times 1 + temp_scale ln(floor(pos / orig_ctx) + 1) after RoPE
     oai: bool = False  # gpt-oss experts: biased router and experts, softmax of the top-k, swiglu_oai
     layers: list[Layer] = field(default_factory=list)
     # lfm2: the gated short-conv layers (head_count_kv 0); the final norm's name
@@ -151,6 +152,8 @@ def read_config(md: dict, tensors: dict) -> Config:
     ctx = k("context_length")
     c.orig_ctx = k("rope.scaling.original_context_length", 0) or ctx  # n_ctx_orig_yarn
     _read_yarn(c, k, scaling, scale)
+    if arch == "mistral3":  # llama 4 style temperature tuning, floor scale n_ctx_orig_yarn
+        c.temp_scale = _f32(k("attention.temperature_scale", 0.0))
     if arch == "phi3" or (scaling == "longrope" and arch in LONG_SHORT_LOADERS):
         which = "long" if ctx > c.orig_ctx else "short"  # get_rope_factors, serving the training context
         if f"rope_factors_{which}.weight" in tensors:
@@ -318,6 +321,8 @@ class Oracle:
             q, k = self.norm(q, p + "attn_q_norm.weight"), self.norm(k, p + "attn_k_norm.weight")
         if layer.rope:
             q, k = self.rope(q, layer), self.rope(k, layer)
+        if c.temp_scale:
+            q = q * (np.log(np.floor(np.arange(n) / c.orig_ctx) + 1.0) * c.temp_scale + 1.0)[:, None, None]
         k = k.astype(self.kv_dtype).astype(np.float64)
         v = v.astype(self.kv_dtype).astype(np.float64)
         group = c.n_heads // c.n_kv_heads

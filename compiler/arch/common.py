@@ -80,6 +80,7 @@ class Rope:
     beta_fast: float = 32.0
     beta_slow: float = 1.0
     orig_ctx: int = 0  # n_ctx_orig_yarn: rope.scaling.original_context_length, else context_length
+    temp_scale: float = 0.0  # attention temperature tuning (mistral3): q times 1 + temp_scale ln(floor(pos / orig_ctx) + 1)
 
     @property
     def magnitude(self) -> float:
@@ -98,6 +99,8 @@ class Rope:
             attrs["attn_factor"] = self.magnitude
         if self.ext_factor:
             attrs.update(ext_factor=self.ext_factor, beta_fast=self.beta_fast, beta_slow=self.beta_slow, orig_ctx=self.orig_ctx)
+        if self.temp_scale:
+            attrs.update(temp_scale=self.temp_scale, temp_floor=self.orig_ctx)
         return attrs
 
 
@@ -349,7 +352,7 @@ def read_experts(md: Metadata) -> tuple[int, int]:
 
 def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool = False, qk_norm: bool = False,
                fused_gate_up: bool = False, long_short_factors: bool | None = None, no_rope_step: int = 0,
-               yarn_keys: bool = False) -> ModelSpec:
+               yarn_keys: bool = False, temp_scale: float = 0.0) -> ModelSpec:
     """llama and its close relatives: pre-norm blocks of GQA attention with rotary positions
     and a SwiGLU FFN (or a Mixtral-style mixture of SwiGLU experts), RMS norms, optional
     biases, optional tied output. Options: Q/K/V biases required (qwen2), per-head Q/K norms
@@ -361,7 +364,7 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
     attention output and the FFN where the file has them (llama and mistral3)."""
     md = Metadata(model, arch)
     s = read_sizes(md)
-    rope = read_rope(md, s, rope_style, yarn_keys=yarn_keys)
+    rope = replace(read_rope(md, s, rope_style, yarn_keys=yarn_keys), temp_scale=temp_scale)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)

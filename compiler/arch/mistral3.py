@@ -1,9 +1,14 @@
 """`mistral3` (Ministral 3, Devstral 2 text models): llama's block (adjacent-pair RoPE over whole
 heads, SwiGLU, RMS norms, biases where the file has them, LongRoPE factors when the scaling
 type says so) whose loader also reads YaRN's rope.scaling.yarn_beta_fast / yarn_beta_slow /
-yarn_log_multiplier. Refused by name instead of run without them: llama 4 style attention
-temperature scaling (attention.temperature_scale, a position-dependent scale of Q) and experts
-(mistral3's mixture with shared experts)."""
+yarn_log_multiplier, and llama 4 style attention temperature tuning: with
+attention.temperature_scale s != 0 each query, after RoPE, is multiplied by
+1 + s ln(floor(pos / n_ctx_orig) + 1), n_ctx_orig the YaRN original context
+(rope.scaling.original_context_length, else context_length), as llama.cpp's mistral3 graph
+multiplies Q by its attn_scale input (the rope op's temp_scale / temp_floor). Refused by name
+instead of run without them: experts (mistral3's mixture with shared experts)."""
+
+import numpy as np
 
 from rfc.compiler.arch.common import llama_like
 from rfc.compiler.arch.metadata import MAX_EXPERTS, Metadata
@@ -14,12 +19,11 @@ from rfc.compiler.spec import ModelSpec
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "mistral3")
-    if temp := md.float("attention.temperature_scale", -1e6, 1e6, default=0.0):
-        raise CompileError(f"{md.path}: {md.key('attention.temperature_scale')} = {temp}: mistral3 with attention "
-                           "temperature scaling is not supported")  # fmt: skip
+    # a float32 in llama.cpp (hparams.f_attn_temp_scale)
+    temp = float(np.float32(md.float("attention.temperature_scale", -1e3, 1e3, default=0.0)))
     if n_expert := md.int("expert_count", 0, MAX_EXPERTS, default=0):
         raise CompileError(f"{md.path}: {md.key('expert_count')} = {n_expert}: mistral3 with experts is not supported")
-    spec = llama_like(model, "mistral3", rope_style="adjacent", yarn_keys=True)
+    spec = llama_like(model, "mistral3", rope_style="adjacent", yarn_keys=True, temp_scale=temp)
     hp = spec.hparams
     if hp.n_rot != hp.head_dim:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {hp.n_rot} != head size {hp.head_dim} "

@@ -305,7 +305,11 @@ class _Lowering:
         q, k = op.outputs
         params = {"q": self.buf(q), "k": self.buf(k), "factors": self.vec(op.weights[0]) if op.weights else [],
                   "v": -1, "layer": -1, "variant": self.rope_variants.index(rope_key(op)),
-                  "attn_factor": f32_literal(op.attr("attn_factor"), "rope attn_factor")}  # fmt: skip
+                  "attn_factor": f32_literal(op.attr("attn_factor"), "rope attn_factor"),
+                  "temp_scale": float(op.attr("temp_scale")), "temp_floor": int(op.attr("temp_floor")),
+                  "temp_width": self.width(q)}  # fmt: skip
+        if params["temp_scale"]:  # validate_plan bounded both; a literal of a float32 that is not 0
+            f32_literal(abs(params["temp_scale"]), "rope temp_scale")
         reads, writes = {q, k}, {q, k}
         if kv is not None:
             params["v"], params["layer"] = self.buf(kv.inputs[1]), int(kv.attrs["layer"])

@@ -470,6 +470,8 @@ class _Planner:
             "inv_freq": inv_freq,
             "has_freq_factors": has_factors,
             "attn_factor": float(op.attr("attn_factor")),
+            "temp_scale": float(op.attr("temp_scale")),  # validate_plan: finite, and with it n_rot == head_dim
+            "temp_floor": int(op.attr("temp_floor")),
         }
         args = tuple(arg for arg in KERNEL_ARGS["rope"] if has_factors or arg[0] != "freq_factors")
         return KernelSpec(name, "gpu_rope.hip.j2", params, args, threads, (("n_rows", 1),))

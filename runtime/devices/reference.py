@@ -148,6 +148,9 @@ class ReferenceDevice(InterpretedDevice):
                 a, b = x[..., 0:n_rot:2].copy(), x[..., 1:n_rot:2].copy()
                 x[..., 0:n_rot:2] = a * cos - b * sin
                 x[..., 1:n_rot:2] = a * sin + b * cos
+        if attrs["temp_scale"]:  # llama.cpp's llm_graph_input_attn_temp: double, stored as float
+            floor = np.floor(batch.positions.astype(np.float64) / attrs["temp_floor"])
+            outs[0][...] *= (np.log(floor + 1.0) * attrs["temp_scale"] + 1.0).astype(np.float32)[:, None]
 
     def op_kv_write(self, outs, ins, weights, attrs, batch):
         layer = attrs["layer"]

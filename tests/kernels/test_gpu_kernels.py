@@ -93,6 +93,7 @@ def _gpu_param(model: str, target: str):
     _gpu_param("smollm3-Q8_0", "gfx1100"),  # a layer without RoPE
     _gpu_param("olmo2-Q8_0", "gfx90a"),  # post-norms, Q/K normed over whole rows
     _gpu_param("mistral3-Q8_0", "gfx1100"),  # YaRN with its betas and log multiplier
+    _gpu_param("mistral3temp-Q8_0", "gfx90a"),  # the rope op's temperature tuning of q (positions 16-39 scaled)
     _gpu_param("granite-Q8_0", "gfx1100"),  # the scale op: residual and logit multipliers
     _gpu_param("gemma2-Q8_0", "gfx90a"),
     _gpu_param("mixtral-Q8_0", "gfx90a"),

@@ -235,7 +235,8 @@ def test_mistral3_reads_the_yarn_keys():
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("attention.temperature_scale", 0.1, "mistral3 with attention temperature scaling is not supported"),
+    ("attention.temperature_scale", float("nan"), r"mistral3.attention.temperature_scale = nan is not a finite number"),
+    ("attention.temperature_scale", 1e9, r"mistral3.attention.temperature_scale = 1000000000.0 is not a finite number"),
     ("expert_count", 8, "mistral3 with experts is not supported"),
     ("rope.dimension_count", 16, r"mistral3.rope.dimension_count 16 != head size 32"),
     ("rope.scaling.yarn_beta_fast", float("nan"), r"mistral3.rope.scaling.yarn_beta_fast"),

@@ -181,6 +181,7 @@ class CpuOpDevice(InterpretedDevice):
         self._gather_rows = _declare(lib, "rfc_gather_rows", [_P, _P, c_int, c_int, _P])
         # the kernels of the newer architectures' attributes (libraries built before them lack these)
         optional = {"rfc_rmsnorm_heads": [_P, _P, _P, c_int, c_int, c_int], "rfc_rope_freqs": [_P, _P, _P, c_int, _P, _P, c_double],
+                    "rfc_rope_freqs_temp": [_P, _P, _P, c_int, _P, _P, c_double, c_double, c_int],
                     "rfc_attention_ws": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float],
                     "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float], "rfc_scale": [_P, _P, c_size_t, c_float],
                     "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
@@ -373,6 +374,10 @@ class CpuOpDevice(InterpretedDevice):
         if "rfc_rope_freqs" not in self._arch:  # a library from before per-op rope frequencies
             return self._rope, (outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.num_tokens, factors)
         table = self._keep.setdefault(op_key(op), np.array(rope_freqs(op.attrs), np.float64))
+        if op.attr("temp_scale"):  # mistral3's attention temperature tuning
+            return self._arch_kernel("rfc_rope_freqs_temp", op), (
+                outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.num_tokens, factors, table.ctypes.data,
+                op.attr("attn_factor"), op.attr("temp_scale"), op.attr("temp_floor"))
         return self._arch["rfc_rope_freqs"], (outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.num_tokens, factors,
                                               table.ctypes.data, op.attr("attn_factor"))  # fmt: skip
 
