@@ -67,6 +67,7 @@ class _Work:
     states: list[RequestState]
     batch: StepBatch
     copies: tuple[KvCopy, ...] = ()  # KV rows the device copies before the step (reuse to the token)
+    state_copies: tuple[tuple[int, int], ...] = ()  # state slots (source, destination): checkpoints, restores
 
 
 @dataclass(frozen=True)
@@ -283,9 +284,10 @@ class Engine:
                 if state.admitted_at is None:
                     state.admitted_at = now
             copies = tuple(self.blocks.take_copies())
+            state_copies = tuple(self.blocks.take_state_copies())
             wants = self._spec.wants(chunks, states)
             if not wants:
-                return _Work(chunks, states, build_batch(chunks, self.blocks), copies)
+                return _Work(chunks, states, build_batch(chunks, self.blocks), copies, state_copies)
         tokens, rows = sum(len(c.tokens) for c in chunks), sum(c.num_rows for c in chunks)
         drafts = self._spec.propose(wants, tokens, rows, {c.seq_id for c in chunks})  # lock released: a draft model runs
         with self._lock:
@@ -294,7 +296,7 @@ class Engine:
             if not live:
                 return None
             chunks = self.scheduler.add_drafts([c for c, _ in live], drafts) if drafts else [c for c, _ in live]
-            return _Work(chunks, [s for _, s in live], build_batch(chunks, self.blocks), copies)
+            return _Work(chunks, [s for _, s in live], build_batch(chunks, self.blocks), copies, state_copies)
 
     def _run(self, work: _Work) -> "np.ndarray | SampledRows | None":
         """The forward pass (lock released: HTTP threads may submit and cancel meanwhile).
@@ -303,6 +305,8 @@ class Engine:
             executor = self.model.executor
             if work.copies:
                 executor.copy_kv(*kv_copy_slots(work.copies, self.blocks.block_size))
+            if work.state_copies:  # prefix caching with state: checkpoints taken, then restored (in order)
+                executor.copy_state([src for src, _ in work.state_copies], [dst for _, dst in work.state_copies])
             if getattr(executor, "samples_on_device", False):
                 return executor.forward_sampled(work.batch, self._device_rows(work))
             return executor.forward(work.batch)

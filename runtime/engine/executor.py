@@ -113,6 +113,14 @@ class Executor:
     def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
         self.device.copy_kv(src, dst)
 
+    def copy_state(self, src: list[int], dst: list[int]) -> None:
+        """Recurrent-state slot src[i] into slot dst[i], in order (prefix caching's checkpoints
+        and restores, runtime/engine/state_cache.py): devices of plans with state have it."""
+        copy = getattr(self.device, "copy_state", None)
+        if copy is None:
+            raise DeviceError(f"the {type(self.device).__name__} does not copy recurrent-state slots")
+        copy(src, dst)
+
 
 # -- the plan interpreted op by op -----------------------------------------------------------------
 

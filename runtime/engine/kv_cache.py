@@ -29,6 +29,7 @@ import numpy as np
 
 from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.runtime.engine.prefix_cache import ROOT_KEY, PrefixCache, block_keys, chain_key
+from rfc.runtime.engine.state_cache import StateCheckpoints
 
 
 class KVCacheFull(Exception):
@@ -47,6 +48,7 @@ class CachedPrefix:
     # the tokens after the whole blocks; allocate copies them into the sequence's next block
     partial_block: int = -1
     partial_tokens: int = 0
+    state_from: int = -1  # a plan with state: the checkpoint slot holding the state after the blocks
 
     @property
     def num_tokens(self) -> int:
@@ -87,17 +89,19 @@ class KvPool:
     prefix_caching: bool = True  # reuse the blocks of a prefix computed before
     cache_types: KvCacheTypes = KvCacheTypes()  # how the device stores K and V (--cache-type-k/-v)
     state_slots: int = 0  # recurrent-state slots (a plan with state): sequences that may hold KV at once
+    checkpoint_slots: int = 0  # further slots for prefix caching's state checkpoints (state_cache.py)
 
     def manager(self) -> BlockManager:
         """Fresh bookkeeping for the whole pool (every block and state slot free)."""
-        return BlockManager(self.num_blocks, self.block_size, self.prefix_caching, state_slots=self.state_slots)
+        return BlockManager(self.num_blocks, self.block_size, self.prefix_caching, self.state_slots, self.checkpoint_slots)
 
 
 class BlockManager:
     """Block tables of the sequences that hold KV slots, reference counts, and the free pool
     (never-used blocks plus cached blocks nobody holds)."""
 
-    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True, state_slots: int = 0) -> None:
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True, state_slots: int = 0,
+                 checkpoint_slots: int = 0) -> None:
         if num_blocks < 1 or block_size < 1 or state_slots < 0:
             raise ValueError(
                 f"num_blocks and block_size must be positive, got {num_blocks} and {block_size}"
@@ -114,6 +118,11 @@ class BlockManager:
         self.num_state_slots = state_slots  # 0: the plan has no recurrent state
         self._free_states: list[int] = list(range(state_slots))  # a sorted list is already a heap
         self._state_of: dict[int, int] = {}  # sequence id -> its state slot
+        # prefix caching with state: checkpoints after the sequences' slots, and the slot copies
+        # (checkpoint, restore) due before the next step runs (take_state_copies)
+        self.checkpoints = StateCheckpoints(state_slots, checkpoint_slots) \
+            if self.cache is not None and state_slots and checkpoint_slots else None
+        self._state_copies: list[tuple[int, int]] = []
 
     # -- counts ------------------------------------------------------------------------------
     def num_free(self) -> int:
@@ -160,6 +169,11 @@ class BlockManager:
             return CachedPrefix(block_size=self.block_size, query_tokens=len(tokens))
         keys = block_keys(tokens[: len(tokens) - 1], self.block_size)
         blocks = self.cache.lookup(keys)
+        if self.num_state_slots:  # only as far as a state checkpoint reaches, and whole blocks
+            state = -1
+            while blocks and (state := self.checkpoints.find(keys[len(blocks) - 1]) if self.checkpoints else -1) < 0:
+                blocks.pop()
+            return CachedPrefix(tuple(blocks), tuple(keys[: len(blocks)]), self.block_size, len(tokens), state_from=state)
         src, rows = -1, 0
         if self.copy_partial:
             start = len(blocks) * self.block_size
@@ -211,6 +225,9 @@ class BlockManager:
             block = heapq.heappop(self._fresh) if self._fresh else self.cache.evict()
             self._refs[block] = 1
             table.blocks.append(block)
+        if new and prefix.state_from >= 0:  # the checkpoint's state into the sequence's slot, before the step
+            self._state_copies.append((prefix.state_from, self._state_of[seq_id]))
+            self.checkpoints.restored += 1
         if new and prefix.partial_tokens and self.cache is not None:
             # copy-on-write of the source's rows into the sequence's own next block; they stay
             # as they are until the step runs, even if the source was evicted for a block
@@ -294,6 +311,21 @@ class BlockManager:
         block = table.blocks[len(table.keys)]
         if self._refs[block] == 1:  # only its own (it always is: only keyed blocks are shared)
             self.cache.register_partial(block, table.keys[-1] if table.keys else ROOT_KEY, tokens)
+
+    def checkpoint_state(self, seq_id: int) -> None:
+        """Keep `seq_id`'s state as it is now, after its last keyed block, for prompts that share
+        those blocks (copied into a checkpoint slot before the next step runs)."""
+        table = self._tables[seq_id]
+        if self.checkpoints is None or not table.keys or seq_id not in self._state_of:
+            return
+        slot = self.checkpoints.put(table.keys[-1])
+        if slot is not None:
+            self._state_copies.append((self._state_of[seq_id], slot))
+
+    def take_state_copies(self) -> list[tuple[int, int]]:
+        """The state slot copies (source, destination) due before the next step, in order."""
+        copies, self._state_copies = self._state_copies, []
+        return copies
 
     def take_copies(self) -> list[KvCopy]:
         """The row copies allocations since the last call made due; the caller runs them on

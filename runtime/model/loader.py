@@ -95,7 +95,8 @@ def _budget_blocks(bundle: Bundle, choice: DeviceChoice, options: LoadOptions, c
     plan = bundle.plan
     sizing = KvSizing(choice.name, plan.kv, options.block_size, context_length, options.gpu_memory_utilization,
                       options.kv_memory, options.kv_max_sequences, options.kv_share, options.cache_types)
-    sizing = replace(sizing, state_bytes=state_slots(plan, options) * plan.state.slot_bytes)
+    slots = state_slots(plan, options) + checkpoint_slots(plan, options)
+    sizing = replace(sizing, state_bytes=slots * plan.state.slot_bytes)
     if choice.name.is_gpu:
         from rfc.runtime.devices import gpu_memory_info, gpu_resident_bytes
 
@@ -108,10 +109,14 @@ def _budget_blocks(bundle: Bundle, choice: DeviceChoice, options: LoadOptions, c
 def state_slots(plan: Plan, options: LoadOptions) -> int:
     """Recurrent-state slots of a plan with state (hybrid models), 0 without: one per sequence
     that may hold KV at once, as many as the pool's `kv_max_sequences` (a server's --max-batch).
-    The scheduler admits a sequence only when one is free (runtime/engine/kv_cache.py). Prefix
-    caching is off for such plans: a cached KV prefix would skip the prefill that computes the
-    state it ends in."""
+    The scheduler admits a sequence only when one is free (runtime/engine/kv_cache.py)."""
     return max(1, options.kv_max_sequences) if plan.state.tensors else 0
+
+
+def checkpoint_slots(plan: Plan, options: LoadOptions) -> int:
+    """Further state slots for prefix caching's checkpoints (runtime/engine/state_cache.py):
+    as many as sequences, from the same budget; 0 without state or prefix caching."""
+    return state_slots(plan, options) if options.prefix_caching else 0
 
 
 def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
@@ -131,16 +136,16 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     num_blocks = options.kv_blocks or _budget_blocks(bundle, choice, options, context_length)
     device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length, options.threads,
                            options.cache_types)
-    slots = state_slots(plan, options)
+    slots, checkpoints = state_slots(plan, options), checkpoint_slots(plan, options)
     if slots:
-        device.alloc_state(slots)
+        device.alloc_state(slots + checkpoints)
     return LoadedModel(
         bundle=bundle,
         tokenizer=tokenizer,
         device_choice=choice,
         device=device,
-        kv_pool=KvPool(num_blocks, options.block_size, options.prefix_caching and not slots, options.cache_types,
-                       state_slots=slots),
+        kv_pool=KvPool(num_blocks, options.block_size, options.prefix_caching, options.cache_types,
+                       state_slots=slots, checkpoint_slots=checkpoints),
         executor=Executor(plan, device),
         context_length=context_length,
         draft=draft,

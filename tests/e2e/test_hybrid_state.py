@@ -112,3 +112,46 @@ def test_speculative_decoding_is_refused_for_models_with_state(bundle_cache):
     model = load_model(bundle_cache(LFM2, REFERENCE_ONLY), LoadOptions(device="ref"))
     with pytest.raises(ValueError, match="recurrent state"):
         Engine(model, SchedulerConfig(spec=SpecConfig(type=SpecType.NGRAM)))
+
+
+class Recorder:
+    """Wraps the executor: every step's logit rows and tokens fed."""
+
+    def __init__(self, model):
+        self.rows, self.fed = [], []
+        forward = model.executor.forward
+
+        def recording(batch):
+            logits = forward(batch)
+            self.rows.extend(np.array(logits))
+            self.fed.append(batch.num_tokens)
+            return logits
+
+        model.executor.forward = recording
+
+
+@pytest.mark.parametrize("device", ["ref", pytest.param("cpu", marks=pytest.mark.toolchain)])
+def test_a_repeated_prefix_resumes_from_its_state_checkpoint(device, bundle_cache):
+    """The second prompt shares 43 tokens with the first: it takes the two whole cached blocks
+    and the state checkpointed after them, prefills 15 tokens instead of 47, and its logits are
+    those of the same prompt run on a fresh engine, bit for bit."""
+    bundle = bundle_cache(LFM2) if device == "cpu" else bundle_cache(LFM2, REFERENCE_ONLY)
+    rng = np.random.default_rng(11)
+    system = [1, *rng.integers(3, 512, size=40).tolist()]
+    first, second = system + [5, 9], system + [17, 4, 8, 30, 2, 6]
+    config = SchedulerConfig(max_batch=2, max_batch_tokens=64)
+
+    fresh = load_model(bundle, LoadOptions(device=device))
+    want = Recorder(fresh)
+    expected = _greedy(Engine(fresh, config), [second])
+
+    model = load_model(bundle, LoadOptions(device=device))
+    engine = Engine(model, config)
+    _greedy(engine, [first])
+    got = Recorder(model)
+    assert _greedy(engine, [second]) == expected
+    assert engine.blocks.cache.hit_tokens == 32 and engine.blocks.checkpoints.restored == 1
+    assert got.fed[0] == len(second) - 32 and want.fed[:2] == [32, len(second) - 32]  # the fresh run checkpoints at 32 too
+    np.testing.assert_array_equal(np.array(got.rows), np.array(want.rows))
+    counts = engine.counts()
+    assert (counts["state_slots_used"], counts["pages_used"]) == (0, 0)
