@@ -17,12 +17,18 @@ from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.model.loader import LoadOptions, load_model
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.engine.scheduler import SchedulerConfig
-from tests.conftest import DEMO_MODEL
+from tests.conftest import DEMO_MODEL, skip_reason, smollm2
 
 pytestmark = [pytest.mark.toolchain,
               pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)")]
 
 N_REQUESTS = 50
+SMOLLM2 = smollm2()
+# The demo bundle (F32) in CI; SmolLM2-135M Q4_1 (576 wide: the grouped decode dots and the
+# packed GEMM run) by hand, ~1 min on two cores.
+MODELS = [pytest.param(DEMO_MODEL, id="stories260K"),
+          pytest.param(SMOLLM2, id="smollm2", marks=[pytest.mark.slow, pytest.mark.skipif(
+              not SMOLLM2.is_file(), reason=skip_reason(SMOLLM2))])]
 
 
 def random_requests(vocab: int, seed: int = 27) -> list[GenerationRequest]:
@@ -71,8 +77,9 @@ def run(engine: Engine, requests: list[GenerationRequest], groups: list[int]) ->
     return [outcome(s) for s in states]
 
 
-def test_fifty_requests_alone_and_in_batches_give_identical_tokens_and_logprobs(bundle_cache):
-    bundle = bundle_cache(DEMO_MODEL)
+@pytest.mark.parametrize("model_path", MODELS)
+def test_fifty_requests_alone_and_in_batches_give_identical_tokens_and_logprobs(model_path, bundle_cache):
+    bundle = bundle_cache(model_path)
     model = load_model(bundle, LoadOptions(device="cpu", prefix_caching=False))
     requests = random_requests(model.vocab_size)
     alone = Engine(model, SchedulerConfig(max_batch=1, max_batch_tokens=512))
