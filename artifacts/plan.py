@@ -73,6 +73,8 @@ class OpKind(str, Enum):
     MOE_MATMUL = "moe_matmul"
     MOE_COMBINE = "moe_combine"
     MOE_ADD_BIAS = "moe_add_bias"
+    HEAD_MATMUL = "head_matmul"
+    CONCAT_HEADS = "concat_heads"
     SHORT_CONV = "short_conv"
 
     __str__ = str.__str__  # the name itself, not OpKind.X
@@ -168,6 +170,17 @@ OPS: dict[OpKind, OpSchema] = {
         "out[t, ch] = c[t, ch] * sum_k weight[ch, k] * window[t + k, ch] for k < L (weight [C, L], the "
         "depthwise kernel; llama.cpp's ggml_ssm_conv). The state afterwards: the window's last L-1 rows. "
         "`state` is the index of its StateTensor ([L-1, C]) in the plan's StateSpec",
+    ),
+    OpKind.HEAD_MATMUL: OpSchema(
+        1, 1, (1, 1), ("heads",), optional=(("stride", 0),),
+        doc="a matmul per head (deepseek2's attn_k_b and attn_v_b): x[T, heads * stride] (stride 0: K), head h "
+        "reading the K columns from h * stride, weight [heads, N, K] in its stored format -> out[T, heads * N], "
+        "segment h = x_h @ weight[h]^T",
+    ),
+    OpKind.CONCAT_HEADS: OpSchema(
+        2, 1, (0, 0), ("heads",),
+        doc="a[T, heads * A], b[T, heads * B] -> out[T, heads * (A + B)], head h = [a_h, b_h] (deepseek2's query "
+        "and key: the latent part, then the rope part)",
     ),
 }
 assert set(OPS) == set(OpKind), "every op kind has a schema"

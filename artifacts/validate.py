@@ -399,6 +399,30 @@ def _moe_add_bias(v: _OpView) -> None:
     v.need(w is None or w == (n_expert, v.width(y) // k), f"bias {w} is not [{n_expert}, {v.width(y) // k}]")
 
 
+def _head_matmul(v: _OpView) -> None:
+    (x,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(x, out)
+    v.need(v.rows(x) == v.rows(out), "input and output rows differ")
+    heads = v.int_attr("heads", 1, MAX_HEADS)
+    stride = v.int_attr("stride", 0, MAX_WIDTH)
+    v.need(v.width(out) % heads == 0, f"output width {v.width(out)} is not {heads} heads")
+    v.need(v.width(x) == heads * stride if stride else v.width(x) % heads == 0, f"input width {v.width(x)} is not {heads} heads")
+    k = v.width(x) // heads if not stride else None
+    w = v.weight_shape(0)
+    if w is not None:
+        v.need(len(w) == 3 and w[0] == heads and w[1] == v.width(out) // heads, f"weight {w} is not [{heads}, {v.width(out) // heads}, K]")
+        v.need(w[2] == k if k is not None else 1 <= w[2] <= stride, f"weight {w} rows do not fit the input's heads")
+
+
+def _concat_heads(v: _OpView) -> None:
+    (a, b), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(a, b, out)
+    heads = v.int_attr("heads", 1, MAX_HEADS)
+    v.need(v.rows(a) == v.rows(b) == v.rows(out), "buffers differ in rows")
+    v.need(v.width(a) % heads == 0 and v.width(b) % heads == 0, f"inputs are not {heads} heads")
+    v.need(v.width(out) == v.width(a) + v.width(b), f"output width {v.width(out)} is not {v.width(a)} + {v.width(b)}")
+
+
 def _gather_rows(v: _OpView) -> None:
     (x,), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(x, out)
@@ -442,6 +466,8 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "moe_matmul": _moe_matmul,
     "moe_combine": _moe_combine,
     "moe_add_bias": _moe_add_bias,
+    "head_matmul": _head_matmul,
+    "concat_heads": _concat_heads,
     "short_conv": _short_conv,
 }
 assert set(RULES) == set(OPS), "every op kind needs a shape rule"

@@ -79,6 +79,17 @@ class Layer:
 
 
 @dataclass
+class Mla:
+    """deepseek2's multi-head latent attention sizes (load_hparams for LLM_ARCH_DEEPSEEK2)."""
+
+    q_lora: int  # 0: Q straight from attn_q (DeepSeek-V2-Lite)
+    kv_lora: int
+    nope: int  # key_length_mla - n_rot
+    v_dim: int  # value_length_mla
+    kq_scale: float
+
+
+@dataclass
 class Config:
     arch: str
     n_embd: int
@@ -118,6 +129,7 @@ class Config:
     tied: bool = False
     sinks: bool = False  # gpt-oss: attn_sinks, a logit per head in every softmax
     temp_scale: float = 0.0  # mistral3: q times 1 + temp_scale ln(floor(pos / orig_ctx) + 1) after RoPE
+    mla: Mla | None = None  # deepseek2
     oai: bool = False  # gpt-oss experts: biased router and experts, softmax of the top-k, swiglu_oai
     layers: list[Layer] = field(default_factory=list)
     # lfm2: the gated short-conv layers (head_count_kv 0); the final norm's name
@@ -206,6 +218,22 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
         c.dense_lead, c.ffn_norm = k("leading_dense_block_count", 0), "post_attention_norm"
         c.qk_norm = "blk.0.attn_q_norm.weight" in tensors
+    if arch == "deepseek2":  # src/models/deepseek2.cpp, its load_hparams and llama_context's YaRN setup
+        c.neox = False
+        c.gating = {0: "softmax", 1: "softmax", 2: "sigmoid"}[k("expert_gating_func", 0)]
+        c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
+        c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
+        c.dense_lead = k("leading_dense_block_count", 0)
+        log_mul = float(np.float32(k("rope.scaling.yarn_log_multiplier", 0.0)) / np.float32(0.1))
+        if c.ext_factor:  # with a log multiplier, get_mscale(f, m) / get_mscale(f, log_mul) = 1 (m = log_mul or 1)
+            factor = 1.0 / scale
+            c.attn_factor = (1.0 if log_mul else 1.0 + 0.1 * math.log(factor)) / (1.0 + 0.1 * math.log(factor))
+            c.attn_factor *= k("rope.scaling.attn_factor", 1.0)
+        attn_org = c.attn_factor * (1.0 + 0.1 * math.log(1.0 / scale))
+        mscale = attn_org * (1.0 + 0.1 * log_mul * math.log(1.0 / scale))
+        key_mla = k("attention.key_length_mla")
+        c.mla = Mla(k("attention.q_lora_rank", 0), k("attention.kv_lora_rank"), key_mla - c.n_rot,
+                    k("attention.value_length_mla"), mscale * mscale / math.sqrt(key_mla))
     if arch == "gpt-oss":  # src/models/openai-moe.cpp
         c.q_scale = _f32(1.0 / np.sqrt(np.float32(c.n_rot)))
         c.ffn_norm, c.sinks, c.oai = "post_attention_norm", True, True
@@ -310,6 +338,8 @@ class Oracle:
 
     def attention(self, h: np.ndarray, i: int) -> np.ndarray:
         c, layer, p = self.cfg, self.cfg.layers[i], f"blk.{i}."
+        if c.mla:
+            return self.mla_attention(h, i)
         n = len(h)
         q, k, v = self.qkv(h, p)
         if c.qk_norm_rows:
@@ -359,6 +389,33 @@ class Oracle:
         window = np.concatenate([np.zeros((taps - 1, e)), b * x])
         conv = sum(window[j : j + n] * w[:, j] for j in range(taps))
         return self.linear(cg * conv, p + "shortconv.out_proj.weight")
+
+    def mla_attention(self, h: np.ndarray, i: int) -> np.ndarray:
+        """deepseek2's attention, decompressed (llama.cpp runs it absorbed; the math is the same):
+        per head K = [wk_b^T latent, rope key], V = wv_b latent, from the float16-cached latent
+        (kv_lora, normed) and rope key (n_rot, shared by the heads). The per-head products read
+        float activations (as the compiled head_matmul kernels do): no act_rounding there."""
+        c, m, p = self.cfg, self.cfg.mla, f"blk.{i}."
+        n = len(h)
+        if m.q_lora:
+            q = self.linear(self.norm(self.linear(h, p + "attn_q_a.weight"), p + "attn_q_a_norm.weight"), p + "attn_q_b.weight")
+        else:
+            q = self.linear(h, p + "attn_q.weight")
+        q = q.reshape(n, c.n_heads, m.nope + c.n_rot)
+        kv = self.linear(h, p + "attn_kv_a_mqa.weight")
+        latent, k_pe = self.norm(kv[:, : m.kv_lora], p + "attn_kv_a_norm.weight"), kv[:, m.kv_lora :]
+        q_pe, k_pe = self.rope(q[..., m.nope :], c.layers[i]), self.rope(k_pe[:, None, :], c.layers[i])
+        latent = latent.astype(self.kv_dtype).astype(np.float64)
+        k_pe = k_pe.astype(self.kv_dtype).astype(np.float64)
+        k_nope = np.einsum("tr,hrd->thd", latent, self.w(p + "attn_k_b.weight"))  # [n, heads, nope]
+        v = np.einsum("tr,hvr->thv", latent, self.w(p + "attn_v_b.weight"))  # [n, heads, v_dim]
+        scores = (np.einsum("qhd,khd->hqk", q[..., : m.nope], k_nope) + np.einsum("qhd,kd->hqk", q_pe, k_pe[:, 0])) * m.kq_scale
+        pos = np.arange(n)
+        scores = np.where((pos[None, :] <= pos[:, None])[None], scores, -np.inf)
+        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        out = np.einsum("hqk,khv->qhv", probs, v).reshape(n, c.n_heads * m.v_dim)
+        return self.linear(out, p + "attn_output.weight")
 
     def ffn(self, h: np.ndarray, i: int) -> np.ndarray:
         c, p = self.cfg, f"blk.{i}."

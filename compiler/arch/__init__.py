@@ -7,7 +7,7 @@ module here, registering it below and, if it needs them, new plan ops with their
 
 from collections.abc import Callable
 
-from rfc.compiler.arch import gemma2, gemma3, gpt_oss, llama, phi3, qwen2, qwen3
+from rfc.compiler.arch import deepseek2, gemma2, gemma3, gpt_oss, llama, phi3, qwen2, qwen3
 from rfc.compiler.arch import glm4moe, qwen3moe
 from rfc.compiler.arch import granite, mistral3, olmo2, smollm3
 from rfc.compiler.arch import lfm2
@@ -18,6 +18,7 @@ from rfc.compiler.spec import ModelSpec
 Recipe = Callable[[GGUFModel], ModelSpec]
 
 RECIPES: dict[str, Recipe] = {
+    "deepseek2": deepseek2.build,
     "gemma2": gemma2.build,
     "gemma3": gemma3.build,
     "glm4moe": glm4moe.build,

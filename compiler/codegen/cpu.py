@@ -38,7 +38,7 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 
 # The op kinds the cpu kernels implement; a plan with another op is refused.
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
-           "moe_route", "moe_matmul", "moe_combine")
+           "moe_route", "moe_matmul", "moe_combine", "head_matmul", "concat_heads")
 CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale",  # gemma's final-logit soft-capping; gpt-oss's per-expert biases; granite's multipliers
                 "short_conv")  # lfm2's gated short convolutions
 # The optional attributes the cpu kernels take, per op (any other non-default one is refused).
@@ -47,7 +47,7 @@ CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale",  # gemma's final-logit soft-
 _ROPE_TABLE = ("ext_factor", "beta_fast", "beta_slow", "orig_ctx")  # YaRN: they shape a rope variant's table
 CPU_ATTRS = {"embed": ("scale",), "rmsnorm": ("heads",), "rope": ("attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE), "attention": ("window", "softcap"),
              "swiglu": ("activation", "alpha", "limit"),
-             "moe_route": ("gating", "norm", "scale", "groups", "groups_used")}  # fmt: skip
+             "moe_route": ("gating", "norm", "scale", "groups", "groups_used"), "head_matmul": ("stride",)}  # fmt: skip
 _PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE},
                  "attention": {"window", "softcap"}}  # fmt: skip
 MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count to the same: the router's stack arrays
@@ -186,6 +186,8 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     parts.append(render("cpu_elementwise.c.j2", _oai_params(ops.get("swiglu", []))))
     if "short_conv" in ops:
         parts.append(render("cpu_short_conv.c.j2", {}))
+    if "head_matmul" in ops or "concat_heads" in ops:
+        parts.append(render("cpu_mla.c.j2", _mla_params(entries, ops.get("head_matmul", []))))
     if moe is not None:
         parts.append(render("cpu_moe.c.j2", moe))
         for fmt in sorted({entries[op.weights[0]].format for op in ops["moe_matmul"]}):
@@ -312,6 +314,24 @@ def _moe_params(plan: Plan, entries: dict, ops: dict[str, list]) -> dict | None:
             raise CompileError(f"{e.name}: expert tensor {list(e.shape)} ({e.format}) is not [{n_expert}, N, K] in a GGUF format")
     return {"n_expert": n_expert, "n_used": n_used, "segs": cpu_step.MAX_MOE_SEGMENTS,
             "max_k": max((e.shape[2] for e in shapes), default=8), "max_n": max((e.shape[1] for e in shapes), default=8)}
+
+
+MAX_HEAD_MATMUL_K = 8192  # cpu_mla.c.j2's row buffer (deepseek2: attn_k_b 128, attn_v_b 512)
+
+
+def _mla_params(entries: dict, head_matmuls: list) -> dict:
+    """cpu_mla.c.j2: the formats of the per-head matmuls (GGUF formats: the weight planner
+    repacks 2-D matmul weights only) and their longest row, each a multiple of 8 up to
+    MAX_HEAD_MATMUL_K."""
+    ks = []
+    for op in head_matmuls:
+        e = entries[op.weights[0]]
+        k = e.shape[-1]
+        if len(e.shape) != 3 or not FORMATS[e.format].is_gguf or k % 8 or not 8 <= k <= MAX_HEAD_MATMUL_K:
+            raise CompileError(f"{e.name}: the cpu per-head matmul needs [heads, N, K] in a GGUF format with K a multiple "
+                               f"of 8 up to {MAX_HEAD_MATMUL_K}, it is {e.format} {list(e.shape)}")
+        ks.append(k)
+    return {"formats": sorted({entries[op.weights[0]].format.lower() for op in head_matmuls}), "max_k": max(ks, default=8)}
 
 
 def _oai_params(swiglus: list) -> dict:

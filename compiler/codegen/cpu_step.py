@@ -303,7 +303,8 @@ class _Lowering:
 
     def _rope(self, op: Op, kv: Op | None = None) -> Phase:
         q, k = op.outputs
-        params = {"q": self.buf(q), "k": self.buf(k), "factors": self.vec(op.weights[0]) if op.weights else [],
+        params = {"q": self.buf(q), "k": self.buf(k), "q_width": self.width(q), "k_width": self.width(k),
+                  "factors": self.vec(op.weights[0]) if op.weights else [],
                   "v": -1, "layer": -1, "variant": self.rope_variants.index(rope_key(op)),
                   "attn_factor": f32_literal(op.attr("attn_factor"), "rope attn_factor"),
                   "temp_scale": float(op.attr("temp_scale")), "temp_floor": int(op.attr("temp_floor")),
@@ -376,6 +377,23 @@ class _Lowering:
         return Phase("short_conv", {"bcx": self.buf(bcx), "out": self.buf(out), "c": self.width(out), "k": e.shape[1],
                                     "w": e.offset, "state": self.plan.state.offset(index)},
                      {bcx, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
+
+    # -- multi-head latent attention (cpu_mla.c.j2) ----------------------------------------------
+    def _head_matmul(self, op: Op) -> Phase:
+        (x,), (out,) = op.inputs, op.outputs
+        e = self.entries[op.weights[0]]
+        heads, n, k = e.shape
+        stride = int(op.attr("stride")) or k
+        return Phase("head_matmul", {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, k), "x": self.buf(x),
+                                     "out": self.buf(out), "rows": self.rows(x), "heads": heads, "stride": stride, "n": n, "k": k},
+                     {x}, {out})  # fmt: skip
+
+    def _concat_heads(self, op: Op) -> Phase:
+        (a, b), (out,) = op.inputs, op.outputs
+        heads = int(op.attrs["heads"])
+        return Phase("concat_heads", {"a": self.buf(a), "b": self.buf(b), "out": self.buf(out), "rows": self.rows(a),
+                                      "heads": heads, "wa": self.width(a) // heads, "wb": self.width(b) // heads},
+                     {a, b}, {out})  # fmt: skip
 
     def _gather_rows(self, op: Op) -> Phase:
         x = op.inputs[0]

@@ -48,6 +48,8 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "moe_matmul": (("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
     "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
     "moe_add_bias": (("out", PTR), ("y", PTR), ("ids", PTR), ("bias", PTR), ("n_rows", I32)),
+    "head_matmul": (("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
+    "concat_heads": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
 }
 
 # Kernels only the step program launches in an op's place (KernelSpec.steps; the op's own kernel,
@@ -425,6 +427,29 @@ class _Planner:
         grid = ((w["rows"], rows_per_block), (n_expert, 1))
         return KernelSpec(name, template, params, KERNEL_ARGS["moe_matmul"], threads, grid)
 
+    # -- multi-head latent attention (deepseek2) ---------------------------------------------
+    def _head_matmul(self, op: Op) -> KernelSpec:
+        """A block per (token, head), a thread per output row decoding its blocks into registers:
+        formats of blocks up to MATMUL_UNROLL_MAX elements (a k-quant's 256 would go to the stack)."""
+        entry = self.tensors[op.weights[0]]
+        heads, n, k = entry.shape
+        w = self._weight(op, op.weights[0])
+        if w["planar"] or w["qk"] > MATMUL_UNROLL_MAX:
+            raise CompileError(f"no GPU head_matmul for {op.weights[0]} in {entry.format}: its blocks of {w['qk']} are "
+                               f"more than the {MATMUL_UNROLL_MAX} a thread decodes into registers")
+        stride = int(op.attr("stride")) or k
+        threads = self._row_threads(n)
+        name = f"rfc_head_matmul_{w['fmt']}_{heads}x{n}x{k}" + (f"_s{stride}" if stride != k else "")
+        params = {"name": name, "threads": threads, "heads": heads, "n": n, "k": k, "stride": stride, **w}
+        return KernelSpec(name, "gpu_head_matmul.hip.j2", params, KERNEL_ARGS["head_matmul"], threads,
+                          (("n_rows", 1), (heads, 1)))
+
+    def _concat_heads(self, op: Op) -> KernelSpec:
+        heads = int(op.attrs["heads"])
+        wa, wb = self._width(op.inputs[0]) // heads, self._width(op.inputs[1]) // heads
+        return self._rowwise(op, "gpu_concat_heads.hip.j2", f"rfc_concat_heads_{heads}x{wa}x{wb}", heads * (wa + wb),
+                             heads=heads, wa=wa, wb=wb)
+
     def _gather_rows(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
         return self._rowwise(op, "gpu_gather_rows.hip.j2", f"rfc_gather_rows_{width}", width)
@@ -619,10 +644,10 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     outs = {"embed": ("out",), "rmsnorm": ("out",), "matmul": ("out",), "add_bias": ("out",), "rope": ("q", "k"),
             "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",), "scale": ("out",),
             "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
-            "moe_add_bias": ("out",)}[op.kind]
+            "moe_add_bias": ("out",), "head_matmul": ("out",), "concat_heads": ("out",)}[op.kind]
     weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
                "rope": ("freq_factors",), "moe_matmul": ("weight",), "attention": ("sinks",),
-               "moe_add_bias": ("bias",), "moe_route": ("bias",)}.get(op.kind, ())
+               "moe_add_bias": ("bias",), "moe_route": ("bias",), "head_matmul": ("weight",)}.get(op.kind, ())
     if name in outs:
         return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
     if name in weights:

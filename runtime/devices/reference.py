@@ -240,6 +240,18 @@ class ReferenceDevice(InterpretedDevice):
         n_tok, k = w.shape
         outs[0][...] = np.einsum("tj,tjn->tn", w.astype(np.float64), y.reshape(n_tok, k, -1).astype(np.float64))
 
+    # -- multi-head latent attention (deepseek2) ---------------------------------------------
+    def op_head_matmul(self, outs, ins, weights, attrs, batch):
+        w = weights[0]  # [heads, N, K]
+        heads, _, k = w.shape
+        x = ins[0].reshape(len(ins[0]), heads, -1)[:, :, :k].astype(np.float64)  # head h: its first K columns
+        outs[0][...] = np.einsum("thk,hnk->thn", x, w).reshape(len(x), -1)
+
+    def op_concat_heads(self, outs, ins, weights, attrs, batch):
+        a, b = ins
+        heads = attrs["heads"]
+        outs[0][...] = np.concatenate([a.reshape(len(a), heads, -1), b.reshape(len(b), heads, -1)], axis=-1).reshape(len(a), -1)
+
 
     # -- recurrent state (runtime/devices/state.py) -------------------------------------------
     state: HostStatePool | None = None  # sized by the loader (alloc_state) for a plan with state
@@ -279,6 +291,8 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.MOE_MATMUL: ReferenceDevice.op_moe_matmul,
     OpKind.MOE_COMBINE: ReferenceDevice.op_moe_combine,
     OpKind.MOE_ADD_BIAS: ReferenceDevice.op_moe_add_bias,
+    OpKind.HEAD_MATMUL: ReferenceDevice.op_head_matmul,
+    OpKind.CONCAT_HEADS: ReferenceDevice.op_concat_heads,
     OpKind.SHORT_CONV: ReferenceDevice.op_short_conv,
 }
 assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"

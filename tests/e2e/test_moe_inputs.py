@@ -51,3 +51,29 @@ def test_malformed_granitemoe_is_one_line_exit_2(tmp_path):
     model = rewrite_gguf(FIXTURES / "tiny-granitemoe-Q8_0.gguf", tmp_path / "bad.gguf",
                          metadata={"granitemoe.expert_shared_feed_forward_length": 1 << 31})
     assert_compile_refused(model, tmp_path, "granitemoe.expert_shared_feed_forward_length")
+
+
+def _three_heads(name, data, qtype):
+    return (data[:3].copy(), qtype) if name == "blk.0.attn_k_b.weight" else (data, qtype)
+
+
+DEEPSEEK2_CASES = {  # multi-head latent attention's sizes, and its experts
+    "kv_lora_rank 2^31": ({"metadata": {"deepseek2.attention.kv_lora_rank": 1 << 31}}, "deepseek2.attention.kv_lora_rank"),
+    "kv_lora_rank vs key_length": ({"metadata": {"deepseek2.attention.kv_lora_rank": 48}},
+                                   "deepseek2.attention.key_length 96 != 80"),
+    "q_lora_rank vs attn_q_a": ({"metadata": {"deepseek2.attention.q_lora_rank": 32}}, "blk.0.attn_q_a.weight"),
+    "odd rope dims": ({"metadata": {"deepseek2.rope.dimension_count": 31}}, "rope.dimension_count 31 must be even"),
+    "key_length_mla <= rope dims": ({"metadata": {"deepseek2.attention.key_length_mla": 32}},
+                                    "deepseek2.attention.key_length_mla = 32 is outside [33,"),
+    "no key_length_mla (legacy kv_b)": ({"drop_keys": ("deepseek2.attention.key_length_mla",)},
+                                        "legacy unsplit attn_kv_b"),
+    "groups used = groups": ({"metadata": {"deepseek2.expert_group_used_count": 4}}, "expert_group_used_count = 4"),
+    "wk_b of 3 heads": ({"tensor_fn": _three_heads}, "blk.0.attn_k_b.weight"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(DEEPSEEK2_CASES))
+def test_malformed_deepseek2_is_one_line_exit_2(case, tmp_path):
+    edits, message = DEEPSEEK2_CASES[case]
+    model = rewrite_gguf(FIXTURES / "tiny-deepseek2-Q8_0.gguf", tmp_path / "bad.gguf", **edits)
+    assert_compile_refused(model, tmp_path, message)

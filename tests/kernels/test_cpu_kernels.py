@@ -73,6 +73,7 @@ WINDOW_SOFTCAP = {"window": 5, "softcap": 1.5}  # small: most scores are capped,
 OAI = {"activation": "swiglu_oai", "alpha": 1.702, "limit": 7.0}  # gpt-oss's gate
 # Experts: a few formats (float, 32-element int8, k-quants with and without a packed prefill,
 # MXFP4 as gpt-oss's experts, a lattice i-quant)
+MLA_HEADS, MLA_K = 4, {"F16": 40, "Q8_0": 64, "Q4_K": 256}  # deepseek2's per-head matmuls: format -> K
 N_EXPERT, N_USED = 6, 2
 MOE_FORMATS = ("F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K", "MXFP4", "IQ2_XXS")
 
@@ -162,6 +163,10 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
             Op("moe_combine", ("ey", "expert_weights"), ("h",))]
     blob.add("exp_bias", "F32", (N_EXPERT,), f32(0.5 * rng.standard_normal(N_EXPERT)))  # a router's selection bias
     ops.append(Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_bias",), {"n_used": N_USED, **ROUTE_VARIANTS[0]}))
+    for fmt, k in MLA_K.items():  # deepseek2's per-head matmuls: [heads, N, K]
+        blob.add(f"heads.{fmt}", fmt, (MLA_HEADS, 24, k), weight_bytes(fmt, MLA_HEADS * 24, k, rng))
+        ops.append(Op("head_matmul", ("hx",), ("hy",), (f"heads.{fmt}",), {"heads": MLA_HEADS}))
+    ops.append(Op("concat_heads", ("hx", "hy"), ("hxy",), (), {"heads": MLA_HEADS}))
     blob.add("norm", "F32", (N_EMBD,), f32(1.0 + 0.1 * rng.standard_normal(N_EMBD)))
     blob.add("norm16", "F16", (N_EMBD,), (1.0 + 0.1 * rng.standard_normal(N_EMBD)).astype(np.float16).tobytes())
     blob.add("bias", "F32", (N_ROWS,), f32(rng.standard_normal(N_ROWS)))
@@ -407,6 +412,22 @@ def test_rope(kit: Kit, factors: bool, variant: str):
     got, want = run_both(kit, op, [q, k], [q, k], weights, batch)
     for g, w in zip(got, want):
         assert_close(g, w, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("fmt", sorted(MLA_K))
+@pytest.mark.parametrize("pad", [0, 16])
+def test_head_matmul_and_concat_heads(kit: Kit, fmt: str, pad: int):
+    """deepseek2's per-head matmul (each head's K columns of a row of heads x stride: pad 16,
+    the attention output's rope columns skipped) and the per-head concatenation."""
+    k = MLA_K[fmt]
+    x = np.random.default_rng(pad).standard_normal((5, MLA_HEADS * (k + pad))).astype(np.float32)
+    op = Op("head_matmul", ("hx",), ("hy",), (f"heads.{fmt}",), {"heads": MLA_HEADS, **({"stride": k + pad} if pad else {})})
+    got, want = run_both(kit, op, [np.zeros((5, MLA_HEADS * 24), np.float32)], [x], [f"heads.{fmt}"], None)
+    assert_close(got[0], want[0], 1e-4, 1e-4)
+    op = Op("concat_heads", ("hx", "hy"), ("hxy",), (), {"heads": MLA_HEADS})
+    got, want = run_both(kit, op, [np.zeros((5, x.shape[1] + want[0].shape[1]), np.float32)], [x, want[0]], [], None)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert np.array_equal(want[0].reshape(5, MLA_HEADS, -1)[:, 1, : k + pad], x.reshape(5, MLA_HEADS, -1)[:, 1])
 
 
 def test_swiglu_add_add_bias_gather(kit: Kit):

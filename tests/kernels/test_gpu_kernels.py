@@ -101,6 +101,7 @@ def _gpu_param(model: str, target: str):
     _gpu_param("gpt-oss-Q8_0", "gfx90a"),  # sinks, window 24 on even layers, biased experts, swiglu_oai
     _gpu_param("glm4moe-Q8_0", "gfx90a"),  # sigmoid router, selection bias, shared expert, partial RoPE, a dense layer
     _gpu_param("granitemoe-Q8_0", "gfx90a"),  # granite's multipliers around routed and shared experts
+    _gpu_param("deepseek2-Q8_0", "gfx90a"),  # latent attention (head_matmul, concat_heads), grouped sigmoid router, YaRN
 ])
 def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_path_factory):
     """40 tokens: past gemma's sliding window of 32, several tiles of tokens per expert."""

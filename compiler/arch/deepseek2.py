@@ -1,0 +1,191 @@
+"""`deepseek2` (DeepSeek-V2 / V2-Lite / V3 / R1, Kimi-K2, GLM-4.7-Flash), as llama.cpp builds it
+(src/models/deepseek2.cpp and its load_hparams):
+- multi-head latent attention, absorbed: Q from `attn_q` or through the q_lora_rank bottleneck
+  (`attn_q_a`, its norm, `attn_q_b`), each head's Q [nope, rope]; `attn_kv_a_mqa` makes one latent
+  (kv_lora_rank, normed by `attn_kv_a_norm`) and one rope key (n_rot) per token, shared by every
+  head. The nope part of each head's query goes through `attn_k_b` into latent space, so
+  attention runs as one KV head of width kv_lora_rank + n_rot over [latent, rope key] (what the
+  KV cache holds per token and layer, not per-head keys and values), and each head's output
+  (its latent part) goes through `attn_v_b` before `attn_output`. RoPE: GGML mode 0 (adjacent
+  pairs) on the rope parts only.
+- the attention scale: mscale^2 / sqrt(key_length_mla), mscale = the unscaled attn_factor x
+  (1 + 0.1 yarn_log_multiplier ln(factor)) (llama.cpp's kq_scale: [TAG_DEEPSEEK2_YARN_LOG_MUL_FIX],
+  the file's multiplier divided by 0.1 as the converter wrote it times 0.1);
+- experts: leading_dense_block_count dense layers, then routed experts (softmax or sigmoid
+  scores, the selection bias `exp_probs_b`, grouped top-k, renormalized when
+  expert_weights_norm, times expert_weights_scale) plus expert_shared_count shared experts.
+
+The KV cache holds the [latent, rope key] row as the key and the same row again as the value
+(the attention kernels take K and V apart; the value's rope columns come out of attention
+unused): 2 x (kv_lora_rank + n_rot) float16 per token and layer. At DeepSeek-V3's sizes (61
+layers, 512 + 64) that is 137 KiB per token: twice llama.cpp's K-only cache (69 KiB), 1/36 of
+per-head keys and values (128 heads x (192 + 128): 4.8 MiB).
+"""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from rfc.artifacts.plan import KVSpec
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import Sizes, glu_ffn, hparams, output_head, read_rope
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
+from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of, read_gating, read_weights_scale
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+from rfc.compiler.weights import RowRange, WeightUse
+
+ARCH = "deepseek2"
+MAX_LORA_RANK = 1 << 16  # q_lora_rank, kv_lora_rank (DeepSeek-V3: 1536 and 512)
+
+
+def _sizes(md: Metadata) -> tuple[Sizes, int, int, int, int]:
+    """(Sizes of the absorbed attention: 1 KV head of kv_lora + n_rot, q_lora, kv_lora, nope, v_dim)."""
+    model = md.model
+    n_embd = md.int("embedding_length", 1, MAX_EMBD)
+    n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
+    nextn = md.int("nextn_predict_layers", 0, n_layers - 1, default=0)  # MTP blocks: not run (llama.cpp's n_layer())
+    n_heads = md.int("attention.head_count", 1, MAX_HEADS)
+    md.int("attention.head_count_kv", 1, n_heads, default=1)  # the absorbed attention has one KV head whatever it says
+    kv_lora = md.int("attention.kv_lora_rank", 1, MAX_LORA_RANK)
+    q_lora = md.int("attention.q_lora_rank", 0, MAX_LORA_RANK, default=0)
+    n_rot = md.int("rope.dimension_count", 2, MAX_HEAD_DIM)
+    if n_rot % 2:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {n_rot} must be even")
+    if not md.has("attention.key_length_mla"):
+        raise CompileError(f"{md.path}: no {md.key('attention.key_length_mla')}: files with the legacy unsplit attn_kv_b "
+                           "are not supported (convert again with a current llama.cpp: attn_k_b / attn_v_b)")
+    key_mla = md.int("attention.key_length_mla", n_rot + 1, MAX_HEAD_DIM)
+    v_dim = md.int("attention.value_length_mla", 1, MAX_HEAD_DIM)
+    for key, want in (("attention.key_length", kv_lora + n_rot), ("attention.value_length", kv_lora)):
+        got = md.int(key, 1, MAX_LORA_RANK + MAX_HEAD_DIM, default=want)
+        if got != want:
+            raise CompileError(f"{md.path}: {md.key(key)} {got} != {want} (kv_lora_rank {kv_lora}, rope dims {n_rot}): "
+                               "an MLA file's attention sizes disagree")
+    if md.float("attention.temperature_scale", 0.0, 1e6, default=0.0):
+        raise CompileError(f"{md.path}: {md.key('attention.temperature_scale')} (attention temperature tuning) is not supported")
+    embd = model.tensors.get("token_embd.weight")
+    if embd is None:
+        raise CompileError(f"{md.path}: missing tensor token_embd.weight")
+    if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
+        raise CompileError(f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]")
+    s = Sizes(n_embd, n_layers - nextn, n_heads, 1, kv_lora + n_rot, embd.shape[0])
+    return s, q_lora, kv_lora, key_mla - n_rot, v_dim
+
+
+def _experts(md: Metadata, n_layers: int) -> tuple[Experts, int]:
+    dense_lead = md.int("leading_dense_block_count", 0, n_layers, default=0)
+    n_ff = md.int("feed_forward_length", 1, MAX_FF) if dense_lead else 0
+    if dense_lead == n_layers:
+        return Experts(0, 0, 0, dense_lead=dense_lead), n_ff
+    count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
+    shared = md.int("expert_shared_count", 0, 64, default=0)
+    e = Experts(count, used, n_ff_exp, gating=read_gating(md, "softmax"), norm=md.bool("expert_weights_norm", default=False),
+                scale=read_weights_scale(md), groups=groups, groups_used=groups_used, shared=shared, dense_lead=dense_lead)
+    if e.gating == "softmax_weight":
+        raise CompileError(f"{md.path}: {md.key('expert_gating_func')} softmax_weight is not a deepseek2 router")
+    return e, n_ff
+
+
+def _scales(md: Metadata, rope, key_mla: int):
+    """The rope op's attn_factor and the attention's scale, as llama.cpp's context and graph
+    make them for deepseek2. With YaRN and a log multiplier, cparams.yarn_attn_factor is
+    get_mscale(f, m) / get_mscale(f, log_mul) = 1 (m = log_mul, or 1 when it is 1), before the
+    1 / (1 + 0.1 ln f) that ggml multiplies back and the file's rope.scaling.attn_factor."""
+    log_mul = float(np.float32(md.float("rope.scaling.yarn_log_multiplier", 0.0, 1e3, default=0.0)) / np.float32(0.1))
+    if rope.ext_factor and log_mul:
+        factor = 1.0 / rope.freq_scale
+        file_factor = md.float("rope.scaling.attn_factor", 0.0, 1e6, default=1.0, open_lo=True)
+        rope = replace(rope, attn_factor=file_factor / (1.0 + 0.1 * math.log(factor)))
+    ln = math.log(1.0 / rope.freq_scale)
+    mscale = rope.attn_factor * (1.0 + 0.1 * ln) * (1.0 + 0.1 * log_mul * ln)
+    return rope, float(np.float32(mscale * mscale / math.sqrt(key_mla)))
+
+
+def _row_ranges(b: ModelBuilder, name: str, role: str, source: str, shape: tuple[int, int], ranges: list[tuple[int, int]]) -> str:
+    """A weight of several row ranges of one 2-D tensor, in order (each head's nope rows of Q,
+    or its rope rows): byte copies of whole rows, like ModelBuilder.rows."""
+    t = b.source(source, shape)
+    b._add(WeightUse(name, role, t.format, (sum(z - a for a, z in ranges), shape[1]), tuple(RowRange(source, a, z) for a, z in ranges)))
+    return name
+
+
+def mla_attention(b: ModelBuilder, i: int, s: Sizes, rope, eps: float, q_lora: int, kv_lora: int, nope: int, v_dim: int,
+                  scale: float) -> None:
+    """h = attn_output(MLA(h)) for layer i, absorbed (the module docstring)."""
+    p, e, nh, rot = f"blk.{i}.", s.n_embd, s.n_heads, rope.n_rot
+    head = nope + rot
+    if q_lora:
+        q_src, q_name, q_shape = "q_a", p + "attn_q_b.weight", (nh * head, q_lora)
+        b.op("matmul", ("h",), ("q_a",), (b.tensor(p + "attn_q_a.weight", "attn_q_a", (q_lora, e)),))
+    else:
+        q_src, q_name, q_shape = "h", p + "attn_q.weight", (nh * head, e)
+    kv_name, kv_shape = p + "attn_kv_a_mqa.weight", (kv_lora + rot, e)
+    b.op("matmul", ("h",), ("latent",), (b.rows(kv_name + ":latent", "attn_kv_a_mqa", kv_name, kv_shape, 0, kv_lora),))
+    b.op("matmul", ("h",), ("k_pe",), (b.rows(kv_name + ":rope", "attn_kv_a_mqa", kv_name, kv_shape, kv_lora, kv_lora + rot),))
+    if q_lora:
+        b.op("rmsnorm", ("q_a",), ("q_a",), (b.tensor(p + "attn_q_a_norm.weight", "attn_q_a_norm", (q_lora,)),), eps=eps)
+    role = q_name.split(".", 2)[-1].removesuffix(".weight")
+    nope_rows = [(h * head, h * head + nope) for h in range(nh)]
+    rope_rows = [(h * head + nope, (h + 1) * head) for h in range(nh)]
+    b.op("matmul", (q_src,), ("q_nope",), (_row_ranges(b, q_name + ":nope", role, q_name, q_shape, nope_rows),))
+    b.op("matmul", (q_src,), ("q_pe",), (_row_ranges(b, q_name + ":rope", role, q_name, q_shape, rope_rows),))
+    b.op("rmsnorm", ("latent",), ("latent",), (b.tensor(p + "attn_kv_a_norm.weight", "attn_kv_a_norm", (kv_lora,)),), eps=eps)
+    b.op("rope", ("q_pe", "k_pe"), ("q_pe", "k_pe"), **rope.attrs(replace(s, n_kv_heads=1, head_dim=rot)))
+    wk_b = b.tensor(p + "attn_k_b.weight", "attn_k_b", (nh, kv_lora, nope))
+    b.op("head_matmul", ("q_nope",), ("q_latent",), (wk_b,), heads=nh)
+    b.op("concat_heads", ("q_latent", "q_pe"), ("q",), heads=nh)
+    b.op("concat_heads", ("latent", "k_pe"), ("k",), heads=1)
+    b.op("kv_write", ("k", "k"), (), layer=i)
+    b.op("attention", ("q",), ("att",), layer=i, n_heads=nh, n_kv_heads=1, head_dim=s.head_dim, scale=scale)
+    wv_b = b.tensor(p + "attn_v_b.weight", "attn_v_b", (nh, v_dim, kv_lora))
+    b.op("head_matmul", ("att",), ("att_v",), (wv_b,), heads=nh, stride=s.head_dim)
+    b.op("matmul", ("att_v",), ("h",), (b.tensor(p + "attn_output.weight", "attn_output", (e, nh * v_dim)),))
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    md = Metadata(model, ARCH)
+    s, q_lora, kv_lora, nope, v_dim = _sizes(md)
+    rope = read_rope(md, s, "adjacent")
+    rope, scale = _scales(md, rope, nope + rope.n_rot)
+    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    e, n_ff = _experts(md, s.n_layers)
+    md.int("context_length", 1, MAX_CONTEXT)
+    b = ModelBuilder(model)
+    rot, nh = rope.n_rot, s.n_heads
+    b.buffer("tokens", "T", dtype="i32")
+    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q_nope", nh * nope), ("q_pe", nh * rot),
+                        ("q_latent", nh * kv_lora), ("latent", kv_lora), ("k_pe", rot), ("q", nh * s.head_dim),
+                        ("k", s.head_dim), ("att", nh * s.head_dim), ("att_v", nh * v_dim)):  # fmt: skip
+        b.buffer(name, "T", width)
+    if q_lora:
+        b.buffer("q_a", "T", q_lora)
+    for name, width in (("xr", s.n_embd), ("hr", s.n_embd), ("logits", s.vocab_size)):
+        b.buffer(name, "R", width)
+    if e.count:
+        declare_expert_buffers(b, s.n_embd, e)
+    if e.dense_lead:
+        b.buffer("gate", "T", n_ff)
+        b.buffer("up", "T", n_ff)
+    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    b.op("embed", ("tokens",), ("x",), (embd,))
+    for i in range(s.n_layers):
+        p = f"blk.{i}."
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        mla_attention(b, i, s, rope, eps, q_lora, kv_lora, nope, v_dim, scale)
+        b.op("add", ("x", "h"), ("x",))
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
+        if e.count and e.is_moe(i):
+            moe_block(b, i, s, e)
+        else:
+            glu_ffn(b, i, s.n_embd, n_ff)
+            b.op("add", ("x", "h"), ("x",))
+    tied = output_head(b, s, eps)
+    extra = (e.hparams() if e.count else {"leading_dense_block_count": e.dense_lead}) | {
+        "q_lora_rank": q_lora, "kv_lora_rank": kv_lora, "key_length_mla": nope + rot, "value_length_mla": v_dim,
+        "attention_scale": scale}  # fmt: skip
+    hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra)
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr",
+                    kv=KVSpec(n_layers=s.n_layers, n_kv_heads=1, head_dim=s.head_dim, dtype="f16"))
