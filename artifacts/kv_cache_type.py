@@ -15,6 +15,7 @@ from enum import Enum
 from rfc.artifacts.plan import KVSpec
 
 BLOCK_VALUES = 32  # values per q8_0 / q4_0 block, as ggml's QK8_0 / QK4_0
+ROTATION_MIN = 64  # the smallest Hadamard rotation of a quantized cache's rows (KvCacheTypes.rotations)
 
 
 class CacheTypeError(ValueError):
@@ -80,6 +81,20 @@ class KvCacheTypes:
     def token_bytes(self, kv: KVSpec) -> int:
         """Bytes one cached token takes: K and V of every layer."""
         return kv.n_layers * sum(self.row_bytes(kv))
+
+    def rotations(self, head_dim: int) -> tuple[int, int]:
+        """Sizes of the Hadamard rotations K and V rows take before they are quantized (0: none),
+        as llama.cpp's quantized caches do (llama-kv-cache.cpp attn_rot_k / attn_rot_v): an
+        orthonormal rotation spreads an outlier dimension over the block, so one large value no
+        longer sets the scale of all 32. K (and with it Q, so that Q.K is unchanged) rotates in
+        the largest power of two >= 64 dividing head_dim, V in 64s (the attention output rotates
+        back); a head_dim that is no multiple of 64 is not rotated."""
+        if head_dim % ROTATION_MIN:
+            return 0, 0
+        k = ROTATION_MIN
+        while head_dim % (2 * k) == 0:
+            k *= 2
+        return (k if self.k is not CacheType.F16 else 0), (ROTATION_MIN if self.v is not CacheType.F16 else 0)
 
     def describe(self) -> str:
         return f"K {self.k}, V {self.v}"

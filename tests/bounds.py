@@ -96,8 +96,10 @@ def device_bounds(name: str, device: np.ndarray, ref: np.ndarray, rounding: np.n
 # needs for a quantized V; 0.3.36, the portable build): (mean, max) |Δ| over the 64 x 512
 # teacher-forced logits. With flash attention on and an F16 cache it moves by 6.7e-4 / 5.0e-3
 # (tiny-llama-F32) and 2.9e-3 / 1.9e-2 (tiny-qwen3-F16): the quantization is nearly all of it.
-# rfc measured (reference and cpu alike): tiny-llama-F32 q8_0 0.0157 / 0.110, q4_0 0.262 / 1.69;
-# tiny-qwen3-F16 q8_0 0.0326 / 0.186, q4_0 0.545 / 3.60.
+# llama.cpp rotates quantized rows (a Hadamard matrix, where head_dim is a multiple of 64: tiny-qwen3's,
+# not tiny-llama's 32), and so does rfc. rfc measured (reference and cpu alike): tiny-llama-F32 q8_0
+# 0.0157 / 0.110, q4_0 0.262 / 1.69; tiny-qwen3-F16 q8_0 0.0344 / 0.202, q4_0 0.536 / 3.02 (unrotated:
+# 0.545 / 3.60).
 KV_CACHE_LLAMA = {
     ("tiny-llama-F32", "q8_0"): (0.01841, 0.1384),
     ("tiny-llama-F32", "q4_0"): (0.26331, 1.7149),
@@ -108,9 +110,11 @@ KV_Q4_MEAN = 1.1  # q4_0's noise is large and drawn differently (llama.cpp also 
 # the dot products): its mean within 10% of llama.cpp's, no bound on one logit's worst case
 KV_QUANTIZED_LEAST = 0.5  # and at least half llama.cpp's deviation: the cache really is quantized
 # (an F16 cache deviates 25-60x less)
-KV_CPU_SHARE = 0.05  # cpu vs reference with a quantized cache, as a share of what quantizing moves
-# the reference's logits by (measured: 2e-3 to 4e-3 of it, rounding flips included; a dequantization
-# 2% off moves them by several times the quantization noise itself)
+KV_CPU_SHARE = 0.25  # cpu vs reference with a quantized cache, as a share of what quantizing moves
+# the reference's logits by. The cpu's K and V differ from the reference's by float noise, which flips
+# a value to the next quantization step now and then (tiny-qwen3 q8_0: 1 of 8192 quants in layer 0's
+# K, 21 in layer 1's, a few f16 scales): measured 1e-4 to 0.057 of it. A dequantization 2% off
+# moves the logits by 5x the quantization noise itself, 20x this bound.
 
 
 def kv_cache_bounds(name: str, cache_type: str, logits: np.ndarray, expected: np.ndarray) -> tuple[bool, str]:

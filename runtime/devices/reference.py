@@ -18,7 +18,7 @@ from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind, rope_freqs
 from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceKind
 from rfc.runtime.engine.executor import InterpretedDevice
-from rfc.runtime.model.kv_quant import dequantize_rows, quantize_rows
+from rfc.runtime.model.kv_quant import dequantize_rows, quantize_rows, rotate
 from rfc.runtime.model.quants import dequantize
 from rfc.runtime.devices.state import HostStatePool, seq_state
 
@@ -35,6 +35,7 @@ class ReferenceDevice(InterpretedDevice):
         self._weights: dict[str, np.ndarray] = {}
         self.cache_types = cache_types
         self._kv_width = kv.n_kv_heads * kv.head_dim
+        self._k_rot, self._v_rot = cache_types.rotations(kv.head_dim)  # llama.cpp's rotation of quantized rows
         self.k_cache = self._cache(kv, num_blocks * block_size, cache_types.k)
         self.v_cache = self._cache(kv, num_blocks * block_size, cache_types.v)
 
@@ -155,8 +156,8 @@ class ReferenceDevice(InterpretedDevice):
     def op_kv_write(self, outs, ins, weights, attrs, batch):
         layer = attrs["layer"]
         k, v = ins
-        self._store(self.k_cache, self.cache_types.k, layer, batch.slots, k)
-        self._store(self.v_cache, self.cache_types.v, layer, batch.slots, v)
+        self._store(self.k_cache, self.cache_types.k, layer, batch.slots, rotate(k, self._k_rot))
+        self._store(self.v_cache, self.cache_types.v, layer, batch.slots, rotate(v, self._v_rot))
 
     def op_attention(self, outs, ins, weights, attrs, batch):
         layer, nh, nkv, hd = attrs["layer"], attrs["n_heads"], attrs["n_kv_heads"], attrs["head_dim"]
@@ -172,7 +173,7 @@ class ReferenceDevice(InterpretedDevice):
             slots = table[pos // bs] * bs + pos % bs
             k = np.repeat(self._load(self.k_cache, self.cache_types.k, layer, slots, nkv), group, axis=1)  # [ctx, nh, hd]
             v = np.repeat(self._load(self.v_cache, self.cache_types.v, layer, slots, nkv), group, axis=1)
-            q = q_all[lo:hi]  # [n, nh, hd]
+            q = rotate(q_all[lo:hi], self._k_rot)  # [n, nh, hd]; Q turns with K: Q.K is unchanged
             scores = np.einsum("nhd,chd->hnc", q, k) * np.float32(attrs["scale"])
             if attrs["softcap"] is not None:
                 cap = np.float32(attrs["softcap"])
@@ -187,7 +188,7 @@ class ReferenceDevice(InterpretedDevice):
             scores -= scores.max(axis=-1, keepdims=True)
             p = np.exp(scores)
             p /= p.sum(axis=-1, keepdims=True)
-            out[lo:hi] = np.einsum("hnc,chd->nhd", p[..., :ctx], v)
+            out[lo:hi] = rotate(np.einsum("hnc,chd->nhd", p[..., :ctx], v), self._v_rot)  # V's rotation undone
 
     # -- mixture of experts ----------------------------------------------------------------
     def op_moe_route(self, outs, ins, weights, attrs, batch):

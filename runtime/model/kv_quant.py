@@ -56,3 +56,21 @@ def dequantize_rows(raw: np.ndarray, t: CacheType, width: int) -> np.ndarray:
     else:
         raise ValueError(f"{t} is not a quantized cache type")
     return (d * q).astype(np.float32).reshape(n, width)
+
+
+def hadamard(n: int) -> np.ndarray:
+    """The n x n orthonormal Hadamard matrix of Sylvester's construction (n a power of two),
+    float64: symmetric, its own inverse."""
+    h = np.ones((1, 1))
+    while len(h) < n:
+        h = np.block([[h, h], [h, -h]])
+    return h / np.sqrt(n)
+
+
+def rotate(x: np.ndarray, size: int) -> np.ndarray:
+    """Rows of head_dim values (the last axis) rotated in blocks of `size` (0: unchanged),
+    float64 math, float32 out. Rotating twice gives the rows back (to rounding)."""
+    if not size:
+        return x
+    shape = x.shape
+    return (x.reshape(-1, size).astype(np.float64) @ hadamard(size)).astype(np.float32).reshape(shape)

@@ -14,7 +14,7 @@ from rfc.cli.bench_cmd import bench_cmd
 from rfc.cli.run_cmd import run_cmd
 from rfc.cli.serve_cmd import serve_cmd
 from rfc.runtime.engine.kv_budget import KvSizing, budget_blocks, token_bytes
-from rfc.runtime.model.kv_quant import dequantize_rows, quantize_rows
+from rfc.runtime.model.kv_quant import dequantize_rows, hadamard, quantize_rows, rotate
 
 Q8, Q4 = CacheType.Q8_0, CacheType.Q4_0
 _GGML = {Q8: GGMLQuantizationType.Q8_0, Q4: GGMLQuantizationType.Q4_0}
@@ -90,3 +90,16 @@ def test_cli_refuses_an_unknown_cache_type_in_one_line(tmp_path, cmd, flag):
     lines = result.output.strip().splitlines()
     shown = "--cache-type-v" if flag == "--cache-type-v" else "--cache-type-k"
     assert len(lines) == 1 and lines[0] == f"rfc: error: {shown} q3_k: expected one of f16, q8_0, q4_0", result.output
+
+
+def test_rotations_are_llama_cpps():
+    """llama-kv-cache.cpp attn_rot_k / attn_rot_v: K in the largest power of two >= 64 dividing
+    head_dim, V in 64s, nothing for an F16 side or a head_dim that is no multiple of 64."""
+    q8 = KvCacheTypes(Q8, Q8)
+    assert [q8.rotations(hd) for hd in (32, 64, 96, 128, 192, 256)] == [(0, 0), (64, 64), (0, 0), (128, 64), (64, 64), (256, 64)]
+    assert KvCacheTypes(Q8, CacheType.F16).rotations(128) == (128, 0) and KvCacheTypes().rotations(128) == (0, 0)
+    x = _rows(3)
+    h = hadamard(64)
+    assert np.allclose(h @ h, np.eye(64), atol=1e-12) and np.array_equal(h, h.T)
+    assert np.allclose(rotate(rotate(x, 64), 64), x, rtol=1e-5, atol=1e-5 * np.abs(x).max())
+    assert rotate(x, 0) is x
