@@ -108,9 +108,10 @@ def test_greedy_decoding_agrees_with_the_reference(name, bundle_cache):
                                         f"{gaps[first]:.2f} apart: {got[: first + 1]} vs {want[: first + 1]}")
 
 
-@pytest.mark.parametrize("name", ["tiny-gemma2-F16", "tiny-gemma3-F16"])
+@pytest.mark.parametrize("name", ["tiny-gemma2-F16", "tiny-gemma3-F16", "tiny-deepseek2-Q8_0"])
 def test_batching_with_sliding_windows(name, bundle_cache):
-    """Prefilling and decoding sequences side by side, some past the window of 32."""
+    """Prefilling and decoding sequences side by side, some past the window of 32 (deepseek2: rows of
+    the latent KV cache, one KV head for every query head)."""
     bundle = bundle_cache(FIXTURES / f"{name}.gguf")
     rng = np.random.default_rng(0)
     prompts = [rng.integers(2, 512, size=n).tolist() for n in (5, 40, 1, 37)]

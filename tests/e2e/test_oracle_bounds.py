@@ -125,6 +125,38 @@ def test_longrope_on_llama_on_the_cpu(bundle_cache, oracle, tmp_path):
     assert ok, summary
 
 
+# DeepSeek-V2-Lite's shape: no Q compression (attention.q_lora_rank 0), the query straight from
+# attn_q; the tiny fixture with its Q path replaced (a random F32 attn_q per layer).
+def _deepseek2_lite(tmp_path: Path) -> Path:
+    from tests.gguf_edit import rewrite_gguf
+
+    src = FIXTURES / "tiny-deepseek2-F16.gguf"
+    rng = np.random.default_rng(5)
+    q = {f"blk.{i}.attn_q.weight": rng.standard_normal((4 * 64, 256)) / 16 for i in range(2)}
+    drop = tuple(f"blk.{i}.attn_q_{x}.weight" for i in range(2) for x in ("a", "a_norm", "b"))
+    path = rewrite_gguf(src, tmp_path / "tiny-deepseek2lite-F16.gguf", metadata={"deepseek2.attention.q_lora_rank": 0},
+                        drop_tensors=drop, add_tensors=q)  # fmt: skip
+    shutil.copy(src.with_suffix(".logits.npz"), path.with_suffix(".logits.npz"))  # for the tokens
+    return path
+
+
+def test_deepseek2_lite_shape_matches_the_oracle(bundle_cache, oracle, tmp_path):
+    path = _deepseek2_lite(tmp_path)
+    ref = teacher_forced_logits(bundle_cache(path, REFERENCE_ONLY), "ref", _tokens(path))
+    ok, summary = oracle_bounds(path.stem, ref, oracle(path))
+    assert ok, summary
+    assert np.abs(oracle(path) - oracle(FIXTURES / "tiny-deepseek2-F16.gguf")).mean() > 0.5  # another Q path
+
+
+@needs_cc
+@pytest.mark.toolchain
+@pytest.mark.slow  # a cpu build of its own (~20 s on two busy cores)
+def test_deepseek2_lite_shape_on_the_cpu(bundle_cache, oracle, tmp_path):
+    path = _deepseek2_lite(tmp_path)
+    ok, summary = _cpu_check(path, bundle_cache(path), oracle)
+    assert ok, summary
+
+
 def _cpu_check(path: Path, bundle, oracle, fault=None) -> tuple[bool, str]:
     tokens = _tokens(path)
     model = load_model(bundle, LoadOptions(device="cpu"))

@@ -48,7 +48,7 @@ def test_reference_matches_llama_cpp_logits(name, bundle_cache):
     assert ok, summary
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2-Q8_0", "tiny-gemma2-Q8_0", "tiny-mixtral-Q8_0"])
+@pytest.mark.parametrize("name", ["tiny-qwen2-Q8_0", "tiny-gemma2-Q8_0", "tiny-mixtral-Q8_0", "tiny-deepseek2-Q8_0"])
 def test_batching_does_not_change_logits(name, bundle_cache):
     """Sequences of different lengths, some prefilling and some decoding, in one pass (a
     sliding window of 32 and expert routing among them)."""
