@@ -109,6 +109,8 @@ class CpuStepDevice:
 
     # -- recurrent state (runtime/devices/state.py): the pool's base goes to the step program,
     # which finds each sequence's slot through the batch's state_slots
+    copies_state = True  # host arrays: prefix caching's state checkpoints are numpy copies
+
     def alloc_state(self, slots: int) -> None:
         self.state = HostStatePool(self.plan.state, slots)
         self._args.state, self._args.n_state_slots = self.state.data.ctypes.data, slots

@@ -257,6 +257,8 @@ class ReferenceDevice(InterpretedDevice):
     # -- recurrent state (runtime/devices/state.py) -------------------------------------------
     state: HostStatePool | None = None  # sized by the loader (alloc_state) for a plan with state
 
+    copies_state = True  # host arrays: prefix caching's state checkpoints are numpy copies
+
     def alloc_state(self, slots: int) -> None:
         self.state = HostStatePool(self._plan.state, slots)
 

@@ -101,6 +101,8 @@ class Engine:
         # reuse to the token: a prompt takes the rows of a cached block it agrees with, copied
         # into its own block by the device before the step (prefix_cache.py)
         self.blocks.copy_partial = self.blocks.cache is not None and model.executor.copies_kv
+        if self.blocks.checkpoints is not None and not model.executor.copies_state:  # a plan with state then reuses no prefix
+            self.blocks.checkpoints = None
         self.observer = observer or Observer()
         info = model.tokenizer_info
         self.eog_ids = frozenset(info.get("eog_ids") or ([info["eos_id"]] if info.get("eos_id") is not None else []))

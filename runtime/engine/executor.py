@@ -113,6 +113,11 @@ class Executor:
     def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
         self.device.copy_kv(src, dst)
 
+    @property
+    def copies_state(self) -> bool:
+        """The device copies recurrent-state slots (copy_state): prefix caching's checkpoints."""
+        return bool(getattr(self.device, "copies_state", False))
+
     def copy_state(self, src: list[int], dst: list[int]) -> None:
         """Recurrent-state slot src[i] into slot dst[i], in order (prefix caching's checkpoints
         and restores, runtime/engine/state_cache.py): devices of plans with state have it."""
