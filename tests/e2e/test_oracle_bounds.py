@@ -231,6 +231,9 @@ def test_a_cpu_expert_matmul_2_percent_off_fails(bundle_cache, oracle):
     ("tiny-gemma3-Q8_0", "blk.0.attn_q_norm.weight"),
     ("tiny-mixtral-Q8_0", "moe_combine"),
     ("tiny-qwen3-Q8_0", "blk.0.attn_v.weight"),
+    ("tiny-deepseek2-Q8_0", "blk.1.attn_k_b.weight"),  # head_matmul: the query into latent space
+    ("tiny-deepseek2-Q8_0", "blk.0.attn_v_b.weight"),  # head_matmul with a stride: the latent output per head
+    ("tiny-deepseek2-Q8_0", "concat_heads"),  # the first: layer 0's query [latent, rope]
 ])
 def test_a_reference_kernel_2_percent_off_fails(name, which, bundle_cache, oracle):
     """One op of one layer (selected by kind or by its weight) 2% off."""
