@@ -87,12 +87,42 @@ class GpuDevice:
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         return self.runner.run_sampled(batch, rows)
 
-    # No KV row copy yet (a device-to-device copy per layer would do): the prefix cache reuses
-    # whole blocks only here, and a repeated prompt recomputes its last partial block.
-    copies_kv = False
+    # KV rows are copied through one pinned host buffer on the step stream (the driver has no
+    # device-to-device copy): a run of consecutive slots per layer, K and V, in stream order,
+    # so the staging buffer is reused safely and the next step sees the copies.
+    copies_kv = True
+    _kv_host, _kv_host_bytes = 0, 0
 
     def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
-        raise DeviceError(f"the {self.name} device does not copy KV slots")
+        kv = self._plan.kv
+        row = kv.n_kv_heads * kv.head_dim * _KV_ITEMSIZE[kv.dtype]
+        slots = self._memory.layer_bytes // row
+        src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
+        if src.shape != dst.shape or src.ndim != 1 or (len(src) and (min(src.min(), dst.min()) < 0
+                                                                      or max(src.max(), dst.max()) >= slots)):
+            raise DeviceError(f"a KV copy names slots outside the {slots} of this device")
+        runs, i = [], 0  # (first source slot, first destination slot, slots)
+        while i < len(src):
+            j = i + 1
+            while j < len(src) and src[j] == src[j - 1] + 1 and dst[j] == dst[j - 1] + 1:
+                j += 1
+            runs.append((int(src[i]), int(dst[i]), j - i))
+            i = j
+        if not runs:
+            return
+        need = max(n for _, _, n in runs) * row
+        if self._kv_host_bytes < need:
+            if self._kv_host:
+                self._driver.free_host(self._kv_host)
+            self._kv_host, self._kv_host_bytes = self._driver.malloc_host(need), need
+        stream = self.runner.stream
+        for layer in range(kv.n_layers):
+            for which in ("k", "v"):
+                base = self._memory.kv_address(which, layer)
+                for s0, d0, n in runs:
+                    self._driver.copy_to_host_async(self._kv_host, base + s0 * row, n * row, stream)
+                    self._driver.copy_to_device_async(base + d0 * row, self._kv_host, n * row, stream)
+        self._driver.stream_synchronize(stream)
 
     def memory_info(self) -> tuple[int, int]:
         """(free, total) bytes of device memory, from the driver (/health's gpu.memory)."""
@@ -102,6 +132,8 @@ class GpuDevice:
         self._driver.synchronize()
         self.runner.close()
         self._memory.close()
+        if self._kv_host:
+            self._driver.free_host(self._kv_host)
 
 
 class GpuMemory:
