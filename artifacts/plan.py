@@ -44,7 +44,7 @@ MAX_OPS = 1 << 20
 MAX_BUFFERS = 4096
 SYMBOLS = ("T", "R")
 DTYPES = ("f32", "i32")
-GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai")  # swiglu's `activation`
+GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai", "sigmoid")  # swiglu's `activation`
 ROPE_STYLES = ("adjacent", "neox")
 MOE_GATINGS = ("softmax", "sigmoid", "softmax_weight")  # moe_route's `gating`
 MAX_STATE_TENSORS = 4096  # state tensors of one plan (a few per layer)
@@ -76,6 +76,8 @@ class OpKind(str, Enum):
     HEAD_MATMUL = "head_matmul"
     CONCAT_HEADS = "concat_heads"
     SHORT_CONV = "short_conv"
+    SSM_CONV = "ssm_conv"
+    GATED_DELTA_NET = "gated_delta_net"
 
     __str__ = str.__str__  # the name itself, not OpKind.X
 
@@ -130,7 +132,8 @@ OPS: dict[OpKind, OpSchema] = {
         doc="gated linear unit: out = act(gate) * up, act 'silu' (SwiGLU: g / (1 + exp(-g))) or 'gelu_tanh' "
         "(GeGLU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))); 'swiglu_oai' (gpt-oss, llama.cpp's "
         "swiglu_oai) clamps and shifts: g' = min(g, limit), u' = clamp(u, -limit, limit), "
-        "out = g' / (1 + exp(-alpha g')) * (u' + 1) (alpha and limit are read by it alone)",
+        "out = g' / (1 + exp(-alpha g')) * (u' + 1) (alpha and limit are read by it alone); 'sigmoid' "
+        "(qwen35's attention output gate): out = u / (1 + exp(-g))",
     ),
     OpKind.ADD: OpSchema(2, 1, (0, 0), doc="out = a + b"),
     OpKind.GATHER_ROWS: OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),
@@ -181,6 +184,24 @@ OPS: dict[OpKind, OpSchema] = {
         2, 1, (0, 0), ("heads",),
         doc="a[T, heads * A], b[T, heads * B] -> out[T, heads * (A + B)], head h = [a_h, b_h] (deepseek2's query "
         "and key: the latent part, then the rope part)",
+    ),
+    # Gated DeltaNet layers (qwen35, qwen35moe, qwen3next): state as the module docstring says.
+    OpKind.SSM_CONV: OpSchema(
+        1, 1, (1, 1), ("state",),
+        doc="causal depthwise conv with SiLU (llama.cpp's ggml_ssm_conv then ggml_silu): x[T, C], weight [C, K] -> "
+        "out[t, c] = silu(sum_k weight[c, k] * window[t + k, c]), window = the sequence's state (its K-1 inputs "
+        "before the chunk, [K-1, C]) followed by the chunk's rows of x; the state afterwards: the window's last "
+        "K-1 rows. `state` is the index of its StateTensor ([K-1, C])",
+    ),
+    OpKind.GATED_DELTA_NET: OpSchema(
+        3, 1, (2, 2), ("state", "n_k_heads", "n_v_heads", "head_dim", "eps"),
+        doc="Gated DeltaNet recurrence (llama.cpp's ggml_gated_delta_net with qwen35's gating): inputs "
+        "qkv[T, (2 Hk + Hv) S] (q heads, then k heads, then v heads, S = head_dim), alpha[T, Hv], beta[T, Hv]; "
+        "weights a[Hv] (ssm_a = -exp(A_log)) and dt_bias[Hv] -> out[T, Hv S]. Per token and v head h (k head "
+        "h % Hk): q, k scaled to unit length (x / sqrt(sum x^2 + eps)), g = softplus(alpha + dt_bias) * a, "
+        "b = sigmoid(beta); with the head's state M (S x S: M[j][i], v index j, k index i) M *= exp(g); "
+        "d_j = b (v_j - sum_i M[j][i] k_i); M[j][i] += d_j k_i; out_j = sum_i M[j][i] q_i / sqrt(S). "
+        "`state` is the index of its StateTensor ([Hv, S, S])",
     ),
 }
 assert set(OPS) == set(OpKind), "every op kind has a schema"

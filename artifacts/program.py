@@ -73,6 +73,7 @@ class ArgKind(str, Enum):
     WEIGHT = "weight"  # ref: a layout entry; the pointer is weights base + its offset
     BATCH = "batch"  # ref: a batch array (tokens, positions, slots, ...), a STEP_ARGS pointer name
     KV = "kv"  # ref: "k" or "v"; value: the layer
+    STATE = "state"  # ref "": the base of the recurrent-state pool (plans with state; kernels find a slot by state_slots)
     SCALAR = "scalar"  # ref: "" for the constant `value`, or a STEP_ARGS i64 name (n_tokens, ...)
 
 

@@ -449,6 +449,35 @@ def _short_conv(v: _OpView) -> None:
     v.need(w is None or w == (c, shape[0] + 1), f"kernel {w} is not [{c}, {shape[0] + 1}]")
 
 
+def _ssm_conv(v: _OpView) -> None:
+    (x,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(x, out)
+    c = v.width(x)
+    v.need(v.shape(x) == v.shape(out) and v.rows(x) == "T", "input and output are not the same [T, channels]")
+    shape = tuple(state_tensor(v))
+    v.need(len(shape) == 2 and shape[1] == c and 1 <= shape[0] < SHORT_CONV_MAX_KERNEL,
+           f"state tensor {list(shape)} is not [kernel - 1 < {SHORT_CONV_MAX_KERNEL}, {c}]")
+    w = v.weight_shape(0)
+    v.need(w is None or w == (c, shape[0] + 1), f"conv weight {w} is not [{c}, {shape[0] + 1}]")
+
+
+def _gated_delta_net(v: _OpView) -> None:
+    (qkv, alpha, beta), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(qkv, alpha, beta, out)
+    hk = v.int_attr("n_k_heads", 1, MAX_HEADS)
+    hv = v.int_attr("n_v_heads", 1, MAX_HEADS)
+    s = v.int_attr("head_dim", 1, 1024)  # the state is S x S per head
+    v.real_attr("eps", 0.0, 1.0)
+    v.need(hv % hk == 0, "n_v_heads is not a multiple of n_k_heads")
+    v.need(v.shape(qkv) == ("T", (2 * hk + hv) * s), f"qkv is not [T, {(2 * hk + hv) * s}]")
+    v.need(v.shape(alpha) == ("T", hv) == v.shape(beta), f"alpha/beta are not [T, {hv}]")
+    v.need(v.shape(out) == ("T", hv * s), f"output is not [T, {hv * s}]")
+    v.need(tuple(state_tensor(v)) == (hv, s, s), f"state tensor {v.op.attr('state')} is not [{hv}, {s}, {s}]")
+    for i in range(2):
+        w = v.weight_shape(i)
+        v.need(w is None or w == (hv,), f"gate weight {i} {w} is not [{hv}]")
+
+
 RULES: dict[str, Callable[[_OpView], None]] = {
     "embed": _embed,
     "rmsnorm": _rmsnorm,
@@ -469,5 +498,7 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "head_matmul": _head_matmul,
     "concat_heads": _concat_heads,
     "short_conv": _short_conv,
+    "ssm_conv": _ssm_conv,
+    "gated_delta_net": _gated_delta_net,
 }
 assert set(RULES) == set(OPS), "every op kind needs a shape rule"

@@ -135,6 +135,11 @@ class Config:
     # lfm2: the gated short-conv layers (head_count_kv 0); the final norm's name
     short_conv: tuple[int, ...] = ()
     out_norm: str = "output_norm.weight"
+    # qwen35: the Gated DeltaNet layers (their indices), the attention's output gate, and the
+    # rope pairs that interleaved M-RoPE turns by position (the others by the 4th position, 0 for text)
+    recurrent: tuple[int, ...] = ()
+    attn_gate: bool = False
+    rope_turns: np.ndarray | None = None
 
 
 def _f32(x: float) -> float:
@@ -234,6 +239,39 @@ def read_config(md: dict, tensors: dict) -> Config:
         key_mla = k("attention.key_length_mla")
         c.mla = Mla(k("attention.q_lora_rank", 0), k("attention.kv_lora_rank"), key_mla - c.n_rot,
                     k("attention.value_length_mla"), mscale * mscale / math.sqrt(key_mla))
+    if arch == "qwen35":  # src/models/qwen35.cpp, load_hparams: recurrent layers, IMROPE sections
+        c.qk_norm, c.attn_gate, c.ffn_norm = True, True, "post_attention_norm"
+        flags = k("attention.recurrent_layers")
+        if flags is None:
+            interval = k("full_attention_interval", 4)
+            flags = [(i + 1) % interval != 0 for i in range(c.n_layers)]
+        c.recurrent = tuple(i for i in range(c.n_layers) if flags[i])
+        sec = list(k("rope.dimension_sections", [0, 0, 0, 0])) + [0] * 4
+        total = sum(sec[:4])
+        sector = np.arange(c.n_rot // 2) % total
+        c.rope_turns = ((sector % 3 == 0) & (sector < 3 * sec[0])) | ((sector % 3 == 1) & (sector < 3 * sec[1])) \
+            | ((sector % 3 == 2) & (sector < 3 * sec[2]))
+    if arch == "lfm2":  # src/models/lfm2.cpp: head_count_kv 0 marks a short-conv layer; Q/K normed per head
+        per_layer = list(k("attention.head_count_kv"))
+        c.short_conv = tuple(i for i, n in enumerate(per_layer) if n == 0)
+        c.n_kv_heads = max(per_layer)
+        c.qk_norm, c.out_norm = True, "token_embd_norm.weight"
+    if arch == "deepseek2":  # src/models/deepseek2.cpp, its load_hparams and llama_context's YaRN setup
+        c.neox = False
+        c.gating = {0: "softmax", 1: "softmax", 2: "sigmoid"}[k("expert_gating_func", 0)]
+        c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
+        c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
+        c.dense_lead = k("leading_dense_block_count", 0)
+        log_mul = float(np.float32(k("rope.scaling.yarn_log_multiplier", 0.0)) / np.float32(0.1))
+        if c.ext_factor:  # with a log multiplier, get_mscale(f, m) / get_mscale(f, log_mul) = 1 (m = log_mul or 1)
+            factor = 1.0 / scale
+            c.attn_factor = (1.0 if log_mul else 1.0 + 0.1 * math.log(factor)) / (1.0 + 0.1 * math.log(factor))
+            c.attn_factor *= k("rope.scaling.attn_factor", 1.0)
+        attn_org = c.attn_factor * (1.0 + 0.1 * math.log(1.0 / scale))
+        mscale = attn_org * (1.0 + 0.1 * log_mul * math.log(1.0 / scale))
+        key_mla = k("attention.key_length_mla")
+        c.mla = Mla(k("attention.q_lora_rank", 0), k("attention.kv_lora_rank"), key_mla - c.n_rot,
+                    k("attention.value_length_mla"), mscale * mscale / math.sqrt(key_mla))
     if arch == "gpt-oss":  # src/models/openai-moe.cpp
         c.q_scale = _f32(1.0 / np.sqrt(np.float32(c.n_rot)))
         c.ffn_norm, c.sinks, c.oai = "post_attention_norm", True, True
@@ -305,6 +343,8 @@ class Oracle:
         extrap = np.arange(len(x))[:, None] * layer.rope_base ** (-2.0 * np.arange(half) / c.n_rot)[None, :]
         if c.rope_factors:
             extrap = extrap / self.w(c.rope_factors)
+        if c.rope_turns is not None:  # M-RoPE for text: t, h, w positions are the token's, the 4th is 0
+            extrap = extrap * c.rope_turns
         theta, mscale = layer.rope_scale * extrap, c.attn_factor
         if c.ext_factor:  # YaRN: ramp between the extrapolated and interpolated angles
             corr = lambda beta: c.n_rot * math.log(c.orig_ctx / (beta * 2 * math.pi)) / (2 * math.log(layer.rope_base))  # noqa: E731
@@ -342,6 +382,9 @@ class Oracle:
             return self.mla_attention(h, i)
         n = len(h)
         q, k, v = self.qkv(h, p)
+        if c.attn_gate:  # qwen35: attn_q holds each head's query then its output gate
+            qg = q.reshape(n, c.n_heads, 2 * c.head_dim)
+            q, gate = qg[..., : c.head_dim].reshape(n, -1), qg[..., c.head_dim :].reshape(n, -1)
         if c.qk_norm_rows:
             q, k = self.norm(q, p + "attn_q_norm.weight"), self.norm(k, p + "attn_k_norm.weight")
         q = q.reshape(n, c.n_heads, c.head_dim)
@@ -371,10 +414,95 @@ class Oracle:
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
         out = np.einsum("hqk,khd->qhd", probs[..., :n], v).reshape(n, c.n_heads * c.head_dim)
+        if c.attn_gate:
+            out = out / (1.0 + np.exp(-gate))
         out = self.linear(out, p + "attn_output.weight")
         if c.arch in ("llama", "gpt-oss", "mistral3", "granite", "granitemoe") and self.has(p + "attn_output.bias"):
             out = out + self.w(p + "attn_output.bias")
         return out
+
+    def short_conv(self, h: np.ndarray, i: int) -> np.ndarray:
+        """lfm2's conv block (build_shortconv_block): in_proj to b, c, x; a causal depthwise
+        conv of b * x over the last l_cache inputs (zeros before the first token: the state a
+        fresh sequence starts from); times c; out_proj."""
+        p, n = f"blk.{i}.", len(h)
+        bcx = self.linear(h, p + "shortconv.in_proj.weight")
+        e = bcx.shape[1] // 3
+        b, cg, x = bcx[:, :e], bcx[:, e : 2 * e], bcx[:, 2 * e :]
+        w = self.w(p + "shortconv.conv.weight")  # [channels, kernel]
+        taps = w.shape[1]
+        window = np.concatenate([np.zeros((taps - 1, e)), b * x])
+        conv = sum(window[j : j + n] * w[:, j] for j in range(taps))
+        return self.linear(cg * conv, p + "shortconv.out_proj.weight")
+
+    def mla_attention(self, h: np.ndarray, i: int) -> np.ndarray:
+        """deepseek2's attention, decompressed (llama.cpp runs it absorbed; the math is the same):
+        per head K = [wk_b^T latent, rope key], V = wv_b latent, from the float16-cached latent
+        (kv_lora, normed) and rope key (n_rot, shared by the heads). The per-head products read
+        float activations (as the compiled head_matmul kernels do): no act_rounding there."""
+        c, m, p = self.cfg, self.cfg.mla, f"blk.{i}."
+        n = len(h)
+        if m.q_lora:
+            q = self.linear(self.norm(self.linear(h, p + "attn_q_a.weight"), p + "attn_q_a_norm.weight"), p + "attn_q_b.weight")
+        else:
+            q = self.linear(h, p + "attn_q.weight")
+        q = q.reshape(n, c.n_heads, m.nope + c.n_rot)
+        kv = self.linear(h, p + "attn_kv_a_mqa.weight")
+        latent, k_pe = self.norm(kv[:, : m.kv_lora], p + "attn_kv_a_norm.weight"), kv[:, m.kv_lora :]
+        q_pe, k_pe = self.rope(q[..., m.nope :], c.layers[i]), self.rope(k_pe[:, None, :], c.layers[i])
+        latent = latent.astype(self.kv_dtype).astype(np.float64)
+        k_pe = k_pe.astype(self.kv_dtype).astype(np.float64)
+        k_nope = np.einsum("tr,hrd->thd", latent, self.w(p + "attn_k_b.weight"))  # [n, heads, nope]
+        v = np.einsum("tr,hvr->thv", latent, self.w(p + "attn_v_b.weight"))  # [n, heads, v_dim]
+        scores = (np.einsum("qhd,khd->hqk", q[..., : m.nope], k_nope) + np.einsum("qhd,kd->hqk", q_pe, k_pe[:, 0])) * m.kq_scale
+        pos = np.arange(n)
+        scores = np.where((pos[None, :] <= pos[:, None])[None], scores, -np.inf)
+        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        out = np.einsum("hqk,khv->qhv", probs, v).reshape(n, c.n_heads * m.v_dim)
+        return self.linear(out, p + "attn_output.weight")
+
+    def delta_net(self, h: np.ndarray, i: int, chunk: int = 16) -> np.ndarray:
+        """qwen35's linear-attention layer (build_layer_attn_linear): the QKV projection through
+        a causal conv + SiLU, Q and K L2-normalized, the gated delta rule in its chunked form
+        (llama.cpp's build_delta_net_chunking: per chunk of `chunk` tokens a triangular solve
+        for the deltas, then the state carried over), the per-head RMS norm gated by SiLU(z)."""
+        md, p = self.md, f"blk.{i}."
+        k_ = lambda key: md[f"qwen35.{key}"]  # noqa: E731
+        s, hk, hv = k_("ssm.state_size"), k_("ssm.group_count"), k_("ssm.time_step_rank")
+        n = len(h)
+        mixed = self.linear(h, p + "attn_qkv.weight")  # [n, (2 hk + hv) s]
+        w = self.w(p + "ssm_conv1d.weight")  # [channels, kernel]
+        kern = w.shape[1]
+        padded = np.concatenate([np.zeros((kern - 1, mixed.shape[1])), mixed])
+        conv = sum(padded[j : j + n] * w[:, j] for j in range(kern))
+        conv = conv / (1.0 + np.exp(-conv))
+        q = conv[:, : hk * s].reshape(n, hk, s)
+        k = conv[:, hk * s : 2 * hk * s].reshape(n, hk, s)
+        v = conv[:, 2 * hk * s :].reshape(n, hv, s)
+        q = q / np.sqrt((q * q).sum(-1, keepdims=True) + self.cfg.eps)
+        k = k / np.sqrt((k * k).sum(-1, keepdims=True) + self.cfg.eps)
+        q, k = np.tile(q, (1, hv // hk, 1)), np.tile(k, (1, hv // hk, 1))  # ggml_repeat_4d: head h reads h % hk
+        alpha = self.linear(h, p + "ssm_alpha.weight") + self.w(p + "ssm_dt.bias")
+        g = np.log1p(np.exp(alpha)) * self.w(p + "ssm_a")  # [n, hv]
+        b = 1.0 / (1.0 + np.exp(-self.linear(h, p + "ssm_beta.weight")))
+        out = np.zeros((n, hv, s))
+        for head in range(hv):
+            state = np.zeros((s, s))  # S[i][j]: k index i, v index j
+            for c0 in range(0, n, chunk):
+                sl = slice(c0, min(n, c0 + chunk))
+                qc, kc, vc, bc = q[sl, head] / math.sqrt(s), k[sl, head], v[sl, head], b[sl, head]
+                G = np.cumsum(g[sl, head])
+                decay = np.exp(G[:, None] - G[None, :])  # [t, u]: exp(G_t - G_u)
+                lower = np.tril(np.ones((len(G), len(G))), -1)
+                A = bc[:, None] * decay * (kc @ kc.T) * lower
+                rhs = bc[:, None] * (vc - np.exp(G)[:, None] * (kc @ state))
+                d = np.linalg.solve(np.eye(len(G)) + A, rhs)  # the deltas of the chunk
+                out[sl, head] = np.exp(G)[:, None] * (qc @ state) + (decay * (qc @ kc.T) * np.tril(np.ones_like(A))) @ d
+                state = np.exp(G[-1]) * state + (kc * np.exp(G[-1] - G)[:, None]).T @ d
+        normed = out / np.sqrt(np.mean(out * out, axis=-1, keepdims=True) + self.cfg.eps) * self.w(p + "ssm_norm.weight")
+        z = self.linear(h, p + "attn_gate.weight").reshape(n, hv, s)
+        return self.linear((normed * z / (1.0 + np.exp(-z))).reshape(n, hv * s), p + "ssm_out.weight")
 
     def short_conv(self, h: np.ndarray, i: int) -> np.ndarray:
         """lfm2's conv block (build_shortconv_block): in_proj to b, c, x; a causal depthwise
@@ -501,7 +629,7 @@ class Oracle:
         x = self.w("token_embd.weight")[np.asarray(tokens)] * c.embed_scale
         for i in range(c.n_layers):
             p = f"blk.{i}."
-            sub = self.short_conv if i in c.short_conv else self.attention
+            sub = self.delta_net if i in c.recurrent else self.short_conv if i in c.short_conv else self.attention
             a = sub(self.norm(x, p + "attn_norm.weight") if c.pre_norms else x, i)
             if c.post_norms:
                 a = self.norm(a, p + "post_attention_norm.weight")

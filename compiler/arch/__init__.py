@@ -10,6 +10,7 @@ from collections.abc import Callable
 from rfc.compiler.arch import deepseek2, gemma2, gemma3, gpt_oss, llama, phi3, qwen2, qwen3
 from rfc.compiler.arch import glm4moe, qwen3moe
 from rfc.compiler.arch import granite, mistral3, olmo2, smollm3
+from rfc.compiler.arch import qwen35
 from rfc.compiler.arch import lfm2
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -33,6 +34,7 @@ RECIPES: dict[str, Recipe] = {
     "qwen2": qwen2.build,
     "qwen3": qwen3.build,
     "qwen3moe": qwen3moe.build,
+    "qwen35": qwen35.build,
     "smollm3": smollm3.build,
 }
 

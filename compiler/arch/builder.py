@@ -56,6 +56,17 @@ class ModelBuilder:
         self._add(WeightUse(name, role, t.format, (stop - start, t.shape[1]), (RowRange(source, start, stop),)))
         return name
 
+    def row_ranges(self, name: str, role: str, source: str, source_shape: tuple[int, ...],
+                   ranges: list[tuple[int, int]]) -> str:
+        """A weight made of several row ranges of one 2-D GGUF tensor, in order (qwen35's query
+        rows of each head, apart from the output gate's rows interleaved with them)."""
+        t = self.source(source, source_shape)
+        if len(t.shape) != 2 or not ranges or any(not 0 <= a < z <= t.shape[0] for a, z in ranges):
+            raise CompileError(f"{self.path}: cannot take rows {ranges[:2]}... of {source} {list(t.shape)}")
+        rows = sum(z - a for a, z in ranges)
+        self._add(WeightUse(name, role, t.format, (rows, t.shape[1]), tuple(RowRange(source, a, z) for a, z in ranges)))
+        return name
+
     def concat(self, name: str, role: str, sources: list[tuple[str, tuple[int, ...]]]) -> str | None:
         """One weight made of 2-D GGUF tensors stacked by rows (Q, K, V -> QKV), or None when
         they cannot be stacked (different formats): the recipe then keeps them apart."""

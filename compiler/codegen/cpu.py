@@ -40,6 +40,7 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
            "moe_route", "moe_matmul", "moe_combine", "head_matmul", "concat_heads")
 CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale",  # gemma's final-logit soft-capping; gpt-oss's per-expert biases; granite's multipliers
+                "ssm_conv", "gated_delta_net",  # qwen35's Gated DeltaNet layers
                 "short_conv")  # lfm2's gated short convolutions
 # The optional attributes the cpu kernels take, per op (any other non-default one is refused).
 # Those that may differ between layers are per-op arguments in the step program; the rest
@@ -184,6 +185,8 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     if attention is not None:
         parts.append(render("cpu_attention.c.j2", _attention_params(hp, attention, tuning)))
     parts.append(render("cpu_elementwise.c.j2", _oai_params(ops.get("swiglu", []))))
+    if "gated_delta_net" in ops or "ssm_conv" in ops:
+        parts.append(render("cpu_delta_net.c.j2", {}))
     if "short_conv" in ops:
         parts.append(render("cpu_short_conv.c.j2", {}))
     if "head_matmul" in ops or "concat_heads" in ops:

@@ -33,7 +33,8 @@ from rfc.compiler.errors import CompileError
 
 MAX_SEGMENTS = 8  # rfc_mm_run's per-call segment arrays
 # The C row function of each gated activation (artifacts/plan.py GLU_ACTIVATIONS; cpu_elementwise.c.j2).
-GLU_SPANS = {"silu": "rfc_swiglu_span", "gelu_tanh": "rfc_geglu_span", "swiglu_oai": "rfc_swiglu_oai_span"}
+GLU_SPANS = {"silu": "rfc_swiglu_span", "gelu_tanh": "rfc_geglu_span", "swiglu_oai": "rfc_swiglu_oai_span",
+             "sigmoid": "rfc_sigmoid_glu_span"}
 
 
 def f32_literal(value: float, what: str) -> float:
@@ -395,6 +396,27 @@ class _Lowering:
                                       "heads": heads, "wa": self.width(a) // heads, "wb": self.width(b) // heads},
                      {a, b}, {out})  # fmt: skip
 
+    # -- Gated DeltaNet (cpu_delta_net.c.j2): the state tensor's float offset in a slot, and
+    # "@state<i>" orders the phases that touch it
+    def _ssm_conv(self, op: Op) -> Phase:
+        (x,), (out,) = op.inputs, op.outputs
+        e = self.entries[op.weights[0]]
+        if e.format != "F32":
+            raise CompileError(f"ssm_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is {e.format}")
+        index = int(op.attrs["state"])
+        return Phase("ssm_conv", {"x": self.buf(x), "out": self.buf(out), "c": self.width(x), "k": e.shape[1], "w": e.offset,
+                                  "state": self.plan.state.offset(index)}, {x, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
+
+    def _gated_delta_net(self, op: Op) -> Phase:
+        (qkv, alpha, beta), (out,) = op.inputs, op.outputs
+        index = int(op.attrs["state"])
+        return Phase("gated_delta_net", {"qkv": self.buf(qkv), "alpha": self.buf(alpha), "beta": self.buf(beta),
+                                         "out": self.buf(out), "hk": int(op.attrs["n_k_heads"]), "hv": int(op.attrs["n_v_heads"]),
+                                         "s": int(op.attrs["head_dim"]), "a": self.vec(op.weights[0]), "dt": self.vec(op.weights[1]),
+                                         "eps": float(op.attrs["eps"]), "state": self.plan.state.offset(index),
+                                         "counter": self.counter()},
+                     {qkv, alpha, beta, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
+
     def _gather_rows(self, op: Op) -> Phase:
         x = op.inputs[0]
         return Phase("gather", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x)}, {x},
@@ -433,7 +455,7 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
     sinks, routers' selection biases), in plan order."""
     seen: list[str] = []
     for op in plan.ops:
-        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route"):
+        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route", "gated_delta_net"):
             for w in op.weights:
                 if w not in seen:
                     e = entries[w]

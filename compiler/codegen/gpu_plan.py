@@ -50,6 +50,15 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "moe_add_bias": (("out", PTR), ("y", PTR), ("ids", PTR), ("bias", PTR), ("n_rows", I32)),
     "head_matmul": (("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
     "concat_heads": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
+    # recurrent layers: `state` is the state pool's base, each sequence's slot from state_slots
+    # (state_offset: the op's StateTensor's float offset in a slot, a constant: layers share one kernel)
+    "ssm_conv": (("out", PTR), ("x", PTR), ("weight", PTR), ("state", PTR), ("state_slots", PTR), ("seq_start", PTR),
+                 ("positions", PTR), ("state_offset", I32), ("n_seqs", I32)),
+    "short_conv": (("out", PTR), ("bcx", PTR), ("weight", PTR), ("state", PTR), ("state_slots", PTR), ("seq_start", PTR),
+                   ("positions", PTR), ("state_offset", I32), ("n_seqs", I32)),
+    "gated_delta_net": (("out", PTR), ("qkv", PTR), ("alpha", PTR), ("beta", PTR), ("a", PTR), ("dt", PTR),
+                        ("state", PTR), ("state_slots", PTR), ("seq_start", PTR), ("positions", PTR), ("state_offset", I32),
+                        ("n_seqs", I32)),
 }
 
 # Kernels only the step program launches in an op's place (KernelSpec.steps; the op's own kernel,
@@ -66,6 +75,7 @@ STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
 
 KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<dtype>_t)
 MAX_THREADS = 256  # threads per block for row-wise kernels
+GPU_MAX_CONV_KERNEL = 16  # ssm_conv taps whose window a thread keeps in registers (Qwen3.5: 4)
 MATMUL_WAVES = 4  # waves per matmul block
 MATMUL_TOKENS = 8  # tokens that share one decoded weight block
 SUB_BLOCK = 32  # elements per activation scale and per lane step
@@ -354,6 +364,47 @@ class _Planner:
             name += "_a{}_l{}".format(*(f"{v:.9g}".replace(".", "p").replace("-", "m").replace("+", "") for v in oai.values()))
         return self._rowwise(op, "gpu_swiglu.hip.j2", name, width, activation=activation, **oai)
 
+    # -- recurrent layers (qwen35): a block per sequence (and channel tile / value head) ---------
+    def _state_params(self, op: Op) -> dict:
+        if self.plan.state.slot_floats >= 2**31:
+            raise CompileError(f"a state slot of {self.plan.state.slot_floats} floats is over the GPU kernels' int offsets")
+        return {"slot_floats": self.plan.state.slot_floats}
+
+    def _ssm_conv(self, op: Op) -> KernelSpec:
+        self._f32_vector(op, op.weights[0])
+        c, k = self._width(op.inputs[0]), self.tensors[op.weights[0]].shape[-1]
+        if not 2 <= k <= GPU_MAX_CONV_KERNEL:
+            raise CompileError(f"the GPU ssm_conv keeps its window in registers: a kernel of {k} taps is over {GPU_MAX_CONV_KERNEL}")
+        threads = self._row_threads(c)
+        name = f"rfc_ssm_conv_{c}x{k}"
+        params = {"name": name, "threads": threads, "c": c, "k": k, **self._state_params(op)}
+        return KernelSpec(name, "gpu_ssm_conv.hip.j2", params, KERNEL_ARGS["ssm_conv"], threads, (("n_seqs", 1), (c, threads)))
+
+    def _short_conv(self, op: Op) -> KernelSpec:
+        """lfm2's gated short conv: ssm_conv's layout (a thread per channel, the window in
+        registers), reading b, c, x from one in_proj row."""
+        self._f32_vector(op, op.weights[0])
+        c, k = self._width(op.outputs[0]), self.tensors[op.weights[0]].shape[-1]
+        if not 2 <= k <= GPU_MAX_CONV_KERNEL:
+            raise CompileError(f"the GPU short_conv keeps its window in registers: a kernel of {k} taps is over {GPU_MAX_CONV_KERNEL}")
+        threads = self._row_threads(c)
+        name = f"rfc_short_conv_{c}x{k}"
+        params = {"name": name, "threads": threads, "c": c, "k": k, **self._state_params(op)}
+        return KernelSpec(name, "gpu_short_conv.hip.j2", params, KERNEL_ARGS["short_conv"], threads, (("n_seqs", 1), (c, threads)))
+
+    def _gated_delta_net(self, op: Op) -> KernelSpec:
+        for w in op.weights:
+            self._f32_vector(op, w)
+        hk, hv, s = int(op.attrs["n_k_heads"]), int(op.attrs["n_v_heads"]), int(op.attrs["head_dim"])
+        if s > MAX_THREADS:
+            raise CompileError(f"the GPU gated_delta_net runs a thread per state row: a head size of {s} is over {MAX_THREADS}")
+        threads = self._row_threads(s)
+        name = f"rfc_gated_delta_net_{hk}x{hv}x{s}"
+        params = {"name": name, "threads": threads, "hk": hk, "hv": hv, "s": s, "eps": float(op.attrs["eps"]),
+                  "scale": 1.0 / math.sqrt(s), **self._state_params(op)}  # fmt: skip
+        return KernelSpec(name, "gpu_gated_delta_net.hip.j2", params, KERNEL_ARGS["gated_delta_net"], threads,
+                          (("n_seqs", 1), (hv, 1)))
+
     def _scale(self, op: Op) -> KernelSpec:
         width, factor = self._width(op.inputs[0]), float(op.attrs["factor"])
         if not (math.isfinite(factor) and factor > 0):
@@ -632,6 +683,14 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     names = [n for n, _k in KERNEL_ARGS[op.kind]]
     if name in ("n_rows",):
         return ArgSlot(ArgKind.SCALAR, _row_count(plan, rows_of), size=size)
+    if name == "n_seqs":
+        return ArgSlot(ArgKind.SCALAR, "n_seqs", size=size)
+    if name == "state":
+        return ArgSlot(ArgKind.STATE, "")
+    if name == "state_offset":
+        return ArgSlot(ArgKind.SCALAR, "", value=plan.state.offset(int(op.attrs["state"])), size=size)
+    if name in ("state_slots", "seq_start"):
+        return ArgSlot(ArgKind.BATCH, name)
     if name in ("table_width", "block_size"):
         return ArgSlot(ArgKind.SCALAR, name, size=size)
     if name in ("positions", "seq_of_token", "block_tables", "slots", "tokens", "rows"):
@@ -644,10 +703,12 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     outs = {"embed": ("out",), "rmsnorm": ("out",), "matmul": ("out",), "add_bias": ("out",), "rope": ("q", "k"),
             "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",), "scale": ("out",),
             "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
-            "moe_add_bias": ("out",), "head_matmul": ("out",), "concat_heads": ("out",)}[op.kind]
+            "moe_add_bias": ("out",), "head_matmul": ("out",), "concat_heads": ("out",),
+            "ssm_conv": ("out",), "gated_delta_net": ("out",)}[op.kind]
     weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
                "rope": ("freq_factors",), "moe_matmul": ("weight",), "attention": ("sinks",),
-               "moe_add_bias": ("bias",), "moe_route": ("bias",), "head_matmul": ("weight",)}.get(op.kind, ())
+               "moe_add_bias": ("bias",), "moe_route": ("bias",), "head_matmul": ("weight",),
+               "ssm_conv": ("weight",), "gated_delta_net": ("a", "dt")}.get(op.kind, ())
     if name in outs:
         return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
     if name in weights:

@@ -124,6 +124,18 @@ class GpuDevice:
                     self._driver.copy_to_device_async(base + d0 * row, self._kv_host, n * row, stream)
         self._driver.stream_synchronize(stream)
 
+    # -- recurrent state: a pool of slots in device memory; the launches that read it get its base
+    state_pool = None  # no host view: the state lives on the device
+
+    def alloc_state(self, slots: int) -> None:
+        nbytes = slots * self._plan.state.slot_bytes
+        ptr = self._memory._alloc(max(4, nbytes))
+        self._driver.copy_to_device(ptr, np.zeros(max(1, nbytes // 4), np.float32))  # a slot's first chunk zeroes it anyway
+        self.runner.set_state(ptr, slots)
+
+    # No state copy yet (copies_state unset): the engine keeps no state checkpoints on a GPU, so
+    # a plan with state takes no cached prefix there
+
     def memory_info(self) -> tuple[int, int]:
         """(free, total) bytes of device memory, from the driver (/health's gpu.memory)."""
         return self._driver.memory_info()

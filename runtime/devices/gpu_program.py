@@ -24,6 +24,7 @@ Block tables are staged at the program's full width (max context / block size, p
 import ctypes
 import struct
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,8 @@ STEP_SCALARS = ("n_tokens", "n_rows", "n_seqs", "table_width", "block_size")
 # (block tables last: a step copies the staging only up to its sequences' table rows; with
 # device sampling the penalty pairs and row parameters come first, the pairs filled from their
 # region's end, so a step's copy starts at its first pair: one contiguous range either way)
-_STAGED = ("tokens", "positions", "slots", "seq_of_token", "seq_start", "context_lens", "logit_rows", "block_tables")
+_STAGED = ("tokens", "positions", "slots", "seq_of_token", "seq_start", "context_lens", "logit_rows", "state_slots",
+           "block_tables")
 # Penalty entries staged per logit row (a bind-time bound: pinned and device bytes are
 # 12 * max_rows * this, 1.5 MiB for 512 rows; _MAX_PEN_CAPACITY caps the total). The default window (penalty_last_n = 64) always fits; a row whose
 # window holds more distinct tokens is sampled on the host.
@@ -64,6 +66,7 @@ class BoundLaunch:
     buffer: ctypes.Array
     params: ctypes.Array
     scalars: list  # [(offset, size, scalar name)]
+    state_offsets: list = dataclasses.field(default_factory=list)  # where the state pool's base goes (set_state)
 
     def enqueue(self, driver: Driver, scalars: dict[str, int], stream: Any) -> None:
         """Writes this step's scalars and launches on `stream` (nothing to do, no launch: a
@@ -95,7 +98,7 @@ def bind_launch(launch: Launch, layout: tuple[KernelArg, ...] | None, fn: Any, p
         if isinstance(g.count, str) and g.count not in STEP_SCALARS:
             raise DeviceError(f"step program: kernel {launch.kernel}'s grid counts {g.count!r}, not a step scalar")
     buffer, params = parameter_buffer(layout)
-    scalars = []
+    scalars, state_offsets = [], []
     for slot, (name, nbytes, offset) in zip(launch.args, layout):
         if slot.size != nbytes:
             raise DeviceError(f"step program: kernel {launch.kernel} argument {name} is {nbytes} bytes, the launch passes {slot.size}")
@@ -103,10 +106,12 @@ def bind_launch(launch: Launch, layout: tuple[KernelArg, ...] | None, fn: Any, p
             if slot.ref not in STEP_SCALARS:
                 raise DeviceError(f"step program: kernel {launch.kernel} argument {name} counts {slot.ref!r}, not a step scalar")
             scalars.append((offset, nbytes, slot.ref))
+        elif slot.kind is ArgKind.STATE:  # the pool comes after binding (GpuDevice.alloc_state)
+            state_offsets.append(offset)
         else:
             value = slot.value if slot.kind is ArgKind.SCALAR else pointer(slot)
             struct.pack_into(_PACK[nbytes], buffer, offset, value)
-    return BoundLaunch(fn, launch.threads, [(g.count, g.tile) for g in launch.grid], buffer, params, scalars)
+    return BoundLaunch(fn, launch.threads, [(g.count, g.tile) for g in launch.grid], buffer, params, scalars, state_offsets)
 
 
 class StepRunner:
@@ -144,6 +149,8 @@ class StepRunner:
             return bound[launch]
 
         self._bound = [bind(launch) for launch in program.launches]
+        self.has_state = any(b.state_offsets for b in bound.values())
+        self.state_slots = 0
         self._bound_prefill = [bind(launch) for launch in program.prefill_launches]
         self.prefill_min_tokens = program.prefill_min_tokens if program.prefill_launches else None
         if self.sampling is not None:
@@ -152,6 +159,17 @@ class StepRunner:
         self._graphs: dict[tuple[int, int, bool], Any] = {}
         self._max_graphs = max_graphs
 
+    def set_state(self, pool: int, slots: int) -> None:
+        """The recurrent-state pool's device address, written into every launch that takes it
+        (before any graph is captured: alloc_state comes right after the device is made)."""
+        for b in {id(b): b for b in (*self._bound, *self._bound_prefill)}.values():
+            for offset in b.state_offsets:
+                struct.pack_into("<Q", b.buffer, offset, pool)
+        self.state_slots = slots
+        for graph in self._graphs.values():
+            self._driver.graph_destroy(graph)
+        self._graphs.clear()
+
     # -- binding ----------------------------------------------------------------------------
     def _alloc(self, nbytes: int) -> int:
         ptr = self._driver.malloc(nbytes)
@@ -159,7 +177,7 @@ class StepRunner:
         return ptr
 
     def _stage_layout(self) -> None:
-        lengths = {"seq_start": self.max_seqs + 1, "context_lens": self.max_seqs,
+        lengths = {"seq_start": self.max_seqs + 1, "context_lens": self.max_seqs, "state_slots": self.max_seqs,
                    "block_tables": self.max_seqs * self.table_width, "logit_rows": self.max_rows}
         regions = [(name, lengths.get(name, self.max_tokens)) for name in _STAGED]
         if self.sampling is not None:
@@ -198,6 +216,10 @@ class StepRunner:
             v[name][:T] = getattr(batch, name)
         v["seq_start"][: S + 1] = batch.seq_start
         v["context_lens"][:S] = batch.context_lens
+        if self.has_state:  # every sequence of a plan with state needs its slot: the kernels keep it there
+            if len(batch.state_slots) < S or (batch.state_slots[:S] < 0).any() or (batch.state_slots[:S] >= self.state_slots).any():
+                raise DeviceError("a recurrent layer needs each sequence's state slot, and the step names none for some")
+            v["state_slots"][:S] = batch.state_slots[:S]
         tables = v["block_tables"][: S * self.table_width].reshape(S, self.table_width)
         tables[:, :width] = batch.block_tables
         tables[:, width:] = -1

@@ -113,6 +113,8 @@ class ReferenceDevice(InterpretedDevice):
         if attrs["activation"] == "gelu_tanh":
             c = np.float32(np.sqrt(2.0 / np.pi))
             outs[0][...] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * u
+        elif attrs["activation"] == "sigmoid":
+            outs[0][...] = u / (np.float32(1.0) + np.exp(-g))
         elif attrs["activation"] == "swiglu_oai":
             limit, alpha = np.float32(attrs["limit"]), np.float32(attrs["alpha"])
             x = np.minimum(g, limit)
@@ -276,6 +278,69 @@ class ReferenceDevice(InterpretedDevice):
             lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
             state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
             outs[0][lo:hi], state[...] = short_conv_chunk(ins[0][lo:hi], weights[0], state)
+    # -- recurrent layers (Gated DeltaNet) ------------------------------------------------------
+    def op_ssm_conv(self, outs, ins, weights, attrs, batch):
+        for s in range(len(batch.seq_start) - 1):
+            lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
+            state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
+            outs[0][lo:hi], state[...] = ssm_conv_chunk(ins[0][lo:hi], weights[0], state)
+
+    def op_gated_delta_net(self, outs, ins, weights, attrs, batch):
+        qkv, alpha, beta = ins
+        for s in range(len(batch.seq_start) - 1):
+            lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
+            state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
+            outs[0][lo:hi], state[...] = gated_delta_net_chunk(
+                qkv[lo:hi], alpha[lo:hi], beta[lo:hi], weights[0], weights[1], state, attrs["n_k_heads"],
+                attrs["n_v_heads"], attrs["head_dim"], attrs["eps"])
+
+
+def short_conv_chunk(bcx: np.ndarray, w: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One sequence's chunk through short_conv: bcx [n, 3C] (b, c, x), w [C, L], state [L-1, C]
+    -> (out [n, C], the new state). u = b * x in float32 (ggml_mul), the conv summed in float64,
+    then times c in float32."""
+    n, c = len(bcx), bcx.shape[1] // 3
+    u = bcx[:, :c] * bcx[:, 2 * c :]
+    window = np.concatenate([state, u]).astype(np.float64)  # [L-1+n, C]
+    conv = sum(window[k : k + n] * w[:, k] for k in range(w.shape[1]))
+    return bcx[:, c : 2 * c] * conv.astype(np.float32), window[n:].astype(np.float32)
+
+
+def ssm_conv_chunk(x: np.ndarray, w: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One sequence's chunk through ssm_conv: x [n, C], w [C, K], state [K-1, C] -> (out [n, C],
+    the new state). Sums in float64, results rounded to float32 (llama.cpp sums in float32)."""
+    n, k = len(x), w.shape[1]
+    window = np.concatenate([state, x]).astype(np.float64)  # [K-1+n, C]
+    y = sum(window[i : i + n] * w[:, i] for i in range(k))
+    out = (y / (1.0 + np.exp(-y))).astype(np.float32)
+    return out, window[n:].astype(np.float32)
+
+
+def gated_delta_net_chunk(qkv, alpha, beta, a, dt_bias, state, hk: int, hv: int, s: int, eps: float):
+    """One sequence's chunk through gated_delta_net, token by token (the recurrent form), in
+    float64: qkv [n, (2 hk + hv) s], alpha/beta [n, hv], a/dt_bias [hv], state [hv, s, s]
+    (M[h][j][i]: v index j, k index i) -> (out [n, hv s] float32, the new state float32)."""
+    n = len(qkv)
+    x = qkv.astype(np.float64)
+    q = x[:, : hk * s].reshape(n, hk, s)
+    k = x[:, hk * s : 2 * hk * s].reshape(n, hk, s)
+    v = x[:, 2 * hk * s :].reshape(n, hv, s)
+    q = q / np.sqrt((q * q).sum(-1, keepdims=True) + eps)
+    k = k / np.sqrt((k * k).sum(-1, keepdims=True) + eps)
+    heads = np.arange(hv) % hk  # v head h reads k head h % hk (ggml's broadcast)
+    q, k = q[:, heads], k[:, heads]
+    z = alpha.astype(np.float64) + dt_bias
+    g = np.where(z > 20.0, z, np.log1p(np.exp(np.minimum(z, 20.0)))) * a  # softplus, as ggml's (linear above 20)
+    b = 1.0 / (1.0 + np.exp(-beta.astype(np.float64)))
+    m = state.astype(np.float64).copy()
+    out = np.empty((n, hv, s))
+    for t in range(n):
+        m *= np.exp(g[t])[:, None, None]
+        d = b[t][:, None] * (v[t] - np.einsum("hji,hi->hj", m, k[t]))
+        m += d[:, :, None] * k[t][:, None, :]
+        out[t] = np.einsum("hji,hi->hj", m, q[t]) / np.sqrt(s)
+    return out.reshape(n, hv * s).astype(np.float32), m.astype(np.float32)
+
 
 _HANDLERS: dict[OpKind, Callable] = {
     OpKind.EMBED: ReferenceDevice.op_embed,
@@ -297,6 +362,8 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.HEAD_MATMUL: ReferenceDevice.op_head_matmul,
     OpKind.CONCAT_HEADS: ReferenceDevice.op_concat_heads,
     OpKind.SHORT_CONV: ReferenceDevice.op_short_conv,
+    OpKind.SSM_CONV: ReferenceDevice.op_ssm_conv,
+    OpKind.GATED_DELTA_NET: ReferenceDevice.op_gated_delta_net,
 }
 assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"
 

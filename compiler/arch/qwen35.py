@@ -1,0 +1,184 @@
+"""`qwen35` (Qwen3.5 / Qwen3.6 dense): a hybrid stack of Gated DeltaNet (linear-attention)
+layers and full-attention layers, as llama.cpp's src/models/qwen35.cpp builds it:
+
+- which layers are recurrent: `attention.recurrent_layers` (a flag per layer) or else every
+  layer but each `full_attention_interval`-th (default 4: layers 3, 7, 11, ... attend);
+- a recurrent layer: attn_qkv (Q, K, V of the delta rule) through a causal conv of
+  `ssm.conv_kernel` taps + SiLU (op ssm_conv, its state the last kernel - 1 inputs), the gated
+  delta rule (op gated_delta_net: L2-normalized Q/K, decay softplus(alpha + dt_bias) * ssm_a,
+  beta = sigmoid(ssm_beta x), its state an S x S matrix per value head), an RMS norm per value
+  head (ssm_norm) times SiLU(attn_gate x), then ssm_out;
+- an attention layer: attn_q holds, per head, the query and then an output gate: the plan
+  splits it into two weights (rows of each head); per-head Q/K RMS norms, NeoX RoPE over the
+  first rope.dimension_count dims (partial rotary; interleaved M-RoPE, which for text turns
+  the pairs of its t, h and w sections by the token's position), attention, the output times
+  sigmoid(gate), attn_output;
+- after either, the residual, `post_attention_norm`, a SwiGLU FFN and the residual.
+The KV cache holds the attention layers only; the recurrent layers' state is per sequence
+(the plan's StateSpec): (kernel - 1) x conv channels + value heads x S x S floats per layer.
+`nextn_predict_layers` multi-token-prediction blocks at the end are not run (as llama.cpp).
+"""
+
+import math
+import numbers
+from dataclasses import replace
+
+from rfc.artifacts.plan import KVSpec
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import Attention, Sizes, glu_ffn, hparams, output_head, read_rope, read_sizes
+from rfc.compiler.arch.metadata import MAX_FF, MAX_HEADS, MAX_LAYERS, Metadata
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+MAX_CONV_KERNEL = 64  # ssm.conv_kernel (Qwen3.5: 4); validate.py's bound on ssm_conv's state rows
+MAX_STATE_DIM = 1024  # ssm.state_size, the head size S of the S x S recurrent matrix (Qwen3.5: 128)
+
+
+def read_sections(md: Metadata, n_rot: int) -> None:
+    """rope.dimension_sections (4 counts, required as llama.cpp requires it): interleaved M-RoPE.
+    For text all positions but the 4th are the token's; a pair the sections leave to the 4th
+    would stay unturned, which this recipe does not plan: refused."""
+    key = "rope.dimension_sections"
+    value = md.model.metadata.get(md.key(key))
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= 4 or \
+            not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= n_rot for v in value):
+        raise CompileError(f"{md.path}: metadata {md.key(key)} is not an array of up to 4 counts in [0, {n_rot}]")
+    sec = [int(v) for v in value] + [0] * (4 - len(value))
+    total = sum(sec)
+    if total == 0:
+        raise CompileError(f"{md.path}: metadata {md.key(key)} is all zeros")
+    for pair in range(n_rot // 2):
+        sector = pair % total
+        if not any(sector % 3 == j and sector < 3 * sec[j] for j in range(3)):
+            raise CompileError(f"{md.path}: {md.key(key)} {sec} leaves rotary pair {pair} to the 4th (vision) "
+                               "position; only text sections are supported")
+
+
+def recurrent_layers(md: Metadata, n_layers: int) -> tuple[bool, ...]:
+    if md.has("attention.recurrent_layers"):
+        flags = md.flags("attention.recurrent_layers", 1 << 12)
+        if len(flags) < n_layers:
+            raise CompileError(f"{md.path}: {md.key('attention.recurrent_layers')} has {len(flags)} entries for {n_layers} layers")
+        return flags[:n_layers]
+    interval = md.int("full_attention_interval", 1, MAX_LAYERS, default=4)
+    return tuple((i + 1) % interval != 0 for i in range(n_layers))
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    md = Metadata(model, "qwen35")
+    s = read_sizes(md)
+    nextn = md.int("nextn_predict_layers", 0, s.n_layers - 1, default=0)
+    s = replace(s, n_layers=s.n_layers - nextn)
+    rope = read_rope(md, s, "neox")
+    read_sections(md, rope.n_rot)
+    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    b = ModelBuilder(model)
+    dn = read_delta_net(md)
+    recurrent = recurrent_layers(md, s.n_layers)
+    attn_layers = [i for i in range(s.n_layers) if not recurrent[i]]
+    if not attn_layers:
+        raise CompileError(f"{md.path}: no full-attention layer (every layer is recurrent)")
+    declare(b, s, n_ff, dn)
+    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=True)
+    b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd)),))
+    for i in range(s.n_layers):
+        p = f"blk.{i}."
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        if recurrent[i]:
+            delta_net_layer(b, i, s.n_embd, dn, eps)
+        else:
+            gated_attention(b, i, attn_layers.index(i), s, eps, cfg)
+        b.op("add", ("x", "h"), ("x",))
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", (s.n_embd,)),), eps=eps)
+        glu_ffn(b, i, s.n_embd, n_ff)
+        b.op("add", ("x", "h"), ("x",))
+    tied = output_head(b, s, eps)
+    extra = {"full_attention_layers": len(attn_layers), "ssm_conv_kernel": dn.kernel, "ssm_state_size": dn.head_dim,
+             "ssm_group_count": dn.k_heads, "ssm_time_step_rank": dn.v_heads}  # fmt: skip
+    if nextn:
+        extra["nextn_predict_layers"] = nextn
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra)
+    kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
+
+
+class DeltaNet:
+    """The Gated DeltaNet sizes: Hk key heads (ssm.group_count), Hv value heads
+    (ssm.time_step_rank), head size S (ssm.state_size), conv taps (ssm.conv_kernel)."""
+
+    def __init__(self, k_heads: int, v_heads: int, head_dim: int, kernel: int):
+        self.k_heads, self.v_heads, self.head_dim, self.kernel = k_heads, v_heads, head_dim, kernel
+
+    @property
+    def conv_dim(self) -> int:
+        return (2 * self.k_heads + self.v_heads) * self.head_dim
+
+    @property
+    def v_width(self) -> int:
+        return self.v_heads * self.head_dim
+
+
+def read_delta_net(md: Metadata) -> DeltaNet:
+    kernel = md.int("ssm.conv_kernel", 2, MAX_CONV_KERNEL)
+    head_dim = md.int("ssm.state_size", 1, MAX_STATE_DIM)
+    k_heads = md.int("ssm.group_count", 1, MAX_HEADS)
+    v_heads = md.int("ssm.time_step_rank", 1, MAX_HEADS)
+    inner = md.int("ssm.inner_size", 1, MAX_FF)
+    if v_heads % k_heads:
+        raise CompileError(f"{md.path}: {md.key('ssm.time_step_rank')} {v_heads} (value heads) is not a multiple of "
+                           f"{md.key('ssm.group_count')} {k_heads} (key heads)")
+    if inner != v_heads * head_dim:
+        raise CompileError(f"{md.path}: {md.key('ssm.inner_size')} {inner} != value heads {v_heads} x state size {head_dim}")
+    return DeltaNet(k_heads, v_heads, head_dim, kernel)
+
+
+def declare(b: ModelBuilder, s: Sizes, n_ff: int, dn: DeltaNet) -> None:
+    b.buffer("tokens", "T", dtype="i32")
+    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("qgate", s.q_width), ("k", s.kv_width),
+                        ("v", s.kv_width), ("att", s.q_width), ("gate", n_ff), ("up", n_ff),
+                        ("mixed", dn.conv_dim), ("conv", dn.conv_dim), ("z", dn.v_width), ("alpha", dn.v_heads),
+                        ("beta", dn.v_heads), ("dn", dn.v_width)):  # fmt: skip
+        b.buffer(name, "T", width)
+    for name, width in (("xr", s.n_embd), ("hr", s.n_embd), ("logits", s.vocab_size)):
+        b.buffer(name, "R", width)
+
+
+def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -> None:
+    """h = ssm_out(rmsnorm_heads(gated_delta_net(ssm_conv(attn_qkv h), ...)) * silu(attn_gate h))."""
+    p = f"blk.{i}."
+    b.op("matmul", ("h",), ("mixed",), (b.tensor(p + "attn_qkv.weight", "attn_qkv", (dn.conv_dim, e)),))
+    b.op("matmul", ("h",), ("z",), (b.tensor(p + "attn_gate.weight", "attn_gate", (dn.v_width, e)),))
+    b.op("matmul", ("h",), ("alpha",), (b.tensor(p + "ssm_alpha.weight", "ssm_alpha", (dn.v_heads, e)),))
+    b.op("matmul", ("h",), ("beta",), (b.tensor(p + "ssm_beta.weight", "ssm_beta", (dn.v_heads, e)),))
+    conv_state = b.state(i, (dn.kernel - 1, dn.conv_dim))
+    b.op("ssm_conv", ("mixed",), ("conv",), (b.tensor(p + "ssm_conv1d.weight", "ssm_conv1d", (dn.conv_dim, dn.kernel)),),
+         state=conv_state)
+    gates = (b.tensor(p + "ssm_a", "ssm_a", (dn.v_heads,)), b.tensor(p + "ssm_dt.bias", "ssm_dt", (dn.v_heads,)))
+    b.op("gated_delta_net", ("conv", "alpha", "beta"), ("dn",), gates, state=b.state(i, (dn.v_heads, dn.head_dim, dn.head_dim)),
+         n_k_heads=dn.k_heads, n_v_heads=dn.v_heads, head_dim=dn.head_dim, eps=eps)
+    b.op("rmsnorm", ("dn",), ("dn",), (b.tensor(p + "ssm_norm.weight", "ssm_norm", (dn.head_dim,)),), eps=eps, heads=dn.v_heads)
+    b.op("swiglu", ("z", "dn"), ("dn",))
+    b.op("matmul", ("dn",), ("h",), (b.tensor(p + "ssm_out.weight", "ssm_out", (e, dn.v_width)),))
+
+
+def gated_attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float, cfg: Attention) -> None:
+    """Qwen3-Next's attention: Q and an output gate from one projection (per head: hd query
+    rows, then hd gate rows), per-head Q/K norms, partial NeoX RoPE, att * sigmoid(gate)."""
+    p, hd, e = f"blk.{i}.", s.head_dim, s.n_embd
+    fused = p + "attn_q.weight"
+    shape = (2 * s.q_width, e)
+    q = b.row_ranges(fused + ":q", "attn_q", fused, shape, [(2 * h * hd, (2 * h + 1) * hd) for h in range(s.n_heads)])
+    g = b.row_ranges(fused + ":gate", "attn_q_gate", fused, shape, [((2 * h + 1) * hd, (2 * h + 2) * hd) for h in range(s.n_heads)])
+    b.op("matmul", ("h",), ("q",), (q,))
+    b.op("matmul", ("h",), ("qgate",), (g,))
+    b.op("matmul", ("h",), ("k",), (b.tensor(p + "attn_k.weight", "attn_k", (s.kv_width, e)),))
+    b.op("matmul", ("h",), ("v",), (b.tensor(p + "attn_v.weight", "attn_v", (s.kv_width, e)),))
+    b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (hd,)),), eps=eps, heads=s.n_heads)
+    b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (hd,)),), eps=eps, heads=s.n_kv_heads)
+    b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(s))
+    b.op("kv_write", ("k", "v"), (), layer=kv_layer)
+    b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=hd, scale=cfg.scale)
+    b.op("swiglu", ("qgate", "att"), ("att",), activation="sigmoid")
+    b.op("matmul", ("att",), ("h",), (b.tensor(p + "attn_output.weight", "attn_output", (e, s.q_width)),))
