@@ -21,7 +21,7 @@ from rfc.artifacts.codeobject import CodeObjectError, amdgpu_metadata, unbundle
 from rfc.compiler.errors import CompileError
 
 # Kernels that stream weights or the KV cache: any local memory in them is a defect.
-HOT_KERNEL_PREFIXES = ("rfc_matmul_", "rfc_moe_matmul_", "rfc_attention_", "rfc_attn_")
+HOT_KERNEL_PREFIXES = ("rfc_matmul_", "rfc_moe_matmul_", "rfc_attention_", "rfc_attn_", "rfc_head_matmul_")
 
 
 @dataclass(frozen=True)
