@@ -368,12 +368,3 @@ _HANDLERS: dict[OpKind, Callable] = {
 assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"
 
 
-def short_conv_chunk(bcx: np.ndarray, w: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One sequence's chunk through short_conv: bcx [n, 3C] (b, c, x), w [C, L], state [L-1, C]
-    -> (out [n, C], the new state). u = b * x in float32 (ggml_mul), the conv summed in float64,
-    then times c in float32."""
-    n, c = len(bcx), bcx.shape[1] // 3
-    u = bcx[:, :c] * bcx[:, 2 * c :]
-    window = np.concatenate([state, u]).astype(np.float64)  # [L-1+n, C]
-    conv = sum(window[k : k + n] * w[:, k] for k in range(w.shape[1]))
-    return bcx[:, c : 2 * c] * conv.astype(np.float32), window[n:].astype(np.float32)

@@ -360,32 +360,6 @@ class CpuOpDevice(InterpretedDevice):
         fn = _declare(self._lib, "rfc_concat_heads", [_P, _P, _P, c_int, c_int, c_int, c_int])
         return fn, (a.ptr, b.ptr, outs[0].ptr, a.array.shape[0], heads, a.array.shape[1] // heads, b.array.shape[1] // heads)
 
-    def _op_ssm_conv(self, op, outs, ins, weights, batch):
-        """As _op_short_conv: each sequence's chunk from zeros (no state pool here)."""
-        fn = _declare(self._lib, "rfc_ssm_conv", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P])
-        states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))  # NULL: no slot
-        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs, outs[0].array.shape[1],
-                    weights[0].ptr, weights[0].shape[1], states.ctypes.data)
-
-    def _op_gated_delta_net(self, op, outs, ins, weights, batch):
-        fn = _declare(self._lib, "rfc_gated_delta_net", [_P, _P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, _P, _P, c_float, _P])
-        states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
-        a = op.attrs
-        return fn, (ins[0].ptr, ins[1].ptr, ins[2].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
-                    a["n_k_heads"], a["n_v_heads"], a["head_dim"], weights[0].ptr, weights[1].ptr, a["eps"], states.ctypes.data)
-
-    def _op_head_matmul(self, op, outs, ins, weights, batch):
-        w, x = weights[0], ins[0]
-        heads, n, k = w.shape
-        fn = _checked(_declare(self._lib, f"rfc_head_matmul_{w.format.lower()}", [_P, c_size_t, _P, c_int, c_int, c_int, c_int,
-                                                                                   c_int, _P], c_int), "head_matmul")
-        return fn, (w.ptr, w.row_bytes, x.ptr, x.array.shape[0], heads, op.attr("stride") or k, n, k, outs[0].ptr)
-
-    def _op_concat_heads(self, op, outs, ins, weights, batch):
-        (a, b), heads = ins, op.attrs["heads"]
-        fn = _declare(self._lib, "rfc_concat_heads", [_P, _P, _P, c_int, c_int, c_int, c_int])
-        return fn, (a.ptr, b.ptr, outs[0].ptr, a.array.shape[0], heads, a.array.shape[1] // heads, b.array.shape[1] // heads)
-
     def _op_add_bias(self, op, outs, ins, weights, batch):
         rows, n = ins[0].array.shape
         return self._add_bias, (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows, n)
