@@ -1,7 +1,7 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,lfm2,glm4-moe}.cpp, llama-graph.cpp: build_attn_mha,
+qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,lfm2,glm4-moe,deepseek2}.cpp, llama-graph.cpp: build_attn_mha,
 build_moe_ffn) and sharing no code with rfc: the GGUF is read with the `gguf` package, weights are
 dequantized with `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
 every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
