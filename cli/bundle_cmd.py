@@ -24,6 +24,7 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         statement = read_provenance(bundle, m)
         summary["provenance"] = provenance_summary(statement) if statement else None
         summary["signed"] = (bundle / SIGNATURE_FILE).is_file()
+        summary["recurrent_state"] = _state_summary(bundle, m)
     except BundleError as e:
         fail(str(e))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
@@ -38,6 +39,10 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     click.echo("targets     " + ", ".join(summary["targets"]))
     click.echo("hparams     " + ", ".join(f"{k}={v}" for k, v in summary["hparams"].items()))
     click.echo(f"size        {summary['total_size']:,} bytes")
+    state = summary["recurrent_state"]
+    if state:
+        click.echo(f"state       {state['bytes_per_sequence']:,} bytes per sequence ({state['tensors']} tensors, layers "
+                   f"{', '.join(map(str, state['layers']))}), none per token beyond the KV cache")
     click.echo("signature   " + (f"{SIGNATURE_FILE} (check it: rfc verify --public-key PUB)" if summary["signed"] else "none"))
     prov = summary["provenance"]
     if prov:
@@ -52,6 +57,17 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         click.echo("provenance  none")
     for name, size in sorted(summary["files"].items()):
         click.echo(f"  {size:>14,}  {name}")
+
+
+def _state_summary(bundle: Path, m: dict) -> dict | None:
+    """A hybrid model's recurrent state per sequence (the plan's StateSpec); None without."""
+    from rfc.artifacts.bundle import read_plan
+
+    state = read_plan(bundle, m).state
+    if not state.tensors:
+        return None
+    return {"tensors": len(state.tensors), "layers": sorted({t.layer for t in state.tensors}),
+            "bytes_per_sequence": state.slot_bytes}
 
 
 def _summary(m: dict) -> dict:

@@ -49,6 +49,16 @@ def test_plan_state_round_trips_and_bad_state_is_refused(bundle_cache):
             pack_plan(plan.__class__(**{**plan.__dict__, "state": StateSpec(bad)}))
 
 
+def test_inspect_reports_the_state_per_sequence(bundle_cache):
+    import json
+
+    from tests.conftest import rfc
+
+    info = json.loads(rfc("inspect", bundle_cache(LFM2, REFERENCE_ONLY), "--json", check=True).stdout)
+    assert info["recurrent_state"] == {"tensors": 2, "layers": [0, 2], "bytes_per_sequence": 4096}
+    assert "4,096 bytes per sequence" in rfc("inspect", bundle_cache(LFM2, REFERENCE_ONLY), check=True).stdout
+
+
 def _lfm2(tmp_path, **metadata):
     from tests.gguf_edit import rewrite_gguf
 
