@@ -12,6 +12,7 @@ from rfc.compiler.arch import glm4moe, qwen3moe
 from rfc.compiler.arch import granite, mistral3, olmo2, smollm3
 from rfc.compiler.arch import qwen35
 from rfc.compiler.arch import lfm2
+from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -46,5 +47,7 @@ def recipe_for(model: GGUFModel) -> Recipe:
     recipe = RECIPES.get(arch) if isinstance(arch, str) else None
     if recipe is None:
         shown = arch[:40] if isinstance(arch, str) else repr(arch)[:40]
-        raise CompileError(f"{model.path.name}: unsupported architecture '{shown}' (supported: {', '.join(sorted(RECIPES))})")
+        why = catalog.status(arch, RECIPES)[1] if arch in catalog.LLAMA_CPP_ARCHITECTURES else "not an architecture llama.cpp knows"
+        raise CompileError(f"{model.path.name}: unsupported architecture '{shown}': {why} "
+                           f"(every architecture's status: docs/architectures.md)")
     return recipe
