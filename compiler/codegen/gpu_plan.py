@@ -704,11 +704,11 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
             "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",), "scale": ("out",),
             "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
             "moe_add_bias": ("out",), "head_matmul": ("out",), "concat_heads": ("out",),
-            "ssm_conv": ("out",), "gated_delta_net": ("out",)}[op.kind]
+            "ssm_conv": ("out",), "gated_delta_net": ("out",), "short_conv": ("out",)}[op.kind]
     weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
                "rope": ("freq_factors",), "moe_matmul": ("weight",), "attention": ("sinks",),
                "moe_add_bias": ("bias",), "moe_route": ("bias",), "head_matmul": ("weight",),
-               "ssm_conv": ("weight",), "gated_delta_net": ("a", "dt")}.get(op.kind, ())
+               "ssm_conv": ("weight",), "gated_delta_net": ("a", "dt"), "short_conv": ("weight",)}.get(op.kind, ())
     if name in outs:
         return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
     if name in weights:
