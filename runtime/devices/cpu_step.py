@@ -132,15 +132,6 @@ class CpuStepDevice:
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         raise DeviceError("the cpu step program does not sample: the host samples every row")
 
-    def forward(self, batch: StepBatch) -> np.ndarray:
-        return self._run(batch, self._entry, self.plan.output_logits)
-
-    def forward_hidden(self, batch: StepBatch) -> np.ndarray:
-        return self._run(batch, self._hidden_entry, self.plan.output_hidden)
-
-    def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
-        raise DeviceError("the cpu step program does not sample: the host samples every row")
-
     copies_kv = True  # the KV cache is host memory: a row copy is a numpy copy
 
     def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
