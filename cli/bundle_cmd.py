@@ -25,6 +25,7 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         summary["provenance"] = provenance_summary(statement) if statement else None
         summary["signed"] = (bundle / SIGNATURE_FILE).is_file()
         summary["recurrent_state"] = _state_summary(bundle, m)
+        summary["kv_bytes_per_token"] = _kv_bytes(bundle)
     except BundleError as e:
         fail(str(e))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
@@ -43,6 +44,9 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     if state:
         click.echo(f"state       {state['bytes_per_sequence']:,} bytes per sequence ({state['tensors']} tensors, layers "
                    f"{', '.join(map(str, state['layers']))}), none per token beyond the KV cache")
+    if summary.get("kv_bytes_per_token"):
+        click.echo("kv cache    bytes per token: " + ", ".join(f"{t} {n:,}" for t, n in summary["kv_bytes_per_token"].items())
+                   + " (--cache-type-k/-v)")
     click.echo("signature   " + (f"{SIGNATURE_FILE} (check it: rfc verify --public-key PUB)" if summary["signed"] else "none"))
     prov = summary["provenance"]
     if prov:
@@ -57,6 +61,19 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         click.echo("provenance  none")
     for name, size in sorted(summary["files"].items()):
         click.echo(f"  {size:>14,}  {name}")
+
+
+def _kv_bytes(bundle: Path) -> dict[str, int]:
+    """Bytes a cached token takes per KV-cache type (K and V alike; {} where no type fits)."""
+    from rfc.artifacts.bundle import read_plan
+    from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
+
+    try:
+        kv = read_plan(bundle).kv
+    except BundleError:  # inspect still describes a bundle whose plan does not read (verify says why)
+        return {}
+    types = [t for t in CacheType if t is CacheType.F16 or kv.head_dim % 32 == 0]
+    return {t.value: KvCacheTypes(t, t).token_bytes(kv) for t in types}
 
 
 def _state_summary(bundle: Path, m: dict) -> dict | None:

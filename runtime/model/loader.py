@@ -12,7 +12,7 @@ from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import Plan
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
 from rfc.runtime.engine.executor import Device, Executor
-from rfc.runtime.engine.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks
+from rfc.runtime.engine.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks, token_bytes
 from rfc.runtime.engine.kv_cache import KvPool
 
 
@@ -48,6 +48,12 @@ class LoadedModel:
     @property
     def manifest(self) -> dict:
         return self.bundle.manifest
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one cached token takes in this model's pool: K and V of every layer, stored in
+        its cache types (--cache-type-k/-v)."""
+        return token_bytes(self.device_choice.name, self.bundle.plan.kv, self.kv_pool.cache_types)
 
     @property
     def trained_context_length(self) -> int:

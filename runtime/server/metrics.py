@@ -41,6 +41,8 @@ _GAUGES = (
     ("kv_cache_pages_total", "pages_total", "KV-cache pages in the pool"),
     ("kv_cache_active_sequences", "sequences", "Sequences holding KV-cache pages"),
     ("kv_cache_pages_cached", "pages_cached", "Free KV-cache pages that still hold a cached prefix"),
+    ("kv_cache_bytes_per_token", "kv_bytes_per_token", "Bytes one cached token takes: K and V of every layer in the "
+     "--cache-type-k/-v types"),
     ("state_slots_used", "state_slots_used", "Recurrent-state slots held by sequences (hybrid models)"),
     ("state_slots_total", "state_slots_total", "Recurrent-state slots in the pool (hybrid models; 0: the model has none)"),
 )

@@ -6,7 +6,6 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rfc.artifacts import RFC_VERSION
-from rfc.runtime.engine.kv_budget import block_bytes, kv_itemsize
 from rfc.runtime.model.loader import LoadedModel
 from rfc.runtime.server.config import SERVICE_NAME, ServerConfig
 from rfc.runtime.server.errors import ApiError
@@ -45,8 +44,9 @@ class HealthResource:
             checks["requests"] = {"active": counts["running"], "queued": counts["waiting"]}
             checks["cache"] = _cache_check(counts)
             checks["models"] = {
-                model_id: {"requests": {"active": c["running"], "queued": c["waiting"]}, "cache": _cache_check(c)}
-                for model_id, c in per_model.items()
+                s.model_id: {"requests": {"active": c["running"], "queued": c["waiting"]}, "cache": _cache_check(c),
+                             "kv": _kv_check(s.model)}
+                for s, c in ((s, per_model[s.model_id]) for s in every)
             }
         resp.media = {
             "status": "healthy" if running else "unhealthy",
@@ -65,6 +65,13 @@ def _cache_check(counts: dict[str, int]) -> dict[str, int]:
         "state_slots_used": counts.get("state_slots_used", 0),
         "state_slots_total": counts.get("state_slots_total", 0),
     }
+
+
+def _kv_check(model: LoadedModel) -> dict:
+    """How the model's KV pool stores a token (--cache-type-k/-v) and what it takes."""
+    types = model.kv_pool.cache_types
+    return {"cache_type_k": types.k.value, "cache_type_v": types.v.value, "bytes_per_token": model.kv_bytes_per_token,
+            "pool_bytes": kv_pool_bytes(model)}
 
 
 def _device_check(served: ServedModel | None, every: Sequence[ServedModel] = ()) -> dict:
@@ -95,9 +102,7 @@ def _device_check(served: ServedModel | None, every: Sequence[ServedModel] = ())
 
 def kv_pool_bytes(model: LoadedModel) -> int:
     """Bytes of a loaded model's KV pool (K and V of every layer, every block)."""
-    plan = model.bundle.plan
-    blocks = model.kv_pool
-    return blocks.num_blocks * block_bytes(plan.kv, blocks.block_size, kv_itemsize(model.device_choice.name, plan.kv))
+    return model.kv_pool.num_blocks * model.kv_pool.block_size * model.kv_bytes_per_token
 
 
 class ReadyResource:

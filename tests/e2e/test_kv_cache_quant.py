@@ -72,3 +72,20 @@ def test_speculation_and_the_prefix_cache_on_a_q8_0_cache(bundle_cache):
     fresh = load_model(bundle, LoadOptions(device="cpu", cache_types=KvCacheTypes(Q8, Q8), prefix_caching=False))
     _, (scratch,) = _run(fresh, [GenerationRequest(longer, GREEDY, max_tokens=16)], PLAIN)
     assert again.tokens == scratch.tokens
+
+
+def test_the_pool_reports_its_types_and_real_bytes(bundle_cache):
+    """/health's per-model `kv` block, the pool bytes the budget and /health count, /metrics'
+    bytes-per-token gauge: all the bytes the device really holds."""
+    from rfc.runtime.server.metrics import PREFIX, ServerMetrics
+    from rfc.runtime.server.ops import _kv_check
+
+    model = load_model(bundle_cache(FIXTURES / "tiny-llama-F32.gguf"), LoadOptions(device="ref", kv_blocks=4,
+                                                                                   cache_types=KvCacheTypes(Q8, Q4)))
+    kv = model.bundle.plan.kv
+    per_token = kv.n_layers * kv.n_kv_heads * kv.head_dim // 32 * (34 + 18)
+    assert _kv_check(model) == {"cache_type_k": "q8_0", "cache_type_v": "q4_0", "bytes_per_token": per_token,
+                                "pool_bytes": 4 * 16 * per_token}
+    assert model.device.k_cache.nbytes + model.device.v_cache.nbytes == 4 * 16 * per_token
+    gauges = {f.name: f.samples for f in ServerMetrics(lambda: {"m": {"kv_bytes_per_token": per_token}}).collect()}
+    assert [(s.labels, s.value) for s in gauges[PREFIX + "kv_cache_bytes_per_token"]] == [({"model": "m"}, per_token)]
