@@ -251,27 +251,6 @@ def read_config(md: dict, tensors: dict) -> Config:
         sector = np.arange(c.n_rot // 2) % total
         c.rope_turns = ((sector % 3 == 0) & (sector < 3 * sec[0])) | ((sector % 3 == 1) & (sector < 3 * sec[1])) \
             | ((sector % 3 == 2) & (sector < 3 * sec[2]))
-    if arch == "lfm2":  # src/models/lfm2.cpp: head_count_kv 0 marks a short-conv layer; Q/K normed per head
-        per_layer = list(k("attention.head_count_kv"))
-        c.short_conv = tuple(i for i, n in enumerate(per_layer) if n == 0)
-        c.n_kv_heads = max(per_layer)
-        c.qk_norm, c.out_norm = True, "token_embd_norm.weight"
-    if arch == "deepseek2":  # src/models/deepseek2.cpp, its load_hparams and llama_context's YaRN setup
-        c.neox = False
-        c.gating = {0: "softmax", 1: "softmax", 2: "sigmoid"}[k("expert_gating_func", 0)]
-        c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
-        c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
-        c.dense_lead = k("leading_dense_block_count", 0)
-        log_mul = float(np.float32(k("rope.scaling.yarn_log_multiplier", 0.0)) / np.float32(0.1))
-        if c.ext_factor:  # with a log multiplier, get_mscale(f, m) / get_mscale(f, log_mul) = 1 (m = log_mul or 1)
-            factor = 1.0 / scale
-            c.attn_factor = (1.0 if log_mul else 1.0 + 0.1 * math.log(factor)) / (1.0 + 0.1 * math.log(factor))
-            c.attn_factor *= k("rope.scaling.attn_factor", 1.0)
-        attn_org = c.attn_factor * (1.0 + 0.1 * math.log(1.0 / scale))
-        mscale = attn_org * (1.0 + 0.1 * log_mul * math.log(1.0 / scale))
-        key_mla = k("attention.key_length_mla")
-        c.mla = Mla(k("attention.q_lora_rank", 0), k("attention.kv_lora_rank"), key_mla - c.n_rot,
-                    k("attention.value_length_mla"), mscale * mscale / math.sqrt(key_mla))
     if arch == "gpt-oss":  # src/models/openai-moe.cpp
         c.q_scale = _f32(1.0 / np.sqrt(np.float32(c.n_rot)))
         c.ffn_norm, c.sinks, c.oai = "post_attention_norm", True, True
@@ -503,47 +482,6 @@ class Oracle:
         normed = out / np.sqrt(np.mean(out * out, axis=-1, keepdims=True) + self.cfg.eps) * self.w(p + "ssm_norm.weight")
         z = self.linear(h, p + "attn_gate.weight").reshape(n, hv, s)
         return self.linear((normed * z / (1.0 + np.exp(-z))).reshape(n, hv * s), p + "ssm_out.weight")
-
-    def short_conv(self, h: np.ndarray, i: int) -> np.ndarray:
-        """lfm2's conv block (build_shortconv_block): in_proj to b, c, x; a causal depthwise
-        conv of b * x over the last l_cache inputs (zeros before the first token: the state a
-        fresh sequence starts from); times c; out_proj."""
-        p, n = f"blk.{i}.", len(h)
-        bcx = self.linear(h, p + "shortconv.in_proj.weight")
-        e = bcx.shape[1] // 3
-        b, cg, x = bcx[:, :e], bcx[:, e : 2 * e], bcx[:, 2 * e :]
-        w = self.w(p + "shortconv.conv.weight")  # [channels, kernel]
-        taps = w.shape[1]
-        window = np.concatenate([np.zeros((taps - 1, e)), b * x])
-        conv = sum(window[j : j + n] * w[:, j] for j in range(taps))
-        return self.linear(cg * conv, p + "shortconv.out_proj.weight")
-
-    def mla_attention(self, h: np.ndarray, i: int) -> np.ndarray:
-        """deepseek2's attention, decompressed (llama.cpp runs it absorbed; the math is the same):
-        per head K = [wk_b^T latent, rope key], V = wv_b latent, from the float16-cached latent
-        (kv_lora, normed) and rope key (n_rot, shared by the heads). The per-head products read
-        float activations (as the compiled head_matmul kernels do): no act_rounding there."""
-        c, m, p = self.cfg, self.cfg.mla, f"blk.{i}."
-        n = len(h)
-        if m.q_lora:
-            q = self.linear(self.norm(self.linear(h, p + "attn_q_a.weight"), p + "attn_q_a_norm.weight"), p + "attn_q_b.weight")
-        else:
-            q = self.linear(h, p + "attn_q.weight")
-        q = q.reshape(n, c.n_heads, m.nope + c.n_rot)
-        kv = self.linear(h, p + "attn_kv_a_mqa.weight")
-        latent, k_pe = self.norm(kv[:, : m.kv_lora], p + "attn_kv_a_norm.weight"), kv[:, m.kv_lora :]
-        q_pe, k_pe = self.rope(q[..., m.nope :], c.layers[i]), self.rope(k_pe[:, None, :], c.layers[i])
-        latent = latent.astype(self.kv_dtype).astype(np.float64)
-        k_pe = k_pe.astype(self.kv_dtype).astype(np.float64)
-        k_nope = np.einsum("tr,hrd->thd", latent, self.w(p + "attn_k_b.weight"))  # [n, heads, nope]
-        v = np.einsum("tr,hvr->thv", latent, self.w(p + "attn_v_b.weight"))  # [n, heads, v_dim]
-        scores = (np.einsum("qhd,khd->hqk", q[..., : m.nope], k_nope) + np.einsum("qhd,kd->hqk", q_pe, k_pe[:, 0])) * m.kq_scale
-        pos = np.arange(n)
-        scores = np.where((pos[None, :] <= pos[:, None])[None], scores, -np.inf)
-        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        probs /= probs.sum(axis=-1, keepdims=True)
-        out = np.einsum("hqk,khv->qhv", probs, v).reshape(n, c.n_heads * m.v_dim)
-        return self.linear(out, p + "attn_output.weight")
 
     def ffn(self, h: np.ndarray, i: int) -> np.ndarray:
         c, p = self.cfg, f"blk.{i}."
