@@ -255,7 +255,6 @@ class ReferenceDevice(InterpretedDevice):
         heads = attrs["heads"]
         outs[0][...] = np.concatenate([a.reshape(len(a), heads, -1), b.reshape(len(b), heads, -1)], axis=-1).reshape(len(a), -1)
 
-
     # -- recurrent state (runtime/devices/state.py) -------------------------------------------
     state: HostStatePool | None = None  # sized by the loader (alloc_state) for a plan with state
 
@@ -278,6 +277,7 @@ class ReferenceDevice(InterpretedDevice):
             lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
             state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
             outs[0][lo:hi], state[...] = short_conv_chunk(ins[0][lo:hi], weights[0], state)
+
     # -- recurrent layers (Gated DeltaNet) ------------------------------------------------------
     def op_ssm_conv(self, outs, ins, weights, attrs, batch):
         for s in range(len(batch.seq_start) - 1):
@@ -366,5 +366,3 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.GATED_DELTA_NET: ReferenceDevice.op_gated_delta_net,
 }
 assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"
-
-

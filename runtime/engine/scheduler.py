@@ -222,7 +222,6 @@ class Scheduler:
         at = self._checkpoint_at(seq)
         return at - seq.num_computed if seq.num_computed < at < seq.num_computed + n else n
 
-
     def finish(self, seq: Sequence) -> None:
         """Drop a finished, cancelled or disconnected sequence and free its KV blocks now."""
         if seq in self.running:
