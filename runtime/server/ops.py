@@ -57,14 +57,18 @@ class HealthResource:
 
 
 def _cache_check(counts: dict[str, int]) -> dict[str, int]:
-    return {
+    check = {
         "pages_used": counts["pages_used"],
         "pages_total": counts["pages_total"],
         "pages_free": counts["pages_free"],
         "active_sequences": counts["sequences"],
-        "state_slots_used": counts.get("state_slots_used", 0),
-        "state_slots_total": counts.get("state_slots_total", 0),
     }
+    if counts.get("state_slots_total", 0):
+        # a hybrid model's recurrent-state slots beside its pages; the seed's cache block
+        # (../shared/seeds/001) has exactly the four keys above, so other models keep to them
+        check["state_slots_used"] = counts.get("state_slots_used", 0)
+        check["state_slots_total"] = counts["state_slots_total"]
+    return check
 
 
 def _kv_check(model: LoadedModel) -> dict:

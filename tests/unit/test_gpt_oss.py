@@ -8,6 +8,7 @@ from functools import cache
 import numpy as np
 import pytest
 
+from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.plan import OPS, OpKind, validate_plan
 from rfc.artifacts.validate import check_plan_weights
@@ -109,7 +110,9 @@ def test_reference_moe_add_bias_adds_each_slots_expert_row():
 
 def test_reference_sink_takes_its_share_of_the_softmax():
     """One head, two positions: at position 1 the weights are e^s_j / (e^s_0 + e^s_1 + e^sink)."""
-    ref = ReferenceDevice.__new__(ReferenceDevice)
+    ref = ReferenceDevice.__new__(ReferenceDevice)  # the two ops need only the caches and how they are stored
+    ref.cache_types = KvCacheTypes()  # f16, unrotated
+    ref._k_rot, ref._v_rot = ref.cache_types.rotations(2)
     ref.k_cache = np.zeros((1, 8, 1, 2), np.float16)
     ref.v_cache = np.zeros((1, 8, 1, 2), np.float16)
     blocks = BlockManager(2, 4)
