@@ -1,11 +1,13 @@
-"""qwen35's Gated DeltaNet kernels on the GPU targets, without a GPU: the runtime's GpuDevice
-(the bound step program, its state pool in device memory) over the emulated kernels
-(gpu_emulator.py) against the reference device, both with state slots: a 40-token prefill of
-one sequence beside a 7-token one, then decode steps of both (each continuing from the state
-its slot holds). Bounds: tests/bounds.py device_bounds for the GPU's int8 activation
-rounding (the oracle's "q8_32"), as the other whole-model GPU tests; the greedy token of
-every decode step is the reference's (or one within what that rounding can move, as there). And the kernels use no local memory on sm_90 and
-gfx90a (the ptxas / code-object report, as test_gpu_resources checks the hot kernels)."""
+"""The kernels of models with recurrent state on the GPU targets, without a GPU: qwen35's
+Gated DeltaNet (ssm_conv, gated_delta_net, the sigmoid output gate) and lfm2's short_conv.
+The runtime's GpuDevice (the bound step program, its state pool in device memory) over the
+emulated kernels (gpu_emulator.py) against the reference device, both with state slots: a
+40-token prefill of one sequence beside a 7-token one, then decode steps of both (each
+continuing from the state its slot holds). Bounds: tests/bounds.py device_bounds for the GPU's
+int8 activation rounding (the oracle's "q8_32"), as the other whole-model GPU tests; the greedy
+token of every decode step is the reference's (or one within what that rounding can move, as
+there). And the kernels use no local memory on sm_90 and gfx90a (the ptxas / code-object
+report, as test_gpu_resources checks the hot kernels)."""
 
 import platform
 import shlex
@@ -32,20 +34,25 @@ pytestmark = [
                        reason="the GPU emulator needs g++ on x86-64"),
 ]
 
-MODEL = "qwen35-Q8_0"
+# each fixture and the kernels its state ops compile to (one each, shared by the layers)
+STATE_KERNELS = {
+    "qwen35-Q8_0": ("rfc_ssm_conv", "rfc_gated_delta_net", "rfc_glu_sigmoid"),
+    "lfm2-Q8_0": ("rfc_short_conv",),
+}
 NUM_BLOCKS, BLOCK_SIZE, SLOTS = 16, 16, 4
 
 
 @pytest.mark.parametrize("target", [pytest.param("gfx90a", marks=toolchain_marks("gfx90a"))])
-def test_prefill_and_decode_match_reference(target, gpu_bundle, tmp_path_factory):
-    bundle = open_bundle(gpu_bundle(MODEL, target))
+@pytest.mark.parametrize("model", sorted(STATE_KERNELS))
+def test_prefill_and_decode_match_reference(model, target, gpu_bundle, tmp_path_factory):
+    bundle = open_bundle(gpu_bundle(model, target))
     kv = bundle.plan.kv
     gpu = emulated_step_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu")
     ref = ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE)
     gpu.alloc_state(SLOTS)
     ref.alloc_state(SLOTS)
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE, prefix_caching=False, state_slots=SLOTS)
-    tokens = np.load(FIXTURES / f"tiny-{MODEL}.logits.npz")["tokens"].tolist()
+    tokens = np.load(FIXTURES / f"tiny-{model}.logits.npz")["tokens"].tolist()
     seqs = [tokens[:40], tokens[40:47]]
     formats = {t.format for t in bundle.layout.tensors}
 
@@ -56,8 +63,8 @@ def test_prefill_and_decode_match_reference(target, gpu_bundle, tmp_path_factory
         return gpu.forward(batch), ref.forward(batch)
 
     got, want = step([ScheduledChunk(i, 0, tuple(s), all_logits=True) for i, s in enumerate(seqs)])
-    rounding = np.concatenate([gpu_rounding(MODEL, formats, s) for s in seqs])
-    ok, msg = device_bounds(MODEL, got, want, rounding)
+    rounding = np.concatenate([gpu_rounding(model, formats, s) for s in seqs])
+    ok, msg = device_bounds(model, got, want, rounding)
     assert ok, msg
     for n in range(3):  # decode: each sequence's next greedy token, from the state in its slot
         nxt = [int(want[-1 if i else len(seqs[0]) - 1].argmax()) if n == 0 else int(want[i].argmax()) for i in range(2)]
@@ -65,8 +72,8 @@ def test_prefill_and_decode_match_reference(target, gpu_bundle, tmp_path_factory
         for s, t in zip(seqs, nxt):
             s.append(t)
         got, want = step(chunks)
-        rounding = np.stack([gpu_rounding(MODEL, formats, s)[-1] for s in seqs])
-        ok, msg = device_bounds(MODEL, got, want, rounding)
+        rounding = np.stack([gpu_rounding(model, formats, s)[-1] for s in seqs])
+        ok, msg = device_bounds(model, got, want, rounding)
         assert ok, f"decode step {n}: {msg}"
         for g, w, r in zip(got, want, rounding):
             _assert_same_greedy_token(g, w, r, f"decode step {n}")
@@ -74,14 +81,15 @@ def test_prefill_and_decode_match_reference(target, gpu_bundle, tmp_path_factory
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx90a")])
-def test_delta_net_kernels_use_no_local_memory(target, gpu_bundle):
-    bundle = open_bundle(gpu_bundle(MODEL, target))
+@pytest.mark.parametrize("model", sorted(STATE_KERNELS))
+def test_state_kernels_use_no_local_memory(model, target, gpu_bundle):
+    bundle = open_bundle(gpu_bundle(model, target))
     entry = target_entry(bundle.manifest, target)
     if entry.family is Family.CUDA:
         usage = cuda_usage(bundle.read_text(entry.sources[0]), shlex.split(entry.compile_command))
     else:
         usage = hip_usage(bundle.file(entry.kernels).read_bytes(), target)
-    ours = {n: u for n, u in usage.items() if n.startswith(("rfc_ssm_conv", "rfc_gated_delta_net", "rfc_glu_sigmoid"))}
-    assert len(ours) == 3, sorted(usage)  # one kernel each, shared by the layers
+    ours = {n: u for n, u in usage.items() if n.startswith(STATE_KERNELS[model])}
+    assert len(ours) == len(STATE_KERNELS[model]), sorted(usage)  # one kernel each, shared by the layers
     bad = [f"{u.name}: {u.stack_bytes} bytes stack, {u.spill_bytes} spilled" for u in ours.values() if u.uses_local_memory]
     assert not bad, bad
