@@ -49,7 +49,7 @@ def bench_cmd(model, device, compute_threads, cache_type_k, cache_type_v, prefil
     from rfc.artifacts import BundleError
     from rfc.cli.gguf_cache import is_gguf
     from rfc.cli.model_args import bundle_paths
-    from rfc.runtime.engine.engine import bench
+    from rfc.runtime.engine import bench
     from rfc.runtime.devices import DeviceError
     from rfc.cli.llama_bench import LlamaBenchError, run_llama_bench
     from rfc.runtime.model.loader import LoadOptions, load_model

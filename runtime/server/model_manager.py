@@ -401,8 +401,7 @@ class ModelManager:
         served.engine.stop()
         model = weakref.ref(served.model)
         retiring.served = served = None
-        gc.collect()
-        freed = model() is None
+        freed = _released(model)
         if freed:  # (logged before it leaves the retiring list: whoever sees the list empty can read it)
             log.info("freed %s version %s (%s) %.2f s after it retired", retiring.model_id, retiring.version, retiring.why,
                      time.monotonic() - started)
@@ -413,6 +412,24 @@ class ModelManager:
             self._retiring.remove(retiring)
             if not freed:
                 self._counts["leaks", retiring.model_id] += 1
+
+
+# How long a stopped version may take to be released before it counts as a leak: a response
+# thread still unwinding (waitress writing a stream's last chunk after the engine's last event)
+# holds its request's state, and through it the model, for a moment; on a loaded machine that
+# moment can outlast one collection.
+RELEASE_GRACE_S = 5.0
+
+
+def _released(model: "weakref.ref") -> bool:
+    deadline = time.monotonic() + RELEASE_GRACE_S
+    while True:
+        gc.collect()
+        if model() is None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def host_kv_budget(kv_memory: float | int | None) -> int:

@@ -28,9 +28,10 @@ import os, sys
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.model.loader import LoadOptions, load_model
 model = load_model(sys.argv[1], LoadOptions(device="cpu", threads=int(sys.argv[2])))
-model.blocks.allocate(0, 4)
+blocks = model.kv_pool.manager()
+blocks.allocate(0, 4)
 before = len(os.listdir("/proc/self/task"))
-model.executor.forward(build_batch([ScheduledChunk(0, 0, (1, 2, 3, 4))], model.blocks))
+model.executor.forward(build_batch([ScheduledChunk(0, 0, (1, 2, 3, 4))], blocks))
 print(model.device.n_threads, len(os.listdir("/proc/self/task")) - before)
 """
 

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import Op
 from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_plan import (
@@ -62,7 +63,9 @@ class Case:
         self.driver = EmulatedDriver(build_source_emulator(render_source(parse_target(target), specs), self.specs, build_dir))
         self.width, self.head_dim, self.n_kv_heads = n_heads * head_dim, head_dim, n_kv_heads
         shape = (1, NUM_BLOCKS * BLOCK_SIZE, n_kv_heads, head_dim)
-        self.ref = ReferenceDevice.__new__(ReferenceDevice)
+        self.ref = ReferenceDevice.__new__(ReferenceDevice)  # only its attention op runs: the caches and how they are stored
+        self.ref.cache_types = KvCacheTypes()  # f16, unrotated
+        self.ref._k_rot, self.ref._v_rot = self.ref.cache_types.rotations(head_dim)
         rng = np.random.default_rng(head_dim * 100 + n_heads)
         dtype = np.float16 if kv_dtype == "f16" else np.float32
         self.ref.k_cache = (2 * rng.standard_normal(shape)).astype(dtype)
