@@ -76,7 +76,8 @@ def bench_cmd(model, device, compute_threads, cache_type_k, cache_type_v, prefil
         bench.run_once(loaded, config, result, say)
         if llama_bench is not None:
             try:
-                llama.append(run_llama_bench(llama_bench, gguf, threads.threads, prefill_lengths, gen, env=user_env))
+                llama.append(run_llama_bench(llama_bench, gguf, threads.threads, prefill_lengths, gen, env=user_env,
+                                             cache_types=(cache_types.k.value, cache_types.v.value)))
             except LlamaBenchError as e:
                 fail(str(e), status=1)  # the comparison tool failed, not the user's input
             say(f"llama-bench: prefill {llama[-1].prefill}, decode {llama[-1].decode:.1f} tok/s")

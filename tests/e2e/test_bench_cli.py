@@ -59,6 +59,21 @@ def test_llama_bench_runs_in_the_users_environment(demo_bundle, tmp_path):
     assert "policy=[unset] spin=[unset] omp=[unset]" in proc.stderr
 
 
+def test_llama_bench_stores_the_cache_rfc_stores(tmp_path):
+    """rfc bench's --cache-type-k/-v reach llama-bench as its -ctk/-ctv, so both sides of a
+    ratio store the same KV cache; the f16 default passes nothing (older builds lack the flags)."""
+    from rfc.cli.llama_bench import LlamaBenchError, run_llama_bench
+
+    fake = tmp_path / "llama-bench"
+    fake.write_text('#!/bin/sh\necho "args=[$*]" >&2\nexit 3\n')
+    fake.chmod(0o755)
+    with pytest.raises(LlamaBenchError, match=r"-n 2 -ctk q8_0 -ctv q4_0\]"):
+        run_llama_bench(fake, DEMO_MODEL, 1, (16,), 2, cache_types=("q8_0", "q4_0"))
+    with pytest.raises(LlamaBenchError) as e:
+        run_llama_bench(fake, DEMO_MODEL, 1, (16,), 2)
+    assert "-n 2]" in str(e.value)
+
+
 def test_an_sdist_build_is_named_by_build_llama_cpps_note(tmp_path):
     """llama-bench built from an sdist reports build_commit "unknown"; the line
     tools/build_llama_cpp.sh leaves beside it names the build instead."""
