@@ -20,13 +20,13 @@ import numpy as np
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.errors import BundleError
 from rfc.artifacts.kv_cache_type import KvCacheTypes
-from rfc.artifacts.plan import KVSpec
+from rfc.artifacts.plan import KVSpec, StateSpec
 from rfc.artifacts.program import STEP_ABI_VERSION, STEP_ARGS, plan_arena, unpack_program
 from rfc.artifacts.targets import TargetEntry
 from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
 from rfc.runtime.engine.executor import SampledRows
-from rfc.runtime.devices.state import HostStatePool
+from rfc.runtime.devices.state import HostState
 from rfc.runtime.sampling.sampling_kernels import SamplingKernels
 
 _CTYPES = {"i64": c_int64, "ptr": c_void_p}
@@ -55,7 +55,7 @@ def _fn(lib: ctypes.CDLL, name: str, argtypes: list, restype):
     return fn
 
 
-class CpuStepDevice:
+class CpuStepDevice(HostState):
     """A runtime.engine.executor.Device: steps run by the library's step program; the host samples,
     with the library's sampling kernels where it has them."""
 
@@ -105,23 +105,16 @@ class CpuStepDevice:
         a.k_cache, a.v_cache = self.k_cache.ctypes.data, self.v_cache.ctypes.data
         a.k_type, a.v_type = cache_types.k.code, cache_types.v.code
         self._keep: list[np.ndarray] = []
-        self.state: HostStatePool | None = None
 
-    # -- recurrent state (runtime/devices/state.py): the pool's base goes to the step program,
-    # which finds each sequence's slot through the batch's state_slots
-    copies_state = True  # host arrays: prefix caching's state checkpoints are numpy copies
+    # -- recurrent state (runtime/devices/state.py: HostState): the pool's base goes to the step
+    # program, which finds each sequence's slot through the batch's state_slots
+    @property
+    def state_spec(self) -> StateSpec:
+        return self.plan.state
 
     def alloc_state(self, slots: int) -> None:
-        self.state = HostStatePool(self.plan.state, slots)
+        super().alloc_state(slots)
         self._args.state, self._args.n_state_slots = self.state.data.ctypes.data, slots
-
-    def copy_state(self, src: list[int], dst: list[int]) -> None:
-        if self.state is not None:
-            self.state.copy(src, dst)
-
-    @property
-    def state_pool(self) -> np.ndarray | None:
-        return self.state.data if self.state is not None else None
 
     def forward(self, batch: StepBatch) -> np.ndarray:
         return self._run(batch, self._entry, self.plan.output_logits)

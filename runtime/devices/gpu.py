@@ -133,8 +133,12 @@ class GpuDevice:
         self._driver.copy_to_device(ptr, np.zeros(max(1, nbytes // 4), np.float32))  # a slot's first chunk zeroes it anyway
         self.runner.set_state(ptr, slots)
 
-    # No state copy yet (copies_state unset): the engine keeps no state checkpoints on a GPU, so
-    # a plan with state takes no cached prefix there
+    # No state copy yet: the engine keeps no state checkpoints on a GPU, so a plan with state
+    # takes no cached prefix there
+    copies_state = False
+
+    def copy_state(self, src: list[int], dst: list[int]) -> None:
+        raise DeviceError(f"the {self.name} device does not copy recurrent-state slots")
 
     def memory_info(self) -> tuple[int, int]:
         """(free, total) bytes of device memory, from the driver (/health's gpu.memory)."""

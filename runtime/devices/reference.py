@@ -14,16 +14,16 @@ import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
-from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind, rope_freqs
+from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind, StateSpec, rope_freqs
 from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceKind
 from rfc.runtime.engine.executor import InterpretedDevice
 from rfc.runtime.model.kv_quant import dequantize_rows, quantize_rows, rotate
 from rfc.runtime.model.quants import dequantize
-from rfc.runtime.devices.state import HostStatePool, seq_state
+from rfc.runtime.devices.state import HostState, seq_state
 
 
-class ReferenceDevice(InterpretedDevice):
+class ReferenceDevice(HostState, InterpretedDevice):
     name = DeviceKind.REF
 
     def __init__(self, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int,
@@ -255,22 +255,10 @@ class ReferenceDevice(InterpretedDevice):
         heads = attrs["heads"]
         outs[0][...] = np.concatenate([a.reshape(len(a), heads, -1), b.reshape(len(b), heads, -1)], axis=-1).reshape(len(a), -1)
 
-    # -- recurrent state (runtime/devices/state.py) -------------------------------------------
-    state: HostStatePool | None = None  # sized by the loader (alloc_state) for a plan with state
-
-    copies_state = True  # host arrays: prefix caching's state checkpoints are numpy copies
-
-    def alloc_state(self, slots: int) -> None:
-        self.state = HostStatePool(self._plan.state, slots)
-
-    def copy_state(self, src: list[int], dst: list[int]) -> None:
-        if self.state is not None:
-            self.state.copy(src, dst)
-
+    # -- recurrent state (runtime/devices/state.py: HostState, sized by the loader) ---------------
     @property
-    def state_pool(self) -> np.ndarray | None:
-        """The pool's float32 [slots, slot floats] array (None: no pool)."""
-        return self.state.data if self.state is not None else None
+    def state_spec(self) -> StateSpec:
+        return self._plan.state
 
     def op_short_conv(self, outs, ins, weights, attrs, batch):
         for s in range(len(batch.seq_start) - 1):

@@ -45,6 +45,31 @@ class HostStatePool:
             self.data[d] = self.data[s]
 
 
+class HostState:
+    """The recurrent-state side of a host device (reference, cpu step program): its pool of
+    slots in host memory, sized by the loader. A device using it names its plan's StateSpec
+    (`state_spec`)."""
+
+    state: HostStatePool | None = None
+    copies_state = True  # host arrays: prefix caching's state checkpoints are numpy copies
+
+    @property
+    def state_spec(self) -> StateSpec:
+        raise NotImplementedError
+
+    def alloc_state(self, slots: int) -> None:
+        self.state = HostStatePool(self.state_spec, slots)
+
+    def copy_state(self, src: list[int], dst: list[int]) -> None:
+        if self.state is not None:
+            self.state.copy(src, dst)
+
+    @property
+    def state_pool(self) -> np.ndarray | None:
+        """The pool's float32 [slots, slot floats] array (None: no pool)."""
+        return self.state.data if self.state is not None else None
+
+
 def seq_state(pool: "HostStatePool | None", spec: StateSpec, index: int, batch, s: int) -> np.ndarray:
     """Sequence s's StateTensor `index` for one op over the batch, writable: its slot's, zeroed
     when the chunk starts at position 0. With no pool or no slot (a caller that drives the

@@ -75,6 +75,14 @@ class Device(Protocol):
     def copies_kv(self) -> bool:  # False: copy_kv refuses (DeviceError), no reuse to the token
         ...
 
+    @property
+    def copies_state(self) -> bool:  # False: copy_state refuses (DeviceError), no state checkpoints
+        ...
+
+    def copy_state(self, src: list[int], dst: list[int]) -> None:
+        """Recurrent-state slot src[i] into slot dst[i], in order."""
+        ...
+
     def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Every layer's K and V of KV slots `src` copied into slots `dst` (int32 arrays of one
         length, the two sets disjoint), whatever bytes a slot holds: the copy-on-write of the
@@ -116,15 +124,12 @@ class Executor:
     @property
     def copies_state(self) -> bool:
         """The device copies recurrent-state slots (copy_state): prefix caching's checkpoints."""
-        return bool(getattr(self.device, "copies_state", False))
+        return self.device.copies_state
 
     def copy_state(self, src: list[int], dst: list[int]) -> None:
         """Recurrent-state slot src[i] into slot dst[i], in order (prefix caching's checkpoints
         and restores, runtime/engine/state_cache.py): devices of plans with state have it."""
-        copy = getattr(self.device, "copy_state", None)
-        if copy is None:
-            raise DeviceError(f"the {type(self.device).__name__} does not copy recurrent-state slots")
-        copy(src, dst)
+        self.device.copy_state(src, dst)
 
 
 # -- the plan interpreted op by op -----------------------------------------------------------------
