@@ -18,6 +18,11 @@
 #                                  test goldens (tools/fixtures/record_goldens.py) come from it,
 #                                  so they do not depend on the machine that records them (and a
 #                                  native build on an AMX machine here crashes on quantized models)
+#        LLAMA_NOAMX=1             build for AVX-512 (F/BW/VL/VNNI/BF16) without AMX into
+#                                  BUILD_DIR/build-noamx: on an AMX host the native build's AMX
+#                                  matmul crashes (SIGSEGV in ggml_backend_amx_mul_mat) unless
+#                                  weight repacking is off, which also turns off llama.cpp's
+#                                  repacked x86 kernels; this build keeps those
 #        LLAMA_TARGETS             the cmake targets to build instead of the benchmark tools
 #
 # Idempotent: the download, unpack, configure and build steps are skipped
@@ -33,6 +38,11 @@ CPU_FLAGS=(-DGGML_NATIVE=ON)
 if [[ -n "${LLAMA_PORTABLE:-}" ]]; then
     BIN_BUILD="$BUILD_ROOT/build-portable"
     CPU_FLAGS=(-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+elif [[ -n "${LLAMA_NOAMX:-}" ]]; then
+    BIN_BUILD="$BUILD_ROOT/build-noamx"
+    CPU_FLAGS=(-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+               -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=OFF
+               -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
 fi
 
 PIP="${PIP:-python3 -m pip}"
