@@ -1,7 +1,7 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,lfm2,glm4-moe,deepseek2}.cpp, llama-graph.cpp: build_attn_mha,
+qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,lfm2,lfm2moe,glm4-moe,deepseek2}.cpp, llama-graph.cpp: build_attn_mha,
 build_moe_ffn) and sharing no code with rfc: the GGUF is read with the `gguf` package, weights are
 dequantized with `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
 every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
@@ -212,11 +212,14 @@ def read_config(md: dict, tensors: dict) -> Config:
             if not window:
                 local = [False] * c.n_layers
         c.layers = [swa if is_local else full for is_local in local]
-    if arch == "lfm2":  # src/models/lfm2.cpp: head_count_kv 0 marks a short-conv layer; Q/K normed per head
+    if arch in ("lfm2", "lfm2moe"):  # src/models/lfm2.cpp: head_count_kv 0 marks a short-conv layer; Q/K normed per head
         per_layer = list(k("attention.head_count_kv"))
         c.short_conv = tuple(i for i, n in enumerate(per_layer) if n == 0)
         c.n_kv_heads = max(per_layer)
         c.qk_norm, c.out_norm = True, "token_embd_norm.weight"
+    if arch == "lfm2moe":  # src/models/lfm2moe.cpp: required gating func, weights renormalized, no scale
+        c.gating = {1: "softmax", 2: "sigmoid"}[k("expert_gating_func")]
+        c.dense_lead = k("leading_dense_block_count", 0)
     if arch == "glm4moe":  # src/models/glm4-moe.cpp (the nextn_predict_layers MTP blocks are not run)
         c.gating = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}[k("expert_gating_func", 0)]
         c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))

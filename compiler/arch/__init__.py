@@ -12,6 +12,7 @@ from rfc.compiler.arch import glm4moe, qwen3moe
 from rfc.compiler.arch import granite, mistral3, olmo2, smollm3
 from rfc.compiler.arch import qwen35
 from rfc.compiler.arch import lfm2
+from rfc.compiler.arch import lfm2moe
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -28,6 +29,7 @@ RECIPES: dict[str, Recipe] = {
     "granite": granite.build,
     "granitemoe": granite.build_moe,
     "lfm2": lfm2.build,
+    "lfm2moe": lfm2moe.build,
     "llama": llama.build,
     "mistral3": mistral3.build,
     "olmo2": olmo2.build,

@@ -38,7 +38,10 @@ pytestmark = [
 STATE_KERNELS = {
     "qwen35-Q8_0": ("rfc_ssm_conv", "rfc_gated_delta_net", "rfc_glu_sigmoid"),
     "lfm2-Q8_0": ("rfc_short_conv",),
+    "lfm2moe-Q8_0": ("rfc_short_conv",),  # lfm2's operators with sigmoid-routed experts
 }
+# fixtures whose state kernels another fixture's sm_90 build compiles the same (width, kernel size)
+SM90_AS_CHECKED = {"lfm2moe-Q8_0": "lfm2-Q8_0"}
 NUM_BLOCKS, BLOCK_SIZE, SLOTS = 16, 16, 4
 
 
@@ -83,6 +86,8 @@ def test_prefill_and_decode_match_reference(model, target, gpu_bundle, tmp_path_
 @pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx90a")])
 @pytest.mark.parametrize("model", sorted(STATE_KERNELS))
 def test_state_kernels_use_no_local_memory(model, target, gpu_bundle):
+    if target == "sm_90" and model in SM90_AS_CHECKED:
+        pytest.skip(f"its state kernels are {SM90_AS_CHECKED[model]}'s, checked there (an sm_90 build costs ~60 s)")
     bundle = open_bundle(gpu_bundle(model, target))
     entry = target_entry(bundle.manifest, target)
     if entry.family is Family.CUDA:
