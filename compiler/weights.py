@@ -37,6 +37,15 @@ class RowRange:
 
 
 @dataclass(frozen=True)
+class Fill:
+    """`count` float32 values all equal to `value`: a weight the architecture implies but the file
+    does not hold (llama4's Q/K RMS norms without a weight are norms with a weight of ones)."""
+
+    value: float
+    count: int
+
+
+@dataclass(frozen=True)
 class WeightUse:
     """One weight of the bundle: its name in the plan, what it is, and where its bytes come from."""
 
@@ -44,7 +53,7 @@ class WeightUse:
     role: str
     format: str
     shape: tuple[int, ...]
-    parts: tuple[RowRange, ...]
+    parts: tuple[RowRange | Fill, ...]
     packed: str | None = None  # a packed or planar layout (artifacts/formats.py) to repack `format`'s rows into
 
     @property
@@ -106,6 +115,11 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
         raise CompileError(f"{use.name}: cannot repack {use.format} {list(use.shape)} into {use.packed}")
     total = 0
     for part in use.parts:
+        if isinstance(part, Fill):
+            if use.format != "F32" or use.packed is not None:
+                raise CompileError(f"{use.name}: a filled weight is plain F32")
+            total += 4 * part.count
+            continue
         t = model.tensors[part.tensor]
         rows = prod(t.shape[:-1]) if len(t.shape) > 1 else 1
         if t.format != use.format or not 0 <= part.start < part.stop <= rows or t.shape[-1] != use.shape[-1]:
@@ -117,6 +131,9 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
 
 def _read_parts(src, model: GGUFModel, use: WeightUse, chunk: int) -> Iterator[bytes]:
     for part in use.parts:
+        if isinstance(part, Fill):
+            yield np.full(part.count, part.value, dtype="<f4").tobytes()
+            continue
         start, remaining = part_bytes(model.tensors[part.tensor], part)
         src.seek(start)
         while remaining:

@@ -1,7 +1,7 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,lfm2,lfm2moe,glm4-moe,deepseek2}.cpp, llama-graph.cpp: build_attn_mha,
+qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,lfm2,lfm2moe,glm4-moe,deepseek2,llama4}.cpp, llama-graph.cpp: build_attn_mha,
 build_moe_ffn) and sharing no code with rfc: the GGUF is read with the `gguf` package, weights are
 dequantized with `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
 every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
@@ -131,6 +131,14 @@ class Config:
     temp_scale: float = 0.0  # mistral3: q times 1 + temp_scale ln(floor(pos / orig_ctx) + 1) after RoPE
     mla: Mla | None = None  # deepseek2
     oai: bool = False  # gpt-oss experts: biased router and experts, softmax of the top-k, swiglu_oai
+    # llama4: the layers with experts (None: those after dense_lead), the expert chosen by its logit
+    # and its sigmoid weight on its input, Q/K RMS-normed without a weight after RoPE, the NoPE
+    # layers' query temperature, the layers with chunked attention
+    moe_layers: tuple[int, ...] | None = None
+    weight_before: bool = False
+    qk_l2: bool = False
+    temp_nope: bool = False
+    chunk_layers: tuple[int, ...] = ()
     layers: list[Layer] = field(default_factory=list)
     # lfm2: the gated short-conv layers (head_count_kv 0); the final norm's name
     short_conv: tuple[int, ...] = ()
@@ -261,6 +269,15 @@ def read_config(md: dict, tensors: dict) -> Config:
         local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
         swa = Layer(k("rope.freq_base_swa", base), scale, k("attention.sliding_window"))
         c.layers = [swa if is_local else full for is_local in local]
+    if arch == "llama4":  # src/models/llama4.cpp and its loader (no sliding_window key: chunks of 8192)
+        c.neox, c.gating, c.norm_w, c.weight_before = False, "sigmoid", False, True
+        step = k("interleave_moe_layer_step")
+        c.moe_layers = tuple(i for i in range(c.n_layers) if step and (i + 1) % step == 0)
+        c.qk_l2, c.temp_nope = c.n_expert != 128, True  # use_kq_norm: not the 17B-128E type
+        c.layers = [Layer(base, scale, None, rope=(i + 1) % 4 != 0) for i in range(c.n_layers)]  # n_no_rope_layer_step 4
+        c.chunk_layers = tuple(i for i in range(c.n_layers) if i % 4 < 3)  # load_swa_pattern(ml, 4)
+        if "rope_freqs.weight" in tensors:
+            c.rope_factors = "rope_freqs.weight"
     return c
 
 
@@ -378,6 +395,10 @@ class Oracle:
             q, k = self.rope(q, layer), self.rope(k, layer)
         if c.temp_scale:
             q = q * (np.log(np.floor(np.arange(n) / c.orig_ctx) + 1.0) * c.temp_scale + 1.0)[:, None, None]
+        if c.qk_l2 and layer.rope:  # llama4: Llama4TextL2Norm (an RMS norm without a weight) after RoPE
+            q, k = (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + c.eps) for x in (q, k))
+        if c.temp_nope and not layer.rope:  # llama4's NoPE layers: 1 + 0.1 ln(floor((pos + 1) / 8192) + 1)
+            q = q * (np.log(np.floor((np.arange(n) + 1.0) / 8192) + 1.0) * 0.1 + 1.0)[:, None, None]
         k = k.astype(self.kv_dtype).astype(np.float64)
         v = v.astype(self.kv_dtype).astype(np.float64)
         group = c.n_heads // c.n_kv_heads
@@ -387,6 +408,8 @@ class Oracle:
             scores = c.attn_softcap * np.tanh(scores / c.attn_softcap)
         pos = np.arange(n)
         allowed = pos[None, :] <= pos[:, None]
+        if i in c.chunk_layers:  # llama4's chunked attention: keys of the query's own chunk of 8192
+            allowed &= pos[None, :] >= (pos[:, None] // 8192) * 8192
         if layer.window:
             allowed &= pos[:, None] - pos[None, :] < layer.window
         scores = np.where(allowed[None], scores, -np.inf)
@@ -490,7 +513,7 @@ class Oracle:
         c, p = self.cfg, f"blk.{i}."
         if c.oai:
             return self.moe_oai(h, p)
-        if c.n_expert and i >= c.dense_lead:
+        if c.n_expert and (i in c.moe_layers if c.moe_layers is not None else i >= c.dense_lead):
             return self.moe(h, p)
         if c.arch == "phi3":
             gate_up = self.linear(h, p + "ffn_up.weight")
@@ -518,6 +541,8 @@ class Oracle:
             probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probs /= probs.sum(axis=-1, keepdims=True)
         select = probs + self.w(p + "exp_probs_b.bias") if self.has(p + "exp_probs_b.bias") else probs
+        if c.weight_before:  # llama4: chosen by the logits themselves
+            select = logits
         out = np.zeros_like(h)
         gate_w, up_w, down_w = (self.w(f"{p}ffn_{x}_exps.weight") for x in ("gate", "up", "down"))
         for t in range(len(h)):
@@ -534,10 +559,11 @@ class Oracle:
             if c.w_scale not in (0.0, 1.0):
                 weights = weights * c.w_scale
             for e, wt in zip(top, weights):
-                x = h[t : t + 1]
+                x = h[t : t + 1] * wt if c.weight_before else h[t : t + 1]  # llama4: the weight on the input
                 g = self.linear(x, p + "ffn_gate_exps.weight", gate_w[e])
                 u = self.linear(x, p + "ffn_up_exps.weight", up_w[e])
-                out[t] += wt * self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_exps.weight", down_w[e])[0]
+                y = self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_exps.weight", down_w[e])[0]
+                out[t] += y if c.weight_before else wt * y
         if self.has(p + "ffn_gate_shexp.weight"):
             g, u = self.linear(h, p + "ffn_gate_shexp.weight"), self.linear(h, p + "ffn_up_shexp.weight")
             out = out + self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight")

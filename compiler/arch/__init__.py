@@ -13,6 +13,7 @@ from rfc.compiler.arch import granite, mistral3, olmo2, smollm3
 from rfc.compiler.arch import qwen35
 from rfc.compiler.arch import lfm2
 from rfc.compiler.arch import lfm2moe
+from rfc.compiler.arch import llama4
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -31,6 +32,7 @@ RECIPES: dict[str, Recipe] = {
     "lfm2": lfm2.build,
     "lfm2moe": lfm2moe.build,
     "llama": llama.build,
+    "llama4": llama4.build,
     "mistral3": mistral3.build,
     "olmo2": olmo2.build,
     "phi3": phi3.build,

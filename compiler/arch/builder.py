@@ -12,7 +12,7 @@ from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan, StateSpec, StateTensor
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
 from rfc.compiler.spec import HParams, ModelSpec
-from rfc.compiler.weights import RowRange, WeightUse, whole
+from rfc.compiler.weights import Fill, RowRange, WeightUse, whole
 
 
 class ModelBuilder:
@@ -47,6 +47,15 @@ class ModelBuilder:
 
     def optional_tensor(self, name: str, role: str, shape: tuple[int, ...]) -> str | None:
         return self.tensor(name, role, shape) if self.has(name) else None
+
+    def constant(self, name: str, role: str, shape: tuple[int, ...], value: float) -> str:
+        """A float32 weight of `shape` filled with `value`, not read from the file (a norm the
+        architecture applies without a weight); `name` must not be a GGUF tensor's."""
+        if name not in self._weights:
+            if self.has(name):
+                raise CompileError(f"{self.path}: {name} is a tensor of the file, not a constant")
+            self._add(WeightUse(name, role, "F32", tuple(shape), (Fill(float(value), prod(shape)),)))
+        return name
 
     def rows(self, name: str, role: str, source: str, source_shape: tuple[int, ...], start: int, stop: int) -> str:
         """A weight made of rows [start, stop) of a 2-D GGUF tensor (a slice of a fused one)."""

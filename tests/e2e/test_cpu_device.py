@@ -88,12 +88,14 @@ def greedy(bundle, device: str, prompt: list[int], n: int) -> tuple[list[int], l
 # Per architecture (lfm2: short convolutions carrying their state from step to step; lfm2moe: with routed experts): per-head norms, windows of 32 crossed by 48 positions, soft-capping, GeGLU,
 # per-layer rope bases (qwen3, gemma2, gemma3), experts (mixtral, qwen3moe), sinks and biased experts (gpt-oss),
 # sigmoid routing with a selection bias, shared experts and partial RoPE (glm4moe), latent attention (deepseek2),
-# granite's multipliers around routed and shared experts (granitemoe), attention temperature tuning (mistral3temp).
+# granite's multipliers around routed and shared experts (granitemoe), attention temperature tuning (mistral3temp),
+# top-1 experts weighted on their input, NoPE layers and weightless Q/K norms (llama4).
 GREEDY_MODELS = ["tiny-llama-Q4_0", "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M", "tiny-qwen3-Q8_0", "tiny-gemma2-Q8_0",
                  "tiny-gemma3-Q8_0", "tiny-qwen3-F16", "tiny-gemma2-F16", "tiny-gemma3-F16", "tiny-qwen3moe-Q8_0",
                  "tiny-qwen3moe-Q4_K_M", "tiny-gpt-oss-F16", "tiny-gpt-oss-Q8_0", "tiny-glm4moe-Q8_0", "tiny-deepseek2-Q8_0",
                  "tiny-granitemoe-Q8_0", "tiny-mistral3temp-Q8_0", "tiny-lfm2-Q8_0", "tiny-lfm2-Q4_K_M",
-                 "tiny-lfm2moe-Q8_0", "tiny-lfm2moe-Q4_K_M"]
+                 "tiny-lfm2moe-Q8_0", "tiny-lfm2moe-Q4_K_M", "tiny-llama4-Q8_0",
+                 "tiny-llama4-Q4_K_M"]
 NEAR_TIE = 0.5
 
 

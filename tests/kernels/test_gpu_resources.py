@@ -23,7 +23,7 @@ pytestmark = pytest.mark.shared
 SM_MODELS = ["stories260K", *(m.removeprefix("tiny-") for m in SWEEP_MODELS)]  # every fixture: RFC_TEST_ALL_FIXTURES=1
 GFX_MODELS = ["deepseek2-Q8_0", "llama-Q4_K_M", "llama-Q2_K", "llama-Q3_K_M", "llama-Q6_K", "llama-Q5_1", "mixtral-Q4_K_M", "gemma2-F16",
               "llama-IQ_MIX", "gpt-oss-Q8_0", "glm4moe-Q8_0",
-              "granitemoe-Q8_0", "mistral3temp-Q8_0"]  # fmt: skip
+              "granitemoe-Q8_0", "mistral3temp-Q8_0", "llama4-Q8_0"]  # fmt: skip
 
 
 def _usage(bundle_dir, target: str) -> dict[str, KernelUsage]:
