@@ -98,9 +98,10 @@ OPS: dict[OpKind, OpSchema] = {
         doc="x[T, n_embd] = dequant(weight)[tokens] * scale (gemma: scale = sqrt(n_embd) as a float32)",
     ),
     OpKind.RMSNORM: OpSchema(
-        1, 1, (1, 1), ("eps",), optional=(("heads", 1),),
+        1, 1, (0, 1), ("eps",), optional=(("heads", 1),),
         doc="each row is `heads` equal segments s (1: the whole row; n_heads: per-head Q/K norms), each "
-        "normalized on its own: out = s / sqrt(mean(s^2) + eps) * weight, weight [width / heads]",
+        "normalized on its own: out = s / sqrt(mean(s^2) + eps) * weight, weight [width / heads]; without a "
+        "weight out = s / sqrt(mean(s^2) + eps) (gemma4's V norm)",
     ),
     OpKind.MATMUL: OpSchema(1, 1, (1, 1), doc="out[M, N] = x[M, K] @ weight[N, K]^T, weight in its stored format"),
     OpKind.ADD_BIAS: OpSchema(1, 1, (1, 1), doc="x[M, N] += bias[N]"),

@@ -228,7 +228,7 @@ def _rmsnorm(v: _OpView) -> None:
     v.real_attr("eps", 0.0, 1.0, open_lo=True)
     heads = v.int_attr("heads", 1, v.width(x))
     v.need(v.width(x) % heads == 0, f"a row of {v.width(x)} is not {heads} equal segments")
-    w = v.weight_shape(0)
+    w = v.weight_shape(0) if v.op.weights else None  # no weight: the norm alone (gemma4's V)
     v.need(w is None or w == (v.width(x) // heads,), f"weight {w} is not [{v.width(x) // heads}]")
 
 

@@ -1,7 +1,7 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3,smollm3,olmo2,mistral3,granite,lfm2,lfm2moe,glm4-moe,deepseek2,llama4}.cpp, llama-graph.cpp: build_attn_mha,
+qwen3,phi3,gemma2,gemma3,gemma4,smollm3,olmo2,mistral3,granite,lfm2,lfm2moe,glm4-moe,deepseek2,llama4}.cpp, llama-graph.cpp: build_attn_mha,
 build_moe_ffn) and sharing no code with rfc: the GGUF is read with the `gguf` package, weights are
 dequantized with `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
 every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
@@ -76,6 +76,7 @@ class Layer:
     rope_scale: float
     window: int | None
     rope: bool = True  # False: the layer's attention has no positions (smollm3's NoPE layers)
+    factors: str | None = None  # this layer's RoPE frequency factors (gemma4's global layers), else Config's
 
 
 @dataclass
@@ -148,6 +149,9 @@ class Config:
     recurrent: tuple[int, ...] = ()
     attn_gate: bool = False
     rope_turns: np.ndarray | None = None
+    # gemma4: V RMS-normed per head without a weight; the residual times layer_output_scale after each layer
+    v_norm: bool = False
+    out_scale: bool = False
 
 
 def _f32(x: float) -> float:
@@ -228,6 +232,15 @@ def read_config(md: dict, tensors: dict) -> Config:
     if arch == "lfm2moe":  # src/models/lfm2moe.cpp: required gating func, weights renormalized, no scale
         c.gating = {1: "softmax", 2: "sigmoid"}[k("expert_gating_func")]
         c.dense_lead = k("leading_dense_block_count", 0)
+    if arch == "gemma4":  # src/models/gemma4.cpp, dense text path: score scale 1, V normed, proportional RoPE on global layers
+        c.post_norms, c.gelu, c.qk_norm, c.v_norm, c.out_scale = True, True, True, True, True
+        c.embed_scale, c.q_scale = _f32(math.sqrt(n_embd)), 1.0
+        c.final_softcap = k("final_logit_softcapping", 30.0) or None  # hparams' default 30 when the key is absent
+        assert k("rope.dimension_count_swa", c.n_rot) == c.n_rot, "one n_rot for both layer kinds"
+        flags = list(k("attention.sliding_window_pattern"))
+        swa = Layer(k("rope.freq_base_swa", 10000.0), 1.0, k("attention.sliding_window"))
+        glob = Layer(base, scale, None, factors="rope_freqs.weight")
+        c.layers = [swa if i < len(flags) and flags[i] else glob for i in range(c.n_layers)]
     if arch == "glm4moe":  # src/models/glm4-moe.cpp (the nextn_predict_layers MTP blocks are not run)
         c.gating = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}[k("expert_gating_func", 0)]
         c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
@@ -340,8 +353,8 @@ class Oracle:
         c = self.cfg
         half = c.n_rot // 2
         extrap = np.arange(len(x))[:, None] * layer.rope_base ** (-2.0 * np.arange(half) / c.n_rot)[None, :]
-        if c.rope_factors:
-            extrap = extrap / self.w(c.rope_factors)
+        if layer.factors or c.rope_factors:
+            extrap = extrap / self.w(layer.factors or c.rope_factors)
         if c.rope_turns is not None:  # M-RoPE for text: t, h, w positions are the token's, the 4th is 0
             extrap = extrap * c.rope_turns
         theta, mscale = layer.rope_scale * extrap, c.attn_factor
@@ -367,6 +380,9 @@ class Oracle:
         if self.has(p + "attn_qkv.weight"):
             qkv = self.linear(h, p + "attn_qkv.weight")
             q, k, v = qkv[:, :q_w], qkv[:, q_w : q_w + kv_w], qkv[:, q_w + kv_w :]
+        elif self.cfg.arch == "gemma4" and not self.has(p + "attn_v.weight"):  # V is K's projection
+            q, k = self.linear(h, p + "attn_q.weight"), self.linear(h, p + "attn_k.weight")
+            v = k.copy()
         else:
             q, k, v = (self.linear(h, f"{p}attn_{x}.weight") for x in "qkv")
         for name in ("q", "k", "v"):
@@ -391,6 +407,8 @@ class Oracle:
         v = v.reshape(n, c.n_kv_heads, c.head_dim)
         if c.qk_norm:
             q, k = self.norm(q, p + "attn_q_norm.weight"), self.norm(k, p + "attn_k_norm.weight")
+        if c.v_norm:
+            v = v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + c.eps)
         if layer.rope:
             q, k = self.rope(q, layer), self.rope(k, layer)
         if c.temp_scale:
@@ -609,6 +627,8 @@ class Oracle:
             if c.residual_scale:
                 f = f * c.residual_scale
             x = x + f
+            if c.out_scale and self.has(p + "layer_output_scale.weight"):
+                x = x * self.w(p + "layer_output_scale.weight")[0]
         x = self.norm(x, c.out_norm)
         out = self.linear(x, "token_embd.weight" if c.tied else "output.weight")
         if c.final_softcap:

@@ -12,6 +12,7 @@ from rfc.compiler.arch import glm4moe, qwen3moe
 from rfc.compiler.arch import granite, mistral3, olmo2, smollm3
 from rfc.compiler.arch import qwen35
 from rfc.compiler.arch import lfm2
+from rfc.compiler.arch import gemma4
 from rfc.compiler.arch import lfm2moe
 from rfc.compiler.arch import llama4
 from rfc.compiler.arch import catalog
@@ -25,6 +26,7 @@ RECIPES: dict[str, Recipe] = {
     "deepseek2": deepseek2.build,
     "gemma2": gemma2.build,
     "gemma3": gemma3.build,
+    "gemma4": gemma4.build,
     "glm4moe": glm4moe.build,
     "gpt-oss": gpt_oss.build,
     "granite": granite.build,

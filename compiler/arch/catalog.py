@@ -56,7 +56,6 @@ REFUSED: dict[str, str] = {
     **dict.fromkeys(("eagle3", "dflash", "gemma4-assistant"), _DRAFT),
     "t5": "an encoder-decoder model: rfc runs decoder-only models",
     "gemma3n": "per-layer embeddings, AltUp and Laurel blocks (issue 26)",
-    "gemma4": "per-layer embeddings and its mixture of experts (issue 26)",
 }
 NO_RECIPE = "no recipe yet"
 

@@ -151,7 +151,7 @@ class _Lowering:
     def _feeds_matmul(self, ops: list[Op], i: int) -> bool:
         """ops[i] (rmsnorm/swiglu) writes exactly what the matmul right after it reads."""
         op = ops[i]
-        if op.kind == "rmsnorm" and (op.attr("heads") != 1 or self.width(op.inputs[0]) != self.plan.n_embd):
+        if op.kind == "rmsnorm" and (op.attr("heads") != 1 or self.width(op.inputs[0]) != self.plan.n_embd or not op.weights):
             return False
         return i + 1 < len(ops) and ops[i + 1].kind == "matmul" and ops[i + 1].inputs[0] == op.outputs[0]
 
@@ -293,10 +293,11 @@ class _Lowering:
 
     def _rmsnorm(self, op: Op) -> Phase:
         x, heads, width = op.inputs[0], int(op.attr("heads")), self.width(op.inputs[0])
-        if heads != 1 or width != self.plan.n_embd:  # per-head Q/K norms (qwen3, gemma3), or a row of another width
-            if heads < 1 or width % heads or (width // heads) % 8:
+        if heads != 1 or width != self.plan.n_embd or not op.weights:  # per-head Q/K norms (qwen3, gemma3), a row of
+            if heads < 1 or width % heads or (width // heads) % 8:  # another width, or no weight (gemma4's V: NULL)
                 raise CompileError(f"rmsnorm of {x}: {heads} heads do not split a row of {width} into multiples of 8")
-            return Phase("rmsnorm_heads", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
+            w = self.vec(op.weights[0]) if op.weights else []  # the template writes NULL
+            return Phase("rmsnorm_heads", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": w,
                                            "rows": self.rows(x), "width": width, "heads": heads},
                          set(op.inputs), set(op.outputs))  # fmt: skip
         return Phase("rmsnorm", {"x": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),

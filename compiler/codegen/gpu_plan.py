@@ -336,13 +336,17 @@ class _Planner:
         }
 
     def _rmsnorm(self, op: Op) -> KernelSpec:
-        self._f32_vector(op, op.weights[0])
+        has_weight = bool(op.weights)  # none: the norm alone (gemma4's V)
+        if has_weight:
+            self._f32_vector(op, op.weights[0])
         width, heads = self._width(op.inputs[0]), int(op.attr("heads"))
         seg = width // heads
         threads = self._row_threads(seg)
-        name = f"rfc_rmsnorm_{width}" if heads == 1 else f"rfc_rmsnorm_{heads}x{seg}"
-        params = {"name": name, "threads": threads, "width": width, "heads": heads, "seg": seg, "eps": float(op.attrs["eps"])}
-        return KernelSpec(name, "gpu_rmsnorm.hip.j2", params, KERNEL_ARGS["rmsnorm"], threads, (("n_rows", 1), (heads, 1)))
+        name = (f"rfc_rmsnorm_{width}" if heads == 1 else f"rfc_rmsnorm_{heads}x{seg}") + ("" if has_weight else "_unit")
+        params = {"name": name, "threads": threads, "width": width, "heads": heads, "seg": seg, "eps": float(op.attrs["eps"]),
+                  "has_weight": has_weight}  # fmt: skip
+        args = tuple(a for a in KERNEL_ARGS["rmsnorm"] if has_weight or a[0] != "weight")
+        return KernelSpec(name, "gpu_rmsnorm.hip.j2", params, args, threads, (("n_rows", 1), (heads, 1)))
 
     def _add_bias(self, op: Op) -> KernelSpec:
         self._f32_vector(op, op.weights[0])

@@ -97,7 +97,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
         rows, width = ins[0].shape
         x = ins[0].reshape(rows, attrs["heads"], width // attrs["heads"])
         ms = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
-        outs[0][...] = (x / np.sqrt(ms + np.float32(attrs["eps"])) * weights[0]).reshape(rows, width)
+        y = x / np.sqrt(ms + np.float32(attrs["eps"]))
+        outs[0][...] = (y * weights[0] if weights else y).reshape(rows, width)  # no weight: gemma4's V norm
 
     def op_matmul(self, outs, ins, weights, attrs, batch):
         outs[0][...] = ins[0].astype(np.float64) @ weights[0].T

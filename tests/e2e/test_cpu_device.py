@@ -95,7 +95,7 @@ GREEDY_MODELS = ["tiny-llama-Q4_0", "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M", 
                  "tiny-qwen3moe-Q4_K_M", "tiny-gpt-oss-F16", "tiny-gpt-oss-Q8_0", "tiny-glm4moe-Q8_0", "tiny-deepseek2-Q8_0",
                  "tiny-granitemoe-Q8_0", "tiny-mistral3temp-Q8_0", "tiny-lfm2-Q8_0", "tiny-lfm2-Q4_K_M",
                  "tiny-lfm2moe-Q8_0", "tiny-lfm2moe-Q4_K_M", "tiny-llama4-Q8_0",
-                 "tiny-llama4-Q4_K_M"]
+                 "tiny-llama4-Q4_K_M", "tiny-gemma4-Q8_0"]
 NEAR_TIE = 0.5
 
 

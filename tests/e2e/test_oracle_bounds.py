@@ -229,6 +229,7 @@ def test_a_cpu_expert_matmul_2_percent_off_fails(bundle_cache, oracle):
     ("tiny-gemma2-F16", "blk.1.post_attention_norm.weight"),  # inside a sublayer, gemma's post-norms undo a scale
     ("tiny-gemma2-Q8_0", "softcap"),
     ("tiny-gemma3-Q8_0", "blk.0.attn_q_norm.weight"),
+    ("tiny-gemma4-Q8_0", "scale"),  # layer 0's layer_output_scale
     ("tiny-mixtral-Q8_0", "moe_combine"),
     ("tiny-qwen3-Q8_0", "blk.0.attn_v.weight"),
     ("tiny-deepseek2-Q8_0", "blk.1.attn_k_b.weight"),  # head_matmul: the query into latent space

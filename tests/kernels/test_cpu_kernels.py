@@ -397,6 +397,18 @@ def test_rmsnorm_per_head(kit: Kit, heads: int, width: int):
     assert_close(got[0], want[0], 1e-5, 1e-6)
 
 
+@pytest.mark.parametrize("heads,width", [(N_KV_HEADS, N_KV_HEADS * HEAD_DIM), (1, N_EMBD)])
+def test_rmsnorm_without_a_weight(kit: Kit, heads: int, width: int):
+    """gemma4's V norm: each head's segment normalized and nothing more (a NULL weight), in
+    place; a whole n_embd row without a weight takes the same kernel."""
+    x = np.random.default_rng(heads).standard_normal((5, width)).astype(np.float32) * 3
+    x[:, :HEAD_DIM] *= 40
+    op = Op("rmsnorm", ("q",), ("q",), (), {"eps": 1e-5, "heads": heads})
+    got, want = run_both(kit, op, [np.zeros_like(x)], [x], [], None)
+    assert_close(got[0], want[0], 1e-5, 1e-6)
+    np.testing.assert_allclose((want[0].reshape(5, heads, -1) ** 2).mean(-1), 1.0, atol=1e-3)  # unit RMS per head
+
+
 @pytest.mark.parametrize("factors", [True, False])
 @pytest.mark.parametrize("variant", ["first", "local", "yarn"])
 def test_rope(kit: Kit, factors: bool, variant: str):

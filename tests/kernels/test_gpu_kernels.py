@@ -102,6 +102,7 @@ def _gpu_param(model: str, target: str):
     _gpu_param("glm4moe-Q8_0", "gfx90a"),  # sigmoid router, selection bias, shared expert, partial RoPE, a dense layer
     _gpu_param("granitemoe-Q8_0", "gfx90a"),  # granite's multipliers around routed and shared experts
     _gpu_param("deepseek2-Q8_0", "gfx90a"),  # latent attention (head_matmul, concat_heads), grouped sigmoid router, YaRN
+    _gpu_param("gemma4-Q8_0", "gfx90a"),  # V normed without a weight, rope_freqs on the global layer, layer_output_scale
     _gpu_param("llama4-Q8_0", "gfx90a"),  # top-1 experts weighted on their input, shared expert, NoPE layer, weightless Q/K norms
 ])
 def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_path_factory):

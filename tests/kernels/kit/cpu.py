@@ -278,9 +278,9 @@ class CpuOpDevice(InterpretedDevice):
 
     def _op_rmsnorm(self, op, outs, ins, weights, batch):
         rows, width = ins[0].array.shape
-        if op.attr("heads") != 1 or width != self._bundle.plan.n_embd:
+        if op.attr("heads") != 1 or width != self._bundle.plan.n_embd or not weights:
             fn = self._arch_kernel("rfc_rmsnorm_heads", op)
-            return fn, (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows, width, op.attr("heads"))
+            return fn, (ins[0].ptr, weights[0].ptr if weights else None, outs[0].ptr, rows, width, op.attr("heads"))
         return self._rmsnorm, (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows)
 
     def _op_matmul(self, op, outs, ins, weights, batch):

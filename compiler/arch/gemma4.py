@@ -1,0 +1,172 @@
+"""`gemma4` (Gemma 4) text path, as llama.cpp 0.3.36 builds it (src/models/gemma4.cpp):
+
+- the token embedding times sqrtf(n_embd); the output is `output.weight`, else the tied embedding;
+- each layer: pre-norm attention whose Q and K get per-head RMS norms with weights and whose V gets
+  a per-head RMS norm without one; no query pre-scaling (the score scale is 1: the norms fix the
+  magnitudes); no attention soft-capping; the output RMS-normed (`post_attention_norm`) before the
+  residual add; a GELU(tanh)-gated FFN, RMS-normed (`post_ffw_norm`) before its residual add;
+  then the whole residual times `layer_output_scale` (a scalar tensor) when the file has one;
+- sliding-window layers from `attention.sliding_window_pattern`, which llama.cpp reads as a
+  per-layer array (a scalar period is refused there too); local layers: `rope.freq_base_swa`
+  (default 10000), unscaled, `rope.dimension_count_swa` rotated dimensions; global layers:
+  `rope.freq_base`, the file's rope scaling and the `rope_freqs` factors (required once a layer
+  is global: Gemma 4's "proportional" RoPE);
+- V is the K projection itself when a layer has no `attn_v` (use_alternative_attention);
+- final-logit soft-capping by `final_logit_softcapping`, 30 when the key is absent (llama.cpp's
+  hparams default, which gemma4's loader keeps), none when it is 0.
+
+Not yet (each refused with one line naming it): per-layer embeddings (E2B/E4B:
+embedding_length_per_layer_input > 0), KV sharing between layers (shared_kv_layers > 0), the
+mixture of experts (26B-A4B: expert_count, ffn_gate_inp), sliding-window layers whose head size
+differs from the global ones' (key_length_swa != key_length: the KV cache has one row size),
+per-layer head counts or FFN widths (arrays), and vision/audio tensors in the same file (llama.cpp
+refuses a text model file with tensors it does not load: the towers go in a separate mmproj).
+"""
+
+import math
+import struct
+
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import (
+    Attention, Sizes, declare_buffers, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights, read_experts,
+    read_rope, read_sizes,
+)  # fmt: skip
+from rfc.compiler.arch.gemma2 import PATTERN_KEY, embedding_scale
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_LAYERS, Metadata
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+ARCH = "gemma4"
+# Tensor name prefixes of the vision and audio towers (an mmproj's), which the text model never loads.
+TOWER_PREFIXES = ("v.", "a.", "mm.", "vision_", "audio_")
+MAX_OUT_SCALE = 1e6
+
+
+def _refuse(md: Metadata, what: str) -> CompileError:
+    return CompileError(f"{md.path}: {what} in gemma4 is not supported yet (dense Gemma 4 text files run)")
+
+
+def _check_supported(md: Metadata, s: Sizes) -> None:
+    """The parts of Gemma 4 this recipe does not plan yet, refused before anything is built."""
+    model = md.model
+    towers = sorted(n for n in model.tensors if n.startswith(TOWER_PREFIXES))
+    if towers:
+        raise CompileError(f"{md.path}: gemma4 file holds vision/audio tensors ({towers[0][:40]}, ...): llama.cpp's text "
+                           "model refuses them too; use the text GGUF (the towers belong in a separate mmproj file)")
+    if md.int("embedding_length_per_layer_input", 0, MAX_EMBD, default=0):
+        raise _refuse(md, "per-layer embeddings (embedding_length_per_layer_input > 0: E2B/E4B)")
+    if md.int("attention.shared_kv_layers", 0, s.n_layers, default=0):
+        raise _refuse(md, "KV sharing between layers (attention.shared_kv_layers > 0)")
+    n_expert, _ = read_experts(md)
+    if n_expert or any(n.endswith("ffn_gate_inp.weight") for n in model.tensors):
+        raise _refuse(md, "the mixture of experts (26B-A4B: expert_count, ffn_gate_inp)")
+    for key in ("attention.key_length_swa", "attention.value_length_swa"):
+        swa = md.int(key, 1, MAX_HEAD_DIM, default=s.head_dim)
+        if swa != s.head_dim:
+            raise _refuse(md, f"a sliding-window head size ({key} {swa}) apart from the global one ({s.head_dim})")
+
+
+def _layer_scale(b: ModelBuilder, md: Metadata, name: str) -> float | None:
+    """The value of a layer's `layer_output_scale` (one float32), read and checked here: it
+    becomes a scale op's factor, so it must be finite and bounded like any planned number."""
+    t = b.model.tensors.get(name)
+    if t is None:
+        return None
+    if t.shape != (1,) or t.format != "F32":
+        raise CompileError(f"{md.path}: {name} is {t.format} {list(t.shape)}, not one F32 value")
+    with open(b.model.path, "rb") as f:
+        f.seek(t.offset)
+        raw = f.read(4)
+    if len(raw) != 4:
+        raise CompileError(f"{md.path}: {name} lies past the end of the file")
+    value = struct.unpack("<f", raw)[0]
+    if not math.isfinite(value) or abs(value) > MAX_OUT_SCALE:
+        raise CompileError(f"{md.path}: {name} = {value} is not a finite number in [-{MAX_OUT_SCALE:g}, {MAX_OUT_SCALE:g}]")
+    return value
+
+
+def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention) -> None:
+    """h = attn_output(attention(rope(q_norm(Q h)), rope(k_norm(K h)), norm(V h))) for layer i;
+    V is K's projection when the layer has no attn_v (and no fused attn_qkv)."""
+    p = f"blk.{i}."
+    if b.has(p + "attn_qkv.weight") or b.has(p + "attn_v.weight"):
+        wq, wk, wv = qkv_weights(b, p, s)
+    else:
+        wq = b.tensor(p + "attn_q.weight", "attn_q", (s.q_width, s.n_embd))
+        wk = wv = b.tensor(p + "attn_k.weight", "attn_k", (s.kv_width, s.n_embd))
+    for buf, w in (("q", wq), ("k", wk), ("v", wv)):
+        b.op("matmul", ("h",), (buf,), (w,))
+    hd = (s.head_dim,)
+    b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
+    b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
+    b.op("rmsnorm", ("v",), ("v",), (), eps=eps, heads=s.n_kv_heads)  # no weight: ggml_rms_norm alone
+    b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+    b.op("kv_write", ("k", "v"), (), layer=i)
+    extra = {"window": cfg.window} if cfg.window is not None else {}
+    b.op("attention", ("q",), ("att",), (), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
+         scale=cfg.scale, **extra)  # fmt: skip
+    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width))
+
+
+def _block(b: ModelBuilder, md: Metadata, i: int, s: Sizes, eps: float, attn: Attention, n_ff: int) -> None:
+    p = f"blk.{i}."
+    e = (s.n_embd,)
+    b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
+    _attention(b, i, s, eps, attn)
+    b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
+    b.op("add", ("x", "h"), ("x",))
+    b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
+    glu_ffn(b, i, s.n_embd, n_ff, activation="gelu_tanh")
+    b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
+    b.op("add", ("x", "h"), ("x",))
+    scale = _layer_scale(b, md, p + "layer_output_scale.weight")
+    if scale is not None:
+        b.op("scale", ("x",), ("x",), factor=scale)
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    md = Metadata(model, ARCH)
+    s = read_sizes(md)
+    _check_supported(md, s)
+    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    if not md.is_list(PATTERN_KEY):
+        raise CompileError(f"{md.path}: metadata {md.key(PATTERN_KEY)} must be a per-layer array (llama.cpp reads no period for gemma4)")
+    flags = md.flags(PATTERN_KEY, MAX_LAYERS)
+    is_local = tuple(i < len(flags) and flags[i] for i in range(s.n_layers))
+    window = md.int("attention.sliding_window", 1, MAX_CONTEXT)
+    final = md.float("final_logit_softcapping", 0.0, 1e6, default=30.0) or None
+    rope = read_rope(md, s, "neox")
+    b = ModelBuilder(model)
+    factors = None
+    if not all(is_local):  # llama.cpp requires rope_freqs once a layer is global, of head_dim / 2 factors
+        if rope.n_rot != s.head_dim:
+            raise CompileError(f"{md.path}: gemma4's rope_freqs needs rope.dimension_count == key_length ({rope.n_rot} != {s.head_dim})")
+        factors = b.tensor("rope_freqs.weight", "rope_freqs", (s.head_dim // 2,))
+    n_rot_swa = md.int("rope.dimension_count_swa", 2, s.head_dim, default=rope.n_rot)
+    if n_rot_swa % 2:
+        raise CompileError(f"{md.path}: rope.dimension_count_swa {n_rot_swa} must be even")
+    base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=10000.0, open_lo=True)
+    full = Attention(rope, scale=1.0, qk_norm=True, factors=factors)
+    local = Attention(rope, scale=1.0, qk_norm=True, window=window).with_rope(n_rot=n_rot_swa, freq_base=base_swa, freq_scale=1.0)
+    declare_buffers(b, s, n_ff)
+    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    b.op("embed", ("tokens",), ("x",), (embd,), scale=embedding_scale(s))
+    for i in range(s.n_layers):
+        _block(b, md, i, s, eps, local if is_local[i] else full, n_ff)
+    tied = output_head(b, s, eps, final_softcap=final)
+    extra = {
+        "sliding_window": window,
+        "sliding_window_layers": [i for i, on in enumerate(is_local) if on],
+        "rope_freq_base_swa": base_swa,
+        "rope_dimension_count_swa": n_rot_swa,
+        "final_logit_softcapping": final,
+        "embedding_scale": embedding_scale(s),
+        "query_scale": 1.0,
+        "v_norm": True,
+    }
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=factors is not None,
+                 extra=extra)  # fmt: skip
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+

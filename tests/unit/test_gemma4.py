@@ -1,0 +1,79 @@
+"""gemma4's recipe (compiler/arch/gemma4.py) plans what llama.cpp's src/models/gemma4.cpp
+computes, and refuses by name, before anything is allocated, what it does not run yet or what is
+malformed. Plans are inspected directly (no kernels, no device); two refusals go through
+`rfc compile` for the one-line exit 2."""
+
+import numpy as np
+import pytest
+
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import read_gguf
+from rfc.compiler.spec import build_spec
+from tests.conftest import FIXTURES, assert_compile_refused
+from tests.gguf_edit import rewrite_gguf
+
+pytestmark = pytest.mark.shared
+
+SRC = FIXTURES / "tiny-gemma4-Q8_0.gguf"
+K = "gemma4."
+
+
+def _spec(tmp_path=None, **edits):
+    path = rewrite_gguf(SRC, tmp_path / "edited.gguf", **edits) if edits else SRC
+    return build_spec(read_gguf(path))
+
+
+def test_plan_follows_llama_cpp():
+    spec = _spec()
+    ops = spec.plan.ops
+    v_norms = [op for op in ops if op.kind == "rmsnorm" and op.inputs == ("v",)]
+    assert len(v_norms) == 4 and all(op.weights == () and op.attrs["heads"] == 2 for op in v_norms)
+    attn = [op.attrs for op in ops if op.kind == "attention"]
+    assert [a.get("window") for a in attn] == [16, 16, 16, None] and {a["scale"] for a in attn} == {1.0}
+    ropes = [op for op in ops if op.kind == "rope"]
+    assert [op.weights for op in ropes] == [(), (), (), ("rope_freqs.weight",)]  # proportional RoPE on the global layer
+    assert [op.attrs["freq_base"] for op in ropes] == [10000.0, 10000.0, 10000.0, 1e6]
+    # layer 3 has no attn_v: V is K's projection (then normed without a weight, K with its norm)
+    assert [op.weights[0] for op in ops if op.kind == "matmul" and op.outputs == ("v",)][3] == "blk.3.attn_k.weight"
+    scales = [op.attrs["factor"] for op in ops if op.kind == "scale"]
+    assert scales == [np.float32(0.9 - 0.1 * i) for i in range(4)]  # layer_output_scale, read from the file
+    assert [op.attrs["cap"] for op in ops if op.kind == "softcap"] == [30.0]  # llama.cpp's default without the key
+    assert spec.hparams.tied_embeddings
+
+
+def test_final_softcap_zero_turns_it_off(tmp_path):
+    spec = _spec(tmp_path, metadata={K + "final_logit_softcapping": 0.0})
+    assert not [op for op in spec.plan.ops if op.kind == "softcap"]
+
+
+REFUSED = {
+    "per-layer embeddings": ({"metadata": {K + "embedding_length_per_layer_input": 64}}, "per-layer embeddings"),
+    "KV sharing": ({"metadata": {K + "attention.shared_kv_layers": 2}}, "KV sharing"),
+    "shared layers > block_count": ({"metadata": {K + "attention.shared_kv_layers": 1 << 31}}, "shared_kv_layers"),
+    "experts": ({"metadata": {K + "expert_count": 8, K + "expert_used_count": 2}}, "mixture of experts"),
+    "expert count 2^31": ({"metadata": {K + "expert_count": 1 << 31}}, "expert_count"),
+    "sliding-window head size": ({"metadata": {K + "attention.key_length_swa": 32}}, "sliding-window head size"),
+    "a period, not per-layer flags": ({"drop_keys": (K + "attention.sliding_window_pattern",),
+                                       "metadata": {K + "attention.sliding_window_pattern": 5}}, "per-layer array"),
+    "no rope_freqs": ({"drop_tensors": ("rope_freqs.weight",)}, "rope_freqs.weight"),
+    "rope_freqs of 16": ({"drop_tensors": ("rope_freqs.weight",), "add_tensors": {"rope_freqs.weight": np.ones(16)}},
+                         "rope_freqs.weight"),
+    "layer_output_scale of 2": ({"drop_tensors": ("blk.1.layer_output_scale.weight",),
+                                 "add_tensors": {"blk.1.layer_output_scale.weight": np.ones(2)}}, "layer_output_scale"),
+    "layer_output_scale NaN": ({"drop_tensors": ("blk.2.layer_output_scale.weight",),
+                                "add_tensors": {"blk.2.layer_output_scale.weight": np.array([np.nan])}}, "not a finite number"),
+    "a vision tower": ({"add_tensors": {"v.patch_embd.weight": np.ones(8)}}, "vision/audio tensors"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_what_it_does_not_run_is_refused_by_name(case, tmp_path):
+    edits, words = REFUSED[case]
+    with pytest.raises(CompileError, match=words):
+        _spec(tmp_path, **edits)
+
+
+@pytest.mark.parametrize("case", ["per-layer embeddings", "layer_output_scale NaN"])
+def test_refusal_is_one_line_exit_2(case, tmp_path):
+    edits, words = REFUSED[case]
+    assert_compile_refused(rewrite_gguf(SRC, tmp_path / "bad.gguf", **edits), tmp_path, words)
