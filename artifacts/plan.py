@@ -78,6 +78,7 @@ class OpKind(str, Enum):
     SHORT_CONV = "short_conv"
     SSM_CONV = "ssm_conv"
     GATED_DELTA_NET = "gated_delta_net"
+    SSM_SCAN = "ssm_scan"
 
     __str__ = str.__str__  # the name itself, not OpKind.X
 
@@ -188,11 +189,12 @@ OPS: dict[OpKind, OpSchema] = {
     ),
     # Gated DeltaNet layers (qwen35, qwen35moe, qwen3next): state as the module docstring says.
     OpKind.SSM_CONV: OpSchema(
-        1, 1, (1, 1), ("state",),
+        1, 1, (1, 2), ("state",),
         doc="causal depthwise conv with SiLU (llama.cpp's ggml_ssm_conv then ggml_silu): x[T, C], weight [C, K] -> "
-        "out[t, c] = silu(sum_k weight[c, k] * window[t + k, c]), window = the sequence's state (its K-1 inputs "
-        "before the chunk, [K-1, C]) followed by the chunk's rows of x; the state afterwards: the window's last "
-        "K-1 rows. `state` is the index of its StateTensor ([K-1, C])",
+        "out[t, c] = silu(sum_k weight[c, k] * window[t + k, c] + bias[c]), window = the sequence's state (its K-1 "
+        "inputs before the chunk, [K-1, C]) followed by the chunk's rows of x; the state afterwards: the window's "
+        "last K-1 rows. The optional second weight is the bias [C] (Mamba2's conv1d bias; none: 0). `state` is "
+        "the index of its StateTensor ([K-1, C])",
     ),
     OpKind.GATED_DELTA_NET: OpSchema(
         3, 1, (2, 2), ("state", "n_k_heads", "n_v_heads", "head_dim", "eps"),
@@ -203,6 +205,16 @@ OPS: dict[OpKind, OpSchema] = {
         "b = sigmoid(beta); with the head's state M (S x S: M[j][i], v index j, k index i) M *= exp(g); "
         "d_j = b (v_j - sum_i M[j][i] k_i); M[j][i] += d_j k_i; out_j = sum_i M[j][i] q_i / sqrt(S). "
         "`state` is the index of its StateTensor ([Hv, S, S])",
+    ),
+    # Mamba2 layers (granitehybrid, nemotron_h): the selective scan after ssm_conv (with its bias)
+    OpKind.SSM_SCAN: OpSchema(
+        2, 1, (3, 3), ("state", "n_heads", "head_dim", "n_groups", "state_size"),
+        doc="Mamba2 selective scan (llama.cpp's ggml_ssm_scan with a scalar A per head, then y + x D): inputs "
+        "xbc[T, H P + 2 G N] (x: H heads of P = head_dim, then B: G groups of N = state_size, then C: G groups "
+        "of N), dt[T, H]; weights a[H] (ssm_a = -exp(A_log)), d[H] (ssm_d), dt_bias[H] -> out[T, H P]. Per token "
+        "and head h (group g = h / (H / G)): dt' = softplus(dt + dt_bias) (linear above 20), with the head's "
+        "state M [P, N] M = M exp(dt' a) + dt' x_h B_g^T, out_h = M C_g + d x_h. `state` is the index of its "
+        "StateTensor ([H, P, N])",
     ),
 }
 assert set(OPS) == set(OpKind), "every op kind has a schema"

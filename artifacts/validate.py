@@ -459,6 +459,9 @@ def _ssm_conv(v: _OpView) -> None:
            f"state tensor {list(shape)} is not [kernel - 1 < {SHORT_CONV_MAX_KERNEL}, {c}]")
     w = v.weight_shape(0)
     v.need(w is None or w == (c, shape[0] + 1), f"conv weight {w} is not [{c}, {shape[0] + 1}]")
+    if len(v.op.weights) > 1:
+        bias = v.weight_shape(1)
+        v.need(bias is None or bias == (c,), f"conv bias {bias} is not [{c}]")
 
 
 def _gated_delta_net(v: _OpView) -> None:
@@ -476,6 +479,23 @@ def _gated_delta_net(v: _OpView) -> None:
     for i in range(2):
         w = v.weight_shape(i)
         v.need(w is None or w == (hv,), f"gate weight {i} {w} is not [{hv}]")
+
+
+def _ssm_scan(v: _OpView) -> None:
+    (xbc, dt), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(xbc, dt, out)
+    h = v.int_attr("n_heads", 1, MAX_HEADS)
+    p = v.int_attr("head_dim", 1, 4096)
+    g = v.int_attr("n_groups", 1, MAX_HEADS)
+    n = v.int_attr("state_size", 1, 1024)
+    v.need(h % g == 0, "n_heads is not a multiple of n_groups")
+    v.need(v.shape(xbc) == ("T", h * p + 2 * g * n), f"xbc is not [T, {h * p + 2 * g * n}]")
+    v.need(v.shape(dt) == ("T", h), f"dt is not [T, {h}]")
+    v.need(v.shape(out) == ("T", h * p), f"output is not [T, {h * p}]")
+    v.need(tuple(state_tensor(v)) == (h, p, n), f"state tensor {v.op.attr('state')} is not [{h}, {p}, {n}]")
+    for i in range(3):
+        w = v.weight_shape(i)
+        v.need(w is None or w == (h,), f"weight {i} {w} is not [{h}]")
 
 
 RULES: dict[str, Callable[[_OpView], None]] = {
@@ -500,5 +520,6 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "short_conv": _short_conv,
     "ssm_conv": _ssm_conv,
     "gated_delta_net": _gated_delta_net,
+    "ssm_scan": _ssm_scan,
 }
 assert set(RULES) == set(OPS), "every op kind needs a shape rule"

@@ -122,7 +122,9 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
             continue
         t = model.tensors[part.tensor]
         rows = prod(t.shape[:-1]) if len(t.shape) > 1 else 1
-        if t.format != use.format or not 0 <= part.start < part.stop <= rows or t.shape[-1] != use.shape[-1]:
+        # a vector read from a whole [n, 1] tensor (ModelBuilder.flat: Mamba2's ssm_a, ssm_d)
+        flat = len(use.shape) == 1 and len(use.parts) == 1 and prod(t.shape) == use.shape[0] and FORMATS[t.format].block_elems == 1
+        if t.format != use.format or not 0 <= part.start < part.stop <= rows or (t.shape[-1] != use.shape[-1] and not flat):
             raise CompileError(f"{model.path.name}: {use.name} cannot be made from rows {part.start}..{part.stop} of {t.name}")
         total += part_bytes(t, part)[1]
     if total != tensor_nbytes(use.format, use.shape):

@@ -149,6 +149,10 @@ class Config:
     recurrent: tuple[int, ...] = ()
     attn_gate: bool = False
     rope_turns: np.ndarray | None = None
+    # granitehybrid, nemotron_h: the Mamba2 layers (head_count_kv 0); nemotron_h: one mixer per
+    # layer (Mamba2, attention or a squared-ReLU MLP: the layers with a feed_forward_length)
+    mamba: tuple[int, ...] = ()
+    mlp: tuple[int, ...] | None = None
     # gemma4: V RMS-normed per head without a weight; the residual times layer_output_scale after each layer
     v_norm: bool = False
     out_scale: bool = False
@@ -162,6 +166,8 @@ def read_config(md: dict, tensors: dict) -> Config:
     arch = md["general.architecture"]
     k = lambda key, default=None: md.get(f"{arch}.{key}", default)  # noqa: E731
     n_embd, n_heads = k("embedding_length"), k("attention.head_count")
+    if isinstance(n_heads, list):  # hybrids (granitehybrid): per layer, 0 on the recurrent layers
+        n_heads = max(n_heads)
     head_dim = k("attention.key_length", n_embd // n_heads)
     scaling = k("rope.scaling.type", "linear")
     assert scaling in ("none", "linear", "yarn", "longrope"), scaling
@@ -275,6 +281,21 @@ def read_config(md: dict, tensors: dict) -> Config:
         sector = np.arange(c.n_rot // 2) % total
         c.rope_turns = ((sector % 3 == 0) & (sector < 3 * sec[0])) | ((sector % 3 == 1) & (sector < 3 * sec[1])) \
             | ((sector % 3 == 2) & (sector < 3 * sec[2]))
+    if arch == "granitehybrid":  # src/models/granite-hybrid.cpp: granite's multipliers, Mamba2 where head_count_kv is 0
+        per_layer = list(k("attention.head_count_kv"))
+        c.mamba = tuple(i for i, n in enumerate(per_layer) if n == 0)
+        c.n_kv_heads, c.neox = max(per_layer), False
+        c.embed_scale = _f32(k("embedding_scale", 0.0)) or 1.0
+        c.residual_scale, c.logit_scale, c.q_scale = _f32(k("residual_scale", 0.0)), _f32(k("logit_scale", 0.0)), _f32(k("attention.scale", 0.0))
+        if not k("rope.scaling.finetuned", True):
+            c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
+    if arch == "nemotron_h":  # src/models/nemotron-h.cpp: no RoPE; a layer is Mamba2, attention or an MLP
+        kv, ff = list(k("attention.head_count_kv")), list(k("feed_forward_length"))
+        c.mlp = tuple(i for i in range(c.n_layers) if ff[i])
+        c.mamba = tuple(i for i in range(c.n_layers) if not ff[i] and not kv[i])
+        c.n_kv_heads = max(kv)
+        c.eps = k("attention.layer_norm_rms_epsilon", k("attention.layer_norm_epsilon"))
+        c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
     if arch == "gpt-oss":  # src/models/openai-moe.cpp
         c.q_scale = _f32(1.0 / np.sqrt(np.float32(c.n_rot)))
         c.ffn_norm, c.sinks, c.oai = "post_attention_norm", True, True
@@ -440,7 +461,7 @@ class Oracle:
         if c.attn_gate:
             out = out / (1.0 + np.exp(-gate))
         out = self.linear(out, p + "attn_output.weight")
-        if c.arch in ("llama", "gpt-oss", "mistral3", "granite", "granitemoe") and self.has(p + "attn_output.bias"):
+        if c.arch in ("llama", "gpt-oss", "mistral3", "granite", "granitemoe", "granitehybrid", "nemotron_h") and self.has(p + "attn_output.bias"):
             out = out + self.w(p + "attn_output.bias")
         return out
 
@@ -527,6 +548,41 @@ class Oracle:
         z = self.linear(h, p + "attn_gate.weight").reshape(n, hv, s)
         return self.linear((normed * z / (1.0 + np.exp(-z))).reshape(n, hv * s), p + "ssm_out.weight")
 
+    def mamba2(self, h: np.ndarray, i: int) -> np.ndarray:
+        """The Mamba2 mixer (build_mamba2_layer): ssm_in to z, xBC, dt; xBC through the causal conv
+        plus its bias and SiLU; the scan in its quadratic (state-space dual) form, y_t = sum over
+        s <= t of exp(L_t - L_s) dt_s (C_t . B_s) x_s with L the running sum of dt A, no state
+        carried (head h reads group h // (H / G)); y + D x; times SiLU(z); an RMS norm per group;
+        ssm_out."""
+        md, p, n = self.md, f"blk.{i}.", len(h)
+        k_ = lambda key: md[f"{self.cfg.arch}.{key}"]  # noqa: E731
+        d_inner, n_st, heads, groups = k_("ssm.inner_size"), k_("ssm.state_size"), k_("ssm.time_step_rank"), k_("ssm.group_count")
+        hd = d_inner // heads
+        zxbcdt = self.linear(h, p + "ssm_in.weight")
+        width = d_inner + 2 * groups * n_st
+        z, xbc, dt = zxbcdt[:, :d_inner], zxbcdt[:, d_inner : d_inner + width], zxbcdt[:, d_inner + width :]
+        w = self.w(p + "ssm_conv1d.weight")  # [channels, kernel]
+        padded = np.concatenate([np.zeros((w.shape[1] - 1, width)), xbc])
+        conv = sum(padded[j : j + n] * w[:, j] for j in range(w.shape[1]))
+        if self.has(p + "ssm_conv1d.bias"):
+            conv = conv + self.w(p + "ssm_conv1d.bias")
+        conv = conv / (1.0 + np.exp(-conv))
+        x = conv[:, :d_inner].reshape(n, heads, hd)
+        bm = conv[:, d_inner : d_inner + groups * n_st].reshape(n, groups, n_st)
+        cm = conv[:, d_inner + groups * n_st :].reshape(n, groups, n_st)
+        dt = np.log1p(np.exp(dt + self.w(p + "ssm_dt.bias")))  # [n, heads]
+        big_l = np.cumsum(dt * self.w(p + "ssm_a").reshape(-1), axis=0)
+        causal = np.tril(np.ones((n, n), bool))
+        y = np.zeros((n, heads, hd))
+        for head in range(heads):
+            g = head // (heads // groups)
+            seg = np.where(causal, big_l[:, head][:, None] - big_l[:, head][None, :], -np.inf)
+            y[:, head] = (np.exp(seg) * (cm[:, g] @ bm[:, g].T) * dt[None, :, head]) @ x[:, head]
+        y = (y + x * self.w(p + "ssm_d").reshape(-1)[None, :, None]).reshape(n, d_inner)
+        y = (y * z / (1.0 + np.exp(-z))).reshape(n, groups, d_inner // groups)
+        y = y / np.sqrt(np.mean(y * y, axis=-1, keepdims=True) + self.cfg.eps) * self.w(p + "ssm_norm.weight").reshape(groups, -1)
+        return self.linear(y.reshape(n, d_inner), p + "ssm_out.weight")
+
     def ffn(self, h: np.ndarray, i: int) -> np.ndarray:
         c, p = self.cfg, f"blk.{i}."
         if c.oai:
@@ -608,13 +664,24 @@ class Oracle:
                 out[t] += wt * (self.linear(act, p + "ffn_down_exps.weight", w["down"][e])[0] + bias["down"][e])
         return out
 
+    def relu2_mlp(self, h: np.ndarray, i: int) -> np.ndarray:
+        """nemotron_h's MLP layer: ffn_down(relu(ffn_up h)^2), biases where the file has them."""
+        p = f"blk.{i}."
+        up = self.linear(h, p + "ffn_up.weight") + (self.w(p + "ffn_up.bias") if self.has(p + "ffn_up.bias") else 0.0)
+        out = self.linear(np.maximum(up, 0.0) ** 2, p + "ffn_down.weight")
+        return out + (self.w(p + "ffn_down.bias") if self.has(p + "ffn_down.bias") else 0.0)
+
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Teacher-forced logits float64[len(tokens), vocab]."""
         c = self.cfg
         x = self.w("token_embd.weight")[np.asarray(tokens)] * c.embed_scale
         for i in range(c.n_layers):
             p = f"blk.{i}."
-            sub = self.delta_net if i in c.recurrent else self.short_conv if i in c.short_conv else self.attention
+            if c.mlp is not None:  # nemotron_h: one mixer per layer, x + mixer(norm(x))
+                sub = self.relu2_mlp if i in c.mlp else self.mamba2 if i in c.mamba else self.attention
+                x = x + sub(self.norm(x, p + "attn_norm.weight"), i)
+                continue
+            sub = self.delta_net if i in c.recurrent else self.short_conv if i in c.short_conv else self.mamba2 if i in c.mamba else self.attention
             a = sub(self.norm(x, p + "attn_norm.weight") if c.pre_norms else x, i)
             if c.post_norms:
                 a = self.norm(a, p + "post_attention_norm.weight")

@@ -57,6 +57,17 @@ class ModelBuilder:
             self._add(WeightUse(name, role, "F32", tuple(shape), (Fill(float(value), prod(shape)),)))
         return name
 
+    def flat(self, name: str, role: str, shape: tuple[int, ...]) -> str:
+        """A GGUF tensor of `shape` read as one vector of all its elements (Mamba2's ssm_a and
+        ssm_d, stored [n_head, 1]; its grouped ssm_norm [n_group, d_inner / n_group]): the same
+        bytes, for formats of one element per block (the vectors kernels read as floats)."""
+        t = self.source(name, shape)
+        if t.format not in ("F32", "F16", "BF16"):
+            raise CompileError(f"{self.path}: {name} is stored as {t.format}; a vector must be F32, F16 or BF16")
+        if name not in self._weights:
+            self._add(WeightUse(name, role, t.format, (prod(shape),), (whole(t),)))
+        return name
+
     def rows(self, name: str, role: str, source: str, source_shape: tuple[int, ...], start: int, stop: int) -> str:
         """A weight made of rows [start, stop) of a 2-D GGUF tensor (a slice of a fused one)."""
         t = self.source(source, source_shape)

@@ -37,7 +37,7 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 # Why a name without a recipe is refused; a name not listed here has no recipe yet.
 REFUSED: dict[str, str] = {
     **dict.fromkeys(
-        ("mamba", "mamba2", "jamba", "falcon-h1", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7", "granitehybrid",
+        ("mamba", "mamba2", "jamba", "falcon-h1", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7",
          "nemotron_h", "nemotron_h_moe", "qwen3next", "qwen35moe", "plamo2", "kimi-linear",
          "minimax-01"),
         _RECURRENT,

@@ -405,8 +405,19 @@ class _Lowering:
         if e.format != "F32":
             raise CompileError(f"ssm_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is {e.format}")
         index = int(op.attrs["state"])
+        bias = self.vec(op.weights[1]) if len(op.weights) > 1 else []  # Mamba2's conv bias (none: NULL)
         return Phase("ssm_conv", {"x": self.buf(x), "out": self.buf(out), "c": self.width(x), "k": e.shape[1], "w": e.offset,
-                                  "state": self.plan.state.offset(index)}, {x, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
+                                  "bias": bias, "state": self.plan.state.offset(index)},
+                     {x, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
+
+    def _ssm_scan(self, op: Op) -> Phase:
+        (xbc, dt), (out,) = op.inputs, op.outputs
+        index, a = int(op.attrs["state"]), op.attrs
+        return Phase("ssm_scan", {"xbc": self.buf(xbc), "dt": self.buf(dt), "out": self.buf(out), "h": int(a["n_heads"]),
+                                  "p": int(a["head_dim"]), "g": int(a["n_groups"]), "n": int(a["state_size"]),
+                                  "a": self.vec(op.weights[0]), "d": self.vec(op.weights[1]), "dt_bias": self.vec(op.weights[2]),
+                                  "state": self.plan.state.offset(index), "counter": self.counter()},
+                     {xbc, dt, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
 
     def _gated_delta_net(self, op: Op) -> Phase:
         (qkv, alpha, beta), (out,) = op.inputs, op.outputs
@@ -456,8 +467,8 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
     sinks, routers' selection biases), in plan order."""
     seen: list[str] = []
     for op in plan.ops:
-        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route", "gated_delta_net"):
-            for w in op.weights:
+        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route", "gated_delta_net", "ssm_scan", "ssm_conv"):
+            for w in op.weights[1:] if op.kind == "ssm_conv" else op.weights:  # ssm_conv: its bias (the kernel is read in place)
                 if w not in seen:
                     e = entries[w]
                     if len(e.shape) != 1 or FORMATS[e.format].block_elems != 1 and e.shape[0] % FORMATS[e.format].block_elems:

@@ -52,13 +52,15 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "concat_heads": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
     # recurrent layers: `state` is the state pool's base, each sequence's slot from state_slots
     # (state_offset: the op's StateTensor's float offset in a slot, a constant: layers share one kernel)
-    "ssm_conv": (("out", PTR), ("x", PTR), ("weight", PTR), ("state", PTR), ("state_slots", PTR), ("seq_start", PTR),
-                 ("positions", PTR), ("state_offset", I32), ("n_seqs", I32)),
+    "ssm_conv": (("out", PTR), ("x", PTR), ("weight", PTR), ("bias", PTR), ("state", PTR), ("state_slots", PTR),
+                 ("seq_start", PTR), ("positions", PTR), ("state_offset", I32), ("n_seqs", I32)),  # bias: when it has one
     "short_conv": (("out", PTR), ("bcx", PTR), ("weight", PTR), ("state", PTR), ("state_slots", PTR), ("seq_start", PTR),
                    ("positions", PTR), ("state_offset", I32), ("n_seqs", I32)),
     "gated_delta_net": (("out", PTR), ("qkv", PTR), ("alpha", PTR), ("beta", PTR), ("a", PTR), ("dt", PTR),
                         ("state", PTR), ("state_slots", PTR), ("seq_start", PTR), ("positions", PTR), ("state_offset", I32),
                         ("n_seqs", I32)),
+    "ssm_scan": (("out", PTR), ("xbc", PTR), ("dt", PTR), ("a", PTR), ("d", PTR), ("dt_bias", PTR), ("state", PTR),
+                 ("state_slots", PTR), ("seq_start", PTR), ("positions", PTR), ("state_offset", I32), ("n_seqs", I32)),
 }
 
 # Kernels only the step program launches in an op's place (KernelSpec.steps; the op's own kernel,
@@ -380,9 +382,13 @@ class _Planner:
         if not 2 <= k <= GPU_MAX_CONV_KERNEL:
             raise CompileError(f"the GPU ssm_conv keeps its window in registers: a kernel of {k} taps is over {GPU_MAX_CONV_KERNEL}")
         threads = self._row_threads(c)
-        name = f"rfc_ssm_conv_{c}x{k}"
-        params = {"name": name, "threads": threads, "c": c, "k": k, **self._state_params(op)}
-        return KernelSpec(name, "gpu_ssm_conv.hip.j2", params, KERNEL_ARGS["ssm_conv"], threads, (("n_seqs", 1), (c, threads)))
+        has_bias = len(op.weights) > 1  # Mamba2's conv bias
+        if has_bias:
+            self._f32_vector(op, op.weights[1])
+        name = f"rfc_ssm_conv_{c}x{k}" + ("_bias" if has_bias else "")
+        params = {"name": name, "threads": threads, "c": c, "k": k, "has_bias": has_bias, **self._state_params(op)}
+        args = tuple(a for a in KERNEL_ARGS["ssm_conv"] if has_bias or a[0] != "bias")
+        return KernelSpec(name, "gpu_ssm_conv.hip.j2", params, args, threads, (("n_seqs", 1), (c, threads)))
 
     def _short_conv(self, op: Op) -> KernelSpec:
         """lfm2's gated short conv: ssm_conv's layout (a thread per channel, the window in
@@ -408,6 +414,19 @@ class _Planner:
                   "scale": 1.0 / math.sqrt(s), **self._state_params(op)}  # fmt: skip
         return KernelSpec(name, "gpu_gated_delta_net.hip.j2", params, KERNEL_ARGS["gated_delta_net"], threads,
                           (("n_seqs", 1), (hv, 1)))
+
+    def _ssm_scan(self, op: Op) -> KernelSpec:
+        """Mamba2's scan: a block per sequence and head, a thread per row of the head's state."""
+        for w in op.weights:
+            self._f32_vector(op, w)
+        a = op.attrs
+        h, p, g, n = int(a["n_heads"]), int(a["head_dim"]), int(a["n_groups"]), int(a["state_size"])
+        if p > MAX_THREADS:
+            raise CompileError(f"the GPU ssm_scan runs a thread per state row: a head size of {p} is over {MAX_THREADS}")
+        threads = self._row_threads(p)
+        name = f"rfc_ssm_scan_{h}x{p}x{g}x{n}"
+        params = {"name": name, "threads": threads, "h": h, "p": p, "g": g, "n": n, **self._state_params(op)}
+        return KernelSpec(name, "gpu_ssm_scan.hip.j2", params, KERNEL_ARGS["ssm_scan"], threads, (("n_seqs", 1), (h, 1)))
 
     def _scale(self, op: Op) -> KernelSpec:
         width, factor = self._width(op.inputs[0]), float(op.attrs["factor"])
@@ -708,11 +727,12 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
             "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",), "scale": ("out",),
             "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
             "moe_add_bias": ("out",), "head_matmul": ("out",), "concat_heads": ("out",),
-            "ssm_conv": ("out",), "gated_delta_net": ("out",), "short_conv": ("out",)}[op.kind]
+            "ssm_conv": ("out",), "gated_delta_net": ("out",), "short_conv": ("out",), "ssm_scan": ("out",)}[op.kind]
     weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
                "rope": ("freq_factors",), "moe_matmul": ("weight",), "attention": ("sinks",),
                "moe_add_bias": ("bias",), "moe_route": ("bias",), "head_matmul": ("weight",),
-               "ssm_conv": ("weight",), "gated_delta_net": ("a", "dt"), "short_conv": ("weight",)}.get(op.kind, ())
+               "ssm_conv": ("weight", "bias"), "gated_delta_net": ("a", "dt"), "short_conv": ("weight",),
+               "ssm_scan": ("a", "d", "dt_bias")}.get(op.kind, ())
     if name in outs:
         return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
     if name in weights:

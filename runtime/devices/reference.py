@@ -272,7 +272,7 @@ class ReferenceDevice(HostState, InterpretedDevice):
         for s in range(len(batch.seq_start) - 1):
             lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
             state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
-            outs[0][lo:hi], state[...] = ssm_conv_chunk(ins[0][lo:hi], weights[0], state)
+            outs[0][lo:hi], state[...] = ssm_conv_chunk(ins[0][lo:hi], weights[0], state, weights[1] if len(weights) > 1 else None)
 
     def op_gated_delta_net(self, outs, ins, weights, attrs, batch):
         qkv, alpha, beta = ins
@@ -282,6 +282,16 @@ class ReferenceDevice(HostState, InterpretedDevice):
             outs[0][lo:hi], state[...] = gated_delta_net_chunk(
                 qkv[lo:hi], alpha[lo:hi], beta[lo:hi], weights[0], weights[1], state, attrs["n_k_heads"],
                 attrs["n_v_heads"], attrs["head_dim"], attrs["eps"])
+
+    # -- recurrent layers (Mamba2) --------------------------------------------------------------
+    def op_ssm_scan(self, outs, ins, weights, attrs, batch):
+        xbc, dt = ins
+        for s in range(len(batch.seq_start) - 1):
+            lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
+            state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
+            outs[0][lo:hi], state[...] = ssm_scan_chunk(
+                xbc[lo:hi], dt[lo:hi], weights[0], weights[1], weights[2], state, attrs["n_heads"], attrs["head_dim"],
+                attrs["n_groups"], attrs["state_size"])
 
 
 def short_conv_chunk(bcx: np.ndarray, w: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -295,12 +305,14 @@ def short_conv_chunk(bcx: np.ndarray, w: np.ndarray, state: np.ndarray) -> tuple
     return bcx[:, c : 2 * c] * conv.astype(np.float32), window[n:].astype(np.float32)
 
 
-def ssm_conv_chunk(x: np.ndarray, w: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One sequence's chunk through ssm_conv: x [n, C], w [C, K], state [K-1, C] -> (out [n, C],
-    the new state). Sums in float64, results rounded to float32 (llama.cpp sums in float32)."""
+def ssm_conv_chunk(x: np.ndarray, w: np.ndarray, state: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One sequence's chunk through ssm_conv: x [n, C], w [C, K], state [K-1, C], bias [C] or None
+    -> (out [n, C], the new state). Sums in float64, results rounded to float32 (llama.cpp sums in float32)."""
     n, k = len(x), w.shape[1]
     window = np.concatenate([state, x]).astype(np.float64)  # [K-1+n, C]
     y = sum(window[i : i + n] * w[:, i] for i in range(k))
+    if bias is not None:
+        y = y + bias
     out = (y / (1.0 + np.exp(-y))).astype(np.float32)
     return out, window[n:].astype(np.float32)
 
@@ -331,6 +343,27 @@ def gated_delta_net_chunk(qkv, alpha, beta, a, dt_bias, state, hk: int, hv: int,
     return out.reshape(n, hv * s).astype(np.float32), m.astype(np.float32)
 
 
+def ssm_scan_chunk(xbc, dt, a, d, dt_bias, state, h: int, p: int, g: int, n_state: int):
+    """One sequence's chunk through ssm_scan, token by token, in float64: xbc [n, h p + 2 g N],
+    dt [n, h], a/d/dt_bias [h], state [h, p, N] -> (out [n, h p] float32, the new state float32).
+    Head h reads group h // (h / g) of B and C (ggml's repeat_interleave)."""
+    n = len(xbc)
+    v = xbc.astype(np.float64)
+    x = v[:, : h * p].reshape(n, h, p)
+    groups = np.arange(h) // (h // g)
+    bm = v[:, h * p : h * p + g * n_state].reshape(n, g, n_state)[:, groups]  # [n, h, N]
+    cm = v[:, h * p + g * n_state :].reshape(n, g, n_state)[:, groups]
+    z = dt.astype(np.float64) + dt_bias
+    dts = np.where(z > 20.0, z, np.log1p(np.exp(np.minimum(z, 20.0))))  # softplus, as ggml's (linear above 20)
+    decay = np.exp(dts * np.asarray(a, np.float64))  # [n, h]
+    m = state.astype(np.float64).copy()
+    out = np.empty((n, h, p))
+    for t in range(n):
+        m = m * decay[t][:, None, None] + (x[t] * dts[t][:, None])[:, :, None] * bm[t][:, None, :]
+        out[t] = np.einsum("hpn,hn->hp", m, cm[t]) + x[t] * np.asarray(d, np.float64)[:, None]
+    return out.reshape(n, h * p).astype(np.float32), m.astype(np.float32)
+
+
 _HANDLERS: dict[OpKind, Callable] = {
     OpKind.EMBED: ReferenceDevice.op_embed,
     OpKind.RMSNORM: ReferenceDevice.op_rmsnorm,
@@ -353,5 +386,6 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.SHORT_CONV: ReferenceDevice.op_short_conv,
     OpKind.SSM_CONV: ReferenceDevice.op_ssm_conv,
     OpKind.GATED_DELTA_NET: ReferenceDevice.op_gated_delta_net,
+    OpKind.SSM_SCAN: ReferenceDevice.op_ssm_scan,
 }
 assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"

@@ -38,6 +38,7 @@ pytestmark = [
 STATE_KERNELS = {
     "qwen35-Q8_0": ("rfc_ssm_conv", "rfc_gated_delta_net", "rfc_glu_sigmoid"),
     "lfm2-Q8_0": ("rfc_short_conv",),
+    "granitehybrid-Q8_0": ("rfc_ssm_conv", "rfc_ssm_scan"),  # Mamba2: the conv with its bias, the scan
     "lfm2moe-Q8_0": ("rfc_short_conv",),  # lfm2's operators with sigmoid-routed experts
 }
 # fixtures whose state kernels another fixture's sm_90 build compiles the same (width, kernel size)

@@ -336,10 +336,22 @@ class CpuOpDevice(InterpretedDevice):
 
     def _op_ssm_conv(self, op, outs, ins, weights, batch):
         """As _op_short_conv: each sequence's chunk from zeros (no state pool here)."""
-        fn = _declare(self._lib, "rfc_ssm_conv", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P])
         states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))  # NULL: no slot
+        if len(weights) > 1:  # Mamba2's conv bias
+            fn = _declare(self._lib, "rfc_ssm_conv_bias", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P, _P])
+            return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
+                        outs[0].array.shape[1], weights[0].ptr, weights[0].shape[1], weights[1].ptr, states.ctypes.data)
+        fn = _declare(self._lib, "rfc_ssm_conv", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P])
         return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs, outs[0].array.shape[1],
                     weights[0].ptr, weights[0].shape[1], states.ctypes.data)
+
+    def _op_ssm_scan(self, op, outs, ins, weights, batch):
+        fn = _declare(self._lib, "rfc_ssm_scan", [_P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, c_int, _P, _P, _P, _P])
+        states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
+        a = op.attrs
+        return fn, (ins[0].ptr, ins[1].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
+                    a["n_heads"], a["head_dim"], a["n_groups"], a["state_size"], weights[0].ptr, weights[1].ptr,
+                    weights[2].ptr, states.ctypes.data)
 
     def _op_gated_delta_net(self, op, outs, ins, weights, batch):
         fn = _declare(self._lib, "rfc_gated_delta_net", [_P, _P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, _P, _P, c_float, _P])
@@ -456,6 +468,7 @@ _CALLS: dict[OpKind, Callable] = {
     OpKind.MOE_ADD_BIAS: CpuOpDevice._op_moe_add_bias,
     OpKind.SSM_CONV: CpuOpDevice._op_ssm_conv,
     OpKind.GATED_DELTA_NET: CpuOpDevice._op_gated_delta_net,
+    OpKind.SSM_SCAN: CpuOpDevice._op_ssm_scan,
     OpKind.HEAD_MATMUL: CpuOpDevice._op_head_matmul,
     OpKind.CONCAT_HEADS: CpuOpDevice._op_concat_heads,
     OpKind.SHORT_CONV: CpuOpDevice._op_short_conv,

@@ -1,0 +1,138 @@
+"""`granitehybrid` (IBM Granite 4.0-H): a hybrid stack of Mamba2 layers and GQA attention layers,
+each followed by granite's FFN (dense SwiGLU, or granitemoe's experts with an optional shared
+expert), with granite's four multipliers, as llama.cpp's src/models/granite-hybrid.cpp builds it.
+
+Which layers attend is in the file: `attention.head_count_kv` per layer, 0 marking a Mamba2
+layer (llama.cpp's is_recr); the tensors must agree. A Mamba2 layer is compiler/arch/mamba2.py's
+mixer (llama.cpp asserts ssm.inner_size = 2 embedding_length); an attention layer is granite's
+(Q/K/V with optional biases, RoPE unless rope.scaling.finetuned is false, scores times
+`attention.scale`, attn_output with an optional bias). Then, as granite: the sublayer's output
+times `residual_scale`, the residual, ffn_norm, the FFN, times `residual_scale`, the residual;
+the embedding times `embedding_scale`, the logits divided by `logit_scale` (each 0 or absent: none).
+
+The KV cache holds the attention layers only; per sequence each Mamba2 layer keeps (kernel - 1)
+x (d_inner + 2 G N) + d_inner x N floats (mamba2.Mamba2.state_floats).
+"""
+
+import math
+
+from rfc.artifacts.plan import KVSpec
+from rfc.compiler.arch import mamba2
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import (
+    Attention, Sizes, declare_buffers, glu_ffn, hparams, linear, output_head, read_experts, read_rope, rope_factors,
+)  # fmt: skip
+from rfc.compiler.arch.granite import _f32, _moe_ffn
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+
+def read_layers(md: Metadata, b: ModelBuilder, n_layers: int, n_embd: int) -> tuple[Sizes, list[int]]:
+    """The attention layers (head_count_kv > 0) and their one head shape; every layer's tensors
+    must say the same kind as the counts."""
+    model = md.model
+    heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
+    kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS)
+    if not heads[0]:  # llama.cpp takes the head sizes from layer 0's count: none for attention layers
+        raise CompileError(f"{md.path}: {md.key('attention.head_count')} is 0 for layer 0, which gives llama.cpp "
+                           "no attention head size")  # fmt: skip
+    attn = [i for i in range(n_layers) if kv_heads[i]]
+    if not attn:
+        raise CompileError(f"{md.path}: {md.key('attention.head_count_kv')} marks no attention layer")
+    n_heads, n_kv = {heads[i] for i in attn}, {kv_heads[i] for i in attn}
+    if len(n_heads) != 1 or len(n_kv) != 1 or 0 in n_heads:
+        raise CompileError(f"{md.path}: the attention layers differ in head counts ({sorted(n_heads)} / {sorted(n_kv)}); "
+                           "one size is supported")  # fmt: skip
+    (nh,), (nkv,) = n_heads, n_kv
+    if nh % nkv:
+        raise CompileError(f"{md.path}: head_count {nh} is not a multiple of head_count_kv {nkv}")
+    head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // nh))
+    if md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim) != head_dim:
+        raise CompileError(f"{md.path}: attention.value_length != key_length is not supported")
+    for i in range(n_layers):  # the pattern must agree with the tensors, both ways
+        ssm, att = b.has(f"blk.{i}.ssm_in.weight"), b.has(f"blk.{i}.attn_q.weight")
+        if ssm == bool(kv_heads[i]) or att != bool(kv_heads[i]):
+            kind = "an attention" if kv_heads[i] else "a Mamba2"
+            raise CompileError(f"{md.path}: layer {i} is {kind} layer by {md.key('attention.head_count_kv')}, "
+                               "but its tensors say otherwise")  # fmt: skip
+    embd = model.tensors.get("token_embd.weight")
+    if embd is None or len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
+        raise CompileError(f"{md.path}: token_embd.weight is missing or not [vocab <= {MAX_VOCAB}, n_embd]")
+    return Sizes(n_embd, n_layers, nh, nkv, head_dim, embd.shape[0]), attn
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    md = Metadata(model, "granitehybrid")
+    b = ModelBuilder(model)
+    n_embd = md.int("embedding_length", 1, MAX_EMBD)
+    n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
+    s, attn_layers = read_layers(md, b, n_layers, n_embd)
+    m = mamba2.read_mamba2(md)
+    if m.d_inner != 2 * n_embd:  # llama.cpp asserts it (only an expansion factor of 2)
+        raise CompileError(f"{md.path}: {md.key('ssm.inner_size')} {m.d_inner} != 2 x embedding_length {n_embd}")
+    rope = read_rope(md, s, "adjacent")
+    n_expert, n_used = read_experts(md)
+    n_ff_shexp = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) if n_expert else 0
+    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    logit_scale = _f32(md.float("logit_scale", 0.0, 1e6, default=0.0))
+    residual = _f32(md.float("residual_scale", 0.0, 1e6, default=0.0))
+    embedding = _f32(md.float("embedding_scale", 0.0, 1e6, default=0.0))
+    att_scale = _f32(md.float("attention.scale", 0.0, 1e6, default=0.0))
+    use_rope = md.bool("rope.scaling.finetuned", default=True)
+    declare_buffers(b, s, n_ff, n_used, n_expert)
+    mamba2.declare(b, m)
+    if n_ff_shexp:
+        for name, width in (("moe_out", s.n_embd), ("shexp_gate", n_ff_shexp), ("shexp_up", n_ff_shexp)):
+            b.buffer(name, "T", width)
+    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if use_rope else None
+    cfg = Attention(rope, scale=att_scale or 1.0 / math.sqrt(s.head_dim), factors=factors)
+    b.op("embed", ("tokens",), ("x",), (embd,), **({"scale": embedding} if embedding else {}))
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        if i in attn_layers:
+            _attention(b, i, attn_layers.index(i), s, cfg, use_rope)
+        else:
+            mamba2.mamba2_layer(b, i, s.n_embd, m, eps)
+        if residual:
+            b.op("scale", ("h",), ("h",), factor=residual)
+        b.op("add", ("x", "h"), ("x",))
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
+        if n_expert:
+            _moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used, n_ff_shexp)
+        else:
+            glu_ffn(b, i, s.n_embd, n_ff, bias=True)
+        if residual:
+            b.op("scale", ("h",), ("h",), factor=residual)
+        b.op("add", ("x", "h"), ("x",))
+    tied = output_head(b, s, eps)
+    if logit_scale:
+        b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / logit_scale))
+    extra = {"logit_scale": logit_scale, "residual_scale": residual, "embedding_scale": embedding, "attention_scale": att_scale,
+             "attention_layers": len(attn_layers), "ssm_conv_kernel": m.kernel, "ssm_inner_size": m.d_inner,
+             "ssm_state_size": m.n_state, "ssm_time_step_rank": m.n_heads, "ssm_group_count": m.n_groups}  # fmt: skip
+    if n_expert:
+        extra.update(expert_count=n_expert, expert_used_count=n_used)
+        if n_ff_shexp:
+            extra["expert_shared_feed_forward_length"] = n_ff_shexp
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{attn_layers[0]}.attn_q.bias"),
+                 rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
+    kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
+
+
+def _attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, cfg: Attention, use_rope: bool) -> None:
+    """Layer i's attention, its KV in the cache's layer kv_layer (granite's build_attention_layer)."""
+    p = f"blk.{i}."
+    for proj, width in (("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width)):
+        linear(b, "h", proj, f"{p}attn_{proj}", (width, s.n_embd), bias=True)
+    if use_rope:
+        b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+    b.op("kv_write", ("k", "v"), (), layer=kv_layer)
+    b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
+         scale=cfg.scale)  # fmt: skip
+    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width), bias=True)

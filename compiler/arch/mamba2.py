@@ -1,0 +1,96 @@
+"""The Mamba2 mixer the hybrid recipes share (granitehybrid, nemotron_h), as llama.cpp's
+build_mamba2_layer (src/models/mamba-base.cpp) builds it:
+
+- ssm_in projects the normed input to z (d_inner), xBC (d_inner + 2 G N: x, then B and C of
+  the G groups) and dt (H): three matmuls over row ranges of the one tensor;
+- xBC through a causal depthwise conv of `ssm.conv_kernel` taps plus its bias, then SiLU (op
+  ssm_conv; its state the last kernel - 1 inputs);
+- the selective scan (op ssm_scan: H heads of P = d_inner / H, a scalar decay exp(dt' A) per
+  head, dt' = softplus(dt + dt_bias), head h reading group h / (H / G) of B and C, plus x D;
+  its state a P x N matrix per head);
+- y * silu(z), an RMS norm over each of the G groups of d_inner / G (ssm_norm), ssm_out.
+
+State per sequence and layer: (kernel - 1) x (d_inner + 2 G N) + H x P x N floats.
+"""
+
+from dataclasses import dataclass
+
+from rfc.artifacts.plan import MAX_CONV_KERNEL
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.metadata import MAX_FF, MAX_HEADS, Metadata
+from rfc.compiler.errors import CompileError
+
+MAX_STATE_SIZE = 1024  # ssm.state_size N (Granite 4.0-H, Nemotron-H: 128); validate.py's bound
+
+
+@dataclass(frozen=True)
+class Mamba2:
+    d_inner: int  # ssm.inner_size
+    n_state: int  # ssm.state_size N
+    n_heads: int  # ssm.time_step_rank H
+    n_groups: int  # ssm.group_count G
+    kernel: int  # ssm.conv_kernel
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_inner // self.n_heads
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.n_groups * self.n_state
+
+    @property
+    def in_proj(self) -> int:
+        return 2 * self.d_inner + 2 * self.n_groups * self.n_state + self.n_heads
+
+    @property
+    def state_floats(self) -> int:
+        """Per sequence and Mamba2 layer: the conv window and the scan's matrices."""
+        return (self.kernel - 1) * self.conv_dim + self.d_inner * self.n_state
+
+
+def read_mamba2(md: Metadata) -> Mamba2:
+    kernel = md.int("ssm.conv_kernel", 2, MAX_CONV_KERNEL - 1)
+    d_inner = md.int("ssm.inner_size", 1, MAX_FF)
+    n_state = md.int("ssm.state_size", 1, MAX_STATE_SIZE)
+    n_heads = md.int("ssm.time_step_rank", 1, MAX_HEADS)
+    n_groups = md.int("ssm.group_count", 1, MAX_HEADS)
+    if d_inner % n_heads:
+        raise CompileError(f"{md.path}: {md.key('ssm.inner_size')} {d_inner} is not a multiple of "
+                           f"{md.key('ssm.time_step_rank')} {n_heads} (heads)")
+    if n_heads % n_groups:
+        raise CompileError(f"{md.path}: {md.key('ssm.time_step_rank')} {n_heads} (heads) is not a multiple of "
+                           f"{md.key('ssm.group_count')} {n_groups}")
+    return Mamba2(d_inner, n_state, n_heads, n_groups, kernel)
+
+
+def declare(b: ModelBuilder, m: Mamba2) -> None:
+    for name, width in (("ssm_z", m.d_inner), ("ssm_xbc_in", m.conv_dim), ("ssm_xbc", m.conv_dim),
+                        ("ssm_dt", m.n_heads), ("ssm_y", m.d_inner)):  # fmt: skip
+        b.buffer(name, "T", width)
+
+
+def mamba2_layer(b: ModelBuilder, i: int, e: int, m: Mamba2, eps: float, *, src: str = "h", dst: str = "h") -> None:
+    """dst = ssm_out(rmsnorm_groups(ssm_scan(ssm_conv(xBC), dt) * silu(z)))."""
+    p = f"blk.{i}."
+    fused, shape = p + "ssm_in.weight", (m.in_proj, e)
+    z = b.rows(fused + ":z", "ssm_in_z", fused, shape, 0, m.d_inner)
+    xbc = b.rows(fused + ":xbc", "ssm_in_xbc", fused, shape, m.d_inner, m.d_inner + m.conv_dim)
+    dt = b.rows(fused + ":dt", "ssm_in_dt", fused, shape, m.d_inner + m.conv_dim, m.in_proj)
+    b.op("matmul", (src,), ("ssm_z",), (z,))
+    b.op("matmul", (src,), ("ssm_xbc_in",), (xbc,))
+    b.op("matmul", (src,), ("ssm_dt",), (dt,))
+    conv = (b.tensor(p + "ssm_conv1d.weight", "ssm_conv1d", (m.conv_dim, m.kernel)),)
+    conv += tuple(w for w in (b.optional_tensor(p + "ssm_conv1d.bias", "ssm_conv1d_bias", (m.conv_dim,)),) if w)
+    b.op("ssm_conv", ("ssm_xbc_in",), ("ssm_xbc",), conv, state=b.state(i, (m.kernel - 1, m.conv_dim)))
+    h = m.n_heads
+    gates = (b.flat(p + "ssm_a", "ssm_a", (h, 1)), b.flat(p + "ssm_d", "ssm_d", (h, 1)),
+             b.tensor(p + "ssm_dt.bias", "ssm_dt_bias", (h,)))  # fmt: skip
+    b.op("ssm_scan", ("ssm_xbc", "ssm_dt"), ("ssm_y",), gates, state=b.state(i, (h, m.head_dim, m.n_state)), n_heads=h,
+         head_dim=m.head_dim, n_groups=m.n_groups, state_size=m.n_state)
+    b.op("swiglu", ("ssm_z", "ssm_y"), ("ssm_y",))
+    if m.n_groups != 1:
+        raise CompileError(f"{b.path}: a Mamba2 norm over {m.n_groups} groups (ssm.group_count) is not supported yet")
+    norm = b.flat(p + "ssm_norm.weight", "ssm_norm", (m.n_groups, m.d_inner // m.n_groups))
+    b.op("rmsnorm", ("ssm_y",), ("ssm_y",), (norm,), eps=eps)
+    b.op("matmul", ("ssm_y",), (dst,), (b.tensor(p + "ssm_out.weight", "ssm_out", (e, m.d_inner)),))
