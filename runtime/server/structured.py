@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from rfc.runtime.text.assistant_output import OutputSpec
 from rfc.runtime.sampling.constraints import Busy, Grammar, GrammarError
-from rfc.runtime.text.reasoning import prompt_opens_thinking, template_is_harmony, template_thinks
+from rfc.runtime.text.reasoning import prompt_opens_thinking, template_is_harmony, template_thinks, thinking_tags
 from rfc.runtime.server.errors import bad_request, unavailable
 from rfc.runtime.server.host import ServedModel
 
@@ -67,6 +67,7 @@ class OutputPlan:
             thinks=thinks,
             harmony=thinks and template_is_harmony(source),
             starts_inside=thinks and prompt_opens_thinking(prompt),
+            tags=thinking_tags(source),
             tool_format=fmt,
             tools=tuple(self.tools),
             forced_calls=forced,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from rfc.runtime.text.reasoning import make_splitter
+from rfc.runtime.text.reasoning import CLOSE, OPEN, make_splitter
 from rfc.runtime.text.tool_calls import ToolCall, ToolFormat
 
 
@@ -38,6 +38,7 @@ class OutputSpec:
     thinks: bool = False  # split `<think>` blocks off as reasoning
     harmony: bool = False  # ... or harmony's analysis channel (gpt-oss)
     starts_inside: bool = False  # the prompt opened the block
+    tags: tuple[str, str] = (OPEN, CLOSE)  # the block's tags (Gemma 4: `<|channel>thought`, `<channel|>`)
     tool_format: ToolFormat | None = None  # parse calls from free text (tool_choice auto)
     tools: tuple[dict, ...] = ()  # the request's tools, for their parameter types
     forced_calls: bool = False  # the grammar forced a JSON list of {"name", "arguments"}
@@ -58,7 +59,7 @@ class AssistantMessage:
 class OutputParser:
     def __init__(self, spec: OutputSpec):
         self.spec = spec
-        self._reasoning = make_splitter(spec.harmony, spec.starts_inside) if spec.thinks else None
+        self._reasoning = make_splitter(spec.harmony, spec.starts_inside, spec.tags) if spec.thinks else None
         self._pending = spec.call_prefix  # content not yet released: a tail that may start a call
         self._space: list[str] = []  # at_start_only formats, undecided: the leading whitespace, set aside
         # The output from a call's marker on (all of it when forced), held back for `finish`.

@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPEN, CLOSE = "<think>", "</think>"
+# Gemma 4's thinking block: `<|channel>thought\n...<channel|>` (its template writes past reasoning
+# so, and an empty block into the prompt when thinking is off); the same split with other tags.
+GEMMA4_OPEN, GEMMA4_CLOSE = "<|channel>thought", "<channel|>"
 # gpt-oss's harmony format: messages `<|start|>assistant<|channel|>NAME<|message|>TEXT<|end|>`,
 # the reasoning in channel analysis, the answer in channel final (which ends with <|return|>),
 # tool calls in channel commentary (` to=functions.NAME`, ending with <|call|>).
@@ -23,9 +26,19 @@ HARMONY_ENDS = ("<|end|>", "<|return|>", "<|call|>")
 
 
 def template_thinks(source: str) -> bool:
-    """Whether a chat template writes or strips `<think>` blocks, or harmony's analysis
-    channel: its model thinks."""
-    return OPEN in source or CLOSE in source or template_is_harmony(source)
+    """Whether a chat template writes or strips `<think>` blocks, harmony's analysis channel,
+    or Gemma 4's thought channel: its model thinks."""
+    return OPEN in source or CLOSE in source or template_is_harmony(source) or template_is_gemma4(source)
+
+
+def template_is_gemma4(source: str) -> bool:
+    """Whether a chat template writes Gemma 4's `<|channel>thought ... <channel|>` blocks."""
+    return GEMMA4_OPEN in source and GEMMA4_CLOSE in source
+
+
+def thinking_tags(source: str) -> tuple[str, str]:
+    """The open and close tags of a thinking template's reasoning block."""
+    return (GEMMA4_OPEN, GEMMA4_CLOSE) if template_is_gemma4(source) else (OPEN, CLOSE)
 
 
 def template_is_harmony(source: str) -> bool:
@@ -52,7 +65,8 @@ class ReasoningSplitter:
     counts at the start, leading whitespace aside), so a model that merely mentions the tag
     in its answer is not cut."""
 
-    def __init__(self, starts_inside: bool):
+    def __init__(self, starts_inside: bool, tags: tuple[str, str] = (OPEN, CLOSE)):
+        self._open, self._close = tags  # `<think>`, `</think>` unless the template says otherwise (Gemma 4)
         self._inside = starts_inside
         self._may_open = not starts_inside  # only at the very start of the output
         self._done = False  # past `</think>`: everything else is content
@@ -75,11 +89,11 @@ class ReasoningSplitter:
             if self._may_open:
                 stripped = buf.lstrip()
                 self._space.append(buf[:len(buf) - len(stripped)])
-                if stripped.startswith(OPEN):
+                if stripped.startswith(self._open):
                     self._may_open, self._inside, self._space = False, True, []
-                    buf = stripped[len(OPEN):]
+                    buf = stripped[len(self._open):]
                     continue
-                if OPEN.startswith(stripped):  # maybe the tag, not complete yet
+                if self._open.startswith(stripped):  # maybe the tag, not complete yet
                     self._held = stripped
                     break
                 self._may_open = False
@@ -92,13 +106,13 @@ class ReasoningSplitter:
                 self._reasoning_started = bool(buf)
                 if not buf:
                     break
-            end = buf.find(CLOSE)
+            end = buf.find(self._close)
             if end >= 0:
                 out.reasoning += buf[:end]
-                buf = buf[end + len(CLOSE):]
+                buf = buf[end + len(self._close):]
                 self._inside, self._done = False, True
                 continue
-            keep = _partial_suffix(buf, CLOSE)
+            keep = _partial_suffix(buf, self._close)
             out.reasoning += buf[:len(buf) - keep]
             self._held = buf[len(buf) - keep:]
             break
@@ -196,9 +210,10 @@ def _may_be_header(text: str) -> bool:
     return any(text.startswith(t) or t.startswith(text) for t in ("<|start|>", CHANNEL, " to=", "to="))
 
 
-def make_splitter(harmony: bool, starts_inside: bool) -> ReasoningSplitter | HarmonySplitter:
-    """The splitter for a template's reasoning format."""
-    return HarmonySplitter(starts_inside) if harmony else ReasoningSplitter(starts_inside)
+def make_splitter(harmony: bool, starts_inside: bool,
+                  tags: tuple[str, str] = (OPEN, CLOSE)) -> ReasoningSplitter | HarmonySplitter:
+    """The splitter for a template's reasoning format (`tags`: thinking_tags of the template)."""
+    return HarmonySplitter(starts_inside) if harmony else ReasoningSplitter(starts_inside, tags)
 
 
 def split_whole(text: str, starts_inside: bool) -> Split:

@@ -1,10 +1,15 @@
 """The `<think>` split, whole and streamed piece by piece, on the prompts the real Qwen3 and
 DeepSeek-R1 templates render."""
 
+import json
+
 import pytest
 
 from rfc.runtime.text.chat import ChatTemplate
-from rfc.runtime.text.reasoning import ReasoningSplitter, prompt_opens_thinking, split_whole, template_thinks
+from rfc.runtime.text.assistant_output import OutputParser, OutputSpec
+from rfc.runtime.text.reasoning import (
+    ReasoningSplitter, prompt_opens_thinking, split_whole, template_thinks, thinking_tags,
+)  # fmt: skip
 from tests.conftest import CHAT_TEMPLATES
 
 pytestmark = pytest.mark.shared
@@ -18,8 +23,8 @@ def render(name: str, **extra) -> str:
     return t.render(USER, add_generation_prompt=True, **extra)
 
 
-def streamed(text: str, starts_inside: bool, size: int) -> tuple[str, str]:
-    s = ReasoningSplitter(starts_inside)
+def streamed(text: str, starts_inside: bool, size: int, tags: tuple[str, str] = ("<think>", "</think>")) -> tuple[str, str]:
+    s = ReasoningSplitter(starts_inside, tags)
     reasoning = content = ""
     for i in range(0, len(text), size):
         part = s.push(text[i:i + size])
@@ -66,3 +71,42 @@ def test_no_block_is_all_content(size):
 def test_unclosed_block_is_reasoning():
     assert streamed("<think>still thinking when max_tokens hit", False, 3) == ("still thinking when max_tokens hit", "")
     assert streamed("thinking </thi", True, 1) == ("thinking </thi", "")
+
+
+GEMMA4 = ("<|channel>thought", "<channel|>")
+
+
+@pytest.mark.parametrize("name", ["google-gemma-4-31B-it.jinja", "google-gemma-4-31B-it-interleaved.jinja"])
+def test_gemma4_thinks_in_its_thought_channel(name):
+    """Gemma 4 thinks in `<|channel>thought ... <channel|>`: with thinking on the prompt ends at
+    the model's turn (the model opens the block), off it holds an empty block."""
+    source = (TEMPLATES / name).read_text(encoding="utf-8")
+    assert template_thinks(source) and thinking_tags(source) == GEMMA4
+    assert render(name, enable_thinking=True).endswith("<|turn>model\n")
+    assert render(name, enable_thinking=False).endswith("<|turn>model\n<|channel>thought\n<channel|>")
+    assert not prompt_opens_thinking(render(name, enable_thinking=True))
+    assert thinking_tags((TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")) == ("<think>", "</think>")
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_gemma4_output_split(size):
+    out = "<|channel>thought\nThe user asks 2+2. That is 4.\n<channel|>The answer is 4."
+    assert streamed(out, False, size, GEMMA4) == ("The user asks 2+2. That is 4.\n", "The answer is 4.")
+    assert streamed("The answer is 4.", False, size, GEMMA4) == ("", "The answer is 4.")  # thinking off
+    assert streamed(out, False, size) == ("", out)  # the <think> splitter leaves it alone
+
+
+def test_gemma4_reasoning_and_tool_call_through_the_output_parser():
+    """The server's parser (OutputSpec as structured.py builds it): the thought channel as
+    reasoning, then a Gemma 4 tool call."""
+    from rfc.runtime.text.tool_calls import FORMATS
+
+    fmt = next(f for f in FORMATS if f.name == "gemma4")
+    parser = OutputParser(OutputSpec(thinks=True, tags=GEMMA4, tool_format=fmt))
+    text = '<|channel>thought\nCall f.\n<channel|><|tool_call>call:f{a:<|"|>x<|"|>}<tool_call|>'
+    for i in range(0, len(text), 3):
+        parser.push(text[i:i + 3])
+    parser.finish()
+    message = parser.message
+    assert message.reasoning == "Call f.\n" and message.content == ""
+    assert [(c.name, json.loads(c.arguments)) for c in message.calls] == [("f", {"a": "x"})]
