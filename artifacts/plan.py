@@ -44,7 +44,7 @@ MAX_OPS = 1 << 20
 MAX_BUFFERS = 4096
 SYMBOLS = ("T", "R")
 DTYPES = ("f32", "i32")
-GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai", "sigmoid")  # swiglu's `activation`
+GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu")  # swiglu's `activation`
 ROPE_STYLES = ("adjacent", "neox")
 MOE_GATINGS = ("softmax", "sigmoid", "softmax_weight")  # moe_route's `gating`
 MAX_STATE_TENSORS = 4096  # state tensors of one plan (a few per layer)
@@ -101,7 +101,8 @@ OPS: dict[OpKind, OpSchema] = {
     OpKind.RMSNORM: OpSchema(
         1, 1, (0, 1), ("eps",), optional=(("heads", 1),),
         doc="each row is `heads` equal segments s (1: the whole row; n_heads: per-head Q/K norms), each "
-        "normalized on its own: out = s / sqrt(mean(s^2) + eps) * weight, weight [width / heads]; without a "
+        "normalized on its own: out = s / sqrt(mean(s^2) + eps) * weight, weight [width / heads] (or [width] with "
+        "heads > 1: a weight per segment, Mamba2's grouped norm); without a "
         "weight out = s / sqrt(mean(s^2) + eps) (gemma4's V norm)",
     ),
     OpKind.MATMUL: OpSchema(1, 1, (1, 1), doc="out[M, N] = x[M, K] @ weight[N, K]^T, weight in its stored format"),
@@ -135,7 +136,8 @@ OPS: dict[OpKind, OpSchema] = {
         "(GeGLU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))); 'swiglu_oai' (gpt-oss, llama.cpp's "
         "swiglu_oai) clamps and shifts: g' = min(g, limit), u' = clamp(u, -limit, limit), "
         "out = g' / (1 + exp(-alpha g')) * (u' + 1) (alpha and limit are read by it alone); 'sigmoid' "
-        "(qwen35's attention output gate): out = u / (1 + exp(-g))",
+        "(qwen35's attention output gate): out = u / (1 + exp(-g)); 'relu': out = max(g, 0) * u (with u = g: "
+        "nemotron_h's squared ReLU)",
     ),
     OpKind.ADD: OpSchema(2, 1, (0, 0), doc="out = a + b"),
     OpKind.GATHER_ROWS: OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),

@@ -229,7 +229,8 @@ def _rmsnorm(v: _OpView) -> None:
     heads = v.int_attr("heads", 1, v.width(x))
     v.need(v.width(x) % heads == 0, f"a row of {v.width(x)} is not {heads} equal segments")
     w = v.weight_shape(0) if v.op.weights else None  # no weight: the norm alone (gemma4's V)
-    v.need(w is None or w == (v.width(x) // heads,), f"weight {w} is not [{v.width(x) // heads}]")
+    per_seg = heads > 1 and w == (v.width(x),)  # a weight per segment (Mamba2's grouped norm)
+    v.need(w is None or w == (v.width(x) // heads,) or per_seg, f"weight {w} is not [{v.width(x) // heads}]")
 
 
 def _matmul(v: _OpView) -> None:

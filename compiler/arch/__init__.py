@@ -15,7 +15,7 @@ from rfc.compiler.arch import lfm2
 from rfc.compiler.arch import gemma4
 from rfc.compiler.arch import lfm2moe
 from rfc.compiler.arch import llama4
-from rfc.compiler.arch import granitehybrid
+from rfc.compiler.arch import granitehybrid, nemotron_h
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -33,6 +33,7 @@ RECIPES: dict[str, Recipe] = {
     "granite": granite.build,
     "granitemoe": granite.build_moe,
     "granitehybrid": granitehybrid.build,
+    "nemotron_h": nemotron_h.build,
     "lfm2": lfm2.build,
     "lfm2moe": lfm2moe.build,
     "llama": llama.build,

@@ -58,6 +58,9 @@ def read_mamba2(md: Metadata) -> Mamba2:
     if d_inner % n_heads:
         raise CompileError(f"{md.path}: {md.key('ssm.inner_size')} {d_inner} is not a multiple of "
                            f"{md.key('ssm.time_step_rank')} {n_heads} (heads)")
+    if d_inner % n_groups or (d_inner // n_groups) % 8:  # the cpu norm's segments are whole 8-float vectors
+        raise CompileError(f"{md.path}: {md.key('ssm.inner_size')} {d_inner} is not {n_groups} groups "
+                           f"({md.key('ssm.group_count')}) of a multiple of 8")
     if n_heads % n_groups:
         raise CompileError(f"{md.path}: {md.key('ssm.time_step_rank')} {n_heads} (heads) is not a multiple of "
                            f"{md.key('ssm.group_count')} {n_groups}")
@@ -89,8 +92,6 @@ def mamba2_layer(b: ModelBuilder, i: int, e: int, m: Mamba2, eps: float, *, src:
     b.op("ssm_scan", ("ssm_xbc", "ssm_dt"), ("ssm_y",), gates, state=b.state(i, (h, m.head_dim, m.n_state)), n_heads=h,
          head_dim=m.head_dim, n_groups=m.n_groups, state_size=m.n_state)
     b.op("swiglu", ("ssm_z", "ssm_y"), ("ssm_y",))
-    if m.n_groups != 1:
-        raise CompileError(f"{b.path}: a Mamba2 norm over {m.n_groups} groups (ssm.group_count) is not supported yet")
-    norm = b.flat(p + "ssm_norm.weight", "ssm_norm", (m.n_groups, m.d_inner // m.n_groups))
-    b.op("rmsnorm", ("ssm_y",), ("ssm_y",), (norm,), eps=eps)
+    norm = b.flat(p + "ssm_norm.weight", "ssm_norm", (m.n_groups, m.d_inner // m.n_groups))  # a weight per group
+    b.op("rmsnorm", ("ssm_y",), ("ssm_y",), (norm,), eps=eps, **({"heads": m.n_groups} if m.n_groups > 1 else {}))
     b.op("matmul", ("ssm_y",), (dst,), (b.tensor(p + "ssm_out.weight", "ssm_out", (e, m.d_inner)),))

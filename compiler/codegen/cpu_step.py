@@ -34,7 +34,7 @@ from rfc.compiler.errors import CompileError
 MAX_SEGMENTS = 8  # rfc_mm_run's per-call segment arrays
 # The C row function of each gated activation (artifacts/plan.py GLU_ACTIVATIONS; cpu_elementwise.c.j2).
 GLU_SPANS = {"silu": "rfc_swiglu_span", "gelu_tanh": "rfc_geglu_span", "swiglu_oai": "rfc_swiglu_oai_span",
-             "sigmoid": "rfc_sigmoid_glu_span"}
+             "sigmoid": "rfc_sigmoid_glu_span", "relu": "rfc_relu_glu_span"}
 
 
 def f32_literal(value: float, what: str) -> float:
@@ -297,6 +297,9 @@ class _Lowering:
             if heads < 1 or width % heads or (width // heads) % 8:  # another width, or no weight (gemma4's V: NULL)
                 raise CompileError(f"rmsnorm of {x}: {heads} heads do not split a row of {width} into multiples of 8")
             w = self.vec(op.weights[0]) if op.weights else []  # the template writes NULL
+            if op.weights and heads > 1 and tuple(self.entries[op.weights[0]].shape) == (width,):  # Mamba2's groups
+                return Phase("rmsnorm_segs", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": w, "rows": self.rows(x),
+                                              "width": width, "heads": heads}, set(op.inputs), set(op.outputs))  # fmt: skip
             return Phase("rmsnorm_heads", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": w,
                                            "rows": self.rows(x), "width": width, "heads": heads},
                          set(op.inputs), set(op.outputs))  # fmt: skip

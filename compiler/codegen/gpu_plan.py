@@ -344,9 +344,11 @@ class _Planner:
         width, heads = self._width(op.inputs[0]), int(op.attr("heads"))
         seg = width // heads
         threads = self._row_threads(seg)
+        per_seg = has_weight and heads > 1 and tuple(self.tensors[op.weights[0]].shape) == (width,)  # Mamba2's groups
         name = (f"rfc_rmsnorm_{width}" if heads == 1 else f"rfc_rmsnorm_{heads}x{seg}") + ("" if has_weight else "_unit")
+        name += "_segw" if per_seg else ""
         params = {"name": name, "threads": threads, "width": width, "heads": heads, "seg": seg, "eps": float(op.attrs["eps"]),
-                  "has_weight": has_weight}  # fmt: skip
+                  "has_weight": has_weight, "per_seg": per_seg}  # fmt: skip
         args = tuple(a for a in KERNEL_ARGS["rmsnorm"] if has_weight or a[0] != "weight")
         return KernelSpec(name, "gpu_rmsnorm.hip.j2", params, args, threads, (("n_rows", 1), (heads, 1)))
 

@@ -98,7 +98,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
         x = ins[0].reshape(rows, attrs["heads"], width // attrs["heads"])
         ms = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
         y = x / np.sqrt(ms + np.float32(attrs["eps"]))
-        outs[0][...] = (y * weights[0] if weights else y).reshape(rows, width)  # no weight: gemma4's V norm
+        w = weights[0].reshape(-1, y.shape[-1]) if weights else None  # [1 or heads, segment]: Mamba2's per group
+        outs[0][...] = (y * w if weights else y).reshape(rows, width)  # no weight: gemma4's V norm
 
     def op_matmul(self, outs, ins, weights, attrs, batch):
         outs[0][...] = ins[0].astype(np.float64) @ weights[0].T
@@ -116,6 +117,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
             outs[0][...] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * u
         elif attrs["activation"] == "sigmoid":
             outs[0][...] = u / (np.float32(1.0) + np.exp(-g))
+        elif attrs["activation"] == "relu":  # nemotron_h's relu^2 as relu(g) * g
+            outs[0][...] = np.maximum(g, np.float32(0.0)) * u
         elif attrs["activation"] == "swiglu_oai":
             limit, alpha = np.float32(attrs["limit"]), np.float32(attrs["alpha"])
             x = np.minimum(g, limit)

@@ -96,7 +96,7 @@ GREEDY_MODELS = ["tiny-llama-Q4_0", "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M", 
                  "tiny-granitemoe-Q8_0", "tiny-mistral3temp-Q8_0", "tiny-lfm2-Q8_0", "tiny-lfm2-Q4_K_M",
                  "tiny-lfm2moe-Q8_0", "tiny-lfm2moe-Q4_K_M", "tiny-llama4-Q8_0",
                  "tiny-llama4-Q4_K_M", "tiny-gemma4-Q8_0"]
-GREEDY_MODELS += ["tiny-granitehybrid-Q8_0"]  # Mamba2 layers carrying conv and scan state from step to step
+GREEDY_MODELS += ["tiny-granitehybrid-Q8_0", "tiny-nemotron_h-Q8_0"]  # Mamba2 layers carrying conv and scan state
 NEAR_TIE = 0.5
 
 

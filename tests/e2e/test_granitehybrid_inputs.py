@@ -29,7 +29,7 @@ CASES = {
     "heads 2^31": ({"metadata": {"granitehybrid.ssm.time_step_rank": 1 << 31}}, "granitehybrid.ssm.time_step_rank"),
     "heads not dividing the inner size": ({"metadata": {"granitehybrid.ssm.time_step_rank": 7}}, "not a multiple"),
     "groups 0": ({"metadata": {"granitehybrid.ssm.group_count": 0}}, "granitehybrid.ssm.group_count"),
-    "heads not a multiple of groups": ({"metadata": {"granitehybrid.ssm.group_count": 3}}, "not a multiple"),
+    "heads not a multiple of groups": ({"metadata": {"granitehybrid.ssm.group_count": 16}}, "not a multiple"),
     "state size 2^20": ({"metadata": {"granitehybrid.ssm.state_size": 1 << 20}}, "granitehybrid.ssm.state_size"),
     "inner size != 2 x embedding": ({"metadata": {"granitehybrid.ssm.inner_size": 256}}, "granitehybrid.ssm.inner_size 256"),
     "conv kernel 2^32-1": ({"metadata": {"granitehybrid.ssm.conv_kernel": (1 << 32) - 1}}, "granitehybrid.ssm.conv_kernel"),
@@ -44,8 +44,21 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# nemotron_h: its layer kinds from two per-layer arrays, the grouped norm's sizes
+NEMOTRON_CASES = {
+    "nemotron layer pattern against the tensors": ({"metadata": {"nemotron_h.feed_forward_length": [0, 0, 0, 0]}},
+                                                   "layer 2 is a mamba2 layer"),
+    "nemotron groups not dividing the inner size in 8s": ({"metadata": {"nemotron_h.ssm.group_count": 128}},
+                                                          "nemotron_h.ssm.inner_size 512 is not 128 groups"),
+    "nemotron ssm_norm of one group of two": ({"tensor_fn": _shorter("blk.3.ssm_norm.weight", 1)}, "blk.3.ssm_norm.weight"),
+    "nemotron without a norm epsilon": ({"drop_keys": ("nemotron_h.attention.layer_norm_epsilon",)},
+                                        "nemotron_h.attention.layer_norm_epsilon"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES) + sorted(NEMOTRON_CASES))
 def test_malformed_granitehybrid_is_one_line_exit_2(case, tmp_path):
-    edits, message = CASES[case]
-    model = rewrite_gguf(SRC, tmp_path / "bad.gguf", **edits)
+    src = SRC if case in CASES else FIXTURES / "tiny-nemotron_h-Q8_0.gguf"
+    edits, message = CASES.get(case) or NEMOTRON_CASES[case]
+    model = rewrite_gguf(src, tmp_path / "bad.gguf", **edits)
     assert_compile_refused(model, tmp_path, message)

@@ -39,6 +39,7 @@ STATE_KERNELS = {
     "qwen35-Q8_0": ("rfc_ssm_conv", "rfc_gated_delta_net", "rfc_glu_sigmoid"),
     "lfm2-Q8_0": ("rfc_short_conv",),
     "granitehybrid-Q8_0": ("rfc_ssm_conv", "rfc_ssm_scan"),  # Mamba2: the conv with its bias, the scan
+    "nemotron_h-Q8_0": ("rfc_ssm_conv", "rfc_ssm_scan", "rfc_rmsnorm_2x256_segw", "rfc_glu_relu"),  # 2 groups; relu^2 MLP
     "lfm2moe-Q8_0": ("rfc_short_conv",),  # lfm2's operators with sigmoid-routed experts
 }
 # fixtures whose state kernels another fixture's sm_90 build compiles the same (width, kernel size)

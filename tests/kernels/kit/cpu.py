@@ -279,7 +279,8 @@ class CpuOpDevice(InterpretedDevice):
     def _op_rmsnorm(self, op, outs, ins, weights, batch):
         rows, width = ins[0].array.shape
         if op.attr("heads") != 1 or width != self._bundle.plan.n_embd or not weights:
-            fn = self._arch_kernel("rfc_rmsnorm_heads", op)
+            per_seg = weights and op.attr("heads") > 1 and tuple(weights[0].shape) == (width,)  # Mamba2's grouped norm
+            fn = self._arch_kernel("rfc_rmsnorm_segs" if per_seg else "rfc_rmsnorm_heads", op)
             return fn, (ins[0].ptr, weights[0].ptr if weights else None, outs[0].ptr, rows, width, op.attr("heads"))
         return self._rmsnorm, (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows)
 
@@ -381,7 +382,7 @@ class CpuOpDevice(InterpretedDevice):
 
     def _op_swiglu(self, op, outs, ins, weights, batch):
         act = op.attr("activation")
-        fn = self._arch_kernel({"gelu_tanh": "rfc_geglu", "swiglu_oai": "rfc_swiglu_oai"}[act], op) if act != "silu" else self._swiglu
+        fn = self._arch_kernel({"gelu_tanh": "rfc_geglu", "swiglu_oai": "rfc_swiglu_oai", "relu": "rfc_reluglu"}[act], op) if act != "silu" else self._swiglu
         return fn, (ins[0].ptr, ins[1].ptr, outs[0].ptr, ins[0].array.size)
 
     def _op_scale(self, op, outs, ins, weights, batch):
