@@ -141,11 +141,13 @@ class Recorder:
 
 
 @pytest.mark.parametrize("device", ["ref", pytest.param("cpu", marks=pytest.mark.toolchain)])
-def test_a_repeated_prefix_resumes_from_its_state_checkpoint(device, bundle_cache):
+@pytest.mark.parametrize("path", [LFM2, FIXTURES / "tiny-granitehybrid-Q8_0.gguf"], ids=["lfm2", "granitehybrid"])
+def test_a_repeated_prefix_resumes_from_its_state_checkpoint(device, path, bundle_cache):
     """The second prompt shares 43 tokens with the first: it takes the two whole cached blocks
-    and the state checkpointed after them, prefills 15 tokens instead of 47, and its logits are
-    those of the same prompt run on a fresh engine, bit for bit."""
-    bundle = bundle_cache(LFM2) if device == "cpu" else bundle_cache(LFM2, REFERENCE_ONLY)
+    and the state checkpointed after them (granitehybrid: Mamba2's conv windows and scan
+    matrices), prefills 15 tokens instead of 47, and its logits are those of the same prompt run
+    on a fresh engine, bit for bit."""
+    bundle = bundle_cache(path) if device == "cpu" else bundle_cache(path, REFERENCE_ONLY)
     rng = np.random.default_rng(11)
     system = [1, *rng.integers(3, 512, size=40).tolist()]
     first, second = system + [5, 9], system + [17, 4, 8, 30, 2, 6]
