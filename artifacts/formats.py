@@ -131,6 +131,15 @@ class WeightFormat:
 # 8 chunks of 32 bytes, chunk j holding bytes 4j..4j+3 of every row. 1184 bytes per column
 # (148 per row and super-block: the 12 bytes of packed 6-bit scales become 16).
 Q4_KX8_COLUMN_BYTES = 16 + 16 + 64 + 64 + 1024
+#
+# IQ4_XSx8: rows in groups of 8, a column is one super-block of each of the 8 rows, stored as
+# the 8 scales d (f16), the sub-block scales decoded to int8 (ls - 32, -32..31) [sub-block
+# 0..7][row], then per sub-block s (GGUF qs bytes 16s..16s+15: low nibbles elements 0-15,
+# high 16-31) 4 chunks of 32 bytes, chunk j holding bytes 4j..4j+3 of every row (Q4_0x8's
+# chunks). 1104 bytes per column (138 per row and super-block: the 6 bytes of packed 6-bit
+# scales become 8). IQ4_NLx8 is Q4_0x8's layout of IQ4_NL blocks. Both are dotted a column at
+# a time (kernels/cpu_iq_x8.h): the 4-bit indices looked up into int8 weights in the lanes.
+IQ4_XSX8_COLUMN_BYTES = 16 + 64 + 1024
 _X8 = {"group_rows": 8, "kernels": CPU}
 _X8_CHUNKS = {**_X8, "ops": frozenset({"matmul", "embed"})}
 
@@ -204,6 +213,10 @@ FORMATS: dict[str, WeightFormat] = {
         WeightFormat("Q4_1x8", 32, 20, "q8_1", cpu_act="q8_32", base="Q4_1", head_bytes=4, **_X8_CHUNKS),
         WeightFormat("Q8_0x8", 32, 34, "q8_0", cpu_act="q8_32", base="Q8_0", head_bytes=2, **_X8_CHUNKS),
         WeightFormat("Q4_Kx8", 256, Q4_KX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="Q4_K", column_dot=True,
+                     ops=frozenset({"matmul"}), **_X8),
+        WeightFormat("IQ4_XSx8", 256, IQ4_XSX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="IQ4_XS", column_dot=True,
+                     ops=frozenset({"matmul"}), **_X8),
+        WeightFormat("IQ4_NLx8", 32, 18, "q8_0", cpu_act="q8_32", base="IQ4_NL", head_bytes=2, column_dot=True,
                      ops=frozenset({"matmul"}), **_X8),
         # planar GPU layouts
         WeightFormat("Q4_0p", 32, 18, "q8_0", base="Q4_0", planes=(2, 16), **_PLANAR),

@@ -68,6 +68,8 @@ def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
     f = PACKED_FORMATS[packed]
     if f.base == "Q4_K":
         return _pack_q4_k_x8(rows)
+    if f.base == "IQ4_XS":
+        return _pack_iq4_xs_x8(rows)
     g, bb = f.group_rows, f.block_bytes
     n_rows, row_bytes = rows.shape
     nb = row_bytes // bb
@@ -93,6 +95,24 @@ def _pack_q4_k_x8(rows: np.ndarray) -> np.ndarray:
         sc.transpose(0, 1, 3, 2).reshape(ng, nb, 64),  # [sub-block][row]
         mn.reshape(ng, nb, 8, 4, 2).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 64),  # [pair][row][2]
         b[..., 16:].reshape(ng, nb, 8, 4, 8, 4).transpose(0, 1, 3, 4, 2, 5).reshape(ng, nb, 1024),  # [pair][chunk][row][4]
+    ]
+    return np.concatenate(parts, axis=-1).reshape(n_rows, -1)
+
+
+def _pack_iq4_xs_x8(rows: np.ndarray) -> np.ndarray:
+    """IQ4_XS rows in the IQ4_XSx8 layout (artifacts/formats.py): the 6-bit sub-block scales
+    decoded to int8 ls - 32, the indices in chunks of 4 bytes of every row."""
+    n_rows, row_bytes = rows.shape
+    nb, ng = row_bytes // 136, n_rows // 8
+    b = rows.reshape(ng, 8, nb, 136).transpose(0, 2, 1, 3)  # [group, column, row, byte]
+    high = b[..., 2].astype(np.int16) | (b[..., 3].astype(np.int16) << 8)  # scales_h: 2 bits per sub-block
+    sub = np.arange(8)
+    low = (b[..., 4 + sub // 2] >> (4 * (sub % 2))) & 0xF  # scales_l: a nibble per sub-block
+    ls = low.astype(np.int16) | (((high[..., None] >> (2 * sub)) & 3) << 4)  # [group, column, row, sub-block]
+    parts = [
+        b[..., 0:2].reshape(ng, nb, 16),
+        (ls - 32).astype(np.int8).view(np.uint8).transpose(0, 1, 3, 2).reshape(ng, nb, 64),  # [sub-block][row]
+        b[..., 8:].reshape(ng, nb, 8, 8, 4, 4).transpose(0, 1, 3, 4, 2, 5).reshape(ng, nb, 1024),  # [sub-block][chunk][row][4]
     ]
     return np.concatenate(parts, axis=-1).reshape(n_rows, -1)
 

@@ -237,6 +237,8 @@ def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
     groups = -(-rows // g)
     if f.base == "Q4_K":
         return _unpack_q4_k_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
+    if f.base == "IQ4_XS":
+        return _unpack_iq4_xs_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
     head = f.head_bytes  # scale fields per block (2: d; 4: d, m), stored as g values each
     qb = bb - head  # quant bytes per block, in chunks of 4 bytes of every row
     cols = data.reshape(groups, nb, g * bb)
@@ -261,6 +263,20 @@ def _unpack_q4_k_x8(cols: np.ndarray) -> np.ndarray:
     out[..., 8:12] = (mn[..., 0:4] & 63) | ((mn[..., 4:8] >> 4) << 6)
     out[..., 12:16] = (sc[..., 4:8] & 0xF) | ((mn[..., 4:8] & 0xF) << 4)
     out[..., 16:] = cols[..., 160:].reshape(ng, nb, 4, 8, 8, 4).transpose(0, 1, 4, 2, 3, 5).reshape(ng, nb, 8, 128)
+    return out.transpose(0, 2, 1, 3)
+
+
+def _unpack_iq4_xs_x8(cols: np.ndarray) -> np.ndarray:
+    """IQ4_XSx8 columns [group, column, bytes] back to IQ4_XS blocks [group, row, column, 136]:
+    the int8 sub-block scales packed again into ggml's scales_h and scales_l (an exact inverse)."""
+    ng, nb = cols.shape[:2]
+    out = np.empty((ng, nb, 8, 136), np.uint8)
+    out[..., 0:2] = cols[..., 0:16].reshape(ng, nb, 8, 2)
+    ls = (cols[..., 16:80].view(np.int8).astype(np.int32) + 32).reshape(ng, nb, 8, 8).transpose(0, 1, 3, 2)  # [row][sub-block]
+    high = (((ls >> 4) & 3) << (2 * np.arange(8))).sum(axis=-1)
+    out[..., 2], out[..., 3] = high & 0xFF, high >> 8
+    out[..., 4:8] = (ls[..., 0::2] & 0xF) | ((ls[..., 1::2] & 0xF) << 4)
+    out[..., 8:] = cols[..., 80:].reshape(ng, nb, 8, 4, 8, 4).transpose(0, 1, 4, 2, 3, 5).reshape(ng, nb, 8, 128)
     return out.transpose(0, 2, 1, 3)
 
 

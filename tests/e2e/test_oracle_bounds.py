@@ -207,7 +207,7 @@ def _weight_format(bundle_dir: Path, fmt: str):
     ("tiny-llama-Q3_K_M", "Q5_K"),  # two tensors of a format the cpu kernels do not round
     ("tiny-llama-F16", "F16"),
     ("tiny-llama-IQ_MIX", "IQ1_M"),  # one 768 x 256 matrix (ffn_up of layer 0)
-    ("tiny-llama-IQ_MIX", "IQ4_XS"),  # the output and an ffn_up
+    ("tiny-llama-IQ_MIX", "IQ4_XSx8"),  # the output and an ffn_up (repacked for the cpu)
 ])
 def test_a_cpu_kernel_2_percent_off_fails(name, fmt, bundle_cache, oracle):
     path = FIXTURES / f"{name}.gguf"
