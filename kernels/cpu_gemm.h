@@ -32,8 +32,8 @@ typedef struct {
     float *m;    /* [nb][8 rows] minimum (min formats) */
 } rfc_pack8;
 
-/* bytes of a pack of nb blocks of 32 */
-static inline size_t rfc_pack8_bytes(int nb) { return (size_t)nb * (512 + 3 * 32) + 64; }
+/* bytes of a pack of nb blocks of 32 (or of two Q6_K packs: rfc_gemm16_step_q6_k) */
+static inline size_t rfc_pack8_bytes(int nb) { return (size_t)nb * (512 + 4 * 32) + 64; }
 
 static inline void rfc_pack8_init(rfc_pack8 *p, void *mem, int nb) {
     p->qs = (uint8_t *)mem;
@@ -239,7 +239,20 @@ static inline __attribute__((always_inline)) __m256i rfc_gemm_block_u8(const uin
     }                                                                                                 \
     acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(p->d + 8 * b), dy), _mm256_cvtepi32_ps(s), acc[t]);
 
-/* Q6_K: halves of 16 with their own scales; values are q + 32 (subtract 32 * half sums) */
+/* Q6_K: halves of 16 with their own scales; values are q + 32 (subtract 32 * half sums).
+ * With VNNI a half is one chain of 4 vpdpbusd started from -32 * its sum (maddubs needed an
+ * int16 add and a madd on top, and a subtraction after). */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define RFC_GEMM_BODY_q6k(FLUSH, OFF)                                                                \
+    const uint8_t *qs = p->qs + (size_t)256 * b;                                                      \
+    const int16_t *bs = a->bsums + (t0 + t) * (a->K / 16) + 2 * (size_t)b;                            \
+    for (int h = 0; h < 2; h++) {                                                                     \
+        __m256i s = _mm256_set1_epi32(-32 * (int32_t)bs[h]);                                          \
+        for (int j = 4 * h; j < 4 * h + 4; j++)                                                       \
+            s = _mm256_dpbusd_epi32(s, _mm256_loadu_si256((const __m256i *)(qs + 32 * j)), rfc_bcast4(y + 4 * j)); \
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(p->d + 16 * b + 8 * h), dy), _mm256_cvtepi32_ps(s), acc[t]); \
+    }
+#else
 #define RFC_GEMM_BODY_q6k(FLUSH, OFF)                                                                \
     const uint8_t *qs = p->qs + (size_t)256 * b;                                                      \
     const __m256i ones = _mm256_set1_epi16(1);                                                        \
@@ -255,6 +268,7 @@ static inline __attribute__((always_inline)) __m256i rfc_gemm_block_u8(const uin
         s = _mm256_sub_epi32(s, _mm256_set1_epi32(32 * bs[h]));                                       \
         acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(p->d + 16 * b + 8 * h), dy), _mm256_cvtepi32_ps(s), acc[t]); \
     }
+#endif
 
 /* Step functions rfc_gemm_step_<kind>_<flush>_<offset>. FLUSH: steps (of 4 weights) summed
  * in int16 before widening; int16 holds 2 |w| |y| <= 32767 per step, so 15-valued formats
@@ -274,6 +288,47 @@ RFC_GEMM_STEP(q6k, 2, 0)
 #define RFC_GEMM_STEP_Q5_1 rfc_gemm_step_min_4_0
 #define RFC_GEMM_STEP_Q8_0 rfc_gemm_step_signed_1_0
 #define RFC_GEMM_STEP_Q6_K rfc_gemm_step_q6k_2_0
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* Q6_K on AVX-512 VNNI: two packs of 8 rows dotted together, 16 rows in the int32 lanes of a zmm
+ * (a zmm vpdpbusd retires as often as a ymm one on the Xeon measured: twice the multiply-adds
+ * per cycle; see rfc_x8colt_q4_k). The template packs rows n0..n0+7 into p0 and n0+8..n0+15 into
+ * p1 (rfc_pack16_q6_k_init) and steps both. Each row's sums are those of the 8-row step. */
+#define RFC_GEMM16_Q6_K 1
+static inline void rfc_pack16_q6_k_init(rfc_pack8 *p0, rfc_pack8 *p1, void *mem, int nb) {
+    /* a Q6_K pack needs 256 quant bytes and 16 scales per block, no minimums */
+    p0->qs = (uint8_t *)mem;
+    p1->qs = p0->qs + (size_t)256 * nb;
+    p0->d = (float *)(p1->qs + (size_t)256 * nb);
+    p1->d = p0->d + (size_t)16 * nb;
+    p0->m = p1->m = NULL;
+}
+
+static inline __attribute__((always_inline)) void rfc_gemm16_step_q6_k(__m512 *acc, const rfc_pack8 *p0, const rfc_pack8 *p1,
+        int b, const rfc_act *a, size_t t0, int ntok) {
+    const size_t nb = a->K / 32;
+    __m512i w[8];
+    for (int j = 0; j < 8; j++)
+        w[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p0->qs + (size_t)256 * b + 32 * j))),
+                                  _mm256_loadu_si256((const __m256i *)(p1->qs + (size_t)256 * b + 32 * j)), 1);
+    __m512 dw[2];
+    for (int h = 0; h < 2; h++)
+        dw[h] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p0->d + 16 * b + 8 * h)), _mm256_loadu_ps(p1->d + 16 * b + 8 * h), 1);
+    for (int t = 0; t < ntok; t++) {
+        const int8_t *y = a->qs + (t0 + t) * a->K + 32 * (size_t)b;
+        const int16_t *bs = a->bsums + (t0 + t) * (a->K / 16) + 2 * (size_t)b;
+        const __m512 dy = _mm512_set1_ps(a->d[(t0 + t) * nb + (size_t)b]);
+        for (int h = 0; h < 2; h++) {
+            __m512i s = _mm512_set1_epi32(-32 * (int32_t)bs[h]);
+            for (int j = 4 * h; j < 4 * h + 4; j++) {
+                int32_t y4;
+                memcpy(&y4, y + 4 * j, 4);
+                s = _mm512_dpbusd_epi32(s, w[j], _mm512_set1_epi32(y4));
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw[h], dy), _mm512_cvtepi32_ps(s), acc[t]);
+        }
+    }
+}
+#endif
 /* how the packed matmul rounds the activations of FMT: k-quants like their decode (q8_k) */
 #define RFC_GEMM_ACT_Q4_0 rfc_quantize_row_q8_32s
 #define RFC_GEMM_ACT_Q5_0 rfc_quantize_row_q8_32s

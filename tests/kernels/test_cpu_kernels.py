@@ -310,6 +310,29 @@ def test_matmul_matches_reference(kit: Kit, fmt: str, tokens: int):
     assert (err <= bound).all(), f"{fmt}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
 
 
+@pytest.mark.parametrize("fmt", ["Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8"])
+def test_x8_rows_do_not_depend_on_the_token_count(kit: Kit, fmt: str):
+    """The x8 layouts run one kernel for every token count (docs/determinism.md): a token's
+    outputs are bit for bit the same alone as inside steps of 3 and 17 tokens. Q4_Kx8 only on
+    the cpu-avx512 build (the AVX2 one dots 4-token tiles unlike single tokens)."""
+    if fmt == "Q4_Kx8" and kit.cpu_target != "cpu-avx512":
+        pytest.skip("Q4_Kx8 is batch invariant on cpu-avx512 only")
+    rng = np.random.default_rng(5)
+    w = kit.cpu.weight(f"mm.{fmt}")
+    x = rng.standard_normal((17, k_of(fmt))).astype(np.float32)
+    scratch = host(np.zeros(1 << 20, np.uint8))
+
+    def run(rows: np.ndarray) -> np.ndarray:
+        out = host(np.zeros((len(rows), N_ROWS), np.float32))
+        w.matmul(w.ptr, w.row_bytes, N_ROWS, x.shape[1], host(rows).ptr, len(rows), out.ptr, None, None, scratch.ptr)
+        return out.array
+
+    full, three = run(x), run(x[6:9])
+    for t in (0, 7, 8, 16):
+        np.testing.assert_array_equal(run(x[t : t + 1])[0], full[t])
+    np.testing.assert_array_equal(three, full[6:9])
+
+
 @pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8"])
 def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     """out = x W^T + bias and accum += out, in one call (what the device fuses)."""
