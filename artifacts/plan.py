@@ -136,7 +136,8 @@ OPS: dict[OpKind, OpSchema] = {
         "(GeGLU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))); 'swiglu_oai' (gpt-oss, llama.cpp's "
         "swiglu_oai) clamps and shifts: g' = min(g, limit), u' = clamp(u, -limit, limit), "
         "out = g' / (1 + exp(-alpha g')) * (u' + 1) (alpha and limit are read by it alone); 'sigmoid' "
-        "(qwen35's attention output gate): out = u / (1 + exp(-g)); 'relu': out = max(g, 0) * u (with u = g: "
+        "(qwen35's attention output gate): out = u / (1 + exp(-g)), its gate possibly one column [T, 1] that "
+        "gates every value of the row (qwen35moe's shared-expert gate); 'relu': out = max(g, 0) * u (with u = g: "
         "nemotron_h's squared ReLU)",
     ),
     OpKind.ADD: OpSchema(2, 1, (0, 0), doc="out = a + b"),

@@ -315,8 +315,15 @@ def _same_shape(v: _OpView) -> None:
 
 
 def _swiglu(v: _OpView) -> None:
+    activation = v.choice_attr("activation", GLU_ACTIVATIONS)
+    g, u = v.op.inputs
+    if activation == "sigmoid" and v.shape(g) != v.shape(u):  # one gate per row (qwen35moe's shared expert)
+        v.float_rows(g, u, *v.op.outputs)
+        v.need(v.shape(g) == (v.rows(u), 1), f"gate {g} is neither {u}'s shape nor one column of its rows")
+        v.need(v.shape(v.op.outputs[0]) == v.shape(u), "output and up differ in shape")
+        return
     _same_shape(v)
-    if v.choice_attr("activation", GLU_ACTIVATIONS) == "swiglu_oai":
+    if activation == "swiglu_oai":
         v.real_attr("alpha", 0.0, 1e6, open_lo=True)
         v.real_attr("limit", 0.0, 1e6, open_lo=True)
 

@@ -269,13 +269,14 @@ def read_config(md: dict, tensors: dict) -> Config:
         key_mla = k("attention.key_length_mla")
         c.mla = Mla(k("attention.q_lora_rank", 0), k("attention.kv_lora_rank"), key_mla - c.n_rot,
                     k("attention.value_length_mla"), mscale * mscale / math.sqrt(key_mla))
-    if arch == "qwen35":  # src/models/qwen35.cpp, load_hparams: recurrent layers, IMROPE sections
+    if arch in ("qwen35", "qwen35moe", "qwen3next"):  # src/models/qwen35.cpp, qwen35moe.cpp, qwen3next.cpp, load_hparams
         c.qk_norm, c.attn_gate, c.ffn_norm = True, True, "post_attention_norm"
         flags = k("attention.recurrent_layers")
         if flags is None:
             interval = k("full_attention_interval", 4)
             flags = [(i + 1) % interval != 0 for i in range(c.n_layers)]
         c.recurrent = tuple(i for i in range(c.n_layers) if flags[i])
+    if arch in ("qwen35", "qwen35moe"):  # IMROPE sections (qwen3next: plain NeoX)
         sec = list(k("rope.dimension_sections", [0, 0, 0, 0])) + [0] * 4
         total = sum(sec[:4])
         sector = np.arange(c.n_rot // 2) % total
@@ -512,10 +513,18 @@ class Oracle:
         (llama.cpp's build_delta_net_chunking: per chunk of `chunk` tokens a triangular solve
         for the deltas, then the state carried over), the per-head RMS norm gated by SiLU(z)."""
         md, p = self.md, f"blk.{i}."
-        k_ = lambda key: md[f"qwen35.{key}"]  # noqa: E731
+        k_ = lambda key: md[f"{self.cfg.arch}.{key}"]  # noqa: E731
         s, hk, hv = k_("ssm.state_size"), k_("ssm.group_count"), k_("ssm.time_step_rank")
         n = len(h)
-        mixed = self.linear(h, p + "attn_qkv.weight")  # [n, (2 hk + hv) s]
+        r = hv // hk
+        if self.has(p + "attn_qkv.weight"):
+            mixed = self.linear(h, p + "attn_qkv.weight")  # [n, (2 hk + hv) s]
+            z = self.linear(h, p + "attn_gate.weight").reshape(n, hv, s)
+        else:  # qwen3next's legacy ssm_in: per key head [q, k, v of its r heads, z of its r heads]
+            qkvz = self.linear(h, p + "ssm_in.weight").reshape(n, hk, 2 * s + 2 * r * s)
+            parts = [qkvz[..., : s], qkvz[..., s : 2 * s], qkvz[..., 2 * s : 2 * s + r * s]]
+            mixed = np.concatenate([x.reshape(n, -1) for x in parts], axis=1)
+            z = qkvz[..., 2 * s + r * s :].reshape(n, hv, s)
         w = self.w(p + "ssm_conv1d.weight")  # [channels, kernel]
         kern = w.shape[1]
         padded = np.concatenate([np.zeros((kern - 1, mixed.shape[1])), mixed])
@@ -526,10 +535,18 @@ class Oracle:
         v = conv[:, 2 * hk * s :].reshape(n, hv, s)
         q = q / np.sqrt((q * q).sum(-1, keepdims=True) + self.cfg.eps)
         k = k / np.sqrt((k * k).sum(-1, keepdims=True) + self.cfg.eps)
-        q, k = np.tile(q, (1, hv // hk, 1)), np.tile(k, (1, hv // hk, 1))  # ggml_repeat_4d: head h reads h % hk
-        alpha = self.linear(h, p + "ssm_alpha.weight") + self.w(p + "ssm_dt.bias")
+        if self.cfg.arch == "qwen3next":  # repeat-interleave: value head h reads key head h // r
+            q, k = np.repeat(q, r, axis=1), np.repeat(k, r, axis=1)
+        else:
+            q, k = np.tile(q, (1, r, 1)), np.tile(k, (1, r, 1))  # ggml_repeat_4d: head h reads h % hk
+        if self.has(p + "ssm_ba.weight"):  # qwen3next: per key head its r beta rows, then its r alpha rows
+            ba = self.linear(h, p + "ssm_ba.weight").reshape(n, hk, 2 * r)
+            beta_in, alpha = ba[..., :r].reshape(n, hv), ba[..., r:].reshape(n, hv)
+        else:
+            beta_in, alpha = self.linear(h, p + "ssm_beta.weight"), self.linear(h, p + "ssm_alpha.weight")
+        alpha = alpha + self.w(p + "ssm_dt.bias")
         g = np.log1p(np.exp(alpha)) * self.w(p + "ssm_a")  # [n, hv]
-        b = 1.0 / (1.0 + np.exp(-self.linear(h, p + "ssm_beta.weight")))
+        b = 1.0 / (1.0 + np.exp(-beta_in))
         out = np.zeros((n, hv, s))
         for head in range(hv):
             state = np.zeros((s, s))  # S[i][j]: k index i, v index j
@@ -545,7 +562,6 @@ class Oracle:
                 out[sl, head] = np.exp(G)[:, None] * (qc @ state) + (decay * (qc @ kc.T) * np.tril(np.ones_like(A))) @ d
                 state = np.exp(G[-1]) * state + (kc * np.exp(G[-1] - G)[:, None]).T @ d
         normed = out / np.sqrt(np.mean(out * out, axis=-1, keepdims=True) + self.cfg.eps) * self.w(p + "ssm_norm.weight")
-        z = self.linear(h, p + "attn_gate.weight").reshape(n, hv, s)
         return self.linear((normed * z / (1.0 + np.exp(-z))).reshape(n, hv * s), p + "ssm_out.weight")
 
     def mamba2(self, h: np.ndarray, i: int) -> np.ndarray:
@@ -640,7 +656,11 @@ class Oracle:
                 out[t] += y if c.weight_before else wt * y
         if self.has(p + "ffn_gate_shexp.weight"):
             g, u = self.linear(h, p + "ffn_gate_shexp.weight"), self.linear(h, p + "ffn_up_shexp.weight")
-            out = out + self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight")
+            shared = self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight")
+            if self.has(p + "ffn_gate_inp_shexp.weight"):  # qwen35moe: times sigmoid(a logit per token)
+                gate = self.linear(h, p + "ffn_gate_inp_shexp.weight", self.w(p + "ffn_gate_inp_shexp.weight").reshape(1, -1))
+                shared = shared / (1.0 + np.exp(-gate))
+            out = out + shared
         return out
 
     def moe_oai(self, h: np.ndarray, p: str) -> np.ndarray:

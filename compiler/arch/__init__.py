@@ -11,6 +11,7 @@ from rfc.compiler.arch import deepseek2, gemma2, gemma3, gpt_oss, llama, phi3, q
 from rfc.compiler.arch import glm4moe, qwen3moe
 from rfc.compiler.arch import granite, mistral3, olmo2, smollm3
 from rfc.compiler.arch import qwen35
+from rfc.compiler.arch import qwen35moe, qwen3next
 from rfc.compiler.arch import lfm2
 from rfc.compiler.arch import gemma4
 from rfc.compiler.arch import lfm2moe
@@ -45,6 +46,8 @@ RECIPES: dict[str, Recipe] = {
     "qwen3": qwen3.build,
     "qwen3moe": qwen3moe.build,
     "qwen35": qwen35.build,
+    "qwen35moe": qwen35moe.build,
+    "qwen3next": qwen3next.build,
     "smollm3": smollm3.build,
 }
 

@@ -87,6 +87,15 @@ class ModelBuilder:
         self._add(WeightUse(name, role, t.format, (rows, t.shape[1]), tuple(RowRange(source, a, z) for a, z in ranges)))
         return name
 
+    def vector_row(self, name: str, role: str, n: int) -> str:
+        """A GGUF vector [n] (or [1, n]) used as the [1, n] weight of a matmul to one column:
+        qwen35moe's shared-expert gate, one logit per token (llama.cpp multiplies by it as a matrix)."""
+        if name not in self._weights:
+            t = self.model.tensors.get(name)
+            t = self.source(name, (1, n) if t is not None and len(t.shape) == 2 else (n,))
+            self._add(WeightUse(name, role, t.format, (1, n), (whole(t),)))
+        return name
+
     def concat(self, name: str, role: str, sources: list[tuple[str, tuple[int, ...]]]) -> str | None:
         """One weight made of 2-D GGUF tensors stacked by rows (Q, K, V -> QKV), or None when
         they cannot be stacked (different formats): the recipe then keeps them apart."""

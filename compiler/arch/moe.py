@@ -31,8 +31,9 @@ GATING_FUNCS = {1: "softmax", 2: "sigmoid", 3: "softmax_weight"}
 class Experts:
     """One layer kind's experts: `count` routed SwiGLU experts of width `n_ff`, `used` per
     token; how the router scores and weighs them (moe_route's attributes); `shared` experts
-    that every token runs (one FFN of shared x n_ff); the first `dense_lead` layers have a dense
-    FFN instead."""
+    that every token runs (one FFN of shared x n_ff, or `shared_ff` wide where the file says so),
+    with `shared_gate` times sigmoid(ffn_gate_inp_shexp x), one gate per token (qwen35moe,
+    qwen3next); the first `dense_lead` layers have a dense FFN instead."""
 
     count: int
     used: int
@@ -44,6 +45,12 @@ class Experts:
     groups_used: int = 1
     shared: int = 0
     dense_lead: int = 0
+    shared_ff: int = 0
+    shared_gate: bool = False
+
+    @property
+    def shared_width(self) -> int:
+        return self.shared_ff or self.shared * self.n_ff
 
     def route_attrs(self) -> dict:
         """moe_route's attributes: n_used and the optional ones that are not at their defaults."""
@@ -62,6 +69,8 @@ class Experts:
         extra = {"expert_count": self.count, "expert_used_count": self.used, "expert_feed_forward_length": self.n_ff}
         if self.shared:
             extra["expert_shared_count"] = self.shared
+        if self.shared_ff:
+            extra["expert_shared_feed_forward_length"] = self.shared_ff
         if self.dense_lead:
             extra["leading_dense_block_count"] = self.dense_lead
         if self.groups > 1:
@@ -127,8 +136,10 @@ def declare_expert_buffers(b: ModelBuilder, n_embd: int, e: Experts) -> None:
     b.buffer("experts_out", "T", e.used * n_embd)
     b.buffer("moe_out", "T", n_embd)
     if e.shared:
-        b.buffer("shexp_gate", "T", e.shared * e.n_ff)
-        b.buffer("shexp_up", "T", e.shared * e.n_ff)
+        b.buffer("shexp_gate", "T", e.shared_width)
+        b.buffer("shexp_up", "T", e.shared_width)
+    if e.shared_gate:
+        b.buffer("shexp_logit", "T", 1)
 
 
 def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", residual: str = "x") -> None:
@@ -140,7 +151,10 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
     experts (ffn_*_shexp) are one dense SwiGLU FFN over the same input. llama.cpp adds the two
     before the residual; here each is added to it in turn (float32 rounding apart, the same),
     which lets the cpu lowering fold both adds into the ops that make them. src is
-    overwritten by the shared experts' output."""
+    overwritten by the shared experts' output. A gated shared expert (qwen35moe) is scaled by
+    sigmoid(ffn_gate_inp_shexp src) per token: a matmul to one column, then swiglu 'sigmoid'
+    with that column as the gate of every up value (before ffn_down, which is linear: the
+    same product as llama.cpp's scaling of its output, float32 rounding apart)."""
     p, n = f"blk.{i}.", s.n_embd
     b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (e.count, n)),))
     bias = b.optional_tensor(p + "exp_probs_b.bias", "exp_probs_b", (e.count,))
@@ -154,9 +168,13 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
     b.op("moe_combine", ("experts_out", "expert_weights"), ("moe_out",))
     b.op("add", (residual, "moe_out"), (residual,))
     if e.shared:
-        width = e.shared * e.n_ff
+        width = e.shared_width
         linear(b, src, "shexp_gate", p + "ffn_gate_shexp", (width, n))
         linear(b, src, "shexp_up", p + "ffn_up_shexp", (width, n))
+        if e.shared_gate:
+            gate = b.vector_row(p + "ffn_gate_inp_shexp.weight", "ffn_gate_inp_shexp", n)
+            b.op("matmul", (src,), ("shexp_logit",), (gate,))
+            b.op("swiglu", ("shexp_logit", "shexp_up"), ("shexp_up",), activation="sigmoid")
         b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))
         linear(b, "shexp_gate", src, p + "ffn_down_shexp", (n, width))
         b.op("add", (residual, src), (residual,))

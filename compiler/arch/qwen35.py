@@ -21,12 +21,14 @@ The KV cache holds the attention layers only; the recurrent layers' state is per
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import replace
 
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Attention, Sizes, glu_ffn, hparams, output_head, read_rope, read_sizes
 from rfc.compiler.arch.metadata import MAX_FF, MAX_HEADS, MAX_LAYERS, Metadata
+from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -66,40 +68,60 @@ def recurrent_layers(md: Metadata, n_layers: int) -> tuple[bool, ...]:
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    md = Metadata(model, "qwen35")
+    return hybrid(model, "qwen35")
+
+
+def hybrid(model: GGUFModel, arch: str, *, experts: Callable[[Metadata], tuple[Experts, int]] | None = None,
+           mrope: bool = True, linear_layer: Callable | None = None,
+           plan_heads: "Callable[[DeltaNet], DeltaNet] | None" = None) -> ModelSpec:
+    """The qwen35 stack, shared by its MoE relatives: `experts(md)` reads a mixture of experts
+    that replaces the FFN in every layer (qwen35moe, qwen3next: moe.py's block with a gated
+    shared expert); `mrope` reads and checks rope.dimension_sections (qwen3next has plain NeoX
+    RoPE); `linear_layer(b, i, e, dn, eps)` plans a DeltaNet layer's input projections and
+    recurrence (qwen3next's fused layout; default delta_net_layer), `plan_heads(dn)` the sizes
+    its ops use when they differ from the file's (qwen3next repeats key heads)."""
+    md = Metadata(model, arch)
     s = read_sizes(md)
     nextn = md.int("nextn_predict_layers", 0, s.n_layers - 1, default=0)
     s = replace(s, n_layers=s.n_layers - nextn)
     rope = read_rope(md, s, "neox")
-    read_sections(md, rope.n_rot)
+    if mrope:
+        read_sections(md, rope.n_rot)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    e, n_ff = experts(md) if experts else (None, md.int("feed_forward_length", 1, MAX_FF))
     b = ModelBuilder(model)
     dn = read_delta_net(md)
     recurrent = recurrent_layers(md, s.n_layers)
     attn_layers = [i for i in range(s.n_layers) if not recurrent[i]]
     if not attn_layers:
         raise CompileError(f"{md.path}: no full-attention layer (every layer is recurrent)")
-    declare(b, s, n_ff, dn)
+    declare(b, s, 0 if e else n_ff, plan_heads(dn) if plan_heads else dn)
+    if e:
+        declare_expert_buffers(b, s.n_embd, e)
     cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=True)
     b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd)),))
     for i in range(s.n_layers):
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
         if recurrent[i]:
-            delta_net_layer(b, i, s.n_embd, dn, eps)
+            (linear_layer or delta_net_layer)(b, i, s.n_embd, dn, eps)
         else:
             gated_attention(b, i, attn_layers.index(i), s, eps, cfg)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", (s.n_embd,)),), eps=eps)
-        glu_ffn(b, i, s.n_embd, n_ff)
-        b.op("add", ("x", "h"), ("x",))
+        if e:
+            moe_block(b, i, s, e)
+        else:
+            glu_ffn(b, i, s.n_embd, n_ff)
+            b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     extra = {"full_attention_layers": len(attn_layers), "ssm_conv_kernel": dn.kernel, "ssm_state_size": dn.head_dim,
              "ssm_group_count": dn.k_heads, "ssm_time_step_rank": dn.v_heads}  # fmt: skip
+    if e:
+        extra |= e.hparams()
     if nextn:
         extra["nextn_predict_layers"] = nextn
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra)
+    hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra)
     kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
 
@@ -135,12 +157,14 @@ def read_delta_net(md: Metadata) -> DeltaNet:
 
 
 def declare(b: ModelBuilder, s: Sizes, n_ff: int, dn: DeltaNet) -> None:
+    """The activations (n_ff 0: no dense FFN, the experts' are moe.py's)."""
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("qgate", s.q_width), ("k", s.kv_width),
                         ("v", s.kv_width), ("att", s.q_width), ("gate", n_ff), ("up", n_ff),
                         ("mixed", dn.conv_dim), ("conv", dn.conv_dim), ("z", dn.v_width), ("alpha", dn.v_heads),
                         ("beta", dn.v_heads), ("dn", dn.v_width)):  # fmt: skip
-        b.buffer(name, "T", width)
+        if width:
+            b.buffer(name, "T", width)
     for name, width in (("xr", s.n_embd), ("hr", s.n_embd), ("logits", s.vocab_size)):
         b.buffer(name, "R", width)
 

@@ -153,6 +153,8 @@ class _Lowering:
         op = ops[i]
         if op.kind == "rmsnorm" and (op.attr("heads") != 1 or self.width(op.inputs[0]) != self.plan.n_embd or not op.weights):
             return False
+        if op.kind == "swiglu" and self.width(op.inputs[0]) != self.width(op.inputs[1]):
+            return False  # a gate per row: its own phase
         return i + 1 < len(ops) and ops[i + 1].kind == "matmul" and ops[i + 1].inputs[0] == op.outputs[0]
 
     def _matmul(self, ops: list[Op], i: int, phases: list[Phase]) -> int:
@@ -358,6 +360,9 @@ class _Lowering:
 
     def _swiglu(self, op: Op) -> Phase:
         g, u = op.inputs
+        if self.width(g) != self.width(u):  # 'sigmoid' with one gate per row (validate.py allows nothing else)
+            return Phase("glu_row", {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]),
+                                     "width": self.width(u), "rows": self.rows(u)}, {g, u}, set(op.outputs))  # fmt: skip
         return Phase("swiglu", {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]), "width": self.width(g),
                                 "rows": self.rows(g), "fn": GLU_SPANS[op.attr("activation")]}, {g, u}, set(op.outputs))  # fmt: skip
 

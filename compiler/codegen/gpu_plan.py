@@ -362,7 +362,10 @@ class _Planner:
         return self._rowwise(op, "gpu_add.hip.j2", f"rfc_add_{width}", width)
 
     def _swiglu(self, op: Op) -> KernelSpec:
-        width, activation = self._width(op.inputs[0]), op.attr("activation")
+        width, activation = self._width(op.inputs[1]), op.attr("activation")
+        if self._width(op.inputs[0]) != width:  # 'sigmoid' with one gate per row (validate.py allows nothing else)
+            return self._rowwise(op, "gpu_swiglu.hip.j2", f"rfc_glu_sigmoid_row_{width}", width, activation=activation,
+                                 row_gate=True)  # fmt: skip
         name = f"rfc_swiglu_{width}" if activation == "silu" else f"rfc_glu_{activation}_{width}"
         oai = {}
         if activation == "swiglu_oai":  # its constants, in the kernel's name too (one kernel per pair)

@@ -22,7 +22,7 @@ def _metadata(path: Path) -> dict:
 # Fixtures the cpu target refuses (ops it has no kernels for yet): compiled without kernels.
 CPU_REFUSED: tuple[str, ...] = ()  # every fixture architecture compiles for the cpu target
 NEOX_ROPE = ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "gpt-oss", "olmo2", "lfm2", "lfm2moe", "glm4moe",
-             "qwen35")  # llama.cpp's LLAMA_ROPE_TYPE_NEOX (qwen35: IMROPE, whose text positions turn NeoX pairs)
+             "qwen35", "qwen35moe", "qwen3next")  # llama.cpp's LLAMA_ROPE_TYPE_NEOX (qwen35: IMROPE, whose text positions turn NeoX pairs)
 
 
 @pytest.mark.parametrize("name", TINY_MODELS + ["stories260K"])

@@ -37,6 +37,7 @@ pytestmark = [
 # each fixture and the kernels its state ops compile to (one each, shared by the layers)
 STATE_KERNELS = {
     "qwen35-Q8_0": ("rfc_ssm_conv", "rfc_gated_delta_net", "rfc_glu_sigmoid"),
+    "qwen35moe-Q8_0": ("rfc_ssm_conv", "rfc_gated_delta_net", "rfc_glu_sigmoid_row"),  # with its shared expert's gate
     "lfm2-Q8_0": ("rfc_short_conv",),
     "granitehybrid-Q8_0": ("rfc_ssm_conv", "rfc_ssm_scan"),  # Mamba2: the conv with its bias, the scan
     "nemotron_h-Q8_0": ("rfc_ssm_conv", "rfc_ssm_scan", "rfc_rmsnorm_2x256_segw", "rfc_glu_relu"),  # 2 groups; relu^2 MLP
