@@ -23,7 +23,7 @@ from rfc.compiler.arch.common import (
     Attention, Sizes, declare_buffers, glu_ffn, hparams, linear, output_head, read_experts, read_rope, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.granite import _f32, _moe_ffn
-from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -41,16 +41,7 @@ def read_layers(md: Metadata, b: ModelBuilder, n_layers: int, n_embd: int) -> tu
     attn = [i for i in range(n_layers) if kv_heads[i]]
     if not attn:
         raise CompileError(f"{md.path}: {md.key('attention.head_count_kv')} marks no attention layer")
-    n_heads, n_kv = {heads[i] for i in attn}, {kv_heads[i] for i in attn}
-    if len(n_heads) != 1 or len(n_kv) != 1 or 0 in n_heads:
-        raise CompileError(f"{md.path}: the attention layers differ in head counts ({sorted(n_heads)} / {sorted(n_kv)}); "
-                           "one size is supported")  # fmt: skip
-    (nh,), (nkv,) = n_heads, n_kv
-    if nh % nkv:
-        raise CompileError(f"{md.path}: head_count {nh} is not a multiple of head_count_kv {nkv}")
-    head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // nh))
-    if md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim) != head_dim:
-        raise CompileError(f"{md.path}: attention.value_length != key_length is not supported")
+    nh, nkv, head_dim = mamba2.attention_heads(md, heads, kv_heads, attn, n_embd)
     for i in range(n_layers):  # the pattern must agree with the tensors, both ways
         ssm, att = b.has(f"blk.{i}.ssm_in.weight"), b.has(f"blk.{i}.attn_q.weight")
         if ssm == bool(kv_heads[i]) or att != bool(kv_heads[i]):

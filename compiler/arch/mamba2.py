@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from rfc.artifacts.plan import MAX_CONV_KERNEL
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.metadata import MAX_FF, MAX_HEADS, Metadata
+from rfc.compiler.arch.metadata import MAX_FF, MAX_HEAD_DIM, MAX_HEADS, Metadata
 from rfc.compiler.errors import CompileError
 
 MAX_STATE_SIZE = 1024  # ssm.state_size N (Granite 4.0-H, Nemotron-H: 128); validate.py's bound
@@ -66,6 +66,22 @@ def read_mamba2(md: Metadata) -> Mamba2:
                            f"{md.key('ssm.group_count')} {n_groups}")
     return Mamba2(d_inner, n_state, n_heads, n_groups, kernel)
 
+
+
+def attention_heads(md: Metadata, heads: list[int], kv_heads: list[int], attn: list[int], n_embd: int) -> tuple[int, int, int]:
+    """(heads, KV heads, head size) of a hybrid stack's attention layers `attn`, which must all
+    have the same (the KV cache has one row size); granitehybrid and nemotron_h read them so."""
+    n_heads, n_kv = {heads[i] for i in attn}, {kv_heads[i] for i in attn}
+    if len(n_heads) != 1 or len(n_kv) != 1 or 0 in n_heads:
+        raise CompileError(f"{md.path}: the attention layers differ in head counts ({sorted(n_heads)} / {sorted(n_kv)}); "
+                           "one size is supported")  # fmt: skip
+    (nh,), (nkv,) = n_heads, n_kv
+    if nh % nkv:
+        raise CompileError(f"{md.path}: head_count {nh} is not a multiple of head_count_kv {nkv}")
+    head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // nh))
+    if md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim) != head_dim:
+        raise CompileError(f"{md.path}: attention.value_length != key_length is not supported")
+    return nh, nkv, head_dim
 
 def declare(b: ModelBuilder, m: Mamba2) -> None:
     for name, width in (("ssm_z", m.d_inner), ("ssm_xbc_in", m.conv_dim), ("ssm_xbc", m.conv_dim),

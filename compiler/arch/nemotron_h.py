@@ -21,7 +21,7 @@ from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch import mamba2
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Rope, Sizes, hparams, linear, output_head
-from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
+from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -56,16 +56,7 @@ def build(model: GGUFModel) -> ModelSpec:
     attn = [i for i in range(n_layers) if kinds[i] == ATTENTION]
     if not attn:
         raise CompileError(f"{md.path}: no attention layer ({md.key('attention.head_count_kv')}, {md.key('feed_forward_length')})")
-    n_heads, n_kv = {heads[i] for i in attn}, {kv_heads[i] for i in attn}
-    if len(n_heads) != 1 or len(n_kv) != 1 or 0 in n_heads:
-        raise CompileError(f"{md.path}: the attention layers differ in head counts ({sorted(n_heads)} / {sorted(n_kv)}); "
-                           "one size is supported")  # fmt: skip
-    (nh,), (nkv,) = n_heads, n_kv
-    if nh % nkv:
-        raise CompileError(f"{md.path}: head_count {nh} is not a multiple of head_count_kv {nkv}")
-    head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // nh))
-    if md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim) != head_dim:
-        raise CompileError(f"{md.path}: attention.value_length != key_length is not supported")
+    nh, nkv, head_dim = mamba2.attention_heads(md, heads, kv_heads, attn, n_embd)
     embd_t = model.tensors.get("token_embd.weight")
     if embd_t is None or len(embd_t.shape) != 2 or not 1 <= embd_t.shape[0] <= MAX_VOCAB:
         raise CompileError(f"{md.path}: token_embd.weight is missing or not [vocab <= {MAX_VOCAB}, n_embd]")
