@@ -12,18 +12,15 @@ a multiple of the 8-wide AVX2 step), kernel 3 as LFM2's.
 from __future__ import annotations
 
 import ctypes
-import platform
 import shutil
 
 import numpy as np
 import pytest
 
-from rfc.artifacts.layout import TensorEntry, WeightLayout
-from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan, StateSpec, StateTensor
-from rfc.compiler.codegen import CodegenInput, cpu
-from rfc.compiler.spec import HParams
-from rfc.compiler.targets import parse_target
+from rfc.artifacts.plan import Op
+from rfc.compiler.codegen import cpu
 from rfc.runtime.devices.reference import short_conv_chunk
+from tests.kernels.kit.state_ops import BUILDS, layout, open_library, ptr, slot_ptrs, state_plan
 
 pytestmark = [
     pytest.mark.toolchain,
@@ -32,33 +29,14 @@ pytestmark = [
 
 C, K = 40, 3
 _P = ctypes.c_void_p
+PLAN = state_plan({"bcx": 3 * C, "y": C}, (Op("short_conv", ("bcx",), ("y",), ("conv",), {"state": 0}),),
+                  states=((K - 1, C),), output="y", hidden="y")  # fmt: skip
+ARGTYPES = {"rfc_short_conv": [_P, _P, _P, _P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P]}
 
 
-def _library(build: str) -> bytes:
-    raw = np.zeros((C, K), np.float32).tobytes()
-    entries = (TensorEntry("conv", "conv", "F32", (C, K), 0, len(raw), ""),)
-    plan = Plan(buffers=(Buffer("bcx", ("T", 3 * C)), Buffer("y", ("T", C))),
-                ops=(Op("short_conv", ("bcx",), ("y",), ("conv",), {"state": 0}),), kv=KVSpec(1, 1, 8),
-                input_tokens="tokens", output_logits="y", output_hidden="y", vocab_size=8, n_embd=C, context_length=64,
-                state=StateSpec((StateTensor(0, (K - 1, C)),)))  # fmt: skip
-    hp = HParams(architecture="lfm2", name="short-conv-test", context_length=64, n_embd=C, n_ff=8, n_layers=1, n_heads=1,
-                 n_kv_heads=1, head_dim=8, n_rot=8, rope_style="neox", rope_freq_base=1e4, rope_freq_scale=1.0,
-                 rope_scaling_type="none", rms_eps=1e-5, vocab_size=8, tied_embeddings=True, qkv_bias=False,
-                 rope_freq_factors=False)  # fmt: skip
-    target = parse_target({"native": "cpu", "portable": "cpu-generic"}[build])
-    source = cpu.render_source(CodegenInput(target, hp, plan, WeightLayout(256, entries), None, None), step=False)
-    return cpu.compile_source(source, cpu.compile_command(target))
-
-
-@pytest.fixture(scope="module", params=["native", "portable"])
+@pytest.fixture(scope="module", params=BUILDS)
 def lib(request, tmp_path_factory):
-    if request.param == "native" and platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the native build is tested on x86-64")
-    path = tmp_path_factory.mktemp(request.param) / cpu.LIBRARY
-    path.write_bytes(_library(request.param))
-    lib = ctypes.CDLL(str(path))
-    lib.rfc_short_conv.argtypes = [_P, _P, _P, _P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P]
-    return lib
+    return open_library(request.param, tmp_path_factory, "lfm2", PLAN, {"conv": (C, K)}, ARGTYPES)
 
 
 def test_short_conv_matches_the_reference_with_states(lib):
@@ -68,12 +46,10 @@ def test_short_conv_matches_the_reference_with_states(lib):
     bcx = rng.normal(0, 1, (sum(lens), 3 * C)).astype(np.float32)
     states = rng.normal(0, 1, (3, K - 1, C)).astype(np.float32)
     before = states.copy()
-    seq_start = np.cumsum((0, *lens)).astype(np.int32)
-    positions = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens)]).astype(np.int32)
+    positions, seq_start = layout(starts, lens)
     out = np.zeros((sum(lens), C), np.float32)
-    ptrs = (ctypes.c_void_p * 4)(*(states[i].ctypes.data for i in range(3)), None)
-    lib.rfc_short_conv(bcx.ctypes.data, out.ctypes.data, positions.ctypes.data, seq_start.ctypes.data,
-                       4, C, w.ctypes.data, K, ptrs)
+    lib.rfc_short_conv(ptr(bcx), ptr(out), ptr(positions), ptr(seq_start), 4, C, ptr(w), K,
+                       slot_ptrs([*states, None]))  # fmt: skip
     for s in range(4):
         lo, hi = seq_start[s], seq_start[s + 1]
         start = np.zeros((K - 1, C), np.float32) if s in (0, 3) else before[s]
@@ -89,16 +65,14 @@ def test_short_conv_chunks_continue_as_one(lib):
     w = rng.normal(0, 0.5, (C, K)).astype(np.float32)
     bcx = rng.normal(0, 1, (9, 3 * C)).astype(np.float32)
     state = np.full((K - 1, C), 7.0, np.float32)  # stale: the first chunk starts at position 0
-    ptrs = (ctypes.c_void_p * 1)(state.ctypes.data)
     outs = []
     for lo, hi in ((0, 4), (4, 5), (5, 9)):
         out = np.zeros((hi - lo, C), np.float32)
         chunk = np.ascontiguousarray(bcx[lo:hi])
-        lib.rfc_short_conv(chunk.ctypes.data, out.ctypes.data, np.arange(lo, hi, dtype=np.int32).ctypes.data,
-                           np.array([0, hi - lo], np.int32).ctypes.data, 1, C, w.ctypes.data, K, ptrs)
+        positions, seq_start = layout([lo], [hi - lo])
+        lib.rfc_short_conv(ptr(chunk), ptr(out), ptr(positions), ptr(seq_start), 1, C, ptr(w), K, slot_ptrs([state]))
         outs.append(out)
     whole = np.zeros((9, C), np.float32)
-    fresh = (ctypes.c_void_p * 1)(None)
-    lib.rfc_short_conv(bcx.ctypes.data, whole.ctypes.data, np.arange(9, dtype=np.int32).ctypes.data,
-                       np.array([0, 9], np.int32).ctypes.data, 1, C, w.ctypes.data, K, fresh)
+    positions, seq_start = layout([0], [9])
+    lib.rfc_short_conv(ptr(bcx), ptr(whole), ptr(positions), ptr(seq_start), 1, C, ptr(w), K, slot_ptrs([None]))
     np.testing.assert_array_equal(np.concatenate(outs), whole)

@@ -14,18 +14,17 @@ group h // 2), softplus past its linear threshold on one head.
 from __future__ import annotations
 
 import ctypes
-import platform
 import shutil
 
 import numpy as np
 import pytest
 
-from rfc.artifacts.layout import TensorEntry, WeightLayout, align_up
-from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan, StateSpec, StateTensor
-from rfc.compiler.codegen import CodegenInput, cpu
-from rfc.compiler.spec import HParams
-from rfc.compiler.targets import parse_target
+from rfc.artifacts.plan import Op
+from rfc.compiler.codegen import cpu
 from rfc.runtime.devices.reference import ssm_conv_chunk, ssm_scan_chunk
+from tests.kernels.kit.state_ops import (
+    BUILDS, LENGTHS, STARTS, assert_close, layout, open_library, ptr, slot_ptrs, state_plan,
+)  # fmt: skip
 
 pytestmark = [
     pytest.mark.toolchain,
@@ -38,96 +37,53 @@ _P = ctypes.c_void_p
 A = np.array([-0.05, -0.3, -1.0, -2.5], np.float32)  # ssm_a = -exp(A_log)
 D = np.array([1.0, 0.5, -0.3, 1.2], np.float32)
 DT_BIAS = np.array([-1.0, 0.5, 25.0, -3.0], np.float32)  # head 2: softplus's linear branch
+PLAN = state_plan({"x": C, "xbc": C, "dt": H, "y": H * P}, (
+    Op("ssm_conv", ("x",), ("xbc",), ("conv", "bias"), {"state": 0}),
+    Op("ssm_scan", ("xbc", "dt"), ("y",), ("a", "d", "dt_bias"),
+       {"state": 1, "n_heads": H, "head_dim": P, "n_groups": G, "state_size": N}),
+), states=((K - 1, C), (H, P, N)), output="y", hidden="x")  # fmt: skip
+WEIGHTS = {"conv": (C, K), "bias": (C,), "a": (H,), "d": (H,), "dt_bias": (H,)}
+ARGTYPES = {
+    "rfc_ssm_conv_bias": [_P, _P, _P, _P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P, _P],
+    "rfc_ssm_scan": [_P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _P, _P,
+                     _P],
+}  # fmt: skip
 
 
-def _library(build: str):
-    entries, data = [], b""
-    for name, shape in (("conv", (C, K)), ("bias", (C,)), ("a", (H,)), ("d", (H,)), ("dt_bias", (H,))):
-        off = align_up(len(data))
-        raw = np.zeros(shape, np.float32).tobytes()
-        data += b"\0" * (off - len(data)) + raw
-        entries.append(TensorEntry(name, name, "F32", shape, off, len(raw), ""))
-    state = StateSpec((StateTensor(0, (K - 1, C)), StateTensor(0, (H, P, N))))
-    ops = (Op("ssm_conv", ("x",), ("xbc",), ("conv", "bias"), {"state": 0}),
-           Op("ssm_scan", ("xbc", "dt"), ("y",), ("a", "d", "dt_bias"),
-              {"state": 1, "n_heads": H, "head_dim": P, "n_groups": G, "state_size": N}))  # fmt: skip
-    plan = Plan(buffers=(Buffer("x", ("T", C)), Buffer("xbc", ("T", C)), Buffer("dt", ("T", H)), Buffer("y", ("T", H * P))),
-                ops=ops, kv=KVSpec(1, 1, 8), input_tokens="tokens", output_logits="y", output_hidden="x", vocab_size=8,
-                n_embd=C, context_length=64, state=state)  # fmt: skip
-    hp = HParams(architecture="granitehybrid", name="ssm-scan-test", context_length=64, n_embd=C, n_ff=8, n_layers=1,
-                 n_heads=1, n_kv_heads=1, head_dim=8, n_rot=8, rope_style="adjacent", rope_freq_base=1e4,
-                 rope_freq_scale=1.0, rope_scaling_type="none", rms_eps=1e-5, vocab_size=8, tied_embeddings=False,
-                 qkv_bias=False, rope_freq_factors=False)  # fmt: skip
-    target = parse_target({"native": "cpu", "portable": "cpu-generic"}[build])
-    source = cpu.render_source(CodegenInput(target, hp, plan, WeightLayout(256, tuple(entries)), None, None), step=False)
-    return cpu.compile_source(source, cpu.compile_command(target))
-
-
-@pytest.fixture(scope="module", params=["native", "portable"])
+@pytest.fixture(scope="module", params=BUILDS)
 def lib(request, tmp_path_factory):
-    if request.param == "native" and platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the native build is tested on x86-64")
-    path = tmp_path_factory.mktemp(request.param) / cpu.LIBRARY
-    path.write_bytes(_library(request.param))
-    lib = ctypes.CDLL(str(path))
-    lib.rfc_ssm_conv_bias.argtypes = [_P, _P, _P, _P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P, _P]
-    lib.rfc_ssm_scan.argtypes = [_P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                 _P, _P, _P, _P]  # fmt: skip
-    return lib
-
-
-def _ptr(a: np.ndarray | None) -> int | None:
-    return None if a is None else a.ctypes.data
-
-
-def _layout(starts: list[int], lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    positions = np.concatenate([np.arange(p, p + n) for p, n in zip(starts, lengths)]).astype(np.int32)
-    return positions, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-
-
-def _states(arrays: list[np.ndarray | None]):
-    return (ctypes.c_void_p * len(arrays))(*[_ptr(a) for a in arrays])
-
-
-def _assert_close(got, want, rtol, atol):
-    err = np.abs(got - want)
-    assert (err <= rtol * np.abs(want) + atol).all(), f"max |Δ| {err.max():.3g}"
-
-
-# sequence 0 starts at position 0 (its slot holds stale values), 1 decodes one token, 2 continues
-# a chunk, 3 has no slot (from position 0)
-STARTS, LENGTHS = [0, 9, 5, 0], [5, 1, 7, 3]
+    return open_library(request.param, tmp_path_factory, "granitehybrid", PLAN, WEIGHTS, ARGTYPES)
 
 
 def _scan(lib, xbc, dt, positions, seq_start, states):
     out = np.full((len(xbc), H * P), np.nan, np.float32)
-    lib.rfc_ssm_scan(_ptr(xbc), _ptr(dt), _ptr(out), _ptr(positions), _ptr(seq_start), len(seq_start) - 1, H, P, G, N,
-                     _ptr(A), _ptr(D), _ptr(DT_BIAS), _states(states))  # fmt: skip
+    lib.rfc_ssm_scan(ptr(xbc), ptr(dt), ptr(out), ptr(positions), ptr(seq_start), len(seq_start) - 1, H, P, G, N,
+                     ptr(A), ptr(D), ptr(DT_BIAS), slot_ptrs(states))  # fmt: skip
     return out
 
 
 def test_ssm_conv_with_bias_matches_reference(lib):
     rng = np.random.default_rng(0)
-    positions, seq_start = _layout(STARTS, LENGTHS)
+    positions, seq_start = layout(STARTS, LENGTHS)
     x = rng.standard_normal((len(positions), C)).astype(np.float32)
     w = (rng.standard_normal((C, K)) * 0.5).astype(np.float32)
     bias = rng.standard_normal(C).astype(np.float32)
     states = [rng.standard_normal((K - 1, C)).astype(np.float32) for _ in range(3)] + [None]
     starts = [np.zeros((K - 1, C), np.float32) if STARTS[s] == 0 or s == 3 else states[s].copy() for s in range(4)]
     out = np.full_like(x, np.nan)
-    lib.rfc_ssm_conv_bias(_ptr(x), _ptr(out), _ptr(positions), _ptr(seq_start), len(STARTS), C, _ptr(w), K, _ptr(bias),
-                          _states(states))  # fmt: skip
+    lib.rfc_ssm_conv_bias(ptr(x), ptr(out), ptr(positions), ptr(seq_start), len(STARTS), C, ptr(w), K, ptr(bias),
+                          slot_ptrs(states))  # fmt: skip
     for s in range(len(STARTS)):
         lo, hi = seq_start[s], seq_start[s + 1]
         want, after = ssm_conv_chunk(x[lo:hi], w.astype(np.float64), starts[s], bias.astype(np.float64))
-        _assert_close(out[lo:hi], want, 1e-5, 1e-6)
+        assert_close(out[lo:hi], want, 1e-5, 1e-6)
         if s < 3:
-            _assert_close(states[s], after, 0, 0)
+            assert_close(states[s], after, 0, 0)
 
 
 def test_ssm_scan_matches_reference(lib):
     rng = np.random.default_rng(1)
-    positions, seq_start = _layout(STARTS, LENGTHS)
+    positions, seq_start = layout(STARTS, LENGTHS)
     xbc = rng.standard_normal((len(positions), C)).astype(np.float32)
     dt = rng.standard_normal((len(positions), H)).astype(np.float32)
     states = [(0.3 * rng.standard_normal((H, P, N))).astype(np.float32) for _ in range(3)] + [None]
@@ -137,9 +93,9 @@ def test_ssm_scan_matches_reference(lib):
         lo, hi = seq_start[s], seq_start[s + 1]
         want, after = ssm_scan_chunk(xbc[lo:hi], dt[lo:hi], A.astype(np.float64), D.astype(np.float64),
                                      DT_BIAS.astype(np.float64), starts[s], H, P, G, N)  # fmt: skip
-        _assert_close(out[lo:hi], want, 1e-5, 1e-5)
+        assert_close(out[lo:hi], want, 1e-5, 1e-5)
         if s < 3:
-            _assert_close(states[s], after, 1e-5, 1e-5)
+            assert_close(states[s], after, 1e-5, 1e-5)
 
 
 def test_a_chunk_continues_from_the_state_the_last_one_left(lib):
@@ -147,8 +103,8 @@ def test_a_chunk_continues_from_the_state_the_last_one_left(lib):
     rng = np.random.default_rng(2)
     xbc = rng.standard_normal((11, C)).astype(np.float32)
     dt = rng.standard_normal((11, H)).astype(np.float32)
-    whole = _scan(lib, xbc, dt, *_layout([0], [11]), [np.full((H, P, N), 7.0, np.float32)])
+    whole = _scan(lib, xbc, dt, *layout([0], [11]), [np.full((H, P, N), 7.0, np.float32)])
     slot = np.full((H, P, N), 7.0, np.float32)  # stale: position 0 must not read it
-    first = _scan(lib, xbc[:4], dt[:4], *_layout([0], [4]), [slot])
-    rest = _scan(lib, xbc[4:], dt[4:], *_layout([4], [7]), [slot])
+    first = _scan(lib, xbc[:4], dt[:4], *layout([0], [4]), [slot])
+    rest = _scan(lib, xbc[4:], dt[4:], *layout([4], [7]), [slot])
     np.testing.assert_array_equal(np.concatenate([first, rest]), whole)
