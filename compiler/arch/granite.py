@@ -13,6 +13,7 @@ Shared), a shared SwiGLU expert of that width added to the routed ones before th
 multiplier. Its loader does not read rope.scaling.finetuned: RoPE is always on."""
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,18 +40,90 @@ def build_moe(model: GGUFModel) -> ModelSpec:
     return _build(model, "granitemoe")
 
 
-def _moe_ffn(b: ModelBuilder, i: int, n_embd: int, n_ff: int, n_expert: int, n_used: int, n_ff_shexp: int) -> None:
+@dataclass(frozen=True)
+class Multipliers:
+    """granite's four multipliers (0: none), float32 as llama.cpp keeps them."""
+
+    logit: float
+    residual: float
+    embedding: float
+    attention: float
+
+    @staticmethod
+    def read(md: Metadata, *, logit_required: bool) -> "Multipliers":
+        if logit_required:  # granite's and granitemoe's loader; granitehybrid's lets it be 0 or absent
+            logit = md.float("logit_scale", 0.0, 1e6, open_lo=True)
+        else:
+            logit = md.float("logit_scale", 0.0, 1e6, default=0.0)
+        return Multipliers(_f32(logit), _f32(md.float("residual_scale", 0.0, 1e6, default=0.0)),
+                           _f32(md.float("embedding_scale", 0.0, 1e6, default=0.0)),
+                           _f32(md.float("attention.scale", 0.0, 1e6, default=0.0)))  # fmt: skip
+
+    def extra(self) -> dict:
+        return {"logit_scale": self.logit, "residual_scale": self.residual, "embedding_scale": self.embedding,
+                "attention_scale": self.attention}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Ffn:
+    """granite's FFN: dense SwiGLU with biases, or granitemoe's routed experts, each n_ff wide,
+    with a shared expert n_ff_shexp wide when that is set."""
+
+    n_ff: int
+    n_expert: int
+    n_used: int
+    n_ff_shexp: int
+
+    @staticmethod
+    def read(md: Metadata, n_expert: int, n_used: int) -> "Ffn":
+        n_ff_shexp = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) if n_expert else 0
+        return Ffn(md.int("feed_forward_length", 1, MAX_FF), n_expert, n_used, n_ff_shexp)
+
+    def declare_shared_expert(self, b: ModelBuilder, n_embd: int) -> None:
+        if self.n_ff_shexp:
+            for name, width in (("moe_out", n_embd), ("shexp_gate", self.n_ff_shexp), ("shexp_up", self.n_ff_shexp)):
+                b.buffer(name, "T", width)
+
+    def extra(self) -> dict:
+        if not self.n_expert:
+            return {}
+        extra = {"expert_count": self.n_expert, "expert_used_count": self.n_used}
+        if self.n_ff_shexp:
+            extra["expert_shared_feed_forward_length"] = self.n_ff_shexp
+        return extra
+
+
+def _moe_ffn(b: ModelBuilder, i: int, n_embd: int, ffn: Ffn) -> None:
     """h = routed experts(h) (+ the shared expert(h)), as llama.cpp's granite build_layer_ffn."""
-    if not n_ff_shexp:
-        moe_ffn(b, i, n_embd, n_ff, n_expert, n_used)
+    if not ffn.n_ff_shexp:
+        moe_ffn(b, i, n_embd, ffn.n_ff, ffn.n_expert, ffn.n_used)
         return
-    moe_ffn(b, i, n_embd, n_ff, n_expert, n_used, dst="moe_out")
+    moe_ffn(b, i, n_embd, ffn.n_ff, ffn.n_expert, ffn.n_used, dst="moe_out")
     p = f"blk.{i}."
-    linear(b, "h", "shexp_gate", p + "ffn_gate_shexp", (n_ff_shexp, n_embd))
-    linear(b, "h", "shexp_up", p + "ffn_up_shexp", (n_ff_shexp, n_embd))
+    linear(b, "h", "shexp_gate", p + "ffn_gate_shexp", (ffn.n_ff_shexp, n_embd))
+    linear(b, "h", "shexp_up", p + "ffn_up_shexp", (ffn.n_ff_shexp, n_embd))
     b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))
-    linear(b, "shexp_gate", "h", p + "ffn_down_shexp", (n_embd, n_ff_shexp))
+    linear(b, "shexp_gate", "h", p + "ffn_down_shexp", (n_embd, ffn.n_ff_shexp))
     b.op("add", ("h", "moe_out"), ("h",))
+
+
+def _residual(b: ModelBuilder, factor: float) -> None:
+    """x += h, h first times residual_scale (when set)."""
+    if factor:
+        b.op("scale", ("h",), ("h",), factor=factor)
+    b.op("add", ("x", "h"), ("x",))
+
+
+def ffn_sublayer(b: ModelBuilder, i: int, n_embd: int, eps: float, ffn: Ffn, residual: float) -> None:
+    """The rest of layer i once its mixer (attention, or granitehybrid's Mamba2) has written h:
+    the residual, ffn_norm, the FFN, the residual again (each residual times residual_scale)."""
+    _residual(b, residual)
+    b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"blk.{i}.ffn_norm.weight", "ffn_norm", (n_embd,)),), eps=eps)
+    if ffn.n_expert:
+        _moe_ffn(b, i, n_embd, ffn)
+    else:
+        glu_ffn(b, i, n_embd, ffn.n_ff, bias=True)
+    _residual(b, residual)
 
 
 def _build(model: GGUFModel, arch: str) -> ModelSpec:
@@ -65,45 +138,24 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         raise CompileError(f"{md.path}: {md.key('expert_count')}: granite with experts is not supported")
     if arch == "granitemoe" and not n_expert:
         raise CompileError(f"{md.path}: granitemoe is a mixture of experts, and {md.key('expert_count')} is missing or 0")
-    n_ff_shexp = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) if n_expert else 0
-    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    ffn = Ffn.read(md, n_expert, n_used)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    logit_scale = _f32(md.float("logit_scale", 0.0, 1e6, open_lo=True))
-    residual = _f32(md.float("residual_scale", 0.0, 1e6, default=0.0))
-    embedding = _f32(md.float("embedding_scale", 0.0, 1e6, default=0.0))
-    att_scale = _f32(md.float("attention.scale", 0.0, 1e6, default=0.0))
+    mult = Multipliers.read(md, logit_required=True)
     use_rope = md.bool("rope.scaling.finetuned", default=True) if arch == "granite" else True
     b = ModelBuilder(model)
-    declare_buffers(b, s, n_ff, n_used, n_expert)
-    if n_ff_shexp:
-        for name, width in (("moe_out", s.n_embd), ("shexp_gate", n_ff_shexp), ("shexp_up", n_ff_shexp)):
-            b.buffer(name, "T", width)
+    declare_buffers(b, s, ffn.n_ff, ffn.n_used, ffn.n_expert)
+    ffn.declare_shared_expert(b, s.n_embd)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=rope.scaling_type == "longrope")
-    cfg = Attention(rope, scale=att_scale or 1.0 / math.sqrt(s.head_dim), factors=factors if use_rope else None)
-    b.op("embed", ("tokens",), ("x",), (embd,), **({"scale": embedding} if embedding else {}))
+    cfg = Attention(rope, scale=mult.attention or 1.0 / math.sqrt(s.head_dim), factors=factors if use_rope else None)
+    b.op("embed", ("tokens",), ("x",), (embd,), **({"scale": mult.embedding} if mult.embedding else {}))
     for i in range(s.n_layers):
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
         attention(b, i, s, eps, cfg, out_bias=True, rope=use_rope)
-        if residual:
-            b.op("scale", ("h",), ("h",), factor=residual)
-        b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
-        if n_expert:
-            _moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used, n_ff_shexp)
-        else:
-            glu_ffn(b, i, s.n_embd, n_ff, bias=True)
-        if residual:
-            b.op("scale", ("h",), ("h",), factor=residual)
-        b.op("add", ("x", "h"), ("x",))
+        ffn_sublayer(b, i, s.n_embd, eps, ffn, mult.residual)
     tied = output_head(b, s, eps)
-    b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / logit_scale))
-    extra = {"logit_scale": logit_scale, "residual_scale": residual, "embedding_scale": embedding, "attention_scale": att_scale}
-    if n_expert:
-        extra.update(expert_count=n_expert, expert_used_count=n_used)
-        if n_ff_shexp:
-            extra["expert_shared_feed_forward_length"] = n_ff_shexp
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
-                 rope_freq_factors=factors is not None and use_rope, extra=extra)  # fmt: skip
+    b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / mult.logit))
+    hp = hparams(md, s, rope, ffn.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+                 rope_freq_factors=factors is not None and use_rope, extra={**mult.extra(), **ffn.extra()})  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

@@ -20,10 +20,10 @@ from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch import mamba2
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, declare_buffers, glu_ffn, hparams, linear, output_head, read_experts, read_rope, rope_factors,
+    Attention, Sizes, declare_buffers, hparams, linear, output_head, read_experts, read_rope, rope_factors,
 )  # fmt: skip
-from rfc.compiler.arch.granite import _f32, _moe_ffn
-from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
+from rfc.compiler.arch.granite import Ffn, Multipliers, _f32, ffn_sublayer
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -64,24 +64,17 @@ def build(model: GGUFModel) -> ModelSpec:
     if m.d_inner != 2 * n_embd:  # llama.cpp asserts it (only an expansion factor of 2)
         raise CompileError(f"{md.path}: {md.key('ssm.inner_size')} {m.d_inner} != 2 x embedding_length {n_embd}")
     rope = read_rope(md, s, "adjacent")
-    n_expert, n_used = read_experts(md)
-    n_ff_shexp = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) if n_expert else 0
-    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    ffn = Ffn.read(md, *read_experts(md))
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    logit_scale = _f32(md.float("logit_scale", 0.0, 1e6, default=0.0))
-    residual = _f32(md.float("residual_scale", 0.0, 1e6, default=0.0))
-    embedding = _f32(md.float("embedding_scale", 0.0, 1e6, default=0.0))
-    att_scale = _f32(md.float("attention.scale", 0.0, 1e6, default=0.0))
+    mult = Multipliers.read(md, logit_required=False)
     use_rope = md.bool("rope.scaling.finetuned", default=True)
-    declare_buffers(b, s, n_ff, n_used, n_expert)
+    declare_buffers(b, s, ffn.n_ff, ffn.n_used, ffn.n_expert)
     mamba2.declare(b, m)
-    if n_ff_shexp:
-        for name, width in (("moe_out", s.n_embd), ("shexp_gate", n_ff_shexp), ("shexp_up", n_ff_shexp)):
-            b.buffer(name, "T", width)
+    ffn.declare_shared_expert(b, s.n_embd)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if use_rope else None
-    cfg = Attention(rope, scale=att_scale or 1.0 / math.sqrt(s.head_dim), factors=factors)
-    b.op("embed", ("tokens",), ("x",), (embd,), **({"scale": embedding} if embedding else {}))
+    cfg = Attention(rope, scale=mult.attention or 1.0 / math.sqrt(s.head_dim), factors=factors)
+    b.op("embed", ("tokens",), ("x",), (embd,), **({"scale": mult.embedding} if mult.embedding else {}))
     for i in range(n_layers):
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
@@ -89,28 +82,14 @@ def build(model: GGUFModel) -> ModelSpec:
             _attention(b, i, attn_layers.index(i), s, cfg, use_rope)
         else:
             mamba2.mamba2_layer(b, i, s.n_embd, m, eps)
-        if residual:
-            b.op("scale", ("h",), ("h",), factor=residual)
-        b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
-        if n_expert:
-            _moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used, n_ff_shexp)
-        else:
-            glu_ffn(b, i, s.n_embd, n_ff, bias=True)
-        if residual:
-            b.op("scale", ("h",), ("h",), factor=residual)
-        b.op("add", ("x", "h"), ("x",))
+        ffn_sublayer(b, i, s.n_embd, eps, ffn, mult.residual)
     tied = output_head(b, s, eps)
-    if logit_scale:
-        b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / logit_scale))
-    extra = {"logit_scale": logit_scale, "residual_scale": residual, "embedding_scale": embedding, "attention_scale": att_scale,
-             "attention_layers": len(attn_layers), "ssm_conv_kernel": m.kernel, "ssm_inner_size": m.d_inner,
-             "ssm_state_size": m.n_state, "ssm_time_step_rank": m.n_heads, "ssm_group_count": m.n_groups}  # fmt: skip
-    if n_expert:
-        extra.update(expert_count=n_expert, expert_used_count=n_used)
-        if n_ff_shexp:
-            extra["expert_shared_feed_forward_length"] = n_ff_shexp
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{attn_layers[0]}.attn_q.bias"),
+    if mult.logit:
+        b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / mult.logit))
+    extra = {**mult.extra(), "attention_layers": len(attn_layers), "ssm_conv_kernel": m.kernel, "ssm_inner_size": m.d_inner,
+             "ssm_state_size": m.n_state, "ssm_time_step_rank": m.n_heads, "ssm_group_count": m.n_groups,
+             **ffn.extra()}  # fmt: skip
+    hp = hparams(md, s, rope, ffn.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{attn_layers[0]}.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
     kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
