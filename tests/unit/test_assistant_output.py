@@ -37,6 +37,11 @@ def streamed(spec, text, size):
 @pytest.mark.parametrize("size", [1, 2, 5, 10_000])
 @pytest.mark.parametrize("spec,text,reasoning,content,calls", CASES)
 def test_stream_equals_whole(spec, text, reasoning, content, calls, size):
+    assert_stream_equals_whole(spec, text, reasoning, content, calls, size)
+
+
+def assert_stream_equals_whole(spec, text, reasoning, content, calls, size):
+    """text pushed in pieces of `size` reads as reasoning, content and calls, as the whole text does."""
     r, c, got = streamed(spec, text, size)
     whole = parse_whole(spec, text)
     assert (r, c.strip()) == (reasoning, content) == (whole.reasoning, whole.content.strip())

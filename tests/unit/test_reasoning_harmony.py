@@ -2,15 +2,15 @@
 analysis channel is reasoning_content, the final channel content, commentary (tool calls) goes
 to the harmony tool parser untouched; streamed in any pieces it equals the whole reading."""
 
-import json
 import time
 
 import pytest
 
-from rfc.runtime.text.assistant_output import OutputParser, OutputSpec, parse_whole
+from rfc.runtime.text.assistant_output import OutputSpec
 from rfc.runtime.text.reasoning import HarmonySplitter, prompt_opens_thinking, template_is_harmony, template_thinks
 from rfc.runtime.text.tool_calls import BY_NAME
 from tests.conftest import CHAT_TEMPLATES
+from tests.unit.test_assistant_output import assert_stream_equals_whole
 
 HARMONY = OutputSpec(thinks=True, harmony=True)
 TOOLS = OutputSpec(thinks=True, harmony=True, tool_format=BY_NAME["harmony"])
@@ -32,25 +32,10 @@ CASES = [
 ]  # fmt: skip
 
 
-def streamed(spec, text, size):
-    p = OutputParser(spec)
-    reasoning = content = ""
-    calls = []
-    for i in range(0, len(text), size):
-        d = p.push(text[i:i + size])
-        reasoning, content, calls = reasoning + d.reasoning, content + d.content, calls + list(d.calls)
-    d = p.finish()
-    return reasoning + d.reasoning, content + d.content, calls + list(d.calls)
-
-
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 10_000])
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_stream_equals_whole(case, size):
-    spec, text, reasoning, content, calls = CASES[case]
-    r, c, got = streamed(spec, text, size)
-    whole = parse_whole(spec, text)
-    assert (r, c.strip()) == (reasoning, content) == (whole.reasoning, whole.content.strip())
-    assert [(x.name, json.loads(x.arguments)) for x in got] == calls == [(x.name, json.loads(x.arguments)) for x in whole.calls]
+    assert_stream_equals_whole(*CASES[case], size)
 
 
 def test_reasoning_streams_before_the_message_ends():
