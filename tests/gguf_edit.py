@@ -53,6 +53,20 @@ def rewrite_gguf(
     return dst
 
 
+def assert_spec_refused(src: Path, tmp_path: Path, edits: dict, message: str) -> None:
+    """src rewritten with `edits` (rewrite_gguf's keywords) is refused by its recipe with one line
+    holding `message` (the arch unit tests' malformed-file cases)."""
+    import pytest
+
+    from rfc.compiler.errors import CompileError
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.spec import build_spec
+
+    with pytest.raises(CompileError) as e:
+        build_spec(read_gguf(rewrite_gguf(src, tmp_path / "edited.gguf", **edits)))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 def put_raw_array(src: Path, dst: Path, key: str, etype: GGUFValueType, count: int, payload: bytes) -> Path:
     """Copies src to dst with metadata `key` set to an array of `count` `etype` elements whose
     encoded bytes are `payload` (replacing the key's value where src has it, else added after the
