@@ -22,7 +22,7 @@ from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.model.loader import LoadOptions, load_model
 from tests.bounds import llama_cpp_bounds
 from tests.conftest import FIXTURES
-from tests.e2e.test_cpu_device import NEAR_TIE, greedy
+from tests.e2e.test_cpu_device import assert_greedy_decoding_agrees
 from tests.e2e.test_reference_oracle import batched_last_logits, teacher_forced_logits
 
 pytestmark = [
@@ -41,14 +41,7 @@ def bundle(bundle_cache):
 
 @pytest.mark.parametrize("name", [NAME, "tiny-qwen35moe-Q8_0", "tiny-qwen3next-Q8_0"])
 def test_greedy_decoding_is_the_same_on_ref_and_cpu(name, bundle_cache):
-    bundle = bundle_cache(FIXTURES / f"{name}.gguf")
-    prompt = np.load(FIXTURES / f"{name}.logits.npz")["tokens"].tolist()[:8]
-    want, gaps = greedy(bundle, "ref", prompt, 40)
-    got, _ = greedy(bundle, "cpu", prompt, 40)
-    first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
-    if first is not None:
-        assert gaps[first] < NEAR_TIE, (f"greedy tokens differ at step {first}, where the reference's top two logits are "
-                                        f"{gaps[first]:.2f} apart: {got[: first + 1]} vs {want[: first + 1]}")
+    assert_greedy_decoding_agrees(name, bundle_cache)
 
 
 def _prefill_then_decode(bundle, device: str, tokens: list[int], prefill: int) -> np.ndarray:
