@@ -21,7 +21,7 @@ from rfc.runtime.text.messages import MessageError, flatten_content, system_and_
 from rfc.runtime.text.reasoning import template_thinks
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.anthropic_blocks import chat_messages, content_blocks, output_plan, tool_use
-from rfc.runtime.server.anthropic_models import COUNT_TOKENS, MAX_STOP_SEQUENCES, MESSAGES
+from rfc.runtime.server.anthropic_models import COUNT_TOKENS, MAX_STOP_STRINGS, MESSAGES
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import bad_request
@@ -67,8 +67,8 @@ def parse(f: RequestFields, served: ServedModel) -> tuple[GenerationRequest, Out
     ids = served.prompts.encode(text, "messages")
     max_tokens = budget(served, BUDGET, f.integer("max_tokens"), ids)
     stops = f.raw("stop_sequences")
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_SEQUENCES:
-        raise bad_request(f"'stop_sequences' must be a list of at most {MAX_STOP_SEQUENCES} non-empty strings", "stop_sequences")
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_STRINGS:
+        raise bad_request(f"'stop_sequences' must be a list of at most {MAX_STOP_STRINGS} non-empty strings", "stop_sequences")
     params = SamplingParams(temperature=f.number("temperature"), top_p=f.number("top_p"), top_k=f.integer("top_k"))
     request = GenerationRequest(prompt_ids=ids, params=params, max_tokens=max_tokens, stop=tuple(stops),
                                 constraint=plan.constraint(served))

@@ -2,11 +2,11 @@
 (runtime/server/anthropic_api.py and anthropic_blocks.py read them)."""
 
 from rfc.runtime.server.anthropic_blocks import ROLES
-from rfc.runtime.server.api_fields import CONTENT, MAX_TOKENS, MODEL, STREAM, TEMPERATURE, TOP_K, TOP_P, function_shape
+from rfc.runtime.server.api_fields import (
+    CONTENT, MAX_STOP_STRINGS, MAX_TOKENS, MODEL, STREAM, TEMPERATURE, TOP_K, TOP_P, function_shape,
+)  # fmt: skip
 from rfc.runtime.server.fields import Field, Kind, RequestModel
 from rfc.runtime.server.structured import MAX_TOOLS
-
-MAX_STOP_SEQUENCES = 16
 
 _BLOCK = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
 _CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [{"type": "string"}, _BLOCK]}}, {"type": "null"}]}
@@ -33,7 +33,7 @@ MESSAGES = RequestModel("MessagesRequest", (
     *_PROMPT,
     MAX_TOKENS.but(required=True, description=""),
     STREAM,
-    Field("stop_sequences", Kind.JSON, [], schema={"type": "array", "maxItems": MAX_STOP_SEQUENCES,
+    Field("stop_sequences", Kind.JSON, [], schema={"type": "array", "maxItems": MAX_STOP_STRINGS,
                                                    "items": {"type": "string", "minLength": 1}}),
     TEMPERATURE.but(maximum=1.0),
     TOP_P,

@@ -12,10 +12,10 @@ request model of their own (runtime/server/fields.py), nested in the body's `opt
 from dataclasses import dataclass
 
 from rfc.runtime.sampling.sampler import SamplingParams
+from rfc.runtime.server.api_fields import MAX_STOP_STRINGS
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import Field, Kind, RequestModel
 
-MAX_STOP_STRINGS = 16
 # Samplers rfc does not have, with the value that turns each off.
 UNSUPPORTED_UNLESS = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0}
 _STOP = {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string"}}]}
