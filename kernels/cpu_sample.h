@@ -29,6 +29,9 @@
 #define RFC_SAMPLE_BAD_LOGITS (-1) /* a NaN, or no finite largest logit */
 #define RFC_SAMPLE_NO_MEMORY (-2)
 
+/* The end of the block of RFC_SAMPLE_BLOCK values starting at b, in a row of n. */
+static inline int64_t rfc_block_end(int64_t b, int64_t n) { return n - b < RFC_SAMPLE_BLOCK ? n : b + RFC_SAMPLE_BLOCK; }
+
 /* The end of the whole 8-lane steps from `start` to `end` (a bound gcc can see through:
  * `i + 8 <= n` made it warn of undefined behaviour in the scalar tail after inlining). */
 static inline int64_t rfc_vec_end(int64_t start, int64_t end) { return end - (end - start) % 8; }
@@ -98,7 +101,7 @@ static float rfc_sample_max(const float *x, int64_t n, int *nan) {
 static double rfc_exp_row(const float *v, int64_t m, float peak, float scale, float *w) {
     double total = 0.0;
     for (int64_t b = 0; b < m; b += RFC_SAMPLE_BLOCK) {
-        const int64_t e = m - b < RFC_SAMPLE_BLOCK ? m : b + RFC_SAMPLE_BLOCK;
+        const int64_t e = rfc_block_end(b, m);
         int64_t i = b;
         float s = 0.0f;
 #ifdef RFC_AVX2
@@ -124,7 +127,7 @@ static double rfc_exp_row(const float *v, int64_t m, float peak, float scale, fl
 static double rfc_sum_at_least(const float *w, int64_t m, float floor_w) {
     double total = 0.0;
     for (int64_t b = 0; b < m; b += RFC_SAMPLE_BLOCK) {
-        const int64_t e = m - b < RFC_SAMPLE_BLOCK ? m : b + RFC_SAMPLE_BLOCK;
+        const int64_t e = rfc_block_end(b, m);
         int64_t i = b;
         float s = 0.0f;
 #ifdef RFC_AVX2
@@ -248,7 +251,7 @@ static int64_t rfc_keep(int how, float a, float b, const float *v, const float *
 static void rfc_step_sums(const float *v, int64_t len, const float t[RFC_CUT_STEPS], int mass, double s[RFC_CUT_STEPS]) {
     for (int j = 0; j < RFC_CUT_STEPS; j++) s[j] = 0.0;
     for (int64_t b = 0; b < len; b += RFC_SAMPLE_BLOCK) {
-        const int64_t e = len - b < RFC_SAMPLE_BLOCK ? len : b + RFC_SAMPLE_BLOCK;
+        const int64_t e = rfc_block_end(b, len);
         int64_t i = b;
         float f[RFC_CUT_STEPS] = {0};
 #ifdef RFC_AVX2
@@ -525,7 +528,7 @@ static double rfc_draw_weights(const float *v, float *w, const float *key, int64
                                int recompute, int filtered, float cut, int64_t end, double *cum) {
     double total = 0.0;
     for (int64_t b = 0; b < m; b += RFC_SAMPLE_BLOCK) {
-        const int64_t e = m - b < RFC_SAMPLE_BLOCK ? m : b + RFC_SAMPLE_BLOCK;
+        const int64_t e = rfc_block_end(b, m);
         int64_t i = b;
         float s = 0.0f;
 #ifdef RFC_AVX2
@@ -574,7 +577,7 @@ static int64_t rfc_pick(const float *w, int64_t m, const double *cum, double u) 
         if (cum[mid] > target) hi = mid;
         else lo = mid + 1;
     }
-    const int64_t b = lo * RFC_SAMPLE_BLOCK, e = m - b < RFC_SAMPLE_BLOCK ? m : b + RFC_SAMPLE_BLOCK;
+    const int64_t b = lo * RFC_SAMPLE_BLOCK, e = rfc_block_end(b, m);
     double c = lo ? cum[lo - 1] : 0.0;
     int64_t last = -1;
     for (int64_t i = b; i < e; i++) {
