@@ -94,6 +94,24 @@ def prefill_rounding(model: str, formats, tokens) -> "np.ndarray | None":
     return Oracle(path, act_rounding=kinds).logits(list(tokens)) - Oracle(path).logits(list(tokens))
 
 
+def assert_teacher_forced_within_bounds(pair, model: str, n: int = 40) -> None:
+    """The fixture's first n tokens teacher-forced through `pair` (test_gpu_kernels.Pair: a GPU
+    device beside the reference): within tests/bounds.py's bounds of the reference for the GPU's
+    activation rounding, and of llama.cpp's logits."""
+    import numpy as np
+
+    from rfc.runtime.engine.batch import ScheduledChunk
+    from tests.bounds import device_bounds, llama_cpp_bounds
+
+    expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
+    tokens = tuple(int(t) for t in expected["tokens"][:n])
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tokens, all_logits=True)])
+    ok, msg = device_bounds(model, gpu, ref, rounding=gpu_rounding(model, pair.formats, tokens))
+    assert ok, msg
+    ok, msg = llama_cpp_bounds(model, gpu, expected["logits"][: len(tokens)])
+    assert ok, msg
+
+
 def round_activations(x):
     """x rounded as an int8 GPU matmul rounds its input (for op-level comparisons)."""
     import numpy as np

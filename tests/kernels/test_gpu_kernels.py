@@ -26,11 +26,12 @@ from rfc.runtime.engine.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
-from tests.bounds import FLOAT_MAX, device_bounds, llama_cpp_bounds
+from tests.bounds import FLOAT_MAX, device_bounds
 from tests.faults import scale_outputs
 from tests.kernels.gpu_emulator import emulated_device
 from tests.kernels.gpu_support import (  # noqa: F401
-    gpu_build_cache, gpu_bundle, gpu_rounding, model_path, round_activations, toolchain_marks,
+    assert_teacher_forced_within_bounds, gpu_build_cache, gpu_bundle, gpu_rounding, model_path, round_activations,
+    toolchain_marks,
 )
 from tests.conftest import shared_basetemp
 
@@ -107,16 +108,8 @@ def _gpu_param(model: str, target: str):
 ])
 def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_path_factory):
     """40 tokens: past gemma's sliding window of 32, several tiles of tokens per expert."""
-    from tests.conftest import FIXTURES
-
     pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
-    expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
-    tokens = tuple(int(t) for t in expected["tokens"][:40])
-    gpu, ref = pair.step([ScheduledChunk(0, 0, tokens, all_logits=True)])
-    ok, msg = device_bounds(model, gpu, ref, rounding=gpu_rounding(model, pair.formats, tokens))
-    assert ok, msg
-    ok, msg = llama_cpp_bounds(model, gpu, expected["logits"][: len(tokens)])
-    assert ok, msg
+    assert_teacher_forced_within_bounds(pair, model)
 
 
 @pytest.mark.parametrize("model,target", [

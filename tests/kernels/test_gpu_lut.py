@@ -30,12 +30,12 @@ from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_plan import MATMUL_TOKENS, plan_kernels
 from rfc.compiler.targets import parse_target
 from rfc.runtime.model.quants import dequantize
-from rfc.runtime.engine.batch import ScheduledChunk
 from tests import testdata
-from tests.bounds import device_bounds, llama_cpp_bounds
-from tests.conftest import FIXTURES, shared_basetemp
+from tests.conftest import shared_basetemp
 from tests.kernels.gpu_emulator import build_source_emulator
-from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, gpu_rounding, round_activations, toolchain_marks  # noqa: F401
+from tests.kernels.gpu_support import (  # noqa: F401
+    assert_teacher_forced_within_bounds, gpu_build_cache, gpu_bundle, round_activations, toolchain_marks,
+)
 
 pytestmark = [
     pytest.mark.shared,
@@ -172,10 +172,4 @@ def test_mixed_fixture_within_its_bounds(target, gpu_bundle, tmp_path_factory):
 
     model = "llama-IQ_MIX"
     pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
-    expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
-    tokens = tuple(int(t) for t in expected["tokens"][:40])
-    gpu, ref = pair.step([ScheduledChunk(0, 0, tokens, all_logits=True)])
-    ok, msg = device_bounds(model, gpu, ref, rounding=gpu_rounding(model, pair.formats, tokens))
-    assert ok, msg
-    ok, msg = llama_cpp_bounds(model, gpu, expected["logits"][: len(tokens)])
-    assert ok, msg
+    assert_teacher_forced_within_bounds(pair, model)
