@@ -290,13 +290,16 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.residual_scale, c.logit_scale, c.q_scale = _f32(k("residual_scale", 0.0)), _f32(k("logit_scale", 0.0)), _f32(k("attention.scale", 0.0))
         if not k("rope.scaling.finetuned", True):
             c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
-    if arch == "nemotron_h":  # src/models/nemotron-h.cpp: no RoPE; a layer is Mamba2, attention or an MLP
+    if arch in ("nemotron_h", "nemotron_h_moe"):  # src/models/nemotron-h.cpp: no RoPE; a layer is Mamba2, attention or an MLP
         kv, ff = list(k("attention.head_count_kv")), list(k("feed_forward_length"))
         c.mlp = tuple(i for i in range(c.n_layers) if ff[i])
         c.mamba = tuple(i for i in range(c.n_layers) if not ff[i] and not kv[i])
         c.n_kv_heads = max(kv)
         c.eps = k("attention.layer_norm_rms_epsilon", k("attention.layer_norm_epsilon"))
         c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
+    if arch == "nemotron_h_moe":  # its MLP layers: sigmoid-routed squared-ReLU experts, a shared one (nemotron-h.cpp)
+        c.gating, c.norm_w, c.w_scale = "sigmoid", bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
+        c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
     if arch == "gpt-oss":  # src/models/openai-moe.cpp
         c.q_scale = _f32(1.0 / np.sqrt(np.float32(c.n_rot)))
         c.ffn_norm, c.sinks, c.oai = "post_attention_norm", True, True
@@ -633,8 +636,11 @@ class Oracle:
         select = probs + self.w(p + "exp_probs_b.bias") if self.has(p + "exp_probs_b.bias") else probs
         if c.weight_before:  # llama4: chosen by the logits themselves
             select = logits
-        out = np.zeros_like(h)
-        gate_w, up_w, down_w = (self.w(f"{p}ffn_{x}_exps.weight") for x in ("gate", "up", "down"))
+        relu2 = not self.has(p + "ffn_gate_exps.weight")  # nemotron_h_moe: down(relu(up x)^2), no gate
+        x_in = self.linear(h, p + "ffn_latent_down.weight") if self.has(p + "ffn_latent_down.weight") else h
+        out = np.zeros(x_in.shape)
+        gate_w = None if relu2 else self.w(p + "ffn_gate_exps.weight")
+        up_w, down_w = (self.w(f"{p}ffn_{x}_exps.weight") for x in ("up", "down"))
         for t in range(len(h)):
             sel = select[t].copy()
             if c.groups > 1:
@@ -649,11 +655,19 @@ class Oracle:
             if c.w_scale not in (0.0, 1.0):
                 weights = weights * c.w_scale
             for e, wt in zip(top, weights):
-                x = h[t : t + 1] * wt if c.weight_before else h[t : t + 1]  # llama4: the weight on the input
-                g = self.linear(x, p + "ffn_gate_exps.weight", gate_w[e])
+                x = x_in[t : t + 1] * wt if c.weight_before else x_in[t : t + 1]  # llama4: the weight on the input
                 u = self.linear(x, p + "ffn_up_exps.weight", up_w[e])
-                y = self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_exps.weight", down_w[e])[0]
+                if relu2:
+                    act = np.maximum(u, 0.0) ** 2
+                else:
+                    g = self.linear(x, p + "ffn_gate_exps.weight", gate_w[e])
+                    act = g / (1.0 + np.exp(-g)) * u
+                y = self.linear(act, p + "ffn_down_exps.weight", down_w[e])[0]
                 out[t] += y if c.weight_before else wt * y
+        if self.has(p + "ffn_latent_up.weight"):  # Nemotron 3 Super: the experts' sum back to n_embd
+            out = self.linear(out, p + "ffn_latent_up.weight")
+        if relu2:  # the shared expert: squared ReLU too
+            return out + self.linear(np.maximum(self.linear(h, p + "ffn_up_shexp.weight"), 0.0) ** 2, p + "ffn_down_shexp.weight")
         if self.has(p + "ffn_gate_shexp.weight"):
             g, u = self.linear(h, p + "ffn_gate_shexp.weight"), self.linear(h, p + "ffn_up_shexp.weight")
             shared = self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight")
@@ -685,8 +699,11 @@ class Oracle:
         return out
 
     def relu2_mlp(self, h: np.ndarray, i: int) -> np.ndarray:
-        """nemotron_h's MLP layer: ffn_down(relu(ffn_up h)^2), biases where the file has them."""
+        """nemotron_h's MLP layer: ffn_down(relu(ffn_up h)^2), biases where the file has them
+        (nemotron_h_moe: the experts instead)."""
         p = f"blk.{i}."
+        if self.has(p + "ffn_gate_inp.weight"):
+            return self.moe(h, p)
         up = self.linear(h, p + "ffn_up.weight") + (self.w(p + "ffn_up.bias") if self.has(p + "ffn_up.bias") else 0.0)
         out = self.linear(np.maximum(up, 0.0) ** 2, p + "ffn_down.weight")
         return out + (self.w(p + "ffn_down.bias") if self.has(p + "ffn_down.bias") else 0.0)

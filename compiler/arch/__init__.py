@@ -17,6 +17,7 @@ from rfc.compiler.arch import gemma4
 from rfc.compiler.arch import lfm2moe
 from rfc.compiler.arch import llama4
 from rfc.compiler.arch import granitehybrid, nemotron_h
+from rfc.compiler.arch import nemotron_h_moe
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -35,6 +36,7 @@ RECIPES: dict[str, Recipe] = {
     "granitemoe": granite.build_moe,
     "granitehybrid": granitehybrid.build,
     "nemotron_h": nemotron_h.build,
+    "nemotron_h_moe": nemotron_h_moe.build,
     "lfm2": lfm2.build,
     "lfm2moe": lfm2moe.build,
     "llama": llama.build,

@@ -38,7 +38,7 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 REFUSED: dict[str, str] = {
     **dict.fromkeys(
         ("mamba", "mamba2", "jamba", "falcon-h1", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7",
-         "nemotron_h_moe", "plamo2", "kimi-linear",
+         "plamo2", "kimi-linear",
          "minimax-01"),
         _RECURRENT,
     ),  # fmt: skip

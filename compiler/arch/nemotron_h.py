@@ -10,12 +10,13 @@ x = x + mixer(rms_norm(x)), the mixer one of three kinds (llama.cpp's src/models
 
 The norm epsilon is `attention.layer_norm_rms_epsilon`, else `attention.layer_norm_epsilon`
 (required, as llama.cpp's loader requires it). `nextn_predict_layers` MTP blocks at the end
-are not run. Experts (nemotron_h_moe) are another architecture. The KV cache holds the attention
-layers only; per sequence each Mamba2 layer keeps (kernel - 1) x (d_inner + 2 G N) + d_inner x N
-floats (mamba2.Mamba2.state_floats).
+are not run. Experts are the nemotron_h_moe architecture (nemotron_h_moe.py: build_stack with
+them in the FFN layers). The KV cache holds the attention layers only; per sequence each Mamba2
+layer keeps (kernel - 1) x (d_inner + 2 G N) + d_inner x N floats (mamba2.Mamba2.state_floats).
 """
 
 import math
+from collections.abc import Callable
 
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch import mamba2
@@ -29,12 +30,13 @@ from rfc.compiler.spec import ModelSpec
 MAMBA, ATTENTION, MLP = "mamba2", "attention", "mlp"
 
 
-def layer_kinds(md: Metadata, b: ModelBuilder, n_layers: int) -> tuple[list[str], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+def layer_kinds(md: Metadata, b: ModelBuilder, n_layers: int,
+                ffn_tensor: str = "ffn_up.weight") -> tuple[list[str], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
     kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS)
     n_ff = md.per_layer("feed_forward_length", n_layers, 0, MAX_FF)
     kinds = [MLP if n_ff[i] else ATTENTION if kv_heads[i] else MAMBA for i in range(n_layers)]
-    tensor = {MAMBA: "ssm_in.weight", ATTENTION: "attn_q.weight", MLP: "ffn_up.weight"}
+    tensor = {MAMBA: "ssm_in.weight", ATTENTION: "attn_q.weight", MLP: ffn_tensor}
     for i, kind in enumerate(kinds):  # the pattern must agree with the tensors, both ways
         has = [k for k, name in tensor.items() if b.has(f"blk.{i}.{name}")]
         if has != [kind]:
@@ -45,13 +47,19 @@ def layer_kinds(md: Metadata, b: ModelBuilder, n_layers: int) -> tuple[list[str]
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    md = Metadata(model, "nemotron_h")
+    return build_stack(model, "nemotron_h")
+
+
+def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) -> ModelSpec:
+    """The stack of `arch`; with `experts` (nemotron_h_moe.read) its FFN layers are mixtures of
+    experts (nemotron_h_moe.RoutedFFN) instead of the dense squared-ReLU MLP."""
+    md = Metadata(model, arch)
     b = ModelBuilder(model)
     n_embd = md.int("embedding_length", 1, MAX_EMBD)
     n_all = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
     nextn = md.int("nextn_predict_layers", 0, n_all - 1, default=0)
     n_layers = n_all - nextn
-    kinds, heads, kv_heads, n_ff = layer_kinds(md, b, n_all)
+    kinds, heads, kv_heads, n_ff = layer_kinds(md, b, n_all, "ffn_up_exps.weight" if experts else "ffn_up.weight")
     kinds = kinds[:n_layers]
     attn = [i for i in range(n_layers) if kinds[i] == ATTENTION]
     if not attn:
@@ -62,7 +70,8 @@ def build(model: GGUFModel) -> ModelSpec:
         raise CompileError(f"{md.path}: token_embd.weight is missing or not [vocab <= {MAX_VOCAB}, n_embd]")
     s = Sizes(n_embd, n_layers, nh, nkv, head_dim, embd_t.shape[0])
     m = mamba2.read_mamba2(md)
-    if md.int("expert_count", 0, 1 << 20, default=0):
+    moe = experts(md, n_embd, n_ff, [i for i in range(n_layers) if kinds[i] == MLP]) if experts else None
+    if moe is None and md.int("expert_count", 0, 1 << 20, default=0):
         raise CompileError(f"{md.path}: {md.key('expert_count')}: nemotron_h with experts (nemotron_h_moe) is not supported")
     eps_plain = md.float("attention.layer_norm_epsilon", 0.0, 1.0, open_lo=True)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, default=eps_plain, open_lo=True)
@@ -73,8 +82,10 @@ def build(model: GGUFModel) -> ModelSpec:
         b.buffer(name, "T", width)
     for name, width in (("xr", n_embd), ("hr", n_embd), ("logits", s.vocab_size)):
         b.buffer(name, "R", width)
-    for f in sorted({n_ff[i] for i in range(n_layers) if kinds[i] == MLP}):
+    for f in sorted({n_ff[i] for i in range(n_layers) if kinds[i] == MLP and moe is None}):
         b.buffer(f"up{f}", "T", f)
+    if moe is not None:
+        moe.declare(b)
     mamba2.declare(b, m)
     b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (s.vocab_size, n_embd)),))
     scale = 1.0 / math.sqrt(head_dim)
@@ -85,6 +96,8 @@ def build(model: GGUFModel) -> ModelSpec:
             mamba2.mamba2_layer(b, i, n_embd, m, eps)
         elif kinds[i] == ATTENTION:
             _attention(b, i, attn.index(i), s, scale)
+        elif moe is not None:
+            moe.layer(b, i)  # adds the routed experts to x itself; h: the shared expert
         else:
             up = f"up{n_ff[i]}"
             linear(b, "h", up, p + "ffn_up", (n_ff[i], n_embd), bias=True)
@@ -98,6 +111,8 @@ def build(model: GGUFModel) -> ModelSpec:
              "ssm_time_step_rank": m.n_heads, "ssm_group_count": m.n_groups, "rope": False}  # fmt: skip
     if nextn:
         extra["nextn_predict_layers"] = nextn
+    if moe is not None:
+        extra |= moe.hparams()
     hp = hparams(md, s, rope, widest, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{attn[0]}.attn_q.bias"),
                  rope_freq_factors=False, extra=extra)  # fmt: skip
     kv = KVSpec(n_layers=len(attn), n_kv_heads=nkv, head_dim=head_dim, dtype="f16")

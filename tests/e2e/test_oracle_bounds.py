@@ -90,6 +90,40 @@ def test_phi3_long_context_rope_on_the_cpu(bundle_cache, oracle, tmp_path):
     assert ok, summary
 
 
+def _latent_moe(tmp_path: Path, latent: int = 128) -> Path:
+    """tiny-nemotron_h_moe with Nemotron 3 Super's latent MoE (none of the fixtures has one): its
+    experts cut to a latent width (the first `latent` columns of up, rows of down: whole Q8_0
+    blocks), ffn_latent_down [latent, 256] before them and ffn_latent_up [256, latent] after."""
+    from tests.gguf_edit import rewrite_gguf
+
+    src = FIXTURES / "tiny-nemotron_h_moe-Q8_0.gguf"
+    cols = latent // 32 * 34  # Q8_0: 34 bytes per 32 values
+
+    def cut(name, data, qtype):
+        if name.endswith("ffn_up_exps.weight"):
+            return data[..., :cols].copy(), qtype
+        return (data[:, :latent].copy(), qtype) if name.endswith("ffn_down_exps.weight") else (data, qtype)
+
+    rng = np.random.default_rng(26)
+    extra = {f"blk.{i}.{n}.weight": rng.normal(0.0, 1.0 / np.sqrt(k), shape)
+             for i in (1, 4) for n, shape, k in (("ffn_latent_down", (latent, 256), 256), ("ffn_latent_up", (256, latent), latent))}
+    path = rewrite_gguf(src, tmp_path / "tiny-nemotron_h_moe-latent-Q8_0.gguf", metadata={"nemotron_h_moe.moe_latent_size": latent},
+                        tensor_fn=cut, add_tensors=extra)  # fmt: skip
+    shutil.copy(src.with_suffix(".logits.npz"), path.with_suffix(".logits.npz"))  # for the tokens
+    return path
+
+
+def test_nemotron_h_moe_latent_experts_match_the_oracle(bundle_cache, oracle, tmp_path):
+    """The latent MoE (moe_latent_size: Nemotron 3 Super): ffn_latent_down, the experts in that
+    width, their weighted sum, ffn_latent_up; the reference against the oracle."""
+    path = _latent_moe(tmp_path)
+    bundle = bundle_cache(path, REFERENCE_ONLY)
+    ref = teacher_forced_logits(bundle, "ref", _tokens(path))
+    ok, summary = oracle_bounds(path.stem, ref, oracle(path))
+    assert ok, summary
+    assert np.abs(oracle(path) - oracle(FIXTURES / "tiny-nemotron_h_moe-Q8_0.gguf")).mean() > 0.05  # the latent path matters
+
+
 # LongRoPE on a llama file: llama's loader reads the long/short factors when the type says so
 # (YaRN has a fixture of its own, tiny-qwen3yarn). llama.cpp 0.3.36 on this file against the
 # oracle: max 0.016, mean 0.0024.
