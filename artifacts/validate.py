@@ -359,28 +359,25 @@ def _moe_route(v: _OpView) -> None:
         v.need(w is None or w == (n_expert,), f"selection bias {w} is not [{n_expert}]")
 
 
-def _router_of(v: _OpView, ids: str) -> Op | None:
-    """The op that last wrote `ids` before this one, if it is a moe_route (expert ids come from
-    a router, so they index the experts the router scored)."""
-    for op in reversed(v.plan.ops[: v.index]):
-        if ids in op.outputs:
-            return op if op.kind == "moe_route" else None
-    return None
+def _routed(v: _OpView, ids: str) -> tuple[int, int]:
+    """(n_expert, n_used) of the expert ids an op reads: i32 rows the moe_route op last writing
+    `ids` before this one wrote (expert ids come from a router, so they index the experts the
+    router scored: n_expert is its logits' width); anything else is refused."""
+    v.i32_rows(ids)
+    writer = next((op for op in reversed(v.plan.ops[: v.index]) if ids in op.outputs), None)
+    v.need(writer is not None and writer.kind == "moe_route", f"{ids} is not written by a moe_route op before it")
+    return v.width(writer.inputs[0]), v.width(ids)
 
 
 def _moe_matmul(v: _OpView) -> None:
     (x, ids), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(x, out)
-    v.i32_rows(ids)
-    router = _router_of(v, ids)
-    v.need(router is not None, f"{ids} is not written by a moe_route op before it")
-    k = v.width(ids)
+    n_expert, k = _routed(v, ids)
     v.need(v.rows(x) == v.rows(ids) == v.rows(out) == "T", "buffers are not [T, width]")
     v.need(v.width(out) % k == 0, f"output width {v.width(out)} is not {k} segments")
     n = v.width(out) // k
     w = v.weight_shape(0)
     if w is not None:
-        n_expert = v.width(router.inputs[0])
         v.need(len(w) == 3 and w[0] == n_expert and w[1] == n, f"weight {w} is not [{n_expert}, {n}, K]")
         v.need(v.width(x) in (w[2], k * w[2]), f"input width {v.width(x)} is neither K = {w[2]} nor {k} x K")
 
@@ -396,14 +393,10 @@ def _moe_combine(v: _OpView) -> None:
 def _moe_add_bias(v: _OpView) -> None:
     (y, ids), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(y, out)
-    v.i32_rows(ids)
-    router = _router_of(v, ids)
-    v.need(router is not None, f"{ids} is not written by a moe_route op before it")
-    k = v.width(ids)
+    n_expert, k = _routed(v, ids)
     v.need(v.shape(y) == v.shape(out) and v.rows(y) == v.rows(ids) == "T", "buffers are not [T, width] alike")
     v.need(v.width(y) % k == 0, f"width {v.width(y)} is not {k} segments")
     w = v.weight_shape(0)
-    n_expert = v.width(router.inputs[0])
     v.need(w is None or w == (n_expert, v.width(y) // k), f"bias {w} is not [{n_expert}, {v.width(y) // k}]")
 
 
