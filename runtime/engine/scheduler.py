@@ -33,7 +33,7 @@ from enum import Enum, StrEnum, auto
 from rfc.runtime.engine.batch import ScheduledChunk
 from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.engine.spec import SpecConfig
-from rfc.runtime.engine.state_cache import checkpoint_point
+from rfc.runtime.engine.state_cache import checkpoint_points, first_point_inside
 
 __all__ = ["FinishReason", "QueueFull", "ScheduledChunk", "Scheduler", "SchedulerConfig", "Sequence", "SequenceStatus"]
 
@@ -207,20 +207,19 @@ class Scheduler:
         full = seq.num_computed - seq.num_computed % self.blocks.block_size
         if full > keyed:
             self.blocks.register(seq.seq_id, _token_slice(seq, keyed, full))
-            if self.blocks.checkpoints is not None and seq.num_computed == self._checkpoint_at(seq):
-                self.blocks.checkpoint_state(seq.seq_id)  # the state after the prompt's last whole block
+            if self.blocks.checkpoints is not None and seq.num_computed in self._checkpoints_at(seq):
+                self.blocks.checkpoint_state(seq.seq_id)  # the state after the whole blocks up to here
 
-    def _checkpoint_at(self, seq: Sequence) -> int:
-        """Prefix caching with state (runtime/engine/state_cache.py): the prefill position whose
-        state is checkpointed (a chunk ends there); 0: none."""
+    def _checkpoints_at(self, seq: Sequence) -> tuple[int, ...]:
+        """Prefix caching with state (runtime/engine/state_cache.py): the prefill positions whose
+        state is checkpointed (a chunk ends at each); () for none."""
         if self.blocks.checkpoints is None:
-            return 0
-        return checkpoint_point(len(seq.prompt_ids), self.blocks.block_size)
+            return ()
+        return checkpoint_points(len(seq.prompt_ids), self.blocks.block_size)
 
     def _cut(self, seq: Sequence, n: int) -> int:
-        """n tokens from num_computed on, ending at the checkpoint position if they cross it."""
-        at = self._checkpoint_at(seq)
-        return at - seq.num_computed if seq.num_computed < at < seq.num_computed + n else n
+        """n tokens from num_computed on, ending at a checkpoint position if they cross one."""
+        return first_point_inside(self._checkpoints_at(seq), seq.num_computed, n)
 
     def finish(self, seq: Sequence) -> None:
         """Drop a finished, cancelled or disconnected sequence and free its KV blocks now."""
@@ -303,8 +302,7 @@ class Scheduler:
             # from the cache; prefill starts at the first token it does not hold.
             prefix = self.blocks.find_prefix(seq.all_ids())
             n = min(seq.num_tokens() - prefix.num_tokens, budget)
-            at = self._checkpoint_at(seq)
-            n = at - prefix.num_tokens if prefix.num_tokens < at < prefix.num_tokens + n else n
+            n = first_point_inside(self._checkpoints_at(seq), prefix.num_tokens, n)
             if not self.blocks.can_allocate(seq.seq_id, prefix.num_tokens + n, prefix):
                 break  # FIFO: nobody overtakes the head of the queue
             self.waiting.popleft()

@@ -2,13 +2,17 @@
 block boundary, keyed like the prefix cache's blocks.
 
 A cached KV prefix alone cannot skip a hybrid model's prefill: the recurrent layers' state
-after the prefix is not in the KV pages. So when a sequence's prefill reaches the last block
-boundary of its prompt (the scheduler ends a chunk there), the engine copies its state slot
-into a checkpoint slot, keyed by the chain key of the block that ends there
-(prefix_cache.py). A later prompt whose cached blocks reach that key takes the blocks up to it
-and a copy of the checkpoint into its own slot, and prefills only what follows (the cheapest
-correct scheme: one checkpoint per prompt, no state per block; a repeated prompt or the next
-turn of a chat, whose prompt extends the last one, finds it).
+after the prefix is not in the KV pages. So when a sequence's prefill reaches one of a few
+block boundaries of its prompt (checkpoint_points; the scheduler ends a chunk at each), the
+engine copies its state slot into a checkpoint slot, keyed by the chain key of the block that
+ends there (prefix_cache.py). A later prompt whose cached blocks reach that key takes the
+blocks up to it and a copy of the checkpoint into its own slot, and prefills only what follows.
+
+Not a state per block (a Gated-DeltaNet model's state is megabytes): the prompt's last block
+boundary, which a repeated prompt or the next turn of a chat (whose prompt extends the last
+one) finds, and the boundaries CHECKPOINT_TAILS tokens before it, which a prompt that repeats
+a long document or conversation with another last question or an edited last message finds.
+llama-server's checkpoints serve the same purpose (one before the prompt's last batch of 512).
 
 Checkpoint slots are slots of the device's state pool after the sequences' own; they are
 reused least recently used first. A checkpoint is only found through cached KV blocks, so an
@@ -51,7 +55,19 @@ class StateCheckpoints:
         return len(self._slots)
 
 
-def checkpoint_point(prompt_tokens: int, block_size: int) -> int:
-    """Where a prompt's state is checkpointed: its last block boundary before its last token
-    (find_prefix always leaves that token to compute); 0: the prompt is too short for one."""
-    return (prompt_tokens - 1) // block_size * block_size
+# How far before a prompt's end its state is checkpointed too: a different question of up to
+# about 64 tokens after a repeated document, an edited last message of up to about 512.
+CHECKPOINT_TAILS = (64, 512)
+
+
+def checkpoint_points(prompt_tokens: int, block_size: int) -> tuple[int, ...]:
+    """Where a prompt's state is checkpointed, ascending: its last block boundary before its last
+    token (find_prefix always leaves that token to compute) and the block boundaries at least
+    CHECKPOINT_TAILS tokens before that token; () for a prompt too short for one."""
+    points = {(prompt_tokens - 1 - tail) // block_size * block_size for tail in (0, *CHECKPOINT_TAILS)}
+    return tuple(sorted(p for p in points if p > 0))
+
+
+def first_point_inside(points: tuple[int, ...], start: int, n: int) -> int:
+    """n tokens from `start` on, cut to end at the first checkpoint point strictly inside them."""
+    return next((p - start for p in points if start < p < start + n), n)

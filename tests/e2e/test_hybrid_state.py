@@ -167,3 +167,30 @@ def test_a_repeated_prefix_resumes_from_its_state_checkpoint(device, path, bundl
     np.testing.assert_array_equal(np.array(got.rows), np.array(want.rows))
     counts = engine.counts()
     assert (counts["state_slots_used"], counts["pages_used"]) == (0, 0)
+
+
+@pytest.mark.parametrize("device", ["ref", pytest.param("cpu", marks=pytest.mark.toolchain)])
+def test_a_prompt_with_another_question_resumes_from_an_earlier_checkpoint(device, bundle_cache):
+    """A 90-token document, then a 20-token question, asked twice with different questions: the
+    block ending at 96 holds question tokens, so the second prompt resumes from the checkpoint
+    64 tokens before the end (at 32) and prefills 78 tokens instead of 110, logits bit for bit
+    those of a fresh run of it."""
+    bundle = bundle_cache(LFM2) if device == "cpu" else bundle_cache(LFM2, REFERENCE_ONLY)
+    rng = np.random.default_rng(12)
+    document = [1, *rng.integers(3, 512, size=89).tolist()]
+    first, second = (document + rng.integers(3, 512, size=20).tolist() for _ in range(2))
+    config = SchedulerConfig(max_batch=2, max_batch_tokens=64)
+
+    fresh = load_model(bundle, LoadOptions(device=device))
+    want = Recorder(fresh)
+    expected = _greedy(Engine(fresh, config), [second])
+
+    model = load_model(bundle, LoadOptions(device=device))
+    engine = Engine(model, config)
+    _greedy(engine, [first])
+    assert engine.blocks.checkpoints.saved == 2  # at 32 (64 tokens before the last) and at 96
+    got = Recorder(model)
+    assert _greedy(engine, [second]) == expected
+    assert engine.blocks.checkpoints.restored == 1
+    assert got.fed[:2] == [64, 14] and want.fed[:3] == [32, 64, 14]
+    np.testing.assert_array_equal(np.array(got.rows), np.array(want.rows))
