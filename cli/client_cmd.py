@@ -28,6 +28,11 @@ def _fail(e: ClientError) -> None:
     sys.exit(SERVER_ERROR)
 
 
+def _echo_json(body: dict) -> None:
+    """A server's answer as the client commands print it: indented JSON, non-ASCII text as it is."""
+    click.echo(json.dumps(body, indent=2, ensure_ascii=False))
+
+
 @click.command("generate")
 @click.argument("prompt")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated (POST /generate/stream).")
@@ -87,7 +92,7 @@ def _stream(server: Server, body: dict) -> None:
 def status_cmd(request_id, url, api_key, timeout):
     """Show a request's state (GET /status/ID)."""
     try:
-        click.echo(json.dumps(Server(url, api_key, timeout).get(f"/status/{request_id}"), indent=2, ensure_ascii=False))
+        _echo_json(Server(url, api_key, timeout).get(f"/status/{request_id}"))
     except ClientError as e:
         _fail(e)
 
@@ -98,7 +103,7 @@ def status_cmd(request_id, url, api_key, timeout):
 def cancel_cmd(request_id, url, api_key, timeout):
     """Cancel a running request (POST /cancel/ID)."""
     try:
-        click.echo(json.dumps(Server(url, api_key, timeout).post(f"/cancel/{request_id}"), indent=2, ensure_ascii=False))
+        _echo_json(Server(url, api_key, timeout).post(f"/cancel/{request_id}"))
     except ClientError as e:
         _fail(e)
 
@@ -113,7 +118,7 @@ def models_cmd(as_json, url, api_key, timeout):
     except ClientError as e:
         _fail(e)
     if as_json:
-        click.echo(json.dumps(body, indent=2, ensure_ascii=False))
+        _echo_json(body)
         return
     click.echo(f"{'ID':<28} {'ARCH':<10} {'PARAMS':>7} {'QUANT':<8} {'CONTEXT':>7}  DEVICE")
     for m in body.get("models", []):
@@ -129,6 +134,6 @@ def health_cmd(url, api_key, timeout):
         body = Server(url, api_key, timeout).get("/health")
     except ClientError as e:
         _fail(e)
-    click.echo(json.dumps(body, indent=2, ensure_ascii=False))
+    _echo_json(body)
     if body.get("status") != "healthy":
         sys.exit(SERVER_ERROR)
