@@ -124,6 +124,17 @@ def test_nemotron_h_moe_latent_experts_match_the_oracle(bundle_cache, oracle, tm
     assert np.abs(oracle(path) - oracle(FIXTURES / "tiny-nemotron_h_moe-Q8_0.gguf")).mean() > 0.05  # the latent path matters
 
 
+@needs_cc
+@pytest.mark.toolchain
+@pytest.mark.slow  # its own cpu build: 24 s on two busy cores
+def test_nemotron_h_moe_latent_experts_on_the_cpu(bundle_cache, oracle, tmp_path):
+    """The latent MoE on the cpu step program (the experts' weighted sum not added to the
+    residual but projected back by a matmul), within its per-format bounds."""
+    path = _latent_moe(tmp_path)
+    ok, summary = _cpu_check(path, bundle_cache(path), oracle)
+    assert ok, summary
+
+
 # LongRoPE on a llama file: llama's loader reads the long/short factors when the type says so
 # (YaRN has a fixture of its own, tiny-qwen3yarn). llama.cpp 0.3.36 on this file against the
 # oracle: max 0.016, mean 0.0024.
