@@ -29,7 +29,7 @@ from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, Answ
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.openapi import Operation, Routes, operation_id
 from rfc.runtime.server.response_schemas import JSON, RESPONSE, RESPONSE_DELETED, RESPONSE_EVENT, RESPONSE_ITEMS, streamed
-from rfc.runtime.server.response_store import ResponseStore
+from rfc.runtime.server.response_store import ResponseStore, StoredResponse
 from rfc.runtime.server.responses_input import chat_turns, input_items, new_id, output_plan
 from rfc.runtime.server.responses_output import OutputItems, turns_of
 from rfc.runtime.server.streaming import SseRenderer, sse_event
@@ -234,6 +234,14 @@ class ResponsesResource(BodyResource):
         run(served, conversation.request(f, served), req, resp, f.boolean("stream"), answer)
 
 
+def _own_response(store: ResponseStore, req: falcon.Request, response_id: str) -> StoredResponse:
+    """The caller's stored response `response_id`; another client's, or none, is a 404."""
+    stored = store.get(response_id, req.context.get("client"))
+    if stored is None:
+        raise not_found(f"response '{response_id}' not found")
+    return stored
+
+
 class StoredResponseResource:
     """GET and DELETE /v1/responses/{id}: the caller's own stored responses only."""
 
@@ -244,10 +252,7 @@ class StoredResponseResource:
         self._store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, response_id: str) -> None:
-        stored = self._store.get(response_id, req.context.get("client"))
-        if stored is None:
-            raise not_found(f"response '{response_id}' not found")
-        resp.media = stored.response
+        resp.media = _own_response(self._store, req, response_id).response
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, response_id: str) -> None:
         if not self._store.delete(response_id, req.context.get("client")):
@@ -268,9 +273,7 @@ class InputItemsResource:
         self._store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, response_id: str) -> None:
-        stored = self._store.get(response_id, req.context.get("client"))
-        if stored is None:
-            raise not_found(f"response '{response_id}' not found")
+        stored = _own_response(self._store, req, response_id)
         after = read_query(req, self.AFTER)
         items = list(stored.input_items) if read_query(req, self.ORDER) == "asc" else list(reversed(stored.input_items))
         if after is not None:
