@@ -16,6 +16,7 @@ from rfc.runtime.engine.spec import SpecConfig, SpecType
 from rfc.runtime.model.loader import LoadOptions, load_model
 from rfc.runtime.sampling.sampler import SamplingParams
 from tests.conftest import FIXTURES, assert_compile_refused
+from tests.e2e.test_prefix_cache import Recorder
 from tests.e2e.test_reference_oracle import REFERENCE_ONLY, teacher_forced_logits
 
 pytestmark = pytest.mark.shared
@@ -122,22 +123,6 @@ def test_speculative_decoding_is_refused_for_models_with_state(bundle_cache):
     model = load_model(bundle_cache(LFM2, REFERENCE_ONLY), LoadOptions(device="ref"))
     with pytest.raises(ValueError, match="recurrent state"):
         Engine(model, SchedulerConfig(spec=SpecConfig(type=SpecType.NGRAM)))
-
-
-class Recorder:
-    """Wraps the executor: every step's logit rows and tokens fed."""
-
-    def __init__(self, model):
-        self.rows, self.fed = [], []
-        forward = model.executor.forward
-
-        def recording(batch):
-            logits = forward(batch)
-            self.rows.extend(np.array(logits))
-            self.fed.append(batch.num_tokens)
-            return logits
-
-        model.executor.forward = recording
 
 
 @pytest.mark.parametrize("device", ["ref", pytest.param("cpu", marks=pytest.mark.toolchain)])
