@@ -143,6 +143,64 @@ static inline void rfc_x8col4_iq4_xs(__m256 acc[4], const uint8_t *col, const rf
                                  _mm256_cvtepi32_ps(sumi[i]), acc[i]);
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* cpu-avx512: two groups (16 rows, one per int32 lane of a zmm) and nt <= RFC_X8_TT tokens a
+ * pass, the same kernel for every token count (templates/cpu_matmul_x8.c.j2's pair path, as
+ * rfc_x8colt_q4_k): acc[i][l] += row l's super-block b . token t0 + i, rows 0-7 from c0, 8-15
+ * from c1. A vpdpbusd on a zmm costs what one on a ymm does here (cpu_dot.h), so 16 rows a
+ * pass halve the instructions per weight byte of rfc_x8col_iq4_xs, whose single-token dot
+ * took ~1.25x Q4_Kx8's time per byte (weights in L2; streamed from memory both are bound by
+ * the bandwidth). The arithmetic is rfc_x8col_iq4_xs's, integer up to one float
+ * multiply-add per super-block, so the sums are the same bit for bit: per sub-block
+ * the (w + 128) . y of the low and high nibbles in two chains per token, less 128 sum(y), times
+ * the rows' int8 scales (int32, at most 8 x 32 x 241 x 127 x 32 in all). */
+#define RFC_X8COLT_IQ4_XS 1
+static inline __attribute__((always_inline)) void rfc_x8colt_iq4_xs(float acc[][16], const uint8_t *c0, const uint8_t *c1,
+        const rfc_act *a, size_t t0, const int nt, int b) {
+    const size_t K = a->K;
+    const int8_t *y0 = a->qs + t0 * K + 256 * (size_t)b;
+    const int16_t *bs0 = a->bsums + t0 * (K / 16) + 16 * (size_t)b;
+    const __m512i lut = _mm512_broadcast_i32x4(
+        _mm_xor_si128(_mm_loadu_si128((const __m128i *)rfc_kvalues_iq4nl), _mm_set1_epi8((char)0x80)));
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i sumi[RFC_X8_TT];
+    for (int i = 0; i < nt; i++) sumi[i] = _mm512_setzero_si512();
+    for (int s = 0; s < 8; s++) {
+        __m512i sl[RFC_X8_TT], sh[RFC_X8_TT];
+        for (int i = 0; i < nt; i++) sl[i] = sh[i] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const int at = 80 + 128 * s + 32 * j;
+            const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(c0 + at))),
+                                                 _mm256_loadu_si256((const __m256i *)(c1 + at)), 1);
+            const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+            const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+            for (int i = 0; i < nt; i++) {
+                const int8_t *y = y0 + (size_t)i * K + 32 * s + 4 * j;
+                int32_t yl, yh;
+                memcpy(&yl, y, 4);
+                memcpy(&yh, y + 16, 4);
+                sl[i] = _mm512_dpbusd_epi32(sl[i], lo, _mm512_set1_epi32(yl));
+                sh[i] = _mm512_dpbusd_epi32(sh[i], hi, _mm512_set1_epi32(yh));
+            }
+        }
+        const __m128i sc8 = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(c0 + 16 + 8 * s)),
+                                               _mm_loadl_epi64((const __m128i *)(c1 + 16 + 8 * s)));
+        const __m512i sc = _mm512_cvtepi8_epi32(sc8);
+        for (int i = 0; i < nt; i++) {
+            const int16_t *bs = bs0 + (size_t)i * (K / 16) + 2 * s;
+            const __m512i p = _mm512_sub_epi32(_mm512_add_epi32(sl[i], sh[i]), _mm512_set1_epi32(128 * (bs[0] + bs[1])));
+            sumi[i] = _mm512_add_epi32(sumi[i], _mm512_mullo_epi32(p, sc));
+        }
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu2_m128i((const __m128i *)c1, (const __m128i *)c0));
+    for (int i = 0; i < nt; i++) {
+        const __m512 dy = _mm512_set1_ps(a->d[(t0 + (size_t)i) * (K / 256) + (size_t)b]);
+        _mm512_storeu_ps(acc[i], _mm512_fmadd_ps(_mm512_mul_ps(dw, dy), _mm512_cvtepi32_ps(sumi[i]), _mm512_loadu_ps(acc[i])));
+    }
+}
+#endif
+
 /* IQ4_NLx8: one sub-block per column, the rows' f16 scales applied in float per block */
 #ifdef RFC_IQ4X8_VNNI
 #define RFC_IQ4X8_ONES _mm256_setzero_si256()
