@@ -67,11 +67,17 @@ class KvCacheTypes:
     def quantized(self) -> bool:
         return self.k is not CacheType.F16 or self.v is not CacheType.F16
 
-    def check(self, kv: KVSpec) -> None:
-        """CacheTypeError unless every kv head's row is whole blocks of the chosen types."""
+    def check(self, kv: KVSpec, geometries: set[tuple[int, int]] = frozenset()) -> None:
+        """CacheTypeError unless every kv head's row is whole blocks of the chosen types, and
+        (`geometries`: Plan.kv_geometries) every layer fills the whole row: quantized rows and
+        their rotations are sized by one head_dim, which layers of different sizes (Gemma 4) lack."""
         if self.quantized and kv.head_dim % BLOCK_VALUES:
             raise CacheTypeError(f"a {self.k}/{self.v} KV cache needs head_dim to be a multiple of {BLOCK_VALUES}; "
                                  f"this model's is {kv.head_dim}")
+        if self.quantized and set(geometries) - {(kv.n_kv_heads, kv.head_dim)}:
+            sizes = ", ".join(f"{n}x{d}" for n, d in sorted(geometries))
+            raise CacheTypeError(f"--cache-type-k/--cache-type-v {self.k}/{self.v}: this model's layers differ in KV heads x "
+                                 f"head size ({sizes}); only an f16 KV cache serves it")
 
     def row_bytes(self, kv: KVSpec) -> tuple[int, int]:
         """Bytes of one token's K row and V row in one layer."""

@@ -290,12 +290,22 @@ class Op:
 
 @dataclass(frozen=True)
 class KVSpec:
+    """One cached token's row per layer, for K and for V: n_kv_heads x head_dim values, the
+    WIDEST layer's (Gemma 4 31B: sliding layers 16 x 256, global ones 4 x 512 in rows of 4096).
+    Devices address rows by this stride; each kv_write / attention op reads and writes only its
+    own layer's values, the first (its n_kv_heads x head_dim) of the row (kv_geometries)."""
+
     n_layers: int
     n_kv_heads: int
     head_dim: int
     # Storage format of cached keys and values: "f16" (what llama.cpp uses; greedy decoding
     # can hinge on the rounding, so matching it matters) or "f32".
     dtype: str = "f16"
+
+    @property
+    def row(self) -> int:
+        """Values of one token's K (or V) row in one layer: the stride devices address."""
+        return self.n_kv_heads * self.head_dim
 
 
 @dataclass(frozen=True)
@@ -342,6 +352,11 @@ class Plan:
     n_embd: int
     context_length: int
     state: StateSpec = StateSpec()  # per-sequence recurrent state (hybrid models); empty: none
+
+    def kv_geometries(self) -> set[tuple[int, int]]:
+        """The (n_kv_heads, head_dim) of the plan's attention ops: more than one where layers
+        differ (Gemma 4), each within the KVSpec's row."""
+        return {(int(op.attrs["n_kv_heads"]), int(op.attrs["head_dim"])) for op in self.ops if op.kind == OpKind.ATTENTION}
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:

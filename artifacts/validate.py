@@ -281,11 +281,14 @@ def _layer(v: _OpView) -> None:
 
 
 def _kv_write(v: _OpView) -> None:
+    """k and v alike, [T, width] with width at most the KV cache row (a layer narrower than the
+    widest writes the first `width` values of its rows: KVSpec)."""
     _layer(v)
-    width = v.plan.kv.n_kv_heads * v.plan.kv.head_dim
-    for name in v.op.inputs:
-        v.float_rows(name)
-        v.need(v.shape(name) == ("T", width), f"{name} is not [T, {width}] (the KV cache row)")
+    row = v.plan.kv.row
+    k, val = v.op.inputs
+    v.float_rows(k, val)
+    v.need(v.shape(k) == v.shape(val), "k and v differ in shape")
+    v.need(v.shape(k)[0] == "T" and 1 <= v.shape(k)[1] <= row, f"{k} is not [T, <= {row}] (the KV cache row)")
 
 
 def _attention(v: _OpView) -> None:
@@ -295,7 +298,7 @@ def _attention(v: _OpView) -> None:
     nh = v.int_attr("n_heads", 1, MAX_HEADS)
     nkv = v.int_attr("n_kv_heads", 1, MAX_HEADS)
     hd = v.int_attr("head_dim", 1, MAX_HEAD_DIM)
-    v.need((nkv, hd) == (v.plan.kv.n_kv_heads, v.plan.kv.head_dim), "head sizes disagree with the KV cache")
+    v.need(nkv * hd <= v.plan.kv.row, "kv heads x head_dim exceed the KV cache row")
     v.need(nh % nkv == 0, "n_heads is not a multiple of n_kv_heads")
     v.real_attr("scale", 0.0, 1e6, open_lo=True)
     if v.op.attr("window") is not None:

@@ -66,14 +66,21 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
 def _kv_bytes(bundle: Path) -> dict[str, int]:
     """Bytes a cached token takes per KV-cache type (K and V alike; {} where no type fits)."""
     from rfc.artifacts.bundle import read_plan
-    from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
+    from rfc.artifacts.kv_cache_type import CacheType, CacheTypeError, KvCacheTypes
 
     try:
-        kv = read_plan(bundle).kv
+        plan = read_plan(bundle)
     except BundleError:  # inspect still describes a bundle whose plan does not read (verify says why)
         return {}
-    types = [t for t in CacheType if t is CacheType.F16 or kv.head_dim % 32 == 0]
-    return {t.value: KvCacheTypes(t, t).token_bytes(kv) for t in types}
+
+    def serves(t: CacheType) -> bool:  # what the loader accepts (KvCacheTypes.check: whole blocks, one geometry)
+        try:
+            KvCacheTypes(t, t).check(plan.kv, plan.kv_geometries())
+        except CacheTypeError:
+            return False
+        return True
+
+    return {t.value: KvCacheTypes(t, t).token_bytes(plan.kv) for t in CacheType if serves(t)}
 
 
 def _state_summary(bundle: Path, m: dict) -> dict | None:

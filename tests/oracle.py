@@ -17,7 +17,7 @@ Two things are not float64, on purpose, because they are part of what is being c
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,7 @@ class Layer:
     window: int | None
     rope: bool = True  # False: the layer's attention has no positions (smollm3's NoPE layers)
     factors: str | None = None  # this layer's RoPE frequency factors (gemma4's global layers), else Config's
+    sizes: tuple[int, int, int, int] | None = None  # (heads, kv heads, head_dim, n_rot) where layers differ (gemma4), else Config's
 
 
 @dataclass
@@ -242,11 +243,17 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.post_norms, c.gelu, c.qk_norm, c.v_norm, c.out_scale = True, True, True, True, True
         c.embed_scale, c.q_scale = _f32(math.sqrt(n_embd)), 1.0
         c.final_softcap = k("final_logit_softcapping", 30.0) or None  # hparams' default 30 when the key is absent
-        assert k("rope.dimension_count_swa", c.n_rot) == c.n_rot, "one n_rot for both layer kinds"
         flags = list(k("attention.sliding_window_pattern"))
-        swa = Layer(k("rope.freq_base_swa", 10000.0), 1.0, k("attention.sliding_window"))
-        glob = Layer(base, scale, None, factors="rope_freqs.weight")
-        c.layers = [swa if i < len(flags) and flags[i] else glob for i in range(c.n_layers)]
+        local = [i < len(flags) and bool(flags[i]) for i in range(c.n_layers)]
+        heads, kv = k("attention.head_count"), k("attention.head_count_kv", k("attention.head_count"))
+        heads, kv = (x if isinstance(x, list) else [x] * c.n_layers for x in (heads, kv))
+        dims = (k("attention.key_length_swa"), c.head_dim)  # llama.cpp's n_embd_head_k(il): sliding, global
+        rots = (k("rope.dimension_count_swa", c.n_rot), c.n_rot)  # n_rot_swa defaults to n_rot
+        c.n_heads, c.n_kv_heads = max(heads), max(kv)
+        c.layers = [Layer(k("rope.freq_base_swa", 10000.0), 1.0, k("attention.sliding_window"),
+                          sizes=(heads[i], kv[i], dims[0], rots[0])) if local[i] else
+                    Layer(base, scale, None, factors="rope_freqs.weight", sizes=(heads[i], kv[i], dims[1], rots[1]))
+                    for i in range(c.n_layers)]  # fmt: skip
     if arch == "glm4moe":  # src/models/glm4-moe.cpp (the nextn_predict_layers MTP blocks are not run)
         c.gating = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}[k("expert_gating_func", 0)]
         c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
@@ -375,7 +382,7 @@ class Oracle:
 
     def rope(self, x: np.ndarray, layer: Layer) -> np.ndarray:
         """x [n, heads, head_dim] at positions 0..n-1 (ggml_rope_ext: rope_yarn on every pair)."""
-        c = self.cfg
+        c = replace(self.cfg, n_rot=layer.sizes[3]) if layer.sizes else self.cfg
         half = c.n_rot // 2
         extrap = np.arange(len(x))[:, None] * layer.rope_base ** (-2.0 * np.arange(half) / c.n_rot)[None, :]
         if layer.factors or c.rope_factors:
@@ -421,6 +428,8 @@ class Oracle:
         if c.mla:
             return self.mla_attention(h, i)
         n = len(h)
+        if layer.sizes:  # this layer's heads and head size (gemma4's sliding and global layers differ)
+            c = replace(c, n_heads=layer.sizes[0], n_kv_heads=layer.sizes[1], head_dim=layer.sizes[2])
         q, k, v = self.qkv(h, p)
         if c.attn_gate:  # qwen35: attn_q holds each head's query then its output gate
             qg = q.reshape(n, c.n_heads, 2 * c.head_dim)

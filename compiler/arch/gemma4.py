@@ -12,27 +12,32 @@
   `rope.freq_base`, the file's rope scaling and the `rope_freqs` factors (required once a layer
   is global: Gemma 4's "proportional" RoPE);
 - V is the K projection itself when a layer has no `attn_v` (use_alternative_attention);
+- per-layer geometry (llama.cpp's n_embd_head_k(il), n_head(il), n_head_kv(il)): sliding layers
+  have head size `attention.key_length_swa`, global ones `attention.key_length`, and
+  `attention.head_count` / `head_count_kv` may be per-layer arrays (Gemma 4 31B: sliding 32 x 16
+  x 256, global 32 x 4 x 512, no attn_v); each geometry has its q/k/v/att buffers, and the KV
+  cache's row is the widest layer's (KVSpec): a narrower layer uses the first values of its rows;
 - final-logit soft-capping by `final_logit_softcapping`, 30 when the key is absent (llama.cpp's
   hparams default, which gemma4's loader keeps), none when it is 0.
 
 Not yet (each refused with one line naming it): per-layer embeddings (E2B/E4B:
 embedding_length_per_layer_input > 0), KV sharing between layers (shared_kv_layers > 0), the
-mixture of experts (26B-A4B: expert_count, ffn_gate_inp), sliding-window layers whose head size
-differs from the global ones' (key_length_swa != key_length: the KV cache has one row size),
-per-layer head counts or FFN widths (arrays), and vision/audio tensors in the same file (llama.cpp
-refuses a text model file with tensors it does not load: the towers go in a separate mmproj).
+mixture of experts (26B-A4B: expert_count, ffn_gate_inp), per-layer FFN widths (arrays), and
+vision/audio tensors in the same file (llama.cpp refuses a text model file with tensors it does
+not load: the towers go in a separate mmproj).
 """
 
 import math
 import struct
+from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, Sizes, declare_buffers, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights, read_experts,
-    read_rope, read_sizes,
+    read_rope,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import PATTERN_KEY, embedding_scale
-from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_LAYERS, Metadata
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -61,10 +66,56 @@ def _check_supported(md: Metadata, s: Sizes) -> None:
     n_expert, _ = read_experts(md)
     if n_expert or any(n.endswith("ffn_gate_inp.weight") for n in model.tensors):
         raise _refuse(md, "the mixture of experts (26B-A4B: expert_count, ffn_gate_inp)")
-    for key in ("attention.key_length_swa", "attention.value_length_swa"):
-        swa = md.int(key, 1, MAX_HEAD_DIM, default=s.head_dim)
-        if swa != s.head_dim:
-            raise _refuse(md, f"a sliding-window head size ({key} {swa}) apart from the global one ({s.head_dim})")
+
+
+def _read_sizes(md: Metadata) -> tuple[Sizes, tuple[Sizes, ...], tuple[bool, ...], int]:
+    """(the model's sizes, each layer's, which layers are sliding-window, the global layers' head
+    size) as llama.cpp's loader
+    reads them: head counts a scalar or a per-layer array (KV heads default to the heads), head
+    size key_length on global layers and key_length_swa on sliding ones (required, as gemma4's
+    load_arch_hparams requires it), value lengths equal to them (load_arch_tensors), every
+    layer's heads a multiple of its KV heads. The model's sizes are those of the layer with the
+    widest KV row (the KV cache's row: KVSpec); all counts are bounded before anything is sized."""
+    model = md.model
+    n_embd = md.int("embedding_length", 1, MAX_EMBD)
+    n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
+    heads = md.per_layer("attention.head_count", n_layers, 1, MAX_HEADS)
+    kv_heads = md.per_layer("attention.head_count_kv", n_layers, 1, MAX_HEADS) if md.has("attention.head_count_kv") else heads
+    if not md.is_list(PATTERN_KEY):
+        raise CompileError(f"{md.path}: metadata {md.key(PATTERN_KEY)} must be a per-layer array (llama.cpp reads no period for gemma4)")
+    flags = md.flags(PATTERN_KEY, MAX_LAYERS)
+    is_local = tuple(i < len(flags) and flags[i] for i in range(n_layers))
+    head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // heads[0]))
+    head_dim_swa = md.int("attention.key_length_swa", 1, MAX_HEAD_DIM)
+    for key, want in (("attention.value_length", head_dim), ("attention.value_length_swa", head_dim_swa)):
+        value = md.int(key, 1, MAX_HEAD_DIM, default=want)
+        if value != want:  # llama.cpp: "Gemma 4 requires n_embd_head_k == n_embd_head_v" (and _swa)
+            raise CompileError(f"{md.path}: gemma4 needs {md.key(key)} == its key length ({value} != {want})")
+    embd = model.tensors.get("token_embd.weight")
+    if embd is None:
+        raise CompileError(f"{md.path}: missing tensor token_embd.weight")
+    if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
+        raise CompileError(f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]")
+    layers = []
+    for i in range(n_layers):
+        if heads[i] % kv_heads[i]:
+            raise CompileError(f"{md.path}: layer {i}'s head_count {heads[i]} is not a multiple of its head_count_kv {kv_heads[i]}")
+        layers.append(Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim_swa if is_local[i] else head_dim, embd.shape[0]))
+    widest = max(layers, key=lambda ls: ls.kv_width)  # the first of the widest
+    return widest, tuple(layers), is_local, head_dim
+
+
+def _buffers(b: ModelBuilder, s: Sizes, layers: tuple[Sizes, ...]) -> dict[tuple[int, int, int], str]:
+    """The q/k/v/att buffers of each layer geometry: the model's (s) are q, k, v, att
+    (declare_buffers), another geometry's q_{H}x{KV}x{D}, ... . Returns the suffix per geometry."""
+    out = {(s.n_heads, s.n_kv_heads, s.head_dim): ""}
+    for ls in layers:
+        g = (ls.n_heads, ls.n_kv_heads, ls.head_dim)
+        if g not in out:
+            out[g] = "_{}x{}x{}".format(*g)
+            for name, width in (("q", ls.q_width), ("k", ls.kv_width), ("v", ls.kv_width), ("att", ls.q_width)):
+                b.buffer(name + out[g], "T", width)
+    return out
 
 
 def _layer_scale(b: ModelBuilder, md: Metadata, name: str) -> float | None:
@@ -86,34 +137,36 @@ def _layer_scale(b: ModelBuilder, md: Metadata, name: str) -> float | None:
     return value
 
 
-def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention) -> None:
-    """h = attn_output(attention(rope(q_norm(Q h)), rope(k_norm(K h)), norm(V h))) for layer i;
-    V is K's projection when the layer has no attn_v (and no fused attn_qkv)."""
+def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, sfx: str) -> None:
+    """h = attn_output(attention(rope(q_norm(Q h)), rope(k_norm(K h)), norm(V h))) for layer i
+    of sizes s (its own heads and head size), in its geometry's buffers (q{sfx}, ...); V is K's
+    projection when the layer has no attn_v (and no fused attn_qkv)."""
     p = f"blk.{i}."
+    q, k, v, att = (name + sfx for name in ("q", "k", "v", "att"))
     if b.has(p + "attn_qkv.weight") or b.has(p + "attn_v.weight"):
         wq, wk, wv = qkv_weights(b, p, s)
     else:
         wq = b.tensor(p + "attn_q.weight", "attn_q", (s.q_width, s.n_embd))
         wk = wv = b.tensor(p + "attn_k.weight", "attn_k", (s.kv_width, s.n_embd))
-    for buf, w in (("q", wq), ("k", wk), ("v", wv)):
+    for buf, w in ((q, wq), (k, wk), (v, wv)):
         b.op("matmul", ("h",), (buf,), (w,))
     hd = (s.head_dim,)
-    b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
-    b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
-    b.op("rmsnorm", ("v",), ("v",), (), eps=eps, heads=s.n_kv_heads)  # no weight: ggml_rms_norm alone
-    b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
-    b.op("kv_write", ("k", "v"), (), layer=i)
+    b.op("rmsnorm", (q,), (q,), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
+    b.op("rmsnorm", (k,), (k,), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
+    b.op("rmsnorm", (v,), (v,), (), eps=eps, heads=s.n_kv_heads)  # no weight: ggml_rms_norm alone
+    b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+    b.op("kv_write", (k, v), (), layer=i)
     extra = {"window": cfg.window} if cfg.window is not None else {}
-    b.op("attention", ("q",), ("att",), (), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
+    b.op("attention", (q,), (att,), (), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
          scale=cfg.scale, **extra)  # fmt: skip
-    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width))
+    linear(b, att, "h", p + "attn_output", (s.n_embd, s.q_width))
 
 
-def _block(b: ModelBuilder, md: Metadata, i: int, s: Sizes, eps: float, attn: Attention, n_ff: int) -> None:
+def _block(b: ModelBuilder, md: Metadata, i: int, s: Sizes, eps: float, attn: Attention, n_ff: int, sfx: str) -> None:
     p = f"blk.{i}."
     e = (s.n_embd,)
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
-    _attention(b, i, s, eps, attn)
+    _attention(b, i, s, eps, attn, sfx)
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
     b.op("add", ("x", "h"), ("x",))
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
@@ -127,34 +180,33 @@ def _block(b: ModelBuilder, md: Metadata, i: int, s: Sizes, eps: float, attn: At
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, ARCH)
-    s = read_sizes(md)
+    s, layers, is_local, head_dim = _read_sizes(md)
     _check_supported(md, s)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    if not md.is_list(PATTERN_KEY):
-        raise CompileError(f"{md.path}: metadata {md.key(PATTERN_KEY)} must be a per-layer array (llama.cpp reads no period for gemma4)")
-    flags = md.flags(PATTERN_KEY, MAX_LAYERS)
-    is_local = tuple(i < len(flags) and flags[i] for i in range(s.n_layers))
     window = md.int("attention.sliding_window", 1, MAX_CONTEXT)
     final = md.float("final_logit_softcapping", 0.0, 1e6, default=30.0) or None
-    rope = read_rope(md, s, "neox")
+    rope = read_rope(md, replace(s, head_dim=head_dim), "neox")  # n_rot: at most, and by default, key_length
     b = ModelBuilder(model)
     factors = None
     if not all(is_local):  # llama.cpp requires rope_freqs once a layer is global, of head_dim / 2 factors
-        if rope.n_rot != s.head_dim:
-            raise CompileError(f"{md.path}: gemma4's rope_freqs needs rope.dimension_count == key_length ({rope.n_rot} != {s.head_dim})")
-        factors = b.tensor("rope_freqs.weight", "rope_freqs", (s.head_dim // 2,))
-    n_rot_swa = md.int("rope.dimension_count_swa", 2, s.head_dim, default=rope.n_rot)
+        if rope.n_rot != head_dim:
+            raise CompileError(f"{md.path}: gemma4's rope_freqs needs rope.dimension_count == key_length ({rope.n_rot} != {head_dim})")
+        factors = b.tensor("rope_freqs.weight", "rope_freqs", (head_dim // 2,))
+    # llama.cpp's n_rot_swa defaults to n_rot (rope.dimension_count): a sliding head size below it needs the key
+    head_dim_swa = next((ls.head_dim for ls, on in zip(layers, is_local) if on), head_dim)
+    n_rot_swa = md.int("rope.dimension_count_swa", 2, head_dim_swa, default=rope.n_rot)
     if n_rot_swa % 2:
         raise CompileError(f"{md.path}: rope.dimension_count_swa {n_rot_swa} must be even")
     base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=10000.0, open_lo=True)
     full = Attention(rope, scale=1.0, qk_norm=True, factors=factors)
     local = Attention(rope, scale=1.0, qk_norm=True, window=window).with_rope(n_rot=n_rot_swa, freq_base=base_swa, freq_scale=1.0)
     declare_buffers(b, s, n_ff)
+    suffixes = _buffers(b, s, layers)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     b.op("embed", ("tokens",), ("x",), (embd,), scale=embedding_scale(s))
-    for i in range(s.n_layers):
-        _block(b, md, i, s, eps, local if is_local[i] else full, n_ff)
+    for i, ls in enumerate(layers):
+        _block(b, md, i, ls, eps, local if is_local[i] else full, n_ff, suffixes[(ls.n_heads, ls.n_kv_heads, ls.head_dim)])
     tied = output_head(b, s, eps, final_softcap=final)
     extra = {
         "sliding_window": window,
@@ -165,8 +217,12 @@ def build(model: GGUFModel) -> ModelSpec:
         "embedding_scale": embedding_scale(s),
         "query_scale": 1.0,
         "v_norm": True,
+        # per layer, where layers differ (31B); the model's own sizes are those of the widest KV row
+        "key_length": head_dim,
+        "key_length_swa": head_dim_swa,
+        "head_count_per_layer": [ls.n_heads for ls in layers],
+        "head_count_kv_per_layer": [ls.n_kv_heads for ls in layers],
     }
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=factors is not None,
                  extra=extra)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
-

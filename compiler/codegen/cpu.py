@@ -163,7 +163,7 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         "head_dim": hp.head_dim,
         "group": hp.n_heads // hp.n_kv_heads,
         "q_width": hp.n_heads * hp.head_dim,
-        "kv_width": hp.n_kv_heads * hp.head_dim,
+        "kv_width": plan.kv.row,  # the KV cache's row: the widest layer's kv heads x head_dim
         "max_k": max_k,
     }
     parts = [render("cpu_prelude.c.j2", {**common, **format_params(Kernels.CPU)})]
@@ -179,12 +179,14 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     norm = _uniform(ops.get("rmsnorm", []), "rmsnorm")
     if norm is not None:
         parts.append(render("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": float(norm["eps"])}))
-    rope = _uniform(ops.get("rope", []), "rope")
-    if rope is not None:
-        parts.append(render("cpu_rope.c.j2", _rope_params(rope, cpu_step.rope_variants(plan))))
-    attention = _uniform(ops.get("attention", []), "attention")
-    if attention is not None:
-        parts.append(render("cpu_attention.c.j2", _attention_params(hp, attention, tuning)))
+    # rope and attention: one rendering per geometry of their ops (layers may differ in heads and
+    # head_dim: Gemma 4), the rest of their attributes shared (_uniform)
+    for geometry, sfx in cpu_step.geometries(plan, "rope").items():
+        rope = _uniform([op for op in ops["rope"] if cpu_step.head_geometry(op) == geometry], "rope")
+        parts.append(render("cpu_rope.c.j2", {**_rope_params(rope, cpu_step.rope_variants(plan, geometry)), "sfx": [sfx] if sfx else [], "first": not sfx}))
+    for geometry, sfx in cpu_step.geometries(plan, "attention").items():
+        attention = _uniform([op for op in ops["attention"] if cpu_step.head_geometry(op) == geometry], "attention")
+        parts.append(render("cpu_attention.c.j2", {**_attention_params(plan.kv, attention, tuning), "sfx": [sfx] if sfx else [], "first": not sfx}))
     parts.append(render("cpu_elementwise.c.j2", _oai_params(ops.get("swiglu", []))))
     if "gated_delta_net" in ops or "ssm_conv" in ops:
         parts.append(render("cpu_delta_net.c.j2", {}))
@@ -296,7 +298,8 @@ def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
         e = entries[op.weights[0]]
         if e.shape != (hp.vocab_size, hp.n_embd):
             raise CompileError(f"{e.name}: embedding table {list(e.shape)} is not vocab x n_embd")
-    for name, size in (("n_embd", hp.n_embd), ("head_dim", hp.head_dim)):
+    head_dims = {int(op.attrs["head_dim"]) for op in ops.get("attention", [])} | {hp.head_dim}
+    for name, size in (("n_embd", hp.n_embd), *(("head_dim", d) for d in sorted(head_dims))):
         if size % 8:
             raise CompileError(f"the cpu target needs {name} to be a multiple of 8, the model has {size}")
 
@@ -348,18 +351,26 @@ def _oai_params(swiglus: list) -> dict:
             "oai_limit": cpu_step.f32_literal(oai["limit"], "swiglu_oai limit")}  # fmt: skip
 
 
-def _attention_params(hp, attrs: dict, tuning: CpuTuning) -> dict:
-    if (attrs["n_heads"], attrs["n_kv_heads"], attrs["head_dim"]) != (hp.n_heads, hp.n_kv_heads, hp.head_dim):
-        raise CompileError("attention op sizes disagree with the model's hyperparameters")
+ATTENTION_GROUP_FLOATS = 2048  # a query block's accumulators per (group x head_dim) float: stack bound
+
+
+def _attention_params(kv, attrs: dict, tuning: CpuTuning) -> dict:
+    """One geometry's attention (validate_plan: its kv heads x head_dim fit the cache row). A
+    group wider than ATTENTION_GROUP_FLOATS (Gemma 4 31B's global layers: 8 x 512) takes fewer
+    query tokens per work item, so that rfc_attend's stack arrays stay as small as today's."""
+    nh, nkv, hd = int(attrs["n_heads"]), int(attrs["n_kv_heads"]), int(attrs["head_dim"])
+    if nkv * hd > kv.row:
+        raise CompileError(f"attention of {nkv} kv heads x {hd} exceeds the KV cache row {kv.row}")
     assert tuning.attention_chunk % 8 == 0, "attention chunks are whole vectors"
+    group = nh // nkv
     return {
-        "n_heads": hp.n_heads,
-        "n_kv_heads": hp.n_kv_heads,
-        "head_dim": hp.head_dim,
-        "group": hp.n_heads // hp.n_kv_heads,
+        "n_heads": nh,
+        "n_kv_heads": nkv,
+        "head_dim": hd,
+        "group": group,
         "scale": float(attrs["scale"]),
         "chunk": tuning.attention_chunk,
-        "query_block": tuning.attention_query_block,
+        "query_block": max(1, min(tuning.attention_query_block, tuning.attention_query_block * ATTENTION_GROUP_FLOATS // (group * hd))),
     }
 
 

@@ -57,14 +57,38 @@ def rope_key(op: Op) -> RopeKey:
             float(op.attr("beta_fast")), float(op.attr("beta_slow")), int(op.attr("orig_ctx")))  # fmt: skip
 
 
-def rope_variants(plan: Plan) -> list[RopeKey]:
-    """The distinct table keys of the plan's rope ops, in plan order: the step program's
-    frequency tables (templates/cpu_rope.c.j2)."""
+def rope_variants(plan: Plan, geometry: tuple | None = None) -> list[RopeKey]:
+    """The distinct table keys of the plan's rope ops (of one `geometry` when given), in plan
+    order: the step program's frequency tables (templates/cpu_rope.c.j2)."""
     seen: list[tuple[float, ...]] = []
     for op in plan.ops:
-        if op.kind == "rope" and rope_key(op) not in seen:
+        if op.kind == "rope" and (geometry is None or head_geometry(op) == geometry) and rope_key(op) not in seen:
             seen.append(rope_key(op))
     return seen
+
+
+def head_geometry(op: Op) -> tuple[int, ...]:
+    """What an attention or rope op's kernels are compiled for: (n_heads, n_kv_heads, head_dim),
+    and n_rot for rope. Layers may differ in it (Gemma 4's sliding and global layers): one
+    rendering of the template per geometry (geometries)."""
+    g = (int(op.attrs["n_heads"]), int(op.attrs["n_kv_heads"]), int(op.attrs["head_dim"]))
+    return (*g, int(op.attrs["n_rot"])) if op.kind == "rope" else g
+
+
+def geometries(plan: Plan, kind: str) -> dict[tuple[int, ...], str]:
+    """The geometries of a kind's ops in plan order, each with the suffix of its functions: ""
+    for the first (the per-op exports the kernel tests call), then _{H}x{KV}x{D}[r{n_rot}]."""
+    out: dict[tuple[int, ...], str] = {}
+    for op in plan.ops:
+        if op.kind == kind and (g := head_geometry(op)) not in out:
+            out[g] = "" if not out else "_{}x{}x{}".format(*g) + (f"r{g[3]}" if len(g) > 3 else "")
+    return out
+def _suffix(sfx: str) -> list[str]:
+    """A function-name suffix as templates take it: a list of identifiers (none: the first
+    geometry's unsuffixed functions), joined in place (render.py admits no empty string)."""
+    return [sfx] if sfx else []
+
+
 MAX_MOE_SEGMENTS = 2  # expert matmuls sharing one gathered activation (gate, up): cpu_moe.c.j2's grouped outputs
 
 
@@ -94,7 +118,9 @@ class _Lowering:
         self.buf_index = {b.name: i for i, b in enumerate(plan.buffers)}
         self.buffers = {b.name: b for b in plan.buffers}
         self.counters = 0
-        self.rope_variants = rope_variants(plan)
+        self.rope_geometries = geometries(plan, "rope")
+        self.attention_geometries = geometries(plan, "attention")
+        self.rope_variants = {g: rope_variants(plan, g) for g in self.rope_geometries}
         self.moe_ids: str | None = None  # the ids buffer of the last moe_route (its grouping is current)
 
     def buf(self, name: str) -> int:
@@ -312,7 +338,8 @@ class _Lowering:
         q, k = op.outputs
         params = {"q": self.buf(q), "k": self.buf(k), "q_width": self.width(q), "k_width": self.width(k),
                   "factors": self.vec(op.weights[0]) if op.weights else [],
-                  "v": -1, "layer": -1, "variant": self.rope_variants.index(rope_key(op)),
+                  "v": -1, "layer": -1, "variant": self.rope_variants[head_geometry(op)].index(rope_key(op)),
+                  "sfx": _suffix(self.rope_geometries[head_geometry(op)]),
                   "attn_factor": f32_literal(op.attr("attn_factor"), "rope attn_factor"),
                   "temp_scale": float(op.attr("temp_scale")), "temp_floor": int(op.attr("temp_floor")),
                   "temp_width": self.width(q)}  # fmt: skip
@@ -321,6 +348,7 @@ class _Lowering:
         reads, writes = {q, k}, {q, k}
         if kv is not None:
             params["v"], params["layer"] = self.buf(kv.inputs[1]), int(kv.attrs["layer"])
+            params["kv_width"] = self.width(kv.inputs[1])
             reads.add(kv.inputs[1])
             writes.add(f"@kv{kv.attrs['layer']}")
         return Phase("rope", params, reads, writes)
@@ -328,7 +356,8 @@ class _Lowering:
     def _kv_write(self, op: Op) -> Phase:
         k, v = op.inputs
         layer = int(op.attrs["layer"])
-        return Phase("kv_write", {"k": self.buf(k), "v": self.buf(v), "layer": layer}, {k, v}, {f"@kv{layer}"})
+        return Phase("kv_write", {"k": self.buf(k), "v": self.buf(v), "layer": layer, "width": self.width(k)}, {k, v},
+                     {f"@kv{layer}"})
 
     def _attention(self, op: Op) -> Phase:
         layer = int(op.attrs["layer"])
@@ -338,7 +367,8 @@ class _Lowering:
         softcap = 0.0 if softcap is None else f32_literal(softcap, "attention softcap")  # 0: no soft-capping
         sinks = self.vec(op.weights[0]) if op.weights else []  # gpt-oss: a logit per query head
         return Phase("attention", {"q": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "layer": layer,
-                                   "counter": self.counter(), "window": int(window or 0), "softcap": softcap, "sinks": sinks},
+                                   "counter": self.counter(), "window": int(window or 0), "softcap": softcap, "sinks": sinks,
+                                   "sfx": _suffix(self.attention_geometries[head_geometry(op)])},
                      {op.inputs[0], f"@kv{layer}"}, {op.outputs[0]})  # fmt: skip
 
     def _moe_add_bias(self, op: Op) -> Phase:

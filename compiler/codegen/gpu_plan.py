@@ -135,6 +135,9 @@ ATTENTION_TILE_ROWS = 32
 ATTENTION_TILE_QUERIES = 64
 ATTENTION_ACC_TILE = 16
 ATTENTION_TILE_KEYS = (32, 16, 8)
+# ...and chunks of 4 keys only where no tile of 8 fits: one row of 8 query heads of 512 (Gemma 4
+# 31B's global layers) takes 48.4 KiB with 8 keys, 32.2 KiB with 4
+ATTENTION_TILE_KEYS_LAST = 4
 ATTENTION_TILE_SHARED = 44 * 1024
 VECTOR_BYTES = 16  # widest load along head_dim (128 bits)
 ATTENTION_ACC_MAX = 8  # V accumulators per thread (query heads x elements): registers, and 8 KB of shared to merge them
@@ -540,9 +543,11 @@ class _Planner:
         return dtype
 
     def _kv_write(self, op: Op) -> KernelSpec:
-        width = self.plan.kv.n_kv_heads * self.plan.kv.head_dim
+        """The first `width` (the op's k / v width) values of the cache rows of KVSpec.row."""
+        width, row = self._width(op.inputs[0]), self.plan.kv.row
         dtype = self._kv_dtype()
-        return self._rowwise(op, "gpu_kv_write.hip.j2", f"rfc_kv_write_{dtype}_{width}", width, kv_dtype=dtype)
+        name = f"rfc_kv_write_{dtype}_{width}" + (f"_r{row}" if row != width else "")
+        return self._rowwise(op, "gpu_kv_write.hip.j2", name, width, kv_dtype=dtype, kv_row=row)
 
     def _rope(self, op: Op) -> KernelSpec:
         a = op.attrs
@@ -601,7 +606,8 @@ class _Planner:
         v_vec = next(n for n in widths if n * group <= ATTENTION_ACC_MAX or n == 1)
         lanes = head_dim // v_vec  # threads per value row
         dim_groups = threads // lanes
-        name = f"rfc_attention_{dtype}_{n_heads}x{n_kv_heads}x{head_dim}"
+        row = self.plan.kv.row  # the cache row: this layer's values come first (KVSpec)
+        name = f"rfc_attention_{dtype}_{n_heads}x{n_kv_heads}x{head_dim}" + (f"_r{row}" if row != n_kv_heads * head_dim else "")
         name += (f"_w{window}" if window is not None else "") + ("_capped" if softcap is not None else "")
         has_sinks = bool(op.weights)  # gpt-oss: a logit per query head, F32
         if has_sinks:
@@ -626,6 +632,7 @@ class _Planner:
             "part_floats": head_dim + 2,  # max, sum, weighted values
             "scale": float(a["scale"]),
             "kv_dtype": dtype,
+            "kv_row": row,
             "has_window": window is not None,
             "window": int(window or 0),
             "has_softcap": softcap is not None,
@@ -668,7 +675,9 @@ def _attention_tile(head_dim: int, group: int, threads: int) -> dict:
     kstride = head_dim if head_dim % 2 else head_dim + 1  # odd: lanes of a key chunk hit distinct banks
     cap = max(1, min(ATTENTION_TILE_ROWS, ATTENTION_TILE_QUERIES // group, ATTENTION_ACC_TILE * threads // (group * head_dim)))
     best, best_score = None, -1.0
-    for keys in ATTENTION_TILE_KEYS:
+    for keys in (*ATTENTION_TILE_KEYS, ATTENTION_TILE_KEYS_LAST):
+        if keys == ATTENTION_TILE_KEYS_LAST and best is not None:
+            break
         for rows in range(cap, 0, -1):
             tile = {"tile_rows": rows, "tile_queries": rows * group, "tile_keys": keys, "tile_kstride": kstride,
                     "tile_acc": -(-rows * group * head_dim // threads)}

@@ -90,7 +90,7 @@ class CpuStepDevice(HostState):
         self.host_sampling = SamplingKernels.from_library(lib)
         self.n_threads = n_threads or default_threads()
         self._weights = np.frombuffer(bundle.weights, dtype=np.uint8) if bundle.weights is not None else np.zeros(64, np.uint8)
-        cache_types.check(kv)
+        cache_types.check(kv, bundle.plan.kv_geometries())
         self.cache_types = cache_types
         k_row, v_row = cache_types.row_bytes(kv)
         self.k_cache = np.zeros((kv.n_layers, num_blocks * block_size, k_row), dtype=np.uint8)

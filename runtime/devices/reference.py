@@ -29,37 +29,37 @@ class ReferenceDevice(HostState, InterpretedDevice):
     def __init__(self, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int,
                  cache_types: KvCacheTypes = KvCacheTypes()):
         super().__init__(bundle.plan)
-        cache_types.check(kv)
+        cache_types.check(kv, bundle.plan.kv_geometries())
         self._bundle = bundle
         self._entries = bundle.layout.by_name()
         self._weights: dict[str, np.ndarray] = {}
         self.cache_types = cache_types
-        self._kv_width = kv.n_kv_heads * kv.head_dim
+        self._kv_width = kv.row
         self._k_rot, self._v_rot = cache_types.rotations(kv.head_dim)  # llama.cpp's rotation of quantized rows
         self.k_cache = self._cache(kv, num_blocks * block_size, cache_types.k)
         self.v_cache = self._cache(kv, num_blocks * block_size, cache_types.v)
 
     @staticmethod
     def _cache(kv: KVSpec, slots: int, t: CacheType) -> np.ndarray:
-        """[layer, slot, kv head, head_dim] values (f16, or f32 where the plan asks), or
-        [layer, slot, row bytes] of q8_0 / q4_0 blocks (runtime/model/kv_quant.py)."""
+        """[layer, slot, row] values (f16, or f32 where the plan asks), or [layer, slot, row
+        bytes] of q8_0 / q4_0 blocks (runtime/model/kv_quant.py). A row is the widest layer's
+        (KVSpec.row); a narrower layer uses its first values."""
         if t is not CacheType.F16:
-            return np.zeros((kv.n_layers, slots, t.row_bytes(kv.n_kv_heads * kv.head_dim)), dtype=np.uint8)
-        return np.zeros((kv.n_layers, slots, kv.n_kv_heads, kv.head_dim), dtype=np.float16 if kv.dtype == "f16" else np.float32)
+            return np.zeros((kv.n_layers, slots, t.row_bytes(kv.row)), dtype=np.uint8)
+        return np.zeros((kv.n_layers, slots, kv.row), dtype=np.float16 if kv.dtype == "f16" else np.float32)
 
     def _store(self, cache: np.ndarray, t: CacheType, layer: int, slots: np.ndarray, x: np.ndarray) -> None:
-        n = len(slots)
         if t is CacheType.F16:
-            cache[layer, slots] = x.reshape(n, *cache.shape[2:])
-        else:
-            cache[layer, slots] = quantize_rows(x.reshape(n, -1), t)
+            cache[layer, slots, : x.shape[1]] = x
+        else:  # whole rows: a quantized cache serves one geometry (KvCacheTypes.check)
+            cache[layer, slots] = quantize_rows(x, t)
 
-    def _load(self, cache: np.ndarray, t: CacheType, layer: int, slots: np.ndarray, heads: int) -> np.ndarray:
+    def _load(self, cache: np.ndarray, t: CacheType, layer: int, slots: np.ndarray, heads: int, head_dim: int) -> np.ndarray:
         """float32 [len(slots), kv heads, head_dim]: only the rows asked for are dequantized."""
         if t is CacheType.F16:
-            return cache[layer, slots].astype(np.float32)
+            return cache[layer, slots, : heads * head_dim].astype(np.float32).reshape(len(slots), heads, head_dim)
         rows = dequantize_rows(cache[layer, slots], t, self._kv_width)
-        return rows.reshape(len(slots), heads, -1)
+        return rows.reshape(len(slots), heads, head_dim)
 
     copies_kv = True
 
@@ -177,8 +177,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
             table = batch.block_tables[s]
             pos = np.arange(ctx)
             slots = table[pos // bs] * bs + pos % bs
-            k = np.repeat(self._load(self.k_cache, self.cache_types.k, layer, slots, nkv), group, axis=1)  # [ctx, nh, hd]
-            v = np.repeat(self._load(self.v_cache, self.cache_types.v, layer, slots, nkv), group, axis=1)
+            k = np.repeat(self._load(self.k_cache, self.cache_types.k, layer, slots, nkv, hd), group, axis=1)  # [ctx, nh, hd]
+            v = np.repeat(self._load(self.v_cache, self.cache_types.v, layer, slots, nkv, hd), group, axis=1)
             q = rotate(q_all[lo:hi], self._k_rot)  # [n, nh, hd]; Q turns with K: Q.K is unchanged
             scores = np.einsum("nhd,chd->hnc", q, k) * np.float32(attrs["scale"])
             if attrs["softcap"] is not None:

@@ -138,7 +138,7 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     plan = bundle.plan
     choice = choose_device(bundle, options.device)
     context_length = served_context_length(plan.context_length, options.ctx_size)
-    options.cache_types.check(plan.kv)  # before sizing: a head_dim that is not whole blocks refuses the types
+    options.cache_types.check(plan.kv, plan.kv_geometries())  # before sizing: a head_dim that is not whole blocks refuses the types
     num_blocks = options.kv_blocks or _budget_blocks(bundle, choice, options, context_length)
     device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length, options.threads,
                            options.cache_types)

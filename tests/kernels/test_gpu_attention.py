@@ -52,7 +52,7 @@ class Case:
         attrs = {"layer": 0, "n_heads": n_heads, "n_kv_heads": n_kv_heads, "head_dim": head_dim,
                  "scale": head_dim ** -0.5, "window": window, "softcap": softcap}
         self.op = Op("attention", ("q",), ("out",), ("sinks",) if sinks is not None else (), attrs=attrs)
-        kv = SimpleNamespace(dtype=kv_dtype)
+        kv = SimpleNamespace(dtype=kv_dtype, row=n_kv_heads * head_dim)  # the cache row: this one layer's
         plan = SimpleNamespace(ops=[self.op], kv=kv, context_length=context_length)
         entries = {"sinks": SimpleNamespace(name="sinks", format="F32", shape=(n_heads,))} if sinks is not None else {}
         layout = SimpleNamespace(by_name=lambda: entries)
@@ -62,7 +62,7 @@ class Case:
         self.fused = self.specs[kernel]
         self.driver = EmulatedDriver(build_source_emulator(render_source(parse_target(target), specs), self.specs, build_dir))
         self.width, self.head_dim, self.n_kv_heads = n_heads * head_dim, head_dim, n_kv_heads
-        shape = (1, NUM_BLOCKS * BLOCK_SIZE, n_kv_heads, head_dim)
+        shape = (1, NUM_BLOCKS * BLOCK_SIZE, n_kv_heads * head_dim)  # [layer, slot, row]
         self.ref = ReferenceDevice.__new__(ReferenceDevice)  # only its attention op runs: the caches and how they are stored
         self.ref.cache_types = KvCacheTypes()  # f16, unrotated
         self.ref._k_rot, self.ref._v_rot = self.ref.cache_types.rotations(head_dim)
@@ -176,7 +176,7 @@ def test_splits_follow_the_longest_row():
     def fused(context_length, window=None):
         op = Op("attention", ("q",), ("out",), attrs={"layer": 0, "n_heads": 4, "n_kv_heads": 2, "head_dim": 32,
                                                        "scale": 0.2, "window": window, "softcap": None})
-        plan = SimpleNamespace(ops=[op], kv=SimpleNamespace(dtype="f16"), context_length=context_length)
+        plan = SimpleNamespace(ops=[op], kv=SimpleNamespace(dtype="f16", row=64), context_length=context_length)
         specs, (name,) = plan_kernels(parse_target("sm_90"), plan, SimpleNamespace(by_name=lambda: {}))
         return next(s for s in specs if s.name == name)
 
@@ -232,13 +232,13 @@ def test_tiled_prefill_on_wave_64_with_one_slice(tmp_path_factory):
     _check(case, case.batch([130, 7, 70], [129, 7, 6]))
 
 
-@pytest.mark.parametrize("head_dim,group", [(128, 4), (128, 1), (256, 8), (64, 4), (7, 2)])
+@pytest.mark.parametrize("head_dim,group", [(128, 4), (128, 1), (256, 8), (64, 4), (7, 2), (512, 8)])  # 512 x 8: Gemma 4 31B's global layers
 def test_prefill_tile_fits_shared_memory(head_dim, group):
     """The tiled path's arrays fit the budget alongside the row path's, its output elements per
     thread stay within the register bound, and a key chunk is one lane group of a 32-lane wave."""
     op = Op("attention", ("q",), ("out",), attrs={"layer": 0, "n_heads": 4 * group, "n_kv_heads": 4,
                                                    "head_dim": head_dim, "scale": 0.1, "window": None, "softcap": None})
-    plan = SimpleNamespace(ops=[op], kv=SimpleNamespace(dtype="f16"), context_length=4096)
+    plan = SimpleNamespace(ops=[op], kv=SimpleNamespace(dtype="f16", row=4 * head_dim), context_length=4096)
     specs, (name,) = plan_kernels(parse_target("sm_90"), plan, SimpleNamespace(by_name=lambda: {}))
     p = next(s for s in specs if s.name == name).params
     assert p["tile_queries"] == p["tile_rows"] * group <= ATTENTION_TILE_QUERIES

@@ -6,6 +6,8 @@ malformed. Plans are inspected directly (no kernels, no device); two refusals go
 import numpy as np
 import pytest
 
+from rfc.artifacts.kv_cache_type import CacheType, CacheTypeError, KvCacheTypes
+from rfc.artifacts.plan import KVSpec
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import read_gguf
 from rfc.compiler.spec import build_spec
@@ -26,15 +28,20 @@ def _spec(tmp_path=None, **edits):
 def test_plan_follows_llama_cpp():
     spec = _spec()
     ops = spec.plan.ops
-    v_norms = [op for op in ops if op.kind == "rmsnorm" and op.inputs == ("v",)]
-    assert len(v_norms) == 4 and all(op.weights == () and op.attrs["heads"] == 2 for op in v_norms)
+    v_norms = [op for op in ops if op.kind == "rmsnorm" and op.inputs[0].startswith("v") and not op.weights]
+    assert [op.attrs["heads"] for op in v_norms] == [4, 4, 4, 1]  # per-layer KV heads (31B's 16 and 4 in miniature)
     attn = [op.attrs for op in ops if op.kind == "attention"]
     assert [a.get("window") for a in attn] == [16, 16, 16, None] and {a["scale"] for a in attn} == {1.0}
+    # 31B's geometry: sliding layers 8 x 4 x 32, the global one 8 x 1 x 64 in buffers of its own
+    assert [(a["n_heads"], a["n_kv_heads"], a["head_dim"]) for a in attn] == [(8, 4, 32)] * 3 + [(8, 1, 64)]
+    assert spec.plan.kv == KVSpec(4, 4, 32) and spec.plan.kv.row == 128  # the widest row; layer 3 uses 64 of it
+    assert spec.plan.buffer("q_8x1x64").shape == ("T", 512) and spec.plan.buffer("k_8x1x64").shape == ("T", 64)
     ropes = [op for op in ops if op.kind == "rope"]
     assert [op.weights for op in ropes] == [(), (), (), ("rope_freqs.weight",)]  # proportional RoPE on the global layer
     assert [op.attrs["freq_base"] for op in ropes] == [10000.0, 10000.0, 10000.0, 1e6]
+    assert [op.attrs["n_rot"] for op in ropes] == [32, 32, 32, 64]  # rope.dimension_count_swa, rope.dimension_count
     # layer 3 has no attn_v: V is K's projection (then normed without a weight, K with its norm)
-    assert [op.weights[0] for op in ops if op.kind == "matmul" and op.outputs == ("v",)][3] == "blk.3.attn_k.weight"
+    assert [op.weights[0] for op in ops if op.kind == "matmul" and op.outputs[0].startswith("v")][3] == "blk.3.attn_k.weight"
     scales = [op.attrs["factor"] for op in ops if op.kind == "scale"]
     assert scales == [np.float32(0.9 - 0.1 * i) for i in range(4)]  # layer_output_scale, read from the file
     assert [op.attrs["cap"] for op in ops if op.kind == "softcap"] == [30.0]  # llama.cpp's default without the key
@@ -52,7 +59,12 @@ REFUSED = {
     "shared layers > block_count": ({"metadata": {K + "attention.shared_kv_layers": 1 << 31}}, "shared_kv_layers"),
     "experts": ({"metadata": {K + "expert_count": 8, K + "expert_used_count": 2}}, "mixture of experts"),
     "expert count 2^31": ({"metadata": {K + "expert_count": 1 << 31}}, "expert_count"),
-    "sliding-window head size": ({"metadata": {K + "attention.key_length_swa": 32}}, "sliding-window head size"),
+    "value_length_swa apart": ({"metadata": {K + "attention.value_length_swa": 64}}, "value_length_swa"),
+    "no key_length_swa": ({"drop_keys": (K + "attention.key_length_swa",)}, "key_length_swa"),
+    "KV heads not dividing": ({"metadata": {K + "attention.head_count_kv": [4, 4, 3, 1]}}, "not a multiple"),
+    "3 KV head counts for 4 layers": ({"metadata": {K + "attention.head_count_kv": [4, 4, 4]}}, "3 entries for 4 layers"),
+    "KV heads 2^31": ({"metadata": {K + "attention.head_count_kv": [4, 4, 4, 1 << 31]}}, "head_count_kv"),
+    "n_rot_swa above key_length_swa": ({"metadata": {K + "rope.dimension_count_swa": 64}}, "dimension_count_swa"),
     "a period, not per-layer flags": ({"drop_keys": (K + "attention.sliding_window_pattern",),
                                        "metadata": {K + "attention.sliding_window_pattern": 5}}, "per-layer array"),
     "no rope_freqs": ({"drop_tensors": ("rope_freqs.weight",)}, "rope_freqs.weight"),
@@ -77,3 +89,12 @@ def test_what_it_does_not_run_is_refused_by_name(case, tmp_path):
 def test_refusal_is_one_line_exit_2(case, tmp_path):
     edits, words = REFUSED[case]
     assert_compile_refused(rewrite_gguf(SRC, tmp_path / "bad.gguf", **edits), tmp_path, words)
+
+
+def test_a_quantized_kv_cache_is_refused_for_mixed_head_sizes():
+    """q8_0 / q4_0 rows (and their Hadamard rotations) are sized by one head_dim: a model whose
+    layers differ in it is served with an f16 cache only, refused at load naming the option."""
+    plan = _spec().plan
+    KvCacheTypes().check(plan.kv, plan.kv_geometries())  # f16: fine
+    with pytest.raises(CacheTypeError, match=r"--cache-type-k/--cache-type-v q8_0/f16: .* \(1x64, 4x32\)"):
+        KvCacheTypes(k=CacheType.Q8_0).check(plan.kv, plan.kv_geometries())

@@ -113,8 +113,8 @@ def test_reference_sink_takes_its_share_of_the_softmax():
     ref = ReferenceDevice.__new__(ReferenceDevice)  # the two ops need only the caches and how they are stored
     ref.cache_types = KvCacheTypes()  # f16, unrotated
     ref._k_rot, ref._v_rot = ref.cache_types.rotations(2)
-    ref.k_cache = np.zeros((1, 8, 1, 2), np.float16)
-    ref.v_cache = np.zeros((1, 8, 1, 2), np.float16)
+    ref.k_cache = np.zeros((1, 8, 2), np.float16)  # [layer, slot, row]
+    ref.v_cache = np.zeros((1, 8, 2), np.float16)  # [layer, slot, row]
     blocks = BlockManager(2, 4)
     blocks.allocate(0, 2)
     batch = build_batch([ScheduledChunk(0, 0, (1, 2))], blocks)
