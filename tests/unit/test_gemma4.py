@@ -85,7 +85,7 @@ def test_what_it_does_not_run_is_refused_by_name(case, tmp_path):
         _spec(tmp_path, **edits)
 
 
-@pytest.mark.parametrize("case", ["per-layer embeddings", "layer_output_scale NaN"])
+@pytest.mark.parametrize("case", ["per-layer embeddings", "layer_output_scale NaN", "KV heads 2^31"])
 def test_refusal_is_one_line_exit_2(case, tmp_path):
     edits, words = REFUSED[case]
     assert_compile_refused(rewrite_gguf(SRC, tmp_path / "bad.gguf", **edits), tmp_path, words)
@@ -98,3 +98,12 @@ def test_a_quantized_kv_cache_is_refused_for_mixed_head_sizes():
     KvCacheTypes().check(plan.kv, plan.kv_geometries())  # f16: fine
     with pytest.raises(CacheTypeError, match=r"--cache-type-k/--cache-type-v q8_0/f16: .* \(1x64, 4x32\)"):
         KvCacheTypes(k=CacheType.Q8_0).check(plan.kv, plan.kv_geometries())
+
+
+def test_inspect_lists_only_the_cache_types_it_serves(tmp_path):
+    """`rfc inspect`'s bytes per token: f16 alone, the one type the loader accepts for this model."""
+    from rfc.cli.bundle_cmd import _kv_bytes
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+
+    compile_model(CompileOptions(model=SRC, out_dir=tmp_path / "b", targets=(), cache_dir=None))
+    assert _kv_bytes(tmp_path / "b") == {"f16": 4 * 2 * 128 * 2}  # 4 layers, K and V rows of 128 f16 values
