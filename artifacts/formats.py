@@ -141,7 +141,9 @@ Q4_KX8_COLUMN_BYTES = 16 + 16 + 64 + 64 + 1024
 # a time (kernels/cpu_iq_x8.h): the 4-bit indices looked up into int8 weights in the lanes.
 IQ4_XSX8_COLUMN_BYTES = 16 + 64 + 1024
 _X8 = {"group_rows": 8, "kernels": CPU}
-_X8_CHUNKS = {**_X8, "ops": frozenset({"matmul", "embed"})}
+# the op kinds that read x8 layouts: moe_matmul reads an [E, N, K] tensor's E * N rows as each
+# expert's slice repacked (N a multiple of 8: groups never span experts; weight_plan.py)
+_X8_CHUNKS = {**_X8, "ops": frozenset({"matmul", "moe_matmul", "embed"})}
 
 # Planar GPU layouts (gfx* / sm_* matmul weights; kernels/rfc_gpu_planar.h decodes them). A
 # row of nb blocks is stored plane after plane, each plane holding one field of every block
@@ -213,7 +215,7 @@ FORMATS: dict[str, WeightFormat] = {
         WeightFormat("Q4_1x8", 32, 20, "q8_1", cpu_act="q8_32", base="Q4_1", head_bytes=4, **_X8_CHUNKS),
         WeightFormat("Q8_0x8", 32, 34, "q8_0", cpu_act="q8_32", base="Q8_0", head_bytes=2, **_X8_CHUNKS),
         WeightFormat("Q4_Kx8", 256, Q4_KX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="Q4_K", column_dot=True,
-                     ops=frozenset({"matmul"}), **_X8),
+                     ops=MATMUL_OPS, **_X8),
         WeightFormat("IQ4_XSx8", 256, IQ4_XSX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="IQ4_XS", column_dot=True,
                      ops=frozenset({"matmul"}), **_X8),
         WeightFormat("IQ4_NLx8", 32, 18, "q8_0", cpu_act="q8_32", base="IQ4_NL", head_bytes=2, column_dot=True,

@@ -7,8 +7,8 @@ A GGUF format's layout row for a target's kernels (packed Q4_0x8.. for the cpu t
 planar Q4_0p.. for the GPU ones) is where its weights go when nothing reads them but the
 op kinds that row lists (`ops`: the cpu embedding lookup also gathers rows from the
 chunked x8 layouts, which a tied embedding needs; the GPU embed kernel reads GGUF rows
-only), and when the layout can hold them (row groups interleave 2-D matrices only, so
-expert tensors stay GGUF for the cpu).
+only), and when the layout can hold them (row groups interleave 2-D matrices, and expert
+tensors [E, N, K] that only expert matmuls read with N a multiple of the group: groups_fit).
 
 Entries are keyed by (weight, format). The first kind of target in a bundle (the cpu
 variants, else the GPUs) has its layouts under the plan's own weight names, which the
@@ -73,9 +73,18 @@ def layout_format(use: WeightUse, readers: set[str], kernels: Kernels) -> str:
     """The format `kernels` read `use` in, given the op kinds that read it: the table's layout
     for them when it can hold the weight and its ops are all that read it, else the GGUF one."""
     f = target_layout(use.format, kernels)
-    if f is None or not readers & MATMUL_OPS or not readers <= f.ops or (f.group_rows > 1 and len(use.shape) != 2):
+    if f is None or not readers & MATMUL_OPS or not readers <= f.ops or not groups_fit(use.shape, f.group_rows, readers):
         return use.format
     return f.name
+
+
+def groups_fit(shape: tuple[int, ...], group_rows: int, readers: set[str]) -> bool:
+    """Row groups can hold a tensor of `shape`: a 2-D matrix, or an [E, N, K] expert tensor read
+    by expert matmuls alone with N whole groups (its E * N rows repacked are each expert's slice
+    repacked, experts still N rows apart; a group of rows from two experts would be neither)."""
+    if group_rows == 1 or len(shape) == 2:
+        return True
+    return len(shape) == 3 and readers == {"moe_matmul"} and shape[1] % group_rows == 0
 
 
 def stored_as(use: WeightUse, fmt: str) -> WeightUse:

@@ -129,9 +129,12 @@ def part_bytes(t: SourceTensor, part: RowRange) -> tuple[int, int]:
 
 def check_use(model: GGUFModel, use: WeightUse) -> None:
     """The parts exist, fit their tensors, share the format and add up to the shape."""
-    # row groups interleave 2-D matrices; a planar layout keeps rows whole (experts: any leading dimensions)
+    # row groups interleave 2-D matrices, or experts [E, N, K] whose N rows are whole groups (the
+    # planner's groups_fit); a planar layout keeps rows whole (experts: any leading dimensions)
     f = FORMATS.get(use.packed)
-    if use.packed is not None and (f is None or f.base != use.format or (f.group_rows > 1 and len(use.shape) != 2)):
+    grouped = f is not None and f.group_rows > 1
+    if use.packed is not None and (f is None or f.base != use.format or
+                                   (grouped and not (len(use.shape) == 2 or len(use.shape) == 3 and use.shape[1] % f.group_rows == 0))):
         raise CompileError(f"{use.name}: cannot repack {use.format} {list(use.shape)} into {use.packed}")
     total = 0
     for part in use.parts:

@@ -307,7 +307,7 @@ def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
 def _moe_params(plan: Plan, entries: dict, ops: dict[str, list]) -> dict | None:
     """The mixture-of-experts constants (cpu_moe.c.j2), bounded before they size anything:
     1 <= n_used <= n_expert <= MAX_EXPERTS, the same for every layer; expert tensors in a GGUF
-    format (the weight planner repacks 2-D matmul weights only)."""
+    format or an x8 layout (cpu_moe_matmul.c.j2 runs either format's dense tiles per expert)."""
     if not ops.get("moe_route"):
         return None
     widths = {b.name: b.shape[-1] for b in plan.buffers}
@@ -319,8 +319,10 @@ def _moe_params(plan: Plan, entries: dict, ops: dict[str, list]) -> dict | None:
         raise CompileError(f"expert counts out of range: {n_used} used of {n_expert} (at most {MAX_EXPERTS})")
     shapes = [entries[op.weights[0]] for op in ops.get("moe_matmul", [])]
     for e in shapes:
-        if len(e.shape) != 3 or e.shape[0] != n_expert or not FORMATS[e.format].is_gguf:
-            raise CompileError(f"{e.name}: expert tensor {list(e.shape)} ({e.format}) is not [{n_expert}, N, K] in a GGUF format")
+        f = FORMATS[e.format]  # a GGUF format, or an x8 layout of experts of whole groups (weight_plan.groups_fit)
+        if len(e.shape) != 3 or e.shape[0] != n_expert or not (f.is_gguf or "moe_matmul" in f.ops and e.shape[1] % f.group_rows == 0):
+            raise CompileError(f"{e.name}: expert tensor {list(e.shape)} ({e.format}) is not [{n_expert}, N, K] in a GGUF format "
+                               "or an x8 layout of whole row groups")
     return {"n_expert": n_expert, "n_used": n_used, "segs": cpu_step.MAX_MOE_SEGMENTS,
             "max_k": max((e.shape[2] for e in shapes), default=8), "max_n": max((e.shape[1] for e in shapes), default=8)}
 

@@ -75,7 +75,13 @@ OAI = {"activation": "swiglu_oai", "alpha": 1.702, "limit": 7.0}  # gpt-oss's ga
 # MXFP4 as gpt-oss's experts, a lattice i-quant)
 MLA_HEADS, MLA_K = 4, {"F16": 40, "Q8_0": 64, "Q4_K": 256}  # deepseek2's per-head matmuls: format -> K
 N_EXPERT, N_USED = 6, 2
-MOE_FORMATS = ("F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K", "MXFP4", "IQ2_XXS")
+# and the x8 layouts the cpu targets repack experts into (rows a whole number of groups: N_X8_EXPERT)
+MOE_FORMATS = ("F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K", "MXFP4", "IQ2_XXS", "Q4_Kx8", "Q8_0x8")
+N_X8_EXPERT = 40
+
+
+def expert_rows(fmt: str) -> int:
+    return N_X8_EXPERT if fmt in PACKED_FORMATS else N_ROWS
 
 
 def k_of(fmt: str) -> int:
@@ -157,7 +163,8 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
             ops.append(Op("embed", ("tokens",), ("x",), (f"tok.{fmt}",)))
     for fmt in MOE_FORMATS:
         k = k_of(fmt)
-        blob.add(f"moe.{fmt}", fmt, (N_EXPERT, N_ROWS, k), weight_bytes(fmt, N_EXPERT * N_ROWS, k, rng))
+        n = expert_rows(fmt)
+        blob.add(f"moe.{fmt}", fmt, (N_EXPERT, n, k), weight_bytes(fmt, N_EXPERT * n, k, rng))
         ops.append(Op("moe_matmul", ("x", "expert_ids"), ("ey",), (f"moe.{fmt}",)))
     ops += [Op("moe_route", ("router",), ("expert_ids", "expert_weights"), (), {"n_used": N_USED}),
             Op("moe_combine", ("ey", "expert_weights"), ("h",))]
@@ -702,11 +709,11 @@ def test_moe_matmul_matches_reference(kit: Kit, fmt: str, tokens: int, per_slot:
     """Slots grouped by expert: expert 0 has every token (17: the packed prefill path where the
     format has one), expert 5 none, the others a few. Each slot within the dense bound."""
     rng = np.random.default_rng(tokens + 100 * per_slot)
-    k = k_of(fmt)
+    k, n = k_of(fmt), expert_rows(fmt)
     name = f"moe.{fmt}"
     x = rng.standard_normal((tokens, N_USED * k if per_slot else k)).astype(np.float32)
     ids = _expert_ids(tokens, rng)
-    out = np.full((tokens, N_USED * N_ROWS), np.nan, np.float32)
+    out = np.full((tokens, N_USED * n), np.nan, np.float32)
     op = Op("moe_matmul", ("x", "expert_ids"), ("ey",), (name,))
     (got,), (want,) = run_both(kit, op, [out], [x, ids], [name], None)
     w = kit.ref.weight(name)
@@ -714,8 +721,32 @@ def test_moe_matmul_matches_reference(kit: Kit, fmt: str, tokens: int, per_slot:
         for j in range(N_USED):
             row = x[t, j * k : (j + 1) * k] if per_slot else x[t]
             bound = matmul_bound(w[ids[t, j]], row[None], kit.act_block(fmt))[0]
-            err = np.abs(got[t, j * N_ROWS : (j + 1) * N_ROWS] - want[t, j * N_ROWS : (j + 1) * N_ROWS])
+            err = np.abs(got[t, j * n : (j + 1) * n] - want[t, j * n : (j + 1) * n])
             assert (err <= bound).all(), f"{fmt} slot ({t}, {j}): max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
+
+
+@pytest.mark.parametrize("fmt", ["Q4_Kx8", "Q8_0x8"])
+def test_x8_expert_rows_do_not_depend_on_the_token_count(kit: Kit, fmt: str):
+    """Experts in an x8 layout run the dense x8 tiles (docs/determinism.md): a token's expert
+    outputs are bit for bit the same alone as inside a step of 17 tokens whose other tokens
+    share its experts (so each expert's tile holds more rows). Q4_Kx8 on cpu-avx512 only, as
+    its dense rows."""
+    if fmt == "Q4_Kx8" and kit.cpu_target != "cpu-avx512":
+        pytest.skip("Q4_Kx8 is batch invariant on cpu-avx512 only")
+    rng = np.random.default_rng(11)
+    k, n = k_of(fmt), expert_rows(fmt)
+    x = rng.standard_normal((17, k)).astype(np.float32)
+    ids = _expert_ids(17, rng)
+    op = Op("moe_matmul", ("x", "expert_ids"), ("ey",), (f"moe.{fmt}",))
+
+    def run(t: slice) -> np.ndarray:
+        out = host(np.zeros((len(x[t]), N_USED * n), np.float32))
+        kit.cpu.launch(op, [out], [host(x[t].copy()), host(ids[t].copy())], [kit.cpu.weight(f"moe.{fmt}")], None)
+        return out.array
+
+    full = run(slice(0, 17))
+    for t in (0, 7, 16):
+        np.testing.assert_array_equal(run(slice(t, t + 1))[0], full[t])
 
 
 def test_moe_add_bias_matches_reference(kit: Kit):

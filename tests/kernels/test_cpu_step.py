@@ -263,7 +263,8 @@ def moe_bundle(bundle_cache) -> Path:
 def test_moe_lowering_groups_and_fuses(moe_bundle):
     """Per layer: the router runs as its matmul's own phase, then moe_route (+ the grouping),
     gate and up as one expert matmul of two segments, swiglu inside the down matmul's
-    gather, and moe_combine adding the residual. Expert tensors keep their GGUF layout."""
+    gather, and moe_combine adding the residual. Q4_K expert tensors (rows whole groups of 8)
+    are repacked for the cpu (Q4_Kx8); Q6_K ones, with no x8 layout, keep their GGUF layout."""
     b = open_bundle(moe_bundle)
     entries = b.layout.by_name()
     refs, _, _ = cpu.vector_refs(b.plan, entries)
@@ -278,7 +279,8 @@ def test_moe_lowering_groups_and_fuses(moe_bundle):
     assert all(p["accum"] >= 0 for p in low.phases if p["kind"] == "moe_combine")
     assert "swiglu" not in kinds and "add" not in kinds
     experts = [w for op in b.plan.ops if op.kind == "moe_matmul" for w in op.weights]
-    assert experts and all(entries[w].format in ("Q4_K", "Q6_K") and len(entries[w].shape) == 3 for w in experts)
+    assert experts and all(entries[w].format in ("Q4_Kx8", "Q6_K") and len(entries[w].shape) == 3 for w in experts)
+    assert any(entries[w].format == "Q4_Kx8" for w in experts)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

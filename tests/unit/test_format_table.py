@@ -77,5 +77,19 @@ def test_a_fake_layout_row_is_the_weight_planners_repack_policy(fake):
     assert tensor_nbytes("FAKEp", (N, K)) == N * (32 + 128)  # 4 blocks: planes of 4 x 8 and 4 x 32 bytes
 
 
+def test_expert_tensors_take_an_x8_layout_where_an_expert_is_whole_groups():
+    """[E, N, K] experts read by moe_matmul alone: repacked as E * N rows when N is whole groups
+    of 8 (each expert's slice repacked), else GGUF (a group would span two experts)."""
+    def use(fmt, shape):
+        return WeightUse("w", "w", fmt, shape, (RowRange("t", 0, shape[0] * shape[1]),))
+
+    assert layout_format(use("Q4_K", (4, 16, 256)), {"moe_matmul"}, Kernels.CPU) == "Q4_Kx8"
+    assert layout_format(use("Q8_0", (4, 40, 64)), {"moe_matmul"}, Kernels.CPU) == "Q8_0x8"
+    assert layout_format(use("Q4_K", (4, 12, 256)), {"moe_matmul"}, Kernels.CPU) == "Q4_K"
+    assert layout_format(use("Q4_K", (4, 16, 256)), {"head_matmul"}, Kernels.CPU) == "Q4_K"  # deepseek2's per-head matmuls
+    assert layout_format(use("Q5_0", (4, 16, 64)), {"moe_matmul"}, Kernels.CPU) == "Q5_0"  # no x8 layout
+    assert tensor_nbytes("Q4_Kx8", (4, 16, 256)) == 4 * 16 * 148
+
+
 def test_the_table_is_back_to_its_rows_after_the_fake_ones():
     assert "FAKE" not in FORMATS and "FAKE" not in GGUF_FORMATS and "FAKEp" not in PLANAR_FORMATS
