@@ -67,7 +67,9 @@ class SpecConfig:
 
     type: SpecType = SpecType.NONE  # what a request that does not choose gets
     n_max: int = 16  # draft tokens per sequence and step at most (--spec-draft-n-max)
-    ngram_min: int = 2  # n-gram key lengths tried, longest first
+    # n-gram key lengths tried, longest first; down to one token: a short key drafts where a
+    # longer one found nothing, and the planner keeps such drafts only while they are accepted
+    ngram_min: int = 1
     ngram_max: int = 4
     # A step carrying drafts holds at most this many tokens. 31: the cpu target's matmuls switch
     # to packed 8-row GEMM tiles at 32 tokens, where a row's logits are no longer bit for bit
@@ -339,7 +341,7 @@ class Speculator:
         found: dict[int, list[int]] = {}
         for want in wants:
             if want.spec.index is not None:
-                found[want.seq_id] = want.spec.index.propose(want.limit)
+                found[want.seq_id] = want.spec.index.draft(want.limit)
                 offers[want.seq_id] = (want.spec.acceptance(), len(found[want.seq_id]))
             else:
                 offers[want.seq_id] = (want.spec.acceptance(), want.limit)

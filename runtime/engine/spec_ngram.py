@@ -10,11 +10,21 @@ first, as here).
 The index is incremental: each n-gram that has a successor is mapped to the start of its
 latest occurrence, so a lookup is one dictionary probe per key length and appending a token
 costs one insertion per key length, whatever the history's length.
+
+A sequence that copies a text goes on copying the same place: `draft` keeps the alignment of
+its last draft (the source's position relative to the history's end) and continues from there
+while the last tokens still agree with the source's, and only then looks the key up again. The
+latest occurrence of a short key is often another place than the one being copied (a line of
+code that recurs, a common phrase), and a draft from there fails at its first token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+# The tokens before the aligned source position that must equal the history's last ones for a
+# draft to continue the copy there.
+_ALIGNED_TOKENS = 2
 
 
 class NgramIndex:
@@ -28,6 +38,7 @@ class NgramIndex:
         self.max_n = max_n
         self.tokens: list[int] = []
         self._latest: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(min_n, max_n + 1)}
+        self._offset: int | None = None  # the last draft's alignment: history end - its source's start
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -46,14 +57,36 @@ class NgramIndex:
     def propose(self, max_tokens: int) -> list[int]:
         """Up to `max_tokens` tokens that followed the latest earlier occurrence of the
         history's last n tokens, for the longest n that occurred before; [] when none did."""
+        source = self._lookup() if max_tokens >= 1 else None
+        return [] if source is None else self.tokens[source:source + max_tokens]
+
+    def draft(self, max_tokens: int) -> list[int]:
+        """Up to `max_tokens` draft tokens: the continuation of the text the last draft copied,
+        while the history's last tokens still agree with it there, else `propose`'s (whose
+        alignment the next draft then keeps)."""
         history = self.tokens
         end = len(history)
         if max_tokens < 1:
             return []
+        if self._offset is not None:
+            at = end - self._offset
+            if _ALIGNED_TOKENS <= at < end and history[at - _ALIGNED_TOKENS:at] == history[end - _ALIGNED_TOKENS:]:
+                return history[at:at + max_tokens]
+        source = self._lookup()
+        if source is None:
+            return []
+        self._offset = end - source
+        return history[source:source + max_tokens]
+
+    def _lookup(self) -> int | None:
+        """Where the tokens that followed the latest earlier occurrence of the longest key
+        start; None when no key occurred before."""
+        history = self.tokens
+        end = len(history)
         for n in range(self.max_n, self.min_n - 1, -1):
             if end <= n:
                 continue
             start = self._latest[n].get(tuple(history[end - n:]))
             if start is not None:
-                return history[start + n:start + n + max_tokens]
-        return []
+                return start + n
+        return None

@@ -64,6 +64,18 @@ def test_ngram_index_built_token_by_token_agrees_with_a_brute_force_search(seed)
         assert index.propose(k) == brute_force(tokens[: i + 1], 2, 4, k)
 
 
+def test_a_draft_goes_on_copying_the_place_the_last_one_copied():
+    index = NgramIndex(1, 4)
+    # "2 3 4 5" occurs twice, followed by 6 and by 8; the sequence copies the first place
+    index.extend([1, 2, 3, 4, 5, 6, 7, 2, 3, 4, 5, 8, 0, 1, 2])
+    assert index.draft(3) == index.propose(3) == [3, 4, 5]  # "1 2" occurred once: at the start
+    index.extend([3, 4, 5])  # accepted
+    assert index.propose(2) == [8, 0]  # the latest "2 3 4 5" is the second place
+    assert index.draft(2) == [6, 7]  # the copy goes on where its last draft came from
+    index.extend([9])  # the text left the copy, and 9 never occurred before: no draft
+    assert index.draft(2) == []
+
+
 # -- the acceptance walk ---------------------------------------------------------------------------
 
 def test_accept_walks_while_the_rows_draw_the_drafts():
