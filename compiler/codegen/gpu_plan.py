@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, row_nbytes, weight_format
+from rfc.artifacts.kv_cache_type import BLOCK_VALUES, CacheType, KvCacheTypes
 from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.plan import MOE_GATINGS, Op, Plan, rope_freqs
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
@@ -33,11 +34,13 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "matmul": (("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
     "add_bias": (("out", PTR), ("x", PTR), ("bias", PTR), ("n_rows", I32)),
     "rope": (("q", PTR), ("k", PTR), ("positions", PTR), ("freq_factors", PTR), ("n_rows", I32)),
-    "kv_write": (("k_cache", PTR), ("v_cache", PTR), ("k", PTR), ("v", PTR), ("slots", PTR), ("n_rows", I32)),
+    # k_type / v_type: how the cache stores K and V, the serving choice (CacheType.code: kernels/rfc_gpu_kv.h)
+    "kv_write": (("k_cache", PTR), ("v_cache", PTR), ("k", PTR), ("v", PTR), ("slots", PTR), ("n_rows", I32),
+                 ("k_type", I32), ("v_type", I32)),
     "attention": (
         ("out", PTR), ("q", PTR), ("k_cache", PTR), ("v_cache", PTR), ("positions", PTR),
         ("seq_of_token", PTR), ("block_tables", PTR), ("sinks", PTR), ("n_rows", I32), ("table_width", I32),
-        ("block_size", I32),
+        ("block_size", I32), ("k_type", I32), ("v_type", I32),
     ),
     "swiglu": (("out", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32)),
     "add": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
@@ -70,12 +73,15 @@ STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "attention_split": (
         ("out", PTR), ("q", PTR), ("k_cache", PTR), ("v_cache", PTR), ("positions", PTR),
         ("seq_of_token", PTR), ("block_tables", PTR), ("sinks", PTR), ("scratch", PTR), ("n_rows", I32),
-        ("table_width", I32), ("block_size", I32),
+        ("table_width", I32), ("block_size", I32), ("k_type", I32), ("v_type", I32),
     ),
-    "attention_reduce": (("out", PTR), ("scratch", PTR), ("positions", PTR), ("sinks", PTR), ("n_rows", I32)),
+    "attention_reduce": (("out", PTR), ("scratch", PTR), ("positions", PTR), ("sinks", PTR), ("n_rows", I32), ("v_type", I32)),
 }
 
 KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<dtype>_t)
+# kv_write stages a token's row through shared memory this many values at a time when it
+# quantizes (double and float: 12 KiB), a multiple of every rotation and block it holds
+KV_QUANT_CHUNK = 1024
 MAX_THREADS = 256  # threads per block for row-wise kernels
 GPU_MAX_CONV_KERNEL = 16  # ssm_conv taps whose window a thread keeps in registers (Qwen3.5: 4)
 MATMUL_WAVES = 4  # waves per matmul block
@@ -547,7 +553,9 @@ class _Planner:
         width, row = self._width(op.inputs[0]), self.plan.kv.row
         dtype = self._kv_dtype()
         name = f"rfc_kv_write_{dtype}_{width}" + (f"_r{row}" if row != width else "")
-        return self._rowwise(op, "gpu_kv_write.hip.j2", name, width, kv_dtype=dtype, kv_row=row)
+        quant = _kv_quant(self.plan.kv.head_dim)
+        chunk = min(width, max(KV_QUANT_CHUNK // max(quant["k_rot"], BLOCK_VALUES), 1) * max(quant["k_rot"], BLOCK_VALUES))
+        return self._rowwise(op, "gpu_kv_write.hip.j2", name, width, kv_dtype=dtype, kv_row=row, chunk=chunk, **quant)
 
     def _rope(self, op: Op) -> KernelSpec:
         a = op.attrs
@@ -633,6 +641,7 @@ class _Planner:
             "scale": float(a["scale"]),
             "kv_dtype": dtype,
             "kv_row": row,
+            **_kv_quant(head_dim),
             "has_window": window is not None,
             "window": int(window or 0),
             "has_softcap": softcap is not None,
@@ -654,6 +663,17 @@ class _Planner:
             steps = (split, reduce)
         grid = (("n_rows", 1), (n_kv_heads, 1))  # one block per kv head and its query heads
         return KernelSpec(name, "gpu_attention.hip.j2", params, _args("attention", has_sinks), threads, grid, steps)
+
+
+def _kv_quant(head_dim: int) -> dict:
+    """The constants of quantized KV caches (the type is the runtime's k_type / v_type):
+    whether rows of this head_dim can be q8_0 / q4_0 blocks at all, and the Hadamard rotations
+    of quantized K and V rows (KvCacheTypes.rotations) with their 1 / sqrt(size), the double
+    runtime/model/kv_quant.py multiplies by (rendered by repr: the literal reads back exactly)."""
+    quantizable = head_dim % BLOCK_VALUES == 0
+    k_rot, v_rot = KvCacheTypes(CacheType.Q8_0, CacheType.Q8_0).rotations(head_dim) if quantizable else (0, 0)
+    return {"quantizable": quantizable, "k_rot": k_rot, "v_rot": v_rot,
+            "k_norm": 1.0 / math.sqrt(k_rot) if k_rot else 0.0, "v_norm": 1.0 / math.sqrt(v_rot) if v_rot else 0.0}
 
 
 def _args(kernel: str, with_sinks: bool) -> tuple[tuple[str, str], ...]:
@@ -728,7 +748,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         return ArgSlot(ArgKind.SCALAR, "", value=plan.state.offset(int(op.attrs["state"])), size=size)
     if name in ("state_slots", "seq_start"):
         return ArgSlot(ArgKind.BATCH, name)
-    if name in ("table_width", "block_size"):
+    if name in ("table_width", "block_size", "k_type", "v_type"):
         return ArgSlot(ArgKind.SCALAR, name, size=size)
     if name in ("positions", "seq_of_token", "block_tables", "slots", "tokens", "rows"):
         if name == "tokens" and op.inputs[0] != plan.input_tokens:

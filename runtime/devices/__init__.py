@@ -121,11 +121,8 @@ def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: 
     if choice.name.is_gpu:
         from rfc.runtime.devices.gpu import open_device
 
-        if cache_types.quantized:  # the launch lists' kv_write and attention kernels are F16 only so far
-            raise DeviceError(f"a {cache_types.describe()} KV cache is not implemented on {choice.name} targets yet "
-                              "(use --cache-type-k f16 --cache-type-v f16, or --device cpu)")
         driver = gpu_driver_class(choice.name.family)(choice.target)
-        return open_device(driver, bundle, choice.target, kv, num_blocks, block_size, context_length)
+        return open_device(driver, bundle, choice.target, kv, num_blocks, block_size, context_length, cache_types)
     return importlib.import_module(_CPU_MODULE).Device(bundle, choice.target, kv, num_blocks, block_size, n_threads=threads,
                                                        context_length=context_length, cache_types=cache_types)
 

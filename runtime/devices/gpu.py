@@ -13,9 +13,10 @@ import numpy as np
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.codeobject import CodeObjectError, KernelInfo
 from rfc.artifacts.errors import BundleError
+from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
 from rfc.artifacts.layout import TensorEntry
 from rfc.artifacts.plan import KVSpec
-from rfc.artifacts.program import Launch, unpack_program
+from rfc.artifacts.program import ArgKind, Launch, unpack_program
 from rfc.artifacts.targets import KernelArg, TargetEntry, target_entry
 from rfc.artifacts.validate import check_weight_map
 from rfc.runtime.engine.batch import StepBatch
@@ -29,8 +30,9 @@ _WEIGHT_ALIGNMENT = 256  # device offsets of uploaded weights: 128-bit loads and
 
 
 def open_device(driver: GpuDriver, bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int,
-                context_length: int | None = None) -> "GpuDevice":
-    """The engine's GPU device for bundle target `target` on `driver`'s GPU."""
+                context_length: int | None = None, cache_types: KvCacheTypes = KvCacheTypes()) -> "GpuDevice":
+    """The engine's GPU device for bundle target `target` on `driver`'s GPU; `cache_types`: how
+    its KV cache stores K and V (--cache-type-k/-v)."""
     entry = target_entry(bundle.manifest, target)
     if entry is None or not entry.kernels:
         raise DeviceError(f"bundle target {target} has no compiled kernels")
@@ -39,7 +41,7 @@ def open_device(driver: GpuDriver, bundle: Bundle, target: str, kv: KVSpec, num_
         code, image = driver.dialect.read_code(data, target)
     except CodeObjectError as e:
         raise DeviceError(f"{entry.kernels}: {e}") from e
-    return GpuDevice(driver, bundle, entry, code, image, kv, num_blocks, block_size, context_length)
+    return GpuDevice(driver, bundle, entry, code, image, kv, num_blocks, block_size, context_length, cache_types)
 
 
 class GpuDevice:
@@ -50,11 +52,17 @@ class GpuDevice:
     samples_on_device = False
 
     def __init__(self, driver: Driver, bundle: Bundle, entry: TargetEntry, code: dict[str, KernelInfo], image: bytes,
-                 kv: KVSpec, num_blocks: int, block_size: int, context_length: int | None = None):
+                 kv: KVSpec, num_blocks: int, block_size: int, context_length: int | None = None,
+                 cache_types: KvCacheTypes = KvCacheTypes()):
         if not entry.program:
             raise DeviceError(f"bundle target {entry.name} has no step program: recompile the model with this rfc")
         self.name = DeviceKind(entry.family.value)
         program = unpack_program(bundle.file(entry.program).read_bytes())
+        cache_types.check(kv, bundle.plan.kv_geometries())  # whole blocks, one row geometry
+        if cache_types.quantized and not takes_kv_types(program.launches):
+            raise DeviceError(f"bundle target {entry.name}'s kernels predate quantized KV caches: recompile the model "
+                              f"with this rfc for a {cache_types.describe()} cache")
+        self.cache_types = cache_types
         sample = program.extra.get("sample")
         sample = sample if isinstance(sample, dict) and "kernel" in sample else None
         launched = {l.kernel: l for l in (*program.launches, *program.prefill_launches)}
@@ -63,7 +71,7 @@ class GpuDevice:
             check_code_object_args(f"bundle target {entry.name}", sample["kernel"], _layout(entry, sample["kernel"]),
                                    code.get(sample["kernel"]))
         self._driver = driver
-        self._memory = GpuMemory(driver, bundle, entry, kv, num_blocks, block_size)
+        self._memory = GpuMemory(driver, bundle, entry, kv, num_blocks, block_size, cache_types)
         module = driver.load_module(image)
         functions = {name: driver.function(module, name) for name in launched}
         plan = bundle.plan
@@ -74,6 +82,7 @@ class GpuDevice:
             kv_ptr=self._memory.kv_address, vocab=plan.vocab_size, n_embd=plan.n_embd, logits=plan.output_logits,
             hidden=plan.output_hidden, block_size=block_size, table_width=width,
             sample=(driver.function(module, sample["kernel"]), sample) if sample is not None else None,
+            kv_types=(cache_types.k.code, cache_types.v.code),
         )
         self._plan = plan
         self.samples_on_device = self.runner.sampling is not None
@@ -95,8 +104,7 @@ class GpuDevice:
 
     def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
         kv = self._plan.kv
-        row = kv.n_kv_heads * kv.head_dim * _KV_ITEMSIZE[kv.dtype]
-        slots = self._memory.layer_bytes // row
+        slots = self._memory.slots
         src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
         if src.shape != dst.shape or src.ndim != 1 or (len(src) and (min(src.min(), dst.min()) < 0
                                                                       or max(src.max(), dst.max()) >= slots)):
@@ -110,7 +118,7 @@ class GpuDevice:
             i = j
         if not runs:
             return
-        need = max(n for _, _, n in runs) * row
+        need = max(n for _, _, n in runs) * max(self._memory.row_bytes.values())
         if self._kv_host_bytes < need:
             if self._kv_host:
                 self._driver.free_host(self._kv_host)
@@ -118,7 +126,7 @@ class GpuDevice:
         stream = self.runner.stream
         for layer in range(kv.n_layers):
             for which in ("k", "v"):
-                base = self._memory.kv_address(which, layer)
+                base, row = self._memory.kv_address(which, layer), self._memory.row_bytes[which]
                 for s0, d0, n in runs:
                     self._driver.copy_to_host_async(self._kv_host, base + s0 * row, n * row, stream)
                     self._driver.copy_to_device_async(base + d0 * row, self._kv_host, n * row, stream)
@@ -154,10 +162,12 @@ class GpuDevice:
 
 class GpuMemory:
     """What a GPU target keeps on the device besides the step program's arena: the weights it
-    reads, uploaded once at aligned offsets, and the paged KV cache ([layer, slot, kv head,
-    head_dim] for K and for V, in the plan's KV dtype)."""
+    reads, uploaded once at aligned offsets, and the paged KV cache ([layer, slot, row] for K
+    and for V: a row of the plan's KV dtype, or of q8_0 / q4_0 blocks as `cache_types` say,
+    its real bytes: KvCacheTypes.row_bytes)."""
 
-    def __init__(self, driver: Driver, bundle: Bundle, entry: TargetEntry, kv: KVSpec, num_blocks: int, block_size: int):
+    def __init__(self, driver: Driver, bundle: Bundle, entry: TargetEntry, kv: KVSpec, num_blocks: int, block_size: int,
+                 cache_types: KvCacheTypes = KvCacheTypes()):
         if kv.dtype not in _KV_ITEMSIZE:
             raise DeviceError(f"no GPU KV cache of {kv.dtype} (supported: {', '.join(_KV_ITEMSIZE)})")
         self._driver = driver
@@ -165,9 +175,10 @@ class GpuMemory:
         self._weight_of = _weight_map(bundle, entry)
         self._device_offset: dict[str, int] = {}
         self.weights = self._upload_weights(bundle)
-        self.layer_bytes = num_blocks * block_size * kv.n_kv_heads * kv.head_dim * _KV_ITEMSIZE[kv.dtype]
-        self.k_cache = self._alloc(max(1, kv.n_layers * self.layer_bytes))
-        self.v_cache = self._alloc(max(1, kv.n_layers * self.layer_bytes))
+        self.slots = num_blocks * block_size
+        self.row_bytes = {"k": _row_bytes(kv, cache_types.k), "v": _row_bytes(kv, cache_types.v)}
+        self.k_cache = self._alloc(max(1, kv.n_layers * self.slots * self.row_bytes["k"]))
+        self.v_cache = self._alloc(max(1, kv.n_layers * self.slots * self.row_bytes["v"]))
 
     def _alloc(self, nbytes: int) -> int:
         ptr = self._driver.malloc(nbytes)
@@ -197,12 +208,25 @@ class GpuMemory:
 
     def kv_address(self, which: str, layer: int) -> int:
         """Device address of layer `layer` of the K ("k") or V ("v") cache."""
-        return (self.k_cache if which == "k" else self.v_cache) + layer * self.layer_bytes
+        return (self.k_cache if which == "k" else self.v_cache) + layer * self.slots * self.row_bytes[which]
 
     def close(self) -> None:
         for p in self._owned:
             self._driver.free(p)
         self._owned.clear()
+
+
+def _row_bytes(kv: KVSpec, t: CacheType) -> int:
+    """Bytes of one token's K or V row of one layer stored as `t` (f16: the plan's KV dtype)."""
+    width = kv.n_kv_heads * kv.head_dim
+    return width * _KV_ITEMSIZE[kv.dtype] if t is CacheType.F16 else t.row_bytes(width)
+
+
+def takes_kv_types(launches: Iterable[Launch]) -> bool:
+    """Whether every launch that reads or writes the KV cache takes its types (the k_type
+    scalar): bundles compiled before quantized GPU caches have F16-only kernels."""
+    return all(any(a.kind is ArgKind.SCALAR and a.ref == "k_type" for a in launch.args)
+               for launch in launches if any(a.kind is ArgKind.KV for a in launch.args))
 
 
 def weight_spans(bundle: Bundle, weight_of: dict[str, str]) -> tuple[list[tuple[int, TensorEntry]], int]:

@@ -43,7 +43,7 @@ from rfc.runtime.sampling.sampler import SamplingParams
 _PACK = {8: "<Q", 4: "<i"}
 # The scalars a step counts, which launch grids and scalar argument slots may name (a STEP_ARGS
 # i64 name each: artifacts/program.py)
-STEP_SCALARS = ("n_tokens", "n_rows", "n_seqs", "table_width", "block_size")
+STEP_SCALARS = ("n_tokens", "n_rows", "n_seqs", "table_width", "block_size", "k_type", "v_type")
 # Batch arrays in the staging buffer, in order: (name, length in the program's maxima)
 # (block tables last: a step copies the staging only up to its sequences' table rows; with
 # device sampling the penalty pairs and row parameters come first, the pairs filled from their
@@ -119,12 +119,14 @@ class StepRunner:
 
     def __init__(self, driver: Driver, program: StepProgram, kernel_args: dict, functions: dict[str, Any],
                  weight_ptr, kv_ptr, vocab: int, n_embd: int, logits: str, hidden: str, block_size: int, table_width: int,
-                 max_graphs: int = 64, sample: "tuple[Any, dict] | None" = None, pen_per_row: int = PEN_PER_ROW):
+                 max_graphs: int = 64, sample: "tuple[Any, dict] | None" = None, pen_per_row: int = PEN_PER_ROW,
+                 kv_types: tuple[int, int] = (0, 0)):
         self._driver = driver
         self.program = program
         a = program.arena
         self.max_tokens, self.max_rows, self.max_seqs = a.max_tokens, a.max_rows, a.max_seqs
         self.block_size, self.table_width = block_size, table_width
+        self.kv_types = kv_types  # the k_type / v_type scalars: how the cache stores K and V (CacheType.code)
         self._vocab, self._n_embd = vocab, n_embd
         self._owned: list[int] = []
         self.arena = self._alloc(max(1, a.total_bytes))
@@ -224,7 +226,8 @@ class StepRunner:
         tables[:, :width] = batch.block_tables
         tables[:, width:] = -1
         v["logit_rows"][:R] = batch.logit_rows
-        return {"n_tokens": T, "n_rows": R, "n_seqs": S, "table_width": self.table_width, "block_size": self.block_size}
+        return {"n_tokens": T, "n_rows": R, "n_seqs": S, "table_width": self.table_width, "block_size": self.block_size,
+                "k_type": self.kv_types[0], "v_type": self.kv_types[1]}
 
     def launch_list(self, n_tokens: int) -> list[BoundLaunch]:
         """The bound list a step of n_tokens runs: the prefill list from prefill_min_tokens on."""

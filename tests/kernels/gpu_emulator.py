@@ -18,6 +18,7 @@ import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.codeobject import KernelInfo
+from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.targets import TargetEntry, target_entry
 from rfc.runtime.devices import gpu_driver_class
@@ -159,17 +160,18 @@ def _code(bundle: Bundle, target: str) -> tuple[TargetEntry, dict[str, KernelInf
     return entry, code
 
 
-def emulated_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path) -> GpuOpDevice:
+def emulated_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path,
+                    cache_types: KvCacheTypes = KvCacheTypes()) -> GpuOpDevice:
     """The kit's GpuOpDevice (each op's kernel alone) running the target's kernels emulated,
     checked against its code object."""
     entry, code = _code(bundle, target)
     driver = EmulatedDriver(build_emulator(bundle, target, build_dir))
-    return GpuOpDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size)
+    return GpuOpDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size, cache_types)
 
 
 def emulated_step_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path,
-                         context_length: int | None = None) -> GpuDevice:
+                         context_length: int | None = None, cache_types: KvCacheTypes = KvCacheTypes()) -> GpuDevice:
     """The runtime's GpuDevice (the bound step program, graphs) over the emulated kernels."""
     entry, code = _code(bundle, target)
     driver = EmulatedDriver(build_emulator(bundle, target, build_dir))
-    return GpuDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size, context_length)
+    return GpuDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size, context_length, cache_types)

@@ -47,6 +47,8 @@ REL_TOL = 2e-4
 class Case:
     """One attention op's kernels, built for the emulator, over a one-layer KV cache."""
 
+    kv_types = {"k_type": 0, "v_type": 0}  # how the cache stores K and V (CacheType.code): f16
+
     def __init__(self, build_dir, target: str, n_heads: int, n_kv_heads: int, head_dim: int, kv_dtype: str,
                  window=None, softcap=None, context_length: int = 4096, sinks: np.ndarray | None = None):
         attrs = {"layer": 0, "n_heads": n_heads, "n_kv_heads": n_kv_heads, "head_dim": head_dim,
@@ -115,7 +117,7 @@ class Case:
             "q": self._upload(q), "k_cache": self.k_dev, "v_cache": self.v_dev,
             "positions": self._upload(batch.positions), "seq_of_token": self._upload(batch.seq_of_token),
             "block_tables": self._upload(batch.block_tables), "n_rows": T,
-            "table_width": batch.block_tables.shape[1], "block_size": BLOCK_SIZE,
+            "table_width": batch.block_tables.shape[1], "block_size": BLOCK_SIZE, **self.kv_types,
         }
         if self.sinks is not None:
             values["sinks"] = self._upload(self.sinks)

@@ -16,6 +16,7 @@ import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.codeobject import KernelInfo
+from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import KVSpec, Op
 from rfc.artifacts.program import ArgKind, ArgSlot, unpack_program
 from rfc.artifacts.targets import TargetEntry
@@ -72,7 +73,7 @@ class GpuOpDevice(InterpretedDevice):
     """ReferenceDevice's op-by-op interface over a GPU driver: each op its kernel, alone."""
 
     def __init__(self, driver: Driver, bundle: Bundle, entry: TargetEntry, code: dict[str, KernelInfo], image: bytes,
-                 kv: KVSpec, num_blocks: int, block_size: int):
+                 kv: KVSpec, num_blocks: int, block_size: int, cache_types: KvCacheTypes = KvCacheTypes()):
         super().__init__(bundle.plan)
         specs = check_kernels(bundle, entry, code)
         self._launches = {op_key(op): op_launch(bundle.plan, op, specs[name])
@@ -81,7 +82,8 @@ class GpuOpDevice(InterpretedDevice):
         self._layouts = entry.kernel_args
         module = driver.load_module(image)
         self._functions = {name: driver.function(module, name) for name in set(entry.op_kernels)}
-        self._memory = GpuMemory(driver, bundle, entry, kv, num_blocks, block_size)
+        self._memory = GpuMemory(driver, bundle, entry, kv, num_blocks, block_size, cache_types)
+        self.cache_types = cache_types
         self._k_cache, self._v_cache = self._memory.k_cache, self._memory.v_cache
         self._entries = bundle.layout.by_name()
         self._pool = _Pool(driver)
@@ -104,7 +106,8 @@ class GpuOpDevice(InterpretedDevice):
 
     def upload_batch(self, batch: StepBatch) -> DeviceBatch:
         scalars = {"n_tokens": batch.num_tokens, "n_rows": batch.num_rows, "n_seqs": len(batch.context_lens),
-                   "table_width": int(batch.block_tables.shape[1]), "block_size": int(batch.block_size)}
+                   "table_width": int(batch.block_tables.shape[1]), "block_size": int(batch.block_size),
+                   "k_type": self.cache_types.k.code, "v_type": self.cache_types.v.code}
         arrays = {n: self._upload(getattr(batch, n)) for n in ("tokens", "positions", "slots", "seq_of_token",
                                                                "block_tables", "logit_rows")}
         return DeviceBatch(**arrays, scalars=scalars)
