@@ -155,3 +155,19 @@ def test_kernels_without_the_types_refuse_a_quantized_cache():
     other = Launch("rfc_add_64", 64, (GridDim("n_tokens", 1),), (n_rows,))
     assert takes_kv_types([new, other]) and takes_kv_types([other])
     assert not takes_kv_types([new, old, other])
+
+
+@pytest.mark.parametrize("kind,target", [("hip", "gfx90a"), ("cuda", "sm_90")])
+def test_gpu_devices_accept_the_cache_types(kind, target, monkeypatch):
+    """create_device hands a GPU device the server's cache types (it refused quantized ones
+    before GPU kernels took them), with no GPU: the driver and open_device stand in."""
+    import rfc.runtime.devices as devices
+    import rfc.runtime.devices.gpu as gpu
+    from rfc.runtime.devices import DeviceChoice, DeviceKind, create_device
+
+    opened = {}
+    monkeypatch.setattr(devices, "gpu_driver_class", lambda family: lambda name: ("driver", family, name))
+    monkeypatch.setattr(gpu, "open_device", lambda *args: opened.setdefault("args", args))
+    types = KvCacheTypes(Q8, Q4)
+    create_device(DeviceChoice(DeviceKind(kind), target), "bundle", KVSpec(2, 2, 64), 4, 16, 128, cache_types=types)
+    assert opened["args"][-1] == types and opened["args"][2] == target
