@@ -132,6 +132,13 @@ class WeightFormat:
 # (148 per row and super-block: the 12 bytes of packed 6-bit scales become 16).
 Q4_KX8_COLUMN_BYTES = 16 + 16 + 64 + 64 + 1024
 #
+# Q5_Kx8: Q4_Kx8's column of the same super-blocks (d, dmin, decoded scales and minimums, the
+# low 4 bits in its chunks), then the fifth bits: 8 chunks of 32 bytes, chunk j holding bytes
+# 4j..4j+3 of every row's 32 GGUF qh bytes, so byte for byte in line with chunk j of every pair
+# (bit 2c of a byte: the fifth bit of the value in the low nibble of pair c's byte there, bit
+# 2c+1: the high nibble's). 1440 bytes per column (180 per row and super-block).
+Q5_KX8_COLUMN_BYTES = Q4_KX8_COLUMN_BYTES + 256
+#
 # IQ4_XSx8: rows in groups of 8, a column is one super-block of each of the 8 rows, stored as
 # the 8 scales d (f16), the sub-block scales decoded to int8 (ls - 32, -32..31) [sub-block
 # 0..7][row], then per sub-block s (GGUF qs bytes 16s..16s+15: low nibbles elements 0-15,
@@ -216,6 +223,8 @@ FORMATS: dict[str, WeightFormat] = {
         WeightFormat("Q8_0x8", 32, 34, "q8_0", cpu_act="q8_32", base="Q8_0", head_bytes=2, **_X8_CHUNKS),
         WeightFormat("Q4_Kx8", 256, Q4_KX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="Q4_K", column_dot=True,
                      ops=MATMUL_OPS, **_X8),
+        WeightFormat("Q5_Kx8", 256, Q5_KX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="Q5_K", column_dot=True,
+                     ops=frozenset({"matmul"}), **_X8),
         WeightFormat("IQ4_XSx8", 256, IQ4_XSX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="IQ4_XS", column_dot=True,
                      ops=frozenset({"matmul"}), **_X8),
         WeightFormat("IQ4_NLx8", 32, 18, "q8_0", cpu_act="q8_32", base="IQ4_NL", head_bytes=2, column_dot=True,

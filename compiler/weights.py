@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfc.artifacts.formats import FORMATS, PACKED_FORMATS, row_nbytes, tensor_nbytes
+from rfc.artifacts.formats import FORMATS, PACKED_FORMATS, Q4_KX8_COLUMN_BYTES, row_nbytes, tensor_nbytes
 from rfc.artifacts.layout import ALIGNMENT, TensorEntry, WeightLayout, align_up
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
@@ -68,6 +68,8 @@ def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
     f = PACKED_FORMATS[packed]
     if f.base == "Q4_K":
         return _pack_q4_k_x8(rows)
+    if f.base == "Q5_K":
+        return _pack_q5_k_x8(rows)
     if f.base == "IQ4_XS":
         return _pack_iq4_xs_x8(rows)
     g, bb = f.group_rows, f.block_bytes
@@ -97,6 +99,17 @@ def _pack_q4_k_x8(rows: np.ndarray) -> np.ndarray:
         b[..., 16:].reshape(ng, nb, 8, 4, 8, 4).transpose(0, 1, 3, 4, 2, 5).reshape(ng, nb, 1024),  # [pair][chunk][row][4]
     ]
     return np.concatenate(parts, axis=-1).reshape(n_rows, -1)
+
+
+def _pack_q5_k_x8(rows: np.ndarray) -> np.ndarray:
+    """Q5_K rows in the Q5_Kx8 layout (artifacts/formats.py): Q4_Kx8's column of the block
+    without its qh bytes, then the qh bytes in chunks of 4 bytes of every row."""
+    n_rows, row_bytes = rows.shape
+    nb, ng = row_bytes // 176, n_rows // 8
+    b = rows.reshape(n_rows, nb, 176)
+    q4 = _pack_q4_k_x8(np.concatenate([b[..., 0:16], b[..., 48:]], axis=-1).reshape(n_rows, nb * 144))
+    qh = b[..., 16:48].reshape(ng, 8, nb, 8, 4).transpose(0, 2, 3, 1, 4).reshape(ng, nb, 256)  # [chunk][row][4]
+    return np.concatenate([q4.reshape(ng, nb, Q4_KX8_COLUMN_BYTES), qh], axis=-1).reshape(n_rows, -1)
 
 
 def _pack_iq4_xs_x8(rows: np.ndarray) -> np.ndarray:

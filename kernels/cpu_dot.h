@@ -600,48 +600,125 @@ static inline __attribute__((always_inline)) void rfc_wdotn_q6_k(__m256 acc[RFC_
 }
 #endif /* RFC_AVX2 */
 
-/* ---- Q4_Kx8 (artifacts/formats.py): one column is one super-block of 8 interleaved rows ----
- * rfc_x8col_q4_k(acc, col, a, t, b): lane r of acc += row r's super-block b . token t. */
+/* ---- Q4_Kx8 and Q5_Kx8 (artifacts/formats.py): one column is one super-block of 8 interleaved rows ----
+ * rfc_x8col_q4_k(acc, col, a, t, b): lane r of acc += row r's super-block b . token t. A Q5_Kx8
+ * column is a Q4_Kx8 one followed by the fifth bits (chunk j: bytes 4j..4j+3 of every row's qh),
+ * so one kernel reads both (the rfc_x8col*_k45 below, q5 constant: 0 for Q4_K, 1 for Q5_K). */
 #define RFC_X8COL_Q4_K 1184
+#define RFC_X8COL_Q5_K (RFC_X8COL_Q4_K + 256)
 #ifdef RFC_AVX2
-static inline __m256 rfc_x8col_q4_k(__m256 acc, const uint8_t *col, const rfc_act *a, size_t t, int b) {
+/* Bit k of each byte of a fifth-bit chunk h as 16 or 0 (k a constant: the callers unroll pairs). */
+static inline __attribute__((always_inline)) __m256i rfc_x8_bit16(__m256i h, const int k) {
+    const __m256i s = k < 4 ? _mm256_slli_epi16(h, 4 - k) : _mm256_srli_epi16(h, k - 4);
+    return _mm256_and_si256(s, _mm256_set1_epi8(0x10));
+}
+
+/* The 8 rows' scales of sub-block s as int16, each in both lanes of its row (madd with maddubs' pairs) */
+static inline __m256i rfc_x8_scales16(const uint8_t *col, int s) {
+    const __m128i v = _mm_loadl_epi64((const __m128i *)(col + 32 + 8 * s));
+    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v));
+}
+
+/* The values of pair c, chunk j (low nibbles: sub-block 2c, high: 2c + 1), with Q5_K's fifth bits */
+static inline __attribute__((always_inline)) void rfc_x8_chunk_k45(const uint8_t *col, int c, int j, const int q5, __m256i *lo,
+        __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i v = _mm256_loadu_si256((const __m256i *)(col + 160 + 256 * c + 32 * j));
+    *lo = _mm256_and_si256(v, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if (q5) {
+        const __m256i h = _mm256_loadu_si256((const __m256i *)(col + RFC_X8COL_Q4_K + 32 * j));
+        *lo = _mm256_or_si256(*lo, rfc_x8_bit16(h, 2 * c));
+        *hi = _mm256_or_si256(*hi, rfc_x8_bit16(h, 2 * c + 1));
+    }
+}
+
+/* Pair c of the column for token y (its 256 activations): sumi += the two sub-blocks' sums times
+ * their scales, summ += their minimums times the activation sums ys. An int16 lane of maddubs
+ * sums holds 8 products of at most 15 x 127 x 2 (Q4_K) but only 4 of 31 x 127 x 2 (Q5_K): Q5_K
+ * widens them every 4 chunks. */
+static inline __attribute__((always_inline)) void rfc_x8col_pair_k45(__m256i *sumi, __m256i *summ, const uint8_t *col,
+        const int8_t *y, __m256i ys, const int c, const int q5) {
+    const int8_t *yc = y + 64 * c;
+    __m256i slo = _mm256_setzero_si256(), shi = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) {
+        __m256i lo, hi;
+        rfc_x8_chunk_k45(col, c, j, q5, &lo, &hi);
+        slo = _mm256_add_epi16(slo, _mm256_maddubs_epi16(lo, rfc_bcast4(yc + 4 * j)));
+        shi = _mm256_add_epi16(shi, _mm256_maddubs_epi16(hi, rfc_bcast4(yc + 32 + 4 * j)));
+        if (q5 && j == 3) {
+            *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(slo, rfc_x8_scales16(col, 2 * c)));
+            *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(shi, rfc_x8_scales16(col, 2 * c + 1)));
+            slo = shi = _mm256_setzero_si256();
+        }
+    }
+    *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(slo, rfc_x8_scales16(col, 2 * c)));
+    *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(shi, rfc_x8_scales16(col, 2 * c + 1)));
+    const __m256i m = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(col + 96 + 16 * c)));
+    *summ = _mm256_add_epi32(*summ, _mm256_madd_epi16(m, _mm256_permutevar8x32_epi32(ys, _mm256_set1_epi32(c))));
+}
+
+static inline __attribute__((always_inline)) __m256 rfc_x8col_k45(__m256 acc, const uint8_t *col, const rfc_act *a, size_t t,
+        int b, const int q5) {
     const float dy = a->d[t * (a->K / 256) + (size_t)b];
     const int8_t *y = a->qs + t * a->K + 256 * (size_t)b;
     const __m256i bs = _mm256_loadu_si256((const __m256i *)(a->bsums + t * (a->K / 16) + 16 * (size_t)b));
     /* the sums of the 8 sub-blocks of 32 as int16; int32 lane c = the pair (2c, 2c+1) */
     const __m256i ys = _mm256_broadcastsi128_si256(_mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)));
-    const uint8_t *sc = col + 32, *mn = col + 96, *qs = col + 160;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256i sumi = _mm256_setzero_si256(), summ = _mm256_setzero_si256();
-    for (int c = 0; c < 4; c++) {
-        const int8_t *yc = y + 64 * c;
-        __m256i slo = _mm256_setzero_si256(), shi = _mm256_setzero_si256();
-        /* 8 products of at most 15 x 127 x 2 per int16 lane: no saturation */
-        for (int j = 0; j < 8; j++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 256 * c + 32 * j));
-            slo = _mm256_add_epi16(slo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), rfc_bcast4(yc + 4 * j)));
-            shi = _mm256_add_epi16(shi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), rfc_bcast4(yc + 32 + 4 * j)));
-        }
-        /* each row's scale in both int16 lanes of its row */
-        const __m128i sl = _mm_loadl_epi64((const __m128i *)(sc + 16 * c)), sh = _mm_loadl_epi64((const __m128i *)(sc + 16 * c + 8));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(slo, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sl, sl))));
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(shi, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sh, sh))));
-        const __m256i m = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(mn + 16 * c)));
-        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m, _mm256_permutevar8x32_epi32(ys, _mm256_set1_epi32(c))));
+    if (q5) { /* the pair's bit positions must be constants */
+        rfc_x8col_pair_k45(&sumi, &summ, col, y, ys, 0, 1);
+        rfc_x8col_pair_k45(&sumi, &summ, col, y, ys, 1, 1);
+        rfc_x8col_pair_k45(&sumi, &summ, col, y, ys, 2, 1);
+        rfc_x8col_pair_k45(&sumi, &summ, col, y, ys, 3, 1);
+    } else {
+        for (int c = 0; c < 4; c++) rfc_x8col_pair_k45(&sumi, &summ, col, y, ys, c, 0);
     }
     const __m256 vdy = _mm256_set1_ps(dy);
     acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col)), vdy), _mm256_cvtepi32_ps(sumi), acc);
     return _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(col + 16))), vdy),
                             _mm256_cvtepi32_ps(summ), acc);
 }
+static inline __m256 rfc_x8col_q4_k(__m256 acc, const uint8_t *col, const rfc_act *a, size_t t, int b) {
+    return rfc_x8col_k45(acc, col, a, t, b, 0);
+}
+static inline __m256 rfc_x8col_q5_k(__m256 acc, const uint8_t *col, const rfc_act *a, size_t t, int b) {
+    return rfc_x8col_k45(acc, col, a, t, b, 1);
+}
+
+/* Pair c of the column for the 4 tokens t0..t0+3 (as rfc_x8col_pair_k45, the minimums apart) */
+static inline __attribute__((always_inline)) void rfc_x8col4_pair_k45(__m256i sumi[4], const uint8_t *col, const rfc_act *a,
+        size_t t0, int b, const int c, const int q5) {
+    __m256i slo[4], shi[4];
+    for (int i = 0; i < 4; i++) slo[i] = shi[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) {
+        __m256i lo, hi;
+        rfc_x8_chunk_k45(col, c, j, q5, &lo, &hi);
+        for (int i = 0; i < 4; i++) {
+            const int8_t *y = a->qs + (t0 + (size_t)i) * a->K + 256 * (size_t)b + 64 * c + 4 * j;
+            slo[i] = _mm256_add_epi16(slo[i], _mm256_maddubs_epi16(lo, rfc_bcast4(y)));
+            shi[i] = _mm256_add_epi16(shi[i], _mm256_maddubs_epi16(hi, rfc_bcast4(y + 32)));
+        }
+        if (q5 && j == 3) {
+            const __m256i scl = rfc_x8_scales16(col, 2 * c), sch = rfc_x8_scales16(col, 2 * c + 1);
+            for (int i = 0; i < 4; i++) {
+                sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(_mm256_madd_epi16(slo[i], scl), _mm256_madd_epi16(shi[i], sch)));
+                slo[i] = shi[i] = _mm256_setzero_si256();
+            }
+        }
+    }
+    const __m256i scl = rfc_x8_scales16(col, 2 * c), sch = rfc_x8_scales16(col, 2 * c + 1);
+    for (int i = 0; i < 4; i++)
+        sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(_mm256_madd_epi16(slo[i], scl), _mm256_madd_epi16(shi[i], sch)));
+}
 
 /* The same for the 4 tokens t0..t0+3 (prefill): the nibbles are unpacked once for all four. */
-static inline void rfc_x8col4_q4_k(__m256 acc[4], const uint8_t *col, const rfc_act *a, size_t t0, int b) {
+static inline __attribute__((always_inline)) void rfc_x8col4_k45(__m256 acc[4], const uint8_t *col, const rfc_act *a, size_t t0,
+        int b, const int q5) {
     const size_t K = a->K;
-    const uint8_t *sc = col + 32, *mn = col + 96, *qs = col + 160;
+    const uint8_t *mn = col + 96;
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col));
     const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(col + 16)));
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
     float dy[4];
     for (int i = 0; i < 4; i++) { /* the minimums, token by token (as rfc_x8col_q4_k) */
         const size_t t = t0 + (size_t)i;
@@ -657,30 +734,27 @@ static inline void rfc_x8col4_q4_k(__m256 acc[4], const uint8_t *col, const rfc_
     }
     __m256i sumi[4];
     for (int i = 0; i < 4; i++) sumi[i] = _mm256_setzero_si256();
-    for (int c = 0; c < 4; c++) {
-        __m256i slo[4], shi[4];
-        for (int i = 0; i < 4; i++) slo[i] = shi[i] = _mm256_setzero_si256();
-        for (int j = 0; j < 8; j++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 256 * c + 32 * j));
-            const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            for (int i = 0; i < 4; i++) {
-                const int8_t *y = a->qs + (t0 + (size_t)i) * K + 256 * (size_t)b + 64 * c + 4 * j;
-                slo[i] = _mm256_add_epi16(slo[i], _mm256_maddubs_epi16(lo, rfc_bcast4(y)));
-                shi[i] = _mm256_add_epi16(shi[i], _mm256_maddubs_epi16(hi, rfc_bcast4(y + 32)));
-            }
-        }
-        const __m128i sl = _mm_loadl_epi64((const __m128i *)(sc + 16 * c)), sh = _mm_loadl_epi64((const __m128i *)(sc + 16 * c + 8));
-        const __m256i scl = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sl, sl)), sch = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sh, sh));
-        for (int i = 0; i < 4; i++)
-            sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(_mm256_madd_epi16(slo[i], scl), _mm256_madd_epi16(shi[i], sch)));
+    if (q5) { /* the pair's bit positions must be constants */
+        rfc_x8col4_pair_k45(sumi, col, a, t0, b, 0, 1);
+        rfc_x8col4_pair_k45(sumi, col, a, t0, b, 1, 1);
+        rfc_x8col4_pair_k45(sumi, col, a, t0, b, 2, 1);
+        rfc_x8col4_pair_k45(sumi, col, a, t0, b, 3, 1);
+    } else {
+        for (int c = 0; c < 4; c++) rfc_x8col4_pair_k45(sumi, col, a, t0, b, c, 0);
     }
     for (int i = 0; i < 4; i++) acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dy[i])), _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+}
+static inline void rfc_x8col4_q4_k(__m256 acc[4], const uint8_t *col, const rfc_act *a, size_t t0, int b) {
+    rfc_x8col4_k45(acc, col, a, t0, b, 0);
+}
+static inline void rfc_x8col4_q5_k(__m256 acc[4], const uint8_t *col, const rfc_act *a, size_t t0, int b) {
+    rfc_x8col4_k45(acc, col, a, t0, b, 1);
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 /* With AVX-512 VNNI (cpu-avx512): two groups (16 rows, one per int32 lane of a zmm) and nt <= 8
- * tokens per pass (RFC_X8_TT), one kernel for every token count, so a row of a Q4_Kx8 matmul
- * sums the same way in any step (batch invariant on that target; an odd last group is passed
+ * tokens per pass (RFC_X8_TT), one kernel for every token count, so a row of a Q4_Kx8 or Q5_Kx8
+ * matmul sums the same way in any step (batch invariant on that target; an odd last group is passed
  * as both groups, its lanes compute the same). acc[i][l] += row l's super-block b . token t0 + i,
  * rows 0-7 from the column c0, 8-15 from c1.
  * On the Xeon (Sapphire Rapids class) this was measured on, independent zmm vpdpbusd, ymm
@@ -691,8 +765,11 @@ static inline void rfc_x8col4_q4_k(__m256 acc[4], const uint8_t *col, const rfc_
  * sub-block (exact int to float, one fma). The low and high sub-blocks of a chunk run as two
  * chains per token, 16 in all for 8 tokens, enough to cover vpdpbusd's latency. The minimums
  * come from the activation's 16-element sums, two vpdpwssd per sub-block pair. acc stays in
- * memory: it is touched once per column, and the 16 chains need the registers. */
+ * memory: it is touched once per column, and the 16 chains need the registers. Q5_Kx8's fifth
+ * bits: vptestmb of the chunk's qh bytes against bit 2c (2c + 1) gives the 64 bytes of the low
+ * (high) values that get +16, one masked vpaddb each. */
 #define RFC_X8COLT_Q4_K 1
+#define RFC_X8COLT_Q5_K 1
 /* 16 bytes at offset `at` of two columns as one 256-bit vector: c0's in the low half */
 static inline __m256i rfc_x8col2_16(const uint8_t *c0, const uint8_t *c1, int at) {
     return _mm256_loadu2_m128i((const __m128i *)(c1 + at), (const __m128i *)(c0 + at));
@@ -702,12 +779,12 @@ static inline __m512 rfc_x8col2_u8ps(const uint8_t *c0, const uint8_t *c1, int a
     const __m128i v = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(c0 + at)), _mm_loadl_epi64((const __m128i *)(c1 + at)));
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
 }
-static inline __attribute__((always_inline)) void rfc_x8colt_q4_k(float acc[][16], const uint8_t *c0, const uint8_t *c1,
-        const rfc_act *a, size_t t0, const int nt, int b) {
+static inline __attribute__((always_inline)) void rfc_x8colt_k45(float acc[][16], const uint8_t *c0, const uint8_t *c1,
+        const rfc_act *a, size_t t0, const int nt, int b, const int q5) {
     const size_t K = a->K;
     const int8_t *y0 = a->qs + t0 * K + 256 * (size_t)b;
     const int16_t *bs0 = a->bsums + t0 * (K / 16) + 16 * (size_t)b;
-    const __m512i m4 = _mm512_set1_epi8(0x0F), low16 = _mm512_set1_epi32(0xFFFF);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), low16 = _mm512_set1_epi32(0xFFFF), m16 = _mm512_set1_epi8(0x10);
     __m512 f[8]; /* token i's column sum before the activation scale */
     {
         __m512i mm[8]; /* lane l: sum_s min_s,l (activation sum of sub-block s) */
@@ -739,7 +816,14 @@ static inline __attribute__((always_inline)) void rfc_x8colt_q4_k(float acc[][16
             const int at = 160 + 256 * c + 32 * j;
             const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(c0 + at))),
                                                  _mm256_loadu_si256((const __m256i *)(c1 + at)), 1);
-            const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            if (q5) { /* Q5_Kx8: +16 where the fifth bit (bit 2c, 2c+1 of the qh chunk's byte) is set */
+                const int at5 = RFC_X8COL_Q4_K + 32 * j;
+                const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(c0 + at5))),
+                                                     _mm256_loadu_si256((const __m256i *)(c1 + at5)), 1);
+                lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, _mm512_set1_epi8((char)(1 << (2 * c)))), lo, m16);
+                hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, _mm512_set1_epi8((char)(2 << (2 * c)))), hi, m16);
+            }
             for (int i = 0; i < nt; i++) {
                 const int8_t *y = y0 + (size_t)i * K + 64 * c + 4 * j;
                 int32_t y4l, y4h;
@@ -761,11 +845,19 @@ static inline __attribute__((always_inline)) void rfc_x8colt_q4_k(float acc[][16
         _mm512_storeu_ps(acc[i], _mm512_fmadd_ps(dy, f[i], _mm512_loadu_ps(acc[i])));
     }
 }
+static inline __attribute__((always_inline)) void rfc_x8colt_q4_k(float acc[][16], const uint8_t *c0, const uint8_t *c1,
+        const rfc_act *a, size_t t0, const int nt, int b) {
+    rfc_x8colt_k45(acc, c0, c1, a, t0, nt, b, 0);
+}
+static inline __attribute__((always_inline)) void rfc_x8colt_q5_k(float acc[][16], const uint8_t *c0, const uint8_t *c1,
+        const rfc_act *a, size_t t0, const int nt, int b) {
+    rfc_x8colt_k45(acc, c0, c1, a, t0, nt, b, 1);
+}
 #endif
 #else
 /* float activations: acc[r] += row r's super-block b . x[256 b ..] */
-static inline void rfc_x8col_q4_k(float acc[8], const uint8_t *col, const float *x) {
-    const uint8_t *qs = col + 160;
+static inline void rfc_x8col_k45(float acc[8], const uint8_t *col, const float *x, const int q5) {
+    const uint8_t *qs = col + 160, *qh = col + RFC_X8COL_Q4_K;
     for (int r = 0; r < 8; r++) {
         const float d = rfc_fp16_to_fp32((uint16_t)(col[2 * r] | col[2 * r + 1] << 8));
         const float dmin = rfc_fp16_to_fp32((uint16_t)(col[16 + 2 * r] | col[16 + 2 * r + 1] << 8));
@@ -774,13 +866,16 @@ static inline void rfc_x8col_q4_k(float acc[8], const uint8_t *col, const float 
             const int c = sb / 2, shift = 4 * (sb & 1);
             const float ds = d * (float)col[32 + 8 * sb + r], dm = dmin * (float)col[96 + 16 * c + 2 * r + (sb & 1)];
             for (int e = 0; e < 32; e++) {
-                const int q = (qs[256 * c + 32 * (e / 4) + 4 * r + (e & 3)] >> shift) & 0xF;
+                const int at = 32 * (e / 4) + 4 * r + (e & 3);
+                const int q = ((qs[256 * c + at] >> shift) & 0xF) | (q5 ? ((qh[at] >> sb) & 1) << 4 : 0);
                 s += (ds * (float)q - dm) * x[32 * sb + e];
             }
         }
         acc[r] += s;
     }
 }
+static inline void rfc_x8col_q4_k(float acc[8], const uint8_t *col, const float *x) { rfc_x8col_k45(acc, col, x, 0); }
+static inline void rfc_x8col_q5_k(float acc[8], const uint8_t *col, const float *x) { rfc_x8col_k45(acc, col, x, 1); }
 #endif
 
 /* rfc_wdot8_<fmt>(acc, w, act, t, u0): acc += steps u0..u0+7 of one weight row (w points at

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from rfc.artifacts.formats import FORMATS as _TABLE
-from rfc.artifacts.formats import GGUF_FORMATS, PACKED_FORMATS, PLANAR_FORMATS, WeightFormat
+from rfc.artifacts.formats import GGUF_FORMATS, PACKED_FORMATS, PLANAR_FORMATS, Q4_KX8_COLUMN_BYTES, WeightFormat
 from rfc.artifacts.formats import row_nbytes as _table_row_nbytes
 from rfc.runtime.model import quants_iq, quants_small
 from rfc.runtime.model.quants_planar import unpack_planar
@@ -237,6 +237,8 @@ def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
     groups = -(-rows // g)
     if f.base == "Q4_K":
         return _unpack_q4_k_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
+    if f.base == "Q5_K":
+        return _unpack_q5_k_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
     if f.base == "IQ4_XS":
         return _unpack_iq4_xs_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
     head = f.head_bytes  # scale fields per block (2: d; 4: d, m), stored as g values each
@@ -264,6 +266,15 @@ def _unpack_q4_k_x8(cols: np.ndarray) -> np.ndarray:
     out[..., 12:16] = (sc[..., 4:8] & 0xF) | ((mn[..., 4:8] & 0xF) << 4)
     out[..., 16:] = cols[..., 160:].reshape(ng, nb, 4, 8, 8, 4).transpose(0, 1, 4, 2, 3, 5).reshape(ng, nb, 8, 128)
     return out.transpose(0, 2, 1, 3)
+
+
+def _unpack_q5_k_x8(cols: np.ndarray) -> np.ndarray:
+    """Q5_Kx8 columns [group, column, bytes] back to Q5_K blocks [group, row, column, 176]:
+    Q4_Kx8's part as Q4_K's fields, the qh chunks back to each row's 32 bytes."""
+    ng, nb = cols.shape[:2]
+    q4 = _unpack_q4_k_x8(cols[..., :Q4_KX8_COLUMN_BYTES])  # [group, row, column, 144]
+    qh = cols[..., Q4_KX8_COLUMN_BYTES:].reshape(ng, nb, 8, 8, 4).transpose(0, 3, 1, 2, 4).reshape(ng, 8, nb, 32)
+    return np.concatenate([q4[..., :16], qh, q4[..., 16:]], axis=-1)
 
 
 def _unpack_iq4_xs_x8(cols: np.ndarray) -> np.ndarray:

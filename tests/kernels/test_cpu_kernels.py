@@ -317,14 +317,14 @@ def test_matmul_matches_reference(kit: Kit, fmt: str, tokens: int):
     assert (err <= bound).all(), f"{fmt}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8", "IQ4_XSx8"])
+@pytest.mark.parametrize("fmt", ["Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8", "Q5_Kx8", "IQ4_XSx8"])
 def test_x8_rows_do_not_depend_on_the_token_count(kit: Kit, fmt: str):
     """The x8 layouts run one kernel for every token count (docs/determinism.md): a token's
-    outputs are bit for bit the same alone as inside steps of 3 and 17 tokens. Q4_Kx8 only on
-    the cpu-avx512 build (the AVX2 one dots 4-token tiles unlike single tokens); IQ4_XSx8's
-    sums are integer up to one multiply-add per super-block on every build."""
-    if fmt == "Q4_Kx8" and kit.cpu_target != "cpu-avx512":
-        pytest.skip("Q4_Kx8 is batch invariant on cpu-avx512 only")
+    outputs are bit for bit the same alone as inside steps of 3 and 17 tokens. Q4_Kx8 and
+    Q5_Kx8 only on the cpu-avx512 build (the AVX2 one dots 4-token tiles unlike single tokens);
+    IQ4_XSx8's sums are integer up to one multiply-add per super-block on every build."""
+    if fmt in ("Q4_Kx8", "Q5_Kx8") and kit.cpu_target != "cpu-avx512":
+        pytest.skip(f"{fmt} is batch invariant on cpu-avx512 only")
     rng = np.random.default_rng(5)
     w = kit.cpu.weight(f"mm.{fmt}")
     x = rng.standard_normal((17, k_of(fmt))).astype(np.float32)
