@@ -192,7 +192,7 @@ def test_captured_parameters_are_the_programs_pointers(program_and_bundle):
     runner.run(_decode_batch(BlockManager(32, 16), 3, 0), bundle.plan.output_logits)
     entries = bundle.layout.by_name()
     assert len(fake.captured) == len(program.launches)
-    scalars = {"n_tokens": 3, "n_rows": 3, "table_width": 8, "block_size": 16}
+    scalars = {"n_tokens": 3, "n_rows": 3, "table_width": 8, "block_size": 16, "k_type": 0, "v_type": 0}  # f16 caches
     for launch, words in zip(program.launches, fake.captured):
         for slot, word, (name, size, _off) in zip(launch.args, words, kernel_args[launch.kernel]):
             if slot.kind is ArgKind.ARENA:
