@@ -300,6 +300,12 @@ def _attention(v: _OpView) -> None:
     hd = v.int_attr("head_dim", 1, MAX_HEAD_DIM)
     v.need(nkv * hd <= v.plan.kv.row, "kv heads x head_dim exceed the KV cache row")
     v.need(nh % nkv == 0, "n_heads is not a multiple of n_kv_heads")
+    # the rows it reads are those its layer's kv_write wrote: the same kv heads x head_dim
+    layer = v.op.attr("layer")
+    writer = next((op for op in reversed(v.plan.ops[: v.index]) if op.kind == "kv_write" and op.attr("layer") == layer), None)
+    v.need(writer is not None, f"no kv_write of layer {layer} before it")
+    v.need(v.shape(writer.inputs[0])[1] == nkv * hd,
+           f"head sizes disagree with the KV rows layer {layer} writes ({nkv} x {hd} != {v.shape(writer.inputs[0])[1]})")
     v.real_attr("scale", 0.0, 1e6, open_lo=True)
     if v.op.attr("window") is not None:
         v.int_attr("window", 1, MAX_CONTEXT)

@@ -45,8 +45,13 @@ def test_compile_and_inspect_shows_gguf_hparams(name, tmp_path):
     assert hp["n_heads"] == md[f"{arch}.attention.head_count"]
     kv_heads = md[f"{arch}.attention.head_count_kv"]  # per layer in hybrid files (lfm2: 0 for a conv layer)
     assert hp["n_kv_heads"] == (max(kv_heads) if isinstance(kv_heads, list) else kv_heads)
-    assert hp["head_dim"] == md.get(f"{arch}.attention.key_length", hp["n_embd"] // hp["n_heads"])
-    assert hp["n_rot"] == md.get(f"{arch}.rope.dimension_count", hp["head_dim"])
+    head_dim = md.get(f"{arch}.attention.key_length", hp["n_embd"] // hp["n_heads"])
+    if f"{arch}.attention.key_length_swa" in md:  # gemma4: the widest layer's KV row sets the head_dim shown
+        assert hp["head_dim"] in (head_dim, md[f"{arch}.attention.key_length_swa"])
+        assert (hp["extra"]["key_length"], hp["extra"]["key_length_swa"]) == (head_dim, md[f"{arch}.attention.key_length_swa"])
+    else:
+        assert hp["head_dim"] == head_dim
+    assert hp["n_rot"] == md.get(f"{arch}.rope.dimension_count", head_dim)
     # llama.cpp's default base when the key is absent (Gemma 2 files have none)
     assert hp["rope_freq_base"] == pytest.approx(md.get(f"{arch}.rope.freq_base", 10000.0))
     assert hp["rms_eps"] == pytest.approx(md[f"{arch}.attention.layer_norm_rms_epsilon"])
