@@ -125,6 +125,24 @@ def test_speculative_decoding_is_refused_for_models_with_state(bundle_cache):
         Engine(model, SchedulerConfig(spec=SpecConfig(type=SpecType.NGRAM)))
 
 
+def _second_after_first(bundle, device: str, first: list[int], second: list[int]):
+    """Greedy `second` on an engine that ran `first` before it (recorded: what it fed, its logit
+    rows), and on a fresh engine (recorded alike); the greedy tokens must agree.
+    (engine, its recorder, the fresh one's, the checkpoints the engine saved running `first`)."""
+    config = SchedulerConfig(max_batch=2, max_batch_tokens=64)
+    fresh = load_model(bundle, LoadOptions(device=device))
+    want = Recorder(fresh)
+    expected = _greedy(Engine(fresh, config), [second])
+
+    model = load_model(bundle, LoadOptions(device=device))
+    engine = Engine(model, config)
+    _greedy(engine, [first])
+    saved = engine.blocks.checkpoints.saved
+    got = Recorder(model)
+    assert _greedy(engine, [second]) == expected
+    return engine, got, want, saved
+
+
 @pytest.mark.parametrize("device", ["ref", pytest.param("cpu", marks=pytest.mark.toolchain)])
 @pytest.mark.parametrize("path", [LFM2, FIXTURES / "tiny-granitehybrid-Q8_0.gguf"], ids=["lfm2", "granitehybrid"])
 def test_a_repeated_prefix_resumes_from_its_state_checkpoint(device, path, bundle_cache):
@@ -136,17 +154,7 @@ def test_a_repeated_prefix_resumes_from_its_state_checkpoint(device, path, bundl
     rng = np.random.default_rng(11)
     system = [1, *rng.integers(3, 512, size=40).tolist()]
     first, second = system + [5, 9], system + [17, 4, 8, 30, 2, 6]
-    config = SchedulerConfig(max_batch=2, max_batch_tokens=64)
-
-    fresh = load_model(bundle, LoadOptions(device=device))
-    want = Recorder(fresh)
-    expected = _greedy(Engine(fresh, config), [second])
-
-    model = load_model(bundle, LoadOptions(device=device))
-    engine = Engine(model, config)
-    _greedy(engine, [first])
-    got = Recorder(model)
-    assert _greedy(engine, [second]) == expected
+    engine, got, want, _ = _second_after_first(bundle, device, first, second)
     assert engine.blocks.cache.hit_tokens == 32 and engine.blocks.checkpoints.restored == 1
     assert got.fed[0] == len(second) - 32 and want.fed[:2] == [32, len(second) - 32]  # the fresh run checkpoints at 32 too
     np.testing.assert_array_equal(np.array(got.rows), np.array(want.rows))
@@ -164,18 +172,8 @@ def test_a_prompt_with_another_question_resumes_from_an_earlier_checkpoint(devic
     rng = np.random.default_rng(12)
     document = [1, *rng.integers(3, 512, size=89).tolist()]
     first, second = (document + rng.integers(3, 512, size=20).tolist() for _ in range(2))
-    config = SchedulerConfig(max_batch=2, max_batch_tokens=64)
-
-    fresh = load_model(bundle, LoadOptions(device=device))
-    want = Recorder(fresh)
-    expected = _greedy(Engine(fresh, config), [second])
-
-    model = load_model(bundle, LoadOptions(device=device))
-    engine = Engine(model, config)
-    _greedy(engine, [first])
-    assert engine.blocks.checkpoints.saved == 2  # at 32 (64 tokens before the last) and at 96
-    got = Recorder(model)
-    assert _greedy(engine, [second]) == expected
+    engine, got, want, saved = _second_after_first(bundle, device, first, second)
+    assert saved == 2  # at 32 (64 tokens before the last) and at 96
     assert engine.blocks.checkpoints.restored == 1
     assert got.fed[:2] == [64, 14] and want.fed[:3] == [32, 64, 14]
     np.testing.assert_array_equal(np.array(got.rows), np.array(want.rows))
