@@ -79,6 +79,12 @@ class OpKind(str, Enum):
     SSM_CONV = "ssm_conv"
     GATED_DELTA_NET = "gated_delta_net"
     SSM_SCAN = "ssm_scan"
+    ALTUP_STACK = "altup_stack"
+    ALTUP_PREDICT = "altup_predict"
+    ALTUP_CORRECT = "altup_correct"
+    ALTUP_ADD = "altup_add"
+    ALTUP_MERGE = "altup_merge"
+    GAUSSIAN_TOPK = "gaussian_topk"
 
     __str__ = str.__str__  # the name itself, not OpKind.X
 
@@ -218,6 +224,40 @@ OPS: dict[OpKind, OpSchema] = {
         "and head h (group g = h / (H / G)): dt' = softplus(dt + dt_bias) (linear above 20), with the head's "
         "state M [P, N] M = M exp(dt' a) + dt' x_h B_g^T, out_h = M C_g + d x_h. `state` is the index of its "
         "StateTensor ([H, P, N])",
+    ),
+    # gemma3n's AltUp: n = n_altup streams of the hidden state side by side in one row, hs[T, n E]
+    # (stream i at columns i E .. (i + 1) E); |v| is a row's Euclidean norm sqrt(sum v^2)
+    OpKind.ALTUP_STACK: OpSchema(
+        2, 1, (0, 0), ("n_altup",),
+        doc="x[T, E], y[T, (n-1) E] (altup_proj of x per stream) -> hs[T, n E]: stream 0 = x, stream i = "
+        "y_{i-1} * |x| / |y_{i-1}| (magnitude matching: llama.cpp's y * target / new)",
+    ),
+    OpKind.ALTUP_PREDICT: OpSchema(
+        2, 2, (0, 0), ("n_altup", "active"),
+        doc="hs[T, n E], coefs[T, n n] (the router's altup_predict_coef output) -> pred[T, n E], act[T, E]: "
+        "pred_i = hs_i + sum_k coefs[i n + k] hs_k, act = pred_active",
+    ),
+    OpKind.ALTUP_CORRECT: OpSchema(
+        3, 2, (1, 1), ("n_altup", "active"),
+        doc="pred[T, n E], x[T, E] (the layer's output), coefs[T, n] (altup_correct_coef's output); weight "
+        "scale [E] (altup_correct_scale) -> out[T, n E], gate[T, E]: out_i = (x - pred_active) (coefs_i + 1) "
+        "+ pred_i, gate = out_active * scale (the per-layer input gate's input)",
+    ),
+    OpKind.ALTUP_ADD: OpSchema(
+        2, 1, (0, 0), ("n_altup", "first"),
+        doc="hs[T, n E], x[T, E] -> out[T, (n - first) E]: streams first .. n-1 of hs with x added to "
+        "streams 1 .. n-1 (llama.cpp's corrected[1:] += first_prediction); first 1: only the streams "
+        "altup_unembd_proj reads before altup_merge",
+    ),
+    OpKind.ALTUP_MERGE: OpSchema(
+        2, 1, (0, 0), ("n_altup", "active"),
+        doc="hs[T, n E], u[T, (n-1) E] (altup_unembd_proj of streams 1 .. n-1) -> out[T, E] = (hs_0 + "
+        "sum_i u_i * |hs_active| / |u_i|, added in order i = 0 ..) * float32(1 / n): the streams' mean",
+    ),
+    OpKind.GAUSSIAN_TOPK: OpSchema(
+        1, 1, (0, 0), ("std_mul",),
+        doc="gemma3n's activation sparsity: out = max(x - (mean + std_mul * std), 0) per row, mean and the "
+        "unbiased std (sum (x - mean)^2 / (N - 1)) over the row's N values",
     ),
 }
 assert set(OPS) == set(OpKind), "every op kind has a schema"

@@ -508,6 +508,66 @@ def _ssm_scan(v: _OpView) -> None:
         v.need(w is None or w == (h,), f"weight {i} {w} is not [{h}]")
 
 
+# -- gemma3n's AltUp: n streams of width E side by side in a row (artifacts/plan.py) -------------------
+MAX_ALTUP = 16  # streams (gemma3n: 4); the kernels keep one token's n x n coefficients in registers
+
+
+def _altup(v: _OpView, hs: str) -> tuple[int, int]:
+    """(n, E) of an AltUp op whose streams are `hs`, every buffer a float row of T tokens."""
+    names = (*v.op.inputs, *v.op.outputs)
+    v.float_rows(*names)
+    v.need(all(v.rows(b) == "T" for b in names), "buffers are not [T, width]")
+    n = v.int_attr("n_altup", 2, MAX_ALTUP)
+    v.need(v.width(hs) % n == 0, f"{hs} width {v.width(hs)} is not {n} streams")
+    return n, v.width(hs) // n
+
+
+def _altup_stack(v: _OpView) -> None:
+    (x, y), (out,) = v.op.inputs, v.op.outputs
+    n, e = _altup(v, out)
+    v.need(v.width(x) == e and v.width(y) == (n - 1) * e, f"inputs are not [T, {e}] and [T, {(n - 1) * e}]")
+
+
+def _altup_predict(v: _OpView) -> None:
+    (hs, coefs), (pred, act) = v.op.inputs, v.op.outputs
+    n, e = _altup(v, hs)
+    v.int_attr("active", 0, n - 1)
+    v.need(pred != hs, "pred is hs: every stream reads all of them")
+    v.need(v.width(coefs) == n * n and v.shape(pred) == v.shape(hs) and v.width(act) == e,
+           f"not hs[T, {n * e}], coefs[T, {n * n}] -> [T, {n * e}], [T, {e}]")
+
+
+def _altup_correct(v: _OpView) -> None:
+    (pred, x, coefs), (out, gate) = v.op.inputs, v.op.outputs
+    n, e = _altup(v, pred)
+    v.int_attr("active", 0, n - 1)
+    v.need(out != pred, "out is pred: every stream reads pred's active one")
+    v.need(v.width(x) == e and v.width(coefs) == n and v.shape(out) == v.shape(pred) and v.width(gate) == e,
+           f"not pred[T, {n * e}], x[T, {e}], coefs[T, {n}] -> [T, {n * e}], [T, {e}]")
+    w = v.weight_shape(0)
+    v.need(w is None or w == (e,), f"scale {w} is not [{e}]")
+
+
+def _altup_add(v: _OpView) -> None:
+    (hs, x), (out,) = v.op.inputs, v.op.outputs
+    n, e = _altup(v, hs)
+    first = v.int_attr("first", 0, 1)
+    v.need(v.width(x) == e and v.width(out) == (n - first) * e, f"not hs[T, {n * e}], x[T, {e}] -> [T, {(n - first) * e}]")
+
+
+def _altup_merge(v: _OpView) -> None:
+    (hs, u), (out,) = v.op.inputs, v.op.outputs
+    n, e = _altup(v, hs)
+    v.int_attr("active", 0, n - 1)
+    v.need(v.width(u) == (n - 1) * e and v.width(out) == e, f"not hs[T, {n * e}], u[T, {(n - 1) * e}] -> [T, {e}]")
+
+
+def _gaussian_topk(v: _OpView) -> None:
+    _same_shape(v)
+    v.need(v.width(v.op.inputs[0]) >= 2, "a row of fewer than 2 values has no unbiased std")
+    v.real_attr("std_mul", -100.0, 100.0)
+
+
 RULES: dict[str, Callable[[_OpView], None]] = {
     "embed": _embed,
     "rmsnorm": _rmsnorm,
@@ -531,5 +591,11 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "ssm_conv": _ssm_conv,
     "gated_delta_net": _gated_delta_net,
     "ssm_scan": _ssm_scan,
+    "altup_stack": _altup_stack,
+    "altup_predict": _altup_predict,
+    "altup_correct": _altup_correct,
+    "altup_add": _altup_add,
+    "altup_merge": _altup_merge,
+    "gaussian_topk": _gaussian_topk,
 }
 assert set(RULES) == set(OPS), "every op kind needs a shape rule"

@@ -749,3 +749,42 @@ class Oracle:
         if c.logit_scale:
             out = out / c.logit_scale
         return out
+
+
+# -- gemma3n's AltUp and activation sparsity, float64 (src/models/gemma3n.cpp) ---------------------
+# The streams as llama.cpp's graph holds them, a list of n [T, E] arrays (the plan lays them side by
+# side in one row: artifacts/plan.py); |v| = sqrt(sum_rows(v^2)) (calc_magnitude).
+
+
+def _magnitude(v: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.sum(np.square(v, dtype=np.float64), axis=-1, keepdims=True))
+
+
+def altup_stack(x: np.ndarray, projected: list[np.ndarray]) -> list[np.ndarray]:
+    """inp_stacked: x, then each altup_proj output times |x| / its own magnitude."""
+    return [np.asarray(x, np.float64)] + [p * _magnitude(x) / _magnitude(p) for p in projected]
+
+
+def altup_predict(streams: list[np.ndarray], coefs: np.ndarray) -> list[np.ndarray]:
+    """predictions: all_coefs [T, n*n] reshaped to [T, n, n] (row i: stream i's mix), plus the streams."""
+    n = len(streams)
+    return [streams[i] + sum(coefs[:, i * n + k : i * n + k + 1] * streams[k] for k in range(n)) for i in range(n)]
+
+
+def altup_correct(predictions: list[np.ndarray], activated: np.ndarray, coefs: np.ndarray, active: int) -> list[np.ndarray]:
+    """corrected: the innovation (activated - the active prediction) times (coef + 1), plus each prediction."""
+    innovation = activated - predictions[active]
+    return [innovation * (coefs[:, i : i + 1] + 1.0) + p for i, p in enumerate(predictions)]
+
+
+def altup_merge(streams: list[np.ndarray], unembedded: list[np.ndarray], active: int) -> np.ndarray:
+    """unembd_merged: stream 0 plus altup_unembd_proj of streams 1.. at the active stream's magnitude, averaged."""
+    target = _magnitude(streams[active])
+    return (streams[0] + sum(u * target / _magnitude(u) for u in unembedded)) / len(streams)
+
+
+def gaussian_topk(x: np.ndarray, std_mul: float) -> np.ndarray:
+    """relu(x - (mean + std_mul * std)), the std unbiased (1 / (N - 1)) over each row."""
+    mean = x.mean(axis=-1, keepdims=True)
+    std = np.sqrt(np.sum((x - mean) ** 2, axis=-1, keepdims=True) / (x.shape[-1] - 1))
+    return np.maximum(x - mean - std_mul * std, 0.0)

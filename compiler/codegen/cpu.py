@@ -36,13 +36,16 @@ SOURCE = "rfc_cpu.c"
 LIBRARY = "librfc_cpu.so"
 BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno")
 
+# gemma3n's AltUp ops and activation sparsity: row functions of cpu_altup.c.j2 (cpu_step.py's row_op phase)
+ALTUP_OPS = ("altup_stack", "altup_predict", "altup_correct", "altup_add", "altup_merge", "gaussian_topk")
 # The op kinds the cpu kernels implement; a plan with another op is refused.
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
            "moe_route", "moe_matmul", "moe_combine", "head_matmul", "concat_heads")
 CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale",  # gemma's final-logit soft-capping; gpt-oss's per-expert biases; granite's multipliers
                 "ssm_conv", "gated_delta_net",  # qwen35's Gated DeltaNet layers
                 "short_conv",  # lfm2's gated short convolutions
-                "ssm_scan")  # Mamba2's selective scan (granitehybrid, nemotron_h)
+                "ssm_scan",  # Mamba2's selective scan (granitehybrid, nemotron_h)
+                *ALTUP_OPS)
 # The optional attributes the cpu kernels take, per op (any other non-default one is refused).
 # Those that may differ between layers are per-op arguments in the step program; the rest
 # must be the same for every op of a kind (_uniform).
@@ -194,6 +197,8 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         parts.append(render("cpu_short_conv.c.j2", {}))
     if "ssm_scan" in ops:
         parts.append(render("cpu_ssm_scan.c.j2", {}))
+    if any(kind in ops for kind in ALTUP_OPS):
+        parts.append(render("cpu_altup.c.j2", {}))
     if "head_matmul" in ops or "concat_heads" in ops:
         parts.append(render("cpu_mla.c.j2", _mla_params(entries, ops.get("head_matmul", []))))
     if moe is not None:

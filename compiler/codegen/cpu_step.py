@@ -27,6 +27,8 @@ The generated source takes only numbers and compiler-chosen identifiers (render.
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from rfc.artifacts.formats import FORMATS, row_nbytes
 from rfc.artifacts.plan import MOE_GATINGS, Buffer, Op, Plan
 from rfc.compiler.errors import CompileError
@@ -467,10 +469,31 @@ class _Lowering:
                                          "counter": self.counter()},
                      {qkv, alpha, beta, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
 
+    # -- gemma3n's AltUp ops and activation sparsity (cpu_altup.c.j2): a row function per token
+    def _altup_row(self, op: Op) -> Phase:
+        bufs = [[self.buf(b), self.width(b)] for b in (*op.inputs, *op.outputs)]
+        return Phase("row_op", {"fn": f"rfc_{op.kind}_row", "rows": self.rows(op.inputs[0]), "bufs": bufs,
+                                "w": self.vec(op.weights[0]) if op.weights else [], "consts": altup_consts(op, self.width)},
+                     set(op.inputs), set(op.outputs))  # fmt: skip
+
+    _altup_stack = _altup_predict = _altup_correct = _altup_add = _altup_merge = _gaussian_topk = _altup_row
+
     def _gather_rows(self, op: Op) -> Phase:
         x = op.inputs[0]
         return Phase("gather", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x)}, {x},
                      set(op.outputs))
+
+
+def altup_consts(op: Op, width) -> list:
+    """The constants after a cpu_altup.c.j2 row function's buffers and weight: (n, E, and active
+    or first) for the AltUp ops, (width, std_mul as a float32) for gaussian_topk."""
+    if op.kind == "gaussian_topk":
+        return [width(op.inputs[0]), float(np.float32(op.attrs["std_mul"]))]
+    n = int(op.attrs["n_altup"])
+    e = width(op.outputs[0] if op.kind == "altup_stack" else op.inputs[0]) // n
+    if op.kind == "altup_stack":
+        return [n, e]
+    return [n, e, int(op.attrs["first" if op.kind == "altup_add" else "active"])]
 
 
 def with_barriers(phases: list[Phase]) -> tuple[list[dict], int]:
@@ -505,7 +528,8 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
     sinks, routers' selection biases), in plan order."""
     seen: list[str] = []
     for op in plan.ops:
-        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route", "gated_delta_net", "ssm_scan", "ssm_conv"):
+        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route", "gated_delta_net", "ssm_scan", "ssm_conv",
+                       "altup_correct"):
             for w in op.weights[1:] if op.kind == "ssm_conv" else op.weights:  # ssm_conv: its bias (the kernel is read in place)
                 if w not in seen:
                     e = entries[w]

@@ -21,6 +21,7 @@ from rfc.runtime.engine.executor import InterpretedDevice
 from rfc.runtime.model.kv_quant import dequantize_rows, quantize_rows, rotate
 from rfc.runtime.model.quants import dequantize
 from rfc.runtime.devices.state import HostState, seq_state
+from rfc.runtime.devices import altup
 
 
 class ReferenceDevice(HostState, InterpretedDevice):
@@ -390,5 +391,11 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.SSM_CONV: ReferenceDevice.op_ssm_conv,
     OpKind.GATED_DELTA_NET: ReferenceDevice.op_gated_delta_net,
     OpKind.SSM_SCAN: ReferenceDevice.op_ssm_scan,
+    OpKind.ALTUP_STACK: altup.op_altup_stack,  # gemma3n (runtime/devices/altup.py)
+    OpKind.ALTUP_PREDICT: altup.op_altup_predict,
+    OpKind.ALTUP_CORRECT: altup.op_altup_correct,
+    OpKind.ALTUP_ADD: altup.op_altup_add,
+    OpKind.ALTUP_MERGE: altup.op_altup_merge,
+    OpKind.GAUSSIAN_TOPK: altup.op_gaussian_topk,
 }
 assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"

@@ -23,6 +23,7 @@ from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.formats import row_nbytes
 from rfc.artifacts.plan import MOE_GATINGS, KVSpec, Op, OpKind, rope_freqs
 from rfc.compiler.codegen.cpu import ABI_VERSION
+from rfc.compiler.codegen.cpu_step import altup_consts
 from rfc.runtime.engine.batch import StepBatch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.cpu import open_library
@@ -391,6 +392,15 @@ class CpuOpDevice(InterpretedDevice):
     def _op_softcap(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_softcap", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["cap"])
 
+    def _op_altup(self, op, outs, ins, weights, batch):
+        """gemma3n's row ops (cpu_altup.c.j2): rfc_<kind>(T, inputs, outputs, weight or NULL, constants)."""
+        widths = {name: b.array.shape[1] for name, b in zip((*op.inputs, *op.outputs), (*ins, *outs))}
+        consts = altup_consts(op, widths.__getitem__)
+        types = [c_float if isinstance(c, float) else c_int for c in consts]
+        fn = _declare(self._lib, f"rfc_{op.kind}", [c_int] + [_P] * (len(ins) + len(outs) + 1) + types)
+        w = weights[0].ptr if weights else None
+        return fn, (ins[0].array.shape[0], *(b.ptr for b in ins), *(b.ptr for b in outs), w, *consts)
+
     def _op_gather_rows(self, op, outs, ins, weights, batch):
         return self._gather_rows, (ins[0].ptr, batch.logit_rows.ptr, batch.num_rows, ins[0].array.shape[1], outs[0].ptr)
 
@@ -473,5 +483,7 @@ _CALLS: dict[OpKind, Callable] = {
     OpKind.HEAD_MATMUL: CpuOpDevice._op_head_matmul,
     OpKind.CONCAT_HEADS: CpuOpDevice._op_concat_heads,
     OpKind.SHORT_CONV: CpuOpDevice._op_short_conv,
+    **dict.fromkeys((OpKind.ALTUP_STACK, OpKind.ALTUP_PREDICT, OpKind.ALTUP_CORRECT, OpKind.ALTUP_ADD, OpKind.ALTUP_MERGE,
+                     OpKind.GAUSSIAN_TOPK), CpuOpDevice._op_altup),
 }
 assert set(_CALLS) == set(OpKind), "the cpu kit runs every op kind"
