@@ -101,8 +101,11 @@ class OpSchema:
 
 OPS: dict[OpKind, OpSchema] = {
     OpKind.EMBED: OpSchema(
-        1, 1, (1, 1), optional=(("scale", 1.0),),
-        doc="x[T, n_embd] = dequant(weight)[tokens] * scale (gemma: scale = sqrt(n_embd) as a float32)",
+        1, 1, (1, 1), optional=(("scale", 1.0), ("column", 0)),
+        doc="x[T, n_embd] = dequant(weight)[tokens] * scale (gemma: scale = sqrt(n_embd) as a float32); with a "
+        "column, out[T, W] = dequant(weight)[tokens, column : column + W] * scale, a slice of a wider table's rows "
+        "(Gemma 4's per-layer embeddings: layer i's W values at column i * W), column a whole number of the "
+        "format's blocks",
     ),
     OpKind.RMSNORM: OpSchema(
         1, 1, (0, 1), ("eps",), optional=(("heads", 1),),

@@ -216,8 +216,13 @@ def _embed(v: _OpView) -> None:
     v.need(v.buffers[tokens].dtype == "i32" and v.shape(tokens) == ("T",), "tokens are not an i32 [T] buffer")
     v.float_rows(out)
     v.need(v.rows(out) == "T", "output is not [T, width]")
+    column, width = v.int_attr("column", 0, 1 << 40), v.width(out)
     w = v.weight_shape(0)
-    v.need(w is None or w == (v.plan.vocab_size, v.width(out)), f"table {w} is not [vocab_size, {v.width(out)}]")
+    v.need(w is None or (len(w) == 2 and w[0] == v.plan.vocab_size and column + width <= w[1]),
+           f"table {w} has no columns {column}..{column + width} of vocab_size rows")
+    if w is not None and w[1] != width:  # a slice of each row (Gemma 4's per-layer table): whole blocks
+        block = weight_format(v.entries[v.op.weights[0]].format).block_elems
+        v.need(column % block == 0 and width % block == 0, f"columns {column}..{column + width} are not whole {block}-value blocks")
     v.real_attr("scale", 0.0, 1e6, open_lo=True)
 
 
@@ -306,6 +311,11 @@ def _attention(v: _OpView) -> None:
     v.need(writer is not None, f"no kv_write of layer {layer} before it")
     v.need(v.shape(writer.inputs[0])[1] == nkv * hd,
            f"head sizes disagree with the KV rows layer {layer} writes ({nkv} x {hd} != {v.shape(writer.inputs[0])[1]})")
+    # a layer that reads another layer's cache (Gemma 4's shared KV) masks as its first reader does: a
+    # sliding-window cache's old rows may be gone, a global reader of it would miss them
+    first = next(op for op in v.plan.ops[: v.index + 1] if op.kind == "attention" and op.attr("layer") == layer)
+    v.need(first is v.op or (first.attr("n_kv_heads"), first.attr("head_dim"), first.attr("window"))
+           == (nkv, hd, v.op.attr("window")), f"it reads layer {layer}'s cache with another window or head geometry")
     v.real_attr("scale", 0.0, 1e6, open_lo=True)
     if v.op.attr("window") is not None:
         v.int_attr("window", 1, MAX_CONTEXT)

@@ -157,6 +157,10 @@ class Config:
     # gemma4: V RMS-normed per head without a weight; the residual times layer_output_scale after each layer
     v_norm: bool = False
     out_scale: bool = False
+    # gemma4 E2B/E4B: per-layer embeddings of `ple` values per layer; the layers that read another's
+    # K/V (llama.cpp's `reuse`: the last shared_kv_layers, from layer n_kv - 2 if sliding else n_kv - 1)
+    ple: int = 0
+    kv_source: dict[int, int] = field(default_factory=dict)
 
 
 def _f32(x: float) -> float:
@@ -254,6 +258,9 @@ def read_config(md: dict, tensors: dict) -> Config:
                           sizes=(heads[i], kv[i], dims[0], rots[0])) if local[i] else
                     Layer(base, scale, None, factors="rope_freqs.weight", sizes=(heads[i], kv[i], dims[1], rots[1]))
                     for i in range(c.n_layers)]  # fmt: skip
+        c.ple = k("embedding_length_per_layer_input", 0)
+        n_kv = c.n_layers - k("attention.shared_kv_layers", 0)
+        c.kv_source = {i: n_kv - (2 if local[i] else 1) for i in range(n_kv, c.n_layers)}
     if arch == "glm4moe":  # src/models/glm4-moe.cpp (the nextn_predict_layers MTP blocks are not run)
         c.gating = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}[k("expert_gating_func", 0)]
         c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
@@ -368,6 +375,13 @@ class Oracle:
             self._cache[name] = decode(np.array(t.data)).astype(np.float64).reshape(shape)
         return self._cache[name]
 
+    def per_layer_inputs(self, tokens: list[int], x0: np.ndarray) -> np.ndarray:
+        """gemma4's per-layer inputs [n, n_layers, ple] (build_inp_per_layer, project_per_layer_inputs)."""
+        c, n = self.cfg, len(tokens)
+        looked_up = self.w("per_layer_token_embd.weight")[np.asarray(tokens)].reshape(n, c.n_layers, c.ple) * math.sqrt(c.ple)
+        proj = (self.linear(x0, "per_layer_model_proj.weight") / math.sqrt(c.n_embd)).reshape(n, c.n_layers, c.ple)
+        return (self.norm(proj, "per_layer_proj_norm.weight") + looked_up) / math.sqrt(2.0)
+
     def has(self, name: str) -> bool:
         return name in self.raw
 
@@ -430,7 +444,11 @@ class Oracle:
         n = len(h)
         if layer.sizes:  # this layer's heads and head size (gemma4's sliding and global layers differ)
             c = replace(c, n_heads=layer.sizes[0], n_kv_heads=layer.sizes[1], head_dim=layer.sizes[2])
-        q, k, v = self.qkv(h, p)
+        if i in c.kv_source:  # gemma4's shared KV: Q alone, K and V those the source layer cached
+            q = self.linear(h, p + "attn_q.weight")
+            k, v = (np.zeros((n, c.n_kv_heads * c.head_dim)) for _ in "kv")  # replaced after the norms and RoPE
+        else:
+            q, k, v = self.qkv(h, p)
         if c.attn_gate:  # qwen35: attn_q holds each head's query then its output gate
             qg = q.reshape(n, c.n_heads, 2 * c.head_dim)
             q, gate = qg[..., : c.head_dim].reshape(n, -1), qg[..., c.head_dim :].reshape(n, -1)
@@ -440,7 +458,8 @@ class Oracle:
         k = k.reshape(n, c.n_kv_heads, c.head_dim)
         v = v.reshape(n, c.n_kv_heads, c.head_dim)
         if c.qk_norm:
-            q, k = self.norm(q, p + "attn_q_norm.weight"), self.norm(k, p + "attn_k_norm.weight")
+            q = self.norm(q, p + "attn_q_norm.weight")
+            k = k if i in c.kv_source else self.norm(k, p + "attn_k_norm.weight")
         if c.v_norm:
             v = v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + c.eps)
         if layer.rope:
@@ -453,6 +472,8 @@ class Oracle:
             q = q * (np.log(np.floor((np.arange(n) + 1.0) / 8192) + 1.0) * 0.1 + 1.0)[:, None, None]
         k = k.astype(self.kv_dtype).astype(np.float64)
         v = v.astype(self.kv_dtype).astype(np.float64)
+        if c.kv_source:
+            k, v = self._kv[c.kv_source[i]] if i in c.kv_source else self._kv.setdefault(i, (k, v))
         group = c.n_heads // c.n_kv_heads
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) * (c.q_scale or 1.0 / math.sqrt(c.head_dim))
@@ -721,6 +742,8 @@ class Oracle:
         """Teacher-forced logits float64[len(tokens), vocab]."""
         c = self.cfg
         x = self.w("token_embd.weight")[np.asarray(tokens)] * c.embed_scale
+        self._kv: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # gemma4's shared KV: each source layer's K, V
+        ple = self.per_layer_inputs(tokens, x) if c.ple else None
         for i in range(c.n_layers):
             p = f"blk.{i}."
             if c.mlp is not None:  # nemotron_h: one mixer per layer, x + mixer(norm(x))
@@ -740,6 +763,9 @@ class Oracle:
             if c.residual_scale:
                 f = f * c.residual_scale
             x = x + f
+            if ple is not None:  # gemma4's per-layer embedding after the FFN's residual
+                g = self.gelu(self.linear(x, p + "inp_gate.weight")) * ple[:, i]
+                x = x + self.norm(self.linear(g, p + "proj.weight"), p + "post_norm.weight")
             if c.out_scale and self.has(p + "layer_output_scale.weight"):
                 x = x * self.w(p + "layer_output_scale.weight")[0]
         x = self.norm(x, c.out_norm)

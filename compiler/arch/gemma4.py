@@ -20,8 +20,14 @@
 - final-logit soft-capping by `final_logit_softcapping`, 30 when the key is absent (llama.cpp's
   hparams default, which gemma4's loader keeps), none when it is 0.
 
-Not yet (each refused with one line naming it): per-layer embeddings (E2B/E4B:
-embedding_length_per_layer_input > 0), KV sharing between layers (shared_kv_layers > 0), the
+E2B/E4B: per-layer embeddings (embedding_length_per_layer_input > 0: compiler/arch/ple.py) and KV
+sharing: with attention.shared_kv_layers = n, the last n layers store no K/V and read the cache
+of layer n_layer - n - 2 when sliding, n_layer - n - 1 when global (llama.cpp's `reuse` for
+GEMMA3N/GEMMA4 in llama-model.cpp); their attention op names that layer, the plan's KVSpec counts
+only the n_layer - n layers that store KV (the KV budget, /health and `rfc inspect` follow it),
+and a source layer of another kind or head geometry is refused.
+
+Not yet (each refused with one line naming it): the
 mixture of experts (26B-A4B: expert_count, ffn_gate_inp), per-layer FFN widths (arrays), and
 vision/audio tensors in the same file (llama.cpp refuses a text model file with tensors it does
 not load: the towers go in a separate mmproj).
@@ -36,7 +42,9 @@ from rfc.compiler.arch.common import (
     Attention, Sizes, declare_buffers, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights, read_experts,
     read_rope,
 )  # fmt: skip
+from rfc.compiler.arch import ple as per_layer
 from rfc.compiler.arch.gemma2 import PATTERN_KEY, embedding_scale
+from rfc.compiler.arch.ple import PerLayerEmbedding
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -59,10 +67,6 @@ def _check_supported(md: Metadata, s: Sizes) -> None:
     if towers:
         raise CompileError(f"{md.path}: gemma4 file holds vision/audio tensors ({towers[0][:40]}, ...): llama.cpp's text "
                            "model refuses them too; use the text GGUF (the towers belong in a separate mmproj file)")
-    if md.int("embedding_length_per_layer_input", 0, MAX_EMBD, default=0):
-        raise _refuse(md, "per-layer embeddings (embedding_length_per_layer_input > 0: E2B/E4B)")
-    if md.int("attention.shared_kv_layers", 0, s.n_layers, default=0):
-        raise _refuse(md, "KV sharing between layers (attention.shared_kv_layers > 0)")
     n_expert, _ = read_experts(md)
     if n_expert or any(n.endswith("ffn_gate_inp.weight") for n in model.tensors):
         raise _refuse(md, "the mixture of experts (26B-A4B: expert_count, ffn_gate_inp)")
@@ -105,6 +109,30 @@ def _read_sizes(md: Metadata) -> tuple[Sizes, tuple[Sizes, ...], tuple[bool, ...
     return widest, tuple(layers), is_local, head_dim
 
 
+def _kv_sources(md: Metadata, layers: tuple[Sizes, ...], is_local: tuple[bool, ...]) -> tuple[int, ...]:
+    """The cache layer each layer reads: its own, or with attention.shared_kv_layers = n for the
+    last n layers, layer n_layer - n - 2 (sliding) or n_layer - n - 1 (global), as llama.cpp's
+    `reuse` picks them. At least two layers must store KV (llama.cpp asserts it), and a source
+    must be of the reader's kind (its window) and KV geometry, or the reader would see rows of
+    another shape or rows a sliding-window cache no longer keeps."""
+    n = len(layers)
+    shared = md.int("attention.shared_kv_layers", 0, MAX_LAYERS, default=0)
+    if shared and n - shared < 2:
+        raise CompileError(f"{md.path}: {md.key('attention.shared_kv_layers')} {shared} leaves {max(0, n - shared)} of "
+                           f"{n} layers storing KV; gemma4 needs at least 2")
+    first = n - shared
+    out = list(range(first))
+    for i in range(first, n):
+        src = first - (2 if is_local[i] else 1)
+        a, b = layers[i], layers[src]
+        if is_local[src] != is_local[i] or (a.n_kv_heads, a.head_dim) != (b.n_kv_heads, b.head_dim):
+            kind = lambda j: "sliding" if is_local[j] else "global"  # noqa: E731
+            raise CompileError(f"{md.path}: layer {i} ({kind(i)}, {a.n_kv_heads} x {a.head_dim}) would read the KV cache of "
+                               f"layer {src} ({kind(src)}, {b.n_kv_heads} x {b.head_dim}): not the same kind and geometry")
+        out.append(src)
+    return tuple(out)
+
+
 def _buffers(b: ModelBuilder, s: Sizes, layers: tuple[Sizes, ...]) -> dict[tuple[int, int, int], str]:
     """The q/k/v/att buffers of each layer geometry: the model's (s) are q, k, v, att
     (declare_buffers), another geometry's q_{H}x{KV}x{D}, ... . Returns the suffix per geometry."""
@@ -137,42 +165,55 @@ def _layer_scale(b: ModelBuilder, md: Metadata, name: str) -> float | None:
     return value
 
 
-def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, sfx: str) -> None:
+def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, sfx: str, kv_layer: int) -> None:
     """h = attn_output(attention(rope(q_norm(Q h)), rope(k_norm(K h)), norm(V h))) for layer i
     of sizes s (its own heads and head size), in its geometry's buffers (q{sfx}, ...); V is K's
-    projection when the layer has no attn_v (and no fused attn_qkv)."""
+    projection when the layer has no attn_v (and no fused attn_qkv). A layer that reads another
+    layer's cache (kv_layer != i) projects, norms and rotates Q alone (the rope op turns the k
+    buffer too, which nothing reads) and writes no KV."""
     p = f"blk.{i}."
     q, k, v, att = (name + sfx for name in ("q", "k", "v", "att"))
-    if b.has(p + "attn_qkv.weight") or b.has(p + "attn_v.weight"):
-        wq, wk, wv = qkv_weights(b, p, s)
-    else:
-        wq = b.tensor(p + "attn_q.weight", "attn_q", (s.q_width, s.n_embd))
-        wk = wv = b.tensor(p + "attn_k.weight", "attn_k", (s.kv_width, s.n_embd))
-    for buf, w in ((q, wq), (k, wk), (v, wv)):
-        b.op("matmul", ("h",), (buf,), (w,))
     hd = (s.head_dim,)
-    b.op("rmsnorm", (q,), (q,), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
-    b.op("rmsnorm", (k,), (k,), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
-    b.op("rmsnorm", (v,), (v,), (), eps=eps, heads=s.n_kv_heads)  # no weight: ggml_rms_norm alone
-    b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
-    b.op("kv_write", (k, v), (), layer=i)
+    if kv_layer != i:  # Q alone: a fused attn_qkv's Q rows, else attn_q (its attn_k / attn_v, if any, unread)
+        wq = qkv_weights(b, p, s)[0] if b.has(p + "attn_qkv.weight") else b.tensor(p + "attn_q.weight", "attn_q", (s.q_width, s.n_embd))
+        b.op("matmul", ("h",), (q,), (wq,))
+        b.op("rmsnorm", (q,), (q,), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
+        b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+    else:
+        if b.has(p + "attn_qkv.weight") or b.has(p + "attn_v.weight"):
+            wq, wk, wv = qkv_weights(b, p, s)
+        else:
+            wq = b.tensor(p + "attn_q.weight", "attn_q", (s.q_width, s.n_embd))
+            wk = wv = b.tensor(p + "attn_k.weight", "attn_k", (s.kv_width, s.n_embd))
+        for buf, w in ((q, wq), (k, wk), (v, wv)):
+            b.op("matmul", ("h",), (buf,), (w,))
+        b.op("rmsnorm", (q,), (q,), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
+        b.op("rmsnorm", (k,), (k,), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
+        b.op("rmsnorm", (v,), (v,), (), eps=eps, heads=s.n_kv_heads)  # no weight: ggml_rms_norm alone
+        b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+        b.op("kv_write", (k, v), (), layer=i)
     extra = {"window": cfg.window} if cfg.window is not None else {}
-    b.op("attention", (q,), (att,), (), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
+    b.op("attention", (q,), (att,), (), layer=kv_layer, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
          scale=cfg.scale, **extra)  # fmt: skip
     linear(b, att, "h", p + "attn_output", (s.n_embd, s.q_width))
 
 
-def _block(b: ModelBuilder, md: Metadata, i: int, s: Sizes, eps: float, attn: Attention, n_ff: int, sfx: str) -> None:
+def _block(b: ModelBuilder, md: Metadata, i: int, s: Sizes, eps: float, attn: Attention, n_ff: int, sfx: str, *,
+           kv_layer: int, ple: PerLayerEmbedding | None) -> None:
     p = f"blk.{i}."
     e = (s.n_embd,)
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
-    _attention(b, i, s, eps, attn, sfx)
+    _attention(b, i, s, eps, attn, sfx, kv_layer)
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
     b.op("add", ("x", "h"), ("x",))
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
     glu_ffn(b, i, s.n_embd, n_ff, activation="gelu_tanh")
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
     b.op("add", ("x", "h"), ("x",))
+    if ple is not None:  # the layer's per-layer embedding, after the FFN's residual (compiler/arch/ple.py)
+        per_layer.layer_input(b, ple, i, eps)
+        per_layer.layer_output(b, ple, i, eps)
+        b.op("add", ("x", "h"), ("x",))
     scale = _layer_scale(b, md, p + "layer_output_scale.weight")
     if scale is not None:
         b.op("scale", ("x",), ("x",), factor=scale)
@@ -201,12 +242,19 @@ def build(model: GGUFModel) -> ModelSpec:
     base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=10000.0, open_lo=True)
     full = Attention(rope, scale=1.0, qk_norm=True, factors=factors)
     local = Attention(rope, scale=1.0, qk_norm=True, window=window).with_rope(n_rot=n_rot_swa, freq_base=base_swa, freq_scale=1.0)
+    kv_layers = _kv_sources(md, layers, is_local)
+    n_kv = 1 + max(kv_layers)  # the layers that store KV: the first ones
+    ple = per_layer.read_per_layer_embedding(md, b, s.n_embd, s.n_layers, s.vocab_size)
     declare_buffers(b, s, n_ff)
     suffixes = _buffers(b, s, layers)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     b.op("embed", ("tokens",), ("x",), (embd,), scale=embedding_scale(s))
+    if ple is not None:
+        per_layer.declare_buffers(b, ple)
+        per_layer.keep_input(b)
     for i, ls in enumerate(layers):
-        _block(b, md, i, ls, eps, local if is_local[i] else full, n_ff, suffixes[(ls.n_heads, ls.n_kv_heads, ls.head_dim)])
+        _block(b, md, i, ls, eps, local if is_local[i] else full, n_ff, suffixes[(ls.n_heads, ls.n_kv_heads, ls.head_dim)],
+               kv_layer=kv_layers[i], ple=ple)  # fmt: skip
     tied = output_head(b, s, eps, final_softcap=final)
     extra = {
         "sliding_window": window,
@@ -222,7 +270,12 @@ def build(model: GGUFModel) -> ModelSpec:
         "key_length_swa": head_dim_swa,
         "head_count_per_layer": [ls.n_heads for ls in layers],
         "head_count_kv_per_layer": [ls.n_kv_heads for ls in layers],
+        # E2B/E4B: the layers that read another's KV cache (and which), the per-layer embeddings' width
+        "shared_kv_layers": len(layers) - n_kv,
+        "kv_layer_per_layer": list(kv_layers),
+        "embedding_length_per_layer_input": ple.width if ple else 0,
     }
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=factors is not None,
                  extra=extra)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    # only the layers that store KV have cache rows (the first n_kv: shared layers come last)
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=replace(kv_spec(s), n_layers=n_kv))

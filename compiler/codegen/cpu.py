@@ -50,7 +50,7 @@ CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale",  # gemma's final-logit soft-
 # Those that may differ between layers are per-op arguments in the step program; the rest
 # must be the same for every op of a kind (_uniform).
 _ROPE_TABLE = ("ext_factor", "beta_fast", "beta_slow", "orig_ctx")  # YaRN: they shape a rope variant's table
-CPU_ATTRS = {"embed": ("scale",), "rmsnorm": ("heads",), "rope": ("attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE), "attention": ("window", "softcap"),
+CPU_ATTRS = {"embed": ("scale", "column"), "rmsnorm": ("heads",), "rope": ("attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE), "attention": ("window", "softcap"),
              "swiglu": ("activation", "alpha", "limit"),
              "moe_route": ("gating", "norm", "scale", "groups", "groups_used"), "head_matmul": ("stride",)}  # fmt: skip
 _PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE},
@@ -301,8 +301,8 @@ def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
             raise CompileError(f"{e.name}: the cpu target reads expert biases as F32 [n_expert, N], it is {e.format} {list(e.shape)}")
     for op in ops.get("embed", []):
         e = entries[op.weights[0]]
-        if e.shape != (hp.vocab_size, hp.n_embd):
-            raise CompileError(f"{e.name}: embedding table {list(e.shape)} is not vocab x n_embd")
+        if e.shape[0] != hp.vocab_size or (e.shape[1] != hp.n_embd and not FORMATS[e.format].is_gguf):
+            raise CompileError(f"{e.name}: embedding table {list(e.shape)} is not vocab x n_embd")  # wider: sliced (Gemma 4's per-layer table)
     head_dims = {int(op.attrs["head_dim"]) for op in ops.get("attention", [])} | {hp.head_dim}
     for name, size in (("n_embd", hp.n_embd), *(("head_dim", d) for d in sorted(head_dims))):
         if size % 8:

@@ -317,9 +317,16 @@ class _Lowering:
         e = self.entries[op.weights[0]]
         if op.inputs[0] != self.plan.input_tokens:
             raise CompileError("the cpu step program embeds the step's input tokens only")
-        return Phase("embed", {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]),
-                               "out": self.buf(op.outputs[0]), "scale": f32_literal(op.attr("scale"), "embed scale")},
-                     {"@tokens"}, {op.outputs[0]})  # fmt: skip
+        width, column = self.width(op.outputs[0]), int(op.attr("column"))
+        params = {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]),
+                  "out": self.buf(op.outputs[0]), "scale": f32_literal(op.attr("scale"), "embed scale"), "slice": {}}
+        if (column, width) != (0, e.shape[-1]) or width != self.plan.n_embd:  # a slice of each row (Gemma 4's per-layer table)
+            f = FORMATS[e.format]
+            if not f.is_gguf or column % f.block_elems or width % f.block_elems:
+                raise CompileError(f"the cpu step program slices {e.format} embedding rows at whole GGUF blocks only "
+                                   f"(columns {column}..{column + width} of {e.name})")
+            params["slice"] = {"bytes": row_nbytes(e.format, column), "width": width}
+        return Phase("embed", params, {"@tokens"}, {op.outputs[0]})
 
     def _rmsnorm(self, op: Op) -> Phase:
         x, heads, width = op.inputs[0], int(op.attr("heads")), self.width(op.inputs[0])

@@ -301,10 +301,16 @@ class _Planner:
         w = self._weight(op, op.weights[0])
         if w["planar"]:
             raise CompileError(f"the GPU embed kernel gathers GGUF rows; {op.weights[0]} is {w['fmt_upper']}")
-        threads = self._row_threads(w["blocks_per_row"])
-        scale = float(op.attr("scale"))
-        name = f"rfc_embed_{w['fmt']}_{w['cols']}" + ("" if scale == 1.0 else "_scaled")
-        params = {"name": name, "threads": threads, "width": w["cols"], "scale": scale, **w}
+        scale, column = float(op.attr("scale")), int(op.attr("column"))
+        width = int(self.plan.buffer(op.outputs[0]).shape[1])  # < cols: a slice of each row (Gemma 4's per-layer table)
+        if column % w["qk"] or width % w["qk"] or column + width > w["cols"]:
+            raise CompileError(f"the GPU embed kernel reads whole blocks: columns {column}..{column + width} of {op.weights[0]}")
+        blocks = width // w["qk"]
+        threads = self._row_threads(blocks)
+        sliced = "" if (column, width) == (0, w["cols"]) else f"_c{column}_w{width}"
+        name = f"rfc_embed_{w['fmt']}_{w['cols']}{sliced}" + ("" if scale == 1.0 else "_scaled")
+        params = {**w, "name": name, "threads": threads, "width": width, "scale": scale, "blocks_per_row": blocks,
+                  "column_bytes": column // w["qk"] * w["ts"]}
         return KernelSpec(name, "gpu_embed.hip.j2", params, KERNEL_ARGS["embed"], threads, (("n_rows", 1),))
 
     def _matmul(self, op: Op) -> KernelSpec:

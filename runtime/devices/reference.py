@@ -92,7 +92,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
         _HANDLERS[op.kind](self, outs, ins, weights, attrs, batch)
 
     def op_embed(self, outs, ins, weights, attrs, batch):
-        outs[0][...] = weights[0][ins[0]] * attrs["scale"]
+        column, width = attrs["column"], outs[0].shape[1]  # a slice of wider rows: Gemma 4's per-layer table
+        outs[0][...] = weights[0][ins[0], column : column + width] * attrs["scale"]
 
     def op_rmsnorm(self, outs, ins, weights, attrs, batch):
         rows, width = ins[0].shape

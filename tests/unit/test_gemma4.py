@@ -54,8 +54,8 @@ def test_final_softcap_zero_turns_it_off(tmp_path):
 
 
 REFUSED = {
-    "per-layer embeddings": ({"metadata": {K + "embedding_length_per_layer_input": 64}}, "per-layer embeddings"),
-    "KV sharing": ({"metadata": {K + "attention.shared_kv_layers": 2}}, "KV sharing"),
+    "KV sharing across kinds": ({"metadata": {K + "attention.shared_kv_layers": 2}},  # E2B/E4B: tests/unit/test_gemma4e.py
+                                "would read the KV cache of layer 1"),
     "shared layers > block_count": ({"metadata": {K + "attention.shared_kv_layers": 1 << 31}}, "shared_kv_layers"),
     "experts": ({"metadata": {K + "expert_count": 8, K + "expert_used_count": 2}}, "mixture of experts"),
     "expert count 2^31": ({"metadata": {K + "expert_count": 1 << 31}}, "expert_count"),
@@ -85,7 +85,7 @@ def test_what_it_does_not_run_is_refused_by_name(case, tmp_path):
         _spec(tmp_path, **edits)
 
 
-@pytest.mark.parametrize("case", ["per-layer embeddings", "layer_output_scale NaN", "KV heads 2^31"])
+@pytest.mark.parametrize("case", ["KV sharing across kinds", "layer_output_scale NaN", "KV heads 2^31"])
 def test_refusal_is_one_line_exit_2(case, tmp_path):
     edits, words = REFUSED[case]
     assert_compile_refused(rewrite_gguf(SRC, tmp_path / "bad.gguf", **edits), tmp_path, words)
