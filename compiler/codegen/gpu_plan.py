@@ -15,6 +15,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, row_nbytes, weight_format
 from rfc.artifacts.kv_cache_type import BLOCK_VALUES, CacheType, KvCacheTypes
 from rfc.artifacts.layout import TensorEntry, WeightLayout
@@ -64,6 +66,13 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
                         ("n_seqs", I32)),
     "ssm_scan": (("out", PTR), ("xbc", PTR), ("dt", PTR), ("a", PTR), ("d", PTR), ("dt_bias", PTR), ("state", PTR),
                  ("state_slots", PTR), ("seq_start", PTR), ("positions", PTR), ("state_offset", I32), ("n_seqs", I32)),
+    # gemma3n's AltUp ops and activation sparsity: a block per token
+    "altup_stack": (("out", PTR), ("x", PTR), ("y", PTR), ("n_rows", I32)),
+    "altup_predict": (("pred", PTR), ("act", PTR), ("hs", PTR), ("coefs", PTR), ("n_rows", I32)),
+    "altup_correct": (("out", PTR), ("gate", PTR), ("pred", PTR), ("x", PTR), ("coefs", PTR), ("scale", PTR), ("n_rows", I32)),
+    "altup_add": (("out", PTR), ("hs", PTR), ("x", PTR), ("n_rows", I32)),
+    "altup_merge": (("out", PTR), ("hs", PTR), ("u", PTR), ("n_rows", I32)),
+    "gaussian_topk": (("out", PTR), ("x", PTR), ("n_rows", I32)),
 }
 
 # Kernels only the step program launches in an op's place (KernelSpec.steps; the op's own kernel,
@@ -460,6 +469,34 @@ class _Planner:
         width = self._width(op.inputs[0])
         return self._rowwise(op, "gpu_softcap.hip.j2", f"rfc_softcap_{width}", width, cap=float(op.attrs["cap"]))
 
+    # -- gemma3n's AltUp ops (n streams of E side by side) and activation sparsity: a block per token
+    def _altup(self, op: Op, template: str, **params) -> KernelSpec:
+        n = int(op.attrs["n_altup"])
+        e = self._width(op.outputs[0] if op.kind == "altup_stack" else op.inputs[0]) // n
+        name = f"rfc_{op.kind}_{n}x{e}" + "".join(f"_{k[0]}{v}" for k, v in params.items())
+        return self._rowwise(op, template, name, e, n=n, e=e, **params)
+
+    def _altup_stack(self, op: Op) -> KernelSpec:
+        return self._altup(op, "gpu_altup_stack.hip.j2")
+
+    def _altup_predict(self, op: Op) -> KernelSpec:
+        return self._altup(op, "gpu_altup_predict.hip.j2", active=int(op.attrs["active"]))
+
+    def _altup_correct(self, op: Op) -> KernelSpec:
+        self._f32_vector(op, op.weights[0])
+        return self._altup(op, "gpu_altup_correct.hip.j2", active=int(op.attrs["active"]))
+
+    def _altup_add(self, op: Op) -> KernelSpec:
+        return self._altup(op, "gpu_altup_add.hip.j2", first=int(op.attrs["first"]))
+
+    def _altup_merge(self, op: Op) -> KernelSpec:
+        return self._altup(op, "gpu_altup_merge.hip.j2", active=int(op.attrs["active"]))
+
+    def _gaussian_topk(self, op: Op) -> KernelSpec:
+        width, std_mul = self._width(op.inputs[0]), float(np.float32(op.attrs["std_mul"]))
+        name = f"rfc_gaussian_topk_{width}_" + f"{std_mul:.9g}".replace(".", "p").replace("-", "m").replace("+", "")
+        return self._rowwise(op, "gpu_gaussian_topk.hip.j2", name, width, std_mul=std_mul)
+
     def _moe_route(self, op: Op) -> KernelSpec:
         """The router's variant is the kernel's: gating, groups, norm and scale are constants of
         it, the selection bias (where there is one) an argument."""
@@ -767,12 +804,14 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
             "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",), "scale": ("out",),
             "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
             "moe_add_bias": ("out",), "head_matmul": ("out",), "concat_heads": ("out",),
-            "ssm_conv": ("out",), "gated_delta_net": ("out",), "short_conv": ("out",), "ssm_scan": ("out",)}[op.kind]
+            "ssm_conv": ("out",), "gated_delta_net": ("out",), "short_conv": ("out",), "ssm_scan": ("out",),
+            "altup_stack": ("out",), "altup_predict": ("pred", "act"), "altup_correct": ("out", "gate"), "altup_add": ("out",),
+            "altup_merge": ("out",), "gaussian_topk": ("out",)}[op.kind]
     weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
                "rope": ("freq_factors",), "moe_matmul": ("weight",), "attention": ("sinks",),
                "moe_add_bias": ("bias",), "moe_route": ("bias",), "head_matmul": ("weight",),
                "ssm_conv": ("weight", "bias"), "gated_delta_net": ("a", "dt"), "short_conv": ("weight",),
-               "ssm_scan": ("a", "d", "dt_bias")}.get(op.kind, ())
+               "ssm_scan": ("a", "d", "dt_bias"), "altup_correct": ("scale",)}.get(op.kind, ())
     if name in outs:
         return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
     if name in weights:
