@@ -18,7 +18,8 @@ from tests.conftest import DEMO_MODEL, FIXTURES
 pytestmark = pytest.mark.shared
 
 GREEDY = SamplingParams(temperature=0)
-MODELS = [DEMO_MODEL, FIXTURES / "tiny-llama-Q4_0.gguf"]
+MODELS = [DEMO_MODEL, FIXTURES / "tiny-llama-Q4_0.gguf",
+          FIXTURES / "tiny-gemma4e-Q8_0.gguf"]  # layers reading another layer's cached blocks (Gemma 4 E2B/E4B)
 DEVICES = ["ref", pytest.param("cpu", marks=[
     pytest.mark.toolchain,
     pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)"),
