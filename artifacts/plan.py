@@ -247,10 +247,11 @@ OPS: dict[OpKind, OpSchema] = {
         "+ pred_i, gate = out_active * scale (the per-layer input gate's input)",
     ),
     OpKind.ALTUP_ADD: OpSchema(
-        2, 1, (0, 0), ("n_altup", "first"),
-        doc="hs[T, n E], x[T, E] -> out[T, (n - first) E]: streams first .. n-1 of hs with x added to "
-        "streams 1 .. n-1 (llama.cpp's corrected[1:] += first_prediction); first 1: only the streams "
-        "altup_unembd_proj reads before altup_merge",
+        2, 2, (0, 0), ("n_altup", "first"),
+        doc="hs[T, n E], x[T, E] -> out[T, n E], sub[T, m E]: out = hs with x added to streams 1 .. n-1 "
+        "(llama.cpp's corrected[1:] += first_prediction), sub = out's streams first .. first + m - 1 (the "
+        "next layer's router input, the active stream; before altup_merge, streams 1 .. n-1 for "
+        "altup_unembd_proj)",
     ),
     OpKind.ALTUP_MERGE: OpSchema(
         2, 1, (0, 0), ("n_altup", "active"),

@@ -559,10 +559,12 @@ def _altup_correct(v: _OpView) -> None:
 
 
 def _altup_add(v: _OpView) -> None:
-    (hs, x), (out,) = v.op.inputs, v.op.outputs
+    (hs, x), (out, sub) = v.op.inputs, v.op.outputs
     n, e = _altup(v, hs)
-    first = v.int_attr("first", 0, 1)
-    v.need(v.width(x) == e and v.width(out) == (n - first) * e, f"not hs[T, {n * e}], x[T, {e}] -> [T, {(n - first) * e}]")
+    first = v.int_attr("first", 0, n - 1)
+    v.need(v.width(x) == e and v.shape(out) == v.shape(hs), f"not hs[T, {n * e}], x[T, {e}] -> [T, {n * e}], sub")
+    v.need(v.width(sub) % e == 0 and first + v.width(sub) // e <= n, f"sub width {v.width(sub)} is not streams {first}.. of {n}")
+    v.need(sub not in (hs, out), "sub is hs or out")
 
 
 def _altup_merge(v: _OpView) -> None:

@@ -492,15 +492,17 @@ class _Lowering:
 
 
 def altup_consts(op: Op, width) -> list:
-    """The constants after a cpu_altup.c.j2 row function's buffers and weight: (n, E, and active
-    or first) for the AltUp ops, (width, std_mul as a float32) for gaussian_topk."""
+    """The constants after a cpu_altup.c.j2 row function's buffers and weight: (n, E, and active,
+    or first and sub's streams) for the AltUp ops, (width, std_mul as a float32) for gaussian_topk."""
     if op.kind == "gaussian_topk":
         return [width(op.inputs[0]), float(np.float32(op.attrs["std_mul"]))]
     n = int(op.attrs["n_altup"])
     e = width(op.outputs[0] if op.kind == "altup_stack" else op.inputs[0]) // n
     if op.kind == "altup_stack":
         return [n, e]
-    return [n, e, int(op.attrs["first" if op.kind == "altup_add" else "active"])]
+    if op.kind == "altup_add":
+        return [n, e, int(op.attrs["first"]), width(op.outputs[1]) // e]
+    return [n, e, int(op.attrs["active"])]
 
 
 def with_barriers(phases: list[Phase]) -> tuple[list[dict], int]:

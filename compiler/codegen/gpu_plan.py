@@ -70,7 +70,7 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "altup_stack": (("out", PTR), ("x", PTR), ("y", PTR), ("n_rows", I32)),
     "altup_predict": (("pred", PTR), ("act", PTR), ("hs", PTR), ("coefs", PTR), ("n_rows", I32)),
     "altup_correct": (("out", PTR), ("gate", PTR), ("pred", PTR), ("x", PTR), ("coefs", PTR), ("scale", PTR), ("n_rows", I32)),
-    "altup_add": (("out", PTR), ("hs", PTR), ("x", PTR), ("n_rows", I32)),
+    "altup_add": (("out", PTR), ("sub", PTR), ("hs", PTR), ("x", PTR), ("n_rows", I32)),
     "altup_merge": (("out", PTR), ("hs", PTR), ("u", PTR), ("n_rows", I32)),
     "gaussian_topk": (("out", PTR), ("x", PTR), ("n_rows", I32)),
 }
@@ -487,7 +487,9 @@ class _Planner:
         return self._altup(op, "gpu_altup_correct.hip.j2", active=int(op.attrs["active"]))
 
     def _altup_add(self, op: Op) -> KernelSpec:
-        return self._altup(op, "gpu_altup_add.hip.j2", first=int(op.attrs["first"]))
+        n = int(op.attrs["n_altup"])
+        m = self._width(op.outputs[1]) // (self._width(op.inputs[0]) // n)
+        return self._altup(op, "gpu_altup_add.hip.j2", first=int(op.attrs["first"]), m=m)
 
     def _altup_merge(self, op: Op) -> KernelSpec:
         return self._altup(op, "gpu_altup_merge.hip.j2", active=int(op.attrs["active"]))
@@ -805,7 +807,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
             "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
             "moe_add_bias": ("out",), "head_matmul": ("out",), "concat_heads": ("out",),
             "ssm_conv": ("out",), "gated_delta_net": ("out",), "short_conv": ("out",), "ssm_scan": ("out",),
-            "altup_stack": ("out",), "altup_predict": ("pred", "act"), "altup_correct": ("out", "gate"), "altup_add": ("out",),
+            "altup_stack": ("out",), "altup_predict": ("pred", "act"), "altup_correct": ("out", "gate"), "altup_add": ("out", "sub"),
             "altup_merge": ("out",), "gaussian_topk": ("out",)}[op.kind]
     weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
                "rope": ("freq_factors",), "moe_matmul": ("weight",), "attention": ("sinks",),

@@ -41,10 +41,11 @@ def altup_correct(pred: np.ndarray, x: np.ndarray, coefs: np.ndarray, scale: np.
     return out.reshape(len(pred), -1), out[:, active] * scale.astype(np.float32)
 
 
-def altup_add(hs: np.ndarray, x: np.ndarray, n: int, first: int) -> np.ndarray:
+def altup_add(hs: np.ndarray, x: np.ndarray, n: int, first: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hs with x added to streams 1.., its streams first .. first + m - 1)."""
     s = hs.reshape(len(hs), n, -1).copy()
     s[:, 1:] += x[:, None]
-    return s[:, first:].reshape(len(hs), -1)
+    return s.reshape(len(hs), -1), s[:, first : first + m].reshape(len(hs), -1)
 
 
 def altup_merge(hs: np.ndarray, u: np.ndarray, n: int, active: int) -> np.ndarray:
@@ -76,7 +77,8 @@ def op_altup_correct(device, outs, ins, weights, attrs, batch):
 
 
 def op_altup_add(device, outs, ins, weights, attrs, batch):
-    outs[0][...] = altup_add(ins[0], ins[1], attrs["n_altup"], attrs["first"])
+    m = outs[1].shape[1] // ins[1].shape[1]
+    outs[0][...], outs[1][...] = altup_add(ins[0], ins[1], attrs["n_altup"], attrs["first"], m)
 
 
 def op_altup_merge(device, outs, ins, weights, attrs, batch):

@@ -38,7 +38,7 @@ PLAN = state_plan(
     (Op("altup_stack", ("x", "y"), ("hs",), (), {"n_altup": N}),
      Op("altup_predict", ("hs", "c16"), ("pred", "act"), (), {"n_altup": N, "active": 0}),
      Op("altup_correct", ("pred", "x", "c4"), ("out", "gate"), ("scale",), {"n_altup": N, "active": 0}),
-     Op("altup_add", ("out", "x"), ("tail",), (), {"n_altup": N, "first": 1}),
+     Op("altup_add", ("out", "x"), ("out", "tail"), (), {"n_altup": N, "first": 1}),
      Op("altup_merge", ("out", "tail"), ("act",), (), {"n_altup": N, "active": 0}),
      Op("gaussian_topk", ("g",), ("g",), (), {"std_mul": STD_MUL})),
     states=(), output="x", hidden="x")  # fmt: skip
@@ -46,7 +46,7 @@ ARGTYPES = {
     "rfc_altup_stack": [_I, _P, _P, _P, _P, _I, _I],
     "rfc_altup_predict": [_I, _P, _P, _P, _P, _P, _I, _I, _I],
     "rfc_altup_correct": [_I, _P, _P, _P, _P, _P, _P, _I, _I, _I],
-    "rfc_altup_add": [_I, _P, _P, _P, _P, _I, _I, _I],
+    "rfc_altup_add": [_I, _P, _P, _P, _P, _P, _I, _I, _I, _I],
     "rfc_altup_merge": [_I, _P, _P, _P, _P, _I, _I, _I],
     "rfc_gaussian_topk": [_I, _P, _P, _P, _I, _F],
 }
@@ -100,12 +100,18 @@ def test_stack_add_and_merge(lib, active: int):
     np.testing.assert_allclose(norms, np.repeat(norms[:, :1], N, axis=1), rtol=1e-5)  # every stream at |x|
 
     hs = _rows(rng, N * E, 2)
-    for first in (0, 1):
-        out = np.zeros((T, (N - first) * E), np.float32)
-        lib.rfc_altup_add(T, ptr(hs), ptr(x), ptr(out), None, N, E, first)
-        np.testing.assert_array_equal(out, ref.altup_add(hs, x, N, first))
+    for first, m in ((0, 1), (1, N - 1), (2, 2)):  # the router's stream 0; the merge's 1..3; two in the middle
+        out, sub = np.zeros_like(hs), np.zeros((T, m * E), np.float32)
+        lib.rfc_altup_add(T, ptr(hs), ptr(x), ptr(out), ptr(sub), None, N, E, first, m)
+        want_out, want_sub = ref.altup_add(hs, x, N, first, m)
+        np.testing.assert_array_equal(out, want_out)
+        np.testing.assert_array_equal(sub, want_sub)
         np.testing.assert_array_equal(out[:, -E:], hs[:, -E:] + x)
-    np.testing.assert_array_equal(ref.altup_add(hs, x, N, 0)[:, :E], hs[:, :E])  # stream 0 as it was
+        np.testing.assert_array_equal(out[:, :E], hs[:, :E])  # stream 0 as it was
+        np.testing.assert_array_equal(sub, out[:, first * E : (first + m) * E])
+    inplace = hs.copy()
+    lib.rfc_altup_add(T, ptr(inplace), ptr(x), ptr(inplace), ptr(sub), None, N, E, 0, 1)  # out = hs, as the plan runs it
+    np.testing.assert_array_equal(inplace, ref.altup_add(hs, x, N, 0, 1)[0])
 
     merged = np.zeros((T, E), np.float32)
     lib.rfc_altup_merge(T, ptr(hs), ptr(u), ptr(merged), None, N, E, active)

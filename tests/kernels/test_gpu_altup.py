@@ -41,8 +41,8 @@ def _plan(active: int):
         (Op("altup_stack", ("x", "y"), ("hs",), (), {"n_altup": N}),
          Op("altup_predict", ("hs", "c16"), ("pred", "act"), (), {"n_altup": N, "active": active}),
          Op("altup_correct", ("pred", "x", "c4"), ("out", "gate"), ("scale",), {"n_altup": N, "active": active}),
-         Op("altup_add", ("out", "x"), ("tail",), (), {"n_altup": N, "first": 1}),
-         Op("altup_add", ("out", "gate"), ("out",), (), {"n_altup": N, "first": 0}),
+         Op("altup_add", ("out", "x"), ("pred", "tail"), (), {"n_altup": N, "first": 1}),
+         Op("altup_add", ("out", "gate"), ("out", "act"), (), {"n_altup": N, "first": active}),
          Op("altup_merge", ("hs", "tail"), ("merged",), (), {"n_altup": N, "active": active}),
          Op("gaussian_topk", ("g",), ("g",), (), {"std_mul": STD_MUL})),
         states=(), output="x", hidden="x")  # fmt: skip
@@ -65,7 +65,7 @@ def _want(arrays: dict, op: Op) -> list[np.ndarray]:
     if op.kind == "altup_correct":
         return list(ref.altup_correct(*ins, arrays["scale"], n, a["active"]))
     if op.kind == "altup_add":
-        return [ref.altup_add(*ins, n, a["first"])]
+        return list(ref.altup_add(*ins, n, a["first"], arrays[op.outputs[1]].shape[1] // E))
     if op.kind == "altup_merge":
         return [ref.altup_merge(*ins, n, a["active"])]
     return [ref.gaussian_topk(ins[0], a["std_mul"])]

@@ -24,8 +24,8 @@ GOOD = (
     Op("altup_stack", ("x", "y"), ("hs",), (), {"n_altup": N}),
     Op("altup_predict", ("hs", "c16"), ("pred", "act"), (), {"n_altup": N, "active": 0}),
     Op("altup_correct", ("pred", "x", "c4"), ("out", "act"), ("scale",), {"n_altup": N, "active": 3}),
-    Op("altup_add", ("out", "x"), ("out",), (), {"n_altup": N, "first": 0}),
-    Op("altup_add", ("out", "x"), ("y",), (), {"n_altup": N, "first": 1}),
+    Op("altup_add", ("out", "x"), ("out", "act"), (), {"n_altup": N, "first": 0}),
+    Op("altup_add", ("out", "x"), ("pred", "y"), (), {"n_altup": N, "first": 1}),
     Op("altup_merge", ("out", "y"), ("x",), (), {"n_altup": N, "active": 1}),
     Op("gaussian_topk", ("x",), ("x",), (), {"std_mul": 1.6448533535003662}),
 )
@@ -44,7 +44,9 @@ def test_the_ops_as_documented_pass():
     (0, {"inputs": ("y", "x")}, "inputs are not"),
     (1, {"outputs": ("hs", "act")}, "pred is hs"),
     (2, {"outputs": ("pred", "act")}, "out is pred"),
-    (4, {"attrs": {"n_altup": N, "first": 2}}, "first = 2"),
+    (4, {"attrs": {"n_altup": N, "first": 2}}, "sub width 48 is not streams 2.. of 4"),
+    (4, {"attrs": {"n_altup": N, "first": 4}}, "first = 4"),
+    (3, {"outputs": ("out", "out")}, "sub is hs or out"),
     (5, {"inputs": ("out", "c16")}, "u[T, 48]"),
 ])  # fmt: skip
 def test_malformed_ops_are_refused(index, change, message):
