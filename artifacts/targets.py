@@ -6,7 +6,9 @@ when a bundle carries several CPU variants, which one is best. Code branches on 
 fields (family, ISA flags), never on its name.
 
 - `cpu` is x86-64-v3 (AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE): every x86-64 server of the
-  last decade. `cpu-avx512` is x86-64-v4 (AVX-512 F/BW/CD/DQ/VL) plus VNNI.
+  last decade. `cpu-avx512` is x86-64-v4 (AVX-512 F/BW/CD/DQ/VL) plus VNNI. `cpu-amx` is
+  cpu-avx512 plus AMX int8 tiles (Sapphire Rapids and later): multi-token int8 matmuls on the
+  tile unit (kernels/cpu_amx.h), the rest as cpu-avx512.
   `cpu-generic` is baseline x86-64 (SSE2): the portable C kernels, for old or odd hosts.
 - `gfx*` (AMD, HIP code objects): RDNA (gfx10xx-gfx12xx) runs wave32, CDNA/GCN wave64.
 - `sm_*` (NVIDIA, cubins): warps of 32; sm_70 and newer have fp16 tensor cores (WMMA).
@@ -67,6 +69,10 @@ CPU_TARGETS: dict[str, Target] = {
         Target(
             "cpu-avx512", Family.CPU, 1, "x86_64", (*_X86_64_V4, "avx512_vnni"),
             ("-march=x86-64-v4", "-mavx512vnni", "-mtune=generic"), rank=2,
+        ),  # fmt: skip
+        Target(
+            "cpu-amx", Family.CPU, 1, "x86_64", (*_X86_64_V4, "avx512_vnni", "amx_tile", "amx_int8"),
+            ("-march=x86-64-v4", "-mavx512vnni", "-mamx-tile", "-mamx-int8", "-mtune=generic"), rank=3,
         ),  # fmt: skip
     )
 }

@@ -12,7 +12,7 @@ from rfc.cli.sign_cmd import KEY_PASSWORD_ENV, make_signer, sign_or_fail, signer
 
 @click.command("compile")
 @click.argument("model", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--arch", "targets", multiple=True, metavar="TARGET", help="Target: cpu (x86-64-v3, default), cpu-avx512, cpu-generic, gfx* (AMD) or sm_* (NVIDIA). Repeat for several.")
+@click.option("--arch", "targets", multiple=True, metavar="TARGET", help="Target: cpu (x86-64-v3, default), cpu-avx512, cpu-amx, cpu-generic, gfx* (AMD) or sm_* (NVIDIA). Repeat for several.")
 @click.option("--reference-only", is_flag=True, help="Build no kernels: the bundle runs on the numpy reference device only (`--device ref`).")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Bundle directory (default: bundles/<model name>).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")

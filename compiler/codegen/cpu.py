@@ -67,6 +67,10 @@ class CpuTuning:
     gemm_min_tokens: int = 8  # from this many tokens on, int8 formats pack 8 rows (cpu_gemm.h)
     dotn_gemm_min_tokens: int = 32  # the same for formats with a multi-token dot (cpu_dot.h rfc_wdotn_*)
     gemm_token_tile: int = 8  # tokens per packed-matmul tile
+    # from this many tokens on, the cpu-amx build dots Q8_0x8 / Q4_0x8 / Q4_1x8 on the tile unit
+    # (kernels/cpu_amx.h; bit for bit the VNNI sums): tools/amx measured 1.1-1.2x the VNNI kernel
+    # at 4 tokens, 0.7-1.0x at 2
+    amx_min_tokens: int = 4
     attention_chunk: int = 32  # cache positions per online-softmax step
     attention_query_block: int = 16  # query tokens of one sequence that share K/V conversions
 
@@ -390,7 +394,9 @@ def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
     quant_bytes = f.block_bytes - f.head_bytes
     assert quant_bytes in (16, 32) and f.head_bytes in (2, 4), f"{fmt}: a layout cpu_matmul_x8.c.j2 does not know"
     return {**common, "columns": False, "head": f.head_bytes * 8, "has_min": f.head_bytes == 4, "int8": quant_bytes == 32,
-            "token_tile": "RFC_X8_TT"}  # 4 or 8 by the target's registers (cpu_gemm.h)
+            "token_tile": "RFC_X8_TT",  # 4 or 8 by the target's registers (cpu_gemm.h)
+            # cpu_amx.h's RFC_AMX_I8 / _Q4 / _Q4M: how the quant bytes become tiles
+            "amx_kind": 0 if quant_bytes == 32 else 2 if f.head_bytes == 4 else 1, "amx_min_tokens": tuning.amx_min_tokens}
 
 
 def _embed_params(fmt: str, hp) -> dict:

@@ -48,7 +48,7 @@ _AUTO = (DeviceKind.HIP, DeviceKind.CUDA, DeviceKind.CPU)
 
 def choose_device(bundle: Bundle, requested: str = "auto") -> DeviceChoice:
     """The device to run on: a GPU target this machine has, else the best CPU variant it
-    supports (highest rank: cpu-avx512 over cpu over cpu-generic), else the reference."""
+    supports (highest rank: cpu-amx over cpu-avx512 over cpu over cpu-generic), else the reference."""
     names = [t.get("name") for t in bundle.manifest["targets"]]
     if requested == DeviceKind.REF:
         return DeviceChoice(DeviceKind.REF, None)

@@ -86,9 +86,24 @@ def open_library(bundle: Bundle, target: str, kv: KVSpec) -> tuple[ctypes.CDLL, 
         # loaded from a checked private copy (artifacts/bundle.py Bundle.private_copy); the
         # mapping outlives the file, which goes with the directory
         try:
-            return ctypes.CDLL(str(bundle.private_copy(entry.kernels, Path(private)))), entry
+            lib = ctypes.CDLL(str(bundle.private_copy(entry.kernels, Path(private))))
         except OSError as e:
             raise DeviceError(f"cannot load the cpu kernels of bundle target {target}: {e}") from e
+    init_kernels(lib, target)
+    return lib, entry
+
+
+def init_kernels(lib: ctypes.CDLL, target: str) -> None:
+    """The library's once-per-process setup (cpu-amx: Linux's permission for the AMX tile
+    state, which a kernel may refuse). A library built before rfc_kernels_init needs none."""
+    init = getattr(lib, "rfc_kernels_init", None)
+    if init is None:
+        return
+    init.argtypes, init.restype = [], ctypes.c_int
+    err = init()
+    if err:
+        raise DeviceError(f"cannot run bundle target {target} here: the OS kernel refused the AMX tile state "
+                          f"(arch_prctl ARCH_REQ_XCOMP_PERM: {os.strerror(err)}; Linux 5.16 or later grants it)")
 
 
 def Device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, n_threads: int | None = None,

@@ -1,0 +1,196 @@
+/* Intel AMX int8 tiles for the x8 layouts' multi-token matmuls (the cpu-amx target, whose
+ * -mamx-tile -mamx-int8 define __AMX_TILE__ and __AMX_INT8__; every other build skips this).
+ *
+ * A block column of an x8 group (artifacts/formats.py: 8 rows, chunks of 32 bytes holding 4
+ * consecutive quant bytes of each row) is already a B tile of 8 rows x 32 bytes: K 32 x 8
+ * output rows in the tile unit's 4-byte VNNI order. Q8_0x8's quant bytes are read in place;
+ * Q4_0x8 / Q4_1x8 unpack their 4 chunks of nibbles into 8 chunks of int8 (low nibbles are
+ * elements 0-15, high ones 16-31: the same B tile order). An A tile is up to 16 tokens x the
+ * block's 32 int8 activations, read straight from the q8_32 rows (stride K). TDPBSSD gives
+ * each (token, row) block dot in int32, exactly the integer the AVX2/VNNI kernels compute;
+ * it is rescaled into float accumulators after every block with the x8 kernel's very
+ * operations in its order (cpu_matmul_x8.c.j2: acc = fma(dw * dx, dot, acc), then Q4_1's
+ * minimum term), so outputs are bit for bit those of the cpu-avx512 kernel at every token
+ * count, and a row does not depend on which path ran (docs/determinism.md).
+ * Two groups (16 rows) a pass, their int32 tiles stored side by side so that the rescale runs
+ * 16 rows per zmm; blocks go two at a time on separate tiles so that one block's rescale
+ * overlaps the next one's tile products (tools/amx/amx_bench.c measured the layouts).
+ *
+ * Linux grants the tile data state per process on request (arch_prctl ARCH_REQ_XCOMP_PERM):
+ * rfc_amx_request, which the library's rfc_kernels_init exports and the runtime calls once
+ * after loading it. Each thread loads its tile configuration per matmul tile and releases the
+ * tiles after it (a thread that was preempted with tiles in use costs a larger XSAVE).
+ * Requires cpu_simd.h and cpu_act.h first.
+ */
+#ifndef RFC_CPU_AMX_H
+#define RFC_CPU_AMX_H
+
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AVX512BW__) && defined(__AVX512F__)
+#define RFC_AMX 1
+#include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define RFC_ARCH_REQ_XCOMP_PERM 0x1023 /* asm/prctl.h */
+#define RFC_XFEATURE_XTILEDATA 18
+
+/* How an x8 layout's quant bytes become B tiles, and what its rescale adds. */
+#define RFC_AMX_I8 0  /* Q8_0x8: int8 in place */
+#define RFC_AMX_Q4 1  /* Q4_0x8: nibble - 8 */
+#define RFC_AMX_Q4M 2 /* Q4_1x8: nibble, plus the minimum's term */
+
+/* 0, or the errno of the kernel's refusal (EINVAL: a kernel before Linux 5.16). Idempotent. */
+static inline int rfc_amx_request(void) {
+    static int state = -1; /* -1: not asked yet */
+    if (state < 0) state = syscall(SYS_arch_prctl, RFC_ARCH_REQ_XCOMP_PERM, RFC_XFEATURE_XTILEDATA) ? errno : 0;
+    return state;
+}
+
+typedef struct {
+    uint8_t palette_id;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed)) rfc_amx_config;
+
+/* Tiles: 0 and 7 A (mt tokens x 32 bytes), 1-2 B (8 x 32 bytes), 3-4 the int32 dots of the
+ * even block, 5-6 of the odd one (mt x 8 rows). */
+static inline void rfc_amx_configure(int mt) {
+    rfc_amx_config c;
+    memset(&c, 0, sizeof c);
+    c.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        c.rows[t] = (uint8_t)(t == 1 || t == 2 ? 8 : mt);
+        c.colsb[t] = 32;
+    }
+    _tile_loadconfig(&c);
+}
+
+/* The B tile of one block column's quant bytes qs: in place for int8, else unpacked into buf. */
+static inline __attribute__((always_inline)) const uint8_t *rfc_amx_b(const uint8_t *qs, uint8_t *buf, const int kind) {
+    if (kind == RFC_AMX_I8) return qs;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i v0 = _mm512_loadu_si512(qs), v1 = _mm512_loadu_si512(qs + 64);
+    __m512i l0 = _mm512_and_si512(v0, m4), l1 = _mm512_and_si512(v1, m4);
+    __m512i h0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4), h1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
+    if (kind == RFC_AMX_Q4) {
+        const __m512i e = _mm512_set1_epi8(8);
+        l0 = _mm512_sub_epi8(l0, e);
+        l1 = _mm512_sub_epi8(l1, e);
+        h0 = _mm512_sub_epi8(h0, e);
+        h1 = _mm512_sub_epi8(h1, e);
+    }
+    _mm512_store_si512(buf, l0);
+    _mm512_store_si512(buf + 64, l1);
+    _mm512_store_si512(buf + 128, h0);
+    _mm512_store_si512(buf + 192, h1);
+    return buf;
+}
+
+/* Tile products of one block: A (tile TA) from activation bytes y, B from b0 / b1 (the two
+ * groups), into int32 tiles TC0 / TC1, zeroed first (one block per product: the scales
+ * differ per block). */
+#define RFC_AMX_PRODUCT(TA, TC0, TC1, y, K, b0, b1) \
+    do {                                            \
+        _tile_zero(TC0);                            \
+        _tile_zero(TC1);                            \
+        _tile_loadd(TA, (y), (K));                  \
+        _tile_loadd(1, (b0), 32);                   \
+        _tile_dpbssd(TC0, TA, 1);                   \
+        _tile_loadd(2, (b1), 32);                   \
+        _tile_dpbssd(TC1, TA, 2);                   \
+    } while (0)
+/* ... stored as mt rows of 16 int32: group 0's 8 rows, then group 1's */
+#define RFC_AMX_STORE(TC0, TC1, c) \
+    do {                           \
+        _tile_stored(TC0, (c), 64); \
+        _tile_stored(TC1, (c) + 8, 64); \
+    } while (0)
+
+/* acc[m] (16 rows) += block b of tokens m < mt, as cpu_matmul_x8.c.j2 sums it */
+static inline __attribute__((always_inline)) void rfc_amx_rescale(__m512 *acc, const int32_t *c, const uint8_t *col0,
+        const uint8_t *col1, const float *d, const int32_t *isum, size_t nb, int b, const int mt, const int kind) {
+    const __m512 dw = _mm512_cvtph_ps(_mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)col0)), _mm_loadu_si128((const __m128i *)col1), 1));
+    __m512 mw = _mm512_setzero_ps();
+    if (kind == RFC_AMX_Q4M)
+        mw = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(col0 + 16))),
+                                                     _mm_loadu_si128((const __m128i *)(col1 + 16)), 1));
+    for (int m = 0; m < mt; m++) {
+        const size_t bi = (size_t)m * nb + (size_t)b;
+        acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(d[bi])), _mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * m)), acc[m]);
+        if (kind == RFC_AMX_Q4M) acc[m] = _mm512_fmadd_ps(mw, _mm512_set1_ps(d[bi] * (float)isum[bi]), acc[m]);
+    }
+}
+
+/* v[m][r] = row r of the 16 rows of groups g0, g1 . token t0 + m, for m < mt (<= 16).
+ * col: bytes per block column; head: its scale bytes before the quant bytes. */
+static inline __attribute__((always_inline)) void rfc_amx_x8_pass(const uint8_t *g0, const uint8_t *g1, int nb,
+        const int col, const int head, const int kind, const rfc_act *a, int t0, const int mt, float v[16][16]) {
+    __m512 acc[16];
+    int32_t c0[256] __attribute__((aligned(64))), c1[256] __attribute__((aligned(64)));
+    uint8_t wb[4][256] __attribute__((aligned(64)));
+    for (int m = 0; m < mt; m++) acc[m] = _mm512_setzero_ps();
+    const size_t K = a->K;
+    const int8_t *y = a->qs + (size_t)t0 * K;
+    const float *d = a->d + (size_t)t0 * (size_t)nb;
+    const int32_t *isum = a->isum + (size_t)t0 * (size_t)nb;
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const uint8_t *p0 = g0 + (size_t)b * col, *p1 = g1 + (size_t)b * col;
+        RFC_AMX_PRODUCT(0, 3, 4, y + 32 * b, K, rfc_amx_b(p0 + head, wb[0], kind), rfc_amx_b(p1 + head, wb[1], kind));
+        RFC_AMX_PRODUCT(7, 5, 6, y + 32 * (b + 1), K, rfc_amx_b(p0 + col + head, wb[2], kind),
+                        rfc_amx_b(p1 + col + head, wb[3], kind));
+        RFC_AMX_STORE(3, 4, c0);
+        RFC_AMX_STORE(5, 6, c1);
+        rfc_amx_rescale(acc, c0, p0, p1, d, isum, (size_t)nb, b, mt, kind);
+        rfc_amx_rescale(acc, c1, p0 + col, p1 + col, d, isum, (size_t)nb, b + 1, mt, kind);
+    }
+    if (b < nb) {
+        const uint8_t *p0 = g0 + (size_t)b * col, *p1 = g1 + (size_t)b * col;
+        RFC_AMX_PRODUCT(0, 3, 4, y + 32 * b, K, rfc_amx_b(p0 + head, wb[0], kind), rfc_amx_b(p1 + head, wb[1], kind));
+        RFC_AMX_STORE(3, 4, c0);
+        rfc_amx_rescale(acc, c0, p0, p1, d, isum, (size_t)nb, b, mt, kind);
+    }
+    for (int m = 0; m < mt; m++) _mm512_storeu_ps(v[m], acc[m]);
+}
+
+/* Rows [lo, hi) (lo a whole group) of a matmul over all T tokens of a, out/accum rows of N,
+ * as rfc_mm_<fmt>_tile writes them. A pass with one group left dots it twice (g1 = g0). */
+static inline __attribute__((always_inline)) void rfc_amx_x8_tile(const rfc_act *a, int T, int K, const uint8_t *w,
+        size_t row_bytes, int N, float *out, const float *bias, float *accum, int lo, int hi, const int col,
+        const int head, const int kind) {
+    const int nb = K / 32;
+    int configured = 0;
+    for (int n0 = lo; n0 < hi; n0 += 16) {
+        const uint8_t *g0 = w + (size_t)n0 * row_bytes;
+        const uint8_t *g1 = hi - n0 > 8 ? g0 + 8 * row_bytes : g0;
+        const int nr = hi - n0 < 16 ? hi - n0 : 16;
+        for (int t0 = 0; t0 < T; t0 += 16) {
+            const int mt = T - t0 < 16 ? T - t0 : 16;
+            float v[16][16];
+            if (mt != configured) rfc_amx_configure(configured = mt);
+            if (mt == 16)
+                rfc_amx_x8_pass(g0, g1, nb, col, head, kind, a, t0, 16, v);
+            else
+                rfc_amx_x8_pass(g0, g1, nb, col, head, kind, a, t0, mt, v);
+            for (int ti = 0; ti < mt; ti++) {
+                float *o = out + (size_t)(t0 + ti) * N + n0;
+                float *ac = accum ? accum + (size_t)(t0 + ti) * N + n0 : NULL;
+                for (int r = 0; r < nr; r++) {
+                    const float yv = v[ti][r] + (bias ? bias[n0 + r] : 0.0f);
+                    o[r] = yv;
+                    if (ac) ac[r] += yv;
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+
+#else
+static inline int rfc_amx_request(void) { return 0; }
+#endif
+
+#endif
