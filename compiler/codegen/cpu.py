@@ -67,10 +67,13 @@ class CpuTuning:
     gemm_min_tokens: int = 8  # from this many tokens on, int8 formats pack 8 rows (cpu_gemm.h)
     dotn_gemm_min_tokens: int = 32  # the same for formats with a multi-token dot (cpu_dot.h rfc_wdotn_*)
     gemm_token_tile: int = 8  # tokens per packed-matmul tile
-    # from this many tokens on, the cpu-amx build dots Q8_0x8 / Q4_0x8 / Q4_1x8 on the tile unit
-    # (kernels/cpu_amx.h; bit for bit the VNNI sums): tools/amx measured 1.1-1.2x the VNNI kernel
-    # at 4 tokens, 0.7-1.0x at 2
-    amx_min_tokens: int = 4
+    # from this many tokens on, the cpu-amx build dots Q8_0x8 (the 4-bit x8 layouts: from
+    # amx_min_tokens_4bit, they unpack their tiles first) on the tile unit (kernels/cpu_amx.h; bit
+    # for bit the VNNI sums). Single thread, 576 x 1536, against the VNNI x8 kernel: Q8_0x8
+    # 0.9-1.0x at 4 tokens, 1.2-1.4x at 8, 2.0x at 16; Q4_0x8 / Q4_1x8 0.7-0.8x at 4, 1.0x at 8,
+    # 1.3x at 16, 1.4-1.5x at 64
+    amx_min_tokens: int = 8
+    amx_min_tokens_4bit: int = 16
     attention_chunk: int = 32  # cache positions per online-softmax step
     attention_query_block: int = 16  # query tokens of one sequence that share K/V conversions
 
@@ -396,7 +399,7 @@ def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
     return {**common, "columns": False, "head": f.head_bytes * 8, "has_min": f.head_bytes == 4, "int8": quant_bytes == 32,
             "token_tile": "RFC_X8_TT",  # 4 or 8 by the target's registers (cpu_gemm.h)
             # cpu_amx.h's RFC_AMX_I8 / _Q4 / _Q4M: how the quant bytes become tiles
-            "amx_kind": 0 if quant_bytes == 32 else 2 if f.head_bytes == 4 else 1, "amx_min_tokens": tuning.amx_min_tokens}
+            "amx_kind": 0 if quant_bytes == 32 else 2 if f.head_bytes == 4 else 1, "amx_min_tokens": tuning.amx_min_tokens if quant_bytes == 32 else tuning.amx_min_tokens_4bit}
 
 
 def _embed_params(fmt: str, hp) -> dict:

@@ -91,7 +91,7 @@ def _ptr(a: np.ndarray) -> ctypes.c_void_p:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_amx_matmul_matches_reference_and_the_vnni_path(amx: ctypes.CDLL, fmt: str):
-    """Several token counts from the AMX threshold on (a 16-token tile, partial ones, several
+    """Token counts from the format's AMX threshold on (a 16-token tile, partial ones, several
     tiles), with the fused bias and residual: within the bound of the float64 product, and
     every token's row bit for bit its row alone (1 token: the VNNI kernel)."""
     rng = np.random.default_rng(27)
@@ -110,8 +110,9 @@ def test_amx_matmul_matches_reference_and_the_vnni_path(amx: ctypes.CDLL, fmt: s
         run_fn(_ptr(w), w.size // N, N, K, _ptr(x), len(x), _ptr(out), _ptr(bias), _ptr(accum), _ptr(scratch))
         return out, accum
 
-    assert TUNING.amx_min_tokens > 1
-    for tokens in (TUNING.amx_min_tokens, 16, 37):
+    threshold = cpu._x8_params(fmt, TUNING)["amx_min_tokens"]
+    assert threshold > 1
+    for tokens in sorted({threshold, 16, 37}):
         x = rng.standard_normal((tokens, K)).astype(np.float32)
         residual = rng.standard_normal((tokens, N)).astype(np.float32)
         got, accum = run(x, residual)
