@@ -154,8 +154,9 @@ OPS: dict[OpKind, OpSchema] = {
     OpKind.SOFTCAP: OpSchema(1, 1, (0, 0), ("cap",), doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
     OpKind.SCALE: OpSchema(1, 1, (0, 0), ("factor",), doc="out = x * factor, factor a float32 (granite's residual and logit multipliers)"),
     OpKind.MOE_ROUTE: OpSchema(
-        1, 2, (0, 1), ("n_used",),
-        optional=(("gating", "softmax"), ("norm", True), ("scale", 1.0), ("groups", 1), ("groups_used", 1)),
+        1, 2, (0, 2), ("n_used",),
+        optional=(("gating", "softmax"), ("norm", True), ("scale", 1.0), ("groups", 1), ("groups_used", 1),
+                  ("expert_scale", False)),
         doc="router of a mixture of experts: logits[T, n_expert] -> ids i32[T, n_used], weights[T, n_used] "
         "(llama.cpp's build_moe_ffn). Scores p = softmax(logits) (gating 'softmax'), sigmoid(logits) ('sigmoid') "
         "or the logits ('softmax_weight'); the experts are chosen by s = p + bias (the optional weight [n_expert]: "
@@ -163,7 +164,8 @@ OPS: dict[OpKind, OpSchema] = {
         "scored by the sum of its two largest s, and only the `groups_used` best groups' experts take part (equal "
         "scores: the lower group). ids = the n_used largest s, largest first (equal: lower index first); "
         "weights = p[ids] ('softmax_weight': softmax over the chosen logits), with norm divided by "
-        "max(sum, 2^-14), then times scale",
+        "max(sum, 2^-14), then times scale; with expert_scale, each times its expert's factor: the last weight "
+        "[n_expert] (gemma4's ffn_down_exps.scale, which llama.cpp applies to the expert's output)",
     ),
     OpKind.MOE_MATMUL: OpSchema(
         2, 1, (1, 1),

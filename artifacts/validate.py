@@ -373,9 +373,13 @@ def _moe_route(v: _OpView) -> None:
     if groups > 1:  # each group scored by its two best experts; enough experts left to choose from
         v.need(n_expert % groups == 0 and n_expert // groups >= 2, f"{n_expert} experts are not {groups} groups of 2 or more")
         v.need(k <= used * (n_expert // groups), f"{used} of {groups} groups hold fewer than n_used = {k} experts")
-    if v.op.weights:
-        w = v.weight_shape(0)
-        v.need(w is None or w == (n_expert,), f"selection bias {w} is not [{n_expert}]")
+    scaled = v.op.attr("expert_scale")
+    v.need(isinstance(scaled, bool), f"attribute expert_scale = {str(scaled)[:20]!r} is not a boolean")
+    v.need(not scaled or bool(v.op.weights), "expert_scale without its weight [n_expert]")
+    v.need(len(v.op.weights) <= int(scaled) + 1, "more weights than a selection bias and an expert scale")
+    for j in range(len(v.op.weights)):  # the selection bias, then the experts' output scales (expert_scale)
+        w = v.weight_shape(j)
+        v.need(w is None or w == (n_expert,), f"selection bias or expert scale {w} is not [{n_expert}]")
 
 
 def _routed(v: _OpView, ids: str) -> tuple[int, int]:

@@ -247,6 +247,7 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.post_norms, c.gelu, c.qk_norm, c.v_norm, c.out_scale = True, True, True, True, True
         c.embed_scale, c.q_scale = _f32(math.sqrt(n_embd)), 1.0
         c.final_softcap = k("final_logit_softcapping", 30.0) or None  # hparams' default 30 when the key is absent
+        c.moe_layers = ()  # 26B-A4B: ffn() is every layer's dense MLP; gemma4_experts adds the routed experts
         flags = list(k("attention.sliding_window_pattern"))
         local = [i < len(flags) and bool(flags[i]) for i in range(c.n_layers)]
         heads, kv = k("attention.head_count"), k("attention.head_count_kv", k("attention.head_count"))
@@ -707,6 +708,37 @@ class Oracle:
             out = out + shared
         return out
 
+    def gemma4_experts(self, x: np.ndarray, p: str) -> np.ndarray:
+        """gemma4.cpp's routed experts (26B-A4B) over the attention block's output x: the router
+        reads rms_norm(x) / sqrt(n_embd) * ffn_gate_inp.scale; softmax, the top n_used,
+        renormalized; GELU(tanh)-gated experts on rms_norm(x) * pre_ffw_norm_2 (a fused
+        ffn_gate_up_exps: gate rows first), each one's down output times ffn_down_exps.scale[e]
+        where the file has it; their weighted sum RMS-normed by post_ffw_norm_2."""
+        c = self.cfg
+        r = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + c.eps) / math.sqrt(x.shape[1]) * self.w(p + "ffn_gate_inp.scale")
+        logits = self.linear(r, p + "ffn_gate_inp.weight")
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        h = self.norm(x, p + "pre_ffw_norm_2.weight")
+        if self.has(p + "ffn_gate_up_exps.weight"):
+            gate_name = up_name = p + "ffn_gate_up_exps.weight"
+            both = self.w(gate_name)
+            gate_w, up_w = both[:, : both.shape[1] // 2], both[:, both.shape[1] // 2 :]
+        else:
+            gate_name, up_name = p + "ffn_gate_exps.weight", p + "ffn_up_exps.weight"
+            gate_w, up_w = self.w(gate_name), self.w(up_name)
+        down_w = self.w(p + "ffn_down_exps.weight")
+        escale = self.w(p + "ffn_down_exps.scale") if self.has(p + "ffn_down_exps.scale") else np.ones(len(down_w))
+        out = np.zeros(x.shape)
+        for t in range(len(x)):
+            top = np.argsort(-probs[t], kind="stable")[: c.n_used]
+            weights = probs[t, top] / max(probs[t, top].sum(), 2.0**-14)
+            for e, wt in zip(top, weights):
+                g = self.linear(h[t : t + 1], gate_name, gate_w[e])
+                u = self.linear(h[t : t + 1], up_name, up_w[e])
+                out[t] += wt * escale[e] * self.linear(self.gelu(g) * u, p + "ffn_down_exps.weight", down_w[e])[0]
+        return self.norm(out, p + "post_ffw_norm_2.weight")
+
     def moe_oai(self, h: np.ndarray, p: str) -> np.ndarray:
         """build_moe_ffn as gpt-oss calls it: router logits + bias, the top n_used logits
         softmaxed among themselves (SOFTMAX_WEIGHT), each expert's gate/up/down with its bias
@@ -758,6 +790,8 @@ class Oracle:
                 a = a * c.residual_scale
             x = x + a
             f = self.ffn(self.norm(x, f"{p}{c.ffn_norm}.weight") if c.pre_norms else x, i)
+            if c.arch == "gemma4" and self.has(p + "ffn_gate_inp.weight"):  # 26B-A4B: the experts beside the MLP
+                f = self.norm(f, p + "post_ffw_norm_1.weight") + self.gemma4_experts(x, p)
             if c.post_norms:
                 f = self.norm(f, p + "post_ffw_norm.weight")
             if c.residual_scale:

@@ -87,6 +87,17 @@ class ModelBuilder:
         self._add(WeightUse(name, role, t.format, (rows, t.shape[1]), tuple(RowRange(source, a, z) for a, z in ranges)))
         return name
 
+    def expert_rows(self, name: str, role: str, source: str, source_shape: tuple[int, int, int], start: int, stop: int) -> str:
+        """An expert weight [E, stop - start, K] made of rows [start, stop) of every expert's
+        [N, K] slice of a 3-D GGUF tensor [E, N, K] (a fused ffn_gate_up_exps split into gate and up)."""
+        t = self.source(source, source_shape)
+        n_expert, n = source_shape[0], source_shape[1]
+        if not 0 <= start < stop <= n:
+            raise CompileError(f"{self.path}: cannot take rows {start}..{stop} of each expert of {source} {list(t.shape)}")
+        parts = tuple(RowRange(source, e * n + start, e * n + stop) for e in range(n_expert))
+        self._add(WeightUse(name, role, t.format, (n_expert, stop - start, source_shape[2]), parts))
+        return name
+
     def vector_row(self, name: str, role: str, n: int) -> str:
         """A GGUF vector [n] (or [1, n]) used as the [1, n] weight of a matmul to one column:
         qwen35moe's shared-expert gate, one logit per token (llama.cpp multiplies by it as a matrix)."""

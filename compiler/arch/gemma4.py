@@ -28,7 +28,7 @@ only the n_layer - n layers that store KV (the KV budget, /health and `rfc inspe
 and a source layer of another kind or head geometry is refused.
 
 Not yet (each refused with one line naming it): the
-mixture of experts (26B-A4B: expert_count, ffn_gate_inp), per-layer FFN widths (arrays), and
+per-layer FFN widths (arrays), and
 vision/audio tensors in the same file (llama.cpp refuses a text model file with tensors it does
 not load: the towers go in a separate mmproj).
 """
@@ -39,10 +39,11 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, declare_buffers, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights, read_experts,
+    Attention, Sizes, declare_buffers, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights,
     read_rope,
 )  # fmt: skip
 from rfc.compiler.arch import ple as per_layer
+from rfc.compiler.arch import gemma4_moe
 from rfc.compiler.arch.gemma2 import PATTERN_KEY, embedding_scale
 from rfc.compiler.arch.ple import PerLayerEmbedding
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
@@ -67,9 +68,7 @@ def _check_supported(md: Metadata, s: Sizes) -> None:
     if towers:
         raise CompileError(f"{md.path}: gemma4 file holds vision/audio tensors ({towers[0][:40]}, ...): llama.cpp's text "
                            "model refuses them too; use the text GGUF (the towers belong in a separate mmproj file)")
-    n_expert, _ = read_experts(md)
-    if n_expert or any(n.endswith("ffn_gate_inp.weight") for n in model.tensors):
-        raise _refuse(md, "the mixture of experts (26B-A4B: expert_count, ffn_gate_inp)")
+    gemma4_moe.read(md, s.n_embd, s.n_layers)  # the experts' counts and widths (26B-A4B), checked before planning
 
 
 def _read_sizes(md: Metadata) -> tuple[Sizes, tuple[Sizes, ...], tuple[bool, ...], int]:
@@ -208,6 +207,7 @@ def _block(b: ModelBuilder, md: Metadata, i: int, s: Sizes, eps: float, attn: At
     b.op("add", ("x", "h"), ("x",))
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
     glu_ffn(b, i, s.n_embd, n_ff, activation="gelu_tanh")
+    gemma4_moe.add_experts(b, md, i, s, eps)  # 26B-A4B: the routed experts beside the dense MLP, where i has a router
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
     b.op("add", ("x", "h"), ("x",))
     if ple is not None:  # the layer's per-layer embedding, after the FFN's residual (compiler/arch/ple.py)
@@ -276,6 +276,6 @@ def build(model: GGUFModel) -> ModelSpec:
         "embedding_length_per_layer_input": ple.width if ple else 0,
     }
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=factors is not None,
-                 extra=extra)  # fmt: skip
+                 extra=extra | gemma4_moe.hparams(md, s))  # fmt: skip
     # only the layers that store KV have cache rows (the first n_kv: shared layers come last)
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=replace(kv_spec(s), n_layers=n_kv))

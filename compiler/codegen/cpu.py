@@ -52,7 +52,7 @@ CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale",  # gemma's final-logit soft-
 _ROPE_TABLE = ("ext_factor", "beta_fast", "beta_slow", "orig_ctx")  # YaRN: they shape a rope variant's table
 CPU_ATTRS = {"embed": ("scale", "column"), "rmsnorm": ("heads",), "rope": ("attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE), "attention": ("window", "softcap"),
              "swiglu": ("activation", "alpha", "limit"),
-             "moe_route": ("gating", "norm", "scale", "groups", "groups_used"), "head_matmul": ("stride",)}  # fmt: skip
+             "moe_route": ("gating", "norm", "scale", "groups", "groups_used", "expert_scale"), "head_matmul": ("stride",)}  # fmt: skip
 _PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE},
                  "attention": {"window", "softcap"}}  # fmt: skip
 MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count to the same: the router's stack arrays

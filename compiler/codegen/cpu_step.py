@@ -250,7 +250,9 @@ class _Lowering:
                                    "gating": MOE_GATINGS.index(op.attr("gating")), "norm": int(bool(op.attr("norm"))),
                                    "scale": float(op.attr("scale")), "groups": int(op.attr("groups")),
                                    "groups_used": int(op.attr("groups_used")),
-                                   "bias": self.vec(op.weights[0]) if op.weights else []},
+                                   # the selection bias, the experts' output scales (expert_scale: the last weight)
+                                   "bias": self.vec(op.weights[0]) if len(op.weights) > int(bool(op.attr("expert_scale"))) else [],
+                                   "escale": self.vec(op.weights[-1]) if op.attr("expert_scale") else []},
                      {logits}, {ids, weights, "@moe"})  # fmt: skip
 
     def _feeds_moe(self, ops: list[Op], i: int) -> bool:

@@ -49,7 +49,7 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "gather_rows": (("out", PTR), ("x", PTR), ("rows", PTR), ("n_rows", I32)),
     "softcap": (("out", PTR), ("x", PTR), ("n_rows", I32)),
     "scale": (("out", PTR), ("x", PTR), ("n_rows", I32)),
-    "moe_route": (("ids", PTR), ("weights", PTR), ("logits", PTR), ("bias", PTR), ("n_rows", I32)),  # bias: when it has one
+    "moe_route": (("ids", PTR), ("weights", PTR), ("logits", PTR), ("bias", PTR), ("escale", PTR), ("n_rows", I32)),  # bias, escale: when it has them
     "moe_matmul": (("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
     "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
     "moe_add_bias": (("out", PTR), ("y", PTR), ("ids", PTR), ("bias", PTR), ("n_rows", I32)),
@@ -507,15 +507,18 @@ class _Planner:
         groups, groups_used = int(op.attr("groups")), int(op.attr("groups_used"))
         if gating not in MOE_GATINGS or not math.isfinite(scale) or groups < 1 or n_expert % groups:
             raise CompileError(f"no GPU kernel for moe_route with gating {gating!r}, scale {scale}, {groups} groups")
-        has_bias = bool(op.weights)
-        if has_bias:
-            self._f32_vector(op, op.weights[0])
+        has_escale = bool(op.attr("expert_scale"))  # the experts' output scales: the last weight (gemma4)
+        has_bias = len(op.weights) > int(has_escale)
+        for w in op.weights:
+            self._f32_vector(op, w)
         name = (f"rfc_moe_route_{n_expert}_{n_used}" + ("" if gating == "softmax" else f"_{gating}") + ("_bias" if has_bias else "")
+                + ("_escale" if has_escale else "")
                 + (f"_g{groups}x{groups_used}" if groups > 1 else "") + ("" if norm else "_raw") + ("" if scale == 1.0 else "_scaled"))
         spec = self._rowwise(op, "gpu_moe_route.hip.j2", name, n_expert, n_expert=n_expert, n_used=n_used, gating=gating,
                              norm=norm, scale=scale, groups=groups, groups_used=groups_used, per_group=n_expert // groups,
-                             has_bias=has_bias)  # fmt: skip
-        return dataclasses.replace(spec, args=tuple(a for a in spec.args if has_bias or a[0] != "bias"))
+                             has_bias=has_bias, has_escale=has_escale)  # fmt: skip
+        absent = {arg for arg, on in (("bias", has_bias), ("escale", has_escale)) if not on}
+        return dataclasses.replace(spec, args=tuple(a for a in spec.args if a[0] not in absent))
 
     def _moe_combine(self, op: Op) -> KernelSpec:
         width, n_used = self._width(op.outputs[0]), self._width(op.inputs[1])
@@ -814,6 +817,8 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
                "moe_add_bias": ("bias",), "moe_route": ("bias",), "head_matmul": ("weight",),
                "ssm_conv": ("weight", "bias"), "gated_delta_net": ("a", "dt"), "short_conv": ("weight",),
                "ssm_scan": ("a", "d", "dt_bias"), "altup_correct": ("scale",)}.get(op.kind, ())
+    if op.kind == "moe_route" and op.attr("expert_scale"):  # the experts' output scales: the last weight
+        weights = ("bias", "escale")[2 - len(op.weights):]
     if name in outs:
         return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
     if name in weights:

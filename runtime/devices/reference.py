@@ -208,7 +208,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
             p = 1.0 / (1.0 + np.exp(-logits))
         else:  # softmax_weight: chosen by the logits, weighed by a softmax over the chosen
             p = logits
-        s = p + weights[0] if weights else p.copy()  # the selection bias chooses, it does not weigh
+        scaled = attrs["expert_scale"]  # the last weight: each expert's output scale (gemma4)
+        bias = weights[:-1] if scaled else weights
+        s = p + bias[0] if bias else p.copy()  # the selection bias chooses, it does not weigh
         groups = attrs["groups"]
         if groups > 1:  # only the experts of the groups_used groups whose two best scores sum highest
             by_group = s.reshape(len(s), groups, -1)
@@ -225,7 +227,7 @@ class ReferenceDevice(HostState, InterpretedDevice):
         if attrs["norm"]:
             w = w / np.maximum(w.sum(axis=-1, keepdims=True), 2.0**-14)
         outs[0][...] = ids
-        outs[1][...] = w * attrs["scale"]
+        outs[1][...] = w * attrs["scale"] * (weights[-1].astype(np.float64)[ids] if scaled else 1.0)
 
     def op_moe_matmul(self, outs, ins, weights, attrs, batch):
         """Slots grouped by expert, one matmul per expert (how the kernels stream each expert's

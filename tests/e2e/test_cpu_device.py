@@ -99,6 +99,7 @@ GREEDY_MODELS = ["tiny-llama-Q4_0", "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M", 
 GREEDY_MODELS += ["tiny-granitehybrid-Q8_0", "tiny-nemotron_h-Q8_0"]  # Mamba2 layers carrying conv and scan state
 GREEDY_MODELS += ["tiny-nemotron_h_moe-Q8_0"]  # ... and sigmoid-routed squared-ReLU experts
 GREEDY_MODELS += ["tiny-gemma4e-Q8_0"]  # Gemma 4 E2B/E4B: per-layer embeddings, 2 layers decoding over others' KV caches
+GREEDY_MODELS += ["tiny-gemma4moe-Q8_0"]  # Gemma 4 26B-A4B: GELU experts beside the dense MLP, per-expert output scales
 NEAR_TIE = 0.5
 
 

@@ -170,6 +170,8 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
             Op("moe_combine", ("ey", "expert_weights"), ("h",))]
     blob.add("exp_bias", "F32", (N_EXPERT,), f32(0.5 * rng.standard_normal(N_EXPERT)))  # a router's selection bias
     ops.append(Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_bias",), {"n_used": N_USED, **ROUTE_VARIANTS[0]}))
+    blob.add("exp_scale", "F32", (N_EXPERT,), f32(0.5 + rng.random(N_EXPERT)))  # gemma4's per-expert output scales
+    ops.append(Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_scale",), {"n_used": N_USED, "expert_scale": True}))
     for fmt, k in MLA_K.items():  # deepseek2's per-head matmuls: [heads, N, K]
         blob.add(f"heads.{fmt}", fmt, (MLA_HEADS, 24, k), weight_bytes(fmt, MLA_HEADS * 24, k, rng))
         ops.append(Op("head_matmul", ("hx",), ("hy",), (f"heads.{fmt}",), {"heads": MLA_HEADS}))
@@ -692,6 +694,25 @@ def test_moe_route_variants_match_reference(kit: Kit, variant: int, biased: bool
         plain = Op("moe_route", ("router",), ("expert_ids", "expert_weights"), (), attrs)
         _, (plain_ids, _) = run_both(kit, plain, [o.copy() for o in outs], [logits], [], None)
         assert (plain_ids != want_ids).any()
+
+
+@pytest.mark.parametrize("biased", [False, True])
+def test_moe_route_expert_scale_matches_reference(kit: Kit, biased: bool):
+    """expert_scale (gemma4's ffn_down_exps.scale): each chosen expert's weight times its factor,
+    the last weight, after the selection bias where there is one; the ids as without it."""
+    rng = np.random.default_rng(23)
+    logits = (2.0 * rng.standard_normal((17, N_EXPERT))).astype(np.float32)
+    attrs = {"n_used": N_USED, "expert_scale": True, **(ROUTE_VARIANTS[0] if biased else {})}
+    names = ["exp_bias", "exp_scale"] if biased else ["exp_scale"]
+    op = Op("moe_route", ("router",), ("expert_ids", "expert_weights"), tuple(names), attrs)
+    outs = [np.zeros((17, N_USED), np.int32), np.zeros((17, N_USED), np.float32)]
+    (got_ids, got_w), (want_ids, want_w) = run_both(kit, op, outs, [logits], names, None)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    assert_close(got_w, want_w, 1e-6, 1e-7)
+    plain = Op("moe_route", ("router",), ("expert_ids", "expert_weights"), tuple(names[:-1]), {**attrs, "expert_scale": False})
+    _, (plain_ids, plain_w) = run_both(kit, plain, [o.copy() for o in outs], [logits], names[:-1], None)
+    np.testing.assert_array_equal(plain_ids, want_ids)
+    np.testing.assert_allclose(want_w, plain_w * np.asarray(kit.ref.weight("exp_scale"))[want_ids], rtol=1e-6)
 
 
 def _expert_ids(tokens: int, rng: np.random.Generator) -> np.ndarray:

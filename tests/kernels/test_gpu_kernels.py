@@ -105,6 +105,7 @@ def _gpu_param(model: str, target: str):
     _gpu_param("deepseek2-Q8_0", "gfx90a"),  # latent attention (head_matmul, concat_heads), grouped sigmoid router, YaRN
     _gpu_param("gemma4-Q8_0", "gfx90a"),  # V normed without a weight, rope_freqs on the global layer, layer_output_scale
     _gpu_param("gemma4e-Q8_0", "gfx90a"),  # per-layer embeddings (sliced embed rows), layers reading another's KV cache
+    _gpu_param("gemma4moe-Q8_0", "gfx90a"),  # GELU experts beside the dense MLP, fused gate/up, per-expert output scales
     _gpu_param("llama4-Q8_0", "gfx90a"),  # top-1 experts weighted on their input, shared expert, NoPE layer, weightless Q/K norms
 ])
 def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_path_factory):

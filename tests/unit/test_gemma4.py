@@ -57,7 +57,6 @@ REFUSED = {
     "KV sharing across kinds": ({"metadata": {K + "attention.shared_kv_layers": 2}},  # E2B/E4B: tests/unit/test_gemma4e.py
                                 "would read the KV cache of layer 1"),
     "shared layers > block_count": ({"metadata": {K + "attention.shared_kv_layers": 1 << 31}}, "shared_kv_layers"),
-    "experts": ({"metadata": {K + "expert_count": 8, K + "expert_used_count": 2}}, "mixture of experts"),
     "expert count 2^31": ({"metadata": {K + "expert_count": 1 << 31}}, "expert_count"),
     "value_length_swa apart": ({"metadata": {K + "attention.value_length_swa": 64}}, "value_length_swa"),
     "no key_length_swa": ({"drop_keys": (K + "attention.key_length_swa",)}, "key_length_swa"),

@@ -191,8 +191,8 @@ class CpuOpDevice(InterpretedDevice):
         self._keep: dict[tuple, np.ndarray] = {}  # per-op arrays the kernels read (rope tables)
 
         if hasattr(lib, "rfc_moe_route"):  # a plan with experts (cpu_moe.c.j2)
-            self._moe_route = _declare(lib, "rfc_moe_route", [_P, _P, c_int, c_int, c_int, c_int, c_int, c_double, c_int, c_int,
-                                                              _P, _P], c_int)  # fmt: skip
+            self._moe_route = _declare(lib, "rfc_moe_route", [_P, _P, _P, c_int, c_int, c_int, c_int, c_int, c_double, c_int,
+                                                              c_int, _P, _P], c_int)  # fmt: skip
             self._moe_combine = _declare(lib, "rfc_moe_combine", [_P, _P, c_int, c_int, c_int, _P])
             self._moe_scratch_bytes = _declare(lib, "rfc_moe_scratch_bytes_kernel", [c_int], c_size_t)
 
@@ -297,8 +297,10 @@ class CpuOpDevice(InterpretedDevice):
     def _op_moe_route(self, op, outs, ins, weights, batch):
         (logits,), (ids, w) = ins, outs
         t, n_expert = logits.array.shape
-        bias = weights[0].ptr if weights else None  # the selection bias, where the router has one
-        return _checked(self._moe_route, "moe_route"), (logits.ptr, bias, t, n_expert, op.attrs["n_used"],
+        scaled = bool(op.attr("expert_scale"))  # the experts' output scales: the last weight
+        bias = weights[0].ptr if len(weights) > int(scaled) else None  # the selection bias, where the router has one
+        escale = weights[-1].ptr if scaled else None
+        return _checked(self._moe_route, "moe_route"), (logits.ptr, bias, escale, t, n_expert, op.attrs["n_used"],
                                                          MOE_GATINGS.index(op.attr("gating")), int(op.attr("norm")),
                                                          float(op.attr("scale")), op.attr("groups"), op.attr("groups_used"),
                                                          ids.ptr, w.ptr)  # fmt: skip
