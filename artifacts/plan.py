@@ -133,7 +133,9 @@ OPS: dict[OpKind, OpSchema] = {
     OpKind.ATTENTION: OpSchema(
         1, 1, (0, 1), ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
         optional=(("window", None), ("softcap", None)),
-        doc="causal attention of q over the layer's paged cache (positions <= the token's own); query head h "
+        doc="causal attention of q over the paged cache of layer `layer` (positions <= the token's own): its own, or "
+        "an earlier layer's that it shares (Gemma 4 E2B/E4B: no kv_write of its own; the validator requires that "
+        "layer's kv_write before it, the same KV heads x head_dim and the same window); query head h "
         "reads kv head h // (n_heads / n_kv_heads); score = scale * q.k, then softcap * tanh(score / softcap) "
         "with a softcap; with a window only keys at positions > pos - window take part (sliding window). "
         "The optional weight is a sink logit per query head [n_heads] (gpt-oss): one more score in the softmax "
@@ -341,7 +343,7 @@ class KVSpec:
     Devices address rows by this stride; each kv_write / attention op reads and writes only its
     own layer's values, the first (its n_kv_heads x head_dim) of the row (kv_geometries)."""
 
-    n_layers: int
+    n_layers: int  # the layers that store KV: fewer than the model's where layers share caches (Gemma 4 E2B/E4B)
     n_kv_heads: int
     head_dim: int
     # Storage format of cached keys and values: "f16" (what llama.cpp uses; greedy decoding
