@@ -47,6 +47,21 @@ def openmp_wait_policy(serving: bool = False) -> None:
         os.environ["GOMP_SPINCOUNT"] = "20000"
 
 
+# Linux x86-64's arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) (asm/prctl.h, the kernel's
+# ABI): the tile state is granted per process, on request, from Linux 5.16 on.
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+def amx_refusal() -> str | None:
+    """None when the OS grants this process the AMX tile state, else why not. Asking is
+    idempotent: the cpu-amx library's rfc_kernels_init asks again once loaded."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0:
+        return None
+    return (f"the OS kernel refuses the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: "
+            f"{os.strerror(ctypes.get_errno())}; Linux 5.16 or later grants it)")
+
+
 def probe(target: str) -> str | None:
     """None when this machine can run a cpu bundle target, else why not."""
     try:
@@ -63,6 +78,9 @@ def probe(target: str) -> str | None:
     lacking = missing_isa(t, cpu_flags())
     if lacking:
         return f"this CPU lacks {', '.join(lacking)}"
+    refused = amx_refusal() if "amx_tile" in t.isa else None
+    if refused:  # before choosing the target: "auto" then falls back to the next one (cpu-avx512)
+        return refused
     openmp_wait_policy()
     try:
         ctypes.CDLL("libgomp.so.1")

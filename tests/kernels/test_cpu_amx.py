@@ -85,6 +85,17 @@ def test_skip_reason_names_the_missing_flags(monkeypatch):
     assert cpu_device.probe("cpu-amx") == "this CPU lacks amx_int8"
 
 
+def test_a_refused_tile_state_is_a_probe_failure(monkeypatch):
+    """A CPU with AMX under an OS that refuses the tile state (Linux before 5.16): the probe says
+    so, so that "auto" picks the next cpu variant instead of failing at load."""
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the cpu probe answers for x86-64 Linux")
+    monkeypatch.setattr(cpu_device, "cpu_flags", lambda: set(parse_target("cpu-amx").isa))
+    monkeypatch.setattr(cpu_device, "amx_refusal", lambda: "the OS kernel refuses the AMX tile state (test)")
+    assert cpu_device.probe("cpu-amx") == "the OS kernel refuses the AMX tile state (test)"
+    assert cpu_device.probe("cpu-avx512") != cpu_device.probe("cpu-amx")
+
+
 def _ptr(a: np.ndarray) -> ctypes.c_void_p:
     return ctypes.c_void_p(a.ctypes.data)
 
