@@ -155,6 +155,10 @@ ATTENTION_TILE_KEYS = (32, 16, 8)
 ATTENTION_TILE_KEYS_LAST = 4
 ATTENTION_TILE_SHARED = 44 * 1024
 VECTOR_BYTES = 16  # widest load along head_dim (128 bits)
+# Query heads x K elements per step of a thread's dot products (each element meets every query
+# head's q_s value): a group of 8 or 16 query heads takes 4- or 2-element K loads, not 8 (with 8,
+# gfx1100 spilled 60 bytes at 64 x 8 x 128 and 460 at 64 x 4 x 128)
+ATTENTION_SCORE_MAX = 32
 ATTENTION_ACC_MAX = 8  # V accumulators per thread (query heads x elements): registers, and 8 KB of shared to merge them
 
 
@@ -601,7 +605,7 @@ class _Planner:
         width, row = self._width(op.inputs[0]), self.plan.kv.row
         dtype = self._kv_dtype()
         name = f"rfc_kv_write_{dtype}_{width}" + (f"_r{row}" if row != width else "")
-        quant = _kv_quant(self.plan.kv.head_dim)
+        quant = _kv_quant(self.plan, self.plan.kv.head_dim)
         chunk = min(width, max(KV_QUANT_CHUNK // max(quant["k_rot"], BLOCK_VALUES), 1) * max(quant["k_rot"], BLOCK_VALUES))
         return self._rowwise(op, "gpu_kv_write.hip.j2", name, width, kv_dtype=dtype, kv_row=row, chunk=chunk, **quant)
 
@@ -658,7 +662,7 @@ class _Planner:
         splits = max(1, min(ATTENTION_SPLITS, -(-keys // ATTENTION_SPLIT_KEYS)))
         item = 2 if dtype == "f16" else 4
         widths = [n for n in (8, 4, 2, 1) if n * item <= VECTOR_BYTES and head_dim % n == 0]
-        k_vec = widths[0]  # one thread reads a key's row: the widest load
+        k_vec = next(n for n in widths if n * group <= ATTENTION_SCORE_MAX or n == 1)  # one thread reads a key's row
         v_vec = next(n for n in widths if n * group <= ATTENTION_ACC_MAX or n == 1)
         lanes = head_dim // v_vec  # threads per value row
         dim_groups = threads // lanes
@@ -689,7 +693,7 @@ class _Planner:
             "scale": float(a["scale"]),
             "kv_dtype": dtype,
             "kv_row": row,
-            **_kv_quant(head_dim),
+            **_kv_quant(self.plan, head_dim),
             "has_window": window is not None,
             "window": int(window or 0),
             "has_softcap": softcap is not None,
@@ -713,12 +717,16 @@ class _Planner:
         return KernelSpec(name, "gpu_attention.hip.j2", params, _args("attention", has_sinks), threads, grid, steps)
 
 
-def _kv_quant(head_dim: int) -> dict:
+def _kv_quant(plan: Plan, head_dim: int) -> dict:
     """The constants of quantized KV caches (the type is the runtime's k_type / v_type):
-    whether rows of this head_dim can be q8_0 / q4_0 blocks at all, and the Hadamard rotations
-    of quantized K and V rows (KvCacheTypes.rotations) with their 1 / sqrt(size), the double
+    whether the runtime can serve this plan with q8_0 / q4_0 rows at all (what KvCacheTypes.check
+    asks: head_dim whole blocks, and one KV geometry in every layer; where not, the kernels are
+    compiled for f16 alone, without the quantized loops' registers: Gemma 4 31B's global layers
+    122 -> 90 on sm_90, of the 128 its 512 threads allow), and the Hadamard rotations of
+    quantized K and V rows (KvCacheTypes.rotations) with their 1 / sqrt(size), the double
     runtime/model/kv_quant.py multiplies by (rendered by repr: the literal reads back exactly)."""
-    quantizable = head_dim % BLOCK_VALUES == 0
+    geometries = {(op.attrs["n_kv_heads"], op.attrs["head_dim"]) for op in plan.ops if op.kind == "attention"}
+    quantizable = head_dim % BLOCK_VALUES == 0 and len(geometries) <= 1
     k_rot, v_rot = KvCacheTypes(CacheType.Q8_0, CacheType.Q8_0).rotations(head_dim) if quantizable else (0, 0)
     return {"quantizable": quantizable, "k_rot": k_rot, "v_rot": v_rot,
             "k_norm": 1.0 / math.sqrt(k_rot) if k_rot else 0.0, "v_norm": 1.0 / math.sqrt(v_rot) if v_rot else 0.0}

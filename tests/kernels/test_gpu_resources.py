@@ -86,6 +86,62 @@ ptxas info    : Used 40 registers, used 1 barriers, 3232 bytes smem
     assert not usage["rfc_attention_f16_8x2x32"].uses_local_memory
 
 
+# Attention at the real models' sizes, which no fixture has: (query heads, kv heads, head_dim,
+# window) per layer, and the context. The kernels' registers grow with the group of query heads
+# per kv head and with head_dim (threads = head_dim where over 256, so sm_90 allows 65536 /
+# threads registers), and the quantized KV loops (k_type / v_type) come on top where the model
+# can be served with them.
+REAL_ATTENTION = {
+    "llama3-8b": ([(32, 8, 128, None)], 8192),  # a group of 4
+    "llama3-70b": ([(64, 8, 128, None)], 8192),  # 8: gfx1100 spilled 120 bytes in the split kernel
+    "qwen3-235b": ([(64, 4, 128, None)], 32768),  # 16: gfx1100 1 KiB of stack, gfx90a 112 bytes of spills
+    # Gemma 4 31B: sliding layers of 16 kv heads x 256, global ones of 4 x 512 in the same rows
+    # (f16 caches only: the layers differ); sm_90 spilled 64 bytes at 512 threads
+    "gemma4-31b": ([(32, 16, 256, 1024), (32, 4, 512, None)], 32768),
+}
+
+
+def _attention_plan(layers: list[tuple[int, int, int, int | None]], context: int):
+    """A plan of kv_write + attention per layer, nothing else: the kernels a model of these
+    shapes gets (the KV row the widest layer's, as the recipes build it)."""
+    from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan
+
+    buffers, ops = [], []
+    for i, (heads, kv_heads, head_dim, window) in enumerate(layers):
+        q, k, v, o = (f"{x}{i}" for x in "qkvo")
+        buffers += [Buffer(q, ("T", heads * head_dim)), Buffer(k, ("T", kv_heads * head_dim)),
+                    Buffer(v, ("T", kv_heads * head_dim)), Buffer(o, ("T", heads * head_dim))]
+        attrs = {"layer": i, "n_heads": heads, "n_kv_heads": kv_heads, "head_dim": head_dim, "scale": head_dim**-0.5}
+        ops += [Op("kv_write", (k, v), (), (), {"layer": i}),
+                Op("attention", (q,), (o,), (), attrs | ({"window": window} if window else {}))]
+    widest = max(layers, key=lambda layer: layer[1] * layer[2])
+    return Plan(buffers=tuple(buffers), ops=tuple(ops), kv=KVSpec(len(layers), widest[1], widest[2]), input_tokens="tokens",
+                output_logits="o0", output_hidden="o0", vocab_size=32000, n_embd=layers[0][0] * layers[0][2],
+                context_length=context)
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx1100", "gfx90a")])
+def test_attention_at_real_model_sizes_uses_no_local_memory(target):
+    """Every REAL_ATTENTION model's attention kernels (per-op, split, reduce) and kv_write, in
+    one source per target (one build): no stack frame, no spills."""
+    from rfc.artifacts.layout import WeightLayout
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, render_source
+    from rfc.compiler.codegen.gpu_plan import plan_kernels
+    from rfc.compiler.targets import parse_target
+
+    t = parse_target(target)
+    specs = {}
+    for layers, context in REAL_ATTENTION.values():
+        for spec in plan_kernels(t, _attention_plan(layers, context), WeightLayout(256, ()))[0]:
+            assert specs.setdefault(spec.name, spec) == spec, f"two models' {spec.name} differ"
+    source = render_source(t, list(specs.values()))
+    tc = TOOLCHAINS[t.family]
+    usage = cuda_usage(source, tc.command(t)) if t.family == "cuda" else hip_usage(_compile(tc, t, source), target)
+    assert {n for n in specs if n.startswith("rfc_attention_")} <= {n for n, u in usage.items() if u.is_hot}
+    assert {"rfc_attention_f16_64x4x128_split", "rfc_attention_f16_32x4x512_r4096"} <= set(usage)
+    _check("real model sizes", target, usage)
+
+
 @pytest.mark.parametrize("vocab", [pytest.param(v, marks=toolchain_marks("sm_90")) for v in (32000, 262144)])
 def test_sm90_sampling_kernel_uses_no_local_memory(vocab):
     """The sampling kernel (templates/gpu_sample.hip.j2), alone, at the largest vocabulary
