@@ -57,10 +57,6 @@ TOWER_PREFIXES = ("v.", "a.", "mm.", "vision_", "audio_")
 MAX_OUT_SCALE = 1e6
 
 
-def _refuse(md: Metadata, what: str) -> CompileError:
-    return CompileError(f"{md.path}: {what} in gemma4 is not supported yet (dense Gemma 4 text files run)")
-
-
 def _check_supported(md: Metadata, s: Sizes) -> None:
     """The parts of Gemma 4 this recipe does not plan yet, refused before anything is built."""
     model = md.model
