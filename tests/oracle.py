@@ -262,6 +262,16 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.ple = k("embedding_length_per_layer_input", 0)
         n_kv = c.n_layers - k("attention.shared_kv_layers", 0)
         c.kv_source = {i: n_kv - (2 if local[i] else 1) for i in range(n_kv, c.n_layers)}
+    if arch == "gemma3n":  # src/models/gemma3n.cpp: gemma4's attention (score scale 1, V normed); AltUp, Laurel, PLE
+        c.gelu, c.qk_norm, c.v_norm = True, True, True
+        c.embed_scale, c.q_scale, c.final_softcap = _f32(math.sqrt(n_embd)), 1.0, 30.0  # 30: hparams' default, never read
+        pattern = k("attention.sliding_window_pattern", 5)
+        local = [i < len(pattern) and bool(pattern[i]) if isinstance(pattern, list) else i % pattern < pattern - 1
+                 for i in range(c.n_layers)]  # fmt: skip
+        swa = Layer(k("rope.freq_base_swa", 10000.0), 1.0, k("attention.sliding_window"))
+        c.layers = [swa if on else full for on in local]
+        c.ple = k("embedding_length_per_layer_input")
+        c.kv_source = {i: 20 - (2 if local[i] else 1) for i in range(20, c.n_layers)}  # n_layer_kv_from_start 20
     if arch == "glm4moe":  # src/models/glm4-moe.cpp (the nextn_predict_layers MTP blocks are not run)
         c.gating = {0: "sigmoid", 1: "softmax", 2: "sigmoid"}[k("expert_gating_func", 0)]
         c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
@@ -770,9 +780,46 @@ class Oracle:
         out = self.linear(np.maximum(up, 0.0) ** 2, p + "ffn_down.weight")
         return out + (self.w(p + "ffn_down.bias") if self.has(p + "ffn_down.bias") else 0.0)
 
+    def router(self, x: np.ndarray, p: str) -> np.ndarray:
+        """gemma3n's altup_compute_router_modalities: tanh(altup_router(norm(x) / n_embd))."""
+        return np.tanh(self.linear(self.norm(x, p + "altup_router_norm.weight") / self.cfg.n_embd, p + "altup_router.weight"))
+
+    def gemma3n_logits(self, tokens: list[int]) -> np.ndarray:
+        """src/models/gemma3n.cpp: 4 AltUp streams (stream 0 active), Laurel beside attention, the
+        FFN gate sparsified in the first 10 layers, the per-layer embedding added to streams 1..3."""
+        c = self.cfg
+        x = self.w("token_embd.weight")[np.asarray(tokens)] * c.embed_scale
+        self._kv = {}
+        ple = self.per_layer_inputs(tokens, x)
+        streams = altup_stack(x, [x @ w.T for w in self.w("altup_proj.weight")])
+        for i in range(c.n_layers):
+            p = f"blk.{i}."
+            pred = altup_predict(streams, self.linear(self.router(streams[0], p), p + "altup_predict_coef.weight"))
+            h = self.norm(pred[0], p + "attn_norm.weight")
+            lr = self.linear(self.linear(h, p + "laurel_l.weight"), p + "laurel_r.weight")
+            laurel = self.norm(lr, p + "laurel_post_norm.weight") + h
+            a = self.norm(self.attention(h, i), p + "post_attention_norm.weight") + pred[0]
+            a = (a + laurel) / math.sqrt(2.0)
+            hf = self.norm(a, p + "ffn_norm.weight")
+            gate, up = self.linear(hf, p + "ffn_gate.weight"), self.linear(hf, p + "ffn_up.weight")
+            if i < 10:  # n_layer_sparsity
+                gate = gaussian_topk(gate, 1.6448533535003662)
+            f = self.linear(self.gelu(gate) * up, p + "ffn_down.weight")
+            activated = self.norm(f, p + "post_ffw_norm.weight") + a
+            coefs = self.linear(self.router(activated, p), p + "altup_correct_coef.weight")
+            corrected = altup_correct(pred, activated, coefs, 0)
+            g = self.gelu(self.linear(corrected[0] * self.w(p + "altup_correct_scale.weight"), p + "inp_gate.weight")) * ple[:, i]
+            first = self.norm(self.linear(g, p + "proj.weight"), p + "post_norm.weight")
+            streams = [corrected[0]] + [s + first for s in corrected[1:]]
+        x = altup_merge(streams, [s @ w.T for s, w in zip(streams[1:], self.w("altup_unembd_proj.weight"))], 0)
+        out = self.linear(self.norm(x, c.out_norm), "token_embd.weight" if c.tied else "output.weight")
+        return c.final_softcap * np.tanh(out / c.final_softcap)
+
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Teacher-forced logits float64[len(tokens), vocab]."""
         c = self.cfg
+        if c.arch == "gemma3n":
+            return self.gemma3n_logits(tokens)
         x = self.w("token_embd.weight")[np.asarray(tokens)] * c.embed_scale
         self._kv: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # gemma4's shared KV: each source layer's K, V
         ple = self.per_layer_inputs(tokens, x) if c.ple else None

@@ -14,6 +14,7 @@ from rfc.compiler.arch import qwen35
 from rfc.compiler.arch import qwen35moe, qwen3next
 from rfc.compiler.arch import lfm2
 from rfc.compiler.arch import gemma4
+from rfc.compiler.arch import gemma3n
 from rfc.compiler.arch import lfm2moe
 from rfc.compiler.arch import llama4
 from rfc.compiler.arch import granitehybrid, nemotron_h
@@ -29,6 +30,7 @@ RECIPES: dict[str, Recipe] = {
     "deepseek2": deepseek2.build,
     "gemma2": gemma2.build,
     "gemma3": gemma3.build,
+    "gemma3n": gemma3n.build,
     "gemma4": gemma4.build,
     "glm4moe": glm4moe.build,
     "gpt-oss": gpt_oss.build,

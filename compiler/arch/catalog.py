@@ -55,7 +55,6 @@ REFUSED: dict[str, str] = {
     **dict.fromkeys(("dream", "llada", "llada-moe", "rnd1"), _DIFFUSION),
     **dict.fromkeys(("eagle3", "dflash", "gemma4-assistant"), _DRAFT),
     "t5": "an encoder-decoder model: rfc runs decoder-only models",
-    "gemma3n": "per-layer embeddings, AltUp and Laurel blocks (issue 26)",
 }
 NO_RECIPE = "no recipe yet"
 

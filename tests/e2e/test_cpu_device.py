@@ -97,6 +97,7 @@ GREEDY_MODELS = ["tiny-llama-Q4_0", "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M", 
                  "tiny-lfm2moe-Q8_0", "tiny-lfm2moe-Q4_K_M", "tiny-llama4-Q8_0",
                  "tiny-llama4-Q4_K_M", "tiny-gemma4-Q8_0"]
 GREEDY_MODELS += ["tiny-granitehybrid-Q8_0", "tiny-nemotron_h-Q8_0"]  # Mamba2 layers carrying conv and scan state
+GREEDY_MODELS += ["tiny-gemma3n-Q8_0"]  # Gemma 3n: 4 AltUp streams, Laurel, sparse FFN gates, KV shared from layer 20
 GREEDY_MODELS += ["tiny-nemotron_h_moe-Q8_0"]  # ... and sigmoid-routed squared-ReLU experts
 GREEDY_MODELS += ["tiny-gemma4e-Q8_0"]  # Gemma 4 E2B/E4B: per-layer embeddings, 2 layers decoding over others' KV caches
 GREEDY_MODELS += ["tiny-gemma4moe-Q8_0"]  # Gemma 4 26B-A4B: GELU experts beside the dense MLP, per-expert output scales
