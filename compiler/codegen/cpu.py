@@ -74,6 +74,9 @@ class CpuTuning:
     # 1.3x at 16, 1.4-1.5x at 64
     amx_min_tokens: int = 8
     amx_min_tokens_4bit: int = 16
+    # Q4_Kx8 / Q5_Kx8 (cpu_amx.h rfc_amx_k_tile; tools/amx/bench_kquant.py, 576 x 1536 and
+    # 2048 x 5632): 0.7-0.8x at 4 tokens, 0.8-0.9x at 8, 1.26-1.47x at 16, 1.2-1.45x at 64-128
+    amx_min_tokens_kquant: int = 16
     attention_chunk: int = 32  # cache positions per online-softmax step
     attention_query_block: int = 16  # query tokens of one sequence that share K/V conversions
 
@@ -393,7 +396,10 @@ def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
     common = {"fmt": fmt.lower(), "FMT": fmt, "BASE": f.base, "block_bytes": f.block_bytes, "block_elems": f.block_elems,
               "act": f.cpu_act, "token_tile": 4}  # fmt: skip
     if f.column_dot:  # a layout of its own, dotted a column at a time by cpu_dot.h
-        return {**common, "columns": True, "column_kernel": f.base.lower(), "head": 0, "has_min": False, "int8": False}
+        # Q4_Kx8 / Q5_Kx8 on the tile unit from amx_min_tokens_kquant tokens (cpu_amx.h rfc_amx_k_tile)
+        amx_q5 = {"Q4_K": 0, "Q5_K": 1}.get(f.base, -1)  # -1: VNNI only (IQ4_XSx8, IQ4_NLx8)
+        return {**common, "columns": True, "column_kernel": f.base.lower(), "head": 0, "has_min": False, "int8": False,
+                "amx_q5": amx_q5, "amx_min_tokens": tuning.amx_min_tokens_kquant}
     quant_bytes = f.block_bytes - f.head_bytes
     assert quant_bytes in (16, 32) and f.head_bytes in (2, 4), f"{fmt}: a layout cpu_matmul_x8.c.j2 does not know"
     return {**common, "columns": False, "head": f.head_bytes * 8, "has_min": f.head_bytes == 4, "int8": quant_bytes == 32,

@@ -1,6 +1,6 @@
 """The cpu-amx target: the x8 layouts' multi-token matmuls on AMX int8 tiles (kernels/cpu_amx.h).
 
-A small library (the prelude and the Q8_0x8 / Q4_0x8 / Q4_1x8 matmuls, rendered as the
+A small library (the prelude and the Q8_0x8 / Q4_0x8 / Q4_1x8 / Q4_Kx8 / Q5_Kx8 matmuls, rendered as the
 compiler renders them for cpu-amx) is built on any x86-64 machine; it runs only where the CPU
 has amx_tile and amx_int8 (and the OS grants the tile state), else those tests skip with the
 runtime's own reason. Oracle: the float64 product of the dequantized weights (the reference
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rfc.artifacts.formats import FORMATS as FORMATS_BY_NAME
 from rfc.artifacts.formats import Kernels, tensor_nbytes
 from rfc.compiler.codegen import cpu
 from rfc.compiler.codegen.format_table import format_params
@@ -28,13 +29,14 @@ from rfc.runtime.devices import cpu as cpu_device
 from rfc.runtime.model.quants import dequantize
 from tests.kernels.test_cpu_kernels import matmul_bound, weight_bytes
 
-FORMATS = ("Q8_0x8", "Q4_0x8", "Q4_1x8")
+FORMATS = ("Q8_0x8", "Q4_0x8", "Q4_1x8", "Q4_Kx8", "Q5_Kx8")
 # 33 groups of 8 rows: with one or two threads a tile holds an odd number of groups, so passes
-# of two groups and of one (dotted twice) both run; 11 blocks a row: the odd last block
-N, K = 264, 352
+# of two groups and of one (dotted twice) both run; 11 blocks a row: the odd last block; the
+# k-quants: 3 super-blocks (the pipelined pass's first, middle and last, cpu_amx.h rfc_amx_k_pass)
+N, K, K_SUPER = 264, 352, 768
 TUNING = cpu.CpuTuning()
 PRELUDE = {"abi_version": cpu.ABI_VERSION, "n_embd": K, "n_ff": K, "vocab_size": 32, "n_heads": 1, "n_kv_heads": 1,
-           "head_dim": 32, "group": 1, "q_width": 32, "kv_width": 32, "max_k": K}  # fmt: skip
+           "head_dim": 32, "group": 1, "q_width": 32, "kv_width": 32, "max_k": K_SUPER}  # fmt: skip
 
 
 def source() -> str:
@@ -106,9 +108,10 @@ def test_amx_matmul_matches_reference_and_the_vnni_path(amx: ctypes.CDLL, fmt: s
     tiles), with the fused bias and residual: within the bound of the float64 product, and
     every token's row bit for bit its row alone (1 token: the VNNI kernel)."""
     rng = np.random.default_rng(27)
-    w = np.frombuffer(weight_bytes(fmt, N, K, rng), np.uint8).copy()
-    assert w.size == tensor_nbytes(fmt, (N, K))
-    w64 = dequantize(w, fmt, (N, K)).astype(np.float64)
+    k = K_SUPER if FORMATS_BY_NAME[fmt].block_elems == 256 else K
+    w = np.frombuffer(weight_bytes(fmt, N, k, rng), np.uint8).copy()
+    assert w.size == tensor_nbytes(fmt, (N, k))
+    w64 = dequantize(w, fmt, (N, k)).astype(np.float64)
     bias = rng.standard_normal(N).astype(np.float32)
     run_fn = getattr(amx, f"rfc_matmul_{fmt.lower()}")
     run_fn.restype = None
@@ -118,17 +121,21 @@ def test_amx_matmul_matches_reference_and_the_vnni_path(amx: ctypes.CDLL, fmt: s
     def run(x: np.ndarray, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out, accum = np.full((len(x), N), np.nan, np.float32), residual.copy()
         scratch = np.zeros(amx.rfc_scratch_bytes(len(x)) + 64, np.uint8)
-        run_fn(_ptr(w), w.size // N, N, K, _ptr(x), len(x), _ptr(out), _ptr(bias), _ptr(accum), _ptr(scratch))
+        run_fn(_ptr(w), w.size // N, N, k, _ptr(x), len(x), _ptr(out), _ptr(bias), _ptr(accum), _ptr(scratch))
         return out, accum
 
+    act_block_fn = getattr(amx, f"rfc_act_block_{fmt.lower()}")
+    act_block_fn.restype = ctypes.c_int
+    act_block = act_block_fn()
+    assert act_block in (32, 256)
     threshold = cpu._x8_params(fmt, TUNING)["amx_min_tokens"]
     assert threshold > 1
     for tokens in sorted({threshold, 16, 37}):
-        x = rng.standard_normal((tokens, K)).astype(np.float32)
+        x = rng.standard_normal((tokens, k)).astype(np.float32)
         residual = rng.standard_normal((tokens, N)).astype(np.float32)
         got, accum = run(x, residual)
         want = x.astype(np.float64) @ w64.T + bias
-        bound = matmul_bound(w64, x, 32)
+        bound = matmul_bound(w64, x, act_block)
         err = np.abs(got - want)
         assert (err <= bound).all(), f"{fmt} T={tokens}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
         np.testing.assert_array_equal(accum, residual + got)
