@@ -364,14 +364,16 @@ static inline __attribute__((always_inline)) void rfc_amx_k_tile(const rfc_act *
         size_t row_bytes, int N, float *out, const float *bias, float *accum, int lo, int hi, const int q5) {
     const int nb = K / 256;
     int configured = 0;
-    for (int n0 = lo; n0 < hi; n0 += 16) {
-        const uint8_t *g0 = w + (size_t)n0 * row_bytes;
-        const uint8_t *g1 = hi - n0 > 8 ? g0 + 8 * row_bytes : g0;
-        const int nr = hi - n0 < 16 ? hi - n0 : 16;
-        for (int t0 = 0; t0 < T; t0 += 16) {
-            const int mt = T - t0 < 16 ? T - t0 : 16;
+    /* token tiles outside: one tile's activations (16 x K bytes) stay in L1 for all the row
+     * pairs, read by strided tile loads the prefetcher does not follow; the weights stream */
+    for (int t0 = 0; t0 < T; t0 += 16) {
+        const int mt = T - t0 < 16 ? T - t0 : 16;
+        if (mt != configured) rfc_amx_k_configure(configured = mt);
+        for (int n0 = lo; n0 < hi; n0 += 16) {
+            const uint8_t *g0 = w + (size_t)n0 * row_bytes;
+            const uint8_t *g1 = hi - n0 > 8 ? g0 + 8 * row_bytes : g0;
+            const int nr = hi - n0 < 16 ? hi - n0 : 16;
             float v[16][16];
-            if (mt != configured) rfc_amx_k_configure(configured = mt);
             if (mt == 16)
                 rfc_amx_k_pass(g0, g1, nb, q5, a, t0, 16, v);
             else
