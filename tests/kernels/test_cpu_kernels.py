@@ -552,6 +552,45 @@ def test_kv_write_and_attention_over_paged_cache(kit: Kit, extra: dict):
         assert_close(got[0], want[0], 0, 2e-3)
 
 
+def test_avx512_attention_gives_the_avx2_kernels_bits(tmp_path):
+    """cpu-avx512's attention runs 16 lanes wide (scores of several rows per load of K, values of
+    several heads per load of V), each lane doing the 8-wide path's operations in its order: its
+    outputs are the cpu (AVX2) build's bit for bit, for two sequences over several chunks and
+    query blocks of an F16 cache, plain, with a sliding window and soft-capping, and with sinks."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the native builds are tested on x86-64")
+    from rfc.artifacts.targets import missing_isa
+    from rfc.runtime.devices.cpu import cpu_flags
+
+    if missing_isa(parse_target("cpu-avx512"), cpu_flags()):
+        pytest.skip("this CPU lacks the cpu-avx512 target's ISA")
+    libs = []
+    for build in ("native", "avx512"):
+        (tmp_path / build).write_bytes(built_library(build, "adjacent"))
+        libs.append(ctypes.CDLL(str(tmp_path / build)))
+    rng = np.random.default_rng(11)
+    lens, width = (37, 70), N_KV_HEADS * HEAD_DIM  # tokens of each sequence in the step; cached before it
+    tables = np.array([[2 * b for b in range(32)], [2 * b + 1 for b in range(32)]], np.int32)  # interleaved blocks
+    k = rng.standard_normal((64 * BLOCK_SIZE, width)).astype(np.float16)
+    v = rng.standard_normal((64 * BLOCK_SIZE, width)).astype(np.float16)
+    positions = np.concatenate([np.arange(29, 29 + lens[0]), np.arange(50, 50 + lens[1])]).astype(np.int32)
+    seq_start = np.array([0, lens[0], sum(lens)], np.int32)
+    q = rng.standard_normal((sum(lens), N_HEADS * HEAD_DIM)).astype(np.float32)
+    sinks = np.array([0.0, 12.0, -30.0, 2.5, -1.0, 40.0, 1.5, -4.0][:N_HEADS], np.float32)
+    ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    for window, softcap, with_sinks in ((0, 0.0, False), (40, 1.5, False), (5, 0.0, True)):
+        outs = []
+        for lib in libs:
+            out = np.zeros_like(q)
+            fn = lib.rfc_attention_sinks
+            fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 3 + [ctypes.c_float, ctypes.c_void_p]
+            fn(ptr(q), ptr(out), ptr(k), ptr(v), ptr(positions), ptr(seq_start), 2, ptr(tables), tables.shape[1], BLOCK_SIZE,
+               window, softcap, ptr(sinks) if with_sinks else None)
+            outs.append(out)
+        assert np.isfinite(outs[0]).all() and np.abs(outs[0]).max() > 0.1
+        np.testing.assert_array_equal(outs[1], outs[0])
+
+
 # -- the device's contract ----------------------------------------------------------------------
 
 
