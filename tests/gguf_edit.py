@@ -53,17 +53,24 @@ def rewrite_gguf(
     return dst
 
 
+def spec_of(src: Path, tmp_path: Path | None = None, **edits):
+    """The recipe's ModelSpec of src, rewritten with `edits` (rewrite_gguf's keywords) into tmp_path
+    first when there are any (the arch unit tests' plan checks)."""
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.spec import build_spec
+
+    return build_spec(read_gguf(rewrite_gguf(src, tmp_path / "edited.gguf", **edits) if edits else src))
+
+
 def assert_spec_refused(src: Path, tmp_path: Path, edits: dict, message: str) -> None:
     """src rewritten with `edits` (rewrite_gguf's keywords) is refused by its recipe with one line
     holding `message` (the arch unit tests' malformed-file cases)."""
     import pytest
 
     from rfc.compiler.errors import CompileError
-    from rfc.compiler.gguf_reader import read_gguf
-    from rfc.compiler.spec import build_spec
 
     with pytest.raises(CompileError) as e:
-        build_spec(read_gguf(rewrite_gguf(src, tmp_path / "edited.gguf", **edits)))
+        spec_of(src, tmp_path, **edits)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 

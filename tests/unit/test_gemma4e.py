@@ -11,10 +11,8 @@ import pytest
 from rfc.artifacts.errors import BundleError
 from rfc.artifacts.plan import KVSpec, Op, validate_plan
 from rfc.compiler.errors import CompileError
-from rfc.compiler.gguf_reader import read_gguf
-from rfc.compiler.spec import build_spec
 from tests.conftest import FIXTURES, assert_compile_refused
-from tests.gguf_edit import rewrite_gguf
+from tests.gguf_edit import rewrite_gguf, spec_of
 
 pytestmark = pytest.mark.shared
 
@@ -23,8 +21,7 @@ K = "gemma4."
 
 
 def _spec(tmp_path=None, **edits):
-    path = rewrite_gguf(SRC, tmp_path / "edited.gguf", **edits) if edits else SRC
-    return build_spec(read_gguf(path))
+    return spec_of(SRC, tmp_path, **edits)
 
 
 def test_shared_layers_read_the_cache_llama_cpp_reuses():
