@@ -173,6 +173,21 @@ static inline __attribute__((always_inline)) void rfc_amx_x8_pass(const uint8_t 
     for (int m = 0; m < mt; m++) _mm512_storeu_ps(v[m], acc[m]);
 }
 
+/* A tile pass's mt x nr results to out (plus bias) and, where accum is given, added to it: the
+ * x8 kernels' own epilogue, shared by the x8 and k-quant tile loops. */
+static inline void rfc_amx_store(float v[16][16], int mt, int nr, int t0, int n0, int N, const float *bias,
+                                 float *out, float *accum) {
+    for (int ti = 0; ti < mt; ti++) {
+        float *o = out + (size_t)(t0 + ti) * N + n0;
+        float *ac = accum ? accum + (size_t)(t0 + ti) * N + n0 : NULL;
+        for (int r = 0; r < nr; r++) {
+            const float yv = v[ti][r] + (bias ? bias[n0 + r] : 0.0f);
+            o[r] = yv;
+            if (ac) ac[r] += yv;
+        }
+    }
+}
+
 /* Rows [lo, hi) (lo a whole group) of a matmul over all T tokens of a, out/accum rows of N,
  * as rfc_mm_<fmt>_tile writes them. A pass with one group left dots it twice (g1 = g0). */
 static inline __attribute__((always_inline)) void rfc_amx_x8_tile(const rfc_act *a, int T, int K, const uint8_t *w,
@@ -192,15 +207,7 @@ static inline __attribute__((always_inline)) void rfc_amx_x8_tile(const rfc_act 
                 rfc_amx_x8_pass(g0, g1, nb, col, head, kind, a, t0, 16, v);
             else
                 rfc_amx_x8_pass(g0, g1, nb, col, head, kind, a, t0, mt, v);
-            for (int ti = 0; ti < mt; ti++) {
-                float *o = out + (size_t)(t0 + ti) * N + n0;
-                float *ac = accum ? accum + (size_t)(t0 + ti) * N + n0 : NULL;
-                for (int r = 0; r < nr; r++) {
-                    const float yv = v[ti][r] + (bias ? bias[n0 + r] : 0.0f);
-                    o[r] = yv;
-                    if (ac) ac[r] += yv;
-                }
-            }
+            rfc_amx_store(v, mt, nr, t0, n0, N, bias, out, accum);
         }
     }
     _tile_release();
@@ -378,15 +385,7 @@ static inline __attribute__((always_inline)) void rfc_amx_k_tile(const rfc_act *
                 rfc_amx_k_pass(g0, g1, nb, q5, a, t0, 16, v);
             else
                 rfc_amx_k_pass(g0, g1, nb, q5, a, t0, mt, v);
-            for (int ti = 0; ti < mt; ti++) {
-                float *o = out + (size_t)(t0 + ti) * N + n0;
-                float *ac = accum ? accum + (size_t)(t0 + ti) * N + n0 : NULL;
-                for (int r = 0; r < nr; r++) {
-                    const float yv = v[ti][r] + (bias ? bias[n0 + r] : 0.0f);
-                    o[r] = yv;
-                    if (ac) ac[r] += yv;
-                }
-            }
+            rfc_amx_store(v, mt, nr, t0, n0, N, bias, out, accum);
         }
     }
     _tile_release();
