@@ -190,6 +190,50 @@ static inline __attribute__((always_inline)) __m256i rfc_x8dot_i8(const __m256i 
     return _mm256_add_epi32(s0, s1);
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* Two groups a pass (templates/cpu_matmul_x8.c.j2's pair path on AVX-512): the same 32-byte
+ * chunk of two groups as one zmm, rows 0-7 of the first in the low half, 8-15 of the second in
+ * the high one. A vpdpbusd on a zmm costs what one on a ymm does on these cores (cpu_dot.h), so
+ * each token's block takes half the instructions of rfc_x8dot_*. The integer sums are exact,
+ * hence the same as the 8-row dots' whatever the order. */
+#define RFC_X16_DOT 1
+static inline __attribute__((always_inline)) __m512i rfc_x16_load(const uint8_t *c0, const uint8_t *c1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)c0)),
+                              _mm256_loadu_si256((const __m256i *)c1), 1);
+}
+
+static inline __attribute__((always_inline)) __m512i rfc_bcast4_512(const int8_t *y) {
+    int32_t v;
+    memcpy(&v, y, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* rfc_x8dot_u4 on 16 rows */
+static inline __attribute__((always_inline)) __m512i rfc_x16dot_u4(const __m512i lo[4], const __m512i hi[4], const int8_t *y) {
+    __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[0], rfc_bcast4_512(y));
+    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[0], rfc_bcast4_512(y + 16));
+    s0 = _mm512_dpbusd_epi32(s0, lo[1], rfc_bcast4_512(y + 4));
+    s1 = _mm512_dpbusd_epi32(s1, hi[1], rfc_bcast4_512(y + 20));
+    s0 = _mm512_dpbusd_epi32(s0, lo[2], rfc_bcast4_512(y + 8));
+    s1 = _mm512_dpbusd_epi32(s1, hi[2], rfc_bcast4_512(y + 24));
+    s0 = _mm512_dpbusd_epi32(s0, lo[3], rfc_bcast4_512(y + 12));
+    s1 = _mm512_dpbusd_epi32(s1, hi[3], rfc_bcast4_512(y + 28));
+    return _mm512_add_epi32(s0, s1);
+}
+
+/* rfc_x8dot_i8 on 16 rows. AVX-512 has no vpsignb, so the weights come as w + 128 (wu: w with
+ * its top bit flipped, unsigned) and the block's 128 sum(y) comes off: sum (w + 128) y - 128
+ * sum y is sum w y exactly (|each| <= 32 x 255 x 127). */
+static inline __attribute__((always_inline)) __m512i rfc_x16dot_i8(const __m512i wu[8], const int8_t *y, int32_t ysum) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    for (int j = 0; j < 8; j += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, wu[j], rfc_bcast4_512(y + 4 * j));
+        s1 = _mm512_dpbusd_epi32(s1, wu[j + 1], rfc_bcast4_512(y + 4 * j + 4));
+    }
+    return _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(128 * ysum));
+}
+#endif
+
 /* Unsigned packed values against token t's block b: lane r = sum over the block of row r.
  * FLUSH steps are summed in int16 before widening. */
 static inline __attribute__((always_inline)) __m256i rfc_gemm_block_u8(const uint8_t *qs, const int8_t *y, int flush) {

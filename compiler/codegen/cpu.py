@@ -69,10 +69,12 @@ class CpuTuning:
     gemm_token_tile: int = 8  # tokens per packed-matmul tile
     # from this many tokens on, the cpu-amx build dots Q8_0x8 (the 4-bit x8 layouts: from
     # amx_min_tokens_4bit, they unpack their tiles first) on the tile unit (kernels/cpu_amx.h; bit
-    # for bit the VNNI sums). Single thread, 576 x 1536, against the VNNI x8 kernel: Q8_0x8
-    # 0.9-1.0x at 4 tokens, 1.2-1.4x at 8, 2.0x at 16; Q4_0x8 / Q4_1x8 0.7-0.8x at 4, 1.0x at 8,
-    # 1.3x at 16, 1.4-1.5x at 64
-    amx_min_tokens: int = 8
+    # for bit the VNNI sums). One thread, 576 x 1536 and 2048 x 5632, against the 16-row VNNI
+    # kernels (cpu_gemm.h rfc_x16dot_*; tools/amx/bench_kquant.py --formats Q4_0x8,Q4_1x8,Q8_0x8):
+    # Q8_0x8 0.91-0.95x at 8 tokens, 1.12-1.14x at 12, 1.26-1.40x at 16, 1.26-1.49x at 32-128;
+    # Q4_0x8 0.82-0.86x at 8, 1.20-1.26x at 16, 1.13-1.30x at 32-128; Q4_1x8 0.84-0.88x at 8,
+    # 1.11-1.15x at 16, 1.00-1.15x at 32-128
+    amx_min_tokens: int = 12
     amx_min_tokens_4bit: int = 16
     # Q4_Kx8 / Q5_Kx8 (cpu_amx.h rfc_amx_k_tile; tools/amx/bench_kquant.py, 576 x 1536 and
     # 2048 x 5632): 0.7-0.8x at 4 tokens, 0.8-0.9x at 8, 1.26-1.47x at 16, 1.2-1.45x at 64-128

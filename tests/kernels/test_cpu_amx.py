@@ -104,8 +104,8 @@ def _ptr(a: np.ndarray) -> ctypes.c_void_p:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_amx_matmul_matches_reference_and_the_vnni_path(amx: ctypes.CDLL, fmt: str):
-    """Token counts from the format's AMX threshold on (a 16-token tile, partial ones, several
-    tiles), with the fused bias and residual: within the bound of the float64 product, and
+    """Token counts from the format's AMX threshold on (a 16-token tile, partial ones, whole
+    tiles with a remainder on the VNNI kernel), with the fused bias and residual: within the bound of the float64 product, and
     every token's row bit for bit its row alone (1 token: the VNNI kernel)."""
     rng = np.random.default_rng(27)
     k = K_SUPER if FORMATS_BY_NAME[fmt].block_elems == 256 else K
@@ -130,7 +130,7 @@ def test_amx_matmul_matches_reference_and_the_vnni_path(amx: ctypes.CDLL, fmt: s
     assert act_block in (32, 256)
     threshold = cpu._x8_params(fmt, TUNING)["amx_min_tokens"]
     assert threshold > 1
-    for tokens in sorted({threshold, 16, 37}):
+    for tokens in sorted({threshold, 16, 27, 37}):  # 27, 37: whole tiles on AMX, the rest on VNNI
         x = rng.standard_normal((tokens, k)).astype(np.float32)
         residual = rng.standard_normal((tokens, N)).astype(np.float32)
         got, accum = run(x, residual)

@@ -591,6 +591,43 @@ def test_avx512_attention_gives_the_avx2_kernels_bits(tmp_path):
         np.testing.assert_array_equal(outs[1], outs[0])
 
 
+@pytest.mark.parametrize("fmt", ["Q4_0x8", "Q4_1x8", "Q8_0x8"])
+def test_avx512_x8_matmuls_give_the_avx2_kernels_bits(tmp_path, fmt: str):
+    """cpu-avx512 dots two groups (16 rows) of Q4_0x8, Q4_1x8 and Q8_0x8 per pass in zmm lanes
+    (Q8_0's weights biased by 128, as AVX-512 has no vpsignb), each lane doing the 8-row AVX2
+    kernel's operations in its order: every token count gives the cpu (AVX2) build's outputs
+    bit for bit, an odd last group (37 rows: 5 groups) included."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the native builds are tested on x86-64")
+    from rfc.artifacts.targets import missing_isa
+    from rfc.runtime.devices.cpu import cpu_flags
+
+    if missing_isa(parse_target("cpu-avx512"), cpu_flags()):
+        pytest.skip("this CPU lacks the cpu-avx512 target's ISA")
+    rng = np.random.default_rng(13)
+    k = k_of(fmt)
+    w = np.frombuffer(weight_bytes(fmt, N_ROWS, k, rng), np.uint8).copy()
+    row_bytes = len(w) // (-(-N_ROWS // 8) * 8)
+    x = rng.standard_normal((19, k)).astype(np.float32)
+    x[3] *= 1e3  # rows far apart in scale: the float epilogue's order shows
+    ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    outs = []
+    for build in ("native", "avx512"):
+        (tmp_path / build).write_bytes(built_library(build, "adjacent"))
+        fn = getattr(ctypes.CDLL(str(tmp_path / build)), f"rfc_matmul_{fmt.lower()}")
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4
+        scratch = np.zeros(1 << 20, np.uint8)
+        got = {}
+        for t in range(1, 20):
+            out = np.full((t, N_ROWS), np.nan, np.float32)
+            fn(ptr(w), row_bytes, N_ROWS, k, ptr(x), t, ptr(out), None, None, ptr(scratch))
+            got[t] = out
+        outs.append(got)
+    for t in range(1, 20):
+        assert np.isfinite(outs[0][t]).all() and np.abs(outs[0][t]).max() > 0.1
+        np.testing.assert_array_equal(outs[1][t], outs[0][t], err_msg=f"{fmt}, {t} tokens")
+
+
 # -- the device's contract ----------------------------------------------------------------------
 
 

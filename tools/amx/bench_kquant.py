@@ -1,13 +1,14 @@
-"""Q4_Kx8 / Q5_Kx8 matmuls on the tile unit against the cpu-avx512 VNNI kernel (issue 27).
+"""x8 matmuls on the tile unit against the cpu-avx512 VNNI kernels (issue 27).
 
-    python tools/amx/bench_kquant.py [--reps 7] [--formats Q4_Kx8,Q5_Kx8]
+    python tools/amx/bench_kquant.py [--reps 7] [--formats Q4_Kx8,Q5_Kx8] [--tokens 4,8,16,64,128]
+    python tools/amx/bench_kquant.py --formats Q4_0x8,Q4_1x8,Q8_0x8
 
-Builds the prelude and the k-quant x8 matmuls as the compiler renders them for cpu-amx twice:
-once with CpuTuning.amx_min_tokens_kquant = 1 (every call on AMX, kernels/cpu_amx.h) and once
-with it out of reach (every call on the VNNI kernel, cpu_dot.h rfc_x8colt_k45), then times one
-thread (OMP_NUM_THREADS=1, thread CPU time, the two interleaved, medians) at 4..128 tokens on
-576 x 1536 and 2048 x 5632, and checks the outputs equal bit for bit. Prints CSV. Needs a host
-with amx_tile and amx_int8; a tool, not part of the suite.
+Builds the prelude and the x8 matmuls as the compiler renders them for cpu-amx twice: once
+with every CpuTuning.amx_min_tokens* = 1 (every call on AMX, kernels/cpu_amx.h) and once with
+them out of reach (every call on the VNNI kernels: cpu_dot.h rfc_x8colt_k45, cpu_gemm.h
+rfc_x16dot_*), then times one thread (OMP_NUM_THREADS=1, thread CPU time, the two interleaved,
+medians) at each token count on 576 x 1536 and 2048 x 5632, and checks the outputs equal bit
+for bit. Prints CSV. Needs a host with amx_tile and amx_int8; a tool, not part of the suite.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from rfc.compiler.targets import parse_target  # noqa: E402
 from rfc.runtime.devices import cpu as cpu_device  # noqa: E402
 
 SHAPES = ((576, 1536), (2048, 5632))
-TOKENS = (4, 8, 16, 64, 128)
 
 
 def build(folder: Path, fmts: list[str], threshold: int) -> ctypes.CDLL:
-    tuning = dataclasses.replace(cpu.CpuTuning(), amx_min_tokens_kquant=threshold)
+    tuning = dataclasses.replace(cpu.CpuTuning(), amx_min_tokens=threshold, amx_min_tokens_4bit=threshold,
+                                 amx_min_tokens_kquant=threshold)
     prelude = {"abi_version": cpu.ABI_VERSION, "n_embd": 576, "n_ff": 5632, "vocab_size": 32, "n_heads": 1,
                "n_kv_heads": 1, "head_dim": 32, "group": 1, "q_width": 32, "kv_width": 32, "max_k": 5632}  # fmt: skip
     src = render("cpu_prelude.c.j2", {**prelude, **format_params(Kernels.CPU)})
@@ -56,6 +57,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--formats", default="Q4_Kx8,Q5_Kx8")
+    ap.add_argument("--tokens", default="4,8,16,64,128")
     args = ap.parse_args()
     reason = cpu_device.probe("cpu-amx")
     if reason is not None:
@@ -72,7 +74,7 @@ def main() -> int:
         for fmt in fmts:
             for n, k in SHAPES:
                 w = np.frombuffer(weight_bytes(fmt, n, k, rng), np.uint8).copy()
-                for t in TOKENS:
+                for t in (int(v) for v in args.tokens.split(",")):
                     x = rng.standard_normal((t, k)).astype(np.float32)
                     outs, times = {}, {"vnni": [], "amx": []}
                     scratch = np.zeros(amx.rfc_scratch_bytes(t) + 64, np.uint8)
