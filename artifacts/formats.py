@@ -139,6 +139,18 @@ Q4_KX8_COLUMN_BYTES = 16 + 16 + 64 + 64 + 1024
 # 2c+1: the high nibble's). 1440 bytes per column (180 per row and super-block).
 Q5_KX8_COLUMN_BYTES = Q4_KX8_COLUMN_BYTES + 256
 #
+# Q6_Kx8: rows in groups of 8, a column is one super-block of each of the 8 rows, stored as
+# the 8 scales d (f16), the 16 sub-block scales (int8, as GGUF has them) [sub-block 0..15][row],
+# then GGUF's ql bytes in 32 chunks of 32 bytes (chunk m holding bytes 4m..4m+3 of every row:
+# Q4_0x8's chunks), then its qh bytes in 16 such chunks: the same bytes as the GGUF blocks, 1680
+# a column (210 per row and super-block). ql chunk m of half h = m // 16 (i = m % 16) holds the
+# low 4 bits of elements 128h + 4i.. (low nibbles) and 128h + 64 + 4i.. (high nibbles); qh chunk
+# 8h + i % 8 holds their top 2 bits, at bits 2(i // 8) and 4 + 2(i // 8). Unsigned 6-bit values
+# q (weight d * scale * (q - 32)) for vpdpbusd / maddubs against q8_k activations; the -32 comes
+# off as 32 x the activations' 16-value sums (exact in int32: the whole super-block sums in
+# integers up to one float multiply-add, kernels/cpu_q6k_x8.h).
+Q6_KX8_COLUMN_BYTES = 16 + 128 + 1024 + 512
+#
 # IQ4_XSx8: rows in groups of 8, a column is one super-block of each of the 8 rows, stored as
 # the 8 scales d (f16), the sub-block scales decoded to int8 (ls - 32, -32..31) [sub-block
 # 0..7][row], then per sub-block s (GGUF qs bytes 16s..16s+15: low nibbles elements 0-15,
@@ -224,6 +236,8 @@ FORMATS: dict[str, WeightFormat] = {
         WeightFormat("Q4_Kx8", 256, Q4_KX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="Q4_K", column_dot=True,
                      ops=MATMUL_OPS, **_X8),
         WeightFormat("Q5_Kx8", 256, Q5_KX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="Q5_K", column_dot=True,
+                     ops=frozenset({"matmul"}), **_X8),
+        WeightFormat("Q6_Kx8", 256, Q6_KX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="Q6_K", column_dot=True,
                      ops=frozenset({"matmul"}), **_X8),
         WeightFormat("IQ4_XSx8", 256, IQ4_XSX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="IQ4_XS", column_dot=True,
                      ops=frozenset({"matmul"}), **_X8),

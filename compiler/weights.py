@@ -70,6 +70,8 @@ def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
         return _pack_q4_k_x8(rows)
     if f.base == "Q5_K":
         return _pack_q5_k_x8(rows)
+    if f.base == "Q6_K":
+        return _pack_q6_k_x8(rows)
     if f.base == "IQ4_XS":
         return _pack_iq4_xs_x8(rows)
     g, bb = f.group_rows, f.block_bytes
@@ -110,6 +112,21 @@ def _pack_q5_k_x8(rows: np.ndarray) -> np.ndarray:
     q4 = _pack_q4_k_x8(np.concatenate([b[..., 0:16], b[..., 48:]], axis=-1).reshape(n_rows, nb * 144))
     qh = b[..., 16:48].reshape(ng, 8, nb, 8, 4).transpose(0, 2, 3, 1, 4).reshape(ng, nb, 256)  # [chunk][row][4]
     return np.concatenate([q4.reshape(ng, nb, Q4_KX8_COLUMN_BYTES), qh], axis=-1).reshape(n_rows, -1)
+
+
+def _pack_q6_k_x8(rows: np.ndarray) -> np.ndarray:
+    """Q6_K rows in the Q6_Kx8 layout (artifacts/formats.py): GGUF's bytes rearranged, d and
+    the int8 scales first, then the ql and qh bytes in chunks of 4 bytes of every row."""
+    n_rows, row_bytes = rows.shape
+    nb, ng = row_bytes // 210, n_rows // 8
+    b = rows.reshape(ng, 8, nb, 210).transpose(0, 2, 1, 3)  # [group, column, row, byte]
+    parts = [
+        b[..., 208:210].reshape(ng, nb, 16),
+        b[..., 192:208].transpose(0, 1, 3, 2).reshape(ng, nb, 128),  # [sub-block][row]
+        b[..., 0:128].reshape(ng, nb, 8, 32, 4).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 1024),  # ql [chunk][row][4]
+        b[..., 128:192].reshape(ng, nb, 8, 16, 4).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 512),  # qh [chunk][row][4]
+    ]
+    return np.concatenate(parts, axis=-1).reshape(n_rows, -1)
 
 
 def _pack_iq4_xs_x8(rows: np.ndarray) -> np.ndarray:

@@ -399,7 +399,7 @@ def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
               "act": f.cpu_act, "token_tile": 4}  # fmt: skip
     if f.column_dot:  # a layout of its own, dotted a column at a time by cpu_dot.h
         # Q4_Kx8 / Q5_Kx8 on the tile unit from amx_min_tokens_kquant tokens (cpu_amx.h rfc_amx_k_tile)
-        amx_q5 = {"Q4_K": 0, "Q5_K": 1}.get(f.base, -1)  # -1: VNNI only (IQ4_XSx8, IQ4_NLx8)
+        amx_q5 = {"Q4_K": 0, "Q5_K": 1}.get(f.base, -1)  # -1: VNNI only (IQ4_XSx8, IQ4_NLx8, Q6_Kx8)
         return {**common, "columns": True, "column_kernel": f.base.lower(), "head": 0, "has_min": False, "int8": False,
                 "amx_q5": amx_q5, "amx_min_tokens": tuning.amx_min_tokens_kquant}
     quant_bytes = f.block_bytes - f.head_bytes

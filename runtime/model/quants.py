@@ -239,6 +239,8 @@ def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
         return _unpack_q4_k_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
     if f.base == "Q5_K":
         return _unpack_q5_k_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
+    if f.base == "Q6_K":
+        return _unpack_q6_k_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
     if f.base == "IQ4_XS":
         return _unpack_iq4_xs_x8(data.reshape(groups, nb, g * bb)).reshape(groups * g, -1)[:rows]
     head = f.head_bytes  # scale fields per block (2: d; 4: d, m), stored as g values each
@@ -275,6 +277,17 @@ def _unpack_q5_k_x8(cols: np.ndarray) -> np.ndarray:
     q4 = _unpack_q4_k_x8(cols[..., :Q4_KX8_COLUMN_BYTES])  # [group, row, column, 144]
     qh = cols[..., Q4_KX8_COLUMN_BYTES:].reshape(ng, nb, 8, 8, 4).transpose(0, 3, 1, 2, 4).reshape(ng, 8, nb, 32)
     return np.concatenate([q4[..., :16], qh, q4[..., 16:]], axis=-1)
+
+
+def _unpack_q6_k_x8(cols: np.ndarray) -> np.ndarray:
+    """Q6_Kx8 columns [group, column, bytes] back to Q6_K blocks [group, row, column, 210]."""
+    ng, nb = cols.shape[:2]
+    out = np.empty((ng, nb, 8, 210), np.uint8)
+    out[..., 208:210] = cols[..., 0:16].reshape(ng, nb, 8, 2)
+    out[..., 192:208] = cols[..., 16:144].reshape(ng, nb, 16, 8).transpose(0, 1, 3, 2)
+    out[..., 0:128] = cols[..., 144:1168].reshape(ng, nb, 32, 8, 4).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 8, 128)
+    out[..., 128:192] = cols[..., 1168:].reshape(ng, nb, 16, 8, 4).transpose(0, 1, 3, 2, 4).reshape(ng, nb, 8, 64)
+    return out.transpose(0, 2, 1, 3)
 
 
 def _unpack_iq4_xs_x8(cols: np.ndarray) -> np.ndarray:

@@ -253,7 +253,7 @@ def _weight_format(bundle_dir: Path, fmt: str):
 @needs_cc
 @pytest.mark.toolchain
 @pytest.mark.parametrize("name,fmt", [
-    ("tiny-llama-Q4_K_M", "Q6_K"),  # the minority format: output, some attn_v and ffn_down
+    ("tiny-llama-Q4_K_M", "Q6_Kx8"),  # the minority format: output, some attn_v and ffn_down (Q6_K repacked)
     ("tiny-llama-Q3_K_M", "Q5_Kx8"),  # two tensors of a format the cpu kernels do not round (Q5_K repacked)
     ("tiny-llama-F16", "F16"),
     ("tiny-llama-IQ_MIX", "IQ1_M"),  # one 768 x 256 matrix (ffn_up of layer 0)

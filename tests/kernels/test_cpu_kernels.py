@@ -336,12 +336,13 @@ def test_matmul_matches_reference(kit: Kit, fmt: str, tokens: int):
     assert (err <= bound).all(), f"{fmt}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8", "Q5_Kx8", "IQ4_XSx8"])
+@pytest.mark.parametrize("fmt", ["Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8", "Q5_Kx8", "Q6_Kx8", "IQ4_XSx8"])
 def test_x8_rows_do_not_depend_on_the_token_count(kit: Kit, fmt: str):
     """The x8 layouts run one kernel for every token count (docs/determinism.md): a token's
     outputs are bit for bit the same alone as inside steps of 3 and 17 tokens. Q4_Kx8 and
     Q5_Kx8 only on the cpu-avx512 build (the AVX2 one dots 4-token tiles unlike single tokens);
-    IQ4_XSx8's sums are integer up to one multiply-add per super-block on every build."""
+    IQ4_XSx8's and Q6_Kx8's sums are integer up to one multiply-add per super-block on every
+    build (AVX2, cpu-avx512, and the portable build's float dot, token by token)."""
     if fmt in ("Q4_Kx8", "Q5_Kx8") and kit.cpu_target != "cpu-avx512":
         pytest.skip(f"{fmt} is batch invariant on cpu-avx512 only")
     rng = np.random.default_rng(5)
@@ -360,7 +361,7 @@ def test_x8_rows_do_not_depend_on_the_token_count(kit: Kit, fmt: str):
     np.testing.assert_array_equal(three, full[6:9])
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8"])
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8", "Q6_Kx8"])
 def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     """out = x W^T + bias and accum += out, in one call (what the device fuses)."""
     rng = np.random.default_rng(7)
@@ -591,12 +592,13 @@ def test_avx512_attention_gives_the_avx2_kernels_bits(tmp_path):
         np.testing.assert_array_equal(outs[1], outs[0])
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0x8", "Q4_1x8", "Q8_0x8"])
+@pytest.mark.parametrize("fmt", ["Q4_0x8", "Q4_1x8", "Q8_0x8", "Q6_Kx8"])
 def test_avx512_x8_matmuls_give_the_avx2_kernels_bits(tmp_path, fmt: str):
     """cpu-avx512 dots two groups (16 rows) of Q4_0x8, Q4_1x8 and Q8_0x8 per pass in zmm lanes
     (Q8_0's weights biased by 128, as AVX-512 has no vpsignb), each lane doing the 8-row AVX2
     kernel's operations in its order: every token count gives the cpu (AVX2) build's outputs
-    bit for bit, an odd last group (37 rows: 5 groups) included."""
+    bit for bit, an odd last group (37 rows: 5 groups) included. Q6_Kx8 too: both builds sum a
+    super-block in exact integers (kernels/cpu_q6k_x8.h), then the same float multiply-add."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("the native builds are tested on x86-64")
     from rfc.artifacts.targets import missing_isa
