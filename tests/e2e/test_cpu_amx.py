@@ -35,7 +35,7 @@ def test_cpu_amx_matches_llama_cpp_logits(bundle_cache):
 
 
 def test_cpu_amx_k_quants_are_cpu_avx512_bit_for_bit(bundle_cache):
-    """A Q4_K_M fixture (Q4_Kx8 and Q6_K weights): its 64-token teacher-forced step runs the
+    """A Q4_K_M fixture (Q4_Kx8 and Q6_Kx8 weights): its 64-token teacher-forced step runs the
     Q4_Kx8 matmuls on AMX tiles (from 16 tokens), whose sums are the VNNI kernel's in its
     order, so the logits equal cpu-avx512's exactly, within llama.cpp's bounds."""
     reason = cpu_device.probe("cpu-amx")
