@@ -21,6 +21,11 @@ an attention phase's window and soft-cap, a rope phase's frequency table (one co
 distinct base, scale and YaRN ramp: rope_variants) and attn_factor. Per-head norms and norms of
 rows other than n_embd are phases of their own (no matmul prologue).
 
+Repeated layers are not unrolled: a run of blocks of phases that differ only in per-layer
+numbers (offsets, KV layers, tile counters, windows, rope table indices) is one C loop over a
+table of those numbers (loop_layers), which cuts the library's compile time several times over
+and runs the same calls in the same order.
+
 The generated source takes only numbers and compiler-chosen identifiers (render.py checks).
 """
 
@@ -548,3 +553,133 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
                         raise CompileError(f"{w}: the cpu step program reads it as a vector, its shape is {list(e.shape)}")
                     seen.append(w)
     return seen
+
+
+# -- loops over repeated layers ----------------------------------------------------------------
+# Unrolled, a 30-layer step inlines every kernel 30 times into one OpenMP-outlined function, which
+# is most of the library's C compile time. Runs of blocks of phases that differ only in per-layer
+# numbers become one loop over a table of those numbers: the same phases, barriers and calls in
+# the same order, so the same results bit for bit.
+#
+# The numbers a loop may read from its table: addresses and indices (weight offsets, the offsets
+# of vector references, KV layers, tile counters, state offsets, the column of a per-layer
+# embedding's slice, the index of a rope frequency table) and an attention's window (an argument
+# of the attention team, not a kernel constant: gemma's sliding and global layers loop together).
+# So may a scale phase's factor (Gemma 4's per-layer output scale), from a float table whose
+# literals are the unrolled program's. Everything else, widths, tile counts, formats, geometries
+# and the other float attributes included, stays a compile-time constant of the loop body: blocks
+# that differ in one are different blocks, so a loop never turns a kernel's constant into a load.
+LOOP_FIELDS = frozenset({"w", "layer", "counter", "state", "bytes", "window", "variant"})
+LOOP_FLOAT_FIELDS = frozenset({"factor"})
+MIN_LOOP_SAVED = 4  # phases and barriers a loop must save over its unrolled form
+
+
+def _is_vec(value: object) -> bool:
+    """A vector reference, [is_const, offset] (cpu.vector_refs)."""
+    return isinstance(value, list) and len(value) == 2 and type(value[0]) is bool and type(value[1]) is int
+
+
+def _is_loop_number(value: object, key: object) -> bool:
+    return key in LOOP_FIELDS and type(value) is int or key in LOOP_FLOAT_FIELDS and type(value) is float
+
+
+def _shape(value: object, key: object, numbers: list) -> tuple:
+    """`value` with each number a loop may take from its table left out (appended to `numbers`,
+    in a fixed walk order): two phases of one shape differ only in those numbers."""
+    if _is_vec(value):
+        numbers.append(value[1])
+        return ("vec", value[0])
+    if _is_loop_number(value, key):
+        numbers.append(value)
+        return ("#", type(value).__name__)
+    if isinstance(value, dict):
+        return ("{", tuple((k, _shape(v, k, numbers)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("[", tuple(_shape(v, None, numbers) for v in value))
+    return (type(value).__name__, value)
+
+
+def _fill(value: object, key: object, numbers) -> object:
+    """`value` with its loop numbers (in _shape's walk order) replaced by the next of `numbers`."""
+    if _is_vec(value):
+        return [value[0], next(numbers)]
+    if _is_loop_number(value, key):
+        return next(numbers)
+    if isinstance(value, dict):
+        return {k: _fill(v, k, numbers) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, None, numbers) for v in value]
+    return value
+
+
+def _best_run(ids: list[int], lo: int, hi: int) -> tuple[int, int, int] | None:
+    """The run of repeated blocks in ids[lo:hi] that saves the most items: (start, period,
+    repeats), the shortest period and then the earliest start among equals."""
+    best, best_key = None, (MIN_LOOP_SAVED - 1, 0, 0)
+    for i in range(lo, hi):
+        if hi - i - 1 < best_key[0]:  # saved <= (hi - i) - period: nothing as good starts here
+            break
+        for p in range(1, (hi - i) // 2 + 1):
+            if (hi - i) - p < best_key[0]:
+                break
+            if ids[i] != ids[i + p] or ids[i + p - 1] != ids[i + 2 * p - 1]:
+                continue
+            block = ids[i : i + p]
+            r = 1
+            while i + (r + 1) * p <= hi and ids[i + r * p : i + (r + 1) * p] == block:
+                r += 1
+            key = (p * (r - 1), -p, -i)
+            if r >= 2 and key > best_key:
+                best, best_key = (i, p, r), key
+    return best
+
+
+def _runs(ids: list[int], lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """Non-overlapping runs of ids[lo:hi], the best first, then the best on either side of it."""
+    run = _best_run(ids, lo, hi)
+    if run is None:
+        return []
+    start, p, r = run
+    return [*_runs(ids, lo, start), run, *_runs(ids, start + p * r, hi)]
+
+
+def loop_layers(phases: list[dict]) -> list[dict]:
+    """The entry's phases (barriers included) with each run of repeated blocks as one
+    {"kind": "loop", "id", "n": repeats, "table": [repeats][columns], "ftable": the same for
+    floats, "phases": the block}, where a number that differs between the repeats is {"col": its
+    column of the table} (the template renders lp[col]; a float {"fcol": ...}, lpf[fcol]). A run
+    whose repeats differ in no integer (no tile counter: no matmul or attention) stays unrolled."""
+    shapes, numbers, ids = {}, [], []
+    for p in phases:
+        nums: list[int] = []
+        ids.append(shapes.setdefault(_shape(p, None, nums), len(shapes)))
+        numbers.append(nums)
+    out: list[dict] = []
+    at = 0
+    for start, period, repeats in _runs(ids, 0, len(phases)):
+        blocks = [range(start + k * period, start + (k + 1) * period) for k in range(repeats)]
+        columns: list[list[int]] = []  # per number that differs between repeats, its values
+        fcolumns: list[list[float]] = []
+        body = []
+        for j in range(period):
+            values = list(zip(*(numbers[b[j]] for b in blocks)))  # per number: its value in each repeat
+            fill = []
+            for v in values:
+                if len(set(v)) == 1:
+                    fill.append(v[0])
+                elif type(v[0]) is float:
+                    fill.append({"fcol": len(fcolumns)})
+                    fcolumns.append(list(v))
+                else:
+                    fill.append({"col": len(columns)})
+                    columns.append(list(v))
+            body.append(_fill(phases[start + j], None, iter(fill)))
+        out.extend(phases[at:start])
+        if columns:
+            out.append({"kind": "loop", "id": sum(1 for q in out if q["kind"] == "loop"), "n": repeats, "phases": body,
+                        "table": [list(row) for row in zip(*columns)], "ftable": [list(row) for row in zip(*fcolumns)]})  # fmt: skip
+        else:
+            out.extend(phases[start : start + period * repeats])
+        at = start + period * repeats
+    out.extend(phases[at:])
+    return out
