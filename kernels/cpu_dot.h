@@ -814,13 +814,11 @@ static inline __attribute__((always_inline)) void rfc_x8colt_k45(float acc[][16]
 #pragma GCC unroll 8 /* rolled, gcc copied all 16 chains between registers every chunk */
         for (int j = 0; j < 8; j++) {
             const int at = 160 + 256 * c + 32 * j;
-            const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(c0 + at))),
-                                                 _mm256_loadu_si256((const __m256i *)(c1 + at)), 1);
+            const __m512i v = rfc_x16_load(c0 + at, c1 + at);
             __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
             if (q5) { /* Q5_Kx8: +16 where the fifth bit (bit 2c, 2c+1 of the qh chunk's byte) is set */
                 const int at5 = RFC_X8COL_Q4_K + 32 * j;
-                const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(c0 + at5))),
-                                                     _mm256_loadu_si256((const __m256i *)(c1 + at5)), 1);
+                const __m512i h = rfc_x16_load(c0 + at5, c1 + at5);
                 lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(h, _mm512_set1_epi8((char)(1 << (2 * c)))), lo, m16);
                 hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(h, _mm512_set1_epi8((char)(2 << (2 * c)))), hi, m16);
             }

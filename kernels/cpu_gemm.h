@@ -192,16 +192,10 @@ static inline __attribute__((always_inline)) __m256i rfc_x8dot_i8(const __m256i 
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 /* Two groups a pass (templates/cpu_matmul_x8.c.j2's pair path on AVX-512): the same 32-byte
- * chunk of two groups as one zmm, rows 0-7 of the first in the low half, 8-15 of the second in
- * the high one. A vpdpbusd on a zmm costs what one on a ymm does on these cores (cpu_dot.h), so
+ * chunk of two groups as one zmm (cpu_simd.h rfc_x16_load). A vpdpbusd on a zmm costs what one on a ymm does on these cores (cpu_dot.h), so
  * each token's block takes half the instructions of rfc_x8dot_*. The integer sums are exact,
  * hence the same as the 8-row dots' whatever the order. */
 #define RFC_X16_DOT 1
-static inline __attribute__((always_inline)) __m512i rfc_x16_load(const uint8_t *c0, const uint8_t *c1) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)c0)),
-                              _mm256_loadu_si256((const __m256i *)c1), 1);
-}
-
 static inline __attribute__((always_inline)) __m512i rfc_bcast4_512(const int8_t *y) {
     int32_t v;
     memcpy(&v, y, 4);
@@ -352,8 +346,7 @@ static inline __attribute__((always_inline)) void rfc_gemm16_step_q6_k(__m512 *a
     const size_t nb = a->K / 32;
     __m512i w[8];
     for (int j = 0; j < 8; j++)
-        w[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p0->qs + (size_t)256 * b + 32 * j))),
-                                  _mm256_loadu_si256((const __m256i *)(p1->qs + (size_t)256 * b + 32 * j)), 1);
+        w[j] = rfc_x16_load(p0->qs + (size_t)256 * b + 32 * j, p1->qs + (size_t)256 * b + 32 * j);
     __m512 dw[2];
     for (int h = 0; h < 2; h++)
         dw[h] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p0->d + 16 * b + 8 * h)), _mm256_loadu_ps(p1->d + 16 * b + 8 * h), 1);

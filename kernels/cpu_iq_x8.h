@@ -197,8 +197,7 @@ static inline __attribute__((always_inline)) void rfc_x8colt_iq4_xs(float acc[][
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             const int at = 80 + 128 * s + 32 * j;
-            const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(c0 + at))),
-                                                 _mm256_loadu_si256((const __m256i *)(c1 + at)), 1);
+            const __m512i v = rfc_x16_load(c0 + at, c1 + at);
             const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
             const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
             for (int i = 0; i < nt; i++) {

@@ -172,10 +172,6 @@ static inline void rfc_x8col4_q6_k(__m256 acc[4], const uint8_t *col, const rfc_
  * per token (16 for 8 tokens); each sub-block's sum less 32 x its bsum is scaled (vpmulld) into
  * the token's int32 total: rfc_x8col_q6_k's integers, and its float operations. */
 #define RFC_X8COLT_Q6_K 1
-static inline __attribute__((always_inline)) __m512i rfc_q6x8_load2(const uint8_t *c0, const uint8_t *c1, int at) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(c0 + at))),
-                              _mm256_loadu_si256((const __m256i *)(c1 + at)), 1);
-}
 
 /* the 16 rows' int8 scales of sub-block s as int32 lanes */
 static inline __m512i rfc_q6x8_scale32(const uint8_t *c0, const uint8_t *c1, int s) {
@@ -199,8 +195,8 @@ static inline __attribute__((always_inline)) void rfc_q6x8_quadt(__m512i sumi[],
 #pragma GCC unroll 4
     for (int k = 0; k < 4; k++) {
         const int c = 8 * u + 4 * q + k;
-        const __m512i v = rfc_q6x8_load2(c0, c1, RFC_Q6X8_QL + 32 * (16 * h + c));
-        const __m512i hb = rfc_q6x8_load2(c0, c1, RFC_Q6X8_QH + 32 * (8 * h + 4 * q + k));
+        const int ql = RFC_Q6X8_QL + 32 * (16 * h + c), qh = RFC_Q6X8_QH + 32 * (8 * h + 4 * q + k);
+        const __m512i v = rfc_x16_load(c0 + ql, c1 + ql), hb = rfc_x16_load(c0 + qh, c1 + qh);
         __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
         if (u == 0) {
             lo = _mm512_or_si512(lo, _mm512_and_si512(_mm512_slli_epi16(hb, 4), m30));

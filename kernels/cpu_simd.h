@@ -124,6 +124,13 @@ static inline __m256 rfc_exp_ps(__m256 x) {
 #endif
 
 #if defined(RFC_AVX2) && defined(__AVX512F__)
+/* The 32 bytes at c0 and at c1 as one zmm, c0's in the low half: the same chunk of two x8
+ * groups (rows 0-7, then 8-15), which the cpu-avx512 and AMX kernels dot 16 rows at a time. */
+static inline __attribute__((always_inline)) __m512i rfc_x16_load(const uint8_t *c0, const uint8_t *c1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)c0)),
+                              _mm256_loadu_si256((const __m256i *)c1), 1);
+}
+
 /* rfc_exp_ps 16 lanes wide: each lane the same operations, so the same bits */
 static inline __m512 rfc_exp_ps16(__m512 x) {
     x = _mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f));
