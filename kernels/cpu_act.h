@@ -94,6 +94,7 @@ static inline void rfc_quantize_row_q8_32(rfc_act *a, int t) {
     for (int b = 0; b < nb; b++) {
         a->d[(size_t)t * nb + b] = rfc_quantize_block(x + 32 * b, q + 32 * b, 32);
         a->isum[(size_t)t * nb + b] = rfc_sum_i8(q + 32 * b, 32);
+        a->ds[(size_t)t * nb + b] = a->d[(size_t)t * nb + b] * (float)a->isum[(size_t)t * nb + b];
     }
 }
 
@@ -103,7 +104,6 @@ static inline void rfc_quantize_row_q8_32s(rfc_act *a, int t) {
     const int K = (int)a->K;
     const int8_t *q = a->qs + (size_t)t * a->K;
     for (int g = 0; g < K / 16; g++) a->bsums[(size_t)t * (K / 16) + g] = (int16_t)rfc_sum_i8(q + 16 * g, 16);
-    for (size_t i = (size_t)t * (K / 32); i < (size_t)(t + 1) * (K / 32); i++) a->ds[i] = a->d[i] * (float)a->isum[i];
 }
 
 /* Row t rounded like q8_k (one scale per 256 values), laid out like q8_32s: the scale

@@ -120,7 +120,7 @@ static inline __attribute__((always_inline)) void rfc_amx_unpack2(const uint8_t 
 
 /* acc[m] (16 rows) += block b of tokens m < mt, as cpu_matmul_x8.c.j2 sums it */
 static inline __attribute__((always_inline)) void rfc_amx_rescale(__m512 *acc, const int32_t *c, const uint8_t *col0,
-        const uint8_t *col1, const float *d, const int32_t *isum, size_t nb, int b, const int mt, const int kind) {
+        const uint8_t *col1, const float *d, const float *ds, size_t nb, int b, const int mt, const int kind) {
     const __m512 dw = _mm512_cvtph_ps(_mm256_inserti128_si256(
         _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)col0)), _mm_loadu_si128((const __m128i *)col1), 1));
     __m512 mw = _mm512_setzero_ps();
@@ -130,7 +130,7 @@ static inline __attribute__((always_inline)) void rfc_amx_rescale(__m512 *acc, c
     for (int m = 0; m < mt; m++) {
         const size_t bi = (size_t)m * nb + (size_t)b;
         acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(d[bi])), _mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * m)), acc[m]);
-        if (kind == RFC_AMX_Q4M) acc[m] = _mm512_fmadd_ps(mw, _mm512_set1_ps(d[bi] * (float)isum[bi]), acc[m]);
+        if (kind == RFC_AMX_Q4M) acc[m] = _mm512_fmadd_ps(mw, _mm512_set1_ps(ds[bi]), acc[m]);
     }
 }
 
@@ -145,7 +145,7 @@ static inline __attribute__((always_inline)) void rfc_amx_x8_pass(const uint8_t 
     const size_t K = a->K;
     const int8_t *y = a->qs + (size_t)t0 * K;
     const float *d = a->d + (size_t)t0 * (size_t)nb;
-    const int32_t *isum = a->isum + (size_t)t0 * (size_t)nb;
+    const float *ds = a->ds + (size_t)t0 * (size_t)nb; /* d x the block sum: Q4_1's minimum */
     if (kind != RFC_AMX_I8)
         for (int j = 0; j < RFC_AMX_AHEAD && j < nb; j++) rfc_amx_unpack2(g0, g1, j, col, head, kind, ring);
 /* block bb's B tile of group gi: the quant bytes in place (int8) or its unpacked ring slot */
@@ -160,14 +160,14 @@ static inline __attribute__((always_inline)) void rfc_amx_x8_pass(const uint8_t 
                 rfc_amx_unpack2(g0, g1, j, col, head, kind, ring);
         RFC_AMX_STORE(3, 4, c0);
         RFC_AMX_STORE(5, 6, c1);
-        rfc_amx_rescale(acc, c0, p0, p1, d, isum, (size_t)nb, b, mt, kind);
-        rfc_amx_rescale(acc, c1, p0 + col, p1 + col, d, isum, (size_t)nb, b + 1, mt, kind);
+        rfc_amx_rescale(acc, c0, p0, p1, d, ds, (size_t)nb, b, mt, kind);
+        rfc_amx_rescale(acc, c1, p0 + col, p1 + col, d, ds, (size_t)nb, b + 1, mt, kind);
     }
     if (b < nb) {
         const uint8_t *p0 = g0 + (size_t)b * col, *p1 = g1 + (size_t)b * col;
         RFC_AMX_PRODUCT(0, 3, 4, y + 32 * b, K, RFC_AMX_B(g0, 0, b), RFC_AMX_B(g1, 1, b));
         RFC_AMX_STORE(3, 4, c0);
-        rfc_amx_rescale(acc, c0, p0, p1, d, isum, (size_t)nb, b, mt, kind);
+        rfc_amx_rescale(acc, c0, p0, p1, d, ds, (size_t)nb, b, mt, kind);
     }
 #undef RFC_AMX_B
     for (int m = 0; m < mt; m++) _mm512_storeu_ps(v[m], acc[m]);
