@@ -202,9 +202,11 @@ static inline __attribute__((always_inline)) __m512i rfc_bcast4_512(const int8_t
     return _mm512_set1_epi32(v);
 }
 
-/* rfc_x8dot_u4 on 16 rows */
-static inline __attribute__((always_inline)) __m512i rfc_x16dot_u4(const __m512i lo[4], const __m512i hi[4], const int8_t *y) {
-    __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[0], rfc_bcast4_512(y));
+/* rfc_x8dot_u4 on 16 rows, plus `init` (an offset the format takes off, e.g. Q4_0's 8 sum(y):
+ * added as the first chain's start, one instruction fewer than a subtraction after) */
+static inline __attribute__((always_inline)) __m512i rfc_x16dot_u4(const __m512i lo[4], const __m512i hi[4], const int8_t *y,
+        __m512i init) {
+    __m512i s0 = _mm512_dpbusd_epi32(init, lo[0], rfc_bcast4_512(y));
     __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[0], rfc_bcast4_512(y + 16));
     s0 = _mm512_dpbusd_epi32(s0, lo[1], rfc_bcast4_512(y + 4));
     s1 = _mm512_dpbusd_epi32(s1, hi[1], rfc_bcast4_512(y + 20));
@@ -219,12 +221,12 @@ static inline __attribute__((always_inline)) __m512i rfc_x16dot_u4(const __m512i
  * its top bit flipped, unsigned) and the block's 128 sum(y) comes off: sum (w + 128) y - 128
  * sum y is sum w y exactly (|each| <= 32 x 255 x 127). */
 static inline __attribute__((always_inline)) __m512i rfc_x16dot_i8(const __m512i wu[8], const int8_t *y, int32_t ysum) {
-    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    __m512i s0 = _mm512_set1_epi32(-128 * ysum), s1 = _mm512_setzero_si512();
     for (int j = 0; j < 8; j += 2) {
         s0 = _mm512_dpbusd_epi32(s0, wu[j], rfc_bcast4_512(y + 4 * j));
         s1 = _mm512_dpbusd_epi32(s1, wu[j + 1], rfc_bcast4_512(y + 4 * j + 4));
     }
-    return _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(128 * ysum));
+    return _mm512_add_epi32(s0, s1);
 }
 #endif
 
