@@ -5,8 +5,8 @@
     python tools/gpu_check.py ~/.cache/rfc/test-data/fixtures/*/tiny-llama-Q4_K_M.gguf --decode 128
 
 1. Kernel resources: every kernel's registers, stack, spills and shared memory for the
-   target (nvcc -Xptxas -v, or the code object's metadata); matmul/attention kernels with
-   local memory fail.
+   target (as the cubin or the code object's metadata records them: compiler/codegen/
+   gpu_usage.py); matmul/attention kernels with local memory fail.
 2. Correctness, per model: compile for --target, load with the GPU device (the bound step
    program, graphs), compare teacher-forced logits with the fixture's llama.cpp logits
    (tests/bounds.py's llama.cpp bounds) and with the numpy reference device (tests/bounds.py's
@@ -28,7 +28,6 @@ device itself (rfc.runtime.devices.cuda / hip raise DeviceError with the driver'
 from __future__ import annotations
 
 import argparse
-import shlex
 import socket
 import subprocess
 import urllib.request
@@ -77,15 +76,11 @@ def blocks_of(lm: LoadedModel) -> BlockManager:
 
 def kernel_usage(bundle: Path, target: str) -> tuple[bool, str]:
     from rfc.artifacts.bundle import open_bundle
-    from rfc.compiler.codegen.gpu_usage import cuda_usage, hip_usage, usage_table
-    from rfc.artifacts.targets import Family, target_entry
+    from rfc.compiler.codegen.gpu_usage import bundle_usage, usage_table
+    from rfc.artifacts.targets import target_entry
 
     b = open_bundle(bundle)
-    entry = target_entry(b.manifest, target)
-    if entry.family is Family.CUDA:
-        usage = cuda_usage(b.read_text(entry.sources[0]), shlex.split(entry.compile_command))
-    else:
-        usage = hip_usage(b.file(entry.kernels).read_bytes(), target)
+    usage = bundle_usage(b, target_entry(b.manifest, target))
     bad = [u.name for u in usage.values() if u.is_hot and u.uses_local_memory]
     return not bad, usage_table(usage)
 

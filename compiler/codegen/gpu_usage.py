@@ -5,8 +5,12 @@ kernel that spills has run out of registers. Either turns a bandwidth-bound matm
 attention kernel into a latency-bound one, and neither shows up in a numerical test, so
 tests/kernels/test_gpu_resources.py fails on them and tools/gpu_check.py prints the table.
 
-- sm_*: ptxas reports usage when asked (`nvcc -cubin -Xptxas -v`): the target's exact
-  command line plus that flag, on the source the bundle holds.
+- sm_*: the cubin says it (`cubin_usage`): ptxas writes each kernel's register count and
+  stack frame into `.nv.info` (the numbers `nvcc -Xptxas -v` prints; tests/kernels/
+  test_gpu_resources.py compares them with a real `-Xptxas -v` build), and a kernel's static
+  shared memory is its `.nv.shared.<kernel>` section. Spills are not recorded apart: ptxas
+  spills into the stack frame, so a kernel that spills has a stack. `cuda_usage` builds a
+  source with `-Xptxas -v` and parses the report, spills included.
 - gfx*: the code object's AMDGPU metadata note says it (the same fields
   `llvm-readelf --notes rfc.hsaco` prints: .vgpr_count, .private_segment_fixed_size, ...).
 """
@@ -17,7 +21,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rfc.artifacts.codeobject import CodeObjectError, amdgpu_metadata, unbundle
+from rfc.artifacts.bundle import Bundle
+from rfc.artifacts.codeobject import CodeObjectError, amdgpu_metadata, cubin_resources, unbundle
+from rfc.artifacts.targets import Family, TargetEntry
 from rfc.compiler.errors import CompileError
 
 # Kernels that stream weights or the KV cache: any local memory in them is a defect.
@@ -29,7 +35,9 @@ class KernelUsage:
     name: str
     registers: int  # per thread (VGPRs on gfx)
     stack_bytes: int  # per thread: local/private memory (gfx: private segment)
-    spill_bytes: int  # per thread: register spill stores (gfx: VGPR + SGPR spill count x 4)
+    # per thread: register spill stores (gfx: VGPR + SGPR spill count x 4); None where the
+    # binary does not say (a cubin: its spills are inside stack_bytes)
+    spill_bytes: int | None
     shared_bytes: int  # per block: static shared memory (LDS)
     scalar_registers: int = 0  # gfx only (SGPRs)
 
@@ -39,7 +47,12 @@ class KernelUsage:
 
     @property
     def uses_local_memory(self) -> bool:
-        return self.stack_bytes > 0 or self.spill_bytes > 0
+        return self.stack_bytes > 0 or bool(self.spill_bytes)
+
+    def local_memory(self) -> str:
+        """'<name>: N bytes stack frame[, M bytes spilled]', for a check's failure message."""
+        spilled = f", {self.spill_bytes} bytes spilled" if self.spill_bytes is not None else ""
+        return f"{self.name}: {self.stack_bytes} bytes stack frame{spilled}"
 
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)'")
@@ -83,6 +96,20 @@ def cuda_usage(source: str, command: list[str]) -> dict[str, KernelUsage]:
     return parse_ptxas(proc.stderr + proc.stdout)
 
 
+def cubin_usage(binary: bytes) -> dict[str, KernelUsage]:
+    """Usage of every kernel of a cubin, from what ptxas recorded in it (no toolchain). The
+    stack is the kernel's frame plus what the functions it calls need (ptxas' "bytes stack
+    frame" when it calls none); spills are inside it."""
+    try:
+        resources = cubin_resources(binary)
+    except CodeObjectError as e:
+        raise CompileError(f"cannot read kernel usage from the cubin: {e}") from e
+    return {
+        name: KernelUsage(name, registers=r.registers, stack_bytes=r.stack_bytes, spill_bytes=None, shared_bytes=r.shared_bytes)
+        for name, r in resources.items()
+    }
+
+
 def hip_usage(binary: bytes, arch: str) -> dict[str, KernelUsage]:
     """Usage of every kernel of an AMD code object, from its metadata note."""
     try:
@@ -102,11 +129,18 @@ def hip_usage(binary: bytes, arch: str) -> dict[str, KernelUsage]:
         raise CompileError(f"{arch}: cannot read kernel usage from the code object: {e}") from e
 
 
+def bundle_usage(bundle: Bundle, entry: TargetEntry) -> dict[str, KernelUsage]:
+    """Usage of every kernel of a bundle's GPU target, from the code object it holds."""
+    binary = bundle.file(entry.kernels).read_bytes()
+    return cubin_usage(binary) if entry.family is Family.CUDA else hip_usage(binary, entry.name)
+
+
 def usage_table(usage: dict[str, KernelUsage]) -> str:
     """One line per kernel, hot kernels first."""
     rows = sorted(usage.values(), key=lambda u: (not u.is_hot, u.name))
     lines = [f"{'kernel':<48} {'regs':>5} {'sregs':>5} {'stack':>6} {'spill':>6} {'shared':>7}"]
     for u in rows:
         flag = "  <- local memory" if u.is_hot and u.uses_local_memory else ""
-        lines.append(f"{u.name:<48} {u.registers:>5} {u.scalar_registers:>5} {u.stack_bytes:>6} {u.spill_bytes:>6} {u.shared_bytes:>7}{flag}")
+        spill = "-" if u.spill_bytes is None else u.spill_bytes
+        lines.append(f"{u.name:<48} {u.registers:>5} {u.scalar_registers:>5} {u.stack_bytes:>6} {spill:>6} {u.shared_bytes:>7}{flag}")
     return "\n".join(lines)

@@ -1,11 +1,13 @@
 """No local memory in the hot GPU kernels (issue 10): every generated kernel of the fixtures
 that cover every format and architecture (conftest.SWEEP_MODELS; all of them with
-RFC_TEST_ALL_FIXTURES=1) is built for sm_90 with `-Xptxas -v` (the prefill list's
-tensor-core matmuls too), and the matmul and attention kernels must have no stack frame and
-no spills; gfx code objects must
-have no private segment and no spills in them either. A per-lane `float w[256]` block decode (the kernels before issue 10) is a
-1024-byte stack frame in local memory: this is the test that catches it, since the
-emulator tests cannot (local memory is correct, only slow). Run with -s for the tables.
+RFC_TEST_ALL_FIXTURES=1) is built for sm_90 (the prefill list's tensor-core matmuls too),
+and the matmul and attention kernels must have no stack frame (ptxas' numbers, as the cubin
+records them: gpu_usage.cubin_usage; spills live in the frame); gfx code objects must have
+no private segment and no spills in them either. A per-lane `float w[256]` block decode (the
+kernels before issue 10) is a 1024-byte stack frame in local memory: this is the test that
+catches it, since the emulator tests cannot (local memory is correct, only slow). The cubin
+reading is held to `nvcc -Xptxas -v`'s report on one fixture and on kernels made to have a
+stack and to spill. Run with -s for the tables.
 """
 
 import shlex
@@ -13,8 +15,9 @@ import shlex
 import pytest
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.compiler.codegen.gpu_usage import KernelUsage, cuda_usage, hip_usage, parse_ptxas, usage_table
-from rfc.artifacts.targets import Family, target_entry
+from rfc.artifacts.codeobject import CodeObjectError, cubin_resources
+from rfc.compiler.codegen.gpu_usage import KernelUsage, bundle_usage, cubin_usage, cuda_usage, hip_usage, parse_ptxas, usage_table
+from rfc.artifacts.targets import target_entry
 from tests.conftest import SWEEP_MODELS
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 
@@ -28,10 +31,7 @@ GFX_MODELS = ["deepseek2-Q8_0", "llama-Q4_K_M", "llama-Q2_K", "llama-Q3_K_M", "l
 
 def _usage(bundle_dir, target: str) -> dict[str, KernelUsage]:
     bundle = open_bundle(bundle_dir)
-    entry = target_entry(bundle.manifest, target)
-    if entry.family is Family.CUDA:
-        return cuda_usage(bundle.read_text(entry.sources[0]), shlex.split(entry.compile_command))
-    return hip_usage(bundle.file(entry.kernels).read_bytes(), target)
+    return bundle_usage(bundle, target_entry(bundle.manifest, target))
 
 
 def _check(model: str, target: str, usage: dict[str, KernelUsage]) -> None:
@@ -39,9 +39,7 @@ def _check(model: str, target: str, usage: dict[str, KernelUsage]) -> None:
     hot = [u for u in usage.values() if u.is_hot]
     assert hot, f"no matmul or attention kernels found in {model} {target}"
     bad = [u for u in hot if u.uses_local_memory]
-    assert not bad, "\n".join(
-        f"{u.name}: {u.stack_bytes} bytes stack frame, {u.spill_bytes} bytes spilled" for u in bad
-    )
+    assert not bad, "\n".join(u.local_memory() for u in bad)
 
 
 @pytest.mark.parametrize("model", [pytest.param(m, marks=toolchain_marks("sm_90")) for m in SM_MODELS])
@@ -58,6 +56,84 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     mma = {l.kernel for l in program.prefill_launches} - {l.kernel for l in program.launches}
     assert bool(mma) == any(t.format in MMA_FORMATS for t in bundle.layout.tensors), sorted(mma)
     assert mma <= set(usage) and all(k.startswith("rfc_matmul_mma_") and usage[k].is_hot for k in mma)
+
+
+@pytest.mark.parametrize("model", [pytest.param("stories260K", marks=toolchain_marks("sm_90"))])
+def test_cubin_usage_is_what_ptxas_reports(model, gpu_bundle):
+    """The bundle's cubin read as the checks above read it, against `-Xptxas -v` on the
+    bundle's own source and command (one more nvcc run, on the smallest fixture): the same
+    kernels, registers, stack and shared memory; the report's spills inside the stack."""
+    bundle = open_bundle(gpu_bundle(model, "sm_90"))
+    entry = target_entry(bundle.manifest, "sm_90")
+    _assert_same_usage(cubin_usage(bundle.file(entry.kernels).read_bytes()),
+                       cuda_usage(bundle.read_text(entry.sources[0]), shlex.split(entry.compile_command)))
+
+
+def _assert_same_usage(cubin: dict[str, KernelUsage], ptxas: dict[str, KernelUsage]) -> None:
+    assert sorted(cubin) == sorted(ptxas)
+    for name, want in ptxas.items():
+        got = cubin[name]
+        assert (got.registers, got.stack_bytes, got.shared_bytes) == (want.registers, want.stack_bytes, want.shared_bytes), (got, want)
+        assert want.stack_bytes > 0 or not want.spill_bytes, want  # what cubin_usage counts on
+
+
+# A kernel with a stack frame (a per-thread array indexed at run time), one that spills (more
+# live values than the 32 registers that __launch_bounds__(1024, 2) leaves it), and one with
+# neither, with static shared memory.
+LOCAL_MEMORY_SOURCE = r"""
+extern "C" __global__ void rfc_matmul_local_array(const float* x, const int* idx, float* y) {
+    float w[64];
+    int k = idx[threadIdx.x];
+    for (int i = 0; i < 64; ++i) w[(i * 7 + k) & 63] = x[threadIdx.x * 64 + i] * (i + 1);
+    y[threadIdx.x] = w[idx[threadIdx.x + 1] & 63];
+}
+
+extern "C" __global__ void __launch_bounds__(1024, 2) rfc_matmul_spills(const float* x, float* y, int n) {
+    float acc[48];
+#pragma unroll
+    for (int j = 0; j < 48; ++j) acc[j] = x[j * 1024 + threadIdx.x];
+    for (int i = 0; i < n; ++i) {
+#pragma unroll
+        for (int j = 0; j < 48; ++j) acc[j] = acc[j] * acc[(j + 7) % 48] + x[(i * 48 + j) * 1024 + threadIdx.x];
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 48; ++j) s += acc[j] * (j + 1);
+    y[threadIdx.x] = s;
+}
+
+extern "C" __global__ void rfc_matmul_shared(const float* x, float* y) {
+    __shared__ float tile[256];
+    tile[threadIdx.x] = x[threadIdx.x];
+    __syncthreads();
+    y[threadIdx.x] = tile[255 - threadIdx.x];
+}
+"""
+
+
+@pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
+def test_cubin_usage_catches_stack_frames_and_spills(target):
+    """The check above fails on kernels with local memory when it reads the cubin: a local
+    array, and spills (which ptxas puts in the stack frame, the only thing the cubin records
+    of them); and the cubin reading is ptxas' report on these kernels too."""
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile
+    from rfc.compiler.targets import parse_target
+
+    t = parse_target(target)
+    binary = _compile(TOOLCHAINS["cuda"], t, LOCAL_MEMORY_SOURCE)
+    for cut in (binary[:64], binary[: len(binary) // 2]):  # the section table past the end
+        with pytest.raises(CodeObjectError):
+            cubin_resources(cut)
+    usage = cubin_usage(binary)
+    print(f"\nlocal memory {target}\n{usage_table(usage)}")
+    assert usage["rfc_matmul_local_array"].stack_bytes >= 256 and usage["rfc_matmul_local_array"].uses_local_memory
+    assert usage["rfc_matmul_spills"].registers <= 32 and usage["rfc_matmul_spills"].uses_local_memory
+    assert not usage["rfc_matmul_shared"].uses_local_memory and usage["rfc_matmul_shared"].shared_bytes == 1024
+    with pytest.raises(AssertionError, match="rfc_matmul_local_array: .* bytes stack frame"):
+        _check("local memory", target, usage)
+    ptxas = cuda_usage(LOCAL_MEMORY_SOURCE, TOOLCHAINS["cuda"].command(t))
+    assert ptxas["rfc_matmul_spills"].spill_bytes > 0, ptxas["rfc_matmul_spills"]  # it does spill
+    _assert_same_usage(usage, ptxas)
 
 
 @pytest.mark.parametrize("model,target", [
@@ -135,8 +211,8 @@ def test_attention_at_real_model_sizes_uses_no_local_memory(target):
         for spec in plan_kernels(t, _attention_plan(layers, context), WeightLayout(256, ()))[0]:
             assert specs.setdefault(spec.name, spec) == spec, f"two models' {spec.name} differ"
     source = render_source(t, list(specs.values()))
-    tc = TOOLCHAINS[t.family]
-    usage = cuda_usage(source, tc.command(t)) if t.family == "cuda" else hip_usage(_compile(tc, t, source), target)
+    binary = _compile(TOOLCHAINS[t.family], t, source)
+    usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
     assert {n for n in specs if n.startswith("rfc_attention_")} <= {n for n, u in usage.items() if u.is_hot}
     assert {"rfc_attention_f16_64x4x128_split", "rfc_attention_f16_32x4x512_r4096"} <= set(usage)
     _check("real model sizes", target, usage)
@@ -146,13 +222,13 @@ def test_attention_at_real_model_sizes_uses_no_local_memory(target):
 def test_sm90_sampling_kernel_uses_no_local_memory(vocab):
     """The sampling kernel (templates/gpu_sample.hip.j2), alone, at the largest vocabulary
     the issue names: no stack frame, no spills."""
-    from rfc.compiler.codegen.gpu import TOOLCHAINS, render_source
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, render_source
     from rfc.compiler.codegen.gpu_sample import plan_sample_kernel
     from rfc.compiler.targets import parse_target
 
     target = parse_target("sm_90")
     spec = plan_sample_kernel(target, vocab)
-    usage = cuda_usage(render_source(target, [spec]), TOOLCHAINS["cuda"].command(target))
+    usage = cubin_usage(_compile(TOOLCHAINS["cuda"], target, render_source(target, [spec])))
     print(f"\nsampling sm_90\n{usage_table(usage)}")
     u = usage[spec.name]
-    assert not u.uses_local_memory, f"{u.name}: {u.stack_bytes} bytes stack frame, {u.spill_bytes} bytes spilled"
+    assert not u.uses_local_memory, u.local_memory()

@@ -6,20 +6,19 @@ emulated kernels (gpu_emulator.py) against the reference device, both with state
 continuing from the state its slot holds). Bounds: tests/bounds.py device_bounds for the GPU's
 int8 activation rounding (the oracle's "q8_32"), as the other whole-model GPU tests; the greedy
 token of every decode step is the reference's (or one within what that rounding can move, as
-there). And the kernels use no local memory on sm_90 and gfx90a (the ptxas / code-object
-report, as test_gpu_resources checks the hot kernels)."""
+there). And the kernels use no local memory on sm_90 and gfx90a (what the cubin / code
+object records, as test_gpu_resources checks the hot kernels)."""
 
 import os
 import platform
-import shlex
 import shutil
 
 import numpy as np
 import pytest
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.artifacts.targets import Family, target_entry
-from rfc.compiler.codegen.gpu_usage import cuda_usage, hip_usage
+from rfc.artifacts.targets import target_entry
+from rfc.compiler.codegen.gpu_usage import bundle_usage
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.kv_cache import BlockManager
@@ -102,12 +101,8 @@ def test_state_kernels_use_no_local_memory(model, target, gpu_bundle):
     if target == "sm_90" and model in SM90_ALL_ONLY and not os.environ.get("RFC_TEST_ALL_FIXTURES"):
         pytest.skip("an sm_90 build costs ~40 s: with RFC_TEST_ALL_FIXTURES=1 only")
     bundle = open_bundle(gpu_bundle(model, target))
-    entry = target_entry(bundle.manifest, target)
-    if entry.family is Family.CUDA:
-        usage = cuda_usage(bundle.read_text(entry.sources[0]), shlex.split(entry.compile_command))
-    else:
-        usage = hip_usage(bundle.file(entry.kernels).read_bytes(), target)
+    usage = bundle_usage(bundle, target_entry(bundle.manifest, target))
     ours = {n: u for n, u in usage.items() if n.startswith(STATE_KERNELS[model])}
     assert len(ours) == len(STATE_KERNELS[model]), sorted(usage)  # one kernel each, shared by the layers
-    bad = [f"{u.name}: {u.stack_bytes} bytes stack, {u.spill_bytes} spilled" for u in ours.values() if u.uses_local_memory]
+    bad = [u.local_memory() for u in ours.values() if u.uses_local_memory]
     assert not bad, bad
