@@ -712,12 +712,21 @@ static inline __attribute__((always_inline)) void rfc_x8col4_pair_k45(__m256i su
         sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(_mm256_madd_epi16(slo[i], scl), _mm256_madd_epi16(shi[i], sch)));
 }
 
+/* acc[i] += (d_w d_y of token t0 + i) sumi[i], i < 4: the float step every 4-token x8 column
+ * kernel (k-quants, IQ4_XS, Q6_K) ends a super-block with */
+static inline __attribute__((always_inline)) void rfc_x8col4_scale(__m256 acc[4], const uint8_t *col, const rfc_act *a, size_t t0,
+        int b, const __m256i sumi[4]) {
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col));
+    for (int i = 0; i < 4; i++)
+        acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(a->d[(t0 + (size_t)i) * (a->K / 256) + (size_t)b])),
+                                 _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+}
+
 /* The same for the 4 tokens t0..t0+3 (prefill): the nibbles are unpacked once for all four. */
 static inline __attribute__((always_inline)) void rfc_x8col4_k45(__m256 acc[4], const uint8_t *col, const rfc_act *a, size_t t0,
         int b, const int q5) {
     const size_t K = a->K;
     const uint8_t *mn = col + 96;
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col));
     const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(col + 16)));
     float dy[4];
     for (int i = 0; i < 4; i++) { /* the minimums, token by token (as rfc_x8col_q4_k) */
@@ -742,7 +751,7 @@ static inline __attribute__((always_inline)) void rfc_x8col4_k45(__m256 acc[4], 
     } else {
         for (int c = 0; c < 4; c++) rfc_x8col4_pair_k45(sumi, col, a, t0, b, c, 0);
     }
-    for (int i = 0; i < 4; i++) acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dy[i])), _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+    rfc_x8col4_scale(acc, col, a, t0, b, sumi);
 }
 static inline void rfc_x8col4_q4_k(__m256 acc[4], const uint8_t *col, const rfc_act *a, size_t t0, int b) {
     rfc_x8col4_k45(acc, col, a, t0, b, 0);

@@ -146,10 +146,7 @@ static inline void rfc_x8col4_iq4_xs(__m256 acc[4], const uint8_t *col, const rf
             sumi[i] = _mm256_add_epi32(sumi[i], rfc_iq4x8_scaled(p[i], scs, bs[0] + bs[1]));
         }
     }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)col));
-    for (int i = 0; i < 4; i++)
-        acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(a->d[(t0 + (size_t)i) * (K / 256) + (size_t)b])),
-                                 _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+    rfc_x8col4_scale(acc, col, a, t0, b, sumi);
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
