@@ -104,7 +104,8 @@ def _replay(prompt: list[int], out: list[int], points: dict[int, float], args) -
     while j < len(out):
         limit = min(spec.n_max, len(out) - j - 1)
         offer = spec.index.draft(limit) if limit >= 1 else []
-        n = planner.allocate({0: (spec.acceptance(), len(offer))}, 1, 1).get(0, 0) if offer else 0
+        spec.matched = spec.index.matched()
+        n = planner.allocate({0: spec.chances(len(offer))}, 1, 1).get(0, 0) if offer else 0
         draft = offer[:n]
         if offer and not draft:
             spec.record(0, 0)

@@ -23,15 +23,19 @@ draft token that is accepted with probability q is worth adding while it raises 
 tokens per second. On a device that is memory-bound for small batches extra tokens are nearly
 free and drafts fill the batch up to `step_tokens`; on the cpu one more token costs up to a
 fifth of a one-token step; in a large batch only near-certain drafts pay. q comes from each
-sequence's own history of accepted drafts (`SeqSpec.acceptance`).
+sequence's own history of accepted drafts (`SeqSpec.chances`): for an n-gram draft, of drafts
+backed by a match as long as this one's (a token deep in a verbatim copy is nearly always
+right, a token found by one recent token seldom), for a draft model's, of all its drafts.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
+from collections import deque
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -109,6 +113,22 @@ _PRIOR_ACCEPTED = 2.0
 _PRIOR_MISSED = 1.0
 _ACCEPTANCE_DECAY = 0.9
 
+# An n-gram draft's tokens by the length m of the match behind them (NgramIndex.matched: the
+# tokens before the copied place that equal the sequence's last ones): a draft continuing a
+# long verbatim copy is nearly always right, one found by a single recent token seldom. Over
+# tools/spec_prompts' greedy SmolLM2 outputs the first draft token was accepted 17% of the time
+# at m = 1, 51% at 2, 68% at 3-4, ~85% at 5-7 and 93-100% from 8 on. A draft token that follows
+# i accepted ones is backed by a match of m + i. Each bucket's rate starts at
+# m / (m + 1.5) for its smallest m with the weight of _MATCH_PRIOR_WEIGHT trials; each trial in
+# a bucket discounts that bucket's earlier ones by _MATCH_DECAY.
+_MATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+_MATCH_PRIOR_WEIGHT = 2.0
+_MATCH_DECAY = 0.98
+
+
+def _match_bucket(m: int) -> int:
+    return max(bisect.bisect_right(_MATCH_BUCKETS, m) - 1, 0)
+
 
 @dataclass(eq=False)
 class SeqSpec:
@@ -120,11 +140,27 @@ class SeqSpec:
     accepted: float = 0.0  # draft tokens accepted, discounted
     missed: float = 0.0  # verify steps that ended at a rejected draft, discounted
     hold: bool = False  # no drafts next step: a near tie is recomputed in a one-token row
+    matched: int = 0  # NGRAM: the match length behind the last draft offered
+    # NGRAM: per match-length bucket, draft tokens accepted and seen (discounted)
+    _hits: list[float] = field(default_factory=lambda: [0.0] * len(_MATCH_BUCKETS))
+    _trials: list[float] = field(default_factory=lambda: [0.0] * len(_MATCH_BUCKETS))
 
     def acceptance(self) -> float:
         """P(a draft token is accepted | the ones before it were): the geometric estimate
         accepted / (accepted + misses), with the prior's weight."""
         return (self.accepted + _PRIOR_ACCEPTED) / (self.accepted + self.missed + _PRIOR_ACCEPTED + _PRIOR_MISSED)
+
+    def chances(self, n: int) -> list[float]:
+        """P(draft token i is accepted | the ones before it were), i < n, for the draft just
+        offered: by the match behind each token (an n-gram draft) or the geometric estimate."""
+        if self.index is None:
+            return [self.acceptance()] * n
+        out = []
+        for i in range(n):
+            b = _match_bucket(self.matched + i)
+            prior = _MATCH_BUCKETS[b] / (_MATCH_BUCKETS[b] + 1.5)
+            out.append((self._hits[b] + _MATCH_PRIOR_WEIGHT * prior) / (self._trials[b] + _MATCH_PRIOR_WEIGHT))
+        return out
 
     def record(self, drafted: int, accepted: int) -> None:
         """A verify step's outcome; drafted == 0: a step that had a draft to offer and did
@@ -134,6 +170,16 @@ class SeqSpec:
         fade = _ACCEPTANCE_DECAY ** max(trials, 1)
         self.accepted = self.accepted * fade + accepted
         self.missed = self.missed * fade + (accepted < drafted)
+        if self.index is None:
+            return
+        if drafted == 0:
+            b = _match_bucket(self.matched)
+            self._hits[b] *= _MATCH_DECAY
+            self._trials[b] *= _MATCH_DECAY
+        for i in range(trials):
+            b = _match_bucket(self.matched + i)
+            self._hits[b] = self._hits[b] * _MATCH_DECAY + (i < accepted)
+            self._trials[b] = self._trials[b] * _MATCH_DECAY + 1
 
 
 def start(config: SpecConfig, asked: SpecRequest | None, has_draft_model: bool) -> SeqSpec | None:
@@ -169,23 +215,29 @@ def accept(draft: Sequence[int], sample_row: Callable[[int], int | None], end_id
 
 class StepCost:
     """What a decode step costs by its token count, relative to a one-token step: `curve(n)`
-    is c(1) = 1, ..., c(n), non-decreasing. A size the engine ran at least `_MIN_SEEN` times is
-    its measured mean time (exponentially weighted), sizes between measured ones are
+    is c(1) = 1, ..., c(n), non-decreasing. A size the engine ran at least `_MIN_SEEN` times
+    costs the fastest of its last `_WINDOW` times, sizes between measured ones are
     interpolated, and past them the line a + b * (T - 1) fitted to every step seen (weighted
     least squares) goes on, or the prior ratio b / a until the sizes seen vary enough to tell
-    a slope. On the cpu the first extra tokens are nearly free (the weights are read once for
-    all of them) and the later ones cost about a fifth of a step each: the measured sizes get
-    that bend right, a line only its average."""
+    a slope. On a memory-bound device the first extra tokens are nearly free (the weights are
+    read once for all of them) and later ones cost a share of a step each: the measured sizes
+    get that bend right, a line only its average.
+
+    The fastest recent time, not a mean: what else runs on the machine (or a cold cache after a
+    prefill) only ever slows a step, and a size the planner thinks dear is rarely run again, so
+    a mean that once took a slow time kept the planner off that size for the rest of the
+    sequence (the first verify steps after a 550-token prefill took 1.6x a one-token step at 3
+    tokens, the warm ones 1.3x, and drafts stayed at one token through a verbatim copy)."""
 
     _MIN_SEEN = 3
-    _MEAN_WEIGHT = 0.2  # of a new time in its size's mean
+    _WINDOW = 8  # recent times kept per size: old ones were taken at shorter contexts
 
     def __init__(self, prior_ratio: float = 0.2, decay: float = 0.98, fixed: float | None = None) -> None:
         self.prior_ratio = prior_ratio
         self.fixed = fixed
         self._decay = decay
         self._w = self._t = self._tt = self._y = self._ty = 0.0
-        self._mean: dict[int, float] = {}  # tokens -> mean seconds
+        self._recent: dict[int, deque[float]] = {}  # tokens -> its last _WINDOW times (seconds)
         self._seen: dict[int, int] = {}
 
     def observe(self, tokens: int, seconds: float) -> None:
@@ -197,8 +249,7 @@ class StepCost:
         self._tt = self._tt * d + x * x
         self._y = self._y * d + seconds
         self._ty = self._ty * d + x * seconds
-        mean = self._mean.get(tokens)
-        self._mean[tokens] = seconds if mean is None else mean + self._MEAN_WEIGHT * (seconds - mean)
+        self._recent.setdefault(tokens, deque(maxlen=self._WINDOW)).append(seconds)
         self._seen[tokens] = self._seen.get(tokens, 0) + 1
 
     def _line(self) -> tuple[float, float] | None:
@@ -229,10 +280,11 @@ class StepCost:
             return [1 + r * (t - 1) for t in range(1, n + 1)]
         fit = self._line()
         seen = sorted(t for t, k in self._seen.items() if k >= self._MIN_SEEN and t <= n)
-        unit = self._mean[1] if 1 in seen else (fit[0] if fit is not None else None)
+        fastest = {t: min(self._recent[t]) for t in seen}
+        unit = fastest[1] if 1 in seen else (fit[0] if fit is not None else None)
         if unit is None or not seen:
             return [1 + r * (t - 1) for t in range(1, n + 1)]
-        points = {t: self._mean[t] / unit for t in seen}
+        points = {t: fastest[t] / unit for t in seen}
         points.setdefault(1, 1.0)
         sizes = sorted(points)
         slope = fit[1] / unit if fit is not None else r
@@ -255,35 +307,37 @@ class StepCost:
 
 class DraftPlanner:
     """How many draft tokens each decoding sequence of a step gets: the most valuable first
-    (a sequence's i-th draft is accepted with probability q^i), while each is worth its cost,
-    and the step stays within `step_tokens`. A token that makes a step of T tokens one of T+1
-    raises its expected tokens E by q and its cost C by c(T+1) - c(T): it pays while
-    q > E * (c(T+1) - c(T)) / c(T) (tokens per unit of time go up)."""
+    (a sequence's i-th draft is accepted with probability q_1 ... q_i, q_k its k-th token's
+    chance given the ones before it), while each is worth its cost, and the step stays within
+    `step_tokens`. A token that makes a step of T tokens one of T+1 raises its expected tokens E
+    by its probability p and its cost C by c(T+1) - c(T): it pays while
+    p > E * (c(T+1) - c(T)) / c(T) (tokens per unit of time go up)."""
 
     def __init__(self, cost: StepCost, step_tokens: int) -> None:
         self.cost = cost
         self.step_tokens = step_tokens
 
-    def allocate(self, offers: dict[int, tuple[float, int]], tokens: int, rows: int) -> dict[int, int]:
-        """`offers`: sequence id -> (acceptance rate, draft tokens available); the step has
-        `tokens` tokens and `rows` logit rows before drafts. Returns sequence id -> drafts."""
+    def allocate(self, offers: dict[int, Sequence[float]], tokens: int, rows: int) -> dict[int, int]:
+        """`offers`: sequence id -> the chances of its draft tokens available (each given the
+        ones before it; SeqSpec.chances); the step has `tokens` tokens and `rows` logit rows
+        before drafts. Returns sequence id -> drafts."""
         if tokens >= self.step_tokens:
             return {}
         c = self.cost.curve(self.step_tokens)
         expected, total = float(rows), tokens
         given: dict[int, int] = {}
-        heap = [(-q, seq_id, 1, q) for seq_id, (q, n) in offers.items() if n > 0 and q > 0]
+        heap = [(-q[0], seq_id, 1) for seq_id, q in offers.items() if len(q) and q[0] > 0]
         heapq.heapify(heap)
         while heap and total < self.step_tokens:
-            neg_value, seq_id, i, q = heapq.heappop(heap)
+            neg_value, seq_id, i = heapq.heappop(heap)
             value = -neg_value
             if value <= expected * (c[total] - c[total - 1]) / c[total - 1]:
                 break  # the best left is not worth its cost, and nothing after it is
             given[seq_id] = i
             expected += value
             total += 1
-            if i < offers[seq_id][1]:
-                heapq.heappush(heap, (-value * q, seq_id, i + 1, q))
+            if i < len(offers[seq_id]):
+                heapq.heappush(heap, (-value * offers[seq_id][i], seq_id, i + 1))
         return given
 
 
@@ -337,17 +391,18 @@ class Speculator:
     def propose(self, wants: list[DraftWant], tokens: int, rows: int, live: set[int]) -> dict[int, list[int]]:
         """The drafts of a step of `tokens` tokens and `rows` logit rows before them (the
         engine's lock released: a draft model runs here). `live`: the sequences running."""
-        offers: dict[int, tuple[float, int]] = {}
+        offers: dict[int, list[float]] = {}
         found: dict[int, list[int]] = {}
         for want in wants:
             if want.spec.index is not None:
                 found[want.seq_id] = want.spec.index.draft(want.limit)
-                offers[want.seq_id] = (want.spec.acceptance(), len(found[want.seq_id]))
+                want.spec.matched = want.spec.index.matched()
+                offers[want.seq_id] = want.spec.chances(len(found[want.seq_id]))
             else:
-                offers[want.seq_id] = (want.spec.acceptance(), want.limit)
+                offers[want.seq_id] = want.spec.chances(want.limit)
         given = self.planner.allocate(offers, tokens, rows)
         for want in wants:
-            if offers[want.seq_id][1] and want.seq_id not in given:
+            if offers[want.seq_id] and want.seq_id not in given:
                 want.spec.record(0, 0)  # offered and not carried: the record fades
         drafts = {seq_id: found[seq_id][:n] for seq_id, n in given.items() if seq_id in found}
         if self.draft is not None:

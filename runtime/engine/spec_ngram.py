@@ -78,6 +78,20 @@ class NgramIndex:
         self._offset = end - source
         return history[source:source + max_tokens]
 
+    def matched(self, cap: int = 32) -> int:
+        """How many tokens before the place the last draft copied equal the history's last
+        ones (at most `cap`): how much of the text the draft continues is already a copy
+        (runtime/engine/spec.py turns it into the draft's chances)."""
+        if self._offset is None:
+            return 0
+        history = self.tokens
+        end = len(history)
+        at = end - self._offset
+        k = 0
+        while k < cap and k < at and history[at - 1 - k] == history[end - 1 - k]:
+            k += 1
+        return k
+
     def _lookup(self) -> int | None:
         """Where the tokens that followed the latest earlier occurrence of the longest key
         start; None when no key occurred before."""

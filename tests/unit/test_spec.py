@@ -76,6 +76,20 @@ def test_a_draft_goes_on_copying_the_place_the_last_one_copied():
     assert index.draft(2) == []
 
 
+def test_matched_counts_the_tokens_before_the_copied_place_that_the_history_ends_with():
+    index = NgramIndex(1, 4)
+    assert index.matched() == 0  # no draft yet
+    index.extend([7, 1, 2, 3, 4, 5, 6, 9, 3, 4])
+    assert index.draft(2) == [5, 6]  # "3 4" is copied from the first place
+    assert index.matched() == 2  # 2 before "3" and 9 before the second "3": the match is 3 4
+    index.extend([5, 6])
+    assert index.draft(1) == [9] and index.matched() == 4  # "3 4 5 6" now
+    assert index.matched(cap=3) == 3
+    index = NgramIndex(1, 4)
+    index.extend([1, 2, 3, 1, 2, 3])
+    assert index.draft(5) == [1, 2, 3] and index.matched() == 3  # the history's start bounds it
+
+
 # -- the acceptance walk ---------------------------------------------------------------------------
 
 def test_accept_walks_while_the_rows_draw_the_drafts():
@@ -191,6 +205,28 @@ def test_a_sequences_acceptance_follows_its_recent_drafts_and_fades_back_when_id
     assert low < 0.6 < spec.acceptance() < 2 / 3
 
 
+def test_an_ngram_drafts_chances_grow_with_the_match_behind_it_and_follow_its_outcomes():
+    spec = SeqSpec(SpecType.NGRAM, 16, NgramIndex(1, 4))
+    spec.matched = 1
+    fresh = spec.chances(4)
+    assert fresh[0] == pytest.approx(1 / 2.5)  # the prior m / (m + 1.5)
+    assert fresh == sorted(fresh) and fresh[3] == pytest.approx(4 / 5.5)  # token i follows a match of m + i
+    spec.matched = 20
+    assert spec.chances(1)[0] == pytest.approx(16 / 17.5)  # buckets: 16..23 share one rate
+    for _ in range(6):  # drafts after one-token matches fail at once; long copies hold
+        spec.matched = 1
+        spec.record(3, 0)
+        spec.matched = 16
+        spec.record(8, 8)
+    spec.matched = 1
+    assert spec.chances(1)[0] < 0.15
+    spec.matched = 16
+    assert spec.chances(1)[0] > 0.95
+    # a draft model's drafts have no match: every token gets the sequence's geometric rate
+    model = SeqSpec(SpecType.DRAFT, 16)
+    assert model.chances(3) == [model.acceptance()] * 3
+
+
 # -- the cost model and the planner ---------------------------------------------------------------
 
 def test_step_cost_keeps_its_prior_until_step_sizes_vary_then_fits_them():
@@ -209,6 +245,19 @@ def test_step_cost_keeps_its_prior_until_step_sizes_vary_then_fits_them():
     assert cost.curve(3)[2] == cost.curve(3)[1]
 
 
+def test_step_cost_takes_each_sizes_fastest_recent_time_so_that_a_slow_one_does_not_stick():
+    """The first verify steps after a prefill ran cold (3 tokens: 7.7 and 6.9 ms, then 5.8 warm,
+    against 4.3 ms for one token); a mean held 3 tokens at 1.6x a one-token step and the
+    planner never tried 3 again."""
+    cost = StepCost()
+    for t, ms in [(1, 6.6), (3, 7.7), (3, 6.9), (1, 4.4), (3, 5.8)] + [(1, 4.3)] * 5 + [(2, 5.0)] * 3:
+        cost.observe(t, ms / 1000)
+    assert cost.curve(3) == pytest.approx([1, 5.0 / 4.3, 5.8 / 4.3])
+    for _ in range(StepCost._WINDOW):
+        cost.observe(3, 0.0065)  # the machine got busier: the old fast times age out
+    assert cost.curve(3)[2] == pytest.approx(6.5 / 4.3)
+
+
 def test_step_cost_curve_bends_where_the_device_does():
     """The cpu: a second token nearly free, then a fifth of a step each."""
     cost = StepCost()
@@ -222,19 +271,22 @@ def test_step_cost_curve_bends_where_the_device_does():
 def test_planner_gives_drafts_while_they_pay_for_their_cost():
     planner = DraftPlanner(StepCost(fixed=0.2), step_tokens=31)
     # alone: q^i against E r / (1 + r (T - 1)); at q = 0.9 seven tokens pay (see runtime/engine/spec.py)
-    assert planner.allocate({1: (0.9, 16)}, 1, 1) == {1: 7}
-    assert planner.allocate({1: (0.9, 3)}, 1, 1) == {1: 3}  # no more than offered
-    assert planner.allocate({1: (0.45, 16)}, 1, 1) == {1: 1}
-    assert planner.allocate({1: (0.15, 16)}, 1, 1) == {}
+    assert planner.allocate({1: [0.9] * 16}, 1, 1) == {1: 7}
+    assert planner.allocate({1: [0.9] * 3}, 1, 1) == {1: 3}  # no more than offered
+    assert planner.allocate({1: [0.45] * 16}, 1, 1) == {1: 1}
+    assert planner.allocate({1: [0.15] * 16}, 1, 1) == {}
+    # a draft whose later tokens are surer (a growing match) gets more of them than its first
+    # token's chance alone would give
+    assert planner.allocate({1: [0.45] + [0.97] * 15}, 1, 1) == {1: 11}
     # in a batch of 16 decodes one more token slows 16 sequences: only a near-certain draft pays
-    batch = {i: (0.5, 16) for i in range(16)}
+    batch = {i: [0.5] * 16 for i in range(16)}
     assert planner.allocate(batch, 16, 16) == {}
-    assert planner.allocate({**batch, 99: (0.97, 16)}, 16, 16) == {99: 6}  # while 0.97^i > ~0.83
+    assert planner.allocate({**batch, 99: [0.97] * 16}, 16, 16) == {99: 6}  # while 0.97^i > ~0.83
     # a free token (a memory-bound device) is always worth it, up to the step's token bound
     free = DraftPlanner(StepCost(fixed=1e-12), step_tokens=31)
-    given = free.allocate({1: (0.6, 16), 2: (0.3, 16)}, 2, 2)
+    given = free.allocate({1: [0.6] * 16, 2: [0.3] * 16}, 2, 2)
     assert given == {1: 16, 2: 13}  # 29 drafts: the step holds 31 tokens
-    assert DraftPlanner(StepCost(fixed=0.0001), step_tokens=31).allocate({1: (0.9, 16)}, 31, 1) == {}
+    assert DraftPlanner(StepCost(fixed=0.0001), step_tokens=31).allocate({1: [0.9] * 16}, 31, 1) == {}
 
 
 def test_config_bounds():
