@@ -80,6 +80,11 @@ class CpuTuning:
     # 2048 x 5632): 0.7-0.8x at 4 tokens, 0.8-0.9x at 8, 1.26-1.47x at 16, 1.2-1.45x at 64-128
     amx_min_tokens_kquant: int = 16
     attention_chunk: int = 32  # cache positions per online-softmax step
+    # cache positions per attention segment (a multiple of the chunk): a query's segments are
+    # folded in order, and a step of few work items spreads them over the team
+    # (templates/cpu_attention.c.j2), their states in at most attention_part_bytes of the arena
+    attention_segment: int = 256
+    attention_part_bytes: int = 4 << 20
     attention_query_block: int = 16  # query tokens of one sequence that share K/V conversions
     # the step program loops over repeated layers (cpu_step.loop_layers) instead of unrolling
     # them: the same bits, a C compile several times shorter (SmolLM2's 30 layers on cpu-avx512:
@@ -270,6 +275,7 @@ def step_params(inp: CodegenInput, loop_layers: bool = True) -> dict:
         "buffers": buffers,
         "const_floats": n_floats,
         "moe": any(op.kind == "moe_route" for op in plan.ops),
+        "attention": any(op.kind == "attention" for op in plan.ops),
         "state_floats": plan.state.slot_floats,
         "consts": consts,
         "entries": [{"name": name, "phases": cpu_step.loop_layers(low.phases) if loop_layers else low.phases,
@@ -385,6 +391,7 @@ def _attention_params(kv, attrs: dict, tuning: CpuTuning) -> dict:
     if nkv * hd > kv.row:
         raise CompileError(f"attention of {nkv} kv heads x {hd} exceeds the KV cache row {kv.row}")
     assert tuning.attention_chunk % 8 == 0, "attention chunks are whole vectors"
+    assert tuning.attention_segment % tuning.attention_chunk == 0, "attention segments are whole chunks"
     group = nh // nkv
     return {
         "n_heads": nh,
@@ -393,6 +400,8 @@ def _attention_params(kv, attrs: dict, tuning: CpuTuning) -> dict:
         "group": group,
         "scale": float(attrs["scale"]),
         "chunk": tuning.attention_chunk,
+        "segment": tuning.attention_segment,
+        "part_bytes": tuning.attention_part_bytes,
         "query_block": max(1, min(tuning.attention_query_block, tuning.attention_query_block * ATTENTION_GROUP_FLOATS // (group * hd))),
     }
 

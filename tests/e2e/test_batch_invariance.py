@@ -119,6 +119,33 @@ def test_fifty_requests_alone_and_in_batches_give_identical_tokens_and_logprobs(
     assert all(hits) and any(h % 16 for h in hits)  # prefix hits, to the token too
 
 
+# Two kv heads: a sequence decoding alone is 2 attention items, fewer than twice a team of 2.
+# gemma2: sliding window and soft-capped scores; gpt-oss: window and sinks.
+LONG_MODELS = ["tiny-llama-Q8_0.gguf", "tiny-gemma2-Q8_0.gguf", "tiny-gpt-oss-Q8_0.gguf"]
+
+
+@pytest.mark.parametrize("name", LONG_MODELS)
+def test_a_long_sequences_attention_segments_spread_over_the_team_or_taken_in_turn_agree(name, bundle_cache):
+    """Past 256 positions a query's attention is two segments or more, folded in order
+    (templates/cpu_attention.c.j2). Decoding alone on 2 threads, the sequence's 2 work items
+    become its segments x kv heads, their states folded by whichever thread stores the last;
+    beside three others (8 items) one thread takes a block's segments in turn. Tokens and
+    logprobs must be identical."""
+    bundle = bundle_cache(FIXTURES / name, ("cpu",))
+    model = load_model(bundle, LoadOptions(device="cpu", threads=2, prefix_caching=False))
+    rng = random.Random(5)
+
+    def request(n: int, seed: int) -> GenerationRequest:
+        prompt = [1, *(rng.randrange(3, model.vocab_size) for _ in range(n))]
+        return GenerationRequest(prompt, SamplingParams(temperature=0.8, seed=seed), max_tokens=48, ignore_eos=True, logprobs=2)
+
+    long = request(430, 3)  # decodes at positions 431..478: segments 0 and 1
+    others = [request(n, 10 + n) for n in (5, 40, 300)]
+    (alone,) = run(Engine(model, SchedulerConfig(max_batch=1, max_batch_tokens=512)), [long], [1])
+    together = run(Engine(model, SchedulerConfig(max_batch=4, max_batch_tokens=1024)), [long, *others], [4])
+    assert len(alone[0]) == 48 and together[0] == alone
+
+
 def test_the_fingerprint_names_bundle_and_kernel_variant(bundle_cache):
     """Stable across loads (restarts) of the same bundle on the same machine; another kernel
     variant (here the reference device against the cpu target) gives another."""
