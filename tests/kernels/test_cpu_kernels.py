@@ -643,6 +643,41 @@ def test_avx512_x8_matmuls_give_the_avx2_kernels_bits(tmp_path, fmt: str):
         np.testing.assert_array_equal(outs[1][t], outs[0][t], err_msg=f"{fmt}, {t} tokens")
 
 
+@pytest.mark.parametrize("fmt", ["Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8", "Q5_Kx8", "Q6_Kx8", "IQ4_XSx8"])
+def test_avx512_x8_rows_do_not_depend_on_the_group_beside_them(tmp_path, fmt: str):
+    """cpu-avx512's pass pairs group p of a tile's first half with group p of its second half
+    (two long weight streams, templates/cpu_matmul_x8.c.j2). 520 rows make tiles of several
+    groups and an odd last one: every group of the whole matmul must be what that group gives
+    alone, one pass with itself beside it (a row stored to the wrong place, or a lane that
+    reads its neighbour's group, fails)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the native builds are tested on x86-64")
+    from rfc.artifacts.targets import missing_isa
+    from rfc.runtime.devices.cpu import cpu_flags
+
+    if missing_isa(parse_target("cpu-avx512"), cpu_flags()):
+        pytest.skip("this CPU lacks the cpu-avx512 target's ISA")
+    n, rng = 520, np.random.default_rng(29)
+    k = k_of(fmt)
+    w = np.frombuffer(weight_bytes(fmt, n, k, rng), np.uint8).copy()
+    row_bytes = len(w) // n
+    x = rng.standard_normal((9, k)).astype(np.float32)
+    ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    (tmp_path / "avx512").write_bytes(built_library("avx512", "adjacent"))
+    fn = getattr(ctypes.CDLL(str(tmp_path / "avx512")), f"rfc_matmul_{fmt.lower()}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4
+    scratch = np.zeros(1 << 20, np.uint8)
+    for t in (1, 3, 9):
+        whole = np.full((t, n), np.nan, np.float32)
+        fn(ptr(w), row_bytes, n, k, ptr(x), t, ptr(whole), None, None, ptr(scratch))
+        assert np.isfinite(whole).all() and np.abs(whole).max() > 0.1
+        for g in range(n // 8):
+            part = np.full((t, 8), np.nan, np.float32)
+            group = w[8 * g * row_bytes:8 * (g + 1) * row_bytes].copy()
+            fn(ptr(group), row_bytes, 8, k, ptr(x), t, ptr(part), None, None, ptr(scratch))
+            np.testing.assert_array_equal(whole[:, 8 * g:8 * g + 8], part, err_msg=f"{fmt}, group {g}, {t} tokens")
+
+
 # -- the device's contract ----------------------------------------------------------------------
 
 
