@@ -180,11 +180,13 @@ static inline __attribute__((always_inline)) void rfc_q6x8_quadt(__m512i sumi[],
         const int8_t *y0, const int16_t *bs0, size_t K, const int nt, int h, const int u, int q) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     const int sl = 8 * h + 2 * u + q;
-    {   /* the column two ahead in both groups, 4 of its 27 lines a step (8 steps a column) */
+    {   /* the column two ahead in both groups, 4 of its 27 lines a step (8 steps a column),
+         * into L2 only: into L1 as well (T0) the two streams' lines got 29 GB/s from memory on a
+         * Zen 4 at one token, 34 into L2 (tools/bench_x8_stream.py, 2 threads) */
         const int at = 2 * RFC_X8COL_Q6_K + 256 * (4 * h + 2 * q + u);
         for (int l = 0; l < 256; l += 64) {
-            _mm_prefetch((const char *)c0 + at + l, _MM_HINT_T0);
-            _mm_prefetch((const char *)c1 + at + l, _MM_HINT_T0);
+            _mm_prefetch((const char *)c0 + at + l, _MM_HINT_T1);
+            _mm_prefetch((const char *)c1 + at + l, _MM_HINT_T1);
         }
     }
     __m512i sa[RFC_X8_TT], sb[RFC_X8_TT];
