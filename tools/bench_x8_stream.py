@@ -21,37 +21,40 @@ from __future__ import annotations
 import os
 import sys
 
-if "--threads" in sys.argv:  # before libgomp loads
-    os.environ["OMP_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+import argparse
+import ctypes
+import statistics
+import time
+from pathlib import Path
 
-import argparse  # noqa: E402
-import ctypes  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 LIBS = Path("/tmp/rfc-x8-libs")
 FORMATS = "Q4_0x8,Q4_1x8,Q8_0x8,Q4_Kx8,Q5_Kx8,Q6_Kx8,IQ4_XSx8"
 N, K, COPIES = 5632, 2048, 16
 
 
-def build(name: str, target: str, fmts: list[str]) -> None:
+def x8_library(fmts: list[str], target: str, tuning=None) -> bytes:
+    """The prelude and the x8 matmuls of `fmts` (rfc_matmul_<fmt>, K up to 5632) as the compiler
+    renders them for `target` with `tuning` (default CpuTuning()), compiled: a shared library
+    (also tools/amx/bench_kquant.py's)."""
     from rfc.artifacts.formats import Kernels
     from rfc.compiler.codegen import cpu
     from rfc.compiler.codegen.format_table import format_params
     from rfc.compiler.codegen.render import render
     from rfc.compiler.targets import parse_target
 
+    tuning = tuning or cpu.CpuTuning()
     prelude = {"abi_version": cpu.ABI_VERSION, "n_embd": 576, "n_ff": 5632, "vocab_size": 32, "n_heads": 1,
                "n_kv_heads": 1, "head_dim": 32, "group": 1, "q_width": 32, "kv_width": 32, "max_k": 5632}  # fmt: skip
     src = render("cpu_prelude.c.j2", {**prelude, **format_params(Kernels.CPU)})
-    src += "".join(render("cpu_matmul_x8.c.j2", cpu._x8_params(f, cpu.CpuTuning())) for f in fmts)
+    src += "".join(render("cpu_matmul_x8.c.j2", cpu._x8_params(f, tuning)) for f in fmts)
+    return cpu.compile_source(src, cpu.compile_command(parse_target(target)))
+
+
+def build(name: str, target: str, fmts: list[str]) -> None:
     LIBS.mkdir(exist_ok=True)
-    (LIBS / f"{name}.so").write_bytes(cpu.compile_source(src, cpu.compile_command(parse_target(target))))
+    (LIBS / f"{name}.so").write_bytes(x8_library(fmts, target))
 
 
 def timed(names: list[str], fmts: list[str], tokens: list[int]) -> None:
@@ -98,6 +101,11 @@ def main() -> int:
     p.add_argument("--tokens", default="1,2,4,8,16")
     p.add_argument("--threads", default=None)
     args = p.parse_args()
+    # before libgomp loads (the first library's dlopen)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = args.threads
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
     fmts = args.formats.split(",")
     if args.mode == "build":
         for name in args.names:

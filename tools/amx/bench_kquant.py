@@ -28,12 +28,11 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from rfc.artifacts.formats import Kernels  # noqa: E402
 from rfc.compiler.codegen import cpu  # noqa: E402
-from rfc.compiler.codegen.format_table import format_params  # noqa: E402
-from rfc.compiler.codegen.render import render  # noqa: E402
-from rfc.compiler.targets import parse_target  # noqa: E402
 from rfc.runtime.devices import cpu as cpu_device  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
+from bench_x8_stream import x8_library  # noqa: E402
 
 SHAPES = ((576, 1536), (2048, 5632))
 
@@ -41,12 +40,8 @@ SHAPES = ((576, 1536), (2048, 5632))
 def build(folder: Path, fmts: list[str], threshold: int) -> ctypes.CDLL:
     tuning = dataclasses.replace(cpu.CpuTuning(), amx_min_tokens=threshold, amx_min_tokens_4bit=threshold,
                                  amx_min_tokens_kquant=threshold)
-    prelude = {"abi_version": cpu.ABI_VERSION, "n_embd": 576, "n_ff": 5632, "vocab_size": 32, "n_heads": 1,
-               "n_kv_heads": 1, "head_dim": 32, "group": 1, "q_width": 32, "kv_width": 32, "max_k": 5632}  # fmt: skip
-    src = render("cpu_prelude.c.j2", {**prelude, **format_params(Kernels.CPU)})
-    src += "".join(render("cpu_matmul_x8.c.j2", cpu._x8_params(f, tuning)) for f in fmts)
     path = folder / f"lib{threshold}.so"
-    path.write_bytes(cpu.compile_source(src, cpu.compile_command(parse_target("cpu-amx"))))
+    path.write_bytes(x8_library(fmts, "cpu-amx", tuning))
     lib = ctypes.CDLL(str(path))
     cpu_device.init_kernels(lib, "cpu-amx")
     lib.rfc_scratch_bytes.argtypes, lib.rfc_scratch_bytes.restype = [ctypes.c_int], ctypes.c_size_t
