@@ -16,12 +16,18 @@
    logits against llama.cpp's at the vocabulary ids the golden keeps (top-1 wherever llama.cpp's
    gap > 0.5, mean |d| <= 0.2, max <= 1.5, as tests/e2e/test_smollm2.py)
    and llama.cpp's greedy tokens up to each case's first near-tie, through `rfc run`.
-3. With --bench: random-weight GGUFs made here with tools/make_gguf.py (a Llama-3-8B-shaped
+3. Issue 27 on the GPU: for stories260K, greedy text with `--spec-type ngram` (drafts verified in
+   multi-token steps, rejected tokens' KV rolled back) must equal the same device's greedy text
+   without it; for llama-Q4_K_M, llama-Q8_0 and qwen3-Q8_0, teacher-forced logits with a q8_0
+   K and V cache must stay within the device's bounds of the reference device's with that cache.
+4. With --bench: random-weight GGUFs made here with tools/make_gguf.py (a Llama-3-8B-shaped
    Q4_K_M and a TinyLlama-1.1B-shaped Q4_0), decode tok/s at batch 1 and 16, the weight bytes
    streamed per second at batch 1 (against the HBM roofline), prefill tok/s of one 512-token
    prompt on the program's prefill list (tensor-core matmuls, sm_70+) and on the decode list
    (dp4a) for comparison, and the time from `rfc serve` start to /ready.
-Prints tables; exits non-zero when any check fails. Every driver call is checked by the
+Prints tables; exits non-zero when any check fails. On a machine with no network (a lent GPU
+box), `--fixtures DIR` takes the fixture GGUFs, their logits and the goldens from DIR and makes
+or fetches nothing (SmolLM2 is checked only if DIR holds it). Every driver call is checked by the
 device itself (rfc.runtime.devices.cuda / hip raise DeviceError with the driver's message).
 """
 
@@ -39,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.kv_cache import BlockManager
@@ -58,8 +65,8 @@ GOLDENS = (  # (prompt or None for BOS alone, tokens, golden file)
 )
 PREFILL_BENCH_TOKENS = 512
 BENCH_MODELS = (  # (file name, make_gguf.py arguments)
+    ("bench-tinyllama-1.1b-Q4_0.gguf", ["--preset", "tinyllama-1.1b", "--format", "Q4_0"]),  # first: done even if a limit cuts the 8B
     ("bench-llama3-8b-Q4_K_M.gguf", ["--preset", "7b", "--ffn", "14336", "--kv-heads", "8", "--vocab", "128256", "--format", "Q4_K_M"]),
-    ("bench-tinyllama-1.1b-Q4_0.gguf", ["--preset", "tinyllama-1.1b", "--format", "Q4_0"]),
 )
 
 
@@ -112,23 +119,73 @@ def speed(lm: LoadedModel, prompt_len: int, steps: int) -> tuple[float, float]:
     return prefill, steps / (time.perf_counter() - t)
 
 
+def rfc_run(bundle: Path, device: str, n: int, prompt: str | None, *extra: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-c", "from rfc.cli.main import main; main()", "run", str(bundle),
+            "--temperature", "0", "-n", str(n), "--device", device, *extra]
+    if prompt is not None:
+        args += ["-p", prompt]
+    return subprocess.run(args, capture_output=True, text=True)
+
+
+def last_line(proc: subprocess.CompletedProcess) -> str:
+    return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+
+
 def greedy_goldens(bundle: Path, device: str) -> tuple[bool, str]:
     notes = []
     ok = True
     for prompt, n, golden in GOLDENS:
         text = (FIXTURES / golden).read_text(encoding="utf-8")[:-2]  # llama.cpp adds a blank line
-        args = [sys.executable, "-c", "from rfc.cli.main import main; main()", "run", str(bundle),
-                "--temperature", "0", "-n", str(n), "--device", device]
-        if prompt is not None:
-            args += ["-p", prompt]
-        proc = subprocess.run(args, capture_output=True, text=True)
+        proc = rfc_run(bundle, device, n, prompt)
         got = proc.stdout if prompt is None else " " + prompt + proc.stdout
         same = proc.returncode == 0 and got == text + "\n"
         ok &= same
         notes.append(f"{golden.split('.')[1]} {'same' if same else 'DIFFERENT'}")
         if proc.returncode != 0:
-            notes.append(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+            notes.append(last_line(proc))
     return ok, ", ".join(notes)
+
+
+def first_difference(a: str, b: str) -> int | None:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+
+
+def engine_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
+    """Issue 27 on this device: n-gram speculation keeps greedy text (a failure); q8_0 KV cache
+    against the cpu device's text under the same cache types (reported only)."""
+    notes = []
+    ok = True
+    for prompt, n, _ in GOLDENS:
+        plain = rfc_run(bundle, device, n, prompt)
+        spec = rfc_run(bundle, device, n, prompt, "--spec-type", "ngram")
+        same = plain.returncode == 0 and spec.returncode == 0 and plain.stdout == spec.stdout
+        ok &= same
+        where = "" if same else f" (first difference at char {first_difference(plain.stdout, spec.stdout)})"
+        notes.append(f"spec ngram {'same' if same else 'DIFFERENT'}{where}"
+                     + ("" if spec.returncode == 0 else f": {last_line(spec)}"))
+        if spec.returncode == 0:
+            stats = [line for line in spec.stderr.splitlines() if "draft" in line or "accept" in line]
+            if stats:
+                notes.append(stats[-1].strip())
+    return bool(ok), notes
+
+
+Q8_CACHE = KvCacheTypes(CacheType.Q8_0, CacheType.Q8_0)
+Q8_CACHE_MODELS = ("llama-Q4_K_M", "llama-Q8_0", "qwen3-Q8_0")  # head_dim a multiple of 32
+
+
+def q8_cache_check(name: str, bundle: Path, device: str, tokens: list[int], rounding) -> tuple[bool, str]:
+    """Teacher-forced logits with a q8_0 K and V cache on the device against the reference
+    device's with the same cache (which quantizes as llama.cpp does): the device's own bounds."""
+    from tests.bounds import device_bounds
+
+    lm = load_model(bundle, LoadOptions(device=device, cache_types=Q8_CACHE))
+    _BLOCKS.pop(id(lm), None)
+    got = forward(lm, 0, 0, tokens, all_logits=True)
+    ref_lm = load_model(bundle, LoadOptions(device="ref", cache_types=Q8_CACHE))
+    ref = forward(ref_lm, 0, 0, tokens, all_logits=True)
+    ok, summary = device_bounds(name, got, ref, rounding)
+    return ok, f"q8_0 cache vs ref q8_0 {summary}{'' if ok else ' FAIL'}"
 
 
 def smollm2_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
@@ -181,7 +238,8 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
 
         lm = load_model(bundle, LoadOptions(device=device))
         gpu = forward(lm, 0, 0, tokens, all_logits=True)
-        min_tokens = lm.device.runner.prefill_min_tokens  # the fixtures' 64 tokens take the prefill list
+        runner = getattr(lm.device, "runner", None)  # GPU devices; --target cpu* dry-runs this tool without one
+        min_tokens = runner.prefill_min_tokens if runner is not None else None  # the fixtures' 64 tokens take the prefill list
         rounding = prefill_rounding if min_tokens is not None and len(tokens) >= min_tokens else gpu_rounding
         ok, summary = llama_cpp_bounds(name, gpu, expected["logits"])
         row["ok"] &= ok
@@ -191,18 +249,26 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
         ok, summary = device_bounds(name, gpu, ref, rounding(name, formats, tokens))
         row["ok"] &= ok
         row["notes"].append(f"vs ref {summary}{'' if ok else ' FAIL'}")
+        if name in Q8_CACHE_MODELS:
+            ok, summary = q8_cache_check(name, bundle, device, tokens, rounding(name, formats, tokens))
+            row["ok"] &= ok
+            row["notes"].append(summary)
     if path == DEMO:
         ok, summary = greedy_goldens(bundle, device)
         row["ok"] &= ok
         row["notes"].append(summary)
+        ok, notes = engine_checks(bundle, device)
+        row["ok"] &= ok
+        row["notes"].extend(notes)
     if path == SMOLLM2:
         ok, notes = smollm2_checks(bundle, device)
         row["ok"] &= ok
         row["notes"].extend(notes)
-    ok, table = kernel_usage(bundle, target)
-    row["ok"] &= ok
-    row["notes"].append("kernels: no local memory" if ok else "kernels: LOCAL MEMORY in hot kernels")
-    row["usage"] = table
+    if device != "cpu":
+        ok, table = kernel_usage(bundle, target)
+        row["ok"] &= ok
+        row["notes"].append("kernels: no local memory" if ok else "kernels: LOCAL MEMORY in hot kernels")
+        row["usage"] = table
     lm = load_model(bundle, LoadOptions(device=device))
     row["prefill"], row["decode"] = speed(lm, args.prompt, args.decode)
     return row
@@ -236,7 +302,7 @@ def decode_batch(lm: LoadedModel, batch: int, steps: int) -> float:
 def prefill_rates(lm: LoadedModel, tokens: int) -> tuple[float, float | None]:
     """tok/s of one `tokens`-token prompt on the step program's prefill list, and on its decode
     list (None without a prefill list), each after a warm-up run."""
-    runner = lm.device.runner
+    runner = getattr(lm.device, "runner", None)
     prompt = np.random.default_rng(2).integers(2, lm.vocab_size, size=tokens).tolist()
 
     def rate() -> float:
@@ -249,7 +315,7 @@ def prefill_rates(lm: LoadedModel, tokens: int) -> tuple[float, float | None]:
         return tokens / elapsed
 
     mma = rate()
-    if runner.prefill_min_tokens is None:
+    if runner is None or runner.prefill_min_tokens is None:
         return mma, None
     saved, runner.prefill_min_tokens = runner.prefill_min_tokens, None  # every step on the decode list
     try:
@@ -282,9 +348,12 @@ def serve_ready_seconds(bundle: Path, device: str) -> float:
         proc.wait(30)
 
 
-def bench(target: str, device: str, out: Path, steps: int) -> list[dict]:
+def bench(target: str, device: str, out: Path, steps: int, only: set[str] | None) -> list[dict]:
     rows = []
     for file, make_args in BENCH_MODELS:
+        if only is not None and not any(name in file for name in only):
+            continue
+        t0 = time.perf_counter()
         gguf = out / file
         if not gguf.is_file():
             subprocess.run([sys.executable, str(ROOT / "tools" / "make_gguf.py"), str(gguf), *make_args], check=True)
@@ -297,32 +366,45 @@ def bench(target: str, device: str, out: Path, steps: int) -> list[dict]:
         prefill, prefill_dp4a = prefill_rates(lm, PREFILL_BENCH_TOKENS)
         rows.append({"model": gguf.stem, "b1": b1, "b16": b16, "gbps": b1 * weight_bytes / 1e9,
                      "prefill": prefill, "prefill_dp4a": prefill_dp4a, "ready": serve_ready_seconds(bundle, device)})
+        print(f"bench {gguf.stem}: {time.perf_counter() - t0:.0f} s, {rows[-1]}", file=sys.stderr, flush=True)
     return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", type=Path, help="GGUF files (default: every fixture, stories260K and SmolLM2)")
-    ap.add_argument("--target", default="sm_90", help="sm_XY (device cuda) or gfxNNNN (device hip)")
+    ap.add_argument("--target", default="sm_90", help="sm_XY (device cuda), gfxNNNN (device hip) or cpu* (a dry run)")
     ap.add_argument("--out", type=Path, default=None, help="where to write bundles (default: a temp dir)")
     ap.add_argument("--prompt", type=int, default=128, help="prefill tokens for the speed test")
     ap.add_argument("--decode", type=int, default=64, help="decode steps for the speed test")
     ap.add_argument("--bench", action="store_true", help="also the 8B / 1.1B random-weight benchmark table")
+    ap.add_argument("--bench-only", default=None, help="comma-separated parts of the benchmark models' names to run (8b, 1.1b)")
+    ap.add_argument("--fixtures", type=Path, default=None,
+                    help="take fixtures and goldens from this directory; make and fetch nothing (no network)")
     args = ap.parse_args()
-    device = "cuda" if args.target.startswith("sm_") else "hip"
-    testdata.make_fixtures()
-    testdata.smollm2()
-    models = args.models or sorted(FIXTURES.glob("tiny-*.gguf")) + [DEMO] + ([SMOLLM2] if SMOLLM2.is_file() else [])
+    # --target cpu (or cpu-avx512, ...) runs everything but the GPU's own checks on the cpu
+    # device: a dry run of this tool on a machine without a GPU.
+    device = "cuda" if args.target.startswith("sm_") else "cpu" if args.target.startswith("cpu") else "hip"
+    global FIXTURES, SMOLLM2
+    if args.fixtures is not None:
+        FIXTURES = args.fixtures.resolve()
+        SMOLLM2 = FIXTURES / SMOLLM2.name
+    else:
+        testdata.make_fixtures()
+        testdata.smollm2()
+    models = args.models or [DEMO] + sorted(FIXTURES.glob("tiny-*.gguf")) + ([SMOLLM2] if SMOLLM2.is_file() else [])
     out = args.out or Path(tempfile.mkdtemp(prefix="rfc-gpu-check-"))
     rows = []
     for path in models:
+        t0 = time.perf_counter()
         try:
             rows.append(check_model(path.resolve(), args.target, device, out, args))
         except Exception as e:  # report and go on with the next model
             traceback.print_exc()
             rows.append({"model": path.stem, "ok": False, "notes": [f"{type(e).__name__}: {e}"]})
         r = rows[-1]
-        print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['model']}", file=sys.stderr, flush=True)
+        print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['model']} ({time.perf_counter() - t0:.1f} s): {'; '.join(r['notes'])}",
+              file=sys.stderr, flush=True)
     print(f"\n{args.target} ({device}), bundles in {out}\n")
     print(f"{'model':<16} {'ok':<4} {'compile s':>9} {'prefill tok/s':>13} {'decode tok/s':>12}  checks")
     for r in rows:
@@ -334,7 +416,8 @@ def main() -> int:
     if args.bench:
         print(f"\n{'benchmark model':<34} {'b1 tok/s':>9} {'b16 tok/s':>10} {'b16/b1':>7} {'weights GB/s':>12} "
               f"{'prefill 512 tok/s':>17} {'(dp4a)':>8} {'serve ready s':>13}")
-        for b in bench(args.target, device, out, args.decode):
+        only = None if args.bench_only is None else set(args.bench_only.split(","))
+        for b in bench(args.target, device, out, args.decode, only):
             dp4a = f"{b['prefill_dp4a']:>8.0f}" if b["prefill_dp4a"] is not None else f"{'-':>8}"
             print(f"{b['model']:<34} {b['b1']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} "
                   f"{b['prefill']:>17.0f} {dp4a} {b['ready']:>13.1f}")

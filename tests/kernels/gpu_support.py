@@ -85,9 +85,11 @@ def prefill_rounding(model: str, formats, tokens) -> "np.ndarray | None":
     quantized formats keep the dp4a kernels' q8_32 bound (their tensor-core halves round
     less), F16/BF16 matmuls round activations to float16 (oracle kind "f16")."""
     from tests.oracle import Oracle
+    from rfc.artifacts.formats import FORMATS
     from rfc.compiler.codegen.gpu_plan import MMA_FORMATS, is_int8
 
-    kinds = {f: GPU_ROUNDING_KIND if is_int8(f) else "f16" for f in formats if f in MMA_FORMATS}
+    # keyed by GGUF format, as gpu_rounding_kinds: a repacked layout (Q6_Kp) rounds as its base
+    kinds = {FORMATS[f].base or f: GPU_ROUNDING_KIND if is_int8(f) else "f16" for f in formats if f in MMA_FORMATS}
     if not kinds:
         return None
     path = model_path(model)

@@ -1,0 +1,129 @@
+"""Where a GPU decode step's time goes (a lent GPU: sm_* with device cuda, gfx* with hip).
+
+    python tools/gpu_profile.py BUNDLE [--batch 1] [--steps 50] [--context 512]
+
+For a step of `--batch` sequences of one token each, after a `--context`-token prompt per
+sequence:
+1. the whole step as the engine runs it (stage the batch, copy it in, replay the graph, copy
+   the logits out, synchronize), median of `--steps`;
+2. the graph alone (replay + synchronize, the batch already on the device): the GPU's time
+   plus one launch;
+3. the host's share: cProfile of the whole steps, the functions with the most own time;
+4. each launch of the decode list run on its own (launch, synchronize), summed by kernel:
+   per-kernel time with one launch latency each (a kernel far above that latency is where the
+   GPU time goes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.model.loader import LoadOptions, load_model
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+
+    lm = load_model(args.bundle, LoadOptions(device=args.device))
+    runner = lm.device.runner
+    blocks = lm.kv_pool.manager()
+    rng = np.random.default_rng(0)
+    seqs = list(range(args.batch))
+    for s in seqs:  # the prompts, one sequence at a time
+        prompt = rng.integers(2, lm.vocab_size, size=args.context).tolist()
+        blocks.allocate(s, len(prompt))
+        lm.executor.forward(build_batch([ScheduledChunk(s, 0, tuple(prompt))], blocks))
+    pos = args.context
+
+    def batch():
+        chunks = [ScheduledChunk(s, pos, (int(rng.integers(2, lm.vocab_size)),)) for s in seqs]
+        for c in chunks:
+            blocks.allocate(c.seq_id, pos + 1)
+        return build_batch(chunks, blocks)
+
+    def step() -> float:
+        nonlocal pos
+        b = batch()
+        t = time.perf_counter()
+        lm.executor.forward(b)
+        pos += 1
+        return time.perf_counter() - t
+
+    step()  # graph capture for this batch size
+    whole = [step() for _ in range(args.steps)]
+    print(f"{args.bundle.name}: batch {args.batch}, context {args.context}: whole step median {statistics.median(whole) * 1e3:.3f} ms "
+          f"(min {min(whole) * 1e3:.3f}), {args.batch / statistics.median(whole):.1f} tok/s")
+
+    d, stream = runner._driver, runner.stream
+    b = batch()
+    scalars = runner._forward(b, runner.stage["tokens"][0])
+    d.stream_synchronize(stream)
+    graph = runner._graph(scalars, False)
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        d.graph_launch(graph, stream)
+        d.stream_synchronize(stream)
+        times.append(time.perf_counter() - t)
+    print(f"graph replay + sync alone: median {statistics.median(times) * 1e3:.3f} ms (min {min(times) * 1e3:.3f}); "
+          f"{len(runner.launch_list(scalars['n_tokens']))} launches")
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(args.steps):
+        step()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)
+    print("host, cProfile of", args.steps, "whole steps (own time):")
+    print("\n".join(out.getvalue().splitlines()[:args.top + 12]))
+
+    launches = runner.program.launches
+    bound = runner.launch_list(scalars["n_tokens"])
+    assert len(bound) == len(launches), "decode list only"
+    per_kernel: dict[str, list[float]] = defaultdict(list)
+    empty = []
+    for _ in range(3):
+        t = time.perf_counter()
+        d.stream_synchronize(stream)
+        empty.append(time.perf_counter() - t)
+    for _round in range(3):
+        for launch, bl in zip(launches, bound):
+            t = time.perf_counter()
+            bl.enqueue(d, scalars, stream)
+            d.stream_synchronize(stream)
+            per_kernel[launch.kernel].append(time.perf_counter() - t)
+    rows = []
+    for name, ts in per_kernel.items():
+        n = len(ts) // 3
+        rows.append((sum(ts) / 3, n, name))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"each launch on its own (launch + sync, mean of 3 rounds): {total * 1e3:.3f} ms over {len(bound)} launches "
+          f"(a bare sync: {min(empty) * 1e6:.1f} us)")
+    print(f"{'kernel':<48} {'launches':>8} {'total ms':>9} {'us each':>8}")
+    for t, n, name in rows[: args.top]:
+        print(f"{name[:48]:<48} {n:>8} {t * 1e3:>9.3f} {t / n * 1e6:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
