@@ -351,7 +351,7 @@ def test_matmul_matches_reference(kit: Kit, fmt: str, tokens: int):
 @pytest.mark.parametrize("fmt", ["Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8", "Q5_Kx8", "Q6_Kx8", "IQ4_XSx8"])
 def test_x8_rows_do_not_depend_on_the_token_count(kit: Kit, fmt: str):
     """The x8 layouts run one kernel for every token count (docs/determinism.md): a token's
-    outputs are bit for bit the same alone as inside steps of 3 and 17 tokens. Q4_Kx8 and
+    outputs are bit for bit the same alone as inside steps of 3, 5-7, 13 and 17 tokens. Q4_Kx8 and
     Q5_Kx8 only on the cpu-avx512 build (the AVX2 one dots 4-token tiles unlike single tokens);
     IQ4_XSx8's and Q6_Kx8's sums are integer up to one multiply-add per super-block on every
     build (AVX2, cpu-avx512, and the portable build's float dot, token by token)."""
@@ -367,10 +367,13 @@ def test_x8_rows_do_not_depend_on_the_token_count(kit: Kit, fmt: str):
         w.matmul(w.ptr, w.row_bytes, N_ROWS, x.shape[1], host(rows).ptr, len(rows), out.ptr, None, None, scratch.ptr)
         return out.array
 
-    full, three = run(x), run(x[6:9])
+    full = run(x)
     for t in (0, 7, 8, 16):
         np.testing.assert_array_equal(run(x[t : t + 1])[0], full[t])
-    np.testing.assert_array_equal(three, full[6:9])
+    # every count inlines its own copy of the kernel (nt constant): 3 and 5-7 tokens (a verify
+    # step, a batch), 13 (a full tile and 5 more); 17 above (tiles of 8 or 16, and 1 more)
+    for n in (3, 5, 6, 7, 13):
+        np.testing.assert_array_equal(run(x[2 : 2 + n]), full[2 : 2 + n], err_msg=f"{fmt}, {n} tokens")
 
 
 @pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8", "Q6_Kx8"])
