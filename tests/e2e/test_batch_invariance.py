@@ -146,6 +146,47 @@ def test_a_long_sequences_attention_segments_spread_over_the_team_or_taken_in_tu
     assert len(alone[0]) == 48 and together[0] == alone
 
 
+@pytest.mark.parametrize("name", LONG_MODELS)
+def test_a_verify_step_past_256_positions_gives_each_tokens_decode_logits(name, bundle_cache):
+    """A step of 8, 12 or 16 tokens of one sequence past 256 positions (a speculative verify
+    step, the new tokens after a prefix-cache hit) is fewer attention items than twice the team:
+    its positions are split into segments rather than its queries into halves, which converted
+    the cache once per half (templates/cpu_attention.c.j2). Every row's logits must be the bits
+    of that token decoded on its own, whichever way the step is split."""
+    import numpy as np
+
+    from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+
+    bundle = bundle_cache(FIXTURES / name, ("cpu",))
+    model = load_model(bundle, LoadOptions(device="cpu", threads=2, prefix_caching=False))
+    blocks = model.kv_pool.manager()
+    rng = random.Random(11)
+    prompt = tuple(rng.randrange(3, model.vocab_size) for _ in range(430))
+    tail = tuple(rng.randrange(3, model.vocab_size) for _ in range(16))
+    forward = model.executor.forward
+
+    def step(seq: int, start: int, tokens: tuple, all_logits: bool = False):
+        blocks.allocate(seq, start + len(tokens))
+        return forward(build_batch([ScheduledChunk(seq, start, tokens, all_logits=all_logits)], blocks))
+
+    step(0, 0, prompt)
+    one = np.stack([step(0, 430 + i, tail[i : i + 1])[-1] for i in range(16)])
+    for n in (8, 12, 16):
+        seq = n
+        step(seq, 0, prompt)
+        got = step(seq, 430, tail[:n], all_logits=True)
+        np.testing.assert_array_equal(got, one[:n], err_msg=f"{name}: a {n}-token step")
+        blocks.free(seq)
+    # and right, not only alike: the reference device's float64 logits of the same 16 tokens
+    # (a segment left out of the fold moves them by far more than the int8 activations do)
+    ref = load_model(bundle, LoadOptions(device="ref", prefix_caching=False))
+    ref_blocks = ref.kv_pool.manager()
+    ref_blocks.allocate(0, 446)
+    want = ref.executor.forward(build_batch([ScheduledChunk(0, 0, prompt + tail, all_logits=True)], ref_blocks))[430:]
+    d = np.abs(one - want)
+    assert d.max() < 1.2 and d.mean() < 0.2, f"{name}: cpu against the reference, max {d.max():.3f} mean {d.mean():.4f}"
+
+
 def test_the_fingerprint_names_bundle_and_kernel_variant(bundle_cache):
     """Stable across loads (restarts) of the same bundle on the same machine; another kernel
     variant (here the reference device against the cpu target) gives another."""
