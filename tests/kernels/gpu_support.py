@@ -59,13 +59,19 @@ def gpu_bundle(tmp_path_factory, gpu_build_cache):
 GPU_ROUNDING_KIND = "q8_32"
 
 
-def gpu_rounding_kinds(formats) -> dict[str, str]:
-    """Rounding kinds keyed by GGUF format (the oracle reads the GGUF): a layout the
-    planner repacked counts as its base format."""
+def _by_gguf_format(formats, kind_of) -> dict[str, str]:
+    """{format: kind_of(format)} for the formats kind_of gives a kind, keyed by GGUF format (the
+    oracle reads the GGUF): a layout the planner repacked (Q6_Kp) counts as its base format."""
     from rfc.artifacts.formats import FORMATS
+
+    return {FORMATS[f].base or f: kind for f in formats if (kind := kind_of(f)) is not None}
+
+
+def gpu_rounding_kinds(formats) -> dict[str, str]:
+    """The decode list's rounding kinds: q8_32 for every int8 matmul's format."""
     from rfc.compiler.codegen.gpu_plan import is_int8
 
-    return {FORMATS[f].base or f: GPU_ROUNDING_KIND for f in formats if is_int8(f)}
+    return _by_gguf_format(formats, lambda f: GPU_ROUNDING_KIND if is_int8(f) else None)
 
 
 def gpu_rounding(model: str, formats, tokens) -> "np.ndarray | None":
@@ -85,11 +91,9 @@ def prefill_rounding(model: str, formats, tokens) -> "np.ndarray | None":
     quantized formats keep the dp4a kernels' q8_32 bound (their tensor-core halves round
     less), F16/BF16 matmuls round activations to float16 (oracle kind "f16")."""
     from tests.oracle import Oracle
-    from rfc.artifacts.formats import FORMATS
     from rfc.compiler.codegen.gpu_plan import MMA_FORMATS, is_int8
 
-    # keyed by GGUF format, as gpu_rounding_kinds: a repacked layout (Q6_Kp) rounds as its base
-    kinds = {FORMATS[f].base or f: GPU_ROUNDING_KIND if is_int8(f) else "f16" for f in formats if f in MMA_FORMATS}
+    kinds = _by_gguf_format(formats, lambda f: (GPU_ROUNDING_KIND if is_int8(f) else "f16") if f in MMA_FORMATS else None)
     if not kinds:
         return None
     path = model_path(model)
