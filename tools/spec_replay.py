@@ -15,6 +15,14 @@ greedy verify step emits exactly that). It prints, per prompt, the target steps,
 accepted / verified, and the modeled speed-up: (tokens - 1) one-token steps over the sum of the
 steps' costs; per group (grounded, chat), tokens over modeled time over its prompts. The
 default curve is docs/benchmarks.md's verify-step cost on the AVX-512 Xeon (ms, interpolated).
+
+`--bounds` adds two ceilings under the same curve, to tell which part a change could move:
+"known acceptance" replays the same drafter's offers with each step carrying exactly the
+offered tokens that the output accepts (the best any planner or acceptance model could do with
+these drafts); "any earlier place" drafts, each step, the longest run of the coming output found
+anywhere earlier in the sequence, all accepted (hindsight: what a drafter that copies the
+sequence's own tokens would give if it always chose the right place, n_max tokens a step at
+most).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ def main() -> int:
     p.add_argument("--ngram-min", type=int, default=SpecConfig.ngram_min)
     p.add_argument("--ngram-max", type=int, default=SpecConfig.ngram_max)
     p.add_argument("--n-max", type=int, default=SpecConfig.n_max)
+    p.add_argument("--bounds", action="store_true", help="Also the known-acceptance and any-earlier-place ceilings.")
     args = p.parse_args()
     if args.bundle:
         if not args.save:
@@ -124,19 +133,69 @@ def _replay(prompt: list[int], out: list[int], points: dict[int, float], args) -
     return time, steps, accepted, drafted
 
 
+def known_acceptance(prompt: list[int], out: list[int], points: dict[int, float], args) -> float:
+    """Modeled time (one-token steps) when every step carries exactly the tokens of the n-gram
+    drafter's offer that the output accepts: no rejected draft token, no accepted one left out."""
+    index = NgramIndex(args.ngram_min, args.ngram_max)
+    index.extend(prompt + out[:1])
+    time, j = 0.0, 1
+    while j < len(out):
+        offer = index.draft(min(args.n_max, len(out) - j - 1))
+        ok = 0
+        while ok < len(offer) and offer[ok] == out[j + ok]:
+            ok += 1
+        index.extend(out[j:j + ok + 1])
+        j += ok + 1
+        time += _cost(points, 1 + ok) / points[1]
+    return time
+
+
+def longest_earlier(history: list[int], coming: list[int], cap: int) -> int:
+    """The longest prefix of `coming` (at most `cap` tokens) that occurs in `history`."""
+    best = 0
+    for i, token in enumerate(history):
+        if token != coming[0]:
+            continue
+        n = 1
+        while n < cap and n < len(coming) and i + n < len(history) and history[i + n] == coming[n]:
+            n += 1
+        best = max(best, n)
+        if best == cap:
+            break
+    return best
+
+
+def any_earlier_place(prompt: list[int], out: list[int], points: dict[int, float], args) -> float:
+    """Modeled time (one-token steps) when every step drafts the longest run of the coming
+    output that occurs anywhere in the sequence so far (hindsight), all of it accepted."""
+    time, j = 0.0, 1
+    while j < len(out):
+        limit = min(args.n_max, len(out) - j - 1)
+        n = longest_earlier(prompt + out[:j], out[j:], limit) if limit >= 1 else 0
+        j += n + 1
+        time += _cost(points, 1 + n) / points[1]
+    return time
+
+
 def _report(outputs: dict[str, dict[str, list[int]]], points: dict[int, float], args) -> None:
-    print("| prompt | tokens | target steps | drafts accepted / verified | modeled speed-up |")
-    print("|---|--:|--:|--:|--:|")
+    extra = " known acceptance | any earlier place |" if args.bounds else ""
+    print("| prompt | tokens | target steps | drafts accepted / verified | modeled speed-up |" + extra)
+    print("|---|--:|--:|--:|--:|" + ("--:|--:|" if args.bounds else ""))
     groups: dict[str, list[float]] = {}
     for name, run in outputs.items():
         time, steps, accepted, drafted = _replay(run["prompt"], run["out"], points, args)
+        times = [time]
+        if args.bounds:
+            times += [known_acceptance(run["prompt"], run["out"], points, args), any_earlier_place(run["prompt"], run["out"], points, args)]
         tokens = len(run["out"]) - 1
-        print(f"| {name} | {tokens} | {steps} | {accepted}/{drafted} | {tokens / time:.2f} |")
-        group = groups.setdefault(name.split("/")[0], [0.0, 0.0])
+        print(f"| {name} | {tokens} | {steps} | {accepted}/{drafted} | " + " | ".join(f"{tokens / t:.2f}" for t in times) + " |")
+        group = groups.setdefault(name.split("/")[0], [0.0] * (1 + len(times)))
         group[0] += tokens
-        group[1] += time
-    for name, (tokens, time) in groups.items():
-        print(f"{name}: modeled speed-up {tokens / time:.2f}")
+        for k, t in enumerate(times):
+            group[1 + k] += t
+    for name, (tokens, *times) in groups.items():
+        bounds = f" (known acceptance {tokens / times[1]:.2f}, any earlier place {tokens / times[2]:.2f})" if args.bounds else ""
+        print(f"{name}: modeled speed-up {tokens / times[0]:.2f}{bounds}")
 
 
 if __name__ == "__main__":

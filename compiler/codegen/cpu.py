@@ -161,6 +161,13 @@ def _head(text: str, lines: int = 20) -> str:
 # -- the planner ---------------------------------------------------------------------------
 
 
+def kv_piece(plan) -> int:
+    """The values a block of the KV cache keeps together per slot (cpu_attention.c.j2 rfc_kv):
+    what every attention layer's head_dim is a multiple of, so that a kv head is whole pieces."""
+    dims = {int(op.attrs["head_dim"]) for op in plan.ops if op.kind == "attention"}
+    return math.gcd(*dims) if dims else plan.kv.row
+
+
 def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool = True) -> str:
     """The whole library: the prelude, one rendering of a template per op (per format), then
     the step program (`step`: the kernel tests build the kernels of a plan that is not a model)."""
@@ -188,6 +195,7 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         "group": hp.n_heads // hp.n_kv_heads,
         "q_width": hp.n_heads * hp.head_dim,
         "kv_width": plan.kv.row,  # the KV cache's row: the widest layer's kv heads x head_dim
+        "kv_piece": kv_piece(plan),
         "max_k": max_k,
     }
     parts = [render("cpu_prelude.c.j2", {**common, **format_params(Kernels.CPU)})]

@@ -93,6 +93,7 @@ class CpuStepDevice(HostState):
         cache_types.check(kv, bundle.plan.kv_geometries())
         self.cache_types = cache_types
         k_row, v_row = cache_types.row_bytes(kv)
+        self.block_size = block_size
         self.k_cache = np.zeros((kv.n_layers, num_blocks * block_size, k_row), dtype=np.uint8)
         self.v_cache = np.zeros((kv.n_layers, num_blocks * block_size, v_row), dtype=np.uint8)
         self._arena = np.empty(0, np.uint8)
@@ -125,11 +126,22 @@ class CpuStepDevice(HostState):
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         raise DeviceError("the cpu step program does not sample: the host samples every row")
 
-    copies_kv = True  # the KV cache is host memory: a row copy is a numpy copy
+    copies_kv = True  # the KV cache is host memory: a copy is a numpy copy
 
     def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Copies the blocks of slots `src` into those of `dst`, whole: a block keeps each piece
+        of its slots' rows together (templates/cpu_attention.c.j2 rfc_kv), so a slot's row is
+        not one run of bytes. The engine copies the leading rows of a cached block into a fresh
+        one (runtime/engine/kv_cache.py KvCopy); the rows past them are written by the sequence
+        before any of its steps reads them."""
+        bs = self.block_size
+        src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
+        if np.any(src % bs != dst % bs):
+            raise DeviceError("the cpu device copies KV slots between the same rows of two blocks")
+        pairs = np.unique(np.stack([src // bs, dst // bs], axis=1), axis=0) if src.size else np.zeros((0, 2), np.int64)
         for cache in (self.k_cache, self.v_cache):
-            cache[:, dst] = cache[:, src]  # every layer; whatever a slot's row holds
+            blocks = cache.reshape(cache.shape[0], -1, bs * cache.shape[2])  # a view: [layer, block, bytes]
+            blocks[:, pairs[:, 1]] = blocks[:, pairs[:, 0]]
 
     def _offset(self, t: int, r: int, buffer: str) -> int:
         key = (t, r)

@@ -171,7 +171,7 @@ class CpuOpDevice(InterpretedDevice):
         _declare(lib, "rfc_scratch_bytes", [c_int], c_size_t)
         self._rmsnorm = _declare(lib, "rfc_rmsnorm", [_P, _P, _P, c_int]) if hasattr(lib, "rfc_rmsnorm") else None
         self._rope = _declare(lib, "rfc_rope", [_P, _P, _P, c_int, _P]) if hasattr(lib, "rfc_rope") else None
-        self._kv_write = _declare(lib, "rfc_kv_write", [_P, _P, _P, _P, _P, c_int]) if hasattr(lib, "rfc_kv_write") else None
+        self._kv_write = _declare(lib, "rfc_kv_write", [_P, _P, _P, _P, _P, c_int, c_int]) if hasattr(lib, "rfc_kv_write") else None
         self._attention = (
             _declare(lib, "rfc_attention", [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int])
             if hasattr(lib, "rfc_attention") else None
@@ -424,7 +424,7 @@ class CpuOpDevice(InterpretedDevice):
 
     def _op_kv_write(self, op, outs, ins, weights, batch):
         kc, vc = self._layer_ptrs(op.attrs["layer"])
-        return self._kv_write, (ins[0].ptr, ins[1].ptr, kc, vc, batch.slots.ptr, batch.num_tokens)
+        return self._kv_write, (ins[0].ptr, ins[1].ptr, kc, vc, batch.slots.ptr, batch.num_tokens, batch.block_size)
 
     def _op_attention(self, op, outs, ins, weights, batch):
         kc, vc = self._layer_ptrs(op.attrs["layer"])
