@@ -131,3 +131,29 @@ def test_batching_with_sliding_windows(name, bundle_cache):
     expected = [teacher_forced_logits(bundle, "cpu", p)[-1] for p in prompts]
     for got, want in zip(batched_last_logits(bundle, "cpu", prompts), expected):
         np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)
+
+
+def test_copy_kv_copies_whole_blocks_and_refuses_slots_that_change_rows(bundle_cache):
+    """A block keeps each piece of its slots' rows together (templates/cpu_attention.c.j2), so
+    the device copies the blocks of the slots it is given, whole, in every layer; slots that
+    would move to another row of their block are an error that changes nothing."""
+    from rfc.runtime.devices import DeviceError
+    from rfc.runtime.engine.kv_cache import KvCopy, kv_copy_slots
+
+    model = load_model(bundle_cache(FIXTURES / "tiny-llama-Q4_0.gguf"), LoadOptions(device="cpu"))
+    device, bs = model.executor.device, model.kv_pool.block_size
+    rng = np.random.default_rng(3)
+    for cache in (device.k_cache, device.v_cache):
+        cache[...] = rng.integers(0, 256, cache.shape, dtype=np.uint8)
+    before = [device.k_cache.copy(), device.v_cache.copy()]
+    device.copy_kv(*kv_copy_slots([KvCopy(1, 3, 5)], bs))  # the leading 5 rows of block 1 into block 3
+    for cache, old in zip((device.k_cache, device.v_cache), before):
+        np.testing.assert_array_equal(cache[:, 3 * bs:4 * bs], old[:, bs:2 * bs])
+        keep = np.ones(cache.shape[1], bool)
+        keep[3 * bs:4 * bs] = False
+        np.testing.assert_array_equal(cache[:, keep], old[:, keep])
+    after = [device.k_cache.copy(), device.v_cache.copy()]
+    with pytest.raises(DeviceError, match="same rows"):
+        device.copy_kv(np.array([bs]), np.array([2 * bs + 1]))
+    np.testing.assert_array_equal(device.k_cache, after[0])
+    np.testing.assert_array_equal(device.v_cache, after[1])
