@@ -7,6 +7,7 @@ server refuses /v1/embeddings for such a model unless started with `--pooling`; 
 --pooling` overrides the choice for every model.
 """
 
+from collections.abc import Generator
 from enum import Enum
 
 import numpy as np
@@ -43,10 +44,12 @@ def model_pooling(manifest: dict, override: Pooling | None = None) -> Pooling:
     return _GGUF_POOLING.get(value, DEFAULT_POOLING) if isinstance(value, int) else DEFAULT_POOLING
 
 
-def pooled_embedding(engine: Engine, token_ids: list[int], pooling: Pooling, chunk_tokens: int) -> np.ndarray:
-    """The normalized embedding float32[n_embd] of `token_ids`. Engine thread only (through
-    Engine.run_on_engine_thread): it runs forward passes on the device. The input is fed in
-    chunks of `chunk_tokens`, as a prefill is."""
+def pooled_embedding(engine: Engine, token_ids: list[int], pooling: Pooling,
+                     chunk_tokens: int) -> Generator[None, None, np.ndarray]:
+    """A job (Engine.start_job) whose result is the normalized embedding float32[n_embd] of
+    `token_ids`: it runs forward passes on the device, so on the engine thread only. The input
+    is fed in chunks of `chunk_tokens`, as a prefill is, one chunk per piece of the job
+    (runtime/engine/jobs.py): generation steps run between them."""
     if not token_ids:
         raise ValueError("nothing to embed")
     total = np.zeros(0)
@@ -62,6 +65,7 @@ def pooled_embedding(engine: Engine, token_ids: list[int], pooling: Pooling, chu
                 total = hidden[0]
             elif pooling is Pooling.LAST:
                 total = hidden[-1]
+            yield  # the engine runs a generation step before the next chunk
     vector = total / len(token_ids) if pooling is Pooling.MEAN else total
     norm = float(np.linalg.norm(vector))
     return (vector / norm if norm > 0 else vector).astype(np.float32)

@@ -23,7 +23,7 @@ also delivers its output before it returns).
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -35,6 +35,7 @@ import numpy as np
 from rfc.runtime.engine.batch import ScheduledChunk, StepBatch, build_batch
 from rfc.runtime.text.detokenize import IncrementalDetokenizer
 from rfc.runtime.engine.executor import DeviceToken, SampledRows
+from rfc.runtime.engine.jobs import MAX_JOBS, EngineJob, JobExpired, JobQueue
 from rfc.runtime.engine.kv_cache import KvCopy, kv_copy_slots
 from rfc.runtime.model.loader import LoadedModel
 from rfc.runtime.engine.output import OutputStage, SampledToken
@@ -54,9 +55,6 @@ __all__ = ["Engine", "GenerationRequest", "RequestState", "TokenEvent", "QueueFu
            "FinishReason", "LENGTH", "STOP", "EOS", "CANCELLED", "FAILED"]
 
 log = logging.getLogger("rfc.engine")
-
-# Jobs (embedding passes) waiting for the engine thread at most; one job runs per step.
-MAX_JOBS = 32
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ class Engine:
         self._output = OutputStage(self.observer, self._finish_sequence)
         self._thread: threading.Thread | None = None
         self._running = False
-        self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._jobs = JobQueue()  # work beside generation, in pieces between steps (runtime/engine/jobs.py)
         self._spec = Speculator(config.spec, DraftModel(model.draft) if model.draft is not None else None)
         self.steps = 0
 
@@ -173,8 +171,13 @@ class Engine:
 
     def abort_all(self, reason: str) -> int:
         """Ends every live request as cancelled, `reason` as its error (the server's drain);
-        each stream gets its final event. Returns how many there were."""
-        return len(self._end_all(CANCELLED, reason))
+        each stream gets its final event; every job stops at its next piece. Returns how many
+        requests and jobs there were."""
+        with self._lock:
+            jobs = self._jobs.all()
+        for job in jobs:
+            job.cancel()
+        return len(self._end_all(CANCELLED, reason)) + len(jobs)
 
     def is_idle(self) -> bool:
         """No request running or waiting, no job queued, no output undelivered."""
@@ -190,6 +193,7 @@ class Engine:
             return {
                 "running": self.scheduler.num_running(),
                 "waiting": self.scheduler.num_waiting(),
+                "jobs": len(self._jobs),  # embeddings and prompt logprobs, the running one included
                 "pages_used": self.blocks.num_used(),
                 "pages_total": self.blocks.num_blocks,
                 "pages_free": self.blocks.num_free(),
@@ -211,17 +215,23 @@ class Engine:
 
     def run_on_engine_thread(self, fn: Callable[[], Any]) -> Future:
         """Runs `fn` on the engine thread between two steps (devices are not thread-safe) and
-        returns its Future. For work beside generation, such as an embedding's forward pass.
-        QueueFull when MAX_JOBS are already waiting."""
-        future: Future = Future()
+        returns its Future: `start_job` without a deadline."""
+        return self.start_job(fn).future
+
+    def start_job(self, fn: Callable[[], Any], deadline: float | None = None) -> EngineJob:
+        """Queues `fn` for the engine thread, for work beside generation such as an embedding's
+        forward passes; a generator it returns runs one piece per step (runtime/engine/jobs.py).
+        `deadline` (time.monotonic()): past it the job stops and fails with JobExpired.
+        QueueFull when MAX_JOBS are already waiting; RuntimeError when the engine is not running."""
+        job = EngineJob(fn, deadline)
         with self._lock:
             if not self._running or not self.is_running:
                 raise RuntimeError("the engine is not running")
             if len(self._jobs) >= MAX_JOBS:
                 raise QueueFull(f"{MAX_JOBS} jobs are waiting for the engine")
-            self._jobs.append((fn, future))
+            self._jobs.add(job)
             self._wake.notify()
-        return future
+        return job
 
     @contextmanager
     def reserved_kv(self, num_tokens: int) -> Iterator[int]:
@@ -237,16 +247,12 @@ class Engine:
                 self.blocks.free(seq_id)
 
     def _run_job(self) -> None:
-        """Runs the oldest job, if any: one per step, so that jobs and generation take turns."""
+        """Runs the next piece of the oldest job, if any: jobs and generation take turns."""
         with self._lock:
-            if not self._jobs:
-                return
-            fn, future = self._jobs.popleft()
-        if future.set_running_or_notify_cancel():
-            try:
-                future.set_result(fn())
-            except BaseException as e:  # noqa: BLE001 - the caller gets the job's own exception
-                future.set_exception(e)
+            job = self._jobs.head()
+        if job is not None and job.advance():
+            with self._lock:
+                self._jobs.pop_head(job)
 
     # -- the loop (engine thread) ----------------------------------------------------------
     def step(self) -> bool:
@@ -502,9 +508,9 @@ class Engine:
                 self._end_all(FAILED, f"{type(e).__name__}: {e}")  # so a step that keeps raising cannot spin
 
         with self._lock:
-            jobs, self._jobs = list(self._jobs), deque()
-        for _, future in jobs:
-            future.cancel()
+            jobs = self._jobs.take_all()
+        for job in jobs:
+            job.stop(JobExpired("the engine stopped"))
 
     @property
     def is_running(self) -> bool:

@@ -1,19 +1,18 @@
 """Embeddings for the HTTP APIs (OpenAI /v1/embeddings, Ollama /api/embed): inputs encoded,
-checked against the context, run on the model's engine thread, pooled and normalized
-(runtime/engine/embedding.py says how)."""
+checked against the context, run on the model's engine thread in pieces of JOB_TOKENS tokens
+that take turns with generation steps (runtime/engine/jobs.py), pooled and normalized
+(runtime/engine/embedding.py says how). A request past its deadline gets a 503 saying so."""
 
-import concurrent.futures
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from rfc.runtime.engine.embedding import Pooling, model_pooling, pooled_embedding
-from rfc.runtime.engine.kv_cache import KVCacheFull
-from rfc.runtime.engine.scheduler import QueueFull
-from rfc.runtime.server.errors import bad_request, unavailable
+from rfc.runtime.engine.jobs import JOB_TOKENS
+from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.generation import check_token_ids
 from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.jobs import Deadline, run_job
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 _TIMEOUT_S = 300.0  # one request's embeddings, all inputs together
@@ -61,23 +60,11 @@ def embed(served: ServedModel, inputs: list[list[int]], pooling: Pooling | None,
     inputs = [ids[:ctx] for ids in inputs]
     chosen = model_pooling(served.model.manifest, pooling)
     engine = served.engine
-    chunk = engine.scheduler.config.max_batch_tokens
-    vectors = []
-    deadline = time.monotonic() + _TIMEOUT_S
-    for ids in inputs:  # one at a time: a request past its deadline stops asking for more
-        try:
-            future = engine.run_on_engine_thread(lambda ids=ids: pooled_embedding(engine, ids, chosen, chunk))
-        except QueueFull:
-            raise unavailable("the engine has too many embedding jobs waiting; retry later") from None
-        except RuntimeError:
-            raise unavailable("the engine is not running; see the server log", 5) from None
-        try:
-            vectors.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
-        except KVCacheFull:
-            raise unavailable("the KV cache is full; retry when running requests finish") from None
-        except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
-            future.cancel()
-            raise unavailable("the engine stopped or is too busy to embed now; retry later", 5) from None
+    vectors: list[np.ndarray] = []
+    deadline = Deadline(_TIMEOUT_S, f"the embedding of {len(inputs)} input{'s' if len(inputs) > 1 else ''}")
+    for ids in inputs:  # one job per input: a request past its deadline stops asking for more
+        vectors.append(run_job(engine, lambda ids=ids: pooled_embedding(engine, ids, chosen, JOB_TOKENS), deadline,
+                               lambda: f"{len(vectors)} of {len(inputs)} embedded"))
     return Embeddings(vectors, sum(len(ids) for ids in inputs))
 
 

@@ -35,6 +35,7 @@ _HISTOGRAMS = {
 _GAUGES = (
     ("queue_length", "waiting", "Current number of requests in queue"),
     ("active_requests", "running", "Current number of active requests"),
+    ("engine_jobs", "jobs", "Jobs beside generation (embeddings, prompt logprobs) running or waiting for the engine"),
     ("tokens_per_second", "throughput", f"Tokens generated per second (over the last {THROUGHPUT_WINDOW_S:g} s)"),
     ("kv_cache_pages_used", "pages_used", "KV-cache pages in use"),
     ("kv_cache_pages_free", "pages_free", "KV-cache pages free"),

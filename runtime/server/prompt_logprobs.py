@@ -1,20 +1,20 @@
 """The log-probabilities of a prompt's own tokens (OpenAI's `echo` with `logprobs`): one
-forward pass over the prompt with a logit row for every token, on the engine thread between
-steps (as an embedding's), in chunks of the scheduler's token budget. Row i is the model's
+forward pass over the prompt with a logit row for every token, on the engine thread in pieces
+that take turns with generation steps (as an embedding's: runtime/engine/jobs.py). Row i is the model's
 distribution for token i+1; the first token has none (null, as OpenAI answers)."""
 
-import concurrent.futures
+from collections.abc import Generator
 
 import numpy as np
 
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
-from rfc.runtime.engine.engine import Engine, QueueFull
-from rfc.runtime.engine.kv_cache import KVCacheFull
-from rfc.runtime.server.errors import unavailable
+from rfc.runtime.engine.engine import Engine
+from rfc.runtime.engine.jobs import JOB_TOKENS
 from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.jobs import Deadline, run_job
 
 _TIMEOUT_S = 300.0
-# Logits held at once (rows x vocabulary): a chunk of the scheduler's 512 tokens of a 152k
+# Logits held at once (rows x vocabulary): a chunk of 512 tokens of a 152k
 # vocabulary would be 300 MB of float32, twice that as the float64 of the softmax.
 _MAX_LOGITS = 8 << 20
 
@@ -22,23 +22,12 @@ _MAX_LOGITS = 8 << 20
 def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> list[tuple[int, float | None, tuple]]:
     """(token, its logprob, the top `top` (token, logprob)) for each prompt token."""
     engine = served.engine
-    chunk = max(1, min(engine.scheduler.config.max_batch_tokens, _MAX_LOGITS // served.model.vocab_size))
-    try:
-        future = engine.run_on_engine_thread(lambda: _forward(engine, ids, top, chunk))
-    except QueueFull:
-        raise unavailable("the engine has too many jobs waiting; retry later") from None
-    except RuntimeError:
-        raise unavailable("the engine is not running; see the server log", 5) from None
-    try:
-        return future.result(timeout=_TIMEOUT_S)
-    except KVCacheFull:
-        raise unavailable("the KV cache is full; retry when running requests finish") from None
-    except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
-        future.cancel()
-        raise unavailable("the engine stopped or is too busy now; retry later", 5) from None
+    chunk = max(1, min(JOB_TOKENS, _MAX_LOGITS // served.model.vocab_size))
+    deadline = Deadline(_TIMEOUT_S, "the prompt's logprobs")
+    return run_job(engine, lambda: _forward(engine, ids, top, chunk), deadline, lambda: f"a prompt of {len(ids)} tokens")
 
 
-def _forward(engine: Engine, ids: list[int], top: int, chunk: int) -> list[tuple[int, float | None, tuple]]:
+def _forward(engine: Engine, ids: list[int], top: int, chunk: int) -> Generator[None, None, list[tuple[int, float | None, tuple]]]:
     out: list[tuple[int, float | None, tuple]] = [(ids[0], None, ())]
     with engine.reserved_kv(len(ids)) as seq_id:
         for start in range(0, len(ids) - 1, chunk):  # the last token predicts nothing of the prompt
@@ -54,4 +43,5 @@ def _forward(engine: Engine, ids: list[int], top: int, chunk: int) -> list[tuple
                 token = ids[position]
                 best = np.argsort(-logp[row])[:top] if top else []
                 out.append((token, float(logp[row, token]), tuple((int(t), float(logp[row, t])) for t in best)))
+            yield  # a job's piece (runtime/engine/jobs.py): a generation step runs before the next chunk
     return out
