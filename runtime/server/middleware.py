@@ -73,7 +73,8 @@ def _presented_key(req: falcon.Request) -> bytes | None:
 
 
 class RequestLogMiddleware:
-    """Logs each request when its response is complete, and counts the responses in flight
+    """Logs each request when its response is complete, sets `X-Content-Type-Options: nosniff`
+    on every response, and counts the responses in flight
     (the drain waits for them: runtime/server/lifecycle.py). Streaming responses finish after
     falcon is done with them: their resource sets `req.context.log_deferred` and ends from
     the end of the stream (see `deferred_log`). While the server drains, new work gets 503;
@@ -103,6 +104,9 @@ class RequestLogMiddleware:
                            headers={"Retry-After": "5"})
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        # every response says what it is: a browser must not sniff a JSON error that echoes
+        # request text into a page
+        resp.set_header("X-Content-Type-Options", "nosniff")
         if req.context.get("log_deferred"):
             return
         finish = req.context.get("finish")

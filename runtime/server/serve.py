@@ -33,10 +33,6 @@ from rfc.runtime.engine.work_pool import WorkPool
 
 log = logging.getLogger("rfc.server")
 
-# waitress must not refuse what the app would answer with its own JSON 413: it parses the
-# Content-Length itself and answers oversized bodies in plain text.
-_BODY_SLACK = 1 << 20
-
 
 class _Pools:
     """The bounded pools every model of the server shares (runtime/engine/work_pool.py)."""
@@ -91,7 +87,7 @@ def serve(options: ServeOptions) -> int:
     server = create_listener(
         app, host=options.host, port=options.port, threads=threads, max_connections=limits.max_connections,
         request_timeout_s=limits.request_timeout_s, idle_timeout_s=limits.idle_timeout_s,
-        max_request_body_size=limits.max_body_bytes + _BODY_SLACK,
+        max_body_bytes=limits.max_body_bytes,
     )  # fmt: skip
     log.info("listening on http://%s:%s (%d HTTP threads, %d connections); loading %s", options.host, server.effective_port,
              threads, limits.max_connections, ", ".join(f"{m.model_id} ({m.bundle})" for m in options.models))

@@ -320,3 +320,80 @@ def test_json_routes_accept_json_content_types(server):
         r = requests.post(server.url + "/generate", data='{"prompt": "Once", "max_tokens": 1}', headers={"Content-Type": ct}, timeout=10)
         assert r.status_code == 200, (ct, r.text)
 
+
+
+# -- strict framing, waitress's own errors, probes past the connection cap --------------------
+
+
+def _raw(port: int, data: bytes, timeout: float = 5.0) -> tuple[bytes, bool]:
+    """What the server answers to `data` on one connection, and whether it closed it (False:
+    still open after `timeout`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except socket.timeout:
+            return out, False
+        return out, True
+
+
+def test_content_length_with_transfer_encoding_is_400_and_the_connection_closes(server):
+    """RFC 9112 §6.3: waitress read such a request as chunked and kept the connection open, so
+    the bytes after it were served as a second request (a smuggled one)."""
+    smuggled = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    out, closed = _raw(server.port, head + smuggled)
+    assert closed and out.count(b"HTTP/1.1 ") == 1, out
+    status, _, body = out.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/json" in status, out
+    assert "Content-Length and Transfer-Encoding" in json.loads(body)["error"]["message"]
+
+
+def test_a_body_waitress_refuses_gets_the_json_413(server):
+    """Bodies past the limit and the slack waitress leaves the application were refused in
+    waitress's text/plain; now in the shape of the path's API, like every other error."""
+    for path, message in (("/generate", lambda b: b["error"]), ("/v1/chat/completions", lambda b: b["error"]["message"])):
+        out, closed = _raw(server.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                        f"Content-Length: {64 << 20}\r\n\r\n{{".encode())
+        status, _, body = out.partition(b"\r\n\r\n")
+        assert closed and status.startswith(b"HTTP/1.1 413 ") and b"Content-Type: application/json" in status, out
+        assert "exceeds the limit of" in message(json.loads(body))
+
+
+def test_api_responses_are_not_sniffed(server):
+    for r in (requests.get(server.url + "/v1/models", timeout=10), requests.get(server.url + "/no/such/route", timeout=10),
+              requests.post(server.url + "/v1/completions", json={"prompt": "<b>x</b>", "max_tokens": -1}, timeout=10)):
+        assert r.headers.get("X-Content-Type-Options") == "nosniff", (r.request.url, r.status_code, r.headers)
+
+
+def test_probes_answer_while_idle_sockets_hold_the_connection_cap(demo_bundle, tmp_path):
+    """1,100 idle sockets used to leave /health unanswered for ~40 s (the connections waited in
+    the listen backlog). Past the cap a connection now gets a probe's answer, or a 503 at once."""
+    proc = ServerProcess(demo_bundle, "--max-connections", "16", "--idle-timeout", "120", log_dir=tmp_path).wait_ready()
+    socks = []
+    try:
+        socks = [socket.create_connection(("127.0.0.1", proc.port), timeout=5) for _ in range(16 + 64 + 40)]
+        for path in ("/health", "/ready"):
+            started = time.monotonic()
+            r = requests.get(proc.url + path, timeout=10)
+            assert r.status_code == 200 and time.monotonic() - started < 6, (path, time.monotonic() - started)
+        started = time.monotonic()
+        r = requests.post(proc.url + "/v1/completions", json={"prompt": "Once", "max_tokens": 2}, timeout=10)
+        assert r.status_code == 503 and "--max-connections" in r.json()["error"]["message"], r.text
+        assert r.headers["Retry-After"] and time.monotonic() - started < 6
+        for s in socks:
+            s.close()
+        socks = []
+        serving = time.monotonic() + 5  # once the listener has seen the closes
+        while (r := requests.post(proc.url + "/v1/completions", json={"prompt": "Once", "max_tokens": 2}, timeout=10)).status_code == 503 \
+                and time.monotonic() < serving:
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        _no_traceback(proc)
+    finally:
+        for s in socks:
+            s.close()
+        proc.stop()
