@@ -15,6 +15,8 @@ import requests
 from rfc.runtime.engine.embedding import Pooling, model_pooling, pooled_embedding
 from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.engine.jobs import JobExpired
+from rfc.runtime.server.errors import ApiError
+from rfc.runtime.server.jobs import Deadline, run_job
 from rfc.runtime.model.loader import LoadOptions, load_model
 from rfc.runtime.text.prompting import encode_prompt
 from tests.conftest import skip_reason, smollm2
@@ -90,6 +92,22 @@ def test_an_embedding_past_its_deadline_stops_and_frees_its_kv(engines):
     with pytest.raises(JobExpired, match="deadline"):
         job.result(timeout=60)
     assert 0 < job.pieces < len(ids) and engine.blocks.num_used() == 0
+
+
+def test_a_request_past_its_deadline_is_a_503_that_says_so(engines):
+    """It used to be 'the engine stopped or is too busy', whatever had happened."""
+    engine, _ = engines
+    ids = (encode_prompt(engine.model, TEXT) * 20)[:300]
+    deadline = Deadline(0.2, "the embedding of 2 inputs")
+    with pytest.raises(ApiError) as refused:
+        run_job(engine, lambda: pooled_embedding(engine, ids, Pooling.MEAN, 1), deadline, lambda: "0 of 2 embedded")
+    assert refused.value.status_code == 503 and refused.value.headers["Retry-After"]
+    assert "the embedding of 2 inputs did not finish within the request's deadline of 0.2 s (0 of 2 embedded)" \
+        in refused.value.message
+    deadline_for = time.monotonic() + 30
+    while engine.counts()["jobs"] and time.monotonic() < deadline_for:  # it stops at its next piece
+        time.sleep(0.01)
+    assert engine.counts()["jobs"] == 0 and engine.blocks.num_used() == 0
 
 
 def test_the_models_own_pooling_type_wins(demo_bundle):
