@@ -18,6 +18,10 @@ what was accepted.
 HTTP threads only `submit`, `cancel` and read state; the model runs in the thread that calls
 `step` (the engine thread of `rfc serve`, or the caller itself in `rfc run`, where each step
 also delivers its output before it returns).
+
+Work beside generation (an embedding's forward passes, a prompt's logprobs) is a job
+(`start_job`): the engine thread runs one piece of the oldest job after each step, so a long
+input never holds up the decodes for more than a piece (runtime/engine/jobs.py).
 """
 
 import logging
