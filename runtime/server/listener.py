@@ -160,7 +160,6 @@ def create_listener(app, *, host: str, port: int, threads: int, max_connections:
     server.channel_class = type("Channel", (_Channel,), {"error_task_class": task, "connection_limit": connection_limit})
     dispatch = server.add_task
     maintain = server.maintenance
-    waitress_readable = server.readable
 
     probes = ThreadedTaskDispatcher()
     probes.set_thread_count(1)
@@ -190,19 +189,27 @@ def create_listener(app, *, host: str, port: int, threads: int, max_connections:
             if since is not None and since < deadline:
                 channel.will_close = True  # closed by the loop on its next turn
 
-    sweep = [0.0]  # when the overflow was last swept
+    state = {"swept": 0.0, "at_cap": False}  # when the overflow was last swept; whether the cap is held (for the log)
 
     def readable() -> bool:
-        """waitress's (maintenance; accepting while under the cap), then past the cap up to the
-        overflow, whose idle connections are closed after OVERFLOW_GRACE_S."""
-        waitress_readable()
+        """waitress's maintenance, then accepting up to the cap and the overflow past it, whose
+        idle connections are closed after OVERFLOW_GRACE_S."""
+        if time.time() >= server.next_channel_cleanup:
+            server.next_channel_cleanup = time.time() + server.adj.cleanup_interval
+            server.maintenance(time.time())
         now = time.monotonic()
-        if now - sweep[0] >= 0.25:
-            sweep[0] = now
+        held = len(server.active_channels)
+        if (held >= connection_limit) != state["at_cap"]:
+            state["at_cap"] = held >= connection_limit
+            if state["at_cap"]:
+                log.warning("%d connections (--max-connections): %d more are accepted for /health and /ready only",
+                            connection_limit, OVERFLOW_CONNECTIONS)
+        if now - state["swept"] >= 0.25:
+            state["swept"] = now
             for channel in list(server.active_channels.values()):
                 if channel.overflow and not channel.requests and channel.accepted_at < now - OVERFLOW_GRACE_S:
                     channel.will_close = True
-        return server.accepting and len(server.active_channels) < connection_limit + OVERFLOW_CONNECTIONS
+        return server.accepting and held < connection_limit + OVERFLOW_CONNECTIONS
 
     server.add_task = add_task
     server.maintenance = maintenance
