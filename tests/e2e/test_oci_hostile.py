@@ -224,3 +224,44 @@ def test_a_silent_registry_ends_the_stream_within_the_timeout(server):
         assert "did not answer" in lines[-1]["error"], lines
     finally:
         silent.close()
+
+
+def test_cache_entries_never_served_are_listed_and_deleted(server, hostile, demo_bundle):
+    """A bundle in the server's pull cache that no model serves (pulled by `rfc pull` into the
+    same cache): /admin/models lists it, /api/delete removes it by digest, files and blobs."""
+    digest = hostile.add_bundle("listed", demo_bundle)
+    pulled = Path(pull(f"{hostile.host}/models/x:listed", server.cache).stdout.strip())
+    assert pulled.name == digest.split(":")[1]
+    cached = requests.get(server.url + "/admin/models", headers=ADMIN, timeout=10).json()["cached"]
+    assert {"digest": digest, "name": "stories260K", "served": False} == {k: v for k, v in cached[0].items() if k != "bytes"}
+    assert cached[0]["bytes"] == sum(p.stat().st_size for p in demo_bundle.rglob("*") if p.is_file())
+    r = requests.delete(server.url + "/api/delete", json={"model": f"{hostile.host}/models/x@{digest}"}, headers=ADMIN, timeout=10)
+    assert r.status_code == 200, r.text
+    assert cache_files(server.cache) == []
+    assert requests.get(server.url + "/admin/models", headers=ADMIN, timeout=10).json()["cached"] == []
+    r = requests.delete(server.url + "/api/delete", json={"model": digest}, headers=ADMIN, timeout=10)
+    assert r.status_code == 404  # (gone)
+
+
+def test_an_unsigned_pull_is_refused_and_leaves_nothing(hostile, demo_bundle, tmp_path):
+    """--require-signature: a pulled bundle is checked before it enters the cache; refused, it
+    leaves no bundle and no blob behind."""
+    from tests.e2e.test_signing import make_key
+
+    priv, pub = make_key(tmp_path, "k")
+    signed = tmp_path / "signed"
+    import shutil
+
+    shutil.copytree(demo_bundle, signed)
+    rfc("sign", signed, "--key", priv, check=True)
+    hostile.add_bundle("unsigned", demo_bundle)
+    proc = ServerProcess(signed, "--admin-api-key", ADMIN_KEY, "--cache-dir", str(tmp_path / "cache"), "--require-signature", pub,
+                         log_dir=tmp_path)
+    try:
+        proc.wait_ready()
+        lines = streamed_pull(proc, f"{hostile.host}/models/x:unsigned")
+        assert "is not signed" in lines[-1]["error"], lines
+        assert cache_files(tmp_path / "cache") == []
+        assert requests.get(proc.url + "/admin/models", headers=ADMIN, timeout=10).json()["cached"] == []
+    finally:
+        proc.stop()
