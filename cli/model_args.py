@@ -59,7 +59,8 @@ def model_references(models_dir: Path) -> list[str]:
 
 def _pulled(text: str, cache_dir: Path, registry) -> Path:
     from rfc.artifacts import BundleError
-    from rfc.cli.oci import OciError, parse_reference, pull_bundle
+    from rfc.cli.oci import OciError, parse_reference
+    from rfc.cli.oci_pull import pull_bundle
     from rfc.cli.oci_cmd import registry_options
 
     reference = parse_reference(text)

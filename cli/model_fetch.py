@@ -56,17 +56,18 @@ class CliFetcher:
         return bundle
 
     def remove(self, bundle: Path) -> bool:
-        from rfc.cli.oci import remove_bundle
+        from rfc.cli.oci_pull import remove_bundle
 
         return remove_bundle(bundle, self._cache_dir)
 
     def cached(self) -> list[Path]:
-        from rfc.cli.oci import cached_bundles
+        from rfc.cli.oci_pull import cached_bundles
 
         return cached_bundles(self._cache_dir)
 
     def _pull(self, source: str, insecure: bool | None, progress: Callable[[PullProgress], None] | None) -> Path:
-        from rfc.cli.oci import OciBadReference, OciError, OciNotFound, OciRefused, parse_reference, pull_bundle
+        from rfc.cli.oci import OciBadReference, OciError, OciNotFound, OciRefused, parse_reference
+        from rfc.cli.oci_pull import pull_bundle
 
         report = None
         if progress is not None:

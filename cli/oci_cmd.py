@@ -83,7 +83,8 @@ def pull_cmd(reference: str, out_dir: Path | None, force: bool, cache_dir: Path 
              registry_timeout: float, pull_timeout: float) -> None:
     """Pull the bundle REFERENCE names into the cache (digests checked), and print where it is."""
     from rfc.cli.gguf_cache import cache_root
-    from rfc.cli.oci import OciError, export_bundle, pull_bundle
+    from rfc.cli.oci import OciError
+    from rfc.cli.oci_pull import export_bundle, pull_bundle
 
     ref = parse_ref(reference)
     try:

@@ -6,7 +6,6 @@ manifest.json / model.sig layers are refused from their descriptor before a byte
 read, and a refused pull leaves nothing in the cache."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import requests
 
 from tests.conftest import rfc
 from tests.e2e.conftest import ServerProcess
-from tests.e2e.hostile_registry import D, HostileRegistry, SilentRegistry, drip, layer, manifest_of, zeros
+from tests.e2e.hostile_registry import HostileRegistry, SilentRegistry, drip, layer, manifest_of, zeros
 
 ADMIN_KEY = "hostile-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
