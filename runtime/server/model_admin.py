@@ -16,6 +16,7 @@ without one): Ollama's /api/pull, /api/delete and /api/copy on compiled bundles,
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -57,6 +58,7 @@ SWAP = RequestModel("SwapRequest", (
 _ERRORS = (403, 404, 502, 503)
 _MAX_PENDING_STEPS = 256  # progress lines a pull holds for its client at most
 _WORKER_CHECK_S = 1.0  # how often a waiting pull stream checks that its worker still runs
+_CLIENT_WAIT_S = 60.0  # how long a pull waits for a client that reads none of its steps
 
 log = logging.getLogger("rfc.server")
 
@@ -130,6 +132,7 @@ class PullResource:
 
         def report(step: "PullProgress | FetchError | None") -> None:
             needed = not isinstance(step, PullProgress) or step.completed is None or step.completed == step.total
+            waited_until = time.monotonic() + _CLIENT_WAIT_S
             while not gone.is_set():
                 try:
                     steps.put(step, timeout=0.5)
@@ -137,6 +140,8 @@ class PullResource:
                 except queue.Full:
                     if not needed:
                         return
+                    if time.monotonic() > waited_until:  # a client that stopped reading counts as gone
+                        gone.set()
 
         def work() -> None:
             try:
