@@ -361,6 +361,7 @@ def push_bundle(root: Path, reference: Reference, options: RegistryOptions) -> P
     """Pushes a bundle that verifies (hashes, nothing unlisted) as one artifact, tagged as
     `reference` says; then its provenance as a referrer."""
     root = Path(root)
+    registry = Registry(reference, options)  # (first: a refused reference or no oras says so before any hashing)
     manifest = read_manifest(root)
     problems = verify_files(root, manifest) + [f"{rel}: not listed in the manifest" for rel in unlisted_files(root, manifest)]
     if problems:
@@ -370,7 +371,6 @@ def push_bundle(root: Path, reference: Reference, options: RegistryOptions) -> P
     layers = layout.bundle_layers(manifest, manifest_bytes, signature)
     config = layout.model_config(manifest, layers)
     artifact = layout.artifact_manifest(manifest, config, layers, signature is not None)
-    registry = Registry(reference, options)
     result = PushResult(digest="sha256:" + sha256_bytes(artifact))
     for layer in layers:
         rel = layer["annotations"][layout.FILEPATH]

@@ -283,4 +283,8 @@ def _param_size(n: int) -> str:
 
 def signature_bytes(root: Path) -> bytes | None:
     path = Path(root) / SIGNATURE_FILE
-    return path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    if not path.is_file() or path.is_symlink():
+        return None
+    if path.stat().st_size > MAX_SIGNATURE_BYTES:
+        raise BundleError(f"{path}: larger than the {_size(MAX_SIGNATURE_BYTES)} a signature may be")
+    return path.read_bytes()
