@@ -217,7 +217,10 @@ class DeleteResource:
         if self._manager.source(name) is None and self._manager.source(name.removesuffix(":latest")) is None:
             cached = _unserved_cache_entry(self._manager, name)
             if cached is not None:  # pulled, never served (or no longer): its files go
-                self._manager.fetcher.remove(cached)
+                try:
+                    self._manager.fetcher.remove(cached)
+                except Exception as e:  # (a pull holding its lock, the disk): the entry stays
+                    raise ApiError(falcon.HTTP_503, f"cannot delete {name[:200]} now: {type(e).__name__}") from None
                 resp.media = {"status": "success"}
                 return
         model_id = _known(self._manager, name)
@@ -301,10 +304,10 @@ class ModelsResource:
             models.append(entry)
         fetcher = manager.fetcher
         cached = fetcher.cached() if fetcher is not None else []
-        served = {s.bundle.resolve() for s in manager.sources()}
+        in_use = {s.bundle.resolve() for s in manager.sources()}
         resp.media = {
             "models": models,
-            "cached": [{"digest": "sha256:" + c.name, "name": _model_name(c), "bytes": _bytes(c), "served": c.resolve() in served}
+            "cached": [{"digest": "sha256:" + c.name, "name": _model_name(c), "bytes": _bytes(c), "served": c.resolve() in in_use}
                        for c in cached],
             "aliases": handle.aliases,
             "retiring": [{"id": r.model_id, "version": r.version, "memory_bytes": r.memory_bytes, "why": r.why}
