@@ -35,7 +35,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @ctx_size_option(several_models=True)
 @click.option("--pooling", envvar="RFC_POOLING", type=click.Choice(["mean", "cls", "last"]), default=None,
               help="Embedding pooling for every model (default: the model's own, else last, as Ollama).")
-@click.option("--arch", "targets", envvar="RFC_ARCH", multiple=True, metavar="TARGET", help="For a GGUF argument: compile for this target (default cpu; repeatable).")
+@click.option("--arch", "targets", envvar="RFC_ARCH", multiple=True, metavar="TARGET", help="For a GGUF argument: compile for this target (default: this host's GPUs and best CPU variant; repeatable).")
 @click.option("--chat-template", envvar="RFC_CHAT_TEMPLATE", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="For a GGUF argument: compile with this Jinja chat template instead of the file's own.")
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
