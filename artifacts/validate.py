@@ -1,5 +1,5 @@
 """Checks a bundle's plan and weight layout against each other and the format table, before
-any kernel runs (../shared/DESIGN.md §7: a bundle is trusted exactly as far as its hashes,
+any kernel runs (docs/design.md, trust model: a bundle is trusted exactly as far as its hashes,
 and hashes say nothing about whether the numbers inside make sense).
 
 A bundle that passes cannot make a kernel read outside a weight or a buffer: every weight's

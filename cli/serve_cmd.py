@@ -48,7 +48,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--admin-api-key", envvar="RFC_ADMIN_API_KEY", default=None,
               help="The key that may read /traces and any request's /status and /cancel.")
 @click.option("--public-traces", envvar="RFC_PUBLIC_TRACES", is_flag=True,
-              help="Serve /traces to every client (the seed API's open endpoint): traces hold request ids, which open their text.")
+              help="Serve /traces to every client (the native API's open endpoint): traces hold request ids, which open their text.")
 @click.option("--public-metrics", envvar="RFC_PUBLIC_METRICS", is_flag=True,
               help="Serve /metrics without an API key, as vLLM does: for Prometheus, autoscalers and load-aware routers "
                    "(counts and timings, no request text).")

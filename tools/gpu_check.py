@@ -1,4 +1,4 @@
-"""The one command to run on a lent GPU: build, check, benchmark (issue 10).
+"""The one command to run on a lent GPU: build, check, benchmark.
 
     python tools/gpu_check.py --bench                  # everything, sm_90, device cuda
     python tools/gpu_check.py --target gfx90a          # an AMD GPU (device hip)
@@ -16,7 +16,7 @@
    logits against llama.cpp's at the vocabulary ids the golden keeps (top-1 wherever llama.cpp's
    gap > 0.5, mean |d| <= 0.2, max <= 1.5, as tests/e2e/test_smollm2.py)
    and llama.cpp's greedy tokens up to each case's first near-tie, through `rfc run`.
-3. Issue 27 on the GPU: for stories260K, greedy text with `--spec-type ngram` (drafts verified in
+3. Speculation on the GPU: for stories260K, greedy text with `--spec-type ngram` (drafts verified in
    multi-token steps, rejected tokens' KV rolled back) must equal the same device's greedy text
    without it; for llama-Q4_K_M, llama-Q8_0 and qwen3-Q8_0, teacher-forced logits with a q8_0
    K and V cache must stay within the device's bounds of the reference device's with that cache.
@@ -151,7 +151,7 @@ def first_difference(a: str, b: str) -> int | None:
 
 
 def engine_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
-    """Issue 27 on this device: greedy text with n-gram speculation must be the text without it
+    """Speculation on this device: greedy text with n-gram speculation must be the text without it
     (stories260K's two golden prompts); the drafts accepted are reported."""
     notes = []
     ok = True

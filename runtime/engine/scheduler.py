@@ -1,6 +1,6 @@
 """Continuous-batching scheduler: which tokens of which sequences the model runs each step.
 
-Plain Python with no model in sight (STYLE.md point 4, after nano-vllm's scheduler.py and
+Plain Python with no model in sight (docs/style.md, after nano-vllm's scheduler.py and
 vLLM v1). The engine calls `schedule()`, runs the returned chunks through the model, samples a
 token for every chunk with `needs_logits`, and hands the tokens to `postprocess()`, which
 commits the step's KV, appends them and finishes the sequences they end (an end-of-generation

@@ -1,4 +1,4 @@
-"""The HTTP listener: waitress, hardened against slow and numerous clients (issue 8, finding 7).
+"""The HTTP listener: waitress, hardened against slow and numerous clients.
 
 waitress reads every request on one event-loop thread and hands complete requests to a pool
 of worker threads. Two things could still starve the server, and both are handled here:
