@@ -25,6 +25,8 @@
    streamed per second at batch 1 (against the HBM roofline), prefill tok/s of one 512-token
    prompt on the program's prefill list (tensor-core matmuls, sm_70+) and on the decode list
    (dp4a) for comparison, and the time from `rfc serve` start to /ready.
+5. On a GPU target: the host detection that `rfc serve model.gguf` compiles for without --arch
+   (cli/host_targets.py) must name --target among this machine's targets.
 Prints tables; exits non-zero when any check fails. On a machine with no network (a lent GPU
 box), `--fixtures DIR` takes the fixture GGUFs, their logits and the goldens from DIR and makes
 or fetches nothing (SmolLM2 is checked only if DIR holds it). Every driver call is checked by the
@@ -396,6 +398,11 @@ def main() -> int:
     models = args.models or [DEMO] + sorted(FIXTURES.glob("tiny-*.gguf")) + ([SMOLLM2] if SMOLLM2.is_file() else [])
     out = args.out or Path(tempfile.mkdtemp(prefix="rfc-gpu-check-"))
     rows = []
+    if device != "cpu":
+        from rfc.cli.host_targets import host_targets
+
+        host = host_targets()
+        rows.append({"model": "host targets", "ok": args.target in host.targets, "notes": [host.describe()]})
     for path in models:
         t0 = time.perf_counter()
         try:
