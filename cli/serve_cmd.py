@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from rfc.artifacts.limits import STEP_SEQS, STEP_TOKENS
 from rfc.cli.errors import fail
 from rfc.cli.cache_types import cache_type_options, parse_cache_types
 from rfc.cli.memory import ctx_size_option, memory_options, parse_memory_options
@@ -25,7 +26,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--host", envvar="RFC_HOST", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for all interfaces).")
 @click.option("--port", envvar="RFC_PORT", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--device", envvar="RFC_DEVICE", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
-@click.option("--max-batch", envvar="RFC_MAX_BATCH", default=16, show_default=True, type=click.IntRange(min=1), help="Sequences decoded together at most.")
+@click.option("--max-batch", envvar="RFC_MAX_BATCH", default=STEP_SEQS, show_default=True, type=click.IntRange(min=1), help="Sequences decoded together at most.")
 @click.option("--max-queue", envvar="RFC_MAX_QUEUE", default=64, show_default=True, type=click.IntRange(min=1), help="Requests waiting at most; more get 503.")
 @click.option("--kv-pages", envvar="RFC_KV_PAGES", multiple=True, metavar="N|MODEL=N",
               help="KV-cache pages of 16 tokens: N in all, split evenly over the models; MODEL=N for one model (repeatable). "
@@ -176,7 +177,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
             host=host,
             port=port,
             threads=http_threads,
-            scheduler=SchedulerConfig(max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(512, max_batch), spec=spec),
+            scheduler=SchedulerConfig(max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(STEP_TOKENS, max_batch), spec=spec),
             server=ServerConfig(
                 api_keys=tuple(k for k in keys if k),
                 admin_api_key=admin_api_key or None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rfc.artifacts.formats import FORMATS, Kernels
+from rfc.artifacts.limits import MAX_EXPERTS, STEP_SEQS, STEP_TOKENS
 from rfc.artifacts.plan import OPS, Plan, rope_inv_freq
 from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
 from rfc.compiler.codegen import CodegenInput
@@ -30,7 +31,7 @@ HIDDEN_ENTRY = "rfc_step_hidden"  # the same step up to the final norm (embeddin
 ARENA_ALIGNMENT = 256
 # The arena the program records (what the engine's default step budget needs); the entry
 # computes the same layout for any T and R, and the runtime sizes the arena per step.
-ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS = 512, 512, 16
+ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS = STEP_TOKENS, STEP_TOKENS, STEP_SEQS
 CC = "cc"
 SOURCE = "rfc_cpu.c"
 LIBRARY = "librfc_cpu.so"
@@ -55,7 +56,6 @@ CPU_ATTRS = {"embed": ("scale", "column"), "rmsnorm": ("heads",), "rope": ("attn
              "moe_route": ("gating", "norm", "scale", "groups", "groups_used", "expert_scale"), "head_matmul": ("stride",)}  # fmt: skip
 _PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE},
                  "attention": {"window", "softcap"}}  # fmt: skip
-MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count to the same: the router's stack arrays
 
 @dataclass(frozen=True)
 class CpuTuning:
