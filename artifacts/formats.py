@@ -122,7 +122,7 @@ class WeightFormat:
 # blocks back from such a group, so a tied embedding (the output matmul's weight too) is
 # repacked as well: single-thread rfc_matmul on SmolLM2's tied 49152 x 576 Q8_0 table took
 # 0.82x the GGUF layout's time for one token and 0.46x for eight. Decode with the
-# row-interleaved kernels measured faster than the single-row ones (docs/benchmarks.md).
+# row-interleaved kernels measured faster than the single-row ones (docs/benchmarks-log.md).
 #
 # Q4_Kx8: rows in groups of 8, a column is one super-block of each of the 8 rows, stored as
 # the 8 scales d (f16), the 8 dmin (f16), the sub-block scales decoded to bytes [sub-block

@@ -50,7 +50,6 @@ MOE_GATINGS = ("softmax", "sigmoid", "softmax_weight")  # moe_route's `gating`
 MAX_STATE_TENSORS = 4096  # state tensors of one plan (a few per layer)
 MAX_STATE_DIMS = 3
 MAX_STATE_ELEMENTS = 1 << 28  # float32 elements of one sequence's whole state (1 GiB)
-MAX_CONV_KERNEL = 64  # short_conv's kernel length (LFM2: 3)
 
 
 class OpKind(str, Enum):

@@ -1,4 +1,4 @@
-"""The step program: what a target runs for one engine step (../shared/DESIGN.md §1).
+"""The step program: what a target runs for one engine step (docs/design.md: the step program).
 
 The plan stays the IR (the reference device interprets it op by op). For each compiled target
 the compiler lowers the plan into a step program, written next to the target's code object
@@ -235,7 +235,7 @@ def _name(v, empty: bool = False) -> str:
     return v
 
 
-# -- device sampling (issue 10): the per-row parameter block of the sampling kernel ---------------
+# -- device sampling: the per-row parameter block of the sampling kernel --------------------------
 # One row of SAMPLE_WORDS int32 words per logit row, floats stored as their bit patterns. The
 # compiler renders the word indices into the kernel and the runtime writes the rows from this
 # one table; SAMPLE_FLAG_* are bits of the "flags" word.

@@ -1,5 +1,5 @@
 """Checks a bundle's plan and weight layout against each other and the format table, before
-any kernel runs (../shared/DESIGN.md §7: a bundle is trusted exactly as far as its hashes,
+any kernel runs (docs/design.md, trust model: a bundle is trusted exactly as far as its hashes,
 and hashes say nothing about whether the numbers inside make sense).
 
 A bundle that passes cannot make a kernel read outside a weight or a buffer: every weight's
@@ -14,15 +14,12 @@ from collections.abc import Callable
 from rfc.artifacts.errors import BundleError
 from rfc.artifacts.formats import FormatError, tensor_nbytes, weight_format
 from rfc.artifacts.layout import TensorEntry, WeightLayout
+from rfc.artifacts.limits import MAX_ALTUP, MAX_CONTEXT, MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_EXPERTS, MAX_HEAD_DIM, MAX_HEADS
+from rfc.artifacts.limits import MAX_LAYERS, MAX_SSM_STATE
 from rfc.artifacts.plan import DTYPES, GLU_ACTIVATIONS, MAX_BUFFERS, MOE_GATINGS, OPS, ROPE_STYLES, SYMBOLS, Op, Plan
-from rfc.artifacts.plan import MAX_CONV_KERNEL as SHORT_CONV_MAX_KERNEL, MAX_STATE_DIMS, MAX_STATE_ELEMENTS, MAX_STATE_TENSORS
+from rfc.artifacts.plan import MAX_STATE_DIMS, MAX_STATE_ELEMENTS, MAX_STATE_TENSORS
 
 MAX_WIDTH = 1 << 24  # elements in one activation row (a vocabulary of 16M would still fit)
-MAX_CONTEXT = 1 << 24
-MAX_LAYERS = 4096
-MAX_HEADS = 4096
-MAX_HEAD_DIM = 4096
-MAX_EXPERTS = 1024
 MAX_TOKEN_BYTES = 1 << 30  # activation bytes per token or row, all buffers together
 
 
@@ -467,8 +464,8 @@ def _short_conv(v: _OpView) -> None:
     c = v.width(out)
     v.need(v.shape(bcx) == ("T", 3 * c) and v.rows(out) == "T", f"input is not [T, 3 x {c}] (b, c, x) or output not [T, {c}]")
     shape = state_tensor(v)
-    v.need(len(shape) == 2 and shape[1] == c and 1 <= shape[0] < SHORT_CONV_MAX_KERNEL,
-           f"state tensor {list(shape)} is not [kernel - 1 < {SHORT_CONV_MAX_KERNEL}, {c}]")
+    v.need(len(shape) == 2 and shape[1] == c and 1 <= shape[0] < MAX_CONV_KERNEL,
+           f"state tensor {list(shape)} is not [kernel - 1 < {MAX_CONV_KERNEL}, {c}]")
     w = v.weight_shape(0)
     v.need(w is None or w == (c, shape[0] + 1), f"kernel {w} is not [{c}, {shape[0] + 1}]")
 
@@ -479,8 +476,8 @@ def _ssm_conv(v: _OpView) -> None:
     c = v.width(x)
     v.need(v.shape(x) == v.shape(out) and v.rows(x) == "T", "input and output are not the same [T, channels]")
     shape = tuple(state_tensor(v))
-    v.need(len(shape) == 2 and shape[1] == c and 1 <= shape[0] < SHORT_CONV_MAX_KERNEL,
-           f"state tensor {list(shape)} is not [kernel - 1 < {SHORT_CONV_MAX_KERNEL}, {c}]")
+    v.need(len(shape) == 2 and shape[1] == c and 1 <= shape[0] < MAX_CONV_KERNEL,
+           f"state tensor {list(shape)} is not [kernel - 1 < {MAX_CONV_KERNEL}, {c}]")
     w = v.weight_shape(0)
     v.need(w is None or w == (c, shape[0] + 1), f"conv weight {w} is not [{c}, {shape[0] + 1}]")
     if len(v.op.weights) > 1:
@@ -493,7 +490,7 @@ def _gated_delta_net(v: _OpView) -> None:
     v.float_rows(qkv, alpha, beta, out)
     hk = v.int_attr("n_k_heads", 1, MAX_HEADS)
     hv = v.int_attr("n_v_heads", 1, MAX_HEADS)
-    s = v.int_attr("head_dim", 1, 1024)  # the state is S x S per head
+    s = v.int_attr("head_dim", 1, MAX_DELTA_STATE)  # the state is S x S per head
     v.real_attr("eps", 0.0, 1.0)
     v.need(hv % hk == 0, "n_v_heads is not a multiple of n_k_heads")
     v.need(v.shape(qkv) == ("T", (2 * hk + hv) * s), f"qkv is not [T, {(2 * hk + hv) * s}]")
@@ -509,9 +506,9 @@ def _ssm_scan(v: _OpView) -> None:
     (xbc, dt), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(xbc, dt, out)
     h = v.int_attr("n_heads", 1, MAX_HEADS)
-    p = v.int_attr("head_dim", 1, 4096)
+    p = v.int_attr("head_dim", 1, MAX_HEAD_DIM)
     g = v.int_attr("n_groups", 1, MAX_HEADS)
-    n = v.int_attr("state_size", 1, 1024)
+    n = v.int_attr("state_size", 1, MAX_SSM_STATE)
     v.need(h % g == 0, "n_heads is not a multiple of n_groups")
     v.need(v.shape(xbc) == ("T", h * p + 2 * g * n), f"xbc is not [T, {h * p + 2 * g * n}]")
     v.need(v.shape(dt) == ("T", h), f"dt is not [T, {h}]")
@@ -523,7 +520,6 @@ def _ssm_scan(v: _OpView) -> None:
 
 
 # -- gemma3n's AltUp: n streams of width E side by side in a row (artifacts/plan.py) -------------------
-MAX_ALTUP = 16  # streams (gemma3n: 4); the kernels keep one token's n x n coefficients in registers
 
 
 def _altup(v: _OpView, hs: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""The client commands (seed 000's CLI): `rfc generate`, `rfc status`, `rfc cancel`,
+"""The client commands (ROCmForge's CLI client): `rfc generate`, `rfc status`, `rfc cancel`,
 `rfc models`, `rfc health`, talking to a running `rfc serve` over its native API.
 
 Any failure (server down, timeout, an HTTP error) is one line on stderr and exit status 1.

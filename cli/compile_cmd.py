@@ -12,7 +12,7 @@ from rfc.cli.sign_cmd import KEY_PASSWORD_ENV, make_signer, sign_or_fail, signer
 
 @click.command("compile")
 @click.argument("model", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--arch", "targets", multiple=True, metavar="TARGET", help="Target: cpu (x86-64-v3, default), cpu-avx512, cpu-amx, cpu-generic, gfx* (AMD) or sm_* (NVIDIA). Repeat for several.")
+@click.option("--arch", "targets", multiple=True, metavar="TARGET", help="Target: cpu (x86-64-v3, default: portable), cpu-avx512, cpu-amx, cpu-generic, gfx* (AMD) or sm_* (NVIDIA). Repeat for several.")
 @click.option("--reference-only", is_flag=True, help="Build no kernels: the bundle runs on the numpy reference device only (`--device ref`).")
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Bundle directory (default: bundles/<model name>).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
@@ -57,6 +57,10 @@ def compile_cmd(model: Path | None, targets: tuple[str, ...], reference_only: bo
             f"{', '.join(t['name'] for t in result.manifest['targets']) or 'reference device only'}) in {result.seconds:.1f}s",
             err=True,
         )
+        if not targets and not reference_only:  # after success: an error stays one line
+            from rfc.cli.host_targets import compile_hint, host_targets
+
+            click.echo(f"rfc: {compile_hint(host_targets())}", err=True)
 
 
 def _source_date_epoch() -> int | None:

@@ -4,7 +4,8 @@ never imports the compiler: this module is the only bridge, and it lives in the 
 
 The key is the GGUF's sha256, the compile options (targets, chat template) and the rfc and
 bundle-format versions: the same inputs find the bundle compiled before; anything else
-compiles anew. Hashing a multi-GB file takes seconds, so digests are remembered per
+compiles anew. The targets are `--arch`'s or those detected on the host (cli/host_targets.py),
+so a cache shared with another kind of host never hands it a bundle built for that one. Hashing a multi-GB file takes seconds, so digests are remembered per
 (path, size, mtime) in the cache's `digests.json`."""
 
 import fcntl

@@ -1,5 +1,5 @@
 """A small HTTP client of the native API for the `rfc generate/status/cancel/models/health`
-commands (the seed's CLI client). Standard library only: the CLI must not need a package the
+commands (ROCmForge's CLI client). Standard library only: the CLI must not need a package the
 server does not. Every failure becomes a `ClientError` with one line a user can act on."""
 
 import json

@@ -1,5 +1,6 @@
 """Model arguments of `rfc serve` and `rfc run`: a bundle directory is used as it is; a GGUF
-file is compiled into the bundle cache first (cli/gguf_cache.py); a registry reference
+file is compiled into the bundle cache first (cli/gguf_cache.py), for the targets of `--arch` or
+else this host's own (cli/host_targets.py); a registry reference
 (`localhost:5000/models/demo:cpu`) is pulled into the OCI cache first (cli/oci.py)."""
 
 import os
@@ -10,6 +11,7 @@ import click
 
 from rfc.cli.errors import fail
 from rfc.cli.gguf_cache import CompileRequest, cache_root, cached_bundle, is_gguf
+from rfc.cli.host_targets import host_targets
 
 # A file in --models-dir whose name ends so holds one registry reference to serve.
 REFERENCE_SUFFIX = ".ref"
@@ -22,6 +24,7 @@ def bundle_paths(paths: Sequence[Path | str], targets: Sequence[str] = (), chat_
     from rfc.cli.oci import is_reference
 
     out = []
+    host = None  # detected once, for the first GGUF without --arch
     for path in paths:
         if is_reference(str(path)):
             out.append(_pulled(str(path), cache_root(cache_dir), registry))
@@ -30,7 +33,10 @@ def bundle_paths(paths: Sequence[Path | str], targets: Sequence[str] = (), chat_
         if not is_gguf(path):
             out.append(path)  # a bundle, or not (or nothing): the manifest reader says which
             continue
-        out.append(_compiled(CompileRequest(path, tuple(targets) or ("cpu",), chat_template), cache_root(cache_dir) / "bundles"))
+        if not targets and host is None:
+            host = host_targets()
+        why = "--arch" if targets else host.describe()
+        out.append(_compiled(CompileRequest(path, tuple(targets) or host.targets, chat_template), cache_root(cache_dir) / "bundles", why))
     return out
 
 
@@ -73,14 +79,23 @@ def _pulled(text: str, cache_dir: Path, registry) -> Path:
         fail(f"{e.filename or text}: {e.strerror or e}")
 
 
-def _compiled(request: CompileRequest, cache_dir: Path) -> Path:
+def _compiled(request: CompileRequest, cache_dir: Path, why: str) -> Path:
+    """The cached bundle of `request`; the first line said names its targets and where they
+    came from (`why`: --arch, or what was detected on this host), compiled now or before."""
     from rfc.compiler.errors import CompileError
 
+    compiled = []
+
     def announce(gguf: Path, bundle: Path) -> None:
-        click.echo(f"rfc: compiling {gguf} for {', '.join(request.targets)} into {bundle} (once; later runs reuse it)", err=True)
+        compiled.append(bundle)
+        click.echo(f"rfc: compiling {gguf} for {', '.join(request.targets)} [{why}] into {bundle} (once; later runs reuse it)",
+                   err=True)
 
     try:
-        return cached_bundle(request, cache_dir, announce)
+        bundle = cached_bundle(request, cache_dir, announce)
+        if not compiled:
+            click.echo(f"rfc: {request.gguf} compiled for {', '.join(request.targets)} [{why}]: {bundle}", err=True)
+        return bundle
     except CompileError as e:
         fail(str(e))
     except OSError as e:

@@ -33,7 +33,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @ctx_size_option(several_models=False)
 @click.option("--no-verify", is_flag=True, help="Trust the bundle: skip re-hashing its files (paths, sizes, layout and plan are still checked).")
 @click.option("--no-mmap", is_flag=True, help="Read the weights into memory instead of mapping the file (changes to the bundle's files under a running process cannot reach it).")
-@click.option("--arch", "targets", multiple=True, metavar="TARGET", help="For a GGUF: compile for this target (default cpu; repeatable).")
+@click.option("--arch", "targets", multiple=True, metavar="TARGET", help="For a GGUF: compile for this target (default: this host's GPUs and best CPU variant; repeatable).")
 @click.option("--chat-template", "template_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="For a GGUF: compile with this Jinja chat template instead of the file's own.")
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,

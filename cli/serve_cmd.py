@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from rfc.artifacts.limits import STEP_SEQS, STEP_TOKENS
 from rfc.cli.errors import fail
 from rfc.cli.oci_cmd import registry_options, timeout_options
 from rfc.cli.cache_types import cache_type_options, parse_cache_types
@@ -28,7 +29,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--host", envvar="RFC_HOST", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for all interfaces).")
 @click.option("--port", envvar="RFC_PORT", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--device", envvar="RFC_DEVICE", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
-@click.option("--max-batch", envvar="RFC_MAX_BATCH", default=16, show_default=True, type=click.IntRange(min=1), help="Sequences decoded together at most.")
+@click.option("--max-batch", envvar="RFC_MAX_BATCH", default=STEP_SEQS, show_default=True, type=click.IntRange(min=1), help="Sequences decoded together at most.")
 @click.option("--max-queue", envvar="RFC_MAX_QUEUE", default=64, show_default=True, type=click.IntRange(min=1), help="Requests waiting at most; more get 503.")
 @click.option("--kv-pages", envvar="RFC_KV_PAGES", multiple=True, metavar="N|MODEL=N",
               help="KV-cache pages of 16 tokens: N in all, split evenly over the models; MODEL=N for one model (repeatable). "
@@ -38,7 +39,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @ctx_size_option(several_models=True)
 @click.option("--pooling", envvar="RFC_POOLING", type=click.Choice(["mean", "cls", "last"]), default=None,
               help="Embedding pooling for every model (default: the model's own, else last, as Ollama).")
-@click.option("--arch", "targets", envvar="RFC_ARCH", multiple=True, metavar="TARGET", help="For a GGUF argument: compile for this target (default cpu; repeatable).")
+@click.option("--arch", "targets", envvar="RFC_ARCH", multiple=True, metavar="TARGET", help="For a GGUF argument: compile for this target (default: this host's GPUs and best CPU variant; repeatable).")
 @click.option("--chat-template", envvar="RFC_CHAT_TEMPLATE", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="For a GGUF argument: compile with this Jinja chat template instead of the file's own.")
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -51,7 +52,7 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--admin-api-key", envvar="RFC_ADMIN_API_KEY", default=None,
               help="The key that may read /traces and any request's /status and /cancel.")
 @click.option("--public-traces", envvar="RFC_PUBLIC_TRACES", is_flag=True,
-              help="Serve /traces to every client (the seed API's open endpoint): traces hold request ids, which open their text.")
+              help="Serve /traces to every client (the native API's open endpoint): traces hold request ids, which open their text.")
 @click.option("--public-metrics", envvar="RFC_PUBLIC_METRICS", is_flag=True,
               help="Serve /metrics without an API key, as vLLM does: for Prometheus, autoscalers and load-aware routers "
                    "(counts and timings, no request text).")
@@ -181,7 +182,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, registry_timeout,
             host=host,
             port=port,
             threads=http_threads,
-            scheduler=SchedulerConfig(max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(512, max_batch), spec=spec),
+            scheduler=SchedulerConfig(max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(STEP_TOKENS, max_batch), spec=spec),
             server=ServerConfig(
                 api_keys=tuple(k for k in keys if k),
                 admin_api_key=admin_api_key or None,

@@ -1,4 +1,4 @@
-"""Error bounds for logits, in three layers (issue 13, item 4), each tight enough that one kernel
+"""Error bounds for logits, in three layers, each tight enough that one kernel
 computing 2% off fails it:
 
 1. **llama.cpp** (`llama_cpp_bounds`): what the fixtures' README measured between exact math and

@@ -1,4 +1,4 @@
-"""Cost of constrained decoding per generated token (issue 12's budget: <= 10% of the decode
+"""Cost of constrained decoding per generated token (the budget: <= 10% of the decode
 step on SmolLM2-135M at batch 1, <= 1 ms per row at a 128k vocabulary).
 
     python tools/bench_constraints.py --bundle bundles/SmolLM2-135M-Instruct \\

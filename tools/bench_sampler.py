@@ -8,7 +8,7 @@ library (kernels/cpu_sample.h), as `rfc serve` on that bundle does; without, its
 
 Logits are drawn like a real model's (a peaked head over a long Gaussian tail, and a flat
 case where top_p must look far). Prints a markdown table, median and p90 per row in ms,
-and exits 1 when any median exceeds --budget-ms (issue 9: <= 0.5 ms at 128k).
+and exits 1 when any median exceeds --budget-ms (the budget: <= 0.5 ms at 128k).
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""The one command to run on a lent GPU: build, check, benchmark (issue 10).
+"""The one command to run on a lent GPU: build, check, benchmark.
 
     python tools/gpu_check.py --bench                  # everything, sm_90, device cuda
     python tools/gpu_check.py --target gfx90a          # an AMD GPU (device hip)
@@ -16,7 +16,7 @@
    logits against llama.cpp's at the vocabulary ids the golden keeps (top-1 wherever llama.cpp's
    gap > 0.5, mean |d| <= 0.2, max <= 1.5, as tests/e2e/test_smollm2.py)
    and llama.cpp's greedy tokens up to each case's first near-tie, through `rfc run`.
-3. Issue 27 on the GPU: for stories260K, greedy text with `--spec-type ngram` (drafts verified in
+3. Speculation on the GPU: for stories260K, greedy text with `--spec-type ngram` (drafts verified in
    multi-token steps, rejected tokens' KV rolled back) must equal the same device's greedy text
    without it; for llama-Q4_K_M, llama-Q8_0 and qwen3-Q8_0, teacher-forced logits with a q8_0
    K and V cache must stay within the device's bounds of the reference device's with that cache.
@@ -25,6 +25,8 @@
    streamed per second at batch 1 (against the HBM roofline), prefill tok/s of one 512-token
    prompt on the program's prefill list (tensor-core matmuls, sm_70+) and on the decode list
    (dp4a) for comparison, and the time from `rfc serve` start to /ready.
+5. On a GPU target: the host detection that `rfc serve model.gguf` compiles for without --arch
+   (cli/host_targets.py) must name --target among this machine's targets.
 Prints tables; exits non-zero when any check fails. On a machine with no network (a lent GPU
 box), `--fixtures DIR` takes the fixture GGUFs, their logits and the goldens from DIR and makes
 or fetches nothing (SmolLM2 is checked only if DIR holds it). Every driver call is checked by the
@@ -151,7 +153,7 @@ def first_difference(a: str, b: str) -> int | None:
 
 
 def engine_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
-    """Issue 27 on this device: greedy text with n-gram speculation must be the text without it
+    """Speculation on this device: greedy text with n-gram speculation must be the text without it
     (stories260K's two golden prompts); the drafts accepted are reported."""
     notes = []
     ok = True
@@ -396,6 +398,11 @@ def main() -> int:
     models = args.models or [DEMO] + sorted(FIXTURES.glob("tiny-*.gguf")) + ([SMOLLM2] if SMOLLM2.is_file() else [])
     out = args.out or Path(tempfile.mkdtemp(prefix="rfc-gpu-check-"))
     rows = []
+    if device != "cpu":
+        from rfc.cli.host_targets import host_targets
+
+        host = host_targets()
+        rows.append({"model": "host targets", "ok": args.target in host.targets, "notes": [host.describe()]})
     for path in models:
         t0 = time.perf_counter()
         try:

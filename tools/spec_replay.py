@@ -14,7 +14,7 @@ cost curve, and the draft is accepted up to its first token that differs from th
 greedy verify step emits exactly that). It prints, per prompt, the target steps, the drafts
 accepted / verified, and the modeled speed-up: (tokens - 1) one-token steps over the sum of the
 steps' costs; per group (grounded, chat), tokens over modeled time over its prompts. The
-default curve is docs/benchmarks.md's verify-step cost on the AVX-512 Xeon (ms, interpolated).
+default curve is docs/benchmarks-log.md's verify-step cost on the AVX-512 Xeon (ms, interpolated).
 
 `--bounds` adds two ceilings under the same curve, to tell which part a change could move:
 "known acceptance" replays the same drafter's offers with each step carrying exactly the

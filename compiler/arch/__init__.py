@@ -1,5 +1,5 @@
 """Architecture recipes: one module per GGUF `general.architecture`, each mapping that
-architecture's metadata keys and tensors to a plan (../shared/DESIGN.md §5).
+architecture's metadata keys and tensors to a plan (docs/design.md: architectures are recipes).
 
 A recipe is a function `(GGUFModel) -> ModelSpec`. Adding an architecture means adding a
 module here, registering it below and, if it needs them, new plan ops with their kernels.

@@ -28,7 +28,12 @@ LLAMA_CPP_ARCHITECTURES: tuple[str, ...] = (
     "mellum", "nanbeige", "qwen3tts", "pockettts",
 )  # fmt: skip
 
-_RECURRENT = "recurrent or hybrid layers: needs per-sequence recurrent state and its ops (issue 26)"
+# Recurrent layers: per-sequence state and the ops ssm_conv, ssm_scan (Mamba2, one decay per head),
+# gated_delta_net and short_conv exist; what each of these still lacks is said in its own words.
+_MAMBA1_SCAN = ("Mamba-1's selective scan decays each channel and state by its own A [d_inner, d_state] "
+                "(ssm_scan takes one A per head, as Mamba2 does)")
+_NO_KV = "it has no attention layer, so no KV cache, and a plan needs at least one KV layer (artifacts/validate.py)"
+_RWKV = "RWKV's time mixing (the WKV recurrence and token shift, ggml's rwkv_wkv6 / rwkv_wkv7) has no op yet"
 _ENCODER = "encoder-only (embeddings, reranking): not a text generator; rfc serves decoder models"
 _MODALITY = "a vision, audio or speech model: rfc has no tower for it (text-only server)"
 _DIFFUSION = "a diffusion language model: not decoded token by token"
@@ -36,12 +41,17 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 
 # Why a name without a recipe is refused; a name not listed here has no recipe yet.
 REFUSED: dict[str, str] = {
-    **dict.fromkeys(
-        ("mamba", "mamba2", "jamba", "falcon-h1", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7",
-         "plamo2", "kimi-linear",
-         "minimax-01"),
-        _RECURRENT,
-    ),  # fmt: skip
+    "mamba": f"{_MAMBA1_SCAN}, and {_NO_KV}",
+    "mamba2": f"no recipe yet: the Mamba2 mixer exists (compiler/arch/mamba2.py, as granitehybrid and nemotron_h use it), but {_NO_KV}",
+    "jamba": f"its Mamba-1 layers: {_MAMBA1_SCAN}",
+    "falcon-h1": ("no recipe yet: each layer runs attention and a Mamba2 mixer side by side on the same input; the mixer's "
+                  "ops exist (ssm_conv, ssm_scan: compiler/arch/mamba2.py)"),
+    **dict.fromkeys(("rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"), _RWKV),
+    "plamo2": ("its Mamba layers step each channel by its own dt (ssm_scan takes one dt per head), after RMS norms on dt, B "
+               "and C; no recipe yet"),
+    "kimi-linear": ("Kimi Delta Attention decays the state channel by channel (gated_delta_net decays each head by one "
+                    "scalar); no recipe yet"),
+    "minimax-01": "lightning attention (linear attention with a decay per head) has no op yet",
     **dict.fromkeys(
         ("bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2", "jina-bert-v3",
          "eurobert", "t5encoder", "gemma-embedding", "llama-embed"),

@@ -47,7 +47,7 @@ from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
-from rfc.artifacts.validate import MAX_ALTUP
+from rfc.artifacts.limits import MAX_ALTUP
 
 ARCH = "gemma3n"
 KV_FROM_START = 20  # llama.cpp's n_layer_kv_from_start for gemma3n: later layers reuse earlier caches

@@ -19,7 +19,8 @@ the leading dense layers: `build_hybrid` takes its expert reader.
 import math
 from collections.abc import Callable
 
-from rfc.artifacts.plan import MAX_CONV_KERNEL, KVSpec
+from rfc.artifacts.limits import MAX_CONV_KERNEL
+from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Attention, Sizes, declare_buffers, glu_ffn, hparams, linear, read_rope
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block

@@ -15,12 +15,10 @@ State per sequence and layer: (kernel - 1) x (d_inner + 2 G N) + H x P x N float
 
 from dataclasses import dataclass
 
-from rfc.artifacts.plan import MAX_CONV_KERNEL
+from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_SSM_STATE
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.metadata import MAX_FF, MAX_HEAD_DIM, MAX_HEADS, Metadata
 from rfc.compiler.errors import CompileError
-
-MAX_STATE_SIZE = 1024  # ssm.state_size N (Granite 4.0-H, Nemotron-H: 128); validate.py's bound
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ class Mamba2:
 def read_mamba2(md: Metadata) -> Mamba2:
     kernel = md.int("ssm.conv_kernel", 2, MAX_CONV_KERNEL - 1)
     d_inner = md.int("ssm.inner_size", 1, MAX_FF)
-    n_state = md.int("ssm.state_size", 1, MAX_STATE_SIZE)
+    n_state = md.int("ssm.state_size", 1, MAX_SSM_STATE)
     n_heads = md.int("ssm.time_step_rank", 1, MAX_HEADS)
     n_groups = md.int("ssm.group_count", 1, MAX_HEADS)
     if d_inner % n_heads:

@@ -11,17 +11,13 @@ import math
 import numbers
 from typing import Any
 
+from rfc.artifacts.limits import MAX_CONTEXT, MAX_EXPERTS, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 
-MAX_LAYERS = 4096
 MAX_EMBD = 1 << 18
-MAX_HEADS = 4096
-MAX_HEAD_DIM = 4096
 MAX_FF = 1 << 20
-MAX_CONTEXT = 1 << 24
 MAX_VOCAB = 1 << 22
-MAX_EXPERTS = 1024
 
 _REQUIRED = object()
 

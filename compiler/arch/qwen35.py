@@ -24,6 +24,7 @@ import numbers
 from collections.abc import Callable
 from dataclasses import replace
 
+from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Attention, Sizes, glu_ffn, hparams, output_head, read_rope, read_sizes
@@ -32,9 +33,6 @@ from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
-
-MAX_CONV_KERNEL = 64  # ssm.conv_kernel (Qwen3.5: 4); validate.py's bound on ssm_conv's state rows
-MAX_STATE_DIM = 1024  # ssm.state_size, the head size S of the S x S recurrent matrix (Qwen3.5: 128)
 
 
 def read_sections(md: Metadata, n_rot: int) -> None:
@@ -144,7 +142,7 @@ class DeltaNet:
 
 def read_delta_net(md: Metadata) -> DeltaNet:
     kernel = md.int("ssm.conv_kernel", 2, MAX_CONV_KERNEL)
-    head_dim = md.int("ssm.state_size", 1, MAX_STATE_DIM)
+    head_dim = md.int("ssm.state_size", 1, MAX_DELTA_STATE)
     k_heads = md.int("ssm.group_count", 1, MAX_HEADS)
     v_heads = md.int("ssm.time_step_rank", 1, MAX_HEADS)
     inner = md.int("ssm.inner_size", 1, MAX_FF)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rfc.artifacts.formats import FORMATS, Kernels
+from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_EXPERTS, STEP_SEQS, STEP_TOKENS
 from rfc.artifacts.plan import OPS, Plan, rope_inv_freq
 from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
 from rfc.compiler.codegen import CodegenInput
@@ -30,13 +31,13 @@ HIDDEN_ENTRY = "rfc_step_hidden"  # the same step up to the final norm (embeddin
 ARENA_ALIGNMENT = 256
 # The arena the program records (what the engine's default step budget needs); the entry
 # computes the same layout for any T and R, and the runtime sizes the arena per step.
-ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS = 512, 512, 16
+ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS = STEP_TOKENS, STEP_TOKENS, STEP_SEQS
 CC = "cc"
 SOURCE = "rfc_cpu.c"
 LIBRARY = "librfc_cpu.so"
 BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno")
 
-# gemma3n's AltUp ops and activation sparsity: row functions of cpu_altup.c.j2 (cpu_step.py's row_op phase)
+# gemma3n's AltUp ops and activation sparsity: row functions of kernels/cpu_altup.h (cpu_step.py's row_op phase)
 ALTUP_OPS = ("altup_stack", "altup_predict", "altup_correct", "altup_add", "altup_merge", "gaussian_topk")
 # The op kinds the cpu kernels implement; a plan with another op is refused.
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
@@ -55,7 +56,6 @@ CPU_ATTRS = {"embed": ("scale", "column"), "rmsnorm": ("heads",), "rope": ("attn
              "moe_route": ("gating", "norm", "scale", "groups", "groups_used", "expert_scale"), "head_matmul": ("stride",)}  # fmt: skip
 _PER_OP_ATTRS = {"rmsnorm": {"heads"}, "rope": {"freq_base", "freq_scale", "attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE},
                  "attention": {"window", "softcap"}}  # fmt: skip
-MAX_EXPERTS = 1024  # compiler/arch/metadata.py bounds the GGUF's expert_count to the same: the router's stack arrays
 
 @dataclass(frozen=True)
 class CpuTuning:
@@ -220,14 +220,9 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         attention = _uniform([op for op in ops["attention"] if cpu_step.head_geometry(op) == geometry], "attention")
         parts.append(render("cpu_attention.c.j2", {**_attention_params(plan.kv, attention, tuning), "sfx": [sfx] if sfx else [], "first": not sfx}))
     parts.append(render("cpu_elementwise.c.j2", _oai_params(ops.get("swiglu", []))))
-    if "gated_delta_net" in ops or "ssm_conv" in ops:
-        parts.append(render("cpu_delta_net.c.j2", {}))
-    if "short_conv" in ops:
-        parts.append(render("cpu_short_conv.c.j2", {}))
-    if "ssm_scan" in ops:
-        parts.append(render("cpu_ssm_scan.c.j2", {}))
-    if any(kind in ops for kind in ALTUP_OPS):
-        parts.append(render("cpu_altup.c.j2", {}))
+    arch_ops = _arch_ops_params(ops)
+    if arch_ops is not None:
+        parts.append(render("cpu_arch_ops.c.j2", arch_ops))
     if "head_matmul" in ops or "concat_heads" in ops:
         parts.append(render("cpu_mla.c.j2", _mla_params(entries, ops.get("head_matmul", []))))
     if moe is not None:
@@ -237,6 +232,20 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     if step:
         parts.append(render("cpu_step.c.j2", step_params(inp, tuning.loop_layers)))
     return "\n".join(parts)
+
+
+def _arch_ops_params(ops: dict[str, list]) -> dict | None:
+    """Which fixed op groups of cpu_arch_ops.c.j2 the plan uses (None: none), and the shared
+    bounds their kernels size stack arrays by."""
+    groups = {
+        "delta_net": "gated_delta_net" in ops or "ssm_conv" in ops,  # ssm_conv: qwen35's and Mamba2's conv
+        "short_conv": "short_conv" in ops,
+        "ssm_scan": "ssm_scan" in ops,
+        "altup": any(kind in ops for kind in ALTUP_OPS),
+    }
+    if not any(groups.values()):
+        return None
+    return {**groups, "max_conv_kernel": MAX_CONV_KERNEL, "max_delta_state": MAX_DELTA_STATE}
 
 
 # -- the step program ------------------------------------------------------------------------

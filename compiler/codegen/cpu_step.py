@@ -422,7 +422,7 @@ class _Lowering:
         return Phase("softcap", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
                                  "cap": f32_literal(op.attrs["cap"], "softcap cap")}, {x}, set(op.outputs))  # fmt: skip
 
-    # -- LFM2's short conv (cpu_short_conv.c.j2): channels split among the team, the state
+    # -- LFM2's short conv (kernels/cpu_short_conv.h): channels split among the team, the state
     # tensor at its float offset in each sequence's slot; "@state<i>" orders the phases that touch it
     def _short_conv(self, op: Op) -> Phase:
         (bcx,), (out,) = op.inputs, op.outputs
@@ -451,7 +451,7 @@ class _Lowering:
                                       "heads": heads, "wa": self.width(a) // heads, "wb": self.width(b) // heads},
                      {a, b}, {out})  # fmt: skip
 
-    # -- Gated DeltaNet (cpu_delta_net.c.j2): the state tensor's float offset in a slot, and
+    # -- Gated DeltaNet (kernels/cpu_delta_net.h): the state tensor's float offset in a slot, and
     # "@state<i>" orders the phases that touch it
     def _ssm_conv(self, op: Op) -> Phase:
         (x,), (out,) = op.inputs, op.outputs
@@ -483,7 +483,7 @@ class _Lowering:
                                          "counter": self.counter()},
                      {qkv, alpha, beta, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
 
-    # -- gemma3n's AltUp ops and activation sparsity (cpu_altup.c.j2): a row function per token
+    # -- gemma3n's AltUp ops and activation sparsity (kernels/cpu_altup.h): a row function per token
     def _altup_row(self, op: Op) -> Phase:
         bufs = [[self.buf(b), self.width(b)] for b in (*op.inputs, *op.outputs)]
         return Phase("row_op", {"fn": f"rfc_{op.kind}_row", "rows": self.rows(op.inputs[0]), "bufs": bufs,
@@ -499,7 +499,7 @@ class _Lowering:
 
 
 def altup_consts(op: Op, width) -> list:
-    """The constants after a cpu_altup.c.j2 row function's buffers and weight: (n, E, and active,
+    """The constants after a kernels/cpu_altup.h row function's buffers and weight: (n, E, and active,
     or first and sub's streams) for the AltUp ops, (width, std_mul as a float32) for gaussian_topk."""
     if op.kind == "gaussian_topk":
         return [width(op.inputs[0]), float(np.float32(op.attrs["std_mul"]))]

@@ -20,6 +20,7 @@ import numpy as np
 from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, row_nbytes, weight_format
 from rfc.artifacts.kv_cache_type import BLOCK_VALUES, CacheType, KvCacheTypes
 from rfc.artifacts.layout import TensorEntry, WeightLayout
+from rfc.artifacts.limits import STEP_TOKENS
 from rfc.artifacts.plan import MOE_GATINGS, Op, Plan, rope_freqs
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
 from rfc.compiler.codegen import weight_entries
@@ -778,7 +779,7 @@ def attention_scratch_floats(spec: KernelSpec) -> int:
 # Largest step a program accepts; the runtime refuses bigger batches (the engine's chunked
 # prefill keeps steps below it).
 PROGRAM_MAX_TOKENS = 2048
-PROGRAM_MAX_ROWS = 512  # the scheduler's default step budget (max_batch_tokens), all rows wanted
+PROGRAM_MAX_ROWS = STEP_TOKENS  # the scheduler's default step budget (max_batch_tokens), all rows wanted
 PROGRAM_MAX_SEQS = 256
 ARENA_ALIGNMENT = 256  # bytes: every buffer 16-byte (128-bit load) aligned and more
 

@@ -1,4 +1,4 @@
-"""Planning of the GPU sampling kernel (issue 10): one block per logit row samples that row's
+"""Planning of the GPU sampling kernel: one block per logit row samples that row's
 token on the device (templates/gpu_sample.hip.j2), so a step copies token ids back instead of
 [rows, vocab] logits.
 

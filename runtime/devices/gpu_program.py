@@ -1,4 +1,4 @@
-"""The GPU step program, bound once and replayed per step (../shared/DESIGN.md §1).
+"""The GPU step program, bound once and replayed per step (docs/design.md: the step program).
 
 `StepRunner` takes a target's launch list (artifacts/program.py) and binds it at load: the
 activation arena is allocated once, every launch gets its parameter buffer with the arena,
@@ -317,7 +317,7 @@ def _view(ptr: int, length: int, dtype=np.int32) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype, count=length)
 
 
-# -- sampling on the device (issue 10) -------------------------------------------------------------
+# -- sampling on the device ------------------------------------------------------------------------
 _WORD = {name: i for i, name in enumerate(SAMPLE_WORDS)}
 
 

@@ -1,7 +1,7 @@
 """Runs one engine step on a device. Knows nothing about model architectures.
 
 `Device` is what the engine needs of one (the Executor is one too). Every device runs whole
-steps (../shared/DESIGN.md §1):
+steps (docs/design.md: the step program):
 - a compiled target's step program: one ctypes call on cpu (devices/cpu_step.py), one graph
   launch on a GPU (devices/gpu.py);
 - the numpy reference (devices/reference.py), the oracle, interprets the plan op by op: it

@@ -1,5 +1,5 @@
 """How many KV-cache blocks a model gets when no `--kv-pages` names them: from a memory
-budget, not from the context length (DESIGN.md §6).
+budget, not from the context length (docs/design.md: the engine).
 
 - GPU (hip, cuda): as vLLM. The server may use `utilization × total` bytes of device memory;
   what is already in use (other processes, models loaded before this one) and what this model

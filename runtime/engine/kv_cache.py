@@ -1,7 +1,7 @@
 """Paged KV-cache bookkeeping: which fixed-size blocks of the pool each sequence owns.
 
 The KV arrays themselves (one pair per layer) belong to the device; this module only decides
-which slots a sequence's tokens occupy, like nano-vllm's block_manager.py (STYLE.md point 4).
+which slots a sequence's tokens occupy, like nano-vllm's block_manager.py (docs/style.md).
 The pool is `num_blocks` blocks of `block_size` token slots, preallocated once.
 
 With prefix caching (runtime/engine/prefix_cache.py) a full block whose KV is computed is keyed by

@@ -1,8 +1,8 @@
-"""Request ids: unguessable (issue 8, finding 9).
+"""Request ids: unguessable.
 
 /status/{id} and /cancel/{id} act on whatever request an id names, so an id is a capability:
 knowing one must mean having been told it. Ids are random 53-bit integers (exact in every
-JSON number, as the seed API types them) from the OS's CSPRNG, unique among the ids this
+JSON number, as the native API types them) from the OS's CSPRNG, unique among the ids this
 server issued recently. One source is shared by every engine of a server, so an id names
 one request of one model.
 """

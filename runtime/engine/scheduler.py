@@ -1,6 +1,6 @@
 """Continuous-batching scheduler: which tokens of which sequences the model runs each step.
 
-Plain Python with no model in sight (STYLE.md point 4, after nano-vllm's scheduler.py and
+Plain Python with no model in sight (docs/style.md, after nano-vllm's scheduler.py and
 vLLM v1). The engine calls `schedule()`, runs the returned chunks through the model, samples a
 token for every chunk with `needs_logits`, and hands the tokens to `postprocess()`, which
 commits the step's KV, appends them and finishes the sequences they end (an end-of-generation
@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence as Seq
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum, auto
 
+from rfc.artifacts.limits import STEP_SEQS, STEP_TOKENS
 from rfc.runtime.engine.batch import ScheduledChunk
 from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.engine.spec import SpecConfig
@@ -75,8 +76,8 @@ class Sequence:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_batch: int = 16  # running sequences at most
-    max_batch_tokens: int = 512  # tokens fed per step at most (the chunked-prefill budget)
+    max_batch: int = STEP_SEQS  # running sequences at most
+    max_batch_tokens: int = STEP_TOKENS  # tokens fed per step at most (the chunked-prefill budget)
     max_queue: int = 64  # waiting sequences at most (preempted ones may exceed it)
     spec: SpecConfig = SpecConfig()  # speculative decoding: drafts carried by decode steps (runtime/engine/spec.py)
 

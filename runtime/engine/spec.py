@@ -77,7 +77,7 @@ class SpecConfig:
     ngram_max: int = 4
     # A step carrying drafts holds at most this many tokens. 31: the cpu target's matmuls switch
     # to packed 8-row GEMM tiles at 32 tokens, where a row's logits are no longer bit for bit
-    # those of a one-token step for every format (docs/benchmarks.md, speculative decoding).
+    # those of a one-token step for every format (docs/benchmarks-log.md, speculative decoding).
     step_tokens: int = 31
     # Greedy verify rows whose best two logits are closer than this are not trusted: the walk
     # stops before the row, and the sequence's next step computes it without drafts. Devices

@@ -1,4 +1,4 @@
-"""Bounded pools for expensive work a request asks for (security issue 29, finding 3): grammar
+"""Bounded pools for expensive work a request asks for: grammar
 compilation, tokenizing long inputs. A pool has a fixed number of threads, a queue of at most
 `max_pending` jobs (one more: `Busy`, which the server answers with 503 and `Retry-After`) and
 a deadline for the request waiting on a job. So a burst of costly requests waits its turn or

@@ -1,5 +1,5 @@
 """Bounds on what a client's grammar may ask of the grammar engine, checked before llguidance
-sees the input (security issue 29, findings 1, 2 and 4).
+sees the input.
 
 llguidance compiles grammars recursively in native code: a chain of 3,000 `$ref`s or 6,000
 GBNF rules that name each other overflows an 8 MiB thread stack and ends the process

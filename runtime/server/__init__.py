@@ -1,4 +1,4 @@
-"""The HTTP server of `rfc serve`: the seed's native API and an OpenAI-compatible API over
+"""The HTTP server of `rfc serve`: the native API (docs/native-api.md) and an OpenAI-compatible API over
 one continuous-batching engine (Falcon on waitress)."""
 
 from rfc.runtime.server.app import create_app

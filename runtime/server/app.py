@@ -59,7 +59,7 @@ def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), tele
     routes.add("/v1/completions", openai_api.CompletionsResource(handle, config))
     routes.add("/v1/chat/completions", openai_api.ChatCompletionsResource(handle, config))
     # Further APIs, each in its own module: the Responses API, /v1/embeddings, Anthropic's
-    # Messages, Ollama's /api, llama.cpp's /tokenize family and the integrations of seed 003.
+    # Messages, Ollama's /api, llama.cpp's /tokenize family and the /v1/integrations routes.
     responses_api.add_routes(routes, handle, config)
     anthropic_api.add_routes(routes, handle, config)
     ollama_api.add_routes(routes, handle, config, webui, models)

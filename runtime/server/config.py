@@ -12,7 +12,7 @@ from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.server.model_sources import BundleFetcher, Rescan
 from rfc.runtime.server.models import BrokenModel, ModelPolicy, ModelSource
 
-# What the native API reports as its service name (seed API: /health, /ready, traces).
+# What the native API reports as its service name (docs/native-api.md: /health, /ready, traces).
 SERVICE_NAME = "rocmforge"
 
 
@@ -22,7 +22,7 @@ class ServerConfig:
 
     api_keys: tuple[str, ...] = ()  # (): no authentication; each key is one client, who sees only its own requests
     admin_api_key: str | None = None  # may read /traces and any request; None: nobody may, unless public_traces
-    public_traces: bool = False  # /traces for anyone who may call the server (the seed API's behaviour)
+    public_traces: bool = False  # /traces for anyone who may call the server (the native API's documented behaviour)
     # /metrics without a key, as vLLM serves it: what Prometheus, KEDA and routers scrape (counts, no text)
     public_metrics: bool = False
     cors_origins: tuple[str, ...] = ("*",)  # () disables CORS headers entirely

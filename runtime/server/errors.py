@@ -1,4 +1,4 @@
-"""Error responses, each API in the shape its clients parse: native routes answer the seed
+"""Error responses, each API in the shape its clients parse: native routes answer the native
 API's `{"error": message, "status": "error"}`; /v1 routes OpenAI's `{"error": {"message",
 "type", "param", "code"}}`; Anthropic's /v1/messages `{"type": "error", "error": {"type",
 "message"}}`; Ollama's routes (/ and /api/*) `{"error": message}`. Every error, falcon's own (404 route, 405) and unexpected exceptions
@@ -129,7 +129,7 @@ _BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Des
 
 
 def read_json(req: falcon.Request, max_bytes: int) -> dict:
-    """The request body as a JSON object, checked once for every route (issue 8): 415 unless it
+    """The request body as a JSON object, checked once for every route: 415 unless it
     says it is JSON (a cross-site "simple" request cannot), 413 over `max_bytes`, 400 when it is
     not a JSON object, nests deeper than MAX_JSON_DEPTH or holds text that is not Unicode (a lone
     surrogate) — each 400 naming the field.

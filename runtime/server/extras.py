@@ -1,6 +1,6 @@
 """Routes beside generation: OpenAI's /v1/embeddings, llama.cpp's /tokenize, /detokenize,
 /apply-template (same request and reply shapes) and /infill (runtime/server/infill.py), and
-the integrations of seed 003. Each takes
+the /v1/integrations routes. Each takes
 an optional `model` (the default model when absent)."""
 
 import base64

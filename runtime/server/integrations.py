@@ -1,4 +1,4 @@
-"""GET /v1/integrations and /v1/integrations/health in seed 003's shapes: the compute
+"""GET /v1/integrations and /v1/integrations/health in the integrations API's shapes (docs/serve.md): the compute
 backends this server knows (hip, cuda, cpu, the numpy reference) as integrations, whether
 each can run here, its version (the ISA of the compiled targets), and the models it serves.
 

@@ -1,5 +1,5 @@
 """The server's life after it starts: the HTTP responses in flight, and the drain that SIGTERM
-begins (issue 29, finding 7: SIGTERM used to cut every stream mid-chunk).
+begins (so that SIGTERM lets streams finish rather than cutting them mid-chunk).
 
 Kubernetes sends SIGTERM on every rollout and waits `terminationGracePeriodSeconds` (30 s by
 default) before SIGKILL. So on the first SIGTERM (or SIGINT) the server stops taking work

@@ -1,11 +1,11 @@
-"""The HTTP listener: waitress, hardened against slow and numerous clients (issue 8, finding 7).
+"""The HTTP listener: waitress, hardened against slow and numerous clients.
 
 waitress reads every request on one event-loop thread and hands complete requests to a pool
 of worker threads. Two things could still starve the server, and both are handled here:
 
 - **Slow clients.** A connection that trickles its request head costs a channel (a file
-  descriptor), not a thread; enough of them used to hit waitress's connection limit, after
-  which nothing was accepted. The limit is now configurable and high (the soft file-descriptor
+  descriptor), not a thread; enough of them would reach waitress's default connection limit,
+  after which nothing is accepted. So the limit is configurable and high (the soft file-descriptor
   limit is raised to match), and a request whose head and body have not fully arrived within
   `request_timeout_s` of its first byte has its connection closed — time, not bytes, is what a
   slowloris spends.

@@ -1,8 +1,8 @@
-"""Prometheus metrics of the seed API (`rocmforge_*`), plus KV-cache gauges, each series
+"""Prometheus metrics of the native API (`rocmforge_*`, docs/native-api.md), plus KV-cache gauges, each series
 labelled with the `model` it counts (a server may serve several).
 
 A custom collector on the app's own CollectorRegistry (never the global one): it exposes
-exactly the seed's names and types, without the `_created` series that prometheus-client's
+exactly the native API's names and types, without the `_created` series that prometheus-client's
 Counter and Histogram objects add. Request metrics are fed by the engine's Observer hooks;
 gauges are read from the engine at scrape time."""
 

@@ -1,5 +1,5 @@
 """What a served model is, in the words clients look for: the OpenAI model card with the
-registry fields of seeds 003/004 (architecture, parameter_size, quantization, file_size_mb,
+model-registry fields (architecture, parameter_size, quantization, file_size_mb,
 tensor_count, context_length, capabilities, details), read from the bundle's manifest.
 `context_length` is the limit the server enforces (--ctx-size, else the model's own);
 `trained_context_length` the model's, as its GGUF metadata has it."""

@@ -1,4 +1,4 @@
-"""The native API of the seed spec: /generate, /generate/stream, /status/{id}, /cancel/{id}."""
+"""The native API (docs/native-api.md): /generate, /generate/stream, /status/{id}, /cancel/{id}."""
 
 import falcon
 
@@ -17,7 +17,7 @@ from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.openapi import Operation
 from rfc.runtime.server.streaming import SseRenderer, sse
 
-# The seed API's defaults.
+# The native API's defaults (docs/native-api.md).
 DEFAULT_MAX_TOKENS = 100
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_K = 50

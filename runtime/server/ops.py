@@ -1,4 +1,4 @@
-"""Operational endpoints of the seed API: /health, /ready, /models, /metrics, /traces."""
+"""Operational endpoints of the native API (docs/native-api.md): /health, /ready, /models, /metrics, /traces."""
 
 from collections.abc import Sequence
 
@@ -27,7 +27,7 @@ class HealthResource:
         self._lifecycle = lifecycle
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        # Several models: the seed's checks sum over them, and `models` has each one's own.
+        # Several models: the native API's checks sum over them, and `models` has each one's own.
         every = self._handle.all_served()
         running = self._handle.is_ready()
         engine = {"running": running, "model_loaded": bool(every) and running}
@@ -64,8 +64,8 @@ def _cache_check(counts: dict[str, int]) -> dict[str, int]:
         "active_sequences": counts["sequences"],
     }
     if counts.get("state_slots_total", 0):
-        # a hybrid model's recurrent-state slots beside its pages; the seed's cache block
-        # (../shared/seeds/001) has exactly the four keys above, so other models keep to them
+        # a hybrid model's recurrent-state slots beside its pages; the native API's cache block
+        # (docs/native-api.md, GET /health) has exactly the four keys above, so other models keep to them
         check["state_slots_used"] = counts.get("state_slots_used", 0)
         check["state_slots_total"] = counts["state_slots_total"]
     return check
@@ -80,7 +80,7 @@ def _kv_check(model: LoadedModel) -> dict:
 
 def _device_check(served: ServedModel | None, every: Sequence[ServedModel] = ()) -> dict:
     """The seed's gpu block: a GPU's memory from its driver, plus the KV pools' bytes of the
-    models on it; a cpu or ref device is no GPU ({"available": false}, as the seed has it)."""
+    models on it; a cpu or ref device is no GPU ({"available": false}, as the native API has it)."""
     if served is None:
         return {"available": False}
     choice = served.model.device_choice
@@ -136,7 +136,7 @@ class ModelsResource:
         resp.media = {
             "models": [
                 {
-                    # the seed's three fields, then the model card's. `path` is the model file
+                    # the native API's three fields, then the model card's. `path` is the model file
                     # the bundle was compiled from, as the compiler recorded it (its name), and
                     # `bundle` the name of the bundle's directory: never a path of the serving
                     # machine (docs/security.md, "Who sees what")
@@ -169,7 +169,7 @@ class MetricsResource:
 class TracesResource:
     """Traces name every request's id, and an id opens its text to whoever may call /status
     with it: so they are the admin key's (`--admin-api-key`), or everyone's only when the
-    operator says so (`--public-traces`, the seed API's open endpoint)."""
+    operator says so (`--public-traces`, the native API's open endpoint)."""
 
     LIMIT = Field("limit", Kind.INTEGER, minimum=0, description="the newest N traces; absent: all")
     CLEAR = Field("clear", Kind.BOOLEAN, False, description="drop the traces kept")

@@ -1,13 +1,13 @@
 """A small LRU of prompt encodings: clients resend the same system prompt and few-shot
-prefixes, and /models reports its counters (the seed API's `tokenizer_cache`).
+prefixes, and /models reports its counters (the native API's `tokenizer_cache`, docs/native-api.md).
 
-Bounded in real bytes, and only for prompts the model can take (issue 8, finding 6): a prompt
+Bounded in real bytes, and only for prompts the model can take: a prompt
 is keyed by its sha256 (the text itself is never kept) and its ids are stored packed, four
 bytes each, so the count matches the memory. A text too long for the context is refused
 before tokenizing when its size alone proves it (no token covers more than the vocabulary's
 longest token), and after bounded work otherwise: a long text is tokenized on a bounded pool,
 a piece at a time, and refused as soon as its pieces hold more tokens than the context can
-(issue 29, finding 5: ten 900 KB prompts were tokenized in full, 333,332 tokens each, before
+(without that, ten 900 KB prompts were tokenized in full, 333,332 tokens each, before
 the context check refused them). Neither is cached.
 """
 

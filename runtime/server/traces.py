@@ -1,4 +1,4 @@
-"""Request traces in OTLP JSON, as the seed API's GET /traces returns them.
+"""Request traces in OTLP JSON, as the native API's GET /traces returns them.
 
 One trace per sampled request: an `inference_request` span with `prefill` and `decode`
 children. Sampling is per request at `sample_rate`; the store keeps the newest `max_traces`

@@ -47,7 +47,7 @@ class ChatTemplateError(Exception):
 
 @dataclass(frozen=True)
 class RenderLimits:
-    """What one render may spend. The costliest template in ../shared/chat-templates takes about
+    """What one render may spend. The costliest template in tests/data/chat-templates takes about
     22,000 steps and 0.15 s for 200 messages and 20 tools."""
 
     max_output_chars: int = 1_000_000

@@ -1,4 +1,4 @@
-"""Chat templates render in worker processes with hard limits (issue 8, finding 8).
+"""Chat templates render in worker processes with hard limits.
 
 A chat template is untrusted code. The sandbox in runtime/text/chat.py bounds what it can reach
 and counts its steps, but one C-level operation (`x in huge_list`, `['x' * 999999] * 999999`)

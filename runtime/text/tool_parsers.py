@@ -4,7 +4,7 @@ raises ValueError & co. on malformed text (the caller keeps it as content).
 
 Every parser runs in time linear in the output. The output is the model's, and a model can be
 talked into repeating a call marker: the backtracking regexes these parsers used cost 0.5-20 s
-on 32 KB of that, cubic for one family, with the GIL held (security issue 29). So the text is
+on 32 KB of that, cubic for one family, with the GIL held. So the text is
 scanned with `str.find` from a moving position (`_Text` remembers each search, so no stretch
 of the text is searched twice for one thing), the regexes left only match a run of one
 character class at a known position or find one character (neither can backtrack), and JSON

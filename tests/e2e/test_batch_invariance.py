@@ -1,4 +1,4 @@
-"""Batch invariance on the cpu target (issue 27 item 4; docs/determinism.md): a request's tokens
+"""Batch invariance on the cpu target (docs/determinism.md): a request's tokens
 and logprobs do not depend on which other requests share its steps, on the batch size, on
 how its prompt was chunked, or on prefix-cache hits (whole blocks by reference, the partial
 last block copied).

@@ -106,6 +106,8 @@ def test_default_model_is_the_embedded_demo(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "bundles" / "stories260K" / "manifest.json").is_file()
     assert "stories260K" in proc.stderr  # the one-line summary
+    # without --arch: the portable cpu, and how to build for this host instead (cli/host_targets.py)
+    assert "rfc: no --arch: built for cpu (x86-64-v3" in proc.stderr
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ content-addressed bundle cache once, then reuse it; `--chat-template` attaches a
 import pytest
 import requests
 
+from rfc.cli.host_targets import host_targets
 from tests.conftest import CHAT_TEMPLATES, FIXTURES, rfc
 from tests.e2e.conftest import ServerProcess
 
@@ -29,7 +30,8 @@ def test_serve_a_gguf_compiles_once_then_reuses_the_bundle(tmp_path):
     models, prompt, log = _serve(cache, tmp_path, "--chat-template", str(TEMPLATE))
     assert [m["id"] for m in models] == ["tiny-qwen2-Q8_0"] and models[0]["capabilities"]["chat"] is True
     assert prompt.startswith("<|im_start|>system\nYou are Qwen")  # the attached template renders
-    assert "rfc: compiling" in log
+    # without --arch, for this host: its GPUs and its best CPU variant, said in the first line
+    assert log.startswith(f"rfc: compiling {GGUF} for {', '.join(host_targets().targets)} [this host's best: ")
     bundles = cache / "bundles"  # compiled kernels are cached beside them, in cache/kernels
     (bundle,) = [p for p in bundles.iterdir() if p.is_dir()]
     again_models, again_prompt, again_log = _serve(cache, tmp_path, "--chat-template", str(TEMPLATE))
@@ -37,6 +39,7 @@ def test_serve_a_gguf_compiles_once_then_reuses_the_bundle(tmp_path):
     assert [p for p in bundles.iterdir() if p.is_dir()] == [bundle]
     run = rfc("run", GGUF, "--cache-dir", cache, "--chat-template", TEMPLATE, "-p", "Once", "-n", "3", "--temperature", "0", check=True)
     assert "rfc: compiling" not in run.stderr and "generation: 3 tokens" in run.stderr
+    assert run.stderr.startswith(f"rfc: {GGUF} compiled for {', '.join(host_targets().targets)} [this host's best: ")
     # other compile options, another bundle: without the template the GGUF has none
     plain = rfc("run", GGUF, "--cache-dir", cache, "-p", "Once", "-n", "3", "--temperature", "0", check=True)
     assert "rfc: compiling" in plain.stderr

@@ -1,4 +1,4 @@
-"""Malformed gpt-oss files (issue 23): sink tensors and per-expert biases of the wrong shape,
+"""Malformed gpt-oss files: sink tensors and per-expert biases of the wrong shape,
 missing sinks, expert counts and widths out of range, a sliding window of 0 are refused by
 `rfc compile` with one line naming what is wrong, exit 2, before anything is allocated or
 written (the shapes are checked against the metadata when the plan is built, before any

@@ -1,4 +1,4 @@
-"""Malformed granitehybrid files (issue 26): Mamba2 head, group and state counts out of range or
+"""Malformed granitehybrid files: Mamba2 head, group and state counts out of range or
 inconsistent, conv kernels, gates and norms of the wrong shape, a layer pattern the tensors
 contradict, a model of Mamba2 layers only. `rfc compile` refuses each with one line naming
 what is wrong, exit 2, before anything is allocated or written (compiler/arch/mamba2.py reads

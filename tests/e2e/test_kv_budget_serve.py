@@ -1,4 +1,4 @@
-"""The KV pool from a memory budget, end to end on the cpu device: /health keeps the seed's
+"""The KV pool from a memory budget, end to end on the cpu device: /health keeps the native API's
 shape (no GPU: no memory block) with today's default pool for a small model, and a budget
 that cannot hold one context stops `rfc serve` and `rfc run` with exit status 1 and one line."""
 

@@ -1,4 +1,4 @@
-"""Files that mix weight formats tensor by tensor (issue 23): the one the fixtures cannot hold,
+"""Files that mix weight formats tensor by tensor: the one the fixtures cannot hold,
 and what a target without kernels for a format does.
 
 - Q2_0 (type 42) is unknown to gguf 0.19, which reads every fixture in the tests, so no fixture
@@ -7,7 +7,7 @@ and what a target without kernels for a format does.
   device's logits stay by the reference's as the fixture's own do (its matmul kernels are held to
   their bounds in tests/kernels). Measured: mean |cpu - ref| 0.054, top-1 0.95; the test asks 0.1
   and 0.9 (a wrong Q2_0 decoder moves a 64-wide value matrix, the mean by far more).
-- The mixture issue 23's acceptance names, as an Unsloth "UD" file holds it: F32 norms, Q8_0,
+- The mixture of an Unsloth-style dynamic quant, as an Unsloth "UD" file holds it: F32 norms, Q8_0,
   Q6_K and Q4_K matrices beside IQ4_XS, IQ3_S, IQ2_XXS and IQ1_S ones (tiny-llama-IQ_MIX with
   three of its layer-1 matrices quantized to the classic formats instead) compiles, and the
   reference device and the cpu stay within the bounds every fixture is held to against the

@@ -1,4 +1,4 @@
-"""Replacing a model's version without dropping a request (issue 25 item 6), and the gauges
+"""Replacing a model's version without dropping a request, and the gauges
 that routers and autoscalers read (item 7), against `rfc serve` on 127.0.0.1 over real HTTP.
 
 Two builds of the demo differ in their chat template, so in their bundle id (the version

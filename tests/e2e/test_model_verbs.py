@@ -1,4 +1,4 @@
-"""Ollama's model verbs on compiled bundles (issue 25 item 5), through the real `ollama`
+"""Ollama's model verbs on compiled bundles, through the real `ollama`
 Python client against `rfc serve` on 127.0.0.1 and a real OCI registry (docker-registry):
 /api/pull streams Ollama's progress and serves the reference, /api/chat answers on it (the
 greedy text `rfc run --chat` gives for the same bundle), /api/copy names it twice,

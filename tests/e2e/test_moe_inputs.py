@@ -1,4 +1,4 @@
-"""Malformed mixtures of experts (issue 23): expert counts, group counts, expert widths and
+"""Malformed mixtures of experts: expert counts, group counts, expert widths and
 expert tensors of the wrong shape are refused by `rfc compile` with one line naming what is
 wrong, exit 2, before anything is allocated or written."""
 

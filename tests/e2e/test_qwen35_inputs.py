@@ -1,4 +1,4 @@
-"""Malformed qwen35 files (issue 26): Gated DeltaNet head counts, conv kernels and state sizes
+"""Malformed qwen35 files: Gated DeltaNet head counts, conv kernels and state sizes
 out of range or inconsistent, conv weights and gates of the wrong shape, M-RoPE sections that
 leave pairs to the vision position, a model of recurrent layers only. `rfc compile` refuses
 each with one line naming what is wrong, exit 2, before anything is allocated or written (the

@@ -1,4 +1,4 @@
-"""Malformed qwen35moe and qwen3next files (issue 26): expert counts and widths out of range or
+"""Malformed qwen35moe and qwen3next files: expert counts and widths out of range or
 inconsistent, a shared expert or its gate of the wrong shape or missing, DeltaNet head counts
 that do not divide, qwen3next's fused beta/alpha and projections of the wrong shape or absent.
 `rfc compile` refuses each with one line naming what is wrong, exit 2, before anything is

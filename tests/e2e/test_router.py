@@ -1,4 +1,4 @@
-"""rfc replicas behind an existing router (issue 25 item 7): two `rfc serve` replicas behind
+"""rfc replicas behind an existing router: two `rfc serve` replicas behind
 SGLang's router (`sglang-router launch --policy cache_aware`, the pip package, started here on
 127.0.0.1), with no router of ours. 32 requests sharing 4 long prefixes are all answered, each
 prefix's requests go to one replica, and that replica's /metrics (vLLM's names) counts the

@@ -1,4 +1,4 @@
-"""Issue 8, findings 2 and 3: a bundle is trusted exactly as far as its hashes.
+"""A bundle is trusted exactly as far as its hashes.
 
 Every path in a manifest stays inside the bundle and is hashed; the layout and plan are
 checked against each other and the format table before any library loads or kernel runs.

@@ -1,4 +1,4 @@
-"""Issue 8, findings 1, 4 and 5: a GGUF is untrusted input to the compiler.
+"""A GGUF is untrusted input to the compiler.
 
 No string from it reaches generated source; numbers do only after validation; counts and
 sizes are bounded by the file before anything is allocated; the kernel build cache is

@@ -1,4 +1,4 @@
-"""Issue 29: one request must never crash or starve the server. Each test reproduces one
+"""One request must never crash or starve the server. Each test reproduces one
 finding against `rfc serve` in a subprocess (or the component it names) and fails on the
 code before the fix (f31c958)."""
 

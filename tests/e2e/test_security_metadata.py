@@ -1,4 +1,4 @@
-"""Issue 29, part 8: compile-time memory from GGUF metadata.
+"""Compile-time memory from GGUF metadata.
 
 A GGUF of a few tens of MB can hold an array of millions of entries; read through the `gguf`
 package, each became a numpy object (one 4,000,000-entry string array under a key rfc never

@@ -1,4 +1,4 @@
-"""Issue 8, findings 6-12: the server facing hostile clients and hostile chat templates.
+"""The server facing hostile clients and hostile chat templates.
 
 Each test reproduces one finding against `rfc serve` in a subprocess (the real listener, the
 real template workers) and fails on the code before the fix (801efaf)."""

@@ -120,7 +120,7 @@ def test_models_reports_the_bundle(server, demo_bundle):
     body = requests.get(server.url + "/models", timeout=10).json()
     assert set(body) == {"models", "tokenizer_cache"}
     (model,) = body["models"]
-    assert {"path", "size", "metadata"} <= set(model)  # the seed's fields, then the model card's
+    assert {"path", "size", "metadata"} <= set(model)  # the native API's fields, then the model card's
     assert model["id"] == "stories260K" and model["parameter_size"] == "260K"
     # the model file it was compiled from, as recorded at compile; never the server's own directories
     assert model["path"] == "stories260K.gguf"

@@ -1,4 +1,4 @@
-"""The web chat page (issue 24): `/` negotiated between the page (browsers) and Ollama's
+"""The web chat page: `/` negotiated between the page (browsers) and Ollama's
 "Ollama is running" (everyone else), its files and their headers, `--no-webui`; then the page
 itself in a real browser, Debian's chromium driven through chromium-driver by selenium:
 it asks for the API key, picks the model, streams a reply, stops one (and the server cancels

@@ -1,4 +1,4 @@
-"""Fuzzing `rfc compile` with mutated GGUFs (issue 8): every mutation either compiles or is
+"""Fuzzing `rfc compile` with mutated GGUFs: every mutation either compiles or is
 refused with a CompileError — one line, exit 2 — never a traceback, a hang or a runaway
 allocation. The default run is small enough for CI (fixed seed); run longer by hand:
 

@@ -1,4 +1,4 @@
-"""Fuzzing the HTTP API with hostile JSON (issue 8): whatever a client sends, the answer is a
+"""Fuzzing the HTTP API with hostile JSON: whatever a client sends, the answer is a
 4xx or a 2xx — never a 5xx, never a traceback in the log — and the server keeps serving. The
 app runs in process on the real engine (the demo bundle on its best device). The default run
 is CI-sized with a fixed seed; run longer by hand:

@@ -1,4 +1,4 @@
-"""schemathesis against `rfc serve` (issue 29, item 9): every route of the server's own OpenAPI
+"""schemathesis against `rfc serve`: every route of the server's own OpenAPI
 document (`GET /openapi.json`), with bodies, parameters and methods generated from it, valid and
 not. No answer may be a 5xx (Ollama's model management answers 501 by design), every answer must
 match the document (status, media type, shape, each SSE event of a stream), every body the

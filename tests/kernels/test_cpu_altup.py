@@ -1,4 +1,4 @@
-"""gemma3n's AltUp ops and gaussian top-k: the cpu kernels (templates/cpu_altup.c.j2, called
+"""gemma3n's AltUp ops and gaussian top-k: the cpu kernels (kernels/cpu_altup.h, called
 through their exports) against the numpy reference (runtime/devices/altup.py), and the reference
 against the float64 oracle (tests/oracle.py, written from src/models/gemma3n.cpp with the streams
 as llama.cpp's graph holds them). Native (AVX2) and portable builds.

@@ -1,4 +1,4 @@
-"""The Gated DeltaNet cpu kernels (templates/cpu_delta_net.c.j2: ssm_conv, gated_delta_net)
+"""The Gated DeltaNet cpu kernels (kernels/cpu_delta_net.h: ssm_conv, gated_delta_net)
 against the reference (runtime/devices/reference.py ssm_conv_chunk, gated_delta_net_chunk),
 with explicit states: in one call a sequence from position 0 (its slot's stale contents must
 not leak in), one decoding a token and one continuing a chunk from a nonzero state; a

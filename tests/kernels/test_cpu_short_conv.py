@@ -1,4 +1,4 @@
-"""LFM2's short_conv cpu kernel (templates/cpu_short_conv.c.j2) against the reference
+"""LFM2's short_conv cpu kernel (kernels/cpu_short_conv.h) against the reference
 (runtime/devices/reference.py short_conv_chunk), with explicit states: in one call a sequence
 from position 0 (its slot's stale contents must not leak in), one decoding a token and one
 continuing a chunk from a nonzero state; a sequence without a slot (NULL); and the state a

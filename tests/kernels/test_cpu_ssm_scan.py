@@ -1,4 +1,4 @@
-"""The Mamba2 cpu kernels (templates/cpu_ssm_scan.c.j2: ssm_scan; cpu_delta_net.c.j2: ssm_conv
+"""The Mamba2 cpu kernels (kernels/cpu_ssm_scan.h: ssm_scan; cpu_delta_net.h: ssm_conv
 with its bias) against the reference (runtime/devices/reference.py ssm_scan_chunk,
 ssm_conv_chunk), with explicit states as test_cpu_delta_net.py: in one call a sequence from
 position 0 over a stale slot, one decoding a token, one continuing a chunk from a nonzero

@@ -1,4 +1,4 @@
-"""Split-KV attention (flash decoding, issue 10 item 3) and the tiled prefill path against the
+"""Split-KV attention (flash decoding) and the tiled prefill path against the
 numpy reference, emulated.
 
 The planner's attention kernels for synthetic shapes (GQA groups 1 to 4, head_dim 7 to 64,

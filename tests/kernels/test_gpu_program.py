@@ -1,4 +1,4 @@
-"""The GPU step program (issue 10, item 1): the compiler's launch list, bound once by
+"""The GPU step program: the compiler's launch list, bound once by
 rfc.runtime.devices.gpu_program.StepRunner and replayed (a graph per decode batch size),
 against the kit's per-op path (tests/kernels/kit/gpu.py) over the same emulated kernels. The two must agree bit for
 bit: the same kernels read the same inputs, so any wrong launch, argument slot, arena offset

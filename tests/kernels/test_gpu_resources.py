@@ -1,10 +1,10 @@
-"""No local memory in the hot GPU kernels (issue 10): every generated kernel of the fixtures
+"""No local memory in the hot GPU kernels: every generated kernel of the fixtures
 that cover every format and architecture (conftest.SWEEP_MODELS; all of them with
 RFC_TEST_ALL_FIXTURES=1) is built for sm_90 (the prefill list's tensor-core matmuls too),
 and the matmul and attention kernels must have no stack frame (ptxas' numbers, as the cubin
 records them: gpu_usage.cubin_usage; spills live in the frame); gfx code objects must have
 no private segment and no spills in them either. A per-lane `float w[256]` block decode (the
-kernels before issue 10) is a 1024-byte stack frame in local memory: this is the test that
+kernels once had) is a 1024-byte stack frame in local memory: this is the test that
 catches it, since the emulator tests cannot (local memory is correct, only slow). The cubin
 reading is held to `nvcc -Xptxas -v`'s report on one fixture and on kernels made to have a
 stack and to spill. Run with -s for the tables.

@@ -1,4 +1,4 @@
-"""Routers beyond the softmax one, end to end (moe_route's attributes, issue 23 item 2).
+"""Routers beyond the softmax one, end to end (moe_route's attributes).
 
 The qwen3moe fixture gets DeepSeek-V3's kind of router: sigmoid scores, a selection bias per
 layer (exp_probs_b.bias, which the recipe reads from the file), 4 groups of 2 experts of which
@@ -145,7 +145,7 @@ def test_gpu_router_is_the_reference(router, target, tmp_path, tmp_path_factory,
     assert ok, msg
 
 
-# The routers of the models issue 23 names, at their sizes: (experts, used, attributes, selection bias).
+# The routers of the mixture-of-experts models rfc runs, at their sizes: (experts, used, attributes, selection bias).
 ROUTERS = {
     "qwen3-30b-a3b": (128, 8, {}, False),
     "gpt-oss-120b": (128, 4, {"gating": "softmax_weight", "norm": False}, False),

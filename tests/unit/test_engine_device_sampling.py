@@ -1,4 +1,4 @@
-"""The engine's side of sampling on the device (issue 10): over a device that advertises
+"""The engine's side of sampling on the device: over a device that advertises
 `samples_on_device`, the engine hands each logit row its Sampler, or None for the rows the
 host must sample (a grammar, logit_bias, top logprobs); device tokens are recorded in the
 request's penalty window like the host's own, so greedy text is the same either way; a row

@@ -1,4 +1,4 @@
-"""Issue 29, findings 1, 2 and 4: the grammar limits, measured without recursion before
+"""The grammar limits, measured without recursion before
 llguidance sees a grammar, and matchers released when their request ends."""
 
 import tempfile

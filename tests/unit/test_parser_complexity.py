@@ -1,4 +1,4 @@
-"""Model output is parsed in linear time (security issue 29).
+"""Model output is parsed in linear time (a model can be talked into output that makes backtracking parsers cubic).
 
 The output is the model's, and a prompt-injected model can be made to repeat a call marker:
 backtracking regexes made that quadratic or cubic (32 KB took 0.5 s to parse as MiniMax's

@@ -1,4 +1,4 @@
-"""Identities as typed values, not strings (issue 22 item 5): a manifest's target entries read
+"""Identities as typed values, not strings: a manifest's target entries read
 into TargetEntry, op kinds as OpKind, the devices as DeviceKind; every device declares what
 the engine reads of it (runtime.engine.executor.Device)."""
 

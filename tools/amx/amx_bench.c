@@ -1,4 +1,4 @@
-/* Does Intel AMX pay for rfc's Q8_0 blocks? A standalone microbenchmark (issue 27).
+/* Does Intel AMX pay for rfc's Q8_0 blocks? A standalone microbenchmark.
  *
  * tools/amx/bench_amx.py prepends the cpu-avx512 kernels (cpu_prelude.c.j2 and the Q8_0x8
  * rendering of cpu_matmul_x8.c.j2) to this file and builds one executable, so the VNNI side

@@ -1,4 +1,4 @@
-"""x8 matmuls on the tile unit against the cpu-avx512 VNNI kernels (issue 27).
+"""x8 matmuls on the tile unit against the cpu-avx512 VNNI kernels.
 
     python tools/amx/bench_kquant.py [--reps 7] [--formats Q4_Kx8,Q5_Kx8] [--tokens 4,8,16,64,128]
     python tools/amx/bench_kquant.py --formats Q4_0x8,Q4_1x8,Q8_0x8

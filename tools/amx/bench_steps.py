@@ -1,4 +1,4 @@
-"""Whole steps of bundles compiled for different cpu targets, interleaved (issue 27: cpu-amx vs cpu-avx512).
+"""Whole steps of bundles compiled for different cpu targets, interleaved (cpu-amx vs cpu-avx512).
 
     python tools/amx/bench_steps.py B-avx512 B-amx [--threads 1] [--rounds 7]
 

@@ -1,4 +1,4 @@
-"""Issue 24 item 6: OpenAI's `n` (chat and completions, streamed or not) and several prompts
+"""OpenAI's `n` (chat and completions, streamed or not) and several prompts
 in one /v1/completions, through the openai package: one sequence per choice, the prompt's
 KV shared through the prefix cache; usage counts each prompt once and every completion."""
 

@@ -1,4 +1,4 @@
-"""`rfc generate/status/cancel/models/health` (seed 000's CLI client) against the two-model
+"""`rfc generate/status/cancel/models/health` (ROCmForge's CLI client) against the two-model
 server; `rfc generate --stream` in a pseudo-terminal, interrupted with Ctrl-C."""
 
 import json
@@ -65,7 +65,7 @@ def test_generate_prints_the_servers_text(url):
 
 
 def test_models_names_the_gguf_and_the_bundle(clients_server, clients_bundles):
-    """Issue 24 item 7: `path` is the GGUF the bundle was compiled from, as recorded at compile
+    """`path` is the GGUF the bundle was compiled from, as recorded at compile
     (its file name: a response names no path of the serving machine), and `bundle` the bundle's
     directory, by name."""
     body = rfc("models", "--json", "--url", clients_server.url, check=True).stdout

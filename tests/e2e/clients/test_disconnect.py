@@ -1,4 +1,4 @@
-"""Issue 24 item 1: a non-streamed request whose client goes away is cancelled while it is
+"""A non-streamed request whose client goes away is cancelled while it is
 still producing tokens (the disconnect probe used to run only after 0.25 s without a token,
 so a request that kept producing ran to max_tokens). Clients as users run them: the openai
 package with a 1 s timeout on /v1/completions and /v1/chat/completions, `rfc generate`

@@ -1,4 +1,4 @@
-"""Issue 24 item 6: `echo` (with the prompt's logprobs) and `suffix` (fill in the middle) on
+"""`echo` (with the prompt's logprobs) and `suffix` (fill in the middle) on
 /v1/completions through the openai package, and llama-server's /infill. The demo model has
 no FIM tokens; a copy of it with three tokens renamed <fim_prefix>, <fim_suffix>,
 <fim_middle> (control tokens) stands for a code model."""

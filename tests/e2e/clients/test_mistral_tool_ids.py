@@ -1,4 +1,4 @@
-"""Issue 24 item 3: Mistral's templates (Nemo, Small 3.2) take only 9-character alphanumeric
+"""Mistral's templates (Nemo, Small 3.2) take only 9-character alphanumeric
 tool-call ids. An agent loop's second turn (the call and its result sent back) used to be a
 400 on every route: the server handed out `call_…` ids. Driven with the openai, anthropic and
 ollama packages; the first turn's call is forced (`tool_choice`), so SmolLM2 makes one."""

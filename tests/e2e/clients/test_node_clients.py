@@ -49,7 +49,7 @@ def test_ai_sdk_tools_and_objects(tools_url):
 
 
 def test_ollama_provider_honours_tool_choice(tools_url):
-    """Issue 24 item 4: ollama-ai-provider-v2 sends `tool_choice` on /api/chat; it was ignored,
+    """ollama-ai-provider-v2 sends `tool_choice` on /api/chat; it was ignored,
     and the AI SDK raised AI_ToolChoiceViolationError (tests/node/ollama_tools.mjs)."""
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
@@ -67,7 +67,7 @@ def test_ollama_provider_honours_tool_choice(tools_url):
 
 
 def test_ai_sdk_openai_provider_on_the_responses_api(responses_url):
-    """Issue 24 item 5: the AI SDK's default `openai(id)` provider (the Responses API) does a
+    """The AI SDK's default `openai(id)` provider (the Responses API) does a
     tool round trip, generateObject with a zod schema, and a conversation by
     previous_response_id (tests/node/responses.mjs); another API key cannot read the
     responses it stored."""

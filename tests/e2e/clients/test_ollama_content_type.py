@@ -1,4 +1,4 @@
-"""Issue 24 item 2: the Ollama routes read a JSON body whatever its content type says, as
+"""The Ollama routes read a JSON body whatever its content type says, as
 Ollama does: litellm's `ollama/` and `ollama_chat/` providers send no `Content-Type`, Ollama's
 README `curl -d` examples a form's. The cross-site protection holds by other means: a body
 not declared JSON that a browser sent (it carries `Origin` or `Sec-Fetch-*`) is refused

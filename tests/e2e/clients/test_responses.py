@@ -1,4 +1,4 @@
-"""Issue 24 item 5: the Responses API with tools, `text.format` and stored responses
+"""The Responses API with tools, `text.format` and stored responses
 (`previous_response_id`, GET / DELETE, `input_items`), through openai-python's
 `responses.create` and `responses.stream`; stored responses belong to the API key that made
 them. (The AI SDK's default `openai(id)` provider: tests/node/responses.mjs.)"""

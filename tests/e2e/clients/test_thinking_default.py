@@ -1,4 +1,4 @@
-"""Issue 24 item 6: templates with an `enable_thinking` switch think by default, as
+"""Templates with an `enable_thinking` switch think by default, as
 llama-server renders them, and a request turns it off (chat_template_kwargs, Ollama's
 `think`). DeepSeek-V3.1's template is off unless the switch is set."""
 

@@ -395,7 +395,7 @@ class CpuOpDevice(InterpretedDevice):
         return self._arch_kernel("rfc_softcap", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["cap"])
 
     def _op_altup(self, op, outs, ins, weights, batch):
-        """gemma3n's row ops (cpu_altup.c.j2): rfc_<kind>(T, inputs, outputs, weight or NULL, constants)."""
+        """gemma3n's row ops (kernels/cpu_altup.h): rfc_<kind>(T, inputs, outputs, weight or NULL, constants)."""
         widths = {name: b.array.shape[1] for name, b in zip((*op.inputs, *op.outputs), (*ins, *outs))}
         consts = altup_consts(op, widths.__getitem__)
         types = [c_float if isinstance(c, float) else c_int for c in consts]

@@ -1,9 +1,13 @@
 /* Mamba2 layers (granitehybrid, nemotron_h): ssm_scan, the selective scan with a scalar decay per
  * head (llama.cpp's ggml_ssm_scan, Mamba-2 branch) plus the D skip, as artifacts/plan.py OPS says
  * and runtime/devices/reference.py ssm_scan_chunk computes. The conv before it is ssm_conv
- * (cpu_delta_net.c.j2) with its bias. `state` is the sequence's [H, P, N] StateTensor in its slot,
+ * (cpu_delta_net.h) with its bias. `state` is the sequence's [H, P, N] StateTensor in its slot,
  * or NULL for a chunk with no slot (zeros, its end state dropped); `fresh` (the chunk starts at
- * position 0) starts from zeros whatever the slot held. */
+ * position 0) starts from zeros whatever the slot held.
+ *
+ * Requires cpu_simd.h and the prelude's RFC_EXPORT. */
+#ifndef RFC_CPU_SSM_SCAN_H
+#define RFC_CPU_SSM_SCAN_H
 
 /* head h of one chunk: xbc [n, H P + 2 G N], dt [n, H], out [n, H P]; M [P, N] the head's state.
  * Per token one pass over M: each row is decayed, takes dt' x_i B and is read against C. */
@@ -73,3 +77,5 @@ RFC_EXPORT void rfc_ssm_scan(const float *xbc, const float *dt, float *out, cons
     int counter = 0;
     rfc_ssm_scan_team(xbc, dt, out, positions, seq_start, S, H, P, G, N, a, d, dt_bias, states, &counter);
 }
+
+#endif

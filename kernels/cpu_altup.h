@@ -4,7 +4,11 @@
  * output rows, a weight vector or NULL, then the op's constants) and an export over T rows (the
  * kernel tests). Sums are in double, as ggml's row sums (ggml_vec_sum_f32) accumulate. The row
  * functions are not inlined: a gemma3n step calls them at five places in each of its layers, and
- * one copy of each keeps the single step function, which the compiler optimizes whole, smaller. */
+ * one copy of each keeps the single step function, which the compiler optimizes whole, smaller.
+ *
+ * Requires the prelude's RFC_EXPORT. */
+#ifndef RFC_CPU_ALTUP_H
+#define RFC_CPU_ALTUP_H
 
 static inline double rfc_altup_sumsq(const float *x, int e) {
     double s = 0.0;
@@ -120,3 +124,5 @@ RFC_EXPORT void rfc_altup_merge(int T, const float *hs, const float *u, float *o
 RFC_EXPORT void rfc_gaussian_topk(int T, const float *x, float *out, const float *w, int width, float std_mul) {
     for (int t = 0; t < T; t++) rfc_gaussian_topk_row(x + (size_t)t * width, out + (size_t)t * width, w, width, std_mul);
 }
+
+#endif

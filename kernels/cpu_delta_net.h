@@ -3,16 +3,18 @@
  * OPS says and runtime/devices/reference.py computes. Each works on one sequence's chunk with
  * its state: `state` is the sequence's StateTensor in its slot, or NULL for a chunk with no
  * slot (it then starts from zeros and its end state is not kept); `fresh` (the chunk starts at
- * position 0) starts from zeros whatever the slot held. */
-
-#define RFC_MAX_CONV 64
-#define RFC_GDN_MAX_S 1024 /* validate.py's bound on gated_delta_net's head_dim */
+ * position 0) starts from zeros whatever the slot held.
+ *
+ * Requires cpu_simd.h, the prelude's RFC_EXPORT, and RFC_MAX_CONV_KERNEL and RFC_MAX_DELTA_STATE
+ * (bounds of artifacts/limits.py that templates/cpu_arch_ops.c.j2 defines). */
+#ifndef RFC_CPU_DELTA_NET_H
+#define RFC_CPU_DELTA_NET_H
 
 /* channels [c0, c1) of one chunk: x, out [n, C]; w [C, K]; bias [C] or NULL (Mamba2's); state [K-1, C] */
 static void rfc_ssm_conv_chunk(const float *x, float *out, int n, int C, const float *RFC_RESTRICT w, int K,
                                const float *bias, float *state, int fresh, int c0, int c1) {
     for (int c = c0; c < c1; c++) {
-        float win[RFC_MAX_CONV];
+        float win[RFC_MAX_CONV_KERNEL];
         for (int i = 0; i < K - 1; i++) win[i] = state && !fresh ? state[(size_t)i * C + c] : 0.0f;
         const float *wc = w + (size_t)c * K;
         for (int t = 0; t < n; t++) {
@@ -103,7 +105,7 @@ static void rfc_gdn_team(const float *qkv, const float *alpha, const float *beta
                          const int32_t *seq_start, int S_seqs, int hk, int hv, int S, const float *a, const float *dt,
                          float eps, float *const *states, int *counter) {
     const int items = S_seqs * hv;
-    float qk[2 * RFC_GDN_MAX_S];
+    float qk[2 * RFC_MAX_DELTA_STATE];
     for (int it = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); it < items; it = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED)) {
         const int s = it / hv, h = it % hv;
         const int lo = seq_start[s], n = seq_start[s + 1] - lo;
@@ -145,3 +147,5 @@ RFC_EXPORT void rfc_gated_delta_net(const float *qkv, const float *alpha, const 
     int counter = 0;
     rfc_gdn_team(qkv, alpha, beta, out, positions, seq_start, S, hk, hv, s_dim, a, dt, eps, states, &counter);
 }
+
+#endif
