@@ -18,7 +18,7 @@ MAX_HEADS = 4096  # query, kv or recurrent heads of one layer (real: up to 128)
 MAX_HEAD_DIM = 4096  # values per head (real: 64 to 512)
 MAX_CONTEXT = 1 << 24  # positions (16M; the longest real context, Llama 4 Scout's, is 10M)
 # experts of one MoE layer (Kimi K2: 384, DeepSeek-V3: 256); the cpu router keeps one token's
-# expert scores in stack arrays of this size (templates/cpu_moe.c.j2)
+# expert scores in stack arrays of the layer's count (kernels/cpu_moe.h), this many at most
 MAX_EXPERTS = 1024
 
 # -- the recurrent and AltUp ops: what their kernels keep per sequence or token ----------------
