@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from rfc.runtime.text.assistant_output import OutputSpec
 from rfc.runtime.sampling.constraints import Busy, Grammar, GrammarError
 from rfc.runtime.text.reasoning import prompt_opens_thinking, template_is_harmony, template_thinks, thinking_tags
+from rfc.runtime.server.call_schema import calls_schema
 from rfc.runtime.server.errors import bad_request, unavailable
 from rfc.runtime.server.host import ServedModel
 
@@ -173,11 +174,7 @@ def check_tool_schemas(served: ServedModel, plan: OutputPlan, field_name: str = 
 def _calls_schema(plan: OutputPlan) -> dict:
     """The JSON the output is forced into: a list of calls, each a tool's name and arguments."""
     chosen = [t["function"] for t in plan.tools if plan.choice.mode == "required" or t["function"]["name"] == plan.choice.name]
-    one = [{"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
-            "required": ["name", "arguments"], "additionalProperties": False} for f in chosen]
-    item = one[0] if len(one) == 1 else {"anyOf": one}
-    single = plan.choice.mode == "function" or not plan.parallel
-    return {"type": "array", "items": item, "minItems": 1, **({"maxItems": 1} if single else {})}
+    return calls_schema(chosen, single=plan.choice.mode == "function" or not plan.parallel)
 
 
 def _unique_names(tools: list[dict], field_name: str) -> None:
