@@ -10,7 +10,9 @@ framework needed).
   `accept(token)` advances it. Only constrained rows call them: requests without a grammar
   pay nothing.
 
-Every grammar problem is a `GrammarError` raised before the request is queued, naming what
+A JSON schema is read leniently first, as llama.cpp reads it (runtime/sampling/schema_lenient.py:
+`uniqueItems` and unknown `format` values ignored and logged, open numbers bounded to 16
+integral digits). Every grammar problem is a `GrammarError` raised before the request is queued, naming what
 the engine refuses (a schema keyword it does not implement, a syntax error, a limit of
 runtime/sampling/grammar_limits.py): a constraint the client asked for is never silently dropped.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -34,7 +37,10 @@ import llguidance
 import numpy as np
 
 from rfc.runtime.sampling.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema
+from rfc.runtime.sampling.schema_lenient import lenient
 from rfc.runtime.engine.work_pool import Busy, WorkPool
+
+log = logging.getLogger("rfc.grammar")
 
 __all__ = ["Busy", "Grammar", "GrammarError", "GrammarLimits", "GrammarWorkers", "Grammars", "Matcher"]
 
@@ -95,8 +101,11 @@ class Grammars:
             return hit
 
         def build() -> str:
+            read, ignored = lenient(schema)
+            if ignored:
+                log.info("%s: ignored in the JSON schema (not enforced while decoding): %s", field_name, ", ".join(ignored))
             try:
-                return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=_JSON_OPTIONS)
+                return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(read), defaults=_JSON_OPTIONS)
             except ValueError as e:
                 raise GrammarError(field_name, f"'{field_name}' is not a usable JSON schema: {e}") from None
 

@@ -89,3 +89,38 @@ def test_context_overflow_in_each_dialects_words(served):
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and error["message"].startswith("prompt is too long: "), error
     assert error["message"].endswith(" tokens > 8192 maximum"), error
+
+
+# pydantic's set[str], bytes, Path and IPvAnyAddress
+LENIENT = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "uniqueItems": True,
+                                                     "maxItems": 3},
+                                            "blob": {"type": "string", "format": "binary", "maxLength": 8},
+                                            "path": {"type": "string", "format": "path", "maxLength": 8},
+                                            "ip": {"type": "string", "format": "ipvanyaddress", "maxLength": 8}},
+           "required": ["tags", "blob", "path", "ip"]}
+
+
+def test_lenient_schemas_are_accepted(served):
+    tools = [{"type": "function", "function": {"name": "tag", "parameters": LENIENT}}]
+    r = post(served, "/v1/chat/completions", {"messages": ASK, "tools": tools, "tool_choice": "required", "max_tokens": 120,
+                                              "temperature": 0, "parallel_tool_calls": False})
+    assert r.status_code == 200, r.text
+    (call,) = r.json()["choices"][0]["message"]["tool_calls"]
+    assert set(json.loads(call["function"]["arguments"])) == {"tags", "blob", "path", "ip"}
+    r = post(served, "/v1/chat/completions", {"messages": ASK, "max_tokens": 120, "temperature": 0, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "tags", "schema": LENIENT}}})
+    assert r.status_code == 200, r.text
+
+
+def test_open_integers_stop_at_16_digits(served):
+    """SmolLM2 copies a 20-digit number into an open integer unless the grammar stops the
+    integer at 16 digits, as llama.cpp's does (and runs on to max_tokens when asked for a huge one)."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    for prompt in ("Count: 12345678901234567890", "give a huge number"):
+        r = post(served, "/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}], "max_tokens": 40,
+                                                  "temperature": 0, "response_format": {
+                                                      "type": "json_schema", "json_schema": {"name": "n", "schema": schema}}})
+        assert r.status_code == 200, r.text
+        c = r.json()["choices"][0]
+        assert c["finish_reason"] == "stop", c
+        assert abs(json.loads(c["message"]["content"])["a"]) < 10 ** 16, c
