@@ -31,7 +31,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llguidance
 import numpy as np
@@ -68,6 +68,7 @@ class Grammar:
 
     grammars: Grammars
     text: str  # llguidance's own serialized grammar
+    schema: object = field(default=None, compare=False)  # the JSON schema it came from (None: Lark or GBNF)
 
     def matcher(self) -> Matcher:
         return self.grammars.workers.run(lambda: Matcher(self.grammars, self.text))
@@ -109,7 +110,7 @@ class Grammars:
             except ValueError as e:
                 raise GrammarError(field_name, f"'{field_name}' is not a usable JSON schema: {e}") from None
 
-        return self._compiled(key, build, field_name)
+        return self._compiled(key, build, field_name, schema)
 
     def any_json_object(self, field_name: str) -> Grammar:
         return self.json_schema({"type": "object"}, field_name)
@@ -152,7 +153,7 @@ class Grammars:
                 self._cache.move_to_end(key)
             return hit
 
-    def _compiled(self, key: bytes, build: Callable[[], str], field_name: str) -> Grammar:
+    def _compiled(self, key: bytes, build: Callable[[], str], field_name: str, schema: object = None) -> Grammar:
         """Converts and validates on a grammar worker; caches the result."""
 
         def job() -> tuple[str, bool, list[str]]:
@@ -165,7 +166,7 @@ class Grammars:
             raise GrammarError(field_name, f"'{field_name}' cannot be applied: {messages[0] if messages else 'invalid'}")
         if messages:  # llguidance warns about the keywords it would ignore: a 400 naming them
             raise GrammarError(field_name, f"'{field_name}' uses what constrained decoding does not support: {'; '.join(messages)}")
-        grammar = Grammar(self, text)
+        grammar = Grammar(self, text, schema)
         with self._lock:
             self._cache[key] = grammar
             while len(self._cache) > _CACHE_ENTRIES:

@@ -19,16 +19,35 @@ _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 def calls_schema(functions: list[dict], single: bool) -> dict:
     """The list of calls to `functions` (OpenAI function specs) as one schema; `single`: one call."""
     defs: dict[str, object] = {}
+    schema = _calls(functions, single, defs)
+    if defs:
+        schema["$defs"] = defs
+    return schema
+
+
+def generic_schema(functions: list[dict], single: bool, response: object | None) -> dict:
+    """llama-server's generic tool calling: the output is either `{"tool_calls": [calls]}` or
+    `{"response": ...}`, the response a string or, where a response format was asked for,
+    following its schema (the format constrains the answer, not the calls)."""
+    defs: dict[str, object] = {}
+    calls = _calls(functions, single, defs)
+    answer = {"type": "string"} if response is None else _lifted(response, "response", defs)
+    schema: dict = {"anyOf": [
+        {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"], "additionalProperties": False},
+        {"type": "object", "properties": {"response": answer}, "required": ["response"], "additionalProperties": False}]}
+    if defs:
+        schema["$defs"] = defs
+    return schema
+
+
+def _calls(functions: list[dict], single: bool, defs: dict[str, object]) -> dict:
     one = []
     for f in functions:
         arguments = _lifted(f["parameters"], f["name"], defs)
         one.append({"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": arguments},
                     "required": ["name", "arguments"], "additionalProperties": False})
     item = one[0] if len(one) == 1 else {"anyOf": one}
-    schema: dict = {"type": "array", "items": item, "minItems": 1, **({"maxItems": 1} if single else {})}
-    if defs:
-        schema["$defs"] = defs
-    return schema
+    return {"type": "array", "items": item, "minItems": 1, **({"maxItems": 1} if single else {})}
 
 
 def _lifted(params: object, tool: str, defs: dict[str, object]) -> object:

@@ -100,7 +100,7 @@ class Conversation:
         self.turns = earlier + chat_turns(self.items)
         self.plan = output_plan(served, f.raw("tools"), f.raw("tool_choice"), f.boolean("parallel_tool_calls"), f.raw("text"))
         self.prompt = render_chat(served, system_and_turns(f.string("instructions"), self.turns), field="input",
-                                  tools=self.plan.render_tools)
+                                  **self.plan.prompt_args(served))
         self.spec = self.plan.output_spec(served, self.prompt)
 
     def request(self, f: RequestFields, served: ServedModel) -> GenerationRequest:
