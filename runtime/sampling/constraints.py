@@ -14,7 +14,8 @@ A JSON schema is read leniently first, as llama.cpp reads it (runtime/sampling/s
 `uniqueItems` and unknown `format` values ignored and logged, open numbers bounded to 16
 integral digits). Every grammar problem is a `GrammarError` raised before the request is queued, naming what
 the engine refuses (a schema keyword it does not implement, a syntax error, a limit of
-runtime/sampling/grammar_limits.py): a constraint the client asked for is never silently dropped.
+runtime/sampling/grammar_limits.py): a constraint the client asked for is never silently dropped (what
+the lenient reading ignores is logged).
 
 Compiling runs in llguidance's native code, which recurses as deep as the grammar nests and
 may take a while: it happens on `GrammarWorkers` threads, with a stack sized for the deepest

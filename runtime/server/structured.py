@@ -90,6 +90,8 @@ class OutputPlan:
             check_tool_schemas(served, self)
             return grammar(served, "tool_choice", lambda g: g.json_schema(_calls_schema(self), "tools"))
         if self.generic(served):
+            if served.grammars is None and self.grammar is None:
+                return None  # no constrained decoding for this model: the reply is read as written
             check_tool_schemas(served, self)
             chosen = [t["function"] for t in self.tools]
             schema = generic_schema(chosen, not self.parallel, self.format_schema)
