@@ -3,8 +3,9 @@ the context-window exceptions they map from the errors (litellm, the openai and 
 SDKs as langchain and pydantic-ai read them), and nested pydantic models through forced tool
 calls (pydantic-ai, instructor, openai-agents, langchain-openai). A framework that is not
 installed is skipped, saying so: their pins of `openai` conflict (llama-index wants `openai<3`,
-openai-agents `openai>=3`), so the test extras install none of them; install one beside the
-test extras to run its checks."""
+openai-agents `openai>=3`), so the test extras install none of them:
+`python -m tests.e2e.clients.framework_envs [FAMILY...]` makes one environment per family and
+runs its checks there (tests/e2e/clients/framework_envs.py)."""
 
 import os
 
@@ -63,7 +64,7 @@ def _check_team(team: Team) -> None:
 
 
 def test_pydantic_ai_nested_output_type(tools_url):
-    pytest.importorskip("pydantic_ai", reason="pydantic-ai is not installed (pip install 'pydantic-ai-slim[openai]')")
+    pytest.importorskip("pydantic_ai", reason="pydantic-ai is not installed: python -m tests.e2e.clients.framework_envs pydantic-ai")
     from pydantic_ai import Agent
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.openai import OpenAIProvider
@@ -73,7 +74,7 @@ def test_pydantic_ai_nested_output_type(tools_url):
 
 
 def test_instructor_tools_and_iterable(tools_url):
-    instructor = pytest.importorskip("instructor", reason="instructor is not installed (pip install instructor)")
+    instructor = pytest.importorskip("instructor", reason="instructor is not installed: python -m tests.e2e.clients.framework_envs instructor")
     for mode in (instructor.Mode.TOOLS, instructor.Mode.RESPONSES_TOOLS):
         client = instructor.from_openai(openai.OpenAI(base_url=tools_url + "/v1", api_key="unused", max_retries=0), mode=mode)
         _check_team(client.create(model=TOOLS_QWEN, response_model=Team, messages=[{"role": "user", "content": ASK}],
@@ -87,7 +88,7 @@ def test_instructor_tools_and_iterable(tools_url):
 
 
 def test_openai_agents_pydantic_argument_tool(tools_url):
-    pytest.importorskip("agents", reason="openai-agents is not installed (pip install openai-agents)")
+    pytest.importorskip("agents", reason="openai-agents is not installed: python -m tests.e2e.clients.framework_envs openai-agents")
     from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
     set_tracing_disabled(True)
     added: list[Person] = []
@@ -107,7 +108,7 @@ def test_openai_agents_pydantic_argument_tool(tools_url):
 
 
 def test_langchain_openai_context_overflow(tools_url):
-    pytest.importorskip("langchain_openai", reason="langchain-openai is not installed (pip install langchain-openai)")
+    pytest.importorskip("langchain_openai", reason="langchain-openai is not installed: python -m tests.e2e.clients.framework_envs langchain")
     from langchain_openai import ChatOpenAI
     from langchain_openai.chat_models.base import OpenAIContextOverflowError
     llm = ChatOpenAI(model=TOOLS_QWEN, base_url=tools_url + "/v1", api_key="unused", max_retries=0, max_tokens=5)
