@@ -97,6 +97,11 @@ def _echo(served: ServedModel, prompt_ids: list[int], text: str, logprobs: int |
 
 def chat_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
     _refuse_unsupported(f)
+    modalities = f.raw("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+        raise bad_request("only text output is supported: 'modalities' may hold \"text\" alone", "modalities")
+    if f.raw("audio") is not None:
+        raise bad_request("audio output is not supported: the models answer in text", "audio")
     plan = _tools(f)
     _response_format(f, served, plan)
     plan.split_reasoning = f.string("reasoning_format") != "none"

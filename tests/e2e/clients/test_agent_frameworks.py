@@ -255,3 +255,11 @@ def test_ollama_chat_past_the_context_trims_as_ollama_does(url):
         assert 400 < r.json()["prompt_eval_count"] < 512, r.json()  # as much as fits was kept
         r = requests.post(url + "/v1/chat/completions", json={"model": DEMO, "messages": messages, "max_tokens": 2}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+
+
+def test_audio_output_is_refused_not_ignored(url):
+    body = {"model": CHAT, "messages": ASK, "max_tokens": 2}
+    for extra, param in (({"modalities": ["text", "audio"]}, "modalities"), ({"audio": {"voice": "alloy", "format": "wav"}}, "audio")):
+        r = requests.post(url + "/v1/chat/completions", json={**body, **extra}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert requests.post(url + "/v1/chat/completions", json={**body, "modalities": ["text"]}, timeout=60).status_code == 200
