@@ -59,6 +59,9 @@ from rfc.cli.threads import apply_threads, threads_option
 @click.option("--cors-origin", "cors_origins", envvar="RFC_CORS_ORIGIN", multiple=True, default=("*",), show_default=True, help="Allowed CORS origin (repeatable; env: space-separated).")
 @click.option("--no-cors", envvar="RFC_NO_CORS", is_flag=True, help="Send no CORS headers at all.")
 @click.option("--no-webui", envvar="RFC_NO_WEBUI", is_flag=True, help="Serve no web chat page: / answers every client as Ollama's root does.")
+@click.option("--ollama-generic-tools", envvar="RFC_OLLAMA_GENERIC_TOOLS", is_flag=True,
+              help="Ollama's /api/chat takes tools on a model whose chat template has no tool calling, through the generic "
+                   "JSON tool calling /v1 uses (default: a 400 'does not support tools', as Ollama answers).")
 @click.option("--log-format", envvar="RFC_LOG_FORMAT", type=click.Choice(["human", "json"]), default="human", show_default=True)
 @click.option("--log-file", envvar="RFC_LOG_FILE", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Append logs here instead of stderr.")
 @click.option("--log-level", envvar="RFC_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
@@ -118,7 +121,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, registry_timeout,
               max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, max_stored_responses, stored_responses_mb, prompt_cache_mb, template_workers,
               template_memory_mb, template_timeout, shutdown_timeout, grammar_max_bytes, grammar_max_rules, grammar_max_depth,
               grammar_max_repeat, grammar_workers, grammar_timeout, tokenize_workers, pool_queue, keep_alive, max_loaded_models,
-              spec_type, model_draft, spec_n_max, load_delay):
+              spec_type, model_draft, spec_n_max, load_delay, ollama_generic_tools):
     """Serve MODELS (bundle directories, or GGUF files compiled on first use) over HTTP: the
     native API, an OpenAI-compatible /v1 API, Anthropic's /v1/messages and Ollama's /api."""
     from rfc.runtime.devices.cpu import openmp_wait_policy
@@ -210,6 +213,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, registry_timeout,
                 pool_queue=pool_queue,
                 shutdown_timeout_s=shutdown_timeout,
                 webui=not no_webui,
+                ollama_generic_tools=ollama_generic_tools,
             ),
             log=LogConfig(format=log_format, file=log_file, level=log_level),
             load_delay_s=load_delay,

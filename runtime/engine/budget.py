@@ -10,14 +10,14 @@ submitted as asked, and the engine's own check refuses them (Engine.submit)."""
 from dataclasses import dataclass
 from enum import Enum
 
-from rfc.runtime.engine.requests import RequestError
+from rfc.runtime.engine.requests import ContextOverflow
 
 
 class PastContext(Enum):
     """What a budget asked past the room the prompt leaves becomes."""
 
     CLAMP = "clamp"  # the room: generation stops at the context
-    REFUSE = "refuse"  # a RequestError naming max_tokens and the prompt
+    REFUSE = "refuse"  # a ContextOverflow naming max_tokens and the prompt
     SUBMIT = "submit"  # as asked, for Engine.submit to refuse
 
 
@@ -36,10 +36,11 @@ def generation_budget(rule: BudgetRule, asked: int | None, prompt_tokens: int, c
     room = context - prompt_tokens
     if asked is None or rule.past_context is PastContext.CLAMP:
         if room < 1:
-            raise RequestError(rule.field, f"{rule.prompt} ({prompt_tokens} tokens) {'fill' if rule.plural else 'fills'} "
-                                           f"the context ({context} tokens)")
+            raise ContextOverflow(rule.field, f"{rule.prompt} ({prompt_tokens} tokens) {'fill' if rule.plural else 'fills'} "
+                                              f"the context ({context} tokens)", context, prompt_tokens)
         return room if asked is None else min(asked, room)
     if rule.past_context is PastContext.REFUSE and asked > room:
-        raise RequestError("max_tokens", f"{rule.prompt} ({prompt_tokens} tokens) + max_tokens ({asked}) "
-                                         f"{'exceed' if rule.plural else 'exceeds'} the context ({context} tokens)")
+        raise ContextOverflow("max_tokens", f"{rule.prompt} ({prompt_tokens} tokens) + max_tokens ({asked}) "
+                                            f"{'exceed' if rule.plural else 'exceeds'} the context ({context} tokens)",
+                              context, prompt_tokens, asked)
     return asked

@@ -44,7 +44,7 @@ from rfc.runtime.engine.kv_cache import KvCopy, kv_copy_slots
 from rfc.runtime.model.loader import LoadedModel
 from rfc.runtime.engine.output import OutputStage, SampledToken
 from rfc.runtime.engine.request_ids import RandomIds
-from rfc.runtime.engine.requests import FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent
+from rfc.runtime.engine.requests import ContextOverflow, FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent
 from rfc.runtime.sampling.sampler import Sampler, SamplingError
 from rfc.runtime.engine.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
 from rfc.runtime.engine.spec import Speculator, SpecError, SpecType, accept
@@ -130,9 +130,10 @@ class Engine:
         if request.max_tokens < 1:
             raise RequestError("max_tokens", "max_tokens must be at least 1")
         if n + request.max_tokens > ctx:  # so max_tokens always ends a sequence before the context does
-            raise RequestError(
+            raise ContextOverflow(
                 "max_tokens",
                 f"prompt ({n} tokens) + max_tokens ({request.max_tokens}) exceeds the context length ({ctx})",
+                ctx, n, request.max_tokens,
             )
         request.params.validate(self.model.vocab_size)
         if (problem := stop_problem(request.stop)) is not None:

@@ -14,7 +14,7 @@ from rfc.runtime.engine.scheduler import FinishReason, Sequence
 from rfc.runtime.engine.spec import SeqSpec, SpecRequest
 from rfc.runtime.text.stopping import StopChecker
 
-__all__ = ["FinishReason", "GenerationRequest", "Observer", "RequestError", "RequestState", "TokenEvent"]
+__all__ = ["ContextOverflow", "FinishReason", "GenerationRequest", "Observer", "RequestError", "RequestState", "TokenEvent"]
 
 
 class RequestError(ValueError):
@@ -23,6 +23,21 @@ class RequestError(ValueError):
     def __init__(self, field_name: str, message: str):
         super().__init__(message)
         self.field = field_name
+
+
+class ContextOverflow(RequestError):
+    """A request that does not fit the context: its prompt alone (`asked` None), or its prompt
+    and the tokens asked for. The numbers are kept for each API's own wording of it (OpenAI's
+    `context_length_exceeded`, Anthropic's `prompt is too long`, which clients map to their
+    context-window exceptions)."""
+
+    def __init__(self, field_name: str, message: str, context: int, prompt_tokens: int, asked: int | None = None,
+                 at_least: bool = False):
+        super().__init__(field_name, message)
+        self.context = context
+        self.prompt_tokens = prompt_tokens  # `at_least`: counting stopped there, past the context
+        self.asked = asked
+        self.at_least = at_least
 
 
 @dataclass(frozen=True)

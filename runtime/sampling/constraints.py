@@ -10,9 +10,12 @@ framework needed).
   `accept(token)` advances it. Only constrained rows call them: requests without a grammar
   pay nothing.
 
-Every grammar problem is a `GrammarError` raised before the request is queued, naming what
+A JSON schema is read leniently first, as llama.cpp reads it (runtime/sampling/schema_lenient.py:
+`uniqueItems` and unknown `format` values ignored and logged, open numbers bounded to 16
+integral digits). Every grammar problem is a `GrammarError` raised before the request is queued, naming what
 the engine refuses (a schema keyword it does not implement, a syntax error, a limit of
-runtime/sampling/grammar_limits.py): a constraint the client asked for is never silently dropped.
+runtime/sampling/grammar_limits.py): a constraint the client asked for is never silently dropped (what
+the lenient reading ignores is logged).
 
 Compiling runs in llguidance's native code, which recurses as deep as the grammar nests and
 may take a while: it happens on `GrammarWorkers` threads, with a stack sized for the deepest
@@ -25,16 +28,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llguidance
 import numpy as np
 
 from rfc.runtime.sampling.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema
+from rfc.runtime.sampling.schema_lenient import lenient
 from rfc.runtime.engine.work_pool import Busy, WorkPool
+
+log = logging.getLogger("rfc.grammar")
 
 __all__ = ["Busy", "Grammar", "GrammarError", "GrammarLimits", "GrammarWorkers", "Grammars", "Matcher"]
 
@@ -62,6 +69,7 @@ class Grammar:
 
     grammars: Grammars
     text: str  # llguidance's own serialized grammar
+    schema: object = field(default=None, compare=False)  # the JSON schema it came from (None: Lark or GBNF)
 
     def matcher(self) -> Matcher:
         return self.grammars.workers.run(lambda: Matcher(self.grammars, self.text))
@@ -95,12 +103,15 @@ class Grammars:
             return hit
 
         def build() -> str:
+            read, ignored = lenient(schema)
+            if ignored:
+                log.info("%s: ignored in the JSON schema (not enforced while decoding): %s", field_name, ", ".join(ignored))
             try:
-                return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=_JSON_OPTIONS)
+                return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(read), defaults=_JSON_OPTIONS)
             except ValueError as e:
                 raise GrammarError(field_name, f"'{field_name}' is not a usable JSON schema: {e}") from None
 
-        return self._compiled(key, build, field_name)
+        return self._compiled(key, build, field_name, schema)
 
     def any_json_object(self, field_name: str) -> Grammar:
         return self.json_schema({"type": "object"}, field_name)
@@ -143,7 +154,7 @@ class Grammars:
                 self._cache.move_to_end(key)
             return hit
 
-    def _compiled(self, key: bytes, build: Callable[[], str], field_name: str) -> Grammar:
+    def _compiled(self, key: bytes, build: Callable[[], str], field_name: str, schema: object = None) -> Grammar:
         """Converts and validates on a grammar worker; caches the result."""
 
         def job() -> tuple[str, bool, list[str]]:
@@ -156,7 +167,7 @@ class Grammars:
             raise GrammarError(field_name, f"'{field_name}' cannot be applied: {messages[0] if messages else 'invalid'}")
         if messages:  # llguidance warns about the keywords it would ignore: a 400 naming them
             raise GrammarError(field_name, f"'{field_name}' uses what constrained decoding does not support: {'; '.join(messages)}")
-        grammar = Grammar(self, text)
+        grammar = Grammar(self, text, schema)
         with self._lock:
             self._cache[key] = grammar
             while len(self._cache) > _CACHE_ENTRIES:

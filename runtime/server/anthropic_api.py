@@ -9,6 +9,7 @@ content_block_delta..., content_block_stop, message_delta, message_stop). Client
 (runtime/server/anthropic_blocks.py); images, documents and server tools are refused with 400.
 With `--api-key`, `x-api-key` works as well as Bearer."""
 
+import json
 import secrets
 
 import falcon
@@ -50,7 +51,7 @@ def prompt(f: RequestFields, served: ServedModel, plan: OutputPlan) -> str:
         raise bad_request(str(e), e.field) from None
     messages = chat_messages(f.raw("messages"))
     extra = {"enable_thinking": plan.thinking} if plan.thinking is not None else {}
-    return render_chat(served, system_and_turns(system, messages), extra, tools=plan.render_tools)
+    return render_chat(served, system_and_turns(system, messages), extra, **plan.prompt_args(served))
 
 
 def prompt_ids(f: RequestFields, served: ServedModel) -> list[int]:
@@ -142,7 +143,8 @@ class MessagesStreamRenderer(SseRenderer):
         for call in parts.calls:
             block = tool_use(call, self._s.call_ids)
             out += self._block("tool_use", {**block, "input": {}}, always=True)
-            out.append(self._delta({"type": "input_json_delta", "partial_json": call.arguments}))
+            out.append(self._delta({"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)
+                                    if not call.complete else call.arguments}))
         if event.finished:
             if self._index < 0:  # an empty answer still has its (empty) text block
                 out += self._block("text", {"type": "text", "text": ""})

@@ -115,4 +115,10 @@ def content_blocks(msg: AssistantMessage, call_ids: CallIdForm = CallIdForm.OPEN
 def tool_use(call, call_ids: CallIdForm = CallIdForm.OPENAI) -> dict:
     """A call as a tool_use block; its id comes back in a tool_result, mapped to the same id."""
     call_id = "toolu_" + in_form(call.id, call_ids).removeprefix("call_")
-    return {"type": "tool_use", "id": call_id, "name": call.name, "input": json.loads(call.arguments)}
+    return {"type": "tool_use", "id": call_id, "name": call.name, "input": call_input(call)}
+
+
+def call_input(call) -> dict:
+    """A call's arguments as the object Anthropic's and Ollama's calls carry: a call cut off by
+    max_tokens (its arguments incomplete JSON) has none."""
+    return json.loads(call.arguments) if call.complete else {}

@@ -14,9 +14,10 @@ from rfc.runtime.server.host import ServedModel
 
 
 def render_chat(served: ServedModel, messages: object, extra: dict | None = None, field: str = "messages",
-                add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+                add_generation_prompt: bool = True, tools: list[dict] | None = None, note: str | None = None) -> str:
     """Prompt text for `messages`; `extra` holds template variables (chat_template_kwargs);
-    `tools` the OpenAI-shaped tools the template renders (None: no tools)."""
+    `tools` the OpenAI-shaped tools the template renders (None: no tools); `note` system text
+    added after the request's own system message (generic tool calling's instructions)."""
     if served.chat is None:
         raise ApiError(falcon.HTTP_500, served.chat_error or "the bundle has no usable chat template")
     try:
@@ -24,6 +25,8 @@ def render_chat(served: ServedModel, messages: object, extra: dict | None = None
     except MessageError as e:
         raise bad_request(str(e), e.field) from None
     turns = turns_in_form(turns, served.call_ids)  # Mistral's templates take 9-character ids only
+    if note:
+        turns = with_system_note(turns, note)
     extra = thinking_by_default(served.chat.source, extra or {})
     try:
         # Most templates take a call's arguments as an object (`arguments | tojson`); clients
@@ -40,6 +43,14 @@ def render_chat(served: ServedModel, messages: object, extra: dict | None = None
     except TypeError as e:  # a chat_template_kwargs key that collides with render's own arguments
         raise bad_request(f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
 
+
+
+def with_system_note(turns: list[dict], note: str) -> list[dict]:
+    """`turns` with `note` at the end of the first system message, or as a new first one."""
+    first = turns[0] if turns else None
+    if first is not None and first.get("role") == "system" and isinstance(first.get("content"), str):
+        return [{**first, "content": f"{first['content']}\n\n{note}" if first["content"] else note}, *turns[1:]]
+    return [{"role": "system", "content": note}, *turns]
 
 
 def thinking_by_default(source: str, extra: dict) -> dict:

@@ -51,6 +51,9 @@ class ServerConfig:
     # SIGTERM: /ready turns 503, new requests 503, running ones get this long to finish
     shutdown_timeout_s: float = 30.0
     webui: bool = True  # the web chat page at / for browsers (runtime/server/webui_routes.py)
+    # /api/chat with tools on a template without tool calling: generic tool calling (True) or
+    # Ollama's 400 "does not support tools" (False); /v1 always uses the generic form
+    ollama_generic_tools: bool = False
 
     @property
     def api_key(self) -> str | None:

@@ -6,6 +6,7 @@ included, goes through here: a client never sees an HTML page or a bare 500."""
 
 import json
 import logging
+from collections.abc import Callable
 from enum import Enum
 
 import falcon
@@ -25,11 +26,12 @@ class ApiError(falcon.HTTPError):
     """A domain error with the request field it concerns (`param`), for both error shapes."""
 
     def __init__(self, status: str, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, message_for: Callable[[str], str] | None = None):
         super().__init__(status, title=message, description=message, headers=headers)
         self.message = message
         self.param = param
         self.error_code = code
+        self.message_for = message_for  # the message in the words of the API at a path, where they differ
 
 
 def bad_request(message: str, param: str | None = None) -> ApiError:
@@ -102,6 +104,8 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTP
     """falcon's error serializer: every HTTPError, ours and falcon's, as JSON."""
     if isinstance(exc, ApiError):
         message, param, code = exc.message, exc.param, exc.error_code
+        if exc.message_for is not None:
+            message = exc.message_for(req.path)
     elif isinstance(exc, falcon.HTTPRouteNotFound):
         message, param, code = f"no route for {req.method} {req.path}", None, None
     elif isinstance(exc, falcon.HTTPMethodNotAllowed):

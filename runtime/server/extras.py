@@ -126,6 +126,6 @@ class ApplyTemplateResource(BodyResource):
         extra = f.raw("chat_template_kwargs")
         if not isinstance(extra, dict):
             raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
-        tools = tool_plan(f.raw("tools"), f.raw("tool_choice")).render_tools  # as /v1/chat/completions renders them
-        resp.media = {"prompt": render_chat(served, f.raw("messages"), extra, tools=tools)}
+        plan = tool_plan(f.raw("tools"), f.raw("tool_choice"))  # as /v1/chat/completions renders them
+        resp.media = {"prompt": render_chat(served, f.raw("messages"), extra, **plan.prompt_args(served))}
 

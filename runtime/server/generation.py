@@ -11,10 +11,12 @@ import falcon
 
 from rfc.runtime.engine.budget import BudgetRule, generation_budget
 from rfc.runtime.sampling.constraints import Busy, GrammarError
+from rfc.runtime.engine.requests import ContextOverflow
 from rfc.runtime.engine.engine import FAILED, Engine, GenerationRequest, QueueFull, RequestError, RequestState, TokenEvent
 from rfc.runtime.sampling.sampler import SamplingError
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import ApiError, bad_request, read_json, unavailable
+from rfc.runtime.server.context_errors import context_error
 from rfc.runtime.server.fields import RequestFields, RequestModel
 from rfc.runtime.server.host import EngineHandle, ServedModel
 from rfc.runtime.server.middleware import deferred_log
@@ -63,6 +65,8 @@ def budget(served: ServedModel, rule: BudgetRule, asked: int | None, prompt_ids:
     """The request's max_tokens by its API's rule (runtime/engine/budget.py); a 400 when it cannot fit."""
     try:
         return generation_budget(rule, asked, len(prompt_ids), served.model.context_length)
+    except ContextOverflow as e:
+        raise context_error(e, served.model.trained_context_length) from None
     except RequestError as e:
         raise bad_request(str(e), e.field) from None
 
@@ -168,6 +172,8 @@ def submit(engine: Engine, request: GenerationRequest, req: falcon.Request, resp
     and tags the response with its id."""
     try:
         state = engine.submit(replace(request, owner=req.context.get("client")))
+    except ContextOverflow as e:
+        raise context_error(e, engine.model.trained_context_length) from None
     except (RequestError, SamplingError, GrammarError) as e:
         raise bad_request(str(e), e.field) from None
     except QueueFull as e:

@@ -58,14 +58,15 @@ def capabilities(served: ServedModel) -> dict:
     """What the server does with this model. `chat` needs the model's own template (any model
     can be chatted with through the ChatML fallback, but only one with a template was
     trained for it); `tools` needs a template whose tool-call format has a parser
-    (`tool_call_format` names it); `thinking` a template that writes `<think>` blocks."""
+    (`tool_call_format` names it; "generic": the template has none, and /v1 takes tools through
+    llama-server's generic JSON tool calling); `thinking` a template that writes `<think>` blocks."""
     source = served.chat.source if served.chat is not None else ""
     return {
         "completion": True,
         "chat": has_chat_template(served),
         "embeddings": True,
         "tools": served.tool_format is not None,
-        "tool_call_format": served.tool_format.name if served.tool_format else None,
+        "tool_call_format": served.tool_format.name if served.tool_format else "generic",
         "json_schema": served.grammars is not None,
         "grammar": served.grammars is not None,
         "thinking": template_thinks(source) and has_chat_template(served),

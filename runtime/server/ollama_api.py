@@ -207,6 +207,7 @@ class ShowResource:
         model = manifest["model"]
         info = {**model.get("gguf_metadata", {}), "general.parameter_count": model["parameter_count"]}
         flags = model_info.capabilities(served)
+        flags["tools"] = flags["tools"] or self._config.ollama_generic_tools  # as /api/chat answers tools
         caps = ["completion"] + [name for name, key in (("embedding", "embeddings"), ("tools", "tools"), ("thinking", "thinking"))
                                  if flags[key]]
         template = served.chat.source if model_info.has_chat_template(served) else "{{ .Prompt }}"
@@ -243,9 +244,11 @@ class GenerateResource:
         refuse_unsupported(f)
         options = sampling_options(f)
         stream = f.boolean("stream")  # Ollama streams unless told not to
-        plan = output_plan(served, f, self._chat)
+        plan = output_plan(served, f, self._chat, self._config.ollama_generic_tools)
+        chat_ids: list[int] | None = None
         if self._chat:
-            prompt = chat_prompt(served, f, plan)
+            found_chat = chat_prompt(served, f, plan)
+            prompt, chat_ids = found_chat if found_chat is not None else (None, None)
             context: list[int] = []
         else:
             found = generate_prompt(served, f, plan)
@@ -255,6 +258,8 @@ class GenerateResource:
             return
         if not self._chat and f.string("suffix"):  # fill in the middle, in the model's FIM tokens (not the template)
             prompt_ids = context + fim_prompt(served, f.string("prompt"), f.string("suffix"))
+        elif chat_ids:
+            prompt_ids = chat_ids
         else:
             prompt_ids = context + served.prompts.encode(prompt, "messages" if self._chat else "prompt")
         spec = plan.output_spec(served, prompt)

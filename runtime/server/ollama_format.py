@@ -10,11 +10,13 @@ from rfc.runtime.text.assistant_output import Delta, OutputParser, OutputSpec
 from rfc.runtime.engine.budget import BudgetRule, PastContext
 from rfc.runtime.engine.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.text.messages import system_and_turns
+from rfc.runtime.server.anthropic_blocks import call_input
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import budget, check_token_ids
 from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.ollama_fit import fitted_chat
 from rfc.runtime.text.reasoning import template_thinks
 from rfc.runtime.server.model_info import has_chat_template
 from rfc.runtime.server.ollama_models import TOP_LEVEL_OPTIONS
@@ -43,11 +45,15 @@ def refuse_unsupported(f: RequestFields) -> None:
         raise bad_request("logprobs are not supported on the Ollama API (use /v1/completions)", "logprobs")
 
 
-def output_plan(served: ServedModel, f: RequestFields, chat: bool) -> OutputPlan:
-    """`format` ("json" or a JSON schema), `tools` and `tool_choice` (/api/chat) and `think`."""
+def output_plan(served: ServedModel, f: RequestFields, chat: bool, generic_tools: bool = False) -> OutputPlan:
+    """`format` ("json" or a JSON schema), `tools` and `tool_choice` (/api/chat) and `think`.
+    Tools on a template without tool calling are Ollama's 400, unless `generic_tools`."""
     plan = OutputPlan()
     if chat:
         plan = tool_plan(f.raw("tools"), f.raw("tool_choice"))
+        if plan.tools and served.tool_format is None and not generic_tools:
+            raise bad_request(f"{served.model_id} does not support tools", "tools")
+        plan.format_is_answer = False
     elif f.raw("tools"):
         raise bad_request("'tools' is supported on /api/chat only", "tools")
     fmt = f.raw("format")
@@ -95,8 +101,9 @@ def generate_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | No
     return context, text
 
 
-def chat_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | None = None) -> str | None:
-    """Prompt text for /api/chat, None for no messages (Ollama's "load the model")."""
+def chat_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | None = None) -> tuple[str, list[int]] | None:
+    """Prompt text and ids for /api/chat, trimmed to the context as Ollama trims it
+    (runtime/server/ollama_fit.py); None for no messages (Ollama's "load the model")."""
     messages = f.raw("messages")
     if isinstance(messages, list):
         if not messages:
@@ -106,7 +113,10 @@ def chat_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | None =
                 raise bad_request("images are not supported: this model takes text only", f"messages[{i}].images")
         messages = [_from_ollama(m) for m in messages]
     extra = template_variables(plan, f) if plan is not None else {}
-    return render_chat(served, messages, extra, tools=plan.render_tools if plan is not None else None)
+    args = plan.prompt_args(served) if plan is not None else {}
+    if not isinstance(messages, list):  # the renderer names what is wrong with them
+        return render_chat(served, messages, extra, **args), []
+    return fitted_chat(served, messages, lambda kept: render_chat(served, kept, extra, **args))
 
 
 def _from_ollama(message: object) -> object:
@@ -159,7 +169,7 @@ class OllamaReply:
             if d.reasoning:
                 out["message"]["thinking"] = d.reasoning
             if d.calls:
-                out["message"]["tool_calls"] = [{"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in d.calls]
+                out["message"]["tool_calls"] = [{"function": {"name": c.name, "arguments": call_input(c)}} for c in d.calls]
         else:
             out["response"] = d.content
             if d.reasoning:

@@ -201,7 +201,8 @@ class ChatFormat(CompletionFormat):
         }
 
     def _message(self, msg: AssistantMessage) -> dict:
-        out: dict = {"role": "assistant", "content": msg.content if msg.content or not msg.calls else None}
+        out: dict = {"role": "assistant", "content": msg.content if msg.content or not msg.calls else None,
+                     "refusal": None}  # required by OpenAI's document: the model refuses in content, never here
         if msg.reasoning:
             out["reasoning_content"] = out["reasoning"] = msg.reasoning
         if msg.calls and self.legacy:

@@ -76,4 +76,7 @@ CHAT = RequestModel("ChatCompletionRequest", (
     CHAT_TEMPLATE_KWARGS,
     Field("reasoning_format", Kind.STRING, "auto", enum=REASONING_FORMATS,
           description="none: the reasoning stays in the content"),
+    Field("modalities", Kind.JSON, schema={"type": "array", "items": {"type": "string"}},
+          description="[\"text\"] only: audio output is a 400"),
+    Field("audio", Kind.JSON, schema={}, description="not supported: the models answer in text"),
 ), example={"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 16})

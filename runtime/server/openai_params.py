@@ -97,10 +97,15 @@ def _echo(served: ServedModel, prompt_ids: list[int], text: str, logprobs: int |
 
 def chat_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
     _refuse_unsupported(f)
+    modalities = f.raw("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+        raise bad_request("only text output is supported: 'modalities' may hold \"text\" alone", "modalities")
+    if f.raw("audio") is not None:
+        raise bad_request("audio output is not supported: the models answer in text", "audio")
     plan = _tools(f)
     _response_format(f, served, plan)
     plan.split_reasoning = f.string("reasoning_format") != "none"
-    prompt = _render_chat(f, served, plan.render_tools)
+    prompt = _render_chat(f, served, **plan.prompt_args(served))
     prompt_ids = served.prompts.encode(prompt, "messages")
     top = f.integer("top_logprobs")
     logprobs = (top or 0) if f.boolean("logprobs") else None
@@ -227,11 +232,11 @@ def _one_prompt(served: ServedModel, prompt: object, field: str) -> Prompt:
     raise bad_request(f"'{field}' must be a string or a list of token ids", field)
 
 
-def _render_chat(f: RequestFields, served: ServedModel, tools: list[dict] | None = None) -> str:
+def _render_chat(f: RequestFields, served: ServedModel, tools: list[dict] | None = None, note: str | None = None) -> str:
     extra = f.raw("chat_template_kwargs")
     if not isinstance(extra, dict):
         raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
-    return render_chat(served, f.raw("messages"), extra, tools=tools)
+    return render_chat(served, f.raw("messages"), extra, tools=tools, note=note)
 
 
 def _stop(f: RequestFields) -> tuple[str, ...]:

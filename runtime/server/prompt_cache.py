@@ -19,7 +19,9 @@ from collections import OrderedDict
 
 from rfc.runtime.model.loader import LoadedModel
 from rfc.runtime.text.prompting import encode_prompt
-from rfc.runtime.server.errors import bad_request, unavailable
+from rfc.runtime.engine.requests import ContextOverflow
+from rfc.runtime.server.context_errors import context_error
+from rfc.runtime.server.errors import unavailable
 from rfc.runtime.engine.work_pool import Busy, WorkPool
 
 _ENTRY_OVERHEAD = 160  # the OrderedDict slot and the objects around the two payloads
@@ -53,7 +55,7 @@ class PromptCache:
         """Token ids of `text`; a 400 naming `field` when it cannot fit the context."""
         raw = text.encode("utf-8", "surrogatepass")
         if len(raw) > self._max_text_bytes:
-            raise self._too_long(field, f"{len(raw)} bytes")
+            raise self._too_long(field, f"{len(raw)} bytes", self._model.context_length, True)
         key = hashlib.sha256(raw).digest()
         with self._lock:
             ids = self._entries.get(key)
@@ -70,7 +72,7 @@ class PromptCache:
         else:
             encoded = encode_prompt(self._model, text)  # outside the lock: encoding may be slow
         if len(encoded) > self._model.context_length:
-            raise self._too_long(field, f"{len(encoded)} tokens")
+            raise self._too_long(field, f"{len(encoded)} tokens", len(encoded))
         packed = array("i", encoded)
         size = _size(key, packed)
         if size <= self._max_bytes:
@@ -93,7 +95,7 @@ class PromptCache:
         for piece in _pieces(text, LONG_TEXT_BYTES):
             counted += len(tokenizer.encode(piece, add_special_tokens=False).ids)
             if counted - cuts * _CUT_SLACK_TOKENS > ctx:
-                raise self._too_long(field, f"more than {ctx} tokens")
+                raise self._too_long(field, f"more than {ctx} tokens", ctx, True)
             cuts += 1
         return encode_prompt(self._model, text)
 
@@ -101,11 +103,12 @@ class PromptCache:
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "bytes": self.bytes}
 
-    def _too_long(self, field: str, size: str):
+    def _too_long(self, field: str, size: str, tokens: int, at_least: bool = False):
+        """The 400 for a text of `tokens` tokens (`at_least`: more than that) past the context."""
         ctx, trained = self._model.context_length, self._model.trained_context_length
         limit = (f"the model's context of {ctx} tokens" if ctx == trained
                  else f"the served context of {ctx} tokens (--ctx-size; the model's is {trained})")
-        return bad_request(f"'{field}' ({size}) cannot fit {limit}", field)
+        return context_error(ContextOverflow(field, f"'{field}' ({size}) cannot fit {limit}", ctx, tokens, at_least=at_least), trained)
 
 
 def _pieces(text: str, size: int):

@@ -100,7 +100,7 @@ class Conversation:
         self.turns = earlier + chat_turns(self.items)
         self.plan = output_plan(served, f.raw("tools"), f.raw("tool_choice"), f.boolean("parallel_tool_calls"), f.raw("text"))
         self.prompt = render_chat(served, system_and_turns(f.string("instructions"), self.turns), field="input",
-                                  tools=self.plan.render_tools)
+                                  **self.plan.prompt_args(served))
         self.spec = self.plan.output_spec(served, self.prompt)
 
     def request(self, f: RequestFields, served: ServedModel) -> GenerationRequest:
@@ -127,8 +127,12 @@ class ResponseShapes:
         self._store = store if f.boolean("store") else None
         self._owner = owner
         self._echo = {
-            **{k: f.sent(k) for k in ("instructions", "max_output_tokens", "temperature", "top_p", "user", "previous_response_id")},
-            "metadata": f.sent("metadata") or {}, "tools": f.sent("tools") or [], "tool_choice": f.sent("tool_choice") or "auto",
+            **{k: f.sent(k) for k in ("instructions", "max_output_tokens", "temperature", "top_p", "previous_response_id")},
+            **({"user": f.sent("user")} if f.sent("user") is not None else {}),  # a string, or absent (OpenAI's document)
+            "metadata": f.sent("metadata") or {}, "tool_choice": f.sent("tool_choice") or "auto",
+            # function tools as OpenAI echoes them: `parameters` and `strict` always present
+            "tools": [{"parameters": None, "strict": None, **t} if isinstance(t, dict) and t.get("type") == "function" else t
+                      for t in f.sent("tools") or []],
             "parallel_tool_calls": f.boolean("parallel_tool_calls"), "store": f.boolean("store"),
             "text": {"format": (f.sent("text") or {}).get("format") or {"type": "text"}},
         }
@@ -160,7 +164,7 @@ class ResponseShapes:
             "id": self.id, "object": "response", "created_at": self.created_at, "status": status, "error": error,
             "incomplete_details": incomplete, "model": self.model_id, "output": list(self.output.items) if done else [],
             "truncation": "disabled", "reasoning": {"effort": None, "summary": None},
-            "usage": self.usage() if done else None, **self._echo,
+            **({"usage": self.usage()} if done else {}), **self._echo,  # no usage until done: the document allows no null
         }
 
     def final(self) -> dict:

@@ -41,7 +41,7 @@ class OutputItems:
             item["arguments"] = call.arguments
             events += [("response.function_call_arguments.delta", {**at, "delta": call.arguments}),
                        ("response.function_call_arguments.done", {**at, "name": call.name, "arguments": call.arguments})]
-            item["status"] = "completed"
+            item["status"] = "completed" if call.complete else "incomplete"  # cut off by max_output_tokens
             events.append(("response.output_item.done", {"output_index": index, "item": dict(item)}))
         return events
 

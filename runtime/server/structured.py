@@ -7,18 +7,25 @@ the output (reasoning, tool calls).
 - `tool_choice`: `auto` renders the tools and parses calls out of free output with the
   template family's parser; `none` renders no tools; `required` and a named function
   constrain the output to a JSON list of calls (`[{"name", "arguments"}]`) by grammar, so the
-  call is valid with any model.
+  call is valid with any model (a response format does not apply to a forced call).
+- Generic tool calling, as llama-server's generic format: where the template has no tool-call
+  format (it renders no tools, or none we parse), the tools are described in a system message
+  and `auto` constrains the output to `{"tool_calls": [...]}` or `{"response": "..."}`; the
+  same grammar keeps the tools callable when `auto` comes with a response format, which then
+  constrains the `response` alone.
 - A JSON schema or grammar the engine cannot apply is a 400 naming the field, before the
   request is queued."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
 from rfc.runtime.text.assistant_output import OutputSpec
 from rfc.runtime.sampling.constraints import Busy, Grammar, GrammarError
 from rfc.runtime.text.reasoning import prompt_opens_thinking, template_is_harmony, template_thinks, thinking_tags
+from rfc.runtime.server.call_schema import calls_schema, generic_schema
 from rfc.runtime.server.errors import bad_request, unavailable
 from rfc.runtime.server.host import ServedModel
 
@@ -44,25 +51,59 @@ class OutputPlan:
     grammar_field: str | None = None
     thinking: bool | None = None  # enable_thinking asked for (None: the template's default)
     split_reasoning: bool = True
+    # OpenAI's response format constrains the answer, not the calls (True); Ollama's `format`
+    # constrains the whole output, which a client may shape as the template's own call (False)
+    format_is_answer: bool = True
 
     @property
     def render_tools(self) -> list[dict] | None:
         return self.tools if self.tools and self.choice.mode != "none" else None
 
+    @property
+    def format_schema(self) -> object:
+        """The JSON schema of the response format (None: none, or a Lark / GBNF grammar)."""
+        return self.grammar.schema if self.grammar is not None else None
+
+    def generic(self, served: ServedModel) -> bool:
+        """Whether the tools go through llama-server's generic JSON (`{"tool_calls": [...]}` or
+        `{"response": ...}`, described in a system message): where the template has no tool-call
+        format to render and parse, and where a response format must leave the tools callable
+        (tool_choice auto: the format constrains the answer, not the calls)."""
+        if not self.tools or self.choice.mode == "none":
+            return False
+        return served.tool_format is None or (self.choice.mode == "auto" and self.format_schema is not None
+                                              and self.format_is_answer)
+
+    def prompt_args(self, served: ServedModel) -> dict:
+        """render_chat's `tools` (those the template renders) and `note` (the generic
+        instructions, where the template cannot render the tools or the calls' form)."""
+        if not self.generic(served):
+            return {"tools": self.render_tools, "note": None}
+        native = served.tool_format is not None
+        return {"tools": self.render_tools if native else None,
+                "note": generic_note(None if native else [t["function"] for t in self.tools], self.choice.mode == "auto")}
+
     def constraint(self, served: ServedModel) -> Grammar | None:
-        """The grammar sampling follows: the forced calls', else the response format's."""
+        """The grammar sampling follows: the forced calls' (a response format does not apply
+        to them), the generic tool calling's, else the response format's."""
         if self.tools and self.choice.mode in ("required", "function"):
-            if self.grammar is not None:
-                raise bad_request("a response format cannot be combined with a required tool call", self.grammar_field)
             check_tool_schemas(served, self)
             return grammar(served, "tool_choice", lambda g: g.json_schema(_calls_schema(self), "tools"))
+        if self.generic(served):
+            if served.grammars is None and self.grammar is None:
+                return None  # no constrained decoding for this model: the reply is read as written
+            check_tool_schemas(served, self)
+            chosen = [t["function"] for t in self.tools]
+            schema = generic_schema(chosen, not self.parallel, self.format_schema)
+            return grammar(served, self.grammar_field or "tools", lambda g: g.json_schema(schema, self.grammar_field or "tools"))
         return self.grammar
 
     def output_spec(self, served: ServedModel, prompt: str) -> OutputSpec:
         source = served.chat.source if served.chat is not None else ""
         thinks = self.split_reasoning and template_thinks(source)
         forced = bool(self.tools) and self.choice.mode in ("required", "function")
-        fmt = served.tool_format if self.tools and self.choice.mode == "auto" else None
+        generic = not forced and self.generic(served)
+        fmt = served.tool_format if self.tools and self.choice.mode == "auto" and not generic else None
         return OutputSpec(
             thinks=thinks,
             harmony=thinks and template_is_harmony(source),
@@ -71,8 +112,25 @@ class OutputPlan:
             tool_format=fmt,
             tools=tuple(self.tools),
             forced_calls=forced,
+            generic_calls=generic,
             call_prefix=fmt.opened_by(prompt) if fmt is not None else "",
         )
+
+
+def generic_note(functions: list[dict] | None, auto: bool) -> str:
+    """The system message of generic tool calling (llama-server's words): the tools, where the
+    template does not render them, and the JSON to answer in."""
+    parts = []
+    if functions is not None:
+        listed = [{"type": "function", "function": f} for f in functions]
+        parts.append("You can call any of the following tools to satisfy the user's requests: "
+                     + json.dumps(listed, indent=2, ensure_ascii=False))
+    if auto:
+        parts.append('Respond in JSON format, either with `tool_calls` (a list of requests to call tools, each '
+                     '{"name": ..., "arguments": {...}}) or with `response` (a reply to the user\'s request).')
+    else:
+        parts.append('Respond in JSON format with a list of requests to call tools, each {"name": ..., "arguments": {...}}.')
+    return "\n\n".join(parts)
 
 
 def grammar(served: ServedModel, field_name: str, build) -> Grammar:
@@ -163,21 +221,18 @@ def named_choice(name: str, tools: list[dict], field_name: str) -> ToolChoice:
 
 
 def check_tool_schemas(served: ServedModel, plan: OutputPlan, field_name: str = "tools") -> None:
-    """Each forced function's parameters compile as a grammar (a 400 naming the tool if not)."""
+    """Each constrained function's parameters (forced, or all in generic `auto`) compile as a
+    grammar (a 400 naming the tool if not)."""
     for i, tool in enumerate(plan.tools):
         fn = tool["function"]
-        if plan.choice.mode == "required" or fn["name"] == plan.choice.name:
+        if plan.choice.mode in ("required", "auto") or fn["name"] == plan.choice.name:
             grammar(served, f"{field_name}[{i}].function.parameters", lambda g: g.json_schema(fn["parameters"], f"{field_name}[{i}].function.parameters"))
 
 
 def _calls_schema(plan: OutputPlan) -> dict:
     """The JSON the output is forced into: a list of calls, each a tool's name and arguments."""
     chosen = [t["function"] for t in plan.tools if plan.choice.mode == "required" or t["function"]["name"] == plan.choice.name]
-    one = [{"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
-            "required": ["name", "arguments"], "additionalProperties": False} for f in chosen]
-    item = one[0] if len(one) == 1 else {"anyOf": one}
-    single = plan.choice.mode == "function" or not plan.parallel
-    return {"type": "array", "items": item, "minItems": 1, **({"maxItems": 1} if single else {})}
+    return calls_schema(chosen, single=plan.choice.mode == "function" or not plan.parallel)
 
 
 def _unique_names(tools: list[dict], field_name: str) -> None:

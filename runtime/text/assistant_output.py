@@ -15,6 +15,7 @@ to stall the server)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from rfc.runtime.text.reasoning import CLOSE, OPEN, make_splitter
@@ -42,11 +43,12 @@ class OutputSpec:
     tool_format: ToolFormat | None = None  # parse calls from free text (tool_choice auto)
     tools: tuple[dict, ...] = ()  # the request's tools, for their parameter types
     forced_calls: bool = False  # the grammar forced a JSON list of {"name", "arguments"}
+    generic_calls: bool = False  # ... or {"tool_calls": [...]} | {"response": ...} (generic tool calling)
     call_prefix: str = ""  # a call marker the prompt ends with (functionary v3.2's `>>>`)
 
     @property
     def is_plain(self) -> bool:
-        return not (self.thinks or self.tool_format or self.forced_calls)
+        return not (self.thinks or self.tool_format or self.forced_calls or self.generic_calls)
 
 
 @dataclass
@@ -63,7 +65,7 @@ class OutputParser:
         self._pending = spec.call_prefix  # content not yet released: a tail that may start a call
         self._space: list[str] = []  # at_start_only formats, undecided: the leading whitespace, set aside
         # The output from a call's marker on (all of it when forced), held back for `finish`.
-        self._call: list[str] | None = [spec.call_prefix] if spec.forced_calls else None
+        self._call: list[str] | None = [spec.call_prefix] if spec.forced_calls or spec.generic_calls else None
         self._decided = False  # at_start_only formats: whether the output began with a call
         self._reasoning_parts: list[str] = []  # the message, as released
         self._content_parts: list[str] = []
@@ -91,9 +93,12 @@ class OutputParser:
         in_call = self._call is not None
         rest = "".join(self._call if in_call else [*self._space, self._pending]) + tail
         self._call, self._space, self._pending = [] if in_call else None, [], ""
-        if self.spec.forced_calls:
-            calls = forced_calls(rest)
-            return self._record(Delta(reasoning, "" if calls else rest, tuple(calls)))
+        if self.spec.forced_calls:  # never content: what does not parse is a call cut off, or nothing
+            calls = forced_calls(rest, tuple(t["function"]["name"] for t in self.spec.tools if "function" in t))
+            return self._record(Delta(reasoning, "", tuple(calls)))
+        if self.spec.generic_calls:
+            content, calls = generic_reply(rest, tuple(t["function"]["name"] for t in self.spec.tools if "function" in t))
+            return self._record(Delta(reasoning, content, tuple(calls)))
         if in_call and self.spec.tool_format is not None:
             parsed = self.spec.tool_format.parse(rest, list(self.spec.tools))
             return self._record(Delta(reasoning, parsed.content if parsed.calls else rest, parsed.calls))
@@ -151,13 +156,17 @@ def parse_whole(spec: OutputSpec, text: str) -> AssistantMessage:
     return p.message
 
 
-def forced_calls(text: str) -> list[ToolCall]:
+def forced_calls(text: str, names: tuple[str, ...] = ()) -> list[ToolCall]:
     """The calls of an output the grammar forced into `[{"name": ..., "arguments": {...}}]`.
-    An output cut short (max_tokens) keeps the calls it completed."""
+    An output cut short (max_tokens) keeps the calls it completed, and the one it was writing as
+    an incomplete call (`complete` False): its name (completed from `names` where the grammar
+    left only one) and the arguments' JSON so far, as OpenAI returns a call cut off."""
+    partial: ToolCall | None = None
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):  # cut short, or nested past the decoder's depth
-        value = _complete_items(text)
+        value, rest = _complete_items(text)
+        partial = _partial_call(rest, names) if rest is not None else None
     if not isinstance(value, list):
         return []
     calls = []
@@ -165,23 +174,87 @@ def forced_calls(text: str) -> list[ToolCall]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("arguments"), dict):
             return []
         calls.append(ToolCall(item["name"], json.dumps(item["arguments"], ensure_ascii=False)))
-    return calls
+    return calls + ([partial] if partial is not None else [])
 
 
-def _complete_items(text: str) -> list:
-    """The complete elements at the start of a JSON array that was cut off."""
+_GENERIC_CALLS = re.compile(r'\{\s*"tool_calls"\s*:\s*')
+_GENERIC_RESPONSE = re.compile(r'\{\s*"response"\s*:\s*')
+
+
+def generic_reply(text: str, names: tuple[str, ...] = ()) -> tuple[str, list[ToolCall]]:
+    """(content, calls) of an output in generic tool calling's JSON: `{"tool_calls": [...]}`
+    gives calls (a list cut off by max_tokens, as forced calls do), `{"response": ...}` the
+    response as content (a string as it is, a formatted answer as its JSON); anything else,
+    the text."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("response"), str):
+        return value["response"], []
+    if isinstance(value, dict) and "response" in value:
+        return json.dumps(value["response"], ensure_ascii=False, separators=(",", ":")), []
+    if (m := _GENERIC_CALLS.match(text)) is not None:
+        body = text[m.end():]
+        if isinstance(value, dict):
+            body = json.dumps(value.get("tool_calls"), ensure_ascii=False)
+        calls = forced_calls(body, names)
+        if calls:
+            return "", calls
+    if (m := _GENERIC_RESPONSE.match(text)) is not None:  # cut off: the answer so far
+        body = text[m.end():]
+        if body.startswith('"'):
+            return _partial_string(body), []
+        return body, []
+    return text, []
+
+
+def _partial_string(body: str) -> str:
+    """The text of a JSON string cut off (its closing quote, perhaps half an escape, missing)."""
+    for cut in range(len(body), max(len(body) - 7, 0), -1):
+        try:
+            return json.loads(body[:cut] + '"')
+        except ValueError:
+            continue
+    return body[1:]
+
+
+def _complete_items(text: str) -> tuple[list, str | None]:
+    """The complete elements at the start of a JSON array that was cut off, and the text of the
+    element it was cut off in (None: nothing after them but the array's end)."""
     items, pos, decoder = [], 1, json.JSONDecoder()
     if not text.startswith("["):
-        return []
+        return [], None
     while True:
         try:
-            item, pos = decoder.raw_decode(text, pos)
+            item, end = decoder.raw_decode(text, pos)
         except (ValueError, RecursionError):
-            return items
+            return items, text[pos:]
         items.append(item)
+        pos = end
         if not text.startswith(",", pos):
-            return items
+            return items, None
         pos += 1
+
+
+# The forced grammar writes each call compactly, its name first: `{"name":"NAME","arguments":{...`
+_PARTIAL_CALL = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)(")?(?:\s*,\s*"arguments"\s*:\s*(.*))?', re.DOTALL)
+
+
+def _partial_call(text: str, names: tuple[str, ...]) -> ToolCall | None:
+    m = _PARTIAL_CALL.match(text)
+    if m is None:
+        return None
+    try:
+        name = json.loads(f'"{m.group(1)}"') if m.group(2) else None
+    except ValueError:
+        return None
+    if name is None:  # the name itself was cut off: the one tool it can still be
+        fits = [n for n in names if n.startswith(m.group(1))]
+        if len(fits) != 1:
+            return None
+        name = fits[0]
+    return ToolCall(name, m.group(3) or "", complete=False)
 
 
 def _joined(parts: list[str]) -> str:

@@ -42,6 +42,7 @@ class ToolCall:
     name: str
     arguments: str  # a JSON object, as OpenAI sends it
     id: str = field(default_factory=lambda: f"call_{secrets.token_hex(12)}")
+    complete: bool = True  # False: a forced call cut off by max_tokens, `arguments` the JSON written so far
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ def test_a_prompt_past_the_cap_is_400_naming_the_numbers(capped):
     ids = list(range(10, 80))  # 70 token ids
     r = requests.post(capped.url + "/v1/completions", json={"model": model, "prompt": ids, "max_tokens": 1}, timeout=10)
     assert r.status_code == 400, r.text
-    assert "70 tokens" in r.json()["error"]["message"] and f"({CTX})" in r.json()["error"]["message"]
+    assert f"maximum context length is {CTX} tokens" in r.json()["error"]["message"]
+    assert "your prompt resulted in 70 tokens" in r.json()["error"]["message"]
     for path, body in (
         ("/generate", {"prompt": LONG_TEXT}),
         ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": LONG_TEXT}]}),
@@ -61,10 +62,12 @@ def test_a_prompt_past_the_cap_is_400_naming_the_numbers(capped):
 def test_max_tokens_past_the_cap_is_400(capped):
     model = _model_id(capped)
     r = requests.post(capped.url + "/v1/completions", json={"model": model, "prompt": "Once", "max_tokens": CTX}, timeout=10)
-    assert r.status_code == 400 and f"context length ({CTX})" in r.json()["error"]["message"]
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "context_length_exceeded"
+    assert error["message"].startswith(f"This model's maximum context length is {CTX} tokens (--ctx-size; the model's is {TRAINED})")
     r = requests.post(capped.url + "/v1/messages", timeout=10,
                       json={"model": model, "max_tokens": CTX, "messages": [{"role": "user", "content": "Once"}]})
-    assert r.status_code == 400 and f"({CTX} tokens)" in r.text
+    assert r.status_code == 400 and f" + {CTX} > {CTX}, decrease input length or `max_tokens`" in r.text
 
 
 def test_generation_stops_at_the_cap(capped):

@@ -56,7 +56,19 @@ def test_content_before_a_call_streams_before_it_ends():
     assert [c.name for c in p.finish().calls] == ["f"]
 
 
-def test_forced_calls_cut_short_keep_completed_items():
+def test_forced_calls_cut_short_keep_completed_items_and_the_one_cut_off():
     text = '[{"name": "f", "arguments": {"a": 1}},{"name": "f", "arguments": {"a"'
-    assert [json.loads(c.arguments) for c in forced_calls(text)] == [{"a": 1}]
-    assert forced_calls('[{"name": "f"') == [] and forced_calls("nonsense") == []
+    calls = forced_calls(text)
+    assert [(c.name, c.arguments, c.complete) for c in calls] == [("f", '{"a": 1}', True), ("f", '{"a"', False)]
+    assert [(c.name, c.arguments, c.complete) for c in forced_calls('[{"name": "f"')] == [("f", "", False)]
+    # a name cut off is the one tool it can still be, or no call
+    assert [c.name for c in forced_calls('[{"name":"get_w', ("get_time", "get_weather"))] == ["get_weather"]
+    assert forced_calls('[{"name":"get_', ("get_time", "get_weather")) == [] and forced_calls("nonsense") == []
+
+
+def test_a_forced_call_cut_off_is_never_content():
+    p = OutputParser(OutputSpec(forced_calls=True, tools=({"type": "function", "function": {"name": "get_weather"}},)))
+    p.push('[{"name":"get_weather","arguments":{"city":"Par')
+    end = p.finish()
+    assert end.content == "" and [(c.name, c.arguments, c.complete) for c in end.calls] == [
+        ("get_weather", '{"city":"Par', False)]

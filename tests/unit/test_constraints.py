@@ -60,7 +60,7 @@ def test_grammar_cache(smol):
 
 @pytest.mark.parametrize("schema,words", [
     ({"type": "object", "if": {"properties": {}}}, "if"),
-    ({"type": "string", "format": "not-a-format"}, "not-a-format"),
+    ({"type": "array", "contains": {"type": "string"}}, "contains"),
     ({"$ref": "#/definitions/missing"}, "missing"),
 ])
 def test_unsupported_schema_is_named(smol, schema, words):
@@ -76,3 +76,32 @@ def test_gbnf(smol):
     assert texts and all("yes".startswith(t) or "no".startswith(t) for t in texts)
     with pytest.raises(GrammarError):
         smol.gbnf("root ::= (", "grammar")
+
+
+def _accepts(grammar, text: str) -> bool:
+    m = grammar.matcher()
+    for token in grammar.grammars.tokenizer.tokenize_str(text):
+        if m.is_done or not m._m.consume_token(token):
+            return False
+    return m._m.is_accepting()
+
+
+def test_unique_items_and_unknown_formats_are_ignored_and_logged(smol, caplog):
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+                                               "path": {"type": "string", "format": "path"},
+                                               "ip": {"type": "string", "format": "ipvanyaddress"},
+                                               "day": {"type": "string", "format": "date"}}}
+    with caplog.at_level("INFO", logger="rfc.grammar"):
+        g = smol.json_schema(schema, "tools[0].function.parameters")
+    assert "tools[0].function.parameters: ignored in the JSON schema (not enforced while decoding): " \
+           "format: ipvanyaddress, format: path, uniqueItems" in caplog.text
+    assert _accepts(g, '{"tags":["a","a"],"path":"/x","ip":"::1","day":"2024-01-31"}')
+    assert not _accepts(g, '{"day":"yesterday"}')  # a format llguidance knows is still enforced
+
+
+def test_open_numbers_have_at_most_16_integral_digits(smol):
+    g = smol.json_schema({"type": "object", "properties": {"i": {"type": "integer"}, "x": {"type": "number"},
+                                                           "big": {"type": "integer", "minimum": 0, "maximum": 10 ** 18}}}, "f")
+    assert _accepts(g, '{"i":-9999999999999998,"x":9999999999999999.25}')
+    assert not _accepts(g, '{"i":10000000000000000}') and not _accepts(g, '{"x":-10000000000000000}')
+    assert _accepts(g, '{"big":100000000000000000}')  # a bound the schema sets is its own

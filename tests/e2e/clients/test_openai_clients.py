@@ -26,7 +26,7 @@ def test_models_list_both_with_their_metadata(client):
     assert chat["object"] == "model" and chat["owned_by"] == "rfc" and chat["created"] > 0
     assert chat["architecture"] == "llama" and chat["quantization"] == "Q4_1" and chat["parameter_size"] == "135M"
     assert chat["context_length"] == 8192 and chat["tensor_count"] == 272 and 85 < chat["file_size_mb"] < 95
-    assert chat["capabilities"] == {"completion": True, "chat": True, "embeddings": True, "tools": False, "tool_call_format": None,
+    assert chat["capabilities"] == {"completion": True, "chat": True, "embeddings": True, "tools": False, "tool_call_format": "generic",
                                     "json_schema": True, "grammar": True, "thinking": False}
     assert demo["capabilities"]["chat"] is False and demo["quantization"] == "F32" and demo["context_length"] == 512
     assert chat["targets"] == ["cpu"] and chat["device"] in ("cpu", "ref")
