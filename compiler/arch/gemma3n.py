@@ -164,6 +164,9 @@ def build(model: GGUFModel) -> ModelSpec:
     b.op("head_matmul", ("tail",), ("alt",), (unembd,), heads=n - 1)
     b.op("altup_merge", ("hs", "alt"), ("x",), n_altup=n, active=0)
     tied = output_head(b, s, eps, final_softcap=FINAL_SOFTCAP)
+    for i in (i for i in range(s.n_layers) if kv_layers[i] != i):  # llama.cpp loads them, and reads the shared cache
+        for name in ("attn_k.weight", "attn_v.weight", "attn_k_norm.weight"):
+            b.unused(f"blk.{i}.{name}", "a KV-sharing layer's K and V: it attends over an earlier layer's cache")
     n_kv = 1 + max(kv_layers)
     extra = {
         "sliding_window": window,

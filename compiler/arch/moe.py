@@ -226,6 +226,7 @@ def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], t
             glu_ffn(b, i, s.n_embd, n_ff)
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
+    b.unused_layers(range(s.n_layers, s.n_layers + nextn), "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too")
     hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=False, extra=e.hparams() | ({"nextn_predict_layers": nextn} if nextn else {}))  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
