@@ -397,13 +397,14 @@ class Oracle:
         return name in self.raw
 
     def linear(self, x: np.ndarray, name: str, weight: np.ndarray | None = None) -> np.ndarray:
-        """x @ W^T, times the weight's `.scale` where the file has one (llama.cpp's build_lora_mm)."""
+        """x @ W^T, times the weight's `.scale` where the file has one value there (llama.cpp's
+        build_lora_mm; gemma4's [n_embd] ffn_gate_inp.scale scales the router's input instead)."""
         kind = self.act_rounding.get(self.raw[name].tensor_type.name)
         if kind is not None:
             x = ACTIVATION_KINDS[kind](x)
         out = x @ (self.w(name) if weight is None else weight).T
         scale = name.removesuffix(".weight") + ".scale"
-        return out * self.w(scale)[0] if weight is None and self.has(scale) else out
+        return out * self.w(scale)[0] if weight is None and self.has(scale) and self.w(scale).size == 1 else out
 
     def bias(self, name: str) -> np.ndarray | float:
         """`name.bias` where the file has it, else 0."""

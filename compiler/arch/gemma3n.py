@@ -117,6 +117,7 @@ def _layer(b: ModelBuilder, i: int, s: Sizes, n: int, rank: int, n_ff: int, eps:
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, ARCH)
+    md.ignored("final_logit_softcapping", "llama.cpp fixes gemma3n's final soft-capping at 30, as this recipe does")
     towers = sorted(t for t in model.tensors if t.startswith(TOWER_PREFIXES))
     if towers:
         raise CompileError(f"{md.path}: gemma3n file holds vision/audio tensors ({towers[0][:40]}, ...): llama.cpp's text "

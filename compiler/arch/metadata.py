@@ -25,6 +25,9 @@ MAX_VOCAB = 1 << 22
 MAX_EXPERTS = 1024
 
 _REQUIRED = object()
+# Keys llama.cpp reads for every architecture as a scalar or a per-layer array (get_key_or_arr):
+# Metadata.int reads an array of them when its layers agree.
+UNIFORM_PER_LAYER = frozenset({"attention.head_count", "attention.head_count_kv", "feed_forward_length"})
 
 
 class Metadata:
@@ -67,11 +70,25 @@ class Metadata:
 
     def int(self, key: str, lo: int, hi: int, default: Any = _REQUIRED) -> int:
         value = self._raw(key, default)
+        if key in UNIFORM_PER_LAYER and isinstance(value, (list, tuple)):
+            value = self._uniform(key, value)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise CompileError(f"{self.path}: metadata {self.key(key)} must be an integer, got {_show(value)}")
         if not lo <= value <= hi:
             raise CompileError(f"{self.path}: metadata {self.key(key)} = {int(value)} is outside [{lo}, {hi}]")
         return int(value)
+
+    def _uniform(self, key: str, value: list) -> Any:
+        """A per-layer array read where the recipe has one value for every layer: its first
+        block_count entries, which must be equal (llama.cpp's saver writes these keys as arrays
+        of LLAMA_MAX_LAYERS entries whatever the model)."""
+        n_layers = self.model.metadata.get(self.key("block_count"))
+        if isinstance(n_layers, bool) or not isinstance(n_layers, numbers.Integral) or not 1 <= n_layers <= len(value):
+            raise CompileError(f"{self.path}: metadata {self.key(key)} has {len(value)} entries, not one per layer")
+        if len({repr(v) for v in value[:n_layers]}) != 1:
+            raise CompileError(f"{self.path}: metadata {self.key(key)} differs between layers, which rfc's {self.arch} "
+                               "recipe does not support")  # fmt: skip
+        return value[0]
 
     def float(self, key: str, lo: float, hi: float, default: Any = _REQUIRED, *, open_lo: bool = False) -> float:
         """A finite real in [lo, hi] ((lo, hi] with open_lo)."""

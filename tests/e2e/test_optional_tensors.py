@@ -5,10 +5,12 @@ which llama.cpp loads and never applies. Before, such a file compiled and gave w
 without a word; now the reference device matches the float64 oracle (tests/oracle.py, which
 applies them as llama.cpp's graph does), and the logits differ from the file without them."""
 
+import shutil
+
 import numpy as np
 import pytest
 
-from tests.bounds import oracle_bounds
+from tests.bounds import device_bounds, oracle_bounds
 from tests.conftest import FIXTURES
 from tests.e2e.test_reference_oracle import REFERENCE_ONLY, teacher_forced_logits
 from tests.gguf_edit import rewrite_gguf
@@ -40,12 +42,30 @@ def _extras() -> dict[str, np.ndarray]:
     }
 
 
-def test_biases_and_weight_scales_are_applied(bundle_cache, tmp_path):
-    src = FIXTURES / f"{NAME}.gguf"
-    model = rewrite_gguf(src, tmp_path / "extras.gguf", add_tensors=_extras())
+@pytest.fixture(scope="module")
+def extras(tmp_path_factory):
+    """The fixture with the extra tensors, written once (bundle_cache compiles it once per target)."""
+    return rewrite_gguf(FIXTURES / f"{NAME}.gguf", tmp_path_factory.mktemp("extras") / "extras.gguf", add_tensors=_extras())
+
+
+def test_biases_and_weight_scales_are_applied(bundle_cache, extras):
+    src, model = FIXTURES / f"{NAME}.gguf", extras
     tokens = np.load(FIXTURES / f"{NAME}.logits.npz")["tokens"].tolist()
     ref = teacher_forced_logits(bundle_cache(model, REFERENCE_ONLY), "ref", tokens)
     ok, summary = oracle_bounds(NAME, ref, Oracle(model).logits(tokens))
     assert ok, summary
     plain = teacher_forced_logits(bundle_cache(src, REFERENCE_ONLY), "ref", tokens)
     assert np.abs(ref - plain).mean() > 0.1  # the extras change the logits: the test can fail
+
+
+@pytest.mark.toolchain
+@pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+def test_the_cpu_step_program_applies_them_too(bundle_cache, extras):
+    """The same file on the cpu device (its step program: a negative scale literal, the biases)
+    within the cpu's bounds of the reference device."""
+    model = extras
+    tokens = np.load(FIXTURES / f"{NAME}.logits.npz")["tokens"].tolist()
+    ref = teacher_forced_logits(bundle_cache(model, REFERENCE_ONLY), "ref", tokens)
+    cpu = teacher_forced_logits(bundle_cache(model), "cpu", tokens)
+    ok, summary = device_bounds(NAME, cpu, ref, None)
+    assert ok, summary
