@@ -139,6 +139,9 @@ def read_rope(md: Metadata, sizes: Sizes, style: str, *, yarn_keys: bool = False
     n_ctx = md.int("context_length", 1, MAX_CONTEXT)
     orig_ctx = md.int("rope.scaling.original_context_length", 0, MAX_CONTEXT, default=0) or n_ctx
     rope = Rope(n_rot, style, base, freq_scale, scaling, attn_factor, orig_ctx=orig_ctx)
+    if not yarn_keys:  # llama.cpp's loader reads none of them for this architecture: its defaults hold
+        for key in ("rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow", "rope.scaling.yarn_log_multiplier"):
+            md.ignored(key, "not read by llama.cpp's loader for this architecture")
     if scaling != "yarn":
         return rope
     if base <= 1.0:
@@ -163,7 +166,8 @@ def rope_factors(b: ModelBuilder, rope: Rope, n_ctx: int, *, long_short: bool) -
     shape = (rope.n_rot // 2,)
     if not long_short:
         return b.optional_tensor("rope_freqs.weight", "rope_freqs", shape)
-    which = "long" if n_ctx > rope.orig_ctx else "short"
+    which, other = ("long", "short") if n_ctx > rope.orig_ctx else ("short", "long")
+    b.unused(f"rope_factors_{other}.weight", f"LongRoPE's {other}-context factors: the bundle serves the {which} context")
     return b.optional_tensor(f"rope_factors_{which}.weight", f"rope_factors_{which}", shape)
 
 
