@@ -346,7 +346,10 @@ def _swiglu(v: _OpView) -> None:
 
 def _scale(v: _OpView) -> None:
     _same_shape(v)
-    v.real_attr("factor", 0.0, 1e6, open_lo=True)
+    # a learned scalar may be negative (gemma4's layer_output_scale, a weight's .scale): any
+    # finite nonzero float32 of magnitude in [1e-30, 1e6]
+    factor = v.real_attr("factor", -1e6, 1e6)
+    v.need(abs(factor) >= 1e-30, f"attribute factor = {factor!r} is zero or too small for a float32 literal")
 
 
 def _softcap(v: _OpView) -> None:

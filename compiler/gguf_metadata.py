@@ -10,11 +10,18 @@ only for what rfc can use:
 - the arrays rfc reads, each bounded by what its key can hold before any element is decoded:
   the vocabulary (tokens, scores, token types) by token_embd.weight's rows (MAX_VOCAB in a
   vocabulary-only file, which has no tensors), the merges by MERGES_PER_TOKEN times that, and
-  `<arch>.*` arrays (per-layer head counts, sliding-window patterns) by the layer count.
+  `<arch>.*` arrays as llama.cpp bounds them: a fixed-size one by its own size
+  (`rope.dimension_sections`: M-RoPE's 4 sections), any other as a per-layer array of at most
+  LLAMA_MAX_LAYERS (512) entries, or the layer count when that is larger (llama.cpp's model
+  saver writes every per-layer array at 512 entries whatever the layer count; recipes read the
+  first block_count).
 
 Any other array (general.tags, tokenizer.ggml.precompiled_charsmap, keys rfc does not know) is
 left unread however long it is, and so is an over-long string under a key rfc does not read.
-A value over its bound under a key rfc reads is a CompileError naming the key and the bound.
+A vocabulary or merges array over its bound is a CompileError naming the key and the bound; an
+`<arch>.*` array over its bound is left unread too, and refused (the same one line) only when a
+recipe reads that key (`unread`, which Metadata consults): a key the recipe does not read is
+never materialized, whatever its length.
 """
 
 import struct
@@ -31,6 +38,10 @@ MAX_CHAT_TEMPLATE = 1 << 20  # bytes (real templates: a few to a few tens of KiB
 # Llama 3's vocabulary has 280,147 merges for 128,256 tokens (2.2 per token); most have fewer
 # merges than tokens.
 MERGES_PER_TOKEN = 8
+# llama.cpp's LLAMA_MAX_LAYERS: the most entries of a per-layer array it reads (get_key_or_arr).
+LLAMA_MAX_LAYERS = 512
+# `<arch>.*` arrays of a fixed size, by their key after the prefix: bounded by that size.
+FIXED_ARRAYS = {"rope.dimension_sections": (4, "M-RoPE's 4 sections")}
 
 ARCHITECTURE_KEY = "general.architecture"
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
@@ -64,12 +75,18 @@ class _ArrayBounds:
         if key == MERGES_KEY:
             return self.merges
         if self.arch_prefix is not None and key.startswith(self.arch_prefix):
-            return self.per_layer
+            fixed = FIXED_ARRAYS.get(key[len(self.arch_prefix):])
+            return _Bound(*fixed) if fixed else self.per_layer
         return None
 
+    def deferred(self, key: str) -> bool:
+        """Whether an array over its bound is refused only when a recipe reads it (`<arch>.*`)."""
+        return self.arch_prefix is not None and key.startswith(self.arch_prefix)
 
-def decode_metadata(data: bytes, index: GGUFIndex, name: str) -> dict[str, Any]:
-    """`data` is the file (or a memory map of it) that `index` describes."""
+
+def decode_metadata(data: bytes, index: GGUFIndex, name: str, unread: dict[str, str] | None = None) -> dict[str, Any]:
+    """`data` is the file (or a memory map of it) that `index` describes. An `<arch>.*` array
+    over its bound is left out; its refusal goes into `unread` (key -> the one-line message)."""
     arch_entry = index.entries.get(ARCHITECTURE_KEY)
     arch = _text(data, arch_entry, name) if arch_entry is not None and arch_entry.vtype == STRING else None
     metadata = _scalars(data, index, name, f"{arch}." if arch is not None else None)
@@ -79,7 +96,12 @@ def decode_metadata(data: bytes, index: GGUFIndex, name: str) -> dict[str, Any]:
         if bound is None:
             continue  # a scalar (decoded above) or an array rfc does not read: left unread
         if entry.count > bound.entries:
-            raise CompileError(f"{name}: metadata {entry.key} has {entry.count} entries, more than {bound.entries} ({bound.why})")
+            message = f"{name}: metadata {entry.key} has {entry.count} entries, more than {bound.entries} ({bound.why})"
+            if not bounds.deferred(entry.key):
+                raise CompileError(message)
+            if unread is not None:
+                unread[entry.key] = message
+            continue
         metadata[entry.key] = _array(data, entry, name)
     return metadata
 
@@ -109,10 +131,10 @@ def _array_bounds(index: GGUFIndex, metadata: dict[str, Any], arch: str | None) 
         vocab = _Bound(MAX_VOCAB, "rfc's vocabulary bound")
     merges = _Bound(MERGES_PER_TOKEN * vocab.entries, f"{MERGES_PER_TOKEN} per token of the vocabulary, {vocab.why}")
     layers = metadata.get(f"{arch}.block_count")
-    if isinstance(layers, int) and not isinstance(layers, bool) and 1 <= layers <= MAX_LAYERS:
+    if isinstance(layers, int) and not isinstance(layers, bool) and LLAMA_MAX_LAYERS < layers <= MAX_LAYERS:
         per_layer = _Bound(layers, f"the layer count, {arch}.block_count")
     else:
-        per_layer = _Bound(MAX_LAYERS, "rfc's layer bound")
+        per_layer = _Bound(LLAMA_MAX_LAYERS, "a per-layer array's bound, llama.cpp's LLAMA_MAX_LAYERS")
     return _ArrayBounds(vocab, merges, per_layer, f"{arch}." if arch is not None else None)
 
 

@@ -6,7 +6,7 @@ reads it from the file by the offsets below).
 """
 
 import mmap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,11 @@ class GGUFModel:
     size: int
     metadata: dict[str, Any]
     tensors: dict[str, SourceTensor]
+    # `<arch>.*` arrays over their bound, left undecoded: key -> the refusal a read of it gets
+    unread: dict[str, str] = field(default_factory=dict)
+    # the metadata keys the recipe asked for (arch/metadata.py records them): a math-changing
+    # key it never asked for is refused unless it holds its neutral value (arch/accounting.py)
+    keys_read: set[str] = field(default_factory=set)
 
 
 def read_gguf(path: Path) -> GGUFModel:
@@ -50,8 +55,9 @@ def read_gguf(path: Path) -> GGUFModel:
             raise CompileError(f"{path}: not a GGUF file (bad magic)")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             index = index_gguf(data, size, str(path))
-            metadata = decode_metadata(data, index, str(path))
-    return GGUFModel(path=path, size=size, metadata=metadata, tensors=_tensors(index, path))
+            unread: dict[str, str] = {}
+            metadata = decode_metadata(data, index, str(path), unread)
+    return GGUFModel(path=path, size=size, metadata=metadata, tensors=_tensors(index, path), unread=unread)
 
 
 def _tensors(index: GGUFIndex, path: Path) -> dict[str, SourceTensor]:

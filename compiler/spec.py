@@ -52,6 +52,19 @@ class ModelSpec:
 
 
 def build_spec(model: GGUFModel) -> ModelSpec:
+    """The recipe's spec, checked: every math-changing key of the file honoured by the recipe or
+    at its neutral value (arch/math_keys.py), and the plan valid (a plan the recipe made from a
+    hostile file's numbers is refused in one line, like any other bad input)."""
+    from rfc.artifacts.errors import BundleError
+    from rfc.artifacts.plan import validate_plan
     from rfc.compiler.arch import recipe_for
+    from rfc.compiler.arch.math_keys import check_math_keys
+    from rfc.compiler.errors import CompileError
 
-    return recipe_for(model)(model)
+    spec = recipe_for(model)(model)
+    check_math_keys(model, spec.hparams.architecture)
+    try:
+        validate_plan(spec.plan)
+    except BundleError as e:
+        raise CompileError(f"{model.path.name}: the model's numbers make an invalid plan: {e}") from None
+    return spec

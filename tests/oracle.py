@@ -397,10 +397,18 @@ class Oracle:
         return name in self.raw
 
     def linear(self, x: np.ndarray, name: str, weight: np.ndarray | None = None) -> np.ndarray:
+        """x @ W^T, times the weight's `.scale` where the file has one value there (llama.cpp's
+        build_lora_mm; gemma4's [n_embd] ffn_gate_inp.scale scales the router's input instead)."""
         kind = self.act_rounding.get(self.raw[name].tensor_type.name)
         if kind is not None:
             x = ACTIVATION_KINDS[kind](x)
-        return x @ (self.w(name) if weight is None else weight).T
+        out = x @ (self.w(name) if weight is None else weight).T
+        scale = name.removesuffix(".weight") + ".scale"
+        return out * self.w(scale)[0] if weight is None and self.has(scale) and self.w(scale).size == 1 else out
+
+    def bias(self, name: str) -> np.ndarray | float:
+        """`name.bias` where the file has it, else 0."""
+        return self.w(name + ".bias") if self.has(name + ".bias") else 0.0
 
     def norm(self, x: np.ndarray, name: str) -> np.ndarray:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.cfg.eps) * self.w(name)
@@ -505,10 +513,7 @@ class Oracle:
         out = np.einsum("hqk,khd->qhd", probs[..., :n], v).reshape(n, c.n_heads * c.head_dim)
         if c.attn_gate:
             out = out / (1.0 + np.exp(-gate))
-        out = self.linear(out, p + "attn_output.weight")
-        if c.arch in ("llama", "gpt-oss", "mistral3", "granite", "granitemoe", "granitehybrid", "nemotron_h") and self.has(p + "attn_output.bias"):
-            out = out + self.w(p + "attn_output.bias")
-        return out
+        return self.linear(out, p + "attn_output.weight") + self.bias(p + "attn_output")
 
     def short_conv(self, h: np.ndarray, i: int) -> np.ndarray:
         """lfm2's conv block (build_shortconv_block): in_proj to b, c, x; a causal depthwise
@@ -654,9 +659,10 @@ class Oracle:
             half = gate_up.shape[1] // 2
             gate, up = gate_up[:, :half], gate_up[:, half:]
         else:
-            gate, up = self.linear(h, p + "ffn_gate.weight"), self.linear(h, p + "ffn_up.weight")
+            gate = self.linear(h, p + "ffn_gate.weight") + self.bias(p + "ffn_gate")
+            up = self.linear(h, p + "ffn_up.weight") + self.bias(p + "ffn_up")
         act = self.gelu(gate) if c.gelu else gate / (1.0 + np.exp(-gate))
-        return self.linear(act * up, p + "ffn_down.weight")
+        return self.linear(act * up, p + "ffn_down.weight") + self.bias(p + "ffn_down")
 
     @staticmethod
     def gelu(x: np.ndarray) -> np.ndarray:
@@ -850,7 +856,7 @@ class Oracle:
             if c.out_scale and self.has(p + "layer_output_scale.weight"):
                 x = x * self.w(p + "layer_output_scale.weight")[0]
         x = self.norm(x, c.out_norm)
-        out = self.linear(x, "token_embd.weight" if c.tied else "output.weight")
+        out = self.linear(x, "token_embd.weight") if c.tied else self.linear(x, "output.weight") + self.bias("output")
         if c.final_softcap:
             out = c.final_softcap * np.tanh(out / c.final_softcap)
         if c.logit_scale:

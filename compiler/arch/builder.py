@@ -4,8 +4,17 @@ A recipe asks for GGUF tensors by name with the shape its hyperparameters imply;
 checks each against the file (present, shape, a supported format) the moment it is asked for,
 so a recipe never plans around a tensor that is not there. Weights can also be made from rows
 of tensors (split a fused tensor, concatenate several): see compiler/weights.py.
+
+Never silently wrong: the builder records every tensor of the file the recipe consumed (as a
+weight, or as a value read at compile time: `scalar`), and `finish` refuses the model when any
+other tensor is left, unless the recipe named it as known and unused, with the reason
+(`unused`, `unused_layers`), or it is one that no recipe applies (KNOWN_UNUSED_SUFFIXES). A
+tensor the recipe does not know may change the math (a bias, a weight scale): computing without
+it would give wrong logits without a word.
 """
 
+import math
+import struct
 from math import prod
 
 from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan, StateSpec, StateTensor
@@ -13,6 +22,12 @@ from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
 from rfc.compiler.spec import HParams, ModelSpec
 from rfc.compiler.weights import Fill, RowRange, WeightUse, whole
+
+# Tensors llama.cpp loads for every architecture and never applies, by the end of their name.
+KNOWN_UNUSED_SUFFIXES = {
+    ".input_scale": "a matmul's activation scale (FP8 / NVFP4 checkpoints): llama.cpp loads it and never applies it",
+}
+MAX_SCALAR = 1e6  # |value| of a scalar read into the plan (an op attribute's bound)
 
 
 class ModelBuilder:
@@ -24,6 +39,8 @@ class ModelBuilder:
         self._buffers: dict[str, Buffer] = {}
         self._ops: list[Op] = []
         self._state: list[StateTensor] = []
+        self._read: set[str] = set()  # tensors whose values the plan holds (scalar)
+        self._unused: dict[str, str] = {}  # known tensors the plan does not need: name -> why
 
     # -- tensors of the GGUF ----------------------------------------------------------------
     def has(self, name: str) -> bool:
@@ -47,6 +64,44 @@ class ModelBuilder:
 
     def optional_tensor(self, name: str, role: str, shape: tuple[int, ...]) -> str | None:
         return self.tensor(name, role, shape) if self.has(name) else None
+
+    def scalar(self, name: str) -> float | None:
+        """The value of a one-element F32 tensor (a learned scalar: a matmul's weight scale, a
+        layer's output scale), read now for an op attribute; None when the file has no such
+        tensor. Finite and at most MAX_SCALAR in magnitude, like any number of a plan."""
+        t = self.model.tensors.get(name)
+        if t is None:
+            return None
+        if t.shape != (1,) or t.format != "F32":
+            raise CompileError(f"{self.path}: {name} is {t.format} {list(t.shape)}, not one F32 value")
+        with open(self.model.path, "rb") as f:
+            f.seek(t.offset)
+            raw = f.read(4)
+        if len(raw) != 4:
+            raise CompileError(f"{self.path}: {name} lies past the end of the file")
+        value = struct.unpack("<f", raw)[0]
+        if not math.isfinite(value) or abs(value) > MAX_SCALAR:
+            raise CompileError(f"{self.path}: {name} = {value} is not a finite number in [-{MAX_SCALAR:g}, {MAX_SCALAR:g}]")
+        self._read.add(name)
+        return value
+
+    def unused(self, name: str, why: str) -> None:
+        """Declares a tensor of the file known and not needed by the plan (llama.cpp loads it
+        and does not use it either, or the plan computes the same without it)."""
+        if self.has(name):
+            self._unused[name] = why
+
+    def unused_layers(self, layers: range, why: str) -> None:
+        """Every tensor of blocks `layers` known and unused (multi-token prediction heads)."""
+        prefixes = tuple(f"blk.{i}." for i in layers)
+        for name in self.model.tensors:
+            if name.startswith(prefixes):
+                self._unused[name] = why
+
+    def unaccounted(self) -> list[str]:
+        """The tensors of the file neither consumed nor declared known and unused, in file order."""
+        return [n for n in self.model.tensors if n not in self._sources and n not in self._read and
+                n not in self._unused and not n.endswith(tuple(KNOWN_UNUSED_SUFFIXES))]  # fmt: skip
 
     def constant(self, name: str, role: str, shape: tuple[int, ...], value: float) -> str:
         """A float32 weight of `shape` filled with `value`, not read from the file (a norm the
@@ -139,6 +194,11 @@ class ModelBuilder:
         self._ops.append(Op(kind, tuple(inputs), tuple(outputs), tuple(weights), dict(attrs)))
 
     def finish(self, hparams: HParams, *, input_tokens: str, output_logits: str, output_hidden: str, kv: KVSpec) -> ModelSpec:
+        left = self.unaccounted()
+        if left:
+            more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
+            raise CompileError(f"{self.path}: tensor {left[0][:80]}{more} is not used by rfc's {hparams.architecture} recipe: "
+                               "refused rather than computed without it")
         plan = Plan(
             buffers=tuple(self._buffers.values()),
             ops=tuple(self._ops),

@@ -139,6 +139,9 @@ def read_rope(md: Metadata, sizes: Sizes, style: str, *, yarn_keys: bool = False
     n_ctx = md.int("context_length", 1, MAX_CONTEXT)
     orig_ctx = md.int("rope.scaling.original_context_length", 0, MAX_CONTEXT, default=0) or n_ctx
     rope = Rope(n_rot, style, base, freq_scale, scaling, attn_factor, orig_ctx=orig_ctx)
+    if not yarn_keys:  # llama.cpp's loader reads none of them for this architecture: its defaults hold
+        for key in ("rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow", "rope.scaling.yarn_log_multiplier"):
+            md.ignored(key, "not read by llama.cpp's loader for this architecture")
     if scaling != "yarn":
         return rope
     if base <= 1.0:
@@ -163,7 +166,8 @@ def rope_factors(b: ModelBuilder, rope: Rope, n_ctx: int, *, long_short: bool) -
     shape = (rope.n_rot // 2,)
     if not long_short:
         return b.optional_tensor("rope_freqs.weight", "rope_freqs", shape)
-    which = "long" if n_ctx > rope.orig_ctx else "short"
+    which, other = ("long", "short") if n_ctx > rope.orig_ctx else ("short", "long")
+    b.unused(f"rope_factors_{other}.weight", f"LongRoPE's {other}-context factors: the bundle serves the {which} context")
     return b.optional_tensor(f"rope_factors_{which}.weight", f"rope_factors_{which}", shape)
 
 
@@ -254,13 +258,20 @@ def qkv_weights(b: ModelBuilder, p: str, s: Sizes) -> tuple[str, str, str]:
 
 
 def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, src: str = "h", dst: str = "h",
-              out_bias: bool = False, rope: bool = True) -> None:
+              out_bias: bool = True, rope: bool = True) -> None:
     """dst = attn_output(attention(rope(norm?(Q src)), rope(norm?(K src)), V src)) for layer i.
-    Q/K/V biases are added when the file has them (llama.cpp reads them for every architecture).
-    Without `rope` the layer's queries and keys keep no positions (smollm3's NoPE layers)."""
+    Every projection's weight scale and bias are applied where the file has them (llama.cpp's
+    build_qkv and build_attn: matmul, times `.scale`, plus `.bias`; a fused attn_qkv's scale
+    scales all three; `out_bias` False: attn_output's bias is not read, and a file that has one
+    is refused by the builder). Without `rope` the layer's queries and keys keep no positions
+    (smollm3's NoPE layers)."""
     p = f"blk.{i}."
+    fused_scale = weight_scale(b, p + "attn_qkv")
     for proj, w, width in zip("qkv", qkv_weights(b, p, s), (s.q_width, s.kv_width, s.kv_width)):
         b.op("matmul", (src,), (proj,), (w,))
+        scale = fused_scale if fused_scale is not None else weight_scale(b, f"{p}attn_{proj}")
+        if scale is not None and scale != 1.0:
+            b.op("scale", (proj,), (proj,), factor=scale)
         bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
         if bias:
             b.op("add_bias", (proj,), (proj,), (bias,))
@@ -281,25 +292,40 @@ def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, 
     linear(b, "att", dst, p + "attn_output", (s.n_embd, s.q_width), bias=out_bias)
 
 
-def linear(b: ModelBuilder, src: str, dst: str, name: str, shape: tuple[int, int], *, bias: bool = False) -> None:
-    """dst = src @ name.weight^T (+ name.bias when `bias` and the file has one)."""
+def weight_scale(b: ModelBuilder, name: str) -> float | None:
+    """The value of `name.scale` when the file has one: the per-tensor weight scale llama.cpp
+    multiplies into a matmul's output (build_lora_mm's w_s, one float32; FP8 and NVFP4
+    checkpoints are converted with them)."""
+    return b.scalar(name + ".scale")
+
+
+def linear(b: ModelBuilder, src: str, dst: str, name: str, shape: tuple[int, int], *, bias: bool = True) -> None:
+    """dst = src @ name.weight^T, times name.scale and plus name.bias where the file has them
+    (llama.cpp's build_lora_mm, then the bias its callers add); with `bias` False the bias is
+    not read (a file that has one is then refused by the builder, never computed without it)."""
     role = name.split(".", 2)[-1] if name.startswith("blk.") else name
     b.op("matmul", (src,), (dst,), (b.tensor(name + ".weight", role, shape),))
-    if bias:
-        w = b.optional_tensor(name + ".bias", role + "_bias", (shape[0],))
-        if w:
-            b.op("add_bias", (dst,), (dst,), (w,))
+    scale = weight_scale(b, name)
+    if scale is not None and scale != 1.0:
+        b.op("scale", (dst,), (dst,), factor=scale)
+    w = b.optional_tensor(name + ".bias", role + "_bias", (shape[0],)) if bias else None
+    if w:
+        b.op("add_bias", (dst,), (dst,), (w,))
 
 
 def glu_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, *, activation: str = "silu", src: str = "h", dst: str = "h",
-            fused_gate_up: bool = False, bias: bool = False) -> None:
-    """dst = ffn_down(act(ffn_gate src) * ffn_up src). With `fused_gate_up` (phi3) `ffn_up` holds
-    2 n_ff rows, gate first: they are split into two weights like a fused QKV."""
+            fused_gate_up: bool = False, bias: bool = True) -> None:
+    """dst = ffn_down(act(ffn_gate src) * ffn_up src), each matmul with its weight scale and bias
+    where the file has them (linear). With `fused_gate_up` (phi3) `ffn_up` holds 2 n_ff rows,
+    gate first: they are split into two weights like a fused QKV, its scale scaling both."""
     p = f"blk.{i}."
     if fused_gate_up:
         fused, shape = p + "ffn_up.weight", (2 * n_ff, e)
-        b.op("matmul", (src,), ("gate",), (b.rows(fused + ":gate", "ffn_gate", fused, shape, 0, n_ff),))
-        b.op("matmul", (src,), ("up",), (b.rows(fused + ":up", "ffn_up", fused, shape, n_ff, 2 * n_ff),))
+        scale = weight_scale(b, p + "ffn_up")
+        for buf, start in (("gate", 0), ("up", n_ff)):
+            b.op("matmul", (src,), (buf,), (b.rows(f"{fused}:{buf}", f"ffn_{buf}", fused, shape, start, start + n_ff),))
+            if scale is not None and scale != 1.0:
+                b.op("scale", (buf,), (buf,), factor=scale)
     else:
         linear(b, src, "gate", p + "ffn_gate", (n_ff, e), bias=bias)
         linear(b, src, "up", p + "ffn_up", (n_ff, e), bias=bias)
@@ -313,7 +339,11 @@ def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: i
     their outputs weighted by the renormalized router probabilities."""
     p = f"blk.{i}."
     b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (n_expert, e)),))
-    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), n_used=n_used)
+    # ffn_down_exps.scale [n_expert] (llama.cpp scales each chosen expert's down output by it):
+    # a factor of the expert's weight in the sum, as moe_route's expert_scale applies it
+    escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (n_expert,))
+    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), (escale,) if escale else (), n_used=n_used,
+         **({"expert_scale": True} if escale else {}))
     for name, buf in (("gate", "gate"), ("up", "up")):
         w = b.tensor(f"{p}ffn_{name}_exps.weight", f"ffn_{name}_exps", (n_expert, n_ff, e))
         b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
@@ -331,8 +361,10 @@ def output_head(b: ModelBuilder, s: Sizes, eps: float, *, final_softcap: float |
     b.op("gather_rows", ("x",), ("xr",))
     b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (s.n_embd,)),), eps=eps)
     tied = always_tied or not b.has("output.weight")
-    lm_head = "token_embd.weight" if tied else b.tensor("output.weight", "output", (s.vocab_size, s.n_embd))
-    b.op("matmul", ("hr",), ("logits",), (lm_head,))
+    if tied:
+        b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
+    else:  # with output.scale and output.bias where the file has them
+        linear(b, "hr", "logits", "output", (s.vocab_size, s.n_embd))
     if final_softcap is not None:
         b.op("softcap", ("logits",), ("logits",), cap=final_softcap)
     return tied
@@ -376,18 +408,17 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
     long_short = rope.scaling_type == "longrope" if long_short_factors is None else long_short_factors
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=long_short)
     cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=qk_norm, factors=factors)
-    biases = arch in ("llama", "mistral3")  # their loaders read attn_output and FFN biases when present
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(s.n_layers):
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
-        attention(b, i, s, eps, cfg, out_bias=biases, rope=not no_rope_step or (i + 1) % no_rope_step != 0)
+        attention(b, i, s, eps, cfg, rope=not no_rope_step or (i + 1) % no_rope_step != 0)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
         if n_expert:
             moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used)
         else:
-            glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=biases)
+            glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=fused_gate_up)
         b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     extra = {"expert_count": n_expert, "expert_used_count": n_used} if n_expert else {}

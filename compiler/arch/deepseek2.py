@@ -183,6 +183,7 @@ def build(model: GGUFModel) -> ModelSpec:
             glu_ffn(b, i, s.n_embd, n_ff)
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
+    b.unused_layers(range(s.n_layers, 1 << 16), "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too")
     extra = (e.hparams() if e.count else {"leading_dense_block_count": e.dense_lead}) | {
         "q_lora_rank": q_lora, "kv_lora_rank": kv_lora, "key_length_mla": nope + rot, "value_length_mla": v_dim,
         "attention_scale": scale}  # fmt: skip

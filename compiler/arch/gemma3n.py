@@ -117,6 +117,7 @@ def _layer(b: ModelBuilder, i: int, s: Sizes, n: int, rank: int, n_ff: int, eps:
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, ARCH)
+    md.ignored("final_logit_softcapping", "llama.cpp fixes gemma3n's final soft-capping at 30, as this recipe does")
     towers = sorted(t for t in model.tensors if t.startswith(TOWER_PREFIXES))
     if towers:
         raise CompileError(f"{md.path}: gemma3n file holds vision/audio tensors ({towers[0][:40]}, ...): llama.cpp's text "
@@ -164,6 +165,9 @@ def build(model: GGUFModel) -> ModelSpec:
     b.op("head_matmul", ("tail",), ("alt",), (unembd,), heads=n - 1)
     b.op("altup_merge", ("hs", "alt"), ("x",), n_altup=n, active=0)
     tied = output_head(b, s, eps, final_softcap=FINAL_SOFTCAP)
+    for i in (i for i in range(s.n_layers) if kv_layers[i] != i):  # llama.cpp loads them, and reads the shared cache
+        for name in ("attn_k.weight", "attn_v.weight", "attn_k_norm.weight"):
+            b.unused(f"blk.{i}.{name}", "a KV-sharing layer's K and V: it attends over an earlier layer's cache")
     n_kv = 1 + max(kv_layers)
     extra = {
         "sliding_window": window,

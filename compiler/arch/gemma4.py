@@ -33,8 +33,6 @@ vision/audio tensors in the same file (llama.cpp refuses a text model file with 
 not load: the towers go in a separate mmproj).
 """
 
-import math
-import struct
 from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
@@ -54,7 +52,6 @@ from rfc.compiler.spec import ModelSpec
 ARCH = "gemma4"
 # Tensor name prefixes of the vision and audio towers (an mmproj's), which the text model never loads.
 TOWER_PREFIXES = ("v.", "a.", "mm.", "vision_", "audio_")
-MAX_OUT_SCALE = 1e6
 
 
 def _check_supported(md: Metadata, s: Sizes) -> None:
@@ -141,25 +138,6 @@ def _buffers(b: ModelBuilder, s: Sizes, layers: tuple[Sizes, ...]) -> dict[tuple
     return out
 
 
-def _layer_scale(b: ModelBuilder, md: Metadata, name: str) -> float | None:
-    """The value of a layer's `layer_output_scale` (one float32), read and checked here: it
-    becomes a scale op's factor, so it must be finite and bounded like any planned number."""
-    t = b.model.tensors.get(name)
-    if t is None:
-        return None
-    if t.shape != (1,) or t.format != "F32":
-        raise CompileError(f"{md.path}: {name} is {t.format} {list(t.shape)}, not one F32 value")
-    with open(b.model.path, "rb") as f:
-        f.seek(t.offset)
-        raw = f.read(4)
-    if len(raw) != 4:
-        raise CompileError(f"{md.path}: {name} lies past the end of the file")
-    value = struct.unpack("<f", raw)[0]
-    if not math.isfinite(value) or abs(value) > MAX_OUT_SCALE:
-        raise CompileError(f"{md.path}: {name} = {value} is not a finite number in [-{MAX_OUT_SCALE:g}, {MAX_OUT_SCALE:g}]")
-    return value
-
-
 def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, sfx: str, kv_layer: int) -> None:
     """h = attn_output(attention(rope(q_norm(Q h)), rope(k_norm(K h)), norm(V h))) for layer i
     of sizes s (its own heads and head size), in its geometry's buffers (q{sfx}, ...); V is K's
@@ -210,7 +188,7 @@ def _block(b: ModelBuilder, md: Metadata, i: int, s: Sizes, eps: float, attn: At
         per_layer.layer_input(b, ple, i, eps)
         per_layer.layer_output(b, ple, i, eps)
         b.op("add", ("x", "h"), ("x",))
-    scale = _layer_scale(b, md, p + "layer_output_scale.weight")
+    scale = b.scalar(p + "layer_output_scale.weight")  # one F32, a learned value: possibly negative
     if scale is not None:
         b.op("scale", ("x",), ("x",), factor=scale)
 

@@ -42,7 +42,7 @@ def _experts(md: Metadata) -> tuple[Experts, int]:
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, ARCH)
     if md.has("rope.dimension_sections"):
-        sections = md.model.metadata[md.key("rope.dimension_sections")]
+        sections = md.raw("rope.dimension_sections")
         if not isinstance(sections, (list, tuple)) or len(sections) > 4 or any(not isinstance(v, numbers.Integral) for v in sections):
             raise CompileError(f"{md.path}: metadata {md.key('rope.dimension_sections')} is not an array of 4 integers")
         if len(sections) >= 2 and sections[0] > 0 and sections[1] > 0:  # llama.cpp's use_mrope()

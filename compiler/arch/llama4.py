@@ -46,6 +46,7 @@ NO_KQ_NORM_EXPERTS = 128  # LLM_TYPE_17B_128E: use_kq_norm off
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "llama4")
+    md.ignored("attention.temperature_scale", "llama.cpp fixes llama4's NoPE temperature (0.1), which does nothing in the context served")
     s = read_sizes(md)
     rope = read_rope(md, s, "adjacent")
     if rope.n_rot != s.head_dim:

@@ -13,6 +13,7 @@ from typing import Any
 
 from rfc.artifacts.limits import MAX_CONTEXT, MAX_EXPERTS, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS
 from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_metadata import LLAMA_MAX_LAYERS
 from rfc.compiler.gguf_reader import GGUFModel
 
 MAX_EMBD = 1 << 18
@@ -20,6 +21,9 @@ MAX_FF = 1 << 20
 MAX_VOCAB = 1 << 22
 
 _REQUIRED = object()
+# Keys llama.cpp reads for every architecture as a scalar or a per-layer array (get_key_or_arr):
+# Metadata.int reads an array of them when its layers agree.
+UNIFORM_PER_LAYER = frozenset({"attention.head_count", "attention.head_count_kv", "feed_forward_length"})
 
 
 class Metadata:
@@ -34,10 +38,26 @@ class Metadata:
         return key if key.startswith("general.") else f"{self.arch}.{key}"
 
     def has(self, key: str) -> bool:
-        return self.key(key) in self.model.metadata
+        full = self.key(key)
+        self.model.keys_read.add(full)
+        return full in self.model.metadata or full in self.model.unread
+
+    def ignored(self, key: str, why: str) -> None:
+        """Records a key the recipe knowingly leaves alone (llama.cpp ignores it for this
+        architecture too: `why`), so that math_keys.py does not refuse it."""
+        del why  # the reason is for the reader of the recipe
+        self.model.keys_read.add(self.key(key))
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        """The value as decoded (a number, a string, a list), `default` when absent; the recipe
+        checks it itself (M-RoPE's sections)."""
+        return self._raw(key, default)
 
     def _raw(self, key: str, default: Any) -> Any:
         full = self.key(key)
+        self.model.keys_read.add(full)
+        if full in self.model.unread:  # an array over its bound, left undecoded (gguf_metadata.py)
+            raise CompileError(self.model.unread[full])
         if full in self.model.metadata:
             return self.model.metadata[full]
         if default is _REQUIRED:
@@ -46,11 +66,25 @@ class Metadata:
 
     def int(self, key: str, lo: int, hi: int, default: Any = _REQUIRED) -> int:
         value = self._raw(key, default)
+        if key in UNIFORM_PER_LAYER and isinstance(value, (list, tuple)):
+            value = self._uniform(key, value)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise CompileError(f"{self.path}: metadata {self.key(key)} must be an integer, got {_show(value)}")
         if not lo <= value <= hi:
             raise CompileError(f"{self.path}: metadata {self.key(key)} = {int(value)} is outside [{lo}, {hi}]")
         return int(value)
+
+    def _uniform(self, key: str, value: list) -> Any:
+        """A per-layer array read where the recipe has one value for every layer: its first
+        block_count entries, which must be equal (llama.cpp's saver writes these keys as arrays
+        of LLAMA_MAX_LAYERS entries whatever the model)."""
+        n_layers = self.model.metadata.get(self.key("block_count"))
+        if isinstance(n_layers, bool) or not isinstance(n_layers, numbers.Integral) or not 1 <= n_layers <= len(value):
+            raise CompileError(f"{self.path}: metadata {self.key(key)} has {len(value)} entries, not one per layer")
+        if len({repr(v) for v in value[:n_layers]}) != 1:
+            raise CompileError(f"{self.path}: metadata {self.key(key)} differs between layers, which rfc's {self.arch} "
+                               "recipe does not support")  # fmt: skip
+        return value[0]
 
     def float(self, key: str, lo: float, hi: float, default: Any = _REQUIRED, *, open_lo: bool = False) -> float:
         """A finite real in [lo, hi] ((lo, hi] with open_lo)."""
@@ -76,12 +110,14 @@ class Metadata:
         return bool(value)
 
     def is_list(self, key: str) -> bool:
-        return isinstance(self.model.metadata.get(self.key(key)), (list, tuple))
+        return isinstance(self._raw(key, None), (list, tuple))
 
     def flags(self, key: str, max_len: int) -> tuple[bool, ...]:
         """An array of booleans or integers read as per-entry switches (nonzero: on), at most
-        max_len entries."""
+        max_len entries, or LLAMA_MAX_LAYERS when that is more (a per-layer array as llama.cpp's
+        saver writes it: 512 entries, of which the recipe reads the first block_count)."""
         value = self._raw(key, _REQUIRED)
+        max_len = max(max_len, LLAMA_MAX_LAYERS)
         if not isinstance(value, (list, tuple)) or len(value) > max_len:
             raise CompileError(f"{self.path}: metadata {self.key(key)} is not an array of at most {max_len} entries")
         if not all(isinstance(v, (bool, numbers.Integral)) for v in value):
@@ -89,13 +125,16 @@ class Metadata:
         return tuple(bool(v) for v in value)
 
     def per_layer(self, key: str, n_layers: int, lo: int, hi: int, default: Any = _REQUIRED) -> tuple[int, ...]:
-        """An integer for every layer: one for all (a scalar) or an array of exactly n_layers,
-        each in [lo, hi] (llama.cpp's get_key_or_arr: per-layer head counts)."""
+        """An integer for every layer: one for all (a scalar) or an array of at least n_layers
+        entries, the first n_layers each in [lo, hi] (llama.cpp's get_key_or_arr: per-layer head
+        counts; its saver writes LLAMA_MAX_LAYERS entries whatever the layer count, and the
+        decoder bounded the array by that already)."""
         value = self._raw(key, default)
         if not isinstance(value, (list, tuple)):
             return (self.int(key, lo, hi, default),) * n_layers
-        if len(value) != n_layers:
+        if len(value) < n_layers:
             raise CompileError(f"{self.path}: metadata {self.key(key)} has {len(value)} entries for {n_layers} layers")
+        value = value[:n_layers]
         if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi for v in value):
             raise CompileError(f"{self.path}: metadata {self.key(key)} is not an array of integers in [{lo}, {hi}]")
         return tuple(int(v) for v in value)

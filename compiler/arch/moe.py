@@ -148,7 +148,8 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
     The router reads src (ffn_gate_inp), chooses and weighs `used` experts per token
     (moe_route; DeepSeek-V3's and GLM's selection bias `exp_probs_b.bias` where the file has
     one); gate and up of the chosen experts, SwiGLU, down, and their weighted sum; the shared
-    experts (ffn_*_shexp) are one dense SwiGLU FFN over the same input. llama.cpp adds the two
+    experts (ffn_*_shexp) are one dense SwiGLU FFN over the same input, its matmuls with their
+    weight scales and biases where the file has them (common.linear). llama.cpp adds the two
     before the residual; here each is added to it in turn (float32 rounding apart, the same),
     which lets the cpu lowering fold both adds into the ops that make them. src is
     overwritten by the shared experts' output. A gated shared expert (qwen35moe) is scaled by
@@ -158,7 +159,11 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
     p, n = f"blk.{i}.", s.n_embd
     b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (e.count, n)),))
     bias = b.optional_tensor(p + "exp_probs_b.bias", "exp_probs_b", (e.count,))
-    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), (bias,) if bias else (), **e.route_attrs())
+    # ffn_down_exps.scale [n_expert]: llama.cpp scales each chosen expert's down output by it
+    # (build_lora_mm_id's w_s), a factor of the expert's weight in the sum (moe_route's expert_scale)
+    escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (e.count,))
+    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), tuple(w for w in (bias, escale) if w),
+         **e.route_attrs(), **({"expert_scale": True} if escale else {}))
     for name, buf in (("gate", "exp_gate"), ("up", "exp_up")):
         w = b.tensor(f"{p}ffn_{name}_exps.weight", f"ffn_{name}_exps", (e.count, e.n_ff, n))
         b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
@@ -226,6 +231,7 @@ def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], t
             glu_ffn(b, i, s.n_embd, n_ff)
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
+    b.unused_layers(range(s.n_layers, s.n_layers + nextn), "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too")
     hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=False, extra=e.hparams() | ({"nextn_predict_layers": nextn} if nextn else {}))  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

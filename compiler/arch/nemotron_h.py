@@ -54,6 +54,7 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
     """The stack of `arch`; with `experts` (nemotron_h_moe.read) its FFN layers are mixtures of
     experts (nemotron_h_moe.RoutedFFN) instead of the dense squared-ReLU MLP."""
     md = Metadata(model, arch)
+    md.ignored("attention.scale", "llama.cpp's nemotron_h scores by 1/sqrt(head_dim) and does not read it")
     b = ModelBuilder(model)
     n_embd = md.int("embedding_length", 1, MAX_EMBD)
     n_all = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))

@@ -40,7 +40,7 @@ def read_sections(md: Metadata, n_rot: int) -> None:
     For text all positions but the 4th are the token's; a pair the sections leave to the 4th
     would stay unturned, which this recipe does not plan: refused."""
     key = "rope.dimension_sections"
-    value = md.model.metadata.get(md.key(key))
+    value = md.raw(key)
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= 4 or \
             not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= n_rot for v in value):
         raise CompileError(f"{md.path}: metadata {md.key(key)} is not an array of up to 4 counts in [0, {n_rot}]")

@@ -44,11 +44,11 @@ GLU_SPANS = {"silu": "rfc_swiglu_span", "gelu_tanh": "rfc_geglu_span", "swiglu_o
              "sigmoid": "rfc_sigmoid_glu_span", "relu": "rfc_relu_glu_span"}
 
 
-def f32_literal(value: float, what: str) -> float:
-    """A positive attribute that becomes a float literal in C: a normal float32, so that it is
-    neither rounded to zero (which the kernels read as "off") nor to infinity."""
+def f32_literal(value: float, what: str, *, signed: bool = False) -> float:
+    """A positive attribute (any sign with `signed`) that becomes a float literal in C: a normal
+    float32, so that it is neither rounded to zero (which the kernels read as "off") nor to infinity."""
     v = float(value)
-    if not math.isfinite(v) or not 1e-30 <= v <= 1e30:
+    if not math.isfinite(v) or not 1e-30 <= (abs(v) if signed else v) <= 1e30:
         raise CompileError(f"{what} = {v} is outside the float32 range the cpu step program takes")
     return v
 
@@ -415,7 +415,7 @@ class _Lowering:
     def _scale(self, op: Op) -> Phase:
         x = op.inputs[0]
         return Phase("scale", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
-                               "factor": f32_literal(op.attrs["factor"], "scale factor")}, {x}, set(op.outputs))  # fmt: skip
+                               "factor": f32_literal(op.attrs["factor"], "scale factor", signed=True)}, {x}, set(op.outputs))  # fmt: skip
 
     def _softcap(self, op: Op) -> Phase:
         x = op.inputs[0]

@@ -464,8 +464,8 @@ class _Planner:
 
     def _scale(self, op: Op) -> KernelSpec:
         width, factor = self._width(op.inputs[0]), float(op.attrs["factor"])
-        if not (math.isfinite(factor) and factor > 0):
-            raise CompileError(f"scale factor {factor} is not a positive number")
+        if not (math.isfinite(factor) and factor != 0):
+            raise CompileError(f"scale factor {factor} is not a finite nonzero number")
         # the factor is compiled in: one kernel per (width, factor), its bits in the name
         name = f"rfc_scale_{width}_" + f"{factor:.9g}".replace(".", "p").replace("-", "m").replace("+", "")
         return self._rowwise(op, "gpu_scale.hip.j2", name, width, factor=factor)

@@ -10,6 +10,7 @@ import stat
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rfc.compiler.codegen.render import UnsafeTemplateValue, check_params
@@ -153,3 +154,15 @@ def test_a_cache_others_can_write_is_refused(tmp_path):
 
 def test_qkv_fixture_still_compiles_through_the_structural_check(tmp_path):
     rfc("compile", FIXTURES / "tiny-qwen2-Q8_0.gguf", "-o", tmp_path / "b", "-q", "--no-cache", check=True)
+
+
+# -- never silently wrong ----------------------------------------------------------------------
+
+
+def test_an_unknown_tensor_or_math_key_refuses_the_model_in_one_line(tmp_path):
+    """A tensor the recipe neither uses nor knows, or a key that changes the math which the
+    recipe does not apply, would give wrong logits without a word: exit 2, one line naming it."""
+    extra = rewrite_gguf(DEMO_MODEL, tmp_path / "extra.gguf", add_tensors={"blk.0.ffn_norm.bias": np.zeros(64, np.float32)})
+    assert_compile_refused(extra, tmp_path / "a", "tensor blk.0.ffn_norm.bias is not used by rfc's llama recipe")
+    capped = rewrite_gguf(DEMO_MODEL, tmp_path / "capped.gguf", metadata={"llama.attn_logit_softcapping": 50.0})
+    assert_compile_refused(capped, tmp_path / "b", "metadata llama.attn_logit_softcapping = 50.0 changes the math")

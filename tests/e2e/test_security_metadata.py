@@ -93,12 +93,23 @@ def test_a_vocabulary_larger_than_the_embedding_is_refused_unread(cache, tmp_pat
     _assert_fast_and_small(run)
 
 
-def test_a_per_layer_array_longer_than_the_layer_count_is_refused(tmp_path):
+def test_a_per_layer_array_longer_than_llama_cpp_reads_is_refused(tmp_path):
+    """A per-layer array holds at most 512 entries (llama.cpp's LLAMA_MAX_LAYERS, whatever the
+    layer count: its saver writes them so); a longer one under a key the recipe reads is refused
+    without being decoded."""
     payload = np.ones(MILLIONS, dtype="<u4").tobytes()
     model = put_raw_array(DEMO_MODEL, tmp_path / "big.gguf", "llama.attention.head_count_kv", GGUFValueType.UINT32, MILLIONS, payload)
     out = tmp_path / "out"
     run = _measured_rfc("compile", model, "-o", out / "bundle", "--no-cache")
-    _assert_refused(run, out, "llama.attention.head_count_kv", "llama.block_count")
+    _assert_refused(run, out, "llama.attention.head_count_kv", str(MILLIONS), "512", "LLAMA_MAX_LAYERS")
+    _assert_fast_and_small(run)
+
+
+def test_a_per_layer_array_of_millions_under_an_arch_key_no_recipe_reads_is_skipped(cache, tmp_path):
+    payload = np.ones(MILLIONS, dtype="<u4").tobytes()
+    model = put_raw_array(DEMO_MODEL, tmp_path / "big.gguf", "llama.deepstack_mapping", GGUFValueType.UINT32, MILLIONS, payload)
+    run = _measured_rfc("compile", model, "-o", tmp_path / "bundle", "-q", "--cache-dir", cache)
+    assert run["rc"] == 0, run
     _assert_fast_and_small(run)
 
 

@@ -399,3 +399,21 @@ def test_long_context_rope_with_attn_factor(target, gpu_build_cache, tmp_path):
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
     ok, msg = device_bounds("phi3-long", gpu, ref, rounding=None)
     assert ok, msg
+
+
+@pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
+def test_optional_biases_and_weight_scales(target, gpu_build_cache, tmp_path):
+    """A file with biases on every matmul kind and per-tensor weight scales (a negative one
+    among them: the scale kernel's factor is compiled in), as tests/e2e/test_optional_tensors.py."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.e2e.test_optional_tensors import _extras
+    from tests.gguf_edit import rewrite_gguf
+
+    model = rewrite_gguf(model_path("qwen2-F32"), tmp_path / "extras.gguf", add_tensors=_extras())
+    out = tmp_path / "bundle"
+    compile_model(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+    pair = Pair(out, target, tmp_path / "emu")
+    assert -1.25 in [o.attrs["factor"] for o in pair.bundle.plan.ops if o.kind == "scale"]
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
+    ok, msg = _close(gpu, ref)
+    assert ok, msg

@@ -1,0 +1,71 @@
+"""The optional tensors llama.cpp applies to any llama-style model, applied: a `.bias` on every
+matmul (q, k, v, attention output, gate, up, down, output), the per-tensor weight `.scale` it
+multiplies into a matmul's output (build_lora_mm's w_s; negative ones too), and `.input_scale`,
+which llama.cpp loads and never applies. Before, such a file compiled and gave wrong logits
+without a word; now the reference device matches the float64 oracle (tests/oracle.py, which
+applies them as llama.cpp's graph does), and the logits differ from the file without them."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.bounds import device_bounds, oracle_bounds
+from tests.conftest import FIXTURES
+from tests.e2e.test_reference_oracle import REFERENCE_ONLY, teacher_forced_logits
+from tests.gguf_edit import rewrite_gguf
+from tests.oracle import Oracle
+
+pytestmark = pytest.mark.shared
+
+NAME = "tiny-qwen2-F32"  # 256 wide, FFN 768, Q 256, K/V 64, vocabulary 512
+
+
+def _extras() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+
+    def bias(n: int) -> np.ndarray:
+        return rng.normal(0.0, 0.2, n).astype(np.float32)
+
+    return {
+        "blk.0.attn_output.bias": bias(256),
+        "blk.0.ffn_gate.bias": bias(768),
+        "blk.0.ffn_up.bias": bias(768),
+        "blk.1.ffn_down.bias": bias(256),
+        "output.bias": bias(512),
+        "blk.0.attn_q.scale": np.array([0.5], np.float32),
+        "blk.1.attn_v.scale": np.array([-1.25], np.float32),
+        "blk.0.ffn_down.scale": np.array([1.5], np.float32),
+        "blk.1.ffn_up.scale": np.array([1.0], np.float32),  # neutral: no op
+        "output.scale": np.array([0.75], np.float32),
+        "blk.0.attn_k.input_scale": np.array([3.0], np.float32),  # loaded and never applied by llama.cpp
+    }
+
+
+@pytest.fixture(scope="module")
+def extras(tmp_path_factory):
+    """The fixture with the extra tensors, written once (bundle_cache compiles it once per target)."""
+    return rewrite_gguf(FIXTURES / f"{NAME}.gguf", tmp_path_factory.mktemp("extras") / "extras.gguf", add_tensors=_extras())
+
+
+def test_biases_and_weight_scales_are_applied(bundle_cache, extras):
+    src, model = FIXTURES / f"{NAME}.gguf", extras
+    tokens = np.load(FIXTURES / f"{NAME}.logits.npz")["tokens"].tolist()
+    ref = teacher_forced_logits(bundle_cache(model, REFERENCE_ONLY), "ref", tokens)
+    ok, summary = oracle_bounds(NAME, ref, Oracle(model).logits(tokens))
+    assert ok, summary
+    plain = teacher_forced_logits(bundle_cache(src, REFERENCE_ONLY), "ref", tokens)
+    assert np.abs(ref - plain).mean() > 0.1  # the extras change the logits: the test can fail
+
+
+@pytest.mark.toolchain
+@pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+def test_the_cpu_step_program_applies_them_too(bundle_cache, extras):
+    """The same file on the cpu device (its step program: a negative scale literal, the biases)
+    within the cpu's bounds of the reference device."""
+    model = extras
+    tokens = np.load(FIXTURES / f"{NAME}.logits.npz")["tokens"].tolist()
+    ref = teacher_forced_logits(bundle_cache(model, REFERENCE_ONLY), "ref", tokens)
+    cpu = teacher_forced_logits(bundle_cache(model), "cpu", tokens)
+    ok, summary = device_bounds(NAME, cpu, ref, None)
+    assert ok, summary

@@ -1,0 +1,129 @@
+"""A model is compiled exactly or refused: every tensor of the file is consumed by the plan or
+named by the recipe as known and unused, every math-changing key is applied or at its neutral
+value, and metadata arrays are bounded as llama.cpp bounds them (per-layer arrays of up to 512
+entries as its model saver writes them, fixed-size ones by their size, keys no recipe reads
+never decoded). Plans are inspected directly (no kernels, no device)."""
+
+import numpy as np
+import pytest
+from gguf import GGUFValueType
+
+from rfc.artifacts.plan import pack_plan
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import read_gguf
+from rfc.compiler.spec import build_spec
+from tests.conftest import FIXTURES
+from tests.gguf_edit import assert_spec_refused, put_raw_array, rewrite_gguf, spec_of
+
+pytestmark = pytest.mark.shared
+
+LLAMA = FIXTURES / "tiny-llama-F32.gguf"  # 2 layers, 8 heads, 2 KV heads, FFN 768
+
+
+def _u32_array(src, dst, key: str, values) -> object:
+    payload = np.asarray(values, dtype="<u4").tobytes()
+    return put_raw_array(src, dst, key, GGUFValueType.UINT32, len(values), payload)
+
+
+def test_a_tensor_no_recipe_uses_is_refused_by_name(tmp_path):
+    extra = {"blk.1.attn_mystery.weight": np.ones((4, 256), np.float32)}
+    assert_spec_refused(LLAMA, tmp_path, {"add_tensors": extra},
+                        "tensor blk.1.attn_mystery.weight is not used by rfc's llama recipe")
+
+
+def test_a_bias_the_recipe_does_not_read_is_refused(tmp_path):
+    """RMS norms have no bias: a LayerNorm's bias in a file is refused, not run without it."""
+    extra = {"blk.0.attn_norm.bias": np.ones(256, np.float32), "blk.1.ffn_norm.bias": np.ones(256, np.float32)}
+    with pytest.raises(CompileError) as e:
+        spec_of(FIXTURES / "tiny-gemma2-F16.gguf", tmp_path, add_tensors=extra)
+    assert "tensor blk.0.attn_norm.bias (and 1 more) is not used by rfc's gemma2 recipe" in str(e.value), e.value
+
+
+def test_an_input_scale_is_known_and_unused(tmp_path):
+    """llama.cpp loads a matmul's .input_scale and never applies it: the plan is unchanged."""
+    spec = spec_of(LLAMA, tmp_path, add_tensors={"blk.0.attn_k.input_scale": np.array([4.0], np.float32)})
+    assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(LLAMA)).plan)
+
+
+def test_a_weight_scale_scales_the_matmul_before_its_bias(tmp_path):
+    extra = {"blk.0.attn_q.scale": np.array([-0.5], np.float32), "blk.0.attn_q.bias": np.ones(256, np.float32),
+             "blk.1.ffn_down.scale": np.array([1.0], np.float32)}  # neutral: consumed, no op
+    ops = spec_of(LLAMA, tmp_path, add_tensors=extra).plan.ops
+    i = next(i for i, op in enumerate(ops) if op.weights == ("blk.0.attn_q.weight",))
+    assert [(op.kind, op.attrs.get("factor"), op.weights) for op in ops[i + 1 : i + 3]] == [
+        ("scale", -0.5, ()), ("add_bias", None, ("blk.0.attn_q.bias",))]
+    assert sum(op.kind == "scale" for op in ops) == 1
+
+
+def test_a_weight_scale_must_be_one_f32(tmp_path):
+    assert_spec_refused(LLAMA, tmp_path, {"add_tensors": {"blk.0.ffn_up.scale": np.ones(2, np.float32)}},
+                        "blk.0.ffn_up.scale is F32 [2], not one F32 value")
+
+
+@pytest.mark.parametrize("key,value", [("llama.final_logit_softcapping", 30.0), ("llama.attention.clamp_kqv", 8.0),
+                                       ("llama.logit_scale", 0.5), ("llama.residual_scale", 0.25)])
+def test_a_math_key_the_recipe_does_not_apply_is_refused_unless_neutral(key, value, tmp_path):
+    assert_spec_refused(LLAMA, tmp_path, {"metadata": {key: value}}, f"metadata {key} = {value} changes the math")
+
+
+def test_neutral_math_keys_compile_to_the_same_plan(tmp_path):
+    keys = {"llama.final_logit_softcapping": 0.0, "llama.attention.clamp_kqv": 0.0, "llama.logit_scale": 1.0}
+    spec = spec_of(LLAMA, tmp_path, metadata=keys)
+    assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(LLAMA)).plan)
+
+
+def test_a_math_key_the_recipe_applies_is_not_refused(tmp_path):
+    spec = spec_of(FIXTURES / "tiny-gemma2-F16.gguf", tmp_path, metadata={"gemma2.final_logit_softcapping": 20.0})
+    assert [op.attrs["cap"] for op in spec.plan.ops if op.kind == "softcap"] == [20.0]
+
+
+def test_per_layer_arrays_as_llama_cpp_saves_them(tmp_path):
+    """llama.cpp's model saver writes every per-layer array at 512 entries (LLAMA_MAX_LAYERS),
+    whatever the layer count: the first block_count are read."""
+    model = _u32_array(LLAMA, tmp_path / "a.gguf", "llama.attention.head_count_kv", [2] * 512)
+    model = _u32_array(model, tmp_path / "b.gguf", "llama.attention.head_count", [8] * 512)
+    model = _u32_array(model, tmp_path / "c.gguf", "llama.feed_forward_length", [768] * 2 + [0] * 510)
+    spec = build_spec(read_gguf(model))
+    assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(LLAMA)).plan)
+
+
+def test_a_per_layer_array_whose_layers_differ_is_refused_where_one_value_is_read(tmp_path):
+    model = _u32_array(LLAMA, tmp_path / "a.gguf", "llama.attention.head_count_kv", [2, 4] + [2] * 510)
+    with pytest.raises(CompileError, match="llama.attention.head_count_kv differs between layers"):
+        build_spec(read_gguf(model))
+
+
+def test_a_per_layer_array_over_512_entries_is_refused_when_read(tmp_path):
+    model = _u32_array(LLAMA, tmp_path / "a.gguf", "llama.attention.head_count_kv", [2] * 513)
+    with pytest.raises(CompileError, match=r"head_count_kv has 513 entries, more than 512 \(.*LLAMA_MAX_LAYERS\)"):
+        build_spec(read_gguf(model))
+
+
+def test_an_array_no_recipe_reads_is_skipped_whatever_its_length(tmp_path):
+    model = _u32_array(LLAMA, tmp_path / "a.gguf", "llama.deepstack_mapping", [1] * 100_000)
+    model = _u32_array(model, tmp_path / "b.gguf", "llama.rope.dimension_sections", [8] * 5)
+    read = read_gguf(model)
+    assert "llama.deepstack_mapping" not in read.metadata and "llama.rope.dimension_sections" not in read.metadata
+    assert pack_plan(build_spec(read).plan) == pack_plan(build_spec(read_gguf(LLAMA)).plan)
+
+
+def test_a_fixed_size_array_is_bounded_by_its_size(tmp_path):
+    """M-RoPE's sections are 4 by definition, whatever the layer count (a 2-layer file too)."""
+    src = FIXTURES / "tiny-qwen35-Q8_0.gguf"
+    four = _u32_array(src, tmp_path / "four.gguf", "qwen35.rope.dimension_sections", [6, 5, 5, 0])
+    build_spec(read_gguf(four))
+    five = _u32_array(src, tmp_path / "five.gguf", "qwen35.rope.dimension_sections", [6, 5, 5, 0, 0])
+    with pytest.raises(CompileError, match=r"dimension_sections has 5 entries, more than 4 \(M-RoPE's 4 sections\)"):
+        build_spec(read_gguf(five))
+
+
+def test_a_negative_learned_scalar_compiles(tmp_path):
+    """gemma4's layer_output_scale is a learned value and may be negative: a scale op with that
+    factor, not a traceback."""
+
+    def negative(name, data, qtype):
+        return (np.array([-0.0701645240187645], np.float32), qtype) if name == "blk.1.layer_output_scale.weight" else (data, qtype)
+
+    spec = spec_of(FIXTURES / "tiny-gemma4-Q8_0.gguf", tmp_path, tensor_fn=negative)
+    factors = [op.attrs["factor"] for op in spec.plan.ops if op.kind == "scale"]
+    assert float(np.float32(-0.0701645240187645)) in factors
