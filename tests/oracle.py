@@ -78,6 +78,7 @@ class Layer:
     rope: bool = True  # False: the layer's attention has no positions (smollm3's NoPE layers)
     factors: str | None = None  # this layer's RoPE frequency factors (gemma4's global layers), else Config's
     sizes: tuple[int, int, int, int] | None = None  # (heads, kv heads, head_dim, n_rot) where layers differ (gemma4), else Config's
+    plain_rope: bool = False  # ggml_rope_ext with freq_scale 1, ext_factor 0, attn_factor 1 (OLMo 3's sliding-window layers)
 
 
 @dataclass
@@ -207,8 +208,15 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.residual_scale, c.logit_scale, c.q_scale = _f32(k("residual_scale", 0.0)), _f32(k("logit_scale")), _f32(k("attention.scale", 0.0))
         if arch == "granite" and not k("rope.scaling.finetuned", True):  # granite's loader: the switch for RoPE
             c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
-    if arch == "olmo2":  # src/models/olmo2.cpp (no sliding window)
+    if arch == "olmo2":  # src/models/olmo2.cpp
         c.pre_norms, c.post_norms, c.qk_norm_rows = False, True, True
+        if window := k("attention.sliding_window", 0):  # OLMo 3: load_swa_pattern(4), unscaled RoPE when sliding
+            pattern = k("attention.sliding_window_pattern", 4)
+            if isinstance(pattern, list):
+                local = [i < len(pattern) and bool(pattern[i]) for i in range(c.n_layers)]
+            else:
+                local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
+            c.layers = [Layer(base, 1.0, window, plain_rope=True) if on else full for on in local]
     if arch == "smollm3":  # src/models/smollm3.cpp: n_no_rope_layer_step 4
         c.layers = [full if (i + 1) % 4 else Layer(base, scale, None, rope=False) for i in range(c.n_layers)]
     if arch in ("gemma2", "gemma3"):
@@ -414,8 +422,8 @@ class Oracle:
             extrap = extrap / self.w(layer.factors or c.rope_factors)
         if c.rope_turns is not None:  # M-RoPE for text: t, h, w positions are the token's, the 4th is 0
             extrap = extrap * c.rope_turns
-        theta, mscale = layer.rope_scale * extrap, c.attn_factor
-        if c.ext_factor:  # YaRN: ramp between the extrapolated and interpolated angles
+        theta, mscale = layer.rope_scale * extrap, 1.0 if layer.plain_rope else c.attn_factor
+        if c.ext_factor and not layer.plain_rope:  # YaRN: ramp between the extrapolated and interpolated angles
             corr = lambda beta: c.n_rot * math.log(c.orig_ctx / (beta * 2 * math.pi)) / (2 * math.log(layer.rope_base))  # noqa: E731
             low, high = max(0, math.floor(corr(c.beta_fast))), min(c.n_rot - 1, math.ceil(corr(c.beta_slow)))
             mix = (1 - np.clip((np.arange(half) - low) / max(0.001, high - low), 0, 1)) * c.ext_factor

@@ -45,6 +45,20 @@ class ModelBuilder:
             self._add(WeightUse(name, role, t.format, t.shape, (whole(t),)))
         return name
 
+    def tensor_as(self, name: str, role: str, shape: tuple[int, ...]) -> str:
+        """A GGUF tensor used as `shape`, also when the file stores it without shape's leading
+        1s: ggml drops trailing unit dimensions when it writes a tensor, so a [1, N, K] weight
+        (deepseek2's attn_k_b with one head) is a 2-D [N, K] in the file. The same bytes either way."""
+        t = self.model.tensors.get(name)
+        squeezed = tuple(shape)
+        while len(squeezed) > 1 and squeezed[0] == 1:
+            squeezed = squeezed[1:]
+        if t is None or t.shape == tuple(shape) or t.shape != squeezed or name in self._weights:
+            return self.tensor(name, role, shape)
+        t = self.source(name, squeezed)
+        self._add(WeightUse(name, role, t.format, tuple(shape), (whole(t),)))
+        return name
+
     def optional_tensor(self, name: str, role: str, shape: tuple[int, ...]) -> str | None:
         return self.tensor(name, role, shape) if self.has(name) else None
 

@@ -215,8 +215,25 @@ def test_olmo2_norms_the_sublayer_outputs_and_whole_q_k_rows():
     assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"neox"}
 
 
+def test_olmo3_slides_three_layers_of_four_with_unscaled_rope():
+    """OLMo 3 (olmo2 with attention.sliding_window): the default period 4 makes layers 0-2
+    sliding-window, whose RoPE llama.cpp's olmo2 graph leaves unscaled; layer 3 attends over the
+    whole context with the file's YaRN."""
+    spec = _spec("olmo3-Q8_0")
+    assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [16, 16, 16, None]
+    ropes = _ops(spec, "rope")
+    assert [(op.attrs["freq_scale"], op.attrs.get("ext_factor", 0.0), op.attrs.get("attn_factor", 1.0)) for op in ropes[:3]] \
+        == [(1.0, 0.0, 1.0)] * 3
+    assert ropes[3].attrs["freq_scale"] == 0.25 and ropes[3].attrs["ext_factor"] == 1.0
+    assert {op.attrs["freq_base"] for op in ropes} == {500000.0}
+
+
+def test_olmo3_reads_a_per_layer_pattern(tmp_path):
+    spec = _spec("olmo3-Q8_0", tmp_path, metadata={"olmo2.attention.sliding_window_pattern": [False, True, False, True]})
+    assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [None, 16, None, 16]
+
+
 @pytest.mark.parametrize("edit,message", [
-    ({"metadata": {"olmo2.attention.sliding_window": 4096}}, r"olmo2.attention.sliding_window = 4096: olmo2 with sliding-window"),
     ({"drop_tensors": ["output.weight"]}, r"missing tensor output.weight"),
 ])
 def test_olmo2_refuses_what_it_does_not_run(edit, message, tmp_path):
@@ -257,6 +274,23 @@ def test_granite_applies_its_four_multipliers():
     assert [(op.inputs, op.attrs["factor"]) for op in scales] == [(("h",), np.float32(0.6))] * 4 + [(("logits",), np.float32(1 / 0.75))]
     assert all(ops[ops.index(op) + 1].kind == "add" for op in scales[:4]) and ops[-1] is scales[-1]
     assert {op.attrs["scale"] for op in _ops(spec, "attention")} == {0.125}
+
+
+def test_granite_with_experts_is_granitemoe(tmp_path):
+    """llama.cpp's granite loader builds experts when expert_count > 0 (granitemoe's graph under
+    the name granite): tiny-granitemoe written as `granite` gets granitemoe's plan and weights
+    (llama.cpp's logits for that file equal tiny-granitemoe's golden, measured)."""
+    from dataclasses import replace
+
+    from tests import testdata
+
+    generator = testdata._generator()
+    family, fmt = generator.FIXTURES["tiny-granitemoe-Q8_0"]
+    generator.FIXTURES["tiny-granite-experts-Q8_0"] = (replace(family, arch="granite"), fmt)
+    generator.write_fixture("tiny-granite-experts-Q8_0", tmp_path / "granite-experts.gguf")
+    spec, moe = build_spec(read_gguf(tmp_path / "granite-experts.gguf")), _spec("granitemoe-Q8_0")
+    assert spec.plan.ops == moe.plan.ops and spec.weights == moe.weights
+    assert spec.hparams.architecture == "granite" and spec.hparams.extra["expert_count"] == 4
 
 
 def test_granite_without_rope_when_not_finetuned(tmp_path):
