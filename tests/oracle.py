@@ -162,6 +162,11 @@ class Config:
     # K/V (llama.cpp's `reuse`: the last shared_kv_layers, from layer n_kv - 2 if sliding else n_kv - 1)
     ple: int = 0
     kv_source: dict[int, int] = field(default_factory=dict)
+    # command-r, cohere2: LayerNorms (rows centred first: llama.cpp's LLM_NORM), attention and FFN side by
+    # side from one norm, the logits times logit_scale
+    layer_norm: bool = False
+    parallel: bool = False
+    logit_mul: float = 0.0
 
 
 def _f32(x: float) -> float:
@@ -183,7 +188,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     c = Config(
         arch=arch, n_embd=n_embd, n_layers=k("block_count") - k("nextn_predict_layers", 0), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
-        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe"),
+        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe", "command-r", "cohere2"),
         eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
         n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
         tied="output.weight" not in tensors,
@@ -217,6 +222,18 @@ def read_config(md: dict, tensors: dict) -> Config:
             else:
                 local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
             c.layers = [Layer(base, 1.0, window, plain_rope=True) if on else full for on in local]
+    if arch in ("command-r", "cohere2"):  # src/models/command-r.cpp, cohere2.cpp: the output always tied
+        c.layer_norm, c.parallel, c.tied = True, True, True
+        c.eps, c.logit_mul = k("attention.layer_norm_epsilon"), _f32(k("logit_scale", 0.0))
+    if arch == "cohere2":  # load_swa_pattern(4): RoPE on the sliding-window layers only
+        pattern = k("attention.sliding_window_pattern", 4)
+        if isinstance(pattern, list):
+            local = [i < len(pattern) and bool(pattern[i]) for i in range(c.n_layers)]
+        else:
+            local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
+        factors = "rope_freqs.weight" if "rope_freqs.weight" in tensors else None
+        c.layers = [Layer(base, scale, k("attention.sliding_window"), factors=factors) if on else Layer(base, scale, None, rope=False)
+                    for on in local]  # fmt: skip
     if arch == "smollm3":  # src/models/smollm3.cpp: n_no_rope_layer_step 4
         c.layers = [full if (i + 1) % 4 else Layer(base, scale, None, rope=False) for i in range(c.n_layers)]
     if arch in ("gemma2", "gemma3"):
@@ -411,6 +428,8 @@ class Oracle:
         return x @ (self.w(name) if weight is None else weight).T
 
     def norm(self, x: np.ndarray, name: str) -> np.ndarray:
+        if self.cfg.layer_norm:
+            x = x - np.mean(x, axis=-1, keepdims=True)
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.cfg.eps) * self.w(name)
 
     def rope(self, x: np.ndarray, layer: Layer) -> np.ndarray:
@@ -837,6 +856,10 @@ class Oracle:
                 sub = self.relu2_mlp if i in c.mlp else self.mamba2 if i in c.mamba else self.attention
                 x = x + sub(self.norm(x, p + "attn_norm.weight"), i)
                 continue
+            if c.parallel:  # command-r: x + attention(h) + FFN(h), h = norm(x)
+                h = self.norm(x, p + "attn_norm.weight")
+                x = x + self.attention(h, i) + self.ffn(h, i)
+                continue
             sub = self.delta_net if i in c.recurrent else self.short_conv if i in c.short_conv else self.mamba2 if i in c.mamba else self.attention
             a = sub(self.norm(x, p + "attn_norm.weight") if c.pre_norms else x, i)
             if c.post_norms:
@@ -863,6 +886,8 @@ class Oracle:
             out = c.final_softcap * np.tanh(out / c.final_softcap)
         if c.logit_scale:
             out = out / c.logit_scale
+        if c.logit_mul:
+            out = out * c.logit_mul
         return out
 
 

@@ -19,6 +19,7 @@ from rfc.compiler.arch import lfm2moe
 from rfc.compiler.arch import llama4
 from rfc.compiler.arch import granitehybrid, nemotron_h
 from rfc.compiler.arch import nemotron_h_moe
+from rfc.compiler.arch import command_r
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -27,6 +28,8 @@ from rfc.compiler.spec import ModelSpec
 Recipe = Callable[[GGUFModel], ModelSpec]
 
 RECIPES: dict[str, Recipe] = {
+    "cohere2": command_r.build_cohere2,
+    "command-r": command_r.build,
     "deepseek2": deepseek2.build,
     "gemma2": gemma2.build,
     "gemma3": gemma3.build,

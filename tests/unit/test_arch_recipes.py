@@ -311,3 +311,39 @@ def test_every_new_recipe_validates():
     for name in ("qwen3-F16", "gemma2-F16", "gemma3-F16", "phi3-F16", "mixtral-Q8_0", "llama3rope-Q8_0"):
         validate_plan(_spec(name).plan)
     assert math.isclose(_spec("gemma3-F16").hparams.extra["query_scale"], 1 / 8, rel_tol=1e-7)
+
+
+def test_command_r_runs_attention_and_ffn_side_by_side_after_a_layernorm():
+    """One LayerNorm (centred by two float32 matmuls with compile-time weights, then an RMS norm)
+    feeds both the attention and the FFN; both outputs are added to x; the output is the tied
+    embedding times logit_scale."""
+    spec = _spec("command-r-Q8_0")
+    ops = spec.plan.ops
+    consts = {w.name: w for w in spec.weights if w.name.startswith("rfc.layernorm.")}
+    assert {n: w.shape for n, w in consts.items()} == {"rfc.layernorm.mean.256": (32, 256), "rfc.layernorm.spread.256": (256, 32)}
+    first = [op for op in ops[:12] if op.kind in ("matmul", "add", "rmsnorm")][:4]
+    assert [(op.kind, op.inputs, op.outputs) for op in first] == [
+        ("matmul", ("x",), ("ln_part_T",)), ("matmul", ("ln_part_T",), ("ln_mean_T",)), ("add", ("x", "ln_mean_T"), ("h",)),
+        ("rmsnorm", ("h",), ("h",))]  # fmt: skip
+    reads = [op.weights[0].split(".", 2)[-1] for op in ops if op.kind == "matmul" and op.inputs == ("h",)][:5]
+    assert reads == ["attn_q.weight", "attn_k.weight", "attn_v.weight", "ffn_gate.weight", "ffn_up.weight"]
+    assert [op.inputs for op in ops if op.kind == "add" and op.outputs == ("x",)][:2] == [("x", "h"), ("x", "a")]
+    assert ops[-2].weights == ("token_embd.weight",) and ops[-1].kind == "scale" and ops[-1].attrs["factor"] == 0.0625
+    assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"adjacent"}
+
+
+def test_cohere2_rotates_only_its_sliding_window_layers():
+    spec = _spec("cohere2-Q8_0")
+    assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [16, 16, 16, None]
+    kv_writes = [i for i, op in enumerate(spec.plan.ops) if op.kind == "kv_write"]
+    assert [spec.plan.ops[i - 1].kind == "rope" for i in kv_writes] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("name,edit,message", [
+    ("command-r-Q8_0", {"add_tensors": {"blk.0.attn_q_norm.weight": np.ones((8, 32))}}, r"per-head Q/K LayerNorms"),
+    ("cohere2-Q8_0", {"drop_keys": ("cohere2.logit_scale",)}, r"missing metadata cohere2.logit_scale"),
+    ("cohere2-Q8_0", {"drop_keys": ("cohere2.attention.sliding_window",)}, r"missing metadata cohere2.attention.sliding_window"),
+])  # fmt: skip
+def test_command_r_refuses_what_it_does_not_run(name, edit, message, tmp_path):
+    with pytest.raises(CompileError, match=message):
+        _spec(name, tmp_path, **edit)
