@@ -188,7 +188,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     c = Config(
         arch=arch, n_embd=n_embd, n_layers=k("block_count") - k("nextn_predict_layers", 0), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
-        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe", "command-r", "cohere2"),
+        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe", "command-r", "cohere2", "glm4"),
         eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
         n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
         tied="output.weight" not in tensors,
@@ -234,6 +234,8 @@ def read_config(md: dict, tensors: dict) -> Config:
         factors = "rope_freqs.weight" if "rope_freqs.weight" in tensors else None
         c.layers = [Layer(base, scale, k("attention.sliding_window"), factors=factors) if on else Layer(base, scale, None, rope=False)
                     for on in local]  # fmt: skip
+    if arch == "glm4":  # src/models/glm4.cpp: sandwich norms; M-RoPE sections (text: every section at the position) turn as NeoX
+        c.post_norms, c.neox = True, any(k("rope.dimension_sections", [0]))
     if arch == "smollm3":  # src/models/smollm3.cpp: n_no_rope_layer_step 4
         c.layers = [full if (i + 1) % 4 else Layer(base, scale, None, rope=False) for i in range(c.n_layers)]
     if arch in ("gemma2", "gemma3"):
@@ -676,7 +678,7 @@ class Oracle:
             return self.moe_oai(h, p)
         if c.n_expert and (i in c.moe_layers if c.moe_layers is not None else i >= c.dense_lead):
             return self.moe(h, p)
-        if c.arch == "phi3":
+        if c.arch in ("phi3", "glm4"):  # one ffn_up of gate, then up
             gate_up = self.linear(h, p + "ffn_up.weight")
             half = gate_up.shape[1] // 2
             gate, up = gate_up[:, :half], gate_up[:, half:]

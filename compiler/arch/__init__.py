@@ -20,6 +20,7 @@ from rfc.compiler.arch import llama4
 from rfc.compiler.arch import granitehybrid, nemotron_h
 from rfc.compiler.arch import nemotron_h_moe
 from rfc.compiler.arch import command_r
+from rfc.compiler.arch import glm4
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -35,6 +36,7 @@ RECIPES: dict[str, Recipe] = {
     "gemma3": gemma3.build,
     "gemma3n": gemma3n.build,
     "gemma4": gemma4.build,
+    "glm4": glm4.build,
     "glm4moe": glm4moe.build,
     "gpt-oss": gpt_oss.build,
     "granite": granite.build,
