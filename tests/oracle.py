@@ -234,6 +234,17 @@ def read_config(md: dict, tensors: dict) -> Config:
         factors = "rope_freqs.weight" if "rope_freqs.weight" in tensors else None
         c.layers = [Layer(base, scale, k("attention.sliding_window"), factors=factors) if on else Layer(base, scale, None, rope=False)
                     for on in local]  # fmt: skip
+    if arch == "exaone4":  # src/models/exaone4.cpp: post-norms only, per-head Q/K norms; windows (and RoPE only there) at 64 layers
+        c.pre_norms, c.post_norms, c.qk_norm = False, True, True
+        c.rope_factors = "rope_freqs.weight" if "rope_freqs.weight" in tensors else None
+        if c.n_layers == 64:
+            pattern = k("attention.sliding_window_pattern", 4)
+            if isinstance(pattern, list):
+                local = [i < len(pattern) and bool(pattern[i]) for i in range(c.n_layers)]
+            else:
+                local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
+            window = k("attention.sliding_window", 4096)
+            c.layers = [Layer(base, scale, window) if on else Layer(base, scale, None, rope=False) for on in local]
     if arch == "glm4":  # src/models/glm4.cpp: sandwich norms; M-RoPE sections (text: every section at the position) turn as NeoX
         c.post_norms, c.neox = True, any(k("rope.dimension_sections", [0]))
     if arch == "smollm3":  # src/models/smollm3.cpp: n_no_rope_layer_step 4

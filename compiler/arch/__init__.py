@@ -21,6 +21,7 @@ from rfc.compiler.arch import granitehybrid, nemotron_h
 from rfc.compiler.arch import nemotron_h_moe
 from rfc.compiler.arch import command_r
 from rfc.compiler.arch import glm4
+from rfc.compiler.arch import exaone4
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -32,6 +33,7 @@ RECIPES: dict[str, Recipe] = {
     "cohere2": command_r.build_cohere2,
     "command-r": command_r.build,
     "deepseek2": deepseek2.build,
+    "exaone4": exaone4.build,
     "gemma2": gemma2.build,
     "gemma3": gemma3.build,
     "gemma3n": gemma3n.build,

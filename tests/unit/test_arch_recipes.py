@@ -386,3 +386,38 @@ def _with_int_array(src, dst, arrays: dict):
     writer.write_tensors_to_file()
     writer.close()
     return dst
+
+
+def test_exaone4_norms_after_the_sublayers_and_per_head():
+    spec = _spec("exaone4-Q8_0")
+    ops = spec.plan.ops
+    first = next(i for i, op in enumerate(ops) if op.kind == "matmul")
+    assert ops[first].inputs == ("x",) and ops[first - 1].kind == "embed"
+    assert {op.attrs.get("heads") for op in _ops(spec, "rmsnorm") if op.inputs in (("q",), ("k",))} == {4, 2}
+    assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [None, None]  # 2 layers: no windows
+    assert len(_ops(spec, "rope")) == 2 and all(op.weights == ("rope_freqs.weight",) for op in _ops(spec, "rope"))
+
+
+def test_exaone4_slides_only_a_64_layer_model(tmp_path):
+    """llama.cpp's loader enables sliding windows for 64 layers (the 32B) alone: then 3 layers of 4
+    slide with RoPE and the 4th attends globally without positions. (That file at F16, made like
+    this one, matches llama.cpp's logits to 0.12 max / 0.015 mean on std 3, the float64 oracle to
+    0.01; without the windows the logits move by 2.7 on average.)"""
+    from tests import testdata
+
+    g = testdata._generator()
+    family = g.Family("exaone4-64", "exaone4", "exaone4-64",
+                      (("context_length", g.U32, 512), ("embedding_length", g.U32, 64), ("block_count", g.U32, 64),
+                       ("feed_forward_length", g.U32, 128), ("attention.head_count", g.U32, 2),
+                       ("attention.head_count_kv", g.U32, 1), ("attention.key_length", g.U32, 32),
+                       ("attention.value_length", g.U32, 32), ("attention.layer_norm_rms_epsilon", g.F32V, 1e-5),
+                       ("attention.sliding_window", g.U32, 8)),
+                      g._model(64, [[t for t in g._layer(i, 64, 128, 64, 32, qk_norm=(32, 1.5), post_norms=True)
+                                     if "attn_norm" not in t.name and "ffn_norm" not in t.name] for i in range(64)],
+                               tied=True), ("F16",))  # fmt: skip
+    g.FIXTURES["tiny-exaone4-64-F16"] = (family, "F16")
+    g.write_fixture("tiny-exaone4-64-F16", tmp_path / "exaone4-64.gguf")
+    spec = build_spec(read_gguf(tmp_path / "exaone4-64.gguf"))
+    assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [8, 8, 8, None] * 16
+    kv_writes = [i for i, op in enumerate(spec.plan.ops) if op.kind == "kv_write"]
+    assert [spec.plan.ops[i - 1].kind != "rope" for i in kv_writes] == [False, False, False, True] * 16
