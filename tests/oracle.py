@@ -166,6 +166,7 @@ class Config:
     # side from one norm, the logits times logit_scale
     layer_norm: bool = False
     parallel: bool = False
+    qk_norm_after_rope: bool = False  # hunyuan: the per-head Q/K norms after RoPE
     logit_mul: float = 0.0
 
 
@@ -188,7 +189,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     c = Config(
         arch=arch, n_embd=n_embd, n_layers=k("block_count") - k("nextn_predict_layers", 0), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
-        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe", "command-r", "cohere2", "glm4"),
+        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe", "command-r", "cohere2", "glm4", "ernie4_5", "ernie4_5-moe"),
         eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
         n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
         tied="output.weight" not in tensors,
@@ -206,7 +207,7 @@ def read_config(md: dict, tensors: dict) -> Config:
             c.rope_factors = f"rope_factors_{which}.weight"
     elif arch in LONG_SHORT_LOADERS and "rope_freqs.weight" in tensors:
         c.rope_factors = "rope_freqs.weight"
-    if arch in ("qwen3", "qwen3moe"):
+    if arch in ("qwen3", "qwen3moe", "qwen3vl", "qwen3vlmoe"):  # qwen3vl*: M-RoPE on text turns as NeoX
         c.qk_norm = True
     if arch in ("granite", "granitemoe"):  # src/models/granite.cpp: the four multipliers, float32
         c.embed_scale = _f32(k("embedding_scale", 0.0)) or 1.0
@@ -245,6 +246,18 @@ def read_config(md: dict, tensors: dict) -> Config:
                 local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
             window = k("attention.sliding_window", 4096)
             c.layers = [Layer(base, scale, window) if on else Layer(base, scale, None, rope=False) for on in local]
+    if arch == "seed_oss":  # src/models/seed-oss.cpp
+        c.ffn_norm = "post_attention_norm"
+    if arch == "ernie4_5-moe":  # src/models/ernie4-5-moe.cpp: experts where i >= lead and (i + 1) % step == 0
+        step, lead = k("interleave_moe_layer_step"), k("leading_dense_block_count", 0)
+        c.moe_layers = tuple(i for i in range(c.n_layers) if i >= lead and (i + 1) % step == 0)
+    if arch in ("hunyuan-dense", "hunyuan-moe"):  # src/models/hunyuan-vl.cpp, hunyuan-moe.cpp
+        c.qk_norm, c.qk_norm_after_rope = True, True
+        alpha = k("rope.scaling.alpha", 0.0) if arch == "hunyuan-dense" else 0.0
+        if alpha > 0:  # XDRoPE's NTK alpha, float32 as the loader computes it
+            f32 = np.float32
+            eff = float(f32(base) * np.power(f32(alpha), f32(head_dim) / f32(head_dim - 2), dtype=f32))
+            c.layers = [Layer(eff, scale, None)] * c.n_layers
     if arch == "glm4":  # src/models/glm4.cpp: sandwich norms; M-RoPE sections (text: every section at the position) turn as NeoX
         c.post_norms, c.neox = True, any(k("rope.dimension_sections", [0]))
     if arch == "smollm3":  # src/models/smollm3.cpp: n_no_rope_layer_step 4
@@ -508,13 +521,15 @@ class Oracle:
         q = q.reshape(n, c.n_heads, c.head_dim)
         k = k.reshape(n, c.n_kv_heads, c.head_dim)
         v = v.reshape(n, c.n_kv_heads, c.head_dim)
-        if c.qk_norm:
+        if c.qk_norm and not c.qk_norm_after_rope:
             q = self.norm(q, p + "attn_q_norm.weight")
             k = k if i in c.kv_source else self.norm(k, p + "attn_k_norm.weight")
         if c.v_norm:
             v = v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + c.eps)
         if layer.rope:
             q, k = self.rope(q, layer), self.rope(k, layer)
+        if c.qk_norm_after_rope:
+            q, k = self.norm(q, p + "attn_q_norm.weight"), self.norm(k, p + "attn_k_norm.weight")
         if c.temp_scale:
             q = q * (np.log(np.floor(np.arange(n) / c.orig_ctx) + 1.0) * c.temp_scale + 1.0)[:, None, None]
         if c.qk_l2 and layer.rope:  # llama4: Llama4TextL2Norm (an RMS norm without a weight) after RoPE

@@ -48,7 +48,7 @@ REFUSED: dict[str, str] = {
         _ENCODER,
     ),  # fmt: skip
     **dict.fromkeys(
-        ("clip", "qwen2vl", "qwen3vl", "qwen3vlmoe", "cogvlm", "hunyuan_vl", "paddleocr", "deepseek2-ocr",
+        ("clip", "qwen2vl", "cogvlm", "hunyuan_vl", "paddleocr", "deepseek2-ocr",
          "wavtokenizer-dec", "qwen3tts", "pockettts", "chameleon"),
         _MODALITY,
     ),  # fmt: skip

@@ -421,3 +421,39 @@ def test_exaone4_slides_only_a_64_layer_model(tmp_path):
     assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [8, 8, 8, None] * 16
     kv_writes = [i for i, op in enumerate(spec.plan.ops) if op.kind == "kv_write"]
     assert [spec.plan.ops[i - 1].kind != "rope" for i in kv_writes] == [False, False, False, True] * 16
+
+
+def test_hunyuan_norms_q_and_k_after_rope_and_scales_the_base_by_alpha():
+    spec = _spec("hunyuan-dense-Q8_0")
+    first_kv = next(i for i, op in enumerate(spec.plan.ops) if op.kind == "kv_write")
+    kinds = [op.kind for op in spec.plan.ops[: first_kv + 1] if op.kind in ("rope", "rmsnorm", "kv_write")]
+    assert kinds == ["rmsnorm", "rope", "rmsnorm", "rmsnorm", "kv_write"]  # attn_norm, rope, q norm, k norm
+    base = float(np.float32(10000.0) * np.power(np.float32(1000.0), np.float32(64) / np.float32(62), dtype=np.float32))
+    assert {op.attrs["freq_base"] for op in _ops(spec, "rope")} == {base} and base > 10000.0 * 1000
+    moe = _spec("hunyuan-moe-Q8_0")
+    assert {w.shape for w in moe.weights if w.name.endswith("ffn_gate_exps.weight")} == {(8, 256, 256)}
+    assert {op.attrs["freq_base"] for op in _ops(moe, "rope")} == {10000.0}
+
+
+def test_ernie4_5_moe_routes_from_the_first_layer_past_the_dense_lead(tmp_path):
+    spec = _spec("ernie4_5-moe-Q8_0")
+    assert [op.weights[0].split(".")[1] for op in _ops(spec, "moe_route")] == ["1", "2"]
+    assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"adjacent"}
+    with pytest.raises(CompileError, match=r"missing metadata ernie4_5-moe.interleave_moe_layer_step"):
+        _spec("ernie4_5-moe-Q8_0", tmp_path, drop_keys=("ernie4_5-moe.interleave_moe_layer_step",))
+
+
+def test_seed_oss_reads_its_ffn_norm_as_post_attention_norm():
+    spec = _spec("seed_oss-Q8_0")
+    assert {w.name.split(".", 2)[-1] for w in spec.weights if "norm" in w.name and w.name.startswith("blk.0.")} == {
+        "attn_norm.weight", "post_attention_norm.weight"}
+    assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"neox"} and len(_ops(spec, "add_bias")) == 6
+
+
+@pytest.mark.parametrize("name", ["qwen3vl-Q8_0", "qwen3vlmoe-Q8_0"])
+def test_qwen3vl_text_turns_its_m_rope_sections_as_neox(name, tmp_path):
+    spec = _spec(name)
+    assert {(op.attrs["style"], op.attrs["n_rot"]) for op in _ops(spec, "rope")} == {("neox", 64)}
+    arch = name.rsplit("-", 1)[0]
+    with pytest.raises(CompileError, match=rf"missing metadata {arch}.rope.dimension_sections"):
+        _spec(name, tmp_path, drop_keys=(f"{arch}.rope.dimension_sections",))
