@@ -246,6 +246,9 @@ def read_config(md: dict, tensors: dict) -> Config:
                 local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
             window = k("attention.sliding_window", 4096)
             c.layers = [Layer(base, scale, window) if on else Layer(base, scale, None, rope=False) for on in local]
+    if arch == "minimax-m2":  # src/models/minimax-m2.cpp: whole-row Q/K norms, sigmoid (the file's) routing with a bias
+        c.qk_norm_rows = True
+        c.gating = {1: "softmax", 2: "sigmoid"}[k("expert_gating_func")]
     if arch == "seed_oss":  # src/models/seed-oss.cpp
         c.ffn_norm = "post_attention_norm"
     if arch == "ernie4_5-moe":  # src/models/ernie4-5-moe.cpp: experts where i >= lead and (i + 1) % step == 0

@@ -24,6 +24,7 @@ from rfc.compiler.arch import glm4
 from rfc.compiler.arch import exaone4
 from rfc.compiler.arch import ernie4_5, hunyuan, seed_oss
 from rfc.compiler.arch import qwen3vl
+from rfc.compiler.arch import minimax_m2
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -56,6 +57,7 @@ RECIPES: dict[str, Recipe] = {
     "lfm2moe": lfm2moe.build,
     "llama": llama.build,
     "llama4": llama4.build,
+    "minimax-m2": minimax_m2.build,
     "mistral3": mistral3.build,
     "olmo2": olmo2.build,
     "phi3": phi3.build,

@@ -1,12 +1,13 @@
 """The plain pre-norm decoder block several families share with small differences (seed_oss,
-ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe), as their llama.cpp graphs build it:
+ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2), as their llama.cpp graphs build it:
 
     x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (Q/K/V biases where present)
     x += FFN(<ffn_norm>(x))                                              (SwiGLU, or the family's experts)
 
 with a final RMS norm and `output.weight` (else the tied embedding). What differs is a Block: the
 RoPE pairing, whether `rope_freqs` factors apply, the FFN norm's name, per-head Q/K RMS norms after
-RoPE (hunyuan), and the FFN itself (a hook for the mixtures of experts).
+RoPE (hunyuan) or whole-row ones before it (minimax-m2), partial rotary, and the FFN itself (a
+hook for the mixtures of experts).
 """
 
 import math
@@ -34,6 +35,9 @@ class Block:
     ffn_norm: str = "ffn_norm"
     qk_norm_after_rope: bool = False  # per-head RMS norms attn_q_norm / attn_k_norm after RoPE (hunyuan)
     nextn: bool = False  # the loader reads nextn_predict_layers: the last blocks are MTP ones, not run
+    qk_norm_rows: bool = False  # RMS norms of the whole Q and K rows before RoPE, [q width] / [kv width] (minimax-m2)
+    full_rotary: bool = True  # the graph asserts n_rot == head_dim
+    output_required: bool = False  # the loader requires output.weight (no tied fallback)
 
 
 def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, declare: Callable | None = None,
@@ -47,18 +51,20 @@ def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, 
     rp = read_rope(md, s, block.rope_style)
     if rope is not None:
         rp = rope(md, s, rp)
-    if rp.n_rot != s.head_dim:
+    if block.full_rotary and rp.n_rot != s.head_dim:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rp.n_rot} != head size {s.head_dim} "
                            f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
+    if block.output_required and not b.has("output.weight"):
+        raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
     declare_buffers(b, s, n_ff)
     if declare is not None:
         declare(b, s)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     factors = rope_factors(b, rp, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if block.factors else None
-    cfg = Attention(rp, scale=1.0 / math.sqrt(s.head_dim), factors=factors)
+    cfg = Attention(rp, scale=1.0 / math.sqrt(s.head_dim), factors=factors, qk_norm=block.qk_norm_rows, qk_norm_rows=block.qk_norm_rows)
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(s.n_layers):
         p = f"blk.{i}."

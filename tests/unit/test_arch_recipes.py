@@ -457,3 +457,22 @@ def test_qwen3vl_text_turns_its_m_rope_sections_as_neox(name, tmp_path):
     arch = name.rsplit("-", 1)[0]
     with pytest.raises(CompileError, match=rf"missing metadata {arch}.rope.dimension_sections"):
         _spec(name, tmp_path, drop_keys=(f"{arch}.rope.dimension_sections",))
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"drop_keys": ("minimax-m2.expert_gating_func",)}, r"missing metadata minimax-m2.expert_gating_func"),
+    ({"drop_keys": ("minimax-m2.expert_feed_forward_length",)}, r"missing metadata minimax-m2.expert_feed_forward_length"),
+    ({"drop_tensors": ("blk.1.exp_probs_b.bias",)}, r"missing tensor blk.1.exp_probs_b.bias"),
+    ({"drop_tensors": ("output.weight",)}, r"missing tensor output.weight"),
+])  # fmt: skip
+def test_minimax_m2_refuses_what_llama_cpp_refuses(edit, message, tmp_path):
+    with pytest.raises(CompileError, match=message):
+        _spec("minimax-m2-Q8_0", tmp_path, **edit)
+
+
+def test_minimax_m2_norms_whole_q_k_rows_and_rotates_part_of_each_head():
+    spec = _spec("minimax-m2-Q8_0")
+    norms = {op.weights[0].split(".", 2)[-1]: op.attrs.get("heads") for op in _ops(spec, "rmsnorm") if op.inputs in (("q",), ("k",))}
+    assert norms == {"attn_q_norm.weight": None, "attn_k_norm.weight": None}
+    assert {(op.attrs["style"], op.attrs["n_rot"], op.attrs["head_dim"]) for op in _ops(spec, "rope")} == {("neox", 32, 64)}
+    assert {op.attrs["gating"] for op in _ops(spec, "moe_route")} == {"sigmoid"}
