@@ -246,6 +246,11 @@ def read_config(md: dict, tensors: dict) -> Config:
                 local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
             window = k("attention.sliding_window", 4096)
             c.layers = [Layer(base, scale, window) if on else Layer(base, scale, None, rope=False) for on in local]
+    if arch == "bailingmoe2":  # src/models/bailingmoe2.cpp (MTP blocks not run): the file's gating, norm and scale
+        c.gating = {1: "softmax", 2: "sigmoid"}[k("expert_gating_func")]
+        c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
+        c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
+        c.dense_lead, c.qk_norm = k("leading_dense_block_count", 0), True
     if arch == "minimax-m2":  # src/models/minimax-m2.cpp: whole-row Q/K norms, sigmoid (the file's) routing with a bias
         c.qk_norm_rows = True
         c.gating = {1: "softmax", 2: "sigmoid"}[k("expert_gating_func")]

@@ -25,6 +25,7 @@ from rfc.compiler.arch import exaone4
 from rfc.compiler.arch import ernie4_5, hunyuan, seed_oss
 from rfc.compiler.arch import qwen3vl
 from rfc.compiler.arch import minimax_m2
+from rfc.compiler.arch import bailingmoe2
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -33,6 +34,7 @@ from rfc.compiler.spec import ModelSpec
 Recipe = Callable[[GGUFModel], ModelSpec]
 
 RECIPES: dict[str, Recipe] = {
+    "bailingmoe2": bailingmoe2.build,
     "cohere2": command_r.build_cohere2,
     "command-r": command_r.build,
     "deepseek2": deepseek2.build,

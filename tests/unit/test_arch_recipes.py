@@ -476,3 +476,20 @@ def test_minimax_m2_norms_whole_q_k_rows_and_rotates_part_of_each_head():
     assert norms == {"attn_q_norm.weight": None, "attn_k_norm.weight": None}
     assert {(op.attrs["style"], op.attrs["n_rot"], op.attrs["head_dim"]) for op in _ops(spec, "rope")} == {("neox", 32, 64)}
     assert {op.attrs["gating"] for op in _ops(spec, "moe_route")} == {"sigmoid"}
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"drop_keys": ("bailingmoe2.expert_gating_func",)}, r"missing metadata bailingmoe2.expert_gating_func"),
+    ({"metadata": {"bailingmoe2.expert_shared_count": 0}}, r"bailingmoe2.expert_shared_count = 0 is outside"),
+    ({"drop_tensors": ("output.weight",)}, r"missing tensor output.weight"),
+])  # fmt: skip
+def test_bailingmoe2_refuses_what_llama_cpp_refuses(edit, message, tmp_path):
+    with pytest.raises(CompileError, match=message):
+        _spec("bailingmoe2-Q8_0", tmp_path, **edit)
+
+
+def test_bailingmoe2_splits_the_fused_qkv_and_routes_past_the_dense_lead():
+    spec = _spec("bailingmoe2-Q8_0")
+    assert {w.name for w in spec.weights if w.name.startswith("blk.0.attn_qkv")} == {f"blk.0.attn_qkv.weight:{x}" for x in "qkv"}
+    routes = _ops(spec, "moe_route")
+    assert len(routes) == 2 and {(op.attrs["gating"], op.attrs["scale"], op.attrs.get("norm", True)) for op in routes} == {("sigmoid", 2.5, True)}
