@@ -718,8 +718,11 @@ class Oracle:
             gate, up = gate_up[:, :half], gate_up[:, half:]
         else:
             gate, up = self.linear(h, p + "ffn_gate.weight"), self.linear(h, p + "ffn_up.weight")
+        if c.arch == "falcon-h1":  # build_ffn's optional biases
+            gate, up = (y + self.w(f"{p}ffn_{n}.bias") if self.has(f"{p}ffn_{n}.bias") else y for y, n in ((gate, "gate"), (up, "up")))
         act = self.gelu(gate) if c.gelu else gate / (1.0 + np.exp(-gate))
-        return self.linear(act * up, p + "ffn_down.weight")
+        out = self.linear(act * up, p + "ffn_down.weight")
+        return out + self.w(p + "ffn_down.bias") if c.arch == "falcon-h1" and self.has(p + "ffn_down.bias") else out
 
     @staticmethod
     def gelu(x: np.ndarray) -> np.ndarray:
@@ -891,6 +894,11 @@ class Oracle:
             if c.mlp is not None:  # nemotron_h: one mixer per layer, x + mixer(norm(x))
                 sub = self.relu2_mlp if i in c.mlp else self.mamba2 if i in c.mamba else self.attention
                 x = x + sub(self.norm(x, p + "attn_norm.weight"), i)
+                continue
+            if c.arch == "falcon-h1":  # x + attention(h) + mamba2(h), h = attn_norm(x); then the FFN (norm "ffn_norm")
+                h = self.norm(x, p + "attn_norm.weight")
+                x = x + self.attention(h, i) + self.mamba2(h, i)
+                x = x + self.ffn(self.norm(x, p + "ffn_norm"), i)
                 continue
             if c.parallel:  # command-r: x + attention(h) + FFN(h), h = norm(x)
                 h = self.norm(x, p + "attn_norm.weight")

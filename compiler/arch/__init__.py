@@ -26,6 +26,7 @@ from rfc.compiler.arch import ernie4_5, hunyuan, seed_oss
 from rfc.compiler.arch import qwen3vl
 from rfc.compiler.arch import minimax_m2
 from rfc.compiler.arch import bailingmoe2
+from rfc.compiler.arch import falcon_h1
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -41,6 +42,7 @@ RECIPES: dict[str, Recipe] = {
     "ernie4_5": ernie4_5.build,
     "ernie4_5-moe": ernie4_5.build_moe,
     "exaone4": exaone4.build,
+    "falcon-h1": falcon_h1.build,
     "gemma2": gemma2.build,
     "gemma3": gemma3.build,
     "gemma3n": gemma3n.build,

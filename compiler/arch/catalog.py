@@ -37,7 +37,7 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 # Why a name without a recipe is refused; a name not listed here has no recipe yet.
 REFUSED: dict[str, str] = {
     **dict.fromkeys(
-        ("mamba", "mamba2", "jamba", "falcon-h1", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7",
+        ("mamba", "mamba2", "jamba", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7",
          "plamo2", "kimi-linear",
          "minimax-01"),
         _RECURRENT,

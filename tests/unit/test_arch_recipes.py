@@ -493,3 +493,12 @@ def test_bailingmoe2_splits_the_fused_qkv_and_routes_past_the_dense_lead():
     assert {w.name for w in spec.weights if w.name.startswith("blk.0.attn_qkv")} == {f"blk.0.attn_qkv.weight:{x}" for x in "qkv"}
     routes = _ops(spec, "moe_route")
     assert len(routes) == 2 and {(op.attrs["gating"], op.attrs["scale"], op.attrs.get("norm", True)) for op in routes} == {("sigmoid", 2.5, True)}
+
+
+def test_falcon_h1_runs_attention_and_mamba2_side_by_side():
+    spec = _spec("falcon-h1-Q8_0")
+    ops = spec.plan.ops
+    assert [op.inputs for op in ops if op.kind == "matmul" and op.outputs in (("q",), ("ssm_z",))][:2] == [("h",), ("h",)]
+    assert [op.inputs for op in ops if op.kind == "add" and op.outputs == ("x",)][:3] == [("x", "a"), ("x", "m"), ("x", "h")]
+    assert "blk.0.ffn_norm" in {w.name for w in spec.weights} and len(spec.plan.state.tensors) == 4  # conv + scan per layer
+    assert "blk.0.attn_output.bias" not in {w.name for w in spec.weights}
