@@ -225,6 +225,7 @@ def read_config(md: dict, tensors: dict) -> Config:
             c.layers = [Layer(base, 1.0, window, plain_rope=True) if on else full for on in local]
     if arch in ("command-r", "cohere2"):  # src/models/command-r.cpp, cohere2.cpp: the output always tied
         c.layer_norm, c.parallel, c.tied = True, True, True
+        c.qk_norm = "blk.0.attn_q_norm.weight" in tensors  # Command R+: LayerNorms per head (weight [heads, head_dim])
         c.eps, c.logit_mul = k("attention.layer_norm_epsilon"), _f32(k("logit_scale", 0.0))
     if arch == "cohere2":  # load_swa_pattern(4): RoPE on the sliding-window layers only
         pattern = k("attention.sliding_window_pattern", 4)

@@ -71,6 +71,17 @@ class ModelBuilder:
             self._add(WeightUse(name, role, "F32", tuple(shape), (Fill(float(value), prod(shape)),)))
         return name
 
+    def filled(self, name: str, role: str, shape: tuple[int, ...], runs: list[tuple[float, int]]) -> str:
+        """A float32 weight of `shape` made at compile time from runs of equal values, in row-major
+        order ((value, count), ...: a block-diagonal matrix's zeros and entries), not read from the file."""
+        if name not in self._weights:
+            if self.has(name):
+                raise CompileError(f"{self.path}: {name} is a tensor of the file, not a constant")
+            if sum(n for _, n in runs) != prod(shape):
+                raise CompileError(f"{self.path}: the runs of {name} do not fill {list(shape)}")  # a recipe bug
+            self._add(WeightUse(name, role, "F32", tuple(shape), tuple(Fill(float(v), n) for v, n in runs if n)))
+        return name
+
     def flat(self, name: str, role: str, shape: tuple[int, ...]) -> str:
         """A GGUF tensor of `shape` read as one vector of all its elements (Mamba2's ssm_a and
         ssm_d, stored [n_head, 1]; its grouped ssm_norm [n_group, d_inner / n_group]): the same

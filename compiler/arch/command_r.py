@@ -12,20 +12,27 @@ only those rotate Q and K (with `rope_freqs` factors where the file has them); t
 layers attend over the whole context without positions (NoPE). `rope.freq_base_swa` is read by
 llama.cpp's loader and not used by its graph: the sliding layers turn at `rope.freq_base`.
 
-Refused by name: command-r's per-head Q/K LayerNorms (`attn_q_norm`, which its loader requires
-from 64 layers on: Command R+).
+command-r from 64 layers on (Command R+): Q and K LayerNormed per head before RoPE (`attn_q_norm`
+[heads, head_dim], `attn_k_norm` [kv heads, head_dim]: a weight per head and value), as its loader
+requires them there (layernorm.head_layer_norm); in a smaller model llama.cpp does not load them,
+so a file with them is refused, as llama.cpp refuses it.
 """
 
 import math
 
 from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Attention, attention, glu_ffn, hparams, kv_spec, read_rope, read_sizes, rope_factors
+from rfc.compiler.arch.common import (
+    Attention, Sizes, attention, glu_ffn, hparams, kv_spec, linear, qkv_weights, read_rope, read_sizes, rope_factors,
+)  # fmt: skip
 from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
+
+
+QK_NORM_LAYERS = 64  # llama.cpp's command-r loader: Q/K norms from this many layers on
 
 
 def build(model: GGUFModel) -> ModelSpec:
@@ -50,9 +57,10 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         logit_scale = md.float("logit_scale", 0.0, 1e6, default=0.0)
         window, local = None, (False,) * s.n_layers
     b = ModelBuilder(model)
-    if arch == "command-r" and (s.n_layers >= 64 or b.has("blk.0.attn_q_norm.weight")):
-        raise CompileError(f"{b.path}: command-r with per-head Q/K LayerNorms (attn_q_norm; llama.cpp requires them from "
-                           "64 layers on: Command R+) is not supported")  # fmt: skip
+    head_norms = arch == "command-r" and s.n_layers >= QK_NORM_LAYERS  # Command R+
+    if arch == "command-r" and not head_norms and b.has("blk.0.attn_q_norm.weight"):
+        raise CompileError(f"{b.path}: blk.0.attn_q_norm.weight in a command-r of {s.n_layers} layers (llama.cpp reads "
+                           f"Q/K norms from {QK_NORM_LAYERS} layers on and refuses this file)")  # fmt: skip
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (("x", s.n_embd), ("h", s.n_embd), ("a", s.n_embd), ("q", s.q_width), ("k", s.kv_width),
                         ("v", s.kv_width), ("att", s.q_width), ("gate", n_ff), ("up", n_ff)):
@@ -61,6 +69,9 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         b.buffer(name, "R", width)
     layernorm.declare(b, s.n_embd, "T")
     layernorm.declare(b, s.n_embd, "R")
+    if head_norms:
+        layernorm.declare_heads(b, "q", s.n_heads, s.head_dim)
+        layernorm.declare_heads(b, "k", s.n_kv_heads, s.head_dim)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if arch == "cohere2" else None
     global_cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim))
@@ -72,7 +83,10 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         layernorm.layer_norm(b, "x", "h", s.n_embd, eps, norm)
         # cohere2: only the sliding-window layers have positions; command-r: every layer
         use_rope = local[i] or arch == "command-r"
-        attention(b, i, s, eps, local_cfg if local[i] else global_cfg, src="h", dst="a", rope=use_rope)
+        if head_norms:
+            _attention_head_norms(b, i, s, eps, global_cfg)
+        else:
+            attention(b, i, s, eps, local_cfg if local[i] else global_cfg, src="h", dst="a", rope=use_rope)
         glu_ffn(b, i, s.n_embd, n_ff, src="h", dst="h")
         b.op("add", ("x", "h"), ("x",))
         b.op("add", ("x", "a"), ("x",))
@@ -87,3 +101,22 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=True, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+
+
+def _attention_head_norms(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention) -> None:
+    """a = attn_output(attention(...)) of layer i from h, Q and K LayerNormed per head before RoPE."""
+    p = f"blk.{i}."
+    for proj, w, width in zip("qkv", qkv_weights(b, p, s), (s.q_width, s.kv_width, s.kv_width)):
+        b.op("matmul", ("h",), (proj,), (w,))
+        bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
+        if bias:
+            b.op("add_bias", (proj,), (proj,), (bias,))
+    qn = b.flat(p + "attn_q_norm.weight", "attn_q_norm", (s.n_heads, s.head_dim))
+    kn = b.flat(p + "attn_k_norm.weight", "attn_k_norm", (s.n_kv_heads, s.head_dim))
+    layernorm.head_layer_norm(b, "q", s.n_heads, s.head_dim, eps, qn)
+    layernorm.head_layer_norm(b, "k", s.n_kv_heads, s.head_dim, eps, kn)
+    b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(s))
+    b.op("kv_write", ("k", "v"), (), layer=i)
+    b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
+         scale=cfg.scale)  # fmt: skip
+    linear(b, "att", "a", p + "attn_output", (s.n_embd, s.q_width))

@@ -10,6 +10,8 @@ activations on every device (no 8-bit rounding), and the two matmuls cost 64 n m
 row, against the n^2 of a [n, n] centering matrix.
 """
 
+from math import gcd
+
 from rfc.compiler.arch.builder import ModelBuilder
 
 MEAN_SLOTS = 32
@@ -32,3 +34,45 @@ def layer_norm(b: ModelBuilder, src: str, dst: str, n: int, eps: float, weight: 
     b.op("rmsnorm", (dst,), (dst,), (weight,), eps=eps)
     if bias:
         b.op("add_bias", (dst,), (dst,), (bias,))
+
+
+def head_slots(heads: int) -> int:
+    """Mean slots per head for a per-head LayerNorm: the fewest that make heads x slots a multiple of
+    8 (the float32 matmul's unit), so the block-diagonal weights stay small ([heads x slots, heads x D])."""
+    return 8 // gcd(heads, 8)
+
+
+def declare_heads(b: ModelBuilder, buf: str, heads: int, head_dim: int) -> None:
+    b.buffer(f"ln_part_{buf}", "T", heads * head_slots(heads))
+    b.buffer(f"ln_mean_{buf}", "T", heads * head_dim)
+
+
+def head_layer_norm(b: ModelBuilder, buf: str, heads: int, head_dim: int, eps: float, weight: str) -> None:
+    """buf = LayerNorm of each of its `heads` segments of head_dim values, times `weight` [heads x head_dim]
+    (a weight per head, as llama.cpp's LLM_NORM of a [head_dim, heads] tensor: command-r's Q/K norms). The
+    per-head mean as above, with block-diagonal weights: [heads x slots, heads x head_dim] of
+    -1 / (slots x head_dim) on each head's columns, then [heads x head_dim, heads x slots] of ones on
+    each head's slots."""
+    s, d, w = head_slots(heads), head_dim, heads * head_dim
+    mean_runs, spread_runs = [], []
+    for h in range(heads):
+        mean_runs += [(0.0, h * d), (-1.0 / (s * d), d), (0.0, (heads - 1 - h) * d)] * s
+        spread_runs += [(0.0, h * s), (1.0, s), (0.0, (heads - 1 - h) * s)] * d
+    part = b.filled(f"rfc.layernorm.heads.mean.{heads}x{d}", "layernorm_mean", (heads * s, w), _merged(mean_runs))
+    spread = b.filled(f"rfc.layernorm.heads.spread.{heads}x{d}", "layernorm_spread", (w, heads * s), _merged(spread_runs))
+    b.op("matmul", (buf,), (f"ln_part_{buf}",), (part,))
+    b.op("matmul", (f"ln_part_{buf}",), (f"ln_mean_{buf}",), (spread,))
+    b.op("add", (buf, f"ln_mean_{buf}"), (buf,))
+    b.op("rmsnorm", (buf,), (buf,), (weight,), eps=eps, heads=heads)
+
+
+def _merged(runs: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    out: list[tuple[float, int]] = []
+    for v, n in runs:
+        if not n:
+            continue
+        if out and out[-1][0] == v:
+            out[-1] = (v, out[-1][1] + n)
+        else:
+            out.append((v, n))
+    return out

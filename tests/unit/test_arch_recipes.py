@@ -340,7 +340,7 @@ def test_cohere2_rotates_only_its_sliding_window_layers():
 
 
 @pytest.mark.parametrize("name,edit,message", [
-    ("command-r-Q8_0", {"add_tensors": {"blk.0.attn_q_norm.weight": np.ones((8, 32))}}, r"per-head Q/K LayerNorms"),
+    ("command-r-Q8_0", {"add_tensors": {"blk.0.attn_q_norm.weight": np.ones((8, 32))}}, r"in a command-r of 2 layers"),
     ("cohere2-Q8_0", {"drop_keys": ("cohere2.logit_scale",)}, r"missing metadata cohere2.logit_scale"),
     ("cohere2-Q8_0", {"drop_keys": ("cohere2.attention.sliding_window",)}, r"missing metadata cohere2.attention.sliding_window"),
 ])  # fmt: skip
