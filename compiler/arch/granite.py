@@ -11,7 +11,8 @@ the same block and multipliers with a Mixtral-style mixture of experts as the FF
 router, top expert_used_count renormalized, no weight scale: llama.cpp passes none; each expert
 `feed_forward_length` wide) plus, when `expert_shared_feed_forward_length` is set (Granite MoE
 Shared), a shared SwiGLU expert of that width added to the routed ones before the residual
-multiplier. Its loader does not read rope.scaling.finetuned: RoPE is always on."""
+multiplier; without `expert_count` its loader builds granite's dense FFN (and so does this
+recipe). Its loader does not read rope.scaling.finetuned: RoPE is always on."""
 
 import math
 from dataclasses import dataclass
@@ -135,8 +136,6 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
                            f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
     n_expert, n_used = read_experts(md)
-    if arch == "granitemoe" and not n_expert:
-        raise CompileError(f"{md.path}: granitemoe is a mixture of experts, and {md.key('expert_count')} is missing or 0")
     ffn = Ffn.read(md, n_expert, n_used)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     mult = Multipliers.read(md, logit_required=True)
