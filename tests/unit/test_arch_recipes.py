@@ -254,7 +254,6 @@ def test_mistral3_reads_the_yarn_keys():
 @pytest.mark.parametrize("key,value,message", [
     ("attention.temperature_scale", float("nan"), r"mistral3.attention.temperature_scale = nan is not a finite number"),
     ("attention.temperature_scale", 1e9, r"mistral3.attention.temperature_scale = 1000000000.0 is not a finite number"),
-    ("expert_count", 8, "mistral3 with experts is not supported"),
     ("rope.dimension_count", 16, r"mistral3.rope.dimension_count 16 != head size 32"),
     ("rope.scaling.yarn_beta_fast", float("nan"), r"mistral3.rope.scaling.yarn_beta_fast"),
     ("rope.scaling.yarn_log_multiplier", 1e9, r"mistral3.rope.scaling.yarn_log_multiplier"),
@@ -502,3 +501,18 @@ def test_falcon_h1_runs_attention_and_mamba2_side_by_side():
     assert [op.inputs for op in ops if op.kind == "add" and op.outputs == ("x",)][:3] == [("x", "a"), ("x", "m"), ("x", "h")]
     assert "blk.0.ffn_norm" in {w.name for w in spec.weights} and len(spec.plan.state.tensors) == 4  # conv + scan per layer
     assert "blk.0.attn_output.bias" not in {w.name for w in spec.weights}
+
+
+def test_mistral3_with_experts_is_llamas_mixture(tmp_path):
+    """llama.cpp's mistral3 graph with experts is llama's Mixtral-style mixture (test-llama-archs
+    writes such a file): tiny-mixtral written as mistral3 gets tiny-mixtral's plan."""
+    from dataclasses import replace
+
+    from tests import testdata
+
+    g = testdata._generator()
+    family, fmt = g.FIXTURES["tiny-mixtral-Q8_0"]
+    g.FIXTURES["tiny-mistral3-moe-Q8_0"] = (replace(family, arch="mistral3"), fmt)
+    g.write_fixture("tiny-mistral3-moe-Q8_0", tmp_path / "moe.gguf")
+    spec, mixtral = build_spec(read_gguf(tmp_path / "moe.gguf")), _spec("mixtral-Q8_0")
+    assert spec.plan.ops == mixtral.plan.ops and spec.weights == mixtral.weights
