@@ -78,6 +78,7 @@ class Layer:
     rope: bool = True  # False: the layer's attention has no positions (smollm3's NoPE layers)
     factors: str | None = None  # this layer's RoPE frequency factors (gemma4's global layers), else Config's
     sizes: tuple[int, int, int, int] | None = None  # (heads, kv heads, head_dim, n_rot) where layers differ (gemma4), else Config's
+    plain_rope: bool = False  # ggml_rope_ext with freq_scale 1, ext_factor 0, attn_factor 1 (OLMo 3's sliding-window layers)
 
 
 @dataclass
@@ -161,6 +162,12 @@ class Config:
     # K/V (llama.cpp's `reuse`: the last shared_kv_layers, from layer n_kv - 2 if sliding else n_kv - 1)
     ple: int = 0
     kv_source: dict[int, int] = field(default_factory=dict)
+    # command-r, cohere2: LayerNorms (rows centred first: llama.cpp's LLM_NORM), attention and FFN side by
+    # side from one norm, the logits times logit_scale
+    layer_norm: bool = False
+    parallel: bool = False
+    qk_norm_after_rope: bool = False  # hunyuan: the per-head Q/K norms after RoPE
+    logit_mul: float = 0.0
 
 
 def _f32(x: float) -> float:
@@ -182,7 +189,7 @@ def read_config(md: dict, tensors: dict) -> Config:
     c = Config(
         arch=arch, n_embd=n_embd, n_layers=k("block_count") - k("nextn_predict_layers", 0), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
-        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe"),
+        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe", "command-r", "cohere2", "glm4", "ernie4_5", "ernie4_5-moe"),
         eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
         n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
         tied="output.weight" not in tensors,
@@ -200,15 +207,68 @@ def read_config(md: dict, tensors: dict) -> Config:
             c.rope_factors = f"rope_factors_{which}.weight"
     elif arch in LONG_SHORT_LOADERS and "rope_freqs.weight" in tensors:
         c.rope_factors = "rope_freqs.weight"
-    if arch in ("qwen3", "qwen3moe"):
+    if arch in ("qwen3", "qwen3moe", "qwen3vl", "qwen3vlmoe"):  # qwen3vl*: M-RoPE on text turns as NeoX
         c.qk_norm = True
     if arch in ("granite", "granitemoe"):  # src/models/granite.cpp: the four multipliers, float32
         c.embed_scale = _f32(k("embedding_scale", 0.0)) or 1.0
         c.residual_scale, c.logit_scale, c.q_scale = _f32(k("residual_scale", 0.0)), _f32(k("logit_scale")), _f32(k("attention.scale", 0.0))
         if arch == "granite" and not k("rope.scaling.finetuned", True):  # granite's loader: the switch for RoPE
             c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
-    if arch == "olmo2":  # src/models/olmo2.cpp (no sliding window)
+    if arch == "olmo2":  # src/models/olmo2.cpp
         c.pre_norms, c.post_norms, c.qk_norm_rows = False, True, True
+        if window := k("attention.sliding_window", 0):  # OLMo 3: load_swa_pattern(4), unscaled RoPE when sliding
+            pattern = k("attention.sliding_window_pattern", 4)
+            if isinstance(pattern, list):
+                local = [i < len(pattern) and bool(pattern[i]) for i in range(c.n_layers)]
+            else:
+                local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
+            c.layers = [Layer(base, 1.0, window, plain_rope=True) if on else full for on in local]
+    if arch in ("command-r", "cohere2"):  # src/models/command-r.cpp, cohere2.cpp: the output always tied
+        c.layer_norm, c.parallel, c.tied = True, True, True
+        c.qk_norm = "blk.0.attn_q_norm.weight" in tensors  # Command R+: LayerNorms per head (weight [heads, head_dim])
+        c.eps, c.logit_mul = k("attention.layer_norm_epsilon"), _f32(k("logit_scale", 0.0))
+    if arch == "cohere2":  # load_swa_pattern(4): RoPE on the sliding-window layers only
+        pattern = k("attention.sliding_window_pattern", 4)
+        if isinstance(pattern, list):
+            local = [i < len(pattern) and bool(pattern[i]) for i in range(c.n_layers)]
+        else:
+            local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
+        factors = "rope_freqs.weight" if "rope_freqs.weight" in tensors else None
+        c.layers = [Layer(base, scale, k("attention.sliding_window"), factors=factors) if on else Layer(base, scale, None, rope=False)
+                    for on in local]  # fmt: skip
+    if arch == "exaone4":  # src/models/exaone4.cpp: post-norms only, per-head Q/K norms; windows (and RoPE only there) at 64 layers
+        c.pre_norms, c.post_norms, c.qk_norm = False, True, True
+        c.rope_factors = "rope_freqs.weight" if "rope_freqs.weight" in tensors else None
+        if c.n_layers == 64:
+            pattern = k("attention.sliding_window_pattern", 4)
+            if isinstance(pattern, list):
+                local = [i < len(pattern) and bool(pattern[i]) for i in range(c.n_layers)]
+            else:
+                local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
+            window = k("attention.sliding_window", 4096)
+            c.layers = [Layer(base, scale, window) if on else Layer(base, scale, None, rope=False) for on in local]
+    if arch == "bailingmoe2":  # src/models/bailingmoe2.cpp (MTP blocks not run): the file's gating, norm and scale
+        c.gating = {1: "softmax", 2: "sigmoid"}[k("expert_gating_func")]
+        c.norm_w, c.w_scale = bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
+        c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
+        c.dense_lead, c.qk_norm = k("leading_dense_block_count", 0), True
+    if arch == "minimax-m2":  # src/models/minimax-m2.cpp: whole-row Q/K norms, sigmoid (the file's) routing with a bias
+        c.qk_norm_rows = True
+        c.gating = {1: "softmax", 2: "sigmoid"}[k("expert_gating_func")]
+    if arch == "seed_oss":  # src/models/seed-oss.cpp
+        c.ffn_norm = "post_attention_norm"
+    if arch == "ernie4_5-moe":  # src/models/ernie4-5-moe.cpp: experts where i >= lead and (i + 1) % step == 0
+        step, lead = k("interleave_moe_layer_step"), k("leading_dense_block_count", 0)
+        c.moe_layers = tuple(i for i in range(c.n_layers) if i >= lead and (i + 1) % step == 0)
+    if arch in ("hunyuan-dense", "hunyuan-moe"):  # src/models/hunyuan-vl.cpp, hunyuan-moe.cpp
+        c.qk_norm, c.qk_norm_after_rope = True, True
+        alpha = k("rope.scaling.alpha", 0.0) if arch == "hunyuan-dense" else 0.0
+        if alpha > 0:  # XDRoPE's NTK alpha, float32 as the loader computes it
+            f32 = np.float32
+            eff = float(f32(base) * np.power(f32(alpha), f32(head_dim) / f32(head_dim - 2), dtype=f32))
+            c.layers = [Layer(eff, scale, None)] * c.n_layers
+    if arch == "glm4":  # src/models/glm4.cpp: sandwich norms; M-RoPE sections (text: every section at the position) turn as NeoX
+        c.post_norms, c.neox = True, any(k("rope.dimension_sections", [0]))
     if arch == "smollm3":  # src/models/smollm3.cpp: n_no_rope_layer_step 4
         c.layers = [full if (i + 1) % 4 else Layer(base, scale, None, rope=False) for i in range(c.n_layers)]
     if arch in ("gemma2", "gemma3"):
@@ -411,6 +471,8 @@ class Oracle:
         return self.w(name + ".bias") if self.has(name + ".bias") else 0.0
 
     def norm(self, x: np.ndarray, name: str) -> np.ndarray:
+        if self.cfg.layer_norm:
+            x = x - np.mean(x, axis=-1, keepdims=True)
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.cfg.eps) * self.w(name)
 
     def rope(self, x: np.ndarray, layer: Layer) -> np.ndarray:
@@ -422,8 +484,8 @@ class Oracle:
             extrap = extrap / self.w(layer.factors or c.rope_factors)
         if c.rope_turns is not None:  # M-RoPE for text: t, h, w positions are the token's, the 4th is 0
             extrap = extrap * c.rope_turns
-        theta, mscale = layer.rope_scale * extrap, c.attn_factor
-        if c.ext_factor:  # YaRN: ramp between the extrapolated and interpolated angles
+        theta, mscale = layer.rope_scale * extrap, 1.0 if layer.plain_rope else c.attn_factor
+        if c.ext_factor and not layer.plain_rope:  # YaRN: ramp between the extrapolated and interpolated angles
             corr = lambda beta: c.n_rot * math.log(c.orig_ctx / (beta * 2 * math.pi)) / (2 * math.log(layer.rope_base))  # noqa: E731
             low, high = max(0, math.floor(corr(c.beta_fast))), min(c.n_rot - 1, math.ceil(corr(c.beta_slow)))
             mix = (1 - np.clip((np.arange(half) - low) / max(0.001, high - low), 0, 1)) * c.ext_factor
@@ -476,13 +538,15 @@ class Oracle:
         q = q.reshape(n, c.n_heads, c.head_dim)
         k = k.reshape(n, c.n_kv_heads, c.head_dim)
         v = v.reshape(n, c.n_kv_heads, c.head_dim)
-        if c.qk_norm:
+        if c.qk_norm and not c.qk_norm_after_rope:
             q = self.norm(q, p + "attn_q_norm.weight")
             k = k if i in c.kv_source else self.norm(k, p + "attn_k_norm.weight")
         if c.v_norm:
             v = v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + c.eps)
         if layer.rope:
             q, k = self.rope(q, layer), self.rope(k, layer)
+        if c.qk_norm_after_rope:
+            q, k = self.norm(q, p + "attn_q_norm.weight"), self.norm(k, p + "attn_k_norm.weight")
         if c.temp_scale:
             q = q * (np.log(np.floor(np.arange(n) / c.orig_ctx) + 1.0) * c.temp_scale + 1.0)[:, None, None]
         if c.qk_l2 and layer.rope:  # llama4: Llama4TextL2Norm (an RMS norm without a weight) after RoPE
@@ -654,7 +718,7 @@ class Oracle:
             return self.moe_oai(h, p)
         if c.n_expert and (i in c.moe_layers if c.moe_layers is not None else i >= c.dense_lead):
             return self.moe(h, p)
-        if c.arch == "phi3":
+        if c.arch in ("phi3", "glm4"):  # one ffn_up of gate, then up
             gate_up = self.linear(h, p + "ffn_up.weight")
             half = gate_up.shape[1] // 2
             gate, up = gate_up[:, :half], gate_up[:, half:]
@@ -835,6 +899,15 @@ class Oracle:
                 sub = self.relu2_mlp if i in c.mlp else self.mamba2 if i in c.mamba else self.attention
                 x = x + sub(self.norm(x, p + "attn_norm.weight"), i)
                 continue
+            if c.arch == "falcon-h1":  # x + attention(h) + mamba2(h), h = attn_norm(x); then the FFN (norm "ffn_norm")
+                h = self.norm(x, p + "attn_norm.weight")
+                x = x + self.attention(h, i) + self.mamba2(h, i)
+                x = x + self.ffn(self.norm(x, p + "ffn_norm"), i)
+                continue
+            if c.parallel:  # command-r: x + attention(h) + FFN(h), h = norm(x)
+                h = self.norm(x, p + "attn_norm.weight")
+                x = x + self.attention(h, i) + self.ffn(h, i)
+                continue
             sub = self.delta_net if i in c.recurrent else self.short_conv if i in c.short_conv else self.mamba2 if i in c.mamba else self.attention
             a = sub(self.norm(x, p + "attn_norm.weight") if c.pre_norms else x, i)
             if c.post_norms:
@@ -861,6 +934,8 @@ class Oracle:
             out = c.final_softcap * np.tanh(out / c.final_softcap)
         if c.logit_scale:
             out = out / c.logit_scale
+        if c.logit_mul:
+            out = out * c.logit_mul
         return out
 
 

@@ -19,6 +19,14 @@ from rfc.compiler.arch import lfm2moe
 from rfc.compiler.arch import llama4
 from rfc.compiler.arch import granitehybrid, nemotron_h
 from rfc.compiler.arch import nemotron_h_moe
+from rfc.compiler.arch import command_r
+from rfc.compiler.arch import glm4
+from rfc.compiler.arch import exaone4
+from rfc.compiler.arch import ernie4_5, hunyuan, seed_oss
+from rfc.compiler.arch import qwen3vl
+from rfc.compiler.arch import minimax_m2
+from rfc.compiler.arch import bailingmoe2
+from rfc.compiler.arch import falcon_h1
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -27,14 +35,24 @@ from rfc.compiler.spec import ModelSpec
 Recipe = Callable[[GGUFModel], ModelSpec]
 
 RECIPES: dict[str, Recipe] = {
+    "bailingmoe2": bailingmoe2.build,
+    "cohere2": command_r.build_cohere2,
+    "command-r": command_r.build,
     "deepseek2": deepseek2.build,
+    "ernie4_5": ernie4_5.build,
+    "ernie4_5-moe": ernie4_5.build_moe,
+    "exaone4": exaone4.build,
+    "falcon-h1": falcon_h1.build,
     "gemma2": gemma2.build,
     "gemma3": gemma3.build,
     "gemma3n": gemma3n.build,
     "gemma4": gemma4.build,
+    "glm4": glm4.build,
     "glm4moe": glm4moe.build,
     "gpt-oss": gpt_oss.build,
     "granite": granite.build,
+    "hunyuan-dense": hunyuan.build_dense,
+    "hunyuan-moe": hunyuan.build_moe,
     "granitemoe": granite.build_moe,
     "granitehybrid": granitehybrid.build,
     "nemotron_h": nemotron_h.build,
@@ -43,15 +61,19 @@ RECIPES: dict[str, Recipe] = {
     "lfm2moe": lfm2moe.build,
     "llama": llama.build,
     "llama4": llama4.build,
+    "minimax-m2": minimax_m2.build,
     "mistral3": mistral3.build,
     "olmo2": olmo2.build,
     "phi3": phi3.build,
     "qwen2": qwen2.build,
     "qwen3": qwen3.build,
     "qwen3moe": qwen3moe.build,
+    "qwen3vl": qwen3vl.build,
+    "qwen3vlmoe": qwen3vl.build_moe,
     "qwen35": qwen35.build,
     "qwen35moe": qwen35moe.build,
     "qwen3next": qwen3next.build,
+    "seed_oss": seed_oss.build,
     "smollm3": smollm3.build,
 }
 

@@ -62,6 +62,20 @@ class ModelBuilder:
             self._add(WeightUse(name, role, t.format, t.shape, (whole(t),)))
         return name
 
+    def tensor_as(self, name: str, role: str, shape: tuple[int, ...]) -> str:
+        """A GGUF tensor used as `shape`, also when the file stores it without shape's leading
+        1s: ggml drops trailing unit dimensions when it writes a tensor, so a [1, N, K] weight
+        (deepseek2's attn_k_b with one head) is a 2-D [N, K] in the file. The same bytes either way."""
+        t = self.model.tensors.get(name)
+        squeezed = tuple(shape)
+        while len(squeezed) > 1 and squeezed[0] == 1:
+            squeezed = squeezed[1:]
+        if t is None or t.shape == tuple(shape) or t.shape != squeezed or name in self._weights:
+            return self.tensor(name, role, shape)
+        t = self.source(name, squeezed)
+        self._add(WeightUse(name, role, t.format, tuple(shape), (whole(t),)))
+        return name
+
     def optional_tensor(self, name: str, role: str, shape: tuple[int, ...]) -> str | None:
         return self.tensor(name, role, shape) if self.has(name) else None
 
@@ -110,6 +124,17 @@ class ModelBuilder:
             if self.has(name):
                 raise CompileError(f"{self.path}: {name} is a tensor of the file, not a constant")
             self._add(WeightUse(name, role, "F32", tuple(shape), (Fill(float(value), prod(shape)),)))
+        return name
+
+    def filled(self, name: str, role: str, shape: tuple[int, ...], runs: list[tuple[float, int]]) -> str:
+        """A float32 weight of `shape` made at compile time from runs of equal values, in row-major
+        order ((value, count), ...: a block-diagonal matrix's zeros and entries), not read from the file."""
+        if name not in self._weights:
+            if self.has(name):
+                raise CompileError(f"{self.path}: {name} is a tensor of the file, not a constant")
+            if sum(n for _, n in runs) != prod(shape):
+                raise CompileError(f"{self.path}: the runs of {name} do not fill {list(shape)}")  # a recipe bug
+            self._add(WeightUse(name, role, "F32", tuple(shape), tuple(Fill(float(v), n) for v, n in runs if n)))
         return name
 
     def flat(self, name: str, role: str, shape: tuple[int, ...]) -> str:

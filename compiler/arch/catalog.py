@@ -44,8 +44,6 @@ REFUSED: dict[str, str] = {
     "mamba": f"{_MAMBA1_SCAN}, and {_NO_KV}",
     "mamba2": f"no recipe yet: the Mamba2 mixer exists (compiler/arch/mamba2.py, as granitehybrid and nemotron_h use it), but {_NO_KV}",
     "jamba": f"its Mamba-1 layers: {_MAMBA1_SCAN}",
-    "falcon-h1": ("no recipe yet: each layer runs attention and a Mamba2 mixer side by side on the same input; the mixer's "
-                  "ops exist (ssm_conv, ssm_scan: compiler/arch/mamba2.py)"),
     **dict.fromkeys(("rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"), _RWKV),
     "plamo2": ("its Mamba layers step each channel by its own dt (ssm_scan takes one dt per head), after RMS norms on dt, B "
                "and C; no recipe yet"),
@@ -58,13 +56,14 @@ REFUSED: dict[str, str] = {
         _ENCODER,
     ),  # fmt: skip
     **dict.fromkeys(
-        ("clip", "qwen2vl", "qwen3vl", "qwen3vlmoe", "cogvlm", "hunyuan_vl", "paddleocr", "deepseek2-ocr",
+        ("clip", "qwen2vl", "cogvlm", "hunyuan_vl", "paddleocr", "deepseek2-ocr",
          "wavtokenizer-dec", "qwen3tts", "pockettts", "chameleon"),
         _MODALITY,
     ),  # fmt: skip
     **dict.fromkeys(("dream", "llada", "llada-moe", "rnd1"), _DIFFUSION),
     **dict.fromkeys(("eagle3", "dflash", "gemma4-assistant"), _DRAFT),
     "t5": "an encoder-decoder model: rfc runs decoder-only models",
+    "apertus": "its FFN's xIELU activation (per-layer alpha_n, alpha_p, beta, eps) is not a plan op yet",
 }
 NO_RECIPE = "no recipe yet"
 

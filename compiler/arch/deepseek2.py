@@ -83,7 +83,8 @@ def _experts(md: Metadata, n_layers: int) -> tuple[Experts, int]:
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
     shared = md.int("expert_shared_count", 0, 64, default=0)
     e = Experts(count, used, n_ff_exp, gating=read_gating(md, "softmax"), norm=md.bool("expert_weights_norm", default=False),
-                scale=read_weights_scale(md), groups=groups, groups_used=groups_used, shared=shared, dense_lead=dense_lead)
+                scale=read_weights_scale(md), groups=groups, groups_used=groups_used, shared=shared, dense_lead=dense_lead,
+                fused_gate_up=True)
     if e.gating == "softmax_weight":
         raise CompileError(f"{md.path}: {md.key('expert_gating_func')} softmax_weight is not a deepseek2 router")
     return e, n_ff
@@ -134,13 +135,13 @@ def mla_attention(b: ModelBuilder, i: int, s: Sizes, rope, eps: float, q_lora: i
     b.op("matmul", (q_src,), ("q_pe",), (_row_ranges(b, q_name + ":rope", role, q_name, q_shape, rope_rows),))
     b.op("rmsnorm", ("latent",), ("latent",), (b.tensor(p + "attn_kv_a_norm.weight", "attn_kv_a_norm", (kv_lora,)),), eps=eps)
     b.op("rope", ("q_pe", "k_pe"), ("q_pe", "k_pe"), **rope.attrs(replace(s, n_kv_heads=1, head_dim=rot)))
-    wk_b = b.tensor(p + "attn_k_b.weight", "attn_k_b", (nh, kv_lora, nope))
+    wk_b = b.tensor_as(p + "attn_k_b.weight", "attn_k_b", (nh, kv_lora, nope))  # one head: 2-D in the file
     b.op("head_matmul", ("q_nope",), ("q_latent",), (wk_b,), heads=nh)
     b.op("concat_heads", ("q_latent", "q_pe"), ("q",), heads=nh)
     b.op("concat_heads", ("latent", "k_pe"), ("k",), heads=1)
     b.op("kv_write", ("k", "k"), (), layer=i)
     b.op("attention", ("q",), ("att",), layer=i, n_heads=nh, n_kv_heads=1, head_dim=s.head_dim, scale=scale)
-    wv_b = b.tensor(p + "attn_v_b.weight", "attn_v_b", (nh, v_dim, kv_lora))
+    wv_b = b.tensor_as(p + "attn_v_b.weight", "attn_v_b", (nh, v_dim, kv_lora))
     b.op("head_matmul", ("att",), ("att_v",), (wv_b,), heads=nh, stride=s.head_dim)
     b.op("matmul", ("att_v",), ("h",), (b.tensor(p + "attn_output.weight", "attn_output", (e, nh * v_dim)),))
 

@@ -11,7 +11,9 @@ moe.py's MoE stack with
   `expert_weights_scale`, beside `expert_shared_count` shared experts (required);
 - the last `nextn_predict_layers` blocks are multi-token prediction (MTP) heads, not part of the
   forward pass: skipped, as llama.cpp skips them (moe_transformer).
-Multimodal M-RoPE (`rope.dimension_sections`, GLM-4.5V) is refused by name."""
+With `rope.dimension_sections` (GLM-4.5V's text stack) llama.cpp's rope type is M-RoPE, which for
+text tokens (llama.cpp gives every section the token's position) turns the pairs as NeoX RoPE
+does: planned as without them."""
 
 import numbers
 
@@ -45,6 +47,4 @@ def build(model: GGUFModel) -> ModelSpec:
         sections = md.raw("rope.dimension_sections")
         if not isinstance(sections, (list, tuple)) or len(sections) > 4 or any(not isinstance(v, numbers.Integral) for v in sections):
             raise CompileError(f"{md.path}: metadata {md.key('rope.dimension_sections')} is not an array of 4 integers")
-        if len(sections) >= 2 and sections[0] > 0 and sections[1] > 0:  # llama.cpp's use_mrope()
-            raise CompileError(f"{md.path}: {md.key('rope.dimension_sections')}: {ARCH} with M-RoPE (multimodal) is not supported")
     return moe_transformer(model, ARCH, _experts, ffn_norm="post_attention_norm")

@@ -3,14 +3,16 @@ graph applies them: the token embedding times `embedding_scale`, each sublayer's
 `residual_scale` before its residual add, attention scores times `attention.scale` (instead of
 1/sqrt(head_dim)), the logits divided by `logit_scale` (required; the others optional, 0 or
 absent: none). `rope.scaling.finetuned` false turns RoPE off (llama.cpp's granite loader reads it
-as that switch). Experts (granitemoe's shapes under this name) are refused by name.
+as that switch). With `expert_count` > 0 its loader builds granitemoe's experts under this
+name (the same graph), and so does this recipe, RoPE switch included.
 
 `granitemoe` (Granite 3.x MoE: 1B-A400M, 3B-A800M; llama.cpp's granite graph with its own loader):
 the same block and multipliers with a Mixtral-style mixture of experts as the FFN (softmax
 router, top expert_used_count renormalized, no weight scale: llama.cpp passes none; each expert
 `feed_forward_length` wide) plus, when `expert_shared_feed_forward_length` is set (Granite MoE
 Shared), a shared SwiGLU expert of that width added to the routed ones before the residual
-multiplier. Its loader does not read rope.scaling.finetuned: RoPE is always on."""
+multiplier; without `expert_count` its loader builds granite's dense FFN (and so does this
+recipe). Its loader does not read rope.scaling.finetuned: RoPE is always on."""
 
 import math
 from dataclasses import dataclass
@@ -134,10 +136,6 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
                            f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
     n_expert, n_used = read_experts(md)
-    if arch == "granite" and n_expert:
-        raise CompileError(f"{md.path}: {md.key('expert_count')}: granite with experts is not supported")
-    if arch == "granitemoe" and not n_expert:
-        raise CompileError(f"{md.path}: granitemoe is a mixture of experts, and {md.key('expert_count')} is missing or 0")
     ffn = Ffn.read(md, n_expert, n_used)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     mult = Multipliers.read(md, logit_required=True)

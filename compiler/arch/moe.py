@@ -33,7 +33,8 @@ class Experts:
     token; how the router scores and weighs them (moe_route's attributes); `shared` experts
     that every token runs (one FFN of shared x n_ff, or `shared_ff` wide where the file says so),
     with `shared_gate` times sigmoid(ffn_gate_inp_shexp x), one gate per token (qwen35moe,
-    qwen3next); the first `dense_lead` layers have a dense FFN instead."""
+    qwen3next); the first `dense_lead` layers have a dense FFN instead. With `fused_gate_up` a
+    layer's gate and up experts may come fused in `ffn_gate_up_exps` (expert_gate_up)."""
 
     count: int
     used: int
@@ -47,6 +48,7 @@ class Experts:
     dense_lead: int = 0
     shared_ff: int = 0
     shared_gate: bool = False
+    fused_gate_up: bool = False  # the loader also takes gate and up fused in one ffn_gate_up_exps (create_tensor_gate_up_exps)
 
     @property
     def shared_width(self) -> int:
@@ -142,6 +144,25 @@ def declare_expert_buffers(b: ModelBuilder, n_embd: int, e: Experts) -> None:
         b.buffer("shexp_logit", "T", 1)
 
 
+def expert_gate_up(b: ModelBuilder, i: int, e: Experts, n_embd: int) -> tuple[str, str]:
+    """Layer i's gate and up expert weights [count, n_ff, n_embd]: `ffn_gate_exps` and
+    `ffn_up_exps`, or, where the family's loader takes it (e.fused_gate_up: deepseek2, qwen35moe,
+    qwen3next) and the layer has it, the halves of the fused `ffn_gate_up_exps` [count, 2 n_ff,
+    n_embd] (each expert's gate rows, then its up rows; split per expert at compile time).
+    llama.cpp uses the fused tensor when it is there and then reads no split one: a layer with
+    both is refused rather than run with either."""
+    p = f"blk.{i}."
+    fused = p + "ffn_gate_up_exps.weight"
+    if e.fused_gate_up and b.has(fused):
+        if b.has(p + "ffn_gate_exps.weight") or b.has(p + "ffn_up_exps.weight"):
+            raise CompileError(f"{b.path}: layer {i} has both {fused} and ffn_gate_exps/ffn_up_exps")
+        shape = (e.count, 2 * e.n_ff, n_embd)
+        return (b.expert_rows(fused + ":gate", "ffn_gate_exps", fused, shape, 0, e.n_ff),
+                b.expert_rows(fused + ":up", "ffn_up_exps", fused, shape, e.n_ff, 2 * e.n_ff))  # fmt: skip
+    shape = (e.count, e.n_ff, n_embd)
+    return (b.tensor(p + "ffn_gate_exps.weight", "ffn_gate_exps", shape), b.tensor(p + "ffn_up_exps.weight", "ffn_up_exps", shape))
+
+
 def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", residual: str = "x") -> None:
     """residual += routed experts(src) (+ shared experts(src)), for layer i.
 
@@ -164,8 +185,7 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
     escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (e.count,))
     b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), tuple(w for w in (bias, escale) if w),
          **e.route_attrs(), **({"expert_scale": True} if escale else {}))
-    for name, buf in (("gate", "exp_gate"), ("up", "exp_up")):
-        w = b.tensor(f"{p}ffn_{name}_exps.weight", f"ffn_{name}_exps", (e.count, e.n_ff, n))
+    for w, buf in zip(expert_gate_up(b, i, e, n), ("exp_gate", "exp_up")):
         b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
     b.op("swiglu", ("exp_gate", "exp_up"), ("exp_gate",))
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (e.count, n, e.n_ff))

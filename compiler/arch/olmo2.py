@@ -1,15 +1,22 @@
 """`olmo2` (OLMo 2): no norms before the sublayers; RMS norms of their outputs instead
 (`post_attention_norm`, `post_ffw_norm`) before each residual add, and RMS norms of the whole Q
 and K rows (`attn_q_norm` [n_embd], `attn_k_norm` [kv width], not per head) before NeoX RoPE
-over whole heads; SwiGLU FFN, an untied output. llama.cpp's olmo2 loader also reads a sliding
-window (OLMo 3 files): such a file is refused here by name, not run without its windows."""
+over whole heads; SwiGLU FFN, an untied output.
+
+OLMo 3 is the same architecture with `attention.sliding_window` > 0: sliding-window attention on
+the layers `attention.sliding_window_pattern` marks (per-layer flags, or a period n, default 4:
+layers i % n < n - 1), whose RoPE is plain (llama.cpp's olmo2 graph passes freq_scale 1,
+ext_factor 0 and attn_factor 1 there: no linear or YaRN scaling) at `rope.freq_base`; the other
+layers attend over the whole context with the file's RoPE scaling."""
 
 import math
+from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
 )  # fmt: skip
+from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -19,9 +26,8 @@ from rfc.compiler.spec import ModelSpec
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "olmo2")
     s = read_sizes(md)
-    if window := md.int("attention.sliding_window", 0, MAX_CONTEXT, default=0):
-        raise CompileError(f"{md.path}: {md.key('attention.sliding_window')} = {window}: olmo2 with sliding-window "
-                           "layers (OLMo 3) is not supported")  # fmt: skip
+    window = md.int("attention.sliding_window", 0, MAX_CONTEXT, default=0)
+    local = sliding_window_layers(md, s.n_layers, 4) if window else (False,) * s.n_layers
     rope = read_rope(md, s, "neox")
     if rope.n_rot != s.head_dim:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
@@ -34,16 +40,20 @@ def build(model: GGUFModel) -> ModelSpec:
     declare_buffers(b, s, n_ff)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=True, qk_norm_rows=True)
+    # OLMo 3's sliding-window layers: unscaled RoPE (see the module docstring)
+    local_cfg = replace(cfg.with_rope(freq_scale=1.0, attn_factor=1.0, ext_factor=0.0), window=window)
     b.op("embed", ("tokens",), ("x",), (embd,))
     e = (s.n_embd,)
     for i in range(s.n_layers):
         p = f"blk.{i}."
-        attention(b, i, s, eps, cfg, src="x")
+        attention(b, i, s, eps, local_cfg if local[i] else cfg, src="x")
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
         glu_ffn(b, i, s.n_embd, n_ff, src="x")
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
     output_head(b, s, eps)
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"), rope_freq_factors=False)
+    extra = {"sliding_window": window, "sliding_window_layers": [i for i, on in enumerate(local) if on]} if window else {}
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"), rope_freq_factors=False,
+                 extra=extra)
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

@@ -30,7 +30,7 @@ def read_gated_experts(md: Metadata) -> tuple[Experts, int]:
     else:
         shared_ff = md.int("expert_shared_feed_forward_length", 1, MAX_FF)
     e = Experts(count, used, n_ff_exp, groups=groups, groups_used=groups_used, shared=1, shared_ff=shared_ff,
-                shared_gate=True)  # fmt: skip
+                shared_gate=True, fused_gate_up=True)  # fmt: skip
     return e, n_ff
 
 

@@ -23,7 +23,9 @@ def _metadata(path: Path) -> dict:
 # Fixtures the cpu target refuses (ops it has no kernels for yet): compiled without kernels.
 CPU_REFUSED: tuple[str, ...] = ()  # every fixture architecture compiles for the cpu target
 NEOX_ROPE = ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "gpt-oss", "olmo2", "lfm2", "lfm2moe", "glm4moe",
-             "qwen35", "qwen35moe", "qwen3next", "gemma4", "gemma3n")  # llama.cpp's LLAMA_ROPE_TYPE_NEOX (qwen35: IMROPE, whose text positions turn NeoX pairs)
+             "qwen35", "qwen35moe", "qwen3next", "gemma4", "gemma3n", "exaone4", "seed_oss", "hunyuan-dense", "hunyuan-moe",
+             "minimax-m2", "bailingmoe2", "qwen3vl", "qwen3vlmoe",
+             "falcon-h1")  # llama.cpp's LLAMA_ROPE_TYPE_NEOX (qwen35, qwen3vl: IMROPE, whose text positions turn NeoX pairs)
 
 
 @pytest.mark.parametrize("name", TINY_MODELS + ["stories260K"])
@@ -54,8 +56,12 @@ def test_compile_and_inspect_shows_gguf_hparams(name, tmp_path):
         assert hp["head_dim"] == head_dim
     assert hp["n_rot"] == md.get(f"{arch}.rope.dimension_count", head_dim)
     # llama.cpp's default base when the key is absent (Gemma 2 files have none)
-    assert hp["rope_freq_base"] == pytest.approx(md.get(f"{arch}.rope.freq_base", 10000.0))
-    assert hp["rms_eps"] == pytest.approx(md[f"{arch}.attention.layer_norm_rms_epsilon"])
+    base = md.get(f"{arch}.rope.freq_base", 10000.0)
+    if alpha := md.get(f"{arch}.rope.scaling.alpha", 0.0) if arch == "hunyuan-dense" else 0.0:  # XDRoPE's NTK alpha
+        base = base * alpha ** (head_dim / (head_dim - 2))
+    assert hp["rope_freq_base"] == pytest.approx(base, rel=1e-6)
+    eps_key = f"{arch}.attention.layer_norm_rms_epsilon"  # command-r, cohere2: LayerNorms, layer_norm_epsilon
+    assert hp["rms_eps"] == pytest.approx(md[eps_key] if eps_key in md else md[f"{arch}.attention.layer_norm_epsilon"])
     assert hp["rope_style"] == ("neox" if arch in NEOX_ROPE else "adjacent")
     tensors = {t.name: t for t in GGUFReader(model).tensors}
     tensors = {n: t for n, t in tensors.items() if not (n.startswith("blk.") and int(n.split(".")[1]) >= trunk)}  # nor read

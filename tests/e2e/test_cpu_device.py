@@ -101,6 +101,7 @@ GREEDY_MODELS += ["tiny-gemma3n-Q8_0"]  # Gemma 3n: 4 AltUp streams, Laurel, spa
 GREEDY_MODELS += ["tiny-nemotron_h_moe-Q8_0"]  # ... and sigmoid-routed squared-ReLU experts
 GREEDY_MODELS += ["tiny-gemma4e-Q8_0"]  # Gemma 4 E2B/E4B: per-layer embeddings, 2 layers decoding over others' KV caches
 GREEDY_MODELS += ["tiny-gemma4moe-Q8_0"]  # Gemma 4 26B-A4B: GELU experts beside the dense MLP, per-expert output scales
+GREEDY_MODELS += ["tiny-falcon-h1-Q8_0"]  # Falcon-H1: attention and a Mamba2 mixer in every layer, side by side
 NEAR_TIE = 0.5
 
 

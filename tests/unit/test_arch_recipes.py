@@ -215,8 +215,25 @@ def test_olmo2_norms_the_sublayer_outputs_and_whole_q_k_rows():
     assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"neox"}
 
 
+def test_olmo3_slides_three_layers_of_four_with_unscaled_rope():
+    """OLMo 3 (olmo2 with attention.sliding_window): the default period 4 makes layers 0-2
+    sliding-window, whose RoPE llama.cpp's olmo2 graph leaves unscaled; layer 3 attends over the
+    whole context with the file's YaRN."""
+    spec = _spec("olmo3-Q8_0")
+    assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [16, 16, 16, None]
+    ropes = _ops(spec, "rope")
+    assert [(op.attrs["freq_scale"], op.attrs.get("ext_factor", 0.0), op.attrs.get("attn_factor", 1.0)) for op in ropes[:3]] \
+        == [(1.0, 0.0, 1.0)] * 3
+    assert ropes[3].attrs["freq_scale"] == 0.25 and ropes[3].attrs["ext_factor"] == 1.0
+    assert {op.attrs["freq_base"] for op in ropes} == {500000.0}
+
+
+def test_olmo3_reads_a_per_layer_pattern(tmp_path):
+    spec = _spec("olmo3-Q8_0", tmp_path, metadata={"olmo2.attention.sliding_window_pattern": [False, True, False, True]})
+    assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [None, 16, None, 16]
+
+
 @pytest.mark.parametrize("edit,message", [
-    ({"metadata": {"olmo2.attention.sliding_window": 4096}}, r"olmo2.attention.sliding_window = 4096: olmo2 with sliding-window"),
     ({"drop_tensors": ["output.weight"]}, r"missing tensor output.weight"),
 ])
 def test_olmo2_refuses_what_it_does_not_run(edit, message, tmp_path):
@@ -237,7 +254,6 @@ def test_mistral3_reads_the_yarn_keys():
 @pytest.mark.parametrize("key,value,message", [
     ("attention.temperature_scale", float("nan"), r"mistral3.attention.temperature_scale = nan is not a finite number"),
     ("attention.temperature_scale", 1e9, r"mistral3.attention.temperature_scale = 1000000000.0 is not a finite number"),
-    ("expert_count", 8, "mistral3 with experts is not supported"),
     ("rope.dimension_count", 16, r"mistral3.rope.dimension_count 16 != head size 32"),
     ("rope.scaling.yarn_beta_fast", float("nan"), r"mistral3.rope.scaling.yarn_beta_fast"),
     ("rope.scaling.yarn_log_multiplier", 1e9, r"mistral3.rope.scaling.yarn_log_multiplier"),
@@ -259,6 +275,23 @@ def test_granite_applies_its_four_multipliers():
     assert {op.attrs["scale"] for op in _ops(spec, "attention")} == {0.125}
 
 
+def test_granite_with_experts_is_granitemoe(tmp_path):
+    """llama.cpp's granite loader builds experts when expert_count > 0 (granitemoe's graph under
+    the name granite): tiny-granitemoe written as `granite` gets granitemoe's plan and weights
+    (llama.cpp's logits for that file equal tiny-granitemoe's golden, measured)."""
+    from dataclasses import replace
+
+    from tests import testdata
+
+    generator = testdata._generator()
+    family, fmt = generator.FIXTURES["tiny-granitemoe-Q8_0"]
+    generator.FIXTURES["tiny-granite-experts-Q8_0"] = (replace(family, arch="granite"), fmt)
+    generator.write_fixture("tiny-granite-experts-Q8_0", tmp_path / "granite-experts.gguf")
+    spec, moe = build_spec(read_gguf(tmp_path / "granite-experts.gguf")), _spec("granitemoe-Q8_0")
+    assert spec.plan.ops == moe.plan.ops and spec.weights == moe.weights
+    assert spec.hparams.architecture == "granite" and spec.hparams.extra["expert_count"] == 4
+
+
 def test_granite_without_rope_when_not_finetuned(tmp_path):
     """llama.cpp's granite loader reads rope.scaling.finetuned as the switch for RoPE."""
     assert not _ops(_spec("granite-Q8_0", tmp_path, metadata={"granite.rope.scaling.finetuned": False}), "rope")
@@ -277,3 +310,209 @@ def test_every_new_recipe_validates():
     for name in ("qwen3-F16", "gemma2-F16", "gemma3-F16", "phi3-F16", "mixtral-Q8_0", "llama3rope-Q8_0"):
         validate_plan(_spec(name).plan)
     assert math.isclose(_spec("gemma3-F16").hparams.extra["query_scale"], 1 / 8, rel_tol=1e-7)
+
+
+def test_command_r_runs_attention_and_ffn_side_by_side_after_a_layernorm():
+    """One LayerNorm (centred by two float32 matmuls with compile-time weights, then an RMS norm)
+    feeds both the attention and the FFN; both outputs are added to x; the output is the tied
+    embedding times logit_scale."""
+    spec = _spec("command-r-Q8_0")
+    ops = spec.plan.ops
+    consts = {w.name: w for w in spec.weights if w.name.startswith("rfc.layernorm.")}
+    assert {n: w.shape for n, w in consts.items()} == {"rfc.layernorm.mean.256": (32, 256), "rfc.layernorm.spread.256": (256, 32)}
+    first = [op for op in ops[:12] if op.kind in ("matmul", "add", "rmsnorm")][:4]
+    assert [(op.kind, op.inputs, op.outputs) for op in first] == [
+        ("matmul", ("x",), ("ln_part_T",)), ("matmul", ("ln_part_T",), ("ln_mean_T",)), ("add", ("x", "ln_mean_T"), ("h",)),
+        ("rmsnorm", ("h",), ("h",))]  # fmt: skip
+    reads = [op.weights[0].split(".", 2)[-1] for op in ops if op.kind == "matmul" and op.inputs == ("h",)][:5]
+    assert reads == ["attn_q.weight", "attn_k.weight", "attn_v.weight", "ffn_gate.weight", "ffn_up.weight"]
+    assert [op.inputs for op in ops if op.kind == "add" and op.outputs == ("x",)][:2] == [("x", "h"), ("x", "a")]
+    assert ops[-2].weights == ("token_embd.weight",) and ops[-1].kind == "scale" and ops[-1].attrs["factor"] == 0.0625
+    assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"adjacent"}
+
+
+def test_cohere2_rotates_only_its_sliding_window_layers():
+    spec = _spec("cohere2-Q8_0")
+    assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [16, 16, 16, None]
+    kv_writes = [i for i, op in enumerate(spec.plan.ops) if op.kind == "kv_write"]
+    assert [spec.plan.ops[i - 1].kind == "rope" for i in kv_writes] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("name,edit,message", [
+    ("command-r-Q8_0", {"add_tensors": {"blk.0.attn_q_norm.weight": np.ones((8, 32))}}, r"in a command-r of 2 layers"),
+    ("cohere2-Q8_0", {"drop_keys": ("cohere2.logit_scale",)}, r"missing metadata cohere2.logit_scale"),
+    ("cohere2-Q8_0", {"drop_keys": ("cohere2.attention.sliding_window",)}, r"missing metadata cohere2.attention.sliding_window"),
+])  # fmt: skip
+def test_command_r_refuses_what_it_does_not_run(name, edit, message, tmp_path):
+    with pytest.raises(CompileError, match=message):
+        _spec(name, tmp_path, **edit)
+
+
+def test_glm4_splits_its_fused_ffn_up_and_turns_m_rope_sections_as_neox(tmp_path):
+    """GLM-4's ffn_up holds gate then up; plain files rotate adjacent pairs, M-RoPE files (GLM-4V's
+    text stack: every section at the token's position) as NeoX."""
+    spec = _spec("glm4-Q8_0")
+    assert {w.name for w in spec.weights if "ffn_up" in w.name} == {f"blk.{i}.ffn_up.weight:{h}" for i in (0, 1) for h in ("gate", "up")}
+    assert {(op.attrs["style"], op.attrs["n_rot"]) for op in _ops(spec, "rope")} == {("adjacent", 32)}
+    # 4 blocks, the last 2 MTP ones (not run, their tensors not read): room for the 4 sections
+    # under a per-layer array bound of block_count
+    four = rewrite_gguf(FIXTURES / "tiny-glm4-Q8_0.gguf", tmp_path / "four.gguf",
+                        metadata={"glm4.block_count": 4, "glm4.nextn_predict_layers": 2})  # fmt: skip
+    mrope = build_spec(read_gguf(_with_int_array(four, tmp_path / "m.gguf", {"glm4.rope.dimension_sections": [8, 8, 0, 0]})))
+    assert {op.attrs["style"] for op in _ops(mrope, "rope")} == {"neox"} and mrope.hparams.n_layers == 2
+    too_wide = {"glm4.rope.dimension_sections": [32, 32, 1, 0]}
+    with pytest.raises(CompileError, match=r"glm4.rope.dimension_sections \[32, 32, 1, 0\] add up to more than the head size 64"):
+        build_spec(read_gguf(_with_int_array(four, tmp_path / "w.gguf", too_wide)))
+
+
+def _with_int_array(src, dst, arrays: dict):
+    """src copied to dst with int32 array keys added."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(src)
+    writer = GGUFWriter(dst, reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = field.types[0]
+        writer.add_key_value(key, field.contents(), vtype, sub_type=field.types[-1] if vtype == GGUFValueType.ARRAY else None)
+    for key, values in arrays.items():
+        writer.add_key_value(key, values, GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def test_exaone4_norms_after_the_sublayers_and_per_head():
+    spec = _spec("exaone4-Q8_0")
+    ops = spec.plan.ops
+    first = next(i for i, op in enumerate(ops) if op.kind == "matmul")
+    assert ops[first].inputs == ("x",) and ops[first - 1].kind == "embed"
+    assert {op.attrs.get("heads") for op in _ops(spec, "rmsnorm") if op.inputs in (("q",), ("k",))} == {4, 2}
+    assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [None, None]  # 2 layers: no windows
+    assert len(_ops(spec, "rope")) == 2 and all(op.weights == ("rope_freqs.weight",) for op in _ops(spec, "rope"))
+
+
+def test_exaone4_slides_only_a_64_layer_model(tmp_path):
+    """llama.cpp's loader enables sliding windows for 64 layers (the 32B) alone: then 3 layers of 4
+    slide with RoPE and the 4th attends globally without positions. (That file at F16, made like
+    this one, matches llama.cpp's logits to 0.12 max / 0.015 mean on std 3, the float64 oracle to
+    0.01; without the windows the logits move by 2.7 on average.)"""
+    from tests import testdata
+
+    g = testdata._generator()
+    family = g.Family("exaone4-64", "exaone4", "exaone4-64",
+                      (("context_length", g.U32, 512), ("embedding_length", g.U32, 64), ("block_count", g.U32, 64),
+                       ("feed_forward_length", g.U32, 128), ("attention.head_count", g.U32, 2),
+                       ("attention.head_count_kv", g.U32, 1), ("attention.key_length", g.U32, 32),
+                       ("attention.value_length", g.U32, 32), ("attention.layer_norm_rms_epsilon", g.F32V, 1e-5),
+                       ("attention.sliding_window", g.U32, 8)),
+                      g._model(64, [[t for t in g._layer(i, 64, 128, 64, 32, qk_norm=(32, 1.5), post_norms=True)
+                                     if "attn_norm" not in t.name and "ffn_norm" not in t.name] for i in range(64)],
+                               tied=True), ("F16",))  # fmt: skip
+    g.FIXTURES["tiny-exaone4-64-F16"] = (family, "F16")
+    g.write_fixture("tiny-exaone4-64-F16", tmp_path / "exaone4-64.gguf")
+    spec = build_spec(read_gguf(tmp_path / "exaone4-64.gguf"))
+    assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [8, 8, 8, None] * 16
+    kv_writes = [i for i, op in enumerate(spec.plan.ops) if op.kind == "kv_write"]
+    assert [spec.plan.ops[i - 1].kind != "rope" for i in kv_writes] == [False, False, False, True] * 16
+
+
+def test_hunyuan_norms_q_and_k_after_rope_and_scales_the_base_by_alpha():
+    spec = _spec("hunyuan-dense-Q8_0")
+    first_kv = next(i for i, op in enumerate(spec.plan.ops) if op.kind == "kv_write")
+    kinds = [op.kind for op in spec.plan.ops[: first_kv + 1] if op.kind in ("rope", "rmsnorm", "kv_write")]
+    assert kinds == ["rmsnorm", "rope", "rmsnorm", "rmsnorm", "kv_write"]  # attn_norm, rope, q norm, k norm
+    base = float(np.float32(10000.0) * np.power(np.float32(1000.0), np.float32(64) / np.float32(62), dtype=np.float32))
+    assert {op.attrs["freq_base"] for op in _ops(spec, "rope")} == {base} and base > 10000.0 * 1000
+    moe = _spec("hunyuan-moe-Q8_0")
+    assert {w.shape for w in moe.weights if w.name.endswith("ffn_gate_exps.weight")} == {(8, 256, 256)}
+    assert {op.attrs["freq_base"] for op in _ops(moe, "rope")} == {10000.0}
+
+
+def test_ernie4_5_moe_routes_from_the_first_layer_past_the_dense_lead(tmp_path):
+    spec = _spec("ernie4_5-moe-Q8_0")
+    assert [op.weights[0].split(".")[1] for op in _ops(spec, "moe_route")] == ["1", "2"]
+    assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"adjacent"}
+    with pytest.raises(CompileError, match=r"missing metadata ernie4_5-moe.interleave_moe_layer_step"):
+        _spec("ernie4_5-moe-Q8_0", tmp_path, drop_keys=("ernie4_5-moe.interleave_moe_layer_step",))
+
+
+def test_seed_oss_reads_its_ffn_norm_as_post_attention_norm():
+    spec = _spec("seed_oss-Q8_0")
+    assert {w.name.split(".", 2)[-1] for w in spec.weights if "norm" in w.name and w.name.startswith("blk.0.")} == {
+        "attn_norm.weight", "post_attention_norm.weight"}
+    assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"neox"} and len(_ops(spec, "add_bias")) == 6
+
+
+@pytest.mark.parametrize("name", ["qwen3vl-Q8_0", "qwen3vlmoe-Q8_0"])
+def test_qwen3vl_text_turns_its_m_rope_sections_as_neox(name, tmp_path):
+    spec = _spec(name)
+    assert {(op.attrs["style"], op.attrs["n_rot"]) for op in _ops(spec, "rope")} == {("neox", 64)}
+    arch = name.rsplit("-", 1)[0]
+    with pytest.raises(CompileError, match=rf"missing metadata {arch}.rope.dimension_sections"):
+        _spec(name, tmp_path, drop_keys=(f"{arch}.rope.dimension_sections",))
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"drop_keys": ("minimax-m2.expert_gating_func",)}, r"missing metadata minimax-m2.expert_gating_func"),
+    ({"drop_keys": ("minimax-m2.expert_feed_forward_length",)}, r"missing metadata minimax-m2.expert_feed_forward_length"),
+    ({"drop_tensors": ("blk.1.exp_probs_b.bias",)}, r"missing tensor blk.1.exp_probs_b.bias"),
+    ({"drop_tensors": ("output.weight",)}, r"missing tensor output.weight"),
+])  # fmt: skip
+def test_minimax_m2_refuses_what_llama_cpp_refuses(edit, message, tmp_path):
+    with pytest.raises(CompileError, match=message):
+        _spec("minimax-m2-Q8_0", tmp_path, **edit)
+
+
+def test_minimax_m2_norms_whole_q_k_rows_and_rotates_part_of_each_head():
+    spec = _spec("minimax-m2-Q8_0")
+    norms = {op.weights[0].split(".", 2)[-1]: op.attrs.get("heads") for op in _ops(spec, "rmsnorm") if op.inputs in (("q",), ("k",))}
+    assert norms == {"attn_q_norm.weight": None, "attn_k_norm.weight": None}
+    assert {(op.attrs["style"], op.attrs["n_rot"], op.attrs["head_dim"]) for op in _ops(spec, "rope")} == {("neox", 32, 64)}
+    assert {op.attrs["gating"] for op in _ops(spec, "moe_route")} == {"sigmoid"}
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"drop_keys": ("bailingmoe2.expert_gating_func",)}, r"missing metadata bailingmoe2.expert_gating_func"),
+    ({"metadata": {"bailingmoe2.expert_shared_count": 0}}, r"bailingmoe2.expert_shared_count = 0 is outside"),
+    ({"drop_tensors": ("output.weight",)}, r"missing tensor output.weight"),
+])  # fmt: skip
+def test_bailingmoe2_refuses_what_llama_cpp_refuses(edit, message, tmp_path):
+    with pytest.raises(CompileError, match=message):
+        _spec("bailingmoe2-Q8_0", tmp_path, **edit)
+
+
+def test_bailingmoe2_splits_the_fused_qkv_and_routes_past_the_dense_lead():
+    spec = _spec("bailingmoe2-Q8_0")
+    assert {w.name for w in spec.weights if w.name.startswith("blk.0.attn_qkv")} == {f"blk.0.attn_qkv.weight:{x}" for x in "qkv"}
+    routes = _ops(spec, "moe_route")
+    assert len(routes) == 2 and {(op.attrs["gating"], op.attrs["scale"], op.attrs.get("norm", True)) for op in routes} == {("sigmoid", 2.5, True)}
+
+
+def test_falcon_h1_runs_attention_and_mamba2_side_by_side():
+    spec = _spec("falcon-h1-Q8_0")
+    ops = spec.plan.ops
+    assert [op.inputs for op in ops if op.kind == "matmul" and op.outputs in (("q",), ("ssm_z",))][:2] == [("h",), ("h",)]
+    assert [op.inputs for op in ops if op.kind == "add" and op.outputs == ("x",)][:3] == [("x", "a"), ("x", "m"), ("x", "h")]
+    assert "blk.0.ffn_norm" in {w.name for w in spec.weights} and len(spec.plan.state.tensors) == 4  # conv + scan per layer
+    assert "blk.0.attn_output.bias" not in {w.name for w in spec.weights}
+
+
+def test_mistral3_with_experts_is_llamas_mixture(tmp_path):
+    """llama.cpp's mistral3 graph with experts is llama's Mixtral-style mixture (test-llama-archs
+    writes such a file): tiny-mixtral written as mistral3 gets tiny-mixtral's plan."""
+    from dataclasses import replace
+
+    from tests import testdata
+
+    g = testdata._generator()
+    family, fmt = g.FIXTURES["tiny-mixtral-Q8_0"]
+    g.FIXTURES["tiny-mistral3-moe-Q8_0"] = (replace(family, arch="mistral3"), fmt)
+    g.write_fixture("tiny-mistral3-moe-Q8_0", tmp_path / "moe.gguf")
+    spec, mixtral = build_spec(read_gguf(tmp_path / "moe.gguf")), _spec("mixtral-Q8_0")
+    assert spec.plan.ops == mixtral.plan.ops and spec.weights == mixtral.weights

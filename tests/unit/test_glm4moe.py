@@ -10,7 +10,7 @@ from rfc.artifacts.plan import validate_plan
 from rfc.compiler.gguf_reader import read_gguf
 from rfc.compiler.spec import ModelSpec, build_spec
 from tests.conftest import FIXTURES
-from tests.gguf_edit import assert_spec_refused
+from tests.gguf_edit import assert_spec_refused, spec_of
 
 pytestmark = pytest.mark.shared
 
@@ -43,8 +43,15 @@ def test_glm4moe_plan_skips_the_mtp_block_and_routes_by_sigmoid_with_a_bias():
     ({"drop_keys": ("glm4moe.expert_shared_count",)}, "missing metadata glm4moe.expert_shared_count"),
     ({"metadata": {"glm4moe.expert_gating_func": 4}}, "expert_gating_func = 4 is not supported"),
     ({"drop_tensors": ("blk.2.exp_probs_b.bias",)}, "missing tensor blk.2.exp_probs_b.bias"),
-    ({"metadata": {"glm4moe.rope.dimension_sections": [True, True, False, False]}}, "M-RoPE"),
     ({"metadata": {"glm4moe.expert_used_count": 9}}, "expert_used_count = 9 is outside [0, 8]"),
 ])  # fmt: skip
 def test_glm4moe_refuses_with_one_line(edits, message, tmp_path):
     assert_spec_refused(SRC, tmp_path, edits, message)
+
+
+def test_glm4moe_with_m_rope_sections_turns_text_as_neox(tmp_path):
+    """GLM-4.5V's text stack (M-RoPE sections, as test-llama-archs writes glm4moe): for text every
+    section holds the token's position, so the plan is the one without sections."""
+    plain = spec_of(SRC)
+    mrope = spec_of(SRC, tmp_path, metadata={"glm4moe.rope.dimension_sections": [True, True, False, False]})
+    assert mrope.plan.ops == plain.plan.ops

@@ -57,7 +57,8 @@ def test_granitemoe_without_a_shared_expert(tmp_path):
 
 
 @pytest.mark.parametrize("edits,message", [
-    ({"drop_keys": ("granitemoe.expert_count", "granitemoe.expert_used_count")}, "granitemoe is a mixture of experts"),
+    # without experts llama.cpp's granitemoe loader reads granite's dense FFN, which this file lacks
+    ({"drop_keys": ("granitemoe.expert_count", "granitemoe.expert_used_count")}, "missing tensor blk.0.ffn_gate.weight"),
     ({"metadata": {"granitemoe.expert_used_count": 5}}, "granitemoe.expert_used_count = 5 is outside [0, 4]"),
     ({"metadata": {"granitemoe.expert_shared_feed_forward_length": 1 << 31}}, "expert_shared_feed_forward_length"),
     ({"metadata": {"granitemoe.expert_shared_feed_forward_length": 512}}, "blk.0.ffn_gate_shexp.weight"),
@@ -66,3 +67,18 @@ def test_granitemoe_without_a_shared_expert(tmp_path):
 ])  # fmt: skip
 def test_granitemoe_refuses_with_one_line(edits, message, tmp_path):
     assert_spec_refused(SRC, tmp_path, edits, message)
+
+
+def test_granitemoe_without_experts_is_dense_granite(tmp_path):
+    """llama.cpp's granitemoe loader takes expert_count 0 as granite's dense FFN (test-llama-archs
+    writes such a file): tiny-granite written as granitemoe gets granite's plan."""
+    from dataclasses import replace
+
+    from tests import testdata
+
+    g = testdata._generator()
+    family, fmt = g.FIXTURES["tiny-granite-Q8_0"]
+    g.FIXTURES["tiny-granitemoe-dense-Q8_0"] = (replace(family, arch="granitemoe"), fmt)
+    g.write_fixture("tiny-granitemoe-dense-Q8_0", tmp_path / "dense.gguf")
+    spec, granite = build_spec(read_gguf(tmp_path / "dense.gguf")), build_spec(read_gguf(FIXTURES / "tiny-granite-Q8_0.gguf"))
+    assert spec.plan.ops == granite.plan.ops and spec.weights == granite.weights

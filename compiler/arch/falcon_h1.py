@@ -1,0 +1,59 @@
+"""`falcon-h1` (TII Falcon-H1: 0.5B-34B), as llama.cpp's src/models/falcon-h1.cpp builds it: every
+layer runs GQA attention and a Mamba2 mixer side by side on the same h = attn_norm(x), then
+x += attention(h) + mamba2(h), then x += FFN(ffn_norm(x)).
+
+- attention: Q/K/V biases where present, NeoX RoPE over `rope.dimension_count` dims (no factors:
+  the graph passes none), scores × 1/√head_dim (the loader reads no attention.scale), no output
+  bias (llama.cpp loads `attn_output.bias` and its graph does not apply it: nor here);
+- the Mamba2 mixer is compiler/arch/mamba2.py's (granitehybrid's, with `ssm.inner_size` free: any
+  expansion), its grouped `ssm_norm` required here (llama.cpp makes it optional);
+- the FFN: SwiGLU with optional gate/up/down biases; its norm is the tensor `blk.N.ffn_norm`
+  (no `.weight` suffix: llama.cpp's loader names it so);
+- `output.weight`, else the tied embedding. The multipliers of the Hugging Face model are folded
+  into the weights by the converter; the graph applies none.
+
+State: per sequence and layer the Mamba2 conv window and scan matrices
+((kernel − 1) × (d_inner + 2 G N) + d_inner × N floats), and every layer's KV rows.
+"""
+
+import math
+
+from rfc.compiler.arch import mamba2
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes
+from rfc.compiler.arch.metadata import MAX_FF, Metadata
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    md = Metadata(model, "falcon-h1")
+    s = read_sizes(md)
+    m = mamba2.read_mamba2(md)
+    rope = read_rope(md, s, "neox")
+    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    b = ModelBuilder(model)
+    declare_buffers(b, s, n_ff)
+    b.buffer("a", "T", s.n_embd)
+    b.buffer("m", "T", s.n_embd)
+    mamba2.declare(b, m)
+    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim))
+    b.op("embed", ("tokens",), ("x",), (embd,))
+    for i in range(s.n_layers):
+        p = f"blk.{i}."
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        attention(b, i, s, eps, cfg, src="h", dst="a")
+        mamba2.mamba2_layer(b, i, s.n_embd, m, eps, src="h", dst="m")
+        b.op("add", ("x", "a"), ("x",))
+        b.op("add", ("x", "m"), ("x",))
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm", "ffn_norm", (s.n_embd,)),), eps=eps)
+        glu_ffn(b, i, s.n_embd, n_ff, bias=True)
+        b.op("add", ("x", "h"), ("x",))
+    tied = output_head(b, s, eps)
+    extra = {"ssm_conv_kernel": m.kernel, "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state,
+             "ssm_time_step_rank": m.n_heads, "ssm_group_count": m.n_groups}  # fmt: skip
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"), rope_freq_factors=False,
+                 extra=extra)  # fmt: skip
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

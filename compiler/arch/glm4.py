@@ -1,0 +1,58 @@
+"""`glm4` (GLM-4-9B-0414, GLM-4-32B-0414, GLM-Z1), dense, as llama.cpp's src/models/glm4.cpp
+builds it: llama's pre-norm block with sandwich norms, x += post_attention_norm(attention(
+attn_norm(x))), then x += post_ffw_norm(FFN(ffn_norm(x))); GQA attention with adjacent-pair RoPE
+(llama.cpp's rope type NORM) over the first `rope.dimension_count` dims of each head (GLM-4:
+half), Q/K/V biases where the file has them, no output bias; the FFN SwiGLU from one `ffn_up`
+of 2 n_ff rows, gate first (split at compile time, as phi3's); `output.weight`, else the tied
+embedding. The last `nextn_predict_layers` blocks (MTP) are not run, as llama.cpp does not run
+them. With `rope.dimension_sections` (GLM-4V's, GLM-OCR's text stack) llama.cpp's rope type is M-RoPE,
+which for text tokens (llama.cpp gives every section the token's position) turns the pairs as
+NeoX RoPE does: planned so."""
+
+import math
+from dataclasses import replace
+
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import (
+    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
+)  # fmt: skip
+from rfc.compiler.arch.metadata import MAX_FF, Metadata
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    md = Metadata(model, "glm4")
+    s = read_sizes(md)
+    nextn = md.int("nextn_predict_layers", 0, s.n_layers - 1, default=0)
+    s = replace(s, n_layers=s.n_layers - nextn)
+    # get_key_or_arr(rope.dimension_sections, 4): any nonzero makes llama.cpp's rope type M-RoPE
+    # (GLM-4V's text stack), which on text (every section at the token's position) is NeoX RoPE
+    sections = md.per_layer("rope.dimension_sections", 4, 0, 1 << 16, default=0)
+    if sum(sections) > s.head_dim:  # ggml_mrope_cache_init asserts it
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_sections')} {list(sections)} add up to more than the head "
+                           f"size {s.head_dim}")  # fmt: skip
+    rope = read_rope(md, s, "neox" if any(sections) else "adjacent")
+    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    b = ModelBuilder(model)
+    declare_buffers(b, s, n_ff)
+    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim))
+    b.op("embed", ("tokens",), ("x",), (embd,))
+    e = (s.n_embd,)
+    for i in range(s.n_layers):
+        p = f"blk.{i}."
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
+        attention(b, i, s, eps, cfg)
+        b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
+        b.op("add", ("x", "h"), ("x",))
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
+        glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=True)
+        b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
+        b.op("add", ("x", "h"), ("x",))
+    tied = output_head(b, s, eps)
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"), rope_freq_factors=False,
+                 extra={"nextn_predict_layers": nextn} if nextn else {})  # fmt: skip
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

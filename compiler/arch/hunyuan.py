@@ -1,0 +1,68 @@
+"""`hunyuan-dense` (Tencent Hunyuan 0.5B-7B dense) and `hunyuan-moe` (Hunyuan-A13B), as llama.cpp's
+src/models/hunyuan-vl.cpp (whose loader and graph hunyuan-dense reuses) and hunyuan-moe.cpp build
+them: llama's pre-norm block (compiler/arch/prenorm.py) with NeoX RoPE over whole heads (no
+factors: the loaders create no rope_freqs), Q and K RMS-normed per head AFTER RoPE (`attn_q_norm`,
+`attn_k_norm` [head_dim]), Q/K/V biases where present; `output.weight`, else tied.
+
+hunyuan-dense: with `rope.scaling.alpha` > 0 (XDRoPE's NTK-aware scaling) the RoPE base is
+rope.freq_base × alpha^(head_dim / (head_dim − 2)), in float32 as its loader computes it. With
+`rope.dimension_sections` its graph calls ggml_rope_multi with the NeoX rope type, which without
+the M-RoPE mode bit rotates by the token's position alone: plain NeoX RoPE, as planned.
+
+hunyuan-moe: every FFN is `expert_count` routed SwiGLU experts `feed_forward_length` wide (the
+loader sizes them so; `expert_feed_forward_length` is required, as llama.cpp requires it, and
+not used), softmax router, the top
+`expert_used_count` renormalized, no weight scale, plus a shared SwiGLU expert
+`expert_shared_feed_forward_length` wide (else `feed_forward_length`), added beside them. Its loader
+reads no `rope.scaling.alpha`.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+
+from rfc.compiler.arch import prenorm
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import Rope, Sizes, read_experts
+from rfc.compiler.arch.metadata import MAX_FF, Metadata
+from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+BLOCK = prenorm.Block("neox", qk_norm_after_rope=True)
+
+
+def _alpha_base(md: Metadata, s: Sizes, rope: Rope) -> Rope:
+    """llama_model_hunyuan_vl::load_arch_hparams: base * powf(alpha, dim / (dim - 2)) when alpha > 0."""
+    md.per_layer("rope.dimension_sections", 4, 0, 1 << 16, default=0)  # read, bounded; no effect on text
+    alpha = md.float("rope.scaling.alpha", 0.0, 1e9, default=0.0)
+    if alpha <= 0.0 or s.head_dim <= 2:
+        return rope
+    f32 = np.float32
+    base = f32(rope.freq_base) * np.power(f32(alpha), f32(s.head_dim) / f32(s.head_dim - 2), dtype=f32)
+    if not np.isfinite(base) or base > 1e12:
+        raise CompileError(f"{md.path}: {md.key('rope.scaling.alpha')} = {alpha} makes the RoPE base {float(base)}")
+    return replace(rope, freq_base=float(base))
+
+
+def build_dense(model: GGUFModel) -> ModelSpec:
+    return prenorm.build(model, "hunyuan-dense", BLOCK, rope=_alpha_base)
+
+
+def build_moe(model: GGUFModel) -> ModelSpec:
+    md = Metadata(model, "hunyuan-moe")
+    count, used = read_experts(md)
+    if not count:
+        raise CompileError(f"{md.path}: hunyuan-moe needs {md.key('expert_count')} and {md.key('expert_used_count')} > 0")
+    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    md.int("expert_feed_forward_length", 1, MAX_FF)  # required by llama.cpp's loader, which then sizes experts by n_ff
+    shared_ff = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) or n_ff
+    e = Experts(count, used, n_ff, shared=1, shared_ff=shared_ff)
+
+    def ffn(b: ModelBuilder, i: int, s: Sizes, _: int) -> bool:
+        moe_block(b, i, s, e)
+        return True
+
+    return prenorm.build(model, "hunyuan-moe", BLOCK, ffn=ffn, declare=lambda b, s: declare_expert_buffers(b, s.n_embd, e),
+                         extra=e.hparams())  # fmt: skip

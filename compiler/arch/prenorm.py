@@ -1,0 +1,105 @@
+"""The plain pre-norm decoder block several families share with small differences (seed_oss,
+ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2), as their llama.cpp graphs build it:
+
+    x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (Q/K/V biases where present)
+    x += FFN(<ffn_norm>(x))                                              (SwiGLU, or the family's experts)
+
+with a final RMS norm and `output.weight` (else the tied embedding). What differs is a Block: the
+RoPE pairing, whether `rope_freqs` factors apply, the FFN norm's name, per-head Q/K RMS norms after
+RoPE (hunyuan) or whole-row ones before it (minimax-m2), partial rotary, and the FFN itself (a
+hook for the mixtures of experts).
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import (
+    Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights,
+    read_rope, read_sizes, rope_factors,
+)  # fmt: skip
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+# ffn(b, i, s, n_ff): the layer's FFN from h (normed) into h, or straight into x; returns whether it added to x
+Ffn = Callable[[ModelBuilder, int, Sizes, int], bool]
+
+
+@dataclass(frozen=True)
+class Block:
+    rope_style: str  # "adjacent" (llama.cpp's NORM) or "neox"
+    factors: bool = False  # rope_freqs.weight (get_rope_factors) where the file has it
+    ffn_norm: str = "ffn_norm"
+    qk_norm_after_rope: bool = False  # per-head RMS norms attn_q_norm / attn_k_norm after RoPE (hunyuan)
+    nextn: bool = False  # the loader reads nextn_predict_layers: the last blocks are MTP ones, not run
+    qk_norm_rows: bool = False  # RMS norms of the whole Q and K rows before RoPE, [q width] / [kv width] (minimax-m2)
+    full_rotary: bool = True  # the graph asserts n_rot == head_dim
+    output_required: bool = False  # the loader requires output.weight (no tied fallback)
+
+
+def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, declare: Callable | None = None,
+          rope: Callable[[Metadata, Sizes, Rope], Rope] | None = None, extra: dict | None = None) -> ModelSpec:
+    """The model: `ffn` replaces the dense SwiGLU FFN (declare(b, s) declares its buffers); `rope`
+    adjusts the file's RoPE (hunyuan's NTK alpha)."""
+    md = Metadata(model, arch)
+    s = read_sizes(md)
+    nextn = md.int("nextn_predict_layers", 0, s.n_layers - 1, default=0) if block.nextn else 0
+    s = replace(s, n_layers=s.n_layers - nextn)
+    rp = read_rope(md, s, block.rope_style)
+    if rope is not None:
+        rp = rope(md, s, rp)
+    if block.full_rotary and rp.n_rot != s.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rp.n_rot} != head size {s.head_dim} "
+                           f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    b = ModelBuilder(model)
+    if block.output_required and not b.has("output.weight"):
+        raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
+    declare_buffers(b, s, n_ff)
+    if declare is not None:
+        declare(b, s)
+    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    factors = rope_factors(b, rp, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if block.factors else None
+    cfg = Attention(rp, scale=1.0 / math.sqrt(s.head_dim), factors=factors, qk_norm=block.qk_norm_rows, qk_norm_rows=block.qk_norm_rows)
+    b.op("embed", ("tokens",), ("x",), (embd,))
+    for i in range(s.n_layers):
+        p = f"blk.{i}."
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        if block.qk_norm_after_rope:
+            _attention_norm_after_rope(b, i, s, eps, cfg)
+        else:
+            attention(b, i, s, eps, cfg)
+        b.op("add", ("x", "h"), ("x",))
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{block.ffn_norm}.weight", block.ffn_norm, (s.n_embd,)),), eps=eps)
+        if ffn is None:
+            glu_ffn(b, i, s.n_embd, n_ff)
+        elif ffn(b, i, s, n_ff):
+            continue  # the experts added their output to x themselves
+        b.op("add", ("x", "h"), ("x",))
+    tied = output_head(b, s, eps)
+    more = dict(extra or {}) | ({"nextn_predict_layers": nextn} if nextn else {})
+    hp = hparams(md, s, rp, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+                 rope_freq_factors=factors is not None, extra=more)  # fmt: skip
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+
+
+def _attention_norm_after_rope(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention) -> None:
+    """h = attn_output(attention(...)) with Q and K RMS-normed per head after RoPE (hunyuan's order)."""
+    p = f"blk.{i}."
+    for proj, w, width in zip("qkv", qkv_weights(b, p, s), (s.q_width, s.kv_width, s.kv_width)):
+        b.op("matmul", ("h",), (proj,), (w,))
+        bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
+        if bias:
+            b.op("add_bias", (proj,), (proj,), (bias,))
+    b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+    hd = (s.head_dim,)
+    b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
+    b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
+    b.op("kv_write", ("k", "v"), (), layer=i)
+    b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
+         scale=cfg.scale)  # fmt: skip
+    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width))

@@ -1,0 +1,43 @@
+"""`qwen3vl` and `qwen3vlmoe` (Qwen3-VL, its MoE variants): the text stack of the vision models, as
+llama.cpp's src/models/qwen3vl.cpp and qwen3vlmoe.cpp build it for text tokens: qwen3's and
+qwen3moe's blocks (per-head Q/K norms before RoPE over whole heads; softmax-routed experts,
+renormalized) with interleaved M-RoPE (`rope.dimension_sections`, required, as llama.cpp requires
+it). For text llama.cpp gives every section the token's position, so the interleaved sections
+turn as NeoX RoPE does: planned so. The deepstack inputs (`n_deepstack_layers`) add the image
+embedding's extra slices to the first layers' outputs; for text those slices are llama.cpp's zero
+padding, so they add nothing. Images are the vision tower's (a separate mmproj file rfc does not
+run): this serves the text part.
+"""
+
+from rfc.compiler.arch import qwen3moe
+from rfc.compiler.arch.common import llama_like, read_sizes
+from rfc.compiler.arch.metadata import Metadata
+from rfc.compiler.arch.moe import moe_transformer
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+
+def _check(model: GGUFModel, arch: str) -> None:
+    """The M-RoPE sections (4, required) within the head, whole-head RoPE, the deepstack count bounded."""
+    md = Metadata(model, arch)
+    s = read_sizes(md)
+    sections = md.per_layer("rope.dimension_sections", 4, 0, 1 << 16)
+    if sum(sections) > s.head_dim:  # ggml_mrope_cache_init asserts it
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_sections')} {list(sections)} add up to more than the head "
+                           f"size {s.head_dim}")  # fmt: skip
+    n_rot = md.int("rope.dimension_count", 2, s.head_dim, default=s.head_dim)
+    if n_rot != s.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {n_rot} != head size {s.head_dim} "
+                           f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    md.int("n_deepstack_layers", 0, s.n_layers, default=0)
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    _check(model, "qwen3vl")
+    return llama_like(model, "qwen3vl", rope_style="neox", qk_norm=True)
+
+
+def build_moe(model: GGUFModel) -> ModelSpec:
+    _check(model, "qwen3vlmoe")
+    return moe_transformer(model, "qwen3vlmoe", qwen3moe._experts, full_rotary=True)
