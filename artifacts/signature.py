@@ -17,6 +17,9 @@ from rfc.artifacts.manifest import MANIFEST_FILE
 
 SIGNATURE_FILE = "model.sig"
 SIGNATURE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+# A signature is a few KB (a key signature ~1 KB; a Sigstore one with its certificate and
+# transparency-log proof ~10 KB): a larger model.sig is refused unread, pulled or local.
+MAX_SIGNATURE_BYTES = 256 << 10
 
 
 def present_files(root: Path) -> list[str]:

@@ -16,15 +16,15 @@ REFERENCE_SUFFIX = ".ref"
 
 
 def bundle_paths(paths: Sequence[Path | str], targets: Sequence[str] = (), chat_template: Path | None = None,
-                 cache_dir: Path | None = None, insecure: bool = False) -> list[Path]:
+                 cache_dir: Path | None = None, registry=None) -> list[Path]:
     """Bundle directories for `paths`; exits with one line on a GGUF that does not compile or
-    a reference that does not pull."""
+    a reference that does not pull (through `registry`, a RegistryOptions; None: the defaults)."""
     from rfc.cli.oci import is_reference
 
     out = []
     for path in paths:
         if is_reference(str(path)):
-            out.append(_pulled(str(path), cache_root(cache_dir), insecure))
+            out.append(_pulled(str(path), cache_root(cache_dir), registry))
             continue
         path = Path(path)
         if not is_gguf(path):
@@ -57,15 +57,16 @@ def model_references(models_dir: Path) -> list[str]:
     return refs
 
 
-def _pulled(text: str, cache_dir: Path, insecure: bool) -> Path:
+def _pulled(text: str, cache_dir: Path, registry) -> Path:
     from rfc.artifacts import BundleError
-    from rfc.cli.oci import OciError, parse_reference, pull_bundle
+    from rfc.cli.oci import OciError, parse_reference
+    from rfc.cli.oci_pull import pull_bundle
     from rfc.cli.oci_cmd import registry_options
 
     reference = parse_reference(text)
     click.echo(f"rfc: pulling {reference} into {cache_dir / 'oci'}", err=True)
     try:
-        return pull_bundle(reference, cache_dir, registry_options(insecure))
+        return pull_bundle(reference, cache_dir, registry or registry_options(False))
     except (OciError, BundleError) as e:
         fail(str(e))
     except OSError as e:

@@ -1,27 +1,13 @@
 """`rfc push` / `rfc pull` / `rfc serve REF`: bundles in OCI registries, through the oras SDK
-(its request and auth machinery: docker config, credential helpers, bearer tokens).
+(its request and auth machinery: docker config, credential helpers, bearer tokens). This
+module speaks to a registry (references, requests with their timeouts and bounds, pushing);
+cli/oci_pull.py pulls into the cache."""
 
-Pulls land in a content-addressed cache, `<cache>/oci/`:
-
-    blobs/sha256/<hex>         every layer, verified against its digest as it downloads
-    blobs/sha256/<hex>.partial an interrupted download, resumed with an HTTP Range request
-    bundles/<manifest hex>/    the bundle, its files hard links to the blobs (read-only)
-    locks/<hex>.lock           one download of a digest at a time, across processes
-
-A second `rfc pull` of a digest another process is downloading waits for it and reuses the
-blob. Nothing is used before its digest is checked: the OCI manifest against the digest the
-reference names (or the registry's answer for a tag), each layer against its descriptor,
-and the bundle's manifest.json against the layers (cli/oci_layout.py); the loader then
-re-hashes the files against manifest.json as for any bundle."""
-
-import fcntl
 import hashlib
 import ipaddress
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +31,7 @@ _REFERENCE = re.compile(
 _CHUNK = 1 << 20
 _MONOLITHIC_MAX = 64 << 20  # larger blobs go up in chunks
 _ATTEMPTS = 3
+_MAX_REPLY = 1 << 20  # any registry reply other than a manifest or a blob (errors, upload answers)
 
 
 class OciError(Exception):
@@ -53,6 +40,19 @@ class OciError(Exception):
 
 class OciNotFound(OciError):
     """The registry holds no artifact by that name."""
+
+
+class OciRefused(OciError):
+    """What the registry sent is refused: not an rfc bundle, damaged, larger than its kind may
+    be, or a file that does not hash to its digest (the artifact's fault, not the network's)."""
+
+
+class OciBadReference(OciError):
+    """The reference or its options cannot be used as given (a port out of range, plain HTTP
+    to another machine): the caller's to fix."""
+
+
+DISTRIBUTE_EXTRA = "registries need the distribute extra: pip install 'rfc[distribute]'"
 
 
 # How far a pull is, in Ollama's words (its /api/pull stream): (status, digest, total, completed).
@@ -101,27 +101,52 @@ def is_loopback(registry: str) -> bool:
         return False
 
 
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_PULL_TIMEOUT_S = 3600.0
+
+
 @dataclass(frozen=True)
 class RegistryOptions:
     """`--insecure`: plain HTTP, for a registry on this machine only. `docker_config`: an
     extra docker config.json (the CLI passes $DOCKER_CONFIG/config.json; ~/.docker/config.json
-    is always read, with its credHelpers and credsStore)."""
+    is always read, with its credHelpers and credsStore). `timeout_s` (--registry-timeout):
+    the connect timeout and the read timeout (the longest silence) of every registry request.
+    `pull_timeout_s` (--pull-timeout): the whole of one pull, manifest to last byte."""
 
     insecure: bool = False
     docker_config: Path | None = None
-    timeout_s: float = 60.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    pull_timeout_s: float = DEFAULT_PULL_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not (0 < self.timeout_s <= 86400 and 0 < self.pull_timeout_s <= 7 * 86400):
+            raise ValueError("registry timeouts must be positive (at most a day per request, a week per pull)")
+
+
+def registry_port(registry: str) -> int | None:
+    """The port a registry host names (None: the scheme's default)."""
+    tail = registry.rsplit("]", 1)[-1]
+    return int(tail.rsplit(":", 1)[1]) if ":" in tail else None
 
 
 class Registry:
     """One registry host, spoken to through oras's session and auth backend."""
 
-    def __init__(self, reference: Reference, options: RegistryOptions):
+    def __init__(self, reference: Reference, options: RegistryOptions, deadline: float | None = None):
+        port = registry_port(reference.registry)
+        if port is not None and not 0 < port < 65536:
+            raise OciBadReference(f"{reference.registry}: a registry's port is 1 to 65535, not {port}")
         if options.insecure and not is_loopback(reference.registry):
-            raise OciError(f"--insecure (plain HTTP) is only for a registry on this machine, not {reference.registry}")
-        import oras.container
-        import oras.provider
+            raise OciBadReference(f"--insecure (plain HTTP) is only for a registry on this machine, not {reference.registry}")
+        try:
+            import oras.container
+            import oras.provider
+        except ImportError:
+            raise OciError(DISTRIBUTE_EXTRA) from None
 
         self.options = options
+        # time.monotonic() by which everything must be done (None: each request's own timeout)
+        self.deadline = deadline
         self.base = f"{'http' if options.insecure else 'https'}://{reference.registry}/v2/{reference.repository}"
         self._oras = oras.provider.Registry(hostname=reference.registry, insecure=options.insecure)
         self._oras.auth = _basic_or_token_auth(self._oras.auth)
@@ -130,14 +155,43 @@ class Registry:
         self._oras.auth.load_configs(self._container, configs=configs)
         # oras's do_request retries a dead connection for two minutes; one call here is one try
         self._request = oras.provider.Registry.do_request.__wrapped__
+        # oras passes no timeout: every request of its session (token fetches too) gets ours
+        session = self._oras.session
+        send = session.request
+        session.request = lambda method, url, **kw: send(method, url, **{**kw, "timeout": self.timeout()})
+
+    def timeout(self) -> float:
+        """Connect and read timeout for the next request: --registry-timeout, or what is left
+        of the pull's deadline if that is less."""
+        if self.deadline is None:
+            return self.options.timeout_s
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise OciError(f"the pull took longer than --pull-timeout ({self.options.pull_timeout_s:g} s): stopped")
+        return min(self.options.timeout_s, left)
+
+    def check_deadline(self) -> None:
+        self.timeout()
 
     def request(self, method: str, url: str, *, headers: dict | None = None, data: Any = None, stream: bool = False):
         import requests
 
         for attempt in range(_ATTEMPTS):
             try:
-                return self._request(self._oras, url if url.startswith("http") else self.base + url, method,
-                                     data=data, headers=dict(headers or {}), stream=stream)
+                # always streamed: a reply the caller reads whole is read here, _MAX_REPLY at most
+                r = self._request(self._oras, url if url.startswith("http") else self.base + url, method,
+                                  data=data, headers=dict(headers or {}), stream=True)
+                if not stream:
+                    with r:
+                        body = self._read(r, _MAX_REPLY + 1)
+                    if len(body) > _MAX_REPLY:
+                        raise OciRefused(f"the registry answered {method} {url[:120]} with more than "
+                                         f"{_MAX_REPLY >> 10} KiB: refused")
+                    r._content, r._content_consumed = body, True
+                return r
+            except requests.exceptions.Timeout:  # (a connect timeout is also a ConnectionError: not retried)
+                raise OciError(f"the registry at {self.base.split('/v2/')[0]} did not answer {method} {url[:120]} within "
+                               f"{self.options.timeout_s:g} s (--registry-timeout)") from None
             except requests.exceptions.ConnectionError as e:
                 if attempt == _ATTEMPTS - 1:
                     raise OciError(f"cannot reach the registry at {self.base.split('/v2/')[0]}: {_first_line(e)}") from None
@@ -152,14 +206,53 @@ class Registry:
             if r.status_code == 404:
                 return None
             _check(r, f"manifest {ref}")
-            data = r.raw.read(layout.MAX_MANIFEST_BYTES + 1, decode_content=True)
+            told_size = _content_length(r)
+            if told_size is not None and told_size > layout.MAX_MANIFEST_BYTES:
+                raise OciRefused(f"the manifest {ref} is {told_size} bytes, more than the "
+                                 f"{layout.MAX_MANIFEST_BYTES >> 20} MiB an OCI manifest may be: refused")
+            data = self._read(r, layout.MAX_MANIFEST_BYTES + 1)
+        if len(data) > layout.MAX_MANIFEST_BYTES:
+            raise OciRefused(f"the manifest {ref} is larger than the {layout.MAX_MANIFEST_BYTES >> 20} MiB an OCI manifest "
+                             f"may be: refused")
         digest = "sha256:" + sha256_bytes(data)
         told = r.headers.get("Docker-Content-Digest")
         if ref.startswith("sha256:") and digest != ref:
-            raise OciError(f"the registry sent a manifest whose digest is {digest}, not the {ref} asked for")
+            raise OciRefused(f"the registry sent a manifest whose digest is {digest}, not the {ref} asked for: refused")
         if told and told.startswith("sha256:") and told != digest:
-            raise OciError(f"the registry says the manifest is {told} but its bytes hash to {digest}")
+            raise OciRefused(f"the registry says the manifest is {told[:80]} but its bytes hash to {digest}: refused")
         return data, digest
+
+    def _read(self, r, limit: int) -> bytes:
+        """At most `limit` bytes of a streamed body, the pull's deadline checked between reads."""
+        out = bytearray()
+        for chunk in self._chunks(r):
+            out += chunk
+            if len(out) >= limit:
+                break
+        return bytes(out[:limit])
+
+    def _chunks(self, r):
+        """A streamed body as it arrives: each read returns what one socket read gave (never
+        waiting to fill a buffer), so the deadline is checked at least once per read timeout."""
+        import requests
+        import urllib3
+
+        read = getattr(r.raw, "read1", None)
+        try:
+            if read is None:  # (urllib3 before 2.3)
+                yield from r.iter_content(_CHUNK)
+                return
+            while True:
+                self.check_deadline()
+                chunk = read(_CHUNK, decode_content=True)
+                if not chunk:
+                    return
+                yield chunk
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            timed_out = isinstance(e, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
+            raise OciError(f"the registry at {self.base.split('/v2/')[0]} " + (
+                f"went silent for {self.options.timeout_s:g} s (--registry-timeout)" if timed_out
+                else f"broke off a download: {_first_line(e)}")) from None
 
     def put_manifest(self, ref: str, data: bytes, media_type: str):
         r = self.request("PUT", f"/manifests/{ref}", data=data, headers={"Content-Type": media_type})
@@ -214,7 +307,7 @@ class Registry:
                         h, have = hashlib.sha256(), 0
                     elif r.status_code not in (200, 206):
                         _check(r, f"blob {digest[:19]}")
-                    for chunk in r.iter_content(_CHUNK):
+                    for chunk in self._chunks(r):
                         have += len(chunk)
                         if have > size:
                             break
@@ -222,9 +315,12 @@ class Registry:
                         h.update(chunk)
                         if progress is not None:
                             progress(have)
+        if have > size:
+            partial.unlink(missing_ok=True)
+            raise OciRefused(f"blob {digest} is longer than the {size} bytes its descriptor says: refused")
         if have != size or "sha256:" + h.hexdigest() != digest:
             partial.unlink(missing_ok=True)  # a wrong prefix must not be resumed again
-            raise OciError(f"blob {digest} arrived as {have} bytes hashing to sha256:{h.hexdigest()}: refused")
+            raise OciRefused(f"blob {digest} arrived as {have} bytes hashing to sha256:{h.hexdigest()}: refused")
 
     def _location(self, r) -> str:
         loc = r.headers.get("Location", "")
@@ -265,6 +361,7 @@ def push_bundle(root: Path, reference: Reference, options: RegistryOptions) -> P
     """Pushes a bundle that verifies (hashes, nothing unlisted) as one artifact, tagged as
     `reference` says; then its provenance as a referrer."""
     root = Path(root)
+    registry = Registry(reference, options)  # (first: a refused reference or no oras says so before any hashing)
     manifest = read_manifest(root)
     problems = verify_files(root, manifest) + [f"{rel}: not listed in the manifest" for rel in unlisted_files(root, manifest)]
     if problems:
@@ -274,7 +371,6 @@ def push_bundle(root: Path, reference: Reference, options: RegistryOptions) -> P
     layers = layout.bundle_layers(manifest, manifest_bytes, signature)
     config = layout.model_config(manifest, layers)
     artifact = layout.artifact_manifest(manifest, config, layers, signature is not None)
-    registry = Registry(reference, options)
     result = PushResult(digest="sha256:" + sha256_bytes(artifact))
     for layer in layers:
         rel = layer["annotations"][layout.FILEPATH]
@@ -300,7 +396,10 @@ def _push_provenance(registry: Registry, subject: bytes, provenance: dict[str, A
         # no referrers API (distribution 2.x): list it in the fallback tag's index instead
         tag = layout.referrers_tag("sha256:" + sha256_bytes(subject))
         found = registry.get_manifest(tag, layout.OCI_INDEX)
-        index = json.loads(found[0]) if found else None
+        try:
+            index = json.loads(found[0]) if found else None
+        except (ValueError, RecursionError):
+            index = None  # not an index: replaced by one
         descriptor = {"mediaType": layout.OCI_MANIFEST, "digest": digest, "size": len(referrer),
                       "artifactType": json.loads(referrer)["artifactType"], "annotations": json.loads(referrer)["annotations"]}
         registry.put_manifest(tag, json.dumps(layout.add_referrer(index, descriptor), sort_keys=True).encode(), layout.OCI_INDEX)
@@ -313,150 +412,6 @@ def _ensure_blob(registry: Registry, data: bytes) -> None:
         registry.upload_blob(data, digest, len(data))
 
 
-def pull_bundle(reference: Reference, cache_dir: Path, options: RegistryOptions, progress: Progress | None = None) -> Path:
-    """The bundle `reference` names, in the cache (pulled unless it is there already);
-    `progress` hears each step and each layer's bytes."""
-    report: Progress = progress or (lambda *_: None)
-    from rfc.compiler.codegen.cache import check_private_dir  # the CLI's side of the boundary
-    from rfc.compiler.errors import CompileError
-
-    oci = Path(cache_dir) / "oci"
-    try:
-        check_private_dir(oci)
-    except CompileError as e:
-        raise OciError(str(e)) from None
-    registry = Registry(reference, options)
-    if reference.digest and (oci / "bundles" / reference.digest.split(":")[1] / MANIFEST_FILE).is_file():
-        return oci / "bundles" / reference.digest.split(":")[1]  # pinned and pulled before: no registry round trip
-    report("pulling manifest", None, None, None)
-    found = registry.get_manifest(reference.ref)
-    if found is None:
-        raise OciNotFound(f"{reference}: no such artifact in the registry")
-    data, digest = found
-    try:
-        _, layers = layout.check_artifact(data)
-    except BundleError as e:
-        raise OciError(f"{reference}: {e}") from None
-    out = oci / "bundles" / digest.split(":")[1]
-    if (out / MANIFEST_FILE).is_file():
-        return out
-    blobs = oci / "blobs" / "sha256"
-    for directory in (blobs, oci / "locks", out.parent):
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    manifest_layer = next(l for l in layers if l[0] == MANIFEST_FILE)
-    _fetch(registry, blobs, oci / "locks", manifest_layer[1], manifest_layer[2], report)
-    try:
-        layout.check_bundle_layers(_blob(blobs, manifest_layer[1]).read_bytes(), layers)
-    except BundleError as e:
-        raise OciError(f"{reference}: {e}") from None
-    for _, blob_digest, size in layers:
-        if blob_digest != manifest_layer[1]:
-            _fetch(registry, blobs, oci / "locks", blob_digest, size, report)
-    report("verifying sha256 digest", None, None, None)  # (each layer was checked as it arrived)
-    report("writing manifest", None, None, None)
-    with _locked(oci / "locks" / f"{out.name}.lock"):
-        if not (out / MANIFEST_FILE).is_file():
-            _assemble(out, blobs, layers)
-    return out
-
-
-def _fetch(registry: Registry, blobs: Path, locks: Path, digest: str, size: int, report: Progress) -> None:
-    path = _blob(blobs, digest)
-    status = f"pulling {digest.split(':')[1][:12]}"  # Ollama's words for a layer
-    if path.is_file():
-        report(status, digest, size, size)
-        return
-    with _locked(locks / f"{digest.split(':')[1]}.lock"):
-        if path.is_file():  # another process pulled it while we waited
-            report(status, digest, size, size)
-            return
-        partial = path.with_name(path.name + ".partial")
-        resumed = partial.exists()
-        report(status, digest, size, partial.stat().st_size if resumed else 0)
-        held = lambda have: report(status, digest, size, have)  # noqa: E731
-        try:
-            registry.download_blob(digest, size, partial, held)
-        except OciError:
-            if not resumed:
-                raise
-            registry.download_blob(digest, size, partial, held)  # the kept prefix was bad: once more from the start
-        os.chmod(partial, 0o444)
-        os.replace(partial, path)
-
-
-def _assemble(out: Path, blobs: Path, layers: list[tuple[str, str, int]]) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for rel, digest, _ in layers:
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(_blob(blobs, digest), dest)
-            except OSError:
-                shutil.copyfile(_blob(blobs, digest), dest)
-                os.chmod(dest, 0o444)
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def remove_bundle(bundle: Path, cache_dir: Path) -> bool:
-    """Deletes a pulled bundle from the cache, and the blobs that were its files and that no
-    other pulled bundle shares (hard links: a blob linked from nowhere else has one link left).
-    False for a bundle outside the cache, which is not the cache's to delete."""
-    oci = Path(cache_dir) / "oci"
-    bundle = Path(bundle)
-    if bundle.parent.resolve() != (oci / "bundles").resolve() or not (bundle / MANIFEST_FILE).is_file():
-        return False
-    inodes = {(st.st_dev, st.st_ino) for st in (p.stat() for p in bundle.rglob("*") if p.is_file())}
-    with _locked(oci / "locks" / f"{bundle.name}.lock"):
-        shutil.rmtree(bundle)
-    for blob in (oci / "blobs" / "sha256").glob("*"):
-        st = blob.stat()
-        if (st.st_dev, st.st_ino) in inodes and st.st_nlink == 1:
-            with _locked(oci / "locks" / f"{blob.name}.lock"):
-                blob.unlink(missing_ok=True)
-    return True
-
-
-def export_bundle(cached: Path, out_dir: Path, force: bool = False) -> Path:
-    """A plain copy of a cached bundle at `out_dir` (files writable like any compile output)."""
-    if out_dir.exists():
-        if not force:
-            raise OciError(f"output {out_dir} exists (use --force to replace it)")
-        shutil.rmtree(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        for src in sorted(p for p in cached.rglob("*") if p.is_file()):
-            dest = tmp / src.relative_to(cached)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest)
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-class _locked:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        self.f = open(self.path, "w")
-        fcntl.flock(self.f, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
-def _blob(blobs: Path, digest: str) -> Path:
-    return blobs / digest.split(":")[1]
-
-
 def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + "digest=" + digest
 
@@ -464,13 +419,22 @@ def _with_digest(location: str, digest: str) -> str:
 def _check(r, what: str) -> None:
     if r.status_code not in (200, 201, 202, 204, 206):
         try:
-            errors = r.json().get("errors") or []
+            body = r.content if r._content_consumed else r.raw.read(_MAX_REPLY, decode_content=True)
+            errors = json.loads(body).get("errors") or []
             detail = "; ".join(str(e.get("message", e)) for e in errors if isinstance(e, dict))
-        except ValueError:
+        except Exception:  # (only the detail of an error already being reported)
             detail = ""
         if r.status_code in (401, 403):
             detail = (detail + "; " if detail else "") + "log in with `docker login` (rfc reads the docker config and its credential helpers)"
         raise OciError(f"registry answered {r.status_code} for {what}" + (f": {detail[:200]}" if detail else ""))
+
+
+def _content_length(r) -> int | None:
+    try:
+        n = int(r.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+    return n if n >= 0 else None
 
 
 def _first_line(e: Exception) -> str:

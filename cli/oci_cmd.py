@@ -9,17 +9,37 @@ from rfc.artifacts import BundleError
 from rfc.cli.errors import fail
 
 
-def registry_options(insecure: bool):
+DEFAULT_TIMEOUT_S = 60.0  # (cli/oci.py's defaults, here without importing it)
+DEFAULT_PULL_TIMEOUT_S = 3600.0
+
+
+def registry_options(insecure: bool, timeout_s: float = DEFAULT_TIMEOUT_S, pull_timeout_s: float = DEFAULT_PULL_TIMEOUT_S):
     """The registry settings from the flags and the environment (the CLI is the edge)."""
     from rfc.cli.oci import RegistryOptions
 
     docker_config = os.environ.get("DOCKER_CONFIG")
-    return RegistryOptions(insecure=insecure, docker_config=Path(docker_config) / "config.json" if docker_config else None)
+    return RegistryOptions(insecure=insecure, docker_config=Path(docker_config) / "config.json" if docker_config else None,
+                           timeout_s=timeout_s, pull_timeout_s=pull_timeout_s)
 
 
 def insecure_option(f):
     return click.option("--insecure", envvar="RFC_INSECURE_REGISTRY", is_flag=True,
                         help="Speak plain HTTP to the registry: only for a registry on this machine (localhost, 127.0.0.1, ::1).")(f)
+
+
+def timeout_options(f):
+    """--registry-timeout and --pull-timeout, for every command that pulls."""
+    f = click.option("--pull-timeout", envvar="RFC_PULL_TIMEOUT", default=DEFAULT_PULL_TIMEOUT_S, show_default=True,
+                     type=click.FloatRange(min=0.1, max=7 * 86400.0),
+                     help="Seconds one pull may take in all, manifest to last byte; then it stops (what arrived is kept "
+                          "for the next pull).")(f)
+    return registry_timeout_option(f)
+
+
+def registry_timeout_option(f):
+    return click.option("--registry-timeout", envvar="RFC_REGISTRY_TIMEOUT", default=DEFAULT_TIMEOUT_S, show_default=True,
+                        type=click.FloatRange(min=0.1, max=86400.0),
+                        help="Seconds to connect to the registry, and the longest it may stay silent in a request.")(f)
 
 
 def parse_ref(text: str):
@@ -35,13 +55,14 @@ def parse_ref(text: str):
 @click.argument("bundle", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.argument("reference")
 @insecure_option
-def push_cmd(bundle: Path, reference: str, insecure: bool) -> None:
+@registry_timeout_option
+def push_cmd(bundle: Path, reference: str, insecure: bool, registry_timeout: float) -> None:
     """Push BUNDLE to an OCI registry as REFERENCE (one layer per file: only changed files upload)."""
     from rfc.cli.oci import OciError, push_bundle
 
     ref = parse_ref(reference)
     try:
-        result = push_bundle(bundle, ref, registry_options(insecure))
+        result = push_bundle(bundle, ref, registry_options(insecure, registry_timeout))
     except (OciError, BundleError) as e:
         fail(str(e))
     click.echo(f"rfc: pushed {len(result.uploaded)} layers ({len(result.reused)} already in the registry)"
@@ -57,14 +78,17 @@ def push_cmd(bundle: Path, reference: str, insecure: bool) -> None:
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="rfc's cache (default: ~/.cache/rfc); pulled artifacts go in DIR/oci. Must be writable by you alone.")
 @insecure_option
-def pull_cmd(reference: str, out_dir: Path | None, force: bool, cache_dir: Path | None, insecure: bool) -> None:
+@timeout_options
+def pull_cmd(reference: str, out_dir: Path | None, force: bool, cache_dir: Path | None, insecure: bool,
+             registry_timeout: float, pull_timeout: float) -> None:
     """Pull the bundle REFERENCE names into the cache (digests checked), and print where it is."""
     from rfc.cli.gguf_cache import cache_root
-    from rfc.cli.oci import OciError, export_bundle, pull_bundle
+    from rfc.cli.oci import OciError
+    from rfc.cli.oci_pull import export_bundle, pull_bundle
 
     ref = parse_ref(reference)
     try:
-        path = pull_bundle(ref, cache_root(cache_dir), registry_options(insecure))
+        path = pull_bundle(ref, cache_root(cache_dir), registry_options(insecure, registry_timeout, pull_timeout))
         if out_dir is not None:
             path = export_bundle(path, out_dir, force)
     except (OciError, BundleError) as e:

@@ -23,14 +23,16 @@ of type application/vnd.in-toto+json whose one layer is provenance.json.
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rfc.artifacts import BundleError
 from rfc.artifacts.hashing import canonical_json, sha256_bytes
 from rfc.artifacts.manifest import MANIFEST_FILE, MAX_FILES, bundle_id, check_relpath, parse_manifest
+from rfc.artifacts.manifest import MAX_MANIFEST_BYTES as MAX_BUNDLE_MANIFEST_BYTES
 from rfc.artifacts.provenance import MEDIA_TYPE as IN_TOTO_MEDIA_TYPE, PROVENANCE_FILE
-from rfc.artifacts.signature import SIGNATURE_FILE, SIGNATURE_MEDIA_TYPE
+from rfc.artifacts.signature import MAX_SIGNATURE_BYTES, SIGNATURE_FILE, SIGNATURE_MEDIA_TYPE
 from rfc.artifacts.layout import WEIGHTS_FILE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -53,7 +55,10 @@ TARGETS = "io.rocmforge.rfc.targets"
 SOURCE_SHA256 = "io.rocmforge.rfc.source.sha256"
 SIGNED = "io.rocmforge.rfc.signed"
 
-MAX_MANIFEST_BYTES = 4 << 20
+MAX_MANIFEST_BYTES = 4 << 20  # an OCI manifest: 4 MiB, as distribution's own limit
+MAX_LAYER_BYTES = 1 << 40  # any one layer (a descriptor's size beyond this is refused as damaged)
+# files whose size the bundle format bounds: refused from the descriptor, before their first byte
+LAYER_LIMITS = {MANIFEST_FILE: MAX_BUNDLE_MANIFEST_BYTES, SIGNATURE_FILE: MAX_SIGNATURE_BYTES}
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -152,37 +157,102 @@ def add_referrer(index: dict[str, Any] | None, descriptor: dict[str, Any]) -> di
     return index
 
 
-def check_artifact(data: bytes) -> tuple[dict[str, Any], list[tuple[str, str, int]]]:
-    """A pulled OCI manifest: (manifest, [(bundle path, digest, size)]) after checking it is
-    an rfc bundle whose every layer names a plain path inside the bundle, once."""
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor, as far as rfc reads one: its media type, digest and size."""
+
+    media_type: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A bundle file as a layer: its path inside the bundle, digest and size."""
+
+    path: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A pulled OCI manifest, typed: what kind of artifact, its config and its layers."""
+
+    artifact_type: str | None
+    config: Descriptor
+    layers: tuple[Layer, ...]
+
+
+def _descriptor(value: Any, what: str) -> Descriptor:
+    if not isinstance(value, dict):
+        raise BundleError(f"the OCI manifest's {what} is not a descriptor (an object)")
+    media_type, digest, size = value.get("mediaType", ""), value.get("digest"), value.get("size")
+    if not isinstance(media_type, str) or len(media_type) > 255:
+        raise BundleError(f"the OCI manifest's {what} has no media type string")
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise BundleError(f"the OCI manifest's {what} has no sha256 digest")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_LAYER_BYTES:
+        raise BundleError(f"the OCI manifest's {what} has no size from 0 to {MAX_LAYER_BYTES >> 40} TiB")
+    return Descriptor(media_type, digest, size)
+
+
+def _string_map(value: Any, what: str) -> dict[str, str]:
+    """OCI annotations: a map of strings to strings, or absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise BundleError(f"the OCI manifest's {what} annotations are not a map of strings")
+    return value
+
+
+def parse_artifact(data: bytes) -> Artifact:
+    """A pulled OCI manifest decoded into typed values (as containerd decodes into typed
+    structs): every field rfc reads has its type checked here, before any use."""
     if len(data) > MAX_MANIFEST_BYTES:
-        raise BundleError("the OCI manifest is larger than 4 MiB")
+        raise BundleError(f"the OCI manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     try:
         m = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BundleError("the OCI manifest is not JSON") from None
     if not isinstance(m, dict) or m.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST:
         raise BundleError("not an OCI image manifest (an index or another kind of manifest)")
-    kind = m.get("artifactType") or (m.get("config") or {}).get("mediaType")
-    if kind != MODEL_ARTIFACT and (m.get("config") or {}).get("mediaType") != MODEL_CONFIG:
-        raise BundleError(f"not an rfc bundle (artifact type {str(kind)[:80]!r})")
+    artifact_type = m.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise BundleError("the OCI manifest's artifactType is not a string")
+    config = _descriptor(m.get("config"), "config")
     layers = m.get("layers")
     if not isinstance(layers, list) or not layers or len(layers) > MAX_FILES + 3:
         raise BundleError("the artifact's layers are missing or too many")
+    out = []
+    for i, value in enumerate(layers):
+        d = _descriptor(value, f"layer {i}")
+        path = _string_map(value.get("annotations"), f"layer {i}").get(FILEPATH)
+        out.append(Layer(check_relpath(path, "layer path"), d.digest, d.size))
+    return Artifact(artifact_type, config, tuple(out))
+
+
+def check_artifact(data: bytes) -> tuple[Artifact, list[tuple[str, str, int]]]:
+    """A pulled OCI manifest: (the artifact, [(bundle path, digest, size)]) after checking it is
+    an rfc bundle whose every layer names a plain path inside the bundle, once, and whose
+    manifest.json and model.sig layers are no larger than those files may be (before a byte
+    of them is downloaded)."""
+    artifact = parse_artifact(data)
+    kind = artifact.artifact_type or artifact.config.media_type
+    if kind != MODEL_ARTIFACT and artifact.config.media_type != MODEL_CONFIG:
+        raise BundleError(f"not an rfc bundle (artifact type {kind[:80]!r})")
     out, seen = [], set()
-    for layer in layers:
-        ann = layer.get("annotations") if isinstance(layer, dict) else None
-        rel = check_relpath((ann or {}).get(FILEPATH), "layer path")
-        digest, size = layer.get("digest"), layer.get("size")
-        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest) or isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise BundleError(f"layer {rel}: no sha256 digest and size")
-        if rel in seen:
-            raise BundleError(f"layer {rel} appears twice")
-        seen.add(rel)
-        out.append((rel, digest, size))
+    for layer in artifact.layers:
+        if layer.path in seen:
+            raise BundleError(f"layer {layer.path} appears twice")
+        limit = LAYER_LIMITS.get(layer.path)
+        if limit is not None and layer.size > limit:
+            raise BundleError(f"layer {layer.path} is {layer.size} bytes, more than the {_size(limit)} such a file may be")
+        seen.add(layer.path)
+        out.append((layer.path, layer.digest, layer.size))
     if MANIFEST_FILE not in seen:
         raise BundleError(f"the artifact has no {MANIFEST_FILE} layer")
-    return m, out
+    return artifact, out
 
 
 def check_bundle_layers(manifest_bytes: bytes, layers: list[tuple[str, str, int]]) -> dict[str, Any]:
@@ -199,6 +269,10 @@ def check_bundle_layers(manifest_bytes: bytes, layers: list[tuple[str, str, int]
     return manifest
 
 
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
 def _param_size(n: int) -> str:
     """ModelPack's paramSize: a count with at most one decimal and a scale letter (260K, 1.1B)."""
     for scale, letter in ((10**15, "Q"), (10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
@@ -209,4 +283,8 @@ def _param_size(n: int) -> str:
 
 def signature_bytes(root: Path) -> bytes | None:
     path = Path(root) / SIGNATURE_FILE
-    return path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    if not path.is_file() or path.is_symlink():
+        return None
+    if path.stat().st_size > MAX_SIGNATURE_BYTES:
+        raise BundleError(f"{path}: larger than the {_size(MAX_SIGNATURE_BYTES)} a signature may be")
+    return path.read_bytes()

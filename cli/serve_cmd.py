@@ -1,6 +1,7 @@
 """`rfc serve`: parse the flags (each also read from an RFC_* environment variable) into
 frozen configs and hand them to rfc.runtime.server.serve."""
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import click
 
 from rfc.cli.errors import fail
+from rfc.cli.oci_cmd import registry_options, timeout_options
 from rfc.cli.cache_types import cache_type_options, parse_cache_types
 from rfc.cli.memory import ctx_size_option, memory_options, parse_memory_options
 from rfc.cli.spec_options import draft_bundle, spec_config, spec_options
@@ -22,6 +24,7 @@ from rfc.cli.threads import apply_threads, threads_option
               default=None, help="Serve only bundles whose model.sig this PEM public key verifies (every file, none added); "
                                  "anything else: one line, exit 2, before any bundle loads.")
 @click.option("--insecure", envvar="RFC_INSECURE_REGISTRY", is_flag=True, help="Pull references over plain HTTP: only from a registry on this machine.")
+@timeout_options
 @click.option("--host", envvar="RFC_HOST", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for all interfaces).")
 @click.option("--port", envvar="RFC_PORT", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--device", envvar="RFC_DEVICE", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
@@ -109,7 +112,7 @@ from rfc.cli.threads import apply_threads, threads_option
                    "names one, the least recently used idle model unloading to make room. The memory budget is split over N.")
 @spec_options
 @click.option("--load-delay", envvar="RFC_LOAD_DELAY", default=0.0, type=click.FloatRange(min=0.0), hidden=True, help="Test hook: wait this long before loading.")
-def serve_cmd(models, models_dir, require_signature, insecure, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, cache_type_k, cache_type_v, ctx_size, pooling, targets, chat_template, cache_dir,
+def serve_cmd(models, models_dir, require_signature, insecure, registry_timeout, pull_timeout, host, port, device, max_batch, max_queue, kv_pages, gpu_memory_utilization, kv_memory, cache_type_k, cache_type_v, ctx_size, pooling, targets, chat_template, cache_dir,
               api_keys, api_key_file, admin_api_key, public_traces, public_metrics, cors_origins, no_cors, no_webui, log_format, log_file, log_level, no_verify, no_mmap, trace_sample_rate, max_traces,
               max_body_bytes, compute_threads, http_threads, max_connections, request_timeout, idle_timeout, max_stored_responses, stored_responses_mb, prompt_cache_mb, template_workers,
               template_memory_mb, template_timeout, shutdown_timeout, grammar_max_bytes, grammar_max_rules, grammar_max_depth,
@@ -141,10 +144,10 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
     try:
         found = discover_bundles(models_dir) + model_references(models_dir) if models_dir else []
         paths = list(models) + found
-        bundles = bundle_paths(paths, targets, chat_template, cache_dir, insecure)
+        registry = registry_options(insecure, registry_timeout, pull_timeout)
+        bundles = bundle_paths(paths, targets, chat_template, cache_dir, registry)
         trust = make_trust(require_signature, (), None, None) if require_signature else None
-        if trust is not None:
-            check_signatures(bundles, trust)
+        verified = check_signatures(bundles, trust) if trust is not None else {}
         # fail now, not after binding, on a named path that is no bundle at all; a bundle of
         # --models-dir that does not read is reported and skipped (the others serve)
         names = dict(zip(bundles, model_names(paths)))
@@ -154,9 +157,11 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
             fail("--model-draft drafts for one model: serve the model it drafts for alone")
         load = LoadOptions(device=device, verify=not no_verify, mmap=not no_mmap, gpu_memory_utilization=utilization, kv_memory=kv_budget,
                            kv_max_sequences=max_batch, ctx_size=ctx_size, threads=thread_choice.threads, cache_types=cache_types,
-                           draft_model=draft_bundle(model_draft, targets, cache_dir, insecure))
+                           draft_model=draft_bundle(model_draft, targets, cache_dir, registry))
         served = plan_models(bundles, load, KvPages.parse(kv_pages), [names[b] for b in bundles], optional,
                              max_loaded_models) if bundles else ()
+        # named as given (the ids), served from the real directory whose signature was checked
+        served = tuple(dataclasses.replace(s, bundle=verified.get(s.bundle, s.bundle)) for s in served)
         if not served:
             fail("no bundle can be served: " + "; ".join(f"{b.bundle}: {b.error}" for b in broken))
         keys = list(api_keys) + (_read_keys(api_key_file) if api_key_file else [])
@@ -165,7 +170,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, host, port, devic
         fail(str(e))
     # models arriving while the server runs: pulled or swapped in (the admin key), or found by
     # SIGHUP in --models-dir; each checked as those named here were
-    fetcher = CliFetcher(cache_root(cache_dir), trust, models_dir)
+    fetcher = CliFetcher(cache_root(cache_dir), trust, models_dir, registry)
     named = bundles[:len(models)]
     rescan = models_dir_rescan(models_dir, named, [names[b] for b in named], fetcher, load, kv_pages, max_loaded_models) \
         if models_dir else None

@@ -87,13 +87,16 @@ def make_trust(public_key: Path | None, certificate_chain: tuple[Path, ...], ide
     return PublicKeyTrust(public_key) if public_key else None
 
 
-def check_signatures(bundles: list[Path], trust) -> None:
+def check_signatures(bundles: list[Path], trust) -> dict[Path, Path]:
     """Every bundle is signed as `trust` requires, or one line and exit 2: run before anything
-    of a bundle is loaded."""
+    of a bundle is loaded. Returns each bundle's real path, the directory that was verified
+    (a bundle reached through a link is served from there)."""
     from rfc.cli.signing import SignatureError, verify_signature
 
+    verified = {}
     for bundle in bundles:
         try:
-            verify_signature(bundle, trust)
+            verified[bundle] = verify_signature(bundle, trust)
         except SignatureError as e:
             fail(str(e))
+    return verified

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import read_manifest, verify_files
-from rfc.artifacts.signature import SIGNATURE_FILE, unlisted_files
+from rfc.artifacts.signature import MAX_SIGNATURE_BYTES, SIGNATURE_FILE, unlisted_files
 
 
 class SignatureError(Exception):
@@ -109,16 +109,26 @@ def sign_bundle(root: Path, signer: Signer) -> Path:
     return out
 
 
-def verify_signature(root: Path, trust: Trust) -> None:
+def verify_signature(root: Path, trust: Trust) -> Path:
     """Raises SignatureError (one line) unless root/model.sig is a valid signature, under
-    `trust`, of exactly the files in the bundle directory."""
-    root = Path(root)
+    `trust`, of exactly the files in the bundle directory. Returns the directory verified: the
+    bundle root resolved once to its real path (so `models/x -> builds/v1` verifies builds/v1);
+    serve that path, not the link, and a link changed afterwards cannot swap in an unchecked
+    bundle. Links inside the bundle are still refused."""
+    given = Path(root)
+    root = Path(os.path.realpath(given))
     signature = root / SIGNATURE_FILE
     if not root.is_dir():
-        raise SignatureError(f"{root} is not a bundle directory")
+        raise SignatureError(f"{given} is not a bundle directory")
     if not signature.is_file() or signature.is_symlink():
-        raise SignatureError(f"bundle {root} is not signed (no {SIGNATURE_FILE})")
-    from model_signing import verifying
+        raise SignatureError(f"bundle {given} is not signed (no {SIGNATURE_FILE})")
+    if signature.stat().st_size > MAX_SIGNATURE_BYTES:
+        raise SignatureError(f"bundle {given}: {SIGNATURE_FILE} is larger than the {MAX_SIGNATURE_BYTES >> 10} KiB a "
+                             f"signature may be: refused unread")
+    try:
+        from model_signing import verifying
+    except ImportError:
+        raise SignatureError("signatures need the distribute extra: pip install 'rfc[distribute]'") from None
 
     config = verifying.Config().set_hashing_config(_hashing_config())
     try:
@@ -133,7 +143,8 @@ def verify_signature(root: Path, trust: Trust) -> None:
     try:
         config.verify(root, signature)
     except Exception as e:  # model-signing raises ValueError, cryptography's InvalidSignature, KeyError on bad JSON...
-        raise SignatureError(f"bundle {root}: signature check failed: {_reason(e)}") from None
+        raise SignatureError(f"bundle {given}: signature check failed: {_reason(e)}") from None
+    return root
 
 
 def _hashing_config():

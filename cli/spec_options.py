@@ -33,11 +33,11 @@ def spec_config(spec_type: str | None, n_max: int, model_draft: str | None):
     return SpecConfig(type=kind, n_max=n_max)
 
 
-def draft_bundle(model_draft: str | None, targets, cache_dir, insecure: bool = False) -> Path | None:
+def draft_bundle(model_draft: str | None, targets, cache_dir, registry=None) -> Path | None:
     """The draft model's bundle directory (a GGUF is compiled into the cache first)."""
     if not model_draft:
         return None
     from rfc.cli.model_args import bundle_paths
 
-    (bundle,) = bundle_paths([model_draft], targets, None, cache_dir, insecure)
+    (bundle,) = bundle_paths([model_draft], targets, None, cache_dir, registry)
     return Path(bundle)

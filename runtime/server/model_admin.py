@@ -13,13 +13,16 @@ without one): Ollama's /api/pull, /api/delete and /api/copy on compiled bundles,
 - `/admin/swap {"model", "source"}` replaces a served model's version by another bundle
   directory or reference; it answers once the new version serves."""
 
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import falcon
 
+from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import read_manifest
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import ApiError, bad_request, not_found, read_json
@@ -54,6 +57,10 @@ SWAP = RequestModel("SwapRequest", (
 ))
 _ERRORS = (403, 404, 502, 503)
 _MAX_PENDING_STEPS = 256  # progress lines a pull holds for its client at most
+_WORKER_CHECK_S = 1.0  # how often a waiting pull stream checks that its worker still runs
+_CLIENT_WAIT_S = 60.0  # how long a pull waits for a client that reads none of its steps
+
+log = logging.getLogger("rfc.server")
 
 
 def add_routes(routes: Routes, handle: EngineHandle, manager: ModelManager, config: ServerConfig) -> None:
@@ -105,6 +112,11 @@ class PullResource:
                 self._manager.pull(name, insecure)
             except FetchError as e:
                 raise _fetch_error(e) from None
+            except (ApiError, falcon.HTTPError):
+                raise
+            except Exception as e:  # whatever else: a JSON error, never a traceback
+                log.exception("pulling %s failed unexpectedly", name[:200])
+                raise ApiError(falcon.HTTP_502, f"the pull failed: {type(e).__name__}") from None
             resp.media = {"status": "success"}
             return
         resp.content_type = NDJSON_CONTENT_TYPE
@@ -120,6 +132,7 @@ class PullResource:
 
         def report(step: "PullProgress | FetchError | None") -> None:
             needed = not isinstance(step, PullProgress) or step.completed is None or step.completed == step.total
+            waited_until = time.monotonic() + _CLIENT_WAIT_S
             while not gone.is_set():
                 try:
                     steps.put(step, timeout=0.5)
@@ -127,6 +140,8 @@ class PullResource:
                 except queue.Full:
                     if not needed:
                         return
+                    if time.monotonic() > waited_until:  # a client that stopped reading counts as gone
+                        gone.set()
 
         def work() -> None:
             try:
@@ -136,12 +151,27 @@ class PullResource:
                 report(e)
             except ApiError as e:  # the new version does not load (the old one still serves)
                 report(FetchError(e.message, 503))
-            report(None)
+            except Exception as e:  # whatever else: the stream still ends with an error line
+                log.exception("pulling %s failed unexpectedly", name[:200])
+                report(FetchError(f"the pull failed: {type(e).__name__}", 500))
+            finally:
+                report(None)
 
-        threading.Thread(target=work, name="rfc-pull", daemon=True).start()
+        worker = threading.Thread(target=work, name="rfc-pull", daemon=True)
+        worker.start()
         try:
-            while (step := steps.get()) is not None:
+            while True:
+                try:
+                    step = steps.get(timeout=_WORKER_CHECK_S)
+                except queue.Empty:
+                    if worker.is_alive():
+                        continue
+                    step = FetchError("the pull ended without a result", 500)  # (never waits on a dead worker)
+                if step is None:
+                    break
                 yield ndjson({"error": str(step)} if isinstance(step, FetchError) else step.as_json())
+                if isinstance(step, FetchError):
+                    break
         finally:
             gone.set()
 
@@ -184,6 +214,15 @@ class DeleteResource:
         if self._handle.unalias(name) or self._handle.unalias(name.removesuffix(":latest")):
             resp.media = {"status": "success"}
             return
+        if self._manager.source(name) is None and self._manager.source(name.removesuffix(":latest")) is None:
+            cached = _unserved_cache_entry(self._manager, name)
+            if cached is not None:  # pulled, never served (or no longer): its files go
+                try:
+                    self._manager.fetcher.remove(cached)
+                except Exception as e:  # (a pull holding its lock, the disk): the entry stays
+                    raise ApiError(falcon.HTTP_503, f"cannot delete {name[:200]} now: {type(e).__name__}") from None
+                resp.media = {"status": "success"}
+                return
         model_id = _known(self._manager, name)
         source = self._manager.remove(model_id)
         still_used = any(s.bundle.resolve() == source.bundle.resolve() for s in self._manager.sources())
@@ -263,8 +302,13 @@ class ModelsResource:
             if served is not None:
                 entry.update(version=served.version, memory_bytes=memory_bytes(served), expires_in=manager.expires_in(model_id))
             models.append(entry)
+        fetcher = manager.fetcher
+        cached = fetcher.cached() if fetcher is not None else []
+        in_use = {s.bundle.resolve() for s in manager.sources()}
         resp.media = {
             "models": models,
+            "cached": [{"digest": "sha256:" + c.name, "name": _model_name(c), "bytes": _bytes(c), "served": c.resolve() in in_use}
+                       for c in cached],
             "aliases": handle.aliases,
             "retiring": [{"id": r.model_id, "version": r.version, "memory_bytes": r.memory_bytes, "why": r.why}
                          for r in manager.retiring()],
@@ -276,6 +320,30 @@ def _known(manager: ModelManager, name: str) -> str:
         if manager.source(candidate) is not None:
             return candidate
     raise not_found(f"model '{name}' not found", code="model_not_found")
+
+
+def _unserved_cache_entry(manager: ModelManager, name: str) -> Path | None:
+    """The pulled bundle `name` names by digest (`sha256:HEX`, or a reference pinned with
+    @sha256:HEX) if it is in the pull cache and no model serves it."""
+    if manager.fetcher is None or "sha256:" not in name:
+        return None
+    digest = name.rsplit("sha256:", 1)[1]
+    served = {s.bundle.resolve() for s in manager.sources()}
+    for bundle in manager.fetcher.cached():
+        if bundle.name == digest and bundle.resolve() not in served:
+            return bundle
+    return None
+
+
+def _model_name(bundle: Path) -> str:
+    try:
+        return str(read_manifest(bundle).get("model", {}).get("name", ""))
+    except (BundleError, AttributeError):
+        return ""
+
+
+def _bytes(bundle: Path) -> int:
+    return sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
 
 
 def _bundle_id(bundle: Path) -> str:

@@ -38,14 +38,18 @@ class FetchError(Exception):
 
 
 class BundleFetcher(Protocol):
-    def fetch(self, source: str, insecure: bool = False, progress: Callable[[PullProgress], None] | None = None) -> Path:
-        """The bundle `source` names, checked (pulled into the cache if it is a reference)."""
+    def fetch(self, source: str, insecure: bool | None = None, progress: Callable[[PullProgress], None] | None = None) -> Path:
+        """The bundle `source` names, checked (pulled into the cache if it is a reference;
+        `insecure` None: as the server was started, --insecure)."""
 
     def is_reference(self, source: str) -> bool:
         """Whether `source` names a registry artifact (else: a path)."""
 
     def remove(self, bundle: Path) -> bool:
         """Deletes a bundle this fetcher pulled (True), leaves anything else (False)."""
+
+    def cached(self) -> list[Path]:
+        """Every bundle in the pull cache, served or not."""
 
 
 @dataclass(frozen=True)

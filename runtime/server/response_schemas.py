@@ -134,4 +134,5 @@ OLLAMA_STATUS = obj({"status": STRING}, {"digest": STRING, "total": INTEGER, "co
 # -- model management (runtime/server/model_admin.py) ----------------------------------------
 ADMIN_SWAP = obj({"model": STRING, "version": STRING, "previous": NULLABLE_STRING, "loaded": BOOLEAN, "load_seconds": NUMBER})
 ADMIN_MODELS = obj({"models": array(obj({"id": STRING, "state": {"enum": ["loaded", "available", "loading", "failed"]}})),
+                    "cached": array(obj({"digest": STRING, "name": STRING, "bytes": INTEGER, "served": BOOLEAN})),
                     "aliases": OBJECT, "retiring": array(obj({"id": STRING, "version": STRING, "memory_bytes": INTEGER}))})

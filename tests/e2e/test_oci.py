@@ -6,7 +6,10 @@ the provenance attached as a referrer, concurrent and resumed pulls, and digests
 import filecmp
 import hashlib
 import json
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -178,8 +181,11 @@ def test_a_blob_altered_in_the_registry_is_refused(registry, bundles, tmp_path):
 
 
 def test_models_dir_reference_file(registry, bundles, tmp_path):
+    """A *.ref file pulled at startup over plain HTTP (--insecure), and again on SIGHUP with the
+    same options: the new tag it names then serves under the same id."""
     ref = f"{registry.host}/models/dir:a"
     push(bundles["a"], ref)
+    push(bundles["b"], f"{registry.host}/models/dir:b")
     models = tmp_path / "models"
     models.mkdir()
     (models / "demo.ref").write_text(f"# the demo, pulled at start\n{ref}\n")
@@ -188,6 +194,21 @@ def test_models_dir_reference_file(registry, bundles, tmp_path):
         server.wait_ready()
         ids = [m["id"] for m in requests.get(server.url + "/v1/models", timeout=10).json()["data"]]
         assert ids == ["stories260K"]
+
+        def served() -> str | None:
+            r = requests.post(server.url + "/v1/completions", json={"model": "stories260K", "prompt": "Once", "max_tokens": 2},
+                              timeout=30)
+            return r.headers.get("X-Model-Version")
+
+        version = {name: json.loads((bundles[name] / "manifest.json").read_text())["bundle_id"] for name in "ab"}
+        assert served() == version["a"]
+        (models / "demo.ref").write_text(f"{registry.host}/models/dir:b\n")
+        os.kill(server.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while served() != version["b"]:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        assert "https://" not in server.log()  # (the startup's --insecure kept: plain HTTP again)
     finally:
         server.stop()
 

@@ -199,3 +199,35 @@ def test_a_bad_source_date_epoch_is_one_line(tmp_path):
     out = rfc("compile", DEMO_MODEL, "-o", tmp_path / "x", "-q", env=_env(SOURCE_DATE_EPOCH="yesterday"))
     assert out.returncode == 2
     assert out.stderr.strip() == "rfc: error: SOURCE_DATE_EPOCH must be a non-negative integer of seconds, not 'yesterday'"
+
+
+def test_serve_a_signed_bundle_behind_a_symlink(signed, keys, rfc_run, tmp_path):
+    """The swap layout (models/x -> builds/v1) with --require-signature: the link is resolved
+    once, the real directory verified and served; a link inside the bundle is still refused."""
+    (tmp_path / "builds").mkdir()
+    shutil.copytree(signed, tmp_path / "builds" / "v1")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "x").symlink_to(tmp_path / "builds" / "v1")
+    rfc("verify", tmp_path / "models" / "x", "--public-key", keys["ours"][1], check=True)
+    server = ServerProcess(tmp_path / "models" / "x", "--require-signature", keys["ours"][1], log_dir=tmp_path)
+    try:
+        server.wait_ready()
+        r = requests.post(server.url + "/generate", json={"prompt": PROMPT, "max_tokens": 8, "temperature": 0}, timeout=60)
+        assert r.status_code == 200 and r.json()["text"] == rfc_run(PROMPT, 8)
+    finally:
+        server.stop()
+    inside = tmp_path / "builds" / "v2"
+    shutil.copytree(signed, inside)
+    (inside / "tokenizer.json").unlink()
+    (inside / "tokenizer.json").symlink_to(tmp_path / "builds" / "v1" / "tokenizer.json")
+    (tmp_path / "models" / "y").symlink_to(inside)
+    assert "signature check failed" in refused(tmp_path / "models" / "y", keys["ours"][1])
+
+
+def test_an_oversized_signature_is_refused_unread(signed, keys, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(signed, copy)
+    with open(copy / "model.sig", "r+b") as f:
+        f.truncate(200_000_000)  # sparse: 200 MB that were never written
+    assert refused(copy, keys["ours"][1]) == (f"rfc: error: bundle {copy}: model.sig is larger than the 256 KiB a signature may "
+                                              f"be: refused unread")
