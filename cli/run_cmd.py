@@ -56,8 +56,8 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
     from rfc.runtime.engine.engine import Engine, GenerationRequest, RequestError
     from rfc.runtime.engine.generate import generate
     from rfc.runtime.engine.kv_budget import KvBudgetError
-    from rfc.runtime.model.loader import LoadOptions, load_model
-    from rfc.runtime.text.prompting import chat_template, encode_prompt
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
+    from rfc.runtime.engine.prompting import chat_template, encode_prompt
     from rfc.runtime.sampling.sampler import SamplingError, SamplingParams
     from rfc.runtime.engine.scheduler import SchedulerConfig
 

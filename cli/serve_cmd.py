@@ -131,7 +131,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, registry_timeout,
     from rfc.cli.sign_cmd import check_signatures, make_trust
     from rfc.runtime.engine.embedding import Pooling
     from rfc.runtime.sampling.grammar_limits import GrammarLimits
-    from rfc.runtime.model.loader import LoadOptions
+    from rfc.runtime.engine.assemble import LoadOptions
     from rfc.runtime.engine.scheduler import SchedulerConfig
     from rfc.runtime.server.config import LogConfig, ServeOptions, ServerConfig
     from rfc.runtime.server.logs import configure_logging

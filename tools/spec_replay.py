@@ -63,9 +63,9 @@ def _decode(bundle: Path, max_tokens: int) -> dict[str, dict[str, list[int]]]:
     from bench_spec_engine import prompts  # tools/ is the script's directory
     from rfc.runtime.engine.engine import Engine, GenerationRequest
     from rfc.runtime.engine.scheduler import SchedulerConfig
-    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
     from rfc.runtime.sampling.sampler import SamplingParams
-    from rfc.runtime.text.prompting import chat_template, encode_prompt
+    from rfc.runtime.engine.prompting import chat_template, encode_prompt
 
     model = load_model(bundle, LoadOptions(device="cpu"))
     template = chat_template(model)

@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from rfc.runtime.engine.batch import ScheduledChunk, StepBatch, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.text.detokenize import IncrementalDetokenizer
-from rfc.runtime.engine.executor import DeviceToken, SampledRows
+from rfc.runtime.core.device import DeviceToken, SampledRows
 from rfc.runtime.engine.jobs import MAX_JOBS, EngineJob, JobExpired, JobQueue
 from rfc.runtime.engine.kv_cache import KvCopy, kv_copy_slots
-from rfc.runtime.model.loader import LoadedModel
+from rfc.runtime.engine.assemble import LoadedModel
 from rfc.runtime.engine.output import OutputStage, SampledToken
 from rfc.runtime.engine.request_ids import RandomIds
 from rfc.runtime.engine.requests import FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent

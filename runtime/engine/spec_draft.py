@@ -15,7 +15,7 @@ import numpy as np
 
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.kv_cache import BlockManager
-from rfc.runtime.model.loader import LoadedModel
+from rfc.runtime.engine.assemble import LoadedModel
 
 # Tokens of catch-up per forward step at most (a sequence's first draft feeds its whole prompt).
 CATCH_UP_TOKENS = 512

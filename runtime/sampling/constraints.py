@@ -34,7 +34,7 @@ import llguidance
 import numpy as np
 
 from rfc.runtime.sampling.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema
-from rfc.runtime.engine.work_pool import Busy, WorkPool
+from rfc.runtime.core.work_pool import Busy, WorkPool
 
 __all__ = ["Busy", "Grammar", "GrammarError", "GrammarLimits", "GrammarWorkers", "Grammars", "Matcher"]
 

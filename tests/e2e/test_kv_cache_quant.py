@@ -13,7 +13,7 @@ from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
 from rfc.runtime.engine.batch import build_batch
 from rfc.runtime.engine.engine import GenerationRequest
 from rfc.runtime.engine.scheduler import ScheduledChunk
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.bounds import KV_CPU_SHARE, kv_cache_bounds
 from tests.conftest import FIXTURES
 from tests.unit.test_engine_spec import GREEDY, NGRAM, PLAIN, _prompts, _run, _same

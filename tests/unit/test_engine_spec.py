@@ -14,8 +14,8 @@ import pytest
 from rfc.artifacts import BundleError
 from rfc.runtime.sampling.constraints import Grammars
 from rfc.runtime.engine.engine import Engine, GenerationRequest, RequestError
-from rfc.runtime.model.loader import LoadOptions, check_draft_vocabulary, load_model
-from rfc.runtime.text.prompting import chat_template, encode_prompt
+from rfc.runtime.engine.assemble import LoadOptions, check_draft_vocabulary, load_model
+from rfc.runtime.engine.prompting import chat_template, encode_prompt
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.engine.spec import SpecConfig, SpecRequest, SpecType
