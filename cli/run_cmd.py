@@ -8,7 +8,7 @@ import click
 from rfc.cli.errors import CHECK_FAILED, fail
 from rfc.cli.cache_types import cache_type_options, parse_cache_types
 from rfc.cli.memory import check_ctx_size, ctx_size_option, memory_options, parse_memory_options
-from rfc.cli.spec_options import draft_bundle, spec_config, spec_options
+from rfc.cli.speculative_options import draft_bundle, spec_config, spec_options
 from rfc.cli.threads import apply_threads, threads_option
 
 

@@ -12,7 +12,7 @@ from rfc.cli.errors import fail
 from rfc.cli.oci_cmd import registry_options, timeout_options
 from rfc.cli.cache_types import cache_type_options, parse_cache_types
 from rfc.cli.memory import ctx_size_option, memory_options, parse_memory_options
-from rfc.cli.spec_options import draft_bundle, spec_config, spec_options
+from rfc.cli.speculative_options import draft_bundle, spec_config, spec_options
 from rfc.cli.threads import apply_threads, threads_option
 
 

@@ -32,8 +32,8 @@ import json
 import sys
 from pathlib import Path
 
-from rfc.runtime.engine.spec import DraftPlanner, SeqSpec, SpecConfig, SpecType, StepCost
-from rfc.runtime.engine.spec_ngram import NgramIndex
+from rfc.runtime.engine.speculative import DraftPlanner, SeqSpec, SpecConfig, SpecType, StepCost
+from rfc.runtime.engine.speculative_ngram import NgramIndex
 
 CURVE = "1:7.33,2:7.73,4:9.43,8:12.80,12:17.42,16:21.43,24:28.25,31:35.06"
 

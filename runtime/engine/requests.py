@@ -12,7 +12,7 @@ from rfc.runtime.core.request_error import RequestError
 from rfc.runtime.text.detokenize import IncrementalDetokenizer
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 from rfc.runtime.engine.scheduler import FinishReason, Sequence
-from rfc.runtime.engine.spec import SeqSpec, SpecRequest
+from rfc.runtime.engine.speculative import SeqSpec, SpecRequest
 from rfc.runtime.text.stopping import StopChecker
 
 __all__ = ["FinishReason", "GenerationRequest", "Observer", "RequestError", "RequestState", "TokenEvent"]

@@ -22,7 +22,7 @@ from rfc.runtime.sampling.constraints import GrammarWorkers
 from rfc.runtime.engine.request_ids import RandomIds
 from rfc.runtime.server.app import create_app
 from rfc.runtime.server.config import ServeOptions
-from rfc.runtime.server.host import EngineHandle, ServedModel, load_served_model
+from rfc.runtime.server.served_models import EngineHandle, ServedModel, load_served_model
 from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.listener import create_listener
 from rfc.runtime.server.model_manager import ModelManager

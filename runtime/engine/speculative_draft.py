@@ -5,7 +5,7 @@ It keeps its own KV pool and block tables, keyed by the target's sequence ids. B
 for a sequence it catches up on the tokens the target accepted since (the tokens its KV holds
 that the sequence no longer has, rejected drafts, are dropped first), then draws greedily one
 token per step: a draft model's greedy token is a point mass, which is what the target's
-verify walk (runtime/engine/spec.py `accept`) needs for the output to keep the target's distribution.
+verify walk (runtime/engine/speculative.py `accept`) needs for the output to keep the target's distribution.
 All sequences drafting in a step share each of the draft model's forward steps.
 """
 
