@@ -52,7 +52,7 @@ def bench_cmd(model, device, compute_threads, cache_type_k, cache_type_v, prefil
     from rfc.runtime.engine import bench
     from rfc.runtime.devices import DeviceError
     from rfc.cli.llama_bench import LlamaBenchError, run_llama_bench
-    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
 
     gguf = model if is_gguf(model) else gguf
     if llama_bench is not None and gguf is None:

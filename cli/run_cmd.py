@@ -8,7 +8,7 @@ import click
 from rfc.cli.errors import CHECK_FAILED, fail
 from rfc.cli.cache_types import cache_type_options, parse_cache_types
 from rfc.cli.memory import check_ctx_size, ctx_size_option, memory_options, parse_memory_options
-from rfc.cli.spec_options import draft_bundle, spec_config, spec_options
+from rfc.cli.speculative_options import draft_bundle, spec_config, spec_options
 from rfc.cli.threads import apply_threads, threads_option
 
 
@@ -56,8 +56,8 @@ def run_cmd(bundle, prompt, chat, system, max_tokens, temperature, top_k, top_p,
     from rfc.runtime.engine.engine import Engine, GenerationRequest, RequestError
     from rfc.runtime.engine.generate import generate
     from rfc.runtime.engine.kv_budget import KvBudgetError
-    from rfc.runtime.model.loader import LoadOptions, load_model
-    from rfc.runtime.text.prompting import chat_template, encode_prompt
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
+    from rfc.runtime.engine.prompting import chat_template, encode_prompt
     from rfc.runtime.sampling.sampler import SamplingError, SamplingParams
     from rfc.runtime.engine.scheduler import SchedulerConfig
 

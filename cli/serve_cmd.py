@@ -13,7 +13,7 @@ from rfc.cli.errors import fail
 from rfc.cli.oci_cmd import registry_options, timeout_options
 from rfc.cli.cache_types import cache_type_options, parse_cache_types
 from rfc.cli.memory import ctx_size_option, memory_options, parse_memory_options
-from rfc.cli.spec_options import draft_bundle, spec_config, spec_options
+from rfc.cli.speculative_options import draft_bundle, spec_config, spec_options
 from rfc.cli.threads import apply_threads, threads_option
 
 
@@ -135,7 +135,7 @@ def serve_cmd(models, models_dir, require_signature, insecure, registry_timeout,
     from rfc.cli.sign_cmd import check_signatures, make_trust
     from rfc.runtime.engine.embedding import Pooling
     from rfc.runtime.sampling.grammar_limits import GrammarLimits
-    from rfc.runtime.model.loader import LoadOptions
+    from rfc.runtime.engine.assemble import LoadOptions
     from rfc.runtime.engine.scheduler import SchedulerConfig
     from rfc.runtime.server.config import LogConfig, ServeOptions, ServerConfig
     from rfc.runtime.server.logs import configure_logging

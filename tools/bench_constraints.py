@@ -23,7 +23,7 @@ import numpy as np
 from rfc.runtime.sampling.constraints import Grammars
 from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.engine.generate import generate
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.sampling.sampler import SamplingParams
 
 SCHEMA = {"type": "object", "properties": {

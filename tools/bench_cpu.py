@@ -22,7 +22,7 @@ import numpy as np
 
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.kv_cache import BlockManager
-from rfc.runtime.model.loader import LoadedModel, LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadedModel, LoadOptions, load_model
 
 
 

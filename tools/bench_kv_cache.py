@@ -24,7 +24,7 @@ import numpy as np
 
 from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 
 CHUNK = 512
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
-from rfc.runtime.sampling.sampling_kernels import SamplingKernels
+from rfc.runtime.core.sampling_kernels import SamplingKernels
 
 CASES = {
     "greedy": SamplingParams(temperature=0),

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from rfc.runtime.engine.engine import Engine, GenerationRequest
-from rfc.runtime.model.loader import LoadOptions, load_model
-from rfc.runtime.text.prompting import chat_template, encode_prompt
+from rfc.runtime.engine.assemble import LoadOptions, load_model
+from rfc.runtime.engine.prompting import chat_template, encode_prompt
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.engine.scheduler import SchedulerConfig
-from rfc.runtime.engine.spec import SpecConfig, SpecType
+from rfc.runtime.engine.speculative import SpecConfig, SpecType
 
 PROMPTS = Path(__file__).resolve().parent / "spec_prompts"
 KINDS = (SpecType.NONE, SpecType.NGRAM)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 
 
 class _TimedEntry:

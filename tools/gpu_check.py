@@ -51,7 +51,7 @@ from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.kv_cache import BlockManager
-from rfc.runtime.model.loader import LoadedModel, LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadedModel, LoadOptions, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.bounds, tests.oracle: the same bounds as CI

@@ -32,8 +32,8 @@ import json
 import sys
 from pathlib import Path
 
-from rfc.runtime.engine.spec import DraftPlanner, SeqSpec, SpecConfig, SpecType, StepCost
-from rfc.runtime.engine.spec_ngram import NgramIndex
+from rfc.runtime.engine.speculative import DraftPlanner, SeqSpec, SpecConfig, SpecType, StepCost
+from rfc.runtime.engine.speculative_ngram import NgramIndex
 
 CURVE = "1:7.33,2:7.73,4:9.43,8:12.80,12:17.42,16:21.43,24:28.25,31:35.06"
 
@@ -63,9 +63,9 @@ def _decode(bundle: Path, max_tokens: int) -> dict[str, dict[str, list[int]]]:
     from bench_spec_engine import prompts  # tools/ is the script's directory
     from rfc.runtime.engine.engine import Engine, GenerationRequest
     from rfc.runtime.engine.scheduler import SchedulerConfig
-    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
     from rfc.runtime.sampling.sampler import SamplingParams
-    from rfc.runtime.text.prompting import chat_template, encode_prompt
+    from rfc.runtime.engine.prompting import chat_template, encode_prompt
 
     model = load_model(bundle, LoadOptions(device="cpu"))
     template = chat_template(model)

@@ -9,10 +9,7 @@ from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.targets import Family, target_entries, target_entry
-
-
-class DeviceError(Exception):
-    """No usable device, or a device failed; the message names what was looked for."""
+from rfc.runtime.core.device import DeviceError  # the devices' error, declared with the device interface
 
 
 class DeviceKind(str, Enum):

@@ -23,11 +23,11 @@ from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import KVSpec, StateSpec
 from rfc.artifacts.program import STEP_ABI_VERSION, STEP_ARGS, plan_arena, unpack_program
 from rfc.artifacts.targets import TargetEntry
-from rfc.runtime.engine.batch import StepBatch
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
-from rfc.runtime.engine.executor import SampledRows
+from rfc.runtime.core.device import SampledRows
 from rfc.runtime.devices.state import HostState
-from rfc.runtime.sampling.sampling_kernels import SamplingKernels
+from rfc.runtime.core.sampling_kernels import SamplingKernels
 
 _CTYPES = {"i64": c_int64, "ptr": c_void_p}
 
@@ -56,7 +56,7 @@ def _fn(lib: ctypes.CDLL, name: str, argtypes: list, restype):
 
 
 class CpuStepDevice(HostState):
-    """A runtime.engine.executor.Device: steps run by the library's step program; the host samples,
+    """A runtime.core.device.Device: steps run by the library's step program; the host samples,
     with the library's sampling kernels where it has them."""
 
     name = DeviceKind.CPU

@@ -19,11 +19,11 @@ from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.program import ArgKind, Launch, unpack_program
 from rfc.artifacts.targets import KernelArg, TargetEntry, target_entry
 from rfc.artifacts.validate import check_weight_map
-from rfc.runtime.engine.batch import StepBatch
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
 from rfc.runtime.devices.gpu_driver import Driver, GpuDriver
 from rfc.runtime.devices.gpu_program import StepRunner
-from rfc.runtime.engine.executor import SampledRows
+from rfc.runtime.core.device import SampledRows
 
 _KV_ITEMSIZE = {"f16": 2, "f32": 4}
 _WEIGHT_ALIGNMENT = 256  # device offsets of uploaded weights: 128-bit loads and more
@@ -45,7 +45,7 @@ def open_device(driver: GpuDriver, bundle: Bundle, target: str, kv: KVSpec, num_
 
 
 class GpuDevice:
-    """A runtime.engine.executor.Device: steps run by the bundle target's step program; with a
+    """A runtime.core.device.Device: steps run by the bundle target's step program; with a
     sampling kernel in the bundle the device samples the rows it may."""
 
     host_sampling = None  # the host samples with numpy: the GPU bundle has no cpu library

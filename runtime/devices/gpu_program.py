@@ -34,10 +34,10 @@ from rfc.artifacts.program import (
     SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS, ArgKind, ArgSlot, Launch, StepProgram,
 )
 from rfc.artifacts.targets import KernelArg
-from rfc.runtime.engine.batch import StepBatch
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.gpu_driver import Driver
-from rfc.runtime.engine.executor import SampledRows
+from rfc.runtime.core.device import SampledRows
 from rfc.runtime.sampling.sampler import SamplingParams
 
 _PACK = {8: "<Q", 4: "<i"}

@@ -15,9 +15,9 @@ import numpy as np
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
 from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind, StateSpec, rope_freqs
-from rfc.runtime.engine.batch import StepBatch
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceKind
-from rfc.runtime.engine.executor import InterpretedDevice
+from rfc.runtime.core.device import InterpretedDevice
 from rfc.runtime.model.kv_quant import dequantize_rows, quantize_rows, rotate
 from rfc.runtime.model.quants import dequantize
 from rfc.runtime.devices.state import HostState, seq_state

@@ -5,10 +5,11 @@ embedding, a benchmark) and the KV block tables; every device reads the same arr
 batch is laid out is decided once, here.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.engine.kv_cache import BlockManager
 
 
@@ -33,30 +34,6 @@ class ScheduledChunk:
         if self.all_logits or self.num_drafts:
             return len(self.tokens)
         return 1 if self.needs_logits else 0
-
-
-@dataclass(frozen=True)
-class StepBatch:
-    tokens: np.ndarray  # int32[T]
-    positions: np.ndarray  # int32[T]
-    slots: np.ndarray  # int32[T]: KV-cache slot (block * block_size + offset) of each token
-    seq_of_token: np.ndarray  # int32[T]: row of `block_tables` / `context_lens`
-    seq_start: np.ndarray  # int32[S+1]: tokens of sequence s are [seq_start[s], seq_start[s+1])
-    block_tables: np.ndarray  # int32[S, max_blocks], -1 padded
-    context_lens: np.ndarray  # int32[S]: cached tokens after this step
-    logit_rows: np.ndarray  # int32[R]: rows of T whose logits are wanted
-    block_size: int
-    # int32[S]: each sequence's recurrent-state slot (artifacts/plan.py StateSpec); -1: it has
-    # none (a plan without state). Empty when the batch was built without a block manager.
-    state_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.logit_rows)
 
 
 def build_batch(chunks: list[ScheduledChunk], blocks: BlockManager) -> StepBatch:

@@ -21,7 +21,7 @@ import numpy as np
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.engine.kv_cache import BlockManager
-from rfc.runtime.model.loader import LoadedModel
+from rfc.runtime.engine.assemble import LoadedModel
 from rfc.runtime.sampling.sampler import SamplingParams
 
 

@@ -8,21 +8,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rfc.runtime.core.request_error import RequestError
 from rfc.runtime.text.detokenize import IncrementalDetokenizer
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 from rfc.runtime.engine.scheduler import FinishReason, Sequence
-from rfc.runtime.engine.spec import SeqSpec, SpecRequest
+from rfc.runtime.engine.speculative import SeqSpec, SpecRequest
 from rfc.runtime.text.stopping import StopChecker
 
 __all__ = ["ContextOverflow", "FinishReason", "GenerationRequest", "Observer", "RequestError", "RequestState", "TokenEvent"]
-
-
-class RequestError(ValueError):
-    """A request the engine cannot take (too long for the context, empty prompt...)."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(message)
-        self.field = field_name
 
 
 class ContextOverflow(RequestError):

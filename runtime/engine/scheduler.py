@@ -14,8 +14,8 @@ Each step spends a budget of `max_batch_tokens`:
 3. waiting sequences are admitted FIFO while the batch has room and their first chunk's KV
    blocks fit; a sequence whose leading full blocks are in the prefix cache takes them and
    starts its prefill after them. Blocks are offered to the cache as each step fills them.
-With speculative decoding, `add_drafts` then extends decode chunks with draft tokens (runtime/
-spec.py decides which and how many) and `postprocess` keeps the KV of the accepted ones only.
+With speculative decoding, `add_drafts` then extends decode chunks with draft tokens (runtime/engine/
+speculative.py decides which and how many) and `postprocess` keeps the KV of the accepted ones only.
 When the pool runs dry the most recently admitted sequence is preempted: its blocks are freed
 and it goes back to the front of the queue to recompute prompt + output later (recompute, not
 swap: the KV arrays belong to the device). The oldest running sequence is never preempted for
@@ -33,7 +33,7 @@ from enum import Enum, StrEnum, auto
 from rfc.artifacts.limits import STEP_SEQS, STEP_TOKENS
 from rfc.runtime.engine.batch import ScheduledChunk
 from rfc.runtime.engine.kv_cache import BlockManager
-from rfc.runtime.engine.spec import SpecConfig
+from rfc.runtime.engine.speculative import SpecConfig
 from rfc.runtime.engine.state_cache import checkpoint_points, first_point_inside
 
 __all__ = ["FinishReason", "QueueFull", "ScheduledChunk", "Scheduler", "SchedulerConfig", "Sequence", "SequenceStatus"]
@@ -79,7 +79,7 @@ class SchedulerConfig:
     max_batch: int = STEP_SEQS  # running sequences at most
     max_batch_tokens: int = STEP_TOKENS  # tokens fed per step at most (the chunked-prefill budget)
     max_queue: int = 64  # waiting sequences at most (preempted ones may exceed it)
-    spec: SpecConfig = SpecConfig()  # speculative decoding: drafts carried by decode steps (runtime/engine/spec.py)
+    spec: SpecConfig = SpecConfig()  # speculative decoding: drafts carried by decode steps (runtime/engine/speculative.py)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1:

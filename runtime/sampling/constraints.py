@@ -39,7 +39,7 @@ import numpy as np
 
 from rfc.runtime.sampling.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema
 from rfc.runtime.sampling.schema_lenient import lenient
-from rfc.runtime.engine.work_pool import Busy, WorkPool
+from rfc.runtime.core.work_pool import Busy, WorkPool
 
 log = logging.getLogger("rfc.grammar")
 

@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from rfc.runtime.engine.requests import RequestError
+from rfc.runtime.core.request_error import RequestError
 
 
 class GrammarError(RequestError):

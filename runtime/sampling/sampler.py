@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rfc.runtime.sampling.sampling_kernels import KernelLogitsError, SamplingKernels
+from rfc.runtime.core.sampling_kernels import KernelLogitsError, SamplingKernels
 from rfc.runtime.sampling.selection import draw, top_k_ids, top_p_head, window
 from rfc.runtime.text.values import is_finite_number, shown
 
@@ -88,7 +88,7 @@ class Sampler:
     """Per-request sampling state: its own numpy Generator (seeded from params.seed, or from
     OS entropy when None) and the token counts of the penalty window.
 
-    With `kernels` (the cpu kernel library's, runtime/sampling/sampling_kernels.py) the filters, the
+    With `kernels` (the cpu kernel library's, runtime/core/sampling_kernels.py) the filters, the
     draw and the logprobs run there, a few passes over the row; without, in numpy below (the
     reference the kernels are tested against). Both draw from the same distribution; a seed
     gives the same tokens run after run on one of them, not across the two."""

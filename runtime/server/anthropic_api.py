@@ -28,7 +28,7 @@ from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import Answer, BodyResource, budget, generation_operations, run
-from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.openapi import Operation, Routes
 from rfc.runtime.server.response_schemas import JSON, MESSAGE, MESSAGE_EVENT, TOKEN_COUNT, streamed
 from rfc.runtime.server.streaming import SseRenderer, sse_event

@@ -6,7 +6,7 @@ code's own tables where it has them; a shape may be looser than its check, never
 from rfc.runtime.text.messages import ROLES, TEXT_PARTS
 from rfc.runtime.server.fields import Field, Kind
 from rfc.runtime.server.structured import MAX_TOOLS, TOOL_NAME_PATTERN
-from rfc.runtime.engine.spec import MAX_DRAFT_TOKENS, SpecRequest, SpecType
+from rfc.runtime.engine.speculative import MAX_DRAFT_TOKENS, SpecRequest, SpecType
 
 # stop strings one request may send, in every API (OpenAI's and /infill's stop, Ollama's options.stop,
 # Anthropic's stop_sequences): each is matched against every piece of text generated

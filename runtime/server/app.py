@@ -5,10 +5,12 @@ EngineHandle and answer 503 until it is ready."""
 import falcon
 from prometheus_client import CollectorRegistry
 
-from rfc.runtime.server import anthropic_api, extras, model_admin, native, ollama_api, openai_api, ops, responses_api
+from rfc.runtime.server import (
+    anthropic_api, model_admin, native, ollama_api, openai_api, responses_api, service_routes, utility_routes,
+)
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import handle_unexpected, serialize_error
-from rfc.runtime.server.host import EngineHandle
+from rfc.runtime.server.served_models import EngineHandle
 from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.middleware import ApiKeyMiddleware, RequestLogMiddleware
 from rfc.runtime.server.model_manager import ModelManager
@@ -48,11 +50,11 @@ def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), tele
     routes.add("/generate/stream", native.GenerateResource(handle, config, stream=True))
     routes.add("/status/{request_id:int}", native.StatusResource(handle))
     routes.add("/cancel/{request_id:int}", native.CancelResource(handle))
-    routes.add("/models", ops.ModelsResource(handle))
-    routes.add("/health", ops.HealthResource(handle, lifecycle))
-    routes.add("/ready", ops.ReadyResource(handle, lifecycle))
-    routes.add("/metrics", ops.MetricsResource(registry, public=config.public_metrics))
-    routes.add("/traces", ops.TracesResource(telemetry.traces, config))
+    routes.add("/models", service_routes.ModelsResource(handle))
+    routes.add("/health", service_routes.HealthResource(handle, lifecycle))
+    routes.add("/ready", service_routes.ReadyResource(handle, lifecycle))
+    routes.add("/metrics", service_routes.MetricsResource(registry, public=config.public_metrics))
+    routes.add("/traces", service_routes.TracesResource(telemetry.traces, config))
 
     routes.add("/v1/models", openai_api.ModelListResource(handle))
     routes.add("/v1/models/{model_id:path}", openai_api.ModelResource(handle))
@@ -66,7 +68,7 @@ def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), tele
     model_admin.add_routes(routes, handle, models, config)
     if webui is not None:  # the page itself is at /, for browsers (ollama_api.RootResource)
         routes.add(WEBUI_ROUTE, WebUiAssetResource(webui))
-    extras.add_routes(routes, handle, config)
+    utility_routes.add_routes(routes, handle, config)
     # the document of all the routes above, and of itself
     routes.add(OPENAPI_PATH, OpenApiResource(routes.all, config))
     return app

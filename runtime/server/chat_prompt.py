@@ -10,7 +10,7 @@ from rfc.runtime.text.call_ids import turns_in_form
 from rfc.runtime.text.chat import ChatTemplateError
 from rfc.runtime.text.messages import MessageError, normalize_messages
 from rfc.runtime.server.errors import ApiError, bad_request
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.served_models import ServedModel
 
 
 def render_chat(served: ServedModel, messages: object, extra: dict | None = None, field: str = "messages",

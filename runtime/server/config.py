@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rfc.runtime.engine.embedding import Pooling
 from rfc.runtime.sampling.grammar_limits import GrammarLimits
-from rfc.runtime.model.loader import LoadOptions
+from rfc.runtime.engine.assemble import LoadOptions
 from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.server.model_sources import BundleFetcher, Rescan
 from rfc.runtime.server.models import BrokenModel, ModelPolicy, ModelSource

@@ -11,7 +11,7 @@ from rfc.runtime.engine.embedding import Pooling, model_pooling, pooled_embeddin
 from rfc.runtime.engine.jobs import JOB_TOKENS
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.generation import check_token_ids
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.served_models import ServedModel
 from rfc.runtime.server.jobs import Deadline, run_job
 
 MAX_INPUTS = 2048  # OpenAI's limit per request

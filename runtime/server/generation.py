@@ -18,7 +18,7 @@ from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import ApiError, bad_request, read_json, unavailable
 from rfc.runtime.server.context_errors import context_error
 from rfc.runtime.server.fields import RequestFields, RequestModel
-from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.middleware import deferred_log
 from rfc.runtime.server.openapi import Operation, request_links
 from rfc.runtime.server.streaming import SSE_MEDIA, SseRenderer, StreamMedia, TokenStream, sse_body

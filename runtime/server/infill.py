@@ -17,7 +17,7 @@ from rfc.runtime.server.api_fields import MAX_STOP_STRINGS, MODEL, SEED, TEMPERA
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
 from rfc.runtime.server.generation import Answer, BodyResource, budget, generation_operations, run
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.served_models import ServedModel
 from rfc.runtime.server.response_schemas import INFILL_EVENT, INFILL_REPLY, streamed
 from rfc.runtime.server.streaming import SseRenderer, sse
 

@@ -13,7 +13,7 @@ import falcon
 import numpy as np
 
 from rfc.runtime.devices import probe_reason
-from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.openapi import Operation, Routes
 from rfc.runtime.server.response_schemas import INTEGRATIONS, INTEGRATIONS_HEALTH, JSON
 

@@ -27,7 +27,7 @@ from rfc.artifacts.bundle import read_manifest
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import ApiError, bad_request, not_found, read_json
 from rfc.runtime.server.fields import Field, Kind, RequestModel
-from rfc.runtime.server.host import EngineHandle
+from rfc.runtime.server.served_models import EngineHandle
 from rfc.runtime.server.middleware import deferred_log
 from rfc.runtime.server.model_manager import ModelManager, memory_bytes
 from rfc.runtime.server.model_sources import FetchError, PullProgress

@@ -7,7 +7,7 @@ tensor_count, context_length, capabilities, details), read from the bundle's man
 from datetime import datetime, timezone
 
 from rfc.runtime.text.reasoning import template_thinks
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.served_models import ServedModel
 
 OWNER = "rfc"
 _MIB = 1 << 20

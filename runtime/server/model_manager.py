@@ -31,13 +31,13 @@ from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import read_manifest, read_plan
 from rfc.artifacts.layout import WEIGHTS_FILE
 from rfc.runtime.engine.kv_budget import DEFAULT_HOST_KV_FRACTION, KvBudgetError, KvShare, host_memory_bytes
-from rfc.runtime.model.loader import LoadOptions
+from rfc.runtime.engine.assemble import LoadOptions
 from rfc.runtime.server.errors import ApiError, not_found, unavailable
-from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.model_sources import BundleFetcher, FetchError, PullProgress, Rescan
 from rfc.runtime.server.models import ModelPolicy, ModelSource, Origin
-from rfc.runtime.server.ops import kv_pool_bytes
+from rfc.runtime.server.service_routes import kv_pool_bytes
 
 log = logging.getLogger("rfc.server")
 

@@ -14,7 +14,8 @@ from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import MANIFEST_FILE, read_manifest, read_plan
 from rfc.artifacts.layout import WEIGHTS_FILE
 from rfc.runtime.engine.kv_budget import KvShare
-from rfc.runtime.model.loader import LoadOptions, check_ctx_size
+from rfc.runtime.engine.assemble import LoadOptions
+from rfc.runtime.model.loader import check_ctx_size
 
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")

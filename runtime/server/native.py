@@ -13,7 +13,7 @@ from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import not_found
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
 from rfc.runtime.server.generation import Answer, BodyResource, budget, generation_operations, run
-from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.openapi import Operation
 from rfc.runtime.server.streaming import SseRenderer, sse
 

@@ -24,7 +24,7 @@ from rfc.runtime.server.embeddings import embed, encode_inputs, shorten
 from rfc.runtime.server.errors import ApiError, bad_request, read_json
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import Answer, generation_operations, run
-from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.infill import fim_prompt
 from rfc.runtime.server.model_manager import ModelManager
 from rfc.runtime.server.model_sources import parse_keep_alive

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from rfc.runtime.server.context_errors import CODE
 from rfc.runtime.server.errors import ApiError, bad_request
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.served_models import ServedModel
 
 log = logging.getLogger("rfc.server")
 

@@ -15,7 +15,7 @@ from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import budget, check_token_ids
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.served_models import ServedModel
 from rfc.runtime.server.ollama_fit import fitted_chat
 from rfc.runtime.text.reasoning import template_thinks
 from rfc.runtime.server.model_info import has_chat_template

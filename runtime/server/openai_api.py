@@ -13,7 +13,7 @@ from rfc.runtime.server import response_schemas as replies
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import Answer, BodyResource, generation_operations, run_all
-from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.model_info import model_card
 from rfc.runtime.server.openai_format import (
     ChatFormat, ChatLogprobs, Choices, CompletionFormat, CompletionLogprobs, OpenAIStreamRenderer, TokenPieces,

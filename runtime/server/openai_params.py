@@ -22,7 +22,7 @@ from rfc.runtime.server.api_fields import MAX_STOP_STRINGS, speculative_request
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import budget, check_token_ids
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.served_models import ServedModel
 from rfc.runtime.server.infill import fim_prompt
 from rfc.runtime.server.prompt_logprobs import prompt_logprobs
 from rfc.runtime.server.openai_models import MAX_CHOICES

@@ -17,12 +17,12 @@ import threading
 from array import array
 from collections import OrderedDict
 
-from rfc.runtime.model.loader import LoadedModel
-from rfc.runtime.text.prompting import encode_prompt
+from rfc.runtime.engine.assemble import LoadedModel
+from rfc.runtime.engine.prompting import encode_prompt
 from rfc.runtime.engine.requests import ContextOverflow
 from rfc.runtime.server.context_errors import context_error
 from rfc.runtime.server.errors import unavailable
-from rfc.runtime.engine.work_pool import Busy, WorkPool
+from rfc.runtime.core.work_pool import Busy, WorkPool
 
 _ENTRY_OVERHEAD = 160  # the OrderedDict slot and the objects around the two payloads
 # Texts longer than this are tokenized on the pool, in pieces of about this size.

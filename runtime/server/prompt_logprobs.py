@@ -10,7 +10,7 @@ import numpy as np
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.engine import Engine
 from rfc.runtime.engine.jobs import JOB_TOKENS
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.served_models import ServedModel
 from rfc.runtime.server.jobs import Deadline, run_job
 
 _TIMEOUT_S = 300.0

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from rfc.runtime.server.host import EngineHandle
+from rfc.runtime.server.served_models import EngineHandle
 from rfc.runtime.server.model_manager import ModelManager, memory_bytes
 
 VLLM_LABEL = "model_name"

@@ -26,7 +26,7 @@ from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import bad_request, not_found
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel, read_query
 from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, Answer, BodyResource, budget, run
-from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.openapi import Operation, Routes, operation_id
 from rfc.runtime.server.response_schemas import JSON, RESPONSE, RESPONSE_DELETED, RESPONSE_EVENT, RESPONSE_ITEMS, streamed
 from rfc.runtime.server.response_store import ResponseStore, StoredResponse

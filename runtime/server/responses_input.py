@@ -7,7 +7,7 @@ import json
 import secrets
 
 from rfc.runtime.server.errors import bad_request
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.served_models import ServedModel
 from rfc.runtime.server.response_store import ResponseStore
 from rfc.runtime.server.structured import OutputPlan, grammar, tool_plan
 

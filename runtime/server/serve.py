@@ -22,20 +22,20 @@ from rfc.runtime.sampling.constraints import GrammarWorkers
 from rfc.runtime.engine.request_ids import RandomIds
 from rfc.runtime.server.app import create_app
 from rfc.runtime.server.config import ServeOptions
-from rfc.runtime.server.host import EngineHandle, ServedModel, load_served_model
+from rfc.runtime.server.served_models import EngineHandle, ServedModel, load_served_model
 from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.listener import create_listener
 from rfc.runtime.server.model_manager import ModelManager
 from rfc.runtime.server.models import ModelSource
 from rfc.runtime.server.telemetry import Telemetry, build_telemetry
 from rfc.runtime.text.template_worker import TemplatePool, WorkerLimits
-from rfc.runtime.engine.work_pool import WorkPool
+from rfc.runtime.core.work_pool import WorkPool
 
 log = logging.getLogger("rfc.server")
 
 
 class _Pools:
-    """The bounded pools every model of the server shares (runtime/engine/work_pool.py)."""
+    """The bounded pools every model of the server shares (runtime/core/work_pool.py)."""
 
     def __init__(self, options: ServeOptions):
         limits = options.server

@@ -27,7 +27,7 @@ from rfc.runtime.sampling.constraints import Busy, Grammar, GrammarError
 from rfc.runtime.text.reasoning import prompt_opens_thinking, template_is_harmony, template_thinks, thinking_tags
 from rfc.runtime.server.call_schema import calls_schema, generic_schema
 from rfc.runtime.server.errors import bad_request, unavailable
-from rfc.runtime.server.host import ServedModel
+from rfc.runtime.server.served_models import ServedModel
 
 MAX_TOOLS = 128
 # OpenAI allows a-z, A-Z, 0-9, _ and -; MCP adds . and :. Matched whole (re's `$` would let a

@@ -3,7 +3,7 @@ trace store under that model's label."""
 
 from rfc.runtime.engine.engine import Observer, RequestState
 from rfc.runtime.server.config import ServerConfig
-from rfc.runtime.server.host import EngineHandle
+from rfc.runtime.server.served_models import EngineHandle
 from rfc.runtime.server.metrics import ServerMetrics
 from rfc.runtime.server.traces import TraceStore
 

@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from rfc.runtime.engine.engine import Engine, GenerationRequest
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.artifacts.targets import missing_isa
@@ -190,7 +190,7 @@ def test_a_verify_step_past_256_positions_gives_each_tokens_decode_logits(name, 
 def test_the_fingerprint_names_bundle_and_kernel_variant(bundle_cache):
     """Stable across loads (restarts) of the same bundle on the same machine; another kernel
     variant (here the reference device against the cpu target) gives another."""
-    from rfc.runtime.model.fingerprint import system_fingerprint
+    from rfc.runtime.engine.fingerprint import system_fingerprint
 
     bundle = bundle_cache(DEMO_MODEL)
     cpu = [system_fingerprint(load_model(bundle, LoadOptions(device="cpu", threads=t))) for t in (1, 2)]

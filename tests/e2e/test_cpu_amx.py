@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rfc.runtime.devices import cpu as cpu_device
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.bounds import llama_cpp_bounds
 from tests.conftest import FIXTURES
 from tests.e2e.test_reference_oracle import teacher_forced_logits

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.bounds import llama_cpp_bounds as logit_bounds_ok
 from tests.conftest import FIXTURES
 from tests.e2e.test_oracle_bounds import CPU_MODELS

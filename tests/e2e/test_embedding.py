@@ -17,8 +17,8 @@ from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.engine.jobs import JobExpired
 from rfc.runtime.server.errors import ApiError
 from rfc.runtime.server.jobs import Deadline, run_job
-from rfc.runtime.model.loader import LoadOptions, load_model
-from rfc.runtime.text.prompting import encode_prompt
+from rfc.runtime.engine.assemble import LoadOptions, load_model
+from rfc.runtime.engine.prompting import encode_prompt
 from tests.conftest import skip_reason, smollm2
 from tests.e2e.conftest import ServerProcess, sse_json
 

@@ -56,7 +56,7 @@ def test_a_file_that_is_neither_bundle_nor_gguf_is_one_line(tmp_path):
 def test_models_dir_serves_every_bundle_in_it(tmp_path, demo_bundle):
     import shutil
 
-    from rfc.runtime.model.loader import LoadOptions
+    from rfc.runtime.engine.assemble import LoadOptions
     from rfc.runtime.server.models import KvPages, discover_bundles, plan_models
 
     models = tmp_path / "models"

@@ -49,6 +49,6 @@ def test_yarn_on_the_cpu(bundle_cache, oracle, tmp_path):  # noqa: F811
 
 
 def _plan(bundle_dir):
-    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
 
     return load_model(bundle_dir, LoadOptions(device="ref")).bundle.plan

@@ -12,8 +12,8 @@ from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.engine.scheduler import SchedulerConfig
-from rfc.runtime.engine.spec import SpecConfig, SpecType
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.speculative import SpecConfig, SpecType
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.sampling.sampler import SamplingParams
 from tests.conftest import FIXTURES, assert_compile_refused
 from tests.e2e.test_prefix_cache import Recorder

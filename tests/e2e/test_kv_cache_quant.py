@@ -13,7 +13,7 @@ from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
 from rfc.runtime.engine.batch import build_batch
 from rfc.runtime.engine.engine import GenerationRequest
 from rfc.runtime.engine.scheduler import ScheduledChunk
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.bounds import KV_CPU_SHARE, kv_cache_bounds
 from tests.conftest import FIXTURES
 from tests.unit.test_engine_spec import GREEDY, NGRAM, PLAIN, _prompts, _run, _same
@@ -78,7 +78,7 @@ def test_the_pool_reports_its_types_and_real_bytes(bundle_cache):
     """/health's per-model `kv` block, the pool bytes the budget and /health count, /metrics'
     bytes-per-token gauge: all the bytes the device really holds."""
     from rfc.runtime.server.metrics import PREFIX, ServerMetrics
-    from rfc.runtime.server.ops import _kv_check
+    from rfc.runtime.server.service_routes import _kv_check
 
     model = load_model(bundle_cache(FIXTURES / "tiny-llama-F32.gguf"), LoadOptions(device="ref", kv_blocks=4,
                                                                                    cache_types=KvCacheTypes(Q8, Q4)))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rfc.artifacts.targets import parse_target
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.bounds import device_bounds, oracle_bounds, rounding_kinds
 from tests.conftest import FIXTURES, TINY_MODELS
 from tests.e2e.test_reference_oracle import REFERENCE_ONLY, teacher_forced_logits

@@ -10,7 +10,7 @@ import requests
 import pytest
 
 from rfc.runtime.engine.engine import Engine, GenerationRequest
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.engine.scheduler import SchedulerConfig
 from tests.conftest import DEMO_MODEL, FIXTURES

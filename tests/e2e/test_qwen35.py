@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.bounds import llama_cpp_bounds
 from tests.conftest import FIXTURES
 from tests.e2e.test_cpu_device import assert_greedy_decoding_agrees

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.bounds import llama_cpp_bounds
 from tests.conftest import DEMO_MODEL, FIXTURES, TINY_MODELS, rfc
 

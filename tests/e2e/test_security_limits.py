@@ -133,10 +133,10 @@ def test_long_prompts_are_refused_after_bounded_work(demo_bundle):
     check: each is refused after tokenizing a piece of it, on a pool of two threads, and the
     process's peak RSS stays within 200 MB of idle (the whole text was tokenized before:
     333,332 tokens each on an 8k model)."""
-    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
     from rfc.runtime.server.errors import ApiError
     from rfc.runtime.server.prompt_cache import PromptCache
-    from rfc.runtime.engine.work_pool import WorkPool
+    from rfc.runtime.core.work_pool import WorkPool
 
     model = load_model(demo_bundle, LoadOptions(device="ref"))
     model.context_length = 8192  # an 8k model, as in the finding

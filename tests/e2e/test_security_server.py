@@ -69,7 +69,7 @@ def test_prompt_cache_counts_real_bytes(demo_bundle):
     """Its own accounting was 8-13x low; now what it reports is what it holds."""
     import tracemalloc
 
-    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
     from rfc.runtime.server.prompt_cache import PromptCache
 
     model = load_model(demo_bundle, LoadOptions(device="ref"))

@@ -5,7 +5,7 @@ import falcon.testing
 import pytest
 import requests
 
-from rfc.runtime.model.loader import LoadOptions
+from rfc.runtime.engine.assemble import LoadOptions
 from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.server import EngineHandle, ServerConfig, create_app, load_served_model
 from rfc.runtime.server.telemetry import build_telemetry

@@ -26,8 +26,8 @@ import pytest
 import requests
 from tokenizers import Tokenizer
 
-from rfc.runtime.model.loader import LoadOptions, load_model
-from rfc.runtime.text.prompting import chat_template, encode_prompt
+from rfc.runtime.engine.assemble import LoadOptions, load_model
+from rfc.runtime.engine.prompting import chat_template, encode_prompt
 from tests.bounds import TOP1_GAP, device_bounds, oracle_bounds, rounding_kinds
 from tests.conftest import FIXTURES, rfc, skip_reason, smollm2
 from tests.e2e.conftest import ServerProcess

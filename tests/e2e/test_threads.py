@@ -26,7 +26,7 @@ def test_run_logs_the_thread_count_and_defaults_to_the_affinity_mask(demo_bundle
 _TEAM = """
 import os, sys
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 model = load_model(sys.argv[1], LoadOptions(device="cpu", threads=int(sys.argv[2])))
 blocks = model.kv_pool.manager()
 blocks.allocate(0, 4)

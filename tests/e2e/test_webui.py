@@ -68,7 +68,7 @@ def test_files_come_from_an_allow_list_with_their_types(server):
     for name in ("index.html", "nope.js", "..%2F__init__.py", "%2e%2e", "app.js%00", "APP.JS", "webui_routes.py"):
         r = requests.get(f"{server.url}/webui/{name}", timeout=10)
         assert r.status_code == 404 and r.json()["status"] == "error", name
-    for name in ("../ops.py", "../../artifacts/__init__.py"):
+    for name in ("../service_routes.py", "../../artifacts/__init__.py"):
         assert requests.get(f"{server.url}/webui/{name}", timeout=10).status_code == 404
     names = {p.name for p in Path(__file__).parents[2].joinpath("runtime", "server", "webui").iterdir()}
     assert names == {"index.html", "app.js", "markdown.js", "style.css", "favicon.svg"}  # what the allow-list names

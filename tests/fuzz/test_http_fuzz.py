@@ -12,7 +12,7 @@ import random
 import falcon.testing
 import pytest
 
-from rfc.runtime.model.loader import LoadOptions
+from rfc.runtime.engine.assemble import LoadOptions
 from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.server import EngineHandle, ServerConfig, create_app, load_served_model
 from rfc.runtime.server.telemetry import build_telemetry

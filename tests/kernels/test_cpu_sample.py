@@ -27,7 +27,7 @@ from rfc.compiler.codegen import cpu
 from rfc.kernels import __file__ as _kernels_init
 from rfc.runtime.devices.cpu import cpu_flags
 from rfc.runtime.sampling.sampler import Sampler, SamplingError, SamplingParams
-from rfc.runtime.sampling.sampling_kernels import KernelLogitsError, SamplingKernels
+from rfc.runtime.core.sampling_kernels import KernelLogitsError, SamplingKernels
 from tests.conftest import FIXTURES
 
 pytestmark = [
@@ -212,7 +212,7 @@ def test_sampler_with_kernels_matches_numpy_where_both_are_exact(kernels):
 
 def test_bundle_library_carries_the_sampling_functions(bundle_cache):
     """A compiled bundle's cpu library exports them and the step device hands them on."""
-    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
 
     model_path = FIXTURES / "tiny-llama-Q4_0.gguf"
     if not model_path.exists():

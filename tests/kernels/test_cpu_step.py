@@ -28,7 +28,7 @@ from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.cpu_step import StepArgs
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.conftest import FIXTURES
 from tests.kernels.kit.cpu import CpuOpDevice
 

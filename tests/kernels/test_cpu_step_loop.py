@@ -21,7 +21,7 @@ from rfc.runtime.devices.cpu import open_library
 from rfc.runtime.devices.cpu_step import CpuStepDevice
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.executor import Executor
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.conftest import FIXTURES
 
 pytestmark = [

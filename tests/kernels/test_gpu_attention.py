@@ -29,7 +29,7 @@ from rfc.compiler.codegen.gpu_plan import (
     ATTENTION_TILE_SHARED, I32, KernelSpec, attention_scratch_floats, plan_kernels,
 )
 from rfc.compiler.targets import parse_target
-from rfc.runtime.engine.batch import StepBatch
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices.reference import ReferenceDevice
 from tests.kernels.gpu_emulator import EmulatedDriver, build_source_emulator
 from tests.conftest import shared_basetemp

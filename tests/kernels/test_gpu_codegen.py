@@ -15,7 +15,7 @@ from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.runtime.devices import DeviceError, DeviceKind, gpu_driver_class, probe_reason
 from rfc.artifacts.codeobject import read_cubin, read_hsaco
 from rfc.artifacts.targets import target_entry
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, model_path, toolchain_marks  # noqa: F401
 from tests.kernels.kit.gpu import check_kernels
 

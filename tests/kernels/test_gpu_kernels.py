@@ -22,7 +22,8 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.runtime.engine.batch import ScheduledChunk, StepBatch, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager

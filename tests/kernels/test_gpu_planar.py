@@ -21,7 +21,8 @@ from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.artifacts.program import unpack_program
 from rfc.artifacts.targets import target_entry
-from rfc.runtime.engine.batch import ScheduledChunk, StepBatch, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices.gpu import device_weight_bytes
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.engine.executor import Executor

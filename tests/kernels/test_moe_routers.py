@@ -21,8 +21,9 @@ import pytest
 
 from rfc.artifacts.targets import parse_target
 from rfc.compiler.pipeline import CompileOptions, compile_model
-from rfc.runtime.engine.batch import ScheduledChunk, StepBatch
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.batch import ScheduledChunk
+from rfc.runtime.core.step import StepBatch
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from tests.bounds import device_bounds, oracle_bounds, rounding_kinds
 from tests.conftest import FIXTURES, shared_basetemp
 from tests.e2e.test_reference_oracle import teacher_forced_logits

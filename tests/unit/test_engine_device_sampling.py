@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from rfc.runtime.engine.engine import Engine, GenerationRequest
-from rfc.runtime.engine.executor import SampledRows
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.core.device import SampledRows
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.sampling.sampler import SamplingParams
 from tests.conftest import DEMO_MODEL
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from rfc.runtime.engine.engine import LENGTH, Engine, FinishReason, GenerationRequest
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.engine.output import MAX_LAG
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.engine.scheduler import SchedulerConfig, SequenceStatus

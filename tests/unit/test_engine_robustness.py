@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rfc.runtime.engine.engine import Engine, GenerationRequest
-from rfc.runtime.model.loader import LoadOptions, load_model
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.sampling.sampler import SamplingParams
 from tests.conftest import DEMO_MODEL
 

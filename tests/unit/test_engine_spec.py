@@ -14,11 +14,11 @@ import pytest
 from rfc.artifacts import BundleError
 from rfc.runtime.sampling.constraints import Grammars
 from rfc.runtime.engine.engine import Engine, GenerationRequest, RequestError
-from rfc.runtime.model.loader import LoadOptions, check_draft_vocabulary, load_model
-from rfc.runtime.text.prompting import chat_template, encode_prompt
+from rfc.runtime.engine.assemble import LoadOptions, check_draft_vocabulary, load_model
+from rfc.runtime.engine.prompting import chat_template, encode_prompt
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.engine.scheduler import SchedulerConfig
-from rfc.runtime.engine.spec import SpecConfig, SpecRequest, SpecType
+from rfc.runtime.engine.speculative import SpecConfig, SpecRequest, SpecType
 from tests.conftest import DEMO_MODEL, FIXTURES, skip_reason, smollm2
 from tests.unit.test_engine_device_sampling import GreedyDevice
 from tests.unit.test_spec import chi_square_bound

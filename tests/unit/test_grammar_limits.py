@@ -89,7 +89,7 @@ def test_matchers_are_released_when_their_request_ends(tmp_path):
     pattern) among the 1,024 finished states the engine remembers."""
     from rfc.runtime.sampling.constraints import Grammars
     from rfc.runtime.engine.engine import Engine, GenerationRequest
-    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
     from rfc.runtime.sampling.sampler import SamplingParams
     from tests.conftest import DEMO_MODEL, rfc
 

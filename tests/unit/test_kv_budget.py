@@ -26,7 +26,8 @@ from rfc.runtime.engine.kv_budget import (
     parse_kv_memory,
     parse_utilization,
 )
-from rfc.runtime.model.loader import ContextSizeError, LoadOptions, check_ctx_size, load_model, served_context_length
+from rfc.runtime.model.loader import ContextSizeError, check_ctx_size, served_context_length
+from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.server.models import KvPages, plan_models
 from tests.conftest import FIXTURES
 

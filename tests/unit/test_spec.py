@@ -1,5 +1,5 @@
-"""Speculative decoding's parts alone (runtime/engine/spec.py, spec_ngram.py, the scheduler's and the
-KV manager's side): the n-gram lookup, the acceptance walk and its statistics, the cost model,
+"""Speculative decoding's parts alone (runtime/engine/speculative.py, speculative_ngram.py, the
+scheduler's and the KV manager's side): the n-gram lookup, the acceptance walk and its statistics, the cost model,
 the planner, and that rejected drafts leave no KV behind and never reach the prefix cache."""
 
 import math
@@ -11,10 +11,10 @@ from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.engine.prefix_cache import block_keys
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 from rfc.runtime.engine.scheduler import FinishReason, Scheduler, SchedulerConfig, Sequence, SequenceStatus
-from rfc.runtime.engine.spec import (
+from rfc.runtime.engine.speculative import (
     DraftPlanner, SeqSpec, SpecConfig, SpecError, SpecRequest, SpecType, StepCost, accept, start,
 )
-from rfc.runtime.engine.spec_ngram import NgramIndex
+from rfc.runtime.engine.speculative_ngram import NgramIndex
 
 
 def chi_square_bound(df: int, z: float = 3.72) -> float:
@@ -270,7 +270,7 @@ def test_step_cost_curve_bends_where_the_device_does():
 
 def test_planner_gives_drafts_while_they_pay_for_their_cost():
     planner = DraftPlanner(StepCost(fixed=0.2), step_tokens=31)
-    # alone: q^i against E r / (1 + r (T - 1)); at q = 0.9 seven tokens pay (see runtime/engine/spec.py)
+    # alone: q^i against E r / (1 + r (T - 1)); at q = 0.9 seven tokens pay (see runtime/engine/speculative.py)
     assert planner.allocate({1: [0.9] * 16}, 1, 1) == {1: 7}
     assert planner.allocate({1: [0.9] * 3}, 1, 1) == {1: 3}  # no more than offered
     assert planner.allocate({1: [0.45] * 16}, 1, 1) == {1: 1}

@@ -1,6 +1,6 @@
 """Identities as typed values, not strings: a manifest's target entries read
 into TargetEntry, op kinds as OpKind, the devices as DeviceKind; every device declares what
-the engine reads of it (runtime.engine.executor.Device)."""
+the engine reads of it (runtime.core.device.Device)."""
 
 import msgpack
 import pytest
@@ -12,7 +12,8 @@ from rfc.runtime.devices import DeviceKind
 from rfc.runtime.devices.cpu_step import CpuStepDevice
 from rfc.runtime.devices.gpu import GpuDevice
 from rfc.runtime.devices.reference import ReferenceDevice
-from rfc.runtime.engine.executor import Device, Executor
+from rfc.runtime.core.device import Device
+from rfc.runtime.engine.executor import Executor
 
 GPU_ENTRY = {"name": "sm_90", "family": "cuda", "wave_size": 32, "kernels": "kernels/sm_90/rfc.cubin",
              "program": "kernels/sm_90/program.msgpack", "sources": ["kernels/sm_90/rfc.cu"],

@@ -1,6 +1,6 @@
 """The kernel tests' kit: a compiled target's kernels run one plan op at a time, behind the
 reference device's op-by-op interface (alloc, upload_batch, weight, launch, download; the
-plan interpreted by runtime.engine.executor.InterpretedDevice), so a test compares a kernel with the
+plan interpreted by runtime.core.device.InterpretedDevice), so a test compares a kernel with the
 reference op on the same inputs, and a whole model op by op with the step program.
 
 - gpu.py: each op's kernel as a one-launch program, from the compiler's argument slots, bound

@@ -24,10 +24,10 @@ from rfc.artifacts.formats import row_nbytes
 from rfc.artifacts.plan import MOE_GATINGS, KVSpec, Op, OpKind, rope_freqs
 from rfc.compiler.codegen.cpu import ABI_VERSION
 from rfc.compiler.codegen.cpu_step import altup_consts
-from rfc.runtime.engine.batch import StepBatch
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.cpu import open_library
-from rfc.runtime.engine.executor import InterpretedDevice
+from rfc.runtime.core.device import InterpretedDevice
 from tests.kernels.kit import op_key
 
 _P = c_void_p

@@ -22,12 +22,12 @@ from rfc.artifacts.program import ArgKind, ArgSlot, unpack_program
 from rfc.artifacts.targets import TargetEntry
 from rfc.compiler.codegen.gpu_plan import ARG_SIZES, KernelSpec, op_launch, plan_kernels
 from rfc.compiler.targets import parse_target
-from rfc.runtime.engine.batch import StepBatch
+from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.gpu import GpuMemory, check_code_object_args, check_launch
 from rfc.runtime.devices.gpu_driver import Driver
 from rfc.runtime.devices.gpu_program import bind_launch
-from rfc.runtime.engine.executor import InterpretedDevice
+from rfc.runtime.core.device import InterpretedDevice
 from tests.kernels.kit import op_key
 
 _DTYPES = {"f32": np.float32, "i32": np.int32}

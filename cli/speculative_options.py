@@ -25,7 +25,7 @@ def spec_options(f):
 
 def spec_config(spec_type: str | None, n_max: int, model_draft: str | None):
     """The engine's SpecConfig from the flags; exits (2) on a contradiction."""
-    from rfc.runtime.engine.spec import SpecConfig, SpecType
+    from rfc.runtime.engine.speculative import SpecConfig, SpecType
 
     kind = SpecType(spec_type) if spec_type else (SpecType.DRAFT if model_draft else SpecType.NONE)
     if kind is SpecType.DRAFT and not model_draft:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rfc.runtime.model.loader import LoadedModel
+    from rfc.runtime.engine.assemble import LoadedModel
 
 BUNDLE_ID_CHARS = 12  # of the bundle id, a digest of every file of the bundle: kernels and weights too
 

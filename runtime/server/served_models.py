@@ -19,15 +19,15 @@ from rfc.runtime.text.chat import ChatTemplate, ChatTemplateError
 from rfc.runtime.sampling.constraints import GrammarLimits, Grammars, GrammarWorkers
 from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.engine.generate import generate
-from rfc.runtime.model.fingerprint import system_fingerprint
-from rfc.runtime.model.loader import LoadedModel, LoadOptions, load_model
-from rfc.runtime.text.prompting import chat_template, chat_template_parts
+from rfc.runtime.engine.fingerprint import system_fingerprint
+from rfc.runtime.engine.assemble import LoadedModel, LoadOptions, load_model
+from rfc.runtime.engine.prompting import chat_template, chat_template_parts
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.server.errors import ApiError, unavailable
 from rfc.runtime.server.prompt_cache import PromptCache
 from rfc.runtime.text.tool_calls import ToolFormat, detect
-from rfc.runtime.engine.work_pool import WorkPool
+from rfc.runtime.core.work_pool import WorkPool
 
 if TYPE_CHECKING:
     from rfc.runtime.server.telemetry import Telemetry
@@ -57,7 +57,7 @@ class ServedModel:
     @property
     def fingerprint(self) -> str:
         """The replay receipt of its replies (`system_fingerprint`, X-System-Fingerprint):
-        bundle, device and kernel variant (runtime/model/fingerprint.py)."""
+        bundle, device and kernel variant (runtime/engine/fingerprint.py)."""
         return system_fingerprint(self.model)
 
 

@@ -1,7 +1,7 @@
 """Turning user input into prompt token ids: plain text or a chat rendered by the template."""
 
 from rfc.runtime.text.chat import ChatTemplate, fallback_template
-from rfc.runtime.model.loader import LoadedModel
+from rfc.runtime.engine.assemble import LoadedModel
 
 
 def encode_prompt(model: LoadedModel, text: str) -> list[int]:

@@ -6,11 +6,11 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rfc.artifacts import RFC_VERSION
-from rfc.runtime.model.loader import LoadedModel
+from rfc.runtime.engine.assemble import LoadedModel
 from rfc.runtime.server.config import SERVICE_NAME, ServerConfig
 from rfc.runtime.server.errors import ApiError
 from rfc.runtime.server.fields import Field, Kind, read_query
-from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.lifecycle import Lifecycle
 from rfc.runtime.server.model_info import bundle_size, model_card
 from rfc.runtime.server.openapi import Operation

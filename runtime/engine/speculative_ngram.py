@@ -81,7 +81,7 @@ class NgramIndex:
     def matched(self, cap: int = 32) -> int:
         """How many tokens before the place the last draft copied equal the history's last
         ones (at most `cap`): how much of the text the draft continues is already a copy
-        (runtime/engine/spec.py turns it into the draft's chances)."""
+        (runtime/engine/speculative.py turns it into the draft's chances)."""
         if self._offset is None:
             return 0
         history = self.tokens

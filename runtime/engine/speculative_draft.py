@@ -5,7 +5,7 @@ It keeps its own KV pool and block tables, keyed by the target's sequence ids. B
 for a sequence it catches up on the tokens the target accepted since (the tokens its KV holds
 that the sequence no longer has, rejected drafts, are dropped first), then draws greedily one
 token per step: a draft model's greedy token is a point mass, which is what the target's
-verify walk (runtime/engine/spec.py `accept`) needs for the output to keep the target's distribution.
+verify walk (runtime/engine/speculative.py `accept`) needs for the output to keep the target's distribution.
 All sequences drafting in a step share each of the draft model's forward steps.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.kv_cache import BlockManager
-from rfc.runtime.model.loader import LoadedModel
+from rfc.runtime.engine.assemble import LoadedModel
 
 # Tokens of catch-up per forward step at most (a sequence's first draft feeds its whole prompt).
 CATCH_UP_TOKENS = 512

@@ -18,7 +18,7 @@ from rfc.runtime.server.embeddings import INPUTS, embed, encode_inputs, shorten
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
 from rfc.runtime.server.generation import BodyResource, check_token_ids
-from rfc.runtime.server.host import EngineHandle, ServedModel
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.infill import InfillResource
 from rfc.runtime.server.openai_format import TokenPieces
 from rfc.runtime.server.openapi import MODEL_ERRORS, Operation, Routes

@@ -1,8 +1,8 @@
 """Speculative decoding: a decoding sequence's step carries draft tokens, and the target model
 verifies them all in that one multi-token step.
 
-A draft comes from the sequence's own history (`SpecType.NGRAM`, runtime/engine/spec_ngram.py) or from
-a small draft model with the same vocabulary (`SpecType.DRAFT`, runtime/engine/spec_draft.py). The
+A draft comes from the sequence's own history (`SpecType.NGRAM`, runtime/engine/speculative_ngram.py) or from
+a small draft model with the same vocabulary (`SpecType.DRAFT`, runtime/engine/speculative_draft.py). The
 step's chunk is the sequence's last token followed by the k drafts, every one with a logit
 row; the engine samples row i as it would sample that position without speculation (the same
 sampler, penalties, grammar mask and random stream) and keeps going while the token it drew
@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from rfc.runtime.engine.spec_ngram import NgramIndex
+from rfc.runtime.engine.speculative_ngram import NgramIndex
 
 if TYPE_CHECKING:
     from rfc.runtime.engine.batch import ScheduledChunk
     from rfc.runtime.engine.requests import RequestState
-    from rfc.runtime.engine.spec_draft import DraftModel
+    from rfc.runtime.engine.speculative_draft import DraftModel
 
 # The most draft tokens a sequence may carry in one step (the flag's and a request's bound).
 MAX_DRAFT_TOKENS = 64
