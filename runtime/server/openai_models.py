@@ -40,7 +40,7 @@ _SHARED = (
     PRESENCE_PENALTY,
     FREQUENCY_PENALTY,
     Field("logit_bias", Kind.JSON, {}, schema=_LOGIT_BIAS, description="token ids (as strings) -> a bias added to their logits"),
-    SEED,
+    SEED.but(minimum=-2**63, maximum=2**63 - 1),  # int64, as OpenAI's document bounds it
     Field("stop", Kind.JSON, [], schema=STOP),
     Field("ignore_eos", Kind.BOOLEAN, False),
     Field("n", Kind.INTEGER, 1, 1, MAX_CHOICES, description="choices per prompt; a seed s gives them s, s+1, ..."),

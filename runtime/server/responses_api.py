@@ -47,12 +47,13 @@ _TEXT = {"type": "object", "properties": {"format": {"anyOf": [{"type": "null"},
     "type": {"enum": ["text", "json_object", "json_schema"]}}}], "description": "null: text"}}}
 _REFUSED = {"conversation": "conversations are not stored; use previous_response_id or send the whole input",
             "top_logprobs": "logprobs are not supported here", "prompt": "stored prompts are not supported"}
+MIN_OUTPUT_TOKENS = 16  # OpenAI's document: max_output_tokens below it is a 400 there too
 RESPONSES = RequestModel("ResponseRequest", (
     MODEL,
     STREAM,
     Field("input", Kind.JSON, required=True, schema=_INPUT, description="a string, or a list of items"),
     Field("instructions", Kind.STRING, description="the system message"),
-    Field("max_output_tokens", Kind.INTEGER, minimum=1, description="absent: the rest of the context"),
+    Field("max_output_tokens", Kind.INTEGER, minimum=MIN_OUTPUT_TOKENS, description="absent: the rest of the context"),
     TEMPERATURE,
     TOP_P,
     TOP_K,

@@ -134,6 +134,8 @@ def test_errors(tools_url, check):
 REFUSED = {
     "completions logprobs > 5": ("/v1/completions", {"prompt": "Once", "logprobs": 6}, "logprobs"),
     "embeddings unknown field": ("/v1/embeddings", {"input": "a", "truncate": True}, "truncate"),
+    "chat seed past int64": ("/v1/chat/completions", {"messages": ASK, "seed": 2**63}, "seed"),
+    "max_output_tokens < 16": ("/v1/responses", {"input": "hi", "max_output_tokens": 15}, "max_output_tokens"),
     "truncation auto": ("/v1/responses", {"input": "hi", "truncation": "auto"}, "truncation"),
     "truncation unknown": ("/v1/responses", {"input": "hi", "truncation": "middle"}, "truncation"),
     "reasoning effort": ("/v1/responses", {"input": "hi", "reasoning": {"effort": "high"}}, "reasoning.effort"),
