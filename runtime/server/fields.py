@@ -7,7 +7,8 @@ cannot disagree. Reading a field the model does not declare is a programming err
 (`UndeclaredField`, a 500 that the tests catch), never a silent default.
 
 A field that is absent or null takes its default; unknown fields are ignored (clients send
-extras meant for other servers). A structured field (messages, tools, response_format…) is
+extras meant for other servers), except in a `closed` model (a body whose published schema
+forbids other fields, as OpenAI's embeddings request does): there one is a 400 naming it. A structured field (messages, tools, response_format…) is
 `Kind.JSON`: the reader hands it over as sent and its handler checks it, in more detail and
 with more precise messages than a schema validator would; its `schema` documents what the
 handler accepts and must never be stricter than it (the fuzz test holds it to that)."""
@@ -138,6 +139,7 @@ class RequestModel:
     fields: tuple[Field, ...]
     description: str = ""
     example: Mapping | None = None  # a body that works (the document shows it; fuzzers start from it)
+    closed: bool = False  # a field it does not declare is a 400 (its published schema forbids others)
     _index: dict = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -162,6 +164,7 @@ class RequestModel:
             **({"required": [f.name for f in self.fields if f.required]} if any(f.required for f in self.fields) else {}),
             **({"description": self.description} if self.description else {}),
             **({"examples": [self.example]} if self.example is not None else {}),
+            **({"additionalProperties": False} if self.closed else {}),
         }
 
 
@@ -173,6 +176,12 @@ class RequestFields:
     def __init__(self, model: RequestModel, body: Mapping, prefix: str = ""):
         self.model = model
         self._body = body
+        if model.closed:
+            unknown = next((k for k in body if k not in model._index), None)
+            if unknown is not None:
+                name = unknown if len(unknown) <= 64 else shown(unknown)  # a key is a client's string
+                raise bad_request(f"'{prefix}{name}' is not a field of this request "
+                                  f"(it takes {', '.join(f.name for f in model.fields)})", prefix + name)
         self._values = {f.name: f.read(body, prefix + f.name) for f in model.fields}
 
     def has(self, name: str) -> bool:

@@ -11,7 +11,8 @@ from rfc.runtime.server.structured import MAX_TOOLS
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 MAX_CHOICES = 64  # prompts x n in one request: each choice is a request of its own in the engine
-MAX_LOGPROBS = 20
+MAX_LOGPROBS = 20  # chat's top_logprobs, as OpenAI's document bounds it
+COMPLETION_MAX_LOGPROBS = 5  # completions' logprobs, likewise
 REASONING_FORMATS = ("auto", "deepseek", "none")
 
 RESPONSE_FORMAT = {"anyOf": [
@@ -39,7 +40,7 @@ _SHARED = (
     PRESENCE_PENALTY,
     FREQUENCY_PENALTY,
     Field("logit_bias", Kind.JSON, {}, schema=_LOGIT_BIAS, description="token ids (as strings) -> a bias added to their logits"),
-    SEED,
+    SEED.but(minimum=-2**63, maximum=2**63 - 1),  # int64, as OpenAI's document bounds it
     Field("stop", Kind.JSON, [], schema=STOP),
     Field("ignore_eos", Kind.BOOLEAN, False),
     Field("n", Kind.INTEGER, 1, 1, MAX_CHOICES, description="choices per prompt; a seed s gives them s, s+1, ..."),
@@ -55,7 +56,7 @@ COMPLETION = RequestModel("CompletionRequest", (
     *_SHARED,
     Field("prompt", Kind.JSON, required=True, schema=_PROMPT, description="text or token ids, or a list of such prompts"),
     MAX_TOKENS.but(default=COMPLETIONS_DEFAULT_MAX_TOKENS, description=""),
-    Field("logprobs", Kind.INTEGER, minimum=0, maximum=MAX_LOGPROBS, description="the top N logprobs of each token"),
+    Field("logprobs", Kind.INTEGER, minimum=0, maximum=COMPLETION_MAX_LOGPROBS, description="the top N logprobs of each token"),
     Field("echo", Kind.BOOLEAN, False, description="the prompt before the text (with logprobs: the prompt's too)"),
     Field("suffix", Kind.STRING, description="fill in the middle: the text after the completion (the model's FIM tokens)"),
 ), example={"prompt": "Once upon a time", "max_tokens": 16})

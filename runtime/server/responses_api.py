@@ -27,11 +27,13 @@ from rfc.runtime.server.errors import bad_request, not_found
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel, read_query
 from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, Answer, BodyResource, budget, run
 from rfc.runtime.server.served_models import EngineHandle, ServedModel
+from rfc.runtime.server.model_info import capabilities
 from rfc.runtime.server.openapi import Operation, Routes, operation_id
 from rfc.runtime.server.response_schemas import JSON, RESPONSE, RESPONSE_DELETED, RESPONSE_EVENT, RESPONSE_ITEMS, streamed
 from rfc.runtime.server.response_store import ResponseStore, StoredResponse
 from rfc.runtime.server.responses_input import chat_turns, input_items, new_id, output_plan
 from rfc.runtime.server.responses_output import OutputItems, turns_of
+from rfc.runtime.server.responses_settings import REASONING, SERVICE_TIER, TRUNCATION, applied
 from rfc.runtime.server.streaming import SseRenderer, sse_event
 
 _ITEM = {"type": "object", "properties": {"type": {"enum": ["message", "function_call", "function_call_output",
@@ -45,12 +47,13 @@ _TEXT = {"type": "object", "properties": {"format": {"anyOf": [{"type": "null"},
     "type": {"enum": ["text", "json_object", "json_schema"]}}}], "description": "null: text"}}}
 _REFUSED = {"conversation": "conversations are not stored; use previous_response_id or send the whole input",
             "top_logprobs": "logprobs are not supported here", "prompt": "stored prompts are not supported"}
+MIN_OUTPUT_TOKENS = 16  # OpenAI's document: max_output_tokens below it is a 400 there too
 RESPONSES = RequestModel("ResponseRequest", (
     MODEL,
     STREAM,
     Field("input", Kind.JSON, required=True, schema=_INPUT, description="a string, or a list of items"),
     Field("instructions", Kind.STRING, description="the system message"),
-    Field("max_output_tokens", Kind.INTEGER, minimum=1, description="absent: the rest of the context"),
+    Field("max_output_tokens", Kind.INTEGER, minimum=MIN_OUTPUT_TOKENS, description="absent: the rest of the context"),
     TEMPERATURE,
     TOP_P,
     TOP_K,
@@ -64,6 +67,9 @@ RESPONSES = RequestModel("ResponseRequest", (
     Field("background", Kind.BOOLEAN, False, description="not supported"),
     Field("metadata", Kind.JSON, schema={}, description="echoed"),
     Field("user", Kind.JSON, schema={}, description="echoed"),
+    TRUNCATION,
+    REASONING,
+    SERVICE_TIER,
     *(refused(name, why) for name, why in _REFUSED.items()),
 ), example={"input": "Tell me a story", "max_output_tokens": 16})
 _STORED = "/v1/responses/{response_id}"
@@ -89,6 +95,7 @@ class Conversation:
                 raise bad_request(f"'{name}' is not supported: {why}", name)
         if f.boolean("background"):
             raise bad_request("background responses are not supported", "background")
+        self.settings = applied(f.string("truncation"), f.raw("reasoning"), f.raw("text"), capabilities(served)["thinking"])
         earlier: list[dict] = []
         previous = f.string("previous_response_id")
         if previous is not None:
@@ -134,7 +141,10 @@ class ResponseShapes:
             "tools": [{"parameters": None, "strict": None, **t} if isinstance(t, dict) and t.get("type") == "function" else t
                       for t in f.sent("tools") or []],
             "parallel_tool_calls": f.boolean("parallel_tool_calls"), "store": f.boolean("store"),
-            "text": {"format": (f.sent("text") or {}).get("format") or {"type": "text"}},
+            "text": {"format": (f.sent("text") or {}).get("format") or {"type": "text"},
+                     "verbosity": conversation.settings["verbosity"]},
+            # as applied (runtime/server/responses_settings.py)
+            **{k: conversation.settings[k] for k in ("truncation", "reasoning", "service_tier")},
         }
 
     def status(self) -> str:
@@ -163,7 +173,6 @@ class ResponseShapes:
         return {
             "id": self.id, "object": "response", "created_at": self.created_at, "status": status, "error": error,
             "incomplete_details": incomplete, "model": self.model_id, "output": list(self.output.items) if done else [],
-            "truncation": "disabled", "reasoning": {"effort": None, "summary": None},
             **({"usage": self.usage()} if done else {}), **self._echo,  # no usage until done: the document allows no null
         }
 

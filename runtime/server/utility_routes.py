@@ -31,7 +31,8 @@ EMBEDDINGS = RequestModel("EmbeddingsRequest", (
     Field("input", Kind.JSON, required=True, schema=INPUTS),
     Field("encoding_format", Kind.STRING, "float", enum=ENCODINGS, description="base64: little-endian float32"),
     _DIMENSIONS,
-), example={"input": "The sky is blue"})
+    Field("user", Kind.STRING, description="an end-user id: accepted, not used"),
+), example={"input": "The sky is blue"}, closed=True)  # OpenAI's document forbids other fields
 TOKENIZE = RequestModel("TokenizeRequest", (
     MODEL,
     Field("content", Kind.STRING, required=True),

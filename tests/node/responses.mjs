@@ -29,10 +29,10 @@ const object = await generateObject({
   schema: z.object({ name: z.string().max(20), age: z.number().int().min(0).max(30) }),
   prompt: "Describe a cat as a JSON object with its name and age.",
 });
-const first = await generateText({ model, temperature: 0, maxOutputTokens: 8, prompt: "My name is Ada. Say hello." });
+const first = await generateText({ model, temperature: 0, maxOutputTokens: 16, prompt: "My name is Ada. Say hello." });
 const firstId = first.providerMetadata.openai.responseId;
 const second = await generateText({
-  model, temperature: 0, maxOutputTokens: 8, prompt: "What is my name?",
+  model, temperature: 0, maxOutputTokens: 16, prompt: "What is my name?",
   providerOptions: { openai: { previousResponseId: firstId } },
 });
 console.log(JSON.stringify({

@@ -51,6 +51,21 @@ def test_a_nested_model_names_its_fields_by_path():
     assert e.value.param == "options.n"
 
 
+def test_a_closed_model_refuses_fields_it_does_not_declare():
+    assert MODEL.read({"name": "x", "extra": 1}).string("name") == "x"  # open: extras are other servers'
+    closed = RequestModel("Closed", MODEL.fields, closed=True)
+    assert closed.read({"name": "x", "n": 2}).integer("n") == 2
+    for body, prefix, field in (({"name": "x", "extra": 1}, "", "extra"), ({"name": "x", "k" * 999: 1}, "o.", None)):
+        with pytest.raises(ApiError) as e:
+            closed.read(body, prefix)
+        assert e.value.status.startswith("400") and len(e.value.message) < 300
+        assert field is None or (e.value.param == field and e.value.message.startswith(f"'{field}' is not a field"))
+    schema = closed.json_schema()
+    assert schema["additionalProperties"] is False and "additionalProperties" not in MODEL.json_schema()
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "x", "extra": 1}, schema)
+
+
 def test_reading_an_undeclared_field_or_another_kind_is_a_bug():
     f = MODEL.read({"name": "x"})
     with pytest.raises(UndeclaredField):

@@ -70,7 +70,7 @@ LONG = "hello " * 9000  # past SmolLM2's 8192 tokens
 
 def test_context_overflow_in_each_dialects_words(served):
     for path, body in [("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}], "max_tokens": 5}),
-                       ("/v1/responses", {"input": LONG, "max_output_tokens": 5}),
+                       ("/v1/responses", {"input": LONG, "max_output_tokens": 16}),
                        ("/v1/completions", {"prompt": "hi " * 9000, "max_tokens": 5})]:
         r = post(served, path, body)
         assert r.status_code == 400, r.text
@@ -149,7 +149,7 @@ def test_a_forced_call_cut_off_is_a_partial_tool_call(served):
         (call["function"]["name"], call["function"]["arguments"])]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     r = post(served, "/v1/responses", {"input": "Weather in Paris?", "tools": [{"type": "function", **WEATHER[0]["function"]}],
-                                       "tool_choice": "required", "max_output_tokens": 12, "temperature": 0}).json()
+                                       "tool_choice": "required", "max_output_tokens": 16, "temperature": 0}).json()
     assert r["status"] == "incomplete" and [(o["type"], o["status"]) for o in r["output"]] == [("function_call", "incomplete")], r
     r = post(served, "/v1/messages", {"messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 12,
                                       "tools": [{"name": "get_weather", "input_schema": WEATHER[0]["function"]["parameters"]}],

@@ -127,3 +127,43 @@ def test_errors(tools_url, check):
     r = requests.post(tools_url + "/v1/chat/completions", json={"model": TOOLS_QWEN, "messages": [{"role": "user", "content": "hi " * 9000}]},
                       timeout=60)
     assert r.status_code == 400 and check("ErrorResponse", r.json()) == []
+
+
+# Requests as the document bounds them: a field rfc cannot honour is a 400 naming it, a setting
+# it applies is echoed as applied (runtime/server/responses_settings.py), never silently changed.
+REFUSED = {
+    "completions logprobs > 5": ("/v1/completions", {"prompt": "Once", "logprobs": 6}, "logprobs"),
+    "embeddings unknown field": ("/v1/embeddings", {"input": "a", "truncate": True}, "truncate"),
+    "chat seed past int64": ("/v1/chat/completions", {"messages": ASK, "seed": 2**63}, "seed"),
+    "max_output_tokens < 16": ("/v1/responses", {"input": "hi", "max_output_tokens": 15}, "max_output_tokens"),
+    "truncation auto": ("/v1/responses", {"input": "hi", "truncation": "auto"}, "truncation"),
+    "truncation unknown": ("/v1/responses", {"input": "hi", "truncation": "middle"}, "truncation"),
+    "reasoning effort": ("/v1/responses", {"input": "hi", "reasoning": {"effort": "high"}}, "reasoning.effort"),
+    "reasoning summary": ("/v1/responses", {"input": "hi", "reasoning": {"summary": "auto"}}, "reasoning.summary"),
+    "service_tier unknown": ("/v1/responses", {"input": "hi", "service_tier": "fastest"}, "service_tier"),
+    "text.verbosity": ("/v1/responses", {"input": "hi", "text": {"verbosity": "low"}}, "text.verbosity"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_refused_settings(tools_url, check, case):
+    path, body, field = REFUSED[case]
+    r = requests.post(tools_url + path, json={"model": TOOLS_QWEN, **body}, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field and field in r.json()["error"]["message"]
+    assert check("ErrorResponse", r.json()) == []
+
+
+def test_accepted_settings(tools_url, check):
+    """What the document allows and rfc honours: echoed as applied, the reply still valid."""
+    assert check("CreateEmbeddingResponse", _post(tools_url, "/v1/embeddings", {"input": "a", "user": "u-1"}).json()) == []
+    lp = _post(tools_url, "/v1/completions", {"prompt": "Once", "max_tokens": 2, "logprobs": 5}).json()
+    assert len(lp["choices"][0]["logprobs"]["top_logprobs"][0]) == 5
+    body = {"input": "hi", "max_output_tokens": 16, "truncation": "disabled", "service_tier": "priority",
+            "reasoning": {"effort": "none", "summary": None}, "text": {"verbosity": "medium"}}
+    r = _post(tools_url, "/v1/responses", body).json()
+    assert check("Response", r) == []
+    assert (r["truncation"], r["service_tier"], r["reasoning"], r["text"]["verbosity"]) == (
+        "disabled", "default", {"effort": "none", "summary": None}, "medium")
+    plain = _post(tools_url, "/v1/responses", {"input": "hi", "max_output_tokens": 16}).json()
+    assert (plain["truncation"], plain["service_tier"], plain["reasoning"]) == ("disabled", "default", {"effort": None, "summary": None})

@@ -33,7 +33,7 @@ def test_tool_round_trip_by_previous_response_id(responses_url):
     calls = [item for item in first.output if item.type == "function_call"]
     assert first.status == "completed" and len(calls) >= 1 and calls[0].name == "get_weather"
     jsonschema.validate(json.loads(calls[0].arguments), WEATHER)
-    second = c.responses.create(model=TOOLS_QWEN, previous_response_id=first.id, tools=TOOLS, temperature=0, max_output_tokens=12,
+    second = c.responses.create(model=TOOLS_QWEN, previous_response_id=first.id, tools=TOOLS, temperature=0, max_output_tokens=16,
                                 input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": '{"celsius": 21}'}])
     assert second.previous_response_id == first.id and second.output_text
     # the conversation so far: the first turn's input, its call and the result in the prompt
@@ -45,7 +45,7 @@ def test_tool_round_trip_by_previous_response_id(responses_url):
     other = client(responses_url, 1)
     for ask in (lambda: other.responses.retrieve(first.id), lambda: other.responses.input_items.list(first.id),
                 lambda: other.responses.delete(first.id),
-                lambda: other.responses.create(model=TOOLS_QWEN, input="hi", previous_response_id=first.id, max_output_tokens=2)):
+                lambda: other.responses.create(model=TOOLS_QWEN, input="hi", previous_response_id=first.id, max_output_tokens=16)):
         with pytest.raises(openai.NotFoundError):
             ask()
     c.responses.delete(first.id)
@@ -55,14 +55,14 @@ def test_tool_round_trip_by_previous_response_id(responses_url):
 
 def test_store_false_is_not_kept(responses_url):
     c = client(responses_url)
-    kept = c.responses.create(model=TOOLS_QWEN, input="Say hi", max_output_tokens=4, temperature=0)
+    kept = c.responses.create(model=TOOLS_QWEN, input="Say hi", max_output_tokens=16, temperature=0)
     assert kept.store is True and c.responses.retrieve(kept.id).id == kept.id
-    r = c.responses.create(model=TOOLS_QWEN, input="Say hi", store=False, max_output_tokens=4, temperature=0)
+    r = c.responses.create(model=TOOLS_QWEN, input="Say hi", store=False, max_output_tokens=16, temperature=0)
     assert r.store is False
     with pytest.raises(openai.NotFoundError):
         c.responses.retrieve(r.id)
     with pytest.raises(openai.NotFoundError):
-        c.responses.create(model=TOOLS_QWEN, input="And again?", previous_response_id=r.id, max_output_tokens=4)
+        c.responses.create(model=TOOLS_QWEN, input="And again?", previous_response_id=r.id, max_output_tokens=16)
 
 
 def test_text_format_json_schema(responses_url):
@@ -100,7 +100,7 @@ def test_the_store_keeps_at_most_max_stored_responses(demo_bundle, tmp_path):
     proc = ServerProcess(demo_bundle, "--max-stored-responses", "2", log_dir=tmp_path).wait_ready()
     try:
         c = openai.OpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=0)
-        ids = [c.responses.create(model="stories260K", input=f"Story {i}", max_output_tokens=2).id for i in range(3)]
+        ids = [c.responses.create(model="stories260K", input=f"Story {i}", max_output_tokens=16).id for i in range(3)]
         with pytest.raises(openai.NotFoundError):
             c.responses.retrieve(ids[0])  # the oldest went first
         assert [c.responses.retrieve(i).id for i in ids[1:]] == ids[1:]
