@@ -38,17 +38,23 @@ EXTRA_TENSORS = ("blk.0.attn_q.bias", "blk.0.ffn_up.scale", "blk.0.attn_k.input_
 
 
 @functools.cache
-def _layout(src: Path) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """(architecture, tensor names, metadata keys) of a source."""
+def _layout(src: Path) -> tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(architecture, tensor names, metadata keys, one-value F32 tensors: learned scalars) of a source."""
     reader = GGUFReader(src)
     keys = tuple(k for k in reader.fields if not k.startswith("GGUF.") and k != "general.architecture")
-    return str(reader.fields["general.architecture"].contents()), tuple(t.name for t in reader.tensors), keys
+    scalars = tuple(t.name for t in reader.tensors if t.n_elements == 1 and t.tensor_type == GGMLQuantizationType.F32)
+    return str(reader.fields["general.architecture"].contents()), tuple(t.name for t in reader.tensors), keys, scalars
 
 
 def _mutate(rng: np.random.Generator, src: Path, dst: Path) -> str:
     """Writes one mutation of src to dst; returns what it did."""
-    arch, names, keys = _layout(src)
-    kind = rng.choice(["value", "retype key", "drop key", "drop tensor", "extra tensor", "reshape", "retype", "huge array"])
+    arch, names, keys, scalars = _layout(src)
+    kinds = ["value", "retype key", "drop key", "drop tensor", "extra tensor", "reshape", "retype", "huge array"]
+    kind = rng.choice(kinds + ["scalar"] * 4 if scalars else kinds)
+    if kind == "scalar":  # a learned scalar (gemma4's layer_output_scale) of any value
+        target, value = str(rng.choice(scalars)), float(rng.choice([-0.07, -3.0, 0.0, np.nan, 1e30, 2.0]))
+        rewrite_gguf(src, dst, tensor_fn=lambda n, d, q: (np.array([value], np.float32), q) if n == target else (d, q))
+        return f"scalar {target} = {value}"
     if kind in ("value", "retype key"):
         key = f"{arch}.{rng.choice(KEYS)}" if rng.random() < 0.7 else str(rng.choice(keys))
         value = VALUES[int(rng.integers(0, len(VALUES)))]
