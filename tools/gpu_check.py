@@ -24,7 +24,9 @@
    Q4_K_M and a TinyLlama-1.1B-shaped Q4_0), decode tok/s at batch 1 and 16, the weight bytes
    streamed per second at batch 1 (against the HBM roofline), prefill tok/s of one 512-token
    prompt on the program's prefill list (tensor-core matmuls, sm_70+) and on the decode list
-   (dp4a) for comparison, and the time from `rfc serve` start to /ready.
+   (dp4a) for comparison, and the time from `rfc serve` start to /ready; then each matmul of
+   the decode list alone at batch 1 (tools/gpu_matmul_bw.py: events around repeated launches,
+   its weight bytes per second against a device-to-device copy's).
 5. On a GPU target: the host detection that `rfc serve model.gguf` compiles for without --arch
    (cli/host_targets.py) must name --target among this machine's targets.
 Prints tables; exits non-zero when any check fails. On a machine with no network (a lent GPU
@@ -351,6 +353,19 @@ def serve_ready_seconds(bundle: Path, device: str) -> float:
         proc.wait(30)
 
 
+def matmul_table(lm: LoadedModel) -> str:
+    """Each matmul of the decode list alone at batch 1 (tools/gpu_matmul_bw.py), as a table."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import gpu_matmul_bw as bw
+
+    runner = lm.device.runner
+    blocks = blocks_of(lm)
+    scalars = bw.decode_step(runner, lm.executor, lm.vocab_size, blocks)
+    blocks.free(0)
+    timer = bw.EventTimer(runner._driver)
+    return bw.table(bw.matmul_rates(runner, lm.bundle.layout, scalars, timer, 200), timer.copy_rate(runner._driver, runner.stream))
+
+
 def bench(target: str, device: str, out: Path, steps: int, only: set[str] | None) -> list[dict]:
     rows = []
     for file, make_args in BENCH_MODELS:
@@ -368,7 +383,8 @@ def bench(target: str, device: str, out: Path, steps: int, only: set[str] | None
         b16 = decode_batch(lm, 16, max(8, steps // 4))
         prefill, prefill_dp4a = prefill_rates(lm, PREFILL_BENCH_TOKENS)
         rows.append({"model": gguf.stem, "b1": b1, "b16": b16, "gbps": b1 * weight_bytes / 1e9,
-                     "prefill": prefill, "prefill_dp4a": prefill_dp4a, "ready": serve_ready_seconds(bundle, device)})
+                     "prefill": prefill, "prefill_dp4a": prefill_dp4a, "ready": serve_ready_seconds(bundle, device),
+                     "matmuls": matmul_table(lm) if device in ("cuda", "hip") else ""})
         print(f"bench {gguf.stem}: {time.perf_counter() - t0:.0f} s, {rows[-1]}", file=sys.stderr, flush=True)
     return rows
 
@@ -429,6 +445,8 @@ def main() -> int:
             dp4a = f"{b['prefill_dp4a']:>8.0f}" if b["prefill_dp4a"] is not None else f"{'-':>8}"
             print(f"{b['model']:<34} {b['b1']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} "
                   f"{b['prefill']:>17.0f} {dp4a} {b['ready']:>13.1f}")
+            if b["matmuls"]:
+                print(f"  {b['model']}: each matmul of the decode list alone, batch 1\n{b['matmuls']}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

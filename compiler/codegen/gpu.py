@@ -17,6 +17,7 @@ from pathlib import Path
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.format_table import format_params
+from rfc.compiler.codegen.gpu_fuse import fused_specs, plan_fusions
 from rfc.compiler.codegen.gpu_plan import ARG_SIZES, MMA_TEMPLATE, KernelSpec, plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.codegen.render import render
@@ -74,8 +75,9 @@ def build(inp: CodegenInput) -> dict:
     target = inp.target
     tc = TOOLCHAINS[target.family]
     specs, op_kernels = plan_kernels(target, inp.plan, inp.layout, inp.weights)
+    fusions = plan_fusions(inp.plan, specs, op_kernels)
     sample = plan_sample_kernel(target, inp.plan.vocab_size)
-    specs = [*specs, sample]
+    specs = [*specs, *fused_specs(fusions), sample]
     source = render_source(target, specs)
     command = tc.command(target)
     version = toolchain_version(tc)
@@ -87,7 +89,7 @@ def build(inp: CodegenInput) -> dict:
     inp.writer.write_bytes(kernels_rel, binary)
     inp.writer.write_bytes(source_rel, source.encode())
     program_rel = f"{inp.bundle_dir}/{PROGRAM_FILE}"
-    program = plan_program(target, inp.plan, specs, op_kernels)
+    program = plan_program(target, inp.plan, specs, op_kernels, fusions)
     program = replace(program, extra={**program.extra, "sample": sample_program_extra(sample)},
                       weights=inp.weights)
     inp.writer.write_bytes(program_rel, pack_program(program))

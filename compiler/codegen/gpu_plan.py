@@ -877,26 +877,53 @@ def plan_step_arena(plan: Plan, scratch_floats: int = 0) -> Arena:
     return Arena(PROGRAM_MAX_TOKENS, PROGRAM_MAX_ROWS, PROGRAM_MAX_SEQS, ARENA_ALIGNMENT, tuple(slots), total)
 
 
-def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> StepProgram:
-    """The launch list: one launch per plan op, grids counted in STEP_ARGS scalars. Where an op
-    has a prefill kernel (tensor-core matmuls), a second list for steps of at least
-    PREFILL_MIN_TOKENS tokens: that kernel in its place, every other launch the same."""
+def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str], fusions=()) -> StepProgram:
+    """The launch list: one launch per plan op, grids counted in STEP_ARGS scalars, but one
+    launch for each run of ops in `fusions` (compiler/codegen/gpu_fuse.py). Where an op has a
+    prefill kernel (tensor-core matmuls), a second list for steps of at least
+    PREFILL_MIN_TOKENS tokens: that kernel in its place, every other launch the same (a fused
+    run holding such an op launches its ops one by one there)."""
     by_name = {s.name: s for s in specs}
+    fused = {f.first: f for f in fusions}
     launches: list[Launch] = []
     prefill: list[Launch] = []
     scratch = 0
-    for op, kernel in zip(plan.ops, op_kernels):
-        spec = by_name[kernel]
+    i = 0
+    while i < len(plan.ops):
+        if i in fused:
+            f = fused[i]
+            ops = plan.ops[i : i + f.count]
+            launch = fused_launch(plan, ops, f.spec, f.sources, [by_name[k] for k in op_kernels[i : i + f.count]])
+            launches.append(launch)
+            if any(by_name[k].prefill is not None for k in op_kernels[i : i + f.count]):
+                for op, kernel in zip(ops, op_kernels[i : i + f.count]):
+                    spec = by_name[kernel]
+                    prefill.append(op_launch(plan, op, spec.prefill or spec))
+            else:
+                prefill.append(launch)
+            i += f.count
+            continue
+        op, spec = plan.ops[i], by_name[op_kernels[i]]
         ours = [op_launch(plan, op, s) for s in spec.steps or (spec,)]
         launches += ours
         prefill += [op_launch(plan, op, spec.prefill)] if spec.prefill is not None else ours
         for s in spec.steps or (spec,):
             if any(n == "scratch" for n, _k in s.args):
                 scratch = max(scratch, attention_scratch_floats(s))
+        i += 1
     has_prefill = prefill != launches
     return StepProgram(target.name, plan_step_arena(plan, scratch), launches=tuple(launches),
                        prefill_launches=tuple(prefill) if has_prefill else (),
                        prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0)
+
+
+def fused_launch(plan: Plan, ops, spec: KernelSpec, sources, op_specs: list[KernelSpec]) -> Launch:
+    """One launch of fused kernel `spec` for the run `ops`: argument i is the slot its source
+    op's own launch passes for that argument; the grid counts the first op's rows."""
+    own = [dict(zip((n for n, _k in s.args), op_launch(plan, op, s).args)) for op, s in zip(ops, op_specs)]
+    rows = _row_count(plan, (ops[0].outputs or ops[0].inputs)[0])
+    grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
+    return Launch(spec.name, spec.threads, grid, tuple(own[o][n] for o, n in sources))
 
 
 def op_launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:

@@ -58,6 +58,17 @@ class Twins:
         return self.run_step.forward(batch), self.run_op.forward(batch)
 
 
+def _fusions(bundle) -> list:
+    from rfc.artifacts.targets import target_entry
+    from rfc.compiler.codegen.gpu_fuse import plan_fusions
+    from rfc.compiler.codegen.gpu_plan import plan_kernels
+    from rfc.compiler.targets import parse_target
+
+    entry = target_entry(bundle.manifest, TARGET)
+    weights = unpack_program(bundle.file(entry.program).read_bytes()).weights
+    return plan_fusions(bundle.plan, *plan_kernels(parse_target(TARGET), bundle.plan, bundle.layout, weights))
+
+
 def _decode(twins: Twins, steps: int) -> list[tuple]:
     """Prefill two sequences (direct launches), then decode both `steps` times (graphs);
     returns the driver calls of the decode steps. Asserts bit-equal logits throughout."""
@@ -75,12 +86,18 @@ def _decode(twins: Twins, steps: int) -> list[tuple]:
     return driver.calls
 
 
-@pytest.mark.parametrize("model", [pytest.param(m, marks=toolchain_marks(TARGET)) for m in ("llama-Q4_K_M", "qwen2-Q8_0")])
+# llama-Q4_K_M: q/k/v fused in GGUF Q4_K (and q/k alone where v is Q6_K); llama-Q8_0: in planar Q8_0p;
+# qwen2-Q8_0: q/k/v keep their own launches (a bias after each), gate/up/SwiGLU fused
+@pytest.mark.parametrize("model", [pytest.param(m, marks=toolchain_marks(TARGET)) for m in ("llama-Q4_K_M", "llama-Q8_0", "qwen2-Q8_0")])
 def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp_path_factory):
     twins = Twins(gpu_bundle(model, TARGET), shared_basetemp(tmp_path_factory) / "gpu-emu")
     program = twins.step.runner.program
-    # one launch per op, but two per attention op (split-KV attention and its reduction)
-    assert len(program.launches) == sum(2 if op.kind == "attention" else 1 for op in twins.bundle.plan.ops)
+    # one launch per op, but two per attention op (split-KV attention and its reduction) and
+    # one per fused run of ops (compiler/codegen/gpu_fuse.py), which the per-op path launches one by one
+    fusions = _fusions(twins.bundle)
+    assert fusions
+    assert len(program.launches) == sum(2 if op.kind == "attention" else 1 for op in twins.bundle.plan.ops) - sum(
+        f.count - 1 for f in fusions)
     calls = _decode(twins, steps=4)
     n_launches = len(program.launches)
     # one capture (batch size 2), then replays; per step one copy each way and one sync
@@ -94,6 +111,32 @@ def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp
     # from the batch arrays (what device sampling stages ahead of them stays behind) to the
     # block-table rows in use
     assert h2d[0] == runner.stage["block_tables"][0] + 2 * runner.table_width * 4 - runner.stage["tokens"][0]
+
+
+# a layer's ops; the per-op path launches 16 kernels for them (attention: split and reduce)
+LLAMA_LAYER_OPS = ("rmsnorm", "matmul", "matmul", "matmul", "rope", "kv_write", "attention", "matmul", "add", "rmsnorm",
+                   "matmul", "matmul", "swiglu", "matmul", "add")
+LLAMA_LAYER_FUSED = ("matmul_q8_0p_256_64_64x256_fused", "rope_adjacent_8x2x32_32_kv_write_f16_64", "attention_f16_8x2x32_split",
+                     "attention_f16_8x2x32_reduce", "matmul_q8_0p_256x256", "add_rmsnorm_256", "matmul_swiglu_q8_0p_768x256",
+                     "matmul_q8_0p_256x768", "add_rmsnorm_256")
+
+
+@pytest.mark.parametrize("model", [pytest.param("llama-Q8_0", marks=toolchain_marks(TARGET))])
+def test_a_llama_decode_layer_is_nine_launches(model, gpu_bundle):
+    """The per-op path launches 16 kernels a layer; the step program 9: q/k/v as one matmul,
+    gate/up with the SwiGLU as one, each residual add with the rmsnorm after it, rope with the
+    KV write (the next layer's norm is this layer's last launch; docs/benchmarks.md)."""
+    bundle = open_bundle(gpu_bundle(model, TARGET))
+    entry = next(t for t in bundle.manifest["targets"] if t["name"] == TARGET)
+    program = unpack_program(bundle.file(entry["program"]).read_bytes())
+    kernels = [l.kernel.removeprefix("rfc_") for l in program.launches]
+    layers = bundle.plan.kv.n_layers
+    assert [op.kind for op in bundle.plan.ops] == ["embed", *LLAMA_LAYER_OPS * layers, "gather_rows", "rmsnorm", "matmul"]
+    assert kernels[:2] == ["embed_q8_0_256", "rmsnorm_256"]
+    assert kernels[2:2 + 9 * (layers - 1)] == list(LLAMA_LAYER_FUSED) * (layers - 1)
+    assert kernels[2 + 9 * (layers - 1):] == [*LLAMA_LAYER_FUSED[:-1], "add_256", "gather_rows_256", "rmsnorm_256",
+                                              "matmul_q8_0p_512x256"]
+    assert len(program.launches) == 9 * layers + 5
 
 
 @pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])

@@ -1,0 +1,241 @@
+"""Kernel fusion for GPU step programs: fewer launches per layer.
+
+At batch 1 a decode step is bound by the number of launches as much as by bytes (every graph
+node costs several microseconds however little it reads: docs/benchmarks.md). The step
+program therefore launches one kernel where the plan has a run of ops that one kernel can do
+with the same arithmetic, recognized by the op sequence alone (no architecture names):
+
+- matmuls of one input (q, k and v): 2-3 consecutive int8 matmuls reading the same buffer,
+  with weights of one format and width, become one launch over their rows, each segment of
+  rows its own weight and output (the weights stay where the layout has them: one launch
+  reads them all once, which is what a concatenated copy would buy);
+- gate and up with their SwiGLU: two such matmuls followed by a silu `swiglu` of exactly
+  their outputs become one launch that computes both dots of a row and writes silu(g) * u;
+- an add and the rmsnorm of its sum (the residual add and the next norm): one launch that
+  writes the sum and the normalized row;
+- a rope and the kv_write of its k: one launch that rotates the token's q and k rows, then
+  stores k and v in the cache.
+
+Each fused kernel sums and rounds every value as the separate kernels do, so the step program
+gives the per-op path's bits (tests/kernels/test_gpu_program.py). An op between the matmuls
+(a bias, a scale), another activation, other formats or widths: no fusion there, the ops keep
+their own launches. The per-op kernels stay in the bundle (op_kernels, the kernel tests) and
+the prefill list keeps the tensor-core matmuls unfused.
+"""
+
+from dataclasses import dataclass
+
+from rfc.artifacts.plan import Op, Plan
+from rfc.compiler.codegen.gpu_plan import I32, MATMUL_ROW_STEPS, PTR, KernelSpec, _renamed
+
+MATMUL_TEMPLATE = "gpu_matmul.hip.j2"
+MAX_SEGMENTS = 3  # q, k, v
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Plan ops first .. first + count - 1 run as one launch of `spec`; its argument i is
+    argument sources[i] = (op offset in the run, that op's kernel argument name)."""
+
+    first: int
+    count: int
+    spec: KernelSpec
+    sources: tuple[tuple[int, str], ...]
+
+
+def plan_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> list[Fusion]:
+    """The runs of plan ops the step program launches as one kernel, in op order, not overlapping."""
+    by_name = {s.name: s for s in specs}
+    op_specs = [by_name[k] for k in op_kernels]
+    fusions: list[Fusion] = []
+    taken: dict[str, KernelSpec] = dict(by_name)
+    i = 0
+    while i < len(plan.ops):
+        fusion = (_glu(plan, op_specs, i) or _segments(plan, op_specs, i) or _add_rmsnorm(plan, op_specs, i)
+                  or _rope_kv_write(plan, op_specs, i))
+        if fusion is None or not _apart_in_the_arena(plan, fusion):
+            i += 1
+            continue
+        spec = fusion.spec
+        if spec.name in taken and taken[spec.name] != spec:  # two specializations one name does not tell apart
+            spec = _renamed(spec, taken)
+        fusions.append(Fusion(fusion.first, fusion.count, taken.setdefault(spec.name, spec), fusion.sources))
+        i += fusion.count
+    return fusions
+
+
+def fused_specs(fusions: list[Fusion]) -> list[KernelSpec]:
+    """The fused kernels to build, each once, in first-use order."""
+    return list({f.spec.name: f.spec for f in fusions}.values())
+
+
+# -- conditions -------------------------------------------------------------------------------
+
+
+def _read_later(plan: Plan, after: int, buffer: str) -> bool:
+    """Whether an op after `after` reads `buffer` before one writes it (or it is a step output)."""
+    if buffer in (plan.output_logits, plan.output_hidden):
+        return True
+    for op in plan.ops[after + 1 :]:
+        if buffer in op.inputs:
+            return True
+        if buffer in op.outputs:
+            return False
+    return False
+
+
+def _apart_in_the_arena(plan: Plan, fusion: Fusion) -> bool:
+    """Whether every buffer the fused kernel writes keeps bytes of its own while it reads its
+    inputs. The arena (gpu_plan.plan_step_arena) lets a buffer first written by op j reuse the
+    bytes of one last read before j: separate launches may, but one kernel whose blocks still
+    read an input while others write would read another row's output."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for j, op in enumerate(plan.ops):
+        for b in (*op.inputs, *op.outputs):
+            first.setdefault(b, j)
+            last[b] = j
+    ops = plan.ops[fusion.first : fusion.first + fusion.count]
+    read = {b for op in ops for b in op.inputs if b != plan.input_tokens}
+    written = {b for op in ops for b in op.outputs}
+    return all(first[w] <= last[r] for w in written for r in read)
+
+
+def _int8_matmul(plan: Plan, op_specs: list[KernelSpec], i: int) -> KernelSpec | None:
+    """The spec of op i if it is a dp4a matmul over token rows (what the fused matmuls take)."""
+    if i >= len(plan.ops) or plan.ops[i].kind != "matmul":
+        return None
+    spec = op_specs[i]
+    if spec.template != MATMUL_TEMPLATE or plan.buffer(plan.ops[i].outputs[0]).shape[0] != "T":
+        return None
+    return spec
+
+
+def _same_weights(a: KernelSpec, b: KernelSpec) -> bool:
+    """Two matmul kernels that walk their rows alike: the same format, width and tiling."""
+    keys = ("fmt", "k", "row_bytes", "planar", "plane_offsets", "lanes_per_row", "chunk", "subs_per_block", "threads",
+            "rows_per_step", "tokens_per_block")
+    return all(a.params[k] == b.params[k] for k in keys)
+
+
+def _matmul_run(plan: Plan, op_specs: list[KernelSpec], i: int, most: int) -> list[KernelSpec]:
+    """Up to `most` consecutive int8 matmuls from op i over one input with like weights."""
+    first = _int8_matmul(plan, op_specs, i)
+    if first is None:
+        return []
+    run = [first]
+    x = plan.ops[i].inputs[0]
+    outs = {plan.ops[i].outputs[0]}
+    while len(run) < most:
+        j = i + len(run)
+        spec = _int8_matmul(plan, op_specs, j)
+        if spec is None or plan.ops[j].inputs[0] != x or not _same_weights(first, spec):
+            break
+        out = plan.ops[j].outputs[0]
+        if out in outs or out == x:
+            break
+        outs.add(out)
+        run.append(spec)
+    if x in outs:
+        return []
+    return run
+
+
+def _row_tiling(first: KernelSpec, rows: int, max_steps: int) -> dict:
+    rows_per_step = first.params["rows_per_step"]
+    row_steps = max(1, min(max_steps, -(-rows // rows_per_step)))
+    return {"rows_per_step": rows_per_step, "row_steps": row_steps, "rows_per_block": rows_per_step * row_steps}
+
+
+_MATMUL_KEYS = ("threads", "k", "lanes_per_row", "chunk", "subs_per_block", "tokens_per_block", "fmt", "fmt_upper",
+                "qk", "ts", "cols", "blocks_per_row", "row_bytes", "planar", "plane_offsets")
+
+
+# -- the fusions ------------------------------------------------------------------------------
+
+
+def _segments(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
+    run = _matmul_run(plan, op_specs, i, MAX_SEGMENTS)
+    if len(run) < 2:
+        return None
+    first = run[0]
+    segs, start = [], 0
+    for spec in run:
+        segs.append({"start": start, "end": start + spec.params["n"], "rows": spec.params["n"]})
+        start += spec.params["n"]
+    tiling = _row_tiling(first, start, MATMUL_ROW_STEPS)
+    name = f"rfc_matmul_{first.params['fmt']}_{'+'.join(str(s['rows']) for s in segs)}x{first.params['k']}".replace("+", "_")
+    name = f"{name}_fused"
+    params = {**{k: first.params[k] for k in _MATMUL_KEYS}, "name": name, "n": start, "segs": segs, "glu": False, **tiling}
+    n = len(run)
+    args = (*((f"out{s}", PTR) for s in range(n)), ("x", PTR), *((f"weight{s}", PTR) for s in range(n)), ("n_rows", I32))
+    sources = (*((s, "out") for s in range(n)), (0, "x"), *((s, "weight") for s in range(n)), (0, "n_rows"))
+    grid = ((start, tiling["rows_per_block"]), ("n_rows", first.params["tokens_per_block"]))
+    spec = KernelSpec(name, "gpu_matmul_fused.hip.j2", params, args, first.threads, grid)
+    return Fusion(i, n, spec, sources)
+
+
+def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
+    run = _matmul_run(plan, op_specs, i, 2)
+    if len(run) != 2 or i + 2 >= len(plan.ops):
+        return None
+    act = plan.ops[i + 2]
+    gate, up = plan.ops[i].outputs[0], plan.ops[i + 1].outputs[0]
+    if act.kind != "swiglu" or act.attr("activation") != "silu" or tuple(act.inputs) != (gate, up):
+        return None
+    if run[0].params["n"] != run[1].params["n"]:
+        return None
+    out = act.outputs[0]
+    if any(b != out and _read_later(plan, i + 2, b) for b in (gate, up)):
+        return None  # a pre-activation the fused kernel does not write is read later
+    first, rows = run[0], run[0].params["n"]
+    # two accumulators a row: half the row steps keep the registers of the plain matmul
+    tiling = _row_tiling(first, rows, max(1, MATMUL_ROW_STEPS // 2))
+    name = f"rfc_matmul_swiglu_{first.params['fmt']}_{rows}x{first.params['k']}"
+    params = {**{k: first.params[k] for k in _MATMUL_KEYS}, "name": name, "n": rows, "segs": [], "glu": True, **tiling}
+    args = (("out", PTR), ("x", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32))
+    sources = ((2, "out"), (0, "x"), (0, "weight"), (1, "weight"), (0, "n_rows"))
+    grid = ((rows, tiling["rows_per_block"]), ("n_rows", first.params["tokens_per_block"]))
+    spec = KernelSpec(name, "gpu_matmul_fused.hip.j2", params, args, first.threads, grid)
+    return Fusion(i, 3, spec, sources)
+
+
+def _add_rmsnorm(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
+    if i + 1 >= len(plan.ops):
+        return None
+    add, norm = plan.ops[i], plan.ops[i + 1]
+    if add.kind != "add" or norm.kind != "rmsnorm" or norm.inputs[0] != add.outputs[0]:
+        return None
+    a, n = op_specs[i], op_specs[i + 1]
+    p = n.params
+    if p["heads"] != 1 or not p["has_weight"] or p["per_seg"] or p["width"] != a.params["width"] or n.threads != a.threads:
+        return None
+    if plan.buffer(add.outputs[0]).shape[0] != plan.buffer(norm.outputs[0]).shape[0]:
+        return None
+    name = f"rfc_add_rmsnorm_{p['width']}"
+    params = {"name": name, "threads": n.threads, "width": p["width"], "eps": p["eps"], "add": a.name, "norm": n.name}
+    args = (("sum", PTR), ("out", PTR), ("a", PTR), ("b", PTR), ("weight", PTR), ("n_rows", I32))
+    sources = ((0, "out"), (1, "out"), (0, "a"), (0, "b"), (1, "weight"), (0, "n_rows"))
+    spec = KernelSpec(name, "gpu_add_rmsnorm.hip.j2", params, args, n.threads, (("n_rows", 1),))
+    return Fusion(i, 2, spec, sources)
+
+
+def _rope_kv_write(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
+    if i + 1 >= len(plan.ops):
+        return None
+    rope, kv = plan.ops[i], plan.ops[i + 1]
+    if rope.kind != "rope" or kv.kind != "kv_write" or kv.inputs[0] != rope.outputs[1]:
+        return None
+    r, w = op_specs[i], op_specs[i + 1]
+    threads = max(r.threads, w.threads)
+    has_ff = r.params["has_freq_factors"]
+    name = f"{r.name}_{w.name.removeprefix('rfc_')}"
+    params = {"name": name, "threads": threads, "rope": r.name, "kv_write": w.name, "has_freq_factors": has_ff,
+              "kv_dtype": w.params["kv_dtype"]}
+    rope_args = tuple((0, n) for n, _k in r.args if n != "n_rows")
+    kv_args = tuple((1, n) for n, _k in w.args if n != "k")
+    kinds = {**{n: k for n, k in w.args}, **{n: k for n, k in r.args}}
+    sources = (*rope_args, *kv_args)
+    args = tuple((n, kinds[n]) for _o, n in sources)
+    spec = KernelSpec(name, "gpu_rope_kv_write.hip.j2", params, args, threads, (("n_rows", 1),))
+    return Fusion(i, 2, spec, sources)

@@ -1,0 +1,61 @@
+"""tools/gpu_matmul_bw.py, the measurement a lent GPU runs for each matmul's bandwidth at batch 1,
+driven here over the emulated step device (a wall-clock timer in place of the GPU's events):
+it finds every matmul kernel of the decode list, fused ones included, and counts the bytes of
+every weight each reads."""
+
+import importlib.util
+import platform
+import shutil
+
+import pytest
+
+from rfc.artifacts.bundle import open_bundle
+from rfc.runtime.engine.executor import Executor
+from rfc.runtime.engine.kv_cache import BlockManager
+from tests.conftest import ROOT, shared_basetemp
+from tests.kernels.gpu_emulator import emulated_step_device
+from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
+
+pytestmark = [
+    pytest.mark.shared,
+    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
+                       reason="the GPU emulator needs g++ on x86-64"),
+]
+
+TARGET = "gfx1100"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("gpu_matmul_bw", ROOT / "tools" / "gpu_matmul_bw.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("model", [pytest.param("llama-Q8_0", marks=toolchain_marks(TARGET))])
+def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle, tmp_path_factory):
+    tool = _tool()
+    bundle = open_bundle(gpu_bundle(model, TARGET))
+    kv = bundle.plan.kv
+    device = emulated_step_device(bundle, TARGET, kv, 8, 16, shared_basetemp(tmp_path_factory) / "gpu-emu")
+    runner = device.runner
+    scalars = tool.decode_step(runner, Executor(bundle.plan, device), bundle.plan.vocab_size, BlockManager(8, 16), context=5)
+    assert scalars["n_tokens"] == 1
+    rows = tool.matmul_rates(runner, bundle.layout, scalars, tool.WallTimer(runner._driver), repeat=1)
+    by_kernel = {r["kernel"]: r for r in rows}
+    entries = {e.name: e.nbytes for e in bundle.layout.tensors}
+    weights = runner.program.weights
+
+    def nbytes(*names):
+        return sum(entries[weights.get(n, n)] for n in names)
+
+    qkv = by_kernel["rfc_matmul_q8_0p_256_64_64x256_fused"]
+    assert qkv["bytes"] == nbytes("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
+    assert by_kernel["rfc_matmul_swiglu_q8_0p_768x256"]["bytes"] == nbytes("blk.0.ffn_gate.weight", "blk.0.ffn_up.weight")
+    assert by_kernel["rfc_matmul_q8_0p_256x768"]["bytes"] == nbytes("blk.0.ffn_down.weight")
+    assert set(by_kernel) == {l.kernel for l in runner.program.launches if l.kernel.startswith("rfc_matmul_")}
+    assert all(r["us"] > 0 and r["gbps"] > 0 for r in rows)
+    every = tool.matmul_rates(runner, bundle.layout, scalars, tool.WallTimer(runner._driver), repeat=1, every=True)
+    assert len(every) == sum(l.kernel.startswith("rfc_matmul_") for l in runner.program.launches) > len(rows)
+    text = tool.table(rows, None)
+    assert "rfc_matmul_swiglu_q8_0p_768x256" in text and "device-to-device" not in text
