@@ -149,7 +149,7 @@ def table(rows: list[dict], copy_gbps: float | None) -> str:
 
 
 def main() -> int:
-    from rfc.runtime.model.loader import LoadOptions, load_model
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
