@@ -136,12 +136,10 @@ REFUSED = {
     "embeddings unknown field": ("/v1/embeddings", {"input": "a", "truncate": True}, "truncate"),
     "chat seed past int64": ("/v1/chat/completions", {"messages": ASK, "seed": 2**63}, "seed"),
     "max_output_tokens < 16": ("/v1/responses", {"input": "hi", "max_output_tokens": 15}, "max_output_tokens"),
-    "truncation auto": ("/v1/responses", {"input": "hi", "truncation": "auto"}, "truncation"),
     "truncation unknown": ("/v1/responses", {"input": "hi", "truncation": "middle"}, "truncation"),
-    "reasoning effort": ("/v1/responses", {"input": "hi", "reasoning": {"effort": "high"}}, "reasoning.effort"),
-    "reasoning summary": ("/v1/responses", {"input": "hi", "reasoning": {"summary": "auto"}}, "reasoning.summary"),
+    "reasoning effort unknown": ("/v1/responses", {"input": "hi", "reasoning": {"effort": "huge"}}, "reasoning.effort"),
     "service_tier unknown": ("/v1/responses", {"input": "hi", "service_tier": "fastest"}, "service_tier"),
-    "text.verbosity": ("/v1/responses", {"input": "hi", "text": {"verbosity": "low"}}, "text.verbosity"),
+    "text.verbosity unknown": ("/v1/responses", {"input": "hi", "text": {"verbosity": "loud"}}, "text.verbosity"),
 }
 
 
@@ -165,5 +163,11 @@ def test_accepted_settings(tools_url, check):
     assert check("Response", r) == []
     assert (r["truncation"], r["service_tier"], r["reasoning"], r["text"]["verbosity"]) == (
         "disabled", "default", {"effort": "none", "summary": None}, "medium")
+    asked = {"input": "hi", "max_output_tokens": 16, "truncation": "auto", "service_tier": "flex",
+             "reasoning": {"effort": "high", "summary": "auto"}, "text": {"verbosity": "low"}}
+    r = _post(tools_url, "/v1/responses", asked).json()
+    assert check("Response", r) == []
+    assert (r["truncation"], r["service_tier"], r["reasoning"], r["text"]["verbosity"]) == (
+        "disabled", "default", {"effort": None, "summary": None}, "medium")
     plain = _post(tools_url, "/v1/responses", {"input": "hi", "max_output_tokens": 16}).json()
     assert (plain["truncation"], plain["service_tier"], plain["reasoning"]) == ("disabled", "default", {"effort": None, "summary": None})
