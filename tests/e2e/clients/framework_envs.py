@@ -36,12 +36,18 @@ def environment(family: str) -> Path:
     home = Path(os.environ.get("RFC_CLIENT_ENVS", Path.home() / ".cache" / "rfc" / "client-envs")) / family
     python = home / "bin" / "python"
     marker = home / ".installed"
-    if not marker.is_file():
+    packages, _ = FAMILIES[family]
+    # The marker names the packages and the checkout rfc is installed from: an environment made
+    # for another checkout (another clone, a worktree) gets this one's rfc installed again.
+    want = " ".join(packages) + "\n" + str(ROOT) + "\n"
+    have = marker.read_text() if marker.is_file() else ""
+    if not have.startswith(" ".join(packages) + "\n"):
         venv.EnvBuilder(system_site_packages=True, with_pip=True, clear=True).create(home)
-        packages, _ = FAMILIES[family]
         subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+        have = ""
+    if have != want:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)], check=True)
-        marker.write_text(" ".join(packages) + "\n")
+        marker.write_text(want)
     return python
 
 
