@@ -1,13 +1,14 @@
 """The plain pre-norm decoder block several families share with small differences (seed_oss,
 ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2), as their llama.cpp graphs build it:
 
-    x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (Q/K/V biases where present)
+    x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (biases, weight scales where present)
     x += FFN(<ffn_norm>(x))                                              (SwiGLU, or the family's experts)
 
 with a final RMS norm and `output.weight` (else the tied embedding). What differs is a Block: the
 RoPE pairing, whether `rope_freqs` factors apply, the FFN norm's name, per-head Q/K RMS norms after
 RoPE (hunyuan) or whole-row ones before it (minimax-m2), partial rotary, and the FFN itself (a
-hook for the mixtures of experts).
+hook for the mixtures of experts), and whether attn_output's bias is added (ernie4_5's graph leaves it out).
+Every matmul takes its `.scale` and `.bias` where the file has them (common.qkv_projections, linear).
 """
 
 import math
