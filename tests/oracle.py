@@ -167,6 +167,7 @@ class Config:
     layer_norm: bool = False
     parallel: bool = False
     qk_norm_after_rope: bool = False  # hunyuan: the per-head Q/K norms after RoPE
+    out_bias: bool = True  # False: attn_output.bias is loaded and not added (build_attn(wo, NULL): ernie4_5, falcon-h1)
     logit_mul: float = 0.0
 
 
@@ -257,6 +258,8 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.gating = {1: "softmax", 2: "sigmoid"}[k("expert_gating_func")]
     if arch == "seed_oss":  # src/models/seed-oss.cpp
         c.ffn_norm = "post_attention_norm"
+    if arch in ("ernie4_5", "ernie4_5-moe", "falcon-h1"):  # their graphs call build_attn with wo and no bias
+        c.out_bias = False
     if arch == "ernie4_5-moe":  # src/models/ernie4-5-moe.cpp: experts where i >= lead and (i + 1) % step == 0
         step, lead = k("interleave_moe_layer_step"), k("leading_dense_block_count", 0)
         c.moe_layers = tuple(i for i in range(c.n_layers) if i >= lead and (i + 1) % step == 0)
@@ -577,7 +580,7 @@ class Oracle:
         out = np.einsum("hqk,khd->qhd", probs[..., :n], v).reshape(n, c.n_heads * c.head_dim)
         if c.attn_gate:
             out = out / (1.0 + np.exp(-gate))
-        return self.linear(out, p + "attn_output.weight") + self.bias(p + "attn_output")
+        return self.linear(out, p + "attn_output.weight") + (self.bias(p + "attn_output") if c.out_bias else 0.0)
 
     def short_conv(self, h: np.ndarray, i: int) -> np.ndarray:
         """lfm2's conv block (build_shortconv_block): in_proj to b, c, x; a causal depthwise

@@ -23,7 +23,7 @@ import math
 from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, attention, glu_ffn, hparams, kv_spec, linear, qkv_weights, read_rope, read_sizes, rope_factors,
+    Attention, Sizes, attention, glu_ffn, hparams, kv_spec, linear, qkv_projections, read_rope, read_sizes, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
@@ -106,11 +106,7 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
 def _attention_head_norms(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention) -> None:
     """a = attn_output(attention(...)) of layer i from h, Q and K LayerNormed per head before RoPE."""
     p = f"blk.{i}."
-    for proj, w, width in zip("qkv", qkv_weights(b, p, s), (s.q_width, s.kv_width, s.kv_width)):
-        b.op("matmul", ("h",), (proj,), (w,))
-        bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
-        if bias:
-            b.op("add_bias", (proj,), (proj,), (bias,))
+    qkv_projections(b, p, s, "h")
     qn = b.flat(p + "attn_q_norm.weight", "attn_q_norm", (s.n_heads, s.head_dim))
     kn = b.flat(p + "attn_k_norm.weight", "attn_k_norm", (s.n_kv_heads, s.head_dim))
     layernorm.head_layer_norm(b, "q", s.n_heads, s.head_dim, eps, qn)

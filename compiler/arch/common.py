@@ -266,15 +266,7 @@ def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, 
     is refused by the builder). Without `rope` the layer's queries and keys keep no positions
     (smollm3's NoPE layers)."""
     p = f"blk.{i}."
-    fused_scale = weight_scale(b, p + "attn_qkv")
-    for proj, w, width in zip("qkv", qkv_weights(b, p, s), (s.q_width, s.kv_width, s.kv_width)):
-        b.op("matmul", (src,), (proj,), (w,))
-        scale = fused_scale if fused_scale is not None else weight_scale(b, f"{p}attn_{proj}")
-        if scale is not None and scale != 1.0:
-            b.op("scale", (proj,), (proj,), factor=scale)
-        bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
-        if bias:
-            b.op("add_bias", (proj,), (proj,), (bias,))
+    qkv_projections(b, p, s, src)
     if cfg.qk_norm and cfg.qk_norm_rows:
         b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (s.q_width,)),), eps=eps)
         b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (s.kv_width,)),), eps=eps)
@@ -290,6 +282,21 @@ def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, 
     b.op("attention", ("q",), ("att",), sinks, layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
          scale=cfg.scale, **extra)  # fmt: skip
     linear(b, "att", dst, p + "attn_output", (s.n_embd, s.q_width), bias=out_bias)
+
+
+def qkv_projections(b: ModelBuilder, p: str, s: Sizes, src: str = "h") -> None:
+    """q, k, v = the layer's Q, K and V projections of src (prefix `p`), each times its weight
+    scale and plus its bias where the file has them (llama.cpp's build_qkv: a fused attn_qkv's
+    scale scales all three). Every recipe that builds its own attention starts from here."""
+    fused_scale = weight_scale(b, p + "attn_qkv")
+    for proj, w, width in zip("qkv", qkv_weights(b, p, s), (s.q_width, s.kv_width, s.kv_width)):
+        b.op("matmul", (src,), (proj,), (w,))
+        scale = fused_scale if fused_scale is not None else weight_scale(b, f"{p}attn_{proj}")
+        if scale is not None and scale != 1.0:
+            b.op("scale", (proj,), (proj,), factor=scale)
+        bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
+        if bias:
+            b.op("add_bias", (proj,), (proj,), (bias,))
 
 
 def weight_scale(b: ModelBuilder, name: str) -> float | None:

@@ -19,7 +19,7 @@ from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, re
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
-BLOCK = prenorm.Block("adjacent")
+BLOCK = prenorm.Block("adjacent", out_bias=False)  # build_attn(wo, NULL): attn_output.bias loaded, not added
 
 
 def build(model: GGUFModel) -> ModelSpec:

@@ -44,7 +44,9 @@ def build(model: GGUFModel) -> ModelSpec:
     for i in range(s.n_layers):
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
-        attention(b, i, s, eps, cfg, src="h", dst="a")
+        # build_attn(wo, NULL, wo_s): the output's weight scale applied, its bias loaded and not added
+        b.unused(p + "attn_output.bias", "llama.cpp's falcon-h1 loader reads it and its graph does not add it")
+        attention(b, i, s, eps, cfg, src="h", dst="a", out_bias=False)
         mamba2.mamba2_layer(b, i, s.n_embd, m, eps, src="h", dst="m")
         b.op("add", ("x", "a"), ("x",))
         b.op("add", ("x", "m"), ("x",))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_SSM_STATE
 from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import linear, weight_scale
 from rfc.compiler.arch.metadata import MAX_FF, MAX_HEAD_DIM, MAX_HEADS, Metadata
 from rfc.compiler.errors import CompileError
 
@@ -88,15 +89,19 @@ def declare(b: ModelBuilder, m: Mamba2) -> None:
 
 
 def mamba2_layer(b: ModelBuilder, i: int, e: int, m: Mamba2, eps: float, *, src: str = "h", dst: str = "h") -> None:
-    """dst = ssm_out(rmsnorm_groups(ssm_scan(ssm_conv(xBC), dt) * silu(z)))."""
+    """dst = ssm_out(rmsnorm_groups(ssm_scan(ssm_conv(xBC), dt) * silu(z))). ssm_in's and ssm_out's
+    weight scales apply where the file has them (build_lora_mm's w_s: ssm_in's scales all three
+    parts); llama.cpp adds no bias to either, so a file with one is refused by the builder."""
     p = f"blk.{i}."
     fused, shape = p + "ssm_in.weight", (m.in_proj, e)
     z = b.rows(fused + ":z", "ssm_in_z", fused, shape, 0, m.d_inner)
     xbc = b.rows(fused + ":xbc", "ssm_in_xbc", fused, shape, m.d_inner, m.d_inner + m.conv_dim)
     dt = b.rows(fused + ":dt", "ssm_in_dt", fused, shape, m.d_inner + m.conv_dim, m.in_proj)
-    b.op("matmul", (src,), ("ssm_z",), (z,))
-    b.op("matmul", (src,), ("ssm_xbc_in",), (xbc,))
-    b.op("matmul", (src,), ("ssm_dt",), (dt,))
+    scale = weight_scale(b, p + "ssm_in")
+    for buf, w in (("ssm_z", z), ("ssm_xbc_in", xbc), ("ssm_dt", dt)):
+        b.op("matmul", (src,), (buf,), (w,))
+        if scale is not None and scale != 1.0:
+            b.op("scale", (buf,), (buf,), factor=scale)
     conv = (b.tensor(p + "ssm_conv1d.weight", "ssm_conv1d", (m.conv_dim, m.kernel)),)
     conv += tuple(w for w in (b.optional_tensor(p + "ssm_conv1d.bias", "ssm_conv1d_bias", (m.conv_dim,)),) if w)
     b.op("ssm_conv", ("ssm_xbc_in",), ("ssm_xbc",), conv, state=b.state(i, (m.kernel - 1, m.conv_dim)))
@@ -108,4 +113,4 @@ def mamba2_layer(b: ModelBuilder, i: int, e: int, m: Mamba2, eps: float, *, src:
     b.op("swiglu", ("ssm_z", "ssm_y"), ("ssm_y",))
     norm = b.flat(p + "ssm_norm.weight", "ssm_norm", (m.n_groups, m.d_inner // m.n_groups))  # a weight per group
     b.op("rmsnorm", ("ssm_y",), ("ssm_y",), (norm,), eps=eps, **({"heads": m.n_groups} if m.n_groups > 1 else {}))
-    b.op("matmul", ("ssm_y",), (dst,), (b.tensor(p + "ssm_out.weight", "ssm_out", (e, m.d_inner)),))
+    linear(b, "ssm_y", dst, p + "ssm_out", (e, m.d_inner), bias=False)

@@ -1,13 +1,14 @@
 """The plain pre-norm decoder block several families share with small differences (seed_oss,
 ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2), as their llama.cpp graphs build it:
 
-    x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (Q/K/V biases where present)
+    x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (biases, weight scales where present)
     x += FFN(<ffn_norm>(x))                                              (SwiGLU, or the family's experts)
 
 with a final RMS norm and `output.weight` (else the tied embedding). What differs is a Block: the
 RoPE pairing, whether `rope_freqs` factors apply, the FFN norm's name, per-head Q/K RMS norms after
 RoPE (hunyuan) or whole-row ones before it (minimax-m2), partial rotary, and the FFN itself (a
-hook for the mixtures of experts).
+hook for the mixtures of experts), and whether attn_output's bias is added (ernie4_5's graph leaves it out).
+Every matmul takes its `.scale` and `.bias` where the file has them (common.qkv_projections, linear).
 """
 
 import math
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights,
+    Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, hparams, kv_spec, linear, output_head, qkv_projections,
     read_rope, read_sizes, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
@@ -38,6 +39,7 @@ class Block:
     qk_norm_rows: bool = False  # RMS norms of the whole Q and K rows before RoPE, [q width] / [kv width] (minimax-m2)
     full_rotary: bool = True  # the graph asserts n_rot == head_dim
     output_required: bool = False  # the loader requires output.weight (no tied fallback)
+    out_bias: bool = True  # False: llama.cpp loads attn_output.bias and its graph does not add it (ernie4_5)
 
 
 def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, declare: Callable | None = None,
@@ -69,10 +71,12 @@ def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, 
     for i in range(s.n_layers):
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        if not block.out_bias:
+            b.unused(p + "attn_output.bias", f"llama.cpp's {arch} loader reads it and its graph does not add it")
         if block.qk_norm_after_rope:
-            _attention_norm_after_rope(b, i, s, eps, cfg)
+            _attention_norm_after_rope(b, i, s, eps, cfg, out_bias=block.out_bias)
         else:
-            attention(b, i, s, eps, cfg)
+            attention(b, i, s, eps, cfg, out_bias=block.out_bias)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{block.ffn_norm}.weight", block.ffn_norm, (s.n_embd,)),), eps=eps)
         if ffn is None:
@@ -87,14 +91,11 @@ def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, 
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
 
 
-def _attention_norm_after_rope(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention) -> None:
-    """h = attn_output(attention(...)) with Q and K RMS-normed per head after RoPE (hunyuan's order)."""
+def _attention_norm_after_rope(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, out_bias: bool) -> None:
+    """h = attn_output(attention(...)) with Q and K RMS-normed per head after RoPE (hunyuan's order);
+    every matmul with its weight scale and bias where the file has them, as attention's."""
     p = f"blk.{i}."
-    for proj, w, width in zip("qkv", qkv_weights(b, p, s), (s.q_width, s.kv_width, s.kv_width)):
-        b.op("matmul", ("h",), (proj,), (w,))
-        bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
-        if bias:
-            b.op("add_bias", (proj,), (proj,), (bias,))
+    qkv_projections(b, p, s, "h")
     b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
     hd = (s.head_dim,)
     b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
@@ -102,4 +103,4 @@ def _attention_norm_after_rope(b: ModelBuilder, i: int, s: Sizes, eps: float, cf
     b.op("kv_write", ("k", "v"), (), layer=i)
     b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
          scale=cfg.scale)  # fmt: skip
-    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width))
+    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width), bias=out_bias)

@@ -73,3 +73,18 @@ def test_command_r_plus_needs_its_norms(tmp_path):
     without = rewrite_gguf(path, tmp_path / "without.gguf", drop_tensors=("blk.5.attn_k_norm.weight",))
     with pytest.raises(CompileError, match=r"missing tensor blk.5.attn_k_norm.weight"):
         build_spec(read_gguf(without))
+
+
+def test_command_r_plus_projections_take_their_scale_and_bias(tmp_path):
+    """Its attention is its own (LayerNorms per head before RoPE): Q, K and V still take the
+    weight scale and bias the file has, before the norms, as llama.cpp's build_lora_mm and bias do."""
+    import numpy as np
+
+    path = _command_r_plus(tmp_path / "plus.gguf")
+    extra = {"blk.0.attn_q.scale": np.array([-0.5], np.float32), "blk.0.attn_k.bias": np.ones(32, np.float32)}
+    ops = build_spec(read_gguf(rewrite_gguf(path, tmp_path / "extra.gguf", add_tensors=extra))).plan.ops
+    q = next(i for i, op in enumerate(ops) if op.weights == ("blk.0.attn_q.weight",))
+    assert (ops[q + 1].kind, ops[q + 1].attrs.get("factor")) == ("scale", -0.5)
+    k = next(i for i, op in enumerate(ops) if op.weights == ("blk.0.attn_k.weight",))
+    assert (ops[k + 1].kind, ops[k + 1].weights) == ("add_bias", ("blk.0.attn_k.bias",))
+    assert k + 1 < next(i for i, op in enumerate(ops) if op.kind == "rmsnorm" and op.inputs == ("q",))

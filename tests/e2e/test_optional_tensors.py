@@ -69,3 +69,43 @@ def test_the_cpu_step_program_applies_them_too(bundle_cache, extras):
     cpu = teacher_forced_logits(bundle_cache(model), "cpu", tokens)
     ok, summary = device_bounds(NAME, cpu, ref, None)
     assert ok, summary
+
+
+# Recipes that build their own attention (hunyuan's Q/K norms after RoPE) or whose graph leaves
+# attn_output.bias out (ernie4_5, falcon-h1: llama.cpp's build_attn(wo, NULL)), falcon-h1's Mamba2
+# mixer beside its attention, with the biases their loaders
+# read and weight scales, negative ones among them. Against the float64 oracle, which applies them
+# as those graphs do.
+def _new_arch_extras(name: str) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+
+    def bias(n: int) -> np.ndarray:
+        return rng.normal(0.0, 0.2, n).astype(np.float32)
+
+    extras = {  # every fixture here: 256 wide, FFN 512, Q 256, K/V 128, vocabulary 512
+        "blk.0.attn_q.scale": np.array([-0.75], np.float32),
+        "blk.1.attn_k.scale": np.array([1.5], np.float32),
+        "blk.0.attn_v.scale": np.array([-1.25], np.float32),
+        "blk.1.attn_output.scale": np.array([0.5], np.float32),
+        "blk.0.ffn_up.scale": np.array([1.25], np.float32),
+        "blk.1.ffn_down.scale": np.array([-0.5], np.float32),
+        "blk.0.attn_output.bias": bias(256),
+        "output.scale": np.array([-0.8], np.float32),
+    }
+    if name == "tiny-ernie4_5-Q8_0":  # Q/K/V biases too (the hunyuan fixture has them)
+        extras |= {"blk.0.attn_q.bias": bias(256), "blk.1.attn_v.bias": bias(128)}
+    if name == "tiny-falcon-h1-Q8_0":  # the Mamba2 mixer's projections: ssm_in's scale scales z, xBC and dt
+        extras |= {"blk.0.ssm_in.scale": np.array([-0.5], np.float32), "blk.1.ssm_out.scale": np.array([1.5], np.float32)}
+    return extras
+
+
+@pytest.mark.parametrize("name", ["tiny-hunyuan-dense-Q8_0", "tiny-ernie4_5-Q8_0", "tiny-falcon-h1-Q8_0"])
+def test_recipes_with_their_own_attention_apply_them(bundle_cache, tmp_path, name):
+    src = FIXTURES / f"{name}.gguf"
+    model = rewrite_gguf(src, tmp_path / f"{name}-extras.gguf", add_tensors=_new_arch_extras(name))
+    tokens = np.load(FIXTURES / f"{name}.logits.npz")["tokens"].tolist()
+    ref = teacher_forced_logits(bundle_cache(model, REFERENCE_ONLY), "ref", tokens)
+    ok, summary = oracle_bounds(name, ref, Oracle(model).logits(tokens))
+    assert ok, summary
+    plain = teacher_forced_logits(bundle_cache(src, REFERENCE_ONLY), "ref", tokens)
+    assert np.abs(ref - plain).mean() > 0.1  # the extras change the logits: the test can fail

@@ -127,3 +127,25 @@ def test_a_negative_learned_scalar_compiles(tmp_path):
     spec = spec_of(FIXTURES / "tiny-gemma4-Q8_0.gguf", tmp_path, tensor_fn=negative)
     factors = [op.attrs["factor"] for op in spec.plan.ops if op.kind == "scale"]
     assert float(np.float32(-0.0701645240187645)) in factors
+
+
+@pytest.mark.parametrize("name", ["tiny-ernie4_5-Q8_0", "tiny-ernie4_5-moe-Q8_0", "tiny-falcon-h1-Q8_0"])
+def test_an_output_bias_llama_cpp_loads_and_does_not_add_is_known_and_unused(name, tmp_path):
+    """ernie4_5's and falcon-h1's graphs call build_attn(wo, NULL): their attn_output.bias is
+    loaded and never added. The plan is the one of the file without it."""
+    src = FIXTURES / f"{name}.gguf"
+    bias = {f"blk.{i}.attn_output.bias": np.ones(256, np.float32) for i in range(2)}
+    spec = spec_of(src, tmp_path, add_tensors=bias)
+    assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(src)).plan)
+
+
+def test_hunyuan_applies_q_k_v_scales_before_its_norms_after_rope(tmp_path):
+    """hunyuan builds its own attention (Q/K norms after RoPE): its projections take their weight
+    scale and bias like every other recipe's (common.qkv_projections)."""
+    extra = {"blk.0.attn_q.scale": np.array([-0.5], np.float32), "blk.1.attn_v.scale": np.array([2.0], np.float32)}
+    ops = spec_of(FIXTURES / "tiny-hunyuan-dense-Q8_0.gguf", tmp_path, add_tensors=extra).plan.ops
+    i = next(i for i, op in enumerate(ops) if op.weights == ("blk.0.attn_q.weight",))
+    assert [(op.kind, op.attrs.get("factor"), op.weights) for op in ops[i + 1 : i + 3]] == [
+        ("scale", -0.5, ()), ("add_bias", None, ("blk.0.attn_q.bias",))]
+    j = next(j for j, op in enumerate(ops) if op.weights == ("blk.1.attn_v.weight",))
+    assert (ops[j + 1].kind, ops[j + 1].attrs.get("factor")) == ("scale", 2.0)
