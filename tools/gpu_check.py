@@ -38,6 +38,7 @@ device itself (rfc.runtime.devices.cuda / hip raise DeviceError with the driver'
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import subprocess
 import urllib.request
@@ -400,6 +401,8 @@ def main() -> int:
     ap.add_argument("--bench-only", default=None, help="comma-separated parts of the benchmark models' names to run (8b, 1.1b)")
     ap.add_argument("--fixtures", type=Path, default=None,
                     help="take fixtures and goldens from this directory; make and fetch nothing (no network)")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="also write the checks and benchmark rows to this file (tools/gpu_session.py reads it)")
     args = ap.parse_args()
     # --target cpu (or cpu-avx512, ...) runs everything but the GPU's own checks on the cpu
     # device: a dry run of this tool on a machine without a GPU.
@@ -441,12 +444,21 @@ def main() -> int:
         print(f"\n{'benchmark model':<34} {'b1 tok/s':>9} {'b16 tok/s':>10} {'b16/b1':>7} {'weights GB/s':>12} "
               f"{'prefill 512 tok/s':>17} {'(dp4a)':>8} {'serve ready s':>13}")
         only = None if args.bench_only is None else set(args.bench_only.split(","))
-        for b in bench(args.target, device, out, args.decode, only):
+        bench_rows = bench(args.target, device, out, args.decode, only)
+        for b in bench_rows:
             dp4a = f"{b['prefill_dp4a']:>8.0f}" if b["prefill_dp4a"] is not None else f"{'-':>8}"
             print(f"{b['model']:<34} {b['b1']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} "
                   f"{b['prefill']:>17.0f} {dp4a} {b['ready']:>13.1f}")
             if b["matmuls"]:
                 print(f"  {b['model']}: each matmul of the decode list alone, batch 1\n{b['matmuls']}")
+    if args.json is not None:
+        keep = ("model", "ok", "notes", "compile_s", "prefill", "decode")
+        args.json.write_text(json.dumps({
+            "target": args.target, "device": device, "out": str(out),
+            "checks": [{k: r[k] for k in keep if k in r} for r in rows],
+            "bench": [{k: v for k, v in b.items() if k != "matmuls"} | {"gguf": str(out / (b["model"] + ".gguf"))}
+                      for b in (bench_rows if args.bench else [])],
+        }, indent=1, default=str))
     return 0 if all(r["ok"] for r in rows) else 1
 
 

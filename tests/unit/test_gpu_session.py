@@ -1,0 +1,27 @@
+"""tools/gpu_session.py's table: rfc's benchmark rows beside llama-bench's JSON on the same
+GGUF, with the ratios the GPU goals are stated in."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("gpu_session", ROOT / "tools" / "gpu_session.py")
+gpu_session = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_session)
+
+
+def test_ratios_pair_each_model_with_llama_bench_on_the_same_file():
+    rfc = {"bench": [
+        {"model": "bench-tinyllama-1.1b-Q4_0", "gguf": "/tmp/x/bench-tinyllama-1.1b-Q4_0.gguf",
+         "b1": 1000.0, "b16": 9000.0, "prefill": 40000.0, "gbps": 640.0},
+        {"model": "bench-llama3-8b-Q4_K_M", "gguf": "/tmp/x/bench-llama3-8b-Q4_K_M.gguf",
+         "b1": 300.0, "b16": 2400.0, "prefill": 9000.0, "gbps": 1500.0},
+    ]}
+    llama = [  # llama-bench -o json: one object per test, pp (n_gen 0) and tg (n_prompt 0)
+        {"model_filename": "/tmp/x/bench-tinyllama-1.1b-Q4_0.gguf", "n_prompt": 512, "n_gen": 0, "avg_ts": 32000.0, "stddev_ts": 10.0},
+        {"model_filename": "/tmp/x/bench-tinyllama-1.1b-Q4_0.gguf", "n_prompt": 0, "n_gen": 128, "avg_ts": 800.0, "stddev_ts": 2.0},
+    ]
+    table = gpu_session.ratio_table(rfc, llama).splitlines()
+    assert table[2].startswith("| bench-tinyllama-1.1b-Q4_0 | 1,000.0 | 800.0 ± 2.0 | **1.25** | 40,000 | 32,000.0 ± 10.0 | **1.25** | 9.00 |")
+    # no llama-bench row for the 8B: its cells say so instead of a made-up ratio
+    assert table[3].startswith("| bench-llama3-8b-Q4_K_M | 300.0 | - | - | 9,000 | - | - | 8.00 |")
