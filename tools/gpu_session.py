@@ -5,11 +5,12 @@ A lent GPU machine has no network and little time, so everything is prepared her
     python tools/gpu_session.py prepare .peer            # on this machine (PyPI reachable)
     python tools/gpu_session.py run .peer --target sm_90  # on the GPU machine, carrying .peer
 
-`prepare` puts into DIR: the wheels of rfc's dependencies (`pip download`, installed there with
-`--no-index`), the llama.cpp source that llama-cpp-python 0.3.36 vendors (the same release the
-tests' goldens come from) as a tarball, the test fixtures, and with `--kernels TARGET` the kernel
-build cache filled by compiling every fixture for that target (nvcc/hipcc runs here, not on
-the card's time).
+`prepare` puts into DIR (~40 MB, within what a device call carries): the wheels of rfc's
+dependencies (`pip download`, installed there with `--no-index`), the llama.cpp source that
+llama-cpp-python 0.3.36 vendors (the same release the tests' goldens come from) as a tarball,
+and with `--kernels TARGET` the kernel build cache filled by compiling every fixture for that
+target (nvcc/hipcc runs here, not on the card's time). The fixtures are made there from their
+seed (tests/testdata.py, seconds).
 
 `run` installs the wheels, starts building llama.cpp's `llama-bench` for the card in the
 background (CUDA for sm_XY, HIP for gfx*), runs `tools/gpu_check.py --bench` (every fixture
@@ -48,7 +49,9 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 def prepare(out: Path, kernels: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     wheels = out / "wheels"
-    _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:", "-d", str(wheels), str(ROOT)])
+    _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:", "-d", str(wheels), str(ROOT), "setuptools>=68", "wheel"])
+    for built in wheels.glob("rfc-*.whl"):  # rfc itself is installed from the checkout (editable)
+        built.unlink()
     with tempfile.TemporaryDirectory() as tmp:
         _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp, LLAMA_CPP_PYTHON])
         sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
@@ -59,17 +62,25 @@ def prepare(out: Path, kernels: list[str]) -> None:
             for part in LLAMA_PARTS:
                 if (vendor / part).exists():
                     t.add(vendor / part, arcname=part, filter=lambda i: None if i.name.endswith(".gguf") else i)
+    if kernels:  # fill a kernel cache, so the card's time is not spent in nvcc/hipcc
+        cache = Path(tempfile.mkdtemp(prefix="rfc-kernels-"))
+        for target in kernels:
+            for gguf in sorted(_fixtures().glob("tiny-*.gguf")):
+                with tempfile.TemporaryDirectory() as tmp:
+                    subprocess.run([sys.executable, "-c", "from rfc.cli.main import main; main()", "compile", str(gguf),
+                                    "--arch", target, "-o", f"{tmp}/b", "-q", "--cache-dir", str(cache)], check=False)
+        with tarfile.open(out / "kernels.tar.xz", "w:xz") as t:  # ~60 MB of objects pack to ~1 MB
+            t.add(cache, arcname="kernels")
+        shutil.rmtree(cache)
+    print(f"prepared {out}: carry it to the GPU machine and run `python tools/gpu_session.py run {out}`")
+
+
+def _fixtures() -> Path:
+    """The test fixtures, made from their seed (in seconds, no network: tests/testdata.py)."""
     sys.path.insert(0, str(ROOT))
     from tests import testdata
 
-    shutil.copytree(testdata.make_fixtures(), out / "fixtures", dirs_exist_ok=True)
-    for target in kernels:  # fill the kernel cache: the card's time is not spent in nvcc/hipcc
-        cache = out / "kernels"
-        for gguf in sorted((out / "fixtures").glob("tiny-*.gguf")):
-            with tempfile.TemporaryDirectory() as tmp:
-                subprocess.run([sys.executable, "-c", "from rfc.cli.main import main; main()", "compile", str(gguf), "--arch", target, "-o",
-                                f"{tmp}/b", "-q", "--cache-dir", str(cache)], check=False)
-    print(f"prepared {out}: carry it to the GPU machine and run `python tools/gpu_session.py run {out}`")
+    return testdata.make_fixtures()
 
 
 def _llama_build(src: Path, target: str) -> tuple[subprocess.Popen, Path]:
@@ -125,8 +136,9 @@ def run(peer: Path, target: str, out: Path) -> int:
     wheels = peer / "wheels"
     if wheels.is_dir():
         _run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels), "-e", str(ROOT)])
-    if (peer / "kernels").is_dir():
-        shutil.copytree(peer / "kernels", Path.home() / ".cache" / "rfc" / "kernels", dirs_exist_ok=True)
+    if (peer / "kernels.tar.xz").is_file():
+        with tarfile.open(peer / "kernels.tar.xz") as t:
+            t.extractall(Path.home() / ".cache" / "rfc", filter="data")
     src = Path(tempfile.mkdtemp(prefix="llama-peer-"))
     with tarfile.open(peer / "llama.tar.xz") as t:
         t.extractall(src, filter="data")
@@ -135,7 +147,7 @@ def run(peer: Path, target: str, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report = out / "rfc.json"
     check = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--target", target, "--bench",
-                            "--fixtures", str(peer / "fixtures"), "--out", str(out), "--json", str(report)])
+                            "--fixtures", str(_fixtures()), "--out", str(out), "--json", str(report)])
     build.wait()
     print(f"llama-bench build: exit {build.returncode} after {time.monotonic() - t0:.0f} s ({src / 'build.log'})",
           file=sys.stderr)
@@ -160,7 +172,7 @@ def run(peer: Path, target: str, out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("prepare", help="on a machine with PyPI: wheels, llama.cpp's source, fixtures, kernels")
+    p = sub.add_parser("prepare", help="on a machine with PyPI: wheels, llama.cpp's source, kernels")
     p.add_argument("dir", type=Path)
     p.add_argument("--kernels", action="append", default=[], metavar="TARGET",
                    help="also fill the kernel cache for this target (repeatable), e.g. sm_90")
