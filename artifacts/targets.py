@@ -51,6 +51,9 @@ class Target:
     # fp16 tensor cores through nvcuda::wmma (16x16x16 half fragments, float accumulators):
     # the compiler adds a prefill launch list of tensor-core matmuls (sm_70 and newer)
     wmma_f16: bool = False
+    # int8 tensor cores through mma.sync m16n8k32 (s8 x s8 -> s32): the prefill list's matmuls
+    # over quantized weights multiply their int8 quants (sm_80 and newer)
+    imma_i8: bool = False
 
     @property
     def arch(self) -> str:
@@ -80,6 +83,7 @@ CPU_TARGETS: dict[str, Target] = {
 _GFX = re.compile(r"gfx[0-9]{2,3}[0-9a-f]")
 _SM = re.compile(r"sm_[0-9]{2,3}a?")
 _WMMA_F16_SM = 70  # Volta: the first NVIDIA architecture with tensor cores
+_IMMA_I8_SM = 80  # Ampere: the first with mma.sync m16n8k32 over int8
 
 
 def parse_target(name: str) -> Target:
@@ -90,7 +94,8 @@ def parse_target(name: str) -> Target:
     if _GFX.fullmatch(name):
         return Target(name, Family.HIP, 32 if name[3:5] in ("10", "11", "12") else 64)
     if _SM.fullmatch(name):
-        return Target(name, Family.CUDA, 32, wmma_f16=int(name[3:].rstrip("a")) >= _WMMA_F16_SM)
+        sm = int(name[3:].rstrip("a"))
+        return Target(name, Family.CUDA, 32, wmma_f16=sm >= _WMMA_F16_SM, imma_i8=sm >= _IMMA_I8_SM)
     cpus = ", ".join(CPU_TARGETS)
     raise TargetError(f"unknown target '{name[:40]}' (expected {cpus}, gfx* such as gfx1100, or sm_* such as sm_90)")
 
