@@ -18,9 +18,10 @@
  * per 16 x 16 tile (columns 0..7 and 8..15), the PTX ISA's fragment layout: lane = 4 * g + t
  * holds A's rows g and g + 8 at columns 4t..4t+3 and 16+4t..16+4t+3, B's column g at the same
  * k, and C's rows g and g + 8 at columns 2t and 2t + 1 of each half.
- * The emulator (tests/kernels/gpu_emu.h, RFC_GPU_EMULATED): the same C layout, each lane's
- * elements summed by a scalar loop over the shared tiles (the operands stay in shared memory
- * until rfc_imma_mma reads them: the kernel writes none between load and multiply).
+ * The emulator (tests/kernels/gpu_emu.h, RFC_GPU_EMULATED) runs this same code with a portable
+ * form of the instruction: the lanes trade the registers they loaded, as the instruction's
+ * fragment layout defines them, and each sums its elements with a scalar loop (exact, so the
+ * hardware's bits); a fragment load or an element's place read wrongly here fails there too.
  * Other targets have no kernel that includes this header (the compiler keeps their existing
  * prefill path), so they get an error, not a slow fallback.
  */
@@ -35,7 +36,7 @@
 RFC_DEVICE_FN int rfc_imma_row(int lane, int e) { return (lane >> 2) + 8 * ((e >> 1) & 1); }
 RFC_DEVICE_FN int rfc_imma_col(int lane, int e) { return 8 * (e >> 2) + 2 * (lane & 3) + (e & 1); }
 
-#if defined(RFC_CUDA)
+#if defined(RFC_CUDA) || defined(RFC_GPU_EMULATED)
 typedef struct { int r[4]; } rfc_imma_a;
 typedef struct { int r[4]; } rfc_imma_b; /* columns 0..7: r[0], r[1]; 8..15: r[2], r[3] */
 
@@ -58,28 +59,16 @@ RFC_DEVICE_FN void rfc_imma_load_b(rfc_imma_b *f, const signed char *p, int ld) 
 
 RFC_DEVICE_FN void rfc_imma_mma(int *c, const rfc_imma_a &a, const rfc_imma_b &b) {
 #pragma unroll
-    for (int h = 0; h < 2; h++)
+    for (int h = 0; h < 2; h++) {
+#if defined(RFC_CUDA)
         /* "{ %": this header is rendered by Jinja, where a brace and a percent sign open a tag */
         asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 { %0, %1, %2, %3 }, { %4, %5, %6, %7 }, { %8, %9 }, "
             "{ %0, %1, %2, %3 };"
             : "+r"(c[4 * h]), "+r"(c[4 * h + 1]), "+r"(c[4 * h + 2]), "+r"(c[4 * h + 3])
             : "r"(a.r[0]), "r"(a.r[1]), "r"(a.r[2]), "r"(a.r[3]), "r"(b.r[2 * h]), "r"(b.r[2 * h + 1]));
-}
-
-#elif defined(RFC_GPU_EMULATED)
-typedef struct { const signed char *p; int ld; } rfc_imma_a;
-typedef struct { const signed char *p; int ld; } rfc_imma_b;
-
-RFC_DEVICE_FN void rfc_imma_load_a(rfc_imma_a *f, const signed char *p, int ld) { f->p = p, f->ld = ld; }
-RFC_DEVICE_FN void rfc_imma_load_b(rfc_imma_b *f, const signed char *p, int ld) { f->p = p, f->ld = ld; }
-
-RFC_DEVICE_FN void rfc_imma_mma(int *c, const rfc_imma_a &a, const rfc_imma_b &b) {
-    const int lane = RFC_TID % RFC_WAVE;
-    for (int e = 0; e < RFC_IMMA_ELEMS; e++) {
-        const signed char *ra = a.p + rfc_imma_row(lane, e) * a.ld, *cb = b.p + rfc_imma_col(lane, e) * b.ld;
-        int s = 0;
-        for (int k = 0; k < 32; k++) s += (int)ra[k] * (int)cb[k];
-        c[e] += s;
+#else
+        rfc_emu_mma_m16n8k32_s8(&c[4 * h], a.r, &b.r[2 * h]);  /* tests/kernels/gpu_emu.h */
+#endif
     }
 }
 

@@ -159,6 +159,47 @@ static inline float rfc_shfl_xor(float v, int mask) {
     return r;
 }
 
+/* ---- mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (kernels/rfc_gpu_imma.h) -------------
+ * The warp-wide instruction as the PTX ISA defines its fragments, each lane passing its own
+ * registers: with g = lane / 4 and t = lane % 4, lane holds A (16 x 32, row-major) rows g and
+ * g + 8 at columns 4t..4t+3 (registers 0, 1) and 16+4t..16+4t+3 (registers 2, 3), B (32 x 8)
+ * column g at rows 4t..4t+3 (register 0) and 16+4t..16+4t+3 (register 1), bytes in element
+ * order; D = A B + C at rows g, g + 8 (elements 0-1, 2-3) and columns 2t, 2t + 1. The lanes
+ * trade registers through a table between two barriers (every lane of the block calls it, as
+ * every lane of a warp must), then each sums its own four elements exactly in int32: the
+ * tensor cores' result. The emulator reads the operands where the hardware would, so the
+ * kernel's fragment loads and its reading of D are what this checks. */
+namespace rfc_emu {
+static int mma_regs[kMaxThreads][6];
+}
+
+static inline void rfc_emu_mma_m16n8k32_s8(int *d, const int *a, const int *b) {
+    int *mine = rfc_emu::mma_regs[rfc_emu::cur];
+    for (int i = 0; i < 4; i++) mine[i] = a[i];
+    mine[4] = b[0], mine[5] = b[1];
+    rfc_sync();
+    const int lane = rfc_emu::cur % 32, warp0 = rfc_emu::cur - lane;
+    // element (row, col) of A, (k, n) of B: the lane, register and byte that hold it
+    auto a_at = [&](int row, int col) {
+        const int v = rfc_emu::mma_regs[warp0 + 4 * (row % 8) + (col % 16) / 4][(row >= 8) + 2 * (col >= 16)];
+        return (int)(signed char)(v >> (8 * (col % 4)));
+    };
+    auto b_at = [&](int k, int n) {
+        const int v = rfc_emu::mma_regs[warp0 + 4 * n + (k % 16) / 4][4 + (k >= 16)];
+        return (int)(signed char)(v >> (8 * (k % 4)));
+    };
+    const int g = lane / 4, t = lane % 4;
+    int out[4];
+    for (int i = 0; i < 4; i++) {
+        const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+        int s = 0;
+        for (int k = 0; k < 32; k++) s += a_at(row, k) * b_at(k, col);
+        out[i] = d[i] + s;
+    }
+    rfc_sync();  // every lane has read the table before the next call writes it
+    for (int i = 0; i < 4; i++) d[i] = out[i];
+}
+
 /* ---- the nvcuda::wmma subset of kernels/rfc_gpu_mma.h ------------------------------------
  * A fragment holds its whole tile in every lane (WMMA leaves the lane layout opaque, and
  * the kernels only move whole tiles through memory), so each fiber loads, multiplies and
