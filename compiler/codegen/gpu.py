@@ -109,7 +109,8 @@ def build(inp: CodegenInput) -> dict:
 def render_source(target: Target, specs: list[KernelSpec]) -> str:
     # the tensor-core header only where a kernel uses it: HIP has no nvcuda::wmma
     mma = any(s.template == MMA_TEMPLATE for s in specs)
-    imma = any(s.template == IMMA_TEMPLATE for s in specs)  # and the int8 one only where an sm_80+ kernel uses it
+    # the int8 one where a kernel uses it, for the target's instruction (Target.imma)
+    imma = target.imma if any(s.template == IMMA_TEMPLATE for s in specs) else False
     parts = [render(PRELUDE_TEMPLATE, {"wave": target.wave_size, "mma": mma, "imma": imma, **format_params(Kernels.GPU)})]
     parts += [render(s.template, s.params) for s in specs]
     return "\n".join(parts)

@@ -1,6 +1,8 @@
 """The int8 tensor-core prefill matmul (templates/gpu_matmul_imma.hip.j2, kernels/rfc_gpu_imma.h)
-on the emulator, whose portable form of the int8 tile product is a scalar loop: int8 x int8
-sums in int32 are exact, so it gives the tensor cores' integers.
+on the emulator, for each instruction family: sm_90 (mma.sync m16n8k32), gfx90a (MFMA
+16x16x16 i8, wave 64), gfx1100 (WMMA 16x16x16 iu8, wave 32). The emulator's portable form of
+each instruction reads the lanes' registers where the ISA's fragment layout puts the operands
+and sums in int32, which is exact: the hardware's integers.
 
 Two oracles per shape (every format the kernel takes, GGUF and planar; partial tiles of tokens
 (1, 17, 65, 130 against 64) and of rows; K of one, two and a partial 256-column chunk):
@@ -31,6 +33,7 @@ from rfc.compiler.weights_planar import pack_planar
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.model import quants
 from rfc.runtime.model.quants import dequantize
+
 from tests.conftest import shared_basetemp
 from tests.kernels.gpu_emulator import build_source_emulator
 from tests.kernels.gpu_support import round_activations
@@ -48,6 +51,10 @@ TARGET = parse_target("sm_90")
 # and a partial one, 256 one whole
 SHAPES = ([(f, 100, 512) for f in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")]
           + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")] + [("Q4_K", 130, 256), ("Q8_0", 10, 96)])
+# the AMD instruction forms on fewer shapes (the kernel around them is the same): a format
+# without and one with offsets, a planar one, a k-quant, partial tiles of rows and tokens
+AMD_SHAPES = [("Q8_0", 10, 96), ("Q4_1p", 70, 320), ("Q4_K", 130, 256)]
+CASES = [(f, r, c, "sm_90") for f, r, c in SHAPES] + [(*s, t) for t in ("gfx90a", "gfx1100") for s in AMD_SHAPES]
 TOKENS = (1, 17, 65, 130)
 F32 = np.float32
 
@@ -103,10 +110,11 @@ def kernel_model(x: np.ndarray, u: np.ndarray, a: np.ndarray, b: np.ndarray, has
 
 
 class Kernels:
-    def __init__(self, build_dir: Path):
-        self.specs = {(f, r, c): imma_matmul_spec(TARGET, weight_geometry(f, r, c)) for f, r, c in SHAPES}
+    def __init__(self, target: str, build_dir: Path):
+        t = parse_target(target)
+        self.specs = {(f, r, c): imma_matmul_spec(t, weight_geometry(f, r, c)) for f, r, c, tt in CASES if tt == target}
         assert all(self.specs.values())
-        source = render_source(TARGET, list(self.specs.values()))
+        source = render_source(t, list(self.specs.values()))
         self.lib = ctypes.CDLL(str(build_source_emulator(source, [s.name for s in self.specs.values()], build_dir)))
 
     def run(self, fmt: str, rows: int, cols: int, x: np.ndarray, raw: np.ndarray) -> np.ndarray:
@@ -125,12 +133,19 @@ class Kernels:
 
 
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory) -> Kernels:
-    return Kernels(shared_basetemp(tmp_path_factory) / "gpu-imma")
+def kernels(tmp_path_factory):
+    built: dict[str, Kernels] = {}
+
+    def get(target: str) -> Kernels:
+        if target not in built:
+            built[target] = Kernels(target, shared_basetemp(tmp_path_factory) / "gpu-imma")
+        return built[target]
+
+    return get
 
 
-@pytest.mark.parametrize("fmt,rows,cols", SHAPES, ids=[f"{f}-{r}x{c}" for f, r, c in SHAPES])
-def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols, kernels):
+@pytest.mark.parametrize("fmt,rows,cols,target", CASES, ids=[f"{t}-{f}-{r}x{c}" for f, r, c, t in CASES])
+def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols, target, kernels):
     rng = np.random.default_rng([rows, cols, *fmt.encode()])
     base = PLANAR_FORMATS[fmt].base if fmt in PLANAR_FORMATS else fmt
     raw_base = random_weight(rng, base, rows, cols)
@@ -140,12 +155,13 @@ def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols
     # the decomposition is the format's values: w = a * u + b per sub-block, as the decoders
     # (ggml's and the reference's) compute it in float32
     assert np.array_equal(w, a.repeat(32, 1) * u.astype(F32) + b.repeat(32, 1))
+    k = kernels(target)
     for tokens in TOKENS:
         x = (3 * rng.standard_normal((tokens, cols))).astype(np.float32)
-        got = kernels.run(fmt, rows, cols, x, raw)
-        model = kernel_model(x, u, a, b, has_min=kernels.specs[fmt, rows, cols].params["has_min"])
+        got = k.run(fmt, rows, cols, x, raw)
+        model = kernel_model(x, u, a, b, has_min=k.specs[fmt, rows, cols].params["has_min"])
         assert np.array_equal(got.view(np.uint32), model.view(np.uint32)), \
-            f"{fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the model"
+            f"{target} {fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the model"
         xq, xd = quantize_activations(x)
         rounded = xq * xd.astype(np.float64).repeat(32, 1)  # exact
         # the oracle's q8_32 kind rounds in float64: the same values but where x / d falls within
@@ -157,7 +173,7 @@ def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols
         ReferenceDevice.op_matmul(None, [want], [rounded], [w.astype(np.float64)], {}, None)
         d = float(np.abs(got - want).max())
         bound = REL_TOL * max(1.0, float(np.abs(want).max()))
-        assert d <= bound, f"{fmt} {rows}x{cols}, {tokens} tokens: max |gpu - ref| {d:.2e} > {bound:.2e}"
+        assert d <= bound, f"{target} {fmt} {rows}x{cols}, {tokens} tokens: max |gpu - ref| {d:.2e} > {bound:.2e}"
 
 
 def test_the_prefill_list_takes_int8_tensor_cores_where_the_target_and_format_allow():
@@ -165,9 +181,12 @@ def test_the_prefill_list_takes_int8_tensor_cores_where_the_target_and_format_al
         w = weight_geometry(fmt, 256, 512)
         assert prefill_matmul_spec(parse_target("sm_90"), w).template == "gpu_matmul_imma.hip.j2", fmt
         assert prefill_matmul_spec(parse_target("sm_80"), w).template == "gpu_matmul_imma.hip.j2", fmt
+        for name in ("gfx908", "gfx90a", "gfx1100", "gfx1151"):
+            assert prefill_matmul_spec(parse_target(name), w).template == "gpu_matmul_imma.hip.j2", (fmt, name)
         # Volta/Turing: fp16 tensor cores only
         assert prefill_matmul_spec(parse_target("sm_75"), w) == mma_matmul_spec(parse_target("sm_75"), w), fmt
-        for name in ("sm_61", "gfx90a", "gfx1100"):
+        # no int8 matrix instruction built for: the decode list's kernels
+        for name in ("sm_61", "gfx906", "gfx942", "gfx1030", "gfx1201"):
             assert prefill_matmul_spec(parse_target(name), w) is None, (fmt, name)
     # sub-blocks whose 16-element halves have their own scales, and float weights: half wmma
     for fmt in ("Q2_K", "Q3_K", "Q6_K", "Q6_Kp", "F16", "BF16"):
