@@ -172,7 +172,9 @@ _X8_CHUNKS = {**_X8, "ops": frozenset({"matmul", "moe_matmul", "embed"})}
 # adjacent 32-element sub-blocks: lane l's piece of each plane sits right after lane l-1's,
 # so a wave's loads of a plane are one contiguous run (coalesced), and the 16- and 32-byte
 # pieces are 128-bit loads, which the GGUF blocks (18, 20, 22, 24, 34, 84, 110, 210 bytes)
-# never align to (Q4_K and Q5_K blocks, 144 and 176 bytes, are aligned as they are). Only
+# never align to. Q4_K and Q5_K blocks (144 and 176 bytes) are aligned, but a sub-block's
+# quants are the low or the high nibbles of 32 bytes that it shares with its neighbour: each
+# lane loaded 32 bytes to use 16, and adjacent lanes loaded the same 32. Only
 # matmuls read them: the embed kernel gathers GGUF rows. Pieces of a 32-element sub-block,
 # element e in 0..31:
 #   nib16: 16 bytes, byte j = element j (low nibble) | element j+16 (high nibble)
@@ -188,6 +190,8 @@ _X8_CHUNKS = {**_X8, "ops": frozenset({"matmul", "moe_matmul", "embed"})}
 #   Q3_Kp: d (2) | the 12 scale bytes as GGUF has them (12; decoding them to 16 would cost
 #          3.6% more bytes streamed) | crumb8 low 2 bits (64) | bit4 high bits (32)
 #   Q6_Kp: d (2) | the 16 int8 scales (16) | nib16 low 4 bits (128) | crumb8 high 2 bits (64)
+#   Q4_Kp: d, dmin (4) | the 12 packed scale bytes as GGUF has them (12) | nib16 (128)
+#   Q5_Kp: d, dmin (4) | the 12 scale bytes (12) | bit4 fifth bits (32) | nib16 low bits (128)
 # The planar layouts hold the same bytes as their GGUF blocks, plus the planes' padding.
 # K-quant scales stay indexed as in GGUF: scale 2s + h is half h of sub-block s.
 PLANE_ALIGN = 16
@@ -252,6 +256,8 @@ FORMATS: dict[str, WeightFormat] = {
         WeightFormat("Q2_Kp", 256, 84, "q8_k", base="Q2_K", planes=(4, 16, 64), **_PLANAR),
         WeightFormat("Q3_Kp", 256, 110, "q8_k", base="Q3_K", planes=(2, 12, 64, 32), **_PLANAR),
         WeightFormat("Q6_Kp", 256, 210, "q8_k", base="Q6_K", planes=(2, 16, 128, 64), **_PLANAR),
+        WeightFormat("Q4_Kp", 256, 144, "q8_k", base="Q4_K", planes=(4, 12, 128), **_PLANAR),
+        WeightFormat("Q5_Kp", 256, 176, "q8_k", base="Q5_K", planes=(4, 12, 32, 128), **_PLANAR),
     )
 }  # fmt: skip
 

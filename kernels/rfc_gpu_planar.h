@@ -122,4 +122,21 @@ RFC_DEVICE_FN void rfc_wsub_q6_kp(const uint8_t *row, int g, int ps, int pq, int
     w->a1 = d * (float)sc[1], w->b1 = -32.0f * w->a1;
 }
 
+/* planes: d, dmin (4) | 12 packed scale bytes at ps | nib16 at pq (one 128-bit load a lane,
+ * where the GGUF block's sub-block is half the nibbles of 32 bytes) */
+RFC_DEVICE_FN void rfc_wsub_q4_kp(const uint8_t *row, int g, int ps, int pq, rfc_wsub *w) {
+    rfc_pl_nib16(row + pq + 16 * g, w->u);
+    float d, dmin;
+    rfc_pl_half2(row + 4 * (g >> 3), &d, &dmin);
+    rfc_k4_scale_min(row + ps + 12 * (g >> 3), g & 7, d, dmin, w);
+}
+
+/* planes: d, dmin (4) | 12 packed scale bytes at ps | bit4 fifth bits at ph | nib16 low bits at pq */
+RFC_DEVICE_FN void rfc_wsub_q5_kp(const uint8_t *row, int g, int ps, int ph, int pq, rfc_wsub *w) {
+    rfc_pl_q5(row + pq + 16 * g, row + ph + 4 * g, w->u);
+    float d, dmin;
+    rfc_pl_half2(row + 4 * (g >> 3), &d, &dmin);
+    rfc_k4_scale_min(row + ps + 12 * (g >> 3), g & 7, d, dmin, w);
+}
+
 #endif /* RFC_GPU_PLANAR_H */

@@ -53,6 +53,14 @@ def _blocks(base: str, p: list[np.ndarray]) -> list[np.ndarray]:
         high = _un_crumb8(p[3].reshape(r, nb, 8, 8)).reshape(r, nb, 2, 4, 32)  # [nh][k][l]
         qh = (high[..., 0, :] | (high[..., 1, :] << 2) | (high[..., 2, :] << 4) | (high[..., 3, :] << 6)).reshape(r, nb, 64)
         return [ql, qh, p[1], p[0]]
+    if base in ("Q4_K", "Q5_K"):
+        low = _un_nib16(p[-1].reshape(r, nb, 8, 16)).reshape(r, nb, 4, 2, 32)  # [pair][nibble][l]
+        qs = (low[..., 0, :] | (low[..., 1, :] << 4)).reshape(r, nb, 128)
+        if base == "Q4_K":
+            return [p[0], p[1], qs]
+        high = _un_bit4(p[2].reshape(r, nb, 8, 4))  # [sub-block g][element l]
+        qh = np.packbits(np.swapaxes(high, -1, -2), axis=-1, bitorder="little").reshape(r, nb, 32)
+        return [p[0], p[1], qh, qs]
     raise AssertionError(f"no planar layout of {base}")
 
 

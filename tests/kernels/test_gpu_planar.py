@@ -44,7 +44,8 @@ NUM_BLOCKS, BLOCK_SIZE = 48, 16
 REL_TOL = 2e-4
 # a fixture per planar layout whose matmuls the planner stores in it (and the others it has)
 FIXTURE_OF = {"Q4_0p": "llama-Q4_0", "Q4_1p": "llama-Q4_1", "Q5_0p": "llama-Q5_0", "Q5_1p": "llama-Q5_1",
-              "Q8_0p": "llama-Q8_0", "Q2_Kp": "llama-Q2_K", "Q3_Kp": "llama-Q3_K_M", "Q6_Kp": "llama-Q6_K"}
+              "Q8_0p": "llama-Q8_0", "Q2_Kp": "llama-Q2_K", "Q3_Kp": "llama-Q3_K_M", "Q6_Kp": "llama-Q6_K",
+              "Q4_Kp": "llama-Q4_K_M", "Q5_Kp": "llama-Q5_K_M"}
 assert set(FIXTURE_OF) == set(PLANAR_FORMATS), "every planar layout has a fixture"
 MODELS = sorted(set(FIXTURE_OF.values()) | {"mixtral-Q8_0"})  # mixtral: the MoE matmul over [experts, N, K]
 
