@@ -50,7 +50,8 @@ TARGET = parse_target("sm_90")
 # (format, rows, cols): 100 rows leave a partial row tile; 512 columns are two chunks, 320 one
 # and a partial one, 256 one whole
 SHAPES = ([(f, 100, 512) for f in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")]
-          + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")] + [("Q4_K", 130, 256), ("Q8_0", 10, 96)])
+          + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")] + [("Q4_Kp", 70, 512), ("Q5_Kp", 70, 256)]
+          + [("Q4_K", 130, 256), ("Q8_0", 10, 96)])
 # the AMD instruction forms on fewer shapes (the kernel around them is the same): a format
 # without and one with offsets, a planar one, a k-quant, partial tiles of rows and tokens
 AMD_SHAPES = [("Q8_0", 10, 96), ("Q4_1p", 70, 320), ("Q4_K", 130, 256)]
