@@ -51,6 +51,11 @@ class Target:
     # fp16 tensor cores through nvcuda::wmma (16x16x16 half fragments, float accumulators):
     # the compiler adds a prefill launch list of tensor-core matmuls (sm_70 and newer)
     wmma_f16: bool = False
+    # int8 matrix instructions (s8 x s8 -> s32), by family: the prefill list's matmuls over
+    # quantized weights multiply their int8 quants (kernels/rfc_gpu_imma.h). "mma_m16n8k32":
+    # NVIDIA's mma.sync (sm_80 and newer); "mfma_16x16x16": CDNA's v_mfma_i32_16x16x16i8 (gfx908,
+    # gfx90a); "wmma_16x16x16_w32": RDNA3's v_wmma_i32_16x16x16_iu8 (gfx11). "": none
+    imma: str = ""
 
     @property
     def arch(self) -> str:
@@ -80,6 +85,9 @@ CPU_TARGETS: dict[str, Target] = {
 _GFX = re.compile(r"gfx[0-9]{2,3}[0-9a-f]")
 _SM = re.compile(r"sm_[0-9]{2,3}a?")
 _WMMA_F16_SM = 70  # Volta: the first NVIDIA architecture with tensor cores
+_IMMA_SM = 80  # Ampere: the first with mma.sync m16n8k32 over int8
+# CDNA 1-2; CDNA 3 (gfx94x) replaced v_mfma_i32_16x16x16i8 with a 16x16x32 form, not built here
+_IMMA_MFMA_GFX = ("gfx908", "gfx90a")
 
 
 def parse_target(name: str) -> Target:
@@ -88,9 +96,11 @@ def parse_target(name: str) -> Target:
     if name in CPU_TARGETS:
         return CPU_TARGETS[name]
     if _GFX.fullmatch(name):
-        return Target(name, Family.HIP, 32 if name[3:5] in ("10", "11", "12") else 64)
+        imma = "mfma_16x16x16" if name in _IMMA_MFMA_GFX else "wmma_16x16x16_w32" if name[3:5] == "11" else ""
+        return Target(name, Family.HIP, 32 if name[3:5] in ("10", "11", "12") else 64, imma=imma)
     if _SM.fullmatch(name):
-        return Target(name, Family.CUDA, 32, wmma_f16=int(name[3:].rstrip("a")) >= _WMMA_F16_SM)
+        sm = int(name[3:].rstrip("a"))
+        return Target(name, Family.CUDA, 32, wmma_f16=sm >= _WMMA_F16_SM, imma="mma_m16n8k32" if sm >= _IMMA_SM else "")
     cpus = ", ".join(CPU_TARGETS)
     raise TargetError(f"unknown target '{name[:40]}' (expected {cpus}, gfx* such as gfx1100, or sm_* such as sm_90)")
 

@@ -23,8 +23,9 @@
 4. With --bench: random-weight GGUFs made here with tools/make_gguf.py (a Llama-3-8B-shaped
    Q4_K_M and a TinyLlama-1.1B-shaped Q4_0), decode tok/s at batch 1 and 16, the weight bytes
    streamed per second at batch 1 (against the HBM roofline), prefill tok/s of one 512-token
-   prompt on the program's prefill list (tensor-core matmuls, sm_70+) and on the decode list
-   (dp4a) for comparison, and the time from `rfc serve` start to /ready; then each matmul of
+   prompt on the program's prefill list (tensor-core matmuls: int8 mma.sync on sm_80+ for the
+   formats of compiler/codegen/gpu_imma.py, half wmma for the others and on sm_70/75; how many
+   of each it launches is printed) and on the decode list (dp4a) for comparison, and the time from `rfc serve` start to /ready; then each matmul of
    the decode list alone at batch 1 (tools/gpu_matmul_bw.py: events around repeated launches,
    its weight bytes per second against a device-to-device copy's).
 5. On a GPU target: the host detection that `rfc serve model.gguf` compiles for without --arch
@@ -251,7 +252,8 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
         row["notes"].append(f"llama.cpp {summary}{'' if ok else ' FAIL'}")
         ref = teacher_forced(bundle, "ref", tokens)
         formats = {t.format for t in open_bundle(bundle).layout.tensors}
-        rounded = rounding(name, formats, tokens)  # two float64 oracle passes: once per model
+        # two float64 oracle passes: once per model
+        rounded = prefill_rounding(name, formats, tokens, target) if rounding is prefill_rounding else gpu_rounding(name, formats, tokens)
         ok, summary = device_bounds(name, gpu, ref, rounded)
         row["ok"] &= ok
         row["notes"].append(f"vs ref {summary}{'' if ok else ' FAIL'}")
@@ -330,6 +332,16 @@ def prefill_rates(lm: LoadedModel, tokens: int) -> tuple[float, float | None]:
         runner.prefill_min_tokens = saved
 
 
+def prefill_matmuls(lm: LoadedModel) -> str:
+    """Which tensor-core matmuls the prefill list launches: int8 (rfc_matmul_imma_*, sm_80+ over
+    the formats of compiler/codegen/gpu_imma.py) and half (rfc_matmul_mma_*), launches per step."""
+    runner = getattr(lm.device, "runner", None)
+    launches = runner.program.prefill_launches if runner is not None else ()
+    int8 = sum(l.kernel.startswith("rfc_matmul_imma_") for l in launches)
+    half = sum(l.kernel.startswith("rfc_matmul_mma_") for l in launches)
+    return f"int8 {int8}, half {half}"
+
+
 def serve_ready_seconds(bundle: Path, device: str) -> float:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -384,7 +396,8 @@ def bench(target: str, device: str, out: Path, steps: int, only: set[str] | None
         b16 = decode_batch(lm, 16, max(8, steps // 4))
         prefill, prefill_dp4a = prefill_rates(lm, PREFILL_BENCH_TOKENS)
         rows.append({"model": gguf.stem, "b1": b1, "b16": b16, "gbps": b1 * weight_bytes / 1e9,
-                     "prefill": prefill, "prefill_dp4a": prefill_dp4a, "ready": serve_ready_seconds(bundle, device),
+                     "prefill": prefill, "prefill_dp4a": prefill_dp4a, "prefill_matmuls": prefill_matmuls(lm),
+                     "ready": serve_ready_seconds(bundle, device),
                      "matmuls": matmul_table(lm) if device in ("cuda", "hip") else ""})
         print(f"bench {gguf.stem}: {time.perf_counter() - t0:.0f} s, {rows[-1]}", file=sys.stderr, flush=True)
     return rows
@@ -449,6 +462,7 @@ def main() -> int:
             dp4a = f"{b['prefill_dp4a']:>8.0f}" if b["prefill_dp4a"] is not None else f"{'-':>8}"
             print(f"{b['model']:<34} {b['b1']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} "
                   f"{b['prefill']:>17.0f} {dp4a} {b['ready']:>13.1f}")
+            print(f"  {b['model']}: the prefill list's tensor-core matmuls per step: {b['prefill_matmuls']}")
             if b["matmuls"]:
                 print(f"  {b['model']}: each matmul of the decode list alone, batch 1\n{b['matmuls']}")
     if args.json is not None:

@@ -224,6 +224,14 @@ def mma_matmul_spec(target: Target, w: dict) -> KernelSpec | None:
     return KernelSpec(name, MMA_TEMPLATE, params, KERNEL_ARGS["matmul"], threads, grid)
 
 
+def prefill_matmul_spec(target: Target, w: dict) -> KernelSpec | None:
+    """The prefill list's kernel for a matmul over token rows: int8 tensor cores where the target
+    has them and the format's sub-blocks allow (compiler/codegen/gpu_imma.py), else half wmma."""
+    from rfc.compiler.codegen.gpu_imma import imma_matmul_spec
+
+    return imma_matmul_spec(target, w) or mma_matmul_spec(target, w)
+
+
 def plan_kernels(target: Target, plan: Plan, layout: WeightLayout, weights: dict[str, str] | None = None
                  ) -> tuple[list[KernelSpec], list[str]]:
     """The kernels of a plan (first-use order) and, per plan op, the kernel that runs it.
@@ -330,7 +338,7 @@ class _Planner:
     def _matmul(self, op: Op) -> KernelSpec:
         spec = self._matmul_simt(op)
         if self.plan.buffer(op.outputs[0]).shape[0] == "T":  # logit rows (R) are few in a prefill step
-            return dataclasses.replace(spec, prefill=mma_matmul_spec(self.target, self._weight(op, op.weights[0])))
+            return dataclasses.replace(spec, prefill=prefill_matmul_spec(self.target, self._weight(op, op.weights[0])))
         return spec
 
     def _matmul_simt(self, op: Op) -> KernelSpec:

@@ -159,6 +159,94 @@ static inline float rfc_shfl_xor(float v, int mask) {
     return r;
 }
 
+/* ---- int8 matrix instructions (kernels/rfc_gpu_imma.h) ----------------------------------------
+ * Each as its ISA lays out its fragments, over the lanes of the calling wave, each lane passing
+ * its own registers: the lanes trade them through a table between two barriers (every lane of
+ * the block calls, as every lane of a wave must), then each lane sums its own D elements
+ * exactly in int32 (the hardware's result). The emulator reads the operands where the hardware
+ * would, so the kernel's fragment loads and its reading of D are what this checks. */
+namespace rfc_emu {
+static int mma_regs[kMaxThreads][16];
+
+/* the wave's registers in the table, after the barrier; returns the wave's first thread */
+static inline int trade_registers(const int *a, int na, const int *b, int nb, int wave) {
+    int *mine = mma_regs[cur];
+    for (int i = 0; i < na; i++) mine[i] = a[i];
+    for (int i = 0; i < nb; i++) mine[8 + i] = b[i];
+    rfc_sync();
+    return cur - cur % wave;
+}
+
+static inline int byte_of(int v, int i) { return (int)(signed char)(v >> (8 * i)); }
+}  // namespace rfc_emu
+
+/* mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (PTX ISA): g = lane / 4, t = lane % 4; A
+ * (16 x 32, row-major) rows g, g + 8 at columns 4t..4t+3 (registers 0, 1) and 16+4t..16+4t+3
+ * (registers 2, 3); B (32 x 8) column g at rows 4t..4t+3 (register 0), 16+4t..16+4t+3
+ * (register 1); bytes in element order; D rows g, g + 8 (elements 0-1, 2-3), columns 2t, 2t + 1. */
+static inline void rfc_emu_mma_m16n8k32_s8(int *d, const int *a, const int *b) {
+    using namespace rfc_emu;
+    const int w0 = trade_registers(a, 4, b, 2, 32), lane = cur - w0;
+    auto a_at = [&](int row, int col) {
+        return byte_of(mma_regs[w0 + 4 * (row % 8) + (col % 16) / 4][(row >= 8) + 2 * (col >= 16)], col % 4);
+    };
+    auto b_at = [&](int k, int n) { return byte_of(mma_regs[w0 + 4 * n + (k % 16) / 4][8 + (k >= 16)], k % 4); };
+    int out[4];
+    for (int i = 0; i < 4; i++) {
+        const int row = lane / 4 + 8 * (i / 2), col = 2 * (lane % 4) + i % 2;
+        int s = 0;
+        for (int k = 0; k < 32; k++) s += a_at(row, k) * b_at(k, col);
+        out[i] = d[i] + s;
+    }
+    rfc_sync();  // every lane has read the table before the next call writes it
+    for (int i = 0; i < 4; i++) d[i] = out[i];
+}
+
+/* two v_mfma_i32_16x16x16i8 (CDNA, wave 64), register h the h-th: A (16 x 16) element (i, k) in
+ * lane i + 16 * (k / 4), byte k % 4; B (16 x 16) element (k, j) in lane j + 16 * (k / 4), byte
+ * k % 4; D element (i, j) in lane j + 16 * (i / 4), element i % 4. */
+static inline void rfc_emu_mfma_i32_16x16x16i8(int *d, const int *a, const int *b) {
+    using namespace rfc_emu;
+    const int w0 = trade_registers(a, 2, b, 2, 64), lane = cur - w0;
+    int out[4];
+    for (int e = 0; e < 4; e++) {
+        const int i = 4 * (lane / 16) + e, j = lane % 16;
+        int s = 0;
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 16; k++)
+                s += byte_of(mma_regs[w0 + i + 16 * (k / 4)][h], k % 4) * byte_of(mma_regs[w0 + j + 16 * (k / 4)][8 + h], k % 4);
+        out[e] = d[e] + s;
+    }
+    rfc_sync();
+    for (int e = 0; e < 4; e++) d[e] = out[e];
+}
+
+/* two v_wmma_i32_16x16x16_iu8 (RDNA3, wave 32, signed operands), registers 4h..4h+3 the h-th:
+ * A element (i, k) in lane i and lane i + 16 (both must hold it), register k / 4, byte k % 4;
+ * B element (k, j) likewise in lanes j and j + 16; D element (i, j) in lane j + 16 * (i % 2),
+ * element i / 2. */
+static inline void rfc_emu_wmma_i32_16x16x16_iu8_w32(int *d, const int *a, const int *b) {
+    using namespace rfc_emu;
+    const int w0 = trade_registers(a, 8, b, 8, 32), lane = cur - w0;
+    for (int l = 0; l < 16; l++)
+        for (int r = 0; r < 16; r++)
+            if (mma_regs[w0 + l][r] != mma_regs[w0 + l + 16][r]) {
+                fprintf(stderr, "rfc_emu: v_wmma_i32_16x16x16_iu8: lanes %d and %d hold different operands\n", l, l + 16);
+                abort();
+            }
+    int out[8];
+    for (int e = 0; e < 8; e++) {
+        const int i = 2 * e + lane / 16, j = lane % 16;
+        int s = 0;
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 16; k++)
+                s += byte_of(mma_regs[w0 + i][4 * h + k / 4], k % 4) * byte_of(mma_regs[w0 + j][8 + 4 * h + k / 4], k % 4);
+        out[e] = d[e] + s;
+    }
+    rfc_sync();
+    for (int e = 0; e < 8; e++) d[e] = out[e];
+}
+
 /* ---- the nvcuda::wmma subset of kernels/rfc_gpu_mma.h ------------------------------------
  * A fragment holds its whole tile in every lane (WMMA leaves the lane layout opaque, and
  * the kernels only move whole tiles through memory), so each fiber loads, multiplies and

@@ -86,14 +86,18 @@ def gpu_rounding(model: str, formats, tokens) -> "np.ndarray | None":
     return Oracle(path, act_rounding=kinds).logits(list(tokens)) - Oracle(path).logits(list(tokens))
 
 
-def prefill_rounding(model: str, formats, tokens) -> "np.ndarray | None":
-    """gpu_rounding's D for a step that takes the prefill list (tensor-core matmuls, sm_70+):
-    quantized formats keep the dp4a kernels' q8_32 bound (their tensor-core halves round
-    less), F16/BF16 matmuls round activations to float16 (oracle kind "f16")."""
+def prefill_rounding(model: str, formats, tokens, target: str = "sm_90") -> "np.ndarray | None":
+    """gpu_rounding's D for a step that takes the prefill list (tensor-core matmuls) on `target`:
+    quantized formats keep the dp4a kernels' q8_32 bound (the int8 tensor-core kernels round
+    as they do, the half ones less), F16/BF16 matmuls round activations to float16 (oracle kind
+    "f16") where the target has half tensor cores (Target.wmma_f16: elsewhere they keep the
+    decode list's float kernels)."""
     from tests.oracle import Oracle
     from rfc.compiler.codegen.gpu_plan import MMA_FORMATS, is_int8
+    from rfc.compiler.targets import parse_target
 
-    kinds = _by_gguf_format(formats, lambda f: (GPU_ROUNDING_KIND if is_int8(f) else "f16") if f in MMA_FORMATS else None)
+    half = parse_target(target).wmma_f16
+    kinds = _by_gguf_format(formats, lambda f: GPU_ROUNDING_KIND if is_int8(f) else "f16" if half and f in MMA_FORMATS else None)
     if not kinds:
         return None
     path = model_path(model)

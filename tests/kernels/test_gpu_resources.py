@@ -54,11 +54,12 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     bundle = open_bundle(gpu_bundle(model, "sm_90"))
     program = unpack_program(bundle.file(target_entry(bundle.manifest, "sm_90").program).read_bytes())
     prefill_only = {l.kernel for l in program.prefill_launches} - {l.kernel for l in program.launches}
-    mma = {k for k in prefill_only if k.startswith("rfc_matmul_mma_")}
+    # tensor-core matmuls: half (rfc_matmul_mma_*) or int8 (rfc_matmul_imma_*, formats of gpu_imma.IMMA_FORMATS)
+    mma = {k for k in prefill_only if k.startswith(("rfc_matmul_mma_", "rfc_matmul_imma_"))}
     # the rest: per-op kernels of runs the decode list fuses (the prefill list launches them one by one)
     assert prefill_only - mma <= set(target_entry(bundle.manifest, "sm_90").op_kernels), sorted(prefill_only - mma)
     assert bool(mma) == any(t.format in MMA_FORMATS for t in bundle.layout.tensors), sorted(mma)
-    assert mma <= set(usage) and all(k.startswith("rfc_matmul_mma_") and usage[k].is_hot for k in mma)
+    assert mma <= set(usage) and all(usage[k].is_hot for k in mma)
 
 
 @pytest.mark.parametrize("model", [pytest.param("stories260K", marks=toolchain_marks("sm_90"))])

@@ -383,7 +383,7 @@ def test_rows_past_a_capped_penalty_region_go_to_the_host(program_and_bundle, mo
     assert list(out.logits) == [1]
 
 
-# -- the prefill list (tensor-core matmuls, sm_70 and newer) ---------------------------------------
+# -- the prefill list (tensor-core matmuls: half on sm_70 and newer, int8 on sm_80+, gfx908/90a, gfx11)
 
 
 def _prefill_batch(blocks, n: int):
@@ -396,16 +396,23 @@ def test_the_program_has_a_prefill_list_of_tensor_core_matmuls(program_and_bundl
     program, _kernel_args, bundle = program_and_bundle
     assert program.prefill_min_tokens == 64 and len(program.prefill_launches) == len(program.launches)
     swapped = [(d, p) for d, p in zip(program.launches, program.prefill_launches) if d != p]
-    assert swapped and all(p.kernel.startswith("rfc_matmul_mma_") and d.kernel.startswith("rfc_matmul_") for d, p in swapped)
+    # int8 tensor cores for Q4_K (sm_80+), half ones for Q6_K
+    kinds = {p.kernel.split("_")[2] for _d, p in swapped}
+    assert swapped and kinds == {"imma", "mma"} and all(d.kernel.startswith("rfc_matmul_") for d, p in swapped), kinds
     # the same op: the same arguments, a grid over the step's tokens
     assert all(d.args == p.args and p.grid[1].count == "n_tokens" for d, p in swapped)
     # every matmul over token rows swapped; the logits matmul (over the wanted rows) stays
     matmuls = [d for d in program.launches if d.kernel.startswith("rfc_matmul_")]
     assert len(swapped) == len(matmuls) - 1 and all(g.count == "n_rows" for g in matmuls[-1].grid[1:])
-    for name in ("gfx1100", "gfx90a", "sm_61"):
+    target = parse_target("sm_61")  # no tensor cores
+    specs, op_kernels = plan_kernels(target, bundle.plan, bundle.layout)
+    assert plan_program(target, bundle.plan, specs, op_kernels).prefill_launches == ()
+    for name in ("gfx1100", "gfx90a"):  # int8 matrix instructions only: Q6_K keeps the decode list's kernel
         target = parse_target(name)
         specs, op_kernels = plan_kernels(target, bundle.plan, bundle.layout)
-        assert plan_program(target, bundle.plan, specs, op_kernels).prefill_launches == (), name
+        amd = plan_program(target, bundle.plan, specs, op_kernels)
+        swapped = [p.kernel for d, p in zip(amd.launches, amd.prefill_launches) if d != p]
+        assert swapped and all(k.startswith("rfc_matmul_imma_q4_k") for k in swapped), (name, swapped)
 
 
 def test_prefill_steps_launch_the_prefill_list_and_decode_steps_replay_the_decode_graph(program_and_bundle):

@@ -1,0 +1,196 @@
+"""The int8 tensor-core prefill matmul (templates/gpu_matmul_imma.hip.j2, kernels/rfc_gpu_imma.h)
+on the emulator, for each instruction family: sm_90 (mma.sync m16n8k32), gfx90a (MFMA
+16x16x16 i8, wave 64), gfx1100 (WMMA 16x16x16 iu8, wave 32). The emulator's portable form of
+each instruction reads the lanes' registers where the ISA's fragment layout puts the operands
+and sums in int32, which is exact: the hardware's integers.
+
+Two oracles per shape (every format the kernel takes, GGUF and planar; partial tiles of tokens
+(1, 17, 65, 130 against 64) and of rows; K of one, two and a partial 256-column chunk):
+- bitwise, a numpy model of the kernel's arithmetic: activations rounded to int8 per 32 values
+  in float32 as rfc_quantize32 rounds them, the weight's sub-blocks as w = a * u + b (its
+  int8 quants u as the block holds them), int32 dot products per sub-block, then
+  acc += xd * (a * dot + b * sum(xq)) in float32, sub-block after sub-block;
+- bounded, ReferenceDevice.op_matmul in float64 over the rounded activations:
+  max |gpu - ref| <= 2e-5 * max |ref|. The rounding is tests/oracle.py's "q8_32" kind (the
+  decode list's, so the model tests' bounds are the decode list's) up to the rare value that
+  float32 and float64 round to different sides of a half.
+"""
+
+import ctypes
+import platform
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rfc.artifacts.formats import PLANAR_FORMATS
+from rfc.compiler.codegen.gpu import render_source
+from rfc.compiler.codegen.gpu_imma import IMMA_FORMATS, IMMA_TILE_M, IMMA_TILE_N, imma_matmul_spec
+from rfc.compiler.codegen.gpu_plan import mma_matmul_spec, prefill_matmul_spec, weight_geometry
+from rfc.compiler.targets import parse_target
+from rfc.compiler.weights_planar import pack_planar
+from rfc.runtime.devices.reference import ReferenceDevice
+from rfc.runtime.model import quants
+from rfc.runtime.model.quants import dequantize
+
+from tests.conftest import shared_basetemp
+from tests.kernels.gpu_emulator import build_source_emulator
+from tests.kernels.gpu_support import round_activations
+from tests.kernels.test_gpu_mma import random_weight
+
+pytestmark = [
+    pytest.mark.shared,
+    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
+                       reason="the GPU emulator needs g++ on x86-64"),
+]
+
+REL_TOL = 2e-5
+TARGET = parse_target("sm_90")
+# (format, rows, cols): 100 rows leave a partial row tile; 512 columns are two chunks, 320 one
+# and a partial one, 256 one whole
+SHAPES = ([(f, 100, 512) for f in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")]
+          + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")] + [("Q4_Kp", 70, 512), ("Q5_Kp", 70, 256)]
+          + [("Q4_K", 130, 256), ("Q8_0", 10, 96)])
+# the AMD instruction forms on fewer shapes (the kernel around them is the same): a format
+# without and one with offsets, a planar one, a k-quant, partial tiles of rows and tokens
+AMD_SHAPES = [("Q8_0", 10, 96), ("Q4_1p", 70, 320), ("Q4_K", 130, 256)]
+CASES = [(f, r, c, "sm_90") for f, r, c in SHAPES] + [(*s, t) for t in ("gfx90a", "gfx1100") for s in AMD_SHAPES]
+TOKENS = (1, 17, 65, 130)
+F32 = np.float32
+
+
+def decompose(raw: np.ndarray, fmt: str, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A GGUF-layout weight as the kernel reads it: u [rows, cols] its int8 quants, a and b
+    [rows, cols / 32] float32 per sub-block (w = a * u + b), from the block fields."""
+    blocks = np.frombuffer(np.ascontiguousarray(raw).tobytes(), dtype=quants._CODECS[fmt].block)
+    n = len(blocks)
+    d = blocks["d"].astype(F32)
+    if fmt == "Q8_0":
+        u, a, b = blocks["qs"].astype(np.int32), d, np.zeros_like(d)
+    elif fmt in ("Q4_0", "Q4_1"):
+        u, a = quants._nibbles(blocks["qs"]).astype(np.int32), d
+        b = F32(-8) * d if fmt == "Q4_0" else blocks["m"].astype(F32)
+    elif fmt in ("Q5_0", "Q5_1"):
+        u, a = quants._q5_values(blocks).astype(np.int32), d
+        b = F32(-16) * d if fmt == "Q5_0" else blocks["m"].astype(F32)
+    else:  # Q4_K, Q5_K: 8 sub-blocks, 6-bit scales and mins
+        q = quants._k4_values(blocks)
+        if fmt == "Q5_K":
+            hbit = (blocks["qh"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
+            q = q | (hbit.reshape(n, 8, 32) << np.uint8(4))
+        sc, mn = quants._k4_scales_mins(blocks["scales"])
+        u = q.astype(np.int32)
+        a = d[:, None] * sc.astype(F32)
+        b = -(blocks["dmin"].astype(F32)[:, None] * mn.astype(F32))
+    return u.reshape(rows, cols), np.asarray(a, F32).reshape(rows, -1), np.asarray(b, F32).reshape(rows, -1)
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """rfc_quantize32 in float32: xq [T, K] int, xd [T, K / 32] float32."""
+    xb = x.astype(F32).reshape(len(x), -1, 32)
+    d = np.abs(xb).max(axis=-1) / F32(127)
+    inv = np.divide(F32(1), d, out=np.zeros_like(d), where=d > 0)
+    q = np.clip(np.rint(xb * inv[..., None]), -127, 127).astype(np.int32)
+    return q.reshape(len(x), -1), d
+
+
+def kernel_model(x: np.ndarray, u: np.ndarray, a: np.ndarray, b: np.ndarray, has_min: bool) -> np.ndarray:
+    """The kernel's arithmetic, every float32 operation in its order."""
+    xq, xd = quantize_activations(x)
+    subs = xq.shape[1] // 32
+    acc = np.zeros((len(x), len(u)), dtype=F32)
+    for sb in range(subs):
+        s = slice(32 * sb, 32 * sb + 32)
+        dot = (xq[:, s].astype(np.int64) @ u[:, s].astype(np.int64).T).astype(F32)  # exact: |dot| < 2^24
+        t = a[None, :, sb] * dot
+        if has_min:
+            t = t + b[None, :, sb] * xq[:, s].sum(axis=1).astype(F32)[:, None]
+        acc = acc + xd[:, sb, None] * t
+    return acc
+
+
+class Kernels:
+    def __init__(self, target: str, build_dir: Path):
+        t = parse_target(target)
+        self.specs = {(f, r, c): imma_matmul_spec(t, weight_geometry(f, r, c)) for f, r, c, tt in CASES if tt == target}
+        assert all(self.specs.values())
+        source = render_source(t, list(self.specs.values()))
+        self.lib = ctypes.CDLL(str(build_source_emulator(source, [s.name for s in self.specs.values()], build_dir)))
+
+    def run(self, fmt: str, rows: int, cols: int, x: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        spec = self.specs[fmt, rows, cols]
+        tokens = len(x)
+        out_buf = np.full((tokens + 1, rows), -7.0, dtype=np.float32)  # a canary row past the tokens
+        raw, x = np.ascontiguousarray(raw), np.ascontiguousarray(x, dtype=np.float32)
+        values = [ctypes.c_void_p(out_buf.ctypes.data), ctypes.c_void_p(x.ctypes.data),
+                  ctypes.c_void_p(raw.ctypes.data), ctypes.c_int(tokens)]
+        params = (ctypes.c_void_p * 4)(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        fn = getattr(self.lib, f"rfc_emu_launch_{spec.name}")
+        fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p]
+        fn(-(-rows // IMMA_TILE_N), -(-tokens // IMMA_TILE_M), 1, spec.threads, params)
+        assert (out_buf[tokens] == -7.0).all(), "the kernel wrote past its tokens"
+        return out_buf[:tokens].copy()
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    built: dict[str, Kernels] = {}
+
+    def get(target: str) -> Kernels:
+        if target not in built:
+            built[target] = Kernels(target, shared_basetemp(tmp_path_factory) / "gpu-imma")
+        return built[target]
+
+    return get
+
+
+@pytest.mark.parametrize("fmt,rows,cols,target", CASES, ids=[f"{t}-{f}-{r}x{c}" for f, r, c, t in CASES])
+def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols, target, kernels):
+    rng = np.random.default_rng([rows, cols, *fmt.encode()])
+    base = PLANAR_FORMATS[fmt].base if fmt in PLANAR_FORMATS else fmt
+    raw_base = random_weight(rng, base, rows, cols)
+    raw = pack_planar(raw_base, fmt) if fmt in PLANAR_FORMATS else raw_base
+    u, a, b = decompose(raw_base, base, rows, cols)
+    w = dequantize(np.ascontiguousarray(raw_base).reshape(-1), base, (rows, cols))
+    # the decomposition is the format's values: w = a * u + b per sub-block, as the decoders
+    # (ggml's and the reference's) compute it in float32
+    assert np.array_equal(w, a.repeat(32, 1) * u.astype(F32) + b.repeat(32, 1))
+    k = kernels(target)
+    for tokens in TOKENS:
+        x = (3 * rng.standard_normal((tokens, cols))).astype(np.float32)
+        got = k.run(fmt, rows, cols, x, raw)
+        model = kernel_model(x, u, a, b, has_min=k.specs[fmt, rows, cols].params["has_min"])
+        assert np.array_equal(got.view(np.uint32), model.view(np.uint32)), \
+            f"{target} {fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the model"
+        xq, xd = quantize_activations(x)
+        rounded = xq * xd.astype(np.float64).repeat(32, 1)  # exact
+        # the oracle's q8_32 kind rounds in float64: the same values but where x / d falls within
+        # float32 rounding of a half (a rounding flip moves an output by up to xd * max |w|)
+        step = xd.astype(np.float64).repeat(32, 1)
+        flips = np.abs(rounded - round_activations(x)) > step / 2
+        assert np.count_nonzero(flips) <= max(2, rounded.size // 1000), np.count_nonzero(flips)
+        want = np.zeros((tokens, rows), dtype=np.float64)
+        ReferenceDevice.op_matmul(None, [want], [rounded], [w.astype(np.float64)], {}, None)
+        d = float(np.abs(got - want).max())
+        bound = REL_TOL * max(1.0, float(np.abs(want).max()))
+        assert d <= bound, f"{target} {fmt} {rows}x{cols}, {tokens} tokens: max |gpu - ref| {d:.2e} > {bound:.2e}"
+
+
+def test_the_prefill_list_takes_int8_tensor_cores_where_the_target_and_format_allow():
+    for fmt in IMMA_FORMATS:
+        w = weight_geometry(fmt, 256, 512)
+        assert prefill_matmul_spec(parse_target("sm_90"), w).template == "gpu_matmul_imma.hip.j2", fmt
+        assert prefill_matmul_spec(parse_target("sm_80"), w).template == "gpu_matmul_imma.hip.j2", fmt
+        for name in ("gfx908", "gfx90a", "gfx1100", "gfx1151"):
+            assert prefill_matmul_spec(parse_target(name), w).template == "gpu_matmul_imma.hip.j2", (fmt, name)
+        # Volta/Turing: fp16 tensor cores only
+        assert prefill_matmul_spec(parse_target("sm_75"), w) == mma_matmul_spec(parse_target("sm_75"), w), fmt
+        # no int8 matrix instruction built for: the decode list's kernels
+        for name in ("sm_61", "gfx906", "gfx942", "gfx1030", "gfx1201"):
+            assert prefill_matmul_spec(parse_target(name), w) is None, (fmt, name)
+    # sub-blocks whose 16-element halves have their own scales, and float weights: half wmma
+    for fmt in ("Q2_K", "Q3_K", "Q6_K", "Q6_Kp", "F16", "BF16"):
+        w = weight_geometry(fmt, 256, 512)
+        assert imma_matmul_spec(TARGET, w) is None, fmt
+        assert prefill_matmul_spec(TARGET, w) == mma_matmul_spec(TARGET, w) is not None, fmt
