@@ -124,7 +124,7 @@ def ffn_sublayer(b: ModelBuilder, i: int, n_embd: int, eps: float, ffn: Ffn, res
     if ffn.n_expert:
         _moe_ffn(b, i, n_embd, ffn)
     else:
-        glu_ffn(b, i, n_embd, ffn.n_ff, bias=True)
+        glu_ffn(b, i, n_embd, ffn.n_ff, bias=True, scale=False)  # as granite(-hybrid).cpp call build_ffn
     _residual(b, residual)
 
 

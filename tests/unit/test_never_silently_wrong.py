@@ -60,10 +60,35 @@ def test_a_weight_scale_must_be_one_f32(tmp_path):
                         "blk.0.ffn_up.scale is F32 [2], not one F32 value")
 
 
+def test_an_ffn_bias_is_added_before_the_weight_scale(tmp_path):
+    """llama.cpp's build_ffn: matmul, + bias, * scale (attention's build_lora_mm: scale, then bias)."""
+    extra = {"blk.0.ffn_down.scale": np.array([-0.5], np.float32), "blk.0.ffn_down.bias": np.ones(256, np.float32)}
+    ops = spec_of(LLAMA, tmp_path, add_tensors=extra).plan.ops
+    i = next(i for i, op in enumerate(ops) if op.weights == ("blk.0.ffn_down.weight",))
+    assert [(op.kind, op.attrs.get("factor"), op.weights) for op in ops[i + 1 : i + 3]] == [
+        ("add_bias", None, ("blk.0.ffn_down.bias",)), ("scale", -0.5, ())]
+
+
 @pytest.mark.parametrize("key,value", [("llama.final_logit_softcapping", 30.0), ("llama.attention.clamp_kqv", 8.0),
                                        ("llama.logit_scale", 0.5), ("llama.residual_scale", 0.25)])
-def test_a_math_key_the_recipe_does_not_apply_is_refused_unless_neutral(key, value, tmp_path):
+def test_a_math_key_llama_cpp_applies_and_the_recipe_does_not_is_refused_unless_neutral(key, value, tmp_path, monkeypatch):
+    """Were llama.cpp's llama loader to read the key (it reads none of these), rfc's llama recipe,
+    which does not apply it, would refuse the file."""
+    from rfc.compiler.arch import math_keys
+
+    suffix = key.removeprefix("llama.")
+    monkeypatch.setitem(math_keys.READ_BY, suffix, math_keys.READ_BY[suffix] | {"llama"})
     assert_spec_refused(LLAMA, tmp_path, {"metadata": {key: value}}, f"metadata {key} = {value} changes the math")
+
+
+def test_math_keys_llama_cpp_does_not_read_for_the_architecture_change_nothing(tmp_path):
+    """llama.cpp's model saver writes final_logit_softcapping 30, logit_scale 0 and
+    router_logit_softcapping 30 into every file; its llama loader reads none of them, so they
+    change nothing there, nor in rfc."""
+    keys = {"llama.final_logit_softcapping": 30.0, "llama.logit_scale": 0.0, "llama.router_logit_softcapping": 30.0,
+            "llama.attention.scale": 0.5, "llama.attention.clamp_kqv": 8.0}
+    spec = spec_of(LLAMA, tmp_path, metadata=keys)
+    assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(LLAMA)).plan)
 
 
 def test_neutral_math_keys_compile_to_the_same_plan(tmp_path):
