@@ -412,8 +412,11 @@ YARN_KEY_LOADERS = ("mistral3",)  # the loaders that read rope.scaling.yarn_beta
 FFN_PASSES = {
     "qwen2": (False, False), "phi3": (False, False), "gemma2": (False, False), "gemma3": (False, False),
     "olmo2": (False, False), "lfm2": (False, False), "lfm2moe": (False, False), "qwen3vl": (False, False),
+    "deepseek2": (False, False), "glm4moe": (False, False), "bailingmoe2": (False, False),
     "qwen3": (False, True), "smollm3": (True, False), "granite": (True, False), "granitehybrid": (True, False),
 }
+# The architectures whose graph passes build_ffn its shared experts' weight scales.
+SHARED_SCALES = ("qwen35moe", "qwen3next", "nemotron_h_moe")
 
 
 def _read_yarn(c: Config, k, scaling: str, freq_scale: float) -> None:
@@ -799,8 +802,9 @@ class Oracle:
         if relu2:  # the shared expert: squared ReLU too
             return out + self.linear(np.maximum(self.linear(h, p + "ffn_up_shexp.weight"), 0.0) ** 2, p + "ffn_down_shexp.weight")
         if self.has(p + "ffn_gate_shexp.weight"):
-            g, u = self.linear(h, p + "ffn_gate_shexp.weight"), self.linear(h, p + "ffn_up_shexp.weight")
-            shared = self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight")
+            sc = c.arch in SHARED_SCALES
+            g, u = self.linear(h, p + "ffn_gate_shexp.weight", scaled=sc), self.linear(h, p + "ffn_up_shexp.weight", scaled=sc)
+            shared = self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight", scaled=sc)
             if self.has(p + "ffn_gate_inp_shexp.weight"):  # qwen35moe: times sigmoid(a logit per token)
                 gate = self.linear(h, p + "ffn_gate_inp_shexp.weight", self.w(p + "ffn_gate_inp_shexp.weight").reshape(1, -1))
                 shared = shared / (1.0 + np.exp(-gate))

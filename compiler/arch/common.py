@@ -350,15 +350,21 @@ def glu_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, *, activation: str = "si
     linear(b, "gate", dst, p + "ffn_down", (e, n_ff), bias=bias, scale=scale, bias_first=True)
 
 
-def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: int, *, src: str = "h", dst: str = "h") -> None:
+def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: int, *, src: str = "h", dst: str = "h",
+            scales: bool = False) -> None:
     """Mixtral-style mixture of experts (llama.cpp's build_moe_ffn with softmax gating and
     normalized top-k weights): route each token to n_used of n_expert SwiGLU experts and add
-    their outputs weighted by the renormalized router probabilities."""
+    their outputs weighted by the renormalized router probabilities. `scales`: the graph passes
+    build_moe_ffn the experts' `.scale` tensors (llama, mistral3): the down one is applied, a gate
+    or up one refused (not planned yet); without, they are known and unused (granite, gpt-oss)."""
     p = f"blk.{i}."
+    if not scales:
+        for name in ("gate_exps", "up_exps", "down_exps"):
+            b.unused(f"{p}ffn_{name}.scale", UNUSED_SCALE)
     b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (n_expert, e)),))
     # ffn_down_exps.scale [n_expert] (llama.cpp scales each chosen expert's down output by it):
     # a factor of the expert's weight in the sum, as moe_route's expert_scale applies it
-    escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (n_expert,))
+    escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (n_expert,)) if scales else None
     b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), (escale,) if escale else (), n_used=n_used,
          **({"expert_scale": True} if escale else {}))
     for name, buf in (("gate", "gate"), ("up", "up")):
@@ -438,7 +444,7 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
         if n_expert:
-            moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used)
+            moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used, scales=True)
         else:
             glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=ffn_bias, scale=ffn_scale)
         b.op("add", ("x", "h"), ("x",))

@@ -108,7 +108,7 @@ def hybrid(model: GGUFModel, arch: str, *, experts: Callable[[Metadata], tuple[E
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", (s.n_embd,)),), eps=eps)
         if e:
-            moe_block(b, i, s, e)
+            moe_block(b, i, s, e, scales=True)  # qwen35moe.cpp / qwen3next.cpp pass them
         else:
             glu_ffn(b, i, s.n_embd, n_ff)
             b.op("add", ("x", "h"), ("x",))

@@ -35,29 +35,22 @@ archs = _tool()
 NAMES = archs.names()
 # Files rfc does not yet match, with what the table of tools/fixtures/llama_archs.py shows for them.
 KNOWN: dict[str, str] = {
-    "bailingmoe2-moe": "expert .scale tensors (ffn_*_exps.scale, which llama.cpp's bailingmoe2 graph does not apply): refused",
     "command-r-dense": "1.0 off: command_r.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's command-r graph "
                        "does not pass to build_ffn (with scale=False it matches)",
-    "deepseek2-moe": "attn_output.scale (and the expert .scale tensors) not applied: refused",
     "ernie4_5-moe": "2.9 off: llama.cpp's ernie4_5 graph passes build_ffn no FFN .scale and build_attn no attn_output.bias "
-                    "(loaded, not applied); rfc applies all three",
-    "ernie4_5-moe-moe": "expert .scale tensors (which llama.cpp's ernie4_5-moe graph does not apply): refused",
+                    "(loaded, not applied); ernie4_5.py applies both",
+    "ernie4_5-moe-moe": "3.0 off: llama.cpp's ernie4_5-moe graph passes build_attn no attn_output.bias (loaded, not "
+                        "applied; ernie4_5.py would declare it unused), rfc applies it",
     "exaone4-dense": "2.2 off: exaone4.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's exaone4 graph "
                      "does not pass to build_ffn (with scale=False it matches)",
     "falcon-h1-dense": "rope_freqs.weight and the Mamba2 .scale tensors not used by the falcon-h1 recipe: refused",
     "glm4-dense": "2.0 off: glm4.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's glm4 graph "
                   "does not pass to build_ffn (with scale=False it matches)",
-    "glm4moe-moe": "expert .scale tensors (which llama.cpp's glm4moe graph does not apply): refused",
-    "gpt-oss-moe": "expert .scale tensors (which llama.cpp's gpt-oss graph does not apply): refused",
-    "granite-moe": "expert .scale tensors (which llama.cpp's granite graph does not apply): refused",
     "granitehybrid-dense": "ssm_in.scale / ssm_out.scale not applied: refused",
-    "granitemoe-moe": "expert .scale tensors (which llama.cpp's granitemoe graph does not apply): refused",
     "hunyuan-dense-dense": "attention and FFN .scale tensors not used by the hunyuan-dense recipe: refused",
-    "hunyuan-moe-moe": "expert .scale tensors (which llama.cpp's hunyuan-moe graph does not apply) and others: refused",
-    "lfm2moe-moe": "expert .scale tensors (which llama.cpp's lfm2moe graph does not apply): refused",
+    "hunyuan-moe-moe": "attention and FFN .scale tensors not used by the hunyuan-moe recipe: refused",
     "llama-moe": "expert .scale tensors on gate and up not applied (llama.cpp's llama graph applies them): refused",
     "llama4-moe": "expert_used_count 2: refused",
-    "minimax-m2-moe": "expert .scale tensors (which llama.cpp's minimax-m2 graph does not apply): refused",
     "mistral3-moe": "expert .scale tensors on gate and up not applied (llama.cpp's mistral3 graph applies them): refused",
     "nemotron_h-dense": "ssm_in.scale / ssm_out.scale not applied: refused",
     "nemotron_h_moe-dense": "nemotron_h_moe's layer kinds as the saver writes them (2 layers of head_count_kv, 3 blocks): refused",
@@ -67,7 +60,6 @@ KNOWN: dict[str, str] = {
     "qwen3next-moe": "its DeltaNet tensors (ssm_in, ...) as the saver writes them: refused",
     "qwen3vl-dense": "cls.output.weight (a classifier head llama.cpp loads and does not run for text) not declared unused "
                      "by the qwen3vl recipe: refused",
-    "qwen3vlmoe-moe": "expert .scale tensors (which llama.cpp's qwen3vlmoe graph does not apply): refused",
     "seed_oss-dense": "1.2 off: seed_oss.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's seed_oss graph "
                       "does not pass to build_ffn (with scale=False it matches)",
 }

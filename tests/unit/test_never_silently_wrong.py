@@ -152,3 +152,32 @@ def test_a_negative_learned_scalar_compiles(tmp_path):
     spec = spec_of(FIXTURES / "tiny-gemma4-Q8_0.gguf", tmp_path, tensor_fn=negative)
     factors = [op.attrs["factor"] for op in spec.plan.ops if op.kind == "scale"]
     assert float(np.float32(-0.0701645240187645)) in factors
+
+
+def _first_expert_layer(path) -> tuple[int, int]:
+    """(layer, expert count) of the first layer with experts."""
+    tensors = read_gguf(path).tensors
+    i = next(i for i in range(64) if f"blk.{i}.ffn_down_exps.weight" in tensors)
+    return i, tensors[f"blk.{i}.ffn_down_exps.weight"].shape[0]
+
+
+def test_expert_scales_a_graph_does_not_apply_are_known_and_unused(tmp_path):
+    """llama.cpp's loader reads every expert's `.scale`; glm4moe's graph never passes them to
+    build_moe_ffn, so they change nothing there, nor in rfc."""
+    src = FIXTURES / "tiny-glm4moe-Q8_0.gguf"
+    i, n = _first_expert_layer(src)
+    extra = {f"blk.{i}.ffn_{x}_exps.scale": np.full(n, 1.5, np.float32) for x in ("gate", "up", "down")}
+    spec = spec_of(src, tmp_path, add_tensors=extra)
+    assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(src)).plan)
+
+
+def test_expert_scales_a_graph_applies(tmp_path):
+    """qwen3moe's graph applies them: the down scale as each expert's output factor, a gate (or
+    up) scale refused by name rather than computed without it."""
+    src = FIXTURES / "tiny-qwen3moe-Q8_0.gguf"
+    i, n = _first_expert_layer(src)
+    spec = spec_of(src, tmp_path, add_tensors={f"blk.{i}.ffn_down_exps.scale": np.full(n, 1.5, np.float32)})
+    routes = [op for op in spec.plan.ops if op.kind == "moe_route" and op.attrs.get("expert_scale")]
+    assert [op.weights[-1] for op in routes] == [f"blk.{i}.ffn_down_exps.scale"]
+    assert_spec_refused(src, tmp_path, {"add_tensors": {f"blk.{i}.ffn_gate_exps.scale": np.ones(n, np.float32)}},
+                        f"tensor blk.{i}.ffn_gate_exps.scale is not used by rfc's qwen3moe recipe")
