@@ -43,16 +43,14 @@ KNOWN: dict[str, str] = {
                         "applied; ernie4_5.py would declare it unused), rfc applies it",
     "exaone4-dense": "2.2 off: exaone4.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's exaone4 graph "
                      "does not pass to build_ffn (with scale=False it matches)",
-    "falcon-h1-dense": "rope_freqs.weight and the Mamba2 .scale tensors not used by the falcon-h1 recipe: refused",
+    "falcon-h1-dense": "rope_freqs.weight not used by the falcon-h1 recipe (falcon_h1.py): refused",
     "glm4-dense": "2.0 off: glm4.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's glm4 graph "
                   "does not pass to build_ffn (with scale=False it matches)",
-    "granitehybrid-dense": "ssm_in.scale / ssm_out.scale not applied: refused",
     "hunyuan-dense-dense": "attention and FFN .scale tensors not used by the hunyuan-dense recipe: refused",
     "hunyuan-moe-moe": "attention and FFN .scale tensors not used by the hunyuan-moe recipe: refused",
     "llama-moe": "expert .scale tensors on gate and up not applied (llama.cpp's llama graph applies them): refused",
     "llama4-moe": "expert_used_count 2: refused",
     "mistral3-moe": "expert .scale tensors on gate and up not applied (llama.cpp's mistral3 graph applies them): refused",
-    "nemotron_h-dense": "ssm_in.scale / ssm_out.scale not applied: refused",
     "nemotron_h_moe-dense": "nemotron_h_moe's layer kinds as the saver writes them (2 layers of head_count_kv, 3 blocks): refused",
     "qwen35-dense": "attn_qkv.scale and the other DeltaNet .scale tensors not applied: refused",
     "qwen35moe-moe": "attn_qkv.scale and the other DeltaNet .scale tensors not applied: refused",

@@ -181,3 +181,13 @@ def test_expert_scales_a_graph_applies(tmp_path):
     assert [op.weights[-1] for op in routes] == [f"blk.{i}.ffn_down_exps.scale"]
     assert_spec_refused(src, tmp_path, {"add_tensors": {f"blk.{i}.ffn_gate_exps.scale": np.ones(n, np.float32)}},
                         f"tensor blk.{i}.ffn_gate_exps.scale is not used by rfc's qwen3moe recipe")
+
+
+def test_mamba2_weight_scales_scale_every_part_of_ssm_in(tmp_path):
+    """build_lora_mm(ssm_in, cur, ssm_in_s): the scale multiplies z, xBC and dt alike; ssm_out's its output."""
+    src = FIXTURES / "tiny-nemotron_h-Q8_0.gguf"
+    i = next(i for i in range(64) if f"blk.{i}.ssm_in.weight" in read_gguf(src).tensors)
+    extra = {f"blk.{i}.ssm_in.scale": np.array([0.5], np.float32), f"blk.{i}.ssm_out.scale": np.array([2.0], np.float32)}
+    ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
+    scaled = [ops[k - 1].weights for k, op in enumerate(ops) if op.kind == "scale" and op.attrs.get("factor") in (0.5, 2.0)]
+    assert scaled == [(f"blk.{i}.ssm_in.weight:{x}",) for x in ("z", "xbc", "dt")] + [(f"blk.{i}.ssm_out.weight",)]
