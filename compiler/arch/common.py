@@ -427,7 +427,7 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)
     b = ModelBuilder(model)
-    if arch == "qwen3":  # llama.cpp's qwen3 loader reads it; only its rerank pooling runs it
+    if arch in ("qwen3", "qwen3vl"):  # llama.cpp's loaders read it; only the rerank pooling runs it
         b.unused("cls.output.weight", "the reranker's classifier head: llama.cpp runs it only to rank, never for text")
     if qkv_bias and not b.has("blk.0.attn_q.bias"):
         raise CompileError(f"{b.path}: missing tensor blk.0.attn_q.bias ({arch} has Q/K/V biases)")

@@ -56,8 +56,8 @@ KNOWN: dict[str, str] = {
     "qwen35moe-moe": "attn_qkv.scale and the other DeltaNet .scale tensors not applied: refused",
     "qwen3moe-moe": "expert .scale tensors on gate and up not applied (llama.cpp's qwen3moe graph applies them): refused",
     "qwen3next-moe": "its DeltaNet tensors (ssm_in, ...) as the saver writes them: refused",
-    "qwen3vl-dense": "cls.output.weight (a classifier head llama.cpp loads and does not run for text) not declared unused "
-                     "by the qwen3vl recipe: refused",
+    "qwen3vl-dense": "1.0 off: qwen3vl.py's llama_like applies the FFN .scale tensors, which llama.cpp's qwen3vl graph "
+                     "does not pass to build_ffn (with ffn_scale=False it matches)",
     "seed_oss-dense": "1.2 off: seed_oss.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's seed_oss graph "
                       "does not pass to build_ffn (with scale=False it matches)",
 }
