@@ -189,5 +189,17 @@ def test_mamba2_weight_scales_scale_every_part_of_ssm_in(tmp_path):
     i = next(i for i in range(64) if f"blk.{i}.ssm_in.weight" in read_gguf(src).tensors)
     extra = {f"blk.{i}.ssm_in.scale": np.array([0.5], np.float32), f"blk.{i}.ssm_out.scale": np.array([2.0], np.float32)}
     ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
-    scaled = [ops[k - 1].weights for k, op in enumerate(ops) if op.kind == "scale" and op.attrs.get("factor") in (0.5, 2.0)]
+    scaled = [ops[k - 1].weights for k, op in enumerate(ops)
+              if op.kind == "scale" and op.attrs.get("factor") in (0.5, 2.0)]  # fmt: skip
     assert scaled == [(f"blk.{i}.ssm_in.weight:{x}",) for x in ("z", "xbc", "dt")] + [(f"blk.{i}.ssm_out.weight",)]
+
+
+def test_llama4_applies_no_ffn_or_shared_expert_scale(tmp_path):
+    """llama4.cpp passes build_ffn (dense and shared expert) and build_moe_ffn no weight scale."""
+    src = FIXTURES / "tiny-llama4-Q8_0.gguf"
+    tensors = read_gguf(src).tensors
+    extra = {f"{name.removesuffix('.weight')}.scale": np.array([1.5], np.float32) for name in tensors
+             if name.endswith(("ffn_gate_shexp.weight", "ffn_down.weight"))}  # fmt: skip
+    assert extra
+    spec = spec_of(src, tmp_path, add_tensors=extra)
+    assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(src)).plan)
