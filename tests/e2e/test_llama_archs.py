@@ -52,8 +52,10 @@ KNOWN: dict[str, str] = {
     "llama4-moe": "expert_used_count 2: refused",
     "mistral3-moe": "expert .scale tensors on gate and up not applied (llama.cpp's mistral3 graph applies them): refused",
     "nemotron_h_moe-dense": "nemotron_h_moe's layer kinds as the saver writes them (2 layers of head_count_kv, 3 blocks): refused",
-    "qwen35-dense": "attn_qkv.scale and the other DeltaNet .scale tensors not applied: refused",
-    "qwen35moe-moe": "attn_qkv.scale and the other DeltaNet .scale tensors not applied: refused",
+    "qwen35-dense": "attn_q/k/v .bias (build_qkv adds them; attn_q's interleaves query and gate rows per head) "
+                    "not applied: refused",
+    "qwen35moe-moe": "attn_q/k/v .bias (build_qkv adds them; attn_q's interleaves query and gate rows per head) "
+                     "not applied: refused",
     "qwen3moe-moe": "expert .scale tensors on gate and up not applied (llama.cpp's qwen3moe graph applies them): refused",
     "qwen3next-moe": "its DeltaNet tensors (ssm_in, ...) as the saver writes them: refused",
     "qwen3vl-dense": "1.0 off: qwen3vl.py's llama_like applies the FFN .scale tensors, which llama.cpp's qwen3vl graph "

@@ -203,3 +203,17 @@ def test_llama4_applies_no_ffn_or_shared_expert_scale(tmp_path):
     assert extra
     spec = spec_of(src, tmp_path, add_tensors=extra)
     assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(src)).plan)
+
+
+def test_qwen35_weight_scales_as_its_graph_applies_them(tmp_path):
+    """qwen35.cpp: build_lora_mm with wqkv_s / wqkv_gate_s / ssm_alpha_s / ssm_beta_s / ssm_out_s in
+    the DeltaNet layers; build_qkv's wq_s on the query and gate rows of attn_q alike."""
+    src = FIXTURES / "tiny-qwen35-Q8_0.gguf"
+    tensors = read_gguf(src).tensors
+    dn = next(i for i in range(64) if f"blk.{i}.ssm_alpha.weight" in tensors)
+    at = next(i for i in range(64) if f"blk.{i}.attn_q.weight" in tensors)
+    names = [f"blk.{dn}.{x}" for x in ("attn_qkv", "attn_gate", "ssm_alpha", "ssm_beta", "ssm_out")] + [f"blk.{at}.attn_q"]
+    extra = {n + ".scale": np.array([0.5], np.float32) for n in names}
+    ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
+    scaled = [ops[k - 1].weights[0] for k, op in enumerate(ops) if op.kind == "scale" and op.attrs.get("factor") == 0.5]
+    assert scaled == [n + ".weight" for n in names[:5]] + [f"blk.{at}.attn_q.weight:q", f"blk.{at}.attn_q.weight:gate"]
