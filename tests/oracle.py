@@ -410,6 +410,16 @@ def read_config(md: dict, tensors: dict) -> Config:
 # The loaders that read rope_factors_long/short when the scaling type is longrope (else rope_freqs).
 LONG_SHORT_LOADERS = ("llama", "mistral3", "granite", "granitemoe")
 YARN_KEY_LOADERS = ("mistral3",)  # the loaders that read rope.scaling.yarn_beta_* and yarn_log_multiplier
+# The dense FFN's (biases, weight scales) each architecture's graph passes llama.cpp's build_ffn
+# (src/models/<arch>.cpp); one not listed passes both.
+FFN_PASSES = {
+    "qwen2": (False, False), "phi3": (False, False), "gemma2": (False, False), "gemma3": (False, False),
+    "olmo2": (False, False), "lfm2": (False, False), "lfm2moe": (False, False), "qwen3vl": (False, False),
+    "deepseek2": (False, False), "glm4moe": (False, False), "bailingmoe2": (False, False),
+    "qwen3": (False, True), "smollm3": (True, False), "granite": (True, False), "granitehybrid": (True, False),
+}
+# The architectures whose graph passes build_ffn its shared experts' weight scales.
+SHARED_SCALES = ("qwen35moe", "qwen3next", "nemotron_h_moe")
 
 
 def _read_yarn(c: Config, k, scaling: str, freq_scale: float) -> None:
@@ -459,15 +469,27 @@ class Oracle:
     def has(self, name: str) -> bool:
         return name in self.raw
 
-    def linear(self, x: np.ndarray, name: str, weight: np.ndarray | None = None) -> np.ndarray:
+    def linear(self, x: np.ndarray, name: str, weight: np.ndarray | None = None, *, scaled: bool = True) -> np.ndarray:
         """x @ W^T, times the weight's `.scale` where the file has one value there (llama.cpp's
-        build_lora_mm; gemma4's [n_embd] ffn_gate_inp.scale scales the router's input instead)."""
+        build_lora_mm; gemma4's [n_embd] ffn_gate_inp.scale scales the router's input instead);
+        `scaled` False: without it."""
         kind = self.act_rounding.get(self.raw[name].tensor_type.name)
         if kind is not None:
             x = ACTIVATION_KINDS[kind](x)
         out = x @ (self.w(name) if weight is None else weight).T
         scale = name.removesuffix(".weight") + ".scale"
-        return out * self.w(scale)[0] if weight is None and self.has(scale) and self.w(scale).size == 1 else out
+        use = scaled and weight is None and self.has(scale) and self.w(scale).size == 1
+        return out * self.w(scale)[0] if use else out
+
+    def ffn_linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        """One matmul of the dense FFN as llama.cpp's build_ffn makes it: x @ W^T, plus `.bias`,
+        times `.scale`, each only where the architecture's graph passes it (FFN_PASSES)."""
+        bias, scale = FFN_PASSES.get(self.cfg.arch, (True, True))
+        stem = name.removesuffix(".weight")
+        out = self.linear(x, name, scaled=False) + (self.bias(stem) if bias else 0.0)
+        if scale and self.has(stem + ".scale") and self.w(stem + ".scale").size == 1:
+            out = out * self.w(stem + ".scale")[0]
+        return out
 
     def bias(self, name: str) -> np.ndarray | float:
         """`name.bias` where the file has it, else 0."""
@@ -722,14 +744,14 @@ class Oracle:
         if c.n_expert and (i in c.moe_layers if c.moe_layers is not None else i >= c.dense_lead):
             return self.moe(h, p)
         if c.arch in ("phi3", "glm4"):  # one ffn_up of gate, then up
-            gate_up = self.linear(h, p + "ffn_up.weight")
+            gate_up = self.ffn_linear(h, p + "ffn_up.weight")
             half = gate_up.shape[1] // 2
             gate, up = gate_up[:, :half], gate_up[:, half:]
         else:
-            gate = self.linear(h, p + "ffn_gate.weight") + self.bias(p + "ffn_gate")
-            up = self.linear(h, p + "ffn_up.weight") + self.bias(p + "ffn_up")
+            gate = self.ffn_linear(h, p + "ffn_gate.weight")
+            up = self.ffn_linear(h, p + "ffn_up.weight")
         act = self.gelu(gate) if c.gelu else gate / (1.0 + np.exp(-gate))
-        return self.linear(act * up, p + "ffn_down.weight") + self.bias(p + "ffn_down")
+        return self.ffn_linear(act * up, p + "ffn_down.weight")
 
     @staticmethod
     def gelu(x: np.ndarray) -> np.ndarray:
@@ -783,8 +805,9 @@ class Oracle:
         if relu2:  # the shared expert: squared ReLU too
             return out + self.linear(np.maximum(self.linear(h, p + "ffn_up_shexp.weight"), 0.0) ** 2, p + "ffn_down_shexp.weight")
         if self.has(p + "ffn_gate_shexp.weight"):
-            g, u = self.linear(h, p + "ffn_gate_shexp.weight"), self.linear(h, p + "ffn_up_shexp.weight")
-            shared = self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight")
+            sc = c.arch in SHARED_SCALES
+            g, u = self.linear(h, p + "ffn_gate_shexp.weight", scaled=sc), self.linear(h, p + "ffn_up_shexp.weight", scaled=sc)
+            shared = self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight", scaled=sc)
             if self.has(p + "ffn_gate_inp_shexp.weight"):  # qwen35moe: times sigmoid(a logit per token)
                 gate = self.linear(h, p + "ffn_gate_inp_shexp.weight", self.w(p + "ffn_gate_inp_shexp.weight").reshape(1, -1))
                 shared = shared / (1.0 + np.exp(-gate))
@@ -849,9 +872,8 @@ class Oracle:
         p = f"blk.{i}."
         if self.has(p + "ffn_gate_inp.weight"):
             return self.moe(h, p)
-        up = self.linear(h, p + "ffn_up.weight") + (self.w(p + "ffn_up.bias") if self.has(p + "ffn_up.bias") else 0.0)
-        out = self.linear(np.maximum(up, 0.0) ** 2, p + "ffn_down.weight")
-        return out + (self.w(p + "ffn_down.bias") if self.has(p + "ffn_down.bias") else 0.0)
+        up = self.ffn_linear(h, p + "ffn_up.weight")
+        return self.ffn_linear(np.maximum(up, 0.0) ** 2, p + "ffn_down.weight")
 
     def router(self, x: np.ndarray, p: str) -> np.ndarray:
         """gemma3n's altup_compute_router_modalities: tanh(altup_router(norm(x) / n_embd))."""

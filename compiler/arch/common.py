@@ -306,49 +306,72 @@ def weight_scale(b: ModelBuilder, name: str) -> float | None:
     return b.scalar(name + ".scale")
 
 
-def linear(b: ModelBuilder, src: str, dst: str, name: str, shape: tuple[int, int], *, bias: bool = True) -> None:
+def linear(b: ModelBuilder, src: str, dst: str, name: str, shape: tuple[int, int], *, bias: bool = True,
+           scale: bool = True, bias_first: bool = False) -> None:
     """dst = src @ name.weight^T, times name.scale and plus name.bias where the file has them
-    (llama.cpp's build_lora_mm, then the bias its callers add); with `bias` False the bias is
-    not read (a file that has one is then refused by the builder, never computed without it)."""
+    (llama.cpp's build_lora_mm, then the bias its callers add); with `bias_first` the bias is
+    added before the scale multiplies (llama.cpp's build_ffn: matmul, + bias, * scale). With
+    `bias` False the bias is not read (a file that has one is then refused by the builder, never
+    computed without it); with `scale` False the `.scale` is known and unused (llama.cpp loads
+    every weight's `.scale` and the architecture's graph does not pass it)."""
     role = name.split(".", 2)[-1] if name.startswith("blk.") else name
     b.op("matmul", (src,), (dst,), (b.tensor(name + ".weight", role, shape),))
-    scale = weight_scale(b, name)
-    if scale is not None and scale != 1.0:
-        b.op("scale", (dst,), (dst,), factor=scale)
+    factor = weight_scale(b, name) if scale else None
+    if not scale:
+        b.unused(name + ".scale", UNUSED_SCALE)
     w = b.optional_tensor(name + ".bias", role + "_bias", (shape[0],)) if bias else None
-    if w:
+    if w and bias_first:
+        b.op("add_bias", (dst,), (dst,), (w,))
+    if factor is not None and factor != 1.0:
+        b.op("scale", (dst,), (dst,), factor=factor)
+    if w and not bias_first:
         b.op("add_bias", (dst,), (dst,), (w,))
 
 
+# Why a `.scale` that the graph does not apply is known and unused.
+UNUSED_SCALE = "llama.cpp's loader reads every weight's .scale and this architecture's graph does not apply it"
+
+
 def glu_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, *, activation: str = "silu", src: str = "h", dst: str = "h",
-            fused_gate_up: bool = False, bias: bool = True) -> None:
-    """dst = ffn_down(act(ffn_gate src) * ffn_up src), each matmul with its weight scale and bias
-    where the file has them (linear). With `fused_gate_up` (phi3) `ffn_up` holds 2 n_ff rows,
-    gate first: they are split into two weights like a fused QKV, its scale scaling both."""
+            fused_gate_up: bool = False, bias: bool = True, scale: bool = True) -> None:
+    """dst = ffn_down(act(ffn_gate src) * ffn_up src), as llama.cpp's build_ffn: each matmul,
+    plus its bias, times its weight scale (linear's `bias_first`). Each architecture's graph passes
+    build_ffn its own subset: `bias` False, the biases are not read (a file with one is refused);
+    `scale` False, the `.scale` tensors are known and unused. With `fused_gate_up` (phi3)
+    `ffn_up` holds 2 n_ff rows, gate first: they are split into two weights like a fused QKV, its
+    scale scaling both."""
     p = f"blk.{i}."
     if fused_gate_up:
         fused, shape = p + "ffn_up.weight", (2 * n_ff, e)
-        scale = weight_scale(b, p + "ffn_up")
+        factor = weight_scale(b, p + "ffn_up") if scale else None
+        if not scale:
+            b.unused(p + "ffn_up.scale", UNUSED_SCALE)
         for buf, start in (("gate", 0), ("up", n_ff)):
             b.op("matmul", (src,), (buf,), (b.rows(f"{fused}:{buf}", f"ffn_{buf}", fused, shape, start, start + n_ff),))
-            if scale is not None and scale != 1.0:
-                b.op("scale", (buf,), (buf,), factor=scale)
+            if factor is not None and factor != 1.0:
+                b.op("scale", (buf,), (buf,), factor=factor)
     else:
-        linear(b, src, "gate", p + "ffn_gate", (n_ff, e), bias=bias)
-        linear(b, src, "up", p + "ffn_up", (n_ff, e), bias=bias)
+        linear(b, src, "gate", p + "ffn_gate", (n_ff, e), bias=bias, scale=scale, bias_first=True)
+        linear(b, src, "up", p + "ffn_up", (n_ff, e), bias=bias, scale=scale, bias_first=True)
     b.op("swiglu", ("gate", "up"), ("gate",), **({} if activation == "silu" else {"activation": activation}))
-    linear(b, "gate", dst, p + "ffn_down", (e, n_ff), bias=bias)
+    linear(b, "gate", dst, p + "ffn_down", (e, n_ff), bias=bias, scale=scale, bias_first=True)
 
 
-def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: int, *, src: str = "h", dst: str = "h") -> None:
+def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: int, *, src: str = "h", dst: str = "h",
+            scales: bool = False) -> None:
     """Mixtral-style mixture of experts (llama.cpp's build_moe_ffn with softmax gating and
     normalized top-k weights): route each token to n_used of n_expert SwiGLU experts and add
-    their outputs weighted by the renormalized router probabilities."""
+    their outputs weighted by the renormalized router probabilities. `scales`: the graph passes
+    build_moe_ffn the experts' `.scale` tensors (llama, mistral3): the down one is applied, a gate
+    or up one refused (not planned yet); without, they are known and unused (granite, gpt-oss)."""
     p = f"blk.{i}."
+    if not scales:
+        for name in ("gate_exps", "up_exps", "down_exps"):
+            b.unused(f"{p}ffn_{name}.scale", UNUSED_SCALE)
     b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (n_expert, e)),))
     # ffn_down_exps.scale [n_expert] (llama.cpp scales each chosen expert's down output by it):
     # a factor of the expert's weight in the sum, as moe_route's expert_scale applies it
-    escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (n_expert,))
+    escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (n_expert,)) if scales else None
     b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), (escale,) if escale else (), n_used=n_used,
          **({"expert_scale": True} if escale else {}))
     for name, buf in (("gate", "gate"), ("up", "up")):
@@ -361,17 +384,18 @@ def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: i
 
 
 def output_head(b: ModelBuilder, s: Sizes, eps: float, *, final_softcap: float | None = None,
-                always_tied: bool = False) -> bool:
+                always_tied: bool = False, bias: bool = True) -> bool:
     """logits = output(norm(x)) for the logit rows (`output.weight`, else the tied token
     embedding; always the embedding with `always_tied`), soft-capped with a final_softcap;
-    returns whether the embedding is tied."""
+    returns whether the embedding is tied. `bias` False: `output.bias` is not read (a file that
+    has one is refused: the architecture's llama.cpp graph does not add one)."""
     b.op("gather_rows", ("x",), ("xr",))
     b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (s.n_embd,)),), eps=eps)
     tied = always_tied or not b.has("output.weight")
     if tied:
         b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
     else:  # with output.scale and output.bias where the file has them
-        linear(b, "hr", "logits", "output", (s.vocab_size, s.n_embd))
+        linear(b, "hr", "logits", "output", (s.vocab_size, s.n_embd), bias=bias)
     if final_softcap is not None:
         b.op("softcap", ("logits",), ("logits",), cap=final_softcap)
     return tied
@@ -391,7 +415,8 @@ def read_experts(md: Metadata) -> tuple[int, int]:
 
 def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool = False, qk_norm: bool = False,
                fused_gate_up: bool = False, long_short_factors: bool | None = None, no_rope_step: int = 0,
-               yarn_keys: bool = False, temp_scale: float = 0.0) -> ModelSpec:
+               yarn_keys: bool = False, temp_scale: float = 0.0, ffn_bias: bool = True, ffn_scale: bool = True,
+               output_bias: bool = False) -> ModelSpec:
     """llama and its close relatives: pre-norm blocks of GQA attention with rotary positions
     and a SwiGLU FFN (or a Mixtral-style mixture of SwiGLU experts), RMS norms, optional
     biases, optional tied output. Options: Q/K/V biases required (qwen2), per-head Q/K norms
@@ -399,8 +424,9 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
     (rope_factors: LongRoPE's long/short sets with `long_short_factors`; None: when the scaling
     type is "longrope", as llama's loader decides; else `rope_freqs.weight` when present), every
     `no_rope_step`-th layer without RoPE (smollm3: layers 3, 7, 11, ...; llama.cpp's
-    n_no_rope_layer_step), the YaRN keys the loader reads (read_rope's `yarn_keys`); biases on the
-    attention output and the FFN where the file has them (llama and mistral3)."""
+    n_no_rope_layer_step), the YaRN keys the loader reads (read_rope's `yarn_keys`); the FFN's
+    biases and weight scales where the architecture's graph passes them to build_ffn (`ffn_bias`,
+    `ffn_scale`: glu_ffn), and `output.bias` only where it adds one (`output_bias`: qwen2, phi3)."""
     md = Metadata(model, arch)
     s = read_sizes(md)
     rope = replace(read_rope(md, s, rope_style, yarn_keys=yarn_keys), temp_scale=temp_scale)
@@ -408,6 +434,8 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)
     b = ModelBuilder(model)
+    if arch in ("qwen3", "qwen3vl"):  # llama.cpp's loaders read it; only the rerank pooling runs it
+        b.unused("cls.output.weight", "the reranker's classifier head: llama.cpp runs it only to rank, never for text")
     if qkv_bias and not b.has("blk.0.attn_q.bias"):
         raise CompileError(f"{b.path}: missing tensor blk.0.attn_q.bias ({arch} has Q/K/V biases)")
     declare_buffers(b, s, n_ff, n_used, n_expert)
@@ -423,11 +451,11 @@ def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool =
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
         if n_expert:
-            moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used)
+            moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used, scales=True)
         else:
-            glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=fused_gate_up)
+            glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=ffn_bias, scale=ffn_scale)
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps)
+    tied = output_head(b, s, eps, bias=output_bias)
     extra = {"expert_count": n_expert, "expert_used_count": n_used} if n_expert else {}
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=extra)  # fmt: skip

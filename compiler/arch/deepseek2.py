@@ -29,7 +29,7 @@ import numpy as np
 
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Sizes, glu_ffn, hparams, output_head, read_rope
+from rfc.compiler.arch.common import Sizes, glu_ffn, hparams, linear, output_head, read_rope
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of, read_gating, read_weights_scale
 from rfc.compiler.errors import CompileError
@@ -143,7 +143,7 @@ def mla_attention(b: ModelBuilder, i: int, s: Sizes, rope, eps: float, q_lora: i
     b.op("attention", ("q",), ("att",), layer=i, n_heads=nh, n_kv_heads=1, head_dim=s.head_dim, scale=scale)
     wv_b = b.tensor_as(p + "attn_v_b.weight", "attn_v_b", (nh, v_dim, kv_lora))
     b.op("head_matmul", ("att",), ("att_v",), (wv_b,), heads=nh, stride=s.head_dim)
-    b.op("matmul", ("att_v",), ("h",), (b.tensor(p + "attn_output.weight", "attn_output", (e, nh * v_dim)),))
+    linear(b, "att_v", "h", p + "attn_output", (e, nh * v_dim), bias=False)  # build_attn: wo with wo_s, no wo_b
 
 
 def build(model: GGUFModel) -> ModelSpec:
@@ -181,7 +181,7 @@ def build(model: GGUFModel) -> ModelSpec:
         if e.count and e.is_moe(i):
             moe_block(b, i, s, e)
         else:
-            glu_ffn(b, i, s.n_embd, n_ff)
+            glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=False)  # as deepseek2.cpp calls build_ffn
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     b.unused_layers(range(s.n_layers, 1 << 16), "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too")

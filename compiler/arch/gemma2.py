@@ -71,7 +71,7 @@ def gemma_block(b: ModelBuilder, i: int, s: Sizes, eps: float, attn: Attention, 
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
     b.op("add", ("x", "h"), ("x",))
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
-    glu_ffn(b, i, s.n_embd, n_ff, activation="gelu_tanh")
+    glu_ffn(b, i, s.n_embd, n_ff, activation="gelu_tanh", bias=False, scale=False)  # as gemma2/3.cpp call build_ffn
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
     b.op("add", ("x", "h"), ("x",))
 

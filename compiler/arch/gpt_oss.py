@@ -19,7 +19,7 @@ import numpy as np
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, attention, declare_buffers, hparams, kv_spec, output_head, read_experts, read_rope, read_sizes,
+    UNUSED_SCALE, Attention, Sizes, attention, declare_buffers, hparams, kv_spec, output_head, read_experts, read_rope, read_sizes,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
@@ -33,8 +33,11 @@ SWIGLU_ALPHA, SWIGLU_LIMIT = 1.702, 7.0
 
 
 def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: int) -> None:
-    """h = sum over the token's n_used experts of weight * (down(swiglu_oai(gate h + bg, up h + bu)) + bd)."""
+    """h = sum over the token's n_used experts of weight * (down(swiglu_oai(gate h + bg, up h + bu)) + bd).
+    llama.cpp's gpt-oss graph passes build_moe_ffn no expert `.scale`: known and unused."""
     p = f"blk.{i}."
+    for name in ("gate", "up", "down"):
+        b.unused(f"{p}ffn_{name}_exps.scale", UNUSED_SCALE)
     b.op("matmul", ("h",), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (n_expert, e)),))
     b.op("add_bias", ("router",), ("router",), (b.tensor(p + "ffn_gate_inp.bias", "ffn_gate_inp_bias", (n_expert,)),))
     b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), n_used=n_used, gating="softmax_weight", norm=False)

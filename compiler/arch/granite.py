@@ -102,10 +102,11 @@ def _moe_ffn(b: ModelBuilder, i: int, n_embd: int, ffn: Ffn) -> None:
         return
     moe_ffn(b, i, n_embd, ffn.n_ff, ffn.n_expert, ffn.n_used, dst="moe_out")
     p = f"blk.{i}."
-    linear(b, "h", "shexp_gate", p + "ffn_gate_shexp", (ffn.n_ff_shexp, n_embd))
-    linear(b, "h", "shexp_up", p + "ffn_up_shexp", (ffn.n_ff_shexp, n_embd))
+    # granite's graph passes build_ffn no bias and no scale for its shared expert
+    linear(b, "h", "shexp_gate", p + "ffn_gate_shexp", (ffn.n_ff_shexp, n_embd), bias=False, scale=False)
+    linear(b, "h", "shexp_up", p + "ffn_up_shexp", (ffn.n_ff_shexp, n_embd), bias=False, scale=False)
     b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))
-    linear(b, "shexp_gate", "h", p + "ffn_down_shexp", (n_embd, ffn.n_ff_shexp))
+    linear(b, "shexp_gate", "h", p + "ffn_down_shexp", (n_embd, ffn.n_ff_shexp), bias=False, scale=False)
     b.op("add", ("h", "moe_out"), ("h",))
 
 
@@ -124,7 +125,7 @@ def ffn_sublayer(b: ModelBuilder, i: int, n_embd: int, eps: float, ffn: Ffn, res
     if ffn.n_expert:
         _moe_ffn(b, i, n_embd, ffn)
     else:
-        glu_ffn(b, i, n_embd, ffn.n_ff, bias=True)
+        glu_ffn(b, i, n_embd, ffn.n_ff, bias=True, scale=False)  # as granite(-hybrid).cpp call build_ffn
     _residual(b, residual)
 
 

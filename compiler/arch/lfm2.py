@@ -101,13 +101,15 @@ def build_hybrid(model: GGUFModel, arch: str, experts: Callable[[Metadata, int],
         if ex is not None and ex.is_moe(i):
             moe_block(b, i, s, ex)  # adds to x itself
         else:
-            glu_ffn(b, i, n_embd, n_ff)
+            glu_ffn(b, i, n_embd, n_ff, bias=False, scale=False)  # as lfm2.cpp calls build_ffn
             b.op("add", ("x", "h"), ("x",))
     b.op("gather_rows", ("x",), ("xr",))
     b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("token_embd_norm.weight", "output_norm", e),), eps=eps)
     tied = not b.has("output.weight")
-    lm_head = embd if tied else b.tensor("output.weight", "output", (s.vocab_size, n_embd))
-    b.op("matmul", ("hr",), ("logits",), (lm_head,))
+    if tied:
+        b.op("matmul", ("hr",), ("logits",), (embd,))
+    else:  # build_lora_mm(output, cur, output_s): the weight scale where the file has one, no bias
+        linear(b, "hr", "logits", "output", (s.vocab_size, n_embd), bias=False)
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False,
                  extra={"attention_layers": len(attn_layers), "conv_layers": n_layers - len(attn_layers), "conv_kernel": l_cache}
                  | (ex.hparams() if ex is not None else {}))
@@ -117,10 +119,12 @@ def build_hybrid(model: GGUFModel, arch: str, experts: Callable[[Metadata, int],
 
 def _attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float, cfg: Attention) -> None:
     """Layer i's attention, its KV in the cache's layer kv_layer: Q/K/V, per-head Q/K norms, NeoX
-    RoPE, attention, out projection (llama.cpp's build_attn_block of lfm2)."""
+    RoPE, attention, out projection (llama.cpp's build_attn_block of lfm2). Q, K and V as
+    build_qkv makes them: each matmul times its weight scale plus its bias where the file has
+    them; the out projection with its weight scale and no bias (build_attn is passed none)."""
     p = f"blk.{i}."
     for proj, width in (("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width)):
-        b.op("matmul", ("h",), (proj,), (b.tensor(f"{p}attn_{proj}.weight", f"attn_{proj}", (width, s.n_embd)),))
+        linear(b, "h", proj, f"{p}attn_{proj}", (width, s.n_embd))
     hd = (s.head_dim,)
     b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
     b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
@@ -129,4 +133,4 @@ def _attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float, cfg
     extra = {"window": cfg.window} if cfg.window is not None else {}
     b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
          scale=cfg.scale, **extra)  # fmt: skip
-    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width))
+    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width), bias=False)

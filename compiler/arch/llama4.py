@@ -30,8 +30,8 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights, read_experts, read_rope, read_sizes,
-    rope_factors,
+    UNUSED_SCALE, Attention, Sizes, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights, read_experts, read_rope,
+    read_sizes, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, MAX_LAYERS, Metadata
 from rfc.compiler.errors import CompileError
@@ -90,7 +90,7 @@ def build(model: GGUFModel) -> ModelSpec:
         if moe[i]:
             _moe_top1(b, i, s.n_embd, n_expert, n_ff_exp)
         else:
-            glu_ffn(b, i, s.n_embd, n_ff)
+            glu_ffn(b, i, s.n_embd, n_ff, scale=False)  # llama4.cpp's build_ffn: biases, no scales
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     extra = {"expert_count": n_expert, "expert_used_count": n_used, "expert_feed_forward_length": n_ff_exp,
@@ -152,8 +152,11 @@ def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *,
 
 def _moe_top1(b: ModelBuilder, i: int, n: int, n_expert: int, n_ff: int) -> None:
     """x += expert(sigmoid(logit) * h) + shared_expert(h), the expert chosen by the router's
-    largest logit (build_moe_ffn for LLM_ARCH_LLAMA4, then the shared expert's build_ffn)."""
+    largest logit (build_moe_ffn for LLM_ARCH_LLAMA4, then the shared expert's build_ffn). The
+    graph passes neither of them a weight scale: known and unused; nor a shared-expert bias."""
     p = f"blk.{i}."
+    for name in ("gate_exps", "up_exps", "down_exps", "gate_shexp", "up_shexp", "down_shexp"):
+        b.unused(f"{p}ffn_{name}.scale", UNUSED_SCALE)
     b.op("matmul", ("h",), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (n_expert, n)),))
     b.op("moe_route", ("router",), ("sigmoid_ids", "expert_weights"), n_used=1, gating="sigmoid", norm=False)
     b.op("moe_route", ("router",), ("expert_ids", "expert_unit"), n_used=1, gating="softmax_weight")
@@ -165,8 +168,8 @@ def _moe_top1(b: ModelBuilder, i: int, n: int, n_expert: int, n_ff: int) -> None
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (n_expert, n, n_ff))
     b.op("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",), (down,))
     b.op("add", ("x", "experts_out"), ("x",))
-    linear(b, "h", "shexp_gate", p + "ffn_gate_shexp", (n_ff, n))
-    linear(b, "h", "shexp_up", p + "ffn_up_shexp", (n_ff, n))
+    linear(b, "h", "shexp_gate", p + "ffn_gate_shexp", (n_ff, n), bias=False, scale=False)
+    linear(b, "h", "shexp_up", p + "ffn_up_shexp", (n_ff, n), bias=False, scale=False)
     b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))
-    linear(b, "shexp_gate", "h", p + "ffn_down_shexp", (n, n_ff))
+    linear(b, "shexp_gate", "h", p + "ffn_down_shexp", (n, n_ff), bias=False, scale=False)
     b.op("add", ("x", "h"), ("x",))

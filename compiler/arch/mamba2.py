@@ -97,11 +97,11 @@ def mamba2_layer(b: ModelBuilder, i: int, e: int, m: Mamba2, eps: float, *, src:
     z = b.rows(fused + ":z", "ssm_in_z", fused, shape, 0, m.d_inner)
     xbc = b.rows(fused + ":xbc", "ssm_in_xbc", fused, shape, m.d_inner, m.d_inner + m.conv_dim)
     dt = b.rows(fused + ":dt", "ssm_in_dt", fused, shape, m.d_inner + m.conv_dim, m.in_proj)
-    scale = weight_scale(b, p + "ssm_in")
+    in_scale = weight_scale(b, p + "ssm_in")  # build_lora_mm(ssm_in, cur, ssm_in_s): it scales all three parts
     for buf, w in (("ssm_z", z), ("ssm_xbc_in", xbc), ("ssm_dt", dt)):
         b.op("matmul", (src,), (buf,), (w,))
-        if scale is not None and scale != 1.0:
-            b.op("scale", (buf,), (buf,), factor=scale)
+        if in_scale is not None and in_scale != 1.0:
+            b.op("scale", (buf,), (buf,), factor=in_scale)
     conv = (b.tensor(p + "ssm_conv1d.weight", "ssm_conv1d", (m.conv_dim, m.kernel)),)
     conv += tuple(w for w in (b.optional_tensor(p + "ssm_conv1d.bias", "ssm_conv1d_bias", (m.conv_dim,)),) if w)
     b.op("ssm_conv", ("ssm_xbc_in",), ("ssm_xbc",), conv, state=b.state(i, (m.kernel - 1, m.conv_dim)))
@@ -113,4 +113,4 @@ def mamba2_layer(b: ModelBuilder, i: int, e: int, m: Mamba2, eps: float, *, src:
     b.op("swiglu", ("ssm_z", "ssm_y"), ("ssm_y",))
     norm = b.flat(p + "ssm_norm.weight", "ssm_norm", (m.n_groups, m.d_inner // m.n_groups))  # a weight per group
     b.op("rmsnorm", ("ssm_y",), ("ssm_y",), (norm,), eps=eps, **({"heads": m.n_groups} if m.n_groups > 1 else {}))
-    linear(b, "ssm_y", dst, p + "ssm_out", (e, m.d_inner), bias=False)
+    linear(b, "ssm_y", dst, p + "ssm_out", (e, m.d_inner), bias=False)  # with ssm_out_s, as build_lora_mm

@@ -5,6 +5,13 @@ of this table that the recipe never asked for is refused unless the file holds i
 value, the value that computes the same as its absence: a recipe that does not know a key must
 not turn a soft-capped, scaled or clamped model into wrong logits without a word.
 
+llama.cpp reads each of these keys only for the architectures whose load_hparams asks for it
+(READ_BY, from src/models/*.cpp); for any other architecture the key has no effect in llama.cpp,
+whatever its value, and rfc ignores it too. llama.cpp's own model saver writes
+final_logit_softcapping 30, logit_scale 0, router_logit_softcapping 30 and more into every file,
+for every architecture: refusing those would refuse files llama.cpp runs exactly. So a key
+refuses a model only for an architecture llama.cpp applies it to and rfc's recipe does not.
+
 A recipe that deliberately leaves a key alone (llama.cpp ignores it for that architecture too)
 says so with `Metadata.ignored`, which records it as read.
 """
@@ -34,6 +41,28 @@ MATH_KEYS: dict[str, tuple[float, ...]] = {
     "rope.scaling.yarn_beta_slow": (1.0,),
 }
 
+# key (after `<arch>.`) -> the architectures (general.architecture) whose llama.cpp loader reads it
+# (src/models/<arch>.cpp, load_arch_hparams); llama_model_base::load_hparams reads none of them.
+_GRANITES = ("granite", "granitemoe", "granitehybrid", "graniteswitch", "granite_swa")
+READ_BY: dict[str, frozenset[str]] = {
+    "final_logit_softcapping": frozenset(("gemma2", "gemma3", "gemma4", "grok", "dflash", "muse-glimmer")),
+    "attn_logit_softcapping": frozenset(("gemma2", "grok")),
+    "router_logit_softcapping": frozenset(("grok",)),
+    "attention.clamp_kqv": frozenset(("dbrx", "mpt", "olmo")),
+    "attention.scale": frozenset((*_GRANITES, "dflash")),
+    "attention.temperature_scale": frozenset(("deepseek2", "mistral3")),
+    "attention.max_alibi_bias": frozenset(("jais", "mpt")),
+    "logit_scale": frozenset((*_GRANITES, "cohere2", "cohere2moe", "command-r", "dflash", "grok", "minicpm",
+                              "muse-glimmer", "talkie")),
+    "residual_scale": frozenset((*_GRANITES, "minicpm", "minimax-01")),
+    "embedding_scale": frozenset((*_GRANITES, "dflash", "grok", "hrm_text", "minicpm")),
+    "swiglu_clamp_exp": frozenset(("bailingmoe3", "deepseek4", "dflash", "glm5-next", "hy_v4", "maple", "step35")),
+    "swiglu_clamp_shexp": frozenset(("bailingmoe3", "deepseek4", "dflash", "glm5-next", "step35")),
+    "rope.scaling.yarn_log_multiplier": frozenset(("deepseek2", "deepseek32", "mistral3")),
+    "rope.scaling.yarn_beta_fast": frozenset(("grok", "mistral3")),
+    "rope.scaling.yarn_beta_slow": frozenset(("grok", "mistral3")),
+}
+
 
 def _neutral(value: Any, neutral: tuple[float, ...]) -> bool:
     values = value if isinstance(value, (list, tuple)) else [value]
@@ -46,10 +75,11 @@ def _show(value: Any) -> str:
 
 
 def check_math_keys(model: GGUFModel, arch: str) -> None:
-    """Refuses the first math-changing key the recipe did not read that is not neutral."""
+    """Refuses the first math-changing key the recipe did not read that is not neutral, among
+    those llama.cpp applies for `arch` (the others change nothing in llama.cpp either)."""
     for suffix, neutral in MATH_KEYS.items():
         key = f"{arch}.{suffix}"
-        if key in model.keys_read:
+        if key in model.keys_read or arch not in READ_BY[suffix]:
             continue
         if key in model.unread:
             raise CompileError(f"{model.path.name}: metadata {key} changes the math and rfc's {arch} recipe does not apply it "

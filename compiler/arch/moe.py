@@ -15,7 +15,8 @@ from dataclasses import dataclass, fields, replace
 from rfc.artifacts.plan import OPS, OpKind
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, attention, glu_ffn, hparams, kv_spec, linear, output_head, read_experts, read_rope, read_sizes,
+    UNUSED_SCALE, Attention, Sizes, attention, glu_ffn, hparams, kv_spec, linear, output_head, read_experts, read_rope,
+    read_sizes,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -163,7 +164,8 @@ def expert_gate_up(b: ModelBuilder, i: int, e: Experts, n_embd: int) -> tuple[st
     return (b.tensor(p + "ffn_gate_exps.weight", "ffn_gate_exps", shape), b.tensor(p + "ffn_up_exps.weight", "ffn_up_exps", shape))
 
 
-def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", residual: str = "x") -> None:
+def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", residual: str = "x",
+              scales: bool = False) -> None:
     """residual += routed experts(src) (+ shared experts(src)), for layer i.
 
     The router reads src (ffn_gate_inp), chooses and weighs `used` experts per token
@@ -176,13 +178,22 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
     overwritten by the shared experts' output. A gated shared expert (qwen35moe) is scaled by
     sigmoid(ffn_gate_inp_shexp src) per token: a matmul to one column, then swiglu 'sigmoid'
     with that column as the gate of every up value (before ffn_down, which is linear: the
-    same product as llama.cpp's scaling of its output, float32 rounding apart)."""
+    same product as llama.cpp's scaling of its output, float32 rounding apart).
+
+    `scales`: the graph passes build_moe_ffn the experts' `.scale` tensors and build_ffn the
+    shared experts' (qwen3moe, qwen35moe); the down scale is applied, a gate or up one is
+    refused (not planned yet). Without, every one of them is known and unused (llama.cpp's loader
+    reads them for every architecture, most graphs never apply them). The shared experts'
+    biases are never read: no graph adds one."""
     p, n = f"blk.{i}.", s.n_embd
+    if not scales:
+        for name in ("gate_exps", "up_exps", "down_exps", "gate_up_exps", "gate_shexp", "up_shexp", "down_shexp"):
+            b.unused(f"{p}ffn_{name}.scale", UNUSED_SCALE)
     b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (e.count, n)),))
     bias = b.optional_tensor(p + "exp_probs_b.bias", "exp_probs_b", (e.count,))
     # ffn_down_exps.scale [n_expert]: llama.cpp scales each chosen expert's down output by it
     # (build_lora_mm_id's w_s), a factor of the expert's weight in the sum (moe_route's expert_scale)
-    escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (e.count,))
+    escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (e.count,)) if scales else None
     b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), tuple(w for w in (bias, escale) if w),
          **e.route_attrs(), **({"expert_scale": True} if escale else {}))
     for w, buf in zip(expert_gate_up(b, i, e, n), ("exp_gate", "exp_up")):
@@ -194,24 +205,26 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
     b.op("add", (residual, "moe_out"), (residual,))
     if e.shared:
         width = e.shared_width
-        linear(b, src, "shexp_gate", p + "ffn_gate_shexp", (width, n))
-        linear(b, src, "shexp_up", p + "ffn_up_shexp", (width, n))
+        linear(b, src, "shexp_gate", p + "ffn_gate_shexp", (width, n), bias=False, scale=scales)
+        linear(b, src, "shexp_up", p + "ffn_up_shexp", (width, n), bias=False, scale=scales)
         if e.shared_gate:
             gate = b.vector_row(p + "ffn_gate_inp_shexp.weight", "ffn_gate_inp_shexp", n)
             b.op("matmul", (src,), ("shexp_logit",), (gate,))
             b.op("swiglu", ("shexp_logit", "shexp_up"), ("shexp_up",), activation="sigmoid")
         b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))
-        linear(b, "shexp_gate", src, p + "ffn_down_shexp", (n, width))
+        linear(b, "shexp_gate", src, p + "ffn_down_shexp", (n, width), bias=False, scale=scales)
         b.op("add", (residual, src), (residual,))
 
 
 def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], tuple[Experts, int]], *,
-                    ffn_norm: str = "ffn_norm", full_rotary: bool = False) -> ModelSpec:
+                    ffn_norm: str = "ffn_norm", full_rotary: bool = False, scales: bool = False) -> ModelSpec:
     """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
     Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
     glm4moe's is post_attention_norm) and the experts (a dense SwiGLU FFN in the leading dense
     layers). `experts(md)` reads the family's expert hyperparameters: (Experts, the dense FFN
-    width). `full_rotary`: the family asserts rope.dimension_count == head_dim (qwen3moe)."""
+    width). `full_rotary`: the family asserts rope.dimension_count == head_dim (qwen3moe).
+    `scales`: the graph applies the FFNs' weight scales (moe_block's; qwen3moe), else they are
+    known and unused (glm4moe, bailingmoe2, qwen3vlmoe)."""
     md = Metadata(model, arch)
     s = read_sizes(md)
     # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
@@ -246,9 +259,9 @@ def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], t
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{ffn_norm}.weight", ffn_norm, (s.n_embd,)),), eps=eps)
         if e.is_moe(i):
-            moe_block(b, i, s, e)
+            moe_block(b, i, s, e, scales=scales)
         else:
-            glu_ffn(b, i, s.n_embd, n_ff)
+            glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=scales)
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     b.unused_layers(range(s.n_layers, s.n_layers + nextn), "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too")

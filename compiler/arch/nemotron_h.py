@@ -101,9 +101,9 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
             moe.layer(b, i)  # adds the routed experts to x itself; h: the shared expert
         else:
             up = f"up{n_ff[i]}"
-            linear(b, "h", up, p + "ffn_up", (n_ff[i], n_embd), bias=True)
+            linear(b, "h", up, p + "ffn_up", (n_ff[i], n_embd), bias=True, bias_first=True)  # build_ffn: + bias, * scale
             b.op("swiglu", (up, up), (up,), activation="relu")  # relu(u) u = relu(u)^2
-            linear(b, up, "h", p + "ffn_down", (n_embd, n_ff[i]), bias=True)
+            linear(b, up, "h", p + "ffn_down", (n_embd, n_ff[i]), bias=True, bias_first=True)
         b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     rope = Rope(head_dim, "adjacent", 10000.0, 1.0, "none", 1.0, orig_ctx=0)  # reported only: no layer turns

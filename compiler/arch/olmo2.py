@@ -49,7 +49,7 @@ def build(model: GGUFModel) -> ModelSpec:
         attention(b, i, s, eps, local_cfg if local[i] else cfg, src="x")
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
-        glu_ffn(b, i, s.n_embd, n_ff, src="x")
+        glu_ffn(b, i, s.n_embd, n_ff, src="x", bias=False, scale=False)  # as olmo2.cpp calls build_ffn
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
     output_head(b, s, eps)

@@ -8,4 +8,4 @@ from rfc.compiler.spec import ModelSpec
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    return llama_like(model, "qwen3", rope_style="neox", qk_norm=True)
+    return llama_like(model, "qwen3", rope_style="neox", qk_norm=True, ffn_bias=False)

@@ -27,7 +27,9 @@ from dataclasses import replace
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Attention, Sizes, glu_ffn, hparams, output_head, read_rope, read_sizes
+from rfc.compiler.arch.common import (
+    Attention, Sizes, glu_ffn, hparams, linear, output_head, read_rope, read_sizes, weight_scale,
+)  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, MAX_HEADS, MAX_LAYERS, Metadata
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block
 from rfc.compiler.errors import CompileError
@@ -108,7 +110,7 @@ def hybrid(model: GGUFModel, arch: str, *, experts: Callable[[Metadata], tuple[E
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", (s.n_embd,)),), eps=eps)
         if e:
-            moe_block(b, i, s, e)
+            moe_block(b, i, s, e, scales=True)  # qwen35moe.cpp / qwen3next.cpp pass them
         else:
             glu_ffn(b, i, s.n_embd, n_ff)
             b.op("add", ("x", "h"), ("x",))
@@ -168,12 +170,14 @@ def declare(b: ModelBuilder, s: Sizes, n_ff: int, dn: DeltaNet) -> None:
 
 
 def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -> None:
-    """h = ssm_out(rmsnorm_heads(gated_delta_net(ssm_conv(attn_qkv h), ...)) * silu(attn_gate h))."""
+    """h = ssm_out(rmsnorm_heads(gated_delta_net(ssm_conv(attn_qkv h), ...)) * silu(attn_gate h)).
+    Each projection times its weight scale where the file has one (qwen35.cpp's build_lora_mm
+    with wqkv_s, wqkv_gate_s, ssm_alpha_s, ssm_beta_s, ssm_out_s); none has a bias."""
     p = f"blk.{i}."
-    b.op("matmul", ("h",), ("mixed",), (b.tensor(p + "attn_qkv.weight", "attn_qkv", (dn.conv_dim, e)),))
-    b.op("matmul", ("h",), ("z",), (b.tensor(p + "attn_gate.weight", "attn_gate", (dn.v_width, e)),))
-    b.op("matmul", ("h",), ("alpha",), (b.tensor(p + "ssm_alpha.weight", "ssm_alpha", (dn.v_heads, e)),))
-    b.op("matmul", ("h",), ("beta",), (b.tensor(p + "ssm_beta.weight", "ssm_beta", (dn.v_heads, e)),))
+    linear(b, "h", "mixed", p + "attn_qkv", (dn.conv_dim, e), bias=False)
+    linear(b, "h", "z", p + "attn_gate", (dn.v_width, e), bias=False)
+    linear(b, "h", "alpha", p + "ssm_alpha", (dn.v_heads, e), bias=False)
+    linear(b, "h", "beta", p + "ssm_beta", (dn.v_heads, e), bias=False)
     conv_state = b.state(i, (dn.kernel - 1, dn.conv_dim))
     b.op("ssm_conv", ("mixed",), ("conv",), (b.tensor(p + "ssm_conv1d.weight", "ssm_conv1d", (dn.conv_dim, dn.kernel)),),
          state=conv_state)
@@ -182,25 +186,30 @@ def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -
          n_k_heads=dn.k_heads, n_v_heads=dn.v_heads, head_dim=dn.head_dim, eps=eps)
     b.op("rmsnorm", ("dn",), ("dn",), (b.tensor(p + "ssm_norm.weight", "ssm_norm", (dn.head_dim,)),), eps=eps, heads=dn.v_heads)
     b.op("swiglu", ("z", "dn"), ("dn",))
-    b.op("matmul", ("dn",), ("h",), (b.tensor(p + "ssm_out.weight", "ssm_out", (e, dn.v_width)),))
+    linear(b, "dn", "h", p + "ssm_out", (e, dn.v_width), bias=False)
 
 
 def gated_attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float, cfg: Attention) -> None:
     """Qwen3-Next's attention: Q and an output gate from one projection (per head: hd query
-    rows, then hd gate rows), per-head Q/K norms, partial NeoX RoPE, att * sigmoid(gate)."""
+    rows, then hd gate rows), per-head Q/K norms, partial NeoX RoPE, att * sigmoid(gate). The
+    weight scales where the file has them (build_qkv: attn_q's scales the query and the gate
+    rows alike; attn_output's, build_lora_mm); no biases."""
     p, hd, e = f"blk.{i}.", s.head_dim, s.n_embd
     fused = p + "attn_q.weight"
     shape = (2 * s.q_width, e)
     q = b.row_ranges(fused + ":q", "attn_q", fused, shape, [(2 * h * hd, (2 * h + 1) * hd) for h in range(s.n_heads)])
     g = b.row_ranges(fused + ":gate", "attn_q_gate", fused, shape, [((2 * h + 1) * hd, (2 * h + 2) * hd) for h in range(s.n_heads)])
-    b.op("matmul", ("h",), ("q",), (q,))
-    b.op("matmul", ("h",), ("qgate",), (g,))
-    b.op("matmul", ("h",), ("k",), (b.tensor(p + "attn_k.weight", "attn_k", (s.kv_width, e)),))
-    b.op("matmul", ("h",), ("v",), (b.tensor(p + "attn_v.weight", "attn_v", (s.kv_width, e)),))
+    q_scale = weight_scale(b, p + "attn_q")
+    for buf, w in (("q", q), ("qgate", g)):
+        b.op("matmul", ("h",), (buf,), (w,))
+        if q_scale is not None and q_scale != 1.0:
+            b.op("scale", (buf,), (buf,), factor=q_scale)
+    linear(b, "h", "k", p + "attn_k", (s.kv_width, e), bias=False)
+    linear(b, "h", "v", p + "attn_v", (s.kv_width, e), bias=False)
     b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (hd,)),), eps=eps, heads=s.n_heads)
     b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (hd,)),), eps=eps, heads=s.n_kv_heads)
     b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(s))
     b.op("kv_write", ("k", "v"), (), layer=kv_layer)
     b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=hd, scale=cfg.scale)
     b.op("swiglu", ("qgate", "att"), ("att",), activation="sigmoid")
-    b.op("matmul", ("att",), ("h",), (b.tensor(p + "attn_output.weight", "attn_output", (e, s.q_width)),))
+    linear(b, "att", "h", p + "attn_output", (e, s.q_width), bias=False)

@@ -19,4 +19,4 @@ def _experts(md: Metadata) -> tuple[Experts, int]:
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    return moe_transformer(model, "qwen3moe", _experts, full_rotary=True)
+    return moe_transformer(model, "qwen3moe", _experts, full_rotary=True, scales=True)

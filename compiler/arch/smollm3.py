@@ -12,7 +12,7 @@ NO_ROPE_LAYER_STEP = 4  # llama_model_smollm3::load_arch_hparams: hparams.n_no_r
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    spec = llama_like(model, "smollm3", rope_style="adjacent", no_rope_step=NO_ROPE_LAYER_STEP)
+    spec = llama_like(model, "smollm3", rope_style="adjacent", no_rope_step=NO_ROPE_LAYER_STEP, ffn_scale=False)
     hp = spec.hparams
     if hp.n_rot != hp.head_dim:
         raise CompileError(f"{model.path.name}: smollm3.rope.dimension_count {hp.n_rot} != head size {hp.head_dim} "

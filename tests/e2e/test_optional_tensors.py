@@ -1,9 +1,11 @@
-"""The optional tensors llama.cpp applies to any llama-style model, applied: a `.bias` on every
-matmul (q, k, v, attention output, gate, up, down, output), the per-tensor weight `.scale` it
-multiplies into a matmul's output (build_lora_mm's w_s; negative ones too), and `.input_scale`,
-which llama.cpp loads and never applies. Before, such a file compiled and gave wrong logits
-without a word; now the reference device matches the float64 oracle (tests/oracle.py, which
-applies them as llama.cpp's graph does), and the logits differ from the file without them."""
+"""The optional tensors llama.cpp applies to a llama model, applied: a `.bias` on every matmul its
+llama graph adds one to (q, k, v, attention output, gate, up, down), the per-tensor weight
+`.scale` it multiplies into a matmul's output (build_lora_mm's w_s; negative ones too; in the
+FFN after the bias, as build_ffn orders them), and `.input_scale`, which llama.cpp loads and
+never applies. Before, such a file compiled and gave wrong logits without a word; now the
+reference device matches the float64 oracle (tests/oracle.py, which applies them as llama.cpp's
+graph does), and the logits differ from the file without them. Architectures whose graph passes
+build_ffn fewer of them (qwen2: none) leave the FFN's weight scales unused and refuse its biases."""
 
 import shutil
 
@@ -18,7 +20,7 @@ from tests.oracle import Oracle
 
 pytestmark = pytest.mark.shared
 
-NAME = "tiny-qwen2-F32"  # 256 wide, FFN 768, Q 256, K/V 64, vocabulary 512
+NAME = "tiny-llama-F32"  # 256 wide, FFN 768, Q 256, K/V 64, vocabulary 512
 
 
 def _extras() -> dict[str, np.ndarray]:
@@ -28,11 +30,12 @@ def _extras() -> dict[str, np.ndarray]:
         return rng.normal(0.0, 0.2, n).astype(np.float32)
 
     return {
+        "blk.0.attn_q.bias": bias(256),
         "blk.0.attn_output.bias": bias(256),
         "blk.0.ffn_gate.bias": bias(768),
         "blk.0.ffn_up.bias": bias(768),
+        "blk.0.ffn_down.bias": bias(256),  # with its .scale: the bias first, then the scale
         "blk.1.ffn_down.bias": bias(256),
-        "output.bias": bias(512),
         "blk.0.attn_q.scale": np.array([0.5], np.float32),
         "blk.1.attn_v.scale": np.array([-1.25], np.float32),
         "blk.0.ffn_down.scale": np.array([1.5], np.float32),
@@ -109,3 +112,19 @@ def test_recipes_with_their_own_attention_apply_them(bundle_cache, tmp_path, nam
     assert ok, summary
     plain = teacher_forced_logits(bundle_cache(src, REFERENCE_ONLY), "ref", tokens)
     assert np.abs(ref - plain).mean() > 0.1  # the extras change the logits: the test can fail
+
+
+def test_an_ffn_weight_scale_the_graph_does_not_pass_is_unused(bundle_cache, tmp_path):
+    """qwen2's llama.cpp graph passes build_ffn no bias and no scale: a `.scale` there (which
+    llama.cpp's loader reads for every weight) changes nothing, and a bias there is refused."""
+    from rfc.compiler.errors import CompileError
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+
+    src = FIXTURES / "tiny-qwen2-F32.gguf"
+    tokens = np.load(FIXTURES / "tiny-qwen2-F32.logits.npz")["tokens"].tolist()
+    scaled = rewrite_gguf(src, tmp_path / "scaled.gguf", add_tensors={"blk.0.ffn_down.scale": np.array([1.5], np.float32)})
+    got = teacher_forced_logits(bundle_cache(scaled, REFERENCE_ONLY), "ref", tokens)
+    assert np.array_equal(got, teacher_forced_logits(bundle_cache(src, REFERENCE_ONLY), "ref", tokens))
+    biased = rewrite_gguf(src, tmp_path / "biased.gguf", add_tensors={"blk.0.ffn_up.bias": np.zeros(768, np.float32)})
+    with pytest.raises(CompileError, match="blk.0.ffn_up.bias"):
+        compile_model(CompileOptions(model=biased, out_dir=tmp_path / "bundle", targets=()))

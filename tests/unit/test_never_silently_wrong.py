@@ -60,10 +60,35 @@ def test_a_weight_scale_must_be_one_f32(tmp_path):
                         "blk.0.ffn_up.scale is F32 [2], not one F32 value")
 
 
+def test_an_ffn_bias_is_added_before_the_weight_scale(tmp_path):
+    """llama.cpp's build_ffn: matmul, + bias, * scale (attention's build_lora_mm: scale, then bias)."""
+    extra = {"blk.0.ffn_down.scale": np.array([-0.5], np.float32), "blk.0.ffn_down.bias": np.ones(256, np.float32)}
+    ops = spec_of(LLAMA, tmp_path, add_tensors=extra).plan.ops
+    i = next(i for i, op in enumerate(ops) if op.weights == ("blk.0.ffn_down.weight",))
+    assert [(op.kind, op.attrs.get("factor"), op.weights) for op in ops[i + 1 : i + 3]] == [
+        ("add_bias", None, ("blk.0.ffn_down.bias",)), ("scale", -0.5, ())]
+
+
 @pytest.mark.parametrize("key,value", [("llama.final_logit_softcapping", 30.0), ("llama.attention.clamp_kqv", 8.0),
                                        ("llama.logit_scale", 0.5), ("llama.residual_scale", 0.25)])
-def test_a_math_key_the_recipe_does_not_apply_is_refused_unless_neutral(key, value, tmp_path):
+def test_a_math_key_llama_cpp_applies_and_the_recipe_does_not_is_refused_unless_neutral(key, value, tmp_path, monkeypatch):
+    """Were llama.cpp's llama loader to read the key (it reads none of these), rfc's llama recipe,
+    which does not apply it, would refuse the file."""
+    from rfc.compiler.arch import math_keys
+
+    suffix = key.removeprefix("llama.")
+    monkeypatch.setitem(math_keys.READ_BY, suffix, math_keys.READ_BY[suffix] | {"llama"})
     assert_spec_refused(LLAMA, tmp_path, {"metadata": {key: value}}, f"metadata {key} = {value} changes the math")
+
+
+def test_math_keys_llama_cpp_does_not_read_for_the_architecture_change_nothing(tmp_path):
+    """llama.cpp's model saver writes final_logit_softcapping 30, logit_scale 0 and
+    router_logit_softcapping 30 into every file; its llama loader reads none of them, so they
+    change nothing there, nor in rfc."""
+    keys = {"llama.final_logit_softcapping": 30.0, "llama.logit_scale": 0.0, "llama.router_logit_softcapping": 30.0,
+            "llama.attention.scale": 0.5, "llama.attention.clamp_kqv": 8.0}
+    spec = spec_of(LLAMA, tmp_path, metadata=keys)
+    assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(LLAMA)).plan)
 
 
 def test_neutral_math_keys_compile_to_the_same_plan(tmp_path):
@@ -149,3 +174,68 @@ def test_hunyuan_applies_q_k_v_scales_before_its_norms_after_rope(tmp_path):
         ("scale", -0.5, ()), ("add_bias", None, ("blk.0.attn_q.bias",))]
     j = next(j for j, op in enumerate(ops) if op.weights == ("blk.1.attn_v.weight",))
     assert (ops[j + 1].kind, ops[j + 1].attrs.get("factor")) == ("scale", 2.0)
+
+
+def _first_expert_layer(path) -> tuple[int, int]:
+    """(layer, expert count) of the first layer with experts."""
+    tensors = read_gguf(path).tensors
+    i = next(i for i in range(64) if f"blk.{i}.ffn_down_exps.weight" in tensors)
+    return i, tensors[f"blk.{i}.ffn_down_exps.weight"].shape[0]
+
+
+def test_expert_scales_a_graph_does_not_apply_are_known_and_unused(tmp_path):
+    """llama.cpp's loader reads every expert's `.scale`; glm4moe's graph never passes them to
+    build_moe_ffn, so they change nothing there, nor in rfc."""
+    src = FIXTURES / "tiny-glm4moe-Q8_0.gguf"
+    i, n = _first_expert_layer(src)
+    extra = {f"blk.{i}.ffn_{x}_exps.scale": np.full(n, 1.5, np.float32) for x in ("gate", "up", "down")}
+    spec = spec_of(src, tmp_path, add_tensors=extra)
+    assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(src)).plan)
+
+
+def test_expert_scales_a_graph_applies(tmp_path):
+    """qwen3moe's graph applies them: the down scale as each expert's output factor, a gate (or
+    up) scale refused by name rather than computed without it."""
+    src = FIXTURES / "tiny-qwen3moe-Q8_0.gguf"
+    i, n = _first_expert_layer(src)
+    spec = spec_of(src, tmp_path, add_tensors={f"blk.{i}.ffn_down_exps.scale": np.full(n, 1.5, np.float32)})
+    routes = [op for op in spec.plan.ops if op.kind == "moe_route" and op.attrs.get("expert_scale")]
+    assert [op.weights[-1] for op in routes] == [f"blk.{i}.ffn_down_exps.scale"]
+    assert_spec_refused(src, tmp_path, {"add_tensors": {f"blk.{i}.ffn_gate_exps.scale": np.ones(n, np.float32)}},
+                        f"tensor blk.{i}.ffn_gate_exps.scale is not used by rfc's qwen3moe recipe")
+
+
+def test_mamba2_weight_scales_scale_every_part_of_ssm_in(tmp_path):
+    """build_lora_mm(ssm_in, cur, ssm_in_s): the scale multiplies z, xBC and dt alike; ssm_out's its output."""
+    src = FIXTURES / "tiny-nemotron_h-Q8_0.gguf"
+    i = next(i for i in range(64) if f"blk.{i}.ssm_in.weight" in read_gguf(src).tensors)
+    extra = {f"blk.{i}.ssm_in.scale": np.array([0.5], np.float32), f"blk.{i}.ssm_out.scale": np.array([2.0], np.float32)}
+    ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
+    scaled = [ops[k - 1].weights for k, op in enumerate(ops)
+              if op.kind == "scale" and op.attrs.get("factor") in (0.5, 2.0)]  # fmt: skip
+    assert scaled == [(f"blk.{i}.ssm_in.weight:{x}",) for x in ("z", "xbc", "dt")] + [(f"blk.{i}.ssm_out.weight",)]
+
+
+def test_llama4_applies_no_ffn_or_shared_expert_scale(tmp_path):
+    """llama4.cpp passes build_ffn (dense and shared expert) and build_moe_ffn no weight scale."""
+    src = FIXTURES / "tiny-llama4-Q8_0.gguf"
+    tensors = read_gguf(src).tensors
+    extra = {f"{name.removesuffix('.weight')}.scale": np.array([1.5], np.float32) for name in tensors
+             if name.endswith(("ffn_gate_shexp.weight", "ffn_down.weight"))}  # fmt: skip
+    assert extra
+    spec = spec_of(src, tmp_path, add_tensors=extra)
+    assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(src)).plan)
+
+
+def test_qwen35_weight_scales_as_its_graph_applies_them(tmp_path):
+    """qwen35.cpp: build_lora_mm with wqkv_s / wqkv_gate_s / ssm_alpha_s / ssm_beta_s / ssm_out_s in
+    the DeltaNet layers; build_qkv's wq_s on the query and gate rows of attn_q alike."""
+    src = FIXTURES / "tiny-qwen35-Q8_0.gguf"
+    tensors = read_gguf(src).tensors
+    dn = next(i for i in range(64) if f"blk.{i}.ssm_alpha.weight" in tensors)
+    at = next(i for i in range(64) if f"blk.{i}.attn_q.weight" in tensors)
+    names = [f"blk.{dn}.{x}" for x in ("attn_qkv", "attn_gate", "ssm_alpha", "ssm_beta", "ssm_out")] + [f"blk.{at}.attn_q"]
+    extra = {n + ".scale": np.array([0.5], np.float32) for n in names}
+    ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
+    scaled = [ops[k - 1].weights[0] for k, op in enumerate(ops) if op.kind == "scale" and op.attrs.get("factor") == 0.5]
+    assert scaled == [n + ".weight" for n in names[:5]] + [f"blk.{at}.attn_q.weight:q", f"blk.{at}.attn_q.weight:gate"]
