@@ -417,6 +417,9 @@ FFN_PASSES = {
     "olmo2": (False, False), "lfm2": (False, False), "lfm2moe": (False, False), "qwen3vl": (False, False),
     "deepseek2": (False, False), "glm4moe": (False, False), "bailingmoe2": (False, False),
     "qwen3": (False, True), "smollm3": (True, False), "granite": (True, False), "granitehybrid": (True, False),
+    "command-r": (False, False), "cohere2": (False, True), "exaone4": (False, False), "glm4": (False, False),
+    "seed_oss": (False, False), "ernie4_5": (False, False), "ernie4_5-moe": (False, False),
+    "hunyuan-dense": (False, False), "hunyuan-moe": (False, False), "falcon-h1": (True, False),
 }
 # The architectures whose graph passes build_ffn its shared experts' weight scales.
 SHARED_SCALES = ("qwen35moe", "qwen3next", "nemotron_h_moe")

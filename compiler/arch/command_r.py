@@ -87,7 +87,8 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
             _attention_head_norms(b, i, s, eps, global_cfg)
         else:
             attention(b, i, s, eps, local_cfg if local[i] else global_cfg, src="h", dst="a", rope=use_rope)
-        glu_ffn(b, i, s.n_embd, n_ff, src="h", dst="h")
+        # build_ffn: no biases; the weight scales on cohere2 only (command-r passes none)
+        glu_ffn(b, i, s.n_embd, n_ff, src="h", dst="h", bias=False, scale=arch == "cohere2")
         b.op("add", ("x", "h"), ("x",))
         b.op("add", ("x", "a"), ("x",))
     b.op("gather_rows", ("x",), ("xr",))

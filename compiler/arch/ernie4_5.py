@@ -39,7 +39,7 @@ def build_moe(model: GGUFModel) -> ModelSpec:
         if i >= lead and (i + 1) % step == 0:
             moe_block(b, i, s, e)
             return True
-        glu_ffn(b, i, s.n_embd, n_ff)
+        glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=False)  # build_ffn(up, NULL, NULL, ...)
         return False
 
     extra = e.hparams() | {"interleave_moe_layer_step": step, "leading_dense_block_count": lead}

@@ -51,7 +51,7 @@ def build(model: GGUFModel) -> ModelSpec:
         b.op("add", ("x", "a"), ("x",))
         b.op("add", ("x", "m"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm", "ffn_norm", (s.n_embd,)),), eps=eps)
-        glu_ffn(b, i, s.n_embd, n_ff, bias=True)
+        glu_ffn(b, i, s.n_embd, n_ff, bias=True, scale=False)  # build_ffn(up, up_b, NULL, ...)
         b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     extra = {"ssm_conv_kernel": m.kernel, "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state,

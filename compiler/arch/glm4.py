@@ -49,7 +49,7 @@ def build(model: GGUFModel) -> ModelSpec:
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
-        glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=True)
+        glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=True, bias=False, scale=False)  # build_ffn(up, NULL, NULL, ...)
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)

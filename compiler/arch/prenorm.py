@@ -80,7 +80,7 @@ def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, 
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{block.ffn_norm}.weight", block.ffn_norm, (s.n_embd,)),), eps=eps)
         if ffn is None:
-            glu_ffn(b, i, s.n_embd, n_ff)
+            glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=False)  # seed_oss, ernie4_5, hunyuan: build_ffn(up, NULL, NULL, ...)
         elif ffn(b, i, s, n_ff):
             continue  # the experts added their output to x themselves
         b.op("add", ("x", "h"), ("x",))

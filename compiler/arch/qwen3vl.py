@@ -35,7 +35,7 @@ def _check(model: GGUFModel, arch: str) -> None:
 
 def build(model: GGUFModel) -> ModelSpec:
     _check(model, "qwen3vl")
-    return llama_like(model, "qwen3vl", rope_style="neox", qk_norm=True)
+    return llama_like(model, "qwen3vl", rope_style="neox", qk_norm=True, ffn_bias=False, ffn_scale=False)  # build_ffn(up, NULL, NULL, ...)
 
 
 def build_moe(model: GGUFModel) -> ModelSpec:

@@ -35,19 +35,7 @@ archs = _tool()
 NAMES = archs.names()
 # Files rfc does not yet match, with what the table of tools/fixtures/llama_archs.py shows for them.
 KNOWN: dict[str, str] = {
-    "command-r-dense": "1.0 off: command_r.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's command-r graph "
-                       "does not pass to build_ffn (with scale=False it matches)",
-    "ernie4_5-moe": "2.9 off: llama.cpp's ernie4_5 graph passes build_ffn no FFN .scale and build_attn no attn_output.bias "
-                    "(loaded, not applied); ernie4_5.py applies both",
-    "ernie4_5-moe-moe": "3.0 off: llama.cpp's ernie4_5-moe graph passes build_attn no attn_output.bias (loaded, not "
-                        "applied; ernie4_5.py would declare it unused), rfc applies it",
-    "exaone4-dense": "2.2 off: exaone4.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's exaone4 graph "
-                     "does not pass to build_ffn (with scale=False it matches)",
     "falcon-h1-dense": "rope_freqs.weight not used by the falcon-h1 recipe (falcon_h1.py): refused",
-    "glm4-dense": "2.0 off: glm4.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's glm4 graph "
-                  "does not pass to build_ffn (with scale=False it matches)",
-    "hunyuan-dense-dense": "attention and FFN .scale tensors not used by the hunyuan-dense recipe: refused",
-    "hunyuan-moe-moe": "attention and FFN .scale tensors not used by the hunyuan-moe recipe: refused",
     "llama-moe": "expert .scale tensors on gate and up not applied (llama.cpp's llama graph applies them): refused",
     "llama4-moe": "expert_used_count 2: refused",
     "mistral3-moe": "expert .scale tensors on gate and up not applied (llama.cpp's mistral3 graph applies them): refused",
@@ -58,10 +46,6 @@ KNOWN: dict[str, str] = {
                      "not applied: refused",
     "qwen3moe-moe": "expert .scale tensors on gate and up not applied (llama.cpp's qwen3moe graph applies them): refused",
     "qwen3next-moe": "its DeltaNet tensors (ssm_in, ...) as the saver writes them: refused",
-    "qwen3vl-dense": "1.0 off: qwen3vl.py's llama_like applies the FFN .scale tensors, which llama.cpp's qwen3vl graph "
-                     "does not pass to build_ffn (with ffn_scale=False it matches)",
-    "seed_oss-dense": "1.2 off: seed_oss.py's glu_ffn applies the FFN .scale tensors, which llama.cpp's seed_oss graph "
-                      "does not pass to build_ffn (with scale=False it matches)",
 }
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
 CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
