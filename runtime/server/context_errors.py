@@ -1,6 +1,7 @@
 """A request that does not fit the context, in each API's own words, which clients map to their
 context-window exceptions: on /v1 OpenAI's `code: "context_length_exceeded"` and its "This
-model's maximum context length is N tokens. However, ..." (the openai package's
+model's maximum context length is N tokens. However, ...", and for a prompt alone too long
+also OpenAI's newer "Input tokens exceed the configured limit of N tokens" (the openai package's
 BadRequestError; langchain's OpenAIContextOverflowError, pydantic-ai's
 ModelContextWindowExceededError and litellm's ContextWindowExceededError look for either); on
 /v1/messages Anthropic's `invalid_request_error` "prompt is too long: N tokens > M maximum";
@@ -39,6 +40,9 @@ def _message(e: ContextOverflow, trained: int, path: str) -> str:
     what = "prompt" if path.startswith(_COMPLETIONS) else "messages"
     head = f"This model's maximum context length is {e.context} tokens{served}. However, "
     if e.asked is None or e.prompt_tokens >= e.context:  # the prompt alone is too long
-        return head + f"your {what} resulted in {n} tokens. Please reduce the length of the {what}."
+        # the second sentence is OpenAI's newer wording of the same error, which langchain-openai
+        # matches (beside the code, which the openai package leaves out of the message it raises)
+        return head + (f"your {what} resulted in {n} tokens. Please reduce the length of the {what}. "
+                       f"Input tokens exceed the configured limit of {e.context} tokens.")
     return head + (f"you requested {e.prompt_tokens + e.asked} tokens ({e.prompt_tokens} in the {what}, {e.asked} in the "
                    f"completion). Please reduce the length of the {what} or completion.")
