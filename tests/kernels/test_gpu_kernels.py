@@ -410,7 +410,7 @@ def test_optional_biases_and_weight_scales(target, gpu_build_cache, tmp_path):
     from tests.e2e.test_optional_tensors import _extras
     from tests.gguf_edit import rewrite_gguf
 
-    model = rewrite_gguf(model_path("qwen2-F32"), tmp_path / "extras.gguf", add_tensors=_extras())
+    model = rewrite_gguf(model_path("llama-F32"), tmp_path / "extras.gguf", add_tensors=_extras())  # its NAME
     out = tmp_path / "bundle"
     compile_model(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
     pair = Pair(out, target, tmp_path / "emu")
