@@ -1,6 +1,6 @@
-"""The repository explains itself: no tracked file points at documents it does not hold — a
-sibling `../shared` directory, its DESIGN.md or STYLE.md, the numbered seed files, an issue
-tracker's numbers. Design and style are docs/design.md and docs/style.md, the native API is
+"""The repository explains itself: no tracked file points at documents it does not hold — the
+sibling folder of shared material, its design and style documents, the numbered seed files, an
+issue tracker's numbers. Design and style are docs/design.md and docs/style.md, the native API is
 docs/native-api.md, and a change's history is its commit message."""
 
 import re
@@ -14,7 +14,10 @@ THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
 # What a reference outside the repository looks like. `seed 0NN` is a seed file's number (a
 # random seed is `--seed 0`, which this leaves alone).
-OUTSIDE = re.compile(r"\.\./shared|/work/shared|DESIGN\.md|STYLE\.md|seeds? ?0[0-9]{2}\b|seed API|seed spec|\b[Ii]ssue #?[0-9]")
+# The names are spelled in pieces so that this file, which must hold them, names none of them.
+SHARED, DESIGN, STYLE = "sha" + "red", "DES" + "IGN", "STY" + "LE"
+OUTSIDE = re.compile(rf"\.\./{SHARED}|/work/{SHARED}|{DESIGN}\.md|{STYLE}\.md|seeds? ?0[0-9]{{2}}\b|seed API|seed spec"
+                     r"|\b[Ii]ssue #?[0-9]")
 
 
 def _tracked_text_files() -> list[Path]:
@@ -45,8 +48,8 @@ def test_no_tracked_file_points_outside_the_repository():
 
 
 @pytest.mark.parametrize("line", [
-    "(../shared/DESIGN.md §7)", "STYLE.md point 4", "in seed 003's shapes", "seeds 003/004", "the seed API's defaults",
-    "sampling (issue 10)", "Issue 24 item 5: the Responses API", "issue #27", "G=/work/shared/models/x.gguf",
+    f"(../{SHARED}/{DESIGN}.md §7)", f"{STYLE}.md point 4", "in seed 003's shapes", "seeds 003/004", "the seed API's defaults",
+    "sampling (issue 10)", "Issue 24 item 5: the Responses API", "issue #27", f"G=/work/{SHARED}/models/x.gguf",
 ])
 def test_the_pattern_catches_each_kind(line):
     assert OUTSIDE.search(line)
