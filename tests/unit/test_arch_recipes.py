@@ -358,33 +358,11 @@ def test_glm4_splits_its_fused_ffn_up_and_turns_m_rope_sections_as_neox(tmp_path
     # under a per-layer array bound of block_count
     four = rewrite_gguf(FIXTURES / "tiny-glm4-Q8_0.gguf", tmp_path / "four.gguf",
                         metadata={"glm4.block_count": 4, "glm4.nextn_predict_layers": 2})  # fmt: skip
-    mrope = build_spec(read_gguf(_with_int_array(four, tmp_path / "m.gguf", {"glm4.rope.dimension_sections": [8, 8, 0, 0]})))
+    mrope = build_spec(read_gguf(rewrite_gguf(four, tmp_path / "m.gguf", metadata={"glm4.rope.dimension_sections": [8, 8, 0, 0]})))
     assert {op.attrs["style"] for op in _ops(mrope, "rope")} == {"neox"} and mrope.hparams.n_layers == 2
     too_wide = {"glm4.rope.dimension_sections": [32, 32, 1, 0]}
     with pytest.raises(CompileError, match=r"glm4.rope.dimension_sections \[32, 32, 1, 0\] add up to more than the head size 64"):
-        build_spec(read_gguf(_with_int_array(four, tmp_path / "w.gguf", too_wide)))
-
-
-def _with_int_array(src, dst, arrays: dict):
-    """src copied to dst with int32 array keys added."""
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
-
-    reader = GGUFReader(src)
-    writer = GGUFWriter(dst, reader.fields["general.architecture"].contents())
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        vtype = field.types[0]
-        writer.add_key_value(key, field.contents(), vtype, sub_type=field.types[-1] if vtype == GGUFValueType.ARRAY else None)
-    for key, values in arrays.items():
-        writer.add_key_value(key, values, GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
-    for t in reader.tensors:
-        writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dst
+        build_spec(read_gguf(rewrite_gguf(four, tmp_path / "w.gguf", metadata=too_wide)))
 
 
 def test_exaone4_norms_after_the_sublayers_and_per_head():
