@@ -376,10 +376,15 @@ def matmul_table(lm: LoadedModel) -> str:
     scalars = bw.decode_step(runner, lm.executor, lm.vocab_size, blocks)
     blocks.free(0)
     timer = bw.EventTimer(runner._driver)
-    return bw.table(bw.matmul_rates(runner, lm.bundle.layout, scalars, timer, 200), timer.copy_rate(runner._driver, runner.stream))
+    text = bw.table(bw.matmul_rates(runner, lm.bundle.layout, scalars, timer, 200), timer.copy_rate(runner._driver, runner.stream))
+    try:  # the whole step by kernel: what each node costs beyond its work
+        text += "\n\nthe decode step by kernel, batch 1:\n" + bw.step_profile(runner, scalars, timer, 50)
+    except Exception as e:  # the matmul table stands without it
+        text += f"\n(step profile failed: {type(e).__name__}: {e})"
+    return text
 
 
-def bench(target: str, device: str, out: Path, steps: int, only: set[str] | None) -> list[dict]:
+def bench(target: str, device: str, out: Path, steps: int, only: set[str] | None, on_row=lambda rows: None) -> list[dict]:
     rows = []
     for file, make_args in BENCH_MODELS:
         if only is not None and not any(name in file for name in only):
@@ -399,8 +404,24 @@ def bench(target: str, device: str, out: Path, steps: int, only: set[str] | None
                      "prefill": prefill, "prefill_dp4a": prefill_dp4a, "prefill_matmuls": prefill_matmuls(lm),
                      "ready": serve_ready_seconds(bundle, device),
                      "matmuls": matmul_table(lm) if device in ("cuda", "hip") else ""})
-        print(f"bench {gguf.stem}: {time.perf_counter() - t0:.0f} s, {rows[-1]}", file=sys.stderr, flush=True)
+        print(f"bench {gguf.stem}: {time.perf_counter() - t0:.0f} s, "
+              f"{ {k: v for k, v in rows[-1].items() if k != 'matmuls'} }\n{rows[-1]['matmuls']}", file=sys.stderr, flush=True)
+        on_row(rows)
     return rows
+
+
+def write_json(path: Path | None, target: str, device: str, out: Path, rows: list[dict], bench_rows: list[dict]) -> None:
+    """The checks and benchmark rows so far (tools/gpu_session.py reads them): written after every
+    model, so a run cut off by its time limit still leaves what it measured."""
+    if path is None:
+        return
+    keep = ("model", "ok", "notes", "compile_s", "prefill", "decode")
+    path.write_text(json.dumps({
+        "target": target, "device": device, "out": str(out),
+        "checks": [{k: r[k] for k in keep if k in r} for r in rows],
+        "bench": [{k: v for k, v in b.items() if k != "matmuls"} | {"gguf": str(out / (b["model"] + ".gguf"))}
+                  for b in bench_rows],
+    }, indent=1, default=str))
 
 
 def main() -> int:
@@ -416,7 +437,10 @@ def main() -> int:
                     help="take fixtures and goldens from this directory; make and fetch nothing (no network)")
     ap.add_argument("--json", type=Path, default=None,
                     help="also write the checks and benchmark rows to this file (tools/gpu_session.py reads it)")
+    ap.add_argument("--time-limit", type=float, default=None, metavar="S",
+                    help="start no further model's checks after S seconds (those left are listed as not run)")
     args = ap.parse_args()
+    started = time.monotonic()
     # --target cpu (or cpu-avx512, ...) runs everything but the GPU's own checks on the cpu
     # device: a dry run of this tool on a machine without a GPU.
     device = "cuda" if args.target.startswith("sm_") else "cpu" if args.target.startswith("cpu") else "hip"
@@ -437,6 +461,9 @@ def main() -> int:
         rows.append({"model": "host targets", "ok": args.target in host.targets, "notes": [host.describe()]})
     for path in models:
         t0 = time.perf_counter()
+        if args.time_limit is not None and time.monotonic() - started > args.time_limit:
+            rows.append({"model": path.stem, "ok": True, "notes": ["not run: --time-limit reached"]})
+            continue
         try:
             rows.append(check_model(path.resolve(), args.target, device, out, args))
         except Exception as e:  # report and go on with the next model
@@ -445,6 +472,7 @@ def main() -> int:
         r = rows[-1]
         print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['model']} ({time.perf_counter() - t0:.1f} s): {'; '.join(r['notes'])}",
               file=sys.stderr, flush=True)
+        write_json(args.json, args.target, device, out, rows, [])
     print(f"\n{args.target} ({device}), bundles in {out}\n")
     print(f"{'model':<16} {'ok':<4} {'compile s':>9} {'prefill tok/s':>13} {'decode tok/s':>12}  checks")
     for r in rows:
@@ -457,7 +485,8 @@ def main() -> int:
         print(f"\n{'benchmark model':<34} {'b1 tok/s':>9} {'b16 tok/s':>10} {'b16/b1':>7} {'weights GB/s':>12} "
               f"{'prefill 512 tok/s':>17} {'(dp4a)':>8} {'serve ready s':>13}")
         only = None if args.bench_only is None else set(args.bench_only.split(","))
-        bench_rows = bench(args.target, device, out, args.decode, only)
+        bench_rows = bench(args.target, device, out, args.decode, only,
+                           lambda done: write_json(args.json, args.target, device, out, rows, done))
         for b in bench_rows:
             dp4a = f"{b['prefill_dp4a']:>8.0f}" if b["prefill_dp4a"] is not None else f"{'-':>8}"
             print(f"{b['model']:<34} {b['b1']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} "
@@ -465,14 +494,6 @@ def main() -> int:
             print(f"  {b['model']}: the prefill list's tensor-core matmuls per step: {b['prefill_matmuls']}")
             if b["matmuls"]:
                 print(f"  {b['model']}: each matmul of the decode list alone, batch 1\n{b['matmuls']}")
-    if args.json is not None:
-        keep = ("model", "ok", "notes", "compile_s", "prefill", "decode")
-        args.json.write_text(json.dumps({
-            "target": args.target, "device": device, "out": str(out),
-            "checks": [{k: r[k] for k in keep if k in r} for r in rows],
-            "bench": [{k: v for k, v in b.items() if k != "matmuls"} | {"gguf": str(out / (b["model"] + ".gguf"))}
-                      for b in (bench_rows if args.bench else [])],
-        }, indent=1, default=str))
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -138,6 +138,41 @@ def matmul_rates(runner, layout, scalars: dict[str, int], timer, repeat: int, ev
     return rows
 
 
+def step_profile(runner, scalars: dict[str, int], timer, repeat: int) -> str:
+    """Where one decode step's GPU time goes: the launches of the decode list grouped by kernel,
+    each group's launches queued `repeat` times between events (us per step), beside the whole
+    list queued the same way; the difference from the step's graph time is what each node costs
+    beyond its work."""
+    bound = runner.launch_list(scalars["n_tokens"])
+    groups: dict[str, list] = {}
+    for launch, b in zip(runner.program.launches, bound):
+        groups.setdefault(launch.kernel, []).append(b)
+
+    def queue(items):
+        def work():
+            for _ in range(repeat):
+                for b in items:
+                    b.enqueue(runner._driver, scalars, runner.stream)
+        return work
+
+    every = queue(bound)
+    every()  # warm
+    whole = timer.time(every, runner.stream) / repeat
+    rows = []
+    for kernel, items in groups.items():
+        work = queue(items)
+        work()
+        rows.append((timer.time(work, runner.stream) / repeat, kernel, len(items)))
+    rows.sort(reverse=True)
+    lines = [f"{'kernel':<56} {'launches':>8} {'us/step':>9} {'share':>6}"]
+    for seconds, kernel, n in rows:
+        lines.append(f"{kernel[:56]:<56} {n:>8} {seconds * 1e6:>9.1f} {seconds / whole:>6.1%}")
+    total = sum(r[0] for r in rows)
+    lines.append(f"{len(bound)} launches; the whole list queued back to back: {whole * 1e6:.1f} us/step "
+                 f"(sum of the groups alone {total * 1e6:.1f})")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict], copy_gbps: float | None) -> str:
     lines = [f"{'kernel':<52} {'weight MB':>9} {'us':>8} {'GB/s':>8} {'of copy':>7}"]
     for r in sorted(rows, key=lambda r: -r["bytes"]):

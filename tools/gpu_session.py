@@ -2,22 +2,28 @@
 
 A lent GPU machine has no network and little time, so everything is prepared here first:
 
-    python tools/gpu_session.py prepare .peer            # on this machine (PyPI reachable)
-    python tools/gpu_session.py run .peer --target sm_90  # on the GPU machine, carrying .peer
+    python tools/gpu_session.py prepare .peer --kernels sm_90  # on this machine (PyPI reachable)
+    python tools/gpu_session.py run .peer --target sm_90 --budget 540 --logs DIR  # on the GPU machine
 
-`prepare` puts into DIR (~40 MB, within what a device call carries): the wheels of rfc's
-dependencies (`pip download`, installed there with `--no-index`), the llama.cpp source that
-llama-cpp-python 0.3.36 vendors (the same release the tests' goldens come from) as a tarball,
-and with `--kernels TARGET` the kernel build cache filled by compiling every fixture for that
-target (nvcc/hipcc runs here, not on the card's time). The fixtures are made there from their
-seed (tests/testdata.py, seconds).
+`prepare` puts into DIR (~30 MB, within what a device call carries): the wheels of rfc's
+runtime dependencies for the GPU machine's Python (`--python-version`, default 3.12; only those
+its image lacks are installed there), the llama.cpp source that llama-cpp-python 0.3.36 vendors
+(the same release the tests' goldens come from) as a tarball, and with `--kernels TARGET` the
+kernel build cache filled by compiling every fixture and both benchmark shapes for that target
+(nvcc/hipcc runs here, not on the card's time). The fixtures are made there from their seed
+(tests/testdata.py, seconds).
 
-`run` installs the wheels, starts building llama.cpp's `llama-bench` for the card in the
-background (CUDA for sm_XY, HIP for gfx*), runs `tools/gpu_check.py --bench` (every fixture
-against llama.cpp's logits and the reference device, then the benchmark shapes), waits for
-the build, runs `llama-bench -ngl 99 -p 512 -n 128 -r 3` on the same GGUFs gpu_check made, and
-prints one table of both sides with their ratios, the card, the driver and the date: what
-docs/benchmarks.md records. Exit status: gpu_check's, or 3 when llama-bench could not run.
+`run` makes rfc importable without pip (its packages linked under one `rfc` folder on
+PYTHONPATH), starts building llama.cpp's `llama-bench` for the card in the background (CUDA for
+sm_XY, HIP for gfx*), then works in the order of what matters most, each phase bounded by what
+is left of `--budget` seconds:
+1. `tools/gpu_check.py --bench` on stories260K: its checks, then the benchmark shapes;
+2. `llama-bench -ngl 99 -p 512 -n 128 -r 3` on the same GGUFs, and one table of both sides
+   with their ratios, the card, the driver and the date: what docs/benchmarks.md records;
+3. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
+   until the budget runs out.
+Every phase's output lands in `--logs` as it is written. Exit status: the checks' (1 when one
+failed), or 3 when llama-bench could not run.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -46,12 +54,27 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, **kw)
 
 
-def prepare(out: Path, kernels: list[str]) -> None:
+def _wheel_platforms() -> list[str]:
+    tags = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)] + ["manylinux2014_x86_64", "manylinux1_x86_64"]
+    return [arg for tag in tags for arg in ("--platform", tag)]
+
+
+def _runtime_requirements() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def prepare(out: Path, kernels: list[str], python_version: str, without: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     wheels = out / "wheels"
-    _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:", "-d", str(wheels), str(ROOT), "setuptools>=68", "wheel"])
-    for built in wheels.glob("rfc-*.whl"):  # rfc itself is installed from the checkout (editable)
-        built.unlink()
+    skip = {w.lower().replace("_", "-") for w in without}
+    requirements = [r for r in _runtime_requirements()
+                    if re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower().replace("_", "-") not in skip]
+    # --no-deps: the GPU machine's image already holds the common packages (numpy, jinja2, ...);
+    # `run` installs only the wheels whose distribution it lacks.
+    _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--python-version",
+          python_version, "--implementation", "cp", *_wheel_platforms(), "-d", str(wheels), *requirements])
     with tempfile.TemporaryDirectory() as tmp:
         _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp, LLAMA_CPP_PYTHON])
         sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
@@ -61,15 +84,25 @@ def prepare(out: Path, kernels: list[str]) -> None:
         with tarfile.open(out / "llama.tar.xz", "w:xz") as t:
             for part in LLAMA_PARTS:
                 if (vendor / part).exists():
-                    t.add(vendor / part, arcname=part, filter=lambda i: None if i.name.endswith(".gguf") else i)
+                    t.add(vendor / part, arcname=part, filter=lambda i: None if i.name.endswith(".gguf") or i.name.startswith("tools/ui") else i)
     if kernels:  # fill a kernel cache, so the card's time is not spent in nvcc/hipcc
         cache = Path(tempfile.mkdtemp(prefix="rfc-kernels-"))
-        for target in kernels:
-            for gguf in sorted(_fixtures().glob("tiny-*.gguf")):
-                with tempfile.TemporaryDirectory() as tmp:
-                    subprocess.run([sys.executable, "-c", "from rfc.cli.main import main; main()", "compile", str(gguf),
-                                    "--arch", target, "-o", f"{tmp}/b", "-q", "--cache-dir", str(cache)], check=False)
-        with tarfile.open(out / "kernels.tar.xz", "w:xz") as t:  # ~60 MB of objects pack to ~1 MB
+        models = [Path(__file__).resolve().parents[1] / "compiler" / "demo" / "stories260K.gguf",
+                  *sorted(_fixtures().glob("tiny-*.gguf"))]
+        with tempfile.TemporaryDirectory() as ggufs:
+            sys.path.insert(0, str(ROOT / "tools"))
+            from gpu_check import BENCH_MODELS
+
+            for name, make_args in BENCH_MODELS:
+                _run([sys.executable, str(ROOT / "tools" / "make_gguf.py"), f"{ggufs}/{name}", *make_args],
+                     stdout=subprocess.DEVNULL)
+                models.append(Path(ggufs) / name)
+            for target in kernels:
+                for gguf in models:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        subprocess.run([sys.executable, "-c", "from rfc.cli.main import main; main()", "compile", str(gguf),
+                                        "--arch", target, "-o", f"{tmp}/b", "-q", "--cache-dir", str(cache)], check=False)
+        with tarfile.open(out / "kernels.tar.xz", "w:xz") as t:  # ~60 MB of objects pack to a few MB
             t.add(cache, arcname="kernels")
         shutil.rmtree(cache)
     print(f"prepared {out}: carry it to the GPU machine and run `python tools/gpu_session.py run {out}`")
@@ -89,8 +122,8 @@ def _llama_build(src: Path, target: str) -> tuple[subprocess.Popen, Path]:
     gpu = (["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={target.removeprefix('sm_')}"] if target.startswith("sm_")
            else ["-DGGML_HIP=ON", f"-DAMDGPU_TARGETS={target}"])
     script = (f"cmake -S {src} -B {build} {' '.join(gpu)} -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF "
-              "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null && "
-              f"cmake --build {build} -j {os.cpu_count() or 4} --target llama-bench >/dev/null")
+              "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null && "
+              f"nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-bench >/dev/null")
     log = open(src / "build.log", "w")
     return subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT), build / "bin" / "llama-bench"
 
@@ -132,41 +165,130 @@ def ratio_table(rfc: dict, llama: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(peer: Path, target: str, out: Path) -> int:
-    wheels = peer / "wheels"
-    if wheels.is_dir():
-        _run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels), "-e", str(ROOT)])
+def _python_env(peer: Path) -> dict[str, str]:
+    """An environment in which `import rfc` works on a machine where nothing may be installed from
+    a registry: the prepared wheels this Python lacks, unpacked into one folder, and rfc's packages
+    linked under `rfc/` as pyproject.toml maps them (no pip install of rfc itself)."""
+    import importlib.metadata
+    import tomllib
+
+    site = Path(tempfile.mkdtemp(prefix="rfc-site-"))
+    missing = []
+    for wheel in sorted((peer / "wheels").glob("*.whl")):
+        dist = wheel.name.split("-")[0]
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(str(wheel))
+    if missing:
+        _run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target", str(site), *missing])
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    (site / "rfc").mkdir()
+    for package, folder in package_dirs.items():
+        if package.count(".") == 1:  # rfc.X; deeper packages are folders inside those
+            (site / package.replace(".", "/")).symlink_to(ROOT / folder, target_is_directory=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def _phase(name: str, deadline: float) -> float:
+    left = deadline - time.monotonic()
+    print(f"\n== {name} ({left:.0f} s of the budget left)", file=sys.stderr, flush=True)
+    return left
+
+
+def _checked_run(cmd: list[str], env: dict, log: Path, timeout: float) -> int:
+    """Runs one phase with its output in `log`; returns its exit status, 124 when the phase ran out
+    of time (then its whole process group is stopped: servers and builds it started too)."""
+    print("+", " ".join(map(str, cmd)), file=sys.stderr, flush=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            status = proc.wait(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            print(f"-- stopped: out of time after {timeout:.0f} s", file=f, flush=True)
+            status = 124
+    lines = log.read_text(errors="replace").splitlines()
+    print("\n".join(lines[-60:]), file=sys.stderr, flush=True)
+    return status
+
+
+FIRST_FIXTURES = ("llama-Q4_0", "llama-Q4_K_M", "llama-Q8_0", "llama-Q6_K", "llama-Q5_K_M", "llama-Q2_K", "llama-Q3_K_M",
+                  "llama-F16", "llama-IQ_MIX", "qwen3-Q8_0", "gemma3-Q8_0", "gpt-oss-Q8_0", "qwen35-Q8_0", "gemma4-Q8_0")
+
+
+def fixture_order(fixtures: list[Path]) -> list[Path]:
+    """llama's weight formats and the archs seen on a card before first, then one file per
+    architecture (Q8_0 where there is one), then the rest."""
+    named = {p.stem.removeprefix("tiny-"): p for p in fixtures}
+    first = [named[n] for n in FIRST_FIXTURES if n in named]
+    archs: dict[str, Path] = {}
+    for name, path in sorted(named.items()):
+        arch = name.rsplit("-", 1)[0]
+        if path not in first and (arch not in archs or name.endswith("Q8_0")):
+            archs[arch] = path
+    rest = [p for p in sorted(named.values()) if p not in first and p not in archs.values()]
+    return first + [p for p in archs.values() if p not in first] + rest
+
+
+def run(peer: Path, target: str, out: Path, budget: float, logs: Path) -> int:
+    deadline = time.monotonic() + budget
+    logs.mkdir(parents=True, exist_ok=True)
+    env = _python_env(peer)
     if (peer / "kernels.tar.xz").is_file():
+        cache = Path.home() / ".cache" / "rfc"
         with tarfile.open(peer / "kernels.tar.xz") as t:
-            t.extractall(Path.home() / ".cache" / "rfc", filter="data")
+            t.extractall(cache, filter="data")
+        for d in (cache, cache / "kernels"):
+            d.chmod(0o700)  # the build cache refuses a folder others could write
     src = Path(tempfile.mkdtemp(prefix="llama-peer-"))
     with tarfile.open(peer / "llama.tar.xz") as t:
         t.extractall(src, filter="data")
     t0 = time.monotonic()
     build, bench_bin = _llama_build(src, target)
     out.mkdir(parents=True, exist_ok=True)
-    report = out / "rfc.json"
-    check = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--target", target, "--bench",
-                            "--fixtures", str(_fixtures()), "--out", str(out), "--json", str(report)])
-    build.wait()
-    print(f"llama-bench build: exit {build.returncode} after {time.monotonic() - t0:.0f} s ({src / 'build.log'})",
-          file=sys.stderr)
+    fixtures = Path(subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from tests import testdata; "
+                                    "print(testdata.make_fixtures())", str(ROOT)],
+                                   env=env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    gpu_check = [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--target", target, "--fixtures", str(fixtures),
+                 "--out", str(out)]
+    report = logs / "rfc-bench.json"
+    left = _phase("rfc: stories260K's checks, then the benchmark shapes", deadline)
+    status = _checked_run([*gpu_check, "--bench", "--json", str(report), str(ROOT / "compiler" / "demo" / "stories260K.gguf")],
+                          env, logs / "rfc-bench.log", left - 150)
+    left = _phase("llama.cpp: llama-bench on the same GGUFs", deadline)
+    try:
+        build.wait(timeout=max(left - 100, 1))
+    except subprocess.TimeoutExpired:
+        build.kill()
+    print(f"llama-bench build: exit {build.returncode} after {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    shutil.copy(src / "build.log", logs / "llama-build.log")
     rfc = json.loads(report.read_text()) if report.is_file() else {"bench": []}
     llama: list[dict] = []
-    status = check.returncode
     for b in rfc["bench"]:
         try:
-            r = subprocess.run([str(bench_bin), "-m", b["gguf"], *BENCH_ARGS], capture_output=True, text=True, timeout=300)
+            r = subprocess.run([str(bench_bin), "-m", b["gguf"], *BENCH_ARGS], capture_output=True, text=True,
+                               timeout=max(min(120, deadline - time.monotonic() - 30), 1))
             llama += json.loads(r.stdout or "[]")
+            if r.returncode:
+                print(f"llama-bench on {b['gguf']}: exit {r.returncode}: {r.stderr[-800:]}", file=sys.stderr)
         except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
             print(f"llama-bench on {b['gguf']}: {e}", file=sys.stderr)
             status = status or 3
-    (out / "llama-bench.json").write_text(json.dumps(llama, indent=1))
+    (logs / "llama-bench.json").write_text(json.dumps(llama, indent=1))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"\n{card()}, {target}, {when}; rfc: tools/gpu_check.py --bench; llama.cpp: llama-bench {' '.join(BENCH_ARGS[:-2])} "
-          f"({LLAMA_CPP_PYTHON}'s vendored llama.cpp)\n")
-    print(ratio_table(rfc, llama))
-    return status
+    table = (f"{card()}, {target}, {when}; rfc: tools/gpu_check.py --bench; llama.cpp: llama-bench {' '.join(BENCH_ARGS[:-2])} "
+             f"({LLAMA_CPP_PYTHON}'s vendored llama.cpp)\n\n{ratio_table(rfc, llama)}\n")
+    (logs / "ratios.md").write_text(table)
+    print("\n" + table, flush=True)
+    left = _phase("rfc: the fixtures' checks on the card", deadline)
+    ordered = fixture_order(sorted(fixtures.glob("tiny-*.gguf")))
+    checks = _checked_run([*gpu_check, "--json", str(logs / "rfc-checks.json"), "--time-limit", str(max(left - 45, 1)),
+                           *map(str, ordered)], env, logs / "rfc-checks.log", left - 10)
+    return status or checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,17 +296,25 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="on a machine with PyPI: wheels, llama.cpp's source, kernels")
     p.add_argument("dir", type=Path)
+    p.add_argument("--python-version", default="3.12", help="the GPU machine's Python, for its wheels (default 3.12)")
+    p.add_argument("--without", action="append", default=[], metavar="DIST",
+                   help="a dependency the GPU machine's image already has, left out of the carried wheels "
+                        "(repeatable; e.g. numpy, tokenizers: the size a device call carries is bounded)")
     p.add_argument("--kernels", action="append", default=[], metavar="TARGET",
                    help="also fill the kernel cache for this target (repeatable), e.g. sm_90")
     r = sub.add_parser("run", help="on the GPU machine: rfc's checks and benchmarks and llama-bench, one table")
     r.add_argument("dir", type=Path)
     r.add_argument("--target", default="sm_90")
-    r.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rfc-gpu-session")
+    r.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rfc-gpu-session",
+                   help="bundles and benchmark GGUFs (several GB: not a folder that is copied back)")
+    r.add_argument("--budget", type=float, default=540, help="seconds for the whole run (default 540)")
+    r.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "rfc-gpu-logs",
+                   help="each phase's log, the JSON rows and ratios.md")
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
-        prepare(args.dir, args.kernels)
+        prepare(args.dir, args.kernels, args.python_version, args.without)
         return 0
-    return run(args.dir, args.target, args.out)
+    return run(args.dir, args.target, args.out, args.budget, args.logs)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,7 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
     assert len(every) == sum(l.kernel.startswith("rfc_matmul_") for l in runner.program.launches) > len(rows)
     text = tool.table(rows, None)
     assert "rfc_matmul_swiglu_q8_0p_768x256" in text and "device-to-device" not in text
+    profile = tool.step_profile(runner, scalars, tool.WallTimer(runner._driver), repeat=1)
+    launches = len(runner.program.launches)
+    assert f"{launches} launches; the whole list queued back to back" in profile
+    assert all(l.kernel[:56] in profile for l in runner.program.launches)  # every kernel of the step has its row
