@@ -103,7 +103,7 @@ def prepare(out: Path, kernels: list[str], python_version: str, without: list[st
                         subprocess.run([sys.executable, "-c", "from rfc.cli.main import main; main()", "compile", str(gguf),
                                         "--arch", target, "-o", f"{tmp}/b", "-q", "--cache-dir", str(cache)], check=False)
         with tarfile.open(out / "kernels.tar.xz", "w:xz") as t:  # ~60 MB of objects pack to a few MB
-            t.add(cache, arcname="kernels")
+            t.add(cache / "kernels", arcname="kernels")  # --cache-dir is rfc's cache root: kernels/ inside it
         shutil.rmtree(cache)
     print(f"prepared {out}: carry it to the GPU machine and run `python tools/gpu_session.py run {out}`")
 
