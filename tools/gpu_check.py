@@ -77,15 +77,14 @@ BENCH_MODELS = (  # (file name, make_gguf.py arguments)
 
 
 
-# An Engine keeps its own block bookkeeping; this tool drives the executor without one, so it
-# keeps one BlockManager per loaded model it steps.
-_BLOCKS: dict[int, BlockManager] = {}
-
-
+# An Engine keeps its own block bookkeeping; this tool drives the executor without one, so each
+# loaded model it steps carries one BlockManager of its own (kept on the model, not in a table
+# by id: a model loaded later could reuse a freed one's id and find its blocks and state slots).
 def blocks_of(lm: LoadedModel) -> BlockManager:
-    if id(lm) not in _BLOCKS:
-        _BLOCKS[id(lm)] = lm.kv_pool.manager()
-    return _BLOCKS[id(lm)]
+    blocks = getattr(lm, "_gpu_check_blocks", None)
+    if blocks is None:
+        blocks = lm._gpu_check_blocks = lm.kv_pool.manager()
+    return blocks
 
 def kernel_usage(bundle: Path, target: str) -> tuple[bool, str]:
     from rfc.artifacts.bundle import open_bundle
@@ -180,18 +179,23 @@ Q8_CACHE = KvCacheTypes(CacheType.Q8_0, CacheType.Q8_0)
 Q8_CACHE_MODELS = ("llama-Q4_K_M", "llama-Q8_0", "qwen3-Q8_0")  # head_dim a multiple of 32
 
 
-def q8_cache_check(name: str, bundle: Path, device: str, tokens: list[int], rounding) -> tuple[bool, str]:
+def q8_cache_check(name: str, bundle: Path, device: str, tokens: list[int], rounding, plain_ref: np.ndarray) -> tuple[bool, str]:
     """Teacher-forced logits with a q8_0 K and V cache on the device against the reference
-    device's with the same cache (which quantizes as llama.cpp does): the device's own bounds."""
-    from tests.bounds import device_bounds
+    device's with the same cache (which quantizes as llama.cpp does): the device's own bounds for
+    its activation rounding, widened by a share of what quantizing the cache moves the
+    reference's logits by (tests/bounds.py KV_CPU_SHARE: the device's K and V differ from the
+    reference's by its rounding, which flips a value to the next q8_0 step now and then)."""
+    from tests.bounds import KV_CPU_SHARE, device_bounds
 
     lm = load_model(bundle, LoadOptions(device=device, cache_types=Q8_CACHE))
-    _BLOCKS.pop(id(lm), None)  # a model freed earlier may have had this id: not its blocks
     got = forward(lm, 0, 0, tokens, all_logits=True)
     ref_lm = load_model(bundle, LoadOptions(device="ref", cache_types=Q8_CACHE))
     ref = forward(ref_lm, 0, 0, tokens, all_logits=True)
-    ok, summary = device_bounds(name, got, ref, rounding)
-    return ok, f"q8_0 cache vs ref q8_0 {summary}{'' if ok else ' FAIL'}"
+    quantizing = np.abs(ref - plain_ref)
+    flips = (0 if rounding is None else np.abs(rounding)) + KV_CPU_SHARE * quantizing
+    ok, summary = device_bounds(name, got, ref, flips)
+    return ok, (f"q8_0 cache vs ref q8_0 {summary}{'' if ok else ' FAIL'} "
+                f"(quantizing moves ref by mean {quantizing.mean():.2e}, a share {KV_CPU_SHARE} of it allowed)")
 
 
 def smollm2_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
@@ -258,7 +262,7 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
         row["ok"] &= ok
         row["notes"].append(f"vs ref {summary}{'' if ok else ' FAIL'}")
         if name in Q8_CACHE_MODELS:
-            ok, summary = q8_cache_check(name, bundle, device, tokens, rounded)
+            ok, summary = q8_cache_check(name, bundle, device, tokens, rounded, ref)
             row["ok"] &= ok
             row["notes"].append(summary)
     if path == DEMO:
