@@ -385,6 +385,12 @@ def matmul_table(lm: LoadedModel) -> str:
         text += "\n\nthe decode step by kernel, batch 1:\n" + bw.step_profile(runner, scalars, timer, 50)
     except Exception as e:  # the matmul table stands without it
         text += f"\n(step profile failed: {type(e).__name__}: {e})"
+    try:  # and a 512-token prompt's step (the prefill list: tensor-core matmuls, tiled attention)
+        scalars = bw.prefill_step(runner, lm.vocab_size, blocks, PREFILL_BENCH_TOKENS)
+        text += f"\n\na {PREFILL_BENCH_TOKENS}-token prefill step by kernel:\n" + bw.step_profile(runner, scalars, timer, 3)
+        blocks.free(1)
+    except Exception as e:
+        text += f"\n(prefill profile failed: {type(e).__name__}: {e})"
     return text
 
 

@@ -117,6 +117,17 @@ def decode_step(runner, executor, vocab: int, blocks, context: int = 32) -> dict
     return scalars
 
 
+def prefill_step(runner, vocab: int, blocks, tokens: int = 512, seq: int = 1) -> dict[str, int]:
+    """One `tokens`-token prompt staged and run on the runner (the prefill list from the
+    runner's prefill_min_tokens on): the step's scalars, for step_profile."""
+    rng = np.random.default_rng(1)
+    prompt = tuple(int(t) for t in rng.integers(2, vocab, size=tokens))
+    blocks.allocate(seq, tokens)
+    scalars = runner._forward(build_batch([ScheduledChunk(seq, 0, prompt)], blocks), runner.stage["tokens"][0])
+    runner._driver.stream_synchronize(runner.stream)
+    return scalars
+
+
 def matmul_rates(runner, layout, scalars: dict[str, int], timer, repeat: int, every: bool = False) -> list[dict]:
     """Each matmul launch of the decode list alone: {kernel, bytes, us, gbps}."""
     program, entries = runner.program, layout.by_name()
@@ -144,8 +155,11 @@ def step_profile(runner, scalars: dict[str, int], timer, repeat: int) -> str:
     list queued the same way; the difference from the step's graph time is what each node costs
     beyond its work."""
     bound = runner.launch_list(scalars["n_tokens"])
+    # the prefill list from prefill_min_tokens on, else the decode list: the launches it binds
+    launches = runner.program.prefill_launches if bound is runner._bound_prefill else runner.program.launches
+    assert len(launches) == len(bound)
     groups: dict[str, list] = {}
-    for launch, b in zip(runner.program.launches, bound):
+    for launch, b in zip(launches, bound):
         groups.setdefault(launch.kernel, []).append(b)
 
     def queue(items):

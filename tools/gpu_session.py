@@ -234,7 +234,7 @@ def fixture_order(fixtures: list[Path]) -> list[Path]:
     return first + [p for p in archs.values() if p not in first] + rest
 
 
-def run(peer: Path, target: str, out: Path, budget: float, logs: Path) -> int:
+def run(peer: Path, target: str, out: Path, budget: float, logs: Path, with_peer: bool = True) -> int:
     deadline = time.monotonic() + budget
     logs.mkdir(parents=True, exist_ok=True)
     env = _python_env(peer)
@@ -248,7 +248,7 @@ def run(peer: Path, target: str, out: Path, budget: float, logs: Path) -> int:
     with tarfile.open(peer / "llama.tar.xz") as t:
         t.extractall(src, filter="data")
     t0 = time.monotonic()
-    build, bench_bin = _llama_build(src, target)
+    build, bench_bin = _llama_build(src, target) if with_peer else (None, None)
     out.mkdir(parents=True, exist_ok=True)
     fixtures = Path(subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from tests import testdata; "
                                     "print(testdata.make_fixtures())", str(ROOT)],
@@ -258,17 +258,18 @@ def run(peer: Path, target: str, out: Path, budget: float, logs: Path) -> int:
     report = logs / "rfc-bench.json"
     left = _phase("rfc: stories260K's checks, then the benchmark shapes", deadline)
     status = _checked_run([*gpu_check, "--bench", "--json", str(report), str(ROOT / "compiler" / "demo" / "stories260K.gguf")],
-                          env, logs / "rfc-bench.log", left - 150)
-    left = _phase("llama.cpp: llama-bench on the same GGUFs", deadline)
-    try:
-        build.wait(timeout=max(left - 100, 1))
-    except subprocess.TimeoutExpired:
-        build.kill()
-    print(f"llama-bench build: exit {build.returncode} after {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    shutil.copy(src / "build.log", logs / "llama-build.log")
+                          env, logs / "rfc-bench.log", left - (150 if build is not None else 30))
     rfc = json.loads(report.read_text()) if report.is_file() else {"bench": []}
     llama: list[dict] = []
-    for b in rfc["bench"]:
+    if build is not None:
+        left = _phase("llama.cpp: llama-bench on the same GGUFs", deadline)
+        try:
+            build.wait(timeout=max(left - 100, 1))
+        except subprocess.TimeoutExpired:
+            build.kill()
+        print(f"llama-bench build: exit {build.returncode} after {time.monotonic() - t0:.0f} s", file=sys.stderr)
+        shutil.copy(src / "build.log", logs / "llama-build.log")
+    for b in rfc["bench"] if build is not None else []:
         try:
             r = subprocess.run([str(bench_bin), "-m", b["gguf"], *BENCH_ARGS], capture_output=True, text=True,
                                timeout=max(min(120, deadline - time.monotonic() - 30), 1))
@@ -278,7 +279,8 @@ def run(peer: Path, target: str, out: Path, budget: float, logs: Path) -> int:
         except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
             print(f"llama-bench on {b['gguf']}: {e}", file=sys.stderr)
             status = status or 3
-    (logs / "llama-bench.json").write_text(json.dumps(llama, indent=1))
+    if build is not None:
+        (logs / "llama-bench.json").write_text(json.dumps(llama, indent=1))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table = (f"{card()}, {target}, {when}; rfc: tools/gpu_check.py --bench; llama.cpp: llama-bench {' '.join(BENCH_ARGS[:-2])} "
              f"({LLAMA_CPP_PYTHON}'s vendored llama.cpp)\n\n{ratio_table(rfc, llama)}\n")
@@ -308,13 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rfc-gpu-session",
                    help="bundles and benchmark GGUFs (several GB: not a folder that is copied back)")
     r.add_argument("--budget", type=float, default=540, help="seconds for the whole run (default 540)")
+    r.add_argument("--no-peer", action="store_true",
+                   help="rfc alone: no llama-bench build (its ~4 minutes), the table without llama.cpp's columns")
     r.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "rfc-gpu-logs",
                    help="each phase's log, the JSON rows and ratios.md")
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         prepare(args.dir, args.kernels, args.python_version, args.without)
         return 0
-    return run(args.dir, args.target, args.out, args.budget, args.logs)
+    return run(args.dir, args.target, args.out, args.budget, args.logs, not args.no_peer)
 
 
 if __name__ == "__main__":

@@ -63,3 +63,10 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
     launches = len(runner.program.launches)
     assert f"{launches} launches; the whole list queued back to back" in profile
     assert all(l.kernel[:56] in profile for l in runner.program.launches)  # every kernel of the step has its row
+    blocks = BlockManager(8, 16)
+    prefill = tool.prefill_step(runner, bundle.plan.vocab_size, blocks, tokens=runner.prefill_min_tokens or 20)
+    assert prefill["n_tokens"] == (runner.prefill_min_tokens or 20)
+    text = tool.step_profile(runner, prefill, tool.WallTimer(runner._driver), 1)
+    assert f"{len(runner.program.prefill_launches)} launches; the whole list queued back to back" in text
+    assert any(l.kernel.startswith("rfc_matmul_imma_") for l in runner.program.prefill_launches)  # gfx1100: WMMA int8
+    assert all(l.kernel[:56] in text for l in runner.program.prefill_launches)  # the prefill list's own kernels, by name
