@@ -94,15 +94,23 @@ KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<d
 KV_QUANT_CHUNK = 1024
 MAX_THREADS = 256  # threads per block for row-wise kernels
 GPU_MAX_CONV_KERNEL = 16  # ssm_conv taps whose window a thread keeps in registers (Qwen3.5: 4)
-MATMUL_WAVES = 4  # waves per matmul block
+MATMUL_WAVES = 4  # waves per float and MoE matmul block
+# Threads per dp4a (int8) matmul block, whatever the wave: 8 waves of 32 on NVIDIA, 4 of 64 on
+# CDNA. With one row group a block (MATMUL_ROW_STEPS) that is many small blocks, which keeps more
+# weight loads in flight at batch 1 than few big ones. Measured on an H200 (graph replay of a
+# batch-1 decode step, docs/benchmarks-log.md "Matmul blocks at batch 1"): the 1.1B Q4_0 at
+# 1,414 us against 1,738 us with 4 waves x 4 row groups a block, the 8B Q4_K_M at 5,023 us
+# (2 row groups: 5,193 us).
+INT8_MATMUL_THREADS = 256
 MATMUL_TOKENS = 8  # tokens that share one decoded weight block
 SUB_BLOCK = 32  # elements per activation scale and per lane step
 # Columns of activations quantized into shared memory at a time: tokens x chunk bytes of
 # int8, plus scales and sums, 22 KiB at 8 x 2048 (under CUDA's 48 KiB of static shared memory).
 MATMUL_CHUNK = 2048
-# Row groups a dense matmul block walks one after another, so that its quantized
-# activations serve that many more weight rows (fewer blocks re-reading x from L2).
-MATMUL_ROW_STEPS = 4
+# Row groups a dense dp4a matmul block walks one after another, so that its quantized
+# activations serve that many more weight rows (fewer blocks re-reading x from L2). One: more
+# blocks beat the saved re-reads on the card (INT8_MATMUL_THREADS' measurement).
+MATMUL_ROW_STEPS = 1
 # Float blocks up to this many elements are decoded into registers (the dot loop unrolled).
 MATMUL_UNROLL_MAX = 32
 # Tensor-core prefill matmul (templates/gpu_matmul_mma.hip.j2, targets with wmma_f16): a block
@@ -343,9 +351,9 @@ class _Planner:
 
     def _matmul_simt(self, op: Op) -> KernelSpec:
         w = self._weight(op, op.weights[0])
-        threads = MATMUL_WAVES * self.wave
         name = f"rfc_matmul_{w['fmt']}_{w['rows']}x{w['cols']}"
         if not is_int8(w["fmt_upper"]):
+            threads = MATMUL_WAVES * self.wave
             lanes_per_row = min(self.wave, _pow2_at_least(w["blocks_per_row"]))
             rows_per_block = threads // lanes_per_row
             params = {"name": name, "threads": threads, "n": w["rows"], "k": w["cols"], "lanes_per_row": lanes_per_row,
@@ -354,6 +362,7 @@ class _Planner:
             grid = ((w["rows"], rows_per_block), ("n_rows", MATMUL_TOKENS))
             return KernelSpec(name, "gpu_matmul_float.hip.j2", params, KERNEL_ARGS["matmul"], threads, grid)
         q8 = self._int8_tiling(w)
+        threads = INT8_MATMUL_THREADS
         rows_per_step = threads // q8["lanes_per_row"]
         # no more row steps than the matrix has row groups (tiny models: one block of rows)
         row_steps = max(1, min(MATMUL_ROW_STEPS, -(-w["rows"] // rows_per_step)))
