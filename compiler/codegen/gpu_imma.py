@@ -30,12 +30,40 @@ IMMA_TILE_M, IMMA_TILE_N, IMMA_K_CHUNK = 64, 64, 256
 IMMA_WAVES_M, IMMA_WAVES_N = 2, 2
 IMMA_PAD = 16
 SUB_BLOCK = 32
+# The prefill list rounds a matmul input to int8 once per step (templates/gpu_quantize_q8.hip.j2,
+# one launch for the matmuls of a run that read the same input: q, k and v; gate and up) into
+# the arena slot Q8_SCRATCH, and each tile copies those bytes. Without it every 64 x 64 tile
+# rounded its 64 tokens' float activations again, chunk after chunk: a 5632-row matrix rounded
+# each activation 88 times (log: "Where the GPU time goes"; unmeasured on a card since).
+IMMA_PREQUANT = True
+Q8_SCRATCH = "matmul.q8"  # the arena slot of the rounded activations (not a plan buffer)
+QUANTIZE_THREADS = 64
+QUANTIZE_TEMPLATE = "gpu_quantize_q8.hip.j2"
+
+
+def q8_layout(k: int, max_tokens: int) -> dict:
+    """Where a [max_tokens, k] input's int8 quants, float scales and float sums lie in Q8_SCRATCH."""
+    subs = k // SUB_BLOCK
+    return {"subs_k": subs, "xd_offset": max_tokens * k, "xs_offset": max_tokens * k + 4 * max_tokens * subs,
+            "q8_bytes": max_tokens * k + 8 * max_tokens * subs}
+
+
+def quantize_q8_spec(target: Target, k: int, max_tokens: int):
+    """The kernel that rounds a [n_rows, k] float input into Q8_SCRATCH for the int8 matmuls."""
+    from rfc.compiler.codegen.gpu_plan import I32, PTR, KernelSpec
+
+    layout = q8_layout(k, max_tokens)
+    params = {"name": f"rfc_quantize_q8_{k}", "threads": QUANTIZE_THREADS, "k": k, "subs": layout["subs_k"],
+              "max_tokens": max_tokens, "xd_offset": layout["xd_offset"], "xs_offset": layout["xs_offset"]}
+    args = (("q8", PTR), ("x", PTR), ("n_rows", I32))
+    grid = ((layout["subs_k"], QUANTIZE_THREADS), ("n_rows", 1))
+    return KernelSpec(params["name"], QUANTIZE_TEMPLATE, params, args, QUANTIZE_THREADS, grid)
 
 
 def imma_matmul_spec(target: Target, w: dict):
     """The int8 tensor-core matmul over weight `w` (gpu_plan.weight_geometry), or None where the
     target has no int8 matrix instruction or the format is not one of IMMA_FORMATS."""
-    from rfc.compiler.codegen.gpu_plan import KERNEL_ARGS, KernelSpec
+    from rfc.compiler.codegen.gpu_plan import I32, KERNEL_ARGS, PROGRAM_MAX_TOKENS, PTR, KernelSpec
 
     if not target.imma or w["fmt_upper"] not in IMMA_FORMATS or w["cols"] % SUB_BLOCK:
         return None
@@ -46,6 +74,9 @@ def imma_matmul_spec(target: Target, w: dict):
               "tile_m": IMMA_TILE_M, "tile_n": IMMA_TILE_N, "k_chunk": IMMA_K_CHUNK, "lds": IMMA_K_CHUNK + IMMA_PAD,
               "subs": IMMA_K_CHUNK // SUB_BLOCK, "waves_n": IMMA_WAVES_N,
               "frags_m": IMMA_TILE_M // (16 * IMMA_WAVES_M), "frags_n": IMMA_TILE_N // (16 * IMMA_WAVES_N),
-              "has_min": w["fmt_upper"] not in _NO_MIN, "subs_per_block": max(1, w["qk"] // SUB_BLOCK), **w}
+              "has_min": w["fmt_upper"] not in _NO_MIN, "subs_per_block": max(1, w["qk"] // SUB_BLOCK),
+              "prequant": IMMA_PREQUANT, "max_tokens": PROGRAM_MAX_TOKENS, **q8_layout(w["cols"], PROGRAM_MAX_TOKENS), **w}
     grid = ((w["rows"], IMMA_TILE_N), ("n_rows", IMMA_TILE_M))
-    return KernelSpec(name, IMMA_TEMPLATE, params, KERNEL_ARGS["matmul"], threads, grid)
+    # prequant: the input comes as Q8_SCRATCH (gpu_plan.plan_program launches quantize_q8_spec first)
+    args = (("out", PTR), ("q8", PTR), ("weight", PTR), ("n_rows", I32)) if IMMA_PREQUANT else KERNEL_ARGS["matmul"]
+    return KernelSpec(name, IMMA_TEMPLATE, params, args, threads, grid)

@@ -254,6 +254,8 @@ def plan_kernels(target: Target, plan: Plan, layout: WeightLayout, weights: dict
             spec = dataclasses.replace(spec, steps=tuple(add(s) for s in spec.steps))
         if spec.prefill is not None:
             spec = dataclasses.replace(spec, prefill=add(spec.prefill))
+        if spec.params.get("prequant"):  # its input rounded once a step (compiler/codegen/gpu_imma.py)
+            add(_quantize_spec(target, spec))
         if spec.name in specs and specs[spec.name] != spec:
             spec = _renamed(spec, specs)
         return specs.setdefault(spec.name, spec)
@@ -855,7 +857,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     return ArgSlot(ArgKind.ARENA, op.inputs[ins.index(name)])
 
 
-def plan_step_arena(plan: Plan, scratch_floats: int = 0) -> Arena:
+def plan_step_arena(plan: Plan, scratch_floats: int = 0, q8_bytes: int = 0) -> Arena:
     """Plan buffers packed by liveness: a buffer's bytes are reused once its last reader has
     run. The outputs (logits, hidden) stay live to the end; the input tokens are a batch array.
     The split attention's partials (ATTENTION_SCRATCH, `scratch_floats`, bounded by
@@ -891,6 +893,11 @@ def plan_step_arena(plan: Plan, scratch_floats: int = 0) -> Arena:
     if scratch_floats:
         slots.append(ArenaSlot(ATTENTION_SCRATCH, total, 4 * scratch_floats))
         total += _round_up(4 * scratch_floats, ARENA_ALIGNMENT)
+    if q8_bytes:  # the prefill list's rounded matmul inputs (compiler/codegen/gpu_imma.py Q8_SCRATCH)
+        from rfc.compiler.codegen.gpu_imma import Q8_SCRATCH
+
+        slots.append(ArenaSlot(Q8_SCRATCH, total, q8_bytes))
+        total += _round_up(q8_bytes, ARENA_ALIGNMENT)
     return Arena(PROGRAM_MAX_TOKENS, PROGRAM_MAX_ROWS, PROGRAM_MAX_SEQS, ARENA_ALIGNMENT, tuple(slots), total)
 
 
@@ -905,6 +912,23 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
     launches: list[Launch] = []
     prefill: list[Launch] = []
     scratch = 0
+    q8_bytes = 0
+    rounded: list = [None]  # (input buffer, k) whose int8 rounding Q8_SCRATCH holds at this point of the prefill list
+
+    def prefill_launch(op: Op, spec: KernelSpec) -> None:
+        """Appends op's prefill launch; an int8 tensor-core matmul over a prequantized input first
+        gets the launch that rounds it, unless the launch before rounded the same input."""
+        nonlocal q8_bytes
+        if spec.params.get("prequant"):
+            key = (op.inputs[0], spec.params["k"])
+            if rounded[0] != key:
+                prefill.append(_quantize_launch(plan, op, by_name[_quantize_name(spec)]))
+                rounded[0] = key
+            q8_bytes = max(q8_bytes, spec.params["q8_bytes"])
+        else:
+            rounded[0] = None  # another launch may write that input
+        prefill.append(op_launch(plan, op, spec))
+
     i = 0
     while i < len(plan.ops):
         if i in fused:
@@ -915,21 +939,26 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
             if any(by_name[k].prefill is not None for k in op_kernels[i : i + f.count]):
                 for op, kernel in zip(ops, op_kernels[i : i + f.count]):
                     spec = by_name[kernel]
-                    prefill.append(op_launch(plan, op, spec.prefill or spec))
+                    prefill_launch(op, spec.prefill or spec)
             else:
                 prefill.append(launch)
+                rounded[0] = None
             i += f.count
             continue
         op, spec = plan.ops[i], by_name[op_kernels[i]]
         ours = [op_launch(plan, op, s) for s in spec.steps or (spec,)]
         launches += ours
-        prefill += [op_launch(plan, op, spec.prefill)] if spec.prefill is not None else ours
+        if spec.prefill is not None:
+            prefill_launch(op, spec.prefill)
+        else:
+            prefill += ours
+            rounded[0] = None
         for s in spec.steps or (spec,):
             if any(n == "scratch" for n, _k in s.args):
                 scratch = max(scratch, attention_scratch_floats(s))
         i += 1
     has_prefill = prefill != launches
-    return StepProgram(target.name, plan_step_arena(plan, scratch), launches=tuple(launches),
+    return StepProgram(target.name, plan_step_arena(plan, scratch, q8_bytes), launches=tuple(launches),
                        prefill_launches=tuple(prefill) if has_prefill else (),
                        prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0)
 
@@ -948,6 +977,32 @@ def op_launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:
     an op's own kernel alone as this one launch: tests/kernels/kit/gpu.py)."""
     rows = _row_count(plan, (op.outputs or op.inputs)[0])
     grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
-    args = tuple(ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH) if n == "scratch" else _arg_slot(plan, op, n, k)
-                 for n, k in spec.args)
+    args = tuple(ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH) if n == "scratch" else _q8_slot() if n == "q8"
+                 else _arg_slot(plan, op, n, k) for n, k in spec.args)
+    return Launch(spec.name, spec.threads, grid, args)
+
+
+def _q8_slot() -> ArgSlot:
+    from rfc.compiler.codegen.gpu_imma import Q8_SCRATCH
+
+    return ArgSlot(ArgKind.ARENA, Q8_SCRATCH)
+
+
+def _quantize_name(spec: KernelSpec) -> str:
+    return f"rfc_quantize_q8_{spec.params['k']}"
+
+
+def _quantize_spec(target: Target, spec: KernelSpec) -> KernelSpec:
+    from rfc.compiler.codegen.gpu_imma import quantize_q8_spec
+
+    q = quantize_q8_spec(target, spec.params["k"], spec.params["max_tokens"])
+    assert q.name == _quantize_name(spec)
+    return q
+
+
+def _quantize_launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:
+    """The launch that rounds matmul `op`'s input into Q8_SCRATCH (its rows: the op's)."""
+    rows = _row_count(plan, (op.outputs or op.inputs)[0])
+    grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
+    args = (_q8_slot(), _arg_slot(plan, op, "x", PTR), _arg_slot(plan, op, "n_rows", I32))
     return Launch(spec.name, spec.threads, grid, args)

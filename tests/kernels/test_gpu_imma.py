@@ -26,7 +26,7 @@ import pytest
 
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.compiler.codegen.gpu import render_source
-from rfc.compiler.codegen.gpu_imma import IMMA_FORMATS, IMMA_TILE_M, IMMA_TILE_N, imma_matmul_spec
+from rfc.compiler.codegen.gpu_imma import IMMA_FORMATS, IMMA_TILE_M, IMMA_TILE_N, imma_matmul_spec, quantize_q8_spec
 from rfc.compiler.codegen.gpu_plan import mma_matmul_spec, prefill_matmul_spec, weight_geometry
 from rfc.compiler.targets import parse_target
 from rfc.compiler.weights_planar import pack_planar
@@ -110,25 +110,41 @@ def kernel_model(x: np.ndarray, u: np.ndarray, a: np.ndarray, b: np.ndarray, has
     return acc
 
 
+def _launch(lib, spec, grid: tuple[int, int], *values) -> None:
+    params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+    fn = getattr(lib, f"rfc_emu_launch_{spec.name}")
+    fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p]
+    fn(grid[0], grid[1], 1, spec.threads, params)
+
+
 class Kernels:
+    """Each case's kernel, and where it takes its input rounded once a step (IMMA_PREQUANT), the
+    kernel that rounds it (gpu_quantize_q8.hip.j2), run before it as the prefill list runs it."""
+
     def __init__(self, target: str, build_dir: Path):
         t = parse_target(target)
         self.specs = {(f, r, c): imma_matmul_spec(t, weight_geometry(f, r, c)) for f, r, c, tt in CASES if tt == target}
         assert all(self.specs.values())
-        source = render_source(t, list(self.specs.values()))
-        self.lib = ctypes.CDLL(str(build_source_emulator(source, [s.name for s in self.specs.values()], build_dir)))
+        self.quantize = {s.params["k"]: quantize_q8_spec(t, s.params["k"], s.params["max_tokens"])
+                         for s in self.specs.values() if s.params["prequant"]}
+        kernels = [*self.specs.values(), *self.quantize.values()]
+        source = render_source(t, kernels)
+        self.lib = ctypes.CDLL(str(build_source_emulator(source, [s.name for s in kernels], build_dir)))
 
     def run(self, fmt: str, rows: int, cols: int, x: np.ndarray, raw: np.ndarray) -> np.ndarray:
         spec = self.specs[fmt, rows, cols]
         tokens = len(x)
         out_buf = np.full((tokens + 1, rows), -7.0, dtype=np.float32)  # a canary row past the tokens
         raw, x = np.ascontiguousarray(raw), np.ascontiguousarray(x, dtype=np.float32)
-        values = [ctypes.c_void_p(out_buf.ctypes.data), ctypes.c_void_p(x.ctypes.data),
-                  ctypes.c_void_p(raw.ctypes.data), ctypes.c_int(tokens)]
-        params = (ctypes.c_void_p * 4)(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        fn = getattr(self.lib, f"rfc_emu_launch_{spec.name}")
-        fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p]
-        fn(-(-rows // IMMA_TILE_N), -(-tokens // IMMA_TILE_M), 1, spec.threads, params)
+        source = x
+        if spec.params["prequant"]:
+            q = self.quantize[cols]
+            source = np.full(spec.params["q8_bytes"], 0xA5, dtype=np.uint8)  # bytes past the step's tokens are never read
+            _launch(self.lib, q, (-(-q.params["subs"] // q.threads), tokens),
+                    ctypes.c_void_p(source.ctypes.data), ctypes.c_void_p(x.ctypes.data), ctypes.c_int(tokens))
+        _launch(self.lib, spec, (-(-rows // IMMA_TILE_N), -(-tokens // IMMA_TILE_M)),
+                ctypes.c_void_p(out_buf.ctypes.data), ctypes.c_void_p(source.ctypes.data),
+                ctypes.c_void_p(raw.ctypes.data), ctypes.c_int(tokens))
         assert (out_buf[tokens] == -7.0).all(), "the kernel wrote past its tokens"
         return out_buf[:tokens].copy()
 
@@ -175,6 +191,32 @@ def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols
         d = float(np.abs(got - want).max())
         bound = REL_TOL * max(1.0, float(np.abs(want).max()))
         assert d <= bound, f"{target} {fmt} {rows}x{cols}, {tokens} tokens: max |gpu - ref| {d:.2e} > {bound:.2e}"
+
+
+def test_the_prefill_list_rounds_each_matmul_input_once():
+    """The prefill list launches one rounding of a matmul input before the int8 matmuls of a run
+    that read it (q, k and v; gate and up) into the arena slot they read, sized for the step's
+    largest input; the decode list has none."""
+    import tests.kernels.gpu_support  # noqa: F401  the fixtures (made by the conftest)
+    from rfc.compiler.codegen.gpu_imma import Q8_SCRATCH
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.artifacts.program import unpack_program
+    from tests.conftest import FIXTURES
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        compile_model(CompileOptions(model=FIXTURES / "tiny-llama-Q4_0.gguf", out_dir=Path(tmp) / "b", targets=("sm_90",)))
+        program = unpack_program((Path(tmp) / "b" / "kernels" / "sm_90" / "program.msgpack").read_bytes())
+    names = [l.kernel for l in program.prefill_launches]
+    layer = names[names.index("rfc_rmsnorm_256") + 1:]
+    assert layer[:4] == ["rfc_quantize_q8_256", "rfc_matmul_imma_q4_0p_256x256", "rfc_matmul_imma_q4_0p_64x256",
+                         "rfc_matmul_imma_q4_0p_64x256"], layer[:4]
+    quantized = [i for i, n in enumerate(names) if n.startswith("rfc_quantize_q8_")]
+    assert all(names[i + 1].startswith("rfc_matmul_imma_") for i in quantized)
+    assert sum(n.startswith("rfc_matmul_imma_") for n in names) > len(quantized)  # shared by the runs
+    assert not any(l.kernel.startswith("rfc_quantize_q8_") for l in program.launches)
+    slot = program.arena.slot(Q8_SCRATCH)
+    assert slot.nbytes >= program.arena.max_tokens * 768 * 1.25  # the largest input: ffn_down's 768 columns
 
 
 def test_the_prefill_list_takes_int8_tensor_cores_where_the_target_and_format_allow():

@@ -56,8 +56,13 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     prefill_only = {l.kernel for l in program.prefill_launches} - {l.kernel for l in program.launches}
     # tensor-core matmuls: half (rfc_matmul_mma_*) or int8 (rfc_matmul_imma_*, formats of gpu_imma.IMMA_FORMATS)
     mma = {k for k in prefill_only if k.startswith(("rfc_matmul_mma_", "rfc_matmul_imma_"))}
+    # the int8 ones' inputs rounded once a step (gpu_imma.IMMA_PREQUANT), one kernel per input width
+    rounding = {k for k in prefill_only if k.startswith("rfc_quantize_q8_")}
+    assert bool(rounding) == any(k.startswith("rfc_matmul_imma_") for k in mma), sorted(rounding)
+    assert all(not usage[k].uses_local_memory for k in rounding)
     # the rest: per-op kernels of runs the decode list fuses (the prefill list launches them one by one)
-    assert prefill_only - mma <= set(target_entry(bundle.manifest, "sm_90").op_kernels), sorted(prefill_only - mma)
+    rest = prefill_only - mma - rounding
+    assert rest <= set(target_entry(bundle.manifest, "sm_90").op_kernels), sorted(rest)
     assert bool(mma) == any(t.format in MMA_FORMATS for t in bundle.layout.tensors), sorted(mma)
     assert mma <= set(usage) and all(usage[k].is_hot for k in mma)
 
