@@ -1,0 +1,42 @@
+"""tools/gpu_experiment.py's parts that run without a GPU: reading ncu's CSV into per-kernel
+time, and setting a codegen constant everywhere it was imported (gpu_fuse imports gpu_plan's
+MATMUL_ROW_STEPS by value), then putting it back."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("gpu_experiment", ROOT / "tools" / "gpu_experiment.py")
+tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool)
+
+NCU_CSV = '''==PROF== Connected to process 123 (/usr/bin/python3)
+==PROF== Disconnected from process 123
+"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","gpu__time_duration.sum"
+"","","","","","","","","","","","ns"
+"0","123","python3","127.0.0.1","rfc_add_rmsnorm_2048","1","7","(256, 1, 1)","(1, 1, 1)","0","9.0","8,704"
+"1","123","python3","127.0.0.1","rfc_matmul_q4_0p_2048x2048","1","7","(256, 1, 1)","(256, 1, 1)","0","9.0","10,624"
+"2","123","python3","127.0.0.1","rfc_add_rmsnorm_2048","1","7","(256, 1, 1)","(1, 1, 1)","0","9.0","8,696"
+'''
+
+
+def test_ncu_rows_are_kernels_in_launch_order_with_their_nanoseconds():
+    rows = tool.parse_ncu(NCU_CSV)
+    assert rows == [("rfc_add_rmsnorm_2048", 8704.0), ("rfc_matmul_q4_0p_2048x2048", 10624.0), ("rfc_add_rmsnorm_2048", 8696.0)]
+    table = tool.kernel_table(rows).splitlines()
+    assert table[1].split() == ["rfc_add_rmsnorm_2048", "2", "17.4", "8.70", "62.1%"]
+    assert table[-1] == "GPU time 28.0 us over 3 kernels"
+
+
+def test_a_variant_sets_a_constant_in_every_module_that_imported_it_and_restores_it():
+    from rfc.compiler.codegen import gpu_fuse, gpu_plan
+
+    before = gpu_plan.MATMUL_ROW_STEPS
+    old = tool._override("gpu_plan.MATMUL_ROW_STEPS=3 gpu_plan.INT8_MATMUL_THREADS=128")
+    try:
+        assert gpu_plan.MATMUL_ROW_STEPS == gpu_fuse.MATMUL_ROW_STEPS == 3
+        assert gpu_plan.INT8_MATMUL_THREADS == 128
+    finally:
+        for (module, name), value in old.items():
+            setattr(__import__(module, fromlist=[name]), name, value)
+    assert gpu_plan.MATMUL_ROW_STEPS == gpu_fuse.MATMUL_ROW_STEPS == before

@@ -1,0 +1,223 @@
+"""Experiments on a lent GPU: where a step's GPU time goes, kernel by kernel, and how the
+compiler's tiling constants move it. (The figures in docs/benchmarks-log.md "Where the GPU time
+goes" and "Matmul blocks at batch 1" were taken this way.)
+
+    python tools/gpu_experiment.py ncu BUNDLE [--out DIR]
+    python tools/gpu_experiment.py variants GGUF [--target sm_90] \\
+        --variant "gpu_plan.MATMUL_ROW_STEPS=1 gpu_plan.INT8_MATMUL_THREADS=256" --variant "gpu_imma.IMMA_PREQUANT=False"
+
+`ncu`: runs, under Nsight Compute (`ncu --metrics gpu__time_duration.sum`, clocks left alone), a
+32-token prompt (the decode list, launched one by one), one batch-1 decode step (the graph: ncu
+times its kernel nodes one at a time) and a 512-token prompt (the prefill list), then sums each
+kernel's GPU time over the decode step and over the prefill step. The events the other tools
+time around launches queued from Python measure the host's enqueue rate for small kernels
+(7-10 µs a launch); ncu measures the kernels.
+
+`variants`: compiles GGUF for the target once as it is and once per `--variant` (assignments to
+constants of rfc.compiler.codegen modules, set in every codegen module that imported them),
+and times each bundle's graph-replayed batch-1 decode step (median of 100 after a 33-token
+context) and a 512-token prefill step (median of 3). Kernels come from the build cache where an
+earlier compile made them (`tools/gpu_session.py prepare --kernels` fills it here, off the card's
+time, for the plain bundle; a variant's kernels are compiled there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFILL_TOKENS = 512
+
+
+def _load(bundle: Path, device: str = "cuda"):
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
+
+    return load_model(bundle, LoadOptions(device=device))
+
+
+def _batch(chunks, blocks):
+    from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+
+    return build_batch([ScheduledChunk(*c) for c in chunks], blocks)
+
+
+def run_steps(bundle: Path, meta: Path) -> None:
+    """The steps `ncu` profiles: a 32-token prompt, one graph decode step, a 512-token prompt; the
+    two lists' kernel names go to `meta` so the profile can be split by step."""
+    import numpy as np
+
+    lm = _load(bundle)
+    blocks = lm.kv_pool.manager()
+    rng = np.random.default_rng(0)
+    blocks.allocate(0, 33)
+    lm.executor.forward(_batch([(0, 0, tuple(rng.integers(2, lm.vocab_size, size=32).tolist()))], blocks))
+    lm.executor.forward(_batch([(0, 32, (5,))], blocks))
+    blocks.allocate(1, PREFILL_TOKENS)
+    lm.executor.forward(_batch([(1, 0, tuple(rng.integers(2, lm.vocab_size, size=PREFILL_TOKENS).tolist()))], blocks))
+    program = lm.device.runner.program
+    meta.write_text(json.dumps({"decode": [l.kernel for l in program.launches],
+                                "prefill": [l.kernel for l in program.prefill_launches or program.launches]}))
+
+
+def kernel_table(rows: list[tuple[str, float]]) -> str:
+    """rows: (kernel, ns) in launch order -> a table by kernel, most time first."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for name, ns in rows:
+        per[name].append(ns)
+    total = sum(ns for _, ns in rows) or 1.0
+    lines = [f"{'kernel':<58} {'n':>4} {'us total':>10} {'us each':>9} {'share':>6}"]
+    for name, v in sorted(per.items(), key=lambda kv: -sum(kv[1])):
+        lines.append(f"{name[:58]:<58} {len(v):>4} {sum(v) / 1e3:>10.1f} {sum(v) / len(v) / 1e3:>9.2f} {sum(v) / total:>6.1%}")
+    lines.append(f"GPU time {total / 1e3:.1f} us over {len(rows)} kernels")
+    return "\n".join(lines)
+
+
+def parse_ncu(text: str) -> list[tuple[str, float]]:
+    """(kernel, ns) per profiled kernel from `ncu --csv --page raw --metrics gpu__time_duration.sum`."""
+    lines = [line for line in text.splitlines() if line.startswith('"')]
+    rows = []
+    for r in csv.DictReader(io.StringIO("\n".join(lines))):
+        value = r.get("gpu__time_duration.sum", "").replace(",", "")
+        try:
+            rows.append((r["Kernel Name"], float(value)))
+        except ValueError:  # the units row
+            continue
+    return rows
+
+
+def ncu(bundle: Path, out: Path, timeout: float) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    meta = out / f"{bundle.name}-lists.json"
+    cmd = ["ncu", "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--csv", "--page", "raw",
+           sys.executable, __file__, "_steps", str(bundle), str(meta)]
+    t = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    (out / f"{bundle.name}-ncu.csv").write_text(p.stdout)
+    print(f"ncu on {bundle.name}: exit {p.returncode} in {time.time() - t:.0f} s")
+    if p.returncode:
+        print(p.stdout[-2000:], p.stderr[-2000:])
+        return p.returncode
+    rows, lists = parse_ncu(p.stdout), json.loads(meta.read_text())
+    n_dec, n_pre = len(lists["decode"]), len(lists["prefill"])
+    for label, part, want in (("batch-1 decode step (graph)", rows[n_dec:2 * n_dec], lists["decode"]),
+                              (f"{PREFILL_TOKENS}-token prefill step", rows[2 * n_dec:2 * n_dec + n_pre], lists["prefill"])):
+        same = [name for name, _ in part] == want
+        print(f"\n{bundle.name}, {label}{'' if same else ' (KERNEL NAMES DO NOT MATCH THE LIST: read with care)'}")
+        print(kernel_table(part))
+    return 0
+
+
+def _override(assignments: str) -> dict[tuple[str, str], object]:
+    """Sets codegen constants ("module.NAME=value ...") in every rfc.compiler.codegen module that
+    holds them; returns the old values."""
+    import importlib
+    import pkgutil
+
+    import rfc.compiler.codegen as codegen
+
+    for m in pkgutil.iter_modules(codegen.__path__):
+        importlib.import_module(f"rfc.compiler.codegen.{m.name}")
+    old = {}
+    for item in assignments.split():
+        target, _, value = item.partition("=")
+        module, _, name = target.rpartition(".")
+        home = sys.modules[f"rfc.compiler.codegen.{module}"]
+        if not hasattr(home, name):
+            raise SystemExit(f"rfc.compiler.codegen.{module} has no {name}")
+        new, current = ast.literal_eval(value), getattr(home, name)
+        for mod_name, mod in list(sys.modules.items()):
+            if mod_name.startswith("rfc.compiler.codegen") and hasattr(mod, name) and getattr(mod, name) is current:
+                old[(mod_name, name)] = getattr(mod, name)
+                setattr(mod, name, new)
+    return old
+
+
+def _time_bundle(bundle: Path, device: str) -> tuple[float, float]:
+    """(graph decode step seconds, median of 100; 512-token prefill seconds, median of 3)."""
+    import numpy as np
+
+    lm = _load(bundle, device)
+    runner, blocks = lm.device.runner, lm.kv_pool.manager()
+    rng = np.random.default_rng(0)
+    blocks.allocate(0, 40)
+    lm.executor.forward(_batch([(0, 0, tuple(rng.integers(2, lm.vocab_size, size=32).tolist()))], blocks))
+    lm.executor.forward(_batch([(0, 32, (5,))], blocks))
+    scalars = runner._forward(_batch([(0, 33, (6,))], blocks), runner.stage["tokens"][0])
+    d = runner._driver
+    d.stream_synchronize(runner.stream)
+    graph = runner._graph(scalars, False)
+    decode = []
+    for _ in range(100):
+        t = time.perf_counter()
+        d.graph_launch(graph, runner.stream)
+        d.stream_synchronize(runner.stream)
+        decode.append(time.perf_counter() - t)
+    prompt = tuple(rng.integers(2, lm.vocab_size, size=PREFILL_TOKENS).tolist())
+    prefill = []
+    for i in range(4):
+        blocks.allocate(1, PREFILL_TOKENS)
+        t = time.perf_counter()
+        lm.executor.forward(_batch([(1, 0, prompt)], blocks))
+        prefill.append(time.perf_counter() - t)
+        blocks.free(1)
+    return statistics.median(decode), statistics.median(prefill[1:])
+
+
+def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+
+    print(f"{'variant':<70} {'decode step':>12} {'tok/s':>7} {'prefill 512':>12} {'tok/s':>8}")
+    for spec in ["", *specs]:
+        old = _override(spec)
+        try:
+            bundle = out / f"variant-{abs(hash(spec)) % 10**8}-{target}"
+            compile_model(CompileOptions(model=gguf, out_dir=bundle, targets=(target,), force=True))
+        finally:
+            for (mod, name), value in old.items():
+                setattr(sys.modules[mod], name, value)
+        if target.startswith("sm_") or target.startswith("gfx"):
+            dec, pre = _time_bundle(bundle, "cuda" if target.startswith("sm_") else "hip")
+            print(f"{spec or '(as compiled today)':<70} {dec * 1e6:>9.0f} us {1 / dec:>7.0f} {pre * 1e3:>9.2f} ms "
+                  f"{PREFILL_TOKENS / pre:>8.0f}", flush=True)
+        else:
+            print(f"{spec or '(as compiled today)':<70} compiled (no GPU target: not timed)", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    n = sub.add_parser("ncu", help="per-kernel GPU time of a decode and a prefill step")
+    n.add_argument("bundle", type=Path)
+    n.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rfc-ncu")
+    n.add_argument("--timeout", type=float, default=300)
+    v = sub.add_parser("variants", help="decode and prefill time of bundles compiled with other codegen constants")
+    v.add_argument("gguf", type=Path)
+    v.add_argument("--target", default="sm_90")
+    v.add_argument("--variant", action="append", default=[], help='"module.NAME=value ..." (repeatable)')
+    v.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rfc-variants")
+    s = sub.add_parser("_steps")  # what ncu runs
+    s.add_argument("bundle", type=Path)
+    s.add_argument("meta", type=Path)
+    args = ap.parse_args(argv)
+    if args.cmd == "ncu":
+        return ncu(args.bundle, args.out, args.timeout)
+    if args.cmd == "variants":
+        return variants(args.gguf, args.target, args.variant, args.out)
+    run_steps(args.bundle, args.meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
