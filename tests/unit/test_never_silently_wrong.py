@@ -249,6 +249,50 @@ def test_mamba2_weight_scales_scale_every_part_of_ssm_in(tmp_path):
     assert scaled == [(f"blk.{i}.ssm_in.weight:{x}",) for x in ("z", "xbc", "dt")] + [(f"blk.{i}.ssm_out.weight",)]
 
 
+def test_qwen35_attention_biases_as_build_qkv_adds_them(tmp_path):
+    """qwen35.cpp's build_qkv: attn_q, attn_k and attn_v each times its scale, then plus its bias;
+    attn_q.bias holds each head's query entries and then its gate entries, as attn_q's rows."""
+    from rfc.compiler.weights import _read_parts, check_use
+
+    src = FIXTURES / "tiny-qwen35-Q8_0.gguf"
+    tensors = read_gguf(src).tensors
+    at = next(i for i in range(64) if f"blk.{i}.attn_q.weight" in tensors)
+    p = f"blk.{at}."
+    rows, kv = tensors[p + "attn_q.weight"].shape[0], tensors[p + "attn_k.weight"].shape[0]
+    q_bias = np.arange(rows, dtype=np.float32)
+    extra = {p + "attn_q.bias": q_bias, p + "attn_k.bias": np.ones(kv, np.float32), p + "attn_v.bias": np.ones(kv, np.float32),
+             p + "attn_q.scale": np.array([0.5], np.float32)}
+    model = read_gguf(rewrite_gguf(src, tmp_path / "biased.gguf", add_tensors=extra))
+    spec = build_spec(model)
+    ops = spec.plan.ops
+    biased = [(ops[k - 1].kind, op.inputs, op.weights[0]) for k, op in enumerate(ops) if op.kind == "add_bias"]
+    assert biased == [("scale", ("q",), p + "attn_q.bias:q"), ("scale", ("qgate",), p + "attn_q.bias:gate"),
+                      ("matmul", ("k",), p + "attn_k.bias"), ("matmul", ("v",), p + "attn_v.bias")]
+    hd = next(op.attrs["head_dim"] for op in ops if op.kind == "attention")
+    heads = rows // (2 * hd)
+    for half, first in (("q", 0), ("gate", hd)):
+        use = next(w for w in spec.weights if w.name == f"{p}attn_q.bias:{half}")
+        check_use(model, use)
+        with open(model.path, "rb") as f:
+            got = np.frombuffer(b"".join(_read_parts(f, model, use, 1 << 20)), np.float32)
+        want = np.concatenate([q_bias[2 * h * hd + first : 2 * h * hd + first + hd] for h in range(heads)])
+        np.testing.assert_array_equal(got, want)
+
+
+def test_element_ranges_stay_inside_a_vector():
+    """A weight made of elements of a vector (ModelBuilder.vector_ranges) is refused when its
+    parts leave the vector or read a matrix: the bytes it would copy are another tensor's."""
+    from rfc.compiler.weights import ElementRange, WeightUse, check_use
+
+    model = read_gguf(FIXTURES / "tiny-qwen35-Q8_0.gguf")
+    norm = next(n for n, t in model.tensors.items() if n.endswith("attn_norm.weight"))
+    n = model.tensors[norm].shape[0]
+    check_use(model, WeightUse("ok", "x", "F32", (4,), (ElementRange(norm, n - 4, n),)))
+    for part in (ElementRange(norm, n - 2, n + 2), ElementRange(norm, 3, 3), ElementRange("token_embd.weight", 0, 4)):
+        with pytest.raises(CompileError, match="cannot be made from elements"):
+            check_use(model, WeightUse("bad", "x", model.tensors[part.tensor].format, (part.stop - part.start,), (part,)))
+
+
 def test_llama4_applies_no_ffn_or_shared_expert_scale(tmp_path):
     """llama4.cpp passes build_ffn (dense and shared expert) and build_moe_ffn no weight scale."""
     src = FIXTURES / "tiny-llama4-Q8_0.gguf"
