@@ -423,6 +423,14 @@ def _moe_scale(v: _OpView) -> None:
     v.need(w is None or w == (n_expert,), f"expert scale {w} is not [{n_expert}]")
 
 
+def _slot_scale(v: _OpView) -> None:
+    (y, weights), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(y, weights, out)
+    k = v.width(weights)
+    v.need(v.shape(y) == v.shape(out) and v.rows(y) == v.rows(weights), "buffers are not [rows, width] alike")
+    v.need(v.width(y) % k == 0, f"width {v.width(y)} is not {k} segments")
+
+
 def _moe_add_bias(v: _OpView) -> None:
     (y, ids), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(y, out)
@@ -611,6 +619,7 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "moe_combine": _moe_combine,
     "moe_add_bias": _moe_add_bias,
     "moe_scale": _moe_scale,
+    "slot_scale": _slot_scale,
     "head_matmul": _head_matmul,
     "concat_heads": _concat_heads,
     "short_conv": _short_conv,

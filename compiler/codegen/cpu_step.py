@@ -401,6 +401,13 @@ class _Lowering:
                                    "width": self.width(y) // n_used, "scale": self.vec(op.weights[0])},
                      {y, ids}, {out})  # fmt: skip
 
+    def _slot_scale(self, op: Op) -> Phase:
+        (y, w), (out,) = op.inputs, op.outputs
+        n_used = self.width(w)
+        return Phase("slot_scale", {"y": self.buf(y), "w": self.buf(w), "out": self.buf(out), "n_used": n_used,
+                                    "width": self.width(y) // n_used, "rows": self.rows(y)},
+                     {y, w}, {out})  # fmt: skip
+
     def _add(self, op: Op) -> Phase:
         a, b = op.inputs
         return Phase("add", {"a": self.buf(a), "b": self.buf(b), "out": self.buf(op.outputs[0]), "width": self.width(a),

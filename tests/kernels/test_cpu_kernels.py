@@ -206,6 +206,7 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         Op("swiglu", ("gate", "up"), ("gate",), (), OAI),
         Op("moe_add_bias", ("ey", "expert_ids"), ("ey",), ("exp_biases",)),
         Op("moe_scale", ("ey", "expert_ids"), ("ey",), ("exp_scale",)),  # the experts' gate and up weight scales
+        Op("slot_scale", ("ey", "expert_weights"), ("ey",)),  # llama4's per-slot input weights
     ]
     hp = HParams(
         architecture="llama", name="kernel-test", context_length=64, n_embd=N_EMBD, n_ff=N_FF, n_layers=2,
@@ -948,6 +949,16 @@ def test_moe_scale_matches_reference(kit: Kit):
     scale = np.asarray(kit.ref.weight("exp_scale"), np.float32)
     np.testing.assert_array_equal(want, (y.reshape(5, N_USED, -1) * scale[ids][..., None]).reshape(5, -1))
     assert not np.array_equal(got, y)
+
+
+def test_slot_scale_matches_reference(kit: Kit):
+    """llama4's per-slot weights (more than one expert per token): slot j of token t times w[t, j]."""
+    rng = np.random.default_rng(10)
+    y = rng.standard_normal((5, N_USED * N_ROWS)).astype(np.float32)
+    w = rng.random((5, N_USED)).astype(np.float32)
+    (got,), (want,) = run_both(kit, Op("slot_scale", ("ey", "expert_weights"), ("ey",)), [np.zeros_like(y)], [y, w], [], None)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, (y.reshape(5, N_USED, -1) * w[..., None]).reshape(5, -1))
 
 
 def test_moe_combine_matches_reference(kit: Kit):

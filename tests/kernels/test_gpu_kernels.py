@@ -445,3 +445,19 @@ def test_expert_weight_scales(target, gpu_build_cache, tmp_path, monkeypatch):
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
     ok, msg = _close(gpu, ref)
     assert ok, msg
+
+
+@pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
+def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
+    """llama4 with expert_used_count 2 as llama.cpp's saver writes it (tests/e2e/test_llama_archs.py):
+    each slot's gate output times its sigmoid weight (slot_scale's kernel) against the reference."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.e2e.test_llama_archs import _model
+
+    out = tmp_path / "bundle"
+    compile_model(CompileOptions(model=_model("llama4-moe", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+    pair = Pair(out, target, tmp_path / "emu")
+    assert sum(o.kind == "slot_scale" for o in pair.bundle.plan.ops) == 2  # the two layers with experts
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
+    ok, msg = _close(gpu, ref)
+    assert ok, msg

@@ -206,3 +206,27 @@ def test_moe_scale_is_validated(tmp_path):
     ops.insert(0, ops.pop(k))  # before any router
     with pytest.raises(Exception, match="op 0 .*is not written by a moe_route op before it"):
         validate_plan(replace(spec.plan, ops=tuple(ops)))
+
+
+def test_reference_slot_scale_scales_each_slot_by_its_weight():
+    y = np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 6)
+    w = np.array([[0.5, 2.0], [-1.0, 0.0]], np.float32)
+    out = np.zeros_like(y)
+    ReferenceDevice.op_slot_scale(None, [out], [y, w], [], {}, None)
+    np.testing.assert_array_equal(out, [[0, 0.5, 1, 6, 8, 10], [-6, -7, -8, 0, 0, 0]])
+
+
+def test_slot_scale_is_validated(tmp_path):
+    """slot_scale's weights are float [T, n_used] and its buffer n_used segments alike."""
+    from rfc.artifacts.plan import Buffer, Op
+
+    spec = _scaled_spec(tmp_path)
+    buffers = {b.name: b for b in spec.plan.buffers}
+    ok = Op("slot_scale", ("exp_gate", "expert_weights"), ("exp_gate",))
+    validate_plan(replace(spec.plan, ops=(*spec.plan.ops, ok)))
+    odd = Buffer("odd", ("T", buffers["exp_gate"].shape[1] + 1))
+    for op, extra, message in ((Op("slot_scale", ("exp_gate", "expert_ids"), ("exp_gate",)), (), "is not a float"),
+                               (Op("slot_scale", ("odd", "expert_weights"), ("odd",)), (odd,), "segments"),
+                               (Op("slot_scale", ("exp_gate", "expert_weights"), ("exp_up",), ("w",)), (), "weight")):
+        with pytest.raises(Exception, match=message):
+            validate_plan(replace(spec.plan, buffers=(*spec.plan.buffers, *extra), ops=(*spec.plan.ops, op)))
