@@ -97,8 +97,8 @@ def build(model: GGUFModel) -> ModelSpec:
     extra = {"expert_count": n_expert, "expert_used_count": n_used, "expert_feed_forward_length": n_ff_exp,
              "interleave_moe_layer_step": step, "no_rope_layers": [i for i in range(s.n_layers) if (i + 1) % NO_ROPE_LAYER_STEP == 0],
              "qk_l2_norm": kq_norm, "attention_chunk": CHUNK, "context_length_of_file": n_ctx}  # fmt: skip
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=factors is not None,
-                 extra=extra)  # fmt: skip
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+                 rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
     hp = replace(hp, context_length=min(n_ctx, MAX_SERVED_CONTEXT))
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
 

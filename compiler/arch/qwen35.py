@@ -121,7 +121,8 @@ def hybrid(model: GGUFModel, arch: str, *, experts: Callable[[Metadata], tuple[E
         extra |= e.hparams()
     if nextn:
         extra["nextn_predict_layers"] = nextn
-    hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra)
+    hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{attn_layers[0]}.attn_q.bias"),
+                 rope_freq_factors=False, extra=extra)
     kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
 
