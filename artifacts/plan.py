@@ -72,6 +72,8 @@ class OpKind(str, Enum):
     MOE_MATMUL = "moe_matmul"
     MOE_COMBINE = "moe_combine"
     MOE_ADD_BIAS = "moe_add_bias"
+    MOE_SCALE = "moe_scale"
+    SLOT_SCALE = "slot_scale"
     HEAD_MATMUL = "head_matmul"
     CONCAT_HEADS = "concat_heads"
     SHORT_CONV = "short_conv"
@@ -181,6 +183,17 @@ OPS: dict[OpKind, OpSchema] = {
         2, 1, (1, 1),
         doc="per-expert bias (llama.cpp's ggml_add_id; gpt-oss): y[T, n_used*N], ids i32[T, n_used] -> "
         "out = y with segment j += bias[ids[t, j]], bias [n_expert, N]",
+    ),
+    OpKind.MOE_SCALE: OpSchema(
+        2, 1, (1, 1),
+        doc="per-expert output scale (llama.cpp's build_lora_mm_id with a weight scale: ffn_gate_exps.scale, "
+        "ffn_up_exps.scale): y[T, n_used*N], ids i32[T, n_used] -> out = y with segment j times scale[ids[t, j]], "
+        "scale [n_expert]",
+    ),
+    OpKind.SLOT_SCALE: OpSchema(
+        2, 1, (0, 0),
+        doc="per-slot weight of a mixture of experts (llama4's weighted expert input with more than one expert "
+        "per token): y[T, n_used*N], weights[T, n_used] -> out = y with segment j times weights[t, j]",
     ),
     OpKind.SHORT_CONV: OpSchema(
         1, 1, (1, 1), ("state",),

@@ -413,6 +413,24 @@ def _moe_combine(v: _OpView) -> None:
     v.need(v.width(y) == k * v.width(out), f"input width {v.width(y)} is not {k} x {v.width(out)}")
 
 
+def _moe_scale(v: _OpView) -> None:
+    (y, ids), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(y, out)
+    n_expert, k = _routed(v, ids)
+    v.need(v.shape(y) == v.shape(out) and v.rows(y) == v.rows(ids) == "T", "buffers are not [T, width] alike")
+    v.need(v.width(y) % k == 0, f"width {v.width(y)} is not {k} segments")
+    w = v.weight_shape(0)
+    v.need(w is None or w == (n_expert,), f"expert scale {w} is not [{n_expert}]")
+
+
+def _slot_scale(v: _OpView) -> None:
+    (y, weights), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(y, weights, out)
+    k = v.width(weights)
+    v.need(v.shape(y) == v.shape(out) and v.rows(y) == v.rows(weights), "buffers are not [rows, width] alike")
+    v.need(v.width(y) % k == 0, f"width {v.width(y)} is not {k} segments")
+
+
 def _moe_add_bias(v: _OpView) -> None:
     (y, ids), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(y, out)
@@ -600,6 +618,8 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "moe_matmul": _moe_matmul,
     "moe_combine": _moe_combine,
     "moe_add_bias": _moe_add_bias,
+    "moe_scale": _moe_scale,
+    "slot_scale": _slot_scale,
     "head_matmul": _head_matmul,
     "concat_heads": _concat_heads,
     "short_conv": _short_conv,

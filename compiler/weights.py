@@ -37,6 +37,16 @@ class RowRange:
 
 
 @dataclass(frozen=True)
+class ElementRange:
+    """Elements [start, stop) of a 1-D GGUF tensor of one element per block (F32, F16, BF16): a
+    slice of a vector (qwen35's attn_q.bias, its query and gate entries interleaved per head)."""
+
+    tensor: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
 class Fill:
     """`count` float32 values all equal to `value`: a weight the architecture implies but the file
     does not hold (llama4's Q/K RMS norms without a weight are norms with a weight of ones)."""
@@ -53,7 +63,7 @@ class WeightUse:
     role: str
     format: str
     shape: tuple[int, ...]
-    parts: tuple[RowRange | Fill, ...]
+    parts: tuple[RowRange | ElementRange | Fill, ...]
     packed: str | None = None  # a packed or planar layout (artifacts/formats.py) to repack `format`'s rows into
 
     @property
@@ -151,9 +161,12 @@ def whole(t: SourceTensor) -> RowRange:
     return RowRange(t.name, 0, prod(t.shape[:-1]) if len(t.shape) > 1 else 1)
 
 
-def part_bytes(t: SourceTensor, part: RowRange) -> tuple[int, int]:
-    """(absolute file offset, byte count) of a row range of `t`."""
-    row = row_nbytes(t.format, t.shape[-1]) if len(t.shape) > 1 else t.nbytes
+def part_bytes(t: SourceTensor, part: RowRange | ElementRange) -> tuple[int, int]:
+    """(absolute file offset, byte count) of a row range (or an element range) of `t`."""
+    if isinstance(part, ElementRange):
+        row = FORMATS[t.format].block_bytes  # one element per block (check_use)
+    else:
+        row = row_nbytes(t.format, t.shape[-1]) if len(t.shape) > 1 else t.nbytes
     return t.offset + part.start * row, (part.stop - part.start) * row
 
 
@@ -174,6 +187,12 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
             total += 4 * part.count
             continue
         t = model.tensors[part.tensor]
+        if isinstance(part, ElementRange):
+            if len(t.shape) != 1 or len(use.shape) != 1 or t.format != use.format or FORMATS[t.format].block_elems != 1 \
+                    or not 0 <= part.start < part.stop <= t.shape[0]:
+                raise CompileError(f"{model.path.name}: {use.name} cannot be made from elements {part.start}..{part.stop} of {t.name}")
+            total += part_bytes(t, part)[1]
+            continue
         rows = prod(t.shape[:-1]) if len(t.shape) > 1 else 1
         # a vector read from a whole [n, 1] tensor (ModelBuilder.flat: Mamba2's ssm_a, ssm_d)
         flat = len(use.shape) == 1 and len(use.parts) == 1 and prod(t.shape) == use.shape[0] and FORMATS[t.format].block_elems == 1

@@ -21,7 +21,7 @@ from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan, StateSpec, StateTensor
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
 from rfc.compiler.spec import HParams, ModelSpec
-from rfc.compiler.weights import Fill, RowRange, WeightUse, whole
+from rfc.compiler.weights import ElementRange, Fill, RowRange, WeightUse, whole
 
 # Tensors llama.cpp loads for every architecture and never applies, by the end of their name.
 KNOWN_UNUSED_SUFFIXES = {
@@ -165,6 +165,16 @@ class ModelBuilder:
             raise CompileError(f"{self.path}: cannot take rows {ranges[:2]}... of {source} {list(t.shape)}")
         rows = sum(z - a for a, z in ranges)
         self._add(WeightUse(name, role, t.format, (rows, t.shape[1]), tuple(RowRange(source, a, z) for a, z in ranges)))
+        return name
+
+    def vector_ranges(self, name: str, role: str, source: str, n: int, ranges: list[tuple[int, int]]) -> str:
+        """A vector made of several element ranges of one GGUF vector [n], in order (qwen35's
+        attn_q.bias: each head's query entries, apart from the output gate's interleaved with
+        them); the vector must be stored one element per block (F32, F16, BF16)."""
+        t = self.source(source, (n,))
+        if t.format not in ("F32", "F16", "BF16") or not ranges or any(not 0 <= a < z <= n for a, z in ranges):
+            raise CompileError(f"{self.path}: cannot take elements {ranges[:2]}... of {source} ({t.format} [{n}])")
+        self._add(WeightUse(name, role, t.format, (sum(z - a for a, z in ranges),), tuple(ElementRange(source, a, z) for a, z in ranges)))
         return name
 
     def expert_rows(self, name: str, role: str, source: str, source_shape: tuple[int, int, int], start: int, stop: int) -> str:

@@ -357,13 +357,32 @@ def glu_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, *, activation: str = "si
     linear(b, "gate", dst, p + "ffn_down", (e, n_ff), bias=bias, scale=scale, bias_first=True)
 
 
+def expert_scales(b: ModelBuilder, i: int, n_expert: int, gate: str, up: str, *, fused: bool = False) -> None:
+    """Layer i's `ffn_gate_exps.scale` and `ffn_up_exps.scale` [n_expert], where the file has
+    them, as llama.cpp's build_moe_ffn applies them (build_lora_mm_id's w_s): each chosen
+    expert's gate and up matmul outputs (the buffers `gate`, `up`) times its expert's factor,
+    before the activation (gate's scale is inside SiLU). With a fused ffn_gate_up_exps llama.cpp
+    scales both halves by the up scale and never reads the gate one: so does this."""
+    p = f"blk.{i}."
+    up_scale = b.optional_tensor(p + "ffn_up_exps.scale", "ffn_up_exps_scale", (n_expert,))
+    if fused:
+        b.unused(p + "ffn_gate_exps.scale", "llama.cpp's fused gate_up path scales both halves by ffn_up_exps.scale only")
+        pairs = ((gate, up_scale), (up, up_scale))
+    else:
+        pairs = ((gate, b.optional_tensor(p + "ffn_gate_exps.scale", "ffn_gate_exps_scale", (n_expert,))), (up, up_scale))
+    for buf, scale in pairs:
+        if scale is not None:
+            b.op("moe_scale", (buf, "expert_ids"), (buf,), (scale,))
+
+
 def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: int, *, src: str = "h", dst: str = "h",
             scales: bool = False) -> None:
     """Mixtral-style mixture of experts (llama.cpp's build_moe_ffn with softmax gating and
     normalized top-k weights): route each token to n_used of n_expert SwiGLU experts and add
     their outputs weighted by the renormalized router probabilities. `scales`: the graph passes
-    build_moe_ffn the experts' `.scale` tensors (llama, mistral3): the down one is applied, a gate
-    or up one refused (not planned yet); without, they are known and unused (granite, gpt-oss)."""
+    build_moe_ffn the experts' `.scale` tensors (llama, mistral3): gate's and up's scale each
+    chosen expert's matmul output (expert_scales), down's its weight in the sum; without,
+    they are known and unused (granite, gpt-oss)."""
     p = f"blk.{i}."
     if not scales:
         for name in ("gate_exps", "up_exps", "down_exps"):
@@ -377,6 +396,8 @@ def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: i
     for name, buf in (("gate", "gate"), ("up", "up")):
         w = b.tensor(f"{p}ffn_{name}_exps.weight", f"ffn_{name}_exps", (n_expert, n_ff, e))
         b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
+    if scales:
+        expert_scales(b, i, n_expert, "gate", "up")
     b.op("swiglu", ("gate", "up"), ("gate",))
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (n_expert, e, n_ff))
     b.op("moe_matmul", ("gate", "expert_ids"), ("experts_out",), (down,))

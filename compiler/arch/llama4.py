@@ -6,11 +6,15 @@ llama's block (adjacent-pair RoPE over whole heads with Llama 3's `rope_freqs` f
   width, the others a dense SwiGLU FFN of `feed_forward_length`. The router is sigmoid, without a
   selection bias, renormalization or scale; the experts are chosen by their logits and the chosen
   expert's sigmoid weight multiplies the expert's INPUT, not its output (llama.cpp's
-  weight_before_ffn). Only top-1 routing (Scout and Maverick's) is planned: the input scaling is
-  moe_combine over the one slot (w * x), the expert's output is added as it is. The choice is by
-  logits, as llama.cpp makes it: a softmax_weight route (scores = logits; its one weight is 1)
-  chooses, a sigmoid route gives the weight (where float32's sigmoid saturates, two routes may
-  name different experts of equal weight 1; the weight is the same either way);
+  weight_before_ffn). With top-1 routing (Scout and Maverick's) the input scaling is moe_combine
+  over the one slot (w * x), the expert's output is added as it is. With more experts per token
+  each slot's input is w_j * x; as gate and up are linear, that is slot j's gate output times w_j
+  (slot_scale, inside SiLU) and its up output times w_j, which down (linear too) carries into the
+  weighted sum (moe_combine with the w_j): the same products, float32 rounding apart. The choice
+  is by logits, as llama.cpp makes it: a softmax_weight route (scores = logits) chooses, a
+  sigmoid route gives the weights, slot by slot (sigmoid keeps the logits' order; where float32's
+  sigmoid saturates, two routes may name different experts of equal weight 1: the weights are the
+  same either way);
 - every 4th layer (layers 3, 7, ...; llama.cpp fixes n_no_rope_layer_step at 4) without RoPE
   (NoPE); the RoPE layers' Q and K RMS-normed per head without a weight after RoPE
   (Llama4TextL2Norm), unless the model has 128 experts (llama.cpp ties use_kq_norm to the 17B-128E
@@ -30,7 +34,7 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, Sizes, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights, read_experts, read_rope,
+    UNUSED_SCALE, Attention, Sizes, glu_ffn, hparams, kv_spec, linear, output_head, qkv_projections, read_experts, read_rope,
     read_sizes, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, MAX_LAYERS, Metadata
@@ -56,9 +60,6 @@ def build(model: GGUFModel) -> ModelSpec:
     n_expert, n_used = read_experts(md)
     if not n_expert:
         raise CompileError(f"{md.path}: llama4 needs {md.key('expert_count')} > 0 (llama.cpp refuses a llama4 without experts)")
-    if n_used != 1:
-        raise CompileError(f"{md.path}: {md.key('expert_used_count')} {n_used} is not supported (llama4's weighted expert "
-                           "input is planned for top-1 routing, Scout's and Maverick's)")
     if md.int("expert_group_count", 0, n_expert, default=0) > 1:
         raise CompileError(f"{md.path}: {md.key('expert_group_count')} is not supported for llama4")
     n_ff_exp = md.int("expert_feed_forward_length", 1, MAX_FF)
@@ -74,7 +75,7 @@ def build(model: GGUFModel) -> ModelSpec:
     n_ctx = md.int("context_length", 1, MAX_CONTEXT)
 
     b = ModelBuilder(model)
-    _declare_buffers(b, s, n_ff, n_ff_exp, n_expert)
+    _declare_buffers(b, s, n_ff, n_ff_exp, n_expert, n_used)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     factors = rope_factors(b, rope, n_ctx, long_short=False)
     ones = b.constant(f"rfc.ones.{s.head_dim}", "qk_l2_norm", (s.head_dim,), 1.0) if kq_norm else None
@@ -88,7 +89,7 @@ def build(model: GGUFModel) -> ModelSpec:
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
         if moe[i]:
-            _moe_top1(b, i, s.n_embd, n_expert, n_ff_exp)
+            _moe(b, i, s.n_embd, n_expert, n_used, n_ff_exp)
         else:
             glu_ffn(b, i, s.n_embd, n_ff, scale=False)  # llama4.cpp's build_ffn: biases, no scales
             b.op("add", ("x", "h"), ("x",))
@@ -96,8 +97,8 @@ def build(model: GGUFModel) -> ModelSpec:
     extra = {"expert_count": n_expert, "expert_used_count": n_used, "expert_feed_forward_length": n_ff_exp,
              "interleave_moe_layer_step": step, "no_rope_layers": [i for i in range(s.n_layers) if (i + 1) % NO_ROPE_LAYER_STEP == 0],
              "qk_l2_norm": kq_norm, "attention_chunk": CHUNK, "context_length_of_file": n_ctx}  # fmt: skip
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=factors is not None,
-                 extra=extra)  # fmt: skip
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+                 rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
     hp = replace(hp, context_length=min(n_ctx, MAX_SERVED_CONTEXT))
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
 
@@ -113,20 +114,20 @@ def _chunked_layers(md: Metadata, n_layers: int) -> list[bool]:
     return [n == 0 or i % n < n - 1 for i in range(n_layers)]
 
 
-def _declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_ff_exp: int, n_expert: int) -> None:
+def _declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_ff_exp: int, n_expert: int, k: int) -> None:
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width),
                         ("att", s.q_width), ("gate", n_ff), ("up", n_ff)):
         b.buffer(name, "T", width)
     b.buffer("router", "T", n_expert)
-    b.buffer("expert_ids", "T", 1, dtype="i32")
-    b.buffer("expert_unit", "T", 1)  # the choosing route's weight: 1
-    b.buffer("sigmoid_ids", "T", 1, dtype="i32")
-    b.buffer("expert_weights", "T", 1)
-    b.buffer("moe_in", "T", s.n_embd)
-    b.buffer("exp_gate", "T", n_ff_exp)
-    b.buffer("exp_up", "T", n_ff_exp)
-    b.buffer("experts_out", "T", s.n_embd)
+    b.buffer("expert_ids", "T", k, dtype="i32")
+    b.buffer("expert_unit", "T", k)  # the choosing route's weights (top-1: 1), not used
+    b.buffer("sigmoid_ids", "T", k, dtype="i32")
+    b.buffer("expert_weights", "T", k)
+    b.buffer("moe_in", "T", s.n_embd)  # top-1: the weighted input; else the experts' weighted sum
+    b.buffer("exp_gate", "T", k * n_ff_exp)
+    b.buffer("exp_up", "T", k * n_ff_exp)
+    b.buffer("experts_out", "T", k * s.n_embd)
     b.buffer("shexp_gate", "T", n_ff_exp)
     b.buffer("shexp_up", "T", n_ff_exp)
     for name, width in (("xr", s.n_embd), ("hr", s.n_embd), ("logits", s.vocab_size)):
@@ -134,11 +135,11 @@ def _declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_ff_exp: int, n_expe
 
 
 def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, use_rope: bool, ones: str | None) -> None:
-    """h = attn_output(attention(...)) of layer i: Q/K/V, then RoPE and the weightless per-head
-    norms of Q and K (RoPE layers), or neither (NoPE layers)."""
+    """h = attn_output(attention(...)) of layer i: Q/K/V (build_qkv: each times its weight scale,
+    plus its bias, where the file has them), then RoPE and the weightless per-head norms of Q and
+    K (RoPE layers), or neither (NoPE layers); attn_output with its scale and bias likewise."""
     p = f"blk.{i}."
-    for proj, w in zip("qkv", qkv_weights(b, p, s)):
-        b.op("matmul", ("h",), (proj,), (w,))
+    qkv_projections(b, p, s)
     if use_rope:
         b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
         if ones:
@@ -150,24 +151,33 @@ def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *,
     linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width))
 
 
-def _moe_top1(b: ModelBuilder, i: int, n: int, n_expert: int, n_ff: int) -> None:
-    """x += expert(sigmoid(logit) * h) + shared_expert(h), the expert chosen by the router's
-    largest logit (build_moe_ffn for LLM_ARCH_LLAMA4, then the shared expert's build_ffn). The
-    graph passes neither of them a weight scale: known and unused; nor a shared-expert bias."""
+def _moe(b: ModelBuilder, i: int, n: int, n_expert: int, k: int, n_ff: int) -> None:
+    """x += sum_j expert_j(w_j * h) + shared_expert(h), w_j = sigmoid(logit of expert_j), the k
+    experts chosen by the router's largest logits (build_moe_ffn for LLM_ARCH_LLAMA4, then the
+    shared expert's build_ffn). The graph passes neither of them a weight scale: known and unused;
+    nor a shared-expert bias."""
     p = f"blk.{i}."
     for name in ("gate_exps", "up_exps", "down_exps", "gate_shexp", "up_shexp", "down_shexp"):
         b.unused(f"{p}ffn_{name}.scale", UNUSED_SCALE)
     b.op("matmul", ("h",), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (n_expert, n)),))
-    b.op("moe_route", ("router",), ("sigmoid_ids", "expert_weights"), n_used=1, gating="sigmoid", norm=False)
-    b.op("moe_route", ("router",), ("expert_ids", "expert_unit"), n_used=1, gating="softmax_weight")
-    b.op("moe_combine", ("h", "expert_weights"), ("moe_in",))  # one slot: moe_in = w * h
+    b.op("moe_route", ("router",), ("sigmoid_ids", "expert_weights"), n_used=k, gating="sigmoid", norm=False)
+    b.op("moe_route", ("router",), ("expert_ids", "expert_unit"), n_used=k, gating="softmax_weight")
+    if k == 1:
+        b.op("moe_combine", ("h", "expert_weights"), ("moe_in",))  # one slot: moe_in = w * h
+    src = "moe_in" if k == 1 else "h"
     for name, buf in (("gate", "exp_gate"), ("up", "exp_up")):
         w = b.tensor(f"{p}ffn_{name}_exps.weight", f"ffn_{name}_exps", (n_expert, n_ff, n))
-        b.op("moe_matmul", ("moe_in", "expert_ids"), (buf,), (w,))
+        b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
+    if k > 1:  # gate(w_j h) = w_j gate(h); up's w_j is the combine's
+        b.op("slot_scale", ("exp_gate", "expert_weights"), ("exp_gate",))
     b.op("swiglu", ("exp_gate", "exp_up"), ("exp_gate",))
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (n_expert, n, n_ff))
     b.op("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",), (down,))
-    b.op("add", ("x", "experts_out"), ("x",))
+    if k == 1:
+        b.op("add", ("x", "experts_out"), ("x",))
+    else:
+        b.op("moe_combine", ("experts_out", "expert_weights"), ("moe_in",))
+        b.op("add", ("x", "moe_in"), ("x",))
     linear(b, "h", "shexp_gate", p + "ffn_gate_shexp", (n_ff, n), bias=False, scale=False)
     linear(b, "h", "shexp_up", p + "ffn_up_shexp", (n_ff, n), bias=False, scale=False)
     b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))

@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields, replace
 from rfc.artifacts.plan import OPS, OpKind
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, Sizes, attention, glu_ffn, hparams, kv_spec, linear, output_head, read_experts, read_rope,
-    read_sizes,
+    UNUSED_SCALE, Attention, Sizes, attention, expert_scales, glu_ffn, hparams, kv_spec, linear, output_head, read_experts,
+    read_rope, read_sizes,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -181,10 +181,11 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
     same product as llama.cpp's scaling of its output, float32 rounding apart).
 
     `scales`: the graph passes build_moe_ffn the experts' `.scale` tensors and build_ffn the
-    shared experts' (qwen3moe, qwen35moe); the down scale is applied, a gate or up one is
-    refused (not planned yet). Without, every one of them is known and unused (llama.cpp's loader
-    reads them for every architecture, most graphs never apply them). The shared experts'
-    biases are never read: no graph adds one."""
+    shared experts' (qwen3moe, qwen35moe): gate's and up's scale each chosen expert's matmul
+    output (moe_scale, gate's inside the activation), down's its weight in the sum
+    (expert_scales). Without, every one of them is known and unused (llama.cpp's loader reads
+    them for every architecture, most graphs never apply them). The shared experts' biases are
+    never read: no graph adds one."""
     p, n = f"blk.{i}.", s.n_embd
     if not scales:
         for name in ("gate_exps", "up_exps", "down_exps", "gate_up_exps", "gate_shexp", "up_shexp", "down_shexp"):
@@ -198,6 +199,8 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
          **e.route_attrs(), **({"expert_scale": True} if escale else {}))
     for w, buf in zip(expert_gate_up(b, i, e, n), ("exp_gate", "exp_up")):
         b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
+    if scales:
+        expert_scales(b, i, e.count, "exp_gate", "exp_up", fused=e.fused_gate_up and b.has(p + "ffn_gate_up_exps.weight"))
     b.op("swiglu", ("exp_gate", "exp_up"), ("exp_gate",))
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (e.count, n, e.n_ff))
     b.op("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",), (down,))

@@ -121,7 +121,8 @@ def hybrid(model: GGUFModel, arch: str, *, experts: Callable[[Metadata], tuple[E
         extra |= e.hparams()
     if nextn:
         extra["nextn_predict_layers"] = nextn
-    hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra)
+    hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{attn_layers[0]}.attn_q.bias"),
+                 rope_freq_factors=False, extra=extra)
     kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
 
@@ -191,21 +192,30 @@ def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -
 
 def gated_attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float, cfg: Attention) -> None:
     """Qwen3-Next's attention: Q and an output gate from one projection (per head: hd query
-    rows, then hd gate rows), per-head Q/K norms, partial NeoX RoPE, att * sigmoid(gate). The
-    weight scales where the file has them (build_qkv: attn_q's scales the query and the gate
-    rows alike; attn_output's, build_lora_mm); no biases."""
+    rows, then hd gate rows), per-head Q/K norms, partial NeoX RoPE, att * sigmoid(gate). As
+    build_qkv: each of attn_q, attn_k, attn_v times its weight scale, then plus its bias, where
+    the file has them (attn_q's scale scales the query and the gate rows alike; its bias holds
+    their entries interleaved per head as the weight holds their rows); attn_output times its
+    scale (build_lora_mm), no bias (build_attn is given none)."""
     p, hd, e = f"blk.{i}.", s.head_dim, s.n_embd
     fused = p + "attn_q.weight"
     shape = (2 * s.q_width, e)
-    q = b.row_ranges(fused + ":q", "attn_q", fused, shape, [(2 * h * hd, (2 * h + 1) * hd) for h in range(s.n_heads)])
-    g = b.row_ranges(fused + ":gate", "attn_q_gate", fused, shape, [((2 * h + 1) * hd, (2 * h + 2) * hd) for h in range(s.n_heads)])
+    q_rows = [(2 * h * hd, (2 * h + 1) * hd) for h in range(s.n_heads)]
+    g_rows = [((2 * h + 1) * hd, (2 * h + 2) * hd) for h in range(s.n_heads)]
+    q = b.row_ranges(fused + ":q", "attn_q", fused, shape, q_rows)
+    g = b.row_ranges(fused + ":gate", "attn_q_gate", fused, shape, g_rows)
+    bias = p + "attn_q.bias"
+    q_bias, g_bias = (b.vector_ranges(bias + ":q", "attn_q_bias", bias, 2 * s.q_width, q_rows),
+                      b.vector_ranges(bias + ":gate", "attn_q_gate_bias", bias, 2 * s.q_width, g_rows)) if b.has(bias) else (None, None)
     q_scale = weight_scale(b, p + "attn_q")
-    for buf, w in (("q", q), ("qgate", g)):
+    for buf, w, w_bias in (("q", q, q_bias), ("qgate", g, g_bias)):
         b.op("matmul", ("h",), (buf,), (w,))
         if q_scale is not None and q_scale != 1.0:
             b.op("scale", (buf,), (buf,), factor=q_scale)
-    linear(b, "h", "k", p + "attn_k", (s.kv_width, e), bias=False)
-    linear(b, "h", "v", p + "attn_v", (s.kv_width, e), bias=False)
+        if w_bias is not None:
+            b.op("add_bias", (buf,), (buf,), (w_bias,))
+    linear(b, "h", "k", p + "attn_k", (s.kv_width, e))
+    linear(b, "h", "v", p + "attn_v", (s.kv_width, e))
     b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (hd,)),), eps=eps, heads=s.n_heads)
     b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (hd,)),), eps=eps, heads=s.n_kv_heads)
     b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(s))

@@ -394,6 +394,20 @@ class _Lowering:
                                       "width": self.width(y) // n_used, "w": self.entries[op.weights[0]].offset},
                      {y, ids}, {out})  # fmt: skip
 
+    def _moe_scale(self, op: Op) -> Phase:
+        (y, ids), (out,) = op.inputs, op.outputs
+        n_used = self.width(ids)
+        return Phase("moe_scale", {"y": self.buf(y), "ids": self.buf(ids), "out": self.buf(out), "n_used": n_used,
+                                   "width": self.width(y) // n_used, "scale": self.vec(op.weights[0])},
+                     {y, ids}, {out})  # fmt: skip
+
+    def _slot_scale(self, op: Op) -> Phase:
+        (y, w), (out,) = op.inputs, op.outputs
+        n_used = self.width(w)
+        return Phase("slot_scale", {"y": self.buf(y), "w": self.buf(w), "out": self.buf(out), "n_used": n_used,
+                                    "width": self.width(y) // n_used, "rows": self.rows(y)},
+                     {y, w}, {out})  # fmt: skip
+
     def _add(self, op: Op) -> Phase:
         a, b = op.inputs
         return Phase("add", {"a": self.buf(a), "b": self.buf(b), "out": self.buf(op.outputs[0]), "width": self.width(a),
@@ -541,11 +555,11 @@ def lower(plan: Plan, entries: dict, vectors: dict[str, list], output: str) -> L
 
 def vector_weights(plan: Plan, entries: dict) -> list[str]:
     """The 1-D weights the phases read as float vectors (norms, biases, rope factors, attention
-    sinks, routers' selection biases), in plan order."""
+    sinks, routers' selection biases, experts' scales), in plan order."""
     seen: list[str] = []
     for op in plan.ops:
-        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route", "gated_delta_net", "ssm_scan", "ssm_conv",
-                       "altup_correct"):
+        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route", "moe_scale", "gated_delta_net", "ssm_scan",
+                       "ssm_conv", "altup_correct"):
             for w in op.weights[1:] if op.kind == "ssm_conv" else op.weights:  # ssm_conv: its bias (the kernel is read in place)
                 if w not in seen:
                     e = entries[w]

@@ -54,6 +54,8 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "moe_matmul": (("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
     "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
     "moe_add_bias": (("out", PTR), ("y", PTR), ("ids", PTR), ("bias", PTR), ("n_rows", I32)),
+    "moe_scale": (("out", PTR), ("y", PTR), ("ids", PTR), ("scale", PTR), ("n_rows", I32)),
+    "slot_scale": (("out", PTR), ("y", PTR), ("w", PTR), ("n_rows", I32)),
     "head_matmul": (("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
     "concat_heads": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
     # recurrent layers: `state` is the state pool's base, each sequence's slot from state_slots
@@ -557,6 +559,19 @@ class _Planner:
         return self._rowwise(op, "gpu_moe_add_bias.hip.j2", f"rfc_moe_add_bias_{n_used}x{width}", n_used * width,
                              n_used=n_used, n=width)
 
+    def _moe_scale(self, op: Op) -> KernelSpec:
+        self._f32_vector(op, op.weights[0])
+        n_used = self._width(op.inputs[1])
+        width = self._width(op.inputs[0]) // n_used
+        return self._rowwise(op, "gpu_moe_scale.hip.j2", f"rfc_moe_scale_{n_used}x{width}", n_used * width,
+                             n_used=n_used, n=width)
+
+    def _slot_scale(self, op: Op) -> KernelSpec:
+        n_used = self._width(op.inputs[1])
+        width = self._width(op.inputs[0]) // n_used
+        return self._rowwise(op, "gpu_slot_scale.hip.j2", f"rfc_slot_scale_{n_used}x{width}", n_used * width,
+                             n_used=n_used, n=width)
+
     def _moe_matmul(self, op: Op) -> KernelSpec:
         w = self._weight(op, op.weights[0])
         n_expert = self.tensors[op.weights[0]].shape[0]
@@ -836,13 +851,13 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     outs = {"embed": ("out",), "rmsnorm": ("out",), "matmul": ("out",), "add_bias": ("out",), "rope": ("q", "k"),
             "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",), "scale": ("out",),
             "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
-            "moe_add_bias": ("out",), "head_matmul": ("out",), "concat_heads": ("out",),
+            "moe_add_bias": ("out",), "moe_scale": ("out",), "slot_scale": ("out",), "head_matmul": ("out",), "concat_heads": ("out",),
             "ssm_conv": ("out",), "gated_delta_net": ("out",), "short_conv": ("out",), "ssm_scan": ("out",),
             "altup_stack": ("out",), "altup_predict": ("pred", "act"), "altup_correct": ("out", "gate"), "altup_add": ("out", "sub"),
             "altup_merge": ("out",), "gaussian_topk": ("out",)}[op.kind]
     weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
                "rope": ("freq_factors",), "moe_matmul": ("weight",), "attention": ("sinks",),
-               "moe_add_bias": ("bias",), "moe_route": ("bias",), "head_matmul": ("weight",),
+               "moe_add_bias": ("bias",), "moe_scale": ("scale",), "moe_route": ("bias",), "head_matmul": ("weight",),
                "ssm_conv": ("weight", "bias"), "gated_delta_net": ("a", "dt"), "short_conv": ("weight",),
                "ssm_scan": ("a", "d", "dt_bias"), "altup_correct": ("scale",)}.get(op.kind, ())
     if op.kind == "moe_route" and op.attr("expert_scale"):  # the experts' output scales: the last weight

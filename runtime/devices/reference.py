@@ -246,6 +246,17 @@ class ReferenceDevice(HostState, InterpretedDevice):
         n_tok, k = ids.shape
         outs[0][...] = (y.reshape(n_tok, k, -1) + weights[0][ids]).reshape(n_tok, -1)
 
+    def op_moe_scale(self, outs, ins, weights, attrs, batch):
+        y, ids = ins
+        n_tok, k = ids.shape
+        factor = weights[0].astype(np.float32)[ids][..., None]  # [T, k, 1]: each slot's expert's scale
+        outs[0][...] = (y.reshape(n_tok, k, -1) * factor).reshape(n_tok, -1)
+
+    def op_slot_scale(self, outs, ins, weights, attrs, batch):
+        y, w = ins
+        n_tok, k = w.shape
+        outs[0][...] = (y.reshape(n_tok, k, -1) * w.astype(np.float32)[..., None]).reshape(n_tok, -1)
+
     def op_moe_combine(self, outs, ins, weights, attrs, batch):
         y, w = ins
         n_tok, k = w.shape
@@ -388,6 +399,8 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.MOE_MATMUL: ReferenceDevice.op_moe_matmul,
     OpKind.MOE_COMBINE: ReferenceDevice.op_moe_combine,
     OpKind.MOE_ADD_BIAS: ReferenceDevice.op_moe_add_bias,
+    OpKind.MOE_SCALE: ReferenceDevice.op_moe_scale,
+    OpKind.SLOT_SCALE: ReferenceDevice.op_slot_scale,
     OpKind.HEAD_MATMUL: ReferenceDevice.op_head_matmul,
     OpKind.CONCAT_HEADS: ReferenceDevice.op_concat_heads,
     OpKind.SHORT_CONV: ReferenceDevice.op_short_conv,

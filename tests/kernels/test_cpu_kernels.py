@@ -205,6 +205,8 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         Op("attention", ("q",), ("att",), ("sinks",), {"layer": 1, **att, "window": 5}),
         Op("swiglu", ("gate", "up"), ("gate",), (), OAI),
         Op("moe_add_bias", ("ey", "expert_ids"), ("ey",), ("exp_biases",)),
+        Op("moe_scale", ("ey", "expert_ids"), ("ey",), ("exp_scale",)),  # the experts' gate and up weight scales
+        Op("slot_scale", ("ey", "expert_weights"), ("ey",)),  # llama4's per-slot input weights
     ]
     hp = HParams(
         architecture="llama", name="kernel-test", context_length=64, n_embd=N_EMBD, n_ff=N_FF, n_layers=2,
@@ -933,6 +935,30 @@ def test_moe_add_bias_matches_reference(kit: Kit):
                                [np.zeros_like(y)], [y, ids], ["exp_biases"], None)
     np.testing.assert_array_equal(got, want)
     assert not np.array_equal(got, y)
+
+
+def test_moe_scale_matches_reference(kit: Kit):
+    """The experts' gate and up weight scales (llama, mistral3, qwen3moe): slot j of token t times
+    the factor of expert ids[t, j]."""
+    rng = np.random.default_rng(9)
+    y = rng.standard_normal((5, N_USED * N_ROWS)).astype(np.float32)
+    ids = rng.integers(0, N_EXPERT, (5, N_USED)).astype(np.int32)
+    (got,), (want,) = run_both(kit, Op("moe_scale", ("ey", "expert_ids"), ("ey",), ("exp_scale",)),
+                               [np.zeros_like(y)], [y, ids], ["exp_scale"], None)
+    np.testing.assert_array_equal(got, want)
+    scale = np.asarray(kit.ref.weight("exp_scale"), np.float32)
+    np.testing.assert_array_equal(want, (y.reshape(5, N_USED, -1) * scale[ids][..., None]).reshape(5, -1))
+    assert not np.array_equal(got, y)
+
+
+def test_slot_scale_matches_reference(kit: Kit):
+    """llama4's per-slot weights (more than one expert per token): slot j of token t times w[t, j]."""
+    rng = np.random.default_rng(10)
+    y = rng.standard_normal((5, N_USED * N_ROWS)).astype(np.float32)
+    w = rng.random((5, N_USED)).astype(np.float32)
+    (got,), (want,) = run_both(kit, Op("slot_scale", ("ey", "expert_weights"), ("ey",)), [np.zeros_like(y)], [y, w], [], None)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, (y.reshape(5, N_USED, -1) * w[..., None]).reshape(5, -1))
 
 
 def test_moe_combine_matches_reference(kit: Kit):

@@ -418,3 +418,46 @@ def test_optional_biases_and_weight_scales(target, gpu_build_cache, tmp_path):
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
     ok, msg = _close(gpu, ref)
     assert ok, msg
+
+
+@pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
+def test_expert_weight_scales(target, gpu_build_cache, tmp_path, monkeypatch):
+    """qwen3moe's experts with `.scale` tensors on gate, up and down, in the layout llama.cpp's
+    saver writes (tests/e2e/test_llama_archs.py), the scales made large and unequal (0.5 to 2.5
+    per expert) so that each one moves the logits: moe_scale's kernel against the reference."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.e2e.test_llama_archs import archs
+
+    seeded = archs.weights
+
+    def weights(desc, name, shape, key):
+        if name.endswith("_exps.scale"):
+            return np.linspace(0.5, 2.5, shape[0], dtype=np.float32)[::-1 if "up" in name else 1].copy()
+        return seeded(desc, name, shape, key)
+
+    monkeypatch.setattr(archs, "weights", weights)
+    model = tmp_path / "scaled.gguf"
+    archs.write_model(archs.load("qwen3moe-moe"), model, "qwen3moe-moe")
+    out = tmp_path / "bundle"
+    compile_model(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+    pair = Pair(out, target, tmp_path / "emu")
+    assert sum(o.kind == "moe_scale" for o in pair.bundle.plan.ops) == 4  # gate and up of both layers
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
+    ok, msg = _close(gpu, ref)
+    assert ok, msg
+
+
+@pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
+def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
+    """llama4 with expert_used_count 2 as llama.cpp's saver writes it (tests/e2e/test_llama_archs.py):
+    each slot's gate output times its sigmoid weight (slot_scale's kernel) against the reference."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.e2e.test_llama_archs import _model
+
+    out = tmp_path / "bundle"
+    compile_model(CompileOptions(model=_model("llama4-moe", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+    pair = Pair(out, target, tmp_path / "emu")
+    assert sum(o.kind == "slot_scale" for o in pair.bundle.plan.ops) == 2  # the two layers with experts
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
+    ok, msg = _close(gpu, ref)
+    assert ok, msg

@@ -42,6 +42,28 @@ def test_llama4_plan_interleaves_top1_experts_and_nope_layers():
     assert spec.hparams.extra["no_rope_layers"] == [3] and spec.hparams.context_length == 512
 
 
+def test_llama4_weighs_each_of_several_experts_input(tmp_path):
+    """expert_used_count 2: slot j's input is w_j h (build_moe_ffn's weight_before_ffn); gate and
+    up are linear, so the plan multiplies slot j's gate output by w_j (slot_scale, before SiLU)
+    and leaves up's w_j to the weighted sum after down (moe_combine with the same weights)."""
+    spec = build_spec(read_gguf(rewrite_gguf(SRC, tmp_path / "top2.gguf", metadata={"llama4.expert_used_count": 2})))
+    validate_plan(spec.plan)
+    ops = spec.plan.ops
+    k = next(i for i, op in enumerate(ops) if op.kind == "slot_scale")
+    assert [(op.kind, op.inputs, op.outputs) for op in ops[k - 4 : k + 5]] == [
+        ("moe_route", ("router",), ("sigmoid_ids", "expert_weights")),
+        ("moe_route", ("router",), ("expert_ids", "expert_unit")),
+        ("moe_matmul", ("h", "expert_ids"), ("exp_gate",)),
+        ("moe_matmul", ("h", "expert_ids"), ("exp_up",)),
+        ("slot_scale", ("exp_gate", "expert_weights"), ("exp_gate",)),
+        ("swiglu", ("exp_gate", "exp_up"), ("exp_gate",)),
+        ("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",)),
+        ("moe_combine", ("experts_out", "expert_weights"), ("moe_in",)),
+        ("add", ("x", "moe_in"), ("x",)),
+    ]
+    assert {op.attrs["n_used"] for op in ops if op.kind == "moe_route"} == {2}
+
+
 def test_llama4_serves_contexts_below_the_first_chunk(tmp_path):
     spec = build_spec(read_gguf(rewrite_gguf(SRC, tmp_path / "long.gguf", metadata={"llama4.context_length": 1 << 20})))
     assert spec.hparams.context_length == spec.plan.context_length == 8191
@@ -49,7 +71,6 @@ def test_llama4_serves_contexts_below_the_first_chunk(tmp_path):
 
 
 @pytest.mark.parametrize("edits,message", [
-    ({"metadata": {"llama4.expert_used_count": 2}}, "llama4.expert_used_count 2 is not supported"),
     ({"drop_keys": ("llama4.expert_count", "llama4.expert_used_count")}, "llama4 needs llama4.expert_count > 0"),
     ({"metadata": {"llama4.expert_count": 1 << 31}}, "llama4.expert_count = 2147483648 is outside [0, 1024]"),
     ({"drop_keys": ("llama4.interleave_moe_layer_step",)}, "missing metadata llama4.interleave_moe_layer_step"),

@@ -168,3 +168,65 @@ def test_grouped_top_k_keeps_the_groups_whose_two_best_sum_highest():
 def test_equal_scores_choose_the_lower_index_and_group():
     ids, _ = _route([[1.0] * 8], 4, gating="sigmoid", groups=4, groups_used=2)
     assert ids.tolist() == [[0, 1, 2, 3]]
+
+
+def test_reference_moe_scale_scales_each_slot_by_its_expert():
+    y = np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 6)
+    ids = np.array([[2, 0], [1, 2]], np.int32)
+    out = np.zeros_like(y)
+    ReferenceDevice.op_moe_scale(None, [out], [y, ids], [np.array([0.5, 2.0, -1.0], np.float32)], {}, None)
+    np.testing.assert_array_equal(out, [[0, -1, -2, 1.5, 2, 2.5], [12, 14, 16, -9, -10, -11]])
+
+
+def _scaled_spec(tmp_path) -> ModelSpec:
+    layer = 0
+    n = read_gguf(FIXTURES / "tiny-qwen3moe-Q8_0.gguf").tensors[f"blk.{layer}.ffn_gate_exps.weight"].shape[0]
+    return _spec(tmp_path, add_tensors={f"blk.{layer}.ffn_gate_exps.scale": np.linspace(0.5, 2, n, dtype=np.float32)})
+
+
+def _layout(spec: ModelSpec, **shapes):
+    from rfc.artifacts.layout import TensorEntry, WeightLayout
+
+    return WeightLayout(64, tuple(TensorEntry(w.name, w.role, w.format, shapes.get(w.name, w.shape), 0, 0, "") for w in spec.weights))
+
+
+def test_moe_scale_is_validated(tmp_path):
+    """An expert scale is [n_expert] and its ids a router's; the buffer n_used segments."""
+    from rfc.artifacts.validate import check_plan_weights
+
+    spec = _scaled_spec(tmp_path)
+    validate_plan(spec.plan)
+    k = next(i for i, op in enumerate(spec.plan.ops) if op.kind == "moe_scale")
+    scale = spec.plan.ops[k].weights[0]
+    check_plan_weights(spec.plan, _layout(spec))
+    n = next(w.shape[0] for w in spec.weights if w.name == scale)
+    with pytest.raises(Exception, match=r"expert scale \(\d+,\) is not \["):
+        check_plan_weights(spec.plan, _layout(spec, **{scale: (n + 1,)}))
+    ops = list(spec.plan.ops)
+    ops.insert(0, ops.pop(k))  # before any router
+    with pytest.raises(Exception, match="op 0 .*is not written by a moe_route op before it"):
+        validate_plan(replace(spec.plan, ops=tuple(ops)))
+
+
+def test_reference_slot_scale_scales_each_slot_by_its_weight():
+    y = np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 6)
+    w = np.array([[0.5, 2.0], [-1.0, 0.0]], np.float32)
+    out = np.zeros_like(y)
+    ReferenceDevice.op_slot_scale(None, [out], [y, w], [], {}, None)
+    np.testing.assert_array_equal(out, [[0, 0.5, 1, 6, 8, 10], [-6, -7, -8, 0, 0, 0]])
+
+
+def test_slot_scale_is_validated(tmp_path):
+    """slot_scale's weights are float [T, n_used] and its buffer n_used segments alike."""
+    from rfc.artifacts.plan import Buffer, Op
+
+    spec = _scaled_spec(tmp_path)
+    buffers = {b.name: b for b in spec.plan.buffers}
+    ok = Op("slot_scale", ("exp_gate", "expert_weights"), ("exp_gate",))
+    validate_plan(replace(spec.plan, ops=(*spec.plan.ops, ok)))
+    odd = Buffer("odd", ("T", buffers["exp_gate"].shape[1] + 1))
+    for op, extra, message in ((Op("slot_scale", ("exp_gate", "expert_ids"), ("exp_gate",)), (), "is not a float"),
+                               (Op("slot_scale", ("odd", "expert_weights"), ("odd",)), (odd,), "segments"),
+                               (Op("slot_scale", ("exp_gate", "expert_weights"), ("exp_up",), ("w",)), (), "weight")):
+        with pytest.raises(Exception, match=message):
+            validate_plan(replace(spec.plan, buffers=(*spec.plan.buffers, *extra), ops=(*spec.plan.ops, op)))

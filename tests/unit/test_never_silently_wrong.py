@@ -194,15 +194,48 @@ def test_expert_scales_a_graph_does_not_apply_are_known_and_unused(tmp_path):
 
 
 def test_expert_scales_a_graph_applies(tmp_path):
-    """qwen3moe's graph applies them: the down scale as each expert's output factor, a gate (or
-    up) scale refused by name rather than computed without it."""
+    """qwen3moe's graph applies them (build_lora_mm_id's w_s): gate's and up's scale each chosen
+    expert's matmul output before the activation (moe_scale, between the expert matmuls and
+    swiglu), down's its output, a factor of its weight in the sum (moe_route's expert_scale)."""
     src = FIXTURES / "tiny-qwen3moe-Q8_0.gguf"
     i, n = _first_expert_layer(src)
-    spec = spec_of(src, tmp_path, add_tensors={f"blk.{i}.ffn_down_exps.scale": np.full(n, 1.5, np.float32)})
-    routes = [op for op in spec.plan.ops if op.kind == "moe_route" and op.attrs.get("expert_scale")]
+    extra = {f"blk.{i}.ffn_{x}_exps.scale": np.full(n, s, np.float32) for x, s in (("gate", 0.5), ("up", 1.5), ("down", 2.0))}
+    ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
+    routes = [op for op in ops if op.kind == "moe_route" and op.attrs.get("expert_scale")]
     assert [op.weights[-1] for op in routes] == [f"blk.{i}.ffn_down_exps.scale"]
-    assert_spec_refused(src, tmp_path, {"add_tensors": {f"blk.{i}.ffn_gate_exps.scale": np.ones(n, np.float32)}},
-                        f"tensor blk.{i}.ffn_gate_exps.scale is not used by rfc's qwen3moe recipe")
+    k = next(k for k, op in enumerate(ops) if op.kind == "moe_scale")
+    assert [(op.kind, op.inputs, op.weights) for op in ops[k - 2 : k + 3]] == [
+        ("moe_matmul", ("h", "expert_ids"), (f"blk.{i}.ffn_gate_exps.weight",)),
+        ("moe_matmul", ("h", "expert_ids"), (f"blk.{i}.ffn_up_exps.weight",)),
+        ("moe_scale", ("exp_gate", "expert_ids"), (f"blk.{i}.ffn_gate_exps.scale",)),
+        ("moe_scale", ("exp_up", "expert_ids"), (f"blk.{i}.ffn_up_exps.scale",)),
+        ("swiglu", ("exp_gate", "exp_up"), ()),
+    ]
+    assert sum(op.kind == "moe_scale" for op in ops) == 2
+
+
+def test_llama_expert_scales_on_gate_and_up(tmp_path):
+    """llama.cpp's llama graph (Mixtral-style experts, common.moe_ffn) passes build_moe_ffn the
+    experts' scales too: an up scale alone scales the up outputs."""
+    src = FIXTURES / "tiny-mixtral-Q8_0.gguf"
+    i, n = _first_expert_layer(src)
+    ops = spec_of(src, tmp_path, add_tensors={f"blk.{i}.ffn_up_exps.scale": np.full(n, 1.5, np.float32)}).plan.ops
+    assert [(op.inputs, op.weights) for op in ops if op.kind == "moe_scale"] == [
+        (("up", "expert_ids"), (f"blk.{i}.ffn_up_exps.scale",))]
+
+
+def test_fused_gate_up_experts_take_the_up_scale_on_both_halves(tmp_path):
+    """build_moe_ffn's fused path (qwen35moe's ffn_gate_up_exps): one build_lora_mm_id with
+    up_exps_s scales the gate and up halves alike, and gate_exps_s is never read."""
+    src = FIXTURES / "tiny-qwen35moe-Q8_0.gguf"
+    i, n = _first_expert_layer(src)
+    gate = read_gguf(src).tensors[f"blk.{i}.ffn_gate_exps.weight"]
+    fused = np.zeros((n, 2 * gate.shape[1], gate.shape[2]), np.float32)
+    extra = {f"blk.{i}.ffn_gate_up_exps.weight": fused, f"blk.{i}.ffn_gate_exps.scale": np.full(n, 0.5, np.float32),
+             f"blk.{i}.ffn_up_exps.scale": np.full(n, 1.5, np.float32)}
+    spec = spec_of(src, tmp_path, add_tensors=extra, drop_tensors=tuple(f"blk.{i}.ffn_{x}_exps.weight" for x in ("gate", "up")))
+    assert [(op.inputs, op.weights) for op in spec.plan.ops if op.kind == "moe_scale"] == [
+        ((buf, "expert_ids"), (f"blk.{i}.ffn_up_exps.scale",)) for buf in ("exp_gate", "exp_up")]
 
 
 def test_mamba2_weight_scales_scale_every_part_of_ssm_in(tmp_path):
@@ -214,6 +247,50 @@ def test_mamba2_weight_scales_scale_every_part_of_ssm_in(tmp_path):
     scaled = [ops[k - 1].weights for k, op in enumerate(ops)
               if op.kind == "scale" and op.attrs.get("factor") in (0.5, 2.0)]  # fmt: skip
     assert scaled == [(f"blk.{i}.ssm_in.weight:{x}",) for x in ("z", "xbc", "dt")] + [(f"blk.{i}.ssm_out.weight",)]
+
+
+def test_qwen35_attention_biases_as_build_qkv_adds_them(tmp_path):
+    """qwen35.cpp's build_qkv: attn_q, attn_k and attn_v each times its scale, then plus its bias;
+    attn_q.bias holds each head's query entries and then its gate entries, as attn_q's rows."""
+    from rfc.compiler.weights import _read_parts, check_use
+
+    src = FIXTURES / "tiny-qwen35-Q8_0.gguf"
+    tensors = read_gguf(src).tensors
+    at = next(i for i in range(64) if f"blk.{i}.attn_q.weight" in tensors)
+    p = f"blk.{at}."
+    rows, kv = tensors[p + "attn_q.weight"].shape[0], tensors[p + "attn_k.weight"].shape[0]
+    q_bias = np.arange(rows, dtype=np.float32)
+    extra = {p + "attn_q.bias": q_bias, p + "attn_k.bias": np.ones(kv, np.float32), p + "attn_v.bias": np.ones(kv, np.float32),
+             p + "attn_q.scale": np.array([0.5], np.float32)}
+    model = read_gguf(rewrite_gguf(src, tmp_path / "biased.gguf", add_tensors=extra))
+    spec = build_spec(model)
+    ops = spec.plan.ops
+    biased = [(ops[k - 1].kind, op.inputs, op.weights[0]) for k, op in enumerate(ops) if op.kind == "add_bias"]
+    assert biased == [("scale", ("q",), p + "attn_q.bias:q"), ("scale", ("qgate",), p + "attn_q.bias:gate"),
+                      ("matmul", ("k",), p + "attn_k.bias"), ("matmul", ("v",), p + "attn_v.bias")]
+    hd = next(op.attrs["head_dim"] for op in ops if op.kind == "attention")
+    heads = rows // (2 * hd)
+    for half, first in (("q", 0), ("gate", hd)):
+        use = next(w for w in spec.weights if w.name == f"{p}attn_q.bias:{half}")
+        check_use(model, use)
+        with open(model.path, "rb") as f:
+            got = np.frombuffer(b"".join(_read_parts(f, model, use, 1 << 20)), np.float32)
+        want = np.concatenate([q_bias[2 * h * hd + first : 2 * h * hd + first + hd] for h in range(heads)])
+        np.testing.assert_array_equal(got, want)
+
+
+def test_element_ranges_stay_inside_a_vector():
+    """A weight made of elements of a vector (ModelBuilder.vector_ranges) is refused when its
+    parts leave the vector or read a matrix: the bytes it would copy are another tensor's."""
+    from rfc.compiler.weights import ElementRange, WeightUse, check_use
+
+    model = read_gguf(FIXTURES / "tiny-qwen35-Q8_0.gguf")
+    norm = next(n for n, t in model.tensors.items() if n.endswith("attn_norm.weight"))
+    n = model.tensors[norm].shape[0]
+    check_use(model, WeightUse("ok", "x", "F32", (4,), (ElementRange(norm, n - 4, n),)))
+    for part in (ElementRange(norm, n - 2, n + 2), ElementRange(norm, 3, 3), ElementRange("token_embd.weight", 0, 4)):
+        with pytest.raises(CompileError, match="cannot be made from elements"):
+            check_use(model, WeightUse("bad", "x", model.tensors[part.tensor].format, (part.stop - part.start,), (part,)))
 
 
 def test_llama4_applies_no_ffn_or_shared_expert_scale(tmp_path):

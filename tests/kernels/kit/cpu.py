@@ -186,6 +186,7 @@ class CpuOpDevice(InterpretedDevice):
                     "rfc_attention_ws": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float],
                     "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float], "rfc_scale": [_P, _P, c_size_t, c_float],
                     "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
+                    "rfc_moe_scale": [_P, _P, _P, c_int, c_int, c_int, _P], "rfc_slot_scale": [_P, _P, c_int, c_int, c_int, _P],
                     "rfc_attention_sinks": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float, _P]}  # fmt: skip
         self._arch = {name: _declare(lib, name, args) for name, args in optional.items() if hasattr(lib, name)}
         self._keep: dict[tuple, np.ndarray] = {}  # per-op arrays the kernels read (rope tables)
@@ -329,6 +330,18 @@ class CpuOpDevice(InterpretedDevice):
         t, n_used = ids.array.shape
         fn = self._arch_kernel("rfc_moe_add_bias", op)
         return fn, (y.ptr, ids.ptr, bias.ptr, t, n_used, y.array.shape[1] // n_used, outs[0].ptr)
+
+    def _op_moe_scale(self, op, outs, ins, weights, batch):
+        (y, ids), scale = ins, weights[0]
+        t, n_used = ids.array.shape
+        fn = self._arch_kernel("rfc_moe_scale", op)
+        return fn, (y.ptr, ids.ptr, scale.ptr, t, n_used, y.array.shape[1] // n_used, outs[0].ptr)
+
+    def _op_slot_scale(self, op, outs, ins, weights, batch):
+        y, w = ins
+        t, n_used = w.array.shape
+        fn = self._arch_kernel("rfc_slot_scale", op)
+        return fn, (y.ptr, w.ptr, t, n_used, y.array.shape[1] // n_used, outs[0].ptr)
 
     def _op_short_conv(self, op, outs, ins, weights, batch):
         """Each sequence's chunk from zeros (no state pool here: teacher forcing, chunks from
@@ -479,6 +492,8 @@ _CALLS: dict[OpKind, Callable] = {
     OpKind.MOE_MATMUL: CpuOpDevice._op_moe_matmul,
     OpKind.MOE_COMBINE: CpuOpDevice._op_moe_combine,
     OpKind.MOE_ADD_BIAS: CpuOpDevice._op_moe_add_bias,
+    OpKind.MOE_SCALE: CpuOpDevice._op_moe_scale,
+    OpKind.SLOT_SCALE: CpuOpDevice._op_slot_scale,
     OpKind.SSM_CONV: CpuOpDevice._op_ssm_conv,
     OpKind.GATED_DELTA_NET: CpuOpDevice._op_gated_delta_net,
     OpKind.SSM_SCAN: CpuOpDevice._op_ssm_scan,
