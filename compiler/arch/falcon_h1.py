@@ -3,7 +3,7 @@ layer runs GQA attention and a Mamba2 mixer side by side on the same h = attn_no
 x += attention(h) + mamba2(h), then x += FFN(ffn_norm(x)).
 
 - attention: Q/K/V biases where present, NeoX RoPE over `rope.dimension_count` dims (no factors:
-  the graph passes none), scores × 1/√head_dim (the loader reads no attention.scale), no output
+  the graph passes none, so a file's `rope_freqs.weight` is known and unused), scores × 1/√head_dim (the loader reads no attention.scale), no output
   bias (llama.cpp loads `attn_output.bias` and its graph does not apply it: nor here);
 - the Mamba2 mixer is compiler/arch/mamba2.py's (granitehybrid's, with `ssm.inner_size` free: any
   expansion), its grouped `ssm_norm` required here (llama.cpp makes it optional);
@@ -39,6 +39,7 @@ def build(model: GGUFModel) -> ModelSpec:
     b.buffer("m", "T", s.n_embd)
     mamba2.declare(b, m)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    b.unused("rope_freqs.weight", "llama.cpp's falcon-h1 loader reads it and its graph rotates with no frequency factors")
     cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim))
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(s.n_layers):
