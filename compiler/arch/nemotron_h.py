@@ -22,7 +22,7 @@ from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch import mamba2
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Rope, Sizes, hparams, linear, output_head
-from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
+from rfc.compiler.arch.metadata import MAX_EMBD, MAX_EXPERTS, MAX_FF, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -60,6 +60,8 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
     n_all = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
     nextn = md.int("nextn_predict_layers", 0, n_all - 1, default=0)
     n_layers = n_all - nextn
+    if experts is not None and md.has("expert_count") and md.int("expert_count", 0, MAX_EXPERTS) == 0:
+        experts = None  # llama.cpp's nemotron_h_moe loader: with expert_count 0 its FFN layers are the dense MLP
     kinds, heads, kv_heads, n_ff = layer_kinds(md, b, n_all, "ffn_up_exps.weight" if experts else "ffn_up.weight")
     kinds = kinds[:n_layers]
     attn = [i for i in range(n_layers) if kinds[i] == ATTENTION]

@@ -35,7 +35,6 @@ archs = _tool()
 NAMES = archs.names()
 # Files rfc does not yet match, with what the table of tools/fixtures/llama_archs.py shows for them.
 KNOWN: dict[str, str] = {
-    "nemotron_h_moe-dense": "nemotron_h_moe's layer kinds as the saver writes them (2 layers of head_count_kv, 3 blocks): refused",
     "qwen3next-moe": "its DeltaNet tensors (ssm_in, ...) as the saver writes them: refused",
 }
 # Files whose seeded optional tensors barely move the logits, so that the bounds alone would pass
