@@ -33,7 +33,10 @@ def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -
     p, s, hk, hv = f"blk.{i}.", dn.head_dim, dn.k_heads, dn.v_heads
     r = hv // hk
     rows = lambda start, n: (start, start + n)  # noqa: E731
+    for name in ("attn_qkv", "attn_gate", "ssm_in", "ssm_ba", "ssm_out"):
+        b.unused(p + name + ".scale", "llama.cpp's qwen3next DeltaNet graph multiplies its projections by no weight scale")
     if b.has(p + "attn_qkv.weight") or not b.has(p + "ssm_in.weight"):
+        b.unused(p + "ssm_in.weight", "the legacy fused projection: llama.cpp's graph takes attn_qkv and attn_gate when present")
         src, shape = p + "attn_qkv.weight", (dn.conv_dim, e)
         q = [rows(h // r * s, s) for h in range(hv)]
         k = [rows((hk + h // r) * s, s) for h in range(hv)]

@@ -35,7 +35,6 @@ archs = _tool()
 NAMES = archs.names()
 # Files rfc does not yet match, with what the table of tools/fixtures/llama_archs.py shows for them.
 KNOWN: dict[str, str] = {
-    "qwen3next-moe": "its DeltaNet tensors (ssm_in, ...) as the saver writes them: refused",
 }
 # Files whose seeded optional tensors barely move the logits, so that the bounds alone would pass
 # with them left out: the experts' `.scale` tensors on gate, up and down (about 0.1 each, together
@@ -43,7 +42,11 @@ KNOWN: dict[str, str] = {
 # (without them mean |d| 0.09 and 0.19). Applied as llama.cpp applies them, rfc is within float32
 # rounding of it (mean |d| 7e-5 at most: llama4-moe, whose two experts per token are weighed
 # after their gate and up matmuls rather than before), on every device: they are held to that.
-CLOSE = ("llama-moe", "mistral3-moe", "qwen3moe-moe", "qwen35-dense", "qwen35moe-moe", "llama4-moe")
+# So are the files where rfc, as llama.cpp, leaves tensors of the file unapplied (qwen3next's
+# DeltaNet weight scales and its legacy fused ssm_in beside attn_qkv; falcon-h1's rope_freqs) or
+# reads a layer's kind from metadata (nemotron_h_moe with expert_count 0: dense MLP layers).
+CLOSE = ("llama-moe", "mistral3-moe", "qwen3moe-moe", "qwen35-dense", "qwen35moe-moe", "llama4-moe", "qwen3next-moe", "falcon-h1-dense",
+         "nemotron_h_moe-dense")
 CLOSE_MEAN = 1e-3
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
 CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
