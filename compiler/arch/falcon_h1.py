@@ -20,7 +20,9 @@ import math
 
 from rfc.compiler.arch import mamba2
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes
+from rfc.compiler.arch.common import (
+    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
+)
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -56,6 +58,6 @@ def build(model: GGUFModel) -> ModelSpec:
     tied = output_head(b, s, eps)
     extra = {"ssm_conv_kernel": m.kernel, "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state,
              "ssm_time_step_rank": m.n_heads, "ssm_group_count": m.n_groups}  # fmt: skip
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"), rope_freq_factors=False,
-                 extra=extra)  # fmt: skip
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+                 rope_freq_factors=False, extra=extra)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
