@@ -38,13 +38,16 @@ KNOWN: dict[str, str] = {
     "falcon-h1-dense": "rope_freqs.weight not used by the falcon-h1 recipe (falcon_h1.py): refused",
     "llama-moe": "expert .scale tensors on gate and up not applied (llama.cpp's llama graph applies them): refused",
     "llama4-moe": "expert_used_count 2: refused",
-    "mistral3-moe": "expert .scale tensors on gate and up not applied (llama.cpp's mistral3 graph applies them): refused",
-    "nemotron_h_moe-dense": "nemotron_h_moe's layer kinds as the saver writes them (2 layers of head_count_kv, 3 blocks): refused",
+    "mistral3-moe": "expert .scale tensors on gate and up not applied (llama.cpp's mistral3 graph applies them): "
+                    "refused",
+    "nemotron_h_moe-dense": "nemotron_h_moe's layer kinds as the saver writes them (2 layers of head_count_kv, 3 "
+                            "blocks): refused",
     "qwen35-dense": "attn_q/k/v .bias (build_qkv adds them; attn_q's interleaves query and gate rows per head) "
                     "not applied: refused",
     "qwen35moe-moe": "attn_q/k/v .bias (build_qkv adds them; attn_q's interleaves query and gate rows per head) "
                      "not applied: refused",
-    "qwen3moe-moe": "expert .scale tensors on gate and up not applied (llama.cpp's qwen3moe graph applies them): refused",
+    "qwen3moe-moe": "expert .scale tensors on gate and up not applied (llama.cpp's qwen3moe graph applies them): "
+                    "refused",
     "qwen3next-moe": "its DeltaNet tensors (ssm_in, ...) as the saver writes them: refused",
 }
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
@@ -60,7 +63,8 @@ def _params(fast: tuple[str, ...] = ()):
         known = pytest.mark.xfail(reason=KNOWN.get(name, ""), strict=True, raises=(CompileError, AssertionError))
         marks = [known] if name in KNOWN else []
         if (arch := archs.arch_of(archs.load(name))) not in RECIPES:
-            marks = [pytest.mark.skip(reason=f"no recipe for {arch} here (its refusal: tests/unit/test_arch_catalog.py)")]
+            marks = [pytest.mark.skip(reason=f"no recipe for {arch} here (its refusal: "
+                                             f"tests/unit/test_arch_catalog.py)")]
         if fast and name not in fast:
             marks.append(pytest.mark.slow)
         out.append(pytest.param(name, marks=marks, id=name))
@@ -72,8 +76,9 @@ def _model(name, tmp_path):
     archs.write_model(archs.load(name), path, name)
     want = archs.manifest()["fixtures"][name]["sha256"]
     if (got := testdata.sha256(path)) != want:
-        raise testdata.TestDataError(f"tools/fixtures/llama_archs.py made {name}.gguf with sha256 {got}, but its goldens "
-                                     f"were recorded from {want}: record them again (tools/fixtures/llama_archs.py --record)")  # fmt: skip
+        raise testdata.TestDataError(f"tools/fixtures/llama_archs.py made {name}.gguf with sha256 {got}, but its "
+                                     f"goldens were recorded from {want}: record them again "
+                                     f"(tools/fixtures/llama_archs.py --record)")  # fmt: skip
     return path
 
 
@@ -91,7 +96,8 @@ def test_every_supported_architecture_has_its_file():
 
     have = {archs.arch_of(archs.load(n)) for n in NAMES}
     missing = set(RECIPES) - have - set(archs.SKIPPED)
-    assert not missing, f"record them: python tools/fixtures/llama_archs.py --record --arch {' --arch '.join(sorted(missing))}"
+    assert not missing, (f"record them: python tools/fixtures/llama_archs.py --record --arch "
+                         f"{' --arch '.join(sorted(missing))}")
 
 
 @pytest.mark.parametrize("name", _params())
@@ -100,7 +106,8 @@ def test_reference_matches_llama_cpp(name, tmp_path):
 
 
 @pytest.mark.toolchain
-@pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+@pytest.mark.skipif(shutil.which("cc") is None,
+                    reason="compiling for the cpu target needs a C compiler ('cc' not found)")
 @pytest.mark.parametrize("name", _params(CPU_FAST))
 def test_cpu_matches_llama_cpp(name, tmp_path):
     _check(name, tmp_path, "cpu", ("cpu",))

@@ -50,7 +50,8 @@ TARGET = parse_target("sm_90")
 # (format, rows, cols): 100 rows leave a partial row tile; 512 columns are two chunks, 320 one
 # and a partial one, 256 one whole
 SHAPES = ([(f, 100, 512) for f in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")]
-          + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")] + [("Q4_Kp", 70, 512), ("Q5_Kp", 70, 256)]
+          + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")]
+          + [("Q4_Kp", 70, 512), ("Q5_Kp", 70, 256)]
           + [("Q4_K", 130, 256), ("Q8_0", 10, 96)])
 # the AMD instruction forms on fewer shapes (the kernel around them is the same): a format
 # without and one with offsets, a planar one, a k-quant, partial tiles of rows and tokens
@@ -162,7 +163,8 @@ def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols
         got = k.run(fmt, rows, cols, x, raw)
         model = kernel_model(x, u, a, b, has_min=k.specs[fmt, rows, cols].params["has_min"])
         assert np.array_equal(got.view(np.uint32), model.view(np.uint32)), \
-            f"{target} {fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the model"
+            (f"{target} {fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the "
+             f"model")
         xq, xd = quantize_activations(x)
         rounded = xq * xd.astype(np.float64).repeat(32, 1)  # exact
         # the oracle's q8_32 kind rounds in float64: the same values but where x / d falls within

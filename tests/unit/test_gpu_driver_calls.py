@@ -7,7 +7,6 @@ the program is lowered from a reference-only bundle's plan.
 
 import ctypes
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,8 @@ class FakeCuda:
 
     def _cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
         if self.capturing:
-            self.captured.append([ctypes.cast(params[i], ctypes.POINTER(ctypes.c_uint64))[0] for i in range(len(params))])
+            self.captured.append([ctypes.cast(params[i], ctypes.POINTER(ctypes.c_uint64))[0]
+                                  for i in range(len(params))])
         return 0
 
     def _cuMemcpyHtoDAsync_v2(self, dst, src, nbytes, stream):
@@ -174,8 +174,10 @@ def test_decode_steps_capture_once_and_replay(program_and_bundle):
     assert names.count("cuStreamSynchronize") == 3
     assert not {"cuMemAlloc_v2", "cuMemAllocHost_v2", "cuCtxSynchronize", "cuMemcpyHtoD_v2"} & set(names)
     # each step: copy in, replay, copy out, sync, all on the runner's stream
-    replay = [c for c in fake.calls if c[0] in ("cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize")]
-    assert [c[0] for c in replay] == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize"] * 3
+    replay = [c for c in fake.calls
+              if c[0] in ("cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize")]
+    assert ([c[0] for c in replay]
+            == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize"] * 3)
     assert all(c[1][-1].value == 0x5151 for c in replay if c[0] != "cuGraphLaunch")
     h2d = replay[0][1]
     assert (h2d[0], h2d[1]) == (runner._dev_in, runner._host_in)
@@ -379,7 +381,8 @@ def test_rows_past_a_capped_penalty_region_go_to_the_host(program_and_bundle, mo
     first = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [3, 4], vocab)
     second = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [5, 6], vocab)
     plain = Sampler(SamplingParams(temperature=0.0), [7], vocab)
-    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 3, 0), [(first, False), (second, False), (plain, False)])
+    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 3, 0),
+                             [(first, False), (second, False), (plain, False)])
     assert list(out.logits) == [1]
 
 
@@ -428,15 +431,15 @@ def test_prefill_steps_launch_the_prefill_list_and_decode_steps_replay_the_decod
         return [c[1][0] for c in fake.calls if c[0] == "cuLaunchKernel"], [c[0] for c in fake.calls]
 
     fns, names = launched(_prefill_batch(blocks, 64))  # one prompt of 64 tokens: the prefill list, no graph
-    assert fns == [functions[l.kernel] for l in program.prefill_launches]
+    assert fns == [functions[launch.kernel] for launch in program.prefill_launches]
     assert "cuStreamBeginCapture_v2" not in names and "cuGraphLaunch" not in names
     blocks.free(0)
     fns, names = launched(_prefill_batch(blocks, 63))  # below the bound: the decode list, launched directly
-    assert fns == [functions[l.kernel] for l in program.launches]
+    assert fns == [functions[launch.kernel] for launch in program.launches]
     fake.captured.clear()
     fns, names = launched(_decode_batch(BlockManager(32, 16), 2, 0))  # decode: the decode list's graph
-    assert names.count("cuGraphLaunch") == 1 and fns == [functions[l.kernel] for l in program.launches]
-    assert not any(l.kernel.startswith("rfc_matmul_mma_") for l in program.launches)
+    assert names.count("cuGraphLaunch") == 1 and fns == [functions[launch.kernel] for launch in program.launches]
+    assert not any(launch.kernel.startswith("rfc_matmul_mma_") for launch in program.launches)
 
 
 def test_the_prefill_list_round_trips_and_is_checked():

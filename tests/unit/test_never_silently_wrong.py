@@ -13,7 +13,7 @@ from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import read_gguf
 from rfc.compiler.spec import build_spec
 from tests.conftest import FIXTURES
-from tests.gguf_edit import assert_spec_refused, put_raw_array, rewrite_gguf, spec_of
+from tests.gguf_edit import assert_spec_refused, put_raw_array, spec_of
 
 pytestmark = pytest.mark.shared
 
@@ -71,7 +71,8 @@ def test_an_ffn_bias_is_added_before_the_weight_scale(tmp_path):
 
 @pytest.mark.parametrize("key,value", [("llama.final_logit_softcapping", 30.0), ("llama.attention.clamp_kqv", 8.0),
                                        ("llama.logit_scale", 0.5), ("llama.residual_scale", 0.25)])
-def test_a_math_key_llama_cpp_applies_and_the_recipe_does_not_is_refused_unless_neutral(key, value, tmp_path, monkeypatch):
+def test_a_math_key_llama_cpp_applies_and_the_recipe_does_not_is_refused_unless_neutral(
+        key, value, tmp_path, monkeypatch):
     """Were llama.cpp's llama loader to read the key (it reads none of these), rfc's llama recipe,
     which does not apply it, would refuse the file."""
     from rfc.compiler.arch import math_keys
@@ -147,7 +148,8 @@ def test_a_negative_learned_scalar_compiles(tmp_path):
     factor, not a traceback."""
 
     def negative(name, data, qtype):
-        return (np.array([-0.0701645240187645], np.float32), qtype) if name == "blk.1.layer_output_scale.weight" else (data, qtype)
+        return ((np.array([-0.0701645240187645], np.float32), qtype) if name == "blk.1.layer_output_scale.weight"
+                else (data, qtype))
 
     spec = spec_of(FIXTURES / "tiny-gemma4-Q8_0.gguf", tmp_path, tensor_fn=negative)
     factors = [op.attrs["factor"] for op in spec.plan.ops if op.kind == "scale"]
@@ -209,7 +211,8 @@ def test_mamba2_weight_scales_scale_every_part_of_ssm_in(tmp_path):
     """build_lora_mm(ssm_in, cur, ssm_in_s): the scale multiplies z, xBC and dt alike; ssm_out's its output."""
     src = FIXTURES / "tiny-nemotron_h-Q8_0.gguf"
     i = next(i for i in range(64) if f"blk.{i}.ssm_in.weight" in read_gguf(src).tensors)
-    extra = {f"blk.{i}.ssm_in.scale": np.array([0.5], np.float32), f"blk.{i}.ssm_out.scale": np.array([2.0], np.float32)}
+    extra = {f"blk.{i}.ssm_in.scale": np.array([0.5], np.float32),
+             f"blk.{i}.ssm_out.scale": np.array([2.0], np.float32)}
     ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
     scaled = [ops[k - 1].weights for k, op in enumerate(ops)
               if op.kind == "scale" and op.attrs.get("factor") in (0.5, 2.0)]  # fmt: skip
@@ -234,7 +237,8 @@ def test_qwen35_weight_scales_as_its_graph_applies_them(tmp_path):
     tensors = read_gguf(src).tensors
     dn = next(i for i in range(64) if f"blk.{i}.ssm_alpha.weight" in tensors)
     at = next(i for i in range(64) if f"blk.{i}.attn_q.weight" in tensors)
-    names = [f"blk.{dn}.{x}" for x in ("attn_qkv", "attn_gate", "ssm_alpha", "ssm_beta", "ssm_out")] + [f"blk.{at}.attn_q"]
+    names = ([f"blk.{dn}.{x}" for x in ("attn_qkv", "attn_gate", "ssm_alpha", "ssm_beta", "ssm_out")]
+             + [f"blk.{at}.attn_q"])
     extra = {n + ".scale": np.array([0.5], np.float32) for n in names}
     ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
     scaled = [ops[k - 1].weights[0] for k, op in enumerate(ops) if op.kind == "scale" and op.attrs.get("factor") == 0.5]
