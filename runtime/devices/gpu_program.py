@@ -341,8 +341,8 @@ def write_sample_row(words: np.ndarray, params: SamplingParams, vocab: int, seed
     `params` were validated when the request came in; the kernel still clamps what it reads."""
     greedy = params.is_greedy
     w = _WORD
-    words[w["flags"]] = SAMPLE_FLAG_DEVICE | (SAMPLE_FLAG_GREEDY if greedy
-                                              else 0) | (SAMPLE_FLAG_LOGPROB if logprob else 0)
+    words[w["flags"]] = (SAMPLE_FLAG_DEVICE | (SAMPLE_FLAG_GREEDY if greedy else 0)
+                         | (SAMPLE_FLAG_LOGPROB if logprob else 0))
     words[w["top_k"]] = params.top_k if 0 < params.top_k < vocab else 0
     words[w["pen_start"]] = pen_start
     words[w["pen_count"]] = pen_count

@@ -117,8 +117,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
         g, u = ins
         if attrs["activation"] == "gelu_tanh":
             c = np.float32(np.sqrt(2.0 / np.pi))
-            outs[0][...] = np.float32(0.5) * g * (np.float32(1.0)
-                                                  + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * u
+            tanh = np.tanh(c * (g + np.float32(0.044715) * g * g * g))
+            outs[0][...] = np.float32(0.5) * g * (np.float32(1.0) + tanh) * u
         elif attrs["activation"] == "sigmoid":
             outs[0][...] = u / (np.float32(1.0) + np.exp(-g))
         elif attrs["activation"] == "relu":  # nemotron_h's relu^2 as relu(g) * g
