@@ -238,7 +238,8 @@ def _nv_info_records(elf: bytes, sec: _Section):
         if fmt != _EIFMT_SVAL:
             continue
         if pos + size > len(data):
-            raise CodeObjectError(f"{sec.name}: attribute 0x{attr:02x} runs {pos + size - len(data)} bytes past the section")
+            raise CodeObjectError(f"{sec.name}: attribute 0x{attr:02x} runs {pos + size - len(data)} bytes past the "
+                                  f"section")
         yield attr, data[pos : pos + size]
         pos += size
 
@@ -290,10 +291,12 @@ def cubin_resources(data: bytes) -> dict[str, CubinResources]:
                         raise CodeObjectError(f".nv.info: attribute 0x{attr:02x} has {len(payload)} bytes, 8 expected")
                     index, value = struct.unpack("<II", payload)
                     if index >= len(symbols):
-                        raise CodeObjectError(f".nv.info: attribute 0x{attr:02x} names symbol {index} of {len(symbols)}")
+                        raise CodeObjectError(f".nv.info: attribute 0x{attr:02x} names symbol {index} of "
+                                              f"{len(symbols)}")
                     per_symbol.setdefault(index, {})[attr] = value
         reserved = _RESERVED_SHARED_BYTES if any(s.name.startswith(_RESERVED_SHARED_SECTION) for s in sections) else 0
-        shared = {s.name.removeprefix(".nv.shared."): max(0, s.size - reserved) for s in sections if s.name.startswith(".nv.shared.")}
+        shared = {s.name.removeprefix(".nv.shared."): max(0, s.size - reserved) for s in sections
+                  if s.name.startswith(".nv.shared.")}
         kernels = {}
         for index, (name, info) in enumerate(symbols):
             if info & 0xF != _STT_FUNC or info >> 4 != _STB_GLOBAL:

@@ -77,7 +77,8 @@ class WeightFormat:
     ops: frozenset[str] = frozenset()  # packed and planar formats: the op kinds whose kernels read them
     group_rows: int = 1  # packed formats: rows interleaved per group
     head_bytes: int = 0  # packed formats: bytes of f16 fields (scale, minimum) that start a base block
-    column_dot: bool = False  # packed formats: a layout of its own, dotted a column at a time (cpu_dot.h rfc_x8col_<base>)
+    # packed formats: a layout of its own, dotted a column at a time (cpu_dot.h rfc_x8col_<base>)
+    column_dot: bool = False
     planes: tuple[int, ...] = ()  # planar formats: bytes per base block of each plane, in row order
     ggml_type: int | None = None  # GGUF formats: the tensor type id a GGUF file stores it under (ggml.h's ggml_type)
 
@@ -243,8 +244,8 @@ FORMATS: dict[str, WeightFormat] = {
                      ops=frozenset({"matmul"}), **_X8),
         WeightFormat("Q6_Kx8", 256, Q6_KX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="Q6_K", column_dot=True,
                      ops=frozenset({"matmul"}), **_X8),
-        WeightFormat("IQ4_XSx8", 256, IQ4_XSX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="IQ4_XS", column_dot=True,
-                     ops=frozenset({"matmul"}), **_X8),
+        WeightFormat("IQ4_XSx8", 256, IQ4_XSX8_COLUMN_BYTES // 8, "q8_k", cpu_act="q8_k", base="IQ4_XS",
+                     column_dot=True, ops=frozenset({"matmul"}), **_X8),
         WeightFormat("IQ4_NLx8", 32, 18, "q8_0", cpu_act="q8_32", base="IQ4_NL", head_bytes=2, column_dot=True,
                      ops=frozenset({"matmul"}), **_X8),
         # planar GPU layouts

@@ -130,7 +130,8 @@ OPS: dict[OpKind, OpSchema] = {
         "tuning: mistral3) the rotated q row is then multiplied by float32(1 + temp_scale * ln(floor(pos / temp_floor) "
         "+ 1)), computed in double (q only; needs n_rot == head_dim)",
     ),
-    OpKind.KV_WRITE: OpSchema(2, 0, (0, 0), ("layer",), doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"),
+    OpKind.KV_WRITE: OpSchema(2, 0, (0, 0), ("layer",),
+                              doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"),
     OpKind.ATTENTION: OpSchema(
         1, 1, (0, 1), ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
         optional=(("window", None), ("softcap", None)),
@@ -154,8 +155,10 @@ OPS: dict[OpKind, OpSchema] = {
     ),
     OpKind.ADD: OpSchema(2, 1, (0, 0), doc="out = a + b"),
     OpKind.GATHER_ROWS: OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),
-    OpKind.SOFTCAP: OpSchema(1, 1, (0, 0), ("cap",), doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
-    OpKind.SCALE: OpSchema(1, 1, (0, 0), ("factor",), doc="out = x * factor, factor a float32 (granite's residual and logit multipliers)"),
+    OpKind.SOFTCAP: OpSchema(1, 1, (0, 0), ("cap",),
+                             doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
+    OpKind.SCALE: OpSchema(1, 1, (0, 0), ("factor",),
+                           doc="out = x * factor, factor a float32 (granite's residual and logit multipliers)"),
     OpKind.MOE_ROUTE: OpSchema(
         1, 2, (0, 2), ("n_used",),
         optional=(("gating", "softmax"), ("norm", True), ("scale", 1.0), ("groups", 1), ("groups_used", 1),
@@ -416,7 +419,8 @@ class Plan:
     def kv_geometries(self) -> set[tuple[int, int]]:
         """The (n_kv_heads, head_dim) of the plan's attention ops: more than one where layers
         differ (Gemma 4), each within the KVSpec's row."""
-        return {(int(op.attrs["n_kv_heads"]), int(op.attrs["head_dim"])) for op in self.ops if op.kind == OpKind.ATTENTION}
+        return {(int(op.attrs["n_kv_heads"]), int(op.attrs["head_dim"])) for op in self.ops
+                if op.kind == OpKind.ATTENTION}
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:
@@ -482,7 +486,8 @@ def _state(value: Any) -> StateSpec:
     for i, t in enumerate(value):
         if not (isinstance(t, list) and len(t) == 2 and isinstance(t[1], list) and 1 <= len(t[1]) <= MAX_STATE_DIMS):
             raise BundleError(f"{PLAN_FILE}: state tensor {i} is not [layer, [dims]]")
-        tensors.append(StateTensor(_int(t[0], f"state tensor {i} layer"), tuple(_int(d, f"state tensor {i} dims") for d in t[1])))
+        tensors.append(StateTensor(_int(t[0], f"state tensor {i} layer"),
+                                   tuple(_int(d, f"state tensor {i} dims") for d in t[1])))
     return StateSpec(tuple(tensors))
 
 
@@ -497,11 +502,13 @@ def unpack_plan(data: bytes) -> Plan:
     try:
         buffers = raw["buffers"]
         ops = raw["ops"]
-        if not isinstance(buffers, list) or not isinstance(ops, list) or len(buffers) > MAX_BUFFERS or len(ops) > MAX_OPS:
+        if (not isinstance(buffers, list) or not isinstance(ops, list) or len(buffers) > MAX_BUFFERS
+                or len(ops) > MAX_OPS):
             raise BundleError(f"{PLAN_FILE}: buffers/ops are not lists of a sane length")
         parsed_buffers = []
         for b in buffers:
-            if not (isinstance(b, list) and len(b) == 3 and isinstance(b[0], str) and isinstance(b[1], list) and isinstance(b[2], str)):
+            if not (isinstance(b, list) and len(b) == 3 and isinstance(b[0], str) and isinstance(b[1], list)
+                    and isinstance(b[2], str)):
                 raise BundleError(f"{PLAN_FILE}: a buffer is not [name, shape, dtype]")
             parsed_buffers.append(Buffer(b[0], tuple(b[1]), b[2]))
         parsed_ops = []

@@ -60,8 +60,10 @@ STEP_ARGS: tuple[tuple[str, str, str], ...] = (
     ("arena", "ptr", "base of the activation arena (program offsets are relative to it)"),
     ("k_cache", "ptr", "K cache: [n_layers, kv_slots, row] of k_type (a row: n_kv_heads * head_dim values)"),
     ("v_cache", "ptr", "V cache, same layout, of v_type"),
-    ("state", "ptr", "recurrent-state pool (plans with state): [n_state_slots, the plan's StateSpec slot_floats] float32"),
-    ("state_slots", "ptr", "int32[S]: each sequence's state slot (-1: none: it starts from zeros, its state is not kept)"),
+    ("state", "ptr",
+     "recurrent-state pool (plans with state): [n_state_slots, the plan's StateSpec slot_floats] float32"),
+    ("state_slots", "ptr",
+     "int32[S]: each sequence's state slot (-1: none: it starts from zeros, its state is not kept)"),
     ("n_state_slots", "i64", "slots in the state pool (0: no pool)"),
     ("k_type", "i64", "how K is stored: artifacts/kv_cache_type.py CacheType.code (0 f16, 1 q8_0, 2 q4_0)"),
     ("v_type", "i64", "how V is stored, the same codes"),
@@ -73,7 +75,8 @@ class ArgKind(str, Enum):
     WEIGHT = "weight"  # ref: a layout entry; the pointer is weights base + its offset
     BATCH = "batch"  # ref: a batch array (tokens, positions, slots, ...), a STEP_ARGS pointer name
     KV = "kv"  # ref: "k" or "v"; value: the layer
-    STATE = "state"  # ref "": the base of the recurrent-state pool (plans with state; kernels find a slot by state_slots)
+    # ref "": the base of the recurrent-state pool (plans with state; kernels find a slot by state_slots)
+    STATE = "state"
     SCALAR = "scalar"  # ref: "" for the constant `value`, or a STEP_ARGS i64 name (n_tokens, ...)
 
 
@@ -170,25 +173,25 @@ def pack_program(p: StepProgram) -> bytes:
             "slots": [[s.buffer, s.offset, s.nbytes] for s in p.arena.slots],
         },
         "entry": p.entry,
-        "launches": [_pack_launch(l) for l in p.launches],
-        "prefill_launches": [_pack_launch(l) for l in p.prefill_launches],
+        "launches": [_pack_launch(launch) for launch in p.launches],
+        "prefill_launches": [_pack_launch(launch) for launch in p.prefill_launches],
         "prefill_min_tokens": p.prefill_min_tokens,
         "weights": dict(sorted(p.weights.items())),
         "extra": dict(sorted(p.extra.items())),
     })  # fmt: skip
 
 
-def _pack_launch(l: Launch) -> dict:
-    return {"kernel": l.kernel, "threads": l.threads, "shared_bytes": l.shared_bytes,
-            "grid": [[g.count, g.tile] for g in l.grid],
-            "args": [[a.kind.value, a.ref, a.value, a.size] for a in l.args]}
+def _pack_launch(launch: Launch) -> dict:
+    return {"kernel": launch.kernel, "threads": launch.threads, "shared_bytes": launch.shared_bytes,
+            "grid": [[g.count, g.tile] for g in launch.grid],
+            "args": [[a.kind.value, a.ref, a.value, a.size] for a in launch.args]}
 
 
-def _unpack_launch(l: dict) -> Launch:
+def _unpack_launch(launch: dict) -> Launch:
     return Launch(
-        kernel=_name(l["kernel"]), threads=_nat(l["threads"]), shared_bytes=_nat(l["shared_bytes"], 0),
-        grid=tuple(GridDim(g[0] if isinstance(g[0], str) else _nat(g[0], 0), _nat(g[1])) for g in l["grid"]),
-        args=tuple(ArgSlot(ArgKind(x[0]), _name(x[1], empty=True), int(x[2]), _nat(x[3])) for x in l["args"]),
+        kernel=_name(launch["kernel"]), threads=_nat(launch["threads"]), shared_bytes=_nat(launch["shared_bytes"], 0),
+        grid=tuple(GridDim(g[0] if isinstance(g[0], str) else _nat(g[0], 0), _nat(g[1])) for g in launch["grid"]),
+        args=tuple(ArgSlot(ArgKind(x[0]), _name(x[1], empty=True), int(x[2]), _nat(x[3])) for x in launch["args"]),
     )
 
 
@@ -197,7 +200,8 @@ def unpack_program(data: bytes) -> StepProgram:
     try:
         raw = msgpack.unpackb(data, strict_map_key=True, max_array_len=MAX_LAUNCHES * 4)
         if raw.get("version") != PROGRAM_VERSION:
-            raise BundleError(f"{PROGRAM_FILE} version {raw.get('version')!r} is not {PROGRAM_VERSION}; recompile the model")
+            raise BundleError(f"{PROGRAM_FILE} version {raw.get('version')!r} is not {PROGRAM_VERSION}; recompile the "
+                              f"model")
         a = raw["arena"]
         arena = Arena(
             _nat(a["max_tokens"]), _nat(a["max_rows"]), _nat(a["max_seqs"]), _nat(a["alignment"]),
@@ -205,9 +209,9 @@ def unpack_program(data: bytes) -> StepProgram:
         )  # fmt: skip
         if arena.total_bytes > MAX_ARENA_BYTES or any(s.offset + s.nbytes > arena.total_bytes for s in arena.slots):
             raise BundleError(f"{PROGRAM_FILE}: arena slots lie outside the arena")
-        launches = tuple(_unpack_launch(l) for l in raw["launches"])
+        launches = tuple(_unpack_launch(launch) for launch in raw["launches"])
         # absent in programs written before the prefill list: every step runs `launches`
-        prefill = tuple(_unpack_launch(l) for l in raw.get("prefill_launches") or [])
+        prefill = tuple(_unpack_launch(launch) for launch in raw.get("prefill_launches") or [])
         min_tokens = _nat(raw.get("prefill_min_tokens", 0), 0)
         if prefill and not 1 <= min_tokens <= arena.max_tokens:
             raise BundleError(f"{PROGRAM_FILE}: prefill_min_tokens {min_tokens} is outside 1..{arena.max_tokens}")

@@ -57,7 +57,8 @@ def provenance_statement(files: dict[str, dict[str, Any]], source: dict[str, Any
                     "compile_commands": {t["name"]: t["compile_command"] for t in targets if t.get("compile_command")},
                 },
                 "resolvedDependencies": [
-                    {"name": source["file"], "digest": {"sha256": source["sha256"]}, "annotations": {"size": source["size"]}},
+                    {"name": source["file"], "digest": {"sha256": source["sha256"]},
+                     "annotations": {"size": source["size"]}},
                 ],
             },
             "runDetails": {"builder": {"id": BUILDER_ID, "version": builder_version}},
@@ -81,7 +82,8 @@ def read_provenance(root: Path, manifest: dict[str, Any]) -> dict[str, Any] | No
         statement = json.loads(data)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise BundleError(f"cannot read {rel} of the bundle: {str(e)[:200]}") from None
-    if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != SLSA_PROVENANCE_V1:
+    if (not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE
+            or statement.get("predicateType") != SLSA_PROVENANCE_V1):
         raise BundleError(f"{rel} is not an in-toto statement with a SLSA provenance predicate")
     return statement
 

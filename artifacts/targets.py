@@ -158,7 +158,8 @@ class TargetEntry:
         target = parse_target(raw.get("name"))
         where = f"manifest.json: target {target.name}"
         if raw.get("family", target.family.value) != target.family.value:
-            raise BundleError(f"{where} says family {str(raw.get('family'))[:32]!r}, its name is a {target.family.value} target")
+            raise BundleError(f"{where} says family {str(raw.get('family'))[:32]!r}, its name is a "
+                              f"{target.family.value} target")
         return cls(
             target=target,
             kernels=_optional(raw, "kernels", str, where),

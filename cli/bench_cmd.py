@@ -28,20 +28,25 @@ def _lengths(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--device", default="auto", show_default=True, help="auto, ref, cpu, hip or cuda.")
 @threads_option
 @cache_type_options
-@click.option("--prefill", "prefill_lengths", default="128,512", show_default=True, callback=_lengths, help="Prompt lengths.")
+@click.option("--prefill", "prefill_lengths", default="128,512", show_default=True, callback=_lengths,
+              help="Prompt lengths.")
 @click.option("--batches", default="1,8,16", show_default=True, callback=_lengths, help="Decode batch sizes.")
 @click.option("--gen", default=32, show_default=True, type=click.IntRange(min=1), help="Decode steps per figure.")
-@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Interleaved runs; medians are reported.")
-@click.option("--llama-bench", "llama_bench", envvar="RFC_LLAMA_BENCH", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              default=None, help="llama.cpp's llama-bench binary: run it on the same GGUF between rfc's runs and print ratios.")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Interleaved runs; medians are reported.")
+@click.option("--llama-bench", "llama_bench", envvar="RFC_LLAMA_BENCH",
+              type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="llama.cpp's llama-bench binary: run it on the same GGUF between rfc's runs and print ratios.")
 @click.option("--gguf", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="The GGUF for llama-bench when MODEL is a bundle.")
 @click.option("--chart", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also draw a PNG bar chart here (needs matplotlib: pip install 'rfc[bench]').")
-@click.option("--arch", "targets", multiple=True, metavar="TARGET", help="For a GGUF: compile for this target (default cpu; repeatable).")
+@click.option("--arch", "targets", multiple=True, metavar="TARGET",
+              help="For a GGUF: compile for this target (default cpu; repeatable).")
 @click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="rfc's cache (default: ~/.cache/rfc); a GGUF is compiled into DIR/bundles.")
-def bench_cmd(model, device, compute_threads, cache_type_k, cache_type_v, prefill_lengths, batches, gen, repeat, llama_bench, gguf, chart, targets, cache_dir):
+def bench_cmd(model, device, compute_threads, cache_type_k, cache_type_v, prefill_lengths, batches, gen, repeat,
+              llama_bench, gguf, chart, targets, cache_dir):
     """Measure MODEL (a GGUF, compiled into the cache on first use, or a bundle)."""
     user_env = dict(os.environ)  # llama-bench runs in this, not in what rfc sets for itself
     threads = apply_threads(compute_threads)  # before the runtime (numpy, kernels) loads
@@ -107,11 +112,11 @@ def _table(result, llama, config, load_s, rss_mib, bandwidth_gbs, weight_bytes) 
     rows = ["| figure | rfc | llama.cpp | ratio |", "|---|--:|--:|--:|"]
     for n in config.prefill_lengths:
         ours = result.median(f"prefill_{n}")
-        theirs = statistics.median(l.prefill[n] for l in llama) if llama else None
+        theirs = statistics.median(run.prefill[n] for run in llama) if llama else None
         rows.append(f"| prefill {n} (tok/s) | {ours:.1f} | {num(theirs)} | {ratio(ours, theirs)} |")
     for b in config.decode_batches:
         ours = result.median(f"decode_{b}")
-        theirs = statistics.median(l.decode for l in llama) if llama and b == 1 else None
+        theirs = statistics.median(run.decode for run in llama) if llama and b == 1 else None
         label = "decode batch 1 (tok/s)" if b == 1 else f"decode batch {b}, aggregate (tok/s)"
         rows.append(f"| {label} | {ours:.1f} | {num(theirs)} | {ratio(ours, theirs)} |")
     rows.append(f"| TTFT, {config.ttft_prompt}-token prompt (s) | {result.median('ttft'):.3f} | | |")
@@ -121,7 +126,8 @@ def _table(result, llama, config, load_s, rss_mib, bandwidth_gbs, weight_bytes) 
     rows.append(f"| read bandwidth, measured (GB/s) | {bandwidth_gbs:.1f} | | |")
     if weight_bytes:
         streamed = result.median("decode_1") * weight_bytes / 1e9
-        rows.append(f"| decode batch 1 × weight bytes (GB/s) | {streamed:.1f} | | {streamed / bandwidth_gbs:.2f} of measured |")
+        rows.append(f"| decode batch 1 × weight bytes (GB/s) | {streamed:.1f} | | {streamed / bandwidth_gbs:.2f} of "
+                    f"measured |")
     return "\n".join(rows)
 
 
@@ -137,13 +143,14 @@ def _chart(path: Path, result, llama, config, title: str) -> None:
     import statistics
 
     labels = [f"pp{n}" for n in config.prefill_lengths] + [f"tg b{b}" for b in config.decode_batches]
-    ours = [result.median(f"prefill_{n}") for n in config.prefill_lengths] + [result.median(f"decode_{b}") for b in config.decode_batches]
+    ours = ([result.median(f"prefill_{n}") for n in config.prefill_lengths]
+            + [result.median(f"decode_{b}") for b in config.decode_batches])
     fig, ax = plt.subplots(figsize=(8, 4))
     xs = range(len(labels))
     ax.bar([x - 0.2 for x in xs], ours, width=0.4, label="rfc")
     if llama:
-        theirs = [statistics.median(l.prefill[n] for l in llama) for n in config.prefill_lengths]
-        theirs += [statistics.median(l.decode for l in llama) if b == 1 else 0 for b in config.decode_batches]
+        theirs = [statistics.median(run.prefill[n] for run in llama) for n in config.prefill_lengths]
+        theirs += [statistics.median(run.decode for run in llama) if b == 1 else 0 for b in config.decode_batches]
         ax.bar([x + 0.2 for x in xs], theirs, width=0.4, label="llama.cpp")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("tokens/s")

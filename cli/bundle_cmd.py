@@ -33,8 +33,10 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
         return
-    click.echo(f"bundle      {bundle}  (id {summary['bundle_id']}, format {summary['format_version']}, rfc {summary['rfc_version']})")
-    click.echo(f"model       {summary['model']}  ({summary['architecture']}, {summary['parameter_count']:,} parameters)")
+    click.echo(f"bundle      {bundle}  (id {summary['bundle_id']}, format {summary['format_version']}, rfc "
+               f"{summary['rfc_version']})")
+    click.echo(f"model       {summary['model']}  ({summary['architecture']}, {summary['parameter_count']:,} "
+               f"parameters)")
     click.echo(f"source      {summary['source'].get('file')}  sha256 {summary['source'].get('sha256', '')[:16]}…")
     click.echo("formats     " + ", ".join(f"{k}×{v}" for k, v in summary["formats"].items()))
     click.echo("targets     " + ", ".join(summary["targets"]))
@@ -42,16 +44,19 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     click.echo(f"size        {summary['total_size']:,} bytes")
     state = summary["recurrent_state"]
     if state:
-        click.echo(f"state       {state['bytes_per_sequence']:,} bytes per sequence ({state['tensors']} tensors, layers "
-                   f"{', '.join(map(str, state['layers']))}), none per token beyond the KV cache")
+        click.echo(f"state       {state['bytes_per_sequence']:,} bytes per sequence ({state['tensors']} tensors, "
+                   f"layers {', '.join(map(str, state['layers']))}), none per token beyond the KV cache")
     if summary.get("kv_bytes_per_token"):
-        click.echo("kv cache    bytes per token: " + ", ".join(f"{t} {n:,}" for t, n in summary["kv_bytes_per_token"].items())
+        click.echo("kv cache    bytes per token: "
+                   + ", ".join(f"{t} {n:,}" for t, n in summary["kv_bytes_per_token"].items())
                    + " (--cache-type-k/-v)")
-    click.echo("signature   " + (f"{SIGNATURE_FILE} (check it: rfc verify --public-key PUB)" if summary["signed"] else "none"))
+    click.echo("signature   "
+               + (f"{SIGNATURE_FILE} (check it: rfc verify --public-key PUB)" if summary["signed"] else "none"))
     prov = summary["provenance"]
     if prov:
         epoch = prov["source_date_epoch"]
-        click.echo(f"provenance  {m['provenance']}: SLSA v1, {prov['subjects']} files, built by rfc {prov['rfc_version']}"
+        click.echo(f"provenance  {m['provenance']}: SLSA v1, {prov['subjects']} files, built by rfc "
+                   f"{prov['rfc_version']}"
                    + (f", SOURCE_DATE_EPOCH={epoch}" if epoch is not None else ""))
         model = prov["model"] or {}
         click.echo(f"  from      {model.get('file')}  sha256 {model.get('sha256')}  {model.get('size', 0):,} bytes")

@@ -5,8 +5,8 @@ never imports the compiler: this module is the only bridge, and it lives in the 
 The key is the GGUF's sha256, the compile options (targets, chat template) and the rfc and
 bundle-format versions: the same inputs find the bundle compiled before; anything else
 compiles anew. The targets are `--arch`'s or those detected on the host (cli/host_targets.py),
-so a cache shared with another kind of host never hands it a bundle built for that one. Hashing a multi-GB file takes seconds, so digests are remembered per
-(path, size, mtime) in the cache's `digests.json`."""
+so a cache shared with another kind of host never hands it a bundle built for that one. Hashing a multi-GB file takes
+seconds, so digests are remembered per (path, size, mtime) in the cache's `digests.json`."""
 
 import fcntl
 import hashlib
@@ -65,7 +65,8 @@ def cache_key(request: CompileRequest, gguf_sha256: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cached_bundle(request: CompileRequest, cache_dir: Path, on_compile: Callable[[Path, Path], None] = lambda g, b: None) -> Path:
+def cached_bundle(request: CompileRequest, cache_dir: Path,
+                  on_compile: Callable[[Path, Path], None] = lambda g, b: None) -> Path:
     """The bundle for `request`, compiled into `cache_dir` unless it is there already.
     `on_compile(gguf, bundle)` is called before a compile starts (the CLI says so)."""
     from rfc.compiler.pipeline import CompileOptions, compile_model  # the CLI's side of the boundary

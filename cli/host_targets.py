@@ -139,7 +139,8 @@ def host_targets(probe: HostProbe = HostProbe()) -> HostTargets:
         if probe.has_program(program):
             built.append(name)
         else:
-            skipped.append(f"{name} left out: {program} is not on PATH (install {package}, or pass --arch {name} once it is)")
+            skipped.append(f"{name} left out: {program} is not on PATH (install {package}, or pass --arch {name} once "
+                           f"it is)")
     cpu = best_cpu(probe)
     return HostTargets(targets=(*built, cpu), cpu=cpu, gpus=gpus, skipped=tuple(skipped))
 

@@ -27,7 +27,8 @@ def parse_memory_options(gpu_memory_utilization: str, kv_memory: str | None) -> 
     from rfc.runtime.engine.kv_budget import parse_kv_memory, parse_utilization
 
     try:
-        return parse_utilization(gpu_memory_utilization), (parse_kv_memory(kv_memory) if kv_memory is not None else None)
+        return parse_utilization(gpu_memory_utilization), (parse_kv_memory(kv_memory) if kv_memory is not None
+                                                           else None)
     except ValueError as e:
         fail(str(e))
 
@@ -36,7 +37,8 @@ def ctx_size_option(several_models: bool):
     more = (" With several models, each serves min(N, its own context length); N may not exceed the longest."
             if several_models else "")
     return click.option(
-        "--ctx-size", "--max-model-len", "ctx_size", envvar="RFC_CTX_SIZE", default=None, type=click.IntRange(min=1), metavar="N",
+        "--ctx-size", "--max-model-len", "ctx_size", envvar="RFC_CTX_SIZE", default=None, type=click.IntRange(min=1),
+        metavar="N",
         help="Serve at most N tokens per sequence (prompt + generated), at most the model's context length "
              f"(the default), so a long-context model fits a smaller KV budget.{more}")
 

@@ -36,7 +36,8 @@ def bundle_paths(paths: Sequence[Path | str], targets: Sequence[str] = (), chat_
         if not targets and host is None:
             host = host_targets()
         why = "--arch" if targets else host.describe()
-        out.append(_compiled(CompileRequest(path, tuple(targets) or host.targets, chat_template), cache_root(cache_dir) / "bundles", why))
+        out.append(_compiled(CompileRequest(path, tuple(targets) or host.targets, chat_template),
+                             cache_root(cache_dir) / "bundles", why))
     return out
 
 
@@ -88,7 +89,8 @@ def _compiled(request: CompileRequest, cache_dir: Path, why: str) -> Path:
 
     def announce(gguf: Path, bundle: Path) -> None:
         compiled.append(bundle)
-        click.echo(f"rfc: compiling {gguf} for {', '.join(request.targets)} [{why}] into {bundle} (once; later runs reuse it)",
+        click.echo(f"rfc: compiling {gguf} for {', '.join(request.targets)} [{why}] into {bundle} (once; later runs "
+                   f"reuse it)",
                    err=True)
 
     try:

@@ -81,7 +81,8 @@ def bundle_layers(manifest: dict[str, Any], manifest_bytes: bytes, signature: by
     entries += [(rel, "sha256:" + meta["sha256"], meta["size"]) for rel, meta in sorted(manifest["files"].items())]
     if signature is not None:
         entries.append((SIGNATURE_FILE, "sha256:" + sha256_bytes(signature), len(signature)))
-    return [{"mediaType": layer_media_type(rel), "digest": digest, "size": size, "annotations": {FILEPATH: rel, TITLE: rel}}
+    return [{"mediaType": layer_media_type(rel), "digest": digest, "size": size,
+             "annotations": {FILEPATH: rel, TITLE: rel}}
             for rel, digest, size in entries]
 
 
@@ -247,7 +248,8 @@ def check_artifact(data: bytes) -> tuple[Artifact, list[tuple[str, str, int]]]:
             raise BundleError(f"layer {layer.path} appears twice")
         limit = LAYER_LIMITS.get(layer.path)
         if limit is not None and layer.size > limit:
-            raise BundleError(f"layer {layer.path} is {layer.size} bytes, more than the {_size(limit)} such a file may be")
+            raise BundleError(f"layer {layer.path} is {layer.size} bytes, more than the {_size(limit)} such a file may "
+                              f"be")
         seen.add(layer.path)
         out.append((layer.path, layer.digest, layer.size))
     if MANIFEST_FILE not in seen:

@@ -78,7 +78,7 @@ def pull_bundle(reference: Reference, cache_dir: Path, options: RegistryOptions,
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fetched: list[Path] = []  # blobs this pull brought in: deleted again if it is refused
     try:
-        manifest_layer = next(l for l in layers if l[0] == MANIFEST_FILE)
+        manifest_layer = next(layer for layer in layers if layer[0] == MANIFEST_FILE)
         _fetch(registry, blobs, oci / "locks", manifest_layer[1], manifest_layer[2], report, fetched)
         try:
             layout.check_bundle_layers(_blob(blobs, manifest_layer[1]).read_bytes(), layers)
@@ -182,7 +182,8 @@ def cached_bundles(cache_dir: Path) -> list[Path]:
     bundles = Path(cache_dir) / "oci" / "bundles"
     if not bundles.is_dir():
         return []
-    return sorted(p for p in bundles.iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name) and (p / MANIFEST_FILE).is_file())
+    return sorted(p for p in bundles.iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name)
+                  and (p / MANIFEST_FILE).is_file())
 
 
 def export_bundle(cached: Path, out_dir: Path, force: bool = False) -> Path:

@@ -51,7 +51,8 @@ MERGES_KEY = "tokenizer.ggml.merges"
 READ_TEXT_KEYS = (ARCHITECTURE_KEY, "general.name", "tokenizer.ggml.model", "tokenizer.ggml.pre", CHAT_TEMPLATE_KEY)
 
 _BOOL = 7
-_NUMBERS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", _BOOL: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
+_NUMBERS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", _BOOL: "<u1", 10: "<u8", 11: "<i8",
+            12: "<f8"}
 _U64 = struct.Struct("<Q")
 
 

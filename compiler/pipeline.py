@@ -4,7 +4,6 @@
 """
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -129,7 +128,8 @@ def _chat_template(options: CompileOptions, model: GGUFModel) -> str | None:
 
 def _build_target(target: Target, spec: ModelSpec, weights: WeightPlan, layout, writer: BundleWriter,
                   cache: BuildCache | None) -> dict[str, Any]:
-    entry = build_target(CodegenInput(target, spec.hparams, spec.plan, layout, writer, cache, weights.weight_maps[target]))
+    entry = build_target(CodegenInput(target, spec.hparams, spec.plan, layout, writer, cache,
+                                      weights.weight_maps[target]))
     return {"name": target.name, "family": target.family.value, "wave_size": target.wave_size, **entry}
 
 

@@ -122,7 +122,8 @@ def kv_cache_bounds(name: str, cache_type: str, logits: np.ndarray, expected: np
     llama.cpp's own q8_0 deviation (mean and max), q4_0's mean within KV_Q4_MEAN of its."""
     d_max, d_mean = _stats(logits - expected)
     mean, worst = KV_CACHE_LLAMA[name, cache_type]
-    summary = f"{name} {cache_type}: max {d_max:.4f} mean {d_mean:.5f} (llama.cpp's own: max {worst:.4f} mean {mean:.5f})"
+    summary = (f"{name} {cache_type}: max {d_max:.4f} mean {d_mean:.5f} (llama.cpp's own: max {worst:.4f} mean "
+               f"{mean:.5f})")
     if d_mean < KV_QUANTIZED_LEAST * mean:
         return False, summary + ": too close to the F16 goldens for a quantized cache"
     if cache_type == "q8_0":

@@ -1,10 +1,10 @@
 """An independent float64 forward pass: the oracle the reference device is checked against.
 
 Written from llama.cpp's semantics (src/llama-model.cpp: load_hparams, src/models/{llama,qwen2,
-qwen3,phi3,gemma2,gemma3,gemma4,smollm3,olmo2,mistral3,granite,lfm2,lfm2moe,glm4-moe,deepseek2,llama4}.cpp, llama-graph.cpp: build_attn_mha,
-build_moe_ffn) and sharing no code with rfc: the GGUF is read with the `gguf` package, weights are
-dequantized with `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again, and
-every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
+qwen3,phi3,gemma2,gemma3,gemma4,smollm3,olmo2,mistral3,granite,lfm2,lfm2moe,glm4-moe,deepseek2,llama4}.cpp,
+llama-graph.cpp: build_attn_mha, build_moe_ffn) and sharing no code with rfc: the GGUF is read with the `gguf` package,
+weights are dequantized with `gguf.quants` (Q1_0, which it lacks, by _q1_0 below), hyperparameters are read here again,
+and every op is plain float64 numpy on one sequence (teacher forcing, positions 0..n-1).
 
 Two things are not float64, on purpose, because they are part of what is being computed:
 - the KV cache holds float16 keys and values (llama.cpp's default cache type, and the plan's
@@ -77,8 +77,10 @@ class Layer:
     window: int | None
     rope: bool = True  # False: the layer's attention has no positions (smollm3's NoPE layers)
     factors: str | None = None  # this layer's RoPE frequency factors (gemma4's global layers), else Config's
-    sizes: tuple[int, int, int, int] | None = None  # (heads, kv heads, head_dim, n_rot) where layers differ (gemma4), else Config's
-    plain_rope: bool = False  # ggml_rope_ext with freq_scale 1, ext_factor 0, attn_factor 1 (OLMo 3's sliding-window layers)
+    # (heads, kv heads, head_dim, n_rot) where layers differ (gemma4), else Config's
+    sizes: tuple[int, int, int, int] | None = None
+    # ggml_rope_ext with freq_scale 1, ext_factor 0, attn_factor 1 (OLMo 3's sliding-window layers)
+    plain_rope: bool = False
 
 
 @dataclass
@@ -190,9 +192,10 @@ def read_config(md: dict, tensors: dict) -> Config:
     c = Config(
         arch=arch, n_embd=n_embd, n_layers=k("block_count") - k("nextn_predict_layers", 0), n_heads=n_heads,
         n_kv_heads=k("attention.head_count_kv", n_heads), head_dim=head_dim,
-        n_rot=k("rope.dimension_count", head_dim), neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe", "command-r", "cohere2", "glm4", "ernie4_5", "ernie4_5-moe"),
-        eps=k("attention.layer_norm_rms_epsilon"), attn_factor=k("rope.scaling.attn_factor", 1.0),
-        n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
+        n_rot=k("rope.dimension_count", head_dim),
+        neox=arch not in ("llama", "smollm3", "mistral3", "granite", "granitemoe", "command-r", "cohere2", "glm4",
+                          "ernie4_5", "ernie4_5-moe"), eps=k("attention.layer_norm_rms_epsilon"),
+        attn_factor=k("rope.scaling.attn_factor", 1.0), n_expert=k("expert_count", 0), n_used=k("expert_used_count", 0),
         tied="output.weight" not in tensors,
     )  # fmt: skip
     full = Layer(base, scale, None)
@@ -212,7 +215,8 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.qk_norm = True
     if arch in ("granite", "granitemoe"):  # src/models/granite.cpp: the four multipliers, float32
         c.embed_scale = _f32(k("embedding_scale", 0.0)) or 1.0
-        c.residual_scale, c.logit_scale, c.q_scale = _f32(k("residual_scale", 0.0)), _f32(k("logit_scale")), _f32(k("attention.scale", 0.0))
+        c.residual_scale, c.logit_scale, c.q_scale = (_f32(k("residual_scale", 0.0)), _f32(k("logit_scale")),
+                                                      _f32(k("attention.scale", 0.0)))
         if arch == "granite" and not k("rope.scaling.finetuned", True):  # granite's loader: the switch for RoPE
             c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
     if arch == "olmo2":  # src/models/olmo2.cpp
@@ -235,9 +239,11 @@ def read_config(md: dict, tensors: dict) -> Config:
         else:
             local = [pattern == 0 or i % pattern < pattern - 1 for i in range(c.n_layers)]
         factors = "rope_freqs.weight" if "rope_freqs.weight" in tensors else None
-        c.layers = [Layer(base, scale, k("attention.sliding_window"), factors=factors) if on else Layer(base, scale, None, rope=False)
+        c.layers = [Layer(base, scale, k("attention.sliding_window"), factors=factors) if on
+                    else Layer(base, scale, None, rope=False)
                     for on in local]  # fmt: skip
-    if arch == "exaone4":  # src/models/exaone4.cpp: post-norms only, per-head Q/K norms; windows (and RoPE only there) at 64 layers
+    # src/models/exaone4.cpp: post-norms only, per-head Q/K norms; windows (and RoPE only there) at 64 layers
+    if arch == "exaone4":
         c.pre_norms, c.post_norms, c.qk_norm = False, True, True
         c.rope_factors = "rope_freqs.weight" if "rope_freqs.weight" in tensors else None
         if c.n_layers == 64:
@@ -270,7 +276,8 @@ def read_config(md: dict, tensors: dict) -> Config:
             f32 = np.float32
             eff = float(f32(base) * np.power(f32(alpha), f32(head_dim) / f32(head_dim - 2), dtype=f32))
             c.layers = [Layer(eff, scale, None)] * c.n_layers
-    if arch == "glm4":  # src/models/glm4.cpp: sandwich norms; M-RoPE sections (text: every section at the position) turn as NeoX
+    # src/models/glm4.cpp: sandwich norms; M-RoPE sections (text: every section at the position) turn as NeoX
+    if arch == "glm4":
         c.post_norms, c.neox = True, any(k("rope.dimension_sections", [0]))
     if arch == "smollm3":  # src/models/smollm3.cpp: n_no_rope_layer_step 4
         c.layers = [full if (i + 1) % 4 else Layer(base, scale, None, rope=False) for i in range(c.n_layers)]
@@ -298,7 +305,8 @@ def read_config(md: dict, tensors: dict) -> Config:
             if not window:
                 local = [False] * c.n_layers
         c.layers = [swa if is_local else full for is_local in local]
-    if arch in ("lfm2", "lfm2moe"):  # src/models/lfm2.cpp: head_count_kv 0 marks a short-conv layer; Q/K normed per head
+    # src/models/lfm2.cpp: head_count_kv 0 marks a short-conv layer; Q/K normed per head
+    if arch in ("lfm2", "lfm2moe"):
         per_layer = list(k("attention.head_count_kv"))
         c.short_conv = tuple(i for i, n in enumerate(per_layer) if n == 0)
         c.n_kv_heads = max(per_layer)
@@ -306,7 +314,8 @@ def read_config(md: dict, tensors: dict) -> Config:
     if arch == "lfm2moe":  # src/models/lfm2moe.cpp: required gating func, weights renormalized, no scale
         c.gating = {1: "softmax", 2: "sigmoid"}[k("expert_gating_func")]
         c.dense_lead = k("leading_dense_block_count", 0)
-    if arch == "gemma4":  # src/models/gemma4.cpp, dense text path: score scale 1, V normed, proportional RoPE on global layers
+    # src/models/gemma4.cpp, dense text path: score scale 1, V normed, proportional RoPE on global layers
+    if arch == "gemma4":
         c.post_norms, c.gelu, c.qk_norm, c.v_norm, c.out_scale = True, True, True, True, True
         c.embed_scale, c.q_scale = _f32(math.sqrt(n_embd)), 1.0
         c.final_softcap = k("final_logit_softcapping", 30.0) or None  # hparams' default 30 when the key is absent
@@ -327,7 +336,8 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.kv_source = {i: n_kv - (2 if local[i] else 1) for i in range(n_kv, c.n_layers)}
     if arch == "gemma3n":  # src/models/gemma3n.cpp: gemma4's attention (score scale 1, V normed); AltUp, Laurel, PLE
         c.gelu, c.qk_norm, c.v_norm = True, True, True
-        c.embed_scale, c.q_scale, c.final_softcap = _f32(math.sqrt(n_embd)), 1.0, 30.0  # 30: hparams' default, never read
+        # 30: hparams' default, never read
+        c.embed_scale, c.q_scale, c.final_softcap = _f32(math.sqrt(n_embd)), 1.0, 30.0
         pattern = k("attention.sliding_window_pattern", 5)
         local = [i < len(pattern) and bool(pattern[i]) if isinstance(pattern, list) else i % pattern < pattern - 1
                  for i in range(c.n_layers)]  # fmt: skip
@@ -357,7 +367,8 @@ def read_config(md: dict, tensors: dict) -> Config:
         key_mla = k("attention.key_length_mla")
         c.mla = Mla(k("attention.q_lora_rank", 0), k("attention.kv_lora_rank"), key_mla - c.n_rot,
                     k("attention.value_length_mla"), mscale * mscale / math.sqrt(key_mla))
-    if arch in ("qwen35", "qwen35moe", "qwen3next"):  # src/models/qwen35.cpp, qwen35moe.cpp, qwen3next.cpp, load_hparams
+    # src/models/qwen35.cpp, qwen35moe.cpp, qwen3next.cpp, load_hparams
+    if arch in ("qwen35", "qwen35moe", "qwen3next"):
         c.qk_norm, c.attn_gate, c.ffn_norm = True, True, "post_attention_norm"
         flags = k("attention.recurrent_layers")
         if flags is None:
@@ -375,10 +386,12 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.mamba = tuple(i for i, n in enumerate(per_layer) if n == 0)
         c.n_kv_heads, c.neox = max(per_layer), False
         c.embed_scale = _f32(k("embedding_scale", 0.0)) or 1.0
-        c.residual_scale, c.logit_scale, c.q_scale = _f32(k("residual_scale", 0.0)), _f32(k("logit_scale", 0.0)), _f32(k("attention.scale", 0.0))
+        c.residual_scale, c.logit_scale, c.q_scale = (_f32(k("residual_scale", 0.0)), _f32(k("logit_scale", 0.0)),
+                                                      _f32(k("attention.scale", 0.0)))
         if not k("rope.scaling.finetuned", True):
             c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
-    if arch in ("nemotron_h", "nemotron_h_moe"):  # src/models/nemotron-h.cpp: no RoPE; a layer is Mamba2, attention or an MLP
+    # src/models/nemotron-h.cpp: no RoPE; a layer is Mamba2, attention or an MLP
+    if arch in ("nemotron_h", "nemotron_h_moe"):
         kv, ff = list(k("attention.head_count_kv")), list(k("feed_forward_length"))
         c.mlp = tuple(i for i in range(c.n_layers) if ff[i])
         c.mamba = tuple(i for i in range(c.n_layers) if not ff[i] and not kv[i])
@@ -386,7 +399,8 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.eps = k("attention.layer_norm_rms_epsilon", k("attention.layer_norm_epsilon"))
         c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
     if arch == "nemotron_h_moe":  # its MLP layers: sigmoid-routed squared-ReLU experts, a shared one (nemotron-h.cpp)
-        c.gating, c.norm_w, c.w_scale = "sigmoid", bool(k("expert_weights_norm", False)), _f32(k("expert_weights_scale", 0.0))
+        c.gating, c.norm_w, c.w_scale = "sigmoid", bool(k("expert_weights_norm",
+                                                          False)), _f32(k("expert_weights_scale", 0.0))
         c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
     if arch == "gpt-oss":  # src/models/openai-moe.cpp
         c.q_scale = _f32(1.0 / np.sqrt(np.float32(c.n_rot)))
@@ -400,7 +414,8 @@ def read_config(md: dict, tensors: dict) -> Config:
         step = k("interleave_moe_layer_step")
         c.moe_layers = tuple(i for i in range(c.n_layers) if step and (i + 1) % step == 0)
         c.qk_l2, c.temp_nope = c.n_expert != 128, True  # use_kq_norm: not the 17B-128E type
-        c.layers = [Layer(base, scale, None, rope=(i + 1) % 4 != 0) for i in range(c.n_layers)]  # n_no_rope_layer_step 4
+        # n_no_rope_layer_step 4
+        c.layers = [Layer(base, scale, None, rope=(i + 1) % 4 != 0) for i in range(c.n_layers)]
         c.chunk_layers = tuple(i for i in range(c.n_layers) if i % 4 < 3)  # load_swa_pattern(ml, 4)
         if "rope_freqs.weight" in tensors:
             c.rope_factors = "rope_freqs.weight"
@@ -465,7 +480,8 @@ class Oracle:
     def per_layer_inputs(self, tokens: list[int], x0: np.ndarray) -> np.ndarray:
         """gemma4's per-layer inputs [n, n_layers, ple] (build_inp_per_layer, project_per_layer_inputs)."""
         c, n = self.cfg, len(tokens)
-        looked_up = self.w("per_layer_token_embd.weight")[np.asarray(tokens)].reshape(n, c.n_layers, c.ple) * math.sqrt(c.ple)
+        looked_up = self.w(
+            "per_layer_token_embd.weight")[np.asarray(tokens)].reshape(n, c.n_layers, c.ple) * math.sqrt(c.ple)
         proj = (self.linear(x0, "per_layer_model_proj.weight") / math.sqrt(c.n_embd)).reshape(n, c.n_layers, c.ple)
         return (self.norm(proj, "per_layer_proj_norm.weight") + looked_up) / math.sqrt(2.0)
 
@@ -629,7 +645,8 @@ class Oracle:
         c, m, p = self.cfg, self.cfg.mla, f"blk.{i}."
         n = len(h)
         if m.q_lora:
-            q = self.linear(self.norm(self.linear(h, p + "attn_q_a.weight"), p + "attn_q_a_norm.weight"), p + "attn_q_b.weight")
+            q = self.linear(self.norm(self.linear(h, p + "attn_q_a.weight"), p + "attn_q_a_norm.weight"),
+                            p + "attn_q_b.weight")
         else:
             q = self.linear(h, p + "attn_q.weight")
         q = q.reshape(n, c.n_heads, m.nope + c.n_rot)
@@ -640,7 +657,8 @@ class Oracle:
         k_pe = k_pe.astype(self.kv_dtype).astype(np.float64)
         k_nope = np.einsum("tr,hrd->thd", latent, self.w(p + "attn_k_b.weight"))  # [n, heads, nope]
         v = np.einsum("tr,hvr->thv", latent, self.w(p + "attn_v_b.weight"))  # [n, heads, v_dim]
-        scores = (np.einsum("qhd,khd->hqk", q[..., : m.nope], k_nope) + np.einsum("qhd,kd->hqk", q_pe, k_pe[:, 0])) * m.kq_scale
+        scores = (np.einsum("qhd,khd->hqk", q[..., : m.nope], k_nope)
+                  + np.einsum("qhd,kd->hqk", q_pe, k_pe[:, 0])) * m.kq_scale
         pos = np.arange(n)
         scores = np.where((pos[None, :] <= pos[:, None])[None], scores, -np.inf)
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
@@ -702,7 +720,8 @@ class Oracle:
                 d = np.linalg.solve(np.eye(len(G)) + A, rhs)  # the deltas of the chunk
                 out[sl, head] = np.exp(G)[:, None] * (qc @ state) + (decay * (qc @ kc.T) * np.tril(np.ones_like(A))) @ d
                 state = np.exp(G[-1]) * state + (kc * np.exp(G[-1] - G)[:, None]).T @ d
-        normed = out / np.sqrt(np.mean(out * out, axis=-1, keepdims=True) + self.cfg.eps) * self.w(p + "ssm_norm.weight")
+        normed = out / np.sqrt(np.mean(out * out, axis=-1, keepdims=True)
+                               + self.cfg.eps) * self.w(p + "ssm_norm.weight")
         return self.linear((normed * z / (1.0 + np.exp(-z))).reshape(n, hv * s), p + "ssm_out.weight")
 
     def mamba2(self, h: np.ndarray, i: int) -> np.ndarray:
@@ -713,7 +732,8 @@ class Oracle:
         ssm_out."""
         md, p, n = self.md, f"blk.{i}.", len(h)
         k_ = lambda key: md[f"{self.cfg.arch}.{key}"]  # noqa: E731
-        d_inner, n_st, heads, groups = k_("ssm.inner_size"), k_("ssm.state_size"), k_("ssm.time_step_rank"), k_("ssm.group_count")
+        d_inner, n_st, heads, groups = k_(
+            "ssm.inner_size"), k_("ssm.state_size"), k_("ssm.time_step_rank"), k_("ssm.group_count")
         hd = d_inner // heads
         zxbcdt = self.linear(h, p + "ssm_in.weight")
         width = d_inner + 2 * groups * n_st
@@ -737,7 +757,8 @@ class Oracle:
             y[:, head] = (np.exp(seg) * (cm[:, g] @ bm[:, g].T) * dt[None, :, head]) @ x[:, head]
         y = (y + x * self.w(p + "ssm_d").reshape(-1)[None, :, None]).reshape(n, d_inner)
         y = (y * z / (1.0 + np.exp(-z))).reshape(n, groups, d_inner // groups)
-        y = y / np.sqrt(np.mean(y * y, axis=-1, keepdims=True) + self.cfg.eps) * self.w(p + "ssm_norm.weight").reshape(groups, -1)
+        y = y / np.sqrt(np.mean(y * y, axis=-1, keepdims=True)
+                        + self.cfg.eps) * self.w(p + "ssm_norm.weight").reshape(groups, -1)
         return self.linear(y.reshape(n, d_inner), p + "ssm_out.weight")
 
     def ffn(self, h: np.ndarray, i: int) -> np.ndarray:
@@ -806,13 +827,17 @@ class Oracle:
         if self.has(p + "ffn_latent_up.weight"):  # Nemotron 3 Super: the experts' sum back to n_embd
             out = self.linear(out, p + "ffn_latent_up.weight")
         if relu2:  # the shared expert: squared ReLU too
-            return out + self.linear(np.maximum(self.linear(h, p + "ffn_up_shexp.weight"), 0.0) ** 2, p + "ffn_down_shexp.weight")
+            return (out
+                    + self.linear(np.maximum(self.linear(h, p + "ffn_up_shexp.weight"), 0.0) ** 2,
+                                  p + "ffn_down_shexp.weight"))
         if self.has(p + "ffn_gate_shexp.weight"):
             sc = c.arch in SHARED_SCALES
-            g, u = self.linear(h, p + "ffn_gate_shexp.weight", scaled=sc), self.linear(h, p + "ffn_up_shexp.weight", scaled=sc)
+            g, u = self.linear(h, p + "ffn_gate_shexp.weight",
+                               scaled=sc), self.linear(h, p + "ffn_up_shexp.weight", scaled=sc)
             shared = self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight", scaled=sc)
             if self.has(p + "ffn_gate_inp_shexp.weight"):  # qwen35moe: times sigmoid(a logit per token)
-                gate = self.linear(h, p + "ffn_gate_inp_shexp.weight", self.w(p + "ffn_gate_inp_shexp.weight").reshape(1, -1))
+                gate = self.linear(h, p + "ffn_gate_inp_shexp.weight",
+                                   self.w(p + "ffn_gate_inp_shexp.weight").reshape(1, -1))
                 shared = shared / (1.0 + np.exp(-gate))
             out = out + shared
         return out
@@ -824,7 +849,8 @@ class Oracle:
         ffn_gate_up_exps: gate rows first), each one's down output times ffn_down_exps.scale[e]
         where the file has it; their weighted sum RMS-normed by post_ffw_norm_2."""
         c = self.cfg
-        r = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + c.eps) / math.sqrt(x.shape[1]) * self.w(p + "ffn_gate_inp.scale")
+        r = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True)
+                        + c.eps) / math.sqrt(x.shape[1]) * self.w(p + "ffn_gate_inp.scale")
         logits = self.linear(r, p + "ffn_gate_inp.weight")
         probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
@@ -880,7 +906,8 @@ class Oracle:
 
     def router(self, x: np.ndarray, p: str) -> np.ndarray:
         """gemma3n's altup_compute_router_modalities: tanh(altup_router(norm(x) / n_embd))."""
-        return np.tanh(self.linear(self.norm(x, p + "altup_router_norm.weight") / self.cfg.n_embd, p + "altup_router.weight"))
+        return np.tanh(self.linear(self.norm(x, p + "altup_router_norm.weight") / self.cfg.n_embd,
+                                   p + "altup_router.weight"))
 
     def gemma3n_logits(self, tokens: list[int]) -> np.ndarray:
         """src/models/gemma3n.cpp: 4 AltUp streams (stream 0 active), Laurel beside attention, the
@@ -906,7 +933,8 @@ class Oracle:
             activated = self.norm(f, p + "post_ffw_norm.weight") + a
             coefs = self.linear(self.router(activated, p), p + "altup_correct_coef.weight")
             corrected = altup_correct(pred, activated, coefs, 0)
-            g = self.gelu(self.linear(corrected[0] * self.w(p + "altup_correct_scale.weight"), p + "inp_gate.weight")) * ple[:, i]
+            g = self.gelu(self.linear(corrected[0] * self.w(p + "altup_correct_scale.weight"),
+                                      p + "inp_gate.weight")) * ple[:, i]
             first = self.norm(self.linear(g, p + "proj.weight"), p + "post_norm.weight")
             streams = [corrected[0]] + [s + first for s in corrected[1:]]
         x = altup_merge(streams, [s @ w.T for s, w in zip(streams[1:], self.w("altup_unembd_proj.weight"))], 0)
@@ -936,7 +964,8 @@ class Oracle:
                 h = self.norm(x, p + "attn_norm.weight")
                 x = x + self.attention(h, i) + self.ffn(h, i)
                 continue
-            sub = self.delta_net if i in c.recurrent else self.short_conv if i in c.short_conv else self.mamba2 if i in c.mamba else self.attention
+            sub = (self.delta_net if i in c.recurrent else self.short_conv if i in c.short_conv else self.mamba2
+                   if i in c.mamba else self.attention)
             a = sub(self.norm(x, p + "attn_norm.weight") if c.pre_norms else x, i)
             if c.post_norms:
                 a = self.norm(a, p + "post_attention_norm.weight")
@@ -987,7 +1016,8 @@ def altup_predict(streams: list[np.ndarray], coefs: np.ndarray) -> list[np.ndarr
     return [streams[i] + sum(coefs[:, i * n + k : i * n + k + 1] * streams[k] for k in range(n)) for i in range(n)]
 
 
-def altup_correct(predictions: list[np.ndarray], activated: np.ndarray, coefs: np.ndarray, active: int) -> list[np.ndarray]:
+def altup_correct(predictions: list[np.ndarray], activated: np.ndarray, coefs: np.ndarray,
+                  active: int) -> list[np.ndarray]:
     """corrected: the innovation (activated - the active prediction) times (coef + 1), plus each prediction."""
     innovation = activated - predictions[active]
     return [innovation * (coefs[:, i : i + 1] + 1.0) + p for i, p in enumerate(predictions)]

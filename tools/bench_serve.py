@@ -75,7 +75,8 @@ def _parse() -> argparse.Namespace:
     src.add_argument("--bundle", help="Start `rfc serve BUNDLE` and time it to /ready.")
     src.add_argument("--server-cmd", help="Start this command ({port}: a free port) and time it to --ready-path.")
     p.add_argument("--serve-args", default="", help="Extra `rfc serve` arguments (with --bundle).")
-    p.add_argument("--clients", default="1,16", type=lambda s: [int(x) for x in s.split(",")], help="Comma-separated client counts.")
+    p.add_argument("--clients", default="1,16", type=lambda s: [int(x) for x in s.split(",")],
+                   help="Comma-separated client counts.")
     p.add_argument("--requests", type=int, default=1, help="Requests per client.")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--api", choices=["openai", "native"], default="openai")
@@ -208,7 +209,8 @@ def _one_request(session: requests.Session, url: str, args, prompt: str) -> Requ
                 first = first or time.perf_counter()
                 chunks += 1
     end = time.perf_counter()
-    return RequestResult(ttft_s=(first or end) - started, total_s=end - started, tokens=usage_tokens if usage_tokens is not None else chunks)
+    return RequestResult(ttft_s=(first or end) - started, total_s=end - started,
+                         tokens=usage_tokens if usage_tokens is not None else chunks)
 
 
 def _summary(clients: int, results: list[RequestResult], wall: float) -> dict:
@@ -227,11 +229,13 @@ def _summary(clients: int, results: list[RequestResult], wall: float) -> dict:
 
 def _print(args, rows: list[dict], ready_s: float | None) -> None:
     ready = f"{ready_s:.2f} s" if ready_s is not None else "n/a (--url)"
-    print(f"start -> ready: {ready}; max_tokens {args.max_tokens}, api {args.api}, {args.requests} request(s) per client")
+    print(f"start -> ready: {ready}; max_tokens {args.max_tokens}, api {args.api}, {args.requests} request(s) per "
+          f"client")
     print("| clients | requests | tokens | aggregate tok/s | TTFT p50 (s) | TTFT p95 (s) |")
     print("|--:|--:|--:|--:|--:|--:|")
     for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['tokens']} | {r['tok_s']:.1f} | {r['ttft_p50_s']:.3f} | {r['ttft_p95_s']:.3f} |")
+        print(f"| {r['clients']} | {r['requests']} | {r['tokens']} | {r['tok_s']:.1f} | {r['ttft_p50_s']:.3f} | "
+              f"{r['ttft_p95_s']:.3f} |")
     if args.json:
         print(json.dumps({"ready_s": ready_s, "rows": rows}))
 

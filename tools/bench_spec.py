@@ -89,7 +89,8 @@ def main() -> int:
                     time.sleep(args.pause)  # the last server's threads stop spinning
                     table.results[(server.name, name, rnd)] = _request(server, args, prompt, args.max_tokens)
                 print(f"round {rnd + 1}/{args.rounds} {name}: " + ", ".join(
-                    f"{s.name} {_tps(table.results[(s.name, name, rnd)]):.1f}" for s in servers), file=sys.stderr, flush=True)
+                    f"{s.name} {_tps(table.results[(s.name, name, rnd)]):.1f}" for s in servers), file=sys.stderr,
+                      flush=True)
     finally:
         for server in servers:
             if server.proc is not None:
@@ -115,7 +116,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--llama-args", default="", help="More llama-server arguments (every llama-server; e.g. -nr).")
     p.add_argument("--rfc-spec-args", default="--spec-type ngram", help="The speculative rfc server's own arguments.")
     p.add_argument("--llama-spec", action="append", default=[], metavar="NAME=ARGS",
-                   help="Another llama-server speculation to run (repeatable); --no-default-llama-spec drops the built-in ones.")
+                   help="Another llama-server speculation to run (repeatable); --no-default-llama-spec drops the "
+                        "built-in ones.")
     p.add_argument("--no-default-llama-spec", action="store_true")
     p.add_argument("--only", action="append", default=[], help="Only the prompts whose name holds this (repeatable).")
     p.add_argument("--pause", type=float, default=0.3, help="Seconds between two requests.")
@@ -131,8 +133,8 @@ def _grounded(task: dict) -> str:
 
 
 def _servers(args) -> list[Server]:
-    rfc = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", args.bundle, "--threads", str(args.threads),
-           "--log-level", "warning", "--max-batch", "4", *shlex.split(args.rfc_args)]
+    rfc = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", args.bundle, "--threads",
+           str(args.threads), "--log-level", "warning", "--max-batch", "4", *shlex.split(args.rfc_args)]
     servers = [Server("rfc", rfc, is_rfc=True), Server("rfc+ngram", rfc + shlex.split(args.rfc_spec_args), is_rfc=True)]
     if args.gguf:
         t = str(args.llama_threads or args.threads)
@@ -148,8 +150,9 @@ def _servers(args) -> list[Server]:
 def _start(server: Server, args) -> None:
     port = _free_port()
     server.url = f"http://127.0.0.1:{port}"
-    server.proc = subprocess.Popen([*server.cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   env={**__import__("os").environ, **({"GOMP_SPINCOUNT": "20000"} if server.is_rfc else {})})
+    server.proc = subprocess.Popen([*server.cmd, "--port", str(port)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, env={**__import__("os").environ,
+                                        **({"GOMP_SPINCOUNT": "20000"} if server.is_rfc else {})})
     _wait_ready(server.url + ("/ready" if server.is_rfc else "/health"), 600, server.proc)
 
 
@@ -165,7 +168,8 @@ def _spec_counts(server: Server) -> tuple[int, int]:
 
 def _request(server: Server, args, prompt: str, max_tokens: int) -> Result:
     before = _spec_counts(server) if server.is_rfc else (0, 0)
-    body = {"model": "bench", "max_tokens": max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {"model": "bench", "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
     if args.ignore_eos:
         body["ignore_eos"] = True
     if args.api == "chat":
@@ -222,7 +226,8 @@ def _report(args, servers: list[Server], prompts: list[str], table: Table) -> No
             tps = statistics.median(_tps(r) for r in rs)
             drafted, accepted = sum(r.drafted for r in rs), sum(r.accepted for r in rs)
             cells.append(f"{tps:.1f}" + (f" ({accepted}/{drafted})" if drafted else ""))
-        same = all(table.results[("rfc", p, rnd)].text == table.results[("rfc+ngram", p, rnd)].text for rnd in range(args.rounds))
+        same = all(table.results[("rfc", p, rnd)].text == table.results[("rfc+ngram", p, rnd)].text
+                   for rnd in range(args.rounds))
         tokens = table.results[("rfc", p, 0)].tokens
         print(f"| {p} | {tokens} | " + " | ".join(cells) + f" | {'yes' if same else 'NO'} |")
     for group in ("grounded/", "chat/"):

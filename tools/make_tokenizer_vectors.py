@@ -75,7 +75,8 @@ def pre_types(vocab_cpp: Path) -> dict[str, dict]:
     "byte_encode": bool, "names": {name: {flag: value}}}. "DEFAULT" is also the type of a
     byte-level vocabulary without `tokenizer.ggml.pre`."""
     source = vocab_cpp.read_text(encoding="utf-8")
-    switch = source[source.index("switch (vocab.get_pre_type())") : source.index("std::vector<std::string> regex_exprs;")]
+    start, end = source.index("switch (vocab.get_pre_type())"), source.index("std::vector<std::string> regex_exprs;")
+    switch = source[start:end]
     types: dict[str, dict] = {}
     labels: list[str] = []
     for block in re.split(r"\n\s*(?=case |default:)", switch)[1:]:
@@ -134,9 +135,9 @@ def _build_oracle(llama_cpp: Path, workdir: Path) -> Path:
     exe = workdir / "llama_tokenize_batch"
     build = llama_cpp / "build"
     subprocess.run(
-        ["g++", "-O1", "-std=c++17", f"-I{llama_cpp / 'src/include'}", f"-I{llama_cpp / 'src/src'}", f"-I{llama_cpp / 'src/ggml/include'}",
-         str(ROOT / "tools" / "llama_tokenize_batch.cpp"), str(build / "src/libllama.a"),
-         str(build / "ggml/src/libggml.a"), str(build / "ggml/src/libggml-cpu.a"),
+        ["g++", "-O1", "-std=c++17", f"-I{llama_cpp / 'src/include'}", f"-I{llama_cpp / 'src/src'}",
+         f"-I{llama_cpp / 'src/ggml/include'}", str(ROOT / "tools" / "llama_tokenize_batch.cpp"),
+         str(build / "src/libllama.a"), str(build / "ggml/src/libggml.a"), str(build / "ggml/src/libggml-cpu.a"),
          str(build / "ggml/src/libggml-base.a"), "-fopenmp", "-lpthread", "-ldl", "-o", str(exe)],
         check=True,
     )  # fmt: skip

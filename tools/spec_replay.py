@@ -186,15 +186,18 @@ def _report(outputs: dict[str, dict[str, list[int]]], points: dict[int, float], 
         time, steps, accepted, drafted = _replay(run["prompt"], run["out"], points, args)
         times = [time]
         if args.bounds:
-            times += [known_acceptance(run["prompt"], run["out"], points, args), any_earlier_place(run["prompt"], run["out"], points, args)]
+            times += [known_acceptance(run["prompt"], run["out"], points, args),
+                      any_earlier_place(run["prompt"], run["out"], points, args)]
         tokens = len(run["out"]) - 1
-        print(f"| {name} | {tokens} | {steps} | {accepted}/{drafted} | " + " | ".join(f"{tokens / t:.2f}" for t in times) + " |")
+        print(f"| {name} | {tokens} | {steps} | {accepted}/{drafted} | "
+              + " | ".join(f"{tokens / t:.2f}" for t in times) + " |")
         group = groups.setdefault(name.split("/")[0], [0.0] * (1 + len(times)))
         group[0] += tokens
         for k, t in enumerate(times):
             group[1 + k] += t
     for name, (tokens, *times) in groups.items():
-        bounds = f" (known acceptance {tokens / times[1]:.2f}, any earlier place {tokens / times[2]:.2f})" if args.bounds else ""
+        bounds = (f" (known acceptance {tokens / times[1]:.2f}, any earlier place {tokens / times[2]:.2f})"
+                  if args.bounds else "")
         print(f"{name}: modeled speed-up {tokens / times[0]:.2f}{bounds}")
 
 

@@ -42,11 +42,12 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 # Why a name without a recipe is refused; a name not listed here has no recipe yet.
 REFUSED: dict[str, str] = {
     "mamba": f"{_MAMBA1_SCAN}, and {_NO_KV}",
-    "mamba2": f"no recipe yet: the Mamba2 mixer exists (compiler/arch/mamba2.py, as granitehybrid and nemotron_h use it), but {_NO_KV}",
+    "mamba2": f"no recipe yet: the Mamba2 mixer exists (compiler/arch/mamba2.py, as granitehybrid and nemotron_h use "
+              f"it), but {_NO_KV}",
     "jamba": f"its Mamba-1 layers: {_MAMBA1_SCAN}",
     **dict.fromkeys(("rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"), _RWKV),
-    "plamo2": ("its Mamba layers step each channel by its own dt (ssm_scan takes one dt per head), after RMS norms on dt, B "
-               "and C; no recipe yet"),
+    "plamo2": ("its Mamba layers step each channel by its own dt (ssm_scan takes one dt per head), after RMS norms on "
+               "dt, B and C; no recipe yet"),
     "kimi-linear": ("Kimi Delta Attention decays the state channel by channel (gated_delta_net decays each head by one "
                     "scalar); no recipe yet"),
     "minimax-01": "lightning attention (linear attention with a decay per head) has no op yet",

@@ -23,7 +23,8 @@ import math
 from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, attention, glu_ffn, hparams, kv_spec, linear, qkv_projections, read_rope, read_sizes, rope_factors,
+    Attention, Sizes, attention, glu_ffn, hparams, kv_spec, linear, qkv_projections, read_rope, read_sizes,
+    rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
@@ -73,7 +74,8 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         layernorm.declare_heads(b, "q", s.n_heads, s.head_dim)
         layernorm.declare_heads(b, "k", s.n_kv_heads, s.head_dim)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if arch == "cohere2" else None
+    factors = (rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if arch == "cohere2"
+               else None)
     global_cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim))
     local_cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), window=window, factors=factors)
     b.op("embed", ("tokens",), ("x",), (embd,))
@@ -92,7 +94,8 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         b.op("add", ("x", "h"), ("x",))
         b.op("add", ("x", "a"), ("x",))
     b.op("gather_rows", ("x",), ("xr",))
-    layernorm.layer_norm(b, "xr", "hr", s.n_embd, eps, b.tensor("output_norm.weight", "output_norm", (s.n_embd,)), rows="R")
+    layernorm.layer_norm(b, "xr", "hr", s.n_embd, eps, b.tensor("output_norm.weight", "output_norm", (s.n_embd,)),
+                         rows="R")
     b.op("matmul", ("hr",), ("logits",), (embd,))
     if logit_scale:
         b.op("scale", ("logits",), ("logits",), factor=logit_scale)

@@ -58,7 +58,8 @@ def read_sizes(md: Metadata) -> Sizes:
     if embd is None:
         raise CompileError(f"{md.path}: missing tensor token_embd.weight")
     if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]")
+        raise CompileError(f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, "
+                           f"n_embd]")
     vocab_size = embd.shape[0]
     declared = md.int("vocab_size", 1, MAX_VOCAB, default=vocab_size)
     if declared != vocab_size:
@@ -80,7 +81,8 @@ class Rope:
     beta_fast: float = 32.0
     beta_slow: float = 1.0
     orig_ctx: int = 0  # n_ctx_orig_yarn: rope.scaling.original_context_length, else context_length
-    temp_scale: float = 0.0  # attention temperature tuning (mistral3): q times 1 + temp_scale ln(floor(pos / orig_ctx) + 1)
+    # attention temperature tuning (mistral3): q times 1 + temp_scale ln(floor(pos / orig_ctx) + 1)
+    temp_scale: float = 0.0
 
     @property
     def magnitude(self) -> float:
@@ -98,7 +100,8 @@ class Rope:
         if self.magnitude != 1.0:
             attrs["attn_factor"] = self.magnitude
         if self.ext_factor:
-            attrs.update(ext_factor=self.ext_factor, beta_fast=self.beta_fast, beta_slow=self.beta_slow, orig_ctx=self.orig_ctx)
+            attrs.update(ext_factor=self.ext_factor, beta_fast=self.beta_fast, beta_slow=self.beta_slow,
+                         orig_ctx=self.orig_ctx)
         if self.temp_scale:
             attrs.update(temp_scale=self.temp_scale, temp_floor=self.orig_ctx)
         return attrs
@@ -167,7 +170,8 @@ def rope_factors(b: ModelBuilder, rope: Rope, n_ctx: int, *, long_short: bool) -
     if not long_short:
         return b.optional_tensor("rope_freqs.weight", "rope_freqs", shape)
     which, other = ("long", "short") if n_ctx > rope.orig_ctx else ("short", "long")
-    b.unused(f"rope_factors_{other}.weight", f"LongRoPE's {other}-context factors: the bundle serves the {which} context")
+    b.unused(f"rope_factors_{other}.weight",
+             f"LongRoPE's {other}-context factors: the bundle serves the {which} context")
     return b.optional_tensor(f"rope_factors_{which}.weight", f"rope_factors_{which}", shape)
 
 
@@ -209,7 +213,8 @@ class Attention:
     window: int | None = None  # sliding window: keys more than window - 1 positions back are masked
     softcap: float | None = None  # attention-logit soft-capping
     qk_norm: bool = False  # per-head RMS norms attn_q_norm / attn_k_norm before RoPE (qwen3, gemma3)
-    qk_norm_rows: bool = False  # with qk_norm: one norm over the whole Q (K) row instead, [q_width] / [kv_width] (olmo2)
+    # with qk_norm: one norm over the whole Q (K) row instead, [q_width] / [kv_width] (olmo2)
+    qk_norm_rows: bool = False
     factors: str | None = None  # RoPE frequency factors (a weight of the plan)
     sinks: bool = False  # a learned sink logit per query head, `attn_sinks` (gpt-oss)
 
@@ -221,7 +226,8 @@ def declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_used: int = 0, n_exp
     """The activations of a llama-style stack: x (residual), h (sublayer in/out), q/k/v/att, the
     FFN's gate/up, and for MoE the router's and the experts' buffers."""
     b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width), ("att", s.q_width)):
+    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width),
+                        ("att", s.q_width)):
         b.buffer(name, "T", width)
     if n_used:
         b.buffer("router", "T", n_expert)
@@ -272,8 +278,10 @@ def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, 
         b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (s.kv_width,)),), eps=eps)
     elif cfg.qk_norm:
         hd = (s.head_dim,)
-        b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
-        b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
+        b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps,
+             heads=s.n_heads)
+        b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps,
+             heads=s.n_kv_heads)
     if rope:
         b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
     b.op("kv_write", ("k", "v"), (), layer=i)
@@ -366,10 +374,12 @@ def expert_scales(b: ModelBuilder, i: int, n_expert: int, gate: str, up: str, *,
     p = f"blk.{i}."
     up_scale = b.optional_tensor(p + "ffn_up_exps.scale", "ffn_up_exps_scale", (n_expert,))
     if fused:
-        b.unused(p + "ffn_gate_exps.scale", "llama.cpp's fused gate_up path scales both halves by ffn_up_exps.scale only")
+        b.unused(p + "ffn_gate_exps.scale",
+                 "llama.cpp's fused gate_up path scales both halves by ffn_up_exps.scale only")
         pairs = ((gate, up_scale), (up, up_scale))
     else:
-        pairs = ((gate, b.optional_tensor(p + "ffn_gate_exps.scale", "ffn_gate_exps_scale", (n_expert,))), (up, up_scale))
+        pairs = ((gate, b.optional_tensor(p + "ffn_gate_exps.scale", "ffn_gate_exps_scale", (n_expert,))),
+                 (up, up_scale))
     for buf, scale in pairs:
         if scale is not None:
             b.op("moe_scale", (buf, "expert_ids"), (buf,), (scale,))

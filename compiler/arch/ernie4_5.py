@@ -43,5 +43,5 @@ def build_moe(model: GGUFModel) -> ModelSpec:
         return False
 
     extra = e.hparams() | {"interleave_moe_layer_step": step, "leading_dense_block_count": lead}
-    return prenorm.build(model, "ernie4_5-moe", BLOCK, ffn=ffn, declare=lambda b, s: declare_expert_buffers(b, s.n_embd, e),
-                         extra=extra)  # fmt: skip
+    return prenorm.build(model, "ernie4_5-moe", BLOCK, ffn=ffn, declare=lambda b,
+                         s: declare_expert_buffers(b, s.n_embd, e), extra=extra)  # fmt: skip

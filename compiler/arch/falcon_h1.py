@@ -3,8 +3,9 @@ layer runs GQA attention and a Mamba2 mixer side by side on the same h = attn_no
 x += attention(h) + mamba2(h), then x += FFN(ffn_norm(x)).
 
 - attention: Q/K/V biases where present, NeoX RoPE over `rope.dimension_count` dims (no factors:
-  the graph passes none, so a file's `rope_freqs.weight` is known and unused), scores × 1/√head_dim (the loader reads no attention.scale), no output
-  bias (llama.cpp loads `attn_output.bias` and its graph does not apply it: nor here);
+  the graph passes none, so a file's `rope_freqs.weight` is known and unused), scores ×
+  1/√head_dim (the loader reads no attention.scale), no output bias (llama.cpp loads
+  `attn_output.bias` and its graph does not apply it: nor here);
 - the Mamba2 mixer is compiler/arch/mamba2.py's (granitehybrid's, with `ssm.inner_size` free: any
   expansion), its grouped `ssm_norm` required here (llama.cpp makes it optional);
 - the FFN: SwiGLU with optional gate/up/down biases; its norm is the tensor `blk.N.ffn_norm`
@@ -20,7 +21,9 @@ import math
 
 from rfc.compiler.arch import mamba2
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes
+from rfc.compiler.arch.common import (
+    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
+)
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -39,7 +42,8 @@ def build(model: GGUFModel) -> ModelSpec:
     b.buffer("m", "T", s.n_embd)
     mamba2.declare(b, m)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    b.unused("rope_freqs.weight", "llama.cpp's falcon-h1 loader reads it and its graph rotates with no frequency factors")
+    b.unused("rope_freqs.weight",
+             "llama.cpp's falcon-h1 loader reads it and its graph rotates with no frequency factors")
     cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim))
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(s.n_layers):
@@ -57,6 +61,6 @@ def build(model: GGUFModel) -> ModelSpec:
     tied = output_head(b, s, eps)
     extra = {"ssm_conv_kernel": m.kernel, "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state,
              "ssm_time_step_rank": m.n_heads, "ssm_group_count": m.n_groups}  # fmt: skip
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"), rope_freq_factors=False,
-                 extra=extra)  # fmt: skip
+    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+                 rope_freq_factors=False, extra=extra)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

@@ -19,7 +19,8 @@ import numpy as np
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, Sizes, attention, declare_buffers, hparams, kv_spec, output_head, read_experts, read_rope, read_sizes,
+    UNUSED_SCALE, Attention, Sizes, attention, declare_buffers, hparams, kv_spec, output_head, read_experts, read_rope,
+    read_sizes,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
@@ -65,7 +66,8 @@ def build(model: GGUFModel) -> ModelSpec:
     s: Sizes = read_sizes(md)
     rope = read_rope(md, s, "neox")
     if rope.n_rot != s.head_dim:  # llama.cpp sizes Q, K and V by n_rot for this architecture
-        raise CompileError(f"{md.path}: rope.dimension_count {rope.n_rot} != head size {s.head_dim} is not supported ({ARCH})")
+        raise CompileError(f"{md.path}: rope.dimension_count {rope.n_rot} != head size {s.head_dim} is not supported "
+                           f"({ARCH})")
     n_ff = md.int("expert_feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)
@@ -89,7 +91,8 @@ def build(model: GGUFModel) -> ModelSpec:
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
         attention(b, i, s, eps, local if is_local[i] else full, out_bias=True)
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),),
+             eps=eps)
         moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used)
         b.op("add", ("x", "h"), ("x",))
     output_head(b, s, eps)

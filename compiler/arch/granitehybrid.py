@@ -86,9 +86,9 @@ def build(model: GGUFModel) -> ModelSpec:
     tied = output_head(b, s, eps)
     if mult.logit:
         b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / mult.logit))
-    extra = {**mult.extra(), "attention_layers": len(attn_layers), "ssm_conv_kernel": m.kernel, "ssm_inner_size": m.d_inner,
-             "ssm_state_size": m.n_state, "ssm_time_step_rank": m.n_heads, "ssm_group_count": m.n_groups,
-             **ffn.extra()}  # fmt: skip
+    extra = {**mult.extra(), "attention_layers": len(attn_layers), "ssm_conv_kernel": m.kernel,
+             "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state, "ssm_time_step_rank": m.n_heads,
+             "ssm_group_count": m.n_groups, **ffn.extra()}  # fmt: skip
     hp = hparams(md, s, rope, ffn.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{attn_layers[0]}.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
     kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")

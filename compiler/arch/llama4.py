@@ -34,8 +34,8 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, Sizes, glu_ffn, hparams, kv_spec, linear, output_head, qkv_projections, read_experts, read_rope,
-    read_sizes, rope_factors,
+    UNUSED_SCALE, Attention, Sizes, glu_ffn, hparams, kv_spec, linear, output_head, qkv_projections, read_experts,
+    read_rope, read_sizes, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, MAX_LAYERS, Metadata
 from rfc.compiler.errors import CompileError
@@ -50,7 +50,8 @@ NO_KQ_NORM_EXPERTS = 128  # LLM_TYPE_17B_128E: use_kq_norm off
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "llama4")
-    md.ignored("attention.temperature_scale", "llama.cpp fixes llama4's NoPE temperature (0.1), which does nothing in the context served")
+    md.ignored("attention.temperature_scale",
+               "llama.cpp fixes llama4's NoPE temperature (0.1), which does nothing in the context served")
     s = read_sizes(md)
     rope = read_rope(md, s, "adjacent")
     if rope.n_rot != s.head_dim:
@@ -59,13 +60,15 @@ def build(model: GGUFModel) -> ModelSpec:
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)
     if not n_expert:
-        raise CompileError(f"{md.path}: llama4 needs {md.key('expert_count')} > 0 (llama.cpp refuses a llama4 without experts)")
+        raise CompileError(f"{md.path}: llama4 needs {md.key('expert_count')} > 0 (llama.cpp refuses a llama4 without "
+                           f"experts)")
     if md.int("expert_group_count", 0, n_expert, default=0) > 1:
         raise CompileError(f"{md.path}: {md.key('expert_group_count')} is not supported for llama4")
     n_ff_exp = md.int("expert_feed_forward_length", 1, MAX_FF)
     step = md.int("interleave_moe_layer_step", 0, MAX_LAYERS)
     moe = [step > 0 and (i + 1) % step == 0 for i in range(s.n_layers)]
-    n_ff = md.int("feed_forward_length", 1, MAX_FF) if not all(moe) else md.int("feed_forward_length", 1, MAX_FF, default=n_ff_exp)
+    n_ff = (md.int("feed_forward_length", 1, MAX_FF) if not all(moe)
+            else md.int("feed_forward_length", 1, MAX_FF, default=n_ff_exp))
     if md.has("attention.sliding_window") and md.int("attention.sliding_window", 0, MAX_CONTEXT) == 0:
         raise CompileError(f"{md.path}: {md.key('attention.sliding_window')} = 0 (no chunked attention, every layer "
                            "with RoPE but the last) is not supported for llama4")
@@ -95,7 +98,8 @@ def build(model: GGUFModel) -> ModelSpec:
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
     extra = {"expert_count": n_expert, "expert_used_count": n_used, "expert_feed_forward_length": n_ff_exp,
-             "interleave_moe_layer_step": step, "no_rope_layers": [i for i in range(s.n_layers) if (i + 1) % NO_ROPE_LAYER_STEP == 0],
+             "interleave_moe_layer_step": step,
+             "no_rope_layers": [i for i in range(s.n_layers) if (i + 1) % NO_ROPE_LAYER_STEP == 0],
              "qk_l2_norm": kq_norm, "attention_chunk": CHUNK, "context_length_of_file": n_ctx}  # fmt: skip
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
@@ -134,7 +138,8 @@ def _declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_ff_exp: int, n_expe
         b.buffer(name, "R", width)
 
 
-def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, use_rope: bool, ones: str | None) -> None:
+def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, use_rope: bool,
+               ones: str | None) -> None:
     """h = attn_output(attention(...)) of layer i: Q/K/V (build_qkv: each times its weight scale,
     plus its bias, where the file has them), then RoPE and the weightless per-head norms of Q and
     K (RoPE layers), or neither (NoPE layers); attn_output with its scale and bias likewise."""

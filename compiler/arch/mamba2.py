@@ -67,12 +67,14 @@ def read_mamba2(md: Metadata) -> Mamba2:
 
 
 
-def attention_heads(md: Metadata, heads: list[int], kv_heads: list[int], attn: list[int], n_embd: int) -> tuple[int, int, int]:
+def attention_heads(md: Metadata, heads: list[int], kv_heads: list[int], attn: list[int],
+                    n_embd: int) -> tuple[int, int, int]:
     """(heads, KV heads, head size) of a hybrid stack's attention layers `attn`, which must all
     have the same (the KV cache has one row size); granitehybrid and nemotron_h read them so."""
     n_heads, n_kv = {heads[i] for i in attn}, {kv_heads[i] for i in attn}
     if len(n_heads) != 1 or len(n_kv) != 1 or 0 in n_heads:
-        raise CompileError(f"{md.path}: the attention layers differ in head counts ({sorted(n_heads)} / {sorted(n_kv)}); "
+        raise CompileError(f"{md.path}: the attention layers differ in head counts ({sorted(n_heads)} / "
+                           f"{sorted(n_kv)}); "
                            "one size is supported")  # fmt: skip
     (nh,), (nkv,) = n_heads, n_kv
     if nh % nkv:

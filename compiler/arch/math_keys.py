@@ -82,8 +82,9 @@ def check_math_keys(model: GGUFModel, arch: str) -> None:
         if key in model.keys_read or arch not in READ_BY[suffix]:
             continue
         if key in model.unread:
-            raise CompileError(f"{model.path.name}: metadata {key} changes the math and rfc's {arch} recipe does not apply it "
+            raise CompileError(f"{model.path.name}: metadata {key} changes the math and rfc's {arch} recipe does not "
+                               f"apply it "
                                "(refused rather than computed without it)")
         if key in model.metadata and not _neutral(model.metadata[key], neutral):
-            raise CompileError(f"{model.path.name}: metadata {key} = {_show(model.metadata[key])} changes the math and rfc's "
-                               f"{arch} recipe does not apply it (refused rather than computed without it)")
+            raise CompileError(f"{model.path.name}: metadata {key} = {_show(model.metadata[key])} changes the math and "
+                               f"rfc's {arch} recipe does not apply it (refused rather than computed without it)")

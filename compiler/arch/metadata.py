@@ -11,7 +11,8 @@ import math
 import numbers
 from typing import Any
 
-from rfc.artifacts.limits import MAX_CONTEXT, MAX_EXPERTS, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS
+# re-exported: the architecture modules import these bounds from here with the rest of the metadata
+from rfc.artifacts.limits import MAX_CONTEXT, MAX_EXPERTS, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS  # noqa: F401
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_metadata import LLAMA_MAX_LAYERS
 from rfc.compiler.gguf_reader import GGUFModel
@@ -100,7 +101,8 @@ class Metadata:
     def choice(self, key: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
         value = self._raw(key, default)
         if not isinstance(value, str) or value not in choices:
-            raise CompileError(f"{self.path}: metadata {self.key(key)} = {_show(value)} is not supported (supported: {', '.join(choices)})")
+            raise CompileError(f"{self.path}: metadata {self.key(key)} = {_show(value)} is not supported (supported: "
+                               f"{', '.join(choices)})")
         return value
 
     def bool(self, key: str, default: Any = _REQUIRED) -> bool:

@@ -36,5 +36,5 @@ def build(model: GGUFModel) -> ModelSpec:
         moe_block(b, i, s, e)
         return True
 
-    return prenorm.build(model, "minimax-m2", BLOCK, ffn=ffn, declare=lambda b, s: declare_expert_buffers(b, s.n_embd, e),
-                         extra=e.hparams())  # fmt: skip
+    return prenorm.build(model, "minimax-m2", BLOCK, ffn=ffn, declare=lambda b,
+                         s: declare_expert_buffers(b, s.n_embd, e), extra=e.hparams())  # fmt: skip

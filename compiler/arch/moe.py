@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields, replace
 from rfc.artifacts.plan import OPS, OpKind
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, Sizes, attention, expert_scales, glu_ffn, hparams, kv_spec, linear, output_head, read_experts,
-    read_rope, read_sizes,
+    UNUSED_SCALE, Attention, Sizes, attention, expert_scales, glu_ffn, hparams, kv_spec, linear, output_head,
+    read_experts, read_rope, read_sizes,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -49,7 +49,8 @@ class Experts:
     dense_lead: int = 0
     shared_ff: int = 0
     shared_gate: bool = False
-    fused_gate_up: bool = False  # the loader also takes gate and up fused in one ffn_gate_up_exps (create_tensor_gate_up_exps)
+    # the loader also takes gate and up fused in one ffn_gate_up_exps (create_tensor_gate_up_exps)
+    fused_gate_up: bool = False
 
     @property
     def shared_width(self) -> int:
@@ -97,10 +98,12 @@ def read_experts_of(md: Metadata, *, n_ff: int | None) -> tuple[int, int, int, i
     groups_used = 1
     if groups > 1:
         if count % groups:
-            raise CompileError(f"{md.path}: {md.key('expert_count')} {count} is not a multiple of expert_group_count {groups}")
+            raise CompileError(f"{md.path}: {md.key('expert_count')} {count} is not a multiple of expert_group_count "
+                               f"{groups}")
         groups_used = md.int("expert_group_used_count", 1, groups - 1)
         if used > groups_used * (count // groups):
-            raise CompileError(f"{md.path}: expert_used_count {used} exceeds the {groups_used} groups of {count // groups} "
+            raise CompileError(f"{md.path}: expert_used_count {used} exceeds the {groups_used} groups of "
+                               f"{count // groups} "
                                "experts kept")
     else:
         groups = 1
@@ -161,7 +164,8 @@ def expert_gate_up(b: ModelBuilder, i: int, e: Experts, n_embd: int) -> tuple[st
         return (b.expert_rows(fused + ":gate", "ffn_gate_exps", fused, shape, 0, e.n_ff),
                 b.expert_rows(fused + ":up", "ffn_up_exps", fused, shape, e.n_ff, 2 * e.n_ff))  # fmt: skip
     shape = (e.count, e.n_ff, n_embd)
-    return (b.tensor(p + "ffn_gate_exps.weight", "ffn_gate_exps", shape), b.tensor(p + "ffn_up_exps.weight", "ffn_up_exps", shape))
+    return (b.tensor(p + "ffn_gate_exps.weight", "ffn_gate_exps", shape),
+            b.tensor(p + "ffn_up_exps.weight", "ffn_up_exps", shape))
 
 
 def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", residual: str = "x",
@@ -200,7 +204,8 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
     for w, buf in zip(expert_gate_up(b, i, e, n), ("exp_gate", "exp_up")):
         b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
     if scales:
-        expert_scales(b, i, e.count, "exp_gate", "exp_up", fused=e.fused_gate_up and b.has(p + "ffn_gate_up_exps.weight"))
+        expert_scales(b, i, e.count, "exp_gate", "exp_up",
+                      fused=e.fused_gate_up and b.has(p + "ffn_gate_up_exps.weight"))
     b.op("swiglu", ("exp_gate", "exp_up"), ("exp_gate",))
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (e.count, n, e.n_ff))
     b.op("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",), (down,))
@@ -267,7 +272,9 @@ def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], t
             glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=scales)
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
-    b.unused_layers(range(s.n_layers, s.n_layers + nextn), "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too")
+    b.unused_layers(range(s.n_layers, s.n_layers + nextn),
+                    "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too")
     hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
-                 rope_freq_factors=False, extra=e.hparams() | ({"nextn_predict_layers": nextn} if nextn else {}))  # fmt: skip
+                 rope_freq_factors=False,
+                 extra=e.hparams() | ({"nextn_predict_layers": nextn} if nextn else {}))  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

@@ -31,7 +31,8 @@ MAMBA, ATTENTION, MLP = "mamba2", "attention", "mlp"
 
 
 def layer_kinds(md: Metadata, b: ModelBuilder, n_layers: int,
-                ffn_tensor: str = "ffn_up.weight") -> tuple[list[str], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+                ffn_tensor: str = "ffn_up.weight") -> tuple[list[str], tuple[int, ...], tuple[int, ...],
+                                                            tuple[int, ...]]:
     heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
     kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS)
     n_ff = md.per_layer("feed_forward_length", n_layers, 0, MAX_FF)
@@ -66,7 +67,8 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
     kinds = kinds[:n_layers]
     attn = [i for i in range(n_layers) if kinds[i] == ATTENTION]
     if not attn:
-        raise CompileError(f"{md.path}: no attention layer ({md.key('attention.head_count_kv')}, {md.key('feed_forward_length')})")
+        raise CompileError(f"{md.path}: no attention layer ({md.key('attention.head_count_kv')}, "
+                           f"{md.key('feed_forward_length')})")
     nh, nkv, head_dim = mamba2.attention_heads(md, heads, kv_heads, attn, n_embd)
     embd_t = model.tensors.get("token_embd.weight")
     if embd_t is None or len(embd_t.shape) != 2 or not 1 <= embd_t.shape[0] <= MAX_VOCAB:
@@ -75,7 +77,8 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
     m = mamba2.read_mamba2(md)
     moe = experts(md, n_embd, n_ff, [i for i in range(n_layers) if kinds[i] == MLP]) if experts else None
     if moe is None and md.int("expert_count", 0, 1 << 20, default=0):
-        raise CompileError(f"{md.path}: {md.key('expert_count')}: nemotron_h with experts (nemotron_h_moe) is not supported")
+        raise CompileError(f"{md.path}: {md.key('expert_count')}: nemotron_h with experts (nemotron_h_moe) is not "
+                           f"supported")
     eps_plain = md.float("attention.layer_norm_epsilon", 0.0, 1.0, open_lo=True)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, default=eps_plain, open_lo=True)
     widest = max([n_ff[i] for i in range(n_layers) if kinds[i] == MLP], default=1)
@@ -103,7 +106,8 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
             moe.layer(b, i)  # adds the routed experts to x itself; h: the shared expert
         else:
             up = f"up{n_ff[i]}"
-            linear(b, "h", up, p + "ffn_up", (n_ff[i], n_embd), bias=True, bias_first=True)  # build_ffn: + bias, * scale
+            # build_ffn: + bias, * scale
+            linear(b, "h", up, p + "ffn_up", (n_ff[i], n_embd), bias=True, bias_first=True)
             b.op("swiglu", (up, up), (up,), activation="relu")  # relu(u) u = relu(u)^2
             linear(b, up, "h", p + "ffn_down", (n_embd, n_ff[i]), bias=True, bias_first=True)
         b.op("add", ("x", "h"), ("x",))

@@ -66,7 +66,8 @@ def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, 
         declare(b, s)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     factors = rope_factors(b, rp, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if block.factors else None
-    cfg = Attention(rp, scale=1.0 / math.sqrt(s.head_dim), factors=factors, qk_norm=block.qk_norm_rows, qk_norm_rows=block.qk_norm_rows)
+    cfg = Attention(rp, scale=1.0 / math.sqrt(s.head_dim), factors=factors, qk_norm=block.qk_norm_rows,
+                    qk_norm_rows=block.qk_norm_rows)
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(s.n_layers):
         p = f"blk.{i}."
@@ -78,9 +79,11 @@ def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, 
         else:
             attention(b, i, s, eps, cfg, out_bias=block.out_bias)
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{block.ffn_norm}.weight", block.ffn_norm, (s.n_embd,)),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{block.ffn_norm}.weight", block.ffn_norm, (s.n_embd,)),),
+             eps=eps)
         if ffn is None:
-            glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=False)  # seed_oss, ernie4_5, hunyuan: build_ffn(up, NULL, NULL, ...)
+            # seed_oss, ernie4_5, hunyuan: build_ffn(up, NULL, NULL, ...)
+            glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=False)
         elif ffn(b, i, s, n_ff):
             continue  # the experts added their output to x themselves
         b.op("add", ("x", "h"), ("x",))
@@ -91,7 +94,8 @@ def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, 
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
 
 
-def _attention_norm_after_rope(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, out_bias: bool) -> None:
+def _attention_norm_after_rope(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *,
+                               out_bias: bool) -> None:
     """h = attn_output(attention(...)) with Q and K RMS-normed per head after RoPE (hunyuan's order);
     every matmul with its weight scale and bias where the file has them, as attention's."""
     p = f"blk.{i}."
@@ -99,7 +103,8 @@ def _attention_norm_after_rope(b: ModelBuilder, i: int, s: Sizes, eps: float, cf
     b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
     hd = (s.head_dim,)
     b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
-    b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads)
+    b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps,
+         heads=s.n_kv_heads)
     b.op("kv_write", ("k", "v"), (), layer=i)
     b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
          scale=cfg.scale)  # fmt: skip

@@ -24,8 +24,8 @@ def _check(model: GGUFModel, arch: str) -> None:
     s = read_sizes(md)
     sections = md.per_layer("rope.dimension_sections", 4, 0, 1 << 16)
     if sum(sections) > s.head_dim:  # ggml_mrope_cache_init asserts it
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_sections')} {list(sections)} add up to more than the head "
-                           f"size {s.head_dim}")  # fmt: skip
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_sections')} {list(sections)} add up to more than the "
+                           f"head size {s.head_dim}")  # fmt: skip
     n_rot = md.int("rope.dimension_count", 2, s.head_dim, default=s.head_dim)
     if n_rot != s.head_dim:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {n_rot} != head size {s.head_dim} "
@@ -35,7 +35,8 @@ def _check(model: GGUFModel, arch: str) -> None:
 
 def build(model: GGUFModel) -> ModelSpec:
     _check(model, "qwen3vl")
-    return llama_like(model, "qwen3vl", rope_style="neox", qk_norm=True, ffn_bias=False, ffn_scale=False)  # build_ffn(up, NULL, NULL, ...)
+    # build_ffn(up, NULL, NULL, ...)
+    return llama_like(model, "qwen3vl", rope_style="neox", qk_norm=True, ffn_bias=False, ffn_scale=False)
 
 
 def build_moe(model: GGUFModel) -> ModelSpec:

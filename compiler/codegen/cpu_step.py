@@ -173,7 +173,8 @@ class _Lowering:
             if op.kind in ("rmsnorm", "swiglu") and self._feeds_matmul(ops, i):
                 i += 1  # runs as the next matmul's prologue
                 continue
-            if op.kind == "rope" and i + 1 < len(ops) and ops[i + 1].kind == "kv_write" and ops[i + 1].inputs == (op.outputs[1], ops[i + 1].inputs[1]):
+            if (op.kind == "rope" and i + 1 < len(ops) and ops[i + 1].kind == "kv_write"
+                    and ops[i + 1].inputs == (op.outputs[1], ops[i + 1].inputs[1])):
                 phases.append(self._rope(op, ops[i + 1]))
                 i += 2
                 continue
@@ -184,7 +185,8 @@ class _Lowering:
     def _feeds_matmul(self, ops: list[Op], i: int) -> bool:
         """ops[i] (rmsnorm/swiglu) writes exactly what the matmul right after it reads."""
         op = ops[i]
-        if op.kind == "rmsnorm" and (op.attr("heads") != 1 or self.width(op.inputs[0]) != self.plan.n_embd or not op.weights):
+        if (op.kind == "rmsnorm"
+                and (op.attr("heads") != 1 or self.width(op.inputs[0]) != self.plan.n_embd or not op.weights)):
             return False
         if op.kind == "swiglu" and self.width(op.inputs[0]) != self.width(op.inputs[1]):
             return False  # a gate per row: its own phase
@@ -209,7 +211,8 @@ class _Lowering:
             seg = {"w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]), "n": e.shape[0], "out": self.buf(out),
                    "bias": [], "accum": -1}  # fmt: skip
             if self.width(out) != e.shape[0] or self.rows(out) != self.rows(src):
-                raise CompileError(f"matmul {op.weights[0]}: output buffer {out} is not [{self.rows(src)}, {e.shape[0]}]")
+                raise CompileError(f"matmul {op.weights[0]}: output buffer {out} is not [{self.rows(src)}, "
+                                   f"{e.shape[0]}]")
             j += 1
             if j < len(ops) and ops[j].kind == "add_bias" and ops[j].inputs == (out,) and ops[j].outputs == (out,):
                 seg["bias"] = self.vec(ops[j].weights[0])
@@ -256,7 +259,8 @@ class _Lowering:
                                    "scale": float(op.attr("scale")), "groups": int(op.attr("groups")),
                                    "groups_used": int(op.attr("groups_used")),
                                    # the selection bias, the experts' output scales (expert_scale: the last weight)
-                                   "bias": self.vec(op.weights[0]) if len(op.weights) > int(bool(op.attr("expert_scale"))) else [],
+                                   "bias": self.vec(op.weights[0])
+                                   if len(op.weights) > int(bool(op.attr("expert_scale"))) else [],
                                    "escale": self.vec(op.weights[-1]) if op.attr("expert_scale") else []},
                      {logits}, {ids, weights, "@moe"})  # fmt: skip
 
@@ -266,7 +270,8 @@ class _Lowering:
         if op.attr("activation") not in (None, "silu") or i + 1 >= len(ops) or ops[i + 1].kind != "moe_matmul":
             return False
         nxt = ops[i + 1]
-        return nxt.inputs[0] == op.outputs[0] == op.inputs[0] and self.width(op.inputs[0]) == self.width(nxt.inputs[1]) * self.entries[nxt.weights[0]].shape[2]
+        return (nxt.inputs[0] == op.outputs[0] == op.inputs[0]
+                and self.width(op.inputs[0]) == self.width(nxt.inputs[1]) * self.entries[nxt.weights[0]].shape[2])
 
     def _moe_matmul(self, ops: list[Op], i: int, phases: list[Phase]) -> int:
         first = ops[i]
@@ -286,18 +291,22 @@ class _Lowering:
             op = ops[j]
             e = self.entries[op.weights[0]]
             out = op.outputs[0]
-            if j > i and (op.inputs != first.inputs or e.format != fmt or e.shape[2] != k or out in writes | {src, ids}):
+            if (j > i
+                    and (op.inputs != first.inputs or e.format != fmt or e.shape[2] != k
+                         or out in writes | {src, ids})):
                 break
             if self.width(out) != n_used * e.shape[1]:
-                raise CompileError(f"moe_matmul {op.weights[0]}: output buffer {out} is not [T, {n_used} x {e.shape[1]}]")
-            segs.append({"w": e.offset, "expert_bytes": e.shape[1] * row_nbytes(fmt, k), "row_bytes": row_nbytes(fmt, k),
-                         "n": e.shape[1], "out": self.buf(out)})  # fmt: skip
+                raise CompileError(f"moe_matmul {op.weights[0]}: output buffer {out} is not [T, {n_used} x "
+                                   f"{e.shape[1]}]")
+            segs.append({"w": e.offset, "expert_bytes": e.shape[1] * row_nbytes(fmt, k),
+                         "row_bytes": row_nbytes(fmt, k), "n": e.shape[1], "out": self.buf(out)})  # fmt: skip
             writes.add(out)
             j += 1
         q_reads = {src, "@moe"} | (set(pro.inputs) if pro is not None else set())
         q_writes = {"@act"} | writes | ({src} if pro is not None else set())  # slots without an expert get zeros
-        params = {"fmt": fmt.lower(), "k": k, "x": self.buf(src), "up": self.buf(pro.inputs[1]) if pro is not None else -1,
-                  "per_slot": int(per_slot), "n_used": n_used, "segs": segs}  # fmt: skip
+        params = {"fmt": fmt.lower(), "k": k, "x": self.buf(src),
+                  "up": self.buf(pro.inputs[1]) if pro is not None else -1, "per_slot": int(per_slot),
+                  "n_used": n_used, "segs": segs}  # fmt: skip
         phases.append(Phase("moe_quantize", params, q_reads, q_writes))
         phases.append(Phase("moe_run", {**params, "counter": self.counter()}, {"@act", "@moe"}, writes))
         return j
@@ -312,7 +321,8 @@ class _Lowering:
         (y, w), (out,) = op.inputs, op.outputs
         acc = add.outputs[0] if add is not None else None
         return Phase("moe_combine", {"y": self.buf(y), "w": self.buf(w), "out": self.buf(out), "n_used": self.width(w),
-                                     "width": self.width(out), "rows": self.rows(out), "accum": self.buf(acc) if acc else -1},
+                                     "width": self.width(out), "rows": self.rows(out),
+                                     "accum": self.buf(acc) if acc else -1},
                      {y, w} | ({acc} if acc else set()), {out} | ({acc} if acc else set()))  # fmt: skip
 
     @staticmethod
@@ -327,7 +337,8 @@ class _Lowering:
         width, column = self.width(op.outputs[0]), int(op.attr("column"))
         params = {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]),
                   "out": self.buf(op.outputs[0]), "scale": f32_literal(op.attr("scale"), "embed scale"), "slice": {}}
-        if (column, width) != (0, e.shape[-1]) or width != self.plan.n_embd:  # a slice of each row (Gemma 4's per-layer table)
+        # a slice of each row (Gemma 4's per-layer table)
+        if (column, width) != (0, e.shape[-1]) or width != self.plan.n_embd:
             f = FORMATS[e.format]
             if not f.is_gguf or column % f.block_elems or width % f.block_elems:
                 raise CompileError(f"the cpu step program slices {e.format} embedding rows at whole GGUF blocks only "
@@ -342,13 +353,16 @@ class _Lowering:
                 raise CompileError(f"rmsnorm of {x}: {heads} heads do not split a row of {width} into multiples of 8")
             w = self.vec(op.weights[0]) if op.weights else []  # the template writes NULL
             if op.weights and heads > 1 and tuple(self.entries[op.weights[0]].shape) == (width,):  # Mamba2's groups
-                return Phase("rmsnorm_segs", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": w, "rows": self.rows(x),
-                                              "width": width, "heads": heads}, set(op.inputs), set(op.outputs))  # fmt: skip
+                return Phase("rmsnorm_segs",
+                             {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": w, "rows": self.rows(x),
+                              "width": width, "heads": heads}, set(op.inputs),
+                             set(op.outputs))  # fmt: skip
             return Phase("rmsnorm_heads", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": w,
                                            "rows": self.rows(x), "width": width, "heads": heads},
                          set(op.inputs), set(op.outputs))  # fmt: skip
-        return Phase("rmsnorm", {"x": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
-                                 "rows": self.rows(op.inputs[0])}, set(op.inputs), set(op.outputs))  # fmt: skip
+        return Phase("rmsnorm",
+                     {"x": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
+                      "rows": self.rows(op.inputs[0])}, set(op.inputs), set(op.outputs))  # fmt: skip
 
     def _rope(self, op: Op, kv: Op | None = None) -> Phase:
         q, k = op.outputs
@@ -383,8 +397,8 @@ class _Lowering:
         softcap = 0.0 if softcap is None else f32_literal(softcap, "attention softcap")  # 0: no soft-capping
         sinks = self.vec(op.weights[0]) if op.weights else []  # gpt-oss: a logit per query head
         return Phase("attention", {"q": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "layer": layer,
-                                   "counter": self.counter(), "window": int(window or 0), "softcap": softcap, "sinks": sinks,
-                                   "sfx": _suffix(self.attention_geometries[head_geometry(op)])},
+                                   "counter": self.counter(), "window": int(window or 0), "softcap": softcap,
+                                   "sinks": sinks, "sfx": _suffix(self.attention_geometries[head_geometry(op)])},
                      {op.inputs[0], f"@kv{layer}"}, {op.outputs[0]})  # fmt: skip
 
     def _moe_add_bias(self, op: Op) -> Phase:
@@ -422,19 +436,25 @@ class _Lowering:
         g, u = op.inputs
         if self.width(g) != self.width(u):  # 'sigmoid' with one gate per row (validate.py allows nothing else)
             return Phase("glu_row", {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]),
-                                     "width": self.width(u), "rows": self.rows(u)}, {g, u}, set(op.outputs))  # fmt: skip
-        return Phase("swiglu", {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]), "width": self.width(g),
-                                "rows": self.rows(g), "fn": GLU_SPANS[op.attr("activation")]}, {g, u}, set(op.outputs))  # fmt: skip
+                                     "width": self.width(u), "rows": self.rows(u)}, {g, u},
+                         set(op.outputs))  # fmt: skip
+        return Phase("swiglu",
+                     {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]), "width": self.width(g),
+                      "rows": self.rows(g), "fn": GLU_SPANS[op.attr("activation")]}, {g, u},
+                     set(op.outputs))  # fmt: skip
 
     def _scale(self, op: Op) -> Phase:
         x = op.inputs[0]
-        return Phase("scale", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
-                               "factor": f32_literal(op.attrs["factor"], "scale factor", signed=True)}, {x}, set(op.outputs))  # fmt: skip
+        return Phase("scale",
+                     {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
+                      "factor": f32_literal(op.attrs["factor"], "scale factor", signed=True)}, {x},
+                     set(op.outputs))  # fmt: skip
 
     def _softcap(self, op: Op) -> Phase:
         x = op.inputs[0]
-        return Phase("softcap", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
-                                 "cap": f32_literal(op.attrs["cap"], "softcap cap")}, {x}, set(op.outputs))  # fmt: skip
+        return Phase("softcap",
+                     {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
+                      "cap": f32_literal(op.attrs["cap"], "softcap cap")}, {x}, set(op.outputs))  # fmt: skip
 
     # -- LFM2's short conv (kernels/cpu_short_conv.h): channels split among the team, the state
     # tensor at its float offset in each sequence's slot; "@state<i>" orders the phases that touch it
@@ -442,7 +462,8 @@ class _Lowering:
         (bcx,), (out,) = op.inputs, op.outputs
         e = self.entries[op.weights[0]]
         if e.format != "F32":
-            raise CompileError(f"short_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is {e.format}")
+            raise CompileError(f"short_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is "
+                               f"{e.format}")
         index = int(op.attrs["state"])
         return Phase("short_conv", {"bcx": self.buf(bcx), "out": self.buf(out), "c": self.width(out), "k": e.shape[1],
                                     "w": e.offset, "state": self.plan.state.offset(index)},
@@ -454,8 +475,10 @@ class _Lowering:
         e = self.entries[op.weights[0]]
         heads, n, k = e.shape
         stride = int(op.attr("stride")) or k
-        return Phase("head_matmul", {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, k), "x": self.buf(x),
-                                     "out": self.buf(out), "rows": self.rows(x), "heads": heads, "stride": stride, "n": n, "k": k},
+        return Phase("head_matmul",
+                     {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, k), "x": self.buf(x),
+                      "out": self.buf(out), "rows": self.rows(x), "heads": heads, "stride": stride,
+                      "n": n, "k": k},
                      {x}, {out})  # fmt: skip
 
     def _concat_heads(self, op: Op) -> Phase:
@@ -471,28 +494,33 @@ class _Lowering:
         (x,), (out,) = op.inputs, op.outputs
         e = self.entries[op.weights[0]]
         if e.format != "F32":
-            raise CompileError(f"ssm_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is {e.format}")
+            raise CompileError(f"ssm_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is "
+                               f"{e.format}")
         index = int(op.attrs["state"])
         bias = self.vec(op.weights[1]) if len(op.weights) > 1 else []  # Mamba2's conv bias (none: NULL)
-        return Phase("ssm_conv", {"x": self.buf(x), "out": self.buf(out), "c": self.width(x), "k": e.shape[1], "w": e.offset,
-                                  "bias": bias, "state": self.plan.state.offset(index)},
+        return Phase("ssm_conv",
+                     {"x": self.buf(x), "out": self.buf(out), "c": self.width(x), "k": e.shape[1], "w": e.offset,
+                      "bias": bias, "state": self.plan.state.offset(index)},
                      {x, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
 
     def _ssm_scan(self, op: Op) -> Phase:
         (xbc, dt), (out,) = op.inputs, op.outputs
         index, a = int(op.attrs["state"]), op.attrs
-        return Phase("ssm_scan", {"xbc": self.buf(xbc), "dt": self.buf(dt), "out": self.buf(out), "h": int(a["n_heads"]),
-                                  "p": int(a["head_dim"]), "g": int(a["n_groups"]), "n": int(a["state_size"]),
-                                  "a": self.vec(op.weights[0]), "d": self.vec(op.weights[1]), "dt_bias": self.vec(op.weights[2]),
-                                  "state": self.plan.state.offset(index), "counter": self.counter()},
+        return Phase("ssm_scan",
+                     {"xbc": self.buf(xbc), "dt": self.buf(dt), "out": self.buf(out), "h": int(a["n_heads"]),
+                      "p": int(a["head_dim"]), "g": int(a["n_groups"]), "n": int(a["state_size"]),
+                      "a": self.vec(op.weights[0]), "d": self.vec(op.weights[1]),
+                      "dt_bias": self.vec(op.weights[2]), "state": self.plan.state.offset(index),
+                      "counter": self.counter()},
                      {xbc, dt, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
 
     def _gated_delta_net(self, op: Op) -> Phase:
         (qkv, alpha, beta), (out,) = op.inputs, op.outputs
         index = int(op.attrs["state"])
         return Phase("gated_delta_net", {"qkv": self.buf(qkv), "alpha": self.buf(alpha), "beta": self.buf(beta),
-                                         "out": self.buf(out), "hk": int(op.attrs["n_k_heads"]), "hv": int(op.attrs["n_v_heads"]),
-                                         "s": int(op.attrs["head_dim"]), "a": self.vec(op.weights[0]), "dt": self.vec(op.weights[1]),
+                                         "out": self.buf(out), "hk": int(op.attrs["n_k_heads"]),
+                                         "hv": int(op.attrs["n_v_heads"]), "s": int(op.attrs["head_dim"]),
+                                         "a": self.vec(op.weights[0]), "dt": self.vec(op.weights[1]),
                                          "eps": float(op.attrs["eps"]), "state": self.plan.state.offset(index),
                                          "counter": self.counter()},
                      {qkv, alpha, beta, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
@@ -501,7 +529,8 @@ class _Lowering:
     def _altup_row(self, op: Op) -> Phase:
         bufs = [[self.buf(b), self.width(b)] for b in (*op.inputs, *op.outputs)]
         return Phase("row_op", {"fn": f"rfc_{op.kind}_row", "rows": self.rows(op.inputs[0]), "bufs": bufs,
-                                "w": self.vec(op.weights[0]) if op.weights else [], "consts": altup_consts(op, self.width)},
+                                "w": self.vec(op.weights[0]) if op.weights else [],
+                                "consts": altup_consts(op, self.width)},
                      set(op.inputs), set(op.outputs))  # fmt: skip
 
     _altup_stack = _altup_predict = _altup_correct = _altup_add = _altup_merge = _gaussian_topk = _altup_row
@@ -558,13 +587,16 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
     sinks, routers' selection biases, experts' scales), in plan order."""
     seen: list[str] = []
     for op in plan.ops:
-        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route", "moe_scale", "gated_delta_net", "ssm_scan",
-                       "ssm_conv", "altup_correct"):
-            for w in op.weights[1:] if op.kind == "ssm_conv" else op.weights:  # ssm_conv: its bias (the kernel is read in place)
+        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route", "moe_scale", "gated_delta_net",
+                       "ssm_scan", "ssm_conv", "altup_correct"):
+            # ssm_conv: its bias (the kernel is read in place)
+            for w in op.weights[1:] if op.kind == "ssm_conv" else op.weights:
                 if w not in seen:
                     e = entries[w]
-                    if len(e.shape) != 1 or FORMATS[e.format].block_elems != 1 and e.shape[0] % FORMATS[e.format].block_elems:
-                        raise CompileError(f"{w}: the cpu step program reads it as a vector, its shape is {list(e.shape)}")
+                    if (len(e.shape) != 1
+                            or FORMATS[e.format].block_elems != 1 and e.shape[0] % FORMATS[e.format].block_elems):
+                        raise CompileError(f"{w}: the cpu step program reads it as a vector, its shape is "
+                                           f"{list(e.shape)}")
                     seen.append(w)
     return seen
 
@@ -691,7 +723,8 @@ def loop_layers(phases: list[dict]) -> list[dict]:
         out.extend(phases[at:start])
         if columns:
             out.append({"kind": "loop", "id": sum(1 for q in out if q["kind"] == "loop"), "n": repeats, "phases": body,
-                        "table": [list(row) for row in zip(*columns)], "ftable": [list(row) for row in zip(*fcolumns)]})  # fmt: skip
+                        "table": [list(row) for row in zip(*columns)],
+                        "ftable": [list(row) for row in zip(*fcolumns)]})  # fmt: skip
         else:
             out.extend(phases[start : start + period * repeats])
         at = start + period * repeats

@@ -32,7 +32,8 @@ def format_tables() -> dict:
     the numbers templates/rfc_tables.h.j2 renders: grid entries as 32-bit words."""
     return {
         "kvalues_iq4nl": list(KVALUES_IQ4NL), "kvalues_fp4": list(KVALUES_FP4), "ksigns": list(ksigns()),
-        "grids": [{"name": name, "size": g.size, "width": g.width, "words": list(g.words)} for name, g in GRIDS.items()],
+        "grids": [{"name": name, "size": g.size, "width": g.width, "words": list(g.words)}
+                  for name, g in GRIDS.items()],
     }  # fmt: skip
 
 

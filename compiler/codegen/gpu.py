@@ -111,7 +111,8 @@ def render_source(target: Target, specs: list[KernelSpec]) -> str:
     mma = any(s.template == MMA_TEMPLATE for s in specs)
     # the int8 one where a kernel uses it, for the target's instruction (Target.imma)
     imma = target.imma if any(s.template == IMMA_TEMPLATE for s in specs) else False
-    parts = [render(PRELUDE_TEMPLATE, {"wave": target.wave_size, "mma": mma, "imma": imma, **format_params(Kernels.GPU)})]
+    parts = [render(PRELUDE_TEMPLATE,
+                    {"wave": target.wave_size, "mma": mma, "imma": imma, **format_params(Kernels.GPU)})]
     parts += [render(s.template, s.params) for s in specs]
     return "\n".join(parts)
 
@@ -130,7 +131,8 @@ def _checked_layout(spec: KernelSpec, kernels: dict[str, KernelInfo]) -> list[li
     if info is None:
         raise CompileError(f"kernel {spec.name} is missing from the built code object")
     if len(info.args) != len(spec.args):
-        raise CompileError(f"kernel {spec.name}: the code object has {len(info.args)} arguments, the template declares {len(spec.args)}")
+        raise CompileError(f"kernel {spec.name}: the code object has {len(info.args)} arguments, the template declares "
+                           f"{len(spec.args)}")
     layout = []
     for (name, kind), arg in zip(spec.args, info.args):
         if arg.name is not None and arg.name != name:

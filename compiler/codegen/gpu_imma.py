@@ -75,7 +75,8 @@ def imma_matmul_spec(target: Target, w: dict):
               "subs": IMMA_K_CHUNK // SUB_BLOCK, "waves_n": IMMA_WAVES_N,
               "frags_m": IMMA_TILE_M // (16 * IMMA_WAVES_M), "frags_n": IMMA_TILE_N // (16 * IMMA_WAVES_N),
               "has_min": w["fmt_upper"] not in _NO_MIN, "subs_per_block": max(1, w["qk"] // SUB_BLOCK),
-              "prequant": IMMA_PREQUANT, "max_tokens": PROGRAM_MAX_TOKENS, **q8_layout(w["cols"], PROGRAM_MAX_TOKENS), **w}
+              "prequant": IMMA_PREQUANT, "max_tokens": PROGRAM_MAX_TOKENS, **q8_layout(w["cols"], PROGRAM_MAX_TOKENS),
+              **w}
     grid = ((w["rows"], IMMA_TILE_N), ("n_rows", IMMA_TILE_M))
     # prequant: the input comes as Q8_SCRATCH (gpu_plan.plan_program launches quantize_q8_spec first)
     args = (("out", PTR), ("q8", PTR), ("weight", PTR), ("n_rows", I32)) if IMMA_PREQUANT else KERNEL_ARGS["matmul"]

@@ -149,7 +149,8 @@ def _llama_cpp_types(vocab: _Vocab) -> list[int]:
     types = [TYPE_CONTROL if token in CONTROL_TEXTS else kind for token, kind in zip(vocab.tokens, vocab.types)]
     ids = vocab.ids
     # o200k_harmony and solar-open: "<|end|>" is not an end of generation but stays matchable.
-    if "<|end|>" in ids and (("<|return|>" in ids and "<|call|>" in ids) or ("<|calls|>" in ids and "<|flush|>" in ids)):
+    if ("<|end|>" in ids
+            and (("<|return|>" in ids and "<|call|>" in ids) or ("<|calls|>" in ids and "<|flush|>" in ids))):
         types[ids["<|end|>"]] = TYPE_USER_DEFINED
     # Gemma 4 and PLaMo have a normal "</s>".
     if "</s>" in ids and ("<|tool_response>" in ids or "<|plamo:eos|>" in ids):

@@ -80,17 +80,20 @@ PRE_TYPES: dict[str, PreType] = {
     "JAIS2": PreType((_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
                       r"|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)"
                       r"|\s{8}(?!\S)|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1}",)),  # fmt: skip
-    "DEEPSEEK_LLM": PreType(("[\r\n]", _DEEPSEEK_LETTERS, "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
-                             r"\s+$", _CJK, r"\p{N}+")),  # fmt: skip
+    "DEEPSEEK_LLM": PreType(("[\r\n]", _DEEPSEEK_LETTERS,
+                             "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+", r"\s+$", _CJK,
+                             r"\p{N}+")),  # fmt: skip
     "DEEPSEEK3_LLM": PreType((r"\p{N}{1,3}", _CJK_KANA,
                               _ASCII_PUNCT_WORD + r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*"
                               r"|\s*[\r\n]+|\s+(?!\S)|\s+")),  # fmt: skip
     "SPARK2_5": PreType((r"\p{N}{1,3}", _CJK_KANA,
-                         _ASCII_PUNCT_WORD + r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+|[\r\n]|\s+(?!\S)|\s+",
+                         _ASCII_PUNCT_WORD
+                         + r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+|[\r\n]|\s+(?!\S)|\s+",
                          r"\p{N}")),  # fmt: skip
-    "YOUTU": PreType(("[\uac00-\ud7a3\u3131-\u318e]+|[\uff01\u2026\u201c\u201d\u2018\u2019\u2014\uff1a\uff1b\uff0c\u3001-\u303f"
-                      "\ufe30-\ufe4f]+|[\u3105-\u312f]+|[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
-                      _CASED + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")),  # fmt: skip
+    "YOUTU": PreType(
+        ("[\uac00-\ud7a3\u3131-\u318e]+|[\uff01\u2026\u201c\u201d\u2018\u2019\u2014\uff1a\uff1b\uff0c\u3001-\u303f"
+         "\ufe30-\ufe4f]+|[\u3105-\u312f]+|[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+         _CASED + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")),  # fmt: skip
     "DEEPSEEK_CODER": PreType(("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}")),
     "FALCON": PreType((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2_NO_TAIL, "[0-9][0-9][0-9]")),
     "STARCODER": PreType((r"\p{N}", _GPT2_NO_TAIL)),
@@ -99,7 +102,8 @@ PRE_TYPES: dict[str, PreType] = {
     "QWEN35": PreType((_QWEN35,)),
     "BLOOM": PreType((_BLOOM,)),
     "VIKING": PreType((_BLOOM, r"\p{N}")),
-    "TEKKEN": PreType((_UPPER_LOWER.replace("<C>", "") + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",)),
+    "TEKKEN": PreType((_UPPER_LOWER.replace("<C>", "")
+                       + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",)),
     "CHAMELEON": PreType(("<sentinel:[0-9]+>", "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z", "([\\t\\n]|    |  )", r"\p{N}",
                           r"[\p{P}!-/:-@\[-`{-~]", _GPT2_NO_TAIL)),  # fmt: skip
     "GPT4O": PreType((_UPPER_LOWER.replace("<C>", "(?:" + _CONTRACTIONS[3:-1] + ")?")

@@ -19,8 +19,8 @@ one pass, over text cut into single-character grapheme clusters. Built-in normal
 BertNormalizer drops U+000B/U+000C/U+0085 as controls instead of splitting on them and
 decomposes Hangul fully, NFD does the latter, and Lowercase applies the full mapping (U+0130
 gains U+0307) of the Unicode version `tokenizers` was built with (newer than llama.cpp's tables,
-so it lowercases letters llama.cpp leaves alone). The tables are llama.cpp's own (wpm_unicode.py, generated from them), never the
-GGUF's, so nothing from the file reaches a pattern. tests/unit/test_tokenizer_wpm.py checks
+so it lowercases letters llama.cpp leaves alone). The tables are llama.cpp's own (wpm_unicode.py, generated from them),
+never the GGUF's, so nothing from the file reaches a pattern. tests/unit/test_tokenizer_wpm.py checks
 every codepoint against llama.cpp's preprocessing.
 """
 

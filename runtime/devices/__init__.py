@@ -62,7 +62,8 @@ def choose_device(bundle: Bundle, requested: str = "auto") -> DeviceChoice:
                else "this bundle has no compiled kernels (--reference-only)")
         print(f"rfc: warning: {why}; using the numpy reference device (slow)", file=sys.stderr)
         return DeviceChoice(DeviceKind.REF, None)
-    reasons = [f"{e.name}: {probe_reason(wanted[0], e.name) or 'not compiled'}" for e in known if e.family is wanted[0].family]
+    reasons = [f"{e.name}: {probe_reason(wanted[0], e.name) or 'not compiled'}" for e in known
+               if e.family is wanted[0].family]
     raise DeviceError(
         f"device '{requested}' requested, but no bundle target can run it here "
         f"(bundle targets: {', '.join(map(str, names))}{'; ' + '; '.join(reasons) if reasons else ''})"
@@ -73,7 +74,8 @@ def choose_device(bundle: Bundle, requested: str = "auto") -> DeviceChoice:
 # machine can run that target, else the reason it cannot) and `Device(...)`; a GPU family its
 # driver class (runtime/devices/gpu_driver.py GpuDriver with the family's dialect).
 _CPU_MODULE = "rfc.runtime.devices.cpu"
-_GPU_DRIVERS = {Family.HIP: ("rfc.runtime.devices.hip", "HipDriver"), Family.CUDA: ("rfc.runtime.devices.cuda", "CudaDriver")}
+_GPU_DRIVERS = {Family.HIP: ("rfc.runtime.devices.hip", "HipDriver"),
+                Family.CUDA: ("rfc.runtime.devices.cuda", "CudaDriver")}
 
 
 def gpu_driver_class(family: Family):
@@ -120,8 +122,9 @@ def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: 
 
         driver = gpu_driver_class(choice.name.family)(choice.target)
         return open_device(driver, bundle, choice.target, kv, num_blocks, block_size, context_length, cache_types)
-    return importlib.import_module(_CPU_MODULE).Device(bundle, choice.target, kv, num_blocks, block_size, n_threads=threads,
-                                                       context_length=context_length, cache_types=cache_types)
+    return importlib.import_module(_CPU_MODULE).Device(bundle, choice.target, kv, num_blocks, block_size,
+                                                       n_threads=threads, context_length=context_length,
+                                                       cache_types=cache_types)
 
 
 # -- memory, for sizing the KV pool from a budget (runtime/engine/kv_budget.py) -------------------------

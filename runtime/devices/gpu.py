@@ -65,7 +65,7 @@ class GpuDevice:
         self.cache_types = cache_types
         sample = program.extra.get("sample")
         sample = sample if isinstance(sample, dict) and "kernel" in sample else None
-        launched = {l.kernel: l for l in (*program.launches, *program.prefill_launches)}
+        launched = {launch.kernel: launch for launch in (*program.launches, *program.prefill_launches)}
         check_kernels(entry, launched.values(), code)
         if sample is not None:
             check_code_object_args(f"bundle target {entry.name}", sample["kernel"], _layout(entry, sample["kernel"]),
@@ -138,7 +138,8 @@ class GpuDevice:
     def alloc_state(self, slots: int) -> None:
         nbytes = slots * self._plan.state.slot_bytes
         ptr = self._memory._alloc(max(4, nbytes))
-        self._driver.copy_to_device(ptr, np.zeros(max(1, nbytes // 4), np.float32))  # a slot's first chunk zeroes it anyway
+        # a slot's first chunk zeroes it anyway
+        self._driver.copy_to_device(ptr, np.zeros(max(1, nbytes // 4), np.float32))
         self.runner.set_state(ptr, slots)
 
     # No state copy yet: the engine keeps no state checkpoints on a GPU, so a plan with state
@@ -284,7 +285,8 @@ def check_code_object_args(where: str, kernel: str, declared: tuple[KernelArg, .
     if info is None:
         raise DeviceError(f"{where}: kernel {kernel} is not in the code object")
     if len(info.args) != len(declared):
-        raise DeviceError(f"{where}: kernel {kernel} takes {len(info.args)} arguments in the code object, {len(declared)} in the manifest")
+        raise DeviceError(f"{where}: kernel {kernel} takes {len(info.args)} arguments in the code object, "
+                          f"{len(declared)} in the manifest")
     for j, (arg, (name, size, offset)) in enumerate(zip(info.args, declared)):
         if (arg.size, arg.offset) != (size, offset) or (arg.name is not None and arg.name != name):
             raise DeviceError(

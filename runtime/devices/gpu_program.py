@@ -51,8 +51,8 @@ STEP_SCALARS = ("n_tokens", "n_rows", "n_seqs", "table_width", "block_size", "k_
 _STAGED = ("tokens", "positions", "slots", "seq_of_token", "seq_start", "context_lens", "logit_rows", "state_slots",
            "block_tables")
 # Penalty entries staged per logit row (a bind-time bound: pinned and device bytes are
-# 12 * max_rows * this, 1.5 MiB for 512 rows; _MAX_PEN_CAPACITY caps the total). The default window (penalty_last_n = 64) always fits; a row whose
-# window holds more distinct tokens is sampled on the host.
+# 12 * max_rows * this, 1.5 MiB for 512 rows; _MAX_PEN_CAPACITY caps the total). The default window (penalty_last_n =
+# 64) always fits; a row whose window holds more distinct tokens is sampled on the host.
 PEN_PER_ROW = 256
 
 
@@ -88,12 +88,14 @@ def parameter_buffer(layout: tuple[KernelArg, ...]) -> tuple[ctypes.Array, ctype
     return buffer, params
 
 
-def bind_launch(launch: Launch, layout: tuple[KernelArg, ...] | None, fn: Any, pointer: Callable[[ArgSlot], int]) -> BoundLaunch:
+def bind_launch(launch: Launch, layout: tuple[KernelArg, ...] | None, fn: Any,
+                pointer: Callable[[ArgSlot], int]) -> BoundLaunch:
     """One launch of a program bound: `layout` is its kernel's (the manifest's kernel_args, as
     the code object lays them out), `pointer` the device address of a pointer slot. Constant
     scalars are written in now, the step's (n_tokens, ...) by BoundLaunch.enqueue."""
     if layout is None or len(layout) != len(launch.args):
-        raise DeviceError(f"step program: kernel {launch.kernel} takes {len(layout or [])} arguments, the launch passes {len(launch.args)}")
+        raise DeviceError(f"step program: kernel {launch.kernel} takes {len(layout or [])} arguments, the launch "
+                          f"passes {len(launch.args)}")
     for g in launch.grid:
         if isinstance(g.count, str) and g.count not in STEP_SCALARS:
             raise DeviceError(f"step program: kernel {launch.kernel}'s grid counts {g.count!r}, not a step scalar")
@@ -101,26 +103,29 @@ def bind_launch(launch: Launch, layout: tuple[KernelArg, ...] | None, fn: Any, p
     scalars, state_offsets = [], []
     for slot, (name, nbytes, offset) in zip(launch.args, layout):
         if slot.size != nbytes:
-            raise DeviceError(f"step program: kernel {launch.kernel} argument {name} is {nbytes} bytes, the launch passes {slot.size}")
+            raise DeviceError(f"step program: kernel {launch.kernel} argument {name} is {nbytes} bytes, the launch "
+                              f"passes {slot.size}")
         if slot.kind is ArgKind.SCALAR and slot.ref:
             if slot.ref not in STEP_SCALARS:
-                raise DeviceError(f"step program: kernel {launch.kernel} argument {name} counts {slot.ref!r}, not a step scalar")
+                raise DeviceError(f"step program: kernel {launch.kernel} argument {name} counts {slot.ref!r}, not a "
+                                  f"step scalar")
             scalars.append((offset, nbytes, slot.ref))
         elif slot.kind is ArgKind.STATE:  # the pool comes after binding (GpuDevice.alloc_state)
             state_offsets.append(offset)
         else:
             value = slot.value if slot.kind is ArgKind.SCALAR else pointer(slot)
             struct.pack_into(_PACK[nbytes], buffer, offset, value)
-    return BoundLaunch(fn, launch.threads, [(g.count, g.tile) for g in launch.grid], buffer, params, scalars, state_offsets)
+    return BoundLaunch(fn, launch.threads, [(g.count, g.tile) for g in launch.grid], buffer, params, scalars,
+                       state_offsets)
 
 
 class StepRunner:
     """One bound step program over a driver; see the module doc."""
 
     def __init__(self, driver: Driver, program: StepProgram, kernel_args: dict, functions: dict[str, Any],
-                 weight_ptr, kv_ptr, vocab: int, n_embd: int, logits: str, hidden: str, block_size: int, table_width: int,
-                 max_graphs: int = 64, sample: "tuple[Any, dict] | None" = None, pen_per_row: int = PEN_PER_ROW,
-                 kv_types: tuple[int, int] = (0, 0)):
+                 weight_ptr, kv_ptr, vocab: int, n_embd: int, logits: str, hidden: str, block_size: int,
+                 table_width: int, max_graphs: int = 64, sample: "tuple[Any, dict] | None" = None,
+                 pen_per_row: int = PEN_PER_ROW, kv_types: tuple[int, int] = (0, 0)):
         self._driver = driver
         self.program = program
         a = program.arena
@@ -219,8 +224,10 @@ class StepRunner:
         v["seq_start"][: S + 1] = batch.seq_start
         v["context_lens"][:S] = batch.context_lens
         if self.has_state:  # every sequence of a plan with state needs its slot: the kernels keep it there
-            if len(batch.state_slots) < S or (batch.state_slots[:S] < 0).any() or (batch.state_slots[:S] >= self.state_slots).any():
-                raise DeviceError("a recurrent layer needs each sequence's state slot, and the step names none for some")
+            if (len(batch.state_slots) < S or (batch.state_slots[:S] < 0).any()
+                    or (batch.state_slots[:S] >= self.state_slots).any()):
+                raise DeviceError("a recurrent layer needs each sequence's state slot, and the step names none for "
+                                  "some")
             v["state_slots"][:S] = batch.state_slots[:S]
         tables = v["block_tables"][: S * self.table_width].reshape(S, self.table_width)
         tables[:, :width] = batch.block_tables
@@ -334,7 +341,8 @@ def write_sample_row(words: np.ndarray, params: SamplingParams, vocab: int, seed
     `params` were validated when the request came in; the kernel still clamps what it reads."""
     greedy = params.is_greedy
     w = _WORD
-    words[w["flags"]] = SAMPLE_FLAG_DEVICE | (SAMPLE_FLAG_GREEDY if greedy else 0) | (SAMPLE_FLAG_LOGPROB if logprob else 0)
+    words[w["flags"]] = (SAMPLE_FLAG_DEVICE | (SAMPLE_FLAG_GREEDY if greedy else 0)
+                         | (SAMPLE_FLAG_LOGPROB if logprob else 0))
     words[w["top_k"]] = params.top_k if 0 < params.top_k < vocab else 0
     words[w["pen_start"]] = pen_start
     words[w["pen_count"]] = pen_count
@@ -383,7 +391,8 @@ class DeviceSampling:
         name, words = extra.get("kernel"), extra.get("words")
         layout = kernel_args.get(name)
         if words != len(SAMPLE_WORDS) or layout is None or [a[0] for a in layout] != list(_SAMPLE_ARGS):
-            raise DeviceError(f"the bundle's sampling kernel {name!r} does not take this runtime's row parameters: recompile the model")
+            raise DeviceError(f"the bundle's sampling kernel {name!r} does not take this runtime's row parameters: "
+                              f"recompile the model")
         self.threads = extra.get("threads")
         if not _is_count(self.threads, 1024):
             raise DeviceError(f"the bundle's sampling kernel has {self.threads!r} threads (at most 1024)")

@@ -55,7 +55,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
         else:  # whole rows: a quantized cache serves one geometry (KvCacheTypes.check)
             cache[layer, slots] = quantize_rows(x, t)
 
-    def _load(self, cache: np.ndarray, t: CacheType, layer: int, slots: np.ndarray, heads: int, head_dim: int) -> np.ndarray:
+    def _load(self, cache: np.ndarray, t: CacheType, layer: int, slots: np.ndarray, heads: int,
+              head_dim: int) -> np.ndarray:
         """float32 [len(slots), kv heads, head_dim]: only the rows asked for are dequantized."""
         if t is CacheType.F16:
             return cache[layer, slots, : heads * head_dim].astype(np.float32).reshape(len(slots), heads, head_dim)
@@ -116,7 +117,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
         g, u = ins
         if attrs["activation"] == "gelu_tanh":
             c = np.float32(np.sqrt(2.0 / np.pi))
-            outs[0][...] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * u
+            tanh = np.tanh(c * (g + np.float32(0.044715) * g * g * g))
+            outs[0][...] = np.float32(0.5) * g * (np.float32(1.0) + tanh) * u
         elif attrs["activation"] == "sigmoid":
             outs[0][...] = u / (np.float32(1.0) + np.exp(-g))
         elif attrs["activation"] == "relu":  # nemotron_h's relu^2 as relu(g) * g
@@ -179,7 +181,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
             table = batch.block_tables[s]
             pos = np.arange(ctx)
             slots = table[pos // bs] * bs + pos % bs
-            k = np.repeat(self._load(self.k_cache, self.cache_types.k, layer, slots, nkv, hd), group, axis=1)  # [ctx, nh, hd]
+            # [ctx, nh, hd]
+            k = np.repeat(self._load(self.k_cache, self.cache_types.k, layer, slots, nkv, hd), group, axis=1)
             v = np.repeat(self._load(self.v_cache, self.cache_types.v, layer, slots, nkv, hd), group, axis=1)
             q = rotate(q_all[lo:hi], self._k_rot)  # [n, nh, hd]; Q turns with K: Q.K is unchanged
             scores = np.einsum("nhd,chd->hnc", q, k) * np.float32(attrs["scale"])
@@ -272,7 +275,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
     def op_concat_heads(self, outs, ins, weights, attrs, batch):
         a, b = ins
         heads = attrs["heads"]
-        outs[0][...] = np.concatenate([a.reshape(len(a), heads, -1), b.reshape(len(b), heads, -1)], axis=-1).reshape(len(a), -1)
+        outs[0][...] = np.concatenate([a.reshape(len(a), heads, -1), b.reshape(len(b), heads, -1)],
+                                      axis=-1).reshape(len(a), -1)
 
     # -- recurrent state (runtime/devices/state.py: HostState, sized by the loader) ---------------
     @property
@@ -290,7 +294,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
         for s in range(len(batch.seq_start) - 1):
             lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
             state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
-            outs[0][lo:hi], state[...] = ssm_conv_chunk(ins[0][lo:hi], weights[0], state, weights[1] if len(weights) > 1 else None)
+            outs[0][lo:hi], state[...] = ssm_conv_chunk(ins[0][lo:hi], weights[0], state,
+                                                        weights[1] if len(weights) > 1 else None)
 
     def op_gated_delta_net(self, outs, ins, weights, attrs, batch):
         qkv, alpha, beta = ins
@@ -323,7 +328,8 @@ def short_conv_chunk(bcx: np.ndarray, w: np.ndarray, state: np.ndarray) -> tuple
     return bcx[:, c : 2 * c] * conv.astype(np.float32), window[n:].astype(np.float32)
 
 
-def ssm_conv_chunk(x: np.ndarray, w: np.ndarray, state: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def ssm_conv_chunk(x: np.ndarray, w: np.ndarray, state: np.ndarray,
+                   bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One sequence's chunk through ssm_conv: x [n, C], w [C, K], state [K-1, C], bias [C] or None
     -> (out [n, C], the new state). Sums in float64, results rounded to float32 (llama.cpp sums in float32)."""
     n, k = len(x), w.shape[1]

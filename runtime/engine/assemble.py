@@ -14,7 +14,9 @@ from rfc.artifacts.plan import Plan
 from rfc.runtime.core.device import Device
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
 from rfc.runtime.engine.executor import Executor
-from rfc.runtime.engine.kv_budget import DEFAULT_GPU_MEMORY_UTILIZATION, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks, token_bytes
+from rfc.runtime.engine.kv_budget import (
+    DEFAULT_GPU_MEMORY_UTILIZATION, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks, token_bytes,
+)
 from rfc.runtime.engine.kv_cache import KvPool
 from rfc.runtime.model.loader import load_tokenizer, served_context_length
 
@@ -109,7 +111,8 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         print(f"rfc: warning: --no-verify: trusting {path} without re-hashing its files "
               "(paths, sizes, layout and plan are still checked)", file=sys.stderr)
     # the draft first: a GPU target's KV budget then counts the draft's memory as taken
-    draft = load_model(options.draft_model, replace(options, draft_model=None, kv_blocks=None)) if options.draft_model else None
+    draft = (load_model(options.draft_model, replace(options, draft_model=None, kv_blocks=None)) if options.draft_model
+             else None)
     bundle = open_bundle(Path(path), verify=options.verify, mmap_weights=options.mmap)
     tokenizer = load_tokenizer(bundle)
     if draft is not None:
@@ -117,7 +120,8 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     plan = bundle.plan
     choice = choose_device(bundle, options.device)
     context_length = served_context_length(plan.context_length, options.ctx_size)
-    options.cache_types.check(plan.kv, plan.kv_geometries())  # before sizing: a head_dim that is not whole blocks refuses the types
+    # before sizing: a head_dim that is not whole blocks refuses the types
+    options.cache_types.check(plan.kv, plan.kv_geometries())
     num_blocks = options.kv_blocks or _budget_blocks(bundle, choice, options, context_length)
     device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length, options.threads,
                            options.cache_types)

@@ -45,7 +45,9 @@ from rfc.runtime.engine.kv_cache import KvCopy, kv_copy_slots
 from rfc.runtime.engine.assemble import LoadedModel
 from rfc.runtime.engine.output import OutputStage, SampledToken
 from rfc.runtime.engine.request_ids import RandomIds
-from rfc.runtime.engine.requests import ContextOverflow, FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent
+from rfc.runtime.engine.requests import (
+    ContextOverflow, FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent,
+)
 from rfc.runtime.sampling.sampler import Sampler, SamplingError
 from rfc.runtime.engine.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
 from rfc.runtime.engine.speculative import Speculator, SpecError, SpecType, accept
@@ -85,8 +87,8 @@ class _Pick:
 
 
 class Engine:
-    def __init__(self, model: LoadedModel, config: SchedulerConfig = SchedulerConfig(), observer: Observer | None = None, keep_finished: int = 1024,
-                 request_ids: Iterator[int] | None = None):
+    def __init__(self, model: LoadedModel, config: SchedulerConfig = SchedulerConfig(),
+                 observer: Observer | None = None, keep_finished: int = 1024, request_ids: Iterator[int] | None = None):
         pool = model.kv_pool
         if pool.num_blocks * pool.block_size < model.context_length:
             raise ValueError(
@@ -104,7 +106,8 @@ class Engine:
         # reuse to the token: a prompt takes the rows of a cached block it agrees with, copied
         # into its own block by the device before the step (prefix_cache.py)
         self.blocks.copy_partial = self.blocks.cache is not None and model.executor.copies_kv
-        if self.blocks.checkpoints is not None and not model.executor.copies_state:  # a plan with state then reuses no prefix
+        # a plan with state then reuses no prefix
+        if self.blocks.checkpoints is not None and not model.executor.copies_state:
             self.blocks.checkpoints = None
         self.observer = observer or Observer()
         info = model.tokenizer_info
@@ -141,7 +144,8 @@ class Engine:
             raise RequestError("stop", problem)
         if request.speculative is not None and request.speculative.type not in (None, SpecType.NONE) \
                 and self.blocks.num_state_slots:
-            raise RequestError("speculative.type", "speculative decoding is not supported for models with recurrent state")
+            raise RequestError("speculative.type",
+                               "speculative decoding is not supported for models with recurrent state")
         try:
             spec = self._spec.start(request.speculative)
         except SpecError as e:
@@ -280,8 +284,10 @@ class Engine:
         if not self._output.is_running:  # no output thread: this step's output is delivered now
             self._output.flush()
         if out is not None:
-            decoding = {s.request_id: len(c.tokens) for c, s in zip(work.chunks, work.states) if c.start >= s.prompt_tokens}
-            sampled = sum(1 for p in picks if p.error is None and p.state.request_id in decoding)  # drafts: those accepted
+            decoding = {s.request_id: len(c.tokens) for c, s in zip(work.chunks, work.states)
+                        if c.start >= s.prompt_tokens}
+            # drafts: those accepted
+            sampled = sum(1 for p in picks if p.error is None and p.state.request_id in decoding)
             self.observer.on_step(work.batch.num_tokens - sum(decoding.values()), sampled, elapsed)
         return True
 
@@ -303,7 +309,8 @@ class Engine:
             if not wants:
                 return _Work(chunks, states, build_batch(chunks, self.blocks), copies, state_copies)
         tokens, rows = sum(len(c.tokens) for c in chunks), sum(c.num_rows for c in chunks)
-        drafts = self._spec.propose(wants, tokens, rows, {c.seq_id for c in chunks})  # lock released: a draft model runs
+        # lock released: a draft model runs
+        drafts = self._spec.propose(wants, tokens, rows, {c.seq_id for c in chunks})
         with self._lock:
             # a request cancelled meanwhile has lost its KV blocks: its chunk goes
             live = [(c, s) for c, s in zip(chunks, states) if s.seq.status is not SequenceStatus.FINISHED]
@@ -446,7 +453,8 @@ class Engine:
                 if first:
                     state.first_token_at = state.prefill_done_at = now
                 end = reason if i == len(mine) - 1 else None
-                outputs.append(SampledToken(state, pick.token, before[seq.seq_id] + i, end, pick.logprob, pick.top, first))
+                outputs.append(SampledToken(state, pick.token, before[seq.seq_id] + i, end, pick.logprob, pick.top,
+                                            first))
         return outputs
 
     # -- ending requests -------------------------------------------------------------------
@@ -467,7 +475,8 @@ class Engine:
             if num_tokens is not None:
                 del state.seq.output_ids[num_tokens:]
 
-    def _end_all(self, reason: FinishReason, error: str, states: list[RequestState] | None = None) -> list[RequestState]:
+    def _end_all(self, reason: FinishReason, error: str,
+                 states: list[RequestState] | None = None) -> list[RequestState]:
         """Ends every live request (or those of `states`) with `reason` and `error`; each
         stream gets its final event. Returns the ones that were live."""
         with self._lock:

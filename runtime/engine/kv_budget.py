@@ -87,7 +87,8 @@ def parse_kv_memory(value: str) -> float | int:
             n = int(m.group(1)) * _UNITS[(m.group(2) or "")[:1].lower()]
             if n > 0:
                 return n
-    raise ValueError(f"--kv-memory {value}: expected a fraction of host memory in (0, 1] (e.g. 0.25) or a size (e.g. 8GiB)")
+    raise ValueError(f"--kv-memory {value}: expected a fraction of host memory in (0, 1] (e.g. 0.25) or a size (e.g. "
+                     f"8GiB)")
 
 
 def kv_itemsize(device: str, kv: KVSpec) -> int:
@@ -123,14 +124,16 @@ def host_budget(kv_memory: float | int | None, host_total: int, share: KvShare =
     return total // max(1, share.models)
 
 
-def blocks_within(budget: int, per_block: int, context_length: int, block_size: int, cap_contexts: int, hint: str) -> int:
+def blocks_within(budget: int, per_block: int, context_length: int, block_size: int, cap_contexts: int,
+                  hint: str) -> int:
     """The blocks a budget holds, at most `cap_contexts` full contexts; KvBudgetError when it
     holds less than one."""
     context_blocks = -(-context_length // block_size)
     need = context_blocks * per_block
     if budget < need:
         raise KvBudgetError(f"not enough memory for the KV cache: one full context of {context_length} tokens needs "
-                            f"{fmt_bytes(need)} ({need} bytes), the budget is {fmt_bytes(max(budget, 0))} ({max(budget, 0)} bytes); {hint}")
+                            f"{fmt_bytes(need)} ({need} bytes), the budget is {fmt_bytes(max(budget, 0))} "
+                            f"({max(budget, 0)} bytes); {hint}")
     return max(context_blocks, min(budget // per_block, cap_contexts * context_blocks))
 
 

@@ -93,7 +93,8 @@ class KvPool:
 
     def manager(self) -> BlockManager:
         """Fresh bookkeeping for the whole pool (every block and state slot free)."""
-        return BlockManager(self.num_blocks, self.block_size, self.prefix_caching, self.state_slots, self.checkpoint_slots)
+        return BlockManager(self.num_blocks, self.block_size, self.prefix_caching, self.state_slots,
+                            self.checkpoint_slots)
 
 
 class BlockManager:
@@ -173,7 +174,8 @@ class BlockManager:
             state = -1
             while blocks and (state := self.checkpoints.find(keys[len(blocks) - 1]) if self.checkpoints else -1) < 0:
                 blocks.pop()
-            return CachedPrefix(tuple(blocks), tuple(keys[: len(blocks)]), self.block_size, len(tokens), state_from=state)
+            return CachedPrefix(tuple(blocks), tuple(keys[: len(blocks)]), self.block_size, len(tokens),
+                                state_from=state)
         src, rows = -1, 0
         if self.copy_partial:
             start = len(blocks) * self.block_size

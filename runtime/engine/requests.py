@@ -15,7 +15,8 @@ from rfc.runtime.engine.scheduler import FinishReason, Sequence
 from rfc.runtime.engine.speculative import SeqSpec, SpecRequest
 from rfc.runtime.text.stopping import StopChecker
 
-__all__ = ["ContextOverflow", "FinishReason", "GenerationRequest", "Observer", "RequestError", "RequestState", "TokenEvent"]
+__all__ = ["ContextOverflow", "FinishReason", "GenerationRequest", "Observer", "RequestError", "RequestState",
+           "TokenEvent"]
 
 
 class ContextOverflow(RequestError):

@@ -79,7 +79,8 @@ class SchedulerConfig:
     max_batch: int = STEP_SEQS  # running sequences at most
     max_batch_tokens: int = STEP_TOKENS  # tokens fed per step at most (the chunked-prefill budget)
     max_queue: int = 64  # waiting sequences at most (preempted ones may exceed it)
-    spec: SpecConfig = SpecConfig()  # speculative decoding: drafts carried by decode steps (runtime/engine/speculative.py)
+    # speculative decoding: drafts carried by decode steps (runtime/engine/speculative.py)
+    spec: SpecConfig = SpecConfig()
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1:
@@ -163,7 +164,8 @@ class Scheduler:
             out.append(chunk)
         return out
 
-    def postprocess(self, chunks: list[ScheduledChunk], tokens: Mapping[int, int | Seq[int]]) -> dict[int, FinishReason]:
+    def postprocess(self, chunks: list[ScheduledChunk],
+                    tokens: Mapping[int, int | Seq[int]]) -> dict[int, FinishReason]:
         """Record a step that ran: append each sequence's sampled tokens (sequence id -> a
         token, or the tokens a verify step emitted) and commit the step's KV, and finish the
         sequences it ends, their KV freed now: an end-of-generation token (not appended) or
@@ -367,4 +369,5 @@ def _token_slice(seq: Sequence, start: int, stop: int) -> list[int]:
 def _check_not_stale(seq: Sequence, chunk: ScheduledChunk) -> None:
     """A step's chunk must start where its sequence's computed tokens end."""
     if chunk.start != seq.num_computed:
-        raise ValueError(f"stale chunk for sequence {seq.seq_id}: starts at {chunk.start}, {seq.num_computed} tokens computed")
+        raise ValueError(f"stale chunk for sequence {seq.seq_id}: starts at {chunk.start}, {seq.num_computed} tokens "
+                         f"computed")

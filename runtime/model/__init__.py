@@ -1,1 +1,2 @@
-"""A bundle in memory: verification and loading, and numpy decoders of the GGUF weight formats the reference device uses."""
+"""A bundle in memory: verification and loading, and numpy decoders of the GGUF weight formats the reference device
+uses."""

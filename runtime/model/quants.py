@@ -248,7 +248,8 @@ def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
     cols = data.reshape(groups, nb, g * bb)
     out = np.empty((groups, g, nb, bb), np.uint8)
     for i in range(head // 2):  # field i: g f16 values, one per row
-        out[..., 2 * i : 2 * i + 2] = cols[..., 2 * g * i : 2 * g * (i + 1)].reshape(groups, nb, g, 2).transpose(0, 2, 1, 3)
+        out[..., 2 * i : 2 * i + 2] = cols[...,
+                                           2 * g * i : 2 * g * (i + 1)].reshape(groups, nb, g, 2).transpose(0, 2, 1, 3)
     qs = cols[..., head * g :].reshape(groups, nb, qb // 4, g, 4)  # [chunk j][row][byte i]
     out[..., head:] = qs.transpose(0, 3, 1, 2, 4).reshape(groups, g, nb, qb)
     return out.reshape(groups * g, nb * bb)[:rows]
@@ -296,7 +297,8 @@ def _unpack_iq4_xs_x8(cols: np.ndarray) -> np.ndarray:
     ng, nb = cols.shape[:2]
     out = np.empty((ng, nb, 8, 136), np.uint8)
     out[..., 0:2] = cols[..., 0:16].reshape(ng, nb, 8, 2)
-    ls = (cols[..., 16:80].view(np.int8).astype(np.int32) + 32).reshape(ng, nb, 8, 8).transpose(0, 1, 3, 2)  # [row][sub-block]
+    # [row][sub-block]
+    ls = (cols[..., 16:80].view(np.int8).astype(np.int32) + 32).reshape(ng, nb, 8, 8).transpose(0, 1, 3, 2)
     high = (((ls >> 4) & 3) << (2 * np.arange(8))).sum(axis=-1)
     out[..., 2], out[..., 3] = high & 0xFF, high >> 8
     out[..., 4:8] = (ls[..., 0::2] & 0xF) | ((ls[..., 1::2] & 0xF) << 4)

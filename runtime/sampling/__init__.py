@@ -1,1 +1,2 @@
-"""Choosing the next token: logit processing and seeded draws, exact selection over large vocabularies, constrained decoding and its limits."""
+"""Choosing the next token: logit processing and seeded draws, exact selection over large vocabularies, constrained
+decoding and its limits."""

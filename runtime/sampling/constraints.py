@@ -105,7 +105,8 @@ class Grammars:
         def build() -> str:
             read, ignored = lenient(schema)
             if ignored:
-                log.info("%s: ignored in the JSON schema (not enforced while decoding): %s", field_name, ", ".join(ignored))
+                log.info("%s: ignored in the JSON schema (not enforced while decoding): %s", field_name,
+                         ", ".join(ignored))
             try:
                 return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(read), defaults=_JSON_OPTIONS)
             except ValueError as e:
@@ -127,7 +128,8 @@ class Grammars:
             try:
                 return llguidance.LLMatcher.grammar_from_lark(source)
             except ValueError as e:
-                raise GrammarError(field_name, f"'{field_name}' is not a Lark grammar llguidance accepts: {e}") from None
+                raise GrammarError(field_name,
+                                   f"'{field_name}' is not a Lark grammar llguidance accepts: {e}") from None
 
         return self._compiled(key, build, field_name)
 
@@ -143,7 +145,8 @@ class Grammars:
             try:
                 return llguidance.grammar_from("gbnf", source)
             except (ValueError, RecursionError) as e:
-                raise GrammarError(field_name, f"'{field_name}' is not a GBNF grammar llguidance accepts: {e}") from None
+                raise GrammarError(field_name,
+                                   f"'{field_name}' is not a GBNF grammar llguidance accepts: {e}") from None
 
         return self._compiled(key, build, field_name)
 
@@ -159,14 +162,17 @@ class Grammars:
 
         def job() -> tuple[str, bool, list[str]]:
             text = build()
-            is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(text, self.tokenizer, limits=self.parser_limits)
+            is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+                text, self.tokenizer, limits=self.parser_limits)
             return text, is_error, messages
 
         text, is_error, messages = self.workers.run(job)
         if is_error:
-            raise GrammarError(field_name, f"'{field_name}' cannot be applied: {messages[0] if messages else 'invalid'}")
+            raise GrammarError(field_name,
+                               f"'{field_name}' cannot be applied: {messages[0] if messages else 'invalid'}")
         if messages:  # llguidance warns about the keywords it would ignore: a 400 naming them
-            raise GrammarError(field_name, f"'{field_name}' uses what constrained decoding does not support: {'; '.join(messages)}")
+            raise GrammarError(field_name,
+                               f"'{field_name}' uses what constrained decoding does not support: {'; '.join(messages)}")
         grammar = Grammar(self, text, schema)
         with self._lock:
             self._cache[key] = grammar

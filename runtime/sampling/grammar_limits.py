@@ -52,7 +52,9 @@ def check_schema(schema: object, field: str, limits: GrammarLimits) -> None:
     nodes = _subschemas(schema, field, limits)
     depth = _longest_path(schema, nodes)
     if depth > limits.max_depth:
-        raise GrammarError(field, f"'{field}' nests (through $ref chains) {depth} levels deep; the limit is {limits.max_depth}")
+        raise GrammarError(field,
+                           f"'{field}' nests (through $ref chains) {depth} levels deep; the limit is "
+                           f"{limits.max_depth}")
 
 
 def check_grammar(source: str, syntax: str, field: str, limits: GrammarLimits) -> None:
@@ -68,10 +70,14 @@ def check_grammar(source: str, syntax: str, field: str, limits: GrammarLimits) -
         raise GrammarError(field, f"'{field}' holds more than {limits.max_rules} $refs")
     depth = _rule_chain(rules) + _bracket_depth(source, syntax)
     if depth > limits.max_depth:
-        raise GrammarError(field, f"'{field}' nests (through rules naming rules) {depth} levels deep; the limit is {limits.max_depth}")
+        raise GrammarError(field,
+                           f"'{field}' nests (through rules naming rules) {depth} levels deep; the limit is "
+                           f"{limits.max_depth}")
     product = repetition_product(source, square_groups=syntax == "lark")
     if product > limits.max_repeat:
-        raise GrammarError(field, f"'{field}' repeats {product} times in nested counted repetitions; the limit is {limits.max_repeat}")
+        raise GrammarError(field,
+                           f"'{field}' repeats {product} times in nested counted repetitions; the limit is "
+                           f"{limits.max_repeat}")
 
 
 # -- JSON schemas -------------------------------------------------------------------------------
@@ -99,7 +105,9 @@ def _subschemas(schema: object, field: str, limits: GrammarLimits) -> int:
             count += 1
             stack.extend(value)
     if count + refs > limits.max_rules * 8:  # subschemas are cheaper than rules
-        raise GrammarError(field, f"'{field}' has {count + refs} subschemas and references; the limit is {limits.max_rules * 8}")
+        raise GrammarError(field,
+                           f"'{field}' has {count + refs} subschemas and references; the limit is "
+                           f"{limits.max_rules * 8}")
     return count
 
 

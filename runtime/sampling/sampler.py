@@ -80,7 +80,8 @@ class SamplingParams:
         for token, bias in self.logit_bias.items():
             _require(_is_int(token) and 0 <= token < vocab_size, "logit_bias",
                      f"token id {shown(token)} is not in [0, {vocab_size})")
-            _require(_is_finite(bias) and abs(bias) <= 1e4, "logit_bias", f"bias for token {token} must be in [-10000, 10000]")
+            _require(_is_finite(bias) and abs(bias) <= 1e4, "logit_bias",
+                     f"bias for token {token} must be in [-10000, 10000]")
         _require(self.seed is None or _is_int(self.seed), "seed", "must be an integer or None")
 
 
@@ -136,7 +137,8 @@ class Sampler:
             joint = top_logprobs if x is logits else None  # the logprobs are of the unprocessed row
             try:
                 top_k = p.top_k if 0 < p.top_k < x.size else 0  # any int validates; the kernel takes int64
-                token, found = self._kernels.sample(x, p.temperature, top_k, p.min_p, p.top_p, self._rng.random(), joint)
+                token, found = self._kernels.sample(x, p.temperature, top_k, p.min_p, p.top_p, self._rng.random(),
+                                                    joint)
             except KernelLogitsError:
                 raise SamplingError("logits", "a logit is NaN or none is finite: no token can be drawn") from None
             if found is not None:

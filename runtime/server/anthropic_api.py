@@ -69,7 +69,8 @@ def parse(f: RequestFields, served: ServedModel) -> tuple[GenerationRequest, Out
     max_tokens = budget(served, BUDGET, f.integer("max_tokens"), ids)
     stops = f.raw("stop_sequences")
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_STRINGS:
-        raise bad_request(f"'stop_sequences' must be a list of at most {MAX_STOP_STRINGS} non-empty strings", "stop_sequences")
+        raise bad_request(f"'stop_sequences' must be a list of at most {MAX_STOP_STRINGS} non-empty strings",
+                          "stop_sequences")
     params = SamplingParams(temperature=f.number("temperature"), top_p=f.number("top_p"), top_k=f.integer("top_k"))
     request = GenerationRequest(prompt_ids=ids, params=params, max_tokens=max_tokens, stop=tuple(stops),
                                 constraint=plan.constraint(served))
@@ -143,15 +144,17 @@ class MessagesStreamRenderer(SseRenderer):
         for call in parts.calls:
             block = tool_use(call, self._s.call_ids)
             out += self._block("tool_use", {**block, "input": {}}, always=True)
-            out.append(self._delta({"type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)
+            out.append(self._delta({"type": "input_json_delta",
+                                    "partial_json": json.dumps(block["input"], ensure_ascii=False)
                                     if not call.complete else call.arguments}))
         if event.finished:
             if self._index < 0:  # an empty answer still has its (empty) text block
                 out += self._block("text", {"type": "text", "text": ""})
             reason, sequence = self._s.stop(bool(self._s.parser.message.calls))
             out += [sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index}),
-                    sse_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                                                "usage": {"output_tokens": len(self._s.state.tokens)}}),
+                    sse_event("message_delta",
+                              {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                               "usage": {"output_tokens": len(self._s.state.tokens)}}),
                     sse_event("message_stop", {"type": "message_stop"})]
         return out
 
@@ -163,7 +166,8 @@ class MessagesStreamRenderer(SseRenderer):
             out.append(sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index}))
         self._index += 1
         self._open = kind
-        out.append(sse_event("content_block_start", {"type": "content_block_start", "index": self._index, "content_block": start}))
+        out.append(sse_event("content_block_start",
+                             {"type": "content_block_start", "index": self._index, "content_block": start}))
         return out
 
     def _delta(self, delta: dict) -> bytes:

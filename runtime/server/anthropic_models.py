@@ -9,14 +9,17 @@ from rfc.runtime.server.fields import Field, Kind, RequestModel
 from rfc.runtime.server.structured import MAX_TOOLS
 
 _BLOCK = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
-_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [{"type": "string"}, _BLOCK]}}, {"type": "null"}]}
+_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [{"type": "string"}, _BLOCK]}},
+                      {"type": "null"}]}
 _MESSAGES = {"type": "array", "items": {"type": "object", "required": ["role"],
                                         "properties": {"role": {"enum": list(ROLES)}, "content": _CONTENT}}}
 _TOOL = function_shape("input_schema")
 _TOOL["properties"]["type"] = {"const": "custom"}
 _TOOLS = {"type": "array", "maxItems": MAX_TOOLS, "items": _TOOL}
-_TOOL_CHOICE = {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["auto", "any", "tool", "none"]}}}
-_THINKING = {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["enabled", "disabled", "adaptive"]}}}
+_TOOL_CHOICE = {"type": "object", "required": ["type"],
+                "properties": {"type": {"enum": ["auto", "any", "tool", "none"]}}}
+_THINKING = {"type": "object", "required": ["type"],
+             "properties": {"type": {"enum": ["enabled", "disabled", "adaptive"]}}}
 
 _EXAMPLE = [{"role": "user", "content": "Tell me a story"}]
 # What a prompt is made of: counted by count_tokens as /v1/messages would render it.

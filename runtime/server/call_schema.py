@@ -33,8 +33,10 @@ def generic_schema(functions: list[dict], single: bool, response: object | None)
     calls = _calls(functions, single, defs)
     answer = {"type": "string"} if response is None else _lifted(response, "response", defs)
     schema: dict = {"anyOf": [
-        {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"], "additionalProperties": False},
-        {"type": "object", "properties": {"response": answer}, "required": ["response"], "additionalProperties": False}]}
+        {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"],
+         "additionalProperties": False},
+        {"type": "object", "properties": {"response": answer}, "required": ["response"],
+         "additionalProperties": False}]}
     if defs:
         schema["$defs"] = defs
     return schema

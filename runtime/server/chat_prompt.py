@@ -32,8 +32,8 @@ def render_chat(served: ServedModel, messages: object, extra: dict | None = None
         # Most templates take a call's arguments as an object (`arguments | tojson`); clients
         # send the JSON text. A template that wants the text (functionary v3.2) gets it on retry.
         try:
-            return served.chat.render(_object_arguments(turns), add_generation_prompt=add_generation_prompt, tools=tools,
-                                      **(extra or {}))
+            return served.chat.render(_object_arguments(turns), add_generation_prompt=add_generation_prompt,
+                                      tools=tools, **(extra or {}))
         except ChatTemplateError:
             if not any(t.get("tool_calls") for t in turns):
                 raise

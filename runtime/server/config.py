@@ -74,7 +74,8 @@ class ServerConfig:
             raise ValueError("grammar and tokenization pools need a thread, a queue slot and a positive timeout")
         if self.shutdown_timeout_s < 0:
             raise ValueError("the shutdown timeout cannot be negative")
-        if any(not k for k in self.api_keys) or self.admin_api_key == "" or (self.admin_api_key and self.admin_api_key in self.api_keys):
+        if (any(not k for k in self.api_keys) or self.admin_api_key == ""
+                or (self.admin_api_key and self.admin_api_key in self.api_keys)):
             raise ValueError("API keys must be non-empty, and the admin key must differ from the client keys")
 
 

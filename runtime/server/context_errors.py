@@ -21,7 +21,8 @@ _COMPLETIONS = "/v1/completions"
 def context_error(e: ContextOverflow, trained: int) -> ApiError:
     """The 400 for `e`, worded per route when it is serialized; `trained`: the model's own
     context, named where --ctx-size serves less."""
-    return ApiError(falcon.HTTP_400, str(e), param=e.field, code=CODE, message_for=lambda path: _message(e, trained, path))
+    return ApiError(falcon.HTTP_400, str(e), param=e.field, code=CODE,
+                    message_for=lambda path: _message(e, trained, path))
 
 
 def _message(e: ContextOverflow, trained: int, path: str) -> str:
@@ -44,5 +45,5 @@ def _message(e: ContextOverflow, trained: int, path: str) -> str:
         # matches (beside the code, which the openai package leaves out of the message it raises)
         return head + (f"your {what} resulted in {n} tokens. Please reduce the length of the {what}. "
                        f"Input tokens exceed the configured limit of {e.context} tokens.")
-    return head + (f"you requested {e.prompt_tokens + e.asked} tokens ({e.prompt_tokens} in the {what}, {e.asked} in the "
-                   f"completion). Please reduce the length of the {what} or completion.")
+    return head + (f"you requested {e.prompt_tokens + e.asked} tokens ({e.prompt_tokens} in the {what}, {e.asked} in "
+                   f"the completion). Please reduce the length of the {what} or completion.")

@@ -19,7 +19,8 @@ _TIMEOUT_S = 300.0  # one request's embeddings, all inputs together
 _IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 # What encode_inputs takes, for the request models: a string, token ids, or a list of either.
 INPUTS = {"anyOf": [{"type": "string"}, {**_IDS, "minItems": 1},
-                    {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS, "items": {"anyOf": [{"type": "string"}, _IDS]}}]}
+                    {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS,
+                     "items": {"anyOf": [{"type": "string"}, _IDS]}}]}
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def encode_inputs(served: ServedModel, raw: object, field: str) -> list[list[int
     return out
 
 
-def embed(served: ServedModel, inputs: list[list[int]], pooling: Pooling | None, truncate: bool, field: str) -> Embeddings:
+def embed(served: ServedModel, inputs: list[list[int]], pooling: Pooling | None, truncate: bool,
+          field: str) -> Embeddings:
     ctx = served.model.context_length
     for i, ids in enumerate(inputs):
         if len(ids) > ctx and not truncate:

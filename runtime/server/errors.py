@@ -1,8 +1,8 @@
 """Error responses, each API in the shape its clients parse: native routes answer the native
 API's `{"error": message, "status": "error"}`; /v1 routes OpenAI's `{"error": {"message",
 "type", "param", "code"}}`; Anthropic's /v1/messages `{"type": "error", "error": {"type",
-"message"}}`; Ollama's routes (/ and /api/*) `{"error": message}`. Every error, falcon's own (404 route, 405) and unexpected exceptions
-included, goes through here: a client never sees an HTML page or a bare 500."""
+"message"}}`; Ollama's routes (/ and /api/*) `{"error": message}`. Every error, falcon's own (404 route, 405) and
+unexpected exceptions included, goes through here: a client never sees an HTML page or a bare 500."""
 
 import json
 import logging
@@ -94,7 +94,8 @@ ERROR_SCHEMAS = {
     Dialect.ANTHROPIC: {"type": "object", "required": ["type", "error"], "properties": {
         "type": {"const": "error"},
         "error": {"type": "object", "required": ["type", "message"],
-                  "properties": {"type": {"enum": sorted({*_ANTHROPIC_TYPES.values(), "api_error", "invalid_request_error"})},
+                  "properties": {"type": {"enum": sorted({*_ANTHROPIC_TYPES.values(), "api_error",
+                                                          "invalid_request_error"})},
                                  "message": {"type": "string"}}}}},
     Dialect.OLLAMA: {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
 }
@@ -146,7 +147,9 @@ def read_json(req: falcon.Request, max_bytes: int) -> dict:
     media = (req.content_type or "").split(";", 1)[0].strip().lower()
     declared = media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
     if not declared and (dialect_of(req.path) is not Dialect.OLLAMA or sent_by_browser(req)):
-        raise ApiError(falcon.HTTP_415, f"send the body as JSON with 'Content-Type: application/json' (got {shown(media) if media else 'none'})")
+        raise ApiError(falcon.HTTP_415,
+                       f"send the body as JSON with 'Content-Type: application/json' (got "
+                       f"{shown(media) if media else 'none'})")
     if req.content_length is not None and req.content_length > max_bytes:
         raise _too_large(max_bytes)
     data = req.bounded_stream.read(max_bytes + 1)

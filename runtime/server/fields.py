@@ -8,8 +8,8 @@ cannot disagree. Reading a field the model does not declare is a programming err
 
 A field that is absent or null takes its default; unknown fields are ignored (clients send
 extras meant for other servers), except in a `closed` model (a body whose published schema
-forbids other fields, as OpenAI's embeddings request does): there one is a 400 naming it. A structured field (messages, tools, response_format…) is
-`Kind.JSON`: the reader hands it over as sent and its handler checks it, in more detail and
+forbids other fields, as OpenAI's embeddings request does): there one is a 400 naming it. A structured field (messages,
+tools, response_format…) is `Kind.JSON`: the reader hands it over as sent and its handler checks it, in more detail and
 with more precise messages than a schema validator would; its `schema` documents what the
 handler accepts and must never be stricter than it (the fuzz test holds it to that)."""
 
@@ -122,7 +122,8 @@ def _number(f: Field, value: object, path: str) -> float:
 def _check_range(f: Field, value: int | float, path: str) -> None:
     # integers of any size are compared, never converted
     if f.minimum is not None and (value < f.minimum or (f.exclusive_minimum and value == f.minimum)):
-        raise bad_request(f"'{path}' must be {'>' if f.exclusive_minimum else '>='} {f.minimum}, got {shown(value)}", path)
+        raise bad_request(f"'{path}' must be {'>' if f.exclusive_minimum else '>='} {f.minimum}, got {shown(value)}",
+                          path)
     if f.maximum is not None and value > f.maximum:
         raise bad_request(f"'{path}' must be <= {f.maximum}, got {shown(value)}", path)
 
@@ -161,7 +162,8 @@ class RequestModel:
         return {
             "type": "object",
             "properties": {f.name: f.json_schema() for f in self.fields},
-            **({"required": [f.name for f in self.fields if f.required]} if any(f.required for f in self.fields) else {}),
+            **({"required": [f.name for f in self.fields if f.required]} if any(f.required for f in self.fields)
+               else {}),
             **({"description": self.description} if self.description else {}),
             **({"examples": [self.example]} if self.example is not None else {}),
             **({"additionalProperties": False} if self.closed else {}),

@@ -12,7 +12,9 @@ import falcon
 from rfc.runtime.engine.budget import BudgetRule, generation_budget
 from rfc.runtime.sampling.constraints import Busy, GrammarError
 from rfc.runtime.engine.requests import ContextOverflow
-from rfc.runtime.engine.engine import FAILED, Engine, GenerationRequest, QueueFull, RequestError, RequestState, TokenEvent
+from rfc.runtime.engine.engine import (
+    FAILED, Engine, GenerationRequest, QueueFull, RequestError, RequestState, TokenEvent,
+)
 from rfc.runtime.sampling.sampler import SamplingError
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import ApiError, bad_request, read_json, unavailable

@@ -67,7 +67,8 @@ def fim_prompt(served: ServedModel, prefix: str, suffix: str, middle: str = "", 
 
 
 # -- llama-server's /infill --------------------------------------------------------------------
-_EXTRA = {"type": "array", "items": {"type": "object", "properties": {"filename": {"type": "string"}, "text": {"type": "string"}}}}
+_EXTRA = {"type": "array",
+          "items": {"type": "object", "properties": {"filename": {"type": "string"}, "text": {"type": "string"}}}}
 INFILL = RequestModel("InfillRequest", (
     MODEL,
     Field("input_prefix", Kind.STRING, "", description="the code before the hole"),
@@ -80,7 +81,8 @@ INFILL = RequestModel("InfillRequest", (
     TOP_P.but(default=0.95),
     Field("min_p", Kind.NUMBER, 0.05, 0.0, 1.0),
     SEED,
-    Field("stop", Kind.JSON, [], schema={"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string", "minLength": 1}}),
+    Field("stop", Kind.JSON, [],
+          schema={"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string", "minLength": 1}}),
     Field("stream", Kind.BOOLEAN, False, description="SSE: one {content, stop} event per piece"),
 ), example={"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 16})
 # n_predict past the context stops at it, as llama-server's does
@@ -90,18 +92,20 @@ STOP_TYPES = {EOS: "eos", STOP: "word", LENGTH: "limit"}
 
 def infill_request(f: RequestFields, served: ServedModel) -> GenerationRequest:
     extra = f.raw("input_extra")
-    if not isinstance(extra, list) or not all(isinstance(c, dict) and isinstance(c.get("text", ""), str) for c in extra):
+    if (not isinstance(extra, list)
+            or not all(isinstance(c, dict) and isinstance(c.get("text", ""), str) for c in extra)):
         raise bad_request("'input_extra' must be a list of {'filename', 'text'} objects", "input_extra")
     context = "".join(c.get("text", "") for c in extra)
-    ids = fim_prompt(served, context + f.string("input_prefix"), f.string("input_suffix"), f.string("prompt"), "input_prefix")
+    ids = fim_prompt(served, context + f.string("input_prefix"), f.string("input_suffix"), f.string("prompt"),
+                     "input_prefix")
     stops = f.raw("stop")
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_STRINGS:
         raise bad_request(f"'stop' must be a list of at most {MAX_STOP_STRINGS} non-empty strings", "stop")
     n = f.integer("n_predict")
     params = SamplingParams(temperature=f.number("temperature"), top_k=f.integer("top_k"), top_p=f.number("top_p"),
                             min_p=f.number("min_p"), seed=f.integer("seed"))
-    return GenerationRequest(prompt_ids=ids, params=params, max_tokens=budget(served, BUDGET, n if n > 0 else None, ids),
-                             stop=tuple(stops))
+    return GenerationRequest(prompt_ids=ids, params=params,
+                             max_tokens=budget(served, BUDGET, n if n > 0 else None, ids), stop=tuple(stops))
 
 
 class InfillReply:
@@ -125,7 +129,8 @@ class InfillStreamRenderer(SseRenderer):
 
     def event(self, event: TokenEvent) -> list[bytes]:
         if event.finish_reason == FAILED:
-            return [sse({"error": {"code": 500, "message": f"generation failed: {self._reply.state.error}", "type": "server_error"}})]
+            return [sse({"error": {"code": 500, "message": f"generation failed: {self._reply.state.error}",
+                                   "type": "server_error"}})]
         out = [sse({"content": event.text, "stop": False})] if event.text else []
         if event.finished:
             out.append(sse(self._reply.final("")))

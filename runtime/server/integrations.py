@@ -37,7 +37,8 @@ def backend_health(backend: str, served: list[ServedModel]) -> dict:
         return {"available": True, "version": f"numpy {np.__version__}", "status": "healthy" if models else "idle",
                 "models": models, "targets": []}
     targets = sorted({t["name"] for s in served for t in s.model.manifest["targets"] if t["family"] == backend})
-    isa = sorted({f for s in served for t in s.model.manifest["targets"] if t["family"] == backend for f in t.get("isa", [])})
+    isa = sorted({f for s in served for t in s.model.manifest["targets"] if t["family"] == backend
+                  for f in t.get("isa", [])})
     reasons = {t: _probe(backend, t) for t in targets}
     runnable = [t for t, reason in reasons.items() if reason is None]
     if backend == "cpu":
@@ -52,7 +53,8 @@ def backend_health(backend: str, served: list[ServedModel]) -> dict:
         "targets": targets,
     }
     if not runnable:
-        health["reason"] = "; ".join(f"{t}: {r}" for t, r in reasons.items()) or f"no served bundle is compiled for {backend}"
+        health["reason"] = ("; ".join(f"{t}: {r}" for t, r in reasons.items())
+                            or f"no served bundle is compiled for {backend}")
     return health
 
 

@@ -34,9 +34,11 @@ def run_job(engine: Engine, fn: Callable[[], Any], deadline: Deadline, done: Cal
     try:
         job = engine.start_job(fn, deadline.at)
     except QueueFull:
-        raise unavailable(f"the engine already has {MAX_JOBS} jobs (embeddings, prompt logprobs) waiting; retry later") from None
+        raise unavailable(f"the engine already has {MAX_JOBS} jobs (embeddings, prompt logprobs) waiting; retry "
+                          f"later") from None
     except RuntimeError:
-        raise unavailable("the engine is not running (the model is being replaced or the server stops); retry later", 5) from None
+        raise unavailable("the engine is not running (the model is being replaced or the server stops); retry later",
+                          5) from None
     try:
         return job.result(timeout=max(0.0, deadline.at - time.monotonic()))
     except KVCacheFull:

@@ -84,7 +84,8 @@ class _JsonErrorTask(ErrorTask):
         if isinstance(error, RequestEntityTooLarge):
             message = f"the request body exceeds the limit of {self.body_limit} bytes"
         elif isinstance(error, _TooManyConnections):
-            message = f"the server holds its limit of {self.connection_limit} connections (--max-connections); retry later"
+            message = (f"the server holds its limit of {self.connection_limit} connections (--max-connections); retry "
+                       f"later")
             self.response_headers.append(("Retry-After", "1"))
         else:
             message = str(error.body)
@@ -140,7 +141,8 @@ def create_listener(app, *, host: str, port: int, threads: int, max_connections:
     connection_limit = max_connections
     if fds < max_connections + OVERFLOW_CONNECTIONS + 64:
         connection_limit = max(16, fds - OVERFLOW_CONNECTIONS - 64)
-        log.warning("the file-descriptor limit (%d) allows %d connections, not %d", fds, connection_limit, max_connections)
+        log.warning("the file-descriptor limit (%d) allows %d connections, not %d", fds, connection_limit,
+                    max_connections)
     server = waitress.create_server(
         app,
         host=host,
@@ -157,7 +159,8 @@ def create_listener(app, *, host: str, port: int, threads: int, max_connections:
     )
     task = type("JsonErrorTask", (_JsonErrorTask,), {"body_limit": max_body_bytes,
                                                       "connection_limit": connection_limit})
-    server.channel_class = type("Channel", (_Channel,), {"error_task_class": task, "connection_limit": connection_limit})
+    server.channel_class = type("Channel", (_Channel,),
+                                {"error_task_class": task, "connection_limit": connection_limit})
     dispatch = server.add_task
     maintain = server.maintenance
 

@@ -51,7 +51,8 @@ class ApiKeyMiddleware:
         if matched is not None:
             req.context.client = matched
             return
-        if not self._keys or req.path in UNAUTHENTICATED_PATHS or req.method == "OPTIONS":  # CORS preflights carry no credentials
+        # CORS preflights carry no credentials
+        if not self._keys or req.path in UNAUTHENTICATED_PATHS or req.method == "OPTIONS":
             return
         if self._is_open is not None and self._is_open(req):
             return
@@ -131,4 +132,5 @@ def deferred_log(req: falcon.Request, status: int, tokens: Callable[[], int]) ->
 def _log(req: falcon.Request, status: int) -> None:
     started = req.context.get("started", time.perf_counter())
     route = req.uri_template or req.path
-    log_request(req.method, route, status, req.context.get("request_id"), req.context.get("tokens"), time.perf_counter() - started)
+    log_request(req.method, route, status, req.context.get("request_id"), req.context.get("tokens"),
+                time.perf_counter() - started)

@@ -39,7 +39,8 @@ from rfc.runtime.server.streaming import NDJSON_CONTENT_TYPE
 
 _NAME = Field("model", Kind.STRING, description="the model's name")
 PULL = RequestModel("OllamaPullRequest", (
-    _NAME.but(description="a registry reference of a compiled bundle (HOST/REPOSITORY[:TAG|@DIGEST]), served under this name"),
+    _NAME.but(description="a registry reference of a compiled bundle (HOST/REPOSITORY[:TAG|@DIGEST]), served under "
+                          "this name"),
     Field("name", Kind.STRING, description="deprecated: model"),
     Field("insecure", Kind.BOOLEAN, False, description="plain HTTP: only for a registry on the server's own machine"),
     Field("stream", Kind.BOOLEAN, True, description="NDJSON progress, one object per step (Ollama's default)"),
@@ -104,8 +105,9 @@ class PullResource:
         if fetcher is None:
             raise ApiError(falcon.HTTP_501, "this server cannot pull models")
         if not is_model_name(name) or not fetcher.is_reference(name):
-            raise bad_request(f"'model' must be a registry reference of a compiled bundle, HOST/REPOSITORY[:TAG|@DIGEST] "
-                              f"(pushed with `rfc push`); rfc does not pull Ollama's models", "model")
+            raise bad_request("'model' must be a registry reference of a compiled bundle, "
+                              "HOST/REPOSITORY[:TAG|@DIGEST] (pushed with `rfc push`); rfc does not pull Ollama's "
+                              "models", "model")
         insecure = f.boolean("insecure")
         if not f.boolean("stream"):
             try:
@@ -246,7 +248,8 @@ class CopyResource:
         target = self._handle.resolve(f.string("source"))
         destination = f.string("destination")
         if not is_model_name(destination):
-            raise bad_request("'destination' must be a name of letters, digits and . _ : / @ + - (at most 256)", "destination")
+            raise bad_request("'destination' must be a name of letters, digits and . _ : / @ + - (at most 256)",
+                              "destination")
         if self._manager.source(destination) is not None or destination in self._handle.model_ids:
             raise bad_request(f"'{destination}' is a served model: delete it first", "destination")
         if destination != target:
@@ -300,14 +303,16 @@ class ModelsResource:
             entry = {"id": model_id, "state": state, "origin": source.origin.value if source else None,
                      "bundle": source.bundle.name if source else None}
             if served is not None:
-                entry.update(version=served.version, memory_bytes=memory_bytes(served), expires_in=manager.expires_in(model_id))
+                entry.update(version=served.version, memory_bytes=memory_bytes(served),
+                             expires_in=manager.expires_in(model_id))
             models.append(entry)
         fetcher = manager.fetcher
         cached = fetcher.cached() if fetcher is not None else []
         in_use = {s.bundle.resolve() for s in manager.sources()}
         resp.media = {
             "models": models,
-            "cached": [{"digest": "sha256:" + c.name, "name": _model_name(c), "bytes": _bytes(c), "served": c.resolve() in in_use}
+            "cached": [{"digest": "sha256:" + c.name, "name": _model_name(c), "bytes": _bytes(c),
+                        "served": c.resolve() in in_use}
                        for c in cached],
             "aliases": handle.aliases,
             "retiring": [{"id": r.model_id, "version": r.version, "memory_bytes": r.memory_bytes, "why": r.why}

@@ -222,7 +222,8 @@ class ModelManager:
             try:
                 new = self._load(self._budgeted(source, replacing=old))
             except (BundleError, OSError, ValueError, RuntimeError) as e:
-                raise unavailable(f"the new version of '{model_id}' cannot be loaded ({e}); the old one still serves", 5) from None
+                raise unavailable(f"the new version of '{model_id}' cannot be loaded ({e}); the old one still serves",
+                                  5) from None
             with self._lock:
                 entry.take(source)
             previous = self._handle.attach(new)
@@ -247,7 +248,8 @@ class ModelManager:
         with self._changing:
             entry = self._entry(model_id)
             if len(self._handle.model_ids) <= 1 and model_id in self._handle.model_ids:
-                raise ApiError(falcon.HTTP_400, f"'{model_id}' is the only model served; serve another before removing it",
+                raise ApiError(falcon.HTTP_400,
+                               f"'{model_id}' is the only model served; serve another before removing it",
                                param="model")
             with self._lock:
                 del self._entries[model_id]
@@ -267,7 +269,8 @@ class ModelManager:
 
     # -- what operators name -------------------------------------------------------------------
     def fetch_source(self, model_id: str, source: str, insecure: bool = False,
-                     progress: Callable[[PullProgress], None] | None = None, origin: Origin = Origin.PULLED) -> ModelSource:
+                     progress: Callable[[PullProgress], None] | None = None,
+                     origin: Origin = Origin.PULLED) -> ModelSource:
         """The ModelSource of what `source` names (a reference or a bundle directory), checked
         before anything of it is loaded. FetchError when it cannot be served."""
         if self.fetcher is None:
@@ -279,7 +282,8 @@ class ModelManager:
             raise FetchError(f"{source}: {e}") from None
         return ModelSource(model_id, bundle, self._template, required=False, origin=origin, eager=False)
 
-    def pull(self, name: str, insecure: bool = False, progress: Callable[[PullProgress], None] | None = None) -> ModelSource:
+    def pull(self, name: str, insecure: bool = False,
+             progress: Callable[[PullProgress], None] | None = None) -> ModelSource:
         """Ollama's pull: the reference served under its own name; a model already served under
         it is replaced by what the registry holds now (a swap when it is loaded)."""
         existing = self.source(name)
@@ -403,8 +407,8 @@ class ModelManager:
         retiring.served = served = None
         freed = _released(model)
         if freed:  # (logged before it leaves the retiring list: whoever sees the list empty can read it)
-            log.info("freed %s version %s (%s) %.2f s after it retired", retiring.model_id, retiring.version, retiring.why,
-                     time.monotonic() - started)
+            log.info("freed %s version %s (%s) %.2f s after it retired", retiring.model_id, retiring.version,
+                     retiring.why, time.monotonic() - started)
         else:
             log.warning("%s version %s was stopped but something still holds it: its memory is not freed",
                         retiring.model_id, retiring.version)

@@ -38,7 +38,8 @@ class FetchError(Exception):
 
 
 class BundleFetcher(Protocol):
-    def fetch(self, source: str, insecure: bool | None = None, progress: Callable[[PullProgress], None] | None = None) -> Path:
+    def fetch(self, source: str, insecure: bool | None = None,
+              progress: Callable[[PullProgress], None] | None = None) -> Path:
         """The bundle `source` names, checked (pulled into the cache if it is a reference;
         `insecure` None: as the server was started, --insecure)."""
 

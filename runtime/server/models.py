@@ -165,7 +165,8 @@ def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPage
     ids = [name if wanted.count(name) == 1 else Path(b).name for name, b in zip(wanted, bundles)]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise BundleError(f"several bundles would be served as {', '.join(duplicates)}: give each its own directory name")
+        raise BundleError(f"several bundles would be served as {', '.join(duplicates)}: give each its own directory "
+                          f"name")
     if load.ctx_size is not None:  # each model serves min(N, its own): N above them all is a mistake
         check_ctx_size(load.ctx_size, {i: read_plan(b, m).context_length for i, b, m in zip(ids, bundles, manifests)})
     pages = kv.pages_for(ids)

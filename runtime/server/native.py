@@ -43,7 +43,8 @@ def native_request(f: RequestFields, served: ServedModel) -> GenerationRequest:
     prompt_ids = served.prompts.encode(f.string("prompt"))  # `model` (optional) was read by model_for
     params = SamplingParams(temperature=f.number("temperature"), top_k=f.integer("top_k"), top_p=f.number("top_p"))
     max_tokens = budget(served, BUDGET, f.integer("max_tokens"), prompt_ids)
-    return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=max_tokens, speculative=speculative_request(f))
+    return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=max_tokens,
+                             speculative=speculative_request(f))
 
 
 def state_body(state: RequestState) -> dict:
@@ -68,7 +69,8 @@ class _NativeRenderer(SseRenderer):
 
 
 def _answer(state: RequestState, fingerprint: str) -> Answer:
-    return Answer(whole=lambda _events: {**state_body(state), "system_fingerprint": fingerprint}, stream=_NativeRenderer())
+    return Answer(whole=lambda _events: {**state_body(state), "system_fingerprint": fingerprint},
+                  stream=_NativeRenderer())
 
 
 class GenerateResource(BodyResource):
@@ -79,12 +81,14 @@ class GenerateResource(BodyResource):
     def __init__(self, handle: EngineHandle, config: ServerConfig, stream: bool = False):
         super().__init__(handle, config)
         self._stream = stream
-        summary, reply = (("Generate text, one server-sent event per token", {replies.SSE: replies.TOKEN_EVENT}) if stream
+        summary, reply = (("Generate text, one server-sent event per token", {replies.SSE: replies.TOKEN_EVENT})
+                          if stream
                           else ("Generate text", {replies.JSON: replies.REQUEST_STATE}))
         self.operations = generation_operations(summary, GENERATE, reply)
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
-        run(served, native_request(f, served), req, resp, self._stream, lambda state: _answer(state, served.fingerprint))
+        run(served, native_request(f, served), req, resp, self._stream,
+            lambda state: _answer(state, served.fingerprint))
 
 
 def _owned(handle: EngineHandle, req: falcon.Request, request_id: int) -> Engine:

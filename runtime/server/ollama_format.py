@@ -82,7 +82,8 @@ def template_variables(plan: OutputPlan, f: RequestFields) -> dict:
     return extra
 
 
-def generate_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | None = None) -> tuple[list[int], str] | None:
+def generate_prompt(served: ServedModel, f: RequestFields,
+                    plan: OutputPlan | None = None) -> tuple[list[int], str] | None:
     """(`context` ids, prompt text) for /api/generate, None for an empty prompt (Ollama's "load the model").
     As in Ollama, the prompt goes through the model's template as a user turn (with `system`)
     unless `raw` is set or the model has no template of its own."""
@@ -97,7 +98,8 @@ def generate_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | No
         text = prompt
     else:
         extra = template_variables(plan, f) if plan is not None else {}
-        text = render_chat(served, system_and_turns(f.string("system"), [{"role": "user", "content": prompt}]), extra, field="prompt")
+        text = render_chat(served, system_and_turns(f.string("system"), [{"role": "user", "content": prompt}]), extra,
+                           field="prompt")
     return context, text
 
 
@@ -169,7 +171,8 @@ class OllamaReply:
             if d.reasoning:
                 out["message"]["thinking"] = d.reasoning
             if d.calls:
-                out["message"]["tool_calls"] = [{"function": {"name": c.name, "arguments": call_input(c)}} for c in d.calls]
+                out["message"]["tool_calls"] = [{"function": {"name": c.name, "arguments": call_input(c)}}
+                                                for c in d.calls]
         else:
             out["response"] = d.content
             if d.reasoning:

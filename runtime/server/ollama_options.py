@@ -31,7 +31,8 @@ OPTIONS = RequestModel("OllamaOptions", (
     Field("presence_penalty", Kind.NUMBER, 0.0, -1e4, 1e4),
     Field("frequency_penalty", Kind.NUMBER, 0.0, -1e4, 1e4),
     Field("seed", Kind.INTEGER, description="-1: random"),
-    Field("num_predict", Kind.INTEGER, -1, -2, description="tokens to generate; -1, -2: until the context is full (not 0)"),
+    Field("num_predict", Kind.INTEGER, -1, -2,
+          description="tokens to generate; -1, -2: until the context is full (not 0)"),
     Field("stop", Kind.JSON, schema=_STOP),
     *(Field(name, Kind.NUMBER, description=f"not supported: only {off}, which turns it off")
       for name, off in UNSUPPORTED_UNLESS.items()),

@@ -31,7 +31,8 @@ class ModelListResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._handle.check_up()  # 503 until the default model is up
-        failed = [{"id": model_id, "object": "model", "created": 0, "owned_by": "rfc", "status": "failed", "error": error}
+        failed = [{"id": model_id, "object": "model", "created": 0, "owned_by": "rfc", "status": "failed",
+                   "error": error}
                   for model_id, error in self._handle.failed_models.items()]  # reported, not served
         # known, not loaded: the first request that names one loads it
         unloaded = [{"id": model_id, "object": "model", "created": 0, "owned_by": "rfc", "status": "unloaded"}
@@ -85,7 +86,8 @@ class _GenerationResource(BodyResource):
 class CompletionsResource(_GenerationResource):
     model = COMPLETION
     parse = staticmethod(completion_request)
-    operations = generation_operations("Complete a prompt", COMPLETION, replies.streamed(replies.COMPLETION, replies.COMPLETION_EVENT))
+    operations = generation_operations("Complete a prompt", COMPLETION,
+                                       replies.streamed(replies.COMPLETION, replies.COMPLETION_EVENT))
 
     def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest,
                     index: int) -> CompletionFormat:
@@ -99,7 +101,8 @@ class CompletionsResource(_GenerationResource):
 class ChatCompletionsResource(_GenerationResource):
     model = CHAT
     parse = staticmethod(chat_request)
-    operations = generation_operations("Answer a chat", CHAT, replies.streamed(replies.CHAT_COMPLETION, replies.CHAT_EVENT))
+    operations = generation_operations("Answer a chat", CHAT,
+                                       replies.streamed(replies.CHAT_COMPLETION, replies.CHAT_EVENT))
 
     def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest,
                     index: int) -> CompletionFormat:

@@ -32,7 +32,8 @@ class TokenPieces:
             return bytes([value]).decode("utf-8", "replace"), [value]
         # SentencePiece marks a leading space with U+2581, which decoding one token drops;
         # byte-level BPE decodes fine alone.
-        text = raw.replace("\u2581", " ") if "\u2581" in raw else self._tokenizer.decode([token], skip_special_tokens=False)
+        text = (raw.replace("\u2581", " ") if "\u2581" in raw
+                else self._tokenizer.decode([token], skip_special_tokens=False))
         return text, list(text.encode("utf-8"))
 
 
@@ -179,8 +180,8 @@ class ChatFormat(CompletionFormat):
     id_prefix = "chatcmpl-"
 
     def __init__(self, model_id: str, state: RequestState, logprobs: ChatLogprobs | None,
-                 spec: OutputSpec = OutputSpec(), legacy_functions: bool = False, call_ids: CallIdForm = CallIdForm.OPENAI,
-                 index: int = 0):
+                 spec: OutputSpec = OutputSpec(), legacy_functions: bool = False,
+                 call_ids: CallIdForm = CallIdForm.OPENAI, index: int = 0):
         super().__init__(model_id, state, logprobs, index)
         self.call_ids = call_ids
         self.spec = spec
@@ -208,7 +209,8 @@ class ChatFormat(CompletionFormat):
         if msg.calls and self.legacy:
             out["function_call"] = {"name": msg.calls[0].name, "arguments": msg.calls[0].arguments}
         elif msg.calls:
-            out["tool_calls"] = [{"id": in_form(c.id, self.call_ids), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            out["tool_calls"] = [{"id": in_form(c.id, self.call_ids), "type": "function",
+                                  "function": {"name": c.name, "arguments": c.arguments}}
                                  for c in msg.calls]
         return out
 
@@ -243,13 +245,14 @@ class ChatFormat(CompletionFormat):
         elif parts.calls:
             delta["tool_calls"] = []
             for c in parts.calls:
-                delta["tool_calls"].append({"index": self._calls_sent, "id": in_form(c.id, self.call_ids), "type": "function",
-                                            "function": {"name": c.name, "arguments": c.arguments}})
+                delta["tool_calls"].append({"index": self._calls_sent, "id": in_form(c.id, self.call_ids),
+                                            "type": "function", "function": {"name": c.name, "arguments": c.arguments}})
                 self._calls_sent += 1
         return delta
 
     def first_chunks(self) -> list[dict]:
-        choice = {"index": self.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        choice = {"index": self.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": None}
         return [{**self.head(self.chunk_kind), "choices": [choice]}]
 
 

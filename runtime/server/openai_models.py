@@ -22,7 +22,8 @@ RESPONSE_FORMAT = {"anyOf": [
 ]}
 _PROMPT = {"anyOf": [
     {"type": "string"}, TOKEN_IDS,
-    {"type": "array", "minItems": 1, "maxItems": MAX_CHOICES, "items": {"anyOf": [{"type": "string"}, TOKEN_IDS]}},  # several
+    # several
+    {"type": "array", "minItems": 1, "maxItems": MAX_CHOICES, "items": {"anyOf": [{"type": "string"}, TOKEN_IDS]}},
 ]}
 
 _LOGIT_BIAS = {"type": "object", "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}}
@@ -39,7 +40,8 @@ _SHARED = (
     REPETITION_PENALTY,
     PRESENCE_PENALTY,
     FREQUENCY_PENALTY,
-    Field("logit_bias", Kind.JSON, {}, schema=_LOGIT_BIAS, description="token ids (as strings) -> a bias added to their logits"),
+    Field("logit_bias", Kind.JSON, {}, schema=_LOGIT_BIAS,
+          description="token ids (as strings) -> a bias added to their logits"),
     SEED.but(minimum=-2**63, maximum=2**63 - 1),  # int64, as OpenAI's document bounds it
     Field("stop", Kind.JSON, [], schema=STOP),
     Field("ignore_eos", Kind.BOOLEAN, False),
@@ -54,11 +56,14 @@ _SHARED = (
 
 COMPLETION = RequestModel("CompletionRequest", (
     *_SHARED,
-    Field("prompt", Kind.JSON, required=True, schema=_PROMPT, description="text or token ids, or a list of such prompts"),
+    Field("prompt", Kind.JSON, required=True, schema=_PROMPT,
+          description="text or token ids, or a list of such prompts"),
     MAX_TOKENS.but(default=COMPLETIONS_DEFAULT_MAX_TOKENS, description=""),
-    Field("logprobs", Kind.INTEGER, minimum=0, maximum=COMPLETION_MAX_LOGPROBS, description="the top N logprobs of each token"),
+    Field("logprobs", Kind.INTEGER, minimum=0, maximum=COMPLETION_MAX_LOGPROBS,
+          description="the top N logprobs of each token"),
     Field("echo", Kind.BOOLEAN, False, description="the prompt before the text (with logprobs: the prompt's too)"),
-    Field("suffix", Kind.STRING, description="fill in the middle: the text after the completion (the model's FIM tokens)"),
+    Field("suffix", Kind.STRING,
+          description="fill in the middle: the text after the completion (the model's FIM tokens)"),
 ), example={"prompt": "Once upon a time", "max_tokens": 16})
 
 CHAT = RequestModel("ChatCompletionRequest", (

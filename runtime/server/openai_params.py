@@ -150,9 +150,11 @@ def _response_format(f: RequestFields, served: ServedModel, plan: OutputPlan) ->
             if not isinstance(spec, dict) or "schema" not in spec:
                 raise bad_request("'response_format.json_schema' must be {'name': ..., 'schema': {...}, 'strict': ...}",
                                   "response_format.json_schema")
-            asked.append(("response_format", lambda g: g.json_schema(spec["schema"], "response_format.json_schema.schema")))
+            asked.append(("response_format",
+                          lambda g: g.json_schema(spec["schema"], "response_format.json_schema.schema")))
         elif kind != "text":
-            raise bad_request(f"response_format type '{kind}' is not supported (text, json_object, json_schema)", "response_format.type")
+            raise bad_request(f"response_format type '{kind}' is not supported (text, json_object, json_schema)",
+                              "response_format.type")
     if f.raw("json_schema") is not None:
         asked.append(("json_schema", lambda g: g.json_schema(f.raw("json_schema"), "json_schema")))
     if f.has("grammar"):
@@ -174,7 +176,8 @@ def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tok
     include_usage = options.get("include_usage") is True
     if constraint is not None and f.boolean("ignore_eos"):
         # a finished grammar allows only the end token: generating past it would break the grammar
-        raise bad_request("ignore_eos cannot be combined with a response format, grammar or forced tool call", "ignore_eos")
+        raise bad_request("ignore_eos cannot be combined with a response format, grammar or forced tool call",
+                          "ignore_eos")
     generation = GenerationRequest(
         prompt_ids=prompt_ids,
         params=_sampling(f, served),
@@ -232,7 +235,8 @@ def _one_prompt(served: ServedModel, prompt: object, field: str) -> Prompt:
     raise bad_request(f"'{field}' must be a string or a list of token ids", field)
 
 
-def _render_chat(f: RequestFields, served: ServedModel, tools: list[dict] | None = None, note: str | None = None) -> str:
+def _render_chat(f: RequestFields, served: ServedModel, tools: list[dict] | None = None,
+                 note: str | None = None) -> str:
     extra = f.raw("chat_template_kwargs")
     if not isinstance(extra, dict):
         raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")

@@ -85,7 +85,8 @@ def document(routes: Sequence[Route], config: ServerConfig) -> dict:
     doc = {
         "openapi": "3.1.0",
         "info": {"title": "rfc", "version": RFC_VERSION,
-                 "description": "rfc's native API with its OpenAI, Anthropic, Ollama and llama.cpp dialects (docs/serve.md)."},
+                 "description": "rfc's native API with its OpenAI, Anthropic, Ollama and llama.cpp dialects "
+                                "(docs/serve.md)."},
         "paths": paths,
         "components": {"schemas": schemas},
     }
@@ -109,14 +110,17 @@ def _operation(path: str, method: str, op: Operation, params: list[dict], keyed:
         "operationId": operation_id(method, path),
         "summary": op.summary,
         "tags": [dialect.value],
-        "parameters": params + [{"name": f.name, "in": "query", "required": False, "schema": f.json_schema(nullable=False)}
-                                for f in op.query],
-        "responses": {**({"200": {"description": "success", "content": {media: {"schema": s} for media, s in op.reply.items()},
+        "parameters": params
+        + [{"name": f.name, "in": "query", "required": False, "schema": f.json_schema(nullable=False)}
+           for f in op.query],
+        "responses": {**({"200": {"description": "success",
+                                  "content": {media: {"schema": s} for media, s in op.reply.items()},
                                   **({"links": dict(op.links)} if op.links else {})}} if op.reply else {}),
                       **{str(s): error for s in sorted(statuses)}},
     }
     if op.body is not None:
-        out["requestBody"] = {"required": True, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{op.body.name}"}}}}
+        out["requestBody"] = {"required": True,
+                              "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{op.body.name}"}}}}
     if not keyed:
         out["security"] = []
     return out
@@ -128,7 +132,8 @@ def operation_id(method: str, path: str) -> str:
 
 def request_links(expression: str) -> dict[str, dict]:
     """Links from a reply that holds a request id (`expression`: where) to /status and /cancel."""
-    return {name: {"operationId": operation_id(method, f"/{name}/{{request_id}}"), "parameters": {"request_id": expression}}
+    return {name: {"operationId": operation_id(method, f"/{name}/{{request_id}}"),
+                   "parameters": {"request_id": expression}}
             for method, name in (("get", "status"), ("post", "cancel"))}
 
 

@@ -108,7 +108,8 @@ class PromptCache:
         ctx, trained = self._model.context_length, self._model.trained_context_length
         limit = (f"the model's context of {ctx} tokens" if ctx == trained
                  else f"the served context of {ctx} tokens (--ctx-size; the model's is {trained})")
-        return context_error(ContextOverflow(field, f"'{field}' ({size}) cannot fit {limit}", ctx, tokens, at_least=at_least), trained)
+        return context_error(ContextOverflow(field, f"'{field}' ({size}) cannot fit {limit}", ctx, tokens,
+                                             at_least=at_least), trained)
 
 
 def _pieces(text: str, size: int):

@@ -60,14 +60,17 @@ class ReplicaMetrics(Collector):
         def queries(c: dict[str, int]) -> int:
             return c.get("prefix_hit_tokens", 0) + c.get("prefix_miss_tokens", 0)
 
-        yield gauge("vllm:num_requests_running", "Requests being decoded (rocmforge_active_requests)", lambda c: c["running"])
-        yield gauge("vllm:num_requests_waiting", "Requests waiting for a batch slot (rocmforge_queue_length)", lambda c: c["waiting"])
+        yield gauge("vllm:num_requests_running", "Requests being decoded (rocmforge_active_requests)",
+                    lambda c: c["running"])
+        yield gauge("vllm:num_requests_waiting", "Requests waiting for a batch slot (rocmforge_queue_length)",
+                    lambda c: c["waiting"])
         yield gauge("vllm:kv_cache_usage_perc", "Fraction of KV-cache pages in use (1 = full)", usage)
         yield gauge("vllm:gpu_cache_usage_perc", "Fraction of KV-cache pages in use (1 = full), on any device", usage)
         yield gauge("vllm:gpu_prefix_cache_hit_rate", "Prompt tokens found in the prefix cache over those looked up",
                     lambda c: c.get("prefix_hit_tokens", 0) / queries(c) if queries(c) else 0.0)
         for name, help_text, value in (
-            ("vllm:gpu_prefix_cache_hits", "Prompt tokens found in the prefix cache", lambda c: c.get("prefix_hit_tokens", 0)),
+            ("vllm:gpu_prefix_cache_hits", "Prompt tokens found in the prefix cache",
+             lambda c: c.get("prefix_hit_tokens", 0)),
             ("vllm:gpu_prefix_cache_queries", "Prompt tokens looked up in the prefix cache", queries),
         ):
             family = CounterMetricFamily(name, help_text, labels=[VLLM_LABEL])
@@ -101,7 +104,8 @@ class ReplicaMetrics(Collector):
         for event, help_text in (("loads", "Model versions loaded (at startup, on demand or by a swap)"),
                                  ("unloads", "Models unloaded (keep-alive, room for another, keep_alive 0)"),
                                  ("swaps", "Versions replaced by a newer one under the same id"),
-                                 ("leaks", "Retired versions still referenced after they stopped (their memory not freed)")):
+                                 ("leaks",
+                                  "Retired versions still referenced after they stopped (their memory not freed)")):
             family = CounterMetricFamily(f"rocmforge_model_{event}", help_text, labels=["model"])
             for (name, model), n in sorted(events.items()):
                 if name == event:

@@ -29,7 +29,9 @@ from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, Answ
 from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.model_info import capabilities
 from rfc.runtime.server.openapi import Operation, Routes, operation_id
-from rfc.runtime.server.response_schemas import JSON, RESPONSE, RESPONSE_DELETED, RESPONSE_EVENT, RESPONSE_ITEMS, streamed
+from rfc.runtime.server.response_schemas import (
+    JSON, RESPONSE, RESPONSE_DELETED, RESPONSE_EVENT, RESPONSE_ITEMS, streamed,
+)
 from rfc.runtime.server.response_store import ResponseStore, StoredResponse
 from rfc.runtime.server.responses_input import chat_turns, input_items, new_id, output_plan
 from rfc.runtime.server.responses_output import OutputItems, turns_of
@@ -38,7 +40,8 @@ from rfc.runtime.server.streaming import SseRenderer, sse_event
 
 _ITEM = {"type": "object", "properties": {"type": {"enum": ["message", "function_call", "function_call_output",
                                                            "item_reference", "reasoning"]},
-                                          "role": {"enum": ["user", "assistant", "system", "developer"]}, "content": CONTENT}}
+                                          "role": {"enum": ["user", "assistant", "system", "developer"]},
+                                          "content": CONTENT}}
 _INPUT = {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": _ITEM}]}
 _TOOLS = {"type": "array", "items": {"type": "object", "required": ["name"],
                                      "properties": {"type": {"const": "function"}, "name": {"type": "string"}}}}
@@ -95,7 +98,8 @@ class Conversation:
                 raise bad_request(f"'{name}' is not supported: {why}", name)
         if f.boolean("background"):
             raise bad_request("background responses are not supported", "background")
-        self.settings = applied(f.string("truncation"), f.raw("reasoning"), f.raw("text"), capabilities(served)["thinking"])
+        self.settings = applied(f.string("truncation"), f.raw("reasoning"), f.raw("text"),
+                                capabilities(served)["thinking"])
         earlier: list[dict] = []
         previous = f.string("previous_response_id")
         if previous is not None:
@@ -105,7 +109,8 @@ class Conversation:
             earlier = stored.turns
         self.items = input_items(f.raw("input"), store, owner)
         self.turns = earlier + chat_turns(self.items)
-        self.plan = output_plan(served, f.raw("tools"), f.raw("tool_choice"), f.boolean("parallel_tool_calls"), f.raw("text"))
+        self.plan = output_plan(served, f.raw("tools"), f.raw("tool_choice"), f.boolean("parallel_tool_calls"),
+                                f.raw("text"))
         self.prompt = render_chat(served, system_and_turns(f.string("instructions"), self.turns), field="input",
                                   **self.plan.prompt_args(served))
         self.spec = self.plan.output_spec(served, self.prompt)
@@ -134,11 +139,14 @@ class ResponseShapes:
         self._store = store if f.boolean("store") else None
         self._owner = owner
         self._echo = {
-            **{k: f.sent(k) for k in ("instructions", "max_output_tokens", "temperature", "top_p", "previous_response_id")},
-            **({"user": f.sent("user")} if f.sent("user") is not None else {}),  # a string, or absent (OpenAI's document)
+            **{k: f.sent(k)
+               for k in ("instructions", "max_output_tokens", "temperature", "top_p", "previous_response_id")},
+            # a string, or absent (OpenAI's document)
+            **({"user": f.sent("user")} if f.sent("user") is not None else {}),
             "metadata": f.sent("metadata") or {}, "tool_choice": f.sent("tool_choice") or "auto",
             # function tools as OpenAI echoes them: `parameters` and `strict` always present
-            "tools": [{"parameters": None, "strict": None, **t} if isinstance(t, dict) and t.get("type") == "function" else t
+            "tools": [{"parameters": None, "strict": None, **t} if isinstance(t, dict)
+                      and t.get("type") == "function" else t
                       for t in f.sent("tools") or []],
             "parallel_tool_calls": f.boolean("parallel_tool_calls"), "store": f.boolean("store"),
             "text": {"format": (f.sent("text") or {}).get("format") or {"type": "text"},
@@ -148,7 +156,8 @@ class ResponseShapes:
         }
 
     def status(self) -> str:
-        return {LENGTH: "incomplete", FAILED: "failed", CANCELLED: "cancelled"}.get(self.state.finish_reason, "completed")
+        return {LENGTH: "incomplete", FAILED: "failed",
+                CANCELLED: "cancelled"}.get(self.state.finish_reason, "completed")
 
     def push(self, event: TokenEvent) -> list[tuple[str, dict]]:
         """The output events of one token event (the stream's and the whole reply's path)."""
@@ -173,7 +182,8 @@ class ResponseShapes:
         return {
             "id": self.id, "object": "response", "created_at": self.created_at, "status": status, "error": error,
             "incomplete_details": incomplete, "model": self.model_id, "output": list(self.output.items) if done else [],
-            **({"usage": self.usage()} if done else {}), **self._echo,  # no usage until done: the document allows no null
+            # no usage until done: the document allows no null
+            **({"usage": self.usage()} if done else {}), **self._echo,
         }
 
     def final(self) -> dict:
@@ -186,9 +196,9 @@ class ResponseShapes:
 
     def usage(self) -> dict:
         out = len(self.state.tokens)
-        return {"input_tokens": self.state.prompt_tokens, "input_tokens_details": {"cached_tokens": self.state.cached_tokens},
-                "output_tokens": out, "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": self.state.prompt_tokens + out}
+        return {"input_tokens": self.state.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": self.state.cached_tokens}, "output_tokens": out,
+                "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": self.state.prompt_tokens + out}
 
 
 class ResponsesStreamRenderer(SseRenderer):
@@ -211,7 +221,8 @@ class ResponsesStreamRenderer(SseRenderer):
         out += [self._emit(kind, **fields) for kind, fields in s.push(event)]
         if event.finished:
             final = s.final()
-            kind = {"failed": "response.failed", "incomplete": "response.incomplete"}.get(final["status"], "response.completed")
+            kind = {"failed": "response.failed",
+                    "incomplete": "response.incomplete"}.get(final["status"], "response.completed")
             out.append(self._emit(kind, response=final))
         return out
 
@@ -219,11 +230,12 @@ class ResponsesStreamRenderer(SseRenderer):
 class ResponsesResource(BodyResource):
     model = RESPONSES
     any_name_if_single = True
-    operations = {"post": Operation("Create a response", RESPONSES, streamed(RESPONSE, RESPONSE_EVENT), GENERATION_ERRORS,
-                                    links={**BY_REQUEST_ID, **{
+    operations = {"post": Operation("Create a response", RESPONSES, streamed(RESPONSE, RESPONSE_EVENT),
+                                    GENERATION_ERRORS, links={**BY_REQUEST_ID, **{
                                         f"{method}_{name}": {"operationId": operation_id(method, path),
                                                              "parameters": {"response_id": "$response.body#/id"}}
-                                        for method, name, path in (("get", "response", _STORED), ("delete", "response", _STORED),
+                                        for method, name, path in (("get", "response", _STORED),
+                                                                   ("delete", "response", _STORED),
                                                                    ("get", "input_items", _STORED + "/input_items"))}})}
 
     def __init__(self, handle: EngineHandle, config: ServerConfig, store: ResponseStore):

@@ -40,7 +40,8 @@ class OutputItems:
             events.append(("response.output_item.added", {"output_index": index, "item": dict(item)}))
             item["arguments"] = call.arguments
             events += [("response.function_call_arguments.delta", {**at, "delta": call.arguments}),
-                       ("response.function_call_arguments.done", {**at, "name": call.name, "arguments": call.arguments})]
+                       ("response.function_call_arguments.done",
+                        {**at, "name": call.name, "arguments": call.arguments})]
             item["status"] = "completed" if call.complete else "incomplete"  # cut off by max_output_tokens
             events.append(("response.output_item.done", {"output_index": index, "item": dict(item)}))
         return events
@@ -62,9 +63,11 @@ class OutputItems:
                 ("response.output_item.done", {"output_index": index, "item": item})]
 
     def _open_message(self) -> list[tuple[str, dict]]:
-        self._message = {"id": new_id("msg"), "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+        self._message = {"id": new_id("msg"), "type": "message", "status": "in_progress", "role": "assistant",
+                         "content": []}
         self.items.append(self._message)
-        added = ("response.output_item.added", {"output_index": len(self.items) - 1, "item": {**self._message, "content": []}})
+        added = ("response.output_item.added",
+                 {"output_index": len(self.items) - 1, "item": {**self._message, "content": []}})
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         self._message["content"].append(part)
         return [added, ("response.content_part.added", {**self._where(), "part": dict(part)})]

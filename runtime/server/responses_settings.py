@@ -27,7 +27,8 @@ TRUNCATION = Field("truncation", Kind.STRING, "disabled", enum=("auto", "disable
 REASONING = Field("reasoning", Kind.JSON, schema={"type": "object", "properties": {
     "effort": {"enum": [*EFFORTS, None]}, "summary": {"enum": [*SUMMARIES, None]},
     "generate_summary": {"enum": [*SUMMARIES, None]}}},
-    description="accepted; echoed as applied: effort null (none on a model that does not think), summary detailed on a model that thinks")
+    description="accepted; echoed as applied: effort null (none on a model that does not think), summary detailed on a "
+                "model that thinks")
 SERVICE_TIER = Field("service_tier", Kind.STRING, enum=SERVICE_TIERS, description="accepted; echoed as default")
 
 

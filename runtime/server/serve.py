@@ -39,7 +39,8 @@ class _Pools:
 
     def __init__(self, options: ServeOptions):
         limits = options.server
-        self.templates = TemplatePool(WorkerLimits(limits.template_workers, limits.template_memory_bytes, limits.template_timeout_s))
+        self.templates = TemplatePool(WorkerLimits(limits.template_workers, limits.template_memory_bytes,
+                                                   limits.template_timeout_s))
         self.grammars = GrammarWorkers(limits.grammar_workers, limits.pool_queue, limits.grammar_timeout_s)
         self.tokenize = WorkPool("tokenization", limits.tokenize_workers, limits.pool_queue, timeout_s=60.0)
 
@@ -89,8 +90,9 @@ def serve(options: ServeOptions) -> int:
         request_timeout_s=limits.request_timeout_s, idle_timeout_s=limits.idle_timeout_s,
         max_body_bytes=limits.max_body_bytes,
     )  # fmt: skip
-    log.info("listening on http://%s:%s (%d HTTP threads, %d connections); loading %s", options.host, server.effective_port,
-             threads, limits.max_connections, ", ".join(f"{m.model_id} ({m.bundle})" for m in options.models))
+    log.info("listening on http://%s:%s (%d HTTP threads, %d connections); loading %s", options.host,
+             server.effective_port, threads, limits.max_connections,
+             ", ".join(f"{m.model_id} ({m.bundle})" for m in options.models))
 
     def on_signal(signum, frame) -> None:
         # the first signal drains; a second one, a finished drain or a failed load stop now
@@ -98,14 +100,16 @@ def serve(options: ServeOptions) -> int:
             raise KeyboardInterrupt
         log.info("%s: draining (up to %g s for running requests; /ready now answers 503)",
                  signal.Signals(signum).name, limits.shutdown_timeout_s)
-        threading.Thread(target=_drain, args=(manager, lifecycle, limits.shutdown_timeout_s), name="rfc-drain", daemon=True).start()
+        threading.Thread(target=_drain, args=(manager, lifecycle, limits.shutdown_timeout_s), name="rfc-drain",
+                         daemon=True).start()
 
     rescans = threading.Lock()
 
     def on_hangup(signum, frame) -> None:
         if options.rescan is not None and not lifecycle.draining:
             log.info("SIGHUP: re-reading --models-dir")
-            threading.Thread(target=_rescan, args=(manager, options.rescan, rescans), name="rfc-rescan", daemon=True).start()
+            threading.Thread(target=_rescan, args=(manager, options.rescan, rescans), name="rfc-rescan",
+                             daemon=True).start()
 
     # (SIGINT may be ignored at start: a background job of a non-interactive shell starts that
     # way, and must still exit on SIGTERM or a load failure.)
@@ -172,9 +176,10 @@ def _load(handle: EngineHandle, manager: ModelManager, options: ServeOptions) ->
         if served is None:
             continue  # replaced while the server started: the new version loads on demand
         log.info(
-            "ready: %s on device %s (%d KV pages, context %d of %d tokens) in %.2f s; tool calls: %s; constrained decoding: %s",
-            served.model_id, served.model.device_choice.name, served.model.kv_pool.num_blocks, served.model.context_length,
-            served.model.trained_context_length, time.perf_counter() - started,
+            "ready: %s on device %s (%d KV pages, context %d of %d tokens) in %.2f s; tool calls: %s; constrained "
+            "decoding: %s",
+            served.model_id, served.model.device_choice.name, served.model.kv_pool.num_blocks,
+            served.model.context_length, served.model.trained_context_length, time.perf_counter() - started,
             served.tool_format.name if served.tool_format else "not parsed (no tool-call format in the chat template)",
             "llguidance" if served.grammars else served.grammars_error,
         )

@@ -271,8 +271,8 @@ def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfi
     model_id = model_id or str(model.manifest["model"].get("name") or Path(bundle).name)
     grammars, grammars_error = None, None
     try:
-        grammars = Grammars(model.bundle.file(TOKENIZER_FILE).read_text(encoding="utf-8"), model.vocab_size, _eog_ids(model),
-                            grammar_limits, grammar_workers)
+        grammars = Grammars(model.bundle.file(TOKENIZER_FILE).read_text(encoding="utf-8"), model.vocab_size,
+                            _eog_ids(model), grammar_limits, grammar_workers)
     except Exception as e:  # noqa: BLE001 - a tokenizer llguidance cannot read disables grammars, not the model
         grammars_error = f"llguidance cannot read this tokenizer: {e}"
     observer = telemetry.for_model(model_id) if telemetry is not None else None
@@ -304,5 +304,6 @@ def warm_up(model: LoadedModel) -> None:
     preparation and kernel loading, so the first client does not. The serving engine is
     separate so its request ids and metrics start clean."""
     bos = model.tokenizer_info.get("bos_id")
-    request = GenerationRequest(prompt_ids=[bos if bos is not None else 0], params=SamplingParams(temperature=0.0), max_tokens=1)
+    request = GenerationRequest(prompt_ids=[bos if bos is not None else 0], params=SamplingParams(temperature=0.0),
+                                max_tokens=1)
     generate(Engine(model), request, lambda _text: None)

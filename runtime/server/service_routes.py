@@ -20,7 +20,8 @@ from rfc.runtime.server.traces import TraceStore
 class HealthResource:
     """Answers throughout, loaded or not; never needs the API key."""
 
-    operations = {"get": Operation("Liveness: the engine, device, requests and KV cache", reply={JSON: HEALTH}, public=True)}
+    operations = {"get": Operation("Liveness: the engine, device, requests and KV cache", reply={JSON: HEALTH},
+                                   public=True)}
 
     def __init__(self, handle: EngineHandle, lifecycle: Lifecycle):
         self._handle = handle
@@ -99,7 +100,8 @@ def _device_check(served: ServedModel | None, every: Sequence[ServedModel] = ())
             "total_mb": total >> 20,
             "used_mb": used >> 20,
             "utilization_percent": round(100 * used / total) if total else 0,
-            "kv_cache_bytes": sum(kv_pool_bytes(s.model) for s in every or (served,) if s.model.device_choice == choice),
+            "kv_cache_bytes": sum(kv_pool_bytes(s.model) for s in every
+                                  or (served,) if s.model.device_choice == choice),
         }
     return check
 

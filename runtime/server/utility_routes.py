@@ -42,7 +42,8 @@ TOKENIZE = RequestModel("TokenizeRequest", (
 ), example={"content": "Once upon a time", "with_pieces": True})
 DETOKENIZE = RequestModel("DetokenizeRequest", (MODEL, Field("tokens", Kind.JSON, required=True, schema=TOKEN_IDS)),
                           example={"tokens": [1, 2, 3]})
-APPLY_TEMPLATE = RequestModel("ApplyTemplateRequest", (MODEL, CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, OPENAI_TOOLS_FIELD, TOOL_CHOICE),
+APPLY_TEMPLATE = RequestModel("ApplyTemplateRequest",
+                              (MODEL, CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, OPENAI_TOOLS_FIELD, TOOL_CHOICE),
                               example={"messages": [{"role": "user", "content": "Tell me a story"}]})
 
 
@@ -71,7 +72,8 @@ class EmbeddingsResource(BodyResource):
         data = []
         for i, vector in enumerate(result.vectors):
             vector = shorten(vector, dims, "dimensions")
-            value = base64.b64encode(vector.astype("<f4").tobytes()).decode() if encoding == "base64" else vector.tolist()
+            value = (base64.b64encode(vector.astype("<f4").tobytes()).decode() if encoding == "base64"
+                     else vector.tolist())
             data.append({"object": "embedding", "index": i, "embedding": value})
         usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
         resp.media = {"object": "list", "data": data, "model": served.model_id, "usage": usage}
@@ -86,7 +88,8 @@ class TokenizeResource(BodyResource):
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         content = f.string("content")
         if not f.boolean("parse_special"):
-            raise bad_request("parse_special: false is not supported (special tokens in the text are always parsed)", "parse_special")
+            raise bad_request("parse_special: false is not supported (special tokens in the text are always parsed)",
+                              "parse_special")
         ids = served.model.tokenizer.encode(content, add_special_tokens=f.boolean("add_special")).ids
         if not f.boolean("with_pieces"):
             resp.media = {"tokens": ids}
@@ -106,7 +109,8 @@ def _piece(pieces: TokenPieces, token: int) -> str | list[int]:
 
 class DetokenizeResource(BodyResource):
     model = DETOKENIZE
-    operations = {"post": Operation("Token ids back to text", DETOKENIZE, {replies.JSON: replies.DETOKENIZE}, MODEL_ERRORS)}
+    operations = {"post": Operation("Token ids back to text", DETOKENIZE, {replies.JSON: replies.DETOKENIZE},
+                                    MODEL_ERRORS)}
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         tokens = f.raw("tokens")
@@ -120,8 +124,8 @@ class ApplyTemplateResource(BodyResource):
     """llama.cpp's /apply-template: the prompt text /v1/chat/completions would generate from."""
 
     model = APPLY_TEMPLATE
-    operations = {"post": Operation("The prompt a chat renders to", APPLY_TEMPLATE, {replies.JSON: replies.APPLY_TEMPLATE},
-                                    MODEL_ERRORS)}
+    operations = {"post": Operation("The prompt a chat renders to", APPLY_TEMPLATE,
+                                    {replies.JSON: replies.APPLY_TEMPLATE}, MODEL_ERRORS)}
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         extra = f.raw("chat_template_kwargs")

@@ -1,1 +1,2 @@
-"""Text in and out of the model: chat messages and templates, detokenization, stop strings, reasoning and tool-call parsing."""
+"""Text in and out of the model: chat messages and templates, detokenization, stop strings, reasoning and tool-call
+parsing."""

@@ -97,7 +97,8 @@ class OutputParser:
             calls = forced_calls(rest, tuple(t["function"]["name"] for t in self.spec.tools if "function" in t))
             return self._record(Delta(reasoning, "", tuple(calls)))
         if self.spec.generic_calls:
-            content, calls = generic_reply(rest, tuple(t["function"]["name"] for t in self.spec.tools if "function" in t))
+            content, calls = generic_reply(rest,
+                                           tuple(t["function"]["name"] for t in self.spec.tools if "function" in t))
             return self._record(Delta(reasoning, content, tuple(calls)))
         if in_call and self.spec.tool_format is not None:
             parsed = self.spec.tool_format.parse(rest, list(self.spec.tools))
@@ -171,7 +172,8 @@ def forced_calls(text: str, names: tuple[str, ...] = ()) -> list[ToolCall]:
         return []
     calls = []
     for item in value:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("arguments"), dict):
+        if (not isinstance(item, dict) or not isinstance(item.get("name"), str)
+                or not isinstance(item.get("arguments"), dict)):
             return []
         calls.append(ToolCall(item["name"], json.dumps(item["arguments"], ensure_ascii=False)))
     return calls + ([partial] if partial is not None else [])

@@ -68,7 +68,8 @@ def turns_in_form(turns: list[dict], form: CallIdForm) -> list[dict]:
             for call in calls:
                 if isinstance(call, dict):
                     given = call.get("id")
-                    call = {**call, "id": in_form(given, form) if isinstance(given, str) and given else new_call_id(form)}
+                    call = {**call,
+                            "id": in_form(given, form) if isinstance(given, str) and given else new_call_id(form)}
                     unanswered.append(call["id"])
                 fixed.append(call)
             turn = {**turn, "tool_calls": fixed}

@@ -142,14 +142,18 @@ FORMATS: tuple[ToolFormat, ...] = (
     ToolFormat("hermes_apriel", ("<tool_calls>[",), ("<tool_calls>",), json_tags("<tool_calls>", "</tool_calls>")),
     ToolFormat("hermes_minimax", ("<tool_calls>",), ("<tool_calls>",), json_tags("<tool_calls>", "</tool_calls>")),
     ToolFormat("hermes_nemotron", ("<TOOLCALL>",), ("<TOOLCALL>",), json_tags("<TOOLCALL>", "</TOOLCALL>")),
-    ToolFormat("command_r", ("<|START_ACTION|>",), ("<|START_ACTION|>",), json_tags("<|START_ACTION|>", "<|END_ACTION|>")),
-    ToolFormat("apertus", ("<|tools_prefix|>",), ("<|tools_prefix|>",), json_tags("<|tools_prefix|>", "<|tools_suffix|>")),
-    ToolFormat("gigachat", ("<|function_call|>",), ("<|function_call|>",), json_tags("<|function_call|>", "<|message_sep|>")),
+    ToolFormat("command_r", ("<|START_ACTION|>",), ("<|START_ACTION|>",),
+               json_tags("<|START_ACTION|>", "<|END_ACTION|>")),
+    ToolFormat("apertus", ("<|tools_prefix|>",), ("<|tools_prefix|>",),
+               json_tags("<|tools_prefix|>", "<|tools_suffix|>")),
+    ToolFormat("gigachat", ("<|function_call|>",), ("<|function_call|>",),
+               json_tags("<|function_call|>", "<|message_sep|>")),
     ToolFormat("gigachat3", ("'function call'",), ("function call<|role_sep|>",),
                json_tags("function call<|role_sep|>", "<|message_sep|>")),
     ToolFormat("firefunction", ("functools[",), ("functools",), json_tags("functools", "<|eot_id|>")),
     ToolFormat("hermes", ("<tool_call>",), ("<tool_call>",), json_tags("<tool_call>", "</tool_call>")),
-    ToolFormat("llama3", ("<|python_tag|>", "\"parameters\": ", "{\"name\": \""), ("<|python_tag|>", "{"), llama3, at_start_only=True),
+    ToolFormat("llama3", ("<|python_tag|>", "\"parameters\": ", "{\"name\": \""), ("<|python_tag|>", "{"), llama3,
+               at_start_only=True),
 )
 BY_NAME = {f.name: f for f in FORMATS}
 # Families known and not parsed yet: their templates still render tools, the output stays

@@ -69,7 +69,8 @@ class HostileRegistry:
                     data = registry.manifests.get(self.path.rsplit("/", 1)[1])
                     if data is None:
                         return self._reply(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "unknown"}]}')
-                    return self._reply(200, data, OCI_MANIFEST, sized=self.path.rsplit("/", 1)[1] not in registry.unsized)
+                    return self._reply(200, data, OCI_MANIFEST,
+                                       sized=self.path.rsplit("/", 1)[1] not in registry.unsized)
                 if "/blobs/" in self.path:
                     digest = self.path.rsplit("/", 1)[1]
                     chunks = registry.blobs.get(digest)

@@ -35,7 +35,8 @@ def _retensor(src: Path, dst: Path, fn) -> Path:
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
         vtype = field.types[0]
-        writer.add_key_value(key, field.contents(), vtype, sub_type=field.types[-1] if vtype == GGUFValueType.ARRAY else None)
+        writer.add_key_value(key, field.contents(), vtype,
+                             sub_type=field.types[-1] if vtype == GGUFValueType.ARRAY else None)
     for name, data, qtype in fn([(t.name, np.array(t.data), t.tensor_type) for t in reader.tensors]):
         writer.add_tensor(name, data, raw_dtype=qtype)
     writer.write_header_to_file()

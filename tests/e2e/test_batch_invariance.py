@@ -23,7 +23,8 @@ from rfc.runtime.devices.cpu import cpu_flags
 from tests.conftest import DEMO_MODEL, FIXTURES, skip_reason, smollm2
 
 pytestmark = [pytest.mark.toolchain,
-              pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)")]
+              pytest.mark.skipif(shutil.which("cc") is None,
+                                 reason="the cpu device needs a C compiler ('cc' not found)")]
 
 N_REQUESTS = 50
 SMOLLM2 = smollm2()
@@ -137,7 +138,8 @@ def test_a_long_sequences_attention_segments_spread_over_the_team_or_taken_in_tu
 
     def request(n: int, seed: int) -> GenerationRequest:
         prompt = [1, *(rng.randrange(3, model.vocab_size) for _ in range(n))]
-        return GenerationRequest(prompt, SamplingParams(temperature=0.8, seed=seed), max_tokens=48, ignore_eos=True, logprobs=2)
+        return GenerationRequest(prompt, SamplingParams(temperature=0.8, seed=seed), max_tokens=48, ignore_eos=True,
+                                 logprobs=2)
 
     long = request(430, 3)  # decodes at positions 431..478: segments 0 and 1
     others = [request(n, 10 + n) for n in (5, 40, 300)]

@@ -1,7 +1,6 @@
 """rfc compile / inspect / verify, end to end through the command line."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +22,10 @@ def _metadata(path: Path) -> dict:
 # Fixtures the cpu target refuses (ops it has no kernels for yet): compiled without kernels.
 CPU_REFUSED: tuple[str, ...] = ()  # every fixture architecture compiles for the cpu target
 NEOX_ROPE = ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "gpt-oss", "olmo2", "lfm2", "lfm2moe", "glm4moe",
-             "qwen35", "qwen35moe", "qwen3next", "gemma4", "gemma3n", "exaone4", "seed_oss", "hunyuan-dense", "hunyuan-moe",
-             "minimax-m2", "bailingmoe2", "qwen3vl", "qwen3vlmoe",
-             "falcon-h1")  # llama.cpp's LLAMA_ROPE_TYPE_NEOX (qwen35, qwen3vl: IMROPE, whose text positions turn NeoX pairs)
+             "qwen35", "qwen35moe", "qwen3next", "gemma4", "gemma3n", "exaone4", "seed_oss", "hunyuan-dense",
+             "hunyuan-moe", "minimax-m2", "bailingmoe2", "qwen3vl", "qwen3vlmoe",
+             # llama.cpp's LLAMA_ROPE_TYPE_NEOX (qwen35, qwen3vl: IMROPE, whose text positions turn NeoX pairs)
+             "falcon-h1")
 
 
 @pytest.mark.parametrize("name", TINY_MODELS + ["stories260K"])
@@ -51,7 +51,8 @@ def test_compile_and_inspect_shows_gguf_hparams(name, tmp_path):
     head_dim = md.get(f"{arch}.attention.key_length", hp["n_embd"] // hp["n_heads"])
     if f"{arch}.attention.key_length_swa" in md:  # gemma4: the widest layer's KV row sets the head_dim shown
         assert hp["head_dim"] in (head_dim, md[f"{arch}.attention.key_length_swa"])
-        assert (hp["extra"]["key_length"], hp["extra"]["key_length_swa"]) == (head_dim, md[f"{arch}.attention.key_length_swa"])
+        assert ((hp["extra"]["key_length"], hp["extra"]["key_length_swa"])
+                == (head_dim, md[f"{arch}.attention.key_length_swa"]))
     else:
         assert hp["head_dim"] == head_dim
     assert hp["n_rot"] == md.get(f"{arch}.rope.dimension_count", head_dim)
@@ -64,7 +65,8 @@ def test_compile_and_inspect_shows_gguf_hparams(name, tmp_path):
     assert hp["rms_eps"] == pytest.approx(md[eps_key] if eps_key in md else md[f"{arch}.attention.layer_norm_epsilon"])
     assert hp["rope_style"] == ("neox" if arch in NEOX_ROPE else "adjacent")
     tensors = {t.name: t for t in GGUFReader(model).tensors}
-    tensors = {n: t for n, t in tensors.items() if not (n.startswith("blk.") and int(n.split(".")[1]) >= trunk)}  # nor read
+    # nor read
+    tensors = {n: t for n, t in tensors.items() if not (n.startswith("blk.") and int(n.split(".")[1]) >= trunk)}
     assert hp["tied_embeddings"] == ("output.weight" not in tensors or arch == "gemma2")
     assert hp["qkv_bias"] == ("blk.0.attn_q.bias" in tensors)
     assert hp["vocab_size"] == int(tensors["token_embd.weight"].shape[1])
@@ -77,7 +79,8 @@ def test_compile_and_inspect_shows_gguf_hparams(name, tmp_path):
     tensors = {n: t for n, t in tensors.items() if not n.endswith(".layer_output_scale.weight")}
     if arch == "gemma3n":  # its KV-shared layers (20 on) carry K/V weights llama.cpp loads but its graph never uses
         tensors = {n: t for n, t in tensors.items()
-                   if not (n.startswith("blk.") and int(n.split(".")[1]) >= 20 and n.split(".")[2] in ("attn_k", "attn_v", "attn_k_norm"))}
+                   if not (n.startswith("blk.") and int(n.split(".")[1]) >= 20
+                           and n.split(".")[2] in ("attn_k", "attn_v", "attn_k_norm"))}
     assert info["parameter_count"] == sum(int(t.n_elements) for t in tensors.values())
     assert sum(info["formats"].values()) == len(tensors)
     assert info["targets"] == ([] if reference_only else ["cpu"])

@@ -17,7 +17,8 @@ from tests.e2e.test_reference_oracle import batched_last_logits, teacher_forced_
 pytestmark = [
     pytest.mark.shared,
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"),
+    pytest.mark.skipif(shutil.which("cc") is None,
+                       reason="compiling for the cpu target needs a C compiler ('cc' not found)"),
 ]
 
 
@@ -85,21 +86,23 @@ def greedy(bundle, device: str, prompt: list[int], n: int) -> tuple[list[int], l
 # Greedy decoding on the cpu device picks the reference's tokens until a step where the
 # reference's top two logits are within NEAR_TIE of each other (the devices differ by int8
 # activation rounding, ~0.1 mean on these logits): a first difference must be at such a step.
-# Per architecture (lfm2: short convolutions carrying their state from step to step; lfm2moe: with routed experts): per-head norms, windows of 32 crossed by 48 positions, soft-capping, GeGLU,
-# per-layer rope bases (qwen3, gemma2, gemma3), experts (mixtral, qwen3moe), sinks and biased experts (gpt-oss),
-# sigmoid routing with a selection bias, shared experts and partial RoPE (glm4moe), latent attention (deepseek2),
-# granite's multipliers around routed and shared experts (granitemoe), attention temperature tuning (mistral3temp),
-# top-1 experts weighted on their input, NoPE layers and weightless Q/K norms (llama4).
+# Per architecture (lfm2: short convolutions carrying their state from step to step; lfm2moe: with routed experts):
+# per-head norms, windows of 32 crossed by 48 positions, soft-capping, GeGLU, per-layer rope bases (qwen3, gemma2,
+# gemma3), experts (mixtral, qwen3moe), sinks and biased experts (gpt-oss), sigmoid routing with a selection bias,
+# shared experts and partial RoPE (glm4moe), latent attention (deepseek2), granite's multipliers around routed and
+# shared experts (granitemoe), attention temperature tuning (mistral3temp), top-1 experts weighted on their input, NoPE
+# layers and weightless Q/K norms (llama4).
 GREEDY_MODELS = ["tiny-llama-Q4_0", "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M", "tiny-qwen3-Q8_0", "tiny-gemma2-Q8_0",
                  "tiny-gemma3-Q8_0", "tiny-qwen3-F16", "tiny-gemma2-F16", "tiny-gemma3-F16", "tiny-qwen3moe-Q8_0",
-                 "tiny-qwen3moe-Q4_K_M", "tiny-gpt-oss-F16", "tiny-gpt-oss-Q8_0", "tiny-glm4moe-Q8_0", "tiny-deepseek2-Q8_0",
-                 "tiny-granitemoe-Q8_0", "tiny-mistral3temp-Q8_0", "tiny-lfm2-Q8_0", "tiny-lfm2-Q4_K_M",
-                 "tiny-lfm2moe-Q8_0", "tiny-lfm2moe-Q4_K_M", "tiny-llama4-Q8_0",
+                 "tiny-qwen3moe-Q4_K_M", "tiny-gpt-oss-F16", "tiny-gpt-oss-Q8_0", "tiny-glm4moe-Q8_0",
+                 "tiny-deepseek2-Q8_0", "tiny-granitemoe-Q8_0", "tiny-mistral3temp-Q8_0", "tiny-lfm2-Q8_0",
+                 "tiny-lfm2-Q4_K_M", "tiny-lfm2moe-Q8_0", "tiny-lfm2moe-Q4_K_M", "tiny-llama4-Q8_0",
                  "tiny-llama4-Q4_K_M", "tiny-gemma4-Q8_0"]
 GREEDY_MODELS += ["tiny-granitehybrid-Q8_0", "tiny-nemotron_h-Q8_0"]  # Mamba2 layers carrying conv and scan state
 GREEDY_MODELS += ["tiny-gemma3n-Q8_0"]  # Gemma 3n: 4 AltUp streams, Laurel, sparse FFN gates, KV shared from layer 20
 GREEDY_MODELS += ["tiny-nemotron_h_moe-Q8_0"]  # ... and sigmoid-routed squared-ReLU experts
-GREEDY_MODELS += ["tiny-gemma4e-Q8_0"]  # Gemma 4 E2B/E4B: per-layer embeddings, 2 layers decoding over others' KV caches
+# Gemma 4 E2B/E4B: per-layer embeddings, 2 layers decoding over others' KV caches
+GREEDY_MODELS += ["tiny-gemma4e-Q8_0"]
 GREEDY_MODELS += ["tiny-gemma4moe-Q8_0"]  # Gemma 4 26B-A4B: GELU experts beside the dense MLP, per-expert output scales
 GREEDY_MODELS += ["tiny-falcon-h1-Q8_0"]  # Falcon-H1: attention and a Mamba2 mixer in every layer, side by side
 NEAR_TIE = 0.5
@@ -118,8 +121,8 @@ def assert_greedy_decoding_agrees(name: str, bundle_cache) -> None:
     got, _ = greedy(bundle, "cpu", prompt, 40)
     first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
     if first is not None:
-        assert gaps[first] < NEAR_TIE, (f"greedy tokens differ at step {first}, where the reference's top two logits are "
-                                        f"{gaps[first]:.2f} apart: {got[: first + 1]} vs {want[: first + 1]}")
+        assert gaps[first] < NEAR_TIE, (f"greedy tokens differ at step {first}, where the reference's top two logits "
+                                        f"are {gaps[first]:.2f} apart: {got[: first + 1]} vs {want[: first + 1]}")
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma2-F16", "tiny-gemma3-F16", "tiny-deepseek2-Q8_0"])

@@ -124,7 +124,8 @@ SMOL = smollm2()
 @pytest.mark.shared
 @pytest.mark.toolchain
 @pytest.mark.skipif(not SMOL.is_file(), reason=skip_reason(SMOL))
-@pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+@pytest.mark.skipif(shutil.which("cc") is None,
+                    reason="compiling for the cpu target needs a C compiler ('cc' not found)")
 def test_a_long_embedding_does_not_stall_a_streamed_completion(bundle_cache, tmp_path):
     """8 inputs of 8,000 token ids (an input once held the engine for the whole of its
     forward pass: 24 to 100 s of SmolLM2 on 2 cores): a streamed 8-token completion sent while
@@ -138,7 +139,8 @@ def test_a_long_embedding_does_not_stall_a_streamed_completion(bundle_cache, tmp
 
         def embed() -> None:
             try:
-                embedding["status"] = requests.post(server.url + "/v1/embeddings", json={"input": inputs}, timeout=600).status_code
+                embedding["status"] = requests.post(server.url + "/v1/embeddings", json={"input": inputs},
+                                                    timeout=600).status_code
             except requests.RequestException as e:  # the server stops under it at the end of the test
                 embedding["error"] = e
 

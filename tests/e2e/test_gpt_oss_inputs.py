@@ -23,7 +23,8 @@ def _shorter(tensor: str, keep: int):
 CASES = {
     "sinks of 3 heads of 4": ({"tensor_fn": _shorter("blk.1.attn_sinks.weight", 3)}, "blk.1.attn_sinks.weight"),
     "sinks missing": ({"drop_tensors": ("blk.2.attn_sinks.weight",)}, "blk.2.attn_sinks.weight"),
-    "expert biases of 3 experts of 4": ({"tensor_fn": _shorter("blk.3.ffn_down_exps.bias", 3)}, "blk.3.ffn_down_exps.bias"),
+    "expert biases of 3 experts of 4": ({"tensor_fn": _shorter("blk.3.ffn_down_exps.bias", 3)},
+                                        "blk.3.ffn_down_exps.bias"),
     "router bias missing": ({"drop_tensors": ("blk.0.ffn_gate_inp.bias",)}, "blk.0.ffn_gate_inp.bias"),
     "used > count": ({"metadata": {"gpt-oss.expert_used_count": 5}}, "expert_used_count = 5 is outside [0, 4]"),
     "count 2^31": ({"metadata": {"gpt-oss.expert_count": 1 << 31}}, "gpt-oss.expert_count"),

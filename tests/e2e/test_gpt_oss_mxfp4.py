@@ -38,7 +38,8 @@ def _mxfp4_experts(tmp_path):
 
     kinds = {t.name: t.tensor_type.name for t in GGUFReader(path).tensors if "_exps." in t.name}
     assert len(kinds) == 24 and {k for n, k in kinds.items() if n.endswith(".weight")} == {"MXFP4"}
-    (tmp_path / "tiny-gpt-ossmxfp4-F16.logits.npz").write_bytes(src.with_suffix(".logits.npz").read_bytes())  # the tokens
+    # the tokens
+    (tmp_path / "tiny-gpt-ossmxfp4-F16.logits.npz").write_bytes(src.with_suffix(".logits.npz").read_bytes())
     return path
 
 

@@ -70,7 +70,8 @@ def test_sixteen_streams_with_disconnects_leave_no_pages_or_slots_and_a_prefix_r
         again = requests.post(url + "/v1/completions", json=body, timeout=60).json()
         after = _metric(requests.get(url + "/metrics", timeout=10).text, "prefix_cache_hit_tokens_total")
         n = first["usage"]["prompt_tokens"]
-        assert n > 32 and after - between == (n - 1) // 16 * 16  # every whole block before the last token, and its state
+        # every whole block before the last token, and its state
+        assert n > 32 and after - between == (n - 1) // 16 * 16
         a, b = first["choices"][0], again["choices"][0]
         assert (b["text"], b["logprobs"]) == (a["text"], a["logprobs"])
     finally:

@@ -156,7 +156,8 @@ def test_a_repeated_prefix_resumes_from_its_state_checkpoint(device, path, bundl
     first, second = system + [5, 9], system + [17, 4, 8, 30, 2, 6]
     engine, got, want, _ = _second_after_first(bundle, device, first, second)
     assert engine.blocks.cache.hit_tokens == 32 and engine.blocks.checkpoints.restored == 1
-    assert got.fed[0] == len(second) - 32 and want.fed[:2] == [32, len(second) - 32]  # the fresh run checkpoints at 32 too
+    # the fresh run checkpoints at 32 too
+    assert got.fed[0] == len(second) - 32 and want.fed[:2] == [32, len(second) - 32]
     np.testing.assert_array_equal(np.array(got.rows), np.array(want.rows))
     counts = engine.counts()
     assert (counts["state_slots_used"], counts["pages_used"]) == (0, 0)

@@ -19,7 +19,8 @@ from tests.conftest import FIXTURES
 from tests.unit.test_engine_spec import GREEDY, NGRAM, PLAIN, _prompts, _run, _same
 
 pytestmark = [pytest.mark.shared, pytest.mark.toolchain,
-              pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)")]
+              pytest.mark.skipif(shutil.which("cc") is None,
+                                 reason="the cpu device needs a C compiler ('cc' not found)")]
 
 Q8, Q4, F16 = CacheType.Q8_0, CacheType.Q4_0, CacheType.F16
 PREFILL = 40  # then one token a step: the prefill and the decode paths of the attention both read the cache
@@ -29,14 +30,16 @@ def _logits(bundle, device: str, types: KvCacheTypes, tokens: list[int]) -> np.n
     model = load_model(bundle, LoadOptions(device=device, cache_types=types))
     blocks = model.kv_pool.manager()
     blocks.allocate(0, len(tokens))
-    out = [model.executor.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens[:PREFILL]), all_logits=True)], blocks))]
+    out = [model.executor.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens[:PREFILL]), all_logits=True)],
+                                              blocks))]
     for i in range(PREFILL, len(tokens)):
         out.append(model.executor.forward(build_batch([ScheduledChunk(0, i, (tokens[i],), all_logits=True)], blocks)))
     return np.concatenate(out)
 
 
-@pytest.mark.parametrize("name,k,v", [("tiny-llama-F32", Q8, Q8), ("tiny-qwen3-F16", Q8, Q8), ("tiny-llama-F32", Q4, Q4),
-                                      ("tiny-qwen3-F16", F16, Q4), ("tiny-qwen3-F16", Q4, Q8)])
+@pytest.mark.parametrize("name,k,v",
+                         [("tiny-llama-F32", Q8, Q8), ("tiny-qwen3-F16", Q8, Q8), ("tiny-llama-F32", Q4, Q4),
+                          ("tiny-qwen3-F16", F16, Q4), ("tiny-qwen3-F16", Q4, Q8)])
 def test_quantized_cache_within_llama_cpp_deviation(name, k, v, bundle_cache):
     """head_dim 32 (tiny-llama) and 64 (tiny-qwen3); mixed K/V types on the cpu against the
     reference. The cpu's K and V differ from the reference's by float noise, which now and then
@@ -53,7 +56,8 @@ def test_quantized_cache_within_llama_cpp_deviation(name, k, v, bundle_cache):
         assert ok, summary
     quantizing = np.abs(ref - _logits(bundle, "ref", KvCacheTypes(), tokens)).mean()
     d = np.abs(cpu - ref).mean()
-    assert d <= KV_CPU_SHARE * quantizing, f"cpu vs reference: mean {d:.2e}, quantizing moves the logits by {quantizing:.2e}"
+    assert d <= KV_CPU_SHARE * quantizing, (f"cpu vs reference: mean {d:.2e}, quantizing moves the logits by "
+                                            f"{quantizing:.2e}")
 
 
 def test_speculation_and_the_prefix_cache_on_a_q8_0_cache(bundle_cache):

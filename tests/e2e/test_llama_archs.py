@@ -45,8 +45,8 @@ KNOWN: dict[str, str] = {
 # So are the files where rfc, as llama.cpp, leaves tensors of the file unapplied (qwen3next's
 # DeltaNet weight scales and its legacy fused ssm_in beside attn_qkv; falcon-h1's rope_freqs) or
 # reads a layer's kind from metadata (nemotron_h_moe with expert_count 0: dense MLP layers).
-CLOSE = ("llama-moe", "mistral3-moe", "qwen3moe-moe", "qwen35-dense", "qwen35moe-moe", "llama4-moe", "qwen3next-moe", "falcon-h1-dense",
-         "nemotron_h_moe-dense")
+CLOSE = ("llama-moe", "mistral3-moe", "qwen3moe-moe", "qwen35-dense", "qwen35moe-moe", "llama4-moe", "qwen3next-moe",
+         "falcon-h1-dense", "nemotron_h_moe-dense")
 CLOSE_MEAN = 1e-3
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
 CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
@@ -61,7 +61,8 @@ def _params(fast: tuple[str, ...] = ()):
         known = pytest.mark.xfail(reason=KNOWN.get(name, ""), strict=True, raises=(CompileError, AssertionError))
         marks = [known] if name in KNOWN else []
         if (arch := archs.arch_of(archs.load(name))) not in RECIPES:
-            marks = [pytest.mark.skip(reason=f"no recipe for {arch} here (its refusal: tests/unit/test_arch_catalog.py)")]
+            marks = [pytest.mark.skip(reason=f"no recipe for {arch} here (its refusal: "
+                                             f"tests/unit/test_arch_catalog.py)")]
         if fast and name not in fast:
             marks.append(pytest.mark.slow)
         out.append(pytest.param(name, marks=marks, id=name))
@@ -73,8 +74,9 @@ def _model(name, tmp_path):
     archs.write_model(archs.load(name), path, name)
     want = archs.manifest()["fixtures"][name]["sha256"]
     if (got := testdata.sha256(path)) != want:
-        raise testdata.TestDataError(f"tools/fixtures/llama_archs.py made {name}.gguf with sha256 {got}, but its goldens "
-                                     f"were recorded from {want}: record them again (tools/fixtures/llama_archs.py --record)")  # fmt: skip
+        raise testdata.TestDataError(f"tools/fixtures/llama_archs.py made {name}.gguf with sha256 {got}, but its "
+                                     f"goldens were recorded from {want}: record them again "
+                                     f"(tools/fixtures/llama_archs.py --record)")  # fmt: skip
     return path
 
 
@@ -93,7 +95,8 @@ def test_every_supported_architecture_has_its_file():
 
     have = {archs.arch_of(archs.load(n)) for n in NAMES}
     missing = set(RECIPES) - have - set(archs.SKIPPED)
-    assert not missing, f"record them: python tools/fixtures/llama_archs.py --record --arch {' --arch '.join(sorted(missing))}"
+    assert not missing, (f"record them: python tools/fixtures/llama_archs.py --record --arch "
+                         f"{' --arch '.join(sorted(missing))}")
 
 
 @pytest.mark.parametrize("name", _params())
@@ -102,7 +105,8 @@ def test_reference_matches_llama_cpp(name, tmp_path):
 
 
 @pytest.mark.toolchain
-@pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+@pytest.mark.skipif(shutil.which("cc") is None,
+                    reason="compiling for the cpu target needs a C compiler ('cc' not found)")
 @pytest.mark.parametrize("name", _params(CPU_FAST))
 def test_cpu_matches_llama_cpp(name, tmp_path):
     _check(name, tmp_path, "cpu", ("cpu",))

@@ -78,8 +78,8 @@ def metric(text: str, name: str, **labels: str) -> list[float]:
 def test_swap_under_load_drops_no_request(versions, tmp_path):
     a, b = bundle_id(versions["a"]), bundle_id(versions["b"])
     assert a != b
-    server = ServerProcess(None, "--models-dir", str(versions["dir"]), "--admin-api-key", ADMIN_KEY, "--api-key", CLIENT_KEY,
-                           "--max-batch", "32", "--public-metrics", log_dir=tmp_path)
+    server = ServerProcess(None, "--models-dir", str(versions["dir"]), "--admin-api-key", ADMIN_KEY, "--api-key",
+                           CLIENT_KEY, "--max-batch", "32", "--public-metrics", log_dir=tmp_path)
     try:
         server.wait_ready()
         before, started = [], threading.Semaphore(0)
@@ -96,8 +96,8 @@ def test_swap_under_load_drops_no_request(versions, tmp_path):
             assert metric(scraped.text, name, model_name="stories260K"), name
         assert 0 < metric(scraped.text, "vllm:kv_cache_usage_perc", model_name="stories260K")[0] <= 1
 
-        swap = requests.post(server.url + "/admin/swap", json={"model": "stories260K", "source": "versions/b"}, headers=ADMIN,
-                             timeout=60)
+        swap = requests.post(server.url + "/admin/swap", json={"model": "stories260K", "source": "versions/b"},
+                             headers=ADMIN, timeout=60)
         assert swap.status_code == 200, swap.text
         assert swap.json()["version"] == b and swap.json()["previous"] == a and swap.json()["loaded"] is True
         in_flight = sum(t.is_alive() for t in threads)
@@ -138,8 +138,9 @@ def test_sighup_rereads_models_dir(versions, tmp_path):
     server = ServerProcess(None, "--models-dir", str(models), log_dir=tmp_path)
     try:
         server.wait_ready()
-        served = lambda: requests.post(server.url + "/v1/completions", json={"model": "stories260K", "prompt": "Once",  # noqa: E731
-                                                                            "max_tokens": 2}, timeout=30).headers["X-Model-Version"]
+        served = lambda: requests.post(server.url + "/v1/completions",  # noqa: E731
+                                       json={"model": "stories260K", "prompt": "Once", "max_tokens": 2},
+                                       timeout=30).headers["X-Model-Version"]
         assert served() == bundle_id(versions["a"])
         (models / "demo").unlink()
         (models / "demo").symlink_to(versions["b"])  # a new version under the same directory name

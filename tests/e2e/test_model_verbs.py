@@ -19,7 +19,8 @@ from tests.conftest import DEMO_MODEL, rfc
 from tests.e2e.conftest import ServerProcess
 from tests.e2e.oci_registry import REGISTRY, Registry, push
 
-pytestmark = pytest.mark.skipif(REGISTRY is None, reason="docker-registry not installed (apt-get install docker-registry)")
+pytestmark = pytest.mark.skipif(REGISTRY is None,
+                                reason="docker-registry not installed (apt-get install docker-registry)")
 
 ADMIN_KEY, CLIENT_KEY = "verbs-admin", "verbs-client"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -48,8 +49,8 @@ def bundle(tmp_path_factory) -> Path:
 def server(demo_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("verbs-server")
     (root / "models").mkdir()
-    proc = ServerProcess(demo_bundle, "--admin-api-key", ADMIN_KEY, "--api-key", CLIENT_KEY, "--cache-dir", str(root / "cache"),
-                         "--models-dir", str(root / "models"), log_dir=root)
+    proc = ServerProcess(demo_bundle, "--admin-api-key", ADMIN_KEY, "--api-key", CLIENT_KEY, "--cache-dir",
+                         str(root / "cache"), "--models-dir", str(root / "models"), log_dir=root)
     proc.cache = root / "cache"
     try:
         yield proc.wait_ready()
@@ -67,7 +68,8 @@ def test_pull_then_chat_copy_and_delete_with_the_ollama_client(server, registry,
     admin = ollama.Client(host=server.url, headers=ADMIN)
     steps = list(admin.pull(ref, insecure=True, stream=True))
     statuses = [s.status for s in steps]
-    assert statuses[0] == "pulling manifest" and statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    assert (statuses[0] == "pulling manifest"
+            and statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"])
     layers = {s.digest: (s.total, s.completed) for s in steps if s.digest}  # each layer's last event
     files = {p for p in bundle.rglob("*") if p.is_file()}
     assert len(layers) == len(files) and all(total == completed for total, completed in layers.values())
@@ -103,9 +105,11 @@ def test_pull_then_chat_copy_and_delete_with_the_ollama_client(server, registry,
 
 def test_pull_of_a_missing_tag_is_an_error_in_the_stream(server, registry):
     with pytest.raises(ollama.ResponseError) as e:
-        list(ollama.Client(host=server.url, headers=ADMIN).pull(f"{registry.host}/models/none:x", insecure=True, stream=True))
+        admin = ollama.Client(host=server.url, headers=ADMIN)
+        list(admin.pull(f"{registry.host}/models/none:x", insecure=True, stream=True))
     assert "no such artifact" in str(e.value)
-    r = requests.post(server.url + "/api/pull", json={"model": f"{registry.host}/models/none:x", "insecure": True, "stream": False},
+    r = requests.post(server.url + "/api/pull",
+                      json={"model": f"{registry.host}/models/none:x", "insecure": True, "stream": False},
                       headers=ADMIN, timeout=30)
     assert r.status_code == 404 and "no such artifact" in r.json()["error"]
     r = requests.post(server.url + "/api/pull", json={"model": "llama3.2", "stream": False}, headers=ADMIN, timeout=30)
@@ -150,7 +154,8 @@ def test_a_bundle_directory_from_a_client_stays_inside_models_dir(server, demo_b
     outside = tmp_path / "outside"
     shutil.copytree(demo_bundle, outside)
     for source in (str(outside), "../" + outside.name, "/etc"):
-        r = requests.post(server.url + "/admin/swap", json={"model": "stories260K", "source": source}, headers=ADMIN, timeout=30)
+        r = requests.post(server.url + "/admin/swap", json={"model": "stories260K", "source": source}, headers=ADMIN,
+                          timeout=30)
         assert r.status_code == 400, r.text
         assert "--models-dir" in r.json()["error"]
 
@@ -166,7 +171,8 @@ def test_delete_keeps_the_blobs_another_pulled_bundle_shares(server, registry, b
     admin = ollama.Client(host=server.url, headers=ADMIN)
     for ref in refs:
         assert admin.pull(ref, insecure=True).status == "success"
-    weights = server.cache / "oci" / "blobs" / "sha256" / hashlib.sha256((bundle / "weights.bin").read_bytes()).hexdigest()
+    weights = server.cache / "oci" / "blobs" / "sha256" / hashlib.sha256(
+        (bundle / "weights.bin").read_bytes()).hexdigest()
     assert weights.is_file()
     admin.delete(refs[0])
     assert weights.is_file()

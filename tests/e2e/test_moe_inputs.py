@@ -20,7 +20,8 @@ def _seven_experts(name, data, qtype):
 CASES = {
     "used > count": ({"metadata": {"qwen3moe.expert_used_count": 9}}, "expert_used_count = 9 is outside [0, 8]"),
     "count 2^31": ({"metadata": {"qwen3moe.expert_count": 1 << 31}}, "qwen3moe.expert_count"),
-    "groups do not divide": ({"metadata": {"qwen3moe.expert_group_count": 3}}, "not a multiple of expert_group_count 3"),
+    "groups do not divide": ({"metadata": {"qwen3moe.expert_group_count": 3}},
+                             "not a multiple of expert_group_count 3"),
     "expert width 2^32-1": ({"metadata": {"qwen3moe.expert_feed_forward_length": (1 << 32) - 1}},
                             "qwen3moe.expert_feed_forward_length"),
     "seven experts of eight": ({"tensor_fn": _seven_experts}, "blk.1.ffn_up_exps.weight"),
@@ -35,7 +36,8 @@ def test_malformed_experts_are_one_line_exit_2(case, tmp_path):
 
 
 GLM_CASES = {  # glm4moe's own keys and tensors
-    "nextn layers = block_count": ({"metadata": {"glm4moe.nextn_predict_layers": 4}}, "glm4moe.nextn_predict_layers = 4"),
+    "nextn layers = block_count": ({"metadata": {"glm4moe.nextn_predict_layers": 4}},
+                                   "glm4moe.nextn_predict_layers = 4"),
     "no selection bias": ({"drop_tensors": ("blk.1.exp_probs_b.bias",)}, "blk.1.exp_probs_b.bias"),
 }
 
@@ -58,7 +60,8 @@ def _three_heads(name, data, qtype):
 
 
 DEEPSEEK2_CASES = {  # multi-head latent attention's sizes, and its experts
-    "kv_lora_rank 2^31": ({"metadata": {"deepseek2.attention.kv_lora_rank": 1 << 31}}, "deepseek2.attention.kv_lora_rank"),
+    "kv_lora_rank 2^31": ({"metadata": {"deepseek2.attention.kv_lora_rank": 1 << 31}},
+                          "deepseek2.attention.kv_lora_rank"),
     "kv_lora_rank vs key_length": ({"metadata": {"deepseek2.attention.kv_lora_rank": 48}},
                                    "deepseek2.attention.key_length 96 != 80"),
     "q_lora_rank vs attn_q_a": ({"metadata": {"deepseek2.attention.q_lora_rank": 32}}, "blk.0.attn_q_a.weight"),

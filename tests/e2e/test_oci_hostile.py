@@ -84,7 +84,8 @@ def test_a_dripping_registry_fails_within_the_pull_timeout(hostile, tmp_path):
     hostile.blobs[digest] = drip(1000, 0.2)
     hostile.add_manifest("drip", manifest_of([layer("manifest.json", digest, 1000)]))
     started = time.monotonic()
-    line = one_line(pull(f"{hostile.host}/models/x:drip", tmp_path / "cache", "--registry-timeout", "5", "--pull-timeout", "2"))
+    line = one_line(pull(f"{hostile.host}/models/x:drip", tmp_path / "cache", "--registry-timeout", "5",
+                         "--pull-timeout", "2"))
     assert time.monotonic() - started < 15
     assert "--pull-timeout" in line, line
 
@@ -152,7 +153,7 @@ def test_port_zero_is_refused(tmp_path):
 
 @pytest.mark.parametrize("verb", ["pull", "push"])
 def test_without_the_distribute_extra_it_is_one_line(demo_bundle, tmp_path, verb):
-    args = [f"127.0.0.1:5000/models/x:a", "--insecure", "--cache-dir", str(tmp_path)] if verb == "pull" else \
+    args = ["127.0.0.1:5000/models/x:a", "--insecure", "--cache-dir", str(tmp_path)] if verb == "pull" else \
         [str(demo_bundle), "127.0.0.1:5000/models/x:a", "--insecure"]
     code = "import sys; sys.modules['oras'] = None; from rfc.cli.main import main; main()"  # as if not installed
     out = subprocess.run([sys.executable, "-c", code, verb, *args], capture_output=True, text=True, timeout=60)
@@ -175,7 +176,8 @@ def server(demo_bundle, tmp_path_factory):
 
 
 def streamed_pull(server, ref: str, timeout: float = 30) -> list[dict]:
-    r = requests.post(server.url + "/api/pull", json={"model": ref, "insecure": True}, headers=ADMIN, stream=True, timeout=timeout)
+    r = requests.post(server.url + "/api/pull", json={"model": ref, "insecure": True}, headers=ADMIN, stream=True,
+                      timeout=timeout)
     assert r.status_code == 200, r.text
     return [json.loads(line) for line in r.iter_lines() if line]
 
@@ -199,7 +201,8 @@ def test_streamed_pulls_of_a_malformed_manifest_end_and_free_their_threads(serve
 ])
 def test_a_malformed_manifest_is_a_400_not_a_500(server, hostile, path, body):
     ref = f"{hostile.host}/models/x:annotations-string"
-    r = requests.post(server.url + path, json={**body, ("source" if path == "/admin/swap" else "model"): ref, "insecure": True},
+    r = requests.post(server.url + path,
+                      json={**body, ("source" if path == "/admin/swap" else "model"): ref, "insecure": True},
                       headers=ADMIN, timeout=30)
     assert r.status_code == 400, r.text
     assert "annotations are not a map of strings" in r.json()["error"]
@@ -207,7 +210,8 @@ def test_a_malformed_manifest_is_a_400_not_a_500(server, hostile, path, body):
 
 def test_unsafe_layer_paths_are_a_400_like_other_damaged_artifacts(server, hostile):
     hostile.add_manifest("escape", manifest_of([layer("manifest.json"), layer("../../etc/cron.d/x")]))
-    r = requests.post(server.url + "/api/pull", json={"model": f"{hostile.host}/models/x:escape", "insecure": True, "stream": False},
+    r = requests.post(server.url + "/api/pull",
+                      json={"model": f"{hostile.host}/models/x:escape", "insecure": True, "stream": False},
                       headers=ADMIN, timeout=30)
     assert r.status_code == 400, r.text
     assert "not a plain relative path" in r.json()["error"]
@@ -231,9 +235,11 @@ def test_cache_entries_never_served_are_listed_and_deleted(server, hostile, demo
     pulled = Path(pull(f"{hostile.host}/models/x:listed", server.cache).stdout.strip())
     assert pulled.name == digest.split(":")[1]
     cached = requests.get(server.url + "/admin/models", headers=ADMIN, timeout=10).json()["cached"]
-    assert {"digest": digest, "name": "stories260K", "served": False} == {k: v for k, v in cached[0].items() if k != "bytes"}
+    assert ({"digest": digest, "name": "stories260K", "served": False}
+            == {k: v for k, v in cached[0].items() if k != "bytes"})
     assert cached[0]["bytes"] == sum(p.stat().st_size for p in demo_bundle.rglob("*") if p.is_file())
-    r = requests.delete(server.url + "/api/delete", json={"model": f"{hostile.host}/models/x@{digest}"}, headers=ADMIN, timeout=10)
+    r = requests.delete(server.url + "/api/delete", json={"model": f"{hostile.host}/models/x@{digest}"}, headers=ADMIN,
+                        timeout=10)
     assert r.status_code == 200, r.text
     assert cache_files(server.cache) == []
     assert requests.get(server.url + "/admin/models", headers=ADMIN, timeout=10).json()["cached"] == []
@@ -257,8 +263,8 @@ def test_an_unsigned_pull_is_refused_and_leaves_nothing(hostile, demo_bundle, tm
     big = "sha256:" + "ed" * 32
     hostile.blobs[big] = zeros(200_000_000)
     hostile.add_bundle("signed-big", demo_bundle, (layer("model.sig", big, 200_000_000),))
-    proc = ServerProcess(signed, "--admin-api-key", ADMIN_KEY, "--cache-dir", str(tmp_path / "cache"), "--require-signature", pub,
-                         log_dir=tmp_path)
+    proc = ServerProcess(signed, "--admin-api-key", ADMIN_KEY, "--cache-dir", str(tmp_path / "cache"),
+                         "--require-signature", pub, log_dir=tmp_path)
     try:
         proc.wait_ready()
         lines = streamed_pull(proc, f"{hostile.host}/models/x:unsigned")

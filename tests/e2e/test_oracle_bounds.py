@@ -26,7 +26,8 @@ CPU_REFUSED: tuple[str, ...] = ()
 # other Q4_K_M fixture checks. Its Q4_K_M stays in test_reference_oracle's and the ref bounds.
 CPU_FOR_TIME_REF_ONLY: tuple[str, ...] = ("tiny-gemma3n-Q4_K_M",)
 CPU_MODELS = [n for n in TINY_MODELS if not n.startswith(CPU_REFUSED) and n not in CPU_FOR_TIME_REF_ONLY]
-needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None,
+                              reason="compiling for the cpu target needs a C compiler ('cc' not found)")
 
 
 @pytest.fixture(scope="session")
@@ -111,9 +112,11 @@ def _latent_moe(tmp_path: Path, latent: int = 128) -> Path:
 
     rng = np.random.default_rng(26)
     extra = {f"blk.{i}.{n}.weight": rng.normal(0.0, 1.0 / np.sqrt(k), shape)
-             for i in (1, 4) for n, shape, k in (("ffn_latent_down", (latent, 256), 256), ("ffn_latent_up", (256, latent), latent))}
-    path = rewrite_gguf(src, tmp_path / "tiny-nemotron_h_moe-latent-Q8_0.gguf", metadata={"nemotron_h_moe.moe_latent_size": latent},
-                        tensor_fn=cut, add_tensors=extra)  # fmt: skip
+             for i in (1, 4)
+             for n, shape, k in (("ffn_latent_down", (latent, 256), 256), ("ffn_latent_up", (256, latent), latent))}
+    path = rewrite_gguf(src, tmp_path / "tiny-nemotron_h_moe-latent-Q8_0.gguf",
+                        metadata={"nemotron_h_moe.moe_latent_size": latent}, tensor_fn=cut,
+                        add_tensors=extra)  # fmt: skip
     shutil.copy(src.with_suffix(".logits.npz"), path.with_suffix(".logits.npz"))  # for the tokens
     return path
 
@@ -126,7 +129,8 @@ def test_nemotron_h_moe_latent_experts_match_the_oracle(bundle_cache, oracle, tm
     ref = teacher_forced_logits(bundle, "ref", _tokens(path))
     ok, summary = oracle_bounds(path.stem, ref, oracle(path))
     assert ok, summary
-    assert np.abs(oracle(path) - oracle(FIXTURES / "tiny-nemotron_h_moe-Q8_0.gguf")).mean() > 0.05  # the latent path matters
+    # the latent path matters
+    assert np.abs(oracle(path) - oracle(FIXTURES / "tiny-nemotron_h_moe-Q8_0.gguf")).mean() > 0.05
 
 
 @needs_cc
@@ -151,7 +155,8 @@ def _longrope_llama(tmp_path: Path) -> Path:
     from tests.gguf_edit import rewrite_gguf
 
     src = FIXTURES / "tiny-llama-F16.gguf"
-    factors = {"rope_factors_long.weight": 1.0 + 3.0 * np.random.default_rng(3).random(16), "rope_factors_short.weight": np.ones(16)}
+    factors = {"rope_factors_long.weight": 1.0 + 3.0 * np.random.default_rng(3).random(16),
+               "rope_factors_short.weight": np.ones(16)}
     path = rewrite_gguf(src, tmp_path / "tiny-llamalongrope-F16.gguf", metadata=LONGROPE, add_tensors=factors)
     shutil.copy(src.with_suffix(".logits.npz"), path.with_suffix(".logits.npz"))  # for the tokens
     return path

@@ -135,11 +135,14 @@ def test_metrics_count_prefix_hits_over_http(server):
     _, before = _scrape(server.url)
     prompt = "Once upon a time there was a little girl who liked to play in the park. " * 6
     for suffix in (" She", " He"):
-        r = requests.post(server.url + "/generate", json={"prompt": prompt + suffix, "max_tokens": 3, "temperature": 0}, timeout=60)
+        r = requests.post(server.url + "/generate",
+                          json={"prompt": prompt + suffix, "max_tokens": 3, "temperature": 0}, timeout=60)
         assert r.status_code == 200
     types, after = _scrape(server.url)
     assert types["rocmforge_prefix_cache_hit_tokens"] == "counter"
     assert types["rocmforge_kv_cache_pages_cached"] == "gauge"
-    hits = after["rocmforge_prefix_cache_hit_tokens_total" + model] - before["rocmforge_prefix_cache_hit_tokens_total" + model]
-    misses = after["rocmforge_prefix_cache_miss_tokens_total" + model] - before["rocmforge_prefix_cache_miss_tokens_total" + model]
+    hits = (after["rocmforge_prefix_cache_hit_tokens_total" + model]
+            - before["rocmforge_prefix_cache_hit_tokens_total" + model])
+    misses = (after["rocmforge_prefix_cache_miss_tokens_total" + model]
+              - before["rocmforge_prefix_cache_miss_tokens_total" + model])
     assert hits >= 64 and misses > 0

@@ -23,7 +23,8 @@ CASES = {
     "qwen35moe": {
         "expert count 0": ({"metadata": {"qwen35moe.expert_count": 0}}, "qwen35moe.expert_used_count"),
         "expert count 2^31": ({"metadata": {"qwen35moe.expert_count": 1 << 31}}, "qwen35moe.expert_count"),
-        "more experts used than there are": ({"metadata": {"qwen35moe.expert_used_count": 9}}, "qwen35moe.expert_used_count"),
+        "more experts used than there are": ({"metadata": {"qwen35moe.expert_used_count": 9}},
+                                             "qwen35moe.expert_used_count"),
         "expert count of 6 for 8 experts": ({"metadata": {"qwen35moe.expert_count": 6}}, "blk.0.ffn_gate_inp.weight"),
         "expert width 2^32-1": ({"metadata": {"qwen35moe.expert_feed_forward_length": (1 << 32) - 1}},
                                 "qwen35moe.expert_feed_forward_length"),

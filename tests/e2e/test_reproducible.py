@@ -19,7 +19,8 @@ from tests.conftest import DEMO_MODEL
 REPROTEST = shutil.which("reprotest")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(REPROTEST is None, reason="reprotest not installed (apt-get install reprotest faketime disorderfs)"),
+    pytest.mark.skipif(REPROTEST is None,
+                       reason="reprotest not installed (apt-get install reprotest faketime disorderfs)"),
 ]
 
 BUILD = """#!/bin/sh
@@ -27,7 +28,7 @@ set -e
 export SOURCE_DATE_EPOCH=1700000000
 {prepare}
 "{python}" -c "from rfc.cli.main import main; main()" compile model.gguf -o out/bundle -q --no-cache --sign key.pem {extra}
-"""
+"""  # noqa: E501 (a shell script: its one command stays on one line)
 
 
 def source_tree(root: Path, prepare: str = "", extra: str = "") -> Path:
@@ -38,7 +39,8 @@ def source_tree(root: Path, prepare: str = "", extra: str = "") -> Path:
     src.mkdir()
     shutil.copyfile(DEMO_MODEL, src / "model.gguf")
     key = ec.generate_private_key(ec.SECP256R1())
-    (src / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (src / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
     (src / "build.sh").write_text(BUILD.format(python=sys.executable, prepare=prepare, extra=extra))
     return src
 
@@ -49,7 +51,8 @@ def reprotest(src: Path, store: Path) -> subprocess.CompletedProcess:
         variations.append("--vary=-fileordering")
     cmd = [REPROTEST, "--no-diffoscope", "--min-cpus", "1", "--store-dir", str(store), *variations,
            "-c", "sh build.sh", str(src), "out/bundle", "--", "null"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
 
 
 def test_the_signed_demo_bundle_is_reproducible_under_reprotest(tmp_path):

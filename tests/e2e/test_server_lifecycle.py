@@ -64,7 +64,9 @@ def test_health_answers_while_loading(guarded):
     assert r.status_code == 503 and r.headers["Retry-After"] and r.json()["status"] == "error"
 
 
-@pytest.mark.parametrize("path, method", [("/generate", "post"), ("/metrics", "get"), ("/models", "get"), ("/traces", "get"), ("/status/1", "get")])
+@pytest.mark.parametrize("path, method",
+                         [("/generate", "post"), ("/metrics", "get"), ("/models", "get"), ("/traces", "get"),
+                          ("/status/1", "get")])
 def test_api_key_is_required(guarded, path, method):
     proc, _ = guarded
     call = getattr(requests, method)
@@ -95,7 +97,8 @@ def test_cors_allows_the_configured_origin_only(guarded):
     r = requests.get(proc.url + "/health", headers={"Origin": "https://evil.example"}, timeout=10)
     assert "Access-Control-Allow-Origin" not in r.headers
     preflight = requests.options(proc.url + "/v1/chat/completions", timeout=10, headers={
-        "Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"})
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
     assert preflight.status_code == 200
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
     assert "authorization" in preflight.headers["Access-Control-Allow-Headers"]
@@ -109,7 +112,8 @@ def test_full_queue_is_503_with_retry_after(guarded):
     first = next(running_events)  # running: the batch of one is full
     queued_events: list = []
     waiter = threading.Thread(target=lambda: queued_events.extend(sse_json(
-        requests.post(proc.url + "/generate/stream", json={**long, "max_tokens": 2}, headers=AUTH, stream=True, timeout=60))))
+        requests.post(proc.url + "/generate/stream", json={**long, "max_tokens": 2}, headers=AUTH, stream=True,
+                      timeout=60))))
     waiter.start()
     deadline = time.monotonic() + 10
     while requests.get(proc.url + "/health", timeout=10).json()["checks"]["requests"]["queued"] < 1:

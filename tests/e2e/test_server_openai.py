@@ -10,7 +10,8 @@ from tests.e2e.conftest import sse_json
 PROMPT = "Once upon a time"
 MESSAGES = [{"role": "system", "content": "You tell stories."}, {"role": "user", "content": "Tell me a story."}]
 # stories260K has no chat template: the ChatML fallback renders the messages.
-RENDERED = "<|im_start|>system\nYou tell stories.<|im_end|>\n<|im_start|>user\nTell me a story.<|im_end|>\n<|im_start|>assistant\n"
+RENDERED = ("<|im_start|>system\nYou tell stories.<|im_end|>\n<|im_start|>user\nTell me a "
+            "story.<|im_end|>\n<|im_start|>assistant\n")
 N = 48
 
 
@@ -57,7 +58,8 @@ def test_chat_matches_rfc_run_on_the_rendered_prompt(client, rfc_run):
 
 
 def test_streamed_chat_matches_rfc_run(client, rfc_run):
-    chunks = list(client.chat.completions.create(model="x", messages=MESSAGES, max_completion_tokens=N, temperature=0, stream=True))
+    chunks = list(client.chat.completions.create(model="x", messages=MESSAGES, max_completion_tokens=N, temperature=0,
+                                                 stream=True))
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content == ""
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
@@ -67,7 +69,8 @@ def test_streamed_chat_matches_rfc_run(client, rfc_run):
 
 
 def test_raw_stream_ends_with_done(server):
-    with requests.post(server.url + "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 5, "stream": True}, stream=True, timeout=60) as r:
+    with requests.post(server.url + "/v1/chat/completions",
+                       json={"messages": MESSAGES, "max_tokens": 5, "stream": True}, stream=True, timeout=60) as r:
         assert r.headers["Content-Type"].startswith("text/event-stream")
         raw = r.content.decode()
     assert raw.endswith("data: [DONE]\n\n")
@@ -94,7 +97,8 @@ def test_completion_logprobs_shape(client):
 
 
 def test_chat_logprobs_shape(client):
-    r = client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
+    r = client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True,
+                                       top_logprobs=2)
     content = r.choices[0].logprobs.content
     assert 0 < len(content) <= 5
     for entry in content:
@@ -142,7 +146,8 @@ def test_bad_completion_parameters_are_400(client, kwargs, param):
 
 
 def test_openai_error_shape_on_bad_json(server):
-    r = requests.post(server.url + "/v1/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=10)
+    r = requests.post(server.url + "/v1/chat/completions", data=b"{not json",
+                      headers={"Content-Type": "application/json"}, timeout=10)
     assert r.status_code == 400
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
@@ -155,7 +160,8 @@ def test_chat_requires_messages(client):
 
 
 def test_streamed_chat_with_usage(server):
-    body = {"messages": MESSAGES, "max_tokens": 6, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {"messages": MESSAGES, "max_tokens": 6, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
     with requests.post(server.url + "/v1/chat/completions", json=body, stream=True, timeout=60) as r:
         chunks = list(sse_json(r))
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] <= 6

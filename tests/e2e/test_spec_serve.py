@@ -27,7 +27,8 @@ def spec_server(demo_bundle):
 
 
 def _complete(url: str, **extra) -> dict:
-    r = requests.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 64, "temperature": 0, **extra}, timeout=120)
+    r = requests.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 64, "temperature": 0, **extra},
+                      timeout=120)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -37,7 +38,8 @@ def test_greedy_text_with_drafts_is_that_without(spec_server, rfc_run):
     drafted = _complete(spec_server.url)["choices"][0]["text"]
     _, after = _scrape(spec_server.url)
     assert drafted == rfc_run(PROMPT, 64)
-    accepted = after["rocmforge_spec_accepted_tokens_total" + MODEL] - before["rocmforge_spec_accepted_tokens_total" + MODEL]
+    accepted = (after["rocmforge_spec_accepted_tokens_total" + MODEL]
+                - before["rocmforge_spec_accepted_tokens_total" + MODEL])
     verified = after["rocmforge_spec_draft_tokens_total" + MODEL] - before["rocmforge_spec_draft_tokens_total" + MODEL]
     assert 0 < accepted <= verified
     assert 0 < after["rocmforge_spec_acceptance_rate" + MODEL] <= 1

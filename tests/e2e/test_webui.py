@@ -51,10 +51,12 @@ def test_root_gives_browsers_the_page_and_ollama_clients_the_text(server):
     assert page.headers["Content-Security-Policy"] == CSP and page.headers["Vary"] == "Accept"
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert '<script type="module" src="webui/app.js">' in page.text
-    assert "<script>" not in page.text and " style=" not in page.text and "http" not in page.text  # nothing inline, nothing external
+    # nothing inline, nothing external
+    assert "<script>" not in page.text and " style=" not in page.text and "http" not in page.text
     for accept in (None, "*/*", "application/json", "text/plain", "text/html;q=0"):
         r = requests.get(server.url + "/", headers={"Accept": accept} if accept else {}, timeout=10)
-        assert (r.status_code, r.text, r.headers["Content-Type"]) == (200, "Ollama is running", "text/plain; charset=utf-8"), accept
+        assert ((r.status_code, r.text, r.headers["Content-Type"])
+                == (200, "Ollama is running", "text/plain; charset=utf-8")), accept
     head = requests.head(server.url + "/", headers={"Accept": "text/html"}, timeout=10)
     assert head.status_code == 200 and head.headers["Content-Type"].startswith("text/html") and not head.content
 
@@ -95,7 +97,8 @@ def test_no_webui_turns_the_page_off(demo_bundle, tmp_path):
             assert (r.status_code, r.text) == (200, "Ollama is running") and "Vary" not in r.headers
             assert requests.get(proc.url + "/webui/app.js", timeout=10).status_code == 404
             doc = requests.get(proc.url + "/openapi.json", timeout=10).json()
-            assert "/webui/{name}" not in doc["paths"] and list(doc["paths"]["/"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+            assert ("/webui/{name}" not in doc["paths"]
+                    and list(doc["paths"]["/"]["get"]["responses"]["200"]["content"]) == ["text/plain"])
         finally:
             proc.stop()
 
@@ -151,7 +154,8 @@ def _replies(driver) -> list:
 def _open(driver, url: str, key: str | None) -> None:
     """Loads the page in a tab that holds `key` (None: no key yet)."""
     driver.get(url + "/")
-    driver.execute_script("sessionStorage.clear(); if (arguments[0]) sessionStorage.setItem('rfc.apiKey', arguments[0]);", key)
+    driver.execute_script("sessionStorage.clear(); if (arguments[0]) sessionStorage.setItem('rfc.apiKey', "
+                          "arguments[0]);", key)
     driver.refresh()
 
 
@@ -212,7 +216,8 @@ def test_the_markdown_renderer_builds_text_never_markup(browser, keyed_server):
     rel = ("noopener noreferrer nofollow", "_blank")
     assert got["links"] == [["safe", "https://example.com/a?b=1", *rel], ["img", "https://example.com/x.png", *rel],
                             ["https://example.org/x", "https://example.org/x", *rel]]
-    assert "[bad](javascript:window.pwned=4)" in got["text"] and "[data](data:text/html,<script>alert(1)</script>)" in got["text"]
+    assert ("[bad](javascript:window.pwned=4)" in got["text"]
+            and "[data](data:text/html,<script>alert(1)</script>)" in got["text"])
     assert not {"onerror", "onload", "style", "src"} & set(got["attributes"])
     assert browser.execute_script("return typeof window.pwned") == "undefined"
 
@@ -228,7 +233,8 @@ def test_the_page_in_chromium(browser, keyed_server, tmp_path):
     assert browser.find_element(*_by("ID", "key")).get_attribute("type") == "password"
     browser.find_element(*_by("ID", "key")).send_keys(KEY + "\ue007")
     _wait(browser, ec.invisibility_of_element(dialog), 10)
-    _wait(browser, lambda d: d.find_element(*_by("CSS_SELECTOR", "#model option")).text == "stories260K", 10, "no model listed")
+    _wait(browser, lambda d: d.find_element(*_by("CSS_SELECTOR", "#model option")).text == "stories260K", 10,
+          "no model listed")
     assert browser.execute_script("return sessionStorage.getItem('rfc.apiKey')") == KEY
     _wait(browser, lambda d: d.find_element(*_by("ID", "health-status")).text == "healthy", 10, "no health shown")
     assert browser.find_element(*_by("ID", "health-queued")).text == "0"
@@ -249,7 +255,8 @@ def test_the_page_in_chromium(browser, keyed_server, tmp_path):
     # Hostile text from the user goes through the renderer the model's replies go through.
     browser.find_element(*_by("ID", "new-chat")).click()
     cancelled = _metric(url, "rocmforge_requests_cancelled_total")
-    hostile = "<script>window.pwned=1</script> **Markdown** and <img src=x onerror=window.pwned=2>\n```html\n<b>code</b>\n```"
+    hostile = ("<script>window.pwned=1</script> **Markdown** and <img src=x "
+               "onerror=window.pwned=2>\n```html\n<b>code</b>\n```")
     reply = _send(browser, hostile)
     user = browser.find_elements(*_by("CSS_SELECTOR", "article.user .body"))[-1]
     assert "<script>window.pwned=1</script> Markdown and <img src=x onerror=window.pwned=2>" in user.text
@@ -299,7 +306,7 @@ def test_reasoning_is_shown_collapsed(browser, keyed_server):
         const real = window.fetch;
         window.fetch = (url, init) => url === "v1/chat/completions"
           ? Promise.resolve(new Response(body, {headers: {"Content-Type": "text/event-stream"}})) : real(url, init);
-    """)
+    """)  # noqa: E501 (the page's own JavaScript, kept as one would write it)
     reply = _send(browser, "Show me a script tag")
     _wait(browser, lambda d: reply.get_attribute("data-state") == "done", 10)
     details = reply.find_element(*_by("CSS_SELECTOR", "details.reasoning"))

@@ -8,7 +8,8 @@ import random
 
 # One valid body per route; the mutations start from these.
 VALID = {
-    "/generate": {"prompt": "Once upon", "max_tokens": 4, "temperature": 0.7, "top_k": 40, "top_p": 0.9, "stream": False},
+    "/generate": {"prompt": "Once upon", "max_tokens": 4, "temperature": 0.7, "top_k": 40, "top_p": 0.9,
+                  "stream": False},
     "/v1/completions": {"model": "stories260K", "prompt": "Once", "max_tokens": 4, "temperature": 0.5, "top_p": 0.9,
                         "stop": ["."], "logprobs": 2, "n": 1, "seed": 3, "logit_bias": {"5": 1.5}, "stream": False},
     "/v1/chat/completions": {"model": "stories260K", "messages": [{"role": "system", "content": "Be brief."},
@@ -27,8 +28,9 @@ VALID = {
 STRANGE_VALUES = [
     None, True, False, 0, -1, 1, 2**31, 2**63, -(2**63), 2**64 + 1, 10**400, 1e308, -1e308, 5e-324, 1e-320, 0.5, -0.0,
     "", "x", "\ud800", "a\udfffb", "\x00", "🙂" * 50, "x" * 70_000, [], [1], [None], {}, {"a": 1}, [[[[[]]]]],
-    ["\ud800"], [{"role": "user"}], [{"role": 3, "content": []}], [{"role": "user", "content": [{"type": "image_url"}]}],
-    {"5": 1e300}, {"-1": 1}, {"x": "y"}, [2**40], [-5], list(range(300)),
+    ["\ud800"], [{"role": "user"}], [{"role": 3, "content": []}],
+    [{"role": "user", "content": [{"type": "image_url"}]}], {"5": 1e300}, {"-1": 1}, {"x": "y"}, [2**40], [-5],
+    list(range(300)),
 ]
 
 

@@ -9,6 +9,7 @@ target per session.
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import DEMO_MODEL, FIXTURES, shared_basetemp
@@ -46,7 +47,8 @@ def gpu_bundle(tmp_path_factory, gpu_build_cache):
             from rfc.compiler.pipeline import CompileOptions, compile_model
 
             out = root / f"{name}-{target}"
-            compile_model(CompileOptions(model=model_path(name), out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+            compile_model(CompileOptions(model=model_path(name), out_dir=out, targets=(target,),
+                                         cache_dir=gpu_build_cache))
             built[name, target] = out
         return built[name, target]
 
@@ -97,7 +99,8 @@ def prefill_rounding(model: str, formats, tokens, target: str = "sm_90") -> "np.
     from rfc.compiler.targets import parse_target
 
     half = parse_target(target).wmma_f16
-    kinds = _by_gguf_format(formats, lambda f: GPU_ROUNDING_KIND if is_int8(f) else "f16" if half and f in MMA_FORMATS else None)
+    kinds = _by_gguf_format(formats,
+                            lambda f: GPU_ROUNDING_KIND if is_int8(f) else "f16" if half and f in MMA_FORMATS else None)
     if not kinds:
         return None
     path = model_path(model)

@@ -58,7 +58,8 @@ def library(tmp_path_factory) -> Path:
 def amx(library: Path) -> ctypes.CDLL:
     reason = cpu_device.probe("cpu-amx")
     if reason is not None:
-        pytest.skip(f"{reason}: the cpu-amx kernels cannot run here (still built: test_amx_build_uses_tile_instructions)")
+        pytest.skip(f"{reason}: the cpu-amx kernels cannot run here (still built: "
+                    f"test_amx_build_uses_tile_instructions)")
     lib = ctypes.CDLL(str(library))
     cpu_device.init_kernels(lib, "cpu-amx")
     lib.rfc_scratch_bytes.argtypes, lib.rfc_scratch_bytes.restype = [ctypes.c_int], ctypes.c_size_t
@@ -105,8 +106,8 @@ def _ptr(a: np.ndarray) -> ctypes.c_void_p:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_amx_matmul_matches_reference_and_the_vnni_path(amx: ctypes.CDLL, fmt: str):
     """Token counts from the format's AMX threshold on (a 16-token tile, partial ones, whole
-    tiles with a remainder on the VNNI kernel), with the fused bias and residual: within the bound of the float64 product, and
-    every token's row bit for bit its row alone (1 token: the VNNI kernel)."""
+    tiles with a remainder on the VNNI kernel), with the fused bias and residual: within the bound of the float64
+    product, and every token's row bit for bit its row alone (1 token: the VNNI kernel)."""
     rng = np.random.default_rng(27)
     k = K_SUPER if FORMATS_BY_NAME[fmt].block_elems == 256 else K
     w = np.frombuffer(weight_bytes(fmt, N, k, rng), np.uint8).copy()
@@ -137,7 +138,8 @@ def test_amx_matmul_matches_reference_and_the_vnni_path(amx: ctypes.CDLL, fmt: s
         want = x.astype(np.float64) @ w64.T + bias
         bound = matmul_bound(w64, x, act_block)
         err = np.abs(got - want)
-        assert (err <= bound).all(), f"{fmt} T={tokens}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
+        assert (err <= bound).all(), (f"{fmt} T={tokens}: max |Δ| {err.max():.3g}, worst Δ/bound "
+                                      f"{(err / bound).max():.3g}")
         np.testing.assert_array_equal(accum, residual + got)
         for t in range(tokens):
             one, one_accum = run(x[t : t + 1], residual[t : t + 1])

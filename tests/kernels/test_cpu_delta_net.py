@@ -28,7 +28,8 @@ from tests.kernels.kit.state_ops import (
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(shutil.which(cpu.CC) is None,
+                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
 ]
 
 C, K = 40, 4
@@ -50,7 +51,8 @@ ARGTYPES = {
 
 @pytest.fixture(scope="module", params=BUILDS)
 def lib(request, tmp_path_factory):
-    return open_library(request.param, tmp_path_factory, "qwen35", PLAN, {"conv": (C, K), "a": (HV,), "dt": (HV,)}, ARGTYPES)
+    return open_library(request.param, tmp_path_factory, "qwen35", PLAN, {"conv": (C, K), "a": (HV,), "dt": (HV,)},
+                        ARGTYPES)
 
 
 def test_ssm_conv_matches_reference(lib):
@@ -98,8 +100,8 @@ def test_gated_delta_net_matches_reference(lib):
     out = _gdn(lib, qkv, alpha, beta, positions, seq_start, states)
     for s in range(len(STARTS)):
         lo, hi = seq_start[s], seq_start[s + 1]
-        want, after = gated_delta_net_chunk(qkv[lo:hi], alpha[lo:hi], beta[lo:hi], A.astype(np.float64), DT.astype(np.float64),
-                                            starts[s], HK, HV, S, EPS)  # fmt: skip
+        want, after = gated_delta_net_chunk(qkv[lo:hi], alpha[lo:hi], beta[lo:hi], A.astype(np.float64),
+                                            DT.astype(np.float64), starts[s], HK, HV, S, EPS)  # fmt: skip
         assert_close(out[lo:hi], want, 0, 2e-5)
         if s < 3:
             assert_close(states[s], after, 0, 2e-5)

@@ -55,13 +55,15 @@ from tests.kernels.kit.cpu import CpuOpDevice, HostBuffer
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(shutil.which(cpu.CC) is None,
+                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
 ]
 
 K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 GGUF_ONLY = sorted(f for f in FORMATS if Kernels.CPU in FORMATS[f].kernels)  # the GGUF formats with cpu kernels
 ALL_FORMATS = GGUF_ONLY + sorted(PACKED_FORMATS)  # and the packed layouts (Q4_0x8, ...)
-EMBED_PACKED = sorted(n for n, f in PACKED_FORMATS.items() if "embed" in f.ops)  # the embedding lookup reads these (tied embeddings)
+# the embedding lookup reads these (tied embeddings)
+EMBED_PACKED = sorted(n for n, f in PACKED_FORMATS.items() if "embed" in f.ops)
 N_ROWS = 37
 N_EMBD, N_HEADS, N_KV_HEADS, HEAD_DIM, N_ROT, N_FF = 256, 8, 2, 32, 24, 96
 KV = KVSpec(n_layers=2, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
@@ -171,9 +173,11 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
     ops += [Op("moe_route", ("router",), ("expert_ids", "expert_weights"), (), {"n_used": N_USED}),
             Op("moe_combine", ("ey", "expert_weights"), ("h",))]
     blob.add("exp_bias", "F32", (N_EXPERT,), f32(0.5 * rng.standard_normal(N_EXPERT)))  # a router's selection bias
-    ops.append(Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_bias",), {"n_used": N_USED, **ROUTE_VARIANTS[0]}))
+    ops.append(Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_bias",),
+                  {"n_used": N_USED, **ROUTE_VARIANTS[0]}))
     blob.add("exp_scale", "F32", (N_EXPERT,), f32(0.5 + rng.random(N_EXPERT)))  # gemma4's per-expert output scales
-    ops.append(Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_scale",), {"n_used": N_USED, "expert_scale": True}))
+    ops.append(Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_scale",),
+                  {"n_used": N_USED, "expert_scale": True}))
     for fmt, k in MLA_K.items():  # deepseek2's per-head matmuls: [heads, N, K]
         blob.add(f"heads.{fmt}", fmt, (MLA_HEADS, 24, k), weight_bytes(fmt, MLA_HEADS * 24, k, rng))
         ops.append(Op("head_matmul", ("hx",), ("hy",), (f"heads.{fmt}",), {"heads": MLA_HEADS}))
@@ -214,8 +218,9 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         rope_freq_base=10000.0, rope_freq_scale=0.5, rope_scaling_type="linear", rms_eps=1e-5,
         vocab_size=N_ROWS, tied_embeddings=False, qkv_bias=False, rope_freq_factors=True,
     )
-    plan = Plan(buffers=(Buffer("x", ("T", N_EMBD)), Buffer("router", ("T", N_EXPERT))), ops=tuple(ops), kv=KV, input_tokens="tokens",
-                output_logits="y", output_hidden="x", vocab_size=N_ROWS, n_embd=N_EMBD, context_length=64)
+    plan = Plan(buffers=(Buffer("x", ("T", N_EMBD)), Buffer("router", ("T", N_EXPERT))), ops=tuple(ops), kv=KV,
+                input_tokens="tokens", output_logits="y", output_hidden="x", vocab_size=N_ROWS, n_embd=N_EMBD,
+                context_length=64)
     return hp, plan, WeightLayout(256, tuple(blob.entries)), bytes(blob.data)
 
 
@@ -238,7 +243,8 @@ def render_library(build: str, rope_style: str, plan: Plan | None = None) -> str
     """The test library's source for a build and rope style (`plan`: another plan over the same
     weights and hyperparameters)."""
     hp, model_plan, layout, _ = build_model(rope_style)
-    return cpu.render_source(CodegenInput(parse_target(BUILD_TARGETS[build]), hp, plan or model_plan, layout, None, None),
+    return cpu.render_source(CodegenInput(parse_target(BUILD_TARGETS[build]), hp, plan or model_plan, layout, None,
+                                          None),
                              TUNING, step=False)
 
 
@@ -246,7 +252,8 @@ def render_library(build: str, rope_style: str, plan: Plan | None = None) -> str
 def built_library(build: str, rope_style: str) -> bytes:
     """The test library of a build and rope style, compiled once in a test run (~20 s each): the
     kit of that build and test_avx512_build_uses_the_targets_flags share it."""
-    return cpu.compile_source(render_library(build, rope_style), cpu.compile_command(parse_target(BUILD_TARGETS[build])))
+    return cpu.compile_source(render_library(build, rope_style),
+                              cpu.compile_command(parse_target(BUILD_TARGETS[build])))
 
 
 class Kit:
@@ -265,7 +272,8 @@ class Kit:
         rel = f"kernels/cpu/{cpu.LIBRARY}"
         entry = {"name": target.name, "family": "cpu", "kernels": rel, "isa": isa, "abi_version": cpu.ABI_VERSION}
         files = {rel: {"sha256": sha256_bytes(self.library), "size": len(self.library)}}
-        bundle = Bundle(root=root, manifest={"targets": [entry], "files": files}, layout=layout, plan=plan, weights=weights)
+        bundle = Bundle(root=root, manifest={"targets": [entry], "files": files}, layout=layout, plan=plan,
+                        weights=weights)
         self.bundle, self.plan, self.isa, self.cpu_target = bundle, plan, isa, target.name
         self.cpu = CpuOpDevice(bundle, target.name, KV, NUM_BLOCKS, BLOCK_SIZE)
         self.ref = ReferenceDevice(bundle, KV, NUM_BLOCKS, BLOCK_SIZE)
@@ -378,7 +386,9 @@ def test_x8_rows_do_not_depend_on_the_token_count(kit: Kit, fmt: str):
         np.testing.assert_array_equal(run(x[2 : 2 + n]), full[2 : 2 + n], err_msg=f"{fmt}, {n} tokens")
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8", "Q6_Kx8"])
+@pytest.mark.parametrize("fmt",
+                         ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8",
+                          "Q6_Kx8"])
 def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     """out = x W^T + bias and accum += out, in one call (what the device fuses)."""
     rng = np.random.default_rng(7)
@@ -386,8 +396,10 @@ def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     x = rng.standard_normal((5, k_of(fmt))).astype(np.float32)
     bias = kit.ref.weight("bias")
     residual = rng.standard_normal((5, N_ROWS)).astype(np.float32)
-    out, acc, scratch = host(np.zeros((5, N_ROWS), np.float32)), host(residual.copy()), host(np.zeros(1 << 20, np.uint8))
-    w.matmul(w.ptr, w.row_bytes, N_ROWS, x.shape[1], host(x).ptr, 5, out.ptr, kit.cpu.weight("bias").ptr, acc.ptr, scratch.ptr)
+    out, acc, scratch = host(np.zeros((5, N_ROWS),
+                                      np.float32)), host(residual.copy()), host(np.zeros(1 << 20, np.uint8))
+    w.matmul(w.ptr, w.row_bytes, N_ROWS, x.shape[1], host(x).ptr, 5, out.ptr, kit.cpu.weight("bias").ptr, acc.ptr,
+             scratch.ptr)
     want = x @ kit.ref.weight(f"mm.{fmt}").T + bias
     bound = matmul_bound(kit.ref.weight(f"mm.{fmt}"), x, kit.act_block(fmt))
     assert (np.abs(out.array - want) <= bound).all()
@@ -454,7 +466,8 @@ def test_rmsnorm(kit: Kit, rows: int, norm: str):
     assert_close(got[0], want[0], 1e-5, 1e-6)
 
 
-@pytest.mark.parametrize("heads,width", [(N_HEADS, N_HEADS * HEAD_DIM), (N_KV_HEADS, N_KV_HEADS * HEAD_DIM), (1, HEAD_DIM)])
+@pytest.mark.parametrize("heads,width",
+                         [(N_HEADS, N_HEADS * HEAD_DIM), (N_KV_HEADS, N_KV_HEADS * HEAD_DIM), (1, HEAD_DIM)])
 def test_rmsnorm_per_head(kit: Kit, heads: int, width: int):
     """qwen3's and gemma3's Q/K norms: each head's segment on its own, in place (one head:
     a row narrower than n_embd, gemma3's single kv head)."""
@@ -502,7 +515,8 @@ def test_head_matmul_and_concat_heads(kit: Kit, fmt: str, pad: int):
     the attention output's rope columns skipped) and the per-head concatenation."""
     k = MLA_K[fmt]
     x = np.random.default_rng(pad).standard_normal((5, MLA_HEADS * (k + pad))).astype(np.float32)
-    op = Op("head_matmul", ("hx",), ("hy",), (f"heads.{fmt}",), {"heads": MLA_HEADS, **({"stride": k + pad} if pad else {})})
+    op = Op("head_matmul", ("hx",), ("hy",), (f"heads.{fmt}",),
+            {"heads": MLA_HEADS, **({"stride": k + pad} if pad else {})})
     got, want = run_both(kit, op, [np.zeros((5, MLA_HEADS * 24), np.float32)], [x], [f"heads.{fmt}"], None)
     assert_close(got[0], want[0], 1e-4, 1e-4)
     op = Op("concat_heads", ("hx", "hy"), ("hxy",), (), {"heads": MLA_HEADS})
@@ -536,7 +550,8 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     blocks.allocate(0, 3)
     blocks.allocate(1, 5)
-    batch = build_batch([ScheduledChunk(0, 0, (1, 2, 3)), ScheduledChunk(1, 0, (1, 2, 3, 4, 5), all_logits=True)], blocks)
+    batch = build_batch([ScheduledChunk(0, 0, (1, 2, 3)), ScheduledChunk(1, 0, (1, 2, 3, 4, 5), all_logits=True)],
+                        blocks)
     x = rng.standard_normal((8, N_EMBD)).astype(np.float32)
     out = np.zeros((batch.num_rows, N_EMBD), np.float32)
     got, want = run_both(kit, Op("gather_rows", ("x",), ("xr",)), [out], [x], [], batch)
@@ -602,9 +617,10 @@ def test_avx512_attention_gives_the_avx2_kernels_bits(tmp_path):
         for lib in libs:
             out = np.zeros_like(q)
             fn = lib.rfc_attention_sinks
-            fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 3 + [ctypes.c_float, ctypes.c_void_p]
-            fn(ptr(q), ptr(out), ptr(k), ptr(v), ptr(positions), ptr(seq_start), 2, ptr(tables), tables.shape[1], BLOCK_SIZE,
-               window, softcap, ptr(sinks) if with_sinks else None)
+            fn.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 3
+                           + [ctypes.c_float, ctypes.c_void_p])
+            fn(ptr(q), ptr(out), ptr(k), ptr(v), ptr(positions), ptr(seq_start), 2, ptr(tables), tables.shape[1],
+               BLOCK_SIZE, window, softcap, ptr(sinks) if with_sinks else None)
             outs.append(out)
         assert np.isfinite(outs[0]).all() and np.abs(outs[0]).max() > 0.1
         np.testing.assert_array_equal(outs[1], outs[0])
@@ -635,7 +651,8 @@ def test_avx512_x8_matmuls_give_the_avx2_kernels_bits(tmp_path, fmt: str):
     for build in ("native", "avx512"):
         (tmp_path / build).write_bytes(built_library(build, "adjacent"))
         fn = getattr(ctypes.CDLL(str(tmp_path / build)), f"rfc_matmul_{fmt.lower()}")
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4
+        fn.argtypes = ([ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+                       + [ctypes.c_void_p] * 4)
         scratch = np.zeros(1 << 20, np.uint8)
         got = {}
         for t in range(1, 20):
@@ -670,7 +687,8 @@ def test_avx512_x8_rows_do_not_depend_on_the_group_beside_them(tmp_path, fmt: st
     ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
     (tmp_path / "avx512").write_bytes(built_library("avx512", "adjacent"))
     fn = getattr(ctypes.CDLL(str(tmp_path / "avx512")), f"rfc_matmul_{fmt.lower()}")
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4
+    fn.argtypes = ([ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+                   + [ctypes.c_void_p] * 4)
     scratch = np.zeros(1 << 20, np.uint8)
     for t in (1, 3, 9):
         whole = np.full((t, n), np.nan, np.float32)
@@ -717,7 +735,8 @@ def test_build_is_byte_identical(kit: Kit):
     assert render_library(kit.build, kit.rope_style) == kit.source
     ops, seen = [], set()
     for op in kit.plan.ops:  # the ops build_model repeats per weight format: the first format's alone
-        family = op.weights[0].split(".")[0] if op.weights and op.weights[0].startswith(("mm.", "tok.", "moe.", "heads.")) else None
+        family = (op.weights[0].split(".")[0] if op.weights
+                  and op.weights[0].startswith(("mm.", "tok.", "moe.", "heads.")) else None)
         if family is None or (op.kind, family) not in seen:
             ops.append(op)
             seen.add((op.kind, family))
@@ -865,7 +884,8 @@ def test_moe_route_expert_scale_matches_reference(kit: Kit, biased: bool):
     (got_ids, got_w), (want_ids, want_w) = run_both(kit, op, outs, [logits], names, None)
     np.testing.assert_array_equal(got_ids, want_ids)
     assert_close(got_w, want_w, 1e-6, 1e-7)
-    plain = Op("moe_route", ("router",), ("expert_ids", "expert_weights"), tuple(names[:-1]), {**attrs, "expert_scale": False})
+    plain = Op("moe_route", ("router",), ("expert_ids", "expert_weights"), tuple(names[:-1]),
+               {**attrs, "expert_scale": False})
     _, (plain_ids, plain_w) = run_both(kit, plain, [o.copy() for o in outs], [logits], names[:-1], None)
     np.testing.assert_array_equal(plain_ids, want_ids)
     np.testing.assert_allclose(want_w, plain_w * np.asarray(kit.ref.weight("exp_scale"))[want_ids], rtol=1e-6)
@@ -899,7 +919,8 @@ def test_moe_matmul_matches_reference(kit: Kit, fmt: str, tokens: int, per_slot:
             row = x[t, j * k : (j + 1) * k] if per_slot else x[t]
             bound = matmul_bound(w[ids[t, j]], row[None], kit.act_block(fmt))[0]
             err = np.abs(got[t, j * n : (j + 1) * n] - want[t, j * n : (j + 1) * n])
-            assert (err <= bound).all(), f"{fmt} slot ({t}, {j}): max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
+            assert (err <= bound).all(), (f"{fmt} slot ({t}, {j}): max |Δ| {err.max():.3g}, worst Δ/bound "
+                                          f"{(err / bound).max():.3g}")
 
 
 @pytest.mark.parametrize("fmt", ["Q4_Kx8", "Q8_0x8"])
@@ -956,7 +977,8 @@ def test_slot_scale_matches_reference(kit: Kit):
     rng = np.random.default_rng(10)
     y = rng.standard_normal((5, N_USED * N_ROWS)).astype(np.float32)
     w = rng.random((5, N_USED)).astype(np.float32)
-    (got,), (want,) = run_both(kit, Op("slot_scale", ("ey", "expert_weights"), ("ey",)), [np.zeros_like(y)], [y, w], [], None)
+    (got,), (want,) = run_both(kit, Op("slot_scale", ("ey", "expert_weights"), ("ey",)), [np.zeros_like(y)], [y, w],
+                               [], None)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(want, (y.reshape(5, N_USED, -1) * w[..., None]).reshape(5, -1))
 
@@ -971,8 +993,9 @@ def test_moe_combine_matches_reference(kit: Kit):
 
 @pytest.mark.parametrize("n_expert,n_used", [(cpu.MAX_EXPERTS + 1, 2), (4, 5), (4, 0)])
 def test_moe_expert_counts_are_bounded_before_they_size_anything(n_expert: int, n_used: int):
-    plan = Plan(buffers=(Buffer("router", ("T", n_expert)),), ops=(Op("moe_route", ("router",), ("ids", "w"), (), {"n_used": n_used}),),
-                kv=KV, input_tokens="tokens", output_logits="w", output_hidden="w", vocab_size=N_ROWS, n_embd=N_EMBD,
+    plan = Plan(buffers=(Buffer("router", ("T", n_expert)),),
+                ops=(Op("moe_route", ("router",), ("ids", "w"), (), {"n_used": n_used}),), kv=KV,
+                input_tokens="tokens", output_logits="w", output_hidden="w", vocab_size=N_ROWS, n_embd=N_EMBD,
                 context_length=64)  # fmt: skip
     with pytest.raises(CompileError, match="expert counts out of range"):
         cpu._moe_params(plan, {}, {"moe_route": list(plan.ops)})

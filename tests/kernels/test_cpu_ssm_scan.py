@@ -6,8 +6,8 @@ state, one without a slot (NULL); and a chunk continued from the state the last 
 equals one longer chunk. Both the native (AVX2) and the portable build.
 
 Tolerances: ssm_scan 1e-5 relative + 1e-5 on outputs and states (a float32 recurrence over 7
-tokens against float64; head 2's dt' of ~25 makes values of ~50); the conv 1e-5 relative + 1e-6. Sizes are odd: head size 6,
-state size 20 (not a multiple of the 8-wide AVX2 step), 4 heads in 2 groups (head h reads
+tokens against float64; head 2's dt' of ~25 makes values of ~50); the conv 1e-5 relative + 1e-6. Sizes are odd: head
+size 6, state size 20 (not a multiple of the 8-wide AVX2 step), 4 heads in 2 groups (head h reads
 group h // 2), softplus past its linear threshold on one head.
 """
 
@@ -28,7 +28,8 @@ from tests.kernels.kit.state_ops import (
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(shutil.which(cpu.CC) is None,
+                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
 ]
 
 H, P, G, N, K = 4, 6, 2, 20, 4
@@ -45,8 +46,8 @@ PLAN = state_plan({"x": C, "xbc": C, "dt": H, "y": H * P}, (
 WEIGHTS = {"conv": (C, K), "bias": (C,), "a": (H,), "d": (H,), "dt_bias": (H,)}
 ARGTYPES = {
     "rfc_ssm_conv_bias": [_P, _P, _P, _P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P, _P],
-    "rfc_ssm_scan": [_P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _P, _P,
-                     _P],
+    "rfc_ssm_scan": [_P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _P,
+                     _P, _P],
 }  # fmt: skip
 
 

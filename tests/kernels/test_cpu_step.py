@@ -34,7 +34,8 @@ from tests.kernels.kit.cpu import CpuOpDevice
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(shutil.which(cpu.CC) is None,
+                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
 ]
 
 MODEL = FIXTURES / "tiny-llama-Q4_0.gguf"
@@ -111,7 +112,8 @@ def test_argument_struct_is_the_one_step_args_describes(bundle):
 def _batch(blocks: BlockManager, steps: list[tuple[int, int, int]], tokens: np.ndarray):
     for seq, start, n in steps:
         blocks.allocate(seq, start + n)
-    return build_batch([ScheduledChunk(s, st, tuple(int(t) for t in tokens[st : st + n]), all_logits=True) for s, st, n in steps],
+    return build_batch([ScheduledChunk(s, st, tuple(int(t) for t in tokens[st : st + n]), all_logits=True)
+                        for s, st, n in steps],
                        blocks)  # fmt: skip
 
 

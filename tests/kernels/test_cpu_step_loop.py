@@ -26,7 +26,8 @@ from tests.conftest import FIXTURES
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(shutil.which(cpu.CC) is None,
+                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
 ]
 
 # (the model, how many times fewer barriers its looped source has, whether a loop takes floats)
@@ -72,7 +73,8 @@ def _render(bundle: Path, gguf: Path, loop: bool) -> str:
 def _batch(blocks, steps, tokens):
     for seq, start, n in steps:
         blocks.allocate(seq, start + n)
-    return build_batch([ScheduledChunk(s, st, tuple(int(t) for t in tokens[st : st + n]), all_logits=True) for s, st, n in steps],
+    return build_batch([ScheduledChunk(s, st, tuple(int(t) for t in tokens[st : st + n]), all_logits=True)
+                        for s, st, n in steps],
                        blocks)  # fmt: skip
 
 
@@ -95,8 +97,8 @@ def test_looped_step_gives_the_unrolled_steps_bits(name, fewer, floats, bundle_c
     blocks = lm.kv_pool.manager()
     lm.executor.device.n_threads = 3
     _, entry = open_library(lm.bundle, "cpu", plan.kv)
-    other = CpuStepDevice(lm.bundle, "cpu", ctypes.CDLL(str(tmp_path / "unrolled.so")), entry, plan.kv, blocks.num_blocks,
-                          blocks.block_size, n_threads=3)  # fmt: skip
+    other = CpuStepDevice(lm.bundle, "cpu", ctypes.CDLL(str(tmp_path / "unrolled.so")), entry, plan.kv,
+                          blocks.num_blocks, blocks.block_size, n_threads=3)  # fmt: skip
     if plan.state.tensors:
         other.alloc_state(lm.kv_pool.state_slots + lm.kv_pool.checkpoint_slots)
     other_exec = Executor(plan, other)

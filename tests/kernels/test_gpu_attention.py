@@ -62,10 +62,12 @@ class Case:
         specs, (kernel,) = plan_kernels(parse_target(target), plan, layout)
         self.specs = {s.name: s for s in specs}
         self.fused = self.specs[kernel]
-        self.driver = EmulatedDriver(build_source_emulator(render_source(parse_target(target), specs), self.specs, build_dir))
+        self.driver = EmulatedDriver(build_source_emulator(render_source(parse_target(target), specs), self.specs,
+                                                           build_dir))
         self.width, self.head_dim, self.n_kv_heads = n_heads * head_dim, head_dim, n_kv_heads
         shape = (1, NUM_BLOCKS * BLOCK_SIZE, n_kv_heads * head_dim)  # [layer, slot, row]
-        self.ref = ReferenceDevice.__new__(ReferenceDevice)  # only its attention op runs: the caches and how they are stored
+        # only its attention op runs: the caches and how they are stored
+        self.ref = ReferenceDevice.__new__(ReferenceDevice)
         self.ref.cache_types = KvCacheTypes()  # f16, unrotated
         self.ref._k_rot, self.ref._v_rot = self.ref.cache_types.rotations(head_dim)
         rng = np.random.default_rng(head_dim * 100 + n_heads)
@@ -84,7 +86,8 @@ class Case:
         cells = [ctypes.c_int32(values[n]) if k == I32 else ctypes.c_uint64(values[n]) for n, k in spec.args]
         params = (ctypes.c_void_p * len(cells))(*[ctypes.addressof(c) for c in cells])
         grid = [-(-(values[c] if isinstance(c, str) else c) // t) for c, t in spec.grid]
-        self.driver.launch(self.driver.function(self.driver.lib, spec.name), (*grid, 1, 1)[:3], (spec.threads, 1, 1), params)
+        self.driver.launch(self.driver.function(self.driver.lib, spec.name), (*grid, 1, 1)[:3], (spec.threads, 1, 1),
+                           params)
 
     def batch(self, seq_lens: list[int], rows_of: list[int]) -> StepBatch:
         """Sequences of `seq_lens` keys over shuffled cache blocks; the step's rows are the
@@ -101,7 +104,8 @@ class Case:
         T = len(positions)
         return StepBatch(
             tokens=np.zeros(T, np.int32), positions=positions,
-            slots=np.array([tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for s, p in zip(seq_of_token, positions)], np.int32),
+            slots=np.array([tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
+                            for s, p in zip(seq_of_token, positions)], np.int32),
             seq_of_token=seq_of_token, seq_start=np.concatenate([[0], np.cumsum(rows_of)]).astype(np.int32),
             block_tables=tables, context_lens=np.array(seq_lens, np.int32), logit_rows=np.arange(T, dtype=np.int32),
             block_size=BLOCK_SIZE,
@@ -139,7 +143,8 @@ def _check(case: Case, batch: StepBatch) -> None:
     bound = REL_TOL * max(1.0, float(np.abs(want).max()))
     for name, got in (("split + reduce", split), ("per-op", fused)):
         d = np.abs(got - want).max(axis=1)
-        assert np.all(d <= bound), f"{name}: rows {np.nonzero(~(d <= bound))[0].tolist()} off by up to {np.nanmax(d):.2e} > {bound:.2e}"
+        assert np.all(d <= bound), (f"{name}: rows {np.nonzero(~(d <= bound))[0].tolist()} off by up to "
+                                    f"{np.nanmax(d):.2e} > {bound:.2e}")
     assert np.array_equal(split, fused), "the split kernels and the per-op kernel differ"
 
 
@@ -214,7 +219,8 @@ def test_attention_sinks_match_reference(target, tmp_path_factory):
     near 0), far below (no effect) and in between; without them the output differs."""
     sinks = np.array([0.0, 12.0, -30.0, 2.5, -1.0, 40.0, 1.5, -4.0], np.float32)
     for window in (None, 150):
-        case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, 8, 2, 32, "f16", window, None, sinks=sinks)
+        case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, 8, 2, 32, "f16", window, None,
+                    sinks=sinks)
         assert case.fused.params["has_sinks"] and [n for n, _k in case.fused.args].count("sinks") == 1
         _check(case, case.batch([1, 5, ATTENTION_SPLIT_KEYS + 1, 301, 1000], [1, 1, 1, 3, 1]))
         _check(case, case.batch([300, 17, 165, 1], [300, 17, 65, 1]))
@@ -234,7 +240,8 @@ def test_tiled_prefill_on_wave_64_with_one_slice(tmp_path_factory):
     _check(case, case.batch([130, 7, 70], [129, 7, 6]))
 
 
-@pytest.mark.parametrize("head_dim,group", [(128, 4), (128, 1), (256, 8), (64, 4), (7, 2), (512, 8)])  # 512 x 8: Gemma 4 31B's global layers
+# 512 x 8: Gemma 4 31B's global layers
+@pytest.mark.parametrize("head_dim,group", [(128, 4), (128, 1), (256, 8), (64, 4), (7, 2), (512, 8)])
 def test_prefill_tile_fits_shared_memory(head_dim, group):
     """The tiled path's arrays fit the budget alongside the row path's, its output elements per
     thread stay within the register bound, and a key chunk is one lane group of a 32-lane wave."""

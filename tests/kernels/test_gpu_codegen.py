@@ -68,7 +68,8 @@ def test_builds_are_byte_identical(target, gpu_bundle, tmp_path):
     again = tmp_path / "again"
     compile_model(CompileOptions(model_path("llama-Q4_K_M"), again, targets=(target,), cache_dir=None))
     files = sorted(p.relative_to(first).as_posix() for p in (first / "kernels").rglob("*") if p.is_file())
-    assert files and files == sorted(p.relative_to(again).as_posix() for p in (again / "kernels").rglob("*") if p.is_file())
+    assert (files
+            and files == sorted(p.relative_to(again).as_posix() for p in (again / "kernels").rglob("*") if p.is_file()))
     for rel in files:
         assert (first / rel).read_bytes() == (again / rel).read_bytes(), rel
     manifest = lambda d: json.loads((d / "manifest.json").read_text())  # noqa: E731
@@ -88,7 +89,8 @@ def test_load_refuses_a_manifest_that_disagrees_with_the_code_object(target, gpu
     with pytest.raises(DeviceError, match=rf"kernel {kernel} argument 1 \(tokens\).*offset 8.*offset 16"):
         check_kernels(bundle, moved, code)
 
-    renamed = dataclasses.replace(entry, kernel_args={**entry.kernel_args, kernel: (args[0]._replace(name="dst"), *args[1:])})
+    renamed = dataclasses.replace(entry,
+                                  kernel_args={**entry.kernel_args, kernel: (args[0]._replace(name="dst"), *args[1:])})
     with pytest.raises(DeviceError, match=rf"kernel {kernel} .*argument 0: the bundle declares dst"):
         check_kernels(bundle, renamed, code)
 
@@ -102,7 +104,8 @@ def test_missing_toolchain_is_a_compile_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no hipcc, no nvcc
     for target, program in (("gfx1100", "hipcc"), ("sm_90", "nvcc")):
         with pytest.raises(CompileError, match=rf"{program} not found on PATH"):
-            compile_model(CompileOptions(model_path("stories260K"), tmp_path / target, targets=(target,), cache_dir=None))
+            compile_model(CompileOptions(model_path("stories260K"), tmp_path / target, targets=(target,),
+                                         cache_dir=None))
         assert not (tmp_path / target).exists()
 
 

@@ -33,17 +33,20 @@ TOKENS = np.array([3, 0, 15, 7, 9], dtype=np.int32)
 
 def _table(fmt: str) -> tuple[WeightLayout, np.ndarray]:
     rng = np.random.default_rng(26)
-    raw = np.frombuffer(testdata._generator().encode(rng.standard_normal((V, C)).astype(np.float32), fmt), dtype=np.uint8)
+    raw = np.frombuffer(testdata._generator().encode(rng.standard_normal((V, C)).astype(np.float32), fmt),
+                        dtype=np.uint8)
     return WeightLayout(256, (TensorEntry("tbl", "per_layer_token_embd", fmt, (V, C), 0, raw.nbytes, ""),)), raw
 
 
 def _plan(column: int) -> Plan:
     return Plan(buffers=(Buffer("tokens", ("T",), "i32"), Buffer("x", ("T", W))),
-                ops=(Op("embed", ("tokens",), ("x",), ("tbl",), {"column": column, "scale": SCALE}),), kv=KVSpec(1, 1, 8),
-                input_tokens="tokens", output_logits="x", output_hidden="x", vocab_size=V, n_embd=W, context_length=64)  # fmt: skip
+                ops=(Op("embed", ("tokens",), ("x",), ("tbl",), {"column": column, "scale": SCALE}),),
+                kv=KVSpec(1, 1, 8), input_tokens="tokens", output_logits="x", output_hidden="x", vocab_size=V, n_embd=W,
+                context_length=64)  # fmt: skip
 
 
-@pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64")
+@pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
+                    reason="the GPU emulator needs g++ on x86-64")
 @pytest.mark.parametrize("target", ["gfx90a", "sm_90"])
 @pytest.mark.parametrize("fmt", ["Q8_0", "Q4_K"])
 def test_sliced_rows_match_the_reference_in_the_emulator(fmt, target, tmp_path):

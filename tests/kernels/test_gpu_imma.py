@@ -50,7 +50,8 @@ TARGET = parse_target("sm_90")
 # (format, rows, cols): 100 rows leave a partial row tile; 512 columns are two chunks, 320 one
 # and a partial one, 256 one whole
 SHAPES = ([(f, 100, 512) for f in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")]
-          + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")] + [("Q4_Kp", 70, 512), ("Q5_Kp", 70, 256)]
+          + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")]
+          + [("Q4_Kp", 70, 512), ("Q5_Kp", 70, 256)]
           + [("Q4_K", 130, 256), ("Q8_0", 10, 96)])
 # the AMD instruction forms on fewer shapes (the kernel around them is the same): a format
 # without and one with offsets, a planar one, a k-quant, partial tiles of rows and tokens
@@ -139,7 +140,8 @@ class Kernels:
         source = x
         if spec.params["prequant"]:
             q = self.quantize[cols]
-            source = np.full(spec.params["q8_bytes"], 0xA5, dtype=np.uint8)  # bytes past the step's tokens are never read
+            # bytes past the step's tokens are never read
+            source = np.full(spec.params["q8_bytes"], 0xA5, dtype=np.uint8)
             _launch(self.lib, q, (-(-q.params["subs"] // q.threads), tokens),
                     ctypes.c_void_p(source.ctypes.data), ctypes.c_void_p(x.ctypes.data), ctypes.c_int(tokens))
         _launch(self.lib, spec, (-(-rows // IMMA_TILE_N), -(-tokens // IMMA_TILE_M)),
@@ -178,7 +180,8 @@ def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols
         got = k.run(fmt, rows, cols, x, raw)
         model = kernel_model(x, u, a, b, has_min=k.specs[fmt, rows, cols].params["has_min"])
         assert np.array_equal(got.view(np.uint32), model.view(np.uint32)), \
-            f"{target} {fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the model"
+            (f"{target} {fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the "
+             f"model")
         xq, xd = quantize_activations(x)
         rounded = xq * xd.astype(np.float64).repeat(32, 1)  # exact
         # the oracle's q8_32 kind rounds in float64: the same values but where x / d falls within
@@ -205,16 +208,17 @@ def test_the_prefill_list_rounds_each_matmul_input_once():
 
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        compile_model(CompileOptions(model=FIXTURES / "tiny-llama-Q4_0.gguf", out_dir=Path(tmp) / "b", targets=("sm_90",)))
+        compile_model(CompileOptions(model=FIXTURES / "tiny-llama-Q4_0.gguf", out_dir=Path(tmp) / "b",
+                                     targets=("sm_90",)))
         program = unpack_program((Path(tmp) / "b" / "kernels" / "sm_90" / "program.msgpack").read_bytes())
-    names = [l.kernel for l in program.prefill_launches]
+    names = [launch.kernel for launch in program.prefill_launches]
     layer = names[names.index("rfc_rmsnorm_256") + 1:]
     assert layer[:4] == ["rfc_quantize_q8_256", "rfc_matmul_imma_q4_0p_256x256", "rfc_matmul_imma_q4_0p_64x256",
                          "rfc_matmul_imma_q4_0p_64x256"], layer[:4]
     quantized = [i for i, n in enumerate(names) if n.startswith("rfc_quantize_q8_")]
     assert all(names[i + 1].startswith("rfc_matmul_imma_") for i in quantized)
     assert sum(n.startswith("rfc_matmul_imma_") for n in names) > len(quantized)  # shared by the runs
-    assert not any(l.kernel.startswith("rfc_quantize_q8_") for l in program.launches)
+    assert not any(launch.kernel.startswith("rfc_quantize_q8_") for launch in program.launches)
     slot = program.arena.slot(Q8_SCRATCH)
     assert slot.nbytes >= program.arena.max_tokens * 768 * 1.25  # the largest input: ffn_down's 768 columns
 

@@ -103,11 +103,15 @@ def _gpu_param(model: str, target: str):
     _gpu_param("gpt-oss-Q8_0", "gfx90a"),  # sinks, window 24 on even layers, biased experts, swiglu_oai
     _gpu_param("glm4moe-Q8_0", "gfx90a"),  # sigmoid router, selection bias, shared expert, partial RoPE, a dense layer
     _gpu_param("granitemoe-Q8_0", "gfx90a"),  # granite's multipliers around routed and shared experts
-    _gpu_param("deepseek2-Q8_0", "gfx90a"),  # latent attention (head_matmul, concat_heads), grouped sigmoid router, YaRN
-    _gpu_param("gemma4-Q8_0", "gfx90a"),  # V normed without a weight, rope_freqs on the global layer, layer_output_scale
+    # latent attention (head_matmul, concat_heads), grouped sigmoid router, YaRN
+    _gpu_param("deepseek2-Q8_0", "gfx90a"),
+    # V normed without a weight, rope_freqs on the global layer, layer_output_scale
+    _gpu_param("gemma4-Q8_0", "gfx90a"),
     _gpu_param("gemma4e-Q8_0", "gfx90a"),  # per-layer embeddings (sliced embed rows), layers reading another's KV cache
-    _gpu_param("gemma4moe-Q8_0", "gfx90a"),  # GELU experts beside the dense MLP, fused gate/up, per-expert output scales
-    _gpu_param("llama4-Q8_0", "gfx90a"),  # top-1 experts weighted on their input, shared expert, NoPE layer, weightless Q/K norms
+    # GELU experts beside the dense MLP, fused gate/up, per-expert output scales
+    _gpu_param("gemma4moe-Q8_0", "gfx90a"),
+    # top-1 experts weighted on their input, shared expert, NoPE layer, weightless Q/K norms
+    _gpu_param("llama4-Q8_0", "gfx90a"),
 ])
 def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_path_factory):
     """40 tokens: past gemma's sliding window of 32, several tiles of tokens per expert."""
@@ -209,7 +213,8 @@ def test_attention_over_long_contexts(target, gpu_bundle, tmp_path_factory):
     seq_of_token = np.array([0, 0, 0, 1], dtype=np.int32)
     batch = StepBatch(
         tokens=np.zeros(4, dtype=np.int32), positions=positions,
-        slots=np.array([tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for s, p in zip(seq_of_token, positions)], dtype=np.int32),
+        slots=np.array([tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
+                        for s, p in zip(seq_of_token, positions)], dtype=np.int32),
         seq_of_token=seq_of_token, seq_start=np.array([0, 3, 4], dtype=np.int32), block_tables=tables,
         context_lens=np.array(lens, dtype=np.int32), logit_rows=np.arange(4, dtype=np.int32), block_size=BLOCK_SIZE,
     )
@@ -351,8 +356,10 @@ def test_sliding_window_attention_over_long_contexts(target, gpu_build_cache, tm
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.gguf_edit import rewrite_gguf
 
-    model = rewrite_gguf(model_path("gemma2-F16"), tmp_path / "window.gguf", metadata={"gemma2.attention.sliding_window": 300})
-    compile_model(CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,), cache_dir=gpu_build_cache))
+    model = rewrite_gguf(model_path("gemma2-F16"), tmp_path / "window.gguf",
+                         metadata={"gemma2.attention.sliding_window": 300})
+    compile_model(CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,),
+                                 cache_dir=gpu_build_cache))
     pair = Pair(tmp_path / "bundle", target, tmp_path / "emu")
     plan, gpu, ref = pair.bundle.plan, pair.gpu, pair.ref
     op = next(o for o in plan.ops if o.kind == "attention" and o.attrs.get("window") == 300)
@@ -369,9 +376,11 @@ def test_sliding_window_attention_over_long_contexts(target, gpu_build_cache, tm
     seq_of_token = np.array([0, 0, 0, 0, 0, 1], dtype=np.int32)
     batch = StepBatch(
         tokens=np.zeros(6, dtype=np.int32), positions=positions,
-        slots=np.array([tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for s, p in zip(seq_of_token, positions)], dtype=np.int32),
+        slots=np.array([tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
+                        for s, p in zip(seq_of_token, positions)], dtype=np.int32),
         seq_of_token=seq_of_token, seq_start=np.array([0, 5, 6], dtype=np.int32), block_tables=tables,
-        context_lens=np.array([601, 37], dtype=np.int32), logit_rows=np.arange(6, dtype=np.int32), block_size=BLOCK_SIZE,
+        context_lens=np.array([601, 37], dtype=np.int32), logit_rows=np.arange(6, dtype=np.int32),
+        block_size=BLOCK_SIZE,
     )
     width = op.attrs["n_heads"] * op.attrs["head_dim"]
     q = (3 * rng.standard_normal((6, width))).astype(np.float32)
@@ -393,7 +402,8 @@ def test_long_context_rope_with_attn_factor(target, gpu_build_cache, tmp_path):
     model = rewrite_gguf(model_path("phi3-F16"), tmp_path / "long.gguf",
                          metadata={"phi3.context_length": 8192, "phi3.rope.scaling.attn_factor": 1.19},
                          add_tensors={"rope_factors_long.weight": factors, "rope_factors_short.weight": np.ones(16)})
-    compile_model(CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,), cache_dir=gpu_build_cache))
+    compile_model(CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,),
+                                 cache_dir=gpu_build_cache))
     pair = Pair(tmp_path / "bundle", target, tmp_path / "emu")
     rope = next(o for o in pair.bundle.plan.ops if o.kind == "rope")
     assert rope.weights == ("rope_factors_long.weight",) and "attn_factor" in rope.attrs
@@ -455,7 +465,8 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
     from tests.e2e.test_llama_archs import _model
 
     out = tmp_path / "bundle"
-    compile_model(CompileOptions(model=_model("llama4-moe", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+    compile_model(CompileOptions(model=_model("llama4-moe", tmp_path), out_dir=out, targets=(target,),
+                                 cache_dir=gpu_build_cache))
     pair = Pair(out, target, tmp_path / "emu")
     assert sum(o.kind == "slot_scale" for o in pair.bundle.plan.ops) == 2  # the two layers with experts
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])

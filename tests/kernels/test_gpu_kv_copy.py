@@ -31,7 +31,8 @@ NUM_BLOCKS, BLOCK_SIZE, TARGET = 8, 16, "gfx1100"
 def test_copied_kv_rows_hold_the_source_bytes(model, gpu_bundle, tmp_path_factory):
     bundle = open_bundle(gpu_bundle(model, TARGET))
     kv = bundle.plan.kv
-    device = emulated_step_device(bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu")
+    device = emulated_step_device(bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE,
+                                  shared_basetemp(tmp_path_factory) / "gpu-emu")
     assert device.copies_kv
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     blocks.allocate(1, 20)
@@ -44,7 +45,7 @@ def test_copied_kv_rows_hold_the_source_bytes(model, gpu_bundle, tmp_path_factor
         base = device._memory.kv_address(which, layer)
         return ctypes.string_at(base + (block * BLOCK_SIZE + first) * row, n * row)
 
-    before = {(w, l): rows(w, l, dst, 0, BLOCK_SIZE) for w in "kv" for l in range(kv.n_layers)}
+    before = {(w, layer): rows(w, layer, dst, 0, BLOCK_SIZE) for w in "kv" for layer in range(kv.n_layers)}
     device._driver.calls.clear()
     device.copy_kv(*kv_copy_slots([KvCopy(src, dst, 4)], BLOCK_SIZE))
     for which in "kv":

@@ -49,7 +49,8 @@ SLOTS = NUM_BLOCKS * BLOCK_SIZE
 class QuantCase(Case):
     """A layer's kv_write and attention kernels over a one-layer cache of chosen types."""
 
-    def __init__(self, build_dir, target: str, n_heads: int, n_kv_heads: int, head_dim: int, kv_dtype: str, window=None):
+    def __init__(self, build_dir, target: str, n_heads: int, n_kv_heads: int, head_dim: int, kv_dtype: str,
+                 window=None):
         width = n_kv_heads * head_dim
         attrs = {"layer": 0, "n_heads": n_heads, "n_kv_heads": n_kv_heads, "head_dim": head_dim,
                  "scale": head_dim ** -0.5, "window": window, "softcap": None}
@@ -62,7 +63,8 @@ class QuantCase(Case):
         self.specs = {s.name: s for s in specs}
         self.fused, self.write = self.specs[kernel], self.specs[write_kernel]
         self.sinks = None
-        self.driver = EmulatedDriver(build_source_emulator(render_source(parse_target(target), specs), self.specs, build_dir))
+        self.driver = EmulatedDriver(build_source_emulator(render_source(parse_target(target), specs), self.specs,
+                                                           build_dir))
         self.width, self.head_dim, self.n_kv_heads = n_heads * head_dim, head_dim, n_kv_heads
         self.rng = np.random.default_rng(head_dim * 100 + n_heads)
 
@@ -80,13 +82,16 @@ class QuantCase(Case):
         ref.op_kv_write([], [k, v], [], {"layer": 0}, SimpleNamespace(slots=slots))
         self.kv_types = {"k_type": types.k.code, "v_type": types.v.code}
         self.k_dev, self.v_dev = self.driver.malloc(ref.k_cache.nbytes), self.driver.malloc(ref.v_cache.nbytes)
-        self._launch(self.write, {"k_cache": self.k_dev, "v_cache": self.v_dev, "k": self._upload(k), "v": self._upload(v),
-                                  "slots": self._upload(slots), "n_rows": SLOTS, **self.kv_types})
+        self._launch(self.write,
+                     {"k_cache": self.k_dev, "v_cache": self.v_dev, "k": self._upload(k), "v": self._upload(v),
+                      "slots": self._upload(slots), "n_rows": SLOTS, **self.kv_types})
         for name, want, ptr in (("K", ref.k_cache, self.k_dev), ("V", ref.v_cache, self.v_dev)):
             got = np.empty_like(want)
             self.driver.copy_to_host(got, ptr)
-            rows = np.nonzero((got.reshape(SLOTS, -1).view(np.uint8) != want.reshape(SLOTS, -1).view(np.uint8)).any(axis=1))[0]
-            assert not len(rows), f"{types.describe()}: the GPU's {name} cache differs from the reference's in {len(rows)} rows"
+            rows = np.nonzero((got.reshape(SLOTS,
+                                           -1).view(np.uint8) != want.reshape(SLOTS, -1).view(np.uint8)).any(axis=1))[0]
+            assert not len(rows), (f"{types.describe()}: the GPU's {name} cache differs from the reference's in "
+                                   f"{len(rows)} rows")
 
 
 # (n_heads, n_kv_heads, head_dim, plan KV dtype, window): rotations K 64 / V 64, K 128 / V 64, none (head_dim 32)
@@ -100,8 +105,8 @@ TYPES = [KvCacheTypes(Q8, Q8), KvCacheTypes(Q4, Q4), KvCacheTypes(Q8, F16), KvCa
 
 @pytest.mark.parametrize("target,n_heads,n_kv_heads,head_dim,kv_dtype,window", SHAPES)
 def test_quantized_cache_matches_reference(target, n_heads, n_kv_heads, head_dim, kv_dtype, window, tmp_path_factory):
-    case = QuantCase(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, n_heads, n_kv_heads, head_dim, kv_dtype,
-                     window)
+    case = QuantCase(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, n_heads, n_kv_heads, head_dim,
+                     kv_dtype, window)
     assert case.fused.params["quantizable"] and len(case.fused.steps) == 2
     for types in TYPES:
         case.fill(types)
@@ -114,10 +119,10 @@ def test_the_step_program_serves_quantized_caches(target, gpu_bundle, tmp_path_f
     """The runtime's GpuDevice (bound step program, decode graphs, the k_type / v_type step
     scalars) on tiny-qwen3-F16 (head_dim 64: both rotations; float weights, so the GPU differs
     from the reference by float noise only): a prompt, then decode steps, with a q4_0 K and a
-    q8_0 V cache (both block kinds, rows of two sizes). The logits stay within a small share of what quantizing the cache
-    moves the reference's by (tests/bounds.py KV_CPU_SHARE: float noise flips a value to the next
-    quantization step now and then, as on the cpu); the device holds the cache in the bytes the
-    KV budget counts."""
+    q8_0 V cache (both block kinds, rows of two sizes). The logits stay within a small share of
+    what quantizing the cache moves the reference's by (tests/bounds.py KV_CPU_SHARE: float
+    noise flips a value to the next quantization step now and then, as on the cpu); the device
+    holds the cache in the bytes the KV budget counts."""
     bundle = open_bundle(gpu_bundle("qwen3-F16", target))
     plan, build_dir = bundle.plan, shared_basetemp(tmp_path_factory) / "gpu-emu"
     tokens = [1, *range(40, 75)]
@@ -137,7 +142,8 @@ def test_the_step_program_serves_quantized_caches(target, gpu_bundle, tmp_path_f
         ref = logits(ReferenceDevice(bundle, plan.kv, NUM_BLOCKS, BLOCK_SIZE, types))
         got = logits(gpu)
         quantizing, d = np.abs(ref - plain).mean(), np.abs(got - ref).mean()
-        assert d <= KV_CPU_SHARE * quantizing, f"{types.describe()}: gpu vs reference mean {d:.2e}, quantizing {quantizing:.2e}"
+        assert d <= KV_CPU_SHARE * quantizing, (f"{types.describe()}: gpu vs reference mean {d:.2e}, quantizing "
+                                                f"{quantizing:.2e}")
         assert (got.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.9
 
 

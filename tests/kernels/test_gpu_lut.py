@@ -75,7 +75,8 @@ class Lib:
                 entries.append(TensorEntry(name, name, fmt, shape, offset, nbytes, ""))
                 offset += -(-nbytes // 256) * 256
             buffers += [Buffer(f"x.{fmt}", ("T", k)), Buffer(f"y.{fmt}", ("R", ROWS)), Buffer(f"h.{fmt}", ("T", EMBD))]
-            ops += [Op("matmul", (f"x.{fmt}",), (f"y.{fmt}",), (f"w.{fmt}",)), Op("embed", ("tokens",), (f"h.{fmt}",), (f"e.{fmt}",))]
+            ops += [Op("matmul", (f"x.{fmt}",), (f"y.{fmt}",), (f"w.{fmt}",)),
+                    Op("embed", ("tokens",), (f"h.{fmt}",), (f"e.{fmt}",))]
             if fmt in MOE_FORMATS:
                 name, shape = f"m.{fmt}", (N_EXPERT, ROWS, k)
                 nbytes = tensor_nbytes(fmt, shape)
@@ -158,7 +159,8 @@ def test_int8_expert_matmul_matches_reference(lib: Lib, fmt: str):
     got = lib.moe_matmul(fmt, w, x, ids)
     experts = dequantize(w, fmt, (N_EXPERT, ROWS, k)).astype(np.float64)
     xr = round_activations(x).astype(np.float64)
-    want = np.concatenate([np.stack([xr[t] @ experts[ids[t, j]].T for t in range(MOE_TOKENS)]) for j in range(N_USED)], axis=1)
+    want = np.concatenate([np.stack([xr[t] @ experts[ids[t, j]].T for t in range(MOE_TOKENS)]) for j in range(N_USED)],
+                          axis=1)
     d, bound = float(np.abs(got - want).max()), REL_TOL * max(1.0, float(np.abs(want).max()))
     assert d <= bound, f"{fmt}: max |gpu - ref| {d:.2e} > {bound:.2e}"
 

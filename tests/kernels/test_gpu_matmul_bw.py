@@ -39,7 +39,8 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
     kv = bundle.plan.kv
     device = emulated_step_device(bundle, TARGET, kv, 8, 16, shared_basetemp(tmp_path_factory) / "gpu-emu")
     runner = device.runner
-    scalars = tool.decode_step(runner, Executor(bundle.plan, device), bundle.plan.vocab_size, BlockManager(8, 16), context=5)
+    scalars = tool.decode_step(runner, Executor(bundle.plan, device), bundle.plan.vocab_size, BlockManager(8, 16),
+                               context=5)
     assert scalars["n_tokens"] == 1
     rows = tool.matmul_rates(runner, bundle.layout, scalars, tool.WallTimer(runner._driver), repeat=1)
     by_kernel = {r["kernel"]: r for r in rows}
@@ -51,22 +52,27 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
 
     qkv = by_kernel["rfc_matmul_q8_0p_256_64_64x256_fused"]
     assert qkv["bytes"] == nbytes("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
-    assert by_kernel["rfc_matmul_swiglu_q8_0p_768x256"]["bytes"] == nbytes("blk.0.ffn_gate.weight", "blk.0.ffn_up.weight")
+    assert (by_kernel["rfc_matmul_swiglu_q8_0p_768x256"]["bytes"]
+            == nbytes("blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"))
     assert by_kernel["rfc_matmul_q8_0p_256x768"]["bytes"] == nbytes("blk.0.ffn_down.weight")
-    assert set(by_kernel) == {l.kernel for l in runner.program.launches if l.kernel.startswith("rfc_matmul_")}
+    assert (set(by_kernel)
+            == {launch.kernel for launch in runner.program.launches if launch.kernel.startswith("rfc_matmul_")})
     assert all(r["us"] > 0 and r["gbps"] > 0 for r in rows)
     every = tool.matmul_rates(runner, bundle.layout, scalars, tool.WallTimer(runner._driver), repeat=1, every=True)
-    assert len(every) == sum(l.kernel.startswith("rfc_matmul_") for l in runner.program.launches) > len(rows)
+    assert len(every) == sum(launch.kernel.startswith("rfc_matmul_") for launch in runner.program.launches) > len(rows)
     text = tool.table(rows, None)
     assert "rfc_matmul_swiglu_q8_0p_768x256" in text and "device-to-device" not in text
     profile = tool.step_profile(runner, scalars, tool.WallTimer(runner._driver), repeat=1)
     launches = len(runner.program.launches)
     assert f"{launches} launches; the whole list queued back to back" in profile
-    assert all(l.kernel[:56] in profile for l in runner.program.launches)  # every kernel of the step has its row
+    # every kernel of the step has its row
+    assert all(launch.kernel[:56] in profile for launch in runner.program.launches)
     blocks = BlockManager(8, 16)
     prefill = tool.prefill_step(runner, bundle.plan.vocab_size, blocks, tokens=runner.prefill_min_tokens or 20)
     assert prefill["n_tokens"] == (runner.prefill_min_tokens or 20)
     text = tool.step_profile(runner, prefill, tool.WallTimer(runner._driver), 1)
     assert f"{len(runner.program.prefill_launches)} launches; the whole list queued back to back" in text
-    assert any(l.kernel.startswith("rfc_matmul_imma_") for l in runner.program.prefill_launches)  # gfx1100: WMMA int8
-    assert all(l.kernel[:56] in text for l in runner.program.prefill_launches)  # the prefill list's own kernels, by name
+    # gfx1100: WMMA int8
+    assert any(launch.kernel.startswith("rfc_matmul_imma_") for launch in runner.program.prefill_launches)
+    # the prefill list's own kernels, by name
+    assert all(launch.kernel[:56] in text for launch in runner.program.prefill_launches)

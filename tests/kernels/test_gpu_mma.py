@@ -1,8 +1,8 @@
 """The tensor-core prefill matmul (templates/gpu_matmul_mma.hip.j2) against the numpy reference,
 on the emulator (gpu_emu.h implements the nvcuda::wmma calls it makes, a whole tile per lane).
 
-Every weight format it takes (all GPU matmul formats but F32), partial tiles of tokens (1, 17, 65, 130 against tiles of 64) and of weight
-rows (100 and 10 rows against tiles of 64), K not a multiple of the kernel's chunk. The kernel
+Every weight format it takes (all GPU matmul formats but F32), partial tiles of tokens (1, 17, 65, 130 against tiles of
+64) and of weight rows (100 and 10 rows against tiles of 64), K not a multiple of the kernel's chunk. The kernel
 rounds activations and dequantized weights to half and sums their exact products in float,
 so the reference is ReferenceDevice.op_matmul over the same half-rounded inputs, in float64:
 max |gpu - ref| <= 2e-4 * max |ref| (float summation order). The unrounded product is further
@@ -56,7 +56,8 @@ def random_weight(rng: np.random.Generator, fmt: str, rows: int, cols: int) -> n
     if fmt == "F16":
         return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
     if fmt == "BF16":
-        return (rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+        return (rng.standard_normal((rows,
+                                     cols)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     if fmt in GENERATOR.RANDOM_BLOCK_FORMATS:  # the formats newer than the k-quants (tools/fixtures/tiny_models.py)
         f = FORMATS[fmt]
         raw = rng.integers(0, 256, size=(rows * cols // f.block_elems, f.block_bytes), dtype=np.uint8)
@@ -125,7 +126,8 @@ def test_mma_matmul_matches_reference(fmt, rows, cols, kernels):
 
 def test_only_targets_with_tensor_cores_get_the_kernel():
     w = weight_geometry("Q4_K", 256, 512)
-    assert mma_matmul_spec(parse_target("sm_90"), w) is not None and mma_matmul_spec(parse_target("sm_75"), w) is not None
+    assert (mma_matmul_spec(parse_target("sm_90"), w) is not None
+            and mma_matmul_spec(parse_target("sm_75"), w) is not None)
     for name in ("sm_61", "gfx90a", "gfx1100"):
         assert mma_matmul_spec(parse_target(name), w) is None, name
     assert mma_matmul_spec(TARGET, weight_geometry("F16", 64, 100)) is None  # rows of whole 32-element sub-blocks

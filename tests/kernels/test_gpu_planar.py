@@ -73,7 +73,8 @@ def test_planar_matmuls_match_the_reference(model, gpu_bundle, tmp_path_factory)
     planar = {entries[op.weights[0]].format for op in matmuls} & set(PLANAR_FORMATS)
     assert {f for f, m in FIXTURE_OF.items() if m == model} <= planar, planar
     assert entries["token_embd.weight"].format not in PLANAR_FORMATS, "the embed kernel gathers GGUF rows"
-    gpu = emulated_device(bundle, TARGET, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu")
+    gpu = emulated_device(bundle, TARGET, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE,
+                          shared_basetemp(tmp_path_factory) / "gpu-emu")
     ref = ReferenceDevice(bundle, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE)
     T, rng = 11, np.random.default_rng(5)
     batch = _batch(T)
@@ -101,7 +102,8 @@ class _StepPair:
     def __init__(self, bundle_dir, build_dir):
         self.bundle = open_bundle(bundle_dir)
         kv = self.bundle.plan.kv
-        self.gpu = Executor(self.bundle.plan, emulated_step_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir))
+        self.gpu = Executor(self.bundle.plan,
+                            emulated_step_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir))
         self.ref = Executor(self.bundle.plan, ReferenceDevice(self.bundle, kv, NUM_BLOCKS, BLOCK_SIZE))
         self.blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
 
@@ -140,7 +142,8 @@ def test_bundle_with_cpu_and_gpu_targets_reads_variants(model, gpu_build_cache, 
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
     out = tmp_path / "bundle"
-    compile_model(CompileOptions(model=model_path(model), out_dir=out, targets=("cpu", TARGET), cache_dir=gpu_build_cache))
+    compile_model(CompileOptions(model=model_path(model), out_dir=out, targets=("cpu", TARGET),
+                                 cache_dir=gpu_build_cache))
     bundle = open_bundle(out)
     entries = bundle.layout.by_name()
     entry = target_entry(bundle.manifest, TARGET)

@@ -16,7 +16,9 @@ import pytest
 
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.codeobject import CodeObjectError, cubin_resources
-from rfc.compiler.codegen.gpu_usage import KernelUsage, bundle_usage, cubin_usage, cuda_usage, hip_usage, parse_ptxas, usage_table
+from rfc.compiler.codegen.gpu_usage import (
+    KernelUsage, bundle_usage, cubin_usage, cuda_usage, hip_usage, parse_ptxas, usage_table,
+)
 from rfc.artifacts.targets import target_entry
 from tests.conftest import SWEEP_MODELS
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
@@ -24,8 +26,8 @@ from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_mar
 pytestmark = pytest.mark.shared
 
 SM_MODELS = ["stories260K", *(m.removeprefix("tiny-") for m in SWEEP_MODELS)]  # every fixture: RFC_TEST_ALL_FIXTURES=1
-GFX_MODELS = ["deepseek2-Q8_0", "llama-Q4_K_M", "llama-Q2_K", "llama-Q3_K_M", "llama-Q6_K", "llama-Q5_1", "mixtral-Q4_K_M", "gemma2-F16",
-              "llama-IQ_MIX", "gpt-oss-Q8_0", "glm4moe-Q8_0",
+GFX_MODELS = ["deepseek2-Q8_0", "llama-Q4_K_M", "llama-Q2_K", "llama-Q3_K_M", "llama-Q6_K", "llama-Q5_1",
+              "mixtral-Q4_K_M", "gemma2-F16", "llama-IQ_MIX", "gpt-oss-Q8_0", "glm4moe-Q8_0",
               "granitemoe-Q8_0", "mistral3temp-Q8_0", "llama4-Q8_0"]  # fmt: skip
 
 
@@ -53,7 +55,8 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     _check(model, "sm_90", usage)
     bundle = open_bundle(gpu_bundle(model, "sm_90"))
     program = unpack_program(bundle.file(target_entry(bundle.manifest, "sm_90").program).read_bytes())
-    prefill_only = {l.kernel for l in program.prefill_launches} - {l.kernel for l in program.launches}
+    prefill_only = {launch.kernel
+                    for launch in program.prefill_launches} - {launch.kernel for launch in program.launches}
     # tensor-core matmuls: half (rfc_matmul_mma_*) or int8 (rfc_matmul_imma_*, formats of gpu_imma.IMMA_FORMATS)
     mma = {k for k in prefill_only if k.startswith(("rfc_matmul_mma_", "rfc_matmul_imma_"))}
     # the int8 ones' inputs rounded once a step (gpu_imma.IMMA_PREQUANT), one kernel per input width
@@ -82,7 +85,8 @@ def _assert_same_usage(cubin: dict[str, KernelUsage], ptxas: dict[str, KernelUsa
     assert sorted(cubin) == sorted(ptxas)
     for name, want in ptxas.items():
         got = cubin[name]
-        assert (got.registers, got.stack_bytes, got.shared_bytes) == (want.registers, want.stack_bytes, want.shared_bytes), (got, want)
+        assert ((got.registers, got.stack_bytes, got.shared_bytes)
+                == (want.registers, want.stack_bytes, want.shared_bytes)), (got, want)
         assert want.stack_bytes > 0 or not want.spill_bytes, want  # what cubin_usage counts on
 
 
@@ -200,9 +204,9 @@ def _attention_plan(layers: list[tuple[int, int, int, int | None]], context: int
         ops += [Op("kv_write", (k, v), (), (), {"layer": i}),
                 Op("attention", (q,), (o,), (), attrs | ({"window": window} if window else {}))]
     widest = max(layers, key=lambda layer: layer[1] * layer[2])
-    return Plan(buffers=tuple(buffers), ops=tuple(ops), kv=KVSpec(len(layers), widest[1], widest[2]), input_tokens="tokens",
-                output_logits="o0", output_hidden="o0", vocab_size=32000, n_embd=layers[0][0] * layers[0][2],
-                context_length=context)
+    return Plan(buffers=tuple(buffers), ops=tuple(ops), kv=KVSpec(len(layers), widest[1], widest[2]),
+                input_tokens="tokens", output_logits="o0", output_hidden="o0", vocab_size=32000,
+                n_embd=layers[0][0] * layers[0][2], context_length=context)
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx1100", "gfx90a")])

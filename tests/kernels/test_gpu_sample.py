@@ -45,7 +45,8 @@ class SampleKernel:
         self.threads = spec.threads
         source = render_source(parse_target("sm_90"), [spec])
         text = (f'#define RFC_GPU_EMULATED 1\n#include "{EMU_HEADER}"\n{source}\n'
-                f'extern "C" void launch(int rows, void **params) {{ rfc_emu::launch({spec.name}, rows, 1, 1, {spec.threads}, params); }}\n')
+                f'extern "C" void launch(int rows, void **params) {{ rfc_emu::launch({spec.name}, rows, 1, 1, '
+                f'{spec.threads}, params); }}\n')
         key = hashlib.sha256(text.encode() + EMU_HEADER.read_bytes()).hexdigest()[:16]
         lib = build_dir / f"sample-{key}.so"
         if not lib.is_file():
@@ -204,7 +205,8 @@ def _chi_square(tokens: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
     return float(chi), int(big.sum())
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=12, top_p=0.9)], ids=["plain", "filtered"])
+@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=12, top_p=0.9)],
+                         ids=["plain", "filtered"])
 def test_draws_follow_the_host_probabilities(build_dir, kw):
     """4,000 draws of a fixed seed over steps 0..3999: the seed is fixed, so the statistic is
     a constant of the code, bounded far out (p < 1e-6 for a correct sampler)."""
@@ -280,7 +282,8 @@ def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path
     forward pass and the sampling kernel), the token ids back (and the host row's logits),
     one sync: no other launch, no allocation."""
     bundle = open_bundle(gpu_bundle(model, GPU_TARGET))
-    dev = emulated_step_device(bundle, GPU_TARGET, bundle.plan.kv, 48, 16, shared_basetemp(tmp_path_factory) / "gpu-emu")
+    dev = emulated_step_device(bundle, GPU_TARGET, bundle.plan.kv, 48, 16,
+                               shared_basetemp(tmp_path_factory) / "gpu-emu")
     assert dev.samples_on_device
     vocab = bundle.plan.vocab_size
     blocks = BlockManager(48, 16)

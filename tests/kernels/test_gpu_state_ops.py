@@ -40,7 +40,8 @@ STATE_KERNELS = {
     "qwen35moe-Q8_0": ("rfc_ssm_conv", "rfc_gated_delta_net", "rfc_glu_sigmoid_row"),  # with its shared expert's gate
     "lfm2-Q8_0": ("rfc_short_conv",),
     "granitehybrid-Q8_0": ("rfc_ssm_conv", "rfc_ssm_scan"),  # Mamba2: the conv with its bias, the scan
-    "nemotron_h-Q8_0": ("rfc_ssm_conv", "rfc_ssm_scan", "rfc_rmsnorm_2x256_segw", "rfc_glu_relu"),  # 2 groups; relu^2 MLP
+    # 2 groups; relu^2 MLP
+    "nemotron_h-Q8_0": ("rfc_ssm_conv", "rfc_ssm_scan", "rfc_rmsnorm_2x256_segw", "rfc_glu_relu"),
     "lfm2moe-Q8_0": ("rfc_short_conv",),  # lfm2's operators with sigmoid-routed experts
     # nemotron_h's mixers; its experts' relu(u)^2 over 4 slots of 256 and the shared expert's 512,
     # the router: sigmoid with a selection bias, renormalized and scaled by 2.5
@@ -60,7 +61,8 @@ NUM_BLOCKS, BLOCK_SIZE, SLOTS = 16, 16, 4
 def test_prefill_and_decode_match_reference(model, target, gpu_bundle, tmp_path_factory):
     bundle = open_bundle(gpu_bundle(model, target))
     kv = bundle.plan.kv
-    gpu = emulated_step_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu")
+    gpu = emulated_step_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE,
+                               shared_basetemp(tmp_path_factory) / "gpu-emu")
     ref = ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE)
     gpu.alloc_state(SLOTS)
     ref.alloc_state(SLOTS)

@@ -104,7 +104,8 @@ def test_cpu_router_within_its_bounds(tmp_path):
     assert ok, summary
 
 
-@pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64")
+@pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
+                    reason="the GPU emulator needs g++ on x86-64")
 @pytest.mark.parametrize("router", [pytest.param(ROUTER, id="deepseek"), pytest.param(GPT_OSS_ROUTER, id="gpt-oss")])
 @pytest.mark.parametrize("target", [pytest.param("gfx90a", marks=toolchain_marks("gfx90a"))])
 def test_gpu_router_is_the_reference(router, target, tmp_path, tmp_path_factory, gpu_build_cache):
@@ -169,10 +170,10 @@ def test_router_kernels_use_no_local_memory(target):
     t = compiler_target(target)
     specs = []
     for name, (n_expert, n_used, attrs, biased) in ROUTERS.items():
-        plan = Plan(buffers=(Buffer("tokens", ("T",), "i32"), Buffer("router", ("T", n_expert)), Buffer("ids", ("T", n_used), "i32"),
-                             Buffer("w", ("T", n_used))),
-                    ops=(), kv=KVSpec(1, 1, 8), input_tokens="tokens", output_logits="w", output_hidden="w", vocab_size=8,
-                    n_embd=8, context_length=8)  # fmt: skip
+        plan = Plan(buffers=(Buffer("tokens", ("T",), "i32"), Buffer("router", ("T", n_expert)),
+                             Buffer("ids", ("T", n_used), "i32"), Buffer("w", ("T", n_used))),
+                    ops=(), kv=KVSpec(1, 1, 8), input_tokens="tokens", output_logits="w", output_hidden="w",
+                    vocab_size=8, n_embd=8, context_length=8)  # fmt: skip
         bias = {"bias": TensorEntry("bias", "bias", "F32", (n_expert,), 0, 4 * n_expert, "")}
         op = Op("moe_route", ("router",), ("ids", "w"), ("bias",) if biased else (), {"n_used": n_used, **attrs})
         specs.append(_Planner(t, plan, bias).spec(op))
@@ -183,4 +184,5 @@ def test_router_kernels_use_no_local_memory(target):
         usage = hip_usage(_compile(TOOLCHAINS["hip"], t, source), target)
     print(f"\nrouters {target}\n{usage_table({s.name: usage[s.name] for s in specs})}")
     bad = [usage[s.name] for s in specs if usage[s.name].uses_local_memory]
-    assert not bad, "\n".join(f"{u.name}: {u.stack_bytes} bytes stack frame, {u.spill_bytes} bytes spilled" for u in bad)
+    assert not bad, "\n".join(f"{u.name}: {u.stack_bytes} bytes stack frame, {u.spill_bytes} bytes spilled"
+                              for u in bad)

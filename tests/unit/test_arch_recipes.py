@@ -86,7 +86,8 @@ def test_gemma3_without_a_sliding_window_is_global_everywhere(tmp_path):
 
 def test_qwen3_norms_q_and_k_per_head():
     spec = _spec("qwen3-F16")
-    blk0 = {op.weights[0]: op.attrs.get("heads", 1) for op in _ops(spec, "rmsnorm") if op.weights[0].startswith("blk.0.")}
+    blk0 = {op.weights[0]: op.attrs.get("heads", 1) for op in _ops(spec, "rmsnorm")
+            if op.weights[0].startswith("blk.0.")}
     assert blk0 == {"blk.0.attn_norm.weight": 1, "blk.0.attn_q_norm.weight": 8, "blk.0.attn_k_norm.weight": 2,
                     "blk.0.ffn_norm.weight": 1}
     assert spec.hparams.head_dim == 64 and spec.plan.buffer("q").shape == ("T", 512)  # attention width != n_embd
@@ -111,7 +112,8 @@ def test_mixtral_routes_tokens_to_experts():
     (route, *_) = _ops(spec, "moe_route")
     assert route.attrs == {"n_used": 2} and spec.plan.buffer("expert_ids").dtype == "i32"
     shapes = {w.name: w.shape for w in spec.weights}
-    assert shapes["blk.0.ffn_gate_exps.weight"] == (4, 512, 256) and shapes["blk.0.ffn_down_exps.weight"] == (4, 256, 512)
+    assert (shapes["blk.0.ffn_gate_exps.weight"] == (4, 512, 256)
+            and shapes["blk.0.ffn_down_exps.weight"] == (4, 256, 512))
     assert spec.hparams.extra == {"expert_count": 4, "expert_used_count": 2}
     assert len(_ops(spec, "moe_matmul")) == 6 and len(_ops(spec, "moe_combine")) == 2
 
@@ -134,7 +136,9 @@ def test_rope_scaling_as_llama_cpp_reads_it(edits, scale, kind, tmp_path):
 
 @pytest.mark.parametrize("kind", ["llama3", "dynamic"])
 def test_rope_scaling_llama_cpp_does_not_know_is_refused_by_name(kind, tmp_path):
-    with pytest.raises(CompileError, match=rf"llama.rope.scaling.type = '{kind}' is not supported \(supported: none, linear, yarn, longrope\)"):
+    with pytest.raises(CompileError,
+                       match=rf"llama.rope.scaling.type = '{kind}' is not supported \(supported: none, linear, yarn, "
+                             rf"longrope\)"):
         _spec("llama-Q8_0", tmp_path, metadata={"llama.rope.scaling.type": kind})
 
 
@@ -143,8 +147,9 @@ def test_yarn_as_llama_cpp_sets_it_up(tmp_path):
     original context, and the magnitude ggml ends with: rope.scaling.attn_factor times
     get_mscale(4) = 1 + 0.1 ln 4 (llama_context's attn_factor / (1 + 0.1 ln 4), times ggml's own)."""
     spec = _spec("llama-Q8_0", tmp_path, metadata={
-        "llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0, "llama.rope.scaling.original_context_length": 128,
-        "llama.rope.scaling.attn_factor": 1.5, "llama.rope.scaling.yarn_beta_fast": 8.0})  # fmt: skip
+        "llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+        "llama.rope.scaling.original_context_length": 128, "llama.rope.scaling.attn_factor": 1.5,
+        "llama.rope.scaling.yarn_beta_fast": 8.0})  # fmt: skip
     (attrs,) = {tuple(sorted(op.attrs.items())) for op in _ops(spec, "rope")}
     attrs = dict(attrs)
     assert attrs["freq_scale"] == 0.25 and attrs["ext_factor"] == 1.0 and attrs["orig_ctx"] == 128
@@ -175,7 +180,8 @@ def test_longrope_on_llama_reads_the_long_or_short_factors(tmp_path):
     md = {"llama.rope.scaling.type": "longrope", "llama.rope.scaling.original_context_length": 256}
     spec = _spec("llama-Q8_0", tmp_path, metadata=md, add_tensors=extra)
     assert {op.weights for op in _ops(spec, "rope")} == {("rope_factors_long.weight",)}
-    spec = _spec("llama-Q8_0", tmp_path, metadata={**md, "llama.rope.scaling.original_context_length": 512}, add_tensors=extra)
+    spec = _spec("llama-Q8_0", tmp_path, metadata={**md, "llama.rope.scaling.original_context_length": 512},
+                 add_tensors=extra)
     assert {op.weights for op in _ops(spec, "rope")} == {("rope_factors_short.weight",)}
 
 
@@ -222,14 +228,16 @@ def test_olmo3_slides_three_layers_of_four_with_unscaled_rope():
     spec = _spec("olmo3-Q8_0")
     assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [16, 16, 16, None]
     ropes = _ops(spec, "rope")
-    assert [(op.attrs["freq_scale"], op.attrs.get("ext_factor", 0.0), op.attrs.get("attn_factor", 1.0)) for op in ropes[:3]] \
+    assert [(op.attrs["freq_scale"], op.attrs.get("ext_factor", 0.0), op.attrs.get("attn_factor", 1.0))
+            for op in ropes[:3]] \
         == [(1.0, 0.0, 1.0)] * 3
     assert ropes[3].attrs["freq_scale"] == 0.25 and ropes[3].attrs["ext_factor"] == 1.0
     assert {op.attrs["freq_base"] for op in ropes} == {500000.0}
 
 
 def test_olmo3_reads_a_per_layer_pattern(tmp_path):
-    spec = _spec("olmo3-Q8_0", tmp_path, metadata={"olmo2.attention.sliding_window_pattern": [False, True, False, True]})
+    spec = _spec("olmo3-Q8_0", tmp_path,
+                 metadata={"olmo2.attention.sliding_window_pattern": [False, True, False, True]})
     assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [None, 16, None, 16]
 
 
@@ -270,7 +278,8 @@ def test_granite_applies_its_four_multipliers():
     ops = spec.plan.ops
     assert ops[0].kind == "embed" and ops[0].attrs["scale"] == 2.5
     scales = [op for op in ops if op.kind == "scale"]
-    assert [(op.inputs, op.attrs["factor"]) for op in scales] == [(("h",), np.float32(0.6))] * 4 + [(("logits",), np.float32(1 / 0.75))]
+    assert ([(op.inputs, op.attrs["factor"]) for op in scales]
+            == [(("h",), np.float32(0.6))] * 4 + [(("logits",), np.float32(1 / 0.75))])
     assert all(ops[ops.index(op) + 1].kind == "add" for op in scales[:4]) and ops[-1] is scales[-1]
     assert {op.attrs["scale"] for op in _ops(spec, "attention")} == {0.125}
 
@@ -319,11 +328,12 @@ def test_command_r_runs_attention_and_ffn_side_by_side_after_a_layernorm():
     spec = _spec("command-r-Q8_0")
     ops = spec.plan.ops
     consts = {w.name: w for w in spec.weights if w.name.startswith("rfc.layernorm.")}
-    assert {n: w.shape for n, w in consts.items()} == {"rfc.layernorm.mean.256": (32, 256), "rfc.layernorm.spread.256": (256, 32)}
+    assert ({n: w.shape for n, w in consts.items()}
+            == {"rfc.layernorm.mean.256": (32, 256), "rfc.layernorm.spread.256": (256, 32)})
     first = [op for op in ops[:12] if op.kind in ("matmul", "add", "rmsnorm")][:4]
     assert [(op.kind, op.inputs, op.outputs) for op in first] == [
-        ("matmul", ("x",), ("ln_part_T",)), ("matmul", ("ln_part_T",), ("ln_mean_T",)), ("add", ("x", "ln_mean_T"), ("h",)),
-        ("rmsnorm", ("h",), ("h",))]  # fmt: skip
+        ("matmul", ("x",), ("ln_part_T",)), ("matmul", ("ln_part_T",), ("ln_mean_T",)),
+        ("add", ("x", "ln_mean_T"), ("h",)), ("rmsnorm", ("h",), ("h",))]  # fmt: skip
     reads = [op.weights[0].split(".", 2)[-1] for op in ops if op.kind == "matmul" and op.inputs == ("h",)][:5]
     assert reads == ["attn_q.weight", "attn_k.weight", "attn_v.weight", "ffn_gate.weight", "ffn_up.weight"]
     assert [op.inputs for op in ops if op.kind == "add" and op.outputs == ("x",)][:2] == [("x", "h"), ("x", "a")]
@@ -341,7 +351,8 @@ def test_cohere2_rotates_only_its_sliding_window_layers():
 @pytest.mark.parametrize("name,edit,message", [
     ("command-r-Q8_0", {"add_tensors": {"blk.0.attn_q_norm.weight": np.ones((8, 32))}}, r"in a command-r of 2 layers"),
     ("cohere2-Q8_0", {"drop_keys": ("cohere2.logit_scale",)}, r"missing metadata cohere2.logit_scale"),
-    ("cohere2-Q8_0", {"drop_keys": ("cohere2.attention.sliding_window",)}, r"missing metadata cohere2.attention.sliding_window"),
+    ("cohere2-Q8_0", {"drop_keys": ("cohere2.attention.sliding_window",)},
+     r"missing metadata cohere2.attention.sliding_window"),
 ])  # fmt: skip
 def test_command_r_refuses_what_it_does_not_run(name, edit, message, tmp_path):
     with pytest.raises(CompileError, match=message):
@@ -352,16 +363,19 @@ def test_glm4_splits_its_fused_ffn_up_and_turns_m_rope_sections_as_neox(tmp_path
     """GLM-4's ffn_up holds gate then up; plain files rotate adjacent pairs, M-RoPE files (GLM-4V's
     text stack: every section at the token's position) as NeoX."""
     spec = _spec("glm4-Q8_0")
-    assert {w.name for w in spec.weights if "ffn_up" in w.name} == {f"blk.{i}.ffn_up.weight:{h}" for i in (0, 1) for h in ("gate", "up")}
+    assert ({w.name for w in spec.weights if "ffn_up" in w.name}
+            == {f"blk.{i}.ffn_up.weight:{h}" for i in (0, 1) for h in ("gate", "up")})
     assert {(op.attrs["style"], op.attrs["n_rot"]) for op in _ops(spec, "rope")} == {("adjacent", 32)}
     # 4 blocks, the last 2 MTP ones (not run, their tensors not read): room for the 4 sections
     # under a per-layer array bound of block_count
     four = rewrite_gguf(FIXTURES / "tiny-glm4-Q8_0.gguf", tmp_path / "four.gguf",
                         metadata={"glm4.block_count": 4, "glm4.nextn_predict_layers": 2})  # fmt: skip
-    mrope = build_spec(read_gguf(rewrite_gguf(four, tmp_path / "m.gguf", metadata={"glm4.rope.dimension_sections": [8, 8, 0, 0]})))
+    mrope = build_spec(read_gguf(rewrite_gguf(four, tmp_path / "m.gguf",
+                                              metadata={"glm4.rope.dimension_sections": [8, 8, 0, 0]})))
     assert {op.attrs["style"] for op in _ops(mrope, "rope")} == {"neox"} and mrope.hparams.n_layers == 2
     too_wide = {"glm4.rope.dimension_sections": [32, 32, 1, 0]}
-    with pytest.raises(CompileError, match=r"glm4.rope.dimension_sections \[32, 32, 1, 0\] add up to more than the head size 64"):
+    with pytest.raises(CompileError,
+                       match=r"glm4.rope.dimension_sections \[32, 32, 1, 0\] add up to more than the head size 64"):
         build_spec(read_gguf(rewrite_gguf(four, tmp_path / "w.gguf", metadata=too_wide)))
 
 
@@ -438,7 +452,8 @@ def test_qwen3vl_text_turns_its_m_rope_sections_as_neox(name, tmp_path):
 
 @pytest.mark.parametrize("edit,message", [
     ({"drop_keys": ("minimax-m2.expert_gating_func",)}, r"missing metadata minimax-m2.expert_gating_func"),
-    ({"drop_keys": ("minimax-m2.expert_feed_forward_length",)}, r"missing metadata minimax-m2.expert_feed_forward_length"),
+    ({"drop_keys": ("minimax-m2.expert_feed_forward_length",)},
+     r"missing metadata minimax-m2.expert_feed_forward_length"),
     ({"drop_tensors": ("blk.1.exp_probs_b.bias",)}, r"missing tensor blk.1.exp_probs_b.bias"),
     ({"drop_tensors": ("output.weight",)}, r"missing tensor output.weight"),
 ])  # fmt: skip
@@ -449,9 +464,11 @@ def test_minimax_m2_refuses_what_llama_cpp_refuses(edit, message, tmp_path):
 
 def test_minimax_m2_norms_whole_q_k_rows_and_rotates_part_of_each_head():
     spec = _spec("minimax-m2-Q8_0")
-    norms = {op.weights[0].split(".", 2)[-1]: op.attrs.get("heads") for op in _ops(spec, "rmsnorm") if op.inputs in (("q",), ("k",))}
+    norms = {op.weights[0].split(".", 2)[-1]: op.attrs.get("heads") for op in _ops(spec, "rmsnorm")
+             if op.inputs in (("q",), ("k",))}
     assert norms == {"attn_q_norm.weight": None, "attn_k_norm.weight": None}
-    assert {(op.attrs["style"], op.attrs["n_rot"], op.attrs["head_dim"]) for op in _ops(spec, "rope")} == {("neox", 32, 64)}
+    assert ({(op.attrs["style"], op.attrs["n_rot"], op.attrs["head_dim"]) for op in _ops(spec, "rope")}
+            == {("neox", 32, 64)})
     assert {op.attrs["gating"] for op in _ops(spec, "moe_route")} == {"sigmoid"}
 
 
@@ -467,17 +484,23 @@ def test_bailingmoe2_refuses_what_llama_cpp_refuses(edit, message, tmp_path):
 
 def test_bailingmoe2_splits_the_fused_qkv_and_routes_past_the_dense_lead():
     spec = _spec("bailingmoe2-Q8_0")
-    assert {w.name for w in spec.weights if w.name.startswith("blk.0.attn_qkv")} == {f"blk.0.attn_qkv.weight:{x}" for x in "qkv"}
+    assert ({w.name for w in spec.weights if w.name.startswith("blk.0.attn_qkv")}
+            == {f"blk.0.attn_qkv.weight:{x}" for x in "qkv"})
     routes = _ops(spec, "moe_route")
-    assert len(routes) == 2 and {(op.attrs["gating"], op.attrs["scale"], op.attrs.get("norm", True)) for op in routes} == {("sigmoid", 2.5, True)}
+    assert (len(routes) == 2
+            and {(op.attrs["gating"], op.attrs["scale"], op.attrs.get("norm", True))
+                 for op in routes} == {("sigmoid", 2.5, True)})
 
 
 def test_falcon_h1_runs_attention_and_mamba2_side_by_side():
     spec = _spec("falcon-h1-Q8_0")
     ops = spec.plan.ops
-    assert [op.inputs for op in ops if op.kind == "matmul" and op.outputs in (("q",), ("ssm_z",))][:2] == [("h",), ("h",)]
-    assert [op.inputs for op in ops if op.kind == "add" and op.outputs == ("x",)][:3] == [("x", "a"), ("x", "m"), ("x", "h")]
-    assert "blk.0.ffn_norm" in {w.name for w in spec.weights} and len(spec.plan.state.tensors) == 4  # conv + scan per layer
+    assert ([op.inputs for op in ops if op.kind == "matmul" and op.outputs in (("q",), ("ssm_z",))][:2]
+            == [("h",), ("h",)])
+    assert ([op.inputs for op in ops if op.kind == "add" and op.outputs == ("x",)][:3]
+            == [("x", "a"), ("x", "m"), ("x", "h")])
+    # conv + scan per layer
+    assert "blk.0.ffn_norm" in {w.name for w in spec.weights} and len(spec.plan.state.tensors) == 4
     assert "blk.0.attn_output.bias" not in {w.name for w in spec.weights}
 
 

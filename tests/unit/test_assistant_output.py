@@ -12,8 +12,9 @@ HERMES = OutputSpec(thinks=True, tool_format=BY_NAME["hermes"])
 LLAMA = OutputSpec(tool_format=BY_NAME["llama3"])
 
 CASES = [
-    (HERMES, "<think>\nI should call it.\n</think>\n\nLet me look.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>",
-     "I should call it.\n", "Let me look.", [("f", {"a": 1})]),
+    (HERMES,
+     "<think>\nI should call it.\n</think>\n\nLet me look.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": "
+     "1}}\n</tool_call>", "I should call it.\n", "Let me look.", [("f", {"a": 1})]),
     (HERMES, "Just text with a < sign and <tool", "", "Just text with a < sign and <tool", []),
     (HERMES, "<tool_call>\n{\"name\": broken", "", "<tool_call>\n{\"name\": broken", []),
     (LLAMA, '{"name": "f", "parameters": {"a": [1, 2]}}', "", "", [("f", {"a": [1, 2]})]),
@@ -45,7 +46,8 @@ def assert_stream_equals_whole(spec, text, reasoning, content, calls, size):
     r, c, got = streamed(spec, text, size)
     whole = parse_whole(spec, text)
     assert (r, c.strip()) == (reasoning, content) == (whole.reasoning, whole.content.strip())
-    assert [(x.name, json.loads(x.arguments)) for x in got] == calls == [(x.name, json.loads(x.arguments)) for x in whole.calls]
+    assert ([(x.name, json.loads(x.arguments)) for x in got] == calls
+            == [(x.name, json.loads(x.arguments)) for x in whole.calls])
 
 
 def test_content_before_a_call_streams_before_it_ends():

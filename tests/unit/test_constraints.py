@@ -15,11 +15,15 @@ pytestmark = pytest.mark.shared
 
 SMOLLM2 = smollm2()
 SCHEMAS = [
-    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
-     "required": ["name", "age"], "additionalProperties": False},
+    {"type": "object",
+     "properties": {"name": {"type": "string", "maxLength": 12},
+                    "age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"],
+     "additionalProperties": False},
     {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "minItems": 1, "maxItems": 4},
-    {"type": "object", "properties": {"p": {"type": "object", "properties": {"x": {"type": "number", "minimum": -1, "maximum": 1}},
-                                            "required": ["x"], "additionalProperties": False}}, "required": ["p"], "additionalProperties": False},
+    {"type": "object",
+     "properties": {"p": {"type": "object", "properties": {"x": {"type": "number", "minimum": -1, "maximum": 1}},
+                          "required": ["x"], "additionalProperties": False}}, "required": ["p"],
+     "additionalProperties": False},
 ]
 
 
@@ -87,10 +91,11 @@ def _accepts(grammar, text: str) -> bool:
 
 
 def test_unique_items_and_unknown_formats_are_ignored_and_logged(smol, caplog):
-    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
-                                               "path": {"type": "string", "format": "path"},
-                                               "ip": {"type": "string", "format": "ipvanyaddress"},
-                                               "day": {"type": "string", "format": "date"}}}
+    schema = {"type": "object",
+              "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+                             "path": {"type": "string", "format": "path"},
+                             "ip": {"type": "string", "format": "ipvanyaddress"},
+                             "day": {"type": "string", "format": "date"}}}
     with caplog.at_level("INFO", logger="rfc.grammar"):
         g = smol.json_schema(schema, "tools[0].function.parameters")
     assert "tools[0].function.parameters: ignored in the JSON schema (not enforced while decoding): " \
@@ -100,8 +105,9 @@ def test_unique_items_and_unknown_formats_are_ignored_and_logged(smol, caplog):
 
 
 def test_open_numbers_have_at_most_16_integral_digits(smol):
-    g = smol.json_schema({"type": "object", "properties": {"i": {"type": "integer"}, "x": {"type": "number"},
-                                                           "big": {"type": "integer", "minimum": 0, "maximum": 10 ** 18}}}, "f")
+    properties = {"i": {"type": "integer"}, "x": {"type": "number"},
+                  "big": {"type": "integer", "minimum": 0, "maximum": 10 ** 18}}
+    g = smol.json_schema({"type": "object", "properties": properties}, "f")
     assert _accepts(g, '{"i":-9999999999999998,"x":9999999999999999.25}')
     assert not _accepts(g, '{"i":10000000000000000}') and not _accepts(g, '{"x":-10000000000000000}')
     assert _accepts(g, '{"big":100000000000000000}')  # a bound the schema sets is its own

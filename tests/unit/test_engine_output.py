@@ -163,7 +163,8 @@ def test_the_drain_ends_every_stream_and_leaves_the_engine_idle(model):
         assert not engine.is_idle()
         assert engine.abort_all("the server is shutting down") == len(states)
         for state in states:
-            assert state.finished and state.finish_reason == "cancelled" and state.error == "the server is shutting down"
+            assert (state.finished and state.finish_reason == "cancelled"
+                    and state.error == "the server is shutting down")
             events = _drain_events(state)
             assert events[-1].finished and sum(e.finished for e in events) == 1
         assert engine.is_idle() and engine.blocks.num_used() == 0

@@ -59,8 +59,8 @@ def test_a_fake_row_reaches_the_cpu_constants_and_the_cpu_planner(fake):
 
 def test_a_fake_row_reaches_the_gpu_constants_and_the_gpu_planner(fake):
     source = gpu.render_source(parse_target("sm_90"), [])
-    for line in ("#define RFC_QK_FAKE 64", "#define RFC_TS_FAKE 40", "#define RFC_QK_FAKEp 64", "#define RFC_TS_FAKEp 40",
-                 "RFC_DEFINE_DEQUANT_ROW(fake, RFC_QK_FAKE, RFC_TS_FAKE)"):  # fmt: skip
+    for line in ("#define RFC_QK_FAKE 64", "#define RFC_TS_FAKE 40", "#define RFC_QK_FAKEp 64",
+                 "#define RFC_TS_FAKEp 40", "RFC_DEFINE_DEQUANT_ROW(fake, RFC_QK_FAKE, RFC_TS_FAKE)"):  # fmt: skip
         assert line in source, line
     assert "RFC_UNIT_FAKE" not in source  # the cpu dot's steps are the cpu prelude's
     w = gpu_plan.weight_geometry("FAKEp", N, K)
@@ -86,7 +86,8 @@ def test_expert_tensors_take_an_x8_layout_where_an_expert_is_whole_groups():
     assert layout_format(use("Q4_K", (4, 16, 256)), {"moe_matmul"}, Kernels.CPU) == "Q4_Kx8"
     assert layout_format(use("Q8_0", (4, 40, 64)), {"moe_matmul"}, Kernels.CPU) == "Q8_0x8"
     assert layout_format(use("Q4_K", (4, 12, 256)), {"moe_matmul"}, Kernels.CPU) == "Q4_K"
-    assert layout_format(use("Q4_K", (4, 16, 256)), {"head_matmul"}, Kernels.CPU) == "Q4_K"  # deepseek2's per-head matmuls
+    # deepseek2's per-head matmuls
+    assert layout_format(use("Q4_K", (4, 16, 256)), {"head_matmul"}, Kernels.CPU) == "Q4_K"
     assert layout_format(use("Q5_0", (4, 16, 64)), {"moe_matmul"}, Kernels.CPU) == "Q5_0"  # no x8 layout
     assert tensor_nbytes("Q4_Kx8", (4, 16, 256)) == 4 * 16 * 148
 

@@ -38,7 +38,8 @@ def test_plan_follows_llama_cpp():
     assert [op.attrs["freq_base"] for op in ropes] == [10000.0, 10000.0, 10000.0, 1e6]
     assert [op.attrs["n_rot"] for op in ropes] == [32, 32, 32, 64]  # rope.dimension_count_swa, rope.dimension_count
     # layer 3 has no attn_v: V is K's projection (then normed without a weight, K with its norm)
-    assert [op.weights[0] for op in ops if op.kind == "matmul" and op.outputs[0].startswith("v")][3] == "blk.3.attn_k.weight"
+    assert ([op.weights[0] for op in ops if op.kind == "matmul" and op.outputs[0].startswith("v")][3]
+            == "blk.3.attn_k.weight")
     scales = [op.attrs["factor"] for op in ops if op.kind == "scale"]
     assert scales == [np.float32(0.9 - 0.1 * i) for i in range(4)]  # layer_output_scale, read from the file
     assert [op.attrs["cap"] for op in ops if op.kind == "softcap"] == [30.0]  # llama.cpp's default without the key
@@ -51,14 +52,16 @@ def test_final_softcap_zero_turns_it_off(tmp_path):
 
 
 REFUSED = {
-    "KV sharing across kinds": ({"metadata": {K + "attention.shared_kv_layers": 2}},  # E2B/E4B: tests/unit/test_gemma4e.py
+    # E2B/E4B: tests/unit/test_gemma4e.py
+    "KV sharing across kinds": ({"metadata": {K + "attention.shared_kv_layers": 2}},
                                 "would read the KV cache of layer 1"),
     "shared layers > block_count": ({"metadata": {K + "attention.shared_kv_layers": 1 << 31}}, "shared_kv_layers"),
     "expert count 2^31": ({"metadata": {K + "expert_count": 1 << 31}}, "expert_count"),
     "value_length_swa apart": ({"metadata": {K + "attention.value_length_swa": 64}}, "value_length_swa"),
     "no key_length_swa": ({"drop_keys": (K + "attention.key_length_swa",)}, "key_length_swa"),
     "KV heads not dividing": ({"metadata": {K + "attention.head_count_kv": [4, 4, 3, 1]}}, "not a multiple"),
-    "3 KV head counts for 4 layers": ({"metadata": {K + "attention.head_count_kv": [4, 4, 4]}}, "3 entries for 4 layers"),
+    "3 KV head counts for 4 layers": ({"metadata": {K + "attention.head_count_kv": [4, 4, 4]}},
+                                      "3 entries for 4 layers"),
     "KV heads 2^31": ({"metadata": {K + "attention.head_count_kv": [4, 4, 4, 1 << 31]}}, "head_count_kv"),
     "n_rot_swa above key_length_swa": ({"metadata": {K + "rope.dimension_count_swa": 64}}, "dimension_count_swa"),
     "a period, not per-layer flags": ({"drop_keys": (K + "attention.sliding_window_pattern",),
@@ -69,7 +72,8 @@ REFUSED = {
     "layer_output_scale of 2": ({"drop_tensors": ("blk.1.layer_output_scale.weight",),
                                  "add_tensors": {"blk.1.layer_output_scale.weight": np.ones(2)}}, "layer_output_scale"),
     "layer_output_scale NaN": ({"drop_tensors": ("blk.2.layer_output_scale.weight",),
-                                "add_tensors": {"blk.2.layer_output_scale.weight": np.array([np.nan])}}, "not a finite number"),
+                                "add_tensors": {"blk.2.layer_output_scale.weight": np.array([np.nan])}},
+                               "not a finite number"),
     "a vision tower": ({"add_tensors": {"v.patch_embd.weight": np.ones(8)}}, "vision/audio tensors"),
 }  # fmt: skip
 

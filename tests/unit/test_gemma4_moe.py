@@ -35,7 +35,8 @@ def test_plan_follows_llama_cpp():
     assert gate_up == ["blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight",  # layer 1: the fused tensor's halves
                        "blk.1.ffn_gate_up_exps.weight:gate", "blk.1.ffn_gate_up_exps.weight:up"]
     halves = {w.name: w for w in spec.weights if w.name.startswith("blk.1.ffn_gate_up_exps")}
-    assert {n: w.shape for n, w in halves.items()} == {f"blk.1.ffn_gate_up_exps.weight:{h}": (8, 256, 256) for h in ("gate", "up")}
+    assert ({n: w.shape for n, w in halves.items()}
+            == {f"blk.1.ffn_gate_up_exps.weight:{h}": (8, 256, 256) for h in ("gate", "up")})
     assert [p.start for p in halves["blk.1.ffn_gate_up_exps.weight:up"].parts] == [e * 512 + 256 for e in range(8)]
     assert [op.attrs.get("activation") for op in ops if op.kind == "swiglu"] == ["gelu_tanh"] * 4  # MLP, experts x 2
     # the two branches: post_ffw_norm_1 on the MLP's h, post_ffw_norm_2 on the experts' sum, added, then post_ffw_norm

@@ -7,14 +7,15 @@ the program is lowered from a reference-only bundle's plan.
 
 import ctypes
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.artifacts.program import SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS, ArgKind
+from rfc.artifacts.program import (SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS, ArgKind,
+                                   ArgSlot)
+from rfc.compiler.codegen.gpu_imma import Q8_SCRATCH
 from rfc.compiler.codegen.gpu_plan import plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.pipeline import CompileOptions, compile_model
@@ -81,7 +82,8 @@ class FakeCuda:
 
     def _cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
         if self.capturing:
-            self.captured.append([ctypes.cast(params[i], ctypes.POINTER(ctypes.c_uint64))[0] for i in range(len(params))])
+            self.captured.append([ctypes.cast(params[i], ctypes.POINTER(ctypes.c_uint64))[0]
+                                  for i in range(len(params))])
         return 0
 
     def _cuMemcpyHtoDAsync_v2(self, dst, src, nbytes, stream):
@@ -174,8 +176,10 @@ def test_decode_steps_capture_once_and_replay(program_and_bundle):
     assert names.count("cuStreamSynchronize") == 3
     assert not {"cuMemAlloc_v2", "cuMemAllocHost_v2", "cuCtxSynchronize", "cuMemcpyHtoD_v2"} & set(names)
     # each step: copy in, replay, copy out, sync, all on the runner's stream
-    replay = [c for c in fake.calls if c[0] in ("cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize")]
-    assert [c[0] for c in replay] == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize"] * 3
+    replay = [c for c in fake.calls
+              if c[0] in ("cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize")]
+    assert ([c[0] for c in replay]
+            == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize"] * 3)
     assert all(c[1][-1].value == 0x5151 for c in replay if c[0] != "cuGraphLaunch")
     h2d = replay[0][1]
     assert (h2d[0], h2d[1]) == (runner._dev_in, runner._host_in)
@@ -379,7 +383,8 @@ def test_rows_past_a_capped_penalty_region_go_to_the_host(program_and_bundle, mo
     first = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [3, 4], vocab)
     second = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [5, 6], vocab)
     plain = Sampler(SamplingParams(temperature=0.0), [7], vocab)
-    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 3, 0), [(first, False), (second, False), (plain, False)])
+    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 3, 0),
+                             [(first, False), (second, False), (plain, False)])
     assert list(out.logits) == [1]
 
 
@@ -394,13 +399,27 @@ def _prefill_batch(blocks, n: int):
 
 def test_the_program_has_a_prefill_list_of_tensor_core_matmuls(program_and_bundle):
     program, _kernel_args, bundle = program_and_bundle
-    assert program.prefill_min_tokens == 64 and len(program.prefill_launches) == len(program.launches)
-    swapped = [(d, p) for d, p in zip(program.launches, program.prefill_launches) if d != p]
+    # the prefill list: the decode list's launches, matmuls swapped, and before the int8 ones the
+    # launch that rounds their input once (gpu_imma.IMMA_PREQUANT)
+    rounding = [i for i, p in enumerate(program.prefill_launches) if p.kernel.startswith("rfc_quantize_q8_")]
+    paired = [p for i, p in enumerate(program.prefill_launches) if i not in rounding]
+    assert program.prefill_min_tokens == 64 and len(paired) == len(program.launches) and rounding
+    swapped = [(d, p) for d, p in zip(program.launches, paired) if d != p]
     # int8 tensor cores for Q4_K (sm_80+), half ones for Q6_K
     kinds = {p.kernel.split("_")[2] for _d, p in swapped}
     assert swapped and kinds == {"imma", "mma"} and all(d.kernel.startswith("rfc_matmul_") for d, p in swapped), kinds
-    # the same op: the same arguments, a grid over the step's tokens
-    assert all(d.args == p.args and p.grid[1].count == "n_tokens" for d, p in swapped)
+    # the same op: the same arguments (an int8 one reads its input as rounded into the q8 slot), a
+    # grid over the step's tokens
+    for d, p in swapped:
+        q8 = p.kernel.startswith("rfc_matmul_imma_")
+        assert p.args == (d.args[:1] + (ArgSlot(ArgKind.ARENA, Q8_SCRATCH),) + d.args[2:] if q8 else d.args)
+        assert p.grid[1].count == "n_tokens"
+    # each rounding launch reads the input of the int8 matmul after it and writes the q8 slot
+    for i in rounding:
+        after = program.prefill_launches[i + 1]
+        decode = next(d for d, p in swapped if p is after)
+        assert after.kernel.startswith("rfc_matmul_imma_")
+        assert program.prefill_launches[i].args[:2] == (ArgSlot(ArgKind.ARENA, Q8_SCRATCH), decode.args[1])
     # every matmul over token rows swapped; the logits matmul (over the wanted rows) stays
     matmuls = [d for d in program.launches if d.kernel.startswith("rfc_matmul_")]
     assert len(swapped) == len(matmuls) - 1 and all(g.count == "n_rows" for g in matmuls[-1].grid[1:])
@@ -411,7 +430,8 @@ def test_the_program_has_a_prefill_list_of_tensor_core_matmuls(program_and_bundl
         target = parse_target(name)
         specs, op_kernels = plan_kernels(target, bundle.plan, bundle.layout)
         amd = plan_program(target, bundle.plan, specs, op_kernels)
-        swapped = [p.kernel for d, p in zip(amd.launches, amd.prefill_launches) if d != p]
+        paired = [p for p in amd.prefill_launches if not p.kernel.startswith("rfc_quantize_q8_")]
+        swapped = [p.kernel for d, p in zip(amd.launches, paired) if d != p]
         assert swapped and all(k.startswith("rfc_matmul_imma_q4_k") for k in swapped), (name, swapped)
 
 
@@ -428,15 +448,15 @@ def test_prefill_steps_launch_the_prefill_list_and_decode_steps_replay_the_decod
         return [c[1][0] for c in fake.calls if c[0] == "cuLaunchKernel"], [c[0] for c in fake.calls]
 
     fns, names = launched(_prefill_batch(blocks, 64))  # one prompt of 64 tokens: the prefill list, no graph
-    assert fns == [functions[l.kernel] for l in program.prefill_launches]
+    assert fns == [functions[launch.kernel] for launch in program.prefill_launches]
     assert "cuStreamBeginCapture_v2" not in names and "cuGraphLaunch" not in names
     blocks.free(0)
     fns, names = launched(_prefill_batch(blocks, 63))  # below the bound: the decode list, launched directly
-    assert fns == [functions[l.kernel] for l in program.launches]
+    assert fns == [functions[launch.kernel] for launch in program.launches]
     fake.captured.clear()
     fns, names = launched(_decode_batch(BlockManager(32, 16), 2, 0))  # decode: the decode list's graph
-    assert names.count("cuGraphLaunch") == 1 and fns == [functions[l.kernel] for l in program.launches]
-    assert not any(l.kernel.startswith("rfc_matmul_mma_") for l in program.launches)
+    assert names.count("cuGraphLaunch") == 1 and fns == [functions[launch.kernel] for launch in program.launches]
+    assert not any(launch.kernel.startswith("rfc_matmul_mma_") for launch in program.launches)
 
 
 def test_the_prefill_list_round_trips_and_is_checked():

@@ -53,7 +53,8 @@ def test_a_llama_layer_fuses_four_kinds_of_runs(llama):
     assert _runs(plan, layout) == FUSED
     specs, op_kernels = plan_kernels(TARGET, plan, layout)
     fusions = plan_fusions(plan, specs, op_kernels)
-    program = plan_program(TARGET, plan, [*specs, *{f.spec.name: f.spec for f in fusions}.values()], op_kernels, fusions)
+    program = plan_program(TARGET, plan, [*specs, *{f.spec.name: f.spec for f in fusions}.values()], op_kernels,
+                           fusions)
     assert len(program.launches) == len(plan.ops) + spec.hparams.n_layers - sum(f.count - 1 for f in fusions)
     qkv = program.launches[2]
     assert [a.ref for a in qkv.args] == ["q", "k", "v", "h", "blk.0.attn_q.weight", "blk.0.attn_k.weight",
@@ -96,7 +97,9 @@ def test_a_pre_activation_read_later_or_a_fresh_output_keeps_the_launches(llama)
     norm, width = act - 3, plan.buffer(up).shape[1]
     renamed = {norm: {"outputs": ("hf",)}, act - 2: {"inputs": ("hf",)}, act - 1: {"inputs": ("hf",)},
                act: {"outputs": ("act",)}, act + 1: {"inputs": ("act",)}}
-    fresh = dataclasses.replace(plan, ops=tuple(dataclasses.replace(op, **renamed.get(i, {})) for i, op in enumerate(plan.ops)),
+    fresh = dataclasses.replace(plan,
+                                ops=tuple(dataclasses.replace(op, **renamed.get(i, {}))
+                                          for i, op in enumerate(plan.ops)),
                                 buffers=(*plan.buffers, Buffer("hf", ("T", plan.n_embd)), Buffer("act", ("T", width))))
     assert [op.kind.value for op in fresh.ops[norm : act + 2]] == ["rmsnorm", "matmul", "matmul", "swiglu", "matmul"]
     assert ("matmul", "matmul", "swiglu") not in _runs(fresh, layout)

@@ -47,7 +47,8 @@ def test_cpu_and_gpu_targets_each_read_their_layout_written_once():
     primary, variants = uses[: len(spec.weights)], uses[len(spec.weights):]
     assert [u.name for u in primary] == [u.name for u in spec.weights]
     assert {u.packed for u in primary} - {None} <= set(PACKED_FORMATS)
-    assert variants and all(u.name == f"{u.name.split('#')[0]}#{u.packed}" and u.packed in PLANAR_FORMATS for u in variants)
+    assert (variants
+            and all(u.name == f"{u.name.split('#')[0]}#{u.packed}" and u.packed in PLANAR_FORMATS for u in variants))
     assert {u.name.split("#")[0] for u in variants} == _matmul_only(spec) - {"token_embd.weight"}
 
 

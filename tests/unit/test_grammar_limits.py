@@ -1,12 +1,12 @@
 """The grammar limits, measured without recursion before
 llguidance sees a grammar, and matchers released when their request ends."""
 
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from rfc.runtime.sampling.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema, repetition_product
+from rfc.runtime.sampling.grammar_limits import (
+    GrammarError, GrammarLimits, check_grammar, check_schema, repetition_product,
+)
 
 LIMITS = GrammarLimits()
 
@@ -43,7 +43,8 @@ def test_ref_chains_are_measured_through_their_links():
 def test_recursive_schemas_are_recursion_not_depth():
     tree = {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}}
     check_schema(tree, "f", LIMITS)
-    mutual = {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"anyOf": [{"$ref": "#/$defs/a"}, {"type": "null"}]}}, "$ref": "#/$defs/a"}
+    mutual = {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"anyOf": [{"$ref": "#/$defs/a"}, {"type": "null"}]}},
+              "$ref": "#/$defs/a"}
     check_schema(mutual, "f", LIMITS)
 
 

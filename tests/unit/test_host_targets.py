@@ -18,11 +18,13 @@ AMX = VNNI + " amx_tile amx_int8 amx_bf16"
 def _host(tmp_path: Path, flags: str, *, cuda=(), gfx_versions=(), programs=("nvcc", "hipcc"), amx=True,
           machine="x86_64", system="Linux") -> HostProbe:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: "
+                       f"{flags}\n")
     nodes = tmp_path / "nodes"
     for i, version in enumerate((0, *gfx_versions)):  # node 0: the CPU, as KFD lists it
         (nodes / str(i)).mkdir(parents=True, exist_ok=True)
-        (nodes / str(i) / "properties").write_text(f"cpu_cores_count 16\nsimd_count 0\ngfx_target_version {version}\nvendor_id 4098\n")
+        (nodes / str(i) / "properties").write_text(f"cpu_cores_count 16\nsimd_count 0\ngfx_target_version "
+                                                   f"{version}\nvendor_id 4098\n")
     return HostProbe(cpuinfo=cpuinfo, kfd_nodes=nodes, machine=lambda: machine, system=lambda: system,
                      cuda_archs=lambda: tuple(cuda), amx_granted=lambda: amx, has_program=lambda p: p in programs)
 
@@ -53,8 +55,9 @@ def test_an_nvidia_host_builds_its_gpu_and_its_cpu(tmp_path):
     assert "sm_90" in host.describe() and "cpu-avx512" in host.describe()
 
 
-@pytest.mark.parametrize(("version", "name"), [(90010, "gfx90a"), (90402, "gfx942"), (110000, "gfx1100"), (100300, "gfx1030"),
-                                               (120001, "gfx1201"), (0, None), (91600, None)])
+@pytest.mark.parametrize(("version", "name"),
+                         [(90010, "gfx90a"), (90402, "gfx942"), (110000, "gfx1100"), (100300, "gfx1030"),
+                          (120001, "gfx1201"), (0, None), (91600, None)])
 def test_kfd_target_versions_name_gfx_targets(version, name):
     assert gfx_name(version) == name
 
@@ -96,5 +99,6 @@ def test_compile_says_its_portable_choice_and_the_hosts(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     line = compile_hint(host_targets(_host(tmp_path / "a", VNNI, cuda=("sm_90",))))
-    assert "built for cpu (x86-64-v3" in line and "--arch sm_90 --arch cpu-avx512" in line and "--arch cpu to keep" in line
+    assert ("built for cpu (x86-64-v3" in line and "--arch sm_90 --arch cpu-avx512" in line
+            and "--arch cpu to keep" in line)
     assert "--arch" not in compile_hint(host_targets(_host(tmp_path / "b", V3))).replace("no --arch", "")

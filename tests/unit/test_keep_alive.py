@@ -20,7 +20,8 @@ def test_durations(value, seconds):
     assert got == seconds if seconds is None else math.isclose(got, seconds)
 
 
-@pytest.mark.parametrize("value", ["", "five minutes", "5x", "m5", "1h-30m", "--1", True, None, [], {}, float("nan"), "nan"])
+@pytest.mark.parametrize("value",
+                         ["", "five minutes", "5x", "m5", "1h-30m", "--1", True, None, [], {}, float("nan"), "nan"])
 def test_refusals(value):
     with pytest.raises(ValueError):
         parse_keep_alive(value)

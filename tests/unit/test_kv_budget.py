@@ -47,7 +47,8 @@ def test_block_bytes():
 
 def test_gpu_budget_is_vllm_arithmetic():
     # 80 GiB card, 2 GiB used by others before we start, 16 GiB of weights + arena
-    assert gpu_budget(free=78 * GiB, total=80 * GiB, utilization=0.9, resident=16 * GiB) == int(0.9 * 80 * GiB) - 2 * GiB - 16 * GiB
+    assert (gpu_budget(free=78 * GiB, total=80 * GiB, utilization=0.9, resident=16 * GiB)
+            == int(0.9 * 80 * GiB) - 2 * GiB - 16 * GiB)
     # a share of it: two budgeted models left, the later one's 16 GiB of weights reserved
     share = KvShare(models=2, left=2, reserve_bytes=16 * GiB)
     assert gpu_budget(78 * GiB, 80 * GiB, 0.9, 16 * GiB, share) == (int(0.9 * 80 * GiB) - 34 * GiB) // 2
@@ -120,7 +121,8 @@ def test_parse_flags():
         with pytest.raises(ValueError, match="--gpu-memory-utilization"):
             parse_utilization(bad)
     assert parse_kv_memory("0.25") == 0.25
-    assert parse_kv_memory("8GiB") == 8 * GiB and parse_kv_memory("512M") == 512 << 20 and parse_kv_memory("4096") == 4096
+    assert (parse_kv_memory("8GiB") == 8 * GiB and parse_kv_memory("512M") == 512 << 20
+            and parse_kv_memory("4096") == 4096)
     for bad in ("0.0", "1.5", "0", "lots", "8 XB"):
         with pytest.raises(ValueError, match="--kv-memory"):
             parse_kv_memory(bad)
@@ -169,7 +171,8 @@ def ref_bundles(tmp_path_factory):
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
     root = tmp_path_factory.mktemp("kvbudget")
-    compile_model(CompileOptions(model=FIXTURES / "tiny-llama-Q4_K_M.gguf", out_dir=root / "a", targets=(), cache_dir=None))
+    compile_model(CompileOptions(model=FIXTURES / "tiny-llama-Q4_K_M.gguf", out_dir=root / "a", targets=(),
+                                 cache_dir=None))
     shutil.copytree(root / "a", root / "b")
     return root / "a", root / "b"
 
@@ -195,7 +198,8 @@ def test_plan_models_shares(ref_bundles):
     assert sources[0].load.kv_blocks == 8
     assert sources[1].load.kv_blocks is None and sources[1].load.kv_share == KvShare(1, 1, 0)
     # --kv-pages N: no budget at all
-    assert [s.load.kv_blocks for s in plan_models([a, b], LoadOptions(device="ref"), KvPages.parse(["100"]))] == [50, 50]
+    assert ([s.load.kv_blocks for s in plan_models([a, b], LoadOptions(device="ref"), KvPages.parse(["100"]))]
+            == [50, 50])
 
 
 # -- --ctx-size: a served context shorter than the trained one ---------------------------------------

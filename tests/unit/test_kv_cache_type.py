@@ -96,7 +96,8 @@ def test_rotations_are_llama_cpps():
     """llama-kv-cache.cpp attn_rot_k / attn_rot_v: K in the largest power of two >= 64 dividing
     head_dim, V in 64s, nothing for an F16 side or a head_dim that is no multiple of 64."""
     q8 = KvCacheTypes(Q8, Q8)
-    assert [q8.rotations(hd) for hd in (32, 64, 96, 128, 192, 256)] == [(0, 0), (64, 64), (0, 0), (128, 64), (64, 64), (256, 64)]
+    assert ([q8.rotations(hd) for hd in (32, 64, 96, 128, 192, 256)]
+            == [(0, 0), (64, 64), (0, 0), (128, 64), (64, 64), (256, 64)])
     assert KvCacheTypes(Q8, CacheType.F16).rotations(128) == (128, 0) and KvCacheTypes().rotations(128) == (0, 0)
     x = _rows(3)
     h = hadamard(64)

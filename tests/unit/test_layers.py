@@ -92,7 +92,8 @@ def test_every_runtime_folder_has_a_layer():
 
 
 def test_no_folder_imports_one_above_it():
-    upward = [where for (a, b), places in folder_imports().items() if LAYERS.index(b) > LAYERS.index(a) for where in places]
+    upward = [where for (a, b), places in folder_imports().items() if LAYERS.index(b) > LAYERS.index(a)
+              for where in places]
     assert upward == [], "imports against the layer order " + " < ".join(LAYERS) + ":\n" + "\n".join(upward)
 
 

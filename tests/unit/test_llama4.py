@@ -32,7 +32,8 @@ def test_llama4_plan_interleaves_top1_experts_and_nope_layers():
     assert [r.attrs for r in routes] == [{"n_used": 1, "gating": "sigmoid", "norm": False},
                                          {"n_used": 1, "gating": "softmax_weight"}] * 2  # layers 1 and 3  # fmt: skip
     combine = [op for op in ops if op.kind == "moe_combine"]
-    assert [(c.inputs, c.outputs) for c in combine] == [(("h", "expert_weights"), ("moe_in",))] * 2  # the weight on the input
+    # the weight on the input
+    assert [(c.inputs, c.outputs) for c in combine] == [(("h", "expert_weights"), ("moe_in",))] * 2
     assert len([op for op in ops if op.kind == "rope"]) == 3  # layer 3 has none
     norms = [op for op in ops if op.kind == "rmsnorm" and op.inputs[0] in ("q", "k")]
     assert len(norms) == 6 and {op.weights for op in norms} == {("rfc.ones.64",)}  # after RoPE, layers 0-2
@@ -74,7 +75,8 @@ def test_llama4_serves_contexts_below_the_first_chunk(tmp_path):
     ({"drop_keys": ("llama4.expert_count", "llama4.expert_used_count")}, "llama4 needs llama4.expert_count > 0"),
     ({"metadata": {"llama4.expert_count": 1 << 31}}, "llama4.expert_count = 2147483648 is outside [0, 1024]"),
     ({"drop_keys": ("llama4.interleave_moe_layer_step",)}, "missing metadata llama4.interleave_moe_layer_step"),
-    ({"metadata": {"llama4.interleave_moe_layer_step": 1 << 31}}, "llama4.interleave_moe_layer_step = 2147483648 is outside"),
+    ({"metadata": {"llama4.interleave_moe_layer_step": 1 << 31}},
+     "llama4.interleave_moe_layer_step = 2147483648 is outside"),
     ({"metadata": {"llama4.attention.sliding_window": 0}}, "llama4.attention.sliding_window = 0"),
     ({"metadata": {"llama4.rope.dimension_count": 32}}, "llama4.rope.dimension_count 32 != head size 64"),
     ({"metadata": {"llama4.expert_group_count": 2}}, "llama4.expert_group_count is not supported"),

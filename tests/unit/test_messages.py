@@ -51,7 +51,8 @@ def test_roles():
     knows = "{% if m.role == 'developer' %}{% endif %}"
     assert normalize_messages([{"role": "developer", "content": "x"}], plain)[0]["role"] == "system"
     assert normalize_messages([{"role": "developer", "content": "x"}], knows)[0]["role"] == "developer"
-    assert template_knows_role('role == "developer"', "developer") and not template_knows_role("developers", "developer")
+    assert (template_knows_role('role == "developer"', "developer")
+            and not template_knows_role("developers", "developer"))
 
 
 @pytest.mark.shared

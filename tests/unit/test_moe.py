@@ -43,7 +43,8 @@ def test_qwen3moe_routes_softmax_renormalized_without_a_shared_expert():
     assert all(not r.weights for r in routes)  # no selection bias
     shapes = {w.name: w.shape for w in spec.weights}
     # expert_feed_forward_length (256), not feed_forward_length / expert_used_count (192)
-    assert shapes["blk.0.ffn_gate_exps.weight"] == (8, 256, 256) and shapes["blk.1.ffn_down_exps.weight"] == (8, 256, 256)
+    assert (shapes["blk.0.ffn_gate_exps.weight"] == (8, 256, 256)
+            and shapes["blk.1.ffn_down_exps.weight"] == (8, 256, 256))
     assert not any("shexp" in name for name in shapes)
     assert spec.hparams.extra == {"expert_count": 8, "expert_used_count": 4, "expert_feed_forward_length": 256}
     assert len(_ops(spec, "rmsnorm")) == 2 * 4 + 1  # attn, q, k, ffn norms per layer, the output norm
@@ -129,26 +130,26 @@ def _route(logits, n_used: int, bias=None, **attrs) -> tuple[np.ndarray, np.ndar
 
 
 def test_softmax_router_renormalizes_the_chosen():
-    l = [[0.0, 1.0, 2.0, 3.0]]
-    p = np.exp(l[0]) / np.exp(l[0]).sum()
-    ids, w = _route(l, 2)
+    logits = [[0.0, 1.0, 2.0, 3.0]]
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    ids, w = _route(logits, 2)
     assert ids.tolist() == [[3, 2]]
     np.testing.assert_allclose(w[0], [p[3] / (p[3] + p[2]), p[2] / (p[3] + p[2])], rtol=1e-6)
-    ids, w = _route(l, 2, norm=False, scale=2.5)  # DeepSeek's routed_scaling_factor without norm_topk_prob
+    ids, w = _route(logits, 2, norm=False, scale=2.5)  # DeepSeek's routed_scaling_factor without norm_topk_prob
     np.testing.assert_allclose(w[0], [2.5 * p[3], 2.5 * p[2]], rtol=1e-6)
 
 
 def test_sigmoid_router_with_a_selection_bias_that_chooses_but_does_not_weigh():
-    l = [[0.0, 1.0, 2.0, 3.0]]
-    s = 1.0 / (1.0 + np.exp(-np.array(l[0])))
-    ids, w = _route(l, 2, bias=[0.0, 5.0, 0.0, 0.0], gating="sigmoid")
+    logits = [[0.0, 1.0, 2.0, 3.0]]
+    s = 1.0 / (1.0 + np.exp(-np.array(logits[0])))
+    ids, w = _route(logits, 2, bias=[0.0, 5.0, 0.0, 0.0], gating="sigmoid")
     assert ids.tolist() == [[1, 3]]  # expert 1 by its bias
     np.testing.assert_allclose(w[0], [s[1] / (s[1] + s[3]), s[3] / (s[1] + s[3])], rtol=1e-6)
 
 
 def test_softmax_weight_router_softmaxes_the_chosen_logits():
-    l = [[0.5, -1.0, 2.0, 1.0]]
-    ids, w = _route(l, 2, gating="softmax_weight", norm=False)
+    logits = [[0.5, -1.0, 2.0, 1.0]]
+    ids, w = _route(logits, 2, gating="softmax_weight", norm=False)
     assert ids.tolist() == [[2, 3]]
     np.testing.assert_allclose(w[0], np.exp([2.0, 1.0]) / np.exp([2.0, 1.0]).sum(), rtol=1e-6)
 
@@ -156,12 +157,12 @@ def test_softmax_weight_router_softmaxes_the_chosen_logits():
 def test_grouped_top_k_keeps_the_groups_whose_two_best_sum_highest():
     """Groups {0,1}, {2,3}, {4,5}: scores 2 + 0, 1.5 + 1.5 (best), 1.9 + 0: the single best
     expert (0) is in a group that loses; with 2 groups kept, group 0 beats group 2 by 0.1."""
-    l = [[2.0, 0.0, 1.5, 1.5, 1.9, 0.0]]
-    ids, _ = _route(l, 2, gating="sigmoid", groups=3, groups_used=1)
+    logits = [[2.0, 0.0, 1.5, 1.5, 1.9, 0.0]]
+    ids, _ = _route(logits, 2, gating="sigmoid", groups=3, groups_used=1)
     assert ids.tolist() == [[2, 3]]
-    ids, _ = _route(l, 3, gating="sigmoid", groups=3, groups_used=2)
+    ids, _ = _route(logits, 3, gating="sigmoid", groups=3, groups_used=2)
     assert ids.tolist() == [[0, 2, 3]]
-    ids, _ = _route(l, 3, gating="sigmoid")  # ungrouped: the three largest
+    ids, _ = _route(logits, 3, gating="sigmoid")  # ungrouped: the three largest
     assert ids.tolist() == [[0, 4, 2]]
 
 
@@ -187,7 +188,9 @@ def _scaled_spec(tmp_path) -> ModelSpec:
 def _layout(spec: ModelSpec, **shapes):
     from rfc.artifacts.layout import TensorEntry, WeightLayout
 
-    return WeightLayout(64, tuple(TensorEntry(w.name, w.role, w.format, shapes.get(w.name, w.shape), 0, 0, "") for w in spec.weights))
+    return WeightLayout(64,
+                        tuple(TensorEntry(w.name, w.role, w.format, shapes.get(w.name, w.shape), 0, 0, "")
+                              for w in spec.weights))
 
 
 def test_moe_scale_is_validated(tmp_path):

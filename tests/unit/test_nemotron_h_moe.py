@@ -35,7 +35,8 @@ def test_plan_routes_by_sigmoid_with_a_bias_to_squared_relu_experts_and_a_shared
     assert all(r.attrs == {"n_used": 4, "gating": "sigmoid", "scale": 2.5} for r in routes)  # renormalized: the default
     relu2 = [op for op in ops if op.kind == "swiglu" and op.attr("activation") == "relu"]
     assert [op.inputs for op in relu2] == [("exp_up", "exp_up"), ("shexp_up", "shexp_up")] * 2  # relu(u) u, no gate
-    assert len([op for op in ops if op.kind == "ssm_scan"]) == 2 and spec.plan.kv.n_layers == 1  # Mamba2 at 0, 3; attention at 2
+    # Mamba2 at 0, 3; attention at 2
+    assert len([op for op in ops if op.kind == "ssm_scan"]) == 2 and spec.plan.kv.n_layers == 1
     names = {w.name for w in spec.weights}
     assert "blk.1.ffn_up_shexp.weight" in names and not any("gate_exps" in n or "gate_shexp" in n for n in names)
     assert spec.hparams.extra["expert_shared_feed_forward_length"] == 512 and spec.hparams.extra["mlp_layers"] == 2
@@ -43,7 +44,8 @@ def test_plan_routes_by_sigmoid_with_a_bias_to_squared_relu_experts_and_a_shared
 
 def _bias_of(n: int):
     """tensor_fn: blk.1's selection bias with n entries."""
-    return lambda name, data, qtype: (np.zeros(n, np.float32), qtype) if name == "blk.1.exp_probs_b.bias" else (data, qtype)
+    return (lambda name, data, qtype: (np.zeros(n, np.float32), qtype) if name == "blk.1.exp_probs_b.bias"
+            else (data, qtype))
 
 
 @pytest.mark.parametrize("edits,message", [
@@ -56,7 +58,8 @@ def _bias_of(n: int):
     ({"tensor_fn": _bias_of(7)}, "shape mismatch for blk.1.exp_probs_b.bias: expected [8]"),
     ({"drop_tensors": ("blk.4.exp_probs_b.bias",)}, "missing tensor blk.4.exp_probs_b.bias"),
     ({"metadata": {A + "expert_feed_forward_length": 128}}, "shape mismatch for blk.1.ffn_up_exps.weight"),
-    ({"drop_keys": (A + "expert_shared_feed_forward_length",)}, "missing metadata " + A + "expert_shared_feed_forward_length"),
+    ({"drop_keys": (A + "expert_shared_feed_forward_length",)},
+     "missing metadata " + A + "expert_shared_feed_forward_length"),
     ({"metadata": {A + "expert_weights_scale": -1.0}}, A + "expert_weights_scale = -1.0 is not a finite number"),
     ({"metadata": {A + "moe_latent_size": 128}}, "missing tensor blk.1.ffn_latent_down.weight"),
     ({"metadata": {A + "moe_latent_size": 1 << 31}}, A + "moe_latent_size = 2147483648 is outside"),

@@ -71,7 +71,8 @@ def test_an_ffn_bias_is_added_before_the_weight_scale(tmp_path):
 
 @pytest.mark.parametrize("key,value", [("llama.final_logit_softcapping", 30.0), ("llama.attention.clamp_kqv", 8.0),
                                        ("llama.logit_scale", 0.5), ("llama.residual_scale", 0.25)])
-def test_a_math_key_llama_cpp_applies_and_the_recipe_does_not_is_refused_unless_neutral(key, value, tmp_path, monkeypatch):
+def test_a_math_key_llama_cpp_applies_and_the_recipe_does_not_is_refused_unless_neutral(
+        key, value, tmp_path, monkeypatch):
     """Were llama.cpp's llama loader to read the key (it reads none of these), rfc's llama recipe,
     which does not apply it, would refuse the file."""
     from rfc.compiler.arch import math_keys
@@ -147,7 +148,8 @@ def test_a_negative_learned_scalar_compiles(tmp_path):
     factor, not a traceback."""
 
     def negative(name, data, qtype):
-        return (np.array([-0.0701645240187645], np.float32), qtype) if name == "blk.1.layer_output_scale.weight" else (data, qtype)
+        return ((np.array([-0.0701645240187645], np.float32), qtype) if name == "blk.1.layer_output_scale.weight"
+                else (data, qtype))
 
     spec = spec_of(FIXTURES / "tiny-gemma4-Q8_0.gguf", tmp_path, tensor_fn=negative)
     factors = [op.attrs["factor"] for op in spec.plan.ops if op.kind == "scale"]
@@ -199,7 +201,8 @@ def test_expert_scales_a_graph_applies(tmp_path):
     swiglu), down's its output, a factor of its weight in the sum (moe_route's expert_scale)."""
     src = FIXTURES / "tiny-qwen3moe-Q8_0.gguf"
     i, n = _first_expert_layer(src)
-    extra = {f"blk.{i}.ffn_{x}_exps.scale": np.full(n, s, np.float32) for x, s in (("gate", 0.5), ("up", 1.5), ("down", 2.0))}
+    extra = {f"blk.{i}.ffn_{x}_exps.scale": np.full(n, s, np.float32)
+             for x, s in (("gate", 0.5), ("up", 1.5), ("down", 2.0))}
     ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
     routes = [op for op in ops if op.kind == "moe_route" and op.attrs.get("expert_scale")]
     assert [op.weights[-1] for op in routes] == [f"blk.{i}.ffn_down_exps.scale"]
@@ -233,7 +236,8 @@ def test_fused_gate_up_experts_take_the_up_scale_on_both_halves(tmp_path):
     fused = np.zeros((n, 2 * gate.shape[1], gate.shape[2]), np.float32)
     extra = {f"blk.{i}.ffn_gate_up_exps.weight": fused, f"blk.{i}.ffn_gate_exps.scale": np.full(n, 0.5, np.float32),
              f"blk.{i}.ffn_up_exps.scale": np.full(n, 1.5, np.float32)}
-    spec = spec_of(src, tmp_path, add_tensors=extra, drop_tensors=tuple(f"blk.{i}.ffn_{x}_exps.weight" for x in ("gate", "up")))
+    spec = spec_of(src, tmp_path, add_tensors=extra,
+                   drop_tensors=tuple(f"blk.{i}.ffn_{x}_exps.weight" for x in ("gate", "up")))
     assert [(op.inputs, op.weights) for op in spec.plan.ops if op.kind == "moe_scale"] == [
         ((buf, "expert_ids"), (f"blk.{i}.ffn_up_exps.scale",)) for buf in ("exp_gate", "exp_up")]
 
@@ -242,7 +246,8 @@ def test_mamba2_weight_scales_scale_every_part_of_ssm_in(tmp_path):
     """build_lora_mm(ssm_in, cur, ssm_in_s): the scale multiplies z, xBC and dt alike; ssm_out's its output."""
     src = FIXTURES / "tiny-nemotron_h-Q8_0.gguf"
     i = next(i for i in range(64) if f"blk.{i}.ssm_in.weight" in read_gguf(src).tensors)
-    extra = {f"blk.{i}.ssm_in.scale": np.array([0.5], np.float32), f"blk.{i}.ssm_out.scale": np.array([2.0], np.float32)}
+    extra = {f"blk.{i}.ssm_in.scale": np.array([0.5], np.float32),
+             f"blk.{i}.ssm_out.scale": np.array([2.0], np.float32)}
     ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
     scaled = [ops[k - 1].weights for k, op in enumerate(ops)
               if op.kind == "scale" and op.attrs.get("factor") in (0.5, 2.0)]  # fmt: skip
@@ -260,8 +265,8 @@ def test_qwen35_attention_biases_as_build_qkv_adds_them(tmp_path):
     p = f"blk.{at}."
     rows, kv = tensors[p + "attn_q.weight"].shape[0], tensors[p + "attn_k.weight"].shape[0]
     q_bias = np.arange(rows, dtype=np.float32)
-    extra = {p + "attn_q.bias": q_bias, p + "attn_k.bias": np.ones(kv, np.float32), p + "attn_v.bias": np.ones(kv, np.float32),
-             p + "attn_q.scale": np.array([0.5], np.float32)}
+    extra = {p + "attn_q.bias": q_bias, p + "attn_k.bias": np.ones(kv, np.float32),
+             p + "attn_v.bias": np.ones(kv, np.float32), p + "attn_q.scale": np.array([0.5], np.float32)}
     model = read_gguf(rewrite_gguf(src, tmp_path / "biased.gguf", add_tensors=extra))
     spec = build_spec(model)
     ops = spec.plan.ops
@@ -290,7 +295,8 @@ def test_element_ranges_stay_inside_a_vector():
     check_use(model, WeightUse("ok", "x", "F32", (4,), (ElementRange(norm, n - 4, n),)))
     for part in (ElementRange(norm, n - 2, n + 2), ElementRange(norm, 3, 3), ElementRange("token_embd.weight", 0, 4)):
         with pytest.raises(CompileError, match="cannot be made from elements"):
-            check_use(model, WeightUse("bad", "x", model.tensors[part.tensor].format, (part.stop - part.start,), (part,)))
+            check_use(model,
+                      WeightUse("bad", "x", model.tensors[part.tensor].format, (part.stop - part.start,), (part,)))
 
 
 def test_llama4_applies_no_ffn_or_shared_expert_scale(tmp_path):
@@ -311,7 +317,8 @@ def test_qwen35_weight_scales_as_its_graph_applies_them(tmp_path):
     tensors = read_gguf(src).tensors
     dn = next(i for i in range(64) if f"blk.{i}.ssm_alpha.weight" in tensors)
     at = next(i for i in range(64) if f"blk.{i}.attn_q.weight" in tensors)
-    names = [f"blk.{dn}.{x}" for x in ("attn_qkv", "attn_gate", "ssm_alpha", "ssm_beta", "ssm_out")] + [f"blk.{at}.attn_q"]
+    names = ([f"blk.{dn}.{x}" for x in ("attn_qkv", "attn_gate", "ssm_alpha", "ssm_beta", "ssm_out")]
+             + [f"blk.{at}.attn_q"])
     extra = {n + ".scale": np.array([0.5], np.float32) for n in names}
     ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
     scaled = [ops[k - 1].weights[0] for k, op in enumerate(ops) if op.kind == "scale" and op.attrs.get("factor") == 0.5]

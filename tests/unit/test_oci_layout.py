@@ -23,14 +23,17 @@ def test_references(text, ref):
     assert str(ref) == text
 
 
-@pytest.mark.parametrize("text", ["bundles/demo", "demo:cpu", "./localhost:5000/x", "localhost:5000/Upper", "ghcr.io/x@sha256:short",
-                                  "/abs/path", "localhost:5000/"])
+@pytest.mark.parametrize("text",
+                         ["bundles/demo", "demo:cpu", "./localhost:5000/x", "localhost:5000/Upper",
+                          "ghcr.io/x@sha256:short", "/abs/path", "localhost:5000/"])
 def test_not_references(text):
     assert parse_reference(text) is None
 
 
-@pytest.mark.parametrize("host, loop", [("localhost:5000", True), ("127.0.0.1:5000", True), ("127.8.9.1", True), ("[::1]:5000", True),
-                                         ("10.0.0.1:5000", False), ("ghcr.io", False), ("localhost.evil.com:5000", False)])
+@pytest.mark.parametrize("host, loop",
+                         [("localhost:5000", True), ("127.0.0.1:5000", True), ("127.8.9.1", True), ("[::1]:5000", True),
+                           ("10.0.0.1:5000", False), ("ghcr.io", False),
+                          ("localhost.evil.com:5000", False)])
 def test_loopback(host, loop):
     assert is_loopback(host) is loop
 
@@ -52,12 +55,14 @@ CONFIG = {"mediaType": "application/vnd.cncf.model.config.v1+json", "digest": D,
 
 def artifact(paths, sizes=None, **extra):
     return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": MODEL_ARTIFACT, "config": CONFIG,
-                       "layers": [{"mediaType": "x", "digest": D, "size": (sizes or {}).get(p, 1), "annotations": {"org.cncf.model.filepath": p}}
+                       "layers": [{"mediaType": "x", "digest": D, "size": (sizes or {}).get(p, 1),
+                                   "annotations": {"org.cncf.model.filepath": p}}
                                   for p in paths], **extra}).encode()
 
 
 def layer(**fields):
-    return {"mediaType": "x", "digest": D, "size": 1, "annotations": {"org.cncf.model.filepath": "manifest.json"}, **fields}
+    return {"mediaType": "x", "digest": D, "size": 1, "annotations": {"org.cncf.model.filepath": "manifest.json"},
+            **fields}
 
 
 def test_a_bundle_artifact_passes():
@@ -72,7 +77,8 @@ def test_a_bundle_artifact_passes():
     (artifact(["weights.bin"]), "no manifest.json layer"),
     (artifact(["manifest.json"], artifactType="application/vnd.oci.image.config.v1+json",
               config={**CONFIG, "mediaType": "application/vnd.oci.image.config.v1+json"}), "not an rfc bundle"),
-    (json.dumps({"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}).encode(), "not an OCI image manifest"),
+    (json.dumps({"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}).encode(),
+     "not an OCI image manifest"),
     (b"\xff", "not JSON"),
     # every field is typed before use: a wrong type is a refusal, never an AttributeError
     (artifact([], layers=[layer(annotations="org.cncf.model.filepath")]), "annotations are not a map of strings"),

@@ -33,23 +33,24 @@ TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"properti
 # adversarial outputs are built from these pieces, the format's start markers and template
 # markers, and GENERIC. A format added to the table must add its call here.
 SAMPLES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "harmony": (("<|start|>assistant", "<|channel|>commentary", " to=functions.f", " ", "<|constrain|>json", "<|message|>",
-                 '{"a": "x"}', "<|call|>"),),
-    "kimi": (("<|tool_calls_section_begin|>", "<|tool_call_begin|>", " functions.f", ":0", " ", "<|tool_call_argument_begin|>",
-              '{"a": "x"}', "<|tool_call_end|>", "<|tool_calls_section_end|>"),),
-    "deepseek": (("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "function", "<｜tool▁sep｜>", "f\n", "```json", "\n",
-                  '{"a": "x"}', "\n", "```", "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>"),
+    "harmony": (("<|start|>assistant", "<|channel|>commentary", " to=functions.f", " ", "<|constrain|>json",
+                 "<|message|>", '{"a": "x"}', "<|call|>"),),
+    "kimi": (("<|tool_calls_section_begin|>", "<|tool_call_begin|>", " functions.f", ":0", " ",
+              "<|tool_call_argument_begin|>", '{"a": "x"}', "<|tool_call_end|>", "<|tool_calls_section_end|>"),),
+    "deepseek": (("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "function", "<｜tool▁sep｜>", "f\n",
+                  "```json", "\n", '{"a": "x"}', "\n", "```", "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>"),
                  ("<｜tool▁call▁begin｜>", "f", "<｜tool▁sep｜>", '{"a": "x"}', "<｜tool▁call▁end｜>")),
-    "invoke": (("<minimax:tool_call>", "\n", '<invoke name="f">', '<parameter name="a">', "x", "</parameter>", "</invoke>",
-                "</minimax:tool_call>"),
-               ("<｜DSML｜function_calls>", '<｜DSML｜invoke name="f">', '<｜DSML｜parameter name="a" string="true">', "x",
-                "</｜DSML｜parameter>", "</｜DSML｜invoke>", "</｜DSML｜function_calls>"),
+    "invoke": (("<minimax:tool_call>", "\n", '<invoke name="f">', '<parameter name="a">', "x", "</parameter>",
+                "</invoke>", "</minimax:tool_call>"),
+               ("<｜DSML｜function_calls>", '<｜DSML｜invoke name="f">', '<｜DSML｜parameter name="a" string="true">',
+                "x", "</｜DSML｜parameter>", "</｜DSML｜invoke>", "</｜DSML｜function_calls>"),
                ('<function name="f">', '<param name="a">', "x", "</param>", "</function>")),
-    "qwen3_coder": (("<tool_call>", "\n", "<function=f>", "\n", "<parameter=a>", "\nx\n", "</parameter>", "\n", "</function>",
-                     "\n", "</tool_call>"),),
-    "glm": (("<tool_call>", "f", "\n", "<arg_key>", "a", "</arg_key>", "\n", "<arg_value>", "x", "</arg_value>", "</tool_call>"),),
-    "solar": (("<|tool_calls|>", "<|tool_call:begin|>", "0", "<|tool_call:name|>", "f", "<|tool_call:args|>", '{"a": "x"}',
-               "<|tool_call:end|>", "<|calls|>"),),
+    "qwen3_coder": (("<tool_call>", "\n", "<function=f>", "\n", "<parameter=a>", "\nx\n", "</parameter>", "\n",
+                     "</function>", "\n", "</tool_call>"),),
+    "glm": (("<tool_call>", "f", "\n", "<arg_key>", "a", "</arg_key>", "\n", "<arg_value>", "x", "</arg_value>",
+             "</tool_call>"),),
+    "solar": (("<|tool_calls|>", "<|tool_call:begin|>", "0", "<|tool_call:name|>", "f", "<|tool_call:args|>",
+               '{"a": "x"}', "<|tool_call:end|>", "<|calls|>"),),
     "gemma4": (("<|tool_call>", "call:f", "{", "a", ":", '<|"|>', "x", '<|"|>', "}", "<tool_call|>"),),
     "pythonic": (("<|tool_call_start|>", "[", "f(", "a=", "'x'", ")", "]", "<|tool_call_end|>"),),
     "mistral": (("[TOOL_CALLS]", "f", "[CALL_ID]", "a1b2c3d4e", "[ARGS]", '{"a": "x"}'),
@@ -58,7 +59,8 @@ SAMPLES: dict[str, tuple[tuple[str, ...], ...]] = {
     "hermes_apriel": (("<tool_calls>", "[", '{"name": "f", ', '"arguments": {"a": "x"}}', "]", "</tool_calls>"),),
     "hermes_minimax": (("<tool_calls>", "\n", '{"name": "f", "arguments": {"a": "x"}}', "\n", "</tool_calls>"),),
     "hermes_nemotron": (("<TOOLCALL>", "[", '{"name": "f", ', '"arguments": {"a": "x"}}', "]", "</TOOLCALL>"),),
-    "command_r": (("<|START_ACTION|>", "[", '{"tool_name": "f", ', '"parameters": {"a": "x"}}', "]", "<|END_ACTION|>"),),
+    "command_r": (("<|START_ACTION|>", "[", '{"tool_name": "f", ', '"parameters": {"a": "x"}}', "]", "<|END_ACTION|>"),
+                  ),
     "apertus": (("<|tools_prefix|>", "[", '{"f": {"a": "x"}}', "]", "<|tools_suffix|>"),),
     "gigachat": (("<|function_call|>", '{"name": "f", ', '"arguments": {"a": "x"}}', "<|message_sep|>"),),
     "gigachat3": (("function call<|role_sep|>", '{"name": "f", ', '"arguments": {"a": "x"}}', "<|message_sep|>"),),
@@ -104,7 +106,8 @@ def slow_cases(cases: dict[str, Callable[[int], str]], run: Callable[[str], obje
             if t_large > bound:
                 t_large = min(t_large, best_time(run, large, 2))
             if t_large > bound:
-                slow.append(f"{label}: {len(small)} chars {t_small * 1e3:.2f} ms, {len(large)} chars {t_large * 1e3:.2f} ms")
+                slow.append(f"{label}: {len(small)} chars {t_small * 1e3:.2f} ms, {len(large)} chars "
+                            f"{t_large * 1e3:.2f} ms")
     finally:
         gc.enable()
     return slow

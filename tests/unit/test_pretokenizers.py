@@ -22,7 +22,8 @@ LLAMA_NAMES = {name: (group["types"], flags) for group in GROUPS for name, flags
 @cache
 def splitter(pre_type: str):
     document = {"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []},
-                "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre_tokenizers(PRE_TYPES[pre_type])}}  # fmt: skip
+                "pre_tokenizer": {"type": "Sequence",
+                                  "pretokenizers": pre_tokenizers(PRE_TYPES[pre_type])}}  # fmt: skip
     return Tokenizer.from_str(json.dumps(document)).pre_tokenizer
 
 

@@ -23,7 +23,8 @@ def render(name: str, **extra) -> str:
     return t.render(USER, add_generation_prompt=True, **extra)
 
 
-def streamed(text: str, starts_inside: bool, size: int, tags: tuple[str, str] = ("<think>", "</think>")) -> tuple[str, str]:
+def streamed(text: str, starts_inside: bool, size: int,
+             tags: tuple[str, str] = ("<think>", "</think>")) -> tuple[str, str]:
     s = ReasoningSplitter(starts_inside, tags)
     reasoning = content = ""
     for i in range(0, len(text), size):

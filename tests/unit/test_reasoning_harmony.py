@@ -19,14 +19,15 @@ INSIDE = OutputSpec(thinks=True, harmony=True, starts_inside=True)
 CASES = [
     (HARMONY, "<|channel|>analysis<|message|>User asks 2+2. Simple.<|end|><|start|>assistant<|channel|>final<|message|>"
               "2 + 2 = 4.<|return|>", "User asks 2+2. Simple.", "2 + 2 = 4.", []),
-    (HARMONY, "<|channel|>final<|message|>No thinking <b>here</b> | at all.", "", "No thinking <b>here</b> | at all.", []),
+    (HARMONY, "<|channel|>final<|message|>No thinking <b>here</b> | at all.", "", "No thinking <b>here</b> | at all.",
+     []),
     (HARMONY, "Plain text, not harmony: <|channel|> stays.", "", "Plain text, not harmony: <|channel|> stays.", []),
     (HARMONY, "<|channel|>analysis<|message|>cut off in the middle <|en", "cut off in the middle <|en", "", []),
-    (INSIDE, "Already thinking.<|end|><|start|>assistant<|channel|>final<|message|>Done.<|return|>", "Already thinking.",
-     "Done.", []),
+    (INSIDE, "Already thinking.<|end|><|start|>assistant<|channel|>final<|message|>Done.<|return|>",
+     "Already thinking.", "Done.", []),
     (TOOLS, "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary "
-            "to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}<|call|>", "Need the weather.", "",
-     [("get_weather", {"city": "Paris"})]),
+            "to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}<|call|>", "Need the weather.",
+     "", [("get_weather", {"city": "Paris"})]),
     (TOOLS, "<|channel|>analysis<|message|>Two calls.<|end|><|start|>assistant to=functions.f<|channel|>commentary json"
             "<|message|>{\"a\": 1}<|call|>", "Two calls.", "", [("f", {"a": 1})]),
 ]  # fmt: skip
@@ -86,7 +87,8 @@ def test_the_detokenizer_keeps_harmonys_markers_and_skips_other_special_tokens()
     ids = {t: tok.token_to_id(t) for t in ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<s>")}
     out = ["<|channel|>", "analysis", "<|message|>", "2+2", "<|end|>", "<|start|>", "assistant", "<|channel|>", "final",
            "<|message|>", "4", "<s>", "<|return|>"]
-    detok = IncrementalDetokenizer(tok, [ids["<s>"], ids["<|start|>"], tok.token_to_id("assistant")], keep_leading_space=True)
+    detok = IncrementalDetokenizer(tok, [ids["<s>"], ids["<|start|>"], tok.token_to_id("assistant")],
+                                   keep_leading_space=True)
     text = "".join(detok.push(ids[t] if t in ids else tok.token_to_id(t)) for t in out) + detok.flush()
     assert "<s>" not in text and "<|return|>" not in text  # other special tokens stay out, as before
     split = HarmonySplitter(starts_inside=False)

@@ -48,8 +48,9 @@ def test_no_tracked_file_points_outside_the_repository():
 
 
 @pytest.mark.parametrize("line", [
-    f"(../{SHARED}/{DESIGN}.md §7)", f"{STYLE}.md point 4", "in seed 003's shapes", "seeds 003/004", "the seed API's defaults",
-    "sampling (issue 10)", "Issue 24 item 5: the Responses API", "issue #27", f"G=/work/{SHARED}/models/x.gguf",
+    f"(../{SHARED}/{DESIGN}.md §7)", f"{STYLE}.md point 4", "in seed 003's shapes", "seeds 003/004",
+    "the seed API's defaults", "sampling (issue 10)", "Issue 24 item 5: the Responses API", "issue #27",
+    f"G=/work/{SHARED}/models/x.gguf",
 ])
 def test_the_pattern_catches_each_kind(line):
     assert OUTSIDE.search(line)

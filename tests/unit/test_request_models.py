@@ -100,7 +100,8 @@ def test_the_document_is_valid_and_covers_every_route(keys):
     doc = r.json
     validate(doc)
     ops = {(path, method) for path, item in doc["paths"].items() for method in item}
-    for path in ("/generate", "/v1/chat/completions", "/v1/messages", "/api/chat", "/status/{request_id}", OPENAPI_PATH):
+    for path in ("/generate", "/v1/chat/completions", "/v1/messages", "/api/chat", "/status/{request_id}",
+                 OPENAPI_PATH):
         assert any(p == path for p, _ in ops), path
     assert ("post", "/cancel/{request_id}") in {(m, p) for p, m in ops}
     chat = doc["paths"]["/v1/chat/completions"]["post"]

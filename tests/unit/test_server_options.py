@@ -73,4 +73,5 @@ def test_the_cache_key_covers_the_compile_options(tmp_path):
         cache_key(CompileRequest(Path("m.gguf"), chat_template=template), "a" * 64),
     }
     assert len(keys) == 4
-    assert cache_key(CompileRequest(Path("other-name.gguf")), "a" * 64) == cache_key(base, "a" * 64)  # content, not name
+    # content, not name
+    assert cache_key(CompileRequest(Path("other-name.gguf")), "a" * 64) == cache_key(base, "a" * 64)

@@ -125,7 +125,8 @@ def _sequences(logits: np.ndarray, length: int, runs: int, draft, seed: int, par
     return out
 
 
-@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=4, top_p=0.9)],
+@pytest.mark.parametrize("params",
+                         [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=4, top_p=0.9)],
                          ids=["t1", "t0.7-topk-topp"])
 def test_verify_steps_draw_from_the_target_distribution(params):
     """The rule alone: over a toy Markov model, the tokens at positions 1..4 drawn through
@@ -177,7 +178,8 @@ def test_a_request_chooses_its_speculation_within_the_servers_bounds():
     assert start(config, SpecRequest(SpecType.NONE), False) is None
     assert start(config, SpecRequest(n_max=0), False) is None
     assert start(config, SpecRequest(n_max=3), False).n_max == 3
-    assert start(SpecConfig(), SpecRequest(SpecType.NGRAM), False).n_max == 16  # opting in on a server without a default
+    # opting in on a server without a default
+    assert start(SpecConfig(), SpecRequest(SpecType.NGRAM), False).n_max == 16
     with pytest.raises(SpecError) as e:
         start(config, SpecRequest(n_max=9), False)
     assert e.value.field == "speculative.n_max"

@@ -74,7 +74,9 @@ def test_families_seen_in_templates():
 
 
 @pytest.mark.parametrize("name,text", [
-    ("hermes", 'Sure.\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>\n<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>'),
+    ("hermes",
+     'Sure.\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>\n<tool_call>\n{"name": "g", "arguments": '
+     '{}}\n</tool_call>'),
     ("llama3", '<|python_tag|>{"name": "f", "parameters": {"a": 1}}; {"name": "g", "parameters": {}}'),
     ("mistral", '[TOOL_CALLS][{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {}}]'),
     ("deepseek", '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{"a": 1}<｜tool▁call▁end｜>'
@@ -110,8 +112,11 @@ def test_plain_answer_is_content():
 
 
 def test_xml_arguments_follow_the_schema():
-    text = "<tool_call>\n<function=f>\n<parameter=zip>\n01234\n</parameter>\n<parameter=n>\n7\n</parameter>\n</function>\n</tool_call>"
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"zip": {"type": "string"}, "n": {"type": "integer"}}}}}]
+    text = ("<tool_call>\n<function=f>\n<parameter=zip>\n01234\n</parameter>\n<parameter=n>\n7\n</parameter>\n"
+            "</function>\n</tool_call>")
+    tools = [{"type": "function",
+              "function": {"name": "f",
+                           "parameters": {"properties": {"zip": {"type": "string"}, "n": {"type": "integer"}}}}}]
     (call,) = tool_calls.BY_NAME["qwen3_coder"].parse(text, tools).calls
     assert json.loads(call.arguments) == {"zip": "01234", "n": 7}
 
@@ -131,31 +136,39 @@ SCHEMA_TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"p
     ("qwen3_coder", "<tool_call>\n<function=f>\n<parameter=a>\nx\n</parameter>\n<parameter=n>\n2\n</parameter>\n", "",
      [("f", {"a": "x", "n": 2})]),  # cut off before </function>: the call runs to the end
     ("qwen3_coder", "<function=f><parameter=n>2</parameter></function><function=g>", "", [("f", {"n": 2}), ("g", {})]),
-    ("glm", "<tool_call>f\n<arg_key>a</arg_key>\n<arg_value>x</arg_value>\n<arg_key>n</arg_key><arg_value>2</arg_value>", "",
+    ("glm",
+     "<tool_call>f\n<arg_key>a</arg_key>\n<arg_value>x</arg_value>\n<arg_key>n</arg_key><arg_value>2</arg_value>", "",
      [("f", {"a": "x", "n": 2})]),
-    ("invoke", '<｜DSML｜function_calls>\n<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="n" string="true">2</｜DSML｜parameter>\n'
-               '<｜DSML｜parameter name="a" string="false">3</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>', "",
-     [("f", {"n": "2", "a": "3"})]),
-    ("invoke", '<minimax:tool_call>\n<invoke name="f">\n<parameter name="n">2</parameter>\n<parameter name="a">2</parameter>\n'
-               '</invoke>\n</minimax:tool_call>', "", [("f", {"n": 2, "a": "2"})]),
-    ("kimi", '<|tool_calls_section_begin|><|tool_call_begin|> functions.f:0 <|tool_call_argument_begin|>{"n": 1}<|tool_call_end|>'
-             "<|tool_call_begin|>g<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>", "",
+    ("invoke",
+     '<｜DSML｜function_calls>\n<｜DSML｜invoke name="f">\n'
+     '<｜DSML｜parameter name="n" string="true">2</｜DSML｜parameter>\n'
+     '<｜DSML｜parameter name="a" string="false">3</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>',
+     "", [("f", {"n": "2", "a": "3"})]),
+    ("invoke",
+     '<minimax:tool_call>\n<invoke name="f">\n<parameter name="n">2</parameter>\n<parameter name="a">2</parameter>\n'
+     '</invoke>\n</minimax:tool_call>', "", [("f", {"n": 2, "a": "2"})]),
+    ("kimi",
+     '<|tool_calls_section_begin|><|tool_call_begin|> functions.f:0 <|tool_call_argument_begin|>{"n": 1}'
+     "<|tool_call_end|><|tool_call_begin|>g<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>",
+     "",
      [("f", {"n": 1}), ("g", {})]),
     ("kimi", "<|tool_call_begin|>functions.f:x<|tool_call_argument_begin|>{}<|tool_call_end|>",
      "<|tool_call_begin|>functions.f:x<|tool_call_argument_begin|>{}<|tool_call_end|>", []),
-    ("deepseek", '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{"n": 1}\n```<｜tool▁call▁end｜>'
-                 "<｜tool▁calls▁end｜>", "", [("f", {"n": 1})]),
+    ("deepseek", '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n'
+                 '```json\n{"n": 1}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>', "", [("f", {"n": 1})]),
     ("deepseek", '<｜tool▁call▁begin｜>f<｜tool▁sep｜>{"n": 1}\n', "", [("f", {"n": 1})]),
     ("gemma4", '<|tool_call>call:f{a:<|"|>x, n:y<|"|>, n : 2}<tool_call|>', "", [("f", {"a": "x, n:y", "n": 2})]),
     ("harmony", "<|channel|>commentary to=functions.f\n<|message|>{}<|call|>",
      "<|channel|>commentary to=functions.f\n<|message|>{}<|call|>", []),  # the header ends at the line
     ("harmony", '<|channel|>commentary to=functions.f <|constrain|>json<|message|>{"n": 1}', "<|channel|>commentary",
      [("f", {"n": 1})]),
-    ("solar", '<|tool_calls|><|tool_call:begin|>123<|tool_call:name|> f <|tool_call:args|>{"n": 1}<|tool_call:end|><|calls|>', "",
-     [("f", {"n": 1})]),
+    ("solar",
+     '<|tool_calls|><|tool_call:begin|>123<|tool_call:name|> f <|tool_call:args|>{"n": 1}<|tool_call:end|><|calls|>',
+     "", [("f", {"n": 1})]),
     ("functionary", '<function=f>{"n": 1}</function> and <function=g>{}', "and <function=g>{}", [("f", {"n": 1})]),
     ("functionary", '>>>all\nLet me see.\n>>>f\n{"n": 1}', "Let me see.", [("f", {"n": 1})]),
-    ("hermes_minimax", '<tool_calls>\n{"name": "f", "arguments": {}}\n{"name": "g", "arguments": {"n": 1}}\n</tool_calls>', "",
+    ("hermes_minimax",
+     '<tool_calls>\n{"name": "f", "arguments": {}}\n{"name": "g", "arguments": {"n": 1}}\n</tool_calls>', "",
      [("f", {}), ("g", {"n": 1})]),
     ("llama3", '  {"name": "f", "parameters": {}} ; {"name": "g", "parameters": {}} trailing', "trailing",
      [("f", {}), ("g", {})]),

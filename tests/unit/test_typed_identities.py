@@ -80,8 +80,8 @@ def test_device_kinds_read_as_their_names():
 def test_every_device_declares_what_the_engine_reads(cls):
     """The members of the Device protocol exist on the class itself (defaults declared), not
     only once an instance sets them."""
-    members = {"samples_on_device", "host_sampling", "forward", "forward_hidden", "forward_sampled", "copies_kv", "copy_kv",
-               "copies_state", "copy_state"}
+    members = {"samples_on_device", "host_sampling", "forward", "forward_hidden", "forward_sampled", "copies_kv",
+               "copy_kv", "copies_state", "copy_state"}
     for member in sorted(members):
         assert hasattr(cls, member), f"{cls.__name__} lacks {member}"
     assert {m for m in vars(Device) if not m.startswith("_")} == members

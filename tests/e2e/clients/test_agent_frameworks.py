@@ -16,7 +16,8 @@ ASK = [{"role": "user", "content": "Add Bob, who is 30, to the team."}]
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
           "required": ["name", "age"]}
 # A pydantic model with a nested model, as pydantic writes it (and draft-07's `definitions`)
-NESTED = {"type": "object", "properties": {"who": {"$ref": "#/$defs/Person"}}, "required": ["who"], "$defs": {"Person": PERSON}}
+NESTED = {"type": "object", "properties": {"who": {"$ref": "#/$defs/Person"}}, "required": ["who"],
+          "$defs": {"Person": PERSON}}
 NESTED_07 = {"type": "object", "properties": {"who": {"$ref": "#/definitions/Person"}}, "required": ["who"],
              "definitions": {"Person": PERSON}}
 # A second tool whose `Person` is another schema: renamed, not merged
@@ -37,7 +38,8 @@ def post(served, path: str, body: dict) -> requests.Response:
 
 
 @pytest.mark.parametrize("params", [NESTED, NESTED_07], ids=["$defs", "definitions"])
-@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "add_member"}}], ids=["required", "named"])
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "add_member"}}],
+                         ids=["required", "named"])
 def test_chat_forced_call_with_nested_parameters(served, params, choice):
     tools = [{"type": "function", "function": {"name": "add_member", "parameters": params}},
              {"type": "function", "function": {"name": "set_boss", "parameters": OTHER}}]
@@ -52,14 +54,15 @@ def test_chat_forced_call_with_nested_parameters(served, params, choice):
 
 
 def test_responses_and_anthropic_forced_calls_with_nested_parameters(served):
-    r = post(served, "/v1/responses", {"input": ASK, "tools": [{"type": "function", "name": "add_member", "parameters": NESTED_07}],
-                                       "tool_choice": "required", "temperature": 0, "max_output_tokens": 120})
+    r = post(served, "/v1/responses",
+             {"input": ASK, "tools": [{"type": "function", "name": "add_member", "parameters": NESTED_07}],
+              "tool_choice": "required", "temperature": 0, "max_output_tokens": 120})
     assert r.status_code == 200, r.text
     (call,) = [o for o in r.json()["output"] if o["type"] == "function_call"]
     jsonschema.validate(json.loads(call["arguments"]), NESTED_07)
     r = post(served, "/v1/messages", {"messages": ASK, "tools": [{"name": "add_member", "input_schema": NESTED}],
-                                      "tool_choice": {"type": "any", "disable_parallel_tool_use": True}, "max_tokens": 120,
-                                      "temperature": 0})
+                                      "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+                                      "max_tokens": 120, "temperature": 0})
     assert r.status_code == 200, r.text
     (use,) = [b for b in r.json()["content"] if b["type"] == "tool_use"]
     jsonschema.validate(use["input"], NESTED)
@@ -77,12 +80,15 @@ def test_context_overflow_in_each_dialects_words(served):
         error = r.json()["error"]
         assert error["code"] == "context_length_exceeded", (path, error)
         assert error["message"].startswith("This model's maximum context length is 8192 tokens. However, "), error
-    r = post(served, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi " * 4000}], "max_tokens": 5000})
+    r = post(served, "/v1/chat/completions",
+             {"messages": [{"role": "user", "content": "hi " * 4000}], "max_tokens": 5000})
     error = r.json()["error"]
-    assert r.status_code == 400 and error["code"] == "context_length_exceeded" and error["param"] == "max_tokens", r.text
+    assert (r.status_code == 400 and error["code"] == "context_length_exceeded"
+            and error["param"] == "max_tokens"), r.text
     prompt = int(error["message"].split("tokens (")[1].split(" ")[0])
-    assert error["message"] == (f"This model's maximum context length is 8192 tokens. However, you requested {prompt + 5000} "
-                                f"tokens ({prompt} in the messages, 5000 in the completion). Please reduce the length of the "
+    assert error["message"] == (f"This model's maximum context length is 8192 tokens. However, you requested "
+                                f"{prompt + 5000} tokens ({prompt} in the messages, 5000 in the completion). Please "
+                                f"reduce the length of the "
                                 "messages or completion.")
     r = post(served, "/v1/messages", {"messages": [{"role": "user", "content": "hi " * 9000}], "max_tokens": 5})
     assert r.status_code == 400, r.text
@@ -92,18 +98,20 @@ def test_context_overflow_in_each_dialects_words(served):
 
 
 # pydantic's set[str], bytes, Path and IPvAnyAddress
-LENIENT = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "uniqueItems": True,
-                                                     "maxItems": 3},
-                                            "blob": {"type": "string", "format": "binary", "maxLength": 8},
-                                            "path": {"type": "string", "format": "path", "maxLength": 8},
-                                            "ip": {"type": "string", "format": "ipvanyaddress", "maxLength": 8}},
+LENIENT = {"type": "object",
+           "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "uniqueItems": True,
+                                   "maxItems": 3},
+                          "blob": {"type": "string", "format": "binary", "maxLength": 8},
+                          "path": {"type": "string", "format": "path", "maxLength": 8},
+                          "ip": {"type": "string", "format": "ipvanyaddress", "maxLength": 8}},
            "required": ["tags", "blob", "path", "ip"]}
 
 
 def test_lenient_schemas_are_accepted(served):
     tools = [{"type": "function", "function": {"name": "tag", "parameters": LENIENT}}]
-    r = post(served, "/v1/chat/completions", {"messages": ASK, "tools": tools, "tool_choice": "required", "max_tokens": 120,
-                                              "temperature": 0, "parallel_tool_calls": False})
+    r = post(served, "/v1/chat/completions",
+             {"messages": ASK, "tools": tools, "tool_choice": "required", "max_tokens": 120,
+              "temperature": 0, "parallel_tool_calls": False})
     assert r.status_code == 200, r.text
     (call,) = r.json()["choices"][0]["message"]["tool_calls"]
     assert set(json.loads(call["function"]["arguments"])) == {"tags", "blob", "path", "ip"}
@@ -119,7 +127,8 @@ def test_open_integers_stop_at_16_digits(served):
     for prompt in ("Count: 12345678901234567890", "give a huge number"):
         r = post(served, "/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}], "max_tokens": 40,
                                                   "temperature": 0, "response_format": {
-                                                      "type": "json_schema", "json_schema": {"name": "n", "schema": schema}}})
+                                                      "type": "json_schema",
+                                                      "json_schema": {"name": "n", "schema": schema}}})
         assert r.status_code == 200, r.text
         c = r.json()["choices"][0]
         assert c["finish_reason"] == "stop", c
@@ -127,7 +136,8 @@ def test_open_integers_stop_at_16_digits(served):
 
 
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city", "days"]}}}]
+    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city", "days"]}}}]
 
 
 def _sse(r: requests.Response) -> list[dict]:
@@ -148,11 +158,14 @@ def test_a_forced_call_cut_off_is_a_partial_tool_call(served):
     assert [(tc["function"]["name"], tc["function"]["arguments"]) for tc in streamed] == [
         (call["function"]["name"], call["function"]["arguments"])]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
-    r = post(served, "/v1/responses", {"input": "Weather in Paris?", "tools": [{"type": "function", **WEATHER[0]["function"]}],
-                                       "tool_choice": "required", "max_output_tokens": 16, "temperature": 0}).json()
-    assert r["status"] == "incomplete" and [(o["type"], o["status"]) for o in r["output"]] == [("function_call", "incomplete")], r
+    r = post(served, "/v1/responses",
+             {"input": "Weather in Paris?", "tools": [{"type": "function", **WEATHER[0]["function"]}],
+              "tool_choice": "required", "max_output_tokens": 16, "temperature": 0}).json()
+    assert (r["status"] == "incomplete"
+            and [(o["type"], o["status"]) for o in r["output"]] == [("function_call", "incomplete")]), r
     r = post(served, "/v1/messages", {"messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 12,
-                                      "tools": [{"name": "get_weather", "input_schema": WEATHER[0]["function"]["parameters"]}],
+                                      "tools": [{"name": "get_weather",
+                                                 "input_schema": WEATHER[0]["function"]["parameters"]}],
                                       "tool_choice": {"type": "any"}, "temperature": 0})
     assert r.status_code == 200, r.text
     assert r.json()["stop_reason"] == "max_tokens" and [b["type"] for b in r.json()["content"]] == ["tool_use"], r.text
@@ -198,8 +211,10 @@ def test_format_and_tools_together(served):
     assert "".join(d.get("content") or "" for d in deltas) == (c["message"]["content"] or "")
     assert [tc["function"]["arguments"] for d in deltas for tc in d.get("tool_calls") or []] == \
            [tc["function"]["arguments"] for tc in c["message"].get("tool_calls") or []]
-    r = post(served, "/v1/responses", {"input": PARIS, "tools": [{"type": "function", **WEATHER[0]["function"]}], "max_output_tokens": 60,
-                                       "temperature": 0, "text": {"format": {"type": "json_schema", "name": "answer", "schema": ANSWER}}})
+    r = post(served, "/v1/responses",
+             {"input": PARIS, "tools": [{"type": "function", **WEATHER[0]["function"]}], "max_output_tokens": 60,
+              "temperature": 0,
+              "text": {"format": {"type": "json_schema", "name": "answer", "schema": ANSWER}}})
     assert r.status_code == 200 and r.json()["output"], r.text
 
 
@@ -208,13 +223,15 @@ def test_tools_on_a_template_without_tool_calling(url):
     reads llama-server's generic JSON back; Ollama's /api/chat refuses them as Ollama does."""
     served = (url, CHAT)
     models = {m["id"]: m for m in requests.get(url + "/v1/models", timeout=30).json()["data"]}
-    assert models[CHAT]["capabilities"]["tools"] is False and models[CHAT]["capabilities"]["tool_call_format"] == "generic"
+    assert (models[CHAT]["capabilities"]["tools"] is False
+            and models[CHAT]["capabilities"]["tool_call_format"] == "generic")
     prompt = post(served, "/apply-template", {"messages": PARIS, "tools": WEATHER}).json()["prompt"]
     assert "You can call any of the following tools" in prompt and '"name": "get_weather"' in prompt
     assert "Respond in JSON format, either with `tool_calls`" in prompt
     for choice in ("auto", "required"):
-        r = post(served, "/v1/chat/completions", {"messages": PARIS, "tools": WEATHER, "tool_choice": choice, "max_tokens": 60,
-                                                  "temperature": 0, "parallel_tool_calls": False})
+        r = post(served, "/v1/chat/completions",
+                 {"messages": PARIS, "tools": WEATHER, "tool_choice": choice, "max_tokens": 60,
+                  "temperature": 0, "parallel_tool_calls": False})
         assert r.status_code == 200, r.text
         kind = _call_or_answer(r.json()["choices"][0]["message"], None)
         assert choice == "auto" or kind == "call"
@@ -229,10 +246,12 @@ def test_ollama_generic_tools_switch(demo_bundle, tmp_path):
     proc = ServerProcess(demo_bundle, "--ollama-generic-tools", log_dir=tmp_path).wait_ready()
     try:
         model = requests.get(proc.url + "/v1/models", timeout=30).json()["data"][0]["id"]
-        assert "tools" in requests.post(proc.url + "/api/show", json={"model": model}, timeout=30).json()["capabilities"]
+        assert "tools" in requests.post(proc.url + "/api/show", json={"model": model},
+                                        timeout=30).json()["capabilities"]
         tiny = [{"type": "function", "function": {"name": "f"}}]  # the demo model's context is 512 tokens
-        r = requests.post(proc.url + "/api/chat", json={"model": model, "messages": PARIS, "tools": tiny, "stream": False,
-                                                        "options": {"num_predict": 30, "temperature": 0}}, timeout=60)
+        r = requests.post(proc.url + "/api/chat",
+                          json={"model": model, "messages": PARIS, "tools": tiny, "stream": False,
+                                "options": {"num_predict": 30, "temperature": 0}}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["message"]["content"] or r.json()["message"]["tool_calls"]
     finally:
@@ -253,13 +272,16 @@ def test_ollama_chat_past_the_context_trims_as_ollama_does(url):
                                                    "options": {"num_predict": 2, "temperature": 0}}, timeout=60)
         assert r.status_code == 200, r.text
         assert 400 < r.json()["prompt_eval_count"] < 512, r.json()  # as much as fits was kept
-        r = requests.post(url + "/v1/chat/completions", json={"model": DEMO, "messages": messages, "max_tokens": 2}, timeout=60)
+        r = requests.post(url + "/v1/chat/completions", json={"model": DEMO, "messages": messages, "max_tokens": 2},
+                          timeout=60)
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
 
 
 def test_audio_output_is_refused_not_ignored(url):
     body = {"model": CHAT, "messages": ASK, "max_tokens": 2}
-    for extra, param in (({"modalities": ["text", "audio"]}, "modalities"), ({"audio": {"voice": "alloy", "format": "wav"}}, "audio")):
+    for extra, param in (({"modalities": ["text", "audio"]}, "modalities"),
+                         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio")):
         r = requests.post(url + "/v1/chat/completions", json={**body, **extra}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
-    assert requests.post(url + "/v1/chat/completions", json={**body, "modalities": ["text"]}, timeout=60).status_code == 200
+    assert (requests.post(url + "/v1/chat/completions", json={**body, "modalities": ["text"]}, timeout=60).status_code
+            == 200)

@@ -24,7 +24,8 @@ def test_messages_create_streamed_and_not(client, url):
     assert whole.type == "message" and whole.role == "assistant" and whole.model == CHAT
     assert whole.stop_reason in ("end_turn", "max_tokens") and whole.content[0].type == "text" and whole.content[0].text
     assert whole.usage.output_tokens <= 16 and whole.usage.input_tokens > 10
-    with client.messages.stream(model=CHAT, system=SYSTEM, messages=MESSAGES, max_tokens=16, extra_body=GREEDY) as stream:
+    with client.messages.stream(model=CHAT, system=SYSTEM, messages=MESSAGES, max_tokens=16,
+                                extra_body=GREEDY) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == whole.content[0].text and final.stop_reason == whole.stop_reason
@@ -40,7 +41,8 @@ def test_multi_turn_blocks_and_stop_sequences(client):
              {"role": "user", "content": "Again, please."}]
     free = client.messages.create(model=CHAT, messages=turns, max_tokens=12, extra_body=GREEDY).content[0].text
     stop = free.strip()[1:3] or free[1:3]
-    stopped = client.messages.create(model=CHAT, messages=turns, max_tokens=12, stop_sequences=[stop], extra_body=GREEDY)
+    stopped = client.messages.create(model=CHAT, messages=turns, max_tokens=12, stop_sequences=[stop],
+                                     extra_body=GREEDY)
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == stop
     assert free.startswith(stopped.content[0].text) and stop not in stopped.content[0].text
 
@@ -67,7 +69,8 @@ def test_x_api_key_is_accepted(demo_bundle):
     try:
         proc.wait_ready()
         good = anthropic.Anthropic(base_url=proc.url, api_key="sekret", max_retries=0)  # sends x-api-key
-        reply = good.messages.create(model="claude-anything", messages=[{"role": "user", "content": "Once"}], max_tokens=3)
+        reply = good.messages.create(model="claude-anything", messages=[{"role": "user", "content": "Once"}],
+                                     max_tokens=3)
         assert reply.model == DEMO and reply.usage.output_tokens == 3  # one model: any name reaches it
         with pytest.raises(anthropic.AuthenticationError) as e:
             anthropic.Anthropic(base_url=proc.url, api_key="wrong", max_retries=0).messages.create(

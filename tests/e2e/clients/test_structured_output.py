@@ -20,36 +20,53 @@ pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 _S = {"type": "string", "maxLength": 40}
 SCHEMAS = [
-    {"type": "object", "properties": {"name": _S, "age": {"type": "integer"}}, "required": ["name", "age"], "additionalProperties": False},
+    {"type": "object", "properties": {"name": _S, "age": {"type": "integer"}}, "required": ["name", "age"],
+     "additionalProperties": False},
     {"type": "object", "properties": {"city": _S, "country": _S}, "required": ["city", "country"]},
-    {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]}}, "required": ["colour"], "additionalProperties": False},
+    {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]}}, "required": ["colour"],
+     "additionalProperties": False},
     {"type": "object", "properties": {"score": {"type": "number", "minimum": 0, "maximum": 10}}, "required": ["score"]},
-    {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 5}}, "required": ["n"], "additionalProperties": False},
-    {"type": "object", "properties": {"tags": {"type": "array", "items": _S, "minItems": 1, "maxItems": 3}}, "required": ["tags"]},
+    {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 5}}, "required": ["n"],
+     "additionalProperties": False},
+    {"type": "object", "properties": {"tags": {"type": "array", "items": _S, "minItems": 1, "maxItems": 3}},
+     "required": ["tags"]},
     {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False},
-    {"type": "object", "properties": {"title": _S, "subtitle": _S}, "required": ["title"], "additionalProperties": False},  # optional field
+    {"type": "object", "properties": {"title": _S, "subtitle": _S}, "required": ["title"],
+     "additionalProperties": False},  # optional field
     {"type": "object", "properties": {"author": {"type": "object", "properties": {"first": _S, "last": _S},
                                                  "required": ["first", "last"], "additionalProperties": False}},
      "required": ["author"], "additionalProperties": False},
     {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 100}, "minItems": 2, "maxItems": 4},
     {"type": "object", "properties": {"points": {"type": "array", "maxItems": 3, "items": {
-        "type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}}, "required": ["x", "y"], "additionalProperties": False}}},
+        "type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}}, "required": ["x", "y"],
+        "additionalProperties": False}}},
      "required": ["points"], "additionalProperties": False},
-    {"type": "object", "properties": {"status": {"const": "done"}, "count": {"type": "integer"}}, "required": ["status", "count"]},
-    {"type": "object", "properties": {"value": {"anyOf": [{"type": "integer"}, {"type": "null"}]}}, "required": ["value"]},
-    {"type": "object", "properties": {"price": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000}, "currency": {"enum": ["EUR", "USD"]}},
-     "required": ["price", "currency"], "additionalProperties": False},
-    {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}}, "required": ["code"], "additionalProperties": False},
-    {"type": "object", "properties": {"matrix": {"type": "array", "maxItems": 2, "items": {"type": "array", "maxItems": 2, "items": {"type": "integer"}}}},
+    {"type": "object", "properties": {"status": {"const": "done"}, "count": {"type": "integer"}},
+     "required": ["status", "count"]},
+    {"type": "object", "properties": {"value": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
+     "required": ["value"]},
+    {"type": "object",
+     "properties": {"price": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+                    "currency": {"enum": ["EUR", "USD"]}}, "required": ["price", "currency"],
+     "additionalProperties": False},
+    {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}}, "required": ["code"],
+     "additionalProperties": False},
+    {"type": "object",
+     "properties": {"matrix": {"type": "array", "maxItems": 2,
+                               "items": {"type": "array", "maxItems": 2, "items": {"type": "integer"}}}},
      "required": ["matrix"]},
-    {"$defs": {"pet": {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}, "name": _S}, "required": ["kind", "name"],
-                       "additionalProperties": False}},
-     "type": "object", "properties": {"pets": {"type": "array", "items": {"$ref": "#/$defs/pet"}, "maxItems": 2}}, "required": ["pets"]},
+    {"$defs": {"pet": {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}, "name": _S},
+                       "required": ["kind", "name"], "additionalProperties": False}},
+     "type": "object", "properties": {"pets": {"type": "array", "items": {"$ref": "#/$defs/pet"}, "maxItems": 2}},
+     "required": ["pets"]},
     {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "c": {"type": "integer"}},
      "required": ["a", "b", "c"], "additionalProperties": False},
-    {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no", "maybe"]}, "confidence": {"type": "number", "minimum": 0, "maximum": 1}},
+    {"type": "object",
+     "properties": {"answer": {"type": "string", "enum": ["yes", "no", "maybe"]},
+                    "confidence": {"type": "number", "minimum": 0, "maximum": 1}},
      "required": ["answer", "confidence"], "additionalProperties": False},
-    {"type": "object", "properties": {"date": {"type": "string", "format": "date"}}, "required": ["date"], "additionalProperties": False},
+    {"type": "object", "properties": {"date": {"type": "string", "format": "date"}}, "required": ["date"],
+     "additionalProperties": False},
 ]
 PROMPT = "Answer with JSON only. Describe something from your day."
 
@@ -97,11 +114,14 @@ def test_openai_sdk_parse_with_pydantic(client):
 
 
 def test_json_object_mode_and_streaming(client):
-    kwargs = dict(model=CHAT, messages=[{"role": "user", "content": "Reply with a JSON object with two keys: the name and the age of a cat."}], max_tokens=200, temperature=0,
-                  response_format={"type": "json_object"})
+    kwargs = dict(model=CHAT,
+                  messages=[{"role": "user",
+                             "content": "Reply with a JSON object with two keys: the name and the age of a cat."}],
+                  max_tokens=200, temperature=0, response_format={"type": "json_object"})
     whole = client.chat.completions.create(**kwargs).choices[0].message.content
     assert isinstance(json.loads(whole), dict)
-    parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
+    parts = [c.choices[0].delta.content
+             or "" for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
     assert "".join(parts) == whole
 
 
@@ -123,7 +143,8 @@ def test_completions_and_llama_cpp_extras(client, url):
 def test_unsupported_schema_is_a_400_naming_it(client, url, schema, named):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "x"}], max_tokens=5,
-                                       response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+                                       response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "x", "schema": schema}})
     assert named in e.value.body["message"] and e.value.body["param"] == "response_format.json_schema.schema"
     with pytest.raises(ollama.ResponseError) as e2:
         ollama.Client(host=url).chat(model=CHAT, messages=[{"role": "user", "content": "x"}], format=schema)

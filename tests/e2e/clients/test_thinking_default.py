@@ -14,10 +14,12 @@ ASK = [{"role": "user", "content": "What is 2 + 2?"}]
 
 
 def test_apply_template_opens_the_think_block_by_default(mistral_url):
-    on = requests.post(mistral_url + "/apply-template", json={"model": DEEPSEEK_V31, "messages": ASK}, timeout=30).json()
+    on = requests.post(mistral_url + "/apply-template", json={"model": DEEPSEEK_V31, "messages": ASK},
+                       timeout=30).json()
     assert on["prompt"].endswith("<think>")
     off = requests.post(mistral_url + "/apply-template", json={"model": DEEPSEEK_V31, "messages": ASK,
-                                                              "chat_template_kwargs": {"enable_thinking": False}}, timeout=30).json()
+                                                              "chat_template_kwargs": {"enable_thinking": False}},
+                        timeout=30).json()
     assert off["prompt"].endswith("<think></think>")
 
 

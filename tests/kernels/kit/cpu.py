@@ -171,7 +171,8 @@ class CpuOpDevice(InterpretedDevice):
         _declare(lib, "rfc_scratch_bytes", [c_int], c_size_t)
         self._rmsnorm = _declare(lib, "rfc_rmsnorm", [_P, _P, _P, c_int]) if hasattr(lib, "rfc_rmsnorm") else None
         self._rope = _declare(lib, "rfc_rope", [_P, _P, _P, c_int, _P]) if hasattr(lib, "rfc_rope") else None
-        self._kv_write = _declare(lib, "rfc_kv_write", [_P, _P, _P, _P, _P, c_int, c_int]) if hasattr(lib, "rfc_kv_write") else None
+        self._kv_write = (_declare(lib, "rfc_kv_write", [_P, _P, _P, _P, _P, c_int, c_int])
+                          if hasattr(lib, "rfc_kv_write") else None)
         self._attention = (
             _declare(lib, "rfc_attention", [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int])
             if hasattr(lib, "rfc_attention") else None
@@ -181,26 +182,32 @@ class CpuOpDevice(InterpretedDevice):
         self._swiglu = _declare(lib, "rfc_swiglu", [_P, _P, _P, c_size_t])
         self._gather_rows = _declare(lib, "rfc_gather_rows", [_P, _P, c_int, c_int, _P])
         # the kernels of the newer architectures' attributes (libraries built before them lack these)
-        optional = {"rfc_rmsnorm_heads": [_P, _P, _P, c_int, c_int, c_int], "rfc_rope_freqs": [_P, _P, _P, c_int, _P, _P, c_double],
+        optional = {"rfc_rmsnorm_heads": [_P, _P, _P, c_int, c_int, c_int],
+                    "rfc_rope_freqs": [_P, _P, _P, c_int, _P, _P, c_double],
                     "rfc_rope_freqs_temp": [_P, _P, _P, c_int, _P, _P, c_double, c_double, c_int],
                     "rfc_attention_ws": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float],
-                    "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float], "rfc_scale": [_P, _P, c_size_t, c_float],
-                    "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
-                    "rfc_moe_scale": [_P, _P, _P, c_int, c_int, c_int, _P], "rfc_slot_scale": [_P, _P, c_int, c_int, c_int, _P],
-                    "rfc_attention_sinks": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float, _P]}  # fmt: skip
+                    "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float],
+                    "rfc_scale": [_P, _P, c_size_t, c_float], "rfc_swiglu_oai": [_P, _P, _P, c_size_t],
+                    "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
+                    "rfc_moe_scale": [_P, _P, _P, c_int, c_int, c_int, _P],
+                    "rfc_slot_scale": [_P, _P, c_int, c_int, c_int, _P],
+                    "rfc_attention_sinks": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float,
+_P]}  # fmt: skip
         self._arch = {name: _declare(lib, name, args) for name, args in optional.items() if hasattr(lib, name)}
         self._keep: dict[tuple, np.ndarray] = {}  # per-op arrays the kernels read (rope tables)
 
         if hasattr(lib, "rfc_moe_route"):  # a plan with experts (cpu_moe.c.j2)
-            self._moe_route = _declare(lib, "rfc_moe_route", [_P, _P, _P, c_int, c_int, c_int, c_int, c_int, c_double, c_int,
-                                                              c_int, _P, _P], c_int)  # fmt: skip
+            self._moe_route = _declare(lib, "rfc_moe_route",
+                                       [_P, _P, _P, c_int, c_int, c_int, c_int, c_int, c_double, c_int,
+                                        c_int, _P, _P], c_int)  # fmt: skip
             self._moe_combine = _declare(lib, "rfc_moe_combine", [_P, _P, c_int, c_int, c_int, _P])
             self._moe_scratch_bytes = _declare(lib, "rfc_moe_scratch_bytes_kernel", [c_int], c_size_t)
 
     def _arch_kernel(self, name: str, op: Op):
         fn = self._arch.get(name)
         if fn is None:
-            raise DeviceError(f"the bundle's cpu kernels lack {name} (for {op.kind} {op.attrs}); recompile the model with this rfc")
+            raise DeviceError(f"the bundle's cpu kernels lack {name} (for {op.kind} {op.attrs}); recompile the model "
+                              f"with this rfc")
         return fn
 
     # -- memory ---------------------------------------------------------------------------
@@ -222,8 +229,8 @@ class CpuOpDevice(InterpretedDevice):
 
     def _load_weight(self, name: str) -> CpuWeight:
         e = self._entries[name]
-        rows = int(np.prod(e.shape[:-1], dtype=np.int64)) if len(e.shape) > 1 else 1
-        w = CpuWeight(name, e.format, tuple(e.shape), self._base + e.offset, row_nbytes(e.format, e.shape[-1]) if len(e.shape) > 1 else e.nbytes)
+        w = CpuWeight(name, e.format, tuple(e.shape), self._base + e.offset,
+                      row_nbytes(e.format, e.shape[-1]) if len(e.shape) > 1 else e.nbytes)
         fmt = e.format.lower()
         if len(e.shape) == 1 and e.format != "F32":
             # small vectors (norms, biases) stored quantized: decode once to float32
@@ -235,9 +242,11 @@ class CpuOpDevice(InterpretedDevice):
                                 [_P, c_size_t, c_size_t, c_int, c_int, _P, c_int, _P, c_int, c_int, _P, _P], c_int)
         if len(e.shape) == 2:
             if hasattr(self._lib, f"rfc_embed_{fmt}_scaled"):
-                w.embed_scaled = _declare(self._lib, f"rfc_embed_{fmt}_scaled", [_P, c_size_t, _P, c_int, _P, c_float], c_int)
+                w.embed_scaled = _declare(self._lib, f"rfc_embed_{fmt}_scaled", [_P, c_size_t, _P, c_int, _P, c_float],
+                                          c_int)
             if hasattr(self._lib, f"rfc_matmul_{fmt}"):
-                w.matmul = _declare(self._lib, f"rfc_matmul_{fmt}", [_P, c_size_t, c_int, c_int, _P, c_int, _P, _P, _P, _P])
+                w.matmul = _declare(self._lib, f"rfc_matmul_{fmt}",
+                                    [_P, c_size_t, c_int, c_int, _P, c_int, _P, _P, _P, _P])
             if hasattr(self._lib, f"rfc_embed_{fmt}"):
                 w.embed = _declare(self._lib, f"rfc_embed_{fmt}", [_P, c_size_t, _P, c_int, _P], c_int)
         return w
@@ -264,7 +273,8 @@ class CpuOpDevice(InterpretedDevice):
             call = self._calls[key] = _Call(op, outs, ins, weights, layout, fn, args)
         status = call.fn(*call.args)
         if status is not None and status >= 0:  # embed: index of a token outside the vocabulary
-            raise DeviceError(f"token id {int(ins[0].array[status])} is outside the vocabulary (0..{weights[0].shape[0] - 1})")
+            raise DeviceError(f"token id {int(ins[0].array[status])} is outside the vocabulary "
+                              f"(0..{weights[0].shape[0] - 1})")
 
     # Each returns the kernel and its arguments for one op.
     def _op_embed(self, op, outs, ins, weights, batch):
@@ -274,7 +284,8 @@ class CpuOpDevice(InterpretedDevice):
         scale = op.attr("scale")
         if scale != 1.0:
             if w.embed_scaled is None:
-                raise DeviceError(f"the cpu kernels have no scaled embedding lookup for {w.name}; recompile the model with this rfc")
+                raise DeviceError(f"the cpu kernels have no scaled embedding lookup for {w.name}; recompile the model "
+                                  f"with this rfc")
             return w.embed_scaled, (w.ptr, w.row_bytes, tokens.ptr, tokens.array.shape[0], outs[0].ptr, scale)
         return w.embed, (w.ptr, w.row_bytes, tokens.ptr, tokens.array.shape[0], outs[0].ptr)
 
@@ -293,7 +304,8 @@ class CpuOpDevice(InterpretedDevice):
         m, k = x.array.shape
         bias = self._bias_of.get(op_key(op))
         bias_ptr = self.weight(bias).ptr if bias is not None else None
-        return w.matmul, (w.ptr, w.row_bytes, w.shape[0], k, x.ptr, m, outs[0].ptr, bias_ptr, None, self._scratch_ptr(m))
+        return w.matmul, (w.ptr, w.row_bytes, w.shape[0], k, x.ptr, m, outs[0].ptr, bias_ptr, None,
+                          self._scratch_ptr(m))
 
     def _op_moe_route(self, op, outs, ins, weights, batch):
         (logits,), (ids, w) = ins, outs
@@ -303,7 +315,8 @@ class CpuOpDevice(InterpretedDevice):
         escale = weights[-1].ptr if scaled else None
         return _checked(self._moe_route, "moe_route"), (logits.ptr, bias, escale, t, n_expert, op.attrs["n_used"],
                                                          MOE_GATINGS.index(op.attr("gating")), int(op.attr("norm")),
-                                                         float(op.attr("scale")), op.attr("groups"), op.attr("groups_used"),
+                                                         float(op.attr("scale")), op.attr("groups"),
+                                                        op.attr("groups_used"),
                                                          ids.ptr, w.ptr)  # fmt: skip
 
     def _op_moe_matmul(self, op, outs, ins, weights, batch):
@@ -318,7 +331,8 @@ class CpuOpDevice(InterpretedDevice):
             self._moe_scratch = np.empty(max(need, 2 * self._moe_scratch.nbytes), np.uint8)
         per_slot = int(x.array.shape[1] == n_used * k)
         return _checked(w.matmul, f"moe_matmul {w.name}"), (w.ptr, n * w.row_bytes, w.row_bytes, n, k, x.ptr, per_slot,
-                                                             ids.ptr, t, n_used, outs[0].ptr, self._moe_scratch.ctypes.data)  # fmt: skip
+                                                             ids.ptr, t, n_used, outs[0].ptr,
+                                                            self._moe_scratch.ctypes.data)  # fmt: skip
 
     def _op_moe_combine(self, op, outs, ins, weights, batch):
         y, w = ins
@@ -348,8 +362,8 @@ class CpuOpDevice(InterpretedDevice):
         position 0); the step program carries state (tests/e2e/test_hybrid_state.py)."""
         fn = _declare(self._lib, "rfc_short_conv", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P])
         states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))  # NULL: no slot
-        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs, outs[0].array.shape[1],
-                    weights[0].ptr, weights[0].shape[1], states.ctypes.data)
+        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
+                    outs[0].array.shape[1], weights[0].ptr, weights[0].shape[1], states.ctypes.data)
 
     def _op_ssm_conv(self, op, outs, ins, weights, batch):
         """As _op_short_conv: each sequence's chunk from zeros (no state pool here)."""
@@ -359,11 +373,12 @@ class CpuOpDevice(InterpretedDevice):
             return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
                         outs[0].array.shape[1], weights[0].ptr, weights[0].shape[1], weights[1].ptr, states.ctypes.data)
         fn = _declare(self._lib, "rfc_ssm_conv", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P])
-        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs, outs[0].array.shape[1],
-                    weights[0].ptr, weights[0].shape[1], states.ctypes.data)
+        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
+                    outs[0].array.shape[1], weights[0].ptr, weights[0].shape[1], states.ctypes.data)
 
     def _op_ssm_scan(self, op, outs, ins, weights, batch):
-        fn = _declare(self._lib, "rfc_ssm_scan", [_P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, c_int, _P, _P, _P, _P])
+        fn = _declare(self._lib, "rfc_ssm_scan",
+                      [_P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, c_int, _P, _P, _P, _P])
         states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
         a = op.attrs
         return fn, (ins[0].ptr, ins[1].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
@@ -371,23 +386,27 @@ class CpuOpDevice(InterpretedDevice):
                     weights[2].ptr, states.ctypes.data)
 
     def _op_gated_delta_net(self, op, outs, ins, weights, batch):
-        fn = _declare(self._lib, "rfc_gated_delta_net", [_P, _P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, _P, _P, c_float, _P])
+        fn = _declare(self._lib, "rfc_gated_delta_net",
+                      [_P, _P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, _P, _P, c_float, _P])
         states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
         a = op.attrs
-        return fn, (ins[0].ptr, ins[1].ptr, ins[2].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
-                    a["n_k_heads"], a["n_v_heads"], a["head_dim"], weights[0].ptr, weights[1].ptr, a["eps"], states.ctypes.data)
+        return fn, (ins[0].ptr, ins[1].ptr, ins[2].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr,
+                    batch.num_seqs, a["n_k_heads"], a["n_v_heads"], a["head_dim"], weights[0].ptr, weights[1].ptr,
+                    a["eps"], states.ctypes.data)
 
     def _op_head_matmul(self, op, outs, ins, weights, batch):
         w, x = weights[0], ins[0]
         heads, n, k = w.shape
-        fn = _checked(_declare(self._lib, f"rfc_head_matmul_{w.format.lower()}", [_P, c_size_t, _P, c_int, c_int, c_int, c_int,
-                                                                                   c_int, _P], c_int), "head_matmul")
+        fn = _checked(_declare(self._lib, f"rfc_head_matmul_{w.format.lower()}",
+                               [_P, c_size_t, _P, c_int, c_int, c_int, c_int,
+                                 c_int, _P], c_int), "head_matmul")
         return fn, (w.ptr, w.row_bytes, x.ptr, x.array.shape[0], heads, op.attr("stride") or k, n, k, outs[0].ptr)
 
     def _op_concat_heads(self, op, outs, ins, weights, batch):
         (a, b), heads = ins, op.attrs["heads"]
         fn = _declare(self._lib, "rfc_concat_heads", [_P, _P, _P, c_int, c_int, c_int, c_int])
-        return fn, (a.ptr, b.ptr, outs[0].ptr, a.array.shape[0], heads, a.array.shape[1] // heads, b.array.shape[1] // heads)
+        return fn, (a.ptr, b.ptr, outs[0].ptr, a.array.shape[0], heads, a.array.shape[1] // heads,
+                    b.array.shape[1] // heads)
 
     def _op_add_bias(self, op, outs, ins, weights, batch):
         rows, n = ins[0].array.shape
@@ -398,7 +417,8 @@ class CpuOpDevice(InterpretedDevice):
 
     def _op_swiglu(self, op, outs, ins, weights, batch):
         act = op.attr("activation")
-        fn = self._arch_kernel({"gelu_tanh": "rfc_geglu", "swiglu_oai": "rfc_swiglu_oai", "relu": "rfc_reluglu"}[act], op) if act != "silu" else self._swiglu
+        fn = self._arch_kernel({"gelu_tanh": "rfc_geglu", "swiglu_oai": "rfc_swiglu_oai", "relu": "rfc_reluglu"}[act],
+                               op) if act != "silu" else self._swiglu
         return fn, (ins[0].ptr, ins[1].ptr, outs[0].ptr, ins[0].array.size)
 
     def _op_scale(self, op, outs, ins, weights, batch):
@@ -500,7 +520,7 @@ _CALLS: dict[OpKind, Callable] = {
     OpKind.HEAD_MATMUL: CpuOpDevice._op_head_matmul,
     OpKind.CONCAT_HEADS: CpuOpDevice._op_concat_heads,
     OpKind.SHORT_CONV: CpuOpDevice._op_short_conv,
-    **dict.fromkeys((OpKind.ALTUP_STACK, OpKind.ALTUP_PREDICT, OpKind.ALTUP_CORRECT, OpKind.ALTUP_ADD, OpKind.ALTUP_MERGE,
-                     OpKind.GAUSSIAN_TOPK), CpuOpDevice._op_altup),
+    **dict.fromkeys((OpKind.ALTUP_STACK, OpKind.ALTUP_PREDICT, OpKind.ALTUP_CORRECT, OpKind.ALTUP_ADD,
+                     OpKind.ALTUP_MERGE, OpKind.GAUSSIAN_TOPK), CpuOpDevice._op_altup),
 }
 assert set(_CALLS) == set(OpKind), "the cpu kit runs every op kind"

@@ -34,9 +34,10 @@ def state_plan(buffers: dict[str, int], ops: tuple[Op, ...], states: tuple[tuple
                hidden: str) -> Plan:
     """A plan of `ops` over token-row buffers of the given widths (n_embd: the hidden one's), one
     state tensor per shape."""
-    return Plan(buffers=tuple(Buffer(name, ("T", width)) for name, width in buffers.items()), ops=ops, kv=KVSpec(1, 1, 8),
-                input_tokens="tokens", output_logits=output, output_hidden=hidden, vocab_size=8, n_embd=buffers[hidden],
-                context_length=64, state=StateSpec(tuple(StateTensor(0, shape) for shape in states)))  # fmt: skip
+    return Plan(buffers=tuple(Buffer(name, ("T", width)) for name, width in buffers.items()), ops=ops,
+                kv=KVSpec(1, 1, 8), input_tokens="tokens", output_logits=output, output_hidden=hidden, vocab_size=8,
+                n_embd=buffers[hidden], context_length=64,
+                state=StateSpec(tuple(StateTensor(0, shape) for shape in states)))  # fmt: skip
 
 
 def _zero_weights(weights: dict[str, tuple[int, ...]]) -> WeightLayout:
@@ -54,10 +55,10 @@ def open_library(build: str, tmp_path_factory, architecture: str, plan: Plan, we
     exports' argument types declared."""
     if build == "native" and platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("the native build is tested on x86-64")
-    hp = HParams(architecture=architecture, name=f"{architecture}-state-ops-test", context_length=64, n_embd=plan.n_embd,
-                 n_ff=8, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=8, n_rot=8, rope_style="neox", rope_freq_base=1e4,
-                 rope_freq_scale=1.0, rope_scaling_type="none", rms_eps=1e-5, vocab_size=8, tied_embeddings=False,
-                 qkv_bias=False, rope_freq_factors=False)  # fmt: skip
+    hp = HParams(architecture=architecture, name=f"{architecture}-state-ops-test", context_length=64,
+                 n_embd=plan.n_embd, n_ff=8, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=8, n_rot=8,
+                 rope_style="neox", rope_freq_base=1e4, rope_freq_scale=1.0, rope_scaling_type="none", rms_eps=1e-5,
+                 vocab_size=8, tied_embeddings=False, qkv_bias=False, rope_freq_factors=False)  # fmt: skip
     target = parse_target(TARGETS[build])
     source = cpu.render_source(CodegenInput(target, hp, plan, _zero_weights(weights), None, None), step=False)
     path = tmp_path_factory.mktemp(build) / cpu.LIBRARY
