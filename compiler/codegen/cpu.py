@@ -43,6 +43,7 @@ ALTUP_OPS = ("altup_stack", "altup_predict", "altup_correct", "altup_add", "altu
 CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
            "moe_route", "moe_matmul", "moe_combine", "head_matmul", "concat_heads")
 CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale",  # gemma's final-logit soft-capping; gpt-oss's per-expert biases; granite's multipliers
+                "xielu",  # apertus's FFN activation
                 "moe_scale", "slot_scale",  # the experts' gate and up weight scales; llama4's per-slot input weights
                 "ssm_conv", "gated_delta_net",  # qwen35's Gated DeltaNet layers
                 "short_conv",  # lfm2's gated short convolutions
