@@ -17,18 +17,10 @@ import math
 import numbers
 
 import numpy as np
+
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention,
-    attention,
-    declare_buffers,
-    hparams,
-    kv_spec,
-    linear,
-    output_head,
-    read_rope,
-    read_sizes,
-    rope_factors,
+    Attention, attention, declare_buffers, hparams, kv_spec, linear, output_head, read_rope, read_sizes, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from rfc.compiler.arch.apertus import read_xielu, xielu_constants
 from rfc.compiler.errors import CompileError
 from rfc.runtime.devices.reference import ReferenceDevice
