@@ -75,3 +75,38 @@ def test_bad_keys_are_refused_by_name(over, why):
     md = {k: v for k, v in _keys(**over).items() if v is not None}
     with pytest.raises(CompileError, match=why):
         read_xielu(_Model(md), 2)
+
+
+def _apertus(tmp_path, edit=None):
+    """The spec of tests/data/llama-archs/apertus-dense (llama.cpp's layout), its description
+    edited by `edit` first."""
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.spec import build_spec
+    from tests.e2e.test_llama_archs import archs
+
+    desc = archs.load("apertus-dense")
+    if edit:
+        edit(desc)
+    path = tmp_path / "apertus.gguf"
+    archs.write_model(desc, path, "apertus-dense")
+    return build_spec(read_gguf(path))
+
+
+def test_recipe_builds_llama_cpp_s_graph(tmp_path):
+    from tests.e2e.test_llama_archs import archs
+
+    spec = _apertus(tmp_path)
+    ops = spec.plan.ops
+    xielu = [op for op in ops if op.kind == "xielu"]
+    stored = {f"xielu.{k}": v for k, v in archs.XIELU.items()}  # per layer, as the file holds them
+    assert [op.attrs for op in xielu] == read_xielu(_Model(stored), 2) and xielu[0].attrs != xielu[1].attrs
+    assert "swiglu" not in {op.kind for op in ops}  # no gate
+    assert sum(op.kind == "rmsnorm" and "heads" in op.attrs for op in ops) == 4  # Q and K per head, both layers
+
+
+def test_an_ffn_bias_is_refused_not_dropped(tmp_path):
+    def add_bias(desc):
+        desc["tensors"].append(["blk.0.ffn_up.bias", [384], "F32"])
+
+    with pytest.raises(CompileError, match="ffn_up.bias"):
+        _apertus(tmp_path, add_bias)
