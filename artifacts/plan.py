@@ -68,6 +68,7 @@ class OpKind(str, Enum):
     GATHER_ROWS = "gather_rows"
     SOFTCAP = "softcap"
     SCALE = "scale"
+    XIELU = "xielu"
     MOE_ROUTE = "moe_route"
     MOE_MATMUL = "moe_matmul"
     MOE_COMBINE = "moe_combine"
@@ -159,6 +160,12 @@ OPS: dict[OpKind, OpSchema] = {
                              doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
     OpKind.SCALE: OpSchema(1, 1, (0, 0), ("factor",),
                            doc="out = x * factor, factor a float32 (granite's residual and logit multipliers)"),
+    OpKind.XIELU: OpSchema(
+        1, 1, (0, 0), ("alpha_n", "alpha_p", "beta", "eps"),
+        doc="xIELU (apertus's FFN activation), as ggml_xielu computes it: out = alpha_p x^2 + beta x for x > 0, "
+        "else (expm1(min(x, eps)) - x) alpha_n + beta x; the attributes are float32 and already the effective "
+        "ones (alpha_p = softplus(stored alpha_p), alpha_n = beta + softplus(stored alpha_n), as ggml_xielu sets them)",
+    ),
     OpKind.MOE_ROUTE: OpSchema(
         1, 2, (0, 2), ("n_used",),
         optional=(("gating", "softmax"), ("norm", True), ("scale", 1.0), ("groups", 1), ("groups_used", 1),

@@ -375,6 +375,13 @@ def _scale(v: _OpView) -> None:
     v.need(abs(factor) >= 1e-30, f"attribute factor = {factor!r} is zero or too small for a float32 literal")
 
 
+def _xielu(v: _OpView) -> None:
+    _same_shape(v)
+    # learned per-layer constants: any finite value a float32 holds comfortably (eps is a tiny negative)
+    for name in ("alpha_n", "alpha_p", "beta", "eps"):
+        v.real_attr(name, -1e6, 1e6)
+
+
 def _softcap(v: _OpView) -> None:
     _same_shape(v)
     v.real_attr("cap", 0.0, 1e6, open_lo=True)
@@ -643,6 +650,7 @@ RULES: dict[str, Callable[[_OpView], None]] = {
     "gather_rows": _gather_rows,
     "softcap": _softcap,
     "scale": _scale,
+    "xielu": _xielu,
     "moe_route": _moe_route,
     "moe_matmul": _moe_matmul,
     "moe_combine": _moe_combine,

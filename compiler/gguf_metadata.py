@@ -14,7 +14,8 @@ only for what rfc can use:
   (`rope.dimension_sections`: M-RoPE's 4 sections), any other as a per-layer array of at most
   LLAMA_MAX_LAYERS (512) entries, or the layer count when that is larger (llama.cpp's model
   saver writes every per-layer array at 512 entries whatever the layer count; recipes read the
-  first block_count).
+  first block_count); so are the per-layer arrays llama.cpp names without the prefix
+  (UNPREFIXED_PER_LAYER: apertus's `xielu.*`).
 
 Any other array (general.tags, tokenizer.ggml.precompiled_charsmap, keys rfc does not know) is
 left unread however long it is, and so is an over-long string under a key rfc does not read.
@@ -48,6 +49,9 @@ CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 VOCAB_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
 MERGES_KEY = "tokenizer.ggml.merges"
 # The keys outside `<arch>.*` whose string values rfc reads: too long, they are refused, not skipped.
+# Per-layer arrays llama.cpp names without the architecture's prefix (apertus's xIELU constants):
+# bounded, and refused only when read, like `<arch>.*` per-layer arrays
+UNPREFIXED_PER_LAYER = ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.eps")
 READ_TEXT_KEYS = (ARCHITECTURE_KEY, "general.name", "tokenizer.ggml.model", "tokenizer.ggml.pre", CHAT_TEMPLATE_KEY)
 
 _BOOL = 7
@@ -78,11 +82,13 @@ class _ArrayBounds:
         if self.arch_prefix is not None and key.startswith(self.arch_prefix):
             fixed = FIXED_ARRAYS.get(key[len(self.arch_prefix):])
             return _Bound(*fixed) if fixed else self.per_layer
+        if key in UNPREFIXED_PER_LAYER:
+            return self.per_layer
         return None
 
     def deferred(self, key: str) -> bool:
         """Whether an array over its bound is refused only when a recipe reads it (`<arch>.*`)."""
-        return self.arch_prefix is not None and key.startswith(self.arch_prefix)
+        return (self.arch_prefix is not None and key.startswith(self.arch_prefix)) or key in UNPREFIXED_PER_LAYER
 
 
 def decode_metadata(data: bytes, index: GGUFIndex, name: str, unread: dict[str, str] | None = None) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from rfc.compiler.arch import qwen3vl
 from rfc.compiler.arch import minimax_m2
 from rfc.compiler.arch import bailingmoe2
 from rfc.compiler.arch import falcon_h1
+from rfc.compiler.arch import apertus
 from rfc.compiler.arch import catalog
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -35,6 +36,7 @@ from rfc.compiler.spec import ModelSpec
 Recipe = Callable[[GGUFModel], ModelSpec]
 
 RECIPES: dict[str, Recipe] = {
+    "apertus": apertus.build,
     "bailingmoe2": bailingmoe2.build,
     "cohere2": command_r.build_cohere2,
     "command-r": command_r.build,

@@ -64,7 +64,6 @@ REFUSED: dict[str, str] = {
     **dict.fromkeys(("dream", "llada", "llada-moe", "rnd1"), _DIFFUSION),
     **dict.fromkeys(("eagle3", "dflash", "gemma4-assistant"), _DRAFT),
     "t5": "an encoder-decoder model: rfc runs decoder-only models",
-    "apertus": "its FFN's xIELU activation (per-layer alpha_n, alpha_p, beta, eps) is not a plan op yet",
 }
 NO_RECIPE = "no recipe yet"
 

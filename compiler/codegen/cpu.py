@@ -44,6 +44,7 @@ CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attent
            "moe_route", "moe_matmul", "moe_combine", "head_matmul", "concat_heads")
 # gemma's final-logit soft-capping; gpt-oss's per-expert biases; granite's multipliers
 CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale",
+                "xielu",  # apertus's FFN activation
                 "moe_scale", "slot_scale",  # the experts' gate and up weight scales; llama4's per-slot input weights
                 "ssm_conv", "gated_delta_net",  # qwen35's Gated DeltaNet layers
                 "short_conv",  # lfm2's gated short convolutions

@@ -450,6 +450,14 @@ class _Lowering:
                       "factor": f32_literal(op.attrs["factor"], "scale factor", signed=True)}, {x},
                      set(op.outputs))  # fmt: skip
 
+    def _xielu(self, op: Op) -> Phase:
+        x = op.inputs[0]
+        # validate_plan bounded the four to finite float32s of magnitude <= 1e6; C literals of them
+        consts = {k: float(np.float32(op.attrs[k])) for k in ("alpha_n", "alpha_p", "beta", "eps")}
+        return Phase("xielu",
+                     {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
+                      **consts}, {x}, set(op.outputs))  # fmt: skip
+
     def _softcap(self, op: Op) -> Phase:
         x = op.inputs[0]
         return Phase("softcap",

@@ -50,6 +50,7 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "gather_rows": (("out", PTR), ("x", PTR), ("rows", PTR), ("n_rows", I32)),
     "softcap": (("out", PTR), ("x", PTR), ("n_rows", I32)),
     "scale": (("out", PTR), ("x", PTR), ("n_rows", I32)),
+    "xielu": (("out", PTR), ("x", PTR), ("n_rows", I32)),
     "moe_route": (("ids", PTR), ("weights", PTR), ("logits", PTR), ("bias", PTR), ("escale", PTR), ("n_rows", I32)),  # bias, escale: when it has them
     "moe_matmul": (("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
     "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
@@ -491,6 +492,14 @@ class _Planner:
         name = f"rfc_scale_{width}_" + f"{factor:.9g}".replace(".", "p").replace("-", "m").replace("+", "")
         return self._rowwise(op, "gpu_scale.hip.j2", name, width, factor=factor)
 
+    def _xielu(self, op: Op) -> KernelSpec:
+        width = self._width(op.inputs[0])
+        # the four float32 constants are compiled in (they differ per layer): one kernel per
+        # (width, constants), their bits in the name; validate_plan bounded them to finite values
+        consts = {k: np.float32(op.attrs[k]) for k in ("alpha_n", "alpha_p", "beta", "eps")}
+        name = f"rfc_xielu_{width}_" + "_".join(f"{int(v.view(np.uint32)):08x}" for v in consts.values())
+        return self._rowwise(op, "gpu_xielu.hip.j2", name, width, **{k: float(v) for k, v in consts.items()})
+
     def _softcap(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
         return self._rowwise(op, "gpu_softcap.hip.j2", f"rfc_softcap_{width}", width, cap=float(op.attrs["cap"]))
@@ -849,7 +858,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         return ArgSlot(ArgKind.KV, name[0], value=int(op.attrs.get("layer", 0)))
     # the rest are the op's buffers and weights, in declaration order
     outs = {"embed": ("out",), "rmsnorm": ("out",), "matmul": ("out",), "add_bias": ("out",), "rope": ("q", "k"),
-            "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",), "scale": ("out",),
+            "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",), "scale": ("out",), "xielu": ("out",),
             "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
             "moe_add_bias": ("out",), "moe_scale": ("out",), "slot_scale": ("out",), "head_matmul": ("out",), "concat_heads": ("out",),
             "ssm_conv": ("out",), "gated_delta_net": ("out",), "short_conv": ("out",), "ssm_scan": ("out",),

@@ -133,6 +133,12 @@ class ReferenceDevice(HostState, InterpretedDevice):
     def op_scale(self, outs, ins, weights, attrs, batch):
         outs[0][...] = ins[0] * np.float32(attrs["factor"])
 
+    def op_xielu(self, outs, ins, weights, attrs, batch):
+        x = ins[0]
+        a_n, a_p, beta, eps = (np.float32(attrs[k]) for k in ("alpha_n", "alpha_p", "beta", "eps"))
+        neg = (np.expm1(np.minimum(x, eps)) - x) * a_n + beta * x
+        outs[0][...] = np.where(x > 0, a_p * x * x + beta * x, neg)
+
     def op_softcap(self, outs, ins, weights, attrs, batch):
         cap = np.float32(attrs["cap"])
         outs[0][...] = cap * np.tanh(ins[0] / cap)
@@ -401,6 +407,7 @@ _HANDLERS: dict[OpKind, Callable] = {
     OpKind.GATHER_ROWS: ReferenceDevice.op_gather_rows,
     OpKind.SOFTCAP: ReferenceDevice.op_softcap,
     OpKind.SCALE: ReferenceDevice.op_scale,
+    OpKind.XIELU: ReferenceDevice.op_xielu,
     OpKind.MOE_ROUTE: ReferenceDevice.op_moe_route,
     OpKind.MOE_MATMUL: ReferenceDevice.op_moe_matmul,
     OpKind.MOE_COMBINE: ReferenceDevice.op_moe_combine,

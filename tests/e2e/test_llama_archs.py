@@ -44,9 +44,11 @@ KNOWN: dict[str, str] = {
 # after their gate and up matmuls rather than before), on every device: they are held to that.
 # So are the files where rfc, as llama.cpp, leaves tensors of the file unapplied (qwen3next's
 # DeltaNet weight scales and its legacy fused ssm_in beside attn_qkv; falcon-h1's rope_freqs) or
-# reads a layer's kind from metadata (nemotron_h_moe with expert_count 0: dense MLP layers).
+# reads a layer's kind from metadata (nemotron_h_moe with expert_count 0: dense MLP layers), and
+# apertus, whose xIELU constants go through softplus first (without it mean |d| 0.47, but a
+# wrong eps or a float64 softplus would stay inside the bounds).
 CLOSE = ("llama-moe", "mistral3-moe", "qwen3moe-moe", "qwen35-dense", "qwen35moe-moe", "llama4-moe", "qwen3next-moe",
-         "falcon-h1-dense", "nemotron_h_moe-dense")
+         "falcon-h1-dense", "nemotron_h_moe-dense", "apertus-dense")
 CLOSE_MEAN = 1e-3
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
 CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")

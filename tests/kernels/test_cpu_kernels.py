@@ -542,6 +542,11 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     assert_close(got[0], want[0], 1e-5, 1e-6)
     got, want = run_both(kit, Op("scale", ("g",), ("g",), (), {"factor": 0.6}), [np.zeros_like(g)], [g], [], None)
     assert_close(got[0], want[0], 1e-6, 0)
+    # apertus's xIELU: both branches, an eps that clips part of the negative side (-0.05) and a real one
+    for consts in ({"alpha_n": 1.6, "alpha_p": 1.17, "beta": 0.5, "eps": -1e-6},
+                   {"alpha_n": 0.72, "alpha_p": 1.7, "beta": 0.25, "eps": -0.05}):
+        got, want = run_both(kit, Op("xielu", ("g",), ("g",), (), consts), [np.zeros_like(g)], [g / 6], [], None)
+        assert_close(got[0], want[0], 1e-5, 1e-6)
     got, want = run_both(kit, Op("add", ("a", "b"), ("a",)), [np.zeros_like(g)], [g, u], [], None)
     assert_close(got[0], want[0], 1e-6, 0)
     x = rng.standard_normal((3, N_ROWS)).astype(np.float32)

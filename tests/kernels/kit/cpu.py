@@ -187,8 +187,9 @@ class CpuOpDevice(InterpretedDevice):
                     "rfc_rope_freqs_temp": [_P, _P, _P, c_int, _P, _P, c_double, c_double, c_int],
                     "rfc_attention_ws": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float],
                     "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float],
-                    "rfc_scale": [_P, _P, c_size_t, c_float], "rfc_swiglu_oai": [_P, _P, _P, c_size_t],
-                    "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
+                    "rfc_scale": [_P, _P, c_size_t, c_float],
+                    "rfc_xielu": [_P, _P, c_size_t, c_float, c_float, c_float, c_float],
+                    "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_moe_scale": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_slot_scale": [_P, _P, c_int, c_int, c_int, _P],
                     "rfc_attention_sinks": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float,
@@ -424,6 +425,10 @@ _P]}  # fmt: skip
     def _op_scale(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_scale", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["factor"])
 
+    def _op_xielu(self, op, outs, ins, weights, batch):
+        consts = (op.attrs[k] for k in ("alpha_n", "alpha_p", "beta", "eps"))
+        return self._arch_kernel("rfc_xielu", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, *consts)
+
     def _op_softcap(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_softcap", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["cap"])
 
@@ -508,6 +513,7 @@ _CALLS: dict[OpKind, Callable] = {
     OpKind.GATHER_ROWS: CpuOpDevice._op_gather_rows,
     OpKind.SOFTCAP: CpuOpDevice._op_softcap,
     OpKind.SCALE: CpuOpDevice._op_scale,
+    OpKind.XIELU: CpuOpDevice._op_xielu,
     OpKind.MOE_ROUTE: CpuOpDevice._op_moe_route,
     OpKind.MOE_MATMUL: CpuOpDevice._op_moe_matmul,
     OpKind.MOE_COMBINE: CpuOpDevice._op_moe_combine,
