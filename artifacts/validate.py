@@ -444,12 +444,18 @@ def _moe_combine(v: _OpView) -> None:
     v.need(v.width(y) == k * v.width(out), f"input width {v.width(y)} is not {k} x {v.width(out)}")
 
 
-def _moe_scale(v: _OpView) -> None:
+def _routed_segments(v: _OpView) -> tuple[str, int, int]:
+    """y[T, k*N] and ids i32[T, k] -> out like y (moe_scale, moe_add_bias): y, n_expert, k."""
     (y, ids), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(y, out)
     n_expert, k = _routed(v, ids)
     v.need(v.shape(y) == v.shape(out) and v.rows(y) == v.rows(ids) == "T", "buffers are not [T, width] alike")
     v.need(v.width(y) % k == 0, f"width {v.width(y)} is not {k} segments")
+    return y, n_expert, k
+
+
+def _moe_scale(v: _OpView) -> None:
+    _y, n_expert, _k = _routed_segments(v)
     w = v.weight_shape(0)
     v.need(w is None or w == (n_expert,), f"expert scale {w} is not [{n_expert}]")
 
@@ -463,11 +469,7 @@ def _slot_scale(v: _OpView) -> None:
 
 
 def _moe_add_bias(v: _OpView) -> None:
-    (y, ids), (out,) = v.op.inputs, v.op.outputs
-    v.float_rows(y, out)
-    n_expert, k = _routed(v, ids)
-    v.need(v.shape(y) == v.shape(out) and v.rows(y) == v.rows(ids) == "T", "buffers are not [T, width] alike")
-    v.need(v.width(y) % k == 0, f"width {v.width(y)} is not {k} segments")
+    y, n_expert, k = _routed_segments(v)
     w = v.weight_shape(0)
     v.need(w is None or w == (n_expert, v.width(y) // k), f"bias {w} is not [{n_expert}, {v.width(y) // k}]")
 

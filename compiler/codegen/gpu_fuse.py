@@ -26,7 +26,7 @@ the prefill list keeps the tensor-core matmuls unfused.
 from dataclasses import dataclass
 
 from rfc.artifacts.plan import Op, Plan
-from rfc.compiler.codegen.gpu_plan import I32, MATMUL_ROW_STEPS, PTR, KernelSpec, _renamed
+from rfc.compiler.codegen.gpu_plan import I32, MATMUL_ROW_STEPS, PTR, KernelSpec, _renamed, buffer_uses
 
 MATMUL_TEMPLATE = "gpu_matmul.hip.j2"
 MAX_SEGMENTS = 3  # q, k, v
@@ -89,12 +89,7 @@ def _apart_in_the_arena(plan: Plan, fusion: Fusion) -> bool:
     inputs. The arena (gpu_plan.plan_step_arena) lets a buffer first written by op j reuse the
     bytes of one last read before j: separate launches may, but one kernel whose blocks still
     read an input while others write would read another row's output."""
-    first: dict[str, int] = {}
-    last: dict[str, int] = {}
-    for j, op in enumerate(plan.ops):
-        for b in (*op.inputs, *op.outputs):
-            first.setdefault(b, j)
-            last[b] = j
+    first, last = buffer_uses(plan)
     ops = plan.ops[fusion.first : fusion.first + fusion.count]
     read = {b for op in ops for b in op.inputs if b != plan.input_tokens}
     written = {b for op in ops for b in op.outputs}

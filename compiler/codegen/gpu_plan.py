@@ -881,6 +881,17 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     return ArgSlot(ArgKind.ARENA, op.inputs[ins.index(name)])
 
 
+def buffer_uses(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
+    """Each buffer's first and last op (by index) that reads or writes it."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, op in enumerate(plan.ops):
+        for b in (*op.inputs, *op.outputs):
+            first.setdefault(b, i)
+            last[b] = i
+    return first, last
+
+
 def plan_step_arena(plan: Plan, scratch_floats: int = 0, q8_bytes: int = 0) -> Arena:
     """Plan buffers packed by liveness: a buffer's bytes are reused once its last reader has
     run. The outputs (logits, hidden) stay live to the end; the input tokens are a batch array.
@@ -888,12 +899,7 @@ def plan_step_arena(plan: Plan, scratch_floats: int = 0, q8_bytes: int = 0) -> A
     ATTENTION_SPLIT_ROWS rows, not by the context) follow, overlapping nothing: every layer's
     attention reuses them between its split and reduce launches."""
     sizes = {"T": PROGRAM_MAX_TOKENS, "R": PROGRAM_MAX_ROWS}
-    first: dict[str, int] = {}
-    last: dict[str, int] = {}
-    for i, op in enumerate(plan.ops):
-        for b in (*op.inputs, *op.outputs):
-            first.setdefault(b, i)
-            last[b] = i
+    first, last = buffer_uses(plan)
     end = len(plan.ops)
     for b in (plan.output_logits, plan.output_hidden):
         last[b] = end
@@ -937,20 +943,20 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
     prefill: list[Launch] = []
     scratch = 0
     q8_bytes = 0
-    rounded: list = [None]  # (input buffer, k) whose int8 rounding Q8_SCRATCH holds at this point of the prefill list
+    rounded = None  # (input buffer, k) whose int8 rounding Q8_SCRATCH holds at this point of the prefill list
 
     def prefill_launch(op: Op, spec: KernelSpec) -> None:
         """Appends op's prefill launch; an int8 tensor-core matmul over a prequantized input first
         gets the launch that rounds it, unless the launch before rounded the same input."""
-        nonlocal q8_bytes
+        nonlocal q8_bytes, rounded
         if spec.params.get("prequant"):
             key = (op.inputs[0], spec.params["k"])
-            if rounded[0] != key:
-                prefill.append(_quantize_launch(plan, op, by_name[_quantize_name(spec)]))
-                rounded[0] = key
+            if rounded != key:
+                prefill.append(_quantize_launch(plan, op, by_name[_quantize_spec(target, spec).name]))
+                rounded = key
             q8_bytes = max(q8_bytes, spec.params["q8_bytes"])
         else:
-            rounded[0] = None  # another launch may write that input
+            rounded = None  # another launch may write that input
         prefill.append(op_launch(plan, op, spec))
 
     i = 0
@@ -966,7 +972,7 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
                     prefill_launch(op, spec.prefill or spec)
             else:
                 prefill.append(launch)
-                rounded[0] = None
+                rounded = None
             i += f.count
             continue
         op, spec = plan.ops[i], by_name[op_kernels[i]]
@@ -976,7 +982,7 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
             prefill_launch(op, spec.prefill)
         else:
             prefill += ours
-            rounded[0] = None
+            rounded = None
         for s in spec.steps or (spec,):
             if any(n == "scratch" for n, _k in s.args):
                 scratch = max(scratch, attention_scratch_floats(s))
@@ -1012,16 +1018,11 @@ def _q8_slot() -> ArgSlot:
     return ArgSlot(ArgKind.ARENA, Q8_SCRATCH)
 
 
-def _quantize_name(spec: KernelSpec) -> str:
-    return f"rfc_quantize_q8_{spec.params['k']}"
-
-
 def _quantize_spec(target: Target, spec: KernelSpec) -> KernelSpec:
+    """The kernel that rounds the input of prequant int8 matmul `spec` (gpu_imma.quantize_q8_spec)."""
     from rfc.compiler.codegen.gpu_imma import quantize_q8_spec
 
-    q = quantize_q8_spec(target, spec.params["k"], spec.params["max_tokens"])
-    assert q.name == _quantize_name(spec)
-    return q
+    return quantize_q8_spec(target, spec.params["k"], spec.params["max_tokens"])
 
 
 def _quantize_launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:
