@@ -206,8 +206,9 @@ def open_bundle(root: Path, verify: bool = True, mmap_weights: bool = True) -> B
             weights.close()
             raise BundleError(f"{WEIGHTS_FILE} changed size while it was opened")
     elif weights_size > 0:
-        weights = _read_private(root / WEIGHTS_FILE, weights_size,
-                                manifest["files"][WEIGHTS_FILE]["sha256"] if verify else None)
+        weights = _read_private(
+            root / WEIGHTS_FILE, weights_size, manifest["files"][WEIGHTS_FILE]["sha256"] if verify else None
+        )
     return Bundle(root=root, manifest=manifest, layout=layout, plan=plan, weights=weights, verified=verify)
 
 

@@ -121,7 +121,7 @@ def _sections(elf: bytes) -> list[_Section]:
     if elf[:4] != ELF_MAGIC or elf[4] != 2 or elf[5] != 1:
         raise CodeObjectError("not a little-endian 64-bit ELF")
     try:
-        shoff, = struct.unpack_from("<Q", elf, 0x28)
+        (shoff,) = struct.unpack_from("<Q", elf, 0x28)
         shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
         raw = []
         for i in range(shnum):
@@ -238,8 +238,9 @@ def _nv_info_records(elf: bytes, sec: _Section):
         if fmt != _EIFMT_SVAL:
             continue
         if pos + size > len(data):
-            raise CodeObjectError(f"{sec.name}: attribute 0x{attr:02x} runs {pos + size - len(data)} bytes past the "
-                                  f"section")
+            raise CodeObjectError(
+                f"{sec.name}: attribute 0x{attr:02x} runs {pos + size - len(data)} bytes past the section"
+            )
         yield attr, data[pos : pos + size]
         pos += size
 
@@ -291,12 +292,16 @@ def cubin_resources(data: bytes) -> dict[str, CubinResources]:
                         raise CodeObjectError(f".nv.info: attribute 0x{attr:02x} has {len(payload)} bytes, 8 expected")
                     index, value = struct.unpack("<II", payload)
                     if index >= len(symbols):
-                        raise CodeObjectError(f".nv.info: attribute 0x{attr:02x} names symbol {index} of "
-                                              f"{len(symbols)}")
+                        raise CodeObjectError(
+                            f".nv.info: attribute 0x{attr:02x} names symbol {index} of {len(symbols)}"
+                        )
                     per_symbol.setdefault(index, {})[attr] = value
         reserved = _RESERVED_SHARED_BYTES if any(s.name.startswith(_RESERVED_SHARED_SECTION) for s in sections) else 0
-        shared = {s.name.removeprefix(".nv.shared."): max(0, s.size - reserved) for s in sections
-                  if s.name.startswith(".nv.shared.")}
+        shared = {
+            s.name.removeprefix(".nv.shared."): max(0, s.size - reserved)
+            for s in sections
+            if s.name.startswith(".nv.shared.")
+        }
         kernels = {}
         for index, (name, info) in enumerate(symbols):
             if info & 0xF != _STT_FUNC or info >> 4 != _STB_GLOBAL:

@@ -45,8 +45,11 @@ class CacheType(str, Enum):
 
 
 _CODES = {CacheType.F16: 0, CacheType.Q8_0: 1, CacheType.Q4_0: 2}
-_BLOCK_BYTES = {CacheType.F16: 2 * BLOCK_VALUES, CacheType.Q8_0: 2 + BLOCK_VALUES,
-                CacheType.Q4_0: 2 + BLOCK_VALUES // 2}
+_BLOCK_BYTES = {
+    CacheType.F16: 2 * BLOCK_VALUES,
+    CacheType.Q8_0: 2 + BLOCK_VALUES,
+    CacheType.Q4_0: 2 + BLOCK_VALUES // 2,
+}
 
 
 def parse_cache_type(value: str, option: str = "--cache-type") -> CacheType:
@@ -73,12 +76,16 @@ class KvCacheTypes:
         (`geometries`: Plan.kv_geometries) every layer fills the whole row: quantized rows and
         their rotations are sized by one head_dim, which layers of different sizes (Gemma 4) lack."""
         if self.quantized and kv.head_dim % BLOCK_VALUES:
-            raise CacheTypeError(f"a {self.k}/{self.v} KV cache needs head_dim to be a multiple of {BLOCK_VALUES}; "
-                                 f"this model's is {kv.head_dim}")
+            raise CacheTypeError(
+                f"a {self.k}/{self.v} KV cache needs head_dim to be a multiple of {BLOCK_VALUES}; "
+                f"this model's is {kv.head_dim}"
+            )
         if self.quantized and set(geometries) - {(kv.n_kv_heads, kv.head_dim)}:
             sizes = ", ".join(f"{n}x{d}" for n, d in sorted(geometries))
-            raise CacheTypeError(f"--cache-type-k/--cache-type-v {self.k}/{self.v}: this model's layers differ in KV "
-                                 f"heads x head size ({sizes}); only an f16 KV cache serves it")
+            raise CacheTypeError(
+                f"--cache-type-k/--cache-type-v {self.k}/{self.v}: this model's layers differ in KV "
+                f"heads x head size ({sizes}); only an f16 KV cache serves it"
+            )
 
     def row_bytes(self, kv: KVSpec) -> tuple[int, int]:
         """Bytes of one token's K row and V row in one layer."""

@@ -59,14 +59,18 @@ def unpack_layout(data: bytes) -> WeightLayout:
         raw = msgpack.unpackb(data, strict_map_key=True, max_array_len=MAX_TENSORS, max_map_len=64)
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise BundleError(f"{LAYOUT_FILE} is not valid msgpack: {e}") from None
-    if (not isinstance(raw, dict) or not isinstance(raw.get("tensors"), list)
-            or not isinstance(raw.get("alignment"), int)):
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("tensors"), list)
+        or not isinstance(raw.get("alignment"), int)
+    ):
         raise BundleError(f"{LAYOUT_FILE} is malformed: no tensor list or alignment")
     tensors = []
     for i, t in enumerate(raw["tensors"]):
         if not isinstance(t, dict) or set(t) != set(_FIELDS):
-            raise BundleError(f"{LAYOUT_FILE} is malformed: tensor {i} does not have exactly the fields "
-                              f"{sorted(_FIELDS)}")
+            raise BundleError(
+                f"{LAYOUT_FILE} is malformed: tensor {i} does not have exactly the fields {sorted(_FIELDS)}"
+            )
         for key, kind in _FIELDS.items():
             if not isinstance(t[key], kind) or isinstance(t[key], bool):
                 raise BundleError(f"{LAYOUT_FILE} is malformed: tensor {i} {key} is not a {kind.__name__}")

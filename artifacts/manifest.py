@@ -79,8 +79,13 @@ def check_manifest_paths(manifest: dict[str, Any]) -> None:
         check_relpath(rel, "file")
         size = meta.get("size") if isinstance(meta, dict) else None
         digest = meta.get("sha256") if isinstance(meta, dict) else None
-        if (isinstance(size, bool) or not isinstance(size, int) or size < 0 or not isinstance(digest, str)
-                or len(digest) != 64):
+        if (
+            isinstance(size, bool)
+            or not isinstance(size, int)
+            or size < 0
+            or not isinstance(digest, str)
+            or len(digest) != 64
+        ):
             raise BundleError(f"{MANIFEST_FILE}: the entry of {rel} has no valid sha256 and size")
     for what, path in manifest_paths(manifest):
         check_relpath(path, what)

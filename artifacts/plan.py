@@ -103,14 +103,21 @@ class OpSchema:
 
 OPS: dict[OpKind, OpSchema] = {
     OpKind.EMBED: OpSchema(
-        1, 1, (1, 1), optional=(("scale", 1.0), ("column", 0)),
+        1,
+        1,
+        (1, 1),
+        optional=(("scale", 1.0), ("column", 0)),
         doc="x[T, n_embd] = dequant(weight)[tokens] * scale (gemma: scale = sqrt(n_embd) as a float32); with a "
         "column, out[T, W] = dequant(weight)[tokens, column : column + W] * scale, a slice of a wider table's rows "
         "(Gemma 4's per-layer embeddings: layer i's W values at column i * W), column a whole number of the "
         "format's blocks",
     ),
     OpKind.RMSNORM: OpSchema(
-        1, 1, (0, 1), ("eps",), optional=(("heads", 1),),
+        1,
+        1,
+        (0, 1),
+        ("eps",),
+        optional=(("heads", 1),),
         doc="each row is `heads` equal segments s (1: the whole row; n_heads: per-head Q/K norms), each "
         "normalized on its own: out = s / sqrt(mean(s^2) + eps) * weight, weight [width / heads] (or [width] with "
         "heads > 1: a weight per segment, Mamba2's grouped norm); without a "
@@ -119,9 +126,19 @@ OPS: dict[OpKind, OpSchema] = {
     OpKind.MATMUL: OpSchema(1, 1, (1, 1), doc="out[M, N] = x[M, K] @ weight[N, K]^T, weight in its stored format"),
     OpKind.ADD_BIAS: OpSchema(1, 1, (1, 1), doc="x[M, N] += bias[N]"),
     OpKind.ROPE: OpSchema(
-        2, 2, (0, 1), ("n_heads", "n_kv_heads", "head_dim", "n_rot", "style", "freq_base", "freq_scale"),
-        optional=(("attn_factor", 1.0), ("ext_factor", 0.0), ("beta_fast", 32.0), ("beta_slow", 1.0), ("orig_ctx", 0),
-                  ("temp_scale", 0.0), ("temp_floor", 0)),
+        2,
+        2,
+        (0, 1),
+        ("n_heads", "n_kv_heads", "head_dim", "n_rot", "style", "freq_base", "freq_scale"),
+        optional=(
+            ("attn_factor", 1.0),
+            ("ext_factor", 0.0),
+            ("beta_fast", 32.0),
+            ("beta_slow", 1.0),
+            ("orig_ctx", 0),
+            ("temp_scale", 0.0),
+            ("temp_floor", 0),
+        ),
         doc="rotary embedding of q and k in place; style 'adjacent' (pairs 2i, 2i+1: llama) or 'neox' "
         "(pairs i, i + n_rot/2); freq_i = rope_inv_freq(...)_i / factor_i (factors: the optional weight): "
         "freq_scale * base^(-2i/n_rot), or with ext_factor > 0 (YaRN) base^(-2i/n_rot) mixed between scaled and "
@@ -131,10 +148,14 @@ OPS: dict[OpKind, OpSchema] = {
         "tuning: mistral3) the rotated q row is then multiplied by float32(1 + temp_scale * ln(floor(pos / temp_floor) "
         "+ 1)), computed in double (q only; needs n_rot == head_dim)",
     ),
-    OpKind.KV_WRITE: OpSchema(2, 0, (0, 0), ("layer",),
-                              doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"),
+    OpKind.KV_WRITE: OpSchema(
+        2, 0, (0, 0), ("layer",), doc="store k, v rows [T, n_kv_heads*head_dim] in the layer's paged cache"
+    ),
     OpKind.ATTENTION: OpSchema(
-        1, 1, (0, 1), ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
+        1,
+        1,
+        (0, 1),
+        ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
         optional=(("window", None), ("softcap", None)),
         doc="causal attention of q over the paged cache of layer `layer` (positions <= the token's own): its own, or "
         "an earlier layer's that it shares (Gemma 4 E2B/E4B: no kv_write of its own; the validator requires that "
@@ -145,7 +166,10 @@ OPS: dict[OpKind, OpSchema] = {
         "with no value, p_j = exp(s_j) / (sum_i exp(s_i) + exp(sink_h))",
     ),
     OpKind.SWIGLU: OpSchema(
-        2, 1, (0, 0), optional=(("activation", "silu"), ("alpha", 1.702), ("limit", 7.0)),
+        2,
+        1,
+        (0, 0),
+        optional=(("activation", "silu"), ("alpha", 1.702), ("limit", 7.0)),
         doc="gated linear unit: out = act(gate) * up, act 'silu' (SwiGLU: g / (1 + exp(-g))) or 'gelu_tanh' "
         "(GeGLU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))); 'swiglu_oai' (gpt-oss, llama.cpp's "
         "swiglu_oai) clamps and shifts: g' = min(g, limit), u' = clamp(u, -limit, limit), "
@@ -156,20 +180,34 @@ OPS: dict[OpKind, OpSchema] = {
     ),
     OpKind.ADD: OpSchema(2, 1, (0, 0), doc="out = a + b"),
     OpKind.GATHER_ROWS: OpSchema(1, 1, (0, 0), doc="out[R, D] = x[logit_rows]"),
-    OpKind.SOFTCAP: OpSchema(1, 1, (0, 0), ("cap",),
-                             doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
-    OpKind.SCALE: OpSchema(1, 1, (0, 0), ("factor",),
-                           doc="out = x * factor, factor a float32 (granite's residual and logit multipliers)"),
+    OpKind.SOFTCAP: OpSchema(
+        1, 1, (0, 0), ("cap",), doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"
+    ),
+    OpKind.SCALE: OpSchema(
+        1, 1, (0, 0), ("factor",), doc="out = x * factor, factor a float32 (granite's residual and logit multipliers)"
+    ),
     OpKind.XIELU: OpSchema(
-        1, 1, (0, 0), ("alpha_n", "alpha_p", "beta", "eps"),
+        1,
+        1,
+        (0, 0),
+        ("alpha_n", "alpha_p", "beta", "eps"),
         doc="xIELU (apertus's FFN activation), as ggml_xielu computes it: out = alpha_p x^2 + beta x for x > 0, "
         "else (expm1(min(x, eps)) - x) alpha_n + beta x; the attributes are float32 and already the effective "
         "ones (alpha_p = softplus(stored alpha_p), alpha_n = beta + softplus(stored alpha_n), as ggml_xielu sets them)",
     ),
     OpKind.MOE_ROUTE: OpSchema(
-        1, 2, (0, 2), ("n_used",),
-        optional=(("gating", "softmax"), ("norm", True), ("scale", 1.0), ("groups", 1), ("groups_used", 1),
-                  ("expert_scale", False)),
+        1,
+        2,
+        (0, 2),
+        ("n_used",),
+        optional=(
+            ("gating", "softmax"),
+            ("norm", True),
+            ("scale", 1.0),
+            ("groups", 1),
+            ("groups_used", 1),
+            ("expert_scale", False),
+        ),
         doc="router of a mixture of experts: logits[T, n_expert] -> ids i32[T, n_used], weights[T, n_used] "
         "(llama.cpp's build_moe_ffn). Scores p = softmax(logits) (gating 'softmax'), sigmoid(logits) ('sigmoid') "
         "or the logits ('softmax_weight'); the experts are chosen by s = p + bias (the optional weight [n_expert]: "
@@ -181,32 +219,46 @@ OPS: dict[OpKind, OpSchema] = {
         "[n_expert] (gemma4's ffn_down_exps.scale, which llama.cpp applies to the expert's output)",
     ),
     OpKind.MOE_MATMUL: OpSchema(
-        2, 1, (1, 1),
+        2,
+        1,
+        (1, 1),
         doc="expert matmul: x[T, K] (every slot reads its token's row) or x[T, n_used*K] (slot j reads "
         "segment j), ids i32[T, n_used] -> out[T, n_used*N], segment j = x @ weight[ids[t, j]]^T; "
         "weight [n_expert, N, K] in its stored format. Kernels group the slots by expert",
     ),
     OpKind.MOE_COMBINE: OpSchema(
-        2, 1, (0, 0), doc="y[T, n_used*N], weights[T, n_used] -> out[T, N] = sum_j weights[t, j] * y[t, segment j]",
+        2,
+        1,
+        (0, 0),
+        doc="y[T, n_used*N], weights[T, n_used] -> out[T, N] = sum_j weights[t, j] * y[t, segment j]",
     ),
     OpKind.MOE_ADD_BIAS: OpSchema(
-        2, 1, (1, 1),
+        2,
+        1,
+        (1, 1),
         doc="per-expert bias (llama.cpp's ggml_add_id; gpt-oss): y[T, n_used*N], ids i32[T, n_used] -> "
         "out = y with segment j += bias[ids[t, j]], bias [n_expert, N]",
     ),
     OpKind.MOE_SCALE: OpSchema(
-        2, 1, (1, 1),
+        2,
+        1,
+        (1, 1),
         doc="per-expert output scale (llama.cpp's build_lora_mm_id with a weight scale: ffn_gate_exps.scale, "
         "ffn_up_exps.scale): y[T, n_used*N], ids i32[T, n_used] -> out = y with segment j times scale[ids[t, j]], "
         "scale [n_expert]",
     ),
     OpKind.SLOT_SCALE: OpSchema(
-        2, 1, (0, 0),
+        2,
+        1,
+        (0, 0),
         doc="per-slot weight of a mixture of experts (llama4's weighted expert input with more than one expert "
         "per token): y[T, n_used*N], weights[T, n_used] -> out = y with segment j times weights[t, j]",
     ),
     OpKind.SHORT_CONV: OpSchema(
-        1, 1, (1, 1), ("state",),
+        1,
+        1,
+        (1, 1),
+        ("state",),
         doc="LFM2's gated short convolution over a sequence's recurrent state: bcx[T, 3C] (in_proj's output: "
         "b, c, x, C channels each) -> out[T, C]. u = b * x; per sequence, the window is the state (the last "
         "L-1 u rows before the chunk, [L-1, C]; zeros at position 0) followed by the chunk's u rows; "
@@ -215,19 +267,29 @@ OPS: dict[OpKind, OpSchema] = {
         "`state` is the index of its StateTensor ([L-1, C]) in the plan's StateSpec",
     ),
     OpKind.HEAD_MATMUL: OpSchema(
-        1, 1, (1, 1), ("heads",), optional=(("stride", 0),),
+        1,
+        1,
+        (1, 1),
+        ("heads",),
+        optional=(("stride", 0),),
         doc="a matmul per head (deepseek2's attn_k_b and attn_v_b): x[T, heads * stride] (stride 0: K), head h "
         "reading the K columns from h * stride, weight [heads, N, K] in its stored format -> out[T, heads * N], "
         "segment h = x_h @ weight[h]^T",
     ),
     OpKind.CONCAT_HEADS: OpSchema(
-        2, 1, (0, 0), ("heads",),
+        2,
+        1,
+        (0, 0),
+        ("heads",),
         doc="a[T, heads * A], b[T, heads * B] -> out[T, heads * (A + B)], head h = [a_h, b_h] (deepseek2's query "
         "and key: the latent part, then the rope part)",
     ),
     # Gated DeltaNet layers (qwen35, qwen35moe, qwen3next): state as the module docstring says.
     OpKind.SSM_CONV: OpSchema(
-        1, 1, (1, 2), ("state",),
+        1,
+        1,
+        (1, 2),
+        ("state",),
         doc="causal depthwise conv with SiLU (llama.cpp's ggml_ssm_conv then ggml_silu): x[T, C], weight [C, K] -> "
         "out[t, c] = silu(sum_k weight[c, k] * window[t + k, c] + bias[c]), window = the sequence's state (its K-1 "
         "inputs before the chunk, [K-1, C]) followed by the chunk's rows of x; the state afterwards: the window's "
@@ -235,7 +297,10 @@ OPS: dict[OpKind, OpSchema] = {
         "the index of its StateTensor ([K-1, C])",
     ),
     OpKind.GATED_DELTA_NET: OpSchema(
-        3, 1, (2, 2), ("state", "n_k_heads", "n_v_heads", "head_dim", "eps"),
+        3,
+        1,
+        (2, 2),
+        ("state", "n_k_heads", "n_v_heads", "head_dim", "eps"),
         doc="Gated DeltaNet recurrence (llama.cpp's ggml_gated_delta_net with qwen35's gating): inputs "
         "qkv[T, (2 Hk + Hv) S] (q heads, then k heads, then v heads, S = head_dim), alpha[T, Hv], beta[T, Hv]; "
         "weights a[Hv] (ssm_a = -exp(A_log)) and dt_bias[Hv] -> out[T, Hv S]. Per token and v head h (k head "
@@ -246,7 +311,10 @@ OPS: dict[OpKind, OpSchema] = {
     ),
     # Mamba2 layers (granitehybrid, nemotron_h): the selective scan after ssm_conv (with its bias)
     OpKind.SSM_SCAN: OpSchema(
-        2, 1, (3, 3), ("state", "n_heads", "head_dim", "n_groups", "state_size"),
+        2,
+        1,
+        (3, 3),
+        ("state", "n_heads", "head_dim", "n_groups", "state_size"),
         doc="Mamba2 selective scan (llama.cpp's ggml_ssm_scan with a scalar A per head, then y + x D): inputs "
         "xbc[T, H P + 2 G N] (x: H heads of P = head_dim, then B: G groups of N = state_size, then C: G groups "
         "of N), dt[T, H]; weights a[H] (ssm_a = -exp(A_log)), d[H] (ssm_d), dt_bias[H] -> out[T, H P]. Per token "
@@ -257,35 +325,53 @@ OPS: dict[OpKind, OpSchema] = {
     # gemma3n's AltUp: n = n_altup streams of the hidden state side by side in one row, hs[T, n E]
     # (stream i at columns i E .. (i + 1) E); |v| is a row's Euclidean norm sqrt(sum v^2)
     OpKind.ALTUP_STACK: OpSchema(
-        2, 1, (0, 0), ("n_altup",),
+        2,
+        1,
+        (0, 0),
+        ("n_altup",),
         doc="x[T, E], y[T, (n-1) E] (altup_proj of x per stream) -> hs[T, n E]: stream 0 = x, stream i = "
         "y_{i-1} * |x| / |y_{i-1}| (magnitude matching: llama.cpp's y * target / new)",
     ),
     OpKind.ALTUP_PREDICT: OpSchema(
-        2, 2, (0, 0), ("n_altup", "active"),
+        2,
+        2,
+        (0, 0),
+        ("n_altup", "active"),
         doc="hs[T, n E], coefs[T, n n] (the router's altup_predict_coef output) -> pred[T, n E], act[T, E]: "
         "pred_i = hs_i + sum_k coefs[i n + k] hs_k, act = pred_active",
     ),
     OpKind.ALTUP_CORRECT: OpSchema(
-        3, 2, (1, 1), ("n_altup", "active"),
+        3,
+        2,
+        (1, 1),
+        ("n_altup", "active"),
         doc="pred[T, n E], x[T, E] (the layer's output), coefs[T, n] (altup_correct_coef's output); weight "
         "scale [E] (altup_correct_scale) -> out[T, n E], gate[T, E]: out_i = (x - pred_active) (coefs_i + 1) "
         "+ pred_i, gate = out_active * scale (the per-layer input gate's input)",
     ),
     OpKind.ALTUP_ADD: OpSchema(
-        2, 2, (0, 0), ("n_altup", "first"),
+        2,
+        2,
+        (0, 0),
+        ("n_altup", "first"),
         doc="hs[T, n E], x[T, E] -> out[T, n E], sub[T, m E]: out = hs with x added to streams 1 .. n-1 "
         "(llama.cpp's corrected[1:] += first_prediction), sub = out's streams first .. first + m - 1 (the "
         "next layer's router input, the active stream; before altup_merge, streams 1 .. n-1 for "
         "altup_unembd_proj)",
     ),
     OpKind.ALTUP_MERGE: OpSchema(
-        2, 1, (0, 0), ("n_altup", "active"),
+        2,
+        1,
+        (0, 0),
+        ("n_altup", "active"),
         doc="hs[T, n E], u[T, (n-1) E] (altup_unembd_proj of streams 1 .. n-1) -> out[T, E] = (hs_0 + "
         "sum_i u_i * |hs_active| / |u_i|, added in order i = 0 ..) * float32(1 / n): the streams' mean",
     ),
     OpKind.GAUSSIAN_TOPK: OpSchema(
-        1, 1, (0, 0), ("std_mul",),
+        1,
+        1,
+        (0, 0),
+        ("std_mul",),
         doc="gemma3n's activation sparsity: out = max(x - (mean + std_mul * std), 0) per row, mean and the "
         "unbiased std (sum (x - mean)^2 / (N - 1)) over the row's N values",
     ),
@@ -293,8 +379,15 @@ OPS: dict[OpKind, OpSchema] = {
 assert set(OPS) == set(OpKind), "every op kind has a schema"
 
 
-def rope_inv_freq(n_rot: int, freq_base: float, freq_scale: float, ext_factor: float = 0.0, beta_fast: float = 32.0,
-                  beta_slow: float = 1.0, orig_ctx: int = 0) -> list[float]:
+def rope_inv_freq(
+    n_rot: int,
+    freq_base: float,
+    freq_scale: float,
+    ext_factor: float = 0.0,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    orig_ctx: int = 0,
+) -> list[float]:
     """The rope op's frequencies before its factors, in float64, for the n_rot / 2 pairs (what
     the compiled tables and the kernels that take a table hold): freq_scale * base^(-2i/n_rot).
 
@@ -426,8 +519,9 @@ class Plan:
     def kv_geometries(self) -> set[tuple[int, int]]:
         """The (n_kv_heads, head_dim) of the plan's attention ops: more than one where layers
         differ (Gemma 4), each within the KVSpec's row."""
-        return {(int(op.attrs["n_kv_heads"]), int(op.attrs["head_dim"])) for op in self.ops
-                if op.kind == OpKind.ATTENTION}
+        return {
+            (int(op.attrs["n_kv_heads"]), int(op.attrs["head_dim"])) for op in self.ops if op.kind == OpKind.ATTENTION
+        }
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:
@@ -493,8 +587,9 @@ def _state(value: Any) -> StateSpec:
     for i, t in enumerate(value):
         if not (isinstance(t, list) and len(t) == 2 and isinstance(t[1], list) and 1 <= len(t[1]) <= MAX_STATE_DIMS):
             raise BundleError(f"{PLAN_FILE}: state tensor {i} is not [layer, [dims]]")
-        tensors.append(StateTensor(_int(t[0], f"state tensor {i} layer"),
-                                   tuple(_int(d, f"state tensor {i} dims") for d in t[1])))
+        tensors.append(
+            StateTensor(_int(t[0], f"state tensor {i} layer"), tuple(_int(d, f"state tensor {i} dims") for d in t[1]))
+        )
     return StateSpec(tuple(tensors))
 
 
@@ -509,13 +604,22 @@ def unpack_plan(data: bytes) -> Plan:
     try:
         buffers = raw["buffers"]
         ops = raw["ops"]
-        if (not isinstance(buffers, list) or not isinstance(ops, list) or len(buffers) > MAX_BUFFERS
-                or len(ops) > MAX_OPS):
+        if (
+            not isinstance(buffers, list)
+            or not isinstance(ops, list)
+            or len(buffers) > MAX_BUFFERS
+            or len(ops) > MAX_OPS
+        ):
             raise BundleError(f"{PLAN_FILE}: buffers/ops are not lists of a sane length")
         parsed_buffers = []
         for b in buffers:
-            if not (isinstance(b, list) and len(b) == 3 and isinstance(b[0], str) and isinstance(b[1], list)
-                    and isinstance(b[2], str)):
+            if not (
+                isinstance(b, list)
+                and len(b) == 3
+                and isinstance(b[0], str)
+                and isinstance(b[1], list)
+                and isinstance(b[2], str)
+            ):
                 raise BundleError(f"{PLAN_FILE}: a buffer is not [name, shape, dtype]")
             parsed_buffers.append(Buffer(b[0], tuple(b[1]), b[2]))
         parsed_ops = []

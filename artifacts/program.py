@@ -60,10 +60,16 @@ STEP_ARGS: tuple[tuple[str, str, str], ...] = (
     ("arena", "ptr", "base of the activation arena (program offsets are relative to it)"),
     ("k_cache", "ptr", "K cache: [n_layers, kv_slots, row] of k_type (a row: n_kv_heads * head_dim values)"),
     ("v_cache", "ptr", "V cache, same layout, of v_type"),
-    ("state", "ptr",
-     "recurrent-state pool (plans with state): [n_state_slots, the plan's StateSpec slot_floats] float32"),
-    ("state_slots", "ptr",
-     "int32[S]: each sequence's state slot (-1: none: it starts from zeros, its state is not kept)"),
+    (
+        "state",
+        "ptr",
+        "recurrent-state pool (plans with state): [n_state_slots, the plan's StateSpec slot_floats] float32",
+    ),
+    (
+        "state_slots",
+        "ptr",
+        "int32[S]: each sequence's state slot (-1: none: it starts from zeros, its state is not kept)",
+    ),
     ("n_state_slots", "i64", "slots in the state pool (0: no pool)"),
     ("k_type", "i64", "how K is stored: artifacts/kv_cache_type.py CacheType.code (0 f16, 1 q8_0, 2 q4_0)"),
     ("v_type", "i64", "how V is stored, the same codes"),
@@ -182,14 +188,20 @@ def pack_program(p: StepProgram) -> bytes:
 
 
 def _pack_launch(launch: Launch) -> dict:
-    return {"kernel": launch.kernel, "threads": launch.threads, "shared_bytes": launch.shared_bytes,
-            "grid": [[g.count, g.tile] for g in launch.grid],
-            "args": [[a.kind.value, a.ref, a.value, a.size] for a in launch.args]}
+    return {
+        "kernel": launch.kernel,
+        "threads": launch.threads,
+        "shared_bytes": launch.shared_bytes,
+        "grid": [[g.count, g.tile] for g in launch.grid],
+        "args": [[a.kind.value, a.ref, a.value, a.size] for a in launch.args],
+    }
 
 
 def _unpack_launch(launch: dict) -> Launch:
     return Launch(
-        kernel=_name(launch["kernel"]), threads=_nat(launch["threads"]), shared_bytes=_nat(launch["shared_bytes"], 0),
+        kernel=_name(launch["kernel"]),
+        threads=_nat(launch["threads"]),
+        shared_bytes=_nat(launch["shared_bytes"], 0),
         grid=tuple(GridDim(g[0] if isinstance(g[0], str) else _nat(g[0], 0), _nat(g[1])) for g in launch["grid"]),
         args=tuple(ArgSlot(ArgKind(x[0]), _name(x[1], empty=True), int(x[2]), _nat(x[3])) for x in launch["args"]),
     )
@@ -200,8 +212,9 @@ def unpack_program(data: bytes) -> StepProgram:
     try:
         raw = msgpack.unpackb(data, strict_map_key=True, max_array_len=MAX_LAUNCHES * 4)
         if raw.get("version") != PROGRAM_VERSION:
-            raise BundleError(f"{PROGRAM_FILE} version {raw.get('version')!r} is not {PROGRAM_VERSION}; recompile the "
-                              f"model")
+            raise BundleError(
+                f"{PROGRAM_FILE} version {raw.get('version')!r} is not {PROGRAM_VERSION}; recompile the model"
+            )
         a = raw["arena"]
         arena = Arena(
             _nat(a["max_tokens"]), _nat(a["max_rows"]), _nat(a["max_seqs"]), _nat(a["alignment"]),
@@ -219,8 +232,17 @@ def unpack_program(data: bytes) -> StepProgram:
         if entry is not None:
             entry = _name(entry)
         weights = {_name(k): _name(v) for k, v in (raw.get("weights") or {}).items()}
-        return StepProgram(_name(raw["target"]), arena, entry, launches, prefill, min_tokens if prefill else 0, weights,
-                           raw["version"], dict(raw.get("extra") or {}))
+        return StepProgram(
+            _name(raw["target"]),
+            arena,
+            entry,
+            launches,
+            prefill,
+            min_tokens if prefill else 0,
+            weights,
+            raw["version"],
+            dict(raw.get("extra") or {}),
+        )
     except BundleError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, msgpack.UnpackException) as e:

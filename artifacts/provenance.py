@@ -28,8 +28,13 @@ MEDIA_TYPE = "application/vnd.in-toto+json"
 MAX_PROVENANCE_BYTES = 4 << 20
 
 
-def provenance_statement(files: dict[str, dict[str, Any]], source: dict[str, Any], targets: list[dict[str, Any]],
-                         options: dict[str, Any], source_date_epoch: int | None) -> dict[str, Any]:
+def provenance_statement(
+    files: dict[str, dict[str, Any]],
+    source: dict[str, Any],
+    targets: list[dict[str, Any]],
+    options: dict[str, Any],
+    source_date_epoch: int | None,
+) -> dict[str, Any]:
     """The statement for a bundle whose other files are `files` ({path: {sha256, size}}),
     compiled from `source` ({file, sha256, size}) for the manifest's `targets` entries with the
     compile `options` (JSON values: what the user chose)."""
@@ -57,8 +62,11 @@ def provenance_statement(files: dict[str, dict[str, Any]], source: dict[str, Any
                     "compile_commands": {t["name"]: t["compile_command"] for t in targets if t.get("compile_command")},
                 },
                 "resolvedDependencies": [
-                    {"name": source["file"], "digest": {"sha256": source["sha256"]},
-                     "annotations": {"size": source["size"]}},
+                    {
+                        "name": source["file"],
+                        "digest": {"sha256": source["sha256"]},
+                        "annotations": {"size": source["size"]},
+                    },
                 ],
             },
             "runDetails": {"builder": {"id": BUILDER_ID, "version": builder_version}},
@@ -82,8 +90,11 @@ def read_provenance(root: Path, manifest: dict[str, Any]) -> dict[str, Any] | No
         statement = json.loads(data)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise BundleError(f"cannot read {rel} of the bundle: {str(e)[:200]}") from None
-    if (not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE
-            or statement.get("predicateType") != SLSA_PROVENANCE_V1):
+    if (
+        not isinstance(statement, dict)
+        or statement.get("_type") != STATEMENT_TYPE
+        or statement.get("predicateType") != SLSA_PROVENANCE_V1
+    ):
         raise BundleError(f"{rel} is not an in-toto statement with a SLSA provenance predicate")
     return statement
 

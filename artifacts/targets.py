@@ -72,12 +72,22 @@ CPU_TARGETS: dict[str, Target] = {
         Target("cpu-generic", Family.CPU, 1, "x86_64", (), ("-march=x86-64", "-mtune=generic"), rank=0),
         Target("cpu", Family.CPU, 1, "x86_64", _X86_64_V3, ("-march=x86-64-v3", "-mtune=generic"), rank=1),
         Target(
-            "cpu-avx512", Family.CPU, 1, "x86_64", (*_X86_64_V4, "avx512_vnni"),
-            ("-march=x86-64-v4", "-mavx512vnni", "-mtune=generic"), rank=2,
+            "cpu-avx512",
+            Family.CPU,
+            1,
+            "x86_64",
+            (*_X86_64_V4, "avx512_vnni"),
+            ("-march=x86-64-v4", "-mavx512vnni", "-mtune=generic"),
+            rank=2,
         ),  # fmt: skip
         Target(
-            "cpu-amx", Family.CPU, 1, "x86_64", (*_X86_64_V4, "avx512_vnni", "amx_tile", "amx_int8"),
-            ("-march=x86-64-v4", "-mavx512vnni", "-mamx-tile", "-mamx-int8", "-mtune=generic"), rank=3,
+            "cpu-amx",
+            Family.CPU,
+            1,
+            "x86_64",
+            (*_X86_64_V4, "avx512_vnni", "amx_tile", "amx_int8"),
+            ("-march=x86-64-v4", "-mavx512vnni", "-mamx-tile", "-mamx-int8", "-mtune=generic"),
+            rank=3,
         ),  # fmt: skip
     )
 }
@@ -158,8 +168,9 @@ class TargetEntry:
         target = parse_target(raw.get("name"))
         where = f"manifest.json: target {target.name}"
         if raw.get("family", target.family.value) != target.family.value:
-            raise BundleError(f"{where} says family {str(raw.get('family'))[:32]!r}, its name is a "
-                              f"{target.family.value} target")
+            raise BundleError(
+                f"{where} says family {str(raw.get('family'))[:32]!r}, its name is a {target.family.value} target"
+            )
         return cls(
             target=target,
             kernels=_optional(raw, "kernels", str, where),
@@ -215,5 +226,9 @@ def _kernel_args(raw: Any, where: str) -> dict[str, tuple[KernelArg, ...]]:
 
 
 def _is_kernel_arg(a: Any) -> bool:
-    return (isinstance(a, list) and len(a) == 3 and isinstance(a[0], str)
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in a[1:]))
+    return (
+        isinstance(a, list)
+        and len(a) == 3
+        and isinstance(a[0], str)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in a[1:])
+    )

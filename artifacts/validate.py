@@ -15,7 +15,13 @@ from rfc.artifacts.errors import BundleError
 from rfc.artifacts.formats import FormatError, tensor_nbytes, weight_format
 from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.limits import (
-    MAX_ALTUP, MAX_CONTEXT, MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_EXPERTS, MAX_HEAD_DIM, MAX_HEADS,
+    MAX_ALTUP,
+    MAX_CONTEXT,
+    MAX_CONV_KERNEL,
+    MAX_DELTA_STATE,
+    MAX_EXPERTS,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
 )
 from rfc.artifacts.limits import MAX_LAYERS, MAX_SSM_STATE
 from rfc.artifacts.plan import DTYPES, GLU_ACTIVATIONS, MAX_BUFFERS, MOE_GATINGS, OPS, ROPE_STYLES, SYMBOLS, Op, Plan
@@ -51,8 +57,10 @@ def _finite(value: object, lo: float = -math.inf, hi: float = math.inf, open_lo:
 def check_plan(plan: Plan) -> None:
     _need(_bounded_int(plan.n_embd, 1, MAX_WIDTH), f"plan n_embd {plan.n_embd!r} is out of range")
     _need(_bounded_int(plan.vocab_size, 1, MAX_WIDTH), f"plan vocab_size {plan.vocab_size!r} is out of range")
-    _need(_bounded_int(plan.context_length, 1, MAX_CONTEXT),
-          f"plan context_length {plan.context_length!r} is not in [1, {MAX_CONTEXT}]")
+    _need(
+        _bounded_int(plan.context_length, 1, MAX_CONTEXT),
+        f"plan context_length {plan.context_length!r} is not in [1, {MAX_CONTEXT}]",
+    )
     kv = plan.kv
     _need(kv.dtype in ("f16", "f32"), f"plan KV cache dtype {kv.dtype!r} is not f16 or f32")
     _need(_bounded_int(kv.n_layers, 1, MAX_LAYERS), f"plan KV n_layers {kv.n_layers!r} is out of range")
@@ -65,18 +73,24 @@ def check_plan(plan: Plan) -> None:
     for b in plan.buffers:
         _need(b.name not in buffers, f"plan buffer {b.name!r} is declared twice")
         _need(b.dtype in DTYPES, f"plan buffer {b.name!r} has dtype {b.dtype!r}")
-        _need(1 <= len(b.shape) <= 2 and b.shape[0] in SYMBOLS,
-              f"plan buffer {b.name!r} has shape {list(b.shape)}, not [T|R] or [T|R, width]")
-        _need(all(_bounded_int(d, 1, MAX_WIDTH) for d in b.shape[1:]),
-              f"plan buffer {b.name!r} has a width out of range")
+        _need(
+            1 <= len(b.shape) <= 2 and b.shape[0] in SYMBOLS,
+            f"plan buffer {b.name!r} has shape {list(b.shape)}, not [T|R] or [T|R, width]",
+        )
+        _need(
+            all(_bounded_int(d, 1, MAX_WIDTH) for d in b.shape[1:]), f"plan buffer {b.name!r} has a width out of range"
+        )
         buffers[b.name] = b
         per_row_bytes += 4 * (b.shape[1] if len(b.shape) == 2 else 1)
     _need(per_row_bytes <= MAX_TOKEN_BYTES, "plan buffers need too much memory per token")
     _need(_is(buffers, plan.input_tokens, ("T",), "i32"), f"plan input {plan.input_tokens!r} is not an i32 [T] buffer")
-    _need(_is(buffers, plan.output_logits, ("R", plan.vocab_size)),
-          f"plan output {plan.output_logits!r} is not [R, vocab_size]")
-    _need(_is(buffers, plan.output_hidden, ("R", plan.n_embd)),
-          f"plan output {plan.output_hidden!r} is not [R, n_embd]")
+    _need(
+        _is(buffers, plan.output_logits, ("R", plan.vocab_size)),
+        f"plan output {plan.output_logits!r} is not [R, vocab_size]",
+    )
+    _need(
+        _is(buffers, plan.output_hidden, ("R", plan.n_embd)), f"plan output {plan.output_hidden!r} is not [R, n_embd]"
+    )
     for i, op in enumerate(plan.ops):
         check_op(plan, buffers, i, op)
 
@@ -84,13 +98,16 @@ def check_plan(plan: Plan) -> None:
 def check_state(plan: Plan) -> None:
     """The per-sequence state: bounded counts and sizes, so a slot's size is sane before a pool is sized."""
     tensors = plan.state.tensors
-    _need(len(tensors) <= MAX_STATE_TENSORS,
-          f"plan declares {len(tensors)} state tensors, more than {MAX_STATE_TENSORS}")
+    _need(
+        len(tensors) <= MAX_STATE_TENSORS, f"plan declares {len(tensors)} state tensors, more than {MAX_STATE_TENSORS}"
+    )
     total = 0
     for i, t in enumerate(tensors):
         _need(_bounded_int(t.layer, 0, MAX_LAYERS - 1), f"plan state tensor {i} has layer {t.layer!r} out of range")
-        _need(1 <= len(t.shape) <= MAX_STATE_DIMS and all(_bounded_int(d, 1, MAX_STATE_ELEMENTS) for d in t.shape),
-              f"plan state tensor {i} has shape {list(t.shape)[:4]}, not 1 to {MAX_STATE_DIMS} positive dims")
+        _need(
+            1 <= len(t.shape) <= MAX_STATE_DIMS and all(_bounded_int(d, 1, MAX_STATE_ELEMENTS) for d in t.shape),
+            f"plan state tensor {i} has shape {list(t.shape)[:4]}, not 1 to {MAX_STATE_DIMS} positive dims",
+        )
         total += t.elements
         _need(total <= MAX_STATE_ELEMENTS, f"plan state needs more than {MAX_STATE_ELEMENTS} floats per sequence")
 
@@ -104,8 +121,10 @@ def check_op(plan: Plan, buffers: dict, i: int, op: Op) -> None:
     schema = OPS.get(op.kind) if isinstance(op.kind, str) else None
     where = f"plan op {i} ({str(op.kind)[:32]})"
     _need(schema is not None, f"{where} is not an op this runtime knows")
-    _need(len(op.inputs) == schema.inputs and len(op.outputs) == schema.outputs,
-          f"{where} has the wrong number of buffers")
+    _need(
+        len(op.inputs) == schema.inputs and len(op.outputs) == schema.outputs,
+        f"{where} has the wrong number of buffers",
+    )
     lo, hi = schema.weights
     _need(lo <= len(op.weights) <= hi, f"{where} has {len(op.weights)} weights, expects {lo}..{hi}")
     missing = [a for a in schema.attrs if a not in op.attrs]
@@ -127,20 +146,26 @@ def check_layout(layout: WeightLayout, file_size: int) -> None:
     names = set()
     spans = []
     for t in layout.tensors:
-        _need(isinstance(t.name, str) and t.name not in names,
-              f"layout tensor {str(t.name)[:64]!r} is listed twice or unnamed")
+        _need(
+            isinstance(t.name, str) and t.name not in names,
+            f"layout tensor {str(t.name)[:64]!r} is listed twice or unnamed",
+        )
         names.add(t.name)
         try:
             nbytes = tensor_nbytes(weight_format(t.format), tuple(t.shape))
         except FormatError as e:
             raise PlanError(f"layout tensor {t.name[:64]}: {e}") from None
-        _need(t.nbytes == nbytes,
-              f"layout tensor {t.name[:64]}: {t.nbytes!r} bytes, but shape {list(t.shape)} in {t.format} is {nbytes}")
+        _need(
+            t.nbytes == nbytes,
+            f"layout tensor {t.name[:64]}: {t.nbytes!r} bytes, but shape {list(t.shape)} in {t.format} is {nbytes}",
+        )
         _need(_bounded_int(t.offset, 0, file_size) and t.offset % layout.alignment == 0,
               f"layout tensor {t.name[:64]}: offset {t.offset!r} is not an aligned offset inside "
               f"weights.bin")  # fmt: skip
-        _need(t.offset + t.nbytes <= file_size,
-              f"layout tensor {t.name[:64]} ends past the end of weights.bin ({file_size} bytes)")
+        _need(
+            t.offset + t.nbytes <= file_size,
+            f"layout tensor {t.name[:64]} ends past the end of weights.bin ({file_size} bytes)",
+        )
         spans.append((t.offset, t.offset + t.nbytes, t.name))
     spans.sort()
     for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
@@ -165,10 +190,13 @@ def check_weight_map(weights: dict, plan: Plan, layout: WeightLayout, where: str
     read = {w for op in plan.ops for w in op.weights}
     for name, entry in weights.items():
         _need(name in read, f"{where}: weight map names {str(name)[:64]!r}, which no plan op reads")
-        _need(entry in entries,
-              f"{where}: weight {name[:64]} maps to {str(entry)[:64]!r}, which the layout does not have")
-        _need(tuple(entries[entry].shape) == tuple(entries[name].shape),
-              f"{where}: weight {name[:64]} maps to {entry[:64]}, of another shape")
+        _need(
+            entry in entries, f"{where}: weight {name[:64]} maps to {str(entry)[:64]!r}, which the layout does not have"
+        )
+        _need(
+            tuple(entries[entry].shape) == tuple(entries[name].shape),
+            f"{where}: weight {name[:64]} maps to {entry[:64]}, of another shape",
+        )
 
 
 # -- shape rules, one per op kind ---------------------------------------------------------------
@@ -177,8 +205,9 @@ def check_weight_map(weights: dict, plan: Plan, layout: WeightLayout, where: str
 class _OpView:
     """One op with its buffers' shapes and, when checking against a layout, its weights'."""
 
-    def __init__(self, plan: Plan, buffers: dict, op: Op, where: str, entries: dict[str, TensorEntry] | None,
-                 index: int):
+    def __init__(
+        self, plan: Plan, buffers: dict, op: Op, where: str, entries: dict[str, TensorEntry] | None, index: int
+    ):
         self.plan, self.buffers, self.op, self.where = plan, buffers, op, where
         self.entries, self.index = entries, index
 
@@ -197,8 +226,9 @@ class _OpView:
 
     def float_rows(self, *names: str) -> None:
         for n in names:
-            self.need(self.buffers[n].dtype == "f32" and len(self.shape(n)) == 2,
-                      f"{n} is not a float [rows, width] buffer")
+            self.need(
+                self.buffers[n].dtype == "f32" and len(self.shape(n)) == 2, f"{n} is not a float [rows, width] buffer"
+            )
 
     def weight_shape(self, index: int) -> tuple[int, ...] | None:
         """The shape of the op's index-th weight; None when checking the plan alone."""
@@ -213,19 +243,25 @@ class _OpView:
 
     def real_attr(self, name: str, lo: float, hi: float, open_lo: bool = False) -> float:
         v = self.op.attr(name)
-        self.need(_finite(v, lo, hi, open_lo),
-                  f"attribute {name} = {v!r} is not a finite number in {'(' if open_lo else '['}{lo}, {hi}]")
+        self.need(
+            _finite(v, lo, hi, open_lo),
+            f"attribute {name} = {v!r} is not a finite number in {'(' if open_lo else '['}{lo}, {hi}]",
+        )
         return float(v)
 
     def choice_attr(self, name: str, choices: tuple[str, ...]) -> str:
         v = self.op.attr(name)
-        self.need(isinstance(v, str) and v in choices,
-                  f"attribute {name} = {str(v)[:20]!r} is not one of {', '.join(choices)}")
+        self.need(
+            isinstance(v, str) and v in choices,
+            f"attribute {name} = {str(v)[:20]!r} is not one of {', '.join(choices)}",
+        )
         return v
 
     def i32_rows(self, name: str) -> None:
-        self.need(self.buffers[name].dtype == "i32" and len(self.shape(name)) == 2,
-                  f"{name} is not an i32 [rows, width] buffer")
+        self.need(
+            self.buffers[name].dtype == "i32" and len(self.shape(name)) == 2,
+            f"{name} is not an i32 [rows, width] buffer",
+        )
 
 
 def _embed(v: _OpView) -> None:
@@ -235,12 +271,16 @@ def _embed(v: _OpView) -> None:
     v.need(v.rows(out) == "T", "output is not [T, width]")
     column, width = v.int_attr("column", 0, 1 << 40), v.width(out)
     w = v.weight_shape(0)
-    v.need(w is None or (len(w) == 2 and w[0] == v.plan.vocab_size and column + width <= w[1]),
-           f"table {w} has no columns {column}..{column + width} of vocab_size rows")
+    v.need(
+        w is None or (len(w) == 2 and w[0] == v.plan.vocab_size and column + width <= w[1]),
+        f"table {w} has no columns {column}..{column + width} of vocab_size rows",
+    )
     if w is not None and w[1] != width:  # a slice of each row (Gemma 4's per-layer table): whole blocks
         block = weight_format(v.entries[v.op.weights[0]].format).block_elems
-        v.need(column % block == 0 and width % block == 0,
-               f"columns {column}..{column + width} are not whole {block}-value blocks")
+        v.need(
+            column % block == 0 and width % block == 0,
+            f"columns {column}..{column + width} are not whole {block}-value blocks",
+        )
     v.real_attr("scale", 0.0, 1e6, open_lo=True)
 
 
@@ -325,17 +365,22 @@ def _attention(v: _OpView) -> None:
     v.need(nh % nkv == 0, "n_heads is not a multiple of n_kv_heads")
     # the rows it reads are those its layer's kv_write wrote: the same kv heads x head_dim
     layer = v.op.attr("layer")
-    writer = next((op for op in reversed(v.plan.ops[: v.index]) if op.kind == "kv_write"
-                   and op.attr("layer") == layer), None)
+    writer = next(
+        (op for op in reversed(v.plan.ops[: v.index]) if op.kind == "kv_write" and op.attr("layer") == layer), None
+    )
     v.need(writer is not None, f"no kv_write of layer {layer} before it")
-    v.need(v.shape(writer.inputs[0])[1] == nkv * hd,
-           f"head sizes disagree with the KV rows layer {layer} writes ({nkv} x {hd} != "
-           f"{v.shape(writer.inputs[0])[1]})")
+    v.need(
+        v.shape(writer.inputs[0])[1] == nkv * hd,
+        f"head sizes disagree with the KV rows layer {layer} writes ({nkv} x {hd} != {v.shape(writer.inputs[0])[1]})",
+    )
     # a layer that reads another layer's cache (Gemma 4's shared KV) masks as its first reader does: a
     # sliding-window cache's old rows may be gone, a global reader of it would miss them
     first = next(op for op in v.plan.ops[: v.index + 1] if op.kind == "attention" and op.attr("layer") == layer)
-    v.need(first is v.op or (first.attr("n_kv_heads"), first.attr("head_dim"), first.attr("window"))
-           == (nkv, hd, v.op.attr("window")), f"it reads layer {layer}'s cache with another window or head geometry")
+    v.need(
+        first is v.op
+        or (first.attr("n_kv_heads"), first.attr("head_dim"), first.attr("window")) == (nkv, hd, v.op.attr("window")),
+        f"it reads layer {layer}'s cache with another window or head geometry",
+    )
     v.real_attr("scale", 0.0, 1e6, open_lo=True)
     if v.op.attr("window") is not None:
         v.int_attr("window", 1, MAX_CONTEXT)
@@ -401,8 +446,10 @@ def _moe_route(v: _OpView) -> None:
     groups = v.int_attr("groups", 1, n_expert)
     used = v.int_attr("groups_used", 1, groups)
     if groups > 1:  # each group scored by its two best experts; enough experts left to choose from
-        v.need(n_expert % groups == 0 and n_expert // groups >= 2,
-               f"{n_expert} experts are not {groups} groups of 2 or more")
+        v.need(
+            n_expert % groups == 0 and n_expert // groups >= 2,
+            f"{n_expert} experts are not {groups} groups of 2 or more",
+        )
         v.need(k <= used * (n_expert // groups), f"{used} of {groups} groups hold fewer than n_used = {k} experts")
     scaled = v.op.attr("expert_scale")
     v.need(isinstance(scaled, bool), f"attribute expert_scale = {str(scaled)[:20]!r} is not a boolean")
@@ -481,13 +528,17 @@ def _head_matmul(v: _OpView) -> None:
     heads = v.int_attr("heads", 1, MAX_HEADS)
     stride = v.int_attr("stride", 0, MAX_WIDTH)
     v.need(v.width(out) % heads == 0, f"output width {v.width(out)} is not {heads} heads")
-    v.need(v.width(x) == heads * stride if stride else v.width(x) % heads == 0,
-           f"input width {v.width(x)} is not {heads} heads")
+    v.need(
+        v.width(x) == heads * stride if stride else v.width(x) % heads == 0,
+        f"input width {v.width(x)} is not {heads} heads",
+    )
     k = v.width(x) // heads if not stride else None
     w = v.weight_shape(0)
     if w is not None:
-        v.need(len(w) == 3 and w[0] == heads and w[1] == v.width(out) // heads,
-               f"weight {w} is not [{heads}, {v.width(out) // heads}, K]")
+        v.need(
+            len(w) == 3 and w[0] == heads and w[1] == v.width(out) // heads,
+            f"weight {w} is not [{heads}, {v.width(out) // heads}, K]",
+        )
         v.need(w[2] == k if k is not None else 1 <= w[2] <= stride, f"weight {w} rows do not fit the input's heads")
 
 
@@ -510,8 +561,10 @@ def state_tensor(v: _OpView) -> tuple[int, ...]:
     """The shape of the StateTensor the op's `state` attribute names (every stateful op has one)."""
     tensors = v.plan.state.tensors
     index = v.op.attr("state")
-    v.need(_bounded_int(index, 0, len(tensors) - 1),
-           f"attribute state = {str(index)[:20]!r} names no state tensor of the plan")
+    v.need(
+        _bounded_int(index, 0, len(tensors) - 1),
+        f"attribute state = {str(index)[:20]!r} names no state tensor of the plan",
+    )
     return tensors[index].shape
 
 
@@ -519,11 +572,15 @@ def _short_conv(v: _OpView) -> None:
     (bcx,), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(bcx, out)
     c = v.width(out)
-    v.need(v.shape(bcx) == ("T", 3 * c) and v.rows(out) == "T",
-           f"input is not [T, 3 x {c}] (b, c, x) or output not [T, {c}]")
+    v.need(
+        v.shape(bcx) == ("T", 3 * c) and v.rows(out) == "T",
+        f"input is not [T, 3 x {c}] (b, c, x) or output not [T, {c}]",
+    )
     shape = state_tensor(v)
-    v.need(len(shape) == 2 and shape[1] == c and 1 <= shape[0] < MAX_CONV_KERNEL,
-           f"state tensor {list(shape)} is not [kernel - 1 < {MAX_CONV_KERNEL}, {c}]")
+    v.need(
+        len(shape) == 2 and shape[1] == c and 1 <= shape[0] < MAX_CONV_KERNEL,
+        f"state tensor {list(shape)} is not [kernel - 1 < {MAX_CONV_KERNEL}, {c}]",
+    )
     w = v.weight_shape(0)
     v.need(w is None or w == (c, shape[0] + 1), f"kernel {w} is not [{c}, {shape[0] + 1}]")
 
@@ -534,8 +591,10 @@ def _ssm_conv(v: _OpView) -> None:
     c = v.width(x)
     v.need(v.shape(x) == v.shape(out) and v.rows(x) == "T", "input and output are not the same [T, channels]")
     shape = tuple(state_tensor(v))
-    v.need(len(shape) == 2 and shape[1] == c and 1 <= shape[0] < MAX_CONV_KERNEL,
-           f"state tensor {list(shape)} is not [kernel - 1 < {MAX_CONV_KERNEL}, {c}]")
+    v.need(
+        len(shape) == 2 and shape[1] == c and 1 <= shape[0] < MAX_CONV_KERNEL,
+        f"state tensor {list(shape)} is not [kernel - 1 < {MAX_CONV_KERNEL}, {c}]",
+    )
     w = v.weight_shape(0)
     v.need(w is None or w == (c, shape[0] + 1), f"conv weight {w} is not [{c}, {shape[0] + 1}]")
     if len(v.op.weights) > 1:
@@ -601,8 +660,10 @@ def _altup_predict(v: _OpView) -> None:
     n, e = _altup(v, hs)
     v.int_attr("active", 0, n - 1)
     v.need(pred != hs, "pred is hs: every stream reads all of them")
-    v.need(v.width(coefs) == n * n and v.shape(pred) == v.shape(hs) and v.width(act) == e,
-           f"not hs[T, {n * e}], coefs[T, {n * n}] -> [T, {n * e}], [T, {e}]")
+    v.need(
+        v.width(coefs) == n * n and v.shape(pred) == v.shape(hs) and v.width(act) == e,
+        f"not hs[T, {n * e}], coefs[T, {n * n}] -> [T, {n * e}], [T, {e}]",
+    )
 
 
 def _altup_correct(v: _OpView) -> None:
@@ -610,8 +671,10 @@ def _altup_correct(v: _OpView) -> None:
     n, e = _altup(v, pred)
     v.int_attr("active", 0, n - 1)
     v.need(out != pred, "out is pred: every stream reads pred's active one")
-    v.need(v.width(x) == e and v.width(coefs) == n and v.shape(out) == v.shape(pred) and v.width(gate) == e,
-           f"not pred[T, {n * e}], x[T, {e}], coefs[T, {n}] -> [T, {n * e}], [T, {e}]")
+    v.need(
+        v.width(x) == e and v.width(coefs) == n and v.shape(out) == v.shape(pred) and v.width(gate) == e,
+        f"not pred[T, {n * e}], x[T, {e}], coefs[T, {n}] -> [T, {n * e}], [T, {e}]",
+    )
     w = v.weight_shape(0)
     v.need(w is None or w == (e,), f"scale {w} is not [{e}]")
 
@@ -621,8 +684,10 @@ def _altup_add(v: _OpView) -> None:
     n, e = _altup(v, hs)
     first = v.int_attr("first", 0, n - 1)
     v.need(v.width(x) == e and v.shape(out) == v.shape(hs), f"not hs[T, {n * e}], x[T, {e}] -> [T, {n * e}], sub")
-    v.need(v.width(sub) % e == 0 and first + v.width(sub) // e <= n,
-           f"sub width {v.width(sub)} is not streams {first}.. of {n}")
+    v.need(
+        v.width(sub) % e == 0 and first + v.width(sub) // e <= n,
+        f"sub width {v.width(sub)} is not streams {first}.. of {n}",
+    )
     v.need(sub not in (hs, out), "sub is hs or out")
 
 

@@ -33,10 +33,13 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
         return
-    click.echo(f"bundle      {bundle}  (id {summary['bundle_id']}, format {summary['format_version']}, rfc "
-               f"{summary['rfc_version']})")
-    click.echo(f"model       {summary['model']}  ({summary['architecture']}, {summary['parameter_count']:,} "
-               f"parameters)")
+    click.echo(
+        f"bundle      {bundle}  (id {summary['bundle_id']}, format {summary['format_version']}, rfc "
+        f"{summary['rfc_version']})"
+    )
+    click.echo(
+        f"model       {summary['model']}  ({summary['architecture']}, {summary['parameter_count']:,} parameters)"
+    )
     click.echo(f"source      {summary['source'].get('file')}  sha256 {summary['source'].get('sha256', '')[:16]}…")
     click.echo("formats     " + ", ".join(f"{k}×{v}" for k, v in summary["formats"].items()))
     click.echo("targets     " + ", ".join(summary["targets"]))
@@ -44,20 +47,26 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     click.echo(f"size        {summary['total_size']:,} bytes")
     state = summary["recurrent_state"]
     if state:
-        click.echo(f"state       {state['bytes_per_sequence']:,} bytes per sequence ({state['tensors']} tensors, "
-                   f"layers {', '.join(map(str, state['layers']))}), none per token beyond the KV cache")
+        click.echo(
+            f"state       {state['bytes_per_sequence']:,} bytes per sequence ({state['tensors']} tensors, "
+            f"layers {', '.join(map(str, state['layers']))}), none per token beyond the KV cache"
+        )
     if summary.get("kv_bytes_per_token"):
-        click.echo("kv cache    bytes per token: "
-                   + ", ".join(f"{t} {n:,}" for t, n in summary["kv_bytes_per_token"].items())
-                   + " (--cache-type-k/-v)")
-    click.echo("signature   "
-               + (f"{SIGNATURE_FILE} (check it: rfc verify --public-key PUB)" if summary["signed"] else "none"))
+        click.echo(
+            "kv cache    bytes per token: "
+            + ", ".join(f"{t} {n:,}" for t, n in summary["kv_bytes_per_token"].items())
+            + " (--cache-type-k/-v)"
+        )
+    click.echo(
+        "signature   " + (f"{SIGNATURE_FILE} (check it: rfc verify --public-key PUB)" if summary["signed"] else "none")
+    )
     prov = summary["provenance"]
     if prov:
         epoch = prov["source_date_epoch"]
-        click.echo(f"provenance  {m['provenance']}: SLSA v1, {prov['subjects']} files, built by rfc "
-                   f"{prov['rfc_version']}"
-                   + (f", SOURCE_DATE_EPOCH={epoch}" if epoch is not None else ""))
+        click.echo(
+            f"provenance  {m['provenance']}: SLSA v1, {prov['subjects']} files, built by rfc "
+            f"{prov['rfc_version']}" + (f", SOURCE_DATE_EPOCH={epoch}" if epoch is not None else "")
+        )
         model = prov["model"] or {}
         click.echo(f"  from      {model.get('file')}  sha256 {model.get('sha256')}  {model.get('size', 0):,} bytes")
         for target, version in sorted(prov["toolchains"].items()):
@@ -95,8 +104,11 @@ def _state_summary(bundle: Path, m: dict) -> dict | None:
     state = read_plan(bundle, m).state
     if not state.tensors:
         return None
-    return {"tensors": len(state.tensors), "layers": sorted({t.layer for t in state.tensors}),
-            "bytes_per_sequence": state.slot_bytes}
+    return {
+        "tensors": len(state.tensors),
+        "layers": sorted({t.layer for t in state.tensors}),
+        "bytes_per_sequence": state.slot_bytes,
+    }
 
 
 def _summary(m: dict) -> dict:
@@ -118,11 +130,21 @@ def _summary(m: dict) -> dict:
 
 @click.command("verify")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--public-key", "public_key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="Also check BUNDLE/model.sig against this PEM public key: every file, none added or missing.")
+@click.option(
+    "--public-key",
+    "public_key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Also check BUNDLE/model.sig against this PEM public key: every file, none added or missing.",
+)
 @trust_options
-def verify_cmd(bundle: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], identity: str | None,
-               oidc_issuer: str | None) -> None:
+def verify_cmd(
+    bundle: Path,
+    public_key: Path | None,
+    certificate_chain: tuple[Path, ...],
+    identity: str | None,
+    oidc_issuer: str | None,
+) -> None:
     """Re-hash every file of BUNDLE against its manifest (and its signature, with a key)."""
     trust = make_trust(public_key, certificate_chain, identity, oidc_issuer)
     try:
@@ -148,5 +170,7 @@ def verify_cmd(bundle: Path, public_key: Path | None, certificate_chain: tuple[P
         for p in problems:
             click.echo(f"rfc: verify: {p}", err=True)
         raise SystemExit(CHECK_FAILED)
-    click.echo(f"ok: {len(m['files'])} files match the manifest of bundle {m['bundle_id']}"
-               + (f"; {SIGNATURE_FILE} is a valid signature of every file" if trust is not None else ""))
+    click.echo(
+        f"ok: {len(m['files'])} files match the manifest of bundle {m['bundle_id']}"
+        + (f"; {SIGNATURE_FILE} is a valid signature of every file" if trust is not None else "")
+    )

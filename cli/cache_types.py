@@ -11,11 +11,26 @@ _NAMES = "f16, q8_0 or q4_0"
 
 
 def cache_type_options(fn):
-    fn = click.option("--cache-type-v", "-ctv", "cache_type_v", envvar="RFC_CACHE_TYPE_V", default="f16",
-                      show_default=True, metavar="TYPE", help=f"KV cache type of the values: {_NAMES}.")(fn)
-    fn = click.option("--cache-type-k", "-ctk", "cache_type_k", envvar="RFC_CACHE_TYPE_K", default="f16",
-                      show_default=True, metavar="TYPE",
-                      help=f"KV cache type of the keys: {_NAMES} (q8_0 halves the cache's bytes per token).")(fn)
+    fn = click.option(
+        "--cache-type-v",
+        "-ctv",
+        "cache_type_v",
+        envvar="RFC_CACHE_TYPE_V",
+        default="f16",
+        show_default=True,
+        metavar="TYPE",
+        help=f"KV cache type of the values: {_NAMES}.",
+    )(fn)
+    fn = click.option(
+        "--cache-type-k",
+        "-ctk",
+        "cache_type_k",
+        envvar="RFC_CACHE_TYPE_K",
+        default="f16",
+        show_default=True,
+        metavar="TYPE",
+        help=f"KV cache type of the keys: {_NAMES} (q8_0 halves the cache's bytes per token).",
+    )(fn)
     return fn
 
 
@@ -24,7 +39,8 @@ def parse_cache_types(cache_type_k: str, cache_type_v: str):
     from rfc.artifacts.kv_cache_type import CacheTypeError, KvCacheTypes, parse_cache_type
 
     try:
-        return KvCacheTypes(parse_cache_type(cache_type_k, "--cache-type-k"),
-                            parse_cache_type(cache_type_v, "--cache-type-v"))
+        return KvCacheTypes(
+            parse_cache_type(cache_type_k, "--cache-type-k"), parse_cache_type(cache_type_v, "--cache-type-v")
+        )
     except CacheTypeError as e:
         fail(str(e))

@@ -18,11 +18,17 @@ INTERRUPTED = 130
 
 
 def _server_options(fn):
-    fn = click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.1),
-                      help="Seconds to wait for an answer.")(fn)
+    fn = click.option(
+        "--timeout",
+        default=300.0,
+        show_default=True,
+        type=click.FloatRange(min=0.1),
+        help="Seconds to wait for an answer.",
+    )(fn)
     fn = click.option("--api-key", envvar="RFC_API_KEY", default=None, help="Sent as 'Authorization: Bearer KEY'.")(fn)
-    return click.option("--url", envvar="RFC_URL", default=DEFAULT_URL, show_default=True,
-                        help="The server's address.")(fn)
+    return click.option(
+        "--url", envvar="RFC_URL", default=DEFAULT_URL, show_default=True, help="The server's address."
+    )(fn)
 
 
 def _fail(e: ClientError) -> None:
@@ -38,10 +44,19 @@ def _echo_json(body: dict) -> None:
 @click.command("generate")
 @click.argument("prompt")
 @click.option("--stream", is_flag=True, help="Print tokens as they are generated (POST /generate/stream).")
-@click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=None,
-              help="Tokens to generate at most (server default 100).")
-@click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=None,
-              help="Sampling temperature (server default 1.0; 0 = greedy).")
+@click.option(
+    "-n",
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tokens to generate at most (server default 100).",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0.0, 2.0),
+    default=None,
+    help="Sampling temperature (server default 1.0; 0 = greedy).",
+)
 @click.option("--top-k", type=click.IntRange(min=0), default=None)
 @click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=None)
 @click.option("--model", default=None, help="Which served model (default: the server's first).")
@@ -49,8 +64,14 @@ def _echo_json(body: dict) -> None:
 def generate_cmd(prompt, stream, max_tokens, temperature, top_k, top_p, model, url, api_key, timeout):
     """Generate text from PROMPT on a running server."""
     server = Server(url, api_key, timeout)
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-            "model": model}
+    body = {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "model": model,
+    }
     body = {k: v for k, v in body.items() if v is not None}
     try:
         if not stream:
@@ -127,8 +148,10 @@ def models_cmd(as_json, url, api_key, timeout):
         return
     click.echo(f"{'ID':<28} {'ARCH':<10} {'PARAMS':>7} {'QUANT':<8} {'CONTEXT':>7}  DEVICE")
     for m in body.get("models", []):
-        click.echo(f"{m.get('id', '?'):<28} {m.get('architecture', '?'):<10} {m.get('parameter_size', '?'):>7} "
-                   f"{m.get('quantization', '?'):<8} {m.get('context_length', '?'):>7}  {m.get('device', '?')}")
+        click.echo(
+            f"{m.get('id', '?'):<28} {m.get('architecture', '?'):<10} {m.get('parameter_size', '?'):>7} "
+            f"{m.get('quantization', '?'):<8} {m.get('context_length', '?'):>7}  {m.get('device', '?')}"
+        )
 
 
 @click.command("health")

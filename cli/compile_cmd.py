@@ -12,30 +12,67 @@ from rfc.cli.sign_cmd import KEY_PASSWORD_ENV, make_signer, sign_or_fail, signer
 
 @click.command("compile")
 @click.argument("model", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--arch", "targets", multiple=True, metavar="TARGET",
-              help="Target: cpu (x86-64-v3, default: portable), cpu-avx512, cpu-amx, cpu-generic, gfx* (AMD) or sm_* "
-                   "(NVIDIA). Repeat for several.")
-@click.option("--reference-only", is_flag=True,
-              help="Build no kernels: the bundle runs on the numpy reference device only (`--device ref`).")
-@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Bundle directory (default: bundles/<model name>).")
+@click.option(
+    "--arch",
+    "targets",
+    multiple=True,
+    metavar="TARGET",
+    help="Target: cpu (x86-64-v3, default: portable), cpu-avx512, cpu-amx, cpu-generic, gfx* (AMD) or sm_* "
+    "(NVIDIA). Repeat for several.",
+)
+@click.option(
+    "--reference-only",
+    is_flag=True,
+    help="Build no kernels: the bundle runs on the numpy reference device only (`--device ref`).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Bundle directory (default: bundles/<model name>).",
+)
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
-@click.option("--chat-template", "chat_template", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="Jinja chat template file to use instead of the GGUF's own (as llama-server's "
-                   "--chat-template-file).")
+@click.option(
+    "--chat-template",
+    "chat_template",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Jinja chat template file to use instead of the GGUF's own (as llama-server's --chat-template-file).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-@click.option("--cache-dir", envvar="RFC_CACHE_DIR", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="rfc's cache (default: ~/.cache/rfc); compiled kernels go in DIR/kernels. Must be writable by you "
-                   "alone.")
+@click.option(
+    "--cache-dir",
+    envvar="RFC_CACHE_DIR",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="rfc's cache (default: ~/.cache/rfc); compiled kernels go in DIR/kernels. Must be writable by you alone.",
+)
 @click.option("--no-cache", envvar="RFC_NO_CACHE", is_flag=True, help="Build every kernel afresh; use no cache (CI).")
-@click.option("--sign", "sign_key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help=f"Sign the bundle with this PEM EC private key (model.sig; password from ${KEY_PASSWORD_ENV}); "
-                   f"deterministic, "
-                   "so the signed bundle stays byte-reproducible.")
+@click.option(
+    "--sign",
+    "sign_key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help=f"Sign the bundle with this PEM EC private key (model.sig; password from ${KEY_PASSWORD_ENV}); "
+    f"deterministic, "
+    "so the signed bundle stays byte-reproducible.",
+)
 @signer_options
-def compile_cmd(model: Path | None, targets: tuple[str, ...], reference_only: bool, out_dir: Path | None, force: bool,
-                chat_template: Path | None, quiet: bool, cache_dir: Path | None, no_cache: bool, sign_key: Path | None,
-                signing_certificate: Path | None, signing_chain: tuple[Path, ...], sigstore: bool) -> None:
+def compile_cmd(
+    model: Path | None,
+    targets: tuple[str, ...],
+    reference_only: bool,
+    out_dir: Path | None,
+    force: bool,
+    chat_template: Path | None,
+    quiet: bool,
+    cache_dir: Path | None,
+    no_cache: bool,
+    sign_key: Path | None,
+    signing_certificate: Path | None,
+    signing_chain: tuple[Path, ...],
+    sigstore: bool,
+) -> None:
     """Compile MODEL (a GGUF file; default: the embedded demo model) into a bundle."""
     from rfc.cli.gguf_cache import cache_root
     from rfc.compiler.errors import CompileError
@@ -48,9 +85,15 @@ def compile_cmd(model: Path | None, targets: tuple[str, ...], reference_only: bo
     out_dir = out_dir or Path("bundles") / model.stem
     progress = _BarProgress() if (not quiet and sys.stderr.isatty()) else None
     kernels = None if no_cache else cache_root(cache_dir) / "kernels"
-    options = CompileOptions(model=model, out_dir=out_dir, targets=() if reference_only else targets or ("cpu",),
-                             force=force, cache_dir=kernels, chat_template=chat_template,
-                             source_date_epoch=_source_date_epoch())
+    options = CompileOptions(
+        model=model,
+        out_dir=out_dir,
+        targets=() if reference_only else targets or ("cpu",),
+        force=force,
+        cache_dir=kernels,
+        chat_template=chat_template,
+        source_date_epoch=_source_date_epoch(),
+    )
     try:
         result = compile_model(options, progress)
     except CompileError as e:
@@ -84,8 +127,14 @@ def _source_date_epoch() -> int | None:
 
 @click.command("tokenizer")
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Where to write tokenizer.json.")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write tokenizer.json.",
+)
 def tokenizer_cmd(model: Path, out: Path) -> None:
     """Write the Hugging Face tokenizer.json built from MODEL's vocabulary."""
     from rfc.compiler.errors import CompileError

@@ -65,8 +65,9 @@ def cache_key(request: CompileRequest, gguf_sha256: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cached_bundle(request: CompileRequest, cache_dir: Path,
-                  on_compile: Callable[[Path, Path], None] = lambda g, b: None) -> Path:
+def cached_bundle(
+    request: CompileRequest, cache_dir: Path, on_compile: Callable[[Path, Path], None] = lambda g, b: None
+) -> Path:
     """The bundle for `request`, compiled into `cache_dir` unless it is there already.
     `on_compile(gguf, bundle)` is called before a compile starts (the CLI says so)."""
     from rfc.compiler.pipeline import CompileOptions, compile_model  # the CLI's side of the boundary
@@ -83,8 +84,14 @@ def cached_bundle(request: CompileRequest, cache_dir: Path,
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / MANIFEST_FILE).is_file():
             on_compile(request.gguf, out)
-            options = CompileOptions(model=request.gguf, out_dir=out, targets=request.targets, force=True,
-                                     chat_template=request.chat_template, cache_dir=cache_dir.parent / "kernels")
+            options = CompileOptions(
+                model=request.gguf,
+                out_dir=out,
+                targets=request.targets,
+                force=True,
+                chat_template=request.chat_template,
+                cache_dir=cache_dir.parent / "kernels",
+            )
             compile_model(options)
     return out
 

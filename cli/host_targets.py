@@ -50,9 +50,11 @@ def cuda_archs() -> tuple[str, ...]:
     archs = []
     for i in range(min(max(count.value, 0), _MAX_DEVICES)):
         dev, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
-        if (lib.cuDeviceGet(ctypes.byref(dev), i) != 0
-                or lib.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, dev) != 0
-                or lib.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, dev) != 0):
+        if (
+            lib.cuDeviceGet(ctypes.byref(dev), i) != 0
+            or lib.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, dev) != 0
+            or lib.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, dev) != 0
+        ):
             continue
         archs.append(f"sm_{major.value}{minor.value}")
     return tuple(archs)
@@ -139,8 +141,9 @@ def host_targets(probe: HostProbe = HostProbe()) -> HostTargets:
         if probe.has_program(program):
             built.append(name)
         else:
-            skipped.append(f"{name} left out: {program} is not on PATH (install {package}, or pass --arch {name} once "
-                           f"it is)")
+            skipped.append(
+                f"{name} left out: {program} is not on PATH (install {package}, or pass --arch {name} once it is)"
+            )
     cpu = best_cpu(probe)
     return HostTargets(targets=(*built, cpu), cpu=cpu, gpus=gpus, skipped=tuple(skipped))
 

@@ -20,17 +20,37 @@ class LlamaFigures:
     build: str
 
 
-def run_llama_bench(binary: Path, gguf: Path, threads: int, prefill_lengths: tuple[int, ...], gen: int,
-                    env: dict[str, str] | None = None, timeout_s: float = 1800,
-                    cache_types: tuple[str, str] = ("f16", "f16")) -> LlamaFigures:
+def run_llama_bench(
+    binary: Path,
+    gguf: Path,
+    threads: int,
+    prefill_lengths: tuple[int, ...],
+    gen: int,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 1800,
+    cache_types: tuple[str, str] = ("f16", "f16"),
+) -> LlamaFigures:
     """One llama-bench run. `env`: the environment the user started rfc with. rfc sets
     OMP_WAIT_POLICY=PASSIVE for its own kernels; inherited, it makes llama.cpp's OpenMP
     threads sleep at every barrier and cut its decode from 43 to 26 tok/s (1.1B Q4_0, 2
     threads), which flattered every ratio rfc bench printed before this was passed.
     `cache_types`: rfc's (K, V) cache types by llama.cpp's names, so both sides store the same
     cache (llama-bench's -ctk/-ctv; the f16 default is not passed)."""
-    cmd = [str(binary), "-m", str(gguf), "-t", str(threads), "-r", "1", "-o", "json",
-           "-p", ",".join(map(str, prefill_lengths)), "-n", str(gen)]
+    cmd = [
+        str(binary),
+        "-m",
+        str(gguf),
+        "-t",
+        str(threads),
+        "-r",
+        "1",
+        "-o",
+        "json",
+        "-p",
+        ",".join(map(str, prefill_lengths)),
+        "-n",
+        str(gen),
+    ]
     if cache_types != ("f16", "f16"):
         cmd += ["-ctk", cache_types[0], "-ctv", cache_types[1]]
     try:

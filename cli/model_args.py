@@ -17,8 +17,13 @@ from rfc.cli.host_targets import host_targets
 REFERENCE_SUFFIX = ".ref"
 
 
-def bundle_paths(paths: Sequence[Path | str], targets: Sequence[str] = (), chat_template: Path | None = None,
-                 cache_dir: Path | None = None, registry=None) -> list[Path]:
+def bundle_paths(
+    paths: Sequence[Path | str],
+    targets: Sequence[str] = (),
+    chat_template: Path | None = None,
+    cache_dir: Path | None = None,
+    registry=None,
+) -> list[Path]:
     """Bundle directories for `paths`; exits with one line on a GGUF that does not compile or
     a reference that does not pull (through `registry`, a RegistryOptions; None: the defaults)."""
     from rfc.cli.oci import is_reference
@@ -36,8 +41,13 @@ def bundle_paths(paths: Sequence[Path | str], targets: Sequence[str] = (), chat_
         if not targets and host is None:
             host = host_targets()
         why = "--arch" if targets else host.describe()
-        out.append(_compiled(CompileRequest(path, tuple(targets) or host.targets, chat_template),
-                             cache_root(cache_dir) / "bundles", why))
+        out.append(
+            _compiled(
+                CompileRequest(path, tuple(targets) or host.targets, chat_template),
+                cache_root(cache_dir) / "bundles",
+                why,
+            )
+        )
     return out
 
 
@@ -89,9 +99,10 @@ def _compiled(request: CompileRequest, cache_dir: Path, why: str) -> Path:
 
     def announce(gguf: Path, bundle: Path) -> None:
         compiled.append(bundle)
-        click.echo(f"rfc: compiling {gguf} for {', '.join(request.targets)} [{why}] into {bundle} (once; later runs "
-                   f"reuse it)",
-                   err=True)
+        click.echo(
+            f"rfc: compiling {gguf} for {', '.join(request.targets)} [{why}] into {bundle} (once; later runs reuse it)",
+            err=True,
+        )
 
     try:
         bundle = cached_bundle(request, cache_dir, announce)

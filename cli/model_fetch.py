@@ -38,8 +38,9 @@ class CliFetcher:
 
         return is_reference(source)
 
-    def fetch(self, source: str, insecure: bool | None = None,
-              progress: Callable[[PullProgress], None] | None = None) -> Path:
+    def fetch(
+        self, source: str, insecure: bool | None = None, progress: Callable[[PullProgress], None] | None = None
+    ) -> Path:
         if self.is_reference(source):
             return self._pull(source, insecure, progress)
         return self.checked(self._directory(self._confined(source)))
@@ -106,8 +107,10 @@ class CliFetcher:
     def _confined(self, source: str) -> Path:
         """The directory a client named, resolved (links too) inside --models-dir; else refused."""
         if self._models_dir is None:
-            raise FetchError(f"'{source[:80]}' is not a registry reference, and this server has no --models-dir to "
-                             f"name a bundle directory in")
+            raise FetchError(
+                f"'{source[:80]}' is not a registry reference, and this server has no --models-dir to "
+                f"name a bundle directory in"
+            )
         path = (self._models_dir / source).resolve()  # (an absolute source stays absolute)
         if path == self._models_dir or self._models_dir not in path.parents:
             raise FetchError(f"'{source[:80]}' is outside --models-dir: name a bundle directory inside it")
@@ -122,8 +125,15 @@ class CliFetcher:
         return path
 
 
-def models_dir_rescan(models_dir: Path, named: Sequence[Path], names: Sequence[str | None], fetcher: CliFetcher, load,
-                      kv_pages: Sequence[str], max_loaded: int | None) -> Callable[[], Rescan]:
+def models_dir_rescan(
+    models_dir: Path,
+    named: Sequence[Path],
+    names: Sequence[str | None],
+    fetcher: CliFetcher,
+    load,
+    kv_pages: Sequence[str],
+    max_loaded: int | None,
+) -> Callable[[], Rescan]:
     """What SIGHUP re-reads: the bundles and *.ref files of `models_dir`, planned beside the
     bundles named on the command line (`named`, whose ids may decide theirs) as at startup."""
 
@@ -148,8 +158,9 @@ def models_dir_rescan(models_dir: Path, named: Sequence[Path], names: Sequence[s
         given = dict(zip(named, names))
         try:
             good, optional, unreadable = sort_out(list(named) + found, [False] * len(named) + [True] * len(found))
-            planned = plan_models(good, load, KvPages.parse(kv_pages), [given.get(b) for b in good], optional,
-                                  max_loaded)
+            planned = plan_models(
+                good, load, KvPages.parse(kv_pages), [given.get(b) for b in good], optional, max_loaded
+            )
         except (BundleError, ValueError) as e:
             raise RuntimeError(str(e)) from None
         # named as found (the ids), served from the directory whose signature was checked

@@ -75,8 +75,11 @@ class Reference:
         return self.digest or self.tag or "latest"
 
     def __str__(self) -> str:
-        return (f"{self.registry}/{self.repository}" + (f":{self.tag}" if self.tag else "")
-                + (f"@{self.digest}" if self.digest else ""))
+        return (
+            f"{self.registry}/{self.repository}"
+            + (f":{self.tag}" if self.tag else "")
+            + (f"@{self.digest}" if self.digest else "")
+        )
 
 
 def parse_reference(text: str) -> Reference | None:
@@ -93,7 +96,7 @@ def is_reference(text: str) -> bool:
 
 
 def is_loopback(registry: str) -> bool:
-    host = registry.rsplit(":", 1)[0] if not registry.startswith("[") else registry[1:registry.index("]")]
+    host = registry.rsplit(":", 1)[0] if not registry.startswith("[") else registry[1 : registry.index("]")]
     if host == "localhost":
         return True
     try:
@@ -138,8 +141,9 @@ class Registry:
         if port is not None and not 0 < port < 65536:
             raise OciBadReference(f"{reference.registry}: a registry's port is 1 to 65535, not {port}")
         if options.insecure and not is_loopback(reference.registry):
-            raise OciBadReference(f"--insecure (plain HTTP) is only for a registry on this machine, not "
-                                  f"{reference.registry}")
+            raise OciBadReference(
+                f"--insecure (plain HTTP) is only for a registry on this machine, not {reference.registry}"
+            )
         try:
             import oras.container
             import oras.provider
@@ -181,23 +185,33 @@ class Registry:
         for attempt in range(_ATTEMPTS):
             try:
                 # always streamed: a reply the caller reads whole is read here, _MAX_REPLY at most
-                r = self._request(self._oras, url if url.startswith("http") else self.base + url, method,
-                                  data=data, headers=dict(headers or {}), stream=True)
+                r = self._request(
+                    self._oras,
+                    url if url.startswith("http") else self.base + url,
+                    method,
+                    data=data,
+                    headers=dict(headers or {}),
+                    stream=True,
+                )
                 if not stream:
                     with r:
                         body = self._read(r, _MAX_REPLY + 1)
                     if len(body) > _MAX_REPLY:
-                        raise OciRefused(f"the registry answered {method} {url[:120]} with more than "
-                                         f"{_MAX_REPLY >> 10} KiB: refused")
+                        raise OciRefused(
+                            f"the registry answered {method} {url[:120]} with more than {_MAX_REPLY >> 10} KiB: refused"
+                        )
                     r._content, r._content_consumed = body, True
                 return r
             except requests.exceptions.Timeout:  # (a connect timeout is also a ConnectionError: not retried)
-                raise OciError(f"the registry at {self.base.split('/v2/')[0]} did not answer {method} {url[:120]} "
-                               f"within {self.options.timeout_s:g} s (--registry-timeout)") from None
+                raise OciError(
+                    f"the registry at {self.base.split('/v2/')[0]} did not answer {method} {url[:120]} "
+                    f"within {self.options.timeout_s:g} s (--registry-timeout)"
+                ) from None
             except requests.exceptions.ConnectionError as e:
                 if attempt == _ATTEMPTS - 1:
-                    raise OciError(f"cannot reach the registry at {self.base.split('/v2/')[0]}: "
-                                   f"{_first_line(e)}") from None
+                    raise OciError(
+                        f"cannot reach the registry at {self.base.split('/v2/')[0]}: {_first_line(e)}"
+                    ) from None
                 time.sleep(0.5 * (attempt + 1))
             except (requests.exceptions.RequestException, ValueError) as e:
                 raise OciError(f"registry request {method} {url[:120]} failed: {_first_line(e)}") from None
@@ -211,12 +225,16 @@ class Registry:
             _check(r, f"manifest {ref}")
             told_size = _content_length(r)
             if told_size is not None and told_size > layout.MAX_MANIFEST_BYTES:
-                raise OciRefused(f"the manifest {ref} is {told_size} bytes, more than the "
-                                 f"{layout.MAX_MANIFEST_BYTES >> 20} MiB an OCI manifest may be: refused")
+                raise OciRefused(
+                    f"the manifest {ref} is {told_size} bytes, more than the "
+                    f"{layout.MAX_MANIFEST_BYTES >> 20} MiB an OCI manifest may be: refused"
+                )
             data = self._read(r, layout.MAX_MANIFEST_BYTES + 1)
         if len(data) > layout.MAX_MANIFEST_BYTES:
-            raise OciRefused(f"the manifest {ref} is larger than the {layout.MAX_MANIFEST_BYTES >> 20} MiB an OCI "
-                             f"manifest may be: refused")
+            raise OciRefused(
+                f"the manifest {ref} is larger than the {layout.MAX_MANIFEST_BYTES >> 20} MiB an OCI "
+                f"manifest may be: refused"
+            )
         digest = "sha256:" + sha256_bytes(data)
         told = r.headers.get("Docker-Content-Digest")
         if ref.startswith("sha256:") and digest != ref:
@@ -253,9 +271,14 @@ class Registry:
                 yield chunk
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             timed_out = isinstance(e, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
-            raise OciError(f"the registry at {self.base.split('/v2/')[0]} " + (
-                f"went silent for {self.options.timeout_s:g} s (--registry-timeout)" if timed_out
-                else f"broke off a download: {_first_line(e)}")) from None
+            raise OciError(
+                f"the registry at {self.base.split('/v2/')[0]} "
+                + (
+                    f"went silent for {self.options.timeout_s:g} s (--registry-timeout)"
+                    if timed_out
+                    else f"broke off a download: {_first_line(e)}"
+                )
+            ) from None
 
     def put_manifest(self, ref: str, data: bytes, media_type: str):
         r = self.request("PUT", f"/manifests/{ref}", data=data, headers={"Content-Type": media_type})
@@ -274,23 +297,35 @@ class Registry:
             # bytes, not a file object: a request answered 401 is sent again with credentials,
             # and a file object would be sent again empty
             body = source if isinstance(source, bytes) else Path(source).read_bytes()
-            r = self.request("PUT", _with_digest(location, digest), data=body,
-                             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
+            r = self.request(
+                "PUT",
+                _with_digest(location, digest),
+                data=body,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            )
         else:
             with open(source, "rb") as f:
                 start = 0
                 while chunk := f.read(16 << 20):
-                    r = self.request("PATCH", location, data=chunk, headers={
-                        "Content-Type": "application/octet-stream", "Content-Length": str(len(chunk)),
-                        "Content-Range": f"{start}-{start + len(chunk) - 1}"})
+                    r = self.request(
+                        "PATCH",
+                        location,
+                        data=chunk,
+                        headers={
+                            "Content-Type": "application/octet-stream",
+                            "Content-Length": str(len(chunk)),
+                            "Content-Range": f"{start}-{start + len(chunk) - 1}",
+                        },
+                    )
                     _check(r, "blob chunk")
                     location = self._location(r)
                     start += len(chunk)
             r = self.request("PUT", _with_digest(location, digest), headers={"Content-Length": "0"})
         _check(r, f"blob {digest[:19]}")
 
-    def download_blob(self, digest: str, size: int, partial: Path,
-                      progress: Callable[[int], None] | None = None) -> None:
+    def download_blob(
+        self, digest: str, size: int, partial: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
         """Into `partial`, resuming what it already holds; raises unless the whole file then
         hashes to `digest`. `progress` hears the bytes held after each chunk."""
         h = hashlib.sha256()
@@ -303,8 +338,9 @@ class Registry:
                 while chunk := old.read(_CHUNK):
                     h.update(chunk)
             if have < size:
-                r = self.request("GET", f"/blobs/{digest}", headers={"Range": f"bytes={have}-"} if have else None,
-                                 stream=True)
+                r = self.request(
+                    "GET", f"/blobs/{digest}", headers={"Range": f"bytes={have}-"} if have else None, stream=True
+                )
                 with r:
                     if r.status_code == 200 and have:  # the registry ignored the range: start over
                         out.truncate(0)
@@ -368,8 +404,9 @@ def push_bundle(root: Path, reference: Reference, options: RegistryOptions) -> P
     root = Path(root)
     registry = Registry(reference, options)  # (first: a refused reference or no oras says so before any hashing)
     manifest = read_manifest(root)
-    problems = (verify_files(root, manifest)
-                + [f"{rel}: not listed in the manifest" for rel in unlisted_files(root, manifest)])
+    problems = verify_files(root, manifest) + [
+        f"{rel}: not listed in the manifest" for rel in unlisted_files(root, manifest)
+    ]
     if problems:
         raise BundleError(f"will not push {root}: " + "; ".join(problems[:5]))
     manifest_bytes = (root / MANIFEST_FILE).read_bytes()
@@ -388,10 +425,12 @@ def push_bundle(root: Path, reference: Reference, options: RegistryOptions) -> P
     _ensure_blob(registry, config)
     registry.put_manifest(reference.tag or result.digest, artifact, layout.OCI_MANIFEST)
     if manifest.get("provenance") == PROVENANCE_FILE:
-        result.referrer = _push_provenance(registry, artifact,
-                                           next(layer for layer in layers
-                                                if layer["annotations"][layout.FILEPATH] == PROVENANCE_FILE),
-                                           manifest["bundle_id"])
+        result.referrer = _push_provenance(
+            registry,
+            artifact,
+            next(layer for layer in layers if layer["annotations"][layout.FILEPATH] == PROVENANCE_FILE),
+            manifest["bundle_id"],
+        )
     return result
 
 
@@ -408,11 +447,16 @@ def _push_provenance(registry: Registry, subject: bytes, provenance: dict[str, A
             index = json.loads(found[0]) if found else None
         except (ValueError, RecursionError):
             index = None  # not an index: replaced by one
-        descriptor = {"mediaType": layout.OCI_MANIFEST, "digest": digest, "size": len(referrer),
-                      "artifactType": json.loads(referrer)["artifactType"],
-                      "annotations": json.loads(referrer)["annotations"]}
-        registry.put_manifest(tag, json.dumps(layout.add_referrer(index, descriptor), sort_keys=True).encode(),
-                              layout.OCI_INDEX)
+        descriptor = {
+            "mediaType": layout.OCI_MANIFEST,
+            "digest": digest,
+            "size": len(referrer),
+            "artifactType": json.loads(referrer)["artifactType"],
+            "annotations": json.loads(referrer)["annotations"],
+        }
+        registry.put_manifest(
+            tag, json.dumps(layout.add_referrer(index, descriptor), sort_keys=True).encode(), layout.OCI_INDEX
+        )
     return digest
 
 
@@ -435,8 +479,9 @@ def _check(r, what: str) -> None:
         except Exception:  # (only the detail of an error already being reported)
             detail = ""
         if r.status_code in (401, 403):
-            detail = ((detail + "; " if detail else "")
-                      + "log in with `docker login` (rfc reads the docker config and its credential helpers)")
+            detail = (
+                detail + "; " if detail else ""
+            ) + "log in with `docker login` (rfc reads the docker config and its credential helpers)"
         raise OciError(f"registry answered {r.status_code} for {what}" + (f": {detail[:200]}" if detail else ""))
 
 

@@ -81,9 +81,10 @@ def bundle_layers(manifest: dict[str, Any], manifest_bytes: bytes, signature: by
     entries += [(rel, "sha256:" + meta["sha256"], meta["size"]) for rel, meta in sorted(manifest["files"].items())]
     if signature is not None:
         entries.append((SIGNATURE_FILE, "sha256:" + sha256_bytes(signature), len(signature)))
-    return [{"mediaType": layer_media_type(rel), "digest": digest, "size": size,
-             "annotations": {FILEPATH: rel, TITLE: rel}}
-            for rel, digest, size in entries]
+    return [
+        {"mediaType": layer_media_type(rel), "digest": digest, "size": size, "annotations": {FILEPATH: rel, TITLE: rel}}
+        for rel, digest, size in entries
+    ]
 
 
 def model_config(manifest: dict[str, Any], layers: list[dict[str, Any]]) -> bytes:
@@ -151,8 +152,11 @@ def referrers_tag(digest: str) -> str:
 
 
 def add_referrer(index: dict[str, Any] | None, descriptor: dict[str, Any]) -> dict[str, Any]:
-    index = index if isinstance(index, dict) and isinstance(index.get("manifests"), list) else {
-        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    index = (
+        index
+        if isinstance(index, dict) and isinstance(index.get("manifests"), list)
+        else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    )
     if all(m.get("digest") != descriptor["digest"] for m in index["manifests"] if isinstance(m, dict)):
         index["manifests"].append(descriptor)
     return index
@@ -248,8 +252,9 @@ def check_artifact(data: bytes) -> tuple[Artifact, list[tuple[str, str, int]]]:
             raise BundleError(f"layer {layer.path} appears twice")
         limit = LAYER_LIMITS.get(layer.path)
         if limit is not None and layer.size > limit:
-            raise BundleError(f"layer {layer.path} is {layer.size} bytes, more than the {_size(limit)} such a file may "
-                              f"be")
+            raise BundleError(
+                f"layer {layer.path} is {layer.size} bytes, more than the {_size(limit)} such a file may be"
+            )
         seen.add(layer.path)
         out.append((layer.path, layer.digest, layer.size))
     if MANIFEST_FILE not in seen:

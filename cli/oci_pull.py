@@ -33,8 +33,13 @@ _REMOVE_WAIT_S = 10.0  # how long a removal waits for a pull holding its files' 
 Check = Callable[[Path], None]  # raises OciRefused: the assembled bundle must not enter the cache
 
 
-def pull_bundle(reference: Reference, cache_dir: Path, options: RegistryOptions, progress: Progress | None = None,
-                check: Check | None = None) -> Path:
+def pull_bundle(
+    reference: Reference,
+    cache_dir: Path,
+    options: RegistryOptions,
+    progress: Progress | None = None,
+    check: Check | None = None,
+) -> Path:
     """The bundle `reference` names, in the cache (pulled unless it is there already);
     `progress` hears each step and each layer's bytes. `check` runs on the assembled bundle
     before it enters the cache (and on a cached one before it is returned).
@@ -109,8 +114,9 @@ def _forget(oci: Path, fetched: list[Path], deadline: float) -> None:
             pass  # (gone already, or locked past the deadline: left for `remove_bundle`'s sweep)
 
 
-def _fetch(registry: Registry, blobs: Path, locks: Path, digest: str, size: int, report: Progress,
-           fetched: list[Path]) -> None:
+def _fetch(
+    registry: Registry, blobs: Path, locks: Path, digest: str, size: int, report: Progress, fetched: list[Path]
+) -> None:
     path = _blob(blobs, digest)
     status = f"pulling {digest.split(':')[1][:12]}"  # Ollama's words for a layer
     if path.is_file():
@@ -182,8 +188,9 @@ def cached_bundles(cache_dir: Path) -> list[Path]:
     bundles = Path(cache_dir) / "oci" / "bundles"
     if not bundles.is_dir():
         return []
-    return sorted(p for p in bundles.iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name)
-                  and (p / MANIFEST_FILE).is_file())
+    return sorted(
+        p for p in bundles.iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name) and (p / MANIFEST_FILE).is_file()
+    )
 
 
 def export_bundle(cached: Path, out_dir: Path, force: bool = False) -> Path:

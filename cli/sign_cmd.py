@@ -13,15 +13,26 @@ KEY_PASSWORD_ENV = "RFC_SIGNING_KEY_PASSWORD"
 
 def signer_options(f):
     """--key (with --certificate / --certificate-chain) or --sigstore, for compile and sign."""
-    f = click.option("--sigstore", "sigstore", is_flag=True,
-                     help="Sign keyless with Sigstore and the CI's OIDC identity (needs the network; not "
-                          "reproducible).")(f)
-    f = click.option("--signing-certificate", "signing_certificate",
-                     type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-                     help="With --key: sign with this certificate for the key (PEM).")(f)
-    f = click.option("--signing-chain", "signing_chain", multiple=True,
-                     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-                     help="With --signing-certificate: the certificates up to the root (repeatable).")(f)
+    f = click.option(
+        "--sigstore",
+        "sigstore",
+        is_flag=True,
+        help="Sign keyless with Sigstore and the CI's OIDC identity (needs the network; not reproducible).",
+    )(f)
+    f = click.option(
+        "--signing-certificate",
+        "signing_certificate",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        default=None,
+        help="With --key: sign with this certificate for the key (PEM).",
+    )(f)
+    f = click.option(
+        "--signing-chain",
+        "signing_chain",
+        multiple=True,
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="With --signing-certificate: the certificates up to the root (repeatable).",
+    )(f)
     return f
 
 
@@ -37,8 +48,9 @@ def make_signer(key: Path | None, certificate: Path | None, chain: tuple[Path, .
         return SigstoreSigner()
     if key is None:
         return None
-    return KeySigner(private_key=key, password=os.environ.get(KEY_PASSWORD_ENV), certificate=certificate,
-                     chain=tuple(chain))
+    return KeySigner(
+        private_key=key, password=os.environ.get(KEY_PASSWORD_ENV), certificate=certificate, chain=tuple(chain)
+    )
 
 
 def sign_or_fail(bundle: Path, signer) -> Path:
@@ -54,12 +66,17 @@ def sign_or_fail(bundle: Path, signer) -> Path:
 
 @click.command("sign")
 @click.argument("bundle", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help=f"PEM EC private key (P-256/384/521; password from ${KEY_PASSWORD_ENV}). Signatures are "
-                   f"deterministic (RFC 6979).")
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help=f"PEM EC private key (P-256/384/521; password from ${KEY_PASSWORD_ENV}). Signatures are "
+    f"deterministic (RFC 6979).",
+)
 @signer_options
-def sign_cmd(bundle: Path, key: Path | None, signing_certificate: Path | None, signing_chain: tuple[Path, ...],
-             sigstore: bool) -> None:
+def sign_cmd(
+    bundle: Path, key: Path | None, signing_certificate: Path | None, signing_chain: tuple[Path, ...], sigstore: bool
+) -> None:
     """Sign every file of BUNDLE (OpenSSF model-signing) into BUNDLE/model.sig."""
     signer = make_signer(key, signing_certificate, signing_chain, sigstore)
     if signer is None:
@@ -71,16 +88,24 @@ def trust_options(f):
     """What a signature must verify against: a public key, a certificate chain, or a keyless
     Sigstore identity."""
     f = click.option("--oidc-issuer", default=None, help="With --identity: the OIDC issuer that certified it.")(f)
-    f = click.option("--identity", default=None,
-                     help="Keyless Sigstore signer identity (e-mail or workflow URI); needs --oidc-issuer.")(f)
-    f = click.option("--certificate-chain", "certificate_chain", multiple=True,
-                     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-                     help="Verify a certificate signature against these PEM certificates (repeatable).")(f)
+    f = click.option(
+        "--identity",
+        default=None,
+        help="Keyless Sigstore signer identity (e-mail or workflow URI); needs --oidc-issuer.",
+    )(f)
+    f = click.option(
+        "--certificate-chain",
+        "certificate_chain",
+        multiple=True,
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="Verify a certificate signature against these PEM certificates (repeatable).",
+    )(f)
     return f
 
 
-def make_trust(public_key: Path | None, certificate_chain: tuple[Path, ...], identity: str | None,
-               oidc_issuer: str | None):
+def make_trust(
+    public_key: Path | None, certificate_chain: tuple[Path, ...], identity: str | None, oidc_issuer: str | None
+):
     """The trust the options name, None for none."""
     from rfc.cli.signing import CertificateTrust, PublicKeyTrust, SigstoreTrust
 

@@ -83,8 +83,9 @@ def sign_bundle(root: Path, signer: Signer) -> Path:
     """Writes root/model.sig over every file of the bundle; refuses a bundle that does not
     verify or holds files its manifest does not list (a signature would vouch for them)."""
     manifest = read_manifest(root)
-    problems = (verify_files(root, manifest)
-                + [f"{rel}: not listed in the manifest" for rel in unlisted_files(root, manifest)])
+    problems = verify_files(root, manifest) + [
+        f"{rel}: not listed in the manifest" for rel in unlisted_files(root, manifest)
+    ]
     if problems:
         raise BundleError(f"will not sign {root}: " + "; ".join(problems[:5]))
     from model_signing import manifest as ms_manifest
@@ -124,8 +125,10 @@ def verify_signature(root: Path, trust: Trust) -> Path:
     if not signature.is_file() or signature.is_symlink():
         raise SignatureError(f"bundle {given} is not signed (no {SIGNATURE_FILE})")
     if signature.stat().st_size > MAX_SIGNATURE_BYTES:
-        raise SignatureError(f"bundle {given}: {SIGNATURE_FILE} is larger than the {MAX_SIGNATURE_BYTES >> 10} KiB a "
-                             f"signature may be: refused unread")
+        raise SignatureError(
+            f"bundle {given}: {SIGNATURE_FILE} is larger than the {MAX_SIGNATURE_BYTES >> 10} KiB a "
+            f"signature may be: refused unread"
+        )
     try:
         from model_signing import verifying
     except ImportError:
@@ -153,18 +156,20 @@ def _hashing_config():
     default also skips .git*, which would let a `.gitignore` planted in a bundle pass."""
     from model_signing import hashing
 
-    return (hashing.Config()
-            .use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False,
-                                    ignore_paths=[Path(SIGNATURE_FILE)])
-            .set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False))
+    return (
+        hashing.Config()
+        .use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False, ignore_paths=[Path(SIGNATURE_FILE)])
+        .set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
+    )
 
 
 def _signer(signer: Signer):
     if isinstance(signer, SigstoreSigner):
         from model_signing._signing import sign_sigstore
 
-        return sign_sigstore.Signer(use_ambient_credentials=signer.identity_token is None,
-                                    identity_token=signer.identity_token)
+        return sign_sigstore.Signer(
+            use_ambient_credentials=signer.identity_token is None, identity_token=signer.identity_token
+        )
     try:
         if signer.certificate is not None:
             from model_signing._signing import sign_certificate
@@ -189,19 +194,22 @@ def _deterministic_key_signer_class():
 
         def sign(self, payload):
             raw = json.dumps(_message_dict(payload.statement.pb), sort_keys=True, indent=2).encode()
-            algorithm = ec.ECDSA(sign_ec_key.get_ec_key_hash(self._private_key.public_key()),
-                                 deterministic_signing=True)
+            algorithm = ec.ECDSA(
+                sign_ec_key.get_ec_key_hash(self._private_key.public_key()), deterministic_signing=True
+            )
             sig = self._private_key.sign(sign_sigstore_pb.pae(raw), algorithm)
             envelope = intoto_pb.Envelope(
                 payload=base64.b64encode(raw),
                 payload_type=ms_signing._IN_TOTO_JSON_PAYLOAD_TYPE,
                 signatures=[intoto_pb.Signature(sig=base64.b64encode(sig), keyid="")],
             )
-            return sign_sigstore_pb.Signature(bundle_pb.Bundle(
-                media_type=sign_sigstore_pb._BUNDLE_MEDIA_TYPE,
-                verification_material=self._get_verification_material(),
-                dsse_envelope=envelope,
-            ))
+            return sign_sigstore_pb.Signature(
+                bundle_pb.Bundle(
+                    media_type=sign_sigstore_pb._BUNDLE_MEDIA_TYPE,
+                    verification_material=self._get_verification_material(),
+                    dsse_envelope=envelope,
+                )
+            )
 
     return DeterministicKeySigner
 
@@ -228,8 +236,9 @@ def _reason(e: Exception) -> str:
     if changed:
         found.append("changed since signing: " + ", ".join(changed))
     for kind, what in (("Extra", "not covered by the signature"), ("Missing", "signed but missing")):
-        m = (re.search(kind + r" files found in model '[^']*': ([^\"\]]+)", text)
-             or re.search(kind + r" files in model '[^']*': ([^\"\]]+)", text))
+        m = re.search(kind + r" files found in model '[^']*': ([^\"\]]+)", text) or re.search(
+            kind + r" files in model '[^']*': ([^\"\]]+)", text
+        )
         if m:
             found.append(f"{what}: {m.group(1).strip(chr(39))}")
     return "; ".join(found)[:400] or text[:400]

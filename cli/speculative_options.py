@@ -11,17 +11,34 @@ SPEC_TYPES = ("none", "ngram", "draft")
 
 
 def spec_options(f):
-    f = click.option("--spec-draft-n-max", "spec_n_max", envvar="RFC_SPEC_DRAFT_N_MAX", default=16, show_default=True,
-                     type=click.IntRange(0, 64),
-                     help="Draft tokens per sequence and step at most; a request may ask fewer.")(f)
-    f = click.option("--model-draft", "model_draft", envvar="RFC_MODEL_DRAFT", default=None,
-                     metavar="BUNDLE|SMALL.gguf",
-                     help="Speculative decoding's draft model: a bundle (or a GGUF, compiled first) with the same "
-                          "vocabulary; implies --spec-type draft.")(f)
-    f = click.option("--spec-type", "spec_type", envvar="RFC_SPEC_TYPE", type=click.Choice(SPEC_TYPES), default=None,
-                     help="Speculative decoding for requests that do not choose: ngram (drafts copied from the "
-                          "sequence's own tokens), draft (a --model-draft's), none (default). Greedy output is "
-                          "unchanged; sampled output keeps its distribution.")(f)
+    f = click.option(
+        "--spec-draft-n-max",
+        "spec_n_max",
+        envvar="RFC_SPEC_DRAFT_N_MAX",
+        default=16,
+        show_default=True,
+        type=click.IntRange(0, 64),
+        help="Draft tokens per sequence and step at most; a request may ask fewer.",
+    )(f)
+    f = click.option(
+        "--model-draft",
+        "model_draft",
+        envvar="RFC_MODEL_DRAFT",
+        default=None,
+        metavar="BUNDLE|SMALL.gguf",
+        help="Speculative decoding's draft model: a bundle (or a GGUF, compiled first) with the same "
+        "vocabulary; implies --spec-type draft.",
+    )(f)
+    f = click.option(
+        "--spec-type",
+        "spec_type",
+        envvar="RFC_SPEC_TYPE",
+        type=click.Choice(SPEC_TYPES),
+        default=None,
+        help="Speculative decoding for requests that do not choose: ngram (drafts copied from the "
+        "sequence's own tokens), draft (a --model-draft's), none (default). Greedy output is "
+        "unchanged; sampled output keeps its distribution.",
+    )(f)
     return f
 
 

@@ -17,9 +17,14 @@ import click
 BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 threads_option = click.option(
-    "--threads", "compute_threads", envvar="RFC_THREADS", default=None, type=click.IntRange(min=1),
+    "--threads",
+    "compute_threads",
+    envvar="RFC_THREADS",
+    default=None,
+    type=click.IntRange(min=1),
     help="Compute threads (default: the cores in this process's affinity mask; an OMP_NUM_THREADS "
-         "set by the user is kept).")
+    "set by the user is kept).",
+)
 
 
 @dataclass(frozen=True)

@@ -226,8 +226,9 @@ def _tensor_bytes(name: str, dims: tuple[int, ...], ttype: int) -> int:
     name)."""
     ours = gguf_format_of_type(ttype)
     try:
-        block_elems, block_bytes = ((ours.block_elems, ours.block_bytes) if ours
-                                    else GGML_QUANT_SIZES[GGMLQuantizationType(ttype)])
+        block_elems, block_bytes = (
+            (ours.block_elems, ours.block_bytes) if ours else GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+        )
     except (ValueError, KeyError):
         raise _Corrupt(f"tensor {name[:64]!r} has unknown type id {ttype}") from None
     n = 1

@@ -55,8 +55,19 @@ UNPREFIXED_PER_LAYER = ("xielu.alpha_n", "xielu.alpha_p", "xielu.beta", "xielu.e
 READ_TEXT_KEYS = (ARCHITECTURE_KEY, "general.name", "tokenizer.ggml.model", "tokenizer.ggml.pre", CHAT_TEMPLATE_KEY)
 
 _BOOL = 7
-_NUMBERS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", _BOOL: "<u1", 10: "<u8", 11: "<i8",
-            12: "<f8"}
+_NUMBERS = {
+    0: "<u1",
+    1: "<i1",
+    2: "<u2",
+    3: "<i2",
+    4: "<u4",
+    5: "<i4",
+    6: "<f4",
+    _BOOL: "<u1",
+    10: "<u8",
+    11: "<i8",
+    12: "<f8",
+}
 _U64 = struct.Struct("<Q")
 
 
@@ -80,7 +91,7 @@ class _ArrayBounds:
         if key == MERGES_KEY:
             return self.merges
         if self.arch_prefix is not None and key.startswith(self.arch_prefix):
-            fixed = FIXED_ARRAYS.get(key[len(self.arch_prefix):])
+            fixed = FIXED_ARRAYS.get(key[len(self.arch_prefix) :])
             return _Bound(*fixed) if fixed else self.per_layer
         if key in UNPREFIXED_PER_LAYER:
             return self.per_layer

@@ -126,10 +126,12 @@ def _chat_template(options: CompileOptions, model: GGUFModel) -> str | None:
         raise CompileError(f"cannot read the chat template {options.chat_template}: {e}") from None
 
 
-def _build_target(target: Target, spec: ModelSpec, weights: WeightPlan, layout, writer: BundleWriter,
-                  cache: BuildCache | None) -> dict[str, Any]:
-    entry = build_target(CodegenInput(target, spec.hparams, spec.plan, layout, writer, cache,
-                                      weights.weight_maps[target]))
+def _build_target(
+    target: Target, spec: ModelSpec, weights: WeightPlan, layout, writer: BundleWriter, cache: BuildCache | None
+) -> dict[str, Any]:
+    entry = build_target(
+        CodegenInput(target, spec.hparams, spec.plan, layout, writer, cache, weights.weight_maps[target])
+    )
     return {"name": target.name, "family": target.family.value, "wave_size": target.wave_size, **entry}
 
 
@@ -171,4 +173,3 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
-

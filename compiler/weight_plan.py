@@ -73,8 +73,12 @@ def layout_format(use: WeightUse, readers: set[str], kernels: Kernels) -> str:
     """The format `kernels` read `use` in, given the op kinds that read it: the table's layout
     for them when it can hold the weight and its ops are all that read it, else the GGUF one."""
     f = target_layout(use.format, kernels)
-    if (f is None or not readers & MATMUL_OPS or not readers <= f.ops
-            or not groups_fit(use.shape, f.group_rows, readers)):
+    if (
+        f is None
+        or not readers & MATMUL_OPS
+        or not readers <= f.ops
+        or not groups_fit(use.shape, f.group_rows, readers)
+    ):
         return use.format
     return f.name
 

@@ -91,8 +91,12 @@ def pack_x8(rows: np.ndarray, packed: str) -> np.ndarray:
     head = f.head_bytes
     fields = [blocks[..., 2 * i : 2 * i + 2].reshape(n_rows // g, nb, 2 * g) for i in range(head // 2)]
     qb = bb - head  # quant bytes per block: chunks of 4 bytes of every row
-    qs = blocks[..., head:].reshape(n_rows // g, nb, g, qb // 4,
-                                    4).transpose(0, 1, 3, 2, 4).reshape(n_rows // g, nb, qb * g)
+    qs = (
+        blocks[..., head:]
+        .reshape(n_rows // g, nb, g, qb // 4, 4)
+        .transpose(0, 1, 3, 2, 4)
+        .reshape(n_rows // g, nb, qb * g)
+    )
     return np.concatenate([*fields, qs], axis=-1).reshape(n_rows, row_bytes)
 
 
@@ -179,10 +183,11 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
     # planner's groups_fit); a planar layout keeps rows whole (experts: any leading dimensions)
     f = FORMATS.get(use.packed)
     grouped = f is not None and f.group_rows > 1
-    if use.packed is not None and (f is None or f.base != use.format or
-                                   (grouped
-                                    and not (len(use.shape) == 2
-                                             or len(use.shape) == 3 and use.shape[1] % f.group_rows == 0))):
+    if use.packed is not None and (
+        f is None
+        or f.base != use.format
+        or (grouped and not (len(use.shape) == 2 or len(use.shape) == 3 and use.shape[1] % f.group_rows == 0))
+    ):
         raise CompileError(f"{use.name}: cannot repack {use.format} {list(use.shape)} into {use.packed}")
     total = 0
     for part in use.parts:
@@ -193,22 +198,34 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
             continue
         t = model.tensors[part.tensor]
         if isinstance(part, ElementRange):
-            if len(
-                    t.shape) != 1 or len(
-                        use.shape) != 1 or t.format != use.format or FORMATS[t.format].block_elems != 1 \
-                    or not 0 <= part.start < part.stop <= t.shape[0]:
-                raise CompileError(f"{model.path.name}: {use.name} cannot be made from elements "
-                                   f"{part.start}..{part.stop} of {t.name}")
+            if (
+                len(t.shape) != 1
+                or len(use.shape) != 1
+                or t.format != use.format
+                or FORMATS[t.format].block_elems != 1
+                or not 0 <= part.start < part.stop <= t.shape[0]
+            ):
+                raise CompileError(
+                    f"{model.path.name}: {use.name} cannot be made from elements {part.start}..{part.stop} of {t.name}"
+                )
             total += part_bytes(t, part)[1]
             continue
         rows = prod(t.shape[:-1]) if len(t.shape) > 1 else 1
         # a vector read from a whole [n, 1] tensor (ModelBuilder.flat: Mamba2's ssm_a, ssm_d)
-        flat = (len(use.shape) == 1 and len(use.parts) == 1 and prod(t.shape) == use.shape[0]
-                and FORMATS[t.format].block_elems == 1)
-        if (t.format != use.format or not 0 <= part.start < part.stop <= rows
-                or (t.shape[-1] != use.shape[-1] and not flat)):
-            raise CompileError(f"{model.path.name}: {use.name} cannot be made from rows {part.start}..{part.stop} of "
-                               f"{t.name}")
+        flat = (
+            len(use.shape) == 1
+            and len(use.parts) == 1
+            and prod(t.shape) == use.shape[0]
+            and FORMATS[t.format].block_elems == 1
+        )
+        if (
+            t.format != use.format
+            or not 0 <= part.start < part.stop <= rows
+            or (t.shape[-1] != use.shape[-1] and not flat)
+        ):
+            raise CompileError(
+                f"{model.path.name}: {use.name} cannot be made from rows {part.start}..{part.stop} of {t.name}"
+            )
         total += part_bytes(t, part)[1]
     if total != tensor_nbytes(use.format, use.shape):
         raise CompileError(f"{model.path.name}: the parts of {use.name} do not add up to its shape {list(use.shape)}")
@@ -272,8 +289,9 @@ def write_weights(
                 nbytes += len(data)
             fmt = use.stored_format
             if nbytes != tensor_nbytes(fmt, use.shape):
-                raise CompileError(f"{use.name}: wrote {nbytes} bytes, its shape in {fmt} is "
-                                   f"{tensor_nbytes(fmt, use.shape)}")
+                raise CompileError(
+                    f"{use.name}: wrote {nbytes} bytes, its shape in {fmt} is {tensor_nbytes(fmt, use.shape)}"
+                )
             entries.append(TensorEntry(use.name, use.role, fmt, use.shape, aligned, nbytes, digest.hexdigest()))
             offset = aligned + nbytes
             on_tensor(use.name)

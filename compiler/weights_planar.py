@@ -68,8 +68,12 @@ def _planes(fmt: str, b: np.ndarray) -> list[np.ndarray]:
         ql = b[..., 0:128].reshape(r, nb, 2, 1, 2, 32) >> (4 * np.arange(2, dtype=np.uint8))[:, None, None]
         ql = (ql & 0xF).reshape(r, nb, 8, 32)  # [nh][k // 2][k % 2] is [nh][k]
         qh = (b[..., 128:192].reshape(r, nb, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3
-        return [b[..., 208:210], b[..., 192:208], nib16(ql).reshape(r, nb, 128),
-                crumb8(qh.reshape(r, nb, 8, 32)).reshape(r, nb, 64)]
+        return [
+            b[..., 208:210],
+            b[..., 192:208],
+            nib16(ql).reshape(r, nb, 128),
+            crumb8(qh.reshape(r, nb, 8, 32)).reshape(r, nb, 64),
+        ]
     if base in ("Q4_K", "Q5_K"):
         # sub-block g = 2 p + h: nibble h of qs bytes 32 p .. 32 p + 31; Q5_K's fifth bits: bit g of qh bytes 0..31
         at = 16 if base == "Q4_K" else 48

@@ -50,8 +50,10 @@ def llama_cpp_bounds(name: str, logits: np.ndarray, expected: np.ndarray) -> tup
     top = np.sort(expected, axis=-1)
     clear = top[:, -1] - top[:, -2] > TOP1_GAP
     agree = logits.argmax(-1) == expected.argmax(-1)
-    summary = (f"{name}: max {d_max:.4f} mean {d_mean:.4f} top1 {agree.mean():.3f} "
-               f"({int((~agree & clear).sum())} disagreements where llama.cpp's gap > {TOP1_GAP})")
+    summary = (
+        f"{name}: max {d_max:.4f} mean {d_mean:.4f} top1 {agree.mean():.3f} "
+        f"({int((~agree & clear).sum())} disagreements where llama.cpp's gap > {TOP1_GAP})"
+    )
     fmt = name.rsplit("-", 1)[-1]
     if fmt in FLOAT_EXACT:
         return d_max <= 0.05, summary
@@ -85,8 +87,10 @@ def device_bounds(name: str, device: np.ndarray, ref: np.ndarray, rounding: np.n
     r_max, r_mean = _stats(rounding) if rounding is not None else (0.0, 0.0)
     lim_max, lim_mean = ROUNDING_MAX * r_max + FLOAT_MAX, ROUNDING_MEAN * r_mean + FLOAT_MEAN
     d_max, d_mean = _stats(device - ref)
-    summary = (f"{name}: device vs ref max {d_max:.2e} (<= {lim_max:.2e}) mean {d_mean:.2e} (<= {lim_mean:.2e}); "
-               f"activation rounding alone: max {r_max:.2e} mean {r_mean:.2e}")
+    summary = (
+        f"{name}: device vs ref max {d_max:.2e} (<= {lim_max:.2e}) mean {d_mean:.2e} (<= {lim_mean:.2e}); "
+        f"activation rounding alone: max {r_max:.2e} mean {r_mean:.2e}"
+    )
     return d_max <= lim_max and d_mean <= lim_mean, summary
 
 
@@ -122,8 +126,9 @@ def kv_cache_bounds(name: str, cache_type: str, logits: np.ndarray, expected: np
     llama.cpp's own q8_0 deviation (mean and max), q4_0's mean within KV_Q4_MEAN of its."""
     d_max, d_mean = _stats(logits - expected)
     mean, worst = KV_CACHE_LLAMA[name, cache_type]
-    summary = (f"{name} {cache_type}: max {d_max:.4f} mean {d_mean:.5f} (llama.cpp's own: max {worst:.4f} mean "
-               f"{mean:.5f})")
+    summary = (
+        f"{name} {cache_type}: max {d_max:.4f} mean {d_mean:.5f} (llama.cpp's own: max {worst:.4f} mean {mean:.5f})"
+    )
     if d_mean < KV_QUANTIZED_LEAST * mean:
         return False, summary + ": too close to the F16 goldens for a quantized cache"
     if cache_type == "q8_0":

@@ -99,8 +99,12 @@ def pytest_sessionstart(session):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fuzz-cases", type=int, default=None,
-                     help="cases per fuzz test (default: each test's own small, CI-sized number)")
+    parser.addoption(
+        "--fuzz-cases",
+        type=int,
+        default=None,
+        help="cases per fuzz test (default: each test's own small, CI-sized number)",
+    )
 
 
 @pytest.fixture(scope="session")

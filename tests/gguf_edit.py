@@ -21,8 +21,11 @@ def rewrite_gguf(
     booleans and lists of ints (int32) are added as such), `drop_keys` removes keys; tensor_fn may replace tensors,
     `add_tensors` adds float32 ones."""
     reader = GGUFReader(src)
-    arch = (metadata.get("general.architecture") if metadata
-            and "general.architecture" in metadata else reader.fields["general.architecture"].contents())
+    arch = (
+        metadata.get("general.architecture")
+        if metadata and "general.architecture" in metadata
+        else reader.fields["general.architecture"].contents()
+    )
     writer = GGUFWriter(dst, arch)
     overrides = dict(metadata or {})
     for key, field in reader.fields.items():
@@ -35,8 +38,9 @@ def rewrite_gguf(
     for key, value in overrides.items():
         if isinstance(value, list):
             ints = value and not any(isinstance(v, bool) for v in value) and all(isinstance(v, int) for v in value)
-            writer.add_key_value(key, value, GGUFValueType.ARRAY,
-                                 sub_type=GGUFValueType.INT32 if ints else GGUFValueType.BOOL)
+            writer.add_key_value(
+                key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32 if ints else GGUFValueType.BOOL
+            )
         elif isinstance(value, float):
             writer.add_key_value(key, value, GGUFValueType.FLOAT32)
         else:

@@ -215,8 +215,11 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.qk_norm = True
     if arch in ("granite", "granitemoe"):  # src/models/granite.cpp: the four multipliers, float32
         c.embed_scale = _f32(k("embedding_scale", 0.0)) or 1.0
-        c.residual_scale, c.logit_scale, c.q_scale = (_f32(k("residual_scale", 0.0)), _f32(k("logit_scale")),
-                                                      _f32(k("attention.scale", 0.0)))
+        c.residual_scale, c.logit_scale, c.q_scale = (
+            _f32(k("residual_scale", 0.0)),
+            _f32(k("logit_scale")),
+            _f32(k("attention.scale", 0.0)),
+        )
         if arch == "granite" and not k("rope.scaling.finetuned", True):  # granite's loader: the switch for RoPE
             c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
     if arch == "olmo2":  # src/models/olmo2.cpp
@@ -365,8 +368,13 @@ def read_config(md: dict, tensors: dict) -> Config:
         attn_org = c.attn_factor * (1.0 + 0.1 * math.log(1.0 / scale))
         mscale = attn_org * (1.0 + 0.1 * log_mul * math.log(1.0 / scale))
         key_mla = k("attention.key_length_mla")
-        c.mla = Mla(k("attention.q_lora_rank", 0), k("attention.kv_lora_rank"), key_mla - c.n_rot,
-                    k("attention.value_length_mla"), mscale * mscale / math.sqrt(key_mla))
+        c.mla = Mla(
+            k("attention.q_lora_rank", 0),
+            k("attention.kv_lora_rank"),
+            key_mla - c.n_rot,
+            k("attention.value_length_mla"),
+            mscale * mscale / math.sqrt(key_mla),
+        )
     # src/models/qwen35.cpp, qwen35moe.cpp, qwen3next.cpp, load_hparams
     if arch in ("qwen35", "qwen35moe", "qwen3next"):
         c.qk_norm, c.attn_gate, c.ffn_norm = True, True, "post_attention_norm"
@@ -379,15 +387,21 @@ def read_config(md: dict, tensors: dict) -> Config:
         sec = list(k("rope.dimension_sections", [0, 0, 0, 0])) + [0] * 4
         total = sum(sec[:4])
         sector = np.arange(c.n_rot // 2) % total
-        c.rope_turns = ((sector % 3 == 0) & (sector < 3 * sec[0])) | ((sector % 3 == 1) & (sector < 3 * sec[1])) \
+        c.rope_turns = (
+            ((sector % 3 == 0) & (sector < 3 * sec[0]))
+            | ((sector % 3 == 1) & (sector < 3 * sec[1]))
             | ((sector % 3 == 2) & (sector < 3 * sec[2]))
+        )
     if arch == "granitehybrid":  # src/models/granite-hybrid.cpp: granite's multipliers, Mamba2 where head_count_kv is 0
         per_layer = list(k("attention.head_count_kv"))
         c.mamba = tuple(i for i, n in enumerate(per_layer) if n == 0)
         c.n_kv_heads, c.neox = max(per_layer), False
         c.embed_scale = _f32(k("embedding_scale", 0.0)) or 1.0
-        c.residual_scale, c.logit_scale, c.q_scale = (_f32(k("residual_scale", 0.0)), _f32(k("logit_scale", 0.0)),
-                                                      _f32(k("attention.scale", 0.0)))
+        c.residual_scale, c.logit_scale, c.q_scale = (
+            _f32(k("residual_scale", 0.0)),
+            _f32(k("logit_scale", 0.0)),
+            _f32(k("attention.scale", 0.0)),
+        )
         if not k("rope.scaling.finetuned", True):
             c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
     # src/models/nemotron-h.cpp: no RoPE; a layer is Mamba2, attention or an MLP
@@ -399,8 +413,11 @@ def read_config(md: dict, tensors: dict) -> Config:
         c.eps = k("attention.layer_norm_rms_epsilon", k("attention.layer_norm_epsilon"))
         c.layers = [Layer(base, scale, None, rope=False)] * c.n_layers
     if arch == "nemotron_h_moe":  # its MLP layers: sigmoid-routed squared-ReLU experts, a shared one (nemotron-h.cpp)
-        c.gating, c.norm_w, c.w_scale = "sigmoid", bool(k("expert_weights_norm",
-                                                          False)), _f32(k("expert_weights_scale", 0.0))
+        c.gating, c.norm_w, c.w_scale = (
+            "sigmoid",
+            bool(k("expert_weights_norm", False)),
+            _f32(k("expert_weights_scale", 0.0)),
+        )
         c.groups, c.groups_used = k("expert_group_count", 0), k("expert_group_used_count", 0)
     if arch == "gpt-oss":  # src/models/openai-moe.cpp
         c.q_scale = _f32(1.0 / np.sqrt(np.float32(c.n_rot)))
@@ -428,13 +445,31 @@ YARN_KEY_LOADERS = ("mistral3",)  # the loaders that read rope.scaling.yarn_beta
 # The dense FFN's (biases, weight scales) each architecture's graph passes llama.cpp's build_ffn
 # (src/models/<arch>.cpp); one not listed passes both.
 FFN_PASSES = {
-    "qwen2": (False, False), "phi3": (False, False), "gemma2": (False, False), "gemma3": (False, False),
-    "olmo2": (False, False), "lfm2": (False, False), "lfm2moe": (False, False), "qwen3vl": (False, False),
-    "deepseek2": (False, False), "glm4moe": (False, False), "bailingmoe2": (False, False),
-    "qwen3": (False, True), "smollm3": (True, False), "granite": (True, False), "granitehybrid": (True, False),
-    "command-r": (False, False), "cohere2": (False, True), "exaone4": (False, False), "glm4": (False, False),
-    "seed_oss": (False, False), "ernie4_5": (False, False), "ernie4_5-moe": (False, False),
-    "hunyuan-dense": (False, False), "hunyuan-moe": (False, False), "falcon-h1": (True, False),
+    "qwen2": (False, False),
+    "phi3": (False, False),
+    "gemma2": (False, False),
+    "gemma3": (False, False),
+    "olmo2": (False, False),
+    "lfm2": (False, False),
+    "lfm2moe": (False, False),
+    "qwen3vl": (False, False),
+    "deepseek2": (False, False),
+    "glm4moe": (False, False),
+    "bailingmoe2": (False, False),
+    "qwen3": (False, True),
+    "smollm3": (True, False),
+    "granite": (True, False),
+    "granitehybrid": (True, False),
+    "command-r": (False, False),
+    "cohere2": (False, True),
+    "exaone4": (False, False),
+    "glm4": (False, False),
+    "seed_oss": (False, False),
+    "ernie4_5": (False, False),
+    "ernie4_5-moe": (False, False),
+    "hunyuan-dense": (False, False),
+    "hunyuan-moe": (False, False),
+    "falcon-h1": (True, False),
 }
 # The architectures whose graph passes build_ffn its shared experts' weight scales.
 SHARED_SCALES = ("qwen35moe", "qwen3next", "nemotron_h_moe")
@@ -480,8 +515,9 @@ class Oracle:
     def per_layer_inputs(self, tokens: list[int], x0: np.ndarray) -> np.ndarray:
         """gemma4's per-layer inputs [n, n_layers, ple] (build_inp_per_layer, project_per_layer_inputs)."""
         c, n = self.cfg, len(tokens)
-        looked_up = self.w(
-            "per_layer_token_embd.weight")[np.asarray(tokens)].reshape(n, c.n_layers, c.ple) * math.sqrt(c.ple)
+        looked_up = self.w("per_layer_token_embd.weight")[np.asarray(tokens)].reshape(n, c.n_layers, c.ple) * math.sqrt(
+            c.ple
+        )
         proj = (self.linear(x0, "per_layer_model_proj.weight") / math.sqrt(c.n_embd)).reshape(n, c.n_layers, c.ple)
         return (self.norm(proj, "per_layer_proj_norm.weight") + looked_up) / math.sqrt(2.0)
 
@@ -645,8 +681,9 @@ class Oracle:
         c, m, p = self.cfg, self.cfg.mla, f"blk.{i}."
         n = len(h)
         if m.q_lora:
-            q = self.linear(self.norm(self.linear(h, p + "attn_q_a.weight"), p + "attn_q_a_norm.weight"),
-                            p + "attn_q_b.weight")
+            q = self.linear(
+                self.norm(self.linear(h, p + "attn_q_a.weight"), p + "attn_q_a_norm.weight"), p + "attn_q_b.weight"
+            )
         else:
             q = self.linear(h, p + "attn_q.weight")
         q = q.reshape(n, c.n_heads, m.nope + c.n_rot)
@@ -657,8 +694,9 @@ class Oracle:
         k_pe = k_pe.astype(self.kv_dtype).astype(np.float64)
         k_nope = np.einsum("tr,hrd->thd", latent, self.w(p + "attn_k_b.weight"))  # [n, heads, nope]
         v = np.einsum("tr,hvr->thv", latent, self.w(p + "attn_v_b.weight"))  # [n, heads, v_dim]
-        scores = (np.einsum("qhd,khd->hqk", q[..., : m.nope], k_nope)
-                  + np.einsum("qhd,kd->hqk", q_pe, k_pe[:, 0])) * m.kq_scale
+        scores = (
+            np.einsum("qhd,khd->hqk", q[..., : m.nope], k_nope) + np.einsum("qhd,kd->hqk", q_pe, k_pe[:, 0])
+        ) * m.kq_scale
         pos = np.arange(n)
         scores = np.where((pos[None, :] <= pos[:, None])[None], scores, -np.inf)
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
@@ -681,7 +719,7 @@ class Oracle:
             z = self.linear(h, p + "attn_gate.weight").reshape(n, hv, s)
         else:  # qwen3next's legacy ssm_in: per key head [q, k, v of its r heads, z of its r heads]
             qkvz = self.linear(h, p + "ssm_in.weight").reshape(n, hk, 2 * s + 2 * r * s)
-            parts = [qkvz[..., : s], qkvz[..., s : 2 * s], qkvz[..., 2 * s : 2 * s + r * s]]
+            parts = [qkvz[..., :s], qkvz[..., s : 2 * s], qkvz[..., 2 * s : 2 * s + r * s]]
             mixed = np.concatenate([x.reshape(n, -1) for x in parts], axis=1)
             z = qkvz[..., 2 * s + r * s :].reshape(n, hv, s)
         w = self.w(p + "ssm_conv1d.weight")  # [channels, kernel]
@@ -720,8 +758,9 @@ class Oracle:
                 d = np.linalg.solve(np.eye(len(G)) + A, rhs)  # the deltas of the chunk
                 out[sl, head] = np.exp(G)[:, None] * (qc @ state) + (decay * (qc @ kc.T) * np.tril(np.ones_like(A))) @ d
                 state = np.exp(G[-1]) * state + (kc * np.exp(G[-1] - G)[:, None]).T @ d
-        normed = out / np.sqrt(np.mean(out * out, axis=-1, keepdims=True)
-                               + self.cfg.eps) * self.w(p + "ssm_norm.weight")
+        normed = (
+            out / np.sqrt(np.mean(out * out, axis=-1, keepdims=True) + self.cfg.eps) * self.w(p + "ssm_norm.weight")
+        )
         return self.linear((normed * z / (1.0 + np.exp(-z))).reshape(n, hv * s), p + "ssm_out.weight")
 
     def mamba2(self, h: np.ndarray, i: int) -> np.ndarray:
@@ -732,8 +771,12 @@ class Oracle:
         ssm_out."""
         md, p, n = self.md, f"blk.{i}.", len(h)
         k_ = lambda key: md[f"{self.cfg.arch}.{key}"]  # noqa: E731
-        d_inner, n_st, heads, groups = k_(
-            "ssm.inner_size"), k_("ssm.state_size"), k_("ssm.time_step_rank"), k_("ssm.group_count")
+        d_inner, n_st, heads, groups = (
+            k_("ssm.inner_size"),
+            k_("ssm.state_size"),
+            k_("ssm.time_step_rank"),
+            k_("ssm.group_count"),
+        )
         hd = d_inner // heads
         zxbcdt = self.linear(h, p + "ssm_in.weight")
         width = d_inner + 2 * groups * n_st
@@ -757,8 +800,11 @@ class Oracle:
             y[:, head] = (np.exp(seg) * (cm[:, g] @ bm[:, g].T) * dt[None, :, head]) @ x[:, head]
         y = (y + x * self.w(p + "ssm_d").reshape(-1)[None, :, None]).reshape(n, d_inner)
         y = (y * z / (1.0 + np.exp(-z))).reshape(n, groups, d_inner // groups)
-        y = y / np.sqrt(np.mean(y * y, axis=-1, keepdims=True)
-                        + self.cfg.eps) * self.w(p + "ssm_norm.weight").reshape(groups, -1)
+        y = (
+            y
+            / np.sqrt(np.mean(y * y, axis=-1, keepdims=True) + self.cfg.eps)
+            * self.w(p + "ssm_norm.weight").reshape(groups, -1)
+        )
         return self.linear(y.reshape(n, d_inner), p + "ssm_out.weight")
 
     def ffn(self, h: np.ndarray, i: int) -> np.ndarray:
@@ -827,17 +873,20 @@ class Oracle:
         if self.has(p + "ffn_latent_up.weight"):  # Nemotron 3 Super: the experts' sum back to n_embd
             out = self.linear(out, p + "ffn_latent_up.weight")
         if relu2:  # the shared expert: squared ReLU too
-            return (out
-                    + self.linear(np.maximum(self.linear(h, p + "ffn_up_shexp.weight"), 0.0) ** 2,
-                                  p + "ffn_down_shexp.weight"))
+            return out + self.linear(
+                np.maximum(self.linear(h, p + "ffn_up_shexp.weight"), 0.0) ** 2, p + "ffn_down_shexp.weight"
+            )
         if self.has(p + "ffn_gate_shexp.weight"):
             sc = c.arch in SHARED_SCALES
-            g, u = self.linear(h, p + "ffn_gate_shexp.weight",
-                               scaled=sc), self.linear(h, p + "ffn_up_shexp.weight", scaled=sc)
+            g, u = (
+                self.linear(h, p + "ffn_gate_shexp.weight", scaled=sc),
+                self.linear(h, p + "ffn_up_shexp.weight", scaled=sc),
+            )
             shared = self.linear(g / (1.0 + np.exp(-g)) * u, p + "ffn_down_shexp.weight", scaled=sc)
             if self.has(p + "ffn_gate_inp_shexp.weight"):  # qwen35moe: times sigmoid(a logit per token)
-                gate = self.linear(h, p + "ffn_gate_inp_shexp.weight",
-                                   self.w(p + "ffn_gate_inp_shexp.weight").reshape(1, -1))
+                gate = self.linear(
+                    h, p + "ffn_gate_inp_shexp.weight", self.w(p + "ffn_gate_inp_shexp.weight").reshape(1, -1)
+                )
                 shared = shared / (1.0 + np.exp(-gate))
             out = out + shared
         return out
@@ -849,8 +898,12 @@ class Oracle:
         ffn_gate_up_exps: gate rows first), each one's down output times ffn_down_exps.scale[e]
         where the file has it; their weighted sum RMS-normed by post_ffw_norm_2."""
         c = self.cfg
-        r = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True)
-                        + c.eps) / math.sqrt(x.shape[1]) * self.w(p + "ffn_gate_inp.scale")
+        r = (
+            x
+            / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + c.eps)
+            / math.sqrt(x.shape[1])
+            * self.w(p + "ffn_gate_inp.scale")
+        )
         logits = self.linear(r, p + "ffn_gate_inp.weight")
         probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
@@ -906,8 +959,9 @@ class Oracle:
 
     def router(self, x: np.ndarray, p: str) -> np.ndarray:
         """gemma3n's altup_compute_router_modalities: tanh(altup_router(norm(x) / n_embd))."""
-        return np.tanh(self.linear(self.norm(x, p + "altup_router_norm.weight") / self.cfg.n_embd,
-                                   p + "altup_router.weight"))
+        return np.tanh(
+            self.linear(self.norm(x, p + "altup_router_norm.weight") / self.cfg.n_embd, p + "altup_router.weight")
+        )
 
     def gemma3n_logits(self, tokens: list[int]) -> np.ndarray:
         """src/models/gemma3n.cpp: 4 AltUp streams (stream 0 active), Laurel beside attention, the
@@ -933,8 +987,10 @@ class Oracle:
             activated = self.norm(f, p + "post_ffw_norm.weight") + a
             coefs = self.linear(self.router(activated, p), p + "altup_correct_coef.weight")
             corrected = altup_correct(pred, activated, coefs, 0)
-            g = self.gelu(self.linear(corrected[0] * self.w(p + "altup_correct_scale.weight"),
-                                      p + "inp_gate.weight")) * ple[:, i]
+            g = (
+                self.gelu(self.linear(corrected[0] * self.w(p + "altup_correct_scale.weight"), p + "inp_gate.weight"))
+                * ple[:, i]
+            )
             first = self.norm(self.linear(g, p + "proj.weight"), p + "post_norm.weight")
             streams = [corrected[0]] + [s + first for s in corrected[1:]]
         x = altup_merge(streams, [s @ w.T for s, w in zip(streams[1:], self.w("altup_unembd_proj.weight"))], 0)
@@ -964,8 +1020,15 @@ class Oracle:
                 h = self.norm(x, p + "attn_norm.weight")
                 x = x + self.attention(h, i) + self.ffn(h, i)
                 continue
-            sub = (self.delta_net if i in c.recurrent else self.short_conv if i in c.short_conv else self.mamba2
-                   if i in c.mamba else self.attention)
+            sub = (
+                self.delta_net
+                if i in c.recurrent
+                else self.short_conv
+                if i in c.short_conv
+                else self.mamba2
+                if i in c.mamba
+                else self.attention
+            )
             a = sub(self.norm(x, p + "attn_norm.weight") if c.pre_norms else x, i)
             if c.post_norms:
                 a = self.norm(a, p + "post_attention_norm.weight")
@@ -1016,8 +1079,9 @@ def altup_predict(streams: list[np.ndarray], coefs: np.ndarray) -> list[np.ndarr
     return [streams[i] + sum(coefs[:, i * n + k : i * n + k + 1] * streams[k] for k in range(n)) for i in range(n)]
 
 
-def altup_correct(predictions: list[np.ndarray], activated: np.ndarray, coefs: np.ndarray,
-                  active: int) -> list[np.ndarray]:
+def altup_correct(
+    predictions: list[np.ndarray], activated: np.ndarray, coefs: np.ndarray, active: int
+) -> list[np.ndarray]:
     """corrected: the innovation (activated - the active prediction) times (coef + 1), plus each prediction."""
     innovation = activated - predictions[active]
     return [innovation * (coefs[:, i : i + 1] + 1.0) + p for i, p in enumerate(predictions)]

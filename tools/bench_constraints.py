@@ -26,21 +26,37 @@ from rfc.runtime.engine.generate import generate
 from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.sampling.sampler import SamplingParams
 
-SCHEMA = {"type": "object", "properties": {
-    "name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
-    "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}},
-    "address": {"type": "object",
-                "properties": {"city": {"type": "string"}, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
-                "required": ["city"]}}, "required": ["name", "age", "address"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}},
+        "address": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+            "required": ["city"],
+        },
+    },
+    "required": ["name", "age", "address"],
+}
 ENDLESS = "start: /[a-z ,.]+/"  # never accepting-only, so a run lasts exactly --tokens steps
 
 
 def decode_ms_per_token(model, grammar, tokens: int, prompt: list[int]) -> float:
     engine = Engine(model)
-    request = GenerationRequest(prompt_ids=prompt, params=SamplingParams(temperature=0.0), max_tokens=tokens,
-                                ignore_eos=True, constraint=grammar)
-    generate(engine, GenerationRequest(prompt_ids=prompt, params=SamplingParams(temperature=0.0), max_tokens=2),
-             lambda _: None)
+    request = GenerationRequest(
+        prompt_ids=prompt,
+        params=SamplingParams(temperature=0.0),
+        max_tokens=tokens,
+        ignore_eos=True,
+        constraint=grammar,
+    )
+    generate(
+        engine,
+        GenerationRequest(prompt_ids=prompt, params=SamplingParams(temperature=0.0), max_tokens=2),
+        lambda _: None,
+    )
     state, stats = generate(engine, request, lambda _: None)
     elapsed = stats.generate_seconds
     assert len(state.tokens) == tokens, (len(state.tokens), state.finish_reason, state.error)
@@ -102,13 +118,17 @@ def main() -> None:
         runs["plain"].append(decode_ms_per_token(model, None, args.tokens, prompt))
         runs["constrained"].append(decode_ms_per_token(model, endless, args.tokens, prompt))
     plain, constrained = statistics.median(runs["plain"]), statistics.median(runs["constrained"])
-    print(f"decode, batch 1, {args.tokens} tokens on {model.device_choice.name}, median of {args.rounds} interleaved "
-          f"rounds: {plain:.2f} ms/token plain, "
-          f"{constrained:.2f} ms/token constrained: +{constrained - plain:.3f} ms "
-          f"({100 * (constrained - plain) / plain:+.1f}%)")
+    print(
+        f"decode, batch 1, {args.tokens} tokens on {model.device_choice.name}, median of {args.rounds} interleaved "
+        f"rounds: {plain:.2f} ms/token plain, "
+        f"{constrained:.2f} ms/token constrained: +{constrained - plain:.3f} ms "
+        f"({100 * (constrained - plain) / plain:+.1f}%)"
+    )
     med, p95 = mask_us_per_token(grammars, args.rows)
-    print(f"mask + accept, JSON schema, vocab {model.vocab_size}: median {med:.0f} us, p95 {p95:.0f} us per token "
-          f"({100 * med / 1e3 / plain:.1f}% of the plain decode step)")
+    print(
+        f"mask + accept, JSON schema, vocab {model.vocab_size}: median {med:.0f} us, p95 {p95:.0f} us per token "
+        f"({100 * med / 1e3 / plain:.1f}% of the plain decode step)"
+    )
     if args.vocab_gguf:
         text, n, eos = vocab_tokenizer(args.vocab_gguf)
         big = Grammars(text, n, eos)

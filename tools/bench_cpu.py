@@ -25,7 +25,6 @@ from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.engine.assemble import LoadedModel, LoadOptions, load_model
 
 
-
 # An Engine keeps its own block bookkeeping; this tool drives the executor without one, so it
 # keeps one BlockManager per loaded model it steps.
 _BLOCKS: dict[int, BlockManager] = {}
@@ -35,6 +34,7 @@ def blocks_of(lm: LoadedModel) -> BlockManager:
     if id(lm) not in _BLOCKS:
         _BLOCKS[id(lm)] = lm.kv_pool.manager()
     return _BLOCKS[id(lm)]
+
 
 def prefill(lm: LoadedModel, tokens: list[int], seq: int = 0) -> tuple[float, np.ndarray]:
     blocks_of(lm).allocate(seq, len(tokens))
@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             compile_model(CompileOptions(args.model, bundle, targets=("cpu",)))
         result = run(bundle, args.prompt, args.gen, args.repeat)
     name = (args.model or args.bundle).name
-    print(f"{name}: prefill {result['prefill_tok_s']:.1f} tok/s ({args.prompt} tokens), "
-          f"decode {result['decode_tok_s']:.1f} tok/s ({args.gen} tokens)")
+    print(
+        f"{name}: prefill {result['prefill_tok_s']:.1f} tok/s ({args.prompt} tokens), "
+        f"decode {result['decode_tok_s']:.1f} tok/s ({args.gen} tokens)"
+    )
     return 0
 
 

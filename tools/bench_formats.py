@@ -48,8 +48,11 @@ def _generator():
 def weight(fmt: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     f = GGUF_FORMATS[fmt]
     if f.is_float:
-        return rng.standard_normal((n, k)).astype({"F32": np.float32,
-                                                   "F16": np.float16}.get(fmt, np.float16)).view(np.uint8)
+        return (
+            rng.standard_normal((n, k))
+            .astype({"F32": np.float32, "F16": np.float16}.get(fmt, np.float16))
+            .view(np.uint8)
+        )
     raw = rng.integers(0, 256, (n * k // f.block_elems, f.block_bytes), np.uint8)
     if fmt in _SCALES:
         for at in _SCALES[fmt]:
@@ -87,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         lib = build(args.formats, args.n, args.k, args.target, Path(tmp))
-        scratch = np.zeros(lib.rfc_scratch_bytes(max(args.tokens)) if hasattr(lib, "rfc_scratch_bytes") else 1 << 28,
-                           np.uint8)
+        scratch = np.zeros(
+            lib.rfc_scratch_bytes(max(args.tokens)) if hasattr(lib, "rfc_scratch_bytes") else 1 << 28, np.uint8
+        )
         print(f"{args.n} x {args.k}, target {args.target}; decode: ms and GB/s of weights, prefill: ms and GFLOP/s")
         print(f"{'format':8} {'bits/w':>6} " + " ".join(f"{'T=' + str(t):>17}" for t in args.tokens))
         for fmt in args.formats:
@@ -100,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             for t in args.tokens:
                 x = rng.standard_normal((t, args.k)).astype(np.float32)
                 y = np.zeros((t, args.n), np.float32)
-                call = lambda: fn(w.ctypes.data, w.nbytes // args.n, args.n, args.k, x.ctypes.data, t, y.ctypes.data,  # noqa: E731
-                                  None, None, scratch.ctypes.data)
+
+                def call(x=x, t=t, y=y):
+                    fn(w.ctypes.data, w.nbytes // args.n, args.n, args.k, x.ctypes.data, t, y.ctypes.data, None, None,
+                       scratch.ctypes.data)  # fmt: skip
+
                 call()
                 best = float("inf")
                 for _ in range(max(1, args.repeat // max(1, t // 16))):

@@ -30,15 +30,23 @@ CHUNK = 512
 
 
 def setup(bundle: Path, t: CacheType, context: list[int], gen: int, threads: int | None):
-    lm = load_model(bundle, LoadOptions(device="cpu", kv_blocks=-(-(len(context) + gen) // 16), threads=threads,
-                                        cache_types=KvCacheTypes(t, t), prefix_caching=False))
+    lm = load_model(
+        bundle,
+        LoadOptions(
+            device="cpu",
+            kv_blocks=-(-(len(context) + gen) // 16),
+            threads=threads,
+            cache_types=KvCacheTypes(t, t),
+            prefix_caching=False,
+        ),
+    )
     if lm.device_choice.name != "cpu":
         raise SystemExit(f"bench_kv_cache: got device {lm.device_choice.name}, not cpu")
     blocks = lm.kv_pool.manager()
     blocks.allocate(0, len(context))
     logits = None
     for start in range(0, len(context), CHUNK):
-        part = tuple(context[start:start + CHUNK])
+        part = tuple(context[start : start + CHUNK])
         logits = lm.executor.forward(build_batch([ScheduledChunk(0, start, part)], blocks))
     return lm, blocks, int(logits[-1].argmax())
 
@@ -80,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         for t in types:
             started = time.perf_counter()
             runs[t] = setup(bundle, t, context, a.gen, a.threads)
-            print(f"{t}: {a.context} tokens of context in {time.perf_counter() - started:.1f} s, "
-                  f"{KvCacheTypes(t, t).token_bytes(runs[t][0].bundle.plan.kv)} bytes per token", file=sys.stderr)
+            print(
+                f"{t}: {a.context} tokens of context in {time.perf_counter() - started:.1f} s, "
+                f"{KvCacheTypes(t, t).token_bytes(runs[t][0].bundle.plan.kv)} bytes per token",
+                file=sys.stderr,
+            )
         speeds: dict[CacheType, list[float]] = {t: [] for t in types}
         for r in range(a.repeat):
             for t in types:
@@ -91,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         base = statistics.median(speeds[types[0]])
         for t in types:
             m = statistics.median(speeds[t])
-            print(f"{t:5s} decode at {a.context} context: {m:6.1f} tok/s (median of {a.repeat}; "
-                  f"runs {', '.join(f'{s:.1f}' for s in speeds[t])})  x{m / base:.2f}")
+            print(
+                f"{t:5s} decode at {a.context} context: {m:6.1f} tok/s (median of {a.repeat}; "
+                f"runs {', '.join(f'{s:.1f}' for s in speeds[t])})  x{m / base:.2f}"
+            )
     return 0
 
 

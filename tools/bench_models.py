@@ -69,9 +69,12 @@ def qwen35(arch: str, experts: tuple[int, int, int] | None):
             ("ssm.state_size", U32, GDN_STATE), ("ssm.group_count", U32, GDN_HEADS),
             ("ssm.time_step_rank", U32, GDN_HEADS), ("ssm.inner_size", U32, GDN_HEADS * GDN_STATE)]  # fmt: skip
     if experts:
-        keys += [("expert_count", U32, experts[0]), ("expert_used_count", U32, 8),
-                 ("expert_feed_forward_length", U32, experts[1]),
-                 ("expert_shared_feed_forward_length", U32, experts[2])]
+        keys += [
+            ("expert_count", U32, experts[0]),
+            ("expert_used_count", U32, 8),
+            ("expert_feed_forward_length", U32, experts[1]),
+            ("expert_shared_feed_forward_length", U32, experts[2]),
+        ]
     layers = [x for i in range(L_QWEN35) for x in _qwen35_layer(i, experts)]
     return D_QWEN35, keys, layers
 

@@ -30,12 +30,20 @@ CASES = {
     "min_p=0.05": SamplingParams(temperature=0.8, min_p=0.05),
     "top_k+top_p+min_p (run defaults)": SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05),
     "top_p=0.95+min_p=0.05": SamplingParams(temperature=0.8, top_p=0.95, min_p=0.05),
-    "penalties (rep, presence, freq)": SamplingParams(temperature=0.8, repetition_penalty=1.1, presence_penalty=0.5,
-                                                      frequency_penalty=0.5, penalty_last_n=64),
+    "penalties (rep, presence, freq)": SamplingParams(
+        temperature=0.8, repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.5, penalty_last_n=64
+    ),
     "greedy + penalties": SamplingParams(temperature=0, repetition_penalty=1.1),
     "logit_bias (16 ids)": SamplingParams(temperature=0.8, logit_bias={i * 97: -5.0 for i in range(16)}),
-    "all filters + penalties": SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repetition_penalty=1.1,
-                                              presence_penalty=0.5, frequency_penalty=0.5),
+    "all filters + penalties": SamplingParams(
+        temperature=0.8,
+        top_k=40,
+        top_p=0.95,
+        min_p=0.05,
+        repetition_penalty=1.1,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+    ),
 }
 
 
@@ -65,7 +73,7 @@ def measure(params: SamplingParams, logits: np.ndarray, logprobs: int | None, ke
         if logprobs is not None:
             sampler.logprobs(row, token, logprobs)
         times.append(time.perf_counter() - t)
-    times_ms = np.array(times[len(times) // 10:]) * 1e3  # skip warm-up
+    times_ms = np.array(times[len(times) // 10 :]) * 1e3  # skip warm-up
     return float(np.median(times_ms)), float(np.percentile(times_ms, 90))
 
 
@@ -86,8 +94,9 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--budget-ms", type=float, default=0.5)
-    ap.add_argument("--cold-rows", action="store_true",
-                    help="sample rows straight from the 100 MB array (not in cache)")
+    ap.add_argument(
+        "--cold-rows", action="store_true", help="sample rows straight from the 100 MB array (not in cache)"
+    )
     args = ap.parse_args()
     kernels = None
     if args.bundle is not None:
@@ -96,8 +105,10 @@ def main() -> int:
             print(f"{args.bundle}: no cpu target whose library has the sampling functions", file=sys.stderr)
             return 2
     rng = np.random.default_rng(0)
-    shapes = {"peaked": logits_rows(args.vocab, args.rows, False, rng),
-              "flat": logits_rows(args.vocab, args.rows, True, rng)}
+    shapes = {
+        "peaked": logits_rows(args.vocab, args.rows, False, rng),
+        "flat": logits_rows(args.vocab, args.rows, True, rng),
+    }
     how = f"the cpu kernels of {args.bundle}" if kernels else "numpy (no kernel library)"
     rows = "cold rows" if args.cold_rows else "warm rows"
     print(f"vocab {args.vocab}, {args.rows} {rows}, sampled with {how}; ms per row (median / p90)\n")

@@ -31,8 +31,16 @@ from dataclasses import dataclass
 
 import requests
 
-PROMPTS = ["Once upon a time", "The little dog", "One day, a girl named Lily", "Tom had a big red ball",
-           "The sun was shining", "In the park there was", "Mom said to Tim", "A bird flew over the house"]
+PROMPTS = [
+    "Once upon a time",
+    "The little dog",
+    "One day, a girl named Lily",
+    "Tom had a big red ball",
+    "The sun was shining",
+    "In the park there was",
+    "Mom said to Tim",
+    "A bird flew over the house",
+]
 
 
 @dataclass
@@ -75,25 +83,36 @@ def _parse() -> argparse.Namespace:
     src.add_argument("--bundle", help="Start `rfc serve BUNDLE` and time it to /ready.")
     src.add_argument("--server-cmd", help="Start this command ({port}: a free port) and time it to --ready-path.")
     p.add_argument("--serve-args", default="", help="Extra `rfc serve` arguments (with --bundle).")
-    p.add_argument("--clients", default="1,16", type=lambda s: [int(x) for x in s.split(",")],
-                   help="Comma-separated client counts.")
+    p.add_argument(
+        "--clients",
+        default="1,16",
+        type=lambda s: [int(x) for x in s.split(",")],
+        help="Comma-separated client counts.",
+    )
     p.add_argument("--requests", type=int, default=1, help="Requests per client.")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--api", choices=["openai", "native"], default="openai")
     p.add_argument("--ready-path", default="/ready", help="Readiness probe (llama-server: /health).")
     p.add_argument("--json", action="store_true", help="Print the results as JSON too.")
-    p.add_argument("--prefix-ttft", type=int, default=0, metavar="WORDS",
-                   help="Also time the first token of a fresh prompt of about WORDS words and of a second "
-                        "request repeating that prompt with another question (prefix reuse), one client, "
-                        "--prefix-rounds times each.")
+    p.add_argument(
+        "--prefix-ttft",
+        type=int,
+        default=0,
+        metavar="WORDS",
+        help="Also time the first token of a fresh prompt of about WORDS words and of a second "
+        "request repeating that prompt with another question (prefix reuse), one client, "
+        "--prefix-rounds times each.",
+    )
     p.add_argument("--prefix-rounds", type=int, default=3)
     return p.parse_args()
 
 
 def _long_prompt(words: int, nonce: int) -> str:
     """A prompt no server has seen (the nonce leads, so no earlier prefix matches it)."""
-    vocab = ("the lighthouse keeper wrote down every ship that passed the rocks at night while "
-             "storms came from the north and the lamp burned oil that the village brought by cart").split()
+    vocab = (
+        "the lighthouse keeper wrote down every ship that passed the rocks at night while "
+        "storms came from the north and the lamp burned oil that the village brought by cart"
+    ).split()
     rng = random.Random(nonce)
     return f"Log {nonce}: " + " ".join(rng.choice(vocab) for _ in range(words))
 
@@ -112,11 +131,15 @@ def _print_prefix_ttft(url: str, args) -> None:
         repeat.append(_one_request(requests.Session(), url, one, text + "\nQuestion: who brought the oil?").ttft_s)
         exact.append(_one_request(requests.Session(), url, one, text + "\nQuestion: which ship came first?").ttft_s)
     tokens = _count_tokens(session, url, text)
-    print(f"prefix TTFT ({args.prefix_ttft} words, {tokens} tokens, median of {args.prefix_rounds}): "
-          f"fresh {statistics.median(fresh):.3f} s, repeated prefix {statistics.median(repeat):.3f} s, "
-          f"exact repeat {statistics.median(exact):.3f} s")
-    print("  rounds (fresh / repeated prefix / exact repeat):",
-          " ".join(f"{f:.3f}/{r:.3f}/{e:.3f}" for f, r, e in zip(fresh, repeat, exact)))
+    print(
+        f"prefix TTFT ({args.prefix_ttft} words, {tokens} tokens, median of {args.prefix_rounds}): "
+        f"fresh {statistics.median(fresh):.3f} s, repeated prefix {statistics.median(repeat):.3f} s, "
+        f"exact repeat {statistics.median(exact):.3f} s"
+    )
+    print(
+        "  rounds (fresh / repeated prefix / exact repeat):",
+        " ".join(f"{f:.3f}/{r:.3f}/{e:.3f}" for f, r, e in zip(fresh, repeat, exact)),
+    )
 
 
 def _count_tokens(session: requests.Session, url: str, text: str) -> str:
@@ -135,8 +158,18 @@ def _free_port() -> int:
 def _start_server(args) -> tuple[subprocess.Popen, str, float]:
     port = _free_port()
     if args.bundle:
-        cmd = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", args.bundle, "--port", str(port),
-               "--log-level", "warning", *shlex.split(args.serve_args)]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from rfc.cli.main import main; main()",
+            "serve",
+            args.bundle,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *shlex.split(args.serve_args),
+        ]
     else:
         cmd = shlex.split(args.server_cmd.replace("{port}", str(port)))
     started = time.perf_counter()
@@ -190,8 +223,15 @@ def _one_request(session: requests.Session, url: str, args, prompt: str) -> Requ
         path, body = "/generate/stream", {"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0}
     else:
         path = "/v1/completions"
-        body = {"model": "bench", "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
-                "ignore_eos": True, "stream_options": {"include_usage": True}}
+        body = {
+            "model": "bench",
+            "prompt": prompt,
+            "max_tokens": args.max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
     started = time.perf_counter()
     first = None
     chunks = 0
@@ -209,8 +249,11 @@ def _one_request(session: requests.Session, url: str, args, prompt: str) -> Requ
                 first = first or time.perf_counter()
                 chunks += 1
     end = time.perf_counter()
-    return RequestResult(ttft_s=(first or end) - started, total_s=end - started,
-                         tokens=usage_tokens if usage_tokens is not None else chunks)
+    return RequestResult(
+        ttft_s=(first or end) - started,
+        total_s=end - started,
+        tokens=usage_tokens if usage_tokens is not None else chunks,
+    )
 
 
 def _summary(clients: int, results: list[RequestResult], wall: float) -> dict:
@@ -229,13 +272,16 @@ def _summary(clients: int, results: list[RequestResult], wall: float) -> dict:
 
 def _print(args, rows: list[dict], ready_s: float | None) -> None:
     ready = f"{ready_s:.2f} s" if ready_s is not None else "n/a (--url)"
-    print(f"start -> ready: {ready}; max_tokens {args.max_tokens}, api {args.api}, {args.requests} request(s) per "
-          f"client")
+    print(
+        f"start -> ready: {ready}; max_tokens {args.max_tokens}, api {args.api}, {args.requests} request(s) per client"
+    )
     print("| clients | requests | tokens | aggregate tok/s | TTFT p50 (s) | TTFT p95 (s) |")
     print("|--:|--:|--:|--:|--:|--:|")
     for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['tokens']} | {r['tok_s']:.1f} | {r['ttft_p50_s']:.3f} | "
-              f"{r['ttft_p95_s']:.3f} |")
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['tokens']} | {r['tok_s']:.1f} | {r['ttft_p50_s']:.3f} | "
+            f"{r['ttft_p95_s']:.3f} |"
+        )
     if args.json:
         print(json.dumps({"ready_s": ready_s, "rows": rows}))
 

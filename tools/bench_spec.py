@@ -84,13 +84,16 @@ def main() -> int:
             _request(server, args, "Hello", 4)
         for rnd in range(args.rounds):
             for i, (name, prompt) in enumerate(prompts.items()):
-                order = servers[(rnd + i) % len(servers):] + servers[: (rnd + i) % len(servers)]
+                order = servers[(rnd + i) % len(servers) :] + servers[: (rnd + i) % len(servers)]
                 for server in order:
                     time.sleep(args.pause)  # the last server's threads stop spinning
                     table.results[(server.name, name, rnd)] = _request(server, args, prompt, args.max_tokens)
-                print(f"round {rnd + 1}/{args.rounds} {name}: " + ", ".join(
-                    f"{s.name} {_tps(table.results[(s.name, name, rnd)]):.1f}" for s in servers), file=sys.stderr,
-                      flush=True)
+                print(
+                    f"round {rnd + 1}/{args.rounds} {name}: "
+                    + ", ".join(f"{s.name} {_tps(table.results[(s.name, name, rnd)]):.1f}" for s in servers),
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         for server in servers:
             if server.proc is not None:
@@ -109,15 +112,23 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--llama-threads", type=int, help="llama-server's threads (default: --threads).")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--api", choices=["chat", "completion"], default="chat",
-                   help="chat: /v1/chat/completions (the model's chat template); completion: the prompt as raw text.")
+    p.add_argument(
+        "--api",
+        choices=["chat", "completion"],
+        default="chat",
+        help="chat: /v1/chat/completions (the model's chat template); completion: the prompt as raw text.",
+    )
     p.add_argument("--ignore-eos", action="store_true", help="Every request makes --max-tokens tokens.")
     p.add_argument("--rfc-args", default="", help="More `rfc serve` arguments (both rfc servers).")
     p.add_argument("--llama-args", default="", help="More llama-server arguments (every llama-server; e.g. -nr).")
     p.add_argument("--rfc-spec-args", default="--spec-type ngram", help="The speculative rfc server's own arguments.")
-    p.add_argument("--llama-spec", action="append", default=[], metavar="NAME=ARGS",
-                   help="Another llama-server speculation to run (repeatable); --no-default-llama-spec drops the "
-                        "built-in ones.")
+    p.add_argument(
+        "--llama-spec",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="Another llama-server speculation to run (repeatable); --no-default-llama-spec drops the built-in ones.",
+    )
     p.add_argument("--no-default-llama-spec", action="store_true")
     p.add_argument("--only", action="append", default=[], help="Only the prompts whose name holds this (repeatable).")
     p.add_argument("--pause", type=float, default=0.3, help="Seconds between two requests.")
@@ -133,13 +144,38 @@ def _grounded(task: dict) -> str:
 
 
 def _servers(args) -> list[Server]:
-    rfc = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", args.bundle, "--threads",
-           str(args.threads), "--log-level", "warning", "--max-batch", "4", *shlex.split(args.rfc_args)]
+    rfc = [
+        sys.executable,
+        "-c",
+        "from rfc.cli.main import main; main()",
+        "serve",
+        args.bundle,
+        "--threads",
+        str(args.threads),
+        "--log-level",
+        "warning",
+        "--max-batch",
+        "4",
+        *shlex.split(args.rfc_args),
+    ]
     servers = [Server("rfc", rfc, is_rfc=True), Server("rfc+ngram", rfc + shlex.split(args.rfc_spec_args), is_rfc=True)]
     if args.gguf:
         t = str(args.llama_threads or args.threads)
-        llama = [args.llama_server, "-m", args.gguf, "-t", t, "-tb", t, "-c", "8192", "-np", "1", "--log-disable",
-                 *shlex.split(args.llama_args)]
+        llama = [
+            args.llama_server,
+            "-m",
+            args.gguf,
+            "-t",
+            t,
+            "-tb",
+            t,
+            "-c",
+            "8192",
+            "-np",
+            "1",
+            "--log-disable",
+            *shlex.split(args.llama_args),
+        ]
         servers.append(Server("llama", llama))
         spec = {} if args.no_default_llama_spec else dict(LLAMA_SPEC)
         spec.update(dict(s.split("=", 1) for s in args.llama_spec))
@@ -150,9 +186,12 @@ def _servers(args) -> list[Server]:
 def _start(server: Server, args) -> None:
     port = _free_port()
     server.url = f"http://127.0.0.1:{port}"
-    server.proc = subprocess.Popen([*server.cmd, "--port", str(port)], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, env={**__import__("os").environ,
-                                        **({"GOMP_SPINCOUNT": "20000"} if server.is_rfc else {})})
+    server.proc = subprocess.Popen(
+        [*server.cmd, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**__import__("os").environ, **({"GOMP_SPINCOUNT": "20000"} if server.is_rfc else {})},
+    )
     _wait_ready(server.url + ("/ready" if server.is_rfc else "/health"), 600, server.proc)
 
 
@@ -168,8 +207,13 @@ def _spec_counts(server: Server) -> tuple[int, int]:
 
 def _request(server: Server, args, prompt: str, max_tokens: int) -> Result:
     before = _spec_counts(server) if server.is_rfc else (0, 0)
-    body = {"model": "bench", "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "bench",
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if args.ignore_eos:
         body["ignore_eos"] = True
     if args.api == "chat":
@@ -226,8 +270,10 @@ def _report(args, servers: list[Server], prompts: list[str], table: Table) -> No
             tps = statistics.median(_tps(r) for r in rs)
             drafted, accepted = sum(r.drafted for r in rs), sum(r.accepted for r in rs)
             cells.append(f"{tps:.1f}" + (f" ({accepted}/{drafted})" if drafted else ""))
-        same = all(table.results[("rfc", p, rnd)].text == table.results[("rfc+ngram", p, rnd)].text
-                   for rnd in range(args.rounds))
+        same = all(
+            table.results[("rfc", p, rnd)].text == table.results[("rfc+ngram", p, rnd)].text
+            for rnd in range(args.rounds)
+        )
         tokens = table.results[("rfc", p, 0)].tokens
         print(f"| {p} | {tokens} | " + " | ".join(cells) + f" | {'yes' if same else 'NO'} |")
     for group in ("grounded/", "chat/"):
@@ -246,9 +292,24 @@ def _report(args, servers: list[Server], prompts: list[str], table: Table) -> No
             ratios.append(f"{best} / llama {speeds[best][0] / speeds['llama'][0]:.2f}")
         print("ratios: " + "; ".join(ratios))
     if args.json:
-        Path(args.json).write_text(json.dumps([
-            {"server": s, "prompt": p, "round": rnd, "tokens": r.tokens, "decode_s": r.decode_s, "drafted": r.drafted,
-             "accepted": r.accepted, "text": r.text} for (s, p, rnd), r in table.results.items()], indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                [
+                    {
+                        "server": s,
+                        "prompt": p,
+                        "round": rnd,
+                        "tokens": r.tokens,
+                        "decode_s": r.decode_s,
+                        "drafted": r.drafted,
+                        "accepted": r.accepted,
+                        "text": r.text,
+                    }
+                    for (s, p, rnd), r in table.results.items()
+                ],
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -71,14 +71,19 @@ def main() -> int:
             for kind in KINDS if (rnd + i) % 2 == 0 else KINDS[::-1]:
                 res[(name, kind, rnd)] = decode(model, ids, kind, args.max_tokens)
             speeds = [(res[(name, k, rnd)][0] - 1) / res[(name, k, rnd)][1] for k in KINDS]
-            print(f"round {rnd + 1} {name}: plain {speeds[0]:.1f} ngram {speeds[1]:.1f} tok/s", file=sys.stderr,
-                  flush=True)
+            print(
+                f"round {rnd + 1} {name}: plain {speeds[0]:.1f} ngram {speeds[1]:.1f} tok/s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def tps(r) -> float:
         return (r[0] - 1) / r[1]
 
-    print("| prompt | plain tok/s | ngram tok/s | ngram / plain | drafts accepted / verified | steps per token (plain, "
-          "ngram) | same text |")
+    print(
+        "| prompt | plain tok/s | ngram tok/s | ngram / plain | drafts accepted / verified | steps per token (plain, "
+        "ngram) | same text |"
+    )
     print("|---|--:|--:|--:|--:|--:|:-:|")
     for name in texts:
         plain = [res[(name, SpecType.NONE, r)] for r in range(args.rounds)]
@@ -86,18 +91,26 @@ def main() -> int:
         a, b = statistics.median(map(tps, plain)), statistics.median(map(tps, spec))
         counts = spec[0][3]
         same = all(x[4] == y[4] for x, y in zip(plain, spec))
-        print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f} | {counts['spec_accepted']}/{counts['spec_drafted']} | "
-              f"{plain[0][2] / (plain[0][0] - 1):.2f}, {spec[0][2] / (spec[0][0] - 1):.2f} | {'yes' if same else 'NO'} "
-              f"|")
+        print(
+            f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f} | {counts['spec_accepted']}/{counts['spec_drafted']} | "
+            f"{plain[0][2] / (plain[0][0] - 1):.2f}, {spec[0][2] / (spec[0][0] - 1):.2f} | {'yes' if same else 'NO'} "
+            f"|"
+        )
     for group in ("grounded/", "chat/"):
         names = [n for n in texts if n.startswith(group)]
-        per = {k: [sum(res[(n, k, r)][0] - 1 for n in names) / sum(res[(n, k, r)][1] for n in names)
-                   for r in range(args.rounds)]
-               for k in KINDS}
+        per = {
+            k: [
+                sum(res[(n, k, r)][0] - 1 for n in names) / sum(res[(n, k, r)][1] for n in names)
+                for r in range(args.rounds)
+            ]
+            for k in KINDS
+        }
         a, b = statistics.median(per[SpecType.NONE]), statistics.median(per[SpecType.NGRAM])
         rounds = {k: ", ".join(f"{x:.1f}" for x in v) for k, v in per.items()}
-        print(f"{group[:-1]}: plain {a:.1f} ({rounds[SpecType.NONE]}), ngram {b:.1f} ({rounds[SpecType.NGRAM]}) tok/s; "
-              f"ngram / plain {b / a:.2f}")
+        print(
+            f"{group[:-1]}: plain {a:.1f} ({rounds[SpecType.NONE]}), ngram {b:.1f} ({rounds[SpecType.NGRAM]}) tok/s; "
+            f"ngram / plain {b / a:.2f}"
+        )
     return 0
 
 

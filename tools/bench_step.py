@@ -109,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         med, fast, lib = statistics.median(total[n]), min(total[n]), statistics.median(inside[n])
         extra = f"{(med - one) / (n - 1) * 1e3:15.3f}" if one is not None and n > 1 else "              -"
-        print(f"{n:6d}  {med * 1e3:6.2f}  {fast * 1e3:7.2f}  {lib * 1e3:10.2f}  {(med - lib) * 1e3:4.2f}  {extra}  "
-              f"{statistics.median(cpu[n]) * 1e3:.2f}")
+        print(
+            f"{n:6d}  {med * 1e3:6.2f}  {fast * 1e3:7.2f}  {lib * 1e3:10.2f}  {(med - lib) * 1e3:4.2f}  {extra}  "
+            f"{statistics.median(cpu[n]) * 1e3:.2f}"
+        )
     if args.curve:
         print("--curve " + ",".join(f"{n}:{statistics.median(total[n]) * 1e3:.2f}" for n in sizes))
     return 0

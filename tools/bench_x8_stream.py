@@ -87,8 +87,10 @@ def timed(names: list[str], fmts: list[str], tokens: list[int]) -> None:
                     times[name].append(time.perf_counter() - start)
                     outs[name] = out
             size = sum(w.size for w in copies)
-            cells = [f"{n} {statistics.median(v) * 1e3:.2f} ({size / statistics.median(v) / 1e9:.1f})"
-                     for n, v in times.items()]
+            cells = [
+                f"{n} {statistics.median(v) * 1e3:.2f} ({size / statistics.median(v) / 1e9:.1f})"
+                for n, v in times.items()
+            ]
             ref = next(iter(outs.values()))
             same = "bitwise-equal" if all(np.array_equal(o, ref) for o in outs.values()) else "different"
             print(f"{fmt} tokens={t}: {'  '.join(cells)}  {same}", flush=True)

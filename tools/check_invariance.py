@@ -71,8 +71,11 @@ def main() -> int:
             base2, two = measure(bundle, 2)
             base1, _ = measure(bundle, 1)
             differ = {k: v for k, v in two.items() if v}
-            print(f"{model.stem}: 1 vs 2 threads {float(np.abs(base1 - base2).max())}; "
-                  f"shapes that differ: {differ or 'none'}", flush=True)
+            print(
+                f"{model.stem}: 1 vs 2 threads {float(np.abs(base1 - base2).max())}; "
+                f"shapes that differ: {differ or 'none'}",
+                flush=True,
+            )
     return 0
 
 

@@ -71,10 +71,15 @@ GOLDENS = (  # (prompt or None for BOS alone, tokens, golden file)
 )
 PREFILL_BENCH_TOKENS = 512
 BENCH_MODELS = (  # (file name, make_gguf.py arguments)
-    ("bench-tinyllama-1.1b-Q4_0.gguf", ["--preset", "tinyllama-1.1b", "--format", "Q4_0"]),  # first: done even if a limit cuts the 8B
-    ("bench-llama3-8b-Q4_K_M.gguf", ["--preset", "7b", "--ffn", "14336", "--kv-heads", "8", "--vocab", "128256", "--format", "Q4_K_M"]),
+    (
+        "bench-tinyllama-1.1b-Q4_0.gguf",
+        ["--preset", "tinyllama-1.1b", "--format", "Q4_0"],
+    ),  # first: done even if a limit cuts the 8B
+    (
+        "bench-llama3-8b-Q4_K_M.gguf",
+        ["--preset", "7b", "--ffn", "14336", "--kv-heads", "8", "--vocab", "128256", "--format", "Q4_K_M"],
+    ),
 )
-
 
 
 # An Engine keeps its own block bookkeeping; this tool drives the executor without one, so each
@@ -85,6 +90,7 @@ def blocks_of(lm: LoadedModel) -> BlockManager:
     if blocks is None:
         blocks = lm._gpu_check_blocks = lm.kv_pool.manager()
     return blocks
+
 
 def kernel_usage(bundle: Path, target: str) -> tuple[bool, str]:
     from rfc.artifacts.bundle import open_bundle
@@ -99,7 +105,9 @@ def kernel_usage(bundle: Path, target: str) -> tuple[bool, str]:
 
 def forward(lm: LoadedModel, seq: int, start: int, tokens: list[int], all_logits: bool = False) -> np.ndarray:
     blocks_of(lm).allocate(seq, start + len(tokens))
-    return lm.executor.forward(build_batch([ScheduledChunk(seq, start, tuple(tokens), all_logits=all_logits)], blocks_of(lm)))
+    return lm.executor.forward(
+        build_batch([ScheduledChunk(seq, start, tuple(tokens), all_logits=all_logits)], blocks_of(lm))
+    )
 
 
 def teacher_forced(bundle: Path, device: str, tokens: list[int]) -> np.ndarray:
@@ -125,8 +133,20 @@ def speed(lm: LoadedModel, prompt_len: int, steps: int) -> tuple[float, float]:
 
 
 def rfc_run(bundle: Path, device: str, n: int, prompt: str | None, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-c", "from rfc.cli.main import main; main()", "run", str(bundle),
-            "--temperature", "0", "-n", str(n), "--device", device, *extra]
+    args = [
+        sys.executable,
+        "-c",
+        "from rfc.cli.main import main; main()",
+        "run",
+        str(bundle),
+        "--temperature",
+        "0",
+        "-n",
+        str(n),
+        "--device",
+        device,
+        *extra,
+    ]
     if prompt is not None:
         args += ["-p", prompt]
     return subprocess.run(args, capture_output=True, text=True)
@@ -166,8 +186,10 @@ def engine_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
         same = plain.returncode == 0 and spec.returncode == 0 and plain.stdout == spec.stdout
         ok &= same
         where = "" if same else f" (first difference at char {first_difference(plain.stdout, spec.stdout)})"
-        notes.append(f"spec ngram {'same' if same else 'DIFFERENT'}{where}"
-                     + ("" if spec.returncode == 0 else f": {last_line(spec)}"))
+        notes.append(
+            f"spec ngram {'same' if same else 'DIFFERENT'}{where}"
+            + ("" if spec.returncode == 0 else f": {last_line(spec)}")
+        )
         if spec.returncode == 0:
             stats = [line for line in spec.stderr.splitlines() if "draft" in line or "accept" in line]
             if stats:
@@ -179,7 +201,9 @@ Q8_CACHE = KvCacheTypes(CacheType.Q8_0, CacheType.Q8_0)
 Q8_CACHE_MODELS = ("llama-Q4_K_M", "llama-Q8_0", "qwen3-Q8_0")  # head_dim a multiple of 32
 
 
-def q8_cache_check(name: str, bundle: Path, device: str, tokens: list[int], rounding, plain_ref: np.ndarray) -> tuple[bool, str]:
+def q8_cache_check(
+    name: str, bundle: Path, device: str, tokens: list[int], rounding, plain_ref: np.ndarray
+) -> tuple[bool, str]:
     """Teacher-forced logits with a q8_0 K and V cache on the device against the reference
     device's with the same cache (which quantizes as llama.cpp does): the device's own bounds for
     its activation rounding, widened by a share of what quantizing the cache moves the
@@ -194,8 +218,10 @@ def q8_cache_check(name: str, bundle: Path, device: str, tokens: list[int], roun
     quantizing = np.abs(ref - plain_ref)
     flips = (0 if rounding is None else np.abs(rounding)) + KV_CPU_SHARE * quantizing
     ok, summary = device_bounds(name, got, ref, flips)
-    return ok, (f"q8_0 cache vs ref q8_0 {summary}{'' if ok else ' FAIL'} "
-                f"(quantizing moves ref by mean {quantizing.mean():.2e}, a share {KV_CPU_SHARE} of it allowed)")
+    return ok, (
+        f"q8_0 cache vs ref q8_0 {summary}{'' if ok else ' FAIL'} "
+        f"(quantizing moves ref by mean {quantizing.mean():.2e}, a share {KV_CPU_SHARE} of it allowed)"
+    )
 
 
 def smollm2_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
@@ -222,9 +248,25 @@ def smollm2_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
         n = case["first_near_tie"]
         prefix = case["completion_ids"][: len(case["completion_ids"]) if n is None else n]
         prompt = case["prompt"] if case["kind"] == "raw" else case["rendered"]  # the exact rendering as the prompt
-        proc = subprocess.run([sys.executable, "-c", "from rfc.cli.main import main; main()", "run", str(bundle),
-                               "--temperature", "0", "-n", str(len(prefix)), "--device", device, "-p", prompt],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from rfc.cli.main import main; main()",
+                "run",
+                str(bundle),
+                "--temperature",
+                "0",
+                "-n",
+                str(len(prefix)),
+                "--device",
+                device,
+                "-p",
+                prompt,
+            ],
+            capture_output=True,
+            text=True,
+        )
         same += proc.returncode == 0 and proc.stdout == tokenizer.decode(prefix) + "\n"
     ok &= same == len(cases)
     notes.append(f"greedy prefixes {same}/{len(cases)} same")
@@ -249,7 +291,9 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
         lm = load_model(bundle, LoadOptions(device=device))
         gpu = forward(lm, 0, 0, tokens, all_logits=True)
         runner = getattr(lm.device, "runner", None)  # GPU devices; --target cpu* dry-runs this tool without one
-        min_tokens = runner.prefill_min_tokens if runner is not None else None  # the fixtures' 64 tokens take the prefill list
+        min_tokens = (
+            runner.prefill_min_tokens if runner is not None else None
+        )  # the fixtures' 64 tokens take the prefill list
         rounding = prefill_rounding if min_tokens is not None and len(tokens) >= min_tokens else gpu_rounding
         ok, summary = llama_cpp_bounds(name, gpu, expected["logits"])
         row["ok"] &= ok
@@ -257,7 +301,11 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
         ref = teacher_forced(bundle, "ref", tokens)
         formats = {t.format for t in open_bundle(bundle).layout.tensors}
         # two float64 oracle passes: once per model
-        rounded = prefill_rounding(name, formats, tokens, target) if rounding is prefill_rounding else gpu_rounding(name, formats, tokens)
+        rounded = (
+            prefill_rounding(name, formats, tokens, target)
+            if rounding is prefill_rounding
+            else gpu_rounding(name, formats, tokens)
+        )
         ok, summary = device_bounds(name, gpu, ref, rounded)
         row["ok"] &= ok
         row["notes"].append(f"vs ref {summary}{'' if ok else ' FAIL'}")
@@ -350,8 +398,19 @@ def serve_ready_seconds(bundle: Path, device: str) -> float:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    args = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", str(bundle),
-            "--device", device, "--host", "127.0.0.1", "--port", str(port)]
+    args = [
+        sys.executable,
+        "-c",
+        "from rfc.cli.main import main; main()",
+        "serve",
+        str(bundle),
+        "--device",
+        device,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     t = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -380,21 +439,27 @@ def matmul_table(lm: LoadedModel) -> str:
     scalars = bw.decode_step(runner, lm.executor, lm.vocab_size, blocks)
     blocks.free(0)
     timer = bw.EventTimer(runner._driver)
-    text = bw.table(bw.matmul_rates(runner, lm.bundle.layout, scalars, timer, 200), timer.copy_rate(runner._driver, runner.stream))
+    text = bw.table(
+        bw.matmul_rates(runner, lm.bundle.layout, scalars, timer, 200), timer.copy_rate(runner._driver, runner.stream)
+    )
     try:  # the whole step by kernel: what each node costs beyond its work
         text += "\n\nthe decode step by kernel, batch 1:\n" + bw.step_profile(runner, scalars, timer, 50)
     except Exception as e:  # the matmul table stands without it
         text += f"\n(step profile failed: {type(e).__name__}: {e})"
     try:  # and a 512-token prompt's step (the prefill list: tensor-core matmuls, tiled attention)
         scalars = bw.prefill_step(runner, lm.vocab_size, blocks, PREFILL_BENCH_TOKENS)
-        text += f"\n\na {PREFILL_BENCH_TOKENS}-token prefill step by kernel:\n" + bw.step_profile(runner, scalars, timer, 3)
+        text += f"\n\na {PREFILL_BENCH_TOKENS}-token prefill step by kernel:\n" + bw.step_profile(
+            runner, scalars, timer, 3
+        )
         blocks.free(1)
     except Exception as e:
         text += f"\n(prefill profile failed: {type(e).__name__}: {e})"
     return text
 
 
-def bench(target: str, device: str, out: Path, steps: int, only: set[str] | None, on_row=lambda rows: None) -> list[dict]:
+def bench(
+    target: str, device: str, out: Path, steps: int, only: set[str] | None, on_row=lambda rows: None
+) -> list[dict]:
     rows = []
     for file, make_args in BENCH_MODELS:
         if only is not None and not any(name in file for name in only):
@@ -410,28 +475,53 @@ def bench(target: str, device: str, out: Path, steps: int, only: set[str] | None
         b1 = decode_batch(lm, 1, steps)
         b16 = decode_batch(lm, 16, max(8, steps // 4))
         prefill, prefill_dp4a = prefill_rates(lm, PREFILL_BENCH_TOKENS)
-        rows.append({"model": gguf.stem, "b1": b1, "b16": b16, "gbps": b1 * weight_bytes / 1e9,
-                     "prefill": prefill, "prefill_dp4a": prefill_dp4a, "prefill_matmuls": prefill_matmuls(lm),
-                     "ready": serve_ready_seconds(bundle, device),
-                     "matmuls": matmul_table(lm) if device in ("cuda", "hip") else ""})
-        print(f"bench {gguf.stem}: {time.perf_counter() - t0:.0f} s, "
-              f"{ {k: v for k, v in rows[-1].items() if k != 'matmuls'} }\n{rows[-1]['matmuls']}", file=sys.stderr, flush=True)
+        rows.append(
+            {
+                "model": gguf.stem,
+                "b1": b1,
+                "b16": b16,
+                "gbps": b1 * weight_bytes / 1e9,
+                "prefill": prefill,
+                "prefill_dp4a": prefill_dp4a,
+                "prefill_matmuls": prefill_matmuls(lm),
+                "ready": serve_ready_seconds(bundle, device),
+                "matmuls": matmul_table(lm) if device in ("cuda", "hip") else "",
+            }
+        )
+        print(
+            f"bench {gguf.stem}: {time.perf_counter() - t0:.0f} s, "
+            f"{ {k: v for k, v in rows[-1].items() if k != 'matmuls'} }\n{rows[-1]['matmuls']}",
+            file=sys.stderr,
+            flush=True,
+        )
         on_row(rows)
     return rows
 
 
-def write_json(path: Path | None, target: str, device: str, out: Path, rows: list[dict], bench_rows: list[dict]) -> None:
+def write_json(
+    path: Path | None, target: str, device: str, out: Path, rows: list[dict], bench_rows: list[dict]
+) -> None:
     """The checks and benchmark rows so far (tools/gpu_session.py reads them): written after every
     model, so a run cut off by its time limit still leaves what it measured."""
     if path is None:
         return
     keep = ("model", "ok", "notes", "compile_s", "prefill", "decode")
-    path.write_text(json.dumps({
-        "target": target, "device": device, "out": str(out),
-        "checks": [{k: r[k] for k in keep if k in r} for r in rows],
-        "bench": [{k: v for k, v in b.items() if k != "matmuls"} | {"gguf": str(out / (b["model"] + ".gguf"))}
-                  for b in bench_rows],
-    }, indent=1, default=str))
+    path.write_text(
+        json.dumps(
+            {
+                "target": target,
+                "device": device,
+                "out": str(out),
+                "checks": [{k: r[k] for k in keep if k in r} for r in rows],
+                "bench": [
+                    {k: v for k, v in b.items() if k != "matmuls"} | {"gguf": str(out / (b["model"] + ".gguf"))}
+                    for b in bench_rows
+                ],
+            },
+            indent=1,
+            default=str,
+        )
+    )
 
 
 def main() -> int:
@@ -442,13 +532,28 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=128, help="prefill tokens for the speed test")
     ap.add_argument("--decode", type=int, default=64, help="decode steps for the speed test")
     ap.add_argument("--bench", action="store_true", help="also the 8B / 1.1B random-weight benchmark table")
-    ap.add_argument("--bench-only", default=None, help="comma-separated parts of the benchmark models' names to run (8b, 1.1b)")
-    ap.add_argument("--fixtures", type=Path, default=None,
-                    help="take fixtures and goldens from this directory; make and fetch nothing (no network)")
-    ap.add_argument("--json", type=Path, default=None,
-                    help="also write the checks and benchmark rows to this file (tools/gpu_session.py reads it)")
-    ap.add_argument("--time-limit", type=float, default=None, metavar="S",
-                    help="start no further model's checks after S seconds (those left are listed as not run)")
+    ap.add_argument(
+        "--bench-only", default=None, help="comma-separated parts of the benchmark models' names to run (8b, 1.1b)"
+    )
+    ap.add_argument(
+        "--fixtures",
+        type=Path,
+        default=None,
+        help="take fixtures and goldens from this directory; make and fetch nothing (no network)",
+    )
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the checks and benchmark rows to this file (tools/gpu_session.py reads it)",
+    )
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="S",
+        help="start no further model's checks after S seconds (those left are listed as not run)",
+    )
     args = ap.parse_args()
     started = time.monotonic()
     # --target cpu (or cpu-avx512, ...) runs everything but the GPU's own checks on the cpu
@@ -480,27 +585,44 @@ def main() -> int:
             traceback.print_exc()
             rows.append({"model": path.stem, "ok": False, "notes": [f"{type(e).__name__}: {e}"]})
         r = rows[-1]
-        print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['model']} ({time.perf_counter() - t0:.1f} s): {'; '.join(r['notes'])}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{'ok  ' if r['ok'] else 'FAIL'} {r['model']} ({time.perf_counter() - t0:.1f} s): {'; '.join(r['notes'])}",
+            file=sys.stderr,
+            flush=True,
+        )
         write_json(args.json, args.target, device, out, rows, [])
     print(f"\n{args.target} ({device}), bundles in {out}\n")
     print(f"{'model':<16} {'ok':<4} {'compile s':>9} {'prefill tok/s':>13} {'decode tok/s':>12}  checks")
     for r in rows:
-        nums = (f"{r['compile_s']:>9.1f} {r['prefill']:>13.0f} {r['decode']:>12.1f}" if "decode" in r else f"{'-':>9} {'-':>13} {'-':>12}")
+        nums = (
+            f"{r['compile_s']:>9.1f} {r['prefill']:>13.0f} {r['decode']:>12.1f}"
+            if "decode" in r
+            else f"{'-':>9} {'-':>13} {'-':>12}"
+        )
         print(f"{r['model']:<16} {'yes' if r['ok'] else 'NO':<4} {nums}  {'; '.join(r['notes'])}")
     usage = next((r["usage"] for r in rows if "usage" in r and "Q4_K_M" in r["model"]), None)
     if usage:
         print(f"\nkernel resources (llama-Q4_K_M, {args.target}):\n{usage}")
     if args.bench:
-        print(f"\n{'benchmark model':<34} {'b1 tok/s':>9} {'b16 tok/s':>10} {'b16/b1':>7} {'weights GB/s':>12} "
-              f"{'prefill 512 tok/s':>17} {'(dp4a)':>8} {'serve ready s':>13}")
+        print(
+            f"\n{'benchmark model':<34} {'b1 tok/s':>9} {'b16 tok/s':>10} {'b16/b1':>7} {'weights GB/s':>12} "
+            f"{'prefill 512 tok/s':>17} {'(dp4a)':>8} {'serve ready s':>13}"
+        )
         only = None if args.bench_only is None else set(args.bench_only.split(","))
-        bench_rows = bench(args.target, device, out, args.decode, only,
-                           lambda done: write_json(args.json, args.target, device, out, rows, done))
+        bench_rows = bench(
+            args.target,
+            device,
+            out,
+            args.decode,
+            only,
+            lambda done: write_json(args.json, args.target, device, out, rows, done),
+        )
         for b in bench_rows:
             dp4a = f"{b['prefill_dp4a']:>8.0f}" if b["prefill_dp4a"] is not None else f"{'-':>8}"
-            print(f"{b['model']:<34} {b['b1']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} "
-                  f"{b['prefill']:>17.0f} {dp4a} {b['ready']:>13.1f}")
+            print(
+                f"{b['model']:<34} {b['b1']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} "
+                f"{b['prefill']:>17.0f} {dp4a} {b['ready']:>13.1f}"
+            )
             print(f"  {b['model']}: the prefill list's tensor-core matmuls per step: {b['prefill_matmuls']}")
             if b["matmuls"]:
                 print(f"  {b['model']}: each matmul of the decode list alone, batch 1\n{b['matmuls']}")

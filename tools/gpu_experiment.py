@@ -66,8 +66,14 @@ def run_steps(bundle: Path, meta: Path) -> None:
     blocks.allocate(1, PREFILL_TOKENS)
     lm.executor.forward(_batch([(1, 0, tuple(rng.integers(2, lm.vocab_size, size=PREFILL_TOKENS).tolist()))], blocks))
     program = lm.device.runner.program
-    meta.write_text(json.dumps({"decode": [l.kernel for l in program.launches],
-                                "prefill": [l.kernel for l in program.prefill_launches or program.launches]}))
+    meta.write_text(
+        json.dumps(
+            {
+                "decode": [l.kernel for l in program.launches],
+                "prefill": [l.kernel for l in program.prefill_launches or program.launches],
+            }
+        )
+    )
 
 
 def kernel_table(rows: list[tuple[str, float]]) -> str:
@@ -78,7 +84,9 @@ def kernel_table(rows: list[tuple[str, float]]) -> str:
     total = sum(ns for _, ns in rows) or 1.0
     lines = [f"{'kernel':<58} {'n':>4} {'us total':>10} {'us each':>9} {'share':>6}"]
     for name, v in sorted(per.items(), key=lambda kv: -sum(kv[1])):
-        lines.append(f"{name[:58]:<58} {len(v):>4} {sum(v) / 1e3:>10.1f} {sum(v) / len(v) / 1e3:>9.2f} {sum(v) / total:>6.1%}")
+        lines.append(
+            f"{name[:58]:<58} {len(v):>4} {sum(v) / 1e3:>10.1f} {sum(v) / len(v) / 1e3:>9.2f} {sum(v) / total:>6.1%}"
+        )
     lines.append(f"GPU time {total / 1e3:.1f} us over {len(rows)} kernels")
     return "\n".join(lines)
 
@@ -99,8 +107,21 @@ def parse_ncu(text: str) -> list[tuple[str, float]]:
 def ncu(bundle: Path, out: Path, timeout: float) -> int:
     out.mkdir(parents=True, exist_ok=True)
     meta = out / f"{bundle.name}-lists.json"
-    cmd = ["ncu", "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--csv", "--page", "raw",
-           sys.executable, __file__, "_steps", str(bundle), str(meta)]
+    cmd = [
+        "ncu",
+        "--clock-control",
+        "none",
+        "--metrics",
+        "gpu__time_duration.sum",
+        "--csv",
+        "--page",
+        "raw",
+        sys.executable,
+        __file__,
+        "_steps",
+        str(bundle),
+        str(meta),
+    ]
     t = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     (out / f"{bundle.name}-ncu.csv").write_text(p.stdout)
@@ -110,8 +131,10 @@ def ncu(bundle: Path, out: Path, timeout: float) -> int:
         return p.returncode
     rows, lists = parse_ncu(p.stdout), json.loads(meta.read_text())
     n_dec, n_pre = len(lists["decode"]), len(lists["prefill"])
-    for label, part, want in (("batch-1 decode step (graph)", rows[n_dec:2 * n_dec], lists["decode"]),
-                              (f"{PREFILL_TOKENS}-token prefill step", rows[2 * n_dec:2 * n_dec + n_pre], lists["prefill"])):
+    for label, part, want in (
+        ("batch-1 decode step (graph)", rows[n_dec : 2 * n_dec], lists["decode"]),
+        (f"{PREFILL_TOKENS}-token prefill step", rows[2 * n_dec : 2 * n_dec + n_pre], lists["prefill"]),
+    ):
         same = [name for name, _ in part] == want
         print(f"\n{bundle.name}, {label}{'' if same else ' (KERNEL NAMES DO NOT MATCH THE LIST: read with care)'}")
         print(kernel_table(part))
@@ -188,8 +211,11 @@ def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
                 setattr(sys.modules[mod], name, value)
         if target.startswith("sm_") or target.startswith("gfx"):
             dec, pre = _time_bundle(bundle, "cuda" if target.startswith("sm_") else "hip")
-            print(f"{spec or '(as compiled today)':<70} {dec * 1e6:>9.0f} us {1 / dec:>7.0f} {pre * 1e3:>9.2f} ms "
-                  f"{PREFILL_TOKENS / pre:>8.0f}", flush=True)
+            print(
+                f"{spec or '(as compiled today)':<70} {dec * 1e6:>9.0f} us {1 / dec:>7.0f} {pre * 1e3:>9.2f} ms "
+                f"{PREFILL_TOKENS / pre:>8.0f}",
+                flush=True,
+            )
         else:
             print(f"{spec or '(as compiled today)':<70} compiled (no GPU target: not timed)", flush=True)
     return 0

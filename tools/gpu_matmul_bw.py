@@ -35,8 +35,11 @@ class EventTimer:
     def __init__(self, driver):
         self.lib, self.cuda = driver.lib, driver.dialect.api == "CUDA"
         p = ctypes.c_void_p
-        names = (("cuEventCreate", "cuEventRecord", "cuEventSynchronize") if self.cuda else
-                 ("hipEventCreate", "hipEventRecord", "hipEventSynchronize"))
+        names = (
+            ("cuEventCreate", "cuEventRecord", "cuEventSynchronize")
+            if self.cuda
+            else ("hipEventCreate", "hipEventRecord", "hipEventSynchronize")
+        )
         self._create, self._record, self._sync = (getattr(self.lib, n) for n in names)
         self._create.argtypes = [ctypes.POINTER(p), ctypes.c_uint] if self.cuda else [ctypes.POINTER(p)]
         self._record.argtypes, self._sync.argtypes = [p, p], [p]
@@ -73,7 +76,10 @@ class EventTimer:
         try:
             if self.cuda:
                 fn = self.lib.cuMemcpyDtoDAsync_v2
-                fn.argtypes, fn.restype = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p], ctypes.c_int
+                fn.argtypes, fn.restype = (
+                    [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p],
+                    ctypes.c_int,
+                )
                 copy = lambda: self._check(fn(dst, src, COPY_BYTES, stream))  # noqa: E731
             else:
                 fn = self.lib.hipMemcpyAsync
@@ -167,6 +173,7 @@ def step_profile(runner, scalars: dict[str, int], timer, repeat: int) -> str:
             for _ in range(repeat):
                 for b in items:
                     b.enqueue(runner._driver, scalars, runner.stream)
+
         return work
 
     every = queue(bound)
@@ -182,8 +189,10 @@ def step_profile(runner, scalars: dict[str, int], timer, repeat: int) -> str:
     for seconds, kernel, n in rows:
         lines.append(f"{kernel[:56]:<56} {n:>8} {seconds * 1e6:>9.1f} {seconds / whole:>6.1%}")
     total = sum(r[0] for r in rows)
-    lines.append(f"{len(bound)} launches; the whole list queued back to back: {whole * 1e6:.1f} us/step "
-                 f"(sum of the groups alone {total * 1e6:.1f})")
+    lines.append(
+        f"{len(bound)} launches; the whole list queued back to back: {whole * 1e6:.1f} us/step "
+        f"(sum of the groups alone {total * 1e6:.1f})"
+    )
     return "\n".join(lines)
 
 

@@ -69,8 +69,10 @@ def main() -> int:
 
     step()  # graph capture for this batch size
     whole = [step() for _ in range(args.steps)]
-    print(f"{args.bundle.name}: batch {args.batch}, context {args.context}: whole step median {statistics.median(whole) * 1e3:.3f} ms "
-          f"(min {min(whole) * 1e3:.3f}), {args.batch / statistics.median(whole):.1f} tok/s")
+    print(
+        f"{args.bundle.name}: batch {args.batch}, context {args.context}: whole step median {statistics.median(whole) * 1e3:.3f} ms "
+        f"(min {min(whole) * 1e3:.3f}), {args.batch / statistics.median(whole):.1f} tok/s"
+    )
 
     d, stream = runner._driver, runner.stream
     b = batch()
@@ -83,8 +85,10 @@ def main() -> int:
         d.graph_launch(graph, stream)
         d.stream_synchronize(stream)
         times.append(time.perf_counter() - t)
-    print(f"graph replay + sync alone: median {statistics.median(times) * 1e3:.3f} ms (min {min(times) * 1e3:.3f}); "
-          f"{len(runner.launch_list(scalars['n_tokens']))} launches")
+    print(
+        f"graph replay + sync alone: median {statistics.median(times) * 1e3:.3f} ms (min {min(times) * 1e3:.3f}); "
+        f"{len(runner.launch_list(scalars['n_tokens']))} launches"
+    )
 
     prof = cProfile.Profile()
     prof.enable()
@@ -94,7 +98,7 @@ def main() -> int:
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)
     print("host, cProfile of", args.steps, "whole steps (own time):")
-    print("\n".join(out.getvalue().splitlines()[:args.top + 12]))
+    print("\n".join(out.getvalue().splitlines()[: args.top + 12]))
 
     launches = runner.program.launches
     bound = runner.launch_list(scalars["n_tokens"])
@@ -117,8 +121,10 @@ def main() -> int:
         rows.append((sum(ts) / 3, n, name))
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
-    print(f"each launch on its own (launch + sync, mean of 3 rounds): {total * 1e3:.3f} ms over {len(bound)} launches "
-          f"(a bare sync: {min(empty) * 1e6:.1f} us)")
+    print(
+        f"each launch on its own (launch + sync, mean of 3 rounds): {total * 1e3:.3f} ms over {len(bound)} launches "
+        f"(a bare sync: {min(empty) * 1e6:.1f} us)"
+    )
     print(f"{'kernel':<48} {'launches':>8} {'total ms':>9} {'us each':>8}")
     for t, n, name in rows[: args.top]:
         print(f"{name[:48]:<48} {n:>8} {t * 1e3:>9.3f} {t / n * 1e6:>8.1f}")

@@ -55,7 +55,10 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def _wheel_platforms() -> list[str]:
-    tags = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)] + ["manylinux2014_x86_64", "manylinux1_x86_64"]
+    tags = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)] + [
+        "manylinux2014_x86_64",
+        "manylinux1_x86_64",
+    ]
     return [arg for tag in tags for arg in ("--platform", tag)]
 
 
@@ -69,14 +72,49 @@ def prepare(out: Path, kernels: list[str], python_version: str, without: list[st
     out.mkdir(parents=True, exist_ok=True)
     wheels = out / "wheels"
     skip = {w.lower().replace("_", "-") for w in without}
-    requirements = [r for r in _runtime_requirements()
-                    if re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower().replace("_", "-") not in skip]
+    requirements = [
+        r
+        for r in _runtime_requirements()
+        if re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower().replace("_", "-") not in skip
+    ]
     # --no-deps: the GPU machine's image already holds the common packages (numpy, jinja2, ...);
     # `run` installs only the wheels whose distribution it lacks.
-    _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "--python-version",
-          python_version, "--implementation", "cp", *_wheel_platforms(), "-d", str(wheels), *requirements])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            *_wheel_platforms(),
+            "-d",
+            str(wheels),
+            *requirements,
+        ]
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp, LLAMA_CPP_PYTHON])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                tmp,
+                LLAMA_CPP_PYTHON,
+            ]
+        )
         sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(sdist) as t:
             t.extractall(tmp, filter="data")
@@ -84,24 +122,47 @@ def prepare(out: Path, kernels: list[str], python_version: str, without: list[st
         with tarfile.open(out / "llama.tar.xz", "w:xz") as t:
             for part in LLAMA_PARTS:
                 if (vendor / part).exists():
-                    t.add(vendor / part, arcname=part, filter=lambda i: None if i.name.endswith(".gguf") or i.name.startswith("tools/ui") else i)
+                    t.add(
+                        vendor / part,
+                        arcname=part,
+                        filter=lambda i: None if i.name.endswith(".gguf") or i.name.startswith("tools/ui") else i,
+                    )
     if kernels:  # fill a kernel cache, so the card's time is not spent in nvcc/hipcc
         cache = Path(tempfile.mkdtemp(prefix="rfc-kernels-"))
-        models = [Path(__file__).resolve().parents[1] / "compiler" / "demo" / "stories260K.gguf",
-                  *sorted(_fixtures().glob("tiny-*.gguf"))]
+        models = [
+            Path(__file__).resolve().parents[1] / "compiler" / "demo" / "stories260K.gguf",
+            *sorted(_fixtures().glob("tiny-*.gguf")),
+        ]
         with tempfile.TemporaryDirectory() as ggufs:
             sys.path.insert(0, str(ROOT / "tools"))
             from gpu_check import BENCH_MODELS
 
             for name, make_args in BENCH_MODELS:
-                _run([sys.executable, str(ROOT / "tools" / "make_gguf.py"), f"{ggufs}/{name}", *make_args],
-                     stdout=subprocess.DEVNULL)
+                _run(
+                    [sys.executable, str(ROOT / "tools" / "make_gguf.py"), f"{ggufs}/{name}", *make_args],
+                    stdout=subprocess.DEVNULL,
+                )
                 models.append(Path(ggufs) / name)
             for target in kernels:
                 for gguf in models:
                     with tempfile.TemporaryDirectory() as tmp:
-                        subprocess.run([sys.executable, "-c", "from rfc.cli.main import main; main()", "compile", str(gguf),
-                                        "--arch", target, "-o", f"{tmp}/b", "-q", "--cache-dir", str(cache)], check=False)
+                        subprocess.run(
+                            [
+                                sys.executable,
+                                "-c",
+                                "from rfc.cli.main import main; main()",
+                                "compile",
+                                str(gguf),
+                                "--arch",
+                                target,
+                                "-o",
+                                f"{tmp}/b",
+                                "-q",
+                                "--cache-dir",
+                                str(cache),
+                            ],
+                            check=False,
+                        )
         with tarfile.open(out / "kernels.tar.xz", "w:xz") as t:  # ~60 MB of objects pack to a few MB
             t.add(cache / "kernels", arcname="kernels")  # --cache-dir is rfc's cache root: kernels/ inside it
         shutil.rmtree(cache)
@@ -119,19 +180,26 @@ def _fixtures() -> Path:
 def _llama_build(src: Path, target: str) -> tuple[subprocess.Popen, Path]:
     """Starts llama-bench's build for the card; returns the process and the binary's path."""
     build = src / "build"
-    gpu = (["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={target.removeprefix('sm_')}"] if target.startswith("sm_")
-           else ["-DGGML_HIP=ON", f"-DAMDGPU_TARGETS={target}"])
-    script = (f"cmake -S {src} -B {build} {' '.join(gpu)} -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF "
-              "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null && "
-              f"nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-bench >/dev/null")
+    gpu = (
+        ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={target.removeprefix('sm_')}"]
+        if target.startswith("sm_")
+        else ["-DGGML_HIP=ON", f"-DAMDGPU_TARGETS={target}"]
+    )
+    script = (
+        f"cmake -S {src} -B {build} {' '.join(gpu)} -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF "
+        "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null && "
+        f"nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-bench >/dev/null"
+    )
     log = open(src / "build.log", "w")
     return subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT), build / "bin" / "llama-bench"
 
 
 def card() -> str:
     """The card and its driver, as nvidia-smi (or rocm-smi) says."""
-    for cmd in (["nvidia-smi", "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
-                ["rocm-smi", "--showproductname", "--showdriverversion"]):
+    for cmd in (
+        ["nvidia-smi", "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
+        ["rocm-smi", "--showproductname", "--showdriverversion"],
+    ):
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip().replace("\n", "; ")
         except (OSError, subprocess.TimeoutExpired):
@@ -146,9 +214,11 @@ def ratio_table(rfc: dict, llama: list[dict]) -> str:
     for r in llama:
         kind = "pp" if r.get("n_prompt") and not r.get("n_gen") else "tg"
         by_file.setdefault(Path(r.get("model_filename", "")).name, {})[kind] = r
-    lines = ["| model | rfc batch-1 decode tok/s | llama.cpp tg128 | ratio | rfc prefill 512 tok/s | llama.cpp pp512 | ratio "
-             "| rfc batch 16 / batch 1 | rfc weights GB/s |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| model | rfc batch-1 decode tok/s | llama.cpp tg128 | ratio | rfc prefill 512 tok/s | llama.cpp pp512 | ratio "
+        "| rfc batch 16 / batch 1 | rfc weights GB/s |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for b in rfc.get("bench", []):
         peer = by_file.get(Path(b["gguf"]).name, {})
 
@@ -160,8 +230,10 @@ def ratio_table(rfc: dict, llama: list[dict]) -> str:
 
         tg, tg_ratio = cell("tg", b["b1"])
         pp, pp_ratio = cell("pp", b["prefill"])
-        lines.append(f"| {b['model']} | {b['b1']:,.1f} | {tg} | {tg_ratio} | {b['prefill']:,.0f} | {pp} | {pp_ratio} "
-                     f"| {b['b16'] / b['b1']:.2f} | {b['gbps']:,.0f} |")
+        lines.append(
+            f"| {b['model']} | {b['b1']:,.1f} | {tg} | {tg_ratio} | {b['prefill']:,.0f} | {pp} | {pp_ratio} "
+            f"| {b['b16'] / b['b1']:.2f} | {b['gbps']:,.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -181,14 +253,31 @@ def _python_env(peer: Path) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             missing.append(str(wheel))
     if missing:
-        _run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target", str(site), *missing])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--target",
+                str(site),
+                *missing,
+            ]
+        )
     package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     (site / "rfc").mkdir()
     for package, folder in package_dirs.items():
         if package.count(".") == 1:  # rfc.X; deeper packages are folders inside those
             (site / package.replace(".", "/")).symlink_to(ROOT / folder, target_is_directory=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -216,8 +305,22 @@ def _checked_run(cmd: list[str], env: dict, log: Path, timeout: float) -> int:
     return status
 
 
-FIRST_FIXTURES = ("llama-Q4_0", "llama-Q4_K_M", "llama-Q8_0", "llama-Q6_K", "llama-Q5_K_M", "llama-Q2_K", "llama-Q3_K_M",
-                  "llama-F16", "llama-IQ_MIX", "qwen3-Q8_0", "gemma3-Q8_0", "gpt-oss-Q8_0", "qwen35-Q8_0", "gemma4-Q8_0")
+FIRST_FIXTURES = (
+    "llama-Q4_0",
+    "llama-Q4_K_M",
+    "llama-Q8_0",
+    "llama-Q6_K",
+    "llama-Q5_K_M",
+    "llama-Q2_K",
+    "llama-Q3_K_M",
+    "llama-F16",
+    "llama-IQ_MIX",
+    "qwen3-Q8_0",
+    "gemma3-Q8_0",
+    "gpt-oss-Q8_0",
+    "qwen35-Q8_0",
+    "gemma4-Q8_0",
+)
 
 
 def fixture_order(fixtures: list[Path]) -> list[Path]:
@@ -250,15 +353,41 @@ def run(peer: Path, target: str, out: Path, budget: float, logs: Path, with_peer
     t0 = time.monotonic()
     build, bench_bin = _llama_build(src, target) if with_peer else (None, None)
     out.mkdir(parents=True, exist_ok=True)
-    fixtures = Path(subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from tests import testdata; "
-                                    "print(testdata.make_fixtures())", str(ROOT)],
-                                   env=env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    gpu_check = [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--target", target, "--fixtures", str(fixtures),
-                 "--out", str(out)]
+    fixtures = Path(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.path.insert(0, sys.argv[1]); from tests import testdata; "
+                "print(testdata.make_fixtures())",
+                str(ROOT),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    gpu_check = [
+        sys.executable,
+        str(ROOT / "tools" / "gpu_check.py"),
+        "--target",
+        target,
+        "--fixtures",
+        str(fixtures),
+        "--out",
+        str(out),
+    ]
     report = logs / "rfc-bench.json"
     left = _phase("rfc: stories260K's checks, then the benchmark shapes", deadline)
-    status = _checked_run([*gpu_check, "--bench", "--json", str(report), str(ROOT / "compiler" / "demo" / "stories260K.gguf")],
-                          env, logs / "rfc-bench.log", left - (150 if build is not None else 30))
+    status = _checked_run(
+        [*gpu_check, "--bench", "--json", str(report), str(ROOT / "compiler" / "demo" / "stories260K.gguf")],
+        env,
+        logs / "rfc-bench.log",
+        left - (150 if build is not None else 30),
+    )
     rfc = json.loads(report.read_text()) if report.is_file() else {"bench": []}
     llama: list[dict] = []
     if build is not None:
@@ -271,8 +400,12 @@ def run(peer: Path, target: str, out: Path, budget: float, logs: Path, with_peer
         shutil.copy(src / "build.log", logs / "llama-build.log")
     for b in rfc["bench"] if build is not None else []:
         try:
-            r = subprocess.run([str(bench_bin), "-m", b["gguf"], *BENCH_ARGS], capture_output=True, text=True,
-                               timeout=max(min(120, deadline - time.monotonic() - 30), 1))
+            r = subprocess.run(
+                [str(bench_bin), "-m", b["gguf"], *BENCH_ARGS],
+                capture_output=True,
+                text=True,
+                timeout=max(min(120, deadline - time.monotonic() - 30), 1),
+            )
             llama += json.loads(r.stdout or "[]")
             if r.returncode:
                 print(f"llama-bench on {b['gguf']}: exit {r.returncode}: {r.stderr[-800:]}", file=sys.stderr)
@@ -282,14 +415,27 @@ def run(peer: Path, target: str, out: Path, budget: float, logs: Path, with_peer
     if build is not None:
         (logs / "llama-bench.json").write_text(json.dumps(llama, indent=1))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    table = (f"{card()}, {target}, {when}; rfc: tools/gpu_check.py --bench; llama.cpp: llama-bench {' '.join(BENCH_ARGS[:-2])} "
-             f"({LLAMA_CPP_PYTHON}'s vendored llama.cpp)\n\n{ratio_table(rfc, llama)}\n")
+    table = (
+        f"{card()}, {target}, {when}; rfc: tools/gpu_check.py --bench; llama.cpp: llama-bench {' '.join(BENCH_ARGS[:-2])} "
+        f"({LLAMA_CPP_PYTHON}'s vendored llama.cpp)\n\n{ratio_table(rfc, llama)}\n"
+    )
     (logs / "ratios.md").write_text(table)
     print("\n" + table, flush=True)
     left = _phase("rfc: the fixtures' checks on the card", deadline)
     ordered = fixture_order(sorted(fixtures.glob("tiny-*.gguf")))
-    checks = _checked_run([*gpu_check, "--json", str(logs / "rfc-checks.json"), "--time-limit", str(max(left - 45, 1)),
-                           *map(str, ordered)], env, logs / "rfc-checks.log", left - 10)
+    checks = _checked_run(
+        [
+            *gpu_check,
+            "--json",
+            str(logs / "rfc-checks.json"),
+            "--time-limit",
+            str(max(left - 45, 1)),
+            *map(str, ordered),
+        ],
+        env,
+        logs / "rfc-checks.log",
+        left - 10,
+    )
     return status or checks
 
 
@@ -299,21 +445,42 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare", help="on a machine with PyPI: wheels, llama.cpp's source, kernels")
     p.add_argument("dir", type=Path)
     p.add_argument("--python-version", default="3.12", help="the GPU machine's Python, for its wheels (default 3.12)")
-    p.add_argument("--without", action="append", default=[], metavar="DIST",
-                   help="a dependency the GPU machine's image already has, left out of the carried wheels "
-                        "(repeatable; e.g. numpy, tokenizers: the size a device call carries is bounded)")
-    p.add_argument("--kernels", action="append", default=[], metavar="TARGET",
-                   help="also fill the kernel cache for this target (repeatable), e.g. sm_90")
+    p.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="DIST",
+        help="a dependency the GPU machine's image already has, left out of the carried wheels "
+        "(repeatable; e.g. numpy, tokenizers: the size a device call carries is bounded)",
+    )
+    p.add_argument(
+        "--kernels",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="also fill the kernel cache for this target (repeatable), e.g. sm_90",
+    )
     r = sub.add_parser("run", help="on the GPU machine: rfc's checks and benchmarks and llama-bench, one table")
     r.add_argument("dir", type=Path)
     r.add_argument("--target", default="sm_90")
-    r.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rfc-gpu-session",
-                   help="bundles and benchmark GGUFs (several GB: not a folder that is copied back)")
+    r.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "rfc-gpu-session",
+        help="bundles and benchmark GGUFs (several GB: not a folder that is copied back)",
+    )
     r.add_argument("--budget", type=float, default=540, help="seconds for the whole run (default 540)")
-    r.add_argument("--no-peer", action="store_true",
-                   help="rfc alone: no llama-bench build (its ~4 minutes), the table without llama.cpp's columns")
-    r.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "rfc-gpu-logs",
-                   help="each phase's log, the JSON rows and ratios.md")
+    r.add_argument(
+        "--no-peer",
+        action="store_true",
+        help="rfc alone: no llama-bench build (its ~4 minutes), the table without llama.cpp's columns",
+    )
+    r.add_argument(
+        "--logs",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "rfc-gpu-logs",
+        help="each phase's log, the JSON rows and ratios.md",
+    )
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         prepare(args.dir, args.kernels, args.python_version, args.without)

@@ -143,8 +143,7 @@ def check_shape(shape: ModelShape, file_type: FileType) -> None:
         block_size = GGML_QUANT_SIZES[spec.qtype][0]
         if spec.shape[-1] % block_size:
             raise SpecError(
-                f"{spec.name}: rows of {spec.shape[-1]} are not whole {spec.qtype.name} "
-                f"blocks of {block_size}"
+                f"{spec.name}: rows of {spec.shape[-1]} are not whole {spec.qtype.name} blocks of {block_size}"
             )
 
 
@@ -309,7 +308,10 @@ def write_gguf(path: Path, shape: ModelShape, format_name: str, seed: int, name:
     for spec in specs:
         row_bytes = spec.nbytes // math.prod(spec.shape[:-1])
         writer.add_tensor_info(
-            spec.name, (*spec.shape[:-1], row_bytes), np.dtype(np.uint8), spec.nbytes,
+            spec.name,
+            (*spec.shape[:-1], row_bytes),
+            np.dtype(np.uint8),
+            spec.nbytes,
             raw_dtype=spec.qtype,
         )
     writer.write_header_to_file()
@@ -330,14 +332,15 @@ def parse_size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="GGUF file to write")
     p.add_argument("--format", default="Q8_0", choices=sorted(FILE_TYPES), help="weight format")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model shape (default: 125m)")
-    p.add_argument("--size", type=parse_size, help="target file size: solves the layer count, "
-                   "and picks the closest preset unless --preset is given")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        help="target file size: solves the layer count, and picks the closest preset unless --preset is given",
+    )
     for flag in ("dim", "layers", "ffn", "heads", "kv-heads", "vocab"):
         p.add_argument(f"--{flag}", type=int, help="override the preset's value")
     p.add_argument("--seed", type=int, default=0)

@@ -124,7 +124,7 @@ def _replay(prompt: list[int], out: list[int], points: dict[int, float], args) -
         if draft:
             spec.record(len(draft), ok)
         emitted = min(ok + 1, len(out) - j)
-        spec.index.extend(out[j:j + emitted])
+        spec.index.extend(out[j : j + emitted])
         j += emitted
         time += _cost(points, 1 + len(draft)) / points[1]
         steps += 1
@@ -144,7 +144,7 @@ def known_acceptance(prompt: list[int], out: list[int], points: dict[int, float]
         ok = 0
         while ok < len(offer) and offer[ok] == out[j + ok]:
             ok += 1
-        index.extend(out[j:j + ok + 1])
+        index.extend(out[j : j + ok + 1])
         j += ok + 1
         time += _cost(points, 1 + ok) / points[1]
     return time
@@ -186,18 +186,26 @@ def _report(outputs: dict[str, dict[str, list[int]]], points: dict[int, float], 
         time, steps, accepted, drafted = _replay(run["prompt"], run["out"], points, args)
         times = [time]
         if args.bounds:
-            times += [known_acceptance(run["prompt"], run["out"], points, args),
-                      any_earlier_place(run["prompt"], run["out"], points, args)]
+            times += [
+                known_acceptance(run["prompt"], run["out"], points, args),
+                any_earlier_place(run["prompt"], run["out"], points, args),
+            ]
         tokens = len(run["out"]) - 1
-        print(f"| {name} | {tokens} | {steps} | {accepted}/{drafted} | "
-              + " | ".join(f"{tokens / t:.2f}" for t in times) + " |")
+        print(
+            f"| {name} | {tokens} | {steps} | {accepted}/{drafted} | "
+            + " | ".join(f"{tokens / t:.2f}" for t in times)
+            + " |"
+        )
         group = groups.setdefault(name.split("/")[0], [0.0] * (1 + len(times)))
         group[0] += tokens
         for k, t in enumerate(times):
             group[1 + k] += t
     for name, (tokens, *times) in groups.items():
-        bounds = (f" (known acceptance {tokens / times[1]:.2f}, any earlier place {tokens / times[2]:.2f})"
-                  if args.bounds else "")
+        bounds = (
+            f" (known acceptance {tokens / times[1]:.2f}, any earlier place {tokens / times[2]:.2f})"
+            if args.bounds
+            else ""
+        )
         print(f"{name}: modeled speed-up {tokens / times[0]:.2f}{bounds}")
 
 

@@ -87,8 +87,13 @@ def recipe_for(model: GGUFModel) -> Recipe:
     recipe = RECIPES.get(arch) if isinstance(arch, str) else None
     if recipe is None:
         shown = arch[:40] if isinstance(arch, str) else repr(arch)[:40]
-        why = (catalog.status(arch, RECIPES)[1] if arch in catalog.LLAMA_CPP_ARCHITECTURES
-               else "not an architecture llama.cpp knows")
-        raise CompileError(f"{model.path.name}: unsupported architecture '{shown}': {why} "
-                           f"(every architecture's status: docs/architectures.md)")
+        why = (
+            catalog.status(arch, RECIPES)[1]
+            if arch in catalog.LLAMA_CPP_ARCHITECTURES
+            else "not an architecture llama.cpp knows"
+        )
+        raise CompileError(
+            f"{model.path.name}: unsupported architecture '{shown}': {why} "
+            f"(every architecture's status: docs/architectures.md)"
+        )
     return recipe

@@ -66,8 +66,9 @@ def read_xielu(model: GGUFModel, n_layers: int) -> list[dict[str, float]]:
         if not all(isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
                    and abs(x) <= XIELU_BOUND
                    for x in v):  # fmt: skip
-            raise CompileError(f"{model.path.name}: metadata {key} is not numbers in [-{XIELU_BOUND:g}, "
-                               f"{XIELU_BOUND:g}]")
+            raise CompileError(
+                f"{model.path.name}: metadata {key} is not numbers in [-{XIELU_BOUND:g}, {XIELU_BOUND:g}]"
+            )
         values[name] = [float(x) for x in v]
     return [xielu_constants(*(values[k][i] for k in XIELU_KEYS)) for i in range(n_layers)]
 
@@ -87,16 +88,19 @@ def build(model: GGUFModel) -> ModelSpec:
         raise CompileError(f"{b.path}: missing tensor output.weight (apertus's output is not tied)")
     declare_buffers(b, s, n_ff)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT),
-                           long_short=rope.scaling_type == "longrope")
+    factors = rope_factors(
+        b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=rope.scaling_type == "longrope"
+    )
     cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=True, factors=factors)
     b.op("embed", ("tokens",), ("x",), (embd,))
     e = (s.n_embd,)
     for i in range(s.n_layers):
         p = f"blk.{i}."
         for qk in ("q", "k"):
-            b.unused(f"{p}attn_{qk}_norm.bias",
-                     "llama.cpp's apertus loader reads it and its graph norms Q and K without a bias")
+            b.unused(
+                f"{p}attn_{qk}_norm.bias",
+                "llama.cpp's apertus loader reads it and its graph norms Q and K without a bias",
+            )
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
         attention(b, i, s, eps, cfg)
         b.op("add", ("x", "h"), ("x",))

@@ -95,8 +95,9 @@ class ModelBuilder:
             raise CompileError(f"{self.path}: {name} lies past the end of the file")
         value = struct.unpack("<f", raw)[0]
         if not math.isfinite(value) or abs(value) > MAX_SCALAR:
-            raise CompileError(f"{self.path}: {name} = {value} is not a finite number in [-{MAX_SCALAR:g}, "
-                               f"{MAX_SCALAR:g}]")
+            raise CompileError(
+                f"{self.path}: {name} = {value} is not a finite number in [-{MAX_SCALAR:g}, {MAX_SCALAR:g}]"
+            )
         self._read.add(name)
         return value
 
@@ -157,8 +158,9 @@ class ModelBuilder:
         self._add(WeightUse(name, role, t.format, (stop - start, t.shape[1]), (RowRange(source, start, stop),)))
         return name
 
-    def row_ranges(self, name: str, role: str, source: str, source_shape: tuple[int, ...],
-                   ranges: list[tuple[int, int]]) -> str:
+    def row_ranges(
+        self, name: str, role: str, source: str, source_shape: tuple[int, ...], ranges: list[tuple[int, int]]
+    ) -> str:
         """A weight made of several row ranges of one 2-D GGUF tensor, in order (qwen35's query
         rows of each head, apart from the output gate's rows interleaved with them)."""
         t = self.source(source, source_shape)
@@ -175,19 +177,28 @@ class ModelBuilder:
         t = self.source(source, (n,))
         if t.format not in ("F32", "F16", "BF16") or not ranges or any(not 0 <= a < z <= n for a, z in ranges):
             raise CompileError(f"{self.path}: cannot take elements {ranges[:2]}... of {source} ({t.format} [{n}])")
-        self._add(WeightUse(name, role, t.format, (sum(z - a for a, z in ranges),),
-                            tuple(ElementRange(source, a, z) for a, z in ranges)))
+        self._add(
+            WeightUse(
+                name,
+                role,
+                t.format,
+                (sum(z - a for a, z in ranges),),
+                tuple(ElementRange(source, a, z) for a, z in ranges),
+            )
+        )
         return name
 
-    def expert_rows(self, name: str, role: str, source: str, source_shape: tuple[int, int, int], start: int,
-                    stop: int) -> str:
+    def expert_rows(
+        self, name: str, role: str, source: str, source_shape: tuple[int, int, int], start: int, stop: int
+    ) -> str:
         """An expert weight [E, stop - start, K] made of rows [start, stop) of every expert's
         [N, K] slice of a 3-D GGUF tensor [E, N, K] (a fused ffn_gate_up_exps split into gate and up)."""
         t = self.source(source, source_shape)
         n_expert, n = source_shape[0], source_shape[1]
         if not 0 <= start < stop <= n:
-            raise CompileError(f"{self.path}: cannot take rows {start}..{stop} of each expert of {source} "
-                               f"{list(t.shape)}")
+            raise CompileError(
+                f"{self.path}: cannot take rows {start}..{stop} of each expert of {source} {list(t.shape)}"
+            )
         parts = tuple(RowRange(source, e * n + start, e * n + stop) for e in range(n_expert))
         self._add(WeightUse(name, role, t.format, (n_expert, stop - start, source_shape[2]), parts))
         return name
@@ -205,8 +216,11 @@ class ModelBuilder:
         """One weight made of 2-D GGUF tensors stacked by rows (Q, K, V -> QKV), or None when
         they cannot be stacked (different formats): the recipe then keeps them apart."""
         ts = [self.source(n, s) for n, s in sources]
-        if (len({t.format for t in ts}) != 1 or len({t.shape[1:] for t in ts}) != 1
-                or any(len(t.shape) != 2 for t in ts)):
+        if (
+            len({t.format for t in ts}) != 1
+            or len({t.shape[1:] for t in ts}) != 1
+            or any(len(t.shape) != 2 for t in ts)
+        ):
             return None
         shape = (sum(t.shape[0] for t in ts), ts[0].shape[1])
         self._add(WeightUse(name, role, ts[0].format, shape, tuple(whole(t) for t in ts)))
@@ -230,18 +244,22 @@ class ModelBuilder:
         self._state.append(StateTensor(layer, tuple(shape)))
         return len(self._state) - 1
 
-    def op(self, kind: str, inputs: tuple[str, ...], outputs: tuple[str, ...], weights: tuple[str, ...] = (),
-           **attrs) -> None:
+    def op(
+        self, kind: str, inputs: tuple[str, ...], outputs: tuple[str, ...], weights: tuple[str, ...] = (), **attrs
+    ) -> None:
         self._ops.append(Op(kind, tuple(inputs), tuple(outputs), tuple(weights), dict(attrs)))
 
-    def finish(self, hparams: HParams, *, input_tokens: str, output_logits: str, output_hidden: str,
-               kv: KVSpec) -> ModelSpec:
+    def finish(
+        self, hparams: HParams, *, input_tokens: str, output_logits: str, output_hidden: str, kv: KVSpec
+    ) -> ModelSpec:
         left = self.unaccounted()
         if left:
             more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
-            raise CompileError(f"{self.path}: tensor {left[0][:80]}{more} is not used by rfc's {hparams.architecture} "
-                               f"recipe: "
-                               "refused rather than computed without it")
+            raise CompileError(
+                f"{self.path}: tensor {left[0][:80]}{more} is not used by rfc's {hparams.architecture} "
+                f"recipe: "
+                "refused rather than computed without it"
+            )
         plan = Plan(
             buffers=tuple(self._buffers.values()),
             ops=tuple(self._ops),

@@ -30,8 +30,10 @@ LLAMA_CPP_ARCHITECTURES: tuple[str, ...] = (
 
 # Recurrent layers: per-sequence state and the ops ssm_conv, ssm_scan (Mamba2, one decay per head),
 # gated_delta_net and short_conv exist; what each of these still lacks is said in its own words.
-_MAMBA1_SCAN = ("Mamba-1's selective scan decays each channel and state by its own A [d_inner, d_state] "
-                "(ssm_scan takes one A per head, as Mamba2 does)")
+_MAMBA1_SCAN = (
+    "Mamba-1's selective scan decays each channel and state by its own A [d_inner, d_state] "
+    "(ssm_scan takes one A per head, as Mamba2 does)"
+)
 _NO_KV = "it has no attention layer, so no KV cache, and a plan needs at least one KV layer (artifacts/validate.py)"
 _RWKV = "RWKV's time mixing (the WKV recurrence and token shift, ggml's rwkv_wkv6 / rwkv_wkv7) has no op yet"
 _ENCODER = "encoder-only (embeddings, reranking): not a text generator; rfc serves decoder models"
@@ -43,22 +45,47 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 REFUSED: dict[str, str] = {
     "mamba": f"{_MAMBA1_SCAN}, and {_NO_KV}",
     "mamba2": f"no recipe yet: the Mamba2 mixer exists (compiler/arch/mamba2.py, as granitehybrid and nemotron_h use "
-              f"it), but {_NO_KV}",
+    f"it), but {_NO_KV}",
     "jamba": f"its Mamba-1 layers: {_MAMBA1_SCAN}",
     **dict.fromkeys(("rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"), _RWKV),
-    "plamo2": ("its Mamba layers step each channel by its own dt (ssm_scan takes one dt per head), after RMS norms on "
-               "dt, B and C; no recipe yet"),
-    "kimi-linear": ("Kimi Delta Attention decays the state channel by channel (gated_delta_net decays each head by one "
-                    "scalar); no recipe yet"),
+    "plamo2": (
+        "its Mamba layers step each channel by its own dt (ssm_scan takes one dt per head), after RMS norms on "
+        "dt, B and C; no recipe yet"
+    ),
+    "kimi-linear": (
+        "Kimi Delta Attention decays the state channel by channel (gated_delta_net decays each head by one "
+        "scalar); no recipe yet"
+    ),
     "minimax-01": "lightning attention (linear attention with a decay per head) has no op yet",
     **dict.fromkeys(
-        ("bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2", "jina-bert-v3",
-         "eurobert", "t5encoder", "gemma-embedding", "llama-embed"),
+        (
+            "bert",
+            "modern-bert",
+            "nomic-bert",
+            "nomic-bert-moe",
+            "neo-bert",
+            "jina-bert-v2",
+            "jina-bert-v3",
+            "eurobert",
+            "t5encoder",
+            "gemma-embedding",
+            "llama-embed",
+        ),
         _ENCODER,
     ),  # fmt: skip
     **dict.fromkeys(
-        ("clip", "qwen2vl", "cogvlm", "hunyuan_vl", "paddleocr", "deepseek2-ocr",
-         "wavtokenizer-dec", "qwen3tts", "pockettts", "chameleon"),
+        (
+            "clip",
+            "qwen2vl",
+            "cogvlm",
+            "hunyuan_vl",
+            "paddleocr",
+            "deepseek2-ocr",
+            "wavtokenizer-dec",
+            "qwen3tts",
+            "pockettts",
+            "chameleon",
+        ),
         _MODALITY,
     ),  # fmt: skip
     **dict.fromkeys(("dream", "llada", "llada-moe", "rnd1"), _DIFFUSION),

@@ -63,8 +63,17 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         raise CompileError(f"{b.path}: blk.0.attn_q_norm.weight in a command-r of {s.n_layers} layers (llama.cpp reads "
                            f"Q/K norms from {QK_NORM_LAYERS} layers on and refuses this file)")  # fmt: skip
     b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("a", s.n_embd), ("q", s.q_width), ("k", s.kv_width),
-                        ("v", s.kv_width), ("att", s.q_width), ("gate", n_ff), ("up", n_ff)):
+    for name, width in (
+        ("x", s.n_embd),
+        ("h", s.n_embd),
+        ("a", s.n_embd),
+        ("q", s.q_width),
+        ("k", s.kv_width),
+        ("v", s.kv_width),
+        ("att", s.q_width),
+        ("gate", n_ff),
+        ("up", n_ff),
+    ):
         b.buffer(name, "T", width)
     for name, width in (("xr", s.n_embd), ("hr", s.n_embd), ("logits", s.vocab_size)):
         b.buffer(name, "R", width)
@@ -74,8 +83,9 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         layernorm.declare_heads(b, "q", s.n_heads, s.head_dim)
         layernorm.declare_heads(b, "k", s.n_kv_heads, s.head_dim)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    factors = (rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if arch == "cohere2"
-               else None)
+    factors = (
+        rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if arch == "cohere2" else None
+    )
     global_cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim))
     local_cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), window=window, factors=factors)
     b.op("embed", ("tokens",), ("x",), (embd,))
@@ -94,8 +104,9 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         b.op("add", ("x", "h"), ("x",))
         b.op("add", ("x", "a"), ("x",))
     b.op("gather_rows", ("x",), ("xr",))
-    layernorm.layer_norm(b, "xr", "hr", s.n_embd, eps, b.tensor("output_norm.weight", "output_norm", (s.n_embd,)),
-                         rows="R")
+    layernorm.layer_norm(
+        b, "xr", "hr", s.n_embd, eps, b.tensor("output_norm.weight", "output_norm", (s.n_embd,)), rows="R"
+    )
     b.op("matmul", ("hr",), ("logits",), (embd,))
     if logit_scale:
         b.op("scale", ("logits",), ("logits",), factor=logit_scale)

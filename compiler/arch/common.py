@@ -58,8 +58,9 @@ def read_sizes(md: Metadata) -> Sizes:
     if embd is None:
         raise CompileError(f"{md.path}: missing tensor token_embd.weight")
     if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, "
-                           f"n_embd]")
+        raise CompileError(
+            f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]"
+        )
     vocab_size = embd.shape[0]
     declared = md.int("vocab_size", 1, MAX_VOCAB, default=vocab_size)
     if declared != vocab_size:
@@ -100,8 +101,9 @@ class Rope:
         if self.magnitude != 1.0:
             attrs["attn_factor"] = self.magnitude
         if self.ext_factor:
-            attrs.update(ext_factor=self.ext_factor, beta_fast=self.beta_fast, beta_slow=self.beta_slow,
-                         orig_ctx=self.orig_ctx)
+            attrs.update(
+                ext_factor=self.ext_factor, beta_fast=self.beta_fast, beta_slow=self.beta_slow, orig_ctx=self.orig_ctx
+            )
         if self.temp_scale:
             attrs.update(temp_scale=self.temp_scale, temp_floor=self.orig_ctx)
         return attrs
@@ -170,8 +172,9 @@ def rope_factors(b: ModelBuilder, rope: Rope, n_ctx: int, *, long_short: bool) -
     if not long_short:
         return b.optional_tensor("rope_freqs.weight", "rope_freqs", shape)
     which, other = ("long", "short") if n_ctx > rope.orig_ctx else ("short", "long")
-    b.unused(f"rope_factors_{other}.weight",
-             f"LongRoPE's {other}-context factors: the bundle serves the {which} context")
+    b.unused(
+        f"rope_factors_{other}.weight", f"LongRoPE's {other}-context factors: the bundle serves the {which} context"
+    )
     return b.optional_tensor(f"rope_factors_{which}.weight", f"rope_factors_{which}", shape)
 
 
@@ -226,8 +229,14 @@ def declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_used: int = 0, n_exp
     """The activations of a llama-style stack: x (residual), h (sublayer in/out), q/k/v/att, the
     FFN's gate/up, and for MoE the router's and the experts' buffers."""
     b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width),
-                        ("att", s.q_width)):
+    for name, width in (
+        ("x", s.n_embd),
+        ("h", s.n_embd),
+        ("q", s.q_width),
+        ("k", s.kv_width),
+        ("v", s.kv_width),
+        ("att", s.q_width),
+    ):
         b.buffer(name, "T", width)
     if n_used:
         b.buffer("router", "T", n_expert)
@@ -263,8 +272,18 @@ def qkv_weights(b: ModelBuilder, p: str, s: Sizes) -> tuple[str, str, str]:
     )
 
 
-def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, src: str = "h", dst: str = "h",
-              out_bias: bool = True, rope: bool = True) -> None:
+def attention(
+    b: ModelBuilder,
+    i: int,
+    s: Sizes,
+    eps: float,
+    cfg: Attention,
+    *,
+    src: str = "h",
+    dst: str = "h",
+    out_bias: bool = True,
+    rope: bool = True,
+) -> None:
     """dst = attn_output(attention(rope(norm?(Q src)), rope(norm?(K src)), V src)) for layer i.
     Every projection's weight scale and bias are applied where the file has them (llama.cpp's
     build_qkv and build_attn: matmul, times `.scale`, plus `.bias`; a fused attn_qkv's scale
@@ -278,10 +297,22 @@ def attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, 
         b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (s.kv_width,)),), eps=eps)
     elif cfg.qk_norm:
         hd = (s.head_dim,)
-        b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps,
-             heads=s.n_heads)
-        b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps,
-             heads=s.n_kv_heads)
+        b.op(
+            "rmsnorm",
+            ("q",),
+            ("q",),
+            (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
+            eps=eps,
+            heads=s.n_heads,
+        )
+        b.op(
+            "rmsnorm",
+            ("k",),
+            ("k",),
+            (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),),
+            eps=eps,
+            heads=s.n_kv_heads,
+        )
     if rope:
         b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
     b.op("kv_write", ("k", "v"), (), layer=i)
@@ -314,8 +345,17 @@ def weight_scale(b: ModelBuilder, name: str) -> float | None:
     return b.scalar(name + ".scale")
 
 
-def linear(b: ModelBuilder, src: str, dst: str, name: str, shape: tuple[int, int], *, bias: bool = True,
-           scale: bool = True, bias_first: bool = False) -> None:
+def linear(
+    b: ModelBuilder,
+    src: str,
+    dst: str,
+    name: str,
+    shape: tuple[int, int],
+    *,
+    bias: bool = True,
+    scale: bool = True,
+    bias_first: bool = False,
+) -> None:
     """dst = src @ name.weight^T, times name.scale and plus name.bias where the file has them
     (llama.cpp's build_lora_mm, then the bias its callers add); with `bias_first` the bias is
     added before the scale multiplies (llama.cpp's build_ffn: matmul, + bias, * scale). With
@@ -340,8 +380,19 @@ def linear(b: ModelBuilder, src: str, dst: str, name: str, shape: tuple[int, int
 UNUSED_SCALE = "llama.cpp's loader reads every weight's .scale and this architecture's graph does not apply it"
 
 
-def glu_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, *, activation: str = "silu", src: str = "h", dst: str = "h",
-            fused_gate_up: bool = False, bias: bool = True, scale: bool = True) -> None:
+def glu_ffn(
+    b: ModelBuilder,
+    i: int,
+    e: int,
+    n_ff: int,
+    *,
+    activation: str = "silu",
+    src: str = "h",
+    dst: str = "h",
+    fused_gate_up: bool = False,
+    bias: bool = True,
+    scale: bool = True,
+) -> None:
     """dst = ffn_down(act(ffn_gate src) * ffn_up src), as llama.cpp's build_ffn: each matmul,
     plus its bias, times its weight scale (linear's `bias_first`). Each architecture's graph passes
     build_ffn its own subset: `bias` False, the biases are not read (a file with one is refused);
@@ -374,19 +425,32 @@ def expert_scales(b: ModelBuilder, i: int, n_expert: int, gate: str, up: str, *,
     p = f"blk.{i}."
     up_scale = b.optional_tensor(p + "ffn_up_exps.scale", "ffn_up_exps_scale", (n_expert,))
     if fused:
-        b.unused(p + "ffn_gate_exps.scale",
-                 "llama.cpp's fused gate_up path scales both halves by ffn_up_exps.scale only")
+        b.unused(
+            p + "ffn_gate_exps.scale", "llama.cpp's fused gate_up path scales both halves by ffn_up_exps.scale only"
+        )
         pairs = ((gate, up_scale), (up, up_scale))
     else:
-        pairs = ((gate, b.optional_tensor(p + "ffn_gate_exps.scale", "ffn_gate_exps_scale", (n_expert,))),
-                 (up, up_scale))
+        pairs = (
+            (gate, b.optional_tensor(p + "ffn_gate_exps.scale", "ffn_gate_exps_scale", (n_expert,))),
+            (up, up_scale),
+        )
     for buf, scale in pairs:
         if scale is not None:
             b.op("moe_scale", (buf, "expert_ids"), (buf,), (scale,))
 
 
-def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: int, *, src: str = "h", dst: str = "h",
-            scales: bool = False) -> None:
+def moe_ffn(
+    b: ModelBuilder,
+    i: int,
+    e: int,
+    n_ff: int,
+    n_expert: int,
+    n_used: int,
+    *,
+    src: str = "h",
+    dst: str = "h",
+    scales: bool = False,
+) -> None:
     """Mixtral-style mixture of experts (llama.cpp's build_moe_ffn with softmax gating and
     normalized top-k weights): route each token to n_used of n_expert SwiGLU experts and add
     their outputs weighted by the renormalized router probabilities. `scales`: the graph passes
@@ -401,8 +465,14 @@ def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: i
     # ffn_down_exps.scale [n_expert] (llama.cpp scales each chosen expert's down output by it):
     # a factor of the expert's weight in the sum, as moe_route's expert_scale applies it
     escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (n_expert,)) if scales else None
-    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), (escale,) if escale else (), n_used=n_used,
-         **({"expert_scale": True} if escale else {}))
+    b.op(
+        "moe_route",
+        ("router",),
+        ("expert_ids", "expert_weights"),
+        (escale,) if escale else (),
+        n_used=n_used,
+        **({"expert_scale": True} if escale else {}),
+    )
     for name, buf in (("gate", "gate"), ("up", "up")):
         w = b.tensor(f"{p}ffn_{name}_exps.weight", f"ffn_{name}_exps", (n_expert, n_ff, e))
         b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
@@ -414,8 +484,15 @@ def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: i
     b.op("moe_combine", ("experts_out", "expert_weights"), (dst,))
 
 
-def output_head(b: ModelBuilder, s: Sizes, eps: float, *, final_softcap: float | None = None,
-                always_tied: bool = False, bias: bool = True) -> bool:
+def output_head(
+    b: ModelBuilder,
+    s: Sizes,
+    eps: float,
+    *,
+    final_softcap: float | None = None,
+    always_tied: bool = False,
+    bias: bool = True,
+) -> bool:
     """logits = output(norm(x)) for the logit rows (`output.weight`, else the tied token
     embedding; always the embedding with `always_tied`), soft-capped with a final_softcap;
     returns whether the embedding is tied. `bias` False: `output.bias` is not read (a file that
@@ -444,10 +521,22 @@ def read_experts(md: Metadata) -> tuple[int, int]:
     return n_expert, n_used
 
 
-def llama_like(model: GGUFModel, arch: str, rope_style: str, *, qkv_bias: bool = False, qk_norm: bool = False,
-               fused_gate_up: bool = False, long_short_factors: bool | None = None, no_rope_step: int = 0,
-               yarn_keys: bool = False, temp_scale: float = 0.0, ffn_bias: bool = True, ffn_scale: bool = True,
-               output_bias: bool = False) -> ModelSpec:
+def llama_like(
+    model: GGUFModel,
+    arch: str,
+    rope_style: str,
+    *,
+    qkv_bias: bool = False,
+    qk_norm: bool = False,
+    fused_gate_up: bool = False,
+    long_short_factors: bool | None = None,
+    no_rope_step: int = 0,
+    yarn_keys: bool = False,
+    temp_scale: float = 0.0,
+    ffn_bias: bool = True,
+    ffn_scale: bool = True,
+    output_bias: bool = False,
+) -> ModelSpec:
     """llama and its close relatives: pre-norm blocks of GQA attention with rotary positions
     and a SwiGLU FFN (or a Mixtral-style mixture of SwiGLU experts), RMS norms, optional
     biases, optional tied output. Options: Q/K/V biases required (qwen2), per-head Q/K norms

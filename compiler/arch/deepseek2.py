@@ -31,10 +31,22 @@ from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Sizes, glu_ffn, hparams, linear, output_head, read_rope
 from rfc.compiler.arch.metadata import (
-    MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata,
+    MAX_CONTEXT,
+    MAX_EMBD,
+    MAX_FF,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    Metadata,
 )
 from rfc.compiler.arch.moe import (
-    Experts, declare_expert_buffers, moe_block, read_experts_of, read_gating, read_weights_scale,
+    Experts,
+    declare_expert_buffers,
+    moe_block,
+    read_experts_of,
+    read_gating,
+    read_weights_scale,
 )
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -59,25 +71,31 @@ def _sizes(md: Metadata) -> tuple[Sizes, int, int, int, int]:
     if n_rot % 2:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {n_rot} must be even")
     if not md.has("attention.key_length_mla"):
-        raise CompileError(f"{md.path}: no {md.key('attention.key_length_mla')}: files with the legacy unsplit "
-                           f"attn_kv_b "
-                           "are not supported (convert again with a current llama.cpp: attn_k_b / attn_v_b)")
+        raise CompileError(
+            f"{md.path}: no {md.key('attention.key_length_mla')}: files with the legacy unsplit "
+            f"attn_kv_b "
+            "are not supported (convert again with a current llama.cpp: attn_k_b / attn_v_b)"
+        )
     key_mla = md.int("attention.key_length_mla", n_rot + 1, MAX_HEAD_DIM)
     v_dim = md.int("attention.value_length_mla", 1, MAX_HEAD_DIM)
     for key, want in (("attention.key_length", kv_lora + n_rot), ("attention.value_length", kv_lora)):
         got = md.int(key, 1, MAX_LORA_RANK + MAX_HEAD_DIM, default=want)
         if got != want:
-            raise CompileError(f"{md.path}: {md.key(key)} {got} != {want} (kv_lora_rank {kv_lora}, rope dims {n_rot}): "
-                               "an MLA file's attention sizes disagree")
+            raise CompileError(
+                f"{md.path}: {md.key(key)} {got} != {want} (kv_lora_rank {kv_lora}, rope dims {n_rot}): "
+                "an MLA file's attention sizes disagree"
+            )
     if md.float("attention.temperature_scale", 0.0, 1e6, default=0.0):
-        raise CompileError(f"{md.path}: {md.key('attention.temperature_scale')} (attention temperature tuning) is not "
-                           f"supported")
+        raise CompileError(
+            f"{md.path}: {md.key('attention.temperature_scale')} (attention temperature tuning) is not supported"
+        )
     embd = model.tensors.get("token_embd.weight")
     if embd is None:
         raise CompileError(f"{md.path}: missing tensor token_embd.weight")
     if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, "
-                           f"n_embd]")
+        raise CompileError(
+            f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]"
+        )
     s = Sizes(n_embd, n_layers - nextn, n_heads, 1, kv_lora + n_rot, embd.shape[0])
     return s, q_lora, kv_lora, key_mla - n_rot, v_dim
 
@@ -89,9 +107,19 @@ def _experts(md: Metadata, n_layers: int) -> tuple[Experts, int]:
         return Experts(0, 0, 0, dense_lead=dense_lead), n_ff
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
     shared = md.int("expert_shared_count", 0, 64, default=0)
-    e = Experts(count, used, n_ff_exp, gating=read_gating(md, "softmax"),
-                norm=md.bool("expert_weights_norm", default=False), scale=read_weights_scale(md), groups=groups,
-                groups_used=groups_used, shared=shared, dense_lead=dense_lead, fused_gate_up=True)
+    e = Experts(
+        count,
+        used,
+        n_ff_exp,
+        gating=read_gating(md, "softmax"),
+        norm=md.bool("expert_weights_norm", default=False),
+        scale=read_weights_scale(md),
+        groups=groups,
+        groups_used=groups_used,
+        shared=shared,
+        dense_lead=dense_lead,
+        fused_gate_up=True,
+    )
     if e.gating == "softmax_weight":
         raise CompileError(f"{md.path}: {md.key('expert_gating_func')} softmax_weight is not a deepseek2 router")
     return e, n_ff
@@ -112,18 +140,27 @@ def _scales(md: Metadata, rope, key_mla: int):
     return rope, float(np.float32(mscale * mscale / math.sqrt(key_mla)))
 
 
-def _row_ranges(b: ModelBuilder, name: str, role: str, source: str, shape: tuple[int, int],
-                ranges: list[tuple[int, int]]) -> str:
+def _row_ranges(
+    b: ModelBuilder, name: str, role: str, source: str, shape: tuple[int, int], ranges: list[tuple[int, int]]
+) -> str:
     """A weight of several row ranges of one 2-D tensor, in order (each head's nope rows of Q,
     or its rope rows): byte copies of whole rows, like ModelBuilder.rows."""
     t = b.source(source, shape)
-    b._add(WeightUse(name, role, t.format, (sum(z - a for a, z in ranges), shape[1]),
-                     tuple(RowRange(source, a, z) for a, z in ranges)))
+    b._add(
+        WeightUse(
+            name,
+            role,
+            t.format,
+            (sum(z - a for a, z in ranges), shape[1]),
+            tuple(RowRange(source, a, z) for a, z in ranges),
+        )
+    )
     return name
 
 
-def mla_attention(b: ModelBuilder, i: int, s: Sizes, rope, eps: float, q_lora: int, kv_lora: int, nope: int, v_dim: int,
-                  scale: float) -> None:
+def mla_attention(
+    b: ModelBuilder, i: int, s: Sizes, rope, eps: float, q_lora: int, kv_lora: int, nope: int, v_dim: int, scale: float
+) -> None:
     """h = attn_output(MLA(h)) for layer i, absorbed (the module docstring)."""
     p, e, nh, rot = f"blk.{i}.", s.n_embd, s.n_heads, rope.n_rot
     head = nope + rot
@@ -134,18 +171,28 @@ def mla_attention(b: ModelBuilder, i: int, s: Sizes, rope, eps: float, q_lora: i
         q_src, q_name, q_shape = "h", p + "attn_q.weight", (nh * head, e)
     kv_name, kv_shape = p + "attn_kv_a_mqa.weight", (kv_lora + rot, e)
     b.op("matmul", ("h",), ("latent",), (b.rows(kv_name + ":latent", "attn_kv_a_mqa", kv_name, kv_shape, 0, kv_lora),))
-    b.op("matmul", ("h",), ("k_pe",),
-         (b.rows(kv_name + ":rope", "attn_kv_a_mqa", kv_name, kv_shape, kv_lora, kv_lora + rot),))
+    b.op(
+        "matmul",
+        ("h",),
+        ("k_pe",),
+        (b.rows(kv_name + ":rope", "attn_kv_a_mqa", kv_name, kv_shape, kv_lora, kv_lora + rot),),
+    )
     if q_lora:
-        b.op("rmsnorm", ("q_a",), ("q_a",), (b.tensor(p + "attn_q_a_norm.weight", "attn_q_a_norm", (q_lora,)),),
-             eps=eps)
+        b.op(
+            "rmsnorm", ("q_a",), ("q_a",), (b.tensor(p + "attn_q_a_norm.weight", "attn_q_a_norm", (q_lora,)),), eps=eps
+        )
     role = q_name.split(".", 2)[-1].removesuffix(".weight")
     nope_rows = [(h * head, h * head + nope) for h in range(nh)]
     rope_rows = [(h * head + nope, (h + 1) * head) for h in range(nh)]
     b.op("matmul", (q_src,), ("q_nope",), (_row_ranges(b, q_name + ":nope", role, q_name, q_shape, nope_rows),))
     b.op("matmul", (q_src,), ("q_pe",), (_row_ranges(b, q_name + ":rope", role, q_name, q_shape, rope_rows),))
-    b.op("rmsnorm", ("latent",), ("latent",), (b.tensor(p + "attn_kv_a_norm.weight", "attn_kv_a_norm", (kv_lora,)),),
-         eps=eps)
+    b.op(
+        "rmsnorm",
+        ("latent",),
+        ("latent",),
+        (b.tensor(p + "attn_kv_a_norm.weight", "attn_kv_a_norm", (kv_lora,)),),
+        eps=eps,
+    )
     b.op("rope", ("q_pe", "k_pe"), ("q_pe", "k_pe"), **rope.attrs(replace(s, n_kv_heads=1, head_dim=rot)))
     wk_b = b.tensor_as(p + "attn_k_b.weight", "attn_k_b", (nh, kv_lora, nope))  # one head: 2-D in the file
     b.op("head_matmul", ("q_nope",), ("q_latent",), (wk_b,), heads=nh)
@@ -196,12 +243,19 @@ def build(model: GGUFModel) -> ModelSpec:
             glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=False)  # as deepseek2.cpp calls build_ffn
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
-    b.unused_layers(range(s.n_layers, 1 << 16),
-                    "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too")
+    b.unused_layers(
+        range(s.n_layers, 1 << 16), "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too"
+    )
     extra = (e.hparams() if e.count else {"leading_dense_block_count": e.dense_lead}) | {
         "q_lora_rank": q_lora, "kv_lora_rank": kv_lora, "key_length_mla": nope + rot, "value_length_mla": v_dim,
         "attention_scale": scale}  # fmt: skip
-    hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False,
-                 extra=extra)
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr",
-                    kv=KVSpec(n_layers=s.n_layers, n_kv_heads=1, head_dim=s.head_dim, dtype="f16"))
+    hp = hparams(
+        md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra
+    )
+    return b.finish(
+        hp,
+        input_tokens="tokens",
+        output_logits="logits",
+        output_hidden="hr",
+        kv=KVSpec(n_layers=s.n_layers, n_kv_heads=1, head_dim=s.head_dim, dtype="f16"),
+    )

@@ -54,8 +54,9 @@ def build(model: GGUFModel) -> ModelSpec:
         p = f"blk.{i}."
         # RoPE on the sliding-window layers, or on every layer of a model without them
         attention(b, i, s, eps, local_cfg if local[i] else cfg, src="x", rope=local[i] or not swa)
-        b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),),
-             eps=eps)
+        b.op(
+            "rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps
+        )
         b.op("add", ("x", "h"), ("x",))
         glu_ffn(b, i, s.n_embd, n_ff, src="x", bias=False, scale=False)  # build_ffn(up, NULL, NULL, ...)
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)

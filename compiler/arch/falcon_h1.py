@@ -22,7 +22,15 @@ import math
 from rfc.compiler.arch import mamba2
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
+    Attention,
+    attention,
+    declare_buffers,
+    glu_ffn,
+    hparams,
+    kv_spec,
+    output_head,
+    read_rope,
+    read_sizes,
 )
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.gguf_reader import GGUFModel
@@ -42,8 +50,9 @@ def build(model: GGUFModel) -> ModelSpec:
     b.buffer("m", "T", s.n_embd)
     mamba2.declare(b, m)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    b.unused("rope_freqs.weight",
-             "llama.cpp's falcon-h1 loader reads it and its graph rotates with no frequency factors")
+    b.unused(
+        "rope_freqs.weight", "llama.cpp's falcon-h1 loader reads it and its graph rotates with no frequency factors"
+    )
     cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim))
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(s.n_layers):

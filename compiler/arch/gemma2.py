@@ -76,8 +76,9 @@ def gemma_block(b: ModelBuilder, i: int, s: Sizes, eps: float, attn: Attention, 
     b.op("add", ("x", "h"), ("x",))
 
 
-def build_gemma(model: GGUFModel, arch: str, layers_of: Callable[[Metadata, Sizes, Rope], GemmaLayers], *,
-                tied_output: bool) -> ModelSpec:
+def build_gemma(
+    model: GGUFModel, arch: str, layers_of: Callable[[Metadata, Sizes, Rope], GemmaLayers], *, tied_output: bool
+) -> ModelSpec:
     """A Gemma model; `layers_of(md, sizes, rope)` says what differs between versions;
     `tied_output`: the output is the token embedding even if the file has an output.weight
     (llama.cpp's gemma2 loader)."""
@@ -122,4 +123,3 @@ def _gemma2_layers(md: Metadata, s: Sizes, rope: Rope) -> GemmaLayers:
 
 def build(model: GGUFModel) -> ModelSpec:
     return build_gemma(model, "gemma2", _gemma2_layers, tied_output=True)
-

@@ -41,7 +41,14 @@ import numpy as np
 from rfc.compiler.arch import ple as per_layer
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, declare_buffers, hparams, kv_spec, output_head, read_rope, read_sizes,
+    Attention,
+    Sizes,
+    declare_buffers,
+    hparams,
+    kv_spec,
+    output_head,
+    read_rope,
+    read_sizes,
 )
 from rfc.compiler.arch.gemma2 import embedding_scale, sliding_window_layers
 from rfc.compiler.arch.gemma4 import TOWER_PREFIXES, _attention
@@ -64,8 +71,9 @@ def _read_altup(md: Metadata, s: Sizes) -> tuple[int, int]:
     n = md.int("altup.num_inputs", 2, MAX_ALTUP, default=4)
     active = md.int("altup.active_idx", 0, n - 1, default=0)
     if active:
-        raise CompileError(f"{md.path}: {md.key('altup.active_idx')} {active}: llama.cpp 0.3.36 runs stream 0 as the "
-                           f"active one")
+        raise CompileError(
+            f"{md.path}: {md.key('altup.active_idx')} {active}: llama.cpp 0.3.36 runs stream 0 as the active one"
+        )
     rank = md.int("laurel_rank", 1, s.n_embd, default=64)
     return n, rank
 
@@ -76,19 +84,36 @@ def _kv_sources(s: Sizes, is_local: tuple[bool, ...]) -> tuple[int, ...]:
 
 def _router(b: ModelBuilder, p: str, s: Sizes, n: int, eps: float, src: str) -> None:
     """mod = tanh(altup_router(rmsnorm(src) / n_embd)): llama.cpp's altup_compute_router_modalities."""
-    b.op("rmsnorm", (src,), ("rin",), (b.tensor(p + "altup_router_norm.weight", "altup_router_norm", (s.n_embd,)),),
-         eps=eps)
+    b.op(
+        "rmsnorm",
+        (src,),
+        ("rin",),
+        (b.tensor(p + "altup_router_norm.weight", "altup_router_norm", (s.n_embd,)),),
+        eps=eps,
+    )
     b.op("scale", ("rin",), ("rin",), factor=float(np.float32(1.0) / np.float32(s.n_embd)))
     b.op("matmul", ("rin",), ("mod",), (b.tensor(p + "altup_router.weight", "altup_router", (n, s.n_embd)),))
     b.op("softcap", ("mod",), ("mod",), cap=1.0)
 
 
-def _layer(b: ModelBuilder, i: int, s: Sizes, n: int, rank: int, n_ff: int, eps: float, attn: Attention, kv_layer: int,
-           ple: per_layer.PerLayerEmbedding, router_in: str) -> None:
+def _layer(
+    b: ModelBuilder,
+    i: int,
+    s: Sizes,
+    n: int,
+    rank: int,
+    n_ff: int,
+    eps: float,
+    attn: Attention,
+    kv_layer: int,
+    ple: per_layer.PerLayerEmbedding,
+    router_in: str,
+) -> None:
     p, e = f"blk.{i}.", (s.n_embd,)
     _router(b, p, s, n, eps, router_in)
-    b.op("matmul", ("mod",), ("c_pred",),
-         (b.tensor(p + "altup_predict_coef.weight", "altup_predict_coef", (n * n, n)),))
+    b.op(
+        "matmul", ("mod",), ("c_pred",), (b.tensor(p + "altup_predict_coef.weight", "altup_predict_coef", (n * n, n)),)
+    )
     b.op("altup_predict", ("hs", "c_pred"), ("pred", "act"), n_altup=n, active=0)
     b.op("rmsnorm", ("act",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
     # Laurel beside attention, from the same normed input
@@ -125,9 +150,11 @@ def build(model: GGUFModel) -> ModelSpec:
     md.ignored("final_logit_softcapping", "llama.cpp fixes gemma3n's final soft-capping at 30, as this recipe does")
     towers = sorted(t for t in model.tensors if t.startswith(TOWER_PREFIXES))
     if towers:
-        raise CompileError(f"{md.path}: gemma3n file holds vision/audio tensors ({towers[0][:40]}, ...): llama.cpp's "
-                           f"text "
-                           "model refuses them too; use the text GGUF (the towers belong in a separate mmproj file)")
+        raise CompileError(
+            f"{md.path}: gemma3n file holds vision/audio tensors ({towers[0][:40]}, ...): llama.cpp's "
+            f"text "
+            "model refuses them too; use the text GGUF (the towers belong in a separate mmproj file)"
+        )
     s = read_sizes(md)
     n, rank = _read_altup(md, s)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
@@ -139,8 +166,10 @@ def build(model: GGUFModel) -> ModelSpec:
     kv_layers = _kv_sources(s, is_local)
     for i, src in enumerate(kv_layers):
         if is_local[src] != is_local[i]:  # a sliding reader of a global cache, or the reverse
-            raise CompileError(f"{md.path}: layer {i} would read the KV cache of layer {src}, which the sliding-window "
-                               "pattern makes a layer of the other kind")
+            raise CompileError(
+                f"{md.path}: layer {i} would read the KV cache of layer {src}, which the sliding-window "
+                "pattern makes a layer of the other kind"
+            )
     full = Attention(rope, scale=1.0, qk_norm=True)
     local = Attention(rope, scale=1.0, qk_norm=True, window=window).with_rope(freq_base=base_swa, freq_scale=1.0)
     b = ModelBuilder(model)
@@ -166,8 +195,9 @@ def build(model: GGUFModel) -> ModelSpec:
     b.op("head_matmul", (rep,), ("alt",), (proj,), heads=n - 1)
     b.op("altup_stack", ("x", "alt"), ("hs",), n_altup=n)
     for i in range(s.n_layers):
-        _layer(b, i, s, n, rank, n_ff, eps, local if is_local[i] else full, kv_layers[i], ple,
-               "x" if i == 0 else "rin0")
+        _layer(
+            b, i, s, n, rank, n_ff, eps, local if is_local[i] else full, kv_layers[i], ple, "x" if i == 0 else "rin0"
+        )
     unembd = b.tensor("altup_unembd_proj.weight", "altup_unembd_proj", (n - 1, e, e))
     b.op("head_matmul", ("tail",), ("alt",), (unembd,), heads=n - 1)
     b.op("altup_merge", ("hs", "alt"), ("x",), n_altup=n, active=0)
@@ -193,5 +223,6 @@ def build(model: GGUFModel) -> ModelSpec:
     }
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra)
     # only the layers that store KV have cache rows (the first n_kv: shared layers come last)
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr",
-                    kv=replace(kv_spec(s), n_layers=n_kv))
+    return b.finish(
+        hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=replace(kv_spec(s), n_layers=n_kv)
+    )

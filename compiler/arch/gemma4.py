@@ -45,7 +45,14 @@ from rfc.compiler.arch import gemma4_moe
 from rfc.compiler.arch.gemma2 import PATTERN_KEY, embedding_scale
 from rfc.compiler.arch.ple import PerLayerEmbedding
 from rfc.compiler.arch.metadata import (
-    MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata,
+    MAX_CONTEXT,
+    MAX_EMBD,
+    MAX_FF,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    Metadata,
 )
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -61,9 +68,11 @@ def _check_supported(md: Metadata, s: Sizes) -> None:
     model = md.model
     towers = sorted(n for n in model.tensors if n.startswith(TOWER_PREFIXES))
     if towers:
-        raise CompileError(f"{md.path}: gemma4 file holds vision/audio tensors ({towers[0][:40]}, ...): llama.cpp's "
-                           "text model refuses them too; use the text GGUF (the towers belong in a separate mmproj "
-                           "file)")
+        raise CompileError(
+            f"{md.path}: gemma4 file holds vision/audio tensors ({towers[0][:40]}, ...): llama.cpp's "
+            "text model refuses them too; use the text GGUF (the towers belong in a separate mmproj "
+            "file)"
+        )
     gemma4_moe.read(md, s.n_embd, s.n_layers)  # the experts' counts and widths (26B-A4B), checked before planning
 
 
@@ -79,11 +88,14 @@ def _read_sizes(md: Metadata) -> tuple[Sizes, tuple[Sizes, ...], tuple[bool, ...
     n_embd = md.int("embedding_length", 1, MAX_EMBD)
     n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
     heads = md.per_layer("attention.head_count", n_layers, 1, MAX_HEADS)
-    kv_heads = (md.per_layer("attention.head_count_kv", n_layers, 1, MAX_HEADS) if md.has("attention.head_count_kv")
-                else heads)
+    kv_heads = (
+        md.per_layer("attention.head_count_kv", n_layers, 1, MAX_HEADS) if md.has("attention.head_count_kv") else heads
+    )
     if not md.is_list(PATTERN_KEY):
-        raise CompileError(f"{md.path}: metadata {md.key(PATTERN_KEY)} must be a per-layer array (llama.cpp reads no "
-                           f"period for gemma4)")
+        raise CompileError(
+            f"{md.path}: metadata {md.key(PATTERN_KEY)} must be a per-layer array (llama.cpp reads no "
+            f"period for gemma4)"
+        )
     flags = md.flags(PATTERN_KEY, MAX_LAYERS)
     is_local = tuple(i < len(flags) and flags[i] for i in range(n_layers))
     head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // heads[0]))
@@ -96,15 +108,18 @@ def _read_sizes(md: Metadata) -> tuple[Sizes, tuple[Sizes, ...], tuple[bool, ...
     if embd is None:
         raise CompileError(f"{md.path}: missing tensor token_embd.weight")
     if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, "
-                           f"n_embd]")
+        raise CompileError(
+            f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]"
+        )
     layers = []
     for i in range(n_layers):
         if heads[i] % kv_heads[i]:
-            raise CompileError(f"{md.path}: layer {i}'s head_count {heads[i]} is not a multiple of its head_count_kv "
-                               f"{kv_heads[i]}")
-        layers.append(Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim_swa if is_local[i] else head_dim,
-                            embd.shape[0]))
+            raise CompileError(
+                f"{md.path}: layer {i}'s head_count {heads[i]} is not a multiple of its head_count_kv {kv_heads[i]}"
+            )
+        layers.append(
+            Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim_swa if is_local[i] else head_dim, embd.shape[0])
+        )
     widest = max(layers, key=lambda ls: ls.kv_width)  # the first of the widest
     return widest, tuple(layers), is_local, head_dim
 
@@ -118,8 +133,10 @@ def _kv_sources(md: Metadata, layers: tuple[Sizes, ...], is_local: tuple[bool, .
     n = len(layers)
     shared = md.int("attention.shared_kv_layers", 0, MAX_LAYERS, default=0)
     if shared and n - shared < 2:
-        raise CompileError(f"{md.path}: {md.key('attention.shared_kv_layers')} {shared} leaves {max(0, n - shared)} of "
-                           f"{n} layers storing KV; gemma4 needs at least 2")
+        raise CompileError(
+            f"{md.path}: {md.key('attention.shared_kv_layers')} {shared} leaves {max(0, n - shared)} of "
+            f"{n} layers storing KV; gemma4 needs at least 2"
+        )
     first = n - shared
     out = list(range(first))
     for i in range(first, n):
@@ -127,9 +144,11 @@ def _kv_sources(md: Metadata, layers: tuple[Sizes, ...], is_local: tuple[bool, .
         a, b = layers[i], layers[src]
         if is_local[src] != is_local[i] or (a.n_kv_heads, a.head_dim) != (b.n_kv_heads, b.head_dim):
             kind = lambda j: "sliding" if is_local[j] else "global"  # noqa: E731
-            raise CompileError(f"{md.path}: layer {i} ({kind(i)}, {a.n_kv_heads} x {a.head_dim}) would read the KV "
-                               f"cache of layer {src} ({kind(src)}, {b.n_kv_heads} x {b.head_dim}): not the same kind "
-                               f"and geometry")
+            raise CompileError(
+                f"{md.path}: layer {i} ({kind(i)}, {a.n_kv_heads} x {a.head_dim}) would read the KV "
+                f"cache of layer {src} ({kind(src)}, {b.n_kv_heads} x {b.head_dim}): not the same kind "
+                f"and geometry"
+            )
         out.append(src)
     return tuple(out)
 
@@ -157,8 +176,11 @@ def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, sf
     q, k, v, att = (name + sfx for name in ("q", "k", "v", "att"))
     hd = (s.head_dim,)
     if kv_layer != i:  # Q alone: a fused attn_qkv's Q rows, else attn_q (its attn_k / attn_v, if any, unread)
-        wq = (qkv_weights(b, p, s)[0] if b.has(p + "attn_qkv.weight")
-              else b.tensor(p + "attn_q.weight", "attn_q", (s.q_width, s.n_embd)))
+        wq = (
+            qkv_weights(b, p, s)[0]
+            if b.has(p + "attn_qkv.weight")
+            else b.tensor(p + "attn_q.weight", "attn_q", (s.q_width, s.n_embd))
+        )
         b.op("matmul", ("h",), (q,), (wq,))
         b.op("rmsnorm", (q,), (q,), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
         b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
@@ -171,8 +193,9 @@ def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, sf
         for buf, w in ((q, wq), (k, wk), (v, wv)):
             b.op("matmul", ("h",), (buf,), (w,))
         b.op("rmsnorm", (q,), (q,), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
-        b.op("rmsnorm", (k,), (k,), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps,
-             heads=s.n_kv_heads)
+        b.op(
+            "rmsnorm", (k,), (k,), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads
+        )
         b.op("rmsnorm", (v,), (v,), (), eps=eps, heads=s.n_kv_heads)  # no weight: ggml_rms_norm alone
         b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
         b.op("kv_write", (k, v), (), layer=i)
@@ -182,8 +205,19 @@ def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, sf
     linear(b, att, "h", p + "attn_output", (s.n_embd, s.q_width))
 
 
-def _block(b: ModelBuilder, md: Metadata, i: int, s: Sizes, eps: float, attn: Attention, n_ff: int, sfx: str, *,
-           kv_layer: int, ple: PerLayerEmbedding | None) -> None:
+def _block(
+    b: ModelBuilder,
+    md: Metadata,
+    i: int,
+    s: Sizes,
+    eps: float,
+    attn: Attention,
+    n_ff: int,
+    sfx: str,
+    *,
+    kv_layer: int,
+    ple: PerLayerEmbedding | None,
+) -> None:
     p = f"blk.{i}."
     e = (s.n_embd,)
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
@@ -217,8 +251,9 @@ def build(model: GGUFModel) -> ModelSpec:
     factors = None
     if not all(is_local):  # llama.cpp requires rope_freqs once a layer is global, of head_dim / 2 factors
         if rope.n_rot != head_dim:
-            raise CompileError(f"{md.path}: gemma4's rope_freqs needs rope.dimension_count == key_length ({rope.n_rot} "
-                               f"!= {head_dim})")
+            raise CompileError(
+                f"{md.path}: gemma4's rope_freqs needs rope.dimension_count == key_length ({rope.n_rot} != {head_dim})"
+            )
         factors = b.tensor("rope_freqs.weight", "rope_freqs", (head_dim // 2,))
     # llama.cpp's n_rot_swa defaults to n_rot (rope.dimension_count): a sliding head size below it needs the key
     head_dim_swa = next((ls.head_dim for ls, on in zip(layers, is_local) if on), head_dim)
@@ -227,8 +262,9 @@ def build(model: GGUFModel) -> ModelSpec:
         raise CompileError(f"{md.path}: rope.dimension_count_swa {n_rot_swa} must be even")
     base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=10000.0, open_lo=True)
     full = Attention(rope, scale=1.0, qk_norm=True, factors=factors)
-    local = Attention(rope, scale=1.0, qk_norm=True,
-                      window=window).with_rope(n_rot=n_rot_swa, freq_base=base_swa, freq_scale=1.0)
+    local = Attention(rope, scale=1.0, qk_norm=True, window=window).with_rope(
+        n_rot=n_rot_swa, freq_base=base_swa, freq_scale=1.0
+    )
     kv_layers = _kv_sources(md, layers, is_local)
     n_kv = 1 + max(kv_layers)  # the layers that store KV: the first ones
     ple = per_layer.read_per_layer_embedding(md, b, s.n_embd, s.n_layers, s.vocab_size)
@@ -265,5 +301,6 @@ def build(model: GGUFModel) -> ModelSpec:
     hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=factors is not None,
                  extra=extra | gemma4_moe.hparams(md, s))  # fmt: skip
     # only the layers that store KV have cache rows (the first n_kv: shared layers come last)
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr",
-                    kv=replace(kv_spec(s), n_layers=n_kv))
+    return b.finish(
+        hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=replace(kv_spec(s), n_layers=n_kv)
+    )

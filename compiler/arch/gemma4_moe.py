@@ -52,11 +52,17 @@ class Gemma4Experts:
         norm = lambda name: b.tensor(p + name + ".weight", name, (n,))  # noqa: E731
         b.op("rmsnorm", ("h",), ("h",), (norm("post_ffw_norm_1"),), eps=eps)
         b.op("rmsnorm", ("x",), ("moe_in",), (norm("pre_ffw_norm_2"),), eps=eps)
-        b.op("rmsnorm", ("x",), ("router_in",), (b.tensor(p + "ffn_gate_inp.scale", "ffn_gate_inp_scale", (n,)),),
-             eps=eps)
+        b.op(
+            "rmsnorm",
+            ("x",),
+            ("router_in",),
+            (b.tensor(p + "ffn_gate_inp.scale", "ffn_gate_inp_scale", (n,)),),
+            eps=eps,
+        )
         b.op("scale", ("router_in",), ("router_in",), factor=1.0 / math.sqrt(n))
-        b.op("matmul", ("router_in",), ("router",),
-             (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (e.count, n)),))
+        b.op(
+            "matmul", ("router_in",), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (e.count, n)),)
+        )
         escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (e.count,))
         b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), (escale,) if escale else (),
              **e.route_attrs(), **({"expert_scale": True} if escale else {}))  # fmt: skip
@@ -80,12 +86,15 @@ class Gemma4Experts:
                 raise CompileError(f"{b.path}: {name} (a per-expert gate/up scale) is not supported in gemma4")
         if b.has(fused) == any(b.has(x) for x in split):
             state = "both" if b.has(fused) else "neither"
-            raise CompileError(f"{b.path}: layer {i} has {state} of {fused} and ffn_gate_exps/ffn_up_exps (one of them "
-                               f"is needed)")
+            raise CompileError(
+                f"{b.path}: layer {i} has {state} of {fused} and ffn_gate_exps/ffn_up_exps (one of them is needed)"
+            )
         if not b.has(fused):
             shape = (e.count, e.n_ff, n)
-            return ((b.tensor(split[0], "ffn_gate_exps", shape), "exp_gate"),
-                    (b.tensor(split[1], "ffn_up_exps", shape), "exp_up"))
+            return (
+                (b.tensor(split[0], "ffn_gate_exps", shape), "exp_gate"),
+                (b.tensor(split[1], "ffn_up_exps", shape), "exp_up"),
+            )
         shape2 = (e.count, 2 * e.n_ff, n)
         return ((b.expert_rows(fused + ":gate", "ffn_gate_exps", fused, shape2, 0, e.n_ff), "exp_gate"),
                 (b.expert_rows(fused + ":up", "ffn_up_exps", fused, shape2, e.n_ff, 2 * e.n_ff), "exp_up"))  # fmt: skip
@@ -122,6 +131,8 @@ def read(md: Metadata, n_embd: int, n_layers: int) -> Gemma4Experts | None:
     widths = md.per_layer("expert_feed_forward_length", n_layers, 0, MAX_FF)
     n_ff = widths[0]  # llama.cpp: n_ff_exp() is layer 0's entry, for every layer's tensors
     if not n_ff or any(widths[i] != n_ff for i in layers):
-        raise CompileError(f"{md.path}: metadata {md.key('expert_feed_forward_length')} must be > 0 and the same for "
-                           f"every MoE layer (llama.cpp sizes them all by layer 0's: {n_ff})")
+        raise CompileError(
+            f"{md.path}: metadata {md.key('expert_feed_forward_length')} must be > 0 and the same for "
+            f"every MoE layer (llama.cpp sizes them all by layer 0's: {n_ff})"
+        )
     return Gemma4Experts(Experts(count, used, n_ff), layers, n_embd)

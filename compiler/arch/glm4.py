@@ -46,8 +46,9 @@ def build(model: GGUFModel) -> ModelSpec:
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
         attention(b, i, s, eps, cfg)
-        b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),),
-             eps=eps)
+        b.op(
+            "rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps
+        )
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
         glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=True, bias=False, scale=False)  # build_ffn(up, NULL, NULL, ...)

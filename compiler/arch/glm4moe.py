@@ -37,8 +37,9 @@ def _experts(md: Metadata) -> tuple[Experts, int]:
                 groups_used=groups_used, shared=shared, dense_lead=dense_lead)  # fmt: skip
     for i in range(dense_lead, n_layers - md.int("nextn_predict_layers", 0, n_layers - 1, default=0)):
         if f"blk.{i}.exp_probs_b.bias" not in md.model.tensors:
-            raise CompileError(f"{md.path}: missing tensor blk.{i}.exp_probs_b.bias ({ARCH}'s router has a selection "
-                               f"bias)")
+            raise CompileError(
+                f"{md.path}: missing tensor blk.{i}.exp_probs_b.bias ({ARCH}'s router has a selection bias)"
+            )
     return e, n_ff
 
 
@@ -46,7 +47,10 @@ def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, ARCH)
     if md.has("rope.dimension_sections"):
         sections = md.raw("rope.dimension_sections")
-        if (not isinstance(sections, (list, tuple)) or len(sections) > 4
-                or any(not isinstance(v, numbers.Integral) for v in sections)):
+        if (
+            not isinstance(sections, (list, tuple))
+            or len(sections) > 4
+            or any(not isinstance(v, numbers.Integral) for v in sections)
+        ):
             raise CompileError(f"{md.path}: metadata {md.key('rope.dimension_sections')} is not an array of 4 integers")
     return moe_transformer(model, ARCH, _experts, ffn_norm="post_attention_norm")

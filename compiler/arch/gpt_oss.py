@@ -52,8 +52,12 @@ def moe_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, n_expert: int, n_used: i
     b.op("swiglu", ("gate", "up"), ("gate",), activation="swiglu_oai", alpha=SWIGLU_ALPHA, limit=SWIGLU_LIMIT)
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (n_expert, e, n_ff))
     b.op("moe_matmul", ("gate", "expert_ids"), ("experts_out",), (down,))
-    b.op("moe_add_bias", ("experts_out", "expert_ids"), ("experts_out",),
-         (b.tensor(p + "ffn_down_exps.bias", "ffn_down_exps_bias", (n_expert, e)),))
+    b.op(
+        "moe_add_bias",
+        ("experts_out", "expert_ids"),
+        ("experts_out",),
+        (b.tensor(p + "ffn_down_exps.bias", "ffn_down_exps_bias", (n_expert, e)),),
+    )
     b.op("moe_combine", ("experts_out", "expert_weights"), ("h",))
 
 
@@ -66,8 +70,9 @@ def build(model: GGUFModel) -> ModelSpec:
     s: Sizes = read_sizes(md)
     rope = read_rope(md, s, "neox")
     if rope.n_rot != s.head_dim:  # llama.cpp sizes Q, K and V by n_rot for this architecture
-        raise CompileError(f"{md.path}: rope.dimension_count {rope.n_rot} != head size {s.head_dim} is not supported "
-                           f"({ARCH})")
+        raise CompileError(
+            f"{md.path}: rope.dimension_count {rope.n_rot} != head size {s.head_dim} is not supported ({ARCH})"
+        )
     n_ff = md.int("expert_feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)
@@ -91,8 +96,9 @@ def build(model: GGUFModel) -> ModelSpec:
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
         attention(b, i, s, eps, local if is_local[i] else full, out_bias=True)
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),),
-             eps=eps)
+        b.op(
+            "rmsnorm", ("x",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps
+        )
         moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used)
         b.op("add", ("x", "h"), ("x",))
     output_head(b, s, eps)

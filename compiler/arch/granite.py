@@ -145,8 +145,9 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     declare_buffers(b, s, ffn.n_ff, ffn.n_used, ffn.n_expert)
     ffn.declare_shared_expert(b, s.n_embd)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT),
-                           long_short=rope.scaling_type == "longrope")
+    factors = rope_factors(
+        b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=rope.scaling_type == "longrope"
+    )
     cfg = Attention(rope, scale=mult.attention or 1.0 / math.sqrt(s.head_dim), factors=factors if use_rope else None)
     b.op("embed", ("tokens",), ("x",), (embd,), **({"scale": mult.embedding} if mult.embedding else {}))
     for i in range(s.n_layers):

@@ -54,8 +54,9 @@ def build_moe(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "hunyuan-moe")
     count, used = read_experts(md)
     if not count:
-        raise CompileError(f"{md.path}: hunyuan-moe needs {md.key('expert_count')} and {md.key('expert_used_count')} > "
-                           f"0")
+        raise CompileError(
+            f"{md.path}: hunyuan-moe needs {md.key('expert_count')} and {md.key('expert_used_count')} > 0"
+        )
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     md.int("expert_feed_forward_length", 1, MAX_FF)  # required by llama.cpp's loader, which then sizes experts by n_ff
     shared_ff = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) or n_ff

@@ -23,8 +23,9 @@ def declare(b: ModelBuilder, n: int, rows: str = "T") -> None:
     b.buffer(f"ln_mean_{rows}", rows, n)
 
 
-def layer_norm(b: ModelBuilder, src: str, dst: str, n: int, eps: float, weight: str, *, rows: str = "T",
-               bias: str | None = None) -> None:
+def layer_norm(
+    b: ModelBuilder, src: str, dst: str, n: int, eps: float, weight: str, *, rows: str = "T", bias: str | None = None
+) -> None:
     """dst = LayerNorm(src) * weight (+ bias) over rows of n values (declare(b, n, rows) first)."""
     part = b.constant(f"rfc.layernorm.mean.{n}", "layernorm_mean", (MEAN_SLOTS, n), -1.0 / (MEAN_SLOTS * n))
     spread = b.constant(f"rfc.layernorm.spread.{n}", "layernorm_spread", (n, MEAN_SLOTS), 1.0)
@@ -59,8 +60,9 @@ def head_layer_norm(b: ModelBuilder, buf: str, heads: int, head_dim: int, eps: f
         mean_runs += [(0.0, h * d), (-1.0 / (s * d), d), (0.0, (heads - 1 - h) * d)] * s
         spread_runs += [(0.0, h * s), (1.0, s), (0.0, (heads - 1 - h) * s)] * d
     part = b.filled(f"rfc.layernorm.heads.mean.{heads}x{d}", "layernorm_mean", (heads * s, w), _merged(mean_runs))
-    spread = b.filled(f"rfc.layernorm.heads.spread.{heads}x{d}", "layernorm_spread", (w, heads * s),
-                      _merged(spread_runs))
+    spread = b.filled(
+        f"rfc.layernorm.heads.spread.{heads}x{d}", "layernorm_spread", (w, heads * s), _merged(spread_runs)
+    )
     b.op("matmul", (buf,), (f"ln_part_{buf}",), (part,))
     b.op("matmul", (f"ln_part_{buf}",), (f"ln_mean_{buf}",), (spread,))
     b.op("add", (buf, f"ln_mean_{buf}"), (buf,))

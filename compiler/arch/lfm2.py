@@ -25,7 +25,14 @@ from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Attention, Sizes, declare_buffers, glu_ffn, hparams, linear, read_rope
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block
 from rfc.compiler.arch.metadata import (
-    MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata,
+    MAX_CONTEXT,
+    MAX_EMBD,
+    MAX_FF,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    Metadata,
 )
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -58,13 +65,15 @@ def build_hybrid(model: GGUFModel, arch: str, experts: Callable[[Metadata, int],
         raise CompileError(f"{md.path}: head_count {nh} is not a multiple of head_count_kv {nkv}")
     head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // nh))
     if md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim) != head_dim or nh * head_dim != n_embd:
-        raise CompileError(f"{md.path}: {arch} needs value_length = key_length and head_count x key_length = "
-                           f"embedding_length")
+        raise CompileError(
+            f"{md.path}: {arch} needs value_length = key_length and head_count x key_length = embedding_length"
+        )
     l_cache = md.int("shortconv.l_cache", 2, MAX_CONV_KERNEL)  # llama.cpp asserts > 1
     ex = experts(md, n_layers) if experts else None
     dense = ex is None or ex.dense_lead > 0  # the expert-only layers read no feed_forward_length
-    n_ff = (md.int("feed_forward_length", 1, MAX_FF) if dense
-            else md.int("feed_forward_length", 1, MAX_FF, default=ex.n_ff))
+    n_ff = (
+        md.int("feed_forward_length", 1, MAX_FF) if dense else md.int("feed_forward_length", 1, MAX_FF, default=ex.n_ff)
+    )
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     window = None
     if arch == "lfm2":
@@ -96,8 +105,12 @@ def build_hybrid(model: GGUFModel, arch: str, experts: Callable[[Metadata, int],
         if kv_heads[i]:
             _attention(b, i, attn_layers.index(i), s, eps, cfg)
         else:
-            b.op("matmul", ("h",), ("bcx",),
-                 (b.tensor(p + "shortconv.in_proj.weight", "shortconv_in_proj", (3 * n_embd, n_embd)),))
+            b.op(
+                "matmul",
+                ("h",),
+                ("bcx",),
+                (b.tensor(p + "shortconv.in_proj.weight", "shortconv_in_proj", (3 * n_embd, n_embd)),),
+            )
             state = b.state(i, (l_cache - 1, n_embd))
             kernel = b.tensor(p + "shortconv.conv.weight", "shortconv_conv", (n_embd, l_cache))
             b.op("short_conv", ("bcx",), ("conv",), (kernel,), state=state)
@@ -116,10 +129,18 @@ def build_hybrid(model: GGUFModel, arch: str, experts: Callable[[Metadata, int],
         b.op("matmul", ("hr",), ("logits",), (embd,))
     else:  # build_lora_mm(output, cur, output_s): the weight scale where the file has one, no bias
         linear(b, "hr", "logits", "output", (s.vocab_size, n_embd), bias=False)
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False,
-                 extra={"attention_layers": len(attn_layers), "conv_layers": n_layers - len(attn_layers),
-                        "conv_kernel": l_cache}
-                 | (ex.hparams() if ex is not None else {}))
+    hp = hparams(
+        md,
+        s,
+        rope,
+        n_ff,
+        eps,
+        tied_embeddings=tied,
+        qkv_bias=False,
+        rope_freq_factors=False,
+        extra={"attention_layers": len(attn_layers), "conv_layers": n_layers - len(attn_layers), "conv_kernel": l_cache}
+        | (ex.hparams() if ex is not None else {}),
+    )
     kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=nkv, head_dim=head_dim, dtype="f16")
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
 
@@ -134,8 +155,9 @@ def _attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float, cfg
         linear(b, "h", proj, f"{p}attn_{proj}", (width, s.n_embd))
     hd = (s.head_dim,)
     b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
-    b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps,
-         heads=s.n_kv_heads)
+    b.op(
+        "rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads
+    )
     b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(s))
     b.op("kv_write", ("k", "v"), (), layer=kv_layer)
     extra = {"window": cfg.window} if cfg.window is not None else {}

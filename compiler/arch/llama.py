@@ -13,6 +13,8 @@ def build(model: GGUFModel) -> ModelSpec:
     spec = llama_like(model, "llama", rope_style="adjacent")
     hp = spec.hparams
     if hp.n_rot != hp.head_dim:
-        raise CompileError(f"{model.path.name}: llama.rope.dimension_count {hp.n_rot} != head size {hp.head_dim} "
-                           "(llama rotates whole heads; llama.cpp refuses this file too)")
+        raise CompileError(
+            f"{model.path.name}: llama.rope.dimension_count {hp.n_rot} != head size {hp.head_dim} "
+            "(llama rotates whole heads; llama.cpp refuses this file too)"
+        )
     return spec

@@ -50,28 +50,38 @@ NO_KQ_NORM_EXPERTS = 128  # LLM_TYPE_17B_128E: use_kq_norm off
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "llama4")
-    md.ignored("attention.temperature_scale",
-               "llama.cpp fixes llama4's NoPE temperature (0.1), which does nothing in the context served")
+    md.ignored(
+        "attention.temperature_scale",
+        "llama.cpp fixes llama4's NoPE temperature (0.1), which does nothing in the context served",
+    )
     s = read_sizes(md)
     rope = read_rope(md, s, "adjacent")
     if rope.n_rot != s.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
-                           "(llama4 rotates whole heads; llama.cpp asserts it)")
+        raise CompileError(
+            f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
+            "(llama4 rotates whole heads; llama.cpp asserts it)"
+        )
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)
     if not n_expert:
-        raise CompileError(f"{md.path}: llama4 needs {md.key('expert_count')} > 0 (llama.cpp refuses a llama4 without "
-                           f"experts)")
+        raise CompileError(
+            f"{md.path}: llama4 needs {md.key('expert_count')} > 0 (llama.cpp refuses a llama4 without experts)"
+        )
     if md.int("expert_group_count", 0, n_expert, default=0) > 1:
         raise CompileError(f"{md.path}: {md.key('expert_group_count')} is not supported for llama4")
     n_ff_exp = md.int("expert_feed_forward_length", 1, MAX_FF)
     step = md.int("interleave_moe_layer_step", 0, MAX_LAYERS)
     moe = [step > 0 and (i + 1) % step == 0 for i in range(s.n_layers)]
-    n_ff = (md.int("feed_forward_length", 1, MAX_FF) if not all(moe)
-            else md.int("feed_forward_length", 1, MAX_FF, default=n_ff_exp))
+    n_ff = (
+        md.int("feed_forward_length", 1, MAX_FF)
+        if not all(moe)
+        else md.int("feed_forward_length", 1, MAX_FF, default=n_ff_exp)
+    )
     if md.has("attention.sliding_window") and md.int("attention.sliding_window", 0, MAX_CONTEXT) == 0:
-        raise CompileError(f"{md.path}: {md.key('attention.sliding_window')} = 0 (no chunked attention, every layer "
-                           "with RoPE but the last) is not supported for llama4")
+        raise CompileError(
+            f"{md.path}: {md.key('attention.sliding_window')} = 0 (no chunked attention, every layer "
+            "with RoPE but the last) is not supported for llama4"
+        )
     swa = _chunked_layers(md, s.n_layers)
     base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=rope.freq_base, open_lo=True)
     kq_norm = n_expert != NO_KQ_NORM_EXPERTS
@@ -120,8 +130,16 @@ def _chunked_layers(md: Metadata, n_layers: int) -> list[bool]:
 
 def _declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_ff_exp: int, n_expert: int, k: int) -> None:
     b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width),
-                        ("att", s.q_width), ("gate", n_ff), ("up", n_ff)):
+    for name, width in (
+        ("x", s.n_embd),
+        ("h", s.n_embd),
+        ("q", s.q_width),
+        ("k", s.kv_width),
+        ("v", s.kv_width),
+        ("att", s.q_width),
+        ("gate", n_ff),
+        ("up", n_ff),
+    ):
         b.buffer(name, "T", width)
     b.buffer("router", "T", n_expert)
     b.buffer("expert_ids", "T", k, dtype="i32")
@@ -138,8 +156,9 @@ def _declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_ff_exp: int, n_expe
         b.buffer(name, "R", width)
 
 
-def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, use_rope: bool,
-               ones: str | None) -> None:
+def _attention(
+    b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, use_rope: bool, ones: str | None
+) -> None:
     """h = attn_output(attention(...)) of layer i: Q/K/V (build_qkv: each times its weight scale,
     plus its bias, where the file has them), then RoPE and the weightless per-head norms of Q and
     K (RoPE layers), or neither (NoPE layers); attn_output with its scale and bias likewise."""

@@ -55,20 +55,26 @@ def read_mamba2(md: Metadata) -> Mamba2:
     n_heads = md.int("ssm.time_step_rank", 1, MAX_HEADS)
     n_groups = md.int("ssm.group_count", 1, MAX_HEADS)
     if d_inner % n_heads:
-        raise CompileError(f"{md.path}: {md.key('ssm.inner_size')} {d_inner} is not a multiple of "
-                           f"{md.key('ssm.time_step_rank')} {n_heads} (heads)")
+        raise CompileError(
+            f"{md.path}: {md.key('ssm.inner_size')} {d_inner} is not a multiple of "
+            f"{md.key('ssm.time_step_rank')} {n_heads} (heads)"
+        )
     if d_inner % n_groups or (d_inner // n_groups) % 8:  # the cpu norm's segments are whole 8-float vectors
-        raise CompileError(f"{md.path}: {md.key('ssm.inner_size')} {d_inner} is not {n_groups} groups "
-                           f"({md.key('ssm.group_count')}) of a multiple of 8")
+        raise CompileError(
+            f"{md.path}: {md.key('ssm.inner_size')} {d_inner} is not {n_groups} groups "
+            f"({md.key('ssm.group_count')}) of a multiple of 8"
+        )
     if n_heads % n_groups:
-        raise CompileError(f"{md.path}: {md.key('ssm.time_step_rank')} {n_heads} (heads) is not a multiple of "
-                           f"{md.key('ssm.group_count')} {n_groups}")
+        raise CompileError(
+            f"{md.path}: {md.key('ssm.time_step_rank')} {n_heads} (heads) is not a multiple of "
+            f"{md.key('ssm.group_count')} {n_groups}"
+        )
     return Mamba2(d_inner, n_state, n_heads, n_groups, kernel)
 
 
-
-def attention_heads(md: Metadata, heads: list[int], kv_heads: list[int], attn: list[int],
-                    n_embd: int) -> tuple[int, int, int]:
+def attention_heads(
+    md: Metadata, heads: list[int], kv_heads: list[int], attn: list[int], n_embd: int
+) -> tuple[int, int, int]:
     """(heads, KV heads, head size) of a hybrid stack's attention layers `attn`, which must all
     have the same (the KV cache has one row size); granitehybrid and nemotron_h read them so."""
     n_heads, n_kv = {heads[i] for i in attn}, {kv_heads[i] for i in attn}
@@ -83,6 +89,7 @@ def attention_heads(md: Metadata, heads: list[int], kv_heads: list[int], attn: l
     if md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim) != head_dim:
         raise CompileError(f"{md.path}: attention.value_length != key_length is not supported")
     return nh, nkv, head_dim
+
 
 def declare(b: ModelBuilder, m: Mamba2) -> None:
     for name, width in (("ssm_z", m.d_inner), ("ssm_xbc_in", m.conv_dim), ("ssm_xbc", m.conv_dim),
@@ -110,8 +117,17 @@ def mamba2_layer(b: ModelBuilder, i: int, e: int, m: Mamba2, eps: float, *, src:
     h = m.n_heads
     gates = (b.flat(p + "ssm_a", "ssm_a", (h, 1)), b.flat(p + "ssm_d", "ssm_d", (h, 1)),
              b.tensor(p + "ssm_dt.bias", "ssm_dt_bias", (h,)))  # fmt: skip
-    b.op("ssm_scan", ("ssm_xbc", "ssm_dt"), ("ssm_y",), gates, state=b.state(i, (h, m.head_dim, m.n_state)), n_heads=h,
-         head_dim=m.head_dim, n_groups=m.n_groups, state_size=m.n_state)
+    b.op(
+        "ssm_scan",
+        ("ssm_xbc", "ssm_dt"),
+        ("ssm_y",),
+        gates,
+        state=b.state(i, (h, m.head_dim, m.n_state)),
+        n_heads=h,
+        head_dim=m.head_dim,
+        n_groups=m.n_groups,
+        state_size=m.n_state,
+    )
     b.op("swiglu", ("ssm_z", "ssm_y"), ("ssm_y",))
     norm = b.flat(p + "ssm_norm.weight", "ssm_norm", (m.n_groups, m.d_inner // m.n_groups))  # a weight per group
     b.op("rmsnorm", ("ssm_y",), ("ssm_y",), (norm,), eps=eps, **({"heads": m.n_groups} if m.n_groups > 1 else {}))

@@ -52,8 +52,9 @@ READ_BY: dict[str, frozenset[str]] = {
     "attention.scale": frozenset((*_GRANITES, "dflash")),
     "attention.temperature_scale": frozenset(("deepseek2", "mistral3")),
     "attention.max_alibi_bias": frozenset(("jais", "mpt")),
-    "logit_scale": frozenset((*_GRANITES, "cohere2", "cohere2moe", "command-r", "dflash", "grok", "minicpm",
-                              "muse-glimmer", "talkie")),
+    "logit_scale": frozenset(
+        (*_GRANITES, "cohere2", "cohere2moe", "command-r", "dflash", "grok", "minicpm", "muse-glimmer", "talkie")
+    ),
     "residual_scale": frozenset((*_GRANITES, "minicpm", "minimax-01")),
     "embedding_scale": frozenset((*_GRANITES, "dflash", "grok", "hrm_text", "minicpm")),
     "swiglu_clamp_exp": frozenset(("bailingmoe3", "deepseek4", "dflash", "glm5-next", "hy_v4", "maple", "step35")),
@@ -82,9 +83,13 @@ def check_math_keys(model: GGUFModel, arch: str) -> None:
         if key in model.keys_read or arch not in READ_BY[suffix]:
             continue
         if key in model.unread:
-            raise CompileError(f"{model.path.name}: metadata {key} changes the math and rfc's {arch} recipe does not "
-                               f"apply it "
-                               "(refused rather than computed without it)")
+            raise CompileError(
+                f"{model.path.name}: metadata {key} changes the math and rfc's {arch} recipe does not "
+                f"apply it "
+                "(refused rather than computed without it)"
+            )
         if key in model.metadata and not _neutral(model.metadata[key], neutral):
-            raise CompileError(f"{model.path.name}: metadata {key} = {_show(model.metadata[key])} changes the math and "
-                               f"rfc's {arch} recipe does not apply it (refused rather than computed without it)")
+            raise CompileError(
+                f"{model.path.name}: metadata {key} = {_show(model.metadata[key])} changes the math and "
+                f"rfc's {arch} recipe does not apply it (refused rather than computed without it)"
+            )

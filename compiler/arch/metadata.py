@@ -101,8 +101,10 @@ class Metadata:
     def choice(self, key: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
         value = self._raw(key, default)
         if not isinstance(value, str) or value not in choices:
-            raise CompileError(f"{self.path}: metadata {self.key(key)} = {_show(value)} is not supported (supported: "
-                               f"{', '.join(choices)})")
+            raise CompileError(
+                f"{self.path}: metadata {self.key(key)} = {_show(value)} is not supported (supported: "
+                f"{', '.join(choices)})"
+            )
         return value
 
     def bool(self, key: str, default: Any = _REQUIRED) -> bool:

@@ -98,13 +98,16 @@ def read_experts_of(md: Metadata, *, n_ff: int | None) -> tuple[int, int, int, i
     groups_used = 1
     if groups > 1:
         if count % groups:
-            raise CompileError(f"{md.path}: {md.key('expert_count')} {count} is not a multiple of expert_group_count "
-                               f"{groups}")
+            raise CompileError(
+                f"{md.path}: {md.key('expert_count')} {count} is not a multiple of expert_group_count {groups}"
+            )
         groups_used = md.int("expert_group_used_count", 1, groups - 1)
         if used > groups_used * (count // groups):
-            raise CompileError(f"{md.path}: expert_used_count {used} exceeds the {groups_used} groups of "
-                               f"{count // groups} "
-                               "experts kept")
+            raise CompileError(
+                f"{md.path}: expert_used_count {used} exceeds the {groups_used} groups of "
+                f"{count // groups} "
+                "experts kept"
+            )
     else:
         groups = 1
     if n_ff is None or n_ff < used:
@@ -120,8 +123,10 @@ def read_gating(md: Metadata, default: str) -> str:
     if code == 0:
         return default
     if code not in GATING_FUNCS:
-        raise CompileError(f"{md.path}: metadata {md.key('expert_gating_func')} = {code} is not supported "
-                           f"(supported: {', '.join(f'{k} ({v})' for k, v in GATING_FUNCS.items())})")
+        raise CompileError(
+            f"{md.path}: metadata {md.key('expert_gating_func')} = {code} is not supported "
+            f"(supported: {', '.join(f'{k} ({v})' for k, v in GATING_FUNCS.items())})"
+        )
     return GATING_FUNCS[code]
 
 
@@ -164,12 +169,15 @@ def expert_gate_up(b: ModelBuilder, i: int, e: Experts, n_embd: int) -> tuple[st
         return (b.expert_rows(fused + ":gate", "ffn_gate_exps", fused, shape, 0, e.n_ff),
                 b.expert_rows(fused + ":up", "ffn_up_exps", fused, shape, e.n_ff, 2 * e.n_ff))  # fmt: skip
     shape = (e.count, e.n_ff, n_embd)
-    return (b.tensor(p + "ffn_gate_exps.weight", "ffn_gate_exps", shape),
-            b.tensor(p + "ffn_up_exps.weight", "ffn_up_exps", shape))
+    return (
+        b.tensor(p + "ffn_gate_exps.weight", "ffn_gate_exps", shape),
+        b.tensor(p + "ffn_up_exps.weight", "ffn_up_exps", shape),
+    )
 
 
-def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", residual: str = "x",
-              scales: bool = False) -> None:
+def moe_block(
+    b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", residual: str = "x", scales: bool = False
+) -> None:
     """residual += routed experts(src) (+ shared experts(src)), for layer i.
 
     The router reads src (ffn_gate_inp), chooses and weighs `used` experts per token
@@ -199,13 +207,20 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
     # ffn_down_exps.scale [n_expert]: llama.cpp scales each chosen expert's down output by it
     # (build_lora_mm_id's w_s), a factor of the expert's weight in the sum (moe_route's expert_scale)
     escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (e.count,)) if scales else None
-    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), tuple(w for w in (bias, escale) if w),
-         **e.route_attrs(), **({"expert_scale": True} if escale else {}))
+    b.op(
+        "moe_route",
+        ("router",),
+        ("expert_ids", "expert_weights"),
+        tuple(w for w in (bias, escale) if w),
+        **e.route_attrs(),
+        **({"expert_scale": True} if escale else {}),
+    )
     for w, buf in zip(expert_gate_up(b, i, e, n), ("exp_gate", "exp_up")):
         b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
     if scales:
-        expert_scales(b, i, e.count, "exp_gate", "exp_up",
-                      fused=e.fused_gate_up and b.has(p + "ffn_gate_up_exps.weight"))
+        expert_scales(
+            b, i, e.count, "exp_gate", "exp_up", fused=e.fused_gate_up and b.has(p + "ffn_gate_up_exps.weight")
+        )
     b.op("swiglu", ("exp_gate", "exp_up"), ("exp_gate",))
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (e.count, n, e.n_ff))
     b.op("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",), (down,))
@@ -224,8 +239,15 @@ def moe_block(b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", 
         b.op("add", (residual, src), (residual,))
 
 
-def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], tuple[Experts, int]], *,
-                    ffn_norm: str = "ffn_norm", full_rotary: bool = False, scales: bool = False) -> ModelSpec:
+def moe_transformer(
+    model: GGUFModel,
+    arch: str,
+    experts: Callable[[Metadata], tuple[Experts, int]],
+    *,
+    ffn_norm: str = "ffn_norm",
+    full_rotary: bool = False,
+    scales: bool = False,
+) -> ModelSpec:
     """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
     Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
     glm4moe's is post_attention_norm) and the experts (a dense SwiGLU FFN in the leading dense
@@ -241,14 +263,25 @@ def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], t
     s = replace(s, n_layers=s.n_layers - nextn)
     rope = read_rope(md, s, "neox")
     if full_rotary and rope.n_rot != s.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
-                           f"({arch} rotates whole heads; llama.cpp refuses this file too)")
+        raise CompileError(
+            f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
+            f"({arch} rotates whole heads; llama.cpp refuses this file too)"
+        )
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     e, n_ff = experts(md)
     b = ModelBuilder(model)
     b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width),
-                        ("att", s.q_width), ("xr", s.n_embd), ("hr", s.n_embd), ("logits", s.vocab_size)):
+    for name, width in (
+        ("x", s.n_embd),
+        ("h", s.n_embd),
+        ("q", s.q_width),
+        ("k", s.kv_width),
+        ("v", s.kv_width),
+        ("att", s.q_width),
+        ("xr", s.n_embd),
+        ("hr", s.n_embd),
+        ("logits", s.vocab_size),
+    ):
         b.buffer(name, "R" if name in ("xr", "hr", "logits") else "T", width)
     declare_expert_buffers(b, s.n_embd, e)
     if e.dense_lead:
@@ -272,8 +305,10 @@ def moe_transformer(model: GGUFModel, arch: str, experts: Callable[[Metadata], t
             glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=scales)
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, s, eps)
-    b.unused_layers(range(s.n_layers, s.n_layers + nextn),
-                    "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too")
+    b.unused_layers(
+        range(s.n_layers, s.n_layers + nextn),
+        "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too",
+    )
     hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=False,
                  extra=e.hparams() | ({"nextn_predict_layers": nextn} if nextn else {}))  # fmt: skip

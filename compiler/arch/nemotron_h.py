@@ -30,9 +30,9 @@ from rfc.compiler.spec import ModelSpec
 MAMBA, ATTENTION, MLP = "mamba2", "attention", "mlp"
 
 
-def layer_kinds(md: Metadata, b: ModelBuilder, n_layers: int,
-                ffn_tensor: str = "ffn_up.weight") -> tuple[list[str], tuple[int, ...], tuple[int, ...],
-                                                            tuple[int, ...]]:
+def layer_kinds(
+    md: Metadata, b: ModelBuilder, n_layers: int, ffn_tensor: str = "ffn_up.weight"
+) -> tuple[list[str], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
     kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS)
     n_ff = md.per_layer("feed_forward_length", n_layers, 0, MAX_FF)
@@ -67,8 +67,9 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
     kinds = kinds[:n_layers]
     attn = [i for i in range(n_layers) if kinds[i] == ATTENTION]
     if not attn:
-        raise CompileError(f"{md.path}: no attention layer ({md.key('attention.head_count_kv')}, "
-                           f"{md.key('feed_forward_length')})")
+        raise CompileError(
+            f"{md.path}: no attention layer ({md.key('attention.head_count_kv')}, {md.key('feed_forward_length')})"
+        )
     nh, nkv, head_dim = mamba2.attention_heads(md, heads, kv_heads, attn, n_embd)
     embd_t = model.tensors.get("token_embd.weight")
     if embd_t is None or len(embd_t.shape) != 2 or not 1 <= embd_t.shape[0] <= MAX_VOCAB:
@@ -77,8 +78,9 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
     m = mamba2.read_mamba2(md)
     moe = experts(md, n_embd, n_ff, [i for i in range(n_layers) if kinds[i] == MLP]) if experts else None
     if moe is None and md.int("expert_count", 0, 1 << 20, default=0):
-        raise CompileError(f"{md.path}: {md.key('expert_count')}: nemotron_h with experts (nemotron_h_moe) is not "
-                           f"supported")
+        raise CompileError(
+            f"{md.path}: {md.key('expert_count')}: nemotron_h with experts (nemotron_h_moe) is not supported"
+        )
     eps_plain = md.float("attention.layer_norm_epsilon", 0.0, 1.0, open_lo=True)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, default=eps_plain, open_lo=True)
     widest = max([n_ff[i] for i in range(n_layers) if kinds[i] == MLP], default=1)

@@ -111,8 +111,10 @@ def read(md: Metadata, n_embd: int, n_ff: tuple[int, ...], ffn_layers: list[int]
             raise CompileError(f"{md.path}: metadata {md.key(key)} per layer (Nemotron 3 Puzzle) is not supported")
     ffs = {n_ff[i] for i in ffn_layers}
     if not md.has("expert_feed_forward_length") and len(ffs) > 1:
-        raise CompileError(f"{md.path}: no {md.key('expert_feed_forward_length')}, and the FFN layers' "
-                           f"feed_forward_length differ ({sorted(ffs)}): one expert width is supported")
+        raise CompileError(
+            f"{md.path}: no {md.key('expert_feed_forward_length')}, and the FFN layers' "
+            f"feed_forward_length differ ({sorted(ffs)}): one expert width is supported"
+        )
     # without expert_feed_forward_length, llama.cpp's width is the layer's feed_forward_length / used
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=min(ffs) if len(ffs) == 1 else None)
     shared_ff = md.int("expert_shared_feed_forward_length", 1, MAX_FF)  # llama.cpp's shared expert tensors are required

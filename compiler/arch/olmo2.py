@@ -47,15 +47,26 @@ def build(model: GGUFModel) -> ModelSpec:
     for i in range(s.n_layers):
         p = f"blk.{i}."
         attention(b, i, s, eps, local_cfg if local[i] else cfg, src="x")
-        b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),),
-             eps=eps)
+        b.op(
+            "rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps
+        )
         b.op("add", ("x", "h"), ("x",))
         glu_ffn(b, i, s.n_embd, n_ff, src="x", bias=False, scale=False)  # as olmo2.cpp calls build_ffn
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
     output_head(b, s, eps)
-    extra = ({"sliding_window": window, "sliding_window_layers": [i for i, on in enumerate(local) if on]} if window
-             else {})
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"),
-                 rope_freq_factors=False, extra=extra)
+    extra = (
+        {"sliding_window": window, "sliding_window_layers": [i for i, on in enumerate(local) if on]} if window else {}
+    )
+    hp = hparams(
+        md,
+        s,
+        rope,
+        n_ff,
+        eps,
+        tied_embeddings=False,
+        qkv_bias=b.has("blk.0.attn_q.bias"),
+        rope_freq_factors=False,
+        extra=extra,
+    )
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))

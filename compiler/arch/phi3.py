@@ -14,5 +14,13 @@ from rfc.compiler.spec import ModelSpec
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    return llama_like(model, "phi3", rope_style="neox", fused_gate_up=True, long_short_factors=True,
-                      ffn_bias=False, ffn_scale=False, output_bias=True)
+    return llama_like(
+        model,
+        "phi3",
+        rope_style="neox",
+        fused_gate_up=True,
+        long_short_factors=True,
+        ffn_bias=False,
+        ffn_scale=False,
+        output_bias=True,
+    )

@@ -53,8 +53,9 @@ class PerLayerEmbedding:
 INPUT_SCALE = float(np.float32(1.0) / np.sqrt(np.float32(2.0)))  # 1.0f / sqrtf(2.0f)
 
 
-def read_per_layer_embedding(md: Metadata, b: ModelBuilder, n_embd: int, n_layers: int,
-                             vocab: int) -> PerLayerEmbedding | None:
+def read_per_layer_embedding(
+    md: Metadata, b: ModelBuilder, n_embd: int, n_layers: int, vocab: int
+) -> PerLayerEmbedding | None:
     """The file's PLE (None when embedding_length_per_layer_input is 0 or absent), its width
     bounded and the three model-wide tensors checked against it before anything is sized."""
     width = md.int(KEY, 0, MAX_EMBD, default=0)
@@ -85,8 +86,9 @@ def layer_input(b: ModelBuilder, ple: PerLayerEmbedding, i: int, eps: float) -> 
     """ple_in = layer i's per-layer input (the module docstring's in_i)."""
     w = ple.width
     b.op("embed", ("tokens",), (INPUT,), (ple.table,), scale=ple.token_scale, column=i * w)
-    rows = b.rows(f"{ple.proj}:{i}", "per_layer_model_proj", ple.proj, (ple.n_layers * w, ple.n_embd), i * w,
-                  (i + 1) * w)
+    rows = b.rows(
+        f"{ple.proj}:{i}", "per_layer_model_proj", ple.proj, (ple.n_layers * w, ple.n_embd), i * w, (i + 1) * w
+    )
     b.op("matmul", (X0,), (PROJ,), (rows,))
     b.op("scale", (PROJ,), (PROJ,), factor=ple.proj_scale)
     b.op("rmsnorm", (PROJ,), (PROJ,), (ple.proj_norm,), eps=eps)
@@ -94,8 +96,9 @@ def layer_input(b: ModelBuilder, ple: PerLayerEmbedding, i: int, eps: float) -> 
     b.op("scale", (INPUT,), (INPUT,), factor=INPUT_SCALE)
 
 
-def layer_output(b: ModelBuilder, ple: PerLayerEmbedding, i: int, eps: float, *, src: str = "x",
-                 dst: str = "h") -> None:
+def layer_output(
+    b: ModelBuilder, ple: PerLayerEmbedding, i: int, eps: float, *, src: str = "x", dst: str = "h"
+) -> None:
     """dst = post_norm(proj(gelu_tanh(inp_gate src) * ple_in)) with layer i's tensors (blk.N.post_norm, ...) for
     layer i; the caller adds it to its residual (gemma4: x += h)."""
     p = f"blk.{i}."

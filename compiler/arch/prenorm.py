@@ -42,8 +42,16 @@ class Block:
     out_bias: bool = True  # False: llama.cpp loads attn_output.bias and its graph does not add it (ernie4_5)
 
 
-def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, declare: Callable | None = None,
-          rope: Callable[[Metadata, Sizes, Rope], Rope] | None = None, extra: dict | None = None) -> ModelSpec:
+def build(
+    model: GGUFModel,
+    arch: str,
+    block: Block,
+    *,
+    ffn: Ffn | None = None,
+    declare: Callable | None = None,
+    rope: Callable[[Metadata, Sizes, Rope], Rope] | None = None,
+    extra: dict | None = None,
+) -> ModelSpec:
     """The model: `ffn` replaces the dense SwiGLU FFN (declare(b, s) declares its buffers); `rope`
     adjusts the file's RoPE (hunyuan's NTK alpha)."""
     md = Metadata(model, arch)
@@ -66,8 +74,13 @@ def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, 
         declare(b, s)
     embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
     factors = rope_factors(b, rp, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if block.factors else None
-    cfg = Attention(rp, scale=1.0 / math.sqrt(s.head_dim), factors=factors, qk_norm=block.qk_norm_rows,
-                    qk_norm_rows=block.qk_norm_rows)
+    cfg = Attention(
+        rp,
+        scale=1.0 / math.sqrt(s.head_dim),
+        factors=factors,
+        qk_norm=block.qk_norm_rows,
+        qk_norm_rows=block.qk_norm_rows,
+    )
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(s.n_layers):
         p = f"blk.{i}."
@@ -79,8 +92,9 @@ def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, 
         else:
             attention(b, i, s, eps, cfg, out_bias=block.out_bias)
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{block.ffn_norm}.weight", block.ffn_norm, (s.n_embd,)),),
-             eps=eps)
+        b.op(
+            "rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{block.ffn_norm}.weight", block.ffn_norm, (s.n_embd,)),), eps=eps
+        )
         if ffn is None:
             # seed_oss, ernie4_5, hunyuan: build_ffn(up, NULL, NULL, ...)
             glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=False)
@@ -94,8 +108,9 @@ def build(model: GGUFModel, arch: str, block: Block, *, ffn: Ffn | None = None, 
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
 
 
-def _attention_norm_after_rope(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *,
-                               out_bias: bool) -> None:
+def _attention_norm_after_rope(
+    b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, out_bias: bool
+) -> None:
     """h = attn_output(attention(...)) with Q and K RMS-normed per head after RoPE (hunyuan's order);
     every matmul with its weight scale and bias where the file has them, as attention's."""
     p = f"blk.{i}."
@@ -103,8 +118,9 @@ def _attention_norm_after_rope(b: ModelBuilder, i: int, s: Sizes, eps: float, cf
     b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
     hd = (s.head_dim,)
     b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
-    b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps,
-         heads=s.n_kv_heads)
+    b.op(
+        "rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads
+    )
     b.op("kv_write", ("k", "v"), (), layer=i)
     b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
          scale=cfg.scale)  # fmt: skip

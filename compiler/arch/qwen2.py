@@ -6,5 +6,6 @@ from rfc.compiler.spec import ModelSpec
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    return llama_like(model, "qwen2", rope_style="neox", qkv_bias=True, ffn_bias=False, ffn_scale=False,
-                      output_bias=True)
+    return llama_like(
+        model, "qwen2", rope_style="neox", qkv_bias=True, ffn_bias=False, ffn_scale=False, output_bias=True
+    )

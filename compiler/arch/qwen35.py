@@ -43,8 +43,11 @@ def read_sections(md: Metadata, n_rot: int) -> None:
     would stay unturned, which this recipe does not plan: refused."""
     key = "rope.dimension_sections"
     value = md.raw(key)
-    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= 4 or \
-            not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= n_rot for v in value):
+    if (
+        not isinstance(value, (list, tuple))
+        or not 1 <= len(value) <= 4
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= n_rot for v in value)
+    ):
         raise CompileError(f"{md.path}: metadata {md.key(key)} is not an array of up to 4 counts in [0, {n_rot}]")
     sec = [int(v) for v in value] + [0] * (4 - len(value))
     total = sum(sec)
@@ -53,16 +56,19 @@ def read_sections(md: Metadata, n_rot: int) -> None:
     for pair in range(n_rot // 2):
         sector = pair % total
         if not any(sector % 3 == j and sector < 3 * sec[j] for j in range(3)):
-            raise CompileError(f"{md.path}: {md.key(key)} {sec} leaves rotary pair {pair} to the 4th (vision) "
-                               "position; only text sections are supported")
+            raise CompileError(
+                f"{md.path}: {md.key(key)} {sec} leaves rotary pair {pair} to the 4th (vision) "
+                "position; only text sections are supported"
+            )
 
 
 def recurrent_layers(md: Metadata, n_layers: int) -> tuple[bool, ...]:
     if md.has("attention.recurrent_layers"):
         flags = md.flags("attention.recurrent_layers", 1 << 12)
         if len(flags) < n_layers:
-            raise CompileError(f"{md.path}: {md.key('attention.recurrent_layers')} has {len(flags)} entries for "
-                               f"{n_layers} layers")
+            raise CompileError(
+                f"{md.path}: {md.key('attention.recurrent_layers')} has {len(flags)} entries for {n_layers} layers"
+            )
         return flags[:n_layers]
     interval = md.int("full_attention_interval", 1, MAX_LAYERS, default=4)
     return tuple((i + 1) % interval != 0 for i in range(n_layers))
@@ -72,9 +78,15 @@ def build(model: GGUFModel) -> ModelSpec:
     return hybrid(model, "qwen35")
 
 
-def hybrid(model: GGUFModel, arch: str, *, experts: Callable[[Metadata], tuple[Experts, int]] | None = None,
-           mrope: bool = True, linear_layer: Callable | None = None,
-           plan_heads: "Callable[[DeltaNet], DeltaNet] | None" = None) -> ModelSpec:
+def hybrid(
+    model: GGUFModel,
+    arch: str,
+    *,
+    experts: Callable[[Metadata], tuple[Experts, int]] | None = None,
+    mrope: bool = True,
+    linear_layer: Callable | None = None,
+    plan_heads: "Callable[[DeltaNet], DeltaNet] | None" = None,
+) -> ModelSpec:
     """The qwen35 stack, shared by its MoE relatives: `experts(md)` reads a mixture of experts
     that replaces the FFN in every layer (qwen35moe, qwen3next: moe.py's block with a gated
     shared expert); `mrope` reads and checks rope.dimension_sections (qwen3next has plain NeoX
@@ -109,8 +121,13 @@ def hybrid(model: GGUFModel, arch: str, *, experts: Callable[[Metadata], tuple[E
         else:
             gated_attention(b, i, attn_layers.index(i), s, eps, cfg)
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",),
-             (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", (s.n_embd,)),), eps=eps)
+        b.op(
+            "rmsnorm",
+            ("x",),
+            ("h",),
+            (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", (s.n_embd,)),),
+            eps=eps,
+        )
         if e:
             moe_block(b, i, s, e, scales=True)  # qwen35moe.cpp / qwen3next.cpp pass them
         else:
@@ -123,8 +140,17 @@ def hybrid(model: GGUFModel, arch: str, *, experts: Callable[[Metadata], tuple[E
         extra |= e.hparams()
     if nextn:
         extra["nextn_predict_layers"] = nextn
-    hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied,
-                 qkv_bias=b.has(f"blk.{attn_layers[0]}.attn_q.bias"), rope_freq_factors=False, extra=extra)
+    hp = hparams(
+        md,
+        s,
+        rope,
+        n_ff or e.n_ff,
+        eps,
+        tied_embeddings=tied,
+        qkv_bias=b.has(f"blk.{attn_layers[0]}.attn_q.bias"),
+        rope_freq_factors=False,
+        extra=extra,
+    )
     kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
 
@@ -152,11 +178,14 @@ def read_delta_net(md: Metadata) -> DeltaNet:
     v_heads = md.int("ssm.time_step_rank", 1, MAX_HEADS)
     inner = md.int("ssm.inner_size", 1, MAX_FF)
     if v_heads % k_heads:
-        raise CompileError(f"{md.path}: {md.key('ssm.time_step_rank')} {v_heads} (value heads) is not a multiple of "
-                           f"{md.key('ssm.group_count')} {k_heads} (key heads)")
+        raise CompileError(
+            f"{md.path}: {md.key('ssm.time_step_rank')} {v_heads} (value heads) is not a multiple of "
+            f"{md.key('ssm.group_count')} {k_heads} (key heads)"
+        )
     if inner != v_heads * head_dim:
-        raise CompileError(f"{md.path}: {md.key('ssm.inner_size')} {inner} != value heads {v_heads} x state size "
-                           f"{head_dim}")
+        raise CompileError(
+            f"{md.path}: {md.key('ssm.inner_size')} {inner} != value heads {v_heads} x state size {head_dim}"
+        )
     return DeltaNet(k_heads, v_heads, head_dim, kernel)
 
 
@@ -183,14 +212,33 @@ def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -
     linear(b, "h", "alpha", p + "ssm_alpha", (dn.v_heads, e), bias=False)
     linear(b, "h", "beta", p + "ssm_beta", (dn.v_heads, e), bias=False)
     conv_state = b.state(i, (dn.kernel - 1, dn.conv_dim))
-    b.op("ssm_conv", ("mixed",), ("conv",),
-         (b.tensor(p + "ssm_conv1d.weight", "ssm_conv1d", (dn.conv_dim, dn.kernel)),), state=conv_state)
+    b.op(
+        "ssm_conv",
+        ("mixed",),
+        ("conv",),
+        (b.tensor(p + "ssm_conv1d.weight", "ssm_conv1d", (dn.conv_dim, dn.kernel)),),
+        state=conv_state,
+    )
     gates = (b.tensor(p + "ssm_a", "ssm_a", (dn.v_heads,)), b.tensor(p + "ssm_dt.bias", "ssm_dt", (dn.v_heads,)))
-    b.op("gated_delta_net", ("conv", "alpha", "beta"), ("dn",), gates,
-         state=b.state(i, (dn.v_heads, dn.head_dim, dn.head_dim)), n_k_heads=dn.k_heads, n_v_heads=dn.v_heads,
-         head_dim=dn.head_dim, eps=eps)
-    b.op("rmsnorm", ("dn",), ("dn",), (b.tensor(p + "ssm_norm.weight", "ssm_norm", (dn.head_dim,)),), eps=eps,
-         heads=dn.v_heads)
+    b.op(
+        "gated_delta_net",
+        ("conv", "alpha", "beta"),
+        ("dn",),
+        gates,
+        state=b.state(i, (dn.v_heads, dn.head_dim, dn.head_dim)),
+        n_k_heads=dn.k_heads,
+        n_v_heads=dn.v_heads,
+        head_dim=dn.head_dim,
+        eps=eps,
+    )
+    b.op(
+        "rmsnorm",
+        ("dn",),
+        ("dn",),
+        (b.tensor(p + "ssm_norm.weight", "ssm_norm", (dn.head_dim,)),),
+        eps=eps,
+        heads=dn.v_heads,
+    )
     b.op("swiglu", ("z", "dn"), ("dn",))
     linear(b, "dn", "h", p + "ssm_out", (e, dn.v_width), bias=False)
 
@@ -210,9 +258,14 @@ def gated_attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float
     q = b.row_ranges(fused + ":q", "attn_q", fused, shape, q_rows)
     g = b.row_ranges(fused + ":gate", "attn_q_gate", fused, shape, g_rows)
     bias = p + "attn_q.bias"
-    q_bias, g_bias = (b.vector_ranges(bias + ":q", "attn_q_bias", bias, 2 * s.q_width, q_rows),
-                      b.vector_ranges(bias + ":gate", "attn_q_gate_bias", bias, 2 * s.q_width,
-                                      g_rows)) if b.has(bias) else (None, None)
+    q_bias, g_bias = (
+        (
+            b.vector_ranges(bias + ":q", "attn_q_bias", bias, 2 * s.q_width, q_rows),
+            b.vector_ranges(bias + ":gate", "attn_q_gate_bias", bias, 2 * s.q_width, g_rows),
+        )
+        if b.has(bias)
+        else (None, None)
+    )
     q_scale = weight_scale(b, p + "attn_q")
     for buf, w, w_bias in (("q", q, q_bias), ("qgate", g, g_bias)):
         b.op("matmul", ("h",), (buf,), (w,))
@@ -222,13 +275,28 @@ def gated_attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float
             b.op("add_bias", (buf,), (buf,), (w_bias,))
     linear(b, "h", "k", p + "attn_k", (s.kv_width, e))
     linear(b, "h", "v", p + "attn_v", (s.kv_width, e))
-    b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (hd,)),), eps=eps,
-         heads=s.n_heads)
-    b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (hd,)),), eps=eps,
-         heads=s.n_kv_heads)
+    b.op(
+        "rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (hd,)),), eps=eps, heads=s.n_heads
+    )
+    b.op(
+        "rmsnorm",
+        ("k",),
+        ("k",),
+        (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (hd,)),),
+        eps=eps,
+        heads=s.n_kv_heads,
+    )
     b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(s))
     b.op("kv_write", ("k", "v"), (), layer=kv_layer)
-    b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=hd,
-         scale=cfg.scale)
+    b.op(
+        "attention",
+        ("q",),
+        ("att",),
+        layer=kv_layer,
+        n_heads=s.n_heads,
+        n_kv_heads=s.n_kv_heads,
+        head_dim=hd,
+        scale=cfg.scale,
+    )
     b.op("swiglu", ("qgate", "att"), ("att",), activation="sigmoid")
     linear(b, "att", "h", p + "attn_output", (e, s.q_width), bias=False)

@@ -34,11 +34,14 @@ def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -
     r = hv // hk
     rows = lambda start, n: (start, start + n)  # noqa: E731
     for name in ("attn_qkv", "attn_gate", "ssm_in", "ssm_ba", "ssm_out"):
-        b.unused(p + name + ".scale",
-                 "llama.cpp's qwen3next DeltaNet graph multiplies its projections by no weight scale")
+        b.unused(
+            p + name + ".scale", "llama.cpp's qwen3next DeltaNet graph multiplies its projections by no weight scale"
+        )
     if b.has(p + "attn_qkv.weight") or not b.has(p + "ssm_in.weight"):
-        b.unused(p + "ssm_in.weight",
-                 "the legacy fused projection: llama.cpp's graph takes attn_qkv and attn_gate when present")
+        b.unused(
+            p + "ssm_in.weight",
+            "the legacy fused projection: llama.cpp's graph takes attn_qkv and attn_gate when present",
+        )
         src, shape = p + "attn_qkv.weight", (dn.conv_dim, e)
         q = [rows(h // r * s, s) for h in range(hv)]
         k = [rows((hk + h // r) * s, s) for h in range(hv)]
@@ -50,30 +53,45 @@ def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -
         q = [rows(h // r * width, s) for h in range(hv)]
         k = [rows(h // r * width + s, s) for h in range(hv)]
         v = [rows(g * width + 2 * s, r * s) for g in range(hk)]
-        z = b.row_ranges(src + ":z", "ssm_in_z", src, shape,
-                         [rows(g * width + 2 * s + r * s, r * s) for g in range(hk)])
+        z = b.row_ranges(
+            src + ":z", "ssm_in_z", src, shape, [rows(g * width + 2 * s + r * s, r * s) for g in range(hk)]
+        )
     b.op("matmul", ("h",), ("mixed",), (b.row_ranges(src + ":qkv", "attn_qkv", src, shape, q + k + v),))
     b.op("matmul", ("h",), ("z",), (z or b.tensor(p + "attn_gate.weight", "attn_gate", (dn.v_width, e)),))
     ba, ba_shape = p + "ssm_ba.weight", (2 * hv, e)
     beta = b.row_ranges(ba + ":beta", "ssm_beta", ba, ba_shape, [rows(h // r * 2 * r + h % r, 1) for h in range(hv)])
-    alpha = b.row_ranges(ba + ":alpha", "ssm_alpha", ba, ba_shape,
-                         [rows(h // r * 2 * r + r + h % r, 1) for h in range(hv)])
+    alpha = b.row_ranges(
+        ba + ":alpha", "ssm_alpha", ba, ba_shape, [rows(h // r * 2 * r + r + h % r, 1) for h in range(hv)]
+    )
     b.op("matmul", ("h",), ("alpha",), (alpha,))
     b.op("matmul", ("h",), ("beta",), (beta,))
     conv = p + "ssm_conv1d.weight"
-    channels = ([rows(h // r * s, s) for h in range(hv)] + [rows((hk + h // r) * s, s) for h in range(hv)]
-                + [rows(2 * hk * s, hv * s)])
+    channels = (
+        [rows(h // r * s, s) for h in range(hv)]
+        + [rows((hk + h // r) * s, s) for h in range(hv)]
+        + [rows(2 * hk * s, hv * s)]
+    )
     kernel = b.row_ranges(conv + ":repeated", "ssm_conv1d", conv, (dn.conv_dim, dn.kernel), channels)
     planned = plan_heads(dn)
     b.op("ssm_conv", ("mixed",), ("conv",), (kernel,), state=b.state(i, (dn.kernel - 1, planned.conv_dim)))
     gates = (b.tensor(p + "ssm_a", "ssm_a", (hv,)), b.tensor(p + "ssm_dt.bias", "ssm_dt", (hv,)))
-    b.op("gated_delta_net", ("conv", "alpha", "beta"), ("dn",), gates, state=b.state(i, (hv, s, s)),
-         n_k_heads=planned.k_heads, n_v_heads=hv, head_dim=s, eps=eps)
+    b.op(
+        "gated_delta_net",
+        ("conv", "alpha", "beta"),
+        ("dn",),
+        gates,
+        state=b.state(i, (hv, s, s)),
+        n_k_heads=planned.k_heads,
+        n_v_heads=hv,
+        head_dim=s,
+        eps=eps,
+    )
     b.op("rmsnorm", ("dn",), ("dn",), (b.tensor(p + "ssm_norm.weight", "ssm_norm", (s,)),), eps=eps, heads=hv)
     b.op("swiglu", ("z", "dn"), ("dn",))
     b.op("matmul", ("dn",), ("h",), (b.tensor(p + "ssm_out.weight", "ssm_out", (e, dn.v_width)),))
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    return hybrid(model, "qwen3next", experts=read_gated_experts, mrope=False, linear_layer=delta_net_layer,
-                  plan_heads=plan_heads)
+    return hybrid(
+        model, "qwen3next", experts=read_gated_experts, mrope=False, linear_layer=delta_net_layer, plan_heads=plan_heads
+    )

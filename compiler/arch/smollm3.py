@@ -15,6 +15,8 @@ def build(model: GGUFModel) -> ModelSpec:
     spec = llama_like(model, "smollm3", rope_style="adjacent", no_rope_step=NO_ROPE_LAYER_STEP, ffn_scale=False)
     hp = spec.hparams
     if hp.n_rot != hp.head_dim:
-        raise CompileError(f"{model.path.name}: smollm3.rope.dimension_count {hp.n_rot} != head size {hp.head_dim} "
-                           "(smollm3 rotates whole heads; llama.cpp refuses this file too)")
+        raise CompileError(
+            f"{model.path.name}: smollm3.rope.dimension_count {hp.n_rot} != head size {hp.head_dim} "
+            "(smollm3 rotates whole heads; llama.cpp refuses this file too)"
+        )
     return spec

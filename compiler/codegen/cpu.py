@@ -40,16 +40,37 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 # gemma3n's AltUp ops and activation sparsity: row functions of kernels/cpu_altup.h (cpu_step.py's row_op phase)
 ALTUP_OPS = ("altup_stack", "altup_predict", "altup_correct", "altup_add", "altup_merge", "gaussian_topk")
 # The op kinds the cpu kernels implement; a plan with another op is refused.
-CPU_OPS = ("embed", "rmsnorm", "matmul", "add_bias", "rope", "kv_write", "attention", "swiglu", "add", "gather_rows",
-           "moe_route", "moe_matmul", "moe_combine", "head_matmul", "concat_heads")
+CPU_OPS = (
+    "embed",
+    "rmsnorm",
+    "matmul",
+    "add_bias",
+    "rope",
+    "kv_write",
+    "attention",
+    "swiglu",
+    "add",
+    "gather_rows",
+    "moe_route",
+    "moe_matmul",
+    "moe_combine",
+    "head_matmul",
+    "concat_heads",
+)
 # gemma's final-logit soft-capping; gpt-oss's per-expert biases; granite's multipliers
-CPU_ARCH_OPS = ("softcap", "moe_add_bias", "scale",
-                "xielu",  # apertus's FFN activation
-                "moe_scale", "slot_scale",  # the experts' gate and up weight scales; llama4's per-slot input weights
-                "ssm_conv", "gated_delta_net",  # qwen35's Gated DeltaNet layers
-                "short_conv",  # lfm2's gated short convolutions
-                "ssm_scan",  # Mamba2's selective scan (granitehybrid, nemotron_h)
-                *ALTUP_OPS)
+CPU_ARCH_OPS = (
+    "softcap",
+    "moe_add_bias",
+    "scale",
+    "xielu",  # apertus's FFN activation
+    "moe_scale",
+    "slot_scale",  # the experts' gate and up weight scales; llama4's per-slot input weights
+    "ssm_conv",
+    "gated_delta_net",  # qwen35's Gated DeltaNet layers
+    "short_conv",  # lfm2's gated short convolutions
+    "ssm_scan",  # Mamba2's selective scan (granitehybrid, nemotron_h)
+    *ALTUP_OPS,
+)
 # The optional attributes the cpu kernels take, per op (any other non-default one is refused).
 # Those that may differ between layers are per-op arguments in the step program; the rest
 # must be the same for every op of a kind (_uniform).
@@ -62,6 +83,7 @@ CPU_ATTRS = {"embed": ("scale", "column"), "rmsnorm": ("heads",),
 _PER_OP_ATTRS = {"rmsnorm": {"heads"},
                  "rope": {"freq_base", "freq_scale", "attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE},
                  "attention": {"window", "softcap"}}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class CpuTuning:
@@ -189,8 +211,10 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     moe = _moe_params(plan, entries, ops)
     matmul_formats = sorted({entries[op.weights[0]].format for op in ops.get("matmul", []) + ops.get("moe_matmul", [])})
     embed_formats = sorted({entries[op.weights[0]].format for op in ops.get("embed", [])})
-    max_k = max((entries[op.weights[0]].shape[-1] for op in ops.get("matmul", []) + ops.get("moe_matmul", [])),
-                default=hp.n_embd)
+    max_k = max(
+        (entries[op.weights[0]].shape[-1] for op in ops.get("matmul", []) + ops.get("moe_matmul", [])),
+        default=hp.n_embd,
+    )
     common = {
         "abi_version": ABI_VERSION,
         "n_embd": hp.n_embd,
@@ -222,14 +246,24 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     # head_dim: Gemma 4), the rest of their attributes shared (_uniform)
     for geometry, sfx in cpu_step.geometries(plan, "rope").items():
         rope = _uniform([op for op in ops["rope"] if cpu_step.head_geometry(op) == geometry], "rope")
-        parts.append(render("cpu_rope.c.j2",
-                            {**_rope_params(rope, cpu_step.rope_variants(plan, geometry)), "sfx": [sfx] if sfx else [],
-                             "first": not sfx}))
+        parts.append(
+            render(
+                "cpu_rope.c.j2",
+                {
+                    **_rope_params(rope, cpu_step.rope_variants(plan, geometry)),
+                    "sfx": [sfx] if sfx else [],
+                    "first": not sfx,
+                },
+            )
+        )
     for geometry, sfx in cpu_step.geometries(plan, "attention").items():
         attention = _uniform([op for op in ops["attention"] if cpu_step.head_geometry(op) == geometry], "attention")
-        parts.append(render("cpu_attention.c.j2",
-                            {**_attention_params(plan.kv, attention, tuning), "sfx": [sfx] if sfx else [],
-                             "first": not sfx}))
+        parts.append(
+            render(
+                "cpu_attention.c.j2",
+                {**_attention_params(plan.kv, attention, tuning), "sfx": [sfx] if sfx else [], "first": not sfx},
+            )
+        )
     parts.append(render("cpu_elementwise.c.j2", _oai_params(ops.get("swiglu", []))))
     arch_ops = _arch_ops_params(ops)
     if arch_ops is not None:
@@ -306,8 +340,15 @@ def step_params(inp: CodegenInput, loop_layers: bool = True) -> dict:
         "attention": any(op.kind == "attention" for op in plan.ops),
         "state_floats": plan.state.slot_floats,
         "consts": consts,
-        "entries": [{"name": name, "phases": cpu_step.loop_layers(low.phases) if loop_layers else low.phases,
-                     "counters": low.counters, "barriers": low.barriers} for name, low in lowered],
+        "entries": [
+            {
+                "name": name,
+                "phases": cpu_step.loop_layers(low.phases) if loop_layers else low.phases,
+                "counters": low.counters,
+                "barriers": low.barriers,
+            }
+            for name, low in lowered
+        ],
     }
 
 
@@ -333,8 +374,9 @@ def check_ops(plan: Plan, architecture: str) -> None:
         for name, default in OPS[op.kind].optional:
             value = op.attr(name)
             if value != default and name not in CPU_ATTRS.get(op.kind, ()):
-                raise CompileError(f"the cpu target has no kernel for {op.kind} with {name} = {value!r} "
-                                   f"({architecture}); {hint}")
+                raise CompileError(
+                    f"the cpu target has no kernel for {op.kind} with {name} = {value!r} ({architecture}); {hint}"
+                )
 
 
 def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
@@ -345,13 +387,15 @@ def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
         e = entries[op.weights[0]]
         f = FORMATS[e.format]
         if not f.is_float and e.shape[-1] % f.cpu_dot_step[0]:
-            raise CompileError(f"{e.name}: row length {e.shape[-1]} is not a multiple of {f.cpu_dot_step[0]} "
-                               f"({e.format})")
+            raise CompileError(
+                f"{e.name}: row length {e.shape[-1]} is not a multiple of {f.cpu_dot_step[0]} ({e.format})"
+            )
     for op in ops.get("moe_add_bias", []):  # read in place, a row per expert
         e = entries[op.weights[0]]
         if e.format != "F32" or len(e.shape) != 2:
-            raise CompileError(f"{e.name}: the cpu target reads expert biases as F32 [n_expert, N], it is {e.format} "
-                               f"{list(e.shape)}")
+            raise CompileError(
+                f"{e.name}: the cpu target reads expert biases as F32 [n_expert, N], it is {e.format} {list(e.shape)}"
+            )
     for op in ops.get("embed", []):
         e = entries[op.weights[0]]
         if e.shape[0] != hp.vocab_size or (e.shape[1] != hp.n_embd and not FORMATS[e.format].is_gguf):
@@ -379,14 +423,23 @@ def _moe_params(plan: Plan, entries: dict, ops: dict[str, list]) -> dict | None:
     shapes = [entries[op.weights[0]] for op in ops.get("moe_matmul", [])]
     for e in shapes:
         f = FORMATS[e.format]  # a GGUF format, or an x8 layout of experts of whole groups (weight_plan.groups_fit)
-        if (len(e.shape) != 3 or e.shape[0] != n_expert
-                or not (f.is_gguf or "moe_matmul" in f.ops and e.shape[1] % f.group_rows == 0)):
-            raise CompileError(f"{e.name}: expert tensor {list(e.shape)} ({e.format}) is not [{n_expert}, N, K] in a "
-                               f"GGUF format "
-                               "or an x8 layout of whole row groups")
-    return {"n_expert": n_expert, "n_used": n_used, "segs": cpu_step.MAX_MOE_SEGMENTS,
-            "max_k": max((e.shape[2] for e in shapes), default=8),
-            "max_n": max((e.shape[1] for e in shapes), default=8)}
+        if (
+            len(e.shape) != 3
+            or e.shape[0] != n_expert
+            or not (f.is_gguf or "moe_matmul" in f.ops and e.shape[1] % f.group_rows == 0)
+        ):
+            raise CompileError(
+                f"{e.name}: expert tensor {list(e.shape)} ({e.format}) is not [{n_expert}, N, K] in a "
+                f"GGUF format "
+                "or an x8 layout of whole row groups"
+            )
+    return {
+        "n_expert": n_expert,
+        "n_used": n_used,
+        "segs": cpu_step.MAX_MOE_SEGMENTS,
+        "max_k": max((e.shape[2] for e in shapes), default=8),
+        "max_n": max((e.shape[1] for e in shapes), default=8),
+    }
 
 
 MAX_HEAD_MATMUL_K = 8192  # cpu_mla.c.j2's row buffer (deepseek2: attn_k_b 128, attn_v_b 512)
@@ -401,18 +454,23 @@ def _mla_params(entries: dict, head_matmuls: list) -> dict:
         e = entries[op.weights[0]]
         k = e.shape[-1]
         if len(e.shape) != 3 or not FORMATS[e.format].is_gguf or k % 8 or not 8 <= k <= MAX_HEAD_MATMUL_K:
-            raise CompileError(f"{e.name}: the cpu per-head matmul needs [heads, N, K] in a GGUF format with K a "
-                               f"multiple of 8 up to {MAX_HEAD_MATMUL_K}, it is {e.format} {list(e.shape)}")
+            raise CompileError(
+                f"{e.name}: the cpu per-head matmul needs [heads, N, K] in a GGUF format with K a "
+                f"multiple of 8 up to {MAX_HEAD_MATMUL_K}, it is {e.format} {list(e.shape)}"
+            )
         ks.append(k)
-    return {"formats": sorted({entries[op.weights[0]].format.lower() for op in head_matmuls}),
-            "max_k": max(ks, default=8)}
+    return {
+        "formats": sorted({entries[op.weights[0]].format.lower() for op in head_matmuls}),
+        "max_k": max(ks, default=8),
+    }
 
 
 def _oai_params(swiglus: list) -> dict:
     """swiglu_oai's alpha and limit, compiled in (llama.cpp's are constants): the same for every
     such op, finite and positive (validate.py bounds them)."""
-    oai = (_uniform([op for op in swiglus if op.attr("activation") == "swiglu_oai"], "swiglu")
-           or dict(OPS["swiglu"].optional))
+    oai = _uniform([op for op in swiglus if op.attr("activation") == "swiglu_oai"], "swiglu") or dict(
+        OPS["swiglu"].optional
+    )
     return {"oai_alpha": cpu_step.f32_literal(oai["alpha"], "swiglu_oai alpha"),
             "oai_limit": cpu_step.f32_literal(oai["limit"], "swiglu_oai limit")}  # fmt: skip
 
@@ -439,9 +497,9 @@ def _attention_params(kv, attrs: dict, tuning: CpuTuning) -> dict:
         "chunk": tuning.attention_chunk,
         "segment": tuning.attention_segment,
         "part_bytes": tuning.attention_part_bytes,
-        "query_block": max(1,
-                           min(tuning.attention_query_block,
-                               tuning.attention_query_block * ATTENTION_GROUP_FLOATS // (group * hd))),
+        "query_block": max(
+            1, min(tuning.attention_query_block, tuning.attention_query_block * ATTENTION_GROUP_FLOATS // (group * hd))
+        ),
     }
 
 
@@ -452,15 +510,29 @@ def _x8_params(fmt: str, tuning: CpuTuning) -> dict:
     if f.column_dot:  # a layout of its own, dotted a column at a time by cpu_dot.h
         # Q4_Kx8 / Q5_Kx8 on the tile unit from amx_min_tokens_kquant tokens (cpu_amx.h rfc_amx_k_tile)
         amx_q5 = {"Q4_K": 0, "Q5_K": 1}.get(f.base, -1)  # -1: VNNI only (IQ4_XSx8, IQ4_NLx8, Q6_Kx8)
-        return {**common, "columns": True, "column_kernel": f.base.lower(), "head": 0, "has_min": False, "int8": False,
-                "amx_q5": amx_q5, "amx_min_tokens": tuning.amx_min_tokens_kquant}
+        return {
+            **common,
+            "columns": True,
+            "column_kernel": f.base.lower(),
+            "head": 0,
+            "has_min": False,
+            "int8": False,
+            "amx_q5": amx_q5,
+            "amx_min_tokens": tuning.amx_min_tokens_kquant,
+        }
     quant_bytes = f.block_bytes - f.head_bytes
     assert quant_bytes in (16, 32) and f.head_bytes in (2, 4), f"{fmt}: a layout cpu_matmul_x8.c.j2 does not know"
-    return {**common, "columns": False, "head": f.head_bytes * 8, "has_min": f.head_bytes == 4,
-            "int8": quant_bytes == 32, "token_tile": "RFC_X8_TT",  # 4 or 8 by the target's registers (cpu_gemm.h)
-            # cpu_amx.h's RFC_AMX_I8 / _Q4 / _Q4M: how the quant bytes become tiles
-            "amx_kind": 0 if quant_bytes == 32 else 2 if f.head_bytes == 4 else 1,
-            "amx_min_tokens": tuning.amx_min_tokens if quant_bytes == 32 else tuning.amx_min_tokens_4bit}
+    return {
+        **common,
+        "columns": False,
+        "head": f.head_bytes * 8,
+        "has_min": f.head_bytes == 4,
+        "int8": quant_bytes == 32,
+        "token_tile": "RFC_X8_TT",  # 4 or 8 by the target's registers (cpu_gemm.h)
+        # cpu_amx.h's RFC_AMX_I8 / _Q4 / _Q4M: how the quant bytes become tiles
+        "amx_kind": 0 if quant_bytes == 32 else 2 if f.head_bytes == 4 else 1,
+        "amx_min_tokens": tuning.amx_min_tokens if quant_bytes == 32 else tuning.amx_min_tokens_4bit,
+    }
 
 
 def _embed_params(fmt: str, hp) -> dict:
@@ -472,8 +544,14 @@ def _embed_params(fmt: str, hp) -> dict:
         assert f.group_rows == 8 and f.head_bytes % 2 == 0 and (f.block_bytes - f.head_bytes) % 4 == 0
         if hp.n_embd % f.block_elems:
             raise CompileError(f"a {fmt} embedding needs n_embd to be a multiple of {f.block_elems}")
-        params.update(x8=True, BASE=f.base, base=f.base.lower(), head=f.head_bytes, block_bytes=f.block_bytes,
-                      block_elems=f.block_elems)
+        params.update(
+            x8=True,
+            BASE=f.base,
+            base=f.base.lower(),
+            head=f.head_bytes,
+            block_bytes=f.block_bytes,
+            block_elems=f.block_elems,
+        )
     return params
 
 

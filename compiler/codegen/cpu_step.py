@@ -40,8 +40,13 @@ from rfc.compiler.errors import CompileError
 
 MAX_SEGMENTS = 8  # rfc_mm_run's per-call segment arrays
 # The C row function of each gated activation (artifacts/plan.py GLU_ACTIVATIONS; cpu_elementwise.c.j2).
-GLU_SPANS = {"silu": "rfc_swiglu_span", "gelu_tanh": "rfc_geglu_span", "swiglu_oai": "rfc_swiglu_oai_span",
-             "sigmoid": "rfc_sigmoid_glu_span", "relu": "rfc_relu_glu_span"}
+GLU_SPANS = {
+    "silu": "rfc_swiglu_span",
+    "gelu_tanh": "rfc_geglu_span",
+    "swiglu_oai": "rfc_swiglu_oai_span",
+    "sigmoid": "rfc_sigmoid_glu_span",
+    "relu": "rfc_relu_glu_span",
+}
 
 
 def f32_literal(value: float, what: str, *, signed: bool = False) -> float:
@@ -90,6 +95,8 @@ def geometries(plan: Plan, kind: str) -> dict[tuple[int, ...], str]:
         if op.kind == kind and (g := head_geometry(op)) not in out:
             out[g] = "" if not out else "_{}x{}x{}".format(*g) + (f"r{g[3]}" if len(g) > 3 else "")
     return out
+
+
 def _suffix(sfx: str) -> list[str]:
     """A function-name suffix as templates take it: a list of identifiers (none: the first
     geometry's unsuffixed functions), joined in place (render.py admits no empty string)."""
@@ -173,8 +180,12 @@ class _Lowering:
             if op.kind in ("rmsnorm", "swiglu") and self._feeds_matmul(ops, i):
                 i += 1  # runs as the next matmul's prologue
                 continue
-            if (op.kind == "rope" and i + 1 < len(ops) and ops[i + 1].kind == "kv_write"
-                    and ops[i + 1].inputs == (op.outputs[1], ops[i + 1].inputs[1])):
+            if (
+                op.kind == "rope"
+                and i + 1 < len(ops)
+                and ops[i + 1].kind == "kv_write"
+                and ops[i + 1].inputs == (op.outputs[1], ops[i + 1].inputs[1])
+            ):
                 phases.append(self._rope(op, ops[i + 1]))
                 i += 2
                 continue
@@ -185,8 +196,9 @@ class _Lowering:
     def _feeds_matmul(self, ops: list[Op], i: int) -> bool:
         """ops[i] (rmsnorm/swiglu) writes exactly what the matmul right after it reads."""
         op = ops[i]
-        if (op.kind == "rmsnorm"
-                and (op.attr("heads") != 1 or self.width(op.inputs[0]) != self.plan.n_embd or not op.weights)):
+        if op.kind == "rmsnorm" and (
+            op.attr("heads") != 1 or self.width(op.inputs[0]) != self.plan.n_embd or not op.weights
+        ):
             return False
         if op.kind == "swiglu" and self.width(op.inputs[0]) != self.width(op.inputs[1]):
             return False  # a gate per row: its own phase
@@ -211,14 +223,22 @@ class _Lowering:
             seg = {"w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]), "n": e.shape[0], "out": self.buf(out),
                    "bias": [], "accum": -1}  # fmt: skip
             if self.width(out) != e.shape[0] or self.rows(out) != self.rows(src):
-                raise CompileError(f"matmul {op.weights[0]}: output buffer {out} is not [{self.rows(src)}, "
-                                   f"{e.shape[0]}]")
+                raise CompileError(
+                    f"matmul {op.weights[0]}: output buffer {out} is not [{self.rows(src)}, {e.shape[0]}]"
+                )
             j += 1
             if j < len(ops) and ops[j].kind == "add_bias" and ops[j].inputs == (out,) and ops[j].outputs == (out,):
                 seg["bias"] = self.vec(ops[j].weights[0])
                 j += 1
-            if j < len(ops) and ops[j].kind == "add" and out in ops[j].inputs and ops[j].outputs[0] in ops[j].inputs \
-                    and ops[j].outputs[0] != out and len(segs) == 0 and self._single(ops, j - 1, i):
+            if (
+                j < len(ops)
+                and ops[j].kind == "add"
+                and out in ops[j].inputs
+                and ops[j].outputs[0] in ops[j].inputs
+                and ops[j].outputs[0] != out
+                and len(segs) == 0
+                and self._single(ops, j - 1, i)
+            ):
                 acc = ops[j].outputs[0]
                 seg["accum"] = self.buf(acc)
                 reads.add(acc)
@@ -270,8 +290,10 @@ class _Lowering:
         if op.attr("activation") not in (None, "silu") or i + 1 >= len(ops) or ops[i + 1].kind != "moe_matmul":
             return False
         nxt = ops[i + 1]
-        return (nxt.inputs[0] == op.outputs[0] == op.inputs[0]
-                and self.width(op.inputs[0]) == self.width(nxt.inputs[1]) * self.entries[nxt.weights[0]].shape[2])
+        return (
+            nxt.inputs[0] == op.outputs[0] == op.inputs[0]
+            and self.width(op.inputs[0]) == self.width(nxt.inputs[1]) * self.entries[nxt.weights[0]].shape[2]
+        )
 
     def _moe_matmul(self, ops: list[Op], i: int, phases: list[Phase]) -> int:
         first = ops[i]
@@ -291,13 +313,14 @@ class _Lowering:
             op = ops[j]
             e = self.entries[op.weights[0]]
             out = op.outputs[0]
-            if (j > i
-                    and (op.inputs != first.inputs or e.format != fmt or e.shape[2] != k
-                         or out in writes | {src, ids})):
+            if j > i and (
+                op.inputs != first.inputs or e.format != fmt or e.shape[2] != k or out in writes | {src, ids}
+            ):
                 break
             if self.width(out) != n_used * e.shape[1]:
-                raise CompileError(f"moe_matmul {op.weights[0]}: output buffer {out} is not [T, {n_used} x "
-                                   f"{e.shape[1]}]")
+                raise CompileError(
+                    f"moe_matmul {op.weights[0]}: output buffer {out} is not [T, {n_used} x {e.shape[1]}]"
+                )
             segs.append({"w": e.offset, "expert_bytes": e.shape[1] * row_nbytes(fmt, k),
                          "row_bytes": row_nbytes(fmt, k), "n": e.shape[1], "out": self.buf(out)})  # fmt: skip
             writes.add(out)
@@ -314,8 +337,13 @@ class _Lowering:
     def _residual(self, ops: list[Op], i: int) -> bool:
         """ops[i + 1] is `add(x, out) -> x` of ops[i]'s output (a residual the op can add itself)."""
         out = ops[i].outputs[0]
-        return (i + 1 < len(ops) and ops[i + 1].kind == "add" and out in ops[i + 1].inputs
-                and ops[i + 1].outputs[0] in ops[i + 1].inputs and ops[i + 1].outputs[0] != out)
+        return (
+            i + 1 < len(ops)
+            and ops[i + 1].kind == "add"
+            and out in ops[i + 1].inputs
+            and ops[i + 1].outputs[0] in ops[i + 1].inputs
+            and ops[i + 1].outputs[0] != out
+        )
 
     def _moe_combine(self, op: Op, add: Op | None = None) -> Phase:
         (y, w), (out,) = op.inputs, op.outputs
@@ -335,14 +363,22 @@ class _Lowering:
         if op.inputs[0] != self.plan.input_tokens:
             raise CompileError("the cpu step program embeds the step's input tokens only")
         width, column = self.width(op.outputs[0]), int(op.attr("column"))
-        params = {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]),
-                  "out": self.buf(op.outputs[0]), "scale": f32_literal(op.attr("scale"), "embed scale"), "slice": {}}
+        params = {
+            "fmt": e.format.lower(),
+            "w": e.offset,
+            "row_bytes": row_nbytes(e.format, e.shape[-1]),
+            "out": self.buf(op.outputs[0]),
+            "scale": f32_literal(op.attr("scale"), "embed scale"),
+            "slice": {},
+        }
         # a slice of each row (Gemma 4's per-layer table)
         if (column, width) != (0, e.shape[-1]) or width != self.plan.n_embd:
             f = FORMATS[e.format]
             if not f.is_gguf or column % f.block_elems or width % f.block_elems:
-                raise CompileError(f"the cpu step program slices {e.format} embedding rows at whole GGUF blocks only "
-                                   f"(columns {column}..{column + width} of {e.name})")
+                raise CompileError(
+                    f"the cpu step program slices {e.format} embedding rows at whole GGUF blocks only "
+                    f"(columns {column}..{column + width} of {e.name})"
+                )
             params["slice"] = {"bytes": row_nbytes(e.format, column), "width": width}
         return Phase("embed", params, {"@tokens"}, {op.outputs[0]})
 
@@ -386,8 +422,12 @@ class _Lowering:
     def _kv_write(self, op: Op) -> Phase:
         k, v = op.inputs
         layer = int(op.attrs["layer"])
-        return Phase("kv_write", {"k": self.buf(k), "v": self.buf(v), "layer": layer, "width": self.width(k)}, {k, v},
-                     {f"@kv{layer}"})
+        return Phase(
+            "kv_write",
+            {"k": self.buf(k), "v": self.buf(v), "layer": layer, "width": self.width(k)},
+            {k, v},
+            {f"@kv{layer}"},
+        )
 
     def _attention(self, op: Op) -> Phase:
         layer = int(op.attrs["layer"])
@@ -470,8 +510,9 @@ class _Lowering:
         (bcx,), (out,) = op.inputs, op.outputs
         e = self.entries[op.weights[0]]
         if e.format != "F32":
-            raise CompileError(f"short_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is "
-                               f"{e.format}")
+            raise CompileError(
+                f"short_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is {e.format}"
+            )
         index = int(op.attrs["state"])
         return Phase("short_conv", {"bcx": self.buf(bcx), "out": self.buf(out), "c": self.width(out), "k": e.shape[1],
                                     "w": e.offset, "state": self.plan.state.offset(index)},
@@ -502,8 +543,9 @@ class _Lowering:
         (x,), (out,) = op.inputs, op.outputs
         e = self.entries[op.weights[0]]
         if e.format != "F32":
-            raise CompileError(f"ssm_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is "
-                               f"{e.format}")
+            raise CompileError(
+                f"ssm_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is {e.format}"
+            )
         index = int(op.attrs["state"])
         bias = self.vec(op.weights[1]) if len(op.weights) > 1 else []  # Mamba2's conv bias (none: NULL)
         return Phase("ssm_conv",
@@ -545,8 +587,9 @@ class _Lowering:
 
     def _gather_rows(self, op: Op) -> Phase:
         x = op.inputs[0]
-        return Phase("gather", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x)}, {x},
-                     set(op.outputs))
+        return Phase(
+            "gather", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x)}, {x}, set(op.outputs)
+        )
 
 
 def altup_consts(op: Op, width) -> list:
@@ -595,16 +638,30 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
     sinks, routers' selection biases, experts' scales), in plan order."""
     seen: list[str] = []
     for op in plan.ops:
-        if op.kind in ("rmsnorm", "add_bias", "rope", "attention", "moe_route", "moe_scale", "gated_delta_net",
-                       "ssm_scan", "ssm_conv", "altup_correct"):
+        if op.kind in (
+            "rmsnorm",
+            "add_bias",
+            "rope",
+            "attention",
+            "moe_route",
+            "moe_scale",
+            "gated_delta_net",
+            "ssm_scan",
+            "ssm_conv",
+            "altup_correct",
+        ):
             # ssm_conv: its bias (the kernel is read in place)
             for w in op.weights[1:] if op.kind == "ssm_conv" else op.weights:
                 if w not in seen:
                     e = entries[w]
-                    if (len(e.shape) != 1
-                            or FORMATS[e.format].block_elems != 1 and e.shape[0] % FORMATS[e.format].block_elems):
-                        raise CompileError(f"{w}: the cpu step program reads it as a vector, its shape is "
-                                           f"{list(e.shape)}")
+                    if (
+                        len(e.shape) != 1
+                        or FORMATS[e.format].block_elems != 1
+                        and e.shape[0] % FORMATS[e.format].block_elems
+                    ):
+                        raise CompileError(
+                            f"{w}: the cpu step program reads it as a vector, its shape is {list(e.shape)}"
+                        )
                     seen.append(w)
     return seen
 

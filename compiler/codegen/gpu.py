@@ -55,8 +55,18 @@ TOOLCHAINS = {
         program="hipcc",
         source_file="rfc.hip",
         binary_file="rfc.hsaco",
-        args=("--genco", "--offload-arch={arch}", "-nogpuinc", "-nogpulib", "-O3", "-std=c++17",
-              "-fno-discard-value-names", "-o", "{out}", "{src}"),
+        args=(
+            "--genco",
+            "--offload-arch={arch}",
+            "-nogpuinc",
+            "-nogpulib",
+            "-O3",
+            "-std=c++17",
+            "-fno-discard-value-names",
+            "-o",
+            "{out}",
+            "{src}",
+        ),
         # with nvcc on the PATH hipcc would otherwise pick the NVIDIA platform
         env=(("HIP_PLATFORM", "amd"),),
         install_hint="install ROCm's hipcc",
@@ -91,8 +101,7 @@ def build(inp: CodegenInput) -> dict:
     inp.writer.write_bytes(source_rel, source.encode())
     program_rel = f"{inp.bundle_dir}/{PROGRAM_FILE}"
     program = plan_program(target, inp.plan, specs, op_kernels, fusions)
-    program = replace(program, extra={**program.extra, "sample": sample_program_extra(sample)},
-                      weights=inp.weights)
+    program = replace(program, extra={**program.extra, "sample": sample_program_extra(sample)}, weights=inp.weights)
     inp.writer.write_bytes(program_rel, pack_program(program))
     return {
         "kernels": kernels_rel,
@@ -111,8 +120,9 @@ def render_source(target: Target, specs: list[KernelSpec]) -> str:
     mma = any(s.template == MMA_TEMPLATE for s in specs)
     # the int8 one where a kernel uses it, for the target's instruction (Target.imma)
     imma = target.imma if any(s.template == IMMA_TEMPLATE for s in specs) else False
-    parts = [render(PRELUDE_TEMPLATE,
-                    {"wave": target.wave_size, "mma": mma, "imma": imma, **format_params(Kernels.GPU)})]
+    parts = [
+        render(PRELUDE_TEMPLATE, {"wave": target.wave_size, "mma": mma, "imma": imma, **format_params(Kernels.GPU)})
+    ]
     parts += [render(s.template, s.params) for s in specs]
     return "\n".join(parts)
 
@@ -131,8 +141,10 @@ def _checked_layout(spec: KernelSpec, kernels: dict[str, KernelInfo]) -> list[li
     if info is None:
         raise CompileError(f"kernel {spec.name} is missing from the built code object")
     if len(info.args) != len(spec.args):
-        raise CompileError(f"kernel {spec.name}: the code object has {len(info.args)} arguments, the template declares "
-                           f"{len(spec.args)}")
+        raise CompileError(
+            f"kernel {spec.name}: the code object has {len(info.args)} arguments, the template declares "
+            f"{len(spec.args)}"
+        )
     layout = []
     for (name, kind), arg in zip(spec.args, info.args):
         if arg.name is not None and arg.name != name:

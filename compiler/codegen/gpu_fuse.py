@@ -51,8 +51,12 @@ def plan_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> 
     taken: dict[str, KernelSpec] = dict(by_name)
     i = 0
     while i < len(plan.ops):
-        fusion = (_glu(plan, op_specs, i) or _segments(plan, op_specs, i) or _add_rmsnorm(plan, op_specs, i)
-                  or _rope_kv_write(plan, op_specs, i))
+        fusion = (
+            _glu(plan, op_specs, i)
+            or _segments(plan, op_specs, i)
+            or _add_rmsnorm(plan, op_specs, i)
+            or _rope_kv_write(plan, op_specs, i)
+        )
         if fusion is None or not _apart_in_the_arena(plan, fusion):
             i += 1
             continue
@@ -108,8 +112,19 @@ def _int8_matmul(plan: Plan, op_specs: list[KernelSpec], i: int) -> KernelSpec |
 
 def _same_weights(a: KernelSpec, b: KernelSpec) -> bool:
     """Two matmul kernels that walk their rows alike: the same format, width and tiling."""
-    keys = ("fmt", "k", "row_bytes", "planar", "plane_offsets", "lanes_per_row", "chunk", "subs_per_block", "threads",
-            "rows_per_step", "tokens_per_block")
+    keys = (
+        "fmt",
+        "k",
+        "row_bytes",
+        "planar",
+        "plane_offsets",
+        "lanes_per_row",
+        "chunk",
+        "subs_per_block",
+        "threads",
+        "rows_per_step",
+        "tokens_per_block",
+    )
     return all(a.params[k] == b.params[k] for k in keys)
 
 
@@ -142,8 +157,23 @@ def _row_tiling(first: KernelSpec, rows: int, max_steps: int) -> dict:
     return {"rows_per_step": rows_per_step, "row_steps": row_steps, "rows_per_block": rows_per_step * row_steps}
 
 
-_MATMUL_KEYS = ("threads", "k", "lanes_per_row", "chunk", "subs_per_block", "tokens_per_block", "fmt", "fmt_upper",
-                "qk", "ts", "cols", "blocks_per_row", "row_bytes", "planar", "plane_offsets")
+_MATMUL_KEYS = (
+    "threads",
+    "k",
+    "lanes_per_row",
+    "chunk",
+    "subs_per_block",
+    "tokens_per_block",
+    "fmt",
+    "fmt_upper",
+    "qk",
+    "ts",
+    "cols",
+    "blocks_per_row",
+    "row_bytes",
+    "planar",
+    "plane_offsets",
+)
 
 
 # -- the fusions ------------------------------------------------------------------------------
@@ -159,11 +189,25 @@ def _segments(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
         segs.append({"start": start, "end": start + spec.params["n"], "rows": spec.params["n"]})
         start += spec.params["n"]
     tiling = _row_tiling(first, start, MATMUL_ROW_STEPS)
-    name = f"rfc_matmul_{first.params['fmt']}_{'+'.join(str(s['rows']) for s in segs)}x{first.params['k']}".replace("+", "_")
+    name = f"rfc_matmul_{first.params['fmt']}_{'+'.join(str(s['rows']) for s in segs)}x{first.params['k']}".replace(
+        "+", "_"
+    )
     name = f"{name}_fused"
-    params = {**{k: first.params[k] for k in _MATMUL_KEYS}, "name": name, "n": start, "segs": segs, "glu": False, **tiling}
+    params = {
+        **{k: first.params[k] for k in _MATMUL_KEYS},
+        "name": name,
+        "n": start,
+        "segs": segs,
+        "glu": False,
+        **tiling,
+    }
     n = len(run)
-    args = (*((f"out{s}", PTR) for s in range(n)), ("x", PTR), *((f"weight{s}", PTR) for s in range(n)), ("n_rows", I32))
+    args = (
+        *((f"out{s}", PTR) for s in range(n)),
+        ("x", PTR),
+        *((f"weight{s}", PTR) for s in range(n)),
+        ("n_rows", I32),
+    )
     sources = (*((s, "out") for s in range(n)), (0, "x"), *((s, "weight") for s in range(n)), (0, "n_rows"))
     grid = ((start, tiling["rows_per_block"]), ("n_rows", first.params["tokens_per_block"]))
     spec = KernelSpec(name, "gpu_matmul_fused.hip.j2", params, args, first.threads, grid)
@@ -203,7 +247,13 @@ def _add_rmsnorm(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | Non
         return None
     a, n = op_specs[i], op_specs[i + 1]
     p = n.params
-    if p["heads"] != 1 or not p["has_weight"] or p["per_seg"] or p["width"] != a.params["width"] or n.threads != a.threads:
+    if (
+        p["heads"] != 1
+        or not p["has_weight"]
+        or p["per_seg"]
+        or p["width"] != a.params["width"]
+        or n.threads != a.threads
+    ):
         return None
     if plan.buffer(add.outputs[0]).shape[0] != plan.buffer(norm.outputs[0]).shape[0]:
         return None
@@ -225,8 +275,14 @@ def _rope_kv_write(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | N
     threads = max(r.threads, w.threads)
     has_ff = r.params["has_freq_factors"]
     name = f"{r.name}_{w.name.removeprefix('rfc_')}"
-    params = {"name": name, "threads": threads, "rope": r.name, "kv_write": w.name, "has_freq_factors": has_ff,
-              "kv_dtype": w.params["kv_dtype"]}
+    params = {
+        "name": name,
+        "threads": threads,
+        "rope": r.name,
+        "kv_write": w.name,
+        "has_freq_factors": has_ff,
+        "kv_dtype": w.params["kv_dtype"],
+    }
     rope_args = tuple((0, n) for n, _k in r.args if n != "n_rows")
     kv_args = tuple((1, n) for n, _k in w.args if n != "k")
     kinds = {**{n: k for n, k in w.args}, **{n: k for n, k in r.args}}

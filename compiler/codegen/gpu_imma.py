@@ -44,8 +44,12 @@ QUANTIZE_TEMPLATE = "gpu_quantize_q8.hip.j2"
 def q8_layout(k: int, max_tokens: int) -> dict:
     """Where a [max_tokens, k] input's int8 quants, float scales and float sums lie in Q8_SCRATCH."""
     subs = k // SUB_BLOCK
-    return {"subs_k": subs, "xd_offset": max_tokens * k, "xs_offset": max_tokens * k + 4 * max_tokens * subs,
-            "q8_bytes": max_tokens * k + 8 * max_tokens * subs}
+    return {
+        "subs_k": subs,
+        "xd_offset": max_tokens * k,
+        "xs_offset": max_tokens * k + 4 * max_tokens * subs,
+        "q8_bytes": max_tokens * k + 8 * max_tokens * subs,
+    }
 
 
 def quantize_q8_spec(target: Target, k: int, max_tokens: int):
@@ -53,8 +57,15 @@ def quantize_q8_spec(target: Target, k: int, max_tokens: int):
     from rfc.compiler.codegen.gpu_plan import I32, PTR, KernelSpec
 
     layout = q8_layout(k, max_tokens)
-    params = {"name": f"rfc_quantize_q8_{k}", "threads": QUANTIZE_THREADS, "k": k, "subs": layout["subs_k"],
-              "max_tokens": max_tokens, "xd_offset": layout["xd_offset"], "xs_offset": layout["xs_offset"]}
+    params = {
+        "name": f"rfc_quantize_q8_{k}",
+        "threads": QUANTIZE_THREADS,
+        "k": k,
+        "subs": layout["subs_k"],
+        "max_tokens": max_tokens,
+        "xd_offset": layout["xd_offset"],
+        "xs_offset": layout["xs_offset"],
+    }
     args = (("q8", PTR), ("x", PTR), ("n_rows", I32))
     grid = ((layout["subs_k"], QUANTIZE_THREADS), ("n_rows", 1))
     return KernelSpec(params["name"], QUANTIZE_TEMPLATE, params, args, QUANTIZE_THREADS, grid)
@@ -70,13 +81,27 @@ def imma_matmul_spec(target: Target, w: dict):
     wave = target.wave_size
     threads = IMMA_WAVES_M * IMMA_WAVES_N * wave
     name = f"rfc_matmul_imma_{w['fmt']}_{w['rows']}x{w['cols']}"
-    params = {"name": name, "threads": threads, "wave": wave, "n": w["rows"], "k": w["cols"],
-              "tile_m": IMMA_TILE_M, "tile_n": IMMA_TILE_N, "k_chunk": IMMA_K_CHUNK, "lds": IMMA_K_CHUNK + IMMA_PAD,
-              "subs": IMMA_K_CHUNK // SUB_BLOCK, "waves_n": IMMA_WAVES_N,
-              "frags_m": IMMA_TILE_M // (16 * IMMA_WAVES_M), "frags_n": IMMA_TILE_N // (16 * IMMA_WAVES_N),
-              "has_min": w["fmt_upper"] not in _NO_MIN, "subs_per_block": max(1, w["qk"] // SUB_BLOCK),
-              "prequant": IMMA_PREQUANT, "max_tokens": PROGRAM_MAX_TOKENS, **q8_layout(w["cols"], PROGRAM_MAX_TOKENS),
-              **w}
+    params = {
+        "name": name,
+        "threads": threads,
+        "wave": wave,
+        "n": w["rows"],
+        "k": w["cols"],
+        "tile_m": IMMA_TILE_M,
+        "tile_n": IMMA_TILE_N,
+        "k_chunk": IMMA_K_CHUNK,
+        "lds": IMMA_K_CHUNK + IMMA_PAD,
+        "subs": IMMA_K_CHUNK // SUB_BLOCK,
+        "waves_n": IMMA_WAVES_N,
+        "frags_m": IMMA_TILE_M // (16 * IMMA_WAVES_M),
+        "frags_n": IMMA_TILE_N // (16 * IMMA_WAVES_N),
+        "has_min": w["fmt_upper"] not in _NO_MIN,
+        "subs_per_block": max(1, w["qk"] // SUB_BLOCK),
+        "prequant": IMMA_PREQUANT,
+        "max_tokens": PROGRAM_MAX_TOKENS,
+        **q8_layout(w["cols"], PROGRAM_MAX_TOKENS),
+        **w,
+    }
     grid = ((w["rows"], IMMA_TILE_N), ("n_rows", IMMA_TILE_M))
     # prequant: the input comes as Q8_SCRATCH (gpu_plan.plan_program launches quantize_q8_spec first)
     args = (("out", PTR), ("q8", PTR), ("weight", PTR), ("n_rows", I32)) if IMMA_PREQUANT else KERNEL_ARGS["matmul"]

@@ -38,12 +38,30 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "add_bias": (("out", PTR), ("x", PTR), ("bias", PTR), ("n_rows", I32)),
     "rope": (("q", PTR), ("k", PTR), ("positions", PTR), ("freq_factors", PTR), ("n_rows", I32)),
     # k_type / v_type: how the cache stores K and V, the serving choice (CacheType.code: kernels/rfc_gpu_kv.h)
-    "kv_write": (("k_cache", PTR), ("v_cache", PTR), ("k", PTR), ("v", PTR), ("slots", PTR), ("n_rows", I32),
-                 ("k_type", I32), ("v_type", I32)),
+    "kv_write": (
+        ("k_cache", PTR),
+        ("v_cache", PTR),
+        ("k", PTR),
+        ("v", PTR),
+        ("slots", PTR),
+        ("n_rows", I32),
+        ("k_type", I32),
+        ("v_type", I32),
+    ),
     "attention": (
-        ("out", PTR), ("q", PTR), ("k_cache", PTR), ("v_cache", PTR), ("positions", PTR),
-        ("seq_of_token", PTR), ("block_tables", PTR), ("sinks", PTR), ("n_rows", I32), ("table_width", I32),
-        ("block_size", I32), ("k_type", I32), ("v_type", I32),
+        ("out", PTR),
+        ("q", PTR),
+        ("k_cache", PTR),
+        ("v_cache", PTR),
+        ("positions", PTR),
+        ("seq_of_token", PTR),
+        ("block_tables", PTR),
+        ("sinks", PTR),
+        ("n_rows", I32),
+        ("table_width", I32),
+        ("block_size", I32),
+        ("k_type", I32),
+        ("v_type", I32),
     ),
     "swiglu": (("out", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32)),
     "add": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
@@ -51,7 +69,14 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "softcap": (("out", PTR), ("x", PTR), ("n_rows", I32)),
     "scale": (("out", PTR), ("x", PTR), ("n_rows", I32)),
     "xielu": (("out", PTR), ("x", PTR), ("n_rows", I32)),
-    "moe_route": (("ids", PTR), ("weights", PTR), ("logits", PTR), ("bias", PTR), ("escale", PTR), ("n_rows", I32)),  # bias, escale: when it has them
+    "moe_route": (
+        ("ids", PTR),
+        ("weights", PTR),
+        ("logits", PTR),
+        ("bias", PTR),
+        ("escale", PTR),
+        ("n_rows", I32),
+    ),  # bias, escale: when it has them
     "moe_matmul": (("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
     "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
     "moe_add_bias": (("out", PTR), ("y", PTR), ("ids", PTR), ("bias", PTR), ("n_rows", I32)),
@@ -61,19 +86,69 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "concat_heads": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
     # recurrent layers: `state` is the state pool's base, each sequence's slot from state_slots
     # (state_offset: the op's StateTensor's float offset in a slot, a constant: layers share one kernel)
-    "ssm_conv": (("out", PTR), ("x", PTR), ("weight", PTR), ("bias", PTR), ("state", PTR), ("state_slots", PTR),
-                 ("seq_start", PTR), ("positions", PTR), ("state_offset", I32), ("n_seqs", I32)),  # bias: when it has one
-    "short_conv": (("out", PTR), ("bcx", PTR), ("weight", PTR), ("state", PTR), ("state_slots", PTR), ("seq_start", PTR),
-                   ("positions", PTR), ("state_offset", I32), ("n_seqs", I32)),
-    "gated_delta_net": (("out", PTR), ("qkv", PTR), ("alpha", PTR), ("beta", PTR), ("a", PTR), ("dt", PTR),
-                        ("state", PTR), ("state_slots", PTR), ("seq_start", PTR), ("positions", PTR), ("state_offset", I32),
-                        ("n_seqs", I32)),
-    "ssm_scan": (("out", PTR), ("xbc", PTR), ("dt", PTR), ("a", PTR), ("d", PTR), ("dt_bias", PTR), ("state", PTR),
-                 ("state_slots", PTR), ("seq_start", PTR), ("positions", PTR), ("state_offset", I32), ("n_seqs", I32)),
+    "ssm_conv": (
+        ("out", PTR),
+        ("x", PTR),
+        ("weight", PTR),
+        ("bias", PTR),
+        ("state", PTR),
+        ("state_slots", PTR),
+        ("seq_start", PTR),
+        ("positions", PTR),
+        ("state_offset", I32),
+        ("n_seqs", I32),
+    ),  # bias: when it has one
+    "short_conv": (
+        ("out", PTR),
+        ("bcx", PTR),
+        ("weight", PTR),
+        ("state", PTR),
+        ("state_slots", PTR),
+        ("seq_start", PTR),
+        ("positions", PTR),
+        ("state_offset", I32),
+        ("n_seqs", I32),
+    ),
+    "gated_delta_net": (
+        ("out", PTR),
+        ("qkv", PTR),
+        ("alpha", PTR),
+        ("beta", PTR),
+        ("a", PTR),
+        ("dt", PTR),
+        ("state", PTR),
+        ("state_slots", PTR),
+        ("seq_start", PTR),
+        ("positions", PTR),
+        ("state_offset", I32),
+        ("n_seqs", I32),
+    ),
+    "ssm_scan": (
+        ("out", PTR),
+        ("xbc", PTR),
+        ("dt", PTR),
+        ("a", PTR),
+        ("d", PTR),
+        ("dt_bias", PTR),
+        ("state", PTR),
+        ("state_slots", PTR),
+        ("seq_start", PTR),
+        ("positions", PTR),
+        ("state_offset", I32),
+        ("n_seqs", I32),
+    ),
     # gemma3n's AltUp ops and activation sparsity: a block per token
     "altup_stack": (("out", PTR), ("x", PTR), ("y", PTR), ("n_rows", I32)),
     "altup_predict": (("pred", PTR), ("act", PTR), ("hs", PTR), ("coefs", PTR), ("n_rows", I32)),
-    "altup_correct": (("out", PTR), ("gate", PTR), ("pred", PTR), ("x", PTR), ("coefs", PTR), ("scale", PTR), ("n_rows", I32)),
+    "altup_correct": (
+        ("out", PTR),
+        ("gate", PTR),
+        ("pred", PTR),
+        ("x", PTR),
+        ("coefs", PTR),
+        ("scale", PTR),
+        ("n_rows", I32),
+    ),
     "altup_add": (("out", PTR), ("sub", PTR), ("hs", PTR), ("x", PTR), ("n_rows", I32)),
     "altup_merge": (("out", PTR), ("hs", PTR), ("u", PTR), ("n_rows", I32)),
     "gaussian_topk": (("out", PTR), ("x", PTR), ("n_rows", I32)),
@@ -84,11 +159,29 @@ KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
 # partials go to the arena's scratch, and its reduction.
 STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "attention_split": (
-        ("out", PTR), ("q", PTR), ("k_cache", PTR), ("v_cache", PTR), ("positions", PTR),
-        ("seq_of_token", PTR), ("block_tables", PTR), ("sinks", PTR), ("scratch", PTR), ("n_rows", I32),
-        ("table_width", I32), ("block_size", I32), ("k_type", I32), ("v_type", I32),
+        ("out", PTR),
+        ("q", PTR),
+        ("k_cache", PTR),
+        ("v_cache", PTR),
+        ("positions", PTR),
+        ("seq_of_token", PTR),
+        ("block_tables", PTR),
+        ("sinks", PTR),
+        ("scratch", PTR),
+        ("n_rows", I32),
+        ("table_width", I32),
+        ("block_size", I32),
+        ("k_type", I32),
+        ("v_type", I32),
     ),
-    "attention_reduce": (("out", PTR), ("scratch", PTR), ("positions", PTR), ("sinks", PTR), ("n_rows", I32), ("v_type", I32)),
+    "attention_reduce": (
+        ("out", PTR),
+        ("scratch", PTR),
+        ("positions", PTR),
+        ("sinks", PTR),
+        ("n_rows", I32),
+        ("v_type", I32),
+    ),
 }
 
 KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<dtype>_t)
@@ -209,12 +302,20 @@ def weight_geometry(fmt: str, rows: int, cols: int) -> dict:
     except FormatError:
         raise CompileError(f"unknown weight format {fmt}") from None
     qk, ts = f.block_elems, f.block_bytes
-    return {"fmt": fmt.lower(), "fmt_upper": fmt, "qk": qk, "ts": ts, "rows": rows, "cols": cols,
-            "blocks_per_row": cols // qk, "row_bytes": row_nbytes(f, cols),
-            # planar layouts: decoders take the row and the sub-block, and the row offsets
-            # of the planes after the first (artifacts/formats.py)
-            "planar": f.is_planar,
-            "plane_offsets": list(plane_offsets(f, cols)[1:]) if f.is_planar else []}
+    return {
+        "fmt": fmt.lower(),
+        "fmt_upper": fmt,
+        "qk": qk,
+        "ts": ts,
+        "rows": rows,
+        "cols": cols,
+        "blocks_per_row": cols // qk,
+        "row_bytes": row_nbytes(f, cols),
+        # planar layouts: decoders take the row and the sub-block, and the row offsets
+        # of the planes after the first (artifacts/formats.py)
+        "planar": f.is_planar,
+        "plane_offsets": list(plane_offsets(f, cols)[1:]) if f.is_planar else [],
+    }
 
 
 def mma_matmul_spec(target: Target, w: dict) -> KernelSpec | None:
@@ -227,10 +328,23 @@ def mma_matmul_spec(target: Target, w: dict) -> KernelSpec | None:
     threads = MMA_WAVES_M * MMA_WAVES_N * wave
     frags_m, frags_n = MMA_TILE_M // (16 * MMA_WAVES_M), MMA_TILE_N // (16 * MMA_WAVES_N)
     name = f"rfc_matmul_mma_{w['fmt']}_{w['rows']}x{w['cols']}"
-    params = {"name": name, "threads": threads, "wave": wave, "n": w["rows"], "k": w["cols"],
-              "tile_m": MMA_TILE_M, "tile_n": MMA_TILE_N, "k_chunk": MMA_K_CHUNK, "ld": MMA_K_CHUNK + MMA_PAD,
-              "waves_n": MMA_WAVES_N, "frags_m": frags_m, "frags_n": frags_n,
-              "quantized": is_int8(w["fmt_upper"]), "subs_per_block": max(1, w["qk"] // SUB_BLOCK), **w}
+    params = {
+        "name": name,
+        "threads": threads,
+        "wave": wave,
+        "n": w["rows"],
+        "k": w["cols"],
+        "tile_m": MMA_TILE_M,
+        "tile_n": MMA_TILE_N,
+        "k_chunk": MMA_K_CHUNK,
+        "ld": MMA_K_CHUNK + MMA_PAD,
+        "waves_n": MMA_WAVES_N,
+        "frags_m": frags_m,
+        "frags_n": frags_n,
+        "quantized": is_int8(w["fmt_upper"]),
+        "subs_per_block": max(1, w["qk"] // SUB_BLOCK),
+        **w,
+    }
     grid = ((w["rows"], MMA_TILE_N), ("n_rows", MMA_TILE_M))
     return KernelSpec(name, MMA_TEMPLATE, params, KERNEL_ARGS["matmul"], threads, grid)
 
@@ -243,8 +357,9 @@ def prefill_matmul_spec(target: Target, w: dict) -> KernelSpec | None:
     return imma_matmul_spec(target, w) or mma_matmul_spec(target, w)
 
 
-def plan_kernels(target: Target, plan: Plan, layout: WeightLayout, weights: dict[str, str] | None = None
-                 ) -> tuple[list[KernelSpec], list[str]]:
+def plan_kernels(
+    target: Target, plan: Plan, layout: WeightLayout, weights: dict[str, str] | None = None
+) -> tuple[list[KernelSpec], list[str]]:
     """The kernels of a plan (first-use order) and, per plan op, the kernel that runs it.
     `weights`: plan weight -> the layout entry this target reads, where not the plan's own
     name (the weight planner's map; none: the plan's own)."""
@@ -339,13 +454,22 @@ class _Planner:
         scale, column = float(op.attr("scale")), int(op.attr("column"))
         width = int(self.plan.buffer(op.outputs[0]).shape[1])  # < cols: a slice of each row (Gemma 4's per-layer table)
         if column % w["qk"] or width % w["qk"] or column + width > w["cols"]:
-            raise CompileError(f"the GPU embed kernel reads whole blocks: columns {column}..{column + width} of {op.weights[0]}")
+            raise CompileError(
+                f"the GPU embed kernel reads whole blocks: columns {column}..{column + width} of {op.weights[0]}"
+            )
         blocks = width // w["qk"]
         threads = self._row_threads(blocks)
         sliced = "" if (column, width) == (0, w["cols"]) else f"_c{column}_w{width}"
         name = f"rfc_embed_{w['fmt']}_{w['cols']}{sliced}" + ("" if scale == 1.0 else "_scaled")
-        params = {**w, "name": name, "threads": threads, "width": width, "scale": scale, "blocks_per_row": blocks,
-                  "column_bytes": column // w["qk"] * w["ts"]}
+        params = {
+            **w,
+            "name": name,
+            "threads": threads,
+            "width": width,
+            "scale": scale,
+            "blocks_per_row": blocks,
+            "column_bytes": column // w["qk"] * w["ts"],
+        }
         return KernelSpec(name, "gpu_embed.hip.j2", params, KERNEL_ARGS["embed"], threads, (("n_rows", 1),))
 
     def _matmul(self, op: Op) -> KernelSpec:
@@ -361,9 +485,17 @@ class _Planner:
             threads = MATMUL_WAVES * self.wave
             lanes_per_row = min(self.wave, _pow2_at_least(w["blocks_per_row"]))
             rows_per_block = threads // lanes_per_row
-            params = {"name": name, "threads": threads, "n": w["rows"], "k": w["cols"], "lanes_per_row": lanes_per_row,
-                      "rows_per_block": rows_per_block, "tokens_per_block": MATMUL_TOKENS,
-                      "block_unroll": w["qk"] if w["qk"] <= MATMUL_UNROLL_MAX else 1, **w}
+            params = {
+                "name": name,
+                "threads": threads,
+                "n": w["rows"],
+                "k": w["cols"],
+                "lanes_per_row": lanes_per_row,
+                "rows_per_block": rows_per_block,
+                "tokens_per_block": MATMUL_TOKENS,
+                "block_unroll": w["qk"] if w["qk"] <= MATMUL_UNROLL_MAX else 1,
+                **w,
+            }
             grid = ((w["rows"], rows_per_block), ("n_rows", MATMUL_TOKENS))
             return KernelSpec(name, "gpu_matmul_float.hip.j2", params, KERNEL_ARGS["matmul"], threads, grid)
         q8 = self._int8_tiling(w)
@@ -372,15 +504,27 @@ class _Planner:
         # no more row steps than the matrix has row groups (tiny models: one block of rows)
         row_steps = max(1, min(MATMUL_ROW_STEPS, -(-w["rows"] // rows_per_step)))
         rows_per_block = rows_per_step * row_steps
-        params = {"name": name, "threads": threads, "n": w["rows"], "k": w["cols"], "rows_per_step": rows_per_step,
-                  "row_steps": row_steps, "rows_per_block": rows_per_block, "tokens_per_block": MATMUL_TOKENS, **q8, **w}
+        params = {
+            "name": name,
+            "threads": threads,
+            "n": w["rows"],
+            "k": w["cols"],
+            "rows_per_step": rows_per_step,
+            "row_steps": row_steps,
+            "rows_per_block": rows_per_block,
+            "tokens_per_block": MATMUL_TOKENS,
+            **q8,
+            **w,
+        }
         grid = ((w["rows"], rows_per_block), ("n_rows", MATMUL_TOKENS))
         return KernelSpec(name, "gpu_matmul.hip.j2", params, KERNEL_ARGS["matmul"], threads, grid)
 
     def _int8_tiling(self, w: dict) -> dict:
         """Lanes per row and activation chunk of an int8 matmul over a quantized weight."""
         if w["cols"] % SUB_BLOCK or w["qk"] % SUB_BLOCK:
-            raise CompileError(f"an int8 GPU matmul needs rows of whole {SUB_BLOCK}-element sub-blocks, not {w['cols']}")
+            raise CompileError(
+                f"an int8 GPU matmul needs rows of whole {SUB_BLOCK}-element sub-blocks, not {w['cols']}"
+            )
         subs = w["cols"] // SUB_BLOCK
         return {
             "lanes_per_row": min(self.wave, _pow2_at_least(subs)),
@@ -396,7 +540,9 @@ class _Planner:
         seg = width // heads
         threads = self._row_threads(seg)
         per_seg = has_weight and heads > 1 and tuple(self.tensors[op.weights[0]].shape) == (width,)  # Mamba2's groups
-        name = (f"rfc_rmsnorm_{width}" if heads == 1 else f"rfc_rmsnorm_{heads}x{seg}") + ("" if has_weight else "_unit")
+        name = (f"rfc_rmsnorm_{width}" if heads == 1 else f"rfc_rmsnorm_{heads}x{seg}") + (
+            "" if has_weight else "_unit"
+        )
         name += "_segw" if per_seg else ""
         params = {"name": name, "threads": threads, "width": width, "heads": heads, "seg": seg, "eps": float(op.attrs["eps"]),
                   "has_weight": has_weight, "per_seg": per_seg}  # fmt: skip
@@ -423,20 +569,26 @@ class _Planner:
             oai = {"alpha": float(op.attr("alpha")), "limit": float(op.attr("limit"))}
             if not all(math.isfinite(v) and 0.0 < v <= 1e6 for v in oai.values()):
                 raise CompileError(f"swiglu_oai alpha/limit {oai} are out of range")
-            name += "_a{}_l{}".format(*(f"{v:.9g}".replace(".", "p").replace("-", "m").replace("+", "") for v in oai.values()))
+            name += "_a{}_l{}".format(
+                *(f"{v:.9g}".replace(".", "p").replace("-", "m").replace("+", "") for v in oai.values())
+            )
         return self._rowwise(op, "gpu_swiglu.hip.j2", name, width, activation=activation, **oai)
 
     # -- recurrent layers (qwen35): a block per sequence (and channel tile / value head) ---------
     def _state_params(self, op: Op) -> dict:
         if self.plan.state.slot_floats >= 2**31:
-            raise CompileError(f"a state slot of {self.plan.state.slot_floats} floats is over the GPU kernels' int offsets")
+            raise CompileError(
+                f"a state slot of {self.plan.state.slot_floats} floats is over the GPU kernels' int offsets"
+            )
         return {"slot_floats": self.plan.state.slot_floats}
 
     def _ssm_conv(self, op: Op) -> KernelSpec:
         self._f32_vector(op, op.weights[0])
         c, k = self._width(op.inputs[0]), self.tensors[op.weights[0]].shape[-1]
         if not 2 <= k <= GPU_MAX_CONV_KERNEL:
-            raise CompileError(f"the GPU ssm_conv keeps its window in registers: a kernel of {k} taps is over {GPU_MAX_CONV_KERNEL}")
+            raise CompileError(
+                f"the GPU ssm_conv keeps its window in registers: a kernel of {k} taps is over {GPU_MAX_CONV_KERNEL}"
+            )
         threads = self._row_threads(c)
         has_bias = len(op.weights) > 1  # Mamba2's conv bias
         if has_bias:
@@ -452,24 +604,36 @@ class _Planner:
         self._f32_vector(op, op.weights[0])
         c, k = self._width(op.outputs[0]), self.tensors[op.weights[0]].shape[-1]
         if not 2 <= k <= GPU_MAX_CONV_KERNEL:
-            raise CompileError(f"the GPU short_conv keeps its window in registers: a kernel of {k} taps is over {GPU_MAX_CONV_KERNEL}")
+            raise CompileError(
+                f"the GPU short_conv keeps its window in registers: a kernel of {k} taps is over {GPU_MAX_CONV_KERNEL}"
+            )
         threads = self._row_threads(c)
         name = f"rfc_short_conv_{c}x{k}"
         params = {"name": name, "threads": threads, "c": c, "k": k, **self._state_params(op)}
-        return KernelSpec(name, "gpu_short_conv.hip.j2", params, KERNEL_ARGS["short_conv"], threads, (("n_seqs", 1), (c, threads)))
+        return KernelSpec(
+            name, "gpu_short_conv.hip.j2", params, KERNEL_ARGS["short_conv"], threads, (("n_seqs", 1), (c, threads))
+        )
 
     def _gated_delta_net(self, op: Op) -> KernelSpec:
         for w in op.weights:
             self._f32_vector(op, w)
         hk, hv, s = int(op.attrs["n_k_heads"]), int(op.attrs["n_v_heads"]), int(op.attrs["head_dim"])
         if s > MAX_THREADS:
-            raise CompileError(f"the GPU gated_delta_net runs a thread per state row: a head size of {s} is over {MAX_THREADS}")
+            raise CompileError(
+                f"the GPU gated_delta_net runs a thread per state row: a head size of {s} is over {MAX_THREADS}"
+            )
         threads = self._row_threads(s)
         name = f"rfc_gated_delta_net_{hk}x{hv}x{s}"
         params = {"name": name, "threads": threads, "hk": hk, "hv": hv, "s": s, "eps": float(op.attrs["eps"]),
                   "scale": 1.0 / math.sqrt(s), **self._state_params(op)}  # fmt: skip
-        return KernelSpec(name, "gpu_gated_delta_net.hip.j2", params, KERNEL_ARGS["gated_delta_net"], threads,
-                          (("n_seqs", 1), (hv, 1)))
+        return KernelSpec(
+            name,
+            "gpu_gated_delta_net.hip.j2",
+            params,
+            KERNEL_ARGS["gated_delta_net"],
+            threads,
+            (("n_seqs", 1), (hv, 1)),
+        )
 
     def _ssm_scan(self, op: Op) -> KernelSpec:
         """Mamba2's scan: a block per sequence and head, a thread per row of the head's state."""
@@ -478,11 +642,15 @@ class _Planner:
         a = op.attrs
         h, p, g, n = int(a["n_heads"]), int(a["head_dim"]), int(a["n_groups"]), int(a["state_size"])
         if p > MAX_THREADS:
-            raise CompileError(f"the GPU ssm_scan runs a thread per state row: a head size of {p} is over {MAX_THREADS}")
+            raise CompileError(
+                f"the GPU ssm_scan runs a thread per state row: a head size of {p} is over {MAX_THREADS}"
+            )
         threads = self._row_threads(p)
         name = f"rfc_ssm_scan_{h}x{p}x{g}x{n}"
         params = {"name": name, "threads": threads, "h": h, "p": p, "g": g, "n": n, **self._state_params(op)}
-        return KernelSpec(name, "gpu_ssm_scan.hip.j2", params, KERNEL_ARGS["ssm_scan"], threads, (("n_seqs", 1), (h, 1)))
+        return KernelSpec(
+            name, "gpu_ssm_scan.hip.j2", params, KERNEL_ARGS["ssm_scan"], threads, (("n_seqs", 1), (h, 1))
+        )
 
     def _scale(self, op: Op) -> KernelSpec:
         width, factor = self._width(op.inputs[0]), float(op.attrs["factor"])
@@ -546,9 +714,15 @@ class _Planner:
         has_bias = len(op.weights) > int(has_escale)
         for w in op.weights:
             self._f32_vector(op, w)
-        name = (f"rfc_moe_route_{n_expert}_{n_used}" + ("" if gating == "softmax" else f"_{gating}") + ("_bias" if has_bias else "")
-                + ("_escale" if has_escale else "")
-                + (f"_g{groups}x{groups_used}" if groups > 1 else "") + ("" if norm else "_raw") + ("" if scale == 1.0 else "_scaled"))
+        name = (
+            f"rfc_moe_route_{n_expert}_{n_used}"
+            + ("" if gating == "softmax" else f"_{gating}")
+            + ("_bias" if has_bias else "")
+            + ("_escale" if has_escale else "")
+            + (f"_g{groups}x{groups_used}" if groups > 1 else "")
+            + ("" if norm else "_raw")
+            + ("" if scale == 1.0 else "_scaled")
+        )
         spec = self._rowwise(op, "gpu_moe_route.hip.j2", name, n_expert, n_expert=n_expert, n_used=n_used, gating=gating,
                              norm=norm, scale=scale, groups=groups, groups_used=groups_used, per_group=n_expert // groups,
                              has_bias=has_bias, has_escale=has_escale)  # fmt: skip
@@ -565,21 +739,24 @@ class _Planner:
             raise CompileError(f"GPU moe_add_bias reads {op.weights[0]} as F32, but it is stored as {entry.format}")
         n_used = self._width(op.inputs[1])
         width = self._width(op.inputs[0]) // n_used
-        return self._rowwise(op, "gpu_moe_add_bias.hip.j2", f"rfc_moe_add_bias_{n_used}x{width}", n_used * width,
-                             n_used=n_used, n=width)
+        return self._rowwise(
+            op, "gpu_moe_add_bias.hip.j2", f"rfc_moe_add_bias_{n_used}x{width}", n_used * width, n_used=n_used, n=width
+        )
 
     def _moe_scale(self, op: Op) -> KernelSpec:
         self._f32_vector(op, op.weights[0])
         n_used = self._width(op.inputs[1])
         width = self._width(op.inputs[0]) // n_used
-        return self._rowwise(op, "gpu_moe_scale.hip.j2", f"rfc_moe_scale_{n_used}x{width}", n_used * width,
-                             n_used=n_used, n=width)
+        return self._rowwise(
+            op, "gpu_moe_scale.hip.j2", f"rfc_moe_scale_{n_used}x{width}", n_used * width, n_used=n_used, n=width
+        )
 
     def _slot_scale(self, op: Op) -> KernelSpec:
         n_used = self._width(op.inputs[1])
         width = self._width(op.inputs[0]) // n_used
-        return self._rowwise(op, "gpu_slot_scale.hip.j2", f"rfc_slot_scale_{n_used}x{width}", n_used * width,
-                             n_used=n_used, n=width)
+        return self._rowwise(
+            op, "gpu_slot_scale.hip.j2", f"rfc_slot_scale_{n_used}x{width}", n_used * width, n_used=n_used, n=width
+        )
 
     def _moe_matmul(self, op: Op) -> KernelSpec:
         w = self._weight(op, op.weights[0])
@@ -619,20 +796,30 @@ class _Planner:
         heads, n, k = entry.shape
         w = self._weight(op, op.weights[0])
         if w["planar"] or w["qk"] > MATMUL_UNROLL_MAX:
-            raise CompileError(f"no GPU head_matmul for {op.weights[0]} in {entry.format}: its blocks of {w['qk']} are "
-                               f"more than the {MATMUL_UNROLL_MAX} a thread decodes into registers")
+            raise CompileError(
+                f"no GPU head_matmul for {op.weights[0]} in {entry.format}: its blocks of {w['qk']} are "
+                f"more than the {MATMUL_UNROLL_MAX} a thread decodes into registers"
+            )
         stride = int(op.attr("stride")) or k
         threads = self._row_threads(n)
         name = f"rfc_head_matmul_{w['fmt']}_{heads}x{n}x{k}" + (f"_s{stride}" if stride != k else "")
         params = {"name": name, "threads": threads, "heads": heads, "n": n, "k": k, "stride": stride, **w}
-        return KernelSpec(name, "gpu_head_matmul.hip.j2", params, KERNEL_ARGS["head_matmul"], threads,
-                          (("n_rows", 1), (heads, 1)))
+        return KernelSpec(
+            name, "gpu_head_matmul.hip.j2", params, KERNEL_ARGS["head_matmul"], threads, (("n_rows", 1), (heads, 1))
+        )
 
     def _concat_heads(self, op: Op) -> KernelSpec:
         heads = int(op.attrs["heads"])
         wa, wb = self._width(op.inputs[0]) // heads, self._width(op.inputs[1]) // heads
-        return self._rowwise(op, "gpu_concat_heads.hip.j2", f"rfc_concat_heads_{heads}x{wa}x{wb}", heads * (wa + wb),
-                             heads=heads, wa=wa, wb=wb)
+        return self._rowwise(
+            op,
+            "gpu_concat_heads.hip.j2",
+            f"rfc_concat_heads_{heads}x{wa}x{wb}",
+            heads * (wa + wb),
+            heads=heads,
+            wa=wa,
+            wb=wb,
+        )
 
     def _gather_rows(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
@@ -650,7 +837,9 @@ class _Planner:
         dtype = self._kv_dtype()
         name = f"rfc_kv_write_{dtype}_{width}" + (f"_r{row}" if row != width else "")
         quant = _kv_quant(self.plan, self.plan.kv.head_dim)
-        chunk = min(width, max(KV_QUANT_CHUNK // max(quant["k_rot"], BLOCK_VALUES), 1) * max(quant["k_rot"], BLOCK_VALUES))
+        chunk = min(
+            width, max(KV_QUANT_CHUNK // max(quant["k_rot"], BLOCK_VALUES), 1) * max(quant["k_rot"], BLOCK_VALUES)
+        )
         return self._rowwise(op, "gpu_kv_write.hip.j2", name, width, kv_dtype=dtype, kv_row=row, chunk=chunk, **quant)
 
     def _rope(self, op: Op) -> KernelSpec:
@@ -667,7 +856,9 @@ class _Planner:
             raise CompileError("rope frequencies are not finite")
         n_pairs = (a["n_heads"] + a["n_kv_heads"]) * half
         threads = self._row_threads(n_pairs)
-        name = f"rfc_rope_{style}_{a['n_heads']}x{a['n_kv_heads']}x{a['head_dim']}_{n_rot}" + ("_ff" if has_factors else "")
+        name = f"rfc_rope_{style}_{a['n_heads']}x{a['n_kv_heads']}x{a['head_dim']}_{n_rot}" + (
+            "_ff" if has_factors else ""
+        )
         params = {
             "name": name,
             "threads": threads,
@@ -711,7 +902,9 @@ class _Planner:
         lanes = head_dim // v_vec  # threads per value row
         dim_groups = threads // lanes
         row = self.plan.kv.row  # the cache row: this layer's values come first (KVSpec)
-        name = f"rfc_attention_{dtype}_{n_heads}x{n_kv_heads}x{head_dim}" + (f"_r{row}" if row != n_kv_heads * head_dim else "")
+        name = f"rfc_attention_{dtype}_{n_heads}x{n_kv_heads}x{head_dim}" + (
+            f"_r{row}" if row != n_kv_heads * head_dim else ""
+        )
         name += (f"_w{window}" if window is not None else "") + ("_capped" if softcap is not None else "")
         has_sinks = bool(op.weights)  # gpt-oss: a logit per query head, F32
         if has_sinks:
@@ -750,12 +943,23 @@ class _Planner:
         params["smem_floats"] = max(group * head_dim + params["p_floats"], _tile_floats(tile, head_dim))
         steps = ()
         if splits > 1:
-            split = KernelSpec(f"{name}_split", "gpu_attention.hip.j2", dict(params, name=f"{name}_split", split=True),
-                               _args("attention_split", has_sinks), threads, (("n_rows", 1), (n_kv_heads, 1), (splits, 1)))
+            split = KernelSpec(
+                f"{name}_split",
+                "gpu_attention.hip.j2",
+                dict(params, name=f"{name}_split", split=True),
+                _args("attention_split", has_sinks),
+                threads,
+                (("n_rows", 1), (n_kv_heads, 1), (splits, 1)),
+            )
             reduce_threads = self._row_threads(group * head_dim)
-            reduce = KernelSpec(f"{name}_reduce", "gpu_attention_reduce.hip.j2",
-                                dict(params, name=f"{name}_reduce", threads=reduce_threads),
-                                _args("attention_reduce", has_sinks), reduce_threads, (("n_rows", 1), (n_kv_heads, 1)))
+            reduce = KernelSpec(
+                f"{name}_reduce",
+                "gpu_attention_reduce.hip.j2",
+                dict(params, name=f"{name}_reduce", threads=reduce_threads),
+                _args("attention_reduce", has_sinks),
+                reduce_threads,
+                (("n_rows", 1), (n_kv_heads, 1)),
+            )
             steps = (split, reduce)
         grid = (("n_rows", 1), (n_kv_heads, 1))  # one block per kv head and its query heads
         return KernelSpec(name, "gpu_attention.hip.j2", params, _args("attention", has_sinks), threads, grid, steps)
@@ -772,8 +976,13 @@ def _kv_quant(plan: Plan, head_dim: int) -> dict:
     geometries = {(op.attrs["n_kv_heads"], op.attrs["head_dim"]) for op in plan.ops if op.kind == "attention"}
     quantizable = head_dim % BLOCK_VALUES == 0 and len(geometries) <= 1
     k_rot, v_rot = KvCacheTypes(CacheType.Q8_0, CacheType.Q8_0).rotations(head_dim) if quantizable else (0, 0)
-    return {"quantizable": quantizable, "k_rot": k_rot, "v_rot": v_rot,
-            "k_norm": 1.0 / math.sqrt(k_rot) if k_rot else 0.0, "v_norm": 1.0 / math.sqrt(v_rot) if v_rot else 0.0}
+    return {
+        "quantizable": quantizable,
+        "k_rot": k_rot,
+        "v_rot": v_rot,
+        "k_norm": 1.0 / math.sqrt(k_rot) if k_rot else 0.0,
+        "v_norm": 1.0 / math.sqrt(v_rot) if v_rot else 0.0,
+    }
 
 
 def _args(kernel: str, with_sinks: bool) -> tuple[tuple[str, str], ...]:
@@ -793,21 +1002,30 @@ def _attention_tile(head_dim: int, group: int, threads: int) -> dict:
     those, the tile whose chunk does the most dot products per element it holds
     (queries x keys / (queries + keys)), ties to the bigger chunk (fewer barriers per key)."""
     kstride = head_dim if head_dim % 2 else head_dim + 1  # odd: lanes of a key chunk hit distinct banks
-    cap = max(1, min(ATTENTION_TILE_ROWS, ATTENTION_TILE_QUERIES // group, ATTENTION_ACC_TILE * threads // (group * head_dim)))
+    cap = max(
+        1, min(ATTENTION_TILE_ROWS, ATTENTION_TILE_QUERIES // group, ATTENTION_ACC_TILE * threads // (group * head_dim))
+    )
     best, best_score = None, -1.0
     for keys in (*ATTENTION_TILE_KEYS, ATTENTION_TILE_KEYS_LAST):
         if keys == ATTENTION_TILE_KEYS_LAST and best is not None:
             break
         for rows in range(cap, 0, -1):
-            tile = {"tile_rows": rows, "tile_queries": rows * group, "tile_keys": keys, "tile_kstride": kstride,
-                    "tile_acc": -(-rows * group * head_dim // threads)}
+            tile = {
+                "tile_rows": rows,
+                "tile_queries": rows * group,
+                "tile_keys": keys,
+                "tile_kstride": kstride,
+                "tile_acc": -(-rows * group * head_dim // threads),
+            }
             if 4 * _tile_floats(tile, head_dim) <= ATTENTION_TILE_SHARED:
                 score = rows * group * keys / (rows * group + keys)
                 if score > best_score:
                     best, best_score = tile, score
                 break
     if best is None:
-        raise CompileError(f"no prefill attention tile of {group} query heads x {head_dim} fits {ATTENTION_TILE_SHARED} bytes")
+        raise CompileError(
+            f"no prefill attention tile of {group} query heads x {head_dim} fits {ATTENTION_TILE_SHARED} bytes"
+        )
     return best
 
 
@@ -857,27 +1075,83 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     if name in ("k_cache", "v_cache"):
         return ArgSlot(ArgKind.KV, name[0], value=int(op.attrs.get("layer", 0)))
     # the rest are the op's buffers and weights, in declaration order
-    outs = {"embed": ("out",), "rmsnorm": ("out",), "matmul": ("out",), "add_bias": ("out",), "rope": ("q", "k"),
-            "attention": ("out",), "swiglu": ("out",), "add": ("out",), "gather_rows": ("out",), "softcap": ("out",), "scale": ("out",), "xielu": ("out",),
-            "moe_route": ("ids", "weights"), "moe_matmul": ("out",), "moe_combine": ("out",), "kv_write": (),
-            "moe_add_bias": ("out",), "moe_scale": ("out",), "slot_scale": ("out",), "head_matmul": ("out",), "concat_heads": ("out",),
-            "ssm_conv": ("out",), "gated_delta_net": ("out",), "short_conv": ("out",), "ssm_scan": ("out",),
-            "altup_stack": ("out",), "altup_predict": ("pred", "act"), "altup_correct": ("out", "gate"), "altup_add": ("out", "sub"),
-            "altup_merge": ("out",), "gaussian_topk": ("out",)}[op.kind]
-    weights = {"embed": ("weight",), "rmsnorm": ("weight",), "matmul": ("weight",), "add_bias": ("bias",),
-               "rope": ("freq_factors",), "moe_matmul": ("weight",), "attention": ("sinks",),
-               "moe_add_bias": ("bias",), "moe_scale": ("scale",), "moe_route": ("bias",), "head_matmul": ("weight",),
-               "ssm_conv": ("weight", "bias"), "gated_delta_net": ("a", "dt"), "short_conv": ("weight",),
-               "ssm_scan": ("a", "d", "dt_bias"), "altup_correct": ("scale",)}.get(op.kind, ())
+    outs = {
+        "embed": ("out",),
+        "rmsnorm": ("out",),
+        "matmul": ("out",),
+        "add_bias": ("out",),
+        "rope": ("q", "k"),
+        "attention": ("out",),
+        "swiglu": ("out",),
+        "add": ("out",),
+        "gather_rows": ("out",),
+        "softcap": ("out",),
+        "scale": ("out",),
+        "xielu": ("out",),
+        "moe_route": ("ids", "weights"),
+        "moe_matmul": ("out",),
+        "moe_combine": ("out",),
+        "kv_write": (),
+        "moe_add_bias": ("out",),
+        "moe_scale": ("out",),
+        "slot_scale": ("out",),
+        "head_matmul": ("out",),
+        "concat_heads": ("out",),
+        "ssm_conv": ("out",),
+        "gated_delta_net": ("out",),
+        "short_conv": ("out",),
+        "ssm_scan": ("out",),
+        "altup_stack": ("out",),
+        "altup_predict": ("pred", "act"),
+        "altup_correct": ("out", "gate"),
+        "altup_add": ("out", "sub"),
+        "altup_merge": ("out",),
+        "gaussian_topk": ("out",),
+    }[op.kind]
+    weights = {
+        "embed": ("weight",),
+        "rmsnorm": ("weight",),
+        "matmul": ("weight",),
+        "add_bias": ("bias",),
+        "rope": ("freq_factors",),
+        "moe_matmul": ("weight",),
+        "attention": ("sinks",),
+        "moe_add_bias": ("bias",),
+        "moe_scale": ("scale",),
+        "moe_route": ("bias",),
+        "head_matmul": ("weight",),
+        "ssm_conv": ("weight", "bias"),
+        "gated_delta_net": ("a", "dt"),
+        "short_conv": ("weight",),
+        "ssm_scan": ("a", "d", "dt_bias"),
+        "altup_correct": ("scale",),
+    }.get(op.kind, ())
     if op.kind == "moe_route" and op.attr("expert_scale"):  # the experts' output scales: the last weight
-        weights = ("bias", "escale")[2 - len(op.weights):]
+        weights = ("bias", "escale")[2 - len(op.weights) :]
     if name in outs:
         return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
     if name in weights:
         return ArgSlot(ArgKind.WEIGHT, op.weights[weights.index(name)])
-    ins = [n for n in names if n not in outs and n not in weights and n not in
-           ("n_rows", "table_width", "block_size", "positions", "seq_of_token", "block_tables", "slots", "tokens",
-            "rows", "k_cache", "v_cache")]
+    ins = [
+        n
+        for n in names
+        if n not in outs
+        and n not in weights
+        and n
+        not in (
+            "n_rows",
+            "table_width",
+            "block_size",
+            "positions",
+            "seq_of_token",
+            "block_tables",
+            "slots",
+            "tokens",
+            "rows",
+            "k_cache",
+            "v_cache",
+        )
+    ]
     return ArgSlot(ArgKind.ARENA, op.inputs[ins.index(name)])
 
 
@@ -905,7 +1179,9 @@ def plan_step_arena(plan: Plan, scratch_floats: int = 0, q8_bytes: int = 0) -> A
         last[b] = end
     live: list[tuple[int, int, int]] = []  # (offset, nbytes, last use)
     slots, total = [], 0
-    for b in sorted((b for b in plan.buffers if b.name in first and b.name != plan.input_tokens), key=lambda b: first[b.name]):
+    for b in sorted(
+        (b for b in plan.buffers if b.name in first and b.name != plan.input_tokens), key=lambda b: first[b.name]
+    ):
         n = 4
         for d in b.shape:
             n *= sizes[d] if isinstance(d, str) else d
@@ -988,9 +1264,13 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
                 scratch = max(scratch, attention_scratch_floats(s))
         i += 1
     has_prefill = prefill != launches
-    return StepProgram(target.name, plan_step_arena(plan, scratch, q8_bytes), launches=tuple(launches),
-                       prefill_launches=tuple(prefill) if has_prefill else (),
-                       prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0)
+    return StepProgram(
+        target.name,
+        plan_step_arena(plan, scratch, q8_bytes),
+        launches=tuple(launches),
+        prefill_launches=tuple(prefill) if has_prefill else (),
+        prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0,
+    )
 
 
 def fused_launch(plan: Plan, ops, spec: KernelSpec, sources, op_specs: list[KernelSpec]) -> Launch:
@@ -1007,8 +1287,14 @@ def op_launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:
     an op's own kernel alone as this one launch: tests/kernels/kit/gpu.py)."""
     rows = _row_count(plan, (op.outputs or op.inputs)[0])
     grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
-    args = tuple(ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH) if n == "scratch" else _q8_slot() if n == "q8"
-                 else _arg_slot(plan, op, n, k) for n, k in spec.args)
+    args = tuple(
+        ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH)
+        if n == "scratch"
+        else _q8_slot()
+        if n == "q8"
+        else _arg_slot(plan, op, n, k)
+        for n, k in spec.args
+    )
     return Launch(spec.name, spec.threads, grid, args)
 
 

@@ -15,7 +15,12 @@ from rfc.compiler.targets import Target
 
 SAMPLE_TEMPLATE = "gpu_sample.hip.j2"
 SAMPLE_ARGS: tuple[tuple[str, str], ...] = (
-    ("out", PTR), ("logits", PTR), ("params", PTR), ("pen", PTR), ("pen_raw", PTR), ("pen_capacity", I32),
+    ("out", PTR),
+    ("logits", PTR),
+    ("params", PTR),
+    ("pen", PTR),
+    ("pen_raw", PTR),
+    ("pen_capacity", I32),
     ("n_rows", I32),
 )
 SAMPLE_MAX_THREADS = 256

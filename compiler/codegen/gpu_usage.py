@@ -105,8 +105,9 @@ def cubin_usage(binary: bytes) -> dict[str, KernelUsage]:
     except CodeObjectError as e:
         raise CompileError(f"cannot read kernel usage from the cubin: {e}") from e
     return {
-        name: KernelUsage(name, registers=r.registers, stack_bytes=r.stack_bytes, spill_bytes=None,
-                          shared_bytes=r.shared_bytes)
+        name: KernelUsage(
+            name, registers=r.registers, stack_bytes=r.stack_bytes, spill_bytes=None, shared_bytes=r.shared_bytes
+        )
         for name, r in resources.items()
     }
 
@@ -143,6 +144,8 @@ def usage_table(usage: dict[str, KernelUsage]) -> str:
     for u in rows:
         flag = "  <- local memory" if u.is_hot and u.uses_local_memory else ""
         spill = "-" if u.spill_bytes is None else u.spill_bytes
-        lines.append(f"{u.name:<48} {u.registers:>5} {u.scalar_registers:>5} {u.stack_bytes:>6} {spill:>6} "
-                     f"{u.shared_bytes:>7}{flag}")
+        lines.append(
+            f"{u.name:<48} {u.registers:>5} {u.scalar_registers:>5} {u.stack_bytes:>6} {spill:>6} "
+            f"{u.shared_bytes:>7}{flag}"
+        )
     return "\n".join(lines)

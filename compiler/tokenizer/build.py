@@ -149,8 +149,9 @@ def _llama_cpp_types(vocab: _Vocab) -> list[int]:
     types = [TYPE_CONTROL if token in CONTROL_TEXTS else kind for token, kind in zip(vocab.tokens, vocab.types)]
     ids = vocab.ids
     # o200k_harmony and solar-open: "<|end|>" is not an end of generation but stays matchable.
-    if ("<|end|>" in ids
-            and (("<|return|>" in ids and "<|call|>" in ids) or ("<|calls|>" in ids and "<|flush|>" in ids))):
+    if "<|end|>" in ids and (
+        ("<|return|>" in ids and "<|call|>" in ids) or ("<|calls|>" in ids and "<|flush|>" in ids)
+    ):
         types[ids["<|end|>"]] = TYPE_USER_DEFINED
     # Gemma 4 and PLaMo have a normal "</s>".
     if "</s>" in ids and ("<|tool_response>" in ids or "<|plamo:eos|>" in ids):
@@ -268,8 +269,9 @@ def _spm_json(metadata: Mapping[str, object], vocab: _Vocab, unk_id: int | None)
     return {
         "normalizer": {"type": "Sequence", "normalizers": normalizers},
         "pre_tokenizer": None,
-        "model": _bpe_model(vocab, _spm_merges(vocab), byte_fallback=True, unk=vocab.tokens[unk_id],
-                            ignore_merges=False),  # fmt: skip
+        "model": _bpe_model(
+            vocab, _spm_merges(vocab), byte_fallback=True, unk=vocab.tokens[unk_id], ignore_merges=False
+        ),  # fmt: skip
         "decoder": {"type": "Sequence", "decoders": decoders},
     }
 

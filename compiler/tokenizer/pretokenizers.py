@@ -40,18 +40,18 @@ _CUSTOM = {
 }
 
 _DEEPSEEK_LETTERS = (
-    "\\s?[A-Za-z\u00B5\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u01BA\u01BC-\u01BF\u01C4-\u0293\u0295-\u02AF"
-    "\u0370-\u0373\u0376\u0377\u037B-\u037D\u037F\u0386\u0388-\u038A\u038C\u038E-\u03A1\u03A3-\u03F5"
-    "\u03F7-\u0481\u048A-\u052F\u0531-\u0556\u10A0-\u10C5\u13A0-\u13F5\u13F8-\u13FD\u1C90-\u1CBA"
-    "\u1CBD-\u1CBF\u1D00-\u1D2B\u1D6B-\u1D77\u1D79-\u1D9A\u1E00-\u1F15\u1F18-\u1F1D\u1F20-\u1F45"
-    "\u1F48-\u1F4D\u1F50-\u1F57\u1F59\u1F5B\u1F5D\u1F5F-\u1F7D\u1F80-\u1FB4\u1FB6-\u1FBC\u1FBE"
-    "\u1FC2-\u1FC4\u1FC6-\u1FCC\u1FD0-\u1FD3\u1FD6-\u1FDB\u1FE0-\u1FEC\u1FF2-\u1FF4\u1FF6-\u1FFC"
-    "\u2102\u2107\u210A-\u2113\u2115\u2119-\u211D\u2124\u2126\u2128\u212A-\u212D\u212F-\u2134\u2139"
-    "\u213C-\u213F\u2145-\u2149\u214E\u2183\u2184\u2C00-\u2C7B\u2C7E-\u2CE4\u2CEB-\u2CEE\u2CF2\u2CF3"
-    "\uA640-\uA66D\uA680-\uA69B\uA722-\uA76F\uA771-\uA787\uA78B-\uA78E\uAB70-\uABBF\uFB00-\uFB06"
-    "\uFB13-\uFB17\uFF21-\uFF3A\uFF41-\uFF5A\U00010400-\U0001044F\U000104B0-\U000104D3"
-    "\U000104D8-\U000104FB\U00010C80-\U00010CB2\U00010CC0-\U00010CF2\U000118A0-\U000118DF"
-    "\U0001E900-\U0001E943]+"
+    "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af"
+    "\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5"
+    "\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba"
+    "\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45"
+    "\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe"
+    "\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc"
+    "\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139"
+    "\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3"
+    "\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06"
+    "\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
+    "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df"
+    "\U0001e900-\U0001e943]+"
 )  # escaped: several are singletons an editor's normalization would change (U+212A KELVIN SIGN)
 _CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
 _CJK_KANA = "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"
@@ -77,23 +77,46 @@ class PreType:
 PRE_TYPES: dict[str, PreType] = {
     "DEFAULT": PreType((r"[\p{P}\$\+<=>\^~\|]+", _GPT2_NO_TAIL, r"\p{N}+", "[0-9][0-9][0-9]")),
     "LLAMA3": PreType((_LLAMA3,)),
-    "JAIS2": PreType((_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-                      r"|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)"
-                      r"|\s{8}(?!\S)|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1}",)),  # fmt: skip
-    "DEEPSEEK_LLM": PreType(("[\r\n]", _DEEPSEEK_LETTERS,
-                             "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+", r"\s+$", _CJK,
-                             r"\p{N}+")),  # fmt: skip
-    "DEEPSEEK3_LLM": PreType((r"\p{N}{1,3}", _CJK_KANA,
-                              _ASCII_PUNCT_WORD + r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*"
-                              r"|\s*[\r\n]+|\s+(?!\S)|\s+")),  # fmt: skip
-    "SPARK2_5": PreType((r"\p{N}{1,3}", _CJK_KANA,
-                         _ASCII_PUNCT_WORD
-                         + r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+|[\r\n]|\s+(?!\S)|\s+",
-                         r"\p{N}")),  # fmt: skip
+    "JAIS2": PreType(
+        (
+            _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+            r"|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)"
+            r"|\s{8}(?!\S)|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1}",
+        )
+    ),  # fmt: skip
+    "DEEPSEEK_LLM": PreType(
+        (
+            "[\r\n]",
+            _DEEPSEEK_LETTERS,
+            "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+            r"\s+$",
+            _CJK,
+            r"\p{N}+",
+        )
+    ),  # fmt: skip
+    "DEEPSEEK3_LLM": PreType(
+        (
+            r"\p{N}{1,3}",
+            _CJK_KANA,
+            _ASCII_PUNCT_WORD + r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*"
+            r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+        )
+    ),  # fmt: skip
+    "SPARK2_5": PreType(
+        (
+            r"\p{N}{1,3}",
+            _CJK_KANA,
+            _ASCII_PUNCT_WORD + r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+|[\r\n]|\s+(?!\S)|\s+",
+            r"\p{N}",
+        )
+    ),  # fmt: skip
     "YOUTU": PreType(
-        ("[\uac00-\ud7a3\u3131-\u318e]+|[\uff01\u2026\u201c\u201d\u2018\u2019\u2014\uff1a\uff1b\uff0c\u3001-\u303f"
-         "\ufe30-\ufe4f]+|[\u3105-\u312f]+|[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
-         _CASED + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")),  # fmt: skip
+        (
+            "[\uac00-\ud7a3\u3131-\u318e]+|[\uff01\u2026\u201c\u201d\u2018\u2019\u2014\uff1a\uff1b\uff0c\u3001-\u303f"
+            "\ufe30-\ufe4f]+|[\u3105-\u312f]+|[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+            _CASED + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        )
+    ),  # fmt: skip
     "DEEPSEEK_CODER": PreType(("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}")),
     "FALCON": PreType((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2_NO_TAIL, "[0-9][0-9][0-9]")),
     "STARCODER": PreType((r"\p{N}", _GPT2_NO_TAIL)),
@@ -102,36 +125,74 @@ PRE_TYPES: dict[str, PreType] = {
     "QWEN35": PreType((_QWEN35,)),
     "BLOOM": PreType((_BLOOM,)),
     "VIKING": PreType((_BLOOM, r"\p{N}")),
-    "TEKKEN": PreType((_UPPER_LOWER.replace("<C>", "")
-                       + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",)),
-    "CHAMELEON": PreType(("<sentinel:[0-9]+>", "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z", "([\\t\\n]|    |  )", r"\p{N}",
-                          r"[\p{P}!-/:-@\[-`{-~]", _GPT2_NO_TAIL)),  # fmt: skip
-    "GPT4O": PreType((_UPPER_LOWER.replace("<C>", "(?:" + _CONTRACTIONS[3:-1] + ")?")
-                      + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",)),  # fmt: skip
-    "GRANITE_EMB_MULTI": PreType((
-        _UPPER_LOWER.replace("<C>", "(?:" + _CONTRACTIONS[3:-1] + ")?").replace(r"(?=[\p{L}])", r"(?=[\p{L}\p{M}])")
-        + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",)),  # fmt: skip
-    "TINY_AYA": PreType((r"\d{1,3}(?=(?:\d{3})*\b)",
-                         _CASED + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")),  # fmt: skip
+    "TEKKEN": PreType(
+        (_UPPER_LOWER.replace("<C>", "") + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",)
+    ),
+    "CHAMELEON": PreType(
+        (
+            "<sentinel:[0-9]+>",
+            "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+            "([\\t\\n]|    |  )",
+            r"\p{N}",
+            r"[\p{P}!-/:-@\[-`{-~]",
+            _GPT2_NO_TAIL,
+        )
+    ),  # fmt: skip
+    "GPT4O": PreType(
+        (
+            _UPPER_LOWER.replace("<C>", "(?:" + _CONTRACTIONS[3:-1] + ")?")
+            + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        )
+    ),  # fmt: skip
+    "GRANITE_EMB_MULTI": PreType(
+        (
+            _UPPER_LOWER.replace("<C>", "(?:" + _CONTRACTIONS[3:-1] + ")?").replace(r"(?=[\p{L}])", r"(?=[\p{L}\p{M}])")
+            + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        )
+    ),  # fmt: skip
+    "TINY_AYA": PreType(
+        (r"\d{1,3}(?=(?:\d{3})*\b)", _CASED + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    ),  # fmt: skip
     "KIMI_K2": PreType((r"\p{Han}+",)),
     "SUPERBPE": PreType((r"\p{N}+", r"(?=(\d{3})+(?!\d))")),
-    "BAILINGMOE": PreType((r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",)),  # fmt: skip
-    "SEED_CODER": PreType((_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+"
-                           r"|\s+(?!\S)|\s+",)),  # fmt: skip
+    "BAILINGMOE": PreType(
+        (
+            r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
+        )
+    ),  # fmt: skip
+    "SEED_CODER": PreType(
+        (
+            _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+"
+            r"|\s+(?!\S)|\s+",
+        )
+    ),  # fmt: skip
     "UFAKZEKA": PreType((r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",)),
-    "AFMOE": PreType((r"\p{AFMoE_digits}",
-                      "[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\u3040-\u309f\u30a0-\u30ff\uff65-\uff9f\u2f00-\u2fdf"
-                      "\u0e00-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u1000-\u109f\uaa60-\uaa7f\ua9e0-\ua9ff\uac00-\ud7af"
-                      "\u1100-\u11ff]+",
-                      _ASCII_PUNCT_WORD + r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+"
-                      r"|\s+(?!\S)|\s+")),  # fmt: skip
+    "AFMOE": PreType(
+        (
+            r"\p{AFMoE_digits}",
+            "[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\u3040-\u309f\u30a0-\u30ff\uff65-\uff9f\u2f00-\u2fdf"
+            "\u0e00-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u1000-\u109f\uaa60-\uaa7f\ua9e0-\ua9ff\uac00-\ud7af"
+            "\u1100-\u11ff]+",
+            _ASCII_PUNCT_WORD + r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+"
+            r"|\s+(?!\S)|\s+",
+        )
+    ),  # fmt: skip
     "LAGUNA": PreType(("[^\\n]+|[\\n]+", _QWEN2)),
-    "EXAONE_MOE": PreType((_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}"
-                           r"| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+",)),  # fmt: skip
+    "EXAONE_MOE": PreType(
+        (
+            _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}"
+            r"| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+",
+        )
+    ),  # fmt: skip
     "GEMMA4": PreType(("[^\\n]+|[\\n]+",), byte_encode=False),
-    "MINICPM5": PreType((r"\p{N}{1,3}", _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                         r"|\s*[\r\n]+|\s+(?!\S)|\s+")),  # fmt: skip
+    "MINICPM5": PreType(
+        (
+            r"\p{N}{1,3}",
+            _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*"
+            r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+        )
+    ),  # fmt: skip
     "WHITESPACE": PreType((r"\S+",), byte_encode=False),
 }
 # Types that llama.cpp gives the same regexes as another.
@@ -172,8 +233,20 @@ def _names(pre_type: str, *names: str, **flags: bool) -> dict[str, PreName]:
 PRE_NAMES: dict[str, PreName] = {
     **_names("DEFAULT", "default"),
     **_names("MINICPM5", "minicpm5", ignore_merges=True),
-    **_names("LLAMA3", "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-             "jina-v5-nano", ignore_merges=True, add_bos=True),  # fmt: skip
+    **_names(
+        "LLAMA3",
+        "llama3",
+        "llama-v3",
+        "llama-bpe",
+        "falcon3",
+        "falcon-h1",
+        "pixtral",
+        "midm-2.0",
+        "lfm2",
+        "jina-v5-nano",
+        ignore_merges=True,
+        add_bos=True,
+    ),  # fmt: skip
     **_names("DEEPSEEK_LLM", "deepseek-llm"),
     **_names("DEEPSEEK_CODER", "deepseek-coder"),
     **_names("DEEPSEEK3_LLM", "deepseek-v3"),
@@ -182,8 +255,23 @@ PRE_NAMES: dict[str, PreName] = {
     **_names("FALCON", "falcon"),
     **_names("MPT", "mpt"),
     **_names("STARCODER", "starcoder"),
-    **_names("GPT2", "gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
-             "mellum", "modern-bert", "jina-v1-en", "jina-v2-code", "roberta-bpe", "exaone4"),  # fmt: skip
+    **_names(
+        "GPT2",
+        "gpt-2",
+        "phi-2",
+        "jina-es",
+        "jina-de",
+        "gigachat",
+        "jina-v2-es",
+        "jina-v2-de",
+        "a.x-4.0",
+        "mellum",
+        "modern-bert",
+        "jina-v1-en",
+        "jina-v2-code",
+        "roberta-bpe",
+        "exaone4",
+    ),  # fmt: skip
     **_names("JAIS2", "jais-2"),
     **_names("GEMMA4", "gemma4", "granite-embed-multi-311m", escape_whitespaces=True),
     **_names("SARVAM_MOE", "sarvam-moe", escape_whitespaces=True),

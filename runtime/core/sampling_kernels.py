@@ -19,8 +19,26 @@ BAD_LOGITS = -1  # kernels/cpu_sample.h RFC_SAMPLE_BAD_LOGITS
 NO_MEMORY = -2
 
 _SIGNATURES = {
-    "rfc_sample_row": ([c_void_p, c_int64, c_double, c_int64, c_double, c_double, c_double, c_void_p, c_void_p,
-                        c_void_p, c_void_p, c_void_p, c_int64, c_void_p, c_void_p], c_int64),  # fmt: skip
+    "rfc_sample_row": (
+        [
+            c_void_p,
+            c_int64,
+            c_double,
+            c_int64,
+            c_double,
+            c_double,
+            c_double,
+            c_void_p,
+            c_void_p,
+            c_void_p,
+            c_void_p,
+            c_void_p,
+            c_int64,
+            c_void_p,
+            c_void_p,
+        ],
+        c_int64,
+    ),  # fmt: skip
     "rfc_sample_logprobs": ([c_void_p, c_int64, c_int64, c_void_p, c_void_p, c_void_p, c_void_p], c_double),
 }
 

@@ -25,8 +25,14 @@ class WorkPool:
     exception). A job past its deadline keeps its thread until it returns (Python cannot stop
     a thread): the work each job may do must be bounded by its own limits."""
 
-    def __init__(self, name: str, threads: int = 2, max_pending: int = 32, timeout_s: float = 10.0,
-                 stack_bytes: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        threads: int = 2,
+        max_pending: int = 32,
+        timeout_s: float = 10.0,
+        stack_bytes: int | None = None,
+    ):
         if threads < 1 or max_pending < 1 or timeout_s <= 0:
             raise ValueError("a work pool needs a thread, a queue slot and a positive deadline")
         self.name = name

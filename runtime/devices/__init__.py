@@ -58,12 +58,16 @@ def choose_device(bundle: Bundle, requested: str = "auto") -> DeviceChoice:
             if entry.kernels and _present(kind, entry.name):
                 return DeviceChoice(kind, entry.name)
     if requested == "auto":
-        why = (f"no compiled target of this bundle ({', '.join(map(str, names))}) runs on this machine" if names
-               else "this bundle has no compiled kernels (--reference-only)")
+        why = (
+            f"no compiled target of this bundle ({', '.join(map(str, names))}) runs on this machine"
+            if names
+            else "this bundle has no compiled kernels (--reference-only)"
+        )
         print(f"rfc: warning: {why}; using the numpy reference device (slow)", file=sys.stderr)
         return DeviceChoice(DeviceKind.REF, None)
-    reasons = [f"{e.name}: {probe_reason(wanted[0], e.name) or 'not compiled'}" for e in known
-               if e.family is wanted[0].family]
+    reasons = [
+        f"{e.name}: {probe_reason(wanted[0], e.name) or 'not compiled'}" for e in known if e.family is wanted[0].family
+    ]
     raise DeviceError(
         f"device '{requested}' requested, but no bundle target can run it here "
         f"(bundle targets: {', '.join(map(str, names))}{'; ' + '; '.join(reasons) if reasons else ''})"
@@ -74,8 +78,10 @@ def choose_device(bundle: Bundle, requested: str = "auto") -> DeviceChoice:
 # machine can run that target, else the reason it cannot) and `Device(...)`; a GPU family its
 # driver class (runtime/devices/gpu_driver.py GpuDriver with the family's dialect).
 _CPU_MODULE = "rfc.runtime.devices.cpu"
-_GPU_DRIVERS = {Family.HIP: ("rfc.runtime.devices.hip", "HipDriver"),
-                Family.CUDA: ("rfc.runtime.devices.cuda", "CudaDriver")}
+_GPU_DRIVERS = {
+    Family.HIP: ("rfc.runtime.devices.hip", "HipDriver"),
+    Family.CUDA: ("rfc.runtime.devices.cuda", "CudaDriver"),
+}
 
 
 def gpu_driver_class(family: Family):
@@ -106,9 +112,16 @@ def _probe(kind: DeviceKind, target: str) -> str | None:
     return importlib.import_module(_CPU_MODULE).probe(target)
 
 
-def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int,
-                  context_length: int | None = None, threads: int | None = None,
-                  cache_types: KvCacheTypes = KvCacheTypes()):
+def create_device(
+    choice: DeviceChoice,
+    bundle: Bundle,
+    kv: KVSpec,
+    num_blocks: int,
+    block_size: int,
+    context_length: int | None = None,
+    threads: int | None = None,
+    cache_types: KvCacheTypes = KvCacheTypes(),
+):
     """`context_length`: the longest sequence served (--ctx-size; default the plan's), which
     bounds the block tables a device sizes ahead of the batches. `threads`: the cpu step
     program's team (--threads; None: the cores in the affinity mask); GPUs ignore it.
@@ -122,9 +135,16 @@ def create_device(choice: DeviceChoice, bundle: Bundle, kv: KVSpec, num_blocks: 
 
         driver = gpu_driver_class(choice.name.family)(choice.target)
         return open_device(driver, bundle, choice.target, kv, num_blocks, block_size, context_length, cache_types)
-    return importlib.import_module(_CPU_MODULE).Device(bundle, choice.target, kv, num_blocks, block_size,
-                                                       n_threads=threads, context_length=context_length,
-                                                       cache_types=cache_types)
+    return importlib.import_module(_CPU_MODULE).Device(
+        bundle,
+        choice.target,
+        kv,
+        num_blocks,
+        block_size,
+        n_threads=threads,
+        context_length=context_length,
+        cache_types=cache_types,
+    )
 
 
 # -- memory, for sizing the KV pool from a budget (runtime/engine/kv_budget.py) -------------------------

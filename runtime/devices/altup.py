@@ -33,8 +33,9 @@ def altup_predict(hs: np.ndarray, coefs: np.ndarray, n: int, active: int) -> tup
     return pred.reshape(len(hs), -1), pred[:, active]
 
 
-def altup_correct(pred: np.ndarray, x: np.ndarray, coefs: np.ndarray, scale: np.ndarray, n: int,
-                  active: int) -> tuple[np.ndarray, np.ndarray]:
+def altup_correct(
+    pred: np.ndarray, x: np.ndarray, coefs: np.ndarray, scale: np.ndarray, n: int, active: int
+) -> tuple[np.ndarray, np.ndarray]:
     p = _streams(pred, n)
     innovation = x.astype(np.float64) - p[:, active]
     out = (innovation[:, None] * (coefs.astype(np.float64)[:, :, None] + 1.0) + p).astype(np.float32)

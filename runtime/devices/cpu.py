@@ -58,8 +58,10 @@ def amx_refusal() -> str | None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0:
         return None
-    return (f"the OS kernel refuses the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: "
-            f"{os.strerror(ctypes.get_errno())}; Linux 5.16 or later grants it)")
+    return (
+        f"the OS kernel refuses the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: "
+        f"{os.strerror(ctypes.get_errno())}; Linux 5.16 or later grants it)"
+    )
 
 
 def probe(target: str) -> str | None:
@@ -120,17 +122,25 @@ def init_kernels(lib: ctypes.CDLL, target: str) -> None:
     init.argtypes, init.restype = [], ctypes.c_int
     err = init()
     if err:
-        raise DeviceError(f"cannot run bundle target {target} here: the OS kernel refused the AMX tile state "
-                          f"(arch_prctl ARCH_REQ_XCOMP_PERM: {os.strerror(err)}; Linux 5.16 or later grants it)")
+        raise DeviceError(
+            f"cannot run bundle target {target} here: the OS kernel refused the AMX tile state "
+            f"(arch_prctl ARCH_REQ_XCOMP_PERM: {os.strerror(err)}; Linux 5.16 or later grants it)"
+        )
 
 
-def Device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, n_threads: int | None = None,
-           context_length: int | None = None, cache_types: KvCacheTypes = KvCacheTypes()):
+def Device(
+    bundle: Bundle,
+    target: str,
+    kv: KVSpec,
+    num_blocks: int,
+    block_size: int,
+    n_threads: int | None = None,
+    context_length: int | None = None,
+    cache_types: KvCacheTypes = KvCacheTypes(),
+):
     """The engine's cpu device: the target's step program (one call per step). It sizes its
     block tables from each batch, so the served `context_length` bounds nothing here."""
     from rfc.runtime.devices.cpu_step import CpuStepDevice
 
     lib, entry = open_library(bundle, target, kv)
     return CpuStepDevice(bundle, target, lib, entry, kv, num_blocks, block_size, n_threads, cache_types)
-
-

@@ -81,19 +81,22 @@ class CpuStepDevice(HostState):
         if _fn(lib, "rfc_step_abi_version", [], c_int)() != STEP_ABI_VERSION:
             raise DeviceError(f"the step program of bundle target {target} reports another ABI version")
         if _fn(lib, "rfc_step_arena_alignment", [], c_int64)() != self.program.arena.alignment:
-            raise DeviceError(f"the step program of bundle target {target} lays its arena out unlike its "
-                              f"program.msgpack")
+            raise DeviceError(
+                f"the step program of bundle target {target} lays its arena out unlike its program.msgpack"
+            )
         if _fn(lib, "rfc_step_args_bytes", [], c_size_t)() != ctypes.sizeof(StepArgs):
             raise DeviceError(f"the step program of bundle target {target} has another argument struct")
         self._entry = _fn(lib, self.program.entry, [ctypes.POINTER(StepArgs)], c_int)
-        self._hidden_entry = _fn(lib, str(self.program.extra.get("hidden_entry", "")), [ctypes.POINTER(StepArgs)],
-                                 c_int)
+        self._hidden_entry = _fn(
+            lib, str(self.program.extra.get("hidden_entry", "")), [ctypes.POINTER(StepArgs)], c_int
+        )
         self._arena_bytes = _fn(lib, "rfc_step_arena_bytes", [c_int64, c_int64, c_int64], c_size_t)
         # the library's sampling functions, for the engine's host sampling (None: older bundle)
         self.host_sampling = SamplingKernels.from_library(lib)
         self.n_threads = n_threads or default_threads()
-        self._weights = (np.frombuffer(bundle.weights, dtype=np.uint8) if bundle.weights is not None
-                         else np.zeros(64, np.uint8))
+        self._weights = (
+            np.frombuffer(bundle.weights, dtype=np.uint8) if bundle.weights is not None else np.zeros(64, np.uint8)
+        )
         cache_types.check(kv, bundle.plan.kv_geometries())
         self.cache_types = cache_types
         k_row, v_row = cache_types.row_bytes(kv)

@@ -22,16 +22,34 @@ def target_capability(target: str) -> tuple[int, int]:
 _P, _I, _U, _S, _U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint, ctypes.c_size_t, ctypes.c_uint64
 # Every libcuda function called, with its C signature (CUresult is an int).
 SIGNATURES: dict[str, list] = {
-    "cuInit": [_U], "cuDeviceGetCount": [_P], "cuDeviceGet": [_P, _I], "cuDeviceGetAttribute": [_P, _I, _I],
-    "cuDevicePrimaryCtxRetain": [_P, _I], "cuCtxSetCurrent": [_P], "cuGetErrorName": [_I, _P],
-    "cuGetErrorString": [_I, _P], "cuMemAlloc_v2": [_P, _S], "cuMemFree_v2": [_U64],
-    "cuMemcpyHtoD_v2": [_U64, _P, _S], "cuModuleLoadData": [_P, _P], "cuModuleGetFunction": [_P, _P, ctypes.c_char_p],
-    "cuLaunchKernel": [_P, _U, _U, _U, _U, _U, _U, _U, _P, _P, _P], "cuCtxSynchronize": [],
-    "cuMemAllocHost_v2": [_P, _S], "cuMemFreeHost": [_P], "cuStreamCreate": [_P, _U],
-    "cuMemcpyHtoDAsync_v2": [_U64, _P, _S, _P], "cuMemcpyDtoHAsync_v2": [_P, _U64, _S, _P],
-    "cuStreamBeginCapture_v2": [_P, _I], "cuStreamEndCapture": [_P, _P],
-    "cuGraphInstantiateWithFlags": [_P, _P, ctypes.c_ulonglong], "cuGraphLaunch": [_P, _P],
-    "cuGraphExecDestroy": [_P], "cuGraphDestroy": [_P], "cuStreamSynchronize": [_P], "cuMemGetInfo_v2": [_P, _P],
+    "cuInit": [_U],
+    "cuDeviceGetCount": [_P],
+    "cuDeviceGet": [_P, _I],
+    "cuDeviceGetAttribute": [_P, _I, _I],
+    "cuDevicePrimaryCtxRetain": [_P, _I],
+    "cuCtxSetCurrent": [_P],
+    "cuGetErrorName": [_I, _P],
+    "cuGetErrorString": [_I, _P],
+    "cuMemAlloc_v2": [_P, _S],
+    "cuMemFree_v2": [_U64],
+    "cuMemcpyHtoD_v2": [_U64, _P, _S],
+    "cuModuleLoadData": [_P, _P],
+    "cuModuleGetFunction": [_P, _P, ctypes.c_char_p],
+    "cuLaunchKernel": [_P, _U, _U, _U, _U, _U, _U, _U, _P, _P, _P],
+    "cuCtxSynchronize": [],
+    "cuMemAllocHost_v2": [_P, _S],
+    "cuMemFreeHost": [_P],
+    "cuStreamCreate": [_P, _U],
+    "cuMemcpyHtoDAsync_v2": [_U64, _P, _S, _P],
+    "cuMemcpyDtoHAsync_v2": [_P, _U64, _S, _P],
+    "cuStreamBeginCapture_v2": [_P, _I],
+    "cuStreamEndCapture": [_P, _P],
+    "cuGraphInstantiateWithFlags": [_P, _P, ctypes.c_ulonglong],
+    "cuGraphLaunch": [_P, _P],
+    "cuGraphExecDestroy": [_P],
+    "cuGraphDestroy": [_P],
+    "cuStreamSynchronize": [_P],
+    "cuMemGetInfo_v2": [_P, _P],
 }
 
 
@@ -69,8 +87,16 @@ def _read_code(data: bytes, target: str) -> tuple[dict[str, KernelInfo], bytes]:
     return read_cubin(data), data
 
 
-CUDA = Dialect(api="CUDA", libraries=LIBRARIES, calls=CUDA_CALLS, signatures=SIGNATURES, open_device=_open_device,
-               error_string=_error_string, read_code=_read_code, instantiate_flags=(0,))
+CUDA = Dialect(
+    api="CUDA",
+    libraries=LIBRARIES,
+    calls=CUDA_CALLS,
+    signatures=SIGNATURES,
+    open_device=_open_device,
+    error_string=_error_string,
+    read_code=_read_code,
+    instantiate_flags=(0,),
+)
 
 
 class CudaDriver(GpuDriver):

@@ -29,8 +29,16 @@ _KV_ITEMSIZE = {"f16": 2, "f32": 4}
 _WEIGHT_ALIGNMENT = 256  # device offsets of uploaded weights: 128-bit loads and more
 
 
-def open_device(driver: GpuDriver, bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int,
-                context_length: int | None = None, cache_types: KvCacheTypes = KvCacheTypes()) -> "GpuDevice":
+def open_device(
+    driver: GpuDriver,
+    bundle: Bundle,
+    target: str,
+    kv: KVSpec,
+    num_blocks: int,
+    block_size: int,
+    context_length: int | None = None,
+    cache_types: KvCacheTypes = KvCacheTypes(),
+) -> "GpuDevice":
     """The engine's GPU device for bundle target `target` on `driver`'s GPU; `cache_types`: how
     its KV cache stores K and V (--cache-type-k/-v)."""
     entry = target_entry(bundle.manifest, target)
@@ -51,25 +59,41 @@ class GpuDevice:
     host_sampling = None  # the host samples with numpy: the GPU bundle has no cpu library
     samples_on_device = False
 
-    def __init__(self, driver: Driver, bundle: Bundle, entry: TargetEntry, code: dict[str, KernelInfo], image: bytes,
-                 kv: KVSpec, num_blocks: int, block_size: int, context_length: int | None = None,
-                 cache_types: KvCacheTypes = KvCacheTypes()):
+    def __init__(
+        self,
+        driver: Driver,
+        bundle: Bundle,
+        entry: TargetEntry,
+        code: dict[str, KernelInfo],
+        image: bytes,
+        kv: KVSpec,
+        num_blocks: int,
+        block_size: int,
+        context_length: int | None = None,
+        cache_types: KvCacheTypes = KvCacheTypes(),
+    ):
         if not entry.program:
             raise DeviceError(f"bundle target {entry.name} has no step program: recompile the model with this rfc")
         self.name = DeviceKind(entry.family.value)
         program = unpack_program(bundle.file(entry.program).read_bytes())
         cache_types.check(kv, bundle.plan.kv_geometries())  # whole blocks, one row geometry
         if cache_types.quantized and not takes_kv_types(program.launches):
-            raise DeviceError(f"bundle target {entry.name}'s kernels predate quantized KV caches: recompile the model "
-                              f"with this rfc for a {cache_types.describe()} cache")
+            raise DeviceError(
+                f"bundle target {entry.name}'s kernels predate quantized KV caches: recompile the model "
+                f"with this rfc for a {cache_types.describe()} cache"
+            )
         self.cache_types = cache_types
         sample = program.extra.get("sample")
         sample = sample if isinstance(sample, dict) and "kernel" in sample else None
         launched = {launch.kernel: launch for launch in (*program.launches, *program.prefill_launches)}
         check_kernels(entry, launched.values(), code)
         if sample is not None:
-            check_code_object_args(f"bundle target {entry.name}", sample["kernel"], _layout(entry, sample["kernel"]),
-                                   code.get(sample["kernel"]))
+            check_code_object_args(
+                f"bundle target {entry.name}",
+                sample["kernel"],
+                _layout(entry, sample["kernel"]),
+                code.get(sample["kernel"]),
+            )
         self._driver = driver
         self._memory = GpuMemory(driver, bundle, entry, kv, num_blocks, block_size, cache_types)
         module = driver.load_module(image)
@@ -78,9 +102,18 @@ class GpuDevice:
         # a sequence holds at most the served context (--ctx-size), so its table this many blocks
         width = min(num_blocks, -(-(context_length or plan.context_length) // block_size))
         self.runner = StepRunner(
-            driver, program, entry.kernel_args, functions, weight_ptr=self._memory.weight_address,
-            kv_ptr=self._memory.kv_address, vocab=plan.vocab_size, n_embd=plan.n_embd, logits=plan.output_logits,
-            hidden=plan.output_hidden, block_size=block_size, table_width=width,
+            driver,
+            program,
+            entry.kernel_args,
+            functions,
+            weight_ptr=self._memory.weight_address,
+            kv_ptr=self._memory.kv_address,
+            vocab=plan.vocab_size,
+            n_embd=plan.n_embd,
+            logits=plan.output_logits,
+            hidden=plan.output_hidden,
+            block_size=block_size,
+            table_width=width,
             sample=(driver.function(module, sample["kernel"]), sample) if sample is not None else None,
             kv_types=(cache_types.k.code, cache_types.v.code),
         )
@@ -106,8 +139,11 @@ class GpuDevice:
         kv = self._plan.kv
         slots = self._memory.slots
         src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
-        if src.shape != dst.shape or src.ndim != 1 or (len(src) and (min(src.min(), dst.min()) < 0
-                                                                      or max(src.max(), dst.max()) >= slots)):
+        if (
+            src.shape != dst.shape
+            or src.ndim != 1
+            or (len(src) and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= slots))
+        ):
             raise DeviceError(f"a KV copy names slots outside the {slots} of this device")
         runs, i = [], 0  # (first source slot, first destination slot, slots)
         while i < len(src):
@@ -167,8 +203,16 @@ class GpuMemory:
     and for V: a row of the plan's KV dtype, or of q8_0 / q4_0 blocks as `cache_types` say,
     its real bytes: KvCacheTypes.row_bytes)."""
 
-    def __init__(self, driver: Driver, bundle: Bundle, entry: TargetEntry, kv: KVSpec, num_blocks: int, block_size: int,
-                 cache_types: KvCacheTypes = KvCacheTypes()):
+    def __init__(
+        self,
+        driver: Driver,
+        bundle: Bundle,
+        entry: TargetEntry,
+        kv: KVSpec,
+        num_blocks: int,
+        block_size: int,
+        cache_types: KvCacheTypes = KvCacheTypes(),
+    ):
         if kv.dtype not in _KV_ITEMSIZE:
             raise DeviceError(f"no GPU KV cache of {kv.dtype} (supported: {', '.join(_KV_ITEMSIZE)})")
         self._driver = driver
@@ -226,8 +270,11 @@ def _row_bytes(kv: KVSpec, t: CacheType) -> int:
 def takes_kv_types(launches: Iterable[Launch]) -> bool:
     """Whether every launch that reads or writes the KV cache takes its types (the k_type
     scalar): bundles compiled before quantized GPU caches have F16-only kernels."""
-    return all(any(a.kind is ArgKind.SCALAR and a.ref == "k_type" for a in launch.args)
-               for launch in launches if any(a.kind is ArgKind.KV for a in launch.args))
+    return all(
+        any(a.kind is ArgKind.SCALAR and a.ref == "k_type" for a in launch.args)
+        for launch in launches
+        if any(a.kind is ArgKind.KV for a in launch.args)
+    )
 
 
 def weight_spans(bundle: Bundle, weight_of: dict[str, str]) -> tuple[list[tuple[int, TensorEntry]], int]:
@@ -285,8 +332,10 @@ def check_code_object_args(where: str, kernel: str, declared: tuple[KernelArg, .
     if info is None:
         raise DeviceError(f"{where}: kernel {kernel} is not in the code object")
     if len(info.args) != len(declared):
-        raise DeviceError(f"{where}: kernel {kernel} takes {len(info.args)} arguments in the code object, "
-                          f"{len(declared)} in the manifest")
+        raise DeviceError(
+            f"{where}: kernel {kernel} takes {len(info.args)} arguments in the code object, "
+            f"{len(declared)} in the manifest"
+        )
     for j, (arg, (name, size, offset)) in enumerate(zip(info.args, declared)):
         if (arg.size, arg.offset) != (size, offset) or (arg.name is not None and arg.name != name):
             raise DeviceError(

@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from rfc.artifacts.program import (
-    SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS, ArgKind, ArgSlot, Launch, StepProgram,
+    SAMPLE_FLAG_DEVICE,
+    SAMPLE_FLAG_GREEDY,
+    SAMPLE_FLAG_LOGPROB,
+    SAMPLE_WORDS,
+    ArgKind,
+    ArgSlot,
+    Launch,
+    StepProgram,
 )
 from rfc.artifacts.targets import KernelArg
 from rfc.runtime.core.step import StepBatch
@@ -48,8 +55,17 @@ STEP_SCALARS = ("n_tokens", "n_rows", "n_seqs", "table_width", "block_size", "k_
 # (block tables last: a step copies the staging only up to its sequences' table rows; with
 # device sampling the penalty pairs and row parameters come first, the pairs filled from their
 # region's end, so a step's copy starts at its first pair: one contiguous range either way)
-_STAGED = ("tokens", "positions", "slots", "seq_of_token", "seq_start", "context_lens", "logit_rows", "state_slots",
-           "block_tables")
+_STAGED = (
+    "tokens",
+    "positions",
+    "slots",
+    "seq_of_token",
+    "seq_start",
+    "context_lens",
+    "logit_rows",
+    "state_slots",
+    "block_tables",
+)
 # Penalty entries staged per logit row (a bind-time bound: pinned and device bytes are
 # 12 * max_rows * this, 1.5 MiB for 512 rows; _MAX_PEN_CAPACITY caps the total). The default window (penalty_last_n =
 # 64) always fits; a row whose window holds more distinct tokens is sampled on the host.
@@ -88,14 +104,17 @@ def parameter_buffer(layout: tuple[KernelArg, ...]) -> tuple[ctypes.Array, ctype
     return buffer, params
 
 
-def bind_launch(launch: Launch, layout: tuple[KernelArg, ...] | None, fn: Any,
-                pointer: Callable[[ArgSlot], int]) -> BoundLaunch:
+def bind_launch(
+    launch: Launch, layout: tuple[KernelArg, ...] | None, fn: Any, pointer: Callable[[ArgSlot], int]
+) -> BoundLaunch:
     """One launch of a program bound: `layout` is its kernel's (the manifest's kernel_args, as
     the code object lays them out), `pointer` the device address of a pointer slot. Constant
     scalars are written in now, the step's (n_tokens, ...) by BoundLaunch.enqueue."""
     if layout is None or len(layout) != len(launch.args):
-        raise DeviceError(f"step program: kernel {launch.kernel} takes {len(layout or [])} arguments, the launch "
-                          f"passes {len(launch.args)}")
+        raise DeviceError(
+            f"step program: kernel {launch.kernel} takes {len(layout or [])} arguments, the launch "
+            f"passes {len(launch.args)}"
+        )
     for g in launch.grid:
         if isinstance(g.count, str) and g.count not in STEP_SCALARS:
             raise DeviceError(f"step program: kernel {launch.kernel}'s grid counts {g.count!r}, not a step scalar")
@@ -103,29 +122,47 @@ def bind_launch(launch: Launch, layout: tuple[KernelArg, ...] | None, fn: Any,
     scalars, state_offsets = [], []
     for slot, (name, nbytes, offset) in zip(launch.args, layout):
         if slot.size != nbytes:
-            raise DeviceError(f"step program: kernel {launch.kernel} argument {name} is {nbytes} bytes, the launch "
-                              f"passes {slot.size}")
+            raise DeviceError(
+                f"step program: kernel {launch.kernel} argument {name} is {nbytes} bytes, the launch passes {slot.size}"
+            )
         if slot.kind is ArgKind.SCALAR and slot.ref:
             if slot.ref not in STEP_SCALARS:
-                raise DeviceError(f"step program: kernel {launch.kernel} argument {name} counts {slot.ref!r}, not a "
-                                  f"step scalar")
+                raise DeviceError(
+                    f"step program: kernel {launch.kernel} argument {name} counts {slot.ref!r}, not a step scalar"
+                )
             scalars.append((offset, nbytes, slot.ref))
         elif slot.kind is ArgKind.STATE:  # the pool comes after binding (GpuDevice.alloc_state)
             state_offsets.append(offset)
         else:
             value = slot.value if slot.kind is ArgKind.SCALAR else pointer(slot)
             struct.pack_into(_PACK[nbytes], buffer, offset, value)
-    return BoundLaunch(fn, launch.threads, [(g.count, g.tile) for g in launch.grid], buffer, params, scalars,
-                       state_offsets)
+    return BoundLaunch(
+        fn, launch.threads, [(g.count, g.tile) for g in launch.grid], buffer, params, scalars, state_offsets
+    )
 
 
 class StepRunner:
     """One bound step program over a driver; see the module doc."""
 
-    def __init__(self, driver: Driver, program: StepProgram, kernel_args: dict, functions: dict[str, Any],
-                 weight_ptr, kv_ptr, vocab: int, n_embd: int, logits: str, hidden: str, block_size: int,
-                 table_width: int, max_graphs: int = 64, sample: "tuple[Any, dict] | None" = None,
-                 pen_per_row: int = PEN_PER_ROW, kv_types: tuple[int, int] = (0, 0)):
+    def __init__(
+        self,
+        driver: Driver,
+        program: StepProgram,
+        kernel_args: dict,
+        functions: dict[str, Any],
+        weight_ptr,
+        kv_ptr,
+        vocab: int,
+        n_embd: int,
+        logits: str,
+        hidden: str,
+        block_size: int,
+        table_width: int,
+        max_graphs: int = 64,
+        sample: "tuple[Any, dict] | None" = None,
+        pen_per_row: int = PEN_PER_ROW,
+        kv_types: tuple[int, int] = (0, 0),
+    ):
         self._driver = driver
         self.program = program
         a = program.arena
@@ -184,8 +221,13 @@ class StepRunner:
         return ptr
 
     def _stage_layout(self) -> None:
-        lengths = {"seq_start": self.max_seqs + 1, "context_lens": self.max_seqs, "state_slots": self.max_seqs,
-                   "block_tables": self.max_seqs * self.table_width, "logit_rows": self.max_rows}
+        lengths = {
+            "seq_start": self.max_seqs + 1,
+            "context_lens": self.max_seqs,
+            "state_slots": self.max_seqs,
+            "block_tables": self.max_seqs * self.table_width,
+            "logit_rows": self.max_rows,
+        }
         regions = [(name, lengths.get(name, self.max_tokens)) for name in _STAGED]
         if self.sampling is not None:
             regions = [*self.sampling.regions(), *regions]
@@ -214,8 +256,10 @@ class StepRunner:
         T, R, S = batch.num_tokens, batch.num_rows, len(batch.context_lens)
         width = batch.block_tables.shape[1]
         if T > self.max_tokens or R > self.max_rows or S > self.max_seqs or width > self.table_width:
-            raise DeviceError(f"step of {T} tokens, {R} rows, {S} sequences, table width {width} exceeds the program's "
-                              f"{self.max_tokens}/{self.max_rows}/{self.max_seqs}/{self.table_width}")
+            raise DeviceError(
+                f"step of {T} tokens, {R} rows, {S} sequences, table width {width} exceeds the program's "
+                f"{self.max_tokens}/{self.max_rows}/{self.max_seqs}/{self.table_width}"
+            )
         if batch.block_size != self.block_size:
             raise DeviceError(f"batch block size {batch.block_size}, the KV cache has {self.block_size}")
         v = self._views
@@ -224,17 +268,28 @@ class StepRunner:
         v["seq_start"][: S + 1] = batch.seq_start
         v["context_lens"][:S] = batch.context_lens
         if self.has_state:  # every sequence of a plan with state needs its slot: the kernels keep it there
-            if (len(batch.state_slots) < S or (batch.state_slots[:S] < 0).any()
-                    or (batch.state_slots[:S] >= self.state_slots).any()):
-                raise DeviceError("a recurrent layer needs each sequence's state slot, and the step names none for "
-                                  "some")
+            if (
+                len(batch.state_slots) < S
+                or (batch.state_slots[:S] < 0).any()
+                or (batch.state_slots[:S] >= self.state_slots).any()
+            ):
+                raise DeviceError(
+                    "a recurrent layer needs each sequence's state slot, and the step names none for some"
+                )
             v["state_slots"][:S] = batch.state_slots[:S]
         tables = v["block_tables"][: S * self.table_width].reshape(S, self.table_width)
         tables[:, :width] = batch.block_tables
         tables[:, width:] = -1
         v["logit_rows"][:R] = batch.logit_rows
-        return {"n_tokens": T, "n_rows": R, "n_seqs": S, "table_width": self.table_width, "block_size": self.block_size,
-                "k_type": self.kv_types[0], "v_type": self.kv_types[1]}
+        return {
+            "n_tokens": T,
+            "n_rows": R,
+            "n_seqs": S,
+            "table_width": self.table_width,
+            "block_size": self.block_size,
+            "k_type": self.kv_types[0],
+            "v_type": self.kv_types[1],
+        }
 
     def launch_list(self, n_tokens: int) -> list[BoundLaunch]:
         """The bound list a step of n_tokens runs: the prefill list from prefill_min_tokens on."""
@@ -334,15 +389,24 @@ def _i32(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def write_sample_row(words: np.ndarray, params: SamplingParams, vocab: int, seed: int, step: int,
-                     pen_start: int, pen_count: int, logprob: bool) -> None:
+def write_sample_row(
+    words: np.ndarray,
+    params: SamplingParams,
+    vocab: int,
+    seed: int,
+    step: int,
+    pen_start: int,
+    pen_count: int,
+    logprob: bool,
+) -> None:
     """One row of the sampling kernel's parameters (artifacts/program.py SAMPLE_WORDS) into
     `words` (int32[len(SAMPLE_WORDS)]; its float words written through a float32 view).
     `params` were validated when the request came in; the kernel still clamps what it reads."""
     greedy = params.is_greedy
     w = _WORD
-    words[w["flags"]] = (SAMPLE_FLAG_DEVICE | (SAMPLE_FLAG_GREEDY if greedy else 0)
-                         | (SAMPLE_FLAG_LOGPROB if logprob else 0))
+    words[w["flags"]] = (
+        SAMPLE_FLAG_DEVICE | (SAMPLE_FLAG_GREEDY if greedy else 0) | (SAMPLE_FLAG_LOGPROB if logprob else 0)
+    )
     words[w["top_k"]] = params.top_k if 0 < params.top_k < vocab else 0
     words[w["pen_start"]] = pen_start
     words[w["pen_count"]] = pen_count
@@ -391,8 +455,10 @@ class DeviceSampling:
         name, words = extra.get("kernel"), extra.get("words")
         layout = kernel_args.get(name)
         if words != len(SAMPLE_WORDS) or layout is None or [a[0] for a in layout] != list(_SAMPLE_ARGS):
-            raise DeviceError(f"the bundle's sampling kernel {name!r} does not take this runtime's row parameters: "
-                              f"recompile the model")
+            raise DeviceError(
+                f"the bundle's sampling kernel {name!r} does not take this runtime's row parameters: "
+                f"recompile the model"
+            )
         self.threads = extra.get("threads")
         if not _is_count(self.threads, 1024):
             raise DeviceError(f"the bundle's sampling kernel has {self.threads!r} threads (at most 1024)")
@@ -420,9 +486,14 @@ class DeviceSampling:
         self._host_out = d.malloc_host(8 * R)
         self._out = _view(self._host_out, 2 * R).reshape(R, 2)
         self._dev_out = r._alloc(8 * R)
-        pointers = {"out": self._dev_out, "logits": r.arena + r._out_offset[r._logits],
-                    "params": r._dev_in + r.stage["sample_params"][0], "pen": r._dev_in + self._pen_off,
-                    "pen_raw": r._alloc(4 * C), "pen_capacity": C}
+        pointers = {
+            "out": self._dev_out,
+            "logits": r.arena + r._out_offset[r._logits],
+            "params": r._dev_in + r.stage["sample_params"][0],
+            "pen": r._dev_in + self._pen_off,
+            "pen_raw": r._alloc(4 * C),
+            "pen_capacity": C,
+        }
         buffer, params = parameter_buffer(self._layout)
         scalars = []
         for name, nbytes, offset in self._layout:
@@ -449,8 +520,9 @@ class DeviceSampling:
                 continue
             sampler, logprob = row
             start = end - n
-            write_sample_row(self._params[r], sampler.params, vocab, sampler.device_seed, sampler.drawn,
-                             start, n, bool(logprob))
+            write_sample_row(
+                self._params[r], sampler.params, vocab, sampler.device_seed, sampler.drawn, start, n, bool(logprob)
+            )
             if n:
                 # the window is the Sampler's dict: one array of each from it, into the views
                 self._pen_tokens[start:end] = np.fromiter(counts.keys(), dtype=np.int32, count=n)
@@ -466,8 +538,9 @@ class DeviceSampling:
         if len(host_rows) < n_rows:
             d.copy_to_host_async(self._host_out, self._dev_out, 8 * n_rows, stream)
         for start, stop in _runs(host_rows):
-            d.copy_to_host_async(host_logits + start * row_bytes, logits_ptr + start * row_bytes,
-                                 (stop - start) * row_bytes, stream)
+            d.copy_to_host_async(
+                host_logits + start * row_bytes, logits_ptr + start * row_bytes, (stop - start) * row_bytes, stream
+            )
         d.stream_synchronize(stream)
         vocab = self._runner._vocab
         rows = _view(host_logits, n_rows * vocab, np.float32).reshape(n_rows, vocab) if host_rows else None

@@ -19,13 +19,28 @@ _ARCH_NAME = re.compile(rb"(gfx[0-9a-f]{3,5})((?::[A-Za-z0-9]+[+-])*)\x00")
 _P, _I, _U, _S = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint, ctypes.c_size_t
 # Every libamdhip64 function called with a status result (hipError_t is an int), and its C signature.
 SIGNATURES: dict[str, list] = {
-    "hipInit": [_U], "hipGetDeviceCount": [_P], "hipSetDevice": [_I], "hipMalloc": [_P, _S], "hipFree": [_P],
-    "hipMemcpyHtoD": [_P, _P, _S], "hipModuleLoadData": [_P, _P], "hipModuleGetFunction": [_P, _P, ctypes.c_char_p],
-    "hipModuleLaunchKernel": [_P, _U, _U, _U, _U, _U, _U, _U, _P, _P, _P], "hipDeviceSynchronize": [],
-    "hipHostMalloc": [_P, _S, _U], "hipHostFree": [_P], "hipStreamCreateWithFlags": [_P, _U],
-    "hipMemcpyAsync": [_P, _P, _S, _I, _P], "hipStreamBeginCapture": [_P, _I], "hipStreamEndCapture": [_P, _P],
-    "hipGraphInstantiate": [_P, _P, _P, _P, _S], "hipGraphLaunch": [_P, _P], "hipGraphExecDestroy": [_P],
-    "hipGraphDestroy": [_P], "hipStreamSynchronize": [_P], "hipMemGetInfo": [_P, _P],
+    "hipInit": [_U],
+    "hipGetDeviceCount": [_P],
+    "hipSetDevice": [_I],
+    "hipMalloc": [_P, _S],
+    "hipFree": [_P],
+    "hipMemcpyHtoD": [_P, _P, _S],
+    "hipModuleLoadData": [_P, _P],
+    "hipModuleGetFunction": [_P, _P, ctypes.c_char_p],
+    "hipModuleLaunchKernel": [_P, _U, _U, _U, _U, _U, _U, _U, _P, _P, _P],
+    "hipDeviceSynchronize": [],
+    "hipHostMalloc": [_P, _S, _U],
+    "hipHostFree": [_P],
+    "hipStreamCreateWithFlags": [_P, _U],
+    "hipMemcpyAsync": [_P, _P, _S, _I, _P],
+    "hipStreamBeginCapture": [_P, _I],
+    "hipStreamEndCapture": [_P, _P],
+    "hipGraphInstantiate": [_P, _P, _P, _P, _S],
+    "hipGraphLaunch": [_P, _P],
+    "hipGraphExecDestroy": [_P],
+    "hipGraphDestroy": [_P],
+    "hipStreamSynchronize": [_P],
+    "hipMemGetInfo": [_P, _P],
 }
 _HOST_TO_DEVICE, _DEVICE_TO_HOST = 1, 2  # hipMemcpyKind
 
@@ -60,10 +75,17 @@ def _read_code(data: bytes, target: str) -> tuple[dict[str, KernelInfo], bytes]:
 
 
 HIP = Dialect(
-    api="HIP", libraries=LIBRARIES, calls=HIP_CALLS, signatures=SIGNATURES, text_signatures={"hipGetErrorString": [_I]},
-    open_device=_open_device, error_string=_error_string, read_code=_read_code,
+    api="HIP",
+    libraries=LIBRARIES,
+    calls=HIP_CALLS,
+    signatures=SIGNATURES,
+    text_signatures={"hipGetErrorString": [_I]},
+    open_device=_open_device,
+    error_string=_error_string,
+    read_code=_read_code,
     malloc_host_flags=(0,),  # hipHostMallocDefault
-    to_device_kind=(_HOST_TO_DEVICE,), to_host_kind=(_DEVICE_TO_HOST,),
+    to_device_kind=(_HOST_TO_DEVICE,),
+    to_host_kind=(_DEVICE_TO_HOST,),
     instantiate_flags=(None, None, 0),  # no error node, no log
 )
 

@@ -27,8 +27,9 @@ from rfc.runtime.devices import altup
 class ReferenceDevice(HostState, InterpretedDevice):
     name = DeviceKind.REF
 
-    def __init__(self, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int,
-                 cache_types: KvCacheTypes = KvCacheTypes()):
+    def __init__(
+        self, bundle: Bundle, kv: KVSpec, num_blocks: int, block_size: int, cache_types: KvCacheTypes = KvCacheTypes()
+    ):
         super().__init__(bundle.plan)
         cache_types.check(kv, bundle.plan.kv_geometries())
         self._bundle = bundle
@@ -55,8 +56,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
         else:  # whole rows: a quantized cache serves one geometry (KvCacheTypes.check)
             cache[layer, slots] = quantize_rows(x, t)
 
-    def _load(self, cache: np.ndarray, t: CacheType, layer: int, slots: np.ndarray, heads: int,
-              head_dim: int) -> np.ndarray:
+    def _load(
+        self, cache: np.ndarray, t: CacheType, layer: int, slots: np.ndarray, heads: int, head_dim: int
+    ) -> np.ndarray:
         """float32 [len(slots), kv heads, head_dim]: only the rows asked for are dequantized."""
         if t is CacheType.F16:
             return cache[layer, slots, : heads * head_dim].astype(np.float32).reshape(len(slots), heads, head_dim)
@@ -281,8 +283,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
     def op_concat_heads(self, outs, ins, weights, attrs, batch):
         a, b = ins
         heads = attrs["heads"]
-        outs[0][...] = np.concatenate([a.reshape(len(a), heads, -1), b.reshape(len(b), heads, -1)],
-                                      axis=-1).reshape(len(a), -1)
+        outs[0][...] = np.concatenate([a.reshape(len(a), heads, -1), b.reshape(len(b), heads, -1)], axis=-1).reshape(
+            len(a), -1
+        )
 
     # -- recurrent state (runtime/devices/state.py: HostState, sized by the loader) ---------------
     @property
@@ -300,8 +303,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
         for s in range(len(batch.seq_start) - 1):
             lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
             state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
-            outs[0][lo:hi], state[...] = ssm_conv_chunk(ins[0][lo:hi], weights[0], state,
-                                                        weights[1] if len(weights) > 1 else None)
+            outs[0][lo:hi], state[...] = ssm_conv_chunk(
+                ins[0][lo:hi], weights[0], state, weights[1] if len(weights) > 1 else None
+            )
 
     def op_gated_delta_net(self, outs, ins, weights, attrs, batch):
         qkv, alpha, beta = ins
@@ -309,8 +313,17 @@ class ReferenceDevice(HostState, InterpretedDevice):
             lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
             state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
             outs[0][lo:hi], state[...] = gated_delta_net_chunk(
-                qkv[lo:hi], alpha[lo:hi], beta[lo:hi], weights[0], weights[1], state, attrs["n_k_heads"],
-                attrs["n_v_heads"], attrs["head_dim"], attrs["eps"])
+                qkv[lo:hi],
+                alpha[lo:hi],
+                beta[lo:hi],
+                weights[0],
+                weights[1],
+                state,
+                attrs["n_k_heads"],
+                attrs["n_v_heads"],
+                attrs["head_dim"],
+                attrs["eps"],
+            )
 
     # -- recurrent layers (Mamba2) --------------------------------------------------------------
     def op_ssm_scan(self, outs, ins, weights, attrs, batch):
@@ -319,8 +332,17 @@ class ReferenceDevice(HostState, InterpretedDevice):
             lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
             state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
             outs[0][lo:hi], state[...] = ssm_scan_chunk(
-                xbc[lo:hi], dt[lo:hi], weights[0], weights[1], weights[2], state, attrs["n_heads"], attrs["head_dim"],
-                attrs["n_groups"], attrs["state_size"])
+                xbc[lo:hi],
+                dt[lo:hi],
+                weights[0],
+                weights[1],
+                weights[2],
+                state,
+                attrs["n_heads"],
+                attrs["head_dim"],
+                attrs["n_groups"],
+                attrs["state_size"],
+            )
 
 
 def short_conv_chunk(bcx: np.ndarray, w: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -334,8 +356,9 @@ def short_conv_chunk(bcx: np.ndarray, w: np.ndarray, state: np.ndarray) -> tuple
     return bcx[:, c : 2 * c] * conv.astype(np.float32), window[n:].astype(np.float32)
 
 
-def ssm_conv_chunk(x: np.ndarray, w: np.ndarray, state: np.ndarray,
-                   bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def ssm_conv_chunk(
+    x: np.ndarray, w: np.ndarray, state: np.ndarray, bias: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One sequence's chunk through ssm_conv: x [n, C], w [C, K], state [K-1, C], bias [C] or None
     -> (out [n, C], the new state). Sums in float64, results rounded to float32 (llama.cpp sums in float32)."""
     n, k = len(x), w.shape[1]

@@ -31,8 +31,10 @@ class HostStatePool:
     def tensor(self, index: int, slot: int) -> np.ndarray:
         """State tensor `index` of `slot`: a writable view of its shape."""
         if not 0 <= slot < self.slots:
-            raise DeviceError(f"state slot {slot} is not one of the {self.slots} this device holds "
-                              "(a plan with recurrent state runs only with a state slot per sequence)")
+            raise DeviceError(
+                f"state slot {slot} is not one of the {self.slots} this device holds "
+                "(a plan with recurrent state runs only with a state slot per sequence)"
+            )
         t = self.spec.tensors[index]
         off = self._offsets[index]
         return self.data[slot, off : off + t.elements].reshape(t.shape)

@@ -15,7 +15,12 @@ from rfc.runtime.core.device import Device
 from rfc.runtime.devices import DeviceChoice, choose_device, create_device
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_budget import (
-    DEFAULT_GPU_MEMORY_UTILIZATION, HOST_CONTEXTS, KvShare, KvSizing, budget_blocks, token_bytes,
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    HOST_CONTEXTS,
+    KvShare,
+    KvSizing,
+    budget_blocks,
+    token_bytes,
 )
 from rfc.runtime.engine.kv_cache import KvPool
 from rfc.runtime.model.loader import load_tokenizer, served_context_length
@@ -80,8 +85,17 @@ class LoadedModel:
 
 def _budget_blocks(bundle: Bundle, choice: DeviceChoice, options: LoadOptions, context_length: int) -> int:
     plan = bundle.plan
-    sizing = KvSizing(choice.name, plan.kv, options.block_size, context_length, options.gpu_memory_utilization,
-                      options.kv_memory, options.kv_max_sequences, options.kv_share, options.cache_types)
+    sizing = KvSizing(
+        choice.name,
+        plan.kv,
+        options.block_size,
+        context_length,
+        options.gpu_memory_utilization,
+        options.kv_memory,
+        options.kv_max_sequences,
+        options.kv_share,
+        options.cache_types,
+    )
     slots = state_slots(plan, options) + checkpoint_slots(plan, options)
     sizing = replace(sizing, state_bytes=slots * plan.state.slot_bytes)
     if choice.name.is_gpu:
@@ -108,11 +122,17 @@ def checkpoint_slots(plan: Plan, options: LoadOptions) -> int:
 
 def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     if not options.verify:
-        print(f"rfc: warning: --no-verify: trusting {path} without re-hashing its files "
-              "(paths, sizes, layout and plan are still checked)", file=sys.stderr)
+        print(
+            f"rfc: warning: --no-verify: trusting {path} without re-hashing its files "
+            "(paths, sizes, layout and plan are still checked)",
+            file=sys.stderr,
+        )
     # the draft first: a GPU target's KV budget then counts the draft's memory as taken
-    draft = (load_model(options.draft_model, replace(options, draft_model=None, kv_blocks=None)) if options.draft_model
-             else None)
+    draft = (
+        load_model(options.draft_model, replace(options, draft_model=None, kv_blocks=None))
+        if options.draft_model
+        else None
+    )
     bundle = open_bundle(Path(path), verify=options.verify, mmap_weights=options.mmap)
     tokenizer = load_tokenizer(bundle)
     if draft is not None:
@@ -123,8 +143,9 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     # before sizing: a head_dim that is not whole blocks refuses the types
     options.cache_types.check(plan.kv, plan.kv_geometries())
     num_blocks = options.kv_blocks or _budget_blocks(bundle, choice, options, context_length)
-    device = create_device(choice, bundle, plan.kv, num_blocks, options.block_size, context_length, options.threads,
-                           options.cache_types)
+    device = create_device(
+        choice, bundle, plan.kv, num_blocks, options.block_size, context_length, options.threads, options.cache_types
+    )
     slots, checkpoints = state_slots(plan, options), checkpoint_slots(plan, options)
     if slots:
         device.alloc_state(slots + checkpoints)
@@ -133,8 +154,14 @@ def load_model(path: Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         tokenizer=tokenizer,
         device_choice=choice,
         device=device,
-        kv_pool=KvPool(num_blocks, options.block_size, options.prefix_caching, options.cache_types,
-                       state_slots=slots, checkpoint_slots=checkpoints),
+        kv_pool=KvPool(
+            num_blocks,
+            options.block_size,
+            options.prefix_caching,
+            options.cache_types,
+            state_slots=slots,
+            checkpoint_slots=checkpoints,
+        ),
         executor=Executor(plan, device),
         context_length=context_length,
         draft=draft,
@@ -146,8 +173,12 @@ def check_draft_vocabulary(vocab_size: int, tokenizer: Tokenizer, draft: LoadedM
     tokens are proposed to the target by id)."""
     name = draft.manifest["model"].get("name") or draft.bundle.root.name
     if draft.vocab_size != vocab_size:
-        raise BundleError(f"the draft model {name} has {draft.vocab_size} tokens, the target {vocab_size}: "
-                          "speculative decoding needs the same vocabulary")
+        raise BundleError(
+            f"the draft model {name} has {draft.vocab_size} tokens, the target {vocab_size}: "
+            "speculative decoding needs the same vocabulary"
+        )
     if draft.tokenizer.get_vocab(with_added_tokens=True) != tokenizer.get_vocab(with_added_tokens=True):
-        raise BundleError(f"the draft model {name} has another vocabulary than the target (same size, other tokens): "
-                          "speculative decoding needs the same vocabulary")
+        raise BundleError(
+            f"the draft model {name} has another vocabulary than the target (same size, other tokens): "
+            "speculative decoding needs the same vocabulary"
+        )

@@ -36,12 +36,21 @@ def generation_budget(rule: BudgetRule, asked: int | None, prompt_tokens: int, c
     room = context - prompt_tokens
     if asked is None or rule.past_context is PastContext.CLAMP:
         if room < 1:
-            raise ContextOverflow(rule.field,
-                                  f"{rule.prompt} ({prompt_tokens} tokens) {'fill' if rule.plural else 'fills'} "
-                                  f"the context ({context} tokens)", context, prompt_tokens)
+            raise ContextOverflow(
+                rule.field,
+                f"{rule.prompt} ({prompt_tokens} tokens) {'fill' if rule.plural else 'fills'} "
+                f"the context ({context} tokens)",
+                context,
+                prompt_tokens,
+            )
         return room if asked is None else min(asked, room)
     if rule.past_context is PastContext.REFUSE and asked > room:
-        raise ContextOverflow("max_tokens", f"{rule.prompt} ({prompt_tokens} tokens) + max_tokens ({asked}) "
-                                            f"{'exceed' if rule.plural else 'exceeds'} the context ({context} tokens)",
-                              context, prompt_tokens, asked)
+        raise ContextOverflow(
+            "max_tokens",
+            f"{rule.prompt} ({prompt_tokens} tokens) + max_tokens ({asked}) "
+            f"{'exceed' if rule.plural else 'exceeds'} the context ({context} tokens)",
+            context,
+            prompt_tokens,
+            asked,
+        )
     return asked

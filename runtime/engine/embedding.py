@@ -44,8 +44,9 @@ def model_pooling(manifest: dict, override: Pooling | None = None) -> Pooling:
     return _GGUF_POOLING.get(value, DEFAULT_POOLING) if isinstance(value, int) else DEFAULT_POOLING
 
 
-def pooled_embedding(engine: Engine, token_ids: list[int], pooling: Pooling,
-                     chunk_tokens: int) -> Generator[None, None, np.ndarray]:
+def pooled_embedding(
+    engine: Engine, token_ids: list[int], pooling: Pooling, chunk_tokens: int
+) -> Generator[None, None, np.ndarray]:
     """A job (Engine.start_job) whose result is the normalized embedding float32[n_embd] of
     `token_ids`: it runs forward passes on the device, so on the engine thread only. The input
     is fed in chunks of `chunk_tokens`, as a prefill is, one chunk per piece of the job

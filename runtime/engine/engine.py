@@ -46,7 +46,13 @@ from rfc.runtime.engine.assemble import LoadedModel
 from rfc.runtime.engine.output import OutputStage, SampledToken
 from rfc.runtime.engine.request_ids import RandomIds
 from rfc.runtime.engine.requests import (
-    ContextOverflow, FinishReason, GenerationRequest, Observer, RequestError, RequestState, TokenEvent,
+    ContextOverflow,
+    FinishReason,
+    GenerationRequest,
+    Observer,
+    RequestError,
+    RequestState,
+    TokenEvent,
 )
 from rfc.runtime.sampling.sampler import Sampler, SamplingError
 from rfc.runtime.engine.scheduler import QueueFull, Scheduler, SchedulerConfig, Sequence, SequenceStatus
@@ -55,11 +61,29 @@ from rfc.runtime.engine.speculative_draft import DraftModel
 from rfc.runtime.text.stopping import StopChecker, stop_problem
 
 # The servers import the finish reasons under these names (FinishReason.LENGTH is "length").
-LENGTH, STOP, EOS, CANCELLED, FAILED = (FinishReason.LENGTH, FinishReason.STOP, FinishReason.EOS,
-                                        FinishReason.CANCELLED, FinishReason.FAILED)
+LENGTH, STOP, EOS, CANCELLED, FAILED = (
+    FinishReason.LENGTH,
+    FinishReason.STOP,
+    FinishReason.EOS,
+    FinishReason.CANCELLED,
+    FinishReason.FAILED,
+)
 
-__all__ = ["Engine", "GenerationRequest", "RequestState", "TokenEvent", "QueueFull", "RequestError", "Observer",
-           "FinishReason", "LENGTH", "STOP", "EOS", "CANCELLED", "FAILED"]
+__all__ = [
+    "Engine",
+    "GenerationRequest",
+    "RequestState",
+    "TokenEvent",
+    "QueueFull",
+    "RequestError",
+    "Observer",
+    "FinishReason",
+    "LENGTH",
+    "STOP",
+    "EOS",
+    "CANCELLED",
+    "FAILED",
+]
 
 log = logging.getLogger("rfc.engine")
 
@@ -87,8 +111,14 @@ class _Pick:
 
 
 class Engine:
-    def __init__(self, model: LoadedModel, config: SchedulerConfig = SchedulerConfig(),
-                 observer: Observer | None = None, keep_finished: int = 1024, request_ids: Iterator[int] | None = None):
+    def __init__(
+        self,
+        model: LoadedModel,
+        config: SchedulerConfig = SchedulerConfig(),
+        observer: Observer | None = None,
+        keep_finished: int = 1024,
+        request_ids: Iterator[int] | None = None,
+    ):
         pool = model.kv_pool
         if pool.num_blocks * pool.block_size < model.context_length:
             raise ValueError(
@@ -98,8 +128,10 @@ class Engine:
         stateful = bool(model.bundle.plan.state.tensors)
         if stateful and (config.spec.type is not SpecType.NONE or model.draft is not None):
             # a verify step would have to roll the recurrent state back past rejected drafts
-            raise ValueError("speculative decoding is not supported for models with recurrent state (hybrid "
-                             "architectures such as lfm2): serve without --spec-type / --model-draft")
+            raise ValueError(
+                "speculative decoding is not supported for models with recurrent state (hybrid "
+                "architectures such as lfm2): serve without --spec-type / --model-draft"
+            )
         self.model = model
         self.blocks = pool.manager()  # which request holds which of the device's KV blocks and state slots
         self.scheduler = Scheduler(config, self.blocks)
@@ -137,25 +169,36 @@ class Engine:
             raise ContextOverflow(
                 "max_tokens",
                 f"prompt ({n} tokens) + max_tokens ({request.max_tokens}) exceeds the context length ({ctx})",
-                ctx, n, request.max_tokens,
+                ctx,
+                n,
+                request.max_tokens,
             )
         request.params.validate(self.model.vocab_size)
         if (problem := stop_problem(request.stop)) is not None:
             raise RequestError("stop", problem)
-        if request.speculative is not None and request.speculative.type not in (None, SpecType.NONE) \
-                and self.blocks.num_state_slots:
-            raise RequestError("speculative.type",
-                               "speculative decoding is not supported for models with recurrent state")
+        if (
+            request.speculative is not None
+            and request.speculative.type not in (None, SpecType.NONE)
+            and self.blocks.num_state_slots
+        ):
+            raise RequestError(
+                "speculative.type", "speculative decoding is not supported for models with recurrent state"
+            )
         try:
             spec = self._spec.start(request.speculative)
         except SpecError as e:
             raise RequestError(e.field, str(e)) from None
         request_id = next(self._ids)
-        seq = Sequence(seq_id=request_id, prompt_ids=list(request.prompt_ids), max_tokens=request.max_tokens,
-                       end_ids=frozenset() if request.ignore_eos else self.eog_ids)
+        seq = Sequence(
+            seq_id=request_id,
+            prompt_ids=list(request.prompt_ids),
+            max_tokens=request.max_tokens,
+            end_ids=frozenset() if request.ignore_eos else self.eog_ids,
+        )
         state = RequestState(request_id=request_id, request=request, seq=seq)
-        state.sampler = Sampler(request.params, request.prompt_ids, self.model.vocab_size,
-                                self.model.executor.host_sampling)
+        state.sampler = Sampler(
+            request.params, request.prompt_ids, self.model.vocab_size, self.model.executor.host_sampling
+        )
         state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids, keep_leading_space=True)
         state.stopper = StopChecker(list(request.stop))
         state.matcher = request.constraint.matcher() if request.constraint is not None else None
@@ -220,8 +263,11 @@ class Engine:
         cache = self.blocks.cache
         if cache is None:
             return {}
-        return {"prefix_hit_tokens": cache.hit_tokens, "prefix_miss_tokens": cache.miss_tokens,
-                "prefix_evictions": cache.evictions}
+        return {
+            "prefix_hit_tokens": cache.hit_tokens,
+            "prefix_miss_tokens": cache.miss_tokens,
+            "prefix_evictions": cache.evictions,
+        }
 
     def run_on_engine_thread(self, fn: Callable[[], Any]) -> Future:
         """Runs `fn` on the engine thread between two steps (devices are not thread-safe) and
@@ -284,8 +330,9 @@ class Engine:
         if not self._output.is_running:  # no output thread: this step's output is delivered now
             self._output.flush()
         if out is not None:
-            decoding = {s.request_id: len(c.tokens) for c, s in zip(work.chunks, work.states)
-                        if c.start >= s.prompt_tokens}
+            decoding = {
+                s.request_id: len(c.tokens) for c, s in zip(work.chunks, work.states) if c.start >= s.prompt_tokens
+            }
             # drafts: those accepted
             sampled = sum(1 for p in picks if p.error is None and p.state.request_id in decoding)
             self.observer.on_step(work.batch.num_tokens - sum(decoding.values()), sampled, elapsed)
@@ -346,8 +393,12 @@ class Engine:
                 # a verify row after an accepted draft needs the penalty window and the random
                 # stream as they are after that draft; and a greedy row's near-tie check its logits
                 sampler = state.sampler
-                host = host or not sampler.params.is_greedy or sampler.penalty_counts() is not None \
+                host = (
+                    host
+                    or not sampler.params.is_greedy
+                    or sampler.penalty_counts() is not None
                     or self._spec.config.tie_margin > 0
+                )
             rows.extend([None if host else (state.sampler, state.request.logprobs is not None)] * chunk.num_rows)
         return rows
 
@@ -377,7 +428,7 @@ class Engine:
         """The tokens a chunk with drafts emits: its rows sampled in order while each draws its
         draft (runtime/engine/speculative.py `accept`). A greedy row whose best two logits nearly tie ends
         the walk before it: the next step computes it without drafts."""
-        draft = chunk.tokens[len(chunk.tokens) - chunk.num_drafts:]
+        draft = chunk.tokens[len(chunk.tokens) - chunk.num_drafts :]
         margin = self._spec.config.tie_margin if state.sampler.params.is_greedy else 0.0
         picks: list[_Pick] = []
         tie = False
@@ -426,8 +477,11 @@ class Engine:
         steps: dict[int, tuple[RequestState, list[_Pick]]] = {}  # by request, its picks in order
         for pick in picks:
             steps.setdefault(pick.state.request_id, (pick.state, []))[1].append(pick)
-        tokens = {state.seq.seq_id: [p.token for p in mine] for state, mine in steps.values()
-                  if state.seq.status is not SequenceStatus.FINISHED and all(p.error is None for p in mine)}
+        tokens = {
+            state.seq.seq_id: [p.token for p in mine]
+            for state, mine in steps.values()
+            if state.seq.status is not SequenceStatus.FINISHED and all(p.error is None for p in mine)
+        }
         before = {state.seq.seq_id: len(state.seq.output_ids) for state, _ in steps.values()}
         ended = self.scheduler.postprocess(work.chunks, tokens)
         now = time.time()
@@ -453,8 +507,9 @@ class Engine:
                 if first:
                     state.first_token_at = state.prefill_done_at = now
                 end = reason if i == len(mine) - 1 else None
-                outputs.append(SampledToken(state, pick.token, before[seq.seq_id] + i, end, pick.logprob, pick.top,
-                                            first))
+                outputs.append(
+                    SampledToken(state, pick.token, before[seq.seq_id] + i, end, pick.logprob, pick.top, first)
+                )
         return outputs
 
     # -- ending requests -------------------------------------------------------------------
@@ -475,8 +530,9 @@ class Engine:
             if num_tokens is not None:
                 del state.seq.output_ids[num_tokens:]
 
-    def _end_all(self, reason: FinishReason, error: str,
-                 states: list[RequestState] | None = None) -> list[RequestState]:
+    def _end_all(
+        self, reason: FinishReason, error: str, states: list[RequestState] | None = None
+    ) -> list[RequestState]:
         """Ends every live request (or those of `states`) with `reason` and `error`; each
         stream gets its final event. Returns the ones that were live."""
         with self._lock:

@@ -24,8 +24,9 @@ class GenerationStats:
         return self.generated_tokens / self.generate_seconds if self.generate_seconds > 0 else 0.0
 
 
-def generate(engine: Engine, request: GenerationRequest,
-             on_text: Callable[[str], None]) -> tuple[RequestState, GenerationStats]:
+def generate(
+    engine: Engine, request: GenerationRequest, on_text: Callable[[str], None]
+) -> tuple[RequestState, GenerationStats]:
     started = time.perf_counter()
     state = engine.submit(request)
     first = None

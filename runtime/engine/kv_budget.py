@@ -87,8 +87,9 @@ def parse_kv_memory(value: str) -> float | int:
             n = int(m.group(1)) * _UNITS[(m.group(2) or "")[:1].lower()]
             if n > 0:
                 return n
-    raise ValueError(f"--kv-memory {value}: expected a fraction of host memory in (0, 1] (e.g. 0.25) or a size (e.g. "
-                     f"8GiB)")
+    raise ValueError(
+        f"--kv-memory {value}: expected a fraction of host memory in (0, 1] (e.g. 0.25) or a size (e.g. 8GiB)"
+    )
 
 
 def kv_itemsize(device: str, kv: KVSpec) -> int:
@@ -124,16 +125,19 @@ def host_budget(kv_memory: float | int | None, host_total: int, share: KvShare =
     return total // max(1, share.models)
 
 
-def blocks_within(budget: int, per_block: int, context_length: int, block_size: int, cap_contexts: int,
-                  hint: str) -> int:
+def blocks_within(
+    budget: int, per_block: int, context_length: int, block_size: int, cap_contexts: int, hint: str
+) -> int:
     """The blocks a budget holds, at most `cap_contexts` full contexts; KvBudgetError when it
     holds less than one."""
     context_blocks = -(-context_length // block_size)
     need = context_blocks * per_block
     if budget < need:
-        raise KvBudgetError(f"not enough memory for the KV cache: one full context of {context_length} tokens needs "
-                            f"{fmt_bytes(need)} ({need} bytes), the budget is {fmt_bytes(max(budget, 0))} "
-                            f"({max(budget, 0)} bytes); {hint}")
+        raise KvBudgetError(
+            f"not enough memory for the KV cache: one full context of {context_length} tokens needs "
+            f"{fmt_bytes(need)} ({need} bytes), the budget is {fmt_bytes(max(budget, 0))} "
+            f"({max(budget, 0)} bytes); {hint}"
+        )
     return max(context_blocks, min(budget // per_block, cap_contexts * context_blocks))
 
 
@@ -168,8 +172,12 @@ class KvSizing:
     cache_types: KvCacheTypes = KvCacheTypes()  # --cache-type-k/-v: a quantized cache holds more pages per byte
 
 
-def budget_blocks(s: KvSizing, memory_info: Callable[[], tuple[int, int]] | None = None,
-                  resident_bytes: int = 0, host_total: int | None = None) -> tuple[int, int]:
+def budget_blocks(
+    s: KvSizing,
+    memory_info: Callable[[], tuple[int, int]] | None = None,
+    resident_bytes: int = 0,
+    host_total: int | None = None,
+) -> tuple[int, int]:
     """(blocks, budget bytes) for one model. `memory_info` gives (free, total) device bytes
     (a GPU device); `resident_bytes` is what the model keeps on the device besides the KV."""
     per_block = s.block_size * token_bytes(s.device, s.kv, s.cache_types)
@@ -177,9 +185,11 @@ def budget_blocks(s: KvSizing, memory_info: Callable[[], tuple[int, int]] | None
         free, total = memory_info()
         budget = gpu_budget(free, total, s.gpu_memory_utilization, resident_bytes, s.share)
         cap = max(1, s.max_sequences)
-        hint = (f"raise --gpu-memory-utilization (now {s.gpu_memory_utilization:g}; {fmt_bytes(free)} of "
-                f"{fmt_bytes(total)} free, {fmt_bytes(resident_bytes)} of weights and activations), set --kv-pages, "
-                f"or serve a shorter context with --ctx-size")
+        hint = (
+            f"raise --gpu-memory-utilization (now {s.gpu_memory_utilization:g}; {fmt_bytes(free)} of "
+            f"{fmt_bytes(total)} free, {fmt_bytes(resident_bytes)} of weights and activations), set --kv-pages, "
+            f"or serve a shorter context with --ctx-size"
+        )
     else:
         budget = host_budget(s.kv_memory, host_total if host_total is not None else host_memory_bytes(), s.share)
         cap = HOST_CONTEXTS

@@ -93,20 +93,25 @@ class KvPool:
 
     def manager(self) -> BlockManager:
         """Fresh bookkeeping for the whole pool (every block and state slot free)."""
-        return BlockManager(self.num_blocks, self.block_size, self.prefix_caching, self.state_slots,
-                            self.checkpoint_slots)
+        return BlockManager(
+            self.num_blocks, self.block_size, self.prefix_caching, self.state_slots, self.checkpoint_slots
+        )
 
 
 class BlockManager:
     """Block tables of the sequences that hold KV slots, reference counts, and the free pool
     (never-used blocks plus cached blocks nobody holds)."""
 
-    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True, state_slots: int = 0,
-                 checkpoint_slots: int = 0) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        prefix_caching: bool = True,
+        state_slots: int = 0,
+        checkpoint_slots: int = 0,
+    ) -> None:
         if num_blocks < 1 or block_size < 1 or state_slots < 0:
-            raise ValueError(
-                f"num_blocks and block_size must be positive, got {num_blocks} and {block_size}"
-            )
+            raise ValueError(f"num_blocks and block_size must be positive, got {num_blocks} and {block_size}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.cache = PrefixCache() if prefix_caching else None
@@ -121,8 +126,11 @@ class BlockManager:
         self._state_of: dict[int, int] = {}  # sequence id -> its state slot
         # prefix caching with state: checkpoints after the sequences' slots, and the slot copies
         # (checkpoint, restore) due before the next step runs (take_state_copies)
-        self.checkpoints = StateCheckpoints(state_slots, checkpoint_slots) \
-            if self.cache is not None and state_slots and checkpoint_slots else None
+        self.checkpoints = (
+            StateCheckpoints(state_slots, checkpoint_slots)
+            if self.cache is not None and state_slots and checkpoint_slots
+            else None
+        )
         self._state_copies: list[tuple[int, int]] = []
 
     # -- counts ------------------------------------------------------------------------------
@@ -174,8 +182,9 @@ class BlockManager:
             state = -1
             while blocks and (state := self.checkpoints.find(keys[len(blocks) - 1]) if self.checkpoints else -1) < 0:
                 blocks.pop()
-            return CachedPrefix(tuple(blocks), tuple(keys[: len(blocks)]), self.block_size, len(tokens),
-                                state_from=state)
+            return CachedPrefix(
+                tuple(blocks), tuple(keys[: len(blocks)]), self.block_size, len(tokens), state_from=state
+            )
         src, rows = -1, 0
         if self.copy_partial:
             start = len(blocks) * self.block_size
@@ -271,8 +280,9 @@ class BlockManager:
         table = self._tables[seq_id]
         wanted = -(-total_tokens // self.block_size)
         if wanted < len(table.keys):
-            raise ValueError(f"sequence {seq_id}: cannot drop the KV of its {len(table.keys)} keyed blocks "
-                             f"to {total_tokens} tokens")
+            raise ValueError(
+                f"sequence {seq_id}: cannot drop the KV of its {len(table.keys)} keyed blocks to {total_tokens} tokens"
+            )
         while len(table.blocks) > wanted:
             block = table.blocks.pop()
             self._refs[block] -= 1
@@ -297,7 +307,7 @@ class BlockManager:
             i = len(table.keys)
             if i >= len(table.blocks):
                 raise IndexError(f"sequence {seq_id} holds only {i} blocks")
-            parent = chain_key(parent, tokens[start:start + self.block_size])
+            parent = chain_key(parent, tokens[start : start + self.block_size])
             table.keys.append(parent)
             self.cache.register(table.blocks[i], parent)
 
@@ -346,7 +356,6 @@ class BlockManager:
         block, offset = divmod(position, self.block_size)
         if position < 0 or block >= len(table):
             raise IndexError(
-                f"position {position} of sequence {seq_id} is not allocated "
-                f"({len(table) * self.block_size} slots held)"
+                f"position {position} of sequence {seq_id} is not allocated ({len(table) * self.block_size} slots held)"
             )
         return table[block] * self.block_size + offset

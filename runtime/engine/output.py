@@ -50,8 +50,9 @@ class SampledToken:
 
 
 class OutputStage:
-    def __init__(self, observer: Observer, finish_sequence: Callable[[RequestState, int | None], None],
-                 max_lag: int = MAX_LAG):
+    def __init__(
+        self, observer: Observer, finish_sequence: Callable[[RequestState, int | None], None], max_lag: int = MAX_LAG
+    ):
         """`finish_sequence(state, num_tokens)` ends a request's sequence in the engine (KV
         freed) and keeps its first `num_tokens` output tokens (None: all)."""
         self._observer = observer
@@ -173,8 +174,16 @@ class OutputStage:
             state.text += text
             state.events.put(TokenEvent(state.request_id, token, text, False, None, out.logprob, out.top))
 
-    def _end(self, state: RequestState, reason: FinishReason, token: int | None, text: str = "",
-             logprob: float | None = None, top: tuple = (), error: str | None = None) -> None:
+    def _end(
+        self,
+        state: RequestState,
+        reason: FinishReason,
+        token: int | None,
+        text: str = "",
+        logprob: float | None = None,
+        top: tuple = (),
+        error: str | None = None,
+    ) -> None:
         """The final event; `finish_reason` is set last of the state, so a reader that sees it
         finished sees its final text."""
         state.text += text

@@ -45,7 +45,7 @@ def block_keys(tokens: Sequence[int], block_size: int, parent: bytes = ROOT_KEY)
     """Chain keys of the full blocks of `tokens` (a trailing partial block has none)."""
     keys = []
     for start in range(0, len(tokens) - block_size + 1, block_size):
-        parent = chain_key(parent, tokens[start:start + block_size])
+        parent = chain_key(parent, tokens[start : start + block_size])
         keys.append(parent)
     return keys
 

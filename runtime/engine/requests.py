@@ -15,8 +15,15 @@ from rfc.runtime.engine.scheduler import FinishReason, Sequence
 from rfc.runtime.engine.speculative import SeqSpec, SpecRequest
 from rfc.runtime.text.stopping import StopChecker
 
-__all__ = ["ContextOverflow", "FinishReason", "GenerationRequest", "Observer", "RequestError", "RequestState",
-           "TokenEvent"]
+__all__ = [
+    "ContextOverflow",
+    "FinishReason",
+    "GenerationRequest",
+    "Observer",
+    "RequestError",
+    "RequestState",
+    "TokenEvent",
+]
 
 
 class ContextOverflow(RequestError):
@@ -25,8 +32,15 @@ class ContextOverflow(RequestError):
     `context_length_exceeded`, Anthropic's `prompt is too long`, which clients map to their
     context-window exceptions)."""
 
-    def __init__(self, field_name: str, message: str, context: int, prompt_tokens: int, asked: int | None = None,
-                 at_least: bool = False):
+    def __init__(
+        self,
+        field_name: str,
+        message: str,
+        context: int,
+        prompt_tokens: int,
+        asked: int | None = None,
+        at_least: bool = False,
+    ):
         super().__init__(field_name, message)
         self.context = context
         self.prompt_tokens = prompt_tokens  # `at_least`: counting stopped there, past the context

@@ -84,16 +84,10 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1:
-            raise ValueError(
-                f"max_batch and max_queue must be positive, got {self.max_batch} "
-                f"and {self.max_queue}"
-            )
+            raise ValueError(f"max_batch and max_queue must be positive, got {self.max_batch} and {self.max_queue}")
         if self.max_batch_tokens < self.max_batch:
             # Otherwise a full batch of decodes could not all run in one step.
-            raise ValueError(
-                f"max_batch_tokens ({self.max_batch_tokens}) must be >= max_batch "
-                f"({self.max_batch})"
-            )
+            raise ValueError(f"max_batch_tokens ({self.max_batch_tokens}) must be >= max_batch ({self.max_batch})")
 
 
 class QueueFull(Exception):
@@ -151,21 +145,29 @@ class Scheduler:
         for chunk in chunks:
             seq = running.get(chunk.seq_id)
             draft = drafts.get(chunk.seq_id)
-            if draft and seq is not None and budget > 0 and len(chunk.tokens) == 1 and chunk.start == seq.num_computed \
-                    and _is_decoding(seq):
+            if (
+                draft
+                and seq is not None
+                and budget > 0
+                and len(chunk.tokens) == 1
+                and chunk.start == seq.num_computed
+                and _is_decoding(seq)
+            ):
                 held = len(self.blocks.block_table(seq.seq_id))
                 room = (held + self.blocks.num_free()) * self.blocks.block_size - chunk.start - 1
                 k = min(len(draft), budget, seq.max_tokens - len(seq.output_ids) - 1, room)
                 if k > 0:
                     self.blocks.allocate(seq.seq_id, chunk.start + 1 + k)
-                    chunk = ScheduledChunk(seq.seq_id, chunk.start, chunk.tokens + tuple(draft[:k]), needs_logits=True,
-                                           num_drafts=k)
+                    chunk = ScheduledChunk(
+                        seq.seq_id, chunk.start, chunk.tokens + tuple(draft[:k]), needs_logits=True, num_drafts=k
+                    )
                     budget -= k
             out.append(chunk)
         return out
 
-    def postprocess(self, chunks: list[ScheduledChunk],
-                    tokens: Mapping[int, int | Seq[int]]) -> dict[int, FinishReason]:
+    def postprocess(
+        self, chunks: list[ScheduledChunk], tokens: Mapping[int, int | Seq[int]]
+    ) -> dict[int, FinishReason]:
         """Record a step that ran: append each sequence's sampled tokens (sequence id -> a
         token, or the tokens a verify step emitted) and commit the step's KV, and finish the
         sequences it ends, their KV freed now: an end-of-generation token (not appended) or
@@ -369,5 +371,6 @@ def _token_slice(seq: Sequence, start: int, stop: int) -> list[int]:
 def _check_not_stale(seq: Sequence, chunk: ScheduledChunk) -> None:
     """A step's chunk must start where its sequence's computed tokens end."""
     if chunk.start != seq.num_computed:
-        raise ValueError(f"stale chunk for sequence {seq.seq_id}: starts at {chunk.start}, {seq.num_computed} tokens "
-                         f"computed")
+        raise ValueError(
+            f"stale chunk for sequence {seq.seq_id}: starts at {chunk.start}, {seq.num_computed} tokens computed"
+        )

@@ -92,11 +92,13 @@ class SpecConfig:
         if not 0 <= self.n_max <= MAX_DRAFT_TOKENS:
             raise ValueError(f"--spec-draft-n-max must be in [0, {MAX_DRAFT_TOKENS}], got {self.n_max}")
         if not 1 <= self.ngram_min <= self.ngram_max:
-            raise ValueError(f"n-gram key lengths must satisfy 1 <= min <= max, got {self.ngram_min} and "
-                             f"{self.ngram_max}")
+            raise ValueError(
+                f"n-gram key lengths must satisfy 1 <= min <= max, got {self.ngram_min} and {self.ngram_max}"
+            )
         if self.step_tokens < 2 or self.tie_margin < 0 or (self.cost_ratio is not None and self.cost_ratio < 0):
-            raise ValueError("a speculative step must hold at least 2 tokens; the tie margin and cost ratio cannot be "
-                             "negative")
+            raise ValueError(
+                "a speculative step must hold at least 2 tokens; the tie margin and cost ratio cannot be negative"
+            )
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,9 @@ def start(config: SpecConfig, asked: SpecRequest | None, has_draft_model: bool) 
     kind = config.type if asked is None or asked.type is None else asked.type
     n_max = config.n_max if asked is None or asked.n_max is None else asked.n_max
     if asked is not None and asked.n_max is not None and not 0 <= asked.n_max <= config.n_max:
-        raise SpecError("speculative.n_max",
-                        f"speculative.n_max must be in [0, {config.n_max}] (the server's --spec-draft-n-max)")
+        raise SpecError(
+            "speculative.n_max", f"speculative.n_max must be in [0, {config.n_max}] (the server's --spec-draft-n-max)"
+        )
     if kind is SpecType.DRAFT and not has_draft_model:
         raise SpecError("speculative.type", "speculative.type 'draft' needs a draft model (rfc serve --model-draft)")
     if kind is SpecType.NONE or n_max == 0:
@@ -385,7 +388,7 @@ class Speculator:
                 continue
             if spec.index is not None:
                 n, p = len(spec.index), len(seq.prompt_ids)
-                spec.index.extend(seq.prompt_ids[n:] + seq.output_ids if n < p else seq.output_ids[n - p:])
+                spec.index.extend(seq.prompt_ids[n:] + seq.output_ids if n < p else seq.output_ids[n - p :])
                 out.append(DraftWant(seq.seq_id, spec, limit))
             else:
                 out.append(DraftWant(seq.seq_id, spec, limit, seq.all_ids()))

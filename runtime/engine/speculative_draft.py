@@ -47,7 +47,7 @@ class DraftModel:
                 self.release_one(seq_id)
                 continue
             for start in range(keep, len(tokens), CATCH_UP_TOKENS):
-                part = tuple(tokens[start:start + CATCH_UP_TOKENS])
+                part = tuple(tokens[start : start + CATCH_UP_TOKENS])
                 chunks.append(ScheduledChunk(seq_id, start, part, needs_logits=start + len(part) == len(tokens)))
             self._held[seq_id] = list(tokens)
             last[seq_id] = len(tokens)

@@ -51,14 +51,14 @@ class NgramIndex:
             # every n-gram ending at the current last token now has a successor: `token`
             for n, latest in self._latest.items():
                 if end >= n:
-                    latest[tuple(history[end - n:end])] = end - n
+                    latest[tuple(history[end - n : end])] = end - n
             history.append(int(token))
 
     def propose(self, max_tokens: int) -> list[int]:
         """Up to `max_tokens` tokens that followed the latest earlier occurrence of the
         history's last n tokens, for the longest n that occurred before; [] when none did."""
         source = self._lookup() if max_tokens >= 1 else None
-        return [] if source is None else self.tokens[source:source + max_tokens]
+        return [] if source is None else self.tokens[source : source + max_tokens]
 
     def draft(self, max_tokens: int) -> list[int]:
         """Up to `max_tokens` draft tokens: the continuation of the text the last draft copied,
@@ -70,13 +70,13 @@ class NgramIndex:
             return []
         if self._offset is not None:
             at = end - self._offset
-            if _ALIGNED_TOKENS <= at < end and history[at - _ALIGNED_TOKENS:at] == history[end - _ALIGNED_TOKENS:]:
-                return history[at:at + max_tokens]
+            if _ALIGNED_TOKENS <= at < end and history[at - _ALIGNED_TOKENS : at] == history[end - _ALIGNED_TOKENS :]:
+                return history[at : at + max_tokens]
         source = self._lookup()
         if source is None:
             return []
         self._offset = end - source
-        return history[source:source + max_tokens]
+        return history[source : source + max_tokens]
 
     def matched(self, cap: int = 32) -> int:
         """How many tokens before the place the last draft copied equal the history's last
@@ -100,7 +100,7 @@ class NgramIndex:
         for n in range(self.max_n, self.min_n - 1, -1):
             if end <= n:
                 continue
-            start = self._latest[n].get(tuple(history[end - n:]))
+            start = self._latest[n].get(tuple(history[end - n :]))
             if start is not None:
                 return start + n
         return None

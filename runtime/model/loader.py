@@ -27,8 +27,9 @@ def check_ctx_size(ctx_size: int | None, trained: dict[str, int]) -> None:
     longest = max(trained, key=lambda m: trained[m])
     if ctx_size > trained[longest]:
         whose = f"the model {longest}" if len(trained) == 1 else f"the longest of the models, {longest}"
-        raise ContextSizeError(f"--ctx-size {ctx_size} is larger than the context length of {whose} "
-                               f"({trained[longest]} tokens)")
+        raise ContextSizeError(
+            f"--ctx-size {ctx_size} is larger than the context length of {whose} ({trained[longest]} tokens)"
+        )
 
 
 def load_tokenizer(bundle: Bundle) -> Tokenizer:

@@ -189,9 +189,7 @@ _CODECS: dict[str, _Codec] = {
     "Q4_0": _Codec(_block(("d", _F16), ("qs", "u1", (16,))), _decode_q4_0),
     "Q4_1": _Codec(_block(("d", _F16), ("m", _F16), ("qs", "u1", (16,))), _decode_q4_1),
     "Q5_0": _Codec(_block(("d", _F16), ("qh", "<u4"), ("qs", "u1", (16,))), _decode_q5_0),
-    "Q5_1": _Codec(
-        _block(("d", _F16), ("m", _F16), ("qh", "<u4"), ("qs", "u1", (16,))), _decode_q5_1
-    ),
+    "Q5_1": _Codec(_block(("d", _F16), ("m", _F16), ("qh", "<u4"), ("qs", "u1", (16,))), _decode_q5_1),
     "Q2_K": _Codec(
         _block(("scales", "u1", (16,)), ("qs", "u1", (64,)), ("d", _F16), ("dmin", _F16)),
         _decode_q2_k,
@@ -206,8 +204,11 @@ _CODECS: dict[str, _Codec] = {
     ),
     "Q5_K": _Codec(
         _block(
-            ("d", _F16), ("dmin", _F16), ("scales", "u1", (12,)),
-            ("qh", "u1", (32,)), ("qs", "u1", (128,)),
+            ("d", _F16),
+            ("dmin", _F16),
+            ("scales", "u1", (12,)),
+            ("qh", "u1", (32,)),
+            ("qs", "u1", (128,)),
         ),
         _decode_q5_k,
     ),
@@ -248,8 +249,9 @@ def unpack_x8(data: np.ndarray, fmt: str, rows: int, n: int) -> np.ndarray:
     cols = data.reshape(groups, nb, g * bb)
     out = np.empty((groups, g, nb, bb), np.uint8)
     for i in range(head // 2):  # field i: g f16 values, one per row
-        out[..., 2 * i : 2 * i + 2] = cols[...,
-                                           2 * g * i : 2 * g * (i + 1)].reshape(groups, nb, g, 2).transpose(0, 2, 1, 3)
+        out[..., 2 * i : 2 * i + 2] = (
+            cols[..., 2 * g * i : 2 * g * (i + 1)].reshape(groups, nb, g, 2).transpose(0, 2, 1, 3)
+        )
     qs = cols[..., head * g :].reshape(groups, nb, qb // 4, g, 4)  # [chunk j][row][byte i]
     out[..., head:] = qs.transpose(0, 3, 1, 2, 4).reshape(groups, g, nb, qb)
     return out.reshape(groups * g, nb * bb)[:rows]
@@ -319,9 +321,7 @@ def row_nbytes(fmt: str, n: int) -> int:
     """Bytes of one row of `n` elements stored in `fmt`."""
     f = _format(fmt)
     if n % f.block_elems != 0:
-        raise QuantError(
-            f"a {fmt} row of {n} elements is not a whole number of {f.block_elems}-element blocks"
-        )
+        raise QuantError(f"a {fmt} row of {n} elements is not a whole number of {f.block_elems}-element blocks")
     return _table_row_nbytes(fmt, n)  # the format table's arithmetic (planar rows are padded)
 
 
@@ -338,9 +338,7 @@ def dequantize(raw: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
     nbytes = padded * row_nbytes(fmt, shape[-1])
     data = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
     if data.size != nbytes:
-        raise QuantError(
-            f"{fmt} tensor of shape {shape} needs {nbytes} bytes, got {data.size}"
-        )
+        raise QuantError(f"{fmt} tensor of shape {shape} needs {nbytes} bytes, got {data.size}")
     if packed:
         data = np.ascontiguousarray(unpack_x8(data, fmt, rows, shape[-1])).reshape(-1)
         fmt = packed.base

@@ -51,7 +51,7 @@ def _decode_iq2_xxs(b: np.ndarray) -> np.ndarray:
     """Per 32: 4 grid indices (bytes), then 4 x 7 sign bits (ksigns) and a 4-bit scale in a u32."""
     n = b.shape[0]
     aux = b["qs"].reshape(n, 8, 2)  # u32 pairs
-    db = (_f32(b["d"]) * (np.float32(0.5) + (aux[..., 1] >> np.uint32(28)).astype(np.float32)) * np.float32(0.25))
+    db = _f32(b["d"]) * (np.float32(0.5) + (aux[..., 1] >> np.uint32(28)).astype(np.float32)) * np.float32(0.25)
     idx = aux[..., 0].copy().view(np.uint8).reshape(n, 8, 4)
     signs = _KSIGNS[(aux[..., 1, None] >> np.array([0, 7, 14, 21], np.uint32)) & np.uint32(127)]
     return (db[:, :, None, None] * _GRIDS["iq2xxs"][idx] * _signs(signs)).reshape(n, 256)

@@ -30,8 +30,9 @@ def _k_qs(crumbs: np.ndarray) -> np.ndarray:
     """[..., 8 sub-blocks, 32] 2-bit values -> Q2_K/Q3_K's 64 qs bytes (sub-block g in bits
     2(g % 4) of bytes 32(g // 4) ..)."""
     c = crumbs.reshape(*crumbs.shape[:-2], 2, 4, 32)
-    return (c[..., 0, :] | (c[..., 1, :] << 2) | (c[..., 2, :] << 4)
-            | (c[..., 3, :] << 6)).reshape(*crumbs.shape[:-2], 64)
+    return (c[..., 0, :] | (c[..., 1, :] << 2) | (c[..., 2, :] << 4) | (c[..., 3, :] << 6)).reshape(
+        *crumbs.shape[:-2], 64
+    )
 
 
 def _blocks(base: str, p: list[np.ndarray]) -> list[np.ndarray]:
@@ -52,8 +53,9 @@ def _blocks(base: str, p: list[np.ndarray]) -> list[np.ndarray]:
         low = _un_nib16(p[2].reshape(r, nb, 8, 16)).reshape(r, nb, 2, 2, 2, 32)  # [nh][k // 2][k % 2][l]
         ql = (low[..., 0, :, :] | (low[..., 1, :, :] << 4)).reshape(r, nb, 128)
         high = _un_crumb8(p[3].reshape(r, nb, 8, 8)).reshape(r, nb, 2, 4, 32)  # [nh][k][l]
-        qh = (high[..., 0, :] | (high[..., 1, :] << 2) | (high[..., 2, :] << 4)
-              | (high[..., 3, :] << 6)).reshape(r, nb, 64)
+        qh = (high[..., 0, :] | (high[..., 1, :] << 2) | (high[..., 2, :] << 4) | (high[..., 3, :] << 6)).reshape(
+            r, nb, 64
+        )
         return [ql, qh, p[1], p[0]]
     if base in ("Q4_K", "Q5_K"):
         low = _un_nib16(p[-1].reshape(r, nb, 8, 16)).reshape(r, nb, 4, 2, 32)  # [pair][nibble][l]

@@ -78,14 +78,22 @@ class Grammar:
 class Grammars:
     """The grammar side of one model: llguidance's tokenizer view and the compiled-grammar cache."""
 
-    def __init__(self, tokenizer_json: str, vocab_size: int, eos_ids: Iterable[int],
-                 limits: GrammarLimits = GrammarLimits(), workers: GrammarWorkers | None = None):
+    def __init__(
+        self,
+        tokenizer_json: str,
+        vocab_size: int,
+        eos_ids: Iterable[int],
+        limits: GrammarLimits = GrammarLimits(),
+        workers: GrammarWorkers | None = None,
+    ):
         eos = sorted(set(eos_ids))
         self.vocab_size = vocab_size
         self.limits = limits
         self.parser_limits = llguidance.LLParserLimits(
-            max_lexer_states=limits.max_lexer_states, step_lexer_fuel=limits.step_lexer_fuel,
-            initial_lexer_fuel=limits.initial_lexer_fuel)
+            max_lexer_states=limits.max_lexer_states,
+            step_lexer_fuel=limits.step_lexer_fuel,
+            initial_lexer_fuel=limits.initial_lexer_fuel,
+        )
         self.workers = workers or GrammarWorkers(threads=1)
         self.tokenizer = llguidance.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=eos or None)
         self._lock = threading.Lock()
@@ -105,8 +113,9 @@ class Grammars:
         def build() -> str:
             read, ignored = lenient(schema)
             if ignored:
-                log.info("%s: ignored in the JSON schema (not enforced while decoding): %s", field_name,
-                         ", ".join(ignored))
+                log.info(
+                    "%s: ignored in the JSON schema (not enforced while decoding): %s", field_name, ", ".join(ignored)
+                )
             try:
                 return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(read), defaults=_JSON_OPTIONS)
             except ValueError as e:
@@ -128,8 +137,9 @@ class Grammars:
             try:
                 return llguidance.LLMatcher.grammar_from_lark(source)
             except ValueError as e:
-                raise GrammarError(field_name,
-                                   f"'{field_name}' is not a Lark grammar llguidance accepts: {e}") from None
+                raise GrammarError(
+                    field_name, f"'{field_name}' is not a Lark grammar llguidance accepts: {e}"
+                ) from None
 
         return self._compiled(key, build, field_name)
 
@@ -145,8 +155,9 @@ class Grammars:
             try:
                 return llguidance.grammar_from("gbnf", source)
             except (ValueError, RecursionError) as e:
-                raise GrammarError(field_name,
-                                   f"'{field_name}' is not a GBNF grammar llguidance accepts: {e}") from None
+                raise GrammarError(
+                    field_name, f"'{field_name}' is not a GBNF grammar llguidance accepts: {e}"
+                ) from None
 
         return self._compiled(key, build, field_name)
 
@@ -163,16 +174,19 @@ class Grammars:
         def job() -> tuple[str, bool, list[str]]:
             text = build()
             is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
-                text, self.tokenizer, limits=self.parser_limits)
+                text, self.tokenizer, limits=self.parser_limits
+            )
             return text, is_error, messages
 
         text, is_error, messages = self.workers.run(job)
         if is_error:
-            raise GrammarError(field_name,
-                               f"'{field_name}' cannot be applied: {messages[0] if messages else 'invalid'}")
+            raise GrammarError(
+                field_name, f"'{field_name}' cannot be applied: {messages[0] if messages else 'invalid'}"
+            )
         if messages:  # llguidance warns about the keywords it would ignore: a 400 naming them
-            raise GrammarError(field_name,
-                               f"'{field_name}' uses what constrained decoding does not support: {'; '.join(messages)}")
+            raise GrammarError(
+                field_name, f"'{field_name}' uses what constrained decoding does not support: {'; '.join(messages)}"
+            )
         grammar = Grammar(self, text, schema)
         with self._lock:
             self._cache[key] = grammar

@@ -52,9 +52,9 @@ def check_schema(schema: object, field: str, limits: GrammarLimits) -> None:
     nodes = _subschemas(schema, field, limits)
     depth = _longest_path(schema, nodes)
     if depth > limits.max_depth:
-        raise GrammarError(field,
-                           f"'{field}' nests (through $ref chains) {depth} levels deep; the limit is "
-                           f"{limits.max_depth}")
+        raise GrammarError(
+            field, f"'{field}' nests (through $ref chains) {depth} levels deep; the limit is {limits.max_depth}"
+        )
 
 
 def check_grammar(source: str, syntax: str, field: str, limits: GrammarLimits) -> None:
@@ -70,14 +70,14 @@ def check_grammar(source: str, syntax: str, field: str, limits: GrammarLimits) -
         raise GrammarError(field, f"'{field}' holds more than {limits.max_rules} $refs")
     depth = _rule_chain(rules) + _bracket_depth(source, syntax)
     if depth > limits.max_depth:
-        raise GrammarError(field,
-                           f"'{field}' nests (through rules naming rules) {depth} levels deep; the limit is "
-                           f"{limits.max_depth}")
+        raise GrammarError(
+            field, f"'{field}' nests (through rules naming rules) {depth} levels deep; the limit is {limits.max_depth}"
+        )
     product = repetition_product(source, square_groups=syntax == "lark")
     if product > limits.max_repeat:
-        raise GrammarError(field,
-                           f"'{field}' repeats {product} times in nested counted repetitions; the limit is "
-                           f"{limits.max_repeat}")
+        raise GrammarError(
+            field, f"'{field}' repeats {product} times in nested counted repetitions; the limit is {limits.max_repeat}"
+        )
 
 
 # -- JSON schemas -------------------------------------------------------------------------------
@@ -105,17 +105,20 @@ def _subschemas(schema: object, field: str, limits: GrammarLimits) -> int:
             count += 1
             stack.extend(value)
     if count + refs > limits.max_rules * 8:  # subschemas are cheaper than rules
-        raise GrammarError(field,
-                           f"'{field}' has {count + refs} subschemas and references; the limit is "
-                           f"{limits.max_rules * 8}")
+        raise GrammarError(
+            field, f"'{field}' has {count + refs} subschemas and references; the limit is {limits.max_rules * 8}"
+        )
     return count
 
 
 def _check_pattern(pattern: str, what: str, field: str, limits: GrammarLimits) -> None:
     product = repetition_product(pattern)
     if product > limits.max_repeat:
-        raise GrammarError(field, f"'{field}': a {what} repeats {product} times in nested counted repetitions; "
-                                  f"the limit is {limits.max_repeat}")
+        raise GrammarError(
+            field,
+            f"'{field}': a {what} repeats {product} times in nested counted repetitions; "
+            f"the limit is {limits.max_repeat}",
+        )
 
 
 def _resolve(root: object, ref: object) -> object | None:
@@ -192,7 +195,7 @@ def _rules(source: str, syntax: str) -> dict[str, str]:
     rules: dict[str, str] = {}
     for i, head in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(source)
-        rules[head.group(1)] = rules.get(head.group(1), "") + " " + _without_literals(source[head.end():end], syntax)
+        rules[head.group(1)] = rules.get(head.group(1), "") + " " + _without_literals(source[head.end() : end], syntax)
     return rules
 
 

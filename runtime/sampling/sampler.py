@@ -78,10 +78,16 @@ class SamplingParams:
         _require_int(self, "penalty_last_n")
         _require(self.penalty_last_n >= -1, "penalty_last_n", "must be >= -1")
         for token, bias in self.logit_bias.items():
-            _require(_is_int(token) and 0 <= token < vocab_size, "logit_bias",
-                     f"token id {shown(token)} is not in [0, {vocab_size})")
-            _require(_is_finite(bias) and abs(bias) <= 1e4, "logit_bias",
-                     f"bias for token {token} must be in [-10000, 10000]")
+            _require(
+                _is_int(token) and 0 <= token < vocab_size,
+                "logit_bias",
+                f"token id {shown(token)} is not in [0, {vocab_size})",
+            )
+            _require(
+                _is_finite(bias) and abs(bias) <= 1e4,
+                "logit_bias",
+                f"bias for token {token} must be in [-10000, 10000]",
+            )
         _require(self.seed is None or _is_int(self.seed), "seed", "must be an integer or None")
 
 
@@ -107,9 +113,7 @@ class Sampler:
         self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
         self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32)
         self._penalized = params.penalty_last_n != 0 and (
-            params.repetition_penalty != 1
-            or params.presence_penalty != 0
-            or params.frequency_penalty != 0
+            params.repetition_penalty != 1 or params.presence_penalty != 0 or params.frequency_penalty != 0
         )
         # the seed of a device-side draw (a function of (seed, step), not of this Generator)
         self.device_seed = secrets.randbits(64) if seed is None else seed
@@ -117,7 +121,7 @@ class Sampler:
         self._window: deque[int] = deque()
         self._counts: dict[int, int] = {}
         if self._penalized:
-            recent = prompt_tokens if params.penalty_last_n < 0 else prompt_tokens[-params.penalty_last_n:]
+            recent = prompt_tokens if params.penalty_last_n < 0 else prompt_tokens[-params.penalty_last_n :]
             for token in recent:
                 self._record(int(token))
 
@@ -137,8 +141,9 @@ class Sampler:
             joint = top_logprobs if x is logits else None  # the logprobs are of the unprocessed row
             try:
                 top_k = p.top_k if 0 < p.top_k < x.size else 0  # any int validates; the kernel takes int64
-                token, found = self._kernels.sample(x, p.temperature, top_k, p.min_p, p.top_p, self._rng.random(),
-                                                    joint)
+                token, found = self._kernels.sample(
+                    x, p.temperature, top_k, p.min_p, p.top_p, self._rng.random(), joint
+                )
             except KernelLogitsError:
                 raise SamplingError("logits", "a logit is NaN or none is finite: no token can be drawn") from None
             if found is not None:

@@ -15,17 +15,29 @@ Every other keyword llguidance does not implement stays a 400 (runtime/sampling/
 from __future__ import annotations
 
 # The `format` values llguidance enforces; any other is ignored.
-KNOWN_FORMATS = frozenset({"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid", "uri",
-                           "unknown"})
+KNOWN_FORMATS = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid", "uri", "unknown"}
+)
 IGNORED_KEYWORDS = ("uniqueItems",)
 # 10^16 - 1 as llguidance reads bounds (as doubles) is 10^16: the largest 16-digit one it keeps.
-INTEGER_BOUND = 10 ** 16 - 2
+INTEGER_BOUND = 10**16 - 2
 NUMBER_BOUND = 1e16
 
 _MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
 _LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
-_SINGLES = ("items", "additionalItems", "not", "contains", "if", "then", "else", "propertyNames",
-            "additionalProperties", "unevaluatedProperties", "unevaluatedItems")
+_SINGLES = (
+    "items",
+    "additionalItems",
+    "not",
+    "contains",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+)
 
 
 def lenient(schema: object) -> tuple[object, list[str]]:

@@ -40,8 +40,8 @@ def top_k_ids(x: np.ndarray, k: int) -> np.ndarray:
         bound = np.partition(maxima, blocks - k)[blocks - k]
         if np.isfinite(bound):  # a NaN would compare false everywhere
             cand = np.flatnonzero(x >= bound)
-            return cand[np.argpartition(x[cand], cand.size - k)[cand.size - k:]]
-    return np.argpartition(x, n - k)[n - k:]
+            return cand[np.argpartition(x[cand], cand.size - k)[cand.size - k :]]
+    return np.argpartition(x, n - k)[n - k :]
 
 
 def window(vals: np.ndarray, peak: float, radius: float) -> tuple[np.ndarray | None, np.ndarray, float]:
@@ -143,7 +143,7 @@ def pick(weights: np.ndarray, fraction: float) -> int:
     # side="right": the first block, then the first candidate, whose cdf passes u, so a
     # zero-probability candidate is never drawn.
     b = int(np.searchsorted(block_cdf, u, side="right"))
-    block = weights[starts[b]:starts[b] + _PICK_BLOCK]
+    block = weights[starts[b] : starts[b] + _PICK_BLOCK]
     cdf = (block_cdf[b - 1] if b else 0.0) + np.cumsum(block, dtype=np.float64)
     i = int(np.searchsorted(cdf, u, side="right"))
     if i == block.size:  # u fell in the rounding gap between the two ways of summing
@@ -151,8 +151,9 @@ def pick(weights: np.ndarray, fraction: float) -> int:
     return int(starts[b]) + i
 
 
-def draw(scaled: np.ndarray, peak: float, radius: float, uniform: Callable[[], float],
-         integer: Callable[[int], int]) -> int:
+def draw(
+    scaled: np.ndarray, peak: float, radius: float, uniform: Callable[[], float], integer: Callable[[int], int]
+) -> int:
     """An index drawn with probability proportional to exp(scaled - peak), exactly.
 
     Only the window within `radius` of the peak is exponentiated. The tail is proposed with

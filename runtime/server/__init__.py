@@ -5,5 +5,12 @@ from rfc.runtime.server.app import create_app
 from rfc.runtime.server.config import LogConfig, ServeOptions, ServerConfig
 from rfc.runtime.server.served_models import EngineHandle, ServedModel, load_served_model
 
-__all__ = ["create_app", "EngineHandle", "LogConfig", "ServeOptions", "ServedModel", "ServerConfig",
-           "load_served_model"]
+__all__ = [
+    "create_app",
+    "EngineHandle",
+    "LogConfig",
+    "ServeOptions",
+    "ServedModel",
+    "ServerConfig",
+    "load_served_model",
+]

@@ -69,17 +69,24 @@ def parse(f: RequestFields, served: ServedModel) -> tuple[GenerationRequest, Out
     max_tokens = budget(served, BUDGET, f.integer("max_tokens"), ids)
     stops = f.raw("stop_sequences")
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_STRINGS:
-        raise bad_request(f"'stop_sequences' must be a list of at most {MAX_STOP_STRINGS} non-empty strings",
-                          "stop_sequences")
+        raise bad_request(
+            f"'stop_sequences' must be a list of at most {MAX_STOP_STRINGS} non-empty strings", "stop_sequences"
+        )
     params = SamplingParams(temperature=f.number("temperature"), top_p=f.number("top_p"), top_k=f.integer("top_k"))
-    request = GenerationRequest(prompt_ids=ids, params=params, max_tokens=max_tokens, stop=tuple(stops),
-                                constraint=plan.constraint(served))
+    request = GenerationRequest(
+        prompt_ids=ids, params=params, max_tokens=max_tokens, stop=tuple(stops), constraint=plan.constraint(served)
+    )
     return request, plan.output_spec(served, text)
 
 
 class MessageShapes:
-    def __init__(self, model_id: str, state: RequestState, spec: OutputSpec = OutputSpec(),
-                 call_ids: CallIdForm = CallIdForm.OPENAI):
+    def __init__(
+        self,
+        model_id: str,
+        state: RequestState,
+        spec: OutputSpec = OutputSpec(),
+        call_ids: CallIdForm = CallIdForm.OPENAI,
+    ):
         self.model_id = model_id
         self.state = state
         self.spec = spec
@@ -96,20 +103,39 @@ class MessageShapes:
         return STOP_REASONS.get(state.finish_reason, "end_turn"), matched if state.finish_reason == STOP else None
 
     def usage(self) -> dict:
-        return {"input_tokens": self.state.prompt_tokens, "output_tokens": len(self.state.tokens),
-                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        return {
+            "input_tokens": self.state.prompt_tokens,
+            "output_tokens": len(self.state.tokens),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
 
     def message(self, done: bool) -> dict:
         if not done:
-            return {"id": self.id, "type": "message", "role": "assistant", "model": self.model_id, "content": [],
-                    "stop_reason": None, "stop_sequence": None, "usage": self.usage()}
+            return {
+                "id": self.id,
+                "type": "message",
+                "role": "assistant",
+                "model": self.model_id,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": self.usage(),
+            }
         parser = OutputParser(self.spec)
         parser.push(self.state.text)
         parser.finish()
         reason, sequence = self.stop(bool(parser.message.calls))
-        return {"id": self.id, "type": "message", "role": "assistant", "model": self.model_id,
-                "content": content_blocks(parser.message, self.call_ids),
-                "stop_reason": reason, "stop_sequence": sequence, "usage": self.usage()}
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model_id,
+            "content": content_blocks(parser.message, self.call_ids),
+            "stop_reason": reason,
+            "stop_sequence": sequence,
+            "usage": self.usage(),
+        }
 
 
 class MessagesStreamRenderer(SseRenderer):
@@ -126,8 +152,10 @@ class MessagesStreamRenderer(SseRenderer):
         out = []
         if not self._started:
             self._started = True
-            out += [sse_event("message_start", {"type": "message_start", "message": self._s.message(False)}),
-                    sse_event("ping", {"type": "ping"})]
+            out += [
+                sse_event("message_start", {"type": "message_start", "message": self._s.message(False)}),
+                sse_event("ping", {"type": "ping"}),
+            ]
         if event.finish_reason == FAILED:
             error = {"type": "api_error", "message": f"generation failed: {self._s.state.error}"}
             return out + [sse_event("error", {"type": "error", "error": error})]
@@ -144,18 +172,32 @@ class MessagesStreamRenderer(SseRenderer):
         for call in parts.calls:
             block = tool_use(call, self._s.call_ids)
             out += self._block("tool_use", {**block, "input": {}}, always=True)
-            out.append(self._delta({"type": "input_json_delta",
-                                    "partial_json": json.dumps(block["input"], ensure_ascii=False)
-                                    if not call.complete else call.arguments}))
+            out.append(
+                self._delta(
+                    {
+                        "type": "input_json_delta",
+                        "partial_json": json.dumps(block["input"], ensure_ascii=False)
+                        if not call.complete
+                        else call.arguments,
+                    }
+                )
+            )
         if event.finished:
             if self._index < 0:  # an empty answer still has its (empty) text block
                 out += self._block("text", {"type": "text", "text": ""})
             reason, sequence = self._s.stop(bool(self._s.parser.message.calls))
-            out += [sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index}),
-                    sse_event("message_delta",
-                              {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                               "usage": {"output_tokens": len(self._s.state.tokens)}}),
-                    sse_event("message_stop", {"type": "message_stop"})]
+            out += [
+                sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index}),
+                sse_event(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                        "usage": {"output_tokens": len(self._s.state.tokens)},
+                    },
+                ),
+                sse_event("message_stop", {"type": "message_stop"}),
+            ]
         return out
 
     def _block(self, kind: str, start: dict, always: bool = False) -> list[bytes]:
@@ -166,8 +208,11 @@ class MessagesStreamRenderer(SseRenderer):
             out.append(sse_event("content_block_stop", {"type": "content_block_stop", "index": self._index}))
         self._index += 1
         self._open = kind
-        out.append(sse_event("content_block_start",
-                             {"type": "content_block_start", "index": self._index, "content_block": start}))
+        out.append(
+            sse_event(
+                "content_block_start", {"type": "content_block_start", "index": self._index, "content_block": start}
+            )
+        )
         return out
 
     def _delta(self, delta: dict) -> bytes:

@@ -26,8 +26,11 @@ def output_plan(f: RequestFields) -> OutputPlan:
             raise bad_request(f"'tools' must be a list of at most {MAX_TOOLS} tools", "tools")
         for i, tool in enumerate(raw):
             if not isinstance(tool, dict) or tool.get("type", "custom") != "custom":
-                raise bad_request(f"tools[{i}]: only client tools (name, description, input_schema) are supported; "
-                                  "server tools such as web search are not", f"tools[{i}]")
+                raise bad_request(
+                    f"tools[{i}]: only client tools (name, description, input_schema) are supported; "
+                    "server tools such as web search are not",
+                    f"tools[{i}]",
+                )
             tools.append({"type": "function", "function": function_spec(tool, f"tools[{i}]", "input_schema")})
     plan = OutputPlan(tools=tools)
     choice = f.raw("tool_choice")
@@ -45,8 +48,9 @@ def output_plan(f: RequestFields) -> OutputPlan:
     thinking = f.raw("thinking")
     if thinking is not None:
         if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled", "adaptive"):
-            raise bad_request("'thinking' must be {'type': 'enabled', 'budget_tokens': N} or {'type': 'disabled'}",
-                              "thinking")
+            raise bad_request(
+                "'thinking' must be {'type': 'enabled', 'budget_tokens': N} or {'type': 'disabled'}", "thinking"
+            )
         plan.thinking = thinking["type"] != "disabled"
     return plan
 
@@ -59,12 +63,18 @@ def chat_messages(messages: object) -> list[dict]:
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise bad_request(f"{where}.role must be 'user' or 'assistant' (the system prompt goes in 'system')",
-                              f"{where}.role")
+            raise bad_request(
+                f"{where}.role must be 'user' or 'assistant' (the system prompt goes in 'system')", f"{where}.role"
+            )
         content = m.get("content")
-        if isinstance(content, str) or not isinstance(content, list) or not any(
-                isinstance(b, dict)
-                and b.get("type") in ("tool_use", "tool_result", "thinking", "redacted_thinking") for b in content):
+        if (
+            isinstance(content, str)
+            or not isinstance(content, list)
+            or not any(
+                isinstance(b, dict) and b.get("type") in ("tool_use", "tool_result", "thinking", "redacted_thinking")
+                for b in content
+            )
+        ):
             out.append(m)  # plain text turns go through the shared normalization as they are
             continue
         out += _blocks_to_turns(m["role"], content, where)
@@ -77,8 +87,9 @@ def _blocks_to_turns(role: str, blocks: list, where: str) -> list[dict]:
         at = f"{where}.content[{j}]"
         kind = b.get("type") if isinstance(b, dict) else None
         if kind not in _CONTEXT_BLOCKS:
-            raise bad_request(f"'{at}': content blocks of type '{kind}' are not supported: this model takes text only",
-                              at)
+            raise bad_request(
+                f"'{at}': content blocks of type '{kind}' are not supported: this model takes text only", at
+            )
         if kind == "text":
             texts.append(b)
         elif kind == "thinking" and role == "assistant":
@@ -86,9 +97,13 @@ def _blocks_to_turns(role: str, blocks: list, where: str) -> list[dict]:
         elif kind == "tool_use" and role == "assistant":
             if not isinstance(b.get("name"), str) or not isinstance(b.get("input", {}), dict):
                 raise bad_request(f"'{at}' must have a string 'name' and an object 'input'", at)
-            calls.append({"id": str(b.get("id", "")), "type": "function",
-                          "function": {"name": b["name"],
-                                       "arguments": json.dumps(b.get("input", {}), ensure_ascii=False)}})
+            calls.append(
+                {
+                    "id": str(b.get("id", "")),
+                    "type": "function",
+                    "function": {"name": b["name"], "arguments": json.dumps(b.get("input", {}), ensure_ascii=False)},
+                }
+            )
         elif kind == "tool_result" and role == "user":
             try:
                 text = flatten_content(b.get("content", ""), f"{at}.content", nullable=True)

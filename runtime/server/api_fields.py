@@ -17,11 +17,19 @@ OBJECT = {"type": "object"}
 TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 
 # -- chat messages (runtime/text/messages.py) ----------------------------------------------------
-_PART = {"anyOf": [STRING,
-                   *({"type": "object", "required": ["type", key], "properties": {"type": {"const": kind}, key: STRING}}
-                     for kind, key in TEXT_PARTS.items())]}
-CONTENT = {"anyOf": [STRING, {"type": "array", "items": _PART}, {"type": "null"}],
-           "description": "a string or a list of text parts (null on assistant turns)"}
+_PART = {
+    "anyOf": [
+        STRING,
+        *(
+            {"type": "object", "required": ["type", key], "properties": {"type": {"const": kind}, key: STRING}}
+            for kind, key in TEXT_PARTS.items()
+        ),
+    ]
+}
+CONTENT = {
+    "anyOf": [STRING, {"type": "array", "items": _PART}, {"type": "null"}],
+    "description": "a string or a list of text parts (null on assistant turns)",
+}
 MESSAGE = {"type": "object", "required": ["role"], "properties": {"role": {"enum": list(ROLES)}, "content": CONTENT}}
 CHAT_MESSAGES = {"type": "array", "minItems": 1, "items": MESSAGE}
 
@@ -30,23 +38,41 @@ _SCHEMA_OBJECT = {"type": ["object", "null"], "description": "a JSON schema"}
 
 
 def function_shape(parameters_key: str = "parameters") -> dict:
-    return {"type": "object", "required": ["name"], "properties": {
-        "name": {"type": "string", "pattern": TOOL_NAME_PATTERN}, "description": STRING,
-        parameters_key: _SCHEMA_OBJECT}}
+    return {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "pattern": TOOL_NAME_PATTERN},
+            "description": STRING,
+            parameters_key: _SCHEMA_OBJECT,
+        },
+    }
 
 
-OPENAI_TOOLS = {"type": "array", "maxItems": MAX_TOOLS, "items": {
-    "type": "object", "required": ["function"],
-    "properties": {"type": {"const": "function"}, "function": function_shape()}}}
+OPENAI_TOOLS = {
+    "type": "array",
+    "maxItems": MAX_TOOLS,
+    "items": {
+        "type": "object",
+        "required": ["function"],
+        "properties": {"type": {"const": "function"}, "function": function_shape()},
+    },
+}
 _NAMED = {"type": "object", "required": ["name"], "properties": {"name": STRING}}
-OPENAI_TOOL_CHOICE = {"anyOf": [
-    {"enum": ["auto", "none", "required"]},
-    {"type": "object", "required": ["function"], "properties": {"type": {"const": "function"}, "function": _NAMED}},
-    _NAMED,  # the legacy function_call's {"name": ...}
-]}
+OPENAI_TOOL_CHOICE = {
+    "anyOf": [
+        {"enum": ["auto", "none", "required"]},
+        {"type": "object", "required": ["function"], "properties": {"type": {"const": "function"}, "function": _NAMED}},
+        _NAMED,  # the legacy function_call's {"name": ...}
+    ]
+}
 JSON_SCHEMA = {"type": ["object", "boolean"], "description": "a JSON schema"}
-STOP = {"anyOf": [{"type": "string", "minLength": 1},
-                  {"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string", "minLength": 1}}]}
+STOP = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string", "minLength": 1}},
+    ]
+}
 
 # -- fields -----------------------------------------------------------------------------------
 MODEL = Field("model", Kind.STRING, description="the id of a served model; absent: the first one")
@@ -61,17 +87,27 @@ FREQUENCY_PENALTY = Field("frequency_penalty", Kind.NUMBER, 0.0, -2.0, 2.0)
 SEED = Field("seed", Kind.INTEGER, description="the same seed and request give the same text")
 MAX_TOKENS = Field("max_tokens", Kind.INTEGER, minimum=1, description="absent: the rest of the context")
 CHAT_MESSAGES_FIELD = Field("messages", Kind.JSON, required=True, schema=CHAT_MESSAGES)
-CHAT_TEMPLATE_KWARGS = Field("chat_template_kwargs", Kind.JSON, {}, schema=OBJECT,
-                             description="variables for the chat template")
+CHAT_TEMPLATE_KWARGS = Field(
+    "chat_template_kwargs", Kind.JSON, {}, schema=OBJECT, description="variables for the chat template"
+)
 OPENAI_TOOLS_FIELD = Field("tools", Kind.JSON, schema=OPENAI_TOOLS)
 TOOL_CHOICE = Field("tool_choice", Kind.JSON, schema=OPENAI_TOOL_CHOICE)
 LOGPROBS = Field("logprobs", Kind.BOOLEAN, False)
 # speculative decoding, per request (llama-server's /completion names)
-SPECULATIVE_TYPE = Field("speculative.type", Kind.STRING, enum=tuple(SpecType),
-                         description="speculative decoding for this request: none (off), ngram, draft (a server with "
-                                     "--model-draft); absent: the server's --spec-type")
-SPECULATIVE_N_MAX = Field("speculative.n_max", Kind.INTEGER, minimum=0, maximum=MAX_DRAFT_TOKENS,
-                          description="draft tokens per step at most, up to the server's --spec-draft-n-max")
+SPECULATIVE_TYPE = Field(
+    "speculative.type",
+    Kind.STRING,
+    enum=tuple(SpecType),
+    description="speculative decoding for this request: none (off), ngram, draft (a server with "
+    "--model-draft); absent: the server's --spec-type",
+)
+SPECULATIVE_N_MAX = Field(
+    "speculative.n_max",
+    Kind.INTEGER,
+    minimum=0,
+    maximum=MAX_DRAFT_TOKENS,
+    description="draft tokens per step at most, up to the server's --spec-draft-n-max",
+)
 
 
 def speculative_request(f) -> SpecRequest | None:

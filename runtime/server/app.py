@@ -6,7 +6,14 @@ import falcon
 from prometheus_client import CollectorRegistry
 
 from rfc.runtime.server import (
-    anthropic_api, model_admin, native, ollama_api, openai_api, responses_api, service_routes, utility_routes,
+    anthropic_api,
+    model_admin,
+    native,
+    ollama_api,
+    openai_api,
+    responses_api,
+    service_routes,
+    utility_routes,
 )
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import handle_unexpected, serialize_error
@@ -21,8 +28,13 @@ from rfc.runtime.server.telemetry import Telemetry, build_telemetry
 from rfc.runtime.server.webui_routes import ROUTE as WEBUI_ROUTE, WebUi, WebUiAssetResource
 
 
-def create_app(handle: EngineHandle, config: ServerConfig = ServerConfig(), telemetry: Telemetry | None = None,
-               lifecycle: Lifecycle | None = None, models: ModelManager | None = None) -> falcon.App:
+def create_app(
+    handle: EngineHandle,
+    config: ServerConfig = ServerConfig(),
+    telemetry: Telemetry | None = None,
+    lifecycle: Lifecycle | None = None,
+    models: ModelManager | None = None,
+) -> falcon.App:
     """`telemetry` must be the observer the handle's engine reports to (see serve.py); a
     fresh one is made when omitted (an app whose engine runs unobserved). `lifecycle` counts
     the responses in flight and says when the server drains; `models` loads, unloads and

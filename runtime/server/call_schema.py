@@ -32,11 +32,22 @@ def generic_schema(functions: list[dict], single: bool, response: object | None)
     defs: dict[str, object] = {}
     calls = _calls(functions, single, defs)
     answer = {"type": "string"} if response is None else _lifted(response, "response", defs)
-    schema: dict = {"anyOf": [
-        {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"],
-         "additionalProperties": False},
-        {"type": "object", "properties": {"response": answer}, "required": ["response"],
-         "additionalProperties": False}]}
+    schema: dict = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"tool_calls": calls},
+                "required": ["tool_calls"],
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "properties": {"response": answer},
+                "required": ["response"],
+                "additionalProperties": False,
+            },
+        ]
+    }
     if defs:
         schema["$defs"] = defs
     return schema
@@ -46,8 +57,14 @@ def _calls(functions: list[dict], single: bool, defs: dict[str, object]) -> dict
     one = []
     for f in functions:
         arguments = _lifted(f["parameters"], f["name"], defs)
-        one.append({"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": arguments},
-                    "required": ["name", "arguments"], "additionalProperties": False})
+        one.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": f["name"]}, "arguments": arguments},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
     item = one[0] if len(one) == 1 else {"anyOf": one}
     return {"type": "array", "items": item, "minItems": 1, **({"maxItems": 1} if single else {})}
 

@@ -13,8 +13,15 @@ from rfc.runtime.server.errors import ApiError, bad_request
 from rfc.runtime.server.served_models import ServedModel
 
 
-def render_chat(served: ServedModel, messages: object, extra: dict | None = None, field: str = "messages",
-                add_generation_prompt: bool = True, tools: list[dict] | None = None, note: str | None = None) -> str:
+def render_chat(
+    served: ServedModel,
+    messages: object,
+    extra: dict | None = None,
+    field: str = "messages",
+    add_generation_prompt: bool = True,
+    tools: list[dict] | None = None,
+    note: str | None = None,
+) -> str:
     """Prompt text for `messages`; `extra` holds template variables (chat_template_kwargs);
     `tools` the OpenAI-shaped tools the template renders (None: no tools); `note` system text
     added after the request's own system message (generic tool calling's instructions)."""
@@ -32,8 +39,9 @@ def render_chat(served: ServedModel, messages: object, extra: dict | None = None
         # Most templates take a call's arguments as an object (`arguments | tojson`); clients
         # send the JSON text. A template that wants the text (functionary v3.2) gets it on retry.
         try:
-            return served.chat.render(_object_arguments(turns), add_generation_prompt=add_generation_prompt,
-                                      tools=tools, **(extra or {}))
+            return served.chat.render(
+                _object_arguments(turns), add_generation_prompt=add_generation_prompt, tools=tools, **(extra or {})
+            )
         except ChatTemplateError:
             if not any(t.get("tool_calls") for t in turns):
                 raise
@@ -42,7 +50,6 @@ def render_chat(served: ServedModel, messages: object, extra: dict | None = None
         raise bad_request(f"the chat template failed on these messages: {e}", field) from None
     except TypeError as e:  # a chat_template_kwargs key that collides with render's own arguments
         raise bad_request(f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
-
 
 
 def with_system_note(turns: list[dict], note: str) -> list[dict]:

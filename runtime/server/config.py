@@ -63,8 +63,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.trace_sample_rate <= 1.0:
             raise ValueError(f"trace sample rate must be in [0, 1], got {self.trace_sample_rate}")
-        if self.max_traces < 1 or self.max_body_bytes < 1 or min(self.prompt_cache_bytes, self.max_stored_responses,
-                                                                  self.stored_responses_bytes) < 0:
+        if (
+            self.max_traces < 1
+            or self.max_body_bytes < 1
+            or min(self.prompt_cache_bytes, self.max_stored_responses, self.stored_responses_bytes) < 0
+        ):
             raise ValueError("max_traces and max_body_bytes must be positive, the cache and store sizes not negative")
         if self.max_connections < 16 or self.request_timeout_s <= 0 or self.idle_timeout_s <= 0:
             raise ValueError("max_connections must be at least 16 and the timeouts positive")
@@ -74,8 +77,11 @@ class ServerConfig:
             raise ValueError("grammar and tokenization pools need a thread, a queue slot and a positive timeout")
         if self.shutdown_timeout_s < 0:
             raise ValueError("the shutdown timeout cannot be negative")
-        if (any(not k for k in self.api_keys) or self.admin_api_key == ""
-                or (self.admin_api_key and self.admin_api_key in self.api_keys)):
+        if (
+            any(not k for k in self.api_keys)
+            or self.admin_api_key == ""
+            or (self.admin_api_key and self.admin_api_key in self.api_keys)
+        ):
             raise ValueError("API keys must be non-empty, and the admin key must differ from the client keys")
 
 

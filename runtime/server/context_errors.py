@@ -21,8 +21,9 @@ _COMPLETIONS = "/v1/completions"
 def context_error(e: ContextOverflow, trained: int) -> ApiError:
     """The 400 for `e`, worded per route when it is serialized; `trained`: the model's own
     context, named where --ctx-size serves less."""
-    return ApiError(falcon.HTTP_400, str(e), param=e.field, code=CODE,
-                    message_for=lambda path: _message(e, trained, path))
+    return ApiError(
+        falcon.HTTP_400, str(e), param=e.field, code=CODE, message_for=lambda path: _message(e, trained, path)
+    )
 
 
 def _message(e: ContextOverflow, trained: int, path: str) -> str:
@@ -33,9 +34,12 @@ def _message(e: ContextOverflow, trained: int, path: str) -> str:
         if e.asked is None:  # a count that stopped early is the least the prompt can be
             least = f"at least {e.prompt_tokens + 1}" if e.at_least else n
             return f"prompt is too long: {least} tokens > {e.context} maximum" + (
-                served and f"; the served context is {e.context} tokens{served}")
-        return (f"input length and `max_tokens` exceed context limit: {e.prompt_tokens} + {e.asked} > {e.context}, "
-                "decrease input length or `max_tokens` and try again")
+                served and f"; the served context is {e.context} tokens{served}"
+            )
+        return (
+            f"input length and `max_tokens` exceed context limit: {e.prompt_tokens} + {e.asked} > {e.context}, "
+            "decrease input length or `max_tokens` and try again"
+        )
     if dialect is not Dialect.OPENAI:
         return str(e)
     what = "prompt" if path.startswith(_COMPLETIONS) else "messages"
@@ -43,7 +47,11 @@ def _message(e: ContextOverflow, trained: int, path: str) -> str:
     if e.asked is None or e.prompt_tokens >= e.context:  # the prompt alone is too long
         # the second sentence is OpenAI's newer wording of the same error, which langchain-openai
         # matches (beside the code, which the openai package leaves out of the message it raises)
-        return head + (f"your {what} resulted in {n} tokens. Please reduce the length of the {what}. "
-                       f"Input tokens exceed the configured limit of {e.context} tokens.")
-    return head + (f"you requested {e.prompt_tokens + e.asked} tokens ({e.prompt_tokens} in the {what}, {e.asked} in "
-                   f"the completion). Please reduce the length of the {what} or completion.")
+        return head + (
+            f"your {what} resulted in {n} tokens. Please reduce the length of the {what}. "
+            f"Input tokens exceed the configured limit of {e.context} tokens."
+        )
+    return head + (
+        f"you requested {e.prompt_tokens + e.asked} tokens ({e.prompt_tokens} in the {what}, {e.asked} in "
+        f"the completion). Please reduce the length of the {what} or completion."
+    )

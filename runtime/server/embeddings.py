@@ -18,9 +18,13 @@ MAX_INPUTS = 2048  # OpenAI's limit per request
 _TIMEOUT_S = 300.0  # one request's embeddings, all inputs together
 _IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 # What encode_inputs takes, for the request models: a string, token ids, or a list of either.
-INPUTS = {"anyOf": [{"type": "string"}, {**_IDS, "minItems": 1},
-                    {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS,
-                     "items": {"anyOf": [{"type": "string"}, _IDS]}}]}
+INPUTS = {
+    "anyOf": [
+        {"type": "string"},
+        {**_IDS, "minItems": 1},
+        {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS, "items": {"anyOf": [{"type": "string"}, _IDS]}},
+    ]
+}
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,9 @@ def encode_inputs(served: ServedModel, raw: object, field: str) -> list[list[int
     return out
 
 
-def embed(served: ServedModel, inputs: list[list[int]], pooling: Pooling | None, truncate: bool,
-          field: str) -> Embeddings:
+def embed(
+    served: ServedModel, inputs: list[list[int]], pooling: Pooling | None, truncate: bool, field: str
+) -> Embeddings:
     ctx = served.model.context_length
     for i, ids in enumerate(inputs):
         if len(ids) > ctx and not truncate:
@@ -65,8 +70,14 @@ def embed(served: ServedModel, inputs: list[list[int]], pooling: Pooling | None,
     vectors: list[np.ndarray] = []
     deadline = Deadline(_TIMEOUT_S, f"the embedding of {len(inputs)} input{'s' if len(inputs) > 1 else ''}")
     for ids in inputs:  # one job per input: a request past its deadline stops asking for more
-        vectors.append(run_job(engine, lambda ids=ids: pooled_embedding(engine, ids, chosen, JOB_TOKENS), deadline,
-                               lambda: f"{len(vectors)} of {len(inputs)} embedded"))
+        vectors.append(
+            run_job(
+                engine,
+                lambda ids=ids: pooled_embedding(engine, ids, chosen, JOB_TOKENS),
+                deadline,
+                lambda: f"{len(vectors)} of {len(inputs)} embedded",
+            )
+        )
     return Embeddings(vectors, sum(len(ids) for ids in inputs))
 
 

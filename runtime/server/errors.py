@@ -18,15 +18,29 @@ log = logging.getLogger("rfc.server")
 OPENAI_PREFIX = "/v1/"
 ANTHROPIC_PREFIX = "/v1/messages"
 OLLAMA_PREFIX = "/api/"
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
 
 
 class ApiError(falcon.HTTPError):
     """A domain error with the request field it concerns (`param`), for both error shapes."""
 
-    def __init__(self, status: str, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None, message_for: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        status: str,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        message_for: Callable[[str], str] | None = None,
+    ):
         super().__init__(status, title=message, description=message, headers=headers)
         self.message = message
         self.param = param
@@ -84,19 +98,42 @@ def error_body(path: str, status: int, message: str, param: str | None = None, c
 _NULLABLE_STRING = {"type": ["string", "null"]}
 # error_body's shapes, for the OpenAPI document
 ERROR_SCHEMAS = {
-    Dialect.NATIVE: {"type": "object", "required": ["error", "status"],
-                     "properties": {"error": {"type": "string"}, "status": {"const": "error"}}},
-    Dialect.OPENAI: {"type": "object", "required": ["error"], "properties": {"error": {
-        "type": "object", "required": ["message", "type", "param", "code"],
-        "properties": {"message": {"type": "string"},
-                       "type": {"enum": ["invalid_request_error", "authentication_error", "server_error"]},
-                       "param": _NULLABLE_STRING, "code": _NULLABLE_STRING}}}},
-    Dialect.ANTHROPIC: {"type": "object", "required": ["type", "error"], "properties": {
-        "type": {"const": "error"},
-        "error": {"type": "object", "required": ["type", "message"],
-                  "properties": {"type": {"enum": sorted({*_ANTHROPIC_TYPES.values(), "api_error",
-                                                          "invalid_request_error"})},
-                                 "message": {"type": "string"}}}}},
+    Dialect.NATIVE: {
+        "type": "object",
+        "required": ["error", "status"],
+        "properties": {"error": {"type": "string"}, "status": {"const": "error"}},
+    },
+    Dialect.OPENAI: {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"enum": ["invalid_request_error", "authentication_error", "server_error"]},
+                    "param": _NULLABLE_STRING,
+                    "code": _NULLABLE_STRING,
+                },
+            }
+        },
+    },
+    Dialect.ANTHROPIC: {
+        "type": "object",
+        "required": ["type", "error"],
+        "properties": {
+            "type": {"const": "error"},
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {
+                    "type": {"enum": sorted({*_ANTHROPIC_TYPES.values(), "api_error", "invalid_request_error"})},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+    },
     Dialect.OLLAMA: {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
 }
 
@@ -147,9 +184,10 @@ def read_json(req: falcon.Request, max_bytes: int) -> dict:
     media = (req.content_type or "").split(";", 1)[0].strip().lower()
     declared = media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
     if not declared and (dialect_of(req.path) is not Dialect.OLLAMA or sent_by_browser(req)):
-        raise ApiError(falcon.HTTP_415,
-                       f"send the body as JSON with 'Content-Type: application/json' (got "
-                       f"{shown(media) if media else 'none'})")
+        raise ApiError(
+            falcon.HTTP_415,
+            f"send the body as JSON with 'Content-Type: application/json' (got {shown(media) if media else 'none'})",
+        )
     if req.content_length is not None and req.content_length > max_bytes:
         raise _too_large(max_bytes)
     data = req.bounded_stream.read(max_bytes + 1)

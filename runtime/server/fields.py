@@ -122,14 +122,20 @@ def _number(f: Field, value: object, path: str) -> float:
 def _check_range(f: Field, value: int | float, path: str) -> None:
     # integers of any size are compared, never converted
     if f.minimum is not None and (value < f.minimum or (f.exclusive_minimum and value == f.minimum)):
-        raise bad_request(f"'{path}' must be {'>' if f.exclusive_minimum else '>='} {f.minimum}, got {shown(value)}",
-                          path)
+        raise bad_request(
+            f"'{path}' must be {'>' if f.exclusive_minimum else '>='} {f.minimum}, got {shown(value)}", path
+        )
     if f.maximum is not None and value > f.maximum:
         raise bad_request(f"'{path}' must be <= {f.maximum}, got {shown(value)}", path)
 
 
-_CHECKS = {Kind.STRING: _string, Kind.BOOLEAN: _boolean, Kind.INTEGER: _integer, Kind.NUMBER: _number,
-           Kind.JSON: lambda f, value, path: value}
+_CHECKS = {
+    Kind.STRING: _string,
+    Kind.BOOLEAN: _boolean,
+    Kind.INTEGER: _integer,
+    Kind.NUMBER: _number,
+    Kind.JSON: lambda f, value, path: value,
+}
 
 
 @dataclass(frozen=True)
@@ -162,8 +168,11 @@ class RequestModel:
         return {
             "type": "object",
             "properties": {f.name: f.json_schema() for f in self.fields},
-            **({"required": [f.name for f in self.fields if f.required]} if any(f.required for f in self.fields)
-               else {}),
+            **(
+                {"required": [f.name for f in self.fields if f.required]}
+                if any(f.required for f in self.fields)
+                else {}
+            ),
             **({"description": self.description} if self.description else {}),
             **({"examples": [self.example]} if self.example is not None else {}),
             **({"additionalProperties": False} if self.closed else {}),
@@ -182,8 +191,11 @@ class RequestFields:
             unknown = next((k for k in body if k not in model._index), None)
             if unknown is not None:
                 name = unknown if len(unknown) <= 64 else shown(unknown)  # a key is a client's string
-                raise bad_request(f"'{prefix}{name}' is not a field of this request "
-                                  f"(it takes {', '.join(f.name for f in model.fields)})", prefix + name)
+                raise bad_request(
+                    f"'{prefix}{name}' is not a field of this request "
+                    f"(it takes {', '.join(f.name for f in model.fields)})",
+                    prefix + name,
+                )
         self._values = {f.name: f.read(body, prefix + f.name) for f in model.fields}
 
     def has(self, name: str) -> bool:

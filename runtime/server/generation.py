@@ -13,7 +13,13 @@ from rfc.runtime.engine.budget import BudgetRule, generation_budget
 from rfc.runtime.sampling.constraints import Busy, GrammarError
 from rfc.runtime.engine.requests import ContextOverflow
 from rfc.runtime.engine.engine import (
-    FAILED, Engine, GenerationRequest, QueueFull, RequestError, RequestState, TokenEvent,
+    FAILED,
+    Engine,
+    GenerationRequest,
+    QueueFull,
+    RequestError,
+    RequestState,
+    TokenEvent,
 )
 from rfc.runtime.sampling.sampler import SamplingError
 from rfc.runtime.server.config import ServerConfig
@@ -82,16 +88,28 @@ class Answer:
     media: StreamMedia = SSE_MEDIA
 
 
-def run(served: ServedModel, request: GenerationRequest, req: falcon.Request, resp: falcon.Response, stream: bool,
-        answer: Callable[[RequestState], Answer]) -> None:
+def run(
+    served: ServedModel,
+    request: GenerationRequest,
+    req: falcon.Request,
+    resp: falcon.Response,
+    stream: bool,
+    answer: Callable[[RequestState], Answer],
+) -> None:
     """Submits `request` and answers it: its events streamed as they come, or the whole reply
     once it ends. A generation that failed is a 500 for this request alone (a stream says so in
     its last event instead, its status being sent)."""
     run_all(served, [request], req, resp, stream, lambda states: answer(states[0]))
 
 
-def run_all(served: ServedModel, requests: Sequence[GenerationRequest], req: falcon.Request, resp: falcon.Response,
-            stream: bool, answer: Callable[[list[RequestState]], Answer]) -> None:
+def run_all(
+    served: ServedModel,
+    requests: Sequence[GenerationRequest],
+    req: falcon.Request,
+    resp: falcon.Response,
+    stream: bool,
+    answer: Callable[[list[RequestState]], Answer],
+) -> None:
     """`run` for several requests answered together (OpenAI's `n` and prompt lists): the
     stream interleaves their events, the whole reply waits for all. X-Request-Id names the
     first; each is the caller's own, and a client that leaves cancels them all."""
@@ -117,8 +135,9 @@ def run_all(served: ServedModel, requests: Sequence[GenerationRequest], req: fal
     resp.media = reply.whole(events)
 
 
-def submit_all(engine: Engine, requests: Sequence[GenerationRequest], req: falcon.Request,
-               resp: falcon.Response) -> list[RequestState]:
+def submit_all(
+    engine: Engine, requests: Sequence[GenerationRequest], req: falcon.Request, resp: falcon.Response
+) -> list[RequestState]:
     """Submits every request, or none: those already queued are cancelled when one is refused.
 
     Requests with the same prompt (OpenAI's `n`) share its KV blocks through the prefix cache,

@@ -54,37 +54,59 @@ def fim_prompt(served: ServedModel, prefix: str, suffix: str, middle: str = "", 
     """The token ids of a fill-in-the-middle prompt (a 400 naming `field` without FIM tokens)."""
     fim = fim_tokens(served)
     if fim is None:
-        raise bad_request("this model has no fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, <fim_middle> "
-                          "or its family's own)", field)
+        raise bad_request(
+            "this model has no fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, <fim_middle> "
+            "or its family's own)",
+            field,
+        )
     encode = served.model.tokenizer.encode
-    bos = [served.model.tokenizer_info["bos_id"]] if served.model.tokenizer_info.get("add_bos") and \
-        served.model.tokenizer_info.get("bos_id") is not None else []
-    ids = [*bos, fim.prefix, *encode(prefix, add_special_tokens=False).ids, fim.suffix,
-           *encode(suffix, add_special_tokens=False).ids, fim.middle]
+    bos = (
+        [served.model.tokenizer_info["bos_id"]]
+        if served.model.tokenizer_info.get("add_bos") and served.model.tokenizer_info.get("bos_id") is not None
+        else []
+    )
+    ids = [
+        *bos,
+        fim.prefix,
+        *encode(prefix, add_special_tokens=False).ids,
+        fim.suffix,
+        *encode(suffix, add_special_tokens=False).ids,
+        fim.middle,
+    ]
     if middle:
         ids += encode(middle, add_special_tokens=False).ids
     return ids
 
 
 # -- llama-server's /infill --------------------------------------------------------------------
-_EXTRA = {"type": "array",
-          "items": {"type": "object", "properties": {"filename": {"type": "string"}, "text": {"type": "string"}}}}
-INFILL = RequestModel("InfillRequest", (
-    MODEL,
-    Field("input_prefix", Kind.STRING, "", description="the code before the hole"),
-    Field("input_suffix", Kind.STRING, "", description="the code after the hole"),
-    Field("input_extra", Kind.JSON, [], schema=_EXTRA, description="other files' text, before the prefix"),
-    Field("prompt", Kind.STRING, "", description="the start of the middle"),
-    Field("n_predict", Kind.INTEGER, -1, -1, description="tokens to generate; -1: until the context is full"),
-    TEMPERATURE.but(default=0.8, maximum=1e4),
-    TOP_K.but(default=40, minimum=0),
-    TOP_P.but(default=0.95),
-    Field("min_p", Kind.NUMBER, 0.05, 0.0, 1.0),
-    SEED,
-    Field("stop", Kind.JSON, [],
-          schema={"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string", "minLength": 1}}),
-    Field("stream", Kind.BOOLEAN, False, description="SSE: one {content, stop} event per piece"),
-), example={"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 16})
+_EXTRA = {
+    "type": "array",
+    "items": {"type": "object", "properties": {"filename": {"type": "string"}, "text": {"type": "string"}}},
+}
+INFILL = RequestModel(
+    "InfillRequest",
+    (
+        MODEL,
+        Field("input_prefix", Kind.STRING, "", description="the code before the hole"),
+        Field("input_suffix", Kind.STRING, "", description="the code after the hole"),
+        Field("input_extra", Kind.JSON, [], schema=_EXTRA, description="other files' text, before the prefix"),
+        Field("prompt", Kind.STRING, "", description="the start of the middle"),
+        Field("n_predict", Kind.INTEGER, -1, -1, description="tokens to generate; -1: until the context is full"),
+        TEMPERATURE.but(default=0.8, maximum=1e4),
+        TOP_K.but(default=40, minimum=0),
+        TOP_P.but(default=0.95),
+        Field("min_p", Kind.NUMBER, 0.05, 0.0, 1.0),
+        SEED,
+        Field(
+            "stop",
+            Kind.JSON,
+            [],
+            schema={"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string", "minLength": 1}},
+        ),
+        Field("stream", Kind.BOOLEAN, False, description="SSE: one {content, stop} event per piece"),
+    ),
+    example={"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 16},
+)
 # n_predict past the context stops at it, as llama-server's does
 BUDGET = BudgetRule(past_context=PastContext.CLAMP)
 STOP_TYPES = {EOS: "eos", STOP: "word", LENGTH: "limit"}
@@ -92,20 +114,28 @@ STOP_TYPES = {EOS: "eos", STOP: "word", LENGTH: "limit"}
 
 def infill_request(f: RequestFields, served: ServedModel) -> GenerationRequest:
     extra = f.raw("input_extra")
-    if (not isinstance(extra, list)
-            or not all(isinstance(c, dict) and isinstance(c.get("text", ""), str) for c in extra)):
+    if not isinstance(extra, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("text", ""), str) for c in extra
+    ):
         raise bad_request("'input_extra' must be a list of {'filename', 'text'} objects", "input_extra")
     context = "".join(c.get("text", "") for c in extra)
-    ids = fim_prompt(served, context + f.string("input_prefix"), f.string("input_suffix"), f.string("prompt"),
-                     "input_prefix")
+    ids = fim_prompt(
+        served, context + f.string("input_prefix"), f.string("input_suffix"), f.string("prompt"), "input_prefix"
+    )
     stops = f.raw("stop")
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_STRINGS:
         raise bad_request(f"'stop' must be a list of at most {MAX_STOP_STRINGS} non-empty strings", "stop")
     n = f.integer("n_predict")
-    params = SamplingParams(temperature=f.number("temperature"), top_k=f.integer("top_k"), top_p=f.number("top_p"),
-                            min_p=f.number("min_p"), seed=f.integer("seed"))
-    return GenerationRequest(prompt_ids=ids, params=params,
-                             max_tokens=budget(served, BUDGET, n if n > 0 else None, ids), stop=tuple(stops))
+    params = SamplingParams(
+        temperature=f.number("temperature"),
+        top_k=f.integer("top_k"),
+        top_p=f.number("top_p"),
+        min_p=f.number("min_p"),
+        seed=f.integer("seed"),
+    )
+    return GenerationRequest(
+        prompt_ids=ids, params=params, max_tokens=budget(served, BUDGET, n if n > 0 else None, ids), stop=tuple(stops)
+    )
 
 
 class InfillReply:
@@ -118,9 +148,16 @@ class InfillReply:
     def final(self, content: str) -> dict:
         s = self.state
         matched = s.stopper.matched if s.stopper is not None and s.finish_reason == STOP else ""
-        return {"content": content, "stop": True, "model": self.model_id, "tokens_predicted": len(s.tokens),
-                "tokens_evaluated": s.prompt_tokens, "stop_type": STOP_TYPES.get(s.finish_reason, "none"),
-                "stopping_word": matched or "", "truncated": False}
+        return {
+            "content": content,
+            "stop": True,
+            "model": self.model_id,
+            "tokens_predicted": len(s.tokens),
+            "tokens_evaluated": s.prompt_tokens,
+            "stop_type": STOP_TYPES.get(s.finish_reason, "none"),
+            "stopping_word": matched or "",
+            "truncated": False,
+        }
 
 
 class InfillStreamRenderer(SseRenderer):
@@ -129,8 +166,17 @@ class InfillStreamRenderer(SseRenderer):
 
     def event(self, event: TokenEvent) -> list[bytes]:
         if event.finish_reason == FAILED:
-            return [sse({"error": {"code": 500, "message": f"generation failed: {self._reply.state.error}",
-                                   "type": "server_error"}})]
+            return [
+                sse(
+                    {
+                        "error": {
+                            "code": 500,
+                            "message": f"generation failed: {self._reply.state.error}",
+                            "type": "server_error",
+                        }
+                    }
+                )
+            ]
         out = [sse({"content": event.text, "stop": False})] if event.text else []
         if event.finished:
             out.append(sse(self._reply.final("")))

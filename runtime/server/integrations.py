@@ -34,11 +34,17 @@ def _probe(family: str, target: str) -> str | None:
 def backend_health(backend: str, served: list[ServedModel]) -> dict:
     models = [s.model_id for s in served if s.model.device_choice.name == _DEVICE_NAMES[backend]]
     if backend == "reference":
-        return {"available": True, "version": f"numpy {np.__version__}", "status": "healthy" if models else "idle",
-                "models": models, "targets": []}
+        return {
+            "available": True,
+            "version": f"numpy {np.__version__}",
+            "status": "healthy" if models else "idle",
+            "models": models,
+            "targets": [],
+        }
     targets = sorted({t["name"] for s in served for t in s.model.manifest["targets"] if t["family"] == backend})
-    isa = sorted({f for s in served for t in s.model.manifest["targets"] if t["family"] == backend
-                  for f in t.get("isa", [])})
+    isa = sorted(
+        {f for s in served for t in s.model.manifest["targets"] if t["family"] == backend for f in t.get("isa", [])}
+    )
     reasons = {t: _probe(backend, t) for t in targets}
     runnable = [t for t, reason in reasons.items() if reason is None]
     if backend == "cpu":
@@ -53,8 +59,9 @@ def backend_health(backend: str, served: list[ServedModel]) -> dict:
         "targets": targets,
     }
     if not runnable:
-        health["reason"] = ("; ".join(f"{t}: {r}" for t, r in reasons.items())
-                            or f"no served bundle is compiled for {backend}")
+        health["reason"] = (
+            "; ".join(f"{t}: {r}" for t, r in reasons.items()) or f"no served bundle is compiled for {backend}"
+        )
     return health
 
 

@@ -23,9 +23,12 @@ class Deadline:
         self.what = what
 
     def missed(self, done: str) -> ApiError:
-        return unavailable(f"{self.what} did not finish within the request's deadline of {self.seconds:g} s "
-                           f"({done}); the server is busy or the input too long for it: send fewer or shorter "
-                           f"inputs, or retry later", 5)
+        return unavailable(
+            f"{self.what} did not finish within the request's deadline of {self.seconds:g} s "
+            f"({done}); the server is busy or the input too long for it: send fewer or shorter "
+            f"inputs, or retry later",
+            5,
+        )
 
 
 def run_job(engine: Engine, fn: Callable[[], Any], deadline: Deadline, done: Callable[[], str]) -> Any:
@@ -34,11 +37,13 @@ def run_job(engine: Engine, fn: Callable[[], Any], deadline: Deadline, done: Cal
     try:
         job = engine.start_job(fn, deadline.at)
     except QueueFull:
-        raise unavailable(f"the engine already has {MAX_JOBS} jobs (embeddings, prompt logprobs) waiting; retry "
-                          f"later") from None
+        raise unavailable(
+            f"the engine already has {MAX_JOBS} jobs (embeddings, prompt logprobs) waiting; retry later"
+        ) from None
     except RuntimeError:
-        raise unavailable("the engine is not running (the model is being replaced or the server stops); retry later",
-                          5) from None
+        raise unavailable(
+            "the engine is not running (the model is being replaced or the server stops); retry later", 5
+        ) from None
     try:
         return job.result(timeout=max(0.0, deadline.at - time.monotonic()))
     except KVCacheFull:
@@ -47,8 +52,14 @@ def run_job(engine: Engine, fn: Callable[[], Any], deadline: Deadline, done: Cal
         job.cancel()  # a running job stops at its next piece, its KV pages freed
         if time.monotonic() >= deadline.at:
             raise deadline.missed(done()) from None
-        raise unavailable("the engine stopped before the work was done (the model is being replaced or the "
-                          "server stops); retry later", 5) from None
+        raise unavailable(
+            "the engine stopped before the work was done (the model is being replaced or the "
+            "server stops); retry later",
+            5,
+        ) from None
     except concurrent.futures.CancelledError:
-        raise unavailable("the engine stopped before the work was done (the model is being replaced or the "
-                          "server stops); retry later", 5) from None
+        raise unavailable(
+            "the engine stopped before the work was done (the model is being replaced or the "
+            "server stops); retry later",
+            5,
+        ) from None

@@ -84,8 +84,9 @@ class _JsonErrorTask(ErrorTask):
         if isinstance(error, RequestEntityTooLarge):
             message = f"the request body exceeds the limit of {self.body_limit} bytes"
         elif isinstance(error, _TooManyConnections):
-            message = (f"the server holds its limit of {self.connection_limit} connections (--max-connections); retry "
-                       f"later")
+            message = (
+                f"the server holds its limit of {self.connection_limit} connections (--max-connections); retry later"
+            )
             self.response_headers.append(("Retry-After", "1"))
         else:
             message = str(error.body)
@@ -133,16 +134,26 @@ def raise_fd_limit(wanted: int) -> int:
     return soft
 
 
-def create_listener(app, *, host: str, port: int, threads: int, max_connections: int, request_timeout_s: float,
-                    idle_timeout_s: float, max_body_bytes: int):
+def create_listener(
+    app,
+    *,
+    host: str,
+    port: int,
+    threads: int,
+    max_connections: int,
+    request_timeout_s: float,
+    idle_timeout_s: float,
+    max_body_bytes: int,
+):
     """A waitress server for `app` with the protections above; `max_body_bytes` is the
     application's body limit (read_json's)."""
     fds = raise_fd_limit(max_connections + OVERFLOW_CONNECTIONS + threads + 256)
     connection_limit = max_connections
     if fds < max_connections + OVERFLOW_CONNECTIONS + 64:
         connection_limit = max(16, fds - OVERFLOW_CONNECTIONS - 64)
-        log.warning("the file-descriptor limit (%d) allows %d connections, not %d", fds, connection_limit,
-                    max_connections)
+        log.warning(
+            "the file-descriptor limit (%d) allows %d connections, not %d", fds, connection_limit, max_connections
+        )
     server = waitress.create_server(
         app,
         host=host,
@@ -157,10 +168,12 @@ def create_listener(app, *, host: str, port: int, threads: int, max_connections:
         asyncore_use_poll=True,  # no FD_SETSIZE ceiling
         ident="rfc",
     )
-    task = type("JsonErrorTask", (_JsonErrorTask,), {"body_limit": max_body_bytes,
-                                                      "connection_limit": connection_limit})
-    server.channel_class = type("Channel", (_Channel,),
-                                {"error_task_class": task, "connection_limit": connection_limit})
+    task = type(
+        "JsonErrorTask", (_JsonErrorTask,), {"body_limit": max_body_bytes, "connection_limit": connection_limit}
+    )
+    server.channel_class = type(
+        "Channel", (_Channel,), {"error_task_class": task, "connection_limit": connection_limit}
+    )
     dispatch = server.add_task
     maintain = server.maintenance
 
@@ -205,8 +218,11 @@ def create_listener(app, *, host: str, port: int, threads: int, max_connections:
         if (held >= connection_limit) != state["at_cap"]:
             state["at_cap"] = held >= connection_limit
             if state["at_cap"]:
-                log.warning("%d connections (--max-connections): %d more are accepted for /health and /ready only",
-                            connection_limit, OVERFLOW_CONNECTIONS)
+                log.warning(
+                    "%d connections (--max-connections): %d more are accepted for /health and /ready only",
+                    connection_limit,
+                    OVERFLOW_CONNECTIONS,
+                )
         if now - state["swept"] >= 0.25:
             state["swept"] = now
             for channel in list(server.active_channels.values()):

@@ -50,8 +50,9 @@ def configure_logging(config: LogConfig) -> None:
     root.setLevel(config.level.upper())
 
 
-def log_request(method: str, route: str, status: int, request_id: int | None, tokens: int | None,
-                seconds: float) -> None:
+def log_request(
+    method: str, route: str, status: int, request_id: int | None, tokens: int | None, seconds: float
+) -> None:
     log.info(
         "request",
         extra={

@@ -28,7 +28,7 @@ _COUNTERS = {
 }
 _HISTOGRAMS = {
     "prefill_duration_seconds": "Prefill phase duration in seconds (from first scheduling, queueing excluded, to the "
-                                "first token)",
+    "first token)",
     "decode_duration_seconds": "Decode phase duration in seconds (first token to the end)",
     "total_duration_seconds": "Total inference duration in seconds",
     "ttft_seconds": "Time to first token in seconds",
@@ -43,11 +43,17 @@ _GAUGES = (
     ("kv_cache_pages_total", "pages_total", "KV-cache pages in the pool"),
     ("kv_cache_active_sequences", "sequences", "Sequences holding KV-cache pages"),
     ("kv_cache_pages_cached", "pages_cached", "Free KV-cache pages that still hold a cached prefix"),
-    ("kv_cache_bytes_per_token", "kv_bytes_per_token", "Bytes one cached token takes: K and V of every layer in the "
-     "--cache-type-k/-v types"),
+    (
+        "kv_cache_bytes_per_token",
+        "kv_bytes_per_token",
+        "Bytes one cached token takes: K and V of every layer in the --cache-type-k/-v types",
+    ),
     ("state_slots_used", "state_slots_used", "Recurrent-state slots held by sequences (hybrid models)"),
-    ("state_slots_total", "state_slots_total",
-     "Recurrent-state slots in the pool (hybrid models; 0: the model has none)"),
+    (
+        "state_slots_total",
+        "state_slots_total",
+        "Recurrent-state slots in the pool (hybrid models; 0: the model has none)",
+    ),
 )
 # Counters the engine keeps itself (read at scrape time, like the gauges).
 _ENGINE_COUNTERS = (
@@ -58,8 +64,10 @@ _ENGINE_COUNTERS = (
     ("spec_accepted_tokens", "spec_accepted", "Draft tokens the target accepted (speculative decoding)"),
 )
 # Gauges worked out from the engine's counts.
-_SPEC_RATE = ("spec_acceptance_rate",
-              "Accepted / verified draft tokens since start (speculative decoding; 0 before any)")
+_SPEC_RATE = (
+    "spec_acceptance_rate",
+    "Accepted / verified draft tokens since start (speculative decoding; 0 before any)",
+)
 PREFIX = "rocmforge_"
 MODEL_LABEL = "model"
 
@@ -127,8 +135,9 @@ class ServerMetrics(Collector):
                 self._series(model).recent.append((time.monotonic(), n))
 
     def request_finished(self, model: str, state: RequestState) -> None:
-        outcome = {CANCELLED: "requests_cancelled",
-                   FAILED: "requests_failed"}.get(state.finish_reason, "requests_completed")
+        outcome = {CANCELLED: "requests_cancelled", FAILED: "requests_failed"}.get(
+            state.finish_reason, "requests_completed"
+        )
         end = state.finished_at or time.time()
         with self._lock:
             series = self._series(model)
@@ -148,8 +157,11 @@ class ServerMetrics(Collector):
         now = time.monotonic()
         with self._lock:
             snapshot = {
-                model: (dict(s.counters), {n: (h.cumulative(), h.sum) for n, h in s.histograms.items()},
-                        s.throughput(now))
+                model: (
+                    dict(s.counters),
+                    {n: (h.cumulative(), h.sum) for n, h in s.histograms.items()},
+                    s.throughput(now),
+                )
                 for model, s in self._models.items()
             }
         for name, help_text in _COUNTERS.items():

@@ -29,8 +29,12 @@ class ApiKeyMiddleware:
     admin key); with only an admin key, client routes stay open and the admin key only adds
     the admin routes (/traces, any request's /status and /cancel)."""
 
-    def __init__(self, api_keys: Sequence[str], admin_api_key: str | None = None,
-                 is_open: Callable[[falcon.Request], bool] | None = None):
+    def __init__(
+        self,
+        api_keys: Sequence[str],
+        admin_api_key: str | None = None,
+        is_open: Callable[[falcon.Request], bool] | None = None,
+    ):
         """`is_open`: further requests that need no key (the web page's files: webui_routes.py)."""
         self._keys = [(k.encode(), client_id(k)) for k in api_keys]
         self._admin = admin_api_key.encode() if admin_api_key else None
@@ -101,8 +105,9 @@ class RequestLogMiddleware:
 
         req.context.finish = finish
         if lifecycle.draining and req.method == "POST" and not req.path.startswith(_DRAIN_ALLOWED):
-            raise ApiError(falcon.HTTP_503, "the server is shutting down; retry on another replica",
-                           headers={"Retry-After": "5"})
+            raise ApiError(
+                falcon.HTTP_503, "the server is shutting down; retry on another replica", headers={"Retry-After": "5"}
+            )
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         # every response says what it is: a browser must not sniff a JSON error that echoes
@@ -132,5 +137,11 @@ def deferred_log(req: falcon.Request, status: int, tokens: Callable[[], int]) ->
 def _log(req: falcon.Request, status: int) -> None:
     started = req.context.get("started", time.perf_counter())
     route = req.uri_template or req.path
-    log_request(req.method, route, status, req.context.get("request_id"), req.context.get("tokens"),
-                time.perf_counter() - started)
+    log_request(
+        req.method,
+        route,
+        status,
+        req.context.get("request_id"),
+        req.context.get("tokens"),
+        time.perf_counter() - started,
+    )

@@ -38,24 +38,43 @@ from rfc.runtime.server.response_schemas import ADMIN_MODELS, ADMIN_SWAP, JSON, 
 from rfc.runtime.server.streaming import NDJSON_CONTENT_TYPE
 
 _NAME = Field("model", Kind.STRING, description="the model's name")
-PULL = RequestModel("OllamaPullRequest", (
-    _NAME.but(description="a registry reference of a compiled bundle (HOST/REPOSITORY[:TAG|@DIGEST]), served under "
-                          "this name"),
-    Field("name", Kind.STRING, description="deprecated: model"),
-    Field("insecure", Kind.BOOLEAN, False, description="plain HTTP: only for a registry on the server's own machine"),
-    Field("stream", Kind.BOOLEAN, True, description="NDJSON progress, one object per step (Ollama's default)"),
-))
+PULL = RequestModel(
+    "OllamaPullRequest",
+    (
+        _NAME.but(
+            description="a registry reference of a compiled bundle (HOST/REPOSITORY[:TAG|@DIGEST]), served under "
+            "this name"
+        ),
+        Field("name", Kind.STRING, description="deprecated: model"),
+        Field(
+            "insecure", Kind.BOOLEAN, False, description="plain HTTP: only for a registry on the server's own machine"
+        ),
+        Field("stream", Kind.BOOLEAN, True, description="NDJSON progress, one object per step (Ollama's default)"),
+    ),
+)
 DELETE = RequestModel("OllamaDeleteRequest", (_NAME, Field("name", Kind.STRING, description="deprecated: model")))
-COPY = RequestModel("OllamaCopyRequest", (
-    Field("source", Kind.STRING, required=True, description="a served model"),
-    Field("destination", Kind.STRING, required=True, description="another name for it"),
-))
-SWAP = RequestModel("SwapRequest", (
-    Field("model", Kind.STRING, required=True, description="the served model to replace"),
-    Field("source", Kind.STRING, required=True,
-          description="its new version: a registry reference, or a bundle directory on the server"),
-    Field("insecure", Kind.BOOLEAN, False, description="plain HTTP: only for a registry on the server's own machine"),
-))
+COPY = RequestModel(
+    "OllamaCopyRequest",
+    (
+        Field("source", Kind.STRING, required=True, description="a served model"),
+        Field("destination", Kind.STRING, required=True, description="another name for it"),
+    ),
+)
+SWAP = RequestModel(
+    "SwapRequest",
+    (
+        Field("model", Kind.STRING, required=True, description="the served model to replace"),
+        Field(
+            "source",
+            Kind.STRING,
+            required=True,
+            description="its new version: a registry reference, or a bundle directory on the server",
+        ),
+        Field(
+            "insecure", Kind.BOOLEAN, False, description="plain HTTP: only for a registry on the server's own machine"
+        ),
+    ),
+)
 _ERRORS = (403, 404, 502, 503)
 _MAX_PENDING_STEPS = 256  # progress lines a pull holds for its client at most
 _WORKER_CHECK_S = 1.0  # how often a waiting pull stream checks that its worker still runs
@@ -77,19 +96,31 @@ def require_admin(req: falcon.Request, config: ServerConfig) -> None:
     if req.context.get("admin"):
         return
     if config.admin_api_key is None:
-        raise ApiError(falcon.HTTP_403, "model management is off: it needs the admin key (start the server with "
-                                        "--admin-api-key and send it)", code="forbidden")
+        raise ApiError(
+            falcon.HTTP_403,
+            "model management is off: it needs the admin key (start the server with --admin-api-key and send it)",
+            code="forbidden",
+        )
     raise ApiError(falcon.HTTP_403, "model management needs the admin key (--admin-api-key)", code="forbidden")
 
 
 def _fetch_error(e: FetchError) -> ApiError:
-    return ApiError({400: falcon.HTTP_400, 404: falcon.HTTP_404, 501: falcon.HTTP_501}.get(e.status, falcon.HTTP_502),
-                    str(e), param="model" if e.status in (400, 404) else None)
+    return ApiError(
+        {400: falcon.HTTP_400, 404: falcon.HTTP_404, 501: falcon.HTTP_501}.get(e.status, falcon.HTTP_502),
+        str(e),
+        param="model" if e.status in (400, 404) else None,
+    )
 
 
 class PullResource:
-    operations = {"post": Operation("Pull a compiled bundle from an OCI registry and serve it under its reference "
-                                    "(the admin key)", PULL, streamed(OLLAMA_STATUS, stream_media=NDJSON), _ERRORS)}
+    operations = {
+        "post": Operation(
+            "Pull a compiled bundle from an OCI registry and serve it under its reference (the admin key)",
+            PULL,
+            streamed(OLLAMA_STATUS, stream_media=NDJSON),
+            _ERRORS,
+        )
+    }
 
     def __init__(self, manager: ModelManager, config: ServerConfig):
         self._manager = manager
@@ -105,9 +136,12 @@ class PullResource:
         if fetcher is None:
             raise ApiError(falcon.HTTP_501, "this server cannot pull models")
         if not is_model_name(name) or not fetcher.is_reference(name):
-            raise bad_request("'model' must be a registry reference of a compiled bundle, "
-                              "HOST/REPOSITORY[:TAG|@DIGEST] (pushed with `rfc push`); rfc does not pull Ollama's "
-                              "models", "model")
+            raise bad_request(
+                "'model' must be a registry reference of a compiled bundle, "
+                "HOST/REPOSITORY[:TAG|@DIGEST] (pushed with `rfc push`); rfc does not pull Ollama's "
+                "models",
+                "model",
+            )
         insecure = f.boolean("insecure")
         if not f.boolean("stream"):
             try:
@@ -199,8 +233,14 @@ class _ClosingBody:
 
 
 class DeleteResource:
-    operations = {"delete": Operation("Stop serving a model and delete what the server pulled of it (the admin key)",
-                                      DELETE, {JSON: OLLAMA_STATUS}, _ERRORS)}
+    operations = {
+        "delete": Operation(
+            "Stop serving a model and delete what the server pulled of it (the admin key)",
+            DELETE,
+            {JSON: OLLAMA_STATUS},
+            _ERRORS,
+        )
+    }
 
     def __init__(self, handle: EngineHandle, manager: ModelManager, config: ServerConfig):
         self._handle = handle
@@ -234,8 +274,9 @@ class DeleteResource:
 
 
 class CopyResource:
-    operations = {"post": Operation("Serve a model under one more name (the admin key)", COPY, {JSON: OLLAMA_STATUS},
-                                    _ERRORS)}
+    operations = {
+        "post": Operation("Serve a model under one more name (the admin key)", COPY, {JSON: OLLAMA_STATUS}, _ERRORS)
+    }
 
     def __init__(self, handle: EngineHandle, manager: ModelManager, config: ServerConfig):
         self._handle = handle
@@ -248,8 +289,9 @@ class CopyResource:
         target = self._handle.resolve(f.string("source"))
         destination = f.string("destination")
         if not is_model_name(destination):
-            raise bad_request("'destination' must be a name of letters, digits and . _ : / @ + - (at most 256)",
-                              "destination")
+            raise bad_request(
+                "'destination' must be a name of letters, digits and . _ : / @ + - (at most 256)", "destination"
+            )
         if self._manager.source(destination) is not None or destination in self._handle.model_ids:
             raise bad_request(f"'{destination}' is a served model: delete it first", "destination")
         if destination != target:
@@ -258,8 +300,14 @@ class CopyResource:
 
 
 class SwapResource:
-    operations = {"post": Operation("Replace a served model's version without ending a request (the admin key)", SWAP,
-                                    {JSON: ADMIN_SWAP}, _ERRORS)}
+    operations = {
+        "post": Operation(
+            "Replace a served model's version without ending a request (the admin key)",
+            SWAP,
+            {JSON: ADMIN_SWAP},
+            _ERRORS,
+        )
+    }
 
     def __init__(self, handle: EngineHandle, manager: ModelManager, config: ServerConfig):
         self._handle = handle
@@ -272,19 +320,30 @@ class SwapResource:
         model_id = _known(self._manager, f.string("model"))
         current = self._manager.source(model_id)
         try:
-            source = self._manager.fetch_source(model_id, f.string("source"), f.boolean("insecure"),
-                                                origin=current.origin if current else Origin.PULLED)
+            source = self._manager.fetch_source(
+                model_id, f.string("source"), f.boolean("insecure"), origin=current.origin if current else Origin.PULLED
+            )
         except FetchError as e:
             raise _fetch_error(e) from None
         new, previous = self._manager.replace(source)
-        resp.media = {"model": model_id, "version": new.version if new else _bundle_id(source.bundle),
-                      "previous": previous, "loaded": new is not None,
-                      "load_seconds": round(new.load_seconds, 3) if new else 0.0}
+        resp.media = {
+            "model": model_id,
+            "version": new.version if new else _bundle_id(source.bundle),
+            "previous": previous,
+            "loaded": new is not None,
+            "load_seconds": round(new.load_seconds, 3) if new else 0.0,
+        }
 
 
 class ModelsResource:
-    operations = {"get": Operation("Every model's state: loaded, available or failed, its version and memory; "
-                                   "versions retiring (the admin key)", reply={JSON: ADMIN_MODELS}, errors=(403,))}
+    operations = {
+        "get": Operation(
+            "Every model's state: loaded, available or failed, its version and memory; "
+            "versions retiring (the admin key)",
+            reply={JSON: ADMIN_MODELS},
+            errors=(403,),
+        )
+    }
 
     def __init__(self, handle: EngineHandle, manager: ModelManager, config: ServerConfig):
         self._handle = handle
@@ -298,25 +357,45 @@ class ModelsResource:
         for model_id in handle.model_ids + list(handle.failed_models):
             source = manager.source(model_id)
             served = handle.loaded(model_id)
-            state = ("loaded" if served else "available" if handle.is_available(model_id)
-                     else "failed" if model_id in handle.failed_models else "loading")
-            entry = {"id": model_id, "state": state, "origin": source.origin.value if source else None,
-                     "bundle": source.bundle.name if source else None}
+            state = (
+                "loaded"
+                if served
+                else "available"
+                if handle.is_available(model_id)
+                else "failed"
+                if model_id in handle.failed_models
+                else "loading"
+            )
+            entry = {
+                "id": model_id,
+                "state": state,
+                "origin": source.origin.value if source else None,
+                "bundle": source.bundle.name if source else None,
+            }
             if served is not None:
-                entry.update(version=served.version, memory_bytes=memory_bytes(served),
-                             expires_in=manager.expires_in(model_id))
+                entry.update(
+                    version=served.version, memory_bytes=memory_bytes(served), expires_in=manager.expires_in(model_id)
+                )
             models.append(entry)
         fetcher = manager.fetcher
         cached = fetcher.cached() if fetcher is not None else []
         in_use = {s.bundle.resolve() for s in manager.sources()}
         resp.media = {
             "models": models,
-            "cached": [{"digest": "sha256:" + c.name, "name": _model_name(c), "bytes": _bytes(c),
-                        "served": c.resolve() in in_use}
-                       for c in cached],
+            "cached": [
+                {
+                    "digest": "sha256:" + c.name,
+                    "name": _model_name(c),
+                    "bytes": _bytes(c),
+                    "served": c.resolve() in in_use,
+                }
+                for c in cached
+            ],
             "aliases": handle.aliases,
-            "retiring": [{"id": r.model_id, "version": r.version, "memory_bytes": r.memory_bytes, "why": r.why}
-                         for r in manager.retiring()],
+            "retiring": [
+                {"id": r.model_id, "version": r.version, "memory_bytes": r.memory_bytes, "why": r.why}
+                for r in manager.retiring()
+            ],
         }
 
 

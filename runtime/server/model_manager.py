@@ -82,9 +82,15 @@ class ModelManager:
     ModelSource into a started ServedModel (serve.py binds the engines' shared parts);
     `fetcher` resolves what an operator names (None: nothing can be pulled or swapped in)."""
 
-    def __init__(self, handle: EngineHandle, lifecycle: Lifecycle, load: Callable[[ModelSource], ServedModel],
-                 policy: ModelPolicy = ModelPolicy(), fetcher: BundleFetcher | None = None,
-                 template: LoadOptions = LoadOptions()):
+    def __init__(
+        self,
+        handle: EngineHandle,
+        lifecycle: Lifecycle,
+        load: Callable[[ModelSource], ServedModel],
+        policy: ModelPolicy = ModelPolicy(),
+        fetcher: BundleFetcher | None = None,
+        template: LoadOptions = LoadOptions(),
+    ):
         self._handle = handle
         self._lifecycle = lifecycle
         self._load = load
@@ -153,8 +159,12 @@ class ModelManager:
             except (BundleError, OSError, ValueError, RuntimeError) as e:
                 log.error("cannot load %s: %s", model_id, e)
                 self._handle.fail_model(model_id, f"{source.bundle.name}: {e}")
-                raise ApiError(falcon.HTTP_503, f"model '{model_id}' cannot be served: {e}", param="model",
-                               code="model_unavailable") from None
+                raise ApiError(
+                    falcon.HTTP_503,
+                    f"model '{model_id}' cannot be served: {e}",
+                    param="model",
+                    code="model_unavailable",
+                ) from None
             self._handle.attach(served)
             self._touch(model_id)
             self._count("loads", model_id)
@@ -222,16 +232,22 @@ class ModelManager:
             try:
                 new = self._load(self._budgeted(source, replacing=old))
             except (BundleError, OSError, ValueError, RuntimeError) as e:
-                raise unavailable(f"the new version of '{model_id}' cannot be loaded ({e}); the old one still serves",
-                                  5) from None
+                raise unavailable(
+                    f"the new version of '{model_id}' cannot be loaded ({e}); the old one still serves", 5
+                ) from None
             with self._lock:
                 entry.take(source)
             previous = self._handle.attach(new)
             self._touch(model_id)
             self._count("swaps", model_id)
             self._count("loads", model_id)
-            log.info("swapped %s: version %s serves new requests (loaded in %.2f s); %s retires when its requests end",
-                     model_id, new.version, new.load_seconds, old.version)
+            log.info(
+                "swapped %s: version %s serves new requests (loaded in %.2f s); %s retires when its requests end",
+                model_id,
+                new.version,
+                new.load_seconds,
+                old.version,
+            )
             if previous is not None:
                 self._retire(previous, f"replaced by {new.version}")
             return new, old.version
@@ -248,9 +264,11 @@ class ModelManager:
         with self._changing:
             entry = self._entry(model_id)
             if len(self._handle.model_ids) <= 1 and model_id in self._handle.model_ids:
-                raise ApiError(falcon.HTTP_400,
-                               f"'{model_id}' is the only model served; serve another before removing it",
-                               param="model")
+                raise ApiError(
+                    falcon.HTTP_400,
+                    f"'{model_id}' is the only model served; serve another before removing it",
+                    param="model",
+                )
             with self._lock:
                 del self._entries[model_id]
             served = self._handle.remove(model_id)
@@ -268,9 +286,14 @@ class ModelManager:
             return [e.source for e in self._entries.values()]
 
     # -- what operators name -------------------------------------------------------------------
-    def fetch_source(self, model_id: str, source: str, insecure: bool = False,
-                     progress: Callable[[PullProgress], None] | None = None,
-                     origin: Origin = Origin.PULLED) -> ModelSource:
+    def fetch_source(
+        self,
+        model_id: str,
+        source: str,
+        insecure: bool = False,
+        progress: Callable[[PullProgress], None] | None = None,
+        origin: Origin = Origin.PULLED,
+    ) -> ModelSource:
         """The ModelSource of what `source` names (a reference or a bundle directory), checked
         before anything of it is loaded. FetchError when it cannot be served."""
         if self.fetcher is None:
@@ -282,8 +305,9 @@ class ModelManager:
             raise FetchError(f"{source}: {e}") from None
         return ModelSource(model_id, bundle, self._template, required=False, origin=origin, eager=False)
 
-    def pull(self, name: str, insecure: bool = False,
-             progress: Callable[[PullProgress], None] | None = None) -> ModelSource:
+    def pull(
+        self, name: str, insecure: bool = False, progress: Callable[[PullProgress], None] | None = None
+    ) -> ModelSource:
         """Ollama's pull: the reference served under its own name; a model already served under
         it is replaced by what the registry holds now (a swap when it is loaded)."""
         existing = self.source(name)
@@ -370,8 +394,10 @@ class ModelManager:
         total = host_kv_budget(self._template.kv_memory)
         in_use = sum(kv_pool_bytes(m) for m in holding if not m.device_choice.name.is_gpu)
         share = max(1, min(total // slots, total - in_use))
-        return replace(source, load=replace(source.load, kv_memory=share,
-                                            kv_share=KvShare(models=1, left=max(1, slots - len(loaded)))))
+        return replace(
+            source,
+            load=replace(source.load, kv_memory=share, kv_share=KvShare(models=1, left=max(1, slots - len(loaded)))),
+        )
 
     def _make_room(self, model_id: str) -> None:
         limit = self.policy.max_loaded
@@ -407,11 +433,19 @@ class ModelManager:
         retiring.served = served = None
         freed = _released(model)
         if freed:  # (logged before it leaves the retiring list: whoever sees the list empty can read it)
-            log.info("freed %s version %s (%s) %.2f s after it retired", retiring.model_id, retiring.version,
-                     retiring.why, time.monotonic() - started)
+            log.info(
+                "freed %s version %s (%s) %.2f s after it retired",
+                retiring.model_id,
+                retiring.version,
+                retiring.why,
+                time.monotonic() - started,
+            )
         else:
-            log.warning("%s version %s was stopped but something still holds it: its memory is not freed",
-                        retiring.model_id, retiring.version)
+            log.warning(
+                "%s version %s was stopped but something still holds it: its memory is not freed",
+                retiring.model_id,
+                retiring.version,
+            )
         with self._lock:
             self._retiring.remove(retiring)
             if not freed:

@@ -23,8 +23,16 @@ class PullProgress:
     completed: int | None = None
 
     def as_json(self) -> dict:
-        return {k: v for k, v in (("status", self.status), ("digest", self.digest), ("total", self.total),
-                                  ("completed", self.completed)) if v is not None}
+        return {
+            k: v
+            for k, v in (
+                ("status", self.status),
+                ("digest", self.digest),
+                ("total", self.total),
+                ("completed", self.completed),
+            )
+            if v is not None
+        }
 
 
 class FetchError(Exception):
@@ -38,8 +46,9 @@ class FetchError(Exception):
 
 
 class BundleFetcher(Protocol):
-    def fetch(self, source: str, insecure: bool | None = None,
-              progress: Callable[[PullProgress], None] | None = None) -> Path:
+    def fetch(
+        self, source: str, insecure: bool | None = None, progress: Callable[[PullProgress], None] | None = None
+    ) -> Path:
         """The bundle `source` names, checked (pulled into the cache if it is a reference;
         `insecure` None: as the server was started, --insecure)."""
 
@@ -72,7 +81,7 @@ def parse_keep_alive(value: object) -> float | None:
     """Seconds to keep a model loaded after its last request: None keeps it forever (any
     negative duration, as Ollama), 0 unloads it when idle. ValueError when unreadable."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as \"5m\" or a number of seconds")
+        raise ValueError('expected a duration such as "5m" or a number of seconds')
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
@@ -82,11 +91,11 @@ def parse_keep_alive(value: object) -> float | None:
         else:
             m = _DURATION.fullmatch(text)
             if m is None:
-                raise ValueError(f"'{value[:40]}' is not a duration (such as \"5m\", \"1h30m\", \"-1\")")
+                raise ValueError(f'\'{value[:40]}\' is not a duration (such as "5m", "1h30m", "-1")')
             seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(m[2]))
             seconds = -seconds if m[1] == "-" else seconds
     else:
-        raise ValueError("expected a duration such as \"5m\" or a number of seconds")
+        raise ValueError('expected a duration such as "5m" or a number of seconds')
     if seconds != seconds:  # nan
-        raise ValueError("expected a duration such as \"5m\" or a number of seconds")
+        raise ValueError('expected a duration such as "5m" or a number of seconds')
     return None if seconds < 0 or seconds > MAX_KEEP_ALIVE_S else seconds

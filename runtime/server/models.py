@@ -145,9 +145,14 @@ def discover_bundles(models_dir: Path) -> list[Path]:
     return sorted(p for p in models_dir.iterdir() if (p / MANIFEST_FILE).is_file())
 
 
-def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPages(),
-                names: Sequence[str | None] = (), optional: Sequence[bool] = (),
-                max_loaded: int | None = None) -> tuple[ModelSource, ...]:
+def plan_models(
+    bundles: Sequence[Path],
+    load: LoadOptions,
+    kv: KvPages = KvPages(),
+    names: Sequence[str | None] = (),
+    optional: Sequence[bool] = (),
+    max_loaded: int | None = None,
+) -> tuple[ModelSource, ...]:
     """Ids and load options for each bundle. The id is `names[i]` when given (the CLI passes
     a GGUF's file name for the bundle it compiled), else the model's name when it makes a
     usable id, else the bundle's directory name; when two bundles would share an id, their
@@ -165,8 +170,9 @@ def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPage
     ids = [name if wanted.count(name) == 1 else Path(b).name for name, b in zip(wanted, bundles)]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise BundleError(f"several bundles would be served as {', '.join(duplicates)}: give each its own directory "
-                          f"name")
+        raise BundleError(
+            f"several bundles would be served as {', '.join(duplicates)}: give each its own directory name"
+        )
     if load.ctx_size is not None:  # each model serves min(N, its own): N above them all is a mistake
         check_ctx_size(load.ctx_size, {i: read_plan(b, m).context_length for i, b, m in zip(ids, bundles, manifests)})
     pages = kv.pages_for(ids)
@@ -177,9 +183,21 @@ def plan_models(bundles: Sequence[Path], load: LoadOptions, kv: KvPages = KvPage
     budgeted = min(sum(c is None for c in counts), max_loaded or len(ids))
     optional = list(optional) + [False] * (len(bundles) - len(optional))
     return tuple(
-        ModelSource(i, Path(b), replace(load, kv_blocks=c, kv_share=KvShare(
-            models=max(1, budgeted), left=max(1, sum(x is None for x, e in zip(counts[n:], eager[n:]) if e)),
-            reserve_bytes=sum(weights[n + 1:]))),
-            required=not optional[n], origin=Origin.MODELS_DIR if optional[n] else Origin.ARGUMENT, eager=eager[n])
+        ModelSource(
+            i,
+            Path(b),
+            replace(
+                load,
+                kv_blocks=c,
+                kv_share=KvShare(
+                    models=max(1, budgeted),
+                    left=max(1, sum(x is None for x, e in zip(counts[n:], eager[n:]) if e)),
+                    reserve_bytes=sum(weights[n + 1 :]),
+                ),
+            ),
+            required=not optional[n],
+            origin=Origin.MODELS_DIR if optional[n] else Origin.ARGUMENT,
+            eager=eager[n],
+        )
         for n, (i, b, c) in enumerate(zip(ids, bundles, counts))
     )

@@ -7,7 +7,14 @@ from rfc.runtime.engine.engine import Engine, GenerationRequest, RequestState, T
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server import response_schemas as replies
 from rfc.runtime.server.api_fields import (
-    MAX_TOKENS, MODEL, SPECULATIVE_N_MAX, SPECULATIVE_TYPE, TEMPERATURE, TOP_K, TOP_P, speculative_request,
+    MAX_TOKENS,
+    MODEL,
+    SPECULATIVE_N_MAX,
+    SPECULATIVE_TYPE,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
+    speculative_request,
 )
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import not_found
@@ -23,16 +30,20 @@ DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_K = 50
 DEFAULT_TOP_P = 0.9
 
-GENERATE = RequestModel("GenerateRequest", (
-    Field("prompt", Kind.STRING, required=True),
-    MAX_TOKENS.but(default=DEFAULT_MAX_TOKENS, description=""),
-    TEMPERATURE.but(default=DEFAULT_TEMPERATURE),
-    TOP_K.but(default=DEFAULT_TOP_K, minimum=0),
-    TOP_P.but(default=DEFAULT_TOP_P),
-    MODEL,
-    SPECULATIVE_TYPE,
-    SPECULATIVE_N_MAX,
-), example={"prompt": "Once upon a time", "max_tokens": 16})
+GENERATE = RequestModel(
+    "GenerateRequest",
+    (
+        Field("prompt", Kind.STRING, required=True),
+        MAX_TOKENS.but(default=DEFAULT_MAX_TOKENS, description=""),
+        TEMPERATURE.but(default=DEFAULT_TEMPERATURE),
+        TOP_K.but(default=DEFAULT_TOP_K, minimum=0),
+        TOP_P.but(default=DEFAULT_TOP_P),
+        MODEL,
+        SPECULATIVE_TYPE,
+        SPECULATIVE_N_MAX,
+    ),
+    example={"prompt": "Once upon a time", "max_tokens": 16},
+)
 
 
 # max_tokens past the context: the engine's 400 (its default of 100 is GENERATE's)
@@ -43,8 +54,9 @@ def native_request(f: RequestFields, served: ServedModel) -> GenerationRequest:
     prompt_ids = served.prompts.encode(f.string("prompt"))  # `model` (optional) was read by model_for
     params = SamplingParams(temperature=f.number("temperature"), top_k=f.integer("top_k"), top_p=f.number("top_p"))
     max_tokens = budget(served, BUDGET, f.integer("max_tokens"), prompt_ids)
-    return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=max_tokens,
-                             speculative=speculative_request(f))
+    return GenerationRequest(
+        prompt_ids=prompt_ids, params=params, max_tokens=max_tokens, speculative=speculative_request(f)
+    )
 
 
 def state_body(state: RequestState) -> dict:
@@ -59,18 +71,23 @@ def state_body(state: RequestState) -> dict:
 
 class _NativeRenderer(SseRenderer):
     def event(self, event: TokenEvent) -> list[bytes]:
-        return [sse({
-            "request_id": event.request_id,
-            "token": event.token,
-            "text": event.text,
-            "finished": event.finished,
-            "finish_reason": event.finish_reason,
-        })]
+        return [
+            sse(
+                {
+                    "request_id": event.request_id,
+                    "token": event.token,
+                    "text": event.text,
+                    "finished": event.finished,
+                    "finish_reason": event.finish_reason,
+                }
+            )
+        ]
 
 
 def _answer(state: RequestState, fingerprint: str) -> Answer:
-    return Answer(whole=lambda _events: {**state_body(state), "system_fingerprint": fingerprint},
-                  stream=_NativeRenderer())
+    return Answer(
+        whole=lambda _events: {**state_body(state), "system_fingerprint": fingerprint}, stream=_NativeRenderer()
+    )
 
 
 class GenerateResource(BodyResource):
@@ -81,14 +98,17 @@ class GenerateResource(BodyResource):
     def __init__(self, handle: EngineHandle, config: ServerConfig, stream: bool = False):
         super().__init__(handle, config)
         self._stream = stream
-        summary, reply = (("Generate text, one server-sent event per token", {replies.SSE: replies.TOKEN_EVENT})
-                          if stream
-                          else ("Generate text", {replies.JSON: replies.REQUEST_STATE}))
+        summary, reply = (
+            ("Generate text, one server-sent event per token", {replies.SSE: replies.TOKEN_EVENT})
+            if stream
+            else ("Generate text", {replies.JSON: replies.REQUEST_STATE})
+        )
         self.operations = generation_operations(summary, GENERATE, reply)
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
-        run(served, native_request(f, served), req, resp, self._stream,
-            lambda state: _answer(state, served.fingerprint))
+        run(
+            served, native_request(f, served), req, resp, self._stream, lambda state: _answer(state, served.fingerprint)
+        )
 
 
 def _owned(handle: EngineHandle, req: falcon.Request, request_id: int) -> Engine:

@@ -29,14 +29,31 @@ from rfc.runtime.server.infill import fim_prompt
 from rfc.runtime.server.model_manager import ModelManager
 from rfc.runtime.server.model_sources import parse_keep_alive
 from rfc.runtime.server.ollama_format import (
-    OllamaReply, OllamaStreamRenderer, chat_prompt, generate_prompt, generation, output_plan, refuse_unsupported,
+    OllamaReply,
+    OllamaStreamRenderer,
+    chat_prompt,
+    generate_prompt,
+    generation,
+    output_plan,
+    refuse_unsupported,
     sampling_options,
 )
 from rfc.runtime.server.ollama_models import CHAT, EMBED, EMBEDDINGS, GENERATE, SHOW
 from rfc.runtime.server.openapi import Operation, Routes
 from rfc.runtime.server.response_schemas import (
-    ANY_TEXT, JSON, NDJSON, OLLAMA_CHAT, OLLAMA_EMBED, OLLAMA_EMBEDDING, OLLAMA_GENERATE, OLLAMA_PS, OLLAMA_SHOW,
-    OLLAMA_TAGS, OLLAMA_VERSION, TEXT, streamed,
+    ANY_TEXT,
+    JSON,
+    NDJSON,
+    OLLAMA_CHAT,
+    OLLAMA_EMBED,
+    OLLAMA_EMBEDDING,
+    OLLAMA_GENERATE,
+    OLLAMA_PS,
+    OLLAMA_SHOW,
+    OLLAMA_TAGS,
+    OLLAMA_VERSION,
+    TEXT,
+    streamed,
 )
 from rfc.runtime.server.streaming import NDJSON_MEDIA
 from rfc.runtime.server.webui_routes import HTML, PAGE, WebUi, wants_html
@@ -49,8 +66,13 @@ _NEVER = "2262-04-11T23:47:16Z"
 UNSUPPORTED_ROUTES = ("/api/push", "/api/create", "/api/blobs/{digest}")
 
 
-def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig, webui: WebUi | None = None,
-               models: ModelManager | None = None) -> None:
+def add_routes(
+    routes: Routes,
+    handle: EngineHandle,
+    config: ServerConfig,
+    webui: WebUi | None = None,
+    models: ModelManager | None = None,
+) -> None:
     routes.add("/", RootResource(webui))
     routes.add("/api/version", VersionResource())
     routes.add("/api/tags", TagsResource(handle, models))
@@ -104,8 +126,9 @@ class RootResource:
     def __init__(self, webui: WebUi | None = None):
         self._webui = webui
         reply = {TEXT: ANY_TEXT, **({HTML: ANY_TEXT} if webui else {})}
-        summary = ("Ollama's liveness answer"
-                   + ("; the web chat page for a browser (Accept: text/html)" if webui else ""))
+        summary = "Ollama's liveness answer" + (
+            "; the web chat page for a browser (Accept: text/html)" if webui else ""
+        )
         self.operations = {"get": Operation(summary, reply=reply), "head": Operation(summary, reply=reply)}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -128,8 +151,9 @@ class VersionResource:
 
 
 class TagsResource:
-    operations = {"get": Operation("The served models, loaded or not, and their other names",
-                                   reply={JSON: OLLAMA_TAGS})}
+    operations = {
+        "get": Operation("The served models, loaded or not, and their other names", reply={JSON: OLLAMA_TAGS})
+    }
 
     def __init__(self, handle: EngineHandle, models: ModelManager | None = None):
         self._handle = handle
@@ -163,10 +187,18 @@ class PsResource:
             size = model_info.bundle_size(s)
             on_gpu = s.model.device_choice.name.is_gpu
             expires = self._models.expires_in(s.model_id) if self._models is not None else None
-            expires_at = (_NEVER if expires is None
-                          else (datetime.now(timezone.utc) + timedelta(seconds=expires)).isoformat())
-            models.append({**_entry(s), "expires_at": expires_at, "size": size, "size_vram": size if on_gpu else 0,
-                           "context_length": s.model.context_length})
+            expires_at = (
+                _NEVER if expires is None else (datetime.now(timezone.utc) + timedelta(seconds=expires)).isoformat()
+            )
+            models.append(
+                {
+                    **_entry(s),
+                    "expires_at": expires_at,
+                    "size": size,
+                    "size_vram": size if on_gpu else 0,
+                    "context_length": s.model.context_length,
+                }
+            )
         resp.media = {"models": models}
 
 
@@ -211,14 +243,15 @@ class ShowResource:
         info = {**model.get("gguf_metadata", {}), "general.parameter_count": model["parameter_count"]}
         flags = model_info.capabilities(served)
         flags["tools"] = flags["tools"] or self._config.ollama_generic_tools  # as /api/chat answers tools
-        caps = ["completion"] + [name
-                                 for name, key in (("embedding", "embeddings"), ("tools", "tools"),
-                                                   ("thinking", "thinking"))
-                                 if flags[key]]
+        caps = ["completion"] + [
+            name
+            for name, key in (("embedding", "embeddings"), ("tools", "tools"), ("thinking", "thinking"))
+            if flags[key]
+        ]
         template = served.chat.source if model_info.has_chat_template(served) else "{{ .Prompt }}"
         resp.media = {
             "modelfile": f"# compiled by rfc into bundle {manifest.get('bundle_id', '')}\nFROM "
-                         f"{manifest.get('source', {}).get('file', '')}\n",
+            f"{manifest.get('source', {}).get('file', '')}\n",
             # model_info is the GGUF's metadata (the trained context); num_ctx is what this server serves
             "parameters": f"num_ctx {served.model.context_length}",
             "template": template,
@@ -272,8 +305,9 @@ class GenerateResource:
 
         def answer(state: RequestState) -> Answer:
             reply = OllamaReply(name, self._chat, state, spec, waited)
-            return Answer(whole=lambda _events: reply.final(reply.whole()), stream=OllamaStreamRenderer(reply),
-                          media=NDJSON_MEDIA)
+            return Answer(
+                whole=lambda _events: reply.final(reply.whole()), stream=OllamaStreamRenderer(reply), media=NDJSON_MEDIA
+            )
 
         run(served, generation(served, options, prompt_ids, plan), req, resp, stream, answer)
 
@@ -292,23 +326,32 @@ class GenerateResource:
 class EmbedResource:
     """/api/embed (`input`, a string or a list) and the older /api/embeddings (`prompt`)."""
 
-    def __init__(self, handle: EngineHandle, config: ServerConfig, legacy: bool = False,
-                 models: ModelManager | None = None):
+    def __init__(
+        self, handle: EngineHandle, config: ServerConfig, legacy: bool = False, models: ModelManager | None = None
+    ):
         self._handle = handle
         self._config = config
         self._legacy = legacy
         self._models = models
         self._model = EMBEDDINGS if legacy else EMBED
-        self.operations = {"post": Operation("Embed text", self._model,
-                                             {JSON: OLLAMA_EMBEDDING if legacy else OLLAMA_EMBED}, (404, 503))}
+        self.operations = {
+            "post": Operation(
+                "Embed text", self._model, {JSON: OLLAMA_EMBEDDING if legacy else OLLAMA_EMBED}, (404, 503)
+            )
+        }
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         f = self._model.read(read_json(req, self._config.max_body_bytes))
         name, served, waited = _acquire(self._handle, self._models, f)
         field = "prompt" if self._legacy else "input"
         if not self._legacy and f.raw("input") == []:
-            resp.media = {"model": name, "embeddings": [], "total_duration": int(waited * 1e9),
-                          "load_duration": int(waited * 1e9), "prompt_eval_count": 0}
+            resp.media = {
+                "model": name,
+                "embeddings": [],
+                "total_duration": int(waited * 1e9),
+                "load_duration": int(waited * 1e9),
+                "prompt_eval_count": 0,
+            }
             return
         started = time.time()
         inputs = encode_inputs(served, f.raw(field), field)
@@ -328,8 +371,10 @@ class EmbedResource:
 
 
 class UnsupportedResource:
-    operations = {m: Operation("Not supported: rfc serves compiled bundles", reply={}, errors=(501,))
-                  for m in ("get", "post", "delete", "head", "put")}
+    operations = {
+        m: Operation("Not supported: rfc serves compiled bundles", reply={}, errors=(501,))
+        for m in ("get", "post", "delete", "head", "put")
+    }
 
     def _refuse(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
         raise ApiError(

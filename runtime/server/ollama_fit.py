@@ -30,8 +30,9 @@ def fitted_chat(served: ServedModel, messages: list, render: Callable[[list], st
 
     k = _least(1, len(droppable), lambda k: _attempt(served, without(k), render)[1] is not None)
     if k is not None:
-        log.info("/api/chat: left out the %d oldest messages to fit the context of %d tokens", k,
-                 served.model.context_length)
+        log.info(
+            "/api/chat: left out the %d oldest messages to fit the context of %d tokens", k, served.model.context_length
+        )
         text, ids, _ = _attempt(served, without(k), render)
         return text, ids
     kept = without(len(droppable))
@@ -41,21 +42,25 @@ def fitted_chat(served: ServedModel, messages: list, render: Callable[[list], st
         raise error
 
     def cut(n: int) -> list:  # the last n characters of the latest message
-        return [*kept[:-1], {**last, "content": content[len(content) - n:]}]
+        return [*kept[:-1], {**last, "content": content[len(content) - n :]}]
 
     # the most characters that fit: the least number cut off
     dropped = _least(1, len(content), lambda d: _attempt(served, cut(len(content) - d), render)[1] is not None)
     if dropped is None:
         raise error
-    log.info("/api/chat: left out %d messages and the first %d characters of the latest to fit the context of %d "
-             "tokens",
-             len(droppable), dropped, served.model.context_length)
+    log.info(
+        "/api/chat: left out %d messages and the first %d characters of the latest to fit the context of %d tokens",
+        len(droppable),
+        dropped,
+        served.model.context_length,
+    )
     text, ids, _ = _attempt(served, cut(len(content) - dropped), render)
     return text, ids
 
 
-def _attempt(served: ServedModel, messages: list,
-             render: Callable[[list], str]) -> tuple[str, list[int] | None, ApiError | None]:
+def _attempt(
+    served: ServedModel, messages: list, render: Callable[[list], str]
+) -> tuple[str, list[int] | None, ApiError | None]:
     """The prompt of `messages` and its ids, or None and the error when it does not fit."""
     text = render(messages)
     try:
@@ -65,9 +70,13 @@ def _attempt(served: ServedModel, messages: list,
             raise
         return text, None, e
     if len(ids) >= served.model.context_length:  # no room to generate
-        return text, None, bad_request(f"'messages' ({len(ids)} tokens) fill the context "
-                                       f"({served.model.context_length} tokens)",
-                                       "messages")
+        return (
+            text,
+            None,
+            bad_request(
+                f"'messages' ({len(ids)} tokens) fill the context ({served.model.context_length} tokens)", "messages"
+            ),
+        )
     return text, ids, None
 
 

@@ -82,8 +82,9 @@ def template_variables(plan: OutputPlan, f: RequestFields) -> dict:
     return extra
 
 
-def generate_prompt(served: ServedModel, f: RequestFields,
-                    plan: OutputPlan | None = None) -> tuple[list[int], str] | None:
+def generate_prompt(
+    served: ServedModel, f: RequestFields, plan: OutputPlan | None = None
+) -> tuple[list[int], str] | None:
     """(`context` ids, prompt text) for /api/generate, None for an empty prompt (Ollama's "load the model").
     As in Ollama, the prompt goes through the model's template as a user turn (with `system`)
     unless `raw` is set or the model has no template of its own."""
@@ -98,8 +99,9 @@ def generate_prompt(served: ServedModel, f: RequestFields,
         text = prompt
     else:
         extra = template_variables(plan, f) if plan is not None else {}
-        text = render_chat(served, system_and_turns(f.string("system"), [{"role": "user", "content": prompt}]), extra,
-                           field="prompt")
+        text = render_chat(
+            served, system_and_turns(f.string("system"), [{"role": "user", "content": prompt}]), extra, field="prompt"
+        )
     return context, text
 
 
@@ -143,18 +145,30 @@ def sampling_options(f: RequestFields) -> OllamaOptions:
     return parse_options(raw)
 
 
-def generation(served: ServedModel, options: OllamaOptions, prompt_ids: list[int],
-               plan: OutputPlan | None = None) -> GenerationRequest:
+def generation(
+    served: ServedModel, options: OllamaOptions, prompt_ids: list[int], plan: OutputPlan | None = None
+) -> GenerationRequest:
     max_tokens = budget(served, BUDGET, options.num_predict, prompt_ids)
-    return GenerationRequest(prompt_ids=prompt_ids, params=options.params, max_tokens=max_tokens, stop=options.stop,
-                             constraint=plan.constraint(served) if plan is not None else None)
+    return GenerationRequest(
+        prompt_ids=prompt_ids,
+        params=options.params,
+        max_tokens=max_tokens,
+        stop=options.stop,
+        constraint=plan.constraint(served) if plan is not None else None,
+    )
 
 
 class OllamaReply:
     """The objects of one /api/generate (`chat=False`) or /api/chat reply."""
 
-    def __init__(self, model_name: str, chat: bool, state: RequestState | None = None, spec: OutputSpec = OutputSpec(),
-                 load_seconds: float = 0.0):
+    def __init__(
+        self,
+        model_name: str,
+        chat: bool,
+        state: RequestState | None = None,
+        spec: OutputSpec = OutputSpec(),
+        load_seconds: float = 0.0,
+    ):
         """`load_seconds`: how long the request waited for its model to load (load_duration)."""
         self.model_name = model_name
         self.chat = chat
@@ -171,8 +185,9 @@ class OllamaReply:
             if d.reasoning:
                 out["message"]["thinking"] = d.reasoning
             if d.calls:
-                out["message"]["tool_calls"] = [{"function": {"name": c.name, "arguments": call_input(c)}}
-                                                for c in d.calls]
+                out["message"]["tool_calls"] = [
+                    {"function": {"name": c.name, "arguments": call_input(c)}} for c in d.calls
+                ]
         else:
             out["response"] = d.content
             if d.reasoning:

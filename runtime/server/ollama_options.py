@@ -21,22 +21,33 @@ UNSUPPORTED_UNLESS = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0}
 _STOP = {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string"}}]}
 # Ollama's defaults; the bounds are the sampler's (runtime/sampling/sampler.py), checked here so that
 # the error names Ollama's field.
-OPTIONS = RequestModel("OllamaOptions", (
-    Field("temperature", Kind.NUMBER, 0.8, 0.0, 1e4),
-    Field("top_k", Kind.INTEGER, 40),
-    Field("top_p", Kind.NUMBER, 0.9, 0.0, 1.0, exclusive_minimum=True),
-    Field("min_p", Kind.NUMBER, 0.0, 0.0, 1.0),
-    Field("repeat_penalty", Kind.NUMBER, 1.1, 1e-3, 1e3),
-    Field("repeat_last_n", Kind.INTEGER, 64, -1, description="-1: the whole context"),
-    Field("presence_penalty", Kind.NUMBER, 0.0, -1e4, 1e4),
-    Field("frequency_penalty", Kind.NUMBER, 0.0, -1e4, 1e4),
-    Field("seed", Kind.INTEGER, description="-1: random"),
-    Field("num_predict", Kind.INTEGER, -1, -2,
-          description="tokens to generate; -1, -2: until the context is full (not 0)"),
-    Field("stop", Kind.JSON, schema=_STOP),
-    *(Field(name, Kind.NUMBER, description=f"not supported: only {off}, which turns it off")
-      for name, off in UNSUPPORTED_UNLESS.items()),
-), description="Ollama's sampler options; runner options (num_ctx, num_gpu, num_thread…) are accepted and ignored")
+OPTIONS = RequestModel(
+    "OllamaOptions",
+    (
+        Field("temperature", Kind.NUMBER, 0.8, 0.0, 1e4),
+        Field("top_k", Kind.INTEGER, 40),
+        Field("top_p", Kind.NUMBER, 0.9, 0.0, 1.0, exclusive_minimum=True),
+        Field("min_p", Kind.NUMBER, 0.0, 0.0, 1.0),
+        Field("repeat_penalty", Kind.NUMBER, 1.1, 1e-3, 1e3),
+        Field("repeat_last_n", Kind.INTEGER, 64, -1, description="-1: the whole context"),
+        Field("presence_penalty", Kind.NUMBER, 0.0, -1e4, 1e4),
+        Field("frequency_penalty", Kind.NUMBER, 0.0, -1e4, 1e4),
+        Field("seed", Kind.INTEGER, description="-1: random"),
+        Field(
+            "num_predict",
+            Kind.INTEGER,
+            -1,
+            -2,
+            description="tokens to generate; -1, -2: until the context is full (not 0)",
+        ),
+        Field("stop", Kind.JSON, schema=_STOP),
+        *(
+            Field(name, Kind.NUMBER, description=f"not supported: only {off}, which turns it off")
+            for name, off in UNSUPPORTED_UNLESS.items()
+        ),
+    ),
+    description="Ollama's sampler options; runner options (num_ctx, num_gpu, num_thread…) are accepted and ignored",
+)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,13 @@ from rfc.runtime.server.generation import Answer, BodyResource, generation_opera
 from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.model_info import model_card
 from rfc.runtime.server.openai_format import (
-    ChatFormat, ChatLogprobs, Choices, CompletionFormat, CompletionLogprobs, OpenAIStreamRenderer, TokenPieces,
+    ChatFormat,
+    ChatLogprobs,
+    Choices,
+    CompletionFormat,
+    CompletionLogprobs,
+    OpenAIStreamRenderer,
+    TokenPieces,
 )
 from rfc.runtime.server.openai_models import CHAT, COMPLETION
 from rfc.runtime.server.openai_params import OpenAIRequest, chat_request, completion_request
@@ -31,12 +37,15 @@ class ModelListResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._handle.check_up()  # 503 until the default model is up
-        failed = [{"id": model_id, "object": "model", "created": 0, "owned_by": "rfc", "status": "failed",
-                   "error": error}
-                  for model_id, error in self._handle.failed_models.items()]  # reported, not served
+        failed = [
+            {"id": model_id, "object": "model", "created": 0, "owned_by": "rfc", "status": "failed", "error": error}
+            for model_id, error in self._handle.failed_models.items()
+        ]  # reported, not served
         # known, not loaded: the first request that names one loads it
-        unloaded = [{"id": model_id, "object": "model", "created": 0, "owned_by": "rfc", "status": "unloaded"}
-                    for model_id in self._handle.available_ids]
+        unloaded = [
+            {"id": model_id, "object": "model", "created": 0, "owned_by": "rfc", "status": "unloaded"}
+            for model_id in self._handle.available_ids
+        ]
         resp.media = {"object": "list", "data": [model_card(s) for s in self._handle.all_served()] + unloaded + failed}
 
 
@@ -60,8 +69,9 @@ class _GenerationResource(BodyResource):
         super().__init__(handle, config)
         self._pieces: TokenPieces | None = None
 
-    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest,
-                    index: int) -> CompletionFormat:
+    def make_format(
+        self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest, index: int
+    ) -> CompletionFormat:
         raise NotImplementedError
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
@@ -86,11 +96,13 @@ class _GenerationResource(BodyResource):
 class CompletionsResource(_GenerationResource):
     model = COMPLETION
     parse = staticmethod(completion_request)
-    operations = generation_operations("Complete a prompt", COMPLETION,
-                                       replies.streamed(replies.COMPLETION, replies.COMPLETION_EVENT))
+    operations = generation_operations(
+        "Complete a prompt", COMPLETION, replies.streamed(replies.COMPLETION, replies.COMPLETION_EVENT)
+    )
 
-    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest,
-                    index: int) -> CompletionFormat:
+    def make_format(
+        self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest, index: int
+    ) -> CompletionFormat:
         echo = request.echo[index * request.prompts // len(request.choices)] if request.echo else None
         logprobs = CompletionLogprobs(self.pieces(served), echo.logprobs if echo else None) if with_logprobs else None
         fmt = CompletionFormat(served.model_id, state, logprobs, index)
@@ -101,10 +113,19 @@ class CompletionsResource(_GenerationResource):
 class ChatCompletionsResource(_GenerationResource):
     model = CHAT
     parse = staticmethod(chat_request)
-    operations = generation_operations("Answer a chat", CHAT,
-                                       replies.streamed(replies.CHAT_COMPLETION, replies.CHAT_EVENT))
+    operations = generation_operations(
+        "Answer a chat", CHAT, replies.streamed(replies.CHAT_COMPLETION, replies.CHAT_EVENT)
+    )
 
-    def make_format(self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest,
-                    index: int) -> CompletionFormat:
-        return ChatFormat(served.model_id, state, ChatLogprobs(self.pieces(served)) if with_logprobs else None,
-                          request.output, request.legacy_functions, served.call_ids, index)
+    def make_format(
+        self, served: ServedModel, state: RequestState, with_logprobs: bool, request: OpenAIRequest, index: int
+    ) -> CompletionFormat:
+        return ChatFormat(
+            served.model_id,
+            state,
+            ChatLogprobs(self.pieces(served)) if with_logprobs else None,
+            request.output,
+            request.legacy_functions,
+            served.call_ids,
+            index,
+        )

@@ -32,8 +32,11 @@ class TokenPieces:
             return bytes([value]).decode("utf-8", "replace"), [value]
         # SentencePiece marks a leading space with U+2581, which decoding one token drops;
         # byte-level BPE decodes fine alone.
-        text = (raw.replace("\u2581", " ") if "\u2581" in raw
-                else self._tokenizer.decode([token], skip_special_tokens=False))
+        text = (
+            raw.replace("\u2581", " ")
+            if "\u2581" in raw
+            else self._tokenizer.decode([token], skip_special_tokens=False)
+        )
         return text, list(text.encode("utf-8"))
 
 
@@ -115,8 +118,12 @@ class CompletionFormat:
         self.echo = ""  # text shown before the output (`echo`: the prompt)
 
     def choice(self, events: list[TokenEvent]) -> dict:
-        return {"index": self.index, "text": self.echo + self.state.text, "logprobs": self._lp(events),
-                "finish_reason": FINISH_REASONS[self.state.finish_reason]}
+        return {
+            "index": self.index,
+            "text": self.echo + self.state.text,
+            "logprobs": self._lp(events),
+            "finish_reason": FINISH_REASONS[self.state.finish_reason],
+        }
 
     def chunk(self, event: TokenEvent) -> dict | None:
         finish = FINISH_REASONS[event.finish_reason] if event.finished else None
@@ -133,8 +140,13 @@ class CompletionFormat:
         return self.logprobs.entry(events) if self.logprobs else None
 
     def head(self, kind: str) -> dict:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model_id,
-                "system_fingerprint": self.fingerprint}
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model_id,
+            "system_fingerprint": self.fingerprint,
+        }
 
 
 class Choices:
@@ -179,9 +191,16 @@ class ChatFormat(CompletionFormat):
     chunk_kind = "chat.completion.chunk"
     id_prefix = "chatcmpl-"
 
-    def __init__(self, model_id: str, state: RequestState, logprobs: ChatLogprobs | None,
-                 spec: OutputSpec = OutputSpec(), legacy_functions: bool = False,
-                 call_ids: CallIdForm = CallIdForm.OPENAI, index: int = 0):
+    def __init__(
+        self,
+        model_id: str,
+        state: RequestState,
+        logprobs: ChatLogprobs | None,
+        spec: OutputSpec = OutputSpec(),
+        legacy_functions: bool = False,
+        call_ids: CallIdForm = CallIdForm.OPENAI,
+        index: int = 0,
+    ):
         super().__init__(model_id, state, logprobs, index)
         self.call_ids = call_ids
         self.spec = spec
@@ -202,16 +221,24 @@ class ChatFormat(CompletionFormat):
         }
 
     def _message(self, msg: AssistantMessage) -> dict:
-        out: dict = {"role": "assistant", "content": msg.content if msg.content or not msg.calls else None,
-                     "refusal": None}  # required by OpenAI's document: the model refuses in content, never here
+        out: dict = {
+            "role": "assistant",
+            "content": msg.content if msg.content or not msg.calls else None,
+            "refusal": None,
+        }  # required by OpenAI's document: the model refuses in content, never here
         if msg.reasoning:
             out["reasoning_content"] = out["reasoning"] = msg.reasoning
         if msg.calls and self.legacy:
             out["function_call"] = {"name": msg.calls[0].name, "arguments": msg.calls[0].arguments}
         elif msg.calls:
-            out["tool_calls"] = [{"id": in_form(c.id, self.call_ids), "type": "function",
-                                  "function": {"name": c.name, "arguments": c.arguments}}
-                                 for c in msg.calls]
+            out["tool_calls"] = [
+                {
+                    "id": in_form(c.id, self.call_ids),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in msg.calls
+            ]
         return out
 
     def _finish_reason(self, reason: str | None, called: bool) -> str:
@@ -245,14 +272,24 @@ class ChatFormat(CompletionFormat):
         elif parts.calls:
             delta["tool_calls"] = []
             for c in parts.calls:
-                delta["tool_calls"].append({"index": self._calls_sent, "id": in_form(c.id, self.call_ids),
-                                            "type": "function", "function": {"name": c.name, "arguments": c.arguments}})
+                delta["tool_calls"].append(
+                    {
+                        "index": self._calls_sent,
+                        "id": in_form(c.id, self.call_ids),
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    }
+                )
                 self._calls_sent += 1
         return delta
 
     def first_chunks(self) -> list[dict]:
-        choice = {"index": self.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                  "finish_reason": None}
+        choice = {
+            "index": self.index,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        }
         return [{**self.head(self.chunk_kind), "choices": [choice]}]
 
 

@@ -2,9 +2,30 @@
 vLLM extras rfc takes (runtime/server/openai_params.py reads them)."""
 
 from rfc.runtime.server.api_fields import (
-    CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, FREQUENCY_PENALTY, JSON_SCHEMA, LOGPROBS, MAX_TOKENS, MIN_P, MODEL,
-    OBJECT, OPENAI_TOOL_CHOICE, OPENAI_TOOLS_FIELD, PRESENCE_PENALTY, REPETITION_PENALTY, SEED, SPECULATIVE_N_MAX,
-    SPECULATIVE_TYPE, STOP, STREAM, TEMPERATURE, TOKEN_IDS, TOOL_CHOICE, TOP_K, TOP_P, function_shape,
+    CHAT_MESSAGES_FIELD,
+    CHAT_TEMPLATE_KWARGS,
+    FREQUENCY_PENALTY,
+    JSON_SCHEMA,
+    LOGPROBS,
+    MAX_TOKENS,
+    MIN_P,
+    MODEL,
+    OBJECT,
+    OPENAI_TOOL_CHOICE,
+    OPENAI_TOOLS_FIELD,
+    PRESENCE_PENALTY,
+    REPETITION_PENALTY,
+    SEED,
+    SPECULATIVE_N_MAX,
+    SPECULATIVE_TYPE,
+    STOP,
+    STREAM,
+    TEMPERATURE,
+    TOKEN_IDS,
+    TOOL_CHOICE,
+    TOP_K,
+    TOP_P,
+    function_shape,
 )
 from rfc.runtime.server.fields import Field, Kind, RequestModel
 from rfc.runtime.server.structured import MAX_TOOLS
@@ -15,16 +36,24 @@ MAX_LOGPROBS = 20  # chat's top_logprobs, as OpenAI's document bounds it
 COMPLETION_MAX_LOGPROBS = 5  # completions' logprobs, likewise
 REASONING_FORMATS = ("auto", "deepseek", "none")
 
-RESPONSE_FORMAT = {"anyOf": [
-    {"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}},
-    {"type": "object", "required": ["type", "json_schema"],
-     "properties": {"type": {"const": "json_schema"}, "json_schema": {"type": "object", "required": ["schema"]}}},
-]}
-_PROMPT = {"anyOf": [
-    {"type": "string"}, TOKEN_IDS,
-    # several
-    {"type": "array", "minItems": 1, "maxItems": MAX_CHOICES, "items": {"anyOf": [{"type": "string"}, TOKEN_IDS]}},
-]}
+RESPONSE_FORMAT = {
+    "anyOf": [
+        {"type": "object", "properties": {"type": {"enum": ["text", "json_object"]}}},
+        {
+            "type": "object",
+            "required": ["type", "json_schema"],
+            "properties": {"type": {"const": "json_schema"}, "json_schema": {"type": "object", "required": ["schema"]}},
+        },
+    ]
+}
+_PROMPT = {
+    "anyOf": [
+        {"type": "string"},
+        TOKEN_IDS,
+        # several
+        {"type": "array", "minItems": 1, "maxItems": MAX_CHOICES, "items": {"anyOf": [{"type": "string"}, TOKEN_IDS]}},
+    ]
+}
 
 _LOGIT_BIAS = {"type": "object", "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}}
 
@@ -40,9 +69,14 @@ _SHARED = (
     REPETITION_PENALTY,
     PRESENCE_PENALTY,
     FREQUENCY_PENALTY,
-    Field("logit_bias", Kind.JSON, {}, schema=_LOGIT_BIAS,
-          description="token ids (as strings) -> a bias added to their logits"),
-    SEED.but(minimum=-2**63, maximum=2**63 - 1),  # int64, as OpenAI's document bounds it
+    Field(
+        "logit_bias",
+        Kind.JSON,
+        {},
+        schema=_LOGIT_BIAS,
+        description="token ids (as strings) -> a bias added to their logits",
+    ),
+    SEED.but(minimum=-(2**63), maximum=2**63 - 1),  # int64, as OpenAI's document bounds it
     Field("stop", Kind.JSON, [], schema=STOP),
     Field("ignore_eos", Kind.BOOLEAN, False),
     Field("n", Kind.INTEGER, 1, 1, MAX_CHOICES, description="choices per prompt; a seed s gives them s, s+1, ..."),
@@ -54,35 +88,69 @@ _SHARED = (
     SPECULATIVE_N_MAX,
 )
 
-COMPLETION = RequestModel("CompletionRequest", (
-    *_SHARED,
-    Field("prompt", Kind.JSON, required=True, schema=_PROMPT,
-          description="text or token ids, or a list of such prompts"),
-    MAX_TOKENS.but(default=COMPLETIONS_DEFAULT_MAX_TOKENS, description=""),
-    Field("logprobs", Kind.INTEGER, minimum=0, maximum=COMPLETION_MAX_LOGPROBS,
-          description="the top N logprobs of each token"),
-    Field("echo", Kind.BOOLEAN, False, description="the prompt before the text (with logprobs: the prompt's too)"),
-    Field("suffix", Kind.STRING,
-          description="fill in the middle: the text after the completion (the model's FIM tokens)"),
-), example={"prompt": "Once upon a time", "max_tokens": 16})
+COMPLETION = RequestModel(
+    "CompletionRequest",
+    (
+        *_SHARED,
+        Field(
+            "prompt",
+            Kind.JSON,
+            required=True,
+            schema=_PROMPT,
+            description="text or token ids, or a list of such prompts",
+        ),
+        MAX_TOKENS.but(default=COMPLETIONS_DEFAULT_MAX_TOKENS, description=""),
+        Field(
+            "logprobs",
+            Kind.INTEGER,
+            minimum=0,
+            maximum=COMPLETION_MAX_LOGPROBS,
+            description="the top N logprobs of each token",
+        ),
+        Field("echo", Kind.BOOLEAN, False, description="the prompt before the text (with logprobs: the prompt's too)"),
+        Field(
+            "suffix",
+            Kind.STRING,
+            description="fill in the middle: the text after the completion (the model's FIM tokens)",
+        ),
+    ),
+    example={"prompt": "Once upon a time", "max_tokens": 16},
+)
 
-CHAT = RequestModel("ChatCompletionRequest", (
-    *_SHARED,
-    CHAT_MESSAGES_FIELD,
-    MAX_TOKENS,
-    MAX_TOKENS.but(name="max_completion_tokens"),
-    LOGPROBS,
-    Field("top_logprobs", Kind.INTEGER, minimum=0, maximum=MAX_LOGPROBS),
-    OPENAI_TOOLS_FIELD,
-    TOOL_CHOICE,
-    Field("parallel_tool_calls", Kind.BOOLEAN, True),
-    Field("functions", Kind.JSON, schema={"type": "array", "maxItems": MAX_TOOLS, "items": function_shape()},
-          description="deprecated: tools"),
-    Field("function_call", Kind.JSON, schema=OPENAI_TOOL_CHOICE, description="deprecated: tool_choice"),
-    CHAT_TEMPLATE_KWARGS,
-    Field("reasoning_format", Kind.STRING, "auto", enum=REASONING_FORMATS,
-          description="none: the reasoning stays in the content"),
-    Field("modalities", Kind.JSON, schema={"type": "array", "items": {"type": "string"}},
-          description="[\"text\"] only: audio output is a 400"),
-    Field("audio", Kind.JSON, schema={}, description="not supported: the models answer in text"),
-), example={"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 16})
+CHAT = RequestModel(
+    "ChatCompletionRequest",
+    (
+        *_SHARED,
+        CHAT_MESSAGES_FIELD,
+        MAX_TOKENS,
+        MAX_TOKENS.but(name="max_completion_tokens"),
+        LOGPROBS,
+        Field("top_logprobs", Kind.INTEGER, minimum=0, maximum=MAX_LOGPROBS),
+        OPENAI_TOOLS_FIELD,
+        TOOL_CHOICE,
+        Field("parallel_tool_calls", Kind.BOOLEAN, True),
+        Field(
+            "functions",
+            Kind.JSON,
+            schema={"type": "array", "maxItems": MAX_TOOLS, "items": function_shape()},
+            description="deprecated: tools",
+        ),
+        Field("function_call", Kind.JSON, schema=OPENAI_TOOL_CHOICE, description="deprecated: tool_choice"),
+        CHAT_TEMPLATE_KWARGS,
+        Field(
+            "reasoning_format",
+            Kind.STRING,
+            "auto",
+            enum=REASONING_FORMATS,
+            description="none: the reasoning stays in the content",
+        ),
+        Field(
+            "modalities",
+            Kind.JSON,
+            schema={"type": "array", "items": {"type": "string"}},
+            description='["text"] only: audio output is a 400',
+        ),
+        Field("audio", Kind.JSON, schema={}, description="not supported: the models answer in text"),
+    ),
+    example={"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 16},
+)

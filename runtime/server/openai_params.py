@@ -27,9 +27,14 @@ from rfc.runtime.server.infill import fim_prompt
 from rfc.runtime.server.prompt_logprobs import prompt_logprobs
 from rfc.runtime.server.openai_models import MAX_CHOICES
 from rfc.runtime.server.structured import (
-    OutputPlan, grammar, legacy_functions, openai_tool_choice, tool_plan,
+    OutputPlan,
+    grammar,
+    legacy_functions,
+    openai_tool_choice,
+    tool_plan,
 )
 from rfc.runtime.text.values import shown
+
 
 @dataclass(frozen=True)
 class OpenAIRequest:
@@ -114,8 +119,13 @@ def chat_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
     asked = f.integer("max_completion_tokens")
     max_tokens = budget(served, CHAT_BUDGET, asked if asked is not None else f.integer("max_tokens"), prompt_ids)
     built = _build(f, served, prompt_ids, max_tokens, logprobs, plan.constraint(served))
-    request = OpenAIRequest(built.generation, built.stream, built.include_usage, plan.output_spec(served, prompt),
-                            legacy_functions=f.raw("functions") is not None and f.raw("tools") is None)
+    request = OpenAIRequest(
+        built.generation,
+        built.stream,
+        built.include_usage,
+        plan.output_spec(served, prompt),
+        legacy_functions=f.raw("functions") is not None and f.raw("tools") is None,
+    )
     return with_choices(request, [request.generation], f.integer("n"))
 
 
@@ -148,13 +158,18 @@ def _response_format(f: RequestFields, served: ServedModel, plan: OutputPlan) ->
         elif kind == "json_schema":
             spec = response_format.get("json_schema")
             if not isinstance(spec, dict) or "schema" not in spec:
-                raise bad_request("'response_format.json_schema' must be {'name': ..., 'schema': {...}, 'strict': ...}",
-                                  "response_format.json_schema")
-            asked.append(("response_format",
-                          lambda g: g.json_schema(spec["schema"], "response_format.json_schema.schema")))
+                raise bad_request(
+                    "'response_format.json_schema' must be {'name': ..., 'schema': {...}, 'strict': ...}",
+                    "response_format.json_schema",
+                )
+            asked.append(
+                ("response_format", lambda g: g.json_schema(spec["schema"], "response_format.json_schema.schema"))
+            )
         elif kind != "text":
-            raise bad_request(f"response_format type '{kind}' is not supported (text, json_object, json_schema)",
-                              "response_format.type")
+            raise bad_request(
+                f"response_format type '{kind}' is not supported (text, json_object, json_schema)",
+                "response_format.type",
+            )
     if f.raw("json_schema") is not None:
         asked.append(("json_schema", lambda g: g.json_schema(f.raw("json_schema"), "json_schema")))
     if f.has("grammar"):
@@ -167,8 +182,9 @@ def _response_format(f: RequestFields, served: ServedModel, plan: OutputPlan) ->
         plan.grammar = grammar(served, plan.grammar_field, build)
 
 
-def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tokens: int, logprobs: int | None,
-           constraint=None) -> OpenAIRequest:
+def _build(
+    f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tokens: int, logprobs: int | None, constraint=None
+) -> OpenAIRequest:
     stream = f.boolean("stream")
     options = f.raw("stream_options")
     if not isinstance(options, dict):
@@ -176,8 +192,9 @@ def _build(f: RequestFields, served: ServedModel, prompt_ids: list[int], max_tok
     include_usage = options.get("include_usage") is True
     if constraint is not None and f.boolean("ignore_eos"):
         # a finished grammar allows only the end token: generating past it would break the grammar
-        raise bad_request("ignore_eos cannot be combined with a response format, grammar or forced tool call",
-                          "ignore_eos")
+        raise bad_request(
+            "ignore_eos cannot be combined with a response format, grammar or forced tool call", "ignore_eos"
+        )
     generation = GenerationRequest(
         prompt_ids=prompt_ids,
         params=_sampling(f, served),
@@ -235,8 +252,9 @@ def _one_prompt(served: ServedModel, prompt: object, field: str) -> Prompt:
     raise bad_request(f"'{field}' must be a string or a list of token ids", field)
 
 
-def _render_chat(f: RequestFields, served: ServedModel, tools: list[dict] | None = None,
-                 note: str | None = None) -> str:
+def _render_chat(
+    f: RequestFields, served: ServedModel, tools: list[dict] | None = None, note: str | None = None
+) -> str:
     extra = f.raw("chat_template_kwargs")
     if not isinstance(extra, dict):
         raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")

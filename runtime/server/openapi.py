@@ -75,8 +75,10 @@ def document(routes: Sequence[Route], config: ServerConfig) -> dict:
     schemas: dict[str, dict] = {f"{d.value.capitalize()}Error": s for d, s in ERROR_SCHEMAS.items()}
     for route in routes:
         path = _FIELD.sub(r"{\1}", route.template)
-        params = [{"name": name, "in": "path", "required": True, "schema": _CONVERTER_SCHEMAS[converter or None]}
-                  for name, converter in _FIELD.findall(route.template)]
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": _CONVERTER_SCHEMAS[converter or None]}
+            for name, converter in _FIELD.findall(route.template)
+        ]
         entry = paths.setdefault(path, {})
         for method, op in operations(route.resource).items():
             entry[method] = _operation(path, method, op, params, keyed and not op.public)
@@ -84,15 +86,20 @@ def document(routes: Sequence[Route], config: ServerConfig) -> dict:
                 schemas[op.body.name] = op.body.json_schema()
     doc = {
         "openapi": "3.1.0",
-        "info": {"title": "rfc", "version": RFC_VERSION,
-                 "description": "rfc's native API with its OpenAI, Anthropic, Ollama and llama.cpp dialects "
-                                "(docs/serve.md)."},
+        "info": {
+            "title": "rfc",
+            "version": RFC_VERSION,
+            "description": "rfc's native API with its OpenAI, Anthropic, Ollama and llama.cpp dialects "
+            "(docs/serve.md).",
+        },
         "paths": paths,
         "components": {"schemas": schemas},
     }
     if keyed:
-        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"},
-                                                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}
+        doc["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+        }
         doc["security"] = [{"bearer": []}, {"apiKey": []}]
     return doc
 
@@ -111,16 +118,30 @@ def _operation(path: str, method: str, op: Operation, params: list[dict], keyed:
         "summary": op.summary,
         "tags": [dialect.value],
         "parameters": params
-        + [{"name": f.name, "in": "query", "required": False, "schema": f.json_schema(nullable=False)}
-           for f in op.query],
-        "responses": {**({"200": {"description": "success",
-                                  "content": {media: {"schema": s} for media, s in op.reply.items()},
-                                  **({"links": dict(op.links)} if op.links else {})}} if op.reply else {}),
-                      **{str(s): error for s in sorted(statuses)}},
+        + [
+            {"name": f.name, "in": "query", "required": False, "schema": f.json_schema(nullable=False)}
+            for f in op.query
+        ],
+        "responses": {
+            **(
+                {
+                    "200": {
+                        "description": "success",
+                        "content": {media: {"schema": s} for media, s in op.reply.items()},
+                        **({"links": dict(op.links)} if op.links else {}),
+                    }
+                }
+                if op.reply
+                else {}
+            ),
+            **{str(s): error for s in sorted(statuses)},
+        },
     }
     if op.body is not None:
-        out["requestBody"] = {"required": True,
-                              "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{op.body.name}"}}}}
+        out["requestBody"] = {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{op.body.name}"}}},
+        }
     if not keyed:
         out["security"] = []
     return out
@@ -132,9 +153,10 @@ def operation_id(method: str, path: str) -> str:
 
 def request_links(expression: str) -> dict[str, dict]:
     """Links from a reply that holds a request id (`expression`: where) to /status and /cancel."""
-    return {name: {"operationId": operation_id(method, f"/{name}/{{request_id}}"),
-                   "parameters": {"request_id": expression}}
-            for method, name in (("get", "status"), ("post", "cancel"))}
+    return {
+        name: {"operationId": operation_id(method, f"/{name}/{{request_id}}"), "parameters": {"request_id": expression}}
+        for method, name in (("get", "status"), ("post", "cancel"))
+    }
 
 
 class OpenApiResource:

@@ -106,10 +106,14 @@ class PromptCache:
     def _too_long(self, field: str, size: str, tokens: int, at_least: bool = False):
         """The 400 for a text of `tokens` tokens (`at_least`: more than that) past the context."""
         ctx, trained = self._model.context_length, self._model.trained_context_length
-        limit = (f"the model's context of {ctx} tokens" if ctx == trained
-                 else f"the served context of {ctx} tokens (--ctx-size; the model's is {trained})")
-        return context_error(ContextOverflow(field, f"'{field}' ({size}) cannot fit {limit}", ctx, tokens,
-                                             at_least=at_least), trained)
+        limit = (
+            f"the model's context of {ctx} tokens"
+            if ctx == trained
+            else f"the served context of {ctx} tokens (--ctx-size; the model's is {trained})"
+        )
+        return context_error(
+            ContextOverflow(field, f"'{field}' ({size}) cannot fit {limit}", ctx, tokens, at_least=at_least), trained
+        )
 
 
 def _pieces(text: str, size: int):

@@ -24,16 +24,18 @@ def prompt_logprobs(served: ServedModel, ids: list[int], top: int) -> list[tuple
     engine = served.engine
     chunk = max(1, min(JOB_TOKENS, _MAX_LOGITS // served.model.vocab_size))
     deadline = Deadline(_TIMEOUT_S, "the prompt's logprobs")
-    return run_job(engine, lambda: _forward(engine, ids, top, chunk), deadline,
-                   lambda: f"a prompt of {len(ids)} tokens")
+    return run_job(
+        engine, lambda: _forward(engine, ids, top, chunk), deadline, lambda: f"a prompt of {len(ids)} tokens"
+    )
 
 
-def _forward(engine: Engine, ids: list[int], top: int,
-             chunk: int) -> Generator[None, None, list[tuple[int, float | None, tuple]]]:
+def _forward(
+    engine: Engine, ids: list[int], top: int, chunk: int
+) -> Generator[None, None, list[tuple[int, float | None, tuple]]]:
     out: list[tuple[int, float | None, tuple]] = [(ids[0], None, ())]
     with engine.reserved_kv(len(ids)) as seq_id:
         for start in range(0, len(ids) - 1, chunk):  # the last token predicts nothing of the prompt
-            part = tuple(ids[start: start + chunk])
+            part = tuple(ids[start : start + chunk])
             batch = build_batch([ScheduledChunk(seq_id, start, part, all_logits=True)], engine.blocks)
             logits = np.asarray(engine.model.executor.forward(batch), dtype=np.float64)
             shifted = logits - logits.max(axis=1, keepdims=True)

@@ -60,30 +60,46 @@ class ReplicaMetrics(Collector):
         def queries(c: dict[str, int]) -> int:
             return c.get("prefix_hit_tokens", 0) + c.get("prefix_miss_tokens", 0)
 
-        yield gauge("vllm:num_requests_running", "Requests being decoded (rocmforge_active_requests)",
-                    lambda c: c["running"])
-        yield gauge("vllm:num_requests_waiting", "Requests waiting for a batch slot (rocmforge_queue_length)",
-                    lambda c: c["waiting"])
+        yield gauge(
+            "vllm:num_requests_running", "Requests being decoded (rocmforge_active_requests)", lambda c: c["running"]
+        )
+        yield gauge(
+            "vllm:num_requests_waiting",
+            "Requests waiting for a batch slot (rocmforge_queue_length)",
+            lambda c: c["waiting"],
+        )
         yield gauge("vllm:kv_cache_usage_perc", "Fraction of KV-cache pages in use (1 = full)", usage)
         yield gauge("vllm:gpu_cache_usage_perc", "Fraction of KV-cache pages in use (1 = full), on any device", usage)
-        yield gauge("vllm:gpu_prefix_cache_hit_rate", "Prompt tokens found in the prefix cache over those looked up",
-                    lambda c: c.get("prefix_hit_tokens", 0) / queries(c) if queries(c) else 0.0)
+        yield gauge(
+            "vllm:gpu_prefix_cache_hit_rate",
+            "Prompt tokens found in the prefix cache over those looked up",
+            lambda c: c.get("prefix_hit_tokens", 0) / queries(c) if queries(c) else 0.0,
+        )
         for name, help_text, value in (
-            ("vllm:gpu_prefix_cache_hits", "Prompt tokens found in the prefix cache",
-             lambda c: c.get("prefix_hit_tokens", 0)),
+            (
+                "vllm:gpu_prefix_cache_hits",
+                "Prompt tokens found in the prefix cache",
+                lambda c: c.get("prefix_hit_tokens", 0),
+            ),
             ("vllm:gpu_prefix_cache_queries", "Prompt tokens looked up in the prefix cache", queries),
         ):
             family = CounterMetricFamily(name, help_text, labels=[VLLM_LABEL])
             for model, c in counts.items():
                 family.add_metric([model], value(c))
             yield family
-        info = GaugeMetricFamily("vllm:cache_config_info", "The KV cache's shape: pages of block_size tokens",
-                                 labels=[VLLM_LABEL, "block_size", "num_gpu_blocks"])
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info",
+            "The KV cache's shape: pages of block_size tokens",
+            labels=[VLLM_LABEL, "block_size", "num_gpu_blocks"],
+        )
         for model, c in counts.items():
             info.add_metric([model, str(block_sizes[model]), str(c["pages_total"])], 1)
         yield info
-        lora = GaugeMetricFamily("vllm:lora_requests_info", "LoRA adapters running and waiting (rfc serves none)",
-                                 labels=[VLLM_LABEL, "running_lora_adapters", "waiting_lora_adapters", "max_lora"])
+        lora = GaugeMetricFamily(
+            "vllm:lora_requests_info",
+            "LoRA adapters running and waiting (rfc serves none)",
+            labels=[VLLM_LABEL, "running_lora_adapters", "waiting_lora_adapters", "max_lora"],
+        )
         for model in counts:
             lora.add_metric([model, "", "", "0"], self._started)
         yield lora
@@ -92,20 +108,24 @@ class ReplicaMetrics(Collector):
         loaded = GaugeMetricFamily("rocmforge_models_loaded", "Model versions loaded and serving new requests")
         loaded.add_metric([], len(served))
         yield loaded
-        memory = GaugeMetricFamily("rocmforge_model_memory_bytes", "Weights and KV pool of each loaded version; "
-                                   "state retiring: replaced or unloaded, finishing its requests before it is freed",
-                                   labels=["model", "version", "state"])
+        memory = GaugeMetricFamily(
+            "rocmforge_model_memory_bytes",
+            "Weights and KV pool of each loaded version; "
+            "state retiring: replaced or unloaded, finishing its requests before it is freed",
+            labels=["model", "version", "state"],
+        )
         for s in served:
             memory.add_metric([s.model_id, s.version, "serving"], memory_bytes(s))
         for r in self._models.retiring():
             memory.add_metric([r.model_id, r.version, "retiring"], r.memory_bytes)
         yield memory
         events = self._models.event_counts()
-        for event, help_text in (("loads", "Model versions loaded (at startup, on demand or by a swap)"),
-                                 ("unloads", "Models unloaded (keep-alive, room for another, keep_alive 0)"),
-                                 ("swaps", "Versions replaced by a newer one under the same id"),
-                                 ("leaks",
-                                  "Retired versions still referenced after they stopped (their memory not freed)")):
+        for event, help_text in (
+            ("loads", "Model versions loaded (at startup, on demand or by a swap)"),
+            ("unloads", "Models unloaded (keep-alive, room for another, keep_alive 0)"),
+            ("swaps", "Versions replaced by a newer one under the same id"),
+            ("leaks", "Retired versions still referenced after they stopped (their memory not freed)"),
+        ):
             family = CounterMetricFamily(f"rocmforge_model_{event}", help_text, labels=["model"])
             for (name, model), n in sorted(events.items()):
                 if name == event:

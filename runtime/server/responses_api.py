@@ -30,7 +30,12 @@ from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.model_info import capabilities
 from rfc.runtime.server.openapi import Operation, Routes, operation_id
 from rfc.runtime.server.response_schemas import (
-    JSON, RESPONSE, RESPONSE_DELETED, RESPONSE_EVENT, RESPONSE_ITEMS, streamed,
+    JSON,
+    RESPONSE,
+    RESPONSE_DELETED,
+    RESPONSE_EVENT,
+    RESPONSE_ITEMS,
+    streamed,
 )
 from rfc.runtime.server.response_store import ResponseStore, StoredResponse
 from rfc.runtime.server.responses_input import chat_turns, input_items, new_id, output_plan
@@ -38,43 +43,72 @@ from rfc.runtime.server.responses_output import OutputItems, turns_of
 from rfc.runtime.server.responses_settings import REASONING, SERVICE_TIER, TRUNCATION, applied
 from rfc.runtime.server.streaming import SseRenderer, sse_event
 
-_ITEM = {"type": "object", "properties": {"type": {"enum": ["message", "function_call", "function_call_output",
-                                                           "item_reference", "reasoning"]},
-                                          "role": {"enum": ["user", "assistant", "system", "developer"]},
-                                          "content": CONTENT}}
+_ITEM = {
+    "type": "object",
+    "properties": {
+        "type": {"enum": ["message", "function_call", "function_call_output", "item_reference", "reasoning"]},
+        "role": {"enum": ["user", "assistant", "system", "developer"]},
+        "content": CONTENT,
+    },
+}
 _INPUT = {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": _ITEM}]}
-_TOOLS = {"type": "array", "items": {"type": "object", "required": ["name"],
-                                     "properties": {"type": {"const": "function"}, "name": {"type": "string"}}}}
+_TOOLS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"type": {"const": "function"}, "name": {"type": "string"}},
+    },
+}
 _TOOL_CHOICE = {"anyOf": [{"enum": ["auto", "none", "required"]}, {"type": "object", "required": ["name"]}]}
-_TEXT = {"type": "object", "properties": {"format": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {
-    "type": {"enum": ["text", "json_object", "json_schema"]}}}], "description": "null: text"}}}
-_REFUSED = {"conversation": "conversations are not stored; use previous_response_id or send the whole input",
-            "top_logprobs": "logprobs are not supported here", "prompt": "stored prompts are not supported"}
+_TEXT = {
+    "type": "object",
+    "properties": {
+        "format": {
+            "anyOf": [
+                {"type": "null"},
+                {"type": "object", "properties": {"type": {"enum": ["text", "json_object", "json_schema"]}}},
+            ],
+            "description": "null: text",
+        }
+    },
+}
+_REFUSED = {
+    "conversation": "conversations are not stored; use previous_response_id or send the whole input",
+    "top_logprobs": "logprobs are not supported here",
+    "prompt": "stored prompts are not supported",
+}
 MIN_OUTPUT_TOKENS = 16  # OpenAI's document: max_output_tokens below it is a 400 there too
-RESPONSES = RequestModel("ResponseRequest", (
-    MODEL,
-    STREAM,
-    Field("input", Kind.JSON, required=True, schema=_INPUT, description="a string, or a list of items"),
-    Field("instructions", Kind.STRING, description="the system message"),
-    Field("max_output_tokens", Kind.INTEGER, minimum=MIN_OUTPUT_TOKENS, description="absent: the rest of the context"),
-    TEMPERATURE,
-    TOP_P,
-    TOP_K,
-    SEED,
-    Field("tools", Kind.JSON, schema=_TOOLS, description="function tools"),
-    Field("tool_choice", Kind.JSON, schema=_TOOL_CHOICE),
-    Field("parallel_tool_calls", Kind.BOOLEAN, True),
-    Field("text", Kind.JSON, schema=_TEXT, description="format: text, json_object or json_schema"),
-    Field("store", Kind.BOOLEAN, True, description="keep the response for previous_response_id and GET"),
-    Field("previous_response_id", Kind.STRING, description="continue this stored response's conversation"),
-    Field("background", Kind.BOOLEAN, False, description="not supported"),
-    Field("metadata", Kind.JSON, schema={}, description="echoed"),
-    Field("user", Kind.JSON, schema={}, description="echoed"),
-    TRUNCATION,
-    REASONING,
-    SERVICE_TIER,
-    *(refused(name, why) for name, why in _REFUSED.items()),
-), example={"input": "Tell me a story", "max_output_tokens": 16})
+RESPONSES = RequestModel(
+    "ResponseRequest",
+    (
+        MODEL,
+        STREAM,
+        Field("input", Kind.JSON, required=True, schema=_INPUT, description="a string, or a list of items"),
+        Field("instructions", Kind.STRING, description="the system message"),
+        Field(
+            "max_output_tokens", Kind.INTEGER, minimum=MIN_OUTPUT_TOKENS, description="absent: the rest of the context"
+        ),
+        TEMPERATURE,
+        TOP_P,
+        TOP_K,
+        SEED,
+        Field("tools", Kind.JSON, schema=_TOOLS, description="function tools"),
+        Field("tool_choice", Kind.JSON, schema=_TOOL_CHOICE),
+        Field("parallel_tool_calls", Kind.BOOLEAN, True),
+        Field("text", Kind.JSON, schema=_TEXT, description="format: text, json_object or json_schema"),
+        Field("store", Kind.BOOLEAN, True, description="keep the response for previous_response_id and GET"),
+        Field("previous_response_id", Kind.STRING, description="continue this stored response's conversation"),
+        Field("background", Kind.BOOLEAN, False, description="not supported"),
+        Field("metadata", Kind.JSON, schema={}, description="echoed"),
+        Field("user", Kind.JSON, schema={}, description="echoed"),
+        TRUNCATION,
+        REASONING,
+        SERVICE_TIER,
+        *(refused(name, why) for name, why in _REFUSED.items()),
+    ),
+    example={"input": "Tell me a story", "max_output_tokens": 16},
+)
 _STORED = "/v1/responses/{response_id}"
 
 
@@ -98,8 +132,9 @@ class Conversation:
                 raise bad_request(f"'{name}' is not supported: {why}", name)
         if f.boolean("background"):
             raise bad_request("background responses are not supported", "background")
-        self.settings = applied(f.string("truncation"), f.raw("reasoning"), f.raw("text"),
-                                capabilities(served)["thinking"])
+        self.settings = applied(
+            f.string("truncation"), f.raw("reasoning"), f.raw("text"), capabilities(served)["thinking"]
+        )
         earlier: list[dict] = []
         previous = f.string("previous_response_id")
         if previous is not None:
@@ -109,26 +144,43 @@ class Conversation:
             earlier = stored.turns
         self.items = input_items(f.raw("input"), store, owner)
         self.turns = earlier + chat_turns(self.items)
-        self.plan = output_plan(served, f.raw("tools"), f.raw("tool_choice"), f.boolean("parallel_tool_calls"),
-                                f.raw("text"))
-        self.prompt = render_chat(served, system_and_turns(f.string("instructions"), self.turns), field="input",
-                                  **self.plan.prompt_args(served))
+        self.plan = output_plan(
+            served, f.raw("tools"), f.raw("tool_choice"), f.boolean("parallel_tool_calls"), f.raw("text")
+        )
+        self.prompt = render_chat(
+            served,
+            system_and_turns(f.string("instructions"), self.turns),
+            field="input",
+            **self.plan.prompt_args(served),
+        )
         self.spec = self.plan.output_spec(served, self.prompt)
 
     def request(self, f: RequestFields, served: ServedModel) -> GenerationRequest:
         prompt_ids = served.prompts.encode(self.prompt, "input")
         max_tokens = budget(served, BUDGET, f.integer("max_output_tokens"), prompt_ids)
-        params = SamplingParams(temperature=f.number("temperature"), top_p=f.number("top_p"), top_k=f.integer("top_k"),
-                                seed=f.integer("seed"))
-        return GenerationRequest(prompt_ids=prompt_ids, params=params, max_tokens=max_tokens,
-                                 constraint=self.plan.constraint(served))
+        params = SamplingParams(
+            temperature=f.number("temperature"),
+            top_p=f.number("top_p"),
+            top_k=f.integer("top_k"),
+            seed=f.integer("seed"),
+        )
+        return GenerationRequest(
+            prompt_ids=prompt_ids, params=params, max_tokens=max_tokens, constraint=self.plan.constraint(served)
+        )
 
 
 class ResponseShapes:
     """One response: its object (in progress and final), its output items, its storing."""
 
-    def __init__(self, served: ServedModel, state: RequestState, f: RequestFields, conversation: Conversation,
-                 store: ResponseStore, owner: str | None):
+    def __init__(
+        self,
+        served: ServedModel,
+        state: RequestState,
+        f: RequestFields,
+        conversation: Conversation,
+        store: ResponseStore,
+        owner: str | None,
+    ):
         self.model_id = served.model_id
         self.state = state
         self.conversation = conversation
@@ -139,25 +191,33 @@ class ResponseShapes:
         self._store = store if f.boolean("store") else None
         self._owner = owner
         self._echo = {
-            **{k: f.sent(k)
-               for k in ("instructions", "max_output_tokens", "temperature", "top_p", "previous_response_id")},
+            **{
+                k: f.sent(k)
+                for k in ("instructions", "max_output_tokens", "temperature", "top_p", "previous_response_id")
+            },
             # a string, or absent (OpenAI's document)
             **({"user": f.sent("user")} if f.sent("user") is not None else {}),
-            "metadata": f.sent("metadata") or {}, "tool_choice": f.sent("tool_choice") or "auto",
+            "metadata": f.sent("metadata") or {},
+            "tool_choice": f.sent("tool_choice") or "auto",
             # function tools as OpenAI echoes them: `parameters` and `strict` always present
-            "tools": [{"parameters": None, "strict": None, **t} if isinstance(t, dict)
-                      and t.get("type") == "function" else t
-                      for t in f.sent("tools") or []],
-            "parallel_tool_calls": f.boolean("parallel_tool_calls"), "store": f.boolean("store"),
-            "text": {"format": (f.sent("text") or {}).get("format") or {"type": "text"},
-                     "verbosity": conversation.settings["verbosity"]},
+            "tools": [
+                {"parameters": None, "strict": None, **t} if isinstance(t, dict) and t.get("type") == "function" else t
+                for t in f.sent("tools") or []
+            ],
+            "parallel_tool_calls": f.boolean("parallel_tool_calls"),
+            "store": f.boolean("store"),
+            "text": {
+                "format": (f.sent("text") or {}).get("format") or {"type": "text"},
+                "verbosity": conversation.settings["verbosity"],
+            },
             # as applied (runtime/server/responses_settings.py)
             **{k: conversation.settings[k] for k in ("truncation", "reasoning", "service_tier")},
         }
 
     def status(self) -> str:
-        return {LENGTH: "incomplete", FAILED: "failed",
-                CANCELLED: "cancelled"}.get(self.state.finish_reason, "completed")
+        return {LENGTH: "incomplete", FAILED: "failed", CANCELLED: "cancelled"}.get(
+            self.state.finish_reason, "completed"
+        )
 
     def push(self, event: TokenEvent) -> list[tuple[str, dict]]:
         """The output events of one token event (the stream's and the whole reply's path)."""
@@ -180,10 +240,17 @@ class ResponseShapes:
             if state.finish_reason == LENGTH:
                 incomplete = {"reason": "max_output_tokens"}
         return {
-            "id": self.id, "object": "response", "created_at": self.created_at, "status": status, "error": error,
-            "incomplete_details": incomplete, "model": self.model_id, "output": list(self.output.items) if done else [],
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": error,
+            "incomplete_details": incomplete,
+            "model": self.model_id,
+            "output": list(self.output.items) if done else [],
             # no usage until done: the document allows no null
-            **({"usage": self.usage()} if done else {}), **self._echo,
+            **({"usage": self.usage()} if done else {}),
+            **self._echo,
         }
 
     def final(self) -> dict:
@@ -196,9 +263,13 @@ class ResponseShapes:
 
     def usage(self) -> dict:
         out = len(self.state.tokens)
-        return {"input_tokens": self.state.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": self.state.cached_tokens}, "output_tokens": out,
-                "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": self.state.prompt_tokens + out}
+        return {
+            "input_tokens": self.state.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": self.state.cached_tokens},
+            "output_tokens": out,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": self.state.prompt_tokens + out,
+        }
 
 
 class ResponsesStreamRenderer(SseRenderer):
@@ -216,13 +287,16 @@ class ResponsesStreamRenderer(SseRenderer):
         s, out = self._s, []
         if not self._started:
             self._started = True
-            out += [self._emit("response.created", response=s.response(False)),
-                    self._emit("response.in_progress", response=s.response(False))]
+            out += [
+                self._emit("response.created", response=s.response(False)),
+                self._emit("response.in_progress", response=s.response(False)),
+            ]
         out += [self._emit(kind, **fields) for kind, fields in s.push(event)]
         if event.finished:
             final = s.final()
-            kind = {"failed": "response.failed",
-                    "incomplete": "response.incomplete"}.get(final["status"], "response.completed")
+            kind = {"failed": "response.failed", "incomplete": "response.incomplete"}.get(
+                final["status"], "response.completed"
+            )
             out.append(self._emit(kind, response=final))
         return out
 
@@ -230,13 +304,28 @@ class ResponsesStreamRenderer(SseRenderer):
 class ResponsesResource(BodyResource):
     model = RESPONSES
     any_name_if_single = True
-    operations = {"post": Operation("Create a response", RESPONSES, streamed(RESPONSE, RESPONSE_EVENT),
-                                    GENERATION_ERRORS, links={**BY_REQUEST_ID, **{
-                                        f"{method}_{name}": {"operationId": operation_id(method, path),
-                                                             "parameters": {"response_id": "$response.body#/id"}}
-                                        for method, name, path in (("get", "response", _STORED),
-                                                                   ("delete", "response", _STORED),
-                                                                   ("get", "input_items", _STORED + "/input_items"))}})}
+    operations = {
+        "post": Operation(
+            "Create a response",
+            RESPONSES,
+            streamed(RESPONSE, RESPONSE_EVENT),
+            GENERATION_ERRORS,
+            links={
+                **BY_REQUEST_ID,
+                **{
+                    f"{method}_{name}": {
+                        "operationId": operation_id(method, path),
+                        "parameters": {"response_id": "$response.body#/id"},
+                    }
+                    for method, name, path in (
+                        ("get", "response", _STORED),
+                        ("delete", "response", _STORED),
+                        ("get", "input_items", _STORED + "/input_items"),
+                    )
+                },
+            },
+        )
+    }
 
     def __init__(self, handle: EngineHandle, config: ServerConfig, store: ResponseStore):
         super().__init__(handle, config)
@@ -270,8 +359,10 @@ def _own_response(store: ResponseStore, req: falcon.Request, response_id: str) -
 class StoredResponseResource:
     """GET and DELETE /v1/responses/{id}: the caller's own stored responses only."""
 
-    operations = {"get": Operation("A stored response", reply={JSON: RESPONSE}, errors=(404,)),
-                  "delete": Operation("Delete a stored response", reply={JSON: RESPONSE_DELETED}, errors=(404,))}
+    operations = {
+        "get": Operation("A stored response", reply={JSON: RESPONSE}, errors=(404,)),
+        "delete": Operation("Delete a stored response", reply={JSON: RESPONSE_DELETED}, errors=(404,)),
+    }
 
     def __init__(self, store: ResponseStore):
         self._store = store
@@ -291,8 +382,14 @@ class InputItemsResource:
     LIMIT = Field("limit", Kind.INTEGER, 20, 1, 100, description="items per page")
     ORDER = Field("order", Kind.STRING, "desc", enum=("asc", "desc"))
     AFTER = Field("after", Kind.STRING, description="the item id the page starts after")
-    operations = {"get": Operation("A stored response's input items", reply={JSON: RESPONSE_ITEMS}, errors=(400, 404),
-                                   query=(LIMIT, ORDER, AFTER))}
+    operations = {
+        "get": Operation(
+            "A stored response's input items",
+            reply={JSON: RESPONSE_ITEMS},
+            errors=(400, 404),
+            query=(LIMIT, ORDER, AFTER),
+        )
+    }
 
     def __init__(self, store: ResponseStore):
         self._store = store
@@ -303,7 +400,12 @@ class InputItemsResource:
         items = list(stored.input_items) if read_query(req, self.ORDER) == "asc" else list(reversed(stored.input_items))
         if after is not None:
             ids = [i["id"] for i in items]
-            items = items[ids.index(after) + 1:] if after in ids else []
+            items = items[ids.index(after) + 1 :] if after in ids else []
         page = items[: read_query(req, self.LIMIT)]
-        resp.media = {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                      "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)}
+        resp.media = {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > len(page),
+        }

@@ -23,8 +23,9 @@ def input_items(raw: object, store: ResponseStore, owner: str | None) -> list[di
     """The input as items with ids (a string is one user message); item references resolved
     to the owner's stored items."""
     if isinstance(raw, str):
-        return [{"id": new_id("msg"), "type": "message", "role": "user",
-                 "content": [{"type": "input_text", "text": raw}]}]
+        return [
+            {"id": new_id("msg"), "type": "message", "role": "user", "content": [{"type": "input_text", "text": raw}]}
+        ]
     if not isinstance(raw, list) or not raw:
         raise bad_request("'input' must be a string or a non-empty list of items", "input")
     out = []
@@ -44,11 +45,17 @@ def input_items(raw: object, store: ResponseStore, owner: str | None) -> list[di
             raise bad_request(f"'{where}.role' must be one of {', '.join(MESSAGE_ROLES)}", f"{where}.role")
         if kind in ("function_call", "function_call_output") and not isinstance(item.get("call_id"), str):
             raise bad_request(f"'{where}.call_id' must be a string", f"{where}.call_id")
-        if (kind == "function_call"
-                and not (isinstance(item.get("name"), str) and isinstance(item.get("arguments"), str))):
+        if kind == "function_call" and not (
+            isinstance(item.get("name"), str) and isinstance(item.get("arguments"), str)
+        ):
             raise bad_request(f"'{where}' must have a string 'name' and 'arguments'", where)
-        out.append({**item, "type": kind,
-                    "id": item.get("id") or new_id({"message": "msg", "reasoning": "rs"}.get(kind, "fc"))})
+        out.append(
+            {
+                **item,
+                "type": kind,
+                "id": item.get("id") or new_id({"message": "msg", "reasoning": "rs"}.get(kind, "fc")),
+            }
+        )
     return out
 
 
@@ -61,8 +68,11 @@ def chat_turns(items: list[dict]) -> list[dict]:
         if kind == "message":
             turns.append({"role": item["role"], "content": item.get("content")})
         elif kind == "function_call":
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+            call = {
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]},
+            }
             last = turns[-1] if turns else None
             if last is None or last["role"] != "assistant":
                 last = {"role": "assistant", "content": None}
@@ -102,6 +112,7 @@ def output_plan(served: ServedModel, raw_tools: object, raw_choice: object, para
         plan.grammar_field = "text.format"
         plan.grammar = grammar(served, "text.format", lambda g: g.json_schema(schema, "text.format.schema"))
     elif fmt is not None and kind != "text":
-        raise bad_request(f"text.format type {kind!r} is not supported (text, json_object, json_schema)",
-                          "text.format.type")
+        raise bad_request(
+            f"text.format type {kind!r} is not supported (text, json_object, json_schema)", "text.format.type"
+        )
     return plan

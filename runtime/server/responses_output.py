@@ -32,16 +32,23 @@ class OutputItems:
             events.append(("response.output_text.delta", {**self._where(), "delta": d.content, "logprobs": []}))
         for call in d.calls:
             events += self._close_message("completed")
-            item = {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
-                    "call_id": in_form(call.id, self._call_ids), "name": call.name, "arguments": ""}
+            item = {
+                "id": new_id("fc"),
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": in_form(call.id, self._call_ids),
+                "name": call.name,
+                "arguments": "",
+            }
             index = len(self.items)
             self.items.append(item)
             at = {"item_id": item["id"], "output_index": index}
             events.append(("response.output_item.added", {"output_index": index, "item": dict(item)}))
             item["arguments"] = call.arguments
-            events += [("response.function_call_arguments.delta", {**at, "delta": call.arguments}),
-                       ("response.function_call_arguments.done",
-                        {**at, "name": call.name, "arguments": call.arguments})]
+            events += [
+                ("response.function_call_arguments.delta", {**at, "delta": call.arguments}),
+                ("response.function_call_arguments.done", {**at, "name": call.name, "arguments": call.arguments}),
+            ]
             item["status"] = "completed" if call.complete else "incomplete"  # cut off by max_output_tokens
             events.append(("response.output_item.done", {"output_index": index, "item": dict(item)}))
         return events
@@ -59,15 +66,24 @@ class OutputItems:
         self._reasoning = ""
         index = len(self.items)
         self.items.append(item)
-        return [("response.output_item.added", {"output_index": index, "item": {**item, "summary": []}}),
-                ("response.output_item.done", {"output_index": index, "item": item})]
+        return [
+            ("response.output_item.added", {"output_index": index, "item": {**item, "summary": []}}),
+            ("response.output_item.done", {"output_index": index, "item": item}),
+        ]
 
     def _open_message(self) -> list[tuple[str, dict]]:
-        self._message = {"id": new_id("msg"), "type": "message", "status": "in_progress", "role": "assistant",
-                         "content": []}
+        self._message = {
+            "id": new_id("msg"),
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
         self.items.append(self._message)
-        added = ("response.output_item.added",
-                 {"output_index": len(self.items) - 1, "item": {**self._message, "content": []}})
+        added = (
+            "response.output_item.added",
+            {"output_index": len(self.items) - 1, "item": {**self._message, "content": []}},
+        )
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         self._message["content"].append(part)
         return [added, ("response.content_part.added", {**self._where(), "part": dict(part)})]
@@ -80,9 +96,11 @@ class OutputItems:
         where = {"item_id": message["id"], "output_index": index, "content_index": 0}
         part = message["content"][0]
         message["status"] = status
-        return [("response.output_text.done", {**where, "text": part["text"], "logprobs": []}),
-                ("response.content_part.done", {**where, "part": dict(part)}),
-                ("response.output_item.done", {"output_index": index, "item": message})]
+        return [
+            ("response.output_text.done", {**where, "text": part["text"], "logprobs": []}),
+            ("response.content_part.done", {**where, "part": dict(part)}),
+            ("response.output_item.done", {"output_index": index, "item": message}),
+        ]
 
     def _where(self) -> dict:
         return {"item_id": self._message["id"], "output_index": self.items.index(self._message), "content_index": 0}
@@ -90,5 +108,10 @@ class OutputItems:
 
 def turns_of(items: list[dict]) -> list[dict]:
     """A response's output items as the chat turn that continues its conversation."""
-    return chat_turns([{**i, "role": "assistant"} if i["type"] == "message" else i for i in items
-                       if i["type"] in ("message", "function_call")])
+    return chat_turns(
+        [
+            {**i, "role": "assistant"} if i["type"] == "message" else i
+            for i in items
+            if i["type"] in ("message", "function_call")
+        ]
+    )

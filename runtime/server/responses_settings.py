@@ -22,13 +22,27 @@ EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 SUMMARIES = ("auto", "concise", "detailed")
 VERBOSITIES = ("low", "medium", "high")
 
-TRUNCATION = Field("truncation", Kind.STRING, "disabled", enum=("auto", "disabled"),
-                   description="accepted; echoed disabled: an input past the context is a 400, never truncated")
-REASONING = Field("reasoning", Kind.JSON, schema={"type": "object", "properties": {
-    "effort": {"enum": [*EFFORTS, None]}, "summary": {"enum": [*SUMMARIES, None]},
-    "generate_summary": {"enum": [*SUMMARIES, None]}}},
+TRUNCATION = Field(
+    "truncation",
+    Kind.STRING,
+    "disabled",
+    enum=("auto", "disabled"),
+    description="accepted; echoed disabled: an input past the context is a 400, never truncated",
+)
+REASONING = Field(
+    "reasoning",
+    Kind.JSON,
+    schema={
+        "type": "object",
+        "properties": {
+            "effort": {"enum": [*EFFORTS, None]},
+            "summary": {"enum": [*SUMMARIES, None]},
+            "generate_summary": {"enum": [*SUMMARIES, None]},
+        },
+    },
     description="accepted; echoed as applied: effort null (none on a model that does not think), summary detailed on a "
-                "model that thinks")
+    "model that thinks",
+)
 SERVICE_TIER = Field("service_tier", Kind.STRING, enum=SERVICE_TIERS, description="accepted; echoed as default")
 
 
@@ -38,8 +52,12 @@ def applied(truncation: str, reasoning: object, text: object, thinks: bool) -> d
     document's enums)."""
     if truncation not in ("auto", "disabled"):
         raise bad_request("'truncation' must be auto or disabled", "truncation")
-    return {"truncation": "disabled", "reasoning": _reasoning(reasoning, thinks), "service_tier": "default",
-            "verbosity": _verbosity(text)}
+    return {
+        "truncation": "disabled",
+        "reasoning": _reasoning(reasoning, thinks),
+        "service_tier": "default",
+        "verbosity": _verbosity(text),
+    }
 
 
 def _reasoning(raw: object, thinks: bool) -> dict:

@@ -39,8 +39,9 @@ class _Pools:
 
     def __init__(self, options: ServeOptions):
         limits = options.server
-        self.templates = TemplatePool(WorkerLimits(limits.template_workers, limits.template_memory_bytes,
-                                                   limits.template_timeout_s))
+        self.templates = TemplatePool(
+            WorkerLimits(limits.template_workers, limits.template_memory_bytes, limits.template_timeout_s)
+        )
         self.grammars = GrammarWorkers(limits.grammar_workers, limits.pool_queue, limits.grammar_timeout_s)
         self.tokenize = WorkPool("tokenization", limits.tokenize_workers, limits.pool_queue, timeout_s=60.0)
 
@@ -64,9 +65,17 @@ class _Loader:
         assert self.pools is not None
         options, pools = self._options, self.pools
         return load_served_model(
-            source.bundle, source.load, options.scheduler, self._telemetry, options.server.prompt_cache_bytes,
-            model_id=source.model_id, request_ids=self._request_ids, templates=pools.templates,
-            grammar_limits=options.server.grammar_limits, grammar_workers=pools.grammars, tokenize_pool=pools.tokenize,
+            source.bundle,
+            source.load,
+            options.scheduler,
+            self._telemetry,
+            options.server.prompt_cache_bytes,
+            model_id=source.model_id,
+            request_ids=self._request_ids,
+            templates=pools.templates,
+            grammar_limits=options.server.grammar_limits,
+            grammar_workers=pools.grammars,
+            tokenize_pool=pools.tokenize,
         )
 
 
@@ -90,31 +99,44 @@ def serve(options: ServeOptions) -> int:
         request_timeout_s=limits.request_timeout_s, idle_timeout_s=limits.idle_timeout_s,
         max_body_bytes=limits.max_body_bytes,
     )  # fmt: skip
-    log.info("listening on http://%s:%s (%d HTTP threads, %d connections); loading %s", options.host,
-             server.effective_port, threads, limits.max_connections,
-             ", ".join(f"{m.model_id} ({m.bundle})" for m in options.models))
+    log.info(
+        "listening on http://%s:%s (%d HTTP threads, %d connections); loading %s",
+        options.host,
+        server.effective_port,
+        threads,
+        limits.max_connections,
+        ", ".join(f"{m.model_id} ({m.bundle})" for m in options.models),
+    )
 
     def on_signal(signum, frame) -> None:
         # the first signal drains; a second one, a finished drain or a failed load stop now
         if handle.load_error or lifecycle.drained or not lifecycle.begin_drain():
             raise KeyboardInterrupt
-        log.info("%s: draining (up to %g s for running requests; /ready now answers 503)",
-                 signal.Signals(signum).name, limits.shutdown_timeout_s)
-        threading.Thread(target=_drain, args=(manager, lifecycle, limits.shutdown_timeout_s), name="rfc-drain",
-                         daemon=True).start()
+        log.info(
+            "%s: draining (up to %g s for running requests; /ready now answers 503)",
+            signal.Signals(signum).name,
+            limits.shutdown_timeout_s,
+        )
+        threading.Thread(
+            target=_drain, args=(manager, lifecycle, limits.shutdown_timeout_s), name="rfc-drain", daemon=True
+        ).start()
 
     rescans = threading.Lock()
 
     def on_hangup(signum, frame) -> None:
         if options.rescan is not None and not lifecycle.draining:
             log.info("SIGHUP: re-reading --models-dir")
-            threading.Thread(target=_rescan, args=(manager, options.rescan, rescans), name="rfc-rescan",
-                             daemon=True).start()
+            threading.Thread(
+                target=_rescan, args=(manager, options.rescan, rescans), name="rfc-rescan", daemon=True
+            ).start()
 
     # (SIGINT may be ignored at start: a background job of a non-interactive shell starts that
     # way, and must still exit on SIGTERM or a load failure.)
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-                if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN}
+    previous = {
+        sig: signal.signal(sig, on_signal)
+        for sig in (signal.SIGTERM, signal.SIGINT)
+        if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN
+    }
     if options.rescan is not None:
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     pools = loader.pools = _Pools(options)
@@ -142,8 +164,12 @@ def serve(options: ServeOptions) -> int:
 def _drain(manager: ModelManager, lifecycle: Lifecycle, timeout_s: float) -> None:
     try:
         outcome = lifecycle.drain(manager.engines, timeout_s)  # retiring versions' requests too
-        log.info("drained in %.2f s: %d requests ended by the shutdown, %d responses unfinished",
-                 outcome["seconds"], outcome["ended"], outcome["unfinished_responses"])
+        log.info(
+            "drained in %.2f s: %d requests ended by the shutdown, %d responses unfinished",
+            outcome["seconds"],
+            outcome["ended"],
+            outcome["unfinished_responses"],
+        )
     finally:
         _stop_main_thread()  # on_signal sees `drained` and stops the loop
 
@@ -178,8 +204,12 @@ def _load(handle: EngineHandle, manager: ModelManager, options: ServeOptions) ->
         log.info(
             "ready: %s on device %s (%d KV pages, context %d of %d tokens) in %.2f s; tool calls: %s; constrained "
             "decoding: %s",
-            served.model_id, served.model.device_choice.name, served.model.kv_pool.num_blocks,
-            served.model.context_length, served.model.trained_context_length, time.perf_counter() - started,
+            served.model_id,
+            served.model.device_choice.name,
+            served.model.kv_pool.num_blocks,
+            served.model.context_length,
+            served.model.trained_context_length,
+            time.perf_counter() - started,
             served.tool_format.name if served.tool_format else "not parsed (no tool-call format in the chat template)",
             "llguidance" if served.grammars else served.grammars_error,
         )

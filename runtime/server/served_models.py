@@ -213,8 +213,12 @@ class EngineHandle:
             if candidate in aliases:
                 return aliases[candidate]
             if candidate in self._failed and candidate not in ids:
-                raise ApiError(falcon.HTTP_503, f"model '{candidate}' cannot be served: {self._failed[candidate]}",
-                               param="model", code="model_unavailable")
+                raise ApiError(
+                    falcon.HTTP_503,
+                    f"model '{candidate}' cannot be served: {self._failed[candidate]}",
+                    param="model",
+                    code="model_unavailable",
+                )
         if model is None or model == "" or (any_name_if_single and len(ids) == 1):
             if not ids:
                 raise unavailable(self._error or "no model is configured", 2)
@@ -250,11 +254,19 @@ class EngineHandle:
         return served, waited
 
 
-def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfig, telemetry: "Telemetry | None" = None,
-                      prompt_cache_bytes: int = 32 << 20, model_id: str | None = None,
-                      request_ids: Iterator[int] | None = None, templates: "TemplatePool | None" = None,
-                      grammar_limits: GrammarLimits = GrammarLimits(), grammar_workers: GrammarWorkers | None = None,
-                      tokenize_pool: WorkPool | None = None) -> ServedModel:
+def load_served_model(
+    bundle: Path,
+    load: LoadOptions,
+    scheduler: SchedulerConfig,
+    telemetry: "Telemetry | None" = None,
+    prompt_cache_bytes: int = 32 << 20,
+    model_id: str | None = None,
+    request_ids: Iterator[int] | None = None,
+    templates: "TemplatePool | None" = None,
+    grammar_limits: GrammarLimits = GrammarLimits(),
+    grammar_workers: GrammarWorkers | None = None,
+    tokenize_pool: WorkPool | None = None,
+) -> ServedModel:
     """Load the bundle, run one warm-up step, start the engine thread. `request_ids` is the id
     sequence shared by the engines of one server; `templates` the worker processes that compile
     and render chat templates (None: in this process); `grammar_workers` the threads that
@@ -271,8 +283,13 @@ def load_served_model(bundle: Path, load: LoadOptions, scheduler: SchedulerConfi
     model_id = model_id or str(model.manifest["model"].get("name") or Path(bundle).name)
     grammars, grammars_error = None, None
     try:
-        grammars = Grammars(model.bundle.file(TOKENIZER_FILE).read_text(encoding="utf-8"), model.vocab_size,
-                            _eog_ids(model), grammar_limits, grammar_workers)
+        grammars = Grammars(
+            model.bundle.file(TOKENIZER_FILE).read_text(encoding="utf-8"),
+            model.vocab_size,
+            _eog_ids(model),
+            grammar_limits,
+            grammar_workers,
+        )
     except Exception as e:  # noqa: BLE001 - a tokenizer llguidance cannot read disables grammars, not the model
         grammars_error = f"llguidance cannot read this tokenizer: {e}"
     observer = telemetry.for_model(model_id) if telemetry is not None else None
@@ -304,6 +321,7 @@ def warm_up(model: LoadedModel) -> None:
     preparation and kernel loading, so the first client does not. The serving engine is
     separate so its request ids and metrics start clean."""
     bos = model.tokenizer_info.get("bos_id")
-    request = GenerationRequest(prompt_ids=[bos if bos is not None else 0], params=SamplingParams(temperature=0.0),
-                                max_tokens=1)
+    request = GenerationRequest(
+        prompt_ids=[bos if bos is not None else 0], params=SamplingParams(temperature=0.0), max_tokens=1
+    )
     generate(Engine(model), request, lambda _text: None)

@@ -17,11 +17,13 @@ from rfc.runtime.server.openapi import Operation
 from rfc.runtime.server.response_schemas import ANY_TEXT, HEALTH, JSON, MODELS, READY, TEXT, TRACES
 from rfc.runtime.server.traces import TraceStore
 
+
 class HealthResource:
     """Answers throughout, loaded or not; never needs the API key."""
 
-    operations = {"get": Operation("Liveness: the engine, device, requests and KV cache", reply={JSON: HEALTH},
-                                   public=True)}
+    operations = {
+        "get": Operation("Liveness: the engine, device, requests and KV cache", reply={JSON: HEALTH}, public=True)
+    }
 
     def __init__(self, handle: EngineHandle, lifecycle: Lifecycle):
         self._handle = handle
@@ -45,8 +47,11 @@ class HealthResource:
             checks["requests"] = {"active": counts["running"], "queued": counts["waiting"]}
             checks["cache"] = _cache_check(counts)
             checks["models"] = {
-                s.model_id: {"requests": {"active": c["running"], "queued": c["waiting"]}, "cache": _cache_check(c),
-                             "kv": _kv_check(s.model)}
+                s.model_id: {
+                    "requests": {"active": c["running"], "queued": c["waiting"]},
+                    "cache": _cache_check(c),
+                    "kv": _kv_check(s.model),
+                }
                 for s, c in ((s, per_model[s.model_id]) for s in every)
             }
         resp.media = {
@@ -75,8 +80,12 @@ def _cache_check(counts: dict[str, int]) -> dict[str, int]:
 def _kv_check(model: LoadedModel) -> dict:
     """How the model's KV pool stores a token (--cache-type-k/-v) and what it takes."""
     types = model.kv_pool.cache_types
-    return {"cache_type_k": types.k.value, "cache_type_v": types.v.value, "bytes_per_token": model.kv_bytes_per_token,
-            "pool_bytes": kv_pool_bytes(model)}
+    return {
+        "cache_type_k": types.k.value,
+        "cache_type_v": types.v.value,
+        "bytes_per_token": model.kv_bytes_per_token,
+        "pool_bytes": kv_pool_bytes(model),
+    }
 
 
 def _device_check(served: ServedModel | None, every: Sequence[ServedModel] = ()) -> dict:
@@ -100,8 +109,9 @@ def _device_check(served: ServedModel | None, every: Sequence[ServedModel] = ())
             "total_mb": total >> 20,
             "used_mb": used >> 20,
             "utilization_percent": round(100 * used / total) if total else 0,
-            "kv_cache_bytes": sum(kv_pool_bytes(s.model) for s in every
-                                  or (served,) if s.model.device_choice == choice),
+            "kv_cache_bytes": sum(
+                kv_pool_bytes(s.model) for s in every or (served,) if s.model.device_choice == choice
+            ),
         }
     return check
 
@@ -112,8 +122,14 @@ def kv_pool_bytes(model: LoadedModel) -> int:
 
 
 class ReadyResource:
-    operations = {"get": Operation("Readiness: 200 once every model is loaded, 503 before and while draining",
-                                   reply={JSON: READY}, errors=(503,), public=True)}
+    operations = {
+        "get": Operation(
+            "Readiness: 200 once every model is loaded, 503 before and while draining",
+            reply={JSON: READY},
+            errors=(503,),
+            public=True,
+        )
+    }
 
     def __init__(self, handle: EngineHandle, lifecycle: Lifecycle):
         self._handle = handle
@@ -175,8 +191,9 @@ class TracesResource:
 
     LIMIT = Field("limit", Kind.INTEGER, minimum=0, description="the newest N traces; absent: all")
     CLEAR = Field("clear", Kind.BOOLEAN, False, description="drop the traces kept")
-    operations = {"get": Operation("Sampled requests as OTLP JSON", reply={JSON: TRACES}, errors=(400, 403),
-                                   query=(LIMIT, CLEAR))}
+    operations = {
+        "get": Operation("Sampled requests as OTLP JSON", reply={JSON: TRACES}, errors=(400, 403), query=(LIMIT, CLEAR))
+    }
 
     def __init__(self, traces: TraceStore, config: ServerConfig):
         self._traces = traces
@@ -184,8 +201,11 @@ class TracesResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         if not (self._public or req.context.get("admin")):
-            raise ApiError(falcon.HTTP_403, "traces are private: send the admin key (--admin-api-key), "
-                                            "or start the server with --public-traces", code="forbidden")
+            raise ApiError(
+                falcon.HTTP_403,
+                "traces are private: send the admin key (--admin-api-key), or start the server with --public-traces",
+                code="forbidden",
+            )
         limit = read_query(req, self.LIMIT)
         clear = read_query(req, self.CLEAR)
         resp.media = self._traces.export(limit=limit, clear=clear)

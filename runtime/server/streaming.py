@@ -41,8 +41,12 @@ class TokenStream:
     """The events of one request, or of several generated together (OpenAI's `n`, several
     prompts): each request's events in order, the requests' interleaved as they come."""
 
-    def __init__(self, engine: Engine, states: "RequestState | Sequence[RequestState]",
-                 client_gone: Callable[[], bool] | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        states: "RequestState | Sequence[RequestState]",
+        client_gone: Callable[[], bool] | None = None,
+    ):
         self.engine = engine
         self.states = [states] if isinstance(states, RequestState) else list(states)
         self.state = self.states[0]

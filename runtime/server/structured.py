@@ -71,8 +71,9 @@ class OutputPlan:
         (tool_choice auto: the format constrains the answer, not the calls)."""
         if not self.tools or self.choice.mode == "none":
             return False
-        return served.tool_format is None or (self.choice.mode == "auto" and self.format_schema is not None
-                                              and self.format_is_answer)
+        return served.tool_format is None or (
+            self.choice.mode == "auto" and self.format_schema is not None and self.format_is_answer
+        )
 
     def prompt_args(self, served: ServedModel) -> dict:
         """render_chat's `tools` (those the template renders) and `note` (the generic
@@ -80,9 +81,10 @@ class OutputPlan:
         if not self.generic(served):
             return {"tools": self.render_tools, "note": None}
         native = served.tool_format is not None
-        return {"tools": self.render_tools if native else None,
-                "note": generic_note(None if native else [t["function"] for t in self.tools],
-                                     self.choice.mode == "auto")}
+        return {
+            "tools": self.render_tools if native else None,
+            "note": generic_note(None if native else [t["function"] for t in self.tools], self.choice.mode == "auto"),
+        }
 
     def constraint(self, served: ServedModel) -> Grammar | None:
         """The grammar sampling follows: the forced calls' (a response format does not apply
@@ -96,8 +98,9 @@ class OutputPlan:
             check_tool_schemas(served, self)
             chosen = [t["function"] for t in self.tools]
             schema = generic_schema(chosen, not self.parallel, self.format_schema)
-            return grammar(served, self.grammar_field or "tools",
-                           lambda g: g.json_schema(schema, self.grammar_field or "tools"))
+            return grammar(
+                served, self.grammar_field or "tools", lambda g: g.json_schema(schema, self.grammar_field or "tools")
+            )
         return self.grammar
 
     def output_spec(self, served: ServedModel, prompt: str) -> OutputSpec:
@@ -125,14 +128,19 @@ def generic_note(functions: list[dict] | None, auto: bool) -> str:
     parts = []
     if functions is not None:
         listed = [{"type": "function", "function": f} for f in functions]
-        parts.append("You can call any of the following tools to satisfy the user's requests: "
-                     + json.dumps(listed, indent=2, ensure_ascii=False))
+        parts.append(
+            "You can call any of the following tools to satisfy the user's requests: "
+            + json.dumps(listed, indent=2, ensure_ascii=False)
+        )
     if auto:
-        parts.append('Respond in JSON format, either with `tool_calls` (a list of requests to call tools, each '
-                     '{"name": ..., "arguments": {...}}) or with `response` (a reply to the user\'s request).')
+        parts.append(
+            "Respond in JSON format, either with `tool_calls` (a list of requests to call tools, each "
+            '{"name": ..., "arguments": {...}}) or with `response` (a reply to the user\'s request).'
+        )
     else:
-        parts.append('Respond in JSON format with a list of requests to call tools, each {"name": ..., "arguments": '
-                     '{...}}.')
+        parts.append(
+            'Respond in JSON format with a list of requests to call tools, each {"name": ..., "arguments": {...}}.'
+        )
     return "\n\n".join(parts)
 
 
@@ -156,10 +164,15 @@ def openai_tools(raw: object, field_name: str = "tools") -> list[dict]:
     out = []
     for i, tool in enumerate(raw):
         where = f"{field_name}[{i}]"
-        if (not isinstance(tool, dict) or tool.get("type", "function") != "function"
-                or not isinstance(tool.get("function"), dict)):
-            raise bad_request(f"'{where}' must be {{'type': 'function', 'function': {{...}}}} (only function tools are "
-                              f"supported)", where)
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type", "function") != "function"
+            or not isinstance(tool.get("function"), dict)
+        ):
+            raise bad_request(
+                f"'{where}' must be {{'type': 'function', 'function': {{...}}}} (only function tools are supported)",
+                where,
+            )
         out.append({"type": "function", "function": function_spec(tool["function"], f"{where}.function")})
     _unique_names(out, field_name)
     return out
@@ -214,9 +227,10 @@ def openai_tool_choice(raw: object, tools: list[dict], field_name: str = "tool_c
         fn = raw.get("function")
         name = fn.get("name") if isinstance(fn, dict) else raw.get("name")  # {"name"}: legacy function_call
     if not isinstance(name, str):
-        raise bad_request(f"'{field_name}' must be 'auto', 'none', 'required' or {{'type': 'function', 'function': "
-                          f"{{'name': ...}}}}",
-                          field_name)
+        raise bad_request(
+            f"'{field_name}' must be 'auto', 'none', 'required' or {{'type': 'function', 'function': {{'name': ...}}}}",
+            field_name,
+        )
     return named_choice(name, tools, field_name)
 
 
@@ -232,14 +246,18 @@ def check_tool_schemas(served: ServedModel, plan: OutputPlan, field_name: str = 
     for i, tool in enumerate(plan.tools):
         fn = tool["function"]
         if plan.choice.mode in ("required", "auto") or fn["name"] == plan.choice.name:
-            grammar(served, f"{field_name}[{i}].function.parameters",
-                    lambda g: g.json_schema(fn["parameters"], f"{field_name}[{i}].function.parameters"))
+            grammar(
+                served,
+                f"{field_name}[{i}].function.parameters",
+                lambda g: g.json_schema(fn["parameters"], f"{field_name}[{i}].function.parameters"),
+            )
 
 
 def _calls_schema(plan: OutputPlan) -> dict:
     """The JSON the output is forced into: a list of calls, each a tool's name and arguments."""
-    chosen = [t["function"] for t in plan.tools if plan.choice.mode == "required"
-              or t["function"]["name"] == plan.choice.name]
+    chosen = [
+        t["function"] for t in plan.tools if plan.choice.mode == "required" or t["function"]["name"] == plan.choice.name
+    ]
     return calls_schema(chosen, single=plan.choice.mode == "function" or not plan.parallel)
 
 

@@ -43,7 +43,9 @@ def build_telemetry(handle: EngineHandle, config: ServerConfig) -> Telemetry:
     """Metrics that read the handle's engines at scrape time, and a trace store per config."""
 
     def engine_counts() -> dict[str, dict[str, int]]:
-        return {served.model_id: {**served.engine.counts(), "kv_bytes_per_token": served.model.kv_bytes_per_token}
-                for served in handle.all_served()}
+        return {
+            served.model_id: {**served.engine.counts(), "kv_bytes_per_token": served.model.kv_bytes_per_token}
+            for served in handle.all_served()
+        }
 
     return Telemetry(ServerMetrics(engine_counts), TraceStore(config.trace_sample_rate, config.max_traces))

@@ -69,14 +69,25 @@ def _request_spans(state: RequestState, model_id: str) -> list[dict]:
     spans = [_span(trace_id, root_id, "", "inference_request", state.created_at, end, attributes, status)]
     if state.first_token_at is not None:
         ids = [_attr("request_id", state.request_id)]
-        spans.append(_span(trace_id, _b64(os.urandom(8)), root_id, "prefill", state.created_at, state.first_token_at,
-                           ids, STATUS_OK))
+        spans.append(
+            _span(
+                trace_id,
+                _b64(os.urandom(8)),
+                root_id,
+                "prefill",
+                state.created_at,
+                state.first_token_at,
+                ids,
+                STATUS_OK,
+            )
+        )
         spans.append(_span(trace_id, _b64(os.urandom(8)), root_id, "decode", state.first_token_at, end, ids, status))
     return spans
 
 
-def _span(trace_id: str, span_id: str, parent: str, name: str, start: float, end: float, attributes: list,
-          status: int) -> dict:
+def _span(
+    trace_id: str, span_id: str, parent: str, name: str, start: float, end: float, attributes: list, status: int
+) -> dict:
     return {
         "trace_id": trace_id,
         "span_id": span_id,

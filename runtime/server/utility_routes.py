@@ -10,7 +10,12 @@ import falcon
 from rfc.runtime.server import integrations
 from rfc.runtime.server import response_schemas as replies
 from rfc.runtime.server.api_fields import (
-    CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, MODEL, OPENAI_TOOLS_FIELD, TOKEN_IDS, TOOL_CHOICE,
+    CHAT_MESSAGES_FIELD,
+    CHAT_TEMPLATE_KWARGS,
+    MODEL,
+    OPENAI_TOOLS_FIELD,
+    TOKEN_IDS,
+    TOOL_CHOICE,
 )
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.config import ServerConfig
@@ -26,25 +31,41 @@ from rfc.runtime.server.structured import tool_plan
 
 ENCODINGS = ("float", "base64")
 _DIMENSIONS = Field("dimensions", Kind.INTEGER, description="the first N components, normalized again")
-EMBEDDINGS = RequestModel("EmbeddingsRequest", (
-    MODEL,
-    Field("input", Kind.JSON, required=True, schema=INPUTS),
-    Field("encoding_format", Kind.STRING, "float", enum=ENCODINGS, description="base64: little-endian float32"),
-    _DIMENSIONS,
-    Field("user", Kind.STRING, description="an end-user id: accepted, not used"),
-), example={"input": "The sky is blue"}, closed=True)  # OpenAI's document forbids other fields
-TOKENIZE = RequestModel("TokenizeRequest", (
-    MODEL,
-    Field("content", Kind.STRING, required=True),
-    Field("add_special", Kind.BOOLEAN, False, description="add the BOS token"),
-    Field("with_pieces", Kind.BOOLEAN, False, description="each token's text with its id"),
-    Field("parse_special", Kind.BOOLEAN, True, description="only true: special tokens in the text are always parsed"),
-), example={"content": "Once upon a time", "with_pieces": True})
-DETOKENIZE = RequestModel("DetokenizeRequest", (MODEL, Field("tokens", Kind.JSON, required=True, schema=TOKEN_IDS)),
-                          example={"tokens": [1, 2, 3]})
-APPLY_TEMPLATE = RequestModel("ApplyTemplateRequest",
-                              (MODEL, CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, OPENAI_TOOLS_FIELD, TOOL_CHOICE),
-                              example={"messages": [{"role": "user", "content": "Tell me a story"}]})
+EMBEDDINGS = RequestModel(
+    "EmbeddingsRequest",
+    (
+        MODEL,
+        Field("input", Kind.JSON, required=True, schema=INPUTS),
+        Field("encoding_format", Kind.STRING, "float", enum=ENCODINGS, description="base64: little-endian float32"),
+        _DIMENSIONS,
+        Field("user", Kind.STRING, description="an end-user id: accepted, not used"),
+    ),
+    example={"input": "The sky is blue"},
+    closed=True,
+)  # OpenAI's document forbids other fields
+TOKENIZE = RequestModel(
+    "TokenizeRequest",
+    (
+        MODEL,
+        Field("content", Kind.STRING, required=True),
+        Field("add_special", Kind.BOOLEAN, False, description="add the BOS token"),
+        Field("with_pieces", Kind.BOOLEAN, False, description="each token's text with its id"),
+        Field(
+            "parse_special", Kind.BOOLEAN, True, description="only true: special tokens in the text are always parsed"
+        ),
+    ),
+    example={"content": "Once upon a time", "with_pieces": True},
+)
+DETOKENIZE = RequestModel(
+    "DetokenizeRequest",
+    (MODEL, Field("tokens", Kind.JSON, required=True, schema=TOKEN_IDS)),
+    example={"tokens": [1, 2, 3]},
+)
+APPLY_TEMPLATE = RequestModel(
+    "ApplyTemplateRequest",
+    (MODEL, CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, OPENAI_TOOLS_FIELD, TOOL_CHOICE),
+    example={"messages": [{"role": "user", "content": "Tell me a story"}]},
+)
 
 
 def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> None:
@@ -72,8 +93,9 @@ class EmbeddingsResource(BodyResource):
         data = []
         for i, vector in enumerate(result.vectors):
             vector = shorten(vector, dims, "dimensions")
-            value = (base64.b64encode(vector.astype("<f4").tobytes()).decode() if encoding == "base64"
-                     else vector.tolist())
+            value = (
+                base64.b64encode(vector.astype("<f4").tobytes()).decode() if encoding == "base64" else vector.tolist()
+            )
             data.append({"object": "embedding", "index": i, "embedding": value})
         usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
         resp.media = {"object": "list", "data": data, "model": served.model_id, "usage": usage}
@@ -88,8 +110,9 @@ class TokenizeResource(BodyResource):
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         content = f.string("content")
         if not f.boolean("parse_special"):
-            raise bad_request("parse_special: false is not supported (special tokens in the text are always parsed)",
-                              "parse_special")
+            raise bad_request(
+                "parse_special: false is not supported (special tokens in the text are always parsed)", "parse_special"
+            )
         ids = served.model.tokenizer.encode(content, add_special_tokens=f.boolean("add_special")).ids
         if not f.boolean("with_pieces"):
             resp.media = {"tokens": ids}
@@ -109,8 +132,9 @@ def _piece(pieces: TokenPieces, token: int) -> str | list[int]:
 
 class DetokenizeResource(BodyResource):
     model = DETOKENIZE
-    operations = {"post": Operation("Token ids back to text", DETOKENIZE, {replies.JSON: replies.DETOKENIZE},
-                                    MODEL_ERRORS)}
+    operations = {
+        "post": Operation("Token ids back to text", DETOKENIZE, {replies.JSON: replies.DETOKENIZE}, MODEL_ERRORS)
+    }
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         tokens = f.raw("tokens")
@@ -124,8 +148,11 @@ class ApplyTemplateResource(BodyResource):
     """llama.cpp's /apply-template: the prompt text /v1/chat/completions would generate from."""
 
     model = APPLY_TEMPLATE
-    operations = {"post": Operation("The prompt a chat renders to", APPLY_TEMPLATE,
-                                    {replies.JSON: replies.APPLY_TEMPLATE}, MODEL_ERRORS)}
+    operations = {
+        "post": Operation(
+            "The prompt a chat renders to", APPLY_TEMPLATE, {replies.JSON: replies.APPLY_TEMPLATE}, MODEL_ERRORS
+        )
+    }
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
         extra = f.raw("chat_template_kwargs")
@@ -133,4 +160,3 @@ class ApplyTemplateResource(BodyResource):
             raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
         plan = tool_plan(f.raw("tools"), f.raw("tool_choice"))  # as /v1/chat/completions renders them
         resp.media = {"prompt": render_chat(served, f.raw("messages"), extra, **plan.prompt_args(served))}
-

@@ -25,8 +25,9 @@ _MEDIA_TYPES = {".html": HTML, ".js": "text/javascript", ".css": "text/css", ".s
 ASSETS = ("app.js", "markdown.js", "style.css", "favicon.svg")
 # Scripts and styles from this origin only: no inline script, no eval, nothing from elsewhere;
 # the page talks to this server alone (connect-src falls back to 'self').
-CONTENT_SECURITY_POLICY = ("default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
-                           "object-src 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
+)
 _HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -36,7 +37,7 @@ _HEADERS = {
 
 
 def media_type(name: str) -> str:
-    return _MEDIA_TYPES[name[name.rindex("."):]]
+    return _MEDIA_TYPES[name[name.rindex(".") :]]
 
 
 def wants_html(req: falcon.Request) -> bool:
@@ -83,10 +84,12 @@ class WebUiAssetResource:
     """`GET /webui/{name}`: one of ASSETS, else 404."""
 
     _reply = {media: ANY_TEXT for media in sorted({media_type(name) for name in ASSETS})}
-    operations = {"get": Operation("A file of the web chat page (its scripts, style sheet, icon)", reply=_reply,
-                                   errors=(404,), public=True),
-                  "head": Operation("A file of the web chat page, headers only", reply=_reply, errors=(404,),
-                                    public=True)}
+    operations = {
+        "get": Operation(
+            "A file of the web chat page (its scripts, style sheet, icon)", reply=_reply, errors=(404,), public=True
+        ),
+        "head": Operation("A file of the web chat page, headers only", reply=_reply, errors=(404,), public=True),
+    }
 
     def __init__(self, webui: WebUi):
         self._webui = webui

@@ -97,8 +97,9 @@ class OutputParser:
             calls = forced_calls(rest, tuple(t["function"]["name"] for t in self.spec.tools if "function" in t))
             return self._record(Delta(reasoning, "", tuple(calls)))
         if self.spec.generic_calls:
-            content, calls = generic_reply(rest,
-                                           tuple(t["function"]["name"] for t in self.spec.tools if "function" in t))
+            content, calls = generic_reply(
+                rest, tuple(t["function"]["name"] for t in self.spec.tools if "function" in t)
+            )
             return self._record(Delta(reasoning, content, tuple(calls)))
         if in_call and self.spec.tool_format is not None:
             parsed = self.spec.tool_format.parse(rest, list(self.spec.tools))
@@ -121,7 +122,7 @@ class OutputParser:
             out, self._call, self._pending = self._pending[:start], [self._pending[start:]], ""
             return out
         keep = _held_tail(self._pending, fmt.starts)
-        out, self._pending = self._pending[:len(self._pending) - keep], self._pending[len(self._pending) - keep:]
+        out, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
         return out
 
     def _content_at_start(self, text: str, fmt: ToolFormat) -> str:
@@ -131,7 +132,7 @@ class OutputParser:
             return text
         if not self._pending:  # leading whitespace so far: set it aside, not stripped again on every piece
             stripped = text.lstrip()
-            self._space.append(text[:len(text) - len(stripped)])
+            self._space.append(text[: len(text) - len(stripped)])
             text = stripped
         self._pending += text
         if fmt.call_start(self._pending) is not None:
@@ -172,8 +173,11 @@ def forced_calls(text: str, names: tuple[str, ...] = ()) -> list[ToolCall]:
         return []
     calls = []
     for item in value:
-        if (not isinstance(item, dict) or not isinstance(item.get("name"), str)
-                or not isinstance(item.get("arguments"), dict)):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("name"), str)
+            or not isinstance(item.get("arguments"), dict)
+        ):
             return []
         calls.append(ToolCall(item["name"], json.dumps(item["arguments"], ensure_ascii=False)))
     return calls + ([partial] if partial is not None else [])
@@ -197,14 +201,14 @@ def generic_reply(text: str, names: tuple[str, ...] = ()) -> tuple[str, list[Too
     if isinstance(value, dict) and "response" in value:
         return json.dumps(value["response"], ensure_ascii=False, separators=(",", ":")), []
     if (m := _GENERIC_CALLS.match(text)) is not None:
-        body = text[m.end():]
+        body = text[m.end() :]
         if isinstance(value, dict):
             body = json.dumps(value.get("tool_calls"), ensure_ascii=False)
         calls = forced_calls(body, names)
         if calls:
             return "", calls
     if (m := _GENERIC_RESPONSE.match(text)) is not None:  # cut off: the answer so far
-        body = text[m.end():]
+        body = text[m.end() :]
         if body.startswith('"'):
             return _partial_string(body), []
         return body, []

@@ -47,8 +47,8 @@ def in_form(call_id: str, form: CallIdForm) -> str:
     if form is not CallIdForm.MISTRAL or _MISTRAL_ID.fullmatch(call_id):
         return call_id
     for prefix in _PREFIXES:
-        if call_id.startswith(prefix) and _MISTRAL_ID.fullmatch(call_id[len(prefix):]):
-            return call_id[len(prefix):]
+        if call_id.startswith(prefix) and _MISTRAL_ID.fullmatch(call_id[len(prefix) :]):
+            return call_id[len(prefix) :]
     digest = hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).digest()
     return "".join(_ALPHANUMERIC[b % len(_ALPHANUMERIC)] for b in digest[:9])
 
@@ -68,8 +68,10 @@ def turns_in_form(turns: list[dict], form: CallIdForm) -> list[dict]:
             for call in calls:
                 if isinstance(call, dict):
                     given = call.get("id")
-                    call = {**call,
-                            "id": in_form(given, form) if isinstance(given, str) and given else new_call_id(form)}
+                    call = {
+                        **call,
+                        "id": in_form(given, form) if isinstance(given, str) and given else new_call_id(form),
+                    }
                     unanswered.append(call["id"])
                 fixed.append(call)
             turn = {**turn, "tool_calls": fixed}

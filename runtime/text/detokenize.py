@@ -40,8 +40,13 @@ class IncrementalDetokenizer:
     fall differently than in a full decode: byte-fallback decoders judge a whole run of byte
     tokens at once, which no bounded window can reproduce."""
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, prompt_ids: Sequence[int] = (),
-                 skip_special_tokens: bool = True, keep_leading_space: bool = False):
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        prompt_ids: Sequence[int] = (),
+        skip_special_tokens: bool = True,
+        keep_leading_space: bool = False,
+    ):
         self._tokenizer = tokenizer
         self._skip_special = skip_special_tokens
         added = tokenizer.get_added_tokens_decoder()
@@ -49,8 +54,11 @@ class IncrementalDetokenizer:
         # kept: harmony's markers (the rest of the special tokens are never put in the window,
         # so a window holding kept ones is decoded without skipping)
         by_text = {t.content: i for i, t in added.items() if t.special}
-        self._kept = frozenset(by_text[m] for m in HARMONY_MARKERS if m in by_text) \
-            if "<|channel|>" in by_text and "<|message|>" in by_text else frozenset()
+        self._kept = (
+            frozenset(by_text[m] for m in HARMONY_MARKERS if m in by_text)
+            if "<|channel|>" in by_text and "<|message|>" in by_text
+            else frozenset()
+        )
         context = [int(i) for i in prompt_ids if int(i) not in self._special_ids][-_PROMPT_CONTEXT:]
         if not context and keep_leading_space:
             # Nothing but special tokens (BOS) before a generated continuation: SentencePiece
@@ -70,7 +78,7 @@ class IncrementalDetokenizer:
         emitted = self._decode(self._read)
         text = self._decode(len(self._ids))
         if len(text) > len(emitted) and not text.endswith(_REPLACEMENT):
-            return self._advance(text[len(emitted):], len(self._ids))
+            return self._advance(text[len(emitted) :], len(self._ids))
         if len(self._ids) - self._read > _MAX_PENDING:
             return self._emit_settled(emitted, text)
         return ""
@@ -79,19 +87,19 @@ class IncrementalDetokenizer:
         """Text still held back, invalid bytes included (as U+FFFD)."""
         emitted = self._decode(self._read)
         text = self._decode(len(self._ids))
-        return self._advance(text[len(emitted):], len(self._ids))
+        return self._advance(text[len(emitted) :], len(self._ids))
 
     def _emit_settled(self, emitted: str, text: str) -> str:
         """Emit the part of a long held-back run that later tokens can no longer change."""
         settled_end = len(self._ids) - _CHAR_SPAN
         settled = self._decode(settled_end)
         if len(settled) > len(emitted) and text.startswith(settled):
-            return self._advance(settled[len(emitted):], settled_end)
+            return self._advance(settled[len(emitted) :], settled_end)
         return ""
 
     def _advance(self, delta: str, read: int) -> str:
         """Mark `_ids[:read]` emitted; the window now starts at the old read offset."""
-        del self._ids[:self._read]
+        del self._ids[: self._read]
         self._read = read - self._read
         return delta
 

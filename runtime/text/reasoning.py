@@ -88,10 +88,10 @@ class ReasoningSplitter:
                 break
             if self._may_open:
                 stripped = buf.lstrip()
-                self._space.append(buf[:len(buf) - len(stripped)])
+                self._space.append(buf[: len(buf) - len(stripped)])
                 if stripped.startswith(self._open):
                     self._may_open, self._inside, self._space = False, True, []
-                    buf = stripped[len(self._open):]
+                    buf = stripped[len(self._open) :]
                     continue
                 if self._open.startswith(stripped):  # maybe the tag, not complete yet
                     self._held = stripped
@@ -109,12 +109,12 @@ class ReasoningSplitter:
             end = buf.find(self._close)
             if end >= 0:
                 out.reasoning += buf[:end]
-                buf = buf[end + len(self._close):]
+                buf = buf[end + len(self._close) :]
                 self._inside, self._done = False, True
                 continue
             keep = _partial_suffix(buf, self._close)
-            out.reasoning += buf[:len(buf) - keep]
-            self._held = buf[len(buf) - keep:]
+            out.reasoning += buf[: len(buf) - keep]
+            self._held = buf[len(buf) - keep :]
             break
         return out
 
@@ -160,7 +160,7 @@ class HarmonySplitter:
                         continue
                     self._held = buf
                     break
-                header, buf = buf[:end], buf[end + len(MESSAGE):]
+                header, buf = buf[:end], buf[end + len(MESSAGE) :]
                 self._channel = "analysis" if _channel_of(header) == "analysis" else "final"
                 to = header.find("to=")
                 if to >= 0:  # a tool call: the tool parser reads it whole
@@ -170,13 +170,13 @@ class HarmonySplitter:
             ends = [(i, m) for m in HARMONY_ENDS if (i := buf.find(m)) >= 0]
             if ends:
                 i, marker = min(ends)
-                body, buf = buf[:i], buf[i + len(marker):]
+                body, buf = buf[:i], buf[i + len(marker) :]
                 self._emit(out, body + (marker if self._channel == "call" else ""))
                 self._channel = None
                 continue
             keep = max(_partial_suffix(buf, m) for m in HARMONY_ENDS)
-            self._emit(out, buf[:len(buf) - keep])
-            self._held = buf[len(buf) - keep:]
+            self._emit(out, buf[: len(buf) - keep])
+            self._held = buf[len(buf) - keep :]
             break
         return out
 
@@ -199,7 +199,7 @@ def _channel_of(header: str) -> str:
     at = header.find(CHANNEL)
     if at < 0:
         return ""
-    words = header[at + len(CHANNEL):].split()
+    words = header[at + len(CHANNEL) :].split()
     return words[0] if words else ""
 
 
@@ -210,8 +210,9 @@ def _may_be_header(text: str) -> bool:
     return any(text.startswith(t) or t.startswith(text) for t in ("<|start|>", CHANNEL, " to=", "to="))
 
 
-def make_splitter(harmony: bool, starts_inside: bool,
-                  tags: tuple[str, str] = (OPEN, CLOSE)) -> ReasoningSplitter | HarmonySplitter:
+def make_splitter(
+    harmony: bool, starts_inside: bool, tags: tuple[str, str] = (OPEN, CLOSE)
+) -> ReasoningSplitter | HarmonySplitter:
     """The splitter for a template's reasoning format (`tags`: thinking_tags of the template)."""
     return HarmonySplitter(starts_inside) if harmony else ReasoningSplitter(starts_inside, tags)
 

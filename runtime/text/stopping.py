@@ -50,8 +50,8 @@ class StopChecker:
             self.matched = matched
             return buffer[:start], True
         keep = _longest_stop_prefix_tail(buffer, self._stops, self._fails)
-        self._held = buffer[len(buffer) - keep:] if keep else ""
-        return buffer[:len(buffer) - keep], False
+        self._held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep], False
 
     def flush(self) -> str:
         """The held-back text, at the end of a stream that did not stop."""
@@ -78,7 +78,7 @@ def _longest_stop_prefix_tail(text: str, stops: Sequence[str], fails: Sequence[l
     for stop, fail in zip(stops, fails):
         if len(stop) - 1 <= longest:
             continue
-        tail = text[len(text) - (len(stop) - 1):] if len(text) >= len(stop) - 1 else text
+        tail = text[len(text) - (len(stop) - 1) :] if len(text) >= len(stop) - 1 else text
         longest = max(longest, _overlap(stop, fail, tail))
     return longest
 

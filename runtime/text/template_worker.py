@@ -161,8 +161,9 @@ class TemplatePool:
             if not worker.poll(self.limits.render_timeout_s):
                 self._replace(worker)
                 worker = None
-                raise ChatTemplateError(f"rendering took longer than {self.limits.render_timeout_s:g} s and was "
-                                        f"stopped")
+                raise ChatTemplateError(
+                    f"rendering took longer than {self.limits.render_timeout_s:g} s and was stopped"
+                )
             status, value = worker.recv()
         except (EOFError, OSError, ValueError):
             if worker is not None:
@@ -205,11 +206,13 @@ class RemoteTemplate:
 
     def __init__(self, pool: TemplatePool, source: str, bos_token: str, eos_token: str):
         self.pool, self.source, self.bos_token, self.eos_token = pool, source, bos_token, eos_token
-        self.key = hashlib.sha256("\0".join((source, bos_token,
-                                             eos_token)).encode("utf-8", "surrogatepass")).hexdigest()
+        self.key = hashlib.sha256(
+            "\0".join((source, bos_token, eos_token)).encode("utf-8", "surrogatepass")
+        ).hexdigest()
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None,
-               **extra: Any) -> str:
+    def render(
+        self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None, **extra: Any
+    ) -> str:
         options = {"add_generation_prompt": add_generation_prompt, "tools": tools, **extra}
         return self.pool.call("render", self, {"messages": messages, "options": options})
 

@@ -32,8 +32,20 @@ import secrets
 from dataclasses import dataclass, field
 
 from rfc.runtime.text.tool_parsers import (
-    Parser, deepseek, functionary, gemma4, glm, harmony, invoke, json_tags, kimi, llama3, mistral, pythonic,
-    qwen3_coder, solar,
+    Parser,
+    deepseek,
+    functionary,
+    gemma4,
+    glm,
+    harmony,
+    invoke,
+    json_tags,
+    kimi,
+    llama3,
+    mistral,
+    pythonic,
+    qwen3_coder,
+    solar,
 )
 
 
@@ -114,6 +126,7 @@ class ToolFormat:
 
 # -- helpers -----------------------------------------------------------------------------
 
+
 def _parameter_schemas(tools: list[dict]) -> dict[str, dict]:
     out = {}
     for t in tools:
@@ -130,8 +143,12 @@ FORMATS: tuple[ToolFormat, ...] = (
     ToolFormat("harmony", ("<|channel|>", "to=functions."), ("to=functions.",), harmony),
     ToolFormat("kimi", ("<|tool_call_begin|>",), ("<|tool_calls_section_begin|>", "<|tool_call_begin|>"), kimi),
     ToolFormat("deepseek", ("<｜tool▁call▁begin｜>",), ("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>"), deepseek),
-    ToolFormat("invoke", ("<invoke name=", "invoke name=", "<function name="),
-               ("<minimax:tool_call>", "<｜DSML｜function_calls>", "<｜DSML｜tool_calls>", "<function name="), invoke),
+    ToolFormat(
+        "invoke",
+        ("<invoke name=", "invoke name=", "<function name="),
+        ("<minimax:tool_call>", "<｜DSML｜function_calls>", "<｜DSML｜tool_calls>", "<function name="),
+        invoke,
+    ),
     ToolFormat("qwen3_coder", ("<parameter=",), ("<tool_call>", "<seed:tool_call>", "<function="), qwen3_coder),
     ToolFormat("glm", ("<arg_key>",), ("<tool_call>",), glm),
     ToolFormat("solar", ("<|tool_call:name|>",), ("<|tool_calls|>", "<|tool_call:begin|>"), solar),
@@ -142,18 +159,30 @@ FORMATS: tuple[ToolFormat, ...] = (
     ToolFormat("hermes_apriel", ("<tool_calls>[",), ("<tool_calls>",), json_tags("<tool_calls>", "</tool_calls>")),
     ToolFormat("hermes_minimax", ("<tool_calls>",), ("<tool_calls>",), json_tags("<tool_calls>", "</tool_calls>")),
     ToolFormat("hermes_nemotron", ("<TOOLCALL>",), ("<TOOLCALL>",), json_tags("<TOOLCALL>", "</TOOLCALL>")),
-    ToolFormat("command_r", ("<|START_ACTION|>",), ("<|START_ACTION|>",),
-               json_tags("<|START_ACTION|>", "<|END_ACTION|>")),
-    ToolFormat("apertus", ("<|tools_prefix|>",), ("<|tools_prefix|>",),
-               json_tags("<|tools_prefix|>", "<|tools_suffix|>")),
-    ToolFormat("gigachat", ("<|function_call|>",), ("<|function_call|>",),
-               json_tags("<|function_call|>", "<|message_sep|>")),
-    ToolFormat("gigachat3", ("'function call'",), ("function call<|role_sep|>",),
-               json_tags("function call<|role_sep|>", "<|message_sep|>")),
+    ToolFormat(
+        "command_r", ("<|START_ACTION|>",), ("<|START_ACTION|>",), json_tags("<|START_ACTION|>", "<|END_ACTION|>")
+    ),
+    ToolFormat(
+        "apertus", ("<|tools_prefix|>",), ("<|tools_prefix|>",), json_tags("<|tools_prefix|>", "<|tools_suffix|>")
+    ),
+    ToolFormat(
+        "gigachat", ("<|function_call|>",), ("<|function_call|>",), json_tags("<|function_call|>", "<|message_sep|>")
+    ),
+    ToolFormat(
+        "gigachat3",
+        ("'function call'",),
+        ("function call<|role_sep|>",),
+        json_tags("function call<|role_sep|>", "<|message_sep|>"),
+    ),
     ToolFormat("firefunction", ("functools[",), ("functools",), json_tags("functools", "<|eot_id|>")),
     ToolFormat("hermes", ("<tool_call>",), ("<tool_call>",), json_tags("<tool_call>", "</tool_call>")),
-    ToolFormat("llama3", ("<|python_tag|>", "\"parameters\": ", "{\"name\": \""), ("<|python_tag|>", "{"), llama3,
-               at_start_only=True),
+    ToolFormat(
+        "llama3",
+        ("<|python_tag|>", '"parameters": ', '{"name": "'),
+        ("<|python_tag|>", "{"),
+        llama3,
+        at_start_only=True,
+    ),
 )
 BY_NAME = {f.name: f for f in FORMATS}
 # Families known and not parsed yet: their templates still render tools, the output stays

@@ -37,6 +37,7 @@ def _coerce(value: str, schema: object) -> object:
 
 # -- scanning ------------------------------------------------------------------------------
 
+
 class _Search:
     """The first match at or after a position of a forward search, remembered: asked again
     from anywhere between where it last searched from and what it found, it answers without
@@ -142,14 +143,15 @@ def _between(text: str, start: str, end: str) -> tuple[list[str], str]:
         outside.append(text[pos:i])
         j = text.find(end, i + len(start))
         if j < 0:
-            bodies.append(text[i + len(start):])
+            bodies.append(text[i + len(start) :])
             break
-        bodies.append(text[i + len(start):j])
+        bodies.append(text[i + len(start) : j])
         pos = j + len(end)
     return bodies, "".join(outside)
 
 
 # -- JSON ----------------------------------------------------------------------------------
+
 
 def _json_at(text: str, pos: int) -> tuple[object, int]:
     """The JSON value at `pos` (after whitespace) and the index after it."""
@@ -200,6 +202,7 @@ def json_tags(start: str, end: str) -> Parser:
             for obj in value if isinstance(value, list) else [value]:
                 calls.append(_name_args(obj))
         return rest, calls
+
     return parse
 
 
@@ -235,6 +238,7 @@ def mistral(text: str, schemas: dict) -> tuple[str, list] | None:
 
 
 # -- XML-style families --------------------------------------------------------------------
+
 
 def _qwen_elements(text: str, tag: str, unclosed_to_end: bool) -> Iterator[tuple[int, int, str, int, int]]:
     """(start, end, name, body start, body end) of each `<TAG=NAME>BODY</TAG>`:
@@ -299,7 +303,7 @@ def _glm_args(body: str) -> list[tuple[str, str]]:
         value_end = t.find("</arg_value>", value + 11)
         if value_end < 0:  # nor does any later value end
             break
-        out.append((body[i + 9:key_end], body[value + 11:value_end]))
+        out.append((body[i + 9 : key_end], body[value + 11 : value_end]))
         pos = value_end + 12
     return out
 
@@ -328,6 +332,7 @@ def _closing_tag(t: _Text, kind: str) -> _Search:
                 return s - 2
             at = t.find(anchor, at + 1)
         return -1
+
     return _Search(search)
 
 
@@ -362,7 +367,7 @@ def _named_elements(text: str, kinds: tuple[str, ...], flagged: bool) -> Iterato
             return
         body_end = min(ends)
         end = text.index(">", body_end) + 1
-        yield start, end, text[at + 7:quote], flag, text[body_start:body_end]
+        yield start, end, text[at + 7 : quote], flag, text[body_start:body_end]
         pos = end
 
 
@@ -375,8 +380,14 @@ def invoke(text: str, schemas: dict) -> tuple[str, list] | None:
             args[key] = value if is_string == "true" else _coerce(value, props.get(key))
         calls.append((name, args))
         spans.append((start, end))
-    wrappers = ("<minimax:tool_call>", "</minimax:tool_call>", "<｜DSML｜function_calls>", "</｜DSML｜function_calls>",
-                "<｜DSML｜tool_calls>", "</｜DSML｜tool_calls>")
+    wrappers = (
+        "<minimax:tool_call>",
+        "</minimax:tool_call>",
+        "<｜DSML｜function_calls>",
+        "</｜DSML｜function_calls>",
+        "<｜DSML｜tool_calls>",
+        "</｜DSML｜tool_calls>",
+    )
     return _remove(_cut(text, spans), wrappers), calls
 
 
@@ -402,7 +413,7 @@ def deepseek(text: str, schemas: dict) -> tuple[str, list] | None:
         if sep < 0:
             break
         body_end, end = _end_or_eos(t, _DS_END, sep + len(_DS_SEP))
-        head, body = text[i + len(_DS_BEGIN):sep], text[sep + len(_DS_SEP):body_end]
+        head, body = text[i + len(_DS_BEGIN) : sep], text[sep + len(_DS_SEP) : body_end]
         if head.strip() == "function":  # R1 and V3: function<sep>NAME\n```json\n{...}\n```
             name, _, body = body.partition("\n")
             body = _unfence(body)
@@ -423,7 +434,7 @@ def functionary(text: str, schemas: dict) -> tuple[str, list] | None:
             if body_end < 0:
                 pos = i + 1
                 continue
-            calls.append((text[i + 10:name_end], json.loads(text[name_end + 1:body_end])))
+            calls.append((text[i + 10 : name_end], json.loads(text[name_end + 1 : body_end])))
             spans.append((i, body_end + 11))
             pos = body_end + 11
         return _cut(text, spans), calls
@@ -458,7 +469,7 @@ def _kimi_name(head: str) -> str | None:
             if end <= len(head):
                 return head[start:end]
         elif colon > start:  # the name ends at the colon: `:0` and whitespace follow
-            index = head[colon + 1:].rstrip()
+            index = head[colon + 1 :].rstrip()
             if index.isdecimal():
                 return head[start:colon]
             return None
@@ -479,7 +490,7 @@ def kimi(text: str, schemas: dict) -> tuple[str, list] | None:
         body_end = t.find(_KIMI_END, args + len(_KIMI_ARGS))
         if name is None or body_end < 0:
             continue
-        calls.append((name, json.loads(text[args + len(_KIMI_ARGS):body_end])))
+        calls.append((name, json.loads(text[args + len(_KIMI_ARGS) : body_end])))
         spans.append((i, body_end + len(_KIMI_END)))
         pos = body_end + len(_KIMI_END)
     return _remove(_cut(text, spans), ("<|tool_calls_section_begin|>", "<|tool_calls_section_end|>")), calls
@@ -498,7 +509,7 @@ def harmony(text: str, schemas: dict) -> tuple[str, list] | None:
         if name_end == i + 13 or message < 0 or 0 <= newline < message:
             continue
         body_end, end = _end_or_eos(t, "<|call|>", message + 11)
-        calls.append((text[i + 13:name_end], json.loads(text[message + 11:body_end])))
+        calls.append((text[i + 13 : name_end], json.loads(text[message + 11 : body_end])))
         spans.append((i, end))
         pos = end
     return _remove(_cut(text, spans), ("<|start|>assistant", "<|channel|>commentary")), calls
@@ -518,7 +529,7 @@ def solar(text: str, schemas: dict) -> tuple[str, list] | None:
         end = t.find(_SOLAR[3], args + len(_SOLAR[2])) if args >= 0 else -1
         if end < 0:
             break
-        calls.append((text[name + len(_SOLAR[1]):args].strip(), json.loads(text[args + len(_SOLAR[2]):end])))
+        calls.append((text[name + len(_SOLAR[1]) : args].strip(), json.loads(text[args + len(_SOLAR[2]) : end])))
         spans.append((begin, end + len(_SOLAR[3])))
         pos = end + len(_SOLAR[3])
     return _remove(_cut(text, spans), ("<|tool_calls|>", "<|calls|>")), calls
@@ -538,7 +549,7 @@ def _gemma4_keys(text: str) -> str:
         key_end = _skip(_KEY_CHARS, text, key + 1)
         colon = _skip(_SPACES, text, key_end)
         if text.startswith(":", colon):
-            out += [text[pos:at + 1], '"', text[key:key_end], '":']
+            out += [text[pos : at + 1], '"', text[key:key_end], '":']
             pos = scan = colon + 1
     out.append(text[pos:])
     return "".join(out)
@@ -549,10 +560,10 @@ def _gemma4_json(body: str) -> str:
     their text is not rewritten; an unpaired last one stays as it is), keys are bare."""
     parts = body.split(_GEMMA4_QUOTE)
     pairs = (len(parts) - 1) // 2
-    outside = parts[0:2 * pairs + 1:2]
-    outside[-1] = _GEMMA4_QUOTE.join(parts[2 * pairs:])
+    outside = parts[0 : 2 * pairs + 1 : 2]
+    outside[-1] = _GEMMA4_QUOTE.join(parts[2 * pairs :])
     out = [_gemma4_keys(outside[0])]
-    for string, after in zip(parts[1:2 * pairs:2], outside[1:]):
+    for string, after in zip(parts[1 : 2 * pairs : 2], outside[1:]):
         out += [json.dumps(string), _gemma4_keys(after)]
     return "".join(out)
 
@@ -570,7 +581,7 @@ def gemma4(text: str, schemas: dict) -> tuple[str, list] | None:
         close = t.find(_GEMMA4_END, name_end + 1)
         if close < 0:
             continue
-        calls.append((text[i + len(_GEMMA4_CALL):name_end], json.loads(_gemma4_json(text[name_end:close + 1]))))
+        calls.append((text[i + len(_GEMMA4_CALL) : name_end], json.loads(_gemma4_json(text[name_end : close + 1]))))
         spans.append((i, close + len(_GEMMA4_END)))
         pos = close + len(_GEMMA4_END)
     return _cut(text, spans), calls

@@ -36,8 +36,18 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = (log_dir or bundle.parent) / f"serve-{self.port}.log"
         self._log = open(self.log_path, "wb")
-        cmd = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve",
-               *([str(bundle)] if bundle else []), "--port", str(self.port), "--device", "auto", *args]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from rfc.cli.main import main; main()",
+            "serve",
+            *([str(bundle)] if bundle else []),
+            "--port",
+            str(self.port),
+            "--device",
+            "auto",
+            *args,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def wait_listening(self, timeout: float = READY_TIMEOUT_S) -> None:
@@ -87,8 +97,9 @@ def demo_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(demo_bundle):
     """The shared server: every request traced, default limits, an admin key for /traces."""
-    proc = ServerProcess(demo_bundle, "--trace-sample-rate", "1.0", "--log-format", "json", "--admin-api-key",
-                         ADMIN_KEY)
+    proc = ServerProcess(
+        demo_bundle, "--trace-sample-rate", "1.0", "--log-format", "json", "--admin-api-key", ADMIN_KEY
+    )
     try:
         yield proc.wait_ready()
     finally:
@@ -104,8 +115,20 @@ def rfc_run(demo_bundle):
         if (prompt, n) not in cache:
             # The bounded OpenMP spin `rfc serve` uses: unbounded spinning crawls on a busy 2-core box.
             env = {"GOMP_SPINCOUNT": "20000", **os.environ}
-            out = rfc("run", demo_bundle, "-p", prompt, "--temperature", "0", "-n", str(n), "--device", "auto",
-                      check=True, env=env).stdout
+            out = rfc(
+                "run",
+                demo_bundle,
+                "-p",
+                prompt,
+                "--temperature",
+                "0",
+                "-n",
+                str(n),
+                "--device",
+                "auto",
+                check=True,
+                env=env,
+            ).stdout
             assert out.endswith("\n")
             cache[(prompt, n)] = out[:-1]
         return cache[(prompt, n)]

@@ -26,13 +26,24 @@ def digest_of(data: bytes) -> str:
 
 def manifest_of(layers: list[dict], **extra) -> dict:
     """An rfc bundle's OCI manifest around `layers` (the config's blob is never fetched)."""
-    return {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": layout.MODEL_ARTIFACT,
-            "config": {"mediaType": layout.MODEL_CONFIG, "digest": D, "size": 2}, "layers": layers, **extra}
+    return {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": layout.MODEL_ARTIFACT,
+        "config": {"mediaType": layout.MODEL_CONFIG, "digest": D, "size": 2},
+        "layers": layers,
+        **extra,
+    }
 
 
 def layer(path: str, digest: str = D, size: int = 1, **extra) -> dict:
-    return {"mediaType": layout.layer_media_type(path), "digest": digest, "size": size,
-            "annotations": {layout.FILEPATH: path, layout.TITLE: path}, **extra}
+    return {
+        "mediaType": layout.layer_media_type(path),
+        "digest": digest,
+        "size": size,
+        "annotations": {layout.FILEPATH: path, layout.TITLE: path},
+        **extra,
+    }
 
 
 class HostileRegistry:
@@ -69,8 +80,9 @@ class HostileRegistry:
                     data = registry.manifests.get(self.path.rsplit("/", 1)[1])
                     if data is None:
                         return self._reply(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "unknown"}]}')
-                    return self._reply(200, data, OCI_MANIFEST,
-                                       sized=self.path.rsplit("/", 1)[1] not in registry.unsized)
+                    return self._reply(
+                        200, data, OCI_MANIFEST, sized=self.path.rsplit("/", 1)[1] not in registry.unsized
+                    )
                 if "/blobs/" in self.path:
                     digest = self.path.rsplit("/", 1)[1]
                     chunks = registry.blobs.get(digest)

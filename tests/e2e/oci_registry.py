@@ -54,9 +54,14 @@ class Registry:
     def uploaded_since(self, mark: int) -> set[str]:
         """Digests of the blobs whose uploads completed after `mark` (the registry's own log)."""
         text = self.log()[mark:]
-        return {m.group(1)
-                for m in re.finditer(r'"PUT /v2/[^ ]*/blobs/uploads/[^ ]*digest=sha256(?::|%3A)([0-9a-f]{64})[^"]*" '
-                                     r'201', text)}
+        return {
+            m.group(1)
+            for m in re.finditer(
+                r'"PUT /v2/[^ ]*/blobs/uploads/[^ ]*digest=sha256(?::|%3A)([0-9a-f]{64})[^"]*" '
+                r"201",
+                text,
+            )
+        }
 
     def blob_gets_since(self, mark: int, digest: str) -> int:
         return len(re.findall(rf'"GET /v2/[^ ]*/blobs/sha256:{digest} HTTP/1.1" 20[06]', self.log()[mark:]))

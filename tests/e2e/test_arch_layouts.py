@@ -35,8 +35,9 @@ def _retensor(src: Path, dst: Path, fn) -> Path:
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
         vtype = field.types[0]
-        writer.add_key_value(key, field.contents(), vtype,
-                             sub_type=field.types[-1] if vtype == GGUFValueType.ARRAY else None)
+        writer.add_key_value(
+            key, field.contents(), vtype, sub_type=field.types[-1] if vtype == GGUFValueType.ARRAY else None
+        )
     for name, data, qtype in fn([(t.name, np.array(t.data), t.tensor_type) for t in reader.tensors]):
         writer.add_tensor(name, data, raw_dtype=qtype)
     writer.write_header_to_file()
@@ -89,6 +90,7 @@ def test_fused_experts_only_where_llama_cpp_takes_them(tmp_path):
 def _one_head(squeeze: bool):
     """tiny-deepseek2-F16 cut down to its first head (q_b's first head rows, attn_output's first
     head columns), attn_k_b / attn_v_b stored [1, N, K] or, as ggml writes them, [N, K]."""
+
     def fn(name, data, qtype):
         if name.endswith("attn_q_b.weight"):
             return data[: data.shape[0] // 4].copy(), qtype

@@ -22,9 +22,10 @@ from rfc.compiler.targets import parse_target
 from rfc.runtime.devices.cpu import cpu_flags
 from tests.conftest import DEMO_MODEL, FIXTURES, skip_reason, smollm2
 
-pytestmark = [pytest.mark.toolchain,
-              pytest.mark.skipif(shutil.which("cc") is None,
-                                 reason="the cpu device needs a C compiler ('cc' not found)")]
+pytestmark = [
+    pytest.mark.toolchain,
+    pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)"),
+]
 
 N_REQUESTS = 50
 SMOLLM2 = smollm2()
@@ -34,11 +35,21 @@ SMOLLM2 = smollm2()
 # kernel for every token count there (on the AVX2 `cpu` target Q4_Kx8's 4-token tile sums unlike
 # its single-token dot). With Q6_K in the GGUF layout (the output matrix) this fails.
 NO_AVX512 = missing_isa(parse_target("cpu-avx512"), cpu_flags())
-MODELS = [pytest.param(DEMO_MODEL, "cpu", id="stories260K"),
-          pytest.param(SMOLLM2, "cpu", id="smollm2", marks=[pytest.mark.slow, pytest.mark.skipif(
-              not SMOLLM2.is_file(), reason=skip_reason(SMOLLM2))]),
-          pytest.param(FIXTURES / "tiny-llama-Q4_K_M.gguf", "cpu-avx512", id="tiny-llama-Q4_K_M-cpu-avx512",
-                       marks=pytest.mark.skipif(bool(NO_AVX512), reason=f"this CPU lacks {', '.join(NO_AVX512)}"))]
+MODELS = [
+    pytest.param(DEMO_MODEL, "cpu", id="stories260K"),
+    pytest.param(
+        SMOLLM2,
+        "cpu",
+        id="smollm2",
+        marks=[pytest.mark.slow, pytest.mark.skipif(not SMOLLM2.is_file(), reason=skip_reason(SMOLLM2))],
+    ),
+    pytest.param(
+        FIXTURES / "tiny-llama-Q4_K_M.gguf",
+        "cpu-avx512",
+        id="tiny-llama-Q4_K_M-cpu-avx512",
+        marks=pytest.mark.skipif(bool(NO_AVX512), reason=f"this CPU lacks {', '.join(NO_AVX512)}"),
+    ),
+]
 
 
 def random_requests(vocab: int, seed: int = 27) -> list[GenerationRequest]:
@@ -56,9 +67,14 @@ def random_requests(vocab: int, seed: int = 27) -> list[GenerationRequest]:
         else:
             prompt = [1, *(rng.randrange(3, vocab) for _ in range(rng.choice([0, 1, 5, 15, 16, 17, 40, 150])))]
         params = SamplingParams(
-            temperature=rng.choice([0.0, 0.7, 1.0, 1.5]), top_k=rng.choice([0, 5, 40]), top_p=rng.choice([1.0, 0.9]),
-            min_p=rng.choice([0.0, 0.05]), repetition_penalty=rng.choice([1.0, 1.1]),
-            presence_penalty=rng.choice([0.0, 0.5]), seed=rng.randrange(2**31))
+            temperature=rng.choice([0.0, 0.7, 1.0, 1.5]),
+            top_k=rng.choice([0, 5, 40]),
+            top_p=rng.choice([1.0, 0.9]),
+            min_p=rng.choice([0.0, 0.05]),
+            repetition_penalty=rng.choice([1.0, 1.1]),
+            presence_penalty=rng.choice([0.0, 0.5]),
+            seed=rng.randrange(2**31),
+        )
         requests.append(GenerationRequest(prompt, params, max_tokens=rng.randint(1, 12), ignore_eos=True, logprobs=2))
     return requests
 
@@ -79,7 +95,7 @@ def run(engine: Engine, requests: list[GenerationRequest], groups: list[int]) ->
     """Submits the requests in groups of the given sizes, each group run to completion."""
     states, start = [], 0
     for size in groups:
-        group = [engine.submit(r) for r in requests[start:start + size]]
+        group = [engine.submit(r) for r in requests[start : start + size]]
         while engine.step():
             pass
         states += group
@@ -138,8 +154,9 @@ def test_a_long_sequences_attention_segments_spread_over_the_team_or_taken_in_tu
 
     def request(n: int, seed: int) -> GenerationRequest:
         prompt = [1, *(rng.randrange(3, model.vocab_size) for _ in range(n))]
-        return GenerationRequest(prompt, SamplingParams(temperature=0.8, seed=seed), max_tokens=48, ignore_eos=True,
-                                 logprobs=2)
+        return GenerationRequest(
+            prompt, SamplingParams(temperature=0.8, seed=seed), max_tokens=48, ignore_eos=True, logprobs=2
+        )
 
     long = request(430, 3)  # decodes at positions 431..478: segments 0 and 1
     others = [request(n, 10 + n) for n in (5, 40, 300)]
@@ -210,8 +227,10 @@ def test_every_openai_reply_carries_the_fingerprint(server):
     import requests
 
     seen = set()
-    for path, body in [("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 3}),
-                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})]:
+    for path, body in [
+        ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 3}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}),
+    ]:
         r = requests.post(server.url + path, json={**body, "model": "stories260K"}, timeout=60)
         assert r.status_code == 200, r.text
         seen |= {r.json()["system_fingerprint"], r.headers["X-System-Fingerprint"]}

@@ -13,11 +13,26 @@ SMALL = ["--prefill", "16,32", "--batches", "1,2", "--gen", "2", "--repeat", "1"
 
 
 def test_bench_prints_every_figure(demo_bundle):
-    proc = rfc("bench", demo_bundle, *SMALL, "--device", "ref",
-               env={k: v for k, v in os.environ.items() if k != "RFC_LLAMA_BENCH"})
+    proc = rfc(
+        "bench",
+        demo_bundle,
+        *SMALL,
+        "--device",
+        "ref",
+        env={k: v for k, v in os.environ.items() if k != "RFC_LLAMA_BENCH"},
+    )
     assert proc.returncode == 0, proc.stderr
-    for row in ("prefill 16 (tok/s)", "prefill 32 (tok/s)", "decode batch 1 (tok/s)", "decode batch 2, aggregate",
-                "TTFT, 32-token prompt", "prefix cache", "load time", "peak RSS", "read bandwidth"):
+    for row in (
+        "prefill 16 (tok/s)",
+        "prefill 32 (tok/s)",
+        "decode batch 1 (tok/s)",
+        "decode batch 2, aggregate",
+        "TTFT, 32-token prompt",
+        "prefix cache",
+        "load time",
+        "peak RSS",
+        "read bandwidth",
+    ):
         assert row in proc.stdout, row
     assert "1 compute thread" in proc.stdout
 
@@ -38,8 +53,9 @@ def test_a_failing_llama_bench_is_one_line(demo_bundle, tmp_path):
     assert proc.returncode == 1 and "exited with 3" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.skipif(not LLAMA_BENCH.exists(),
-                    reason=f"no llama-bench at {LLAMA_BENCH} (tools/build_llama_cpp.sh builds one)")
+@pytest.mark.skipif(
+    not LLAMA_BENCH.exists(), reason=f"no llama-bench at {LLAMA_BENCH} (tools/build_llama_cpp.sh builds one)"
+)
 def test_llama_bench_ratios(demo_bundle):
     proc = rfc("bench", demo_bundle, *SMALL, "--device", "ref", "--llama-bench", LLAMA_BENCH, "--gguf", DEMO_MODEL)
     assert proc.returncode == 0, proc.stderr
@@ -53,8 +69,10 @@ def test_llama_bench_runs_in_the_users_environment(demo_bundle, tmp_path):
     """rfc sets OMP_WAIT_POLICY=PASSIVE (and thread counts) for its own kernels; llama-bench
     inheriting them ran its decode at 60% speed, so the ratios favoured rfc unfairly."""
     fake = tmp_path / "llama-bench"
-    fake.write_text('#!/bin/sh\necho "policy=[${OMP_WAIT_POLICY:-unset}] spin=[${GOMP_SPINCOUNT:-unset}] '
-                    'omp=[${OMP_NUM_THREADS:-unset}]" >&2\nexit 3\n')
+    fake.write_text(
+        '#!/bin/sh\necho "policy=[${OMP_WAIT_POLICY:-unset}] spin=[${GOMP_SPINCOUNT:-unset}] '
+        'omp=[${OMP_NUM_THREADS:-unset}]" >&2\nexit 3\n'
+    )
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     proc = rfc("bench", demo_bundle, *SMALL, "--device", "cpu", "--llama-bench", fake, "--gguf", DEMO_MODEL, env=env)
@@ -83,9 +101,11 @@ def test_an_sdist_build_is_named_by_build_llama_cpps_note(tmp_path):
     from rfc.cli.llama_bench import run_llama_bench
 
     fake = tmp_path / "llama-bench"
-    fake.write_text("#!/bin/sh\necho '[{\"n_prompt\": 16, \"n_gen\": 0, \"avg_ts\": 10.0, \"build_commit\": "
-                    "\"unknown\", \"cpu_info\": \"CPU X\"}, {\"n_prompt\": 0, \"n_gen\": 2, \"avg_ts\": 5.0, "
-                    "\"build_commit\": \"unknown\"}]'\n")
+    fake.write_text(
+        '#!/bin/sh\necho \'[{"n_prompt": 16, "n_gen": 0, "avg_ts": 10.0, "build_commit": '
+        '"unknown", "cpu_info": "CPU X"}, {"n_prompt": 0, "n_gen": 2, "avg_ts": 5.0, '
+        '"build_commit": "unknown"}]\'\n'
+    )
     fake.chmod(0o755)
     assert run_llama_bench(fake, DEMO_MODEL, 1, (16,), 2).build == "unknown build (CPU X)"
     (tmp_path / "LLAMA_CPP_VERSION").write_text("vendored in llama_cpp_python-0.3.36\n")

@@ -21,11 +21,34 @@ def _metadata(path: Path) -> dict:
 
 # Fixtures the cpu target refuses (ops it has no kernels for yet): compiled without kernels.
 CPU_REFUSED: tuple[str, ...] = ()  # every fixture architecture compiles for the cpu target
-NEOX_ROPE = ("qwen2", "qwen3", "qwen3moe", "phi3", "gemma2", "gemma3", "gpt-oss", "olmo2", "lfm2", "lfm2moe", "glm4moe",
-             "qwen35", "qwen35moe", "qwen3next", "gemma4", "gemma3n", "exaone4", "seed_oss", "hunyuan-dense",
-             "hunyuan-moe", "minimax-m2", "bailingmoe2", "qwen3vl", "qwen3vlmoe",
-             # llama.cpp's LLAMA_ROPE_TYPE_NEOX (qwen35, qwen3vl: IMROPE, whose text positions turn NeoX pairs)
-             "falcon-h1")
+NEOX_ROPE = (
+    "qwen2",
+    "qwen3",
+    "qwen3moe",
+    "phi3",
+    "gemma2",
+    "gemma3",
+    "gpt-oss",
+    "olmo2",
+    "lfm2",
+    "lfm2moe",
+    "glm4moe",
+    "qwen35",
+    "qwen35moe",
+    "qwen3next",
+    "gemma4",
+    "gemma3n",
+    "exaone4",
+    "seed_oss",
+    "hunyuan-dense",
+    "hunyuan-moe",
+    "minimax-m2",
+    "bailingmoe2",
+    "qwen3vl",
+    "qwen3vlmoe",
+    # llama.cpp's LLAMA_ROPE_TYPE_NEOX (qwen35, qwen3vl: IMROPE, whose text positions turn NeoX pairs)
+    "falcon-h1",
+)
 
 
 @pytest.mark.parametrize("name", TINY_MODELS + ["stories260K"])
@@ -51,8 +74,10 @@ def test_compile_and_inspect_shows_gguf_hparams(name, tmp_path):
     head_dim = md.get(f"{arch}.attention.key_length", hp["n_embd"] // hp["n_heads"])
     if f"{arch}.attention.key_length_swa" in md:  # gemma4: the widest layer's KV row sets the head_dim shown
         assert hp["head_dim"] in (head_dim, md[f"{arch}.attention.key_length_swa"])
-        assert ((hp["extra"]["key_length"], hp["extra"]["key_length_swa"])
-                == (head_dim, md[f"{arch}.attention.key_length_swa"]))
+        assert (hp["extra"]["key_length"], hp["extra"]["key_length_swa"]) == (
+            head_dim,
+            md[f"{arch}.attention.key_length_swa"],
+        )
     else:
         assert hp["head_dim"] == head_dim
     assert hp["n_rot"] == md.get(f"{arch}.rope.dimension_count", head_dim)
@@ -78,9 +103,15 @@ def test_compile_and_inspect_shows_gguf_hparams(name, tmp_path):
     # gemma4's layer_output_scale scalars are read at compile time into the plan, not stored as weights
     tensors = {n: t for n, t in tensors.items() if not n.endswith(".layer_output_scale.weight")}
     if arch == "gemma3n":  # its KV-shared layers (20 on) carry K/V weights llama.cpp loads but its graph never uses
-        tensors = {n: t for n, t in tensors.items()
-                   if not (n.startswith("blk.") and int(n.split(".")[1]) >= 20
-                           and n.split(".")[2] in ("attn_k", "attn_v", "attn_k_norm"))}
+        tensors = {
+            n: t
+            for n, t in tensors.items()
+            if not (
+                n.startswith("blk.")
+                and int(n.split(".")[1]) >= 20
+                and n.split(".")[2] in ("attn_k", "attn_v", "attn_k_norm")
+            )
+        }
     assert info["parameter_count"] == sum(int(t.n_elements) for t in tensors.values())
     assert sum(info["formats"].values()) == len(tensors)
     assert info["targets"] == ([] if reference_only else ["cpu"])

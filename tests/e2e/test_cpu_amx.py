@@ -17,8 +17,9 @@ from tests.e2e.test_reference_oracle import teacher_forced_logits
 pytestmark = [
     pytest.mark.shared,
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which("cc") is None,
-                       reason="compiling for the cpu target needs a C compiler ('cc' not found)"),
+    pytest.mark.skipif(
+        shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"
+    ),
 ]
 
 

@@ -17,8 +17,9 @@ from tests.e2e.test_reference_oracle import batched_last_logits, teacher_forced_
 pytestmark = [
     pytest.mark.shared,
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which("cc") is None,
-                       reason="compiling for the cpu target needs a C compiler ('cc' not found)"),
+    pytest.mark.skipif(
+        shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"
+    ),
 ]
 
 
@@ -32,8 +33,9 @@ def test_cpu_matches_llama_cpp_logits(name, bundle_cache):
     assert ok, summary
 
 
-@pytest.mark.parametrize("name", ["tiny-llama-Q4_0", "tiny-qwen2-Q4_K_M", "tiny-llama-F16", "tiny-qwen2-F32",
-                                  "tiny-mixtral-Q4_K_M"])
+@pytest.mark.parametrize(
+    "name", ["tiny-llama-Q4_0", "tiny-qwen2-Q4_K_M", "tiny-llama-F16", "tiny-qwen2-F32", "tiny-mixtral-Q4_K_M"]
+)
 def test_decoding_token_by_token(name, bundle_cache):
     """Decode steps (one token: other kernels than a prefill's) meet the same bounds against
     llama.cpp. Float models also match one teacher-forced prefill to 2e-3; quantized ones need
@@ -80,7 +82,7 @@ def greedy(bundle, device: str, prompt: list[int], n: int) -> tuple[list[int], l
         tokens.append(int(np.argmax(logits)))
         blocks.allocate(0, len(tokens))
         logits = model.executor.forward(build_batch([ScheduledChunk(0, len(tokens) - 1, (tokens[-1],))], blocks))[0]
-    return tokens[len(prompt):], gaps
+    return tokens[len(prompt) :], gaps
 
 
 # Greedy decoding on the cpu device picks the reference's tokens until a step where the
@@ -92,12 +94,32 @@ def greedy(bundle, device: str, prompt: list[int], n: int) -> tuple[list[int], l
 # shared experts and partial RoPE (glm4moe), latent attention (deepseek2), granite's multipliers around routed and
 # shared experts (granitemoe), attention temperature tuning (mistral3temp), top-1 experts weighted on their input, NoPE
 # layers and weightless Q/K norms (llama4).
-GREEDY_MODELS = ["tiny-llama-Q4_0", "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M", "tiny-qwen3-Q8_0", "tiny-gemma2-Q8_0",
-                 "tiny-gemma3-Q8_0", "tiny-qwen3-F16", "tiny-gemma2-F16", "tiny-gemma3-F16", "tiny-qwen3moe-Q8_0",
-                 "tiny-qwen3moe-Q4_K_M", "tiny-gpt-oss-F16", "tiny-gpt-oss-Q8_0", "tiny-glm4moe-Q8_0",
-                 "tiny-deepseek2-Q8_0", "tiny-granitemoe-Q8_0", "tiny-mistral3temp-Q8_0", "tiny-lfm2-Q8_0",
-                 "tiny-lfm2-Q4_K_M", "tiny-lfm2moe-Q8_0", "tiny-lfm2moe-Q4_K_M", "tiny-llama4-Q8_0",
-                 "tiny-llama4-Q4_K_M", "tiny-gemma4-Q8_0"]
+GREEDY_MODELS = [
+    "tiny-llama-Q4_0",
+    "tiny-mixtral-Q8_0",
+    "tiny-mixtral-Q4_K_M",
+    "tiny-qwen3-Q8_0",
+    "tiny-gemma2-Q8_0",
+    "tiny-gemma3-Q8_0",
+    "tiny-qwen3-F16",
+    "tiny-gemma2-F16",
+    "tiny-gemma3-F16",
+    "tiny-qwen3moe-Q8_0",
+    "tiny-qwen3moe-Q4_K_M",
+    "tiny-gpt-oss-F16",
+    "tiny-gpt-oss-Q8_0",
+    "tiny-glm4moe-Q8_0",
+    "tiny-deepseek2-Q8_0",
+    "tiny-granitemoe-Q8_0",
+    "tiny-mistral3temp-Q8_0",
+    "tiny-lfm2-Q8_0",
+    "tiny-lfm2-Q4_K_M",
+    "tiny-lfm2moe-Q8_0",
+    "tiny-lfm2moe-Q4_K_M",
+    "tiny-llama4-Q8_0",
+    "tiny-llama4-Q4_K_M",
+    "tiny-gemma4-Q8_0",
+]
 GREEDY_MODELS += ["tiny-granitehybrid-Q8_0", "tiny-nemotron_h-Q8_0"]  # Mamba2 layers carrying conv and scan state
 GREEDY_MODELS += ["tiny-gemma3n-Q8_0"]  # Gemma 3n: 4 AltUp streams, Laurel, sparse FFN gates, KV shared from layer 20
 GREEDY_MODELS += ["tiny-nemotron_h_moe-Q8_0"]  # ... and sigmoid-routed squared-ReLU experts
@@ -121,8 +143,10 @@ def assert_greedy_decoding_agrees(name: str, bundle_cache) -> None:
     got, _ = greedy(bundle, "cpu", prompt, 40)
     first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
     if first is not None:
-        assert gaps[first] < NEAR_TIE, (f"greedy tokens differ at step {first}, where the reference's top two logits "
-                                        f"are {gaps[first]:.2f} apart: {got[: first + 1]} vs {want[: first + 1]}")
+        assert gaps[first] < NEAR_TIE, (
+            f"greedy tokens differ at step {first}, where the reference's top two logits "
+            f"are {gaps[first]:.2f} apart: {got[: first + 1]} vs {want[: first + 1]}"
+        )
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma2-F16", "tiny-gemma3-F16", "tiny-deepseek2-Q8_0"])
@@ -152,9 +176,9 @@ def test_copy_kv_copies_whole_blocks_and_refuses_slots_that_change_rows(bundle_c
     before = [device.k_cache.copy(), device.v_cache.copy()]
     device.copy_kv(*kv_copy_slots([KvCopy(1, 3, 5)], bs))  # the leading 5 rows of block 1 into block 3
     for cache, old in zip((device.k_cache, device.v_cache), before):
-        np.testing.assert_array_equal(cache[:, 3 * bs:4 * bs], old[:, bs:2 * bs])
+        np.testing.assert_array_equal(cache[:, 3 * bs : 4 * bs], old[:, bs : 2 * bs])
         keep = np.ones(cache.shape[1], bool)
-        keep[3 * bs:4 * bs] = False
+        keep[3 * bs : 4 * bs] = False
         np.testing.assert_array_equal(cache[:, keep], old[:, keep])
     after = [device.k_cache.copy(), device.v_cache.copy()]
     with pytest.raises(DeviceError, match="same rows"):

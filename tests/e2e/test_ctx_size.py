@@ -61,28 +61,44 @@ def test_a_prompt_past_the_cap_is_400_naming_the_numbers(capped):
 
 def test_max_tokens_past_the_cap_is_400(capped):
     model = _model_id(capped)
-    r = requests.post(capped.url + "/v1/completions", json={"model": model, "prompt": "Once", "max_tokens": CTX},
-                      timeout=10)
+    r = requests.post(
+        capped.url + "/v1/completions", json={"model": model, "prompt": "Once", "max_tokens": CTX}, timeout=10
+    )
     error = r.json()["error"]
     assert r.status_code == 400 and error["code"] == "context_length_exceeded"
-    assert error["message"].startswith(f"This model's maximum context length is {CTX} tokens (--ctx-size; the model's "
-                                       f"is {TRAINED})")
-    r = requests.post(capped.url + "/v1/messages", timeout=10,
-                      json={"model": model, "max_tokens": CTX, "messages": [{"role": "user", "content": "Once"}]})
+    assert error["message"].startswith(
+        f"This model's maximum context length is {CTX} tokens (--ctx-size; the model's is {TRAINED})"
+    )
+    r = requests.post(
+        capped.url + "/v1/messages",
+        timeout=10,
+        json={"model": model, "max_tokens": CTX, "messages": [{"role": "user", "content": "Once"}]},
+    )
     assert r.status_code == 400 and f" + {CTX} > {CTX}, decrease input length or `max_tokens`" in r.text
 
 
 def test_generation_stops_at_the_cap(capped):
     model = _model_id(capped)
-    body = {"model": model, "messages": [{"role": "user", "content": "Once upon a time"}], "temperature": 0,
-            "ignore_eos": True}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Once upon a time"}],
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     r = requests.post(capped.url + "/v1/chat/completions", json=body, timeout=60).json()
     assert r["choices"][0]["finish_reason"] == "length"
     assert r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"] == CTX
     # Ollama's num_predict past the context stops at it too
-    r = requests.post(capped.url + "/api/generate", timeout=60, json={
-        "model": model, "prompt": "Once upon a time", "stream": False,
-        "options": {"num_predict": 1000, "temperature": 0}})
+    r = requests.post(
+        capped.url + "/api/generate",
+        timeout=60,
+        json={
+            "model": model,
+            "prompt": "Once upon a time",
+            "stream": False,
+            "options": {"num_predict": 1000, "temperature": 0},
+        },
+    )
     r = r.json()
     assert r["done_reason"] == "length" and r["prompt_eval_count"] + r["eval_count"] == CTX
 
@@ -94,13 +110,27 @@ def test_serve_refuses_a_cap_above_the_model(demo_bundle, tmp_path):
     finally:
         proc.stop()
     lines = proc.log_path.read_text().strip().splitlines()
-    assert lines == [f"rfc: error: --ctx-size {TRAINED + 1} is larger than the context length of the model "
-                     f"stories260K ({TRAINED} tokens)"]
+    assert lines == [
+        f"rfc: error: --ctx-size {TRAINED + 1} is larger than the context length of the model "
+        f"stories260K ({TRAINED} tokens)"
+    ]
 
 
 def test_run_serves_the_cap(demo_bundle):
-    out = rfc("run", demo_bundle, "-p", "Once upon a time", "-n", "1000", "--ignore-eos", "--temperature", "0",
-              "--ctx-size", str(CTX), check=True)
+    out = rfc(
+        "run",
+        demo_bundle,
+        "-p",
+        "Once upon a time",
+        "-n",
+        "1000",
+        "--ignore-eos",
+        "--temperature",
+        "0",
+        "--ctx-size",
+        str(CTX),
+        check=True,
+    )
     stats = re.search(r"prompt: (\d+) tokens.*generation: (\d+) tokens.*finish: (\w+)", out.stderr)
     assert stats and int(stats[1]) + int(stats[2]) == CTX and stats[3] == "length", out.stderr
     out = rfc("run", demo_bundle, "-p", LONG_TEXT, "--ctx-size", str(CTX))
@@ -108,5 +138,5 @@ def test_run_serves_the_cap(demo_bundle):
     out = rfc("run", demo_bundle, "-p", "Hi", "--ctx-size", str(TRAINED + 1))
     assert out.returncode == 2 and out.stderr.strip() == (
         f"rfc: error: --ctx-size {TRAINED + 1} is larger than the context length of the model stories260K ({TRAINED} "
-        f"tokens)")
-
+        f"tokens)"
+    )

@@ -102,8 +102,10 @@ def test_a_request_past_its_deadline_is_a_503_that_says_so(engines):
     with pytest.raises(ApiError) as refused:
         run_job(engine, lambda: pooled_embedding(engine, ids, Pooling.MEAN, 1), deadline, lambda: "0 of 2 embedded")
     assert refused.value.status_code == 503 and refused.value.headers["Retry-After"]
-    assert "the embedding of 2 inputs did not finish within the request's deadline of 0.2 s (0 of 2 embedded)" \
+    assert (
+        "the embedding of 2 inputs did not finish within the request's deadline of 0.2 s (0 of 2 embedded)"
         in refused.value.message
+    )
     deadline_for = time.monotonic() + 30
     while engine.counts()["jobs"] and time.monotonic() < deadline_for:  # it stops at its next piece
         time.sleep(0.01)
@@ -124,14 +126,16 @@ SMOL = smollm2()
 @pytest.mark.shared
 @pytest.mark.toolchain
 @pytest.mark.skipif(not SMOL.is_file(), reason=skip_reason(SMOL))
-@pytest.mark.skipif(shutil.which("cc") is None,
-                    reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+@pytest.mark.skipif(
+    shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"
+)
 def test_a_long_embedding_does_not_stall_a_streamed_completion(bundle_cache, tmp_path):
     """8 inputs of 8,000 token ids (an input once held the engine for the whole of its
     forward pass: 24 to 100 s of SmolLM2 on 2 cores): a streamed 8-token completion sent while
     it runs gets each token within 15 s of the one before, all within 75 s."""
-    server = ServerProcess(bundle_cache(SMOL), "--shutdown-timeout", "1", env={"GOMP_SPINCOUNT": "20000"},
-                           log_dir=tmp_path).wait_ready(timeout=180)
+    server = ServerProcess(
+        bundle_cache(SMOL), "--shutdown-timeout", "1", env={"GOMP_SPINCOUNT": "20000"}, log_dir=tmp_path
+    ).wait_ready(timeout=180)
     try:
         rng = random.Random(7)
         inputs = [[rng.randrange(100, 49000) for _ in range(8000)] for _ in range(8)]
@@ -139,8 +143,9 @@ def test_a_long_embedding_does_not_stall_a_streamed_completion(bundle_cache, tmp
 
         def embed() -> None:
             try:
-                embedding["status"] = requests.post(server.url + "/v1/embeddings", json={"input": inputs},
-                                                    timeout=600).status_code
+                embedding["status"] = requests.post(
+                    server.url + "/v1/embeddings", json={"input": inputs}, timeout=600
+                ).status_code
             except requests.RequestException as e:  # the server stops under it at the end of the test
                 embedding["error"] = e
 

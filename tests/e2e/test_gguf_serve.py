@@ -18,8 +18,9 @@ def _serve(cache, tmp_path, *args):
     try:
         proc.wait_ready()
         models = requests.get(proc.url + "/v1/models", timeout=10).json()["data"]
-        prompt = requests.post(proc.url + "/apply-template", json={"messages": [{"role": "user", "content": "Hi"}]},
-                               timeout=10).json()["prompt"]
+        prompt = requests.post(
+            proc.url + "/apply-template", json={"messages": [{"role": "user", "content": "Hi"}]}, timeout=10
+        ).json()["prompt"]
         log = proc.log()
     finally:
         proc.stop()
@@ -38,8 +39,21 @@ def test_serve_a_gguf_compiles_once_then_reuses_the_bundle(tmp_path):
     again_models, again_prompt, again_log = _serve(cache, tmp_path, "--chat-template", str(TEMPLATE))
     assert "rfc: compiling" not in again_log and again_prompt == prompt
     assert [p for p in bundles.iterdir() if p.is_dir()] == [bundle]
-    run = rfc("run", GGUF, "--cache-dir", cache, "--chat-template", TEMPLATE, "-p", "Once", "-n", "3", "--temperature",
-              "0", check=True)
+    run = rfc(
+        "run",
+        GGUF,
+        "--cache-dir",
+        cache,
+        "--chat-template",
+        TEMPLATE,
+        "-p",
+        "Once",
+        "-n",
+        "3",
+        "--temperature",
+        "0",
+        check=True,
+    )
     assert "rfc: compiling" not in run.stderr and "generation: 3 tokens" in run.stderr
     assert run.stderr.startswith(f"rfc: {GGUF} compiled for {', '.join(host_targets().targets)} [this host's best: ")
     # other compile options, another bundle: without the template the GGUF has none
@@ -75,8 +89,9 @@ def test_models_dir_serves_every_bundle_in_it(tmp_path, demo_bundle):
         proc.wait_ready()
         ids = [m["id"] for m in requests.get(proc.url + "/v1/models", timeout=10).json()["data"]]
         assert ids == ["stories260K", "a-demo", "b-demo"]
-        r = requests.post(proc.url + "/v1/completions", json={"model": "b-demo", "prompt": "Once", "max_tokens": 2},
-                          timeout=30)
+        r = requests.post(
+            proc.url + "/v1/completions", json={"model": "b-demo", "prompt": "Once", "max_tokens": 2}, timeout=30
+        )
         assert r.status_code == 200 and r.json()["model"] == "b-demo"
     finally:
         proc.stop()

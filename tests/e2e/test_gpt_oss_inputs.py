@@ -4,7 +4,6 @@ missing sinks, expert counts and widths out of range, a sliding window of 0 are 
 written (the shapes are checked against the metadata when the plan is built, before any
 weight is read)."""
 
-
 import pytest
 
 from tests.conftest import FIXTURES, assert_compile_refused

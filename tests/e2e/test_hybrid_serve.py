@@ -20,8 +20,24 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu target needs a C compiler ('cc' not found)"),
 ]
 
-SUBJECTS = ["a cat", "a dog", "the sun", "a big tree", "Tom", "Lily", "a red ball", "the park",
-            "a bird", "the sea", "a small boy", "the moon", "a toy car", "Mom", "a fish", "the rain"]
+SUBJECTS = [
+    "a cat",
+    "a dog",
+    "the sun",
+    "a big tree",
+    "Tom",
+    "Lily",
+    "a red ball",
+    "the park",
+    "a bird",
+    "the sea",
+    "a small boy",
+    "the moon",
+    "a toy car",
+    "Mom",
+    "a fish",
+    "the rain",
+]
 GONE = {3, 7, 11, 15}  # clients that read two events and hang up
 
 

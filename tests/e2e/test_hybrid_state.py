@@ -66,13 +66,16 @@ def _lfm2(tmp_path, **metadata):
     return rewrite_gguf(LFM2, tmp_path / "bad.gguf", metadata=metadata)
 
 
-@pytest.mark.parametrize("metadata, words", [
-    ({"lfm2.shortconv.l_cache": 1}, "shortconv.l_cache"),
-    ({"lfm2.shortconv.l_cache": 5}, "shape mismatch for blk.0.shortconv.conv.weight"),
-    ({"lfm2.attention.head_count_kv": [2, 2, 0, 2]}, "layer 0 is a attention layer"),
-    ({"lfm2.attention.head_count_kv": [0, 2, 0]}, "has 3 entries for 4 layers"),
-    ({"lfm2.attention.head_count_kv": [0, 0, 0, 0]}, "marks no attention layer"),
-])
+@pytest.mark.parametrize(
+    "metadata, words",
+    [
+        ({"lfm2.shortconv.l_cache": 1}, "shortconv.l_cache"),
+        ({"lfm2.shortconv.l_cache": 5}, "shape mismatch for blk.0.shortconv.conv.weight"),
+        ({"lfm2.attention.head_count_kv": [2, 2, 0, 2]}, "layer 0 is a attention layer"),
+        ({"lfm2.attention.head_count_kv": [0, 2, 0]}, "has 3 entries for 4 layers"),
+        ({"lfm2.attention.head_count_kv": [0, 0, 0, 0]}, "marks no attention layer"),
+    ],
+)
 def test_malformed_lfm2_is_refused_before_allocation(tmp_path, metadata, words):
     assert_compile_refused(_lfm2(tmp_path, **metadata), tmp_path, words)
 

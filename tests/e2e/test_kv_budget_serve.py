@@ -26,14 +26,19 @@ def test_serve_refuses_a_budget_below_one_context(demo_bundle, tmp_path):
     finally:
         proc.stop()
     lines = [line for line in proc.log_path.read_text().splitlines() if "not enough memory for the KV cache" in line]
-    assert (len(lines) == 1 and "budget is 1.00 KiB (1024 bytes)" in lines[0] and "--kv-memory" in lines[0]
-            and "--ctx-size" in lines[0])
+    assert (
+        len(lines) == 1
+        and "budget is 1.00 KiB (1024 bytes)" in lines[0]
+        and "--kv-memory" in lines[0]
+        and "--ctx-size" in lines[0]
+    )
 
 
 def test_run_refuses_a_budget_below_one_context(demo_bundle):
     out = rfc("run", demo_bundle, "-p", "Hi", "-n", "1", "--kv-memory", "1024")
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
-    assert out.stderr.startswith("rfc: error: not enough memory for the KV cache: one full context of 512 tokens "
-                                 "needs ")
+    assert out.stderr.startswith(
+        "rfc: error: not enough memory for the KV cache: one full context of 512 tokens needs "
+    )
     assert "--ctx-size" in out.stderr  # the way out for a long-context model

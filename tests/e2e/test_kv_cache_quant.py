@@ -18,9 +18,11 @@ from tests.bounds import KV_CPU_SHARE, kv_cache_bounds
 from tests.conftest import FIXTURES
 from tests.unit.test_engine_spec import GREEDY, NGRAM, PLAIN, _prompts, _run, _same
 
-pytestmark = [pytest.mark.shared, pytest.mark.toolchain,
-              pytest.mark.skipif(shutil.which("cc") is None,
-                                 reason="the cpu device needs a C compiler ('cc' not found)")]
+pytestmark = [
+    pytest.mark.shared,
+    pytest.mark.toolchain,
+    pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)"),
+]
 
 Q8, Q4, F16 = CacheType.Q8_0, CacheType.Q4_0, CacheType.F16
 PREFILL = 40  # then one token a step: the prefill and the decode paths of the attention both read the cache
@@ -30,16 +32,24 @@ def _logits(bundle, device: str, types: KvCacheTypes, tokens: list[int]) -> np.n
     model = load_model(bundle, LoadOptions(device=device, cache_types=types))
     blocks = model.kv_pool.manager()
     blocks.allocate(0, len(tokens))
-    out = [model.executor.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens[:PREFILL]), all_logits=True)],
-                                              blocks))]
+    out = [
+        model.executor.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens[:PREFILL]), all_logits=True)], blocks))
+    ]
     for i in range(PREFILL, len(tokens)):
         out.append(model.executor.forward(build_batch([ScheduledChunk(0, i, (tokens[i],), all_logits=True)], blocks)))
     return np.concatenate(out)
 
 
-@pytest.mark.parametrize("name,k,v",
-                         [("tiny-llama-F32", Q8, Q8), ("tiny-qwen3-F16", Q8, Q8), ("tiny-llama-F32", Q4, Q4),
-                          ("tiny-qwen3-F16", F16, Q4), ("tiny-qwen3-F16", Q4, Q8)])
+@pytest.mark.parametrize(
+    "name,k,v",
+    [
+        ("tiny-llama-F32", Q8, Q8),
+        ("tiny-qwen3-F16", Q8, Q8),
+        ("tiny-llama-F32", Q4, Q4),
+        ("tiny-qwen3-F16", F16, Q4),
+        ("tiny-qwen3-F16", Q4, Q8),
+    ],
+)
 def test_quantized_cache_within_llama_cpp_deviation(name, k, v, bundle_cache):
     """head_dim 32 (tiny-llama) and 64 (tiny-qwen3); mixed K/V types on the cpu against the
     reference. The cpu's K and V differ from the reference's by float noise, which now and then
@@ -56,8 +66,9 @@ def test_quantized_cache_within_llama_cpp_deviation(name, k, v, bundle_cache):
         assert ok, summary
     quantizing = np.abs(ref - _logits(bundle, "ref", KvCacheTypes(), tokens)).mean()
     d = np.abs(cpu - ref).mean()
-    assert d <= KV_CPU_SHARE * quantizing, (f"cpu vs reference: mean {d:.2e}, quantizing moves the logits by "
-                                            f"{quantizing:.2e}")
+    assert d <= KV_CPU_SHARE * quantizing, (
+        f"cpu vs reference: mean {d:.2e}, quantizing moves the logits by {quantizing:.2e}"
+    )
 
 
 def test_speculation_and_the_prefix_cache_on_a_q8_0_cache(bundle_cache):
@@ -84,12 +95,18 @@ def test_the_pool_reports_its_types_and_real_bytes(bundle_cache):
     from rfc.runtime.server.metrics import PREFIX, ServerMetrics
     from rfc.runtime.server.service_routes import _kv_check
 
-    model = load_model(bundle_cache(FIXTURES / "tiny-llama-F32.gguf"), LoadOptions(device="ref", kv_blocks=4,
-                                                                                   cache_types=KvCacheTypes(Q8, Q4)))
+    model = load_model(
+        bundle_cache(FIXTURES / "tiny-llama-F32.gguf"),
+        LoadOptions(device="ref", kv_blocks=4, cache_types=KvCacheTypes(Q8, Q4)),
+    )
     kv = model.bundle.plan.kv
     per_token = kv.n_layers * kv.n_kv_heads * kv.head_dim // 32 * (34 + 18)
-    assert _kv_check(model) == {"cache_type_k": "q8_0", "cache_type_v": "q4_0", "bytes_per_token": per_token,
-                                "pool_bytes": 4 * 16 * per_token}
+    assert _kv_check(model) == {
+        "cache_type_k": "q8_0",
+        "cache_type_v": "q4_0",
+        "bytes_per_token": per_token,
+        "pool_bytes": 4 * 16 * per_token,
+    }
     assert model.device.k_cache.nbytes + model.device.v_cache.nbytes == 4 * 16 * per_token
     gauges = {f.name: f.samples for f in ServerMetrics(lambda: {"m": {"kv_bytes_per_token": per_token}}).collect()}
     assert [(s.labels, s.value) for s in gauges[PREFIX + "kv_cache_bytes_per_token"]] == [({"model": "m"}, per_token)]

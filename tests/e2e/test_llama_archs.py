@@ -34,8 +34,7 @@ def _tool():
 archs = _tool()
 NAMES = archs.names()
 # Files rfc does not yet match, with what the table of tools/fixtures/llama_archs.py shows for them.
-KNOWN: dict[str, str] = {
-}
+KNOWN: dict[str, str] = {}
 # Files whose seeded optional tensors barely move the logits, so that the bounds alone would pass
 # with them left out: the experts' `.scale` tensors on gate, up and down (about 0.1 each, together
 # they shrink the experts' share: without the gate one mean |d| 0.01), qwen35's attn_q/k/v biases
@@ -47,8 +46,18 @@ KNOWN: dict[str, str] = {
 # reads a layer's kind from metadata (nemotron_h_moe with expert_count 0: dense MLP layers), and
 # apertus, whose xIELU constants go through softplus first (without it mean |d| 0.47, but a
 # wrong eps or a float64 softplus would stay inside the bounds).
-CLOSE = ("llama-moe", "mistral3-moe", "qwen3moe-moe", "qwen35-dense", "qwen35moe-moe", "llama4-moe", "qwen3next-moe",
-         "falcon-h1-dense", "nemotron_h_moe-dense", "apertus-dense")
+CLOSE = (
+    "llama-moe",
+    "mistral3-moe",
+    "qwen3moe-moe",
+    "qwen35-dense",
+    "qwen35moe-moe",
+    "llama4-moe",
+    "qwen3next-moe",
+    "falcon-h1-dense",
+    "nemotron_h_moe-dense",
+    "apertus-dense",
+)
 CLOSE_MEAN = 1e-3
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
 CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
@@ -63,8 +72,9 @@ def _params(fast: tuple[str, ...] = ()):
         known = pytest.mark.xfail(reason=KNOWN.get(name, ""), strict=True, raises=(CompileError, AssertionError))
         marks = [known] if name in KNOWN else []
         if (arch := archs.arch_of(archs.load(name))) not in RECIPES:
-            marks = [pytest.mark.skip(reason=f"no recipe for {arch} here (its refusal: "
-                                             f"tests/unit/test_arch_catalog.py)")]
+            marks = [
+                pytest.mark.skip(reason=f"no recipe for {arch} here (its refusal: tests/unit/test_arch_catalog.py)")
+            ]
         if fast and name not in fast:
             marks.append(pytest.mark.slow)
         out.append(pytest.param(name, marks=marks, id=name))
@@ -97,8 +107,9 @@ def test_every_supported_architecture_has_its_file():
 
     have = {archs.arch_of(archs.load(n)) for n in NAMES}
     missing = set(RECIPES) - have - set(archs.SKIPPED)
-    assert not missing, (f"record them: python tools/fixtures/llama_archs.py --record --arch "
-                         f"{' --arch '.join(sorted(missing))}")
+    assert not missing, (
+        f"record them: python tools/fixtures/llama_archs.py --record --arch {' --arch '.join(sorted(missing))}"
+    )
 
 
 @pytest.mark.parametrize("name", _params())
@@ -107,8 +118,9 @@ def test_reference_matches_llama_cpp(name, tmp_path):
 
 
 @pytest.mark.toolchain
-@pytest.mark.skipif(shutil.which("cc") is None,
-                    reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+@pytest.mark.skipif(
+    shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"
+)
 @pytest.mark.parametrize("name", _params(CPU_FAST))
 def test_cpu_matches_llama_cpp(name, tmp_path):
     _check(name, tmp_path, "cpu", ("cpu",))

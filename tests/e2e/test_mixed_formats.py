@@ -35,8 +35,9 @@ from tests.e2e.test_oracle_bounds import _cpu_check, _tokens, oracle  # noqa: F4
 from tests.e2e.test_reference_oracle import REFERENCE_ONLY, teacher_forced_logits
 
 pytestmark = [pytest.mark.shared]
-needs_cc = pytest.mark.skipif(shutil.which("cc") is None,
-                              reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+needs_cc = pytest.mark.skipif(
+    shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"
+)
 
 
 def _rewritten(directory, name: str, types: dict[str, str]):
@@ -73,8 +74,9 @@ def ud_model(tmp_path_factory):
 
 def test_a_ud_style_mixture_runs_on_the_reference_within_its_bounds(ud_model, bundle_cache, oracle):
     bundle = bundle_cache(ud_model, REFERENCE_ONLY)
-    ok, summary = oracle_bounds(ud_model.stem, teacher_forced_logits(bundle, "ref", _tokens(ud_model)),
-                                oracle(ud_model))
+    ok, summary = oracle_bounds(
+        ud_model.stem, teacher_forced_logits(bundle, "ref", _tokens(ud_model)), oracle(ud_model)
+    )
     assert ok, summary
 
 
@@ -94,8 +96,9 @@ def test_a_file_with_a_q2_0_tensor_compiles_and_runs(q2_0_model, tmp_path):
     tokens = np.load(FIXTURES / "tiny-llama-IQ_MIX.logits.npz")["tokens"].tolist()
     cpu, ref = teacher_forced_logits(out, "cpu", tokens), teacher_forced_logits(out, "ref", tokens)
     d = np.abs(cpu - ref)
-    assert (d.mean() < 0.1
-            and (cpu.argmax(-1) == ref.argmax(-1)).mean() >= 0.9), f"mean {d.mean():.3f}, max {d.max():.3f}"
+    assert d.mean() < 0.1 and (cpu.argmax(-1) == ref.argmax(-1)).mean() >= 0.9, (
+        f"mean {d.mean():.3f}, max {d.max():.3f}"
+    )
 
 
 @pytest.mark.parametrize("target,kernels", [("cpu", Kernels.GPU), ("sm_90", Kernels.CPU)])

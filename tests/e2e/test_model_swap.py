@@ -48,8 +48,15 @@ def bundle_id(bundle: Path) -> str:
 
 def stream(url: str, results: list, started: threading.Semaphore | None = None) -> None:
     """One streamed completion; `started` is released at its first event (once)."""
-    body = {"model": "stories260K", "prompt": "Once upon a time", "max_tokens": MAX_TOKENS, "temperature": 0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "stories260K",
+        "prompt": "Once upon a time",
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     try:
         with requests.post(url + "/v1/completions", json=body, headers=CLIENT, stream=True, timeout=120) as r:
             version, tokens, finish = r.headers.get("X-Model-Version"), 0, None
@@ -78,8 +85,19 @@ def metric(text: str, name: str, **labels: str) -> list[float]:
 def test_swap_under_load_drops_no_request(versions, tmp_path):
     a, b = bundle_id(versions["a"]), bundle_id(versions["b"])
     assert a != b
-    server = ServerProcess(None, "--models-dir", str(versions["dir"]), "--admin-api-key", ADMIN_KEY, "--api-key",
-                           CLIENT_KEY, "--max-batch", "32", "--public-metrics", log_dir=tmp_path)
+    server = ServerProcess(
+        None,
+        "--models-dir",
+        str(versions["dir"]),
+        "--admin-api-key",
+        ADMIN_KEY,
+        "--api-key",
+        CLIENT_KEY,
+        "--max-batch",
+        "32",
+        "--public-metrics",
+        log_dir=tmp_path,
+    )
     try:
         server.wait_ready()
         before, started = [], threading.Semaphore(0)
@@ -91,13 +109,20 @@ def test_swap_under_load_drops_no_request(versions, tmp_path):
         scraped = requests.get(server.url + "/metrics", timeout=30)  # no key: --public-metrics
         assert scraped.status_code == 200
         assert sum(metric(scraped.text, "vllm:num_requests_running", model_name="stories260K")) >= 1
-        for name in ("vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
-                     "vllm:gpu_prefix_cache_hit_rate", "vllm:gpu_prefix_cache_queries_total", "vllm:cache_config_info"):
+        for name in (
+            "vllm:num_requests_waiting",
+            "vllm:kv_cache_usage_perc",
+            "vllm:gpu_cache_usage_perc",
+            "vllm:gpu_prefix_cache_hit_rate",
+            "vllm:gpu_prefix_cache_queries_total",
+            "vllm:cache_config_info",
+        ):
             assert metric(scraped.text, name, model_name="stories260K"), name
         assert 0 < metric(scraped.text, "vllm:kv_cache_usage_perc", model_name="stories260K")[0] <= 1
 
-        swap = requests.post(server.url + "/admin/swap", json={"model": "stories260K", "source": "versions/b"},
-                             headers=ADMIN, timeout=60)
+        swap = requests.post(
+            server.url + "/admin/swap", json={"model": "stories260K", "source": "versions/b"}, headers=ADMIN, timeout=60
+        )
         assert swap.status_code == 200, swap.text
         assert swap.json()["version"] == b and swap.json()["previous"] == a and swap.json()["loaded"] is True
         in_flight = sum(t.is_alive() for t in threads)
@@ -138,9 +163,14 @@ def test_sighup_rereads_models_dir(versions, tmp_path):
     server = ServerProcess(None, "--models-dir", str(models), log_dir=tmp_path)
     try:
         server.wait_ready()
-        served = lambda: requests.post(server.url + "/v1/completions",  # noqa: E731
-                                       json={"model": "stories260K", "prompt": "Once", "max_tokens": 2},
-                                       timeout=30).headers["X-Model-Version"]
+
+        def served():
+            return requests.post(
+                server.url + "/v1/completions",
+                json={"model": "stories260K", "prompt": "Once", "max_tokens": 2},
+                timeout=30,
+            ).headers["X-Model-Version"]
+
         assert served() == bundle_id(versions["a"])
         (models / "demo").unlink()
         (models / "demo").symlink_to(versions["b"])  # a new version under the same directory name

@@ -19,8 +19,9 @@ from tests.conftest import DEMO_MODEL, rfc
 from tests.e2e.conftest import ServerProcess
 from tests.e2e.oci_registry import REGISTRY, Registry, push
 
-pytestmark = pytest.mark.skipif(REGISTRY is None,
-                                reason="docker-registry not installed (apt-get install docker-registry)")
+pytestmark = pytest.mark.skipif(
+    REGISTRY is None, reason="docker-registry not installed (apt-get install docker-registry)"
+)
 
 ADMIN_KEY, CLIENT_KEY = "verbs-admin", "verbs-client"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -49,8 +50,18 @@ def bundle(tmp_path_factory) -> Path:
 def server(demo_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("verbs-server")
     (root / "models").mkdir()
-    proc = ServerProcess(demo_bundle, "--admin-api-key", ADMIN_KEY, "--api-key", CLIENT_KEY, "--cache-dir",
-                         str(root / "cache"), "--models-dir", str(root / "models"), log_dir=root)
+    proc = ServerProcess(
+        demo_bundle,
+        "--admin-api-key",
+        ADMIN_KEY,
+        "--api-key",
+        CLIENT_KEY,
+        "--cache-dir",
+        str(root / "cache"),
+        "--models-dir",
+        str(root / "models"),
+        log_dir=root,
+    )
     proc.cache = root / "cache"
     try:
         yield proc.wait_ready()
@@ -68,8 +79,11 @@ def test_pull_then_chat_copy_and_delete_with_the_ollama_client(server, registry,
     admin = ollama.Client(host=server.url, headers=ADMIN)
     steps = list(admin.pull(ref, insecure=True, stream=True))
     statuses = [s.status for s in steps]
-    assert (statuses[0] == "pulling manifest"
-            and statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"])
+    assert statuses[0] == "pulling manifest" and statuses[-3:] == [
+        "verifying sha256 digest",
+        "writing manifest",
+        "success",
+    ]
     layers = {s.digest: (s.total, s.completed) for s in steps if s.digest}  # each layer's last event
     files = {p for p in bundle.rglob("*") if p.is_file()}
     assert len(layers) == len(files) and all(total == completed for total, completed in layers.values())
@@ -108,21 +122,27 @@ def test_pull_of_a_missing_tag_is_an_error_in_the_stream(server, registry):
         admin = ollama.Client(host=server.url, headers=ADMIN)
         list(admin.pull(f"{registry.host}/models/none:x", insecure=True, stream=True))
     assert "no such artifact" in str(e.value)
-    r = requests.post(server.url + "/api/pull",
-                      json={"model": f"{registry.host}/models/none:x", "insecure": True, "stream": False},
-                      headers=ADMIN, timeout=30)
+    r = requests.post(
+        server.url + "/api/pull",
+        json={"model": f"{registry.host}/models/none:x", "insecure": True, "stream": False},
+        headers=ADMIN,
+        timeout=30,
+    )
     assert r.status_code == 404 and "no such artifact" in r.json()["error"]
     r = requests.post(server.url + "/api/pull", json={"model": "llama3.2", "stream": False}, headers=ADMIN, timeout=30)
     assert r.status_code == 400 and "'model'" in r.json()["error"]  # Ollama's library names are not references
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("POST", "/api/pull", {"model": "127.0.0.1:5000/models/x:a"}),
-    ("DELETE", "/api/delete", {"model": "stories260K"}),
-    ("POST", "/api/copy", {"source": "stories260K", "destination": "other"}),
-    ("POST", "/admin/swap", {"model": "stories260K", "source": "b"}),
-    ("GET", "/admin/models", None),
-])
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/api/pull", {"model": "127.0.0.1:5000/models/x:a"}),
+        ("DELETE", "/api/delete", {"model": "stories260K"}),
+        ("POST", "/api/copy", {"source": "stories260K", "destination": "other"}),
+        ("POST", "/admin/swap", {"model": "stories260K", "source": "b"}),
+        ("GET", "/admin/models", None),
+    ],
+)
 def test_model_management_needs_the_admin_key(server, method, path, body):
     r = requests.request(method, server.url + path, json=body, headers=CLIENT, timeout=30)
     assert r.status_code == 403, r.text
@@ -154,8 +174,9 @@ def test_a_bundle_directory_from_a_client_stays_inside_models_dir(server, demo_b
     outside = tmp_path / "outside"
     shutil.copytree(demo_bundle, outside)
     for source in (str(outside), "../" + outside.name, "/etc"):
-        r = requests.post(server.url + "/admin/swap", json={"model": "stories260K", "source": source}, headers=ADMIN,
-                          timeout=30)
+        r = requests.post(
+            server.url + "/admin/swap", json={"model": "stories260K", "source": source}, headers=ADMIN, timeout=30
+        )
         assert r.status_code == 400, r.text
         assert "--models-dir" in r.json()["error"]
 
@@ -171,8 +192,9 @@ def test_delete_keeps_the_blobs_another_pulled_bundle_shares(server, registry, b
     admin = ollama.Client(host=server.url, headers=ADMIN)
     for ref in refs:
         assert admin.pull(ref, insecure=True).status == "success"
-    weights = server.cache / "oci" / "blobs" / "sha256" / hashlib.sha256(
-        (bundle / "weights.bin").read_bytes()).hexdigest()
+    weights = (
+        server.cache / "oci" / "blobs" / "sha256" / hashlib.sha256((bundle / "weights.bin").read_bytes()).hexdigest()
+    )
     assert weights.is_file()
     admin.delete(refs[0])
     assert weights.is_file()

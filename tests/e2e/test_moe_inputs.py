@@ -2,7 +2,6 @@
 expert tensors of the wrong shape are refused by `rfc compile` with one line naming what is
 wrong, exit 2, before anything is allocated or written."""
 
-
 import pytest
 
 from tests.conftest import FIXTURES, assert_compile_refused
@@ -36,8 +35,10 @@ def test_malformed_experts_are_one_line_exit_2(case, tmp_path):
 
 
 GLM_CASES = {  # glm4moe's own keys and tensors
-    "nextn layers = block_count": ({"metadata": {"glm4moe.nextn_predict_layers": 4}},
-                                   "glm4moe.nextn_predict_layers = 4"),
+    "nextn layers = block_count": (
+        {"metadata": {"glm4moe.nextn_predict_layers": 4}},
+        "glm4moe.nextn_predict_layers = 4",
+    ),
     "no selection bias": ({"drop_tensors": ("blk.1.exp_probs_b.bias",)}, "blk.1.exp_probs_b.bias"),
 }
 
@@ -50,8 +51,11 @@ def test_malformed_glm4moe_is_one_line_exit_2(case, tmp_path):
 
 
 def test_malformed_granitemoe_is_one_line_exit_2(tmp_path):
-    model = rewrite_gguf(FIXTURES / "tiny-granitemoe-Q8_0.gguf", tmp_path / "bad.gguf",
-                         metadata={"granitemoe.expert_shared_feed_forward_length": 1 << 31})
+    model = rewrite_gguf(
+        FIXTURES / "tiny-granitemoe-Q8_0.gguf",
+        tmp_path / "bad.gguf",
+        metadata={"granitemoe.expert_shared_feed_forward_length": 1 << 31},
+    )
     assert_compile_refused(model, tmp_path, "granitemoe.expert_shared_feed_forward_length")
 
 

@@ -39,10 +39,12 @@ def keys(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("keys")
     key = ec.generate_private_key(ec.SECP256R1())
-    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
-    (d / "pub.pem").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    (d / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (d / "pub.pem").write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return d
 
 
@@ -55,14 +57,27 @@ def bundles(tmp_path_factory, keys):
         template = d / f"{name}.jinja"
         template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}" + ("" if name == "a" else "\n"))
         out[name] = d / name
-        rfc("compile", DEMO_MODEL, "-o", out[name], "-q", "--chat-template", template, "--sign", keys / "key.pem",
-            check=True)
+        rfc(
+            "compile",
+            DEMO_MODEL,
+            "-o",
+            out[name],
+            "-q",
+            "--chat-template",
+            template,
+            "--sign",
+            keys / "key.pem",
+            check=True,
+        )
     return out
 
 
 def files_of(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_push_pull_serve_from_the_reference(registry, bundles, keys, tmp_path):
@@ -77,12 +92,21 @@ def test_push_pull_serve_from_the_reference(registry, bundles, keys, tmp_path):
     assert pinned.stdout.strip() == str(cache / "oci" / "bundles" / digest.split(":")[1])
 
     local = rfc("run", bundles["a"], "-p", PROMPT, "--temperature", "0", "-n", "24", check=True).stdout.rstrip("\n")
-    server = ServerProcess(None, ref, "--insecure", "--cache-dir", tmp_path / "serve-cache", "--require-signature",
-                           keys / "pub.pem", log_dir=tmp_path)
+    server = ServerProcess(
+        None,
+        ref,
+        "--insecure",
+        "--cache-dir",
+        tmp_path / "serve-cache",
+        "--require-signature",
+        keys / "pub.pem",
+        log_dir=tmp_path,
+    )
     try:
         server.wait_ready()
-        r = requests.post(server.url + "/generate", json={"prompt": PROMPT, "max_tokens": 24, "temperature": 0},
-                          timeout=60)
+        r = requests.post(
+            server.url + "/generate", json={"prompt": PROMPT, "max_tokens": 24, "temperature": 0}, timeout=60
+        )
         assert r.status_code == 200, r.text
         assert r.json()["text"] == local
     finally:
@@ -110,19 +134,26 @@ def test_provenance_is_attached_as_a_referrer(registry, bundles):
     digest = push(bundles["a"], f"{registry.host}/models/prov:a")
     base = f"http://{registry.host}/v2/models/prov"
     # distribution 2.8 has no referrers API: the OCI 1.1 fallback tag lists the referrers
-    index = requests.get(f"{base}/manifests/{digest.replace(':', '-')}",
-                         headers={"Accept": "application/vnd.oci.image.index.v1+json"}, timeout=10)
+    index = requests.get(
+        f"{base}/manifests/{digest.replace(':', '-')}",
+        headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+        timeout=10,
+    )
     assert index.status_code == 200, index.text
     (entry,) = index.json()["manifests"]
     assert entry["artifactType"] == "application/vnd.in-toto+json"
-    referrer = requests.get(f"{base}/manifests/{entry['digest']}",
-                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10).json()
+    referrer = requests.get(
+        f"{base}/manifests/{entry['digest']}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=10,
+    ).json()
     assert referrer["subject"]["digest"] == digest
     (layer,) = referrer["layers"]
     blob = requests.get(f"{base}/blobs/{layer['digest']}", timeout=10).content
     assert blob == (bundles["a"] / "provenance.json").read_bytes()
-    artifact = requests.get(f"{base}/manifests/a", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-                            timeout=10).json()
+    artifact = requests.get(
+        f"{base}/manifests/a", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=10
+    ).json()
     assert artifact["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
     assert artifact["config"]["mediaType"] == "application/vnd.cncf.model.config.v1+json"
     manifest = json.loads((bundles["a"] / "manifest.json").read_text())
@@ -196,16 +227,20 @@ def test_models_dir_reference_file(registry, bundles, tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     (models / "demo.ref").write_text(f"# the demo, pulled at start\n{ref}\n")
-    server = ServerProcess(None, "--models-dir", models, "--insecure", "--cache-dir", tmp_path / "cache",
-                           log_dir=tmp_path)
+    server = ServerProcess(
+        None, "--models-dir", models, "--insecure", "--cache-dir", tmp_path / "cache", log_dir=tmp_path
+    )
     try:
         server.wait_ready()
         ids = [m["id"] for m in requests.get(server.url + "/v1/models", timeout=10).json()["data"]]
         assert ids == ["stories260K"]
 
         def served() -> str | None:
-            r = requests.post(server.url + "/v1/completions",
-                              json={"model": "stories260K", "prompt": "Once", "max_tokens": 2}, timeout=30)
+            r = requests.post(
+                server.url + "/v1/completions",
+                json={"model": "stories260K", "prompt": "Once", "max_tokens": 2},
+                timeout=30,
+            )
             return r.headers.get("X-Model-Version")
 
         version = {name: json.loads((bundles[name] / "manifest.json").read_text())["bundle_id"] for name in "ab"}
@@ -224,8 +259,10 @@ def test_models_dir_reference_file(registry, bundles, tmp_path):
 def test_insecure_is_only_for_this_machine(tmp_path):
     out = rfc("pull", "registry.example.com/models/demo:a", "--insecure", "--cache-dir", tmp_path)
     assert out.returncode == 2
-    assert (out.stderr.strip()
-            == "rfc: error: --insecure (plain HTTP) is only for a registry on this machine, not registry.example.com")
+    assert (
+        out.stderr.strip()
+        == "rfc: error: --insecure (plain HTTP) is only for a registry on this machine, not registry.example.com"
+    )
 
 
 def test_a_registry_that_is_not_there_is_one_line(tmp_path):

@@ -26,8 +26,11 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 MALFORMED = {
     "annotations-string": manifest_of([layer("manifest.json", annotations="org.cncf.model.filepath")]),
     "annotations-list": manifest_of([layer("manifest.json", annotations=["manifest.json"])]),
-    "config-string": {**manifest_of([layer("manifest.json")]), "config": "application/vnd.cncf.model.config.v1+json",
-                      "artifactType": None},
+    "config-string": {
+        **manifest_of([layer("manifest.json")]),
+        "config": "application/vnd.cncf.model.config.v1+json",
+        "artifactType": None,
+    },
     "config-list": {**manifest_of([layer("manifest.json")]), "config": [], "artifactType": None},
     "layer-string": manifest_of(["manifest.json"]),
 }
@@ -45,8 +48,11 @@ def hostile():
 def cache_files(cache: Path) -> list[str]:
     """Everything a pull left in the cache but its lock files and empty directories."""
     oci = cache / "oci"
-    return sorted(p.relative_to(oci).as_posix() for p in oci.rglob("*") if p.is_file() and p.parent.name != "locks") \
-        if oci.exists() else []
+    return (
+        sorted(p.relative_to(oci).as_posix() for p in oci.rglob("*") if p.is_file() and p.parent.name != "locks")
+        if oci.exists()
+        else []
+    )
 
 
 def pull(reference: str, cache: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -84,16 +90,20 @@ def test_a_dripping_registry_fails_within_the_pull_timeout(hostile, tmp_path):
     hostile.blobs[digest] = drip(1000, 0.2)
     hostile.add_manifest("drip", manifest_of([layer("manifest.json", digest, 1000)]))
     started = time.monotonic()
-    line = one_line(pull(f"{hostile.host}/models/x:drip", tmp_path / "cache", "--registry-timeout", "5",
-                         "--pull-timeout", "2"))
+    line = one_line(
+        pull(f"{hostile.host}/models/x:drip", tmp_path / "cache", "--registry-timeout", "5", "--pull-timeout", "2")
+    )
     assert time.monotonic() - started < 15
     assert "--pull-timeout" in line, line
 
 
-@pytest.mark.parametrize("path, size, words", [
-    ("model.sig", 200_000_000, "more than the 256 KiB"),
-    ("manifest.json", 300_000_000, "more than the 16 MiB"),
-])
+@pytest.mark.parametrize(
+    "path, size, words",
+    [
+        ("model.sig", 200_000_000, "more than the 256 KiB"),
+        ("manifest.json", 300_000_000, "more than the 16 MiB"),
+    ],
+)
 def test_an_oversized_layer_is_refused_before_a_byte(hostile, demo_bundle, tmp_path, path, size, words):
     """The 200 MB model.sig / 300 MB manifest.json a registry offers: refused from the
     descriptor, nothing of it sent, nothing left in the cache."""
@@ -153,8 +163,11 @@ def test_port_zero_is_refused(tmp_path):
 
 @pytest.mark.parametrize("verb", ["pull", "push"])
 def test_without_the_distribute_extra_it_is_one_line(demo_bundle, tmp_path, verb):
-    args = ["127.0.0.1:5000/models/x:a", "--insecure", "--cache-dir", str(tmp_path)] if verb == "pull" else \
-        [str(demo_bundle), "127.0.0.1:5000/models/x:a", "--insecure"]
+    args = (
+        ["127.0.0.1:5000/models/x:a", "--insecure", "--cache-dir", str(tmp_path)]
+        if verb == "pull"
+        else [str(demo_bundle), "127.0.0.1:5000/models/x:a", "--insecure"]
+    )
     code = "import sys; sys.modules['oras'] = None; from rfc.cli.main import main; main()"  # as if not installed
     out = subprocess.run([sys.executable, "-c", code, verb, *args], capture_output=True, text=True, timeout=60)
     assert one_line(out) == "rfc: error: registries need the distribute extra: pip install 'rfc[distribute]'"
@@ -166,8 +179,16 @@ def test_without_the_distribute_extra_it_is_one_line(demo_bundle, tmp_path, verb
 @pytest.fixture(scope="module")
 def server(demo_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile-server")
-    proc = ServerProcess(demo_bundle, "--admin-api-key", ADMIN_KEY, "--cache-dir", str(root / "cache"),
-                         "--registry-timeout", "2", log_dir=root)
+    proc = ServerProcess(
+        demo_bundle,
+        "--admin-api-key",
+        ADMIN_KEY,
+        "--cache-dir",
+        str(root / "cache"),
+        "--registry-timeout",
+        "2",
+        log_dir=root,
+    )
     proc.cache = root / "cache"
     try:
         yield proc.wait_ready()
@@ -176,8 +197,9 @@ def server(demo_bundle, tmp_path_factory):
 
 
 def streamed_pull(server, ref: str, timeout: float = 30) -> list[dict]:
-    r = requests.post(server.url + "/api/pull", json={"model": ref, "insecure": True}, headers=ADMIN, stream=True,
-                      timeout=timeout)
+    r = requests.post(
+        server.url + "/api/pull", json={"model": ref, "insecure": True}, headers=ADMIN, stream=True, timeout=timeout
+    )
     assert r.status_code == 200, r.text
     return [json.loads(line) for line in r.iter_lines() if line]
 
@@ -195,24 +217,33 @@ def test_streamed_pulls_of_a_malformed_manifest_end_and_free_their_threads(serve
     assert r.status_code == 200 and time.monotonic() - started < 1.0
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/api/pull", {"stream": False}),
-    ("/admin/swap", {"model": "stories260K"}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/pull", {"stream": False}),
+        ("/admin/swap", {"model": "stories260K"}),
+    ],
+)
 def test_a_malformed_manifest_is_a_400_not_a_500(server, hostile, path, body):
     ref = f"{hostile.host}/models/x:annotations-string"
-    r = requests.post(server.url + path,
-                      json={**body, ("source" if path == "/admin/swap" else "model"): ref, "insecure": True},
-                      headers=ADMIN, timeout=30)
+    r = requests.post(
+        server.url + path,
+        json={**body, ("source" if path == "/admin/swap" else "model"): ref, "insecure": True},
+        headers=ADMIN,
+        timeout=30,
+    )
     assert r.status_code == 400, r.text
     assert "annotations are not a map of strings" in r.json()["error"]
 
 
 def test_unsafe_layer_paths_are_a_400_like_other_damaged_artifacts(server, hostile):
     hostile.add_manifest("escape", manifest_of([layer("manifest.json"), layer("../../etc/cron.d/x")]))
-    r = requests.post(server.url + "/api/pull",
-                      json={"model": f"{hostile.host}/models/x:escape", "insecure": True, "stream": False},
-                      headers=ADMIN, timeout=30)
+    r = requests.post(
+        server.url + "/api/pull",
+        json={"model": f"{hostile.host}/models/x:escape", "insecure": True, "stream": False},
+        headers=ADMIN,
+        timeout=30,
+    )
     assert r.status_code == 400, r.text
     assert "not a plain relative path" in r.json()["error"]
 
@@ -235,11 +266,13 @@ def test_cache_entries_never_served_are_listed_and_deleted(server, hostile, demo
     pulled = Path(pull(f"{hostile.host}/models/x:listed", server.cache).stdout.strip())
     assert pulled.name == digest.split(":")[1]
     cached = requests.get(server.url + "/admin/models", headers=ADMIN, timeout=10).json()["cached"]
-    assert ({"digest": digest, "name": "stories260K", "served": False}
-            == {k: v for k, v in cached[0].items() if k != "bytes"})
+    assert {"digest": digest, "name": "stories260K", "served": False} == {
+        k: v for k, v in cached[0].items() if k != "bytes"
+    }
     assert cached[0]["bytes"] == sum(p.stat().st_size for p in demo_bundle.rglob("*") if p.is_file())
-    r = requests.delete(server.url + "/api/delete", json={"model": f"{hostile.host}/models/x@{digest}"}, headers=ADMIN,
-                        timeout=10)
+    r = requests.delete(
+        server.url + "/api/delete", json={"model": f"{hostile.host}/models/x@{digest}"}, headers=ADMIN, timeout=10
+    )
     assert r.status_code == 200, r.text
     assert cache_files(server.cache) == []
     assert requests.get(server.url + "/admin/models", headers=ADMIN, timeout=10).json()["cached"] == []
@@ -263,8 +296,16 @@ def test_an_unsigned_pull_is_refused_and_leaves_nothing(hostile, demo_bundle, tm
     big = "sha256:" + "ed" * 32
     hostile.blobs[big] = zeros(200_000_000)
     hostile.add_bundle("signed-big", demo_bundle, (layer("model.sig", big, 200_000_000),))
-    proc = ServerProcess(signed, "--admin-api-key", ADMIN_KEY, "--cache-dir", str(tmp_path / "cache"),
-                         "--require-signature", pub, log_dir=tmp_path)
+    proc = ServerProcess(
+        signed,
+        "--admin-api-key",
+        ADMIN_KEY,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--require-signature",
+        pub,
+        log_dir=tmp_path,
+    )
     try:
         proc.wait_ready()
         lines = streamed_pull(proc, f"{hostile.host}/models/x:unsigned")

@@ -48,8 +48,9 @@ def _extras() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def extras(tmp_path_factory):
     """The fixture with the extra tensors, written once (bundle_cache compiles it once per target)."""
-    return rewrite_gguf(FIXTURES / f"{NAME}.gguf", tmp_path_factory.mktemp("extras") / "extras.gguf",
-                        add_tensors=_extras())
+    return rewrite_gguf(
+        FIXTURES / f"{NAME}.gguf", tmp_path_factory.mktemp("extras") / "extras.gguf", add_tensors=_extras()
+    )
 
 
 def test_biases_and_weight_scales_are_applied(bundle_cache, extras):
@@ -63,8 +64,9 @@ def test_biases_and_weight_scales_are_applied(bundle_cache, extras):
 
 
 @pytest.mark.toolchain
-@pytest.mark.skipif(shutil.which("cc") is None,
-                    reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+@pytest.mark.skipif(
+    shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"
+)
 def test_the_cpu_step_program_applies_them_too(bundle_cache, extras):
     """The same file on the cpu device (its step program: a negative scale literal, the biases)
     within the cpu's bounds of the reference device."""
@@ -100,8 +102,10 @@ def _new_arch_extras(name: str) -> dict[str, np.ndarray]:
     if name == "tiny-ernie4_5-Q8_0":  # Q/K/V biases too (the hunyuan fixture has them)
         extras |= {"blk.0.attn_q.bias": bias(256), "blk.1.attn_v.bias": bias(128)}
     if name == "tiny-falcon-h1-Q8_0":  # the Mamba2 mixer's projections: ssm_in's scale scales z, xBC and dt
-        extras |= {"blk.0.ssm_in.scale": np.array([-0.5], np.float32),
-                   "blk.1.ssm_out.scale": np.array([1.5], np.float32)}
+        extras |= {
+            "blk.0.ssm_in.scale": np.array([-0.5], np.float32),
+            "blk.1.ssm_out.scale": np.array([1.5], np.float32),
+        }
     return extras
 
 
@@ -125,8 +129,9 @@ def test_an_ffn_weight_scale_the_graph_does_not_pass_is_unused(bundle_cache, tmp
 
     src = FIXTURES / "tiny-qwen2-F32.gguf"
     tokens = np.load(FIXTURES / "tiny-qwen2-F32.logits.npz")["tokens"].tolist()
-    scaled = rewrite_gguf(src, tmp_path / "scaled.gguf",
-                          add_tensors={"blk.0.ffn_down.scale": np.array([1.5], np.float32)})
+    scaled = rewrite_gguf(
+        src, tmp_path / "scaled.gguf", add_tensors={"blk.0.ffn_down.scale": np.array([1.5], np.float32)}
+    )
     got = teacher_forced_logits(bundle_cache(scaled, REFERENCE_ONLY), "ref", tokens)
     assert np.array_equal(got, teacher_forced_logits(bundle_cache(src, REFERENCE_ONLY), "ref", tokens))
     biased = rewrite_gguf(src, tmp_path / "biased.gguf", add_tensors={"blk.0.ffn_up.bias": np.zeros(768, np.float32)})

@@ -26,8 +26,9 @@ CPU_REFUSED: tuple[str, ...] = ()
 # other Q4_K_M fixture checks. Its Q4_K_M stays in test_reference_oracle's and the ref bounds.
 CPU_FOR_TIME_REF_ONLY: tuple[str, ...] = ("tiny-gemma3n-Q4_K_M",)
 CPU_MODELS = [n for n in TINY_MODELS if not n.startswith(CPU_REFUSED) and n not in CPU_FOR_TIME_REF_ONLY]
-needs_cc = pytest.mark.skipif(shutil.which("cc") is None,
-                              reason="compiling for the cpu target needs a C compiler ('cc' not found)")
+needs_cc = pytest.mark.skipif(
+    shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"
+)
 
 
 @pytest.fixture(scope="session")
@@ -111,9 +112,11 @@ def _latent_moe(tmp_path: Path, latent: int = 128) -> Path:
         return (data[:, :latent].copy(), qtype) if name.endswith("ffn_down_exps.weight") else (data, qtype)
 
     rng = np.random.default_rng(26)
-    extra = {f"blk.{i}.{n}.weight": rng.normal(0.0, 1.0 / np.sqrt(k), shape)
-             for i in (1, 4)
-             for n, shape, k in (("ffn_latent_down", (latent, 256), 256), ("ffn_latent_up", (256, latent), latent))}
+    extra = {
+        f"blk.{i}.{n}.weight": rng.normal(0.0, 1.0 / np.sqrt(k), shape)
+        for i in (1, 4)
+        for n, shape, k in (("ffn_latent_down", (latent, 256), 256), ("ffn_latent_up", (256, latent), latent))
+    }
     path = rewrite_gguf(src, tmp_path / "tiny-nemotron_h_moe-latent-Q8_0.gguf",
                         metadata={"nemotron_h_moe.moe_latent_size": latent}, tensor_fn=cut,
                         add_tensors=extra)  # fmt: skip
@@ -155,8 +158,10 @@ def _longrope_llama(tmp_path: Path) -> Path:
     from tests.gguf_edit import rewrite_gguf
 
     src = FIXTURES / "tiny-llama-F16.gguf"
-    factors = {"rope_factors_long.weight": 1.0 + 3.0 * np.random.default_rng(3).random(16),
-               "rope_factors_short.weight": np.ones(16)}
+    factors = {
+        "rope_factors_long.weight": 1.0 + 3.0 * np.random.default_rng(3).random(16),
+        "rope_factors_short.weight": np.ones(16),
+    }
     path = rewrite_gguf(src, tmp_path / "tiny-llamalongrope-F16.gguf", metadata=LONGROPE, add_tensors=factors)
     shutil.copy(src.with_suffix(".logits.npz"), path.with_suffix(".logits.npz"))  # for the tokens
     return path
@@ -257,13 +262,16 @@ def _weight_format(bundle_dir: Path, fmt: str):
 
 @needs_cc
 @pytest.mark.toolchain
-@pytest.mark.parametrize("name,fmt", [
-    ("tiny-llama-Q4_K_M", "Q6_Kx8"),  # the minority format: output, some attn_v and ffn_down (Q6_K repacked)
-    ("tiny-llama-Q3_K_M", "Q5_Kx8"),  # two tensors of a format the cpu kernels do not round (Q5_K repacked)
-    ("tiny-llama-F16", "F16"),
-    ("tiny-llama-IQ_MIX", "IQ1_M"),  # one 768 x 256 matrix (ffn_up of layer 0)
-    ("tiny-llama-IQ_MIX", "IQ4_XSx8"),  # the output and an ffn_up (repacked for the cpu)
-])
+@pytest.mark.parametrize(
+    "name,fmt",
+    [
+        ("tiny-llama-Q4_K_M", "Q6_Kx8"),  # the minority format: output, some attn_v and ffn_down (Q6_K repacked)
+        ("tiny-llama-Q3_K_M", "Q5_Kx8"),  # two tensors of a format the cpu kernels do not round (Q5_K repacked)
+        ("tiny-llama-F16", "F16"),
+        ("tiny-llama-IQ_MIX", "IQ1_M"),  # one 768 x 256 matrix (ffn_up of layer 0)
+        ("tiny-llama-IQ_MIX", "IQ4_XSx8"),  # the output and an ffn_up (repacked for the cpu)
+    ],
+)
 def test_a_cpu_kernel_2_percent_off_fails(name, fmt, bundle_cache, oracle):
     path = FIXTURES / f"{name}.gguf"
     bundle = bundle_cache(path)
@@ -280,17 +288,20 @@ def test_a_cpu_expert_matmul_2_percent_off_fails(bundle_cache, oracle):
     assert not ok, f"an expert matmul 2% off passed: {summary}"
 
 
-@pytest.mark.parametrize("name,which", [
-    ("tiny-gemma2-F16", "blk.1.post_attention_norm.weight"),  # inside a sublayer, gemma's post-norms undo a scale
-    ("tiny-gemma2-Q8_0", "softcap"),
-    ("tiny-gemma3-Q8_0", "blk.0.attn_q_norm.weight"),
-    ("tiny-gemma4-Q8_0", "scale"),  # layer 0's layer_output_scale
-    ("tiny-mixtral-Q8_0", "moe_combine"),
-    ("tiny-qwen3-Q8_0", "blk.0.attn_v.weight"),
-    ("tiny-deepseek2-Q8_0", "blk.1.attn_k_b.weight"),  # head_matmul: the query into latent space
-    ("tiny-deepseek2-Q8_0", "blk.0.attn_v_b.weight"),  # head_matmul with a stride: the latent output per head
-    ("tiny-deepseek2-Q8_0", "concat_heads"),  # the first: layer 0's query [latent, rope]
-])
+@pytest.mark.parametrize(
+    "name,which",
+    [
+        ("tiny-gemma2-F16", "blk.1.post_attention_norm.weight"),  # inside a sublayer, gemma's post-norms undo a scale
+        ("tiny-gemma2-Q8_0", "softcap"),
+        ("tiny-gemma3-Q8_0", "blk.0.attn_q_norm.weight"),
+        ("tiny-gemma4-Q8_0", "scale"),  # layer 0's layer_output_scale
+        ("tiny-mixtral-Q8_0", "moe_combine"),
+        ("tiny-qwen3-Q8_0", "blk.0.attn_v.weight"),
+        ("tiny-deepseek2-Q8_0", "blk.1.attn_k_b.weight"),  # head_matmul: the query into latent space
+        ("tiny-deepseek2-Q8_0", "blk.0.attn_v_b.weight"),  # head_matmul with a stride: the latent output per head
+        ("tiny-deepseek2-Q8_0", "concat_heads"),  # the first: layer 0's query [latent, rope]
+    ],
+)
 def test_a_reference_kernel_2_percent_off_fails(name, which, bundle_cache, oracle):
     """One op of one layer (selected by kind or by its weight) 2% off."""
     path = FIXTURES / f"{name}.gguf"

@@ -18,12 +18,21 @@ from tests.conftest import DEMO_MODEL, FIXTURES
 pytestmark = pytest.mark.shared
 
 GREEDY = SamplingParams(temperature=0)
-MODELS = [DEMO_MODEL, FIXTURES / "tiny-llama-Q4_0.gguf",
-          FIXTURES / "tiny-gemma4e-Q8_0.gguf"]  # layers reading another layer's cached blocks (Gemma 4 E2B/E4B)
-DEVICES = ["ref", pytest.param("cpu", marks=[
-    pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)"),
-])]
+MODELS = [
+    DEMO_MODEL,
+    FIXTURES / "tiny-llama-Q4_0.gguf",
+    FIXTURES / "tiny-gemma4e-Q8_0.gguf",
+]  # layers reading another layer's cached blocks (Gemma 4 E2B/E4B)
+DEVICES = [
+    "ref",
+    pytest.param(
+        "cpu",
+        marks=[
+            pytest.mark.toolchain,
+            pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)"),
+        ],
+    ),
+]
 
 
 class Recorder:
@@ -110,8 +119,7 @@ def test_eviction_under_pressure_keeps_generation_correct(bundle_cache):
     bundle = bundle_cache(DEMO_MODEL)
     outputs = {}
     for caching in (False, True):
-        model = load_model(bundle, LoadOptions(device="ref", prefix_caching=caching,
-                                               kv_blocks=-(-512 // 16) + 2))
+        model = load_model(bundle, LoadOptions(device="ref", prefix_caching=caching, kv_blocks=-(-512 // 16) + 2))
         engine = Engine(model, SchedulerConfig(max_batch=2, max_batch_tokens=256))
         rng = np.random.default_rng(3)
         heads = [rng.integers(3, model.vocab_size, size=n).tolist() for n in (300, 250, 200)]
@@ -135,14 +143,19 @@ def test_metrics_count_prefix_hits_over_http(server):
     _, before = _scrape(server.url)
     prompt = "Once upon a time there was a little girl who liked to play in the park. " * 6
     for suffix in (" She", " He"):
-        r = requests.post(server.url + "/generate",
-                          json={"prompt": prompt + suffix, "max_tokens": 3, "temperature": 0}, timeout=60)
+        r = requests.post(
+            server.url + "/generate", json={"prompt": prompt + suffix, "max_tokens": 3, "temperature": 0}, timeout=60
+        )
         assert r.status_code == 200
     types, after = _scrape(server.url)
     assert types["rocmforge_prefix_cache_hit_tokens"] == "counter"
     assert types["rocmforge_kv_cache_pages_cached"] == "gauge"
-    hits = (after["rocmforge_prefix_cache_hit_tokens_total" + model]
-            - before["rocmforge_prefix_cache_hit_tokens_total" + model])
-    misses = (after["rocmforge_prefix_cache_miss_tokens_total" + model]
-              - before["rocmforge_prefix_cache_miss_tokens_total" + model])
+    hits = (
+        after["rocmforge_prefix_cache_hit_tokens_total" + model]
+        - before["rocmforge_prefix_cache_hit_tokens_total" + model]
+    )
+    misses = (
+        after["rocmforge_prefix_cache_miss_tokens_total" + model]
+        - before["rocmforge_prefix_cache_miss_tokens_total" + model]
+    )
     assert hits >= 64 and misses > 0

@@ -28,8 +28,9 @@ from tests.e2e.test_reference_oracle import batched_last_logits, teacher_forced_
 pytestmark = [
     pytest.mark.shared,
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which("cc") is None,
-                       reason="compiling for the cpu target needs a C compiler ('cc' not found)"),
+    pytest.mark.skipif(
+        shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"
+    ),
 ]
 
 NAME = "tiny-qwen35-Q8_0"
@@ -49,8 +50,9 @@ def _prefill_then_decode(bundle, device: str, tokens: list[int], prefill: int) -
     model = load_model(bundle, LoadOptions(device=device))
     blocks = model.kv_pool.manager()
     blocks.allocate(0, prefill)
-    out = list(model.executor.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens[:prefill]), all_logits=True)],
-                                                  blocks)))
+    out = list(
+        model.executor.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens[:prefill]), all_logits=True)], blocks))
+    )
     for pos in range(prefill, len(tokens)):
         blocks.allocate(0, pos + 1)
         out.append(model.executor.forward(build_batch([ScheduledChunk(0, pos, (tokens[pos],))], blocks))[0])

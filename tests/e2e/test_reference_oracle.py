@@ -43,8 +43,9 @@ def batched_last_logits(bundle, device: str, prompts: list[list[int]]) -> np.nda
 @pytest.mark.parametrize("name", TINY_MODELS)
 def test_reference_matches_llama_cpp_logits(name, bundle_cache):
     ref = np.load(FIXTURES / f"{name}.logits.npz")
-    logits = teacher_forced_logits(bundle_cache(FIXTURES / f"{name}.gguf", REFERENCE_ONLY), "ref",
-                                   ref["tokens"].tolist())
+    logits = teacher_forced_logits(
+        bundle_cache(FIXTURES / f"{name}.gguf", REFERENCE_ONLY), "ref", ref["tokens"].tolist()
+    )
     ok, summary = llama_cpp_bounds(name, logits, ref["logits"])
     assert ok, summary
 

@@ -19,8 +19,9 @@ from tests.conftest import DEMO_MODEL
 REPROTEST = shutil.which("reprotest")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(REPROTEST is None,
-                       reason="reprotest not installed (apt-get install reprotest faketime disorderfs)"),
+    pytest.mark.skipif(
+        REPROTEST is None, reason="reprotest not installed (apt-get install reprotest faketime disorderfs)"
+    ),
 ]
 
 BUILD = """#!/bin/sh
@@ -39,8 +40,9 @@ def source_tree(root: Path, prepare: str = "", extra: str = "") -> Path:
     src.mkdir()
     shutil.copyfile(DEMO_MODEL, src / "model.gguf")
     key = ec.generate_private_key(ec.SECP256R1())
-    (src / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()))
+    (src / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     (src / "build.sh").write_text(BUILD.format(python=sys.executable, prepare=prepare, extra=extra))
     return src
 
@@ -49,10 +51,24 @@ def reprotest(src: Path, store: Path) -> subprocess.CompletedProcess:
     variations = ["--vary=-user_group"]
     if not Path("/dev/fuse").exists() or shutil.which("disorderfs") is None:
         variations.append("--vary=-fileordering")
-    cmd = [REPROTEST, "--no-diffoscope", "--min-cpus", "1", "--store-dir", str(store), *variations,
-           "-c", "sh build.sh", str(src), "out/bundle", "--", "null"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    cmd = [
+        REPROTEST,
+        "--no-diffoscope",
+        "--min-cpus",
+        "1",
+        "--store-dir",
+        str(store),
+        *variations,
+        "-c",
+        "sh build.sh",
+        str(src),
+        "out/bundle",
+        "--",
+        "null",
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    )
 
 
 def test_the_signed_demo_bundle_is_reproducible_under_reprotest(tmp_path):

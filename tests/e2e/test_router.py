@@ -30,14 +30,20 @@ from tests.e2e.conftest import ServerProcess, free_port
 ROUTER = [sys.executable, "-c", "import sys; from sglang_router.cli import main; sys.exit(main())"]
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("sglang_router") is None,
-                       reason="sglang-router not installed (pip install sglang-router)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("sglang_router") is None,
+        reason="sglang-router not installed (pip install sglang-router)",
+    ),
 ]
 # Four openings of about 140 tokens (the demo's context is 512), then a question of its own per request.
 # The openings differ from their first character on: the router's tree matches text prefixes.
-PREFIXES = [" ".join(f"{animal} was happy. It liked {thing}." for thing in
-                     ("the sun", "the rain", "a red ball", "the big tree", "cake", "the park", "a song", "the sea"))
-            for animal in ("A cat", "Ben the dog", "The bird", "Four fish")]
+PREFIXES = [
+    " ".join(
+        f"{animal} was happy. It liked {thing}."
+        for thing in ("the sun", "the rain", "a red ball", "the big tree", "cake", "the park", "a song", "the sea")
+    )
+    for animal in ("A cat", "Ben the dog", "The bird", "Four fish")
+]
 PER_PREFIX = 8
 
 
@@ -54,8 +60,10 @@ def replicas(tmp_path_factory):
         rfc("compile", DEMO_MODEL, "-o", root / name, "-q", "--chat-template", root / f"{name}.jinja", check=True)
         procs.append(ServerProcess(root / name, "--public-metrics", log_dir=root))
     try:
-        yield [p.wait_ready() for p in procs], [json.loads((root / n / "manifest.json").read_text())["bundle_id"]
-                                                for n in "ab"]
+        yield (
+            [p.wait_ready() for p in procs],
+            [json.loads((root / n / "manifest.json").read_text())["bundle_id"] for n in "ab"],
+        )
     finally:
         for p in procs:
             p.stop()
@@ -67,10 +75,24 @@ def router(replicas, tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("router-log") / "router.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*ROUTER, "launch", "--host", "127.0.0.1", "--port", str(port), "--policy",
-                                 "cache_aware", "--prometheus-port", str(free_port()), "--worker-urls",
-                                 *[s.url for s in servers]],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                *ROUTER,
+                "launch",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--policy",
+                "cache_aware",
+                "--prometheus-port",
+                str(free_port()),
+                "--worker-urls",
+                *[s.url for s in servers],
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -94,8 +116,13 @@ def router(replicas, tmp_path_factory):
 
 
 def complete(url: str, prefix: int, n: int, max_tokens: int = 4) -> tuple[int, int, str | None]:
-    body = {"model": "stories260K", "prompt": f"{PREFIXES[prefix]} Question {n}: what did it like?",
-            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    body = {
+        "model": "stories260K",
+        "prompt": f"{PREFIXES[prefix]} Question {n}: what did it like?",
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     r = requests.post(url + "/v1/completions", json=body, timeout=120)
     return prefix, r.status_code, r.headers.get("X-Model-Version")
 
@@ -123,9 +150,9 @@ def test_cache_aware_router_keeps_each_prefix_on_one_replica(replicas, router):
         text = requests.get(server.url + "/metrics", timeout=30).text
         mine = [p for p in home if home[p] == i]
         hits = metric(text, "vllm:gpu_prefix_cache_hits_total") - metric(before[i], "vllm:gpu_prefix_cache_hits_total")
-        queries = metric(text,
-                         "vllm:gpu_prefix_cache_queries_total") - metric(
-                             before[i], "vllm:gpu_prefix_cache_queries_total")
+        queries = metric(text, "vllm:gpu_prefix_cache_queries_total") - metric(
+            before[i], "vllm:gpu_prefix_cache_queries_total"
+        )
         # the 7 followers of each of its prefixes find most of the ~140 shared tokens cached
         assert hits >= 7 * len(mine) * 100, (i, hits, queries)
         assert hits / queries >= 0.6, (i, hits, queries)

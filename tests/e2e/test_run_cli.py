@@ -17,10 +17,23 @@ def _bundle_with_template(tmp_path, template: str):
 
 def test_chat_uses_the_bundle_template(tmp_path):
     bundle = _bundle_with_template(tmp_path, "{% for m in messages %}{{ m['content'] }}. {% endfor %}")
-    chat = rfc("run", bundle, "--chat", "-p", "Once upon a time", "--temperature", "0", "-n", "20", "--device", "ref",
-               check=True)
-    plain = rfc("run", bundle, "-p", "Once upon a time. ", "--temperature", "0", "-n", "20", "--device", "ref",
-                check=True)
+    chat = rfc(
+        "run",
+        bundle,
+        "--chat",
+        "-p",
+        "Once upon a time",
+        "--temperature",
+        "0",
+        "-n",
+        "20",
+        "--device",
+        "ref",
+        check=True,
+    )
+    plain = rfc(
+        "run", bundle, "-p", "Once upon a time. ", "--temperature", "0", "-n", "20", "--device", "ref", check=True
+    )
     assert chat.stdout == plain.stdout and chat.stdout.strip()
 
 

@@ -43,8 +43,9 @@ def evil_library(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("evil")
     marker = d / "pwned"
     src = d / "evil.c"
-    src.write_text(f'#include <fcntl.h>\n__attribute__((constructor)) static void pwn(void) {{ creat("{marker}", '
-                   f'0644); }}\n')
+    src.write_text(
+        f'#include <fcntl.h>\n__attribute__((constructor)) static void pwn(void) {{ creat("{marker}", 0644); }}\n'
+    )
     lib = d / "evil.so"
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
     return lib, marker

@@ -24,7 +24,7 @@ MARKER_DIR = Path("/tmp")
 def _payloads(marker: Path) -> dict[str, str]:
     return {
         "constructor": (
-            f'x */\n#include <fcntl.h>\n__attribute__((constructor)) static void rfc_pwn(void) '
+            f"x */\n#include <fcntl.h>\n__attribute__((constructor)) static void rfc_pwn(void) "
             f'{{ creat("{marker}", 0644); }}\n/* '
         ),
         "include": 'x */\n#include "/etc/hostname"\n/* ',
@@ -43,8 +43,12 @@ def test_model_name_never_reaches_generated_source(case, tmp_path):
     rfc("compile", model, "-o", out, "-q", "--no-cache", check=True)
     for src in (out / "kernels").rglob("*.c"):
         text = src.read_text()
-        assert ("constructor" not in text and "/etc/hostname" not in text and "rfc_pwn" not in text
-                and "spliced" not in text)
+        assert (
+            "constructor" not in text
+            and "/etc/hostname" not in text
+            and "rfc_pwn" not in text
+            and "spliced" not in text
+        )
     proc = rfc("run", out, "-p", "Once", "-n", "2", "--temperature", "0")
     assert proc.returncode == 0, proc.stderr
     assert not marker.exists(), "code from the model's name ran"
@@ -82,13 +86,18 @@ HOSTILE_NUMBERS = {
     "rope base NaN": ({"llama.rope.freq_base": float("nan")}, "rope.freq_base"),
     # ln(base) divides
     "yarn base 1": ({"llama.rope.scaling.type": "yarn", "llama.rope.freq_base": 1.0}, "rope.freq_base"),
-    "yarn original context 2^32-1": ({"llama.rope.scaling.type": "yarn",
-                                      "llama.rope.scaling.original_context_length": (1 << 32) - 1},
-                                     "original_context_length"),
-    "yarn factor NaN": ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": float("nan")},
-                        "rope.scaling.factor"),
-    "yarn factor 1e-30": ({"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 1e-30},
-                          "rope.scaling.factor"),
+    "yarn original context 2^32-1": (
+        {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.original_context_length": (1 << 32) - 1},
+        "original_context_length",
+    ),
+    "yarn factor NaN": (
+        {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": float("nan")},
+        "rope.scaling.factor",
+    ),
+    "yarn factor 1e-30": (
+        {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 1e-30},
+        "rope.scaling.factor",
+    ),
     "block_count 2^31": ({"llama.block_count": 1 << 31}, "block_count"),
     "context_length 0": ({"llama.context_length": 0}, "context_length"),
     "context_length 2^32-1": ({"llama.context_length": (1 << 32) - 1}, "context_length"),
@@ -168,13 +177,15 @@ def test_an_unknown_tensor_or_math_key_refuses_the_model_in_one_line(tmp_path):
     applies it) which the recipe does not apply, would give wrong logits without a word: exit 2,
     one line naming it. A key llama.cpp does not read for the architecture changes nothing there,
     and the model compiles."""
-    extra = rewrite_gguf(DEMO_MODEL, tmp_path / "extra.gguf",
-                         add_tensors={"blk.0.ffn_norm.bias": np.zeros(64, np.float32)})
+    extra = rewrite_gguf(
+        DEMO_MODEL, tmp_path / "extra.gguf", add_tensors={"blk.0.ffn_norm.bias": np.zeros(64, np.float32)}
+    )
     assert_compile_refused(extra, tmp_path / "a", "tensor blk.0.ffn_norm.bias is not used by rfc's llama recipe")
     tuned = rewrite_gguf(FIXTURES / "tiny-deepseek2-Q8_0.gguf", tmp_path / "tuned.gguf",
                          metadata={"deepseek2.attention.temperature_scale": 0.5})  # fmt: skip
-    assert_compile_refused(tuned, tmp_path / "b",
-                           "deepseek2.attention.temperature_scale (attention temperature tuning) is not supported")
+    assert_compile_refused(
+        tuned, tmp_path / "b", "deepseek2.attention.temperature_scale (attention temperature tuning) is not supported"
+    )
     capped = rewrite_gguf(DEMO_MODEL, tmp_path / "capped.gguf", metadata={"llama.attn_logit_softcapping": 50.0})
     # llama.cpp's llama loader never reads it
     rfc("compile", capped, "-o", tmp_path / "c", "-q", "--no-cache", check=True)

@@ -55,17 +55,27 @@ def served(demo_bundle, tmp_path_factory):
 
 CHAIN = _ref_chain(3000)
 SCHEMA_ROUTES = [
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
-                              "response_format": {"type": "json_schema",
-                                                  "json_schema": {"name": "x", "schema": CHAIN}}},
-     "response_format"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "json_schema": CHAIN},
-     "json_schema"),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": CHAIN}},
+        },
+        "response_format",
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "json_schema": CHAIN},
+        "json_schema",
+    ),
     ("/v1/completions", {"prompt": "Hi", "max_tokens": 4, "json_schema": CHAIN}, "json_schema"),
     ("/api/generate", {"model": "stories260K", "prompt": "Hi", "stream": False, "format": CHAIN}, "format"),
-    ("/api/chat",
-     {"model": "stories260K", "messages": [{"role": "user", "content": "Hi"}], "stream": False, "format": CHAIN},
-     "format"),
+    (
+        "/api/chat",
+        {"model": "stories260K", "messages": [{"role": "user", "content": "Hi"}], "stream": False, "format": CHAIN},
+        "format",
+    ),
 ]
 
 
@@ -90,12 +100,16 @@ def test_a_6000_rule_gbnf_chain_is_a_400_not_a_crash(served):
 def test_chains_the_limits_admit_compile_and_constrain(served):
     """The limits leave real schemas and grammars alone: 400 links of $ref and 400 rules work."""
     schema = _ref_chain(400)
-    r = requests.post(served.url + "/v1/completions",
-                      json={"prompt": "Hi", "max_tokens": 6, "json_schema": schema, "temperature": 0}, timeout=60)
+    r = requests.post(
+        served.url + "/v1/completions",
+        json={"prompt": "Hi", "max_tokens": 6, "json_schema": schema, "temperature": 0},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["text"].startswith('"')
-    r = requests.post(served.url + "/v1/completions",
-                      json={"prompt": "Hi", "max_tokens": 3, "grammar": _rule_chain(400)}, timeout=60)
+    r = requests.post(
+        served.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 3, "grammar": _rule_chain(400)}, timeout=60
+    )
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == "x", r.text
 
 
@@ -122,13 +136,20 @@ def test_a_grammar_in_a_native_library_cannot_reach_the_stack_limit(demo_bundle)
 
 
 def test_exploding_repetitions_are_refused_before_compiling(served):
-    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^(x{1000}){100}$"}},
-              "required": ["a"]}
-    r = requests.post(served.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "json_schema": schema},
-                      timeout=60)
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "pattern": "^(x{1000}){100}$"}},
+        "required": ["a"],
+    }
+    r = requests.post(
+        served.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "json_schema": schema}, timeout=60
+    )
     assert r.status_code == 400 and "100000" in r.text and "10000" in r.text, r.text
-    r = requests.post(served.url + "/v1/completions",
-                      json={"prompt": "Hi", "max_tokens": 4, "grammar": 'root ::= ("x"{100}){1000}'}, timeout=60)
+    r = requests.post(
+        served.url + "/v1/completions",
+        json={"prompt": "Hi", "max_tokens": 4, "grammar": 'root ::= ("x"{100}){1000}'},
+        timeout=60,
+    )
     assert r.status_code == 400 and "grammar" in r.text, r.text
 
 
@@ -168,8 +189,11 @@ def test_long_prompts_are_refused_after_bounded_work(demo_bundle):
     for t in threads:
         t.join()
     elapsed = time.monotonic() - started
-    peak = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith("VmHWM:"))
+    peak = next(
+        int(line.split()[1]) * 1024
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
     assert all("cannot fit" in e for e in errors), errors[:3]
     assert peak - idle < 200 << 20, f"peak RSS {peak - idle >> 20} MiB over idle"
     assert elapsed < 10, f"{elapsed:.1f} s for 20 refusals"
@@ -182,8 +206,16 @@ def test_long_prompts_are_refused_after_bounded_work(demo_bundle):
 def keyed(demo_bundle, tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text("# two clients\nalice-key\nbob-key\n")
-    proc = ServerProcess(demo_bundle, "--api-key-file", str(keys), "--admin-api-key", "root-key",
-                         "--trace-sample-rate", "1", log_dir=keys.parent)
+    proc = ServerProcess(
+        demo_bundle,
+        "--api-key-file",
+        str(keys),
+        "--admin-api-key",
+        "root-key",
+        "--trace-sample-rate",
+        "1",
+        log_dir=keys.parent,
+    )
     try:
         yield proc.wait_ready()
     finally:
@@ -203,8 +235,9 @@ def test_traces_are_private_by_default(served):
 
 def test_one_client_cannot_read_or_cancel_anothers_request(keyed):
     url = keyed.url
-    done = requests.post(url + "/generate", json={"prompt": "Once", "max_tokens": 4}, headers=_as("alice-key"),
-                         timeout=60).json()
+    done = requests.post(
+        url + "/generate", json={"prompt": "Once", "max_tokens": 4}, headers=_as("alice-key"), timeout=60
+    ).json()
     rid = done["request_id"]
     assert requests.get(f"{url}/status/{rid}", headers=_as("alice-key"), timeout=10).json()["text"] == done["text"]
     for path, method in ((f"/status/{rid}", requests.get), (f"/cancel/{rid}", requests.post)):
@@ -215,20 +248,30 @@ def test_one_client_cannot_read_or_cancel_anothers_request(keyed):
         assert requests.get(url + "/traces", headers=_as(key), timeout=10).status_code == 403
         assert requests.get(url + "/traces?clear=true", headers=_as(key), timeout=10).status_code == 403
     traced = requests.get(url + "/traces", headers=_as("root-key"), timeout=10).json()
-    ids = {a["value"]["intValue"] for s in traced["resource_spans"][0]["scope_spans"][0]["spans"]
-           for a in s["attributes"]
-           if a["key"] == "request_id"}
+    ids = {
+        a["value"]["intValue"]
+        for s in traced["resource_spans"][0]["scope_spans"][0]["spans"]
+        for a in s["attributes"]
+        if a["key"] == "request_id"
+    }
     assert str(rid) in ids
     assert requests.get(url + "/generate", timeout=10).status_code == 401  # no key at all
 
 
 def test_no_response_holds_the_servers_directories(served, demo_bundle):
     root = str(demo_bundle.resolve())
-    for path, method, body in (("/models", "get", None), ("/v1/models", "get", None), ("/api/tags", "get", None),
-                               ("/api/show", "post", {"model": "stories260K"}), ("/api/ps", "get", None)):
+    for path, method, body in (
+        ("/models", "get", None),
+        ("/v1/models", "get", None),
+        ("/api/tags", "get", None),
+        ("/api/show", "post", {"model": "stories260K"}),
+        ("/api/ps", "get", None),
+    ):
         r = getattr(requests, method)(served.url + path, json=body, timeout=10)
-        assert (r.status_code == 200 and root not in r.text
-                and str(demo_bundle.parent) not in r.text), (path, r.text[:300])
+        assert r.status_code == 200 and root not in r.text and str(demo_bundle.parent) not in r.text, (
+            path,
+            r.text[:300],
+        )
 
 
 # -- finding 7: SIGTERM cut every stream --------------------------------------------------------
@@ -249,8 +292,9 @@ def test_sigterm_drains_every_stream_to_its_final_event(demo_bundle, tmp_path, g
     """16 streams when SIGTERM arrives: /ready turns 503 at once, new requests get 503, and
     every stream ends with its final chunk and [DONE] (finished within the grace period, or
     ended by the drain with finish_reason "abort"); exit 0."""
-    proc = ServerProcess(demo_bundle, "--shutdown-timeout", str(grace), "--max-batch", "16",
-                         log_dir=tmp_path).wait_ready()
+    proc = ServerProcess(
+        demo_bundle, "--shutdown-timeout", str(grace), "--max-batch", "16", log_dir=tmp_path
+    ).wait_ready()
     out: list = [None] * 16
     threads = [threading.Thread(target=_stream, args=(proc.url, out, i)) for i in range(16)]
     for t in threads:
@@ -273,8 +317,9 @@ def test_sigterm_drains_every_stream_to_its_final_event(demo_bundle, tmp_path, g
     took = time.monotonic() - sent
     reasons = []
     for events in out:
-        assert (isinstance(events, list) and events
-                and events[-1] == "[DONE]"), events if not isinstance(events, list) else events[-3:]
+        assert isinstance(events, list) and events and events[-1] == "[DONE]", (
+            events if not isinstance(events, list) else events[-3:]
+        )
         final = json.loads(events[-2])
         reasons.append(final["choices"][0]["finish_reason"])
     if grace < 1:
@@ -303,12 +348,14 @@ def test_a_damaged_bundle_in_models_dir_is_skipped(demo_bundle, tmp_path):
         broken = [m for m in listed if m.get("status") == "failed"]
         assert [m["id"] for m in broken] == ["broken"] and "manifest.json" in broken[0]["error"], listed
         assert any(m.get("status") != "failed" for m in listed)
-        r = requests.post(proc.url + "/v1/completions", json={"model": "broken", "prompt": "Hi", "max_tokens": 2},
-                          timeout=10)
+        r = requests.post(
+            proc.url + "/v1/completions", json={"model": "broken", "prompt": "Hi", "max_tokens": 2}, timeout=10
+        )
         assert r.status_code == 503 and "manifest.json" in r.text, r.text
         good = next(m["id"] for m in listed if m.get("status") != "failed")
-        r = requests.post(proc.url + "/v1/completions", json={"model": good, "prompt": "Hi", "max_tokens": 2},
-                          timeout=60)
+        r = requests.post(
+            proc.url + "/v1/completions", json={"model": good, "prompt": "Hi", "max_tokens": 2}, timeout=60
+        )
         assert r.status_code == 200, r.text
         assert "broken" in proc.log() and "manifest.json" in proc.log()
     finally:
@@ -324,8 +371,9 @@ def test_a_kernel_library_rewritten_under_the_server_cannot_reach_it(demo_bundle
     shutil.copytree(demo_bundle, bundle)
     proc = ServerProcess(bundle, "--no-mmap", "--device", "cpu", log_dir=tmp_path).wait_ready()
     try:
-        before = requests.post(proc.url + "/generate", json={"prompt": "Once", "max_tokens": 8, "temperature": 0},
-                               timeout=60).json()
+        before = requests.post(
+            proc.url + "/generate", json={"prompt": "Once", "max_tokens": 8, "temperature": 0}, timeout=60
+        ).json()
         for lib in (bundle / "kernels").rglob("*.so"):
             with open(lib, "r+b") as f:  # in place, as a careless deploy would
                 size = f.seek(0, 2)
@@ -334,8 +382,9 @@ def test_a_kernel_library_rewritten_under_the_server_cannot_reach_it(demo_bundle
         weights = bundle / "weights.bin"
         with open(weights, "r+b") as f:
             f.truncate(16)
-        after = requests.post(proc.url + "/generate", json={"prompt": "Once", "max_tokens": 8, "temperature": 0},
-                              timeout=60).json()
+        after = requests.post(
+            proc.url + "/generate", json={"prompt": "Once", "max_tokens": 8, "temperature": 0}, timeout=60
+        ).json()
         assert after["text"] == before["text"]
         _alive(proc)
     finally:
@@ -347,8 +396,15 @@ STOP_ROUTES = [
     ("/v1/completions", {"prompt": "Once", "max_tokens": 4, "stop": [LONG_STOP]}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stop": LONG_STOP}),
     ("/api/generate", {"model": "stories260K", "prompt": "Once", "stream": False, "options": {"stop": [LONG_STOP]}}),
-    ("/v1/messages", {"model": "stories260K", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}],
-                      "stop_sequences": [LONG_STOP]}),
+    (
+        "/v1/messages",
+        {
+            "model": "stories260K",
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "stop_sequences": [LONG_STOP],
+        },
+    ),
 ]
 
 
@@ -366,10 +422,14 @@ def test_a_stop_string_over_the_bound_is_a_400(served, path, body):
 
 
 def test_ollama_options_null_mean_default(served):
-    options = {k: None
-               for k in ("num_predict", "temperature", "top_k", "top_p", "stop", "seed", "repeat_penalty", "mirostat")}
-    r = requests.post(served.url + "/api/generate", json={"model": "stories260K", "prompt": "Once", "stream": False,
-                                                          "options": options}, timeout=60)
+    options = {
+        k: None for k in ("num_predict", "temperature", "top_k", "top_p", "stop", "seed", "repeat_penalty", "mirostat")
+    }
+    r = requests.post(
+        served.url + "/api/generate",
+        json={"model": "stories260K", "prompt": "Once", "stream": False, "options": options},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     _alive(served)
 

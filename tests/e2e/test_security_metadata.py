@@ -41,8 +41,9 @@ print(json.dumps({"rc": rc, "stderr": stderr, "seconds": time.monotonic() - star
 
 def _measured_rfc(*args) -> dict:
     command = [sys.executable, "-c", "from rfc.cli.main import main; main()", *map(str, args)]
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(KILL_AFTER), *command], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(KILL_AFTER), *command], capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout)
 
 
@@ -87,8 +88,9 @@ def test_an_int_array_of_millions_under_an_unknown_key_is_skipped(cache, tmp_pat
 
 def test_a_vocabulary_larger_than_the_embedding_is_refused_unread(cache, tmp_path):
     payload = string_array_payload(MILLIONS, b"x")
-    model = put_raw_array(DEMO_MODEL, tmp_path / "big.gguf", "tokenizer.ggml.tokens", GGUFValueType.STRING, MILLIONS,
-                          payload)
+    model = put_raw_array(
+        DEMO_MODEL, tmp_path / "big.gguf", "tokenizer.ggml.tokens", GGUFValueType.STRING, MILLIONS, payload
+    )
     out = tmp_path / "out"
     run = _measured_rfc("compile", model, "-o", out / "bundle", "--cache-dir", cache)
     _assert_refused(run, out, "tokenizer.ggml.tokens", str(MILLIONS), "512", "token_embd.weight")
@@ -100,8 +102,9 @@ def test_a_per_layer_array_longer_than_llama_cpp_reads_is_refused(tmp_path):
     layer count: its saver writes them so); a longer one under a key the recipe reads is refused
     without being decoded."""
     payload = np.ones(MILLIONS, dtype="<u4").tobytes()
-    model = put_raw_array(DEMO_MODEL, tmp_path / "big.gguf", "llama.attention.head_count_kv", GGUFValueType.UINT32,
-                          MILLIONS, payload)
+    model = put_raw_array(
+        DEMO_MODEL, tmp_path / "big.gguf", "llama.attention.head_count_kv", GGUFValueType.UINT32, MILLIONS, payload
+    )
     out = tmp_path / "out"
     run = _measured_rfc("compile", model, "-o", out / "bundle", "--no-cache")
     _assert_refused(run, out, "llama.attention.head_count_kv", str(MILLIONS), "512", "LLAMA_MAX_LAYERS")
@@ -110,8 +113,9 @@ def test_a_per_layer_array_longer_than_llama_cpp_reads_is_refused(tmp_path):
 
 def test_a_per_layer_array_of_millions_under_an_arch_key_no_recipe_reads_is_skipped(cache, tmp_path):
     payload = np.ones(MILLIONS, dtype="<u4").tobytes()
-    model = put_raw_array(DEMO_MODEL, tmp_path / "big.gguf", "llama.deepstack_mapping", GGUFValueType.UINT32, MILLIONS,
-                          payload)
+    model = put_raw_array(
+        DEMO_MODEL, tmp_path / "big.gguf", "llama.deepstack_mapping", GGUFValueType.UINT32, MILLIONS, payload
+    )
     run = _measured_rfc("compile", model, "-o", tmp_path / "bundle", "-q", "--cache-dir", cache)
     assert run["rc"] == 0, run
     _assert_fast_and_small(run)
@@ -120,8 +124,9 @@ def test_a_per_layer_array_of_millions_under_an_arch_key_no_recipe_reads_is_skip
 def test_merges_beyond_their_bound_are_refused(tmp_path):
     merges = 8 * 512 + 1  # MERGES_PER_TOKEN per token of the demo's 512
     payload = string_array_payload(merges, b"a b")
-    model = put_raw_array(DEMO_MODEL, tmp_path / "merges.gguf", "tokenizer.ggml.merges", GGUFValueType.STRING, merges,
-                          payload)
+    model = put_raw_array(
+        DEMO_MODEL, tmp_path / "merges.gguf", "tokenizer.ggml.merges", GGUFValueType.STRING, merges, payload
+    )
     out = tmp_path / "out"
     proc = rfc("compile", model, "-o", out / "bundle", "--no-cache")
     assert proc.returncode == 2 and "tokenizer.ggml.merges" in proc.stderr and str(merges) in proc.stderr, proc.stderr
@@ -135,8 +140,14 @@ def test_a_vocabulary_only_file_is_bounded_by_the_vocabulary_bound(tmp_path):
     rfc("tokenizer", vocab_only, "-o", tmp_path / "tokenizer.json", check=True)
     assert json.loads((tmp_path / "tokenizer.json").read_text())["model"]["type"] == "BPE"
     over = (1 << 22) + 1
-    big = put_raw_array(vocab_only, tmp_path / "big.gguf", "tokenizer.ggml.tokens", GGUFValueType.STRING, over,
-                        string_array_payload(over))
+    big = put_raw_array(
+        vocab_only,
+        tmp_path / "big.gguf",
+        "tokenizer.ggml.tokens",
+        GGUFValueType.STRING,
+        over,
+        string_array_payload(over),
+    )
     proc = rfc("tokenizer", big, "-o", tmp_path / "never.json")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "tokenizer.ggml.tokens" in proc.stderr and str(1 << 22) in proc.stderr, proc.stderr

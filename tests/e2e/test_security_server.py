@@ -53,8 +53,9 @@ def test_refused_megabyte_prompts_are_neither_tokenized_nor_cached(big_body_serv
     started = time.monotonic()
     for i in range(48):
         prompt = f"{i} " + "lorem ipsum dolor sit amet " * 40_000  # ~1.1 MB
-        r = requests.post(url + "/generate", data=json.dumps({"prompt": prompt, "max_tokens": 1}), headers=JSON,
-                          timeout=60)
+        r = requests.post(
+            url + "/generate", data=json.dumps({"prompt": prompt, "max_tokens": 1}), headers=JSON, timeout=60
+        )
         assert r.status_code == 400 and "prompt" in r.json()["error"], r.text
     per_prompt = (time.monotonic() - started) / 48
     growth = _rss_bytes(big_body_server.proc.pid) - before
@@ -102,8 +103,9 @@ def test_probes_answer_under_500_slow_connections(server):
             started = time.monotonic()
             r = requests.get(server.url + path, timeout=5)
             assert r.status_code == 200 and time.monotonic() - started < 1.0, (path, time.monotonic() - started)
-        r = requests.post(server.url + "/generate", json={"prompt": "Once", "max_tokens": 4, "temperature": 0},
-                          timeout=10)
+        r = requests.post(
+            server.url + "/generate", json={"prompt": "Once", "max_tokens": 4, "temperature": 0}, timeout=10
+        )
         assert r.status_code == 200
     finally:
         for s in socks:
@@ -177,8 +179,9 @@ def test_a_hostile_template_does_not_stall_the_server(tmp_path, source):
         assert "template" in chat["r"].json()["error"]["message"]
         assert _rss_bytes(proc.proc.pid) - rss < 256 << 20
         # the worker was replaced: the next render is answered the same way, not hung
-        r = requests.post(proc.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]},
-                          timeout=30)
+        r = requests.post(
+            proc.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=30
+        )
         assert r.status_code in (400, 500)
         _no_traceback(proc)
     finally:
@@ -191,8 +194,9 @@ def test_a_deeply_nested_template_does_not_stop_serve(tmp_path):
     try:
         r = requests.post(proc.url + "/generate", json={"prompt": "Once", "max_tokens": 2}, timeout=10)
         assert r.status_code == 200
-        r = requests.post(proc.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]},
-                          timeout=10)
+        r = requests.post(
+            proc.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=10
+        )
         assert 400 <= r.status_code < 600 and r.status_code != 503 and "template" in r.text
         _no_traceback(proc)
     finally:
@@ -229,16 +233,32 @@ def _post_raw(url: str, body: bytes) -> requests.Response:
         ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages"),
         ("/api/chat", b'{"model": "stories260K", "messages": [{"role": "user", "content": "\\ud800"}]}', "messages"),
         ("/v1/completions", b'{"prompt": "a", "repetition_penalty": 1e-320}', "repetition_penalty"),
-        ("/api/generate", b'{"model": "stories260K", "prompt": "a", "options": {"repeat_penalty": 1e-320}}',
-         "repeat_penalty"),
+        (
+            "/api/generate",
+            b'{"model": "stories260K", "prompt": "a", "options": {"repeat_penalty": 1e-320}}',
+            "repeat_penalty",
+        ),
         ("/v1/completions", b'{"prompt": "a", "temperature": 1e300}', "temperature"),
         ("/v1/completions", b'{"prompt": "a", "logit_bias": {"5": 1e300}}', "logit_bias"),
         ("/generate", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
-        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": ' + b"[" * 700 + b"]" * 700 + b"}]}",
-         None),
+        (
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": ' + b"[" * 700 + b"]" * 700 + b"}]}",
+            None,
+        ),
     ],
-    ids=["surrogate-native", "surrogate-openai", "surrogate-chat", "surrogate-ollama", "tiny-penalty",
-         "tiny-penalty-ollama", "huge-temperature", "huge-bias", "deep-json", "deep-content"],
+    ids=[
+        "surrogate-native",
+        "surrogate-openai",
+        "surrogate-chat",
+        "surrogate-ollama",
+        "tiny-penalty",
+        "tiny-penalty-ollama",
+        "huge-temperature",
+        "huge-bias",
+        "deep-json",
+        "deep-content",
+    ],
 )
 def test_hostile_fields_are_400_naming_the_field(server, route, body, field):
     r = _post_raw(server.url + route, body)
@@ -265,7 +285,9 @@ def test_serve_exits_when_the_bundle_fails_to_load_with_sigint_ignored(demo_bund
     port.close()
     proc = subprocess.Popen(
         [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", str(broken), "--port", str(number)],
-        stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert proc.wait(timeout=60) == 1
@@ -279,8 +301,9 @@ def test_serve_exits_when_the_bundle_fails_to_load_with_sigint_ignored(demo_bund
 # -- finding 12: cross-site simple requests ------------------------------------------------
 
 
-@pytest.mark.parametrize("content_type",
-                         ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None]
+)
 def test_json_routes_refuse_what_a_browser_sends_without_preflight(demo_bundle, tmp_path_factory, content_type):
     proc = _cors_server(demo_bundle, tmp_path_factory)
     metrics_before = _generations(proc)
@@ -300,8 +323,9 @@ _CORS: dict = {}
 
 def _cors_server(demo_bundle, tmp_path_factory) -> ServerProcess:
     if "proc" not in _CORS:
-        _CORS["proc"] = ServerProcess(demo_bundle, "--cors-origin", "https://good.example",
-                                      log_dir=tmp_path_factory.mktemp("cors")).wait_ready()
+        _CORS["proc"] = ServerProcess(
+            demo_bundle, "--cors-origin", "https://good.example", log_dir=tmp_path_factory.mktemp("cors")
+        ).wait_ready()
     return _CORS["proc"]
 
 
@@ -323,10 +347,13 @@ def _generations(proc: ServerProcess) -> float:
 
 def test_json_routes_accept_json_content_types(server):
     for ct in ("application/json", "application/json; charset=utf-8", "application/vnd.api+json"):
-        r = requests.post(server.url + "/generate", data='{"prompt": "Once", "max_tokens": 1}',
-                          headers={"Content-Type": ct}, timeout=10)
+        r = requests.post(
+            server.url + "/generate",
+            data='{"prompt": "Once", "max_tokens": 1}',
+            headers={"Content-Type": ct},
+            timeout=10,
+        )
         assert r.status_code == 200, (ct, r.text)
-
 
 
 # -- strict framing, waitress's own errors, probes past the connection cap --------------------
@@ -350,8 +377,10 @@ def test_content_length_with_transfer_encoding_is_400_and_the_connection_closes(
     """RFC 9112 §6.3: waitress read such a request as chunked and kept the connection open, so
     the bytes after it were served as a second request (a smuggled one)."""
     smuggled = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
-    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
     out, closed = _raw(server.port, head + smuggled)
     assert closed and out.count(b"HTTP/1.1 ") == 1, out
     status, _, body = out.partition(b"\r\n\r\n")
@@ -362,19 +391,26 @@ def test_content_length_with_transfer_encoding_is_400_and_the_connection_closes(
 def test_a_body_waitress_refuses_gets_the_json_413(server):
     """Bodies past the limit and the slack waitress leaves the application were refused in
     waitress's text/plain; now in the shape of the path's API, like every other error."""
-    for path, message in (("/generate", lambda b: b["error"]),
-                          ("/v1/chat/completions", lambda b: b["error"]["message"])):
-        out, closed = _raw(server.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                        f"Content-Length: {64 << 20}\r\n\r\n{{".encode())
+    for path, message in (
+        ("/generate", lambda b: b["error"]),
+        ("/v1/chat/completions", lambda b: b["error"]["message"]),
+    ):
+        out, closed = _raw(
+            server.port,
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {64 << 20}\r\n\r\n{{".encode(),
+        )
         status, _, body = out.partition(b"\r\n\r\n")
         assert closed and status.startswith(b"HTTP/1.1 413 ") and b"Content-Type: application/json" in status, out
         assert "exceeds the limit of" in message(json.loads(body))
 
 
 def test_api_responses_are_not_sniffed(server):
-    for r in (requests.get(server.url + "/v1/models", timeout=10),
-              requests.get(server.url + "/no/such/route", timeout=10),
-              requests.post(server.url + "/v1/completions", json={"prompt": "<b>x</b>", "max_tokens": -1}, timeout=10)):
+    for r in (
+        requests.get(server.url + "/v1/models", timeout=10),
+        requests.get(server.url + "/no/such/route", timeout=10),
+        requests.post(server.url + "/v1/completions", json={"prompt": "<b>x</b>", "max_tokens": -1}, timeout=10),
+    ):
         assert r.headers.get("X-Content-Type-Options") == "nosniff", (r.request.url, r.status_code, r.headers)
 
 
@@ -397,9 +433,9 @@ def test_probes_answer_while_idle_sockets_hold_the_connection_cap(demo_bundle, t
             s.close()
         socks = []
         serving = time.monotonic() + 5  # once the listener has seen the closes
-        while (r := requests.post(proc.url + "/v1/completions", json={"prompt": "Once", "max_tokens": 2},
-                                  timeout=10)).status_code == 503 \
-                and time.monotonic() < serving:
+        while (
+            r := requests.post(proc.url + "/v1/completions", json={"prompt": "Once", "max_tokens": 2}, timeout=10)
+        ).status_code == 503 and time.monotonic() < serving:
             time.sleep(0.1)
         assert r.status_code == 200, r.text
         _no_traceback(proc)

@@ -8,8 +8,24 @@ import requests
 
 from tests.e2e.conftest import sse_json
 
-SUBJECTS = ["a cat", "a dog", "the sun", "a big tree", "Tom", "Lily", "a red ball", "the park",
-            "a bird", "the sea", "a small boy", "the moon", "a toy car", "Mom", "a fish", "the rain"]
+SUBJECTS = [
+    "a cat",
+    "a dog",
+    "the sun",
+    "a big tree",
+    "Tom",
+    "Lily",
+    "a red ball",
+    "the park",
+    "a bird",
+    "the sea",
+    "a small boy",
+    "the moon",
+    "a toy car",
+    "Mom",
+    "a fish",
+    "the rain",
+]
 
 
 def _requests() -> list[dict]:

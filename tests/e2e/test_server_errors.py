@@ -119,8 +119,9 @@ def test_a_failing_step_fails_its_request_only(demo_bundle):
 
 def test_an_engine_step_that_raises_fails_its_requests_not_the_server(demo_bundle):
     handle = EngineHandle()
-    served = load_served_model(demo_bundle, LoadOptions(device="auto"), SchedulerConfig(),
-                               build_telemetry(handle, ServerConfig()))
+    served = load_served_model(
+        demo_bundle, LoadOptions(device="auto"), SchedulerConfig(), build_telemetry(handle, ServerConfig())
+    )
     handle.attach(served)
     client = falcon.testing.TestClient(create_app(handle, ServerConfig()))
     step = served.engine.step

@@ -64,9 +64,10 @@ def test_health_answers_while_loading(guarded):
     assert r.status_code == 503 and r.headers["Retry-After"] and r.json()["status"] == "error"
 
 
-@pytest.mark.parametrize("path, method",
-                         [("/generate", "post"), ("/metrics", "get"), ("/models", "get"), ("/traces", "get"),
-                          ("/status/1", "get")])
+@pytest.mark.parametrize(
+    "path, method",
+    [("/generate", "post"), ("/metrics", "get"), ("/models", "get"), ("/traces", "get"), ("/status/1", "get")],
+)
 def test_api_key_is_required(guarded, path, method):
     proc, _ = guarded
     call = getattr(requests, method)
@@ -96,9 +97,15 @@ def test_cors_allows_the_configured_origin_only(guarded):
     assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
     r = requests.get(proc.url + "/health", headers={"Origin": "https://evil.example"}, timeout=10)
     assert "Access-Control-Allow-Origin" not in r.headers
-    preflight = requests.options(proc.url + "/v1/chat/completions", timeout=10, headers={
-        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type"})
+    preflight = requests.options(
+        proc.url + "/v1/chat/completions",
+        timeout=10,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert preflight.status_code == 200
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
     assert "authorization" in preflight.headers["Access-Control-Allow-Headers"]
@@ -111,9 +118,15 @@ def test_full_queue_is_503_with_retry_after(guarded):
     running_events = sse_json(running)  # kept: dropping the generator would close the connection
     first = next(running_events)  # running: the batch of one is full
     queued_events: list = []
-    waiter = threading.Thread(target=lambda: queued_events.extend(sse_json(
-        requests.post(proc.url + "/generate/stream", json={**long, "max_tokens": 2}, headers=AUTH, stream=True,
-                      timeout=60))))
+    waiter = threading.Thread(
+        target=lambda: queued_events.extend(
+            sse_json(
+                requests.post(
+                    proc.url + "/generate/stream", json={**long, "max_tokens": 2}, headers=AUTH, stream=True, timeout=60
+                )
+            )
+        )
+    )
     waiter.start()
     deadline = time.monotonic() + 10
     while requests.get(proc.url + "/health", timeout=10).json()["checks"]["requests"]["queued"] < 1:

@@ -33,8 +33,9 @@ def _pages_freed(url: str, timeout: float = 10.0) -> dict:
 
 
 def test_generate_matches_rfc_run(server, rfc_run):
-    r = requests.post(server.url + "/generate",
-                      json={"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}, timeout=60)
+    r = requests.post(
+        server.url + "/generate", json={"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}, timeout=60
+    )
     assert r.status_code == 200
     body = r.json()
     assert set(body) == STATE_FIELDS | {"system_fingerprint"}  # the replay receipt (docs/determinism.md)
@@ -110,8 +111,9 @@ def test_closing_the_connection_cancels(server):
 
 
 def test_status_and_cancel_of_a_finished_request(server):
-    done = requests.post(server.url + "/generate", json={"prompt": "Hi", "max_tokens": 3, "temperature": 0},
-                         timeout=60).json()
+    done = requests.post(
+        server.url + "/generate", json={"prompt": "Hi", "max_tokens": 3, "temperature": 0}, timeout=60
+    ).json()
     status = requests.get(f"{server.url}/status/{done['request_id']}", timeout=10).json()
     assert status == {k: v for k, v in done.items() if k != "system_fingerprint"}  # the state, as it ended
     again = requests.post(f"{server.url}/cancel/{done['request_id']}", timeout=10).json()
@@ -127,8 +129,9 @@ def test_models_reports_the_bundle(server, demo_bundle):
     # the model file it was compiled from, as recorded at compile; never the server's own directories
     assert model["path"] == "stories260K.gguf"
     assert str(demo_bundle.resolve()) not in json.dumps(body) and str(demo_bundle) not in json.dumps(body)
-    assert (model["size"]
-            == sum(p.stat().st_size for p in demo_bundle.rglob("*") if p.is_file() and p.name != "manifest.json"))
+    assert model["size"] == sum(
+        p.stat().st_size for p in demo_bundle.rglob("*") if p.is_file() and p.name != "manifest.json"
+    )
     assert model["metadata"]["general.architecture"] == "llama"
     assert model["metadata"]["llama.context_length"] == 512
     cache = body["tokenizer_cache"]
@@ -156,8 +159,9 @@ def test_health_reports_engine_device_and_cache(server):
 
 
 def test_request_log_has_one_line_per_request(server):
-    r = requests.post(server.url + "/generate", json={"prompt": "Log me", "max_tokens": 4, "temperature": 0},
-                      timeout=60)
+    r = requests.post(
+        server.url + "/generate", json={"prompt": "Log me", "max_tokens": 4, "temperature": 0}, timeout=60
+    )
     rid = r.json()["request_id"]
     time.sleep(0.1)
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]

@@ -10,8 +10,10 @@ from tests.e2e.conftest import sse_json
 PROMPT = "Once upon a time"
 MESSAGES = [{"role": "system", "content": "You tell stories."}, {"role": "user", "content": "Tell me a story."}]
 # stories260K has no chat template: the ChatML fallback renders the messages.
-RENDERED = ("<|im_start|>system\nYou tell stories.<|im_end|>\n<|im_start|>user\nTell me a "
-            "story.<|im_end|>\n<|im_start|>assistant\n")
+RENDERED = (
+    "<|im_start|>system\nYou tell stories.<|im_end|>\n<|im_start|>user\nTell me a "
+    "story.<|im_end|>\n<|im_start|>assistant\n"
+)
 N = 48
 
 
@@ -39,8 +41,11 @@ def test_completion_matches_rfc_run(client, rfc_run):
 
 
 def test_streamed_completion_matches_rfc_run(client, rfc_run):
-    chunks = list(client.completions.create(model="x", prompt=PROMPT, max_tokens=N, temperature=0, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="x", prompt=PROMPT, max_tokens=N, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == rfc_run(PROMPT, N)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == N
@@ -58,8 +63,11 @@ def test_chat_matches_rfc_run_on_the_rendered_prompt(client, rfc_run):
 
 
 def test_streamed_chat_matches_rfc_run(client, rfc_run):
-    chunks = list(client.chat.completions.create(model="x", messages=MESSAGES, max_completion_tokens=N, temperature=0,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="x", messages=MESSAGES, max_completion_tokens=N, temperature=0, stream=True
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content == ""
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
@@ -69,8 +77,12 @@ def test_streamed_chat_matches_rfc_run(client, rfc_run):
 
 
 def test_raw_stream_ends_with_done(server):
-    with requests.post(server.url + "/v1/chat/completions",
-                       json={"messages": MESSAGES, "max_tokens": 5, "stream": True}, stream=True, timeout=60) as r:
+    with requests.post(
+        server.url + "/v1/chat/completions",
+        json={"messages": MESSAGES, "max_tokens": 5, "stream": True},
+        stream=True,
+        timeout=60,
+    ) as r:
         assert r.headers["Content-Type"].startswith("text/event-stream")
         raw = r.content.decode()
     assert raw.endswith("data: [DONE]\n\n")
@@ -97,8 +109,9 @@ def test_completion_logprobs_shape(client):
 
 
 def test_chat_logprobs_shape(client):
-    r = client.chat.completions.create(model="x", messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True,
-                                       top_logprobs=2)
+    r = client.chat.completions.create(
+        model="x", messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
     content = r.choices[0].logprobs.content
     assert 0 < len(content) <= 5
     for entry in content:
@@ -115,8 +128,15 @@ def test_seeded_sampling_is_reproducible(client):
 
 def test_extras_and_penalties_are_accepted(client):
     r = client.completions.create(
-        model="x", prompt=PROMPT, max_tokens=8, temperature=0.7, seed=1, presence_penalty=0.5, frequency_penalty=0.5,
-        logit_bias={"432": -100}, extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1},
+        model="x",
+        prompt=PROMPT,
+        max_tokens=8,
+        temperature=0.7,
+        seed=1,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        logit_bias={"432": -100},
+        extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1},
     )
     assert r.usage.completion_tokens == 8
     assert not r.choices[0].text.startswith(",")  # token 432 (",") banned; greedy would start with it
@@ -146,8 +166,9 @@ def test_bad_completion_parameters_are_400(client, kwargs, param):
 
 
 def test_openai_error_shape_on_bad_json(server):
-    r = requests.post(server.url + "/v1/chat/completions", data=b"{not json",
-                      headers={"Content-Type": "application/json"}, timeout=10)
+    r = requests.post(
+        server.url + "/v1/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=10
+    )
     assert r.status_code == 400
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
@@ -160,8 +181,13 @@ def test_chat_requires_messages(client):
 
 
 def test_streamed_chat_with_usage(server):
-    body = {"messages": MESSAGES, "max_tokens": 6, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "messages": MESSAGES,
+        "max_tokens": 6,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with requests.post(server.url + "/v1/chat/completions", json=body, stream=True, timeout=60) as r:
         chunks = list(sse_json(r))
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] <= 6

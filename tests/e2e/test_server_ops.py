@@ -31,8 +31,9 @@ def _scrape(url: str) -> tuple[dict[str, str], dict[str, float]]:
     for family in text_string_to_metric_families(r.text):
         types[family.name] = family.type
         for s in family.samples:
-            key = (s.name
-                   + ("" if not s.labels else "{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}"))
+            key = s.name + (
+                "" if not s.labels else "{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}"
+            )
             samples[key] = s.value
     return types, samples
 
@@ -51,13 +52,17 @@ def test_metrics_have_the_seed_names_and_types(server):
 def test_counters_move_as_requests_run(server):
     _, before = _scrape(server.url)
     for max_tokens in (5, 7):
-        requests.post(server.url + "/generate",
-                      json={"prompt": "Counting", "max_tokens": max_tokens, "temperature": 0}, timeout=60)
+        requests.post(
+            server.url + "/generate",
+            json={"prompt": "Counting", "max_tokens": max_tokens, "temperature": 0},
+            timeout=60,
+        )
     _, after = _scrape(server.url)
     model = "{model=stories260K}"  # every series carries the model's label
     assert after["rocmforge_requests_started_total" + model] == before["rocmforge_requests_started_total" + model] + 2
-    assert (after["rocmforge_requests_completed_total" + model]
-            == before["rocmforge_requests_completed_total" + model] + 2)
+    assert (
+        after["rocmforge_requests_completed_total" + model] == before["rocmforge_requests_completed_total" + model] + 2
+    )
     assert after["rocmforge_tokens_generated_total" + model] >= before["rocmforge_tokens_generated_total" + model] + 2
     for hist in ("ttft_seconds", "total_duration_seconds", "prefill_duration_seconds", "decode_duration_seconds"):
         assert after[f"rocmforge_{hist}_count" + model] == before[f"rocmforge_{hist}_count" + model] + 2
@@ -66,8 +71,9 @@ def test_counters_move_as_requests_run(server):
 
 def test_traces_hold_spans_of_sampled_requests(server):
     requests.get(server.url + "/traces?clear=true", headers=ADMIN, timeout=10)
-    rid = requests.post(server.url + "/generate", json={"prompt": "Trace me", "max_tokens": 6, "temperature": 0},
-                        timeout=60).json()["request_id"]
+    rid = requests.post(
+        server.url + "/generate", json={"prompt": "Trace me", "max_tokens": 6, "temperature": 0}, timeout=60
+    ).json()["request_id"]
     body = requests.get(server.url + "/traces", headers=ADMIN, timeout=10).json()
     (resource,) = body["resource_spans"]
     assert resource["resource"]["attributes"] == [{"key": "service.name", "value": {"stringValue": "rocmforge"}}]
@@ -77,8 +83,17 @@ def test_traces_hold_spans_of_sampled_requests(server):
     root = next(s for s in spans if s["name"] == "inference_request")
     attrs = {a["key"]: a["value"] for a in root["attributes"]}
     assert attrs["request_id"] == {"intValue": str(rid)} and attrs["token_count"] == {"intValue": "6"}
-    assert set(root) == {"trace_id", "span_id", "parent_span_id", "name", "kind", "start_time_unix_nano",
-                         "end_time_unix_nano", "attributes", "status"}
+    assert set(root) == {
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "name",
+        "kind",
+        "start_time_unix_nano",
+        "end_time_unix_nano",
+        "attributes",
+        "status",
+    }
     assert len(base64.b64decode(root["trace_id"])) == 16 and len(base64.b64decode(root["span_id"])) == 8
     assert root["kind"] == 2 and root["status"] == {"status": 1}
     assert root["start_time_unix_nano"] <= root["end_time_unix_nano"]
@@ -94,7 +109,11 @@ def test_traces_limit_and_clear(server):
     roots = [s for s in limited["resource_spans"][0]["scope_spans"][0]["spans"] if s["name"] == "inference_request"]
     assert len(roots) == 1
     requests.get(server.url + "/traces?clear=true", headers=ADMIN, timeout=10)
-    assert requests.get(server.url + "/traces", headers=ADMIN,
-                        timeout=10).json()["resource_spans"][0]["scope_spans"][0]["spans"] == []
+    assert (
+        requests.get(server.url + "/traces", headers=ADMIN, timeout=10).json()["resource_spans"][0]["scope_spans"][0][
+            "spans"
+        ]
+        == []
+    )
     bad = requests.get(server.url + "/traces?limit=minus", headers=ADMIN, timeout=10)
     assert bad.status_code == 400 and bad.json()["status"] == "error"

@@ -27,10 +27,12 @@ def make_key(d: Path, name: str) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     priv, pub = d / f"{name}.pem", d / f"{name}.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return priv, pub
 
 
@@ -43,8 +45,17 @@ def keys(tmp_path_factory):
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory, keys):
     out = tmp_path_factory.mktemp("signed") / "stories260K"
-    rfc("compile", DEMO_MODEL, "-o", out, "-q", "--sign", keys["ours"][0], check=True,
-        env=_env(SOURCE_DATE_EPOCH="1700000000"))
+    rfc(
+        "compile",
+        DEMO_MODEL,
+        "-o",
+        out,
+        "-q",
+        "--sign",
+        keys["ours"][0],
+        check=True,
+        env=_env(SOURCE_DATE_EPOCH="1700000000"),
+    )
     return out
 
 
@@ -63,8 +74,17 @@ def test_signing_is_reproducible_and_sign_equals_compile_sign(signed, keys, tmp_
     unsigned compile signed afterwards with `rfc sign` is the same bundle: signing changes
     neither the manifest nor the bundle id."""
     again = tmp_path / "stories260K"
-    rfc("compile", DEMO_MODEL, "-o", again, "-q", "--sign", keys["ours"][0], check=True,
-        env=_env(SOURCE_DATE_EPOCH="1700000000"))
+    rfc(
+        "compile",
+        DEMO_MODEL,
+        "-o",
+        again,
+        "-q",
+        "--sign",
+        keys["ours"][0],
+        check=True,
+        env=_env(SOURCE_DATE_EPOCH="1700000000"),
+    )
     assert files_of(again) == files_of(signed)
     later = tmp_path / "later" / "stories260K"
     rfc("compile", DEMO_MODEL, "-o", later, "-q", check=True, env=_env(SOURCE_DATE_EPOCH="1700000000"))
@@ -86,9 +106,20 @@ def test_upstream_model_signing_verifies_it(signed, keys):
     cli = shutil.which("model_signing")
     if cli is None:
         pytest.skip("model_signing CLI not on PATH (pip install model-signing)")
-    out = subprocess.run([cli, "verify", "key", str(signed), "--signature", str(signed / "model.sig"), "--public_key",
-                          str(keys["ours"][1])],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            cli,
+            "verify",
+            "key",
+            str(signed),
+            "--signature",
+            str(signed / "model.sig"),
+            "--public_key",
+            str(keys["ours"][1]),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -96,8 +127,9 @@ def test_serve_requires_and_accepts_the_signature(signed, keys, rfc_run, tmp_pat
     server = ServerProcess(signed, "--require-signature", keys["ours"][1], log_dir=tmp_path)
     try:
         server.wait_ready()
-        r = requests.post(server.url + "/generate", json={"prompt": PROMPT, "max_tokens": 16, "temperature": 0},
-                          timeout=60)
+        r = requests.post(
+            server.url + "/generate", json={"prompt": PROMPT, "max_tokens": 16, "temperature": 0}, timeout=60
+        )
         assert r.status_code == 200 and r.json()["text"] == rfc_run(PROMPT, 16)
     finally:
         server.stop()
@@ -108,9 +140,22 @@ def refused(bundle: Path, pub: Path) -> str:
     and nothing loaded (no listening, no loading: the server never started)."""
     port = free_port()
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", str(bundle),
-                          "--port", str(port), "--require-signature", str(pub)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from rfc.cli.main import main; main()",
+            "serve",
+            str(bundle),
+            "--port",
+            str(port),
+            "--require-signature",
+            str(pub),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
@@ -119,8 +164,18 @@ def refused(bundle: Path, pub: Path) -> str:
     return lines[0]
 
 
-SIGNED_FILES = ["manifest.json", "model.sig", "provenance.json", "weights.bin", "layout.msgpack", "plan.msgpack",
-                "tokenizer.json", "kernels/cpu/librfc_cpu.so", "kernels/cpu/program.msgpack", "kernels/cpu/rfc_cpu.c"]
+SIGNED_FILES = [
+    "manifest.json",
+    "model.sig",
+    "provenance.json",
+    "weights.bin",
+    "layout.msgpack",
+    "plan.msgpack",
+    "tokenizer.json",
+    "kernels/cpu/librfc_cpu.so",
+    "kernels/cpu/program.msgpack",
+    "kernels/cpu/rfc_cpu.c",
+]
 
 
 @pytest.mark.parametrize("rel", SIGNED_FILES)
@@ -190,8 +245,11 @@ def test_provenance_is_in_the_bundle_and_signed(signed):
     assert subjects == {rel: meta["sha256"] for rel, meta in manifest["files"].items() if rel != "provenance.json"}
     build = statement["predicate"]["buildDefinition"]
     gguf = DEMO_MODEL.read_bytes()
-    assert (build["externalParameters"]["model"]
-            == {"file": DEMO_MODEL.name, "sha256": hashlib.sha256(gguf).hexdigest(), "size": len(gguf)})
+    assert build["externalParameters"]["model"] == {
+        "file": DEMO_MODEL.name,
+        "sha256": hashlib.sha256(gguf).hexdigest(),
+        "size": len(gguf),
+    }
     assert build["externalParameters"]["targets"] == ["cpu"]
     assert build["internalParameters"]["source_date_epoch"] == 1700000000
     assert build["internalParameters"]["toolchains"]["cpu"] == manifest["targets"][0]["toolchain"]
@@ -206,8 +264,9 @@ def test_provenance_is_in_the_bundle_and_signed(signed):
 def test_a_bad_source_date_epoch_is_one_line(tmp_path):
     out = rfc("compile", DEMO_MODEL, "-o", tmp_path / "x", "-q", env=_env(SOURCE_DATE_EPOCH="yesterday"))
     assert out.returncode == 2
-    assert (out.stderr.strip()
-            == "rfc: error: SOURCE_DATE_EPOCH must be a non-negative integer of seconds, not 'yesterday'")
+    assert (
+        out.stderr.strip() == "rfc: error: SOURCE_DATE_EPOCH must be a non-negative integer of seconds, not 'yesterday'"
+    )
 
 
 def test_serve_a_signed_bundle_behind_a_symlink(signed, keys, rfc_run, tmp_path):
@@ -221,8 +280,9 @@ def test_serve_a_signed_bundle_behind_a_symlink(signed, keys, rfc_run, tmp_path)
     server = ServerProcess(tmp_path / "models" / "x", "--require-signature", keys["ours"][1], log_dir=tmp_path)
     try:
         server.wait_ready()
-        r = requests.post(server.url + "/generate", json={"prompt": PROMPT, "max_tokens": 8, "temperature": 0},
-                          timeout=60)
+        r = requests.post(
+            server.url + "/generate", json={"prompt": PROMPT, "max_tokens": 8, "temperature": 0}, timeout=60
+        )
         assert r.status_code == 200 and r.json()["text"] == rfc_run(PROMPT, 8)
     finally:
         server.stop()
@@ -239,6 +299,6 @@ def test_an_oversized_signature_is_refused_unread(signed, keys, tmp_path):
     shutil.copytree(signed, copy)
     with open(copy / "model.sig", "r+b") as f:
         f.truncate(200_000_000)  # sparse: 200 MB that were never written
-    assert refused(copy,
-                   keys["ours"][1]) == (f"rfc: error: bundle {copy}: model.sig is larger than the 256 KiB a signature "
-                                        f"may be: refused unread")
+    assert refused(copy, keys["ours"][1]) == (
+        f"rfc: error: bundle {copy}: model.sig is larger than the 256 KiB a signature may be: refused unread"
+    )

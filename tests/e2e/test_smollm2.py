@@ -34,16 +34,18 @@ from tests.e2e.conftest import ServerProcess
 from tests.e2e.test_reference_oracle import teacher_forced_logits
 
 MODEL = smollm2()
-CASES = (json.loads((FIXTURES / "smollm2-greedy.json").read_text()) if (FIXTURES / "smollm2-greedy.json").is_file()
-         else [])
+CASES = (
+    json.loads((FIXTURES / "smollm2-greedy.json").read_text()) if (FIXTURES / "smollm2-greedy.json").is_file() else []
+)
 LOGIT_MEAN, LOGIT_MAX = 0.2, 1.5
 
 pytestmark = [
     pytest.mark.shared,
     pytest.mark.toolchain,
     pytest.mark.skipif(not MODEL.is_file(), reason=skip_reason(MODEL)),
-    pytest.mark.skipif(shutil.which("cc") is None,
-                       reason="compiling for the cpu target needs a C compiler ('cc' not found)"),
+    pytest.mark.skipif(
+        shutil.which("cc") is None, reason="compiling for the cpu target needs a C compiler ('cc' not found)"
+    ),
 ]
 DEVICES = ["cpu", pytest.param("ref", marks=pytest.mark.slow)]
 SPIN = {"GOMP_SPINCOUNT": "20000"}  # as `rfc serve` runs: unbounded spinning crawls on a busy 2-core box
@@ -90,8 +92,10 @@ def test_teacher_forced_logits_within_bounds(device, smol):
     top = np.sort(expected, axis=-1)
     clear = top[:, -1] - top[:, -2] > TOP1_GAP
     agree = logits.argmax(-1) == expected.argmax(-1)
-    summary = (f"{device}: max {d.max():.3f} mean {d.mean():.4f} top1 {agree.mean():.3f}, {(~agree & clear).sum()} "
-               f"clear disagreements")
+    summary = (
+        f"{device}: max {d.max():.3f} mean {d.mean():.4f} top1 {agree.mean():.3f}, {(~agree & clear).sum()} "
+        f"clear disagreements"
+    )
     assert agree[clear].all() and d.mean() <= LOGIT_MEAN and d.max() <= LOGIT_MAX, summary
 
 

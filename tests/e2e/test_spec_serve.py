@@ -12,8 +12,10 @@ from tests.e2e.test_server_ops import _scrape
 pytestmark = pytest.mark.shared
 
 # The demo model continues a story it has just read: n-gram drafts from the prompt get accepted.
-PROMPT = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
-          "One day, Lily went to the park with her mom. Once upon a time, there was a little")
+PROMPT = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+    "One day, Lily went to the park with her mom. Once upon a time, there was a little"
+)
 MODEL = "{model=stories260K}"
 
 
@@ -27,8 +29,9 @@ def spec_server(demo_bundle):
 
 
 def _complete(url: str, **extra) -> dict:
-    r = requests.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 64, "temperature": 0, **extra},
-                      timeout=120)
+    r = requests.post(
+        url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 64, "temperature": 0, **extra}, timeout=120
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -38,8 +41,9 @@ def test_greedy_text_with_drafts_is_that_without(spec_server, rfc_run):
     drafted = _complete(spec_server.url)["choices"][0]["text"]
     _, after = _scrape(spec_server.url)
     assert drafted == rfc_run(PROMPT, 64)
-    accepted = (after["rocmforge_spec_accepted_tokens_total" + MODEL]
-                - before["rocmforge_spec_accepted_tokens_total" + MODEL])
+    accepted = (
+        after["rocmforge_spec_accepted_tokens_total" + MODEL] - before["rocmforge_spec_accepted_tokens_total" + MODEL]
+    )
     verified = after["rocmforge_spec_draft_tokens_total" + MODEL] - before["rocmforge_spec_draft_tokens_total" + MODEL]
     assert 0 < accepted <= verified
     assert 0 < after["rocmforge_spec_acceptance_rate" + MODEL] <= 1
@@ -58,17 +62,23 @@ def test_streamed_and_native_text_with_drafts(spec_server, rfc_run):
     with requests.post(spec_server.url + "/v1/completions", json=body, stream=True, timeout=120) as r:
         assert r.status_code == 200
         assert "".join(c["choices"][0]["text"] for c in sse_json(r) if c["choices"]) == want
-    r = requests.post(spec_server.url + "/generate", json={"prompt": PROMPT, "max_tokens": 64, "temperature": 0,
-                                                            "speculative.type": "ngram"}, timeout=120)
+    r = requests.post(
+        spec_server.url + "/generate",
+        json={"prompt": PROMPT, "max_tokens": 64, "temperature": 0, "speculative.type": "ngram"},
+        timeout=120,
+    )
     assert r.status_code == 200 and r.json()["text"] == want
 
 
-@pytest.mark.parametrize("extra, field", [
-    ({"speculative.n_max": 13}, "speculative.n_max"),  # above the server's --spec-draft-n-max
-    ({"speculative.n_max": 65}, "speculative.n_max"),  # above any
-    ({"speculative.type": "draft"}, "speculative.type"),  # no --model-draft
-    ({"speculative.type": "ngram-simple"}, "speculative.type"),
-])
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ({"speculative.n_max": 13}, "speculative.n_max"),  # above the server's --spec-draft-n-max
+        ({"speculative.n_max": 65}, "speculative.n_max"),  # above any
+        ({"speculative.type": "draft"}, "speculative.type"),  # no --model-draft
+        ({"speculative.type": "ngram-simple"}, "speculative.type"),
+    ],
+)
 def test_what_the_server_cannot_do_is_a_400(spec_server, extra, field):
     r = requests.post(spec_server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, **extra}, timeout=60)
     assert r.status_code == 400, r.text

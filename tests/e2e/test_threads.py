@@ -37,8 +37,9 @@ print(model.device.n_threads, len(os.listdir("/proc/self/task")) - before)
 
 
 def _team(bundle, threads: int, env: dict) -> tuple[int, int]:
-    proc = subprocess.run([sys.executable, "-c", _TEAM, str(bundle), str(threads)], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _TEAM, str(bundle), str(threads)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     device, started = proc.stdout.split()
     return int(device), int(started)

@@ -18,8 +18,11 @@ def test_rfc_tokenizer_output_matches_llama_cpp_vectors(family, tmp_path):
     tok = Tokenizer.from_file(str(out))
     inputs, expected = read_inputs(family), read_expected(family)
     assert len(inputs) == len(expected)
-    failures = [i for i, (text, ids) in enumerate(zip(inputs, expected))
-                if tok.encode(text, add_special_tokens=False).ids != ids]
+    failures = [
+        i
+        for i, (text, ids) in enumerate(zip(inputs, expected))
+        if tok.encode(text, add_special_tokens=False).ids != ids
+    ]
     assert failures == [], f"{family}: inputs {failures} differ"
 
 

@@ -27,9 +27,18 @@ CSP = "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 
 # chromium on a machine with no network: no sandbox (containers), no GPU, and none of the
 # background fetches (updates, sync, QUIC probes) that would flood refused connections.
 HEALTH_POLL_S = 3.2  # the page polls /health every 3 s
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1280,900")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +54,7 @@ def keyed_server(demo_bundle, tmp_path_factory):
 
 # -- HTTP: / negotiated, the files, --no-webui ----------------------------------------------
 
+
 def test_root_gives_browsers_the_page_and_ollama_clients_the_text(server):
     page = requests.get(server.url + "/", headers={"Accept": BROWSER_ACCEPT}, timeout=10)
     assert page.status_code == 200 and page.headers["Content-Type"] == "text/html; charset=utf-8"
@@ -55,15 +65,22 @@ def test_root_gives_browsers_the_page_and_ollama_clients_the_text(server):
     assert "<script>" not in page.text and " style=" not in page.text and "http" not in page.text
     for accept in (None, "*/*", "application/json", "text/plain", "text/html;q=0"):
         r = requests.get(server.url + "/", headers={"Accept": accept} if accept else {}, timeout=10)
-        assert ((r.status_code, r.text, r.headers["Content-Type"])
-                == (200, "Ollama is running", "text/plain; charset=utf-8")), accept
+        assert (r.status_code, r.text, r.headers["Content-Type"]) == (
+            200,
+            "Ollama is running",
+            "text/plain; charset=utf-8",
+        ), accept
     head = requests.head(server.url + "/", headers={"Accept": "text/html"}, timeout=10)
     assert head.status_code == 200 and head.headers["Content-Type"].startswith("text/html") and not head.content
 
 
 def test_files_come_from_an_allow_list_with_their_types(server):
-    for name, media in (("app.js", "text/javascript"), ("markdown.js", "text/javascript"), ("style.css", "text/css"),
-                        ("favicon.svg", "image/svg+xml")):
+    for name, media in (
+        ("app.js", "text/javascript"),
+        ("markdown.js", "text/javascript"),
+        ("style.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ):
         r = requests.get(f"{server.url}/webui/{name}", timeout=10)
         assert r.status_code == 200 and r.headers["Content-Type"] == f"{media}; charset=utf-8", name
         assert r.headers["Content-Security-Policy"] == CSP and r.content
@@ -97,13 +114,15 @@ def test_no_webui_turns_the_page_off(demo_bundle, tmp_path):
             assert (r.status_code, r.text) == (200, "Ollama is running") and "Vary" not in r.headers
             assert requests.get(proc.url + "/webui/app.js", timeout=10).status_code == 404
             doc = requests.get(proc.url + "/openapi.json", timeout=10).json()
-            assert ("/webui/{name}" not in doc["paths"]
-                    and list(doc["paths"]["/"]["get"]["responses"]["200"]["content"]) == ["text/plain"])
+            assert "/webui/{name}" not in doc["paths"] and list(
+                doc["paths"]["/"]["get"]["responses"]["200"]["content"]
+            ) == ["text/plain"]
         finally:
             proc.stop()
 
 
 # -- the page in chromium --------------------------------------------------------------------
+
 
 def _chromium() -> tuple[str, str]:
     pytest.importorskip("selenium", reason="selenium not installed (pip install selenium)")
@@ -154,8 +173,9 @@ def _replies(driver) -> list:
 def _open(driver, url: str, key: str | None) -> None:
     """Loads the page in a tab that holds `key` (None: no key yet)."""
     driver.get(url + "/")
-    driver.execute_script("sessionStorage.clear(); if (arguments[0]) sessionStorage.setItem('rfc.apiKey', "
-                          "arguments[0]);", key)
+    driver.execute_script(
+        "sessionStorage.clear(); if (arguments[0]) sessionStorage.setItem('rfc.apiKey', arguments[0]);", key
+    )
     driver.refresh()
 
 
@@ -195,7 +215,8 @@ and **bold <i>x</i>**.
 
 def test_the_markdown_renderer_builds_text_never_markup(browser, keyed_server):
     _open(browser, keyed_server.url, KEY)
-    got = browser.execute_async_script("""
+    got = browser.execute_async_script(
+        """
         const [source, done] = arguments;
         import("./webui/markdown.js").then(({renderMarkdown}) => {
           const root = document.createElement("div");
@@ -206,7 +227,9 @@ def test_the_markdown_renderer_builds_text_never_markup(browser, keyed_server):
                 h1: root.querySelector("h1").textContent, text: root.textContent,
                 attributes: [...root.querySelectorAll("*")].flatMap(e => e.getAttributeNames())});
         }, e => done({error: String(e)}));
-    """, HOSTILE)
+    """,
+        HOSTILE,
+    )
     assert "error" not in got, got
     assert not {"script", "img", "svg", "b", "i", "iframe"} & set(got["tags"])
     assert {"h1", "p", "code", "strong", "pre", "ul", "ol", "li", "blockquote", "a", "br"} <= set(got["tags"])
@@ -214,10 +237,15 @@ def test_the_markdown_renderer_builds_text_never_markup(browser, keyed_server):
     assert '<img src=x onerror="window.pwned=2">' in got["text"] and '<svg onload="window.pwned=5">' in got["text"]
     assert got["code"] == [["html", "<script>window.pwned=3</script>"]]
     rel = ("noopener noreferrer nofollow", "_blank")
-    assert got["links"] == [["safe", "https://example.com/a?b=1", *rel], ["img", "https://example.com/x.png", *rel],
-                            ["https://example.org/x", "https://example.org/x", *rel]]
-    assert ("[bad](javascript:window.pwned=4)" in got["text"]
-            and "[data](data:text/html,<script>alert(1)</script>)" in got["text"])
+    assert got["links"] == [
+        ["safe", "https://example.com/a?b=1", *rel],
+        ["img", "https://example.com/x.png", *rel],
+        ["https://example.org/x", "https://example.org/x", *rel],
+    ]
+    assert (
+        "[bad](javascript:window.pwned=4)" in got["text"]
+        and "[data](data:text/html,<script>alert(1)</script>)" in got["text"]
+    )
     assert not {"onerror", "onload", "style", "src"} & set(got["attributes"])
     assert browser.execute_script("return typeof window.pwned") == "undefined"
 
@@ -233,8 +261,12 @@ def test_the_page_in_chromium(browser, keyed_server, tmp_path):
     assert browser.find_element(*_by("ID", "key")).get_attribute("type") == "password"
     browser.find_element(*_by("ID", "key")).send_keys(KEY + "\ue007")
     _wait(browser, ec.invisibility_of_element(dialog), 10)
-    _wait(browser, lambda d: d.find_element(*_by("CSS_SELECTOR", "#model option")).text == "stories260K", 10,
-          "no model listed")
+    _wait(
+        browser,
+        lambda d: d.find_element(*_by("CSS_SELECTOR", "#model option")).text == "stories260K",
+        10,
+        "no model listed",
+    )
     assert browser.execute_script("return sessionStorage.getItem('rfc.apiKey')") == KEY
     _wait(browser, lambda d: d.find_element(*_by("ID", "health-status")).text == "healthy", 10, "no health shown")
     assert browser.find_element(*_by("ID", "health-queued")).text == "0"
@@ -255,8 +287,9 @@ def test_the_page_in_chromium(browser, keyed_server, tmp_path):
     # Hostile text from the user goes through the renderer the model's replies go through.
     browser.find_element(*_by("ID", "new-chat")).click()
     cancelled = _metric(url, "rocmforge_requests_cancelled_total")
-    hostile = ("<script>window.pwned=1</script> **Markdown** and <img src=x "
-               "onerror=window.pwned=2>\n```html\n<b>code</b>\n```")
+    hostile = (
+        "<script>window.pwned=1</script> **Markdown** and <img src=x onerror=window.pwned=2>\n```html\n<b>code</b>\n```"
+    )
     reply = _send(browser, hostile)
     user = browser.find_elements(*_by("CSS_SELECTOR", "article.user .body"))[-1]
     assert "<script>window.pwned=1</script> Markdown and <img src=x onerror=window.pwned=2>" in user.text

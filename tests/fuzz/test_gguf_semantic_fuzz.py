@@ -24,21 +24,76 @@ from tests.gguf_edit import put_raw_array, rewrite_gguf
 pytestmark = pytest.mark.shared
 
 CASES = 200
-SOURCES = [DEMO_MODEL] * 2 + [FIXTURES / f"tiny-{n}.gguf"
-                              for n in ("gemma2-F16", "qwen35-Q8_0", "deepseek2-Q8_0", "gemma4-Q8_0",
-                                       "command-r-Q8_0", "falcon-h1-Q8_0", "exaone4-Q8_0")]
-KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length", "attention.head_count",
-        "attention.head_count_kv", "attention.key_length", "attention.value_length", "rope.dimension_count",
-        "rope.freq_base", "rope.scaling.type", "rope.scaling.factor", "attention.layer_norm_rms_epsilon",
-        "attention.layer_norm_epsilon", "ssm.inner_size", "ssm.group_count",
-        "attention.sliding_window", "attention.sliding_window_pattern", "expert_count", "expert_used_count",
-        "final_logit_softcapping", "attention.clamp_kqv", "logit_scale", "rope.dimension_sections", "vocab_size")
-VALUES = (0, 1, 3, 2**31, 2**32 - 1, float("nan"), float("inf"), -1e30, 1e-30, -0.5, 0.0, "yarn", "x" * 300,
-          [True, False], [True] * 600)
-EXTRA_TENSORS = ("blk.0.attn_q.bias", "blk.0.ffn_up.scale", "blk.0.attn_q.scale", "blk.0.attn_output.bias",
-                 "blk.0.attn_k.input_scale", "output.weight", "rope_freqs.weight", "blk.99.attn_q.weight",
-                 "blk.0.attn_qkv.weight", "blk.0.ffn_gate_exps.weight", "blk.0.layer_output_scale.weight",
-                 "token_embd.weight")
+SOURCES = [DEMO_MODEL] * 2 + [
+    FIXTURES / f"tiny-{n}.gguf"
+    for n in (
+        "gemma2-F16",
+        "qwen35-Q8_0",
+        "deepseek2-Q8_0",
+        "gemma4-Q8_0",
+        "command-r-Q8_0",
+        "falcon-h1-Q8_0",
+        "exaone4-Q8_0",
+    )
+]
+KEYS = (
+    "block_count",
+    "context_length",
+    "embedding_length",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "attention.value_length",
+    "rope.dimension_count",
+    "rope.freq_base",
+    "rope.scaling.type",
+    "rope.scaling.factor",
+    "attention.layer_norm_rms_epsilon",
+    "attention.layer_norm_epsilon",
+    "ssm.inner_size",
+    "ssm.group_count",
+    "attention.sliding_window",
+    "attention.sliding_window_pattern",
+    "expert_count",
+    "expert_used_count",
+    "final_logit_softcapping",
+    "attention.clamp_kqv",
+    "logit_scale",
+    "rope.dimension_sections",
+    "vocab_size",
+)
+VALUES = (
+    0,
+    1,
+    3,
+    2**31,
+    2**32 - 1,
+    float("nan"),
+    float("inf"),
+    -1e30,
+    1e-30,
+    -0.5,
+    0.0,
+    "yarn",
+    "x" * 300,
+    [True, False],
+    [True] * 600,
+)
+EXTRA_TENSORS = (
+    "blk.0.attn_q.bias",
+    "blk.0.ffn_up.scale",
+    "blk.0.attn_q.scale",
+    "blk.0.attn_output.bias",
+    "blk.0.attn_k.input_scale",
+    "output.weight",
+    "rope_freqs.weight",
+    "blk.99.attn_q.weight",
+    "blk.0.attn_qkv.weight",
+    "blk.0.ffn_gate_exps.weight",
+    "blk.0.layer_output_scale.weight",
+    "token_embd.weight",
+)
 
 
 @functools.cache
@@ -80,8 +135,17 @@ def _mutate(rng: np.random.Generator, src: Path, dst: Path) -> str:
         rewrite_gguf(src, dst, drop_tensors=keep, add_tensors={name: value})
         return f"extra tensor {name} {shape}"
     if kind == "huge array":
-        key = str(rng.choice([f"{arch}.attention.head_count", f"{arch}.notes", f"{arch}.rope.dimension_sections",
-                              "general.tags", "tokenizer.ggml.token_type"]))
+        key = str(
+            rng.choice(
+                [
+                    f"{arch}.attention.head_count",
+                    f"{arch}.notes",
+                    f"{arch}.rope.dimension_sections",
+                    "general.tags",
+                    "tokenizer.ggml.token_type",
+                ]
+            )
+        )
         count = int(rng.choice([5, 513, 1_000_000]))
         put_raw_array(src, dst, key, GGUFValueType.UINT32, count, np.ones(count, "<u4").tobytes())
         return f"huge array {key} x{count}"

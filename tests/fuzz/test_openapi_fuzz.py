@@ -33,11 +33,34 @@ def test_every_route_answers_as_its_document_says(demo_bundle, tmp_path, fuzz_ca
     try:
         server.wait_ready()
         run = subprocess.run(
-            [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "--no-color", "run",
-             server.url + "/openapi.json", "--header", f"Authorization: Bearer {ADMIN_KEY}", "--seed", str(SEED),
-             "--max-examples", str(fuzz_cases(3)), "--workers", "1", "--request-timeout", "30",
-             "--report", "junit", "--report-dir", str(tmp_path)],
-            capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "schemathesis.cli",
+                "--config-file",
+                str(CONFIG),
+                "--no-color",
+                "run",
+                server.url + "/openapi.json",
+                "--header",
+                f"Authorization: Bearer {ADMIN_KEY}",
+                "--seed",
+                str(SEED),
+                "--max-examples",
+                str(fuzz_cases(3)),
+                "--workers",
+                "1",
+                "--request-timeout",
+                "30",
+                "--report",
+                "junit",
+                "--report-dir",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            cwd=tmp_path,
         )
     finally:
         server.stop()
@@ -48,4 +71,4 @@ def test_every_route_answers_as_its_document_says(demo_bundle, tmp_path, fuzz_ca
     cases = re.search(r"(\d+) generated", out)
     assert cases and int(cases[1]) >= 300, out[-3000:]
     log = server.log_path.read_text(errors="replace")
-    assert "Traceback" not in log, log[log.index("Traceback") - 200:][:4000]
+    assert "Traceback" not in log, log[log.index("Traceback") - 200 :][:4000]

@@ -160,8 +160,15 @@ def _code(bundle: Bundle, target: str) -> tuple[TargetEntry, dict[str, KernelInf
     return entry, code
 
 
-def emulated_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path,
-                    cache_types: KvCacheTypes = KvCacheTypes()) -> GpuOpDevice:
+def emulated_device(
+    bundle: Bundle,
+    target: str,
+    kv: KVSpec,
+    num_blocks: int,
+    block_size: int,
+    build_dir: Path,
+    cache_types: KvCacheTypes = KvCacheTypes(),
+) -> GpuOpDevice:
     """The kit's GpuOpDevice (each op's kernel alone) running the target's kernels emulated,
     checked against its code object."""
     entry, code = _code(bundle, target)
@@ -169,8 +176,16 @@ def emulated_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, bl
     return GpuOpDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size, cache_types)
 
 
-def emulated_step_device(bundle: Bundle, target: str, kv: KVSpec, num_blocks: int, block_size: int, build_dir: Path,
-                         context_length: int | None = None, cache_types: KvCacheTypes = KvCacheTypes()) -> GpuDevice:
+def emulated_step_device(
+    bundle: Bundle,
+    target: str,
+    kv: KVSpec,
+    num_blocks: int,
+    block_size: int,
+    build_dir: Path,
+    context_length: int | None = None,
+    cache_types: KvCacheTypes = KvCacheTypes(),
+) -> GpuDevice:
     """The runtime's GpuDevice (the bound step program, graphs) over the emulated kernels."""
     entry, code = _code(bundle, target)
     driver = EmulatedDriver(build_emulator(bundle, target, build_dir))

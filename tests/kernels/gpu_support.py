@@ -47,8 +47,9 @@ def gpu_bundle(tmp_path_factory, gpu_build_cache):
             from rfc.compiler.pipeline import CompileOptions, compile_model
 
             out = root / f"{name}-{target}"
-            compile_model(CompileOptions(model=model_path(name), out_dir=out, targets=(target,),
-                                         cache_dir=gpu_build_cache))
+            compile_model(
+                CompileOptions(model=model_path(name), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
+            )
             built[name, target] = out
         return built[name, target]
 
@@ -99,8 +100,9 @@ def prefill_rounding(model: str, formats, tokens, target: str = "sm_90") -> "np.
     from rfc.compiler.targets import parse_target
 
     half = parse_target(target).wmma_f16
-    kinds = _by_gguf_format(formats,
-                            lambda f: GPU_ROUNDING_KIND if is_int8(f) else "f16" if half and f in MMA_FORMATS else None)
+    kinds = _by_gguf_format(
+        formats, lambda f: GPU_ROUNDING_KIND if is_int8(f) else "f16" if half and f in MMA_FORMATS else None
+    )
     if not kinds:
         return None
     path = model_path(model)

@@ -26,8 +26,9 @@ from tests.kernels.kit.state_ops import BUILDS, assert_close, open_library, ptr,
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None,
-                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(
+        shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"
+    ),
 ]
 
 N, E, W, T = 4, 72, 1001, 5
@@ -69,8 +70,13 @@ def _split(x: np.ndarray, n: int) -> list[np.ndarray]:
 @pytest.mark.parametrize("active", [0, 2])
 def test_predict_and_correct(lib, active: int):
     rng = np.random.default_rng(active)
-    hs, c16, c4, x, scale = _rows(rng, N * E, 3), _rows(rng, N * N,
-                                                        0.5), _rows(rng, N, 0.5), _rows(rng, E, 3), _rows(rng, E)[0]
+    hs, c16, c4, x, scale = (
+        _rows(rng, N * E, 3),
+        _rows(rng, N * N, 0.5),
+        _rows(rng, N, 0.5),
+        _rows(rng, E, 3),
+        _rows(rng, E)[0],
+    )
     pred, act = np.zeros_like(hs), np.zeros_like(x)
     lib.rfc_altup_predict(T, ptr(hs), ptr(c16), ptr(pred), ptr(act), None, N, E, active)
     want_pred, want_act = ref.altup_predict(hs, c16, N, active)

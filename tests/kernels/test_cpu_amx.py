@@ -58,8 +58,9 @@ def library(tmp_path_factory) -> Path:
 def amx(library: Path) -> ctypes.CDLL:
     reason = cpu_device.probe("cpu-amx")
     if reason is not None:
-        pytest.skip(f"{reason}: the cpu-amx kernels cannot run here (still built: "
-                    f"test_amx_build_uses_tile_instructions)")
+        pytest.skip(
+            f"{reason}: the cpu-amx kernels cannot run here (still built: test_amx_build_uses_tile_instructions)"
+        )
     lib = ctypes.CDLL(str(library))
     cpu_device.init_kernels(lib, "cpu-amx")
     lib.rfc_scratch_bytes.argtypes, lib.rfc_scratch_bytes.restype = [ctypes.c_int], ctypes.c_size_t
@@ -138,8 +139,9 @@ def test_amx_matmul_matches_reference_and_the_vnni_path(amx: ctypes.CDLL, fmt: s
         want = x.astype(np.float64) @ w64.T + bias
         bound = matmul_bound(w64, x, act_block)
         err = np.abs(got - want)
-        assert (err <= bound).all(), (f"{fmt} T={tokens}: max |Δ| {err.max():.3g}, worst Δ/bound "
-                                      f"{(err / bound).max():.3g}")
+        assert (err <= bound).all(), (
+            f"{fmt} T={tokens}: max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
+        )
         np.testing.assert_array_equal(accum, residual + got)
         for t in range(tokens):
             one, one_accum = run(x[t : t + 1], residual[t : t + 1])

@@ -28,8 +28,9 @@ from tests.kernels.kit.state_ops import (
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None,
-                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(
+        shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"
+    ),
 ]
 
 C, K = 40, 4
@@ -51,8 +52,9 @@ ARGTYPES = {
 
 @pytest.fixture(scope="module", params=BUILDS)
 def lib(request, tmp_path_factory):
-    return open_library(request.param, tmp_path_factory, "qwen35", PLAN, {"conv": (C, K), "a": (HV,), "dt": (HV,)},
-                        ARGTYPES)
+    return open_library(
+        request.param, tmp_path_factory, "qwen35", PLAN, {"conv": (C, K), "a": (HV,), "dt": (HV,)}, ARGTYPES
+    )
 
 
 def test_ssm_conv_matches_reference(lib):

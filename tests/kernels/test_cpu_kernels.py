@@ -55,8 +55,9 @@ from tests.kernels.kit.cpu import CpuOpDevice, HostBuffer
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None,
-                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(
+        shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"
+    ),
 ]
 
 K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
@@ -170,14 +171,30 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         n = expert_rows(fmt)
         blob.add(f"moe.{fmt}", fmt, (N_EXPERT, n, k), weight_bytes(fmt, N_EXPERT * n, k, rng))
         ops.append(Op("moe_matmul", ("x", "expert_ids"), ("ey",), (f"moe.{fmt}",)))
-    ops += [Op("moe_route", ("router",), ("expert_ids", "expert_weights"), (), {"n_used": N_USED}),
-            Op("moe_combine", ("ey", "expert_weights"), ("h",))]
+    ops += [
+        Op("moe_route", ("router",), ("expert_ids", "expert_weights"), (), {"n_used": N_USED}),
+        Op("moe_combine", ("ey", "expert_weights"), ("h",)),
+    ]
     blob.add("exp_bias", "F32", (N_EXPERT,), f32(0.5 * rng.standard_normal(N_EXPERT)))  # a router's selection bias
-    ops.append(Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_bias",),
-                  {"n_used": N_USED, **ROUTE_VARIANTS[0]}))
+    ops.append(
+        Op(
+            "moe_route",
+            ("router",),
+            ("expert_ids", "expert_weights"),
+            ("exp_bias",),
+            {"n_used": N_USED, **ROUTE_VARIANTS[0]},
+        )
+    )
     blob.add("exp_scale", "F32", (N_EXPERT,), f32(0.5 + rng.random(N_EXPERT)))  # gemma4's per-expert output scales
-    ops.append(Op("moe_route", ("router",), ("expert_ids", "expert_weights"), ("exp_scale",),
-                  {"n_used": N_USED, "expert_scale": True}))
+    ops.append(
+        Op(
+            "moe_route",
+            ("router",),
+            ("expert_ids", "expert_weights"),
+            ("exp_scale",),
+            {"n_used": N_USED, "expert_scale": True},
+        )
+    )
     for fmt, k in MLA_K.items():  # deepseek2's per-head matmuls: [heads, N, K]
         blob.add(f"heads.{fmt}", fmt, (MLA_HEADS, 24, k), weight_bytes(fmt, MLA_HEADS * 24, k, rng))
         ops.append(Op("head_matmul", ("hx",), ("hy",), (f"heads.{fmt}",), {"heads": MLA_HEADS}))
@@ -189,8 +206,15 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
     blob.add("head_norm", "F32", (HEAD_DIM,), f32(1.0 + 0.1 * rng.standard_normal(HEAD_DIM)))
     blob.add("sinks", "F32", (N_HEADS,), f32([0.0, 12.0, -30.0, 2.5, -1.0, 40.0, 1.5, -4.0][:N_HEADS]))  # gpt-oss
     blob.add("exp_biases", "F32", (N_EXPERT, N_ROWS), f32(rng.standard_normal((N_EXPERT, N_ROWS))))  # gpt-oss
-    rope = {"n_heads": N_HEADS, "n_kv_heads": N_KV_HEADS, "head_dim": HEAD_DIM, "n_rot": N_ROT,
-            "style": rope_style, "freq_base": 10000.0, "freq_scale": 0.5}
+    rope = {
+        "n_heads": N_HEADS,
+        "n_kv_heads": N_KV_HEADS,
+        "head_dim": HEAD_DIM,
+        "n_rot": N_ROT,
+        "style": rope_style,
+        "freq_base": 10000.0,
+        "freq_scale": 0.5,
+    }
     att = {"n_heads": N_HEADS, "n_kv_heads": N_KV_HEADS, "head_dim": HEAD_DIM, "scale": 1.0 / math.sqrt(HEAD_DIM)}
     ops += [
         Op("rmsnorm", ("x",), ("h",), ("norm",), {"eps": 1e-5}),
@@ -213,14 +237,37 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         Op("slot_scale", ("ey", "expert_weights"), ("ey",)),  # llama4's per-slot input weights
     ]
     hp = HParams(
-        architecture="llama", name="kernel-test", context_length=64, n_embd=N_EMBD, n_ff=N_FF, n_layers=2,
-        n_heads=N_HEADS, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM, n_rot=N_ROT, rope_style=rope_style,
-        rope_freq_base=10000.0, rope_freq_scale=0.5, rope_scaling_type="linear", rms_eps=1e-5,
-        vocab_size=N_ROWS, tied_embeddings=False, qkv_bias=False, rope_freq_factors=True,
+        architecture="llama",
+        name="kernel-test",
+        context_length=64,
+        n_embd=N_EMBD,
+        n_ff=N_FF,
+        n_layers=2,
+        n_heads=N_HEADS,
+        n_kv_heads=N_KV_HEADS,
+        head_dim=HEAD_DIM,
+        n_rot=N_ROT,
+        rope_style=rope_style,
+        rope_freq_base=10000.0,
+        rope_freq_scale=0.5,
+        rope_scaling_type="linear",
+        rms_eps=1e-5,
+        vocab_size=N_ROWS,
+        tied_embeddings=False,
+        qkv_bias=False,
+        rope_freq_factors=True,
     )
-    plan = Plan(buffers=(Buffer("x", ("T", N_EMBD)), Buffer("router", ("T", N_EXPERT))), ops=tuple(ops), kv=KV,
-                input_tokens="tokens", output_logits="y", output_hidden="x", vocab_size=N_ROWS, n_embd=N_EMBD,
-                context_length=64)
+    plan = Plan(
+        buffers=(Buffer("x", ("T", N_EMBD)), Buffer("router", ("T", N_EXPERT))),
+        ops=tuple(ops),
+        kv=KV,
+        input_tokens="tokens",
+        output_logits="y",
+        output_hidden="x",
+        vocab_size=N_ROWS,
+        n_embd=N_EMBD,
+        context_length=64,
+    )
     return hp, plan, WeightLayout(256, tuple(blob.entries)), bytes(blob.data)
 
 
@@ -243,17 +290,18 @@ def render_library(build: str, rope_style: str, plan: Plan | None = None) -> str
     """The test library's source for a build and rope style (`plan`: another plan over the same
     weights and hyperparameters)."""
     hp, model_plan, layout, _ = build_model(rope_style)
-    return cpu.render_source(CodegenInput(parse_target(BUILD_TARGETS[build]), hp, plan or model_plan, layout, None,
-                                          None),
-                             TUNING, step=False)
+    return cpu.render_source(
+        CodegenInput(parse_target(BUILD_TARGETS[build]), hp, plan or model_plan, layout, None, None), TUNING, step=False
+    )
 
 
 @functools.cache
 def built_library(build: str, rope_style: str) -> bytes:
     """The test library of a build and rope style, compiled once in a test run (~20 s each): the
     kit of that build and test_avx512_build_uses_the_targets_flags share it."""
-    return cpu.compile_source(render_library(build, rope_style),
-                              cpu.compile_command(parse_target(BUILD_TARGETS[build])))
+    return cpu.compile_source(
+        render_library(build, rope_style), cpu.compile_command(parse_target(BUILD_TARGETS[build]))
+    )
 
 
 class Kit:
@@ -272,8 +320,9 @@ class Kit:
         rel = f"kernels/cpu/{cpu.LIBRARY}"
         entry = {"name": target.name, "family": "cpu", "kernels": rel, "isa": isa, "abi_version": cpu.ABI_VERSION}
         files = {rel: {"sha256": sha256_bytes(self.library), "size": len(self.library)}}
-        bundle = Bundle(root=root, manifest={"targets": [entry], "files": files}, layout=layout, plan=plan,
-                        weights=weights)
+        bundle = Bundle(
+            root=root, manifest={"targets": [entry], "files": files}, layout=layout, plan=plan, weights=weights
+        )
         self.bundle, self.plan, self.isa, self.cpu_target = bundle, plan, isa, target.name
         self.cpu = CpuOpDevice(bundle, target.name, KV, NUM_BLOCKS, BLOCK_SIZE)
         self.ref = ReferenceDevice(bundle, KV, NUM_BLOCKS, BLOCK_SIZE)
@@ -296,8 +345,10 @@ def _kit(request, tmp_path_factory) -> Kit:
 
         lacking = missing_isa(parse_target("cpu-avx512"), cpu_flags())
         if lacking:
-            pytest.skip(f"this CPU lacks {', '.join(lacking)}: the cpu-avx512 kernels cannot run here (they are still "
-                        "built: test_avx512_build_uses_the_targets_flags)")
+            pytest.skip(
+                f"this CPU lacks {', '.join(lacking)}: the cpu-avx512 kernels cannot run here (they are still "
+                "built: test_avx512_build_uses_the_targets_flags)"
+            )
     return Kit(tmp_path_factory.mktemp(f"cpu-{build}-{style}"), build, style)
 
 
@@ -386,9 +437,9 @@ def test_x8_rows_do_not_depend_on_the_token_count(kit: Kit, fmt: str):
         np.testing.assert_array_equal(run(x[2 : 2 + n]), full[2 : 2 + n], err_msg=f"{fmt}, {n} tokens")
 
 
-@pytest.mark.parametrize("fmt",
-                         ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8",
-                          "Q6_Kx8"])
+@pytest.mark.parametrize(
+    "fmt", ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "F16", "Q4_0x8", "Q4_1x8", "Q8_0x8", "Q4_Kx8", "Q6_Kx8"]
+)
 def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     """out = x W^T + bias and accum += out, in one call (what the device fuses)."""
     rng = np.random.default_rng(7)
@@ -396,10 +447,23 @@ def test_matmul_fused_bias_and_residual(kit: Kit, fmt: str):
     x = rng.standard_normal((5, k_of(fmt))).astype(np.float32)
     bias = kit.ref.weight("bias")
     residual = rng.standard_normal((5, N_ROWS)).astype(np.float32)
-    out, acc, scratch = host(np.zeros((5, N_ROWS),
-                                      np.float32)), host(residual.copy()), host(np.zeros(1 << 20, np.uint8))
-    w.matmul(w.ptr, w.row_bytes, N_ROWS, x.shape[1], host(x).ptr, 5, out.ptr, kit.cpu.weight("bias").ptr, acc.ptr,
-             scratch.ptr)
+    out, acc, scratch = (
+        host(np.zeros((5, N_ROWS), np.float32)),
+        host(residual.copy()),
+        host(np.zeros(1 << 20, np.uint8)),
+    )
+    w.matmul(
+        w.ptr,
+        w.row_bytes,
+        N_ROWS,
+        x.shape[1],
+        host(x).ptr,
+        5,
+        out.ptr,
+        kit.cpu.weight("bias").ptr,
+        acc.ptr,
+        scratch.ptr,
+    )
     want = x @ kit.ref.weight(f"mm.{fmt}").T + bias
     bound = matmul_bound(kit.ref.weight(f"mm.{fmt}"), x, kit.act_block(fmt))
     assert (np.abs(out.array - want) <= bound).all()
@@ -436,8 +500,13 @@ def test_embed_with_a_scale(kit: Kit, fmt: str):
 def test_embed_refuses_token_outside_vocabulary(kit: Kit):
     tokens = host(np.array([1, N_ROWS], np.int32))
     with pytest.raises(DeviceError, match="outside the vocabulary"):
-        kit.cpu.launch(Op("embed", ("tokens",), ("x",), ("tok.Q4_0",)), [host(np.zeros((2, N_EMBD), np.float32))],
-                       [tokens], [kit.cpu.weight("tok.Q4_0")], None)
+        kit.cpu.launch(
+            Op("embed", ("tokens",), ("x",), ("tok.Q4_0",)),
+            [host(np.zeros((2, N_EMBD), np.float32))],
+            [tokens],
+            [kit.cpu.weight("tok.Q4_0")],
+            None,
+        )
 
 
 # -- the other ops ----------------------------------------------------------------------------
@@ -466,8 +535,9 @@ def test_rmsnorm(kit: Kit, rows: int, norm: str):
     assert_close(got[0], want[0], 1e-5, 1e-6)
 
 
-@pytest.mark.parametrize("heads,width",
-                         [(N_HEADS, N_HEADS * HEAD_DIM), (N_KV_HEADS, N_KV_HEADS * HEAD_DIM), (1, HEAD_DIM)])
+@pytest.mark.parametrize(
+    "heads,width", [(N_HEADS, N_HEADS * HEAD_DIM), (N_KV_HEADS, N_KV_HEADS * HEAD_DIM), (1, HEAD_DIM)]
+)
 def test_rmsnorm_per_head(kit: Kit, heads: int, width: int):
     """qwen3's and gemma3's Q/K norms: each head's segment on its own, in place (one head:
     a row narrower than n_embd, gemma3's single kv head)."""
@@ -515,8 +585,9 @@ def test_head_matmul_and_concat_heads(kit: Kit, fmt: str, pad: int):
     the attention output's rope columns skipped) and the per-head concatenation."""
     k = MLA_K[fmt]
     x = np.random.default_rng(pad).standard_normal((5, MLA_HEADS * (k + pad))).astype(np.float32)
-    op = Op("head_matmul", ("hx",), ("hy",), (f"heads.{fmt}",),
-            {"heads": MLA_HEADS, **({"stride": k + pad} if pad else {})})
+    op = Op(
+        "head_matmul", ("hx",), ("hy",), (f"heads.{fmt}",), {"heads": MLA_HEADS, **({"stride": k + pad} if pad else {})}
+    )
     got, want = run_both(kit, op, [np.zeros((5, MLA_HEADS * 24), np.float32)], [x], [f"heads.{fmt}"], None)
     assert_close(got[0], want[0], 1e-4, 1e-4)
     op = Op("concat_heads", ("hx", "hy"), ("hxy",), (), {"heads": MLA_HEADS})
@@ -543,8 +614,10 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     got, want = run_both(kit, Op("scale", ("g",), ("g",), (), {"factor": 0.6}), [np.zeros_like(g)], [g], [], None)
     assert_close(got[0], want[0], 1e-6, 0)
     # apertus's xIELU: both branches, an eps that clips part of the negative side (-0.05) and a real one
-    for consts in ({"alpha_n": 1.6, "alpha_p": 1.17, "beta": 0.5, "eps": -1e-6},
-                   {"alpha_n": 0.72, "alpha_p": 1.7, "beta": 0.25, "eps": -0.05}):
+    for consts in (
+        {"alpha_n": 1.6, "alpha_p": 1.17, "beta": 0.5, "eps": -1e-6},
+        {"alpha_n": 0.72, "alpha_p": 1.7, "beta": 0.25, "eps": -0.05},
+    ):
         got, want = run_both(kit, Op("xielu", ("g",), ("g",), (), consts), [np.zeros_like(g)], [g / 6], [], None)
         assert_close(got[0], want[0], 1e-5, 1e-6)
     got, want = run_both(kit, Op("add", ("a", "b"), ("a",)), [np.zeros_like(g)], [g, u], [], None)
@@ -555,17 +628,20 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     blocks.allocate(0, 3)
     blocks.allocate(1, 5)
-    batch = build_batch([ScheduledChunk(0, 0, (1, 2, 3)), ScheduledChunk(1, 0, (1, 2, 3, 4, 5), all_logits=True)],
-                        blocks)
+    batch = build_batch(
+        [ScheduledChunk(0, 0, (1, 2, 3)), ScheduledChunk(1, 0, (1, 2, 3, 4, 5), all_logits=True)], blocks
+    )
     x = rng.standard_normal((8, N_EMBD)).astype(np.float32)
     out = np.zeros((batch.num_rows, N_EMBD), np.float32)
     got, want = run_both(kit, Op("gather_rows", ("x",), ("xr",)), [out], [x], [], batch)
     np.testing.assert_array_equal(got[0], want[0])
 
 
-@pytest.mark.parametrize("extra", [{}, WINDOW_SOFTCAP, {"window": 40}, {"softcap": 1.5}, {"sinks": True},
-                                   {"window": 5, "sinks": True}],
-                         ids=["plain", "window5-softcap", "window40", "softcap", "sinks", "window5-sinks"])
+@pytest.mark.parametrize(
+    "extra",
+    [{}, WINDOW_SOFTCAP, {"window": 40}, {"softcap": 1.5}, {"sinks": True}, {"window": 5, "sinks": True}],
+    ids=["plain", "window5-softcap", "window40", "softcap", "sinks", "window5-sinks"],
+)
 def test_kv_write_and_attention_over_paged_cache(kit: Kit, extra: dict):
     """Two sequences with interleaved blocks, prefill then mixed decode/prefill steps; the
     last step spans several query blocks and several chunks of cache positions. Sliding
@@ -622,10 +698,27 @@ def test_avx512_attention_gives_the_avx2_kernels_bits(tmp_path):
         for lib in libs:
             out = np.zeros_like(q)
             fn = lib.rfc_attention_sinks
-            fn.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_int, ctypes.c_void_p] + [ctypes.c_int] * 3
-                           + [ctypes.c_float, ctypes.c_void_p])
-            fn(ptr(q), ptr(out), ptr(k), ptr(v), ptr(positions), ptr(seq_start), 2, ptr(tables), tables.shape[1],
-               BLOCK_SIZE, window, softcap, ptr(sinks) if with_sinks else None)
+            fn.argtypes = (
+                [ctypes.c_void_p] * 6
+                + [ctypes.c_int, ctypes.c_void_p]
+                + [ctypes.c_int] * 3
+                + [ctypes.c_float, ctypes.c_void_p]
+            )
+            fn(
+                ptr(q),
+                ptr(out),
+                ptr(k),
+                ptr(v),
+                ptr(positions),
+                ptr(seq_start),
+                2,
+                ptr(tables),
+                tables.shape[1],
+                BLOCK_SIZE,
+                window,
+                softcap,
+                ptr(sinks) if with_sinks else None,
+            )
             outs.append(out)
         assert np.isfinite(outs[0]).all() and np.abs(outs[0]).max() > 0.1
         np.testing.assert_array_equal(outs[1], outs[0])
@@ -656,8 +749,9 @@ def test_avx512_x8_matmuls_give_the_avx2_kernels_bits(tmp_path, fmt: str):
     for build in ("native", "avx512"):
         (tmp_path / build).write_bytes(built_library(build, "adjacent"))
         fn = getattr(ctypes.CDLL(str(tmp_path / build)), f"rfc_matmul_{fmt.lower()}")
-        fn.argtypes = ([ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-                       + [ctypes.c_void_p] * 4)
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int] + [
+            ctypes.c_void_p
+        ] * 4
         scratch = np.zeros(1 << 20, np.uint8)
         got = {}
         for t in range(1, 20):
@@ -692,8 +786,9 @@ def test_avx512_x8_rows_do_not_depend_on_the_group_beside_them(tmp_path, fmt: st
     ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
     (tmp_path / "avx512").write_bytes(built_library("avx512", "adjacent"))
     fn = getattr(ctypes.CDLL(str(tmp_path / "avx512")), f"rfc_matmul_{fmt.lower()}")
-    fn.argtypes = ([ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-                   + [ctypes.c_void_p] * 4)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int] + [
+        ctypes.c_void_p
+    ] * 4
     scratch = np.zeros(1 << 20, np.uint8)
     for t in (1, 3, 9):
         whole = np.full((t, n), np.nan, np.float32)
@@ -701,9 +796,9 @@ def test_avx512_x8_rows_do_not_depend_on_the_group_beside_them(tmp_path, fmt: st
         assert np.isfinite(whole).all() and np.abs(whole).max() > 0.1
         for g in range(n // 8):
             part = np.full((t, 8), np.nan, np.float32)
-            group = w[8 * g * row_bytes:8 * (g + 1) * row_bytes].copy()
+            group = w[8 * g * row_bytes : 8 * (g + 1) * row_bytes].copy()
             fn(ptr(group), row_bytes, 8, k, ptr(x), t, ptr(part), None, None, ptr(scratch))
-            np.testing.assert_array_equal(whole[:, 8 * g:8 * g + 8], part, err_msg=f"{fmt}, group {g}, {t} tokens")
+            np.testing.assert_array_equal(whole[:, 8 * g : 8 * g + 8], part, err_msg=f"{fmt}, group {g}, {t} tokens")
 
 
 # -- the device's contract ----------------------------------------------------------------------
@@ -740,8 +835,11 @@ def test_build_is_byte_identical(kit: Kit):
     assert render_library(kit.build, kit.rope_style) == kit.source
     ops, seen = [], set()
     for op in kit.plan.ops:  # the ops build_model repeats per weight format: the first format's alone
-        family = (op.weights[0].split(".")[0] if op.weights
-                  and op.weights[0].startswith(("mm.", "tok.", "moe.", "heads.")) else None)
+        family = (
+            op.weights[0].split(".")[0]
+            if op.weights and op.weights[0].startswith(("mm.", "tok.", "moe.", "heads."))
+            else None
+        )
         if family is None or (op.kind, family) not in seen:
             ops.append(op)
             seen.add((op.kind, family))
@@ -889,8 +987,9 @@ def test_moe_route_expert_scale_matches_reference(kit: Kit, biased: bool):
     (got_ids, got_w), (want_ids, want_w) = run_both(kit, op, outs, [logits], names, None)
     np.testing.assert_array_equal(got_ids, want_ids)
     assert_close(got_w, want_w, 1e-6, 1e-7)
-    plain = Op("moe_route", ("router",), ("expert_ids", "expert_weights"), tuple(names[:-1]),
-               {**attrs, "expert_scale": False})
+    plain = Op(
+        "moe_route", ("router",), ("expert_ids", "expert_weights"), tuple(names[:-1]), {**attrs, "expert_scale": False}
+    )
     _, (plain_ids, plain_w) = run_both(kit, plain, [o.copy() for o in outs], [logits], names[:-1], None)
     np.testing.assert_array_equal(plain_ids, want_ids)
     np.testing.assert_allclose(want_w, plain_w * np.asarray(kit.ref.weight("exp_scale"))[want_ids], rtol=1e-6)
@@ -924,8 +1023,9 @@ def test_moe_matmul_matches_reference(kit: Kit, fmt: str, tokens: int, per_slot:
             row = x[t, j * k : (j + 1) * k] if per_slot else x[t]
             bound = matmul_bound(w[ids[t, j]], row[None], kit.act_block(fmt))[0]
             err = np.abs(got[t, j * n : (j + 1) * n] - want[t, j * n : (j + 1) * n])
-            assert (err <= bound).all(), (f"{fmt} slot ({t}, {j}): max |Δ| {err.max():.3g}, worst Δ/bound "
-                                          f"{(err / bound).max():.3g}")
+            assert (err <= bound).all(), (
+                f"{fmt} slot ({t}, {j}): max |Δ| {err.max():.3g}, worst Δ/bound {(err / bound).max():.3g}"
+            )
 
 
 @pytest.mark.parametrize("fmt", ["Q4_Kx8", "Q8_0x8"])
@@ -957,8 +1057,14 @@ def test_moe_add_bias_matches_reference(kit: Kit):
     rng = np.random.default_rng(8)
     y = rng.standard_normal((5, N_USED * N_ROWS)).astype(np.float32)
     ids = rng.integers(0, N_EXPERT, (5, N_USED)).astype(np.int32)
-    (got,), (want,) = run_both(kit, Op("moe_add_bias", ("ey", "expert_ids"), ("ey",), ("exp_biases",)),
-                               [np.zeros_like(y)], [y, ids], ["exp_biases"], None)
+    (got,), (want,) = run_both(
+        kit,
+        Op("moe_add_bias", ("ey", "expert_ids"), ("ey",), ("exp_biases",)),
+        [np.zeros_like(y)],
+        [y, ids],
+        ["exp_biases"],
+        None,
+    )
     np.testing.assert_array_equal(got, want)
     assert not np.array_equal(got, y)
 
@@ -969,8 +1075,14 @@ def test_moe_scale_matches_reference(kit: Kit):
     rng = np.random.default_rng(9)
     y = rng.standard_normal((5, N_USED * N_ROWS)).astype(np.float32)
     ids = rng.integers(0, N_EXPERT, (5, N_USED)).astype(np.int32)
-    (got,), (want,) = run_both(kit, Op("moe_scale", ("ey", "expert_ids"), ("ey",), ("exp_scale",)),
-                               [np.zeros_like(y)], [y, ids], ["exp_scale"], None)
+    (got,), (want,) = run_both(
+        kit,
+        Op("moe_scale", ("ey", "expert_ids"), ("ey",), ("exp_scale",)),
+        [np.zeros_like(y)],
+        [y, ids],
+        ["exp_scale"],
+        None,
+    )
     np.testing.assert_array_equal(got, want)
     scale = np.asarray(kit.ref.weight("exp_scale"), np.float32)
     np.testing.assert_array_equal(want, (y.reshape(5, N_USED, -1) * scale[ids][..., None]).reshape(5, -1))
@@ -982,8 +1094,9 @@ def test_slot_scale_matches_reference(kit: Kit):
     rng = np.random.default_rng(10)
     y = rng.standard_normal((5, N_USED * N_ROWS)).astype(np.float32)
     w = rng.random((5, N_USED)).astype(np.float32)
-    (got,), (want,) = run_both(kit, Op("slot_scale", ("ey", "expert_weights"), ("ey",)), [np.zeros_like(y)], [y, w],
-                               [], None)
+    (got,), (want,) = run_both(
+        kit, Op("slot_scale", ("ey", "expert_weights"), ("ey",)), [np.zeros_like(y)], [y, w], [], None
+    )
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(want, (y.reshape(5, N_USED, -1) * w[..., None]).reshape(5, -1))
 

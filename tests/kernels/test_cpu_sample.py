@@ -32,8 +32,9 @@ from tests.conftest import FIXTURES
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None,
-                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(
+        shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"
+    ),
 ]
 
 KERNELS = Path(_kernels_init).parent
@@ -63,8 +64,18 @@ def kernels(request, tmp_path_factory) -> SamplingKernels:
     target = CPU_TARGETS[request.param]
     out = tmp_path_factory.mktemp(f"sample-{request.param}")
     (out / "s.c").write_text(SOURCE)
-    command = [cpu.CC, *cpu.BASE_FLAGS, *target.cflags, "-Wall", "-Wextra", f"-I{KERNELS}", "-o", "lib.so", "s.c",
-               "-lm"]
+    command = [
+        cpu.CC,
+        *cpu.BASE_FLAGS,
+        *target.cflags,
+        "-Wall",
+        "-Wextra",
+        f"-I{KERNELS}",
+        "-o",
+        "lib.so",
+        "s.c",
+        "-lm",
+    ]
     proc = subprocess.run(command, cwd=out, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning" not in proc.stderr, proc.stderr[-2000:]

@@ -28,8 +28,9 @@ from tests.kernels.kit.state_ops import (
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None,
-                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(
+        shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"
+    ),
 ]
 
 H, P, G, N, K = 4, 6, 2, 20, 4

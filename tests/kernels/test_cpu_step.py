@@ -34,8 +34,9 @@ from tests.kernels.kit.cpu import CpuOpDevice
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None,
-                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(
+        shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"
+    ),
 ]
 
 MODEL = FIXTURES / "tiny-llama-Q4_0.gguf"
@@ -198,7 +199,7 @@ def test_a_bundle_with_a_gpu_target_still_repacks_for_the_cpu():
     cpu_only = plan_weights(spec, parse_targets(("cpu", "cpu-avx512"))).uses
     assert any(u.packed for u in cpu_only)
     mixed = plan_weights(spec, parse_targets(("cpu", "gfx1100"))).uses
-    assert mixed[: len(cpu_only)] == cpu_only and all("#" in u.name for u in mixed[len(cpu_only):])
+    assert mixed[: len(cpu_only)] == cpu_only and all("#" in u.name for u in mixed[len(cpu_only) :])
 
 
 # -- the newer architectures ---------------------------------------------------------------------
@@ -250,6 +251,8 @@ def test_step_program_refuses_attribute_values_outside_float32():
 
     with pytest.raises(CompileError, match="outside the float32 range"):
         cpu_step.f32_literal(1e-300, "attention softcap")
+
+
 # -- mixture of experts (tiny-mixtral: 4 experts, 2 per token) ---------------------------------
 
 MOE_MODEL = FIXTURES / "tiny-mixtral-Q4_K_M.gguf"

@@ -26,8 +26,9 @@ from tests.conftest import FIXTURES
 
 pytestmark = [
     pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which(cpu.CC) is None,
-                       reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"),
+    pytest.mark.skipif(
+        shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"
+    ),
 ]
 
 # (the model, how many times fewer barriers its looped source has, whether a loop takes floats)
@@ -40,6 +41,7 @@ MODELS = [("tiny-gemma3-Q8_0", 4, False), ("tiny-gemma4-Q8_0", 1.5, True), ("tin
 def test_loop_takes_numbers_only_from_its_table():
     """Blocks that differ in per-layer numbers (weight offsets, counters, KV layers) are one
     loop; a block that differs in anything else (a width) stays unrolled."""
+
     def layer(i: int, k: int = 64) -> list[dict]:
         return [{"kind": "mm_run", "fmt": "q8_0", "k": k, "x": 1, "rows": "T", "counter": 2 * i,
                  "segs": [{"w": 1000 * i, "row_bytes": 68, "n": 64, "out": 2, "bias": [False, 7], "accum": -1}]},
@@ -47,6 +49,7 @@ def test_loop_takes_numbers_only_from_its_table():
                 {"kind": "attention", "q": 2, "out": 3, "layer": i, "counter": 2 * i + 1, "window": 0, "softcap": 0.0,
                  "sinks": [], "sfx": []},
                 {"kind": "barrier"}]  # fmt: skip
+
     phases = [{"kind": "embed"}, *layer(0), *layer(1), *layer(2), *layer(3, k=128)]
     out = cpu_step.loop_layers(phases)
     assert [p["kind"] for p in out] == ["embed", "loop", "mm_run", "barrier", "attention", "barrier"]

@@ -71,8 +71,9 @@ def _want(arrays: dict, op: Op) -> list[np.ndarray]:
     return [ref.gaussian_topk(ins[0], a["std_mul"])]
 
 
-@pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                    reason="the GPU emulator needs g++ on x86-64")
+@pytest.mark.skipif(
+    shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+)
 @pytest.mark.parametrize("target", ["gfx90a", "sm_90"])
 @pytest.mark.parametrize("active", [0, 2])
 def test_kernels_match_the_reference_in_the_emulator(target, active, tmp_path):

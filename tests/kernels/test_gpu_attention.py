@@ -25,8 +25,16 @@ from rfc.artifacts.kv_cache_type import KvCacheTypes
 from rfc.artifacts.plan import Op
 from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_plan import (
-    ATTENTION_ACC_TILE, ATTENTION_SPLIT_KEYS, ATTENTION_SPLIT_ROWS, ATTENTION_SPLITS, ATTENTION_TILE_QUERIES,
-    ATTENTION_TILE_SHARED, I32, KernelSpec, attention_scratch_floats, plan_kernels,
+    ATTENTION_ACC_TILE,
+    ATTENTION_SPLIT_KEYS,
+    ATTENTION_SPLIT_ROWS,
+    ATTENTION_SPLITS,
+    ATTENTION_TILE_QUERIES,
+    ATTENTION_TILE_SHARED,
+    I32,
+    KernelSpec,
+    attention_scratch_floats,
+    plan_kernels,
 )
 from rfc.compiler.targets import parse_target
 from rfc.runtime.core.step import StepBatch
@@ -36,8 +44,9 @@ from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 BLOCK_SIZE, NUM_BLOCKS = 16, 128
@@ -49,10 +58,28 @@ class Case:
 
     kv_types = {"k_type": 0, "v_type": 0}  # how the cache stores K and V (CacheType.code): f16
 
-    def __init__(self, build_dir, target: str, n_heads: int, n_kv_heads: int, head_dim: int, kv_dtype: str,
-                 window=None, softcap=None, context_length: int = 4096, sinks: np.ndarray | None = None):
-        attrs = {"layer": 0, "n_heads": n_heads, "n_kv_heads": n_kv_heads, "head_dim": head_dim,
-                 "scale": head_dim ** -0.5, "window": window, "softcap": softcap}
+    def __init__(
+        self,
+        build_dir,
+        target: str,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        kv_dtype: str,
+        window=None,
+        softcap=None,
+        context_length: int = 4096,
+        sinks: np.ndarray | None = None,
+    ):
+        attrs = {
+            "layer": 0,
+            "n_heads": n_heads,
+            "n_kv_heads": n_kv_heads,
+            "head_dim": head_dim,
+            "scale": head_dim**-0.5,
+            "window": window,
+            "softcap": softcap,
+        }
         self.op = Op("attention", ("q",), ("out",), ("sinks",) if sinks is not None else (), attrs=attrs)
         kv = SimpleNamespace(dtype=kv_dtype, row=n_kv_heads * head_dim)  # the cache row: this one layer's
         plan = SimpleNamespace(ops=[self.op], kv=kv, context_length=context_length)
@@ -62,8 +89,9 @@ class Case:
         specs, (kernel,) = plan_kernels(parse_target(target), plan, layout)
         self.specs = {s.name: s for s in specs}
         self.fused = self.specs[kernel]
-        self.driver = EmulatedDriver(build_source_emulator(render_source(parse_target(target), specs), self.specs,
-                                                           build_dir))
+        self.driver = EmulatedDriver(
+            build_source_emulator(render_source(parse_target(target), specs), self.specs, build_dir)
+        )
         self.width, self.head_dim, self.n_kv_heads = n_heads * head_dim, head_dim, n_kv_heads
         shape = (1, NUM_BLOCKS * BLOCK_SIZE, n_kv_heads * head_dim)  # [layer, slot, row]
         # only its attention op runs: the caches and how they are stored
@@ -86,8 +114,9 @@ class Case:
         cells = [ctypes.c_int32(values[n]) if k == I32 else ctypes.c_uint64(values[n]) for n, k in spec.args]
         params = (ctypes.c_void_p * len(cells))(*[ctypes.addressof(c) for c in cells])
         grid = [-(-(values[c] if isinstance(c, str) else c) // t) for c, t in spec.grid]
-        self.driver.launch(self.driver.function(self.driver.lib, spec.name), (*grid, 1, 1)[:3], (spec.threads, 1, 1),
-                           params)
+        self.driver.launch(
+            self.driver.function(self.driver.lib, spec.name), (*grid, 1, 1)[:3], (spec.threads, 1, 1), params
+        )
 
     def batch(self, seq_lens: list[int], rows_of: list[int]) -> StepBatch:
         """Sequences of `seq_lens` keys over shuffled cache blocks; the step's rows are the
@@ -97,17 +126,23 @@ class Case:
         tables, used = np.full((len(seq_lens), width), -1, np.int32), 0
         for s, n in enumerate(seq_lens):
             blocks = -(-n // BLOCK_SIZE)
-            tables[s, :blocks], used = perm[used:used + blocks], used + blocks
+            tables[s, :blocks], used = perm[used : used + blocks], used + blocks
         assert used <= NUM_BLOCKS
         positions = np.concatenate([np.arange(n - r, n) for n, r in zip(seq_lens, rows_of)]).astype(np.int32)
         seq_of_token = np.repeat(np.arange(len(seq_lens)), rows_of).astype(np.int32)
         T = len(positions)
         return StepBatch(
-            tokens=np.zeros(T, np.int32), positions=positions,
-            slots=np.array([tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
-                            for s, p in zip(seq_of_token, positions)], np.int32),
-            seq_of_token=seq_of_token, seq_start=np.concatenate([[0], np.cumsum(rows_of)]).astype(np.int32),
-            block_tables=tables, context_lens=np.array(seq_lens, np.int32), logit_rows=np.arange(T, dtype=np.int32),
+            tokens=np.zeros(T, np.int32),
+            positions=positions,
+            slots=np.array(
+                [tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for s, p in zip(seq_of_token, positions)],
+                np.int32,
+            ),
+            seq_of_token=seq_of_token,
+            seq_start=np.concatenate([[0], np.cumsum(rows_of)]).astype(np.int32),
+            block_tables=tables,
+            context_lens=np.array(seq_lens, np.int32),
+            logit_rows=np.arange(T, dtype=np.int32),
             block_size=BLOCK_SIZE,
         )
 
@@ -118,10 +153,16 @@ class Case:
         want = np.zeros_like(q)
         self.ref.op_attention([want], [q], [] if self.sinks is None else [self.sinks], {**self.op.attrs}, batch)
         values = {
-            "q": self._upload(q), "k_cache": self.k_dev, "v_cache": self.v_dev,
-            "positions": self._upload(batch.positions), "seq_of_token": self._upload(batch.seq_of_token),
-            "block_tables": self._upload(batch.block_tables), "n_rows": T,
-            "table_width": batch.block_tables.shape[1], "block_size": BLOCK_SIZE, **self.kv_types,
+            "q": self._upload(q),
+            "k_cache": self.k_dev,
+            "v_cache": self.v_dev,
+            "positions": self._upload(batch.positions),
+            "seq_of_token": self._upload(batch.seq_of_token),
+            "block_tables": self._upload(batch.block_tables),
+            "n_rows": T,
+            "table_width": batch.block_tables.shape[1],
+            "block_size": BLOCK_SIZE,
+            **self.kv_types,
         }
         if self.sinks is not None:
             values["sinks"] = self._upload(self.sinks)
@@ -143,8 +184,9 @@ def _check(case: Case, batch: StepBatch) -> None:
     bound = REL_TOL * max(1.0, float(np.abs(want).max()))
     for name, got in (("split + reduce", split), ("per-op", fused)):
         d = np.abs(got - want).max(axis=1)
-        assert np.all(d <= bound), (f"{name}: rows {np.nonzero(~(d <= bound))[0].tolist()} off by up to "
-                                    f"{np.nanmax(d):.2e} > {bound:.2e}")
+        assert np.all(d <= bound), (
+            f"{name}: rows {np.nonzero(~(d <= bound))[0].tolist()} off by up to {np.nanmax(d):.2e} > {bound:.2e}"
+        )
     assert np.array_equal(split, fused), "the split kernels and the per-op kernel differ"
 
 
@@ -163,8 +205,16 @@ SHAPES = [
 def test_split_attention_matches_reference(n_heads, n_kv_heads, head_dim, kv_dtype, window, softcap, tmp_path_factory):
     """Decode-like rows: one per sequence, from 1 key (shorter than one slice) to 1000 keys
     (every slice of the 16 in use), plus a chunk of 3 rows of one sequence."""
-    case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", "gfx1100", n_heads, n_kv_heads, head_dim, kv_dtype,
-                window, softcap)
+    case = Case(
+        shared_basetemp(tmp_path_factory) / "gpu-emu-attn",
+        "gfx1100",
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        kv_dtype,
+        window,
+        softcap,
+    )
     assert case.fused.params["splits"] > 1 and len(case.fused.steps) == 2
     lens = [1, 5, ATTENTION_SPLIT_KEYS, ATTENTION_SPLIT_KEYS + 1, 200, 301, 1000]
     _check(case, case.batch(lens, [1, 1, 1, 1, 1, 3, 1]))
@@ -180,9 +230,22 @@ def test_wave_64_and_a_step_too_big_to_split(tmp_path_factory):
 
 def test_splits_follow_the_longest_row():
     """No more slices than the context (or the window) can fill; one slice: no split kernels."""
+
     def fused(context_length, window=None):
-        op = Op("attention", ("q",), ("out",), attrs={"layer": 0, "n_heads": 4, "n_kv_heads": 2, "head_dim": 32,
-                                                       "scale": 0.2, "window": window, "softcap": None})
+        op = Op(
+            "attention",
+            ("q",),
+            ("out",),
+            attrs={
+                "layer": 0,
+                "n_heads": 4,
+                "n_kv_heads": 2,
+                "head_dim": 32,
+                "scale": 0.2,
+                "window": window,
+                "softcap": None,
+            },
+        )
         plan = SimpleNamespace(ops=[op], kv=SimpleNamespace(dtype="f16", row=64), context_length=context_length)
         specs, (name,) = plan_kernels(parse_target("sm_90"), plan, SimpleNamespace(by_name=lambda: {}))
         return next(s for s in specs if s.name == name)
@@ -203,8 +266,16 @@ def test_tiled_prefill_matches_reference(n_heads, n_kv_heads, head_dim, kv_dtype
     the split kernel: fresh prompts of 300, 64, 17 and 1 tokens, a chunk of 65 rows after a
     cached prefix of 100 keys (chunked prefill: tiles start off the tile grid), a decode row,
     all in one step, so tiles end at every sequence boundary; then a lone 65-token prompt."""
-    case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", "gfx1100", n_heads, n_kv_heads, head_dim, kv_dtype,
-                window, softcap)
+    case = Case(
+        shared_basetemp(tmp_path_factory) / "gpu-emu-attn",
+        "gfx1100",
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        kv_dtype,
+        window,
+        softcap,
+    )
     lens, rows = [300, 200, 17, 165, 1, 64], [300, 1, 17, 65, 1, 64]
     assert sum(rows) > ATTENTION_SPLIT_ROWS
     _check(case, case.batch(lens, rows))
@@ -219,8 +290,9 @@ def test_attention_sinks_match_reference(target, tmp_path_factory):
     near 0), far below (no effect) and in between; without them the output differs."""
     sinks = np.array([0.0, 12.0, -30.0, 2.5, -1.0, 40.0, 1.5, -4.0], np.float32)
     for window in (None, 150):
-        case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, 8, 2, 32, "f16", window, None,
-                    sinks=sinks)
+        case = Case(
+            shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, 8, 2, 32, "f16", window, None, sinks=sinks
+        )
         assert case.fused.params["has_sinks"] and [n for n, _k in case.fused.args].count("sinks") == 1
         _check(case, case.batch([1, 5, ATTENTION_SPLIT_KEYS + 1, 301, 1000], [1, 1, 1, 3, 1]))
         _check(case, case.batch([300, 17, 165, 1], [300, 17, 65, 1]))
@@ -245,8 +317,20 @@ def test_tiled_prefill_on_wave_64_with_one_slice(tmp_path_factory):
 def test_prefill_tile_fits_shared_memory(head_dim, group):
     """The tiled path's arrays fit the budget alongside the row path's, its output elements per
     thread stay within the register bound, and a key chunk is one lane group of a 32-lane wave."""
-    op = Op("attention", ("q",), ("out",), attrs={"layer": 0, "n_heads": 4 * group, "n_kv_heads": 4,
-                                                   "head_dim": head_dim, "scale": 0.1, "window": None, "softcap": None})
+    op = Op(
+        "attention",
+        ("q",),
+        ("out",),
+        attrs={
+            "layer": 0,
+            "n_heads": 4 * group,
+            "n_kv_heads": 4,
+            "head_dim": head_dim,
+            "scale": 0.1,
+            "window": None,
+            "softcap": None,
+        },
+    )
     plan = SimpleNamespace(ops=[op], kv=SimpleNamespace(dtype="f16", row=4 * head_dim), context_length=4096)
     specs, (name,) = plan_kernels(parse_target("sm_90"), plan, SimpleNamespace(by_name=lambda: {}))
     p = next(s for s in specs if s.name == name).params

@@ -68,8 +68,9 @@ def test_builds_are_byte_identical(target, gpu_bundle, tmp_path):
     again = tmp_path / "again"
     compile_model(CompileOptions(model_path("llama-Q4_K_M"), again, targets=(target,), cache_dir=None))
     files = sorted(p.relative_to(first).as_posix() for p in (first / "kernels").rglob("*") if p.is_file())
-    assert (files
-            and files == sorted(p.relative_to(again).as_posix() for p in (again / "kernels").rglob("*") if p.is_file()))
+    assert files and files == sorted(
+        p.relative_to(again).as_posix() for p in (again / "kernels").rglob("*") if p.is_file()
+    )
     for rel in files:
         assert (first / rel).read_bytes() == (again / rel).read_bytes(), rel
     manifest = lambda d: json.loads((d / "manifest.json").read_text())  # noqa: E731
@@ -84,13 +85,16 @@ def test_load_refuses_a_manifest_that_disagrees_with_the_code_object(target, gpu
     kernel = entry.op_kernels[0]
     args = entry.kernel_args[kernel]
 
-    moved = dataclasses.replace(entry, kernel_args={**entry.kernel_args, kernel: (
-        args[0], args[1]._replace(offset=args[1].offset + 8), *args[2:])})  # tokens at another offset
+    moved = dataclasses.replace(
+        entry,
+        kernel_args={**entry.kernel_args, kernel: (args[0], args[1]._replace(offset=args[1].offset + 8), *args[2:])},
+    )  # tokens at another offset
     with pytest.raises(DeviceError, match=rf"kernel {kernel} argument 1 \(tokens\).*offset 8.*offset 16"):
         check_kernels(bundle, moved, code)
 
-    renamed = dataclasses.replace(entry,
-                                  kernel_args={**entry.kernel_args, kernel: (args[0]._replace(name="dst"), *args[1:])})
+    renamed = dataclasses.replace(
+        entry, kernel_args={**entry.kernel_args, kernel: (args[0]._replace(name="dst"), *args[1:])}
+    )
     with pytest.raises(DeviceError, match=rf"kernel {kernel} .*argument 0: the bundle declares dst"):
         check_kernels(bundle, renamed, code)
 
@@ -104,8 +108,9 @@ def test_missing_toolchain_is_a_compile_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no hipcc, no nvcc
     for target, program in (("gfx1100", "hipcc"), ("sm_90", "nvcc")):
         with pytest.raises(CompileError, match=rf"{program} not found on PATH"):
-            compile_model(CompileOptions(model_path("stories260K"), tmp_path / target, targets=(target,),
-                                         cache_dir=None))
+            compile_model(
+                CompileOptions(model_path("stories260K"), tmp_path / target, targets=(target,), cache_dir=None)
+            )
         assert not (tmp_path / target).exists()
 
 
@@ -128,8 +133,11 @@ def test_probe_names_what_it_looked_for(family, target):
 
 
 @pytest.mark.parametrize(
-    "device,target", [pytest.param("hip", "gfx1100", marks=toolchain_marks("gfx1100")),
-                      pytest.param("cuda", "sm_90", marks=toolchain_marks("sm_90"))]
+    "device,target",
+    [
+        pytest.param("hip", "gfx1100", marks=toolchain_marks("gfx1100")),
+        pytest.param("cuda", "sm_90", marks=toolchain_marks("sm_90")),
+    ],
 )
 def test_load_model_without_a_gpu_raises_device_error(device, target, gpu_bundle):
     reason = probe_reason(DeviceKind(device), target)

@@ -33,8 +33,9 @@ TOKENS = np.array([3, 0, 15, 7, 9], dtype=np.int32)
 
 def _table(fmt: str) -> tuple[WeightLayout, np.ndarray]:
     rng = np.random.default_rng(26)
-    raw = np.frombuffer(testdata._generator().encode(rng.standard_normal((V, C)).astype(np.float32), fmt),
-                        dtype=np.uint8)
+    raw = np.frombuffer(
+        testdata._generator().encode(rng.standard_normal((V, C)).astype(np.float32), fmt), dtype=np.uint8
+    )
     return WeightLayout(256, (TensorEntry("tbl", "per_layer_token_embd", fmt, (V, C), 0, raw.nbytes, ""),)), raw
 
 
@@ -45,8 +46,9 @@ def _plan(column: int) -> Plan:
                 context_length=64)  # fmt: skip
 
 
-@pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                    reason="the GPU emulator needs g++ on x86-64")
+@pytest.mark.skipif(
+    shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+)
 @pytest.mark.parametrize("target", ["gfx90a", "sm_90"])
 @pytest.mark.parametrize("fmt", ["Q8_0", "Q4_K"])
 def test_sliced_rows_match_the_reference_in_the_emulator(fmt, target, tmp_path):

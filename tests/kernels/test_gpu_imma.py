@@ -41,18 +41,21 @@ from tests.kernels.test_gpu_mma import random_weight
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 REL_TOL = 2e-5
 TARGET = parse_target("sm_90")
 # (format, rows, cols): 100 rows leave a partial row tile; 512 columns are two chunks, 320 one
 # and a partial one, 256 one whole
-SHAPES = ([(f, 100, 512) for f in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")]
-          + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")]
-          + [("Q4_Kp", 70, 512), ("Q5_Kp", 70, 256)]
-          + [("Q4_K", 130, 256), ("Q8_0", 10, 96)])
+SHAPES = (
+    [(f, 100, 512) for f in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")]
+    + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")]
+    + [("Q4_Kp", 70, 512), ("Q5_Kp", 70, 256)]
+    + [("Q4_K", 130, 256), ("Q8_0", 10, 96)]
+)
 # the AMD instruction forms on fewer shapes (the kernel around them is the same): a format
 # without and one with offsets, a planar one, a k-quant, partial tiles of rows and tokens
 AMD_SHAPES = [("Q8_0", 10, 96), ("Q4_1p", 70, 320), ("Q4_K", 130, 256)]
@@ -126,8 +129,11 @@ class Kernels:
         t = parse_target(target)
         self.specs = {(f, r, c): imma_matmul_spec(t, weight_geometry(f, r, c)) for f, r, c, tt in CASES if tt == target}
         assert all(self.specs.values())
-        self.quantize = {s.params["k"]: quantize_q8_spec(t, s.params["k"], s.params["max_tokens"])
-                         for s in self.specs.values() if s.params["prequant"]}
+        self.quantize = {
+            s.params["k"]: quantize_q8_spec(t, s.params["k"], s.params["max_tokens"])
+            for s in self.specs.values()
+            if s.params["prequant"]
+        }
         kernels = [*self.specs.values(), *self.quantize.values()]
         source = render_source(t, kernels)
         self.lib = ctypes.CDLL(str(build_source_emulator(source, [s.name for s in kernels], build_dir)))
@@ -142,11 +148,23 @@ class Kernels:
             q = self.quantize[cols]
             # bytes past the step's tokens are never read
             source = np.full(spec.params["q8_bytes"], 0xA5, dtype=np.uint8)
-            _launch(self.lib, q, (-(-q.params["subs"] // q.threads), tokens),
-                    ctypes.c_void_p(source.ctypes.data), ctypes.c_void_p(x.ctypes.data), ctypes.c_int(tokens))
-        _launch(self.lib, spec, (-(-rows // IMMA_TILE_N), -(-tokens // IMMA_TILE_M)),
-                ctypes.c_void_p(out_buf.ctypes.data), ctypes.c_void_p(source.ctypes.data),
-                ctypes.c_void_p(raw.ctypes.data), ctypes.c_int(tokens))
+            _launch(
+                self.lib,
+                q,
+                (-(-q.params["subs"] // q.threads), tokens),
+                ctypes.c_void_p(source.ctypes.data),
+                ctypes.c_void_p(x.ctypes.data),
+                ctypes.c_int(tokens),
+            )
+        _launch(
+            self.lib,
+            spec,
+            (-(-rows // IMMA_TILE_N), -(-tokens // IMMA_TILE_M)),
+            ctypes.c_void_p(out_buf.ctypes.data),
+            ctypes.c_void_p(source.ctypes.data),
+            ctypes.c_void_p(raw.ctypes.data),
+            ctypes.c_int(tokens),
+        )
         assert (out_buf[tokens] == -7.0).all(), "the kernel wrote past its tokens"
         return out_buf[:tokens].copy()
 
@@ -179,9 +197,10 @@ def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols
         x = (3 * rng.standard_normal((tokens, cols))).astype(np.float32)
         got = k.run(fmt, rows, cols, x, raw)
         model = kernel_model(x, u, a, b, has_min=k.specs[fmt, rows, cols].params["has_min"])
-        assert np.array_equal(got.view(np.uint32), model.view(np.uint32)), \
-            (f"{target} {fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the "
-             f"model")
+        assert np.array_equal(got.view(np.uint32), model.view(np.uint32)), (
+            f"{target} {fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the "
+            f"model"
+        )
         xq, xd = quantize_activations(x)
         rounded = xq * xd.astype(np.float64).repeat(32, 1)  # exact
         # the oracle's q8_32 kind rounds in float64: the same values but where x / d falls within
@@ -207,14 +226,20 @@ def test_the_prefill_list_rounds_each_matmul_input_once():
     from tests.conftest import FIXTURES
 
     import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
-        compile_model(CompileOptions(model=FIXTURES / "tiny-llama-Q4_0.gguf", out_dir=Path(tmp) / "b",
-                                     targets=("sm_90",)))
+        compile_model(
+            CompileOptions(model=FIXTURES / "tiny-llama-Q4_0.gguf", out_dir=Path(tmp) / "b", targets=("sm_90",))
+        )
         program = unpack_program((Path(tmp) / "b" / "kernels" / "sm_90" / "program.msgpack").read_bytes())
     names = [launch.kernel for launch in program.prefill_launches]
-    layer = names[names.index("rfc_rmsnorm_256") + 1:]
-    assert layer[:4] == ["rfc_quantize_q8_256", "rfc_matmul_imma_q4_0p_256x256", "rfc_matmul_imma_q4_0p_64x256",
-                         "rfc_matmul_imma_q4_0p_64x256"], layer[:4]
+    layer = names[names.index("rfc_rmsnorm_256") + 1 :]
+    assert layer[:4] == [
+        "rfc_quantize_q8_256",
+        "rfc_matmul_imma_q4_0p_256x256",
+        "rfc_matmul_imma_q4_0p_64x256",
+        "rfc_matmul_imma_q4_0p_64x256",
+    ], layer[:4]
     quantized = [i for i, n in enumerate(names) if n.startswith("rfc_quantize_q8_")]
     assert all(names[i + 1].startswith("rfc_matmul_imma_") for i in quantized)
     assert sum(n.startswith("rfc_matmul_imma_") for n in names) > len(quantized)  # shared by the runs

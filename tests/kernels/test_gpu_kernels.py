@@ -31,15 +31,21 @@ from tests.bounds import FLOAT_MAX, device_bounds
 from tests.faults import scale_outputs
 from tests.kernels.gpu_emulator import emulated_device
 from tests.kernels.gpu_support import (  # noqa: F401
-    assert_teacher_forced_within_bounds, gpu_build_cache, gpu_bundle, gpu_rounding, model_path, round_activations,
+    assert_teacher_forced_within_bounds,
+    gpu_build_cache,
+    gpu_bundle,
+    gpu_rounding,
+    model_path,
+    round_activations,
     toolchain_marks,
 )
 from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 NUM_BLOCKS, BLOCK_SIZE = 48, 16
@@ -76,59 +82,69 @@ def _gpu_param(model: str, target: str):
     return pytest.param(model, target, marks=toolchain_marks(target), id=f"{model}-{target}")
 
 
-@pytest.mark.parametrize("model,target", [
-    _gpu_param("llama-F32", "gfx1100"),
-    _gpu_param("llama-Q4_K_M", "gfx1100"),
-    _gpu_param("llama-Q2_K", "gfx1100"),
-    _gpu_param("llama-Q5_1", "gfx1100"),
-    _gpu_param("llama-BF16", "gfx1100"),
-    _gpu_param("llama-tied-F16", "gfx1100"),
-    _gpu_param("qwen2-Q4_K_M", "gfx1100"),
-    _gpu_param("llama-Q8_0", "gfx90a"),  # wave 64
-    _gpu_param("qwen3-Q8_0", "gfx1100"),
-    _gpu_param("gemma2-F16", "gfx1100"),
-    _gpu_param("gemma3-Q8_0", "gfx1100"),
-    _gpu_param("phi3-Q8_0", "gfx1100"),
-    _gpu_param("mixtral-Q4_K_M", "gfx1100"),
-    _gpu_param("llama3rope-Q8_0", "gfx1100"),
-    _gpu_param("qwen3yarn-F16", "gfx1100"),  # YaRN: the ramp-mixed frequencies, its magnitude
-    _gpu_param("smollm3-Q8_0", "gfx1100"),  # a layer without RoPE
-    _gpu_param("olmo2-Q8_0", "gfx90a"),  # post-norms, Q/K normed over whole rows
-    _gpu_param("mistral3-Q8_0", "gfx1100"),  # YaRN with its betas and log multiplier
-    _gpu_param("mistral3temp-Q8_0", "gfx90a"),  # the rope op's temperature tuning of q (positions 16-39 scaled)
-    _gpu_param("granite-Q8_0", "gfx1100"),  # the scale op: residual and logit multipliers
-    _gpu_param("gemma2-Q8_0", "gfx90a"),
-    _gpu_param("mixtral-Q8_0", "gfx90a"),
-    _gpu_param("qwen3moe-Q4_K_M", "gfx90a"),  # 8 experts, 4 used, expert width apart from the FFN's
-    _gpu_param("gpt-oss-Q8_0", "gfx90a"),  # sinks, window 24 on even layers, biased experts, swiglu_oai
-    _gpu_param("glm4moe-Q8_0", "gfx90a"),  # sigmoid router, selection bias, shared expert, partial RoPE, a dense layer
-    _gpu_param("granitemoe-Q8_0", "gfx90a"),  # granite's multipliers around routed and shared experts
-    # latent attention (head_matmul, concat_heads), grouped sigmoid router, YaRN
-    _gpu_param("deepseek2-Q8_0", "gfx90a"),
-    # V normed without a weight, rope_freqs on the global layer, layer_output_scale
-    _gpu_param("gemma4-Q8_0", "gfx90a"),
-    _gpu_param("gemma4e-Q8_0", "gfx90a"),  # per-layer embeddings (sliced embed rows), layers reading another's KV cache
-    # GELU experts beside the dense MLP, fused gate/up, per-expert output scales
-    _gpu_param("gemma4moe-Q8_0", "gfx90a"),
-    # top-1 experts weighted on their input, shared expert, NoPE layer, weightless Q/K norms
-    _gpu_param("llama4-Q8_0", "gfx90a"),
-])
+@pytest.mark.parametrize(
+    "model,target",
+    [
+        _gpu_param("llama-F32", "gfx1100"),
+        _gpu_param("llama-Q4_K_M", "gfx1100"),
+        _gpu_param("llama-Q2_K", "gfx1100"),
+        _gpu_param("llama-Q5_1", "gfx1100"),
+        _gpu_param("llama-BF16", "gfx1100"),
+        _gpu_param("llama-tied-F16", "gfx1100"),
+        _gpu_param("qwen2-Q4_K_M", "gfx1100"),
+        _gpu_param("llama-Q8_0", "gfx90a"),  # wave 64
+        _gpu_param("qwen3-Q8_0", "gfx1100"),
+        _gpu_param("gemma2-F16", "gfx1100"),
+        _gpu_param("gemma3-Q8_0", "gfx1100"),
+        _gpu_param("phi3-Q8_0", "gfx1100"),
+        _gpu_param("mixtral-Q4_K_M", "gfx1100"),
+        _gpu_param("llama3rope-Q8_0", "gfx1100"),
+        _gpu_param("qwen3yarn-F16", "gfx1100"),  # YaRN: the ramp-mixed frequencies, its magnitude
+        _gpu_param("smollm3-Q8_0", "gfx1100"),  # a layer without RoPE
+        _gpu_param("olmo2-Q8_0", "gfx90a"),  # post-norms, Q/K normed over whole rows
+        _gpu_param("mistral3-Q8_0", "gfx1100"),  # YaRN with its betas and log multiplier
+        _gpu_param("mistral3temp-Q8_0", "gfx90a"),  # the rope op's temperature tuning of q (positions 16-39 scaled)
+        _gpu_param("granite-Q8_0", "gfx1100"),  # the scale op: residual and logit multipliers
+        _gpu_param("gemma2-Q8_0", "gfx90a"),
+        _gpu_param("mixtral-Q8_0", "gfx90a"),
+        _gpu_param("qwen3moe-Q4_K_M", "gfx90a"),  # 8 experts, 4 used, expert width apart from the FFN's
+        _gpu_param("gpt-oss-Q8_0", "gfx90a"),  # sinks, window 24 on even layers, biased experts, swiglu_oai
+        _gpu_param(
+            "glm4moe-Q8_0", "gfx90a"
+        ),  # sigmoid router, selection bias, shared expert, partial RoPE, a dense layer
+        _gpu_param("granitemoe-Q8_0", "gfx90a"),  # granite's multipliers around routed and shared experts
+        # latent attention (head_matmul, concat_heads), grouped sigmoid router, YaRN
+        _gpu_param("deepseek2-Q8_0", "gfx90a"),
+        # V normed without a weight, rope_freqs on the global layer, layer_output_scale
+        _gpu_param("gemma4-Q8_0", "gfx90a"),
+        _gpu_param(
+            "gemma4e-Q8_0", "gfx90a"
+        ),  # per-layer embeddings (sliced embed rows), layers reading another's KV cache
+        # GELU experts beside the dense MLP, fused gate/up, per-expert output scales
+        _gpu_param("gemma4moe-Q8_0", "gfx90a"),
+        # top-1 experts weighted on their input, shared expert, NoPE layer, weightless Q/K norms
+        _gpu_param("llama4-Q8_0", "gfx90a"),
+    ],
+)
 def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_path_factory):
     """40 tokens: past gemma's sliding window of 32, several tiles of tokens per expert."""
     pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     assert_teacher_forced_within_bounds(pair, model)
 
 
-@pytest.mark.parametrize("model,target", [
-    _gpu_param("qwen3-F16", "gfx1100"),
-    _gpu_param("gemma2-Q8_0", "gfx1100"),
-    _gpu_param("gemma3-F16", "gfx1100"),
-    _gpu_param("phi3-F16", "gfx1100"),
-    _gpu_param("mixtral-Q8_0", "gfx1100"),
-    _gpu_param("llama3rope-Q8_0", "gfx1100"),
-    _gpu_param("gemma2-F16", "sm_90"),
-    _gpu_param("gpt-oss-F16", "gfx1100"),
-])
+@pytest.mark.parametrize(
+    "model,target",
+    [
+        _gpu_param("qwen3-F16", "gfx1100"),
+        _gpu_param("gemma2-Q8_0", "gfx1100"),
+        _gpu_param("gemma3-F16", "gfx1100"),
+        _gpu_param("phi3-F16", "gfx1100"),
+        _gpu_param("mixtral-Q8_0", "gfx1100"),
+        _gpu_param("llama3rope-Q8_0", "gfx1100"),
+        _gpu_param("gemma2-F16", "sm_90"),
+        _gpu_param("gpt-oss-F16", "gfx1100"),
+    ],
+)
 def test_greedy_decoding_matches_reference(model, target, gpu_bundle, tmp_path_factory):
     """Per architecture: a prompt, then greedy decode steps one token at a time (the decode
     kernels), crossing gemma's sliding window of 32; every step's token is the reference's."""
@@ -137,8 +153,9 @@ def test_greedy_decoding_matches_reference(model, target, gpu_bundle, tmp_path_f
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(tokens))])
     rounding = gpu_rounding(model, pair.formats, tokens)
     for step in range(8):
-        _assert_same_greedy_token(gpu[-1], ref[-1], None if rounding is None else rounding[-1],
-                                  f"step {step} after {tokens}")
+        _assert_same_greedy_token(
+            gpu[-1], ref[-1], None if rounding is None else rounding[-1], f"step {step} after {tokens}"
+        )
         tokens.append(int(ref[-1].argmax()))
         gpu, ref = pair.step([ScheduledChunk(0, len(tokens) - 1, (tokens[-1],))])
         rounding = gpu_rounding(model, pair.formats, tokens)
@@ -159,11 +176,14 @@ def _assert_same_greedy_token(gpu: np.ndarray, ref: np.ndarray, rounding: "np.nd
     assert gap <= reach, f"greedy paths split {where}: gpu {g}, ref {r}, ref gap {gap:.3g} > {reach:.3g}"
 
 
-@pytest.mark.parametrize("model,target,kind", [
-    pytest.param("gemma2-F16", "gfx1100", "softcap", marks=toolchain_marks("gfx1100")),
-    pytest.param("granite-Q8_0", "gfx1100", "scale", marks=toolchain_marks("gfx1100")),
-    pytest.param("mixtral-Q8_0", "gfx1100", "moe_combine", marks=toolchain_marks("gfx1100")),
-])
+@pytest.mark.parametrize(
+    "model,target,kind",
+    [
+        pytest.param("gemma2-F16", "gfx1100", "softcap", marks=toolchain_marks("gfx1100")),
+        pytest.param("granite-Q8_0", "gfx1100", "scale", marks=toolchain_marks("gfx1100")),
+        pytest.param("mixtral-Q8_0", "gfx1100", "moe_combine", marks=toolchain_marks("gfx1100")),
+    ],
+)
 def test_a_gpu_kernel_2_percent_off_fails(model, target, kind, gpu_bundle, tmp_path_factory):
     pair = Pair(gpu_bundle(model, target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     first = next(op for op in pair.bundle.plan.ops if op.kind == kind)
@@ -212,11 +232,18 @@ def test_attention_over_long_contexts(target, gpu_bundle, tmp_path_factory):
     positions = np.array([598, 599, 600, 36], dtype=np.int32)
     seq_of_token = np.array([0, 0, 0, 1], dtype=np.int32)
     batch = StepBatch(
-        tokens=np.zeros(4, dtype=np.int32), positions=positions,
-        slots=np.array([tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
-                        for s, p in zip(seq_of_token, positions)], dtype=np.int32),
-        seq_of_token=seq_of_token, seq_start=np.array([0, 3, 4], dtype=np.int32), block_tables=tables,
-        context_lens=np.array(lens, dtype=np.int32), logit_rows=np.arange(4, dtype=np.int32), block_size=BLOCK_SIZE,
+        tokens=np.zeros(4, dtype=np.int32),
+        positions=positions,
+        slots=np.array(
+            [tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for s, p in zip(seq_of_token, positions)],
+            dtype=np.int32,
+        ),
+        seq_of_token=seq_of_token,
+        seq_start=np.array([0, 3, 4], dtype=np.int32),
+        block_tables=tables,
+        context_lens=np.array(lens, dtype=np.int32),
+        logit_rows=np.arange(4, dtype=np.int32),
+        block_size=BLOCK_SIZE,
     )
     width = op.attrs["n_heads"] * op.attrs["head_dim"]
     q = rng.standard_normal((4, width)).astype(np.float32)
@@ -313,10 +340,15 @@ def test_moe_kernels_route_and_group_tokens_per_expert(target, gpu_bundle, tmp_p
     logits[30:, :] = 0.5  # all tied: experts 0 and 1
     logits[33, 3] = 0.5 + 1e-3
     batch = StepBatch(
-        tokens=np.zeros(T, np.int32), positions=np.arange(T, dtype=np.int32), slots=np.arange(T, dtype=np.int32),
-        seq_of_token=np.zeros(T, np.int32), seq_start=np.array([0, T], np.int32),
-        block_tables=np.zeros((1, 3), np.int32), context_lens=np.array([T], np.int32),
-        logit_rows=np.arange(T, dtype=np.int32), block_size=BLOCK_SIZE,
+        tokens=np.zeros(T, np.int32),
+        positions=np.arange(T, dtype=np.int32),
+        slots=np.arange(T, dtype=np.int32),
+        seq_of_token=np.zeros(T, np.int32),
+        seq_start=np.array([0, T], np.int32),
+        block_tables=np.zeros((1, 3), np.int32),
+        context_lens=np.array([T], np.int32),
+        logit_rows=np.arange(T, dtype=np.int32),
+        block_size=BLOCK_SIZE,
     )
     db = gpu.upload_batch(batch)
     want_ids, want_w = np.zeros((T, k), np.int32), np.zeros((T, k), np.float32)
@@ -356,10 +388,12 @@ def test_sliding_window_attention_over_long_contexts(target, gpu_build_cache, tm
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.gguf_edit import rewrite_gguf
 
-    model = rewrite_gguf(model_path("gemma2-F16"), tmp_path / "window.gguf",
-                         metadata={"gemma2.attention.sliding_window": 300})
-    compile_model(CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,),
-                                 cache_dir=gpu_build_cache))
+    model = rewrite_gguf(
+        model_path("gemma2-F16"), tmp_path / "window.gguf", metadata={"gemma2.attention.sliding_window": 300}
+    )
+    compile_model(
+        CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,), cache_dir=gpu_build_cache)
+    )
     pair = Pair(tmp_path / "bundle", target, tmp_path / "emu")
     plan, gpu, ref = pair.bundle.plan, pair.gpu, pair.ref
     op = next(o for o in plan.ops if o.kind == "attention" and o.attrs.get("window") == 300)
@@ -375,11 +409,17 @@ def test_sliding_window_attention_over_long_contexts(target, gpu_build_cache, tm
     positions = np.array([298, 299, 300, 598, 600, 36], dtype=np.int32)
     seq_of_token = np.array([0, 0, 0, 0, 0, 1], dtype=np.int32)
     batch = StepBatch(
-        tokens=np.zeros(6, dtype=np.int32), positions=positions,
-        slots=np.array([tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE
-                        for s, p in zip(seq_of_token, positions)], dtype=np.int32),
-        seq_of_token=seq_of_token, seq_start=np.array([0, 5, 6], dtype=np.int32), block_tables=tables,
-        context_lens=np.array([601, 37], dtype=np.int32), logit_rows=np.arange(6, dtype=np.int32),
+        tokens=np.zeros(6, dtype=np.int32),
+        positions=positions,
+        slots=np.array(
+            [tables[s, p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for s, p in zip(seq_of_token, positions)],
+            dtype=np.int32,
+        ),
+        seq_of_token=seq_of_token,
+        seq_start=np.array([0, 5, 6], dtype=np.int32),
+        block_tables=tables,
+        context_lens=np.array([601, 37], dtype=np.int32),
+        logit_rows=np.arange(6, dtype=np.int32),
         block_size=BLOCK_SIZE,
     )
     width = op.attrs["n_heads"] * op.attrs["head_dim"]
@@ -399,11 +439,15 @@ def test_long_context_rope_with_attn_factor(target, gpu_build_cache, tmp_path):
     from tests.gguf_edit import rewrite_gguf
 
     factors = 1.0 + 3.0 * np.random.default_rng(3).random(16)
-    model = rewrite_gguf(model_path("phi3-F16"), tmp_path / "long.gguf",
-                         metadata={"phi3.context_length": 8192, "phi3.rope.scaling.attn_factor": 1.19},
-                         add_tensors={"rope_factors_long.weight": factors, "rope_factors_short.weight": np.ones(16)})
-    compile_model(CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,),
-                                 cache_dir=gpu_build_cache))
+    model = rewrite_gguf(
+        model_path("phi3-F16"),
+        tmp_path / "long.gguf",
+        metadata={"phi3.context_length": 8192, "phi3.rope.scaling.attn_factor": 1.19},
+        add_tensors={"rope_factors_long.weight": factors, "rope_factors_short.weight": np.ones(16)},
+    )
+    compile_model(
+        CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,), cache_dir=gpu_build_cache)
+    )
     pair = Pair(tmp_path / "bundle", target, tmp_path / "emu")
     rope = next(o for o in pair.bundle.plan.ops if o.kind == "rope")
     assert rope.weights == ("rope_factors_long.weight",) and "attn_factor" in rope.attrs
@@ -442,7 +486,7 @@ def test_expert_weight_scales(target, gpu_build_cache, tmp_path, monkeypatch):
 
     def weights(desc, name, shape, key):
         if name.endswith("_exps.scale"):
-            return np.linspace(0.5, 2.5, shape[0], dtype=np.float32)[::-1 if "up" in name else 1].copy()
+            return np.linspace(0.5, 2.5, shape[0], dtype=np.float32)[:: -1 if "up" in name else 1].copy()
         return seeded(desc, name, shape, key)
 
     monkeypatch.setattr(archs, "weights", weights)
@@ -465,8 +509,9 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
     from tests.e2e.test_llama_archs import _model
 
     out = tmp_path / "bundle"
-    compile_model(CompileOptions(model=_model("llama4-moe", tmp_path), out_dir=out, targets=(target,),
-                                 cache_dir=gpu_build_cache))
+    compile_model(
+        CompileOptions(model=_model("llama4-moe", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
+    )
     pair = Pair(out, target, tmp_path / "emu")
     assert sum(o.kind == "slot_scale" for o in pair.bundle.plan.ops) == 2  # the two layers with experts
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
@@ -483,8 +528,11 @@ def test_apertus_xielu(target, gpu_build_cache, tmp_path):
     from tests.e2e.test_llama_archs import _model
 
     out = tmp_path / "bundle"
-    compile_model(CompileOptions(model=_model("apertus-dense", tmp_path), out_dir=out, targets=(target,),
-                                 cache_dir=gpu_build_cache))
+    compile_model(
+        CompileOptions(
+            model=_model("apertus-dense", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache
+        )
+    )
     pair = Pair(out, target, tmp_path / "emu")
     assert len({tuple(o.attrs.values()) for o in pair.bundle.plan.ops if o.kind == "xielu"}) == 2
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])

@@ -20,8 +20,9 @@ from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_mar
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 NUM_BLOCKS, BLOCK_SIZE, TARGET = 8, 16, "gfx1100"
@@ -31,8 +32,9 @@ NUM_BLOCKS, BLOCK_SIZE, TARGET = 8, 16, "gfx1100"
 def test_copied_kv_rows_hold_the_source_bytes(model, gpu_bundle, tmp_path_factory):
     bundle = open_bundle(gpu_bundle(model, TARGET))
     kv = bundle.plan.kv
-    device = emulated_step_device(bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE,
-                                  shared_basetemp(tmp_path_factory) / "gpu-emu")
+    device = emulated_step_device(
+        bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu"
+    )
     assert device.copies_kv
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     blocks.allocate(1, 20)
@@ -51,7 +53,7 @@ def test_copied_kv_rows_hold_the_source_bytes(model, gpu_bundle, tmp_path_factor
     for which in "kv":
         for layer in range(kv.n_layers):
             assert rows(which, layer, dst, 0, 4) == rows(which, layer, src, 0, 4)
-            assert rows(which, layer, dst, 4, BLOCK_SIZE - 4) == before[(which, layer)][4 * row:]  # untouched
+            assert rows(which, layer, dst, 4, BLOCK_SIZE - 4) == before[(which, layer)][4 * row :]  # untouched
             assert rows(which, layer, src, 0, 4) != before[(which, layer)][: 4 * row]  # a real copy, not a no-op
     copies = [c for c in device._driver.calls if c[0] in ("d2h", "h2d")]
     assert len(copies) == 2 * 2 * kv.n_layers and all(c[1] == 4 * row for c in copies)

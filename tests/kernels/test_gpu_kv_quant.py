@@ -38,8 +38,9 @@ from tests.kernels.test_gpu_attention import BLOCK_SIZE, NUM_BLOCKS, Case, _chec
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 F16, Q8, Q4 = CacheType.F16, CacheType.Q8_0, CacheType.Q4_0
@@ -49,22 +50,35 @@ SLOTS = NUM_BLOCKS * BLOCK_SIZE
 class QuantCase(Case):
     """A layer's kv_write and attention kernels over a one-layer cache of chosen types."""
 
-    def __init__(self, build_dir, target: str, n_heads: int, n_kv_heads: int, head_dim: int, kv_dtype: str,
-                 window=None):
+    def __init__(
+        self, build_dir, target: str, n_heads: int, n_kv_heads: int, head_dim: int, kv_dtype: str, window=None
+    ):
         width = n_kv_heads * head_dim
-        attrs = {"layer": 0, "n_heads": n_heads, "n_kv_heads": n_kv_heads, "head_dim": head_dim,
-                 "scale": head_dim ** -0.5, "window": window, "softcap": None}
+        attrs = {
+            "layer": 0,
+            "n_heads": n_heads,
+            "n_kv_heads": n_kv_heads,
+            "head_dim": head_dim,
+            "scale": head_dim**-0.5,
+            "window": window,
+            "softcap": None,
+        }
         self.op = Op("attention", ("q",), ("out",), (), attrs=attrs)
         write = Op("kv_write", ("k", "v"), (), attrs={"layer": 0})
         self.kv = KVSpec(1, n_kv_heads, head_dim, kv_dtype)
-        plan = SimpleNamespace(ops=[write, self.op], kv=self.kv, context_length=4096,
-                               buffer=lambda name: SimpleNamespace(shape=("T", width)))
+        plan = SimpleNamespace(
+            ops=[write, self.op],
+            kv=self.kv,
+            context_length=4096,
+            buffer=lambda name: SimpleNamespace(shape=("T", width)),
+        )
         specs, (write_kernel, kernel) = plan_kernels(parse_target(target), plan, SimpleNamespace(by_name=lambda: {}))
         self.specs = {s.name: s for s in specs}
         self.fused, self.write = self.specs[kernel], self.specs[write_kernel]
         self.sinks = None
-        self.driver = EmulatedDriver(build_source_emulator(render_source(parse_target(target), specs), self.specs,
-                                                           build_dir))
+        self.driver = EmulatedDriver(
+            build_source_emulator(render_source(parse_target(target), specs), self.specs, build_dir)
+        )
         self.width, self.head_dim, self.n_kv_heads = n_heads * head_dim, head_dim, n_kv_heads
         self.rng = np.random.default_rng(head_dim * 100 + n_heads)
 
@@ -82,16 +96,27 @@ class QuantCase(Case):
         ref.op_kv_write([], [k, v], [], {"layer": 0}, SimpleNamespace(slots=slots))
         self.kv_types = {"k_type": types.k.code, "v_type": types.v.code}
         self.k_dev, self.v_dev = self.driver.malloc(ref.k_cache.nbytes), self.driver.malloc(ref.v_cache.nbytes)
-        self._launch(self.write,
-                     {"k_cache": self.k_dev, "v_cache": self.v_dev, "k": self._upload(k), "v": self._upload(v),
-                      "slots": self._upload(slots), "n_rows": SLOTS, **self.kv_types})
+        self._launch(
+            self.write,
+            {
+                "k_cache": self.k_dev,
+                "v_cache": self.v_dev,
+                "k": self._upload(k),
+                "v": self._upload(v),
+                "slots": self._upload(slots),
+                "n_rows": SLOTS,
+                **self.kv_types,
+            },
+        )
         for name, want, ptr in (("K", ref.k_cache, self.k_dev), ("V", ref.v_cache, self.v_dev)):
             got = np.empty_like(want)
             self.driver.copy_to_host(got, ptr)
-            rows = np.nonzero((got.reshape(SLOTS,
-                                           -1).view(np.uint8) != want.reshape(SLOTS, -1).view(np.uint8)).any(axis=1))[0]
-            assert not len(rows), (f"{types.describe()}: the GPU's {name} cache differs from the reference's in "
-                                   f"{len(rows)} rows")
+            rows = np.nonzero(
+                (got.reshape(SLOTS, -1).view(np.uint8) != want.reshape(SLOTS, -1).view(np.uint8)).any(axis=1)
+            )[0]
+            assert not len(rows), (
+                f"{types.describe()}: the GPU's {name} cache differs from the reference's in {len(rows)} rows"
+            )
 
 
 # (n_heads, n_kv_heads, head_dim, plan KV dtype, window): rotations K 64 / V 64, K 128 / V 64, none (head_dim 32)
@@ -105,8 +130,9 @@ TYPES = [KvCacheTypes(Q8, Q8), KvCacheTypes(Q4, Q4), KvCacheTypes(Q8, F16), KvCa
 
 @pytest.mark.parametrize("target,n_heads,n_kv_heads,head_dim,kv_dtype,window", SHAPES)
 def test_quantized_cache_matches_reference(target, n_heads, n_kv_heads, head_dim, kv_dtype, window, tmp_path_factory):
-    case = QuantCase(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, n_heads, n_kv_heads, head_dim,
-                     kv_dtype, window)
+    case = QuantCase(
+        shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, n_heads, n_kv_heads, head_dim, kv_dtype, window
+    )
     assert case.fused.params["quantizable"] and len(case.fused.steps) == 2
     for types in TYPES:
         case.fill(types)
@@ -142,8 +168,9 @@ def test_the_step_program_serves_quantized_caches(target, gpu_bundle, tmp_path_f
         ref = logits(ReferenceDevice(bundle, plan.kv, NUM_BLOCKS, BLOCK_SIZE, types))
         got = logits(gpu)
         quantizing, d = np.abs(ref - plain).mean(), np.abs(got - ref).mean()
-        assert d <= KV_CPU_SHARE * quantizing, (f"{types.describe()}: gpu vs reference mean {d:.2e}, quantizing "
-                                                f"{quantizing:.2e}")
+        assert d <= KV_CPU_SHARE * quantizing, (
+            f"{types.describe()}: gpu vs reference mean {d:.2e}, quantizing {quantizing:.2e}"
+        )
         assert (got.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.9
 
 

@@ -34,13 +34,18 @@ from tests import testdata
 from tests.conftest import shared_basetemp
 from tests.kernels.gpu_emulator import build_source_emulator
 from tests.kernels.gpu_support import (  # noqa: F401
-    assert_teacher_forced_within_bounds, gpu_build_cache, gpu_bundle, round_activations, toolchain_marks,
+    assert_teacher_forced_within_bounds,
+    gpu_build_cache,
+    gpu_bundle,
+    round_activations,
+    toolchain_marks,
 )
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 GENERATOR = testdata._generator()
@@ -75,8 +80,10 @@ class Lib:
                 entries.append(TensorEntry(name, name, fmt, shape, offset, nbytes, ""))
                 offset += -(-nbytes // 256) * 256
             buffers += [Buffer(f"x.{fmt}", ("T", k)), Buffer(f"y.{fmt}", ("R", ROWS)), Buffer(f"h.{fmt}", ("T", EMBD))]
-            ops += [Op("matmul", (f"x.{fmt}",), (f"y.{fmt}",), (f"w.{fmt}",)),
-                    Op("embed", ("tokens",), (f"h.{fmt}",), (f"e.{fmt}",))]
+            ops += [
+                Op("matmul", (f"x.{fmt}",), (f"y.{fmt}",), (f"w.{fmt}",)),
+                Op("embed", ("tokens",), (f"h.{fmt}",), (f"e.{fmt}",)),
+            ]
             if fmt in MOE_FORMATS:
                 name, shape = f"m.{fmt}", (N_EXPERT, ROWS, k)
                 nbytes = tensor_nbytes(fmt, shape)
@@ -159,8 +166,9 @@ def test_int8_expert_matmul_matches_reference(lib: Lib, fmt: str):
     got = lib.moe_matmul(fmt, w, x, ids)
     experts = dequantize(w, fmt, (N_EXPERT, ROWS, k)).astype(np.float64)
     xr = round_activations(x).astype(np.float64)
-    want = np.concatenate([np.stack([xr[t] @ experts[ids[t, j]].T for t in range(MOE_TOKENS)]) for j in range(N_USED)],
-                          axis=1)
+    want = np.concatenate(
+        [np.stack([xr[t] @ experts[ids[t, j]].T for t in range(MOE_TOKENS)]) for j in range(N_USED)], axis=1
+    )
     d, bound = float(np.abs(got - want).max()), REL_TOL * max(1.0, float(np.abs(want).max()))
     assert d <= bound, f"{fmt}: max |gpu - ref| {d:.2e} > {bound:.2e}"
 

@@ -18,8 +18,9 @@ from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_mar
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 TARGET = "gfx1100"
@@ -39,8 +40,9 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
     kv = bundle.plan.kv
     device = emulated_step_device(bundle, TARGET, kv, 8, 16, shared_basetemp(tmp_path_factory) / "gpu-emu")
     runner = device.runner
-    scalars = tool.decode_step(runner, Executor(bundle.plan, device), bundle.plan.vocab_size, BlockManager(8, 16),
-                               context=5)
+    scalars = tool.decode_step(
+        runner, Executor(bundle.plan, device), bundle.plan.vocab_size, BlockManager(8, 16), context=5
+    )
     assert scalars["n_tokens"] == 1
     rows = tool.matmul_rates(runner, bundle.layout, scalars, tool.WallTimer(runner._driver), repeat=1)
     by_kernel = {r["kernel"]: r for r in rows}
@@ -52,11 +54,13 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
 
     qkv = by_kernel["rfc_matmul_q8_0p_256_64_64x256_fused"]
     assert qkv["bytes"] == nbytes("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
-    assert (by_kernel["rfc_matmul_swiglu_q8_0p_768x256"]["bytes"]
-            == nbytes("blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"))
+    assert by_kernel["rfc_matmul_swiglu_q8_0p_768x256"]["bytes"] == nbytes(
+        "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"
+    )
     assert by_kernel["rfc_matmul_q8_0p_256x768"]["bytes"] == nbytes("blk.0.ffn_down.weight")
-    assert (set(by_kernel)
-            == {launch.kernel for launch in runner.program.launches if launch.kernel.startswith("rfc_matmul_")})
+    assert set(by_kernel) == {
+        launch.kernel for launch in runner.program.launches if launch.kernel.startswith("rfc_matmul_")
+    }
     assert all(r["us"] > 0 and r["gbps"] > 0 for r in rows)
     every = tool.matmul_rates(runner, bundle.layout, scalars, tool.WallTimer(runner._driver), repeat=1, every=True)
     assert len(every) == sum(launch.kernel.startswith("rfc_matmul_") for launch in runner.program.launches) > len(rows)

@@ -31,8 +31,9 @@ from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 REL_TOL = 2e-4
@@ -44,8 +45,18 @@ SHAPES = [(f, 100, 512) for f in MMA_FORMATS] + [("Q8_0", 10, 96), ("F16", 70, 3
 TOKENS = (1, 17, 65, 130)
 
 # byte offsets of the f16 scale fields that random bytes must not turn into inf or NaN
-_SCALES = {"Q8_0": (0,), "Q4_0": (0,), "Q5_0": (0,), "Q4_1": (0, 2), "Q5_1": (0, 2), "Q2_K": (80, 82),
-           "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+_SCALES = {
+    "Q8_0": (0,),
+    "Q4_0": (0,),
+    "Q5_0": (0,),
+    "Q4_1": (0, 2),
+    "Q5_1": (0, 2),
+    "Q2_K": (80, 82),
+    "Q3_K": (108,),
+    "Q4_K": (0, 2),
+    "Q5_K": (0, 2),
+    "Q6_K": (208,),
+}
 
 
 def random_weight(rng: np.random.Generator, fmt: str, rows: int, cols: int) -> np.ndarray:
@@ -56,8 +67,11 @@ def random_weight(rng: np.random.Generator, fmt: str, rows: int, cols: int) -> n
     if fmt == "F16":
         return rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
     if fmt == "BF16":
-        return (rng.standard_normal((rows,
-                                     cols)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+        return (
+            (rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint32) >> 16)
+            .astype(np.uint16)
+            .view(np.uint8)
+        )
     if fmt in GENERATOR.RANDOM_BLOCK_FORMATS:  # the formats newer than the k-quants (tools/fixtures/tiny_models.py)
         f = FORMATS[fmt]
         raw = rng.integers(0, 256, size=(rows * cols // f.block_elems, f.block_bytes), dtype=np.uint8)
@@ -66,7 +80,7 @@ def random_weight(rng: np.random.Generator, fmt: str, rows: int, cols: int) -> n
     blocks = rng.integers(0, 256, size=(rows * cols // qk, ts), dtype=np.uint8)
     for off in _SCALES[fmt]:
         d = rng.uniform(0.01, 0.1, len(blocks)).astype(np.float16)
-        blocks[:, off:off + 2] = d.view(np.uint8).reshape(-1, 2)
+        blocks[:, off : off + 2] = d.view(np.uint8).reshape(-1, 2)
     return blocks.reshape(rows, -1)
 
 
@@ -95,8 +109,12 @@ class Kernels:
         # a canary row past the tokens: the kernel must not write it
         out_buf = np.full((tokens + 1, rows), -7.0, dtype=np.float32)
         raw = np.ascontiguousarray(raw)
-        values = [ctypes.c_void_p(out_buf.ctypes.data), ctypes.c_void_p(x.ctypes.data),
-                  ctypes.c_void_p(raw.ctypes.data), ctypes.c_int(tokens)]
+        values = [
+            ctypes.c_void_p(out_buf.ctypes.data),
+            ctypes.c_void_p(x.ctypes.data),
+            ctypes.c_void_p(raw.ctypes.data),
+            ctypes.c_int(tokens),
+        ]
         params = (ctypes.c_void_p * 4)(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
         fn = getattr(self.lib, f"rfc_emu_launch_{spec.name}")
         fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p]
@@ -126,8 +144,9 @@ def test_mma_matmul_matches_reference(fmt, rows, cols, kernels):
 
 def test_only_targets_with_tensor_cores_get_the_kernel():
     w = weight_geometry("Q4_K", 256, 512)
-    assert (mma_matmul_spec(parse_target("sm_90"), w) is not None
-            and mma_matmul_spec(parse_target("sm_75"), w) is not None)
+    assert (
+        mma_matmul_spec(parse_target("sm_90"), w) is not None and mma_matmul_spec(parse_target("sm_75"), w) is not None
+    )
     for name in ("sm_61", "gfx90a", "gfx1100"):
         assert mma_matmul_spec(parse_target(name), w) is None, name
     assert mma_matmul_spec(TARGET, weight_geometry("F16", 64, 100)) is None  # rows of whole 32-element sub-blocks

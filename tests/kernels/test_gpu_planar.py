@@ -30,23 +30,38 @@ from rfc.runtime.engine.kv_cache import BlockManager
 from tests.bounds import device_bounds, llama_cpp_bounds
 from tests.kernels.gpu_emulator import emulated_device, emulated_step_device
 from tests.kernels.gpu_support import (  # noqa: F401
-    gpu_build_cache, gpu_bundle, gpu_rounding, model_path, round_activations, toolchain_marks,
+    gpu_build_cache,
+    gpu_bundle,
+    gpu_rounding,
+    model_path,
+    round_activations,
+    toolchain_marks,
 )
 from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 TARGET = "sm_90"
 NUM_BLOCKS, BLOCK_SIZE = 48, 16
 REL_TOL = 2e-4
 # a fixture per planar layout whose matmuls the planner stores in it (and the others it has)
-FIXTURE_OF = {"Q4_0p": "llama-Q4_0", "Q4_1p": "llama-Q4_1", "Q5_0p": "llama-Q5_0", "Q5_1p": "llama-Q5_1",
-              "Q8_0p": "llama-Q8_0", "Q2_Kp": "llama-Q2_K", "Q3_Kp": "llama-Q3_K_M", "Q6_Kp": "llama-Q6_K",
-              "Q4_Kp": "llama-Q4_K_M", "Q5_Kp": "llama-Q5_K_M"}
+FIXTURE_OF = {
+    "Q4_0p": "llama-Q4_0",
+    "Q4_1p": "llama-Q4_1",
+    "Q5_0p": "llama-Q5_0",
+    "Q5_1p": "llama-Q5_1",
+    "Q8_0p": "llama-Q8_0",
+    "Q2_Kp": "llama-Q2_K",
+    "Q3_Kp": "llama-Q3_K_M",
+    "Q6_Kp": "llama-Q6_K",
+    "Q4_Kp": "llama-Q4_K_M",
+    "Q5_Kp": "llama-Q5_K_M",
+}
 assert set(FIXTURE_OF) == set(PLANAR_FORMATS), "every planar layout has a fixture"
 MODELS = sorted(set(FIXTURE_OF.values()) | {"mixtral-Q8_0"})  # mixtral: the MoE matmul over [experts, N, K]
 
@@ -57,10 +72,15 @@ def _param(model: str):
 
 def _batch(tokens: int) -> StepBatch:
     return StepBatch(
-        tokens=np.zeros(tokens, np.int32), positions=np.arange(tokens, dtype=np.int32),
-        slots=np.arange(tokens, dtype=np.int32), seq_of_token=np.zeros(tokens, np.int32),
-        seq_start=np.array([0, tokens], np.int32), block_tables=np.zeros((1, 3), np.int32),
-        context_lens=np.array([tokens], np.int32), logit_rows=np.arange(tokens, dtype=np.int32), block_size=BLOCK_SIZE,
+        tokens=np.zeros(tokens, np.int32),
+        positions=np.arange(tokens, dtype=np.int32),
+        slots=np.arange(tokens, dtype=np.int32),
+        seq_of_token=np.zeros(tokens, np.int32),
+        seq_start=np.array([0, tokens], np.int32),
+        block_tables=np.zeros((1, 3), np.int32),
+        context_lens=np.array([tokens], np.int32),
+        logit_rows=np.arange(tokens, dtype=np.int32),
+        block_size=BLOCK_SIZE,
     )
 
 
@@ -73,8 +93,9 @@ def test_planar_matmuls_match_the_reference(model, gpu_bundle, tmp_path_factory)
     planar = {entries[op.weights[0]].format for op in matmuls} & set(PLANAR_FORMATS)
     assert {f for f, m in FIXTURE_OF.items() if m == model} <= planar, planar
     assert entries["token_embd.weight"].format not in PLANAR_FORMATS, "the embed kernel gathers GGUF rows"
-    gpu = emulated_device(bundle, TARGET, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE,
-                          shared_basetemp(tmp_path_factory) / "gpu-emu")
+    gpu = emulated_device(
+        bundle, TARGET, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu"
+    )
     ref = ReferenceDevice(bundle, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE)
     T, rng = 11, np.random.default_rng(5)
     batch = _batch(T)
@@ -102,8 +123,9 @@ class _StepPair:
     def __init__(self, bundle_dir, build_dir):
         self.bundle = open_bundle(bundle_dir)
         kv = self.bundle.plan.kv
-        self.gpu = Executor(self.bundle.plan,
-                            emulated_step_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir))
+        self.gpu = Executor(
+            self.bundle.plan, emulated_step_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
+        )
         self.ref = Executor(self.bundle.plan, ReferenceDevice(self.bundle, kv, NUM_BLOCKS, BLOCK_SIZE))
         self.blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
 
@@ -142,8 +164,9 @@ def test_bundle_with_cpu_and_gpu_targets_reads_variants(model, gpu_build_cache, 
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
     out = tmp_path / "bundle"
-    compile_model(CompileOptions(model=model_path(model), out_dir=out, targets=("cpu", TARGET),
-                                 cache_dir=gpu_build_cache))
+    compile_model(
+        CompileOptions(model=model_path(model), out_dir=out, targets=("cpu", TARGET), cache_dir=gpu_build_cache)
+    )
     bundle = open_bundle(out)
     entries = bundle.layout.by_name()
     entry = target_entry(bundle.manifest, TARGET)

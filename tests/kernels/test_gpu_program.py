@@ -25,8 +25,9 @@ from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 NUM_BLOCKS, BLOCK_SIZE = 48, 16
@@ -93,9 +94,9 @@ def _decode(twins: Twins, steps: int) -> list[tuple]:
 
 # llama-Q4_K_M: q/k/v fused in GGUF Q4_K (and q/k alone where v is Q6_K); llama-Q8_0: in planar Q8_0p;
 # qwen2-Q8_0: q/k/v keep their own launches (a bias after each), gate/up/SwiGLU fused
-@pytest.mark.parametrize("model",
-                         [pytest.param(m, marks=toolchain_marks(TARGET))
-                          for m in ("llama-Q4_K_M", "llama-Q8_0", "qwen2-Q8_0")])
+@pytest.mark.parametrize(
+    "model", [pytest.param(m, marks=toolchain_marks(TARGET)) for m in ("llama-Q4_K_M", "llama-Q8_0", "qwen2-Q8_0")]
+)
 def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp_path_factory):
     twins = Twins(gpu_bundle(model, TARGET), shared_basetemp(tmp_path_factory) / "gpu-emu")
     program = twins.step.runner.program
@@ -104,7 +105,8 @@ def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp
     fusions = _fusions(twins.bundle)
     assert fusions
     assert len(program.launches) == sum(2 if op.kind == "attention" else 1 for op in twins.bundle.plan.ops) - sum(
-        f.count - 1 for f in fusions)
+        f.count - 1 for f in fusions
+    )
     calls = _decode(twins, steps=4)
     n_launches = len(program.launches)
     # one capture (batch size 2), then replays; per step one copy each way and one sync
@@ -121,11 +123,34 @@ def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp
 
 
 # a layer's ops; the per-op path launches 16 kernels for them (attention: split and reduce)
-LLAMA_LAYER_OPS = ("rmsnorm", "matmul", "matmul", "matmul", "rope", "kv_write", "attention", "matmul", "add", "rmsnorm",
-                   "matmul", "matmul", "swiglu", "matmul", "add")
-LLAMA_LAYER_FUSED = ("matmul_q8_0p_256_64_64x256_fused", "rope_adjacent_8x2x32_32_kv_write_f16_64",
-                     "attention_f16_8x2x32_split", "attention_f16_8x2x32_reduce", "matmul_q8_0p_256x256",
-                     "add_rmsnorm_256", "matmul_swiglu_q8_0p_768x256", "matmul_q8_0p_256x768", "add_rmsnorm_256")
+LLAMA_LAYER_OPS = (
+    "rmsnorm",
+    "matmul",
+    "matmul",
+    "matmul",
+    "rope",
+    "kv_write",
+    "attention",
+    "matmul",
+    "add",
+    "rmsnorm",
+    "matmul",
+    "matmul",
+    "swiglu",
+    "matmul",
+    "add",
+)
+LLAMA_LAYER_FUSED = (
+    "matmul_q8_0p_256_64_64x256_fused",
+    "rope_adjacent_8x2x32_32_kv_write_f16_64",
+    "attention_f16_8x2x32_split",
+    "attention_f16_8x2x32_reduce",
+    "matmul_q8_0p_256x256",
+    "add_rmsnorm_256",
+    "matmul_swiglu_q8_0p_768x256",
+    "matmul_q8_0p_256x768",
+    "add_rmsnorm_256",
+)
 
 
 @pytest.mark.parametrize("model", [pytest.param("llama-Q8_0", marks=toolchain_marks(TARGET))])
@@ -138,12 +163,22 @@ def test_a_llama_decode_layer_is_nine_launches(model, gpu_bundle):
     program = unpack_program(bundle.file(entry["program"]).read_bytes())
     kernels = [launch.kernel.removeprefix("rfc_") for launch in program.launches]
     layers = bundle.plan.kv.n_layers
-    assert ([op.kind for op in bundle.plan.ops]
-            == ["embed", *LLAMA_LAYER_OPS * layers, "gather_rows", "rmsnorm", "matmul"])
+    assert [op.kind for op in bundle.plan.ops] == [
+        "embed",
+        *LLAMA_LAYER_OPS * layers,
+        "gather_rows",
+        "rmsnorm",
+        "matmul",
+    ]
     assert kernels[:2] == ["embed_q8_0_256", "rmsnorm_256"]
-    assert kernels[2:2 + 9 * (layers - 1)] == list(LLAMA_LAYER_FUSED) * (layers - 1)
-    assert kernels[2 + 9 * (layers - 1):] == [*LLAMA_LAYER_FUSED[:-1], "add_256", "gather_rows_256", "rmsnorm_256",
-                                              "matmul_q8_0p_512x256"]
+    assert kernels[2 : 2 + 9 * (layers - 1)] == list(LLAMA_LAYER_FUSED) * (layers - 1)
+    assert kernels[2 + 9 * (layers - 1) :] == [
+        *LLAMA_LAYER_FUSED[:-1],
+        "add_256",
+        "gather_rows_256",
+        "rmsnorm_256",
+        "matmul_q8_0p_512x256",
+    ]
     assert len(program.launches) == 9 * layers + 5
 
 
@@ -209,7 +244,8 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
     assert any(launch.kernel.endswith("_split") for launch in program.launches)
     reserved = ("attention.scratch", "matmul.q8")  # slots of no plan buffer: after every buffer's bytes
     assert program.arena.slot("attention.scratch").offset >= max(
-        s.offset + s.nbytes for s in program.arena.slots if s.buffer not in reserved)
+        s.offset + s.nbytes for s in program.arena.slots if s.buffer not in reserved
+    )
     prompt = tuple((7 * i) % 250 + 1 for i in range(150))
     got, want = twins.forward([ScheduledChunk(1, 0, prompt), ScheduledChunk(2, 0, prompt[:70])])
     assert np.array_equal(got, want)
@@ -226,11 +262,25 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
 MMA_TARGET = "sm_90"
 
 
-@pytest.mark.parametrize("model,target", [pytest.param(m, t, marks=toolchain_marks(t)) for m, t in
-                                          [(m, MMA_TARGET)
-                                           for m in ("llama-Q4_K_M", "qwen2-Q8_0", "llama-Q5_1", "llama-Q2_K",
-                                                     "gemma2-F16", "llama-BF16", "gemma4moe-Q4_K_M")]
-                                          + [("llama-Q8_0", "gfx90a")]])  # AMD: int8 MFMA, wave 64
+@pytest.mark.parametrize(
+    "model,target",
+    [
+        pytest.param(m, t, marks=toolchain_marks(t))
+        for m, t in [
+            (m, MMA_TARGET)
+            for m in (
+                "llama-Q4_K_M",
+                "qwen2-Q8_0",
+                "llama-Q5_1",
+                "llama-Q2_K",
+                "gemma2-F16",
+                "llama-BF16",
+                "gemma4moe-Q4_K_M",
+            )
+        ]
+        + [("llama-Q8_0", "gfx90a")]
+    ],
+)  # AMD: int8 MFMA, wave 64
 def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, gpu_bundle, tmp_path_factory):
     """A 64-token prompt, every row's logits, on the emulated step device: the step takes the
     prefill list (tensor-core matmuls: int8 activations and quants where the format's sub-blocks
@@ -249,16 +299,20 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, g
 
     bundle = open_bundle(gpu_bundle(model, target))
     kv = bundle.plan.kv
-    device = emulated_step_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE,
-                                  shared_basetemp(tmp_path_factory) / "gpu-emu")
+    device = emulated_step_device(
+        bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu"
+    )
     program = device.runner.program
     assert program.prefill_min_tokens == 64
     # int8 tensor cores for the formats whose sub-blocks allow (gpu_imma.IMMA_FORMATS), half ones for the others
-    tensor_core = [m.groups() for launch in program.prefill_launches
-                   if (m := re.fullmatch(r"rfc_matmul_(i?mma)_(.+)_\d+x\d+(?:_\d+)?", launch.kernel))]
-    assert (tensor_core
-            and all((kind == "imma") == (fmt in {f.lower() for f in IMMA_FORMATS})
-                    for kind, fmt in tensor_core)), tensor_core
+    tensor_core = [
+        m.groups()
+        for launch in program.prefill_launches
+        if (m := re.fullmatch(r"rfc_matmul_(i?mma)_(.+)_\d+x\d+(?:_\d+)?", launch.kernel))
+    ]
+    assert tensor_core and all(
+        (kind == "imma") == (fmt in {f.lower() for f in IMMA_FORMATS}) for kind, fmt in tensor_core
+    ), tensor_core
     formats = {t.format for t in bundle.layout.tensors}
     expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
     tokens = tuple(int(t) for t in expected["tokens"][:64])

@@ -17,7 +17,13 @@ import pytest
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.codeobject import CodeObjectError, cubin_resources
 from rfc.compiler.codegen.gpu_usage import (
-    KernelUsage, bundle_usage, cubin_usage, cuda_usage, hip_usage, parse_ptxas, usage_table,
+    KernelUsage,
+    bundle_usage,
+    cubin_usage,
+    cuda_usage,
+    hip_usage,
+    parse_ptxas,
+    usage_table,
 )
 from rfc.artifacts.targets import target_entry
 from tests.conftest import SWEEP_MODELS
@@ -55,8 +61,9 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     _check(model, "sm_90", usage)
     bundle = open_bundle(gpu_bundle(model, "sm_90"))
     program = unpack_program(bundle.file(target_entry(bundle.manifest, "sm_90").program).read_bytes())
-    prefill_only = {launch.kernel
-                    for launch in program.prefill_launches} - {launch.kernel for launch in program.launches}
+    prefill_only = {launch.kernel for launch in program.prefill_launches} - {
+        launch.kernel for launch in program.launches
+    }
     # tensor-core matmuls: half (rfc_matmul_mma_*) or int8 (rfc_matmul_imma_*, formats of gpu_imma.IMMA_FORMATS)
     mma = {k for k in prefill_only if k.startswith(("rfc_matmul_mma_", "rfc_matmul_imma_"))}
     # the int8 ones' inputs rounded once a step (gpu_imma.IMMA_PREQUANT), one kernel per input width
@@ -77,16 +84,21 @@ def test_cubin_usage_is_what_ptxas_reports(model, gpu_bundle):
     kernels, registers, stack and shared memory; the report's spills inside the stack."""
     bundle = open_bundle(gpu_bundle(model, "sm_90"))
     entry = target_entry(bundle.manifest, "sm_90")
-    _assert_same_usage(cubin_usage(bundle.file(entry.kernels).read_bytes()),
-                       cuda_usage(bundle.read_text(entry.sources[0]), shlex.split(entry.compile_command)))
+    _assert_same_usage(
+        cubin_usage(bundle.file(entry.kernels).read_bytes()),
+        cuda_usage(bundle.read_text(entry.sources[0]), shlex.split(entry.compile_command)),
+    )
 
 
 def _assert_same_usage(cubin: dict[str, KernelUsage], ptxas: dict[str, KernelUsage]) -> None:
     assert sorted(cubin) == sorted(ptxas)
     for name, want in ptxas.items():
         got = cubin[name]
-        assert ((got.registers, got.stack_bytes, got.shared_bytes)
-                == (want.registers, want.stack_bytes, want.shared_bytes)), (got, want)
+        assert (got.registers, got.stack_bytes, got.shared_bytes) == (
+            want.registers,
+            want.stack_bytes,
+            want.shared_bytes,
+        ), (got, want)
         assert want.stack_bytes > 0 or not want.spill_bytes, want  # what cubin_usage counts on
 
 
@@ -149,9 +161,10 @@ def test_cubin_usage_catches_stack_frames_and_spills(target):
     _assert_same_usage(usage, ptxas)
 
 
-@pytest.mark.parametrize("model,target", [
-    pytest.param(m, t, marks=toolchain_marks(t), id=f"{m}-{t}") for t in ("gfx1100", "gfx90a") for m in GFX_MODELS
-])
+@pytest.mark.parametrize(
+    "model,target",
+    [pytest.param(m, t, marks=toolchain_marks(t), id=f"{m}-{t}") for t in ("gfx1100", "gfx90a") for m in GFX_MODELS],
+)
 def test_gfx_hot_kernels_use_no_private_memory(model, target, gpu_bundle):
     _check(model, target, _usage(gpu_bundle(model, target), target))
 
@@ -198,15 +211,29 @@ def _attention_plan(layers: list[tuple[int, int, int, int | None]], context: int
     buffers, ops = [], []
     for i, (heads, kv_heads, head_dim, window) in enumerate(layers):
         q, k, v, o = (f"{x}{i}" for x in "qkvo")
-        buffers += [Buffer(q, ("T", heads * head_dim)), Buffer(k, ("T", kv_heads * head_dim)),
-                    Buffer(v, ("T", kv_heads * head_dim)), Buffer(o, ("T", heads * head_dim))]
+        buffers += [
+            Buffer(q, ("T", heads * head_dim)),
+            Buffer(k, ("T", kv_heads * head_dim)),
+            Buffer(v, ("T", kv_heads * head_dim)),
+            Buffer(o, ("T", heads * head_dim)),
+        ]
         attrs = {"layer": i, "n_heads": heads, "n_kv_heads": kv_heads, "head_dim": head_dim, "scale": head_dim**-0.5}
-        ops += [Op("kv_write", (k, v), (), (), {"layer": i}),
-                Op("attention", (q,), (o,), (), attrs | ({"window": window} if window else {}))]
+        ops += [
+            Op("kv_write", (k, v), (), (), {"layer": i}),
+            Op("attention", (q,), (o,), (), attrs | ({"window": window} if window else {})),
+        ]
     widest = max(layers, key=lambda layer: layer[1] * layer[2])
-    return Plan(buffers=tuple(buffers), ops=tuple(ops), kv=KVSpec(len(layers), widest[1], widest[2]),
-                input_tokens="tokens", output_logits="o0", output_hidden="o0", vocab_size=32000,
-                n_embd=layers[0][0] * layers[0][2], context_length=context)
+    return Plan(
+        buffers=tuple(buffers),
+        ops=tuple(ops),
+        kv=KVSpec(len(layers), widest[1], widest[2]),
+        input_tokens="tokens",
+        output_logits="o0",
+        output_hidden="o0",
+        vocab_size=32000,
+        n_embd=layers[0][0] * layers[0][2],
+        context_length=context,
+    )
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx1100", "gfx90a")])

@@ -44,16 +44,21 @@ class SampleKernel:
         spec = plan_sample_kernel(parse_target("sm_90"), vocab)
         self.threads = spec.threads
         source = render_source(parse_target("sm_90"), [spec])
-        text = (f'#define RFC_GPU_EMULATED 1\n#include "{EMU_HEADER}"\n{source}\n'
-                f'extern "C" void launch(int rows, void **params) {{ rfc_emu::launch({spec.name}, rows, 1, 1, '
-                f'{spec.threads}, params); }}\n')
+        text = (
+            f'#define RFC_GPU_EMULATED 1\n#include "{EMU_HEADER}"\n{source}\n'
+            f'extern "C" void launch(int rows, void **params) {{ rfc_emu::launch({spec.name}, rows, 1, 1, '
+            f"{spec.threads}, params); }}\n"
+        )
         key = hashlib.sha256(text.encode() + EMU_HEADER.read_bytes()).hexdigest()[:16]
         lib = build_dir / f"sample-{key}.so"
         if not lib.is_file():
             src = build_dir / f"sample-{key}.cpp"
             src.write_text(text)
-            proc = subprocess.run(["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)],
+                capture_output=True,
+                text=True,
+            )
             assert proc.returncode == 0, proc.stderr[-4000:]
         self.lib = ctypes.CDLL(str(lib))
         self.lib.launch.argtypes = [ctypes.c_int, ctypes.c_void_p]
@@ -71,8 +76,8 @@ class SampleKernel:
         for r, s in enumerate(samplers):
             counts = s.penalty_counts() or {}
             n = len(counts)
-            pen[start:start + n, 0] = list(counts.keys())
-            pen.view(np.float32)[start:start + n, 1] = list(counts.values())
+            pen[start : start + n, 0] = list(counts.keys())
+            pen.view(np.float32)[start : start + n, 1] = list(counts.values())
             step = s.drawn if steps is None else steps[r]
             write_sample_row(params[r], s.params, self.vocab, s.device_seed, step, start, n, logprob)
             if r in host_rows:
@@ -118,9 +123,14 @@ def test_greedy_equals_the_host_with_ties(k128):
 def test_penalties_change_logits_exactly_as_the_host(k128):
     rng = np.random.default_rng(1)
     logits = rng.normal(0, 4, (6, 128)).astype(np.float32)
-    kw = [dict(repetition_penalty=1.3), dict(presence_penalty=0.7), dict(frequency_penalty=0.45),
-          dict(repetition_penalty=0.8, presence_penalty=-0.3, frequency_penalty=1.7),
-          dict(repetition_penalty=2.0, penalty_last_n=-1), dict(frequency_penalty=3.0, penalty_last_n=5)]
+    kw = [
+        dict(repetition_penalty=1.3),
+        dict(presence_penalty=0.7),
+        dict(frequency_penalty=0.45),
+        dict(repetition_penalty=0.8, presence_penalty=-0.3, frequency_penalty=1.7),
+        dict(repetition_penalty=2.0, penalty_last_n=-1),
+        dict(frequency_penalty=3.0, penalty_last_n=5),
+    ]
     samplers = [_sampler(128, rng.integers(0, 128, 40), temperature=0.0, **k) for k in kw]
     processed = np.stack([s.processed_logits(row) for s, row in zip(samplers, logits)])
     want = [int(np.argmax(p)) for p in processed]
@@ -137,11 +147,22 @@ def _support(kernel, logits_row, sampler, draws: int) -> set[int]:
     return set(tokens.tolist())
 
 
-@pytest.mark.parametrize("kw", [
-    dict(top_k=7), dict(top_k=1), dict(top_p=0.5), dict(top_p=0.95), dict(min_p=0.05), dict(min_p=0.3),
-    dict(top_k=20, top_p=0.6), dict(top_k=30, min_p=0.1), dict(top_p=0.9, min_p=0.02),
-    dict(top_k=25, top_p=0.8, min_p=0.01, repetition_penalty=1.5, presence_penalty=0.2),
-], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(top_k=7),
+        dict(top_k=1),
+        dict(top_p=0.5),
+        dict(top_p=0.95),
+        dict(min_p=0.05),
+        dict(min_p=0.3),
+        dict(top_k=20, top_p=0.6),
+        dict(top_k=30, min_p=0.1),
+        dict(top_p=0.9, min_p=0.02),
+        dict(top_k=25, top_p=0.8, min_p=0.01, repetition_penalty=1.5, presence_penalty=0.2),
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
 def test_kept_sets_equal_the_host(k128, kw):
     """A near-flat temperature draws every kept token within a few hundred draws and never
     one outside the set: the support of the draws is the kernel's kept set."""
@@ -154,8 +175,11 @@ def test_kept_sets_equal_the_host(k128, kw):
     assert _support(k128, logits, host, draws) == want
 
 
-@pytest.mark.parametrize("kw", [dict(top_k=300), dict(top_k=400, top_p=0.9), dict(min_p=0.1)],
-                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize(
+    "kw",
+    [dict(top_k=300), dict(top_k=400, top_p=0.9), dict(min_p=0.1)],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
 def test_kept_sets_larger_than_a_block(build_dir, kw):
     """Kept sets of more tokens than the block has threads (no thread-maxima bound)."""
     kernel = SampleKernel(512, build_dir)
@@ -205,8 +229,9 @@ def _chi_square(tokens: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
     return float(chi), int(big.sum())
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=12, top_p=0.9)],
-                         ids=["plain", "filtered"])
+@pytest.mark.parametrize(
+    "kw", [dict(temperature=1.0), dict(temperature=0.7, top_k=12, top_p=0.9)], ids=["plain", "filtered"]
+)
 def test_draws_follow_the_host_probabilities(build_dir, kw):
     """4,000 draws of a fixed seed over steps 0..3999: the seed is fixed, so the statistic is
     a constant of the code, bounded far out (p < 1e-6 for a correct sampler)."""
@@ -227,8 +252,10 @@ def test_draws_follow_the_host_probabilities(build_dir, kw):
 def test_logprobs_are_the_raw_log_softmax(k128):
     rng = np.random.default_rng(11)
     logits = rng.normal(0, 3, (4, 128)).astype(np.float32)
-    samplers = [_sampler(128, rng.integers(0, 128, 20), temperature=t, repetition_penalty=1.4, seed=2)
-                for t in (0.0, 0.8, 1.0, 0.0)]
+    samplers = [
+        _sampler(128, rng.integers(0, 128, 20), temperature=t, repetition_penalty=1.4, seed=2)
+        for t in (0.0, 0.8, 1.0, 0.0)
+    ]
     tokens, logprobs = k128.run(logits.copy(), samplers, logprob=True)
     for r, s in enumerate(samplers):
         want, _ = s.logprobs(logits[r], int(tokens[r]), 0)
@@ -282,8 +309,9 @@ def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path
     forward pass and the sampling kernel), the token ids back (and the host row's logits),
     one sync: no other launch, no allocation."""
     bundle = open_bundle(gpu_bundle(model, GPU_TARGET))
-    dev = emulated_step_device(bundle, GPU_TARGET, bundle.plan.kv, 48, 16,
-                               shared_basetemp(tmp_path_factory) / "gpu-emu")
+    dev = emulated_step_device(
+        bundle, GPU_TARGET, bundle.plan.kv, 48, 16, shared_basetemp(tmp_path_factory) / "gpu-emu"
+    )
     assert dev.samples_on_device
     vocab = bundle.plan.vocab_size
     blocks = BlockManager(48, 16)
@@ -291,8 +319,10 @@ def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path
     second = {"logit_bias": {5: 2.0}} if host_row else {}
     device_s = Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab)
     other_s = Sampler(SamplingParams(temperature=0.0, **second), list(b), vocab)
-    check = [Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab),
-             Sampler(SamplingParams(temperature=0.0), list(b), vocab)]
+    check = [
+        Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.3), list(a), vocab),
+        Sampler(SamplingParams(temperature=0.0), list(b), vocab),
+    ]
     chunks = [ScheduledChunk(1, 0, a), ScheduledChunk(2, 0, b)]
     lengths = [len(a), len(b)]
     n_launches = len(dev.runner.program.launches) + 1  # the step program, then the sampling kernel
@@ -319,6 +349,10 @@ def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path
             graphs = [c for c in calls if c[0] == "capture"]
             assert graphs in ([], [("capture", n_launches)]), calls  # the first decode step captures
             assert [c for c in calls if c[0] != "capture"] == [
-                ("h2d", calls[0][1]), ("graph_launch", n_launches), *d2h, ("sync",)], calls
+                ("h2d", calls[0][1]),
+                ("graph_launch", n_launches),
+                *d2h,
+                ("sync",),
+            ], calls
         chunks = [ScheduledChunk(1, lengths[0], (want[0],)), ScheduledChunk(2, lengths[1], (want[1],))]
         lengths = [lengths[0] + 1, lengths[1] + 1]

@@ -30,8 +30,9 @@ from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, gpu_rounding,
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                       reason="the GPU emulator needs g++ on x86-64"),
+    pytest.mark.skipif(
+        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+    ),
 ]
 
 # each fixture and the kernels its state ops compile to (one each, shared by the layers)
@@ -61,8 +62,9 @@ NUM_BLOCKS, BLOCK_SIZE, SLOTS = 16, 16, 4
 def test_prefill_and_decode_match_reference(model, target, gpu_bundle, tmp_path_factory):
     bundle = open_bundle(gpu_bundle(model, target))
     kv = bundle.plan.kv
-    gpu = emulated_step_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE,
-                               shared_basetemp(tmp_path_factory) / "gpu-emu")
+    gpu = emulated_step_device(
+        bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu"
+    )
     ref = ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE)
     gpu.alloc_state(SLOTS)
     ref.alloc_state(SLOTS)

@@ -104,8 +104,9 @@ def test_cpu_router_within_its_bounds(tmp_path):
     assert ok, summary
 
 
-@pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64",
-                    reason="the GPU emulator needs g++ on x86-64")
+@pytest.mark.skipif(
+    shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+)
 @pytest.mark.parametrize("router", [pytest.param(ROUTER, id="deepseek"), pytest.param(GPT_OSS_ROUTER, id="gpt-oss")])
 @pytest.mark.parametrize("target", [pytest.param("gfx90a", marks=toolchain_marks("gfx90a"))])
 def test_gpu_router_is_the_reference(router, target, tmp_path, tmp_path_factory, gpu_build_cache):
@@ -122,10 +123,15 @@ def test_gpu_router_is_the_reference(router, target, tmp_path, tmp_path_factory,
     logits = (3.0 * np.random.default_rng(2).standard_normal((T, n_expert))).astype(np.float32)
     logits[30:] = 0.5  # all tied: the lower groups, the lower indexes
     batch = StepBatch(
-        tokens=np.zeros(T, np.int32), positions=np.arange(T, dtype=np.int32), slots=np.arange(T, dtype=np.int32),
-        seq_of_token=np.zeros(T, np.int32), seq_start=np.array([0, T], np.int32),
-        block_tables=np.zeros((1, 3), np.int32), context_lens=np.array([T], np.int32),
-        logit_rows=np.arange(T, dtype=np.int32), block_size=BLOCK_SIZE,
+        tokens=np.zeros(T, np.int32),
+        positions=np.arange(T, dtype=np.int32),
+        slots=np.arange(T, dtype=np.int32),
+        seq_of_token=np.zeros(T, np.int32),
+        seq_start=np.array([0, T], np.int32),
+        block_tables=np.zeros((1, 3), np.int32),
+        context_lens=np.array([T], np.int32),
+        logit_rows=np.arange(T, dtype=np.int32),
+        block_size=BLOCK_SIZE,
     )
     bias = [pair.ref.weight(route.weights[0])]
     want_ids, want_w = np.zeros((T, k), np.int32), np.zeros((T, k), np.float32)
@@ -184,5 +190,6 @@ def test_router_kernels_use_no_local_memory(target):
         usage = hip_usage(_compile(TOOLCHAINS["hip"], t, source), target)
     print(f"\nrouters {target}\n{usage_table({s.name: usage[s.name] for s in specs})}")
     bad = [usage[s.name] for s in specs if usage[s.name].uses_local_memory]
-    assert not bad, "\n".join(f"{u.name}: {u.stack_bytes} bytes stack frame, {u.spill_bytes} bytes spilled"
-                              for u in bad)
+    assert not bad, "\n".join(
+        f"{u.name}: {u.stack_bytes} bytes stack frame, {u.spill_bytes} bytes spilled" for u in bad
+    )

@@ -14,11 +14,29 @@ N, E = 4, 16
 
 
 def _plan(*ops: Op, **widths: int) -> Plan:
-    buffers = {"x": E, "y": (N - 1) * E, "hs": N * E, "c16": N * N, "pred": N * E, "act": E, "c4": N, "out": N * E,
-               **widths}
+    buffers = {
+        "x": E,
+        "y": (N - 1) * E,
+        "hs": N * E,
+        "c16": N * N,
+        "pred": N * E,
+        "act": E,
+        "c4": N,
+        "out": N * E,
+        **widths,
+    }
     ends = (Buffer("tokens", ("T",), "i32"), Buffer("logits", ("R", 8)), Buffer("hidden", ("R", E)))
-    return Plan((*ends, *(Buffer(n, ("T", w)) for n, w in buffers.items())), ops, KVSpec(1, 1, 8), "tokens", "logits",
-                "hidden", 8, E, 64)
+    return Plan(
+        (*ends, *(Buffer(n, ("T", w)) for n, w in buffers.items())),
+        ops,
+        KVSpec(1, 1, 8),
+        "tokens",
+        "logits",
+        "hidden",
+        8,
+        E,
+        64,
+    )
 
 
 GOOD = (
@@ -60,7 +78,8 @@ def test_malformed_ops_are_refused(index, change, message):
 
 def test_streams_must_be_whole_and_topk_rows_long_enough():
     with pytest.raises(BundleError, match="is not 4 streams"):
-        validate_plan(_plan(Op("altup_predict", ("hs", "c16"), ("pred", "act"), (), {"n_altup": N, "active": 0}),
-                            hs=N * E + 1))
+        validate_plan(
+            _plan(Op("altup_predict", ("hs", "c16"), ("pred", "act"), (), {"n_altup": N, "active": 0}), hs=N * E + 1)
+        )
     with pytest.raises(BundleError, match="fewer than 2 values"):
         validate_plan(_plan(Op("gaussian_topk", ("one",), ("one",), (), {"std_mul": 1.0}), one=1))

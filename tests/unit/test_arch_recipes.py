@@ -45,23 +45,37 @@ def test_gemma2_reads_its_defaults_like_llama_cpp():
     assert _ops(spec, "matmul")[-1].weights == ("token_embd.weight",)  # always the tied embedding
     assert {op.attrs.get("activation") for op in _ops(spec, "swiglu")} == {"gelu_tanh"}
     norms = [op.weights[0] for op in _ops(spec, "rmsnorm")]
-    assert norms[:4] == ["blk.0.attn_norm.weight", "blk.0.post_attention_norm.weight", "blk.0.ffn_norm.weight",
-                         "blk.0.post_ffw_norm.weight"]
+    assert norms[:4] == [
+        "blk.0.attn_norm.weight",
+        "blk.0.post_attention_norm.weight",
+        "blk.0.ffn_norm.weight",
+        "blk.0.post_ffw_norm.weight",
+    ]
 
 
 def test_gemma2_defaults_without_the_keys(tmp_path):
-    spec = _spec("gemma2-F16", tmp_path, drop_keys=("gemma2.attn_logit_softcapping", "gemma2.final_logit_softcapping",
-                                                     "gemma2.attention.sliding_window"))
+    spec = _spec(
+        "gemma2-F16",
+        tmp_path,
+        drop_keys=(
+            "gemma2.attn_logit_softcapping",
+            "gemma2.final_logit_softcapping",
+            "gemma2.attention.sliding_window",
+        ),
+    )
     assert {a["softcap"] for a in _attention_by_layer(spec)} == {50.0}
     assert _ops(spec, "softcap")[0].attrs["cap"] == 30.0
     assert [a.get("window") for a in _attention_by_layer(spec)] == [4096, None, 4096, None]
 
 
-@pytest.mark.parametrize("pattern,local", [
-    (3, [True, True, False, True]),  # i % 3 < 2
-    (0, [True] * 4),
-    ([False, True, True], [False, True, True, False]),  # per-layer flags; missing layers are global
-])
+@pytest.mark.parametrize(
+    "pattern,local",
+    [
+        (3, [True, True, False, True]),  # i % 3 < 2
+        (0, [True] * 4),
+        ([False, True, True], [False, True, True, False]),  # per-layer flags; missing layers are global
+    ],
+)
 def test_sliding_window_pattern(pattern, local, tmp_path):
     spec = _spec("gemma2-F16", tmp_path, metadata={"gemma2.attention.sliding_window_pattern": pattern})
     assert [a.get("window") is not None for a in _attention_by_layer(spec)] == local
@@ -86,10 +100,15 @@ def test_gemma3_without_a_sliding_window_is_global_everywhere(tmp_path):
 
 def test_qwen3_norms_q_and_k_per_head():
     spec = _spec("qwen3-F16")
-    blk0 = {op.weights[0]: op.attrs.get("heads", 1) for op in _ops(spec, "rmsnorm")
-            if op.weights[0].startswith("blk.0.")}
-    assert blk0 == {"blk.0.attn_norm.weight": 1, "blk.0.attn_q_norm.weight": 8, "blk.0.attn_k_norm.weight": 2,
-                    "blk.0.ffn_norm.weight": 1}
+    blk0 = {
+        op.weights[0]: op.attrs.get("heads", 1) for op in _ops(spec, "rmsnorm") if op.weights[0].startswith("blk.0.")
+    }
+    assert blk0 == {
+        "blk.0.attn_norm.weight": 1,
+        "blk.0.attn_q_norm.weight": 8,
+        "blk.0.attn_k_norm.weight": 2,
+        "blk.0.ffn_norm.weight": 1,
+    }
     assert spec.hparams.head_dim == 64 and spec.plan.buffer("q").shape == ("T", 512)  # attention width != n_embd
     assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"neox"}
 
@@ -101,8 +120,17 @@ def test_phi3_splits_its_fused_tensors_into_plain_weights():
     assert parts["blk.0.attn_qkv.weight:v"] == ((256, 256), [("blk.0.attn_qkv.weight", 512, 768)])
     assert parts["blk.0.ffn_up.weight:gate"] == ((512, 256), [("blk.0.ffn_up.weight", 0, 512)])
     assert parts["blk.0.ffn_up.weight:up"] == ((512, 256), [("blk.0.ffn_up.weight", 512, 1024)])
-    assert {op.kind for op in spec.plan.ops} <= {"embed", "rmsnorm", "matmul", "rope", "kv_write", "attention",
-                                                 "swiglu", "add", "gather_rows"}  # llama's ops: the cpu runs it
+    assert {op.kind for op in spec.plan.ops} <= {
+        "embed",
+        "rmsnorm",
+        "matmul",
+        "rope",
+        "kv_write",
+        "attention",
+        "swiglu",
+        "add",
+        "gather_rows",
+    }  # llama's ops: the cpu runs it
     assert all("window" not in a for a in _attention_by_layer(spec))  # llama.cpp ignores phi3's sliding_window
     assert _ops(spec, "rope")[0].attrs["n_rot"] == 32
 
@@ -112,8 +140,11 @@ def test_mixtral_routes_tokens_to_experts():
     (route, *_) = _ops(spec, "moe_route")
     assert route.attrs == {"n_used": 2} and spec.plan.buffer("expert_ids").dtype == "i32"
     shapes = {w.name: w.shape for w in spec.weights}
-    assert (shapes["blk.0.ffn_gate_exps.weight"] == (4, 512, 256)
-            and shapes["blk.0.ffn_down_exps.weight"] == (4, 256, 512))
+    assert shapes["blk.0.ffn_gate_exps.weight"] == (4, 512, 256) and shapes["blk.0.ffn_down_exps.weight"] == (
+        4,
+        256,
+        512,
+    )
     assert spec.hparams.extra == {"expert_count": 4, "expert_used_count": 2}
     assert len(_ops(spec, "moe_matmul")) == 6 and len(_ops(spec, "moe_combine")) == 2
 
@@ -123,11 +154,14 @@ def test_experts_need_both_counts(tmp_path):
         _spec("mixtral-Q8_0", tmp_path, drop_keys=("llama.expert_used_count",))
 
 
-@pytest.mark.parametrize("edits,scale,kind", [
-    ({"metadata": {"llama.rope.scaling.factor": 4.0}}, 0.25, "linear"),  # no type key: linear, as in llama.cpp
-    ({"metadata": {"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0}}, 1.0, "none"),
-    ({"metadata": {"llama.rope.scaling.type": "linear", "llama.rope.scale_linear": 2.0}}, 0.5, "linear"),
-])
+@pytest.mark.parametrize(
+    "edits,scale,kind",
+    [
+        ({"metadata": {"llama.rope.scaling.factor": 4.0}}, 0.25, "linear"),  # no type key: linear, as in llama.cpp
+        ({"metadata": {"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0}}, 1.0, "none"),
+        ({"metadata": {"llama.rope.scaling.type": "linear", "llama.rope.scale_linear": 2.0}}, 0.5, "linear"),
+    ],
+)
 def test_rope_scaling_as_llama_cpp_reads_it(edits, scale, kind, tmp_path):
     spec = _spec("llama-Q8_0", tmp_path, **edits)
     assert {op.attrs["freq_scale"] for op in _ops(spec, "rope")} == {scale}
@@ -136,9 +170,11 @@ def test_rope_scaling_as_llama_cpp_reads_it(edits, scale, kind, tmp_path):
 
 @pytest.mark.parametrize("kind", ["llama3", "dynamic"])
 def test_rope_scaling_llama_cpp_does_not_know_is_refused_by_name(kind, tmp_path):
-    with pytest.raises(CompileError,
-                       match=rf"llama.rope.scaling.type = '{kind}' is not supported \(supported: none, linear, yarn, "
-                             rf"longrope\)"):
+    with pytest.raises(
+        CompileError,
+        match=rf"llama.rope.scaling.type = '{kind}' is not supported \(supported: none, linear, yarn, "
+        rf"longrope\)",
+    ):
         _spec("llama-Q8_0", tmp_path, metadata={"llama.rope.scaling.type": kind})
 
 
@@ -180,8 +216,9 @@ def test_longrope_on_llama_reads_the_long_or_short_factors(tmp_path):
     md = {"llama.rope.scaling.type": "longrope", "llama.rope.scaling.original_context_length": 256}
     spec = _spec("llama-Q8_0", tmp_path, metadata=md, add_tensors=extra)
     assert {op.weights for op in _ops(spec, "rope")} == {("rope_factors_long.weight",)}
-    spec = _spec("llama-Q8_0", tmp_path, metadata={**md, "llama.rope.scaling.original_context_length": 512},
-                 add_tensors=extra)
+    spec = _spec(
+        "llama-Q8_0", tmp_path, metadata={**md, "llama.rope.scaling.original_context_length": 512}, add_tensors=extra
+    )
     assert {op.weights for op in _ops(spec, "rope")} == {("rope_factors_short.weight",)}
 
 
@@ -228,22 +265,26 @@ def test_olmo3_slides_three_layers_of_four_with_unscaled_rope():
     spec = _spec("olmo3-Q8_0")
     assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [16, 16, 16, None]
     ropes = _ops(spec, "rope")
-    assert [(op.attrs["freq_scale"], op.attrs.get("ext_factor", 0.0), op.attrs.get("attn_factor", 1.0))
-            for op in ropes[:3]] \
-        == [(1.0, 0.0, 1.0)] * 3
+    assert [
+        (op.attrs["freq_scale"], op.attrs.get("ext_factor", 0.0), op.attrs.get("attn_factor", 1.0)) for op in ropes[:3]
+    ] == [(1.0, 0.0, 1.0)] * 3
     assert ropes[3].attrs["freq_scale"] == 0.25 and ropes[3].attrs["ext_factor"] == 1.0
     assert {op.attrs["freq_base"] for op in ropes} == {500000.0}
 
 
 def test_olmo3_reads_a_per_layer_pattern(tmp_path):
-    spec = _spec("olmo3-Q8_0", tmp_path,
-                 metadata={"olmo2.attention.sliding_window_pattern": [False, True, False, True]})
+    spec = _spec(
+        "olmo3-Q8_0", tmp_path, metadata={"olmo2.attention.sliding_window_pattern": [False, True, False, True]}
+    )
     assert [op.attrs.get("window") for op in _ops(spec, "attention")] == [None, 16, None, 16]
 
 
-@pytest.mark.parametrize("edit,message", [
-    ({"drop_tensors": ["output.weight"]}, r"missing tensor output.weight"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        ({"drop_tensors": ["output.weight"]}, r"missing tensor output.weight"),
+    ],
+)
 def test_olmo2_refuses_what_it_does_not_run(edit, message, tmp_path):
     with pytest.raises(CompileError, match=message):
         _spec("olmo2-Q8_0", tmp_path, **edit)
@@ -259,13 +300,24 @@ def test_mistral3_reads_the_yarn_keys():
     assert attrs["style"] == "adjacent"
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("attention.temperature_scale", float("nan"), r"mistral3.attention.temperature_scale = nan is not a finite number"),
-    ("attention.temperature_scale", 1e9, r"mistral3.attention.temperature_scale = 1000000000.0 is not a finite number"),
-    ("rope.dimension_count", 16, r"mistral3.rope.dimension_count 16 != head size 32"),
-    ("rope.scaling.yarn_beta_fast", float("nan"), r"mistral3.rope.scaling.yarn_beta_fast"),
-    ("rope.scaling.yarn_log_multiplier", 1e9, r"mistral3.rope.scaling.yarn_log_multiplier"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        (
+            "attention.temperature_scale",
+            float("nan"),
+            r"mistral3.attention.temperature_scale = nan is not a finite number",
+        ),
+        (
+            "attention.temperature_scale",
+            1e9,
+            r"mistral3.attention.temperature_scale = 1000000000.0 is not a finite number",
+        ),
+        ("rope.dimension_count", 16, r"mistral3.rope.dimension_count 16 != head size 32"),
+        ("rope.scaling.yarn_beta_fast", float("nan"), r"mistral3.rope.scaling.yarn_beta_fast"),
+        ("rope.scaling.yarn_log_multiplier", 1e9, r"mistral3.rope.scaling.yarn_log_multiplier"),
+    ],
+)
 def test_mistral3_refuses_what_it_does_not_run(key, value, message, tmp_path):
     with pytest.raises(CompileError, match=message):
         _spec("mistral3-Q8_0", tmp_path, metadata={f"mistral3.{key}": value})
@@ -278,8 +330,9 @@ def test_granite_applies_its_four_multipliers():
     ops = spec.plan.ops
     assert ops[0].kind == "embed" and ops[0].attrs["scale"] == 2.5
     scales = [op for op in ops if op.kind == "scale"]
-    assert ([(op.inputs, op.attrs["factor"]) for op in scales]
-            == [(("h",), np.float32(0.6))] * 4 + [(("logits",), np.float32(1 / 0.75))])
+    assert [(op.inputs, op.attrs["factor"]) for op in scales] == [(("h",), np.float32(0.6))] * 4 + [
+        (("logits",), np.float32(1 / 0.75))
+    ]
     assert all(ops[ops.index(op) + 1].kind == "add" for op in scales[:4]) and ops[-1] is scales[-1]
     assert {op.attrs["scale"] for op in _ops(spec, "attention")} == {0.125}
 
@@ -328,8 +381,10 @@ def test_command_r_runs_attention_and_ffn_side_by_side_after_a_layernorm():
     spec = _spec("command-r-Q8_0")
     ops = spec.plan.ops
     consts = {w.name: w for w in spec.weights if w.name.startswith("rfc.layernorm.")}
-    assert ({n: w.shape for n, w in consts.items()}
-            == {"rfc.layernorm.mean.256": (32, 256), "rfc.layernorm.spread.256": (256, 32)})
+    assert {n: w.shape for n, w in consts.items()} == {
+        "rfc.layernorm.mean.256": (32, 256),
+        "rfc.layernorm.spread.256": (256, 32),
+    }
     first = [op for op in ops[:12] if op.kind in ("matmul", "add", "rmsnorm")][:4]
     assert [(op.kind, op.inputs, op.outputs) for op in first] == [
         ("matmul", ("x",), ("ln_part_T",)), ("matmul", ("ln_part_T",), ("ln_mean_T",)),
@@ -363,19 +418,22 @@ def test_glm4_splits_its_fused_ffn_up_and_turns_m_rope_sections_as_neox(tmp_path
     """GLM-4's ffn_up holds gate then up; plain files rotate adjacent pairs, M-RoPE files (GLM-4V's
     text stack: every section at the token's position) as NeoX."""
     spec = _spec("glm4-Q8_0")
-    assert ({w.name for w in spec.weights if "ffn_up" in w.name}
-            == {f"blk.{i}.ffn_up.weight:{h}" for i in (0, 1) for h in ("gate", "up")})
+    assert {w.name for w in spec.weights if "ffn_up" in w.name} == {
+        f"blk.{i}.ffn_up.weight:{h}" for i in (0, 1) for h in ("gate", "up")
+    }
     assert {(op.attrs["style"], op.attrs["n_rot"]) for op in _ops(spec, "rope")} == {("adjacent", 32)}
     # 4 blocks, the last 2 MTP ones (not run, their tensors not read): room for the 4 sections
     # under a per-layer array bound of block_count
     four = rewrite_gguf(FIXTURES / "tiny-glm4-Q8_0.gguf", tmp_path / "four.gguf",
                         metadata={"glm4.block_count": 4, "glm4.nextn_predict_layers": 2})  # fmt: skip
-    mrope = build_spec(read_gguf(rewrite_gguf(four, tmp_path / "m.gguf",
-                                              metadata={"glm4.rope.dimension_sections": [8, 8, 0, 0]})))
+    mrope = build_spec(
+        read_gguf(rewrite_gguf(four, tmp_path / "m.gguf", metadata={"glm4.rope.dimension_sections": [8, 8, 0, 0]}))
+    )
     assert {op.attrs["style"] for op in _ops(mrope, "rope")} == {"neox"} and mrope.hparams.n_layers == 2
     too_wide = {"glm4.rope.dimension_sections": [32, 32, 1, 0]}
-    with pytest.raises(CompileError,
-                       match=r"glm4.rope.dimension_sections \[32, 32, 1, 0\] add up to more than the head size 64"):
+    with pytest.raises(
+        CompileError, match=r"glm4.rope.dimension_sections \[32, 32, 1, 0\] add up to more than the head size 64"
+    ):
         build_spec(read_gguf(rewrite_gguf(four, tmp_path / "w.gguf", metadata=too_wide)))
 
 
@@ -437,7 +495,9 @@ def test_ernie4_5_moe_routes_from_the_first_layer_past_the_dense_lead(tmp_path):
 def test_seed_oss_reads_its_ffn_norm_as_post_attention_norm():
     spec = _spec("seed_oss-Q8_0")
     assert {w.name.split(".", 2)[-1] for w in spec.weights if "norm" in w.name and w.name.startswith("blk.0.")} == {
-        "attn_norm.weight", "post_attention_norm.weight"}
+        "attn_norm.weight",
+        "post_attention_norm.weight",
+    }
     assert {op.attrs["style"] for op in _ops(spec, "rope")} == {"neox"} and len(_ops(spec, "add_bias")) == 6
 
 
@@ -464,11 +524,15 @@ def test_minimax_m2_refuses_what_llama_cpp_refuses(edit, message, tmp_path):
 
 def test_minimax_m2_norms_whole_q_k_rows_and_rotates_part_of_each_head():
     spec = _spec("minimax-m2-Q8_0")
-    norms = {op.weights[0].split(".", 2)[-1]: op.attrs.get("heads") for op in _ops(spec, "rmsnorm")
-             if op.inputs in (("q",), ("k",))}
+    norms = {
+        op.weights[0].split(".", 2)[-1]: op.attrs.get("heads")
+        for op in _ops(spec, "rmsnorm")
+        if op.inputs in (("q",), ("k",))
+    }
     assert norms == {"attn_q_norm.weight": None, "attn_k_norm.weight": None}
-    assert ({(op.attrs["style"], op.attrs["n_rot"], op.attrs["head_dim"]) for op in _ops(spec, "rope")}
-            == {("neox", 32, 64)})
+    assert {(op.attrs["style"], op.attrs["n_rot"], op.attrs["head_dim"]) for op in _ops(spec, "rope")} == {
+        ("neox", 32, 64)
+    }
     assert {op.attrs["gating"] for op in _ops(spec, "moe_route")} == {"sigmoid"}
 
 
@@ -484,21 +548,27 @@ def test_bailingmoe2_refuses_what_llama_cpp_refuses(edit, message, tmp_path):
 
 def test_bailingmoe2_splits_the_fused_qkv_and_routes_past_the_dense_lead():
     spec = _spec("bailingmoe2-Q8_0")
-    assert ({w.name for w in spec.weights if w.name.startswith("blk.0.attn_qkv")}
-            == {f"blk.0.attn_qkv.weight:{x}" for x in "qkv"})
+    assert {w.name for w in spec.weights if w.name.startswith("blk.0.attn_qkv")} == {
+        f"blk.0.attn_qkv.weight:{x}" for x in "qkv"
+    }
     routes = _ops(spec, "moe_route")
-    assert (len(routes) == 2
-            and {(op.attrs["gating"], op.attrs["scale"], op.attrs.get("norm", True))
-                 for op in routes} == {("sigmoid", 2.5, True)})
+    assert len(routes) == 2 and {
+        (op.attrs["gating"], op.attrs["scale"], op.attrs.get("norm", True)) for op in routes
+    } == {("sigmoid", 2.5, True)}
 
 
 def test_falcon_h1_runs_attention_and_mamba2_side_by_side():
     spec = _spec("falcon-h1-Q8_0")
     ops = spec.plan.ops
-    assert ([op.inputs for op in ops if op.kind == "matmul" and op.outputs in (("q",), ("ssm_z",))][:2]
-            == [("h",), ("h",)])
-    assert ([op.inputs for op in ops if op.kind == "add" and op.outputs == ("x",)][:3]
-            == [("x", "a"), ("x", "m"), ("x", "h")])
+    assert [op.inputs for op in ops if op.kind == "matmul" and op.outputs in (("q",), ("ssm_z",))][:2] == [
+        ("h",),
+        ("h",),
+    ]
+    assert [op.inputs for op in ops if op.kind == "add" and op.outputs == ("x",)][:3] == [
+        ("x", "a"),
+        ("x", "m"),
+        ("x", "h"),
+    ]
     # conv + scan per layer
     assert "blk.0.ffn_norm" in {w.name for w in spec.weights} and len(spec.plan.state.tensors) == 4
     assert "blk.0.attn_output.bias" not in {w.name for w in spec.weights}

@@ -12,15 +12,25 @@ HERMES = OutputSpec(thinks=True, tool_format=BY_NAME["hermes"])
 LLAMA = OutputSpec(tool_format=BY_NAME["llama3"])
 
 CASES = [
-    (HERMES,
-     "<think>\nI should call it.\n</think>\n\nLet me look.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": "
-     "1}}\n</tool_call>", "I should call it.\n", "Let me look.", [("f", {"a": 1})]),
+    (
+        HERMES,
+        '<think>\nI should call it.\n</think>\n\nLet me look.\n<tool_call>\n{"name": "f", "arguments": {"a": '
+        "1}}\n</tool_call>",
+        "I should call it.\n",
+        "Let me look.",
+        [("f", {"a": 1})],
+    ),
     (HERMES, "Just text with a < sign and <tool", "", "Just text with a < sign and <tool", []),
-    (HERMES, "<tool_call>\n{\"name\": broken", "", "<tool_call>\n{\"name\": broken", []),
+    (HERMES, '<tool_call>\n{"name": broken', "", '<tool_call>\n{"name": broken', []),
     (LLAMA, '{"name": "f", "parameters": {"a": [1, 2]}}', "", "", [("f", {"a": [1, 2]})]),
     (LLAMA, "Hello {world}", "", "Hello {world}", []),
-    (OutputSpec(forced_calls=True), '[{"name": "f", "arguments": {}}, {"name": "g", "arguments": {"x": "y"}}]', "", "",
-     [("f", {}), ("g", {"x": "y"})]),
+    (
+        OutputSpec(forced_calls=True),
+        '[{"name": "f", "arguments": {}}, {"name": "g", "arguments": {"x": "y"}}]',
+        "",
+        "",
+        [("f", {}), ("g", {"x": "y"})],
+    ),
 ]
 
 
@@ -29,7 +39,7 @@ def streamed(spec, text, size):
     reasoning = content = ""
     calls = []
     for i in range(0, len(text), size):
-        d = p.push(text[i:i + size])
+        d = p.push(text[i : i + size])
         reasoning, content, calls = reasoning + d.reasoning, content + d.content, calls + list(d.calls)
     d = p.finish()
     return reasoning + d.reasoning, content + d.content, calls + list(d.calls)
@@ -46,8 +56,11 @@ def assert_stream_equals_whole(spec, text, reasoning, content, calls, size):
     r, c, got = streamed(spec, text, size)
     whole = parse_whole(spec, text)
     assert (r, c.strip()) == (reasoning, content) == (whole.reasoning, whole.content.strip())
-    assert ([(x.name, json.loads(x.arguments)) for x in got] == calls
-            == [(x.name, json.loads(x.arguments)) for x in whole.calls])
+    assert (
+        [(x.name, json.loads(x.arguments)) for x in got]
+        == calls
+        == [(x.name, json.loads(x.arguments)) for x in whole.calls]
+    )
 
 
 def test_content_before_a_call_streams_before_it_ends():
@@ -73,4 +86,5 @@ def test_a_forced_call_cut_off_is_never_content():
     p.push('[{"name":"get_weather","arguments":{"city":"Par')
     end = p.finish()
     assert end.content == "" and [(c.name, c.arguments, c.complete) for c in end.calls] == [
-        ("get_weather", '{"city":"Par', False)]
+        ("get_weather", '{"city":"Par', False)
+    ]

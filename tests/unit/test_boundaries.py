@@ -49,8 +49,15 @@ def test_runtime_never_runs_a_toolchain():
         if path == TEMPLATE_WORKER:
             continue
         text = path.read_text()
-        for call in ("import subprocess", "from subprocess", "os.system(", "os.popen(", "Popen(", "os.exec",
-                     "os.spawn"):
+        for call in (
+            "import subprocess",
+            "from subprocess",
+            "os.system(",
+            "os.popen(",
+            "Popen(",
+            "os.exec",
+            "os.spawn",
+        ):
             assert call not in text, f"{path.relative_to(ROOT)} uses {call}"
 
 
@@ -59,9 +66,10 @@ def test_the_template_worker_starts_only_itself():
     for call in ("os.system(", "os.popen(", "os.exec", "os.spawn", "shell=True"):
         assert call not in text
     launches = [line.strip() for line in text.splitlines() if "Popen(" in line or "sys.executable" in line]
-    assert launches == ['self.process = subprocess.Popen(',
-                        '[sys.executable, "-m", "rfc.runtime.text.template_worker", str(limits.memory_bytes), '
-                        'repr(budget)],']
+    assert launches == [
+        "self.process = subprocess.Popen(",
+        '[sys.executable, "-m", "rfc.runtime.text.template_worker", str(limits.memory_bytes), repr(budget)],',
+    ]
 
 
 def test_compiler_does_not_import_the_runtime():

@@ -33,4 +33,6 @@ def test_past_the_context_clamps_refuses_or_is_left_to_the_engine():
     with pytest.raises(RequestError) as e:
         generation_budget(ANTHROPIC, 55, 10, CTX)
     assert (e.value.field, str(e.value)) == (
-        "max_tokens", "the messages (10 tokens) + max_tokens (55) exceed the context (64 tokens)")
+        "max_tokens",
+        "the messages (10 tokens) + max_tokens (55) exceed the context (64 tokens)",
+    )

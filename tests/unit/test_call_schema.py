@@ -7,27 +7,55 @@ import pytest
 
 from rfc.runtime.server.call_schema import calls_schema
 
-PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-          "required": ["name", "age"]}
-NESTED = {"type": "object", "properties": {"who": {"$ref": "#/$defs/Person"}}, "required": ["who"],
-          "$defs": {"Person": PERSON}}
-DRAFT7 = {"type": "object", "properties": {"who": {"$ref": "#/definitions/Person"}}, "required": ["who"],
-          "definitions": {"Person": PERSON}}
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+NESTED = {
+    "type": "object",
+    "properties": {"who": {"$ref": "#/$defs/Person"}},
+    "required": ["who"],
+    "$defs": {"Person": PERSON},
+}
+DRAFT7 = {
+    "type": "object",
+    "properties": {"who": {"$ref": "#/definitions/Person"}},
+    "required": ["who"],
+    "definitions": {"Person": PERSON},
+}
 # the same definition name for another schema, a pointer into a definition, and an escaped name
-OTHER = {"type": "object",
-         "properties": {"boss": {"$ref": "#/$defs/Person"}, "age": {"$ref": "#/$defs/Person/properties/id"},
-                        "tag": {"$ref": "#/$defs/a~1b"}},
-         "required": ["boss"],
-         "$defs": {"Person": {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]},
-                   "a/b": {"enum": ["x"]}}}
+OTHER = {
+    "type": "object",
+    "properties": {
+        "boss": {"$ref": "#/$defs/Person"},
+        "age": {"$ref": "#/$defs/Person/properties/id"},
+        "tag": {"$ref": "#/$defs/a~1b"},
+    },
+    "required": ["boss"],
+    "$defs": {
+        "Person": {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]},
+        "a/b": {"enum": ["x"]},
+    },
+}
 # recursion through the parameters' own root, and a `$ref` that is data (a const), not a schema
-TREE = {"type": "object",
-        "properties": {"kids": {"type": "array", "items": {"$ref": "#"}}, "k": {"const": {"$ref": "#"}}}}
+TREE = {
+    "type": "object",
+    "properties": {"kids": {"type": "array", "items": {"$ref": "#"}}, "k": {"const": {"$ref": "#"}}},
+}
 TOOLS = {"add": NESTED, "old": DRAFT7, "boss": OTHER, "tree": TREE}
-VALID = {"add": {"who": {"name": "Bob", "age": 30}}, "old": {"who": {"name": "Ann", "age": 3}},
-         "boss": {"boss": {"id": 1}, "age": 4, "tag": "x"}, "tree": {"kids": [{"kids": []}], "k": {"$ref": "#"}}}
-INVALID = {"add": {"who": {"name": "Bob"}}, "old": {"who": {"age": "3", "name": "x"}},
-           "boss": {"boss": {"name": "Bob", "age": 3}}, "tree": {"kids": [{"kids": [1]}]}}
+VALID = {
+    "add": {"who": {"name": "Bob", "age": 30}},
+    "old": {"who": {"name": "Ann", "age": 3}},
+    "boss": {"boss": {"id": 1}, "age": 4, "tag": "x"},
+    "tree": {"kids": [{"kids": []}], "k": {"$ref": "#"}},
+}
+INVALID = {
+    "add": {"who": {"name": "Bob"}},
+    "old": {"who": {"age": "3", "name": "x"}},
+    "boss": {"boss": {"name": "Bob", "age": 3}},
+    "tree": {"kids": [{"kids": [1]}]},
+}
 
 
 @pytest.mark.parametrize("name", TOOLS)

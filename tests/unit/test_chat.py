@@ -66,6 +66,7 @@ def assert_contains_every_message(prompt: str, messages: list[dict]) -> None:
 
 # --- the real templates -------------------------------------------------------------------
 
+
 @pytest.mark.shared
 def test_corpus_is_complete():
     assert len(TEMPLATES) == 70
@@ -164,11 +165,14 @@ def test_fallback_template_renders_chatml():
     template = ChatTemplate(fallback_template(), bos_token="<s>", eos_token="</s>")
     messages = [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [
-            {"type": "text", "text": "Hi"},
-            {"type": "image"},
-            {"type": "text", "text": "!"},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Hi"},
+                {"type": "image"},
+                {"type": "text", "text": "!"},
+            ],
+        },
     ]
     assert template.render(messages) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"

@@ -15,15 +15,29 @@ pytestmark = pytest.mark.shared
 
 SMOLLM2 = smollm2()
 SCHEMAS = [
-    {"type": "object",
-     "properties": {"name": {"type": "string", "maxLength": 12},
-                    "age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"],
-     "additionalProperties": False},
+    {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        },
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    },
     {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "minItems": 1, "maxItems": 4},
-    {"type": "object",
-     "properties": {"p": {"type": "object", "properties": {"x": {"type": "number", "minimum": -1, "maximum": 1}},
-                          "required": ["x"], "additionalProperties": False}}, "required": ["p"],
-     "additionalProperties": False},
+    {
+        "type": "object",
+        "properties": {
+            "p": {
+                "type": "object",
+                "properties": {"x": {"type": "number", "minimum": -1, "maximum": 1}},
+                "required": ["x"],
+                "additionalProperties": False,
+            }
+        },
+        "required": ["p"],
+        "additionalProperties": False,
+    },
 ]
 
 
@@ -32,6 +46,7 @@ def smol(tmp_path_factory):
     if not SMOLLM2.is_file():
         pytest.skip(skip_reason(SMOLLM2))
     from tests.conftest import rfc
+
     out = tmp_path_factory.mktemp("constraints") / "smol"
     rfc("compile", SMOLLM2, "-o", out, "-q", "--reference-only", check=True)
     return Grammars((out / "tokenizer.json").read_text(encoding="utf-8"), 49152, [2])
@@ -62,11 +77,14 @@ def test_grammar_cache(smol):
     assert smol.json_schema({"type": "object"}, "g") is a
 
 
-@pytest.mark.parametrize("schema,words", [
-    ({"type": "object", "if": {"properties": {}}}, "if"),
-    ({"type": "array", "contains": {"type": "string"}}, "contains"),
-    ({"$ref": "#/definitions/missing"}, "missing"),
-])
+@pytest.mark.parametrize(
+    "schema,words",
+    [
+        ({"type": "object", "if": {"properties": {}}}, "if"),
+        ({"type": "array", "contains": {"type": "string"}}, "contains"),
+        ({"$ref": "#/definitions/missing"}, "missing"),
+    ],
+)
 def test_unsupported_schema_is_named(smol, schema, words):
     with pytest.raises(GrammarError, match=words) as e:
         smol.json_schema(schema, "response_format")
@@ -91,22 +109,31 @@ def _accepts(grammar, text: str) -> bool:
 
 
 def test_unique_items_and_unknown_formats_are_ignored_and_logged(smol, caplog):
-    schema = {"type": "object",
-              "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
-                             "path": {"type": "string", "format": "path"},
-                             "ip": {"type": "string", "format": "ipvanyaddress"},
-                             "day": {"type": "string", "format": "date"}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "path": {"type": "string", "format": "path"},
+            "ip": {"type": "string", "format": "ipvanyaddress"},
+            "day": {"type": "string", "format": "date"},
+        },
+    }
     with caplog.at_level("INFO", logger="rfc.grammar"):
         g = smol.json_schema(schema, "tools[0].function.parameters")
-    assert "tools[0].function.parameters: ignored in the JSON schema (not enforced while decoding): " \
-           "format: ipvanyaddress, format: path, uniqueItems" in caplog.text
+    assert (
+        "tools[0].function.parameters: ignored in the JSON schema (not enforced while decoding): "
+        "format: ipvanyaddress, format: path, uniqueItems" in caplog.text
+    )
     assert _accepts(g, '{"tags":["a","a"],"path":"/x","ip":"::1","day":"2024-01-31"}')
     assert not _accepts(g, '{"day":"yesterday"}')  # a format llguidance knows is still enforced
 
 
 def test_open_numbers_have_at_most_16_integral_digits(smol):
-    properties = {"i": {"type": "integer"}, "x": {"type": "number"},
-                  "big": {"type": "integer", "minimum": 0, "maximum": 10 ** 18}}
+    properties = {
+        "i": {"type": "integer"},
+        "x": {"type": "number"},
+        "big": {"type": "integer", "minimum": 0, "maximum": 10**18},
+    }
     g = smol.json_schema({"type": "object", "properties": properties}, "f")
     assert _accepts(g, '{"i":-9999999999999998,"x":9999999999999999.25}')
     assert not _accepts(g, '{"i":10000000000000000}') and not _accepts(g, '{"x":-10000000000000000}')

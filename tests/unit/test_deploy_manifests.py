@@ -21,8 +21,9 @@ def docs() -> dict[str, dict]:
 
 
 def test_every_object_validates_against_the_kubernetes_schemas():
-    kv = pytest.importorskip("kubernetes_validate",
-                             reason="kubernetes-validate not installed (pip install kubernetes-validate)")
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate not installed (pip install kubernetes-validate)"
+    )
     version = kv.latest_version()
     objects = docs()
     assert set(objects) == {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
@@ -32,8 +33,9 @@ def test_every_object_validates_against_the_kubernetes_schemas():
 
 def test_a_wrong_field_is_caught():
     """The validator is not a no-op: a misspelt probe field fails it."""
-    kv = pytest.importorskip("kubernetes_validate",
-                             reason="kubernetes-validate not installed (pip install kubernetes-validate)")
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate not installed (pip install kubernetes-validate)"
+    )
     deployment = docs()["Deployment"]
     probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
     probe["httpGett"] = {"path": "/ready", "port": 8080}
@@ -113,8 +115,9 @@ def test_the_autoscaler_validates_and_scales_the_deployment_on_its_queue():
     """deploy/rfc-hpa.yaml: a valid autoscaling/v2 HorizontalPodAutoscaler (strict) of the
     Deployment, on the queue gauge that rfc serve exports, never below what the
     PodDisruptionBudget needs to leave one replica serving."""
-    kv = pytest.importorskip("kubernetes_validate",
-                             reason="kubernetes-validate not installed (pip install kubernetes-validate)")
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate not installed (pip install kubernetes-validate)"
+    )
     obj = hpa()
     kv.validate(obj, kv.latest_version(), strict=True)
     deployment = docs()["Deployment"]
@@ -132,8 +135,9 @@ def test_the_autoscaler_validates_and_scales_the_deployment_on_its_queue():
 
 
 def test_a_wrong_autoscaler_field_is_caught():
-    kv = pytest.importorskip("kubernetes_validate",
-                             reason="kubernetes-validate not installed (pip install kubernetes-validate)")
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate not installed (pip install kubernetes-validate)"
+    )
     obj = hpa()
     obj["spec"]["metrics"][0]["pods"]["target"]["averageValu"] = "4"
     with pytest.raises(kv.ValidationError):

@@ -9,8 +9,24 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from rfc.runtime.text.detokenize import IncrementalDetokenizer
 
 REPLACEMENT = "\ufffd"
-SAMPLE_WORDS = ["Once", "upon", "a", "time", "there", "was", "the", "cat", "€", "世界", "😀",
-                "café", "naïve", "x", "Ω", "!"]
+SAMPLE_WORDS = [
+    "Once",
+    "upon",
+    "a",
+    "time",
+    "there",
+    "was",
+    "the",
+    "cat",
+    "€",
+    "世界",
+    "😀",
+    "café",
+    "naïve",
+    "x",
+    "Ω",
+    "!",
+]
 
 
 def _add_chain_merges(words, vocab):
@@ -20,7 +36,7 @@ def _add_chain_merges(words, vocab):
         for i in range(2, len(word) + 1):
             if word[:i] not in vocab:
                 vocab[word[:i]] = len(vocab)
-                merges.append((word[:i - 1], word[i - 1]))
+                merges.append((word[: i - 1], word[i - 1]))
     return merges
 
 
@@ -33,8 +49,9 @@ def build_sentencepiece_tokenizer() -> Tokenizer:
     merges = _add_chain_merges(["▁Once", "▁upon", "▁a", "▁time", "▁there", "▁was", "▁the", "her"], vocab)
     tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True))
     tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tokenizer.decoder = decoders.Sequence([
-        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     tokenizer.add_special_tokens([AddedToken("<s>", special=True), AddedToken("</s>", special=True)])
     return tokenizer
 
@@ -122,7 +139,7 @@ def random_byte_fallback_ids(tokenizer, rng: random.Random) -> list[int]:
         elif kind == "char":
             ids.extend(as_bytes)
         else:  # a run of byte tokens decodes as one group: keep the cut character alone in its run
-            ids.extend([rng.choice(words), *as_bytes[:rng.randint(1, len(as_bytes) - 1)], rng.choice(words)])
+            ids.extend([rng.choice(words), *as_bytes[: rng.randint(1, len(as_bytes) - 1)], rng.choice(words)])
     return ids
 
 
@@ -165,7 +182,7 @@ def test_continuation_of_a_prompt_matches_full_decode(which, seed, request):
         generated = generated[1:] if tokenizer.id_to_token(generated[0]) == "▁" else generated
     deltas, tail = stream(tokenizer, generated, prompt)
     full = tokenizer.decode(prompt + generated)
-    assert "".join(deltas) + tail == full[len(tokenizer.decode(prompt)):]
+    assert "".join(deltas) + tail == full[len(tokenizer.decode(prompt)) :]
 
 
 def test_special_tokens_are_skipped_or_kept(sp):

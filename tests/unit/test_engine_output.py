@@ -92,7 +92,7 @@ def test_finish_reason_is_the_native_string():
 def test_a_stop_string_found_late_ends_the_request_where_it_matched(model):
     plain = _stepped(model, [GenerationRequest(p, GREEDY, max_tokens=40) for p in PROMPTS])[1]
     # a stop string from the middle of each text, so that tokens follow it
-    stops = [s.text[len(s.text) // 2: len(s.text) // 2 + 3] for s in plain]
+    stops = [s.text[len(s.text) // 2 : len(s.text) // 2 + 3] for s in plain]
     requests = [GenerationRequest(p, GREEDY, max_tokens=40, stop=(stop,)) for p, stop in zip(PROMPTS, stops)]
     _, want = _stepped(model, requests)
     assert all(s.finish_reason == "stop" and len(s.tokens) < 40 for s in want)
@@ -113,7 +113,7 @@ def test_the_engine_runs_at_most_a_few_steps_past_a_stop(model):
     """The scheduler may sample past a stop string it has not heard of yet, never further
     than the output stage's lag allows; those tokens never reach the client."""
     plain = _stepped(model, [GenerationRequest(PROMPTS[0], GREEDY, max_tokens=60, ignore_eos=True)])[1][0]
-    stop = plain.text[len(plain.text) // 2: len(plain.text) // 2 + 3]
+    stop = plain.text[len(plain.text) // 2 : len(plain.text) // 2 + 3]
     request = GenerationRequest(PROMPTS[0], GREEDY, max_tokens=60, stop=(stop,), ignore_eos=True)
     engine, (state,) = _threaded(model, [request], slow_s=0.02)
     try:
@@ -163,8 +163,9 @@ def test_the_drain_ends_every_stream_and_leaves_the_engine_idle(model):
         assert not engine.is_idle()
         assert engine.abort_all("the server is shutting down") == len(states)
         for state in states:
-            assert (state.finished and state.finish_reason == "cancelled"
-                    and state.error == "the server is shutting down")
+            assert (
+                state.finished and state.finish_reason == "cancelled" and state.error == "the server is shutting down"
+            )
             events = _drain_events(state)
             assert events[-1].finished and sum(e.finished for e in events) == 1
         assert engine.is_idle() and engine.blocks.num_used() == 0

@@ -26,16 +26,21 @@ from tests.unit.test_spec import chi_square_bound
 pytestmark = pytest.mark.shared
 
 GREEDY = SamplingParams(temperature=0)
-CPU = pytest.param("cpu", marks=[
-    pytest.mark.toolchain,
-    pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)"),
-])
+CPU = pytest.param(
+    "cpu",
+    marks=[
+        pytest.mark.toolchain,
+        pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu device needs a C compiler ('cc' not found)"),
+    ],
+)
 # drafts nearly free: every sequence drafts, also in a batch (on the reference device a token
 # costs what it costs, and a fitted cost model would mostly keep drafts out of its batches)
 NGRAM = SchedulerConfig(max_batch=8, spec=SpecConfig(type=SpecType.NGRAM, cost_ratio=0.01))
 PLAIN = SchedulerConfig(max_batch=8)
-STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, Lily "
-         "went to the park with her mom. Once upon a time, there was a little")
+STORY = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, Lily "
+    "went to the park with her mom. Once upon a time, there was a little"
+)
 
 
 def _run(model, requests, config):
@@ -70,8 +75,10 @@ def test_greedy_text_is_that_of_a_run_without_drafts(name, device, bundle_cache)
     bits (~1e-5): the tie margin keeps its text the same too."""
     bundle = bundle_cache(DEMO_MODEL if name == "stories260K" else FIXTURES / f"{name}.gguf")
     model = load_model(bundle, LoadOptions(device=device))
-    requests = [GenerationRequest(p, GREEDY, max_tokens=80, logprobs=2 if i == 1 else None, ignore_eos=i == 0)
-                for i, p in enumerate(_prompts(model))]
+    requests = [
+        GenerationRequest(p, GREEDY, max_tokens=80, logprobs=2 if i == 1 else None, ignore_eos=i == 0)
+        for i, p in enumerate(_prompts(model))
+    ]
     _, want = _run(model, requests, PLAIN)
     engine, got = _run(model, requests, NGRAM)
     _same(got, want)
@@ -90,12 +97,13 @@ SMOLLM2 = smollm2()
 def test_smollm2_greedy_text_is_that_of_a_run_without_drafts(device, bundle_cache):
     model = load_model(bundle_cache(SMOLLM2), LoadOptions(device=device))
     tools = Path(__file__).resolve().parents[2] / "tools" / "spec_prompts"
-    task = ("Correct the spelling mistakes in the following text. Reply with the corrected text in full and nothing "
-            "else.")
+    task = (
+        "Correct the spelling mistakes in the following text. Reply with the corrected text in full and nothing else."
+    )
     message = f"{task}\n\n{(tools / 'garden_typos.txt').read_text().strip()}"
-    prompt = encode_prompt(model,
-                           chat_template(model).render([{"role": "user", "content": message}],
-                                                       add_generation_prompt=True))
+    prompt = encode_prompt(
+        model, chat_template(model).render([{"role": "user", "content": message}], add_generation_prompt=True)
+    )
     requests = [GenerationRequest(prompt, GREEDY, max_tokens=96)]
     _, want = _run(model, requests, PLAIN)
     engine, got = _run(model, requests, NGRAM)
@@ -112,10 +120,15 @@ def _histogram(model, spec: bool, runs: int, length: int, seed: int) -> tuple[np
     """Tokens 1..length of `runs` sampled continuations of a self-repeating prompt, counted."""
     prompt = _prompts(model)[0]
     params = [SamplingParams(temperature=1.0, seed=seed + i) for i in range(runs)]
-    config = SchedulerConfig(max_batch=16, max_batch_tokens=512, max_queue=runs,
-                             spec=SpecConfig(type=SpecType.NGRAM if spec else SpecType.NONE, cost_ratio=0.01))
-    engine, states = _run(model, [GenerationRequest(prompt, p, max_tokens=length, ignore_eos=True) for p in params],
-                          config)
+    config = SchedulerConfig(
+        max_batch=16,
+        max_batch_tokens=512,
+        max_queue=runs,
+        spec=SpecConfig(type=SpecType.NGRAM if spec else SpecType.NONE, cost_ratio=0.01),
+    )
+    engine, states = _run(
+        model, [GenerationRequest(prompt, p, max_tokens=length, ignore_eos=True) for p in params], config
+    )
     counts = np.zeros(model.vocab_size, dtype=np.int64)
     for state in states:
         np.add.at(counts, state.tokens, 1)
@@ -138,8 +151,10 @@ def test_a_seeded_request_samples_the_same_tokens_with_and_without_drafts(demo):
     """Each emitted token takes one draw of the request's random stream, drafts or not."""
     params = SamplingParams(temperature=0.8, top_k=40, top_p=0.95, repetition_penalty=1.1, seed=7)
     prompt = _prompts(demo)[0]
-    requests = [GenerationRequest(prompt, params, max_tokens=60),
-                GenerationRequest(prompt, GREEDY, max_tokens=60, logprobs=3)]
+    requests = [
+        GenerationRequest(prompt, params, max_tokens=60),
+        GenerationRequest(prompt, GREEDY, max_tokens=60, logprobs=3),
+    ]
     _, want = _run(demo, requests, PLAIN)
     engine, got = _run(demo, requests, NGRAM)
     _same(got, want)
@@ -172,10 +187,12 @@ def test_a_grammar_sees_only_the_tokens_emitted(demo):
     prompt = _prompts(demo)[0]
     banned = demo.tokenizer.encode(" girl").ids[-1]
     plain, spec = RecordingGrammar(banned), RecordingGrammar(banned)
-    _, (want,) = _run(demo, [GenerationRequest(prompt, GREEDY, max_tokens=60, ignore_eos=True, constraint=plain)],
-                      PLAIN)
-    engine, (got,) = _run(demo, [GenerationRequest(prompt, GREEDY, max_tokens=60, ignore_eos=True, constraint=spec)],
-                          NGRAM)
+    _, (want,) = _run(
+        demo, [GenerationRequest(prompt, GREEDY, max_tokens=60, ignore_eos=True, constraint=plain)], PLAIN
+    )
+    engine, (got,) = _run(
+        demo, [GenerationRequest(prompt, GREEDY, max_tokens=60, ignore_eos=True, constraint=spec)], NGRAM
+    )
     assert got.tokens == want.tokens == spec.accepted == plain.accepted
     assert engine.counts()["spec_drafted"] > 0
 
@@ -234,18 +251,24 @@ def test_the_prefix_cache_holds_only_accepted_tokens(demo):
 
 def test_a_request_opts_out_or_asks_within_bounds(demo):
     prompt = _prompts(demo)[0]
-    engine, (off, few) = _run(demo,
-                              [GenerationRequest(prompt, GREEDY, max_tokens=40, speculative=SpecRequest(SpecType.NONE)),
-                               GenerationRequest(prompt, GREEDY, max_tokens=40,
-                                                 speculative=SpecRequest(n_max=2))], NGRAM)
+    engine, (off, few) = _run(
+        demo,
+        [
+            GenerationRequest(prompt, GREEDY, max_tokens=40, speculative=SpecRequest(SpecType.NONE)),
+            GenerationRequest(prompt, GREEDY, max_tokens=40, speculative=SpecRequest(n_max=2)),
+        ],
+        NGRAM,
+    )
     assert off.spec is None and few.spec.n_max == 2
     assert engine.counts()["spec_drafted"] <= 2 * engine.counts()["spec_verify_steps"]
-    engine, (on,) = _run(demo,
-                         [GenerationRequest(prompt, GREEDY, max_tokens=40, speculative=SpecRequest(SpecType.NGRAM))],
-                         PLAIN)
+    engine, (on,) = _run(
+        demo, [GenerationRequest(prompt, GREEDY, max_tokens=40, speculative=SpecRequest(SpecType.NGRAM))], PLAIN
+    )
     assert engine.counts()["spec_accepted"] > 0 and on.tokens == off.tokens == few.tokens
-    for asked, field in [(SpecRequest(n_max=17), "speculative.n_max"),
-                         (SpecRequest(SpecType.DRAFT), "speculative.type")]:
+    for asked, field in [
+        (SpecRequest(n_max=17), "speculative.n_max"),
+        (SpecRequest(SpecType.DRAFT), "speculative.type"),
+    ]:
         with pytest.raises(RequestError) as e:
             Engine(demo, NGRAM).submit(GenerationRequest(prompt, GREEDY, max_tokens=4, speculative=asked))
         assert e.value.field == field
@@ -276,8 +299,9 @@ def test_a_draft_model_with_the_same_vocabulary(bundle_cache):
     model = load_model(bundle, LoadOptions(device="ref", draft_model=bundle))
     requests = [GenerationRequest(p, GREEDY, max_tokens=40) for p in _prompts(model)]
     _, want = _run(model, requests, PLAIN)
-    engine, got = _run(model, requests,
-                       SchedulerConfig(max_batch=8, spec=SpecConfig(type=SpecType.DRAFT, n_max=4, cost_ratio=0.01)))
+    engine, got = _run(
+        model, requests, SchedulerConfig(max_batch=8, spec=SpecConfig(type=SpecType.DRAFT, n_max=4, cost_ratio=0.01))
+    )
     _same(got, want)
     counts = engine.counts()
     assert counts["spec_drafted"] > 0 and counts["spec_accepted"] == counts["spec_drafted"]
@@ -303,8 +327,12 @@ def test_a_draft_model_drafts_nothing_past_its_own_context(bundle_cache):
 
 
 def test_a_draft_model_of_another_vocabulary_is_refused(demo):
-    other = SimpleNamespace(vocab_size=demo.vocab_size, manifest={"model": {"name": "other"}}, bundle=demo.bundle,
-                            tokenizer=SimpleNamespace(get_vocab=lambda with_added_tokens: {"a": 0}))
+    other = SimpleNamespace(
+        vocab_size=demo.vocab_size,
+        manifest={"model": {"name": "other"}},
+        bundle=demo.bundle,
+        tokenizer=SimpleNamespace(get_vocab=lambda with_added_tokens: {"a": 0}),
+    )
     with pytest.raises(BundleError, match="another vocabulary"):
         check_draft_vocabulary(demo.vocab_size, demo.tokenizer, other)
     with pytest.raises(BundleError, match="the same vocabulary"):

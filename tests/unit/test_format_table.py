@@ -18,8 +18,9 @@ from rfc.compiler.weights import RowRange, WeightUse
 # 64 elements in 40 bytes, int8 dots on the cpu (q8_32 activations), kernels on every target
 FAKE = WeightFormat("FAKE", 64, 40, "q8_0", Kernels.CPU | Kernels.GPU, cpu_act="q8_32")
 # its planar GPU layout: two planes
-FAKE_P = WeightFormat("FAKEp", 64, 40, "q8_0", Kernels.GPU, base="FAKE", ops=frozenset({"matmul", "moe_matmul"}),
-                      planes=(8, 32))
+FAKE_P = WeightFormat(
+    "FAKEp", 64, 40, "q8_0", Kernels.GPU, base="FAKE", ops=frozenset({"matmul", "moe_matmul"}), planes=(8, 32)
+)
 N, K = 24, 256
 
 
@@ -80,6 +81,7 @@ def test_a_fake_layout_row_is_the_weight_planners_repack_policy(fake):
 def test_expert_tensors_take_an_x8_layout_where_an_expert_is_whole_groups():
     """[E, N, K] experts read by moe_matmul alone: repacked as E * N rows when N is whole groups
     of 8 (each expert's slice repacked), else GGUF (a group would span two experts)."""
+
     def use(fmt, shape):
         return WeightUse("w", "w", fmt, shape, (RowRange("t", 0, shape[0] * shape[1]),))
 

@@ -28,8 +28,13 @@ def test_the_plan_follows_llama_cpp():
     spec = _spec()
     ops = spec.plan.ops
     kinds = [op.kind for op in ops]
-    assert ([kinds.count(k) for k in ("altup_stack", "altup_predict", "altup_correct", "altup_add", "altup_merge")]
-            == [1, 22, 22, 22, 1])
+    assert [kinds.count(k) for k in ("altup_stack", "altup_predict", "altup_correct", "altup_add", "altup_merge")] == [
+        1,
+        22,
+        22,
+        22,
+        1,
+    ]
     assert kinds.count("gaussian_topk") == 10  # n_layer_sparsity
     attn = [op.attrs for op in ops if op.kind == "attention"]
     assert [a["layer"] for a in attn] == [*range(20), 18, 19]  # layer 20 (sliding) reads 18, 21 (global) 19
@@ -42,8 +47,10 @@ def test_the_plan_follows_llama_cpp():
     assert np.float32(ops[i - 4].attrs["factor"]) == np.float32(1) / np.float32(256)
     # the streams' ends: altup_proj over 3 copies of the embedding, altup_unembd_proj over streams 1..3
     heads = [op for op in ops if op.kind == "head_matmul"]
-    assert ([(op.weights[0], op.inputs[0]) for op in heads]
-            == [("altup_proj.weight", "rep3"), ("altup_unembd_proj.weight", "tail")])
+    assert [(op.weights[0], op.inputs[0]) for op in heads] == [
+        ("altup_proj.weight", "rep3"),
+        ("altup_unembd_proj.weight", "tail"),
+    ]
     adds = [op for op in ops if op.kind == "altup_add"]
     assert [op.attrs["first"] for op in adds] == [0] * 21 + [1] and adds[-1].outputs[1] == "tail"
     assert ops[-1].kind == "softcap" and ops[-1].attrs["cap"] == 30.0  # llama.cpp's default, never read for gemma3n
@@ -84,8 +91,9 @@ def test_malformed_files_are_refused_by_name(case, tmp_path):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("case",
-                         ["active stream past the last", "predict coefficients of the wrong shape", "a vision tower"])
+@pytest.mark.parametrize(
+    "case", ["active stream past the last", "predict coefficients of the wrong shape", "a vision tower"]
+)
 def test_refusal_is_one_line_exit_2(case, tmp_path):
     edits, words = REFUSED[case]
     assert_compile_refused(rewrite_gguf(SRC, tmp_path / "bad.gguf", **edits), tmp_path, words)

@@ -38,8 +38,9 @@ def test_plan_follows_llama_cpp():
     assert [op.attrs["freq_base"] for op in ropes] == [10000.0, 10000.0, 10000.0, 1e6]
     assert [op.attrs["n_rot"] for op in ropes] == [32, 32, 32, 64]  # rope.dimension_count_swa, rope.dimension_count
     # layer 3 has no attn_v: V is K's projection (then normed without a weight, K with its norm)
-    assert ([op.weights[0] for op in ops if op.kind == "matmul" and op.outputs[0].startswith("v")][3]
-            == "blk.3.attn_k.weight")
+    assert [op.weights[0] for op in ops if op.kind == "matmul" and op.outputs[0].startswith("v")][
+        3
+    ] == "blk.3.attn_k.weight"
     scales = [op.attrs["factor"] for op in ops if op.kind == "scale"]
     assert scales == [np.float32(0.9 - 0.1 * i) for i in range(4)]  # layer_output_scale, read from the file
     assert [op.attrs["cap"] for op in ops if op.kind == "softcap"] == [30.0]  # llama.cpp's default without the key

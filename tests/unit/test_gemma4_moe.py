@@ -26,24 +26,32 @@ def test_plan_follows_llama_cpp():
     routes = [op for op in ops if op.kind == "moe_route"]
     # softmax, top 2, renormalized; ffn_down_exps.scale folded into the weights (expert_scale)
     assert [(op.attrs, op.weights) for op in routes] == [
-        ({"n_used": 2, "expert_scale": True}, (f"blk.{i}.ffn_down_exps.scale",)) for i in range(2)]
+        ({"n_used": 2, "expert_scale": True}, (f"blk.{i}.ffn_down_exps.scale",)) for i in range(2)
+    ]
     # the router reads rms_norm(x) * ffn_gate_inp.scale / sqrt(256), not the experts' input
     norms = [op for op in ops if op.kind == "rmsnorm" and op.outputs == ("router_in",)]
     assert [(op.inputs, op.weights) for op in norms] == [(("x",), (f"blk.{i}.ffn_gate_inp.scale",)) for i in range(2)]
     assert [op.attrs["factor"] for op in ops if op.kind == "scale" and op.inputs == ("router_in",)] == [1 / 16] * 2
     gate_up = [op.weights[0] for op in ops if op.kind == "moe_matmul" and op.inputs[0] == "moe_in"]
-    assert gate_up == ["blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight",  # layer 1: the fused tensor's halves
-                       "blk.1.ffn_gate_up_exps.weight:gate", "blk.1.ffn_gate_up_exps.weight:up"]
+    assert gate_up == [
+        "blk.0.ffn_gate_exps.weight",
+        "blk.0.ffn_up_exps.weight",  # layer 1: the fused tensor's halves
+        "blk.1.ffn_gate_up_exps.weight:gate",
+        "blk.1.ffn_gate_up_exps.weight:up",
+    ]
     halves = {w.name: w for w in spec.weights if w.name.startswith("blk.1.ffn_gate_up_exps")}
-    assert ({n: w.shape for n, w in halves.items()}
-            == {f"blk.1.ffn_gate_up_exps.weight:{h}": (8, 256, 256) for h in ("gate", "up")})
+    assert {n: w.shape for n, w in halves.items()} == {
+        f"blk.1.ffn_gate_up_exps.weight:{h}": (8, 256, 256) for h in ("gate", "up")
+    }
     assert [p.start for p in halves["blk.1.ffn_gate_up_exps.weight:up"].parts] == [e * 512 + 256 for e in range(8)]
     assert [op.attrs.get("activation") for op in ops if op.kind == "swiglu"] == ["gelu_tanh"] * 4  # MLP, experts x 2
     # the two branches: post_ffw_norm_1 on the MLP's h, post_ffw_norm_2 on the experts' sum, added, then post_ffw_norm
     i = next(j for j, op in enumerate(ops) if op.kind == "moe_combine")
     assert [(op.kind, op.inputs, op.weights) for op in ops[i + 1 : i + 4]] == [
-        ("rmsnorm", ("moe_out",), ("blk.0.post_ffw_norm_2.weight",)), ("add", ("h", "moe_out"), ()),
-        ("rmsnorm", ("h",), ("blk.0.post_ffw_norm.weight",))]
+        ("rmsnorm", ("moe_out",), ("blk.0.post_ffw_norm_2.weight",)),
+        ("add", ("h", "moe_out"), ()),
+        ("rmsnorm", ("h",), ("blk.0.post_ffw_norm.weight",)),
+    ]
     assert spec.hparams.extra["expert_count"] == 8 and spec.hparams.extra["expert_layers"] == [0, 1]
 
 

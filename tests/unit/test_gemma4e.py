@@ -35,12 +35,19 @@ def test_shared_layers_read_the_cache_llama_cpp_reuses():
     assert [a.get("window") for a in attn] == [16, 16, 16, None, 16, None]
     assert spec.plan.kv == KVSpec(4, 2, 64)  # 4 layers store KV; the row the global layers' 2 x 64
     # shared layers project Q alone: no K/V matmul, no K/V norm for layers 4 and 5
-    assert not [w for op in ops if op.kind == "matmul" for w in op.weights
-                if w.startswith(("blk.4.attn_k", "blk.5.attn_k"))]
+    assert not [
+        w for op in ops if op.kind == "matmul" for w in op.weights if w.startswith(("blk.4.attn_k", "blk.5.attn_k"))
+    ]
     # layer 5's own proportional RoPE
     assert [op.weights for op in ops if op.kind == "rope"][-1] == ("rope_freqs.weight",)
-    assert (spec.hparams.extra["shared_kv_layers"] == 2
-            and spec.hparams.extra["kv_layer_per_layer"] == [0, 1, 2, 3, 2, 3])
+    assert spec.hparams.extra["shared_kv_layers"] == 2 and spec.hparams.extra["kv_layer_per_layer"] == [
+        0,
+        1,
+        2,
+        3,
+        2,
+        3,
+    ]
 
 
 def test_per_layer_embeddings_compose_existing_ops():

@@ -31,8 +31,12 @@ def test_glm4moe_plan_skips_the_mtp_block_and_routes_by_sigmoid_with_a_bias():
     assert [r.weights for r in routes] == [("blk.1.exp_probs_b.bias",), ("blk.2.exp_probs_b.bias",)]  # layer 0 dense
     assert all(r.attrs == {"n_used": 4, "gating": "sigmoid", "scale": 2.5} for r in routes)  # norm on: the default
     names = {w.name for w in spec.weights}
-    assert {"blk.0.ffn_gate.weight", "blk.1.ffn_gate_shexp.weight", "blk.2.ffn_down_shexp.weight",
-            "blk.0.attn_q.bias"} <= names
+    assert {
+        "blk.0.ffn_gate.weight",
+        "blk.1.ffn_gate_shexp.weight",
+        "blk.2.ffn_down_shexp.weight",
+        "blk.0.attn_q.bias",
+    } <= names
     assert {op.attrs["n_rot"] for op in spec.plan.ops if op.kind == "rope"} == {32}  # of head_dim 64
     assert spec.hparams.extra["nextn_predict_layers"] == 1 and spec.hparams.extra["expert_shared_count"] == 1
 

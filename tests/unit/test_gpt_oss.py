@@ -67,9 +67,9 @@ def test_bundle_weights_of_the_wrong_shape_are_refused(name, shape, message):
 
 def _swiglu_plan(**attrs):
     plan = _spec().plan
-    return replace(plan,
-                   ops=tuple(replace(op, attrs={**op.attrs, **attrs}) if op.kind == "swiglu" else op
-                             for op in plan.ops))
+    return replace(
+        plan, ops=tuple(replace(op, attrs={**op.attrs, **attrs}) if op.kind == "swiglu" else op for op in plan.ops)
+    )
 
 
 @pytest.mark.parametrize("attrs,message", [

@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.artifacts.program import (SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS, ArgKind,
-                                   ArgSlot)
+from rfc.artifacts.program import (
+    SAMPLE_FLAG_DEVICE,
+    SAMPLE_FLAG_GREEDY,
+    SAMPLE_FLAG_LOGPROB,
+    SAMPLE_WORDS,
+    ArgKind,
+    ArgSlot,
+)
 from rfc.compiler.codegen.gpu_imma import Q8_SCRATCH
 from rfc.compiler.codegen.gpu_plan import plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
@@ -82,8 +88,9 @@ class FakeCuda:
 
     def _cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
         if self.capturing:
-            self.captured.append([ctypes.cast(params[i], ctypes.POINTER(ctypes.c_uint64))[0]
-                                  for i in range(len(params))])
+            self.captured.append(
+                [ctypes.cast(params[i], ctypes.POINTER(ctypes.c_uint64))[0] for i in range(len(params))]
+            )
         return 0
 
     def _cuMemcpyHtoDAsync_v2(self, dst, src, nbytes, stream):
@@ -143,11 +150,20 @@ def _runner(fake, program, kernel_args, bundle, sample=None, pen_per_row=256):
     entries = bundle.layout.by_name()
     plan = bundle.plan
     return StepRunner(
-        _driver(fake), program, kernel_args, {k: 0x1000 + i for i, k in enumerate(kernel_args)},
+        _driver(fake),
+        program,
+        kernel_args,
+        {k: 0x1000 + i for i, k in enumerate(kernel_args)},
         weight_ptr=lambda name: 0x10_0000_0000 + entries[name].offset,
         kv_ptr=lambda which, layer: (0x20_0000_0000 if which == "k" else 0x30_0000_0000) + layer * 0x100_0000,
-        vocab=plan.vocab_size, n_embd=plan.n_embd, logits=plan.output_logits, hidden=plan.output_hidden,
-        block_size=16, table_width=8, sample=sample, pen_per_row=pen_per_row,
+        vocab=plan.vocab_size,
+        n_embd=plan.n_embd,
+        logits=plan.output_logits,
+        hidden=plan.output_hidden,
+        block_size=16,
+        table_width=8,
+        sample=sample,
+        pen_per_row=pen_per_row,
     )
 
 
@@ -176,10 +192,17 @@ def test_decode_steps_capture_once_and_replay(program_and_bundle):
     assert names.count("cuStreamSynchronize") == 3
     assert not {"cuMemAlloc_v2", "cuMemAllocHost_v2", "cuCtxSynchronize", "cuMemcpyHtoD_v2"} & set(names)
     # each step: copy in, replay, copy out, sync, all on the runner's stream
-    replay = [c for c in fake.calls
-              if c[0] in ("cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize")]
-    assert ([c[0] for c in replay]
-            == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize"] * 3)
+    replay = [
+        c
+        for c in fake.calls
+        if c[0] in ("cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize")
+    ]
+    assert [c[0] for c in replay] == [
+        "cuMemcpyHtoDAsync_v2",
+        "cuGraphLaunch",
+        "cuMemcpyDtoHAsync_v2",
+        "cuStreamSynchronize",
+    ] * 3
     assert all(c[1][-1].value == 0x5151 for c in replay if c[0] != "cuGraphLaunch")
     h2d = replay[0][1]
     assert (h2d[0], h2d[1]) == (runner._dev_in, runner._host_in)
@@ -257,8 +280,18 @@ def _sampling_runner(fake, program_and_bundle):
     return _runner(fake, program, args, bundle, sample=(0x9999, sample_program_extra(spec))), spec
 
 
-_STEP_CALLS = ("cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize", "cuLaunchKernel",
-               "cuMemAlloc_v2", "cuMemAllocHost_v2", "cuCtxSynchronize", "cuMemcpyHtoD_v2", "cuMemcpyDtoH_v2")
+_STEP_CALLS = (
+    "cuMemcpyHtoDAsync_v2",
+    "cuGraphLaunch",
+    "cuMemcpyDtoHAsync_v2",
+    "cuStreamSynchronize",
+    "cuLaunchKernel",
+    "cuMemAlloc_v2",
+    "cuMemAllocHost_v2",
+    "cuCtxSynchronize",
+    "cuMemcpyHtoD_v2",
+    "cuMemcpyDtoH_v2",
+)
 
 
 def test_device_sampled_decode_steps_are_one_graph_launch(program_and_bundle):
@@ -284,8 +317,12 @@ def test_device_sampled_decode_steps_are_one_graph_launch(program_and_bundle):
     assert len(launches) == len(program.launches) + 1 == len(fake.captured)
     assert launches[-1][0] == 0x9999 and launches[-1][1:7] == (2, 1, 1, spec.threads, 1, 1)
     step_calls = [c for c in fake.calls if c[0] in _STEP_CALLS and c[0] != "cuLaunchKernel"]
-    assert [c[0] for c in step_calls] == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2",
-                                          "cuStreamSynchronize"] * 3
+    assert [c[0] for c in step_calls] == [
+        "cuMemcpyHtoDAsync_v2",
+        "cuGraphLaunch",
+        "cuMemcpyDtoHAsync_v2",
+        "cuStreamSynchronize",
+    ] * 3
     # the copy in: from the step's first penalty pair to its last block-table row
     pen_off, _n = runner.stage["sample_pen"]
     n_pen = 2  # tokens 3 and 4 in the penalized row's window
@@ -335,8 +372,13 @@ def test_a_host_row_comes_back_as_its_logits(program_and_bundle):
     assert sorted(out.logits) == [1, 2]
     assert np.array_equal(out.logits[1], want[1]) and np.array_equal(out.logits[2], want[2])
     step_calls = [c for c in fake.calls if c[0] in _STEP_CALLS]
-    assert [c[0] for c in step_calls] == ["cuMemcpyHtoDAsync_v2", "cuGraphLaunch", "cuMemcpyDtoHAsync_v2",
-                                          "cuMemcpyDtoHAsync_v2", "cuStreamSynchronize"]
+    assert [c[0] for c in step_calls] == [
+        "cuMemcpyHtoDAsync_v2",
+        "cuGraphLaunch",
+        "cuMemcpyDtoHAsync_v2",
+        "cuMemcpyDtoHAsync_v2",
+        "cuStreamSynchronize",
+    ]
     assert step_calls[2][1][1:3] == (runner.sampling._dev_out, 3 * 8)
     assert step_calls[3][1][1:3] == (logits + vocab * 4, 2 * vocab * 4)  # rows 1 and 2, one run
     assert runner.sampling._params[1, 0] == 0 and runner.sampling._params[2, 0] == 0  # left to the host
@@ -359,8 +401,14 @@ def test_a_penalty_list_over_the_row_budget_goes_to_the_host(program_and_bundle)
     vocab = bundle.plan.vocab_size
     spec = plan_sample_kernel(parse_target("sm_90"), vocab)
     fake = FakeCuda()
-    runner = _runner(fake, program, {**kernel_args, spec.name: _natural_layout(spec.args)}, bundle,
-                     sample=(0x9999, sample_program_extra(spec)), pen_per_row=2)
+    runner = _runner(
+        fake,
+        program,
+        {**kernel_args, spec.name: _natural_layout(spec.args)},
+        bundle,
+        sample=(0x9999, sample_program_extra(spec)),
+        pen_per_row=2,
+    )
     assert runner.sampling.capacity == 2 * runner.max_rows
     small = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [3, 4], vocab)  # 2 entries: fits
     big = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [5, 6, 7], vocab)  # 3: does not
@@ -377,14 +425,21 @@ def test_rows_past_a_capped_penalty_region_go_to_the_host(program_and_bundle, mo
     vocab = bundle.plan.vocab_size
     spec = plan_sample_kernel(parse_target("sm_90"), vocab)
     monkeypatch.setattr(gpu_program, "_MAX_PEN_CAPACITY", 3)
-    runner = _runner(FakeCuda(), program, {**kernel_args, spec.name: _natural_layout(spec.args)}, bundle,
-                     sample=(0x9999, sample_program_extra(spec)), pen_per_row=2)
+    runner = _runner(
+        FakeCuda(),
+        program,
+        {**kernel_args, spec.name: _natural_layout(spec.args)},
+        bundle,
+        sample=(0x9999, sample_program_extra(spec)),
+        pen_per_row=2,
+    )
     assert runner.sampling.capacity == 3
     first = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [3, 4], vocab)
     second = Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5), [5, 6], vocab)
     plain = Sampler(SamplingParams(temperature=0.0), [7], vocab)
-    out = runner.run_sampled(_decode_batch(BlockManager(32, 16), 3, 0),
-                             [(first, False), (second, False), (plain, False)])
+    out = runner.run_sampled(
+        _decode_batch(BlockManager(32, 16), 3, 0), [(first, False), (second, False), (plain, False)]
+    )
     assert list(out.logits) == [1]
 
 

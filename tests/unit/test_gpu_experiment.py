@@ -10,23 +10,27 @@ spec = importlib.util.spec_from_file_location("gpu_experiment", ROOT / "tools" /
 tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tool)
 
-HEADER = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
-          '"Device","CC","gpu__time_duration.sum"')  # ncu's own header line
-NCU_CSV = f'''==PROF== Connected to process 123 (/usr/bin/python3)
+HEADER = (
+    '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
+    '"Device","CC","gpu__time_duration.sum"'
+)  # ncu's own header line
+NCU_CSV = f"""==PROF== Connected to process 123 (/usr/bin/python3)
 ==PROF== Disconnected from process 123
 {HEADER}
 "","","","","","","","","","","","ns"
 "0","123","python3","127.0.0.1","rfc_add_rmsnorm_2048","1","7","(256, 1, 1)","(1, 1, 1)","0","9.0","8,704"
 "1","123","python3","127.0.0.1","rfc_matmul_q4_0p_2048x2048","1","7","(256, 1, 1)","(256, 1, 1)","0","9.0","10,624"
 "2","123","python3","127.0.0.1","rfc_add_rmsnorm_2048","1","7","(256, 1, 1)","(1, 1, 1)","0","9.0","8,696"
-'''
+"""
 
 
 def test_ncu_rows_are_kernels_in_launch_order_with_their_nanoseconds():
     rows = tool.parse_ncu(NCU_CSV)
-    assert (rows
-            == [("rfc_add_rmsnorm_2048", 8704.0), ("rfc_matmul_q4_0p_2048x2048", 10624.0),
-                ("rfc_add_rmsnorm_2048", 8696.0)])
+    assert rows == [
+        ("rfc_add_rmsnorm_2048", 8704.0),
+        ("rfc_matmul_q4_0p_2048x2048", 10624.0),
+        ("rfc_add_rmsnorm_2048", 8696.0),
+    ]
     table = tool.kernel_table(rows).splitlines()
     assert table[1].split() == ["rfc_add_rmsnorm_2048", "2", "17.4", "8.70", "62.1%"]
     assert table[-1] == "GPU time 28.0 us over 3 kernels"

@@ -53,17 +53,27 @@ def test_a_llama_layer_fuses_four_kinds_of_runs(llama):
     assert _runs(plan, layout) == FUSED
     specs, op_kernels = plan_kernels(TARGET, plan, layout)
     fusions = plan_fusions(plan, specs, op_kernels)
-    program = plan_program(TARGET, plan, [*specs, *{f.spec.name: f.spec for f in fusions}.values()], op_kernels,
-                           fusions)
+    program = plan_program(
+        TARGET, plan, [*specs, *{f.spec.name: f.spec for f in fusions}.values()], op_kernels, fusions
+    )
     assert len(program.launches) == len(plan.ops) + spec.hparams.n_layers - sum(f.count - 1 for f in fusions)
     qkv = program.launches[2]
-    assert [a.ref for a in qkv.args] == ["q", "k", "v", "h", "blk.0.attn_q.weight", "blk.0.attn_k.weight",
-                                         "blk.0.attn_v.weight", "n_tokens"]
+    assert [a.ref for a in qkv.args] == [
+        "q",
+        "k",
+        "v",
+        "h",
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.0.attn_v.weight",
+        "n_tokens",
+    ]
 
 
 def _insert(plan, after: int, op: Op, buffers=()):
-    return dataclasses.replace(plan, ops=(*plan.ops[: after + 1], op, *plan.ops[after + 1 :]),
-                               buffers=(*plan.buffers, *buffers))
+    return dataclasses.replace(
+        plan, ops=(*plan.ops[: after + 1], op, *plan.ops[after + 1 :]), buffers=(*plan.buffers, *buffers)
+    )
 
 
 def test_an_op_between_the_matmuls_keeps_them_apart(llama):
@@ -81,9 +91,13 @@ def test_other_formats_widths_or_activations_keep_their_launches(llama):
     mixed = _layout(spec, {"blk.0.attn_v.weight": "Q4_0", "blk.0.ffn_up.weight": "Q4_0"})
     assert _runs(plan, mixed) == [("matmul",) * 2, *FUSED[1:3], FUSED[4]]  # q+k; v and gate/up/SwiGLU apart
     act = next(i for i, op in enumerate(plan.ops) if op.kind.value == "swiglu")
-    gelu = dataclasses.replace(plan, ops=tuple(
-        dataclasses.replace(op, attrs={**op.attrs, "activation": "gelu_tanh"}) if i == act else op
-        for i, op in enumerate(plan.ops)))
+    gelu = dataclasses.replace(
+        plan,
+        ops=tuple(
+            dataclasses.replace(op, attrs={**op.attrs, "activation": "gelu_tanh"}) if i == act else op
+            for i, op in enumerate(plan.ops)
+        ),
+    )
     assert ("matmul", "matmul", "swiglu") not in _runs(gelu, _layout_)
     assert ("matmul", "matmul") in _runs(gelu, _layout_)  # gate and up: still one launch over one input
 
@@ -95,12 +109,18 @@ def test_a_pre_activation_read_later_or_a_fresh_output_keeps_the_launches(llama)
     # the norm before gate/up and the SwiGLU write buffers of their own ("hf", "act"): the arena may
     # lay act over hf, whose last reader is the up matmul, while the one fused launch still reads hf
     norm, width = act - 3, plan.buffer(up).shape[1]
-    renamed = {norm: {"outputs": ("hf",)}, act - 2: {"inputs": ("hf",)}, act - 1: {"inputs": ("hf",)},
-               act: {"outputs": ("act",)}, act + 1: {"inputs": ("act",)}}
-    fresh = dataclasses.replace(plan,
-                                ops=tuple(dataclasses.replace(op, **renamed.get(i, {}))
-                                          for i, op in enumerate(plan.ops)),
-                                buffers=(*plan.buffers, Buffer("hf", ("T", plan.n_embd)), Buffer("act", ("T", width))))
+    renamed = {
+        norm: {"outputs": ("hf",)},
+        act - 2: {"inputs": ("hf",)},
+        act - 1: {"inputs": ("hf",)},
+        act: {"outputs": ("act",)},
+        act + 1: {"inputs": ("act",)},
+    }
+    fresh = dataclasses.replace(
+        plan,
+        ops=tuple(dataclasses.replace(op, **renamed.get(i, {})) for i, op in enumerate(plan.ops)),
+        buffers=(*plan.buffers, Buffer("hf", ("T", plan.n_embd)), Buffer("act", ("T", width))),
+    )
     assert [op.kind.value for op in fresh.ops[norm : act + 2]] == ["rmsnorm", "matmul", "matmul", "swiglu", "matmul"]
     assert ("matmul", "matmul", "swiglu") not in _runs(fresh, layout)
     # up is read again after the SwiGLU: the fused kernel never writes it

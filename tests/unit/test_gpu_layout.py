@@ -44,11 +44,12 @@ def test_cpu_and_gpu_targets_each_read_their_layout_written_once():
     spec, uses = _uses("llama-Q4_0", "cpu", "sm_90", "sm_80")
     names = [u.name for u in uses]
     assert len(names) == len(set(names))
-    primary, variants = uses[: len(spec.weights)], uses[len(spec.weights):]
+    primary, variants = uses[: len(spec.weights)], uses[len(spec.weights) :]
     assert [u.name for u in primary] == [u.name for u in spec.weights]
     assert {u.packed for u in primary} - {None} <= set(PACKED_FORMATS)
-    assert (variants
-            and all(u.name == f"{u.name.split('#')[0]}#{u.packed}" and u.packed in PLANAR_FORMATS for u in variants))
+    assert variants and all(
+        u.name == f"{u.name.split('#')[0]}#{u.packed}" and u.packed in PLANAR_FORMATS for u in variants
+    )
     assert {u.name.split("#")[0] for u in variants} == _matmul_only(spec) - {"token_embd.weight"}
 
 

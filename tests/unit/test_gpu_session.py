@@ -11,28 +11,61 @@ spec.loader.exec_module(gpu_session)
 
 
 def test_ratios_pair_each_model_with_llama_bench_on_the_same_file():
-    rfc = {"bench": [
-        {"model": "bench-tinyllama-1.1b-Q4_0", "gguf": "/tmp/x/bench-tinyllama-1.1b-Q4_0.gguf",
-         "b1": 1000.0, "b16": 9000.0, "prefill": 40000.0, "gbps": 640.0},
-        {"model": "bench-llama3-8b-Q4_K_M", "gguf": "/tmp/x/bench-llama3-8b-Q4_K_M.gguf",
-         "b1": 300.0, "b16": 2400.0, "prefill": 9000.0, "gbps": 1500.0},
-    ]}
+    rfc = {
+        "bench": [
+            {
+                "model": "bench-tinyllama-1.1b-Q4_0",
+                "gguf": "/tmp/x/bench-tinyllama-1.1b-Q4_0.gguf",
+                "b1": 1000.0,
+                "b16": 9000.0,
+                "prefill": 40000.0,
+                "gbps": 640.0,
+            },
+            {
+                "model": "bench-llama3-8b-Q4_K_M",
+                "gguf": "/tmp/x/bench-llama3-8b-Q4_K_M.gguf",
+                "b1": 300.0,
+                "b16": 2400.0,
+                "prefill": 9000.0,
+                "gbps": 1500.0,
+            },
+        ]
+    }
     llama = [  # llama-bench -o json: one object per test, pp (n_gen 0) and tg (n_prompt 0)
-        {"model_filename": "/tmp/x/bench-tinyllama-1.1b-Q4_0.gguf", "n_prompt": 512, "n_gen": 0, "avg_ts": 32000.0,
-         "stddev_ts": 10.0},
-        {"model_filename": "/tmp/x/bench-tinyllama-1.1b-Q4_0.gguf", "n_prompt": 0, "n_gen": 128, "avg_ts": 800.0,
-         "stddev_ts": 2.0},
+        {
+            "model_filename": "/tmp/x/bench-tinyllama-1.1b-Q4_0.gguf",
+            "n_prompt": 512,
+            "n_gen": 0,
+            "avg_ts": 32000.0,
+            "stddev_ts": 10.0,
+        },
+        {
+            "model_filename": "/tmp/x/bench-tinyllama-1.1b-Q4_0.gguf",
+            "n_prompt": 0,
+            "n_gen": 128,
+            "avg_ts": 800.0,
+            "stddev_ts": 2.0,
+        },
     ]
     table = gpu_session.ratio_table(rfc, llama).splitlines()
-    assert table[2].startswith("| bench-tinyllama-1.1b-Q4_0 | 1,000.0 | 800.0 ± 2.0 | **1.25** | 40,000 | 32,000.0 ± "
-                               "10.0 | **1.25** | 9.00 |")
+    assert table[2].startswith(
+        "| bench-tinyllama-1.1b-Q4_0 | 1,000.0 | 800.0 ± 2.0 | **1.25** | 40,000 | 32,000.0 ± 10.0 | **1.25** | 9.00 |"
+    )
     # no llama-bench row for the 8B: its cells say so instead of a made-up ratio
     assert table[3].startswith("| bench-llama3-8b-Q4_K_M | 300.0 | - | - | 9,000 | - | - | 8.00 |")
 
 
 def test_fixture_order_puts_llama_formats_first_then_one_file_per_architecture():
-    names = ["tiny-gemma2-F16", "tiny-gemma2-Q8_0", "tiny-llama-Q8_0", "tiny-llama-Q4_0", "tiny-llama-BF16",
-             "tiny-mixtral-Q4_K_M", "tiny-mixtral-Q8_0", "tiny-phi3-F16"]
+    names = [
+        "tiny-gemma2-F16",
+        "tiny-gemma2-Q8_0",
+        "tiny-llama-Q8_0",
+        "tiny-llama-Q4_0",
+        "tiny-llama-BF16",
+        "tiny-mixtral-Q4_K_M",
+        "tiny-mixtral-Q8_0",
+        "tiny-phi3-F16",
+    ]
     order = [p.stem for p in gpu_session.fixture_order([Path(f"/f/{n}.gguf") for n in names])]
     assert order[:2] == ["tiny-llama-Q4_0", "tiny-llama-Q8_0"]  # FIRST_FIXTURES' order
     # Q8_0 where there is one

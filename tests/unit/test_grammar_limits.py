@@ -1,11 +1,14 @@
 """The grammar limits, measured without recursion before
 llguidance sees a grammar, and matchers released when their request ends."""
 
-
 import pytest
 
 from rfc.runtime.sampling.grammar_limits import (
-    GrammarError, GrammarLimits, check_grammar, check_schema, repetition_product,
+    GrammarError,
+    GrammarLimits,
+    check_grammar,
+    check_schema,
+    repetition_product,
 )
 
 LIMITS = GrammarLimits()
@@ -21,10 +24,20 @@ def _rules(n: int) -> str:
     return "root ::= r0\n" + "".join(f"r{i} ::= r{i + 1}\n" for i in range(n)) + f'r{n} ::= "x"\n'
 
 
-@pytest.mark.parametrize("text, product", [
-    ("^(x{1000}){100}$", 100_000), (r"^\d{3}-\d{4}$", 4), ("[a-z{}]{1,64}", 64), ("(a|b{5}){3}c{7}", 15),
-    ("a{2,}", 2), ("x*y+z?", 1), (r"\{5\}", 1), ("((a{10}){10}){10}", 1000), ('"{9999}" x{2}', 2),
-])
+@pytest.mark.parametrize(
+    "text, product",
+    [
+        ("^(x{1000}){100}$", 100_000),
+        (r"^\d{3}-\d{4}$", 4),
+        ("[a-z{}]{1,64}", 64),
+        ("(a|b{5}){3}c{7}", 15),
+        ("a{2,}", 2),
+        ("x*y+z?", 1),
+        (r"\{5\}", 1),
+        ("((a{10}){10}){10}", 1000),
+        ('"{9999}" x{2}', 2),
+    ],
+)
 def test_repetition_product(text, product):
     assert repetition_product(text) == product
 
@@ -43,8 +56,10 @@ def test_ref_chains_are_measured_through_their_links():
 def test_recursive_schemas_are_recursion_not_depth():
     tree = {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}}
     check_schema(tree, "f", LIMITS)
-    mutual = {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"anyOf": [{"$ref": "#/$defs/a"}, {"type": "null"}]}},
-              "$ref": "#/$defs/a"}
+    mutual = {
+        "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"anyOf": [{"$ref": "#/$defs/a"}, {"type": "null"}]}},
+        "$ref": "#/$defs/a",
+    }
     check_schema(mutual, "f", LIMITS)
 
 
@@ -73,7 +88,7 @@ def test_gbnf_rules_depth_and_repetitions():
     with pytest.raises(GrammarError, match="repeats 100000"):
         check_grammar('root ::= ("x"{100}){1000}', "gbnf", "grammar", LIMITS)
     # literals, classes and comments are not structure: an apostrophe in a comment hides nothing
-    check_grammar("# don't\nroot ::= \"(((\" [)(]{1,5} item\nitem ::= \"a\"\n", "gbnf", "grammar", LIMITS)
+    check_grammar('# don\'t\nroot ::= "(((" [)(]{1,5} item\nitem ::= "a"\n', "gbnf", "grammar", LIMITS)
     with pytest.raises(GrammarError, match="deep"):
         check_grammar("# don't\n" + _rules(1000), "gbnf", "grammar", LIMITS)
 
@@ -100,8 +115,12 @@ def test_matchers_are_released_when_their_request_ends(tmp_path):
     grammars = Grammars((bundle / "tokenizer.json").read_text(encoding="utf-8"), model.vocab_size, [2])
     engine = Engine(model)
     schema = {"type": "string", "pattern": "^(ab{3}){2}$"}
-    request = GenerationRequest(prompt_ids=[1], params=SamplingParams(temperature=0.0), max_tokens=4,
-                                constraint=grammars.json_schema(schema, "json_schema"))
+    request = GenerationRequest(
+        prompt_ids=[1],
+        params=SamplingParams(temperature=0.0),
+        max_tokens=4,
+        constraint=grammars.json_schema(schema, "json_schema"),
+    )
     state = engine.submit(request)
     assert state.matcher is not None
     while not state.finished:

@@ -35,8 +35,11 @@ def test_granitemoe_scales_the_sum_of_routed_and_shared_experts():
         assert ops[i].outputs == ("moe_out",)
         add = next(j for j in range(i, len(ops)) if ops[j].kind == "add" and ops[j].inputs == ("h", "moe_out"))
         assert ops[add - 1].kind == "matmul" and ops[add - 1].weights[0].endswith("ffn_down_shexp.weight")
-        assert (ops[add + 1].kind == "scale" and ops[add + 1].attrs["factor"] == np.float32(0.6)
-                and ops[add + 2].kind == "add")
+        assert (
+            ops[add + 1].kind == "scale"
+            and ops[add + 1].attrs["factor"] == np.float32(0.6)
+            and ops[add + 2].kind == "add"
+        )
     assert len(combine) == 2 and ops[0].attrs["scale"] == 2.5 and ops[-1].kind == "scale"
     assert {op.attrs["scale"] for op in ops if op.kind == "attention"} == {0.125}
     assert len([op for op in ops if op.kind == "rope"]) == 2
@@ -45,15 +48,17 @@ def test_granitemoe_scales_the_sum_of_routed_and_shared_experts():
 
 def test_granitemoe_keeps_rope_whatever_finetuned_says(tmp_path):
     """Only granite's loader reads rope.scaling.finetuned as the switch for RoPE."""
-    spec = build_spec(read_gguf(rewrite_gguf(SRC, tmp_path / "e.gguf",
-                                             metadata={"granitemoe.rope.scaling.finetuned": False})))
+    spec = build_spec(
+        read_gguf(rewrite_gguf(SRC, tmp_path / "e.gguf", metadata={"granitemoe.rope.scaling.finetuned": False}))
+    )
     assert len([op for op in spec.plan.ops if op.kind == "rope"]) == 2
 
 
 def test_granitemoe_without_a_shared_expert(tmp_path):
     shexp = tuple(f"blk.{i}.ffn_{x}_shexp.weight" for i in range(2) for x in ("gate", "up", "down"))
-    path = rewrite_gguf(SRC, tmp_path / "e.gguf", drop_keys=("granitemoe.expert_shared_feed_forward_length",),
-                        drop_tensors=shexp)
+    path = rewrite_gguf(
+        SRC, tmp_path / "e.gguf", drop_keys=("granitemoe.expert_shared_feed_forward_length",), drop_tensors=shexp
+    )
     spec = build_spec(read_gguf(path))
     assert all(op.outputs == ("h",) for op in spec.plan.ops if op.kind == "moe_combine")
     assert not any("shexp" in w.name for w in spec.weights)
@@ -84,6 +89,8 @@ def test_granitemoe_without_experts_is_dense_granite(tmp_path):
     family, fmt = g.FIXTURES["tiny-granite-Q8_0"]
     g.FIXTURES["tiny-granitemoe-dense-Q8_0"] = (replace(family, arch="granitemoe"), fmt)
     g.write_fixture("tiny-granitemoe-dense-Q8_0", tmp_path / "dense.gguf")
-    spec, granite = build_spec(
-        read_gguf(tmp_path / "dense.gguf")), build_spec(read_gguf(FIXTURES / "tiny-granite-Q8_0.gguf"))
+    spec, granite = (
+        build_spec(read_gguf(tmp_path / "dense.gguf")),
+        build_spec(read_gguf(FIXTURES / "tiny-granite-Q8_0.gguf")),
+    )
     assert spec.plan.ops == granite.plan.ops and spec.weights == granite.weights

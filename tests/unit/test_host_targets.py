@@ -15,28 +15,49 @@ VNNI = V4 + " avx512_vnni"
 AMX = VNNI + " amx_tile amx_int8 amx_bf16"
 
 
-def _host(tmp_path: Path, flags: str, *, cuda=(), gfx_versions=(), programs=("nvcc", "hipcc"), amx=True,
-          machine="x86_64", system="Linux") -> HostProbe:
+def _host(
+    tmp_path: Path,
+    flags: str,
+    *,
+    cuda=(),
+    gfx_versions=(),
+    programs=("nvcc", "hipcc"),
+    amx=True,
+    machine="x86_64",
+    system="Linux",
+) -> HostProbe:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: "
-                       f"{flags}\n")
+    cpuinfo.write_text(
+        f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    )
     nodes = tmp_path / "nodes"
     for i, version in enumerate((0, *gfx_versions)):  # node 0: the CPU, as KFD lists it
         (nodes / str(i)).mkdir(parents=True, exist_ok=True)
-        (nodes / str(i) / "properties").write_text(f"cpu_cores_count 16\nsimd_count 0\ngfx_target_version "
-                                                   f"{version}\nvendor_id 4098\n")
-    return HostProbe(cpuinfo=cpuinfo, kfd_nodes=nodes, machine=lambda: machine, system=lambda: system,
-                     cuda_archs=lambda: tuple(cuda), amx_granted=lambda: amx, has_program=lambda p: p in programs)
+        (nodes / str(i) / "properties").write_text(
+            f"cpu_cores_count 16\nsimd_count 0\ngfx_target_version {version}\nvendor_id 4098\n"
+        )
+    return HostProbe(
+        cpuinfo=cpuinfo,
+        kfd_nodes=nodes,
+        machine=lambda: machine,
+        system=lambda: system,
+        cuda_archs=lambda: tuple(cuda),
+        amx_granted=lambda: amx,
+        has_program=lambda p: p in programs,
+    )
 
 
-@pytest.mark.parametrize(("flags", "amx", "expected"), [
-    (AMX, True, "cpu-amx"),
-    (AMX, False, "cpu-avx512"),  # the OS refuses the tile state: the next variant down
-    (VNNI, True, "cpu-avx512"),
-    (V4, True, "cpu"),  # AVX-512 without VNNI is not cpu-avx512
-    (V3, True, "cpu"),
-    ("fpu sse sse2", True, "cpu-generic"),
-])
+@pytest.mark.parametrize(
+    ("flags", "amx", "expected"),
+    [
+        (AMX, True, "cpu-amx"),
+        (AMX, False, "cpu-avx512"),  # the OS refuses the tile state: the next variant down
+        (VNNI, True, "cpu-avx512"),
+        (V4, True, "cpu"),  # AVX-512 without VNNI is not cpu-avx512
+        (V3, True, "cpu"),
+        ("fpu sse sse2", True, "cpu-generic"),
+    ],
+)
 def test_the_best_cpu_variant_the_host_runs(tmp_path, flags, amx, expected):
     assert best_cpu(_host(tmp_path, flags, amx=amx)) == expected
 
@@ -44,8 +65,14 @@ def test_the_best_cpu_variant_the_host_runs(tmp_path, flags, amx, expected):
 def test_another_machine_keeps_the_portable_default(tmp_path):
     assert best_cpu(_host(tmp_path, AMX, machine="aarch64")) == "cpu"
     assert best_cpu(_host(tmp_path, AMX, system="Darwin")) == "cpu"
-    unreadable = HostProbe(cpuinfo=tmp_path / "absent", kfd_nodes=tmp_path / "absent", machine=lambda: "x86_64",
-                           system=lambda: "Linux", cuda_archs=lambda: (), amx_granted=lambda: True)
+    unreadable = HostProbe(
+        cpuinfo=tmp_path / "absent",
+        kfd_nodes=tmp_path / "absent",
+        machine=lambda: "x86_64",
+        system=lambda: "Linux",
+        cuda_archs=lambda: (),
+        amx_granted=lambda: True,
+    )
     assert host_targets(unreadable).targets == ("cpu-generic",)
 
 
@@ -55,9 +82,18 @@ def test_an_nvidia_host_builds_its_gpu_and_its_cpu(tmp_path):
     assert "sm_90" in host.describe() and "cpu-avx512" in host.describe()
 
 
-@pytest.mark.parametrize(("version", "name"),
-                         [(90010, "gfx90a"), (90402, "gfx942"), (110000, "gfx1100"), (100300, "gfx1030"),
-                          (120001, "gfx1201"), (0, None), (91600, None)])
+@pytest.mark.parametrize(
+    ("version", "name"),
+    [
+        (90010, "gfx90a"),
+        (90402, "gfx942"),
+        (110000, "gfx1100"),
+        (100300, "gfx1030"),
+        (120001, "gfx1201"),
+        (0, None),
+        (91600, None),
+    ],
+)
 def test_kfd_target_versions_name_gfx_targets(version, name):
     assert gfx_name(version) == name
 
@@ -99,6 +135,7 @@ def test_compile_says_its_portable_choice_and_the_hosts(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     line = compile_hint(host_targets(_host(tmp_path / "a", VNNI, cuda=("sm_90",))))
-    assert ("built for cpu (x86-64-v3" in line and "--arch sm_90 --arch cpu-avx512" in line
-            and "--arch cpu to keep" in line)
+    assert (
+        "built for cpu (x86-64-v3" in line and "--arch sm_90 --arch cpu-avx512" in line and "--arch cpu to keep" in line
+    )
     assert "--arch" not in compile_hint(host_targets(_host(tmp_path / "b", V3))).replace("no --arch", "")

@@ -47,8 +47,10 @@ def test_block_bytes():
 
 def test_gpu_budget_is_vllm_arithmetic():
     # 80 GiB card, 2 GiB used by others before we start, 16 GiB of weights + arena
-    assert (gpu_budget(free=78 * GiB, total=80 * GiB, utilization=0.9, resident=16 * GiB)
-            == int(0.9 * 80 * GiB) - 2 * GiB - 16 * GiB)
+    assert (
+        gpu_budget(free=78 * GiB, total=80 * GiB, utilization=0.9, resident=16 * GiB)
+        == int(0.9 * 80 * GiB) - 2 * GiB - 16 * GiB
+    )
     # a share of it: two budgeted models left, the later one's 16 GiB of weights reserved
     share = KvShare(models=2, left=2, reserve_bytes=16 * GiB)
     assert gpu_budget(78 * GiB, 80 * GiB, 0.9, 16 * GiB, share) == (int(0.9 * 80 * GiB) - 34 * GiB) // 2
@@ -106,7 +108,7 @@ def test_two_models_loading_in_order_get_even_shares():
     total, used, weights = 80 * GiB, 2 * GiB, [10 * GiB, 10 * GiB]
     kv = []
     for n in range(2):
-        share = KvShare(models=2, left=2 - n, reserve_bytes=sum(weights[n + 1:]))
+        share = KvShare(models=2, left=2 - n, reserve_bytes=sum(weights[n + 1 :]))
         free = total - used  # before this model's device allocates anything
         budget = gpu_budget(free, total, 0.9, weights[n], share)
         kv.append(budget)
@@ -121,8 +123,9 @@ def test_parse_flags():
         with pytest.raises(ValueError, match="--gpu-memory-utilization"):
             parse_utilization(bad)
     assert parse_kv_memory("0.25") == 0.25
-    assert (parse_kv_memory("8GiB") == 8 * GiB and parse_kv_memory("512M") == 512 << 20
-            and parse_kv_memory("4096") == 4096)
+    assert (
+        parse_kv_memory("8GiB") == 8 * GiB and parse_kv_memory("512M") == 512 << 20 and parse_kv_memory("4096") == 4096
+    )
     for bad in ("0.0", "1.5", "0", "lots", "8 XB"):
         with pytest.raises(ValueError, match="--kv-memory"):
             parse_kv_memory(bad)
@@ -171,8 +174,9 @@ def ref_bundles(tmp_path_factory):
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
     root = tmp_path_factory.mktemp("kvbudget")
-    compile_model(CompileOptions(model=FIXTURES / "tiny-llama-Q4_K_M.gguf", out_dir=root / "a", targets=(),
-                                 cache_dir=None))
+    compile_model(
+        CompileOptions(model=FIXTURES / "tiny-llama-Q4_K_M.gguf", out_dir=root / "a", targets=(), cache_dir=None)
+    )
     shutil.copytree(root / "a", root / "b")
     return root / "a", root / "b"
 
@@ -198,8 +202,10 @@ def test_plan_models_shares(ref_bundles):
     assert sources[0].load.kv_blocks == 8
     assert sources[1].load.kv_blocks is None and sources[1].load.kv_share == KvShare(1, 1, 0)
     # --kv-pages N: no budget at all
-    assert ([s.load.kv_blocks for s in plan_models([a, b], LoadOptions(device="ref"), KvPages.parse(["100"]))]
-            == [50, 50])
+    assert [s.load.kv_blocks for s in plan_models([a, b], LoadOptions(device="ref"), KvPages.parse(["100"]))] == [
+        50,
+        50,
+    ]
 
 
 # -- --ctx-size: a served context shorter than the trained one ---------------------------------------
@@ -264,8 +270,11 @@ def test_plan_models_refuses_a_cap_above_every_model(ref_bundles):
 @pytest.mark.parametrize("cmd", [serve_cmd, run_cmd])
 def test_cli_refuses_a_ctx_size_above_the_model_in_one_line(ref_bundles, cmd):
     trained = load_model(ref_bundles[0], LoadOptions(device="ref")).context_length
-    for args, env in ((["--ctx-size", str(trained + 1)], {}), (["--max-model-len", str(trained + 1)], {}),
-                      ([], {"RFC_CTX_SIZE": str(trained + 1)})):
+    for args, env in (
+        (["--ctx-size", str(trained + 1)], {}),
+        (["--max-model-len", str(trained + 1)], {}),
+        ([], {"RFC_CTX_SIZE": str(trained + 1)}),
+    ):
         result = CliRunner().invoke(cmd, [str(ref_bundles[0]), "--device", "ref", *args], env=env)
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()

@@ -64,11 +64,15 @@ def test_bytes_per_token_and_pages_in_a_budget():
     assert token_bytes("cpu", kv, q8) == 30 * 2 * 6 * 34 == q8.token_bytes(kv)
     assert token_bytes("cpu", kv, KvCacheTypes(Q8, Q4)) == 30 * 6 * (34 + 18)
     sizing = dict(device="cpu", kv=kv, block_size=16, context_length=8192)
-    pages = {t: budget_blocks(KvSizing(**sizing, kv_memory=1 << 30, cache_types=t), host_total=64 << 30)[0]
-             for t in (f16, q8)}
+    pages = {
+        t: budget_blocks(KvSizing(**sizing, kv_memory=1 << 30, cache_types=t), host_total=64 << 30)[0]
+        for t in (f16, q8)
+    }
     # a budget below the 4-context cap: q8_0 holds 64/34 = 1.88x the pages of f16
-    small = {t: budget_blocks(KvSizing(**sizing, kv_memory=300 << 20, cache_types=t), host_total=64 << 30)[0]
-             for t in (f16, q8)}
+    small = {
+        t: budget_blocks(KvSizing(**sizing, kv_memory=300 << 20, cache_types=t), host_total=64 << 30)[0]
+        for t in (f16, q8)
+    }
     assert pages[f16] == pages[q8] == 4 * 8192 // 16  # both at the cap
     assert small[q8] / small[f16] == pytest.approx(64 / 34, rel=1e-2)
 
@@ -96,8 +100,14 @@ def test_rotations_are_llama_cpps():
     """llama-kv-cache.cpp attn_rot_k / attn_rot_v: K in the largest power of two >= 64 dividing
     head_dim, V in 64s, nothing for an F16 side or a head_dim that is no multiple of 64."""
     q8 = KvCacheTypes(Q8, Q8)
-    assert ([q8.rotations(hd) for hd in (32, 64, 96, 128, 192, 256)]
-            == [(0, 0), (64, 64), (0, 0), (128, 64), (64, 64), (256, 64)])
+    assert [q8.rotations(hd) for hd in (32, 64, 96, 128, 192, 256)] == [
+        (0, 0),
+        (64, 64),
+        (0, 0),
+        (128, 64),
+        (64, 64),
+        (256, 64),
+    ]
     assert KvCacheTypes(Q8, CacheType.F16).rotations(128) == (128, 0) and KvCacheTypes().rotations(128) == (0, 0)
     x = _rows(3)
     h = hadamard(64)

@@ -75,7 +75,7 @@ def cycles(edges) -> list[list[str]]:
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                found.append(stack[stack.index(nxt):] + [nxt])
+                found.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -92,8 +92,9 @@ def test_every_runtime_folder_has_a_layer():
 
 
 def test_no_folder_imports_one_above_it():
-    upward = [where for (a, b), places in folder_imports().items() if LAYERS.index(b) > LAYERS.index(a)
-              for where in places]
+    upward = [
+        where for (a, b), places in folder_imports().items() if LAYERS.index(b) > LAYERS.index(a) for where in places
+    ]
     assert upward == [], "imports against the layer order " + " < ".join(LAYERS) + ":\n" + "\n".join(upward)
 
 
@@ -106,14 +107,18 @@ def test_the_readme_states_the_order():
 
 
 # The checks above must see every kind of import: these files would break the layering.
-@pytest.mark.parametrize("source", [
-    "from rfc.runtime.engine.batch import ScheduledChunk\n",
-    "import rfc.runtime.server.app\n",
-    "def f():\n    from rfc.runtime.engine import engine\n",
-    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rfc.runtime.engine.assemble import LoadedModel\n",
-    "from ..engine.executor import Executor\n",
-    "from rfc.runtime import server\n",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from rfc.runtime.engine.batch import ScheduledChunk\n",
+        "import rfc.runtime.server.app\n",
+        "def f():\n    from rfc.runtime.engine import engine\n",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from rfc.runtime.engine.assemble import LoadedModel\n",
+        "from ..engine.executor import Executor\n",
+        "from rfc.runtime import server\n",
+    ],
+)
 def test_every_kind_of_import_is_seen(tmp_path, monkeypatch, source):
     fake = tmp_path / "runtime"
     for name in LAYERS:
@@ -127,4 +132,5 @@ def test_every_kind_of_import_is_seen(tmp_path, monkeypatch, source):
 
 def test_a_loop_is_found():
     assert cycles({("devices", "engine"): [], ("engine", "model"): [], ("model", "devices"): []}) == [
-        ["devices", "engine", "model", "devices"]]
+        ["devices", "engine", "model", "devices"]
+    ]

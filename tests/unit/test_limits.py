@@ -44,8 +44,15 @@ def limit_names() -> set[str]:
 
 def test_limits_holds_the_shared_bounds_and_imports_nothing():
     names = limit_names()
-    assert {"MAX_CONTEXT", "MAX_LAYERS", "MAX_HEADS", "MAX_HEAD_DIM", "MAX_EXPERTS", "MAX_CONV_KERNEL",
-            "STEP_TOKENS"} <= names
+    assert {
+        "MAX_CONTEXT",
+        "MAX_LAYERS",
+        "MAX_HEADS",
+        "MAX_HEAD_DIM",
+        "MAX_EXPERTS",
+        "MAX_CONV_KERNEL",
+        "STEP_TOKENS",
+    } <= names
     assert all(isinstance(getattr(limits, name), int) and getattr(limits, name) > 0 for name in names)
     tree = ast.parse(LIMITS.read_text())
     assert not [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]

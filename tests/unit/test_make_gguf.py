@@ -37,9 +37,13 @@ def test_metadata_and_tensors(tmp_path: Path) -> None:
     assert field(r, "general.architecture") == "llama"
     assert field(r, "general.file_type") == 15  # MOSTLY_Q4_K_M
     expected = {
-        "llama.context_length": 2048, "llama.embedding_length": 256, "llama.block_count": 2,
-        "llama.feed_forward_length": 512, "llama.rope.dimension_count": 64,
-        "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
+        "llama.context_length": 2048,
+        "llama.embedding_length": 256,
+        "llama.block_count": 2,
+        "llama.feed_forward_length": 512,
+        "llama.rope.dimension_count": 64,
+        "llama.attention.head_count": 4,
+        "llama.attention.head_count_kv": 2,
     }
     for key, value in expected.items():
         assert field(r, key) == value, key
@@ -56,10 +60,14 @@ def test_metadata_and_tensors(tmp_path: Path) -> None:
     tensors = {t.name: t for t in r.tensors}
     assert len(tensors) == 2 + 9 * 2 + 1
     shapes = {  # logical (rows, row length)
-        "token_embd.weight": (300, 256), "blk.0.attn_q.weight": (256, 256),
-        "blk.0.attn_k.weight": (128, 256), "blk.1.attn_v.weight": (128, 256),
-        "blk.0.ffn_gate.weight": (512, 256), "blk.0.ffn_down.weight": (256, 512),
-        "blk.0.attn_norm.weight": (256,), "output.weight": (300, 256),
+        "token_embd.weight": (300, 256),
+        "blk.0.attn_q.weight": (256, 256),
+        "blk.0.attn_k.weight": (128, 256),
+        "blk.1.attn_v.weight": (128, 256),
+        "blk.0.ffn_gate.weight": (512, 256),
+        "blk.0.ffn_down.weight": (256, 512),
+        "blk.0.attn_norm.weight": (256,),
+        "output.weight": (300, 256),
     }
     for name, shape in shapes.items():
         assert tuple(int(n) for n in reversed(tensors[name].shape)) == shape, name
@@ -108,9 +116,7 @@ def test_size_picks_shape_near_target() -> None:
     assert tiny == make_gguf.PRESETS["tinyllama-1.1b"]
 
 
-@pytest.mark.parametrize(
-    "text,value", [("2GB", 2e9), ("1.5GiB", 1.5 * 2**30), ("500M", 5e8), ("123", 123)]
-)
+@pytest.mark.parametrize("text,value", [("2GB", 2e9), ("1.5GiB", 1.5 * 2**30), ("500M", 5e8), ("123", 123)])
 def test_parse_size(text: str, value: float) -> None:
     assert make_gguf.parse_size(text) == int(value)
 

@@ -1,7 +1,6 @@
 """Chat input as clients send it (runtime/text/messages.py), checked against every real chat
 template in tests/data/chat-templates: content parts must render exactly as strings do."""
 
-
 import pytest
 
 from rfc.runtime.text.chat import ChatTemplate, ChatTemplateError
@@ -27,12 +26,15 @@ def test_text_parts_are_joined_with_newlines():
     assert flatten_content("plain", "c") == "plain"
 
 
-@pytest.mark.parametrize("part, field", [
-    ({"type": "image_url", "image_url": {"url": "x"}}, "messages[0].content[1]"),
-    ({"type": "input_audio"}, "messages[0].content[1]"),
-    ({"text": "no type"}, "messages[0].content[1]"),
-    ({"type": "text", "text": 5}, "messages[0].content[1].text"),
-])
+@pytest.mark.parametrize(
+    "part, field",
+    [
+        ({"type": "image_url", "image_url": {"url": "x"}}, "messages[0].content[1]"),
+        ({"type": "input_audio"}, "messages[0].content[1]"),
+        ({"text": "no type"}, "messages[0].content[1]"),
+        ({"type": "text", "text": 5}, "messages[0].content[1].text"),
+    ],
+)
 def test_other_parts_are_refused_naming_the_field(part, field):
     with pytest.raises(MessageError) as e:
         normalize_messages([{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}])
@@ -51,8 +53,9 @@ def test_roles():
     knows = "{% if m.role == 'developer' %}{% endif %}"
     assert normalize_messages([{"role": "developer", "content": "x"}], plain)[0]["role"] == "system"
     assert normalize_messages([{"role": "developer", "content": "x"}], knows)[0]["role"] == "developer"
-    assert (template_knows_role('role == "developer"', "developer")
-            and not template_knows_role("developers", "developer"))
+    assert template_knows_role('role == "developer"', "developer") and not template_knows_role(
+        "developers", "developer"
+    )
 
 
 @pytest.mark.shared
@@ -83,5 +86,3 @@ def test_a_message_that_is_not_an_object():
     assert e.value.field == "messages[0]"
     with pytest.raises(MessageError):
         normalize_messages([])
-
-

@@ -43,8 +43,11 @@ def test_qwen3moe_routes_softmax_renormalized_without_a_shared_expert():
     assert all(not r.weights for r in routes)  # no selection bias
     shapes = {w.name: w.shape for w in spec.weights}
     # expert_feed_forward_length (256), not feed_forward_length / expert_used_count (192)
-    assert (shapes["blk.0.ffn_gate_exps.weight"] == (8, 256, 256)
-            and shapes["blk.1.ffn_down_exps.weight"] == (8, 256, 256))
+    assert shapes["blk.0.ffn_gate_exps.weight"] == (8, 256, 256) and shapes["blk.1.ffn_down_exps.weight"] == (
+        8,
+        256,
+        256,
+    )
     assert not any("shexp" in name for name in shapes)
     assert spec.hparams.extra == {"expert_count": 8, "expert_used_count": 4, "expert_feed_forward_length": 256}
     assert len(_ops(spec, "rmsnorm")) == 2 * 4 + 1  # attn, q, k, ffn norms per layer, the output norm
@@ -64,7 +67,8 @@ def test_qwen3moe_expert_width_defaults_as_llama_cpp(tmp_path):
 def test_expert_groups_reach_the_router(tmp_path):
     spec = _spec(tmp_path, metadata={"qwen3moe.expert_group_count": 4, "qwen3moe.expert_group_used_count": 2})
     assert {tuple(sorted(r.attrs.items())) for r in _ops(spec, "moe_route")} == {
-        (("groups", 4), ("groups_used", 2), ("n_used", 4))}
+        (("groups", 4), ("groups_used", 2), ("n_used", 4))
+    }
     assert spec.hparams.extra["expert_group_count"] == 4
     validate_plan(spec.plan)
 
@@ -98,8 +102,9 @@ def test_missing_expert_counts_are_refused(tmp_path):
 def _route_plan(**attrs) -> Plan:
     """The qwen3moe fixture's plan (8 experts, 4 used) with these router attributes."""
     plan = _spec().plan
-    return replace(plan, ops=tuple(replace(op, attrs={**op.attrs, **attrs}) if op.kind == "moe_route" else op
-                                   for op in plan.ops))
+    return replace(
+        plan, ops=tuple(replace(op, attrs={**op.attrs, **attrs}) if op.kind == "moe_route" else op for op in plan.ops)
+    )
 
 
 @pytest.mark.parametrize("attrs,message", [
@@ -188,9 +193,9 @@ def _scaled_spec(tmp_path) -> ModelSpec:
 def _layout(spec: ModelSpec, **shapes):
     from rfc.artifacts.layout import TensorEntry, WeightLayout
 
-    return WeightLayout(64,
-                        tuple(TensorEntry(w.name, w.role, w.format, shapes.get(w.name, w.shape), 0, 0, "")
-                              for w in spec.weights))
+    return WeightLayout(
+        64, tuple(TensorEntry(w.name, w.role, w.format, shapes.get(w.name, w.shape), 0, 0, "") for w in spec.weights)
+    )
 
 
 def test_moe_scale_is_validated(tmp_path):
@@ -228,8 +233,10 @@ def test_slot_scale_is_validated(tmp_path):
     ok = Op("slot_scale", ("exp_gate", "expert_weights"), ("exp_gate",))
     validate_plan(replace(spec.plan, ops=(*spec.plan.ops, ok)))
     odd = Buffer("odd", ("T", buffers["exp_gate"].shape[1] + 1))
-    for op, extra, message in ((Op("slot_scale", ("exp_gate", "expert_ids"), ("exp_gate",)), (), "is not a float"),
-                               (Op("slot_scale", ("odd", "expert_weights"), ("odd",)), (odd,), "segments"),
-                               (Op("slot_scale", ("exp_gate", "expert_weights"), ("exp_up",), ("w",)), (), "weight")):
+    for op, extra, message in (
+        (Op("slot_scale", ("exp_gate", "expert_ids"), ("exp_gate",)), (), "is not a float"),
+        (Op("slot_scale", ("odd", "expert_weights"), ("odd",)), (odd,), "segments"),
+        (Op("slot_scale", ("exp_gate", "expert_weights"), ("exp_up",), ("w",)), (), "weight"),
+    ):
         with pytest.raises(Exception, match=message):
             validate_plan(replace(spec.plan, buffers=(*spec.plan.buffers, *extra), ops=(*spec.plan.ops, op)))

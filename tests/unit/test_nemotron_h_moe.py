@@ -44,8 +44,9 @@ def test_plan_routes_by_sigmoid_with_a_bias_to_squared_relu_experts_and_a_shared
 
 def _bias_of(n: int):
     """tensor_fn: blk.1's selection bias with n entries."""
-    return (lambda name, data, qtype: (np.zeros(n, np.float32), qtype) if name == "blk.1.exp_probs_b.bias"
-            else (data, qtype))
+    return lambda name, data, qtype: (
+        (np.zeros(n, np.float32), qtype) if name == "blk.1.exp_probs_b.bias" else (data, qtype)
+    )
 
 
 @pytest.mark.parametrize("edits,message", [

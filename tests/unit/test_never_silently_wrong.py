@@ -27,8 +27,9 @@ def _u32_array(src, dst, key: str, values) -> object:
 
 def test_a_tensor_no_recipe_uses_is_refused_by_name(tmp_path):
     extra = {"blk.1.attn_mystery.weight": np.ones((4, 256), np.float32)}
-    assert_spec_refused(LLAMA, tmp_path, {"add_tensors": extra},
-                        "tensor blk.1.attn_mystery.weight is not used by rfc's llama recipe")
+    assert_spec_refused(
+        LLAMA, tmp_path, {"add_tensors": extra}, "tensor blk.1.attn_mystery.weight is not used by rfc's llama recipe"
+    )
 
 
 def test_a_bias_the_recipe_does_not_read_is_refused(tmp_path):
@@ -46,18 +47,27 @@ def test_an_input_scale_is_known_and_unused(tmp_path):
 
 
 def test_a_weight_scale_scales_the_matmul_before_its_bias(tmp_path):
-    extra = {"blk.0.attn_q.scale": np.array([-0.5], np.float32), "blk.0.attn_q.bias": np.ones(256, np.float32),
-             "blk.1.ffn_down.scale": np.array([1.0], np.float32)}  # neutral: consumed, no op
+    extra = {
+        "blk.0.attn_q.scale": np.array([-0.5], np.float32),
+        "blk.0.attn_q.bias": np.ones(256, np.float32),
+        "blk.1.ffn_down.scale": np.array([1.0], np.float32),
+    }  # neutral: consumed, no op
     ops = spec_of(LLAMA, tmp_path, add_tensors=extra).plan.ops
     i = next(i for i, op in enumerate(ops) if op.weights == ("blk.0.attn_q.weight",))
     assert [(op.kind, op.attrs.get("factor"), op.weights) for op in ops[i + 1 : i + 3]] == [
-        ("scale", -0.5, ()), ("add_bias", None, ("blk.0.attn_q.bias",))]
+        ("scale", -0.5, ()),
+        ("add_bias", None, ("blk.0.attn_q.bias",)),
+    ]
     assert sum(op.kind == "scale" for op in ops) == 1
 
 
 def test_a_weight_scale_must_be_one_f32(tmp_path):
-    assert_spec_refused(LLAMA, tmp_path, {"add_tensors": {"blk.0.ffn_up.scale": np.ones(2, np.float32)}},
-                        "blk.0.ffn_up.scale is F32 [2], not one F32 value")
+    assert_spec_refused(
+        LLAMA,
+        tmp_path,
+        {"add_tensors": {"blk.0.ffn_up.scale": np.ones(2, np.float32)}},
+        "blk.0.ffn_up.scale is F32 [2], not one F32 value",
+    )
 
 
 def test_an_ffn_bias_is_added_before_the_weight_scale(tmp_path):
@@ -66,13 +76,23 @@ def test_an_ffn_bias_is_added_before_the_weight_scale(tmp_path):
     ops = spec_of(LLAMA, tmp_path, add_tensors=extra).plan.ops
     i = next(i for i, op in enumerate(ops) if op.weights == ("blk.0.ffn_down.weight",))
     assert [(op.kind, op.attrs.get("factor"), op.weights) for op in ops[i + 1 : i + 3]] == [
-        ("add_bias", None, ("blk.0.ffn_down.bias",)), ("scale", -0.5, ())]
+        ("add_bias", None, ("blk.0.ffn_down.bias",)),
+        ("scale", -0.5, ()),
+    ]
 
 
-@pytest.mark.parametrize("key,value", [("llama.final_logit_softcapping", 30.0), ("llama.attention.clamp_kqv", 8.0),
-                                       ("llama.logit_scale", 0.5), ("llama.residual_scale", 0.25)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("llama.final_logit_softcapping", 30.0),
+        ("llama.attention.clamp_kqv", 8.0),
+        ("llama.logit_scale", 0.5),
+        ("llama.residual_scale", 0.25),
+    ],
+)
 def test_a_math_key_llama_cpp_applies_and_the_recipe_does_not_is_refused_unless_neutral(
-        key, value, tmp_path, monkeypatch):
+    key, value, tmp_path, monkeypatch
+):
     """Were llama.cpp's llama loader to read the key (it reads none of these), rfc's llama recipe,
     which does not apply it, would refuse the file."""
     from rfc.compiler.arch import math_keys
@@ -86,8 +106,13 @@ def test_math_keys_llama_cpp_does_not_read_for_the_architecture_change_nothing(t
     """llama.cpp's model saver writes final_logit_softcapping 30, logit_scale 0 and
     router_logit_softcapping 30 into every file; its llama loader reads none of them, so they
     change nothing there, nor in rfc."""
-    keys = {"llama.final_logit_softcapping": 30.0, "llama.logit_scale": 0.0, "llama.router_logit_softcapping": 30.0,
-            "llama.attention.scale": 0.5, "llama.attention.clamp_kqv": 8.0}
+    keys = {
+        "llama.final_logit_softcapping": 30.0,
+        "llama.logit_scale": 0.0,
+        "llama.router_logit_softcapping": 30.0,
+        "llama.attention.scale": 0.5,
+        "llama.attention.clamp_kqv": 8.0,
+    }
     spec = spec_of(LLAMA, tmp_path, metadata=keys)
     assert pack_plan(spec.plan) == pack_plan(build_spec(read_gguf(LLAMA)).plan)
 
@@ -148,8 +173,11 @@ def test_a_negative_learned_scalar_compiles(tmp_path):
     factor, not a traceback."""
 
     def negative(name, data, qtype):
-        return ((np.array([-0.0701645240187645], np.float32), qtype) if name == "blk.1.layer_output_scale.weight"
-                else (data, qtype))
+        return (
+            (np.array([-0.0701645240187645], np.float32), qtype)
+            if name == "blk.1.layer_output_scale.weight"
+            else (data, qtype)
+        )
 
     spec = spec_of(FIXTURES / "tiny-gemma4-Q8_0.gguf", tmp_path, tensor_fn=negative)
     factors = [op.attrs["factor"] for op in spec.plan.ops if op.kind == "scale"]
@@ -173,7 +201,9 @@ def test_hunyuan_applies_q_k_v_scales_before_its_norms_after_rope(tmp_path):
     ops = spec_of(FIXTURES / "tiny-hunyuan-dense-Q8_0.gguf", tmp_path, add_tensors=extra).plan.ops
     i = next(i for i, op in enumerate(ops) if op.weights == ("blk.0.attn_q.weight",))
     assert [(op.kind, op.attrs.get("factor"), op.weights) for op in ops[i + 1 : i + 3]] == [
-        ("scale", -0.5, ()), ("add_bias", None, ("blk.0.attn_q.bias",))]
+        ("scale", -0.5, ()),
+        ("add_bias", None, ("blk.0.attn_q.bias",)),
+    ]
     j = next(j for j, op in enumerate(ops) if op.weights == ("blk.1.attn_v.weight",))
     assert (ops[j + 1].kind, ops[j + 1].attrs.get("factor")) == ("scale", 2.0)
 
@@ -201,8 +231,9 @@ def test_expert_scales_a_graph_applies(tmp_path):
     swiglu), down's its output, a factor of its weight in the sum (moe_route's expert_scale)."""
     src = FIXTURES / "tiny-qwen3moe-Q8_0.gguf"
     i, n = _first_expert_layer(src)
-    extra = {f"blk.{i}.ffn_{x}_exps.scale": np.full(n, s, np.float32)
-             for x, s in (("gate", 0.5), ("up", 1.5), ("down", 2.0))}
+    extra = {
+        f"blk.{i}.ffn_{x}_exps.scale": np.full(n, s, np.float32) for x, s in (("gate", 0.5), ("up", 1.5), ("down", 2.0))
+    }
     ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
     routes = [op for op in ops if op.kind == "moe_route" and op.attrs.get("expert_scale")]
     assert [op.weights[-1] for op in routes] == [f"blk.{i}.ffn_down_exps.scale"]
@@ -224,7 +255,8 @@ def test_llama_expert_scales_on_gate_and_up(tmp_path):
     i, n = _first_expert_layer(src)
     ops = spec_of(src, tmp_path, add_tensors={f"blk.{i}.ffn_up_exps.scale": np.full(n, 1.5, np.float32)}).plan.ops
     assert [(op.inputs, op.weights) for op in ops if op.kind == "moe_scale"] == [
-        (("up", "expert_ids"), (f"blk.{i}.ffn_up_exps.scale",))]
+        (("up", "expert_ids"), (f"blk.{i}.ffn_up_exps.scale",))
+    ]
 
 
 def test_fused_gate_up_experts_take_the_up_scale_on_both_halves(tmp_path):
@@ -234,20 +266,27 @@ def test_fused_gate_up_experts_take_the_up_scale_on_both_halves(tmp_path):
     i, n = _first_expert_layer(src)
     gate = read_gguf(src).tensors[f"blk.{i}.ffn_gate_exps.weight"]
     fused = np.zeros((n, 2 * gate.shape[1], gate.shape[2]), np.float32)
-    extra = {f"blk.{i}.ffn_gate_up_exps.weight": fused, f"blk.{i}.ffn_gate_exps.scale": np.full(n, 0.5, np.float32),
-             f"blk.{i}.ffn_up_exps.scale": np.full(n, 1.5, np.float32)}
-    spec = spec_of(src, tmp_path, add_tensors=extra,
-                   drop_tensors=tuple(f"blk.{i}.ffn_{x}_exps.weight" for x in ("gate", "up")))
+    extra = {
+        f"blk.{i}.ffn_gate_up_exps.weight": fused,
+        f"blk.{i}.ffn_gate_exps.scale": np.full(n, 0.5, np.float32),
+        f"blk.{i}.ffn_up_exps.scale": np.full(n, 1.5, np.float32),
+    }
+    spec = spec_of(
+        src, tmp_path, add_tensors=extra, drop_tensors=tuple(f"blk.{i}.ffn_{x}_exps.weight" for x in ("gate", "up"))
+    )
     assert [(op.inputs, op.weights) for op in spec.plan.ops if op.kind == "moe_scale"] == [
-        ((buf, "expert_ids"), (f"blk.{i}.ffn_up_exps.scale",)) for buf in ("exp_gate", "exp_up")]
+        ((buf, "expert_ids"), (f"blk.{i}.ffn_up_exps.scale",)) for buf in ("exp_gate", "exp_up")
+    ]
 
 
 def test_mamba2_weight_scales_scale_every_part_of_ssm_in(tmp_path):
     """build_lora_mm(ssm_in, cur, ssm_in_s): the scale multiplies z, xBC and dt alike; ssm_out's its output."""
     src = FIXTURES / "tiny-nemotron_h-Q8_0.gguf"
     i = next(i for i in range(64) if f"blk.{i}.ssm_in.weight" in read_gguf(src).tensors)
-    extra = {f"blk.{i}.ssm_in.scale": np.array([0.5], np.float32),
-             f"blk.{i}.ssm_out.scale": np.array([2.0], np.float32)}
+    extra = {
+        f"blk.{i}.ssm_in.scale": np.array([0.5], np.float32),
+        f"blk.{i}.ssm_out.scale": np.array([2.0], np.float32),
+    }
     ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
     scaled = [ops[k - 1].weights for k, op in enumerate(ops)
               if op.kind == "scale" and op.attrs.get("factor") in (0.5, 2.0)]  # fmt: skip
@@ -265,14 +304,22 @@ def test_qwen35_attention_biases_as_build_qkv_adds_them(tmp_path):
     p = f"blk.{at}."
     rows, kv = tensors[p + "attn_q.weight"].shape[0], tensors[p + "attn_k.weight"].shape[0]
     q_bias = np.arange(rows, dtype=np.float32)
-    extra = {p + "attn_q.bias": q_bias, p + "attn_k.bias": np.ones(kv, np.float32),
-             p + "attn_v.bias": np.ones(kv, np.float32), p + "attn_q.scale": np.array([0.5], np.float32)}
+    extra = {
+        p + "attn_q.bias": q_bias,
+        p + "attn_k.bias": np.ones(kv, np.float32),
+        p + "attn_v.bias": np.ones(kv, np.float32),
+        p + "attn_q.scale": np.array([0.5], np.float32),
+    }
     model = read_gguf(rewrite_gguf(src, tmp_path / "biased.gguf", add_tensors=extra))
     spec = build_spec(model)
     ops = spec.plan.ops
     biased = [(ops[k - 1].kind, op.inputs, op.weights[0]) for k, op in enumerate(ops) if op.kind == "add_bias"]
-    assert biased == [("scale", ("q",), p + "attn_q.bias:q"), ("scale", ("qgate",), p + "attn_q.bias:gate"),
-                      ("matmul", ("k",), p + "attn_k.bias"), ("matmul", ("v",), p + "attn_v.bias")]
+    assert biased == [
+        ("scale", ("q",), p + "attn_q.bias:q"),
+        ("scale", ("qgate",), p + "attn_q.bias:gate"),
+        ("matmul", ("k",), p + "attn_k.bias"),
+        ("matmul", ("v",), p + "attn_v.bias"),
+    ]
     hd = next(op.attrs["head_dim"] for op in ops if op.kind == "attention")
     heads = rows // (2 * hd)
     for half, first in (("q", 0), ("gate", hd)):
@@ -295,8 +342,9 @@ def test_element_ranges_stay_inside_a_vector():
     check_use(model, WeightUse("ok", "x", "F32", (4,), (ElementRange(norm, n - 4, n),)))
     for part in (ElementRange(norm, n - 2, n + 2), ElementRange(norm, 3, 3), ElementRange("token_embd.weight", 0, 4)):
         with pytest.raises(CompileError, match="cannot be made from elements"):
-            check_use(model,
-                      WeightUse("bad", "x", model.tensors[part.tensor].format, (part.stop - part.start,), (part,)))
+            check_use(
+                model, WeightUse("bad", "x", model.tensors[part.tensor].format, (part.stop - part.start,), (part,))
+            )
 
 
 def test_llama4_applies_no_ffn_or_shared_expert_scale(tmp_path):
@@ -317,8 +365,9 @@ def test_qwen35_weight_scales_as_its_graph_applies_them(tmp_path):
     tensors = read_gguf(src).tensors
     dn = next(i for i in range(64) if f"blk.{i}.ssm_alpha.weight" in tensors)
     at = next(i for i in range(64) if f"blk.{i}.attn_q.weight" in tensors)
-    names = ([f"blk.{dn}.{x}" for x in ("attn_qkv", "attn_gate", "ssm_alpha", "ssm_beta", "ssm_out")]
-             + [f"blk.{at}.attn_q"])
+    names = [f"blk.{dn}.{x}" for x in ("attn_qkv", "attn_gate", "ssm_alpha", "ssm_beta", "ssm_out")] + [
+        f"blk.{at}.attn_q"
+    ]
     extra = {n + ".scale": np.array([0.5], np.float32) for n in names}
     ops = spec_of(src, tmp_path, add_tensors=extra).plan.ops
     scaled = [ops[k - 1].weights[0] for k, op in enumerate(ops) if op.kind == "scale" and op.attrs.get("factor") == 0.5]

@@ -33,34 +33,126 @@ TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"properti
 # adversarial outputs are built from these pieces, the format's start markers and template
 # markers, and GENERIC. A format added to the table must add its call here.
 SAMPLES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "harmony": (("<|start|>assistant", "<|channel|>commentary", " to=functions.f", " ", "<|constrain|>json",
-                 "<|message|>", '{"a": "x"}', "<|call|>"),),
-    "kimi": (("<|tool_calls_section_begin|>", "<|tool_call_begin|>", " functions.f", ":0", " ",
-              "<|tool_call_argument_begin|>", '{"a": "x"}', "<|tool_call_end|>", "<|tool_calls_section_end|>"),),
-    "deepseek": (("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "function", "<｜tool▁sep｜>", "f\n",
-                  "```json", "\n", '{"a": "x"}', "\n", "```", "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>"),
-                 ("<｜tool▁call▁begin｜>", "f", "<｜tool▁sep｜>", '{"a": "x"}', "<｜tool▁call▁end｜>")),
-    "invoke": (("<minimax:tool_call>", "\n", '<invoke name="f">', '<parameter name="a">', "x", "</parameter>",
-                "</invoke>", "</minimax:tool_call>"),
-               ("<｜DSML｜function_calls>", '<｜DSML｜invoke name="f">', '<｜DSML｜parameter name="a" string="true">',
-                "x", "</｜DSML｜parameter>", "</｜DSML｜invoke>", "</｜DSML｜function_calls>"),
-               ('<function name="f">', '<param name="a">', "x", "</param>", "</function>")),
-    "qwen3_coder": (("<tool_call>", "\n", "<function=f>", "\n", "<parameter=a>", "\nx\n", "</parameter>", "\n",
-                     "</function>", "\n", "</tool_call>"),),
-    "glm": (("<tool_call>", "f", "\n", "<arg_key>", "a", "</arg_key>", "\n", "<arg_value>", "x", "</arg_value>",
-             "</tool_call>"),),
-    "solar": (("<|tool_calls|>", "<|tool_call:begin|>", "0", "<|tool_call:name|>", "f", "<|tool_call:args|>",
-               '{"a": "x"}', "<|tool_call:end|>", "<|calls|>"),),
+    "harmony": (
+        (
+            "<|start|>assistant",
+            "<|channel|>commentary",
+            " to=functions.f",
+            " ",
+            "<|constrain|>json",
+            "<|message|>",
+            '{"a": "x"}',
+            "<|call|>",
+        ),
+    ),
+    "kimi": (
+        (
+            "<|tool_calls_section_begin|>",
+            "<|tool_call_begin|>",
+            " functions.f",
+            ":0",
+            " ",
+            "<|tool_call_argument_begin|>",
+            '{"a": "x"}',
+            "<|tool_call_end|>",
+            "<|tool_calls_section_end|>",
+        ),
+    ),
+    "deepseek": (
+        (
+            "<｜tool▁calls▁begin｜>",
+            "<｜tool▁call▁begin｜>",
+            "function",
+            "<｜tool▁sep｜>",
+            "f\n",
+            "```json",
+            "\n",
+            '{"a": "x"}',
+            "\n",
+            "```",
+            "<｜tool▁call▁end｜>",
+            "<｜tool▁calls▁end｜>",
+        ),
+        ("<｜tool▁call▁begin｜>", "f", "<｜tool▁sep｜>", '{"a": "x"}', "<｜tool▁call▁end｜>"),
+    ),
+    "invoke": (
+        (
+            "<minimax:tool_call>",
+            "\n",
+            '<invoke name="f">',
+            '<parameter name="a">',
+            "x",
+            "</parameter>",
+            "</invoke>",
+            "</minimax:tool_call>",
+        ),
+        (
+            "<｜DSML｜function_calls>",
+            '<｜DSML｜invoke name="f">',
+            '<｜DSML｜parameter name="a" string="true">',
+            "x",
+            "</｜DSML｜parameter>",
+            "</｜DSML｜invoke>",
+            "</｜DSML｜function_calls>",
+        ),
+        ('<function name="f">', '<param name="a">', "x", "</param>", "</function>"),
+    ),
+    "qwen3_coder": (
+        (
+            "<tool_call>",
+            "\n",
+            "<function=f>",
+            "\n",
+            "<parameter=a>",
+            "\nx\n",
+            "</parameter>",
+            "\n",
+            "</function>",
+            "\n",
+            "</tool_call>",
+        ),
+    ),
+    "glm": (
+        (
+            "<tool_call>",
+            "f",
+            "\n",
+            "<arg_key>",
+            "a",
+            "</arg_key>",
+            "\n",
+            "<arg_value>",
+            "x",
+            "</arg_value>",
+            "</tool_call>",
+        ),
+    ),
+    "solar": (
+        (
+            "<|tool_calls|>",
+            "<|tool_call:begin|>",
+            "0",
+            "<|tool_call:name|>",
+            "f",
+            "<|tool_call:args|>",
+            '{"a": "x"}',
+            "<|tool_call:end|>",
+            "<|calls|>",
+        ),
+    ),
     "gemma4": (("<|tool_call>", "call:f", "{", "a", ":", '<|"|>', "x", '<|"|>', "}", "<tool_call|>"),),
     "pythonic": (("<|tool_call_start|>", "[", "f(", "a=", "'x'", ")", "]", "<|tool_call_end|>"),),
-    "mistral": (("[TOOL_CALLS]", "f", "[CALL_ID]", "a1b2c3d4e", "[ARGS]", '{"a": "x"}'),
-                ("[TOOL_CALLS]", "[", '{"name": "f", ', '"arguments": {"a": "x"}}', "]")),
+    "mistral": (
+        ("[TOOL_CALLS]", "f", "[CALL_ID]", "a1b2c3d4e", "[ARGS]", '{"a": "x"}'),
+        ("[TOOL_CALLS]", "[", '{"name": "f", ', '"arguments": {"a": "x"}}', "]"),
+    ),
     "functionary": (("<function=f>", '{"a": "x"}', "</function>"), (">>>f\n", '{"a": "x"}', ">>>all\n", "done")),
     "hermes_apriel": (("<tool_calls>", "[", '{"name": "f", ', '"arguments": {"a": "x"}}', "]", "</tool_calls>"),),
     "hermes_minimax": (("<tool_calls>", "\n", '{"name": "f", "arguments": {"a": "x"}}', "\n", "</tool_calls>"),),
     "hermes_nemotron": (("<TOOLCALL>", "[", '{"name": "f", ', '"arguments": {"a": "x"}}', "]", "</TOOLCALL>"),),
-    "command_r": (("<|START_ACTION|>", "[", '{"tool_name": "f", ', '"parameters": {"a": "x"}}', "]", "<|END_ACTION|>"),
-                  ),
+    "command_r": (
+        ("<|START_ACTION|>", "[", '{"tool_name": "f", ', '"parameters": {"a": "x"}}', "]", "<|END_ACTION|>"),
+    ),
     "apertus": (("<|tools_prefix|>", "[", '{"f": {"a": "x"}}', "]", "<|tools_suffix|>"),),
     "gigachat": (("<|function_call|>", '{"name": "f", ', '"arguments": {"a": "x"}}', "<|message_sep|>"),),
     "gigachat3": (("function call<|role_sep|>", '{"name": "f", ', '"arguments": {"a": "x"}}', "<|message_sep|>"),),
@@ -106,8 +198,9 @@ def slow_cases(cases: dict[str, Callable[[int], str]], run: Callable[[str], obje
             if t_large > bound:
                 t_large = min(t_large, best_time(run, large, 2))
             if t_large > bound:
-                slow.append(f"{label}: {len(small)} chars {t_small * 1e3:.2f} ms, {len(large)} chars "
-                            f"{t_large * 1e3:.2f} ms")
+                slow.append(
+                    f"{label}: {len(small)} chars {t_small * 1e3:.2f} ms, {len(large)} chars {t_large * 1e3:.2f} ms"
+                )
     finally:
         gc.enable()
     return slow
@@ -120,8 +213,10 @@ def delimiters(fmt: ToolFormat) -> list[str]:
 
 def parse_cases(fmt: ToolFormat) -> dict[str, Callable[[int], str]]:
     """Adversarial outputs for one format, each from its first call marker on."""
+
     def opened(unit: str) -> str:  # the marker the output needs to be read as a call, if `unit` has none
         return "" if fmt.call_start(unit) is not None else fmt.starts[0]
+
     cases = {}
     for d in delimiters(fmt):
         cases[f"run of {d!r}"] = build(opened(d), d)
@@ -130,9 +225,9 @@ def parse_cases(fmt: ToolFormat) -> dict[str, Callable[[int], str]]:
         call = "".join(sample)
         cases[f"call {n} repeated"] = build("", call)
         for i, piece in enumerate(sample):
-            cut = "".join(sample[:i] + sample[i + 1:])
+            cut = "".join(sample[:i] + sample[i + 1 :])
             cases[f"call {n} without {piece!r}"] = build(opened(cut), cut)
-            head = "".join(sample[:i + 1])
+            head = "".join(sample[: i + 1])
             cases[f"call {n} up to {piece!r}"] = build(opened(head), head)
     return cases
 
@@ -141,9 +236,10 @@ def stream(spec: OutputSpec) -> Callable[[str], object]:
     def run(text: str) -> None:
         parser = OutputParser(spec)
         for i in range(0, len(text), TOKEN):
-            parser.push(text[i:i + TOKEN])
+            parser.push(text[i : i + TOKEN])
         parser.finish()
         parser.message
+
     return run
 
 
@@ -169,7 +265,7 @@ def test_streamed_output_is_linear(fmt):
     cases = {
         "partial markers": build("", "".join(f"x {m[:-1]}" for m in fmt.starts)),
         "calls": build("", sample),
-        "unclosed call": build(sample[:len(sample) // 2], "x{<"),
+        "unclosed call": build(sample[: len(sample) // 2], "x{<"),
         "blank before a call": lambda size: " " * size + sample,
     }
     slow = slow_cases(cases, stream(OutputSpec(tool_format=fmt, tools=tuple(TOOLS))))
@@ -191,9 +287,11 @@ def test_reasoning_split_is_linear():
         def run(text: str) -> None:
             splitter = ReasoningSplitter(starts_inside)
             for i in range(0, len(text), TOKEN):
-                splitter.push(text[i:i + TOKEN])
+                splitter.push(text[i : i + TOKEN])
             splitter.flush()
+
         return run
+
     slow = slow_cases(cases, streamed(False)) + slow_cases(cases, streamed(True))
     slow += slow_cases(cases, lambda text: split_whole(text, False))
     slow += slow_cases(cases, stream(OutputSpec(thinks=True, tool_format=BY_NAME["hermes"])))

@@ -122,6 +122,7 @@ def test_disabled_cache_never_hits():
 
 # -- through the scheduler, with a fake KV store ---------------------------------------------
 
+
 class PrefixKV:
     """slot -> (position, tokens[:position + 1]): what a real KV entry depends on."""
 
@@ -142,10 +143,10 @@ class PrefixKV:
             ids = tuple(seq.all_ids())
             assert chunk.start == seq.num_computed and chunk.tokens
             for pos in range(chunk.start):
-                assert self.kv[blocks.slot(seq.seq_id, pos)] == (pos, ids[:pos + 1]), "stale KV read"
+                assert self.kv[blocks.slot(seq.seq_id, pos)] == (pos, ids[: pos + 1]), "stale KV read"
             for i in range(len(chunk.tokens)):
                 pos = chunk.start + i
-                self.kv[blocks.slot(seq.seq_id, pos)] = (pos, ids[:pos + 1])
+                self.kv[blocks.slot(seq.seq_id, pos)] = (pos, ids[: pos + 1])
             self.computed_tokens += len(chunk.tokens)
         sched.commit(chunks)
         for chunk in chunks:

@@ -29,8 +29,10 @@ MODELS = FIXTURES + [ROOT / "compiler" / "demo" / "stories260K.gguf"]
 
 # gguf 0.19 decodes neither (Q2_0 is a type id it does not know): llama.cpp's own decoders
 # (tools/fixtures/ggml_dequant.c over seeded_blocks(fmt, 512)) gave these sha256 of the float32s.
-LLAMA_CPP_ONLY = {"Q1_0": "ff8828a9fde4dcb30de3f524d16cbd8b496b0419eff7bce6326ba99c8da1946a",
-                  "Q2_0": "40e2ffe7777f84693296d7b50043d2a1fb2ce8d753158d761495f755884de543"}
+LLAMA_CPP_ONLY = {
+    "Q1_0": "ff8828a9fde4dcb30de3f524d16cbd8b496b0419eff7bce6326ba99c8da1946a",
+    "Q2_0": "40e2ffe7777f84693296d7b50043d2a1fb2ce8d753158d761495f755884de543",
+}
 GGUF_PY = sorted(set(FORMATS) - set(LLAMA_CPP_ONLY))  # the formats gguf-py dequantizes
 # Q2_0 cannot be in a fixture: gguf-py, which reads the fixtures in the tests, refuses its type id
 NO_FIXTURE = {"Q2_0"}

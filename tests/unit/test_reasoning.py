@@ -23,20 +23,24 @@ def render(name: str, **extra) -> str:
     return t.render(USER, add_generation_prompt=True, **extra)
 
 
-def streamed(text: str, starts_inside: bool, size: int,
-             tags: tuple[str, str] = ("<think>", "</think>")) -> tuple[str, str]:
+def streamed(
+    text: str, starts_inside: bool, size: int, tags: tuple[str, str] = ("<think>", "</think>")
+) -> tuple[str, str]:
     s = ReasoningSplitter(starts_inside, tags)
     reasoning = content = ""
     for i in range(0, len(text), size):
-        part = s.push(text[i:i + size])
+        part = s.push(text[i : i + size])
         reasoning, content = reasoning + part.reasoning, content + part.content
     end = s.flush()
     return reasoning + end.reasoning, content + end.content
 
 
 def test_deepseek_r1_opens_the_block_in_the_prompt():
-    for name in ("llama-cpp-deepseek-r1.jinja", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
-                 "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja"):
+    for name in (
+        "llama-cpp-deepseek-r1.jinja",
+        "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+        "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
+    ):
         assert template_thinks((TEMPLATES / name).read_text(encoding="utf-8"))
         assert prompt_opens_thinking(render(name, enable_thinking=True)), name
     # this copy of the distill's template closes the block unless enable_thinking is set
@@ -106,7 +110,7 @@ def test_gemma4_reasoning_and_tool_call_through_the_output_parser():
     parser = OutputParser(OutputSpec(thinks=True, tags=GEMMA4, tool_format=fmt))
     text = '<|channel>thought\nCall f.\n<channel|><|tool_call>call:f{a:<|"|>x<|"|>}<tool_call|>'
     for i in range(0, len(text), 3):
-        parser.push(text[i:i + 3])
+        parser.push(text[i : i + 3])
     parser.finish()
     message = parser.message
     assert message.reasoning == "Call f.\n" and message.content == ""

@@ -85,10 +85,24 @@ def test_the_detokenizer_keeps_harmonys_markers_and_skips_other_special_tokens()
 
     tok = _tokenizer(harmony=True)
     ids = {t: tok.token_to_id(t) for t in ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<s>")}
-    out = ["<|channel|>", "analysis", "<|message|>", "2+2", "<|end|>", "<|start|>", "assistant", "<|channel|>", "final",
-           "<|message|>", "4", "<s>", "<|return|>"]
-    detok = IncrementalDetokenizer(tok, [ids["<s>"], ids["<|start|>"], tok.token_to_id("assistant")],
-                                   keep_leading_space=True)
+    out = [
+        "<|channel|>",
+        "analysis",
+        "<|message|>",
+        "2+2",
+        "<|end|>",
+        "<|start|>",
+        "assistant",
+        "<|channel|>",
+        "final",
+        "<|message|>",
+        "4",
+        "<s>",
+        "<|return|>",
+    ]
+    detok = IncrementalDetokenizer(
+        tok, [ids["<s>"], ids["<|start|>"], tok.token_to_id("assistant")], keep_leading_space=True
+    )
     text = "".join(detok.push(ids[t] if t in ids else tok.token_to_id(t)) for t in out) + detok.flush()
     assert "<s>" not in text and "<|return|>" not in text  # other special tokens stay out, as before
     split = HarmonySplitter(starts_inside=False)
@@ -96,5 +110,8 @@ def test_the_detokenizer_keeps_harmonys_markers_and_skips_other_special_tokens()
     assert (a.reasoning + b.reasoning, a.content + b.content) == ("2+2", "4"), text
     plain = _tokenizer(harmony=False)  # a vocabulary without harmony: special tokens skipped as before
     detok = IncrementalDetokenizer(plain, [], keep_leading_space=True)
-    assert "".join(detok.push(i) for i in (plain.token_to_id("Hi"), plain.token_to_id("<s>"), plain.token_to_id("4"))) \
-        + detok.flush() == " Hi 4"  # the word decoder's space before a word after the anchor
+    assert (
+        "".join(detok.push(i) for i in (plain.token_to_id("Hi"), plain.token_to_id("<s>"), plain.token_to_id("4")))
+        + detok.flush()
+        == " Hi 4"
+    )  # the word decoder's space before a word after the anchor

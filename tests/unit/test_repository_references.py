@@ -16,8 +16,10 @@ THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
 # random seed is `--seed 0`, which this leaves alone).
 # The names are spelled in pieces so that this file, which must hold them, names none of them.
 SHARED, DESIGN, STYLE = "sha" + "red", "DES" + "IGN", "STY" + "LE"
-OUTSIDE = re.compile(rf"\.\./{SHARED}|/work/{SHARED}|{DESIGN}\.md|{STYLE}\.md|seeds? ?0[0-9]{{2}}\b|seed API|seed spec"
-                     r"|\b[Ii]ssue #?[0-9]")
+OUTSIDE = re.compile(
+    rf"\.\./{SHARED}|/work/{SHARED}|{DESIGN}\.md|{STYLE}\.md|seeds? ?0[0-9]{{2}}\b|seed API|seed spec"
+    r"|\b[Ii]ssue #?[0-9]"
+)
 
 
 def _tracked_text_files() -> list[Path]:
@@ -47,17 +49,33 @@ def test_no_tracked_file_points_outside_the_repository():
     assert not found, "references outside the repository:\n" + "\n".join(found[:50])
 
 
-@pytest.mark.parametrize("line", [
-    f"(../{SHARED}/{DESIGN}.md §7)", f"{STYLE}.md point 4", "in seed 003's shapes", "seeds 003/004",
-    "the seed API's defaults", "sampling (issue 10)", "Issue 24 item 5: the Responses API", "issue #27",
-    f"G=/work/{SHARED}/models/x.gguf",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"(../{SHARED}/{DESIGN}.md §7)",
+        f"{STYLE}.md point 4",
+        "in seed 003's shapes",
+        "seeds 003/004",
+        "the seed API's defaults",
+        "sampling (issue 10)",
+        "Issue 24 item 5: the Responses API",
+        "issue #27",
+        f"G=/work/{SHARED}/models/x.gguf",
+    ],
+)
 def test_the_pattern_catches_each_kind(line):
     assert OUTSIDE.search(line)
 
 
-@pytest.mark.parametrize("line", [
-    "rfc run B --seed 0 -n 8", "seed=0", "a random seed 42", "docs/design.md: the step program", "tissue 3",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "rfc run B --seed 0 -n 8",
+        "seed=0",
+        "a random seed 42",
+        "docs/design.md: the step program",
+        "tissue 3",
+    ],
+)
 def test_the_pattern_leaves_ordinary_text_alone(line):
     assert not OUTSIDE.search(line)

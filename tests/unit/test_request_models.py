@@ -13,13 +13,16 @@ from rfc.runtime.server.errors import ERROR_SCHEMAS, ApiError, Dialect, error_bo
 from rfc.runtime.server.fields import Field, Kind, RequestModel, UndeclaredField
 from rfc.runtime.server.openapi import OPENAPI_PATH, Operation, Routes, document
 
-MODEL = RequestModel("Example", (
-    Field("n", Kind.INTEGER, 1, minimum=1, maximum=4),
-    Field("p", Kind.NUMBER, 0.5, 0.0, 1.0, exclusive_minimum=True),
-    Field("name", Kind.STRING, required=True),
-    Field("mode", Kind.STRING, "a", enum=("a", "b")),
-    Field("items", Kind.JSON, [], schema={"type": "array"}),
-))
+MODEL = RequestModel(
+    "Example",
+    (
+        Field("n", Kind.INTEGER, 1, minimum=1, maximum=4),
+        Field("p", Kind.NUMBER, 0.5, 0.0, 1.0, exclusive_minimum=True),
+        Field("name", Kind.STRING, required=True),
+        Field("mode", Kind.STRING, "a", enum=("a", "b")),
+        Field("items", Kind.JSON, [], schema={"type": "array"}),
+    ),
+)
 
 
 def _refused(body: dict) -> ApiError:
@@ -100,8 +103,14 @@ def test_the_document_is_valid_and_covers_every_route(keys):
     doc = r.json
     validate(doc)
     ops = {(path, method) for path, item in doc["paths"].items() for method in item}
-    for path in ("/generate", "/v1/chat/completions", "/v1/messages", "/api/chat", "/status/{request_id}",
-                 OPENAPI_PATH):
+    for path in (
+        "/generate",
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/api/chat",
+        "/status/{request_id}",
+        OPENAPI_PATH,
+    ):
         assert any(p == path for p, _ in ops), path
     assert ("post", "/cancel/{request_id}") in {(m, p) for p, m in ops}
     chat = doc["paths"]["/v1/chat/completions"]["post"]
@@ -122,8 +131,15 @@ def test_a_responder_without_an_operation_is_refused():
         Routes(falcon.App()).add("/x", Undocumented())
 
 
-@pytest.mark.parametrize("path, dialect", [("/generate", Dialect.NATIVE), ("/v1/completions", Dialect.OPENAI),
-                                           ("/v1/messages", Dialect.ANTHROPIC), ("/api/chat", Dialect.OLLAMA)])
+@pytest.mark.parametrize(
+    "path, dialect",
+    [
+        ("/generate", Dialect.NATIVE),
+        ("/v1/completions", Dialect.OPENAI),
+        ("/v1/messages", Dialect.ANTHROPIC),
+        ("/api/chat", Dialect.OLLAMA),
+    ],
+)
 @pytest.mark.parametrize("status", [400, 401, 404, 413, 500, 503])
 def test_every_error_matches_its_dialects_schema(path, dialect, status):
     jsonschema.validate(error_body(path, status, "message", "field", "code"), ERROR_SCHEMAS[dialect])

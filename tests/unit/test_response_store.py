@@ -5,8 +5,11 @@ from rfc.runtime.server.response_store import ResponseStore
 
 
 def _response(rid: str, text: str = "hello") -> dict:
-    return {"id": rid, "object": "response",
-            "output": [{"id": f"msg_{rid}", "type": "message", "content": [{"text": text}]}]}
+    return {
+        "id": rid,
+        "object": "response",
+        "output": [{"id": f"msg_{rid}", "type": "message", "content": [{"text": text}]}],
+    }
 
 
 def test_count_bound_drops_the_oldest():

@@ -27,6 +27,7 @@ def random_logits(seed: int, vocab: int = VOCAB) -> np.ndarray:
 
 # --- greedy and temperature -------------------------------------------------------------
 
+
 def test_greedy_takes_argmax_and_breaks_ties_by_lowest_id():
     logits = np.array([0.0, 2.0, 1.0, 2.0], dtype=np.float32)
     sampler = make(vocab=4, temperature=0.0, seed=123)
@@ -63,6 +64,7 @@ def test_low_temperature_concentrates_and_high_temperature_flattens():
 
 
 # --- top_k, top_p, min_p ----------------------------------------------------------------
+
 
 def test_top_k_never_leaves_the_k_best():
     logits = random_logits(5)
@@ -124,6 +126,7 @@ def test_filters_run_before_temperature():
 
 # --- penalties and bias -----------------------------------------------------------------
 
+
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
     sampler = make(prompt=[1, 2, 2], vocab=4, repetition_penalty=2.0)
     logits = np.array([1.0, 3.0, -2.0, 3.0], dtype=np.float32)
@@ -137,8 +140,9 @@ def test_presence_and_frequency_penalties_subtract_by_count():
 
 
 def test_penalties_combine_in_order():
-    sampler = make(prompt=[0], vocab=2, repetition_penalty=2.0, presence_penalty=1.0,
-                   frequency_penalty=1.0, logit_bias={0: 2.0})
+    sampler = make(
+        prompt=[0], vocab=2, repetition_penalty=2.0, presence_penalty=1.0, frequency_penalty=1.0, logit_bias={0: 2.0}
+    )
     # bias 4 + 2 = 6, repetition 6 / 2 = 3, presence and frequency 3 - 1 - 1 = 1
     np.testing.assert_array_equal(sampler.processed_logits(np.array([4.0, 0.0], np.float32)), [1.0, 0.0])
 
@@ -183,9 +187,18 @@ def test_processed_logits_leave_the_input_untouched():
 
 # --- seeds ------------------------------------------------------------------------------
 
+
 def _run(seed, steps=50):
-    params = dict(temperature=0.9, top_k=50, top_p=0.9, min_p=0.02, repetition_penalty=1.1,
-                  presence_penalty=0.2, frequency_penalty=0.1, seed=seed)
+    params = dict(
+        temperature=0.9,
+        top_k=50,
+        top_p=0.9,
+        min_p=0.02,
+        repetition_penalty=1.1,
+        presence_penalty=0.2,
+        frequency_penalty=0.1,
+        seed=seed,
+    )
     sampler = make(prompt=[1, 2, 3], **params)
     return [sampler.sample(random_logits(step)) for step in range(steps)]
 
@@ -224,6 +237,7 @@ def test_minus_infinity_logits_are_never_drawn():
 
 # --- logprobs ---------------------------------------------------------------------------
 
+
 def test_logprobs_are_the_raw_log_softmax():
     logits = np.array([1.0, 3.0, 3.0, 0.0], dtype=np.float32)
     sampler = make(vocab=4, temperature=0.3, repetition_penalty=2.0, prompt=[1], logit_bias={0: 5.0})
@@ -237,25 +251,29 @@ def test_logprobs_are_the_raw_log_softmax():
 
 # --- validation -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("field, value", [
-    ("temperature", -0.1),
-    ("temperature", float("nan")),
-    ("top_p", 0.0),
-    ("top_p", 1.5),
-    ("min_p", -0.1),
-    ("min_p", 1.1),
-    ("top_k", 2.5),
-    ("repetition_penalty", 0.0),
-    ("repetition_penalty", float("inf")),
-    ("presence_penalty", float("nan")),
-    ("frequency_penalty", float("-inf")),
-    ("penalty_last_n", -2),
-    ("logit_bias", {VOCAB: 1.0}),
-    ("logit_bias", {-1: 1.0}),
-    ("logit_bias", {"5": 1.0}),
-    ("logit_bias", {5: float("nan")}),
-    ("seed", 1.5),
-])
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("temperature", -0.1),
+        ("temperature", float("nan")),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("min_p", -0.1),
+        ("min_p", 1.1),
+        ("top_k", 2.5),
+        ("repetition_penalty", 0.0),
+        ("repetition_penalty", float("inf")),
+        ("presence_penalty", float("nan")),
+        ("frequency_penalty", float("-inf")),
+        ("penalty_last_n", -2),
+        ("logit_bias", {VOCAB: 1.0}),
+        ("logit_bias", {-1: 1.0}),
+        ("logit_bias", {"5": 1.0}),
+        ("logit_bias", {5: float("nan")}),
+        ("seed", 1.5),
+    ],
+)
 def test_validation_names_the_bad_field(field, value):
     with pytest.raises(SamplingError) as info:
         SamplingParams(**{field: value}).validate(VOCAB)

@@ -81,9 +81,7 @@ class FakeEngine:
                 assert seq.status is SequenceStatus.FINISHED
                 self.finished.append(seq)
         check_invariants(sched)
-        self.trace.append(
-            [(c.seq_id, c.start, tuple(c.tokens), c.needs_logits) for c in chunks]
-        )
+        self.trace.append([(c.seq_id, c.start, tuple(c.tokens), c.needs_logits) for c in chunks])
         return chunks
 
     def _run(self, chunk: ScheduledChunk, seq: Sequence) -> None:

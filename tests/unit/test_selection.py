@@ -71,8 +71,9 @@ def test_top_p_head_matches_a_full_sort(kind, seed):
 
 
 @pytest.mark.parametrize("kind", ["peaked", "spiky", "flat", "banned"])
-@pytest.mark.parametrize("top_p, min_p",
-                         [(0.5, 0.0), (0.95, 0.0), (0.999, 0.0), (1.0, 0.05), (0.95, 0.05), (0.9, 1e-12)])
+@pytest.mark.parametrize(
+    "top_p, min_p", [(0.5, 0.0), (0.95, 0.0), (0.999, 0.0), (1.0, 0.05), (0.95, 0.05), (0.9, 1e-12)]
+)
 def test_nucleus_matches_brute_force(kind, top_p, min_p):
     for seed in range(3):
         x = logits(kind, seed)

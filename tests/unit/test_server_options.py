@@ -20,24 +20,40 @@ def test_ollama_defaults_are_ollamas():
 
 
 def test_ollama_options_map_onto_the_sampler():
-    o = parse_options({"temperature": 0, "top_k": 5, "top_p": 0.5, "min_p": 0.1, "seed": 7, "num_predict": 12,
-                       "stop": ["\n"], "repeat_penalty": 1.0, "num_ctx": 4096, "num_gpu": 99, "mirostat": 0})
+    o = parse_options(
+        {
+            "temperature": 0,
+            "top_k": 5,
+            "top_p": 0.5,
+            "min_p": 0.1,
+            "seed": 7,
+            "num_predict": 12,
+            "stop": ["\n"],
+            "repeat_penalty": 1.0,
+            "num_ctx": 4096,
+            "num_gpu": 99,
+            "mirostat": 0,
+        }
+    )
     p = o.params
     assert (p.temperature, p.top_k, p.top_p, p.min_p, p.seed, p.repetition_penalty) == (0.0, 5, 0.5, 0.1, 7, 1.0)
     assert o.num_predict == 12 and o.stop == ("\n",)
     assert parse_options({"seed": -1, "num_predict": -2}).params.seed is None
 
 
-@pytest.mark.parametrize("options, field", [
-    ({"temperature": "hot"}, "options.temperature"),
-    ({"top_p": 0}, "options.top_p"),
-    ({"num_predict": 0}, "options.num_predict"),
-    ({"top_k": 1.5}, "options.top_k"),
-    ({"stop": [1]}, "options.stop"),
-    ({"mirostat": 2}, "options.mirostat"),
-    ({"typical_p": 0.5}, "options.typical_p"),
-    ("fast", "options"),
-])
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"temperature": "hot"}, "options.temperature"),
+        ({"top_p": 0}, "options.top_p"),
+        ({"num_predict": 0}, "options.num_predict"),
+        ({"top_k": 1.5}, "options.top_k"),
+        ({"stop": [1]}, "options.stop"),
+        ({"mirostat": 2}, "options.mirostat"),
+        ({"typical_p": 0.5}, "options.typical_p"),
+        ("fast", "options"),
+    ],
+)
 def test_bad_ollama_options_name_the_field(options, field):
     with pytest.raises(ApiError) as e:
         parse_options(options)
@@ -58,8 +74,13 @@ def test_kv_pages_policy():
 
 
 def test_parameter_size_reads_like_ollamas():
-    assert [parameter_size(n) for n in (260_032, 134_515_008, 1_100_048_384, 7_241_732_096, 70_553_706_496)] == \
-        ["260K", "135M", "1.1B", "7.2B", "71B"]
+    assert [parameter_size(n) for n in (260_032, 134_515_008, 1_100_048_384, 7_241_732_096, 70_553_706_496)] == [
+        "260K",
+        "135M",
+        "1.1B",
+        "7.2B",
+        "71B",
+    ]
 
 
 def test_the_cache_key_covers_the_compile_options(tmp_path):

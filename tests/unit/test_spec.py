@@ -12,7 +12,15 @@ from rfc.runtime.engine.prefix_cache import block_keys
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 from rfc.runtime.engine.scheduler import FinishReason, Scheduler, SchedulerConfig, Sequence, SequenceStatus
 from rfc.runtime.engine.speculative import (
-    DraftPlanner, SeqSpec, SpecConfig, SpecError, SpecRequest, SpecType, StepCost, accept, start,
+    DraftPlanner,
+    SeqSpec,
+    SpecConfig,
+    SpecError,
+    SpecRequest,
+    SpecType,
+    StepCost,
+    accept,
+    start,
 )
 from rfc.runtime.engine.speculative_ngram import NgramIndex
 
@@ -25,14 +33,15 @@ def chi_square_bound(df: int, z: float = 3.72) -> float:
 
 # -- the n-gram lookup ---------------------------------------------------------------------------
 
+
 def brute_force(tokens: list[int], min_n: int, max_n: int, k: int) -> list[int]:
     for n in range(max_n, min_n - 1, -1):
         if len(tokens) <= n:
             continue
         key = tokens[-n:]
         for s in range(len(tokens) - n - 1, -1, -1):
-            if tokens[s:s + n] == key:
-                return tokens[s + n:s + n + k]
+            if tokens[s : s + n] == key:
+                return tokens[s + n : s + n + k]
     return []
 
 
@@ -92,6 +101,7 @@ def test_matched_counts_the_tokens_before_the_copied_place_that_the_history_ends
 
 # -- the acceptance walk ---------------------------------------------------------------------------
 
+
 def test_accept_walks_while_the_rows_draw_the_drafts():
     rows = {0: 10, 1: 11, 2: 99, 3: 13}
     assert accept([10, 11, 12], rows.get, ()) == [10, 11, 99]  # third draft rejected: 99 instead
@@ -121,13 +131,15 @@ def _sequences(logits: np.ndarray, length: int, runs: int, draft, seed: int, par
             d = draft(tokens[-1], min(3, length + 1 - len(tokens)))
             context = [tokens[-1], *d]  # row i sees the i-th token of the chunk
             tokens.extend(accept(d, lambda i: sampler.sample(logits[context[i]]), ()))
-        out[r] = tokens[1:length + 1]
+        out[r] = tokens[1 : length + 1]
     return out
 
 
-@pytest.mark.parametrize("params",
-                         [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=4, top_p=0.9)],
-                         ids=["t1", "t0.7-topk-topp"])
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=4, top_p=0.9)],
+    ids=["t1", "t0.7-topk-topp"],
+)
 def test_verify_steps_draw_from_the_target_distribution(params):
     """The rule alone: over a toy Markov model, the tokens at positions 1..4 drawn through
     verify steps (drafts: the most likely next tokens, often accepted, and a wrong guess,
@@ -165,12 +177,19 @@ def test_a_seeded_verify_step_draws_the_tokens_of_plain_sampling():
     as plain sampling does: with the same seed and logits, the same tokens, drafts or not."""
     logits = _chain(8, 3)
     plain = _sequences(logits, 12, 20, None, seed=5, params=SamplingParams(temperature=1.0))
-    drafted = _sequences(logits, 12, 20, lambda prev, k: [int(np.argmax(logits[prev]))] * k, seed=5,
-                         params=SamplingParams(temperature=1.0))
+    drafted = _sequences(
+        logits,
+        12,
+        20,
+        lambda prev, k: [int(np.argmax(logits[prev]))] * k,
+        seed=5,
+        params=SamplingParams(temperature=1.0),
+    )
     assert np.array_equal(plain, drafted)
 
 
 # -- per-request settings ---------------------------------------------------------------------------
+
 
 def test_a_request_chooses_its_speculation_within_the_servers_bounds():
     config = SpecConfig(type=SpecType.NGRAM, n_max=8)
@@ -230,6 +249,7 @@ def test_an_ngram_drafts_chances_grow_with_the_match_behind_it_and_follow_its_ou
 
 
 # -- the cost model and the planner ---------------------------------------------------------------
+
 
 def test_step_cost_keeps_its_prior_until_step_sizes_vary_then_fits_them():
     cost = StepCost(prior_ratio=0.2)
@@ -299,6 +319,7 @@ def test_config_bounds():
 
 
 # -- the scheduler and the KV manager ---------------------------------------------------------------
+
 
 def test_truncate_frees_the_blocks_past_the_kept_tokens_and_never_keyed_ones():
     blocks = BlockManager(8, 4)

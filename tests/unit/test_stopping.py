@@ -91,7 +91,7 @@ def test_random_streams_match_a_one_shot_search(seed):
     stops = ["".join(rng.choices(alphabet, k=rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
     text = "".join(rng.choices(alphabet, k=60))
     starts = [(text.find(s), s) for s in stops if s in text]
-    expected = text[:min(starts)[0]] if starts else text
+    expected = text[: min(starts)[0]] if starts else text
     cuts = sorted(rng.sample(range(1, len(text)), 15))
     chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
     out, stopped, _ = stream(stops, chunks)

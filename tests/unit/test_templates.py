@@ -24,5 +24,7 @@ def test_headers_hold_no_jinja():
     env = jinja2.Environment()
     for path in sorted((ROOT / "kernels").glob("*.h")):
         nodes = list(env.parse(path.read_text()).body)
-        assert all(isinstance(n, jinja2.nodes.Output) and all(isinstance(c, jinja2.nodes.TemplateData) for c in n.nodes)
-                   for n in nodes), f"{path.name} holds Jinja syntax"
+        assert all(
+            isinstance(n, jinja2.nodes.Output) and all(isinstance(c, jinja2.nodes.TemplateData) for c in n.nodes)
+            for n in nodes
+        ), f"{path.name} holds Jinja syntax"

@@ -15,27 +15,43 @@ from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.core.device import Device
 from rfc.runtime.engine.executor import Executor
 
-GPU_ENTRY = {"name": "sm_90", "family": "cuda", "wave_size": 32, "kernels": "kernels/sm_90/rfc.cubin",
-             "program": "kernels/sm_90/program.msgpack", "sources": ["kernels/sm_90/rfc.cu"],
-             "kernel_args": {"k": [["out", 8, 0], ["n_rows", 4, 8]]}, "op_kernels": ["k"], "launch": {}}
+GPU_ENTRY = {
+    "name": "sm_90",
+    "family": "cuda",
+    "wave_size": 32,
+    "kernels": "kernels/sm_90/rfc.cubin",
+    "program": "kernels/sm_90/program.msgpack",
+    "sources": ["kernels/sm_90/rfc.cu"],
+    "kernel_args": {"k": [["out", 8, 0], ["n_rows", 4, 8]]},
+    "op_kernels": ["k"],
+    "launch": {},
+}
 
 
 def test_a_target_entry_reads_typed_fields():
     e = TargetEntry.parse(GPU_ENTRY)
-    assert (e.name, e.family, e.wave_size, e.kernels, e.program) == ("sm_90", Family.CUDA, 32, GPU_ENTRY["kernels"],
-                                                                      GPU_ENTRY["program"])
+    assert (e.name, e.family, e.wave_size, e.kernels, e.program) == (
+        "sm_90",
+        Family.CUDA,
+        32,
+        GPU_ENTRY["kernels"],
+        GPU_ENTRY["program"],
+    )
     assert e.kernel_args == {"k": (KernelArg("out", 8, 0), KernelArg("n_rows", 4, 8))} and e.op_kernels == ("k",)
     cpu = TargetEntry.parse({"name": "cpu", "family": "cpu", "kernels": "kernels/cpu/librfc_cpu.so", "abi_version": 2})
     assert cpu.family is Family.CPU and not cpu.family.is_gpu and cpu.abi_version == 2 and cpu.kernel_args == {}
 
 
-@pytest.mark.parametrize("bad,message", [
-    ({**GPU_ENTRY, "family": "hip"}, "says family 'hip'"),
-    ({**GPU_ENTRY, "kernels": 7}, "kernels is not a str"),
-    ({**GPU_ENTRY, "sources": "rfc.cu"}, "sources is not a list"),
-    ({**GPU_ENTRY, "kernel_args": {"k": [["out", 8]]}}, "kernel_args of k"),
-    ({**GPU_ENTRY, "abi_version": True}, "abi_version is not a int"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({**GPU_ENTRY, "family": "hip"}, "says family 'hip'"),
+        ({**GPU_ENTRY, "kernels": 7}, "kernels is not a str"),
+        ({**GPU_ENTRY, "sources": "rfc.cu"}, "sources is not a list"),
+        ({**GPU_ENTRY, "kernel_args": {"k": [["out", 8]]}}, "kernel_args of k"),
+        ({**GPU_ENTRY, "abi_version": True}, "abi_version is not a int"),
+    ],
+)
 def test_a_malformed_target_entry_is_a_bundle_error(bad, message):
     with pytest.raises(BundleError, match=message):
         TargetEntry.parse(bad)
@@ -80,8 +96,17 @@ def test_device_kinds_read_as_their_names():
 def test_every_device_declares_what_the_engine_reads(cls):
     """The members of the Device protocol exist on the class itself (defaults declared), not
     only once an instance sets them."""
-    members = {"samples_on_device", "host_sampling", "forward", "forward_hidden", "forward_sampled", "copies_kv",
-               "copy_kv", "copies_state", "copy_state"}
+    members = {
+        "samples_on_device",
+        "host_sampling",
+        "forward",
+        "forward_hidden",
+        "forward_sampled",
+        "copies_kv",
+        "copy_kv",
+        "copies_state",
+        "copy_state",
+    }
     for member in sorted(members):
         assert hasattr(cls, member), f"{cls.__name__} lacks {member}"
     assert {m for m in vars(Device) if not m.startswith("_")} == members

@@ -38,8 +38,9 @@ SHAPES = ((576, 1536), (2048, 5632))
 
 
 def build(folder: Path, fmts: list[str], threshold: int) -> ctypes.CDLL:
-    tuning = dataclasses.replace(cpu.CpuTuning(), amx_min_tokens=threshold, amx_min_tokens_4bit=threshold,
-                                 amx_min_tokens_kquant=threshold)
+    tuning = dataclasses.replace(
+        cpu.CpuTuning(), amx_min_tokens=threshold, amx_min_tokens_4bit=threshold, amx_min_tokens_kquant=threshold
+    )
     path = folder / f"lib{threshold}.so"
     path.write_bytes(x8_library(fmts, "cpu-amx", tuning))
     lib = ctypes.CDLL(str(path))

@@ -48,8 +48,9 @@ class Inventory:
         return [item for item in self.items.values() if tag in item.tags]
 
     def low_stock(self, threshold=5):
-        return sorted((item for item in self.items.values() if item.quantity < threshold),
-                      key=lambda item: item.quantity)
+        return sorted(
+            (item for item in self.items.values() if item.quantity < threshold), key=lambda item: item.quantity
+        )
 
     def save(self, path):
         data = [

@@ -25,8 +25,16 @@ def clients_bundles(tmp_path_factory, demo_bundle):
 @pytest.fixture(scope="session")
 def clients_server(clients_bundles):
     demo, chat = clients_bundles
-    proc = ServerProcess(demo, str(chat), "--kv-pages", str(KV_PAGES), "--trace-sample-rate", "1.0", "--public-traces",
-                         log_dir=chat.parent)
+    proc = ServerProcess(
+        demo,
+        str(chat),
+        "--kv-pages",
+        str(KV_PAGES),
+        "--trace-sample-rate",
+        "1.0",
+        "--public-traces",
+        log_dir=chat.parent,
+    )
     try:
         yield proc.wait_ready()
     finally:
@@ -49,8 +57,10 @@ def tools_server(tmp_path_factory):
         pytest.skip(skip_reason(SMOLLM2))
     root = tmp_path_factory.mktemp("tools")
     bundles = []
-    for name, template in ((TOOLS_QWEN, "Qwen-Qwen2.5-7B-Instruct.jinja"),
-                           (TOOLS_LLAMA, "meta-llama-Llama-3.1-8B-Instruct.jinja")):
+    for name, template in (
+        (TOOLS_QWEN, "Qwen-Qwen2.5-7B-Instruct.jinja"),
+        (TOOLS_LLAMA, "meta-llama-Llama-3.1-8B-Instruct.jinja"),
+    ):
         rfc("compile", SMOLLM2, "-o", root / name, "-q", "--chat-template", CHAT_TEMPLATES / template, check=True)
         bundles.append(root / name)
     proc = ServerProcess(bundles[0], str(bundles[1]), "--kv-pages", str(KV_PAGES), log_dir=root)
@@ -78,9 +88,11 @@ def mistral_url(tmp_path_factory):
         pytest.skip(skip_reason(SMOLLM2))
     root = tmp_path_factory.mktemp("mistral")
     bundles = []
-    for name, template in ((MISTRAL_NEMO, "mistralai-Mistral-Nemo-Instruct-2407.jinja"),
-                           (MISTRAL_SMALL, "Mistral-Small-3.2-24B-Instruct-2506.jinja"),
-                           (DEEPSEEK_V31, "deepseek-ai-DeepSeek-V3.1.jinja")):
+    for name, template in (
+        (MISTRAL_NEMO, "mistralai-Mistral-Nemo-Instruct-2407.jinja"),
+        (MISTRAL_SMALL, "Mistral-Small-3.2-24B-Instruct-2506.jinja"),
+        (DEEPSEEK_V31, "deepseek-ai-DeepSeek-V3.1.jinja"),
+    ):
         rfc("compile", SMOLLM2, "-o", root / name, "-q", "--chat-template", CHAT_TEMPLATES / template, check=True)
         bundles.append(root / name)
     proc = ServerProcess(bundles[0], *map(str, bundles[1:]), "--kv-pages", str(KV_PAGES * 3 // 2), log_dir=root)
@@ -99,10 +111,23 @@ def responses_url(tmp_path_factory):
     if not SMOLLM2.is_file():
         pytest.skip(skip_reason(SMOLLM2))
     root = tmp_path_factory.mktemp("responses")
-    rfc("compile", SMOLLM2, "-o", root / TOOLS_QWEN, "-q", "--chat-template",
-        CHAT_TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja", check=True)
-    proc = ServerProcess(root / TOOLS_QWEN, "--kv-pages", str(KV_PAGES // 2),
-                         *(a for k in RESPONSES_KEYS for a in ("--api-key", k)), log_dir=root)
+    rfc(
+        "compile",
+        SMOLLM2,
+        "-o",
+        root / TOOLS_QWEN,
+        "-q",
+        "--chat-template",
+        CHAT_TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja",
+        check=True,
+    )
+    proc = ServerProcess(
+        root / TOOLS_QWEN,
+        "--kv-pages",
+        str(KV_PAGES // 2),
+        *(a for k in RESPONSES_KEYS for a in ("--api-key", k)),
+        log_dir=root,
+    )
     try:
         yield proc.wait_ready().url
     finally:

@@ -59,9 +59,10 @@ def main(argv: list[str]) -> int:
     status = 0
     for family in argv or list(FAMILIES):
         python = environment(family)
-        run = subprocess.run([str(python), "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", TESTS, "-k",
-                              FAMILIES[family][1]],
-                             cwd=ROOT)
+        run = subprocess.run(
+            [str(python), "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", TESTS, "-k", FAMILIES[family][1]],
+            cwd=ROOT,
+        )
         status = status or run.returncode
     return status
 

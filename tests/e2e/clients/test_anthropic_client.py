@@ -24,25 +24,30 @@ def test_messages_create_streamed_and_not(client, url):
     assert whole.type == "message" and whole.role == "assistant" and whole.model == CHAT
     assert whole.stop_reason in ("end_turn", "max_tokens") and whole.content[0].type == "text" and whole.content[0].text
     assert whole.usage.output_tokens <= 16 and whole.usage.input_tokens > 10
-    with client.messages.stream(model=CHAT, system=SYSTEM, messages=MESSAGES, max_tokens=16,
-                                extra_body=GREEDY) as stream:
+    with client.messages.stream(
+        model=CHAT, system=SYSTEM, messages=MESSAGES, max_tokens=16, extra_body=GREEDY
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == whole.content[0].text and final.stop_reason == whole.stop_reason
     assert final.usage.output_tokens == whole.usage.output_tokens
     chat = openai.OpenAI(base_url=url + "/v1", api_key="unused").chat.completions.create(
-        model=CHAT, messages=[{"role": "system", "content": SYSTEM}, *MESSAGES], max_tokens=16, temperature=0)
+        model=CHAT, messages=[{"role": "system", "content": SYSTEM}, *MESSAGES], max_tokens=16, temperature=0
+    )
     assert chat.choices[0].message.content == whole.content[0].text  # the same prompt through two APIs
 
 
 def test_multi_turn_blocks_and_stop_sequences(client):
-    turns = [{"role": "user", "content": [{"type": "text", "text": "Count to five."}]},
-             {"role": "assistant", "content": "1, 2, 3, 4, 5."},
-             {"role": "user", "content": "Again, please."}]
+    turns = [
+        {"role": "user", "content": [{"type": "text", "text": "Count to five."}]},
+        {"role": "assistant", "content": "1, 2, 3, 4, 5."},
+        {"role": "user", "content": "Again, please."},
+    ]
     free = client.messages.create(model=CHAT, messages=turns, max_tokens=12, extra_body=GREEDY).content[0].text
     stop = free.strip()[1:3] or free[1:3]
-    stopped = client.messages.create(model=CHAT, messages=turns, max_tokens=12, stop_sequences=[stop],
-                                     extra_body=GREEDY)
+    stopped = client.messages.create(
+        model=CHAT, messages=turns, max_tokens=12, stop_sequences=[stop], extra_body=GREEDY
+    )
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == stop
     assert free.startswith(stopped.content[0].text) and stop not in stopped.content[0].text
 
@@ -59,8 +64,18 @@ def test_errors_are_anthropic_shaped(client):
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "not_found_error"
     assert CHAT in e.value.body["error"]["message"]
     with pytest.raises(anthropic.BadRequestError) as e:
-        client.messages.create(model=CHAT, messages=[{"role": "user", "content": [
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]}], max_tokens=4)
+        client.messages.create(
+            model=CHAT,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}
+                    ],
+                }
+            ],
+            max_tokens=4,
+        )
     assert e.value.body["error"]["type"] == "invalid_request_error" and "image" in e.value.body["error"]["message"]
 
 
@@ -69,12 +84,14 @@ def test_x_api_key_is_accepted(demo_bundle):
     try:
         proc.wait_ready()
         good = anthropic.Anthropic(base_url=proc.url, api_key="sekret", max_retries=0)  # sends x-api-key
-        reply = good.messages.create(model="claude-anything", messages=[{"role": "user", "content": "Once"}],
-                                     max_tokens=3)
+        reply = good.messages.create(
+            model="claude-anything", messages=[{"role": "user", "content": "Once"}], max_tokens=3
+        )
         assert reply.model == DEMO and reply.usage.output_tokens == 3  # one model: any name reaches it
         with pytest.raises(anthropic.AuthenticationError) as e:
             anthropic.Anthropic(base_url=proc.url, api_key="wrong", max_retries=0).messages.create(
-                model=DEMO, messages=[{"role": "user", "content": "Once"}], max_tokens=3)
+                model=DEMO, messages=[{"role": "user", "content": "Once"}], max_tokens=3
+            )
         assert e.value.body["error"]["type"] == "authentication_error"
     finally:
         proc.stop()

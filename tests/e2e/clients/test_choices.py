@@ -42,8 +42,16 @@ def test_completions_n2_and_usage(client):
 
 def test_streamed_n2_reassembles_to_the_whole_reply(client):
     whole = client.chat.completions.create(model=CHAT, messages=MESSAGES, n=2, temperature=1.0, max_tokens=16, seed=11)
-    stream = client.chat.completions.create(model=CHAT, messages=MESSAGES, n=2, temperature=1.0, max_tokens=16, seed=11,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=CHAT,
+        messages=MESSAGES,
+        n=2,
+        temperature=1.0,
+        max_tokens=16,
+        seed=11,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     texts, finish, usage = ["", ""], [None, None], None
     for chunk in stream:
         if chunk.usage:
@@ -54,8 +62,9 @@ def test_streamed_n2_reassembles_to_the_whole_reply(client):
     assert texts == [c.message.content for c in whole.choices]
     assert finish == [c.finish_reason for c in whole.choices]
     assert usage.completion_tokens == whole.usage.completion_tokens and usage.prompt_tokens == whole.usage.prompt_tokens
-    comp = client.completions.create(model=CHAT, prompt="Once upon a time", n=2, temperature=0, max_tokens=8,
-                                     stream=True)
+    comp = client.completions.create(
+        model=CHAT, prompt="Once upon a time", n=2, temperature=0, max_tokens=8, stream=True
+    )
     ctexts = ["", ""]
     for chunk in comp:
         for c in chunk.choices:
@@ -81,13 +90,16 @@ def test_choices_share_the_prompts_kv_blocks(client, url):
 
     def counters() -> dict[str, float]:
         text = requests.get(url + "/metrics", timeout=10).text
-        return {k: float(v)
-                for k, v in re.findall(r'^rocmforge_prefix_cache_(hit|miss)_tokens_total\{model="' + CHAT
-                                       + r'"\} (\S+)$',
-                                         text, re.M)}
+        return {
+            k: float(v)
+            for k, v in re.findall(
+                r'^rocmforge_prefix_cache_(hit|miss)_tokens_total\{model="' + CHAT + r'"\} (\S+)$', text, re.M
+            )
+        }
 
-    prompt = ("A long prompt that fills several blocks of the cache: " + " ".join(f"word{i}" for i in range(60))
-              + " The end.")
+    prompt = (
+        "A long prompt that fills several blocks of the cache: " + " ".join(f"word{i}" for i in range(60)) + " The end."
+    )
     before = counters()
     r = client.completions.create(model=CHAT, prompt=prompt, n=4, max_tokens=4, temperature=1.0)
     after = counters()

@@ -36,8 +36,19 @@ def _read_until(fd: int, pattern: re.Pattern, timeout: float) -> tuple[re.Match,
 
 
 def test_generate_stream_shows_tokens_live_and_ctrl_c_cancels_on_the_server(url):
-    args = ["generate", "Once upon a time", "--stream", "--model", CHAT, "--max-tokens", str(MAX_TOKENS),
-            "--temperature", "0", "--url", url]
+    args = [
+        "generate",
+        "Once upon a time",
+        "--stream",
+        "--model",
+        CHAT,
+        "--max-tokens",
+        str(MAX_TOKENS),
+        "--temperature",
+        "0",
+        "--url",
+        url,
+    ]
     pid, fd = pty.fork()
     if pid == 0:  # the child: a session of its own with the pseudo-terminal as its terminal
         os.execv(sys.executable, [sys.executable, "-c", "from rfc.cli.main import main; main()", *args])
@@ -58,13 +69,16 @@ def test_generate_stream_shows_tokens_live_and_ctrl_c_cancels_on_the_server(url)
 
 
 def test_generate_prints_the_servers_text(url):
-    out = rfc("generate", "Once upon a time", "--max-tokens", "12", "--temperature", "0", "--url", url,
-              check=True).stdout
-    expected = requests.post(url + "/generate",
-                             json={"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}, timeout=30).json()
+    out = rfc(
+        "generate", "Once upon a time", "--max-tokens", "12", "--temperature", "0", "--url", url, check=True
+    ).stdout
+    expected = requests.post(
+        url + "/generate", json={"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}, timeout=30
+    ).json()
     assert out == expected["text"] + "\n"
-    streamed = rfc("generate", "Once upon a time", "--stream", "-n", "12", "--temperature", "0", "--url", url,
-                   check=True)
+    streamed = rfc(
+        "generate", "Once upon a time", "--stream", "-n", "12", "--temperature", "0", "--url", url, check=True
+    )
     assert streamed.stdout == out and re.match(r"rfc: request \d+\n", streamed.stderr)
 
 
@@ -81,8 +95,9 @@ def test_models_names_the_gguf_and_the_bundle(clients_server, clients_bundles):
 
 
 def test_status_cancel_models_health(url):
-    rid = requests.post(url + "/generate", json={"prompt": "Hi", "max_tokens": 3, "model": DEMO},
-                        timeout=30).json()["request_id"]
+    rid = requests.post(url + "/generate", json={"prompt": "Hi", "max_tokens": 3, "model": DEMO}, timeout=30).json()[
+        "request_id"
+    ]
     assert f'"request_id": {rid}' in rfc("status", str(rid), "--url", url, check=True).stdout
     # already done: unchanged
     assert '"finish_reason": "length"' in rfc("cancel", str(rid), "--url", url, check=True).stdout
@@ -92,11 +107,14 @@ def test_status_cancel_models_health(url):
     assert health.returncode == 0 and '"status": "healthy"' in health.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["generate", "hi"], "connection refused"),
-    (["status", "1"], "connection refused"),
-    (["health", "--timeout", "2"], "connection refused"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "hi"], "connection refused"),
+        (["status", "1"], "connection refused"),
+        (["health", "--timeout", "2"], "connection refused"),
+    ],
+)
 def test_server_down_is_one_line(args, message):
     proc = rfc(*args, "--url", f"http://127.0.0.1:{free_port()}")
     assert proc.returncode == 1 and message in proc.stderr
@@ -105,7 +123,9 @@ def test_server_down_is_one_line(args, message):
 
 def test_http_errors_are_one_line(url):
     missing = rfc("status", "987654321", "--url", url)
-    assert (missing.returncode == 1
-            and missing.stderr == "rfc: error: HTTP 404 from GET /status/987654321: request 987654321 not found\n")
+    assert (
+        missing.returncode == 1
+        and missing.stderr == "rfc: error: HTTP 404 from GET /status/987654321: request 987654321 not found\n"
+    )
     unknown = rfc("generate", "hi", "--model", "llama3", "--url", url)
     assert unknown.returncode == 1 and "HTTP 404" in unknown.stderr and CHAT in unknown.stderr

@@ -39,8 +39,9 @@ def wait_cancelled(url: str, before: float, count: int, timeout: float) -> float
         if cancelled_total(url) >= before + count:
             return time.monotonic() - started
         time.sleep(0.01)
-    raise AssertionError(f"{count} cancellations not counted within {timeout + 5} s (now "
-                         f"{cancelled_total(url) - before})")
+    raise AssertionError(
+        f"{count} cancellations not counted within {timeout + 5} s (now {cancelled_total(url) - before})"
+    )
 
 
 def openai_client(url: str) -> openai.OpenAI:
@@ -55,16 +56,36 @@ def leave_completion(url: str) -> None:
 def leave_chat(url: str) -> None:
     with pytest.raises(openai.APITimeoutError):
         openai_client(url).chat.completions.create(
-            model=CHAT, messages=[{"role": "user", "content": "Write a very long story about a dragon."}],
-            max_tokens=LONG, temperature=1.0, extra_body={"ignore_eos": True})
+            model=CHAT,
+            messages=[{"role": "user", "content": "Write a very long story about a dragon."}],
+            max_tokens=LONG,
+            temperature=1.0,
+            extra_body={"ignore_eos": True},
+        )
 
 
 def leave_generate(url: str) -> None:
     """`rfc generate` without --stream, interrupted by Ctrl-C (SIGINT) after a second (greedy: the
     server's default temperature 1 may sample an end within the second)."""
-    proc = subprocess.Popen([sys.executable, "-c", "from rfc.cli.main import main; main()", "generate",
-                             "Once upon a time", "--model", CHAT, "-n", str(LONG), "--temperature", "0", "--url", url],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from rfc.cli.main import main; main()",
+            "generate",
+            "Once upon a time",
+            "--model",
+            CHAT,
+            "-n",
+            str(LONG),
+            "--temperature",
+            "0",
+            "--url",
+            url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(LEAVE_AFTER_S + 0.5)  # the interpreter's start, then a second of generation
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
@@ -72,16 +93,21 @@ def leave_generate(url: str) -> None:
     assert proc.returncode == 130
 
 
-@pytest.mark.parametrize("route, leave", [("/v1/completions", leave_completion), ("/v1/chat/completions", leave_chat),
-                                          ("/generate", leave_generate)])
+@pytest.mark.parametrize(
+    "route, leave",
+    [("/v1/completions", leave_completion), ("/v1/chat/completions", leave_chat), ("/generate", leave_generate)],
+)
 def test_a_non_streamed_request_is_cancelled_when_its_client_leaves(clients_server, route, leave):
     url = clients_server.url
     before = cancelled_total(url)
     leave(url)
     assert wait_cancelled(url, before, 1, CANCEL_WITHIN_S) <= CANCEL_WITHIN_S
     # the request's log line: cancelled (499, nginx's "client closed request") a moment after the client left
-    lines = [line for line in Path(clients_server.log_path).read_text().splitlines()
-             if f"method=POST route={route} status=499" in line]
+    lines = [
+        line
+        for line in Path(clients_server.log_path).read_text().splitlines()
+        if f"method=POST route={route} status=499" in line
+    ]
     assert lines, clients_server.log()[-3000:]
     duration = float(re.search(r"duration_ms=([\d.]+)", lines[-1]).group(1)) / 1000
     assert duration < LEAVE_AFTER_S + 2.0
@@ -102,10 +128,14 @@ def test_64_clients_leaving_at_once_leave_no_kv_page_or_thread(clients_server):
     def one(i: int) -> None:
         try:
             with pytest.raises(openai.APITimeoutError):
-                openai_client(url).completions.create(model=CHAT, prompt=f"Story number {i}:", max_tokens=LONG,
-                                                      temperature=1.0,
-                                                      # a sampled end would answer in time
-                                                      extra_body={"ignore_eos": True})
+                openai_client(url).completions.create(
+                    model=CHAT,
+                    prompt=f"Story number {i}:",
+                    max_tokens=LONG,
+                    temperature=1.0,
+                    # a sampled end would answer in time
+                    extra_body={"ignore_eos": True},
+                )
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 

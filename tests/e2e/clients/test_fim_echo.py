@@ -28,12 +28,15 @@ def fim_url(tmp_path_factory):
     reader = GGUFReader(DEMO_MODEL)
     field = reader.fields["tokenizer.ggml.tokens"]
     tokens = [bytes(field.parts[i]).decode() for i in field.data]
-    types = [int(reader.fields["tokenizer.ggml.token_type"].parts[i][0])
-             for i in reader.fields["tokenizer.ggml.token_type"].data]
+    types = [
+        int(reader.fields["tokenizer.ggml.token_type"].parts[i][0])
+        for i in reader.fields["tokenizer.ggml.token_type"].data
+    ]
     for i, name in FIM_TOKENS.items():
         tokens[i], types[i] = name, CONTROL
-    gguf = rewrite_gguf(DEMO_MODEL, root / f"{FIM}.gguf",
-                        {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types})
+    gguf = rewrite_gguf(
+        DEMO_MODEL, root / f"{FIM}.gguf", {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types}
+    )
     rfc("compile", gguf, "-o", root / FIM, "-q", check=True)
     proc = ServerProcess(root / FIM, log_dir=root)
     try:
@@ -48,13 +51,18 @@ def _count(url: str, text: str) -> int:
 
 def test_suffix_fills_in_the_middle(fim_url):
     client = openai.OpenAI(base_url=fim_url + "/v1", api_key="unused", max_retries=0)
-    r = client.completions.create(model=FIM, prompt="Once upon a time", suffix=" and they lived happily.", max_tokens=8,
-                                  temperature=0)
+    r = client.completions.create(
+        model=FIM, prompt="Once upon a time", suffix=" and they lived happily.", max_tokens=8, temperature=0
+    )
     # <s> <fim_prefix> prefix <fim_suffix> suffix <fim_middle>
     expected = 1 + 3 + _count(fim_url, "Once upon a time") + _count(fim_url, " and they lived happily.")
     assert r.usage.prompt_tokens == expected and r.choices[0].text is not None
-    body = {"input_prefix": "Once upon a time", "input_suffix": " and they lived happily.", "n_predict": 8,
-            "temperature": 0}
+    body = {
+        "input_prefix": "Once upon a time",
+        "input_suffix": " and they lived happily.",
+        "n_predict": 8,
+        "temperature": 0,
+    }
     infill = requests.post(fim_url + "/infill", json=body, timeout=30).json()
     assert infill["content"] == r.choices[0].text and infill["tokens_evaluated"] == expected
     assert infill["stop"] is True and infill["stop_type"] in ("eos", "limit")
@@ -65,11 +73,17 @@ def test_suffix_fills_in_the_middle(fim_url):
     assert more["tokens_evaluated"] == expected + _count(fim_url, "there")
     # Ollama's /api/generate takes `suffix` too
     served = requests.get(fim_url + "/api/tags", timeout=10).json()["models"][0]["name"]
-    ollama = requests.post(fim_url + "/api/generate",
-                           json={"model": served, "prompt": "Once upon a time", "stream": False,
-                                 "suffix": " and they lived happily.",
-                                 "options": {"temperature": 0, "num_predict": 8,
-                                             "repeat_penalty": 1.0}}, timeout=30).json()
+    ollama = requests.post(
+        fim_url + "/api/generate",
+        json={
+            "model": served,
+            "prompt": "Once upon a time",
+            "stream": False,
+            "suffix": " and they lived happily.",
+            "options": {"temperature": 0, "num_predict": 8, "repeat_penalty": 1.0},
+        },
+        timeout=30,
+    ).json()
     assert ollama["response"] == infill["content"] and ollama["prompt_eval_count"] == expected
 
 
@@ -95,15 +109,19 @@ def test_echo_with_the_prompts_logprobs(server):
     assert lp.token_logprobs[n_prompt:] == pytest.approx(plain.choices[0].logprobs.token_logprobs, abs=1e-4)
     assert all(x <= 0 for x in lp.token_logprobs[1:]) and all(len(t) == 2 for t in lp.top_logprobs[1:n_prompt])
     # teacher forcing: the prompt + the greedy text, echoed, gives the greedy tokens the logprobs they were sampled with
-    ids = requests.post(server.url + "/tokenize", json={"content": prompt, "add_special": True},
-                        timeout=10).json()["tokens"]
-    generated = [t
-                 for t in requests.post(server.url + "/generate",
-                                        json={"prompt": prompt, "max_tokens": 6, "temperature": 0},
-                                        timeout=30).json()["tokens"]]
-    forced = client.completions.create(model=DEMO, prompt=ids + generated, max_tokens=1, temperature=0, logprobs=0,
-                                       echo=True)
-    got = forced.choices[0].logprobs.token_logprobs[len(ids):len(ids) + 6]
+    ids = requests.post(server.url + "/tokenize", json={"content": prompt, "add_special": True}, timeout=10).json()[
+        "tokens"
+    ]
+    generated = [
+        t
+        for t in requests.post(
+            server.url + "/generate", json={"prompt": prompt, "max_tokens": 6, "temperature": 0}, timeout=30
+        ).json()["tokens"]
+    ]
+    forced = client.completions.create(
+        model=DEMO, prompt=ids + generated, max_tokens=1, temperature=0, logprobs=0, echo=True
+    )
+    got = forced.choices[0].logprobs.token_logprobs[len(ids) : len(ids) + 6]
     assert got == pytest.approx(plain.choices[0].logprobs.token_logprobs, abs=2e-3)
     # streamed: the prompt comes first
     stream = client.completions.create(model=DEMO, prompt=prompt, max_tokens=6, temperature=0, echo=True, stream=True)

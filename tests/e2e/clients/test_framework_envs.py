@@ -19,9 +19,24 @@ def test_the_frameworks_own_calls_pass_in_their_environment(family):
     except subprocess.CalledProcessError as e:
         pytest.skip(f"could not install {family}'s environment (no PyPI?): {e}")
     _, selection = FAMILIES[family]
-    run = subprocess.run([str(python), "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                          "tests/e2e/clients/test_framework_clients.py", "-k", selection],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "tests/e2e/clients/test_framework_clients.py",
+            "-k",
+            selection,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     tail = (run.stdout + run.stderr)[-3000:]
     assert run.returncode == 0, tail
     assert " skipped" not in tail.splitlines()[-1], f"{family}'s checks were skipped in its own environment:\n{tail}"

@@ -20,14 +20,19 @@ def _samples(url: str) -> dict[tuple[str, str], float]:
 
 
 def test_native_routes_take_an_optional_model(url):
-    default = requests.post(url + "/generate", json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0},
-                            timeout=60).json()
-    demo = requests.post(url + "/generate",
-                         json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "model": DEMO},
-                         timeout=60).json()
-    chat = requests.post(url + "/generate",
-                         json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "model": CHAT},
-                         timeout=60).json()
+    default = requests.post(
+        url + "/generate", json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}, timeout=60
+    ).json()
+    demo = requests.post(
+        url + "/generate",
+        json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "model": DEMO},
+        timeout=60,
+    ).json()
+    chat = requests.post(
+        url + "/generate",
+        json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "model": CHAT},
+        timeout=60,
+    ).json()
     assert default["text"] == demo["text"] != chat["text"]  # the first bundle named is the default
     status = requests.get(f"{url}/status/{chat['request_id']}", timeout=10).json()
     assert status["text"] == chat["text"]  # request ids are unique across the models
@@ -45,8 +50,9 @@ def test_metrics_and_traces_carry_the_model(url):
     requests.get(url + "/traces?clear=true", timeout=10)
     requests.post(url + "/generate", json={"prompt": "Hi", "max_tokens": 2, "model": CHAT}, timeout=60)
     after = _samples(url)
-    assert (after[("rocmforge_requests_completed_total", CHAT)]
-            == before[("rocmforge_requests_completed_total", CHAT)] + 1)
+    assert (
+        after[("rocmforge_requests_completed_total", CHAT)] == before[("rocmforge_requests_completed_total", CHAT)] + 1
+    )
     assert after[("rocmforge_requests_completed_total", DEMO)] == before[("rocmforge_requests_completed_total", DEMO)]
     assert after[("rocmforge_kv_cache_pages_total", CHAT)] == KV_PAGES // 2
     spans = requests.get(url + "/traces", timeout=10).json()["resource_spans"][0]["scope_spans"][0]["spans"]
@@ -66,17 +72,20 @@ def test_integrations_in_seed_003_shapes(url):
 
 
 def test_tokenize_detokenize_apply_template(url):
-    tokens = requests.post(url + "/tokenize", json={"model": CHAT, "content": "Hello world"},
-                           timeout=10).json()["tokens"]
+    tokens = requests.post(url + "/tokenize", json={"model": CHAT, "content": "Hello world"}, timeout=10).json()[
+        "tokens"
+    ]
     assert tokens and all(isinstance(t, int) for t in tokens)
-    pieces = requests.post(url + "/tokenize", json={"model": CHAT, "content": "Hello world", "with_pieces": True},
-                           timeout=10).json()
+    pieces = requests.post(
+        url + "/tokenize", json={"model": CHAT, "content": "Hello world", "with_pieces": True}, timeout=10
+    ).json()
     assert "".join(p["piece"] for p in pieces["tokens"]) == "Hello world"
-    assert (requests.post(url + "/detokenize", json={"model": CHAT, "tokens": tokens}, timeout=10).json()
-            == {"content": "Hello world"})
-    prompt = requests.post(url + "/apply-template",
-                           json={"model": CHAT, "messages": [{"role": "user", "content": "Hi"}]},
-                           timeout=10).json()["prompt"]
+    assert requests.post(url + "/detokenize", json={"model": CHAT, "tokens": tokens}, timeout=10).json() == {
+        "content": "Hello world"
+    }
+    prompt = requests.post(
+        url + "/apply-template", json={"model": CHAT, "messages": [{"role": "user", "content": "Hi"}]}, timeout=10
+    ).json()["prompt"]
     assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-    bad = requests.post(url + "/detokenize", json={"model": CHAT, "tokens": [10 ** 9]}, timeout=10)
+    bad = requests.post(url + "/detokenize", json={"model": CHAT, "tokens": [10**9]}, timeout=10)
     assert bad.status_code == 400 and "tokens" in bad.json()["error"]

@@ -39,8 +39,9 @@ def test_ai_sdk_tools_and_objects(tools_url):
         pytest.skip("the AI SDK is not installed: run `npm ci` in tests/node (.ci/run does)")
     from tests.e2e.clients.conftest import TOOLS_QWEN
 
-    proc = subprocess.run(["node", "tools.mjs", tools_url, TOOLS_QWEN], cwd=NODE_DIR, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        ["node", "tools.mjs", tools_url, TOOLS_QWEN], cwd=NODE_DIR, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["finishReason"] == "tool-calls"
@@ -58,8 +59,9 @@ def test_ollama_provider_honours_tool_choice(tools_url):
         pytest.skip("the AI SDK is not installed: run `npm ci` in tests/node (.ci/run does)")
     from tests.e2e.clients.conftest import TOOLS_QWEN
 
-    proc = subprocess.run(["node", "ollama_tools.mjs", tools_url, TOOLS_QWEN], cwd=NODE_DIR, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        ["node", "ollama_tools.mjs", tools_url, TOOLS_QWEN], cwd=NODE_DIR, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["required"]["finishReason"] == "tool-calls" and out["required"]["calls"], out
@@ -80,8 +82,13 @@ def test_ai_sdk_openai_provider_on_the_responses_api(responses_url):
 
     from tests.e2e.clients.conftest import RESPONSES_KEYS, TOOLS_QWEN
 
-    proc = subprocess.run(["node", "responses.mjs", responses_url, TOOLS_QWEN, RESPONSES_KEYS[0]], cwd=NODE_DIR,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["node", "responses.mjs", responses_url, TOOLS_QWEN, RESPONSES_KEYS[0]],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert [s["calls"] for s in out["steps"]] == [["get_weather"], []], out

@@ -43,16 +43,19 @@ def test_generate_streamed_equals_whole(client):
 
 
 def test_generate_through_the_template_unless_raw(client, url):
-    templated = client.generate(model=CHAT, prompt="Hi", system="Be brief.", options={**GREEDY, "num_predict": 6},
-                                stream=False)
+    templated = client.generate(
+        model=CHAT, prompt="Hi", system="Be brief.", options={**GREEDY, "num_predict": 6}, stream=False
+    )
     assert templated.prompt_eval_count > 10  # ChatML turns around the two words
     raw = client.generate(model=CHAT, prompt="Hi", raw=True, options={**GREEDY, "num_predict": 6}, stream=False)
     assert raw.prompt_eval_count == 1
 
 
 def test_chat_streamed_equals_whole(client):
-    messages = [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "What is 2+2?"}]
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is 2+2?"},
+    ]
     whole = client.chat(model=CHAT, messages=messages, options=GREEDY, stream=False)
     parts = list(client.chat(model=CHAT, messages=messages, options=GREEDY, stream=True))
     assert "".join(p.message.content for p in parts) == whole.message.content != ""
@@ -96,8 +99,9 @@ def test_errors_are_ollama_shaped(client, url):
     with pytest.raises(ollama.ResponseError) as e:
         client.push("llama3")
     assert e.value.status_code == 501 and "rfc compile" in e.value.error
-    r = requests.post(url + "/api/generate", json={"model": DEMO, "prompt": "x", "options": {"num_predict": "many"}},
-                      timeout=10)
+    r = requests.post(
+        url + "/api/generate", json={"model": DEMO, "prompt": "x", "options": {"num_predict": "many"}}, timeout=10
+    )
     assert r.status_code == 400 and set(r.json()) == {"error"}
     assert requests.get(url + "/", timeout=10).text == "Ollama is running"
     assert requests.get(url + "/api/version", timeout=10).json()["version"]

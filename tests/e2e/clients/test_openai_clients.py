@@ -11,8 +11,10 @@ import requests
 from tests.e2e.clients.conftest import CHAT, DEMO
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
-QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +29,16 @@ def test_models_list_both_with_their_metadata(client):
     assert chat["object"] == "model" and chat["owned_by"] == "rfc" and chat["created"] > 0
     assert chat["architecture"] == "llama" and chat["quantization"] == "Q4_1" and chat["parameter_size"] == "135M"
     assert chat["context_length"] == 8192 and chat["tensor_count"] == 272 and 85 < chat["file_size_mb"] < 95
-    assert chat["capabilities"] == {"completion": True, "chat": True, "embeddings": True, "tools": False,
-                                    "tool_call_format": "generic", "json_schema": True, "grammar": True,
-                                    "thinking": False}
+    assert chat["capabilities"] == {
+        "completion": True,
+        "chat": True,
+        "embeddings": True,
+        "tools": False,
+        "tool_call_format": "generic",
+        "json_schema": True,
+        "grammar": True,
+        "thinking": False,
+    }
     assert demo["capabilities"]["chat"] is False and demo["quantization"] == "F32" and demo["context_length"] == 512
     assert chat["targets"] == ["cpu"] and chat["device"] in ("cpu", "ref")
     assert chat["details"]["family"] == "llama" and chat["details"]["parameter_size"] == "135M"
@@ -40,24 +49,32 @@ def test_models_list_both_with_their_metadata(client):
 
 
 def _chat(client, messages, **kwargs) -> str:
-    return client.chat.completions.create(model=CHAT, messages=messages, max_tokens=16, temperature=0,
-                                          **kwargs).choices[0].message.content
+    return (
+        client.chat.completions.create(model=CHAT, messages=messages, max_tokens=16, temperature=0, **kwargs)
+        .choices[0]
+        .message.content
+    )
 
 
 def test_content_parts_give_the_same_text_as_a_string(client):
     parts = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in QUESTION]
     assert _chat(client, parts) == _chat(client, QUESTION) != ""
-    split = [QUESTION[0],
-             {"role": "user",
-              "content": [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}]}]
+    split = [
+        QUESTION[0],
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}],
+        },
+    ]
     joined = [QUESTION[0], {"role": "user", "content": "What is the capital\nof France?"}]
     assert _chat(client, split) == _chat(client, joined)
 
 
 def test_roles_and_null_content(client, url):
     def prompt(messages):
-        return requests.post(url + "/apply-template", json={"model": CHAT, "messages": messages},
-                             timeout=10).json()["prompt"]
+        return requests.post(url + "/apply-template", json={"model": CHAT, "messages": messages}, timeout=10).json()[
+            "prompt"
+        ]
 
     developer = [{"role": "developer", "content": "Answer in French."}, QUESTION[1]]
     system = [{"role": "system", "content": "Answer in French."}, QUESTION[1]]
@@ -68,23 +85,32 @@ def test_roles_and_null_content(client, url):
         _chat(client, [{"role": "wizard", "content": "hi"}])
     assert e.value.body["param"] == "messages[0].role"
     with pytest.raises(openai.BadRequestError) as e:
-        _chat(client,
-              [{"role": "user",
-                "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}])
+        _chat(
+            client,
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}],
+        )
     assert e.value.body["param"] == "messages[0].content[0]" and "image_url" in e.value.body["message"]
 
 
 def test_responses_create_streamed_and_not(client):
-    kwargs = dict(model=CHAT, instructions=QUESTION[0]["content"], input=QUESTION[1]["content"], max_output_tokens=16,
-                  temperature=0)
+    kwargs = dict(
+        model=CHAT,
+        instructions=QUESTION[0]["content"],
+        input=QUESTION[1]["content"],
+        max_output_tokens=16,
+        temperature=0,
+    )
     whole = client.responses.create(**kwargs)
     assert whole.object == "response" and whole.status in ("completed", "incomplete") and whole.output_text
     assert whole.usage.output_tokens <= 16 and whole.usage.input_tokens > 10
     events = list(client.responses.create(**kwargs, stream=True))
     kinds = [e.type for e in events]
-    assert (kinds[:4]
-            == ["response.created", "response.in_progress", "response.output_item.added",
-                "response.content_part.added"])
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
     assert kinds[-1] in ("response.completed", "response.incomplete")
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == whole.output_text
@@ -96,8 +122,9 @@ def test_responses_create_streamed_and_not(client):
 
 def test_responses_input_items(client):
     items = [{"role": "user", "content": [{"type": "input_text", "text": QUESTION[1]["content"]}]}]
-    r = client.responses.create(model=CHAT, instructions=QUESTION[0]["content"], input=items, max_output_tokens=16,
-                                temperature=0)
+    r = client.responses.create(
+        model=CHAT, instructions=QUESTION[0]["content"], input=items, max_output_tokens=16, temperature=0
+    )
     assert r.output_text == _chat(client, QUESTION)
 
 
@@ -119,5 +146,9 @@ def test_unknown_model_is_404_listing_the_ids(client):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=2)
     body = e.value.body
-    assert (body["code"] == "model_not_found" and body["param"] == "model" and DEMO in body["message"]
-            and CHAT in body["message"])
+    assert (
+        body["code"] == "model_not_found"
+        and body["param"] == "model"
+        and DEMO in body["message"]
+        and CHAT in body["message"]
+    )

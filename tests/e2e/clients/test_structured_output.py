@@ -20,53 +20,139 @@ pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 _S = {"type": "string", "maxLength": 40}
 SCHEMAS = [
-    {"type": "object", "properties": {"name": _S, "age": {"type": "integer"}}, "required": ["name", "age"],
-     "additionalProperties": False},
+    {
+        "type": "object",
+        "properties": {"name": _S, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    },
     {"type": "object", "properties": {"city": _S, "country": _S}, "required": ["city", "country"]},
-    {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]}}, "required": ["colour"],
-     "additionalProperties": False},
+    {
+        "type": "object",
+        "properties": {"colour": {"enum": ["red", "green", "blue"]}},
+        "required": ["colour"],
+        "additionalProperties": False,
+    },
     {"type": "object", "properties": {"score": {"type": "number", "minimum": 0, "maximum": 10}}, "required": ["score"]},
-    {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 5}}, "required": ["n"],
-     "additionalProperties": False},
-    {"type": "object", "properties": {"tags": {"type": "array", "items": _S, "minItems": 1, "maxItems": 3}},
-     "required": ["tags"]},
+    {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 5}},
+        "required": ["n"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {"tags": {"type": "array", "items": _S, "minItems": 1, "maxItems": 3}},
+        "required": ["tags"],
+    },
     {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False},
-    {"type": "object", "properties": {"title": _S, "subtitle": _S}, "required": ["title"],
-     "additionalProperties": False},  # optional field
-    {"type": "object", "properties": {"author": {"type": "object", "properties": {"first": _S, "last": _S},
-                                                 "required": ["first", "last"], "additionalProperties": False}},
-     "required": ["author"], "additionalProperties": False},
+    {
+        "type": "object",
+        "properties": {"title": _S, "subtitle": _S},
+        "required": ["title"],
+        "additionalProperties": False,
+    },  # optional field
+    {
+        "type": "object",
+        "properties": {
+            "author": {
+                "type": "object",
+                "properties": {"first": _S, "last": _S},
+                "required": ["first", "last"],
+                "additionalProperties": False,
+            }
+        },
+        "required": ["author"],
+        "additionalProperties": False,
+    },
     {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 100}, "minItems": 2, "maxItems": 4},
-    {"type": "object", "properties": {"points": {"type": "array", "maxItems": 3, "items": {
-        "type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}}, "required": ["x", "y"],
-        "additionalProperties": False}}},
-     "required": ["points"], "additionalProperties": False},
-    {"type": "object", "properties": {"status": {"const": "done"}, "count": {"type": "integer"}},
-     "required": ["status", "count"]},
-    {"type": "object", "properties": {"value": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
-     "required": ["value"]},
-    {"type": "object",
-     "properties": {"price": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
-                    "currency": {"enum": ["EUR", "USD"]}}, "required": ["price", "currency"],
-     "additionalProperties": False},
-    {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}}, "required": ["code"],
-     "additionalProperties": False},
-    {"type": "object",
-     "properties": {"matrix": {"type": "array", "maxItems": 2,
-                               "items": {"type": "array", "maxItems": 2, "items": {"type": "integer"}}}},
-     "required": ["matrix"]},
-    {"$defs": {"pet": {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}, "name": _S},
-                       "required": ["kind", "name"], "additionalProperties": False}},
-     "type": "object", "properties": {"pets": {"type": "array", "items": {"$ref": "#/$defs/pet"}, "maxItems": 2}},
-     "required": ["pets"]},
-    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "c": {"type": "integer"}},
-     "required": ["a", "b", "c"], "additionalProperties": False},
-    {"type": "object",
-     "properties": {"answer": {"type": "string", "enum": ["yes", "no", "maybe"]},
-                    "confidence": {"type": "number", "minimum": 0, "maximum": 1}},
-     "required": ["answer", "confidence"], "additionalProperties": False},
-    {"type": "object", "properties": {"date": {"type": "string", "format": "date"}}, "required": ["date"],
-     "additionalProperties": False},
+    {
+        "type": "object",
+        "properties": {
+            "points": {
+                "type": "array",
+                "maxItems": 3,
+                "items": {
+                    "type": "object",
+                    "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+                    "required": ["x", "y"],
+                    "additionalProperties": False,
+                },
+            }
+        },
+        "required": ["points"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {"status": {"const": "done"}, "count": {"type": "integer"}},
+        "required": ["status", "count"],
+    },
+    {
+        "type": "object",
+        "properties": {"value": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
+        "required": ["value"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "price": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+            "currency": {"enum": ["EUR", "USD"]},
+        },
+        "required": ["price", "currency"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}},
+        "required": ["code"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "matrix": {
+                "type": "array",
+                "maxItems": 2,
+                "items": {"type": "array", "maxItems": 2, "items": {"type": "integer"}},
+            }
+        },
+        "required": ["matrix"],
+    },
+    {
+        "$defs": {
+            "pet": {
+                "type": "object",
+                "properties": {"kind": {"enum": ["cat", "dog"]}, "name": _S},
+                "required": ["kind", "name"],
+                "additionalProperties": False,
+            }
+        },
+        "type": "object",
+        "properties": {"pets": {"type": "array", "items": {"$ref": "#/$defs/pet"}, "maxItems": 2}},
+        "required": ["pets"],
+    },
+    {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "c": {"type": "integer"}},
+        "required": ["a", "b", "c"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "answer": {"type": "string", "enum": ["yes", "no", "maybe"]},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+        "required": ["answer", "confidence"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {"date": {"type": "string", "format": "date"}},
+        "required": ["date"],
+        "additionalProperties": False,
+    },
 ]
 PROMPT = "Answer with JSON only. Describe something from your day."
 
@@ -80,7 +166,10 @@ def client(url):
 def test_openai_response_format_json_schema(client, i):
     schema = SCHEMAS[i]
     reply = client.chat.completions.create(
-        model=CHAT, messages=[{"role": "user", "content": PROMPT}], max_tokens=300, temperature=0,
+        model=CHAT,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=300,
+        temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schema, "strict": True}},
     )
     choice = reply.choices[0]
@@ -91,8 +180,12 @@ def test_openai_response_format_json_schema(client, i):
 @pytest.mark.parametrize("i", range(len(SCHEMAS)))
 def test_ollama_format_schema(url, i):
     schema = SCHEMAS[i]
-    reply = ollama.Client(host=url).chat(model=CHAT, messages=[{"role": "user", "content": PROMPT}], format=schema,
-                                         options={"temperature": 0, "num_predict": 300})
+    reply = ollama.Client(host=url).chat(
+        model=CHAT,
+        messages=[{"role": "user", "content": PROMPT}],
+        format=schema,
+        options={"temperature": 0, "num_predict": 300},
+    )
     assert reply.done_reason == "stop", reply.message.content
     jsonschema.validate(json.loads(reply.message.content), schema)
 
@@ -108,43 +201,71 @@ class Solution(pydantic.BaseModel):
 
 
 def test_openai_sdk_parse_with_pydantic(client):
-    reply = client.beta.chat.completions.parse(model=CHAT, messages=[{"role": "user", "content": "Solve 8x + 7 = -23"}],
-                                               response_format=Solution, max_tokens=400, temperature=0)
+    reply = client.beta.chat.completions.parse(
+        model=CHAT,
+        messages=[{"role": "user", "content": "Solve 8x + 7 = -23"}],
+        response_format=Solution,
+        max_tokens=400,
+        temperature=0,
+    )
     assert isinstance(reply.choices[0].message.parsed, Solution)
 
 
 def test_json_object_mode_and_streaming(client):
-    kwargs = dict(model=CHAT,
-                  messages=[{"role": "user",
-                             "content": "Reply with a JSON object with two keys: the name and the age of a cat."}],
-                  max_tokens=200, temperature=0, response_format={"type": "json_object"})
+    kwargs = dict(
+        model=CHAT,
+        messages=[
+            {"role": "user", "content": "Reply with a JSON object with two keys: the name and the age of a cat."}
+        ],
+        max_tokens=200,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
     whole = client.chat.completions.create(**kwargs).choices[0].message.content
     assert isinstance(json.loads(whole), dict)
-    parts = [c.choices[0].delta.content
-             or "" for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
+    parts = [
+        c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs) if c.choices
+    ]
     assert "".join(parts) == whole
 
 
 def test_completions_and_llama_cpp_extras(client, url):
     import requests
-    reply = client.completions.create(model=CHAT, prompt="Colour:", max_tokens=10, temperature=0,
-                                      extra_body={"grammar": 'root ::= " red" | " green" | " blue"'})
+
+    reply = client.completions.create(
+        model=CHAT,
+        prompt="Colour:",
+        max_tokens=10,
+        temperature=0,
+        extra_body={"grammar": 'root ::= " red" | " green" | " blue"'},
+    )
     assert reply.choices[0].text in (" red", " green", " blue")
-    body = {"model": CHAT, "messages": [{"role": "user", "content": "pick"}], "max_tokens": 20, "temperature": 0,
-            "json_schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}
+    body = {
+        "model": CHAT,
+        "messages": [{"role": "user", "content": "pick"}],
+        "max_tokens": 20,
+        "temperature": 0,
+        "json_schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+    }
     out = requests.post(url + "/v1/chat/completions", json=body, timeout=60).json()
     assert isinstance(json.loads(out["choices"][0]["message"]["content"])["n"], int)
 
 
-@pytest.mark.parametrize("schema,named", [
-    ({"type": "object", "if": {"properties": {}}, "then": {}}, "if"),
-    ({"type": "array", "contains": {"type": "string"}}, "contains"),
-])
+@pytest.mark.parametrize(
+    "schema,named",
+    [
+        ({"type": "object", "if": {"properties": {}}, "then": {}}, "if"),
+        ({"type": "array", "contains": {"type": "string"}}, "contains"),
+    ],
+)
 def test_unsupported_schema_is_a_400_naming_it(client, url, schema, named):
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "x"}], max_tokens=5,
-                                       response_format={"type": "json_schema",
-                                                        "json_schema": {"name": "x", "schema": schema}})
+        client.chat.completions.create(
+            model=CHAT,
+            messages=[{"role": "user", "content": "x"}],
+            max_tokens=5,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        )
     assert named in e.value.body["message"] and e.value.body["param"] == "response_format.json_schema.schema"
     with pytest.raises(ollama.ResponseError) as e2:
         ollama.Client(host=url).chat(model=CHAT, messages=[{"role": "user", "content": "x"}], format=schema)

@@ -142,8 +142,10 @@ class CpuOpDevice(InterpretedDevice):
         super().__init__(bundle.plan)
         self._lib, entry = open_library(bundle, target, kv)
         if entry.abi_version != ABI_VERSION:
-            raise DeviceError(f"bundle target {target} has cpu kernel ABI {entry.abi_version}, the kit calls ABI "
-                              f"{ABI_VERSION}; recompile the model")
+            raise DeviceError(
+                f"bundle target {target} has cpu kernel ABI {entry.abi_version}, the kit calls ABI "
+                f"{ABI_VERSION}; recompile the model"
+            )
         self._bundle = bundle
         self._entries = bundle.layout.by_name()
         self._weights: dict[str, CpuWeight] = {}
@@ -171,11 +173,13 @@ class CpuOpDevice(InterpretedDevice):
         _declare(lib, "rfc_scratch_bytes", [c_int], c_size_t)
         self._rmsnorm = _declare(lib, "rfc_rmsnorm", [_P, _P, _P, c_int]) if hasattr(lib, "rfc_rmsnorm") else None
         self._rope = _declare(lib, "rfc_rope", [_P, _P, _P, c_int, _P]) if hasattr(lib, "rfc_rope") else None
-        self._kv_write = (_declare(lib, "rfc_kv_write", [_P, _P, _P, _P, _P, c_int, c_int])
-                          if hasattr(lib, "rfc_kv_write") else None)
+        self._kv_write = (
+            _declare(lib, "rfc_kv_write", [_P, _P, _P, _P, _P, c_int, c_int]) if hasattr(lib, "rfc_kv_write") else None
+        )
         self._attention = (
             _declare(lib, "rfc_attention", [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int])
-            if hasattr(lib, "rfc_attention") else None
+            if hasattr(lib, "rfc_attention")
+            else None
         )
         self._add = _declare(lib, "rfc_add", [_P, _P, _P, c_size_t])
         self._add_bias = _declare(lib, "rfc_add_bias", [_P, _P, _P, c_int, c_int])
@@ -207,8 +211,9 @@ _P]}  # fmt: skip
     def _arch_kernel(self, name: str, op: Op):
         fn = self._arch.get(name)
         if fn is None:
-            raise DeviceError(f"the bundle's cpu kernels lack {name} (for {op.kind} {op.attrs}); recompile the model "
-                              f"with this rfc")
+            raise DeviceError(
+                f"the bundle's cpu kernels lack {name} (for {op.kind} {op.attrs}); recompile the model with this rfc"
+            )
         return fn
 
     # -- memory ---------------------------------------------------------------------------
@@ -230,8 +235,13 @@ _P]}  # fmt: skip
 
     def _load_weight(self, name: str) -> CpuWeight:
         e = self._entries[name]
-        w = CpuWeight(name, e.format, tuple(e.shape), self._base + e.offset,
-                      row_nbytes(e.format, e.shape[-1]) if len(e.shape) > 1 else e.nbytes)
+        w = CpuWeight(
+            name,
+            e.format,
+            tuple(e.shape),
+            self._base + e.offset,
+            row_nbytes(e.format, e.shape[-1]) if len(e.shape) > 1 else e.nbytes,
+        )
         fmt = e.format.lower()
         if len(e.shape) == 1 and e.format != "F32":
             # small vectors (norms, biases) stored quantized: decode once to float32
@@ -239,15 +249,21 @@ _P]}  # fmt: skip
             _declare(self._lib, f"rfc_dequant_{fmt}", [_P, _P, c_int])(w.ptr, out.ctypes.data, e.shape[0])
             w.keep, w.ptr = out, out.ctypes.data
         if len(e.shape) == 3 and hasattr(self._lib, f"rfc_moe_matmul_{fmt}"):  # experts: [E, N, K]
-            w.matmul = _declare(self._lib, f"rfc_moe_matmul_{fmt}",
-                                [_P, c_size_t, c_size_t, c_int, c_int, _P, c_int, _P, c_int, c_int, _P, _P], c_int)
+            w.matmul = _declare(
+                self._lib,
+                f"rfc_moe_matmul_{fmt}",
+                [_P, c_size_t, c_size_t, c_int, c_int, _P, c_int, _P, c_int, c_int, _P, _P],
+                c_int,
+            )
         if len(e.shape) == 2:
             if hasattr(self._lib, f"rfc_embed_{fmt}_scaled"):
-                w.embed_scaled = _declare(self._lib, f"rfc_embed_{fmt}_scaled", [_P, c_size_t, _P, c_int, _P, c_float],
-                                          c_int)
+                w.embed_scaled = _declare(
+                    self._lib, f"rfc_embed_{fmt}_scaled", [_P, c_size_t, _P, c_int, _P, c_float], c_int
+                )
             if hasattr(self._lib, f"rfc_matmul_{fmt}"):
-                w.matmul = _declare(self._lib, f"rfc_matmul_{fmt}",
-                                    [_P, c_size_t, c_int, c_int, _P, c_int, _P, _P, _P, _P])
+                w.matmul = _declare(
+                    self._lib, f"rfc_matmul_{fmt}", [_P, c_size_t, c_int, c_int, _P, c_int, _P, _P, _P, _P]
+                )
             if hasattr(self._lib, f"rfc_embed_{fmt}"):
                 w.embed = _declare(self._lib, f"rfc_embed_{fmt}", [_P, c_size_t, _P, c_int, _P], c_int)
         return w
@@ -265,8 +281,13 @@ _P]}  # fmt: skip
         key = op_key(op)
         call = self._calls.get(key)
         layout = batch.layout if batch is not None else None
-        if not (call is not None and call.layout is layout and call.outs == outs and call.ins == ins
-                and call.weights == weights):
+        if not (
+            call is not None
+            and call.layout is layout
+            and call.outs == outs
+            and call.ins == ins
+            and call.weights == weights
+        ):
             if key in self._folded:
                 fn, args = _nothing, ()
             else:
@@ -274,8 +295,9 @@ _P]}  # fmt: skip
             call = self._calls[key] = _Call(op, outs, ins, weights, layout, fn, args)
         status = call.fn(*call.args)
         if status is not None and status >= 0:  # embed: index of a token outside the vocabulary
-            raise DeviceError(f"token id {int(ins[0].array[status])} is outside the vocabulary "
-                              f"(0..{weights[0].shape[0] - 1})")
+            raise DeviceError(
+                f"token id {int(ins[0].array[status])} is outside the vocabulary (0..{weights[0].shape[0] - 1})"
+            )
 
     # Each returns the kernel and its arguments for one op.
     def _op_embed(self, op, outs, ins, weights, batch):
@@ -285,8 +307,9 @@ _P]}  # fmt: skip
         scale = op.attr("scale")
         if scale != 1.0:
             if w.embed_scaled is None:
-                raise DeviceError(f"the cpu kernels have no scaled embedding lookup for {w.name}; recompile the model "
-                                  f"with this rfc")
+                raise DeviceError(
+                    f"the cpu kernels have no scaled embedding lookup for {w.name}; recompile the model with this rfc"
+                )
             return w.embed_scaled, (w.ptr, w.row_bytes, tokens.ptr, tokens.array.shape[0], outs[0].ptr, scale)
         return w.embed, (w.ptr, w.row_bytes, tokens.ptr, tokens.array.shape[0], outs[0].ptr)
 
@@ -305,8 +328,18 @@ _P]}  # fmt: skip
         m, k = x.array.shape
         bias = self._bias_of.get(op_key(op))
         bias_ptr = self.weight(bias).ptr if bias is not None else None
-        return w.matmul, (w.ptr, w.row_bytes, w.shape[0], k, x.ptr, m, outs[0].ptr, bias_ptr, None,
-                          self._scratch_ptr(m))
+        return w.matmul, (
+            w.ptr,
+            w.row_bytes,
+            w.shape[0],
+            k,
+            x.ptr,
+            m,
+            outs[0].ptr,
+            bias_ptr,
+            None,
+            self._scratch_ptr(m),
+        )
 
     def _op_moe_route(self, op, outs, ins, weights, batch):
         (logits,), (ids, w) = ins, outs
@@ -363,51 +396,120 @@ _P]}  # fmt: skip
         position 0); the step program carries state (tests/e2e/test_hybrid_state.py)."""
         fn = _declare(self._lib, "rfc_short_conv", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P])
         states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))  # NULL: no slot
-        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
-                    outs[0].array.shape[1], weights[0].ptr, weights[0].shape[1], states.ctypes.data)
+        return fn, (
+            ins[0].ptr,
+            outs[0].ptr,
+            batch.positions.ptr,
+            batch.seq_start.ptr,
+            batch.num_seqs,
+            outs[0].array.shape[1],
+            weights[0].ptr,
+            weights[0].shape[1],
+            states.ctypes.data,
+        )
 
     def _op_ssm_conv(self, op, outs, ins, weights, batch):
         """As _op_short_conv: each sequence's chunk from zeros (no state pool here)."""
         states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))  # NULL: no slot
         if len(weights) > 1:  # Mamba2's conv bias
             fn = _declare(self._lib, "rfc_ssm_conv_bias", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P, _P])
-            return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
-                        outs[0].array.shape[1], weights[0].ptr, weights[0].shape[1], weights[1].ptr, states.ctypes.data)
+            return fn, (
+                ins[0].ptr,
+                outs[0].ptr,
+                batch.positions.ptr,
+                batch.seq_start.ptr,
+                batch.num_seqs,
+                outs[0].array.shape[1],
+                weights[0].ptr,
+                weights[0].shape[1],
+                weights[1].ptr,
+                states.ctypes.data,
+            )
         fn = _declare(self._lib, "rfc_ssm_conv", [_P, _P, _P, _P, c_int, c_int, _P, c_int, _P])
-        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
-                    outs[0].array.shape[1], weights[0].ptr, weights[0].shape[1], states.ctypes.data)
+        return fn, (
+            ins[0].ptr,
+            outs[0].ptr,
+            batch.positions.ptr,
+            batch.seq_start.ptr,
+            batch.num_seqs,
+            outs[0].array.shape[1],
+            weights[0].ptr,
+            weights[0].shape[1],
+            states.ctypes.data,
+        )
 
     def _op_ssm_scan(self, op, outs, ins, weights, batch):
-        fn = _declare(self._lib, "rfc_ssm_scan",
-                      [_P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, c_int, _P, _P, _P, _P])
+        fn = _declare(
+            self._lib, "rfc_ssm_scan", [_P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, c_int, _P, _P, _P, _P]
+        )
         states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
         a = op.attrs
-        return fn, (ins[0].ptr, ins[1].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
-                    a["n_heads"], a["head_dim"], a["n_groups"], a["state_size"], weights[0].ptr, weights[1].ptr,
-                    weights[2].ptr, states.ctypes.data)
+        return fn, (
+            ins[0].ptr,
+            ins[1].ptr,
+            outs[0].ptr,
+            batch.positions.ptr,
+            batch.seq_start.ptr,
+            batch.num_seqs,
+            a["n_heads"],
+            a["head_dim"],
+            a["n_groups"],
+            a["state_size"],
+            weights[0].ptr,
+            weights[1].ptr,
+            weights[2].ptr,
+            states.ctypes.data,
+        )
 
     def _op_gated_delta_net(self, op, outs, ins, weights, batch):
-        fn = _declare(self._lib, "rfc_gated_delta_net",
-                      [_P, _P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, _P, _P, c_float, _P])
+        fn = _declare(
+            self._lib, "rfc_gated_delta_net", [_P, _P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, _P, _P, c_float, _P]
+        )
         states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
         a = op.attrs
-        return fn, (ins[0].ptr, ins[1].ptr, ins[2].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr,
-                    batch.num_seqs, a["n_k_heads"], a["n_v_heads"], a["head_dim"], weights[0].ptr, weights[1].ptr,
-                    a["eps"], states.ctypes.data)
+        return fn, (
+            ins[0].ptr,
+            ins[1].ptr,
+            ins[2].ptr,
+            outs[0].ptr,
+            batch.positions.ptr,
+            batch.seq_start.ptr,
+            batch.num_seqs,
+            a["n_k_heads"],
+            a["n_v_heads"],
+            a["head_dim"],
+            weights[0].ptr,
+            weights[1].ptr,
+            a["eps"],
+            states.ctypes.data,
+        )
 
     def _op_head_matmul(self, op, outs, ins, weights, batch):
         w, x = weights[0], ins[0]
         heads, n, k = w.shape
-        fn = _checked(_declare(self._lib, f"rfc_head_matmul_{w.format.lower()}",
-                               [_P, c_size_t, _P, c_int, c_int, c_int, c_int,
-                                 c_int, _P], c_int), "head_matmul")
+        fn = _checked(
+            _declare(
+                self._lib,
+                f"rfc_head_matmul_{w.format.lower()}",
+                [_P, c_size_t, _P, c_int, c_int, c_int, c_int, c_int, _P],
+                c_int,
+            ),
+            "head_matmul",
+        )
         return fn, (w.ptr, w.row_bytes, x.ptr, x.array.shape[0], heads, op.attr("stride") or k, n, k, outs[0].ptr)
 
     def _op_concat_heads(self, op, outs, ins, weights, batch):
         (a, b), heads = ins, op.attrs["heads"]
         fn = _declare(self._lib, "rfc_concat_heads", [_P, _P, _P, c_int, c_int, c_int, c_int])
-        return fn, (a.ptr, b.ptr, outs[0].ptr, a.array.shape[0], heads, a.array.shape[1] // heads,
-                    b.array.shape[1] // heads)
+        return fn, (
+            a.ptr,
+            b.ptr,
+            outs[0].ptr,
+            a.array.shape[0],
+            heads,
+            a.array.shape[1] // heads,
+            b.array.shape[1] // heads,
+        )
 
     def _op_add_bias(self, op, outs, ins, weights, batch):
         rows, n = ins[0].array.shape
@@ -418,8 +520,13 @@ _P]}  # fmt: skip
 
     def _op_swiglu(self, op, outs, ins, weights, batch):
         act = op.attr("activation")
-        fn = self._arch_kernel({"gelu_tanh": "rfc_geglu", "swiglu_oai": "rfc_swiglu_oai", "relu": "rfc_reluglu"}[act],
-                               op) if act != "silu" else self._swiglu
+        fn = (
+            self._arch_kernel(
+                {"gelu_tanh": "rfc_geglu", "swiglu_oai": "rfc_swiglu_oai", "relu": "rfc_reluglu"}[act], op
+            )
+            if act != "silu"
+            else self._swiglu
+        )
         return fn, (ins[0].ptr, ins[1].ptr, outs[0].ptr, ins[0].array.size)
 
     def _op_scale(self, op, outs, ins, weights, batch):
@@ -451,8 +558,16 @@ _P]}  # fmt: skip
         table = self._keep.setdefault(op_key(op), np.array(rope_freqs(op.attrs), np.float64))
         if op.attr("temp_scale"):  # mistral3's attention temperature tuning
             return self._arch_kernel("rfc_rope_freqs_temp", op), (
-                outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.num_tokens, factors, table.ctypes.data,
-                op.attr("attn_factor"), op.attr("temp_scale"), op.attr("temp_floor"))
+                outs[0].ptr,
+                outs[1].ptr,
+                batch.positions.ptr,
+                batch.num_tokens,
+                factors,
+                table.ctypes.data,
+                op.attr("attn_factor"),
+                op.attr("temp_scale"),
+                op.attr("temp_floor"),
+            )
         return self._arch["rfc_rope_freqs"], (outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.num_tokens, factors,
                                               table.ctypes.data, op.attr("attn_factor"))  # fmt: skip
 
@@ -466,8 +581,18 @@ _P]}  # fmt: skip
 
     def _op_attention(self, op, outs, ins, weights, batch):
         kc, vc = self._layer_ptrs(op.attrs["layer"])
-        args = (ins[0].ptr, outs[0].ptr, kc, vc, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
-                batch.block_tables.ptr, batch.max_blocks, batch.block_size)
+        args = (
+            ins[0].ptr,
+            outs[0].ptr,
+            kc,
+            vc,
+            batch.positions.ptr,
+            batch.seq_start.ptr,
+            batch.num_seqs,
+            batch.block_tables.ptr,
+            batch.max_blocks,
+            batch.block_size,
+        )
         window, softcap = op.attr("window"), op.attr("softcap")
         if weights:  # gpt-oss's sinks, a float32 vector
             return self._arch_kernel("rfc_attention_sinks", op), (*args, window or 0, softcap or 0.0, weights[0].ptr)
@@ -492,8 +617,12 @@ def _fusions(ops: tuple[Op, ...]) -> tuple[dict[tuple, str], set[tuple]]:
     bias_of: dict[tuple, str] = {}
     folded: set[tuple] = set()
     for op, nxt in zip(ops, ops[1:]):
-        if (op.kind is OpKind.MATMUL and nxt.kind is OpKind.ADD_BIAS and nxt.inputs == op.outputs
-                and nxt.outputs == op.outputs):
+        if (
+            op.kind is OpKind.MATMUL
+            and nxt.kind is OpKind.ADD_BIAS
+            and nxt.inputs == op.outputs
+            and nxt.outputs == op.outputs
+        ):
             bias_of[op_key(op)] = nxt.weights[0]
             folded.add(op_key(nxt))
     return bias_of, folded
@@ -526,7 +655,16 @@ _CALLS: dict[OpKind, Callable] = {
     OpKind.HEAD_MATMUL: CpuOpDevice._op_head_matmul,
     OpKind.CONCAT_HEADS: CpuOpDevice._op_concat_heads,
     OpKind.SHORT_CONV: CpuOpDevice._op_short_conv,
-    **dict.fromkeys((OpKind.ALTUP_STACK, OpKind.ALTUP_PREDICT, OpKind.ALTUP_CORRECT, OpKind.ALTUP_ADD,
-                     OpKind.ALTUP_MERGE, OpKind.GAUSSIAN_TOPK), CpuOpDevice._op_altup),
+    **dict.fromkeys(
+        (
+            OpKind.ALTUP_STACK,
+            OpKind.ALTUP_PREDICT,
+            OpKind.ALTUP_CORRECT,
+            OpKind.ALTUP_ADD,
+            OpKind.ALTUP_MERGE,
+            OpKind.GAUSSIAN_TOPK,
+        ),
+        CpuOpDevice._op_altup,
+    ),
 }
 assert set(_CALLS) == set(OpKind), "the cpu kit runs every op kind"

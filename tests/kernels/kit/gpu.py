@@ -72,12 +72,23 @@ class _Pool:
 class GpuOpDevice(InterpretedDevice):
     """ReferenceDevice's op-by-op interface over a GPU driver: each op its kernel, alone."""
 
-    def __init__(self, driver: Driver, bundle: Bundle, entry: TargetEntry, code: dict[str, KernelInfo], image: bytes,
-                 kv: KVSpec, num_blocks: int, block_size: int, cache_types: KvCacheTypes = KvCacheTypes()):
+    def __init__(
+        self,
+        driver: Driver,
+        bundle: Bundle,
+        entry: TargetEntry,
+        code: dict[str, KernelInfo],
+        image: bytes,
+        kv: KVSpec,
+        num_blocks: int,
+        block_size: int,
+        cache_types: KvCacheTypes = KvCacheTypes(),
+    ):
         super().__init__(bundle.plan)
         specs = check_kernels(bundle, entry, code)
-        self._launches = {op_key(op): op_launch(bundle.plan, op, specs[name])
-                          for op, name in zip(bundle.plan.ops, entry.op_kernels)}
+        self._launches = {
+            op_key(op): op_launch(bundle.plan, op, specs[name]) for op, name in zip(bundle.plan.ops, entry.op_kernels)
+        }
         self._driver = driver
         self._layouts = entry.kernel_args
         module = driver.load_module(image)
@@ -105,11 +116,19 @@ class GpuOpDevice(InterpretedDevice):
         return arr
 
     def upload_batch(self, batch: StepBatch) -> DeviceBatch:
-        scalars = {"n_tokens": batch.num_tokens, "n_rows": batch.num_rows, "n_seqs": len(batch.context_lens),
-                   "table_width": int(batch.block_tables.shape[1]), "block_size": int(batch.block_size),
-                   "k_type": self.cache_types.k.code, "v_type": self.cache_types.v.code}
-        arrays = {n: self._upload(getattr(batch, n)) for n in ("tokens", "positions", "slots", "seq_of_token",
-                                                               "block_tables", "logit_rows")}
+        scalars = {
+            "n_tokens": batch.num_tokens,
+            "n_rows": batch.num_rows,
+            "n_seqs": len(batch.context_lens),
+            "table_width": int(batch.block_tables.shape[1]),
+            "block_size": int(batch.block_size),
+            "k_type": self.cache_types.k.code,
+            "v_type": self.cache_types.v.code,
+        }
+        arrays = {
+            n: self._upload(getattr(batch, n))
+            for n in ("tokens", "positions", "slots", "seq_of_token", "block_tables", "logit_rows")
+        }
         return DeviceBatch(**arrays, scalars=scalars)
 
     def download(self, buf: DeviceArray, rows: int) -> np.ndarray:
@@ -188,4 +207,3 @@ def _check_manifest_args(where: str, kernel: str, op: str, spec: KernelSpec, dec
 
 def _describe(arg) -> str:
     return "nothing" if arg is None else f"{arg[0]} ({arg[1]} bytes)"
-

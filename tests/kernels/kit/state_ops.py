@@ -30,8 +30,9 @@ TARGETS = {"native": "cpu", "portable": "cpu-generic"}
 STARTS, LENGTHS = [0, 9, 5, 0], [5, 1, 7, 3]
 
 
-def state_plan(buffers: dict[str, int], ops: tuple[Op, ...], states: tuple[tuple[int, ...], ...], output: str,
-               hidden: str) -> Plan:
+def state_plan(
+    buffers: dict[str, int], ops: tuple[Op, ...], states: tuple[tuple[int, ...], ...], output: str, hidden: str
+) -> Plan:
     """A plan of `ops` over token-row buffers of the given widths (n_embd: the hidden one's), one
     state tensor per shape."""
     return Plan(buffers=tuple(Buffer(name, ("T", width)) for name, width in buffers.items()), ops=ops,
@@ -49,8 +50,14 @@ def _zero_weights(weights: dict[str, tuple[int, ...]]) -> WeightLayout:
     return WeightLayout(256, tuple(entries))
 
 
-def open_library(build: str, tmp_path_factory, architecture: str, plan: Plan, weights: dict[str, tuple[int, ...]],
-                 argtypes: dict[str, list]) -> ctypes.CDLL:
+def open_library(
+    build: str,
+    tmp_path_factory,
+    architecture: str,
+    plan: Plan,
+    weights: dict[str, tuple[int, ...]],
+    argtypes: dict[str, list],
+) -> ctypes.CDLL:
     """The plan's kernels compiled for `build` (native: skipped off x86-64), loaded, with the
     exports' argument types declared."""
     if build == "native" and platform.machine().lower() not in ("x86_64", "amd64"):
