@@ -15,7 +15,9 @@ from pathlib import Path
 
 from rfc.artifacts.formats import FORMATS, Kernels
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_EXPERTS, STEP_SEQS, STEP_TOKENS
-from rfc.artifacts.plan import OPS, Plan, rope_inv_freq
+from rfc.artifacts.ops import OP_DEFS, OPS
+from rfc.artifacts.ops import altup as altup_ops
+from rfc.artifacts.plan import Plan, rope_inv_freq
 from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen import cpu_step
@@ -38,51 +40,7 @@ LIBRARY = "librfc_cpu.so"
 BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno")
 
 # gemma3n's AltUp ops and activation sparsity: row functions of kernels/cpu_altup.h (cpu_step.py's row_op phase)
-ALTUP_OPS = ("altup_stack", "altup_predict", "altup_correct", "altup_add", "altup_merge", "gaussian_topk")
-# The op kinds the cpu kernels implement; a plan with another op is refused.
-CPU_OPS = (
-    "embed",
-    "rmsnorm",
-    "matmul",
-    "add_bias",
-    "rope",
-    "kv_write",
-    "attention",
-    "swiglu",
-    "add",
-    "gather_rows",
-    "moe_route",
-    "moe_matmul",
-    "moe_combine",
-    "head_matmul",
-    "concat_heads",
-)
-# gemma's final-logit soft-capping; gpt-oss's per-expert biases; granite's multipliers
-CPU_ARCH_OPS = (
-    "softcap",
-    "moe_add_bias",
-    "scale",
-    "xielu",  # apertus's FFN activation
-    "moe_scale",
-    "slot_scale",  # the experts' gate and up weight scales; llama4's per-slot input weights
-    "ssm_conv",
-    "gated_delta_net",  # qwen35's Gated DeltaNet layers
-    "short_conv",  # lfm2's gated short convolutions
-    "ssm_scan",  # Mamba2's selective scan (granitehybrid, nemotron_h)
-    *ALTUP_OPS,
-)
-# The optional attributes the cpu kernels take, per op (any other non-default one is refused).
-# Those that may differ between layers are per-op arguments in the step program; the rest
-# must be the same for every op of a kind (_uniform).
-_ROPE_TABLE = ("ext_factor", "beta_fast", "beta_slow", "orig_ctx")  # YaRN: they shape a rope variant's table
-CPU_ATTRS = {"embed": ("scale", "column"), "rmsnorm": ("heads",),
-             "rope": ("attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE), "attention": ("window", "softcap"),
-             "swiglu": ("activation", "alpha", "limit"),
-             "moe_route": ("gating", "norm", "scale", "groups", "groups_used", "expert_scale"),
-             "head_matmul": ("stride",)}  # fmt: skip
-_PER_OP_ATTRS = {"rmsnorm": {"heads"},
-                 "rope": {"freq_base", "freq_scale", "attn_factor", "temp_scale", "temp_floor", *_ROPE_TABLE},
-                 "attention": {"window", "softcap"}}  # fmt: skip
+ALTUP_OPS = tuple(d.kind for d in altup_ops.DEFS)
 
 
 @dataclass(frozen=True)
@@ -229,25 +187,31 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         "kv_piece": kv_piece(plan),
         "max_k": max_k,
     }
-    parts = [render("cpu_prelude.c.j2", {**common, **format_params(Kernels.CPU)})]
+    rendered: set[str] = set()
+
+    def part(template: str, params: dict) -> str:
+        rendered.add(template)
+        return render(template, params)
+
+    parts = [part("cpu_prelude.c.j2", {**common, **format_params(Kernels.CPU)})]
     for fmt in sorted(f for f in {e.format for e in entries.values()} if FORMATS[f].is_gguf):
-        parts.append(render("cpu_dequant.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
+        parts.append(part("cpu_dequant.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
     for fmt in embed_formats:
-        parts.append(render("cpu_embed.c.j2", _embed_params(fmt, hp)))
+        parts.append(part("cpu_embed.c.j2", _embed_params(fmt, hp)))
     for fmt in matmul_formats:
         if FORMATS[fmt].is_packed:
-            parts.append(render("cpu_matmul_x8.c.j2", _x8_params(fmt, tuning)))
+            parts.append(part("cpu_matmul_x8.c.j2", _x8_params(fmt, tuning)))
         else:
-            parts.append(render("cpu_matmul.c.j2", _matmul_params(fmt, tuning)))
+            parts.append(part("cpu_matmul.c.j2", _matmul_params(fmt, tuning)))
     norm = _uniform(ops.get("rmsnorm", []), "rmsnorm")
     if norm is not None:
-        parts.append(render("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": float(norm["eps"])}))
+        parts.append(part("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": float(norm["eps"])}))
     # rope and attention: one rendering per geometry of their ops (layers may differ in heads and
     # head_dim: Gemma 4), the rest of their attributes shared (_uniform)
     for geometry, sfx in cpu_step.geometries(plan, "rope").items():
         rope = _uniform([op for op in ops["rope"] if cpu_step.head_geometry(op) == geometry], "rope")
         parts.append(
-            render(
+            part(
                 "cpu_rope.c.j2",
                 {
                     **_rope_params(rope, cpu_step.rope_variants(plan, geometry)),
@@ -259,23 +223,27 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     for geometry, sfx in cpu_step.geometries(plan, "attention").items():
         attention = _uniform([op for op in ops["attention"] if cpu_step.head_geometry(op) == geometry], "attention")
         parts.append(
-            render(
+            part(
                 "cpu_attention.c.j2",
                 {**_attention_params(plan.kv, attention, tuning), "sfx": [sfx] if sfx else [], "first": not sfx},
             )
         )
-    parts.append(render("cpu_elementwise.c.j2", _oai_params(ops.get("swiglu", []))))
+    parts.append(part("cpu_elementwise.c.j2", _oai_params(ops.get("swiglu", []))))
     arch_ops = _arch_ops_params(ops)
     if arch_ops is not None:
-        parts.append(render("cpu_arch_ops.c.j2", arch_ops))
+        parts.append(part("cpu_arch_ops.c.j2", arch_ops))
     if "head_matmul" in ops or "concat_heads" in ops:
-        parts.append(render("cpu_mla.c.j2", _mla_params(entries, ops.get("head_matmul", []))))
+        parts.append(part("cpu_mla.c.j2", _mla_params(entries, ops.get("head_matmul", []))))
     if moe is not None:
-        parts.append(render("cpu_moe.c.j2", moe))
+        parts.append(part("cpu_moe.c.j2", moe))
         for fmt in sorted({entries[op.weights[0]].format for op in ops["moe_matmul"]}):
-            parts.append(render("cpu_moe_matmul.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
+            parts.append(part("cpu_moe_matmul.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
+    # every op's kernel is in a template its descriptor names (CpuPart.templates)
+    missing = sorted({kind for kind in ops if rendered.isdisjoint(OP_DEFS[kind].cpu.templates)})
+    if missing:
+        raise CompileError(f"internal: the cpu source lacks the kernel templates of {', '.join(missing)}")
     if step:
-        parts.append(render("cpu_step.c.j2", step_params(inp, tuning.loop_layers)))
+        parts.append(part("cpu_step.c.j2", step_params(inp, tuning.loop_layers)))
     return "\n".join(parts)
 
 
@@ -366,14 +334,14 @@ def step_program(inp: CodegenInput) -> StepProgram:
 
 
 def check_ops(plan: Plan, architecture: str) -> None:
-    """Refuses a plan with an op kind or a non-default optional attribute the cpu kernels lack."""
+    """Refuses a plan with a non-default optional attribute the cpu kernels lack (every op kind
+    has a cpu kernel: tests/unit/test_op_registry.py)."""
     hint = "the reference device runs it: compile with --reference-only (or for a GPU target) and use `--device ref`"
     for op in plan.ops:
-        if op.kind not in CPU_OPS + CPU_ARCH_OPS:
-            raise CompileError(f"the cpu target has no kernel for op {op.kind} ({architecture}); {hint}")
+        cpu = OP_DEFS[op.kind].cpu  # the optional attributes its kernel takes (the descriptor's CpuPart)
         for name, default in OPS[op.kind].optional:
             value = op.attr(name)
-            if value != default and name not in CPU_ATTRS.get(op.kind, ()):
+            if value != default and name not in cpu.attrs:
                 raise CompileError(
                     f"the cpu target has no kernel for {op.kind} with {name} = {value!r} ({architecture}); {hint}"
                 )
@@ -603,10 +571,10 @@ def _rope_params(attrs: dict, variants: list[cpu_step.RopeKey]) -> dict:
 
 def _uniform(ops: list, kind: str) -> dict | None:
     """The attributes all ops of a kind share (their layer and the per-op arguments aside:
-    _PER_OP_ATTRS): they are compiled in."""
+    CpuPart.per_op): they are compiled in."""
     if not ops:
         return None
-    skip = {"layer"} | _PER_OP_ATTRS.get(kind, set())
+    skip = {"layer", *OP_DEFS[kind].cpu.per_op}
     first = {k: v for k, v in ops[0].attrs.items() if k not in skip}
     for op in ops[1:]:
         if {k: v for k, v in op.attrs.items() if k not in skip} != first:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rfc.artifacts.formats import FORMATS, row_nbytes
+from rfc.artifacts.ops import OP_DEFS
 from rfc.artifacts.plan import MOE_GATINGS, Buffer, Op, Plan
 from rfc.compiler.errors import CompileError
 
@@ -189,7 +190,7 @@ class _Lowering:
                 phases.append(self._rope(op, ops[i + 1]))
                 i += 2
                 continue
-            phases.append(getattr(self, "_" + op.kind)(op))
+            phases.append(getattr(self, OP_DEFS[op.kind].cpu.lower)(op))  # the descriptor's lowering
             i += 1
         return phases
 

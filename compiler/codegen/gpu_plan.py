@@ -5,7 +5,8 @@ geometry, wave size, threads per block, tiles, the launch grid) and the argument
 kernel declares. Ops with the same specialization share one kernel. Templates only spell
 the constants out.
 
-Argument lists are part of the bundle contract: KERNEL_ARGS is the one table of them. The step
+Argument lists are part of the bundle contract: each op's is in its descriptor (artifacts/ops,
+GpuPart.args), gathered in KERNEL_ARGS; the fused kernels' in STEP_KERNEL_ARGS. The step
 program's launches name each argument's source (an ArgSlot); the runtime binds them at the
 offsets the code object declares (rfc.runtime.devices.gpu_program), and the kernel tests run
 an op's kernel alone as the launch `op_launch` lowers it to.
@@ -21,138 +22,18 @@ from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, 
 from rfc.artifacts.kv_cache_type import BLOCK_VALUES, CacheType, KvCacheTypes
 from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.limits import STEP_TOKENS
+from rfc.artifacts.ops import I32, OP_DEFS, PTR, Args
 from rfc.artifacts.plan import MOE_GATINGS, Op, Plan, rope_freqs
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
 from rfc.compiler.codegen import weight_entries
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 
-PTR, I32 = "ptr", "i32"
 ARG_SIZES = {PTR: 8, I32: 4}
 
-# Declared kernel parameters per op kind, in order (rope adds freq_factors when it has one).
-KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
-    "embed": (("out", PTR), ("tokens", PTR), ("weight", PTR), ("n_rows", I32)),
-    "rmsnorm": (("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
-    "matmul": (("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
-    "add_bias": (("out", PTR), ("x", PTR), ("bias", PTR), ("n_rows", I32)),
-    "rope": (("q", PTR), ("k", PTR), ("positions", PTR), ("freq_factors", PTR), ("n_rows", I32)),
-    # k_type / v_type: how the cache stores K and V, the serving choice (CacheType.code: kernels/rfc_gpu_kv.h)
-    "kv_write": (
-        ("k_cache", PTR),
-        ("v_cache", PTR),
-        ("k", PTR),
-        ("v", PTR),
-        ("slots", PTR),
-        ("n_rows", I32),
-        ("k_type", I32),
-        ("v_type", I32),
-    ),
-    "attention": (
-        ("out", PTR),
-        ("q", PTR),
-        ("k_cache", PTR),
-        ("v_cache", PTR),
-        ("positions", PTR),
-        ("seq_of_token", PTR),
-        ("block_tables", PTR),
-        ("sinks", PTR),
-        ("n_rows", I32),
-        ("table_width", I32),
-        ("block_size", I32),
-        ("k_type", I32),
-        ("v_type", I32),
-    ),
-    "swiglu": (("out", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32)),
-    "add": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
-    "gather_rows": (("out", PTR), ("x", PTR), ("rows", PTR), ("n_rows", I32)),
-    "softcap": (("out", PTR), ("x", PTR), ("n_rows", I32)),
-    "scale": (("out", PTR), ("x", PTR), ("n_rows", I32)),
-    "xielu": (("out", PTR), ("x", PTR), ("n_rows", I32)),
-    "moe_route": (
-        ("ids", PTR),
-        ("weights", PTR),
-        ("logits", PTR),
-        ("bias", PTR),
-        ("escale", PTR),
-        ("n_rows", I32),
-    ),  # bias, escale: when it has them
-    "moe_matmul": (("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
-    "moe_combine": (("out", PTR), ("y", PTR), ("weights", PTR), ("n_rows", I32)),
-    "moe_add_bias": (("out", PTR), ("y", PTR), ("ids", PTR), ("bias", PTR), ("n_rows", I32)),
-    "moe_scale": (("out", PTR), ("y", PTR), ("ids", PTR), ("scale", PTR), ("n_rows", I32)),
-    "slot_scale": (("out", PTR), ("y", PTR), ("w", PTR), ("n_rows", I32)),
-    "head_matmul": (("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
-    "concat_heads": (("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
-    # recurrent layers: `state` is the state pool's base, each sequence's slot from state_slots
-    # (state_offset: the op's StateTensor's float offset in a slot, a constant: layers share one kernel)
-    "ssm_conv": (
-        ("out", PTR),
-        ("x", PTR),
-        ("weight", PTR),
-        ("bias", PTR),
-        ("state", PTR),
-        ("state_slots", PTR),
-        ("seq_start", PTR),
-        ("positions", PTR),
-        ("state_offset", I32),
-        ("n_seqs", I32),
-    ),  # bias: when it has one
-    "short_conv": (
-        ("out", PTR),
-        ("bcx", PTR),
-        ("weight", PTR),
-        ("state", PTR),
-        ("state_slots", PTR),
-        ("seq_start", PTR),
-        ("positions", PTR),
-        ("state_offset", I32),
-        ("n_seqs", I32),
-    ),
-    "gated_delta_net": (
-        ("out", PTR),
-        ("qkv", PTR),
-        ("alpha", PTR),
-        ("beta", PTR),
-        ("a", PTR),
-        ("dt", PTR),
-        ("state", PTR),
-        ("state_slots", PTR),
-        ("seq_start", PTR),
-        ("positions", PTR),
-        ("state_offset", I32),
-        ("n_seqs", I32),
-    ),
-    "ssm_scan": (
-        ("out", PTR),
-        ("xbc", PTR),
-        ("dt", PTR),
-        ("a", PTR),
-        ("d", PTR),
-        ("dt_bias", PTR),
-        ("state", PTR),
-        ("state_slots", PTR),
-        ("seq_start", PTR),
-        ("positions", PTR),
-        ("state_offset", I32),
-        ("n_seqs", I32),
-    ),
-    # gemma3n's AltUp ops and activation sparsity: a block per token
-    "altup_stack": (("out", PTR), ("x", PTR), ("y", PTR), ("n_rows", I32)),
-    "altup_predict": (("pred", PTR), ("act", PTR), ("hs", PTR), ("coefs", PTR), ("n_rows", I32)),
-    "altup_correct": (
-        ("out", PTR),
-        ("gate", PTR),
-        ("pred", PTR),
-        ("x", PTR),
-        ("coefs", PTR),
-        ("scale", PTR),
-        ("n_rows", I32),
-    ),
-    "altup_add": (("out", PTR), ("sub", PTR), ("hs", PTR), ("x", PTR), ("n_rows", I32)),
-    "altup_merge": (("out", PTR), ("hs", PTR), ("u", PTR), ("n_rows", I32)),
-    "gaussian_topk": (("out", PTR), ("x", PTR), ("n_rows", I32)),
-}
+# Declared kernel parameters per op kind, in order: each op's descriptor's (artifacts/ops,
+# GpuPart.args; a lowering leaves out the optional ones an op lacks: rope's freq_factors, ...).
+KERNEL_ARGS: dict[str, Args] = {kind: d.gpu.args for kind, d in OP_DEFS.items()}
 
 # Kernels only the step program launches in an op's place (KernelSpec.steps; the op's own kernel,
 # which the kernel tests run alone, is "attention"): split-KV attention (flash decoding), whose
@@ -411,7 +292,11 @@ class _Planner:
         self.tensors = tensors  # plan weights: the entries this target reads
 
     def spec(self, op: Op) -> KernelSpec:
-        return getattr(self, "_" + op.kind)(op)
+        gpu = OP_DEFS[op.kind].gpu
+        spec = getattr(self, gpu.lower)(op)  # the descriptor's lowering, with one of its templates
+        if spec.template not in gpu.templates:
+            raise CompileError(f"internal: {op.kind}'s GPU kernel {spec.name} uses {spec.template}, not its own")
+        return spec
 
     # -- helpers ---------------------------------------------------------------------------
     def _width(self, buffer: str) -> int:

@@ -4,8 +4,8 @@ It is the oracle the compiled kernels are tested against, so it favours clarity 
 speed; it is also the fallback where no compiled target fits the machine. Weights are
 dequantized once, on first use, and held in float64: matmuls then accumulate in float64, so
 a row's result does not depend on how many rows share the batch (BLAS picks different
-float32 summation orders for different shapes). Each op kind has its method, found in
-_HANDLERS (one per OpKind).
+float32 summation orders for different shapes). Each op kind has its method, the one its
+descriptor names (artifacts/ops: OpDef.reference), found in _HANDLERS.
 """
 
 from collections.abc import Callable
@@ -14,6 +14,7 @@ import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
+from rfc.artifacts.ops import OP_DEFS
 from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind, StateSpec, rope_freqs
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceKind
@@ -417,37 +418,17 @@ def ssm_scan_chunk(xbc, dt, a, d, dt_bias, state, h: int, p: int, g: int, n_stat
     return out.reshape(n, h * p).astype(np.float32), m.astype(np.float32)
 
 
-_HANDLERS: dict[OpKind, Callable] = {
-    OpKind.EMBED: ReferenceDevice.op_embed,
-    OpKind.RMSNORM: ReferenceDevice.op_rmsnorm,
-    OpKind.MATMUL: ReferenceDevice.op_matmul,
-    OpKind.ADD_BIAS: ReferenceDevice.op_add_bias,
-    OpKind.ROPE: ReferenceDevice.op_rope,
-    OpKind.KV_WRITE: ReferenceDevice.op_kv_write,
-    OpKind.ATTENTION: ReferenceDevice.op_attention,
-    OpKind.SWIGLU: ReferenceDevice.op_swiglu,
-    OpKind.ADD: ReferenceDevice.op_add,
-    OpKind.GATHER_ROWS: ReferenceDevice.op_gather_rows,
-    OpKind.SOFTCAP: ReferenceDevice.op_softcap,
-    OpKind.SCALE: ReferenceDevice.op_scale,
-    OpKind.XIELU: ReferenceDevice.op_xielu,
-    OpKind.MOE_ROUTE: ReferenceDevice.op_moe_route,
-    OpKind.MOE_MATMUL: ReferenceDevice.op_moe_matmul,
-    OpKind.MOE_COMBINE: ReferenceDevice.op_moe_combine,
-    OpKind.MOE_ADD_BIAS: ReferenceDevice.op_moe_add_bias,
-    OpKind.MOE_SCALE: ReferenceDevice.op_moe_scale,
-    OpKind.SLOT_SCALE: ReferenceDevice.op_slot_scale,
-    OpKind.HEAD_MATMUL: ReferenceDevice.op_head_matmul,
-    OpKind.CONCAT_HEADS: ReferenceDevice.op_concat_heads,
-    OpKind.SHORT_CONV: ReferenceDevice.op_short_conv,
-    OpKind.SSM_CONV: ReferenceDevice.op_ssm_conv,
-    OpKind.GATED_DELTA_NET: ReferenceDevice.op_gated_delta_net,
-    OpKind.SSM_SCAN: ReferenceDevice.op_ssm_scan,
-    OpKind.ALTUP_STACK: altup.op_altup_stack,  # gemma3n (runtime/devices/altup.py)
-    OpKind.ALTUP_PREDICT: altup.op_altup_predict,
-    OpKind.ALTUP_CORRECT: altup.op_altup_correct,
-    OpKind.ALTUP_ADD: altup.op_altup_add,
-    OpKind.ALTUP_MERGE: altup.op_altup_merge,
-    OpKind.GAUSSIAN_TOPK: altup.op_gaussian_topk,
-}
-assert set(_HANDLERS) == set(OpKind), "the reference implements every op kind"
+# gemma3n's ops, in their own module (runtime/devices/altup.py), as methods like the rest
+for _name in ("op_altup_stack", "op_altup_predict", "op_altup_correct", "op_altup_add", "op_altup_merge",
+              "op_gaussian_topk"):  # fmt: skip
+    setattr(ReferenceDevice, _name, getattr(altup, _name))
+
+
+def _handlers() -> dict[OpKind, Callable]:
+    """Each op kind's handler, the method its descriptor names (OpDef.reference)."""
+    missing = [d.kind for d in OP_DEFS.values() if not callable(getattr(ReferenceDevice, d.reference, None))]
+    assert not missing, f"the reference device lacks the handlers of {missing}"
+    return {OpKind(kind): getattr(ReferenceDevice, d.reference) for kind, d in OP_DEFS.items()}
+
+
+_HANDLERS = _handlers()

@@ -21,6 +21,8 @@ import numpy as np
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.formats import row_nbytes
+from rfc.artifacts.ops import OP_DEFS
+from rfc.artifacts.ops import altup as altup_ops
 from rfc.artifacts.plan import MOE_GATINGS, KVSpec, Op, OpKind, rope_freqs
 from rfc.compiler.codegen.cpu import ABI_VERSION
 from rfc.compiler.codegen.cpu_step import altup_consts
@@ -628,43 +630,9 @@ def _fusions(ops: tuple[Op, ...]) -> tuple[dict[tuple, str], set[tuple]]:
     return bias_of, folded
 
 
-# Each op kind's method: the kernel and its arguments for one op.
+# Each op kind's method: the kernel and its arguments for one op. The kit runs every kind of
+# the registry (artifacts/ops), gemma3n's AltUp family through one method.
+_ALTUP = {d.kind for d in altup_ops.DEFS}
 _CALLS: dict[OpKind, Callable] = {
-    OpKind.EMBED: CpuOpDevice._op_embed,
-    OpKind.RMSNORM: CpuOpDevice._op_rmsnorm,
-    OpKind.MATMUL: CpuOpDevice._op_matmul,
-    OpKind.ADD_BIAS: CpuOpDevice._op_add_bias,
-    OpKind.ROPE: CpuOpDevice._op_rope,
-    OpKind.KV_WRITE: CpuOpDevice._op_kv_write,
-    OpKind.ATTENTION: CpuOpDevice._op_attention,
-    OpKind.SWIGLU: CpuOpDevice._op_swiglu,
-    OpKind.ADD: CpuOpDevice._op_add,
-    OpKind.GATHER_ROWS: CpuOpDevice._op_gather_rows,
-    OpKind.SOFTCAP: CpuOpDevice._op_softcap,
-    OpKind.SCALE: CpuOpDevice._op_scale,
-    OpKind.XIELU: CpuOpDevice._op_xielu,
-    OpKind.MOE_ROUTE: CpuOpDevice._op_moe_route,
-    OpKind.MOE_MATMUL: CpuOpDevice._op_moe_matmul,
-    OpKind.MOE_COMBINE: CpuOpDevice._op_moe_combine,
-    OpKind.MOE_ADD_BIAS: CpuOpDevice._op_moe_add_bias,
-    OpKind.MOE_SCALE: CpuOpDevice._op_moe_scale,
-    OpKind.SLOT_SCALE: CpuOpDevice._op_slot_scale,
-    OpKind.SSM_CONV: CpuOpDevice._op_ssm_conv,
-    OpKind.GATED_DELTA_NET: CpuOpDevice._op_gated_delta_net,
-    OpKind.SSM_SCAN: CpuOpDevice._op_ssm_scan,
-    OpKind.HEAD_MATMUL: CpuOpDevice._op_head_matmul,
-    OpKind.CONCAT_HEADS: CpuOpDevice._op_concat_heads,
-    OpKind.SHORT_CONV: CpuOpDevice._op_short_conv,
-    **dict.fromkeys(
-        (
-            OpKind.ALTUP_STACK,
-            OpKind.ALTUP_PREDICT,
-            OpKind.ALTUP_CORRECT,
-            OpKind.ALTUP_ADD,
-            OpKind.ALTUP_MERGE,
-            OpKind.GAUSSIAN_TOPK,
-        ),
-        CpuOpDevice._op_altup,
-    ),
+    OpKind(kind): getattr(CpuOpDevice, "_op_altup" if kind in _ALTUP else f"_op_{kind}") for kind in OP_DEFS
 }
-assert set(_CALLS) == set(OpKind), "the cpu kit runs every op kind"

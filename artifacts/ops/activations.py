@@ -1,0 +1,70 @@
+"""Elementwise ops some architectures add to the backbone: gemma's final-logit soft-capping,
+granite's and gemma4's scalar multipliers, apertus's xIELU activation.
+"""
+
+from rfc.artifacts.ops.core import same_shape
+from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSchema
+from rfc.artifacts.ops.view import OpView
+
+
+def _scale(v: OpView) -> None:
+    same_shape(v)
+    # a learned scalar may be negative (gemma4's layer_output_scale, a weight's .scale): any
+    # finite nonzero float32 of magnitude in [1e-30, 1e6]
+    factor = v.real_attr("factor", -1e6, 1e6)
+    v.need(abs(factor) >= 1e-30, f"attribute factor = {factor!r} is zero or too small for a float32 literal")
+
+
+def _xielu(v: OpView) -> None:
+    same_shape(v)
+    # learned per-layer constants: any finite value a float32 holds comfortably (eps is a tiny negative)
+    for name in ("alpha_n", "alpha_p", "beta", "eps"):
+        v.real_attr(name, -1e6, 1e6)
+
+
+def _softcap(v: OpView) -> None:
+    same_shape(v)
+    v.real_attr("cap", 0.0, 1e6, open_lo=True)
+
+
+DEFS = (
+    OpDef(
+        kind="softcap",
+        schema=OpSchema(1, 1, (0, 0), ("cap",), doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),
+        check=_softcap,
+        reference="op_softcap",
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_softcap"),
+        gpu=GpuPart(("gpu_softcap.hip.j2",), lower="_softcap", args=(("out", PTR), ("x", PTR), ("n_rows", I32))),
+    ),
+    OpDef(
+        kind="scale",
+        schema=OpSchema(
+            1,
+            1,
+            (0, 0),
+            ("factor",),
+            doc="out = x * factor, factor a float32 (granite's residual and logit multipliers)",
+        ),
+        check=_scale,
+        reference="op_scale",
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_scale"),
+        gpu=GpuPart(("gpu_scale.hip.j2",), lower="_scale", args=(("out", PTR), ("x", PTR), ("n_rows", I32))),
+    ),
+    OpDef(
+        kind="xielu",
+        schema=OpSchema(
+            1,
+            1,
+            (0, 0),
+            ("alpha_n", "alpha_p", "beta", "eps"),
+            doc="xIELU (apertus's FFN activation), as ggml_xielu computes it: out = alpha_p x^2 + beta x for x > 0, "
+            "else (expm1(min(x, eps)) - x) alpha_n + beta x; the attributes are float32 and already the effective "
+            "ones (alpha_p = softplus(stored alpha_p), alpha_n = beta + softplus(stored alpha_n), as ggml_xielu "
+            "sets them)",
+        ),
+        check=_xielu,
+        reference="op_xielu",
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_xielu"),
+        gpu=GpuPart(("gpu_xielu.hip.j2",), lower="_xielu", args=(("out", PTR), ("x", PTR), ("n_rows", I32))),
+    ),
+)
