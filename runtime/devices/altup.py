@@ -2,7 +2,7 @@
 
 AltUp keeps n = n_altup streams of the hidden state; a plan holds them side by side in one
 row, hs[T, n E] (stream i at columns i E .. (i + 1) E: one token's streams together, so every
-op stays row-wise). The ops are as artifacts/plan.py's OPS documents them; each function here
+op stays row-wise). The ops are as their descriptors (artifacts/ops) document them; each function here
 takes and returns float32 rows, summing in float64 (the kernel tests' reference). The
 ReferenceDevice's handler table (reference.py) calls the op_* wrappers.
 """
