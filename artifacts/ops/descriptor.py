@@ -9,11 +9,15 @@ An op's descriptor holds its whole contract and names every part that implements
 - `reference`: the numpy handler, a method of runtime/devices/reference.py's ReferenceDevice
   (the oracle every kernel is tested against);
 - `cpu`: the templates whose rendering holds its cpu kernel, the step program's lowering of it
-  (a method of compiler/codegen/cpu_step.py's lowering) and the optional attributes the cpu
-  kernel takes;
-- `gpu`: the templates of its GPU kernel, the GPU planner's lowering of it (a method of
-  compiler/codegen/gpu_plan.py's planner) and the kernel's argument list, which is part of the
-  bundle contract: the runtime binds a launch's arguments by these names.
+  and the optional attributes the cpu kernel takes;
+- `gpu`: the templates of its GPU kernel, the GPU planner's lowering of it and the kernel's
+  argument list, which is part of the bundle contract: the runtime binds a launch's arguments
+  by these names.
+
+Both lowerings of a family's ops are in compiler/codegen/ops/<family>.py (mixins of the cpu
+step program's _Lowering and the GPU planner's _Planner); the core family's and the matmul-like
+ops' (matmul, moe_matmul, head_matmul, which share the matmul tiling) in
+compiler/codegen/cpu_step.py and gpu_plan.py.
 
 Parts that live above artifacts/ (the runtime's handler, the compiler's lowerings) are named
 here, not imported: artifacts/ imports neither. Each reader resolves the names once, at
@@ -45,7 +49,7 @@ class CpuPart:
     """The cpu targets' implementation."""
 
     templates: tuple[str, ...]  # templates/ files whose rendering holds the kernel (compiler/codegen/cpu.py)
-    lower: str  # the step program's lowering: a method of compiler/codegen/cpu_step.py's _Lowering
+    lower: str  # the step program's lowering: a method of compiler/codegen/cpu_step.py's _Lowering (or its mixins)
     # optional attributes the kernel takes; any other optional attribute must keep its default
     attrs: tuple[str, ...] = ()
     # those of `attrs` (and of the required ones) that may differ between ops of this kind in one
@@ -58,7 +62,7 @@ class GpuPart:
     """The GPU targets' implementation (one template source for HIP and CUDA)."""
 
     templates: tuple[str, ...]  # templates/ files of the op's own kernel, the first the usual one
-    lower: str  # the planner's lowering: a method of compiler/codegen/gpu_plan.py's _Planner
+    lower: str  # the planner's lowering: a method of compiler/codegen/gpu_plan.py's _Planner (or its mixins)
     args: Args  # the kernel's declared parameters, in order (a lowering may leave out optional ones)
 
 

@@ -29,14 +29,14 @@ and runs the same calls in the same order.
 The generated source takes only numbers and compiler-chosen identifiers (render.py checks).
 """
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 
 from rfc.artifacts.formats import FORMATS, row_nbytes
 from rfc.artifacts.ops import OP_DEFS
-from rfc.artifacts.plan import MOE_GATINGS, Buffer, Op, Plan
+from rfc.artifacts.plan import Buffer, Op, Plan
+from rfc.compiler.codegen.cpu_phase import Phase, f32_literal  # noqa: F401 (f32_literal: read as cpu_step.f32_literal)
+from rfc.compiler.codegen.ops import activations, altup, moe, recurrent
 from rfc.compiler.errors import CompileError
 
 MAX_SEGMENTS = 8  # rfc_mm_run's per-call segment arrays
@@ -48,15 +48,6 @@ GLU_SPANS = {
     "sigmoid": "rfc_sigmoid_glu_span",
     "relu": "rfc_relu_glu_span",
 }
-
-
-def f32_literal(value: float, what: str, *, signed: bool = False) -> float:
-    """A positive attribute (any sign with `signed`) that becomes a float literal in C: a normal
-    float32, so that it is neither rounded to zero (which the kernels read as "off") nor to infinity."""
-    v = float(value)
-    if not math.isfinite(v) or not 1e-30 <= (abs(v) if signed else v) <= 1e30:
-        raise CompileError(f"{what} = {v} is outside the float32 range the cpu step program takes")
-    return v
 
 
 # The attributes a rope op's frequency table is made of: rope_inv_freq's arguments after n_rot.
@@ -107,17 +98,6 @@ def _suffix(sfx: str) -> list[str]:
 MAX_MOE_SEGMENTS = 2  # expert matmuls sharing one gathered activation (gate, up): cpu_moe.c.j2's grouped outputs
 
 
-@dataclass
-class Phase:
-    kind: str
-    params: dict
-    reads: set[str] = field(default_factory=set)
-    writes: set[str] = field(default_factory=set)
-
-    def as_template(self) -> dict:
-        return {"kind": self.kind, **self.params}
-
-
 @dataclass(frozen=True)
 class Lowered:
     phases: list[dict]  # template dicts, barriers included
@@ -125,7 +105,7 @@ class Lowered:
     barriers: int
 
 
-class _Lowering:
+class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering, altup.CpuLowering):
     def __init__(self, plan: Plan, entries: dict, vectors: dict[str, list]):
         self.plan = plan
         self.entries = entries
@@ -267,24 +247,6 @@ class _Lowering:
                                        "counter": self.counter()}, reads | {"@act"}, writes))  # fmt: skip
         return j
 
-    # -- mixture of experts (cpu_moe.c.j2, cpu_moe_matmul.c.j2) ------------------------------------
-    # moe_route also groups the step's slots by expert (one thread: T x n_expert work); the
-    # expert matmuls read that grouping ("@moe"), so their ids must be the last route's.
-    def _moe_route(self, op: Op) -> Phase:
-        (logits,), (ids, weights) = op.inputs, op.outputs
-        self.moe_ids = ids
-        return Phase("moe_route", {"logits": self.buf(logits), "ids": self.buf(ids), "w": self.buf(weights),
-                                   "n_expert": self.width(logits), "n_used": int(op.attrs["n_used"]),
-                                   # the router's variant (cpu_moe.c.j2 numbers the gatings as MOE_GATINGS lists them)
-                                   "gating": MOE_GATINGS.index(op.attr("gating")), "norm": int(bool(op.attr("norm"))),
-                                   "scale": float(op.attr("scale")), "groups": int(op.attr("groups")),
-                                   "groups_used": int(op.attr("groups_used")),
-                                   # the selection bias, the experts' output scales (expert_scale: the last weight)
-                                   "bias": self.vec(op.weights[0])
-                                   if len(op.weights) > int(bool(op.attr("expert_scale"))) else [],
-                                   "escale": self.vec(op.weights[-1]) if op.attr("expert_scale") else []},
-                     {logits}, {ids, weights, "@moe"})  # fmt: skip
-
     def _feeds_moe(self, ops: list[Op], i: int) -> bool:
         """ops[i] (swiglu) writes exactly what the expert matmul right after it reads, per slot."""
         op = ops[i]
@@ -345,14 +307,6 @@ class _Lowering:
             and ops[i + 1].outputs[0] in ops[i + 1].inputs
             and ops[i + 1].outputs[0] != out
         )
-
-    def _moe_combine(self, op: Op, add: Op | None = None) -> Phase:
-        (y, w), (out,) = op.inputs, op.outputs
-        acc = add.outputs[0] if add is not None else None
-        return Phase("moe_combine", {"y": self.buf(y), "w": self.buf(w), "out": self.buf(out), "n_used": self.width(w),
-                                     "width": self.width(out), "rows": self.rows(out),
-                                     "accum": self.buf(acc) if acc else -1},
-                     {y, w} | ({acc} if acc else set()), {out} | ({acc} if acc else set()))  # fmt: skip
 
     @staticmethod
     def _single(ops: list[Op], last: int, first: int) -> bool:
@@ -442,27 +396,6 @@ class _Lowering:
                                    "sinks": sinks, "sfx": _suffix(self.attention_geometries[head_geometry(op)])},
                      {op.inputs[0], f"@kv{layer}"}, {op.outputs[0]})  # fmt: skip
 
-    def _moe_add_bias(self, op: Op) -> Phase:
-        (y, ids), (out,) = op.inputs, op.outputs
-        n_used = self.width(ids)
-        return Phase("moe_add_bias", {"y": self.buf(y), "ids": self.buf(ids), "out": self.buf(out), "n_used": n_used,
-                                      "width": self.width(y) // n_used, "w": self.entries[op.weights[0]].offset},
-                     {y, ids}, {out})  # fmt: skip
-
-    def _moe_scale(self, op: Op) -> Phase:
-        (y, ids), (out,) = op.inputs, op.outputs
-        n_used = self.width(ids)
-        return Phase("moe_scale", {"y": self.buf(y), "ids": self.buf(ids), "out": self.buf(out), "n_used": n_used,
-                                   "width": self.width(y) // n_used, "scale": self.vec(op.weights[0])},
-                     {y, ids}, {out})  # fmt: skip
-
-    def _slot_scale(self, op: Op) -> Phase:
-        (y, w), (out,) = op.inputs, op.outputs
-        n_used = self.width(w)
-        return Phase("slot_scale", {"y": self.buf(y), "w": self.buf(w), "out": self.buf(out), "n_used": n_used,
-                                    "width": self.width(y) // n_used, "rows": self.rows(y)},
-                     {y, w}, {out})  # fmt: skip
-
     def _add(self, op: Op) -> Phase:
         a, b = op.inputs
         return Phase("add", {"a": self.buf(a), "b": self.buf(b), "out": self.buf(op.outputs[0]), "width": self.width(a),
@@ -484,41 +417,6 @@ class _Lowering:
                       "rows": self.rows(g), "fn": GLU_SPANS[op.attr("activation")]}, {g, u},
                      set(op.outputs))  # fmt: skip
 
-    def _scale(self, op: Op) -> Phase:
-        x = op.inputs[0]
-        return Phase("scale",
-                     {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
-                      "factor": f32_literal(op.attrs["factor"], "scale factor", signed=True)}, {x},
-                     set(op.outputs))  # fmt: skip
-
-    def _xielu(self, op: Op) -> Phase:
-        x = op.inputs[0]
-        # validate_plan bounded the four to finite float32s of magnitude <= 1e6; C literals of them
-        consts = {k: float(np.float32(op.attrs[k])) for k in ("alpha_n", "alpha_p", "beta", "eps")}
-        return Phase("xielu",
-                     {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
-                      **consts}, {x}, set(op.outputs))  # fmt: skip
-
-    def _softcap(self, op: Op) -> Phase:
-        x = op.inputs[0]
-        return Phase("softcap",
-                     {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
-                      "cap": f32_literal(op.attrs["cap"], "softcap cap")}, {x}, set(op.outputs))  # fmt: skip
-
-    # -- LFM2's short conv (kernels/cpu_short_conv.h): channels split among the team, the state
-    # tensor at its float offset in each sequence's slot; "@state<i>" orders the phases that touch it
-    def _short_conv(self, op: Op) -> Phase:
-        (bcx,), (out,) = op.inputs, op.outputs
-        e = self.entries[op.weights[0]]
-        if e.format != "F32":
-            raise CompileError(
-                f"short_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is {e.format}"
-            )
-        index = int(op.attrs["state"])
-        return Phase("short_conv", {"bcx": self.buf(bcx), "out": self.buf(out), "c": self.width(out), "k": e.shape[1],
-                                    "w": e.offset, "state": self.plan.state.offset(index)},
-                     {bcx, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
-
     # -- multi-head latent attention (cpu_mla.c.j2) ----------------------------------------------
     def _head_matmul(self, op: Op) -> Phase:
         (x,), (out,) = op.inputs, op.outputs
@@ -538,73 +436,11 @@ class _Lowering:
                                       "heads": heads, "wa": self.width(a) // heads, "wb": self.width(b) // heads},
                      {a, b}, {out})  # fmt: skip
 
-    # -- Gated DeltaNet (kernels/cpu_delta_net.h): the state tensor's float offset in a slot, and
-    # "@state<i>" orders the phases that touch it
-    def _ssm_conv(self, op: Op) -> Phase:
-        (x,), (out,) = op.inputs, op.outputs
-        e = self.entries[op.weights[0]]
-        if e.format != "F32":
-            raise CompileError(
-                f"ssm_conv {op.weights[0]}: the cpu step program reads the conv kernel as F32, it is {e.format}"
-            )
-        index = int(op.attrs["state"])
-        bias = self.vec(op.weights[1]) if len(op.weights) > 1 else []  # Mamba2's conv bias (none: NULL)
-        return Phase("ssm_conv",
-                     {"x": self.buf(x), "out": self.buf(out), "c": self.width(x), "k": e.shape[1], "w": e.offset,
-                      "bias": bias, "state": self.plan.state.offset(index)},
-                     {x, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
-
-    def _ssm_scan(self, op: Op) -> Phase:
-        (xbc, dt), (out,) = op.inputs, op.outputs
-        index, a = int(op.attrs["state"]), op.attrs
-        return Phase("ssm_scan",
-                     {"xbc": self.buf(xbc), "dt": self.buf(dt), "out": self.buf(out), "h": int(a["n_heads"]),
-                      "p": int(a["head_dim"]), "g": int(a["n_groups"]), "n": int(a["state_size"]),
-                      "a": self.vec(op.weights[0]), "d": self.vec(op.weights[1]),
-                      "dt_bias": self.vec(op.weights[2]), "state": self.plan.state.offset(index),
-                      "counter": self.counter()},
-                     {xbc, dt, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
-
-    def _gated_delta_net(self, op: Op) -> Phase:
-        (qkv, alpha, beta), (out,) = op.inputs, op.outputs
-        index = int(op.attrs["state"])
-        return Phase("gated_delta_net", {"qkv": self.buf(qkv), "alpha": self.buf(alpha), "beta": self.buf(beta),
-                                         "out": self.buf(out), "hk": int(op.attrs["n_k_heads"]),
-                                         "hv": int(op.attrs["n_v_heads"]), "s": int(op.attrs["head_dim"]),
-                                         "a": self.vec(op.weights[0]), "dt": self.vec(op.weights[1]),
-                                         "eps": float(op.attrs["eps"]), "state": self.plan.state.offset(index),
-                                         "counter": self.counter()},
-                     {qkv, alpha, beta, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
-
-    # -- gemma3n's AltUp ops and activation sparsity (kernels/cpu_altup.h): a row function per token
-    def _altup_row(self, op: Op) -> Phase:
-        bufs = [[self.buf(b), self.width(b)] for b in (*op.inputs, *op.outputs)]
-        return Phase("row_op", {"fn": f"rfc_{op.kind}_row", "rows": self.rows(op.inputs[0]), "bufs": bufs,
-                                "w": self.vec(op.weights[0]) if op.weights else [],
-                                "consts": altup_consts(op, self.width)},
-                     set(op.inputs), set(op.outputs))  # fmt: skip
-
-    _altup_stack = _altup_predict = _altup_correct = _altup_add = _altup_merge = _gaussian_topk = _altup_row
-
     def _gather_rows(self, op: Op) -> Phase:
         x = op.inputs[0]
         return Phase(
             "gather", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x)}, {x}, set(op.outputs)
         )
-
-
-def altup_consts(op: Op, width) -> list:
-    """The constants after a kernels/cpu_altup.h row function's buffers and weight: (n, E, and active,
-    or first and sub's streams) for the AltUp ops, (width, std_mul as a float32) for gaussian_topk."""
-    if op.kind == "gaussian_topk":
-        return [width(op.inputs[0]), float(np.float32(op.attrs["std_mul"]))]
-    n = int(op.attrs["n_altup"])
-    e = width(op.outputs[0] if op.kind == "altup_stack" else op.inputs[0]) // n
-    if op.kind == "altup_stack":
-        return [n, e]
-    if op.kind == "altup_add":
-        return [n, e, int(op.attrs["first"]), width(op.outputs[1]) // e]
-    return [n, e, int(op.attrs["active"])]
 
 
 def with_barriers(phases: list[Phase]) -> tuple[list[dict], int]:

@@ -14,26 +14,26 @@ an op's kernel alone as the launch `op_launch` lowers it to.
 
 import dataclasses
 import math
-from dataclasses import dataclass
 
-import numpy as np
 
 from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, row_nbytes, weight_format
 from rfc.artifacts.kv_cache_type import BLOCK_VALUES, CacheType, KvCacheTypes
 from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.limits import STEP_TOKENS
-from rfc.artifacts.ops import I32, OP_DEFS, PTR, Args
-from rfc.artifacts.plan import MOE_GATINGS, Op, Plan, rope_freqs
+from rfc.artifacts.ops import I32, OP_DEFS, PTR
+from rfc.artifacts.plan import Op, Plan, rope_freqs
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
 from rfc.compiler.codegen import weight_entries
+from rfc.compiler.codegen.gpu_kernel import (  # noqa: F401 (ARG_SIZES, GPU_MAX_CONV_KERNEL: re-exported)
+    ARG_SIZES,
+    GPU_MAX_CONV_KERNEL,
+    KERNEL_ARGS,
+    MAX_THREADS,
+    KernelSpec,
+)
+from rfc.compiler.codegen.ops import activations, altup, moe, recurrent
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
-
-ARG_SIZES = {PTR: 8, I32: 4}
-
-# Declared kernel parameters per op kind, in order: each op's descriptor's (artifacts/ops,
-# GpuPart.args; a lowering leaves out the optional ones an op lacks: rope's freq_factors, ...).
-KERNEL_ARGS: dict[str, Args] = {kind: d.gpu.args for kind, d in OP_DEFS.items()}
 
 # Kernels only the step program launches in an op's place (KernelSpec.steps; the op's own kernel,
 # which the kernel tests run alone, is "attention"): split-KV attention (flash decoding), whose
@@ -69,8 +69,6 @@ KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<d
 # kv_write stages a token's row through shared memory this many values at a time when it
 # quantizes (double and float: 12 KiB), a multiple of every rotation and block it holds
 KV_QUANT_CHUNK = 1024
-MAX_THREADS = 256  # threads per block for row-wise kernels
-GPU_MAX_CONV_KERNEL = 16  # ssm_conv taps whose window a thread keeps in registers (Qwen3.5: 4)
 MATMUL_WAVES = 4  # waves per float and MoE matmul block
 # Threads per dp4a (int8) matmul block, whatever the wave: 8 waves of 32 on NVIDIA, 4 of 64 on
 # CDNA. With one row group a block (MATMUL_ROW_STEPS) that is many small blocks, which keeps more
@@ -146,26 +144,6 @@ VECTOR_BYTES = 16  # widest load along head_dim (128 bits)
 # gfx1100 spilled 60 bytes at 64 x 8 x 128 and 460 at 64 x 4 x 128)
 ATTENTION_SCORE_MAX = 32
 ATTENTION_ACC_MAX = 8  # V accumulators per thread (query heads x elements): registers, and 8 KB of shared to merge them
-
-
-@dataclass(frozen=True)
-class KernelSpec:
-    name: str
-    template: str
-    params: dict  # every constant the template uses
-    args: tuple[tuple[str, str], ...]  # (name, PTR | I32), as the kernel declares them
-    threads: int  # threads per block (1-D)
-    # per grid dimension (x, y): (count, tile) -> ceil(count / tile) blocks; count is a
-    # constant or the name of an I32 argument of the kernel
-    grid: tuple[tuple[int | str, int], ...]
-    # the kernels the step program launches for this op in its place (split attention); the
-    # per-op path launches this one
-    steps: tuple["KernelSpec", ...] = ()
-    # the kernel the program's prefill list launches in its place (the tensor-core matmul)
-    prefill: "KernelSpec | None" = None
-
-    def launch(self) -> dict:
-        return {"threads": self.threads, "grid": [list(g) for g in self.grid]}
 
 
 def is_int8(fmt: str) -> bool:
@@ -284,7 +262,7 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-class _Planner:
+class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, altup.GpuLowering):
     def __init__(self, target: Target, plan: Plan, tensors: dict[str, TensorEntry]):
         self.target = target
         self.wave = target.wave_size
@@ -458,190 +436,6 @@ class _Planner:
                 *(f"{v:.9g}".replace(".", "p").replace("-", "m").replace("+", "") for v in oai.values())
             )
         return self._rowwise(op, "gpu_swiglu.hip.j2", name, width, activation=activation, **oai)
-
-    # -- recurrent layers (qwen35): a block per sequence (and channel tile / value head) ---------
-    def _state_params(self, op: Op) -> dict:
-        if self.plan.state.slot_floats >= 2**31:
-            raise CompileError(
-                f"a state slot of {self.plan.state.slot_floats} floats is over the GPU kernels' int offsets"
-            )
-        return {"slot_floats": self.plan.state.slot_floats}
-
-    def _ssm_conv(self, op: Op) -> KernelSpec:
-        self._f32_vector(op, op.weights[0])
-        c, k = self._width(op.inputs[0]), self.tensors[op.weights[0]].shape[-1]
-        if not 2 <= k <= GPU_MAX_CONV_KERNEL:
-            raise CompileError(
-                f"the GPU ssm_conv keeps its window in registers: a kernel of {k} taps is over {GPU_MAX_CONV_KERNEL}"
-            )
-        threads = self._row_threads(c)
-        has_bias = len(op.weights) > 1  # Mamba2's conv bias
-        if has_bias:
-            self._f32_vector(op, op.weights[1])
-        name = f"rfc_ssm_conv_{c}x{k}" + ("_bias" if has_bias else "")
-        params = {"name": name, "threads": threads, "c": c, "k": k, "has_bias": has_bias, **self._state_params(op)}
-        args = tuple(a for a in KERNEL_ARGS["ssm_conv"] if has_bias or a[0] != "bias")
-        return KernelSpec(name, "gpu_ssm_conv.hip.j2", params, args, threads, (("n_seqs", 1), (c, threads)))
-
-    def _short_conv(self, op: Op) -> KernelSpec:
-        """lfm2's gated short conv: ssm_conv's layout (a thread per channel, the window in
-        registers), reading b, c, x from one in_proj row."""
-        self._f32_vector(op, op.weights[0])
-        c, k = self._width(op.outputs[0]), self.tensors[op.weights[0]].shape[-1]
-        if not 2 <= k <= GPU_MAX_CONV_KERNEL:
-            raise CompileError(
-                f"the GPU short_conv keeps its window in registers: a kernel of {k} taps is over {GPU_MAX_CONV_KERNEL}"
-            )
-        threads = self._row_threads(c)
-        name = f"rfc_short_conv_{c}x{k}"
-        params = {"name": name, "threads": threads, "c": c, "k": k, **self._state_params(op)}
-        return KernelSpec(
-            name, "gpu_short_conv.hip.j2", params, KERNEL_ARGS["short_conv"], threads, (("n_seqs", 1), (c, threads))
-        )
-
-    def _gated_delta_net(self, op: Op) -> KernelSpec:
-        for w in op.weights:
-            self._f32_vector(op, w)
-        hk, hv, s = int(op.attrs["n_k_heads"]), int(op.attrs["n_v_heads"]), int(op.attrs["head_dim"])
-        if s > MAX_THREADS:
-            raise CompileError(
-                f"the GPU gated_delta_net runs a thread per state row: a head size of {s} is over {MAX_THREADS}"
-            )
-        threads = self._row_threads(s)
-        name = f"rfc_gated_delta_net_{hk}x{hv}x{s}"
-        params = {"name": name, "threads": threads, "hk": hk, "hv": hv, "s": s, "eps": float(op.attrs["eps"]),
-                  "scale": 1.0 / math.sqrt(s), **self._state_params(op)}  # fmt: skip
-        return KernelSpec(
-            name,
-            "gpu_gated_delta_net.hip.j2",
-            params,
-            KERNEL_ARGS["gated_delta_net"],
-            threads,
-            (("n_seqs", 1), (hv, 1)),
-        )
-
-    def _ssm_scan(self, op: Op) -> KernelSpec:
-        """Mamba2's scan: a block per sequence and head, a thread per row of the head's state."""
-        for w in op.weights:
-            self._f32_vector(op, w)
-        a = op.attrs
-        h, p, g, n = int(a["n_heads"]), int(a["head_dim"]), int(a["n_groups"]), int(a["state_size"])
-        if p > MAX_THREADS:
-            raise CompileError(
-                f"the GPU ssm_scan runs a thread per state row: a head size of {p} is over {MAX_THREADS}"
-            )
-        threads = self._row_threads(p)
-        name = f"rfc_ssm_scan_{h}x{p}x{g}x{n}"
-        params = {"name": name, "threads": threads, "h": h, "p": p, "g": g, "n": n, **self._state_params(op)}
-        return KernelSpec(
-            name, "gpu_ssm_scan.hip.j2", params, KERNEL_ARGS["ssm_scan"], threads, (("n_seqs", 1), (h, 1))
-        )
-
-    def _scale(self, op: Op) -> KernelSpec:
-        width, factor = self._width(op.inputs[0]), float(op.attrs["factor"])
-        if not (math.isfinite(factor) and factor != 0):
-            raise CompileError(f"scale factor {factor} is not a finite nonzero number")
-        # the factor is compiled in: one kernel per (width, factor), its bits in the name
-        name = f"rfc_scale_{width}_" + f"{factor:.9g}".replace(".", "p").replace("-", "m").replace("+", "")
-        return self._rowwise(op, "gpu_scale.hip.j2", name, width, factor=factor)
-
-    def _xielu(self, op: Op) -> KernelSpec:
-        width = self._width(op.inputs[0])
-        # the four float32 constants are compiled in (they differ per layer): one kernel per
-        # (width, constants), their bits in the name; validate_plan bounded them to finite values
-        consts = {k: np.float32(op.attrs[k]) for k in ("alpha_n", "alpha_p", "beta", "eps")}
-        name = f"rfc_xielu_{width}_" + "_".join(f"{int(v.view(np.uint32)):08x}" for v in consts.values())
-        return self._rowwise(op, "gpu_xielu.hip.j2", name, width, **{k: float(v) for k, v in consts.items()})
-
-    def _softcap(self, op: Op) -> KernelSpec:
-        width = self._width(op.inputs[0])
-        return self._rowwise(op, "gpu_softcap.hip.j2", f"rfc_softcap_{width}", width, cap=float(op.attrs["cap"]))
-
-    # -- gemma3n's AltUp ops (n streams of E side by side) and activation sparsity: a block per token
-    def _altup(self, op: Op, template: str, **params) -> KernelSpec:
-        n = int(op.attrs["n_altup"])
-        e = self._width(op.outputs[0] if op.kind == "altup_stack" else op.inputs[0]) // n
-        name = f"rfc_{op.kind}_{n}x{e}" + "".join(f"_{k[0]}{v}" for k, v in params.items())
-        return self._rowwise(op, template, name, e, n=n, e=e, **params)
-
-    def _altup_stack(self, op: Op) -> KernelSpec:
-        return self._altup(op, "gpu_altup_stack.hip.j2")
-
-    def _altup_predict(self, op: Op) -> KernelSpec:
-        return self._altup(op, "gpu_altup_predict.hip.j2", active=int(op.attrs["active"]))
-
-    def _altup_correct(self, op: Op) -> KernelSpec:
-        self._f32_vector(op, op.weights[0])
-        return self._altup(op, "gpu_altup_correct.hip.j2", active=int(op.attrs["active"]))
-
-    def _altup_add(self, op: Op) -> KernelSpec:
-        n = int(op.attrs["n_altup"])
-        m = self._width(op.outputs[1]) // (self._width(op.inputs[0]) // n)
-        return self._altup(op, "gpu_altup_add.hip.j2", first=int(op.attrs["first"]), m=m)
-
-    def _altup_merge(self, op: Op) -> KernelSpec:
-        return self._altup(op, "gpu_altup_merge.hip.j2", active=int(op.attrs["active"]))
-
-    def _gaussian_topk(self, op: Op) -> KernelSpec:
-        width, std_mul = self._width(op.inputs[0]), float(np.float32(op.attrs["std_mul"]))
-        name = f"rfc_gaussian_topk_{width}_" + f"{std_mul:.9g}".replace(".", "p").replace("-", "m").replace("+", "")
-        return self._rowwise(op, "gpu_gaussian_topk.hip.j2", name, width, std_mul=std_mul)
-
-    def _moe_route(self, op: Op) -> KernelSpec:
-        """The router's variant is the kernel's: gating, groups, norm and scale are constants of
-        it, the selection bias (where there is one) an argument."""
-        n_expert, n_used = self._width(op.inputs[0]), int(op.attrs["n_used"])
-        gating, norm, scale = op.attr("gating"), bool(op.attr("norm")), float(op.attr("scale"))
-        groups, groups_used = int(op.attr("groups")), int(op.attr("groups_used"))
-        if gating not in MOE_GATINGS or not math.isfinite(scale) or groups < 1 or n_expert % groups:
-            raise CompileError(f"no GPU kernel for moe_route with gating {gating!r}, scale {scale}, {groups} groups")
-        has_escale = bool(op.attr("expert_scale"))  # the experts' output scales: the last weight (gemma4)
-        has_bias = len(op.weights) > int(has_escale)
-        for w in op.weights:
-            self._f32_vector(op, w)
-        name = (
-            f"rfc_moe_route_{n_expert}_{n_used}"
-            + ("" if gating == "softmax" else f"_{gating}")
-            + ("_bias" if has_bias else "")
-            + ("_escale" if has_escale else "")
-            + (f"_g{groups}x{groups_used}" if groups > 1 else "")
-            + ("" if norm else "_raw")
-            + ("" if scale == 1.0 else "_scaled")
-        )
-        spec = self._rowwise(op, "gpu_moe_route.hip.j2", name, n_expert, n_expert=n_expert, n_used=n_used, gating=gating,
-                             norm=norm, scale=scale, groups=groups, groups_used=groups_used, per_group=n_expert // groups,
-                             has_bias=has_bias, has_escale=has_escale)  # fmt: skip
-        absent = {arg for arg, on in (("bias", has_bias), ("escale", has_escale)) if not on}
-        return dataclasses.replace(spec, args=tuple(a for a in spec.args if a[0] not in absent))
-
-    def _moe_combine(self, op: Op) -> KernelSpec:
-        width, n_used = self._width(op.outputs[0]), self._width(op.inputs[1])
-        return self._rowwise(op, "gpu_moe_combine.hip.j2", f"rfc_moe_combine_{n_used}x{width}", width, n_used=n_used)
-
-    def _moe_add_bias(self, op: Op) -> KernelSpec:
-        entry = self.tensors[op.weights[0]]
-        if entry.format != "F32":
-            raise CompileError(f"GPU moe_add_bias reads {op.weights[0]} as F32, but it is stored as {entry.format}")
-        n_used = self._width(op.inputs[1])
-        width = self._width(op.inputs[0]) // n_used
-        return self._rowwise(
-            op, "gpu_moe_add_bias.hip.j2", f"rfc_moe_add_bias_{n_used}x{width}", n_used * width, n_used=n_used, n=width
-        )
-
-    def _moe_scale(self, op: Op) -> KernelSpec:
-        self._f32_vector(op, op.weights[0])
-        n_used = self._width(op.inputs[1])
-        width = self._width(op.inputs[0]) // n_used
-        return self._rowwise(
-            op, "gpu_moe_scale.hip.j2", f"rfc_moe_scale_{n_used}x{width}", n_used * width, n_used=n_used, n=width
-        )
-
-    def _slot_scale(self, op: Op) -> KernelSpec:
-        n_used = self._width(op.inputs[1])
-        width = self._width(op.inputs[0]) // n_used
-        return self._rowwise(
-            op, "gpu_slot_scale.hip.j2", f"rfc_slot_scale_{n_used}x{width}", n_used * width, n_used=n_used, n=width
-        )
 
     def _moe_matmul(self, op: Op) -> KernelSpec:
         w = self._weight(op, op.weights[0])

@@ -25,7 +25,7 @@ from rfc.artifacts.ops import OP_DEFS
 from rfc.artifacts.ops import altup as altup_ops
 from rfc.artifacts.plan import MOE_GATINGS, KVSpec, Op, OpKind, rope_freqs
 from rfc.compiler.codegen.cpu import ABI_VERSION
-from rfc.compiler.codegen.cpu_step import altup_consts
+from rfc.compiler.codegen.ops.altup import altup_consts
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.cpu import open_library
