@@ -20,7 +20,10 @@ is left of `--budget` seconds:
 1. `tools/gpu_check.py --bench` on stories260K: its checks, then the benchmark shapes;
 2. `llama-bench -ngl 99 -p 512 -n 128 -r 3` on the same GGUFs, and one table of both sides
    with their ratios, the card, the driver and the date: what docs/benchmarks.md records;
-3. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
+3. with `--variant` (repeatable; `tools/gpu_experiment.py variants`' form, "module.NAME=value"):
+   each benchmark GGUF compiled as it is and once per variant, each bundle's graph decode step
+   and 512-token prefill timed (the A/B of a codegen switch in the same call);
+4. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
    until the budget runs out.
 Every phase's output lands in `--logs` as it is written. Exit status: the checks' (1 when one
 failed), or 3 when llama-bench could not run.
@@ -47,6 +50,7 @@ LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 # The parts of vendor/llama.cpp that llama-bench's build needs (no tests, no web UI, no models).
 LLAMA_PARTS = ("CMakeLists.txt", "cmake", "common", "ggml", "include", "src", "tools", "vendor", "licenses", "LICENSE")
 BENCH_ARGS = ["-ngl", "99", "-p", "512", "-n", "128", "-r", "3", "-o", "json"]
+VARIANT_SHARE = 0.6  # of the time left after the table, what the variants' A/B may take
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -68,7 +72,15 @@ def _runtime_requirements() -> list[str]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
-def prepare(out: Path, kernels: list[str], python_version: str, without: list[str]) -> None:
+# rfc's CLI with a variant's codegen constants set first (argv[1]: tools/gpu_experiment.py's
+# "module.NAME=value ..." form, "" for none), so `prepare` fills the cache with its kernels
+VARIANT_COMPILE = (
+    "import sys; sys.path.insert(0, {tools!r}); import gpu_experiment; "
+    "gpu_experiment._override(sys.argv.pop(1)); from rfc.cli.main import main; main()"
+)
+
+
+def prepare(out: Path, kernels: list[str], python_version: str, without: list[str], variants: tuple = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     wheels = out / "wheels"
     skip = {w.lower().replace("_", "-") for w in without}
@@ -143,14 +155,17 @@ def prepare(out: Path, kernels: list[str], python_version: str, without: list[st
                     stdout=subprocess.DEVNULL,
                 )
                 models.append(Path(ggufs) / name)
+            bench = [Path(ggufs) / name for name, _ in BENCH_MODELS]
             for target in kernels:
-                for gguf in models:
+                # every model as it is; the benchmark shapes also with each variant `run --variant` will time
+                for gguf, variant in [*((m, "") for m in models), *((b, v) for v in variants for b in bench)]:
                     with tempfile.TemporaryDirectory() as tmp:
                         subprocess.run(
                             [
                                 sys.executable,
                                 "-c",
-                                "from rfc.cli.main import main; main()",
+                                VARIANT_COMPILE.format(tools=str(ROOT / "tools")),
+                                variant,
                                 "compile",
                                 str(gguf),
                                 "--arch",
@@ -337,7 +352,9 @@ def fixture_order(fixtures: list[Path]) -> list[Path]:
     return first + [p for p in archs.values() if p not in first] + rest
 
 
-def run(peer: Path, target: str, out: Path, budget: float, logs: Path, with_peer: bool = True) -> int:
+def run(
+    peer: Path, target: str, out: Path, budget: float, logs: Path, with_peer: bool = True, variants: tuple = ()
+) -> int:
     deadline = time.monotonic() + budget
     logs.mkdir(parents=True, exist_ok=True)
     env = _python_env(peer)
@@ -421,6 +438,15 @@ def run(peer: Path, target: str, out: Path, budget: float, logs: Path, with_peer
     )
     (logs / "ratios.md").write_text(table)
     print("\n" + table, flush=True)
+    if variants:
+        left = _phase("rfc: codegen variants on the benchmark GGUFs", deadline)
+        share = max(left - 60, 1) * VARIANT_SHARE  # the rest stays for the fixtures' checks
+        for b in rfc["bench"]:
+            cmd = [sys.executable, str(ROOT / "tools" / "gpu_experiment.py"), "variants", b["gguf"], "--target", target]
+            cmd += [arg for v in variants for arg in ("--variant", v)]
+            name = Path(b["gguf"]).stem
+            status = _checked_run(cmd + ["--out", str(out / "variants")], env, logs / f"variants-{name}.log",
+                                  share / max(len(rfc["bench"]), 1)) or status  # fmt: skip
     left = _phase("rfc: the fixtures' checks on the card", deadline)
     ordered = fixture_order(sorted(fixtures.glob("tiny-*.gguf")))
     checks = _checked_run(
@@ -460,6 +486,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TARGET",
         help="also fill the kernel cache for this target (repeatable), e.g. sm_90",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar='"module.NAME=value ..."',
+        help="with --kernels: the benchmark shapes' kernels with these codegen constants too (run --variant)",
+    )
     r = sub.add_parser("run", help="on the GPU machine: rfc's checks and benchmarks and llama-bench, one table")
     r.add_argument("dir", type=Path)
     r.add_argument("--target", default="sm_90")
@@ -476,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
         help="rfc alone: no llama-bench build (its ~4 minutes), the table without llama.cpp's columns",
     )
     r.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar='"module.NAME=value ..."',
+        help="also time the benchmark GGUFs compiled with these codegen constants (repeatable; gpu_experiment.py)",
+    )
+    r.add_argument(
         "--logs",
         type=Path,
         default=Path(tempfile.gettempdir()) / "rfc-gpu-logs",
@@ -483,9 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
-        prepare(args.dir, args.kernels, args.python_version, args.without)
+        prepare(args.dir, args.kernels, args.python_version, args.without, tuple(args.variant))
         return 0
-    return run(args.dir, args.target, args.out, args.budget, args.logs, not args.no_peer)
+    return run(args.dir, args.target, args.out, args.budget, args.logs, not args.no_peer, tuple(args.variant))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 GGUF, with the ratios the GPU goals are stated in."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,3 +73,19 @@ def test_fixture_order_puts_llama_formats_first_then_one_file_per_architecture()
     # Q8_0 where there is one
     assert order[2:6] == ["tiny-gemma2-Q8_0", "tiny-llama-BF16", "tiny-mixtral-Q8_0", "tiny-phi3-F16"]
     assert sorted(order) == sorted(names)  # nothing lost, nothing twice
+
+
+def test_a_variant_compile_sets_the_codegen_constant_before_the_cli_runs():
+    """`prepare --variant` compiles the benchmark shapes with the constants `run --variant` times:
+    the child process sets them (in every codegen module that imported them) before rfc's CLI."""
+    code = gpu_session.VARIANT_COMPILE.format(tools=str(gpu_session.ROOT / "tools"))
+    probe = code.replace(
+        "main()",
+        "from rfc.compiler.codegen import gpu_fuse, gpu_plan; "
+        "print(gpu_plan.MATMUL_ROW_STEPS, gpu_fuse.MATMUL_ROW_STEPS)",
+    )
+    out = subprocess.run([sys.executable, "-c", probe, "gpu_plan.MATMUL_ROW_STEPS=3"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "3"]
+    plain = subprocess.run([sys.executable, "-c", probe, ""], capture_output=True, text=True)
+    assert plain.stdout.split() != ["3", "3"]
