@@ -20,10 +20,12 @@ is left of `--budget` seconds:
 1. `tools/gpu_check.py --bench` on stories260K: its checks, then the benchmark shapes;
 2. `llama-bench -ngl 99 -p 512 -n 128 -r 3` on the same GGUFs, and one table of both sides
    with their ratios, the card, the driver and the date: what docs/benchmarks.md records;
-3. with `--variant` (repeatable; `tools/gpu_experiment.py variants`' form, "module.NAME=value"):
+3. `tools/bench_serve.py` against `rfc serve` on the card and llama-server with 16 slots on the
+   smaller benchmark GGUF: streamed completions, 1 then 16 clients (`--no-serve` skips it);
+4. with `--variant` (repeatable; `tools/gpu_experiment.py variants`' form, "module.NAME=value"):
    each benchmark GGUF compiled as it is and once per variant, each bundle's graph decode step
    and 512-token prefill timed (the A/B of a codegen switch in the same call);
-4. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
+5. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
    until the budget runs out.
 Every phase's output lands in `--logs` as it is written. Exit status: the checks' (1 when one
 failed), or 3 when llama-bench could not run.
@@ -51,6 +53,7 @@ LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 LLAMA_PARTS = ("CMakeLists.txt", "cmake", "common", "ggml", "include", "src", "tools", "vendor", "licenses", "LICENSE")
 BENCH_ARGS = ["-ngl", "99", "-p", "512", "-n", "128", "-r", "3", "-o", "json"]
 VARIANT_SHARE = 0.6  # of the time left after the table, what the variants' A/B may take
+SERVE_TOKENS, SERVE_REQUESTS = 128, 2  # the serving phase: tokens a completion, completions a client
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -192,8 +195,9 @@ def _fixtures() -> Path:
     return testdata.make_fixtures()
 
 
-def _llama_build(src: Path, target: str) -> tuple[subprocess.Popen, Path]:
-    """Starts llama-bench's build for the card; returns the process and the binary's path."""
+def _llama_build(src: Path, target: str, server: bool = False) -> tuple[subprocess.Popen, Path]:
+    """Starts llama-bench's build for the card (and llama-server's with `server`); returns the
+    process and the folder of the binaries."""
     build = src / "build"
     gpu = (
         ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={target.removeprefix('sm_')}"]
@@ -202,11 +206,13 @@ def _llama_build(src: Path, target: str) -> tuple[subprocess.Popen, Path]:
     )
     script = (
         f"cmake -S {src} -B {build} {' '.join(gpu)} -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF "
-        "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null && "
-        f"nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-bench >/dev/null"
+        f"-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER={'ON' if server else 'OFF'} "
+        "-DLLAMA_BUILD_APP=OFF >/dev/null && "
+        f"nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-bench"
+        f"{' llama-server' if server else ''} >/dev/null"
     )
     log = open(src / "build.log", "w")
-    return subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT), build / "bin" / "llama-bench"
+    return subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT), build / "bin"
 
 
 def card() -> str:
@@ -338,6 +344,19 @@ FIRST_FIXTURES = (
 )
 
 
+def serve_commands(bundle: Path, gguf: Path, device: str, bins: Path | None) -> list[tuple[str, list[str]]]:
+    """tools/bench_serve.py against `rfc serve` on the card and, where llama-server was built,
+    against llama-server with 16 slots on the same GGUF: streamed completions of SERVE_TOKENS
+    tokens, 1 then 16 clients at once, SERVE_REQUESTS each."""
+    common = ["--clients", "1,16", "--requests", str(SERVE_REQUESTS), "--max-tokens", str(SERVE_TOKENS), "--json"]
+    bench = [sys.executable, str(ROOT / "tools" / "bench_serve.py")]
+    cmds = [("rfc", [*bench, "--bundle", str(bundle), "--serve-args", f"--device {device}", *common])]
+    if bins is not None and (bins / "llama-server").is_file():
+        server = f"{bins / 'llama-server'} -m {gguf} -ngl 99 -np 16 -c {16 * 1024} --port {{port}}"
+        cmds.append(("llama", [*bench, "--server-cmd", server, "--ready-path", "/health", *common]))
+    return cmds
+
+
 def fixture_order(fixtures: list[Path]) -> list[Path]:
     """llama's weight formats and the archs seen on a card before first, then one file per
     architecture (Q8_0 where there is one), then the rest."""
@@ -353,7 +372,14 @@ def fixture_order(fixtures: list[Path]) -> list[Path]:
 
 
 def run(
-    peer: Path, target: str, out: Path, budget: float, logs: Path, with_peer: bool = True, variants: tuple = ()
+    peer: Path,
+    target: str,
+    out: Path,
+    budget: float,
+    logs: Path,
+    with_peer: bool = True,
+    variants: tuple = (),
+    serve: bool = True,
 ) -> int:
     deadline = time.monotonic() + budget
     logs.mkdir(parents=True, exist_ok=True)
@@ -368,7 +394,7 @@ def run(
     with tarfile.open(peer / "llama.tar.xz") as t:
         t.extractall(src, filter="data")
     t0 = time.monotonic()
-    build, bench_bin = _llama_build(src, target) if with_peer else (None, None)
+    build, bins = _llama_build(src, target, serve) if with_peer else (None, None)
     out.mkdir(parents=True, exist_ok=True)
     fixtures = Path(
         subprocess.run(
@@ -418,7 +444,7 @@ def run(
     for b in rfc["bench"] if build is not None else []:
         try:
             r = subprocess.run(
-                [str(bench_bin), "-m", b["gguf"], *BENCH_ARGS],
+                [str(bins / "llama-bench"), "-m", b["gguf"], *BENCH_ARGS],
                 capture_output=True,
                 text=True,
                 timeout=max(min(120, deadline - time.monotonic() - 30), 1),
@@ -438,6 +464,14 @@ def run(
     )
     (logs / "ratios.md").write_text(table)
     print("\n" + table, flush=True)
+    if serve and rfc["bench"]:
+        left = _phase("serving: rfc serve and llama-server -np 16, streamed completions, 1 and 16 clients", deadline)
+        b = rfc["bench"][0]  # the smaller benchmark shape
+        bundle = out / f"{Path(b['gguf']).stem}-{target}"
+        device = "cuda" if target.startswith("sm_") else "hip"
+        for name, cmd in serve_commands(bundle, Path(b["gguf"]), device, bins):
+            status = _checked_run(cmd, env, logs / f"serve-{name}.log", max(min(left / 2 - 30, 150), 1)) or status
+            left = deadline - time.monotonic()
     if variants:
         left = _phase("rfc: codegen variants on the benchmark GGUFs", deadline)
         share = max(left - 60, 1) * VARIANT_SHARE  # the rest stays for the fixtures' checks
@@ -509,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
         help="rfc alone: no llama-bench build (its ~4 minutes), the table without llama.cpp's columns",
     )
     r.add_argument(
+        "--no-serve",
+        action="store_true",
+        help="no serving phase (rfc serve and llama-server -np 16 under 1 and 16 streaming clients)",
+    )
+    r.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -525,7 +564,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "prepare":
         prepare(args.dir, args.kernels, args.python_version, args.without, tuple(args.variant))
         return 0
-    return run(args.dir, args.target, args.out, args.budget, args.logs, not args.no_peer, tuple(args.variant))
+    return run(
+        args.dir,
+        args.target,
+        args.out,
+        args.budget,
+        args.logs,
+        not args.no_peer,
+        tuple(args.variant),
+        not args.no_serve,
+    )
 
 
 if __name__ == "__main__":

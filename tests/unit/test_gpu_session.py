@@ -89,3 +89,18 @@ def test_a_variant_compile_sets_the_codegen_constant_before_the_cli_runs():
     assert out.stdout.split() == ["3", "3"]
     plain = subprocess.run([sys.executable, "-c", probe, ""], capture_output=True, text=True)
     assert plain.stdout.split() != ["3", "3"]
+
+
+def test_the_serving_phase_runs_both_servers_under_the_same_load(tmp_path):
+    """rfc serve on the card's device and llama-server with 16 slots on the same GGUF, the same
+    clients, completions and tokens; without a llama-server binary, rfc alone."""
+    (tmp_path / "llama-server").write_text("")
+    cmds = dict(gpu_session.serve_commands(Path("/b/bench-x-sm_90"), Path("/g/bench-x.gguf"), "cuda", tmp_path))
+    assert set(cmds) == {"rfc", "llama"}
+    assert cmds["rfc"][cmds["rfc"].index("--bundle") + 1] == "/b/bench-x-sm_90"
+    assert "--device cuda" in cmds["rfc"]
+    server = cmds["llama"][cmds["llama"].index("--server-cmd") + 1]
+    assert "-m /g/bench-x.gguf" in server and "-np 16" in server and "-ngl 99" in server and "{port}" in server
+    tail = cmds["rfc"][cmds["rfc"].index("--clients") :]
+    assert cmds["llama"][-len(tail) :] == tail and tail[1] == "1,16"
+    assert [name for name, _ in gpu_session.serve_commands(Path("/b"), Path("/g.gguf"), "hip", None)] == ["rfc"]
