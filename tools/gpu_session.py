@@ -22,10 +22,12 @@ is left of `--budget` seconds:
    with their ratios, the card, the driver and the date: what docs/benchmarks.md records;
 3. `tools/bench_serve.py` against `rfc serve` on the card and llama-server with 16 slots on the
    smaller benchmark GGUF: streamed completions, 1 then 16 clients (`--no-serve` skips it);
-4. with `--variant` (repeatable; `tools/gpu_experiment.py variants`' form, "module.NAME=value"):
+4. `rfc serve stories260K.gguf` with no --arch: its first line and /health must name the card's
+   target (the GPU it detected);
+5. with `--variant` (repeatable; `tools/gpu_experiment.py variants`' form, "module.NAME=value"):
    each benchmark GGUF compiled as it is and once per variant, each bundle's graph decode step
    and 512-token prefill timed (the A/B of a codegen switch in the same call);
-5. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
+6. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
    until the budget runs out.
 Every phase's output lands in `--logs` as it is written. Exit status: the checks' (1 when one
 failed), or 3 when llama-bench could not run.
@@ -50,7 +52,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 # The parts of vendor/llama.cpp that llama-bench's build needs (no tests, no web UI, no models).
-LLAMA_PARTS = ("CMakeLists.txt", "cmake", "common", "ggml", "include", "src", "tools", "vendor", "licenses", "LICENSE")
+LLAMA_PARTS = (
+    "CMakeLists.txt",
+    "cmake",
+    "common",
+    "ggml",
+    "include",
+    "src",
+    "tools",
+    "vendor",
+    "licenses",
+    "LICENSE",
+    "scripts/ui-assets.cmake",  # llama-server's UI step, which with no assets embeds none
+)
+# Of the web UI's sources llama-server's build needs only its CMake files and templates (the UI
+# itself is neither built, which takes npm, nor downloaded: -DLLAMA_USE_PREBUILT_UI=OFF).
+UI_KEEP = ("tools/ui/CMakeLists.txt", "tools/ui/sources.cmake", "tools/ui/ui.cpp.in", "tools/ui/ui.h.in")
+
+
+def _llama_part(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """What of llama.cpp's source the carried tarball keeps: no models, no UI sources but UI_KEEP."""
+    if info.name.endswith(".gguf"):
+        return None
+    if info.name.startswith("tools/ui/") and info.name not in UI_KEEP:
+        return None
+    return info
+
+
 BENCH_ARGS = ["-ngl", "99", "-p", "512", "-n", "128", "-r", "3", "-o", "json"]
 VARIANT_SHARE = 0.6  # of the time left after the table, what the variants' A/B may take
 SERVE_TOKENS, SERVE_REQUESTS = 128, 2  # the serving phase: tokens a completion, completions a client
@@ -140,7 +168,7 @@ def prepare(out: Path, kernels: list[str], python_version: str, without: list[st
                     t.add(
                         vendor / part,
                         arcname=part,
-                        filter=lambda i: None if i.name.endswith(".gguf") or i.name.startswith("tools/ui") else i,
+                        filter=_llama_part,
                     )
     if kernels:  # fill a kernel cache, so the card's time is not spent in nvcc/hipcc
         cache = Path(tempfile.mkdtemp(prefix="rfc-kernels-"))
@@ -207,9 +235,14 @@ def _llama_build(src: Path, target: str, server: bool = False) -> tuple[subproce
     script = (
         f"cmake -S {src} -B {build} {' '.join(gpu)} -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF "
         f"-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER={'ON' if server else 'OFF'} "
-        "-DLLAMA_BUILD_APP=OFF >/dev/null && "
-        f"nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-bench"
-        f"{' llama-server' if server else ''} >/dev/null"
+        "-DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF >/dev/null && "
+        f"nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-bench >/dev/null"
+        # llama-server after llama-bench: a failure of its build leaves the benchmark standing
+        + (
+            f" && (nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-server >/dev/null || true)"
+            if server
+            else ""
+        )
     )
     log = open(src / "build.log", "w")
     return subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT), build / "bin"
@@ -357,6 +390,44 @@ def serve_commands(bundle: Path, gguf: Path, device: str, bins: Path | None) -> 
     return cmds
 
 
+def default_target_check(gguf: Path, target: str, env: dict, log: Path, timeout: float) -> int:
+    """`rfc serve GGUF` with no --arch on the card: its first line must say it compiled for the
+    card's target (what it detected) and /health must report the model on that GPU. 0 when both
+    hold, 1 otherwise; the server's output and the verdict go to `log`."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-c", "from rfc.cli.main import main; main()", "serve", str(gguf), "--port", str(port)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        health, deadline = None, time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and proc.poll() is None and health is None:
+                try:  # ready: the model is loaded; then where it runs
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5).close()
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                        health = json.loads(r.read())
+                except OSError:
+                    time.sleep(0.5)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    first = next((line for line in log.read_text().splitlines() if line.startswith("rfc:")), "")
+    gpu = ((health or {}).get("checks") or {}).get("gpu") or {}
+    ok = target in first.split(" [")[0] and gpu.get("target") == target
+    verdict = f"default target: {'ok' if ok else 'FAILED'}: first line {first!r}; /health gpu {gpu}"
+    with open(log, "a") as out:
+        out.write("\n" + verdict + "\n")
+    print(verdict, file=sys.stderr, flush=True)
+    return 0 if ok else 1
+
+
 def fixture_order(fixtures: list[Path]) -> list[Path]:
     """llama's weight formats and the archs seen on a card before first, then one file per
     architecture (Q8_0 where there is one), then the rest."""
@@ -472,6 +543,9 @@ def run(
         for name, cmd in serve_commands(bundle, Path(b["gguf"]), device, bins):
             status = _checked_run(cmd, env, logs / f"serve-{name}.log", max(min(left / 2 - 30, 150), 1)) or status
             left = deadline - time.monotonic()
+    left = _phase("rfc serve GGUF with no --arch: the target it detects on the card", deadline)
+    demo = ROOT / "compiler" / "demo" / "stories260K.gguf"
+    status = default_target_check(demo, target, env, logs / "default-target.log", max(min(left / 3, 180), 1)) or status
     if variants:
         left = _phase("rfc: codegen variants on the benchmark GGUFs", deadline)
         share = max(left - 60, 1) * VARIANT_SHARE  # the rest stays for the fixtures' checks
