@@ -75,26 +75,26 @@ def read_xielu(model: GGUFModel, n_layers: int) -> list[dict[str, float]]:
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "apertus")
-    s = read_sizes(md)
-    rope = read_rope(md, s, "neox")
-    if rope.n_rot != s.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
+    sizes = read_sizes(md)
+    rope = read_rope(md, sizes, "neox")
+    if rope.n_rot != sizes.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
                            "(apertus rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    xielu = read_xielu(model, s.n_layers)
+    xielu = read_xielu(model, sizes.n_layers)
     b = ModelBuilder(model)
     if not b.has("output.weight"):  # llama.cpp's apertus loader requires it (no tied fallback)
         raise CompileError(f"{b.path}: missing tensor output.weight (apertus's output is not tied)")
-    declare_buffers(b, s, n_ff)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    declare_buffers(b, sizes, n_ff)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     factors = rope_factors(
         b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=rope.scaling_type == "longrope"
     )
-    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=True, factors=factors)
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=True, factors=factors)
     b.op("embed", ("tokens",), ("x",), (embd,))
-    e = (s.n_embd,)
-    for i in range(s.n_layers):
+    e = (sizes.n_embd,)
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
         for qk in ("q", "k"):
             b.unused(
@@ -102,14 +102,14 @@ def build(model: GGUFModel) -> ModelSpec:
                 "llama.cpp's apertus loader reads it and its graph norms Q and K without a bias",
             )
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
-        attention(b, i, s, eps, cfg)
+        attention(b, i, sizes, eps, cfg)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
-        linear(b, "h", "up", p + "ffn_up", (n_ff, s.n_embd), bias=False, scale=False)
+        linear(b, "h", "up", p + "ffn_up", (n_ff, sizes.n_embd), bias=False, scale=False)
         b.op("xielu", ("up",), ("up",), **xielu[i])
-        linear(b, "up", "h", p + "ffn_down", (s.n_embd, n_ff), bias=False, scale=False)
+        linear(b, "up", "h", p + "ffn_down", (sizes.n_embd, n_ff), bias=False, scale=False)
         b.op("add", ("x", "h"), ("x",))
-    output_head(b, s, eps, bias=False)
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"),
+    output_head(b, sizes, eps, bias=False)
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

@@ -215,7 +215,7 @@ class ModelBuilder:
     def concat(self, name: str, role: str, sources: list[tuple[str, tuple[int, ...]]]) -> str | None:
         """One weight made of 2-D GGUF tensors stacked by rows (Q, K, V -> QKV), or None when
         they cannot be stacked (different formats): the recipe then keeps them apart."""
-        ts = [self.source(n, s) for n, s in sources]
+        ts = [self.source(n, shape) for n, shape in sources]
         if (
             len({t.format for t in ts}) != 1
             or len({t.shape[1:] for t in ts}) != 1

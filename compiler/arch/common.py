@@ -200,8 +200,8 @@ def hparams(md: Metadata, sizes: Sizes, rope: Rope, n_ff: int, rms_eps: float, *
     )
 
 
-def kv_spec(s: Sizes) -> KVSpec:
-    return KVSpec(n_layers=s.n_layers, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
+def kv_spec(sizes: Sizes) -> KVSpec:
+    return KVSpec(n_layers=sizes.n_layers, n_kv_heads=sizes.n_kv_heads, head_dim=sizes.head_dim, dtype="f16")
 
 
 # -- block parts -------------------------------------------------------------------------------
@@ -225,17 +225,17 @@ class Attention:
         return replace(self, rope=replace(self.rope, **changes))
 
 
-def declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_used: int = 0, n_expert: int = 0) -> None:
+def declare_buffers(b: ModelBuilder, sizes: Sizes, n_ff: int, n_used: int = 0, n_expert: int = 0) -> None:
     """The activations of a llama-style stack: x (residual), h (sublayer in/out), q/k/v/att, the
     FFN's gate/up, and for MoE the router's and the experts' buffers."""
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (
-        ("x", s.n_embd),
-        ("h", s.n_embd),
-        ("q", s.q_width),
-        ("k", s.kv_width),
-        ("v", s.kv_width),
-        ("att", s.q_width),
+        ("x", sizes.n_embd),
+        ("h", sizes.n_embd),
+        ("q", sizes.q_width),
+        ("k", sizes.kv_width),
+        ("v", sizes.kv_width),
+        ("att", sizes.q_width),
     ):
         b.buffer(name, "T", width)
     if n_used:
@@ -244,21 +244,21 @@ def declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_used: int = 0, n_exp
         b.buffer("expert_weights", "T", n_used)
         b.buffer("gate", "T", n_used * n_ff)
         b.buffer("up", "T", n_used * n_ff)
-        b.buffer("experts_out", "T", n_used * s.n_embd)
+        b.buffer("experts_out", "T", n_used * sizes.n_embd)
     else:
         b.buffer("gate", "T", n_ff)
         b.buffer("up", "T", n_ff)
-    b.buffer("xr", "R", s.n_embd)
-    b.buffer("hr", "R", s.n_embd)
-    b.buffer("logits", "R", s.vocab_size)
+    b.buffer("xr", "R", sizes.n_embd)
+    b.buffer("hr", "R", sizes.n_embd)
+    b.buffer("logits", "R", sizes.vocab_size)
 
 
-def qkv_weights(b: ModelBuilder, p: str, s: Sizes) -> tuple[str, str, str]:
+def qkv_weights(b: ModelBuilder, p: str, sizes: Sizes) -> tuple[str, str, str]:
     """The Q, K and V projections: separate tensors, or row ranges of a fused `attn_qkv` (Q, then
     K, then V), which llama.cpp accepts for every architecture (create_tensor_qkv). The plan
     keeps three matmuls either way: splitting costs nothing at run time, and a target that
     gains from one fused matmul concatenates them again in its lowering (ModelBuilder.concat)."""
-    e, q, kv = s.n_embd, s.q_width, s.kv_width
+    e, q, kv = sizes.n_embd, sizes.q_width, sizes.kv_width
     fused = p + "attn_qkv.weight"
     if not b.has(fused):
         return tuple(b.tensor(f"{p}attn_{x}.weight", f"attn_{x}", (w, e)) for x, w in (("q", q), ("k", kv), ("v", kv)))
@@ -275,7 +275,7 @@ def qkv_weights(b: ModelBuilder, p: str, s: Sizes) -> tuple[str, str, str]:
 def attention(
     b: ModelBuilder,
     i: int,
-    s: Sizes,
+    sizes: Sizes,
     eps: float,
     cfg: Attention,
     *,
@@ -291,19 +291,21 @@ def attention(
     is refused by the builder). Without `rope` the layer's queries and keys keep no positions
     (smollm3's NoPE layers)."""
     p = f"blk.{i}."
-    qkv_projections(b, p, s, src)
+    qkv_projections(b, p, sizes, src)
     if cfg.qk_norm and cfg.qk_norm_rows:
-        b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (s.q_width,)),), eps=eps)
-        b.op("rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (s.kv_width,)),), eps=eps)
+        b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (sizes.q_width,)),), eps=eps)
+        b.op(
+            "rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (sizes.kv_width,)),), eps=eps
+        )
     elif cfg.qk_norm:
-        hd = (s.head_dim,)
+        hd = (sizes.head_dim,)
         b.op(
             "rmsnorm",
             ("q",),
             ("q",),
             (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
             eps=eps,
-            heads=s.n_heads,
+            heads=sizes.n_heads,
         )
         b.op(
             "rmsnorm",
@@ -311,24 +313,24 @@ def attention(
             ("k",),
             (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),),
             eps=eps,
-            heads=s.n_kv_heads,
+            heads=sizes.n_kv_heads,
         )
     if rope:
-        b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+        b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
     b.op("kv_write", ("k", "v"), (), layer=i)
     extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap)) if v is not None}
-    sinks = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (s.n_heads,)),) if cfg.sinks else ()
-    b.op("attention", ("q",), ("att",), sinks, layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
-         scale=cfg.scale, **extra)  # fmt: skip
-    linear(b, "att", dst, p + "attn_output", (s.n_embd, s.q_width), bias=out_bias)
+    sinks = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (sizes.n_heads,)),) if cfg.sinks else ()
+    b.op("attention", ("q",), ("att",), sinks, layer=i, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
+         head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
+    linear(b, "att", dst, p + "attn_output", (sizes.n_embd, sizes.q_width), bias=out_bias)
 
 
-def qkv_projections(b: ModelBuilder, p: str, s: Sizes, src: str = "h") -> None:
+def qkv_projections(b: ModelBuilder, p: str, sizes: Sizes, src: str = "h") -> None:
     """q, k, v = the layer's Q, K and V projections of src (prefix `p`), each times its weight
     scale and plus its bias where the file has them (llama.cpp's build_qkv: a fused attn_qkv's
     scale scales all three). Every recipe that builds its own attention starts from here."""
     fused_scale = weight_scale(b, p + "attn_qkv")
-    for proj, w, width in zip("qkv", qkv_weights(b, p, s), (s.q_width, s.kv_width, s.kv_width)):
+    for proj, w, width in zip("qkv", qkv_weights(b, p, sizes), (sizes.q_width, sizes.kv_width, sizes.kv_width)):
         b.op("matmul", (src,), (proj,), (w,))
         scale = fused_scale if fused_scale is not None else weight_scale(b, f"{p}attn_{proj}")
         if scale is not None and scale != 1.0:
@@ -486,7 +488,7 @@ def moe_ffn(
 
 def output_head(
     b: ModelBuilder,
-    s: Sizes,
+    sizes: Sizes,
     eps: float,
     *,
     final_softcap: float | None = None,
@@ -498,12 +500,12 @@ def output_head(
     returns whether the embedding is tied. `bias` False: `output.bias` is not read (a file that
     has one is refused: the architecture's llama.cpp graph does not add one)."""
     b.op("gather_rows", ("x",), ("xr",))
-    b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (s.n_embd,)),), eps=eps)
+    b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (sizes.n_embd,)),), eps=eps)
     tied = always_tied or not b.has("output.weight")
     if tied:
         b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
     else:  # with output.scale and output.bias where the file has them
-        linear(b, "hr", "logits", "output", (s.vocab_size, s.n_embd), bias=bias)
+        linear(b, "hr", "logits", "output", (sizes.vocab_size, sizes.n_embd), bias=bias)
     if final_softcap is not None:
         b.op("softcap", ("logits",), ("logits",), cap=final_softcap)
     return tied
@@ -548,8 +550,8 @@ def llama_like(
     biases and weight scales where the architecture's graph passes them to build_ffn (`ffn_bias`,
     `ffn_scale`: glu_ffn), and `output.bias` only where it adds one (`output_bias`: qwen2, phi3)."""
     md = Metadata(model, arch)
-    s = read_sizes(md)
-    rope = replace(read_rope(md, s, rope_style, yarn_keys=yarn_keys), temp_scale=temp_scale)
+    sizes = read_sizes(md)
+    rope = replace(read_rope(md, sizes, rope_style, yarn_keys=yarn_keys), temp_scale=temp_scale)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)
@@ -558,25 +560,25 @@ def llama_like(
         b.unused("cls.output.weight", "the reranker's classifier head: llama.cpp runs it only to rank, never for text")
     if qkv_bias and not b.has("blk.0.attn_q.bias"):
         raise CompileError(f"{b.path}: missing tensor blk.0.attn_q.bias ({arch} has Q/K/V biases)")
-    declare_buffers(b, s, n_ff, n_used, n_expert)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    declare_buffers(b, sizes, n_ff, n_used, n_expert)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     long_short = rope.scaling_type == "longrope" if long_short_factors is None else long_short_factors
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=long_short)
-    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=qk_norm, factors=factors)
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=qk_norm, factors=factors)
     b.op("embed", ("tokens",), ("x",), (embd,))
-    for i in range(s.n_layers):
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
-        attention(b, i, s, eps, cfg, rope=not no_rope_step or (i + 1) % no_rope_step != 0)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
+        attention(b, i, sizes, eps, cfg, rope=not no_rope_step or (i + 1) % no_rope_step != 0)
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (sizes.n_embd,)),), eps=eps)
         if n_expert:
-            moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used, scales=True)
+            moe_ffn(b, i, sizes.n_embd, n_ff, n_expert, n_used, scales=True)
         else:
-            glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=ffn_bias, scale=ffn_scale)
+            glu_ffn(b, i, sizes.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=ffn_bias, scale=ffn_scale)
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps, bias=output_bias)
+    tied = output_head(b, sizes, eps, bias=output_bias)
     extra = {"expert_count": n_expert, "expert_used_count": n_used} if n_expert else {}
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

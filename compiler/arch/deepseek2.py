@@ -96,8 +96,8 @@ def _sizes(md: Metadata) -> tuple[Sizes, int, int, int, int]:
         raise CompileError(
             f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]"
         )
-    s = Sizes(n_embd, n_layers - nextn, n_heads, 1, kv_lora + n_rot, embd.shape[0])
-    return s, q_lora, kv_lora, key_mla - n_rot, v_dim
+    sizes = Sizes(n_embd, n_layers - nextn, n_heads, 1, kv_lora + n_rot, embd.shape[0])
+    return sizes, q_lora, kv_lora, key_mla - n_rot, v_dim
 
 
 def _experts(md: Metadata, n_layers: int) -> tuple[Experts, int]:
@@ -159,10 +159,19 @@ def _row_ranges(
 
 
 def mla_attention(
-    b: ModelBuilder, i: int, s: Sizes, rope, eps: float, q_lora: int, kv_lora: int, nope: int, v_dim: int, scale: float
+    b: ModelBuilder,
+    i: int,
+    sizes: Sizes,
+    rope,
+    eps: float,
+    q_lora: int,
+    kv_lora: int,
+    nope: int,
+    v_dim: int,
+    scale: float,
 ) -> None:
     """h = attn_output(MLA(h)) for layer i, absorbed (the module docstring)."""
-    p, e, nh, rot = f"blk.{i}.", s.n_embd, s.n_heads, rope.n_rot
+    p, e, nh, rot = f"blk.{i}.", sizes.n_embd, sizes.n_heads, rope.n_rot
     head = nope + rot
     if q_lora:
         q_src, q_name, q_shape = "q_a", p + "attn_q_b.weight", (nh * head, q_lora)
@@ -193,69 +202,69 @@ def mla_attention(
         (b.tensor(p + "attn_kv_a_norm.weight", "attn_kv_a_norm", (kv_lora,)),),
         eps=eps,
     )
-    b.op("rope", ("q_pe", "k_pe"), ("q_pe", "k_pe"), **rope.attrs(replace(s, n_kv_heads=1, head_dim=rot)))
+    b.op("rope", ("q_pe", "k_pe"), ("q_pe", "k_pe"), **rope.attrs(replace(sizes, n_kv_heads=1, head_dim=rot)))
     wk_b = b.tensor_as(p + "attn_k_b.weight", "attn_k_b", (nh, kv_lora, nope))  # one head: 2-D in the file
     b.op("head_matmul", ("q_nope",), ("q_latent",), (wk_b,), heads=nh)
     b.op("concat_heads", ("q_latent", "q_pe"), ("q",), heads=nh)
     b.op("concat_heads", ("latent", "k_pe"), ("k",), heads=1)
     b.op("kv_write", ("k", "k"), (), layer=i)
-    b.op("attention", ("q",), ("att",), layer=i, n_heads=nh, n_kv_heads=1, head_dim=s.head_dim, scale=scale)
+    b.op("attention", ("q",), ("att",), layer=i, n_heads=nh, n_kv_heads=1, head_dim=sizes.head_dim, scale=scale)
     wv_b = b.tensor_as(p + "attn_v_b.weight", "attn_v_b", (nh, v_dim, kv_lora))
-    b.op("head_matmul", ("att",), ("att_v",), (wv_b,), heads=nh, stride=s.head_dim)
+    b.op("head_matmul", ("att",), ("att_v",), (wv_b,), heads=nh, stride=sizes.head_dim)
     linear(b, "att_v", "h", p + "attn_output", (e, nh * v_dim), bias=False)  # build_attn: wo with wo_s, no wo_b
 
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, ARCH)
-    s, q_lora, kv_lora, nope, v_dim = _sizes(md)
-    rope = read_rope(md, s, "adjacent")
+    sizes, q_lora, kv_lora, nope, v_dim = _sizes(md)
+    rope = read_rope(md, sizes, "adjacent")
     rope, scale = _scales(md, rope, nope + rope.n_rot)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    e, n_ff = _experts(md, s.n_layers)
+    e, n_ff = _experts(md, sizes.n_layers)
     md.int("context_length", 1, MAX_CONTEXT)
     b = ModelBuilder(model)
-    rot, nh = rope.n_rot, s.n_heads
+    rot, nh = rope.n_rot, sizes.n_heads
     b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q_nope", nh * nope), ("q_pe", nh * rot),
-                        ("q_latent", nh * kv_lora), ("latent", kv_lora), ("k_pe", rot), ("q", nh * s.head_dim),
-                        ("k", s.head_dim), ("att", nh * s.head_dim), ("att_v", nh * v_dim)):  # fmt: skip
+    for name, width in (("x", sizes.n_embd), ("h", sizes.n_embd), ("q_nope", nh * nope), ("q_pe", nh * rot),
+                        ("q_latent", nh * kv_lora), ("latent", kv_lora), ("k_pe", rot), ("q", nh * sizes.head_dim),
+                        ("k", sizes.head_dim), ("att", nh * sizes.head_dim), ("att_v", nh * v_dim)):  # fmt: skip
         b.buffer(name, "T", width)
     if q_lora:
         b.buffer("q_a", "T", q_lora)
-    for name, width in (("xr", s.n_embd), ("hr", s.n_embd), ("logits", s.vocab_size)):
+    for name, width in (("xr", sizes.n_embd), ("hr", sizes.n_embd), ("logits", sizes.vocab_size)):
         b.buffer(name, "R", width)
     if e.count:
-        declare_expert_buffers(b, s.n_embd, e)
+        declare_expert_buffers(b, sizes.n_embd, e)
     if e.dense_lead:
         b.buffer("gate", "T", n_ff)
         b.buffer("up", "T", n_ff)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     b.op("embed", ("tokens",), ("x",), (embd,))
-    for i in range(s.n_layers):
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
-        mla_attention(b, i, s, rope, eps, q_lora, kv_lora, nope, v_dim, scale)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
+        mla_attention(b, i, sizes, rope, eps, q_lora, kv_lora, nope, v_dim, scale)
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (sizes.n_embd,)),), eps=eps)
         if e.count and e.is_moe(i):
-            moe_block(b, i, s, e)
+            moe_block(b, i, sizes, e)
         else:
-            glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=False)  # as deepseek2.cpp calls build_ffn
+            glu_ffn(b, i, sizes.n_embd, n_ff, bias=False, scale=False)  # as deepseek2.cpp calls build_ffn
             b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps)
+    tied = output_head(b, sizes, eps)
     b.unused_layers(
-        range(s.n_layers, 1 << 16), "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too"
+        range(sizes.n_layers, 1 << 16), "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too"
     )
     extra = (e.hparams() if e.count else {"leading_dense_block_count": e.dense_lead}) | {
         "q_lora_rank": q_lora, "kv_lora_rank": kv_lora, "key_length_mla": nope + rot, "value_length_mla": v_dim,
         "attention_scale": scale}  # fmt: skip
     hp = hparams(
-        md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra
+        md, sizes, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra
     )
     return b.finish(
         hp,
         input_tokens="tokens",
         output_logits="logits",
         output_hidden="hr",
-        kv=KVSpec(n_layers=s.n_layers, n_kv_heads=1, head_dim=s.head_dim, dtype="f16"),
+        kv=KVSpec(n_layers=sizes.n_layers, n_kv_heads=1, head_dim=sizes.head_dim, dtype="f16"),
     )

@@ -35,13 +35,13 @@ def build_moe(model: GGUFModel) -> ModelSpec:
     e = Experts(count, used, n_ff_exp, groups=groups, groups_used=groups_used, shared=1 if shared_ff else 0,
                 shared_ff=shared_ff)  # fmt: skip
 
-    def ffn(b: ModelBuilder, i: int, s: Sizes, n_ff: int) -> bool:
+    def ffn(b: ModelBuilder, i: int, sizes: Sizes, n_ff: int) -> bool:
         if i >= lead and (i + 1) % step == 0:
-            moe_block(b, i, s, e)
+            moe_block(b, i, sizes, e)
             return True
-        glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=False)  # build_ffn(up, NULL, NULL, ...)
+        glu_ffn(b, i, sizes.n_embd, n_ff, bias=False, scale=False)  # build_ffn(up, NULL, NULL, ...)
         return False
 
     extra = e.hparams() | {"interleave_moe_layer_step": step, "leading_dense_block_count": lead}
     return prenorm.build(model, "ernie4_5-moe", BLOCK, ffn=ffn, declare=lambda b,
-                         s: declare_expert_buffers(b, s.n_embd, e), extra=extra)  # fmt: skip
+                         sizes: declare_expert_buffers(b, sizes.n_embd, e), extra=extra)  # fmt: skip

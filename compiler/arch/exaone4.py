@@ -30,41 +30,41 @@ SWA_LAYERS = 64  # llama.cpp's exaone4 loader: sliding windows for the 64-layer 
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "exaone4")
-    s = read_sizes(md)
-    nextn = md.int("nextn_predict_layers", 0, s.n_layers - 1, default=0)
-    s = replace(s, n_layers=s.n_layers - nextn)
-    rope = read_rope(md, s, "neox")
-    if rope.n_rot != s.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
+    sizes = read_sizes(md)
+    nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0)
+    sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
+    rope = read_rope(md, sizes, "neox")
+    if rope.n_rot != sizes.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
                            "(exaone4 rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    swa = s.n_layers == SWA_LAYERS
+    swa = sizes.n_layers == SWA_LAYERS
     window = md.int("attention.sliding_window", 1, MAX_CONTEXT, default=4096) if swa else None
-    local = sliding_window_layers(md, s.n_layers, 4) if swa else (False,) * s.n_layers
+    local = sliding_window_layers(md, sizes.n_layers, 4) if swa else (False,) * sizes.n_layers
     b = ModelBuilder(model)
-    declare_buffers(b, s, n_ff)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    declare_buffers(b, sizes, n_ff)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False)
-    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=True, factors=factors)
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=True, factors=factors)
     local_cfg = replace(cfg, window=window)
     b.op("embed", ("tokens",), ("x",), (embd,))
-    e = (s.n_embd,)
-    for i in range(s.n_layers):
+    e = (sizes.n_embd,)
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
         # RoPE on the sliding-window layers, or on every layer of a model without them
-        attention(b, i, s, eps, local_cfg if local[i] else cfg, src="x", rope=local[i] or not swa)
+        attention(b, i, sizes, eps, local_cfg if local[i] else cfg, src="x", rope=local[i] or not swa)
         b.op(
             "rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps
         )
         b.op("add", ("x", "h"), ("x",))
-        glu_ffn(b, i, s.n_embd, n_ff, src="x", bias=False, scale=False)  # build_ffn(up, NULL, NULL, ...)
+        glu_ffn(b, i, sizes.n_embd, n_ff, src="x", bias=False, scale=False)  # build_ffn(up, NULL, NULL, ...)
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps)
+    tied = output_head(b, sizes, eps)
     extra = {"nextn_predict_layers": nextn} if nextn else {}
     if swa:
         extra.update(sliding_window=window, sliding_window_layers=[i for i, on in enumerate(local) if on])
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

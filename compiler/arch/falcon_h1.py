@@ -39,37 +39,37 @@ from rfc.compiler.spec import ModelSpec
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "falcon-h1")
-    s = read_sizes(md)
+    sizes = read_sizes(md)
     m = mamba2.read_mamba2(md)
-    rope = read_rope(md, s, "neox")
+    rope = read_rope(md, sizes, "neox")
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
-    declare_buffers(b, s, n_ff)
-    b.buffer("a", "T", s.n_embd)
-    b.buffer("m", "T", s.n_embd)
+    declare_buffers(b, sizes, n_ff)
+    b.buffer("a", "T", sizes.n_embd)
+    b.buffer("m", "T", sizes.n_embd)
     mamba2.declare(b, m)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     b.unused(
         "rope_freqs.weight", "llama.cpp's falcon-h1 loader reads it and its graph rotates with no frequency factors"
     )
-    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim))
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim))
     b.op("embed", ("tokens",), ("x",), (embd,))
-    for i in range(s.n_layers):
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
         # build_attn(wo, NULL, wo_s): the output's weight scale applied, its bias loaded and not added
         b.unused(p + "attn_output.bias", "llama.cpp's falcon-h1 loader reads it and its graph does not add it")
-        attention(b, i, s, eps, cfg, src="h", dst="a", out_bias=False)
-        mamba2.mamba2_layer(b, i, s.n_embd, m, eps, src="h", dst="m")
+        attention(b, i, sizes, eps, cfg, src="h", dst="a", out_bias=False)
+        mamba2.mamba2_layer(b, i, sizes.n_embd, m, eps, src="h", dst="m")
         b.op("add", ("x", "a"), ("x",))
         b.op("add", ("x", "m"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm", "ffn_norm", (s.n_embd,)),), eps=eps)
-        glu_ffn(b, i, s.n_embd, n_ff, bias=True, scale=False)  # build_ffn(up, up_b, NULL, ...)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm", "ffn_norm", (sizes.n_embd,)),), eps=eps)
+        glu_ffn(b, i, sizes.n_embd, n_ff, bias=True, scale=False)  # build_ffn(up, up_b, NULL, ...)
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps)
+    tied = output_head(b, sizes, eps)
     extra = {"ssm_conv_kernel": m.kernel, "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state,
              "ssm_time_step_rank": m.n_heads, "ssm_group_count": m.n_groups}  # fmt: skip
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=False, extra=extra)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

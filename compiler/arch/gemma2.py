@@ -52,26 +52,26 @@ def sliding_window_layers(md: Metadata, n_layers: int, default_period: int) -> t
     return tuple(n == 0 or i % n < n - 1 for i in range(n_layers))
 
 
-def query_scale(s: Sizes, big: bool) -> float:
+def query_scale(sizes: Sizes, big: bool) -> float:
     """Gemma's query pre-attention scaling, float32 as llama.cpp computes it: 1/sqrtf(head_dim),
     or 1/sqrtf(n_embd / n_head) for the 27B models (`big`)."""
-    d = s.n_embd // s.n_heads if big else s.head_dim
+    d = sizes.n_embd // sizes.n_heads if big else sizes.head_dim
     return float(np.float32(1.0) / np.sqrt(np.float32(d)))
 
 
-def embedding_scale(s: Sizes) -> float:
-    return float(np.sqrt(np.float32(s.n_embd)))  # sqrtf(n_embd), a float32
+def embedding_scale(sizes: Sizes) -> float:
+    return float(np.sqrt(np.float32(sizes.n_embd)))  # sqrtf(n_embd), a float32
 
 
-def gemma_block(b: ModelBuilder, i: int, s: Sizes, eps: float, attn: Attention, n_ff: int) -> None:
+def gemma_block(b: ModelBuilder, i: int, sizes: Sizes, eps: float, attn: Attention, n_ff: int) -> None:
     p = f"blk.{i}."
-    e = (s.n_embd,)
+    e = (sizes.n_embd,)
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
-    attention(b, i, s, eps, attn)
+    attention(b, i, sizes, eps, attn)
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
     b.op("add", ("x", "h"), ("x",))
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
-    glu_ffn(b, i, s.n_embd, n_ff, activation="gelu_tanh", bias=False, scale=False)  # as gemma2/3.cpp call build_ffn
+    glu_ffn(b, i, sizes.n_embd, n_ff, activation="gelu_tanh", bias=False, scale=False)  # as gemma2/3.cpp call build_ffn
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
     b.op("add", ("x", "h"), ("x",))
 
@@ -83,18 +83,18 @@ def build_gemma(
     `tied_output`: the output is the token embedding even if the file has an output.weight
     (llama.cpp's gemma2 loader)."""
     md = Metadata(model, arch)
-    s = read_sizes(md)
-    rope = read_rope(md, s, "neox")
+    sizes = read_sizes(md)
+    rope = read_rope(md, sizes, "neox")
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    layers: GemmaLayers = layers_of(md, s, rope)
+    layers: GemmaLayers = layers_of(md, sizes, rope)
     b = ModelBuilder(model)
-    declare_buffers(b, s, n_ff)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    b.op("embed", ("tokens",), ("x",), (embd,), scale=embedding_scale(s))
-    for i in range(s.n_layers):
-        gemma_block(b, i, s, eps, layers.local_attention if layers.is_local[i] else layers.global_attention, n_ff)
-    tied = output_head(b, s, eps, final_softcap=layers.final_softcap, always_tied=tied_output)
+    declare_buffers(b, sizes, n_ff)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
+    b.op("embed", ("tokens",), ("x",), (embd,), scale=embedding_scale(sizes))
+    for i in range(sizes.n_layers):
+        gemma_block(b, i, sizes, eps, layers.local_attention if layers.is_local[i] else layers.global_attention, n_ff)
+    tied = output_head(b, sizes, eps, final_softcap=layers.final_softcap, always_tied=tied_output)
     local = layers.local_attention
     extra = {
         "sliding_window": local.window,
@@ -103,22 +103,22 @@ def build_gemma(
         "rope_freq_scale_swa": local.rope.freq_scale,
         "attn_logit_softcapping": layers.global_attention.softcap,
         "final_logit_softcapping": layers.final_softcap,
-        "embedding_scale": embedding_scale(s),
+        "embedding_scale": embedding_scale(sizes),
         "query_scale": layers.global_attention.scale,
     }
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=False, extra=extra)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))
 
 
-def _gemma2_layers(md: Metadata, s: Sizes, rope: Rope) -> GemmaLayers:
+def _gemma2_layers(md: Metadata, sizes: Sizes, rope: Rope) -> GemmaLayers:
     window = md.int("attention.sliding_window", 1, MAX_CONTEXT, default=4096)
     softcap = md.float("attn_logit_softcapping", 0.0, 1e6, default=50.0, open_lo=True)
     final = md.float("final_logit_softcapping", 0.0, 1e6, default=30.0, open_lo=True)
-    full = Attention(rope, scale=query_scale(s, big=s.n_layers == 46), softcap=softcap)
+    full = Attention(rope, scale=query_scale(sizes, big=sizes.n_layers == 46), softcap=softcap)
     base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=rope.freq_base, open_lo=True)
     local = Attention(rope, scale=full.scale, softcap=softcap, window=window).with_rope(freq_base=base_swa)
-    return GemmaLayers(full, local, sliding_window_layers(md, s.n_layers, 2), final)
+    return GemmaLayers(full, local, sliding_window_layers(md, sizes.n_layers, 2), final)
 
 
 def build(model: GGUFModel) -> ModelSpec:

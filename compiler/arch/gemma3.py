@@ -19,15 +19,15 @@ from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 
-def _gemma3_layers(md: Metadata, s: Sizes, rope: Rope) -> GemmaLayers:
-    full = Attention(rope, scale=query_scale(s, big=s.n_layers == 62), qk_norm=True)
+def _gemma3_layers(md: Metadata, sizes: Sizes, rope: Rope) -> GemmaLayers:
+    full = Attention(rope, scale=query_scale(sizes, big=sizes.n_layers == 62), qk_norm=True)
     window = md.int("attention.sliding_window", 0, MAX_CONTEXT, default=0)
     final = md.float("final_logit_softcapping", 0.0, 1e6, default=0.0) or None
     if not window:
-        return GemmaLayers(full, full, (False,) * s.n_layers, final)
+        return GemmaLayers(full, full, (False,) * sizes.n_layers, final)
     base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=10000.0, open_lo=True)
     local = replace(full, window=window).with_rope(freq_base=base_swa, freq_scale=1.0)
-    return GemmaLayers(full, local, sliding_window_layers(md, s.n_layers, 6), final)
+    return GemmaLayers(full, local, sliding_window_layers(md, sizes.n_layers, 6), final)
 
 
 def build(model: GGUFModel) -> ModelSpec:

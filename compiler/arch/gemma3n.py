@@ -66,7 +66,7 @@ FINAL_SOFTCAP = 30.0  # llama.cpp's f_final_logit_softcapping default, which gem
 INV_SQRT2 = float(np.float32(1.0) / np.sqrt(np.float32(2.0)))  # 1.0f / sqrtf(2.0f)
 
 
-def _read_altup(md: Metadata, s: Sizes) -> tuple[int, int]:
+def _read_altup(md: Metadata, sizes: Sizes) -> tuple[int, int]:
     """(n_altup, laurel_rank), bounded; the active stream must be 0, as llama.cpp fixes it."""
     n = md.int("altup.num_inputs", 2, MAX_ALTUP, default=4)
     active = md.int("altup.active_idx", 0, n - 1, default=0)
@@ -74,32 +74,32 @@ def _read_altup(md: Metadata, s: Sizes) -> tuple[int, int]:
         raise CompileError(
             f"{md.path}: {md.key('altup.active_idx')} {active}: llama.cpp 0.3.36 runs stream 0 as the active one"
         )
-    rank = md.int("laurel_rank", 1, s.n_embd, default=64)
+    rank = md.int("laurel_rank", 1, sizes.n_embd, default=64)
     return n, rank
 
 
-def _kv_sources(s: Sizes, is_local: tuple[bool, ...]) -> tuple[int, ...]:
-    return tuple(i if i < KV_FROM_START else KV_FROM_START - (2 if is_local[i] else 1) for i in range(s.n_layers))
+def _kv_sources(sizes: Sizes, is_local: tuple[bool, ...]) -> tuple[int, ...]:
+    return tuple(i if i < KV_FROM_START else KV_FROM_START - (2 if is_local[i] else 1) for i in range(sizes.n_layers))
 
 
-def _router(b: ModelBuilder, p: str, s: Sizes, n: int, eps: float, src: str) -> None:
+def _router(b: ModelBuilder, p: str, sizes: Sizes, n: int, eps: float, src: str) -> None:
     """mod = tanh(altup_router(rmsnorm(src) / n_embd)): llama.cpp's altup_compute_router_modalities."""
     b.op(
         "rmsnorm",
         (src,),
         ("rin",),
-        (b.tensor(p + "altup_router_norm.weight", "altup_router_norm", (s.n_embd,)),),
+        (b.tensor(p + "altup_router_norm.weight", "altup_router_norm", (sizes.n_embd,)),),
         eps=eps,
     )
-    b.op("scale", ("rin",), ("rin",), factor=float(np.float32(1.0) / np.float32(s.n_embd)))
-    b.op("matmul", ("rin",), ("mod",), (b.tensor(p + "altup_router.weight", "altup_router", (n, s.n_embd)),))
+    b.op("scale", ("rin",), ("rin",), factor=float(np.float32(1.0) / np.float32(sizes.n_embd)))
+    b.op("matmul", ("rin",), ("mod",), (b.tensor(p + "altup_router.weight", "altup_router", (n, sizes.n_embd)),))
     b.op("softcap", ("mod",), ("mod",), cap=1.0)
 
 
 def _layer(
     b: ModelBuilder,
     i: int,
-    s: Sizes,
+    sizes: Sizes,
     n: int,
     rank: int,
     n_ff: int,
@@ -109,39 +109,39 @@ def _layer(
     ple: per_layer.PerLayerEmbedding,
     router_in: str,
 ) -> None:
-    p, e = f"blk.{i}.", (s.n_embd,)
-    _router(b, p, s, n, eps, router_in)
+    p, e = f"blk.{i}.", (sizes.n_embd,)
+    _router(b, p, sizes, n, eps, router_in)
     b.op(
         "matmul", ("mod",), ("c_pred",), (b.tensor(p + "altup_predict_coef.weight", "altup_predict_coef", (n * n, n)),)
     )
     b.op("altup_predict", ("hs", "c_pred"), ("pred", "act"), n_altup=n, active=0)
     b.op("rmsnorm", ("act",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
     # Laurel beside attention, from the same normed input
-    b.op("matmul", ("h",), ("laurel",), (b.tensor(p + "laurel_l.weight", "laurel_l", (rank, s.n_embd)),))
-    b.op("matmul", ("laurel",), ("lau",), (b.tensor(p + "laurel_r.weight", "laurel_r", (s.n_embd, rank)),))
+    b.op("matmul", ("h",), ("laurel",), (b.tensor(p + "laurel_l.weight", "laurel_l", (rank, sizes.n_embd)),))
+    b.op("matmul", ("laurel",), ("lau",), (b.tensor(p + "laurel_r.weight", "laurel_r", (sizes.n_embd, rank)),))
     b.op("rmsnorm", ("lau",), ("lau",), (b.tensor(p + "laurel_post_norm.weight", "laurel_post_norm", e),), eps=eps)
     b.op("add", ("lau", "h"), ("lau",))
-    _attention(b, i, s, eps, attn, "", kv_layer)
+    _attention(b, i, sizes, eps, attn, "", kv_layer)
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
     b.op("add", ("h", "act"), ("h",))
     b.op("add", ("h", "lau"), ("h",))
     b.op("scale", ("h",), ("x",), factor=INV_SQRT2)
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
-    b.op("matmul", ("h",), ("gate",), (b.tensor(p + "ffn_gate.weight", "ffn_gate", (n_ff, s.n_embd)),))
-    b.op("matmul", ("h",), ("up",), (b.tensor(p + "ffn_up.weight", "ffn_up", (n_ff, s.n_embd)),))
+    b.op("matmul", ("h",), ("gate",), (b.tensor(p + "ffn_gate.weight", "ffn_gate", (n_ff, sizes.n_embd)),))
+    b.op("matmul", ("h",), ("up",), (b.tensor(p + "ffn_up.weight", "ffn_up", (n_ff, sizes.n_embd)),))
     if i < SPARSE_LAYERS:
         b.op("gaussian_topk", ("gate",), ("gate",), std_mul=STD_MUL)
     b.op("swiglu", ("gate", "up"), ("gate",), activation="gelu_tanh")
-    b.op("matmul", ("gate",), ("h",), (b.tensor(p + "ffn_down.weight", "ffn_down", (s.n_embd, n_ff)),))
+    b.op("matmul", ("gate",), ("h",), (b.tensor(p + "ffn_down.weight", "ffn_down", (sizes.n_embd, n_ff)),))
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
     b.op("add", ("h", "x"), ("x",))
-    _router(b, p, s, n, eps, "x")
+    _router(b, p, sizes, n, eps, "x")
     b.op("matmul", ("mod",), ("c_corr",), (b.tensor(p + "altup_correct_coef.weight", "altup_correct_coef", (n, n)),))
     scale = b.tensor(p + "altup_correct_scale.weight", "altup_correct_scale", e)
     b.op("altup_correct", ("pred", "x", "c_corr"), ("hs", "first"), (scale,), n_altup=n, active=0)
     per_layer.layer_input(b, ple, i, eps)
     per_layer.layer_output(b, ple, i, eps, src="first", dst="h")
-    last = i == s.n_layers - 1  # the merge's projection reads streams 1..n-1; the next router, stream 0
+    last = i == sizes.n_layers - 1  # the merge's projection reads streams 1..n-1; the next router, stream 0
     b.op("altup_add", ("hs", "h"), ("hs", "tail" if last else "rin0"), n_altup=n, first=1 if last else 0)
 
 
@@ -155,15 +155,15 @@ def build(model: GGUFModel) -> ModelSpec:
             f"text "
             "model refuses them too; use the text GGUF (the towers belong in a separate mmproj file)"
         )
-    s = read_sizes(md)
-    n, rank = _read_altup(md, s)
+    sizes = read_sizes(md)
+    n, rank = _read_altup(md, sizes)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     window = md.int("attention.sliding_window", 1, MAX_CONTEXT)
-    rope = read_rope(md, s, "neox")
+    rope = read_rope(md, sizes, "neox")
     base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=10000.0, open_lo=True)
-    is_local = sliding_window_layers(md, s.n_layers, 5)
-    kv_layers = _kv_sources(s, is_local)
+    is_local = sliding_window_layers(md, sizes.n_layers, 5)
+    kv_layers = _kv_sources(sizes, is_local)
     for i, src in enumerate(kv_layers):
         if is_local[src] != is_local[i]:  # a sliding reader of a global cache, or the reverse
             raise CompileError(
@@ -173,18 +173,18 @@ def build(model: GGUFModel) -> ModelSpec:
     full = Attention(rope, scale=1.0, qk_norm=True)
     local = Attention(rope, scale=1.0, qk_norm=True, window=window).with_rope(freq_base=base_swa, freq_scale=1.0)
     b = ModelBuilder(model)
-    ple = per_layer.read_per_layer_embedding(md, b, s.n_embd, s.n_layers, s.vocab_size)
+    ple = per_layer.read_per_layer_embedding(md, b, sizes.n_embd, sizes.n_layers, sizes.vocab_size)
     if ple is None:
         raise CompileError(f"{md.path}: gemma3n needs per-layer embeddings ({md.key(per_layer.KEY)} > 0)")
-    declare_buffers(b, s, n_ff)
+    declare_buffers(b, sizes, n_ff)
     per_layer.declare_buffers(b, ple)
-    e = s.n_embd
+    e = sizes.n_embd
     for name, width in (("hs", n * e), ("pred", n * e), ("act", e), ("first", e), ("rin", e), ("rin0", e), ("lau", e),
                         ("laurel", rank), ("mod", n), ("c_pred", n * n), ("c_corr", n), ("tail", (n - 1) * e),
                         ("alt", (n - 1) * e), *((f"rep{k}", k * e) for k in range(2, n))):  # fmt: skip
         b.buffer(name, "T", width)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, e))
-    b.op("embed", ("tokens",), ("x",), (embd,), scale=embedding_scale(s))
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, e))
+    b.op("embed", ("tokens",), ("x",), (embd,), scale=embedding_scale(sizes))
     per_layer.keep_input(b)
     # streams 1..n-1: altup_proj of n - 1 copies of the input, at its magnitude
     rep = "x"
@@ -194,15 +194,27 @@ def build(model: GGUFModel) -> ModelSpec:
     proj = b.tensor("altup_proj.weight", "altup_proj", (n - 1, e, e))
     b.op("head_matmul", (rep,), ("alt",), (proj,), heads=n - 1)
     b.op("altup_stack", ("x", "alt"), ("hs",), n_altup=n)
-    for i in range(s.n_layers):
+    for i in range(sizes.n_layers):
         _layer(
-            b, i, s, n, rank, n_ff, eps, local if is_local[i] else full, kv_layers[i], ple, "x" if i == 0 else "rin0"
+            b,
+            i,
+            sizes,
+            n,
+            rank,
+            n_ff,
+            eps,
+            local if is_local[i] else full,
+            kv_layers[i],
+            ple,
+            "x" if i == 0 else "rin0",
         )
     unembd = b.tensor("altup_unembd_proj.weight", "altup_unembd_proj", (n - 1, e, e))
     b.op("head_matmul", ("tail",), ("alt",), (unembd,), heads=n - 1)
     b.op("altup_merge", ("hs", "alt"), ("x",), n_altup=n, active=0)
-    tied = output_head(b, s, eps, final_softcap=FINAL_SOFTCAP)
-    for i in (i for i in range(s.n_layers) if kv_layers[i] != i):  # llama.cpp loads them, and reads the shared cache
+    tied = output_head(b, sizes, eps, final_softcap=FINAL_SOFTCAP)
+    for i in (
+        i for i in range(sizes.n_layers) if kv_layers[i] != i
+    ):  # llama.cpp loads them, and reads the shared cache
         for name in ("attn_k.weight", "attn_v.weight", "attn_k_norm.weight"):
             b.unused(f"blk.{i}.{name}", "a KV-sharing layer's K and V: it attends over an earlier layer's cache")
     n_kv = 1 + max(kv_layers)
@@ -211,18 +223,18 @@ def build(model: GGUFModel) -> ModelSpec:
         "sliding_window_layers": [i for i, on in enumerate(is_local) if on],
         "rope_freq_base_swa": base_swa,
         "final_logit_softcapping": FINAL_SOFTCAP,
-        "embedding_scale": embedding_scale(s),
+        "embedding_scale": embedding_scale(sizes),
         "query_scale": 1.0,
         "altup_num_inputs": n,
         "altup_active_idx": 0,
         "laurel_rank": rank,
-        "activation_sparsity_layers": min(SPARSE_LAYERS, s.n_layers),
-        "shared_kv_layers": s.n_layers - n_kv,
+        "activation_sparsity_layers": min(SPARSE_LAYERS, sizes.n_layers),
+        "shared_kv_layers": sizes.n_layers - n_kv,
         "kv_layer_per_layer": list(kv_layers),
         "embedding_length_per_layer_input": ple.width,
     }
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra)
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra)
     # only the layers that store KV have cache rows (the first n_kv: shared layers come last)
     return b.finish(
-        hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=replace(kv_spec(s), n_layers=n_kv)
+        hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=replace(kv_spec(sizes), n_layers=n_kv)
     )

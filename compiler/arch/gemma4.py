@@ -63,7 +63,7 @@ ARCH = "gemma4"
 TOWER_PREFIXES = ("v.", "a.", "mm.", "vision_", "audio_")
 
 
-def _check_supported(md: Metadata, s: Sizes) -> None:
+def _check_supported(md: Metadata, sizes: Sizes) -> None:
     """The parts of Gemma 4 this recipe does not plan yet, refused before anything is built."""
     model = md.model
     towers = sorted(n for n in model.tensors if n.startswith(TOWER_PREFIXES))
@@ -73,7 +73,9 @@ def _check_supported(md: Metadata, s: Sizes) -> None:
             "text model refuses them too; use the text GGUF (the towers belong in a separate mmproj "
             "file)"
         )
-    gemma4_moe.read(md, s.n_embd, s.n_layers)  # the experts' counts and widths (26B-A4B), checked before planning
+    gemma4_moe.read(
+        md, sizes.n_embd, sizes.n_layers
+    )  # the experts' counts and widths (26B-A4B), checked before planning
 
 
 def _read_sizes(md: Metadata) -> tuple[Sizes, tuple[Sizes, ...], tuple[bool, ...], int]:
@@ -153,10 +155,10 @@ def _kv_sources(md: Metadata, layers: tuple[Sizes, ...], is_local: tuple[bool, .
     return tuple(out)
 
 
-def _buffers(b: ModelBuilder, s: Sizes, layers: tuple[Sizes, ...]) -> dict[tuple[int, int, int], str]:
+def _buffers(b: ModelBuilder, sizes: Sizes, layers: tuple[Sizes, ...]) -> dict[tuple[int, int, int], str]:
     """The q/k/v/att buffers of each layer geometry: the model's (s) are q, k, v, att
     (declare_buffers), another geometry's q_{H}x{KV}x{D}, ... . Returns the suffix per geometry."""
-    out = {(s.n_heads, s.n_kv_heads, s.head_dim): ""}
+    out = {(sizes.n_heads, sizes.n_kv_heads, sizes.head_dim): ""}
     for ls in layers:
         g = (ls.n_heads, ls.n_kv_heads, ls.head_dim)
         if g not in out:
@@ -166,7 +168,7 @@ def _buffers(b: ModelBuilder, s: Sizes, layers: tuple[Sizes, ...]) -> dict[tuple
     return out
 
 
-def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, sfx: str, kv_layer: int) -> None:
+def _attention(b: ModelBuilder, i: int, sizes: Sizes, eps: float, cfg: Attention, sfx: str, kv_layer: int) -> None:
     """h = attn_output(attention(rope(q_norm(Q h)), rope(k_norm(K h)), norm(V h))) for layer i
     of sizes s (its own heads and head size), in its geometry's buffers (q{sfx}, ...); V is K's
     projection when the layer has no attn_v (and no fused attn_qkv). A layer that reads another
@@ -174,42 +176,61 @@ def _attention(b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, sf
     buffer too, which nothing reads) and writes no KV."""
     p = f"blk.{i}."
     q, k, v, att = (name + sfx for name in ("q", "k", "v", "att"))
-    hd = (s.head_dim,)
+    hd = (sizes.head_dim,)
     if kv_layer != i:  # Q alone: a fused attn_qkv's Q rows, else attn_q (its attn_k / attn_v, if any, unread)
         wq = (
-            qkv_weights(b, p, s)[0]
+            qkv_weights(b, p, sizes)[0]
             if b.has(p + "attn_qkv.weight")
-            else b.tensor(p + "attn_q.weight", "attn_q", (s.q_width, s.n_embd))
+            else b.tensor(p + "attn_q.weight", "attn_q", (sizes.q_width, sizes.n_embd))
         )
         b.op("matmul", ("h",), (q,), (wq,))
-        b.op("rmsnorm", (q,), (q,), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
-        b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+        b.op(
+            "rmsnorm",
+            (q,),
+            (q,),
+            (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
+            eps=eps,
+            heads=sizes.n_heads,
+        )
+        b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
     else:
         if b.has(p + "attn_qkv.weight") or b.has(p + "attn_v.weight"):
-            wq, wk, wv = qkv_weights(b, p, s)
+            wq, wk, wv = qkv_weights(b, p, sizes)
         else:
-            wq = b.tensor(p + "attn_q.weight", "attn_q", (s.q_width, s.n_embd))
-            wk = wv = b.tensor(p + "attn_k.weight", "attn_k", (s.kv_width, s.n_embd))
+            wq = b.tensor(p + "attn_q.weight", "attn_q", (sizes.q_width, sizes.n_embd))
+            wk = wv = b.tensor(p + "attn_k.weight", "attn_k", (sizes.kv_width, sizes.n_embd))
         for buf, w in ((q, wq), (k, wk), (v, wv)):
             b.op("matmul", ("h",), (buf,), (w,))
-        b.op("rmsnorm", (q,), (q,), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
         b.op(
-            "rmsnorm", (k,), (k,), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads
+            "rmsnorm",
+            (q,),
+            (q,),
+            (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
+            eps=eps,
+            heads=sizes.n_heads,
         )
-        b.op("rmsnorm", (v,), (v,), (), eps=eps, heads=s.n_kv_heads)  # no weight: ggml_rms_norm alone
-        b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+        b.op(
+            "rmsnorm",
+            (k,),
+            (k,),
+            (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),),
+            eps=eps,
+            heads=sizes.n_kv_heads,
+        )
+        b.op("rmsnorm", (v,), (v,), (), eps=eps, heads=sizes.n_kv_heads)  # no weight: ggml_rms_norm alone
+        b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
         b.op("kv_write", (k, v), (), layer=i)
     extra = {"window": cfg.window} if cfg.window is not None else {}
-    b.op("attention", (q,), (att,), (), layer=kv_layer, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
-         scale=cfg.scale, **extra)  # fmt: skip
-    linear(b, att, "h", p + "attn_output", (s.n_embd, s.q_width))
+    b.op("attention", (q,), (att,), (), layer=kv_layer, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
+         head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
+    linear(b, att, "h", p + "attn_output", (sizes.n_embd, sizes.q_width))
 
 
 def _block(
     b: ModelBuilder,
     md: Metadata,
     i: int,
-    s: Sizes,
+    sizes: Sizes,
     eps: float,
     attn: Attention,
     n_ff: int,
@@ -219,14 +240,16 @@ def _block(
     ple: PerLayerEmbedding | None,
 ) -> None:
     p = f"blk.{i}."
-    e = (s.n_embd,)
+    e = (sizes.n_embd,)
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
-    _attention(b, i, s, eps, attn, sfx, kv_layer)
+    _attention(b, i, sizes, eps, attn, sfx, kv_layer)
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps)
     b.op("add", ("x", "h"), ("x",))
     b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
-    glu_ffn(b, i, s.n_embd, n_ff, activation="gelu_tanh")
-    gemma4_moe.add_experts(b, md, i, s, eps)  # 26B-A4B: the routed experts beside the dense MLP, where i has a router
+    glu_ffn(b, i, sizes.n_embd, n_ff, activation="gelu_tanh")
+    gemma4_moe.add_experts(
+        b, md, i, sizes, eps
+    )  # 26B-A4B: the routed experts beside the dense MLP, where i has a router
     b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
     b.op("add", ("x", "h"), ("x",))
     if ple is not None:  # the layer's per-layer embedding, after the FFN's residual (compiler/arch/ple.py)
@@ -240,13 +263,13 @@ def _block(
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, ARCH)
-    s, layers, is_local, head_dim = _read_sizes(md)
-    _check_supported(md, s)
+    sizes, layers, is_local, head_dim = _read_sizes(md)
+    _check_supported(md, sizes)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     window = md.int("attention.sliding_window", 1, MAX_CONTEXT)
     final = md.float("final_logit_softcapping", 0.0, 1e6, default=30.0) or None
-    rope = read_rope(md, replace(s, head_dim=head_dim), "neox")  # n_rot: at most, and by default, key_length
+    rope = read_rope(md, replace(sizes, head_dim=head_dim), "neox")  # n_rot: at most, and by default, key_length
     b = ModelBuilder(model)
     factors = None
     if not all(is_local):  # llama.cpp requires rope_freqs once a layer is global, of head_dim / 2 factors
@@ -267,25 +290,25 @@ def build(model: GGUFModel) -> ModelSpec:
     )
     kv_layers = _kv_sources(md, layers, is_local)
     n_kv = 1 + max(kv_layers)  # the layers that store KV: the first ones
-    ple = per_layer.read_per_layer_embedding(md, b, s.n_embd, s.n_layers, s.vocab_size)
-    declare_buffers(b, s, n_ff)
-    suffixes = _buffers(b, s, layers)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    b.op("embed", ("tokens",), ("x",), (embd,), scale=embedding_scale(s))
+    ple = per_layer.read_per_layer_embedding(md, b, sizes.n_embd, sizes.n_layers, sizes.vocab_size)
+    declare_buffers(b, sizes, n_ff)
+    suffixes = _buffers(b, sizes, layers)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
+    b.op("embed", ("tokens",), ("x",), (embd,), scale=embedding_scale(sizes))
     if ple is not None:
         per_layer.declare_buffers(b, ple)
         per_layer.keep_input(b)
     for i, ls in enumerate(layers):
         _block(b, md, i, ls, eps, local if is_local[i] else full, n_ff,
                suffixes[(ls.n_heads, ls.n_kv_heads, ls.head_dim)], kv_layer=kv_layers[i], ple=ple)  # fmt: skip
-    tied = output_head(b, s, eps, final_softcap=final)
+    tied = output_head(b, sizes, eps, final_softcap=final)
     extra = {
         "sliding_window": window,
         "sliding_window_layers": [i for i, on in enumerate(is_local) if on],
         "rope_freq_base_swa": base_swa,
         "rope_dimension_count_swa": n_rot_swa,
         "final_logit_softcapping": final,
-        "embedding_scale": embedding_scale(s),
+        "embedding_scale": embedding_scale(sizes),
         "query_scale": 1.0,
         "v_norm": True,
         # per layer, where layers differ (31B); the model's own sizes are those of the widest KV row
@@ -298,9 +321,9 @@ def build(model: GGUFModel) -> ModelSpec:
         "kv_layer_per_layer": list(kv_layers),
         "embedding_length_per_layer_input": ple.width if ple else 0,
     }
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=factors is not None,
-                 extra=extra | gemma4_moe.hparams(md, s))  # fmt: skip
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=False,
+                 rope_freq_factors=factors is not None, extra=extra | gemma4_moe.hparams(md, sizes))  # fmt: skip
     # only the layers that store KV have cache rows (the first n_kv: shared layers come last)
     return b.finish(
-        hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=replace(kv_spec(s), n_layers=n_kv)
+        hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=replace(kv_spec(sizes), n_layers=n_kv)
     )

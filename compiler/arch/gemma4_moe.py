@@ -103,18 +103,18 @@ class Gemma4Experts:
         return self.e.hparams() | {"expert_layers": sorted(self.layers)}
 
 
-def add_experts(b: ModelBuilder, md: Metadata, i: int, s: Sizes, eps: float) -> None:
+def add_experts(b: ModelBuilder, md: Metadata, i: int, sizes: Sizes, eps: float) -> None:
     """gemma4.py's hook, after layer i's dense MLP left its output in h: where the layer has a
     router, h = post_ffw_norm_1(h) + post_ffw_norm_2(experts(x)); a dense layer is left as it is."""
-    moe = read(md, s.n_embd, s.n_layers)
+    moe = read(md, sizes.n_embd, sizes.n_layers)
     if moe is not None and moe.is_moe(i):
         moe.declare(b)  # the same buffers for every MoE layer (declaring them again is a no-op)
         moe.add_experts(b, i, eps)
 
 
-def hparams(md: Metadata, s: Sizes) -> dict:
+def hparams(md: Metadata, sizes: Sizes) -> dict:
     """The experts' hyperparameters for `rfc inspect` (none for a dense file)."""
-    moe = read(md, s.n_embd, s.n_layers)
+    moe = read(md, sizes.n_embd, sizes.n_layers)
     return moe.hparams() if moe is not None else {}
 
 

@@ -24,37 +24,37 @@ from rfc.compiler.spec import ModelSpec
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "glm4")
-    s = read_sizes(md)
-    nextn = md.int("nextn_predict_layers", 0, s.n_layers - 1, default=0)
-    s = replace(s, n_layers=s.n_layers - nextn)
+    sizes = read_sizes(md)
+    nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0)
+    sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
     # get_key_or_arr(rope.dimension_sections, 4): any nonzero makes llama.cpp's rope type M-RoPE
     # (GLM-4V's text stack), which on text (every section at the token's position) is NeoX RoPE
     sections = md.per_layer("rope.dimension_sections", 4, 0, 1 << 16, default=0)
-    if sum(sections) > s.head_dim:  # ggml_mrope_cache_init asserts it
+    if sum(sections) > sizes.head_dim:  # ggml_mrope_cache_init asserts it
         raise CompileError(f"{md.path}: {md.key('rope.dimension_sections')} {list(sections)} add up to more than the "
-                           f"head size {s.head_dim}")  # fmt: skip
-    rope = read_rope(md, s, "neox" if any(sections) else "adjacent")
+                           f"head size {sizes.head_dim}")  # fmt: skip
+    rope = read_rope(md, sizes, "neox" if any(sections) else "adjacent")
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
-    declare_buffers(b, s, n_ff)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim))
+    declare_buffers(b, sizes, n_ff)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim))
     b.op("embed", ("tokens",), ("x",), (embd,))
-    e = (s.n_embd,)
-    for i in range(s.n_layers):
+    e = (sizes.n_embd,)
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
-        attention(b, i, s, eps, cfg)
+        attention(b, i, sizes, eps, cfg)
         b.op(
             "rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps
         )
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
-        glu_ffn(b, i, s.n_embd, n_ff, fused_gate_up=True, bias=False, scale=False)  # build_ffn(up, NULL, NULL, ...)
+        glu_ffn(b, i, sizes.n_embd, n_ff, fused_gate_up=True, bias=False, scale=False)  # build_ffn(up, NULL, NULL, ...)
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps)
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+    tied = output_head(b, sizes, eps)
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=False, extra={"nextn_predict_layers": nextn} if nextn else {})  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

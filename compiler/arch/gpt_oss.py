@@ -67,11 +67,11 @@ def _attention_scale(n_rot: int) -> float:
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, ARCH)
-    s: Sizes = read_sizes(md)
-    rope = read_rope(md, s, "neox")
-    if rope.n_rot != s.head_dim:  # llama.cpp sizes Q, K and V by n_rot for this architecture
+    sizes: Sizes = read_sizes(md)
+    rope = read_rope(md, sizes, "neox")
+    if rope.n_rot != sizes.head_dim:  # llama.cpp sizes Q, K and V by n_rot for this architecture
         raise CompileError(
-            f"{md.path}: rope.dimension_count {rope.n_rot} != head size {s.head_dim} is not supported ({ARCH})"
+            f"{md.path}: rope.dimension_count {rope.n_rot} != head size {sizes.head_dim} is not supported ({ARCH})"
         )
     n_ff = md.int("expert_feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
@@ -79,7 +79,7 @@ def build(model: GGUFModel) -> ModelSpec:
     if not n_expert:
         raise CompileError(f"{md.path}: {ARCH} is a mixture of experts, and {md.key('expert_count')} is missing or 0")
     window = md.int("attention.sliding_window", 1, MAX_CONTEXT)
-    is_local = sliding_window_layers(md, s.n_layers, 2)
+    is_local = sliding_window_layers(md, sizes.n_layers, 2)
     full = Attention(rope, scale=_attention_scale(rope.n_rot), sinks=True)
     base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=rope.freq_base, open_lo=True)
     local = Attention(rope, scale=full.scale, window=window, sinks=True).with_rope(freq_base=base_swa)
@@ -87,26 +87,26 @@ def build(model: GGUFModel) -> ModelSpec:
     for name in ("blk.0.attn_output.bias", "output.weight"):
         if not b.has(name):
             raise CompileError(f"{b.path}: missing tensor {name} ({ARCH} has it)")
-    declare_buffers(b, s, n_ff, n_used, n_expert)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    declare_buffers(b, sizes, n_ff, n_used, n_expert)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     b.op("embed", ("tokens",), ("x",), (embd,))
-    for i in range(s.n_layers):
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        e = (s.n_embd,)
+        e = (sizes.n_embd,)
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
-        attention(b, i, s, eps, local if is_local[i] else full, out_bias=True)
+        attention(b, i, sizes, eps, local if is_local[i] else full, out_bias=True)
         b.op("add", ("x", "h"), ("x",))
         b.op(
             "rmsnorm", ("x",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps
         )
-        moe_ffn(b, i, s.n_embd, n_ff, n_expert, n_used)
+        moe_ffn(b, i, sizes.n_embd, n_ff, n_expert, n_used)
         b.op("add", ("x", "h"), ("x",))
-    output_head(b, s, eps)
+    output_head(b, sizes, eps)
     extra = {
         "expert_count": n_expert, "expert_used_count": n_used, "expert_feed_forward_length": n_ff,
         "sliding_window": window, "sliding_window_layers": [i for i, on in enumerate(is_local) if on],
         "rope_freq_base_swa": base_swa, "attention_sinks": True, "expert_gating": "softmax_weight",
     }  # fmt: skip
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"),
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=False, extra=extra)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

@@ -131,10 +131,10 @@ def ffn_sublayer(b: ModelBuilder, i: int, n_embd: int, eps: float, ffn: Ffn, res
 
 def _build(model: GGUFModel, arch: str) -> ModelSpec:
     md = Metadata(model, arch)
-    s = read_sizes(md)
-    rope = read_rope(md, s, "adjacent")
-    if rope.n_rot != s.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
+    sizes = read_sizes(md)
+    rope = read_rope(md, sizes, "adjacent")
+    if rope.n_rot != sizes.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
                            f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
     n_expert, n_used = read_experts(md)
     ffn = Ffn.read(md, n_expert, n_used)
@@ -142,21 +142,23 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     mult = Multipliers.read(md, logit_required=True)
     use_rope = md.bool("rope.scaling.finetuned", default=True) if arch == "granite" else True
     b = ModelBuilder(model)
-    declare_buffers(b, s, ffn.n_ff, ffn.n_used, ffn.n_expert)
-    ffn.declare_shared_expert(b, s.n_embd)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    declare_buffers(b, sizes, ffn.n_ff, ffn.n_used, ffn.n_expert)
+    ffn.declare_shared_expert(b, sizes.n_embd)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     factors = rope_factors(
         b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=rope.scaling_type == "longrope"
     )
-    cfg = Attention(rope, scale=mult.attention or 1.0 / math.sqrt(s.head_dim), factors=factors if use_rope else None)
+    cfg = Attention(
+        rope, scale=mult.attention or 1.0 / math.sqrt(sizes.head_dim), factors=factors if use_rope else None
+    )
     b.op("embed", ("tokens",), ("x",), (embd,), **({"scale": mult.embedding} if mult.embedding else {}))
-    for i in range(s.n_layers):
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
-        attention(b, i, s, eps, cfg, out_bias=True, rope=use_rope)
-        ffn_sublayer(b, i, s.n_embd, eps, ffn, mult.residual)
-    tied = output_head(b, s, eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
+        attention(b, i, sizes, eps, cfg, out_bias=True, rope=use_rope)
+        ffn_sublayer(b, i, sizes.n_embd, eps, ffn, mult.residual)
+    tied = output_head(b, sizes, eps)
     b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / mult.logit))
-    hp = hparams(md, s, rope, ffn.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+    hp = hparams(md, sizes, rope, ffn.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None and use_rope, extra={**mult.extra(), **ffn.extra()})  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

@@ -59,50 +59,51 @@ def build(model: GGUFModel) -> ModelSpec:
     b = ModelBuilder(model)
     n_embd = md.int("embedding_length", 1, MAX_EMBD)
     n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
-    s, attn_layers = read_layers(md, b, n_layers, n_embd)
+    sizes, attn_layers = read_layers(md, b, n_layers, n_embd)
     m = mamba2.read_mamba2(md)
     if m.d_inner != 2 * n_embd:  # llama.cpp asserts it (only an expansion factor of 2)
         raise CompileError(f"{md.path}: {md.key('ssm.inner_size')} {m.d_inner} != 2 x embedding_length {n_embd}")
-    rope = read_rope(md, s, "adjacent")
+    rope = read_rope(md, sizes, "adjacent")
     ffn = Ffn.read(md, *read_experts(md))
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     mult = Multipliers.read(md, logit_required=False)
     use_rope = md.bool("rope.scaling.finetuned", default=True)
-    declare_buffers(b, s, ffn.n_ff, ffn.n_used, ffn.n_expert)
+    declare_buffers(b, sizes, ffn.n_ff, ffn.n_used, ffn.n_expert)
     mamba2.declare(b, m)
-    ffn.declare_shared_expert(b, s.n_embd)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    ffn.declare_shared_expert(b, sizes.n_embd)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if use_rope else None
-    cfg = Attention(rope, scale=mult.attention or 1.0 / math.sqrt(s.head_dim), factors=factors)
+    cfg = Attention(rope, scale=mult.attention or 1.0 / math.sqrt(sizes.head_dim), factors=factors)
     b.op("embed", ("tokens",), ("x",), (embd,), **({"scale": mult.embedding} if mult.embedding else {}))
     for i in range(n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
         if i in attn_layers:
-            _attention(b, i, attn_layers.index(i), s, cfg, use_rope)
+            _attention(b, i, attn_layers.index(i), sizes, cfg, use_rope)
         else:
-            mamba2.mamba2_layer(b, i, s.n_embd, m, eps)
-        ffn_sublayer(b, i, s.n_embd, eps, ffn, mult.residual)
-    tied = output_head(b, s, eps)
+            mamba2.mamba2_layer(b, i, sizes.n_embd, m, eps)
+        ffn_sublayer(b, i, sizes.n_embd, eps, ffn, mult.residual)
+    tied = output_head(b, sizes, eps)
     if mult.logit:
         b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / mult.logit))
     extra = {**mult.extra(), "attention_layers": len(attn_layers), "ssm_conv_kernel": m.kernel,
              "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state, "ssm_time_step_rank": m.n_heads,
              "ssm_group_count": m.n_groups, **ffn.extra()}  # fmt: skip
-    hp = hparams(md, s, rope, ffn.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{attn_layers[0]}.attn_q.bias"),
-                 rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
-    kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
+    hp = hparams(md, sizes, rope, ffn.n_ff, eps, tied_embeddings=tied,
+                 qkv_bias=b.has(f"blk.{attn_layers[0]}.attn_q.bias"), rope_freq_factors=factors is not None,
+                 extra=extra)  # fmt: skip
+    kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=sizes.n_kv_heads, head_dim=sizes.head_dim, dtype="f16")
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
 
 
-def _attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, cfg: Attention, use_rope: bool) -> None:
+def _attention(b: ModelBuilder, i: int, kv_layer: int, sizes: Sizes, cfg: Attention, use_rope: bool) -> None:
     """Layer i's attention, its KV in the cache's layer kv_layer (granite's build_attention_layer)."""
     p = f"blk.{i}."
-    for proj, width in (("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width)):
-        linear(b, "h", proj, f"{p}attn_{proj}", (width, s.n_embd), bias=True)
+    for proj, width in (("q", sizes.q_width), ("k", sizes.kv_width), ("v", sizes.kv_width)):
+        linear(b, "h", proj, f"{p}attn_{proj}", (width, sizes.n_embd), bias=True)
     if use_rope:
-        b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+        b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
     b.op("kv_write", ("k", "v"), (), layer=kv_layer)
-    b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
-         scale=cfg.scale)  # fmt: skip
-    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width), bias=True)
+    b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
+         head_dim=sizes.head_dim, scale=cfg.scale)  # fmt: skip
+    linear(b, "att", "h", p + "attn_output", (sizes.n_embd, sizes.q_width), bias=True)

@@ -33,14 +33,14 @@ from rfc.compiler.spec import ModelSpec
 BLOCK = prenorm.Block("neox", qk_norm_after_rope=True)
 
 
-def _alpha_base(md: Metadata, s: Sizes, rope: Rope) -> Rope:
+def _alpha_base(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
     """llama_model_hunyuan_vl::load_arch_hparams: base * powf(alpha, dim / (dim - 2)) when alpha > 0."""
     md.per_layer("rope.dimension_sections", 4, 0, 1 << 16, default=0)  # read, bounded; no effect on text
     alpha = md.float("rope.scaling.alpha", 0.0, 1e9, default=0.0)
-    if alpha <= 0.0 or s.head_dim <= 2:
+    if alpha <= 0.0 or sizes.head_dim <= 2:
         return rope
     f32 = np.float32
-    base = f32(rope.freq_base) * np.power(f32(alpha), f32(s.head_dim) / f32(s.head_dim - 2), dtype=f32)
+    base = f32(rope.freq_base) * np.power(f32(alpha), f32(sizes.head_dim) / f32(sizes.head_dim - 2), dtype=f32)
     if not np.isfinite(base) or base > 1e12:
         raise CompileError(f"{md.path}: {md.key('rope.scaling.alpha')} = {alpha} makes the RoPE base {float(base)}")
     return replace(rope, freq_base=float(base))
@@ -62,9 +62,9 @@ def build_moe(model: GGUFModel) -> ModelSpec:
     shared_ff = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) or n_ff
     e = Experts(count, used, n_ff, shared=1, shared_ff=shared_ff)
 
-    def ffn(b: ModelBuilder, i: int, s: Sizes, _: int) -> bool:
-        moe_block(b, i, s, e)
+    def ffn(b: ModelBuilder, i: int, sizes: Sizes, _: int) -> bool:
+        moe_block(b, i, sizes, e)
         return True
 
     return prenorm.build(model, "hunyuan-moe", BLOCK, ffn=ffn, declare=lambda b,
-                         s: declare_expert_buffers(b, s.n_embd, e), extra=e.hparams())  # fmt: skip
+                         sizes: declare_expert_buffers(b, sizes.n_embd, e), extra=e.hparams())  # fmt: skip

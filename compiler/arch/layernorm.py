@@ -54,14 +54,14 @@ def head_layer_norm(b: ModelBuilder, buf: str, heads: int, head_dim: int, eps: f
     per-head mean as above, with block-diagonal weights: [heads x slots, heads x head_dim] of
     -1 / (slots x head_dim) on each head's columns, then [heads x head_dim, heads x slots] of ones on
     each head's slots."""
-    s, d, w = head_slots(heads), head_dim, heads * head_dim
+    slots, d, w = head_slots(heads), head_dim, heads * head_dim
     mean_runs, spread_runs = [], []
     for h in range(heads):
-        mean_runs += [(0.0, h * d), (-1.0 / (s * d), d), (0.0, (heads - 1 - h) * d)] * s
-        spread_runs += [(0.0, h * s), (1.0, s), (0.0, (heads - 1 - h) * s)] * d
-    part = b.filled(f"rfc.layernorm.heads.mean.{heads}x{d}", "layernorm_mean", (heads * s, w), _merged(mean_runs))
+        mean_runs += [(0.0, h * d), (-1.0 / (slots * d), d), (0.0, (heads - 1 - h) * d)] * slots
+        spread_runs += [(0.0, h * slots), (1.0, slots), (0.0, (heads - 1 - h) * slots)] * d
+    part = b.filled(f"rfc.layernorm.heads.mean.{heads}x{d}", "layernorm_mean", (heads * slots, w), _merged(mean_runs))
     spread = b.filled(
-        f"rfc.layernorm.heads.spread.{heads}x{d}", "layernorm_spread", (w, heads * s), _merged(spread_runs)
+        f"rfc.layernorm.heads.spread.{heads}x{d}", "layernorm_spread", (w, heads * slots), _merged(spread_runs)
     )
     b.op("matmul", (buf,), (f"ln_part_{buf}",), (part,))
     b.op("matmul", (f"ln_part_{buf}",), (f"ln_mean_{buf}",), (spread,))

@@ -82,20 +82,20 @@ def build_hybrid(model: GGUFModel, arch: str, experts: Callable[[Metadata, int],
     embd_t = model.tensors.get("token_embd.weight")
     if embd_t is None or len(embd_t.shape) != 2 or not 1 <= embd_t.shape[0] <= MAX_VOCAB:
         raise CompileError(f"{md.path}: token_embd.weight is missing or not [vocab <= {MAX_VOCAB}, n_embd]")
-    s = Sizes(n_embd, n_layers, nh, nkv, head_dim, embd_t.shape[0])
-    rope = read_rope(md, s, "neox")
+    sizes = Sizes(n_embd, n_layers, nh, nkv, head_dim, embd_t.shape[0])
+    rope = read_rope(md, sizes, "neox")
     for i in range(n_layers):  # the pattern must agree with the tensors, both ways
         conv, attn = b.has(f"blk.{i}.shortconv.conv.weight"), b.has(f"blk.{i}.attn_q.weight")
         if conv == bool(kv_heads[i]) or attn != bool(kv_heads[i]):
             kind = "attention" if kv_heads[i] else "short-conv"
             raise CompileError(f"{md.path}: layer {i} is a {kind} layer by {md.key('attention.head_count_kv')}, "
                                "but its tensors say otherwise")  # fmt: skip
-    declare_buffers(b, s, n_ff)
+    declare_buffers(b, sizes, n_ff)
     if ex is not None:
         declare_expert_buffers(b, n_embd, ex)
     b.buffer("bcx", "T", 3 * n_embd)
     b.buffer("conv", "T", n_embd)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, n_embd))
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, n_embd))
     cfg = Attention(rope, scale=1.0 / math.sqrt(head_dim), window=window)
     e = (n_embd,)
     b.op("embed", ("tokens",), ("x",), (embd,))
@@ -103,7 +103,7 @@ def build_hybrid(model: GGUFModel, arch: str, experts: Callable[[Metadata, int],
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", e),), eps=eps)
         if kv_heads[i]:
-            _attention(b, i, attn_layers.index(i), s, eps, cfg)
+            _attention(b, i, attn_layers.index(i), sizes, eps, cfg)
         else:
             b.op(
                 "matmul",
@@ -118,7 +118,7 @@ def build_hybrid(model: GGUFModel, arch: str, experts: Callable[[Metadata, int],
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", e),), eps=eps)
         if ex is not None and ex.is_moe(i):
-            moe_block(b, i, s, ex)  # adds to x itself
+            moe_block(b, i, sizes, ex)  # adds to x itself
         else:
             glu_ffn(b, i, n_embd, n_ff, bias=False, scale=False)  # as lfm2.cpp calls build_ffn
             b.op("add", ("x", "h"), ("x",))
@@ -128,10 +128,10 @@ def build_hybrid(model: GGUFModel, arch: str, experts: Callable[[Metadata, int],
     if tied:
         b.op("matmul", ("hr",), ("logits",), (embd,))
     else:  # build_lora_mm(output, cur, output_s): the weight scale where the file has one, no bias
-        linear(b, "hr", "logits", "output", (s.vocab_size, n_embd), bias=False)
+        linear(b, "hr", "logits", "output", (sizes.vocab_size, n_embd), bias=False)
     hp = hparams(
         md,
-        s,
+        sizes,
         rope,
         n_ff,
         eps,
@@ -145,22 +145,34 @@ def build_hybrid(model: GGUFModel, arch: str, experts: Callable[[Metadata, int],
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
 
 
-def _attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float, cfg: Attention) -> None:
+def _attention(b: ModelBuilder, i: int, kv_layer: int, sizes: Sizes, eps: float, cfg: Attention) -> None:
     """Layer i's attention, its KV in the cache's layer kv_layer: Q/K/V, per-head Q/K norms, NeoX
     RoPE, attention, out projection (llama.cpp's build_attn_block of lfm2). Q, K and V as
     build_qkv makes them: each matmul times its weight scale plus its bias where the file has
     them; the out projection with its weight scale and no bias (build_attn is passed none)."""
     p = f"blk.{i}."
-    for proj, width in (("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width)):
-        linear(b, "h", proj, f"{p}attn_{proj}", (width, s.n_embd))
-    hd = (s.head_dim,)
-    b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
+    for proj, width in (("q", sizes.q_width), ("k", sizes.kv_width), ("v", sizes.kv_width)):
+        linear(b, "h", proj, f"{p}attn_{proj}", (width, sizes.n_embd))
+    hd = (sizes.head_dim,)
     b.op(
-        "rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads
+        "rmsnorm",
+        ("q",),
+        ("q",),
+        (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
+        eps=eps,
+        heads=sizes.n_heads,
     )
-    b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(s))
+    b.op(
+        "rmsnorm",
+        ("k",),
+        ("k",),
+        (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),),
+        eps=eps,
+        heads=sizes.n_kv_heads,
+    )
+    b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(sizes))
     b.op("kv_write", ("k", "v"), (), layer=kv_layer)
     extra = {"window": cfg.window} if cfg.window is not None else {}
-    b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
-         scale=cfg.scale, **extra)  # fmt: skip
-    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width), bias=False)
+    b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
+         head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
+    linear(b, "att", "h", p + "attn_output", (sizes.n_embd, sizes.q_width), bias=False)

@@ -54,11 +54,11 @@ def build(model: GGUFModel) -> ModelSpec:
         "attention.temperature_scale",
         "llama.cpp fixes llama4's NoPE temperature (0.1), which does nothing in the context served",
     )
-    s = read_sizes(md)
-    rope = read_rope(md, s, "adjacent")
-    if rope.n_rot != s.head_dim:
+    sizes = read_sizes(md)
+    rope = read_rope(md, sizes, "adjacent")
+    if rope.n_rot != sizes.head_dim:
         raise CompileError(
-            f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
+            f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
             "(llama4 rotates whole heads; llama.cpp asserts it)"
         )
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
@@ -71,7 +71,7 @@ def build(model: GGUFModel) -> ModelSpec:
         raise CompileError(f"{md.path}: {md.key('expert_group_count')} is not supported for llama4")
     n_ff_exp = md.int("expert_feed_forward_length", 1, MAX_FF)
     step = md.int("interleave_moe_layer_step", 0, MAX_LAYERS)
-    moe = [step > 0 and (i + 1) % step == 0 for i in range(s.n_layers)]
+    moe = [step > 0 and (i + 1) % step == 0 for i in range(sizes.n_layers)]
     n_ff = (
         md.int("feed_forward_length", 1, MAX_FF)
         if not all(moe)
@@ -82,39 +82,39 @@ def build(model: GGUFModel) -> ModelSpec:
             f"{md.path}: {md.key('attention.sliding_window')} = 0 (no chunked attention, every layer "
             "with RoPE but the last) is not supported for llama4"
         )
-    swa = _chunked_layers(md, s.n_layers)
+    swa = _chunked_layers(md, sizes.n_layers)
     base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=rope.freq_base, open_lo=True)
     kq_norm = n_expert != NO_KQ_NORM_EXPERTS
     n_ctx = md.int("context_length", 1, MAX_CONTEXT)
 
     b = ModelBuilder(model)
-    _declare_buffers(b, s, n_ff, n_ff_exp, n_expert, n_used)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    _declare_buffers(b, sizes, n_ff, n_ff_exp, n_expert, n_used)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     factors = rope_factors(b, rope, n_ctx, long_short=False)
-    ones = b.constant(f"rfc.ones.{s.head_dim}", "qk_l2_norm", (s.head_dim,), 1.0) if kq_norm else None
-    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), factors=factors)
+    ones = b.constant(f"rfc.ones.{sizes.head_dim}", "qk_l2_norm", (sizes.head_dim,), 1.0) if kq_norm else None
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), factors=factors)
     b.op("embed", ("tokens",), ("x",), (embd,))
-    for i in range(s.n_layers):
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
         layer_cfg = cfg.with_rope(freq_base=base_swa) if swa[i] and base_swa != rope.freq_base else cfg
-        _attention(b, i, s, eps, layer_cfg, use_rope=(i + 1) % NO_ROPE_LAYER_STEP != 0, ones=ones)
+        _attention(b, i, sizes, eps, layer_cfg, use_rope=(i + 1) % NO_ROPE_LAYER_STEP != 0, ones=ones)
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (s.n_embd,)),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (sizes.n_embd,)),), eps=eps)
         if moe[i]:
-            _moe(b, i, s.n_embd, n_expert, n_used, n_ff_exp)
+            _moe(b, i, sizes.n_embd, n_expert, n_used, n_ff_exp)
         else:
-            glu_ffn(b, i, s.n_embd, n_ff, scale=False)  # llama4.cpp's build_ffn: biases, no scales
+            glu_ffn(b, i, sizes.n_embd, n_ff, scale=False)  # llama4.cpp's build_ffn: biases, no scales
             b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps)
+    tied = output_head(b, sizes, eps)
     extra = {"expert_count": n_expert, "expert_used_count": n_used, "expert_feed_forward_length": n_ff_exp,
              "interleave_moe_layer_step": step,
-             "no_rope_layers": [i for i in range(s.n_layers) if (i + 1) % NO_ROPE_LAYER_STEP == 0],
+             "no_rope_layers": [i for i in range(sizes.n_layers) if (i + 1) % NO_ROPE_LAYER_STEP == 0],
              "qk_l2_norm": kq_norm, "attention_chunk": CHUNK, "context_length_of_file": n_ctx}  # fmt: skip
-    hp = hparams(md, s, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
     hp = replace(hp, context_length=min(n_ctx, MAX_SERVED_CONTEXT))
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))
 
 
 def _chunked_layers(md: Metadata, n_layers: int) -> list[bool]:
@@ -128,15 +128,15 @@ def _chunked_layers(md: Metadata, n_layers: int) -> list[bool]:
     return [n == 0 or i % n < n - 1 for i in range(n_layers)]
 
 
-def _declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_ff_exp: int, n_expert: int, k: int) -> None:
+def _declare_buffers(b: ModelBuilder, sizes: Sizes, n_ff: int, n_ff_exp: int, n_expert: int, k: int) -> None:
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (
-        ("x", s.n_embd),
-        ("h", s.n_embd),
-        ("q", s.q_width),
-        ("k", s.kv_width),
-        ("v", s.kv_width),
-        ("att", s.q_width),
+        ("x", sizes.n_embd),
+        ("h", sizes.n_embd),
+        ("q", sizes.q_width),
+        ("k", sizes.kv_width),
+        ("v", sizes.kv_width),
+        ("att", sizes.q_width),
         ("gate", n_ff),
         ("up", n_ff),
     ):
@@ -146,33 +146,33 @@ def _declare_buffers(b: ModelBuilder, s: Sizes, n_ff: int, n_ff_exp: int, n_expe
     b.buffer("expert_unit", "T", k)  # the choosing route's weights (top-1: 1), not used
     b.buffer("sigmoid_ids", "T", k, dtype="i32")
     b.buffer("expert_weights", "T", k)
-    b.buffer("moe_in", "T", s.n_embd)  # top-1: the weighted input; else the experts' weighted sum
+    b.buffer("moe_in", "T", sizes.n_embd)  # top-1: the weighted input; else the experts' weighted sum
     b.buffer("exp_gate", "T", k * n_ff_exp)
     b.buffer("exp_up", "T", k * n_ff_exp)
-    b.buffer("experts_out", "T", k * s.n_embd)
+    b.buffer("experts_out", "T", k * sizes.n_embd)
     b.buffer("shexp_gate", "T", n_ff_exp)
     b.buffer("shexp_up", "T", n_ff_exp)
-    for name, width in (("xr", s.n_embd), ("hr", s.n_embd), ("logits", s.vocab_size)):
+    for name, width in (("xr", sizes.n_embd), ("hr", sizes.n_embd), ("logits", sizes.vocab_size)):
         b.buffer(name, "R", width)
 
 
 def _attention(
-    b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, use_rope: bool, ones: str | None
+    b: ModelBuilder, i: int, sizes: Sizes, eps: float, cfg: Attention, *, use_rope: bool, ones: str | None
 ) -> None:
     """h = attn_output(attention(...)) of layer i: Q/K/V (build_qkv: each times its weight scale,
     plus its bias, where the file has them), then RoPE and the weightless per-head norms of Q and
     K (RoPE layers), or neither (NoPE layers); attn_output with its scale and bias likewise."""
     p = f"blk.{i}."
-    qkv_projections(b, p, s)
+    qkv_projections(b, p, sizes)
     if use_rope:
-        b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
+        b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
         if ones:
-            b.op("rmsnorm", ("q",), ("q",), (ones,), eps=eps, heads=s.n_heads)
-            b.op("rmsnorm", ("k",), ("k",), (ones,), eps=eps, heads=s.n_kv_heads)
+            b.op("rmsnorm", ("q",), ("q",), (ones,), eps=eps, heads=sizes.n_heads)
+            b.op("rmsnorm", ("k",), ("k",), (ones,), eps=eps, heads=sizes.n_kv_heads)
     b.op("kv_write", ("k", "v"), (), layer=i)
-    b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
-         scale=cfg.scale)  # fmt: skip
-    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width))
+    b.op("attention", ("q",), ("att",), layer=i, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
+         head_dim=sizes.head_dim, scale=cfg.scale)  # fmt: skip
+    linear(b, "att", "h", p + "attn_output", (sizes.n_embd, sizes.q_width))
 
 
 def _moe(b: ModelBuilder, i: int, n: int, n_expert: int, k: int, n_ff: int) -> None:

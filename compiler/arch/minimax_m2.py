@@ -31,10 +31,10 @@ def build(model: GGUFModel) -> ModelSpec:
                            f"(supported: {', '.join(f'{k} ({v})' for k, v in GATING_FUNCS.items())})")  # fmt: skip
     e = Experts(count, used, n_ff, gating=GATING_FUNCS[code], groups=groups, groups_used=groups_used)
 
-    def ffn(b: ModelBuilder, i: int, s: Sizes, _: int) -> bool:
+    def ffn(b: ModelBuilder, i: int, sizes: Sizes, _: int) -> bool:
         b.tensor(f"blk.{i}.exp_probs_b.bias", "exp_probs_b", (count,))  # required by the loader (moe_block reads it)
-        moe_block(b, i, s, e)
+        moe_block(b, i, sizes, e)
         return True
 
     return prenorm.build(model, "minimax-m2", BLOCK, ffn=ffn, declare=lambda b,
-                         s: declare_expert_buffers(b, s.n_embd, e), extra=e.hparams())  # fmt: skip
+                         sizes: declare_expert_buffers(b, sizes.n_embd, e), extra=e.hparams())  # fmt: skip

@@ -176,7 +176,7 @@ def expert_gate_up(b: ModelBuilder, i: int, e: Experts, n_embd: int) -> tuple[st
 
 
 def moe_block(
-    b: ModelBuilder, i: int, s: Sizes, e: Experts, *, src: str = "h", residual: str = "x", scales: bool = False
+    b: ModelBuilder, i: int, sizes: Sizes, e: Experts, *, src: str = "h", residual: str = "x", scales: bool = False
 ) -> None:
     """residual += routed experts(src) (+ shared experts(src)), for layer i.
 
@@ -198,7 +198,7 @@ def moe_block(
     (expert_scales). Without, every one of them is known and unused (llama.cpp's loader reads
     them for every architecture, most graphs never apply them). The shared experts' biases are
     never read: no graph adds one."""
-    p, n = f"blk.{i}.", s.n_embd
+    p, n = f"blk.{i}.", sizes.n_embd
     if not scales:
         for name in ("gate_exps", "up_exps", "down_exps", "gate_up_exps", "gate_shexp", "up_shexp", "down_shexp"):
             b.unused(f"{p}ffn_{name}.scale", UNUSED_SCALE)
@@ -256,15 +256,15 @@ def moe_transformer(
     `scales`: the graph applies the FFNs' weight scales (moe_block's; qwen3moe), else they are
     known and unused (glm4moe, bailingmoe2, qwen3vlmoe)."""
     md = Metadata(model, arch)
-    s = read_sizes(md)
+    sizes = read_sizes(md)
     # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
     # are multi-token-prediction blocks (GLM-4.5's), which its forward pass skips; so does this one.
-    nextn = md.int("nextn_predict_layers", 0, s.n_layers - 1, default=0)
-    s = replace(s, n_layers=s.n_layers - nextn)
-    rope = read_rope(md, s, "neox")
-    if full_rotary and rope.n_rot != s.head_dim:
+    nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0)
+    sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
+    rope = read_rope(md, sizes, "neox")
+    if full_rotary and rope.n_rot != sizes.head_dim:
         raise CompileError(
-            f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
+            f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
             f"({arch} rotates whole heads; llama.cpp refuses this file too)"
         )
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
@@ -272,44 +272,44 @@ def moe_transformer(
     b = ModelBuilder(model)
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (
-        ("x", s.n_embd),
-        ("h", s.n_embd),
-        ("q", s.q_width),
-        ("k", s.kv_width),
-        ("v", s.kv_width),
-        ("att", s.q_width),
-        ("xr", s.n_embd),
-        ("hr", s.n_embd),
-        ("logits", s.vocab_size),
+        ("x", sizes.n_embd),
+        ("h", sizes.n_embd),
+        ("q", sizes.q_width),
+        ("k", sizes.kv_width),
+        ("v", sizes.kv_width),
+        ("att", sizes.q_width),
+        ("xr", sizes.n_embd),
+        ("hr", sizes.n_embd),
+        ("logits", sizes.vocab_size),
     ):
         b.buffer(name, "R" if name in ("xr", "hr", "logits") else "T", width)
-    declare_expert_buffers(b, s.n_embd, e)
+    declare_expert_buffers(b, sizes.n_embd, e)
     if e.dense_lead:
         b.buffer("gate", "T", n_ff)
         b.buffer("up", "T", n_ff)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     qk_norm = b.has("blk.0.attn_q_norm.weight")
-    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=qk_norm)
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=qk_norm)
     b.op("embed", ("tokens",), ("x",), (embd,))
-    for i in range(s.n_layers):
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
         if b.has(p + "attn_q_norm.weight") != qk_norm:
             raise CompileError(f"{md.path}: attn_q_norm is in some layers and not in others")
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
-        attention(b, i, s, eps, cfg)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
+        attention(b, i, sizes, eps, cfg)
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{ffn_norm}.weight", ffn_norm, (s.n_embd,)),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{ffn_norm}.weight", ffn_norm, (sizes.n_embd,)),), eps=eps)
         if e.is_moe(i):
-            moe_block(b, i, s, e, scales=scales)
+            moe_block(b, i, sizes, e, scales=scales)
         else:
-            glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=scales)
+            glu_ffn(b, i, sizes.n_embd, n_ff, bias=False, scale=scales)
             b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps)
+    tied = output_head(b, sizes, eps)
     b.unused_layers(
-        range(s.n_layers, s.n_layers + nextn),
+        range(sizes.n_layers, sizes.n_layers + nextn),
         "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too",
     )
-    hp = hparams(md, s, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+    hp = hparams(md, sizes, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=False,
                  extra=e.hparams() | ({"nextn_predict_layers": nextn} if nextn else {}))  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

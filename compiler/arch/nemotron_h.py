@@ -74,7 +74,7 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
     embd_t = model.tensors.get("token_embd.weight")
     if embd_t is None or len(embd_t.shape) != 2 or not 1 <= embd_t.shape[0] <= MAX_VOCAB:
         raise CompileError(f"{md.path}: token_embd.weight is missing or not [vocab <= {MAX_VOCAB}, n_embd]")
-    s = Sizes(n_embd, n_layers, nh, nkv, head_dim, embd_t.shape[0])
+    sizes = Sizes(n_embd, n_layers, nh, nkv, head_dim, embd_t.shape[0])
     m = mamba2.read_mamba2(md)
     moe = experts(md, n_embd, n_ff, [i for i in range(n_layers) if kinds[i] == MLP]) if experts else None
     if moe is None and md.int("expert_count", 0, 1 << 20, default=0):
@@ -85,17 +85,17 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, default=eps_plain, open_lo=True)
     widest = max([n_ff[i] for i in range(n_layers) if kinds[i] == MLP], default=1)
     b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", n_embd), ("h", n_embd), ("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width),
-                        ("att", s.q_width)):  # fmt: skip
+    for name, width in (("x", n_embd), ("h", n_embd), ("q", sizes.q_width), ("k", sizes.kv_width),
+                        ("v", sizes.kv_width), ("att", sizes.q_width)):  # fmt: skip
         b.buffer(name, "T", width)
-    for name, width in (("xr", n_embd), ("hr", n_embd), ("logits", s.vocab_size)):
+    for name, width in (("xr", n_embd), ("hr", n_embd), ("logits", sizes.vocab_size)):
         b.buffer(name, "R", width)
     for f in sorted({n_ff[i] for i in range(n_layers) if kinds[i] == MLP and moe is None}):
         b.buffer(f"up{f}", "T", f)
     if moe is not None:
         moe.declare(b)
     mamba2.declare(b, m)
-    b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (s.vocab_size, n_embd)),))
+    b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, n_embd)),))
     scale = 1.0 / math.sqrt(head_dim)
     for i in range(n_layers):
         p = f"blk.{i}."
@@ -103,7 +103,7 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
         if kinds[i] == MAMBA:
             mamba2.mamba2_layer(b, i, n_embd, m, eps)
         elif kinds[i] == ATTENTION:
-            _attention(b, i, attn.index(i), s, scale)
+            _attention(b, i, attn.index(i), sizes, scale)
         elif moe is not None:
             moe.layer(b, i)  # adds the routed experts to x itself; h: the shared expert
         else:
@@ -113,7 +113,7 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
             b.op("swiglu", (up, up), (up,), activation="relu")  # relu(u) u = relu(u)^2
             linear(b, up, "h", p + "ffn_down", (n_embd, n_ff[i]), bias=True, bias_first=True)
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps)
+    tied = output_head(b, sizes, eps)
     rope = Rope(head_dim, "adjacent", 10000.0, 1.0, "none", 1.0, orig_ctx=0)  # reported only: no layer turns
     extra = {"attention_layers": len(attn), "mlp_layers": kinds.count(MLP), "mamba2_layers": kinds.count(MAMBA),
              "ssm_conv_kernel": m.kernel, "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state,
@@ -122,18 +122,18 @@ def build_stack(model: GGUFModel, arch: str, experts: Callable | None = None) ->
         extra["nextn_predict_layers"] = nextn
     if moe is not None:
         extra |= moe.hparams()
-    hp = hparams(md, s, rope, widest, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{attn[0]}.attn_q.bias"),
+    hp = hparams(md, sizes, rope, widest, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{attn[0]}.attn_q.bias"),
                  rope_freq_factors=False, extra=extra)  # fmt: skip
     kv = KVSpec(n_layers=len(attn), n_kv_heads=nkv, head_dim=head_dim, dtype="f16")
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
 
 
-def _attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, scale: float) -> None:
+def _attention(b: ModelBuilder, i: int, kv_layer: int, sizes: Sizes, scale: float) -> None:
     """Layer i's attention without positions, its KV in the cache's layer kv_layer."""
     p = f"blk.{i}."
-    for proj, width in (("q", s.q_width), ("k", s.kv_width), ("v", s.kv_width)):
-        linear(b, "h", proj, f"{p}attn_{proj}", (width, s.n_embd), bias=True)
+    for proj, width in (("q", sizes.q_width), ("k", sizes.kv_width), ("v", sizes.kv_width)):
+        linear(b, "h", proj, f"{p}attn_{proj}", (width, sizes.n_embd), bias=True)
     b.op("kv_write", ("k", "v"), (), layer=kv_layer)
-    b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
-         scale=scale)  # fmt: skip
-    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width), bias=True)
+    b.op("attention", ("q",), ("att",), layer=kv_layer, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
+         head_dim=sizes.head_dim, scale=scale)  # fmt: skip
+    linear(b, "att", "h", p + "attn_output", (sizes.n_embd, sizes.q_width), bias=True)

@@ -25,42 +25,42 @@ from rfc.compiler.spec import ModelSpec
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "olmo2")
-    s = read_sizes(md)
+    sizes = read_sizes(md)
     window = md.int("attention.sliding_window", 0, MAX_CONTEXT, default=0)
-    local = sliding_window_layers(md, s.n_layers, 4) if window else (False,) * s.n_layers
-    rope = read_rope(md, s, "neox")
-    if rope.n_rot != s.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {s.head_dim} "
+    local = sliding_window_layers(md, sizes.n_layers, 4) if window else (False,) * sizes.n_layers
+    rope = read_rope(md, sizes, "neox")
+    if rope.n_rot != sizes.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
                            "(olmo2 rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
     if not b.has("output.weight"):  # llama.cpp's olmo2 loader requires it (no tied fallback)
         raise CompileError(f"{b.path}: missing tensor output.weight (olmo2's output is not tied)")
-    declare_buffers(b, s, n_ff)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
-    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=True, qk_norm_rows=True)
+    declare_buffers(b, sizes, n_ff)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=True, qk_norm_rows=True)
     # OLMo 3's sliding-window layers: unscaled RoPE (see the module docstring)
     local_cfg = replace(cfg.with_rope(freq_scale=1.0, attn_factor=1.0, ext_factor=0.0), window=window)
     b.op("embed", ("tokens",), ("x",), (embd,))
-    e = (s.n_embd,)
-    for i in range(s.n_layers):
+    e = (sizes.n_embd,)
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        attention(b, i, s, eps, local_cfg if local[i] else cfg, src="x")
+        attention(b, i, sizes, eps, local_cfg if local[i] else cfg, src="x")
         b.op(
             "rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", e),), eps=eps
         )
         b.op("add", ("x", "h"), ("x",))
-        glu_ffn(b, i, s.n_embd, n_ff, src="x", bias=False, scale=False)  # as olmo2.cpp calls build_ffn
+        glu_ffn(b, i, sizes.n_embd, n_ff, src="x", bias=False, scale=False)  # as olmo2.cpp calls build_ffn
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm.weight", "post_ffw_norm", e),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
-    output_head(b, s, eps)
+    output_head(b, sizes, eps)
     extra = (
         {"sliding_window": window, "sliding_window_layers": [i for i, on in enumerate(local) if on]} if window else {}
     )
     hp = hparams(
         md,
-        s,
+        sizes,
         rope,
         n_ff,
         eps,
@@ -69,4 +69,4 @@ def build(model: GGUFModel) -> ModelSpec:
         rope_freq_factors=False,
         extra=extra,
     )
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

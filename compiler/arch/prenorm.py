@@ -55,73 +55,89 @@ def build(
     """The model: `ffn` replaces the dense SwiGLU FFN (declare(b, s) declares its buffers); `rope`
     adjusts the file's RoPE (hunyuan's NTK alpha)."""
     md = Metadata(model, arch)
-    s = read_sizes(md)
-    nextn = md.int("nextn_predict_layers", 0, s.n_layers - 1, default=0) if block.nextn else 0
-    s = replace(s, n_layers=s.n_layers - nextn)
-    rp = read_rope(md, s, block.rope_style)
+    sizes = read_sizes(md)
+    nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0) if block.nextn else 0
+    sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
+    rp = read_rope(md, sizes, block.rope_style)
     if rope is not None:
-        rp = rope(md, s, rp)
-    if block.full_rotary and rp.n_rot != s.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rp.n_rot} != head size {s.head_dim} "
+        rp = rope(md, sizes, rp)
+    if block.full_rotary and rp.n_rot != sizes.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rp.n_rot} != head size {sizes.head_dim} "
                            f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
     if block.output_required and not b.has("output.weight"):
         raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
-    declare_buffers(b, s, n_ff)
+    declare_buffers(b, sizes, n_ff)
     if declare is not None:
-        declare(b, s)
-    embd = b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd))
+        declare(b, sizes)
+    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     factors = rope_factors(b, rp, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if block.factors else None
     cfg = Attention(
         rp,
-        scale=1.0 / math.sqrt(s.head_dim),
+        scale=1.0 / math.sqrt(sizes.head_dim),
         factors=factors,
         qk_norm=block.qk_norm_rows,
         qk_norm_rows=block.qk_norm_rows,
     )
     b.op("embed", ("tokens",), ("x",), (embd,))
-    for i in range(s.n_layers):
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
         if not block.out_bias:
             b.unused(p + "attn_output.bias", f"llama.cpp's {arch} loader reads it and its graph does not add it")
         if block.qk_norm_after_rope:
-            _attention_norm_after_rope(b, i, s, eps, cfg, out_bias=block.out_bias)
+            _attention_norm_after_rope(b, i, sizes, eps, cfg, out_bias=block.out_bias)
         else:
-            attention(b, i, s, eps, cfg, out_bias=block.out_bias)
+            attention(b, i, sizes, eps, cfg, out_bias=block.out_bias)
         b.op("add", ("x", "h"), ("x",))
         b.op(
-            "rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{block.ffn_norm}.weight", block.ffn_norm, (s.n_embd,)),), eps=eps
+            "rmsnorm",
+            ("x",),
+            ("h",),
+            (b.tensor(f"{p}{block.ffn_norm}.weight", block.ffn_norm, (sizes.n_embd,)),),
+            eps=eps,
         )
         if ffn is None:
             # seed_oss, ernie4_5, hunyuan: build_ffn(up, NULL, NULL, ...)
-            glu_ffn(b, i, s.n_embd, n_ff, bias=False, scale=False)
-        elif ffn(b, i, s, n_ff):
+            glu_ffn(b, i, sizes.n_embd, n_ff, bias=False, scale=False)
+        elif ffn(b, i, sizes, n_ff):
             continue  # the experts added their output to x themselves
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps)
+    tied = output_head(b, sizes, eps)
     more = dict(extra or {}) | ({"nextn_predict_layers": nextn} if nextn else {})
-    hp = hparams(md, s, rp, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
+    hp = hparams(md, sizes, rp, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=more)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(s))
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))
 
 
 def _attention_norm_after_rope(
-    b: ModelBuilder, i: int, s: Sizes, eps: float, cfg: Attention, *, out_bias: bool
+    b: ModelBuilder, i: int, sizes: Sizes, eps: float, cfg: Attention, *, out_bias: bool
 ) -> None:
     """h = attn_output(attention(...)) with Q and K RMS-normed per head after RoPE (hunyuan's order);
     every matmul with its weight scale and bias where the file has them, as attention's."""
     p = f"blk.{i}."
-    qkv_projections(b, p, s, "h")
-    b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(s))
-    hd = (s.head_dim,)
-    b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=s.n_heads)
+    qkv_projections(b, p, sizes, "h")
+    b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
+    hd = (sizes.head_dim,)
     b.op(
-        "rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),), eps=eps, heads=s.n_kv_heads
+        "rmsnorm",
+        ("q",),
+        ("q",),
+        (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
+        eps=eps,
+        heads=sizes.n_heads,
+    )
+    b.op(
+        "rmsnorm",
+        ("k",),
+        ("k",),
+        (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),),
+        eps=eps,
+        heads=sizes.n_kv_heads,
     )
     b.op("kv_write", ("k", "v"), (), layer=i)
-    b.op("attention", ("q",), ("att",), layer=i, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, head_dim=s.head_dim,
-         scale=cfg.scale)  # fmt: skip
-    linear(b, "att", "h", p + "attn_output", (s.n_embd, s.q_width), bias=out_bias)
+    b.op("attention", ("q",), ("att",), layer=i, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
+         head_dim=sizes.head_dim, scale=cfg.scale)  # fmt: skip
+    linear(b, "att", "h", p + "attn_output", (sizes.n_embd, sizes.q_width), bias=out_bias)

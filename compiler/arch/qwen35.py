@@ -94,46 +94,46 @@ def hybrid(
     recurrence (qwen3next's fused layout; default delta_net_layer), `plan_heads(dn)` the sizes
     its ops use when they differ from the file's (qwen3next repeats key heads)."""
     md = Metadata(model, arch)
-    s = read_sizes(md)
-    nextn = md.int("nextn_predict_layers", 0, s.n_layers - 1, default=0)
-    s = replace(s, n_layers=s.n_layers - nextn)
-    rope = read_rope(md, s, "neox")
+    sizes = read_sizes(md)
+    nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0)
+    sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
+    rope = read_rope(md, sizes, "neox")
     if mrope:
         read_sections(md, rope.n_rot)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     e, n_ff = experts(md) if experts else (None, md.int("feed_forward_length", 1, MAX_FF))
     b = ModelBuilder(model)
     dn = read_delta_net(md)
-    recurrent = recurrent_layers(md, s.n_layers)
-    attn_layers = [i for i in range(s.n_layers) if not recurrent[i]]
+    recurrent = recurrent_layers(md, sizes.n_layers)
+    attn_layers = [i for i in range(sizes.n_layers) if not recurrent[i]]
     if not attn_layers:
         raise CompileError(f"{md.path}: no full-attention layer (every layer is recurrent)")
-    declare(b, s, 0 if e else n_ff, plan_heads(dn) if plan_heads else dn)
+    declare(b, sizes, 0 if e else n_ff, plan_heads(dn) if plan_heads else dn)
     if e:
-        declare_expert_buffers(b, s.n_embd, e)
-    cfg = Attention(rope, scale=1.0 / math.sqrt(s.head_dim), qk_norm=True)
-    b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (s.vocab_size, s.n_embd)),))
-    for i in range(s.n_layers):
+        declare_expert_buffers(b, sizes.n_embd, e)
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=True)
+    b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd)),))
+    for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (s.n_embd,)),), eps=eps)
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
         if recurrent[i]:
-            (linear_layer or delta_net_layer)(b, i, s.n_embd, dn, eps)
+            (linear_layer or delta_net_layer)(b, i, sizes.n_embd, dn, eps)
         else:
-            gated_attention(b, i, attn_layers.index(i), s, eps, cfg)
+            gated_attention(b, i, attn_layers.index(i), sizes, eps, cfg)
         b.op("add", ("x", "h"), ("x",))
         b.op(
             "rmsnorm",
             ("x",),
             ("h",),
-            (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", (s.n_embd,)),),
+            (b.tensor(p + "post_attention_norm.weight", "post_attention_norm", (sizes.n_embd,)),),
             eps=eps,
         )
         if e:
-            moe_block(b, i, s, e, scales=True)  # qwen35moe.cpp / qwen3next.cpp pass them
+            moe_block(b, i, sizes, e, scales=True)  # qwen35moe.cpp / qwen3next.cpp pass them
         else:
-            glu_ffn(b, i, s.n_embd, n_ff)
+            glu_ffn(b, i, sizes.n_embd, n_ff)
             b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, s, eps)
+    tied = output_head(b, sizes, eps)
     extra = {"full_attention_layers": len(attn_layers), "ssm_conv_kernel": dn.kernel, "ssm_state_size": dn.head_dim,
              "ssm_group_count": dn.k_heads, "ssm_time_step_rank": dn.v_heads}  # fmt: skip
     if e:
@@ -142,7 +142,7 @@ def hybrid(
         extra["nextn_predict_layers"] = nextn
     hp = hparams(
         md,
-        s,
+        sizes,
         rope,
         n_ff or e.n_ff,
         eps,
@@ -151,7 +151,7 @@ def hybrid(
         rope_freq_factors=False,
         extra=extra,
     )
-    kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=s.n_kv_heads, head_dim=s.head_dim, dtype="f16")
+    kv = KVSpec(n_layers=len(attn_layers), n_kv_heads=sizes.n_kv_heads, head_dim=sizes.head_dim, dtype="f16")
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
 
 
@@ -189,16 +189,16 @@ def read_delta_net(md: Metadata) -> DeltaNet:
     return DeltaNet(k_heads, v_heads, head_dim, kernel)
 
 
-def declare(b: ModelBuilder, s: Sizes, n_ff: int, dn: DeltaNet) -> None:
+def declare(b: ModelBuilder, sizes: Sizes, n_ff: int, dn: DeltaNet) -> None:
     """The activations (n_ff 0: no dense FFN, the experts' are moe.py's)."""
     b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", s.n_embd), ("h", s.n_embd), ("q", s.q_width), ("qgate", s.q_width), ("k", s.kv_width),
-                        ("v", s.kv_width), ("att", s.q_width), ("gate", n_ff), ("up", n_ff),
-                        ("mixed", dn.conv_dim), ("conv", dn.conv_dim), ("z", dn.v_width), ("alpha", dn.v_heads),
-                        ("beta", dn.v_heads), ("dn", dn.v_width)):  # fmt: skip
+    for name, width in (("x", sizes.n_embd), ("h", sizes.n_embd), ("q", sizes.q_width), ("qgate", sizes.q_width),
+                        ("k", sizes.kv_width), ("v", sizes.kv_width), ("att", sizes.q_width), ("gate", n_ff),
+                        ("up", n_ff), ("mixed", dn.conv_dim), ("conv", dn.conv_dim), ("z", dn.v_width),
+                        ("alpha", dn.v_heads), ("beta", dn.v_heads), ("dn", dn.v_width)):  # fmt: skip
         if width:
             b.buffer(name, "T", width)
-    for name, width in (("xr", s.n_embd), ("hr", s.n_embd), ("logits", s.vocab_size)):
+    for name, width in (("xr", sizes.n_embd), ("hr", sizes.n_embd), ("logits", sizes.vocab_size)):
         b.buffer(name, "R", width)
 
 
@@ -243,25 +243,25 @@ def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -
     linear(b, "dn", "h", p + "ssm_out", (e, dn.v_width), bias=False)
 
 
-def gated_attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float, cfg: Attention) -> None:
+def gated_attention(b: ModelBuilder, i: int, kv_layer: int, sizes: Sizes, eps: float, cfg: Attention) -> None:
     """Qwen3-Next's attention: Q and an output gate from one projection (per head: hd query
     rows, then hd gate rows), per-head Q/K norms, partial NeoX RoPE, att * sigmoid(gate). As
     build_qkv: each of attn_q, attn_k, attn_v times its weight scale, then plus its bias, where
     the file has them (attn_q's scale scales the query and the gate rows alike; its bias holds
     their entries interleaved per head as the weight holds their rows); attn_output times its
     scale (build_lora_mm), no bias (build_attn is given none)."""
-    p, hd, e = f"blk.{i}.", s.head_dim, s.n_embd
+    p, hd, e = f"blk.{i}.", sizes.head_dim, sizes.n_embd
     fused = p + "attn_q.weight"
-    shape = (2 * s.q_width, e)
-    q_rows = [(2 * h * hd, (2 * h + 1) * hd) for h in range(s.n_heads)]
-    g_rows = [((2 * h + 1) * hd, (2 * h + 2) * hd) for h in range(s.n_heads)]
+    shape = (2 * sizes.q_width, e)
+    q_rows = [(2 * h * hd, (2 * h + 1) * hd) for h in range(sizes.n_heads)]
+    g_rows = [((2 * h + 1) * hd, (2 * h + 2) * hd) for h in range(sizes.n_heads)]
     q = b.row_ranges(fused + ":q", "attn_q", fused, shape, q_rows)
     g = b.row_ranges(fused + ":gate", "attn_q_gate", fused, shape, g_rows)
     bias = p + "attn_q.bias"
     q_bias, g_bias = (
         (
-            b.vector_ranges(bias + ":q", "attn_q_bias", bias, 2 * s.q_width, q_rows),
-            b.vector_ranges(bias + ":gate", "attn_q_gate_bias", bias, 2 * s.q_width, g_rows),
+            b.vector_ranges(bias + ":q", "attn_q_bias", bias, 2 * sizes.q_width, q_rows),
+            b.vector_ranges(bias + ":gate", "attn_q_gate_bias", bias, 2 * sizes.q_width, g_rows),
         )
         if b.has(bias)
         else (None, None)
@@ -273,10 +273,15 @@ def gated_attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float
             b.op("scale", (buf,), (buf,), factor=q_scale)
         if w_bias is not None:
             b.op("add_bias", (buf,), (buf,), (w_bias,))
-    linear(b, "h", "k", p + "attn_k", (s.kv_width, e))
-    linear(b, "h", "v", p + "attn_v", (s.kv_width, e))
+    linear(b, "h", "k", p + "attn_k", (sizes.kv_width, e))
+    linear(b, "h", "v", p + "attn_v", (sizes.kv_width, e))
     b.op(
-        "rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (hd,)),), eps=eps, heads=s.n_heads
+        "rmsnorm",
+        ("q",),
+        ("q",),
+        (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (hd,)),),
+        eps=eps,
+        heads=sizes.n_heads,
     )
     b.op(
         "rmsnorm",
@@ -284,19 +289,19 @@ def gated_attention(b: ModelBuilder, i: int, kv_layer: int, s: Sizes, eps: float
         ("k",),
         (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (hd,)),),
         eps=eps,
-        heads=s.n_kv_heads,
+        heads=sizes.n_kv_heads,
     )
-    b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(s))
+    b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(sizes))
     b.op("kv_write", ("k", "v"), (), layer=kv_layer)
     b.op(
         "attention",
         ("q",),
         ("att",),
         layer=kv_layer,
-        n_heads=s.n_heads,
-        n_kv_heads=s.n_kv_heads,
+        n_heads=sizes.n_heads,
+        n_kv_heads=sizes.n_kv_heads,
         head_dim=hd,
         scale=cfg.scale,
     )
     b.op("swiglu", ("qgate", "att"), ("att",), activation="sigmoid")
-    linear(b, "att", "h", p + "attn_output", (e, s.q_width), bias=False)
+    linear(b, "att", "h", p + "attn_output", (e, sizes.q_width), bias=False)

@@ -30,7 +30,7 @@ def plan_heads(dn: DeltaNet) -> DeltaNet:
 
 def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -> None:
     """qwen35.delta_net_layer with qwen3next's fused projections, its key heads repeated."""
-    p, s, hk, hv = f"blk.{i}.", dn.head_dim, dn.k_heads, dn.v_heads
+    p, sizes, hk, hv = f"blk.{i}.", dn.head_dim, dn.k_heads, dn.v_heads
     r = hv // hk
     rows = lambda start, n: (start, start + n)  # noqa: E731
     for name in ("attn_qkv", "attn_gate", "ssm_in", "ssm_ba", "ssm_out"):
@@ -43,18 +43,18 @@ def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -
             "the legacy fused projection: llama.cpp's graph takes attn_qkv and attn_gate when present",
         )
         src, shape = p + "attn_qkv.weight", (dn.conv_dim, e)
-        q = [rows(h // r * s, s) for h in range(hv)]
-        k = [rows((hk + h // r) * s, s) for h in range(hv)]
-        v = [rows(2 * hk * s, hv * s)]
+        q = [rows(h // r * sizes, sizes) for h in range(hv)]
+        k = [rows((hk + h // r) * sizes, sizes) for h in range(hv)]
+        v = [rows(2 * hk * sizes, hv * sizes)]
         z = None  # attn_gate, asked for after attn_qkv (a file with neither projection: attn_qkv is named)
     else:  # the legacy fused qkvz: per key head g, [q_g, k_g, v of its r heads, z of its r heads]
-        src, width = p + "ssm_in.weight", 2 * s + 2 * r * s
+        src, width = p + "ssm_in.weight", 2 * sizes + 2 * r * sizes
         shape = (hk * width, e)
-        q = [rows(h // r * width, s) for h in range(hv)]
-        k = [rows(h // r * width + s, s) for h in range(hv)]
-        v = [rows(g * width + 2 * s, r * s) for g in range(hk)]
+        q = [rows(h // r * width, sizes) for h in range(hv)]
+        k = [rows(h // r * width + sizes, sizes) for h in range(hv)]
+        v = [rows(g * width + 2 * sizes, r * sizes) for g in range(hk)]
         z = b.row_ranges(
-            src + ":z", "ssm_in_z", src, shape, [rows(g * width + 2 * s + r * s, r * s) for g in range(hk)]
+            src + ":z", "ssm_in_z", src, shape, [rows(g * width + 2 * sizes + r * sizes, r * sizes) for g in range(hk)]
         )
     b.op("matmul", ("h",), ("mixed",), (b.row_ranges(src + ":qkv", "attn_qkv", src, shape, q + k + v),))
     b.op("matmul", ("h",), ("z",), (z or b.tensor(p + "attn_gate.weight", "attn_gate", (dn.v_width, e)),))
@@ -67,9 +67,9 @@ def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -
     b.op("matmul", ("h",), ("beta",), (beta,))
     conv = p + "ssm_conv1d.weight"
     channels = (
-        [rows(h // r * s, s) for h in range(hv)]
-        + [rows((hk + h // r) * s, s) for h in range(hv)]
-        + [rows(2 * hk * s, hv * s)]
+        [rows(h // r * sizes, sizes) for h in range(hv)]
+        + [rows((hk + h // r) * sizes, sizes) for h in range(hv)]
+        + [rows(2 * hk * sizes, hv * sizes)]
     )
     kernel = b.row_ranges(conv + ":repeated", "ssm_conv1d", conv, (dn.conv_dim, dn.kernel), channels)
     planned = plan_heads(dn)
@@ -80,13 +80,13 @@ def delta_net_layer(b: ModelBuilder, i: int, e: int, dn: DeltaNet, eps: float) -
         ("conv", "alpha", "beta"),
         ("dn",),
         gates,
-        state=b.state(i, (hv, s, s)),
+        state=b.state(i, (hv, sizes, sizes)),
         n_k_heads=planned.k_heads,
         n_v_heads=hv,
-        head_dim=s,
+        head_dim=sizes,
         eps=eps,
     )
-    b.op("rmsnorm", ("dn",), ("dn",), (b.tensor(p + "ssm_norm.weight", "ssm_norm", (s,)),), eps=eps, heads=hv)
+    b.op("rmsnorm", ("dn",), ("dn",), (b.tensor(p + "ssm_norm.weight", "ssm_norm", (sizes,)),), eps=eps, heads=hv)
     b.op("swiglu", ("z", "dn"), ("dn",))
     b.op("matmul", ("dn",), ("h",), (b.tensor(p + "ssm_out.weight", "ssm_out", (e, dn.v_width)),))
 

@@ -21,16 +21,16 @@ from rfc.compiler.spec import ModelSpec
 def _check(model: GGUFModel, arch: str) -> None:
     """The M-RoPE sections (4, required) within the head, whole-head RoPE, the deepstack count bounded."""
     md = Metadata(model, arch)
-    s = read_sizes(md)
+    sizes = read_sizes(md)
     sections = md.per_layer("rope.dimension_sections", 4, 0, 1 << 16)
-    if sum(sections) > s.head_dim:  # ggml_mrope_cache_init asserts it
+    if sum(sections) > sizes.head_dim:  # ggml_mrope_cache_init asserts it
         raise CompileError(f"{md.path}: {md.key('rope.dimension_sections')} {list(sections)} add up to more than the "
-                           f"head size {s.head_dim}")  # fmt: skip
-    n_rot = md.int("rope.dimension_count", 2, s.head_dim, default=s.head_dim)
-    if n_rot != s.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {n_rot} != head size {s.head_dim} "
+                           f"head size {sizes.head_dim}")  # fmt: skip
+    n_rot = md.int("rope.dimension_count", 2, sizes.head_dim, default=sizes.head_dim)
+    if n_rot != sizes.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {n_rot} != head size {sizes.head_dim} "
                            f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
-    md.int("n_deepstack_layers", 0, s.n_layers, default=0)
+    md.int("n_deepstack_layers", 0, sizes.n_layers, default=0)
 
 
 def build(model: GGUFModel) -> ModelSpec:
