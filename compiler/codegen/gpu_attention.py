@@ -1,0 +1,89 @@
+"""The tensor-core prefill attention (templates/gpu_attention_mma.hip.j2, kernels/rfc_gpu_mma.h).
+
+On targets with half tensor cores (`Target.wmma_f16`: sm_70 and newer) the prefill list (steps of
+at least gpu_plan.PREFILL_MIN_TOKENS tokens) runs an attention op over an f16 KV cache on WMMA
+16x16x16, FlashAttention-style as llama.cpp's does: Q rounded to half, S = Q K^T and O = P V
+with float accumulators, the online softmax in float, P rounded to half. A tile of MMA_QUERIES
+query vectors (consecutive rows of one sequence x a kv head's query heads) shares each chunk of
+MMA_KEYS keys, K and V as halves in shared memory. The decode list keeps the float kernels of
+gpu_plan._attention, and so does every op the kernel does not take (mma_attention_spec: an f32
+cache, head_dim not a multiple of 32 (16 per wave column) or above MMA_MAX_HEAD_DIM, a group of more than
+MMA_QUERIES query heads). A quantized cache is the runtime's choice (k_type / v_type), so the
+kernel holds the float tiled path too (gpu_attention_tile.hip.j2) and takes it for those.
+AMD targets keep the float kernels: rfc_gpu_mma.h has no HIP form.
+"""
+
+from rfc.compiler.targets import Target
+
+PREFILL_MMA = True  # off: the prefill list keeps the float tiled attention (tools/gpu_experiment.py variants)
+MMA_ATTENTION_TEMPLATE = "gpu_attention_mma.hip.j2"
+MMA_QUERIES = 64  # query vectors per tile: 4 wave rows of 16
+MMA_KEYS = 32  # keys per chunk: 2 wave columns of 16
+MMA_WAVES_M = MMA_QUERIES // 16
+# Output accumulators per lane: head_dim / 16 / waves_n fragments of 16 x 16 floats (8 registers
+# each on a wave of 32) beside head_dim / 16 of Q's halves (4 each): 64 registers at 128
+MMA_MAX_HEAD_DIM = 128
+MMA_PAD_HALVES = 8  # after each half row: 16-byte aligned rows, 32-byte aligned fragments
+MMA_PAD_FLOATS = 4  # after each score row
+MMA_SHARED = 44 * 1024  # bytes, as gpu_plan.ATTENTION_TILE_SHARED: under 48 KiB of static shared memory
+
+
+def mma_shared_floats(head_dim: int) -> int:
+    """Shared floats of the tensor-core path: K and V halves, scores, P halves, max / sum / rescale
+    per query (Q's halves overlay K and V before the first chunk)."""
+    ldh, lds, ldp = head_dim + MMA_PAD_HALVES, MMA_KEYS + MMA_PAD_FLOATS, MMA_KEYS + MMA_PAD_HALVES
+    halves = 2 * MMA_KEYS * ldh + MMA_QUERIES * ldp
+    return max(halves // 2 + MMA_QUERIES * (lds + 3), MMA_QUERIES * ldh // 2)
+
+
+def mma_attention_spec(target: Target, spec):
+    """The prefill list's kernel for attention kernel `spec` (gpu_plan._attention's per-op one),
+    or None where the float kernels keep the op."""
+    from rfc.compiler.codegen.gpu_plan import ATTENTION_TILE_SHARED, KernelSpec
+
+    p = spec.params
+    head_dim, group, threads, wave = p["head_dim"], p["group"], spec.threads, target.wave_size
+    if not PREFILL_MMA or not target.wmma_f16 or p["kv_dtype"] != "f16":
+        return None
+    if head_dim % 16 or head_dim > MMA_MAX_HEAD_DIM or group > MMA_QUERIES or p["kv_row"] % 8:
+        return None  # 16-byte loads of K and V rows need rows of whole 8 halves
+    waves = threads // wave
+    if threads % wave or waves % MMA_WAVES_M:
+        return None
+    waves_n = waves // MMA_WAVES_M
+    if MMA_KEYS % (16 * waves_n) or head_dim % (16 * waves_n) or MMA_QUERIES * MMA_KEYS % threads:
+        return None
+    if threads % MMA_QUERIES or (threads // MMA_QUERIES) & (threads // MMA_QUERIES - 1):
+        return None  # the softmax's lanes per query: a power of two
+    lds = MMA_KEYS + MMA_PAD_FLOATS
+    if MMA_QUERIES * lds < waves * 256:
+        return None  # the waves' 16 x 16 stages live in the scores' rows
+    floats = mma_shared_floats(head_dim)
+    if 4 * floats > MMA_SHARED:
+        return None
+    name = f"{spec.name}_mma"
+    params = {
+        **p,
+        "name": name,
+        "wave": wave,
+        "waves_m": MMA_WAVES_M,
+        "waves_n": waves_n,
+        "mma_rows": MMA_QUERIES // group,
+        "mma_queries": MMA_QUERIES,
+        "mma_keys": MMA_KEYS,
+        "ldh": head_dim + MMA_PAD_HALVES,
+        "lds": lds,
+        "ldp": MMA_KEYS + MMA_PAD_HALVES,
+        "s_frags": MMA_KEYS // 16 // waves_n,
+        "o_frags": head_dim // 16 // waves_n,
+        # the float tiled path's arrays (a quantized cache) share the one buffer
+        "smem_floats": max(floats, _tile_floats(p, head_dim)),
+    }
+    assert 4 * params["smem_floats"] <= max(MMA_SHARED, ATTENTION_TILE_SHARED)
+    return KernelSpec(name, MMA_ATTENTION_TEMPLATE, params, spec.args, threads, spec.grid)
+
+
+def _tile_floats(p: dict, head_dim: int) -> int:
+    from rfc.compiler.codegen.gpu_plan import _tile_floats
+
+    return _tile_floats(p, head_dim)
