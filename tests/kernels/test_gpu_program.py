@@ -16,6 +16,7 @@ import pytest
 
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.program import ArgKind, ArgSlot, unpack_program
+from rfc.compiler.targets import parse_target
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
@@ -313,6 +314,10 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, g
     assert tensor_core and all(
         (kind == "imma") == (fmt in {f.lower() for f in IMMA_FORMATS}) for kind, fmt in tensor_core
     ), tensor_core
+    # attention on half tensor cores (compiler/codegen/gpu_attention.py) where the target has them: these
+    # fixtures' head_dim (32, 64) and f16 caches are the kernel's
+    attention = [launch.kernel for launch in program.prefill_launches if launch.kernel.startswith("rfc_attention_")]
+    assert attention and all(k.endswith("_mma") == parse_target(target).wmma_f16 for k in attention), attention
     formats = {t.format for t in bundle.layout.tensors}
     expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
     tokens = tuple(int(t) for t in expected["tokens"][:64])
