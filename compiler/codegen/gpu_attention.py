@@ -8,8 +8,9 @@ query vectors (consecutive rows of one sequence x a kv head's query heads) share
 MMA_KEYS keys, K and V as halves in shared memory. The decode list keeps the float kernels of
 gpu_plan._attention, and so does every op the kernel does not take (mma_attention_spec: an f32
 cache, head_dim not a multiple of 32 (16 per wave column) or above MMA_MAX_HEAD_DIM, a group of more than
-MMA_QUERIES query heads). A quantized cache is the runtime's choice (k_type / v_type), so the
-kernel holds the float tiled path too (gpu_attention_tile.hip.j2) and takes it for those.
+MMA_QUERIES query heads). A quantized cache is the runtime's choice (k_type / v_type): the kernel
+dequantizes q8_0 / q4_0 rows to half as it loads them (llama.cpp converts such a cache to f16 for
+its tensor-core kernels) and turns Q and the output with the rows' rotations.
 AMD targets keep the float kernels: rfc_gpu_mma.h has no HIP form.
 """
 
@@ -28,18 +29,19 @@ MMA_PAD_FLOATS = 4  # after each score row
 MMA_SHARED = 44 * 1024  # bytes, as gpu_plan.ATTENTION_TILE_SHARED: under 48 KiB of static shared memory
 
 
-def mma_shared_floats(head_dim: int) -> int:
-    """Shared floats of the tensor-core path: K and V halves, scores, P halves, max / sum / rescale
-    per query (Q's halves overlay K and V before the first chunk)."""
+def mma_shared_floats(head_dim: int, q_pass: int) -> int:
+    """Shared floats of the kernel's one buffer: K and V halves, scores, P halves; over them, Q's
+    halves and its float rows q_pass at a time (a rotated K) before the first chunk, the float
+    outputs after the last."""
     ldh, lds, ldp = head_dim + MMA_PAD_HALVES, MMA_KEYS + MMA_PAD_FLOATS, MMA_KEYS + MMA_PAD_HALVES
-    halves = 2 * MMA_KEYS * ldh + MMA_QUERIES * ldp
-    return max(halves // 2 + MMA_QUERIES * (lds + 3), MMA_QUERIES * ldh // 2)
+    chunk = (2 * MMA_KEYS * ldh + MMA_QUERIES * ldp) // 2 + MMA_QUERIES * lds
+    return max(chunk, MMA_QUERIES * ldh // 2 + q_pass * head_dim, MMA_QUERIES * head_dim)
 
 
 def mma_attention_spec(target: Target, spec):
     """The prefill list's kernel for attention kernel `spec` (gpu_plan._attention's per-op one),
     or None where the float kernels keep the op."""
-    from rfc.compiler.codegen.gpu_plan import ATTENTION_TILE_SHARED, KernelSpec
+    from rfc.compiler.codegen.gpu_plan import KernelSpec
 
     p = spec.params
     head_dim, group, threads, wave = p["head_dim"], p["group"], spec.threads, target.wave_size
@@ -58,9 +60,11 @@ def mma_attention_spec(target: Target, spec):
     lds = MMA_KEYS + MMA_PAD_FLOATS
     if MMA_QUERIES * lds < waves * 256:
         return None  # the waves' 16 x 16 stages live in the scores' rows
-    floats = mma_shared_floats(head_dim)
-    if 4 * floats > MMA_SHARED:
+    # Q's float rows, where a quantized K is rotated: as many at a time as the budget allows
+    q_pass = next((n for n in (64, 32, 16) if 4 * mma_shared_floats(head_dim, n) <= MMA_SHARED), None)
+    if q_pass is None:
         return None
+    floats = mma_shared_floats(head_dim, q_pass if p["k_rot"] else 0)
     name = f"{spec.name}_mma"
     params = {
         **p,
@@ -76,14 +80,7 @@ def mma_attention_spec(target: Target, spec):
         "ldp": MMA_KEYS + MMA_PAD_HALVES,
         "s_frags": MMA_KEYS // 16 // waves_n,
         "o_frags": head_dim // 16 // waves_n,
-        # the float tiled path's arrays (a quantized cache) share the one buffer
-        "smem_floats": max(floats, _tile_floats(p, head_dim)),
+        "q_pass": q_pass,
+        "smem_floats": floats,
     }
-    assert 4 * params["smem_floats"] <= max(MMA_SHARED, ATTENTION_TILE_SHARED)
     return KernelSpec(name, MMA_ATTENTION_TEMPLATE, params, spec.args, threads, spec.grid)
-
-
-def _tile_floats(p: dict, head_dim: int) -> int:
-    from rfc.compiler.codegen.gpu_plan import _tile_floats
-
-    return _tile_floats(p, head_dim)

@@ -396,30 +396,57 @@ def test_tensor_core_prefill_matches_reference(
         bound = REL_TOL * max(1.0, float(np.abs(want).max())) + (HALF_U + max(lens) * HALF_SUBNORMAL) * max_v
         d = np.abs(got - want).max(axis=1)
         print(f"{mma.name}: max |mma - ref| {np.nanmax(d):.2e} (bound {bound:.2e})")
-        assert np.all(d <= bound), f"rows {np.nonzero(~(d <= bound))[0].tolist()} off by up to {np.nanmax(d):.2e}"
+        assert np.all(d <= bound), f"rows {np.nonzero(~(d <= bound))[0][:10].tolist()} off by up to {np.nanmax(d):.2e}"
         # unrounded queries are further off than the float kernels: the rounding is really the kernel's
         exact = case.reference(batch, q)
         assert np.abs(got - exact).max() > REL_TOL * max(1.0, float(np.abs(exact).max()))
 
 
-def test_tensor_core_prefill_takes_the_float_path_for_a_quantized_cache(tmp_path_factory):
-    """k_type / v_type are the runtime's choice: a q8_0 K over an f16 V runs the kernel's float tiled path, which
-    matches the per-op kernel's bit for bit."""
+def test_tensor_core_prefill_reads_quantized_caches(tmp_path_factory):
+    """k_type / v_type are the runtime's choice: a q8_0 K and a q4_0 V, rotated in blocks of 64 as kv_write stores
+    them (runtime/model/kv_quant.py). The kernel dequantizes them to half, turns Q with K (in float, then rounds)
+    and the output back with V. Reference: the same half-rounded dequantized rows as an f16 cache, the same
+    rotations, queries whose rotation rounds to the kernel's halves. P's rounding moves output element j, before
+    the rotation back, by at most u sum_k p_k |v_kj| / L (the attention output over |V|, A_j), and the rotation sums
+    a block's 64 such errors with weights of 1/8: |dO_i| <= u / 8 sum_(j in i's block) A_j, plus the subnormals'
+    share and the float noise as for an f16 cache."""
+    from rfc.artifacts.kv_cache_type import CacheType
+    from rfc.runtime.model.kv_quant import dequantize_rows, quantize_rows, rotate
+
     case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", "sm_90", 8, 2, 64, "f16", None, None)
-    assert case.fused.params["quantizable"]
-    # K rows as q8_0 blocks in the f16 cache's memory: a scale of 1/64 and int8 quants, 34 bytes per 32 values
-    rng = np.random.default_rng(3)
-    blocks = np.zeros((*case.ref.k_cache.shape[:2], case.ref.k_cache.shape[2] // 32, 34), np.uint8)
-    blocks[..., :2] = np.frombuffer(np.float16(1 / 64).tobytes(), np.uint8)
-    blocks[..., 2:] = rng.integers(-127, 128, blocks[..., 2:].shape).astype(np.int8).view(np.uint8)
-    raw = np.zeros(case.ref.k_cache.nbytes, np.uint8)
-    raw[: blocks.size] = blocks.reshape(-1)
-    case.k_dev = case._upload(raw)
-    case.kv_types = {"k_type": 1, "v_type": 0}
-    batch = case.batch([300, 17, 65], [300, 17, 65])
+    assert case.fused.params["quantizable"] and case.fused.prefill.params["k_rot"] == 64
+    types = KvCacheTypes(CacheType.Q8_0, CacheType.Q4_0)
+    k_rot, v_rot = types.rotations(64)
+    assert (k_rot, v_rot) == (64, 64)
+    width = case.width // 4  # 2 kv heads of 64
+    for name, t, rot in (("k", types.k, k_rot), ("v", types.v, v_rot)):
+        plain = getattr(case.ref, f"{name}_cache")[0].astype(np.float32)
+        raw = quantize_rows(rotate(plain, rot), t)
+        setattr(case, f"{name}_dev", case._upload(raw))
+        setattr(case.ref, f"{name}_cache", dequantize_rows(raw, t, width).astype(np.float16)[None])
+    case.ref._k_rot, case.ref._v_rot = k_rot, v_rot
+    case.kv_types = {"k_type": types.k.code, "v_type": types.v.code}
+    mma = case.fused.prefill
+    max_v = float(np.abs(case.ref.v_cache.astype(np.float32)).max())
+    scale = np.float32(case.op.attrs["scale"])
+    lens, rows = [300, 17, 165, 1], [300, 17, 65, 1]
+    batch = case.batch(lens, rows)
     q = (2 * case.rng.standard_normal((len(batch.positions), case.width))).astype(np.float32)
-    float_path, mma = case.launch(batch, q, [(case.fused,), (case.fused.prefill,)])
-    assert np.isfinite(float_path).all() and np.array_equal(float_path, mma)
+    q_h = rotate(rotate(q * scale, k_rot).astype(np.float16).astype(np.float32), k_rot) / scale
+    want = case.reference(batch, q_h)
+    (got,) = case.launch(batch, q, [(mma,)])
+    v_hat, case.ref.v_cache, case.ref._v_rot = case.ref.v_cache, np.abs(case.ref.v_cache), 0
+    a = case.reference(batch, q_h)  # A: the attention output over |V|, unrotated
+    case.ref.v_cache, case.ref._v_rot = v_hat, v_rot
+    blocks = a.reshape(len(a), -1, v_rot).sum(axis=-1, keepdims=True) / v_rot**0.5
+    bound = np.broadcast_to(HALF_U * blocks, (*blocks.shape[:2], v_rot)).reshape(a.shape)
+    bound = bound + REL_TOL * max(1.0, float(np.abs(want).max())) + v_rot**0.5 * max(lens) * HALF_SUBNORMAL * max_v
+    d = np.abs(got - want)
+    print(
+        f"{mma.name} q8_0 K, q4_0 V: max |mma - ref| {np.nanmax(d):.2e} (bounds {bound.min():.2e} to {bound.max():.2e})"
+    )
+    bad = ~(d <= bound)
+    assert not bad.any(), f"rows {np.nonzero(bad.any(axis=1))[0][:10].tolist()} off by up to {np.nanmax(d):.2e}"
 
 
 def test_tensor_core_prefill_is_planned_where_it_applies():
