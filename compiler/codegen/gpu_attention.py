@@ -22,11 +22,16 @@ MMA_QUERIES = 64  # query vectors per tile: 4 wave rows of 16
 MMA_KEYS = 32  # keys per chunk: 2 wave columns of 16
 MMA_WAVES_M = MMA_QUERIES // 16
 # Output accumulators per lane: head_dim / 16 / waves_n fragments of 16 x 16 floats (8 registers
-# each on a wave of 32) beside head_dim / 16 of Q's halves (4 each): 64 registers at 128
+# each on a wave of 32) beside head_dim / 16 of Q's halves (4 each): 64 registers at 128, of the
+# 123 the kernel takes there on sm_90
 MMA_MAX_HEAD_DIM = 128
 MMA_PAD_HALVES = 8  # after each half row: 16-byte aligned rows, 32-byte aligned fragments
 MMA_PAD_FLOATS = 4  # after each score row
 MMA_SHARED = 44 * 1024  # bytes, as gpu_plan.ATTENTION_TILE_SHARED: under 48 KiB of static shared memory
+# Resident blocks per SM the kernel asks ptxas for (RFC_KERNEL_BLOCKS): 2 keeps head_dim 128 at 123
+# registers, no spills (135 with 1: one block of 8 warps per SM); head_dim 64 needs 84-88 either way.
+# Unmeasured on a card (tools/gpu_experiment.py variants --variant "gpu_attention.MMA_MIN_BLOCKS=1").
+MMA_MIN_BLOCKS = 2
 
 
 def mma_shared_floats(head_dim: int, q_pass: int) -> int:
@@ -81,6 +86,7 @@ def mma_attention_spec(target: Target, spec):
         "s_frags": MMA_KEYS // 16 // waves_n,
         "o_frags": head_dim // 16 // waves_n,
         "q_pass": q_pass,
+        "min_blocks": MMA_MIN_BLOCKS,
         "smem_floats": floats,
     }
     return KernelSpec(name, MMA_ATTENTION_TEMPLATE, params, spec.args, threads, spec.grid)

@@ -27,6 +27,7 @@
 #include <utility>
 
 #define RFC_KERNEL(threads) extern "C"
+#define RFC_KERNEL_BLOCKS(threads, blocks) extern "C"
 #define RFC_DEVICE_FN static inline
 #define RFC_SHARED static
 #define RFC_CONSTANT static const
