@@ -23,6 +23,9 @@
 #error "the target's wave size differs from the compiler's __AMDGCN_WAVEFRONT_SIZE"
 #endif
 #define RFC_KERNEL(threads) extern "C" __attribute__((global)) __attribute__((amdgpu_flat_work_group_size(1, threads)))
+/* a kernel that asks for `blocks` resident blocks per multiprocessor (RFC_KERNEL on AMD: occupancy
+ * follows from the work-group size there) */
+#define RFC_KERNEL_BLOCKS(threads, blocks) RFC_KERNEL(threads)
 #define RFC_DEVICE_FN __attribute__((device)) inline __attribute__((always_inline))
 #define RFC_SHARED __attribute__((shared))
 #define RFC_CONSTANT __attribute__((constant))
@@ -81,6 +84,8 @@ typedef float rfc_f4 __attribute__((ext_vector_type(4)));
 /* minBlocksPerSM 1: with the block size alone ptxas kept some int8 matmuls to 64 registers
  * and spilled 8 bytes (tests/kernels/test_gpu_resources.py); they need ~70-90 */
 #define RFC_KERNEL(threads) extern "C" __global__ __launch_bounds__(threads, 1)
+/* `blocks` resident blocks per SM: ptxas keeps registers to 64K / (threads x blocks) */
+#define RFC_KERNEL_BLOCKS(threads, blocks) extern "C" __global__ __launch_bounds__(threads, blocks)
 #define RFC_DEVICE_FN __device__ __forceinline__
 #define RFC_SHARED __shared__
 #define RFC_CONSTANT __constant__

@@ -18,6 +18,7 @@ from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.format_table import format_params
 from rfc.compiler.codegen.gpu_fuse import fused_specs, plan_fusions
+from rfc.compiler.codegen.gpu_attention import MMA_ATTENTION_TEMPLATE
 from rfc.compiler.codegen.gpu_imma import IMMA_TEMPLATE
 from rfc.compiler.codegen.gpu_plan import ARG_SIZES, MMA_TEMPLATE, KernelSpec, plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
@@ -117,7 +118,7 @@ def build(inp: CodegenInput) -> dict:
 
 def render_source(target: Target, specs: list[KernelSpec]) -> str:
     # the tensor-core header only where a kernel uses it: HIP has no nvcuda::wmma
-    mma = any(s.template == MMA_TEMPLATE for s in specs)
+    mma = any(s.template in (MMA_TEMPLATE, MMA_ATTENTION_TEMPLATE) for s in specs)
     # the int8 one where a kernel uses it, for the target's instruction (Target.imma)
     imma = target.imma if any(s.template == IMMA_TEMPLATE for s in specs) else False
     parts = [

@@ -641,7 +641,10 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             )
             steps = (split, reduce)
         grid = (("n_rows", 1), (n_kv_heads, 1))  # one block per kv head and its query heads
-        return KernelSpec(name, "gpu_attention.hip.j2", params, _args("attention", has_sinks), threads, grid, steps)
+        spec = KernelSpec(name, "gpu_attention.hip.j2", params, _args("attention", has_sinks), threads, grid, steps)
+        from rfc.compiler.codegen.gpu_attention import mma_attention_spec  # the prefill list's, on tensor cores
+
+        return dataclasses.replace(spec, prefill=mma_attention_spec(self.target, spec))
 
 
 def _kv_quant(plan: Plan, head_dim: int) -> dict:

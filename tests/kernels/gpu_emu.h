@@ -27,6 +27,7 @@
 #include <utility>
 
 #define RFC_KERNEL(threads) extern "C"
+#define RFC_KERNEL_BLOCKS(threads, blocks) extern "C"
 #define RFC_DEVICE_FN static inline
 #define RFC_SHARED static
 #define RFC_CONSTANT static const
@@ -257,7 +258,9 @@ static inline void rfc_emu_wmma_i32_16x16x16_iu8_w32(int *d, const int *a, const
  * that sum are its own; the difference is float rounding noise.) */
 typedef _Float16 rfc_mma_half;
 #define RFC_MMA_HALF(f) ((_Float16)(float)(f))
-static inline void rfc_sync_wave(void) {}  // fibers of a wave write identical tiles
+/* a barrier of the whole block: fibers run one after another, so lanes that trade values through
+ * shared memory (rfc_wmma_scale_rows) need one; kernels call it uniformly across the block */
+static inline void rfc_sync_wave(void) { rfc_sync(); }
 
 namespace rfc_wmma {
 struct matrix_a {};
@@ -302,9 +305,27 @@ static inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, rfc_mma_half,
         for (int n = 0; n < 16; n++) f.x[k * 16 + n] = to_float(p[n * ldm + k]);
 }
 
+/* row-major B: element (k, n) at p[k * ldm + n] */
+static inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, rfc_mma_half, row_major> &f, const rfc_mma_half *p,
+                                    unsigned ldm) {
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < 16; n++) f.x[k * 16 + n] = to_float(p[k * ldm + n]);
+}
+
+static inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p, unsigned ldm,
+                                    layout_t layout) {
+    if (layout != mem_row_major) {
+        fprintf(stderr, "rfc_emu: load_matrix_sync supports mem_row_major only\n");
+        abort();
+    }
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 16; n++) f.x[m * 16 + n] = p[m * ldm + n];
+}
+
+template <typename LayoutB>
 static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
                             const fragment<matrix_a, 16, 16, 16, rfc_mma_half, row_major> &a,
-                            const fragment<matrix_b, 16, 16, 16, rfc_mma_half, col_major> &b,
+                            const fragment<matrix_b, 16, 16, 16, rfc_mma_half, LayoutB> &b,
                             const fragment<accumulator, 16, 16, 16, float> &c) {
     float t[256];
     for (int i = 0; i < 256; i++) t[i] = c.x[i];

@@ -148,10 +148,17 @@ class Case:
 
     def run(self, batch: StepBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(reference, split + reduce kernels, per-op kernel) outputs for random queries."""
-        T = len(batch.positions)
-        q = (2 * self.rng.standard_normal((T, self.width))).astype(np.float32)
+        q = (2 * self.rng.standard_normal((len(batch.positions), self.width))).astype(np.float32)
+        return (self.reference(batch, q), *self.launch(batch, q, (self.fused.steps, (self.fused,))))
+
+    def reference(self, batch: StepBatch, q: np.ndarray) -> np.ndarray:
         want = np.zeros_like(q)
         self.ref.op_attention([want], [q], [] if self.sinks is None else [self.sinks], {**self.op.attrs}, batch)
+        return want
+
+    def launch(self, batch: StepBatch, q: np.ndarray, lists) -> list[np.ndarray]:
+        """The output of each list of kernels launched in turn over queries q."""
+        T = len(batch.positions)
         values = {
             "q": self._upload(q),
             "k_cache": self.k_dev,
@@ -167,7 +174,7 @@ class Case:
         if self.sinks is not None:
             values["sinks"] = self._upload(self.sinks)
         outs = []
-        for kernels in (self.fused.steps, (self.fused,)):
+        for kernels in lists:
             values["out"] = self.driver.malloc(q.nbytes)  # NaN-filled: a row left unwritten shows
             if any(n == "scratch" for n, _k in kernels[0].args):
                 values["scratch"] = self.driver.malloc(4 * attention_scratch_floats(kernels[0]))
@@ -176,7 +183,7 @@ class Case:
             got = np.empty_like(q)
             self.driver.copy_to_host(got, values["out"])
             outs.append(got)
-        return want, outs[0], outs[1]
+        return outs
 
 
 def _check(case: Case, batch: StepBatch) -> None:
@@ -338,3 +345,145 @@ def test_prefill_tile_fits_shared_memory(head_dim, group):
     assert p["tile_keys"] <= 32 and p["tile_acc"] <= ATTENTION_ACC_TILE
     assert 4 * p["smem_floats"] <= ATTENTION_TILE_SHARED
     assert p["tile_kstride"] % 2 == 1
+
+
+# -- the tensor-core prefill kernel (compiler/codegen/gpu_attention.py), sm_90 --------------------------------------
+# It rounds Q (scaled) and P to half, as llama.cpp's flash attention does. Q's rounding is the reference's input: the
+# reference runs over half(q * scale) / scale. P's is bounded: O = sum_j p_j v_j / L with L the float sum of the
+# unrounded p (each <= 1, the largest 1, so L >= 1); rounding p_j to half moves it by at most u = 2^-11 of itself
+# where p_j is normal (>= 2^-14) and by at most 2^-25 where it is subnormal, so |dO| <= (u + n_keys 2^-25) max |v|,
+# on top of the float kernels' REL_TOL (summation order). Measured: 7e-4 at most (max |v| 4.6, bound 2.5e-3).
+HALF_U = 2.0**-11
+HALF_SUBNORMAL = 2.0**-25
+
+# (n_heads, n_kv_heads, head_dim, window, softcap, sinks)
+MMA_SHAPES = [
+    pytest.param(8, 2, 32, None, None, False, id="gqa4-hd32"),
+    pytest.param(4, 4, 32, None, None, False, id="mha-hd32"),
+    pytest.param(6, 2, 64, 150, None, False, id="gqa3-hd64-window"),
+    pytest.param(8, 1, 32, None, 8.0, True, id="gqa8-hd32-softcap-sinks"),
+]
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,head_dim,window,softcap,with_sinks", MMA_SHAPES)
+def test_tensor_core_prefill_matches_reference(
+    n_heads, n_kv_heads, head_dim, window, softcap, with_sinks, tmp_path_factory
+):
+    """The prefill list's attention on sm_90 (emulated WMMA): prompts of 300 (several tiles and ten key chunks),
+    64, 17 and 1 tokens, a chunk of 65 rows after a cached prefix of 100 keys, a decode row, in one step; then a
+    step of 64 rows (the prefill list's least). Within the bound above of the reference over half-rounded queries."""
+    sinks = np.array([0.0, 12.0, -30.0, 2.5, -1.0, 40.0, 1.5, -4.0][:n_heads], np.float32) if with_sinks else None
+    case = Case(
+        shared_basetemp(tmp_path_factory) / "gpu-emu-attn",
+        "sm_90",
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        "f16",
+        window,
+        softcap,
+        sinks=sinks,
+    )
+    mma = case.fused.prefill
+    assert mma is not None and mma.name == case.fused.name + "_mma" and mma.args == case.fused.args
+    max_v = float(np.abs(case.ref.v_cache.astype(np.float32)).max())
+    scale = np.float32(case.op.attrs["scale"])
+    for lens, rows in (([300, 200, 17, 165, 1, 64], [300, 1, 17, 65, 1, 64]), ([64], [64])):
+        batch = case.batch(lens, rows)
+        q = (2 * case.rng.standard_normal((len(batch.positions), case.width))).astype(np.float32)
+        want = case.reference(batch, (q * scale).astype(np.float16).astype(np.float32) / scale)
+        (got,) = case.launch(batch, q, [(mma,)])
+        bound = REL_TOL * max(1.0, float(np.abs(want).max())) + (HALF_U + max(lens) * HALF_SUBNORMAL) * max_v
+        d = np.abs(got - want).max(axis=1)
+        print(f"{mma.name}: max |mma - ref| {np.nanmax(d):.2e} (bound {bound:.2e})")
+        assert np.all(d <= bound), f"rows {np.nonzero(~(d <= bound))[0][:10].tolist()} off by up to {np.nanmax(d):.2e}"
+        # unrounded queries are further off than the float kernels: the rounding is really the kernel's
+        exact = case.reference(batch, q)
+        assert np.abs(got - exact).max() > REL_TOL * max(1.0, float(np.abs(exact).max()))
+
+
+def test_tensor_core_prefill_reads_quantized_caches(tmp_path_factory):
+    """k_type / v_type are the runtime's choice: a q8_0 K and a q4_0 V, rotated in blocks of 64 as kv_write stores
+    them (runtime/model/kv_quant.py). The kernel dequantizes them to half, turns Q with K (in float, then rounds)
+    and the output back with V. Reference: the same half-rounded dequantized rows as an f16 cache, the same
+    rotations, queries whose rotation rounds to the kernel's halves. P's rounding moves output element j, before
+    the rotation back, by at most u sum_k p_k |v_kj| / L (the attention output over |V|, A_j), and the rotation sums
+    a block's 64 such errors with weights of 1/8: |dO_i| <= u / 8 sum_(j in i's block) A_j, plus the subnormals'
+    share and the float noise as for an f16 cache."""
+    from rfc.artifacts.kv_cache_type import CacheType
+    from rfc.runtime.model.kv_quant import dequantize_rows, quantize_rows, rotate
+
+    case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", "sm_90", 8, 2, 64, "f16", None, None)
+    assert case.fused.params["quantizable"] and case.fused.prefill.params["k_rot"] == 64
+    types = KvCacheTypes(CacheType.Q8_0, CacheType.Q4_0)
+    k_rot, v_rot = types.rotations(64)
+    assert (k_rot, v_rot) == (64, 64)
+    width = case.width // 4  # 2 kv heads of 64
+    for name, t, rot in (("k", types.k, k_rot), ("v", types.v, v_rot)):
+        plain = getattr(case.ref, f"{name}_cache")[0].astype(np.float32)
+        raw = quantize_rows(rotate(plain, rot), t)
+        setattr(case, f"{name}_dev", case._upload(raw))
+        setattr(case.ref, f"{name}_cache", dequantize_rows(raw, t, width).astype(np.float16)[None])
+    case.ref._k_rot, case.ref._v_rot = k_rot, v_rot
+    case.kv_types = {"k_type": types.k.code, "v_type": types.v.code}
+    mma = case.fused.prefill
+    max_v = float(np.abs(case.ref.v_cache.astype(np.float32)).max())
+    scale = np.float32(case.op.attrs["scale"])
+    lens, rows = [300, 17, 165, 1], [300, 17, 65, 1]
+    batch = case.batch(lens, rows)
+    q = (2 * case.rng.standard_normal((len(batch.positions), case.width))).astype(np.float32)
+    q_h = rotate(rotate(q * scale, k_rot).astype(np.float16).astype(np.float32), k_rot) / scale
+    want = case.reference(batch, q_h)
+    (got,) = case.launch(batch, q, [(mma,)])
+    v_hat, case.ref.v_cache, case.ref._v_rot = case.ref.v_cache, np.abs(case.ref.v_cache), 0
+    a = case.reference(batch, q_h)  # A: the attention output over |V|, unrotated
+    case.ref.v_cache, case.ref._v_rot = v_hat, v_rot
+    blocks = a.reshape(len(a), -1, v_rot).sum(axis=-1, keepdims=True) / v_rot**0.5
+    bound = np.broadcast_to(HALF_U * blocks, (*blocks.shape[:2], v_rot)).reshape(a.shape)
+    bound = bound + REL_TOL * max(1.0, float(np.abs(want).max())) + v_rot**0.5 * max(lens) * HALF_SUBNORMAL * max_v
+    d = np.abs(got - want)
+    print(
+        f"{mma.name} q8_0 K, q4_0 V: max |mma - ref| {np.nanmax(d):.2e} (bounds {bound.min():.2e} to {bound.max():.2e})"
+    )
+    bad = ~(d <= bound)
+    assert not bad.any(), f"rows {np.nonzero(bad.any(axis=1))[0][:10].tolist()} off by up to {np.nanmax(d):.2e}"
+
+
+def test_tensor_core_prefill_is_planned_where_it_applies():
+    """sm_70 and newer, an f16 cache, head_dim a multiple of 32 up to 128; elsewhere (AMD, f32 caches, head_dim 256)
+    the prefill list keeps the float kernel; the module switch turns it off."""
+    from rfc.compiler.codegen import gpu_attention
+
+    def prefill(target, head_dim=64, kv_dtype="f16", group=4):
+        op = Op(
+            "attention",
+            ("q",),
+            ("out",),
+            attrs={
+                "layer": 0,
+                "n_heads": 2 * group,
+                "n_kv_heads": 2,
+                "head_dim": head_dim,
+                "scale": 0.1,
+                "window": None,
+                "softcap": None,
+            },
+        )
+        plan = SimpleNamespace(ops=[op], kv=SimpleNamespace(dtype=kv_dtype, row=2 * head_dim), context_length=4096)
+        specs, (name,) = plan_kernels(parse_target(target), plan, SimpleNamespace(by_name=lambda: {}))
+        return next(s for s in specs if s.name == name).prefill
+
+    for target in ("sm_70", "sm_80", "sm_90"):
+        for head_dim in (32, 64, 96, 128):
+            spec = prefill(target, head_dim)
+            assert spec is not None and spec.template == gpu_attention.MMA_ATTENTION_TEMPLATE
+            assert 4 * spec.params["smem_floats"] <= ATTENTION_TILE_SHARED
+    assert prefill("sm_90", group=8).params["mma_rows"] == gpu_attention.MMA_QUERIES // 8
+    assert prefill("sm_61") is None and prefill("gfx90a") is None and prefill("gfx1100") is None
+    assert prefill("sm_90", kv_dtype="f32") is None
+    assert prefill("sm_90", head_dim=256) is None and prefill("sm_90", head_dim=80) is None
+    saved, gpu_attention.PREFILL_MMA = gpu_attention.PREFILL_MMA, False
+    try:
+        assert prefill("sm_90") is None
+    finally:
+        gpu_attention.PREFILL_MMA = saved

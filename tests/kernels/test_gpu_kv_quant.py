@@ -140,24 +140,33 @@ def test_quantized_cache_matches_reference(target, n_heads, n_kv_heads, head_dim
         _check(case, case.batch([130, 17, 1], [ATTENTION_SPLIT_ROWS, 17, 1]))  # prefill: the tiled path
 
 
-@pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
-def test_the_step_program_serves_quantized_caches(target, gpu_bundle, tmp_path_factory):
+@pytest.mark.parametrize(
+    "target,prompt",
+    [
+        pytest.param("gfx1100", 30, marks=toolchain_marks("gfx1100")),
+        pytest.param("sm_90", 64, marks=toolchain_marks("sm_90")),
+    ],
+)
+def test_the_step_program_serves_quantized_caches(target, prompt, gpu_bundle, tmp_path_factory):
     """The runtime's GpuDevice (bound step program, decode graphs, the k_type / v_type step
     scalars) on tiny-qwen3-F16 (head_dim 64: both rotations; float weights, so the GPU differs
     from the reference by float noise only): a prompt, then decode steps, with a q4_0 K and a
     q8_0 V cache (both block kinds, rows of two sizes). The logits stay within a small share of
     what quantizing the cache moves the reference's by (tests/bounds.py KV_CPU_SHARE: float
     noise flips a value to the next quantization step now and then, as on the cpu); the device
-    holds the cache in the bytes the KV budget counts."""
+    holds the cache in the bytes the KV budget counts. On sm_90 the prompt of 64 tokens takes the prefill list,
+    whose attention (tensor cores, compiler/codegen/gpu_attention.py) reads the quantized rows as halves."""
     bundle = open_bundle(gpu_bundle("qwen3-F16", target))
     plan, build_dir = bundle.plan, shared_basetemp(tmp_path_factory) / "gpu-emu"
-    tokens = [1, *range(40, 75)]
+    tokens = [1, *range(40, 45 + prompt)]
 
     def logits(device) -> np.ndarray:
         blocks, run = BlockManager(NUM_BLOCKS, BLOCK_SIZE), Executor(plan, device)
         blocks.allocate(0, len(tokens))
-        out = [run.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens[:30]), all_logits=True)], blocks))]
-        out += [run.forward(build_batch([ScheduledChunk(0, i, (tokens[i],))], blocks)) for i in range(30, len(tokens))]
+        out = [run.forward(build_batch([ScheduledChunk(0, 0, tuple(tokens[:prompt]), all_logits=True)], blocks))]
+        out += [
+            run.forward(build_batch([ScheduledChunk(0, i, (tokens[i],))], blocks)) for i in range(prompt, len(tokens))
+        ]
         return np.concatenate(out)
 
     plain = logits(ReferenceDevice(bundle, plan.kv, NUM_BLOCKS, BLOCK_SIZE))
@@ -167,6 +176,12 @@ def test_the_step_program_serves_quantized_caches(target, gpu_bundle, tmp_path_f
         assert sum(cache) == NUM_BLOCKS * BLOCK_SIZE * token_bytes(str(gpu.name), plan.kv, types)
         ref = logits(ReferenceDevice(bundle, plan.kv, NUM_BLOCKS, BLOCK_SIZE, types))
         got = logits(gpu)
+        if target.startswith("sm_"):  # the prompt's step took the prefill list: attention on tensor cores
+            program = gpu.runner.program
+            assert prompt >= program.prefill_min_tokens > 0
+            assert ("capture", len(program.prefill_launches)) in gpu._driver.calls
+            kernels = [launch.kernel for launch in program.prefill_launches]
+            assert any(k.startswith("rfc_attention_") and k.endswith("_mma") for k in kernels), kernels
         quantizing, d = np.abs(ref - plain).mean(), np.abs(got - ref).mean()
         assert d <= KV_CPU_SHARE * quantizing, (
             f"{types.describe()}: gpu vs reference mean {d:.2e}, quantizing {quantizing:.2e}"

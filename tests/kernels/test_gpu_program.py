@@ -16,6 +16,7 @@ import pytest
 
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.program import ArgKind, ArgSlot, unpack_program
+from rfc.compiler.targets import parse_target
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
@@ -276,6 +277,7 @@ MMA_TARGET = "sm_90"
                 "gemma2-F16",
                 "llama-BF16",
                 "gemma4moe-Q4_K_M",
+                "gpt-oss-Q8_0",
             )
         ]
         + [("llama-Q8_0", "gfx90a")]
@@ -290,7 +292,9 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, g
     the prefill list their bound is the oracle's for float16 activations (gpu_support.prefill_rounding:
     without it gemma2-F16 is at max 3.1e-2 / mean 5.1e-3 against float noise's 1e-2 / 1e-3).
     gemma4moe-Q4_K_M's output matrix is repacked (Q6_Kp): its bound must round it as its GGUF
-    format, Q6_K (an H100 found the bound 5x too tight, at the emulator's own deviation)."""
+    format, Q6_K (an H100 found the bound 5x too tight, at the emulator's own deviation). Attention runs on half
+    tensor cores on sm_90 (Q and P rounded to half: within these bounds unchanged), gemma2-F16's windowed and
+    soft-capped, gpt-oss-Q8_0's windowed with sinks."""
     from tests.bounds import device_bounds, llama_cpp_bounds
     from tests.conftest import FIXTURES
     from tests.kernels.gpu_support import prefill_rounding
@@ -313,6 +317,10 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, g
     assert tensor_core and all(
         (kind == "imma") == (fmt in {f.lower() for f in IMMA_FORMATS}) for kind, fmt in tensor_core
     ), tensor_core
+    # attention on half tensor cores (compiler/codegen/gpu_attention.py) where the target has them: these
+    # fixtures' head_dim (32, 64) and f16 caches are the kernel's
+    attention = [launch.kernel for launch in program.prefill_launches if launch.kernel.startswith("rfc_attention_")]
+    assert attention and all(k.endswith("_mma") == parse_target(target).wmma_f16 for k in attention), attention
     formats = {t.format for t in bundle.layout.tensors}
     expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
     tokens = tuple(int(t) for t in expected["tokens"][:64])

@@ -53,7 +53,8 @@ def _check(model: str, target: str, usage: dict[str, KernelUsage]) -> None:
 @pytest.mark.parametrize("model", [pytest.param(m, marks=toolchain_marks("sm_90")) for m in SM_MODELS])
 def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     """Including the prefill list's tensor-core matmuls, which every model with a matmul in a
-    format they take has (F32-only models, stories260K among them, have none)."""
+    format they take has (F32-only models, stories260K among them, have none), and its
+    tensor-core attention."""
     from rfc.artifacts.program import unpack_program
     from rfc.compiler.codegen.gpu_plan import MMA_FORMATS
 
@@ -70,8 +71,12 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     rounding = {k for k in prefill_only if k.startswith("rfc_quantize_q8_")}
     assert bool(rounding) == any(k.startswith("rfc_matmul_imma_") for k in mma), sorted(rounding)
     assert all(not usage[k].uses_local_memory for k in rounding)
+    # attention on half tensor cores (gpu_attention.py) in an attention op's place: hot, so _check held it
+    # to no local memory
+    attention = {k for k in prefill_only if k.startswith("rfc_attention_") and k.endswith("_mma")}
+    assert all(usage[k].is_hot for k in attention)
     # the rest: per-op kernels of runs the decode list fuses (the prefill list launches them one by one)
-    rest = prefill_only - mma - rounding
+    rest = prefill_only - mma - rounding - attention
     assert rest <= set(target_entry(bundle.manifest, "sm_90").op_kernels), sorted(rest)
     assert bool(mma) == any(t.format in MMA_FORMATS for t in bundle.layout.tensors), sorted(mma)
     assert mma <= set(usage) and all(usage[k].is_hot for k in mma)
