@@ -85,8 +85,16 @@ IMMA_SCALES_BY_SUB = True
 # (tokens): frags_m + frags_n shared loads per sub-block. False: B reloaded for each A
 # (frags_m * (1 + frags_n) loads, one B live at a time).
 IMMA_HOLD_B = True
+# The tensor cores' int32 sums start at the bits of the float 1.5 * 2^23 (IMMA_SUM_BIAS) instead
+# of 0, so the bits they end at are the float 1.5 * 2^23 + dot, and one float subtraction gives
+# (float)dot exactly, for |dot| < 2^22 (32 products of at most 128 x 127 in magnitude: 520192):
+# an int-to-float conversion issues at a quarter of the float rate or less on NVIDIA (16 a clock
+# per multiprocessor against 64-128 additions), and the epilogue converts every sum of every
+# sub-block. The same bits either way. False: (float)dot.
+IMMA_BIASED_SUMS = True
+IMMA_SUM_BIAS = 0x4B400000
 # The first kernel's configuration, for A/B runs on a card (docs/benchmarks.md): IMMA_TILING
-# "64x64", IMMA_SCALES_BY_SUB and IMMA_HOLD_B False.
+# "64x64", IMMA_SCALES_BY_SUB, IMMA_HOLD_B and IMMA_BIASED_SUMS False.
 # The prefill list rounds a matmul input to int8 once per step (templates/gpu_quantize_q8.hip.j2,
 # one launch for the matmuls of a run that read the same input: q, k and v; gate and up) into
 # the arena slot Q8_SCRATCH, and each tile copies those bytes. Without it every 64 x 64 tile
@@ -187,6 +195,7 @@ def imma_matmul_spec(target: Target, w: dict, tiling: ImmaTiling | None = None):
         "w_sub_stride": t.tile_n if IMMA_SCALES_BY_SUB else 1,
         "prefetch": t.prefetch if IMMA_PREFETCH is None else IMMA_PREFETCH,
         "hold_b": IMMA_HOLD_B,
+        "sum_bias": IMMA_SUM_BIAS if IMMA_BIASED_SUMS else 0,
         "has_min": has_min,
         "subs_per_block": max(1, w["qk"] // SUB_BLOCK),
         "prequant": IMMA_PREQUANT,

@@ -70,8 +70,9 @@ VARIANTS = {
     "128x128": (IMMA_TILINGS["128x128"], {}),
     "128x128-direct": (IMMA_TILINGS["128x128"], {"IMMA_PREFETCH": False}),
     "64x64-prefetch": (IMMA_TILINGS["64x64"], {"IMMA_PREFETCH": True}),
-    # the first kernel's configuration (docs/benchmarks.md): B reloaded per A, scales by token
-    "first": (IMMA_TILINGS["64x64"], {"IMMA_HOLD_B": False, "IMMA_SCALES_BY_SUB": False}),
+    # the first kernel's configuration (docs/benchmarks.md): B reloaded per A, scales by token,
+    # sums converted to float by a conversion
+    "first": (IMMA_TILINGS["64x64"], {"IMMA_HOLD_B": False, "IMMA_SCALES_BY_SUB": False, "IMMA_BIASED_SUMS": False}),
 }
 VARIANT_CASES = [(*s, "sm_90", v) for v in VARIANTS for s in VARIANT_SHAPES] + [
     (*s, "gfx90a", "128x128") for s in VARIANT_SHAPES[1:3]
@@ -339,7 +340,7 @@ def test_the_planner_takes_the_big_tile_for_big_matrices():
         assert tiles(target, 2048) == tiles(target, 256) == small, target  # 64 and 8
     assert tiles("gfx1100", 14336) == small  # WMMA: 64 accumulators a lane spill
     assert imma_matmul_spec(parse_target("gfx90a"), weight_geometry("Q8_0", 4096, 4096)).threads == 512
-    first = {"IMMA_TILING": "64x64", "IMMA_HOLD_B": False, "IMMA_SCALES_BY_SUB": False}
+    first = {"IMMA_TILING": "64x64", "IMMA_HOLD_B": False, "IMMA_SCALES_BY_SUB": False, "IMMA_BIASED_SUMS": False}
     for switches, want in (
         ({"IMMA_TILING": "64x64"}, small),
         ({"IMMA_TILING": "128x128"}, big),
@@ -359,6 +360,7 @@ def test_the_planner_takes_the_big_tile_for_big_matrices():
         by_sub = switches.get("IMMA_SCALES_BY_SUB", True)
         assert (p["x_stride"], p["x_sub_stride"]) == ((1, p["tile_m"]) if by_sub else (p["subs"], 1)), switches
         assert p["hold_b"] == switches.get("IMMA_HOLD_B", True)
+        assert p["sum_bias"] == (0x4B400000 if switches.get("IMMA_BIASED_SUMS", True) else 0)
     with pytest.raises(ValueError, match="48 KiB"):  # 2 x 128 x 272 bytes of int8 rows alone
         imma_matmul_spec(TARGET, weight_geometry("Q4_K", 4096, 4096), ImmaTiling(128, 128, 2, 4, 256, True))
     with pytest.raises(ValueError, match="threads"):  # 16-byte pieces that 256 threads do not divide
