@@ -81,6 +81,12 @@ IMMA_PREFETCH: bool | None = None
 # 4 rows a warp per element) fall on distinct banks. False: [token or row][sub-block], where 8
 # tokens with 8 sub-blocks each 8 words apart share banks two by two.
 IMMA_SCALES_BY_SUB = True
+# With offsets b, a token's scale and int8 sum lie side by side, and a row's a and b (one 8-byte
+# load each in the epilogue: 2 per element in place of 4); False: an array each. Not on gfx11's
+# WMMA: there clang spilled 16 bytes past its 128 VGPRs with pairs (planar formats, K of one
+# chunk), and none with an array each and B held.
+IMMA_PAIRED_SCALES = True
+IMMA_UNPAIRED_INSTRUCTIONS = ("wmma_16x16x16_w32",)
 # A wave keeps the sub-block's B fragments (its rows) in registers across its A fragments
 # (tokens): frags_m + frags_n shared loads per sub-block. False: B reloaded for each A
 # (frags_m * (1 + frags_n) loads, one B live at a time).
@@ -94,7 +100,7 @@ IMMA_HOLD_B = True
 IMMA_BIASED_SUMS = True
 IMMA_SUM_BIAS = 0x4B400000
 # The first kernel's configuration, for A/B runs on a card (docs/benchmarks.md): IMMA_TILING
-# "64x64", IMMA_SCALES_BY_SUB, IMMA_HOLD_B and IMMA_BIASED_SUMS False.
+# "64x64", IMMA_SCALES_BY_SUB, IMMA_PAIRED_SCALES, IMMA_HOLD_B and IMMA_BIASED_SUMS False.
 # The prefill list rounds a matmul input to int8 once per step (templates/gpu_quantize_q8.hip.j2,
 # one launch for the matmuls of a run that read the same input: q, k and v; gate and up) into
 # the arena slot Q8_SCRATCH, and each tile copies those bytes. Without it every 64 x 64 tile
@@ -195,6 +201,7 @@ def imma_matmul_spec(target: Target, w: dict, tiling: ImmaTiling | None = None):
         "w_sub_stride": t.tile_n if IMMA_SCALES_BY_SUB else 1,
         "prefetch": t.prefetch if IMMA_PREFETCH is None else IMMA_PREFETCH,
         "hold_b": IMMA_HOLD_B,
+        "paired": IMMA_PAIRED_SCALES and has_min and target.imma not in IMMA_UNPAIRED_INSTRUCTIONS,
         "sum_bias": IMMA_SUM_BIAS if IMMA_BIASED_SUMS else 0,
         "has_min": has_min,
         "subs_per_block": max(1, w["qk"] // SUB_BLOCK),

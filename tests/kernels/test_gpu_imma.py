@@ -5,7 +5,9 @@ each instruction reads the lanes' registers where the ISA's fragment layout puts
 and sums in int32, which is exact: the hardware's integers.
 
 Two oracles per shape (every format the kernel takes, GGUF and planar; partial tiles of tokens
-(1, 17, 65, 130 against 64) and of rows; K of one, two and a partial 256-column chunk):
+(1, 17, 65, 130 against 64) and of rows; K of one, two and a partial 256-column chunk), for
+the planner's default kernels and, on fewer shapes, for its other configurations (VARIANTS:
+the 128 x 128 tile with and without prefetch, the 64 x 64 one with it, the first kernel's):
 - bitwise, a numpy model of the kernel's arithmetic: activations rounded to int8 per 32 values
   in float32 as rfc_quantize32 rounds them, the weight's sub-blocks as w = a * u + b (its
   int8 quants u as the block holds them), int32 dot products per sub-block, then
@@ -68,11 +70,16 @@ VARIANT_SHAPES = [("Q4_1p", 200, 320), ("Q5_0", 130, 160), ("Q8_0", 10, 96), ("Q
 VARIANTS = {
     # name: (tiling, module switches while the planner runs)
     "128x128": (IMMA_TILINGS["128x128"], {}),
-    "128x128-direct": (IMMA_TILINGS["128x128"], {"IMMA_PREFETCH": False}),
+    "128x128-direct": (IMMA_TILINGS["128x128"], {"IMMA_PREFETCH": False, "IMMA_PAIRED_SCALES": False}),
+    # each tile rounding its activations itself (no rounding launch before it)
+    "128x128-rounding": (IMMA_TILINGS["128x128"], {"IMMA_PREQUANT": False}),
     "64x64-prefetch": (IMMA_TILINGS["64x64"], {"IMMA_PREFETCH": True}),
     # the first kernel's configuration (docs/benchmarks.md): B reloaded per A, scales by token,
-    # sums converted to float by a conversion
-    "first": (IMMA_TILINGS["64x64"], {"IMMA_HOLD_B": False, "IMMA_SCALES_BY_SUB": False, "IMMA_BIASED_SUMS": False}),
+    # scales in an array each, sums converted to float by a conversion
+    "first": (
+        IMMA_TILINGS["64x64"],
+        {"IMMA_HOLD_B": False, "IMMA_SCALES_BY_SUB": False, "IMMA_PAIRED_SCALES": False, "IMMA_BIASED_SUMS": False},
+    ),
 }
 VARIANT_CASES = [(*s, "sm_90", v) for v in VARIANTS for s in VARIANT_SHAPES] + [
     (*s, "gfx90a", "128x128") for s in VARIANT_SHAPES[1:3]
@@ -339,8 +346,17 @@ def test_the_planner_takes_the_big_tile_for_big_matrices():
         assert tiles(target, 4096) == tiles(target, 14336) == big, target  # 128 and 448 blocks at 512 tokens
         assert tiles(target, 2048) == tiles(target, 256) == small, target  # 64 and 8
     assert tiles("gfx1100", 14336) == small  # WMMA: 64 accumulators a lane spill
+    # and pairs of scales made clang spill there (planar formats, K of one chunk)
+    assert not imma_matmul_spec(parse_target("gfx1100"), weight_geometry("Q4_Kp", 256, 256)).params["paired"]
+    assert imma_matmul_spec(parse_target("gfx90a"), weight_geometry("Q4_Kp", 256, 256)).params["paired"]
     assert imma_matmul_spec(parse_target("gfx90a"), weight_geometry("Q8_0", 4096, 4096)).threads == 512
-    first = {"IMMA_TILING": "64x64", "IMMA_HOLD_B": False, "IMMA_SCALES_BY_SUB": False, "IMMA_BIASED_SUMS": False}
+    first = {
+        "IMMA_TILING": "64x64",
+        "IMMA_HOLD_B": False,
+        "IMMA_SCALES_BY_SUB": False,
+        "IMMA_PAIRED_SCALES": False,
+        "IMMA_BIASED_SUMS": False,
+    }
     for switches, want in (
         ({"IMMA_TILING": "64x64"}, small),
         ({"IMMA_TILING": "128x128"}, big),
@@ -361,6 +377,7 @@ def test_the_planner_takes_the_big_tile_for_big_matrices():
         assert (p["x_stride"], p["x_sub_stride"]) == ((1, p["tile_m"]) if by_sub else (p["subs"], 1)), switches
         assert p["hold_b"] == switches.get("IMMA_HOLD_B", True)
         assert p["sum_bias"] == (0x4B400000 if switches.get("IMMA_BIASED_SUMS", True) else 0)
+        assert p["paired"] == switches.get("IMMA_PAIRED_SCALES", True)  # Q4_K: with offsets b
     with pytest.raises(ValueError, match="48 KiB"):  # 2 x 128 x 272 bytes of int8 rows alone
         imma_matmul_spec(TARGET, weight_geometry("Q4_K", 4096, 4096), ImmaTiling(128, 128, 2, 4, 256, True))
     with pytest.raises(ValueError, match="threads"):  # 16-byte pieces that 256 threads do not divide
