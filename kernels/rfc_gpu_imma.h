@@ -176,4 +176,10 @@ RFC_DEVICE_FN void rfc_imma_mma(int *c, const rfc_imma_a &a, const rfc_imma_b &b
 #define RFC_IMMA_KERNEL_ATTRS /* the kernel's attributes beyond RFC_KERNEL's: none */
 #endif
 
+/* two floats the kernel's epilogue reads together (a token's scale and int8 sum, a row's a and b):
+ * one 8-byte shared-memory load */
+typedef struct __attribute__((aligned(8))) {
+    float d, s;
+} rfc_imma_pair;
+
 #endif /* RFC_GPU_IMMA_H */

@@ -11,6 +11,8 @@ i-quants; float weights) and other targets keep the half `wmma` kernel of
 gpu_plan.mma_matmul_spec (sm_70 and newer) or the decode list's kernel.
 """
 
+from dataclasses import dataclass
+
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.compiler.targets import Target
 
@@ -20,16 +22,85 @@ IMMA_TEMPLATE = "gpu_matmul_imma.hip.j2"
 _SHARED_HALVES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")
 IMMA_FORMATS = _SHARED_HALVES + tuple(name for name, f in PLANAR_FORMATS.items() if f.base in _SHARED_HALVES)
 _NO_MIN = ("Q8_0", "Q8_0p")
-# A block of IMMA_WAVES_M x IMMA_WAVES_N waves owns IMMA_TILE_M tokens x IMMA_TILE_N weight rows,
-# each wave 2 x 2 tiles of 16 x 16 (1024 float accumulators a wave, in registers: 32 a lane on a
-# wave of 32, 16 on a wave of 64). Chunks of IMMA_K_CHUNK columns go into shared memory as int8
-# rows padded by IMMA_PAD bytes (rows 68 words apart: an NVIDIA warp's fragment loads hit 32
-# distinct banks), plus a float per token or row and sub-block: 2 x 64 x 272 + 4 x 64 x 8 x 4
-# bytes = 42 KiB, under CUDA's 48 KiB of static shared memory (38 KiB for Q8_0: no sums, no b).
-IMMA_TILE_M, IMMA_TILE_N, IMMA_K_CHUNK = 64, 64, 256
-IMMA_WAVES_M, IMMA_WAVES_N = 2, 2
-IMMA_PAD = 16
 SUB_BLOCK = 32
+IMMA_PAD = 16  # bytes after each shared int8 row (ImmaTiling)
+
+
+@dataclass(frozen=True)
+class ImmaTiling:
+    """A block of waves_m x waves_n waves owns tile_m tokens x tile_n weight rows, each wave
+    (tile_m / waves_m) x (tile_n / waves_n) of them as 16 x 16 fragments with float accumulators
+    in registers. Chunks of k_chunk columns go into shared memory: int8 rows of k_chunk bytes
+    padded by IMMA_PAD (16-byte aligned for the vector stores; rows k_chunk / 4 + 4 words apart,
+    4 mod 8 for any k_chunk of whole sub-blocks, so an NVIDIA warp's fragment loads, 8 rows x 4
+    consecutive words, hit 32 distinct banks), plus a float per token or row and sub-block
+    (scale, and with offsets b the activation sums and the b's). `prefetch`: the next chunk's
+    global loads (weights decoded to int8 sub-blocks, rounded activations) go into registers
+    before this chunk's tensor-core loop and into shared memory after it, so memory and math
+    overlap, at the price of the registers that hold a chunk; without, each thread loads and
+    stores its items one by one between the two barriers of a chunk."""
+
+    tile_m: int
+    tile_n: int
+    waves_m: int
+    waves_n: int
+    k_chunk: int
+    prefetch: bool
+
+    def shared_bytes(self, has_min: bool) -> int:
+        floats = (2 if has_min else 1) * (self.tile_m + self.tile_n) * (self.k_chunk // SUB_BLOCK)
+        return (self.tile_m + self.tile_n) * (self.k_chunk + IMMA_PAD) + 4 * floats
+
+
+# 64 x 64, 4 waves of 2 x 2 fragments, 256 columns a chunk: 42 KiB of shared memory (38 KiB for
+# Q8_0: no sums, no b), 32 accumulators a lane on a wave of 32. Small matrices keep it: it makes
+# four times the blocks of the big tile. No prefetch: on sm_90 its ~125 registers a thread let
+# four blocks share a multiprocessor, prefetching's ~230 two (and gfx1100 spills).
+# 128 x 128, 8 waves (2 x 4) of 4 x 2 fragments, 128 columns a chunk: 44 KiB, 64 accumulators a
+# lane; each weight row's decoded sub-block serves 128 tokens and each token's 128 rows, half the
+# shared-memory and global traffic per multiply of the small tile. Prefetch: one block a
+# multiprocessor with it (~200 registers) or without (~160).
+IMMA_TILINGS = {
+    "64x64": ImmaTiling(64, 64, 2, 2, 256, prefetch=False),
+    "128x128": ImmaTiling(128, 128, 2, 4, 128, prefetch=True),
+}
+# "auto": the big tile where a prefill step of IMMA_PLAN_TOKENS tokens still makes at least
+# IMMA_MIN_BLOCKS blocks of it (about one per multiprocessor of an H100/H200's 132: fewer
+# leave multiprocessors idle), else the small one; a name of IMMA_TILINGS: every matmul that
+# tile. The kernel is built before the step's token count is known, so the planner sizes for a
+# typical prompt; any token count runs (partial tiles are zeros).
+IMMA_TILING = "auto"
+# The instructions that "auto" gives the big tile. Not gfx11's WMMA: its A and B fragments hold
+# 32 bytes a lane, and with 64 accumulators hipcc spills past the 128 VGPRs it allots a lane.
+IMMA_BIG_TILE_INSTRUCTIONS = ("mma_m16n8k32", "mfma_16x16x16")
+IMMA_PLAN_TOKENS = 512
+IMMA_MIN_BLOCKS = 128
+# None: each tiling prefetches as it says (ImmaTiling.prefetch); True or False: every one.
+IMMA_PREFETCH: bool | None = None
+# Shared scales laid out [sub-block][token or row]: the fragment epilogue's reads (8 tokens and
+# 4 rows a warp per element) fall on distinct banks. False: [token or row][sub-block], where 8
+# tokens with 8 sub-blocks each 8 words apart share banks two by two.
+IMMA_SCALES_BY_SUB = True
+# With offsets b, a token's scale and int8 sum lie side by side, and a row's a and b (one 8-byte
+# load each in the epilogue: 2 per element in place of 4); False: an array each. Not on gfx11's
+# WMMA: there clang spilled 16 bytes past its 128 VGPRs with pairs (planar formats, K of one
+# chunk), and none with an array each and B held.
+IMMA_PAIRED_SCALES = True
+IMMA_UNPAIRED_INSTRUCTIONS = ("wmma_16x16x16_w32",)
+# A wave keeps the sub-block's B fragments (its rows) in registers across its A fragments
+# (tokens): frags_m + frags_n shared loads per sub-block. False: B reloaded for each A
+# (frags_m * (1 + frags_n) loads, one B live at a time).
+IMMA_HOLD_B = True
+# The tensor cores' int32 sums start at the bits of the float 1.5 * 2^23 (IMMA_SUM_BIAS) instead
+# of 0, so the bits they end at are the float 1.5 * 2^23 + dot, and one float subtraction gives
+# (float)dot exactly, for |dot| < 2^22 (32 products of at most 128 x 127 in magnitude: 520192):
+# an int-to-float conversion issues at a quarter of the float rate or less on NVIDIA (16 a clock
+# per multiprocessor against 64-128 additions), and the epilogue converts every sum of every
+# sub-block. The same bits either way. False: (float)dot.
+IMMA_BIASED_SUMS = True
+IMMA_SUM_BIAS = 0x4B400000
+# The first kernel's configuration, for A/B runs on a card (docs/benchmarks.md): IMMA_TILING
+# "64x64", IMMA_SCALES_BY_SUB, IMMA_PAIRED_SCALES, IMMA_HOLD_B and IMMA_BIASED_SUMS False.
 # The prefill list rounds a matmul input to int8 once per step (templates/gpu_quantize_q8.hip.j2,
 # one launch for the matmuls of a run that read the same input: q, k and v; gate and up) into
 # the arena slot Q8_SCRATCH, and each tile copies those bytes. Without it every 64 x 64 tile
@@ -71,15 +142,39 @@ def quantize_q8_spec(target: Target, k: int, max_tokens: int):
     return KernelSpec(params["name"], QUANTIZE_TEMPLATE, params, args, QUANTIZE_THREADS, grid)
 
 
-def imma_matmul_spec(target: Target, w: dict):
+def imma_tiling(target: Target, rows: int) -> ImmaTiling:
+    """The block tile of a matmul over a weight of `rows` rows (IMMA_TILING)."""
+    if IMMA_TILING != "auto":
+        return IMMA_TILINGS[IMMA_TILING]
+    big = IMMA_TILINGS["128x128"]
+    if target.imma not in IMMA_BIG_TILE_INSTRUCTIONS:
+        return IMMA_TILINGS["64x64"]
+    blocks = -(-rows // big.tile_n) * -(-IMMA_PLAN_TOKENS // big.tile_m)
+    return big if blocks >= IMMA_MIN_BLOCKS else IMMA_TILINGS["64x64"]
+
+
+def imma_matmul_spec(target: Target, w: dict, tiling: ImmaTiling | None = None):
     """The int8 tensor-core matmul over weight `w` (gpu_plan.weight_geometry), or None where the
-    target has no int8 matrix instruction or the format is not one of IMMA_FORMATS."""
+    target has no int8 matrix instruction or the format is not one of IMMA_FORMATS. `tiling`:
+    the block tile (default imma_tiling's choice)."""
     from rfc.compiler.codegen.gpu_plan import I32, KERNEL_ARGS, PROGRAM_MAX_TOKENS, PTR, KernelSpec
 
     if not target.imma or w["fmt_upper"] not in IMMA_FORMATS or w["cols"] % SUB_BLOCK:
         return None
+    t = tiling or imma_tiling(target, w["rows"])
+    has_min = w["fmt_upper"] not in _NO_MIN
     wave = target.wave_size
-    threads = IMMA_WAVES_M * IMMA_WAVES_N * wave
+    threads = t.waves_m * t.waves_n * wave
+    subs = t.k_chunk // SUB_BLOCK
+    pieces = t.tile_m * t.k_chunk // 16  # 16-byte pieces of a chunk's activations
+    if (
+        t.tile_m % (16 * t.waves_m)
+        or t.tile_n % (16 * t.waves_n)
+        or t.k_chunk % SUB_BLOCK
+        or (pieces % threads, t.tile_m * subs % threads, t.tile_n * subs % threads) != (0, 0, 0)
+        or t.shared_bytes(has_min) > 48 * 1024
+    ):
+        raise ValueError(f"imma tiling {t} does not fit {threads} threads and 48 KiB of static shared memory")
     name = f"rfc_matmul_imma_{w['fmt']}_{w['rows']}x{w['cols']}"
     params = {
         "name": name,
@@ -87,22 +182,35 @@ def imma_matmul_spec(target: Target, w: dict):
         "wave": wave,
         "n": w["rows"],
         "k": w["cols"],
-        "tile_m": IMMA_TILE_M,
-        "tile_n": IMMA_TILE_N,
-        "k_chunk": IMMA_K_CHUNK,
-        "lds": IMMA_K_CHUNK + IMMA_PAD,
-        "subs": IMMA_K_CHUNK // SUB_BLOCK,
-        "waves_n": IMMA_WAVES_N,
-        "frags_m": IMMA_TILE_M // (16 * IMMA_WAVES_M),
-        "frags_n": IMMA_TILE_N // (16 * IMMA_WAVES_N),
-        "has_min": w["fmt_upper"] not in _NO_MIN,
+        "tile_m": t.tile_m,
+        "tile_n": t.tile_n,
+        "k_chunk": t.k_chunk,
+        "lds": t.k_chunk + IMMA_PAD,
+        "subs": subs,
+        "waves_n": t.waves_n,
+        "frags_m": t.tile_m // (16 * t.waves_m),
+        "frags_n": t.tile_n // (16 * t.waves_n),
+        # per thread and chunk: 16-byte activation pieces, token and row sub-blocks it moves
+        "x_pieces": pieces // threads,
+        "x_subs": t.tile_m * subs // threads,
+        "w_subs": t.tile_n * subs // threads,
+        # shared scale of token (row) j, sub-block sb: [j * stride + sb * sub_stride]
+        "x_stride": 1 if IMMA_SCALES_BY_SUB else subs,
+        "x_sub_stride": t.tile_m if IMMA_SCALES_BY_SUB else 1,
+        "w_stride": 1 if IMMA_SCALES_BY_SUB else subs,
+        "w_sub_stride": t.tile_n if IMMA_SCALES_BY_SUB else 1,
+        "prefetch": t.prefetch if IMMA_PREFETCH is None else IMMA_PREFETCH,
+        "hold_b": IMMA_HOLD_B,
+        "paired": IMMA_PAIRED_SCALES and has_min and target.imma not in IMMA_UNPAIRED_INSTRUCTIONS,
+        "sum_bias": IMMA_SUM_BIAS if IMMA_BIASED_SUMS else 0,
+        "has_min": has_min,
         "subs_per_block": max(1, w["qk"] // SUB_BLOCK),
         "prequant": IMMA_PREQUANT,
         "max_tokens": PROGRAM_MAX_TOKENS,
         **q8_layout(w["cols"], PROGRAM_MAX_TOKENS),
         **w,
     }
-    grid = ((w["rows"], IMMA_TILE_N), ("n_rows", IMMA_TILE_M))
+    grid = ((w["rows"], t.tile_n), ("n_rows", t.tile_m))
     # prequant: the input comes as Q8_SCRATCH (gpu_plan.plan_program launches quantize_q8_spec first)
     args = (("out", PTR), ("q8", PTR), ("weight", PTR), ("n_rows", I32)) if IMMA_PREQUANT else KERNEL_ARGS["matmul"]
     return KernelSpec(name, IMMA_TEMPLATE, params, args, threads, grid)

@@ -5,7 +5,9 @@ each instruction reads the lanes' registers where the ISA's fragment layout puts
 and sums in int32, which is exact: the hardware's integers.
 
 Two oracles per shape (every format the kernel takes, GGUF and planar; partial tiles of tokens
-(1, 17, 65, 130 against 64) and of rows; K of one, two and a partial 256-column chunk):
+(1, 17, 65, 130 against 64) and of rows; K of one, two and a partial 256-column chunk), for
+the planner's default kernels and, on fewer shapes, for its other configurations (VARIANTS:
+the 128 x 128 tile with and without prefetch, the 64 x 64 one with it, the first kernel's):
 - bitwise, a numpy model of the kernel's arithmetic: activations rounded to int8 per 32 values
   in float32 as rfc_quantize32 rounds them, the weight's sub-blocks as w = a * u + b (its
   int8 quants u as the block holds them), int32 dot products per sub-block, then
@@ -26,7 +28,8 @@ import pytest
 
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.compiler.codegen.gpu import render_source
-from rfc.compiler.codegen.gpu_imma import IMMA_FORMATS, IMMA_TILE_M, IMMA_TILE_N, imma_matmul_spec, quantize_q8_spec
+import rfc.compiler.codegen.gpu_imma as gpu_imma
+from rfc.compiler.codegen.gpu_imma import IMMA_FORMATS, IMMA_TILINGS, ImmaTiling, imma_matmul_spec, quantize_q8_spec
 from rfc.compiler.codegen.gpu_plan import mma_matmul_spec, prefill_matmul_spec, weight_geometry
 from rfc.compiler.targets import parse_target
 from rfc.compiler.weights_planar import pack_planar
@@ -60,6 +63,27 @@ SHAPES = (
 # without and one with offsets, a planar one, a k-quant, partial tiles of rows and tokens
 AMD_SHAPES = [("Q8_0", 10, 96), ("Q4_1p", 70, 320), ("Q4_K", 130, 256)]
 CASES = [(f, r, c, "sm_90") for f, r, c in SHAPES] + [(*s, t) for t in ("gfx90a", "gfx1100") for s in AMD_SHAPES]
+# The planner's other kernels, on shapes that leave partial tiles of the big tile too: 130 rows
+# (128 + 2), 200 rows, 10 rows; K of 2.5 and 1.25 chunks of 128 columns, one short chunk, four
+# whole ones; with the tokens above (130: 128 + 2)
+VARIANT_SHAPES = [("Q4_1p", 200, 320), ("Q5_0", 130, 160), ("Q8_0", 10, 96), ("Q4_K", 130, 512)]
+VARIANTS = {
+    # name: (tiling, module switches while the planner runs)
+    "128x128": (IMMA_TILINGS["128x128"], {}),
+    "128x128-direct": (IMMA_TILINGS["128x128"], {"IMMA_PREFETCH": False, "IMMA_PAIRED_SCALES": False}),
+    # each tile rounding its activations itself (no rounding launch before it)
+    "128x128-rounding": (IMMA_TILINGS["128x128"], {"IMMA_PREQUANT": False}),
+    "64x64-prefetch": (IMMA_TILINGS["64x64"], {"IMMA_PREFETCH": True}),
+    # the first kernel's configuration (docs/benchmarks.md): B reloaded per A, scales by token,
+    # scales in an array each, sums converted to float by a conversion
+    "first": (
+        IMMA_TILINGS["64x64"],
+        {"IMMA_HOLD_B": False, "IMMA_SCALES_BY_SUB": False, "IMMA_PAIRED_SCALES": False, "IMMA_BIASED_SUMS": False},
+    ),
+}
+VARIANT_CASES = [(*s, "sm_90", v) for v in VARIANTS for s in VARIANT_SHAPES] + [
+    (*s, "gfx90a", "128x128") for s in VARIANT_SHAPES[1:3]
+]
 TOKENS = (1, 17, 65, 130)
 F32 = np.float32
 
@@ -121,13 +145,33 @@ def _launch(lib, spec, grid: tuple[int, int], *values) -> None:
     fn(grid[0], grid[1], 1, spec.threads, params)
 
 
+def variant_specs(target, shapes, variant: str | None) -> dict:
+    """The planner's kernel for each (format, rows, cols), as it plans by default (variant None)
+    or with a VARIANTS tiling and module switches."""
+    if variant is None:
+        return {(f, r, c): imma_matmul_spec(target, weight_geometry(f, r, c)) for f, r, c in shapes}
+    tiling, switches = VARIANTS[variant]
+    old = {name: getattr(gpu_imma, name) for name in switches}
+    try:
+        for name, value in switches.items():
+            setattr(gpu_imma, name, value)
+        return {(f, r, c): imma_matmul_spec(target, weight_geometry(f, r, c), tiling) for f, r, c in shapes}
+    finally:
+        for name, value in old.items():
+            setattr(gpu_imma, name, value)
+
+
 class Kernels:
     """Each case's kernel, and where it takes its input rounded once a step (IMMA_PREQUANT), the
     kernel that rounds it (gpu_quantize_q8.hip.j2), run before it as the prefill list runs it."""
 
-    def __init__(self, target: str, build_dir: Path):
+    def __init__(self, target: str, build_dir: Path, variant: str | None = None):
         t = parse_target(target)
-        self.specs = {(f, r, c): imma_matmul_spec(t, weight_geometry(f, r, c)) for f, r, c, tt in CASES if tt == target}
+        if variant is None:
+            shapes = [(f, r, c) for f, r, c, tt in CASES if tt == target]
+        else:
+            shapes = [(f, r, c) for f, r, c, tt, v in VARIANT_CASES if (tt, v) == (target, variant)]
+        self.specs = variant_specs(t, shapes, variant)
         assert all(self.specs.values())
         self.quantize = {
             s.params["k"]: quantize_q8_spec(t, s.params["k"], s.params["max_tokens"])
@@ -159,7 +203,7 @@ class Kernels:
         _launch(
             self.lib,
             spec,
-            (-(-rows // IMMA_TILE_N), -(-tokens // IMMA_TILE_M)),
+            tuple(-(-(tokens if count == "n_rows" else count) // tile) for count, tile in spec.grid),
             ctypes.c_void_p(out_buf.ctypes.data),
             ctypes.c_void_p(source.ctypes.data),
             ctypes.c_void_p(raw.ctypes.data),
@@ -171,18 +215,38 @@ class Kernels:
 
 @pytest.fixture(scope="module")
 def kernels(tmp_path_factory):
-    built: dict[str, Kernels] = {}
+    built: dict[tuple, Kernels] = {}
 
-    def get(target: str) -> Kernels:
-        if target not in built:
-            built[target] = Kernels(target, shared_basetemp(tmp_path_factory) / "gpu-imma")
-        return built[target]
+    def get(target: str, variant: str | None = None) -> Kernels:
+        if (target, variant) not in built:
+            built[target, variant] = Kernels(target, shared_basetemp(tmp_path_factory) / "gpu-imma", variant)
+        return built[target, variant]
 
     return get
 
 
 @pytest.mark.parametrize("fmt,rows,cols,target", CASES, ids=[f"{t}-{f}-{r}x{c}" for f, r, c, t in CASES])
 def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols, target, kernels):
+    check_kernel(fmt, rows, cols, kernels(target), target)
+
+
+@pytest.mark.parametrize(
+    "fmt,rows,cols,target,variant", VARIANT_CASES, ids=[f"{t}-{v}-{f}-{r}x{c}" for f, r, c, t, v in VARIANT_CASES]
+)
+def test_imma_tilings_are_the_same_model_bitwise(fmt, rows, cols, target, variant, kernels):
+    """The big tile (with and without prefetch), the small one with prefetch and the first
+    kernel's configuration: the same bits as the model, partial tiles of every kind included."""
+    spec = kernels(target, variant).specs[fmt, rows, cols]
+    tiling = VARIANTS[variant][0]
+    assert (spec.params["tile_m"], spec.params["tile_n"], spec.params["k_chunk"]) == (
+        tiling.tile_m,
+        tiling.tile_n,
+        tiling.k_chunk,
+    )
+    check_kernel(fmt, rows, cols, kernels(target, variant), f"{target} {variant}")
+
+
+def check_kernel(fmt: str, rows: int, cols: int, k: Kernels, label: str) -> None:
     rng = np.random.default_rng([rows, cols, *fmt.encode()])
     base = PLANAR_FORMATS[fmt].base if fmt in PLANAR_FORMATS else fmt
     raw_base = random_weight(rng, base, rows, cols)
@@ -192,13 +256,12 @@ def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols
     # the decomposition is the format's values: w = a * u + b per sub-block, as the decoders
     # (ggml's and the reference's) compute it in float32
     assert np.array_equal(w, a.repeat(32, 1) * u.astype(F32) + b.repeat(32, 1))
-    k = kernels(target)
     for tokens in TOKENS:
         x = (3 * rng.standard_normal((tokens, cols))).astype(np.float32)
         got = k.run(fmt, rows, cols, x, raw)
         model = kernel_model(x, u, a, b, has_min=k.specs[fmt, rows, cols].params["has_min"])
         assert np.array_equal(got.view(np.uint32), model.view(np.uint32)), (
-            f"{target} {fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the "
+            f"{label} {fmt} {rows}x{cols}, {tokens} tokens: {np.count_nonzero(got != model)} outputs differ from the "
             f"model"
         )
         xq, xd = quantize_activations(x)
@@ -212,7 +275,7 @@ def test_imma_matmul_is_its_model_bitwise_and_near_the_reference(fmt, rows, cols
         ReferenceDevice.op_matmul(None, [want], [rounded], [w.astype(np.float64)], {}, None)
         d = float(np.abs(got - want).max())
         bound = REL_TOL * max(1.0, float(np.abs(want).max()))
-        assert d <= bound, f"{target} {fmt} {rows}x{cols}, {tokens} tokens: max |gpu - ref| {d:.2e} > {bound:.2e}"
+        assert d <= bound, f"{label} {fmt} {rows}x{cols}, {tokens} tokens: max |gpu - ref| {d:.2e} > {bound:.2e}"
 
 
 def test_the_prefill_list_rounds_each_matmul_input_once():
@@ -265,3 +328,57 @@ def test_the_prefill_list_takes_int8_tensor_cores_where_the_target_and_format_al
         w = weight_geometry(fmt, 256, 512)
         assert imma_matmul_spec(TARGET, w) is None, fmt
         assert prefill_matmul_spec(TARGET, w) == mma_matmul_spec(TARGET, w) is not None, fmt
+
+
+def test_the_planner_takes_the_big_tile_for_big_matrices():
+    """128 x 128 (prefetching) where a 512-token step still makes a block per multiprocessor of
+    it and the target's instruction leaves the registers for it; 64 x 64 elsewhere; the module
+    switches reach every configuration, the first kernel's included."""
+
+    def tiles(target: str, rows: int, fmt: str = "Q4_K") -> tuple:
+        s = imma_matmul_spec(parse_target(target), weight_geometry(fmt, rows, 4096))
+        p = s.params
+        assert s.grid == ((rows, p["tile_n"]), ("n_rows", p["tile_m"])) and s.threads == p["threads"]
+        return p["tile_m"], p["tile_n"], p["k_chunk"], p["prefetch"]
+
+    big, small = (128, 128, 128, True), (64, 64, 256, False)
+    for target in ("sm_80", "sm_90", "gfx90a"):
+        assert tiles(target, 4096) == tiles(target, 14336) == big, target  # 128 and 448 blocks at 512 tokens
+        assert tiles(target, 2048) == tiles(target, 256) == small, target  # 64 and 8
+    assert tiles("gfx1100", 14336) == small  # WMMA: 64 accumulators a lane spill
+    # and pairs of scales made clang spill there (planar formats, K of one chunk)
+    assert not imma_matmul_spec(parse_target("gfx1100"), weight_geometry("Q4_Kp", 256, 256)).params["paired"]
+    assert imma_matmul_spec(parse_target("gfx90a"), weight_geometry("Q4_Kp", 256, 256)).params["paired"]
+    assert imma_matmul_spec(parse_target("gfx90a"), weight_geometry("Q8_0", 4096, 4096)).threads == 512
+    first = {
+        "IMMA_TILING": "64x64",
+        "IMMA_HOLD_B": False,
+        "IMMA_SCALES_BY_SUB": False,
+        "IMMA_PAIRED_SCALES": False,
+        "IMMA_BIASED_SUMS": False,
+    }
+    for switches, want in (
+        ({"IMMA_TILING": "64x64"}, small),
+        ({"IMMA_TILING": "128x128"}, big),
+        ({"IMMA_PREFETCH": False}, (128, 128, 128, False)),
+        ({"IMMA_PREFETCH": True, "IMMA_TILING": "64x64"}, (64, 64, 256, True)),
+        (first, small),
+    ):
+        old = {name: getattr(gpu_imma, name) for name in switches}
+        try:
+            for name, value in switches.items():
+                setattr(gpu_imma, name, value)
+            assert tiles("sm_90", 4096) == want, switches
+            p = imma_matmul_spec(TARGET, weight_geometry("Q4_K", 4096, 4096)).params
+        finally:
+            for name, value in old.items():
+                setattr(gpu_imma, name, value)
+        by_sub = switches.get("IMMA_SCALES_BY_SUB", True)
+        assert (p["x_stride"], p["x_sub_stride"]) == ((1, p["tile_m"]) if by_sub else (p["subs"], 1)), switches
+        assert p["hold_b"] == switches.get("IMMA_HOLD_B", True)
+        assert p["sum_bias"] == (0x4B400000 if switches.get("IMMA_BIASED_SUMS", True) else 0)
+        assert p["paired"] == switches.get("IMMA_PAIRED_SCALES", True)  # Q4_K: with offsets b
+    with pytest.raises(ValueError, match="48 KiB"):  # 2 x 128 x 272 bytes of int8 rows alone
+        imma_matmul_spec(TARGET, weight_geometry("Q4_K", 4096, 4096), ImmaTiling(128, 128, 2, 4, 256, True))
+    with pytest.raises(ValueError, match="threads"):  # 16-byte pieces that 256 threads do not divide
+        imma_matmul_spec(TARGET, weight_geometry("Q4_K", 4096, 4096), ImmaTiling(64, 64, 2, 4, 96, True))

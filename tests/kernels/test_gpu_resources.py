@@ -277,3 +277,28 @@ def test_sm90_sampling_kernel_uses_no_local_memory(vocab):
     print(f"\nsampling sm_90\n{usage_table(usage)}")
     u = usage[spec.name]
     assert not u.uses_local_memory, u.local_memory()
+
+
+@pytest.mark.parametrize(
+    "target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "sm_80", "gfx90a", "gfx1100")]
+)
+def test_imma_matmuls_at_real_model_sizes_use_no_local_memory(target):
+    """The prefill list's int8 tensor-core matmuls as the planner tiles them for real models
+    (the fixtures' matrices are all small-tile ones): every format they take, over an 8B's
+    4096 x 4096 (the big tile where the target has it, 128 x 128 with prefetch) and 1024 x 4096
+    (the small one), in one source per target: no stack frame, no spills, static shared memory
+    within CUDA's 48 KiB."""
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, render_source
+    from rfc.compiler.codegen.gpu_imma import IMMA_BIG_TILE_INSTRUCTIONS, IMMA_FORMATS, imma_matmul_spec
+    from rfc.compiler.codegen.gpu_plan import weight_geometry
+    from rfc.compiler.targets import parse_target
+
+    t = parse_target(target)
+    specs = [imma_matmul_spec(t, weight_geometry(f, rows, 4096)) for f in IMMA_FORMATS for rows in (4096, 1024)]
+    tiles = {(s.params["tile_m"], s.params["prefetch"]) for s in specs}
+    assert tiles == ({(128, True), (64, False)} if t.imma in IMMA_BIG_TILE_INSTRUCTIONS else {(64, False)}), tiles
+    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, specs))
+    usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
+    assert {s.name for s in specs} <= {n for n, u in usage.items() if u.is_hot}
+    _check("int8 matmuls at real model sizes", target, usage)
+    assert all(usage[s.name].shared_bytes <= 48 * 1024 for s in specs)
