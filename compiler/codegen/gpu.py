@@ -20,7 +20,8 @@ from rfc.compiler.codegen.format_table import format_params
 from rfc.compiler.codegen.gpu_fuse import fused_specs, plan_fusions
 from rfc.compiler.codegen.gpu_attention import MMA_ATTENTION_TEMPLATE
 from rfc.compiler.codegen.gpu_imma import IMMA_TEMPLATE
-from rfc.compiler.codegen.gpu_plan import ARG_SIZES, MMA_TEMPLATE, KernelSpec, plan_kernels, plan_program
+from rfc.compiler.codegen.gpu_mma import MMA_TEMPLATE
+from rfc.compiler.codegen.gpu_plan import ARG_SIZES, KernelSpec, plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError

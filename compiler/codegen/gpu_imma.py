@@ -8,7 +8,7 @@ rounded to int8 per 32 elements (the dp4a kernels' rounding, rfc_quantize32): ex
 products per sub-block, scaled to float and summed in k order, as llama.cpp's MMQ kernels do.
 Other formats (k-quants whose 16-element halves have their own scales: Q2_K, Q3_K, Q6_K; the
 i-quants; float weights) and other targets keep the half `wmma` kernel of
-gpu_plan.mma_matmul_spec (sm_70 and newer) or the decode list's kernel.
+gpu_mma.mma_matmul_spec (sm_70 and newer) or the decode list's kernel.
 """
 
 from dataclasses import dataclass

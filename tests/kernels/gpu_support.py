@@ -96,7 +96,8 @@ def prefill_rounding(model: str, formats, tokens, target: str = "sm_90") -> "np.
     "f16") where the target has half tensor cores (Target.wmma_f16: elsewhere they keep the
     decode list's float kernels)."""
     from tests.oracle import Oracle
-    from rfc.compiler.codegen.gpu_plan import MMA_FORMATS, is_int8
+    from rfc.compiler.codegen.gpu_mma import MMA_FORMATS
+    from rfc.compiler.codegen.gpu_plan import is_int8
     from rfc.compiler.targets import parse_target
 
     half = parse_target(target).wmma_f16

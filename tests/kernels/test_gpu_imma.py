@@ -30,7 +30,8 @@ from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.compiler.codegen.gpu import render_source
 import rfc.compiler.codegen.gpu_imma as gpu_imma
 from rfc.compiler.codegen.gpu_imma import IMMA_FORMATS, IMMA_TILINGS, ImmaTiling, imma_matmul_spec, quantize_q8_spec
-from rfc.compiler.codegen.gpu_plan import mma_matmul_spec, prefill_matmul_spec, weight_geometry
+from rfc.compiler.codegen.gpu_mma import mma_matmul_spec
+from rfc.compiler.codegen.gpu_plan import prefill_matmul_spec, weight_geometry
 from rfc.compiler.targets import parse_target
 from rfc.compiler.weights_planar import pack_planar
 from rfc.runtime.devices.reference import ReferenceDevice

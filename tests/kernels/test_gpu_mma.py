@@ -20,7 +20,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
 from rfc.artifacts.formats import FORMATS, PLANAR_FORMATS
 from rfc.compiler.codegen.gpu import render_source
-from rfc.compiler.codegen.gpu_plan import MMA_FORMATS, MMA_TILE_M, MMA_TILE_N, mma_matmul_spec, weight_geometry
+from rfc.compiler.codegen.gpu_mma import MMA_FORMATS, MMA_TILE_M, MMA_TILE_N, mma_matmul_spec
+from rfc.compiler.codegen.gpu_plan import weight_geometry
 from rfc.compiler.targets import parse_target
 from rfc.compiler.weights_planar import pack_planar
 from rfc.runtime.devices.reference import ReferenceDevice

@@ -56,7 +56,7 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     format they take has (F32-only models, stories260K among them, have none), and its
     tensor-core attention."""
     from rfc.artifacts.program import unpack_program
-    from rfc.compiler.codegen.gpu_plan import MMA_FORMATS
+    from rfc.compiler.codegen.gpu_mma import MMA_FORMATS
 
     usage = _usage(gpu_bundle(model, "sm_90"), "sm_90")
     _check(model, "sm_90", usage)
