@@ -458,8 +458,16 @@ def test_the_program_has_a_prefill_list_of_tensor_core_matmuls(program_and_bundl
     # launch that rounds their input once (gpu_imma.IMMA_PREQUANT)
     rounding = [i for i, p in enumerate(program.prefill_launches) if p.kernel.startswith("rfc_quantize_q8_")]
     paired = [p for i, p in enumerate(program.prefill_launches) if i not in rounding]
-    assert program.prefill_min_tokens == 64 and len(paired) == len(program.launches) and rounding
-    swapped = [(d, p) for d, p in zip(program.launches, paired) if d != p]
+    # and the attention on tensor cores (gpu_attention.PREFILL_MMA) in place of the split and its reduction
+    decode = [d for i, d in enumerate(program.launches) if not (i and d.kernel.endswith("_reduce"))]
+    assert program.prefill_min_tokens == 64 and len(paired) == len(decode) and rounding
+    attention = [(d, p) for d, p in zip(decode, paired) if d.kernel.startswith("rfc_attention_")]
+    assert attention and all(
+        d.kernel.endswith("_split") and p.kernel == d.kernel.removesuffix("_split") + "_mma" for d, p in attention
+    ), attention
+    differ = [(d, p) for d, p in zip(decode, paired) if d != p]
+    assert all(d.kernel.startswith(("rfc_matmul_", "rfc_attention_")) for d, _p in differ), differ
+    swapped = [(d, p) for d, p in differ if d.kernel.startswith("rfc_matmul_")]
     # int8 tensor cores for Q4_K (sm_80+), half ones for Q6_K
     kinds = {p.kernel.split("_")[2] for _d, p in swapped}
     assert swapped and kinds == {"imma", "mma"} and all(d.kernel.startswith("rfc_matmul_") for d, p in swapped), kinds
