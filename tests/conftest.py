@@ -75,6 +75,7 @@ def assert_compile_refused(model: Path, tmp_path: Path, words: str) -> None:
 def bundle_cache(tmp_path_factory):
     """Compiles each model at most once per test session (for the cpu target)."""
     root = tmp_path_factory.mktemp("bundles")
+    locks = shared_basetemp(tmp_path_factory) / "bundle-locks"
     built: dict[tuple[str, tuple[str, ...]], Path] = {}
 
     def get(model: Path, targets: tuple[str, ...] = ("cpu",)) -> Path:
@@ -83,7 +84,9 @@ def bundle_cache(tmp_path_factory):
             from rfc.compiler.pipeline import CompileOptions, compile_model
 
             out = root / f"{Path(model).stem}-{'-'.join(targets)}"
-            compile_model(CompileOptions(model=Path(model), out_dir=out, targets=targets))
+            # one worker at a time per bundle: the other waits, then takes the kernels from the build cache
+            with testdata._locked(locks / f"{Path(model).stem}-{'-'.join(targets)}"):
+                compile_model(CompileOptions(model=Path(model), out_dir=out, targets=targets))
             built[key] = out
         return built[key]
 
