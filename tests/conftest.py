@@ -24,14 +24,15 @@ TINY_MODELS = testdata.fixture_names()
 # mixture of experts too): the per-fixture GPU build sweeps run these by default, because an
 # sm_90 build of one fixture takes 10-26 s on two cores and the rest repeat what these cover
 # (llama-Q4_K_M's Q4_K and Q6_K are in llama-Q2_K, llama-Q5_K_M's Q5_K in llama-Q3_K_M, ...).
-# RFC_TEST_ALL_FIXTURES=1 sweeps every fixture.
+# A sweep marks the others `exhaustive`: `pytest -m "exhaustive or not exhaustive"` sweeps every
+# fixture.
 _SWEEP = {"tiny-deepseek2-Q8_0", "tiny-llama-Q2_K", "tiny-llama-Q3_K_M", "tiny-llama-Q4_0", "tiny-llama-Q4_1",
           "tiny-llama-Q5_0", "tiny-llama-Q5_1", "tiny-llama-Q8_0", "tiny-llama-BF16", "tiny-llama-F16",
           "tiny-gemma2-Q8_0", "tiny-gemma3-Q8_0", "tiny-phi3-Q8_0", "tiny-qwen2-Q8_0", "tiny-qwen3-Q8_0",
           "tiny-mixtral-Q4_K_M", "tiny-llama-IQ_MIX", "tiny-gpt-oss-Q8_0", "tiny-glm4moe-Q8_0",
           "tiny-granitemoe-Q8_0", "tiny-mistral3temp-Q8_0", "tiny-gemma4-Q8_0",
           "tiny-gemma4moe-Q8_0"}  # fmt: skip
-SWEEP_MODELS = TINY_MODELS if os.environ.get("RFC_TEST_ALL_FIXTURES") else [m for m in TINY_MODELS if m in _SWEEP]
+SWEEP_MODELS = [m for m in TINY_MODELS if m in _SWEEP]
 
 
 def shared_basetemp(tmp_path_factory) -> Path:
@@ -74,6 +75,7 @@ def assert_compile_refused(model: Path, tmp_path: Path, words: str) -> None:
 def bundle_cache(tmp_path_factory):
     """Compiles each model at most once per test session (for the cpu target)."""
     root = tmp_path_factory.mktemp("bundles")
+    locks = shared_basetemp(tmp_path_factory) / "bundle-locks"
     built: dict[tuple[str, tuple[str, ...]], Path] = {}
 
     def get(model: Path, targets: tuple[str, ...] = ("cpu",)) -> Path:
@@ -82,7 +84,9 @@ def bundle_cache(tmp_path_factory):
             from rfc.compiler.pipeline import CompileOptions, compile_model
 
             out = root / f"{Path(model).stem}-{'-'.join(targets)}"
-            compile_model(CompileOptions(model=Path(model), out_dir=out, targets=targets))
+            # one worker at a time per bundle: the other waits, then takes the kernels from the build cache
+            with testdata._locked(locks / f"{Path(model).stem}-{'-'.join(targets)}"):
+                compile_model(CompileOptions(model=Path(model), out_dir=out, targets=targets))
             built[key] = out
         return built[key]
 
@@ -96,6 +100,21 @@ def pytest_sessionstart(session):
         testdata.make_vocab()
     except testdata.TestDataError as e:
         raise pytest.UsageError(str(e)) from None
+
+
+def pytest_collection_modifyitems(config, items):
+    """`exhaustive` tests stay out of a run that selects by no marker expression (-m), unless
+    named by their full node id (with the parameters) on the command line: the default run
+    samples the cross products that `pytest -m "exhaustive or not exhaustive"` runs in full."""
+    if config.option.markexpr:
+        return
+    named = set(config.args)
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("exhaustive") and item.nodeid not in named else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_addoption(parser):

@@ -1,6 +1,11 @@
 """`rfc tokenizer` on llama.cpp's test vocabularies (test_tokenizer's families: the ones whose
 .inp/.out vectors it reads): the written tokenizer.json, loaded with `tokenizers` alone, encodes
-every test input to exactly llama.cpp's ids."""
+every test input to exactly llama.cpp's ids.
+
+By default on one SentencePiece and one BPE family (CLI_DEFAULT): what the command adds to
+tests/unit/test_tokenizer.py's test_encodes_like_llama_cpp, which holds the same tokenizer.json
+text of every family to every vector, is writing it to a file; the other families are
+`exhaustive`."""
 
 import pytest
 from tokenizers import Tokenizer
@@ -11,7 +16,12 @@ from tests.unit.test_tokenizer import FAMILIES, read_expected, read_inputs
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+CLI_DEFAULT = {"llama-spm", "llama-bpe"}
+
+
+@pytest.mark.parametrize(
+    "family", [pytest.param(f, marks=[] if f in CLI_DEFAULT else [pytest.mark.exhaustive]) for f in FAMILIES]
+)
 def test_rfc_tokenizer_output_matches_llama_cpp_vectors(family, tmp_path):
     out = tmp_path / "tokenizer.json"
     rfc("tokenizer", VOCAB / f"ggml-vocab-{family}.gguf", "-o", out, check=True)

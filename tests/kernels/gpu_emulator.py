@@ -23,6 +23,7 @@ from rfc.artifacts.plan import KVSpec
 from rfc.artifacts.targets import TargetEntry, target_entry
 from rfc.runtime.devices import gpu_driver_class
 from rfc.runtime.devices.gpu import GpuDevice
+from tests import testdata
 from tests.kernels.kit.gpu import GpuOpDevice
 
 EMU_HEADER = Path(__file__).with_name("gpu_emu.h")
@@ -46,16 +47,23 @@ def build_source_emulator(source: str, kernels, build_dir: Path) -> Path:
     key = hashlib.sha256(text.encode() + EMU_HEADER.read_bytes()).hexdigest()[:16]
     lib = build_dir / f"emu-{key}.so"
     if not lib.is_file():
-        # built under this process's own names, then renamed: test workers share build_dir
-        build_dir.mkdir(parents=True, exist_ok=True)
-        src, tmp = build_dir / f"emu-{key}.{os.getpid()}.cpp", build_dir / f"emu-{key}.{os.getpid()}.so"
-        src.write_text(text)
-        cmd = ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-6000:]}")
-        os.replace(tmp, lib)
+        # one worker builds it while the other waits for the library (test workers share build_dir)
+        with testdata._locked(build_dir / f"emu-{key}.lock"):
+            if not lib.is_file():
+                _build(text, key, lib, build_dir)
     return lib
+
+
+def _build(text: str, key: str, lib: Path, build_dir: Path) -> None:
+    """Compiles the emulator library under this process's own names, then renames it into place."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    src, tmp = build_dir / f"emu-{key}.{os.getpid()}.cpp", build_dir / f"emu-{key}.{os.getpid()}.so"
+    src.write_text(text)
+    cmd = ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-6000:]}")
+    os.replace(tmp, lib)
 
 
 class EmulatedDriver:

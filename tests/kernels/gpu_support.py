@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import testdata
 from tests.conftest import DEMO_MODEL, FIXTURES, shared_basetemp
 
 HIPCC, NVCC = shutil.which("hipcc"), shutil.which("nvcc")
@@ -47,9 +48,11 @@ def gpu_bundle(tmp_path_factory, gpu_build_cache):
             from rfc.compiler.pipeline import CompileOptions, compile_model
 
             out = root / f"{name}-{target}"
-            compile_model(
-                CompileOptions(model=model_path(name), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
-            )
+            # one worker at a time per bundle: the other waits, then takes the kernels from the cache
+            with testdata._locked(gpu_build_cache / "locks" / f"{name}-{target}"):
+                compile_model(
+                    CompileOptions(model=model_path(name), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
+                )
             built[name, target] = out
         return built[name, target]
 

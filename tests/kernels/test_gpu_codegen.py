@@ -1,6 +1,12 @@
 """GPU codegen: a fixture of every architecture compiles for gfx90a, gfx1100 and sm_90; the code objects hold
 every kernel the plan uses with the argument layout the runtime packs; builds are
-byte-identical; without a GPU the HIP and CUDA devices say so cleanly."""
+byte-identical; without a GPU the HIP and CUDA devices say so cleanly.
+
+The default run takes each fixture on the targets in DEFAULT (every fixture on at least one
+target, every target on at least four fixtures: the HIP and the CUDA dialect each on float,
+legacy and k-quant weights, the MoE), mostly builds that other modules' default tests make
+anyway; the rest of the fixture x target product is `exhaustive` (an sm_90 build of one more
+fixture costs 10-40 s on two cores)."""
 
 import dataclasses
 import json
@@ -26,12 +32,20 @@ MODELS = [
     "qwen3-Q8_0", "gemma2-Q8_0", "gemma3-F16", "phi3-F16", "mixtral-Q4_K_M", "llama3rope-Q8_0",
 ]  # fmt: skip
 TARGETS = ["gfx90a", "gfx1100", "sm_90"]
+DEFAULT = {
+    "gfx90a": {"stories260K", "llama-Q4_0", "llama-Q8_0", "gemma2-Q8_0"},
+    "gfx1100": {"stories260K", "llama-F32", "llama-Q4_K_M", "qwen2-Q4_K_M", "llama-tied-F16", "qwen3-Q8_0",
+                "gemma3-F16", "phi3-F16", "mixtral-Q4_K_M", "llama3rope-Q8_0"},
+    "sm_90": {"stories260K", "llama-Q4_0", "llama-Q4_K_M", "llama-Q8_0", "mixtral-Q4_K_M"},
+}  # fmt: skip
+assert set().union(*DEFAULT.values()) == set(MODELS), "every fixture on at least one target by default"
 
 
 def _cases():
     for target in TARGETS:
         for model in MODELS:
-            yield pytest.param(model, target, marks=toolchain_marks(target), id=f"{model}-{target}")
+            marks = toolchain_marks(target) + ([] if model in DEFAULT[target] else [pytest.mark.exhaustive])
+            yield pytest.param(model, target, marks=marks, id=f"{model}-{target}")
 
 
 def _code_object(bundle, target: str) -> dict:

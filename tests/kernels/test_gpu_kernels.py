@@ -10,6 +10,8 @@ order; the reference accumulates matmuls in float64; int8 matmuls get inputs alr
 as they round them); whole models within tests/bounds.py's bounds of the reference for the
 GPU's activation rounding (quantized weights: int8 per 32, float32 scale, the oracle's
 "q8_32"; float weights: none) and its llama.cpp bounds.
+The default run leaves out (`exhaustive`) the whole-model cases whose every feature another
+case runs on the same kind of target: they say which beside them.
 """
 
 import platform
@@ -78,8 +80,9 @@ class Pair:
         return self.run_gpu.forward(batch), self.run_ref.forward(batch)
 
 
-def _gpu_param(model: str, target: str):
-    return pytest.param(model, target, marks=toolchain_marks(target), id=f"{model}-{target}")
+def _gpu_param(model: str, target: str, exhaustive: bool = False):
+    marks = toolchain_marks(target) + ([pytest.mark.exhaustive] if exhaustive else [])
+    return pytest.param(model, target, marks=marks, id=f"{model}-{target}")
 
 
 @pytest.mark.parametrize(
@@ -100,13 +103,15 @@ def _gpu_param(model: str, target: str):
         _gpu_param("mixtral-Q4_K_M", "gfx1100"),
         _gpu_param("llama3rope-Q8_0", "gfx1100"),
         _gpu_param("qwen3yarn-F16", "gfx1100"),  # YaRN: the ramp-mixed frequencies, its magnitude
-        _gpu_param("smollm3-Q8_0", "gfx1100"),  # a layer without RoPE
+        # a layer without RoPE (exhaustive: llama4's NoPE layer on gfx90a is the default run's)
+        _gpu_param("smollm3-Q8_0", "gfx1100", exhaustive=True),
         _gpu_param("olmo2-Q8_0", "gfx90a"),  # post-norms, Q/K normed over whole rows
         _gpu_param("mistral3-Q8_0", "gfx1100"),  # YaRN with its betas and log multiplier
         _gpu_param("mistral3temp-Q8_0", "gfx90a"),  # the rope op's temperature tuning of q (positions 16-39 scaled)
         _gpu_param("granite-Q8_0", "gfx1100"),  # the scale op: residual and logit multipliers
         _gpu_param("gemma2-Q8_0", "gfx90a"),
-        _gpu_param("mixtral-Q8_0", "gfx90a"),
+        # exhaustive: mixtral is mixtral-Q4_K_M's on gfx1100, wave-64 experts the MoE fixtures' below
+        _gpu_param("mixtral-Q8_0", "gfx90a", exhaustive=True),
         _gpu_param("qwen3moe-Q4_K_M", "gfx90a"),  # 8 experts, 4 used, expert width apart from the FFN's
         _gpu_param("gpt-oss-Q8_0", "gfx90a"),  # sinks, window 24 on even layers, biased experts, swiglu_oai
         _gpu_param(
@@ -136,10 +141,11 @@ def test_teacher_forced_logits_match_reference(model, target, gpu_bundle, tmp_pa
     "model,target",
     [
         _gpu_param("qwen3-F16", "gfx1100"),
-        _gpu_param("gemma2-Q8_0", "gfx1100"),
+        # exhaustive: gemma2's decode is gemma2-F16's on sm_90, a sliding window's on gfx1100 gemma3-F16's
+        _gpu_param("gemma2-Q8_0", "gfx1100", exhaustive=True),
         _gpu_param("gemma3-F16", "gfx1100"),
         _gpu_param("phi3-F16", "gfx1100"),
-        _gpu_param("mixtral-Q8_0", "gfx1100"),
+        _gpu_param("mixtral-Q8_0", "gfx1100", exhaustive=True),  # experts decoded: gpt-oss-F16's below
         _gpu_param("llama3rope-Q8_0", "gfx1100"),
         _gpu_param("gemma2-F16", "sm_90"),
         _gpu_param("gpt-oss-F16", "gfx1100"),

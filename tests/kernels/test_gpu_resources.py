@@ -1,6 +1,6 @@
 """No local memory in the hot GPU kernels: every generated kernel of the fixtures
-that cover every format and architecture (conftest.SWEEP_MODELS; all of them with
-RFC_TEST_ALL_FIXTURES=1) is built for sm_90 (the prefill list's tensor-core matmuls too),
+that cover every format and architecture (conftest.SWEEP_MODELS; every fixture in the
+exhaustive run) is built for sm_90 (the prefill list's tensor-core matmuls too),
 and the matmul and attention kernels must have no stack frame (ptxas' numbers, as the cubin
 records them: gpu_usage.cubin_usage; spills live in the frame); gfx code objects must have
 no private segment and no spills in them either. A per-lane `float w[256]` block decode (the
@@ -8,6 +8,15 @@ kernels once had) is a 1024-byte stack frame in local memory: this is the test t
 catches it, since the emulator tests cannot (local memory is correct, only slow). The cubin
 reading is held to `nvcc -Xptxas -v`'s report on one fixture and on kernels made to have a
 stack and to spill. Run with -s for the tables.
+
+The default run samples the sweep (the rest is `exhaustive`): on sm_90 the fixtures in
+SM_DEFAULT, every weight format between them (the llama-* ones, IQ_MIX's IQ rows)
+and each kind of expert matmul (mixtral's, gpt-oss's biased MXFP4 experts, gemma4moe's fused
+gate/up) and deepseek2's head matmuls; the dense fixtures of other architectures repeat those
+matmul kernels at other sizes, and attention at every real model's size has its own test below.
+On gfx each fixture of GFX_MODELS runs on one of the two wave sizes (GFX_DEFAULT: mostly the
+target test_gpu_kernels builds it for anyway), so every format and expert kind is checked on a
+gfx target and each gfx target on several formats.
 """
 
 import shlex
@@ -26,15 +35,27 @@ from rfc.compiler.codegen.gpu_usage import (
     usage_table,
 )
 from rfc.artifacts.targets import target_entry
-from tests.conftest import SWEEP_MODELS
+from tests.conftest import SWEEP_MODELS, TINY_MODELS
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 
 pytestmark = pytest.mark.shared
 
-SM_MODELS = ["stories260K", *(m.removeprefix("tiny-") for m in SWEEP_MODELS)]  # every fixture: RFC_TEST_ALL_FIXTURES=1
+SM_MODELS = ["stories260K", *(m.removeprefix("tiny-") for m in TINY_MODELS)]
+SM_DEFAULT = {"stories260K", "llama-Q2_K", "llama-Q3_K_M", "llama-Q4_0", "llama-Q4_1", "llama-Q5_0", "llama-Q5_1",
+              "llama-Q8_0", "llama-BF16", "llama-F16", "llama-IQ_MIX", "mixtral-Q4_K_M", "gpt-oss-Q8_0",
+              "gemma4moe-Q8_0", "deepseek2-Q8_0"}  # fmt: skip
+assert {f"tiny-{m}" for m in SM_DEFAULT - {"stories260K"}} <= set(SWEEP_MODELS)
 GFX_MODELS = ["deepseek2-Q8_0", "llama-Q4_K_M", "llama-Q2_K", "llama-Q3_K_M", "llama-Q6_K", "llama-Q5_1",
               "mixtral-Q4_K_M", "gemma2-F16", "llama-IQ_MIX", "gpt-oss-Q8_0", "glm4moe-Q8_0",
               "granitemoe-Q8_0", "mistral3temp-Q8_0", "llama4-Q8_0"]  # fmt: skip
+GFX_DEFAULT = {"gfx1100": {"llama-Q4_K_M", "llama-Q2_K", "llama-Q3_K_M", "llama-Q5_1", "mixtral-Q4_K_M", "gemma2-F16"},
+               "gfx90a": {"deepseek2-Q8_0", "llama-Q6_K", "llama-IQ_MIX", "gpt-oss-Q8_0", "glm4moe-Q8_0",
+                          "granitemoe-Q8_0", "mistral3temp-Q8_0", "llama4-Q8_0"}}  # fmt: skip
+assert GFX_DEFAULT["gfx1100"] | GFX_DEFAULT["gfx90a"] == set(GFX_MODELS), "every fixture on one gfx target by default"
+
+
+def _exhaustive_unless(default: bool) -> list:
+    return [] if default else [pytest.mark.exhaustive]
 
 
 def _usage(bundle_dir, target: str) -> dict[str, KernelUsage]:
@@ -50,7 +71,9 @@ def _check(model: str, target: str, usage: dict[str, KernelUsage]) -> None:
     assert not bad, "\n".join(u.local_memory() for u in bad)
 
 
-@pytest.mark.parametrize("model", [pytest.param(m, marks=toolchain_marks("sm_90")) for m in SM_MODELS])
+@pytest.mark.parametrize(
+    "model", [pytest.param(m, marks=toolchain_marks("sm_90") + _exhaustive_unless(m in SM_DEFAULT)) for m in SM_MODELS]
+)
 def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     """Including the prefill list's tensor-core matmuls, which every model with a matmul in a
     format they take has (F32-only models, stories260K among them, have none), and its
@@ -168,7 +191,11 @@ def test_cubin_usage_catches_stack_frames_and_spills(target):
 
 @pytest.mark.parametrize(
     "model,target",
-    [pytest.param(m, t, marks=toolchain_marks(t), id=f"{m}-{t}") for t in ("gfx1100", "gfx90a") for m in GFX_MODELS],
+    [
+        pytest.param(m, t, marks=toolchain_marks(t) + _exhaustive_unless(m in GFX_DEFAULT[t]), id=f"{m}-{t}")
+        for t in ("gfx1100", "gfx90a")
+        for m in GFX_MODELS
+    ],
 )
 def test_gfx_hot_kernels_use_no_private_memory(model, target, gpu_bundle):
     _check(model, target, _usage(gpu_bundle(model, target), target))

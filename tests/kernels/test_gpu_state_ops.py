@@ -7,9 +7,13 @@ continuing from the state its slot holds). Bounds: tests/bounds.py device_bounds
 int8 activation rounding (the oracle's "q8_32"), as the other whole-model GPU tests; the greedy
 token of every decode step is the reference's (or one within what that rounding can move, as
 there). And the kernels use no local memory on sm_90 and gfx90a (what the cubin / code
-object records, as test_gpu_resources checks the hot kernels)."""
+object records, as test_gpu_resources checks the hot kernels).
 
-import os
+The default run leaves out (`exhaustive`) what another fixture's run repeats: lfm2moe's
+prefill and decode (lfm2's short_conv, the routed experts that the MoE fixtures of
+test_gpu_kernels check) and nemotron_h's (its Mamba2 mixers are nemotron_h_moe's, whose run
+adds the experts), and the builds of AS_CHECKED and the sm_90 ones of SM90_EXHAUSTIVE."""
+
 import platform
 import shutil
 
@@ -48,17 +52,23 @@ STATE_KERNELS = {
     # the router: sigmoid with a selection bias, renormalized and scaled by 2.5
     "nemotron_h_moe-Q8_0": ("rfc_glu_relu_1024", "rfc_glu_relu_512", "rfc_moe_route_8_4_sigmoid_bias_scaled"),
 }
-# fixtures whose state kernels another fixture's sm_90 build compiles the same (width, kernel size)
-SM90_AS_CHECKED = {"lfm2moe-Q8_0": "lfm2-Q8_0"}
-# fixtures whose sm_90 build (~40 s on two busy cores) runs only with RFC_TEST_ALL_FIXTURES=1: their
+# fixtures whose state kernels another fixture's build compiles the same (width, kernel size)
+AS_CHECKED = {"lfm2moe-Q8_0": "lfm2-Q8_0"}
+# fixtures whose sm_90 build (~40 s on two busy cores) runs only in the exhaustive run: their
 # state kernels are another fixture's, the rest checked when they were added (nemotron_h_moe: all
 # 33 sm_90 kernels without stack or spills)
-SM90_ALL_ONLY = {"nemotron_h_moe-Q8_0"}
+SM90_EXHAUSTIVE = {"nemotron_h_moe-Q8_0"}
+# fixtures whose emulated prefill and decode another fixture's repeats (the docstring says whose)
+EMULATED_EXHAUSTIVE = {"lfm2moe-Q8_0", "nemotron_h-Q8_0"}
 NUM_BLOCKS, BLOCK_SIZE, SLOTS = 16, 16, 4
 
 
+def _models(exhaustive: set[str]) -> list:
+    return [pytest.param(m, marks=[pytest.mark.exhaustive] if m in exhaustive else []) for m in sorted(STATE_KERNELS)]
+
+
 @pytest.mark.parametrize("target", [pytest.param("gfx90a", marks=toolchain_marks("gfx90a"))])
-@pytest.mark.parametrize("model", sorted(STATE_KERNELS))
+@pytest.mark.parametrize("model", _models(EMULATED_EXHAUSTIVE))
 def test_prefill_and_decode_match_reference(model, target, gpu_bundle, tmp_path_factory):
     bundle = open_bundle(gpu_bundle(model, target))
     kv = bundle.plan.kv
@@ -79,17 +89,24 @@ def test_prefill_and_decode_match_reference(model, target, gpu_bundle, tmp_path_
         batch = build_batch(chunks, blocks)
         return gpu.forward(batch), ref.forward(batch)
 
-    got, want = step([ScheduledChunk(i, 0, tuple(s), all_logits=True) for i, s in enumerate(seqs)])
-    rounding = np.concatenate([gpu_rounding(model, formats, s) for s in seqs])
-    ok, msg = device_bounds(model, got, want, rounding)
-    assert ok, msg
+    prompt_lens = [len(s) for s in seqs]
+    steps = [step([ScheduledChunk(i, 0, tuple(s), all_logits=True) for i, s in enumerate(seqs)])]
     for n in range(3):  # decode: each sequence's next greedy token, from the state in its slot
+        want = steps[-1][1]
         nxt = [int(want[-1 if i else len(seqs[0]) - 1].argmax()) if n == 0 else int(want[i].argmax()) for i in range(2)]
         chunks = [ScheduledChunk(i, len(s), (t,)) for i, (s, t) in enumerate(zip(seqs, nxt))]
         for s, t in zip(seqs, nxt):
             s.append(t)
-        got, want = step(chunks)
-        rounding = np.stack([gpu_rounding(model, formats, s)[-1] for s in seqs])
+        steps.append(step(chunks))
+    # The rounding's D teacher-forced once per sequence over all its tokens: a position's logits
+    # depend on the tokens up to it alone, so row p is what each step's own prefix gives (the
+    # float64 oracle is most of this test's time when run per step).
+    d = [gpu_rounding(model, formats, s) for s in seqs]
+    got, want = steps[0]
+    ok, msg = device_bounds(model, got, want, np.concatenate([di[:p] for di, p in zip(d, prompt_lens)]))
+    assert ok, msg
+    for n, (got, want) in enumerate(steps[1:]):
+        rounding = np.stack([di[p + n] for di, p in zip(d, prompt_lens)])
         ok, msg = device_bounds(model, got, want, rounding)
         assert ok, f"decode step {n}: {msg}"
         for g, w, r in zip(got, want, rounding):
@@ -97,13 +114,19 @@ def test_prefill_and_decode_match_reference(model, target, gpu_bundle, tmp_path_
     gpu.close()
 
 
-@pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx90a")])
-@pytest.mark.parametrize("model", sorted(STATE_KERNELS))
+def _usage_exhaustive(model: str, target: str) -> bool:
+    return model in AS_CHECKED or (target == "sm_90" and model in SM90_EXHAUSTIVE)
+
+
+@pytest.mark.parametrize(
+    "model,target",
+    [
+        pytest.param(m, t, marks=toolchain_marks(t) + [pytest.mark.exhaustive] * _usage_exhaustive(m, t))
+        for t in ("sm_90", "gfx90a")
+        for m in sorted(STATE_KERNELS)
+    ],
+)
 def test_state_kernels_use_no_local_memory(model, target, gpu_bundle):
-    if target == "sm_90" and model in SM90_AS_CHECKED:
-        pytest.skip(f"its state kernels are {SM90_AS_CHECKED[model]}'s, checked there (an sm_90 build costs ~60 s)")
-    if target == "sm_90" and model in SM90_ALL_ONLY and not os.environ.get("RFC_TEST_ALL_FIXTURES"):
-        pytest.skip("an sm_90 build costs ~40 s: with RFC_TEST_ALL_FIXTURES=1 only")
     bundle = open_bundle(gpu_bundle(model, target))
     usage = bundle_usage(bundle, target_entry(bundle.manifest, target))
     ours = {n: u for n, u in usage.items() if n.startswith(STATE_KERNELS[model])}
