@@ -88,6 +88,19 @@ def _ssm_scan(v: OpView) -> None:
         v.need(w is None or w == (h,), f"weight {i} {w} is not [{h}]")
 
 
+# The arguments every recurrent kernel ends with: the state pool's base, each sequence's slot
+# (state_slots), the step's sequences (seq_start, positions: a chunk at position 0 starts from
+# zeros), the op's StateTensor's float offset in a slot (a constant: layers share one kernel) and
+# the sequence count (the grid).
+STATE_ARGS = (
+    ("state", PTR),
+    ("state_slots", PTR),
+    ("seq_start", PTR),
+    ("positions", PTR),
+    ("state_offset", I32),
+    ("n_seqs", I32),
+)
+
 DEFS = (
     OpDef(
         kind="short_conv",
@@ -113,12 +126,7 @@ DEFS = (
                 ("out", PTR),
                 ("bcx", PTR),
                 ("weight", PTR),
-                ("state", PTR),
-                ("state_slots", PTR),
-                ("seq_start", PTR),
-                ("positions", PTR),
-                ("state_offset", I32),
-                ("n_seqs", I32),
+                *STATE_ARGS,
             ),
         ),
     ),
@@ -146,12 +154,7 @@ DEFS = (
                 ("x", PTR),
                 ("weight", PTR),
                 ("bias", PTR),
-                ("state", PTR),
-                ("state_slots", PTR),
-                ("seq_start", PTR),
-                ("positions", PTR),
-                ("state_offset", I32),
-                ("n_seqs", I32),
+                *STATE_ARGS,
             ),
         ),
     ),
@@ -183,12 +186,7 @@ DEFS = (
                 ("beta", PTR),
                 ("a", PTR),
                 ("dt", PTR),
-                ("state", PTR),
-                ("state_slots", PTR),
-                ("seq_start", PTR),
-                ("positions", PTR),
-                ("state_offset", I32),
-                ("n_seqs", I32),
+                *STATE_ARGS,
             ),
         ),
     ),
@@ -219,12 +217,7 @@ DEFS = (
                 ("a", PTR),
                 ("d", PTR),
                 ("dt_bias", PTR),
-                ("state", PTR),
-                ("state_slots", PTR),
-                ("seq_start", PTR),
-                ("positions", PTR),
-                ("state_offset", I32),
-                ("n_seqs", I32),
+                *STATE_ARGS,
             ),
         ),
     ),

@@ -298,23 +298,7 @@ def attention(
             "rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (sizes.kv_width,)),), eps=eps
         )
     elif cfg.qk_norm:
-        hd = (sizes.head_dim,)
-        b.op(
-            "rmsnorm",
-            ("q",),
-            ("q",),
-            (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
-            eps=eps,
-            heads=sizes.n_heads,
-        )
-        b.op(
-            "rmsnorm",
-            ("k",),
-            ("k",),
-            (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),),
-            eps=eps,
-            heads=sizes.n_kv_heads,
-        )
+        head_norms(b, p, sizes, eps)
     if rope:
         b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
     b.op("kv_write", ("k", "v"), (), layer=i)
@@ -323,6 +307,16 @@ def attention(
     b.op("attention", ("q",), ("att",), sinks, layer=i, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
          head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
     linear(b, "att", dst, p + "attn_output", (sizes.n_embd, sizes.q_width), bias=out_bias)
+
+
+def head_norms(b: ModelBuilder, p: str, sizes: Sizes, eps: float, q: str = "q", k: str | None = "k") -> None:
+    """Per-head RMSNorm of the q rows (attn_q_norm, [head_dim]) and of the k rows (attn_k_norm),
+    in place; k None: q alone (a layer that reads another's KV cache)."""
+    hd = (sizes.head_dim,)
+    b.op("rmsnorm", (q,), (q,), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),), eps=eps, heads=sizes.n_heads)
+    if k is not None:
+        norm = b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd)
+        b.op("rmsnorm", (k,), (k,), (norm,), eps=eps, heads=sizes.n_kv_heads)
 
 
 def qkv_projections(b: ModelBuilder, p: str, sizes: Sizes, src: str = "h") -> None:

@@ -37,7 +37,7 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, declare_buffers, glu_ffn, hparams, kv_spec, linear, output_head, qkv_weights,
+    Attention, Sizes, declare_buffers, glu_ffn, head_norms, hparams, kv_spec, linear, output_head, qkv_weights,
     read_rope,
 )  # fmt: skip
 from rfc.compiler.arch import ple as per_layer
@@ -176,7 +176,6 @@ def _attention(b: ModelBuilder, i: int, sizes: Sizes, eps: float, cfg: Attention
     buffer too, which nothing reads) and writes no KV."""
     p = f"blk.{i}."
     q, k, v, att = (name + sfx for name in ("q", "k", "v", "att"))
-    hd = (sizes.head_dim,)
     if kv_layer != i:  # Q alone: a fused attn_qkv's Q rows, else attn_q (its attn_k / attn_v, if any, unread)
         wq = (
             qkv_weights(b, p, sizes)[0]
@@ -184,14 +183,7 @@ def _attention(b: ModelBuilder, i: int, sizes: Sizes, eps: float, cfg: Attention
             else b.tensor(p + "attn_q.weight", "attn_q", (sizes.q_width, sizes.n_embd))
         )
         b.op("matmul", ("h",), (q,), (wq,))
-        b.op(
-            "rmsnorm",
-            (q,),
-            (q,),
-            (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
-            eps=eps,
-            heads=sizes.n_heads,
-        )
+        head_norms(b, p, sizes, eps, q, None)
         b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
     else:
         if b.has(p + "attn_qkv.weight") or b.has(p + "attn_v.weight"):
@@ -201,22 +193,7 @@ def _attention(b: ModelBuilder, i: int, sizes: Sizes, eps: float, cfg: Attention
             wk = wv = b.tensor(p + "attn_k.weight", "attn_k", (sizes.kv_width, sizes.n_embd))
         for buf, w in ((q, wq), (k, wk), (v, wv)):
             b.op("matmul", ("h",), (buf,), (w,))
-        b.op(
-            "rmsnorm",
-            (q,),
-            (q,),
-            (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
-            eps=eps,
-            heads=sizes.n_heads,
-        )
-        b.op(
-            "rmsnorm",
-            (k,),
-            (k,),
-            (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),),
-            eps=eps,
-            heads=sizes.n_kv_heads,
-        )
+        head_norms(b, p, sizes, eps, q, k)
         b.op("rmsnorm", (v,), (v,), (), eps=eps, heads=sizes.n_kv_heads)  # no weight: ggml_rms_norm alone
         b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
         b.op("kv_write", (k, v), (), layer=i)

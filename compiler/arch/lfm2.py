@@ -22,7 +22,7 @@ from collections.abc import Callable
 from rfc.artifacts.limits import MAX_CONV_KERNEL
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Attention, Sizes, declare_buffers, glu_ffn, hparams, linear, read_rope
+from rfc.compiler.arch.common import Attention, Sizes, declare_buffers, glu_ffn, head_norms, hparams, linear, read_rope
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block
 from rfc.compiler.arch.metadata import (
     MAX_CONTEXT,
@@ -153,23 +153,7 @@ def _attention(b: ModelBuilder, i: int, kv_layer: int, sizes: Sizes, eps: float,
     p = f"blk.{i}."
     for proj, width in (("q", sizes.q_width), ("k", sizes.kv_width), ("v", sizes.kv_width)):
         linear(b, "h", proj, f"{p}attn_{proj}", (width, sizes.n_embd))
-    hd = (sizes.head_dim,)
-    b.op(
-        "rmsnorm",
-        ("q",),
-        ("q",),
-        (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
-        eps=eps,
-        heads=sizes.n_heads,
-    )
-    b.op(
-        "rmsnorm",
-        ("k",),
-        ("k",),
-        (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),),
-        eps=eps,
-        heads=sizes.n_kv_heads,
-    )
+    head_norms(b, p, sizes, eps)
     b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(sizes))
     b.op("kv_write", ("k", "v"), (), layer=kv_layer)
     extra = {"window": cfg.window} if cfg.window is not None else {}

@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, hparams, kv_spec, linear, output_head, qkv_projections,
-    read_rope, read_sizes, rope_factors,
+    Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, head_norms, hparams, kv_spec, linear, output_head,
+    qkv_projections, read_rope, read_sizes, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -120,23 +120,7 @@ def _attention_norm_after_rope(
     p = f"blk.{i}."
     qkv_projections(b, p, sizes, "h")
     b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
-    hd = (sizes.head_dim,)
-    b.op(
-        "rmsnorm",
-        ("q",),
-        ("q",),
-        (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", hd),),
-        eps=eps,
-        heads=sizes.n_heads,
-    )
-    b.op(
-        "rmsnorm",
-        ("k",),
-        ("k",),
-        (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", hd),),
-        eps=eps,
-        heads=sizes.n_kv_heads,
-    )
+    head_norms(b, p, sizes, eps)
     b.op("kv_write", ("k", "v"), (), layer=i)
     b.op("attention", ("q",), ("att",), layer=i, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
          head_dim=sizes.head_dim, scale=cfg.scale)  # fmt: skip
