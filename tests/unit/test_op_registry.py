@@ -104,3 +104,22 @@ def test_a_descriptor_lacking_a_part_fails_the_check(change, part):
     assert problems(OP_DEFS["scale"]) == []
     found = " | ".join(problems(dataclasses.replace(OP_DEFS["scale"], **change)))
     assert part in found, found
+
+
+@pytest.mark.parametrize("target", ["cpu", "sm_90"])
+def test_a_kernel_outside_its_descriptors_templates_is_refused(target, tmp_path, monkeypatch):
+    """The code generators hold the descriptor to its word: an op whose kernel comes from another
+    template than its descriptor names fails the compile (before any toolchain runs)."""
+    from rfc.compiler.errors import CompileError
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+
+    add = OP_DEFS["add"]
+    wrong = dataclasses.replace(
+        add,
+        cpu=dataclasses.replace(add.cpu, templates=("cpu_mla.c.j2",)),
+        gpu=dataclasses.replace(add.gpu, templates=("gpu_scale.hip.j2",)),
+    )
+    monkeypatch.setitem(OP_DEFS, "add", wrong)
+    demo = ROOT / "compiler" / "demo" / "stories260K.gguf"
+    with pytest.raises(CompileError, match="add"):
+        compile_model(CompileOptions(model=demo, out_dir=tmp_path / "b", targets=(target,), cache_dir=None))
