@@ -27,7 +27,13 @@ is left of `--budget` seconds:
 5. with `--variant` (repeatable; `tools/gpu_experiment.py variants`' form, "module.NAME=value"):
    each benchmark GGUF compiled as it is and once per variant, each bundle's graph decode step
    and 512-token prefill timed (the A/B of a codegen switch in the same call);
-6. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
+6. with `--ncu`: `tools/gpu_experiment.py ncu` on each benchmark bundle (each kernel's GPU time
+   in a graph decode step and in a 512-token prefill step);
+7. with `--sanitize`: `compute-sanitizer --tool memcheck` over a dense, a MoE and a hybrid
+   fixture's checks (SANITIZE_FIXTURES: the prefill list, the decode graphs, the recurrent state)
+   and the smaller benchmark bundle's steps (the big int8 tiles and the tensor-core prefill
+   attention at a 512-token prompt); a phase fails on any error the tool reports;
+8. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
    until the budget runs out.
 Every phase's output lands in `--logs` as it is written. Exit status: the checks' (1 when one
 failed), or 3 when llama-bench could not run.
@@ -82,6 +88,9 @@ def _llama_part(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
 BENCH_ARGS = ["-ngl", "99", "-p", "512", "-n", "128", "-r", "3", "-o", "json"]
 VARIANT_SHARE = 0.6  # of the time left after the table, what the variants' A/B may take
 SERVE_TOKENS, SERVE_REQUESTS = 128, 2  # the serving phase: tokens a completion, completions a client
+# A dense, a MoE and a hybrid (recurrent) model for compute-sanitizer's memcheck
+SANITIZE_FIXTURES = ("llama-Q4_K_M", "qwen3moe-Q4_K_M", "qwen35-Q4_K_M")
+SANITIZE_SHARE = 0.5  # of the time left before the fixtures' checks, what --sanitize may take
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -428,6 +437,26 @@ def default_target_check(gguf: Path, target: str, env: dict, log: Path, timeout:
     return 0 if ok else 1
 
 
+def _cuda_tool(name: str) -> str:
+    """An Nsight tool: on PATH, else where the CUDA toolkit installs it."""
+    found = shutil.which(name) or next(
+        (str(p) for p in sorted(Path("/usr/local").glob(f"cuda*/bin/{name}"), reverse=True)), None
+    )
+    return found or name
+
+
+def sanitize_commands(fixtures: Path, bench_bundle: Path | None, gpu_check: list[str]) -> list[tuple[str, list[str]]]:
+    """compute-sanitizer memcheck over SANITIZE_FIXTURES' checks and the benchmark bundle's steps:
+    (log name, command); memcheck's error exit is 9, apart from the checked program's own."""
+    tool = [_cuda_tool("compute-sanitizer"), "--tool", "memcheck", "--error-exitcode", "9"]
+    models = [str(p) for name in SANITIZE_FIXTURES if (p := fixtures / f"tiny-{name}.gguf").is_file()]
+    cmds = [("fixtures", [*tool, *gpu_check, "--decode", "8", *models])]
+    if bench_bundle is not None and bench_bundle.is_dir():
+        steps = [sys.executable, str(ROOT / "tools" / "gpu_experiment.py"), "_steps", str(bench_bundle)]
+        cmds.append((bench_bundle.name, [*tool, *steps, str(bench_bundle) + "-lists.json"]))
+    return cmds
+
+
 def fixture_order(fixtures: list[Path]) -> list[Path]:
     """llama's weight formats and the archs seen on a card before first, then one file per
     architecture (Q8_0 where there is one), then the rest."""
@@ -451,6 +480,8 @@ def run(
     with_peer: bool = True,
     variants: tuple = (),
     serve: bool = True,
+    profile: bool = False,
+    sanitize: bool = False,
 ) -> int:
     deadline = time.monotonic() + budget
     logs.mkdir(parents=True, exist_ok=True)
@@ -555,6 +586,23 @@ def run(
             name = Path(b["gguf"]).stem
             status = _checked_run(cmd + ["--out", str(out / "variants")], env, logs / f"variants-{name}.log",
                                   share / max(len(rfc["bench"]), 1)) or status  # fmt: skip
+    bench_bundles = [out / f"{Path(b['gguf']).stem}-{target}" for b in rfc["bench"]]
+    if profile and target.startswith("sm_"):
+        left = _phase("ncu: each kernel's GPU time in a decode and a prefill step", deadline)
+        for bundle in bench_bundles:
+            cmd = [sys.executable, str(ROOT / "tools" / "gpu_experiment.py"), "ncu", str(bundle)]
+            cmd += ["--out", str(logs / "ncu"), "--timeout", str(max(min(left / 4, 150), 1))]
+            env_ncu = env | {"PATH": f"{Path(_cuda_tool('ncu')).parent}:{env.get('PATH', os.environ['PATH'])}"}
+            status = (
+                _checked_run(cmd, env_ncu, logs / f"ncu-{bundle.name}.log", max(min(left / 4, 150) + 20, 1)) or status
+            )
+            left = deadline - time.monotonic()
+    if sanitize and target.startswith("sm_"):
+        left = _phase("compute-sanitizer memcheck: a dense, a MoE and a hybrid model, the big tiles", deadline)
+        share = max(left - 60, 1) * SANITIZE_SHARE
+        small = bench_bundles[0] if bench_bundles else None
+        for name, cmd in sanitize_commands(fixtures, small, gpu_check):
+            status = _checked_run(cmd, env, logs / f"memcheck-{name}.log", share / 2) or status
     left = _phase("rfc: the fixtures' checks on the card", deadline)
     ordered = fixture_order(sorted(fixtures.glob("tiny-*.gguf")))
     checks = _checked_run(
@@ -629,6 +677,16 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the benchmark GGUFs compiled with these codegen constants (repeatable; gpu_experiment.py)",
     )
     r.add_argument(
+        "--ncu",
+        action="store_true",
+        help="each benchmark bundle's kernels timed by Nsight Compute (gpu_experiment ncu)",
+    )
+    r.add_argument(
+        "--sanitize",
+        action="store_true",
+        help="compute-sanitizer memcheck over a dense, a MoE and a hybrid fixture and the smaller benchmark bundle",
+    )
+    r.add_argument(
         "--logs",
         type=Path,
         default=Path(tempfile.gettempdir()) / "rfc-gpu-logs",
@@ -647,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
         not args.no_peer,
         tuple(args.variant),
         not args.no_serve,
+        args.ncu,
+        args.sanitize,
     )
 
 
