@@ -212,4 +212,21 @@ RFC_DEVICE_FN void rfc_quantize32(const float *x, int *xq, float *xd, int *xs) {
     xs[0] = s0, xs[1] = s1;
 }
 
+/* rfc_quantize32 by 32 adjacent lanes at once, each holding one of the sub-block's values (v,
+ * element `lane` = its lane in the group of 32): the same scale, integers and half sums
+ * (max and integer sums are exact in any order), for a kernel that has the values in registers
+ * already. Every lane of the group must call it (shuffles). Writes the lane's int8 to xq[lane],
+ * the scale (lane 0) and the half sums (lanes 0 and 16). */
+RFC_DEVICE_FN void rfc_quantize32_lanes(float v, int lane, signed char *xq, float *xd, int *xs) {
+    const float amax = rfc_group_max(v < 0.0f ? -v : v, 32);
+    const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+    float r = RFC_RINTF(v * inv);
+    r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+    const int q = (int)r;
+    xq[lane] = (signed char)q;
+    const float half = rfc_group_sum((float)q, 16);  /* |sum| <= 16 * 127: exact in float */
+    if (lane == 0) *xd = d;
+    if ((lane & 15) == 0) xs[lane >> 4] = (int)half;
+}
+
 #endif /* RFC_GPU_Q8_H */

@@ -16,6 +16,12 @@ with the same arithmetic, recognized by the op sequence alone (no architecture n
 - a rope and the kv_write of its k: one launch that rotates the token's q and k rows, then
   stores k and v in the cache.
 
+And one hand-off between launches (DECODE_Q8): an add + rmsnorm whose normalized rows the next
+int8 matmuls read also writes them rounded to int8 (the matmuls' own rounding, rfc_quantize32,
+done by the 32 threads that hold a sub-block) into the arena slot Q8_SCRATCH, and those matmuls
+read that instead of rounding the float rows again in every block behind two barriers. The
+prefill list keeps the plain kernels (its tensor-core matmuls round their input themselves).
+
 Each fused kernel sums and rounds every value as the separate kernels do, so the step program
 gives the per-op path's bits (tests/kernels/test_gpu_program.py). An op between the matmuls
 (a bias, a scale), another activation, other formats or widths: no fusion there, the ops keep
@@ -29,7 +35,12 @@ from rfc.artifacts.plan import Op, Plan
 from rfc.compiler.codegen.gpu_plan import I32, MATMUL_ROW_STEPS, PTR, KernelSpec, _renamed, buffer_uses
 
 MATMUL_TEMPLATE = "gpu_matmul.hip.j2"
+FUSED_MATMUL_TEMPLATE = "gpu_matmul_fused.hip.j2"
+ADD_RMSNORM_TEMPLATE = "gpu_add_rmsnorm.hip.j2"
 MAX_SEGMENTS = 3  # q, k, v
+# The decode list's int8 matmuls after an add + rmsnorm read its output rounded once (module doc);
+# False: each matmul block rounds its activations itself (the kernels before the hand-off).
+DECODE_Q8 = True
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,9 @@ class Fusion:
     count: int
     spec: KernelSpec
     sources: tuple[tuple[int, str], ...]
+    # what the prefill list launches in its place where it differs (the q8 hand-off's kernels
+    # have their plain twins there); a source named "q8" is the arena slot Q8_SCRATCH
+    plain: "Fusion | None" = None
 
 
 def plan_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> list[Fusion]:
@@ -65,12 +79,18 @@ def plan_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> 
             spec = _renamed(spec, taken)
         fusions.append(Fusion(fusion.first, fusion.count, taken.setdefault(spec.name, spec), fusion.sources))
         i += fusion.count
-    return fusions
+    return _q8_hand_offs(plan, op_specs, fusions, taken) if DECODE_Q8 else fusions
 
 
 def fused_specs(fusions: list[Fusion]) -> list[KernelSpec]:
-    """The fused kernels to build, each once, in first-use order."""
-    return list({f.spec.name: f.spec for f in fusions}.values())
+    """The fused kernels to build, each once, in first-use order (the prefill list's plain
+    twins of fused runs too; a lone op's plain kernel is its own, built already)."""
+    specs = {}
+    for f in fusions:
+        specs.setdefault(f.spec.name, f.spec)
+        if f.plain is not None and f.plain.count > 1:
+            specs.setdefault(f.plain.spec.name, f.plain.spec)
+    return list(specs.values())
 
 
 # -- conditions -------------------------------------------------------------------------------
@@ -290,3 +310,86 @@ def _rope_kv_write(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | N
     args = tuple((n, kinds[n]) for _o, n in sources)
     spec = KernelSpec(name, "gpu_rope_kv_write.hip.j2", params, args, threads, (("n_rows", 1),))
     return Fusion(i, 2, spec, sources)
+
+
+# -- the q8 hand-off --------------------------------------------------------------------------
+
+
+def q8_decode_layout(k: int) -> dict:
+    """Where the rounded rows [PROGRAM_MAX_TOKENS, k] lie in Q8_SCRATCH: int8 quants, then a float
+    scale per 32-element sub-block, then its two int half sums (what rfc_wsub_dot takes)."""
+    from rfc.compiler.codegen.gpu_plan import PROGRAM_MAX_TOKENS
+
+    tokens, subs = PROGRAM_MAX_TOKENS, k // 32
+    return {
+        "xd_offset": tokens * k,
+        "xs_offset": tokens * k + 4 * tokens * subs,
+        "q8_bytes": tokens * k + 12 * tokens * subs,
+    }
+
+
+def _q8_reader(spec: KernelSpec, x: str, width: int, ops) -> bool:
+    """Whether a launch (a lone int8 matmul, or a fused run of them) reads `x` as a [T, width]
+    input and walks each row's sub-blocks as the q8 variant does: in one chunk, or in chunks
+    whose sub-blocks a row's lanes share out evenly (the same order of sums)."""
+    if spec.template not in (MATMUL_TEMPLATE, FUSED_MATMUL_TEMPLATE) or ops[0].inputs[0] != x:
+        return False
+    p = spec.params
+    return p["k"] == width and (p["chunk"] >= p["k"] or (p["chunk"] // 32) % p["lanes_per_row"] == 0)
+
+
+def _q8_variant(f: Fusion, extra: dict, suffix: str = "_q8") -> Fusion:
+    """Fusion f with its kernel's q8 twin: argument x (if any) becomes q8, the slot."""
+    spec = f.spec
+    args = tuple(("q8", k) if n == "x" else (n, k) for n, k in spec.args)
+    sources = tuple((o, "q8") if n == "x" else (o, n) for o, n in f.sources)
+    if not any(n == "q8" for n, _k in args):  # the producer: q8 after its float outputs
+        at = [n for n, _k in args].index("out") + 1
+        args = (*args[:at], ("q8", PTR), *args[at:])
+        sources = (*sources[:at], (0, "q8"), *sources[at:])
+    q8 = KernelSpec(
+        spec.name + suffix,
+        spec.template,
+        {**spec.params, "name": spec.name + suffix, **extra},
+        args,
+        spec.threads,
+        spec.grid,
+    )
+    return Fusion(f.first, f.count, q8, sources, plain=f)
+
+
+def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion], taken: dict) -> list[Fusion]:
+    """Each add + rmsnorm whose output later int8 matmuls read (before anything writes it again
+    or another add + rmsnorm runs) becomes its q8 twin, and those matmuls theirs."""
+    by_first = {f.first: f for f in fusions}
+    changed: dict[int, Fusion] = {}
+    for f in fusions:
+        if f.spec.template != ADD_RMSNORM_TEMPLATE:
+            continue
+        x, width = plan.ops[f.first + 1].outputs[0], f.spec.params["width"]
+        if width % 32 or f.spec.threads % 32:
+            continue
+        layout = q8_decode_layout(width)
+        readers = []
+        j = f.first + f.count
+        while j < len(plan.ops):
+            unit = by_first.get(j) or Fusion(j, 1, op_specs[j], tuple((0, n) for n, _k in op_specs[j].args))
+            ops = plan.ops[j : j + unit.count]
+            if unit.spec.template == ADD_RMSNORM_TEMPLATE or any(x in op.outputs for op in ops):
+                break
+            if _q8_reader(unit.spec, x, width, ops):
+                readers.append(unit)
+            j += unit.count
+        if not readers:
+            continue
+        changed[f.first] = _q8_variant(f, {"q8": True, **layout})
+        for r in readers:
+            p = r.spec.params
+            steps = -(-(p["k"] // 32) // p["lanes_per_row"])
+            changed[r.first] = _q8_variant(r, {"q8in": True, "q8_steps": steps, **layout})
+    out = [changed.pop(f.first, f) for f in fusions]
+    out += changed.values()  # lone matmuls: fusions of one op
+    for f in out:
+        if f.plain is not None and taken.setdefault(f.spec.name, f.spec) != f.spec:
+            raise AssertionError(f"two q8 kernels named {f.spec.name}")  # a renamed original has a unique name
+    return sorted(out, key=lambda f: f.first)

@@ -874,14 +874,18 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
         if i in fused:
             f = fused[i]
             ops = plan.ops[i : i + f.count]
-            launch = fused_launch(plan, ops, f.spec, f.sources, [by_name[k] for k in op_kernels[i : i + f.count]])
+            own = [by_name[k] for k in op_kernels[i : i + f.count]]
+            launch = fused_launch(plan, ops, f.spec, f.sources, own)
             launches.append(launch)
+            if f.spec.params.get("q8"):  # the decode list's rounded hand-off (gpu_fuse.DECODE_Q8)
+                q8_bytes = max(q8_bytes, f.spec.params["q8_bytes"])
             if any(by_name[k].prefill is not None for k in op_kernels[i : i + f.count]):
                 for op, kernel in zip(ops, op_kernels[i : i + f.count]):
                     spec = by_name[kernel]
                     prefill_launch(op, spec.prefill or spec)
             else:
-                prefill.append(launch)
+                plain = f.plain
+                prefill.append(launch if plain is None else fused_launch(plan, ops, plain.spec, plain.sources, own))
                 rounded = None
             i += f.count
             continue
@@ -897,7 +901,9 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
             if any(n == "scratch" for n, _k in s.args):
                 scratch = max(scratch, attention_scratch_floats(s))
         i += 1
-    has_prefill = prefill != launches
+    # a list of its own where an op has a prefill kernel (the q8 hand-off's plain twins alone make
+    # no second list: without one, the decode list takes every step)
+    has_prefill = any(by_name[k].prefill is not None for k in op_kernels) and prefill != launches
     return StepProgram(
         target.name,
         plan_step_arena(plan, scratch, q8_bytes),
@@ -913,7 +919,7 @@ def fused_launch(plan: Plan, ops, spec: KernelSpec, sources, op_specs: list[Kern
     own = [dict(zip((n for n, _k in s.args), op_launch(plan, op, s).args)) for op, s in zip(ops, op_specs)]
     rows = _row_count(plan, (ops[0].outputs or ops[0].inputs)[0])
     grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
-    return Launch(spec.name, spec.threads, grid, tuple(own[o][n] for o, n in sources))
+    return Launch(spec.name, spec.threads, grid, tuple(_q8_slot() if n == "q8" else own[o][n] for o, n in sources))
 
 
 def op_launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:

@@ -154,6 +154,13 @@ LLAMA_LAYER_FUSED = (
 )
 
 
+def _layer_kernels(layer: int) -> list[str]:
+    """A layer's launches: each add + rmsnorm hands its rows on rounded to the matmuls after it
+    (gpu_fuse.DECODE_Q8: the q8 twins); layer 0's q/k/v follow the embedding's plain rmsnorm."""
+    qkv, rope, split, reduce, o, norm, glu, down, next_norm = LLAMA_LAYER_FUSED
+    return [qkv + ("_q8" if layer else ""), rope, split, reduce, o, norm + "_q8", glu + "_q8", down, next_norm + "_q8"]
+
+
 @pytest.mark.parametrize("model", [pytest.param("llama-Q8_0", marks=toolchain_marks(TARGET))])
 def test_a_llama_decode_layer_is_nine_launches(model, gpu_bundle):
     """The per-op path launches 16 kernels a layer; the step program 9: q/k/v as one matmul,
@@ -172,9 +179,9 @@ def test_a_llama_decode_layer_is_nine_launches(model, gpu_bundle):
         "matmul",
     ]
     assert kernels[:2] == ["embed_q8_0_256", "rmsnorm_256"]
-    assert kernels[2 : 2 + 9 * (layers - 1)] == list(LLAMA_LAYER_FUSED) * (layers - 1)
+    assert kernels[2 : 2 + 9 * (layers - 1)] == [k for layer in range(layers - 1) for k in _layer_kernels(layer)]
     assert kernels[2 + 9 * (layers - 1) :] == [
-        *LLAMA_LAYER_FUSED[:-1],
+        *_layer_kernels(layers - 1)[:-1],
         "add_256",
         "gather_rows_256",
         "rmsnorm_256",

@@ -10,8 +10,9 @@ import pytest
 from rfc.artifacts.formats import tensor_nbytes
 from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.plan import Buffer, Op
-from rfc.compiler.codegen.gpu_fuse import plan_fusions
-from rfc.compiler.codegen.gpu_plan import plan_kernels, plan_program
+from rfc.compiler.codegen import gpu_fuse
+from rfc.compiler.codegen.gpu_fuse import fused_specs, plan_fusions
+from rfc.compiler.codegen.gpu_plan import PROGRAM_MAX_TOKENS, plan_kernels, plan_program
 from rfc.compiler.gguf_reader import read_gguf
 from rfc.compiler.spec import build_spec
 from rfc.compiler.targets import parse_target
@@ -36,7 +37,12 @@ def _runs(plan, layout) -> list[tuple[str, ...]]:
     specs, op_kernels = plan_kernels(TARGET, plan, layout)
     fusions = plan_fusions(plan, specs, op_kernels)
     layer1 = next(i for i, op in enumerate(plan.ops) if op.weights and op.weights[0].startswith("blk.1."))
-    return [tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count]) for f in fusions if f.first < layer1]
+    # (a lone matmul's q8 twin is a hand-off, not a run: test_the_norm_hands_its_rounded_rows_on)
+    return [
+        tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count])
+        for f in fusions
+        if f.first < layer1 and f.count > 1
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +132,61 @@ def test_a_pre_activation_read_later_or_a_fresh_output_keeps_the_launches(llama)
     # up is read again after the SwiGLU: the fused kernel never writes it
     reread = _insert(plan, act, Op("add", ("gate", up), ("gate",)))
     assert ("matmul", "matmul", "swiglu") not in _runs(reread, layout)
+
+
+def _hand_offs(plan, layout) -> tuple[list, object]:
+    specs, op_kernels = plan_kernels(TARGET, plan, layout)
+    fusions = plan_fusions(plan, specs, op_kernels)
+    program = plan_program(TARGET, plan, [*specs, *fused_specs(fusions)], op_kernels, fusions)
+    return fusions, program
+
+
+def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
+    spec, plan, _layout_ = llama
+    # v and up in another format: q+k fused, v, gate and up alone: every matmul that reads the
+    # norm's rows takes them rounded, fused or not
+    layout = _layout(spec, {"blk.1.attn_v.weight": "Q4_0", "blk.1.ffn_up.weight": "Q4_0"})
+    fusions, program = _hand_offs(plan, layout)
+    layer1 = [i for i, op in enumerate(plan.ops) if any(w.startswith("blk.1.") for w in op.weights)]
+    start = next(f.first for f in fusions if f.spec.template == "gpu_add_rmsnorm.hip.j2" and f.first > layer1[0] - 3)
+    mine = [f for f in fusions if start <= f.first <= layer1[-1]]
+    kinds = [(tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count]), f.spec.name) for f in mine]
+    q8 = [k for k, name in kinds if name.endswith("_q8")]
+    assert q8 == [("add", "rmsnorm"), ("matmul", "matmul"), ("matmul",), ("add", "rmsnorm"), ("matmul",), ("matmul",)]
+    for f in mine:
+        if f.spec.name.endswith("_q8"):  # its plain twin for the prefill list
+            assert f.plain.spec.name + "_q8" == f.spec.name and "q8" not in dict(f.plain.spec.args)
+    by_name = {s.name: s for s in fused_specs(fusions)}
+    decode = {launch.kernel: launch for launch in program.launches}
+    slot = next(s for s in program.arena.slots if s.buffer == "matmul.q8")
+    for f in mine:
+        refs = [a.ref for a in decode[f.spec.name].args]
+        if f.spec.template == "gpu_add_rmsnorm.hip.j2":
+            assert refs[2] == "matmul.q8" and by_name[f.spec.name].params["q8"]
+            width = f.spec.params["width"]
+            assert (
+                slot.nbytes
+                >= by_name[f.spec.name].params["q8_bytes"]
+                == PROGRAM_MAX_TOKENS * (width + 12 * width // 32)
+            )
+        elif f.spec.name.endswith("_q8"):
+            assert "matmul.q8" in refs and plan.ops[f.first].inputs[0] not in refs  # the rows' float copy unread
+    # the prefill list (gfx1100: tensor-core matmuls) launches the plain twins
+    assert not any(launch.kernel.endswith("_q8") for launch in program.prefill_launches)
+    # the switch off: today's kernels, no slot of the hand-off's size
+    monkeypatch.setattr(gpu_fuse, "DECODE_Q8", False)
+    fusions, program = _hand_offs(plan, layout)
+    assert not any(f.spec.name.endswith("_q8") or f.plain for f in fusions)
+    assert all(f.count > 1 for f in fusions)
+
+
+def test_no_hand_off_past_a_write_of_the_rows(llama):
+    _spec, plan, layout = llama
+    gate = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.ffn_gate.weight",))
+    x = plan.ops[gate].inputs[0]
+    # the rows scaled in place between the norm and gate/up: the rounded copy is stale there
+    scaled = _insert(plan, gate - 1, Op("scale", (x,), (x,), attrs={"factor": 0.5}))
+    fusions, _program = _hand_offs(scaled, layout)
+    norm = next(f for f in fusions if f.first == gate - 2)
+    assert norm.spec.template == "gpu_add_rmsnorm.hip.j2" and not norm.spec.name.endswith("_q8")
+    assert not any(f.first >= gate and f.spec.name.endswith("_q8") for f in fusions if f.first < gate + 4)
