@@ -27,7 +27,7 @@ is left of `--budget` seconds:
 5. with `--variant` (repeatable; `tools/gpu_experiment.py variants`' form, "module.NAME=value"):
    each benchmark GGUF compiled as it is and once per variant, each bundle's graph decode step
    and 512-token prefill timed (the A/B of a codegen switch in the same call);
-6. with `--ncu`: `tools/gpu_experiment.py ncu` on each benchmark bundle (each kernel's GPU time
+6. with `--ncu`: `tools/gpu_experiment.py ncu` on the smaller benchmark bundle (each kernel's GPU time
    in a graph decode step and in a 512-token prefill step);
 7. with `--sanitize`: `compute-sanitizer --tool memcheck` over a dense, a MoE and a hybrid
    fixture's checks (SANITIZE_FIXTURES: the prefill list, the decode graphs, the recurrent state)
@@ -589,13 +589,12 @@ def run(
     bench_bundles = [out / f"{Path(b['gguf']).stem}-{target}" for b in rfc["bench"]]
     if profile and target.startswith("sm_"):
         left = _phase("ncu: each kernel's GPU time in a decode and a prefill step", deadline)
-        for bundle in bench_bundles:
+        for bundle in bench_bundles[:1]:  # the smaller shape: the 8B's ~1,000 kernels would take minutes
             cmd = [sys.executable, str(ROOT / "tools" / "gpu_experiment.py"), "ncu", str(bundle)]
             cmd += ["--out", str(logs / "ncu"), "--timeout", str(max(min(left / 4, 150), 1))]
             env_ncu = env | {"PATH": f"{Path(_cuda_tool('ncu')).parent}:{env.get('PATH', os.environ['PATH'])}"}
-            status = (
-                _checked_run(cmd, env_ncu, logs / f"ncu-{bundle.name}.log", max(min(left / 4, 150) + 20, 1)) or status
-            )
+            # a profile, not a check: its failure (no access to the counters) leaves the exit status alone
+            _checked_run(cmd, env_ncu, logs / f"ncu-{bundle.name}.log", max(min(left / 4, 150) + 20, 1))
             left = deadline - time.monotonic()
     if sanitize and target.startswith("sm_"):
         left = _phase("compute-sanitizer memcheck: a dense, a MoE and a hybrid model, the big tiles", deadline)
@@ -679,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--ncu",
         action="store_true",
-        help="each benchmark bundle's kernels timed by Nsight Compute (gpu_experiment ncu)",
+        help="the smaller benchmark bundle's kernels timed by Nsight Compute (gpu_experiment ncu)",
     )
     r.add_argument(
         "--sanitize",
