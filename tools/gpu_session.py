@@ -482,6 +482,7 @@ def run(
     serve: bool = True,
     profile: bool = False,
     sanitize: bool = False,
+    follow_up: bool = False,
 ) -> int:
     deadline = time.monotonic() + budget
     logs.mkdir(parents=True, exist_ok=True)
@@ -496,7 +497,7 @@ def run(
     with tarfile.open(peer / "llama.tar.xz") as t:
         t.extractall(src, filter="data")
     t0 = time.monotonic()
-    build, bins = _llama_build(src, target, serve) if with_peer else (None, None)
+    build, bins = _llama_build(src, target, serve) if with_peer and not follow_up else (None, None)
     out.mkdir(parents=True, exist_ok=True)
     fixtures = Path(
         subprocess.run(
@@ -526,14 +527,21 @@ def run(
         str(out),
     ]
     report = logs / "rfc-bench.json"
-    left = _phase("rfc: stories260K's checks, then the benchmark shapes", deadline)
-    status = _checked_run(
-        [*gpu_check, "--bench", "--json", str(report), str(ROOT / "compiler" / "demo" / "stories260K.gguf")],
-        env,
-        logs / "rfc-bench.log",
-        left - (150 if build is not None else 30),
-    )
-    rfc = json.loads(report.read_text()) if report.is_file() else {"bench": []}
+    if follow_up:  # a second call on the same machine: the benchmark GGUFs and bundles are there
+        sys.path.insert(0, str(ROOT / "tools"))
+        from gpu_check import BENCH_MODELS
+
+        status = 0
+        rfc = {"bench": [{"gguf": str(out / name)} for name, _ in BENCH_MODELS if (out / name).is_file()]}
+    else:
+        left = _phase("rfc: stories260K's checks, then the benchmark shapes", deadline)
+        status = _checked_run(
+            [*gpu_check, "--bench", "--json", str(report), str(ROOT / "compiler" / "demo" / "stories260K.gguf")],
+            env,
+            logs / "rfc-bench.log",
+            left - (150 if build is not None else 30),
+        )
+        rfc = json.loads(report.read_text()) if report.is_file() else {"bench": []}
     llama: list[dict] = []
     if build is not None:
         left = _phase("llama.cpp: llama-bench on the same GGUFs", deadline)
@@ -559,6 +567,10 @@ def run(
             status = status or 3
     if build is not None:
         (logs / "llama-bench.json").write_text(json.dumps(llama, indent=1))
+    if follow_up:
+        return _extra_phases(
+            rfc, out, target, logs, env, deadline, fixtures, gpu_check, variants, profile, sanitize, True
+        )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table = (
         f"{card()}, {target}, {when}; rfc: tools/gpu_check.py --bench; llama.cpp: llama-bench {' '.join(BENCH_ARGS[:-2])} "
@@ -577,6 +589,29 @@ def run(
     left = _phase("rfc serve GGUF with no --arch: the target it detects on the card", deadline)
     demo = ROOT / "compiler" / "demo" / "stories260K.gguf"
     status = default_target_check(demo, target, env, logs / "default-target.log", max(min(left / 3, 180), 1)) or status
+    status = (
+        _extra_phases(rfc, out, target, logs, env, deadline, fixtures, gpu_check, variants, profile, sanitize) or status
+    )
+    return status
+
+
+def _extra_phases(
+    rfc: dict,
+    out: Path,
+    target: str,
+    logs: Path,
+    env: dict,
+    deadline: float,
+    fixtures: Path,
+    gpu_check: list[str],
+    variants: tuple,
+    profile: bool,
+    sanitize: bool,
+    follow_up: bool = False,
+) -> int:
+    """The phases after the table: variants, ncu, memcheck, then the fixtures' checks (in a
+    follow-up call, those whose bundle the first call did not build yet)."""
+    status = 0
     if variants:
         left = _phase("rfc: codegen variants on the benchmark GGUFs", deadline)
         share = max(left - 60, 1) * VARIANT_SHARE  # the rest stays for the fixtures' checks
@@ -604,6 +639,8 @@ def run(
             status = _checked_run(cmd, env, logs / f"memcheck-{name}.log", share / 2) or status
     left = _phase("rfc: the fixtures' checks on the card", deadline)
     ordered = fixture_order(sorted(fixtures.glob("tiny-*.gguf")))
+    if follow_up:
+        ordered = [f for f in ordered if not (out / f"{f.stem}-{target}").is_dir()]
     checks = _checked_run(
         [
             *gpu_check,
@@ -686,6 +723,12 @@ def main(argv: list[str] | None = None) -> int:
         help="compute-sanitizer memcheck over a dense, a MoE and a hybrid fixture and the smaller benchmark bundle",
     )
     r.add_argument(
+        "--follow-up",
+        action="store_true",
+        help="a second call on a machine still warm from a first: no table, no llama.cpp build, no serving; "
+        "the phases after them on the benchmark GGUFs already in --out (variants, --ncu, --sanitize, fixtures)",
+    )
+    r.add_argument(
         "--logs",
         type=Path,
         default=Path(tempfile.gettempdir()) / "rfc-gpu-logs",
@@ -706,6 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         not args.no_serve,
         args.ncu,
         args.sanitize,
+        args.follow_up,
     )
 
 
