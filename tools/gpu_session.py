@@ -483,6 +483,8 @@ def run(
     profile: bool = False,
     sanitize: bool = False,
     follow_up: bool = False,
+    variants_on: str = "",
+    variant_share: float = VARIANT_SHARE,
 ) -> int:
     deadline = time.monotonic() + budget
     logs.mkdir(parents=True, exist_ok=True)
@@ -569,8 +571,9 @@ def run(
         (logs / "llama-bench.json").write_text(json.dumps(llama, indent=1))
     if follow_up:
         return _extra_phases(
-            rfc, out, target, logs, env, deadline, fixtures, gpu_check, variants, profile, sanitize, True
-        )
+            rfc, out, target, logs, env, deadline, fixtures, gpu_check, variants, profile, sanitize, True,
+            variants_on, variant_share,
+        )  # fmt: skip
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table = (
         f"{card()}, {target}, {when}; rfc: tools/gpu_check.py --bench; llama.cpp: llama-bench {' '.join(BENCH_ARGS[:-2])} "
@@ -590,7 +593,23 @@ def run(
     demo = ROOT / "compiler" / "demo" / "stories260K.gguf"
     status = default_target_check(demo, target, env, logs / "default-target.log", max(min(left / 3, 180), 1)) or status
     status = (
-        _extra_phases(rfc, out, target, logs, env, deadline, fixtures, gpu_check, variants, profile, sanitize) or status
+        _extra_phases(
+            rfc,
+            out,
+            target,
+            logs,
+            env,
+            deadline,
+            fixtures,
+            gpu_check,
+            variants,
+            profile,
+            sanitize,
+            False,
+            variants_on,
+            variant_share,
+        )
+        or status  # fmt: skip
     )
     return status
 
@@ -608,19 +627,22 @@ def _extra_phases(
     profile: bool,
     sanitize: bool,
     follow_up: bool = False,
+    variants_on: str = "",
+    variant_share: float = VARIANT_SHARE,
 ) -> int:
     """The phases after the table: variants, ncu, memcheck, then the fixtures' checks (in a
     follow-up call, those whose bundle the first call did not build yet)."""
     status = 0
     if variants:
         left = _phase("rfc: codegen variants on the benchmark GGUFs", deadline)
-        share = max(left - 60, 1) * VARIANT_SHARE  # the rest stays for the fixtures' checks
-        for b in rfc["bench"]:
+        share = max(left - 60, 1) * variant_share  # the rest stays for the fixtures' checks
+        on = [b for b in rfc["bench"] if variants_on in Path(b["gguf"]).name]
+        for b in on:
             cmd = [sys.executable, str(ROOT / "tools" / "gpu_experiment.py"), "variants", b["gguf"], "--target", target]
             cmd += [arg for v in variants for arg in ("--variant", v)]
             name = Path(b["gguf"]).stem
             status = _checked_run(cmd + ["--out", str(out / "variants")], env, logs / f"variants-{name}.log",
-                                  share / max(len(rfc["bench"]), 1)) or status  # fmt: skip
+                                  share / max(len(on), 1)) or status  # fmt: skip
     bench_bundles = [out / f"{Path(b['gguf']).stem}-{target}" for b in rfc["bench"]]
     if profile and target.startswith("sm_"):
         left = _phase("ncu: each kernel's GPU time in a decode and a prefill step", deadline)
@@ -723,6 +745,18 @@ def main(argv: list[str] | None = None) -> int:
         help="compute-sanitizer memcheck over a dense, a MoE and a hybrid fixture and the smaller benchmark bundle",
     )
     r.add_argument(
+        "--variants-on",
+        default="",
+        metavar="TEXT",
+        help="time the variants on the benchmark GGUFs whose file name holds TEXT only (e.g. 1.1b)",
+    )
+    r.add_argument(
+        "--variant-share",
+        type=float,
+        default=VARIANT_SHARE,
+        help=f"of the time left after the table, what the variants may take (default {VARIANT_SHARE})",
+    )
+    r.add_argument(
         "--follow-up",
         action="store_true",
         help="a second call on a machine still warm from a first: no table, no llama.cpp build, no serving; "
@@ -750,6 +784,8 @@ def main(argv: list[str] | None = None) -> int:
         args.ncu,
         args.sanitize,
         args.follow_up,
+        args.variants_on,
+        args.variant_share,
     )
 
 
