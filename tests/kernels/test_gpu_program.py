@@ -344,3 +344,40 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, g
     ok, msg = llama_cpp_bounds(model, gpu, expected["logits"][: len(tokens)])
     print(msg)
     assert ok, msg
+
+
+@pytest.mark.parametrize("target", [pytest.param(TARGET, marks=toolchain_marks(TARGET))])
+def test_rows_over_two_waves_replay_the_per_op_path_bit_for_bit(target, tmp_path, monkeypatch):
+    """gpu_plan.INT8_ROW_WAVES (an A/B switch, off by default): a 2048-wide model, whose int8
+    matmul rows then span two waves that meet in shared memory, q8 hand-off included; the step
+    program equals the per-op path bit for bit, and its logits stay within activation rounding of
+    the one-wave kernels' (a wave's sum lost or counted twice moves them by far more)."""
+    import importlib.util
+    import sys
+
+    from rfc.compiler.codegen import gpu_plan
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("make_gguf", ROOT / "tools" / "make_gguf.py")
+    make_gguf = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "make_gguf", make_gguf)
+    spec.loader.exec_module(make_gguf)
+    gguf = tmp_path / "w2048.gguf"
+    make_gguf.main([str(gguf), "--format", "Q4_0", "--dim", "2048", "--layers", "1", "--ffn", "2048",
+                    "--heads", "16", "--kv-heads", "4", "--vocab", "512"])  # fmt: skip
+    prompt = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19)
+    logits = {}
+    for waves in (1, 2):
+        monkeypatch.setattr(gpu_plan, "INT8_ROW_WAVES", waves)  # the kit plans the per-op kernels with it too
+        out = tmp_path / f"waves{waves}"
+        compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
+        source = (out / "kernels" / target / "rfc.hip").read_text()
+        assert ("wave_s" in source) == (waves > 1)
+        twins = Twins(out, tmp_path / f"emu{waves}")
+        got, want = twins.forward([ScheduledChunk(1, 0, prompt, all_logits=True)])
+        assert np.array_equal(got, want)
+        step, op = twins.forward([ScheduledChunk(1, len(prompt), (int(want[-1].argmax()),))])
+        assert np.array_equal(step, op)
+        logits[waves] = np.concatenate([got, step])
+    assert np.abs(logits[2] - logits[1]).max() < 0.02 * np.abs(logits[1]).max()
