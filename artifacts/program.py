@@ -40,6 +40,7 @@ PROGRAM_FILE = "program.msgpack"
 PROGRAM_VERSION = 1
 ZEROED_VERSION = 2  # the arena's `zeroed` slots
 READ_VERSIONS = (PROGRAM_VERSION, ZEROED_VERSION)
+MAX_ZEROED_BYTES = 1 << 24  # per zeroed slot: the runtime zeroes it from a host buffer of that size
 MAX_LAUNCHES = 1 << 16
 MAX_ARENA_BYTES = 1 << 40
 
@@ -268,13 +269,17 @@ def unpack_program(data: bytes) -> StepProgram:
 
 
 def _check_zeroed(arena: Arena, version: int) -> None:
-    """The slots to zero: only in a version 2 program, each a slot of the arena, once."""
+    """The slots to zero: only in a version 2 program, each a slot of the arena of at most
+    MAX_ZEROED_BYTES, once."""
     if arena.zeroed and version < ZEROED_VERSION:
         raise BundleError(f"{PROGRAM_FILE}: a version {version} program zeroes no slots")
     names = {s.buffer for s in arena.slots}
     unknown = [z for z in arena.zeroed if z not in names]
     if unknown:
         raise BundleError(f"{PROGRAM_FILE}: zeroed slot {unknown[0][:40]!r} is not an arena slot")
+    big = [s.buffer for s in arena.slots if s.buffer in arena.zeroed and s.nbytes > MAX_ZEROED_BYTES]
+    if big:
+        raise BundleError(f"{PROGRAM_FILE}: zeroed slot {big[0][:40]!r} is over {MAX_ZEROED_BYTES} bytes")
     if len(set(arena.zeroed)) != len(arena.zeroed):
         raise BundleError(f"{PROGRAM_FILE}: a zeroed slot is listed twice")
 

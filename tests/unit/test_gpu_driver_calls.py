@@ -592,13 +592,16 @@ def test_the_runner_zeroes_the_arrival_counts_once(program_and_bundle):
 
 
 def test_zeroed_slots_round_trip_and_are_checked():
-    """A program's zeroed slots: only in a version 2 program, each an arena slot, once."""
+    """A program's zeroed slots: only in a version 2 program, each an arena slot of a bounded
+    size (the runtime zeroes it from a host buffer), once."""
     import msgpack
 
     from rfc.artifacts.errors import BundleError
-    from rfc.artifacts.program import Arena, ArenaSlot, StepProgram, pack_program, unpack_program
+    from rfc.artifacts.program import MAX_ZEROED_BYTES, Arena, ArenaSlot, StepProgram, pack_program, unpack_program
 
-    arena = Arena(2048, 512, 256, 256, (ArenaSlot("a", 0, 256), ArenaSlot("counts", 256, 64)), 512, ("counts",))
+    big = ArenaSlot("big", 512, MAX_ZEROED_BYTES + 1)
+    slots = (ArenaSlot("a", 0, 256), ArenaSlot("counts", 256, 64), big)
+    arena = Arena(2048, 512, 256, 256, slots, 512 + big.nbytes, ("counts",))
     program = StepProgram("sm_90", arena)
     back = unpack_program(pack_program(program))
     assert back.arena == arena and back.version == 2
@@ -609,6 +612,7 @@ def test_zeroed_slots_round_trip_and_are_checked():
         ({**raw, "arena": {**raw["arena"], "zeroed": ["nowhere"]}}, "'nowhere' is not an arena slot"),
         ({**raw, "arena": {**raw["arena"], "zeroed": ["counts", "counts"]}}, "listed twice"),
         ({**raw, "arena": {**raw["arena"], "zeroed": [7]}}, "malformed"),
+        ({**raw, "arena": {**raw["arena"], "zeroed": ["big"]}}, "'big' is over"),
     ]
     for bad, message in cases:
         with pytest.raises(BundleError, match=message):
