@@ -19,6 +19,12 @@ as `kernels/<target>/program.msgpack` and named in the manifest's target entry (
   (A reader that predates it runs every step with `launches`: correct, only slower; so the
   field came without a version bump.)
 
+The arena may name slots the runtime must zero once, right after allocating it (`zeroed`:
+counters that kernels leave at zero when they finish, such as split attention's arrival
+counts). A program that lists any is written as version 2, which a reader that predates the
+field refuses (it would run the kernels over unzeroed counters); one that lists none is
+version 1, as before.
+
 Per step the runtime writes the batch arrays (tokens, positions, KV slots, block tables,
 logit rows) and makes one call or one graph launch. Python does per-step work, never per-op.
 """
@@ -32,6 +38,9 @@ from rfc.artifacts.errors import BundleError
 
 PROGRAM_FILE = "program.msgpack"
 PROGRAM_VERSION = 1
+ZEROED_VERSION = 2  # the arena's `zeroed` slots
+READ_VERSIONS = (PROGRAM_VERSION, ZEROED_VERSION)
+MAX_ZEROED_BYTES = 1 << 24  # per zeroed slot: the runtime zeroes it from a host buffer of that size
 MAX_LAUNCHES = 1 << 16
 MAX_ARENA_BYTES = 1 << 40
 
@@ -126,6 +135,9 @@ class Arena:
     alignment: int
     slots: tuple[ArenaSlot, ...]
     total_bytes: int
+    # slots the runtime zeroes once after allocating the arena (never per step): kernels that
+    # count in them leave them at zero
+    zeroed: tuple[str, ...] = ()
 
     def slot(self, buffer: str) -> ArenaSlot:
         for s in self.slots:
@@ -170,14 +182,17 @@ def plan_arena(buffers, max_tokens: int, max_rows: int, max_seqs: int, alignment
 
 
 def pack_program(p: StepProgram) -> bytes:
+    arena = {
+        "max_tokens": p.arena.max_tokens, "max_rows": p.arena.max_rows, "max_seqs": p.arena.max_seqs,
+        "alignment": p.arena.alignment, "total_bytes": p.arena.total_bytes,
+        "slots": [[s.buffer, s.offset, s.nbytes] for s in p.arena.slots],
+    }  # fmt: skip
+    if p.arena.zeroed:  # absent otherwise: the program stays version 1, byte for byte
+        arena["zeroed"] = list(p.arena.zeroed)
     return msgpack.packb({
-        "version": p.version,
+        "version": ZEROED_VERSION if p.arena.zeroed else p.version,
         "target": p.target,
-        "arena": {
-            "max_tokens": p.arena.max_tokens, "max_rows": p.arena.max_rows, "max_seqs": p.arena.max_seqs,
-            "alignment": p.arena.alignment, "total_bytes": p.arena.total_bytes,
-            "slots": [[s.buffer, s.offset, s.nbytes] for s in p.arena.slots],
-        },
+        "arena": arena,
         "entry": p.entry,
         "launches": [_pack_launch(launch) for launch in p.launches],
         "prefill_launches": [_pack_launch(launch) for launch in p.prefill_launches],
@@ -211,17 +226,21 @@ def unpack_program(data: bytes) -> StepProgram:
     """Parses a program, checking types and bounds; BundleError (one line) otherwise."""
     try:
         raw = msgpack.unpackb(data, strict_map_key=True, max_array_len=MAX_LAUNCHES * 4)
-        if raw.get("version") != PROGRAM_VERSION:
+        version = raw.get("version")
+        if version not in READ_VERSIONS:
             raise BundleError(
-                f"{PROGRAM_FILE} version {raw.get('version')!r} is not {PROGRAM_VERSION}; recompile the model"
+                f"{PROGRAM_FILE} version {version!r} is not one of {', '.join(map(str, READ_VERSIONS))}; "
+                "recompile the model"
             )
         a = raw["arena"]
         arena = Arena(
             _nat(a["max_tokens"]), _nat(a["max_rows"]), _nat(a["max_seqs"]), _nat(a["alignment"]),
             tuple(ArenaSlot(_name(s[0]), _nat(s[1], 0), _nat(s[2], 0)) for s in a["slots"]), _nat(a["total_bytes"], 0),
+            tuple(_name(z) for z in a.get("zeroed") or []),
         )  # fmt: skip
         if arena.total_bytes > MAX_ARENA_BYTES or any(s.offset + s.nbytes > arena.total_bytes for s in arena.slots):
             raise BundleError(f"{PROGRAM_FILE}: arena slots lie outside the arena")
+        _check_zeroed(arena, version)
         launches = tuple(_unpack_launch(launch) for launch in raw["launches"])
         # absent in programs written before the prefill list: every step runs `launches`
         prefill = tuple(_unpack_launch(launch) for launch in raw.get("prefill_launches") or [])
@@ -247,6 +266,22 @@ def unpack_program(data: bytes) -> StepProgram:
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, msgpack.UnpackException) as e:
         raise BundleError(f"{PROGRAM_FILE} is malformed: {str(e)[:200]}") from None
+
+
+def _check_zeroed(arena: Arena, version: int) -> None:
+    """The slots to zero: only in a version 2 program, each a slot of the arena of at most
+    MAX_ZEROED_BYTES, once."""
+    if arena.zeroed and version < ZEROED_VERSION:
+        raise BundleError(f"{PROGRAM_FILE}: a version {version} program zeroes no slots")
+    names = {s.buffer for s in arena.slots}
+    unknown = [z for z in arena.zeroed if z not in names]
+    if unknown:
+        raise BundleError(f"{PROGRAM_FILE}: zeroed slot {unknown[0][:40]!r} is not an arena slot")
+    big = [s.buffer for s in arena.slots if s.buffer in arena.zeroed and s.nbytes > MAX_ZEROED_BYTES]
+    if big:
+        raise BundleError(f"{PROGRAM_FILE}: zeroed slot {big[0][:40]!r} is over {MAX_ZEROED_BYTES} bytes")
+    if len(set(arena.zeroed)) != len(arena.zeroed):
+        raise BundleError(f"{PROGRAM_FILE}: a zeroed slot is listed twice")
 
 
 def _nat(v, lo: int = 1) -> int:

@@ -145,7 +145,7 @@ def _same_weights(a: KernelSpec, b: KernelSpec) -> bool:
         "rows_per_step",
         "tokens_per_block",
     )
-    return all(a.params[k] == b.params[k] for k in keys)
+    return all(a.params[k] == b.params[k] for k in keys) and a.params.get("row_waves") == b.params.get("row_waves")
 
 
 def _matmul_run(plan: Plan, op_specs: list[KernelSpec], i: int, most: int) -> list[KernelSpec]:
@@ -194,6 +194,7 @@ _MATMUL_KEYS = (
     "planar",
     "plane_offsets",
 )
+_MATMUL_OPTIONAL = ("row_waves",)  # keys a plain int8 matmul has only where they apply
 
 
 # -- the fusions ------------------------------------------------------------------------------
@@ -215,6 +216,7 @@ def _segments(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
     name = f"{name}_fused"
     params = {
         **{k: first.params[k] for k in _MATMUL_KEYS},
+        **{k: first.params[k] for k in _MATMUL_OPTIONAL if k in first.params},
         "name": name,
         "n": start,
         "segs": segs,
@@ -251,7 +253,15 @@ def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
     # two accumulators a row: half the row steps keep the registers of the plain matmul
     tiling = _row_tiling(first, rows, max(1, MATMUL_ROW_STEPS // 2))
     name = f"rfc_matmul_swiglu_{first.params['fmt']}_{rows}x{first.params['k']}"
-    params = {**{k: first.params[k] for k in _MATMUL_KEYS}, "name": name, "n": rows, "segs": [], "glu": True, **tiling}
+    params = {
+        **{k: first.params[k] for k in _MATMUL_KEYS},
+        **{k: first.params[k] for k in _MATMUL_OPTIONAL if k in first.params},
+        "name": name,
+        "n": rows,
+        "segs": [],
+        "glu": True,
+        **tiling,
+    }
     args = (("out", PTR), ("x", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32))
     sources = ((2, "out"), (0, "x"), (0, "weight"), (1, "weight"), (0, "n_rows"))
     grid = ((rows, tiling["rows_per_block"]), ("n_rows", first.params["tokens_per_block"]))

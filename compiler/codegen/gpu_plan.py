@@ -37,7 +37,8 @@ from rfc.compiler.targets import Target
 
 # Kernels only the step program launches in an op's place (KernelSpec.steps; the op's own kernel,
 # which the kernel tests run alone, is "attention"): split-KV attention (flash decoding), whose
-# partials go to the arena's scratch, and its reduction.
+# partials go to the arena's scratch, and its reduction; or (ATTENTION_LAST_BLOCK_MERGE) the split
+# kernel alone, whose last block of each row and kv head merges the partials.
 STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "attention_split": (
         ("out", PTR),
@@ -49,6 +50,23 @@ STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
         ("block_tables", PTR),
         ("sinks", PTR),
         ("scratch", PTR),
+        ("n_rows", I32),
+        ("table_width", I32),
+        ("block_size", I32),
+        ("k_type", I32),
+        ("v_type", I32),
+    ),
+    "attention_split_merge": (
+        ("out", PTR),
+        ("q", PTR),
+        ("k_cache", PTR),
+        ("v_cache", PTR),
+        ("positions", PTR),
+        ("seq_of_token", PTR),
+        ("block_tables", PTR),
+        ("sinks", PTR),
+        ("scratch", PTR),
+        ("arrivals", PTR),
         ("n_rows", I32),
         ("table_width", I32),
         ("block_size", I32),
@@ -86,6 +104,11 @@ MATMUL_CHUNK = 2048
 # activations serve that many more weight rows (fewer blocks re-reading x from L2). One: more
 # blocks beat the saved re-reads on the card (INT8_MATMUL_THREADS' measurement).
 MATMUL_ROW_STEPS = 1
+# Waves a dense dp4a matmul gives one weight row (as many lanes as it has sub-blocks, at most):
+# with one, a 2048-row matrix is 2048 waves, a quarter of what an H100 holds at once, each lane
+# loading its sub-blocks one after another; with more, each lane has fewer and more of them are
+# in flight (the waves' sums then meet in shared memory). Unmeasured on a card: an A/B switch.
+INT8_ROW_WAVES = 1
 # Float blocks up to this many elements are decoded into registers (the dot loop unrolled).
 MATMUL_UNROLL_MAX = 32
 PREFILL_MIN_TOKENS = 64
@@ -102,6 +125,14 @@ ATTENTION_SPLITS = 16
 ATTENTION_SPLIT_KEYS = 64
 ATTENTION_SPLIT_ROWS = 64
 ATTENTION_SCRATCH = "attention.scratch"  # the arena slot of the partials (not a plan buffer)
+# One attention launch per layer in a decode step instead of two: the split kernel's blocks count
+# their arrival per (row, kv head) in ATTENTION_ARRIVALS (ints, zeroed once by the runtime: the
+# arena's `zeroed`), and the last block to arrive merges the partials with the reduce kernel's
+# code (gpu_attention_merge.hip.j2: the same bits) and resets the count. False: the split and
+# reduce launches, the kernels and program byte for byte as before (an A/B switch; the launch
+# it saves is unmeasured on a card).
+ATTENTION_LAST_BLOCK_MERGE = True
+ATTENTION_ARRIVALS = "attention.arrivals"  # the arena slot of the counts (not a plan buffer)
 # Tiled prefill attention: steps of more than ATTENTION_SPLIT_ROWS rows (the split kernels'
 # bound, so every step takes exactly one of the two paths) run tiles of up to
 # ATTENTION_TILE_ROWS rows of one sequence x a kv head's query heads, at most
@@ -314,6 +345,13 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             grid = ((w["rows"], rows_per_block), ("n_rows", MATMUL_TOKENS))
             return KernelSpec(name, "gpu_matmul_float.hip.j2", params, KERNEL_ARGS["matmul"], threads, grid)
         q8 = self._int8_tiling(w)
+        subs = w["cols"] // SUB_BLOCK
+        if INT8_ROW_WAVES > 1 and subs > self.wave:
+            q8["lanes_per_row"] = min(self.wave * INT8_ROW_WAVES, _pow2_at_least(subs), INT8_MATMUL_THREADS)
+            if q8["chunk"] < w["cols"] and (q8["chunk"] // SUB_BLOCK) % q8["lanes_per_row"]:
+                q8["lanes_per_row"] = self.wave  # a chunk's sub-blocks shared out unevenly: one wave
+            if q8["lanes_per_row"] > self.wave:
+                q8["row_waves"] = q8["lanes_per_row"] // self.wave
         threads = INT8_MATMUL_THREADS
         rows_per_step = threads // q8["lanes_per_row"]
         # no more row steps than the matrix has row groups (tiny models: one block of rows)
@@ -513,7 +551,8 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
 
     def _attention(self, op: Op) -> KernelSpec:
         """The per-op kernel (grid rows x kv heads, every slice in turn) and, when rows split
-        into more than one slice, the step program's split and reduce kernels. The per-op and
+        into more than one slice, the step program's split and reduce kernels (or the split
+        kernel alone, merging in its last block: ATTENTION_LAST_BLOCK_MERGE). The per-op and
         split kernels both hold the tiled prefill path (gpu_attention_tile.hip.j2) that steps
         of more than ATTENTION_SPLIT_ROWS rows take, in their z = 0 blocks: one code for both
         paths, so they agree bit for bit, and no launch more in the program."""
@@ -573,7 +612,17 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
         params.update(tile)
         params["smem_floats"] = max(group * head_dim + params["p_floats"], _tile_floats(tile, head_dim))
         steps = ()
-        if splits > 1:
+        if splits > 1 and ATTENTION_LAST_BLOCK_MERGE:
+            split = KernelSpec(
+                f"{name}_split",
+                "gpu_attention.hip.j2",
+                dict(params, name=f"{name}_split", split=True, merge=True),
+                _args("attention_split_merge", has_sinks),
+                threads,
+                (("n_rows", 1), (n_kv_heads, 1), (splits, 1)),
+            )
+            steps = (split,)
+        elif splits > 1:
             split = KernelSpec(
                 f"{name}_split",
                 "gpu_attention.hip.j2",
@@ -667,6 +716,11 @@ def attention_scratch_floats(spec: KernelSpec) -> int:
     """Floats of the partials a split attention kernel writes: rows up to the split bound."""
     p = spec.params
     return ATTENTION_SPLIT_ROWS * p["n_heads"] * p["splits"] * p["part_floats"]
+
+
+def attention_arrival_ints(spec: KernelSpec) -> int:
+    """Counts a merging split attention kernel keeps: one per (row up to the split bound, kv head)."""
+    return ATTENTION_SPLIT_ROWS * spec.params["n_kv_heads"]
 
 
 # -- the step program (artifacts/program.py): the launch list over a static arena ------------------
@@ -800,12 +854,13 @@ def buffer_uses(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
     return first, last
 
 
-def plan_step_arena(plan: Plan, scratch_floats: int = 0, q8_bytes: int = 0) -> Arena:
+def plan_step_arena(plan: Plan, scratch_floats: int = 0, q8_bytes: int = 0, arrival_ints: int = 0) -> Arena:
     """Plan buffers packed by liveness: a buffer's bytes are reused once its last reader has
     run. The outputs (logits, hidden) stay live to the end; the input tokens are a batch array.
     The split attention's partials (ATTENTION_SCRATCH, `scratch_floats`, bounded by
     ATTENTION_SPLIT_ROWS rows, not by the context) follow, overlapping nothing: every layer's
-    attention reuses them between its split and reduce launches."""
+    attention reuses them between its split and reduce launches. The merging split kernels'
+    counts (ATTENTION_ARRIVALS, `arrival_ints`) come last, in the arena's `zeroed`."""
     sizes = {"T": PROGRAM_MAX_TOKENS, "R": PROGRAM_MAX_ROWS}
     first, last = buffer_uses(plan)
     end = len(plan.ops)
@@ -838,7 +893,12 @@ def plan_step_arena(plan: Plan, scratch_floats: int = 0, q8_bytes: int = 0) -> A
 
         slots.append(ArenaSlot(Q8_SCRATCH, total, q8_bytes))
         total += _round_up(q8_bytes, ARENA_ALIGNMENT)
-    return Arena(PROGRAM_MAX_TOKENS, PROGRAM_MAX_ROWS, PROGRAM_MAX_SEQS, ARENA_ALIGNMENT, tuple(slots), total)
+    zeroed = ()
+    if arrival_ints:
+        slots.append(ArenaSlot(ATTENTION_ARRIVALS, total, 4 * arrival_ints))
+        total += _round_up(4 * arrival_ints, ARENA_ALIGNMENT)
+        zeroed = (ATTENTION_ARRIVALS,)
+    return Arena(PROGRAM_MAX_TOKENS, PROGRAM_MAX_ROWS, PROGRAM_MAX_SEQS, ARENA_ALIGNMENT, tuple(slots), total, zeroed)
 
 
 def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str], fusions=()) -> StepProgram:
@@ -852,6 +912,7 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
     launches: list[Launch] = []
     prefill: list[Launch] = []
     scratch = 0
+    arrivals = 0
     q8_bytes = 0
     rounded = None  # (input buffer, k) whose int8 rounding Q8_SCRATCH holds at this point of the prefill list
 
@@ -900,13 +961,15 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
         for s in spec.steps or (spec,):
             if any(n == "scratch" for n, _k in s.args):
                 scratch = max(scratch, attention_scratch_floats(s))
+            if any(n == "arrivals" for n, _k in s.args):
+                arrivals = max(arrivals, attention_arrival_ints(s))
         i += 1
     # a list of its own where an op has a prefill kernel (the q8 hand-off's plain twins alone make
     # no second list: without one, the decode list takes every step)
     has_prefill = any(by_name[k].prefill is not None for k in op_kernels) and prefill != launches
     return StepProgram(
         target.name,
-        plan_step_arena(plan, scratch, q8_bytes),
+        plan_step_arena(plan, scratch, q8_bytes, arrivals),
         launches=tuple(launches),
         prefill_launches=tuple(prefill) if has_prefill else (),
         prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0,
@@ -930,6 +993,8 @@ def op_launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:
     args = tuple(
         ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH)
         if n == "scratch"
+        else ArgSlot(ArgKind.ARENA, ATTENTION_ARRIVALS)
+        if n == "arrivals"
         else _q8_slot()
         if n == "q8"
         else _arg_slot(plan, op, n, k)

@@ -1,9 +1,10 @@
 """The GPU step program, bound once and replayed per step (docs/design.md: the step program).
 
 `StepRunner` takes a target's launch list (artifacts/program.py) and binds it at load: the
-activation arena is allocated once, every launch gets its parameter buffer with the arena,
-weight, batch-array and KV pointers written in, and the batch arrays get one pinned host
-staging buffer with a device twin at fixed offsets. A step then writes the batch into the
+activation arena is allocated once (the slots the program names as zeroed set to zero then),
+every launch gets its parameter buffer with the arena, weight, batch-array and KV pointers
+written in, and the batch arrays get one pinned host staging buffer with a device twin at
+fixed offsets. A step then writes the batch into the
 pinned staging, makes one async copy, runs the launch list (a graph captured once per
 decode batch size, replayed; other steps launch the bound list directly), copies the
 logits back into pinned memory and synchronizes the one stream once. A program with a
@@ -172,6 +173,9 @@ class StepRunner:
         self._vocab, self._n_embd = vocab, n_embd
         self._owned: list[int] = []
         self.arena = self._alloc(max(1, a.total_bytes))
+        for name in a.zeroed:  # counts kernels leave at zero (the program's checked slots): once, now
+            slot = a.slot(name)
+            driver.copy_to_device(self.arena + slot.offset, np.zeros(slot.nbytes, np.uint8))
         self._out = {logits: vocab, hidden: n_embd}
         self._out_offset = {name: a.slot(name).offset for name in self._out}
         self.stream = driver.stream_create()

@@ -4,7 +4,9 @@ numpy reference, emulated.
 The planner's attention kernels for synthetic shapes (GQA groups 1 to 4, head_dim 7 to 64,
 f16 and f32 KV caches, sliding windows, soft-capping) are rendered as a GPU target renders
 them and run by the host emulator (gpu_emulator.py): the split kernel (grid rows x kv heads x
-slices) with its reduce kernel, as the step program launches them, and the per-op kernel.
+slices), whose last block of each row and kv head merges the partials (or, with
+ATTENTION_LAST_BLOCK_MERGE off, with its reduce kernel), as the step program launches them, and
+the per-op kernel.
 Both must match ReferenceDevice.op_attention within 2e-4 * max(1, max |ref|) and each other
 bit for bit (the same partials merged in the same order). Rows are ragged: several sequences,
 some shorter than one slice, some past the window, over shuffled block tables. Steps of more
@@ -33,6 +35,7 @@ from rfc.compiler.codegen.gpu_plan import (
     ATTENTION_TILE_SHARED,
     I32,
     KernelSpec,
+    attention_arrival_ints,
     attention_scratch_floats,
     plan_kernels,
 )
@@ -57,6 +60,7 @@ class Case:
     """One attention op's kernels, built for the emulator, over a one-layer KV cache."""
 
     kv_types = {"k_type": 0, "v_type": 0}  # how the cache stores K and V (CacheType.code): f16
+    arrivals = None  # the merging split kernel's counts: zeroed once, then left at zero by each launch
 
     def __init__(
         self,
@@ -147,7 +151,7 @@ class Case:
         )
 
     def run(self, batch: StepBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(reference, split + reduce kernels, per-op kernel) outputs for random queries."""
+        """(reference, the step program's split kernels, per-op kernel) outputs for random queries."""
         q = (2 * self.rng.standard_normal((len(batch.positions), self.width))).astype(np.float32)
         return (self.reference(batch, q), *self.launch(batch, q, (self.fused.steps, (self.fused,))))
 
@@ -178,8 +182,16 @@ class Case:
             values["out"] = self.driver.malloc(q.nbytes)  # NaN-filled: a row left unwritten shows
             if any(n == "scratch" for n, _k in kernels[0].args):
                 values["scratch"] = self.driver.malloc(4 * attention_scratch_floats(kernels[0]))
+            counts = attention_arrival_ints(kernels[0]) if any(n == "arrivals" for n, _k in kernels[0].args) else 0
+            if counts and self.arrivals is None:
+                self.arrivals = self._upload(np.zeros(counts, np.int32))
+            values["arrivals"] = self.arrivals
             for spec in kernels:
                 self._launch(spec, values)
+            if counts:  # every count back at zero for the next launch (a graph replays the same arena)
+                left = np.empty(counts, np.int32)
+                self.driver.copy_to_host(left, self.arrivals)
+                assert not left.any(), f"counts left at {np.unique(left).tolist()}"
             got = np.empty_like(q)
             self.driver.copy_to_host(got, values["out"])
             outs.append(got)
@@ -189,7 +201,7 @@ class Case:
 def _check(case: Case, batch: StepBatch) -> None:
     want, split, fused = case.run(batch)
     bound = REL_TOL * max(1.0, float(np.abs(want).max()))
-    for name, got in (("split + reduce", split), ("per-op", fused)):
+    for name, got in (("split", split), ("per-op", fused)):
         d = np.abs(got - want).max(axis=1)
         assert np.all(d <= bound), (
             f"{name}: rows {np.nonzero(~(d <= bound))[0].tolist()} off by up to {np.nanmax(d):.2e} > {bound:.2e}"
@@ -222,9 +234,23 @@ def test_split_attention_matches_reference(n_heads, n_kv_heads, head_dim, kv_dty
         window,
         softcap,
     )
-    assert case.fused.params["splits"] > 1 and len(case.fused.steps) == 2
+    assert case.fused.params["splits"] > 1 and len(case.fused.steps) == 1  # the split kernel merges: no reduce
     lens = [1, 5, ATTENTION_SPLIT_KEYS, ATTENTION_SPLIT_KEYS + 1, 200, 301, 1000]
     _check(case, case.batch(lens, [1, 1, 1, 1, 1, 3, 1]))
+
+
+@pytest.mark.parametrize("target", ["gfx1100", "gfx90a"])
+def test_split_and_reduce_kernels_without_the_last_block_merge(target, monkeypatch, tmp_path_factory):
+    """ATTENTION_LAST_BLOCK_MERGE off: the split kernel leaves the partials of rows of several
+    slices to the reduce kernel, a second launch, with the same bits; with sinks (merged last)."""
+    import rfc.compiler.codegen.gpu_plan as gpu_plan
+
+    monkeypatch.setattr(gpu_plan, "ATTENTION_LAST_BLOCK_MERGE", False)
+    sinks = np.array([0.0, 12.0, -30.0, 2.5, -1.0, 40.0, 1.5, -4.0], np.float32)
+    case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, 8, 2, 32, "f16", None, None, sinks=sinks)
+    assert [s.name.rsplit("_", 1)[1] for s in case.fused.steps] == ["split", "reduce"]
+    assert not any(n == "arrivals" for s in case.fused.steps for n, _k in s.args)
+    _check(case, case.batch([1, 5, ATTENTION_SPLIT_KEYS + 1, 301, 1000], [1, 1, 1, 3, 1]))
 
 
 def test_wave_64_and_a_step_too_big_to_split(tmp_path_factory):
@@ -292,7 +318,7 @@ def test_tiled_prefill_matches_reference(n_heads, n_kv_heads, head_dim, kv_dtype
 @pytest.mark.parametrize("target", ["gfx1100", "gfx90a"])
 def test_attention_sinks_match_reference(target, tmp_path_factory):
     """gpt-oss's sinks (a logit per query head in each softmax, no value) on every path: decode
-    rows over 1 to 16 slices (split + reduce, and one slice written by the split kernel), a
+    rows over 1 to 16 slices (merged by the split kernel's last block, and one slice written at once), a
     tiled prefill step, with and without a window. Sinks far above the scores (the values' share
     near 0), far below (no effect) and in between; without them the output differs."""
     sinks = np.array([0.0, 12.0, -30.0, 2.5, -1.0, 40.0, 1.5, -4.0], np.float32)

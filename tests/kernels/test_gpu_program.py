@@ -101,13 +101,13 @@ def _decode(twins: Twins, steps: int) -> list[tuple]:
 def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp_path_factory):
     twins = Twins(gpu_bundle(model, TARGET), shared_basetemp(tmp_path_factory) / "gpu-emu")
     program = twins.step.runner.program
-    # one launch per op, but two per attention op (split-KV attention and its reduction) and
-    # one per fused run of ops (compiler/codegen/gpu_fuse.py), which the per-op path launches one by one
+    # one launch per op (split-KV attention: the split kernel, whose last block per row and kv head
+    # merges) and one per fused run of ops (compiler/codegen/gpu_fuse.py), which the per-op path
+    # launches one by one
     fusions = _fusions(twins.bundle)
     assert fusions
-    assert len(program.launches) == sum(2 if op.kind == "attention" else 1 for op in twins.bundle.plan.ops) - sum(
-        f.count - 1 for f in fusions
-    )
+    assert len(program.launches) == len(twins.bundle.plan.ops) - sum(f.count - 1 for f in fusions)
+    assert program.arena.zeroed == ("attention.arrivals",)
     calls = _decode(twins, steps=4)
     n_launches = len(program.launches)
     # one capture (batch size 2), then replays; per step one copy each way and one sync
@@ -123,7 +123,7 @@ def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp
     assert h2d[0] == runner.stage["block_tables"][0] + 2 * runner.table_width * 4 - runner.stage["tokens"][0]
 
 
-# a layer's ops; the per-op path launches 16 kernels for them (attention: split and reduce)
+# a layer's ops; the per-op path launches 15 kernels for them
 LLAMA_LAYER_OPS = (
     "rmsnorm",
     "matmul",
@@ -145,7 +145,6 @@ LLAMA_LAYER_FUSED = (
     "matmul_q8_0p_256_64_64x256_fused",
     "rope_adjacent_8x2x32_32_kv_write_f16_64",
     "attention_f16_8x2x32_split",
-    "attention_f16_8x2x32_reduce",
     "matmul_q8_0p_256x256",
     "add_rmsnorm_256",
     "matmul_swiglu_q8_0p_768x256",
@@ -157,15 +156,16 @@ LLAMA_LAYER_FUSED = (
 def _layer_kernels(layer: int) -> list[str]:
     """A layer's launches: each add + rmsnorm hands its rows on rounded to the matmuls after it
     (gpu_fuse.DECODE_Q8: the q8 twins); layer 0's q/k/v follow the embedding's plain rmsnorm."""
-    qkv, rope, split, reduce, o, norm, glu, down, next_norm = LLAMA_LAYER_FUSED
-    return [qkv + ("_q8" if layer else ""), rope, split, reduce, o, norm + "_q8", glu + "_q8", down, next_norm + "_q8"]
+    qkv, rope, split, o, norm, glu, down, next_norm = LLAMA_LAYER_FUSED
+    return [qkv + ("_q8" if layer else ""), rope, split, o, norm + "_q8", glu + "_q8", down, next_norm + "_q8"]
 
 
 @pytest.mark.parametrize("model", [pytest.param("llama-Q8_0", marks=toolchain_marks(TARGET))])
-def test_a_llama_decode_layer_is_nine_launches(model, gpu_bundle):
-    """The per-op path launches 16 kernels a layer; the step program 9: q/k/v as one matmul,
+def test_a_llama_decode_layer_is_eight_launches(model, gpu_bundle):
+    """The per-op path launches 15 kernels a layer; the step program 8: q/k/v as one matmul,
     gate/up with the SwiGLU as one, each residual add with the rmsnorm after it, rope with the
-    KV write (the next layer's norm is this layer's last launch; docs/benchmarks.md)."""
+    KV write, attention as one launch (the split kernel's last block merges; the next layer's
+    norm is this layer's last launch; docs/benchmarks.md)."""
     bundle = open_bundle(gpu_bundle(model, TARGET))
     entry = next(t for t in bundle.manifest["targets"] if t["name"] == TARGET)
     program = unpack_program(bundle.file(entry["program"]).read_bytes())
@@ -179,15 +179,15 @@ def test_a_llama_decode_layer_is_nine_launches(model, gpu_bundle):
         "matmul",
     ]
     assert kernels[:2] == ["embed_q8_0_256", "rmsnorm_256"]
-    assert kernels[2 : 2 + 9 * (layers - 1)] == [k for layer in range(layers - 1) for k in _layer_kernels(layer)]
-    assert kernels[2 + 9 * (layers - 1) :] == [
+    assert kernels[2 : 2 + 8 * (layers - 1)] == [k for layer in range(layers - 1) for k in _layer_kernels(layer)]
+    assert kernels[2 + 8 * (layers - 1) :] == [
         *_layer_kernels(layers - 1)[:-1],
         "add_256",
         "gather_rows_256",
         "rmsnorm_256",
         "matmul_q8_0p_512x256",
     ]
-    assert len(program.launches) == 9 * layers + 5
+    assert len(program.launches) == 8 * layers + 5
 
 
 @pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
@@ -242,15 +242,21 @@ def test_program_arena_reuses_dead_buffers(model, gpu_bundle):
                 assert x1 < y0 or y1 < x0, f"{x.buffer} and {y.buffer} overlap while both live"
 
 
-@pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
+# gpt-oss-Q8_0: sinks (merged last), and windowed layers of fewer slices beside full ones
+@pytest.mark.parametrize(
+    "model", [pytest.param(m, marks=toolchain_marks(TARGET)) for m in ("llama-Q4_K_M", "gpt-oss-Q8_0")]
+)
 def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp_path_factory):
     """Decode rows of 151 and 71 keys: several slices each, so the program's split attention
-    kernels leave partials in the arena's scratch for the reduce kernel, and the result must
-    still equal the per-op kernel's (which merges the same partials in the same order)."""
+    kernels leave partials in the arena's scratch, which each (row, kv head)'s last block merges,
+    and the result must still equal the per-op kernel's (which merges the same partials in the
+    same order). The counts of arrivals sit in an arena slot the runtime zeroes once (the
+    emulator's memory starts NaN-filled, -1 as ints: unzeroed, no block would merge) and each
+    launch leaves at zero, so every layer and every replayed graph starts from zero."""
     twins = Twins(gpu_bundle(model, TARGET), shared_basetemp(tmp_path_factory) / "gpu-emu")
     program = twins.step.runner.program
     assert any(launch.kernel.endswith("_split") for launch in program.launches)
-    reserved = ("attention.scratch", "matmul.q8")  # slots of no plan buffer: after every buffer's bytes
+    reserved = ("attention.scratch", "matmul.q8", "attention.arrivals")  # slots of no plan buffer: after every buffer's
     assert program.arena.slot("attention.scratch").offset >= max(
         s.offset + s.nbytes for s in program.arena.slots if s.buffer not in reserved
     )
@@ -263,6 +269,10 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
         got, want = twins.forward([ScheduledChunk(1, lens[0], (tokens[0],)), ScheduledChunk(2, lens[1], (tokens[1],))])
         assert np.array_equal(got, want), f"decode step {step}: max |step - op| {np.abs(got - want).max():.3e}"
         lens = [lens[0] + 1, lens[1] + 1]
+    counts = program.arena.slot("attention.arrivals")
+    left = np.empty(counts.nbytes // 4, np.int32)
+    twins.step._driver.copy_to_host(left, twins.step.runner.arena + counts.offset)
+    assert not left.any(), "a launch left arrival counts behind"
 
 
 # -- the prefill list (tensor-core matmuls) on sm_90 ------------------------------------------------
@@ -344,3 +354,40 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, g
     ok, msg = llama_cpp_bounds(model, gpu, expected["logits"][: len(tokens)])
     print(msg)
     assert ok, msg
+
+
+@pytest.mark.parametrize("target", [pytest.param(TARGET, marks=toolchain_marks(TARGET))])
+def test_rows_over_two_waves_replay_the_per_op_path_bit_for_bit(target, tmp_path, monkeypatch):
+    """gpu_plan.INT8_ROW_WAVES (an A/B switch, off by default): a 2048-wide model, whose int8
+    matmul rows then span two waves that meet in shared memory, q8 hand-off included; the step
+    program equals the per-op path bit for bit, and its logits stay within activation rounding of
+    the one-wave kernels' (a wave's sum lost or counted twice moves them by far more)."""
+    import importlib.util
+    import sys
+
+    from rfc.compiler.codegen import gpu_plan
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("make_gguf", ROOT / "tools" / "make_gguf.py")
+    make_gguf = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "make_gguf", make_gguf)
+    spec.loader.exec_module(make_gguf)
+    gguf = tmp_path / "w2048.gguf"
+    make_gguf.main([str(gguf), "--format", "Q4_0", "--dim", "2048", "--layers", "1", "--ffn", "2048",
+                    "--heads", "16", "--kv-heads", "4", "--vocab", "512"])  # fmt: skip
+    prompt = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19)
+    logits = {}
+    for waves in (1, 2):
+        monkeypatch.setattr(gpu_plan, "INT8_ROW_WAVES", waves)  # the kit plans the per-op kernels with it too
+        out = tmp_path / f"waves{waves}"
+        compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
+        source = (out / "kernels" / target / "rfc.hip").read_text()
+        assert ("wave_s" in source) == (waves > 1)
+        twins = Twins(out, tmp_path / f"emu{waves}")
+        got, want = twins.forward([ScheduledChunk(1, 0, prompt, all_logits=True)])
+        assert np.array_equal(got, want)
+        step, op = twins.forward([ScheduledChunk(1, len(prompt), (int(want[-1].argmax()),))])
+        assert np.array_equal(step, op)
+        logits[waves] = np.concatenate([got, step])
+    assert np.abs(logits[2] - logits[1]).max() < 0.02 * np.abs(logits[1]).max()

@@ -539,3 +539,81 @@ def test_the_prefill_list_round_trips_and_is_checked():
     # a program written before the prefill list: every step runs `launches`
     old = {k: v for k, v in raw.items() if not k.startswith("prefill_")}
     assert unpack_program(msgpack.packb(old)) == StepProgram("sm_90", arena, launches=(launch,))
+
+
+# -- attention in one launch a layer (the split kernel's last block merges) --------------------------
+
+
+def test_decode_attention_is_one_launch_a_layer_and_two_without_the_merge(program_and_bundle, monkeypatch):
+    """ATTENTION_LAST_BLOCK_MERGE: one split launch per attention op, over an arrivals slot the
+    program lists as zeroed (so it is written as version 2); off, the split and reduce launches of
+    before, and a version 1 program with nothing to zero."""
+    import msgpack
+
+    import rfc.compiler.codegen.gpu_plan as gpu_plan
+    from rfc.artifacts.program import pack_program
+
+    program, _kernel_args, bundle = program_and_bundle
+    n_attention = sum(op.kind == "attention" for op in bundle.plan.ops)
+    kinds = lambda p: [x.kernel.rsplit("_", 1)[1] for x in p.launches if x.kernel.startswith("rfc_attention_")]  # noqa: E731
+    assert kinds(program) == ["split"] * n_attention
+    counts = program.arena.slot(gpu_plan.ATTENTION_ARRIVALS)
+    n_kv_heads = max(op.attrs["n_kv_heads"] for op in bundle.plan.ops if op.kind == "attention")
+    assert counts.nbytes == 4 * gpu_plan.ATTENTION_SPLIT_ROWS * n_kv_heads
+    assert counts.offset + counts.nbytes <= program.arena.total_bytes
+    assert program.arena.zeroed == (gpu_plan.ATTENTION_ARRIVALS,)
+    split = next(x for x in program.launches if x.kernel.endswith("_split"))
+    assert ArgSlot(ArgKind.ARENA, gpu_plan.ATTENTION_ARRIVALS) in split.args
+    assert msgpack.unpackb(pack_program(program))["version"] == 2
+
+    monkeypatch.setattr(gpu_plan, "ATTENTION_LAST_BLOCK_MERGE", False)
+    target = parse_target("sm_90")
+    specs, op_kernels = plan_kernels(target, bundle.plan, bundle.layout)
+    off = plan_program(target, bundle.plan, specs, op_kernels)
+    assert kinds(off) == ["split", "reduce"] * n_attention
+    assert len(off.launches) == len(program.launches) + n_attention
+    assert off.arena.zeroed == () and gpu_plan.ATTENTION_ARRIVALS not in {s.buffer for s in off.arena.slots}
+    raw = msgpack.unpackb(pack_program(off))
+    assert raw["version"] == 1 and "zeroed" not in raw["arena"]
+
+
+def test_the_runner_zeroes_the_arrival_counts_once(program_and_bundle):
+    """The arena's zeroed slots are set to zero once, when the runner is made (device memory
+    starts as whatever it was), and never per step."""
+    program, kernel_args, bundle = program_and_bundle
+    fake = FakeCuda()
+    runner = _runner(fake, program, kernel_args, bundle)
+    counts = program.arena.slot("attention.arrivals")
+    copies = [c[1] for c in fake.calls if c[0] == "cuMemcpyHtoD_v2"]
+    assert [(dst, n) for dst, _src, n in copies] == [(runner.arena + counts.offset, counts.nbytes)]
+    fake.calls.clear()
+    runner.run(_decode_batch(BlockManager(32, 16), 2, 0), bundle.plan.output_logits)
+    assert "cuMemcpyHtoD_v2" not in [c[0] for c in fake.calls]
+
+
+def test_zeroed_slots_round_trip_and_are_checked():
+    """A program's zeroed slots: only in a version 2 program, each an arena slot of a bounded
+    size (the runtime zeroes it from a host buffer), once."""
+    import msgpack
+
+    from rfc.artifacts.errors import BundleError
+    from rfc.artifacts.program import MAX_ZEROED_BYTES, Arena, ArenaSlot, StepProgram, pack_program, unpack_program
+
+    big = ArenaSlot("big", 512, MAX_ZEROED_BYTES + 1)
+    slots = (ArenaSlot("a", 0, 256), ArenaSlot("counts", 256, 64), big)
+    arena = Arena(2048, 512, 256, 256, slots, 512 + big.nbytes, ("counts",))
+    program = StepProgram("sm_90", arena)
+    back = unpack_program(pack_program(program))
+    assert back.arena == arena and back.version == 2
+    raw = msgpack.unpackb(pack_program(program))
+    cases = [
+        ({**raw, "version": 1}, "version 1 program zeroes no slots"),
+        ({**raw, "version": 3}, "version 3 is not one of 1, 2"),
+        ({**raw, "arena": {**raw["arena"], "zeroed": ["nowhere"]}}, "'nowhere' is not an arena slot"),
+        ({**raw, "arena": {**raw["arena"], "zeroed": ["counts", "counts"]}}, "listed twice"),
+        ({**raw, "arena": {**raw["arena"], "zeroed": [7]}}, "malformed"),
+        ({**raw, "arena": {**raw["arena"], "zeroed": ["big"]}}, "'big' is over"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(BundleError, match=message):
+            unpack_program(msgpack.packb(bad))
