@@ -71,6 +71,7 @@ def _open_device(driver: GpuDriver, target: str) -> str:
     context = ctypes.c_void_p()
     driver.check("cuDevicePrimaryCtxRetain", lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), dev))
     driver.check("cuCtxSetCurrent", lib.cuCtxSetCurrent(context))
+    driver.bound_to(lambda: driver.check("cuCtxSetCurrent", lib.cuCtxSetCurrent(context)))
     return arch
 
 

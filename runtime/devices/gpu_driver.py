@@ -10,6 +10,7 @@ same). A family binds its dialect to the class: hip.HipDriver, cuda.CudaDriver.
 """
 
 import ctypes
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol
@@ -198,7 +199,21 @@ class GpuDriver:
             raise DeviceError(f"{call} failed: {self.error_string(status)}")
 
     def _call(self, name: str, *args, what: str = "") -> None:
+        bind = getattr(self, "bind_thread", None)
+        if bind is not None and not getattr(self._bound, "done", False):
+            bind()
+            self._bound.done = True
         self.check(what or name.removesuffix("_v2"), getattr(self.lib, name)(*args))
+
+    def bound_to(self, bind: Callable[[], None]) -> None:
+        """Makes every thread that calls the driver run `bind` first, once (CUDA: the device's
+        context made current there). The driver API keeps the current context per thread, so
+        a thread other than the one that opened the device (an HTTP worker reading the free
+        memory for /health, a request freeing its pages) would call with none at all:
+        CUDA_ERROR_INVALID_CONTEXT. The opening thread is bound already."""
+        self._bound = threading.local()
+        self._bound.done = True
+        self.bind_thread = bind
 
     # -- memory and modules --------------------------------------------------------------------
     def malloc(self, nbytes: int) -> int:

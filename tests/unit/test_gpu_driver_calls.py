@@ -7,6 +7,7 @@ the program is lowered from a reference-only bundle's plan.
 
 import ctypes
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -617,3 +618,53 @@ def test_zeroed_slots_round_trip_and_are_checked():
     for bad, message in cases:
         with pytest.raises(BundleError, match=message):
             unpack_program(msgpack.packb(bad))
+
+
+class FakeCudaDevice(FakeCuda):
+    """One sm_90 device, each call recorded with the thread that made it."""
+
+    def __getattr__(self, name):
+        call = super().__getattr__(name)
+
+        def threaded(*args):
+            self.threads.append((name, threading.get_ident()))
+            return call(*args)
+
+        return threaded
+
+    def _cuDeviceGetCount(self, ref):
+        ctypes.cast(ref, ctypes.POINTER(ctypes.c_int))[0] = 1
+        return 0
+
+    def _cuDeviceGetAttribute(self, ref, attribute, dev):
+        ctypes.cast(ref, ctypes.POINTER(ctypes.c_int))[0] = 9 if attribute == cuda._CC_MAJOR else 0
+        return 0
+
+    def _cuDevicePrimaryCtxRetain(self, ref, dev):
+        self._out(ref, 0xC0DE)
+        return 0
+
+
+def test_another_thread_calls_the_driver_in_the_devices_context():
+    """The driver API's current context is per thread: an HTTP worker reading the free memory
+    for /health called cuMemGetInfo with none (CUDA_ERROR_INVALID_CONTEXT on an H100) until
+    each thread made the device's context current before its first call."""
+    fake = FakeCudaDevice()
+    fake.threads = []
+    driver = _driver(fake)
+    assert cuda._open_device(driver, "sm_90") == "sm_90"
+    driver.memory_info()
+    opener = threading.get_ident()
+    assert [n for n, t in fake.threads if n.startswith(("cuCtxSetCurrent", "cuMemGetInfo"))] == [
+        "cuCtxSetCurrent",
+        "cuMemGetInfo_v2",
+    ]  # the opening thread: bound when it opened the device
+    fake.threads.clear()
+    worker = threading.Thread(target=lambda: (driver.memory_info(), driver.memory_info()))
+    worker.start()
+    worker.join()
+    calls = [(n, t) for n, t in fake.threads]
+    assert [n for n, _t in calls] == ["cuCtxSetCurrent", "cuMemGetInfo_v2", "cuMemGetInfo_v2"]
+    assert len({t for _n, t in calls} - {opener}) == 1  # all in the worker, bound once
+    context = fake.calls[-3][1][0]  # the device's primary context, made current in the worker
+    assert fake.calls[-3][0] == "cuCtxSetCurrent" and getattr(context, "value", context) == 0xC0DE
