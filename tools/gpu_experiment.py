@@ -197,6 +197,38 @@ def _time_bundle(bundle: Path, device: str) -> tuple[float, float]:
     return statistics.median(decode), statistics.median(prefill[1:])
 
 
+def interleaved(bundles: list[Path], device: str, rounds: int, reps: int = 100) -> int:
+    """Graph-replayed batch-1 decode steps of several bundles loaded side by side, timed in turns
+    (each round every bundle `reps` replays): the medians of an A/B that a drifting card's clock
+    cannot bias (variants times one bundle after another)."""
+    import numpy as np
+
+    graphs = []
+    for bundle in bundles:
+        lm = _load(bundle, device)
+        runner, blocks = lm.device.runner, lm.kv_pool.manager()
+        rng = np.random.default_rng(0)
+        blocks.allocate(0, 40)
+        lm.executor.forward(_batch([(0, 0, tuple(rng.integers(2, lm.vocab_size, size=32).tolist()))], blocks))
+        lm.executor.forward(_batch([(0, 32, (5,))], blocks))
+        scalars = runner._forward(_batch([(0, 33, (6,))], blocks), runner.stage["tokens"][0])
+        runner._driver.stream_synchronize(runner.stream)
+        graphs.append((lm, runner, runner._graph(scalars, False)))
+    times: list[list[float]] = [[] for _ in bundles]
+    for _ in range(rounds):
+        for i, (_lm, runner, graph) in enumerate(graphs):
+            d = runner._driver
+            for _ in range(reps):
+                t = time.perf_counter()
+                d.graph_launch(graph, runner.stream)
+                d.stream_synchronize(runner.stream)
+                times[i].append(time.perf_counter() - t)
+    for bundle, ts in zip(bundles, times):
+        med = statistics.median(ts)
+        print(f"{bundle.name:<60} {med * 1e6:>9.1f} us {1 / med:>7.0f} tok/s ({len(ts)} replays)", flush=True)
+    return 0
+
+
 def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
@@ -233,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--target", default="sm_90")
     v.add_argument("--variant", action="append", default=[], help='"module.NAME=value ..." (repeatable)')
     v.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rfc-variants")
+    i = sub.add_parser("interleaved", help="batch-1 decode steps of bundles timed in turns (an A/B)")
+    i.add_argument("bundles", type=Path, nargs="+")
+    i.add_argument("--device", default="cuda")
+    i.add_argument("--rounds", type=int, default=5)
     s = sub.add_parser("_steps")  # what ncu runs
     s.add_argument("bundle", type=Path)
     s.add_argument("meta", type=Path)
@@ -241,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         return ncu(args.bundle, args.out, args.timeout)
     if args.cmd == "variants":
         return variants(args.gguf, args.target, args.variant, args.out)
+    if args.cmd == "interleaved":
+        return interleaved(args.bundles, args.device, args.rounds)
     run_steps(args.bundle, args.meta)
     return 0
 

@@ -530,11 +530,9 @@ def run(
     ]
     report = logs / "rfc-bench.json"
     if follow_up:  # a second call on the same machine: the benchmark GGUFs and bundles are there
-        sys.path.insert(0, str(ROOT / "tools"))
-        from gpu_check import BENCH_MODELS
-
-        status = 0
-        rfc = {"bench": [{"gguf": str(out / name)} for name, _ in BENCH_MODELS if (out / name).is_file()]}
+        status = 0  # (gpu_check.py's BENCH_MODELS: made by the first call; the smaller first)
+        ggufs = sorted(out.glob("bench-*.gguf"), key=lambda p: p.stat().st_size)
+        rfc = {"bench": [{"gguf": str(p)} for p in ggufs]}
     else:
         left = _phase("rfc: stories260K's checks, then the benchmark shapes", deadline)
         status = _checked_run(
