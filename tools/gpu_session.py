@@ -245,7 +245,7 @@ def _llama_build(src: Path, target: str, server: bool = False) -> tuple[subproce
         f"cmake -S {src} -B {build} {' '.join(gpu)} -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF "
         f"-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER={'ON' if server else 'OFF'} "
         "-DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF >/dev/null && "
-        f"nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-bench >/dev/null"
+        f"nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-bench >/dev/null && touch {build}/bench.done"
         # llama-server after llama-bench: a failure of its build leaves the benchmark standing
         + (
             f" && (nice -n 5 cmake --build {build} -j {os.cpu_count() or 4} --target llama-server >/dev/null || true)"
@@ -254,7 +254,8 @@ def _llama_build(src: Path, target: str, server: bool = False) -> tuple[subproce
         )
     )
     log = open(src / "build.log", "w")
-    return subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT), build / "bin"
+    proc = subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, build / "bin"
 
 
 def card() -> str:
@@ -545,12 +546,14 @@ def run(
     llama: list[dict] = []
     if build is not None:
         left = _phase("llama.cpp: llama-bench on the same GGUFs", deadline)
-        try:
-            build.wait(timeout=max(left - 100, 1))
-        except subprocess.TimeoutExpired:
-            build.kill()
-        print(f"llama-bench build: exit {build.returncode} after {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        shutil.copy(src / "build.log", logs / "llama-build.log")
+        # llama-bench's build, not llama-server's after it (which goes on for the serving phase)
+        until = time.monotonic() + max(left - 100, 1)
+        while build.poll() is None and not (bins.parent / "bench.done").is_file() and time.monotonic() < until:
+            time.sleep(1)
+        done = (bins.parent / "bench.done").is_file()
+        print(
+            f"llama-bench build: {'done' if done else 'not done'} after {time.monotonic() - t0:.0f} s", file=sys.stderr
+        )
     for b in rfc["bench"] if build is not None else []:
         try:
             r = subprocess.run(
@@ -579,6 +582,14 @@ def run(
     )
     (logs / "ratios.md").write_text(table)
     print("\n" + table, flush=True)
+    if build is not None and build.poll() is None:  # llama-server's build: a bounded wait, then without it
+        try:
+            build.wait(timeout=max(min(60, deadline - time.monotonic() - 200), 1) if serve else 0.1)
+        except subprocess.TimeoutExpired:
+            os.killpg(build.pid, signal.SIGKILL)  # cmake and its compilers with it
+            build.wait()
+    if build is not None:
+        shutil.copy(src / "build.log", logs / "llama-build.log")
     if serve and rfc["bench"]:
         left = _phase("serving: rfc serve and llama-server -np 16, streamed completions, 1 and 16 clients", deadline)
         b = rfc["bench"][0]  # the smaller benchmark shape
