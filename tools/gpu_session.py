@@ -754,6 +754,13 @@ def main(argv: list[str] | None = None) -> int:
         help="compute-sanitizer memcheck over a dense, a MoE and a hybrid fixture and the smaller benchmark bundle",
     )
     r.add_argument(
+        "--pack",
+        type=Path,
+        metavar="FILE.tgz",
+        help="also pack --logs into this tarball at the end, however the run ends (e.g. $OUT/logs.tgz "
+        "with --logs outside $OUT: a device call brings back a limited number of files)",
+    )
+    r.add_argument(
         "--variants-on",
         default="",
         metavar="TEXT",
@@ -781,21 +788,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "prepare":
         prepare(args.dir, args.kernels, args.python_version, args.without, tuple(args.variant))
         return 0
-    return run(
-        args.dir,
-        args.target,
-        args.out,
-        args.budget,
-        args.logs,
-        not args.no_peer,
-        tuple(args.variant),
-        not args.no_serve,
-        args.ncu,
-        args.sanitize,
-        args.follow_up,
-        args.variants_on,
-        args.variant_share,
-    )
+    # `timeout`'s SIGTERM ends the run through `finally` (the logs still packed)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
+    try:
+        return run(
+            args.dir,
+            args.target,
+            args.out,
+            args.budget,
+            args.logs,
+            not args.no_peer,
+            tuple(args.variant),
+            not args.no_serve,
+            args.ncu,
+            args.sanitize,
+            args.follow_up,
+            args.variants_on,
+            args.variant_share,
+        )
+    finally:
+        if args.pack is not None:
+            pack_logs(args.logs, args.pack)
+
+
+def pack_logs(logs: Path, pack: Path) -> None:
+    """Every log of the run in one tarball (a device call brings back a limited number of
+    files), written whatever the run's end: a timeout or a failure too."""
+    pack.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(pack, "w:gz") as t:
+        if logs.is_dir():
+            t.add(logs, arcname=logs.name)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,23 @@ def test_memcheck_covers_a_dense_a_moe_and_a_hybrid_fixture_and_the_big_tiles(tm
     assert cmds[bundle.name][-3:-1] == ["_steps", str(bundle)]  # a 512-token prefill and a graph step
     # no benchmark bundle (its phase failed): the fixtures alone
     assert [n for n, _ in gpu_session.sanitize_commands(tmp_path, tmp_path / "absent", check)] == ["fixtures"]
+
+
+def test_the_logs_come_back_as_one_tarball_even_when_the_run_fails(tmp_path, monkeypatch):
+    import tarfile
+
+    logs = tmp_path / "logs"
+
+    def failing_run(*args, **kwargs):
+        logs.mkdir()
+        (logs / "rfc-bench.log").write_text("half a phase\n")
+        raise KeyboardInterrupt  # a timeout's signal, say
+
+    monkeypatch.setattr(gpu_session, "run", failing_run)
+    pack = tmp_path / "out" / "logs.tgz"
+    try:
+        gpu_session.main(["run", str(tmp_path / "peer"), "--logs", str(logs), "--pack", str(pack)])
+    except KeyboardInterrupt:
+        pass
+    with tarfile.open(pack) as t:
+        assert t.getnames() == ["logs", "logs/rfc-bench.log"]
