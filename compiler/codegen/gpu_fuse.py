@@ -22,16 +22,20 @@ done by the 32 threads that hold a sub-block) into the arena slot Q8_SCRATCH, an
 read that instead of rounding the float rows again in every block behind two barriers. The
 prefill list keeps the plain kernels (its tensor-core matmuls round their input themselves).
 
+The prefill list launches a run's ops one by one, each on its tensor-core kernel, but for the
+matmuls of one input: there one int8 tensor-core launch over the segments of rows
+(gpu_imma.imma_segments_spec, gpu_imma.IMMA_SEGMENTS) where their kernels differ in rows alone.
+
 Each fused kernel sums and rounds every value as the separate kernels do, so the step program
 gives the per-op path's bits (tests/kernels/test_gpu_program.py). An op between the matmuls
 (a bias, a scale), another activation, other formats or widths: no fusion there, the ops keep
-their own launches. The per-op kernels stay in the bundle (op_kernels, the kernel tests) and
-the prefill list keeps the tensor-core matmuls unfused.
+their own launches. The per-op kernels stay in the bundle (op_kernels, the kernel tests).
 """
 
 from dataclasses import dataclass
 
 from rfc.artifacts.plan import Op, Plan
+from rfc.compiler.codegen import gpu_imma
 from rfc.compiler.codegen.gpu_plan import I32, MATMUL_ROW_STEPS, PTR, KernelSpec, _renamed, buffer_uses
 
 MATMUL_TEMPLATE = "gpu_matmul.hip.j2"
@@ -55,6 +59,10 @@ class Fusion:
     # what the prefill list launches in its place where it differs (the q8 hand-off's kernels
     # have their plain twins there); a source named "q8" is the arena slot Q8_SCRATCH
     plain: "Fusion | None" = None
+    # where the run's ops have prefill kernels (KernelSpec.prefill): the one launch the prefill
+    # list makes in place of theirs (segments of tensor-core matmuls), its sources those kernels'
+    # arguments; None: the prefill list launches them one by one
+    prefill: "Fusion | None" = None
 
 
 def plan_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> list[Fusion]:
@@ -74,23 +82,35 @@ def plan_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> 
         if fusion is None or not _apart_in_the_arena(plan, fusion):
             i += 1
             continue
-        spec = fusion.spec
-        if spec.name in taken and taken[spec.name] != spec:  # two specializations one name does not tell apart
-            spec = _renamed(spec, taken)
-        fusions.append(Fusion(fusion.first, fusion.count, taken.setdefault(spec.name, spec), fusion.sources))
+        spec = _taken(fusion.spec, taken)
+        prefill = fusion.prefill
+        if prefill is not None:
+            prefill = Fusion(prefill.first, prefill.count, _taken(prefill.spec, taken), prefill.sources)
+        fusions.append(Fusion(fusion.first, fusion.count, spec, fusion.sources, prefill=prefill))
         i += fusion.count
     return _q8_hand_offs(plan, op_specs, fusions, taken) if DECODE_Q8 else fusions
 
 
 def fused_specs(fusions: list[Fusion]) -> list[KernelSpec]:
     """The fused kernels to build, each once, in first-use order (the prefill list's plain
-    twins of fused runs too; a lone op's plain kernel is its own, built already)."""
+    twins of fused runs and its segmented matmuls too; a lone op's plain kernel is its own,
+    built already)."""
     specs = {}
     for f in fusions:
         specs.setdefault(f.spec.name, f.spec)
         if f.plain is not None and f.plain.count > 1:
             specs.setdefault(f.plain.spec.name, f.plain.spec)
+        if f.prefill is not None:
+            specs.setdefault(f.prefill.spec.name, f.prefill.spec)
     return list(specs.values())
+
+
+def _taken(spec: KernelSpec, taken: dict[str, KernelSpec]) -> KernelSpec:
+    """`spec` under a name no other specialization has (two one name does not tell apart: the
+    later numbered), recorded in `taken`."""
+    if spec.name in taken and taken[spec.name] != spec:
+        spec = _renamed(spec, taken)
+    return taken.setdefault(spec.name, spec)
 
 
 # -- conditions -------------------------------------------------------------------------------
@@ -233,7 +253,21 @@ def _segments(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
     sources = (*((s, "out") for s in range(n)), (0, "x"), *((s, "weight") for s in range(n)), (0, "n_rows"))
     grid = ((start, tiling["rows_per_block"]), ("n_rows", first.params["tokens_per_block"]))
     spec = KernelSpec(name, "gpu_matmul_fused.hip.j2", params, args, first.threads, grid)
-    return Fusion(i, n, spec, sources)
+    return Fusion(i, n, spec, sources, prefill=_imma_segments(run, i))
+
+
+def _imma_segments(run: list[KernelSpec], i: int) -> Fusion | None:
+    """The prefill list's one launch for matmul run `run` (from op i): the segmented tensor-core
+    matmul over their prefill kernels, or None (gpu_imma.imma_segments_spec)."""
+    if not gpu_imma.IMMA_SEGMENTS or any(s.prefill is None for s in run):
+        return None
+    spec = gpu_imma.imma_segments_spec([s.prefill for s in run])
+    if spec is None:
+        return None
+    sources = []
+    for name, _kind in run[0].prefill.args:
+        sources += [(s, name) for s in range(len(run))] if name in ("out", "weight") else [(0, name)]
+    return Fusion(i, len(run), spec, tuple(sources))
 
 
 def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
@@ -365,7 +399,7 @@ def _q8_variant(f: Fusion, extra: dict, suffix: str = "_q8") -> Fusion:
         spec.threads,
         spec.grid,
     )
-    return Fusion(f.first, f.count, q8, sources, plain=f)
+    return Fusion(f.first, f.count, q8, sources, plain=f, prefill=f.prefill)
 
 
 def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion], taken: dict) -> list[Fusion]:

@@ -14,6 +14,7 @@ gpu_mma.mma_matmul_spec (sm_70 and newer) or the decode list's kernel.
 from dataclasses import dataclass
 
 from rfc.artifacts.formats import PLANAR_FORMATS
+from rfc.compiler.codegen.gpu_kernel import KernelSpec
 from rfc.compiler.targets import Target
 
 IMMA_TEMPLATE = "gpu_matmul_imma.hip.j2"
@@ -110,6 +111,13 @@ IMMA_PREQUANT = True
 Q8_SCRATCH = "matmul.q8"  # the arena slot of the rounded activations (not a plan buffer)
 QUANTIZE_THREADS = 64
 QUANTIZE_TEMPLATE = "gpu_quantize_q8.hip.j2"
+# The prefill list launches the q, k and v matmuls of a fused run (gpu_fuse's segments: 2-3
+# matmuls of one input) as one launch over the rows of all their weights where their kernels
+# differ in rows alone and each weight's rows fill whole row tiles (imma_segments_spec): k and v
+# of 4 kv heads of 64 are 256 rows each, 32 tiles of 64 x 64 at 512 tokens, a quarter of an
+# H100's multiprocessors, and took as long as q's 2048 rows (docs/benchmarks.md). False: a
+# launch per matmul, the kernels and prefill list byte for byte as before.
+IMMA_SEGMENTS = True
 
 
 def q8_layout(k: int, max_tokens: int) -> dict:
@@ -214,3 +222,38 @@ def imma_matmul_spec(target: Target, w: dict, tiling: ImmaTiling | None = None):
     # prequant: the input comes as Q8_SCRATCH (gpu_plan.plan_program launches quantize_q8_spec first)
     args = (("out", PTR), ("q8", PTR), ("weight", PTR), ("n_rows", I32)) if IMMA_PREQUANT else KERNEL_ARGS["matmul"]
     return KernelSpec(name, IMMA_TEMPLATE, params, args, threads, grid)
+
+
+# params that tell the kernels of a segmented launch's matmuls apart (their rows) or name them
+_ROW_PARAMS = ("name", "n", "rows")
+
+
+def imma_segments_spec(specs: list[KernelSpec]) -> KernelSpec | None:
+    """One int8 tensor-core launch over the rows of the matmuls whose kernels are `specs` (their
+    imma_matmul_spec kernels, one input), each segment of rows its own weight and output, or
+    None: a kernel that is not this template's, kernels that differ but in rows, or a weight
+    whose rows do not fill whole row tiles (every tile must lie in one segment). Each output is
+    summed by the same tile, in the same order, as its matmul's own kernel sums it: the same
+    bits."""
+    if len(specs) < 2 or any(s.template != IMMA_TEMPLATE for s in specs):
+        return None
+    first = specs[0]
+    like = {k: v for k, v in first.params.items() if k not in _ROW_PARAMS}
+    if any({k: v for k, v in s.params.items() if k not in _ROW_PARAMS} != like for s in specs):
+        return None
+    if any(s.args != first.args or s.threads != first.threads for s in specs):
+        return None
+    if any(s.params["n"] % first.params["tile_n"] for s in specs):
+        return None
+    segs, start = [], 0
+    for s in specs:
+        segs.append({"start": start, "end": start + s.params["n"], "rows": s.params["n"]})
+        start += s.params["n"]
+    rows = "_".join(str(s["rows"]) for s in segs)
+    name = f"rfc_matmul_imma_{first.params['fmt']}_{rows}x{first.params['k']}_segments"
+    params = {**first.params, "name": name, "n": start, "rows": start, "segs": segs}
+    args = []
+    for arg, kind in first.args:  # out and weight once a segment, in their place
+        args += [(f"{arg}{i}", kind) for i in range(len(specs))] if arg in ("out", "weight") else [(arg, kind)]
+    grid = ((start, first.params["tile_n"]), ("n_rows", first.params["tile_m"]))
+    return KernelSpec(name, IMMA_TEMPLATE, params, tuple(args), first.threads, grid)

@@ -906,7 +906,8 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
     launch for each run of ops in `fusions` (compiler/codegen/gpu_fuse.py). Where an op has a
     prefill kernel (tensor-core matmuls), a second list for steps of at least
     PREFILL_MIN_TOKENS tokens: that kernel in its place, every other launch the same (a fused
-    run holding such an op launches its ops one by one there)."""
+    run holding such an op launches its ops one by one there, or its Fusion.prefill: the
+    segmented tensor-core matmul)."""
     by_name = {s.name: s for s in specs}
     fused = {f.first: f for f in fusions}
     launches: list[Launch] = []
@@ -916,9 +917,10 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
     q8_bytes = 0
     rounded = None  # (input buffer, k) whose int8 rounding Q8_SCRATCH holds at this point of the prefill list
 
-    def prefill_launch(op: Op, spec: KernelSpec) -> None:
-        """Appends op's prefill launch; an int8 tensor-core matmul over a prequantized input first
-        gets the launch that rounds it, unless the launch before rounded the same input."""
+    def prefill_launch(op: Op, spec: KernelSpec, launch: Launch | None = None) -> None:
+        """Appends op's prefill launch (`launch`: the one of a fused run that starts with op, and
+        `spec` its kernel); an int8 tensor-core matmul over a prequantized input first gets the
+        launch that rounds it, unless the launch before rounded the same input."""
         nonlocal q8_bytes, rounded
         if spec.params.get("prequant"):
             key = (op.inputs[0], spec.params["k"])
@@ -928,7 +930,7 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
             q8_bytes = max(q8_bytes, spec.params["q8_bytes"])
         else:
             rounded = None  # another launch may write that input
-        prefill.append(op_launch(plan, op, spec))
+        prefill.append(launch or op_launch(plan, op, spec))
 
     i = 0
     while i < len(plan.ops):
@@ -940,7 +942,11 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
             launches.append(launch)
             if f.spec.params.get("q8"):  # the decode list's rounded hand-off (gpu_fuse.DECODE_Q8)
                 q8_bytes = max(q8_bytes, f.spec.params["q8_bytes"])
-            if any(by_name[k].prefill is not None for k in op_kernels[i : i + f.count]):
+            if f.prefill is not None:  # one launch over the ops' prefill kernels
+                pre = f.prefill.spec
+                own_prefill = [s.prefill for s in own]
+                prefill_launch(ops[0], pre, fused_launch(plan, ops, pre, f.prefill.sources, own_prefill))
+            elif any(by_name[k].prefill is not None for k in op_kernels[i : i + f.count]):
                 for op, kernel in zip(ops, op_kernels[i : i + f.count]):
                     spec = by_name[kernel]
                     prefill_launch(op, spec.prefill or spec)

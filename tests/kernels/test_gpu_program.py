@@ -391,3 +391,43 @@ def test_rows_over_two_waves_replay_the_per_op_path_bit_for_bit(target, tmp_path
         assert np.array_equal(step, op)
         logits[waves] = np.concatenate([got, step])
     assert np.abs(logits[2] - logits[1]).max() < 0.02 * np.abs(logits[1]).max()
+
+
+@pytest.mark.parametrize("model,target", [pytest.param("llama-Q4_K_M", MMA_TARGET, marks=toolchain_marks(MMA_TARGET))])
+def test_prefill_list_segments_give_the_per_op_launches_bits(
+    model, target, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+):
+    """The prefill list's q, k and v (and q and k where v is in another format: llama-Q4_K_M's
+    Q6_K layers) as one segmented int8 tensor-core launch (gpu_imma.IMMA_SEGMENTS): every logit of
+    a 70-token prompt (a partial tile of tokens) bit for bit those of the bundle compiled with the
+    switch off, which launches them one by one; the decode list the same launches."""
+    from rfc.compiler.codegen import gpu_imma
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.kernels.gpu_support import model_path
+
+    on_dir = gpu_bundle(model, target)  # compiled (once a session) with the default: segments
+    monkeypatch.setattr(gpu_imma, "IMMA_SEGMENTS", False)
+    compile_model(
+        CompileOptions(model=model_path(model), out_dir=tmp_path / "off", targets=(target,), cache_dir=gpu_build_cache)
+    )
+    tokens = tuple((7 * i + 3) % 500 for i in range(70))
+    emu_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
+    logits, programs = [], []
+    for bundle_dir in (on_dir, tmp_path / "off"):
+        bundle = open_bundle(bundle_dir)
+        device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, emu_dir)
+        blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+        blocks.allocate(0, len(tokens))
+        batch = build_batch([ScheduledChunk(0, 0, tokens, all_logits=True)], blocks)
+        logits.append(Executor(bundle.plan, device).forward(batch))
+        programs.append(device.runner.program)
+    on, off = programs
+    segmented = [launch for launch in on.prefill_launches if launch.kernel.endswith("_segments")]
+    assert segmented and not any(launch.kernel.endswith("_segments") for launch in off.prefill_launches)
+    sizes = [(len(launch.args) - 2) // 2 for launch in segmented]  # out{i}, q8, weight{i}, n_rows
+    assert sorted(set(sizes)) == [2, 3], sizes
+    assert len(off.prefill_launches) == len(on.prefill_launches) + sum(n - 1 for n in sizes)
+    assert on.launches == off.launches
+    assert np.array_equal(logits[0].view(np.uint32), logits[1].view(np.uint32)), (
+        f"{np.count_nonzero(logits[0] != logits[1])} logits differ"
+    )

@@ -316,10 +316,16 @@ def test_imma_matmuls_at_real_model_sizes_use_no_local_memory(target):
     """The prefill list's int8 tensor-core matmuls as the planner tiles them for real models
     (the fixtures' matrices are all small-tile ones): every format they take, over an 8B's
     4096 x 4096 (the big tile where the target has it, 128 x 128 with prefetch) and 1024 x 4096
-    (the small one), in one source per target: no stack frame, no spills, static shared memory
-    within CUDA's 48 KiB."""
+    (the small one), and the segmented launch of a TinyLlama's q, k and v (2048 + 256 + 256 rows
+    of 2048), in one source per target: no stack frame, no spills, static shared memory within
+    CUDA's 48 KiB."""
     from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, render_source
-    from rfc.compiler.codegen.gpu_imma import IMMA_BIG_TILE_INSTRUCTIONS, IMMA_FORMATS, imma_matmul_spec
+    from rfc.compiler.codegen.gpu_imma import (
+        IMMA_BIG_TILE_INSTRUCTIONS,
+        IMMA_FORMATS,
+        imma_matmul_spec,
+        imma_segments_spec,
+    )
     from rfc.compiler.codegen.gpu_plan import weight_geometry
     from rfc.compiler.targets import parse_target
 
@@ -327,6 +333,12 @@ def test_imma_matmuls_at_real_model_sizes_use_no_local_memory(target):
     specs = [imma_matmul_spec(t, weight_geometry(f, rows, 4096)) for f in IMMA_FORMATS for rows in (4096, 1024)]
     tiles = {(s.params["tile_m"], s.params["prefetch"]) for s in specs}
     assert tiles == ({(128, True), (64, False)} if t.imma in IMMA_BIG_TILE_INSTRUCTIONS else {(64, False)}), tiles
+    segments = [
+        imma_segments_spec([imma_matmul_spec(t, weight_geometry(f, rows, 2048)) for rows in (2048, 256, 256)])
+        for f in IMMA_FORMATS
+    ]
+    assert all(segments)
+    specs += segments
     binary = _compile(TOOLCHAINS[t.family], t, render_source(t, specs))
     usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
     assert {s.name for s in specs} <= {n for n, u in usage.items() if u.is_hot}

@@ -10,9 +10,10 @@ import pytest
 from rfc.artifacts.formats import tensor_nbytes
 from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.plan import Buffer, Op
-from rfc.compiler.codegen import gpu_fuse, gpu_plan
+from rfc.compiler.codegen import gpu_fuse, gpu_imma, gpu_plan
 from rfc.compiler.codegen.gpu_fuse import fused_specs, plan_fusions
-from rfc.compiler.codegen.gpu_plan import PROGRAM_MAX_TOKENS, plan_kernels, plan_program
+from rfc.compiler.codegen.gpu_imma import imma_matmul_spec, imma_segments_spec
+from rfc.compiler.codegen.gpu_plan import PROGRAM_MAX_TOKENS, plan_kernels, plan_program, weight_geometry
 from rfc.compiler.gguf_reader import read_gguf
 from rfc.compiler.spec import build_spec
 from rfc.compiler.targets import parse_target
@@ -191,3 +192,83 @@ def test_no_hand_off_past_a_write_of_the_rows(llama):
     norm = next(f for f in fusions if f.first == gate - 2)
     assert norm.spec.template == "gpu_add_rmsnorm.hip.j2" and not norm.spec.name.endswith("_q8")
     assert not any(f.first >= gate and f.spec.name.endswith("_q8") for f in fusions if f.first < gate + 4)
+
+
+# -- the prefill list's segmented tensor-core matmul ------------------------------------------------
+
+
+def _prefill(plan, layout) -> tuple[list, object]:
+    specs, op_kernels = plan_kernels(TARGET, plan, layout)
+    fusions = plan_fusions(plan, specs, op_kernels)
+    built = [*specs, *fused_specs(fusions)]
+    return built, plan_program(TARGET, plan, built, op_kernels, fusions)
+
+
+def test_the_prefill_list_launches_q_k_and_v_once(llama, monkeypatch):
+    """One segmented int8 tensor-core launch (after the one rounding of their input) where the
+    prefill list launched q, k and v one by one; the decode list as it was. The switch off:
+    the kernels and both lists as before, launch for launch."""
+    spec, plan, layout = llama
+    built, program = _prefill(plan, layout)
+    names = [launch.kernel for launch in program.prefill_launches]
+    seg = [i for i, n in enumerate(names) if n.endswith("_segments")]
+    assert len(seg) == spec.hparams.n_layers, names
+    qkv = program.prefill_launches[seg[0]]
+    assert qkv.kernel == "rfc_matmul_imma_q8_0_256_64_64x256_segments"
+    assert names[seg[0] - 1] == "rfc_quantize_q8_256"
+    assert [a.ref for a in qkv.args] == [
+        "q",
+        "k",
+        "v",
+        "matmul.q8",
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.0.attn_v.weight",
+        "n_tokens",
+    ]
+    by_name = {s.name: s for s in built}
+    assert by_name[qkv.kernel].grid == ((256 + 64 + 64, 64), ("n_rows", 64))
+    monkeypatch.setattr(gpu_imma, "IMMA_SEGMENTS", False)
+    built_off, off = _prefill(plan, layout)
+    assert [s.name for s in built_off] == [s.name for s in built if not s.name.endswith("_segments")]
+    assert off.launches == program.launches
+    # three launches (one a rounding's neighbour) where one was, in each layer
+    assert len(off.prefill_launches) == len(names) + 2 * spec.hparams.n_layers
+    assert not any(launch.kernel.endswith("_segments") for launch in off.prefill_launches)
+
+
+def test_rows_past_whole_tiles_keep_the_per_op_prefill_launches(llama, monkeypatch):
+    """Every row tile must lie in one segment: with tiles of 128 rows, k's and v's 64 do not
+    fill one, and the prefill list launches q, k and v one by one (the decode list still fuses
+    them)."""
+    spec, plan, layout = llama
+    monkeypatch.setattr(gpu_imma, "IMMA_TILING", "128x128")
+    built, program = _prefill(plan, layout)
+    assert not any(s.name.endswith("_segments") for s in built)
+    names = [launch.kernel for launch in program.prefill_launches]
+    q = names.index("rfc_matmul_imma_q8_0_256x256")
+    assert names[q - 1 : q + 3] == [
+        "rfc_quantize_q8_256",
+        "rfc_matmul_imma_q8_0_256x256",
+        "rfc_matmul_imma_q8_0_64x256",
+        "rfc_matmul_imma_q8_0_64x256",
+    ]
+    assert any(launch.kernel.endswith("_fused") for launch in program.launches)
+
+
+def test_segments_take_kernels_that_differ_in_rows_alone():
+    """imma_segments_spec: None for a partial row tile, for tilings that differ (an 8B's q takes
+    the big tile on sm_90, its k and v the small one), for other formats or widths."""
+    sm90 = parse_target("sm_90")
+
+    def kernels(*weights):
+        return [imma_matmul_spec(sm90, weight_geometry(f, r, c)) for f, r, c in weights]
+
+    seg = imma_segments_spec(kernels(("Q4_K", 2048, 2048), ("Q4_K", 256, 2048), ("Q4_K", 256, 2048)))
+    assert seg.name == "rfc_matmul_imma_q4_k_2048_256_256x2048_segments"
+    assert [s["start"] for s in seg.params["segs"]] == [0, 2048, 2304] and seg.params["n"] == 2560
+    assert [n for n, _k in seg.args] == ["out0", "out1", "out2", "q8", "weight0", "weight1", "weight2", "n_rows"]
+    assert imma_segments_spec(kernels(("Q4_K", 2048, 2048), ("Q4_K", 100, 2048))) is None
+    assert imma_segments_spec(kernels(("Q4_K", 4096, 4096), ("Q4_K", 1024, 4096))) is None
+    assert imma_segments_spec(kernels(("Q4_K", 256, 2048), ("Q4_0", 256, 2048))) is None
+    assert imma_segments_spec(kernels(("Q4_K", 256, 2048), ("Q4_K", 256, 4096))) is None
