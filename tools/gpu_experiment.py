@@ -166,20 +166,27 @@ def _override(assignments: str) -> dict[tuple[str, str], object]:
     return old
 
 
-def _time_bundle(bundle: Path, device: str) -> tuple[float, float]:
-    """(graph decode step seconds, median of 100; 512-token prefill seconds, median of 3)."""
-    import numpy as np
-
+def _decode_graph(bundle: Path, device: str, rng):
+    """The bundle loaded, a 32-token prompt drawn from `rng` run, and the captured graph of a
+    batch-1 decode step at a 33-token context: (model, runner, blocks, graph); the model keeps the
+    graph's memory."""
     lm = _load(bundle, device)
     runner, blocks = lm.device.runner, lm.kv_pool.manager()
-    rng = np.random.default_rng(0)
     blocks.allocate(0, 40)
     lm.executor.forward(_batch([(0, 0, tuple(rng.integers(2, lm.vocab_size, size=32).tolist()))], blocks))
     lm.executor.forward(_batch([(0, 32, (5,))], blocks))
     scalars = runner._forward(_batch([(0, 33, (6,))], blocks), runner.stage["tokens"][0])
+    runner._driver.stream_synchronize(runner.stream)
+    return lm, runner, blocks, runner._graph(scalars, False)
+
+
+def _time_bundle(bundle: Path, device: str) -> tuple[float, float]:
+    """(graph decode step seconds, median of 100; 512-token prefill seconds, median of 3)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lm, runner, blocks, graph = _decode_graph(bundle, device, rng)
     d = runner._driver
-    d.stream_synchronize(runner.stream)
-    graph = runner._graph(scalars, False)
     decode = []
     for _ in range(100):
         t = time.perf_counter()
@@ -203,20 +210,10 @@ def interleaved(bundles: list[Path], device: str, rounds: int, reps: int = 100) 
     cannot bias (variants times one bundle after another)."""
     import numpy as np
 
-    graphs = []
-    for bundle in bundles:
-        lm = _load(bundle, device)
-        runner, blocks = lm.device.runner, lm.kv_pool.manager()
-        rng = np.random.default_rng(0)
-        blocks.allocate(0, 40)
-        lm.executor.forward(_batch([(0, 0, tuple(rng.integers(2, lm.vocab_size, size=32).tolist()))], blocks))
-        lm.executor.forward(_batch([(0, 32, (5,))], blocks))
-        scalars = runner._forward(_batch([(0, 33, (6,))], blocks), runner.stage["tokens"][0])
-        runner._driver.stream_synchronize(runner.stream)
-        graphs.append((lm, runner, runner._graph(scalars, False)))
+    graphs = [_decode_graph(bundle, device, np.random.default_rng(0)) for bundle in bundles]
     times: list[list[float]] = [[] for _ in bundles]
     for _ in range(rounds):
-        for i, (_lm, runner, graph) in enumerate(graphs):
+        for i, (_lm, runner, _blocks, graph) in enumerate(graphs):
             d = runner._driver
             for _ in range(reps):
                 t = time.perf_counter()

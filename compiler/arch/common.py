@@ -225,18 +225,24 @@ class Attention:
         return replace(self, rope=replace(self.rope, **changes))
 
 
-def declare_buffers(b: ModelBuilder, sizes: Sizes, n_ff: int, n_used: int = 0, n_expert: int = 0) -> None:
-    """The activations of a llama-style stack: x (residual), h (sublayer in/out), q/k/v/att, the
-    FFN's gate/up, and for MoE the router's and the experts' buffers."""
-    b.buffer("tokens", "T", dtype="i32")
-    for name, width in (
+def stack_widths(sizes: Sizes) -> tuple[tuple[str, int], ...]:
+    """The token buffers a llama-style stack declares first: x (residual), h (sublayer in/out),
+    q, k, v and att (name, width)."""
+    return (
         ("x", sizes.n_embd),
         ("h", sizes.n_embd),
         ("q", sizes.q_width),
         ("k", sizes.kv_width),
         ("v", sizes.kv_width),
         ("att", sizes.q_width),
-    ):
+    )
+
+
+def declare_buffers(b: ModelBuilder, sizes: Sizes, n_ff: int, n_used: int = 0, n_expert: int = 0) -> None:
+    """The activations of a llama-style stack: x (residual), h (sublayer in/out), q/k/v/att, the
+    FFN's gate/up, and for MoE the router's and the experts' buffers."""
+    b.buffer("tokens", "T", dtype="i32")
+    for name, width in stack_widths(sizes):
         b.buffer(name, "T", width)
     if n_used:
         b.buffer("router", "T", n_expert)

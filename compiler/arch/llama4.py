@@ -35,7 +35,7 @@ from dataclasses import replace
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     UNUSED_SCALE, Attention, Sizes, glu_ffn, hparams, kv_spec, linear, output_head, qkv_projections, read_experts,
-    read_rope, read_sizes, rope_factors,
+    read_rope, read_sizes, rope_factors, stack_widths,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, MAX_LAYERS, Metadata
 from rfc.compiler.errors import CompileError
@@ -131,12 +131,7 @@ def _chunked_layers(md: Metadata, n_layers: int) -> list[bool]:
 def _declare_buffers(b: ModelBuilder, sizes: Sizes, n_ff: int, n_ff_exp: int, n_expert: int, k: int) -> None:
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (
-        ("x", sizes.n_embd),
-        ("h", sizes.n_embd),
-        ("q", sizes.q_width),
-        ("k", sizes.kv_width),
-        ("v", sizes.kv_width),
-        ("att", sizes.q_width),
+        *stack_widths(sizes),
         ("gate", n_ff),
         ("up", n_ff),
     ):

@@ -16,7 +16,7 @@ from rfc.artifacts.plan import OPS, OpKind
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     UNUSED_SCALE, Attention, Sizes, attention, expert_scales, glu_ffn, hparams, kv_spec, linear, output_head,
-    read_experts, read_rope, read_sizes,
+    read_experts, read_rope, read_sizes, stack_widths,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -272,12 +272,7 @@ def moe_transformer(
     b = ModelBuilder(model)
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (
-        ("x", sizes.n_embd),
-        ("h", sizes.n_embd),
-        ("q", sizes.q_width),
-        ("k", sizes.kv_width),
-        ("v", sizes.kv_width),
-        ("att", sizes.q_width),
+        *stack_widths(sizes),
         ("xr", sizes.n_embd),
         ("hr", sizes.n_embd),
         ("logits", sizes.vocab_size),

@@ -35,44 +35,20 @@ from rfc.compiler.codegen.ops import activations, altup, moe, recurrent
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 
+
+def _before_rows(args: tuple[tuple[str, str], ...], *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """The attention op's arguments with `extra` pointers before its scalars (from n_rows on)."""
+    at = [name for name, _kind in args].index("n_rows")
+    return (*args[:at], *extra, *args[at:])
+
+
 # Kernels only the step program launches in an op's place (KernelSpec.steps; the op's own kernel,
 # which the kernel tests run alone, is "attention"): split-KV attention (flash decoding), whose
 # partials go to the arena's scratch, and its reduction; or (ATTENTION_LAST_BLOCK_MERGE) the split
 # kernel alone, whose last block of each row and kv head merges the partials.
 STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
-    "attention_split": (
-        ("out", PTR),
-        ("q", PTR),
-        ("k_cache", PTR),
-        ("v_cache", PTR),
-        ("positions", PTR),
-        ("seq_of_token", PTR),
-        ("block_tables", PTR),
-        ("sinks", PTR),
-        ("scratch", PTR),
-        ("n_rows", I32),
-        ("table_width", I32),
-        ("block_size", I32),
-        ("k_type", I32),
-        ("v_type", I32),
-    ),
-    "attention_split_merge": (
-        ("out", PTR),
-        ("q", PTR),
-        ("k_cache", PTR),
-        ("v_cache", PTR),
-        ("positions", PTR),
-        ("seq_of_token", PTR),
-        ("block_tables", PTR),
-        ("sinks", PTR),
-        ("scratch", PTR),
-        ("arrivals", PTR),
-        ("n_rows", I32),
-        ("table_width", I32),
-        ("block_size", I32),
-        ("k_type", I32),
-        ("v_type", I32),
-    ),
+    "attention_split": _before_rows(KERNEL_ARGS["attention"], ("scratch", PTR)),
+    "attention_split_merge": _before_rows(KERNEL_ARGS["attention"], ("scratch", PTR), ("arrivals", PTR)),
     "attention_reduce": (
         ("out", PTR),
         ("scratch", PTR),

@@ -172,6 +172,8 @@ class GpuDriver:
     """A GPU through its family's dialect (the subclass's `dialect`)."""
 
     dialect: ClassVar[Dialect]
+    bind_thread: Callable[[], None] | None = None  # what a thread runs before its first call (bound_to)
+    _bound: threading.local | None = None
 
     def __init__(self, target: str, lib=None):
         d = self.dialect
@@ -199,9 +201,8 @@ class GpuDriver:
             raise DeviceError(f"{call} failed: {self.error_string(status)}")
 
     def _call(self, name: str, *args, what: str = "") -> None:
-        bind = getattr(self, "bind_thread", None)
-        if bind is not None and not getattr(self._bound, "done", False):
-            bind()
+        if self.bind_thread is not None and not getattr(self._bound, "done", False):
+            self.bind_thread()
             self._bound.done = True
         self.check(what or name.removesuffix("_v2"), getattr(self.lib, name)(*args))
 
