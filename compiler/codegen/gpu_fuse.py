@@ -32,7 +32,7 @@ gives the per-op path's bits (tests/kernels/test_gpu_program.py). An op between 
 their own launches. The per-op kernels stay in the bundle (op_kernels, the kernel tests).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rfc.artifacts.plan import Op, Plan
 from rfc.compiler.codegen import gpu_imma
@@ -433,7 +433,5 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
             changed[r.first] = _q8_variant(r, {"q8in": True, "q8_steps": steps, **layout})
     out = [changed.pop(f.first, f) for f in fusions]
     out += changed.values()  # lone matmuls: fusions of one op
-    for f in out:
-        if f.plain is not None and taken.setdefault(f.spec.name, f.spec) != f.spec:
-            raise AssertionError(f"two q8 kernels named {f.spec.name}")  # a renamed original has a unique name
+    out = [replace(f, spec=_taken(f.spec, taken)) if f.plain is not None else f for f in out]
     return sorted(out, key=lambda f: f.first)
