@@ -181,16 +181,10 @@ RFC_DEVICE_FN float rfc_wsub_dot(const rfc_wsub *w, const int *xq, float xd, int
     return xd * (w->a0 * (float)d0 + w->b0 * (float)xs0 + w->a1 * (float)d1 + w->b1 * (float)xs1);
 }
 
-/* Rounds 32 activations (16-byte aligned) to int8: d = max|x| / 127, q = rint(x / d),
- * clamped to +-127; writes the 8 packed ints, the scale and the two half sums. */
-RFC_DEVICE_FN void rfc_quantize32(const float *x, int *xq, float *xd, int *xs) {
-    float v[32];
+/* Rounds 32 values to int8: d = max|v| / 127, q = rint(v / d), clamped to +-127; writes the 8
+ * packed ints, the scale and the two half sums. */
+RFC_DEVICE_FN void rfc_round32(const float *v, int *xq, float *xd, int *xs) {
     float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const rfc_f4 f = ((const rfc_f4 *)x)[i];
-        v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
-    }
 #pragma unroll
     for (int i = 0; i < 32; i++) amax = RFC_FMAXF(amax, v[i] < 0.0f ? -v[i] : v[i]);
     const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
@@ -210,6 +204,31 @@ RFC_DEVICE_FN void rfc_quantize32(const float *x, int *xq, float *xd, int *xs) {
     }
     *xd = d;
     xs[0] = s0, xs[1] = s1;
+}
+
+/* Rounds 32 activations (16-byte aligned) to int8 (rfc_round32). */
+RFC_DEVICE_FN void rfc_quantize32(const float *x, int *xq, float *xd, int *xs) {
+    float v[32];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const rfc_f4 f = ((const rfc_f4 *)x)[i];
+        v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
+    }
+    rfc_round32(v, xq, xd, xs);
+}
+
+/* rfc_quantize32 of 32 elements of an rmsnorm's output, made here from its input x (16-byte
+ * aligned), the row's 1 / rms `inv` and the norm's weight w (16-byte aligned): each value
+ * x * inv * w, as the rmsnorm kernels compute it (the same float, so the same int8). */
+RFC_DEVICE_FN void rfc_quantize32_norm(const float *x, const float *w, float inv, int *xq, float *xd, int *xs) {
+    float v[32];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const rfc_f4 f = ((const rfc_f4 *)x)[i], g = ((const rfc_f4 *)w)[i];
+        v[4 * i] = f.x * inv * g.x, v[4 * i + 1] = f.y * inv * g.y;
+        v[4 * i + 2] = f.z * inv * g.z, v[4 * i + 3] = f.w * inv * g.w;
+    }
+    rfc_round32(v, xq, xd, xs);
 }
 
 /* rfc_quantize32 by 32 adjacent lanes at once, each holding one of the sub-block's values (v,

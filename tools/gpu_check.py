@@ -21,7 +21,9 @@
    without it; for llama-Q4_K_M, llama-Q8_0 and qwen3-Q8_0, teacher-forced logits with a q8_0
    K and V cache must stay within the device's bounds of the reference device's with that cache.
 4. With --bench: random-weight GGUFs made here with tools/make_gguf.py (a Llama-3-8B-shaped
-   Q4_K_M and a TinyLlama-1.1B-shaped Q4_0), decode tok/s at batch 1 and 16, the weight bytes
+   Q4_K_M and a TinyLlama-1.1B-shaped Q4_0), greedy decode tok/s at batch 1 and 16 with the
+   tokens chosen on the device as `rfc serve` chooses them (and batch 1 with every step's logits
+   copied to the host, the figure before device sampling took part), the weight bytes
    streamed per second at batch 1 (against the HBM roofline), prefill tok/s of one 512-token
    prompt on the program's prefill list (tensor-core matmuls: int8 mma.sync on sm_80+ for the
    formats of compiler/codegen/gpu_imma.py, half wmma for the others and on sm_70/75; how many
@@ -334,19 +336,36 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
     return row
 
 
-def decode_batch(lm: LoadedModel, batch: int, steps: int) -> float:
-    """Aggregate decode tok/s with `batch` sequences of 32-token prompts, after a warm-up."""
+def decode_batch(lm: LoadedModel, batch: int, steps: int, logits: bool = False) -> float:
+    """Aggregate decode tok/s with `batch` sequences of 32-token prompts, after a warm-up: greedy,
+    each step's tokens chosen on the device as the engine serves them (only the token ids come
+    back) where the device samples; with `logits` (or where it does not) every step's logits
+    come back to the host instead, and the next tokens are random."""
+    from rfc.runtime.sampling.sampler import Sampler, SamplingParams
+
     rng = np.random.default_rng(1)
-    for s in range(batch):
-        forward(lm, 100 + s, 0, rng.integers(2, lm.vocab_size, size=32).tolist())
+    prompts = [rng.integers(2, lm.vocab_size, size=32).tolist() for _ in range(batch)]
+    for s, prompt in enumerate(prompts):
+        forward(lm, 100 + s, 0, prompt)
     pos = 32
+    on_device = lm.executor.samples_on_device and not logits
+    samplers = [Sampler(SamplingParams(temperature=0.0), list(p), lm.vocab_size) for p in prompts]
+    tokens = [int(rng.integers(2, lm.vocab_size)) for _ in range(batch)]
 
     def step():
-        nonlocal pos
-        chunks = [ScheduledChunk(100 + s, pos, (int(rng.integers(2, lm.vocab_size)),)) for s in range(batch)]
+        nonlocal pos, tokens
+        chunks = [ScheduledChunk(100 + s, pos, (tokens[s],)) for s in range(batch)]
         for c in chunks:
             blocks_of(lm).allocate(c.seq_id, pos + 1)
-        lm.executor.forward(build_batch(chunks, blocks_of(lm)))
+        built = build_batch(chunks, blocks_of(lm))
+        if on_device:
+            out = lm.executor.forward_sampled(built, [(sampler, False) for sampler in samplers])
+            tokens = [int(t) for t in out.tokens]
+            for sampler, t in zip(samplers, tokens):
+                sampler.record(t)
+        else:
+            lm.executor.forward(built)
+            tokens = [int(rng.integers(2, lm.vocab_size)) for _ in range(batch)]
         pos += 1
 
     step()  # graph capture for this batch size
@@ -473,12 +492,14 @@ def bench(
         lm = load_model(bundle, LoadOptions(device=device))
         weight_bytes = (bundle / "weights.bin").stat().st_size
         b1 = decode_batch(lm, 1, steps)
+        b1_logits = decode_batch(lm, 1, steps, logits=True)
         b16 = decode_batch(lm, 16, max(8, steps // 4))
         prefill, prefill_dp4a = prefill_rates(lm, PREFILL_BENCH_TOKENS)
         rows.append(
             {
                 "model": gguf.stem,
                 "b1": b1,
+                "b1_logits": b1_logits,
                 "b16": b16,
                 "gbps": b1 * weight_bytes / 1e9,
                 "prefill": prefill,
@@ -605,7 +626,7 @@ def main() -> int:
         print(f"\nkernel resources (llama-Q4_K_M, {args.target}):\n{usage}")
     if args.bench:
         print(
-            f"\n{'benchmark model':<34} {'b1 tok/s':>9} {'b16 tok/s':>10} {'b16/b1':>7} {'weights GB/s':>12} "
+            f"\n{'benchmark model':<34} {'b1 tok/s':>9} {'(logits)':>9} {'b16 tok/s':>10} {'b16/b1':>7} {'weights GB/s':>12} "
             f"{'prefill 512 tok/s':>17} {'(dp4a)':>8} {'serve ready s':>13}"
         )
         only = None if args.bench_only is None else set(args.bench_only.split(","))
@@ -620,7 +641,7 @@ def main() -> int:
         for b in bench_rows:
             dp4a = f"{b['prefill_dp4a']:>8.0f}" if b["prefill_dp4a"] is not None else f"{'-':>8}"
             print(
-                f"{b['model']:<34} {b['b1']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} "
+                f"{b['model']:<34} {b['b1']:>9.1f} {b['b1_logits']:>9.1f} {b['b16']:>10.1f} {b['b16'] / b['b1']:>7.2f} {b['gbps']:>12.0f} "
                 f"{b['prefill']:>17.0f} {dp4a} {b['ready']:>13.1f}"
             )
             print(f"  {b['model']}: the prefill list's tensor-core matmuls per step: {b['prefill_matmuls']}")

@@ -16,6 +16,19 @@ with the same arithmetic, recognized by the op sequence alone (no architecture n
 - a rope and the kv_write of its k: one launch that rotates the token's q and k rows, then
   stores k and v in the cache.
 
+And the norms into the matmuls (NORM_IN_MATMULS), where a layer's add and rmsnorm sit between
+int8 matmuls:
+- a matmul and the add of its output to another row (the residual add after the attention's
+  output projection and after the FFN's down projection): one launch whose epilogue writes the
+  sum (the matmul's own output is not written);
+- an rmsnorm and the int8 matmuls that read its output (q, k and v, gate and up, the output
+  head), when nothing else reads it: one launch of those matmuls whose blocks each compute
+  their tokens' 1 / rms from the norm's input, as the rmsnorm kernel sums it, and round the
+  normalized values as they would have rounded the norm's output. A llama layer is then six
+  launches: norm + q/k/v, rope + KV write, attention, output + add, norm + gate/up/SwiGLU,
+  down + add. The prefill list launches the norm alone and the matmuls on their tensor-core
+  kernels (Fusion.rest).
+
 And one hand-off between launches (DECODE_Q8): an add + rmsnorm whose normalized rows the next
 int8 matmuls read also writes them rounded to int8 (the matmuls' own rounding, rfc_quantize32,
 done by the 32 threads that hold a sub-block) into the arena slot Q8_SCRATCH, and those matmuls
@@ -45,6 +58,13 @@ MAX_SEGMENTS = 3  # q, k, v
 # The decode list's int8 matmuls after an add + rmsnorm read its output rounded once (module doc);
 # False: each matmul block rounds its activations itself (the kernels before the hand-off).
 DECODE_Q8 = True
+# The residual add in the matmul before it and the rmsnorm in the matmuls after it (module doc);
+# False: the add + rmsnorm launch between them (the kernels and program before this switch).
+NORM_IN_MATMULS = True
+# The fused int8 matmuls ask their block's weight rows into L2 before they round their activations
+# (a hint on NVIDIA, nothing on AMD): the rows' trip from memory overlaps the rounding (and the
+# norm folded in) instead of following it. The same sums either way.
+PREFETCH_L2 = True
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,9 @@ class Fusion:
     # list makes in place of theirs (segments of tensor-core matmuls), its sources those kernels'
     # arguments; None: the prefill list launches them one by one
     prefill: "Fusion | None" = None
+    # a norm folded into the matmuls after it: the prefill list launches op `first` (the norm) alone,
+    # then this fusion of the ops after it
+    rest: "Fusion | None" = None
 
 
 def plan_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> list[Fusion]:
@@ -74,21 +97,29 @@ def plan_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> 
     i = 0
     while i < len(plan.ops):
         fusion = (
-            _glu(plan, op_specs, i)
+            _norm_first(plan, op_specs, i)
+            or _glu(plan, op_specs, i)
             or _segments(plan, op_specs, i)
+            or _matmul_add(plan, op_specs, i)
             or _add_rmsnorm(plan, op_specs, i)
             or _rope_kv_write(plan, op_specs, i)
         )
         if fusion is None or not _apart_in_the_arena(plan, fusion):
             i += 1
             continue
-        spec = _taken(fusion.spec, taken)
-        prefill = fusion.prefill
-        if prefill is not None:
-            prefill = Fusion(prefill.first, prefill.count, _taken(prefill.spec, taken), prefill.sources)
-        fusions.append(Fusion(fusion.first, fusion.count, spec, fusion.sources, prefill=prefill))
+        fusions.append(_names_taken(fusion, taken))
         i += fusion.count
     return _q8_hand_offs(plan, op_specs, fusions, taken) if DECODE_Q8 else fusions
+
+
+def _names_taken(f: Fusion, taken: dict[str, KernelSpec]) -> Fusion:
+    """f with its kernels (and those of its prefill launch and rest) under names of their own."""
+    return replace(
+        f,
+        spec=_taken(f.spec, taken),
+        prefill=None if f.prefill is None else _names_taken(f.prefill, taken),
+        rest=None if f.rest is None else _names_taken(f.rest, taken),
+    )
 
 
 def fused_specs(fusions: list[Fusion]) -> list[KernelSpec]:
@@ -102,6 +133,8 @@ def fused_specs(fusions: list[Fusion]) -> list[KernelSpec]:
             specs.setdefault(f.plain.spec.name, f.plain.spec)
         if f.prefill is not None:
             specs.setdefault(f.prefill.spec.name, f.prefill.spec)
+        if f.rest is not None and f.rest.prefill is not None:  # (its fused kernel: never launched)
+            specs.setdefault(f.rest.prefill.spec.name, f.rest.prefill.spec)
     return list(specs.values())
 
 
@@ -141,11 +174,12 @@ def _apart_in_the_arena(plan: Plan, fusion: Fusion) -> bool:
 
 
 def _int8_matmul(plan: Plan, op_specs: list[KernelSpec], i: int) -> KernelSpec | None:
-    """The spec of op i if it is a dp4a matmul over token rows (what the fused matmuls take)."""
+    """The spec of op i if it is a dp4a matmul over token rows, or the rows gathered for the
+    logits (what the fused matmuls take)."""
     if i >= len(plan.ops) or plan.ops[i].kind != "matmul":
         return None
     spec = op_specs[i]
-    if spec.template != MATMUL_TEMPLATE or plan.buffer(plan.ops[i].outputs[0]).shape[0] != "T":
+    if spec.template != MATMUL_TEMPLATE or plan.buffer(plan.ops[i].outputs[0]).shape[0] not in ("T", "R"):
         return None
     return spec
 
@@ -224,6 +258,12 @@ def _segments(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
     run = _matmul_run(plan, op_specs, i, MAX_SEGMENTS)
     if len(run) < 2:
         return None
+    return _segmented(run, i)
+
+
+def _segmented(run: list[KernelSpec], i: int) -> Fusion:
+    """The fused kernel over the rows of matmul run `run` (from op i), each its own segment (one
+    matmul: the plain matmul's sums, for a fusion to extend)."""
     first = run[0]
     segs, start = [], 0
     for spec in run:
@@ -241,6 +281,7 @@ def _segments(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
         "n": start,
         "segs": segs,
         "glu": False,
+        "prefetch_l2": PREFETCH_L2,
         **tiling,
     }
     n = len(run)
@@ -254,6 +295,82 @@ def _segments(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
     grid = ((start, tiling["rows_per_block"]), ("n_rows", first.params["tokens_per_block"]))
     spec = KernelSpec(name, "gpu_matmul_fused.hip.j2", params, args, first.threads, grid)
     return Fusion(i, n, spec, sources, prefill=_imma_segments(run, i))
+
+
+def _matmul_add(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
+    """An int8 matmul and the add of its output to another row of its width (the residual add):
+    one launch whose epilogue writes the add's output. Not where the add's output is then normed
+    by an rmsnorm that cannot fold into the matmuls after it: there the add + rmsnorm launch
+    takes the add (the same count of launches, and its q8 hand-off)."""
+    if not NORM_IN_MATMULS or i + 1 >= len(plan.ops):
+        return None
+    run = _matmul_run(plan, op_specs, i, 1)
+    add = plan.ops[i + 1]
+    if not run or add.kind != "add":
+        return None
+    h = plan.ops[i].outputs[0]
+    if list(add.inputs).count(h) != 1 or _read_later(plan, i + 1, h):
+        return None
+    res = add.inputs[1] if add.inputs[0] == h else add.inputs[0]
+    shape = plan.buffer(h).shape
+    if plan.buffer(res).shape != shape or plan.buffer(add.outputs[0]).shape != shape or res == plan.ops[i].inputs[0]:
+        return None
+    if (
+        i + 2 < len(plan.ops)
+        and _add_rmsnorm(plan, op_specs, i + 1) is not None
+        and _norm_first(plan, op_specs, i + 2) is None
+    ):
+        return None
+    base = _segmented(run, i)
+    side = "left" if add.inputs[1] == h else "right"  # the add sums res + h, or h + res
+    name = f"{base.spec.name.removesuffix('_fused')}_add"
+    args = (base.spec.args[0], ("res", PTR), *base.spec.args[1:])
+    sources = ((1, "out"), (1, "a" if side == "left" else "b"), *base.sources[1:])
+    params = {**base.spec.params, "name": name, "residual": side}
+    spec = KernelSpec(name, FUSED_MATMUL_TEMPLATE, params, args, base.spec.threads, base.spec.grid)
+    return Fusion(i, 2, spec, sources)
+
+
+def _norm_first(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
+    """An rmsnorm (one segment, a weight) and the int8 matmuls after it that read its output,
+    when nothing after them does: one launch of those matmuls (a run of one input, gate/up with
+    their SwiGLU, or one matmul, with its residual add or without) whose blocks compute the
+    norm themselves (module doc). The norm's threads must be the matmul's: the same sums."""
+    if not NORM_IN_MATMULS or plan.ops[i].kind != "rmsnorm" or i + 1 >= len(plan.ops):
+        return None
+    norm, p = plan.ops[i], op_specs[i].params
+    if p["heads"] != 1 or not p["has_weight"] or p["per_seg"]:
+        return None
+    inner = (
+        _glu(plan, op_specs, i + 1)
+        or _segments(plan, op_specs, i + 1)
+        or _matmul_add(plan, op_specs, i + 1)
+        or (_segmented(run, i + 1) if (run := _matmul_run(plan, op_specs, i + 1, 1)) else None)
+    )
+    h, x = norm.outputs[0], norm.inputs[0]
+    if (
+        inner is None
+        or inner.spec.template != FUSED_MATMUL_TEMPLATE
+        or inner.spec.params["k"] != p["width"]
+        or inner.spec.threads != op_specs[i].threads
+        or plan.ops[i + 1].inputs[0] != h
+        or x == h
+        or plan.buffer(x).shape != plan.buffer(h).shape
+        or not _apart_in_the_arena(plan, inner)
+    ):
+        return None
+    ops = plan.ops[i + 1 : i + 1 + inner.count]
+    # the blocks read whole rows of x while others write their outputs: none may be x
+    if any(x in op.outputs for op in ops) or _read_later(plan, i + inner.count, h):
+        return None
+    name = f"{inner.spec.name}_norm"
+    at = [n for n, _k in inner.spec.args].index("x") + 1
+    args = (*inner.spec.args[:at], ("norm_weight", PTR), *inner.spec.args[at:])
+    shifted = tuple((0, "x") if n == "x" else (o + 1, n) for o, n in inner.sources)
+    sources = (*shifted[:at], (0, "weight"), *shifted[at:])
+    params = {**inner.spec.params, "name": name, "norm": True, "eps": p["eps"]}
+    spec = KernelSpec(name, FUSED_MATMUL_TEMPLATE, params, args, inner.spec.threads, inner.spec.grid)
+    return Fusion(i, 1 + inner.count, spec, sources, rest=inner)
 
 
 def _imma_segments(run: list[KernelSpec], i: int) -> Fusion | None:
@@ -294,6 +411,7 @@ def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
         "n": rows,
         "segs": [],
         "glu": True,
+        "prefetch_l2": PREFETCH_L2,
         **tiling,
     }
     args = (("out", PTR), ("x", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32))
@@ -377,6 +495,8 @@ def _q8_reader(spec: KernelSpec, x: str, width: int, ops) -> bool:
     input and walks each row's sub-blocks as the q8 variant does: in one chunk, or in chunks
     whose sub-blocks a row's lanes share out evenly (the same order of sums)."""
     if spec.template not in (MATMUL_TEMPLATE, FUSED_MATMUL_TEMPLATE) or ops[0].inputs[0] != x:
+        return False
+    if spec.params.get("norm"):  # (its ops[0] is the norm: never x's reader)
         return False
     p = spec.params
     return p["k"] == width and (p["chunk"] >= p["k"] or (p["chunk"] // 32) % p["lanes_per_row"] == 0)

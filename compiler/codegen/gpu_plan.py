@@ -908,6 +908,29 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
             rounded = None  # another launch may write that input
         prefill.append(launch or op_launch(plan, op, spec))
 
+    def prefill_run(f, i: int, launch: Launch) -> None:
+        """The prefill list's launches for fused run f from op i (`launch`: the decode list's)."""
+        nonlocal rounded
+        ops = plan.ops[i : i + f.count]
+        own = [by_name[k] for k in op_kernels[i : i + f.count]]
+        with_prefill = any(s.prefill is not None for s in own)
+        if f.rest is not None and with_prefill:  # a norm folded into matmuls: the norm alone, then theirs
+            prefill.append(op_launch(plan, ops[0], own[0]))
+            rounded = None
+            rest = f.rest
+            prefill_run(rest, i + 1, fused_launch(plan, ops[1:], rest.spec, rest.sources, own[1:]))
+        elif f.prefill is not None:  # one launch over the ops' prefill kernels
+            pre = f.prefill.spec
+            own_prefill = [s.prefill for s in own]
+            prefill_launch(ops[0], pre, fused_launch(plan, ops, pre, f.prefill.sources, own_prefill))
+        elif with_prefill:
+            for op, spec in zip(ops, own):
+                prefill_launch(op, spec.prefill or spec)
+        else:
+            plain = f.plain
+            prefill.append(launch if plain is None else fused_launch(plan, ops, plain.spec, plain.sources, own))
+            rounded = None
+
     i = 0
     while i < len(plan.ops):
         if i in fused:
@@ -918,18 +941,7 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
             launches.append(launch)
             if f.spec.params.get("q8"):  # the decode list's rounded hand-off (gpu_fuse.DECODE_Q8)
                 q8_bytes = max(q8_bytes, f.spec.params["q8_bytes"])
-            if f.prefill is not None:  # one launch over the ops' prefill kernels
-                pre = f.prefill.spec
-                own_prefill = [s.prefill for s in own]
-                prefill_launch(ops[0], pre, fused_launch(plan, ops, pre, f.prefill.sources, own_prefill))
-            elif any(by_name[k].prefill is not None for k in op_kernels[i : i + f.count]):
-                for op, kernel in zip(ops, op_kernels[i : i + f.count]):
-                    spec = by_name[kernel]
-                    prefill_launch(op, spec.prefill or spec)
-            else:
-                plain = f.plain
-                prefill.append(launch if plain is None else fused_launch(plan, ops, plain.spec, plain.sources, own))
-                rounded = None
+            prefill_run(f, i, launch)
             i += f.count
             continue
         op, spec = plan.ops[i], by_name[op_kernels[i]]

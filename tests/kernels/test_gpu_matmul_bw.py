@@ -52,13 +52,15 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
     def nbytes(*names):
         return sum(entries[weights.get(n, n)] for n in names)
 
-    qkv = by_kernel["rfc_matmul_q8_0p_256_64_64x256_fused"]
-    assert qkv["bytes"] == nbytes("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
-    # gate/up after an add + rmsnorm: its q8 twin (gpu_fuse.DECODE_Q8)
-    assert by_kernel["rfc_matmul_swiglu_q8_0p_768x256_q8"]["bytes"] == nbytes(
-        "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"
+    # the norms folded into the matmuls after them read their weights too (gpu_fuse.NORM_IN_MATMULS)
+    qkv = by_kernel["rfc_matmul_q8_0p_256_64_64x256_fused_norm"]
+    assert qkv["bytes"] == nbytes(
+        "blk.0.attn_norm.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight"
     )
-    assert by_kernel["rfc_matmul_q8_0p_256x768"]["bytes"] == nbytes("blk.0.ffn_down.weight")
+    assert by_kernel["rfc_matmul_swiglu_q8_0p_768x256_norm"]["bytes"] == nbytes(
+        "blk.0.ffn_norm.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"
+    )
+    assert by_kernel["rfc_matmul_q8_0p_256x768_add"]["bytes"] == nbytes("blk.0.ffn_down.weight")
     assert set(by_kernel) == {
         launch.kernel for launch in runner.program.launches if launch.kernel.startswith("rfc_matmul_")
     }

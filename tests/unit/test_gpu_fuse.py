@@ -52,9 +52,17 @@ def llama():
     return spec, spec.plan, _layout(spec)
 
 
+@pytest.fixture
+def separate_norms(monkeypatch):
+    """The norms in launches of their own (gpu_fuse.NORM_IN_MATMULS off): the runs the tests of
+    the matmul runs, the add + rmsnorm and its q8 hand-off were written for."""
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", False)
+
+
 FUSED = [("matmul",) * 3, ("rope", "kv_write"), ("add", "rmsnorm"), ("matmul", "matmul", "swiglu"), ("add", "rmsnorm")]
 
 
+@pytest.mark.usefixtures("separate_norms")
 def test_a_llama_layer_fuses_four_kinds_of_runs(llama):
     spec, plan, layout = llama
     assert _runs(plan, layout) == FUSED
@@ -84,6 +92,7 @@ def _insert(plan, after: int, op: Op, buffers=()):
     )
 
 
+@pytest.mark.usefixtures("separate_norms")
 def test_an_op_between_the_matmuls_keeps_them_apart(llama):
     _spec, plan, layout = llama
     q = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.0.attn_q.weight",))
@@ -94,6 +103,7 @@ def test_an_op_between_the_matmuls_keeps_them_apart(llama):
     assert ("matmul", "matmul", "swiglu") not in _runs(biased, layout)
 
 
+@pytest.mark.usefixtures("separate_norms")
 def test_other_formats_widths_or_activations_keep_their_launches(llama):
     spec, plan, _layout_ = llama
     mixed = _layout(spec, {"blk.0.attn_v.weight": "Q4_0", "blk.0.ffn_up.weight": "Q4_0"})
@@ -110,6 +120,7 @@ def test_other_formats_widths_or_activations_keep_their_launches(llama):
     assert ("matmul", "matmul") in _runs(gelu, _layout_)  # gate and up: still one launch over one input
 
 
+@pytest.mark.usefixtures("separate_norms")
 def test_a_pre_activation_read_later_or_a_fresh_output_keeps_the_launches(llama):
     _spec, plan, layout = llama
     act = next(i for i, op in enumerate(plan.ops) if op.kind.value == "swiglu")
@@ -143,6 +154,7 @@ def _hand_offs(plan, layout) -> tuple[list, object]:
     return fusions, program
 
 
+@pytest.mark.usefixtures("separate_norms")
 def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     spec, plan, _layout_ = llama
     # v and up in another format: q+k fused, v, gate and up alone: every matmul that reads the
@@ -182,6 +194,7 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     assert all(f.count > 1 for f in fusions)
 
 
+@pytest.mark.usefixtures("separate_norms")
 def test_no_hand_off_past_a_write_of_the_rows(llama):
     _spec, plan, layout = llama
     gate = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.ffn_gate.weight",))
@@ -253,7 +266,7 @@ def test_rows_past_whole_tiles_keep_the_per_op_prefill_launches(llama, monkeypat
         "rfc_matmul_imma_q8_0_64x256",
         "rfc_matmul_imma_q8_0_64x256",
     ]
-    assert any(launch.kernel.endswith("_fused") for launch in program.launches)
+    assert any("_fused" in launch.kernel for launch in program.launches)
 
 
 def test_segments_take_kernels_that_differ_in_rows_alone():
@@ -272,3 +285,74 @@ def test_segments_take_kernels_that_differ_in_rows_alone():
     assert imma_segments_spec(kernels(("Q4_K", 4096, 4096), ("Q4_K", 1024, 4096))) is None
     assert imma_segments_spec(kernels(("Q4_K", 256, 2048), ("Q4_0", 256, 2048))) is None
     assert imma_segments_spec(kernels(("Q4_K", 256, 2048), ("Q4_K", 256, 4096))) is None
+
+
+# -- the norms in the matmuls (gpu_fuse.NORM_IN_MATMULS) ---------------------------------------------
+
+NORMS_IN = [
+    ("rmsnorm", "matmul", "matmul", "matmul"),
+    ("rope", "kv_write"),
+    ("matmul", "add"),
+    ("rmsnorm", "matmul", "matmul", "swiglu"),
+    ("matmul", "add"),
+]
+
+
+def test_a_llama_layer_folds_its_norms_into_the_matmuls(llama):
+    """Six launches a layer: each rmsnorm inside the int8 matmuls that read its output, each
+    residual add in the epilogue of the matmul whose output it adds; the prefill list launches
+    the norms and adds alone and the matmuls on their tensor-core kernels."""
+    spec, plan, layout = llama
+    assert _runs(plan, layout) == NORMS_IN
+    built, program = _prefill(plan, layout)
+    fusions = plan_fusions(plan, *plan_kernels(TARGET, plan, layout))
+    assert len(program.launches) == len(plan.ops) - sum(f.count - 1 for f in fusions)
+    qkv, o = program.launches[1], program.launches[4]
+    assert [a.ref for a in qkv.args] == [
+        "q",
+        "k",
+        "v",
+        "x",  # the norm's input, and its weight
+        "blk.0.attn_norm.weight",
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.0.attn_v.weight",
+        "n_tokens",
+    ]
+    assert [a.ref for a in o.args] == ["x", "x", "att", "blk.0.attn_output.weight", "n_tokens"]  # x = x + o(att)
+    by_name = {s.name: s for s in built}
+    assert by_name[qkv.kernel].params["norm"] and by_name[o.kernel].params["residual"] == "left"
+    names = [launch.kernel for launch in program.prefill_launches]
+    assert names[:4] == [
+        "rfc_embed_q8_0_256",
+        "rfc_rmsnorm_256",
+        "rfc_quantize_q8_256",
+        "rfc_matmul_imma_q8_0_256_64_64x256_segments",
+    ]
+    assert names.count("rfc_add_256") == 2 * spec.hparams.n_layers
+    # the prefill list's kernels are built, the norms' matmuls without the norm are not
+    assert not any(n.endswith("_fused") for n in by_name)
+
+
+def test_a_norm_output_read_after_the_matmuls_keeps_the_norm_apart(llama):
+    """Another op reads layer 1's attention norm output after q, k and v: that norm keeps its
+    launch (with the add before it, as an add + rmsnorm), and the down matmul before it its own."""
+    _spec, plan, layout = llama
+    v = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.attn_v.weight",))
+    h = plan.ops[v].inputs[0]
+    reread = _insert(plan, v, Op("add", ("q", h), ("q",)))
+    assert _runs(reread, layout) == [*NORMS_IN[:4], ("add", "rmsnorm")]
+
+
+def test_no_norm_in_matmuls_that_write_its_input(llama):
+    """A matmul of the run writing the norm's input: its blocks would read rows others write."""
+    _spec, plan, layout = llama
+    k = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.attn_k.weight",))
+    x = plan.ops[k - 2].inputs[0]
+    assert plan.ops[k - 2].kind.value == "rmsnorm"
+    wrote = dataclasses.replace(
+        plan, ops=tuple(dataclasses.replace(op, outputs=(x,)) if i == k else op for i, op in enumerate(plan.ops))
+    )
+    fusions = plan_fusions(wrote, *plan_kernels(TARGET, wrote, layout))
+    assert not any(f.first == k - 2 for f in fusions)
+    assert any(f.first == k - 2 for f in plan_fusions(plan, *plan_kernels(TARGET, plan, layout)))
