@@ -17,7 +17,7 @@ from pathlib import Path
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.format_table import format_params
-from rfc.compiler.codegen.gpu_fuse import fused_specs, plan_fusions
+from rfc.compiler.codegen.gpu_fuse import fused_specs, step_fusions
 from rfc.compiler.codegen.gpu_attention import MMA_ATTENTION_TEMPLATE
 from rfc.compiler.codegen.gpu_imma import IMMA_TEMPLATE
 from rfc.compiler.codegen.gpu_mma import MMA_TEMPLATE
@@ -88,9 +88,16 @@ def build(inp: CodegenInput) -> dict:
     target = inp.target
     tc = TOOLCHAINS[target.family]
     specs, op_kernels = plan_kernels(target, inp.plan, inp.layout, inp.weights)
-    fusions = plan_fusions(inp.plan, specs, op_kernels)
+    fusions, prefill_fusions = step_fusions(inp.plan, specs, op_kernels)
     sample = plan_sample_kernel(target, inp.plan.vocab_size)
-    specs = [*specs, *fused_specs(fusions), sample]
+    # the kernels either list launches (a fused kernel of the prefill list's runs that it launches
+    # op by op there is not built)
+    program = plan_program(
+        target, inp.plan, [*specs, *fused_specs(fusions, prefill_fusions)], op_kernels, fusions, prefill_fusions
+    )
+    launched = {launch.kernel for launch in (*program.launches, *program.prefill_launches)}
+    fused = [s for s in fused_specs(fusions, prefill_fusions) if s.name in launched]
+    specs = [*specs, *fused, sample]
     source = render_source(target, specs)
     command = tc.command(target)
     version = toolchain_version(tc)
@@ -102,7 +109,6 @@ def build(inp: CodegenInput) -> dict:
     inp.writer.write_bytes(kernels_rel, binary)
     inp.writer.write_bytes(source_rel, source.encode())
     program_rel = f"{inp.bundle_dir}/{PROGRAM_FILE}"
-    program = plan_program(target, inp.plan, specs, op_kernels, fusions)
     program = replace(program, extra={**program.extra, "sample": sample_program_extra(sample)}, weights=inp.weights)
     inp.writer.write_bytes(program_rel, pack_program(program))
     return {

@@ -26,8 +26,8 @@ int8 matmuls:
   their tokens' 1 / rms from the norm's input, as the rmsnorm kernel sums it, and round the
   normalized values as they would have rounded the norm's output. A llama layer is then six
   launches: norm + q/k/v, rope + KV write, attention, output + add, norm + gate/up/SwiGLU,
-  down + add. The prefill list launches the norm alone and the matmuls on their tensor-core
-  kernels (Fusion.rest).
+  down + add. The prefill list keeps the runs it had (step_fusions): the add + rmsnorm launch,
+  then the matmuls on their tensor-core kernels.
 
 And one hand-off between launches (DECODE_Q8): an add + rmsnorm whose normalized rows the next
 int8 matmuls read also writes them rounded to int8 (the matmuls' own rounding, rfc_quantize32,
@@ -80,27 +80,44 @@ class Fusion:
     # have their plain twins there); a source named "q8" is the arena slot Q8_SCRATCH
     plain: "Fusion | None" = None
     # where the run's ops have prefill kernels (KernelSpec.prefill): the one launch the prefill
-    # list makes in place of theirs (segments of tensor-core matmuls), its sources those kernels'
-    # arguments; None: the prefill list launches them one by one
+    # list makes in place of the first `count` of theirs (segments of tensor-core matmuls), its
+    # sources those kernels' arguments, the others one by one; None: all one by one
     prefill: "Fusion | None" = None
-    # a norm folded into the matmuls after it: the prefill list launches op `first` (the norm) alone,
-    # then this fusion of the ops after it
-    rest: "Fusion | None" = None
 
 
-def plan_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> list[Fusion]:
-    """The runs of plan ops the step program launches as one kernel, in op order, not overlapping."""
+def step_fusions(
+    plan: Plan, specs: list[KernelSpec], op_kernels: list[str]
+) -> tuple[list[Fusion], list[Fusion] | None]:
+    """The runs of the step program's decode list and those of its prefill list (None: the same
+    runs). The prefill list keeps its norms and adds apart (NORM_IN_MATMULS folds them into
+    matmuls whose tensor-core twins round their input themselves, once a step): its runs are
+    those without that fusion. One naming of kernels for both lists."""
+    taken = {s.name: s for s in specs}
+    decode = plan_fusions(plan, specs, op_kernels, NORM_IN_MATMULS, taken)
+    return decode, plan_fusions(plan, specs, op_kernels, False, taken) if NORM_IN_MATMULS else None
+
+
+def plan_fusions(
+    plan: Plan,
+    specs: list[KernelSpec],
+    op_kernels: list[str],
+    norms_in: bool | None = None,
+    taken: dict[str, KernelSpec] | None = None,
+) -> list[Fusion]:
+    """The runs of plan ops the decode list launches as one kernel, in op order, not overlapping
+    (`norms_in`: NORM_IN_MATMULS unless given; `taken`: the kernel names given out already)."""
     by_name = {s.name: s for s in specs}
     op_specs = [by_name[k] for k in op_kernels]
+    norms_in = NORM_IN_MATMULS if norms_in is None else norms_in
     fusions: list[Fusion] = []
-    taken: dict[str, KernelSpec] = dict(by_name)
+    taken = dict(by_name) if taken is None else taken
     i = 0
     while i < len(plan.ops):
         fusion = (
-            _norm_first(plan, op_specs, i)
+            (norms_in and _norm_first(plan, op_specs, i))
             or _glu(plan, op_specs, i)
             or _segments(plan, op_specs, i)
-            or _matmul_add(plan, op_specs, i)
+            or (norms_in and _matmul_add(plan, op_specs, i))
             or _add_rmsnorm(plan, op_specs, i)
             or _rope_kv_write(plan, op_specs, i)
         )
@@ -114,27 +131,20 @@ def plan_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> 
 
 def _names_taken(f: Fusion, taken: dict[str, KernelSpec]) -> Fusion:
     """f with its kernels (and those of its prefill launch and rest) under names of their own."""
-    return replace(
-        f,
-        spec=_taken(f.spec, taken),
-        prefill=None if f.prefill is None else _names_taken(f.prefill, taken),
-        rest=None if f.rest is None else _names_taken(f.rest, taken),
-    )
+    return replace(f, spec=_taken(f.spec, taken), prefill=None if f.prefill is None else _names_taken(f.prefill, taken))
 
 
-def fused_specs(fusions: list[Fusion]) -> list[KernelSpec]:
+def fused_specs(fusions: list[Fusion], prefill: list[Fusion] | None = None) -> list[KernelSpec]:
     """The fused kernels to build, each once, in first-use order (the prefill list's plain
-    twins of fused runs and its segmented matmuls too; a lone op's plain kernel is its own,
-    built already)."""
+    twins of fused runs and its segmented matmuls too, and the kernels of the prefill list's
+    own runs where it has them; a lone op's plain kernel is its own, built already)."""
     specs = {}
-    for f in fusions:
+    for f in [*fusions, *(prefill or ())]:
         specs.setdefault(f.spec.name, f.spec)
         if f.plain is not None and f.plain.count > 1:
             specs.setdefault(f.plain.spec.name, f.plain.spec)
         if f.prefill is not None:
             specs.setdefault(f.prefill.spec.name, f.prefill.spec)
-        if f.rest is not None and f.rest.prefill is not None:  # (its fused kernel: never launched)
-            specs.setdefault(f.rest.prefill.spec.name, f.rest.prefill.spec)
     return list(specs.values())
 
 
@@ -184,26 +194,25 @@ def _int8_matmul(plan: Plan, op_specs: list[KernelSpec], i: int) -> KernelSpec |
     return spec
 
 
-def _same_weights(a: KernelSpec, b: KernelSpec) -> bool:
-    """Two matmul kernels that walk their rows alike: the same format, width and tiling."""
-    keys = (
-        "fmt",
-        "k",
-        "row_bytes",
-        "planar",
-        "plane_offsets",
-        "lanes_per_row",
-        "chunk",
-        "subs_per_block",
-        "threads",
-        "rows_per_step",
-        "tokens_per_block",
-    )
+# what a weight row's format decides in an int8 matmul's walk (a segment's own in a fused kernel)
+_FORMAT_KEYS = ("fmt", "fmt_upper", "qk", "ts", "row_bytes", "planar", "plane_offsets", "subs_per_block")
+
+
+def _same_walk(a: KernelSpec, b: KernelSpec) -> bool:
+    """Two matmul kernels whose lanes walk rows alike (width and tiling), whatever the format:
+    a row's format only decides how a lane decodes its sub-blocks."""
+    keys = ("k", "lanes_per_row", "chunk", "threads", "rows_per_step", "tokens_per_block")
     return all(a.params[k] == b.params[k] for k in keys) and a.params.get("row_waves") == b.params.get("row_waves")
 
 
-def _matmul_run(plan: Plan, op_specs: list[KernelSpec], i: int, most: int) -> list[KernelSpec]:
-    """Up to `most` consecutive int8 matmuls from op i over one input with like weights."""
+def _same_weights(a: KernelSpec, b: KernelSpec) -> bool:
+    """Two matmul kernels that walk their rows alike: the same format, width and tiling."""
+    return _same_walk(a, b) and all(a.params[k] == b.params[k] for k in _FORMAT_KEYS)
+
+
+def _matmul_run(plan: Plan, op_specs: list[KernelSpec], i: int, most: int, alike=_same_weights) -> list[KernelSpec]:
+    """Up to `most` consecutive int8 matmuls from op i over one input with like weights (`alike`:
+    of one format; _same_walk: of any)."""
     first = _int8_matmul(plan, op_specs, i)
     if first is None:
         return []
@@ -213,7 +222,7 @@ def _matmul_run(plan: Plan, op_specs: list[KernelSpec], i: int, most: int) -> li
     while len(run) < most:
         j = i + len(run)
         spec = _int8_matmul(plan, op_specs, j)
-        if spec is None or plan.ops[j].inputs[0] != x or not _same_weights(first, spec):
+        if spec is None or plan.ops[j].inputs[0] != x or not alike(first, spec):
             break
         out = plan.ops[j].outputs[0]
         if out in outs or out == x:
@@ -255,7 +264,7 @@ _MATMUL_OPTIONAL = ("row_waves",)  # keys a plain int8 matmul has only where the
 
 
 def _segments(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
-    run = _matmul_run(plan, op_specs, i, MAX_SEGMENTS)
+    run = _matmul_run(plan, op_specs, i, MAX_SEGMENTS, _same_walk)
     if len(run) < 2:
         return None
     return _segmented(run, i)
@@ -270,10 +279,20 @@ def _segmented(run: list[KernelSpec], i: int) -> Fusion:
         segs.append({"start": start, "end": start + spec.params["n"], "rows": spec.params["n"]})
         start += spec.params["n"]
     tiling = _row_tiling(first, start, MATMUL_ROW_STEPS)
-    name = f"rfc_matmul_{first.params['fmt']}_{'+'.join(str(s['rows']) for s in segs)}x{first.params['k']}".replace(
-        "+", "_"
-    )
-    name = f"{name}_fused"
+    # runs of segments of one format, each walked by its own code
+    groups: list[dict] = []
+    for s, (seg, spec) in enumerate(zip(segs, run)):
+        fmt = {k: spec.params[k] for k in _FORMAT_KEYS}
+        if groups and all(groups[-1][k] == v for k, v in fmt.items()):
+            groups[-1].update(end=seg["end"], segs=[*groups[-1]["segs"], s])
+        else:
+            groups.append({**fmt, "end": seg["end"], "segs": [s]})
+    if len(groups) == 1:
+        rows = "_".join(str(s["rows"]) for s in segs)
+        name = f"rfc_matmul_{first.params['fmt']}_{rows}x{first.params['k']}_fused"
+    else:  # each segment's format in the name
+        rows = "_".join(f"{spec.params['fmt']}_{s['rows']}" for s, spec in zip(segs, run))
+        name = f"rfc_matmul_{rows}x{first.params['k']}_fused"
     params = {
         **{k: first.params[k] for k in _MATMUL_KEYS},
         **{k: first.params[k] for k in _MATMUL_OPTIONAL if k in first.params},
@@ -283,6 +302,7 @@ def _segmented(run: list[KernelSpec], i: int) -> Fusion:
         "glu": False,
         "prefetch_l2": PREFETCH_L2,
         **tiling,
+        **({"fmt_groups": groups} if len(groups) > 1 else {}),
     }
     n = len(run)
     args = (
@@ -302,7 +322,7 @@ def _matmul_add(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None
     one launch whose epilogue writes the add's output. Not where the add's output is then normed
     by an rmsnorm that cannot fold into the matmuls after it: there the add + rmsnorm launch
     takes the add (the same count of launches, and its q8 hand-off)."""
-    if not NORM_IN_MATMULS or i + 1 >= len(plan.ops):
+    if i + 1 >= len(plan.ops):
         return None
     run = _matmul_run(plan, op_specs, i, 1)
     add = plan.ops[i + 1]
@@ -336,7 +356,7 @@ def _norm_first(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None
     when nothing after them does: one launch of those matmuls (a run of one input, gate/up with
     their SwiGLU, or one matmul, with its residual add or without) whose blocks compute the
     norm themselves (module doc). The norm's threads must be the matmul's: the same sums."""
-    if not NORM_IN_MATMULS or plan.ops[i].kind != "rmsnorm" or i + 1 >= len(plan.ops):
+    if plan.ops[i].kind != "rmsnorm" or i + 1 >= len(plan.ops):
         return None
     norm, p = plan.ops[i], op_specs[i].params
     if p["heads"] != 1 or not p["has_weight"] or p["per_seg"]:
@@ -370,21 +390,26 @@ def _norm_first(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None
     sources = (*shifted[:at], (0, "weight"), *shifted[at:])
     params = {**inner.spec.params, "name": name, "norm": True, "eps": p["eps"]}
     spec = KernelSpec(name, FUSED_MATMUL_TEMPLATE, params, args, inner.spec.threads, inner.spec.grid)
-    return Fusion(i, 1 + inner.count, spec, sources, rest=inner)
+    return Fusion(i, 1 + inner.count, spec, sources)
 
 
 def _imma_segments(run: list[KernelSpec], i: int) -> Fusion | None:
-    """The prefill list's one launch for matmul run `run` (from op i): the segmented tensor-core
-    matmul over their prefill kernels, or None (gpu_imma.imma_segments_spec)."""
+    """The prefill list's one launch for the first matmuls of run `run` (from op i): the
+    segmented tensor-core matmul over the longest prefix of at least two whose prefill kernels
+    it takes (gpu_imma.imma_segments_spec: one format), or None. The run's matmuls after that
+    prefix launch one by one there."""
     if not gpu_imma.IMMA_SEGMENTS or any(s.prefill is None for s in run):
         return None
-    spec = gpu_imma.imma_segments_spec([s.prefill for s in run])
-    if spec is None:
+    for n in range(len(run), 1, -1):
+        spec = gpu_imma.imma_segments_spec([s.prefill for s in run[:n]])
+        if spec is not None:
+            break
+    else:
         return None
     sources = []
     for name, _kind in run[0].prefill.args:
-        sources += [(s, name) for s in range(len(run))] if name in ("out", "weight") else [(0, name)]
-    return Fusion(i, len(run), spec, tuple(sources))
+        sources += [(s, name) for s in range(n)] if name in ("out", "weight") else [(0, name)]
+    return Fusion(i, n, spec, tuple(sources))
 
 
 def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:

@@ -877,13 +877,37 @@ def plan_step_arena(plan: Plan, scratch_floats: int = 0, q8_bytes: int = 0, arri
     return Arena(PROGRAM_MAX_TOKENS, PROGRAM_MAX_ROWS, PROGRAM_MAX_SEQS, ARENA_ALIGNMENT, tuple(slots), total, zeroed)
 
 
-def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str], fusions=()) -> StepProgram:
+def plan_program(
+    target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str], fusions=(), prefill_fusions=None
+) -> StepProgram:
     """The launch list: one launch per plan op, grids counted in STEP_ARGS scalars, but one
     launch for each run of ops in `fusions` (compiler/codegen/gpu_fuse.py). Where an op has a
     prefill kernel (tensor-core matmuls), a second list for steps of at least
     PREFILL_MIN_TOKENS tokens: that kernel in its place, every other launch the same (a fused
     run holding such an op launches its ops one by one there, or its Fusion.prefill: the
-    segmented tensor-core matmul)."""
+    segmented tensor-core matmul). The prefill list takes the runs of `prefill_fusions` where
+    given (gpu_fuse.step_fusions), the decode list those of `fusions`."""
+    launches, prefill, sizes = _launch_lists(target, plan, specs, op_kernels, fusions)
+    if prefill_fusions is not None:
+        _decode, prefill, more = _launch_lists(target, plan, specs, op_kernels, prefill_fusions)
+        sizes = tuple(max(a, b) for a, b in zip(sizes, more))
+    scratch, arrivals, q8_bytes = sizes
+    # a list of its own where an op has a prefill kernel (the q8 hand-off's plain twins alone make
+    # no second list: without one, the decode list takes every step)
+    by_name = {s.name: s for s in specs}
+    has_prefill = any(by_name[k].prefill is not None for k in op_kernels) and prefill != launches
+    return StepProgram(
+        target.name,
+        plan_step_arena(plan, scratch, q8_bytes, arrivals),
+        launches=tuple(launches),
+        prefill_launches=tuple(prefill) if has_prefill else (),
+        prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0,
+    )
+
+
+def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str], fusions):
+    """(decode list, prefill list, (attention scratch floats, arrival ints, q8 bytes)) for the runs
+    `fusions`."""
     by_name = {s.name: s for s in specs}
     fused = {f.first: f for f in fusions}
     launches: list[Launch] = []
@@ -914,15 +938,12 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
         ops = plan.ops[i : i + f.count]
         own = [by_name[k] for k in op_kernels[i : i + f.count]]
         with_prefill = any(s.prefill is not None for s in own)
-        if f.rest is not None and with_prefill:  # a norm folded into matmuls: the norm alone, then theirs
-            prefill.append(op_launch(plan, ops[0], own[0]))
-            rounded = None
-            rest = f.rest
-            prefill_run(rest, i + 1, fused_launch(plan, ops[1:], rest.spec, rest.sources, own[1:]))
-        elif f.prefill is not None:  # one launch over the ops' prefill kernels
-            pre = f.prefill.spec
-            own_prefill = [s.prefill for s in own]
-            prefill_launch(ops[0], pre, fused_launch(plan, ops, pre, f.prefill.sources, own_prefill))
+        if f.prefill is not None:  # one launch over the first ops' prefill kernels, the rest one by one
+            pre, n = f.prefill.spec, f.prefill.count
+            own_prefill = [s.prefill for s in own[:n]]
+            prefill_launch(ops[0], pre, fused_launch(plan, ops[:n], pre, f.prefill.sources, own_prefill))
+            for op, spec in zip(ops[n:], own[n:]):
+                prefill_launch(op, spec.prefill or spec)
         elif with_prefill:
             for op, spec in zip(ops, own):
                 prefill_launch(op, spec.prefill or spec)
@@ -958,16 +979,7 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
             if any(n == "arrivals" for n, _k in s.args):
                 arrivals = max(arrivals, attention_arrival_ints(s))
         i += 1
-    # a list of its own where an op has a prefill kernel (the q8 hand-off's plain twins alone make
-    # no second list: without one, the decode list takes every step)
-    has_prefill = any(by_name[k].prefill is not None for k in op_kernels) and prefill != launches
-    return StepProgram(
-        target.name,
-        plan_step_arena(plan, scratch, q8_bytes, arrivals),
-        launches=tuple(launches),
-        prefill_launches=tuple(prefill) if has_prefill else (),
-        prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0,
-    )
+    return launches, prefill, (scratch, arrivals, q8_bytes)
 
 
 def fused_launch(plan: Plan, ops, spec: KernelSpec, sources, op_specs: list[KernelSpec]) -> Launch:

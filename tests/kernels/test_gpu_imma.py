@@ -300,7 +300,7 @@ def test_the_prefill_list_rounds_each_matmul_input_once():
     layer = names[names.index("rfc_rmsnorm_256") + 1 :]
     # q, k and v: one segmented launch (gpu_imma.IMMA_SEGMENTS); gate and up: two after one rounding
     assert layer[:2] == ["rfc_quantize_q8_256", "rfc_matmul_imma_q4_0p_256_64_64x256_segments"], layer[:2]
-    ffn = layer[layer.index("rfc_rmsnorm_256") + 1 :]  # the next norm (the add before it alone)
+    ffn = layer[layer.index("rfc_add_rmsnorm_256") + 1 :]
     assert ffn[:3] == [
         "rfc_quantize_q8_256",
         "rfc_matmul_imma_q4_0p_768x256",

@@ -67,13 +67,13 @@ class Twins:
 
 def _fusions(bundle) -> list:
     from rfc.artifacts.targets import target_entry
-    from rfc.compiler.codegen.gpu_fuse import plan_fusions
+    from rfc.compiler.codegen.gpu_fuse import step_fusions
     from rfc.compiler.codegen.gpu_plan import plan_kernels
     from rfc.compiler.targets import parse_target
 
     entry = target_entry(bundle.manifest, TARGET)
     weights = unpack_program(bundle.file(entry.program).read_bytes()).weights
-    return plan_fusions(bundle.plan, *plan_kernels(parse_target(TARGET), bundle.plan, bundle.layout, weights))
+    return step_fusions(bundle.plan, *plan_kernels(parse_target(TARGET), bundle.plan, bundle.layout, weights))[0]
 
 
 def _decode(twins: Twins, steps: int) -> list[tuple]:
@@ -178,9 +178,10 @@ def test_a_llama_decode_layer_is_six_launches(model, gpu_bundle):
         "rmsnorm_256",
         "matmul_q8_0p_512x256",
     ]
-    # the prefill list: the norms and adds alone, the matmuls on their tensor-core kernels
+    # the prefill list keeps its runs (gpu_fuse.step_fusions): each residual add with the next
+    # norm, the matmuls on their tensor-core kernels
     prefill = [launch.kernel.removeprefix("rfc_") for launch in program.prefill_launches]
-    assert prefill.count("rmsnorm_256") == 2 * layers + 1 and prefill.count("add_256") == 2 * layers
+    assert prefill.count("add_rmsnorm_256") == 2 * layers - 1 and prefill.count("rmsnorm_256") == 2
     assert not [k for k in prefill if k.endswith(("_norm", "_add"))]
 
 
@@ -425,3 +426,26 @@ def test_prefill_list_segments_give_the_per_op_launches_bits(
     assert np.array_equal(logits[0].view(np.uint32), logits[1].view(np.uint32)), (
         f"{np.count_nonzero(logits[0] != logits[1])} logits differ"
     )
+
+
+@pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
+def test_the_norms_apart_replay_the_per_op_path_bit_for_bit(
+    model, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+):
+    """With gpu_fuse.NORM_IN_MATMULS off the decode list keeps each residual add with the next
+    norm (its rows handed on rounded: the q8 twins), and llama-Q4_K_M's layers whose v is Q6_K
+    launch q, k and v as one kernel of two formats' segments reading those rows: the per-op
+    path's bits too (with the switch on, test_step_program_replays_the_per_op_path_bit_for_bit)."""
+    from rfc.compiler.codegen import gpu_fuse
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.kernels.gpu_support import model_path
+
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", False)
+    compile_model(
+        CompileOptions(model=model_path(model), out_dir=tmp_path / "off", targets=(TARGET,), cache_dir=gpu_build_cache)
+    )
+    twins = Twins(tmp_path / "off", shared_basetemp(tmp_path_factory) / "gpu-emu")
+    kernels = {launch.kernel for launch in twins.step.runner.program.launches}
+    assert "rfc_add_rmsnorm_256_q8" in kernels
+    assert "rfc_matmul_q4_kp_256_q4_kp_64_q6_kp_64x256_fused_q8" in kernels, sorted(kernels)
+    _decode(twins, steps=3)

@@ -101,8 +101,12 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     # the plain twins of the decode list's q8 hand-off (gpu_fuse.DECODE_Q8: the fused add + rmsnorm)
     twins = {k for k in prefill_only if f"{k}_q8" in {launch.kernel for launch in program.launches}}
     assert all(not usage[k].uses_local_memory for k in twins)
+    # the prefill list's own runs where the decode list folds the norms into its matmuls
+    # (gpu_fuse.step_fusions): the add + rmsnorm launches
+    own_runs = {k for k in prefill_only if k.startswith("rfc_add_rmsnorm_")}
+    assert all(not usage[k].uses_local_memory for k in own_runs)
     # the rest: per-op kernels of runs the decode list fuses (the prefill list launches them one by one)
-    rest = prefill_only - mma - rounding - attention - twins
+    rest = prefill_only - mma - rounding - attention - twins - own_runs
     assert rest <= set(target_entry(bundle.manifest, "sm_90").op_kernels), sorted(rest)
     assert bool(mma) == any(t.format in MMA_FORMATS for t in bundle.layout.tensors), sorted(mma)
     assert mma <= set(usage) and all(usage[k].is_hot for k in mma)

@@ -11,7 +11,7 @@ from rfc.artifacts.formats import tensor_nbytes
 from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.plan import Buffer, Op
 from rfc.compiler.codegen import gpu_fuse, gpu_imma, gpu_plan
-from rfc.compiler.codegen.gpu_fuse import fused_specs, plan_fusions
+from rfc.compiler.codegen.gpu_fuse import fused_specs, plan_fusions, step_fusions
 from rfc.compiler.codegen.gpu_imma import imma_matmul_spec, imma_segments_spec
 from rfc.compiler.codegen.gpu_plan import PROGRAM_MAX_TOKENS, plan_kernels, plan_program, weight_geometry
 from rfc.compiler.gguf_reader import read_gguf
@@ -68,9 +68,7 @@ def test_a_llama_layer_fuses_four_kinds_of_runs(llama):
     assert _runs(plan, layout) == FUSED
     specs, op_kernels = plan_kernels(TARGET, plan, layout)
     fusions = plan_fusions(plan, specs, op_kernels)
-    program = plan_program(
-        TARGET, plan, [*specs, *{f.spec.name: f.spec for f in fusions}.values()], op_kernels, fusions
-    )
+    _built, program = _prefill(plan, layout)
     reduce = 0 if gpu_plan.ATTENTION_LAST_BLOCK_MERGE else spec.hparams.n_layers  # the split attention's reduce
     assert len(program.launches) == len(plan.ops) + reduce - sum(f.count - 1 for f in fusions)
     qkv = program.launches[2]
@@ -104,10 +102,21 @@ def test_an_op_between_the_matmuls_keeps_them_apart(llama):
 
 
 @pytest.mark.usefixtures("separate_norms")
-def test_other_formats_widths_or_activations_keep_their_launches(llama):
+def test_other_formats_make_segments_and_other_activations_keep_their_launches(llama):
     spec, plan, _layout_ = llama
     mixed = _layout(spec, {"blk.0.attn_v.weight": "Q4_0", "blk.0.ffn_up.weight": "Q4_0"})
-    assert _runs(plan, mixed) == [("matmul",) * 2, *FUSED[1:3], FUSED[4]]  # q+k; v and gate/up/SwiGLU apart
+    # q, k and v one launch (a Q8_0 and a Q4_0 group of segments, each walked by its own code), gate
+    # and up one (the SwiGLU apart: the gate/up kernel walks one format)
+    assert _runs(plan, mixed) == [("matmul",) * 3, *FUSED[1:3], ("matmul",) * 2, FUSED[4]]
+    specs, op_kernels = plan_kernels(TARGET, plan, mixed)
+    qkv = next(f for f in plan_fusions(plan, specs, op_kernels) if f.count == 3 and f.spec.params["segs"])
+    assert qkv.spec.name == "rfc_matmul_q8_0_256_q8_0_64_q4_0_64x256_fused"
+    assert [(g["fmt"], g["segs"], g["end"]) for g in qkv.spec.params["fmt_groups"]] == [
+        ("q8_0", [0, 1], 320),
+        ("q4_0", [2], 384),
+    ]
+    # the int8 tensor-core segments take one format: q and k one launch there, v its own
+    assert qkv.prefill.count == 2 and qkv.prefill.spec.name == "rfc_matmul_imma_q8_0_256_64x256_segments"
     act = next(i for i, op in enumerate(plan.ops) if op.kind.value == "swiglu")
     gelu = dataclasses.replace(
         plan,
@@ -149,16 +158,16 @@ def test_a_pre_activation_read_later_or_a_fresh_output_keeps_the_launches(llama)
 
 def _hand_offs(plan, layout) -> tuple[list, object]:
     specs, op_kernels = plan_kernels(TARGET, plan, layout)
-    fusions = plan_fusions(plan, specs, op_kernels)
-    program = plan_program(TARGET, plan, [*specs, *fused_specs(fusions)], op_kernels, fusions)
+    fusions, prefill = step_fusions(plan, specs, op_kernels)
+    program = plan_program(TARGET, plan, [*specs, *fused_specs(fusions, prefill)], op_kernels, fusions, prefill)
     return fusions, program
 
 
 @pytest.mark.usefixtures("separate_norms")
 def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     spec, plan, _layout_ = llama
-    # v and up in another format: q+k fused, v, gate and up alone: every matmul that reads the
-    # norm's rows takes them rounded, fused or not
+    # v and up in another format: q, k and v one launch of two formats' segments, gate and up one
+    # without their SwiGLU: every matmul that reads the norm's rows takes them rounded
     layout = _layout(spec, {"blk.1.attn_v.weight": "Q4_0", "blk.1.ffn_up.weight": "Q4_0"})
     fusions, program = _hand_offs(plan, layout)
     layer1 = [i for i, op in enumerate(plan.ops) if any(w.startswith("blk.1.") for w in op.weights)]
@@ -166,7 +175,7 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     mine = [f for f in fusions if start <= f.first <= layer1[-1]]
     kinds = [(tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count]), f.spec.name) for f in mine]
     q8 = [k for k, name in kinds if name.endswith("_q8")]
-    assert q8 == [("add", "rmsnorm"), ("matmul", "matmul"), ("matmul",), ("add", "rmsnorm"), ("matmul",), ("matmul",)]
+    assert q8 == [("add", "rmsnorm"), ("matmul", "matmul", "matmul"), ("add", "rmsnorm"), ("matmul", "matmul")]
     for f in mine:
         if f.spec.name.endswith("_q8"):  # its plain twin for the prefill list
             assert f.plain.spec.name + "_q8" == f.spec.name and "q8" not in dict(f.plain.spec.args)
@@ -211,10 +220,13 @@ def test_no_hand_off_past_a_write_of_the_rows(llama):
 
 
 def _prefill(plan, layout) -> tuple[list, object]:
+    """The kernels built (as compiler/codegen/gpu.py builds them: those either list launches) and
+    the step program."""
     specs, op_kernels = plan_kernels(TARGET, plan, layout)
-    fusions = plan_fusions(plan, specs, op_kernels)
-    built = [*specs, *fused_specs(fusions)]
-    return built, plan_program(TARGET, plan, built, op_kernels, fusions)
+    fusions, prefill = step_fusions(plan, specs, op_kernels)
+    program = plan_program(TARGET, plan, [*specs, *fused_specs(fusions, prefill)], op_kernels, fusions, prefill)
+    launched = {launch.kernel for launch in (*program.launches, *program.prefill_launches)}
+    return [*specs, *(s for s in fused_specs(fusions, prefill) if s.name in launched)], program
 
 
 def test_the_prefill_list_launches_q_k_and_v_once(llama, monkeypatch):
@@ -298,10 +310,10 @@ NORMS_IN = [
 ]
 
 
-def test_a_llama_layer_folds_its_norms_into_the_matmuls(llama):
+def test_a_llama_layer_folds_its_norms_into_the_matmuls(llama, monkeypatch):
     """Six launches a layer: each rmsnorm inside the int8 matmuls that read its output, each
-    residual add in the epilogue of the matmul whose output it adds; the prefill list launches
-    the norms and adds alone and the matmuls on their tensor-core kernels."""
+    residual add in the epilogue of the matmul whose output it adds; the prefill list as it was
+    without them (each add + rmsnorm one launch, the matmuls on their tensor-core kernels)."""
     spec, plan, layout = llama
     assert _runs(plan, layout) == NORMS_IN
     built, program = _prefill(plan, layout)
@@ -322,16 +334,16 @@ def test_a_llama_layer_folds_its_norms_into_the_matmuls(llama):
     assert [a.ref for a in o.args] == ["x", "x", "att", "blk.0.attn_output.weight", "n_tokens"]  # x = x + o(att)
     by_name = {s.name: s for s in built}
     assert by_name[qkv.kernel].params["norm"] and by_name[o.kernel].params["residual"] == "left"
+    # the prefill list: its runs without the norms in the matmuls, launch for launch
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", False)
+    built_off, off = _prefill(plan, layout)
+    assert program.prefill_launches == off.prefill_launches and off.launches != program.launches
     names = [launch.kernel for launch in program.prefill_launches]
-    assert names[:4] == [
-        "rfc_embed_q8_0_256",
-        "rfc_rmsnorm_256",
-        "rfc_quantize_q8_256",
-        "rfc_matmul_imma_q8_0_256_64_64x256_segments",
-    ]
-    assert names.count("rfc_add_256") == 2 * spec.hparams.n_layers
-    # the prefill list's kernels are built, the norms' matmuls without the norm are not
-    assert not any(n.endswith("_fused") for n in by_name)
+    assert names.count("rfc_add_rmsnorm_256") == 2 * spec.hparams.n_layers - 1
+    # only kernels a list launches are built: not the q/k/v matmul without the norm, nor the
+    # q8 hand-off's kernels (the decode list has no add + rmsnorm left)
+    assert not any(n.endswith(("_fused", "_q8")) for n in by_name)
+    assert "rfc_add_rmsnorm_256" in by_name
 
 
 def test_a_norm_output_read_after_the_matmuls_keeps_the_norm_apart(llama):
