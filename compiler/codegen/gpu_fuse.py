@@ -48,7 +48,7 @@ their own launches. The per-op kernels stay in the bundle (op_kernels, the kerne
 from dataclasses import dataclass, replace
 
 from rfc.artifacts.plan import Op, Plan
-from rfc.compiler.codegen import gpu_imma
+from rfc.compiler.codegen import gpu_imma, gpu_plan
 from rfc.compiler.codegen.gpu_plan import I32, MATMUL_ROW_STEPS, PTR, KernelSpec, _renamed, buffer_uses
 
 MATMUL_TEMPLATE = "gpu_matmul.hip.j2"
@@ -61,10 +61,6 @@ DECODE_Q8 = True
 # The residual add in the matmul before it and the rmsnorm in the matmuls after it (module doc);
 # False: the add + rmsnorm launch between them (the kernels and program before this switch).
 NORM_IN_MATMULS = True
-# The fused int8 matmuls ask their block's weight rows into L2 before they round their activations
-# (a hint on NVIDIA, nothing on AMD): the rows' trip from memory overlaps the rounding (and the
-# norm folded in) instead of following it. The same sums either way.
-PREFETCH_L2 = True
 
 
 @dataclass(frozen=True)
@@ -300,7 +296,7 @@ def _segmented(run: list[KernelSpec], i: int) -> Fusion:
         "n": start,
         "segs": segs,
         "glu": False,
-        "prefetch_l2": PREFETCH_L2,
+        "prefetch_l2": gpu_plan.MATMUL_PREFETCH_L2,
         **tiling,
         **({"fmt_groups": groups} if len(groups) > 1 else {}),
     }
@@ -436,7 +432,7 @@ def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
         "n": rows,
         "segs": [],
         "glu": True,
-        "prefetch_l2": PREFETCH_L2,
+        "prefetch_l2": gpu_plan.MATMUL_PREFETCH_L2,
         **tiling,
     }
     args = (("out", PTR), ("x", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32))

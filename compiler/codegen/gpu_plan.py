@@ -85,6 +85,11 @@ MATMUL_ROW_STEPS = 1
 # loading its sub-blocks one after another; with more, each lane has fewer and more of them are
 # in flight (the waves' sums then meet in shared memory). Unmeasured on a card: an A/B switch.
 INT8_ROW_WAVES = 1
+# The int8 matmuls of the decode list (and the fused ones, compiler/codegen/gpu_fuse.py) ask their
+# block's weight rows into L2 before they round their activations (prefetch.global.L2 on NVIDIA,
+# nothing on AMD): the rows' trip from memory overlaps the rounding (and a norm folded in)
+# instead of following it, and no register holds them. The same sums either way.
+MATMUL_PREFETCH_L2 = True
 # Float blocks up to this many elements are decoded into registers (the dot loop unrolled).
 MATMUL_UNROLL_MAX = 32
 PREFILL_MIN_TOKENS = 64
@@ -342,6 +347,7 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             "row_steps": row_steps,
             "rows_per_block": rows_per_block,
             "tokens_per_block": MATMUL_TOKENS,
+            "prefetch_l2": MATMUL_PREFETCH_L2,
             **q8,
             **w,
         }
