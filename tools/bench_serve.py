@@ -12,7 +12,9 @@ Each client sends --requests streaming requests one after the other, all clients
 The OpenAI API (/v1/completions, stream, ignore_eos) is the default because every server
 speaks it; `--api native` uses rfc's /generate/stream. With ignore_eos each request makes
 exactly --max-tokens tokens; tokens are counted from the usage chunk when the server sends
-one, else one per streamed chunk.
+one, else one per streamed chunk. A request that ends short of --max-tokens, with an error
+event or an HTTP error is counted and reported (its finish reason, the first error) with the
+tail of the server's own log (`--server-log`, a temporary file unless given), where it was started here.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 
@@ -48,6 +53,8 @@ class RequestResult:
     ttft_s: float
     total_s: float
     tokens: int
+    finish_reason: str | None = None  # the last one the stream gave
+    error: str | None = None  # an error event in the stream, or the HTTP error
 
 
 def main() -> int:
@@ -67,8 +74,11 @@ def main() -> int:
             started = time.perf_counter()
             results = _run_once(url, args, clients, args.requests)
             wall = time.perf_counter() - started
-            rows.append(_summary(clients, results, wall))
+            rows.append(_summary(clients, results, wall, args.max_tokens))
         _print(args, rows, ready_s)
+        if server is not None and any(r["short"] or r["errors"] for r in rows):
+            print(f"server log tail ({args.server_log}):")
+            print("\n".join(Path(args.server_log).read_text(errors="replace").splitlines()[-40:]))
     finally:
         if server is not None:
             server.terminate()
@@ -83,6 +93,11 @@ def _parse() -> argparse.Namespace:
     src.add_argument("--bundle", help="Start `rfc serve BUNDLE` and time it to /ready.")
     src.add_argument("--server-cmd", help="Start this command ({port}: a free port) and time it to --ready-path.")
     p.add_argument("--serve-args", default="", help="Extra `rfc serve` arguments (with --bundle).")
+    p.add_argument(
+        "--server-log",
+        help="Where a server started here writes its output (default: a temporary file); its tail is "
+        "printed when a request ends short or with an error.",
+    )
     p.add_argument(
         "--clients",
         default="1,16",
@@ -173,7 +188,10 @@ def _start_server(args) -> tuple[subprocess.Popen, str, float]:
     else:
         cmd = shlex.split(args.server_cmd.replace("{port}", str(port)))
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.server_log is None:
+        args.server_log = tempfile.NamedTemporaryFile(prefix="bench-serve-", suffix=".log", delete=False).name
+    with open(args.server_log, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url + args.ready_path, 600, proc)
     return proc, url, time.perf_counter() - started
@@ -236,29 +254,41 @@ def _one_request(session: requests.Session, url: str, args, prompt: str) -> Requ
     first = None
     chunks = 0
     usage_tokens = None
-    with session.post(url + path, json=body, stream=True, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if data.get("usage"):
-                usage_tokens = data["usage"]["completion_tokens"]
-            has_token = data.get("token") is not None if args.api == "native" else bool(data.get("choices"))
-            if has_token:
-                first = first or time.perf_counter()
-                chunks += 1
+    finish, error = None, None
+    try:
+        with session.post(url + path, json=body, stream=True, timeout=600) as r:
+            if r.status_code >= 400:
+                error = f"HTTP {r.status_code}: {r.text[:300]}"
+            for line in r.iter_lines() if error is None else ():
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                if data.get("error"):
+                    error = json.dumps(data["error"])[:300]
+                if data.get("usage"):
+                    usage_tokens = data["usage"]["completion_tokens"]
+                choices = data.get("choices") or [{}]
+                finish = choices[0].get("finish_reason") or data.get("finish_reason") or finish
+                has_token = data.get("token") is not None if args.api == "native" else bool(data.get("choices"))
+                if has_token:
+                    first = first or time.perf_counter()
+                    chunks += 1
+    except requests.RequestException as e:
+        error = f"{type(e).__name__}: {e}"[:300]
     end = time.perf_counter()
     return RequestResult(
         ttft_s=(first or end) - started,
         total_s=end - started,
         tokens=usage_tokens if usage_tokens is not None else chunks,
+        finish_reason=finish,
+        error=error,
     )
 
 
-def _summary(clients: int, results: list[RequestResult], wall: float) -> dict:
+def _summary(clients: int, results: list[RequestResult], wall: float, max_tokens: int) -> dict:
     ttfts = sorted(r.ttft_s for r in results)
     tokens = sum(r.tokens for r in results)
+    errors = [r.error for r in results if r.error]
     return {
         "clients": clients,
         "requests": len(results),
@@ -267,6 +297,10 @@ def _summary(clients: int, results: list[RequestResult], wall: float) -> dict:
         "tok_s": tokens / wall,
         "ttft_p50_s": statistics.median(ttfts),
         "ttft_p95_s": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+        "short": sum(r.tokens < max_tokens for r in results),
+        "finish_reasons": dict(Counter(str(r.finish_reason) for r in results)),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
     }
 
 
@@ -282,6 +316,13 @@ def _print(args, rows: list[dict], ready_s: float | None) -> None:
             f"| {r['clients']} | {r['requests']} | {r['tokens']} | {r['tok_s']:.1f} | {r['ttft_p50_s']:.3f} | "
             f"{r['ttft_p95_s']:.3f} |"
         )
+    for r in rows:
+        if r["short"] or r["errors"]:
+            print(
+                f"{r['clients']} client(s): {r['short']} of {r['requests']} requests short of "
+                f"{args.max_tokens} tokens, finish reasons {r['finish_reasons']}, {r['errors']} error(s); "
+                f"first: {r['first_error']}"
+            )
     if args.json:
         print(json.dumps({"ready_s": ready_s, "rows": rows}))
 

@@ -387,17 +387,18 @@ FIRST_FIXTURES = (
 )
 
 
-def serve_commands(bundle: Path, gguf: Path, device: str, bins: Path | None) -> list[tuple[str, list[str]]]:
+def serve_commands(bundle: Path, gguf: Path, device: str, bins: Path | None, logs: Path) -> list[tuple[str, list[str]]]:
     """tools/bench_serve.py against `rfc serve` on the card and, where llama-server was built,
     against llama-server with 16 slots on the same GGUF: streamed completions of SERVE_TOKENS
-    tokens, 1 then 16 clients at once, SERVE_REQUESTS each."""
+    tokens, 1 then 16 clients at once, SERVE_REQUESTS each; each server's own output in
+    `logs` (serve-NAME-server.log)."""
     common = ["--clients", "1,16", "--requests", str(SERVE_REQUESTS), "--max-tokens", str(SERVE_TOKENS), "--json"]
     bench = [sys.executable, str(ROOT / "tools" / "bench_serve.py")]
     cmds = [("rfc", [*bench, "--bundle", str(bundle), "--serve-args", f"--device {device}", *common])]
     if bins is not None and (bins / "llama-server").is_file():
         server = f"{bins / 'llama-server'} -m {gguf} -ngl 99 -np 16 -c {16 * 1024} --port {{port}}"
         cmds.append(("llama", [*bench, "--server-cmd", server, "--ready-path", "/health", *common]))
-    return cmds
+    return [(name, [*cmd, "--server-log", str(logs / f"serve-{name}-server.log")]) for name, cmd in cmds]
 
 
 def default_target_check(gguf: Path, target: str, env: dict, log: Path, timeout: float) -> int:
@@ -595,7 +596,7 @@ def run(
         b = rfc["bench"][0]  # the smaller benchmark shape
         bundle = out / f"{Path(b['gguf']).stem}-{target}"
         device = "cuda" if target.startswith("sm_") else "hip"
-        for name, cmd in serve_commands(bundle, Path(b["gguf"]), device, bins):
+        for name, cmd in serve_commands(bundle, Path(b["gguf"]), device, bins, logs):
             status = _checked_run(cmd, env, logs / f"serve-{name}.log", max(min(left / 2 - 30, 150), 1)) or status
             left = deadline - time.monotonic()
     left = _phase("rfc serve GGUF with no --arch: the target it detects on the card", deadline)

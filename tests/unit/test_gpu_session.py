@@ -95,15 +95,22 @@ def test_the_serving_phase_runs_both_servers_under_the_same_load(tmp_path):
     """rfc serve on the card's device and llama-server with 16 slots on the same GGUF, the same
     clients, completions and tokens; without a llama-server binary, rfc alone."""
     (tmp_path / "llama-server").write_text("")
-    cmds = dict(gpu_session.serve_commands(Path("/b/bench-x-sm_90"), Path("/g/bench-x.gguf"), "cuda", tmp_path))
+    logs = tmp_path / "logs"
+    cmds = dict(gpu_session.serve_commands(Path("/b/bench-x-sm_90"), Path("/g/bench-x.gguf"), "cuda", tmp_path, logs))
     assert set(cmds) == {"rfc", "llama"}
     assert cmds["rfc"][cmds["rfc"].index("--bundle") + 1] == "/b/bench-x-sm_90"
     assert "--device cuda" in cmds["rfc"]
     server = cmds["llama"][cmds["llama"].index("--server-cmd") + 1]
     assert "-m /g/bench-x.gguf" in server and "-np 16" in server and "-ngl 99" in server and "{port}" in server
-    tail = cmds["rfc"][cmds["rfc"].index("--clients") :]
-    assert cmds["llama"][-len(tail) :] == tail and tail[1] == "1,16"
-    assert [name for name, _ in gpu_session.serve_commands(Path("/b"), Path("/g.gguf"), "hip", None)] == ["rfc"]
+
+    def load(cmd):
+        return cmd[cmd.index("--clients") : cmd.index("--json") + 1]
+
+    assert load(cmds["llama"]) == load(cmds["rfc"]) and load(cmds["rfc"])[1] == "1,16"
+    # each server's own output kept beside the client's (the 16-client shortfall on the H100 left none)
+    for name, cmd in cmds.items():
+        assert cmd[-2:] == ["--server-log", str(logs / f"serve-{name}-server.log")]
+    assert [name for name, _ in gpu_session.serve_commands(Path("/b"), Path("/g.gguf"), "hip", None, logs)] == ["rfc"]
 
 
 def test_memcheck_covers_a_dense_a_moe_and_a_hybrid_fixture_and_the_big_tiles(tmp_path):
