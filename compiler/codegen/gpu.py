@@ -92,11 +92,10 @@ def build(inp: CodegenInput) -> dict:
     sample = plan_sample_kernel(target, inp.plan.vocab_size)
     # the kernels either list launches (a fused kernel of the prefill list's runs that it launches
     # op by op there is not built)
-    program = plan_program(
-        target, inp.plan, [*specs, *fused_specs(fusions, prefill_fusions)], op_kernels, fusions, prefill_fusions
-    )
+    fused = fused_specs(fusions, prefill_fusions)
+    program = plan_program(target, inp.plan, [*specs, *fused], op_kernels, fusions, prefill_fusions)
     launched = {launch.kernel for launch in (*program.launches, *program.prefill_launches)}
-    fused = [s for s in fused_specs(fusions, prefill_fusions) if s.name in launched]
+    fused = [s for s in fused if s.name in launched]
     specs = [*specs, *fused, sample]
     source = render_source(target, specs)
     command = tc.command(target)

@@ -126,7 +126,7 @@ def plan_fusions(
 
 
 def _names_taken(f: Fusion, taken: dict[str, KernelSpec]) -> Fusion:
-    """f with its kernels (and those of its prefill launch and rest) under names of their own."""
+    """f with its kernel (and its prefill launch's) under names of their own."""
     return replace(f, spec=_taken(f.spec, taken), prefill=None if f.prefill is None else _names_taken(f.prefill, taken))
 
 
@@ -372,8 +372,7 @@ def _norm_first(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None
         or plan.ops[i + 1].inputs[0] != h
         or x == h
         or plan.buffer(x).shape != plan.buffer(h).shape
-        or not _apart_in_the_arena(plan, inner)
-    ):
+    ):  # (apart in the arena: plan_fusions checks the whole run)
         return None
     ops = plan.ops[i + 1 : i + 1 + inner.count]
     # the blocks read whole rows of x while others write their outputs: none may be x

@@ -938,26 +938,6 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
             rounded = None  # another launch may write that input
         prefill.append(launch or op_launch(plan, op, spec))
 
-    def prefill_run(f, i: int, launch: Launch) -> None:
-        """The prefill list's launches for fused run f from op i (`launch`: the decode list's)."""
-        nonlocal rounded
-        ops = plan.ops[i : i + f.count]
-        own = [by_name[k] for k in op_kernels[i : i + f.count]]
-        with_prefill = any(s.prefill is not None for s in own)
-        if f.prefill is not None:  # one launch over the first ops' prefill kernels, the rest one by one
-            pre, n = f.prefill.spec, f.prefill.count
-            own_prefill = [s.prefill for s in own[:n]]
-            prefill_launch(ops[0], pre, fused_launch(plan, ops[:n], pre, f.prefill.sources, own_prefill))
-            for op, spec in zip(ops[n:], own[n:]):
-                prefill_launch(op, spec.prefill or spec)
-        elif with_prefill:
-            for op, spec in zip(ops, own):
-                prefill_launch(op, spec.prefill or spec)
-        else:
-            plain = f.plain
-            prefill.append(launch if plain is None else fused_launch(plan, ops, plain.spec, plain.sources, own))
-            rounded = None
-
     i = 0
     while i < len(plan.ops):
         if i in fused:
@@ -968,7 +948,19 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
             launches.append(launch)
             if f.spec.params.get("q8"):  # the decode list's rounded hand-off (gpu_fuse.DECODE_Q8)
                 q8_bytes = max(q8_bytes, f.spec.params["q8_bytes"])
-            prefill_run(f, i, launch)
+            if f.prefill is not None:  # one launch over the first ops' prefill kernels, the rest one by one
+                pre, n = f.prefill.spec, f.prefill.count
+                own_prefill = [s.prefill for s in own[:n]]
+                prefill_launch(ops[0], pre, fused_launch(plan, ops[:n], pre, f.prefill.sources, own_prefill))
+                for op, spec in zip(ops[n:], own[n:]):
+                    prefill_launch(op, spec.prefill or spec)
+            elif any(s.prefill is not None for s in own):
+                for op, spec in zip(ops, own):
+                    prefill_launch(op, spec.prefill or spec)
+            else:
+                plain = f.plain
+                prefill.append(launch if plain is None else fused_launch(plan, ops, plain.spec, plain.sources, own))
+                rounded = None
             i += f.count
             continue
         op, spec = plan.ops[i], by_name[op_kernels[i]]
