@@ -56,6 +56,9 @@ class Target:
     # NVIDIA's mma.sync (sm_80 and newer); "mfma_16x16x16": CDNA's v_mfma_i32_16x16x16i8 (gfx908,
     # gfx90a); "wmma_16x16x16_w32": RDNA3's v_wmma_i32_16x16x16_iu8 (gfx11). "": none
     imma: str = ""
+    # programmatic dependent launch (griddepcontrol, sm_90 and newer): a kernel of the step program
+    # may start while the one before it runs, waiting for it where it first reads what it wrote
+    grid_dependency: bool = False
 
     @property
     def arch(self) -> str:
@@ -96,6 +99,7 @@ _GFX = re.compile(r"gfx[0-9]{2,3}[0-9a-f]")
 _SM = re.compile(r"sm_[0-9]{2,3}a?")
 _WMMA_F16_SM = 70  # Volta: the first NVIDIA architecture with tensor cores
 _IMMA_SM = 80  # Ampere: the first with mma.sync m16n8k32 over int8
+_GRID_DEPENDENCY_SM = 90  # Hopper: the first with griddepcontrol
 # CDNA 1-2; CDNA 3 (gfx94x) replaced v_mfma_i32_16x16x16i8 with a 16x16x32 form, not built here
 _IMMA_MFMA_GFX = ("gfx908", "gfx90a")
 
@@ -110,7 +114,14 @@ def parse_target(name: str) -> Target:
         return Target(name, Family.HIP, 32 if name[3:5] in ("10", "11", "12") else 64, imma=imma)
     if _SM.fullmatch(name):
         sm = int(name[3:].rstrip("a"))
-        return Target(name, Family.CUDA, 32, wmma_f16=sm >= _WMMA_F16_SM, imma="mma_m16n8k32" if sm >= _IMMA_SM else "")
+        return Target(
+            name,
+            Family.CUDA,
+            32,
+            wmma_f16=sm >= _WMMA_F16_SM,
+            imma="mma_m16n8k32" if sm >= _IMMA_SM else "",
+            grid_dependency=sm >= _GRID_DEPENDENCY_SM,
+        )
     cpus = ", ".join(CPU_TARGETS)
     raise TargetError(f"unknown target '{name[:40]}' (expected {cpus}, gfx* such as gfx1100, or sm_* such as sm_90)")
 

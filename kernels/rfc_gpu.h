@@ -149,6 +149,20 @@ RFC_DEVICE_FN int rfc_dp4a_portable(int a, int b, int c) {
 
 /* A hint to bring the 128-byte line holding p into L2 ahead of its loads (prefetch.global.L2
  * on NVIDIA); nothing on AMD and in the emulator. */
+/* Programmatic dependent launch (the step program's launches on sm_90 and later when the source
+ * defines RFC_PROGRAMMATIC, compiler/codegen/gpu.py): a kernel may start while the kernel before
+ * it in the stream still runs. Every kernel calls RFC_GRID_WAIT() once, at its top level, before
+ * it reads or writes anything but its weights (the compiler checks the source): it waits until
+ * the kernel before has finished and its writes are visible, then lets the kernel after it be
+ * launched. What comes before it may only ask weights into L2. Elsewhere nothing: launches
+ * there follow one another. */
+#if defined(RFC_CUDA) && defined(RFC_PROGRAMMATIC) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define RFC_GRID_WAIT() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#endif
+#ifndef RFC_GRID_WAIT
+#define RFC_GRID_WAIT() ((void)0)
+#endif
+
 #if defined(RFC_CUDA)
 #define RFC_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"((const void *)(p)))
 #else

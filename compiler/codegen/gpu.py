@@ -21,6 +21,7 @@ from rfc.compiler.codegen.gpu_fuse import fused_specs, step_fusions
 from rfc.compiler.codegen.gpu_attention import MMA_ATTENTION_TEMPLATE
 from rfc.compiler.codegen.gpu_imma import IMMA_TEMPLATE
 from rfc.compiler.codegen.gpu_mma import MMA_TEMPLATE
+from rfc.compiler.codegen.gpu_overlap import PROGRAM_FLAG, check_grid_wait, programmatic
 from rfc.compiler.codegen.gpu_plan import ARG_SIZES, KernelSpec, plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.codegen.render import render
@@ -28,7 +29,8 @@ from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 from rfc.artifacts.codeobject import CodeObjectError, KernelInfo, read_cubin, read_hsaco
 from rfc.artifacts.formats import Kernels
-from rfc.artifacts.program import PROGRAM_FILE, pack_program
+from rfc.artifacts.ops import I32
+from rfc.artifacts.program import PROGRAM_FILE, ArgKind, StepProgram, pack_program
 
 PRELUDE_TEMPLATE = "gpu_prelude.hip.j2"
 
@@ -84,19 +86,32 @@ TOOLCHAINS = {
 }
 
 
-def build(inp: CodegenInput) -> dict:
-    target = inp.target
-    tc = TOOLCHAINS[target.family]
-    specs, op_kernels = plan_kernels(target, inp.plan, inp.layout, inp.weights)
-    fusions, prefill_fusions = step_fusions(inp.plan, specs, op_kernels)
-    sample = plan_sample_kernel(target, inp.plan.vocab_size)
+def plan_target(
+    target: Target, plan, layout, weights=None
+) -> tuple[list[KernelSpec], list[str], StepProgram, KernelSpec]:
+    """(every kernel to build, the op kernels, the step program, the sampling kernel) of a GPU
+    target: the program marked for overlapped launches where the target has them and every
+    kernel waits as they require (gpu_overlap.py)."""
+    specs, op_kernels = plan_kernels(target, plan, layout, weights)
+    fusions, prefill_fusions = step_fusions(plan, specs, op_kernels)
+    sample = plan_sample_kernel(target, plan.vocab_size)
     # the kernels either list launches (a fused kernel of the prefill list's runs that it launches
     # op by op there is not built)
     fused = fused_specs(fusions, prefill_fusions)
-    program = plan_program(target, inp.plan, [*specs, *fused], op_kernels, fusions, prefill_fusions)
+    program = plan_program(target, plan, [*specs, *fused], op_kernels, fusions, prefill_fusions)
     launched = {launch.kernel for launch in (*program.launches, *program.prefill_launches)}
     fused = [s for s in fused if s.name in launched]
     specs = [*specs, *fused, sample]
+    if programmatic(target):
+        check_overlap(specs, program, sample)
+        program = replace(program, extra={**program.extra, PROGRAM_FLAG: True})
+    return specs, op_kernels, program, sample
+
+
+def build(inp: CodegenInput) -> dict:
+    target = inp.target
+    tc = TOOLCHAINS[target.family]
+    specs, op_kernels, program, sample = plan_target(target, inp.plan, inp.layout, inp.weights)
     source = render_source(target, specs)
     command = tc.command(target)
     version = toolchain_version(tc)
@@ -127,11 +142,32 @@ def render_source(target: Target, specs: list[KernelSpec]) -> str:
     mma = any(s.template in (MMA_TEMPLATE, MMA_ATTENTION_TEMPLATE) for s in specs)
     # the int8 one where a kernel uses it, for the target's instruction (Target.imma)
     imma = target.imma if any(s.template == IMMA_TEMPLATE for s in specs) else False
-    parts = [
-        render(PRELUDE_TEMPLATE, {"wave": target.wave_size, "mma": mma, "imma": imma, **format_params(Kernels.GPU)})
-    ]
-    parts += [render(s.template, s.params) for s in specs]
+    overlap = programmatic(target)
+    prelude = {"wave": target.wave_size, "mma": mma, "imma": imma, "programmatic": overlap}
+    parts = [render(PRELUDE_TEMPLATE, {**prelude, **format_params(Kernels.GPU)})]
+    parts += [render_kernel(s, overlap) for s in specs]
     return "\n".join(parts)
+
+
+def render_kernel(spec: KernelSpec, overlap: bool) -> str:
+    """One kernel's source; `overlap`: built for programmatic launches (gpu_overlap.py)."""
+    return render(spec.template, {**spec.params, "programmatic": overlap})
+
+
+def check_overlap(specs: list[KernelSpec], program: StepProgram, sample: KernelSpec) -> None:
+    """Every kernel the program launches (and the sampling kernel after it) waits for the kernel
+    before it before it touches an activation (gpu_overlap.check_grid_wait): free before the wait
+    are its scalars and the parameters every launch of it binds to weights."""
+    by_name = {s.name: s for s in specs}
+    weights: dict[str, set[str]] = {}
+    for launch in (*program.launches, *program.prefill_launches):
+        spec = by_name[launch.kernel]
+        bound = {name for (name, _t), slot in zip(spec.args, launch.args) if slot.kind is ArgKind.WEIGHT}
+        weights[launch.kernel] = weights.get(launch.kernel, bound) & bound
+    for name in [*weights, sample.name]:
+        spec = by_name[name]
+        scalars = {n for n, t in spec.args if t == I32}
+        check_grid_wait(render_kernel(spec, True), name, scalars | weights.get(name, set()))
 
 
 def kernels_in(target: Target, binary: bytes) -> dict[str, KernelInfo]:

@@ -2,6 +2,7 @@
 
 import ctypes
 import re
+import threading
 
 from rfc.artifacts.codeobject import KernelInfo, read_cubin
 from rfc.runtime.devices import DeviceError
@@ -53,6 +54,47 @@ SIGNATURES: dict[str, list] = {
 }
 
 
+# -- overlapped launches: cuLaunchKernelEx with programmatic stream serialization (sm_90 and newer)
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+
+
+class LaunchAttribute(ctypes.Structure):
+    """CUlaunchAttribute: the id, padded to 8 bytes, then the 64-byte value union (of which the
+    programmatic serialization flag is the first int)."""
+
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int), ("rest", ctypes.c_char * 60)]
+
+
+class LaunchConfig(ctypes.Structure):
+    """CUlaunchConfig."""
+
+    _fields_ = [
+        ("grid", ctypes.c_uint * 3),
+        ("block", ctypes.c_uint * 3),
+        ("shared_bytes", ctypes.c_uint),
+        ("stream", ctypes.c_void_p),
+        ("attrs", ctypes.POINTER(LaunchAttribute)),
+        ("n_attrs", ctypes.c_uint),
+    ]
+
+
+_overlap_local = threading.local()
+
+
+def _overlap_config(grid: tuple, block: tuple, stream) -> LaunchConfig:
+    """The configuration of an overlapped launch (one per thread, refilled each launch: the
+    driver reads it during the call)."""
+    config = getattr(_overlap_local, "config", None)
+    if config is None:
+        attr = LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, value=1)
+        config = LaunchConfig(attrs=ctypes.pointer(attr), n_attrs=1)
+        _overlap_local.config, _overlap_local.attr = config, attr
+    config.grid[:] = grid
+    config.block[:] = block
+    config.stream = stream.value if isinstance(stream, ctypes.c_void_p) else stream
+    return config
+
+
 def _open_device(driver: GpuDriver, target: str) -> str:
     lib = driver.lib
     count = ctypes.c_int(0)
@@ -97,6 +139,9 @@ CUDA = Dialect(
     error_string=_error_string,
     read_code=_read_code,
     instantiate_flags=(0,),
+    launch_overlapped="cuLaunchKernelEx",
+    launch_overlapped_signature=(_P, _P, _P, _P),
+    overlap_config=_overlap_config,
 )
 
 

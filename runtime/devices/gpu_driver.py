@@ -47,8 +47,16 @@ class Driver(Protocol):
 
     def copy_to_host_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None: ...
 
+    # overlap: the kernel may start while the kernel before it in the stream runs (its code waits
+    # for it: compiler/codegen/gpu_overlap.py); a driver without such launches launches plainly
     def launch_on(
-        self, fn: Any, grid: tuple[int, int, int], block: tuple[int, int, int], params: ctypes.Array, stream: Any
+        self,
+        fn: Any,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        params: ctypes.Array,
+        stream: Any,
+        overlap: bool = False,
     ) -> None: ...
 
     def capture_begin(self, stream: Any) -> None: ...
@@ -147,6 +155,13 @@ class Dialect:
     instantiate_flags: tuple = ()  # after (graph exec, graph)
     stream_flags: int = 1  # a non-blocking stream: no implicit sync with the legacy stream
     capture_mode: int = 1  # thread-local stream capture
+    # the launch with attributes that overlaps a kernel with the one before it (CUDA's
+    # cuLaunchKernelEx with programmatic stream serialization), its signature, and the function
+    # that builds its configuration: "" where the API has none; a library without the function
+    # (an older driver) launches plainly
+    launch_overlapped: str = ""
+    launch_overlapped_signature: tuple = ()
+    overlap_config: Callable[[tuple, tuple, Any], Any] | None = None
 
     def declare(self, lib) -> None:
         """Sets argtypes and restype of every function in the signatures."""
@@ -164,6 +179,9 @@ class Dialect:
             except OSError:
                 continue
             self.declare(lib)
+            if self.launch_overlapped and hasattr(lib, self.launch_overlapped):
+                fn = getattr(lib, self.launch_overlapped)
+                fn.argtypes, fn.restype = list(self.launch_overlapped_signature), ctypes.c_int
             return lib
         raise DeviceError(f"no {self.api} driver: {self.libraries[0]} not found")
 
@@ -172,12 +190,14 @@ class GpuDriver:
     """A GPU through its family's dialect (the subclass's `dialect`)."""
 
     dialect: ClassVar[Dialect]
+    overlaps: bool = False  # whether launch_on(overlap=True) overlaps (the library has the launch)
     bind_thread: Callable[[], None] | None = None  # what a thread runs before its first call (bound_to)
     _bound: threading.local | None = None
 
     def __init__(self, target: str, lib=None):
         d = self.dialect
         self.lib = lib if lib is not None else d.load_library()
+        self.overlaps = bool(d.launch_overlapped) and _has(self.lib, d.launch_overlapped)
         # the init call reports "no device" as an error status on machines without a GPU
         status = getattr(self.lib, d.calls.init)(0)
         if status != 0:
@@ -270,7 +290,11 @@ class GpuDriver:
     def copy_to_host_async(self, dst: int, src: int, nbytes: int, stream) -> None:
         self._call(self.dialect.calls.copy_to_host_async, dst, src, nbytes, *self.dialect.to_host_kind, stream)
 
-    def launch_on(self, fn, grid, block, params, stream) -> None:
+    def launch_on(self, fn, grid, block, params, stream, overlap: bool = False) -> None:
+        if overlap and self.overlaps:
+            config = self.dialect.overlap_config(grid, block, stream)
+            self._call(self.dialect.launch_overlapped, ctypes.byref(config), fn, params, None)
+            return
         self._call(self.dialect.calls.launch, fn, *grid, *block, 0, stream, params, None)
 
     def capture_begin(self, stream) -> None:
@@ -292,3 +316,11 @@ class GpuDriver:
 
     def stream_synchronize(self, stream) -> None:
         self._call(self.dialect.calls.stream_synchronize, stream)
+
+
+def _has(lib, name: str) -> bool:
+    try:
+        getattr(lib, name)
+    except AttributeError:
+        return False
+    return True

@@ -85,14 +85,21 @@ class BoundLaunch:
     scalars: list  # [(offset, size, scalar name)]
     state_offsets: list = dataclasses.field(default_factory=list)  # where the state pool's base goes (set_state)
 
-    def enqueue(self, driver: Driver, scalars: dict[str, int], stream: Any) -> None:
-        """Writes this step's scalars and launches on `stream` (nothing to do, no launch: a
-        grid of no blocks, e.g. no logit rows)."""
+    def enqueue(self, driver: Driver, scalars: dict[str, int], stream: Any, overlap: bool = False) -> bool:
+        """Writes this step's scalars and launches on `stream`, overlapping the kernel before
+        it where `overlap` (compiler/codegen/gpu_overlap.py); False where there was nothing to
+        do and no launch (a grid of no blocks, e.g. no logit rows)."""
         for offset, nbytes, name in self.scalars:
             struct.pack_into(_PACK[nbytes], self.buffer, offset, scalars[name])
         grid = [-(-(scalars[c] if isinstance(c, str) else c) // t) for c, t in self.grid]
-        if min(grid) > 0:
-            driver.launch_on(self.fn, (*grid, 1, 1, 1)[:3], (self.threads, 1, 1), self.params, stream)
+        if min(grid) <= 0:
+            return False
+        block = (self.threads, 1, 1)
+        if overlap:
+            driver.launch_on(self.fn, (*grid, 1, 1, 1)[:3], block, self.params, stream, overlap=True)
+        else:
+            driver.launch_on(self.fn, (*grid, 1, 1, 1)[:3], block, self.params, stream)
+        return True
 
 
 def parameter_buffer(layout: tuple[KernelArg, ...]) -> tuple[ctypes.Array, ctypes.Array]:
@@ -196,6 +203,9 @@ class StepRunner:
                 bound[launch] = bind_launch(launch, kernel_args.get(launch.kernel), functions[launch.kernel], pointer)
             return bound[launch]
 
+        # the program's kernels wait for the kernel before them (compiler/codegen/gpu_overlap.py):
+        # every launch of a step but its first may then overlap the one before it
+        self.overlap = bool(program.extra.get("programmatic")) and getattr(driver, "overlaps", False)
         self._bound = [bind(launch) for launch in program.launches]
         self.has_state = any(b.state_offsets for b in bound.values())
         self.state_slots = 0
@@ -303,8 +313,9 @@ class StepRunner:
 
     def _launch_all(self, scalars: dict[str, int], sampled: bool) -> None:
         bound = self.launch_list(scalars["n_tokens"])
+        launched = False  # the step's first kernel follows the copy in, never overlapping it
         for b in [*bound, self.sampling.bound] if sampled else bound:
-            b.enqueue(self._driver, scalars, self.stream)
+            launched = b.enqueue(self._driver, scalars, self.stream, self.overlap and launched) or launched
 
     def _graph(self, scalars: dict[str, int], sampled: bool) -> Any:
         key = (scalars["n_tokens"], scalars["n_rows"], sampled)

@@ -148,7 +148,18 @@ static void launch(void (*kernel)(A...), int grid_x, int grid_y, int grid_z, int
             for (bid_x = 0; bid_x < grid_x; bid_x++) run_block(threads);
 }
 
+/* RFC_GRID_WAIT (rfc_gpu.h) counted: an overlapped launch's every thread must pass it once
+ * (EmulatedDriver checks the count after the launch) */
+static long grid_waits;
+
 }  // namespace rfc_emu
+
+#define RFC_GRID_WAIT() ((void)++rfc_emu::grid_waits)
+extern "C" long rfc_emu_grid_waits(void) {
+    const long n = rfc_emu::grid_waits;
+    rfc_emu::grid_waits = 0;
+    return n;
+}
 
 static inline void rfc_sync(void) { rfc_emu::yield_to_scheduler(); }
 

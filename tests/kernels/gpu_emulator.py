@@ -73,6 +73,7 @@ class EmulatedDriver:
         self.lib = ctypes.CDLL(str(library))
         self.memory: dict[int, np.ndarray] = {}
         self.launches = 0
+        self.overlapped = 0  # launches made with overlap=True
         self.calls: list[tuple] = []  # step-program driver calls, in order
         self._capture: list | None = None
 
@@ -100,10 +101,26 @@ class EmulatedDriver:
         fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
         return fn
 
-    def launch(self, fn, grid, block, params) -> None:
+    # launches may overlap (the Driver protocol's launch_on(overlap=True)): this "stream" runs them
+    # one after another anyway, and checks that every thread of an overlapped launch passed
+    # RFC_GRID_WAIT once, as the overlap requires (compiler/codegen/gpu_overlap.py)
+    overlaps = True
+
+    def launch(self, fn, grid, block, params, overlap: bool = False) -> None:
         assert block[1] == block[2] == 1
         self.launches += 1
+        waits = self.lib.rfc_emu_grid_waits
+        waits.restype = ctypes.c_long
+        waits()
         fn(grid[0], grid[1], grid[2], block[0], ctypes.cast(params, ctypes.c_void_p))
+        n = waits()
+        if overlap:
+            self.overlapped += 1
+            threads = grid[0] * grid[1] * grid[2] * block[0]
+            if n != threads:
+                raise AssertionError(
+                    f"{fn.__name__}: {n} RFC_GRID_WAIT calls in an overlapped launch of {threads} threads"
+                )
 
     def synchronize(self) -> None:
         pass
@@ -128,15 +145,15 @@ class EmulatedDriver:
         self.calls.append(("d2h", nbytes))
         ctypes.memmove(dst, src, nbytes)
 
-    def launch_on(self, fn, grid, block, params, stream) -> None:
+    def launch_on(self, fn, grid, block, params, stream, overlap: bool = False) -> None:
         assert stream == "stream"
         if self._capture is not None:
             # a graph node keeps the parameter values as they were at capture time
             values = [ctypes.string_at(params[i], 8) for i in range(len(params))]
-            self._capture.append((fn, grid, block, values))
+            self._capture.append((fn, grid, block, values, overlap))
             return
         self.calls.append(("launch",))
-        self.launch(fn, grid, block, params)
+        self.launch(fn, grid, block, params, overlap)
 
     def capture_begin(self, stream) -> None:
         assert self._capture is None
@@ -149,10 +166,10 @@ class EmulatedDriver:
 
     def graph_launch(self, graph, stream) -> None:
         self.calls.append(("graph_launch", len(graph)))
-        for fn, grid, block, values in graph:
+        for fn, grid, block, values, overlap in graph:
             bufs = [ctypes.create_string_buffer(v, 8) for v in values]
             params = (ctypes.c_void_p * len(bufs))(*[ctypes.addressof(b) for b in bufs])
-            self.launch(fn, grid, block, params)
+            self.launch(fn, grid, block, params, overlap)
 
     def graph_destroy(self, graph) -> None:
         self.calls.append(("graph_destroy", len(graph)))

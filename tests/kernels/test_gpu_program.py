@@ -343,6 +343,10 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, g
     gpu = Executor(bundle.plan, device).forward(batch)
     ref = Executor(bundle.plan, ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE)).forward(batch)
     assert ("capture", len(program.prefill_launches)) in device._driver.calls  # T == R: the prefill list's graph
+    # sm_90: every launch but the first overlaps the one before (compiler/codegen/gpu_overlap.py), and the
+    # emulator saw each thread of those launches pass RFC_GRID_WAIT once
+    overlapping = parse_target(target).grid_dependency
+    assert device._driver.overlapped == (len(program.prefill_launches) - 1 if overlapping else 0)
     ok, msg = device_bounds(model, gpu, ref, rounding=prefill_rounding(model, formats, tokens, target))
     print(msg)
     assert ok, msg

@@ -7,7 +7,11 @@ the program is lowered from a reference-only bundle's plan.
 
 import ctypes
 import re
+import shutil
+import struct
+import subprocess
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,8 @@ from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 from tests.conftest import FIXTURES
 
+CONFIG_BYTES, ATTR_BYTES = 56, 72  # sizeof(CUlaunchConfig), sizeof(CUlaunchAttribute) on x86-64
+
 
 class FakeCuda:
     """libcuda as far as the driver layer calls it: host memory for device memory, every
@@ -45,6 +51,7 @@ class FakeCuda:
         self._keep = []
         self.capturing = False
         self.captured: list[list[int]] = []  # per captured launch: its parameter words
+        self.configs: list[tuple] = []  # per cuLaunchKernelEx: (grid, block, shared, stream, [(attr id, value)])
 
     def __getattr__(self, name):
         if not name.startswith("cu"):
@@ -94,6 +101,18 @@ class FakeCuda:
             )
         return 0
 
+    def _cuLaunchKernelEx(self, config, fn, params, extra):
+        """The configuration read as the C library reads it: CUlaunchConfig's bytes at the offsets
+        cuda.h gives them (test_launch_config_matches_cuda_h checks those against the header)."""
+        raw = ctypes.string_at(ctypes.addressof(config._obj), CONFIG_BYTES)
+        grid, block = struct.unpack_from("<3I", raw, 0), struct.unpack_from("<3I", raw, 12)
+        (shared,) = struct.unpack_from("<I", raw, 24)
+        stream, attrs, n_attrs = struct.unpack_from("<QQI", raw, 32)
+        # an attribute: its id (an int padded to 8 bytes), then the value union, whose first int is the flag
+        attributes = [struct.unpack_from("<i4xi", ctypes.string_at(attrs + ATTR_BYTES * i, 12)) for i in range(n_attrs)]
+        self.configs.append((grid, block, shared, stream, attributes))
+        return self._cuLaunchKernel(fn, *grid, *block, shared, stream, params, extra)
+
     def _cuMemcpyHtoDAsync_v2(self, dst, src, nbytes, stream):
         ctypes.memmove(dst, src, nbytes)  # "device" memory is host memory here
         return 0
@@ -111,9 +130,10 @@ class FakeCuda:
         return 0
 
 
-def _driver(fake) -> cuda.CudaDriver:
+def _driver(fake, overlaps: bool = False) -> cuda.CudaDriver:
     driver = cuda.CudaDriver.__new__(cuda.CudaDriver)  # no cuInit/device probing
     driver.lib = fake
+    driver.overlaps = overlaps
     return driver
 
 
@@ -147,11 +167,11 @@ def _natural_layout(args) -> list:
     return layout
 
 
-def _runner(fake, program, kernel_args, bundle, sample=None, pen_per_row=256):
+def _runner(fake, program, kernel_args, bundle, sample=None, pen_per_row=256, overlaps=False):
     entries = bundle.layout.by_name()
     plan = bundle.plan
     return StepRunner(
-        _driver(fake),
+        _driver(fake, overlaps),
         program,
         kernel_args,
         {k: 0x1000 + i for i, k in enumerate(kernel_args)},
@@ -218,6 +238,11 @@ def test_captured_parameters_are_the_programs_pointers(program_and_bundle):
     fake = FakeCuda()
     runner = _runner(fake, program, kernel_args, bundle)
     runner.run(_decode_batch(BlockManager(32, 16), 3, 0), bundle.plan.output_logits)
+    _check_captured(fake, runner, program, kernel_args, bundle)
+
+
+def _check_captured(fake, runner, program, kernel_args, bundle) -> None:
+    """Every captured launch's parameters are the pointers and scalars its program slots name."""
     entries = bundle.layout.by_name()
     assert len(fake.captured) == len(program.launches)
     scalars = {"n_tokens": 3, "n_rows": 3, "table_width": 8, "block_size": 16, "k_type": 0, "v_type": 0}  # f16 caches
@@ -668,3 +693,100 @@ def test_another_thread_calls_the_driver_in_the_devices_context():
     assert len({t for _n, t in calls} - {opener}) == 1  # all in the worker, bound once
     context = fake.calls[-3][1][0]  # the device's primary context, made current in the worker
     assert fake.calls[-3][0] == "cuCtxSetCurrent" and getattr(context, "value", context) == 0xC0DE
+
+
+def test_overlapped_launches_follow_the_first(program_and_bundle):
+    """A program marked for overlapped launches (compiler/codegen/gpu_overlap.py), on a driver
+    with cuLaunchKernelEx: every launch of a step but its first goes through it, with
+    programmatic stream serialization on, the grid, block and stream of the plain launch and the
+    same parameters; without the mark, or without the driver's launch, every launch is plain."""
+    program, kernel_args, bundle = program_and_bundle
+    marked = replace(program, extra={**program.extra, "programmatic": True})
+    plain = FakeCuda()
+    _runner(plain, program, kernel_args, bundle, overlaps=True).run(
+        _decode_batch(BlockManager(32, 16), 3, 0), bundle.plan.output_logits
+    )
+    fake = FakeCuda()
+    runner = _runner(fake, marked, kernel_args, bundle, overlaps=True)
+    runner.run(_decode_batch(BlockManager(32, 16), 3, 0), bundle.plan.output_logits)
+    names = [c[0] for c in fake.calls if c[0].startswith("cuLaunchKernel")]
+    assert names == ["cuLaunchKernel"] + ["cuLaunchKernelEx"] * (len(program.launches) - 1)
+    _check_captured(fake, runner, program, kernel_args, bundle)
+    plain_launches = [c[1] for c in plain.calls if c[0] == "cuLaunchKernel"]
+    for (grid, block, shared, stream, attrs), args in zip(fake.configs, plain_launches[1:]):
+        assert (grid, block, shared, stream) == (tuple(args[1:4]), tuple(args[4:7]), 0, 0x5151)
+        assert attrs == [(6, 1)]  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, allowed
+    off = FakeCuda()
+    _runner(off, marked, kernel_args, bundle, overlaps=False).run(
+        _decode_batch(BlockManager(32, 16), 3, 0), bundle.plan.output_logits
+    )
+    assert not [c for c in (*off.calls, *plain.calls) if c[0] == "cuLaunchKernelEx"]
+
+
+def test_a_library_without_the_overlapped_launch_launches_plainly():
+    class OldCuda(FakeCuda):
+        def __getattr__(self, name):
+            if name == "cuLaunchKernelEx":
+                raise AttributeError(name)
+            return super().__getattr__(name)
+
+    driver = cuda.CudaDriver("sm_90", lib=_ProbeLib(OldCuda()))
+    assert not driver.overlaps
+    assert cuda.CudaDriver("sm_90", lib=_ProbeLib(FakeCuda())).overlaps
+
+
+class _ProbeLib:
+    """A fake libcuda that opens device 0 as an sm_90."""
+
+    def __init__(self, fake):
+        self._fake = fake
+
+    def __getattr__(self, name):
+        if name == "cuDeviceGetCount":
+            return lambda ref: ctypes.cast(ref, ctypes.POINTER(ctypes.c_int)).__setitem__(0, 1) or 0
+        if name == "cuDeviceGetAttribute":
+
+            def attribute(ref, which, dev):
+                ctypes.cast(ref, ctypes.POINTER(ctypes.c_int))[0] = 9 if which == 75 else 0
+                return 0
+
+            return attribute
+        return getattr(self._fake, name)
+
+
+def test_launch_config_matches_cuda_h(tmp_path):
+    """The ctypes CUlaunchConfig / CUlaunchAttribute (runtime/devices/cuda.py) and the byte
+    offsets the fake above reads are those of the toolkit's cuda.h, where one is installed."""
+    header = next(
+        (p for p in (Path("/usr/local/cuda/include/cuda.h"), Path("/usr/include/cuda.h")) if p.is_file()), None
+    )
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if header is None or cc is None:
+        pytest.skip("no cuda.h or no C compiler")
+    src = tmp_path / "layout.c"
+    src.write_text(
+        "#include <cuda.h>\n#include <stdio.h>\n#include <stddef.h>\n"
+        'int main(void) { printf("%zu %zu %zu %zu %zu %zu %zu %zu %d\\n", sizeof(CUlaunchConfig), '
+        "offsetof(CUlaunchConfig, sharedMemBytes), offsetof(CUlaunchConfig, hStream), "
+        "offsetof(CUlaunchConfig, attrs), offsetof(CUlaunchConfig, numAttrs), sizeof(CUlaunchAttribute), "
+        "offsetof(CUlaunchAttribute, value), "
+        "offsetof(CUlaunchAttribute, value.programmaticStreamSerializationAllowed), "
+        "(int)CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION); return 0; }\n"
+    )
+    exe = tmp_path / "layout"
+    subprocess.run([cc, f"-I{header.parent}", "-o", str(exe), str(src)], check=True, capture_output=True)
+    got = [int(v) for v in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()]
+    C, A = cuda.LaunchConfig, cuda.LaunchAttribute
+    ours = [
+        ctypes.sizeof(C),
+        C.shared_bytes.offset,
+        C.stream.offset,
+        C.attrs.offset,
+        C.n_attrs.offset,
+        ctypes.sizeof(A),
+        A.value.offset,
+        A.value.offset,
+        cuda._PROGRAMMATIC_STREAM_SERIALIZATION,
+    ]
+    assert got == ours
+    assert (got[0], got[5], got[1], got[2]) == (CONFIG_BYTES, ATTR_BYTES, 24, 32)
