@@ -424,6 +424,22 @@ def prefill_matmuls(lm: LoadedModel) -> str:
     return f"int8 {int8}, half {half}"
 
 
+def launch_summary(lm: LoadedModel) -> str:
+    """Launches a step of each list, and whether they overlap (compiler/codegen/gpu_overlap.py:
+    the program marked for it and the driver with the launch)."""
+    runner = getattr(lm.device, "runner", None)
+    if runner is None:
+        return "no step program"
+    program = runner.program
+    marked = bool(program.extra.get("programmatic"))
+    overlap = (
+        "on"
+        if runner.overlap
+        else f"off (program marked: {marked}, driver: {getattr(runner._driver, 'overlaps', False)})"
+    )
+    return f"decode list {len(program.launches)}, prefill list {len(program.prefill_launches)}; overlapped launches {overlap}"
+
+
 def serve_ready_seconds(bundle: Path, device: str) -> float:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -518,6 +534,7 @@ def bench(
                 "prefill": prefill,
                 "prefill_dp4a": prefill_dp4a,
                 "prefill_matmuls": prefill_matmuls(lm),
+                "launches": launch_summary(lm),
                 "ready": serve_ready_seconds(bundle, device),
                 "matmuls": matmul_table(lm) if device in ("cuda", "hip") else "",
             }
@@ -658,6 +675,7 @@ def main() -> int:
                 f"{b['prefill']:>17.0f} {dp4a} {b['ready']:>13.1f}"
             )
             print(f"  {b['model']}: the prefill list's tensor-core matmuls per step: {b['prefill_matmuls']}")
+            print(f"  {b['model']}: launches a step: {b['launches']}")
             for error in b["errors"]:
                 print(f"  {b['model']}: FAILED {error}")
             if b["matmuls"]:
