@@ -9,6 +9,7 @@
  *   rfc_imma_load_a / _b(f, p, ld)
  *   rfc_imma_mma(c, a, b)            c[e] += the int32 dot of A's row and B's column of this
  *                                    lane's element e (RFC_IMMA_ELEMS = 256 / wave of them)
+ *   rfc_imma_mma_half(c, a, b, half) c[e] += the dot over one k-half (0: k 0..15, 1: 16..31) alone
  *   rfc_imma_row(lane, e), rfc_imma_col(lane, e)   that element's place in the 16 x 16 tile
  *   RFC_IMMA_KERNEL_ATTRS            after RFC_KERNEL(threads): the target's register budget
  *
@@ -83,6 +84,14 @@ RFC_DEVICE_FN void rfc_imma_mma(int *c, const rfc_imma_a &a, const rfc_imma_b &b
     }
 }
 
+/* the k32 instruction with A's other half zeroed */
+RFC_DEVICE_FN void rfc_imma_mma_half(int *c, const rfc_imma_a &a, const rfc_imma_b &b, int half) {
+    rfc_imma_a h;
+    h.r[0] = half ? 0 : a.r[0], h.r[1] = half ? 0 : a.r[1];
+    h.r[2] = half ? a.r[2] : 0, h.r[3] = half ? a.r[3] : 0;
+    rfc_imma_mma(c, h, b);
+}
+
 #elif defined(RFC_IMMA_MFMA_16X16X16)
 /* ---- AMD CDNA v_mfma_i32_16x16x16i8 ------------------------------------------------------- */
 #if RFC_WAVE != 64
@@ -116,6 +125,20 @@ RFC_DEVICE_FN void rfc_imma_mma(int *c, const rfc_imma_a &a, const rfc_imma_b &b
     rfc_emu_mfma_i32_16x16x16i8(c, a.r, b.r);
 #else
 #error "rfc_gpu_imma.h: MFMA is an AMD instruction"
+#endif
+}
+
+/* one of the two instructions (the emulator: both, the other half's operand zeroed) */
+RFC_DEVICE_FN void rfc_imma_mma_half(int *c, const rfc_imma_a &a, const rfc_imma_b &b, int half) {
+#if defined(RFC_HIP)
+    typedef int rfc_v4i __attribute__((ext_vector_type(4)));
+    rfc_v4i acc = {c[0], c[1], c[2], c[3]};
+    acc = __builtin_amdgcn_mfma_i32_16x16x16i8(a.r[half], b.r[half], acc, 0, 0, 0);
+    c[0] = acc[0], c[1] = acc[1], c[2] = acc[2], c[3] = acc[3];
+#else
+    rfc_imma_a h;
+    h.r[0] = half ? 0 : a.r[0], h.r[1] = half ? a.r[1] : 0;
+    rfc_imma_mma(c, h, b);
 #endif
 }
 
@@ -168,6 +191,25 @@ RFC_DEVICE_FN void rfc_imma_mma(int *c, const rfc_imma_a &a, const rfc_imma_b &b
 #endif
 }
 
+/* one of the two instructions (the emulator: both, the other half's operand zeroed) */
+RFC_DEVICE_FN void rfc_imma_mma_half(int *c, const rfc_imma_a &a, const rfc_imma_b &b, int half) {
+#if defined(RFC_HIP)
+    typedef int rfc_v4i __attribute__((ext_vector_type(4)));
+    typedef int rfc_v8i __attribute__((ext_vector_type(8)));
+    rfc_v8i acc = {c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]};
+    const rfc_v4i av = {a.r[4 * half], a.r[4 * half + 1], a.r[4 * half + 2], a.r[4 * half + 3]};
+    const rfc_v4i bv = {b.r[4 * half], b.r[4 * half + 1], b.r[4 * half + 2], b.r[4 * half + 3]};
+    acc = __builtin_amdgcn_wmma_i32_16x16x16_iu8_w32(true, av, true, bv, acc, false);
+#pragma unroll
+    for (int e = 0; e < 8; e++) c[e] = acc[e];
+#else
+    rfc_imma_a h;
+#pragma unroll
+    for (int i = 0; i < 4; i++) h.r[i] = half ? 0 : a.r[i], h.r[4 + i] = half ? a.r[4 + i] : 0;
+    rfc_imma_mma(c, h, b);
+#endif
+}
+
 #else
 #error "rfc_gpu_imma.h: the target has no int8 matrix instruction (Target.imma)"
 #endif
@@ -175,6 +217,12 @@ RFC_DEVICE_FN void rfc_imma_mma(int *c, const rfc_imma_a &a, const rfc_imma_b &b
 #ifndef RFC_IMMA_KERNEL_ATTRS
 #define RFC_IMMA_KERNEL_ATTRS /* the kernel's attributes beyond RFC_KERNEL's: none */
 #endif
+
+/* each byte of u (0..127) minus `off` (<= 128), as a signed byte: the high bit set first keeps
+ * each byte's subtraction from borrowing from the next */
+RFC_DEVICE_FN int rfc_imma_sub_bytes(int u, int off) {
+    return (int)((((unsigned)u | 0x80808080u) - (unsigned)off * 0x01010101u) ^ 0x80808080u);
+}
 
 /* two floats the kernel's epilogue reads together (a token's scale and int8 sum, a row's a and b):
  * one 8-byte shared-memory load */

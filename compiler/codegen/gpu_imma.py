@@ -6,8 +6,9 @@ matmul over a quantized weight whose 32-element sub-blocks are w = a * u + b wit
 sub-block multiplies the weight's int8 quants as the block holds them with the activations
 rounded to int8 per 32 elements (the dp4a kernels' rounding, rfc_quantize32): exact int32 dot
 products per sub-block, scaled to float and summed in k order, as llama.cpp's MMQ kernels do.
-Other formats (k-quants whose 16-element halves have their own scales: Q2_K, Q3_K, Q6_K; the
-i-quants; float weights) and other targets keep the half `wmma` kernel of
+Q6_K and Q3_K, whose 16-element halves have scales of their own (and offsets of -32 and -4 times
+them), are multiplied half by half (SIGNED_HALVES). Other formats (Q2_K, whose halves have offsets
+of their own; the i-quants; float weights) and other targets keep the half `wmma` kernel of
 gpu_mma.mma_matmul_spec (sm_70 and newer) or the decode list's kernel.
 """
 
@@ -21,7 +22,16 @@ IMMA_TEMPLATE = "gpu_matmul_imma.hip.j2"
 # Formats whose rfc_wsub decoder (kernels/rfc_gpu_q8.h, rfc_gpu_planar.h) gives both halves of
 # a sub-block the same a and b; Q8_0 has b = 0 (no activation sums needed)
 _SHARED_HALVES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")
-IMMA_FORMATS = _SHARED_HALVES + tuple(name for name, f in PLANAR_FORMATS.items() if f.base in _SHARED_HALVES)
+# Formats whose halves have their own a and b = -offset * a (Q6_K: w = d * scale * (q - 32)): the
+# kernel shares u - offset as signed bytes and multiplies each half apart (the A fragment with the
+# other half zeroed), adding xd * (a0 * dot0) then xd * (a1 * dot1). Q4_K_M's Q6_K matrices (its
+# v and down projections in half the layers, its output) ran on half tensor cores before:
+# 2.0 ms a down matmul of an 8B-shaped model's 512-token step where its Q4_K ones took 1.0 ms (an
+# H200, docs/benchmarks-log.md "Where the GPU time goes").
+SIGNED_HALVES = {"Q6_K": 32, "Q3_K": 4}  # Q3_K: w = d * scale * (q - 4), q of 3 bits
+IMMA_HALVES = True  # False: those formats on half tensor cores, as before
+_IMMA_BASES = _SHARED_HALVES + tuple(SIGNED_HALVES)
+IMMA_FORMATS = _IMMA_BASES + tuple(name for name, f in PLANAR_FORMATS.items() if f.base in _IMMA_BASES)
 _NO_MIN = ("Q8_0", "Q8_0p")
 SUB_BLOCK = 32
 IMMA_PAD = 16  # bytes after each shared int8 row (ImmaTiling)
@@ -48,9 +58,14 @@ class ImmaTiling:
     k_chunk: int
     prefetch: bool
 
-    def shared_bytes(self, has_min: bool) -> int:
-        floats = (2 if has_min else 1) * (self.tile_m + self.tile_n) * (self.k_chunk // SUB_BLOCK)
-        return (self.tile_m + self.tile_n) * (self.k_chunk + IMMA_PAD) + 4 * floats
+    def shared_bytes(self, has_min: bool, halves: bool = False) -> int:
+        """Its static shared memory: with offsets b a sum per token and a b per row besides the
+        scales; with halves an a per row and half."""
+        x_floats = (2 if has_min else 1) * self.tile_m
+        w_floats = (2 if has_min or halves else 1) * self.tile_n
+        return (self.tile_m + self.tile_n) * (self.k_chunk + IMMA_PAD) + 4 * (x_floats + w_floats) * (
+            self.k_chunk // SUB_BLOCK
+        )
 
 
 # 64 x 64, 4 waves of 2 x 2 fragments, 256 columns a chunk: 42 KiB of shared memory (38 KiB for
@@ -169,8 +184,12 @@ def imma_matmul_spec(target: Target, w: dict, tiling: ImmaTiling | None = None):
 
     if not target.imma or w["fmt_upper"] not in IMMA_FORMATS or w["cols"] % SUB_BLOCK:
         return None
+    base = PLANAR_FORMATS[w["fmt_upper"]].base if w["fmt_upper"] in PLANAR_FORMATS else w["fmt_upper"]
+    halves = SIGNED_HALVES.get(base, 0)
+    if halves and not IMMA_HALVES:
+        return None
     t = tiling or imma_tiling(target, w["rows"])
-    has_min = w["fmt_upper"] not in _NO_MIN
+    has_min = w["fmt_upper"] not in _NO_MIN and not halves
     wave = target.wave_size
     threads = t.waves_m * t.waves_n * wave
     subs = t.k_chunk // SUB_BLOCK
@@ -180,7 +199,7 @@ def imma_matmul_spec(target: Target, w: dict, tiling: ImmaTiling | None = None):
         or t.tile_n % (16 * t.waves_n)
         or t.k_chunk % SUB_BLOCK
         or (pieces % threads, t.tile_m * subs % threads, t.tile_n * subs % threads) != (0, 0, 0)
-        or t.shared_bytes(has_min) > 48 * 1024
+        or t.shared_bytes(has_min, bool(halves)) > 48 * 1024
     ):
         raise ValueError(f"imma tiling {t} does not fit {threads} threads and 48 KiB of static shared memory")
     name = f"rfc_matmul_imma_{w['fmt']}_{w['rows']}x{w['cols']}"
@@ -212,6 +231,7 @@ def imma_matmul_spec(target: Target, w: dict, tiling: ImmaTiling | None = None):
         "paired": IMMA_PAIRED_SCALES and has_min and target.imma not in IMMA_UNPAIRED_INSTRUCTIONS,
         "sum_bias": IMMA_SUM_BIAS if IMMA_BIASED_SUMS else 0,
         "has_min": has_min,
+        "halves": halves,
         "subs_per_block": max(1, w["qk"] // SUB_BLOCK),
         "prequant": IMMA_PREQUANT,
         "max_tokens": PROGRAM_MAX_TOKENS,

@@ -59,15 +59,16 @@ SHAPES = (
     + [(f, 70, 320) for f in ("Q8_0p", "Q4_0p", "Q4_1p", "Q5_0p", "Q5_1p")]
     + [("Q4_Kp", 70, 512), ("Q5_Kp", 70, 256)]
     + [("Q4_K", 130, 256), ("Q8_0", 10, 96)]
+    + [("Q6_K", 100, 512), ("Q6_Kp", 70, 256), ("Q3_K", 100, 512), ("Q3_Kp", 70, 256)]  # halves: own scales
 )
 # the AMD instruction forms on fewer shapes (the kernel around them is the same): a format
 # without and one with offsets, a planar one, a k-quant, partial tiles of rows and tokens
-AMD_SHAPES = [("Q8_0", 10, 96), ("Q4_1p", 70, 320), ("Q4_K", 130, 256)]
+AMD_SHAPES = [("Q8_0", 10, 96), ("Q4_1p", 70, 320), ("Q4_K", 130, 256), ("Q6_K", 70, 256)]
 CASES = [(f, r, c, "sm_90") for f, r, c in SHAPES] + [(*s, t) for t in ("gfx90a", "gfx1100") for s in AMD_SHAPES]
 # The planner's other kernels, on shapes that leave partial tiles of the big tile too: 130 rows
 # (128 + 2), 200 rows, 10 rows; K of 2.5 and 1.25 chunks of 128 columns, one short chunk, four
 # whole ones; with the tokens above (130: 128 + 2)
-VARIANT_SHAPES = [("Q4_1p", 200, 320), ("Q5_0", 130, 160), ("Q8_0", 10, 96), ("Q4_K", 130, 512)]
+VARIANT_SHAPES = [("Q4_1p", 200, 320), ("Q5_0", 130, 160), ("Q8_0", 10, 96), ("Q4_K", 130, 512), ("Q6_Kp", 130, 512)]
 VARIANTS = {
     # name: (tiling, module switches while the planner runs)
     "128x128": (IMMA_TILINGS["128x128"], {}),
@@ -91,10 +92,23 @@ F32 = np.float32
 
 def decompose(raw: np.ndarray, fmt: str, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A GGUF-layout weight as the kernel reads it: u [rows, cols] its int8 quants, a and b
-    [rows, cols / 32] float32 per sub-block (w = a * u + b), from the block fields."""
+    [rows, cols / 32] float32 per sub-block (w = a * u + b), from the block fields; Q6_K's a and
+    b per 16-element half, [rows, cols / 16], and u its quants minus 32 (b = 0): signed bytes."""
     blocks = np.frombuffer(np.ascontiguousarray(raw).tobytes(), dtype=quants._CODECS[fmt].block)
     n = len(blocks)
     d = blocks["d"].astype(F32)
+    if fmt == "Q6_K":
+        ql = blocks["ql"].reshape(n, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+        qh = blocks["qh"].reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+        q = (ql & np.uint8(0x0F)).reshape(n, 8, 32) | ((qh & np.uint8(0x03)).reshape(n, 8, 32) << np.uint8(4))
+        u = q.astype(np.int32) - 32
+        a = d[:, None] * blocks["scales"].astype(F32)
+        return u.reshape(rows, cols), np.asarray(a, F32).reshape(rows, -1), np.zeros((rows, cols // 16), F32)
+    if fmt == "Q3_K":  # q - 4 with q = low 2 bits + 4 * the high bit, as the decoder's low - 4 * (1 - hbit)
+        hbit = (blocks["hmask"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
+        u = quants._crumbs(blocks["qs"], 16).astype(np.int32) - 4 * (1 - hbit.reshape(n, 16, 16).astype(np.int32))
+        a = d[:, None] * quants._q3_k_scales(blocks["scales"]).astype(F32)
+        return u.reshape(rows, cols), np.asarray(a, F32).reshape(rows, -1), np.zeros((rows, cols // 16), F32)
     if fmt == "Q8_0":
         u, a, b = blocks["qs"].astype(np.int32), d, np.zeros_like(d)
     elif fmt in ("Q4_0", "Q4_1"):
@@ -125,10 +139,17 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def kernel_model(x: np.ndarray, u: np.ndarray, a: np.ndarray, b: np.ndarray, has_min: bool) -> np.ndarray:
-    """The kernel's arithmetic, every float32 operation in its order."""
+    """The kernel's arithmetic, every float32 operation in its order; with a per half (a of
+    [rows, cols / 16]: Q6_K), each half's dot scaled and added on its own."""
     xq, xd = quantize_activations(x)
     subs = xq.shape[1] // 32
     acc = np.zeros((len(x), len(u)), dtype=F32)
+    if a.shape[1] == 2 * subs:
+        for h in range(2 * subs):
+            s = slice(16 * h, 16 * h + 16)
+            dot = (xq[:, s].astype(np.int64) @ u[:, s].astype(np.int64).T).astype(F32)
+            acc = acc + xd[:, h // 2, None] * (a[None, :, h] * dot)
+        return acc
     for sb in range(subs):
         s = slice(32 * sb, 32 * sb + 32)
         dot = (xq[:, s].astype(np.int64) @ u[:, s].astype(np.int64).T).astype(F32)  # exact: |dot| < 2^24
@@ -256,7 +277,8 @@ def check_kernel(fmt: str, rows: int, cols: int, k: Kernels, label: str) -> None
     w = dequantize(np.ascontiguousarray(raw_base).reshape(-1), base, (rows, cols))
     # the decomposition is the format's values: w = a * u + b per sub-block, as the decoders
     # (ggml's and the reference's) compute it in float32
-    assert np.array_equal(w, a.repeat(32, 1) * u.astype(F32) + b.repeat(32, 1))
+    group = cols // a.shape[1]  # 32 values a scale, 16 for Q6_K's halves
+    assert np.array_equal(w, a.repeat(group, 1) * u.astype(F32) + b.repeat(group, 1))
     for tokens in TOKENS:
         x = (3 * rng.standard_normal((tokens, cols))).astype(np.float32)
         got = k.run(fmt, rows, cols, x, raw)
@@ -326,11 +348,21 @@ def test_the_prefill_list_takes_int8_tensor_cores_where_the_target_and_format_al
         # no int8 matrix instruction built for: the decode list's kernels
         for name in ("sm_61", "gfx906", "gfx942", "gfx1030", "gfx1201"):
             assert prefill_matmul_spec(parse_target(name), w) is None, (fmt, name)
-    # sub-blocks whose 16-element halves have their own scales, and float weights: half wmma
-    for fmt in ("Q2_K", "Q3_K", "Q6_K", "Q6_Kp", "F16", "BF16"):
+    # sub-blocks whose 16-element halves have their own scales and offsets, and float weights: half wmma
+    for fmt in ("Q2_K", "Q2_Kp", "F16", "BF16"):
         w = weight_geometry(fmt, 256, 512)
         assert imma_matmul_spec(TARGET, w) is None, fmt
         assert prefill_matmul_spec(TARGET, w) == mma_matmul_spec(TARGET, w) is not None, fmt
+    # Q6_K's and Q3_K's halves (own scales, b = -32 a, -4 a): int8 (gpu_imma.SIGNED_HALVES), or half
+    # wmma with the switch off
+    for fmt, offset in (("Q6_K", 32), ("Q6_Kp", 32), ("Q3_K", 4), ("Q3_Kp", 4)):
+        w = weight_geometry(fmt, 256, 512)
+        assert imma_matmul_spec(TARGET, w).params["halves"] == offset, fmt
+        try:
+            gpu_imma.IMMA_HALVES = False
+            assert prefill_matmul_spec(TARGET, w) == mma_matmul_spec(TARGET, w) is not None, fmt
+        finally:
+            gpu_imma.IMMA_HALVES = True
 
 
 def test_the_planner_takes_the_big_tile_for_big_matrices():
