@@ -10,6 +10,7 @@ same). A family binds its dialect to the class: hip.HipDriver, cuda.CudaDriver.
 """
 
 import ctypes
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -19,6 +20,8 @@ import numpy as np
 
 from rfc.artifacts.codeobject import KernelInfo
 from rfc.runtime.devices import DeviceError
+
+log = logging.getLogger("rfc.device")
 
 
 class Driver(Protocol):
@@ -293,8 +296,17 @@ class GpuDriver:
     def launch_on(self, fn, grid, block, params, stream, overlap: bool = False) -> None:
         if overlap and self.overlaps:
             config = self.dialect.overlap_config(grid, block, stream)
-            self._call(self.dialect.launch_overlapped, ctypes.byref(config), fn, params, None)
-            return
+            status = getattr(self.lib, self.dialect.launch_overlapped)(ctypes.byref(config), fn, params, None)
+            if status == 0:
+                return
+            # a driver that refuses the overlapped launch gets plain ones from now on: the kernels
+            # are the same (their wait is then a no-op), only the overlap is lost
+            self.overlaps = False
+            log.warning(
+                "%s refused an overlapped launch (%s): launching one kernel after another",
+                self.dialect.launch_overlapped,
+                self.error_string(status),
+            )
         self._call(self.dialect.calls.launch, fn, *grid, *block, 0, stream, params, None)
 
     def capture_begin(self, stream) -> None:

@@ -494,9 +494,9 @@ def test_the_program_has_a_prefill_list_of_tensor_core_matmuls(program_and_bundl
     differ = [(d, p) for d, p in zip(decode, paired) if d != p]
     assert all(d.kernel.startswith(("rfc_matmul_", "rfc_attention_")) for d, _p in differ), differ
     swapped = [(d, p) for d, p in differ if d.kernel.startswith("rfc_matmul_")]
-    # int8 tensor cores for Q4_K (sm_80+), half ones for Q6_K
-    kinds = {p.kernel.split("_")[2] for _d, p in swapped}
-    assert swapped and kinds == {"imma", "mma"} and all(d.kernel.startswith("rfc_matmul_") for d, p in swapped), kinds
+    # int8 tensor cores (sm_80+) for Q4_K and for Q6_K (its halves apart: gpu_imma.SIGNED_HALVES)
+    kinds = {(p.kernel.split("_")[2], p.kernel.split("_")[3]) for _d, p in swapped}
+    assert swapped and kinds == {("imma", "q4"), ("imma", "q6")}, kinds
     # the same op: the same arguments (an int8 one reads its input as rounded into the q8 slot), a
     # grid over the step's tokens
     for d, p in swapped:
@@ -515,13 +515,13 @@ def test_the_program_has_a_prefill_list_of_tensor_core_matmuls(program_and_bundl
     target = parse_target("sm_61")  # no tensor cores
     specs, op_kernels = plan_kernels(target, bundle.plan, bundle.layout)
     assert plan_program(target, bundle.plan, specs, op_kernels).prefill_launches == ()
-    for name in ("gfx1100", "gfx90a"):  # int8 matrix instructions only: Q6_K keeps the decode list's kernel
+    for name in ("gfx1100", "gfx90a"):  # int8 matrix instructions only: Q4_K's and Q6_K's matmuls on them
         target = parse_target(name)
         specs, op_kernels = plan_kernels(target, bundle.plan, bundle.layout)
         amd = plan_program(target, bundle.plan, specs, op_kernels)
         paired = [p for p in amd.prefill_launches if not p.kernel.startswith("rfc_quantize_q8_")]
         swapped = [p.kernel for d, p in zip(amd.launches, paired) if d != p]
-        assert swapped and all(k.startswith("rfc_matmul_imma_q4_k") for k in swapped), (name, swapped)
+        assert {k[: len("rfc_matmul_imma_q4_k")] for k in swapped} == {"rfc_matmul_imma_q4_k", "rfc_matmul_imma_q6_k"}
 
 
 def test_prefill_steps_launch_the_prefill_list_and_decode_steps_replay_the_decode_graph(program_and_bundle):
@@ -721,6 +721,26 @@ def test_overlapped_launches_follow_the_first(program_and_bundle):
         _decode_batch(BlockManager(32, 16), 3, 0), bundle.plan.output_logits
     )
     assert not [c for c in (*off.calls, *plain.calls) if c[0] == "cuLaunchKernelEx"]
+
+
+def test_a_refused_overlapped_launch_falls_back_to_plain_launches(program_and_bundle, caplog):
+    """A driver that refuses cuLaunchKernelEx (an error status) gets that launch and every later
+    one plainly, the same parameters, with one warning naming the call and the error."""
+    program, kernel_args, bundle = program_and_bundle
+    marked = replace(program, extra={**program.extra, "programmatic": True})
+    fake = FakeCuda()
+    fake.fail = "cuLaunchKernelEx"
+    runner = _runner(fake, marked, kernel_args, bundle, overlaps=True)
+    with caplog.at_level("WARNING", logger="rfc.device"):
+        runner.run(_decode_batch(BlockManager(32, 16), 3, 0), bundle.plan.output_logits)
+    names = [c[0] for c in fake.calls if c[0].startswith("cuLaunchKernel")]
+    assert names == ["cuLaunchKernel", "cuLaunchKernelEx"] + ["cuLaunchKernel"] * (len(program.launches) - 1)
+    assert not runner._driver.overlaps
+    _check_captured(fake, runner, program, kernel_args, bundle)
+    assert [r.getMessage() for r in caplog.records] == [
+        "cuLaunchKernelEx refused an overlapped launch (CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was "
+        "encountered): launching one kernel after another"
+    ]
 
 
 def test_a_library_without_the_overlapped_launch_launches_plainly():
