@@ -22,7 +22,7 @@ from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 
 # The switch (an A/B on a card: `--variant "gpu_overlap.PROGRAMMATIC_LAUNCH=False"`, which gives
-# the previous launches and, the wait being empty then, the previous code).
+# the previous launches and, the wait being empty then, the previous instructions).
 PROGRAMMATIC_LAUNCH = True
 PROGRAM_FLAG = "programmatic"  # the step program's extra key the runtime reads
 WAIT = "RFC_GRID_WAIT();"
