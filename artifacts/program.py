@@ -37,6 +37,10 @@ import msgpack
 from rfc.artifacts.errors import BundleError
 
 PROGRAM_FILE = "program.msgpack"
+# StepProgram.extra's key marking a GPU program whose every kernel waits for the kernel before it
+# before it touches an activation (compiler/codegen/gpu_overlap.py): its launches may overlap
+# (programmatic dependent launch); a reader that ignores it launches them one after another
+EXTRA_PROGRAMMATIC = "programmatic"
 PROGRAM_VERSION = 1
 ZEROED_VERSION = 2  # the arena's `zeroed` slots
 READ_VERSIONS = (PROGRAM_VERSION, ZEROED_VERSION)

@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
+from rfc.artifacts.program import EXTRA_PROGRAMMATIC
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.kv_cache import BlockManager
@@ -431,7 +432,7 @@ def launch_summary(lm: LoadedModel) -> str:
     if runner is None:
         return "no step program"
     program = runner.program
-    marked = bool(program.extra.get("programmatic"))
+    marked = bool(program.extra.get(EXTRA_PROGRAMMATIC))
     overlap = (
         "on"
         if runner.overlap

@@ -18,13 +18,14 @@ after next cannot overtake either.
 
 import re
 
+from rfc.artifacts.program import EXTRA_PROGRAMMATIC
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 
 # The switch (an A/B on a card: `--variant "gpu_overlap.PROGRAMMATIC_LAUNCH=False"`, which gives
 # the previous launches and, the wait being empty then, the previous instructions).
 PROGRAMMATIC_LAUNCH = True
-PROGRAM_FLAG = "programmatic"  # the step program's extra key the runtime reads
+PROGRAM_FLAG = EXTRA_PROGRAMMATIC  # the step program's extra key the runtime reads
 WAIT = "RFC_GRID_WAIT();"
 
 _KERNEL = re.compile(r"RFC_KERNEL(?:_BLOCKS)?\([^)]*\)[^(]*?\bvoid\s+(\w+)\s*\(")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from rfc.artifacts.program import (
+    EXTRA_PROGRAMMATIC,
     SAMPLE_FLAG_DEVICE,
     SAMPLE_FLAG_GREEDY,
     SAMPLE_FLAG_LOGPROB,
@@ -205,7 +206,7 @@ class StepRunner:
 
         # the program's kernels wait for the kernel before them (compiler/codegen/gpu_overlap.py):
         # every launch of a step but its first may then overlap the one before it
-        self.overlap = bool(program.extra.get("programmatic")) and getattr(driver, "overlaps", False)
+        self.overlap = bool(program.extra.get(EXTRA_PROGRAMMATIC)) and getattr(driver, "overlaps", False)
         self._bound = [bind(launch) for launch in program.launches]
         self.has_state = any(b.state_offsets for b in bound.values())
         self.state_slots = 0
