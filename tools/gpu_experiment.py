@@ -3,6 +3,7 @@ compiler's tiling constants move it. (The figures in docs/benchmarks-log.md "Whe
 goes" and "Matmul blocks at batch 1" were taken this way.)
 
     python tools/gpu_experiment.py ncu BUNDLE [--out DIR]
+    python tools/gpu_experiment.py ncu-detail BUNDLE --kernel 'rfc_matmul_imma_.*14336' [--count 4]
     python tools/gpu_experiment.py variants GGUF [--target sm_90] \\
         --variant "gpu_plan.MATMUL_ROW_STEPS=1 gpu_plan.INT8_MATMUL_THREADS=256" --variant "gpu_imma.IMMA_PREQUANT=False"
 
@@ -12,6 +13,12 @@ times its kernel nodes one at a time) and a 512-token prompt (the prefill list),
 kernel's GPU time over the decode step and over the prefill step. The events the other tools
 time around launches queued from Python measure the host's enqueue rate for small kernels
 (7-10 µs a launch); ncu measures the kernels.
+
+`ncu-detail`: the same steps under Nsight Compute's sections (speed of light, occupancy, launch
+statistics, memory and compute workload, warp states) for the first `--count` launches of the
+kernels whose names match `--kernel`: why a kernel takes its time (the prefill list's int8
+tensor-core matmuls first: they ran at a few percent of the card's int8 peak). Written to
+OUT/BUNDLE-ncu-detail.txt and printed.
 
 `variants`: compiles GGUF for the target once as it is and once per `--variant` (assignments to
 constants of rfc.compiler.codegen modules, set in every codegen module that imported them),
@@ -141,6 +148,49 @@ def ncu(bundle: Path, out: Path, timeout: float) -> int:
     return 0
 
 
+NCU_SECTIONS = (
+    "SpeedOfLight",
+    "Occupancy",
+    "LaunchStats",
+    "MemoryWorkloadAnalysis",
+    "ComputeWorkloadAnalysis",
+    "WarpStateStats",
+)
+
+
+def ncu_detail_command(bundle: Path, meta: Path, kernel: str, count: int) -> list[str]:
+    """ncu over the profiled steps, its sections for the first `count` launches matching `kernel`."""
+    sections = [arg for name in NCU_SECTIONS for arg in ("--section", name)]
+    return [
+        "ncu",
+        "--clock-control",
+        "none",
+        "--kernel-name",
+        f"regex:{kernel}",
+        "--launch-count",
+        str(count),
+        *sections,
+        sys.executable,
+        __file__,
+        "_steps",
+        str(bundle),
+        str(meta),
+    ]
+
+
+def ncu_detail(bundle: Path, out: Path, timeout: float, kernel: str, count: int) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ncu_detail_command(bundle, out / f"{bundle.name}-detail-lists.json", kernel, count)
+    t = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    (out / f"{bundle.name}-ncu-detail.txt").write_text(p.stdout + p.stderr)
+    print(f"ncu-detail on {bundle.name} ({kernel}): exit {p.returncode} in {time.time() - t:.0f} s")
+    print(p.stdout[-20000:])
+    if p.returncode:
+        print(p.stderr[-2000:])
+    return p.returncode
+
+
 def _override(assignments: str) -> dict[tuple[str, str], object]:
     """Sets codegen constants ("module.NAME=value ...") in every rfc.compiler.codegen module that
     holds them; returns the old values."""
@@ -257,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("bundle", type=Path)
     n.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rfc-ncu")
     n.add_argument("--timeout", type=float, default=300)
+    nd = sub.add_parser("ncu-detail", help="Nsight Compute's sections for a few launches of the kernels named")
+    nd.add_argument("bundle", type=Path)
+    nd.add_argument("--kernel", default="rfc_matmul_imma_", help="a regular expression over kernel names")
+    nd.add_argument("--count", type=int, default=4)
+    nd.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rfc-ncu")
+    nd.add_argument("--timeout", type=float, default=300)
     v = sub.add_parser("variants", help="decode and prefill time of bundles compiled with other codegen constants")
     v.add_argument("gguf", type=Path)
     v.add_argument("--target", default="sm_90")
@@ -272,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "ncu":
         return ncu(args.bundle, args.out, args.timeout)
+    if args.cmd == "ncu-detail":
+        return ncu_detail(args.bundle, args.out, args.timeout, args.kernel, args.count)
     if args.cmd == "variants":
         return variants(args.gguf, args.target, args.variant, args.out)
     if args.cmd == "interleaved":

@@ -487,6 +487,7 @@ def run(
     follow_up: bool = False,
     variants_on: str = "",
     variant_share: float = VARIANT_SHARE,
+    ncu_detail: str = "",
 ) -> int:
     deadline = time.monotonic() + budget
     logs.mkdir(parents=True, exist_ok=True)
@@ -574,7 +575,7 @@ def run(
     if follow_up:
         return _extra_phases(
             rfc, out, target, logs, env, deadline, fixtures, gpu_check, variants, profile, sanitize, True,
-            variants_on, variant_share,
+            variants_on, variant_share, ncu_detail,
         )  # fmt: skip
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table = (
@@ -618,6 +619,7 @@ def run(
             False,
             variants_on,
             variant_share,
+            ncu_detail,
         )
         or status  # fmt: skip
     )
@@ -639,6 +641,7 @@ def _extra_phases(
     follow_up: bool = False,
     variants_on: str = "",
     variant_share: float = VARIANT_SHARE,
+    ncu_detail: str = "",
 ) -> int:
     """The phases after the table: variants, ncu, memcheck, then the fixtures' checks (in a
     follow-up call, those whose bundle the first call did not build yet)."""
@@ -663,6 +666,13 @@ def _extra_phases(
             # a profile, not a check: its failure (no access to the counters) leaves the exit status alone
             _checked_run(cmd, env_ncu, logs / f"ncu-{bundle.name}.log", max(min(left / 4, 150) + 20, 1))
             left = deadline - time.monotonic()
+    if ncu_detail and target.startswith("sm_") and bench_bundles:
+        left = _phase(f"ncu sections: the first launches of {ncu_detail} in the largest benchmark's steps", deadline)
+        bundle = bench_bundles[-1]  # the 8B: its prefill is the furthest behind llama.cpp's
+        cmd = [sys.executable, str(ROOT / "tools" / "gpu_experiment.py"), "ncu-detail", str(bundle)]
+        cmd += ["--kernel", ncu_detail, "--out", str(logs / "ncu"), "--timeout", str(max(min(left / 3, 200), 1))]
+        env_ncu = env | {"PATH": f"{Path(_cuda_tool('ncu')).parent}:{env.get('PATH', os.environ['PATH'])}"}
+        _checked_run(cmd, env_ncu, logs / f"ncu-detail-{bundle.name}.log", max(min(left / 3, 200) + 20, 1))
     if sanitize and target.startswith("sm_"):
         left = _phase("compute-sanitizer memcheck: a dense, a MoE and a hybrid model, the big tiles", deadline)
         share = max(left - 60, 1) * SANITIZE_SHARE
@@ -774,6 +784,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"of the time left after the table, what the variants may take (default {VARIANT_SHARE})",
     )
     r.add_argument(
+        "--ncu-detail",
+        default="",
+        metavar="REGEX",
+        help="Nsight Compute's sections for the first launches of the kernels matching REGEX in the largest "
+        "benchmark bundle's steps (tools/gpu_experiment.py ncu-detail; e.g. 'rfc_matmul_imma_.*14336')",
+    )
+    r.add_argument(
         "--follow-up",
         action="store_true",
         help="a second call on a machine still warm from a first: no table, no llama.cpp build, no serving; "
@@ -806,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
             args.follow_up,
             args.variants_on,
             args.variant_share,
+            args.ncu_detail,
         )
     finally:
         if args.pack is not None:

@@ -150,3 +150,16 @@ def test_the_logs_come_back_as_one_tarball_even_when_the_run_fails(tmp_path, mon
         pass
     with tarfile.open(pack) as t:
         assert t.getnames() == ["logs", "logs/rfc-bench.log"]
+
+
+def test_ncu_detail_profiles_the_first_launches_of_the_named_kernels_in_the_profiled_steps(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_experiment", ROOT / "tools" / "gpu_experiment.py")
+    gpu_experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_experiment)
+    bundle = tmp_path / "bench-llama3-8b-Q4_K_M-sm_90"
+    cmd = gpu_experiment.ncu_detail_command(bundle, tmp_path / "lists.json", "rfc_matmul_imma_.*14336", 4)
+    assert cmd[0] == "ncu" and cmd[cmd.index("--kernel-name") + 1] == "regex:rfc_matmul_imma_.*14336"
+    assert cmd[cmd.index("--launch-count") + 1] == "4"
+    sections = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--section"]
+    assert sections == list(gpu_experiment.NCU_SECTIONS) and "Occupancy" in sections
+    assert cmd[-3:] == ["_steps", str(bundle), str(tmp_path / "lists.json")]  # the same steps as `ncu`
