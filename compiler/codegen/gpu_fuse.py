@@ -499,15 +499,13 @@ def _rope_kv_write(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | N
 
 def q8_decode_layout(k: int) -> dict:
     """Where the rounded rows [PROGRAM_MAX_TOKENS, k] lie in Q8_SCRATCH: int8 quants, then a float
-    scale per 32-element sub-block, then its two int half sums (what rfc_wsub_dot takes)."""
+    scale per 32-element sub-block, then its two int half sums (gpu_imma.q8_layout: the prefill
+    list's layout too)."""
+    from rfc.compiler.codegen.gpu_imma import q8_layout
     from rfc.compiler.codegen.gpu_plan import PROGRAM_MAX_TOKENS
 
-    tokens, subs = PROGRAM_MAX_TOKENS, k // 32
-    return {
-        "xd_offset": tokens * k,
-        "xs_offset": tokens * k + 4 * tokens * subs,
-        "q8_bytes": tokens * k + 12 * tokens * subs,
-    }
+    layout = q8_layout(k, PROGRAM_MAX_TOKENS)
+    return {key: layout[key] for key in ("xd_offset", "xs_offset", "q8_bytes")}
 
 
 def _q8_reader(spec: KernelSpec, x: str, width: int, ops) -> bool:

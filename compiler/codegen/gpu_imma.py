@@ -136,13 +136,17 @@ IMMA_SEGMENTS = True
 
 
 def q8_layout(k: int, max_tokens: int) -> dict:
-    """Where a [max_tokens, k] input's int8 quants, float scales and float sums lie in Q8_SCRATCH."""
+    """Where a [max_tokens, k] input's rounding lies in Q8_SCRATCH: int8 quants [token][k], then a
+    float scale per token and 32-element sub-block, then its two int half sums (what the decode
+    list's rfc_wsub_dot takes; the tensor-core matmuls add them). One layout for both lists, so
+    the prefill list's add + rmsnorm can leave it as the decode list's does (gpu_fuse's q8
+    hand-off) instead of a rounding launch after it."""
     subs = k // SUB_BLOCK
     return {
         "subs_k": subs,
         "xd_offset": max_tokens * k,
         "xs_offset": max_tokens * k + 4 * max_tokens * subs,
-        "q8_bytes": max_tokens * k + 8 * max_tokens * subs,
+        "q8_bytes": max_tokens * k + 12 * max_tokens * subs,
     }
 
 

@@ -322,13 +322,18 @@ def test_the_prefill_list_rounds_each_matmul_input_once():
     layer = names[names.index("rfc_rmsnorm_256") + 1 :]
     # q, k and v: one segmented launch (gpu_imma.IMMA_SEGMENTS); gate and up: two after one rounding
     assert layer[:2] == ["rfc_quantize_q8_256", "rfc_matmul_imma_q4_0p_256_64_64x256_segments"], layer[:2]
-    ffn = layer[layer.index("rfc_add_rmsnorm_256") + 1 :]
-    assert ffn[:3] == [
-        "rfc_quantize_q8_256",
-        "rfc_matmul_imma_q4_0p_768x256",
-        "rfc_matmul_imma_q4_0p_768x256",
-    ], ffn[:3]
+    # gate and up after the add + rmsnorm that leaves its output rounded (the decode list's q8 hand-off,
+    # in the layout both lists read: gpu_imma.q8_layout): no rounding launch between
+    ffn = layer[layer.index("rfc_add_rmsnorm_256_q8") + 1 :]
+    assert ffn[:2] == ["rfc_matmul_imma_q4_0p_768x256", "rfc_matmul_imma_q4_0p_768x256"], ffn[:2]
+    # the layers after the first: q, k and v after the add + rmsnorm too, so two roundings a layer
+    # (o's and down's inputs) where four were
+    second = names[names.index("rfc_add_rmsnorm_256_q8") + 1 :]
+    second = second[second.index("rfc_add_rmsnorm_256_q8") :]
+    assert second[:2] == ["rfc_add_rmsnorm_256_q8", "rfc_matmul_imma_q4_0p_256_64_64x256_segments"], second[:2]
     quantized = [i for i, n in enumerate(names) if n.startswith("rfc_quantize_q8_")]
+    layers = sum(n.startswith("rfc_attention_") for n in names)
+    assert len(quantized) == 1 + 2 * layers  # the first layer's q, k and v, then o's and down's inputs
     assert all(names[i + 1].startswith("rfc_matmul_imma_") for i in quantized)
     assert sum(n.startswith("rfc_matmul_imma_") for n in names) > len(quantized)  # shared by the runs
     assert not any(launch.kernel.startswith("rfc_quantize_q8_") for launch in program.launches)
@@ -417,3 +422,58 @@ def test_the_planner_takes_the_big_tile_for_big_matrices():
         imma_matmul_spec(TARGET, weight_geometry("Q4_K", 4096, 4096), ImmaTiling(128, 128, 2, 4, 256, True))
     with pytest.raises(ValueError, match="threads"):  # 16-byte pieces that 256 threads do not divide
         imma_matmul_spec(TARGET, weight_geometry("Q4_K", 4096, 4096), ImmaTiling(64, 64, 2, 4, 96, True))
+
+
+@pytest.mark.parametrize("target", ["sm_90", "gfx90a"])
+def test_the_add_rmsnorm_hand_off_rounds_as_the_rounding_launch_does(target, tmp_path_factory):
+    """The prefill list lets an add + rmsnorm's q8 twin (the decode list's hand-off) round its
+    output for the int8 matmuls after it instead of a rounding launch: the two kernels leave the
+    same bytes in the shared layout (gpu_imma.q8_layout): quants, scales and half sums, so the
+    prefill list's logits are the rounding launch's bit for bit."""
+    from rfc.artifacts.bundle import open_bundle
+    from rfc.compiler.codegen.gpu import plan_target
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.conftest import FIXTURES
+
+    out = tmp_path_factory.mktemp("handoff") / "b"
+    compile_model(CompileOptions(model=FIXTURES / "tiny-llama-Q4_0.gguf", out_dir=out, targets=(), cache_dir=None))
+    bundle = open_bundle(out)
+    t = parse_target(target)
+    specs = {s.name: s for s in plan_target(t, bundle.plan, bundle.layout)[0]}
+    norm, rounding = specs["rfc_add_rmsnorm_256_q8"], specs["rfc_quantize_q8_256"]
+    assert norm.params["xd_offset"] == rounding.params["xd_offset"]
+    assert norm.params["xs_offset"] == rounding.params["xs_offset"]
+    lib = ctypes.CDLL(
+        str(
+            build_source_emulator(
+                render_source(t, [norm, rounding]),
+                [norm.name, rounding.name],
+                shared_basetemp(tmp_path_factory) / "gpu-imma",
+            )
+        )
+    )
+    rng = np.random.default_rng(7)
+    rows, width = 9, 256
+    a, b = (rng.standard_normal((rows, width)) * 2).astype(F32), rng.standard_normal((rows, width)).astype(F32)
+    weight = (1 + 0.1 * rng.standard_normal(width)).astype(F32)
+    total, normed = np.zeros((rows, width), F32), np.zeros((rows, width), F32)
+    q8_norm = np.full(norm.params["q8_bytes"], 0xA5, np.uint8)
+    q8_rounding = np.full(norm.params["q8_bytes"], 0xA5, np.uint8)
+    ptr = lambda arr: ctypes.c_void_p(arr.ctypes.data)  # noqa: E731
+    _launch(
+        lib, norm, (rows, 1), ptr(total), ptr(normed), ptr(q8_norm), ptr(a), ptr(b), ptr(weight), ctypes.c_int(rows)
+    )
+    _launch(
+        lib,
+        rounding,
+        (-(-rounding.params["subs"] // rounding.threads), rows),
+        ptr(q8_rounding),
+        ptr(normed),
+        ctypes.c_int(rows),
+    )
+    subs = width // 32
+    xd, xs = norm.params["xd_offset"], norm.params["xs_offset"]
+    for lo, hi in ((0, rows * width), (xd, xd + 4 * rows * subs), (xs, xs + 8 * rows * subs)):
+        assert np.array_equal(q8_norm[lo:hi], q8_rounding[lo:hi]), (lo, hi)
+        assert not (q8_rounding[lo:hi] == 0xA5).all(), (lo, hi)  # written
+    assert (q8_rounding[rows * width : xd] == 0xA5).all()  # rows past the step's: untouched

@@ -179,9 +179,11 @@ def test_a_llama_decode_layer_is_six_launches(model, gpu_bundle):
         "matmul_q8_0p_512x256",
     ]
     # the prefill list keeps its runs (gpu_fuse.step_fusions): each residual add with the next
-    # norm, the matmuls on their tensor-core kernels
+    # norm, which also leaves its output rounded for the int8 tensor-core matmuls after it (the
+    # decode list's q8 hand-off: no rounding launch there)
     prefill = [launch.kernel.removeprefix("rfc_") for launch in program.prefill_launches]
-    assert prefill.count("add_rmsnorm_256") == 2 * layers - 1 and prefill.count("rmsnorm_256") == 2
+    assert prefill.count("add_rmsnorm_256_q8") == 2 * layers - 1 and prefill.count("rmsnorm_256") == 2
+    assert prefill.count("quantize_q8_256") + prefill.count("quantize_q8_768") == 1 + 2 * layers
     assert not [k for k in prefill if k.endswith(("_norm", "_add"))]
 
 

@@ -194,8 +194,13 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
             )
         elif f.spec.name.endswith("_q8"):
             assert "matmul.q8" in refs and plan.ops[f.first].inputs[0] not in refs  # the rows' float copy unread
-    # the prefill list (gfx1100: tensor-core matmuls) launches the plain twins
-    assert not any(launch.kernel.endswith("_q8") for launch in program.prefill_launches)
+    # the prefill list (gfx1100: tensor-core matmuls) launches the add + rmsnorm's q8 twin, whose rounding in
+    # the layout both lists read (gpu_imma.q8_layout) serves its tensor-core matmuls: no rounding launch after
+    # it; the matmuls' q8 twins (dp4a over the hand-off) are the decode list's alone
+    pre = [launch.kernel for launch in program.prefill_launches]
+    twins = [i for i, k in enumerate(pre) if k.endswith("_q8")]
+    assert twins and all(pre[i].startswith("rfc_add_rmsnorm_") for i in twins)
+    assert not any(pre[i + 1].startswith("rfc_quantize_q8_") for i in twins)
     # the switch off: today's kernels, no slot of the hand-off's size
     monkeypatch.setattr(gpu_fuse, "DECODE_Q8", False)
     fusions, program = _hand_offs(plan, layout)
@@ -339,11 +344,12 @@ def test_a_llama_layer_folds_its_norms_into_the_matmuls(llama, monkeypatch):
     built_off, off = _prefill(plan, layout)
     assert program.prefill_launches == off.prefill_launches and off.launches != program.launches
     names = [launch.kernel for launch in program.prefill_launches]
-    assert names.count("rfc_add_rmsnorm_256") == 2 * spec.hparams.n_layers - 1
+    assert names.count("rfc_add_rmsnorm_256_q8") == 2 * spec.hparams.n_layers - 1
     # only kernels a list launches are built: not the q/k/v matmul without the norm, nor the
-    # q8 hand-off's kernels (the decode list has no add + rmsnorm left)
-    assert not any(n.endswith(("_fused", "_q8")) for n in by_name)
-    assert "rfc_add_rmsnorm_256" in by_name
+    # q8 hand-off's matmuls (the decode list has no add + rmsnorm left), nor the add + rmsnorm
+    # without the hand-off (the prefill list's leaves its output rounded for its int8 matmuls)
+    assert not any(n.endswith("_fused") or (n.endswith("_q8") and "add_rmsnorm" not in n) for n in by_name)
+    assert "rfc_add_rmsnorm_256_q8" in by_name and "rfc_add_rmsnorm_256" not in by_name
 
 
 def test_a_norm_output_read_after_the_matmuls_keeps_the_norm_apart(llama):
