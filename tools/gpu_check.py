@@ -433,11 +433,7 @@ def launch_summary(lm: LoadedModel) -> str:
         return "no step program"
     program = runner.program
     marked = bool(program.extra.get(EXTRA_PROGRAMMATIC))
-    overlap = (
-        "on"
-        if runner.overlap
-        else f"off (program marked: {marked}, driver: {getattr(runner._driver, 'overlaps', False)})"
-    )
+    overlap = "on" if runner.overlap else f"off (program marked: {marked}, driver: {runner._driver.overlaps})"
     return f"decode list {len(program.launches)}, prefill list {len(program.prefill_launches)}; overlapped launches {overlap}"
 
 

@@ -50,8 +50,11 @@ class Driver(Protocol):
 
     def copy_to_host_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None: ...
 
-    # overlap: the kernel may start while the kernel before it in the stream runs (its code waits
-    # for it: compiler/codegen/gpu_overlap.py); a driver without such launches launches plainly
+    # whether launch_on(overlap=True) overlaps: the kernel may start while the kernel before it in
+    # the stream runs (its code waits for it: compiler/codegen/gpu_overlap.py); where not, the
+    # launch is plain
+    overlaps: bool
+
     def launch_on(
         self,
         fn: Any,
@@ -200,7 +203,7 @@ class GpuDriver:
     def __init__(self, target: str, lib=None):
         d = self.dialect
         self.lib = lib if lib is not None else d.load_library()
-        self.overlaps = bool(d.launch_overlapped) and _has(self.lib, d.launch_overlapped)
+        self.overlaps = bool(d.launch_overlapped) and hasattr(self.lib, d.launch_overlapped)
         # the init call reports "no device" as an error status on machines without a GPU
         status = getattr(self.lib, d.calls.init)(0)
         if status != 0:
@@ -328,11 +331,3 @@ class GpuDriver:
 
     def stream_synchronize(self, stream) -> None:
         self._call(self.dialect.calls.stream_synchronize, stream)
-
-
-def _has(lib, name: str) -> bool:
-    try:
-        getattr(lib, name)
-    except AttributeError:
-        return False
-    return True

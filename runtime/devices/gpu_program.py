@@ -95,11 +95,7 @@ class BoundLaunch:
         grid = [-(-(scalars[c] if isinstance(c, str) else c) // t) for c, t in self.grid]
         if min(grid) <= 0:
             return False
-        block = (self.threads, 1, 1)
-        if overlap:
-            driver.launch_on(self.fn, (*grid, 1, 1, 1)[:3], block, self.params, stream, overlap=True)
-        else:
-            driver.launch_on(self.fn, (*grid, 1, 1, 1)[:3], block, self.params, stream)
+        driver.launch_on(self.fn, (*grid, 1, 1, 1)[:3], (self.threads, 1, 1), self.params, stream, overlap)
         return True
 
 
@@ -206,7 +202,7 @@ class StepRunner:
 
         # the program's kernels wait for the kernel before them (compiler/codegen/gpu_overlap.py):
         # every launch of a step but its first may then overlap the one before it
-        self.overlap = bool(program.extra.get(EXTRA_PROGRAMMATIC)) and getattr(driver, "overlaps", False)
+        self.overlap = bool(program.extra.get(EXTRA_PROGRAMMATIC)) and driver.overlaps
         self._bound = [bind(launch) for launch in program.launches]
         self.has_state = any(b.state_offsets for b in bound.values())
         self.state_slots = 0

@@ -71,6 +71,8 @@ class EmulatedDriver:
 
     def __init__(self, library: Path):
         self.lib = ctypes.CDLL(str(library))
+        self._grid_waits = self.lib.rfc_emu_grid_waits  # RFC_GRID_WAIT calls since the last call (gpu_emu.h)
+        self._grid_waits.restype = ctypes.c_long
         self.memory: dict[int, np.ndarray] = {}
         self.launches = 0
         self.overlapped = 0  # launches made with overlap=True
@@ -109,11 +111,9 @@ class EmulatedDriver:
     def launch(self, fn, grid, block, params, overlap: bool = False) -> None:
         assert block[1] == block[2] == 1
         self.launches += 1
-        waits = self.lib.rfc_emu_grid_waits
-        waits.restype = ctypes.c_long
-        waits()
+        self._grid_waits()  # zeroed
         fn(grid[0], grid[1], grid[2], block[0], ctypes.cast(params, ctypes.c_void_p))
-        n = waits()
+        n = self._grid_waits()
         if overlap:
             self.overlapped += 1
             threads = grid[0] * grid[1] * grid[2] * block[0]
