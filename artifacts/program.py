@@ -17,7 +17,10 @@ as `kernels/<target>/program.msgpack` and named in the manifest's target entry (
   tensor cores add a second list, `prefill_launches`, for steps of at least
   `prefill_min_tokens` tokens: the same launches except that matmuls run on tensor cores.
   (A reader that predates it runs every step with `launches`: correct, only slower; so the
-  field came without a version bump.)
+  field came without a version bump.) A third list, `single_launches`, is what a step of
+  exactly one token runs (a batch-1 decode step): the decode list with its matmuls' blocks
+  sized for one token; absent or empty, such a step runs `launches` (again correct for an
+  older reader).
 
 The arena may name slots the runtime must zero once, right after allocating it (`zeroed`:
 counters that kernels leave at zero when they finish, such as split attention's arrival
@@ -38,9 +41,11 @@ from rfc.artifacts.errors import BundleError
 
 PROGRAM_FILE = "program.msgpack"
 # StepProgram.extra's key marking a GPU program whose every kernel waits for the kernel before it
-# before it touches an activation (compiler/codegen/gpu_overlap.py): its launches may overlap
-# (programmatic dependent launch); a reader that ignores it launches them one after another
+# before it touches an activation (compiler/codegen/gpu_overlap.py): the launches of the lists it
+# names (LIST_NAMES; `true`: every list) may overlap (programmatic dependent launch); a reader that
+# ignores it launches them one after another
 EXTRA_PROGRAMMATIC = "programmatic"
+LIST_NAMES = ("launches", "prefill_launches", "single_launches")
 PROGRAM_VERSION = 1
 ZEROED_VERSION = 2  # the arena's `zeroed` slots
 READ_VERSIONS = (PROGRAM_VERSION, ZEROED_VERSION)
@@ -160,11 +165,26 @@ class StepProgram:
     # instead of `launches` (empty: every step runs `launches`)
     prefill_launches: tuple[Launch, ...] = ()
     prefill_min_tokens: int = 0
+    # gpu targets: what a step of exactly one token runs instead of `launches` (empty: `launches`)
+    single_launches: tuple[Launch, ...] = ()
     # plan weight name -> the layout entry this target reads for it (a repacked variant such
     # as "blk.0.attn_q.weight#Q4_0x8"); a plan weight not listed reads the entry of its name
     weights: dict[str, str] = field(default_factory=dict)
     version: int = PROGRAM_VERSION
     extra: dict = field(default_factory=dict)  # target-specific facts (workspace sizes, ...)
+
+    def every_launch(self) -> tuple[Launch, ...]:
+        """The launches of every list, in list order (a launch two lists hold appears twice)."""
+        return (*self.launches, *self.prefill_launches, *self.single_launches)
+
+    def overlapped_lists(self) -> frozenset[str]:
+        """The names (LIST_NAMES) of the lists whose launches may overlap (EXTRA_PROGRAMMATIC)."""
+        flag = self.extra.get(EXTRA_PROGRAMMATIC)
+        if flag is True:
+            return frozenset(LIST_NAMES)
+        if isinstance(flag, (list, tuple)):
+            return frozenset(name for name in flag if name in LIST_NAMES)
+        return frozenset()
 
 
 def plan_arena(buffers, max_tokens: int, max_rows: int, max_seqs: int, alignment: int = 256) -> Arena:
@@ -201,6 +221,8 @@ def pack_program(p: StepProgram) -> bytes:
         "launches": [_pack_launch(launch) for launch in p.launches],
         "prefill_launches": [_pack_launch(launch) for launch in p.prefill_launches],
         "prefill_min_tokens": p.prefill_min_tokens,
+        # absent when empty: a program without one is the bytes it was before the field
+        **({"single_launches": [_pack_launch(launch) for launch in p.single_launches]} if p.single_launches else {}),
         "weights": dict(sorted(p.weights.items())),
         "extra": dict(sorted(p.extra.items())),
     })  # fmt: skip
@@ -251,6 +273,8 @@ def unpack_program(data: bytes) -> StepProgram:
         min_tokens = _nat(raw.get("prefill_min_tokens", 0), 0)
         if prefill and not 1 <= min_tokens <= arena.max_tokens:
             raise BundleError(f"{PROGRAM_FILE}: prefill_min_tokens {min_tokens} is outside 1..{arena.max_tokens}")
+        # absent in programs written before the one-token list: such steps run `launches`
+        single = tuple(_unpack_launch(launch) for launch in raw.get("single_launches") or [])
         entry = raw["entry"]
         if entry is not None:
             entry = _name(entry)
@@ -262,6 +286,7 @@ def unpack_program(data: bytes) -> StepProgram:
             launches,
             prefill,
             min_tokens if prefill else 0,
+            single,
             weights,
             raw["version"],
             dict(raw.get("extra") or {}),

@@ -54,7 +54,6 @@ from pathlib import Path
 import numpy as np
 
 from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
-from rfc.artifacts.program import EXTRA_PROGRAMMATIC
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.kv_cache import BlockManager
@@ -432,9 +431,12 @@ def launch_summary(lm: LoadedModel) -> str:
     if runner is None:
         return "no step program"
     program = runner.program
-    marked = bool(program.extra.get(EXTRA_PROGRAMMATIC))
-    overlap = "on" if runner.overlap else f"off (program marked: {marked}, driver: {runner._driver.overlaps})"
-    return f"decode list {len(program.launches)}, prefill list {len(program.prefill_launches)}; overlapped launches {overlap}"
+    marked = ", ".join(sorted(program.overlapped_lists())) or "none"
+    overlap = f"lists marked: {marked}; driver: {'yes' if runner._driver.overlaps else 'no'}"
+    return (
+        f"decode list {len(program.launches)}, one-token list {len(program.single_launches)}, prefill list "
+        f"{len(program.prefill_launches)}; overlapped launches: {overlap}"
+    )
 
 
 def serve_ready_seconds(bundle: Path, device: str) -> float:

@@ -76,7 +76,7 @@ def run_steps(bundle: Path, meta: Path) -> None:
     meta.write_text(
         json.dumps(
             {
-                "decode": [l.kernel for l in program.launches],
+                "decode": [l.kernel for l in program.single_launches or program.launches],
                 "prefill": [l.kernel for l in program.prefill_launches or program.launches],
             }
         )

@@ -135,15 +135,17 @@ def prefill_step(runner, vocab: int, blocks, tokens: int = 512, seq: int = 1) ->
 
 
 def matmul_rates(runner, layout, scalars: dict[str, int], timer, repeat: int, every: bool = False) -> list[dict]:
-    """Each matmul launch of the decode list alone: {kernel, bytes, us, gbps}."""
-    program, entries = runner.program, layout.by_name()
+    """Each matmul launch of the list the step of `scalars` runs alone: {kernel, bytes, us, gbps}."""
+    entries = layout.by_name()
     bound = runner.launch_list(scalars["n_tokens"])
     rows, seen = [], set()
-    for launch, b in zip(program.launches, bound):
+    for launch, b in zip(runner.launches_for(scalars["n_tokens"]), bound):
         if not launch.kernel.startswith("rfc_matmul_") or (launch.kernel in seen and not every):
             continue
         seen.add(launch.kernel)
-        nbytes = sum(entries[program.weights.get(a.ref, a.ref)].nbytes for a in launch.args if a.kind is ArgKind.WEIGHT)
+        nbytes = sum(
+            entries[runner.program.weights.get(a.ref, a.ref)].nbytes for a in launch.args if a.kind is ArgKind.WEIGHT
+        )
 
         def work(b=b):
             for _ in range(repeat):
@@ -161,8 +163,7 @@ def step_profile(runner, scalars: dict[str, int], timer, repeat: int) -> str:
     list queued the same way; the difference from the step's graph time is what each node costs
     beyond its work."""
     bound = runner.launch_list(scalars["n_tokens"])
-    # the prefill list from prefill_min_tokens on, else the decode list: the launches it binds
-    launches = runner.program.prefill_launches if bound is runner._bound_prefill else runner.program.launches
+    launches = runner.launches_for(scalars["n_tokens"])  # the launches `bound` binds
     assert len(launches) == len(bound)
     groups: dict[str, list] = {}
     for launch, b in zip(launches, bound):

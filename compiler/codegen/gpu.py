@@ -21,8 +21,8 @@ from rfc.compiler.codegen.gpu_fuse import fused_specs, step_fusions
 from rfc.compiler.codegen.gpu_attention import MMA_ATTENTION_TEMPLATE
 from rfc.compiler.codegen.gpu_imma import IMMA_TEMPLATE
 from rfc.compiler.codegen.gpu_mma import MMA_TEMPLATE
-from rfc.compiler.codegen.gpu_overlap import PROGRAM_FLAG, check_grid_wait, programmatic
-from rfc.compiler.codegen.gpu_plan import ARG_SIZES, KernelSpec, plan_kernels, plan_program
+from rfc.compiler.codegen.gpu_overlap import OVERLAPPED_LISTS, PROGRAM_FLAG, check_grid_wait, programmatic
+from rfc.compiler.codegen.gpu_plan import ARG_SIZES, KernelSpec, one_token_twin, plan_kernels, plan_program
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel, sample_program_extra
 from rfc.compiler.codegen.render import render
 from rfc.compiler.errors import CompileError
@@ -98,13 +98,15 @@ def plan_target(
     # the kernels either list launches (a fused kernel of the prefill list's runs that it launches
     # op by op there is not built)
     fused = fused_specs(fusions, prefill_fusions)
-    program = plan_program(target, plan, [*specs, *fused], op_kernels, fusions, prefill_fusions)
-    launched = {launch.kernel for launch in (*program.launches, *program.prefill_launches)}
-    fused = [s for s in fused if s.name in launched]
-    specs = [*specs, *fused, sample]
+    # the one-token twins of the decode list's matmuls, for the list a one-token step runs
+    twins = [t for t in map(one_token_twin, [*specs, *fused]) if t is not None]
+    program = plan_program(target, plan, [*specs, *fused, *twins], op_kernels, fusions, prefill_fusions)
+    launched = {launch.kernel for launch in program.every_launch()}
+    built = [s for s in (*fused, *twins) if s.name in launched]
+    specs = [*specs, *built, sample]
     if programmatic(target):
         check_overlap(specs, program, sample)
-        program = replace(program, extra={**program.extra, PROGRAM_FLAG: True})
+        program = replace(program, extra={**program.extra, PROGRAM_FLAG: list(OVERLAPPED_LISTS)})
     return specs, op_kernels, program, sample
 
 
@@ -160,7 +162,7 @@ def check_overlap(specs: list[KernelSpec], program: StepProgram, sample: KernelS
     are its scalars and the parameters every launch of it binds to weights."""
     by_name = {s.name: s for s in specs}
     weights: dict[str, set[str]] = {}
-    for launch in (*program.launches, *program.prefill_launches):
+    for launch in program.every_launch():
         spec = by_name[launch.kernel]
         bound = {name for (name, _t), slot in zip(spec.args, launch.args) if slot.kind is ArgKind.WEIGHT}
         weights[launch.kernel] = weights.get(launch.kernel, bound) & bound

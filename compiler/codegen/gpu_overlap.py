@@ -9,7 +9,8 @@ before (asking its weight rows into L2) and calls RFC_GRID_WAIT() (kernels/rfc_g
 waits until the kernel before has finished and its writes are visible and lets the next kernel be
 launched. A kernel that wrote or read an activation before that call would race with the kernel
 before it, so the compiler refuses such a source (check_grid_wait) and only then marks the
-program (`StepProgram.extra["programmatic"]`): a runtime without the mark, or a driver without
+program (`StepProgram.extra["programmatic"]`, naming the lists whose launches overlap:
+OVERLAPPED_LISTS): a runtime without the mark, or a driver without
 the launch, launches one kernel after another, the same kernels computing the same bits.
 
 Every kernel waits, so a kernel's finish implies that of every kernel before it: the kernel
@@ -26,6 +27,11 @@ from rfc.compiler.targets import Target
 # the previous launches and, the wait being empty then, the previous instructions).
 PROGRAMMATIC_LAUNCH = True
 PROGRAM_FLAG = EXTRA_PROGRAMMATIC  # the step program's extra key the runtime reads
+# The lists whose launches overlap: the decode lists. Not the prefill list: on an H100 a 1.1B's
+# 512-token prefill step took 16.97 ms with it overlapped and 15.90 ms without (6% slower,
+# docs/benchmarks.md), where its decode step moved by 0.5%; a prefill kernel's blocks started
+# early hold multiprocessors that the kernel before still needs.
+OVERLAPPED_LISTS = ("launches", "single_launches")
 WAIT = "RFC_GRID_WAIT();"
 
 _KERNEL = re.compile(r"RFC_KERNEL(?:_BLOCKS)?\([^)]*\)[^(]*?\bvoid\s+(\w+)\s*\(")

@@ -72,6 +72,15 @@ MATMUL_WAVES = 4  # waves per float and MoE matmul block
 # (2 row groups: 5,193 us).
 INT8_MATMUL_THREADS = 256
 MATMUL_TOKENS = 8  # tokens that share one decoded weight block
+# A step of exactly one token (a batch-1 decode step) runs a list of its own
+# (StepProgram.single_launches): the decode list with every matmul kernel whose blocks take
+# MATMUL_TOKENS tokens replaced by its twin taking one (ONE_TOKEN_SUFFIX). On an H100 a graph
+# decode step of a TinyLlama-1.1B-shaped Q4_0 model took 1,028 us with blocks of one token and
+# 1,396 us with blocks of 8 (docs/benchmarks.md): the loops over 8 tokens hold registers (fewer
+# blocks a multiprocessor, fewer weight loads in flight) for tokens a batch-1 step does not have.
+# Steps of several tokens keep blocks of 8: blocks of one would read every weight once per token.
+SINGLE_TOKEN_LIST = True
+ONE_TOKEN_SUFFIX = "_t1"
 SUB_BLOCK = 32  # elements per activation scale and per lane step
 # Columns of activations quantized into shared memory at a time: tokens x chunk bytes of
 # int8, plus scales and sums, 22 KiB at 8 x 2048 (under CUDA's 48 KiB of static shared memory).
@@ -908,7 +917,37 @@ def plan_program(
         launches=tuple(launches),
         prefill_launches=tuple(prefill) if has_prefill else (),
         prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0,
+        single_launches=_single_list(launches, by_name),
     )
+
+
+def one_token_twin(spec: KernelSpec) -> KernelSpec | None:
+    """The twin of a matmul kernel whose blocks take MATMUL_TOKENS tokens (its grid's token
+    dimension tiled by them) with blocks of one token, for the one-token list; None for other
+    kernels."""
+    tokens = spec.params.get("tokens_per_block")
+    if not SINGLE_TOKEN_LIST or not tokens or tokens == 1 or ("n_rows", tokens) not in spec.grid:
+        return None
+    name = spec.name + ONE_TOKEN_SUFFIX
+    grid = tuple((c, 1) if c == "n_rows" else (c, t) for c, t in spec.grid)
+    params = {**spec.params, "name": name, "tokens_per_block": 1}
+    return dataclasses.replace(spec, name=name, params=params, grid=grid, steps=(), prefill=None)
+
+
+def _single_list(launches: list[Launch], by_name: dict[str, KernelSpec]) -> tuple[Launch, ...]:
+    """The one-token list: the decode list with each launch whose kernel has a one-token twin
+    among `by_name` launching that twin over blocks of one token; () where no kernel has one."""
+    single, twinned = [], False
+    for launch in launches:
+        twin = by_name.get(launch.kernel + ONE_TOKEN_SUFFIX)
+        if twin is None:
+            single.append(launch)
+            continue
+        own = by_name[launch.kernel].grid
+        grid = tuple(GridDim(g.count, 1) if c == "n_rows" else g for (c, _t), g in zip(own, launch.grid))
+        single.append(dataclasses.replace(launch, kernel=twin.name, grid=grid))
+        twinned = True
+    return tuple(single) if twinned else ()
 
 
 def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str], fusions):

@@ -85,7 +85,7 @@ class GpuDevice:
         self.cache_types = cache_types
         sample = program.extra.get("sample")
         sample = sample if isinstance(sample, dict) and "kernel" in sample else None
-        launched = {launch.kernel: launch for launch in (*program.launches, *program.prefill_launches)}
+        launched = {launch.kernel: launch for launch in program.every_launch()}
         check_kernels(entry, launched.values(), code)
         if sample is not None:
             check_code_object_args(

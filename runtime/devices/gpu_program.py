@@ -9,7 +9,8 @@ pinned staging, makes one async copy, runs the launch list (a graph captured onc
 decode batch size, replayed; other steps launch the bound list directly), copies the
 logits back into pinned memory and synchronizes the one stream once. A program with a
 prefill list (tensor-core matmuls) has it bound as well, sharing the bindings of the
-launches both lists hold; a step of at least prefill_min_tokens tokens runs it instead.
+launches both lists hold; a step of at least prefill_min_tokens tokens runs it instead. So does
+a one-token list (matmul blocks of one token): a step of exactly one token runs it.
 
 With a sampling kernel in the bundle (program.extra["sample"]) a step can also sample on the
 device (`run_sampled`): the rows' parameters and penalty lists sit in the same staging, ahead
@@ -32,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from rfc.artifacts.program import (
-    EXTRA_PROGRAMMATIC,
     SAMPLE_FLAG_DEVICE,
     SAMPLE_FLAG_GREEDY,
     SAMPLE_FLAG_LOGPROB,
@@ -201,13 +201,20 @@ class StepRunner:
             return bound[launch]
 
         # the program's kernels wait for the kernel before them (compiler/codegen/gpu_overlap.py):
-        # every launch of a step but its first may then overlap the one before it
-        self.overlap = bool(program.extra.get(EXTRA_PROGRAMMATIC)) and driver.overlaps
+        # in the lists it names, every launch of a step but its first may overlap the one before it
+        overlapped = program.overlapped_lists() if driver.overlaps else frozenset()
         self._bound = [bind(launch) for launch in program.launches]
+        self._bound_prefill = [bind(launch) for launch in program.prefill_launches]
+        self._bound_single = [bind(launch) for launch in program.single_launches]
         self.has_state = any(b.state_offsets for b in bound.values())
         self.state_slots = 0
-        self._bound_prefill = [bind(launch) for launch in program.prefill_launches]
         self.prefill_min_tokens = program.prefill_min_tokens if program.prefill_launches else None
+        # per bound list (by identity): whether its launches overlap
+        self._overlaps = {
+            id(self._bound): "launches" in overlapped,
+            id(self._bound_prefill): "prefill_launches" in overlapped,
+            id(self._bound_single): "single_launches" in overlapped,
+        }
         if self.sampling is not None:
             self.sampling.bind()
         # (n_tokens, n_rows, sampled) -> graph: `run` must not replay the sampling kernel
@@ -217,7 +224,7 @@ class StepRunner:
     def set_state(self, pool: int, slots: int) -> None:
         """The recurrent-state pool's device address, written into every launch that takes it
         (before any graph is captured: alloc_state comes right after the device is made)."""
-        for b in {id(b): b for b in (*self._bound, *self._bound_prefill)}.values():
+        for b in {id(b): b for b in (*self._bound, *self._bound_prefill, *self._bound_single)}.values():
             for offset in b.state_offsets:
                 struct.pack_into("<Q", b.buffer, offset, pool)
         self.state_slots = slots
@@ -303,16 +310,31 @@ class StepRunner:
         }
 
     def launch_list(self, n_tokens: int) -> list[BoundLaunch]:
-        """The bound list a step of n_tokens runs: the prefill list from prefill_min_tokens on."""
+        """The bound list a step of n_tokens runs: the prefill list from prefill_min_tokens on,
+        the one-token list for one token, else the decode list."""
         if self.prefill_min_tokens is not None and n_tokens >= self.prefill_min_tokens:
             return self._bound_prefill
+        if n_tokens == 1 and self._bound_single:
+            return self._bound_single
         return self._bound
+
+    def launches_for(self, n_tokens: int) -> tuple[Launch, ...]:
+        """The program's launches of the list a step of n_tokens runs (launch_list's, unbound)."""
+        bound, p = self.launch_list(n_tokens), self.program
+        if bound is self._bound_prefill:
+            return p.prefill_launches
+        return p.single_launches if bound is self._bound_single else p.launches
+
+    def overlaps(self, n_tokens: int) -> bool:
+        """Whether the launches of the list a step of n_tokens runs overlap."""
+        return self._overlaps[id(self.launch_list(n_tokens))]
 
     def _launch_all(self, scalars: dict[str, int], sampled: bool) -> None:
         bound = self.launch_list(scalars["n_tokens"])
+        overlap = self._overlaps[id(bound)]
         launched = False  # the step's first kernel follows the copy in, never overlapping it
         for b in [*bound, self.sampling.bound] if sampled else bound:
-            launched = b.enqueue(self._driver, scalars, self.stream, self.overlap and launched) or launched
+            launched = b.enqueue(self._driver, scalars, self.stream, overlap and launched) or launched
 
     def _graph(self, scalars: dict[str, int], sampled: bool) -> Any:
         key = (scalars["n_tokens"], scalars["n_rows"], sampled)

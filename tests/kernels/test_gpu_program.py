@@ -272,6 +272,71 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
     assert not left.any(), "a launch left arrival counts behind"
 
 
+# -- the one-token list ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model,target",
+    [
+        pytest.param(m, t, marks=toolchain_marks(t))
+        for m, t in (
+            ("llama-Q4_K_M", TARGET),
+            ("llama-Q8_0", TARGET),
+            ("qwen2-Q8_0", "sm_90"),
+            ("llama-Q4_K_M", "sm_90"),
+        )
+    ],
+)
+def test_one_token_steps_run_the_one_token_list_bit_for_bit(model, target, gpu_bundle, tmp_path_factory):
+    """A step of one token (batch-1 decode) runs the one-token list: the decode list with every
+    matmul whose blocks take 8 tokens replaced by its twin taking one (gpu_plan.one_token_twin).
+    A token's sums run in the same order either way, so its logits equal the per-op path's
+    (blocks of 8) bit for bit, step after step; a step of two tokens still runs the decode list.
+    On sm_90 every launch of the list but the first overlaps the one before, and the emulator
+    sees each thread of those launches pass RFC_GRID_WAIT once."""
+    from rfc.compiler.codegen.gpu_plan import ONE_TOKEN_SUFFIX
+
+    build = shared_basetemp(tmp_path_factory) / "gpu-emu"
+    bundle = open_bundle(gpu_bundle(model, target))
+    kv = bundle.plan.kv
+    step = emulated_step_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, build)
+    op = emulated_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, build)
+    runner, program = step.runner, step.runner.program
+    single, decode = program.single_launches, program.launches
+    assert len(single) == len(decode)
+    twinned = [(d.kernel, s.kernel) for d, s in zip(decode, single) if d != s]
+    # every matmul of the decode list but MoE's (whose blocks walk expert slots) has its twin
+    matmuls = [d.kernel for d in decode if d.kernel.startswith("rfc_matmul_")]
+    assert [d for d, _s in twinned] == matmuls and all(s == d + ONE_TOKEN_SUFFIX for d, s in twinned)
+    assert runner.launches_for(1) == single and runner.launches_for(2) == decode
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+    run_step, run_op = Executor(bundle.plan, step), Executor(bundle.plan, op)
+
+    def forward(chunks):
+        for c in chunks:
+            blocks.allocate(c.seq_id, c.start + len(c.tokens))
+        batch = build_batch(chunks, blocks)
+        return run_step.forward(batch), run_op.forward(batch)
+
+    prompt = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19)
+    got, want = forward([ScheduledChunk(1, 0, prompt)])
+    assert np.array_equal(got, want)
+    step._driver.calls.clear()
+    step._driver.overlapped = 0
+    n = len(prompt)
+    for i in range(4):
+        got, want = forward([ScheduledChunk(1, n + i, (int(want[-1].argmax()),))])
+        assert np.array_equal(got, want), f"decode step {i}: max |step - op| {np.abs(got - want).max():.3e}"
+    assert [c for c in step._driver.calls if c[0] == "capture"] == [("capture", len(single))]
+    overlapping = parse_target(target).grid_dependency
+    assert step._driver.overlapped == (4 * (len(single) - 1) if overlapping else 0)
+    # two sequences, a token each: the decode list (blocks of 8 tokens), overlapped as well
+    step._driver.overlapped = 0
+    got, want = forward([ScheduledChunk(1, n + 4, (3,)), ScheduledChunk(2, 0, (4,))])
+    assert np.array_equal(got, want)
+    assert step._driver.overlapped == (len(decode) - 1 if overlapping else 0)
+
+
 # -- the prefill list (tensor-core matmuls) on sm_90 ------------------------------------------------
 
 MMA_TARGET = "sm_90"
@@ -345,10 +410,8 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, g
     gpu = Executor(bundle.plan, device).forward(batch)
     ref = Executor(bundle.plan, ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE)).forward(batch)
     assert ("capture", len(program.prefill_launches)) in device._driver.calls  # T == R: the prefill list's graph
-    # sm_90: every launch but the first overlaps the one before (compiler/codegen/gpu_overlap.py), and the
-    # emulator saw each thread of those launches pass RFC_GRID_WAIT once
-    overlapping = parse_target(target).grid_dependency
-    assert device._driver.overlapped == (len(program.prefill_launches) - 1 if overlapping else 0)
+    # the prefill list's launches never overlap, sm_90 included (gpu_overlap.OVERLAPPED_LISTS)
+    assert device._driver.overlapped == 0
     ok, msg = device_bounds(model, gpu, ref, rounding=prefill_rounding(model, formats, tokens, target))
     print(msg)
     assert ok, msg

@@ -567,6 +567,33 @@ def test_the_prefill_list_round_trips_and_is_checked():
     assert unpack_program(msgpack.packb(old)) == StepProgram("sm_90", arena, launches=(launch,))
 
 
+def test_the_one_token_list_round_trips_and_an_older_program_keeps_its_bytes():
+    """single_launches packs when there is one and is absent otherwise (a program without it is the
+    bytes it was before the field); the lists EXTRA_PROGRAMMATIC names are the ones that overlap
+    (`true`, as first written: every list; names it does not know: none)."""
+    from rfc.artifacts.program import EXTRA_PROGRAMMATIC, Arena, GridDim, Launch, StepProgram
+    from rfc.artifacts.program import pack_program, unpack_program
+
+    import msgpack
+
+    arena = Arena(2048, 512, 256, 256, (), 0)
+    launch = Launch("k", 128, (GridDim("n_tokens", 8),), ())
+    one = Launch("k_t1", 128, (GridDim("n_tokens", 1),), ())
+    program = StepProgram("sm_90", arena, launches=(launch,), single_launches=(one,))
+    assert unpack_program(pack_program(program)) == program
+    plain = StepProgram("sm_90", arena, launches=(launch,))
+    assert "single_launches" not in msgpack.unpackb(pack_program(plain))
+    assert program.every_launch() == (launch, one)
+    for flag, lists in (
+        (True, {"launches", "prefill_launches", "single_launches"}),
+        (["launches", "single_launches"], {"launches", "single_launches"}),
+        (["other"], set()),
+        ("launches", set()),
+    ):
+        marked = StepProgram("sm_90", arena, launches=(launch,), extra={EXTRA_PROGRAMMATIC: flag})
+        assert unpack_program(pack_program(marked)).overlapped_lists() == lists
+
+
 # -- attention in one launch a layer (the split kernel's last block merges) --------------------------
 
 
