@@ -23,8 +23,8 @@ OUT/BUNDLE-ncu-detail.txt and printed.
 `variants`: compiles GGUF for the target once as it is and once per `--variant` (assignments to
 constants of rfc.compiler.codegen modules, set in every codegen module that imported them),
 and times each bundle's graph-replayed batch-1 decode step (median of 100 after a 33-token
-context) and a 512-token prefill step (median of 3). Kernels come from the build cache where an
-earlier compile made them (`tools/gpu_session.py prepare --kernels` fills it here, off the card's
+context), a 512-token prefill step (median of 3) and a graph-replayed decode step of 16
+sequences (median of 50). Kernels come from the build cache where an earlier compile made them (`tools/gpu_session.py prepare --kernels` fills it here, off the card's
 time, for the plain bundle; a variant's kernels are compiled there).
 """
 
@@ -45,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFILL_TOKENS = 512
+BATCH = 16  # sequences of the batched decode step `variants` times
 
 
 def _load(bundle: Path, device: str = "cuda"):
@@ -230,8 +231,9 @@ def _decode_graph(bundle: Path, device: str, rng):
     return lm, runner, blocks, runner._graph(scalars, False)
 
 
-def _time_bundle(bundle: Path, device: str) -> tuple[float, float]:
-    """(graph decode step seconds, median of 100; 512-token prefill seconds, median of 3)."""
+def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float]:
+    """(graph decode step seconds at batch 1, median of 100; 512-token prefill seconds, median of 3;
+    graph decode step seconds at batch 16, median of 50)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -251,7 +253,22 @@ def _time_bundle(bundle: Path, device: str) -> tuple[float, float]:
         lm.executor.forward(_batch([(1, 0, prompt)], blocks))
         prefill.append(time.perf_counter() - t)
         blocks.free(1)
-    return statistics.median(decode), statistics.median(prefill[1:])
+    # 16 sequences of a 32-token prompt each (one prefill step), then a step of one token each: the
+    # decode list's graph at batch 16
+    seqs = range(2, 2 + BATCH)
+    for q in seqs:
+        blocks.allocate(q, 40)
+    lm.executor.forward(_batch([(q, 0, tuple(rng.integers(2, lm.vocab_size, size=32).tolist())) for q in seqs], blocks))
+    scalars = runner._forward(_batch([(q, 32, (5,)) for q in seqs], blocks), runner.stage["tokens"][0])
+    d.stream_synchronize(runner.stream)
+    graph16 = runner._graph(scalars, False)
+    batched = []
+    for _ in range(50):
+        t = time.perf_counter()
+        d.graph_launch(graph16, runner.stream)
+        d.stream_synchronize(runner.stream)
+        batched.append(time.perf_counter() - t)
+    return statistics.median(decode), statistics.median(prefill[1:]), statistics.median(batched)
 
 
 def interleaved(bundles: list[Path], device: str, rounds: int, reps: int = 100) -> int:
@@ -279,7 +296,9 @@ def interleaved(bundles: list[Path], device: str, rounds: int, reps: int = 100) 
 def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
-    print(f"{'variant':<70} {'decode step':>12} {'tok/s':>7} {'prefill 512':>12} {'tok/s':>8}")
+    print(
+        f"{'variant':<70} {'decode step':>12} {'tok/s':>7} {'prefill 512':>12} {'tok/s':>8} {'b16 step':>10} {'tok/s':>7}"
+    )
     for spec in ["", *specs]:
         old = _override(spec)
         try:
@@ -289,10 +308,10 @@ def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
             for (mod, name), value in old.items():
                 setattr(sys.modules[mod], name, value)
         if target.startswith("sm_") or target.startswith("gfx"):
-            dec, pre = _time_bundle(bundle, "cuda" if target.startswith("sm_") else "hip")
+            dec, pre, b16 = _time_bundle(bundle, "cuda" if target.startswith("sm_") else "hip")
             print(
                 f"{spec or '(as compiled today)':<70} {dec * 1e6:>9.0f} us {1 / dec:>7.0f} {pre * 1e3:>9.2f} ms "
-                f"{PREFILL_TOKENS / pre:>8.0f}",
+                f"{PREFILL_TOKENS / pre:>8.0f} {b16 * 1e6:>7.0f} us {BATCH / b16:>7.0f}",
                 flush=True,
             )
         else:
