@@ -27,7 +27,9 @@ int8 matmuls:
   normalized values as they would have rounded the norm's output. A llama layer is then six
   launches: norm + q/k/v, rope + KV write, attention, output + add, norm + gate/up/SwiGLU,
   down + add. The prefill list keeps the runs it had (step_fusions): the add + rmsnorm launch,
-  then the matmuls on their tensor-core kernels.
+  then the matmuls on their tensor-core kernels. Off by default (measured slower: the switch);
+  without it a llama layer is eight launches: q/k/v, rope + KV write, attention, output,
+  add + rmsnorm, gate/up/SwiGLU, down, add + rmsnorm.
 
 And one hand-off between launches (DECODE_Q8): an add + rmsnorm whose normalized rows the next
 int8 matmuls read also writes them rounded to int8 (the matmuls' own rounding, rfc_quantize32,
@@ -59,8 +61,11 @@ MAX_SEGMENTS = 3  # q, k, v
 # False: each matmul block rounds its activations itself (the kernels before the hand-off).
 DECODE_Q8 = True
 # The residual add in the matmul before it and the rmsnorm in the matmuls after it (module doc);
-# False: the add + rmsnorm launch between them (the kernels and program before this switch).
-NORM_IN_MATMULS = True
+# False: the add + rmsnorm launch between them. Off: on an H100 (docs/benchmarks.md) a
+# TinyLlama-1.1B-shaped Q4_0 model's graph decode step took 1,053 us with it and 1,000 us
+# without at batch 1, and 5,565 against 3,441 us at batch 16: each matmul block re-reads and
+# sums its tokens' rows before its first weight load, which costs more than the launch it saves.
+NORM_IN_MATMULS = False
 
 
 @dataclass(frozen=True)

@@ -52,28 +52,26 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
     def nbytes(*names):
         return sum(entries[weights.get(n, n)] for n in names)
 
-    # the norms folded into the matmuls after them read their weights too (gpu_fuse.NORM_IN_MATMULS)
-    qkv = by_kernel["rfc_matmul_q8_0p_256_64_64x256_fused_norm"]
-    assert qkv["bytes"] == nbytes(
-        "blk.0.attn_norm.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight"
+    # a one-token step: the one-token list's matmuls (gpu_plan.one_token_twin), each with the
+    # bytes of every weight it reads (q, k and v: three)
+    launched = runner.launches_for(1)
+    assert launched == runner.program.single_launches
+    qkv = by_kernel["rfc_matmul_q8_0p_256_64_64x256_fused_t1"]
+    assert qkv["bytes"] == nbytes("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
+    assert by_kernel["rfc_matmul_swiglu_q8_0p_768x256_q8_t1"]["bytes"] == nbytes(
+        "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"
     )
-    assert by_kernel["rfc_matmul_swiglu_q8_0p_768x256_norm"]["bytes"] == nbytes(
-        "blk.0.ffn_norm.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"
-    )
-    assert by_kernel["rfc_matmul_q8_0p_256x768_add"]["bytes"] == nbytes("blk.0.ffn_down.weight")
-    assert set(by_kernel) == {
-        launch.kernel for launch in runner.program.launches if launch.kernel.startswith("rfc_matmul_")
-    }
+    assert by_kernel["rfc_matmul_q8_0p_256x768_t1"]["bytes"] == nbytes("blk.0.ffn_down.weight")
+    assert set(by_kernel) == {launch.kernel for launch in launched if launch.kernel.startswith("rfc_matmul_")}
     assert all(r["us"] > 0 and r["gbps"] > 0 for r in rows)
     every = tool.matmul_rates(runner, bundle.layout, scalars, tool.WallTimer(runner._driver), repeat=1, every=True)
-    assert len(every) == sum(launch.kernel.startswith("rfc_matmul_") for launch in runner.program.launches) > len(rows)
+    assert len(every) == sum(launch.kernel.startswith("rfc_matmul_") for launch in launched) > len(rows)
     text = tool.table(rows, None)
     assert "rfc_matmul_swiglu_q8_0p_768x256" in text and "device-to-device" not in text
     profile = tool.step_profile(runner, scalars, tool.WallTimer(runner._driver), repeat=1)
-    launches = len(runner.program.launches)
-    assert f"{launches} launches; the whole list queued back to back" in profile
+    assert f"{len(launched)} launches; the whole list queued back to back" in profile
     # every kernel of the step has its row
-    assert all(launch.kernel[:56] in profile for launch in runner.program.launches)
+    assert all(launch.kernel[:56] in profile for launch in launched)
     blocks = BlockManager(8, 16)
     prefill = tool.prefill_step(runner, bundle.plan.vocab_size, blocks, tokens=runner.prefill_min_tokens or 20)
     assert prefill["n_tokens"] == (runner.prefill_min_tokens or 20)

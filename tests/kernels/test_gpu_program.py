@@ -141,22 +141,29 @@ LLAMA_LAYER_OPS = (
     "matmul",
     "add",
 )
+# the step program's: q/k/v reading the rows the add + rmsnorm before them left rounded (the q8
+# hand-off; the first layer's norm is a launch of its own, whose output the matmuls round), rope
+# with the KV write, attention as one launch, the output projection, the residual add with the
+# next norm, gate/up with the SwiGLU, the down projection, the add with the next layer's norm
 LLAMA_LAYER_FUSED = (
-    "matmul_q8_0p_256_64_64x256_fused_norm",
+    "matmul_q8_0p_256_64_64x256_fused_q8",
     "rope_adjacent_8x2x32_32_kv_write_f16_64",
     "attention_f16_8x2x32_split",
-    "matmul_q8_0p_256x256_add",
-    "matmul_swiglu_q8_0p_768x256_norm",
-    "matmul_q8_0p_256x768_add",
+    "matmul_q8_0p_256x256",
+    "add_rmsnorm_256_q8",
+    "matmul_swiglu_q8_0p_768x256_q8",
+    "matmul_q8_0p_256x768",
+    "add_rmsnorm_256_q8",
 )
 
 
 @pytest.mark.parametrize("model", [pytest.param("llama-Q8_0", marks=toolchain_marks(TARGET))])
-def test_a_llama_decode_layer_is_six_launches(model, gpu_bundle):
-    """The per-op path launches 15 kernels a layer; the step program 6: the norm folded into
-    q/k/v as one matmul, rope with the KV write, attention as one launch (the split kernel's last
-    block merges), the output projection with the residual add, the norm folded into gate/up with
-    the SwiGLU, the down projection with the residual add (docs/benchmarks.md)."""
+def test_a_llama_decode_layer_is_eight_launches(model, gpu_bundle):
+    """The per-op path launches 15 kernels a layer; the step program 8 (gpu_fuse.NORM_IN_MATMULS
+    off, the default: six with it, tests/unit/test_gpu_fuse.py): q/k/v as one matmul, rope with the
+    KV write, attention as one launch (the split kernel's last block merges), each residual add
+    with the next norm, gate/up with the SwiGLU (docs/benchmarks.md). The one-token list is the
+    same launches, its matmuls' twins taking one token a block."""
     bundle = open_bundle(gpu_bundle(model, TARGET))
     entry = next(t for t in bundle.manifest["targets"] if t["name"] == TARGET)
     program = unpack_program(bundle.file(entry["program"]).read_bytes())
@@ -169,15 +176,21 @@ def test_a_llama_decode_layer_is_six_launches(model, gpu_bundle):
         "rmsnorm",
         "matmul",
     ]
+    first = ("matmul_q8_0p_256_64_64x256_fused", *LLAMA_LAYER_FUSED[1:])
     assert kernels == [
         "embed_q8_0_256",
-        *LLAMA_LAYER_FUSED * layers,
-        # the logits' rows: the norm's input is last read by the norm, so the arena may lay the
-        # logits over it, and one launch would read it while writing them
+        "rmsnorm_256",
+        *first,
+        *LLAMA_LAYER_FUSED * (layers - 2),
+        *LLAMA_LAYER_FUSED[:-1],
+        # the last layer's residual add alone: the logits' rows are gathered before their norm
+        "add_256",
         "gather_rows_256",
         "rmsnorm_256",
         "matmul_q8_0p_512x256",
     ]
+    single = [launch.kernel.removeprefix("rfc_") for launch in program.single_launches]
+    assert single == [k + "_t1" if k.startswith("matmul_") else k for k in kernels]
     # the prefill list keeps its runs (gpu_fuse.step_fusions): each residual add with the next
     # norm, which also leaves its output rounded for the int8 tensor-core matmuls after it (the
     # decode list's q8 hand-off: no rounding launch there)
@@ -498,23 +511,32 @@ def test_prefill_list_segments_give_the_per_op_launches_bits(
 
 
 @pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
-def test_the_norms_apart_replay_the_per_op_path_bit_for_bit(
+def test_the_norms_in_the_matmuls_replay_the_per_op_path_bit_for_bit(
     model, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
 ):
-    """With gpu_fuse.NORM_IN_MATMULS off the decode list keeps each residual add with the next
-    norm (its rows handed on rounded: the q8 twins), and llama-Q4_K_M's layers whose v is Q6_K
-    launch q, k and v as one kernel of two formats' segments reading those rows: the per-op
-    path's bits too (with the switch on, test_step_program_replays_the_per_op_path_bit_for_bit)."""
+    """With gpu_fuse.NORM_IN_MATMULS on (off by default: measured slower) each rmsnorm runs inside
+    the int8 matmuls that read its output and each residual add in the epilogue of the matmul
+    whose output it adds, llama-Q4_K_M's layers whose v is Q6_K launching q, k and v as one kernel
+    of two formats' segments with the norm: the per-op path's bits too, on the decode list and on
+    the one-token list (with the switch off, test_step_program_replays_the_per_op_path_bit_for_bit
+    and test_one_token_steps_run_the_one_token_list_bit_for_bit)."""
     from rfc.compiler.codegen import gpu_fuse
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.kernels.gpu_support import model_path
 
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", False)
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", True)
     compile_model(
-        CompileOptions(model=model_path(model), out_dir=tmp_path / "off", targets=(TARGET,), cache_dir=gpu_build_cache)
+        CompileOptions(model=model_path(model), out_dir=tmp_path / "on", targets=(TARGET,), cache_dir=gpu_build_cache)
     )
-    twins = Twins(tmp_path / "off", shared_basetemp(tmp_path_factory) / "gpu-emu")
-    kernels = {launch.kernel for launch in twins.step.runner.program.launches}
-    assert "rfc_add_rmsnorm_256_q8" in kernels
-    assert "rfc_matmul_q4_kp_256_q4_kp_64_q6_kp_64x256_fused_q8" in kernels, sorted(kernels)
+    twins = Twins(tmp_path / "on", shared_basetemp(tmp_path_factory) / "gpu-emu")
+    program = twins.step.runner.program
+    kernels = {launch.kernel for launch in program.launches}
+    assert "rfc_add_rmsnorm_256_q8" not in kernels
+    assert "rfc_matmul_q4_kp_256_q4_kp_64_q6_kp_64x256_fused_norm" in kernels, sorted(kernels)
+    assert "rfc_matmul_q4_kp_256_q4_kp_64_q6_kp_64x256_fused_norm_t1" in {x.kernel for x in program.single_launches}
     _decode(twins, steps=3)
+    # one sequence: the one-token list
+    got, want = twins.forward([ScheduledChunk(3, 0, (5, 17, 33))])
+    for i in range(2):
+        got, want = twins.forward([ScheduledChunk(3, 3 + i, (int(want[-1].argmax()),))])
+        assert np.array_equal(got, want), f"one-token step {i}"

@@ -316,10 +316,12 @@ NORMS_IN = [
 
 
 def test_a_llama_layer_folds_its_norms_into_the_matmuls(llama, monkeypatch):
-    """Six launches a layer: each rmsnorm inside the int8 matmuls that read its output, each
-    residual add in the epilogue of the matmul whose output it adds; the prefill list as it was
-    without them (each add + rmsnorm one launch, the matmuls on their tensor-core kernels)."""
+    """With the switch on (off by default: measured slower), six launches a layer: each rmsnorm
+    inside the int8 matmuls that read its output, each residual add in the epilogue of the matmul
+    whose output it adds; the prefill list as it was without them (each add + rmsnorm one launch,
+    the matmuls on their tensor-core kernels)."""
     spec, plan, layout = llama
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", True)
     assert _runs(plan, layout) == NORMS_IN
     built, program = _prefill(plan, layout)
     fusions = plan_fusions(plan, *plan_kernels(TARGET, plan, layout))
@@ -352,19 +354,21 @@ def test_a_llama_layer_folds_its_norms_into_the_matmuls(llama, monkeypatch):
     assert "rfc_add_rmsnorm_256_q8" in by_name and "rfc_add_rmsnorm_256" not in by_name
 
 
-def test_a_norm_output_read_after_the_matmuls_keeps_the_norm_apart(llama):
+def test_a_norm_output_read_after_the_matmuls_keeps_the_norm_apart(llama, monkeypatch):
     """Another op reads layer 1's attention norm output after q, k and v: that norm keeps its
     launch (with the add before it, as an add + rmsnorm), and the down matmul before it its own."""
     _spec, plan, layout = llama
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", True)
     v = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.attn_v.weight",))
     h = plan.ops[v].inputs[0]
     reread = _insert(plan, v, Op("add", ("q", h), ("q",)))
     assert _runs(reread, layout) == [*NORMS_IN[:4], ("add", "rmsnorm")]
 
 
-def test_no_norm_in_matmuls_that_write_its_input(llama):
+def test_no_norm_in_matmuls_that_write_its_input(llama, monkeypatch):
     """A matmul of the run writing the norm's input: its blocks would read rows others write."""
     _spec, plan, layout = llama
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", True)
     k = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.attn_k.weight",))
     x = plan.ops[k - 2].inputs[0]
     assert plan.ops[k - 2].kind.value == "rmsnorm"
