@@ -76,9 +76,16 @@ class ImmaTiling:
 # lane; each weight row's decoded sub-block serves 128 tokens and each token's 128 rows, half the
 # shared-memory and global traffic per multiply of the small tile. Prefetch: one block a
 # multiprocessor with it (~200 registers) or without (~160).
+# 128 x 128 over 16 waves (4 x 4) of 2 x 2 fragments, 512 threads, no prefetch: 32 accumulators a
+# lane, 121-128 registers a thread on sm_90 with no stack (prefetching spilled 8 bytes), so a
+# multiprocessor runs 16 warps of it where the 8-wave tile's 254 registers let it run 8: on an H100
+# (Nsight Compute, docs/benchmarks.md) that tile's issue slots were 35% busy, 4.8 cycles between a
+# warp's instructions, neither memory nor the tensor cores busy. Unmeasured on a card: chosen by
+# IMMA_BIG_TILE.
 IMMA_TILINGS = {
     "64x64": ImmaTiling(64, 64, 2, 2, 256, prefetch=False),
     "128x128": ImmaTiling(128, 128, 2, 4, 128, prefetch=True),
+    "128x128w16": ImmaTiling(128, 128, 4, 4, 128, prefetch=False),
 }
 # "auto": the big tile where a prefill step of IMMA_PLAN_TOKENS tokens still makes at least
 # IMMA_MIN_BLOCKS blocks of it (about one per multiprocessor of an H100/H200's 132: fewer
@@ -89,6 +96,10 @@ IMMA_TILING = "auto"
 # The instructions that "auto" gives the big tile. Not gfx11's WMMA: its A and B fragments hold
 # 32 bytes a lane, and with 64 accumulators hipcc spills past the 128 VGPRs it allots a lane.
 IMMA_BIG_TILE_INSTRUCTIONS = ("mma_m16n8k32", "mfma_16x16x16")
+# The big tile "auto" gives: "128x128", or "128x128w16" (16 waves; NVIDIA's mma.sync only, whose
+# waves are 32 lanes: 512 threads; elsewhere the 8-wave tile).
+IMMA_BIG_TILE = "128x128"
+IMMA_W16_INSTRUCTIONS = ("mma_m16n8k32",)
 IMMA_PLAN_TOKENS = 512
 IMMA_MIN_BLOCKS = 128
 # None: each tiling prefetches as it says (ImmaTiling.prefetch); True or False: every one.
@@ -173,7 +184,7 @@ def imma_tiling(target: Target, rows: int) -> ImmaTiling:
     """The block tile of a matmul over a weight of `rows` rows (IMMA_TILING)."""
     if IMMA_TILING != "auto":
         return IMMA_TILINGS[IMMA_TILING]
-    big = IMMA_TILINGS["128x128"]
+    big = IMMA_TILINGS[IMMA_BIG_TILE if target.imma in IMMA_W16_INSTRUCTIONS else "128x128"]
     if target.imma not in IMMA_BIG_TILE_INSTRUCTIONS:
         return IMMA_TILINGS["64x64"]
     blocks = -(-rows // big.tile_n) * -(-IMMA_PLAN_TOKENS // big.tile_m)

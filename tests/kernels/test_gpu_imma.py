@@ -83,9 +83,14 @@ VARIANTS = {
         {"IMMA_HOLD_B": False, "IMMA_SCALES_BY_SUB": False, "IMMA_PAIRED_SCALES": False, "IMMA_BIASED_SUMS": False},
     ),
 }
-VARIANT_CASES = [(*s, "sm_90", v) for v in VARIANTS for s in VARIANT_SHAPES] + [
-    (*s, "gfx90a", "128x128") for s in VARIANT_SHAPES[1:3]
-]
+# the 16-wave big tile (gpu_imma.IMMA_BIG_TILE, NVIDIA only): 512 threads, 2 x 2 fragments a wave;
+# partial tiles, a format with offsets and one with halves
+VARIANTS["128x128w16"] = (IMMA_TILINGS["128x128w16"], {})
+VARIANT_CASES = (
+    [(*s, "sm_90", v) for v in VARIANTS if v != "128x128w16" for s in VARIANT_SHAPES]
+    + [(*s, "sm_90", "128x128w16") for s in VARIANT_SHAPES[2:]]
+    + [(*s, "gfx90a", "128x128") for s in VARIANT_SHAPES[1:3]]
+)
 TOKENS = (1, 17, 65, 130)
 F32 = np.float32
 

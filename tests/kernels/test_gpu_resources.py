@@ -320,13 +320,18 @@ def test_imma_matmuls_at_real_model_sizes_use_no_local_memory(target):
     """The prefill list's int8 tensor-core matmuls as the planner tiles them for real models
     (the fixtures' matrices are all small-tile ones): every format they take, over an 8B's
     4096 x 4096 (the big tile where the target has it, 128 x 128 with prefetch) and 1024 x 4096
-    (the small one), and the segmented launch of a TinyLlama's q, k and v (2048 + 256 + 256 rows
-    of 2048), in one source per target: no stack frame, no spills, static shared memory within
-    CUDA's 48 KiB."""
+    (the small one), the 16-wave big tile on NVIDIA (IMMA_BIG_TILE "128x128w16": at most 128
+    registers a thread, its 512 threads' budget), and the segmented launch of a TinyLlama's q, k
+    and v (2048 + 256 + 256 rows of 2048), in one source per target: no stack frame, no spills,
+    static shared memory within CUDA's 48 KiB."""
+    import dataclasses
+
     from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, render_source
     from rfc.compiler.codegen.gpu_imma import (
         IMMA_BIG_TILE_INSTRUCTIONS,
         IMMA_FORMATS,
+        IMMA_TILINGS,
+        IMMA_W16_INSTRUCTIONS,
         imma_matmul_spec,
         imma_segments_spec,
     )
@@ -343,6 +348,10 @@ def test_imma_matmuls_at_real_model_sizes_use_no_local_memory(target):
     ]
     assert all(segments)
     specs += segments
+    if t.imma in IMMA_W16_INSTRUCTIONS:
+        for f in IMMA_FORMATS:
+            s = imma_matmul_spec(t, weight_geometry(f, 4096, 4096), IMMA_TILINGS["128x128w16"])
+            specs.append(dataclasses.replace(s, name=s.name + "_w16", params={**s.params, "name": s.name + "_w16"}))
     binary = _compile(TOOLCHAINS[t.family], t, render_source(t, specs))
     usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
     assert {s.name for s in specs} <= {n for n, u in usage.items() if u.is_hot}
