@@ -296,6 +296,7 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
             ("llama-Q4_K_M", TARGET),
             ("llama-Q8_0", TARGET),
             ("qwen2-Q8_0", "sm_90"),
+            ("llama-BF16", "sm_90"),  # the float matmuls' template
             ("llama-Q4_K_M", "sm_90"),
         )
     ],
