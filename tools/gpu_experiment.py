@@ -231,6 +231,17 @@ def _decode_graph(bundle: Path, device: str, rng):
     return lm, runner, blocks, runner._graph(scalars, False)
 
 
+def _replays(runner, graph, n: int) -> list[float]:
+    """Seconds of each of n replays of `graph`, each synchronized."""
+    d, times = runner._driver, []
+    for _ in range(n):
+        t = time.perf_counter()
+        d.graph_launch(graph, runner.stream)
+        d.stream_synchronize(runner.stream)
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float]:
     """(graph decode step seconds at batch 1, median of 100; 512-token prefill seconds, median of 3;
     graph decode step seconds at batch 16, median of 50)."""
@@ -238,13 +249,7 @@ def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float]:
 
     rng = np.random.default_rng(0)
     lm, runner, blocks, graph = _decode_graph(bundle, device, rng)
-    d = runner._driver
-    decode = []
-    for _ in range(100):
-        t = time.perf_counter()
-        d.graph_launch(graph, runner.stream)
-        d.stream_synchronize(runner.stream)
-        decode.append(time.perf_counter() - t)
+    decode = _replays(runner, graph, 100)
     prompt = tuple(rng.integers(2, lm.vocab_size, size=PREFILL_TOKENS).tolist())
     prefill = []
     for i in range(4):
@@ -260,14 +265,8 @@ def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float]:
         blocks.allocate(q, 40)
     lm.executor.forward(_batch([(q, 0, tuple(rng.integers(2, lm.vocab_size, size=32).tolist())) for q in seqs], blocks))
     scalars = runner._forward(_batch([(q, 32, (5,)) for q in seqs], blocks), runner.stage["tokens"][0])
-    d.stream_synchronize(runner.stream)
-    graph16 = runner._graph(scalars, False)
-    batched = []
-    for _ in range(50):
-        t = time.perf_counter()
-        d.graph_launch(graph16, runner.stream)
-        d.stream_synchronize(runner.stream)
-        batched.append(time.perf_counter() - t)
+    runner._driver.stream_synchronize(runner.stream)
+    batched = _replays(runner, runner._graph(scalars, False), 50)
     return statistics.median(decode), statistics.median(prefill[1:]), statistics.median(batched)
 
 
@@ -281,12 +280,7 @@ def interleaved(bundles: list[Path], device: str, rounds: int, reps: int = 100) 
     times: list[list[float]] = [[] for _ in bundles]
     for _ in range(rounds):
         for i, (_lm, runner, _blocks, graph) in enumerate(graphs):
-            d = runner._driver
-            for _ in range(reps):
-                t = time.perf_counter()
-                d.graph_launch(graph, runner.stream)
-                d.stream_synchronize(runner.stream)
-                times[i].append(time.perf_counter() - t)
+            times[i] += _replays(runner, graph, reps)
     for bundle, ts in zip(bundles, times):
         med = statistics.median(ts)
         print(f"{bundle.name:<60} {med * 1e6:>9.1f} us {1 / med:>7.0f} tok/s ({len(ts)} replays)", flush=True)

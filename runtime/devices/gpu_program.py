@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from rfc.artifacts.program import (
+    LIST_NAMES,
     SAMPLE_FLAG_DEVICE,
     SAMPLE_FLAG_GREEDY,
     SAMPLE_FLAG_LOGPROB,
@@ -202,19 +203,12 @@ class StepRunner:
 
         # the program's kernels wait for the kernel before them (compiler/codegen/gpu_overlap.py):
         # in the lists it names, every launch of a step but its first may overlap the one before it
-        overlapped = program.overlapped_lists() if driver.overlaps else frozenset()
-        self._bound = [bind(launch) for launch in program.launches]
-        self._bound_prefill = [bind(launch) for launch in program.prefill_launches]
-        self._bound_single = [bind(launch) for launch in program.single_launches]
+        self._overlapped = program.overlapped_lists() if driver.overlaps else frozenset()
+        # each list of the program (by its field name, LIST_NAMES), bound
+        self._lists = {name: [bind(launch) for launch in getattr(program, name)] for name in LIST_NAMES}
         self.has_state = any(b.state_offsets for b in bound.values())
         self.state_slots = 0
         self.prefill_min_tokens = program.prefill_min_tokens if program.prefill_launches else None
-        # per bound list (by identity): whether its launches overlap
-        self._overlaps = {
-            id(self._bound): "launches" in overlapped,
-            id(self._bound_prefill): "prefill_launches" in overlapped,
-            id(self._bound_single): "single_launches" in overlapped,
-        }
         if self.sampling is not None:
             self.sampling.bind()
         # (n_tokens, n_rows, sampled) -> graph: `run` must not replay the sampling kernel
@@ -224,7 +218,7 @@ class StepRunner:
     def set_state(self, pool: int, slots: int) -> None:
         """The recurrent-state pool's device address, written into every launch that takes it
         (before any graph is captured: alloc_state comes right after the device is made)."""
-        for b in {id(b): b for b in (*self._bound, *self._bound_prefill, *self._bound_single)}.values():
+        for b in {id(b): b for bound in self._lists.values() for b in bound}.values():
             for offset in b.state_offsets:
                 struct.pack_into("<Q", b.buffer, offset, pool)
         self.state_slots = slots
@@ -309,29 +303,26 @@ class StepRunner:
             "v_type": self.kv_types[1],
         }
 
-    def launch_list(self, n_tokens: int) -> list[BoundLaunch]:
-        """The bound list a step of n_tokens runs: the prefill list from prefill_min_tokens on,
-        the one-token list for one token, else the decode list."""
+    def list_name(self, n_tokens: int) -> str:
+        """The list (its StepProgram field) a step of n_tokens runs: the prefill list from
+        prefill_min_tokens on, the one-token list for one token, else the decode list."""
         if self.prefill_min_tokens is not None and n_tokens >= self.prefill_min_tokens:
-            return self._bound_prefill
-        if n_tokens == 1 and self._bound_single:
-            return self._bound_single
-        return self._bound
+            return "prefill_launches"
+        if n_tokens == 1 and self._lists["single_launches"]:
+            return "single_launches"
+        return "launches"
+
+    def launch_list(self, n_tokens: int) -> list[BoundLaunch]:
+        """The bound list a step of n_tokens runs (list_name)."""
+        return self._lists[self.list_name(n_tokens)]
 
     def launches_for(self, n_tokens: int) -> tuple[Launch, ...]:
         """The program's launches of the list a step of n_tokens runs (launch_list's, unbound)."""
-        bound, p = self.launch_list(n_tokens), self.program
-        if bound is self._bound_prefill:
-            return p.prefill_launches
-        return p.single_launches if bound is self._bound_single else p.launches
-
-    def overlaps(self, n_tokens: int) -> bool:
-        """Whether the launches of the list a step of n_tokens runs overlap."""
-        return self._overlaps[id(self.launch_list(n_tokens))]
+        return getattr(self.program, self.list_name(n_tokens))
 
     def _launch_all(self, scalars: dict[str, int], sampled: bool) -> None:
-        bound = self.launch_list(scalars["n_tokens"])
-        overlap = self._overlaps[id(bound)]
+        name = self.list_name(scalars["n_tokens"])
+        bound, overlap = self._lists[name], name in self._overlapped
         launched = False  # the step's first kernel follows the copy in, never overlapping it
         for b in [*bound, self.sampling.bound] if sampled else bound:
             launched = b.enqueue(self._driver, scalars, self.stream, overlap and launched) or launched
