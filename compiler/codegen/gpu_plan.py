@@ -930,8 +930,25 @@ def one_token_twin(spec: KernelSpec) -> KernelSpec | None:
         return None
     name = spec.name + ONE_TOKEN_SUFFIX
     grid = tuple((c, 1) if c == "n_rows" else (c, t) for c, t in spec.grid)
-    params = {**spec.params, "name": name, "tokens_per_block": 1}
+    params = {**spec.params, "name": name, "tokens_per_block": 1, **_one_token_chunk(spec.params, tokens)}
     return dataclasses.replace(spec, name=name, params=params, grid=grid, steps=(), prefill=None)
+
+
+def _one_token_chunk(params: dict, tokens: int) -> dict:
+    """The chunk of an int8 twin that rounds its float activations in shared memory: the shared
+    memory of `tokens` tokens' chunks holds that many times the columns of one token's, so a
+    row of up to MATMUL_CHUNK x MATMUL_TOKENS columns (an 8B's 14336-wide FFN down) is rounded in
+    one pass behind two barriers, where blocks of 8 took 7 passes of 2048 columns, each behind
+    two barriers and by 64 of the block's threads. A lane still walks its row's sub-blocks
+    lane, lane + lanes_per_row, ...: the chunks' sub-blocks were shared out evenly, so the same
+    sums in the same order. {} where the twin keeps its chunk."""
+    chunk, k, lanes = params.get("chunk"), params.get("k"), params.get("lanes_per_row")
+    if not chunk or not k or not lanes or chunk >= k or (chunk // SUB_BLOCK) % lanes:
+        return {}
+    wider = min(k, chunk * tokens)
+    if wider < k and (wider // SUB_BLOCK) % lanes:
+        return {}
+    return {"chunk": wider}
 
 
 def _single_list(launches: list[Launch], by_name: dict[str, KernelSpec]) -> tuple[Launch, ...]:

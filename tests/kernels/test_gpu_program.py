@@ -434,26 +434,68 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, g
     assert ok, msg
 
 
+def _make_gguf(path, *args: str) -> None:
+    """tools/make_gguf.py's random-weight model at `path`."""
+    import importlib.util
+    import sys
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("make_gguf", ROOT / "tools" / "make_gguf.py")
+    make_gguf = importlib.util.module_from_spec(spec)
+    sys.modules["make_gguf"] = make_gguf  # its dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(make_gguf)
+        make_gguf.main([str(path), *args])
+    finally:
+        del sys.modules["make_gguf"]
+
+
+@pytest.mark.parametrize("target", [pytest.param(TARGET, marks=toolchain_marks(TARGET))])
+def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, tmp_path):
+    """A 4608-wide FFN down projection (float input, rounded by each block): its blocks of 8
+    tokens round their rows 2048 columns at a time, its one-token twin all 4608 at once in the
+    same shared memory (gpu_plan._one_token_chunk). A lane walks the same sub-blocks in the same
+    order either way, so one-token steps (the one-token list) give the per-op path's logits (blocks
+    of 8) bit for bit; a twin that skipped or repeated a chunk's columns would not."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+
+    gguf = tmp_path / "wide-down.gguf"
+    _make_gguf(gguf, "--format", "Q4_0", "--dim", "256", "--layers", "1", "--ffn", "4608",
+               "--heads", "4", "--kv-heads", "2", "--vocab", "512")  # fmt: skip
+    out = tmp_path / "bundle"
+    compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
+    source = (out / "kernels" / target / "rfc.hip").read_text()
+    twins = Twins(out, tmp_path / "emu")
+    single = twins.step.runner.launches_for(1)
+    (down,) = [x.kernel for x in single if re.fullmatch(r"rfc_matmul_\w+_256x4608_t1", x.kernel)]
+
+    def shared_quants(kernel: str) -> str:
+        body = source[source.index(f"void {kernel}(") :]
+        return re.search(r"int xq_s\[([^\]]+)\]", body).group(1)
+
+    assert shared_quants(down) == "1 * 4608 / 4"
+    assert shared_quants(down.removesuffix("_t1")) == "8 * 2048 / 4"
+    prompt = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19)
+    got, want = twins.forward([ScheduledChunk(1, 0, prompt)])
+    assert np.array_equal(got, want)
+    for i in range(3):
+        got, want = twins.forward([ScheduledChunk(1, len(prompt) + i, (int(want[-1].argmax()),))])
+        assert np.array_equal(got, want), f"decode step {i}: max |step - op| {np.abs(got - want).max():.3e}"
+
+
 @pytest.mark.parametrize("target", [pytest.param(TARGET, marks=toolchain_marks(TARGET))])
 def test_rows_over_two_waves_replay_the_per_op_path_bit_for_bit(target, tmp_path, monkeypatch):
     """gpu_plan.INT8_ROW_WAVES (an A/B switch, off by default): a 2048-wide model, whose int8
     matmul rows then span two waves that meet in shared memory, q8 hand-off included; the step
     program equals the per-op path bit for bit, and its logits stay within activation rounding of
     the one-wave kernels' (a wave's sum lost or counted twice moves them by far more)."""
-    import importlib.util
-    import sys
-
     from rfc.compiler.codegen import gpu_plan
     from rfc.compiler.pipeline import CompileOptions, compile_model
-    from tests.conftest import ROOT
 
-    spec = importlib.util.spec_from_file_location("make_gguf", ROOT / "tools" / "make_gguf.py")
-    make_gguf = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "make_gguf", make_gguf)
-    spec.loader.exec_module(make_gguf)
     gguf = tmp_path / "w2048.gguf"
-    make_gguf.main([str(gguf), "--format", "Q4_0", "--dim", "2048", "--layers", "1", "--ffn", "2048",
-                    "--heads", "16", "--kv-heads", "4", "--vocab", "512"])  # fmt: skip
+    _make_gguf(gguf, "--format", "Q4_0", "--dim", "2048", "--layers", "1", "--ffn", "2048",
+               "--heads", "16", "--kv-heads", "4", "--vocab", "512")  # fmt: skip
     prompt = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19)
     logits = {}
     for waves in (1, 2):
