@@ -122,6 +122,12 @@ ATTENTION_SCRATCH = "attention.scratch"  # the arena slot of the partials (not a
 # reduce launches, the kernels and program byte for byte as before (an A/B switch; the launch
 # it saves is unmeasured on a card).
 ATTENTION_LAST_BLOCK_MERGE = True
+# The split kernel reduces a chunk's softmax max and sum of up to 8 query heads behind one barrier
+# (each wave's values in shared memory, read back by lanes and by thread g for head g), not each
+# head behind four (rfc_block_max, rfc_block_sum): a TinyLlama-shaped layer's kernel 27 barriers
+# where it had 57, the same bits. False: the per-head reductions, the per-op kernel's (an A/B
+# switch; unmeasured on a card).
+ATTENTION_BATCHED_SOFTMAX = True
 ATTENTION_ARRIVALS = "attention.arrivals"  # the arena slot of the counts (not a plan buffer)
 # Tiled prefill attention: steps of more than ATTENTION_SPLIT_ROWS rows (the split kernels'
 # bound, so every step takes exactly one of the two paths) run tiles of up to
@@ -598,6 +604,7 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             "softcap": float(softcap or 0.0),
             "has_sinks": has_sinks,
             "split": False,
+            "batched_softmax": ATTENTION_BATCHED_SOFTMAX,
         }
         tile = _attention_tile(head_dim, group, threads)
         params.update(tile)
@@ -934,6 +941,12 @@ def one_token_twin(spec: KernelSpec) -> KernelSpec | None:
     return dataclasses.replace(spec, name=name, params=params, grid=grid, steps=(), prefill=None)
 
 
+# A one-token twin (above) rounds up to MATMUL_CHUNK x MATMUL_TOKENS columns of its float
+# activations in one pass (_one_token_chunk). False: its blocks of 8's chunks (an A/B switch; the
+# same bits either way; unmeasured on a card).
+ONE_TOKEN_WIDE_CHUNK = True
+
+
 def _one_token_chunk(params: dict, tokens: int) -> dict:
     """The chunk of an int8 twin that rounds its float activations in shared memory: the shared
     memory of `tokens` tokens' chunks holds that many times the columns of one token's, so a
@@ -943,7 +956,7 @@ def _one_token_chunk(params: dict, tokens: int) -> dict:
     lane, lane + lanes_per_row, ...: the chunks' sub-blocks were shared out evenly, so the same
     sums in the same order. {} where the twin keeps its chunk."""
     chunk, k, lanes = params.get("chunk"), params.get("k"), params.get("lanes_per_row")
-    if not chunk or not k or not lanes or chunk >= k or (chunk // SUB_BLOCK) % lanes:
+    if not ONE_TOKEN_WIDE_CHUNK or not chunk or not k or not lanes or chunk >= k or (chunk // SUB_BLOCK) % lanes:
         return {}
     wider = min(k, chunk * tokens)
     if wider < k and (wider // SUB_BLOCK) % lanes:

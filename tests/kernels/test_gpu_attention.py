@@ -217,6 +217,9 @@ SHAPES = [
     pytest.param(6, 3, 12, "f16", 150, None, id="gqa2-hd12-f16-window"),
     pytest.param(4, 2, 7, "f32", 300, 8.0, id="gqa2-hd7-f32-window-softcap"),
     pytest.param(2, 1, 6, "f16", None, None, id="gqa2-hd6-f16-half2"),
+    # the split kernel's softmax reductions over 8 heads at a time: two batches of 8, two of 6
+    pytest.param(32, 2, 16, "f16", None, None, id="gqa16-hd16-f16"),
+    pytest.param(12, 1, 8, "f32", 200, None, id="gqa12-hd8-f32-window"),
 ]
 
 
@@ -250,6 +253,19 @@ def test_split_and_reduce_kernels_without_the_last_block_merge(target, monkeypat
     case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, 8, 2, 32, "f16", None, None, sinks=sinks)
     assert [s.name.rsplit("_", 1)[1] for s in case.fused.steps] == ["split", "reduce"]
     assert not any(n == "arrivals" for s in case.fused.steps for n, _k in s.args)
+    _check(case, case.batch([1, 5, ATTENTION_SPLIT_KEYS + 1, 301, 1000], [1, 1, 1, 3, 1]))
+
+
+@pytest.mark.parametrize("target", ["gfx1100", "gfx90a"])
+def test_split_kernel_with_per_head_softmax_reductions(target, monkeypatch, tmp_path_factory):
+    """ATTENTION_BATCHED_SOFTMAX off: the split kernel reduces each query head's chunk max and
+    sum behind its own barriers, as the per-op kernel always does; the same bits."""
+    import rfc.compiler.codegen.gpu_plan as gpu_plan
+
+    monkeypatch.setattr(gpu_plan, "ATTENTION_BATCHED_SOFTMAX", False)
+    case = Case(shared_basetemp(tmp_path_factory) / "gpu-emu-attn", target, 16, 2, 16, "f16", None, None)
+    (split,) = case.fused.steps
+    assert not split.params["batched_softmax"]
     _check(case, case.batch([1, 5, ATTENTION_SPLIT_KEYS + 1, 301, 1000], [1, 1, 1, 3, 1]))
 
 

@@ -452,13 +452,18 @@ def _make_gguf(path, *args: str) -> None:
 
 
 @pytest.mark.parametrize("target", [pytest.param(TARGET, marks=toolchain_marks(TARGET))])
-def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, tmp_path):
+@pytest.mark.parametrize("wide", [True, False])
+def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, wide, tmp_path, monkeypatch):
     """A 4608-wide FFN down projection (float input, rounded by each block): its blocks of 8
     tokens round their rows 2048 columns at a time, its one-token twin all 4608 at once in the
-    same shared memory (gpu_plan._one_token_chunk). A lane walks the same sub-blocks in the same
-    order either way, so one-token steps (the one-token list) give the per-op path's logits (blocks
-    of 8) bit for bit; a twin that skipped or repeated a chunk's columns would not."""
+    same shared memory (gpu_plan._one_token_chunk; with ONE_TOKEN_WIDE_CHUNK off, 2048 too). A
+    lane walks the same sub-blocks in the same order either way, so one-token steps (the one-token
+    list) give the per-op path's logits (blocks of 8) bit for bit; a twin whose lanes walked them
+    in another order would not (2.4e-7 off with chunks of 2560)."""
+    from rfc.compiler.codegen import gpu_plan
     from rfc.compiler.pipeline import CompileOptions, compile_model
+
+    monkeypatch.setattr(gpu_plan, "ONE_TOKEN_WIDE_CHUNK", wide)
 
     gguf = tmp_path / "wide-down.gguf"
     _make_gguf(gguf, "--format", "Q4_0", "--dim", "256", "--layers", "1", "--ffn", "4608",
@@ -474,7 +479,7 @@ def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, tmp_pa
         body = source[source.index(f"void {kernel}(") :]
         return re.search(r"int xq_s\[([^\]]+)\]", body).group(1)
 
-    assert shared_quants(down) == "1 * 4608 / 4"
+    assert shared_quants(down) == ("1 * 4608 / 4" if wide else "1 * 2048 / 4")
     assert shared_quants(down.removesuffix("_t1")) == "8 * 2048 / 4"
     prompt = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19)
     got, want = twins.forward([ScheduledChunk(1, 0, prompt)])
