@@ -124,9 +124,9 @@ ATTENTION_SCRATCH = "attention.scratch"  # the arena slot of the partials (not a
 ATTENTION_LAST_BLOCK_MERGE = True
 # The split kernel reduces a chunk's softmax max and sum of up to 8 query heads behind one barrier
 # (each wave's values in shared memory, read back by lanes and by thread g for head g), not each
-# head behind four (rfc_block_max, rfc_block_sum): a TinyLlama-shaped layer's kernel 27 barriers
-# where it had 57, the same bits. False: the per-head reductions, the per-op kernel's (an A/B
-# switch; unmeasured on a card).
+# head behind four (rfc_block_max, rfc_block_sum): a chunk of keys passes 4 barriers where it
+# passed 34 with a TinyLlama's 8 query heads a kv head (18 with an 8B's 4), the same bits. False:
+# the per-head reductions, the per-op kernel's (an A/B switch; unmeasured on a card).
 ATTENTION_BATCHED_SOFTMAX = True
 ATTENTION_ARRIVALS = "attention.arrivals"  # the arena slot of the counts (not a plan buffer)
 # Tiled prefill attention: steps of more than ATTENTION_SPLIT_ROWS rows (the split kernels'
