@@ -958,10 +958,7 @@ def _one_token_chunk(params: dict, tokens: int) -> dict:
     chunk, k, lanes = params.get("chunk"), params.get("k"), params.get("lanes_per_row")
     if not ONE_TOKEN_WIDE_CHUNK or not chunk or not k or not lanes or chunk >= k or (chunk // SUB_BLOCK) % lanes:
         return {}
-    wider = min(k, chunk * tokens)
-    if wider < k and (wider // SUB_BLOCK) % lanes:
-        return {}
-    return {"chunk": wider}
+    return {"chunk": min(k, chunk * tokens)}  # a multiple of the chunk where short of k: shared out evenly too
 
 
 def _single_list(launches: list[Launch], by_name: dict[str, KernelSpec]) -> tuple[Launch, ...]:
