@@ -443,12 +443,16 @@ def _make_gguf(path, *args: str) -> None:
 
     spec = importlib.util.spec_from_file_location("make_gguf", ROOT / "tools" / "make_gguf.py")
     make_gguf = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get("make_gguf")  # tests/unit/test_make_gguf.py's, in the same worker
     sys.modules["make_gguf"] = make_gguf  # its dataclasses look their module up by name
     try:
         spec.loader.exec_module(make_gguf)
         make_gguf.main([str(path), *args])
     finally:
-        del sys.modules["make_gguf"]
+        if previous is None:
+            del sys.modules["make_gguf"]
+        else:
+            sys.modules["make_gguf"] = previous
 
 
 @pytest.mark.parametrize("target", [pytest.param(TARGET, marks=toolchain_marks(TARGET))])
