@@ -487,7 +487,7 @@ def run(
     follow_up: bool = False,
     variants_on: str = "",
     variant_share: float = VARIANT_SHARE,
-    ncu_detail: str = "",
+    ncu_detail: tuple[str, ...] = (),
 ) -> int:
     deadline = time.monotonic() + budget
     logs.mkdir(parents=True, exist_ok=True)
@@ -641,7 +641,7 @@ def _extra_phases(
     follow_up: bool = False,
     variants_on: str = "",
     variant_share: float = VARIANT_SHARE,
-    ncu_detail: str = "",
+    ncu_detail: tuple[str, ...] = (),
 ) -> int:
     """The phases after the table: variants, ncu, memcheck, then the fixtures' checks (in a
     follow-up call, those whose bundle the first call did not build yet)."""
@@ -666,13 +666,14 @@ def _extra_phases(
             # a profile, not a check: its failure (no access to the counters) leaves the exit status alone
             _checked_run(cmd, env_ncu, logs / f"ncu-{bundle.name}.log", max(min(left / 4, 150) + 20, 1))
             left = deadline - time.monotonic()
-    if ncu_detail and target.startswith("sm_") and bench_bundles:
-        left = _phase(f"ncu sections: the first launches of {ncu_detail} in the largest benchmark's steps", deadline)
-        bundle = bench_bundles[-1]  # the 8B: its prefill is the furthest behind llama.cpp's
+    for i, regex in enumerate(ncu_detail if target.startswith("sm_") and bench_bundles else ()):
+        left = _phase(f"ncu sections: the first launches of {regex} in the largest benchmark's steps", deadline)
+        bundle = bench_bundles[-1]  # the 8B: the furthest behind llama.cpp's, in decode and in prefill
+        share = max(min(left / (3 * (len(ncu_detail) - i)), 200), 1)  # each regex its own ncu run
         cmd = [sys.executable, str(ROOT / "tools" / "gpu_experiment.py"), "ncu-detail", str(bundle)]
-        cmd += ["--kernel", ncu_detail, "--out", str(logs / "ncu"), "--timeout", str(max(min(left / 3, 200), 1))]
+        cmd += ["--kernel", regex, "--out", str(logs / "ncu" / str(i)), "--timeout", str(share)]
         env_ncu = env | {"PATH": f"{Path(_cuda_tool('ncu')).parent}:{env.get('PATH', os.environ['PATH'])}"}
-        _checked_run(cmd, env_ncu, logs / f"ncu-detail-{bundle.name}.log", max(min(left / 3, 200) + 20, 1))
+        _checked_run(cmd, env_ncu, logs / f"ncu-detail-{i}-{bundle.name}.log", share + 20)
     if sanitize and target.startswith("sm_"):
         left = _phase("compute-sanitizer memcheck: a dense, a MoE and a hybrid model, the big tiles", deadline)
         share = max(left - 60, 1) * SANITIZE_SHARE
@@ -785,10 +786,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     r.add_argument(
         "--ncu-detail",
-        default="",
+        action="append",
+        default=[],
         metavar="REGEX",
         help="Nsight Compute's sections for the first launches of the kernels matching REGEX in the largest "
-        "benchmark bundle's steps (tools/gpu_experiment.py ncu-detail; e.g. 'rfc_matmul_imma_.*14336')",
+        "benchmark bundle's steps (tools/gpu_experiment.py ncu-detail; e.g. 'rfc_matmul_imma_.*14336' for the "
+        "prefill's int8 matmuls, 'rfc_matmul_.*_t1' for a batch-1 decode step's); repeatable, one ncu run each",
     )
     r.add_argument(
         "--follow-up",
@@ -823,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
             args.follow_up,
             args.variants_on,
             args.variant_share,
-            args.ncu_detail,
+            tuple(args.ncu_detail),
         )
     finally:
         if args.pack is not None:

@@ -163,3 +163,32 @@ def test_ncu_detail_profiles_the_first_launches_of_the_named_kernels_in_the_prof
     sections = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--section"]
     assert sections == list(gpu_experiment.NCU_SECTIONS) and "Occupancy" in sections
     assert cmd[-3:] == ["_steps", str(bundle), str(tmp_path / "lists.json")]  # the same steps as `ncu`
+
+
+def test_each_ncu_detail_regex_gets_its_own_ncu_run_and_folder(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(*args):
+        seen["ncu_detail"] = args[-1]
+        return 0
+
+    monkeypatch.setattr(gpu_session, "run", fake_run)
+    regexes = ["rfc_matmul_.*_t1", "rfc_matmul_imma_.*14336"]
+    argv = ["run", str(tmp_path / "peer"), "--logs", str(tmp_path / "logs")]
+    assert gpu_session.main(argv + [a for r in regexes for a in ("--ncu-detail", r)]) == 0
+    assert seen["ncu_detail"] == tuple(regexes)
+
+    runs = []
+    monkeypatch.setattr(gpu_session, "_checked_run", lambda cmd, env, log, timeout: runs.append((cmd, log)) or 0)
+    monkeypatch.setattr(gpu_session, "_phase", lambda name, deadline: 600.0)
+    rfc = {"bench": [{"gguf": str(tmp_path / "bench-tinyllama.gguf")}, {"gguf": str(tmp_path / "bench-8b.gguf")}]}
+    status = gpu_session._extra_phases(
+        rfc, tmp_path / "out", "sm_90", tmp_path, {}, 0.0, tmp_path / "fixtures", [], (), False, False,
+        True, "", 0.5, tuple(regexes),
+    )  # fmt: skip
+    ncu = [(cmd, log) for cmd, log in runs if "ncu-detail" in cmd]
+    assert [cmd[cmd.index("--kernel") + 1] for cmd, _ in ncu] == regexes
+    assert all(cmd[cmd.index("ncu-detail") + 1] == str(tmp_path / "out" / "bench-8b-sm_90") for cmd, _ in ncu)
+    outs = [cmd[cmd.index("--out") + 1] for cmd, _ in ncu]
+    assert len(set(outs)) == 2 and len({log for _, log in ncu}) == 2  # one run does not overwrite the other's
+    assert status == 0
