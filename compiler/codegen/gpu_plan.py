@@ -102,6 +102,9 @@ MATMUL_PREFETCH_L2 = True
 # Float blocks up to this many elements are decoded into registers (the dot loop unrolled).
 MATMUL_UNROLL_MAX = 32
 PREFILL_MIN_TOKENS = 64
+# A rope block's thread loads this many of its pairs before it stores any (templates/gpu_rope.hip.j2):
+# one trip to memory for up to this many pairs, registers for twice as many floats.
+ROPE_LOAD_BATCH = 8
 ATTENTION_THREADS = 256
 # Split-KV attention (flash decoding). Targets name an ISA, not a machine, so the split count
 # is fixed: at most ATTENTION_SPLITS slices per row (a batch-1 decode over 8 kv heads runs 128
@@ -534,6 +537,7 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             "head_dim": a["head_dim"],
             "half": half,
             "n_pairs": n_pairs,
+            "batch": ROPE_LOAD_BATCH,
             # adjacent pairs (2i, 2i+1); neox pairs (i, i + n_rot/2)
             "pair_stride": 2 if style == "adjacent" else 1,
             "pair_offset": 1 if style == "adjacent" else half,

@@ -299,6 +299,72 @@ def test_rope_with_frequency_factors(target, gpu_build_cache, tmp_path):
     assert ok, msg
 
 
+@pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
+def test_rope_pairs_loaded_in_batches_give_the_same_bits(target, tmp_path, monkeypatch):
+    """A rope block's thread loads up to gpu_plan.ROPE_LOAD_BATCH of its pairs before it stores
+    any (templates/gpu_rope.hip.j2). 16 + 16 heads of 64 are 1,024 pairs for 256 threads, 4 a
+    thread: in batches of 3 (3, then 1) and in one of 4 the rope kernel (per op) and the fused
+    rope + KV write (the step program, prompt and one-token steps) give the same bits, and
+    those logits stay within the reference's bounds."""
+    from rfc.compiler.codegen import gpu_plan
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.kernels.gpu_emulator import emulated_step_device
+    from tests.kernels.test_gpu_program import _make_gguf
+
+    gguf = tmp_path / "heads.gguf"
+    _make_gguf(gguf, "--format", "Q8_0", "--dim", "1024", "--layers", "1", "--ffn", "256",
+               "--heads", "16", "--kv-heads", "16", "--vocab", "512")  # fmt: skip
+    prompt = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19)
+    runs = []
+    for batch in (3, 8):
+        monkeypatch.setattr(gpu_plan, "ROPE_LOAD_BATCH", batch)
+        out = tmp_path / f"bundle-{batch}"
+        compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
+        source = (out / "kernels" / target / "rfc.hip").read_text()
+        assert f"steps < {batch} ? steps : {batch}" in source and "rfc_rope_adjacent_16x16x64_64(" in source
+        pair = Pair(out, target, tmp_path / "emu")
+        _assert_rope_op_matches_reference(pair)
+        gpu, _ref = pair.step([ScheduledChunk(0, 0, prompt, all_logits=True)])
+        step = emulated_step_device(pair.bundle, target, pair.bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, tmp_path / "emu")
+        blocks, run = BlockManager(NUM_BLOCKS, BLOCK_SIZE), Executor(pair.bundle.plan, step)
+        logits = [gpu]
+        for start, tokens in ((0, prompt), (len(prompt), (77,)), (len(prompt) + 1, (3,))):
+            blocks.allocate(0, start + len(tokens))
+            logits.append(run.forward(build_batch([ScheduledChunk(0, start, tokens)], blocks)))
+        runs.append(logits)
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b), f"max |batches of 3 - one batch| {np.abs(a - b).max():.3e}"
+
+
+def _assert_rope_op_matches_reference(pair: Pair) -> None:
+    """The rope op alone on the GPU kernel and the reference, random q and k rows of 4 tokens at
+    positions up to 4,000."""
+    op = next(o for o in pair.bundle.plan.ops if o.kind == "rope")
+    rng = np.random.default_rng(11)
+    a = op.attrs
+    q = rng.standard_normal((4, a["n_heads"] * a["head_dim"])).astype(np.float32)
+    k = rng.standard_normal((4, a["n_kv_heads"] * a["head_dim"])).astype(np.float32)
+    positions = np.array([0, 7, 600, 4000], dtype=np.int32)
+    batch = StepBatch(
+        tokens=np.zeros(4, dtype=np.int32),
+        positions=positions,
+        slots=np.arange(4, dtype=np.int32),
+        seq_of_token=np.arange(4, dtype=np.int32),
+        seq_start=np.arange(5, dtype=np.int32),
+        block_tables=np.arange(4, dtype=np.int32).reshape(4, 1),
+        context_lens=positions + 1,
+        logit_rows=np.arange(4, dtype=np.int32),
+        block_size=BLOCK_SIZE,
+    )
+    want_q, want_k = q.copy(), k.copy()  # rotated in place, as the kernel does
+    pair.ref.launch(op, [want_q, want_k], [want_q, want_k], [], batch)
+    q_dev, k_dev = _upload(pair.gpu, q), _upload(pair.gpu, k)
+    pair.gpu.launch(op, [q_dev, k_dev], [q_dev, k_dev], [], pair.gpu.upload_batch(batch))
+    for name, got, want in (("q", pair.gpu.download(q_dev, 4), want_q), ("k", pair.gpu.download(k_dev, 4), want_k)):
+        ok, msg = _close(got, want)
+        assert ok, f"rotated {name}: {msg}"
+
+
 @pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
 def test_stories260k_greedy_tokens_match_reference(target, gpu_bundle, tmp_path_factory):
     pair = Pair(gpu_bundle("stories260K", target), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
