@@ -31,6 +31,13 @@ int8 matmuls:
   without it a llama layer is eight launches: q/k/v, rope + KV write, attention, output,
   add + rmsnorm, gate/up/SwiGLU, down, add + rmsnorm.
 
+And the add + rmsnorm into the int8 matmul before it (NORM_IN_LAST_BLOCK, the default where
+NORM_IN_MATMULS is off; last_block_norms): the output and down projections count each block's
+arrival once its outputs are out, and the last of a token block's blocks runs the add + rmsnorm
+launch's code on its tokens' rows. A llama layer is then six launches: q/k/v, rope + KV write,
+attention, output + add + norm, gate/up/SwiGLU, down + add + norm. The prefill list keeps its
+add + rmsnorm launches.
+
 And one hand-off between launches (DECODE_Q8): an add + rmsnorm whose normalized rows the next
 int8 matmuls read also writes them rounded to int8 (the matmuls' own rounding, rfc_quantize32,
 done by the 32 threads that hold a sub-block) into the arena slot Q8_SCRATCH, and those matmuls
@@ -66,6 +73,21 @@ DECODE_Q8 = True
 # without at batch 1, and 5,565 against 3,441 us at batch 16: each matmul block re-reads and
 # sums its tokens' rows before its first weight load, which costs more than the launch it saves.
 NORM_IN_MATMULS = False
+# The add + rmsnorm after a lone int8 matmul of the decode lists (the residual add after the
+# attention's output projection and after the FFN's down projection, and the norm of the sum) in
+# that matmul's launch: every block writes its outputs and counts its arrival (a count a token
+# block, gpu_plan.NORM_ARRIVALS), and the last of a token block's blocks to arrive runs the add +
+# rmsnorm launch's code on its tokens' rows (gpu_add_rmsnorm_row.hip.j2, q8 hand-off included):
+# the same bits, a launch fewer, and no block re-reads a row it did not need (unlike
+# NORM_IN_MATMULS). A llama layer is six launches: q/k/v, rope + KV write, attention, output +
+# add + norm, gate/up/SwiGLU, down + add + norm. The prefill list keeps its add + rmsnorm launches
+# (step_fusions). Unmeasured on a card: an A/B switch (False: those launches in the decode lists
+# too, the kernels and program as before).
+NORM_IN_LAST_BLOCK = True
+# Values of a row a thread of that last block holds in registers at a time (the add + rmsnorm
+# launch holds up to 16): the matmul's registers are the kernel's, and its blocks are the many
+# (at 16 an 8B's 4096-wide rows took 164 registers a thread on sm_90 and spilled on gfx1100).
+NORM_HOLD = 4
 
 
 @dataclass(frozen=True)
@@ -91,11 +113,15 @@ def step_fusions(
 ) -> tuple[list[Fusion], list[Fusion] | None]:
     """The runs of the step program's decode list and those of its prefill list (None: the same
     runs). The prefill list keeps its norms and adds apart (NORM_IN_MATMULS folds them into
-    matmuls whose tensor-core twins round their input themselves, once a step): its runs are
-    those without that fusion. One naming of kernels for both lists."""
+    matmuls whose tensor-core twins round their input themselves, once a step; NORM_IN_LAST_BLOCK
+    into matmuls it launches on those kernels): its runs are those without either. One naming of
+    kernels for both lists."""
     taken = {s.name: s for s in specs}
     decode = plan_fusions(plan, specs, op_kernels, NORM_IN_MATMULS, taken)
-    return decode, plan_fusions(plan, specs, op_kernels, False, taken) if NORM_IN_MATMULS else None
+    last = NORM_IN_LAST_BLOCK and not NORM_IN_MATMULS
+    if last:
+        decode = last_block_norms(plan, [{s.name: s for s in specs}[k] for k in op_kernels], decode, taken)
+    return decode, plan_fusions(plan, specs, op_kernels, False, taken) if NORM_IN_MATMULS or last else None
 
 
 def plan_fusions(
@@ -578,3 +604,69 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
     out += changed.values()  # lone matmuls: fusions of one op
     out = [replace(f, spec=_taken(f.spec, taken)) if f.plain is not None else f for f in out]
     return sorted(out, key=lambda f: f.first)
+
+
+# -- the add + rmsnorm in the last block of the matmul before it ------------------------------
+
+
+def last_block_norms(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion], taken: dict) -> list[Fusion]:
+    """`fusions` with each add + rmsnorm launch (q8 hand-off or plain) taken into the launch of
+    the lone int8 matmul just before it whose output the add reads (NORM_IN_LAST_BLOCK): one
+    launch for the three ops, whose last block of each token block runs the add + rmsnorm."""
+    by_first = {f.first: f for f in fusions}
+    covered = {j for f in fusions for j in range(f.first, f.first + f.count)}
+    merged: dict[int, Fusion] = {}
+    for f in fusions:
+        if f.spec.template != ADD_RMSNORM_TEMPLATE or f.first == 0:
+            continue
+        i = f.first - 1
+        lone = by_first.get(i)
+        if lone is None and i in covered:
+            continue
+        base = lone or Fusion(i, 1, op_specs[i], tuple((0, n) for n, _k in op_specs[i].args))
+        if base.count != 1 or base.spec.template != MATMUL_TEMPLATE or _int8_matmul(plan, op_specs, i) is None:
+            continue
+        add, h = plan.ops[f.first], plan.ops[i].outputs[0]
+        p, norm = base.spec.params, f.spec.params
+        if (
+            h not in add.inputs
+            or plan.buffer(h).shape[0] != "T"
+            or p["n"] != norm["width"]
+            or base.spec.threads != f.spec.threads
+            or p.get("row_waves", 1) != 1
+        ):
+            continue
+        merged[i] = _with_last_norm(base, f)
+    if not merged:
+        return fusions
+    out = [f for f in fusions if f.first not in merged and f.first - 1 not in merged]
+    out += [replace(m, spec=_taken(m.spec, taken)) for m in merged.values()]
+    return sorted(out, key=lambda f: f.first)
+
+
+def _with_last_norm(base: Fusion, norm: Fusion) -> Fusion:
+    """Lone matmul `base` (its plain or q8-reading kernel) with add + rmsnorm `norm` after it."""
+    spec, n = base.spec, norm.spec.params
+    rename = {"out": "normed", "q8": "q8_out", "weight": "norm_weight"}
+    extra = [(rename.get(name, name), kind, o + 1, src) for (name, kind), (o, src) in zip(norm.spec.args, norm.sources)]
+    extra = [e for e in extra if e[0] != "n_rows"]
+    args = (*spec.args, *((name, kind) for name, kind, _o, _s in extra), ("arrivals", PTR))
+    sources = (*base.sources, *((o, src) for _n, _k, o, src in extra), (0, "norm_arrivals"))
+    name = f"{spec.name}_{norm.spec.name.removeprefix('rfc_')}"
+    params = {
+        **spec.params,
+        "name": name,
+        "last_norm": True,
+        "norm_eps": n["eps"],
+        "norm_hold": NORM_HOLD,
+        "norm_q8": bool(n.get("q8")),
+        "norm_blocks": -(-spec.params["n"] // spec.params["rows_per_block"]),  # the grid's x
+        **(
+            {"norm_xd_offset": n["xd_offset"], "norm_xs_offset": n["xs_offset"], "norm_q8_bytes": n["q8_bytes"]}
+            if n.get("q8")
+            else {}
+        ),
+    }
+    return Fusion(
+        base.first, 1 + norm.count, KernelSpec(name, spec.template, params, args, spec.threads, spec.grid), sources
+    )

@@ -54,9 +54,10 @@ def llama():
 
 @pytest.fixture
 def separate_norms(monkeypatch):
-    """The norms in launches of their own (gpu_fuse.NORM_IN_MATMULS off): the runs the tests of
-    the matmul runs, the add + rmsnorm and its q8 hand-off were written for."""
+    """The norms in launches of their own (gpu_fuse.NORM_IN_MATMULS and NORM_IN_LAST_BLOCK off):
+    the runs the tests of the matmul runs, the add + rmsnorm and its q8 hand-off were written for."""
     monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", False)
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", False)
 
 
 FUSED = [("matmul",) * 3, ("rope", "kv_write"), ("add", "rmsnorm"), ("matmul", "matmul", "swiglu"), ("add", "rmsnorm")]
@@ -206,6 +207,53 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     fusions, program = _hand_offs(plan, layout)
     assert not any(f.spec.name.endswith("_q8") or f.plain for f in fusions)
     assert all(f.count > 1 for f in fusions)
+
+
+def test_the_add_and_norm_run_in_the_last_blocks_of_the_matmul_before_them(llama, monkeypatch):
+    """gpu_fuse.NORM_IN_LAST_BLOCK (the default): the output and down projections take the
+    residual add and the next norm (its q8 hand-off included) into their launch, a llama layer
+    six launches; the prefill list keeps its add + rmsnorm launches. An op between the matmul
+    and the add keeps the three apart; the switch off gives the previous lists, launch for
+    launch."""
+    spec, plan, layout = llama
+    built, program = _prefill(plan, layout)
+    fusions, prefill = step_fusions(plan, *plan_kernels(TARGET, plan, layout))
+    layer1 = next(i for i, op in enumerate(plan.ops) if op.weights and op.weights[0].startswith("blk.1."))
+    runs = [tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count]) for f in fusions if f.first < layer1]
+    assert [r for r in runs if len(r) > 1] == [
+        ("matmul",) * 3,
+        ("rope", "kv_write"),
+        ("matmul", "add", "rmsnorm"),
+        ("matmul", "matmul", "swiglu"),
+        ("matmul", "add", "rmsnorm"),
+    ]
+    assert len(program.launches) == len(plan.ops) - sum(f.count - 1 for f in fusions)
+    assert ("add", "rmsnorm") in [tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count]) for f in prefill]
+    o = next(launch for launch in program.launches if launch.kernel.startswith("rfc_matmul_q8_0_256x256_"))
+    assert o.kernel == "rfc_matmul_q8_0_256x256_add_rmsnorm_256_q8"
+    # the matmul's own arguments (h = o(att)), then the add + rmsnorm's (x = x + h, normed into h and rounded
+    # into the q8 slot), the counts
+    assert [a.ref for a in o.args] == [
+        "h", "att", "blk.0.attn_output.weight", "n_tokens",
+        "x", "h", "matmul.q8", "x", "h", "blk.0.ffn_norm.weight", "norm.arrivals",
+    ]  # fmt: skip
+    p = {s.name: s for s in built}[o.kernel].params
+    assert p["last_norm"] and p["norm_q8"] and p["norm_blocks"] == -(-256 // p["rows_per_block"])
+    counts = next(s for s in program.arena.slots if s.buffer == "norm.arrivals")
+    assert counts.nbytes >= 4 * PROGRAM_MAX_TOKENS and "norm.arrivals" in program.arena.zeroed
+    assert not any("_add_rmsnorm" in launch.kernel for launch in program.prefill_launches if "matmul" in launch.kernel)
+    # a scale of the projection's output before the add: the add + rmsnorm launch stays
+    out = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.attn_output.weight",))
+    h = plan.ops[out].outputs[0]
+    scaled = _insert(plan, out, Op("scale", (h,), (h,), attrs={"factor": 0.5}))
+    apart, _pre = step_fusions(scaled, *plan_kernels(TARGET, scaled, layout))
+    assert not any(f.first == out and f.count > 1 for f in apart)
+    assert any(f.first == out + 2 and f.spec.template == "gpu_add_rmsnorm.hip.j2" for f in apart)
+    # the switch off: the add + rmsnorm launches in the decode list too, no counts
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", False)
+    _built_off, off = _prefill(plan, layout)
+    assert off.prefill_launches == program.prefill_launches and "norm.arrivals" not in off.arena.zeroed
+    assert len(off.launches) == len(program.launches) + 2 * spec.hparams.n_layers - 1
 
 
 @pytest.mark.usefixtures("separate_norms")
