@@ -10,12 +10,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_template_reads_a_parameter():
+    """A template reads a parameter: a variable of its context, or an argument of a macro it
+    defines (a library of macros other templates import, as gpu_add_rmsnorm_row.hip.j2)."""
     env = jinja2.Environment()
-    fixed = [
-        path.name
-        for path in sorted((ROOT / "templates").glob("*.j2"))
-        if not meta.find_undeclared_variables(env.parse(path.read_text()))
-    ]
+    fixed = []
+    for path in sorted((ROOT / "templates").glob("*.j2")):
+        tree = env.parse(path.read_text())
+        macro_args = any(m.args for m in tree.find_all(jinja2.nodes.Macro))
+        if not meta.find_undeclared_variables(tree) and not macro_args:
+            fixed.append(path.name)
     assert not fixed, f"templates that read no parameter (move their C into a kernels/ header): {fixed}"
 
 
