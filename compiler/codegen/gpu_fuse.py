@@ -35,8 +35,9 @@ And the add + rmsnorm into the int8 matmul before it (NORM_IN_LAST_BLOCK, the de
 NORM_IN_MATMULS is off; last_block_norms): the output and down projections count each block's
 arrival once its outputs are out, and the last of a token block's blocks runs the add + rmsnorm
 launch's code on its tokens' rows. A llama layer is then six launches: q/k/v, rope + KV write,
-attention, output + add + norm, gate/up/SwiGLU, down + add + norm. The prefill list keeps its
-add + rmsnorm launches.
+attention, output + add + norm, gate/up/SwiGLU, down + add + norm; five with the rope + KV write
+in the q/k/v launch's last blocks too (ROPE_IN_LAST_BLOCK, off; last_block_ropes). The prefill
+list keeps its add + rmsnorm and rope + KV write launches.
 
 And one hand-off between launches (DECODE_Q8): an add + rmsnorm whose normalized rows the next
 int8 matmuls read also writes them rounded to int8 (the matmuls' own rounding, rfc_quantize32,
@@ -61,6 +62,7 @@ from rfc.compiler.codegen import gpu_imma, gpu_plan
 from rfc.compiler.codegen.gpu_plan import I32, MATMUL_ROW_STEPS, PTR, KernelSpec, _renamed, buffer_uses
 
 MATMUL_TEMPLATE = "gpu_matmul.hip.j2"
+ROPE_KV_TEMPLATE = "gpu_rope_kv_write.hip.j2"
 FUSED_MATMUL_TEMPLATE = "gpu_matmul_fused.hip.j2"
 ADD_RMSNORM_TEMPLATE = "gpu_add_rmsnorm.hip.j2"
 MAX_SEGMENTS = 3  # q, k, v
@@ -76,11 +78,10 @@ NORM_IN_MATMULS = False
 # The add + rmsnorm after a lone int8 matmul of the decode lists (the residual add after the
 # attention's output projection and after the FFN's down projection, and the norm of the sum) in
 # that matmul's launch: every block writes its outputs and counts its arrival (a count a token
-# block, gpu_plan.NORM_ARRIVALS), and the last of a token block's blocks to arrive runs the add +
+# block, gpu_plan.MATMUL_ARRIVALS), and the last of a token block's blocks to arrive runs the add +
 # rmsnorm launch's code on its tokens' rows (gpu_add_rmsnorm_row.hip.j2, q8 hand-off included):
 # the same bits, a launch fewer, and no block re-reads a row it did not need (unlike
-# NORM_IN_MATMULS). A llama layer is six launches: q/k/v, rope + KV write, attention, output +
-# add + norm, gate/up/SwiGLU, down + add + norm. The prefill list keeps its add + rmsnorm launches
+# NORM_IN_MATMULS). The prefill list keeps its add + rmsnorm launches
 # (step_fusions). Unmeasured on a card: an A/B switch (False: those launches in the decode lists
 # too, the kernels and program as before).
 NORM_IN_LAST_BLOCK = True
@@ -88,6 +89,15 @@ NORM_IN_LAST_BLOCK = True
 # launch holds up to 16): the matmul's registers are the kernel's, and its blocks are the many
 # (at 16 an 8B's 4096-wide rows took 164 registers a thread on sm_90 and spilled on gfx1100).
 NORM_HOLD = 4
+# Likewise the rope and KV write after q, k and v (ROPE_IN_LAST_BLOCK, last_block_ropes): the
+# q/k/v launch's last block of each token block rotates its tokens' q and k rows and stores k
+# and v in the cache with the rope + KV write launch's code. A llama layer is then five launches.
+# Off by default, an A/B switch for a card: the KV write's code (its quantized cache types
+# included) takes the q/k/v kernel to 84 registers a thread on sm_90 at an 8B's sizes (two
+# blocks a multiprocessor where four ran) and spills on gfx90a; what the launch saved is
+# unmeasured.
+ROPE_IN_LAST_BLOCK = False
+ROPE_LAST_BLOCK_BATCH = 2  # pairs a thread of that block loads before it stores (gpu_plan.ROPE_LOAD_BATCH: 8)
 
 
 @dataclass(frozen=True)
@@ -119,8 +129,12 @@ def step_fusions(
     taken = {s.name: s for s in specs}
     decode = plan_fusions(plan, specs, op_kernels, NORM_IN_MATMULS, taken)
     last = NORM_IN_LAST_BLOCK and not NORM_IN_MATMULS
+    op_specs = [{s.name: s for s in specs}[k] for k in op_kernels]
     if last:
-        decode = last_block_norms(plan, [{s.name: s for s in specs}[k] for k in op_kernels], decode, taken)
+        decode = last_block_norms(plan, op_specs, decode, taken)
+    if ROPE_IN_LAST_BLOCK:
+        decode = last_block_ropes(plan, decode, taken)
+        last = True  # the prefill list's runs are the plain ones
     return decode, plan_fusions(plan, specs, op_kernels, False, taken) if NORM_IN_MATMULS or last else None
 
 
@@ -651,7 +665,7 @@ def _with_last_norm(base: Fusion, norm: Fusion) -> Fusion:
     extra = [(rename.get(name, name), kind, o + 1, src) for (name, kind), (o, src) in zip(norm.spec.args, norm.sources)]
     extra = [e for e in extra if e[0] != "n_rows"]
     args = (*spec.args, *((name, kind) for name, kind, _o, _s in extra), ("arrivals", PTR))
-    sources = (*base.sources, *((o, src) for _n, _k, o, src in extra), (0, "norm_arrivals"))
+    sources = (*base.sources, *((o, src) for _n, _k, o, src in extra), (0, "matmul_arrivals"))
     name = f"{spec.name}_{norm.spec.name.removeprefix('rfc_')}"
     params = {
         **spec.params,
@@ -669,4 +683,61 @@ def _with_last_norm(base: Fusion, norm: Fusion) -> Fusion:
     }
     return Fusion(
         base.first, 1 + norm.count, KernelSpec(name, spec.template, params, args, spec.threads, spec.grid), sources
+    )
+
+
+def last_block_ropes(plan: Plan, fusions: list[Fusion], taken: dict) -> list[Fusion]:
+    """`fusions` with each rope + KV write launch taken into the launch of the q/k/v matmul
+    before it (three segments, the rope's q and k and the KV write's v their outputs:
+    ROPE_IN_LAST_BLOCK)."""
+    by_first = {f.first: f for f in fusions}
+    merged: dict[int, Fusion] = {}
+    for f in fusions:
+        p = f.spec.params
+        if f.spec.template != FUSED_MATMUL_TEMPLATE or f.count != 3 or len(p.get("segs", ())) != 3:
+            continue
+        if p.get("glu") or p.get("norm") or p.get("residual") or p.get("row_waves", 1) != 1:
+            continue
+        r = by_first.get(f.first + 3)
+        # (the rope's and the KV write's row code give the same values for any block size: a
+        # value's arithmetic is its own, rfc_kv_store_row's rotations butterflies over fixed pairs)
+        if r is None or r.spec.template != ROPE_KV_TEMPLATE:
+            continue
+        q, k, v = (op.outputs[0] for op in plan.ops[f.first : f.first + 3])
+        rope, kv = plan.ops[r.first], plan.ops[r.first + 1]
+        if tuple(rope.inputs) != (q, k) or tuple(rope.outputs) != (q, k) or tuple(kv.inputs) != (k, v):
+            continue
+        merged[f.first] = _with_last_rope(f, r)
+    if not merged:
+        return fusions
+    out = [f for f in fusions if f.first not in merged and f.first - 3 not in merged]
+    out += [replace(m, spec=_taken(m.spec, taken)) for m in merged.values()]
+    return sorted(out, key=lambda f: f.first)
+
+
+def _with_last_rope(base: Fusion, rope: Fusion) -> Fusion:
+    """The q/k/v launch `base` (its plain or q8-reading kernel) with rope + KV write `rope` after it."""
+    spec, r = base.spec, rope.spec.params
+    # q, k and v come from the matmul's outputs, the rows from its grid
+    extra = [
+        (n, k, o + 3, src)
+        for (n, k), (o, src) in zip(rope.spec.args, rope.sources)
+        if n not in ("q", "k", "v", "n_rows")
+    ]
+    args = (*spec.args, *((n, k) for n, k, _o, _s in extra), ("arrivals", PTR))
+    sources = (*base.sources, *((o, src) for _n, _k, o, src in extra), (0, "matmul_arrivals"))
+    name = f"{spec.name}_{rope.spec.name.removeprefix('rfc_')}"
+    params = {
+        **spec.params,
+        "name": name,
+        "last_rope": True,
+        "rope_fn": r["rope"],
+        "kv_fn": r["kv_write"],
+        "has_freq_factors": r["has_freq_factors"],
+        "kv_dtype": r["kv_dtype"],
+        "rope_batch": ROPE_LAST_BLOCK_BATCH,
+        "rope_blocks": -(-spec.params["n"] // spec.params["rows_per_block"]),  # the grid's x
+    }
+    return Fusion(
+        base.first, 3 + rope.count, KernelSpec(name, spec.template, params, args, spec.threads, spec.grid), sources
     )

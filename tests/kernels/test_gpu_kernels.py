@@ -321,7 +321,7 @@ def test_rope_pairs_loaded_in_batches_give_the_same_bits(target, tmp_path, monke
         out = tmp_path / f"bundle-{batch}"
         compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
         source = (out / "kernels" / target / "rfc.hip").read_text()
-        assert f"steps < {batch} ? steps : {batch}" in source and "rfc_rope_adjacent_16x16x64_64(" in source
+        assert f"template <int THREADS, int BATCH = {batch}>" in source and "rfc_rope_adjacent_16x16x64_64(" in source
         pair = Pair(out, target, tmp_path / "emu")
         _assert_rope_op_matches_reference(pair)
         gpu, _ref = pair.step([ScheduledChunk(0, 0, prompt, all_logits=True)])

@@ -107,7 +107,7 @@ def test_step_program_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, tmp
     fusions = _fusions(twins.bundle)
     assert fusions
     assert len(program.launches) == len(twins.bundle.plan.ops) - sum(f.count - 1 for f in fusions)
-    assert program.arena.zeroed == ("attention.arrivals", "norm.arrivals")
+    assert program.arena.zeroed == ("attention.arrivals", "matmul.arrivals")
     calls = _decode(twins, steps=4)
     n_launches = len(program.launches)
     # one capture (batch size 2), then replays; per step one copy each way and one sync
@@ -142,13 +142,14 @@ LLAMA_LAYER_OPS = (
     "add",
 )
 # the step program's: q/k/v reading the rows the norm before them left rounded (the q8 hand-off;
-# the first layer's norm is a launch of its own, whose output the matmuls round), rope with the KV
-# write, attention as one launch, the output projection whose last blocks add the residual and
-# norm the sum (gpu_fuse.NORM_IN_LAST_BLOCK), gate/up with the SwiGLU, the down projection with
-# the add and the next layer's norm
+# the first layer's norm is a launch of its own, whose output the matmuls round), rope with the
+# KV write, attention as one launch, the output projection whose last blocks add the residual
+# and norm the sum (gpu_fuse.NORM_IN_LAST_BLOCK), gate/up with the SwiGLU, the down projection
+# with the add and the next layer's norm
+ROPE = "rope_adjacent_8x2x32_32_kv_write_f16_64"
 LLAMA_LAYER_FUSED = (
     "matmul_q8_0p_256_64_64x256_fused_q8",
-    "rope_adjacent_8x2x32_32_kv_write_f16_64",
+    ROPE,
     "attention_f16_8x2x32_split",
     "matmul_q8_0p_256x256_add_rmsnorm_256_q8",
     "matmul_swiglu_q8_0p_768x256_q8",
@@ -159,11 +160,11 @@ LLAMA_LAYER_FUSED = (
 @pytest.mark.parametrize("model", [pytest.param("llama-Q8_0", marks=toolchain_marks(TARGET))])
 def test_a_llama_decode_layer_is_six_launches(model, gpu_bundle):
     """The per-op path launches 15 kernels a layer; the step program 6: q/k/v as one matmul, rope
-    with the KV write, attention as one launch (the split kernel's last block merges), gate/up
-    with the SwiGLU, each residual add with the next norm in the last blocks of the matmul before
-    it (gpu_fuse.NORM_IN_LAST_BLOCK; eight launches without it, tests/unit/test_gpu_fuse.py;
-    docs/benchmarks.md). The one-token list is the same launches, its matmuls' twins taking one
-    token a block."""
+    with the KV write (in the q/k/v launch with gpu_fuse.ROPE_IN_LAST_BLOCK, off), attention as one
+    launch (the split kernel's last block merges), gate/up with the SwiGLU, each residual add with
+    the next norm in the last blocks of the matmul before it (gpu_fuse.NORM_IN_LAST_BLOCK; eight
+    launches without it, tests/unit/test_gpu_fuse.py; docs/benchmarks.md). The one-token list is
+    the same launches, its matmuls' twins taking one token a block."""
     bundle = open_bundle(gpu_bundle(model, TARGET))
     entry = next(t for t in bundle.manifest["targets"] if t["name"] == TARGET)
     program = unpack_program(bundle.file(entry["program"]).read_bytes())
@@ -192,13 +193,14 @@ def test_a_llama_decode_layer_is_six_launches(model, gpu_bundle):
     ]
     single = [launch.kernel.removeprefix("rfc_") for launch in program.single_launches]
     assert single == [k + "_t1" if k.startswith("matmul_") else k for k in kernels]
+    assert program.arena.zeroed == ("attention.arrivals", "matmul.arrivals")
     # the prefill list keeps its runs (gpu_fuse.step_fusions): each residual add with the next
     # norm, which also leaves its output rounded for the int8 tensor-core matmuls after it (the
     # decode list's q8 hand-off: no rounding launch there)
     prefill = [launch.kernel.removeprefix("rfc_") for launch in program.prefill_launches]
     assert prefill.count("add_rmsnorm_256_q8") == 2 * layers - 1 and prefill.count("rmsnorm_256") == 2
     assert prefill.count("quantize_q8_256") + prefill.count("quantize_q8_768") == 1 + 2 * layers
-    assert not [k for k in prefill if k.endswith(("_norm", "_add")) or "_add_rmsnorm" in k]
+    assert not [k for k in prefill if k.endswith(("_norm", "_add")) or "_add_rmsnorm" in k or "_rope" in k]
 
 
 @pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
@@ -268,7 +270,7 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
     program = twins.step.runner.program
     assert any(launch.kernel.endswith("_split") for launch in program.launches)
     # slots of no plan buffer: after every buffer's
-    reserved = ("attention.scratch", "matmul.q8", "attention.arrivals", "norm.arrivals")
+    reserved = ("attention.scratch", "matmul.q8", "attention.arrivals", "matmul.arrivals")
     assert program.arena.slot("attention.scratch").offset >= max(
         s.offset + s.nbytes for s in program.arena.slots if s.buffer not in reserved
     )
@@ -282,7 +284,7 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
         assert np.array_equal(got, want), f"decode step {step}: max |step - op| {np.abs(got - want).max():.3e}"
         lens = [lens[0] + 1, lens[1] + 1]
     # the norms' in the matmuls' last blocks too (llama's; gpt-oss's output projection has a bias)
-    assert ("norm.arrivals" in program.arena.zeroed) == (model == "llama-Q4_K_M")
+    assert ("matmul.arrivals" in program.arena.zeroed) == (model == "llama-Q4_K_M")
     for slot in program.arena.zeroed:
         counts = program.arena.slot(slot)
         left = np.empty(counts.nbytes // 4, np.int32)
@@ -600,25 +602,34 @@ def test_the_norms_in_the_matmuls_replay_the_per_op_path_bit_for_bit(
 
 
 @pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
-def test_the_add_and_norm_launches_replay_the_per_op_path_bit_for_bit(
-    model, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+@pytest.mark.parametrize("switch", ["NORM_IN_LAST_BLOCK", "ROPE_IN_LAST_BLOCK"])
+def test_the_launches_after_the_matmuls_replay_the_per_op_path_bit_for_bit(
+    model, switch, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
 ):
-    """With gpu_fuse.NORM_IN_LAST_BLOCK off (an A/B switch; on by default, which the tests above
-    run) each residual add runs with the next rmsnorm as a launch of its own, the decode lists
-    eight launches a layer: the per-op path's bits too, on the decode list and the one-token list."""
+    """The other setting of an A/B switch the tests above run at its default:
+    gpu_fuse.NORM_IN_LAST_BLOCK off (the residual adds with the next rmsnorm as launches of their
+    own) and ROPE_IN_LAST_BLOCK on (the rope + KV write in the last blocks of the q/k/v launch,
+    llama-Q4_K_M's of two formats' segments): the per-op path's bits too, on the decode list and
+    the one-token list."""
     from rfc.compiler.codegen import gpu_fuse
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.kernels.gpu_support import model_path
 
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", False)
+    monkeypatch.setattr(gpu_fuse, switch, not getattr(gpu_fuse, switch))
     compile_model(
-        CompileOptions(model=model_path(model), out_dir=tmp_path / "off", targets=(TARGET,), cache_dir=gpu_build_cache)
+        CompileOptions(model=model_path(model), out_dir=tmp_path / "ab", targets=(TARGET,), cache_dir=gpu_build_cache)
     )
-    twins = Twins(tmp_path / "off", shared_basetemp(tmp_path_factory) / "gpu-emu")
+    twins = Twins(tmp_path / "ab", shared_basetemp(tmp_path_factory) / "gpu-emu")
     program = twins.step.runner.program
-    assert "rfc_add_rmsnorm_256_q8" in {launch.kernel for launch in program.single_launches}
-    assert not any(k.startswith("rfc_matmul_") and "_add_rmsnorm" in k for k in (x.kernel for x in program.launches))
-    assert program.arena.zeroed == ("attention.arrivals",)
+    single = {launch.kernel for launch in program.single_launches}
+    if switch == "NORM_IN_LAST_BLOCK":
+        assert "rfc_add_rmsnorm_256_q8" in single
+        assert not any(k.startswith("rfc_matmul_") and "_add_rmsnorm" in k for k in single)
+    else:
+        assert f"rfc_{ROPE}" not in single
+        assert f"rfc_matmul_q4_kp_256_q4_kp_64_q6_kp_64x256_fused_q8_{ROPE}_t1" in single, sorted(single)
+    counts = ("attention.arrivals",) + (("matmul.arrivals",) if switch == "ROPE_IN_LAST_BLOCK" else ())
+    assert program.arena.zeroed == counts
     _decode(twins, steps=3)
     got, want = twins.forward([ScheduledChunk(3, 0, (5, 17, 33))])
     for i in range(2):
