@@ -651,39 +651,23 @@ def last_block_norms(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusio
         ):
             continue
         merged[i] = _with_last_norm(base, f)
-    if not merged:
-        return fusions
-    out = [f for f in fusions if f.first not in merged and f.first - 1 not in merged]
-    out += [replace(m, spec=_taken(m.spec, taken)) for m in merged.values()]
-    return sorted(out, key=lambda f: f.first)
+    return _with_merged(fusions, merged, taken)
 
 
 def _with_last_norm(base: Fusion, norm: Fusion) -> Fusion:
     """Lone matmul `base` (its plain or q8-reading kernel) with add + rmsnorm `norm` after it."""
-    spec, n = base.spec, norm.spec.params
-    rename = {"out": "normed", "q8": "q8_out", "weight": "norm_weight"}
-    extra = [(rename.get(name, name), kind, o + 1, src) for (name, kind), (o, src) in zip(norm.spec.args, norm.sources)]
-    extra = [e for e in extra if e[0] != "n_rows"]
-    args = (*spec.args, *((name, kind) for name, kind, _o, _s in extra), ("arrivals", PTR))
-    sources = (*base.sources, *((o, src) for _n, _k, o, src in extra), (0, "matmul_arrivals"))
-    name = f"{spec.name}_{norm.spec.name.removeprefix('rfc_')}"
+    n, rows_per_block = norm.spec.params, base.spec.params["rows_per_block"]
+    q8 = ("xd_offset", "xs_offset", "q8_bytes") if n.get("q8") else ()
     params = {
-        **spec.params,
-        "name": name,
         "last_norm": True,
         "norm_eps": n["eps"],
         "norm_hold": NORM_HOLD,
         "norm_q8": bool(n.get("q8")),
-        "norm_blocks": -(-spec.params["n"] // spec.params["rows_per_block"]),  # the grid's x
-        **(
-            {"norm_xd_offset": n["xd_offset"], "norm_xs_offset": n["xs_offset"], "norm_q8_bytes": n["q8_bytes"]}
-            if n.get("q8")
-            else {}
-        ),
+        "norm_blocks": -(-base.spec.params["n"] // rows_per_block),  # the grid's x
+        **{f"norm_{key}": n[key] for key in q8},
     }
-    return Fusion(
-        base.first, 1 + norm.count, KernelSpec(name, spec.template, params, args, spec.threads, spec.grid), sources
-    )
+    rename = {"out": "normed", "q8": "q8_out", "weight": "norm_weight"}
+    return _with_last_block(base, norm, ("n_rows",), rename, params)
 
 
 def last_block_ropes(plan: Plan, fusions: list[Fusion], taken: dict) -> list[Fusion]:
@@ -708,36 +692,45 @@ def last_block_ropes(plan: Plan, fusions: list[Fusion], taken: dict) -> list[Fus
         if tuple(rope.inputs) != (q, k) or tuple(rope.outputs) != (q, k) or tuple(kv.inputs) != (k, v):
             continue
         merged[f.first] = _with_last_rope(f, r)
-    if not merged:
-        return fusions
-    out = [f for f in fusions if f.first not in merged and f.first - 3 not in merged]
-    out += [replace(m, spec=_taken(m.spec, taken)) for m in merged.values()]
-    return sorted(out, key=lambda f: f.first)
+    return _with_merged(fusions, merged, taken)
 
 
 def _with_last_rope(base: Fusion, rope: Fusion) -> Fusion:
     """The q/k/v launch `base` (its plain or q8-reading kernel) with rope + KV write `rope` after it."""
-    spec, r = base.spec, rope.spec.params
-    # q, k and v come from the matmul's outputs, the rows from its grid
-    extra = [
-        (n, k, o + 3, src)
-        for (n, k), (o, src) in zip(rope.spec.args, rope.sources)
-        if n not in ("q", "k", "v", "n_rows")
-    ]
-    args = (*spec.args, *((n, k) for n, k, _o, _s in extra), ("arrivals", PTR))
-    sources = (*base.sources, *((o, src) for _n, _k, o, src in extra), (0, "matmul_arrivals"))
-    name = f"{spec.name}_{rope.spec.name.removeprefix('rfc_')}"
+    r, rows_per_block = rope.spec.params, base.spec.params["rows_per_block"]
     params = {
-        **spec.params,
-        "name": name,
         "last_rope": True,
         "rope_fn": r["rope"],
         "kv_fn": r["kv_write"],
         "has_freq_factors": r["has_freq_factors"],
         "kv_dtype": r["kv_dtype"],
         "rope_batch": ROPE_LAST_BLOCK_BATCH,
-        "rope_blocks": -(-spec.params["n"] // spec.params["rows_per_block"]),  # the grid's x
+        "rope_blocks": -(-base.spec.params["n"] // rows_per_block),  # the grid's x
     }
-    return Fusion(
-        base.first, 3 + rope.count, KernelSpec(name, spec.template, params, args, spec.threads, spec.grid), sources
-    )
+    # q, k and v come from the matmul's outputs, the rows from its grid
+    return _with_last_block(base, rope, ("q", "k", "v", "n_rows"), {}, params)
+
+
+def _with_last_block(base: Fusion, tail: Fusion, skip: tuple[str, ...], rename: dict, params: dict) -> Fusion:
+    """Matmul launch `base` with launch `tail` (the run right after its ops) in its last blocks: its
+    own arguments, then tail's but `skip` (what the matmul holds already) renamed by `rename`, then
+    the counts; `params` say what the kernel runs there."""
+    spec = base.spec
+    extra = [
+        (rename.get(n, n), k, o + base.count, src)
+        for (n, k), (o, src) in zip(tail.spec.args, tail.sources)
+        if n not in skip
+    ]
+    args = (*spec.args, *((n, k) for n, k, _o, _s in extra), ("arrivals", PTR))
+    sources = (*base.sources, *((o, src) for _n, _k, o, src in extra), (0, "matmul_arrivals"))
+    name = f"{spec.name}_{tail.spec.name.removeprefix('rfc_')}"
+    kernel = KernelSpec(name, spec.template, {**spec.params, "name": name, **params}, args, spec.threads, spec.grid)
+    return Fusion(base.first, base.count + tail.count, kernel, sources)
+
+
+def _with_merged(fusions: list[Fusion], merged: dict[int, Fusion], taken: dict) -> list[Fusion]:
+    """`fusions` with the runs of `merged` (by first op) in place of the runs they take in."""
+    inside = {j for m in merged.values() for j in range(m.first, m.first + m.count)}
+    out = [f for f in fusions if f.first not in inside]
+    out += [replace(m, spec=_taken(m.spec, taken)) for m in merged.values()]
+    return sorted(out, key=lambda f: f.first)
