@@ -8,8 +8,11 @@ sequence:
    the logits out, synchronize), median of `--steps`;
 2. the graph alone (replay + synchronize, the batch already on the device): the GPU's time
    plus one launch;
-3. the host's share: cProfile of the whole steps, the functions with the most own time;
-4. each launch of the decode list run on its own (launch, synchronize), summed by kernel:
+3. the step as the server runs it where the device samples (greedy: the sampling kernel in the
+   graph, only the token ids back), median of `--steps`, beside the graph with the sampling
+   kernel replayed alone: what the step costs outside the graph (staging, copies, the host);
+4. the host's share: cProfile of the whole steps, the functions with the most own time;
+5. each launch of the decode list run on its own (launch, synchronize), summed by kernel:
    per-kernel time with one launch latency each (a kernel far above that latency is where the
    GPU time goes).
 """
@@ -90,6 +93,9 @@ def main() -> int:
         f"{len(runner.launch_list(scalars['n_tokens']))} launches"
     )
 
+    if lm.executor.samples_on_device:
+        served_breakdown(lm, runner, batch, args.steps, graph_alone=statistics.median(times))
+
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(args.steps):
@@ -128,6 +134,47 @@ def main() -> int:
     for t, n, name in rows[: args.top]:
         print(f"{name[:48]:<48} {n:>8} {t * 1e3:>9.3f} {t / n * 1e6:>8.1f}")
     return 0
+
+
+def served_breakdown(lm, runner, batch, steps: int, graph_alone: float) -> None:
+    """The step as `rfc serve` runs it where the device samples (forward_sampled, greedy: the
+    sampling kernel last in the graph, the token ids copied back), against the same graph
+    replayed alone with and without that kernel: the sampling kernel's time, and the step's
+    time outside the graph (the batch staged and copied in, the ids out, the host's Python)."""
+    from rfc.runtime.sampling.sampler import Sampler, SamplingParams
+
+    n = len(batch().context_lens)
+    samplers = [Sampler(SamplingParams(temperature=0.0), [1], lm.vocab_size) for _ in range(n)]
+    rows = [(sampler, False) for sampler in samplers]
+
+    def served() -> float:
+        b = batch()
+        t = time.perf_counter()
+        out = lm.executor.forward_sampled(b, rows)
+        dt = time.perf_counter() - t
+        for sampler, token in zip(samplers, out.tokens):
+            sampler.record(int(token))
+        return dt
+
+    served()  # the sampled graph's capture
+    whole = statistics.median([served() for _ in range(steps)])
+    d, stream = runner._driver, runner.stream
+    scalars = runner._forward(batch(), runner.stage["tokens"][0])
+    d.stream_synchronize(stream)
+    graph = runner._graph(scalars, True)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        d.graph_launch(graph, stream)
+        d.stream_synchronize(stream)
+        times.append(time.perf_counter() - t)
+    sampled = statistics.median(times)
+    print(
+        f"served step (tokens chosen on the device): median {whole * 1e3:.3f} ms, {n / whole:.1f} tok/s; "
+        f"its graph with the sampling kernel, replay + sync alone: {sampled * 1e3:.3f} ms "
+        f"(the sampling kernel {(sampled - graph_alone) * 1e6:.1f} us); outside the graph "
+        f"{(whole - sampled) * 1e6:.1f} us a step"
+    )
 
 
 if __name__ == "__main__":

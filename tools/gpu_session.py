@@ -19,7 +19,9 @@ sm_XY, HIP for gfx*), then works in the order of what matters most, each phase b
 is left of `--budget` seconds:
 1. `tools/gpu_check.py --bench` on stories260K: its checks, then the benchmark shapes;
 2. `llama-bench -ngl 99 -p 512 -n 128 -r 3` on the same GGUFs, and one table of both sides
-   with their ratios, the card, the driver and the date: what docs/benchmarks.md records;
+   with their ratios, the card, the driver and the date: what docs/benchmarks.md records; then
+   `tools/gpu_profile.py` on each benchmark bundle at batch 1 (where the table's batch-1 step
+   spends its time: the graph, the sampling kernel, the copies and the host);
 3. `tools/bench_serve.py` against `rfc serve` on the card and llama-server with 16 slots on the
    smaller benchmark GGUF: streamed completions, 1 then 16 clients (`--no-serve` skips it);
 4. `rfc serve stories260K.gguf` with no --arch: its first line and /health must name the card's
@@ -401,6 +403,17 @@ def serve_commands(bundle: Path, gguf: Path, device: str, bins: Path | None, log
     return [(name, [*cmd, "--server-log", str(logs / f"serve-{name}-server.log")]) for name, cmd in cmds]
 
 
+def step_profile_commands(bundles: list[Path], target: str) -> list[tuple[str, list[str]]]:
+    """tools/gpu_profile.py on each benchmark bundle at batch 1 and a 33-token context (the
+    variants' step): the step as the engine runs it, the graph alone, the served step with the
+    sampling kernel, the host's Python, each kernel alone. The table's batch-1 rate is the
+    served step; what it spends outside the graph is this phase's to say."""
+    device = "cuda" if target.startswith("sm_") else "hip"
+    tool = [sys.executable, str(ROOT / "tools" / "gpu_profile.py")]
+    args = ["--device", device, "--batch", "1", "--steps", "50", "--context", "32", "--top", "15"]
+    return [(bundle.name, [*tool, str(bundle), *args]) for bundle in bundles if bundle.is_dir()]
+
+
 def default_target_check(gguf: Path, target: str, env: dict, log: Path, timeout: float) -> int:
     """`rfc serve GGUF` with no --arch on the card: its first line must say it compiled for the
     card's target (what it detected) and /health must report the model on that GPU. 0 when both
@@ -592,6 +605,12 @@ def run(
             build.wait()
     if build is not None:
         shutil.copy(src / "build.log", logs / "llama-build.log")
+    bench_bundles = [out / f"{Path(b['gguf']).stem}-{target}" for b in rfc["bench"]]
+    if bench_bundles:
+        left = _phase("where a batch-1 step's time goes: tools/gpu_profile.py on the benchmark bundles", deadline)
+        for name, cmd in step_profile_commands(bench_bundles, target):
+            # a profile, not a check: its exit status leaves the run's alone
+            _checked_run(cmd, env, logs / f"step-profile-{name}.log", max(min(left / 8, 60), 1))
     if serve and rfc["bench"]:
         left = _phase("serving: rfc serve and llama-server -np 16, streamed completions, 1 and 16 clients", deadline)
         b = rfc["bench"][0]  # the smaller benchmark shape

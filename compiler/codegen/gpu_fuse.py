@@ -31,13 +31,14 @@ int8 matmuls:
   without it a llama layer is eight launches: q/k/v, rope + KV write, attention, output,
   add + rmsnorm, gate/up/SwiGLU, down, add + rmsnorm.
 
-And the add + rmsnorm into the int8 matmul before it (NORM_IN_LAST_BLOCK, the default where
-NORM_IN_MATMULS is off; last_block_norms): the output and down projections count each block's
-arrival once its outputs are out, and the last of a token block's blocks runs the add + rmsnorm
-launch's code on its tokens' rows. A llama layer is then six launches: q/k/v, rope + KV write,
-attention, output + add + norm, gate/up/SwiGLU, down + add + norm; five with the rope + KV write
-in the q/k/v launch's last blocks too (ROPE_IN_LAST_BLOCK, off; last_block_ropes). The prefill
-list keeps its add + rmsnorm and rope + KV write launches.
+And the add + rmsnorm into the int8 matmul before it (NORM_IN_LAST_BLOCK, where NORM_IN_MATMULS
+is off; last_block_norms): the output and down projections count each block's arrival once its
+outputs are out, and the last of a token block's blocks runs the add + rmsnorm launch's code on
+its tokens' rows. A llama layer is then six launches: q/k/v, rope + KV write, attention,
+output + add + norm, gate/up/SwiGLU, down + add + norm; five with the rope + KV write in the
+q/k/v launch's last blocks too (ROPE_IN_LAST_BLOCK; last_block_ropes). Both are off by default,
+measured slower on a card (their comments below): the default llama layer is eight launches.
+The prefill list keeps its add + rmsnorm and rope + KV write launches either way.
 
 And one hand-off between launches (DECODE_Q8): an add + rmsnorm whose normalized rows the next
 int8 matmuls read also writes them rounded to int8 (the matmuls' own rounding, rfc_quantize32,
@@ -81,10 +82,14 @@ NORM_IN_MATMULS = False
 # block, gpu_plan.MATMUL_ARRIVALS), and the last of a token block's blocks to arrive runs the add +
 # rmsnorm launch's code on its tokens' rows (gpu_add_rmsnorm_row.hip.j2, q8 hand-off included):
 # the same bits, a launch fewer, and no block re-reads a row it did not need (unlike
-# NORM_IN_MATMULS). The prefill list keeps its add + rmsnorm launches
-# (step_fusions). Unmeasured on a card: an A/B switch (False: those launches in the decode lists
-# too, the kernels and program as before).
-NORM_IN_LAST_BLOCK = True
+# NORM_IN_MATMULS). The prefill list keeps its add + rmsnorm launches (step_fusions).
+# Off: on an H100 (docs/benchmarks.md) a TinyLlama-1.1B-shaped Q4_0 model's graph decode step
+# took 1,010 us with it and 936 us without at batch 1, and 4,919 against 3,430 us at batch 16;
+# an 8B's down projection took 39.6 us with the tail and 28.9 us without it, its output
+# projection 18.1 us for 9.45 MB: one block runs a whole row's add and norm (four values a
+# thread at a time, NORM_HOLD) while the card's other multiprocessors wait, which costs more
+# than the launch of its own it saves. True: a llama layer six launches, the same bits.
+NORM_IN_LAST_BLOCK = False
 # Values of a row a thread of that last block holds in registers at a time (the add + rmsnorm
 # launch holds up to 16): the matmul's registers are the kernel's, and its blocks are the many
 # (at 16 an 8B's 4096-wide rows took 164 registers a thread on sm_90 and spilled on gfx1100).

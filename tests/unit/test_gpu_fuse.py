@@ -212,12 +212,13 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
 
 
 def test_the_add_and_norm_run_in_the_last_blocks_of_the_matmul_before_them(llama, monkeypatch):
-    """gpu_fuse.NORM_IN_LAST_BLOCK (the default): the output and down projections take the
-    residual add and the next norm (its q8 hand-off included) into their launch; the prefill
-    list keeps its add + rmsnorm launches. An op between the matmul and the add keeps the three
-    apart; the switch off gives the previous lists, launch for launch."""
+    """gpu_fuse.NORM_IN_LAST_BLOCK (off by default: measured slower on a card): the output and
+    down projections take the residual add and the next norm (its q8 hand-off included) into
+    their launch; the prefill list keeps its add + rmsnorm launches. An op between the matmul and
+    the add keeps the three apart; the switch off gives the default lists, launch for launch."""
     spec, plan, layout = llama
     monkeypatch.setattr(gpu_fuse, "ROPE_IN_LAST_BLOCK", False)  # (its own test below)
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", True)
     built, program = _prefill(plan, layout)
     fusions, prefill = step_fusions(plan, *plan_kernels(TARGET, plan, layout))
     layer1 = next(i for i, op in enumerate(plan.ops) if op.weights and op.weights[0].startswith("blk.1."))
@@ -435,9 +436,10 @@ def test_the_rope_and_kv_write_run_in_the_last_blocks_of_q_k_and_v(llama, monkey
     rope + KV write after it, a llama layer five launches with the norms' (q/k/v + rope + KV
     write, attention, output + add + norm, gate/up/SwiGLU, down + add + norm); the prefill list
     keeps its rope + KV write launches. An op between them keeps them apart; the switch off gives
-    the previous lists."""
+    the previous lists. (NORM_IN_LAST_BLOCK on too, off by default: the five-launch layer.)"""
     spec, plan, layout = llama
     monkeypatch.setattr(gpu_fuse, "ROPE_IN_LAST_BLOCK", True)
+    monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", True)
     built, program = _prefill(plan, layout)
     fusions, prefill = step_fusions(plan, *plan_kernels(TARGET, plan, layout))
     layer1 = next(i for i, op in enumerate(plan.ops) if op.weights and op.weights[0].startswith("blk.1."))

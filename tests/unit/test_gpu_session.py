@@ -192,3 +192,20 @@ def test_each_ncu_detail_regex_gets_its_own_ncu_run_and_folder(tmp_path, monkeyp
     outs = [cmd[cmd.index("--out") + 1] for cmd, _ in ncu]
     assert len(set(outs)) == 2 and len({log for _, log in ncu}) == 2  # one run does not overwrite the other's
     assert status == 0
+
+
+def test_each_benchmark_bundle_gets_a_batch_1_step_profile(tmp_path):
+    """After the table, tools/gpu_profile.py on every benchmark bundle that was built, at batch 1
+    and the variants' 33-token context, on the card's device; none for a bundle that is not there."""
+    small, large = tmp_path / "bench-tinyllama-1.1b-Q4_0-sm_90", tmp_path / "bench-llama3-8b-Q4_K_M-sm_90"
+    small.mkdir()
+    cmds = dict(gpu_session.step_profile_commands([small, large], "sm_90"))
+    assert list(cmds) == [small.name]
+    cmd = cmds[small.name]
+    assert Path(cmd[1]).name == "gpu_profile.py" and cmd[2] == str(small)
+    assert cmd[cmd.index("--device") + 1] == "cuda" and cmd[cmd.index("--batch") + 1] == "1"
+    assert cmd[cmd.index("--context") + 1] == "32"
+    large.mkdir()
+    hip = dict(gpu_session.step_profile_commands([small, large], "gfx90a"))
+    assert list(hip) == [small.name, large.name]
+    assert all(c[c.index("--device") + 1] == "hip" for c in hip.values())
