@@ -21,9 +21,13 @@ is left of `--budget` seconds:
 2. `llama-bench -ngl 99 -p 512 -n 128 -r 3` on the same GGUFs, and one table of both sides
    with their ratios, the card, the driver and the date: what docs/benchmarks.md records; then
    `tools/gpu_profile.py` on each benchmark bundle at batch 1 (where the table's batch-1 step
-   spends its time: the graph, the sampling kernel, the copies and the host);
+   spends its time: the graph, the sampling kernel, the copies and the host), whose served
+   step, timed with no build beside it, goes under the table with its ratio to tg128 (rfc's
+   `--bench` runs while llama.cpp builds on every core; llama-server's build, which follows
+   llama-bench's, is stopped while llama-bench and the profiles run);
 3. `tools/bench_serve.py` against `rfc serve` on the card and llama-server with 16 slots on the
-   smaller benchmark GGUF: streamed completions, 1 then 16 clients (`--no-serve` skips it);
+   smaller benchmark GGUF: streamed completions, 1 then 16 clients (`--no-serve` skips it; a
+   llama-server build the budget stopped is resumed by `--follow-up`, after its variants);
 4. `rfc serve stories260K.gguf` with no --arch: its first line and /health must name the card's
    target (the GPU it detected);
 5. with `--variant` (repeatable; `tools/gpu_experiment.py variants`' form, "module.NAME=value"):
@@ -54,6 +58,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -93,6 +98,11 @@ SERVE_TOKENS, SERVE_REQUESTS = 128, 2  # the serving phase: tokens a completion,
 # A dense, a MoE and a hybrid (recurrent) model for compute-sanitizer's memcheck
 SANITIZE_FIXTURES = ("llama-Q4_K_M", "qwen3moe-Q4_K_M", "qwen35-Q4_K_M")
 SANITIZE_SHARE = 0.5  # of the time left before the fixtures' checks, what --sanitize may take
+# After the table, llama-server's build (started once llama-bench's is done) may take up to
+# SERVER_BUILD_WAIT more seconds, while SERVER_BUILD_RESERVE of the budget stays for the serving
+# phase and what follows; a build stopped there is resumed by a follow-up call (--follow-up).
+SERVER_BUILD_WAIT = 150
+SERVER_BUILD_RESERVE = 90
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -258,6 +268,78 @@ def _llama_build(src: Path, target: str, server: bool = False) -> tuple[subproce
     log = open(src / "build.log", "w")
     proc = subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, build / "bin"
+
+
+def previous_llama_build(tmp: Path) -> Path | None:
+    """The llama.cpp build folder a first call on this machine left in `tmp` (llama-bench built
+    there: its bench.done), the newest; None without one."""
+    done = sorted(tmp.glob("llama-peer-*/build/bench.done"), key=lambda p: p.stat().st_mtime)
+    return done[-1].parent if done else None
+
+
+def _serving_phase(rfc: dict, out: Path, target: str, bins: Path | None, logs: Path, env: dict, deadline: float) -> int:
+    """rfc serve and, where it was built, llama-server on the smaller benchmark shape
+    (serve_commands); the phase's exit status."""
+    status = 0
+    left = _phase("serving: rfc serve and llama-server -np 16, streamed completions, 1 and 16 clients", deadline)
+    b = rfc["bench"][0]  # the smaller benchmark shape
+    bundle = out / f"{Path(b['gguf']).stem}-{target}"
+    device = "cuda" if target.startswith("sm_") else "hip"
+    for name, cmd in serve_commands(bundle, Path(b["gguf"]), device, bins, logs):
+        status = _checked_run(cmd, env, logs / f"serve-{name}.log", max(min(left / 2 - 30, 150), 1)) or status
+        left = deadline - time.monotonic()
+    return status
+
+
+def _pause(build: subprocess.Popen | None, stop: bool) -> None:
+    """Stops (SIGSTOP) or resumes (SIGCONT) a running llama.cpp build's process group."""
+    if build is not None and build.poll() is None:
+        os.killpg(build.pid, signal.SIGSTOP if stop else signal.SIGCONT)
+
+
+def _follow_up_serving(rfc: dict, out: Path, target: str, logs: Path, env: dict, deadline: float) -> int:
+    """A follow-up's serving phase: llama-server's build resumed in the first call's build folder
+    on this machine (its objects are there: cmake builds what is left), then both servers under
+    the same load (_serving_phase); 0 without that folder or the benchmark GGUFs."""
+    build_dir = previous_llama_build(Path(tempfile.gettempdir()))
+    if build_dir is None or not rfc["bench"]:
+        return 0
+    bins = build_dir / "bin"
+    if not (bins / "llama-server").is_file():
+        left = _phase("llama-server's build, resumed from the first call's", deadline)
+        cmd = ["nice", "-n", "5", "cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 4)]
+        _checked_run(
+            [*cmd, "--target", "llama-server"], env, logs / "llama-server-build.log", max(min(left / 3, 180), 1)
+        )
+    if not (bins / "llama-server").is_file():
+        return 0
+    return _serving_phase(rfc, out, target, bins, logs, env, deadline)
+
+
+def served_rates(logs: Path, llama: list[dict]) -> str:
+    """Lines for ratios.md: each benchmark bundle's served batch-1 step as its step profile
+    timed it (gpu_profile.py, with no build beside it), against llama-bench's tg128 on the same
+    GGUF where it ran; empty without a profile."""
+    tg = {
+        Path(r.get("model_filename", "")).stem: r["avg_ts"]
+        for r in llama
+        if r.get("n_gen") and not r.get("n_prompt") and r.get("avg_ts")
+    }
+    lines = []
+    for log in sorted(logs.glob("step-profile-*.log")):
+        m = re.search(
+            r"served step \(tokens chosen on the device\): median ([0-9.]+) ms, ([0-9.]+) tok/s", log.read_text()
+        )
+        if not m:
+            continue
+        bundle = log.stem.removeprefix("step-profile-")
+        model = next((name for name in tg if bundle.startswith(name + "-")), None)
+        ratio = f", **{float(m[2]) / tg[model]:.2f}x** llama.cpp's tg128" if model else ""
+        lines.append(f"- {bundle}: the served batch-1 step alone {float(m[2]):,.1f} tok/s ({m[1]} ms){ratio}")
+    if not lines:
+        return ""
+    head = "\nrfc's batch-1 step as served, timed with nothing else running (gpu_profile.py, median of 50, 33-token context):\n"
+    return head + "\n".join(lines) + "\n"
 
 
 def card() -> str:
@@ -569,6 +651,9 @@ def run(
         print(
             f"llama-bench build: {'done' if done else 'not done'} after {time.monotonic() - t0:.0f} s", file=sys.stderr
         )
+        # llama-server's build (after llama-bench's) waits while llama-bench and the step profiles
+        # time: 16 compilers beside them would tax both sides' host work
+        _pause(build, True)
     for b in rfc["bench"] if build is not None else []:
         try:
             r = subprocess.run(
@@ -586,9 +671,13 @@ def run(
     if build is not None:
         (logs / "llama-bench.json").write_text(json.dumps(llama, indent=1))
     if follow_up:
+        # llama-server from the first call's build on this machine, after the variants
+        def serving() -> int:
+            return _follow_up_serving(rfc, out, target, logs, env, deadline) if serve and with_peer else 0
+
         return _extra_phases(
             rfc, out, target, logs, env, deadline, fixtures, gpu_check, variants, profile, sanitize, True,
-            variants_on, variant_share, ncu_detail,
+            variants_on, variant_share, ncu_detail, after_variants=serving,
         )  # fmt: skip
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table = (
@@ -597,28 +686,29 @@ def run(
     )
     (logs / "ratios.md").write_text(table)
     print("\n" + table, flush=True)
-    if build is not None and build.poll() is None:  # llama-server's build: a bounded wait, then without it
-        try:
-            build.wait(timeout=max(min(60, deadline - time.monotonic() - 200), 1) if serve else 0.1)
-        except subprocess.TimeoutExpired:
-            os.killpg(build.pid, signal.SIGKILL)  # cmake and its compilers with it
-            build.wait()
-    if build is not None:
-        shutil.copy(src / "build.log", logs / "llama-build.log")
     bench_bundles = [out / f"{Path(b['gguf']).stem}-{target}" for b in rfc["bench"]]
     if bench_bundles:
         left = _phase("where a batch-1 step's time goes: tools/gpu_profile.py on the benchmark bundles", deadline)
         for name, cmd in step_profile_commands(bench_bundles, target):
             # a profile, not a check: its exit status leaves the run's alone
             _checked_run(cmd, env, logs / f"step-profile-{name}.log", max(min(left / 8, 60), 1))
-    if serve and rfc["bench"]:
-        left = _phase("serving: rfc serve and llama-server -np 16, streamed completions, 1 and 16 clients", deadline)
-        b = rfc["bench"][0]  # the smaller benchmark shape
-        bundle = out / f"{Path(b['gguf']).stem}-{target}"
-        device = "cuda" if target.startswith("sm_") else "hip"
-        for name, cmd in serve_commands(bundle, Path(b["gguf"]), device, bins, logs):
-            status = _checked_run(cmd, env, logs / f"serve-{name}.log", max(min(left / 2 - 30, 150), 1)) or status
+        served = served_rates(logs, llama)
+        if served:
+            with open(logs / "ratios.md", "a") as f:
+                f.write(served)
+            print(served, flush=True)
+    _pause(build, False)
+    if build is not None and build.poll() is None:  # llama-server's build: a bounded wait, then without it
+        try:
             left = deadline - time.monotonic()
+            build.wait(timeout=max(min(SERVER_BUILD_WAIT, left - SERVER_BUILD_RESERVE), 1) if serve else 0.1)
+        except subprocess.TimeoutExpired:
+            os.killpg(build.pid, signal.SIGKILL)  # cmake and its compilers with it (a follow-up resumes it)
+            build.wait()
+    if build is not None:
+        shutil.copy(src / "build.log", logs / "llama-build.log")
+    if serve and rfc["bench"]:
+        status = _serving_phase(rfc, out, target, bins, logs, env, deadline) or status
     left = _phase("rfc serve GGUF with no --arch: the target it detects on the card", deadline)
     demo = ROOT / "compiler" / "demo" / "stories260K.gguf"
     status = default_target_check(demo, target, env, logs / "default-target.log", max(min(left / 3, 180), 1)) or status
@@ -661,9 +751,11 @@ def _extra_phases(
     variants_on: str = "",
     variant_share: float = VARIANT_SHARE,
     ncu_detail: tuple[str, ...] = (),
+    after_variants: Callable[[], int] = lambda: 0,
 ) -> int:
-    """The phases after the table: variants, ncu, memcheck, then the fixtures' checks (in a
-    follow-up call, those whose bundle the first call did not build yet)."""
+    """The phases after the table: variants, `after_variants` (a follow-up's serving), ncu,
+    memcheck, then the fixtures' checks (in a follow-up call, those whose bundle the first call
+    did not build yet)."""
     status = 0
     if variants:
         left = _phase("rfc: codegen variants on the benchmark GGUFs", deadline)
@@ -675,6 +767,7 @@ def _extra_phases(
             name = Path(b["gguf"]).stem
             status = _checked_run(cmd + ["--out", str(out / "variants")], env, logs / f"variants-{name}.log",
                                   share / max(len(on), 1)) or status  # fmt: skip
+    status = after_variants() or status
     bench_bundles = [out / f"{Path(b['gguf']).stem}-{target}" for b in rfc["bench"]]
     if profile and target.startswith("sm_"):
         left = _phase("ncu: each kernel's GPU time in a decode and a prefill step", deadline)

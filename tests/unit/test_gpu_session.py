@@ -2,6 +2,7 @@
 GGUF, with the ratios the GPU goals are stated in."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,42 @@ def test_each_benchmark_bundle_gets_a_batch_1_step_profile(tmp_path):
     hip = dict(gpu_session.step_profile_commands([small, large], "gfx90a"))
     assert list(hip) == [small.name, large.name]
     assert all(c[c.index("--device") + 1] == "hip" for c in hip.values())
+
+
+def test_the_served_step_of_each_profile_goes_under_the_table_with_its_ratio(tmp_path):
+    """served_rates reads each step profile's served batch-1 step (gpu_profile.py's line) and
+    divides it by llama-bench's tg128 on the same GGUF; a profile without the line (it failed)
+    and a model llama-bench did not run give no ratio."""
+    line = "served step (tokens chosen on the device): median {ms} ms, {rate} tok/s; its graph with ..."
+    (tmp_path / "step-profile-bench-tinyllama-1.1b-Q4_0-sm_90.log").write_text(
+        "loading\n" + line.format(ms="1.000", rate="1000.0") + "\n"
+    )
+    (tmp_path / "step-profile-bench-llama3-8b-Q4_K_M-sm_90.log").write_text(line.format(ms="4.000", rate="250.0"))
+    (tmp_path / "step-profile-other-sm_90.log").write_text("Traceback: out of memory\n")
+    llama = [
+        {"model_filename": "/g/bench-tinyllama-1.1b-Q4_0.gguf", "n_prompt": 512, "n_gen": 0, "avg_ts": 39000.0},
+        {"model_filename": "/g/bench-tinyllama-1.1b-Q4_0.gguf", "n_prompt": 0, "n_gen": 128, "avg_ts": 800.0},
+    ]
+    text = gpu_session.served_rates(tmp_path, llama)
+    lines = [x for x in text.splitlines() if x.startswith("- ")]
+    assert lines == [
+        "- bench-llama3-8b-Q4_K_M-sm_90: the served batch-1 step alone 250.0 tok/s (4.000 ms)",
+        "- bench-tinyllama-1.1b-Q4_0-sm_90: the served batch-1 step alone 1,000.0 tok/s (1.000 ms), "
+        "**1.25x** llama.cpp's tg128",
+    ]
+    assert gpu_session.served_rates(tmp_path / "absent", llama) == ""
+
+
+def test_a_follow_up_finds_the_first_calls_llama_build(tmp_path):
+    """The newest llama-peer-*/build whose llama-bench was built (bench.done), where a follow-up
+    resumes llama-server's build; none where no build got that far."""
+    assert gpu_session.previous_llama_build(tmp_path) is None
+    unfinished = tmp_path / "llama-peer-a" / "build"
+    unfinished.mkdir(parents=True)
+    assert gpu_session.previous_llama_build(tmp_path) is None
+    old, new = tmp_path / "llama-peer-b" / "build", tmp_path / "llama-peer-c" / "build"
+    for i, build in enumerate((old, new)):
+        build.mkdir(parents=True)
+        (build / "bench.done").touch()
+        os.utime(build / "bench.done", (1000 + i, 1000 + i))
+    assert gpu_session.previous_llama_build(tmp_path) == new
