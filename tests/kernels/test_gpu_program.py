@@ -444,6 +444,56 @@ def test_prefill_list_keeps_teacher_forced_logits_within_bounds(model, target, g
     assert ok, msg
 
 
+@pytest.mark.parametrize(
+    "model,target",
+    [pytest.param("llama-Q4_K_M", t, marks=toolchain_marks(t)) for t in (TARGET, "sm_90")],
+)
+def test_decode_rows_of_several_sequences_on_the_prefill_list_stay_within_bounds(
+    model, target, gpu_bundle, tmp_path_factory
+):
+    """gpu_plan.PREFILL_MIN_TOKENS lowered to a decode step's rows (the switch the batch-16 A/B
+    times: the tensor-core matmuls then read each weight once for all of a step's rows, where
+    the decode list's blocks of 8 tokens read it twice at 16): a step of one token from each of
+    four sequences of different lengths runs the prefill list's graph, and each row's logits
+    stay within the bounds of its sequence teacher-forced on the reference device, for the
+    prefill list's rounding. The rows' attention reads each sequence's own pages: a row that
+    read another's keys is off by far more."""
+    from tests.bounds import device_bounds
+    from tests.conftest import FIXTURES
+    from tests.kernels.gpu_support import prefill_rounding
+    from rfc.runtime.devices.reference import ReferenceDevice
+
+    bundle = open_bundle(gpu_bundle(model, target))
+    kv = bundle.plan.kv
+    device = emulated_step_device(
+        bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu"
+    )
+    program = device.runner.program
+    device.runner.prefill_min_tokens = 4  # what the compiled switch sets in the program
+    tokens = [int(t) for t in np.load(FIXTURES / f"tiny-{model}.logits.npz")["tokens"]]
+    seqs = [tokens[3 * i : 3 * i + n] for i, n in enumerate((9, 17, 5, 30))]
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+    gpu = Executor(bundle.plan, device)
+    ref = Executor(bundle.plan, ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE))
+
+    def step(chunks):
+        for c in chunks:
+            blocks.allocate(c.seq_id, c.start + len(c.tokens))
+        batch = build_batch(chunks, blocks)
+        return gpu.forward(batch), ref.forward(batch)
+
+    for s, seq in enumerate(seqs):  # each prompt but its last token
+        step([ScheduledChunk(s, 0, tuple(seq[:-1]))])
+    device._driver.calls.clear()
+    got, want = step([ScheduledChunk(s, len(seq) - 1, (seq[-1],)) for s, seq in enumerate(seqs)])
+    assert ("capture", len(program.prefill_launches)) in device._driver.calls  # the prefill list's graph
+    formats = {t.format for t in bundle.layout.tensors}
+    rounding = np.stack([prefill_rounding(model, formats, seq, target)[-1] for seq in seqs])
+    ok, msg = device_bounds(model, got, want, rounding=rounding)
+    print(msg)
+    assert ok, msg
+
+
 def _make_gguf(path, *args: str) -> None:
     """tools/make_gguf.py's random-weight model at `path`."""
     import importlib.util
