@@ -1,6 +1,7 @@
 """Shared test fixtures: where the test data is (tests/testdata.py), compiled bundles cached
 per session."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -105,16 +106,43 @@ def pytest_sessionstart(session):
 def pytest_collection_modifyitems(config, items):
     """`exhaustive` tests stay out of a run that selects by no marker expression (-m), unless
     named by their full node id (with the parameters) on the command line: the default run
-    samples the cross products that `pytest -m "exhaustive or not exhaustive"` runs in full."""
-    if config.option.markexpr:
-        return
-    named = set(config.args)
-    keep, drop = [], []
+    samples the cross products that `pytest -m "exhaustive or not exhaustive"` runs in full.
+    Then the files heaviest first (_heaviest_first)."""
+    if not config.option.markexpr:
+        named = set(config.args)
+        keep, drop = [], []
+        for item in items:
+            (drop if item.get_closest_marker("exhaustive") and item.nodeid not in named else keep).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+    items[:] = _heaviest_first(items, DURATIONS)
+
+
+# Seconds each test file took in a measured run (tools/test_durations.py writes it from a JUnit
+# XML). .ci/run hands whole files to its workers in collection order (--dist loadfile
+# --no-loadscope-reorder): the heaviest first, so that the last files taken up are short ones
+# and neither worker waits long for the other at the end.
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def _heaviest_first(items: list, durations: Path) -> list:
+    """`items` with each file's tests together, the files by their measured seconds (most
+    first); files the measurement does not name after them, in collection order, as are
+    all files without one."""
+    try:
+        weights = json.loads(durations.read_text())
+    except (OSError, ValueError):
+        return items
+    order: dict[str, int] = {}
     for item in items:
-        (drop if item.get_closest_marker("exhaustive") and item.nodeid not in named else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+        order.setdefault(item.nodeid.split("::", 1)[0], len(order))
+
+    def key(item):
+        path = item.nodeid.split("::", 1)[0]
+        return (-float(weights.get(path, 0.0)), order[path])
+
+    return sorted(items, key=key)  # stable: a file's own tests keep their order
 
 
 def pytest_addoption(parser):
