@@ -48,6 +48,7 @@ failed), or 3 when llama-bench could not run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -652,8 +653,10 @@ def run(
             f"llama-bench build: {'done' if done else 'not done'} after {time.monotonic() - t0:.0f} s", file=sys.stderr
         )
         # llama-server's build (after llama-bench's) waits while llama-bench and the step profiles
-        # time: 16 compilers beside them would tax both sides' host work
+        # time: 16 compilers beside them would tax both sides' host work (resumed below, or at
+        # exit if a phase between raises)
         _pause(build, True)
+        atexit.register(_pause, build, False)
     for b in rfc["bench"] if build is not None else []:
         try:
             r = subprocess.run(
