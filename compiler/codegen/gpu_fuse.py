@@ -97,10 +97,10 @@ NORM_HOLD = 4
 # Likewise the rope and KV write after q, k and v (ROPE_IN_LAST_BLOCK, last_block_ropes): the
 # q/k/v launch's last block of each token block rotates its tokens' q and k rows and stores k
 # and v in the cache with the rope + KV write launch's code. A llama layer is then five launches.
-# Off by default, an A/B switch for a card: the KV write's code (its quantized cache types
-# included) takes the q/k/v kernel to 84 registers a thread on sm_90 at an 8B's sizes (two
-# blocks a multiprocessor where four ran) and spills on gfx90a; what the launch saved is
-# unmeasured.
+# Off: the KV write's code (its quantized cache types included) takes the q/k/v kernel to 84
+# registers a thread on sm_90 at an 8B's sizes (two blocks a multiprocessor where four ran) and
+# spills on gfx90a, and on an H100 (docs/benchmarks.md) it made a TinyLlama-1.1B-shaped graph
+# decode step 1,066 us where the build without it took 1,010.
 ROPE_IN_LAST_BLOCK = False
 ROPE_LAST_BLOCK_BATCH = 2  # pairs a thread of that block loads before it stores (gpu_plan.ROPE_LOAD_BATCH: 8)
 
@@ -134,9 +134,8 @@ def step_fusions(
     taken = {s.name: s for s in specs}
     decode = plan_fusions(plan, specs, op_kernels, NORM_IN_MATMULS, taken)
     last = NORM_IN_LAST_BLOCK and not NORM_IN_MATMULS
-    op_specs = [{s.name: s for s in specs}[k] for k in op_kernels]
     if last:
-        decode = last_block_norms(plan, op_specs, decode, taken)
+        decode = last_block_norms(plan, [{s.name: s for s in specs}[k] for k in op_kernels], decode, taken)
     if ROPE_IN_LAST_BLOCK:
         decode = last_block_ropes(plan, decode, taken)
         last = True  # the prefill list's runs are the plain ones

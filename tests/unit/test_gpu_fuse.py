@@ -35,8 +35,11 @@ def _layout(spec, formats: dict[str, str] | None = None) -> WeightLayout:
 
 def _runs(plan, layout) -> list[tuple[str, ...]]:
     """The fused runs of layer 0 and what closes it, as op kinds."""
-    specs, op_kernels = plan_kernels(TARGET, plan, layout)
-    fusions = plan_fusions(plan, specs, op_kernels)
+    return _layer0_runs(plan, plan_fusions(plan, *plan_kernels(TARGET, plan, layout)))
+
+
+def _layer0_runs(plan, fusions) -> list[tuple[str, ...]]:
+    """The runs of several ops among `fusions` up to layer 1's first op, as op kinds."""
     layer1 = next(i for i, op in enumerate(plan.ops) if op.weights and op.weights[0].startswith("blk.1."))
     # (a lone matmul's q8 twin is a hand-off, not a run: test_the_norm_hands_its_rounded_rows_on)
     return [
@@ -221,9 +224,7 @@ def test_the_add_and_norm_run_in_the_last_blocks_of_the_matmul_before_them(llama
     monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", True)
     built, program = _prefill(plan, layout)
     fusions, prefill = step_fusions(plan, *plan_kernels(TARGET, plan, layout))
-    layer1 = next(i for i, op in enumerate(plan.ops) if op.weights and op.weights[0].startswith("blk.1."))
-    runs = [tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count]) for f in fusions if f.first < layer1]
-    assert [r for r in runs if len(r) > 1] == [
+    assert _layer0_runs(plan, fusions) == [
         ("matmul",) * 3,
         ("rope", "kv_write"),
         ("matmul", "add", "rmsnorm"),
@@ -442,9 +443,7 @@ def test_the_rope_and_kv_write_run_in_the_last_blocks_of_q_k_and_v(llama, monkey
     monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", True)
     built, program = _prefill(plan, layout)
     fusions, prefill = step_fusions(plan, *plan_kernels(TARGET, plan, layout))
-    layer1 = next(i for i, op in enumerate(plan.ops) if op.weights and op.weights[0].startswith("blk.1."))
-    runs = [tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count]) for f in fusions if f.first < layer1]
-    assert [r for r in runs if len(r) > 1] == [
+    assert _layer0_runs(plan, fusions) == [
         ("matmul", "matmul", "matmul", "rope", "kv_write"),
         ("matmul", "add", "rmsnorm"),
         ("matmul", "matmul", "swiglu"),
