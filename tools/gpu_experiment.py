@@ -61,8 +61,10 @@ def _batch(chunks, blocks):
 
 
 def run_steps(bundle: Path, meta: Path) -> None:
-    """The steps `ncu` profiles: a 32-token prompt, one graph decode step, a 512-token prompt; the
-    two lists' kernel names go to `meta` so the profile can be split by step."""
+    """The steps `ncu` profiles: a 32-token prompt, one graph decode step, a 512-token prompt, and
+    where the device samples, one more decode step as `rfc serve` runs it (greedy, the sampling
+    kernel last in its graph: what `--ncu-detail 'rfc_sample_.*'` profiles). The first two lists'
+    kernel names go to `meta` so the profile can be split by step."""
     import numpy as np
 
     lm = _load(bundle)
@@ -73,6 +75,12 @@ def run_steps(bundle: Path, meta: Path) -> None:
     lm.executor.forward(_batch([(0, 32, (5,))], blocks))
     blocks.allocate(1, PREFILL_TOKENS)
     lm.executor.forward(_batch([(1, 0, tuple(rng.integers(2, lm.vocab_size, size=PREFILL_TOKENS).tolist()))], blocks))
+    if lm.executor.samples_on_device:
+        from rfc.runtime.sampling.sampler import Sampler, SamplingParams
+
+        blocks.allocate(0, 34)
+        sampler = Sampler(SamplingParams(temperature=0.0), [5], lm.vocab_size)
+        lm.executor.forward_sampled(_batch([(0, 33, (7,))], blocks), [(sampler, False)])
     program = lm.device.runner.program
     meta.write_text(
         json.dumps(

@@ -356,3 +356,53 @@ def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path
             ], calls
         chunks = [ScheduledChunk(1, lengths[0], (want[0],)), ScheduledChunk(2, lengths[1], (want[1],))]
         lengths = [lengths[0] + 1, lengths[1] + 1]
+
+
+# -- what Nsight Compute profiles on a card (tools/gpu_experiment.py's steps) ---------------------
+
+
+@pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
+def test_the_profiled_steps_end_with_a_step_sampled_on_the_device(
+    target, gpu_bundle, tmp_path, tmp_path_factory, monkeypatch
+):
+    """gpu_experiment.py's steps (run under ncu on a card) end with a decode step as `rfc serve`
+    runs it: its graph's last kernel is the sampling kernel, so `--ncu-detail 'rfc_sample_.*'`
+    profiles it. The real loader and GpuDevice over the emulated kernels."""
+    import importlib.util
+
+    import rfc.runtime.devices as devices
+    from rfc.runtime.devices.cuda import CudaDriver
+    from tests.kernels.gpu_emulator import EmulatedDriver, build_emulator
+
+    bundle_dir = gpu_bundle("stories260K", target)
+    lib = build_emulator(open_bundle(bundle_dir), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
+    graphs: list = []
+
+    class Driver(EmulatedDriver):
+        dialect = CudaDriver.dialect
+
+        def __init__(self, name: str):
+            super().__init__(lib)
+
+        @staticmethod
+        def probe(name: str) -> None:
+            return None
+
+        def memory_info(self) -> tuple[int, int]:
+            return 1 << 30, 1 << 30
+
+        def graph_launch(self, graph, stream) -> None:
+            graphs.append(graph)
+            super().graph_launch(graph, stream)
+
+    monkeypatch.setattr(devices, "gpu_driver_class", lambda family: Driver)
+    spec = importlib.util.spec_from_file_location(
+        "gpu_experiment", Path(__file__).parents[2] / "tools" / "gpu_experiment.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.run_steps(bundle_dir, tmp_path / "lists.json")
+    names = [[fn.__name__.removeprefix("rfc_emu_launch_") for fn, *_ in graph] for graph in graphs]
+    assert len(names) == 2, "the profiled steps: one plain graph decode step, one sampled"
+    assert names[1][-1].startswith("rfc_sample_") and names[1][:-1] == names[0]
+    assert not any(k.startswith("rfc_sample_") for k in names[0])
