@@ -44,7 +44,13 @@ And one hand-off between launches (DECODE_Q8): an add + rmsnorm whose normalized
 int8 matmuls read also writes them rounded to int8 (the matmuls' own rounding, rfc_quantize32,
 done by the 32 threads that hold a sub-block) into the arena slot Q8_SCRATCH, and those matmuls
 read that instead of rounding the float rows again in every block behind two barriers. The
-prefill list keeps the plain kernels (its tensor-core matmuls round their input themselves).
+same for the attention's output and the output projection (ATTENTION_Q8): the attention block
+that writes a row's outputs of its kv head (the row's only slice, or the last slice to arrive,
+which merges them, or the block that ran a tile of a long step's rows) rounds them there too,
+in a twin of its kernel. The scratch holds one
+rounded input at a time: an attention whose output is rounded never lies between an add +
+rmsnorm and one of its readers (a parallel block's FFN). The prefill list keeps the plain
+kernels (its tensor-core matmuls round their input themselves).
 
 The prefill list launches a run's ops one by one, each on its tensor-core kernel, but for the
 matmuls of one input: there one int8 tensor-core launch over the segments of rows
@@ -60,7 +66,15 @@ from dataclasses import dataclass, replace
 
 from rfc.artifacts.plan import Op, Plan
 from rfc.compiler.codegen import gpu_imma, gpu_plan
-from rfc.compiler.codegen.gpu_plan import I32, MATMUL_ROW_STEPS, PTR, KernelSpec, _renamed, buffer_uses
+from rfc.compiler.codegen.gpu_plan import (
+    ATTENTION_TEMPLATE,
+    I32,
+    MATMUL_ROW_STEPS,
+    PTR,
+    KernelSpec,
+    _renamed,
+    buffer_uses,
+)
 
 MATMUL_TEMPLATE = "gpu_matmul.hip.j2"
 ROPE_KV_TEMPLATE = "gpu_rope_kv_write.hip.j2"
@@ -70,6 +84,16 @@ MAX_SEGMENTS = 3  # q, k, v
 # The decode list's int8 matmuls after an add + rmsnorm read its output rounded once (module doc);
 # False: each matmul block rounds its activations itself (the kernels before the hand-off).
 DECODE_Q8 = True
+# The attention's output rounded once for the output projection (module doc): the block that writes
+# a row's outputs of its kv head (the row's only slice, the last-arriving slice that merges them,
+# or a long step's tile) rounds them into Q8_SCRATCH as the output matmul's blocks round them, and that matmul reads the
+# int8 rows. False: each of the output matmul's blocks rounds the float row itself. On an H100
+# (docs/benchmarks.md, 2026-11-27) an 8B's one-token output projection, rounding its float
+# input in each of its 512 blocks, took 12.3 us at 771 GB/s, a third of its stalls at the barriers
+# around the rounding, where the gate/up matmul reading a rounded input ran at 2.0 TB/s.
+# Unmeasured on a card as a whole: an A/B switch. The same bits either way. Only with the norms in
+# launches of their own (NORM_IN_MATMULS and NORM_IN_LAST_BLOCK off, the defaults).
+ATTENTION_Q8 = True
 # The residual add in the matmul before it and the rmsnorm in the matmuls after it (module doc);
 # False: the add + rmsnorm launch between them. Off: on an H100 (docs/benchmarks.md) a
 # TinyLlama-1.1B-shaped Q4_0 model's graph decode step took 1,053 us with it and 1,000 us
@@ -591,37 +615,89 @@ def _q8_variant(f: Fusion, extra: dict, suffix: str = "_q8") -> Fusion:
 
 def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion], taken: dict) -> list[Fusion]:
     """Each add + rmsnorm whose output later int8 matmuls read (before anything writes it again
-    or another add + rmsnorm runs) becomes its q8 twin, and those matmuls theirs."""
+    or another add + rmsnorm runs) becomes its q8 twin, and those matmuls theirs; likewise each
+    attention launch whose output the output projection reads (ATTENTION_Q8), where no earlier
+    hand-off's reader comes after it (the scratch holds one rounded input at a time)."""
     by_first = {f.first: f for f in fusions}
     changed: dict[int, Fusion] = {}
+    spans: list[tuple[int, int]] = []  # (producer, its last reader): Q8_SCRATCH is taken in between
     for f in fusions:
         if f.spec.template != ADD_RMSNORM_TEMPLATE:
             continue
         x, width = plan.ops[f.first + 1].outputs[0], f.spec.params["width"]
         if width % 32 or f.spec.threads % 32:
             continue
-        layout = q8_decode_layout(width)
-        readers = []
-        j = f.first + f.count
-        while j < len(plan.ops):
-            unit = by_first.get(j) or Fusion(j, 1, op_specs[j], tuple((0, n) for n, _k in op_specs[j].args))
-            ops = plan.ops[j : j + unit.count]
-            if unit.spec.template == ADD_RMSNORM_TEMPLATE or any(x in op.outputs for op in ops):
-                break
-            if _q8_reader(unit.spec, x, width, ops):
-                readers.append(unit)
-            j += unit.count
+        # past an attention: a parallel block's FFN reads the norm the attention's q/k/v read
+        readers = _q8_readers(plan, op_specs, by_first, f.first + f.count, x, width, (ADD_RMSNORM_TEMPLATE,))
         if not readers:
             continue
+        layout = q8_decode_layout(width)
         changed[f.first] = _q8_variant(f, {"q8": True, **layout})
-        for r in readers:
-            p = r.spec.params
-            steps = -(-(p["k"] // 32) // p["lanes_per_row"])
-            changed[r.first] = _q8_variant(r, {"q8in": True, "q8_steps": steps, **layout})
+        _q8_readers_take(readers, layout, changed)
+        spans.append((f.first, readers[-1].first))
+    # (with the norms folded into the matmuls around the output projection (NORM_IN_MATMULS,
+    # NORM_IN_LAST_BLOCK: off, measured slower) the projection's launch would round the next norm's
+    # rows into the scratch it reads: the attention keeps its plain launch then)
+    if ATTENTION_Q8 and not NORM_IN_MATMULS and not NORM_IN_LAST_BLOCK:
+        covered = {j for f in fusions for j in range(f.first, f.first + f.count)}
+        for i, spec in enumerate(op_specs):
+            kernel = _attention_writer(spec)
+            if i in covered or kernel is None or kernel.params["head_dim"] % 32 or kernel.threads % 32:
+                continue
+            if any(p < i < last for p, last in spans):
+                continue
+            x, width = plan.ops[i].outputs[0], kernel.params["n_heads"] * kernel.params["head_dim"]
+            readers = _q8_readers(plan, op_specs, by_first, i + 1, x, width, (ADD_RMSNORM_TEMPLATE, ATTENTION_TEMPLATE))
+            if not readers:
+                continue
+            layout = q8_decode_layout(width)
+            own = Fusion(i, 1, kernel, tuple((0, n) for n, _k in kernel.args))
+            changed[i] = _q8_variant(own, {"q8": True, "q8_width": width, **layout})
+            _q8_readers_take(readers, layout, changed)
+            spans.append((i, readers[-1].first))
     out = [changed.pop(f.first, f) for f in fusions]
-    out += changed.values()  # lone matmuls: fusions of one op
+    out += changed.values()  # lone ops: fusions of one op
     out = [replace(f, spec=_taken(f.spec, taken)) if f.plain is not None else f for f in out]
     return sorted(out, key=lambda f: f.first)
+
+
+def _q8_readers(
+    plan: Plan, op_specs: list[KernelSpec], by_first: dict, j: int, x: str, width: int, stops: tuple[str, ...]
+) -> list[Fusion]:
+    """The int8 matmul launches from op j on that read `x` ([T, width]) as a q8 twin can: up to
+    the next launch of a template in `stops` (a hand-off of its own) or the next write of x."""
+    readers = []
+    while j < len(plan.ops):
+        unit = by_first.get(j) or Fusion(j, 1, op_specs[j], tuple((0, n) for n, _k in op_specs[j].args))
+        ops = plan.ops[j : j + unit.count]
+        if unit.spec.template in stops or any(x in op.outputs for op in ops):
+            break
+        if _q8_reader(unit.spec, x, width, ops):
+            readers.append(unit)
+        j += unit.count
+    return readers
+
+
+def _q8_readers_take(readers: list[Fusion], layout: dict, changed: dict[int, Fusion]) -> None:
+    """Each reader's q8 twin into `changed`: its input read rounded from Q8_SCRATCH."""
+    for r in readers:
+        p = r.spec.params
+        steps = -(-(p["k"] // 32) // p["lanes_per_row"])
+        changed[r.first] = _q8_variant(r, {"q8in": True, "q8_steps": steps, **layout})
+
+
+def _attention_writer(spec: KernelSpec) -> KernelSpec | None:
+    """The kernel of an attention op's step-program launch that writes the op's output rows:
+    its own kernel (one slice a row, or every slice in turn), or its split kernel that merges
+    the slices in its last block; None for other ops, and where a reduce kernel writes them
+    (gpu_plan.ATTENTION_LAST_BLOCK_MERGE off)."""
+    if spec.template != ATTENTION_TEMPLATE:
+        return None
+    if not spec.steps:
+        return spec
+    if len(spec.steps) == 1 and spec.steps[0].params.get("merge"):
+        return spec.steps[0]
+    return None
 
 
 # -- the add + rmsnorm in the last block of the matmul before it ------------------------------

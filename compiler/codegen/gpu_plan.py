@@ -59,6 +59,7 @@ STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 
+ATTENTION_TEMPLATE = "gpu_attention.hip.j2"  # the attention kernels' (per-op, split)
 KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<dtype>_t)
 # kv_write stages a token's row through shared memory this many values at a time when it
 # quantizes (double and float: 12 KiB), a multiple of every rotation and block it holds
@@ -622,7 +623,7 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
         if splits > 1 and ATTENTION_LAST_BLOCK_MERGE:
             split = KernelSpec(
                 f"{name}_split",
-                "gpu_attention.hip.j2",
+                ATTENTION_TEMPLATE,
                 dict(params, name=f"{name}_split", split=True, merge=True),
                 _args("attention_split_merge", has_sinks),
                 threads,
@@ -632,7 +633,7 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
         elif splits > 1:
             split = KernelSpec(
                 f"{name}_split",
-                "gpu_attention.hip.j2",
+                ATTENTION_TEMPLATE,
                 dict(params, name=f"{name}_split", split=True),
                 _args("attention_split", has_sinks),
                 threads,
@@ -649,7 +650,7 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             )
             steps = (split, reduce)
         grid = (("n_rows", 1), (n_kv_heads, 1))  # one block per kv head and its query heads
-        spec = KernelSpec(name, "gpu_attention.hip.j2", params, _args("attention", has_sinks), threads, grid, steps)
+        spec = KernelSpec(name, ATTENTION_TEMPLATE, params, _args("attention", has_sinks), threads, grid, steps)
         from rfc.compiler.codegen.gpu_attention import mma_attention_spec  # the prefill list's, on tensor cores
 
         return dataclasses.replace(spec, prefill=mma_attention_spec(self.target, spec))
@@ -1027,6 +1028,11 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
             launches.append(launch)
             if f.spec.params.get("q8"):  # the decode list's rounded hand-off (gpu_fuse.DECODE_Q8)
                 q8_bytes = max(q8_bytes, f.spec.params["q8_bytes"])
+            if f.spec.template == ATTENTION_TEMPLATE:  # its split kernel's twin rounding its output (ATTENTION_Q8)
+                if any(n == "scratch" for n, _k in f.spec.args):
+                    scratch = max(scratch, attention_scratch_floats(f.spec))
+                if any(n == "arrivals" for n, _k in f.spec.args):
+                    arrivals = max(arrivals, attention_arrival_ints(f.spec))
             if f.spec.params.get("last_norm") or f.spec.params.get("last_rope"):  # a count a token block
                 matmul_arrivals = PROGRAM_MAX_TOKENS
                 if f.spec.params.get("norm_q8"):
@@ -1040,7 +1046,7 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
             elif any(s.prefill is not None for s in own):
                 for op, spec in zip(ops, own):
                     prefill_launch(op, spec.prefill or spec)
-            elif f.spec.params.get("q8"):
+            elif f.spec.params.get("q8") and "q8_width" not in f.spec.params:
                 # an add + rmsnorm that also leaves its output rounded (the q8 hand-off): in the layout the
                 # prefill list's int8 matmuls read (gpu_imma.q8_layout), so they need no rounding launch
                 prefill.append(launch)
@@ -1070,8 +1076,10 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
 
 def fused_launch(plan: Plan, ops, spec: KernelSpec, sources, op_specs: list[KernelSpec]) -> Launch:
     """One launch of fused kernel `spec` for the run `ops`: argument i is the slot its source
-    op's own launch passes for that argument (sources named q8 and matmul_arrivals: the arena's
-    Q8_SCRATCH and MATMUL_ARRIVALS slots); the grid counts the first op's rows."""
+    op's own launch passes for that argument (sources named q8, matmul_arrivals, scratch and
+    arrivals: the arena's Q8_SCRATCH, MATMUL_ARRIVALS, ATTENTION_SCRATCH and ATTENTION_ARRIVALS
+    slots: an attention's split kernel takes the last two, its own kernel not); the grid counts
+    the first op's rows."""
     own = [dict(zip((n for n, _k in s.args), op_launch(plan, op, s).args)) for op, s in zip(ops, op_specs)]
     rows = _row_count(plan, (ops[0].outputs or ops[0].inputs)[0])
     grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
@@ -1084,6 +1092,10 @@ def fused_launch(plan: Plan, ops, spec: KernelSpec, sources, op_specs: list[Kern
             if n == "q8"
             else ArgSlot(ArgKind.ARENA, MATMUL_ARRIVALS)
             if n == "matmul_arrivals"
+            else ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH)
+            if n == "scratch"
+            else ArgSlot(ArgKind.ARENA, ATTENTION_ARRIVALS)
+            if n == "arrivals"
             else own[o][n]
             for o, n in sources
         ),

@@ -181,7 +181,15 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     mine = [f for f in fusions if start <= f.first <= layer1[-1]]
     kinds = [(tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count]), f.spec.name) for f in mine]
     q8 = [k for k, name in kinds if name.endswith("_q8")]
-    assert q8 == [("add", "rmsnorm"), ("matmul", "matmul", "matmul"), ("add", "rmsnorm"), ("matmul", "matmul")]
+    # (the attention hands its rounded rows to the output projection: the next test)
+    assert q8 == [
+        ("add", "rmsnorm"),
+        ("matmul", "matmul", "matmul"),
+        ("attention",),
+        ("matmul",),
+        ("add", "rmsnorm"),
+        ("matmul", "matmul"),
+    ]
     for f in mine:
         if f.spec.name.endswith("_q8"):  # its plain twin for the prefill list
             assert f.plain.spec.name + "_q8" == f.spec.name and "q8" not in dict(f.plain.spec.args)
@@ -198,6 +206,8 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
                 >= by_name[f.spec.name].params["q8_bytes"]
                 == PROGRAM_MAX_TOKENS * (width + 12 * width // 32)
             )
+        elif f.spec.template == "gpu_attention.hip.j2":
+            assert refs[1] == "matmul.q8" and by_name[f.spec.name].params["q8"]
         elif f.spec.name.endswith("_q8"):
             assert "matmul.q8" in refs and plan.ops[f.first].inputs[0] not in refs  # the rows' float copy unread
     # the prefill list (gfx1100: tensor-core matmuls) launches the add + rmsnorm's q8 twin, whose rounding in
@@ -271,6 +281,44 @@ def test_no_hand_off_past_a_write_of_the_rows(llama):
     norm = next(f for f in fusions if f.first == gate - 2)
     assert norm.spec.template == "gpu_add_rmsnorm.hip.j2" and not norm.spec.name.endswith("_q8")
     assert not any(f.first >= gate and f.spec.name.endswith("_q8") for f in fusions if f.first < gate + 4)
+
+
+@pytest.mark.usefixtures("separate_norms")
+def test_the_attention_hands_its_rounded_rows_to_the_output_projection(llama, monkeypatch):
+    """gpu_fuse.ATTENTION_Q8: the launch that writes the attention's output (its split kernel,
+    whose last block merges, or whose blocks run a long step's tiles) becomes a twin that also
+    rounds it into the q8 slot, and the output projection reads it there; the prefill list keeps the
+    attention it had. Not where a reader of the norm before the attention comes after it (the
+    slot holds one rounded input at a time: a parallel block's FFN), nor with the switch off."""
+    _spec, plan, layout = llama
+    fusions, program = _hand_offs(plan, layout)
+    att = [f for f in fusions if f.spec.template == "gpu_attention.hip.j2"]
+    assert len(att) == sum(op.kind == "attention" for op in plan.ops)
+    for f in att:
+        p = f.spec.params
+        assert p["q8"] and p["split"] and p["merge"] and p["q8_width"] == p["n_heads"] * p["head_dim"]
+        assert f.plain.spec.name + "_q8" == f.spec.name and "q8" not in dict(f.plain.spec.args)
+        o = next(r for r in fusions if r.first == f.first + 1)
+        assert plan.ops[o.first].weights[0].endswith("attn_output.weight")
+        assert o.spec.params["q8in"] and o.spec.params["xd_offset"] == p["xd_offset"]
+    decode = [launch.kernel for launch in program.launches]
+    assert all(k.endswith("_split_q8") for k in decode if k.startswith("rfc_attention_"))
+    assert not any(k.endswith("_q8") for k in (x.kernel for x in program.prefill_launches) if "attention" in k)
+    # a reader of the norm's rows after the attention: the norm keeps its hand-off, the attention none
+    q = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.attn_q.weight",))
+    at = next(i for i in range(q, len(plan.ops)) if plan.ops[i].kind == "attention")
+    again = dataclasses.replace(plan.ops[q], outputs=("q2",))
+    later = _insert(plan, at, again, (dataclasses.replace(next(b for b in plan.buffers if b.name == "q"), name="q2"),))
+    fusions, _program = _hand_offs(later, layout)
+    by_first = {f.first: f for f in fusions}
+    assert by_first[at + 1].spec.params.get("q8in")  # the norm's reader after the attention
+    assert at not in by_first and not (at + 2 in by_first and by_first[at + 2].spec.params.get("q8in"))
+    assert all(f.spec.params.get("q8") for f in fusions if f.spec.template == "gpu_attention.hip.j2" and f.first != at)
+    # the switch off: the attention and the output projection as they were
+    monkeypatch.setattr(gpu_fuse, "ATTENTION_Q8", False)
+    fusions, program = _hand_offs(plan, layout)
+    assert not any(f.spec.template == "gpu_attention.hip.j2" for f in fusions)
+    assert any(k.endswith("_split") for k in (x.kernel for x in program.launches))
 
 
 # -- the prefill list's segmented tensor-core matmul ------------------------------------------------
