@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import sys
 import time
 
@@ -51,6 +52,9 @@ def test_generate_stream_shows_tokens_live_and_ctrl_c_cancels_on_the_server(url)
     ]
     pid, fd = pty.fork()
     if pid == 0:  # the child: a session of its own with the pseudo-terminal as its terminal
+        # Ctrl-C's default, as at a terminal: a suite started as a background job of a shell
+        # without job control passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(sys.executable, [sys.executable, "-c", "from rfc.cli.main import main; main()", *args])
     try:
         # the request id, then the first generated text after it

@@ -85,6 +85,9 @@ def leave_generate(url: str) -> None:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl-C's default, as at a terminal: a suite started as a background job of a shell
+        # without job control passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(LEAVE_AFTER_S + 0.5)  # the interpreter's start, then a second of generation
     assert proc.poll() is None, proc.communicate()
