@@ -92,7 +92,10 @@ DECODE_Q8 = True
 # input in each of its 512 blocks, took 12.3 us at 771 GB/s, a third of its stalls at the barriers
 # around the rounding, where the gate/up matmul reading a rounded input ran at 2.0 TB/s.
 # Unmeasured on a card as a whole: an A/B switch. The same bits either way. Only with the norms in
-# launches of their own (NORM_IN_MATMULS and NORM_IN_LAST_BLOCK off, the defaults).
+# launches of their own (NORM_IN_MATMULS and NORM_IN_LAST_BLOCK off, the defaults), and on targets
+# of 32-lane waves: on gfx90a (64) the attention kernels' tiled path already takes 148 registers a
+# thread at gpt-oss's 4 x 2 x 64 heads, and the twin's rounding after it spilled 24-40 bytes
+# (tests/kernels/test_gpu_resources.py).
 ATTENTION_Q8 = True
 # The residual add in the matmul before it and the rmsnorm in the matmuls after it (module doc);
 # False: the add + rmsnorm launch between them. Off: on an H100 (docs/benchmarks.md) a
@@ -643,6 +646,8 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
         for i, spec in enumerate(op_specs):
             kernel = _attention_writer(spec)
             if i in covered or kernel is None or kernel.params["head_dim"] % 32 or kernel.threads % 32:
+                continue
+            if kernel.params["wave"] != 32:  # (ATTENTION_Q8's comment: wave-64 targets keep the plain launch)
                 continue
             if any(p < i < last for p, last in spans):
                 continue

@@ -615,6 +615,7 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             "has_sinks": has_sinks,
             "split": False,
             "batched_softmax": ATTENTION_BATCHED_SOFTMAX,
+            "wave": self.wave,  # (the template reads RFC_WAVE; gpu_fuse.ATTENTION_Q8 reads this)
         }
         tile = _attention_tile(head_dim, group, threads)
         params.update(tile)
