@@ -239,8 +239,8 @@ def _decode_graph(bundle: Path, device: str, rng):
     return lm, runner, blocks, runner._graph(scalars, False)
 
 
-def _replays(runner, graph, n: int) -> list[float]:
-    """Seconds of each of n replays of `graph`, each synchronized."""
+def graph_replays(runner, graph, n: int) -> list[float]:
+    """Seconds of each of n replays of `graph`, each synchronized (the batch already on the device)."""
     d, times = runner._driver, []
     for _ in range(n):
         t = time.perf_counter()
@@ -257,7 +257,7 @@ def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float]:
 
     rng = np.random.default_rng(0)
     lm, runner, blocks, graph = _decode_graph(bundle, device, rng)
-    decode = _replays(runner, graph, 100)
+    decode = graph_replays(runner, graph, 100)
     prompt = tuple(rng.integers(2, lm.vocab_size, size=PREFILL_TOKENS).tolist())
     prefill = []
     for i in range(4):
@@ -274,7 +274,7 @@ def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float]:
     lm.executor.forward(_batch([(q, 0, tuple(rng.integers(2, lm.vocab_size, size=32).tolist())) for q in seqs], blocks))
     scalars = runner._forward(_batch([(q, 32, (5,)) for q in seqs], blocks), runner.stage["tokens"][0])
     runner._driver.stream_synchronize(runner.stream)
-    batched = _replays(runner, runner._graph(scalars, False), 50)
+    batched = graph_replays(runner, runner._graph(scalars, False), 50)
     return statistics.median(decode), statistics.median(prefill[1:]), statistics.median(batched)
 
 
@@ -288,7 +288,7 @@ def interleaved(bundles: list[Path], device: str, rounds: int, reps: int = 100) 
     times: list[list[float]] = [[] for _ in bundles]
     for _ in range(rounds):
         for i, (_lm, runner, _blocks, graph) in enumerate(graphs):
-            times[i] += _replays(runner, graph, reps)
+            times[i] += graph_replays(runner, graph, reps)
     for bundle, ts in zip(bundles, times):
         med = statistics.median(ts)
         print(f"{bundle.name:<60} {med * 1e6:>9.1f} us {1 / med:>7.0f} tok/s ({len(ts)} replays)", flush=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpu_experiment import graph_replays  # a sibling script (tools/ is this script's path)
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.assemble import LoadOptions, load_model
 
@@ -82,7 +83,7 @@ def main() -> int:
     scalars = runner._forward(b, runner.stage["tokens"][0])
     d.stream_synchronize(stream)
     graph = runner._graph(scalars, False)
-    times = _replays(runner, graph, args.steps)
+    times = graph_replays(runner, graph, args.steps)
     print(
         f"graph replay + sync alone: median {statistics.median(times) * 1e3:.3f} ms (min {min(times) * 1e3:.3f}); "
         f"{len(runner.launch_list(scalars['n_tokens']))} launches"
@@ -131,17 +132,6 @@ def main() -> int:
     return 0
 
 
-def _replays(runner, graph, n: int) -> list[float]:
-    """Seconds of each of n replays of `graph`, each synchronized (the batch already on the device)."""
-    d, times = runner._driver, []
-    for _ in range(n):
-        t = time.perf_counter()
-        d.graph_launch(graph, runner.stream)
-        d.stream_synchronize(runner.stream)
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def served_breakdown(lm, runner, batch, steps: int, graph_alone: float) -> None:
     """The step as `rfc serve` runs it where the device samples (forward_sampled, greedy: the
     sampling kernel last in the graph, the token ids copied back), against the same graph
@@ -168,7 +158,7 @@ def served_breakdown(lm, runner, batch, steps: int, graph_alone: float) -> None:
     scalars = runner._forward(batch(), runner.stage["tokens"][0])
     d.stream_synchronize(stream)
     graph = runner._graph(scalars, True)
-    sampled = statistics.median(_replays(runner, graph, steps))
+    sampled = statistics.median(graph_replays(runner, graph, steps))
     print(
         f"served step (tokens chosen on the device): median {whole * 1e3:.3f} ms, {n / whole:.1f} tok/s; "
         f"its graph with the sampling kernel, replay + sync alone: {sampled * 1e3:.3f} ms "

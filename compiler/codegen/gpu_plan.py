@@ -1047,7 +1047,7 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
             elif any(s.prefill is not None for s in own):
                 for op, spec in zip(ops, own):
                     prefill_launch(op, spec.prefill or spec)
-            elif f.spec.params.get("q8") and "q8_width" not in f.spec.params:
+            elif f.spec.params.get("q8") and f.spec.template != ATTENTION_TEMPLATE:  # (its twin: plain below)
                 # an add + rmsnorm that also leaves its output rounded (the q8 hand-off): in the layout the
                 # prefill list's int8 matmuls read (gpu_imma.q8_layout), so they need no rounding launch
                 prefill.append(launch)
