@@ -74,6 +74,7 @@ from rfc.compiler.codegen.gpu_plan import (
     KernelSpec,
     _renamed,
     buffer_uses,
+    read_later,
 )
 
 MATMUL_TEMPLATE = "gpu_matmul.hip.j2"
@@ -229,18 +230,6 @@ def _taken(spec: KernelSpec, taken: dict[str, KernelSpec]) -> KernelSpec:
 
 
 # -- conditions -------------------------------------------------------------------------------
-
-
-def _read_later(plan: Plan, after: int, buffer: str) -> bool:
-    """Whether an op after `after` reads `buffer` before one writes it (or it is a step output)."""
-    if buffer in (plan.output_logits, plan.output_hidden):
-        return True
-    for op in plan.ops[after + 1 :]:
-        if buffer in op.inputs:
-            return True
-        if buffer in op.outputs:
-            return False
-    return False
 
 
 def _apart_in_the_arena(plan: Plan, fusion: Fusion) -> bool:
@@ -401,7 +390,7 @@ def _matmul_add(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None
     if not run or add.kind != "add":
         return None
     h = plan.ops[i].outputs[0]
-    if list(add.inputs).count(h) != 1 or _read_later(plan, i + 1, h):
+    if list(add.inputs).count(h) != 1 or read_later(plan, i + 1, h):
         return None
     res = add.inputs[1] if add.inputs[0] == h else add.inputs[0]
     shape = plan.buffer(h).shape
@@ -452,7 +441,7 @@ def _norm_first(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None
         return None
     ops = plan.ops[i + 1 : i + 1 + inner.count]
     # the blocks read whole rows of x while others write their outputs: none may be x
-    if any(x in op.outputs for op in ops) or _read_later(plan, i + inner.count, h):
+    if any(x in op.outputs for op in ops) or read_later(plan, i + inner.count, h):
         return None
     name = f"{inner.spec.name}_norm"
     at = [n for n, _k in inner.spec.args].index("x") + 1
@@ -494,7 +483,7 @@ def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
     if run[0].params["n"] != run[1].params["n"]:
         return None
     out = act.outputs[0]
-    if any(b != out and _read_later(plan, i + 2, b) for b in (gate, up)):
+    if any(b != out and read_later(plan, i + 2, b) for b in (gate, up)):
         return None  # a pre-activation the fused kernel does not write is read later
     first, rows = run[0], run[0].params["n"]
     # two accumulators a row: half the row steps keep the registers of the plain matmul
@@ -514,7 +503,8 @@ def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
     sources = ((2, "out"), (0, "x"), (0, "weight"), (1, "weight"), (0, "n_rows"))
     grid = ((rows, tiling["rows_per_block"]), ("n_rows", first.params["tokens_per_block"]))
     spec = KernelSpec(name, "gpu_matmul_fused.hip.j2", params, args, first.threads, grid)
-    return Fusion(i, 3, spec, sources)
+    # the prefill list: gate and up as one segmented tensor-core launch, then the SwiGLU's own
+    return Fusion(i, 3, spec, sources, prefill=_imma_segments(run, i))
 
 
 def _add_rmsnorm(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:

@@ -60,6 +60,7 @@ STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 ATTENTION_TEMPLATE = "gpu_attention.hip.j2"  # the attention kernels' (per-op, split)
+GLU_TEMPLATE = "gpu_swiglu.hip.j2"
 KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<dtype>_t)
 # kv_write stages a token's row through shared memory this many values at a time when it
 # quantizes (double and float: 12 KiB), a multiple of every rotation and block it holds
@@ -103,6 +104,13 @@ MATMUL_PREFETCH_L2 = True
 # Float blocks up to this many elements are decoded into registers (the dot loop unrolled).
 MATMUL_UNROLL_MAX = 32
 PREFILL_MIN_TOKENS = 64
+# The prefill list's activation before an int8 tensor-core matmul that reads its output (an FFN's
+# SwiGLU and down projection) launches a twin that also rounds each value per 32 into Q8_SCRATCH
+# as the rounding launch after it would (templates/gpu_swiglu.hip.j2), and leaves the float row
+# unwritten where nothing else reads it: a launch and a round trip of the row fewer (on an H100 an
+# 8B's 512-token prefill spent 3.4% of its time in SwiGLU and 1.0% in rounding launches:
+# docs/benchmarks.md). The same bits. False: activation, rounding launch, matmul.
+GLU_Q8 = True
 # A rope block's thread loads this many of its pairs before it stores any (templates/gpu_rope.hip.j2):
 # one trip to memory for up to this many pairs, registers for twice as many floats.
 ROPE_LOAD_BATCH = 8
@@ -214,20 +222,57 @@ def plan_kernels(
     specs: dict[str, KernelSpec] = {}
     op_kernels = []
 
-    def add(spec: KernelSpec) -> KernelSpec:
+    def add(spec: KernelSpec, rounded: bool = False) -> KernelSpec:
         if spec.steps:
             spec = dataclasses.replace(spec, steps=tuple(add(s) for s in spec.steps))
         if spec.prefill is not None:
-            spec = dataclasses.replace(spec, prefill=add(spec.prefill))
-        if spec.params.get("prequant"):  # its input rounded once a step (compiler/codegen/gpu_imma.py)
+            spec = dataclasses.replace(spec, prefill=add(spec.prefill, rounded))
+        if spec.params.get("prequant") and not rounded:  # its input rounded once a step (gpu_imma.py)
             add(_quantize_spec(target, spec))
         if spec.name in specs and specs[spec.name] != spec:
             spec = _renamed(spec, specs)
         return specs.setdefault(spec.name, spec)
 
-    for op in plan.ops:
-        op_kernels.append(add(planner.spec(op)).name)
+    op_specs, rounded = _glu_q8_twins(plan, [planner.spec(op) for op in plan.ops])
+    for i, spec in enumerate(op_specs):
+        op_kernels.append(add(spec, i in rounded).name)
     return list(specs.values()), op_kernels
+
+
+def _glu_q8_twins(plan: Plan, op_specs: list[KernelSpec]) -> tuple[list[KernelSpec], set[int]]:
+    """op_specs with each gated activation whose output the next op, an int8 tensor-core matmul
+    with its input rounded once a step, reads given that matmul's rounding as its prefill kernel
+    (GLU_Q8; gpu_imma.q8_layout), and the indices of those matmuls (no rounding launch)."""
+    rounded: set[int] = set()
+    if not GLU_Q8:
+        return op_specs, rounded
+    out = list(op_specs)
+    for i, (op, spec) in enumerate(zip(plan.ops[:-1], op_specs)):
+        reader, matmul = plan.ops[i + 1], op_specs[i + 1].prefill
+        if (
+            op.kind != "swiglu"
+            or spec.template != GLU_TEMPLATE
+            or "row_gate" in spec.params
+            or matmul is None
+            or not matmul.params.get("prequant")
+            or reader.kind != "matmul"
+            or reader.inputs[0] != op.outputs[0]
+            or matmul.params["k"] != spec.params["width"]
+            or spec.params["width"] % SUB_BLOCK
+            or spec.threads % SUB_BLOCK
+        ):
+            continue
+        from rfc.compiler.codegen.gpu_imma import q8_layout
+
+        x = op.outputs[0]
+        float_out = read_later(plan, i + 1, x)
+        layout = q8_layout(spec.params["width"], matmul.params["max_tokens"])
+        name = spec.name + "_q8"
+        params = {**spec.params, "name": name, "q8": True, "float_out": float_out, **layout}
+        args = (spec.args[0], ("q8", PTR), *spec.args[1:])
+        out[i] = dataclasses.replace(spec, prefill=dataclasses.replace(spec, name=name, params=params, args=args))
+        rounded.add(i + 1)
+    return out, rounded
 
 
 def _renamed(spec: KernelSpec, taken: dict[str, KernelSpec]) -> KernelSpec:
@@ -420,7 +465,7 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
     def _swiglu(self, op: Op) -> KernelSpec:
         width, activation = self._width(op.inputs[1]), op.attr("activation")
         if self._width(op.inputs[0]) != width:  # 'sigmoid' with one gate per row (validate.py allows nothing else)
-            return self._rowwise(op, "gpu_swiglu.hip.j2", f"rfc_glu_sigmoid_row_{width}", width, activation=activation,
+            return self._rowwise(op, GLU_TEMPLATE, f"rfc_glu_sigmoid_row_{width}", width, activation=activation,
                                  row_gate=True)  # fmt: skip
         name = f"rfc_swiglu_{width}" if activation == "silu" else f"rfc_glu_{activation}_{width}"
         oai = {}
@@ -431,7 +476,7 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             name += "_a{}_l{}".format(
                 *(f"{v:.9g}".replace(".", "p").replace("-", "m").replace("+", "") for v in oai.values())
             )
-        return self._rowwise(op, "gpu_swiglu.hip.j2", name, width, activation=activation, **oai)
+        return self._rowwise(op, GLU_TEMPLATE, name, width, activation=activation, **oai)
 
     def _moe_matmul(self, op: Op) -> KernelSpec:
         w = self._weight(op, op.weights[0])
@@ -863,6 +908,18 @@ def buffer_uses(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
     return first, last
 
 
+def read_later(plan: Plan, after: int, buffer: str) -> bool:
+    """Whether an op after `after` reads `buffer` before one writes it (or it is a step output)."""
+    if buffer in (plan.output_logits, plan.output_hidden):
+        return True
+    for op in plan.ops[after + 1 :]:
+        if buffer in op.inputs:
+            return True
+        if buffer in op.outputs:
+            return False
+    return False
+
+
 def plan_step_arena(
     plan: Plan, scratch_floats: int = 0, q8_bytes: int = 0, arrival_ints: int = 0, matmul_arrival_ints: int = 0
 ) -> Arena:
@@ -1009,6 +1066,11 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
         `spec` its kernel); an int8 tensor-core matmul over a prequantized input first gets the
         launch that rounds it, unless the launch before rounded the same input."""
         nonlocal q8_bytes, rounded
+        if spec.template == GLU_TEMPLATE and spec.params.get("q8"):  # (GLU_Q8) leaves its output rounded
+            prefill.append(launch or op_launch(plan, op, spec))
+            rounded = (op.outputs[0], spec.params["width"])
+            q8_bytes = max(q8_bytes, spec.params["q8_bytes"])
+            return
         if spec.params.get("prequant"):
             key = (op.inputs[0], spec.params["k"])
             if rounded != key:

@@ -588,7 +588,8 @@ def test_prefill_list_segments_give_the_per_op_launches_bits(
     model, target, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
 ):
     """The prefill list's q, k and v (and q and k where v is in another format: llama-Q4_K_M's
-    Q6_K layers) as one segmented int8 tensor-core launch (gpu_imma.IMMA_SEGMENTS): every logit of
+    Q6_K layers), and gate and up, as one segmented int8 tensor-core launch each
+    (gpu_imma.IMMA_SEGMENTS): every logit of
     a 70-token prompt (a partial tile of tokens) bit for bit those of the bundle compiled with the
     switch off, which launches them one by one; the decode list the same launches."""
     from rfc.compiler.codegen import gpu_imma
@@ -618,6 +619,54 @@ def test_prefill_list_segments_give_the_per_op_launches_bits(
     assert sorted(set(sizes)) == [2, 3], sizes
     assert len(off.prefill_launches) == len(on.prefill_launches) + sum(n - 1 for n in sizes)
     assert on.launches == off.launches
+    assert np.array_equal(logits[0].view(np.uint32), logits[1].view(np.uint32)), (
+        f"{np.count_nonzero(logits[0] != logits[1])} logits differ"
+    )
+
+
+@pytest.mark.parametrize(
+    "model,target",
+    [
+        pytest.param(m, t, marks=toolchain_marks(t))
+        for m, t in (("llama-Q4_K_M", MMA_TARGET), ("gemma3-Q8_0", MMA_TARGET), ("llama-Q8_0", "gfx90a"))
+    ],
+)  # SwiGLU and GeGLU; a wave of 64 (the rounding by 32 threads of a wave's half)
+def test_the_activation_rounding_for_the_down_matmul_gives_the_rounding_launchs_bits(
+    model, target, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+):
+    """The prefill list's gated activation before the FFN's down projection rounds its output
+    for that int8 tensor-core matmul itself (gpu_plan.GLU_Q8, no float row written where nothing
+    else reads it): every logit of a 70-token prompt bit for bit those of the bundle compiled with
+    the switch off (activation, rounding launch, matmul), a rounding launch fewer a layer, and
+    the decode lists the same launches."""
+    from rfc.compiler.codegen import gpu_plan
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.kernels.gpu_support import model_path
+
+    on_dir = gpu_bundle(model, target)
+    monkeypatch.setattr(gpu_plan, "GLU_Q8", False)
+    compile_model(
+        CompileOptions(model=model_path(model), out_dir=tmp_path / "off", targets=(target,), cache_dir=gpu_build_cache)
+    )
+    tokens = tuple((5 * i + 11) % 500 for i in range(70))
+    emu_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
+    logits, programs = [], []
+    for bundle_dir in (on_dir, tmp_path / "off"):
+        bundle = open_bundle(bundle_dir)
+        device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, emu_dir)
+        blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+        blocks.allocate(0, len(tokens))
+        batch = build_batch([ScheduledChunk(0, 0, tokens, all_logits=True)], blocks)
+        logits.append(Executor(bundle.plan, device).forward(batch))
+        programs.append(device.runner.program)
+    on, off = programs
+    twin = re.compile(r"rfc_(?:swiglu|glu)_\w+_q8(?:_\d+)?")
+    twins = [i for i, launch in enumerate(on.prefill_launches) if twin.fullmatch(launch.kernel)]
+    assert twins and not any(twin.fullmatch(launch.kernel) for launch in off.prefill_launches)
+    # each twin's next launch is the down projection's tensor-core matmul, with no rounding launch between
+    assert all(on.prefill_launches[i + 1].kernel.startswith("rfc_matmul_imma_") for i in twins)
+    assert len(off.prefill_launches) == len(on.prefill_launches) + len(twins)
+    assert on.launches == off.launches and on.single_launches == off.single_launches
     assert np.array_equal(logits[0].view(np.uint32), logits[1].view(np.uint32)), (
         f"{np.count_nonzero(logits[0] != logits[1])} logits differ"
     )

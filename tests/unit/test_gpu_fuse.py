@@ -214,7 +214,7 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     # the layout both lists read (gpu_imma.q8_layout) serves its tensor-core matmuls: no rounding launch after
     # it; the matmuls' q8 twins (dp4a over the hand-off) are the decode list's alone
     pre = [launch.kernel for launch in program.prefill_launches]
-    twins = [i for i, k in enumerate(pre) if k.endswith("_q8")]
+    twins = [i for i, k in enumerate(pre) if k.endswith("_q8") and not k.startswith("rfc_swiglu_")]  # (GLU_Q8's)
     assert twins and all(pre[i].startswith("rfc_add_rmsnorm_") for i in twins)
     assert not any(pre[i + 1].startswith("rfc_quantize_q8_") for i in twins)
     # the switch off: today's kernels, no slot of the hand-off's size
@@ -336,13 +336,16 @@ def _prefill(plan, layout) -> tuple[list, object]:
 
 def test_the_prefill_list_launches_q_k_and_v_once(llama, monkeypatch):
     """One segmented int8 tensor-core launch (after the one rounding of their input) where the
-    prefill list launched q, k and v one by one; the decode list as it was. The switch off:
-    the kernels and both lists as before, launch for launch."""
+    prefill list launched q, k and v one by one, and one for gate and up; the decode list as it
+    was. The switch off: the kernels and both lists as before, launch for launch."""
     spec, plan, layout = llama
     built, program = _prefill(plan, layout)
     names = [launch.kernel for launch in program.prefill_launches]
     seg = [i for i, n in enumerate(names) if n.endswith("_segments")]
-    assert len(seg) == spec.hparams.n_layers, names
+    assert len(seg) == 2 * spec.hparams.n_layers, names
+    gate_up = program.prefill_launches[seg[1]]
+    assert names[seg[1] - 1] == "rfc_add_rmsnorm_256_q8" and names[seg[1] + 1].startswith("rfc_swiglu_")
+    assert [a.ref for a in gate_up.args][:2] == ["gate", "up"]
     qkv = program.prefill_launches[seg[0]]
     assert qkv.kernel == "rfc_matmul_imma_q8_0_256_64_64x256_segments"
     assert names[seg[0] - 1] == "rfc_quantize_q8_256"
@@ -362,8 +365,8 @@ def test_the_prefill_list_launches_q_k_and_v_once(llama, monkeypatch):
     built_off, off = _prefill(plan, layout)
     assert [s.name for s in built_off] == [s.name for s in built if not s.name.endswith("_segments")]
     assert off.launches == program.launches
-    # three launches (one a rounding's neighbour) where one was, in each layer
-    assert len(off.prefill_launches) == len(names) + 2 * spec.hparams.n_layers
+    # three launches (one a rounding's neighbour) where one was, and two where one was, in each layer
+    assert len(off.prefill_launches) == len(names) + 3 * spec.hparams.n_layers
     assert not any(launch.kernel.endswith("_segments") for launch in off.prefill_launches)
 
 
@@ -374,7 +377,8 @@ def test_rows_past_whole_tiles_keep_the_per_op_prefill_launches(llama, monkeypat
     spec, plan, layout = llama
     monkeypatch.setattr(gpu_imma, "IMMA_TILING", "128x128")
     built, program = _prefill(plan, layout)
-    assert not any(s.name.endswith("_segments") for s in built)
+    # gate's and up's rows fill whole tiles: their segments alone
+    assert [s.name for s in built if s.name.endswith("_segments")] == ["rfc_matmul_imma_q8_0_768_768x256_segments"]
     names = [launch.kernel for launch in program.prefill_launches]
     q = names.index("rfc_matmul_imma_q8_0_256x256")
     assert names[q - 1 : q + 3] == [
@@ -384,6 +388,37 @@ def test_rows_past_whole_tiles_keep_the_per_op_prefill_launches(llama, monkeypat
         "rfc_matmul_imma_q8_0_64x256",
     ]
     assert any("_fused" in launch.kernel for launch in program.launches)
+
+
+def test_the_swiglu_rounds_its_output_for_the_down_matmul(llama, monkeypatch):
+    """gpu_plan.GLU_Q8: each layer's SwiGLU on the prefill list is its twin that rounds its
+    output into Q8_SCRATCH (no float row: only the down matmul reads it), and the down matmul
+    follows with no rounding launch, whose kernel is then not built. The float row is written
+    where a later op reads it too. Off: SwiGLU, rounding launch, down matmul."""
+    spec, plan, layout = llama
+    built, program = _prefill(plan, layout)
+    names = [launch.kernel for launch in program.prefill_launches]
+    twins = [i for i, n in enumerate(names) if n == "rfc_swiglu_768_q8"]
+    assert len(twins) == spec.hparams.n_layers, names
+    assert all(names[i + 1] == "rfc_matmul_imma_q8_0_256x768" for i in twins)
+    by_name = {s.name: s for s in built}
+    twin = by_name["rfc_swiglu_768_q8"]
+    assert twin.params["q8"] and not twin.params["float_out"] and [n for n, _k in twin.args][:2] == ["out", "q8"]
+    assert [a.ref for a in program.prefill_launches[twins[0]].args][1] == "matmul.q8"
+    assert "rfc_quantize_q8_768" not in by_name and "rfc_quantize_q8_256" in by_name
+    # another reader of the SwiGLU's output after the down matmul: the twin writes the float row too
+    down = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.0.ffn_down.weight",))
+    act = plan.ops[down - 1].outputs[0]
+    ops = list(plan.ops)
+    ops.insert(down + 1, dataclasses.replace(plan.ops[down], inputs=(act,), outputs=(plan.ops[down].outputs[0],)))
+    read_again = dataclasses.replace(plan, ops=tuple(ops))
+    assert {s.name: s for s in _prefill(read_again, layout)[0]}["rfc_swiglu_768_q8"].params["float_out"]
+    monkeypatch.setattr(gpu_plan, "GLU_Q8", False)
+    built_off, off = _prefill(plan, layout)
+    off_names = [launch.kernel for launch in off.prefill_launches]
+    assert "rfc_swiglu_768" in off_names and not any(n.startswith("rfc_swiglu_768_q8") for n in off_names)
+    assert off_names.count("rfc_quantize_q8_768") == spec.hparams.n_layers
+    assert len(off_names) == len(names) + spec.hparams.n_layers and off.launches == program.launches
 
 
 def test_segments_take_kernels_that_differ_in_rows_alone():
@@ -449,8 +484,12 @@ def test_a_llama_layer_folds_its_norms_into_the_matmuls(llama, monkeypatch):
     assert names.count("rfc_add_rmsnorm_256_q8") == 2 * spec.hparams.n_layers - 1
     # only kernels a list launches are built: not the q/k/v matmul without the norm, nor the
     # q8 hand-off's matmuls (the decode list has no add + rmsnorm left), nor the add + rmsnorm
-    # without the hand-off (the prefill list's leaves its output rounded for its int8 matmuls)
-    assert not any(n.endswith("_fused") or (n.endswith("_q8") and "add_rmsnorm" not in n) for n in by_name)
+    # without the hand-off (the prefill list's leaves its output rounded for its int8 matmuls);
+    # the SwiGLU's rounding twin is the prefill list's (gpu_plan.GLU_Q8)
+    assert not any(
+        n.endswith("_fused") or (n.endswith("_q8") and not n.startswith(("rfc_add_rmsnorm", "rfc_swiglu")))
+        for n in by_name
+    )
     assert "rfc_add_rmsnorm_256_q8" in by_name and "rfc_add_rmsnorm_256" not in by_name
 
 
