@@ -309,7 +309,8 @@ def check_kernel(fmt: str, rows: int, cols: int, k: Kernels, label: str) -> None
 def test_the_prefill_list_rounds_each_matmul_input_once():
     """The prefill list launches one rounding of a matmul input before the int8 matmuls of a run
     that read it (q, k and v; gate and up) into the arena slot they read, sized for the step's
-    largest input; the decode list has none."""
+    largest input, but where the launch before leaves it rounded (an add + rmsnorm, the SwiGLU
+    before down); the decode list has none."""
     import tests.kernels.gpu_support  # noqa: F401  the fixtures (made by the conftest)
     from rfc.compiler.codegen.gpu_imma import Q8_SCRATCH
     from rfc.compiler.pipeline import CompileOptions, compile_model
@@ -325,20 +326,25 @@ def test_the_prefill_list_rounds_each_matmul_input_once():
         program = unpack_program((Path(tmp) / "b" / "kernels" / "sm_90" / "program.msgpack").read_bytes())
     names = [launch.kernel for launch in program.prefill_launches]
     layer = names[names.index("rfc_rmsnorm_256") + 1 :]
-    # q, k and v: one segmented launch (gpu_imma.IMMA_SEGMENTS); gate and up: two after one rounding
+    # q, k and v: one segmented launch (gpu_imma.IMMA_SEGMENTS); gate and up too
     assert layer[:2] == ["rfc_quantize_q8_256", "rfc_matmul_imma_q4_0p_256_64_64x256_segments"], layer[:2]
     # gate and up after the add + rmsnorm that leaves its output rounded (the decode list's q8 hand-off,
-    # in the layout both lists read: gpu_imma.q8_layout): no rounding launch between
+    # in the layout both lists read: gpu_imma.q8_layout): no rounding launch between; nor between the
+    # SwiGLU that rounds its output (gpu_plan.GLU_Q8) and down
     ffn = layer[layer.index("rfc_add_rmsnorm_256_q8") + 1 :]
-    assert ffn[:2] == ["rfc_matmul_imma_q4_0p_768x256", "rfc_matmul_imma_q4_0p_768x256"], ffn[:2]
-    # the layers after the first: q, k and v after the add + rmsnorm too, so two roundings a layer
-    # (o's and down's inputs) where four were
+    assert ffn[:3] == [
+        "rfc_matmul_imma_q4_0p_768_768x256_segments",
+        "rfc_swiglu_768_q8",
+        "rfc_matmul_imma_q4_0p_256x768",
+    ], ffn[:3]
+    # the layers after the first: q, k and v after the add + rmsnorm too, so one rounding a layer
+    # (o's input) where four were
     second = names[names.index("rfc_add_rmsnorm_256_q8") + 1 :]
     second = second[second.index("rfc_add_rmsnorm_256_q8") :]
     assert second[:2] == ["rfc_add_rmsnorm_256_q8", "rfc_matmul_imma_q4_0p_256_64_64x256_segments"], second[:2]
     quantized = [i for i, n in enumerate(names) if n.startswith("rfc_quantize_q8_")]
     layers = sum(n.startswith("rfc_attention_") for n in names)
-    assert len(quantized) == 1 + 2 * layers  # the first layer's q, k and v, then o's and down's inputs
+    assert len(quantized) == 1 + layers  # the first layer's q, k and v, then o's inputs
     assert all(names[i + 1].startswith("rfc_matmul_imma_") for i in quantized)
     assert sum(n.startswith("rfc_matmul_imma_") for n in names) > len(quantized)  # shared by the runs
     assert not any(launch.kernel.startswith("rfc_quantize_q8_") for launch in program.launches)

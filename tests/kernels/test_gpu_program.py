@@ -199,10 +199,12 @@ def test_a_llama_decode_layer_is_eight_launches(model, gpu_bundle):
     assert program.arena.zeroed == ("attention.arrivals",)
     # the prefill list keeps its runs (gpu_fuse.step_fusions): each residual add with the next
     # norm, which also leaves its output rounded for the int8 tensor-core matmuls after it (the
-    # decode list's q8 hand-off: no rounding launch there)
+    # decode list's q8 hand-off: no rounding launch there), and the SwiGLU rounds its output for
+    # the down matmul (gpu_plan.GLU_Q8)
     prefill = [launch.kernel.removeprefix("rfc_") for launch in program.prefill_launches]
     assert prefill.count("add_rmsnorm_256_q8") == 2 * layers - 1 and prefill.count("rmsnorm_256") == 2
-    assert prefill.count("quantize_q8_256") + prefill.count("quantize_q8_768") == 1 + 2 * layers
+    assert prefill.count("quantize_q8_256") == 1 + layers and prefill.count("swiglu_768_q8") == layers
+    assert "quantize_q8_768" not in prefill
     assert not [k for k in prefill if k.endswith(("_norm", "_add")) or "_add_rmsnorm" in k or "_rope" in k]
 
 

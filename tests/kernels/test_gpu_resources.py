@@ -105,8 +105,11 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     # (gpu_fuse.step_fusions): the add + rmsnorm launches
     own_runs = {k for k in prefill_only if k.startswith("rfc_add_rmsnorm_")}
     assert all(not usage[k].uses_local_memory for k in own_runs)
+    # the activations that round their output for the down matmul (gpu_plan.GLU_Q8)
+    glu = {k for k in prefill_only if k.startswith(("rfc_swiglu_", "rfc_glu_")) and "_q8" in k}
+    assert all(not usage[k].uses_local_memory for k in glu)
     # the rest: per-op kernels of runs the decode list fuses (the prefill list launches them one by one)
-    rest = prefill_only - mma - rounding - attention - twins - own_runs
+    rest = prefill_only - mma - rounding - attention - twins - own_runs - glu
     assert rest <= set(target_entry(bundle.manifest, "sm_90").op_kernels), sorted(rest)
     assert bool(mma) == any(t.format in MMA_FORMATS for t in bundle.layout.tensors), sorted(mma)
     assert mma <= set(usage) and all(usage[k].is_hot for k in mma)

@@ -494,7 +494,13 @@ def test_the_program_has_a_prefill_list_of_tensor_core_matmuls(program_and_bundl
         d.endswith("_split") and p.kernel == d.removesuffix("_split") + "_mma" for d, p in split
     ), attention
     differ = [(d, p) for d, p in zip(decode, paired) if d != p]
-    assert all(d.kernel.startswith(("rfc_matmul_", "rfc_attention_")) for d, _p in differ), differ
+    assert all(d.kernel.startswith(("rfc_matmul_", "rfc_attention_", "rfc_swiglu_")) for d, _p in differ), differ
+    # the SwiGLU before the down matmul: its twin that also rounds its output into the q8 slot (gpu_plan.GLU_Q8)
+    glu = [(d, p) for d, p in differ if d.kernel.startswith("rfc_swiglu_")]
+    assert glu and all(
+        p.kernel == d.kernel + "_q8" and p.args == d.args[:1] + (ArgSlot(ArgKind.ARENA, Q8_SCRATCH),) + d.args[1:]
+        for d, p in glu
+    ), glu
     swapped = [(d, p) for d, p in differ if d.kernel.startswith("rfc_matmul_")]
     # int8 tensor cores (sm_80+) for Q4_K and for Q6_K (its halves apart: gpu_imma.SIGNED_HALVES)
     kinds = {(p.kernel.split("_")[2], p.kernel.split("_")[3]) for _d, p in swapped}
@@ -522,7 +528,7 @@ def test_the_program_has_a_prefill_list_of_tensor_core_matmuls(program_and_bundl
         specs, op_kernels = plan_kernels(target, bundle.plan, bundle.layout)
         amd = plan_program(target, bundle.plan, specs, op_kernels)
         paired = [p for p in amd.prefill_launches if not p.kernel.startswith("rfc_quantize_q8_")]
-        swapped = [p.kernel for d, p in zip(amd.launches, paired) if d != p]
+        swapped = [p.kernel for d, p in zip(amd.launches, paired) if d != p and not p.kernel.startswith("rfc_swiglu_")]
         assert {k[: len("rfc_matmul_imma_q4_k")] for k in swapped} == {"rfc_matmul_imma_q4_k", "rfc_matmul_imma_q6_k"}
 
 
