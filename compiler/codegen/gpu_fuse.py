@@ -53,8 +53,10 @@ rmsnorm and one of its readers (a parallel block's FFN). The prefill list keeps 
 kernels (its tensor-core matmuls round their input themselves).
 
 The prefill list launches a run's ops one by one, each on its tensor-core kernel, but for the
-matmuls of one input: there one int8 tensor-core launch over the segments of rows
-(gpu_imma.imma_segments_spec, gpu_imma.IMMA_SEGMENTS) where their kernels differ in rows alone.
+matmuls of one input (q, k and v; gate and up, GLU_SEGMENTS): there one int8 tensor-core launch
+over the segments of rows (gpu_imma.imma_segments_spec, gpu_imma.IMMA_SEGMENTS) where their
+kernels differ in rows alone. Its SwiGLU then rounds its output for the down matmul itself
+(gpu_plan.GLU_Q8).
 
 Each fused kernel sums and rounds every value as the separate kernels do, so the step program
 gives the per-op path's bits (tests/kernels/test_gpu_program.py). An op between the matmuls
@@ -82,6 +84,12 @@ ROPE_KV_TEMPLATE = "gpu_rope_kv_write.hip.j2"
 FUSED_MATMUL_TEMPLATE = "gpu_matmul_fused.hip.j2"
 ADD_RMSNORM_TEMPLATE = "gpu_add_rmsnorm.hip.j2"
 MAX_SEGMENTS = 3  # q, k, v
+# The prefill list launches gate and up (the decode list's gate/up/SwiGLU run) as one segmented
+# int8 tensor-core launch, as it does q, k and v (gpu_imma.IMMA_SEGMENTS): twice the blocks of
+# one, where an 8B's 14336-row gate took 448 blocks of 128 x 128 on an H100's 132
+# multiprocessors, one block each, 3.39 waves with the last a quarter full (docs/benchmarks.md).
+# Unmeasured on a card: an A/B switch. The same bits. False: gate, then up.
+GLU_SEGMENTS = True
 # The decode list's int8 matmuls after an add + rmsnorm read its output rounded once (module doc);
 # False: each matmul block rounds its activations itself (the kernels before the hand-off).
 DECODE_Q8 = True
@@ -504,7 +512,7 @@ def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
     grid = ((rows, tiling["rows_per_block"]), ("n_rows", first.params["tokens_per_block"]))
     spec = KernelSpec(name, "gpu_matmul_fused.hip.j2", params, args, first.threads, grid)
     # the prefill list: gate and up as one segmented tensor-core launch, then the SwiGLU's own
-    return Fusion(i, 3, spec, sources, prefill=_imma_segments(run, i))
+    return Fusion(i, 3, spec, sources, prefill=_imma_segments(run, i) if GLU_SEGMENTS else None)
 
 
 def _add_rmsnorm(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:

@@ -370,6 +370,20 @@ def test_the_prefill_list_launches_q_k_and_v_once(llama, monkeypatch):
     assert not any(launch.kernel.endswith("_segments") for launch in off.prefill_launches)
 
 
+def test_gate_and_up_without_their_segments(llama, monkeypatch):
+    """gpu_fuse.GLU_SEGMENTS off: the prefill list launches gate and up one by one (q, k and v
+    still one launch), the decode list and every other launch as they were."""
+    spec, plan, layout = llama
+    _built, program = _prefill(plan, layout)
+    monkeypatch.setattr(gpu_fuse, "GLU_SEGMENTS", False)
+    built_off, off = _prefill(plan, layout)
+    names = [launch.kernel for launch in off.prefill_launches]
+    assert sum(n.endswith("_segments") for n in names) == spec.hparams.n_layers
+    assert names.count("rfc_matmul_imma_q8_0_768x256") == 2 * spec.hparams.n_layers
+    assert len(names) == len(program.prefill_launches) + spec.hparams.n_layers and off.launches == program.launches
+    assert not any(s.name.endswith("768_768x256_segments") for s in built_off)
+
+
 def test_rows_past_whole_tiles_keep_the_per_op_prefill_launches(llama, monkeypatch):
     """Every row tile must lie in one segment: with tiles of 128 rows, k's and v's 64 do not
     fill one, and the prefill list launches q, k and v one by one (the decode list still fuses
