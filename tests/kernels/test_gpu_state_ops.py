@@ -130,6 +130,8 @@ def test_state_kernels_use_no_local_memory(model, target, gpu_bundle):
     bundle = open_bundle(gpu_bundle(model, target))
     usage = bundle_usage(bundle, target_entry(bundle.manifest, target))
     ours = {n: u for n, u in usage.items() if n.startswith(STATE_KERNELS[model])}
-    assert len(ours) == len(STATE_KERNELS[model]), sorted(usage)  # one kernel each, shared by the layers
+    # one kernel each, shared by the layers; a gated activation before an int8 tensor-core matmul also
+    # has the prefill list's twin that rounds its output for it (gpu_plan.GLU_Q8)
+    assert len({n.removesuffix("_q8") for n in ours}) == len(STATE_KERNELS[model]), sorted(usage)
     bad = [u.local_memory() for u in ours.values() if u.uses_local_memory]
     assert not bad, bad
