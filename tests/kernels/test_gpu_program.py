@@ -591,15 +591,18 @@ def test_prefill_list_segments_give_the_per_op_launches_bits(
 ):
     """The prefill list's q, k and v (and q and k where v is in another format: llama-Q4_K_M's
     Q6_K layers), and gate and up, as one segmented int8 tensor-core launch each
-    (gpu_imma.IMMA_SEGMENTS): every logit of
-    a 70-token prompt (a partial tile of tokens) bit for bit those of the bundle compiled with the
-    switch off, which launches them one by one; the decode list the same launches."""
-    from rfc.compiler.codegen import gpu_imma
+    (gpu_imma.IMMA_SEGMENTS), and its SwiGLU rounding its output for the down matmul
+    (gpu_plan.GLU_Q8): every logit of a 70-token prompt (a partial tile of tokens) bit for bit
+    those of the bundle compiled with both switches off, which launches the matmuls one by one
+    and a rounding launch before down; the decode list the same launches. (One bundle for both
+    switches: one compile fewer; test_the_activation_rounding_... has GLU_Q8 alone.)"""
+    from rfc.compiler.codegen import gpu_imma, gpu_plan
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.kernels.gpu_support import model_path
 
     on_dir = gpu_bundle(model, target)  # compiled (once a session) with the default: segments
     monkeypatch.setattr(gpu_imma, "IMMA_SEGMENTS", False)
+    monkeypatch.setattr(gpu_plan, "GLU_Q8", False)
     compile_model(
         CompileOptions(model=model_path(model), out_dir=tmp_path / "off", targets=(target,), cache_dir=gpu_build_cache)
     )
@@ -619,7 +622,11 @@ def test_prefill_list_segments_give_the_per_op_launches_bits(
     assert segmented and not any(launch.kernel.endswith("_segments") for launch in off.prefill_launches)
     sizes = [(len(launch.args) - 2) // 2 for launch in segmented]  # out{i}, q8, weight{i}, n_rows
     assert sorted(set(sizes)) == [2, 3], sizes
-    assert len(off.prefill_launches) == len(on.prefill_launches) + sum(n - 1 for n in sizes)
+    twins = [launch for launch in on.prefill_launches if re.fullmatch(r"rfc_swiglu_\d+_q8", launch.kernel)]
+    assert twins and not any(
+        launch.kernel.endswith("_q8") and "swiglu" in launch.kernel for launch in off.prefill_launches
+    )
+    assert len(off.prefill_launches) == len(on.prefill_launches) + sum(n - 1 for n in sizes) + len(twins)
     assert on.launches == off.launches
     assert np.array_equal(logits[0].view(np.uint32), logits[1].view(np.uint32)), (
         f"{np.count_nonzero(logits[0] != logits[1])} logits differ"
@@ -629,10 +636,11 @@ def test_prefill_list_segments_give_the_per_op_launches_bits(
 @pytest.mark.parametrize(
     "model,target",
     [
-        pytest.param(m, t, marks=toolchain_marks(t))
+        pytest.param(m, t, marks=toolchain_marks(t) + ([] if t == "gfx90a" else [pytest.mark.exhaustive]))
         for m, t in (("llama-Q4_K_M", MMA_TARGET), ("gemma3-Q8_0", MMA_TARGET), ("llama-Q8_0", "gfx90a"))
     ],
-)  # SwiGLU and GeGLU; a wave of 64 (the rounding by 32 threads of a wave's half)
+)  # a wave of 64 (the rounding by 32 threads of a wave's half); exhaustive: SwiGLU on sm_90 is
+# test_prefill_list_segments_give_the_per_op_launches_bits's, GeGLU's the same rounding code
 def test_the_activation_rounding_for_the_down_matmul_gives_the_rounding_launchs_bits(
     model, target, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
 ):
