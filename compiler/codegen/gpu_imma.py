@@ -144,6 +144,21 @@ QUANTIZE_TEMPLATE = "gpu_quantize_q8.hip.j2"
 # H100's multiprocessors, and took as long as q's 2048 rows (docs/benchmarks.md). False: a
 # launch per matmul, the kernels and prefill list byte for byte as before.
 IMMA_SEGMENTS = True
+# Split K: a matmul on the small tile (one that makes fewer than IMMA_MIN_BLOCKS big tiles at
+# IMMA_PLAN_TOKENS tokens) whose K is at least IMMA_SPLIT_MIN_K and a multiple of IMMA_SPLIT_K
+# chunks launches IMMA_SPLIT_K blocks a tile, each over its share of the columns (whole chunks),
+# each writing its sums to a partial row of its own in the arena slot SPLIT_SCRATCH; a launch
+# after it adds the partials in order (templates/gpu_splitk_reduce.hip.j2). A TinyLlama's
+# 5632-wide down projection makes 256 blocks of 64 x 64 at 512 tokens, two a multiprocessor of
+# an H100 where four fit, and took 205 us of a 512-token step, 27% of it with 22 layers
+# (docs/benchmarks.md), where its 5632-row gate took 134.7 us for as many multiplies on the big
+# tile. Other sums than the unsplit kernel's (the halves added last), so other bits, within the
+# same bounds. 1: no split (the default: unmeasured on a card, an A/B switch).
+IMMA_SPLIT_K = 1
+IMMA_SPLIT_MIN_K = 4096
+SPLIT_SCRATCH = "matmul.partials"  # the arena slot of the partial sums (not a plan buffer)
+SPLIT_TEMPLATE = "gpu_splitk_reduce.hip.j2"
+SPLIT_THREADS = 256
 
 
 def q8_layout(k: int, max_tokens: int) -> dict:
@@ -217,7 +232,8 @@ def imma_matmul_spec(target: Target, w: dict, tiling: ImmaTiling | None = None):
         or t.shared_bytes(has_min, bool(halves)) > 48 * 1024
     ):
         raise ValueError(f"imma tiling {t} does not fit {threads} threads and 48 KiB of static shared memory")
-    name = f"rfc_matmul_imma_{w['fmt']}_{w['rows']}x{w['cols']}"
+    split = _split_k(t, w["cols"])
+    name = f"rfc_matmul_imma_{w['fmt']}_{w['rows']}x{w['cols']}" + (f"_k{split}" if split > 1 else "")
     params = {
         "name": name,
         "threads": threads,
@@ -256,7 +272,29 @@ def imma_matmul_spec(target: Target, w: dict, tiling: ImmaTiling | None = None):
     grid = ((w["rows"], t.tile_n), ("n_rows", t.tile_m))
     # prequant: the input comes as Q8_SCRATCH (gpu_plan.plan_program launches quantize_q8_spec first)
     args = (("out", PTR), ("q8", PTR), ("weight", PTR), ("n_rows", I32)) if IMMA_PREQUANT else KERNEL_ARGS["matmul"]
+    if split > 1:  # its sums into SPLIT_SCRATCH, then split_reduce_spec's launch into out
+        params.update(split_k=split, k_split=w["cols"] // split, split_bytes=4 * split * PROGRAM_MAX_TOKENS * w["rows"])
+        grid += ((split, 1),)
+        args = (("partials", PTR), *args[1:])
     return KernelSpec(name, IMMA_TEMPLATE, params, args, threads, grid)
+
+
+def _split_k(t: ImmaTiling, k: int) -> int:
+    """The blocks a tile of `t` splits its K of `k` columns over (IMMA_SPLIT_K), or 1."""
+    if IMMA_SPLIT_K <= 1 or t.tile_n >= IMMA_TILINGS["128x128"].tile_n or k < IMMA_SPLIT_MIN_K:
+        return 1
+    return IMMA_SPLIT_K if k % (IMMA_SPLIT_K * t.k_chunk) == 0 else 1
+
+
+def split_reduce_spec(spec):
+    """The launch after split-K matmul `spec` that adds its partial sums into its output."""
+    from rfc.compiler.codegen.gpu_plan import I32, PTR, KernelSpec
+
+    p = spec.params
+    name = f"rfc_splitk_reduce_{p['n']}_k{p['split_k']}"
+    params = {"name": name, "threads": SPLIT_THREADS, "n": p["n"], "parts": p["split_k"], "max_tokens": p["max_tokens"]}
+    args = (("out", PTR), ("partials", PTR), ("n_rows", I32))
+    return KernelSpec(name, SPLIT_TEMPLATE, params, args, SPLIT_THREADS, (("n_rows", 1),))
 
 
 # params that tell the kernels of a segmented launch's matmuls apart (their rows) or name them
@@ -270,7 +308,7 @@ def imma_segments_spec(specs: list[KernelSpec]) -> KernelSpec | None:
     whose rows do not fill whole row tiles (every tile must lie in one segment). Each output is
     summed by the same tile, in the same order, as its matmul's own kernel sums it: the same
     bits."""
-    if len(specs) < 2 or any(s.template != IMMA_TEMPLATE for s in specs):
+    if len(specs) < 2 or any(s.template != IMMA_TEMPLATE or s.params.get("split_k", 1) > 1 for s in specs):
         return None
     first = specs[0]
     like = {k: v for k, v in first.params.items() if k not in _ROW_PARAMS}

@@ -229,6 +229,8 @@ def plan_kernels(
             spec = dataclasses.replace(spec, prefill=add(spec.prefill, rounded))
         if spec.params.get("prequant") and not rounded:  # its input rounded once a step (gpu_imma.py)
             add(_quantize_spec(target, spec))
+        if spec.params.get("split_k", 1) > 1:  # its partial sums added by a launch after it (gpu_imma.py)
+            add(_split_reduce_spec(spec))
         if spec.name in specs and specs[spec.name] != spec:
             spec = _renamed(spec, specs)
         return specs.setdefault(spec.name, spec)
@@ -921,7 +923,12 @@ def read_later(plan: Plan, after: int, buffer: str) -> bool:
 
 
 def plan_step_arena(
-    plan: Plan, scratch_floats: int = 0, q8_bytes: int = 0, arrival_ints: int = 0, matmul_arrival_ints: int = 0
+    plan: Plan,
+    scratch_floats: int = 0,
+    q8_bytes: int = 0,
+    arrival_ints: int = 0,
+    matmul_arrival_ints: int = 0,
+    split_bytes: int = 0,
 ) -> Arena:
     """Plan buffers packed by liveness: a buffer's bytes are reused once its last reader has
     run. The outputs (logits, hidden) stay live to the end; the input tokens are a batch array.
@@ -961,6 +968,11 @@ def plan_step_arena(
 
         slots.append(ArenaSlot(Q8_SCRATCH, total, q8_bytes))
         total += _round_up(q8_bytes, ARENA_ALIGNMENT)
+    if split_bytes:  # the split-K matmuls' partial sums (gpu_imma.SPLIT_SCRATCH)
+        from rfc.compiler.codegen.gpu_imma import SPLIT_SCRATCH
+
+        slots.append(ArenaSlot(SPLIT_SCRATCH, total, split_bytes))
+        total += _round_up(split_bytes, ARENA_ALIGNMENT)
     zeroed: tuple[str, ...] = ()
     for name, ints in ((ATTENTION_ARRIVALS, arrival_ints), (MATMUL_ARRIVALS, matmul_arrival_ints)):
         if ints:
@@ -984,14 +996,14 @@ def plan_program(
     if prefill_fusions is not None:
         _decode, prefill, more = _launch_lists(target, plan, specs, op_kernels, prefill_fusions)
         sizes = tuple(max(a, b) for a, b in zip(sizes, more))
-    scratch, arrivals, q8_bytes, matmul_arrivals = sizes
+    scratch, arrivals, q8_bytes, matmul_arrivals, split_bytes = sizes
     # a list of its own where an op has a prefill kernel (the q8 hand-off's plain twins alone make
     # no second list: without one, the decode list takes every step)
     by_name = {s.name: s for s in specs}
     has_prefill = any(by_name[k].prefill is not None for k in op_kernels) and prefill != launches
     return StepProgram(
         target.name,
-        plan_step_arena(plan, scratch, q8_bytes, arrivals, matmul_arrivals),
+        plan_step_arena(plan, scratch, q8_bytes, arrivals, matmul_arrivals, split_bytes),
         launches=tuple(launches),
         prefill_launches=tuple(prefill) if has_prefill else (),
         prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0,
@@ -1059,13 +1071,14 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
     arrivals = 0
     q8_bytes = 0
     matmul_arrivals = 0
+    split_bytes = 0
     rounded = None  # (input buffer, k) whose int8 rounding Q8_SCRATCH holds at this point of the prefill list
 
     def prefill_launch(op: Op, spec: KernelSpec, launch: Launch | None = None) -> None:
         """Appends op's prefill launch (`launch`: the one of a fused run that starts with op, and
         `spec` its kernel); an int8 tensor-core matmul over a prequantized input first gets the
         launch that rounds it, unless the launch before rounded the same input."""
-        nonlocal q8_bytes, rounded
+        nonlocal q8_bytes, rounded, split_bytes
         if spec.template == GLU_TEMPLATE and spec.params.get("q8"):  # (GLU_Q8) leaves its output rounded
             prefill.append(launch or op_launch(plan, op, spec))
             rounded = (op.outputs[0], spec.params["width"])
@@ -1080,6 +1093,9 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
         else:
             rounded = None  # another launch may write that input
         prefill.append(launch or op_launch(plan, op, spec))
+        if spec.params.get("split_k", 1) > 1:  # (gpu_imma.IMMA_SPLIT_K) its partials added into its output
+            prefill.append(op_launch(plan, op, by_name[_split_reduce_spec(spec).name]))
+            split_bytes = max(split_bytes, spec.params["split_bytes"])
 
     i = 0
     while i < len(plan.ops):
@@ -1134,7 +1150,7 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
             if any(n == "arrivals" for n, _k in s.args):
                 arrivals = max(arrivals, attention_arrival_ints(s))
         i += 1
-    return launches, prefill, (scratch, arrivals, q8_bytes, matmul_arrivals)
+    return launches, prefill, (scratch, arrivals, q8_bytes, matmul_arrivals, split_bytes)
 
 
 def fused_launch(plan: Plan, ops, spec: KernelSpec, sources, op_specs: list[KernelSpec]) -> Launch:
@@ -1177,6 +1193,8 @@ def op_launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:
         if n == "arrivals"
         else _q8_slot()
         if n == "q8"
+        else _split_slot()
+        if n == "partials"
         else _arg_slot(plan, op, n, k)
         for n, k in spec.args
     )
@@ -1194,6 +1212,19 @@ def _quantize_spec(target: Target, spec: KernelSpec) -> KernelSpec:
     from rfc.compiler.codegen.gpu_imma import quantize_q8_spec
 
     return quantize_q8_spec(target, spec.params["k"], spec.params["max_tokens"])
+
+
+def _split_reduce_spec(spec: KernelSpec) -> KernelSpec:
+    """The launch after split-K matmul `spec` that adds its partials (gpu_imma.split_reduce_spec)."""
+    from rfc.compiler.codegen.gpu_imma import split_reduce_spec
+
+    return split_reduce_spec(spec)
+
+
+def _split_slot() -> ArgSlot:
+    from rfc.compiler.codegen.gpu_imma import SPLIT_SCRATCH
+
+    return ArgSlot(ArgKind.ARENA, SPLIT_SCRATCH)
 
 
 def _quantize_launch(plan: Plan, op: Op, spec: KernelSpec) -> Launch:

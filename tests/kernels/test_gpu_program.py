@@ -682,6 +682,83 @@ def test_the_activation_rounding_for_the_down_matmul_gives_the_rounding_launchs_
     )
 
 
+@pytest.mark.parametrize(
+    "model,target",
+    [
+        pytest.param("llama-Q4_K_M", MMA_TARGET, marks=toolchain_marks(MMA_TARGET)),
+        pytest.param("llama-Q8_0", "gfx90a", marks=toolchain_marks("gfx90a") + [pytest.mark.exhaustive]),
+    ],
+)
+def test_split_k_matmuls_keep_the_prefill_logits_within_bounds(
+    model, target, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+):
+    """gpu_imma.IMMA_SPLIT_K (off by default): the down matmuls (K = 768, three chunks of the small
+    tile, so three splits of one chunk each with the threshold lowered to 768) launch three blocks
+    a tile, each over its chunk into a partial row, and then the launch that adds the partials in
+    order into the output; a 70-token prompt's logits within the bounds of the reference device
+    (another order of sums than the unsplit build's, so not its bits, but within 1e-5 of them
+    relative to the largest logit), the decode lists the same launches."""
+    from rfc.compiler.codegen import gpu_imma
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.runtime.devices.reference import ReferenceDevice
+    from tests.bounds import device_bounds
+    from tests.kernels.gpu_support import model_path, prefill_rounding
+
+    plain_dir = gpu_bundle(model, target)
+    monkeypatch.setattr(gpu_imma, "IMMA_SPLIT_K", 3)
+    monkeypatch.setattr(gpu_imma, "IMMA_SPLIT_MIN_K", 768)
+    compile_model(
+        CompileOptions(
+            model=model_path(model), out_dir=tmp_path / "split", targets=(target,), cache_dir=gpu_build_cache
+        )
+    )
+    tokens = tuple((5 * i + 11) % 500 for i in range(70))
+    emu_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
+    logits, programs = [], []
+    for bundle_dir in (tmp_path / "split", plain_dir):
+        bundle = open_bundle(bundle_dir)
+        device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, emu_dir)
+        blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+        blocks.allocate(0, len(tokens))
+        batch = build_batch([ScheduledChunk(0, 0, tokens, all_logits=True)], blocks)
+        logits.append(Executor(bundle.plan, device).forward(batch))
+        programs.append(device.runner.program)
+    split, plain = programs
+    names = [launch.kernel for launch in split.prefill_launches]
+    reduce = [i for i, n in enumerate(names) if n.startswith("rfc_splitk_reduce_")]
+    layers = sum(n.startswith("rfc_attention_") for n in names)
+    assert len(reduce) == layers and all(re.fullmatch(r"rfc_matmul_imma_\w+x768_k3", names[i - 1]) for i in reduce)
+    assert not any(n.startswith("rfc_splitk_reduce_") for n in (launch.kernel for launch in plain.prefill_launches))
+    # the reduction reads the partials slot and writes the down matmul's output
+    for i in reduce:
+        down = split.prefill_launches[i - 1]
+        assert down.args[0] == ArgSlot(ArgKind.ARENA, gpu_imma.SPLIT_SCRATCH)
+        assert split.prefill_launches[i].args[:2] == (
+            plain.prefill_launches[plain_index(plain, down)].args[0],
+            ArgSlot(ArgKind.ARENA, gpu_imma.SPLIT_SCRATCH),
+        )
+    assert split.launches == plain.launches
+    assert split.arena.slot(gpu_imma.SPLIT_SCRATCH).nbytes == 3 * split.arena.max_tokens * 256 * 4
+    got, unsplit = logits
+    assert not np.array_equal(got, unsplit)
+    assert float(np.abs(got - unsplit).max()) <= 1e-5 * float(np.abs(unsplit).max())
+    bundle = open_bundle(tmp_path / "split")
+    ref = Executor(bundle.plan, ReferenceDevice(bundle, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE)).forward(batch)
+    formats = {t.format for t in bundle.layout.tensors}
+    ok, msg = device_bounds(model, got, ref, rounding=prefill_rounding(model, formats, tokens, target))
+    assert ok, msg
+
+
+def plain_index(program, launch) -> int:
+    """The index in `program`'s prefill list of the unsplit launch of split matmul `launch`."""
+    name = launch.kernel.removesuffix("_k3")
+    return next(
+        i
+        for i, other in enumerate(program.prefill_launches)
+        if other.kernel == name and other.args[1:] == launch.args[1:]
+    )
+
+
 @pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
 def test_the_norms_in_the_matmuls_replay_the_per_op_path_bit_for_bit(
     model, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch

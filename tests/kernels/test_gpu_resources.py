@@ -328,15 +328,17 @@ def test_sm90_sampling_kernel_uses_no_local_memory(vocab):
 @pytest.mark.parametrize(
     "target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "sm_80", "gfx90a", "gfx1100")]
 )
-def test_imma_matmuls_at_real_model_sizes_use_no_local_memory(target):
+def test_imma_matmuls_at_real_model_sizes_use_no_local_memory(target, monkeypatch):
     """The prefill list's int8 tensor-core matmuls as the planner tiles them for real models
     (the fixtures' matrices are all small-tile ones): every format they take, over an 8B's
     4096 x 4096 (the big tile where the target has it, 128 x 128 with prefetch) and 1024 x 4096
     (the small one), the 16-wave big tile on NVIDIA (IMMA_BIG_TILE "128x128w16": at most 128
-    registers a thread, its 512 threads' budget), and the segmented launch of a TinyLlama's q, k
-    and v (2048 + 256 + 256 rows of 2048), in one source per target: no stack frame, no spills,
-    static shared memory within CUDA's 48 KiB."""
+    registers a thread, its 512 threads' budget), the segmented launch of a TinyLlama's q, k
+    and v (2048 + 256 + 256 rows of 2048), and its down projection split over K (IMMA_SPLIT_K), in
+    one source per target: no stack frame, no spills, static shared memory within CUDA's 48 KiB."""
     import dataclasses
+
+    from rfc.compiler.codegen import gpu_imma
 
     from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, render_source
     from rfc.compiler.codegen.gpu_imma import (
@@ -364,8 +366,15 @@ def test_imma_matmuls_at_real_model_sizes_use_no_local_memory(target):
         for f in IMMA_FORMATS:
             s = imma_matmul_spec(t, weight_geometry(f, 4096, 4096), IMMA_TILINGS["128x128w16"])
             specs.append(dataclasses.replace(s, name=s.name + "_w16", params={**s.params, "name": s.name + "_w16"}))
-    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, specs))
+    # split K (gpu_imma.IMMA_SPLIT_K, off by default): a TinyLlama's 2048 x 5632 down projection, and its reduction
+    monkeypatch.setattr(gpu_imma, "IMMA_SPLIT_K", 2)
+    split = [imma_matmul_spec(t, weight_geometry(f, 2048, 5632)) for f in IMMA_FORMATS]
+    assert all(s.params["split_k"] == 2 and s.params["tile_n"] == 64 for s in split)
+    specs += split
+    reduce = gpu_imma.split_reduce_spec(split[0])
+    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, [*specs, reduce]))
     usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
+    assert not usage[reduce.name].uses_local_memory
     assert {s.name for s in specs} <= {n for n, u in usage.items() if u.is_hot}
     _check("int8 matmuls at real model sizes", target, usage)
     assert all(usage[s.name].shared_bytes <= 48 * 1024 for s in specs)
