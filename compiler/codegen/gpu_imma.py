@@ -145,8 +145,8 @@ QUANTIZE_TEMPLATE = "gpu_quantize_q8.hip.j2"
 # launch per matmul, the kernels and prefill list byte for byte as before.
 IMMA_SEGMENTS = True
 # Split K: a matmul on the small tile (one that makes fewer than IMMA_MIN_BLOCKS big tiles at
-# IMMA_PLAN_TOKENS tokens) whose K is at least IMMA_SPLIT_MIN_K and a multiple of IMMA_SPLIT_K
-# chunks launches IMMA_SPLIT_K blocks a tile, each over its share of the columns (whole chunks),
+# IMMA_PLAN_TOKENS tokens) whose K is at least IMMA_SPLIT_MIN_K launches up to IMMA_SPLIT_K
+# blocks a tile (the most that share its chunks evenly), each over its share of the columns,
 # each writing its sums to a partial row of its own in the arena slot SPLIT_SCRATCH; a launch
 # after it adds the partials in order (templates/gpu_splitk_reduce.hip.j2). A TinyLlama's
 # 5632-wide down projection makes 256 blocks of 64 x 64 at 512 tokens, two a multiprocessor of
@@ -280,10 +280,12 @@ def imma_matmul_spec(target: Target, w: dict, tiling: ImmaTiling | None = None):
 
 
 def _split_k(t: ImmaTiling, k: int) -> int:
-    """The blocks a tile of `t` splits its K of `k` columns over (IMMA_SPLIT_K), or 1."""
-    if IMMA_SPLIT_K <= 1 or t.tile_n >= IMMA_TILINGS["128x128"].tile_n or k < IMMA_SPLIT_MIN_K:
+    """The blocks a tile of `t` splits its K of `k` columns over: the most, up to IMMA_SPLIT_K,
+    that share its chunks evenly (a TinyLlama's 22 chunks of 256: 2), or 1."""
+    if IMMA_SPLIT_K <= 1 or t.tile_n >= IMMA_TILINGS["128x128"].tile_n or k < IMMA_SPLIT_MIN_K or k % t.k_chunk:
         return 1
-    return IMMA_SPLIT_K if k % (IMMA_SPLIT_K * t.k_chunk) == 0 else 1
+    chunks = k // t.k_chunk
+    return max(s for s in range(1, IMMA_SPLIT_K + 1) if chunks % s == 0)
 
 
 def split_reduce_spec(spec):

@@ -438,9 +438,9 @@ def test_the_swiglu_rounds_its_output_for_the_down_matmul(llama, monkeypatch):
 def test_split_k_takes_small_tiles_of_long_rows(monkeypatch):
     """gpu_imma.IMMA_SPLIT_K: a small-tile matmul whose K is at least IMMA_SPLIT_MIN_K and whole
     chunks a split (a TinyLlama's 2048 x 5632 down) splits, with a third grid dimension and its
-    partials for an output; a big-tile one (an 8B's 14336 x 4096 gate), a short K (2048) and a K
-    of a chunk count the split does not divide keep one block a tile; segments take none. Off
-    (1, the default): none splits."""
+    partials for an output, over the most blocks up to the switch that share its chunks evenly; a
+    big-tile one (an 8B's 14336 x 4096 gate), a short K (2048) and a K of a prime chunk count keep
+    one block a tile; segments take none. Off (1, the default): none splits."""
     sm90 = parse_target("sm_90")
 
     def spec(rows, cols, fmt="Q4_K"):
@@ -453,6 +453,9 @@ def test_split_k_takes_small_tiles_of_long_rows(monkeypatch):
     assert down.grid[2] == (2, 1) and down.args[0] == ("partials", "ptr")
     assert down.params["split_bytes"] == 2 * PROGRAM_MAX_TOKENS * 2048 * 4
     assert all("split_k" not in s.params for s in (spec(14336, 4096), spec(2048, 2048), spec(2048, 4096 + 256)))
+    monkeypatch.setattr(gpu_imma, "IMMA_SPLIT_K", 4)  # the most that share the chunks evenly: 22 by 2, 16 by 4
+    assert spec(2048, 5632).params["split_k"] == 2 and spec(1024, 4096).params["split_k"] == 4
+    monkeypatch.setattr(gpu_imma, "IMMA_SPLIT_K", 2)
     assert imma_segments_spec([down, spec(2048, 5632)]) is None
     reduce = gpu_imma.split_reduce_spec(down)
     assert reduce.args == (("out", "ptr"), ("partials", "ptr"), ("n_rows", "i32")) and reduce.params["parts"] == 2
