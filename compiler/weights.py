@@ -257,7 +257,11 @@ def _repack_stream(chunks: Iterator[bytes], use: WeightUse) -> Iterator[bytes]:
     for data in chunks:
         pending += data
         while len(pending) >= step:
-            yield pack(np.frombuffer(bytes(pending[:step]), np.uint8).reshape(-1, row), use.packed).tobytes()
+            # packed from a view of the pending bytes (no copy), released before they move
+            rows = np.frombuffer(pending, np.uint8, count=step).reshape(-1, row)
+            packed = pack(rows, use.packed).tobytes()
+            del rows
+            yield packed
             del pending[:step]
     if pending:
         whole = -(-len(pending) // (row * f.group_rows)) * row * f.group_rows

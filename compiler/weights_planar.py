@@ -30,6 +30,19 @@ def bit4(v: np.ndarray) -> np.ndarray:
     return np.bitwise_or.reduce(t << np.arange(8, dtype=np.uint8)[:, None], axis=-2).astype(np.uint8)
 
 
+def nib16_pair(q: np.ndarray) -> np.ndarray:
+    """[..., 32] bytes, each holding two 4-bit values (low nibble, high nibble) -> [..., 2, 16]:
+    nib16 of the 32 low nibbles, then of the 32 high ones, straight from the bytes (no array of
+    values in between: the k-quants' repacking of an 8B model spent most of its time there)."""
+    w = q.view("<u8")  # 8 bytes a word: the nibble masks and shifts act on each byte alike
+    a, b = w[..., :2], w[..., 2:]
+    out = np.empty((*q.shape[:-1], 2, 2), "<u8")
+    m = np.uint64(0x0F0F0F0F0F0F0F0F)
+    np.bitwise_or(a & m, (b & m) << np.uint64(4), out=out[..., 0, :])
+    np.bitwise_or((a >> np.uint64(4)) & m, b & ~m, out=out[..., 1, :])
+    return out.view(np.uint8)
+
+
 # -- GGUF fields as per-sub-block element values ([rows, blocks, subs, 32]) ---------------------
 def _gguf_bits32(qh: np.ndarray) -> np.ndarray:
     """Q5_0/Q5_1 qh (4 bytes, little-endian bit e = element e) -> [..., 32] bits."""
@@ -65,20 +78,19 @@ def _planes(fmt: str, b: np.ndarray) -> list[np.ndarray]:
     if base == "Q6_K":
         # sub-block g = 4 nh + k: low nibbles k // 2 of ql bytes 64 nh + 32 (k % 2) .., high
         # bits 2k of qh bytes 32 nh ..
-        ql = b[..., 0:128].reshape(r, nb, 2, 1, 2, 32) >> (4 * np.arange(2, dtype=np.uint8))[:, None, None]
-        ql = (ql & 0xF).reshape(r, nb, 8, 32)  # [nh][k // 2][k % 2] is [nh][k]
+        # ([nh][k % 2][nibble k // 2] of nib16_pair, in [nh][k // 2][k % 2] order: [nh][k])
+        ql = np.swapaxes(nib16_pair(b[..., 0:128].reshape(r, nb, 2, 2, 32)), -2, -3)
         qh = (b[..., 128:192].reshape(r, nb, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3
         return [
             b[..., 208:210],
             b[..., 192:208],
-            nib16(ql).reshape(r, nb, 128),
+            ql.reshape(r, nb, 128),
             crumb8(qh.reshape(r, nb, 8, 32)).reshape(r, nb, 64),
         ]
     if base in ("Q4_K", "Q5_K"):
         # sub-block g = 2 p + h: nibble h of qs bytes 32 p .. 32 p + 31; Q5_K's fifth bits: bit g of qh bytes 0..31
         at = 16 if base == "Q4_K" else 48
-        q = b[..., at : at + 128].reshape(r, nb, 4, 1, 32) >> (4 * np.arange(2, dtype=np.uint8))[:, None]
-        quants = nib16((q & 0xF).reshape(r, nb, 8, 32)).reshape(r, nb, 128)
+        quants = nib16_pair(b[..., at : at + 128].reshape(r, nb, 4, 32)).reshape(r, nb, 128)  # [p][h]
         if base == "Q4_K":
             return [b[..., 0:4], b[..., 4:16], quants]
         hbits = np.unpackbits(b[..., 16:48, None], axis=-1, bitorder="little")  # [byte l][bit g]
