@@ -25,16 +25,20 @@ constants of rfc.compiler.codegen modules, set in every codegen module that impo
 and times each bundle's graph-replayed batch-1 decode step (median of 100 after a 33-token
 context), a 512-token prefill step (median of 3) and a graph-replayed decode step of 16
 sequences (median of 50). Kernels come from the build cache where an earlier compile made them (`tools/gpu_session.py prepare --kernels` fills it here, off the card's
-time, for the plain bundle; a variant's kernels are compiled there).
+time, for the plain bundle; a variant's kernels are compiled there). A variant whose weights are
+the plain bundle's, tensor for tensor, links its weights.bin instead of packing the GGUF again.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import io
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -200,6 +204,41 @@ def ncu_detail(bundle: Path, out: Path, timeout: float, kernel: str, count: int)
     return p.returncode
 
 
+@contextlib.contextmanager
+def _weights_of(bundle: Path | None):
+    """While compiling a variant: where the weights it plans are those `bundle` (the plain
+    build of the same GGUF, compiled by this process moments before: the same packing code)
+    packed, tensor for tensor, link its weights.bin instead of packing them again (an 8B's 4.9
+    GB took ~25 s of a variant's compile on a 2-core EPYC, card time on the GPU machine). Other
+    weights (a variant that changes the weight plan) are packed as usual."""
+    from rfc.artifacts.bundle import open_bundle
+    from rfc.artifacts.layout import WEIGHTS_FILE
+    from rfc.compiler import pipeline
+
+    if bundle is None:
+        yield
+        return
+    layout = open_bundle(bundle, verify=False, mmap_weights=False).layout
+    packed = [(t.name, t.role, t.format, tuple(t.shape)) for t in layout.tensors]
+    write = pipeline.write_weights
+
+    def reuse(model, uses, out_path, on_tensor=lambda name: None):
+        if [(u.name, u.role, u.stored_format, tuple(u.shape)) for u in uses] != packed:
+            return write(model, uses, out_path, on_tensor)
+        out_path.unlink(missing_ok=True)
+        try:
+            os.link(bundle / WEIGHTS_FILE, out_path)
+        except OSError:  # another file system
+            shutil.copyfile(bundle / WEIGHTS_FILE, out_path)
+        return layout
+
+    pipeline.write_weights = reuse
+    try:
+        yield
+    finally:
+        pipeline.write_weights = write
+
+
 def _override(assignments: str) -> dict[tuple[str, str], object]:
     """Sets codegen constants ("module.NAME=value ...") in every rfc.compiler.codegen module that
     holds them; returns the old values."""
@@ -301,11 +340,14 @@ def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
     print(
         f"{'variant':<70} {'decode step':>12} {'tok/s':>7} {'prefill 512':>12} {'tok/s':>8} {'b16 step':>10} {'tok/s':>7}"
     )
+    plain = None
     for spec in ["", *specs]:
         old = _override(spec)
         try:
             bundle = out / f"variant-{abs(hash(spec)) % 10**8}-{target}"
-            compile_model(CompileOptions(model=gguf, out_dir=bundle, targets=(target,), force=True))
+            with _weights_of(plain):
+                compile_model(CompileOptions(model=gguf, out_dir=bundle, targets=(target,), force=True))
+            plain = plain or bundle
         finally:
             for (mod, name), value in old.items():
                 setattr(sys.modules[mod], name, value)

@@ -5,6 +5,8 @@ MATMUL_ROW_STEPS by value), then putting it back."""
 import importlib.util
 from pathlib import Path
 
+from tests.kernels.gpu_support import gpu_build_cache  # noqa: F401  (the session's kernel cache)
+
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("gpu_experiment", ROOT / "tools" / "gpu_experiment.py")
 tool = importlib.util.module_from_spec(spec)
@@ -48,3 +50,32 @@ def test_a_variant_sets_a_constant_in_every_module_that_imported_it_and_restores
         for (module, name), value in old.items():
             setattr(__import__(module, fromlist=[name]), name, value)
     assert gpu_plan.MATMUL_ROW_STEPS == gpu_fuse.MATMUL_ROW_STEPS == before
+
+
+def test_a_variant_links_the_plain_bundles_weights_where_they_are_the_same(tmp_path, gpu_build_cache):
+    """`variants` compiles each variant with the plain bundle's weights.bin linked in, not packed
+    again, where the plan's weights are the plain bundle's tensor for tensor: the bundle that
+    comes out is the one a full compile writes, file for file; another GGUF's weights are packed
+    as usual; the packer is put back after the compile."""
+    from rfc.artifacts.bundle import open_bundle
+    from rfc.compiler import pipeline
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.conftest import FIXTURES
+
+    def build(gguf: str, out: str) -> Path:
+        options = CompileOptions(
+            model=FIXTURES / gguf, out_dir=tmp_path / out, targets=("sm_90",), cache_dir=gpu_build_cache
+        )
+        compile_model(options)
+        return tmp_path / out
+
+    plain = build("tiny-llama-Q4_K_M.gguf", "plain")
+    packer = pipeline.write_weights
+    with tool._weights_of(plain):
+        linked = build("tiny-llama-Q4_K_M.gguf", "linked")
+        other = build("tiny-llama-Q4_0.gguf", "other")
+    assert pipeline.write_weights is packer
+    assert (linked / "weights.bin").stat().st_ino == (plain / "weights.bin").stat().st_ino
+    assert (other / "weights.bin").stat().st_ino != (plain / "weights.bin").stat().st_ino
+    assert open_bundle(linked).manifest == open_bundle(plain).manifest
+    assert open_bundle(other).layout != open_bundle(plain).layout  # packed, and verified on opening
