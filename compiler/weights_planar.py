@@ -43,17 +43,23 @@ def nib16_pair(q: np.ndarray) -> np.ndarray:
     return out.view(np.uint8)
 
 
+def crumb8_quad(q: np.ndarray) -> np.ndarray:
+    """[..., 32] bytes, each holding four 2-bit values (bits 2s..2s+1 for s = 0..3) -> [..., 4, 8]:
+    crumb8 of the 32 values at bits 2s, for each s, straight from the bytes (byte j of piece s:
+    bits 2t = bits 2s of byte j + 8t), on 8-byte words."""
+    w = q.view("<u8")  # word t holds bytes 8t .. 8t + 7
+    m = np.uint64(0x0303030303030303)
+    out = np.zeros((*q.shape[:-1], 4), "<u8")
+    for s in range(4):
+        for t in range(4):
+            out[..., s] |= ((w[..., t] >> np.uint64(2 * s)) & m) << np.uint64(2 * t)
+    return out.view(np.uint8).reshape(*q.shape[:-1], 4, 8)
+
+
 # -- GGUF fields as per-sub-block element values ([rows, blocks, subs, 32]) ---------------------
 def _gguf_bits32(qh: np.ndarray) -> np.ndarray:
     """Q5_0/Q5_1 qh (4 bytes, little-endian bit e = element e) -> [..., 32] bits."""
     return np.unpackbits(qh, axis=-1, bitorder="little")
-
-
-def _k_crumbs(qs: np.ndarray) -> np.ndarray:
-    """Q2_K/Q3_K qs (64 bytes) -> [..., 8 sub-blocks, 32] 2-bit values: sub-block g is bits
-    2(g % 4) of bytes 32(g // 4) .. +31."""
-    q = qs.reshape(*qs.shape[:-1], 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[:, None]
-    return (q & 3).reshape(*qs.shape[:-1], 8, 32)
 
 
 def _planes(fmt: str, b: np.ndarray) -> list[np.ndarray]:
@@ -69,23 +75,27 @@ def _planes(fmt: str, b: np.ndarray) -> list[np.ndarray]:
         head = 2 if base == "Q5_0" else 4
         return [b[..., 0:head], bit4(_gguf_bits32(b[..., head : head + 4])), b[..., head + 4 : head + 20]]
     r, nb = b.shape[:2]
-    if base == "Q2_K":
-        return [b[..., 80:84], b[..., 0:16], crumb8(_k_crumbs(b[..., 16:80])).reshape(r, nb, 64)]
+    if base == "Q2_K":  # (_k_crumbs's sub-block order: [32-byte group][bit pair])
+        return [b[..., 80:84], b[..., 0:16], crumb8_quad(b[..., 16:80].reshape(r, nb, 2, 32)).reshape(r, nb, 64)]
     if base == "Q3_K":
         hbits = np.unpackbits(b[..., 0:32, None], axis=-1, bitorder="little")  # [byte l][bit g]
         high = bit4(np.swapaxes(hbits, -1, -2)).reshape(r, nb, 32)  # sub-block g: bit g of bytes 0..31
-        return [b[..., 108:110], b[..., 96:108], crumb8(_k_crumbs(b[..., 32:96])).reshape(r, nb, 64), high]
+        return [
+            b[..., 108:110],
+            b[..., 96:108],
+            crumb8_quad(b[..., 32:96].reshape(r, nb, 2, 32)).reshape(r, nb, 64),
+            high,
+        ]
     if base == "Q6_K":
         # sub-block g = 4 nh + k: low nibbles k // 2 of ql bytes 64 nh + 32 (k % 2) .., high
         # bits 2k of qh bytes 32 nh ..
         # ([nh][k % 2][nibble k // 2] of nib16_pair, in [nh][k // 2][k % 2] order: [nh][k])
         ql = np.swapaxes(nib16_pair(b[..., 0:128].reshape(r, nb, 2, 2, 32)), -2, -3)
-        qh = (b[..., 128:192].reshape(r, nb, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3
         return [
             b[..., 208:210],
             b[..., 192:208],
             ql.reshape(r, nb, 128),
-            crumb8(qh.reshape(r, nb, 8, 32)).reshape(r, nb, 64),
+            crumb8_quad(b[..., 128:192].reshape(r, nb, 2, 32)).reshape(r, nb, 64),  # [nh][k]: bits 2k of qh
         ]
     if base in ("Q4_K", "Q5_K"):
         # sub-block g = 2 p + h: nibble h of qs bytes 32 p .. 32 p + 31; Q5_K's fifth bits: bit g of qh bytes 0..31

@@ -209,3 +209,19 @@ def test_planar_pieces_put_elements_where_the_table_says() -> None:
     bits = (v * 7 + 3) % 5 % 2
     b = bit4(bits)
     assert all((int(b[j]) >> t) & 1 == bits[j + 4 * t] for j in range(4) for t in range(8))
+
+
+def test_the_packers_pieces_straight_from_bytes_are_the_pieces_of_their_values() -> None:
+    """nib16_pair and crumb8_quad (the k-quants' repacking, on 8-byte words) give nib16 of each
+    nibble's values and crumb8 of each bit pair's, for every byte value in every position."""
+    from rfc.compiler.weights_planar import crumb8, crumb8_quad, nib16, nib16_pair
+
+    q = np.random.default_rng(5).integers(0, 256, (64, 3, 32), np.uint8)
+    q[0, 0] = np.arange(32) * 8 + 7  # (and 0x00 / 0xFF rows)
+    q[1, 0], q[2, 0] = 0, 255
+    pair = nib16_pair(q)
+    assert pair.shape == (64, 3, 2, 16)
+    assert (pair[..., 0, :] == nib16(q & 0xF)).all() and (pair[..., 1, :] == nib16(q >> 4)).all()
+    quad = crumb8_quad(q)
+    assert quad.shape == (64, 3, 4, 8)
+    assert all((quad[..., s, :] == crumb8((q >> (2 * s)) & 3)).all() for s in range(4))
