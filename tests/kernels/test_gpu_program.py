@@ -585,6 +585,30 @@ def test_rows_over_two_waves_replay_the_per_op_path_bit_for_bit(target, tmp_path
     assert np.abs(logits[2] - logits[1]).max() < 0.02 * np.abs(logits[1]).max()
 
 
+def _compile(model: str, target: str, out_dir, cache_dir) -> None:
+    """Compiles fixture `model` for `target` into out_dir with the codegen constants as they are set now."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.kernels.gpu_support import model_path
+
+    compile_model(CompileOptions(model=model_path(model), out_dir=out_dir, targets=(target,), cache_dir=cache_dir))
+
+
+def _prompt_on_each(bundle_dirs, target: str, tokens: tuple, tmp_path_factory):
+    """Each bundle's logits for one prompt of `tokens` (every row's) on the emulated step device,
+    the programs, and the batch."""
+    emu_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
+    logits, programs = [], []
+    for bundle_dir in bundle_dirs:
+        bundle = open_bundle(bundle_dir)
+        device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, emu_dir)
+        blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+        blocks.allocate(0, len(tokens))
+        batch = build_batch([ScheduledChunk(0, 0, tokens, all_logits=True)], blocks)
+        logits.append(Executor(bundle.plan, device).forward(batch))
+        programs.append(device.runner.program)
+    return logits, programs, batch
+
+
 @pytest.mark.parametrize("model,target", [pytest.param("llama-Q4_K_M", MMA_TARGET, marks=toolchain_marks(MMA_TARGET))])
 def test_prefill_list_segments_give_the_per_op_launches_bits(
     model, target, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
@@ -597,26 +621,13 @@ def test_prefill_list_segments_give_the_per_op_launches_bits(
     and a rounding launch before down; the decode list the same launches. (One bundle for both
     switches: one compile fewer; test_the_activation_rounding_... has GLU_Q8 alone.)"""
     from rfc.compiler.codegen import gpu_imma, gpu_plan
-    from rfc.compiler.pipeline import CompileOptions, compile_model
-    from tests.kernels.gpu_support import model_path
 
     on_dir = gpu_bundle(model, target)  # compiled (once a session) with the default: segments
     monkeypatch.setattr(gpu_imma, "IMMA_SEGMENTS", False)
     monkeypatch.setattr(gpu_plan, "GLU_Q8", False)
-    compile_model(
-        CompileOptions(model=model_path(model), out_dir=tmp_path / "off", targets=(target,), cache_dir=gpu_build_cache)
-    )
+    _compile(model, target, tmp_path / "off", gpu_build_cache)
     tokens = tuple((7 * i + 3) % 500 for i in range(70))
-    emu_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
-    logits, programs = [], []
-    for bundle_dir in (on_dir, tmp_path / "off"):
-        bundle = open_bundle(bundle_dir)
-        device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, emu_dir)
-        blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
-        blocks.allocate(0, len(tokens))
-        batch = build_batch([ScheduledChunk(0, 0, tokens, all_logits=True)], blocks)
-        logits.append(Executor(bundle.plan, device).forward(batch))
-        programs.append(device.runner.program)
+    logits, programs, _batch = _prompt_on_each((on_dir, tmp_path / "off"), target, tokens, tmp_path_factory)
     on, off = programs
     segmented = [launch for launch in on.prefill_launches if launch.kernel.endswith("_segments")]
     assert segmented and not any(launch.kernel.endswith("_segments") for launch in off.prefill_launches)
@@ -650,25 +661,12 @@ def test_the_activation_rounding_for_the_down_matmul_gives_the_rounding_launchs_
     the switch off (activation, rounding launch, matmul), a rounding launch fewer a layer, and
     the decode lists the same launches."""
     from rfc.compiler.codegen import gpu_plan
-    from rfc.compiler.pipeline import CompileOptions, compile_model
-    from tests.kernels.gpu_support import model_path
 
     on_dir = gpu_bundle(model, target)
     monkeypatch.setattr(gpu_plan, "GLU_Q8", False)
-    compile_model(
-        CompileOptions(model=model_path(model), out_dir=tmp_path / "off", targets=(target,), cache_dir=gpu_build_cache)
-    )
+    _compile(model, target, tmp_path / "off", gpu_build_cache)
     tokens = tuple((5 * i + 11) % 500 for i in range(70))
-    emu_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
-    logits, programs = [], []
-    for bundle_dir in (on_dir, tmp_path / "off"):
-        bundle = open_bundle(bundle_dir)
-        device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, emu_dir)
-        blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
-        blocks.allocate(0, len(tokens))
-        batch = build_batch([ScheduledChunk(0, 0, tokens, all_logits=True)], blocks)
-        logits.append(Executor(bundle.plan, device).forward(batch))
-        programs.append(device.runner.program)
+    logits, programs, _batch = _prompt_on_each((on_dir, tmp_path / "off"), target, tokens, tmp_path_factory)
     on, off = programs
     twin = re.compile(r"rfc_(?:swiglu|glu)_\w+_q8(?:_\d+)?")
     twins = [i for i, launch in enumerate(on.prefill_launches) if twin.fullmatch(launch.kernel)]
@@ -696,33 +694,19 @@ def test_split_k_matmuls_keep_the_prefill_logits_within_bounds(
     tile, so three splits of one chunk each with the threshold lowered to 768) launch three blocks
     a tile, each over its chunk into a partial row, and then the launch that adds the partials in
     order into the output; a 70-token prompt's logits within the bounds of the reference device
-    (another order of sums than the unsplit build's, so not its bits, but within 1e-5 of them
+    (another order of sums than the unsplit build's, so not its bits, but within 2% of them
     relative to the largest logit), the decode lists the same launches."""
     from rfc.compiler.codegen import gpu_imma
-    from rfc.compiler.pipeline import CompileOptions, compile_model
     from rfc.runtime.devices.reference import ReferenceDevice
     from tests.bounds import device_bounds
-    from tests.kernels.gpu_support import model_path, prefill_rounding
+    from tests.kernels.gpu_support import prefill_rounding
 
     plain_dir = gpu_bundle(model, target)
     monkeypatch.setattr(gpu_imma, "IMMA_SPLIT_K", 3)
     monkeypatch.setattr(gpu_imma, "IMMA_SPLIT_MIN_K", 768)
-    compile_model(
-        CompileOptions(
-            model=model_path(model), out_dir=tmp_path / "split", targets=(target,), cache_dir=gpu_build_cache
-        )
-    )
+    _compile(model, target, tmp_path / "split", gpu_build_cache)
     tokens = tuple((5 * i + 11) % 500 for i in range(70))
-    emu_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
-    logits, programs = [], []
-    for bundle_dir in (tmp_path / "split", plain_dir):
-        bundle = open_bundle(bundle_dir)
-        device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, emu_dir)
-        blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
-        blocks.allocate(0, len(tokens))
-        batch = build_batch([ScheduledChunk(0, 0, tokens, all_logits=True)], blocks)
-        logits.append(Executor(bundle.plan, device).forward(batch))
-        programs.append(device.runner.program)
+    logits, programs, batch = _prompt_on_each((tmp_path / "split", plain_dir), target, tokens, tmp_path_factory)
     split, plain = programs
     names = [launch.kernel for launch in split.prefill_launches]
     reduce = [i for i, n in enumerate(names) if n.startswith("rfc_splitk_reduce_")]
@@ -741,7 +725,9 @@ def test_split_k_matmuls_keep_the_prefill_logits_within_bounds(
     assert split.arena.slot(gpu_imma.SPLIT_SCRATCH).nbytes == 3 * split.arena.max_tokens * 256 * 4
     got, unsplit = logits
     assert not np.array_equal(got, unsplit)
-    assert float(np.abs(got - unsplit).max()) <= 1e-5 * float(np.abs(unsplit).max())
+    # (float sums in another order flip an int8 rounding of a later layer's input now and then:
+    # the same 2% as the rows over two waves above; dropping a partial is 45%)
+    assert float(np.abs(got - unsplit).max()) < 0.02 * float(np.abs(unsplit).max())
     bundle = open_bundle(tmp_path / "split")
     ref = Executor(bundle.plan, ReferenceDevice(bundle, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE)).forward(batch)
     formats = {t.format for t in bundle.layout.tensors}
