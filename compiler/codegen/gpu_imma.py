@@ -152,8 +152,9 @@ IMMA_SEGMENTS = True
 # 5632-wide down projection makes 256 blocks of 64 x 64 at 512 tokens, two a multiprocessor of
 # an H100 where four fit, and took 205 us of a 512-token step, 27% of it with 22 layers
 # (docs/benchmarks.md), where its 5632-row gate took 134.7 us for as many multiplies on the big
-# tile. Other sums than the unsplit kernel's (the halves added last), so other bits, within the
-# same bounds. 1: no split (the default: unmeasured on a card, an A/B switch).
+# tile. Other sums than the unsplit kernel's (each split's own, then the splits' in order), so
+# other bits, within the same bounds. 1: no split (the default: unmeasured on a card, an A/B
+# switch).
 IMMA_SPLIT_K = 1
 IMMA_SPLIT_MIN_K = 4096
 SPLIT_SCRATCH = "matmul.partials"  # the arena slot of the partial sums (not a plan buffer)
