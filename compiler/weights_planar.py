@@ -12,18 +12,7 @@ import numpy as np
 from rfc.artifacts.formats import PLANAR_FORMATS, plane_offsets, row_nbytes
 
 
-# -- pieces of one 32-element sub-block (formats.py names them), from element values ----------
-def nib16(v: np.ndarray) -> np.ndarray:
-    """[..., 32] 4-bit values -> [..., 16] bytes: byte j = v[j] | v[j + 16] << 4."""
-    return (v[..., :16] | (v[..., 16:] << 4)).astype(np.uint8)
-
-
-def crumb8(v: np.ndarray) -> np.ndarray:
-    """[..., 32] 2-bit values -> [..., 8] bytes: byte j bits 2t.. = v[j + 8t]."""
-    t = v.reshape(*v.shape[:-1], 4, 8).astype(np.uint8)
-    return (t[..., 0, :] | (t[..., 1, :] << 2) | (t[..., 2, :] << 4) | (t[..., 3, :] << 6)).astype(np.uint8)
-
-
+# -- pieces of one 32-element sub-block (formats.py names them: nib16, crumb8, bit4) -----------
 def bit4(v: np.ndarray) -> np.ndarray:
     """[..., 32] 1-bit values -> [..., 4] bytes: byte j bit t = v[j + 4t]."""
     t = v.reshape(*v.shape[:-1], 8, 4).astype(np.uint8)

@@ -245,6 +245,8 @@ def _glu_q8_twins(plan: Plan, op_specs: list[KernelSpec]) -> tuple[list[KernelSp
     """op_specs with each gated activation whose output the next op, an int8 tensor-core matmul
     with its input rounded once a step, reads given that matmul's rounding as its prefill kernel
     (GLU_Q8; gpu_imma.q8_layout), and the indices of those matmuls (no rounding launch)."""
+    from rfc.compiler.codegen.gpu_imma import q8_layout
+
     rounded: set[int] = set()
     if not GLU_Q8:
         return op_specs, rounded
@@ -264,8 +266,6 @@ def _glu_q8_twins(plan: Plan, op_specs: list[KernelSpec]) -> tuple[list[KernelSp
             or spec.threads % SUB_BLOCK
         ):
             continue
-        from rfc.compiler.codegen.gpu_imma import q8_layout
-
         x = op.outputs[0]
         float_out = read_later(plan, i + 1, x)
         layout = q8_layout(spec.params["width"], matmul.params["max_tokens"])

@@ -197,10 +197,23 @@ def test_planar_formats_decode_like_their_base(fmt: str, rows: int, blocks: int)
     assert_identical(dequantize(packed, fmt, (rows, k)), want)
 
 
+def nib16(v: np.ndarray) -> np.ndarray:
+    """artifacts/formats.py's nib16 from element values, the oracle of the packer's nib16_pair:
+    [..., 32] 4-bit values -> [..., 16] bytes, byte j = v[j] | v[j + 16] << 4."""
+    return (v[..., :16] | (v[..., 16:] << 4)).astype(np.uint8)
+
+
+def crumb8(v: np.ndarray) -> np.ndarray:
+    """Likewise crumb8, the oracle of crumb8_quad: [..., 32] 2-bit values -> [..., 8] bytes, byte j
+    bits 2t.. = v[j + 8t]."""
+    t = v.reshape(*v.shape[:-1], 4, 8).astype(np.uint8)
+    return (t[..., 0, :] | (t[..., 1, :] << 2) | (t[..., 2, :] << 4) | (t[..., 3, :] << 6)).astype(np.uint8)
+
+
 def test_planar_pieces_put_elements_where_the_table_says() -> None:
     """The piece encodings artifacts/formats.py describes, element by element (the GPU
     decoders in rfc_gpu_planar.h read them so)."""
-    from rfc.compiler.weights_planar import bit4, crumb8, nib16
+    from rfc.compiler.weights_planar import bit4
 
     v = np.arange(32)
     assert list(nib16(v % 16)) == [(j % 16) | ((j + 16) % 16) << 4 for j in range(16)]
@@ -214,7 +227,7 @@ def test_planar_pieces_put_elements_where_the_table_says() -> None:
 def test_the_packers_pieces_straight_from_bytes_are_the_pieces_of_their_values() -> None:
     """nib16_pair and crumb8_quad (the k-quants' repacking, on 8-byte words) give nib16 of each
     nibble's values and crumb8 of each bit pair's, for every byte value in every position."""
-    from rfc.compiler.weights_planar import crumb8, crumb8_quad, nib16, nib16_pair
+    from rfc.compiler.weights_planar import crumb8_quad, nib16_pair
 
     q = np.random.default_rng(5).integers(0, 256, (64, 3, 32), np.uint8)
     q[0, 0] = np.arange(32) * 8 + 7  # (and 0x00 / 0xFF rows)
