@@ -83,6 +83,10 @@ FILE_TYPES: dict[str, FileType] = {
     "Q5_K_M": FileType(LlamaFileType.MOSTLY_Q5_K_M, Q.Q5_K, Q.Q6_K, more_bits=Q.Q6_K),
     "Q6_K": FileType(LlamaFileType.MOSTLY_Q6_K, Q.Q6_K, Q.Q6_K),
 }
+# The i-quants, every weight one type (llama-quantize mixes them): for planning and kernel tests
+# at real sizes, not for quality (random grid indices and signs).
+for _iq in ("IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_S"):
+    FILE_TYPES[_iq] = FileType(LlamaFileType[f"MOSTLY_{_iq}"], Q[_iq], Q.Q6_K)
 FILE_TYPES["Q4_K"] = FILE_TYPES["Q4_K_M"]
 FILE_TYPES["Q5_K"] = FILE_TYPES["Q5_K_M"]
 
@@ -225,6 +229,11 @@ SCALES: dict[Q, ScaleFields] = {
     Q.Q4_K: ScaleFields(d=0, min=2, min_ratio=7.5),  # w = d*sc*q - dmin*m, q in 0..15
     Q.Q5_K: ScaleFields(d=0, min=2, min_ratio=15.5),
     Q.Q6_K: ScaleFields(d=208),
+    # the i-quants: an fp16 d first in every block
+    **{
+        Q[iq]: ScaleFields(d=0)
+        for iq in ("IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_S")
+    },
 }
 
 

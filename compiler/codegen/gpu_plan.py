@@ -1021,7 +1021,45 @@ def one_token_twin(spec: KernelSpec) -> KernelSpec | None:
     name = spec.name + ONE_TOKEN_SUFFIX
     grid = tuple((c, 1) if c == "n_rows" else (c, t) for c, t in spec.grid)
     params = {**spec.params, "name": name, "tokens_per_block": 1, **_one_token_chunk(spec.params, tokens)}
+    if ONE_TOKEN_LOADS_AHEAD and spec.template in INT8_ROW_TEMPLATES and _planar(params):
+        params.update(_loads_ahead(params))
     return dataclasses.replace(spec, name=name, params=params, grid=grid, steps=(), prefill=None)
+
+
+# A one-token int8 twin (the dp4a templates below) is written so that a lane's weight loads go out
+# together: its token is known to be there (no test of it around every sub-block's loads, which
+# kept the compiler from issuing the next sub-block's before the last one's dot: one load in
+# flight a lane, each waiting out its round trip), and the loop over a lane's sub-blocks of a
+# chunk of float activations is unrolled ONE_TOKEN_LANE_LOADS at a time (as many as a 4096-wide
+# row's q8 loop has a lane; the q8 loop is unrolled whole). Those loads take registers, which
+# RFC_KERNEL_BLOCKS caps for ONE_TOKEN_MIN_BLOCKS resident blocks a multiprocessor: on sm_90 two
+# (128 registers) leave the planar formats' twins at an 8B's sizes without spills (the 8B's Q4_K
+# gate/up twin takes 127, where its blocks-of-8 walk took 80: three blocks); three (80) spill in
+# the Q5_K and Q8_0 ones. Only weights in planar layouts: the i-quants' decodes (grids, tables)
+# spilled at 128 (IQ4_NL, IQ4_XS, IQ3_S gate/up at an 8B's sizes), so they keep the walk of the
+# blocks of 8. The same sums in the same order; on by default, unmeasured on a card: the A/B is
+# the next card call's (docs/benchmarks.md).
+ONE_TOKEN_LOADS_AHEAD = True
+ONE_TOKEN_MIN_BLOCKS = 2
+ONE_TOKEN_LANE_LOADS = 4
+INT8_ROW_TEMPLATES = ("gpu_matmul.hip.j2", "gpu_matmul_fused.hip.j2")
+
+
+def _planar(params: dict) -> bool:
+    """Whether every weight a matmul kernel walks is in a planar layout (the weight planner's)."""
+    return all(g.get("planar") for g in params.get("fmt_groups") or [params])
+
+
+def _loads_ahead(params: dict) -> dict:
+    """The loads-ahead parameters of a one-token int8 twin's template (ONE_TOKEN_LOADS_AHEAD)."""
+    out = {"loads_ahead": True, "min_blocks": ONE_TOKEN_MIN_BLOCKS}
+    chunk, lanes = params.get("chunk"), params.get("lanes_per_row")
+    if params.get("q8in") or not chunk or not lanes:
+        return out  # the q8 walk is unrolled whole
+    per_lane = -(-chunk // SUB_BLOCK // lanes)  # a lane's most sub-blocks in a chunk
+    if per_lane > 1:
+        out["lane_loads"] = min(per_lane, ONE_TOKEN_LANE_LOADS)  # the chunked loop over them, unrolled
+    return out
 
 
 # A one-token twin (above) rounds up to MATMUL_CHUNK x MATMUL_TOKENS columns of its float

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests import testdata
-from tests.conftest import DEMO_MODEL, FIXTURES, shared_basetemp
+from tests.conftest import DEMO_MODEL, FIXTURES, ROOT, shared_basetemp
 
 HIPCC, NVCC = shutil.which("hipcc"), shutil.which("nvcc")
 
@@ -27,6 +27,25 @@ def toolchain_marks(target: str) -> list:
 
 def model_path(name: str) -> Path:
     return DEMO_MODEL if name == "stories260K" else FIXTURES / f"tiny-{name}.gguf"
+
+
+def make_gguf(path, *args: str) -> None:
+    """tools/make_gguf.py's random-weight model at `path`."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("make_gguf", ROOT / "tools" / "make_gguf.py")
+    make_gguf = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get("make_gguf")  # tests/unit/test_make_gguf.py's, in the same worker
+    sys.modules["make_gguf"] = make_gguf  # its dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(make_gguf)
+        make_gguf.main([str(path), *args])
+    finally:
+        if previous is None:
+            del sys.modules["make_gguf"]
+        else:
+            sys.modules["make_gguf"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -309,10 +309,10 @@ def test_rope_pairs_loaded_in_batches_give_the_same_bits(target, tmp_path, monke
     from rfc.compiler.codegen import gpu_plan
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.kernels.gpu_emulator import emulated_step_device
-    from tests.kernels.test_gpu_program import _make_gguf
+    from tests.kernels.gpu_support import make_gguf
 
     gguf = tmp_path / "heads.gguf"
-    _make_gguf(gguf, "--format", "Q8_0", "--dim", "1024", "--layers", "1", "--ffn", "256",
+    make_gguf(gguf, "--format", "Q8_0", "--dim", "1024", "--layers", "1", "--ffn", "256",
                "--heads", "16", "--kv-heads", "16", "--vocab", "512")  # fmt: skip
     prompt = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19)
     runs = []

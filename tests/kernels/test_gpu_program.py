@@ -21,7 +21,7 @@ from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.kernels.gpu_emulator import emulated_device, emulated_step_device
-from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
+from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, make_gguf, toolchain_marks  # noqa: F401
 from tests.conftest import shared_basetemp
 
 pytestmark = [
@@ -497,27 +497,6 @@ def test_decode_rows_of_several_sequences_on_the_prefill_list_stay_within_bounds
     assert ok, msg
 
 
-def _make_gguf(path, *args: str) -> None:
-    """tools/make_gguf.py's random-weight model at `path`."""
-    import importlib.util
-    import sys
-
-    from tests.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("make_gguf", ROOT / "tools" / "make_gguf.py")
-    make_gguf = importlib.util.module_from_spec(spec)
-    previous = sys.modules.get("make_gguf")  # tests/unit/test_make_gguf.py's, in the same worker
-    sys.modules["make_gguf"] = make_gguf  # its dataclasses look their module up by name
-    try:
-        spec.loader.exec_module(make_gguf)
-        make_gguf.main([str(path), *args])
-    finally:
-        if previous is None:
-            del sys.modules["make_gguf"]
-        else:
-            sys.modules["make_gguf"] = previous
-
-
 @pytest.mark.parametrize("target", [pytest.param(TARGET, marks=toolchain_marks(TARGET))])
 @pytest.mark.parametrize("wide", [True, False])
 def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, wide, tmp_path, monkeypatch):
@@ -533,7 +512,7 @@ def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, wide, 
     monkeypatch.setattr(gpu_plan, "ONE_TOKEN_WIDE_CHUNK", wide)
 
     gguf = tmp_path / "wide-down.gguf"
-    _make_gguf(gguf, "--format", "Q4_0", "--dim", "256", "--layers", "1", "--ffn", "4608",
+    make_gguf(gguf, "--format", "Q4_0", "--dim", "256", "--layers", "1", "--ffn", "4608",
                "--heads", "4", "--kv-heads", "2", "--vocab", "512")  # fmt: skip
     out = tmp_path / "bundle"
     compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
@@ -566,7 +545,7 @@ def test_rows_over_two_waves_replay_the_per_op_path_bit_for_bit(target, tmp_path
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
     gguf = tmp_path / "w2048.gguf"
-    _make_gguf(gguf, "--format", "Q4_0", "--dim", "2048", "--layers", "1", "--ffn", "2048",
+    make_gguf(gguf, "--format", "Q4_0", "--dim", "2048", "--layers", "1", "--ffn", "2048",
                "--heads", "16", "--kv-heads", "4", "--vocab", "512")  # fmt: skip
     prompt = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19)
     logits = {}

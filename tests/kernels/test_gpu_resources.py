@@ -378,3 +378,68 @@ def test_imma_matmuls_at_real_model_sizes_use_no_local_memory(target, monkeypatc
     assert {s.name for s in specs} <= {n for n, u in usage.items() if u.is_hot}
     _check("int8 matmuls at real model sizes", target, usage)
     assert all(usage[s.name].shared_bytes <= 48 * 1024 for s in specs)
+
+
+# The one-token twins at real model sizes (no fixture's rows are this wide): an 8B's
+# 4096 / 14336 in the k-quants, Q8_0 and i-quants, a TinyLlama's 2048 / 5632 in the legacy
+# quants (its 5632-wide down: sub-blocks shared out unevenly, so the unrolled walk has a
+# remainder).
+REAL_TWIN_MODELS = {
+    "8b": (
+        ["--dim", "4096", "--ffn", "14336", "--heads", "32", "--kv-heads", "8"],
+        ("Q4_K_M", "Q5_K_M", "Q8_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ2_XXS"),
+    ),
+    "1.1b": (["--dim", "2048", "--ffn", "5632", "--heads", "32", "--kv-heads", "4"], ("Q4_0", "Q5_1")),
+}
+
+
+@pytest.fixture(scope="module")
+def real_twin_models(tmp_path_factory):
+    """One-layer GGUFs of REAL_TWIN_MODELS' shapes (vocab 512), written once for the module."""
+    from tests.kernels.gpu_support import make_gguf
+
+    root = tmp_path_factory.mktemp("real-twins")
+    paths = []
+    for shape, (args, formats) in REAL_TWIN_MODELS.items():
+        for fmt in formats:
+            path = root / f"{shape}-{fmt}.gguf"
+            make_gguf(path, *args, "--layers", "1", "--vocab", "512", "--format", fmt)
+            paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize(
+    "target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "sm_80", "gfx90a", "gfx1100")]
+)
+def test_one_token_matmuls_at_real_model_sizes_use_no_local_memory(target, real_twin_models):
+    """The one-token list's matmul twins of real models (gpu_plan.one_token_twin: loads ahead,
+    registers capped by RFC_KERNEL_BLOCKS for ONE_TOKEN_MIN_BLOCKS blocks), planned as the
+    compiler plans them (weights planned, not written) and built in one source per target: no
+    stack frame, no spills. On sm_90 three blocks (80 registers) spilled the Q5_K and Q8_0
+    gate/up twins, and two (128) the i-quants' (which keep the blocks of 8's walk)."""
+    from rfc.artifacts.layout import TensorEntry, WeightLayout
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, plan_target, render_source
+    from rfc.compiler.codegen.gpu_plan import ONE_TOKEN_SUFFIX
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.spec import build_spec
+    from rfc.compiler.targets import parse_target
+    from rfc.compiler.weight_plan import plan_weights
+
+    t = parse_target(target)
+    twins = {}
+    for path in real_twin_models:
+        spec = build_spec(read_gguf(path))
+        weights = plan_weights(spec, [t])
+        layout = WeightLayout(
+            256, tuple(TensorEntry(u.name, u.role, u.stored_format, u.shape, 0, 0, "") for u in weights.uses)
+        )
+        for s in plan_target(t, spec.plan, layout, weights.weight_maps[t])[0]:
+            if s.name.endswith(ONE_TOKEN_SUFFIX):
+                assert twins.setdefault(s.name, s) == s, f"two models' {s.name} differ"
+    assert {"rfc_matmul_q6_kp_4096x14336_t1", "rfc_matmul_q4_0p_2048x5632_t1"} <= set(twins)
+    if t.wave_size == 32:  # the q8 hand-off's readers: the gate/up with its SwiGLU, the output projection
+        assert {"rfc_matmul_swiglu_q8_0p_14336x4096_q8_t1", "rfc_matmul_q5_kp_4096x4096_q8_t1"} <= set(twins)
+    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, list(twins.values())))
+    usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
+    assert set(twins) <= {n for n, u in usage.items() if u.is_hot}
+    _check("one-token twins at real model sizes", target, usage)

@@ -8,8 +8,8 @@ from rfc.compiler.codegen import gpu_plan
 from rfc.compiler.codegen.gpu_plan import KernelSpec, one_token_twin
 
 
-def _matmul(k: int, chunk: int | None, lanes: int = 32) -> KernelSpec:
-    params = {"name": "m", "k": k, "lanes_per_row": lanes, "tokens_per_block": gpu_plan.MATMUL_TOKENS}
+def _matmul(k: int, chunk: int | None, lanes: int = 32, **more) -> KernelSpec:
+    params = {"name": "m", "k": k, "lanes_per_row": lanes, "tokens_per_block": gpu_plan.MATMUL_TOKENS, **more}
     if chunk is not None:
         params["chunk"] = chunk
     grid = ((4096, 8), ("n_rows", gpu_plan.MATMUL_TOKENS))
@@ -44,3 +44,43 @@ def test_kernels_of_one_token_blocks_have_no_twin():
     spec = _matmul(4096, 2048)
     one = KernelSpec("m", spec.template, {**spec.params, "tokens_per_block": 1}, (), 256, ((4096, 8), ("n_rows", 1)))
     assert one_token_twin(one) is None
+
+
+@pytest.mark.parametrize(
+    "k,q8in,lane_loads",
+    [
+        (14336, False, gpu_plan.ONE_TOKEN_LANE_LOADS),  # an 8B's down: 14 sub-blocks a lane, unrolled 4 at a time
+        (2560, False, 3),  # 80 sub-blocks over 32 lanes: at most 3 a lane
+        (768, False, None),  # 24 sub-blocks: at most one a lane, nothing to unroll
+        (4096, True, None),  # the q8 walk: unrolled whole already
+    ],
+)
+def test_a_planar_int8_twin_takes_its_loads_ahead(k, q8in, lane_loads):
+    """gpu_plan.ONE_TOKEN_LOADS_AHEAD: the twin knows its one token is there, asks for
+    ONE_TOKEN_MIN_BLOCKS resident blocks (its registers capped for them), and walks a chunk of
+    float activations up to ONE_TOKEN_LANE_LOADS sub-blocks at a time."""
+    spec = _matmul(k, min(k, 2048), q8in=q8in, planar=True)
+    params = one_token_twin(spec).params
+    assert params["loads_ahead"] is True and params["min_blocks"] == gpu_plan.ONE_TOKEN_MIN_BLOCKS
+    assert params.get("lane_loads") == lane_loads
+    assert "loads_ahead" not in spec.params  # the blocks of 8 test their tokens
+
+
+def test_a_twin_of_unplanned_weights_keeps_the_walk_of_the_blocks_of_8():
+    """The i-quants' decodes take too many registers for several sub-blocks' loads at once
+    (they spilled under the cap): their twins, and a fused one with any such segment, keep it."""
+    assert "loads_ahead" not in one_token_twin(_matmul(14336, 2048, planar=False)).params
+    groups = [{"planar": True}, {"planar": False}]
+    assert "loads_ahead" not in one_token_twin(_matmul(4096, 2048, planar=True, fmt_groups=groups)).params
+
+
+def test_without_loads_ahead_the_twin_is_the_walk_of_the_blocks_of_8(monkeypatch):
+    monkeypatch.setattr(gpu_plan, "ONE_TOKEN_LOADS_AHEAD", False)
+    params = one_token_twin(_matmul(14336, 2048, planar=True)).params
+    assert not {"loads_ahead", "min_blocks", "lane_loads"} & set(params)
+
+
+def test_the_float_matmuls_twin_keeps_its_walk():
+    spec = _matmul(4096, None, planar=True)
+    spec = KernelSpec("m", "gpu_matmul_float.hip.j2", spec.params, (), 256, spec.grid)
+    assert "loads_ahead" not in one_token_twin(spec).params

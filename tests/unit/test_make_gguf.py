@@ -79,7 +79,8 @@ def test_metadata_and_tensors(tmp_path: Path) -> None:
     assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
 
 
-FORMATS = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q5_K_M", "Q6_K"]
+FORMATS = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ3_S",
+           "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_S"]  # fmt: skip
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
