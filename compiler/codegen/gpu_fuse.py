@@ -106,6 +106,15 @@ DECODE_Q8 = True
 # thread at gpt-oss's 4 x 2 x 64 heads, and the twin's rounding after it spilled 24-40 bytes
 # (tests/kernels/test_gpu_resources.py).
 ATTENTION_Q8 = True
+# A plain rmsnorm (one segment a row, with a weight) whose output int8 matmuls read leaves it
+# rounded too, as the add + rmsnorm does: the first layer's norm of the embeddings before its
+# q/k/v, and the final norm before the LM head. That head is the biggest matmul of a step (an
+# 8B's 128256 x 4096 Q6_K: 431 MB, 9% of its weights), and its 16032 blocks each rounded the same
+# 4096 floats behind two barriers (16 KB from L2 each, 263 MB in all). The same bits;
+# unmeasured on a card: an A/B switch (docs/benchmarks.md). False: those matmuls round it. Only
+# with the norms in launches of their own, as ATTENTION_Q8.
+RMSNORM_Q8 = True
+RMSNORM_TEMPLATE = "gpu_rmsnorm.hip.j2"
 # The residual add in the matmul before it and the rmsnorm in the matmuls after it (module doc);
 # False: the add + rmsnorm launch between them. Off: on an H100 (docs/benchmarks.md) a
 # TinyLlama-1.1B-shaped Q4_0 model's graph decode step took 1,053 us with it and 1,000 us
@@ -658,6 +667,25 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
             changed[i] = _q8_variant(own, {"q8": True, "q8_width": width, **layout})
             _q8_readers_take(readers, layout, changed)
             spans.append((i, readers[-1].first))
+    if RMSNORM_Q8 and not NORM_IN_MATMULS and not NORM_IN_LAST_BLOCK:  # (as ATTENTION_Q8: the norms' own launches)
+        covered = {j for f in fusions for j in range(f.first, f.first + f.count)}
+        for i, spec in enumerate(op_specs):
+            p = spec.params
+            if i in covered or i in changed or spec.template != RMSNORM_TEMPLATE:
+                continue
+            if p["heads"] != 1 or not p["has_weight"] or p["width"] % 32 or spec.threads % 32:
+                continue
+            if any(prod < i < last for prod, last in spans):
+                continue
+            x, width = plan.ops[i].outputs[0], p["width"]
+            stops = (ADD_RMSNORM_TEMPLATE, ATTENTION_TEMPLATE, RMSNORM_TEMPLATE)
+            readers = _q8_readers(plan, op_specs, by_first, i + 1, x, width, stops)
+            if not readers:
+                continue
+            layout = q8_decode_layout(width)
+            changed[i] = _rmsnorm_q8(Fusion(i, 1, spec, tuple((0, n) for n, _k in spec.args)), layout)
+            _q8_readers_take(readers, layout, changed)
+            spans.append((i, readers[-1].first))
     out = [changed.pop(f.first, f) for f in fusions]
     out += changed.values()  # lone ops: fusions of one op
     out = [replace(f, spec=_taken(f.spec, taken)) if f.plain is not None else f for f in out]
@@ -687,6 +715,19 @@ def _q8_readers_take(readers: list[Fusion], layout: dict, changed: dict[int, Fus
         p = r.spec.params
         steps = -(-(p["k"] // 32) // p["lanes_per_row"])
         changed[r.first] = _q8_variant(r, {"q8in": True, "q8_steps": steps, **layout})
+
+
+def _rmsnorm_q8(f: Fusion, layout: dict) -> Fusion:
+    """A lone rmsnorm's q8 twin (RMSNORM_Q8): q8, the slot, after its output; its input stays x."""
+    spec = f.spec
+    at = [n for n, _k in spec.args].index("out") + 1
+    args = (*spec.args[:at], ("q8", PTR), *spec.args[at:])
+    sources = (*f.sources[:at], (0, "q8"), *f.sources[at:])
+    name = spec.name + "_q8"
+    q8 = KernelSpec(
+        name, spec.template, {**spec.params, "name": name, "q8": True, **layout}, args, spec.threads, spec.grid
+    )
+    return Fusion(f.first, f.count, q8, sources, plain=f, prefill=f.prefill)
 
 
 def _attention_writer(spec: KernelSpec) -> KernelSpec | None:

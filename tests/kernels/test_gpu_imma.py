@@ -325,9 +325,10 @@ def test_the_prefill_list_rounds_each_matmul_input_once():
         )
         program = unpack_program((Path(tmp) / "b" / "kernels" / "sm_90" / "program.msgpack").read_bytes())
     names = [launch.kernel for launch in program.prefill_launches]
-    layer = names[names.index("rfc_rmsnorm_256") + 1 :]
-    # q, k and v: one segmented launch (gpu_imma.IMMA_SEGMENTS); gate and up too
-    assert layer[:2] == ["rfc_quantize_q8_256", "rfc_matmul_imma_q4_0p_256_64_64x256_segments"], layer[:2]
+    layer = names[names.index("rfc_rmsnorm_256_q8") + 1 :]
+    # q, k and v: one segmented launch (gpu_imma.IMMA_SEGMENTS), gate and up too; the first norm leaves its
+    # rows rounded (gpu_fuse.RMSNORM_Q8): no rounding launch before q, k and v
+    assert layer[:1] == ["rfc_matmul_imma_q4_0p_256_64_64x256_segments"], layer[:1]
     # gate and up after the add + rmsnorm that leaves its output rounded (the decode list's q8 hand-off,
     # in the layout both lists read: gpu_imma.q8_layout): no rounding launch between; nor between the
     # SwiGLU that rounds its output (gpu_plan.GLU_Q8) and down
@@ -344,7 +345,7 @@ def test_the_prefill_list_rounds_each_matmul_input_once():
     assert second[:2] == ["rfc_add_rmsnorm_256_q8", "rfc_matmul_imma_q4_0p_256_64_64x256_segments"], second[:2]
     quantized = [i for i, n in enumerate(names) if n.startswith("rfc_quantize_q8_")]
     layers = sum(n.startswith("rfc_attention_") for n in names)
-    assert len(quantized) == 1 + layers  # the first layer's q, k and v, then o's inputs
+    assert len(quantized) == layers  # o's inputs (the first norm rounds the first q, k and v's)
     assert all(names[i + 1].startswith("rfc_matmul_imma_") for i in quantized)
     assert sum(n.startswith("rfc_matmul_imma_") for n in names) > len(quantized)  # shared by the runs
     assert not any(launch.kernel.startswith("rfc_quantize_q8_") for launch in program.launches)
@@ -452,13 +453,15 @@ def test_the_add_rmsnorm_hand_off_rounds_as_the_rounding_launch_does(target, tmp
     t = parse_target(target)
     specs = {s.name: s for s in plan_target(t, bundle.plan, bundle.layout)[0]}
     norm, rounding = specs["rfc_add_rmsnorm_256_q8"], specs["rfc_quantize_q8_256"]
-    assert norm.params["xd_offset"] == rounding.params["xd_offset"]
-    assert norm.params["xs_offset"] == rounding.params["xs_offset"]
+    first, plain = specs["rfc_rmsnorm_256_q8"], specs["rfc_rmsnorm_256"]  # the first and last norms' (RMSNORM_Q8)
+    for twin in (norm, first):
+        assert twin.params["xd_offset"] == rounding.params["xd_offset"]
+        assert twin.params["xs_offset"] == rounding.params["xs_offset"]
     lib = ctypes.CDLL(
         str(
             build_source_emulator(
-                render_source(t, [norm, rounding]),
-                [norm.name, rounding.name],
+                render_source(t, [norm, rounding, first, plain]),
+                [norm.name, rounding.name, first.name, plain.name],
                 shared_basetemp(tmp_path_factory) / "gpu-imma",
             )
         )
@@ -488,3 +491,14 @@ def test_the_add_rmsnorm_hand_off_rounds_as_the_rounding_launch_does(target, tmp
         assert np.array_equal(q8_norm[lo:hi], q8_rounding[lo:hi]), (lo, hi)
         assert not (q8_rounding[lo:hi] == 0xA5).all(), (lo, hi)  # written
     assert (q8_rounding[rows * width : xd] == 0xA5).all()  # rows past the step's: untouched
+    # the plain rmsnorm's twin: the plain kernel's rows, and the rounding launch's bytes of them
+    normed2, plain_out = np.zeros((rows, width), F32), np.zeros((rows, width), F32)
+    q8_first, q8_again = (np.full(first.params["q8_bytes"], 0xA5, np.uint8) for _ in range(2))
+    _launch(lib, first, (rows, 1), ptr(normed2), ptr(q8_first), ptr(a), ptr(weight), ctypes.c_int(rows))
+    _launch(lib, plain, (rows, 1), ptr(plain_out), ptr(a), ptr(weight), ctypes.c_int(rows))
+    assert np.array_equal(normed2.view(np.uint32), plain_out.view(np.uint32))
+    _launch(lib, rounding, (-(-rounding.params["subs"] // rounding.threads), rows), ptr(q8_again), ptr(plain_out),
+            ctypes.c_int(rows))  # fmt: skip
+    for lo, hi in ((0, rows * width), (xd, xd + 4 * rows * subs), (xs, xs + 8 * rows * subs)):
+        assert np.array_equal(q8_first[lo:hi], q8_again[lo:hi]), (lo, hi)
+        assert not (q8_again[lo:hi] == 0xA5).all(), (lo, hi)

@@ -181,29 +181,32 @@ def test_a_llama_decode_layer_is_eight_launches(model, gpu_bundle):
         "rmsnorm",
         "matmul",
     ]
-    first = ("matmul_q8_0p_256_64_64x256_fused", *LLAMA_LAYER_FUSED[1:])
-    assert kernels == [
-        "embed_q8_0_256",
-        "rmsnorm_256",
-        *first,
-        *LLAMA_LAYER_FUSED * (layers - 2),
-        *LLAMA_LAYER_FUSED[:-1],
-        # the last layer's residual add alone: the logits' rows are gathered before their norm
-        "add_256",
-        "gather_rows_256",
-        "rmsnorm_256",
-        "matmul_q8_0p_512x256",
-    ]
+    assert (
+        kernels
+        == [
+            "embed_q8_0_256",
+            "rmsnorm_256_q8",  # it leaves its rows rounded for the first q/k/v too (gpu_fuse.RMSNORM_Q8)
+            *LLAMA_LAYER_FUSED * (layers - 1),
+            *LLAMA_LAYER_FUSED[:-1],
+            # the last layer's residual add alone: the logits' rows are gathered before their norm, which
+            # rounds them for the LM head
+            "add_256",
+            "gather_rows_256",
+            "rmsnorm_256_q8",
+            "matmul_q8_0p_512x256_q8",
+        ]
+    )
     single = [launch.kernel.removeprefix("rfc_") for launch in program.single_launches]
     assert single == [k + "_t1" if k.startswith("matmul_") else k for k in kernels]
     assert program.arena.zeroed == ("attention.arrivals",)
     # the prefill list keeps its runs (gpu_fuse.step_fusions): each residual add with the next
     # norm, which also leaves its output rounded for the int8 tensor-core matmuls after it (the
-    # decode list's q8 hand-off: no rounding launch there), and the SwiGLU rounds its output for
-    # the down matmul (gpu_plan.GLU_Q8)
+    # decode list's q8 hand-off: no rounding launch there; the first norm's too), and the SwiGLU
+    # rounds its output for the down matmul (gpu_plan.GLU_Q8): the rounding launches left are the
+    # output projections'
     prefill = [launch.kernel.removeprefix("rfc_") for launch in program.prefill_launches]
-    assert prefill.count("add_rmsnorm_256_q8") == 2 * layers - 1 and prefill.count("rmsnorm_256") == 2
-    assert prefill.count("quantize_q8_256") == 1 + layers and prefill.count("swiglu_768_q8") == layers
+    assert prefill.count("add_rmsnorm_256_q8") == 2 * layers - 1 and prefill.count("rmsnorm_256_q8") == 2
+    assert prefill.count("quantize_q8_256") == layers and prefill.count("swiglu_768_q8") == layers
     assert "quantize_q8_768" not in prefill
     assert not [k for k in prefill if k.endswith(("_norm", "_add")) or "_add_rmsnorm" in k or "_rope" in k]
 

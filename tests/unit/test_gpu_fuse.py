@@ -82,7 +82,7 @@ def test_a_llama_layer_fuses_four_kinds_of_runs(llama):
         "q",
         "k",
         "v",
-        "h",
+        "matmul.q8",  # the first norm's rows, rounded by its launch (RMSNORM_Q8)
         "blk.0.attn_q.weight",
         "blk.0.attn_k.weight",
         "blk.0.attn_v.weight",
@@ -116,7 +116,7 @@ def test_other_formats_make_segments_and_other_activations_keep_their_launches(l
     assert _runs(plan, mixed) == [("matmul",) * 3, *FUSED[1:3], ("matmul",) * 2, FUSED[4]]
     specs, op_kernels = plan_kernels(TARGET, plan, mixed)
     qkv = next(f for f in plan_fusions(plan, specs, op_kernels) if f.count == 3 and f.spec.params["segs"])
-    assert qkv.spec.name == "rfc_matmul_q8_0_256_q8_0_64_q4_0_64x256_fused"
+    assert qkv.spec.name == "rfc_matmul_q8_0_256_q8_0_64_q4_0_64x256_fused_q8"  # (the first norm's rows rounded)
     assert [(g["fmt"], g["segs"], g["end"]) for g in qkv.spec.params["fmt_groups"]] == [
         ("q8_0", [0, 1], 320),
         ("q4_0", [2], 384),
@@ -215,7 +215,7 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     # it; the matmuls' q8 twins (dp4a over the hand-off) are the decode list's alone
     pre = [launch.kernel for launch in program.prefill_launches]
     twins = [i for i, k in enumerate(pre) if k.endswith("_q8") and not k.startswith("rfc_swiglu_")]  # (GLU_Q8's)
-    assert twins and all(pre[i].startswith("rfc_add_rmsnorm_") for i in twins)
+    assert twins and all(pre[i].startswith(("rfc_add_rmsnorm_", "rfc_rmsnorm_")) for i in twins)  # (RMSNORM_Q8's)
     assert not any(pre[i + 1].startswith("rfc_quantize_q8_") for i in twins)
     # the switch off: today's kernels, no slot of the hand-off's size
     monkeypatch.setattr(gpu_fuse, "DECODE_Q8", False)
@@ -231,6 +231,9 @@ def test_the_add_and_norm_run_in_the_last_blocks_of_the_matmul_before_them(llama
     the add keeps the three apart; the switch off gives the default lists, launch for launch."""
     spec, plan, layout = llama
     monkeypatch.setattr(gpu_fuse, "ROPE_IN_LAST_BLOCK", False)  # (its own test below)
+    monkeypatch.setattr(
+        gpu_fuse, "RMSNORM_Q8", False
+    )  # (made with the norms' own launches alone: pinned off to compare)
     monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", True)
     built, program = _prefill(plan, layout)
     fusions, prefill = step_fusions(plan, *plan_kernels(TARGET, plan, layout))
@@ -321,6 +324,43 @@ def test_the_attention_hands_its_rounded_rows_to_the_output_projection(llama, mo
     assert any(k.endswith("_split") for k in (x.kernel for x in program.launches))
 
 
+@pytest.mark.usefixtures("separate_norms")
+def test_the_first_and_the_last_norm_hand_their_rounded_rows_on(llama, monkeypatch):
+    """gpu_fuse.RMSNORM_Q8: the plain rmsnorms whose rows int8 matmuls read (the first layer's,
+    of the embeddings, and the final one, of the logit rows) become twins that also round them
+    into the q8 slot, and those matmuls (layer 0's q, k and v; the LM head) read them there. The
+    prefill list launches the first norm's twin too, and its tensor-core q/k/v launch then needs
+    no rounding launch; the LM head's prefill launch reads the float rows. Off: as before."""
+    _spec, plan, layout = llama
+    fusions, program = _hand_offs(plan, layout)
+    norms = [i for i, op in enumerate(plan.ops) if op.kind == "rmsnorm" and len(op.inputs) == 1]
+    by_first = {f.first: f for f in fusions}
+    first, last = norms[0], norms[-1]
+    for i in (first, last):
+        f = by_first[i]
+        assert f.spec.template == "gpu_rmsnorm.hip.j2" and f.spec.params["q8"] and f.spec.name.endswith("_q8")
+        assert [n for n, _k in f.spec.args][:3] == ["out", "q8", "x"] and "q8" not in dict(f.plain.spec.args)
+        reader = by_first[i + 1]
+        assert reader.spec.params["q8in"] and reader.spec.params["xd_offset"] == f.spec.params["xd_offset"]
+    assert plan.ops[last + 1].weights == ("output.weight",)
+    assert [w for op in plan.ops[first + 1 : first + 1 + by_first[first + 1].count] for w in op.weights] == [
+        "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight",
+    ]  # fmt: skip
+    decode = [launch.kernel for launch in program.launches]
+    assert decode[first] == by_first[first].spec.name and decode[-1] == by_first[last + 1].spec.name
+    pre = [launch.kernel for launch in program.prefill_launches]
+    at = pre.index(by_first[first].spec.name)
+    assert pre[at + 1].startswith("rfc_matmul_imma_") and not any(
+        k.startswith("rfc_quantize_q8_") for k in pre[: at + 2]
+    )
+    assert pre[-1] == by_first[last + 1].plain.spec.name  # the head's float launch in the prefill list
+    # the switch off: the norms and their readers as they were
+    monkeypatch.setattr(gpu_fuse, "RMSNORM_Q8", False)
+    fusions, program = _hand_offs(plan, layout)
+    assert not any(f.spec.template == "gpu_rmsnorm.hip.j2" for f in fusions)
+    assert not any(k.startswith("rfc_rmsnorm_") and k.endswith("_q8") for k in (x.kernel for x in program.launches))
+
+
 # -- the prefill list's segmented tensor-core matmul ------------------------------------------------
 
 
@@ -348,7 +388,7 @@ def test_the_prefill_list_launches_q_k_and_v_once(llama, monkeypatch):
     assert [a.ref for a in gate_up.args][:2] == ["gate", "up"]
     qkv = program.prefill_launches[seg[0]]
     assert qkv.kernel == "rfc_matmul_imma_q8_0_256_64_64x256_segments"
-    assert names[seg[0] - 1] == "rfc_quantize_q8_256"
+    assert names[seg[0] - 1] == "rfc_rmsnorm_256_q8"  # the first norm leaves its rows rounded: no rounding launch
     assert [a.ref for a in qkv.args] == [
         "q",
         "k",
@@ -396,7 +436,7 @@ def test_rows_past_whole_tiles_keep_the_per_op_prefill_launches(llama, monkeypat
     names = [launch.kernel for launch in program.prefill_launches]
     q = names.index("rfc_matmul_imma_q8_0_256x256")
     assert names[q - 1 : q + 3] == [
-        "rfc_quantize_q8_256",
+        "rfc_rmsnorm_256_q8",
         "rfc_matmul_imma_q8_0_256x256",
         "rfc_matmul_imma_q8_0_64x256",
         "rfc_matmul_imma_q8_0_64x256",
@@ -496,6 +536,9 @@ def test_a_llama_layer_folds_its_norms_into_the_matmuls(llama, monkeypatch):
     whose output it adds; the prefill list as it was without them (each add + rmsnorm one launch,
     the matmuls on their tensor-core kernels)."""
     spec, plan, layout = llama
+    # (the first and last norms' hand-off is made with the norms in launches of their own alone, so
+    # the prefill lists compared below would differ by it: pinned off)
+    monkeypatch.setattr(gpu_fuse, "RMSNORM_Q8", False)
     monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", True)
     assert _runs(plan, layout) == NORMS_IN
     built, program = _prefill(plan, layout)
