@@ -56,7 +56,7 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
     # bytes of every weight it reads (q, k and v: three)
     launched = runner.launches_for(1)
     assert launched == runner.program.single_launches
-    qkv = by_kernel["rfc_matmul_q8_0p_256_64_64x256_fused_t1"]
+    qkv = by_kernel["rfc_matmul_q8_0p_256_64_64x256_fused_q8_t1"]  # (the first norm rounds its rows: RMSNORM_Q8)
     assert qkv["bytes"] == nbytes("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
     assert by_kernel["rfc_matmul_swiglu_q8_0p_768x256_q8_t1"]["bytes"] == nbytes(
         "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"
