@@ -70,6 +70,8 @@ from rfc.artifacts.plan import Op, Plan
 from rfc.compiler.codegen import gpu_imma, gpu_plan
 from rfc.compiler.codegen.gpu_plan import (
     ATTENTION_TEMPLATE,
+    FUSED_MATMUL_TEMPLATE,
+    MATMUL_TEMPLATE,
     I32,
     MATMUL_ROW_STEPS,
     PTR,
@@ -79,9 +81,7 @@ from rfc.compiler.codegen.gpu_plan import (
     read_later,
 )
 
-MATMUL_TEMPLATE = "gpu_matmul.hip.j2"
 ROPE_KV_TEMPLATE = "gpu_rope_kv_write.hip.j2"
-FUSED_MATMUL_TEMPLATE = "gpu_matmul_fused.hip.j2"
 ADD_RMSNORM_TEMPLATE = "gpu_add_rmsnorm.hip.j2"
 MAX_SEGMENTS = 3  # q, k, v
 # The prefill list launches gate and up (the decode list's gate/up/SwiGLU run) as one segmented
@@ -391,7 +391,7 @@ def _segmented(run: list[KernelSpec], i: int) -> Fusion:
     )
     sources = (*((s, "out") for s in range(n)), (0, "x"), *((s, "weight") for s in range(n)), (0, "n_rows"))
     grid = ((start, tiling["rows_per_block"]), ("n_rows", first.params["tokens_per_block"]))
-    spec = KernelSpec(name, "gpu_matmul_fused.hip.j2", params, args, first.threads, grid)
+    spec = KernelSpec(name, FUSED_MATMUL_TEMPLATE, params, args, first.threads, grid)
     return Fusion(i, n, spec, sources, prefill=_imma_segments(run, i))
 
 
@@ -519,7 +519,7 @@ def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
     args = (("out", PTR), ("x", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32))
     sources = ((2, "out"), (0, "x"), (0, "weight"), (1, "weight"), (0, "n_rows"))
     grid = ((rows, tiling["rows_per_block"]), ("n_rows", first.params["tokens_per_block"]))
-    spec = KernelSpec(name, "gpu_matmul_fused.hip.j2", params, args, first.threads, grid)
+    spec = KernelSpec(name, FUSED_MATMUL_TEMPLATE, params, args, first.threads, grid)
     # the prefill list: gate and up as one segmented tensor-core launch, then the SwiGLU's own
     return Fusion(i, 3, spec, sources, prefill=_imma_segments(run, i) if GLU_SEGMENTS else None)
 
@@ -603,11 +603,13 @@ def _q8_reader(spec: KernelSpec, x: str, width: int, ops) -> bool:
     return p["k"] == width and (p["chunk"] >= p["k"] or (p["chunk"] // 32) % p["lanes_per_row"] == 0)
 
 
-def _q8_variant(f: Fusion, extra: dict, suffix: str = "_q8") -> Fusion:
-    """Fusion f with its kernel's q8 twin: argument x (if any) becomes q8, the slot."""
+def _q8_variant(f: Fusion, extra: dict, suffix: str = "_q8", reads_q8: bool = True) -> Fusion:
+    """Fusion f with its kernel's q8 twin: a reader's argument x (if any) becomes q8, the slot; a
+    producer (no such x, or reads_q8 False: a norm whose input is x) takes q8 after its outputs."""
     spec = f.spec
-    args = tuple(("q8", k) if n == "x" else (n, k) for n, k in spec.args)
-    sources = tuple((o, "q8") if n == "x" else (o, n) for o, n in f.sources)
+    rename = "x" if reads_q8 else None
+    args = tuple(("q8", k) if n == rename else (n, k) for n, k in spec.args)
+    sources = tuple((o, "q8") if n == rename else (o, n) for o, n in f.sources)
     if not any(n == "q8" for n, _k in args):  # the producer: q8 after its float outputs
         at = [n for n, _k in args].index("out") + 1
         args = (*args[:at], ("q8", PTR), *args[at:])
@@ -648,8 +650,8 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
     # (with the norms folded into the matmuls around the output projection (NORM_IN_MATMULS,
     # NORM_IN_LAST_BLOCK: off, measured slower) the projection's launch would round the next norm's
     # rows into the scratch it reads: the attention keeps its plain launch then)
+    covered = {j for f in fusions for j in range(f.first, f.first + f.count)}  # ops in runs of several
     if ATTENTION_Q8 and not NORM_IN_MATMULS and not NORM_IN_LAST_BLOCK:
-        covered = {j for f in fusions for j in range(f.first, f.first + f.count)}
         for i, spec in enumerate(op_specs):
             kernel = _attention_writer(spec)
             if i in covered or kernel is None or kernel.params["head_dim"] % 32 or kernel.threads % 32:
@@ -668,7 +670,6 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
             _q8_readers_take(readers, layout, changed)
             spans.append((i, readers[-1].first))
     if RMSNORM_Q8 and not NORM_IN_MATMULS and not NORM_IN_LAST_BLOCK:  # (as ATTENTION_Q8: the norms' own launches)
-        covered = {j for f in fusions for j in range(f.first, f.first + f.count)}
         for i, spec in enumerate(op_specs):
             p = spec.params
             if i in covered or i in changed or spec.template != RMSNORM_TEMPLATE:
@@ -683,7 +684,8 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
             if not readers:
                 continue
             layout = q8_decode_layout(width)
-            changed[i] = _rmsnorm_q8(Fusion(i, 1, spec, tuple((0, n) for n, _k in spec.args)), layout)
+            own = Fusion(i, 1, spec, tuple((0, n) for n, _k in spec.args))
+            changed[i] = _q8_variant(own, {"q8": True, **layout}, reads_q8=False)
             _q8_readers_take(readers, layout, changed)
             spans.append((i, readers[-1].first))
     out = [changed.pop(f.first, f) for f in fusions]
@@ -715,19 +717,6 @@ def _q8_readers_take(readers: list[Fusion], layout: dict, changed: dict[int, Fus
         p = r.spec.params
         steps = -(-(p["k"] // 32) // p["lanes_per_row"])
         changed[r.first] = _q8_variant(r, {"q8in": True, "q8_steps": steps, **layout})
-
-
-def _rmsnorm_q8(f: Fusion, layout: dict) -> Fusion:
-    """A lone rmsnorm's q8 twin (RMSNORM_Q8): q8, the slot, after its output; its input stays x."""
-    spec = f.spec
-    at = [n for n, _k in spec.args].index("out") + 1
-    args = (*spec.args[:at], ("q8", PTR), *spec.args[at:])
-    sources = (*f.sources[:at], (0, "q8"), *f.sources[at:])
-    name = spec.name + "_q8"
-    q8 = KernelSpec(
-        name, spec.template, {**spec.params, "name": name, "q8": True, **layout}, args, spec.threads, spec.grid
-    )
-    return Fusion(f.first, f.count, q8, sources, plain=f, prefill=f.prefill)
 
 
 def _attention_writer(spec: KernelSpec) -> KernelSpec | None:

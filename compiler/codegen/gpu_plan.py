@@ -61,6 +61,8 @@ STEP_KERNEL_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
 
 ATTENTION_TEMPLATE = "gpu_attention.hip.j2"  # the attention kernels' (per-op, split)
 GLU_TEMPLATE = "gpu_swiglu.hip.j2"
+MATMUL_TEMPLATE = "gpu_matmul.hip.j2"  # the dp4a (int8) matmul over rows of sub-blocks
+FUSED_MATMUL_TEMPLATE = "gpu_matmul_fused.hip.j2"  # its fused runs (gpu_fuse.py)
 KV_DTYPES = ("f16", "f32")  # KV cache element types rfc_gpu.h stores (rfc_kv_<dtype>_t)
 # kv_write stages a token's row through shared memory this many values at a time when it
 # quantizes (double and float: 12 KiB), a multiple of every rotation and block it holds
@@ -423,7 +425,7 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             **w,
         }
         grid = ((w["rows"], rows_per_block), ("n_rows", MATMUL_TOKENS))
-        return KernelSpec(name, "gpu_matmul.hip.j2", params, KERNEL_ARGS["matmul"], threads, grid)
+        return KernelSpec(name, MATMUL_TEMPLATE, params, KERNEL_ARGS["matmul"], threads, grid)
 
     def _int8_tiling(self, w: dict) -> dict:
         """Lanes per row and activation chunk of an int8 matmul over a quantized weight."""
@@ -1042,7 +1044,7 @@ def one_token_twin(spec: KernelSpec) -> KernelSpec | None:
 ONE_TOKEN_LOADS_AHEAD = True
 ONE_TOKEN_MIN_BLOCKS = 2
 ONE_TOKEN_LANE_LOADS = 4
-INT8_ROW_TEMPLATES = ("gpu_matmul.hip.j2", "gpu_matmul_fused.hip.j2")
+INT8_ROW_TEMPLATES = (MATMUL_TEMPLATE, FUSED_MATMUL_TEMPLATE)
 
 
 def _planar(params: dict) -> bool:
