@@ -22,7 +22,7 @@ from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.devices.gpu_program import write_sample_row
 from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
-from tests.kernels.gpu_emulator import EMU_HEADER, emulated_step_device
+from tests.kernels.gpu_emulator import EMU_CXX_FLAGS, EMU_HEADER, emulated_step_device
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 from tests.conftest import shared_basetemp
 
@@ -55,7 +55,7 @@ class SampleKernel:
             src = build_dir / f"sample-{key}.cpp"
             src.write_text(text)
             proc = subprocess.run(
-                ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)],
+                ["g++", *EMU_CXX_FLAGS, "-o", str(lib), str(src)],
                 capture_output=True,
                 text=True,
             )
