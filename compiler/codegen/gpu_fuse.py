@@ -280,7 +280,7 @@ def _same_walk(a: KernelSpec, b: KernelSpec) -> bool:
     """Two matmul kernels whose lanes walk rows alike (width and tiling), whatever the format:
     a row's format only decides how a lane decodes its sub-blocks."""
     keys = ("k", "lanes_per_row", "chunk", "threads", "rows_per_step", "tokens_per_block")
-    return all(a.params[k] == b.params[k] for k in keys) and a.params.get("row_waves") == b.params.get("row_waves")
+    return all(a.params[k] == b.params[k] for k in keys)
 
 
 def _same_weights(a: KernelSpec, b: KernelSpec) -> bool:
@@ -335,7 +335,6 @@ _MATMUL_KEYS = (
     "planar",
     "plane_offsets",
 )
-_MATMUL_OPTIONAL = ("row_waves",)  # keys a plain int8 matmul has only where they apply
 
 
 # -- the fusions ------------------------------------------------------------------------------
@@ -373,7 +372,6 @@ def _segmented(run: list[KernelSpec], i: int) -> Fusion:
         name = f"rfc_matmul_{rows}x{first.params['k']}_fused"
     params = {
         **{k: first.params[k] for k in _MATMUL_KEYS},
-        **{k: first.params[k] for k in _MATMUL_OPTIONAL if k in first.params},
         "name": name,
         "n": start,
         "segs": segs,
@@ -508,7 +506,6 @@ def _glu(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
     name = f"rfc_matmul_swiglu_{first.params['fmt']}_{rows}x{first.params['k']}"
     params = {
         **{k: first.params[k] for k in _MATMUL_KEYS},
-        **{k: first.params[k] for k in _MATMUL_OPTIONAL if k in first.params},
         "name": name,
         "n": rows,
         "segs": [],
@@ -760,7 +757,6 @@ def last_block_norms(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusio
             or plan.buffer(h).shape[0] != "T"
             or p["n"] != norm["width"]
             or base.spec.threads != f.spec.threads
-            or p.get("row_waves", 1) != 1
         ):
             continue
         merged[i] = _with_last_norm(base, f)
@@ -793,7 +789,7 @@ def last_block_ropes(plan: Plan, fusions: list[Fusion], taken: dict) -> list[Fus
         p = f.spec.params
         if f.spec.template != FUSED_MATMUL_TEMPLATE or f.count != 3 or len(p.get("segs", ())) != 3:
             continue
-        if p.get("glu") or p.get("norm") or p.get("residual") or p.get("row_waves", 1) != 1:
+        if p.get("glu") or p.get("norm") or p.get("residual"):
             continue
         r = by_first.get(f.first + 3)
         # (the rope's and the KV write's row code give the same values for any block size: a

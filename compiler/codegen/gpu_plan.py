@@ -93,11 +93,6 @@ MATMUL_CHUNK = 2048
 # activations serve that many more weight rows (fewer blocks re-reading x from L2). One: more
 # blocks beat the saved re-reads on the card (INT8_MATMUL_THREADS' measurement).
 MATMUL_ROW_STEPS = 1
-# Waves a dense dp4a matmul gives one weight row (as many lanes as it has sub-blocks, at most):
-# with one, a 2048-row matrix is 2048 waves, a quarter of what an H100 holds at once, each lane
-# loading its sub-blocks one after another; with more, each lane has fewer and more of them are
-# in flight (the waves' sums then meet in shared memory). Unmeasured on a card: an A/B switch.
-INT8_ROW_WAVES = 1
 # The int8 matmuls of the decode list (and the fused ones, compiler/codegen/gpu_fuse.py) ask their
 # block's weight rows into L2 before they round their activations (prefetch.global.L2 on NVIDIA,
 # nothing on AMD): the rows' trip from memory overlaps the rounding (and a norm folded in)
@@ -399,13 +394,6 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             grid = ((w["rows"], rows_per_block), ("n_rows", MATMUL_TOKENS))
             return KernelSpec(name, "gpu_matmul_float.hip.j2", params, KERNEL_ARGS["matmul"], threads, grid)
         q8 = self._int8_tiling(w)
-        subs = w["cols"] // SUB_BLOCK
-        if INT8_ROW_WAVES > 1 and subs > self.wave:
-            q8["lanes_per_row"] = min(self.wave * INT8_ROW_WAVES, _pow2_at_least(subs), INT8_MATMUL_THREADS)
-            if q8["chunk"] < w["cols"] and (q8["chunk"] // SUB_BLOCK) % q8["lanes_per_row"]:
-                q8["lanes_per_row"] = self.wave  # a chunk's sub-blocks shared out unevenly: one wave
-            if q8["lanes_per_row"] > self.wave:
-                q8["row_waves"] = q8["lanes_per_row"] // self.wave
         threads = INT8_MATMUL_THREADS
         rows_per_step = threads // q8["lanes_per_row"]
         # no more row steps than the matrix has row groups (tiny models: one block of rows)

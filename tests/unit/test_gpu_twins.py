@@ -22,7 +22,7 @@ def _matmul(k: int, chunk: int | None, lanes: int = 32, **more) -> KernelSpec:
         (4096, 2048, 32, 4096),  # two passes of the blocks of 8 become one
         (14336, 2048, 32, 14336),  # an 8B's FFN down: seven become one
         (20480, 2048, 32, 16384),  # wider than 8 chunks: passes of 16384 columns
-        (4608, 2048, 64, 4608),  # a row over two waves (INT8_ROW_WAVES)
+        (4608, 2048, 64, 4608),  # a row over a wave of 64 lanes (gfx90a)
         (2048, 2048, 32, 2048),  # one pass already: the same chunk
         (4096, 1440, 32, 1440),  # 45 sub-blocks a chunk, shared out unevenly: the lanes' order is the chunk's
         (4096, None, 32, None),  # no rounding in shared memory (the float matmuls)
