@@ -31,15 +31,6 @@ int8 matmuls:
   without it a llama layer is eight launches: q/k/v, rope + KV write, attention, output,
   add + rmsnorm, gate/up/SwiGLU, down, add + rmsnorm.
 
-And the add + rmsnorm into the int8 matmul before it (NORM_IN_LAST_BLOCK, where NORM_IN_MATMULS
-is off; last_block_norms): the output and down projections count each block's arrival once its
-outputs are out, and the last of a token block's blocks runs the add + rmsnorm launch's code on
-its tokens' rows. A llama layer is then six launches: q/k/v, rope + KV write, attention,
-output + add + norm, gate/up/SwiGLU, down + add + norm; five with the rope + KV write in the
-q/k/v launch's last blocks too (ROPE_IN_LAST_BLOCK; last_block_ropes). Both are off by default,
-measured slower on a card (their comments below): the default llama layer is eight launches.
-The prefill list keeps its add + rmsnorm and rope + KV write launches either way.
-
 And one hand-off between launches (DECODE_Q8): an add + rmsnorm whose normalized rows the next
 int8 matmuls read also writes them rounded to int8 (the matmuls' own rounding, rfc_quantize32,
 done by the 32 threads that hold a sub-block) into the arena slot Q8_SCRATCH, and those matmuls
@@ -101,7 +92,7 @@ DECODE_Q8 = True
 # input in each of its 512 blocks, took 12.3 us at 771 GB/s, a third of its stalls at the barriers
 # around the rounding, where the gate/up matmul reading a rounded input ran at 2.0 TB/s.
 # Unmeasured on a card as a whole: an A/B switch. The same bits either way. Only with the norms in
-# launches of their own (NORM_IN_MATMULS and NORM_IN_LAST_BLOCK off, the defaults), and on targets
+# launches of their own (NORM_IN_MATMULS off, the default), and on targets
 # of 32-lane waves: on gfx90a (64) the attention kernels' tiled path already takes 148 registers a
 # thread at gpt-oss's 4 x 2 x 64 heads, and the twin's rounding after it spilled 24-40 bytes
 # (tests/kernels/test_gpu_resources.py).
@@ -121,33 +112,6 @@ RMSNORM_TEMPLATE = "gpu_rmsnorm.hip.j2"
 # without at batch 1, and 5,565 against 3,441 us at batch 16: each matmul block re-reads and
 # sums its tokens' rows before its first weight load, which costs more than the launch it saves.
 NORM_IN_MATMULS = False
-# The add + rmsnorm after a lone int8 matmul of the decode lists (the residual add after the
-# attention's output projection and after the FFN's down projection, and the norm of the sum) in
-# that matmul's launch: every block writes its outputs and counts its arrival (a count a token
-# block, gpu_plan.MATMUL_ARRIVALS), and the last of a token block's blocks to arrive runs the add +
-# rmsnorm launch's code on its tokens' rows (gpu_add_rmsnorm_row.hip.j2, q8 hand-off included):
-# the same bits, a launch fewer, and no block re-reads a row it did not need (unlike
-# NORM_IN_MATMULS). The prefill list keeps its add + rmsnorm launches (step_fusions).
-# Off: on an H100 (docs/benchmarks.md) a TinyLlama-1.1B-shaped Q4_0 model's graph decode step
-# took 1,010 us with it and 936 us without at batch 1, and 4,919 against 3,430 us at batch 16;
-# an 8B's down projection took 39.6 us with the tail and 28.9 us without it, its output
-# projection 18.1 us for 9.45 MB: one block runs a whole row's add and norm (four values a
-# thread at a time, NORM_HOLD) while the card's other multiprocessors wait, which costs more
-# than the launch of its own it saves. True: a llama layer six launches, the same bits.
-NORM_IN_LAST_BLOCK = False
-# Values of a row a thread of that last block holds in registers at a time (the add + rmsnorm
-# launch holds up to 16): the matmul's registers are the kernel's, and its blocks are the many
-# (at 16 an 8B's 4096-wide rows took 164 registers a thread on sm_90 and spilled on gfx1100).
-NORM_HOLD = 4
-# Likewise the rope and KV write after q, k and v (ROPE_IN_LAST_BLOCK, last_block_ropes): the
-# q/k/v launch's last block of each token block rotates its tokens' q and k rows and stores k
-# and v in the cache with the rope + KV write launch's code. A llama layer is then five launches.
-# Off: the KV write's code (its quantized cache types included) takes the q/k/v kernel to 84
-# registers a thread on sm_90 at an 8B's sizes (two blocks a multiprocessor where four ran) and
-# spills on gfx90a, and on an H100 (docs/benchmarks.md) it made a TinyLlama-1.1B-shaped graph
-# decode step 1,066 us where the build without it took 1,010.
-ROPE_IN_LAST_BLOCK = False
-ROPE_LAST_BLOCK_BATCH = 2  # pairs a thread of that block loads before it stores (gpu_plan.ROPE_LOAD_BATCH: 8)
 
 
 @dataclass(frozen=True)
@@ -173,18 +137,11 @@ def step_fusions(
 ) -> tuple[list[Fusion], list[Fusion] | None]:
     """The runs of the step program's decode list and those of its prefill list (None: the same
     runs). The prefill list keeps its norms and adds apart (NORM_IN_MATMULS folds them into
-    matmuls whose tensor-core twins round their input themselves, once a step; NORM_IN_LAST_BLOCK
-    into matmuls it launches on those kernels): its runs are those without either. One naming of
-    kernels for both lists."""
+    matmuls whose tensor-core twins round their input themselves, once a step): its runs are
+    those without. One naming of kernels for both lists."""
     taken = {s.name: s for s in specs}
     decode = plan_fusions(plan, specs, op_kernels, NORM_IN_MATMULS, taken)
-    last = NORM_IN_LAST_BLOCK and not NORM_IN_MATMULS
-    if last:
-        decode = last_block_norms(plan, [{s.name: s for s in specs}[k] for k in op_kernels], decode, taken)
-    if ROPE_IN_LAST_BLOCK:
-        decode = last_block_ropes(plan, decode, taken)
-        last = True  # the prefill list's runs are the plain ones
-    return decode, plan_fusions(plan, specs, op_kernels, False, taken) if NORM_IN_MATMULS or last else None
+    return decode, plan_fusions(plan, specs, op_kernels, False, taken) if NORM_IN_MATMULS else None
 
 
 def plan_fusions(
@@ -644,11 +601,11 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
         changed[f.first] = _q8_variant(f, {"q8": True, **layout})
         _q8_readers_take(readers, layout, changed)
         spans.append((f.first, readers[-1].first))
-    # (with the norms folded into the matmuls around the output projection (NORM_IN_MATMULS,
-    # NORM_IN_LAST_BLOCK: off, measured slower) the projection's launch would round the next norm's
-    # rows into the scratch it reads: the attention keeps its plain launch then)
+    # (with the norms folded into the matmuls around the output projection (NORM_IN_MATMULS: off,
+    # measured slower) the projection's launch would round the next norm's rows into the scratch
+    # it reads: the attention keeps its plain launch then)
     covered = {j for f in fusions for j in range(f.first, f.first + f.count)}  # ops in runs of several
-    if ATTENTION_Q8 and not NORM_IN_MATMULS and not NORM_IN_LAST_BLOCK:
+    if ATTENTION_Q8 and not NORM_IN_MATMULS:
         for i, spec in enumerate(op_specs):
             kernel = _attention_writer(spec)
             if i in covered or kernel is None or kernel.params["head_dim"] % 32 or kernel.threads % 32:
@@ -666,7 +623,7 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
             changed[i] = _q8_variant(own, {"q8": True, "q8_width": width, **layout})
             _q8_readers_take(readers, layout, changed)
             spans.append((i, readers[-1].first))
-    if RMSNORM_Q8 and not NORM_IN_MATMULS and not NORM_IN_LAST_BLOCK:  # (as ATTENTION_Q8: the norms' own launches)
+    if RMSNORM_Q8 and not NORM_IN_MATMULS:  # (as ATTENTION_Q8: the norms' own launches)
         for i, spec in enumerate(op_specs):
             p = spec.params
             if i in covered or i in changed or spec.template != RMSNORM_TEMPLATE:
@@ -728,118 +685,3 @@ def _attention_writer(spec: KernelSpec) -> KernelSpec | None:
     if len(spec.steps) == 1 and spec.steps[0].params.get("merge"):
         return spec.steps[0]
     return None
-
-
-# -- the add + rmsnorm in the last block of the matmul before it ------------------------------
-
-
-def last_block_norms(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion], taken: dict) -> list[Fusion]:
-    """`fusions` with each add + rmsnorm launch (q8 hand-off or plain) taken into the launch of
-    the lone int8 matmul just before it whose output the add reads (NORM_IN_LAST_BLOCK): one
-    launch for the three ops, whose last block of each token block runs the add + rmsnorm."""
-    by_first = {f.first: f for f in fusions}
-    covered = {j for f in fusions for j in range(f.first, f.first + f.count)}
-    merged: dict[int, Fusion] = {}
-    for f in fusions:
-        if f.spec.template != ADD_RMSNORM_TEMPLATE or f.first == 0:
-            continue
-        i = f.first - 1
-        lone = by_first.get(i)
-        if lone is None and i in covered:
-            continue
-        base = lone or Fusion(i, 1, op_specs[i], tuple((0, n) for n, _k in op_specs[i].args))
-        if base.count != 1 or base.spec.template != MATMUL_TEMPLATE or _int8_matmul(plan, op_specs, i) is None:
-            continue
-        add, h = plan.ops[f.first], plan.ops[i].outputs[0]
-        p, norm = base.spec.params, f.spec.params
-        if (
-            h not in add.inputs
-            or plan.buffer(h).shape[0] != "T"
-            or p["n"] != norm["width"]
-            or base.spec.threads != f.spec.threads
-        ):
-            continue
-        merged[i] = _with_last_norm(base, f)
-    return _with_merged(fusions, merged, taken)
-
-
-def _with_last_norm(base: Fusion, norm: Fusion) -> Fusion:
-    """Lone matmul `base` (its plain or q8-reading kernel) with add + rmsnorm `norm` after it."""
-    n, rows_per_block = norm.spec.params, base.spec.params["rows_per_block"]
-    q8 = ("xd_offset", "xs_offset", "q8_bytes") if n.get("q8") else ()
-    params = {
-        "last_norm": True,
-        "norm_eps": n["eps"],
-        "norm_hold": NORM_HOLD,
-        "norm_q8": bool(n.get("q8")),
-        "norm_blocks": -(-base.spec.params["n"] // rows_per_block),  # the grid's x
-        **{f"norm_{key}": n[key] for key in q8},
-    }
-    rename = {"out": "normed", "q8": "q8_out", "weight": "norm_weight"}
-    return _with_last_block(base, norm, ("n_rows",), rename, params)
-
-
-def last_block_ropes(plan: Plan, fusions: list[Fusion], taken: dict) -> list[Fusion]:
-    """`fusions` with each rope + KV write launch taken into the launch of the q/k/v matmul
-    before it (three segments, the rope's q and k and the KV write's v their outputs:
-    ROPE_IN_LAST_BLOCK)."""
-    by_first = {f.first: f for f in fusions}
-    merged: dict[int, Fusion] = {}
-    for f in fusions:
-        p = f.spec.params
-        if f.spec.template != FUSED_MATMUL_TEMPLATE or f.count != 3 or len(p.get("segs", ())) != 3:
-            continue
-        if p.get("glu") or p.get("norm") or p.get("residual"):
-            continue
-        r = by_first.get(f.first + 3)
-        # (the rope's and the KV write's row code give the same values for any block size: a
-        # value's arithmetic is its own, rfc_kv_store_row's rotations butterflies over fixed pairs)
-        if r is None or r.spec.template != ROPE_KV_TEMPLATE:
-            continue
-        q, k, v = (op.outputs[0] for op in plan.ops[f.first : f.first + 3])
-        rope, kv = plan.ops[r.first], plan.ops[r.first + 1]
-        if tuple(rope.inputs) != (q, k) or tuple(rope.outputs) != (q, k) or tuple(kv.inputs) != (k, v):
-            continue
-        merged[f.first] = _with_last_rope(f, r)
-    return _with_merged(fusions, merged, taken)
-
-
-def _with_last_rope(base: Fusion, rope: Fusion) -> Fusion:
-    """The q/k/v launch `base` (its plain or q8-reading kernel) with rope + KV write `rope` after it."""
-    r, rows_per_block = rope.spec.params, base.spec.params["rows_per_block"]
-    params = {
-        "last_rope": True,
-        "rope_fn": r["rope"],
-        "kv_fn": r["kv_write"],
-        "has_freq_factors": r["has_freq_factors"],
-        "kv_dtype": r["kv_dtype"],
-        "rope_batch": ROPE_LAST_BLOCK_BATCH,
-        "rope_blocks": -(-base.spec.params["n"] // rows_per_block),  # the grid's x
-    }
-    # q, k and v come from the matmul's outputs, the rows from its grid
-    return _with_last_block(base, rope, ("q", "k", "v", "n_rows"), {}, params)
-
-
-def _with_last_block(base: Fusion, tail: Fusion, skip: tuple[str, ...], rename: dict, params: dict) -> Fusion:
-    """Matmul launch `base` with launch `tail` (the run right after its ops) in its last blocks: its
-    own arguments, then tail's but `skip` (what the matmul holds already) renamed by `rename`, then
-    the counts; `params` say what the kernel runs there."""
-    spec = base.spec
-    extra = [
-        (rename.get(n, n), k, o + base.count, src)
-        for (n, k), (o, src) in zip(tail.spec.args, tail.sources)
-        if n not in skip
-    ]
-    args = (*spec.args, *((n, k) for n, k, _o, _s in extra), ("arrivals", PTR))
-    sources = (*base.sources, *((o, src) for _n, _k, o, src in extra), (0, "matmul_arrivals"))
-    name = f"{spec.name}_{tail.spec.name.removeprefix('rfc_')}"
-    kernel = KernelSpec(name, spec.template, {**spec.params, "name": name, **params}, args, spec.threads, spec.grid)
-    return Fusion(base.first, base.count + tail.count, kernel, sources)
-
-
-def _with_merged(fusions: list[Fusion], merged: dict[int, Fusion], taken: dict) -> list[Fusion]:
-    """`fusions` with the runs of `merged` (by first op) in place of the runs they take in."""
-    inside = {j for m in merged.values() for j in range(m.first, m.first + m.count)}
-    out = [f for f in fusions if f.first not in inside]
-    out += [replace(m, spec=_taken(m.spec, taken)) for m in merged.values()]
-    return sorted(out, key=lambda f: f.first)

@@ -138,11 +138,6 @@ ATTENTION_LAST_BLOCK_MERGE = True
 # the per-head reductions, the per-op kernel's (an A/B switch; unmeasured on a card).
 ATTENTION_BATCHED_SOFTMAX = True
 ATTENTION_ARRIVALS = "attention.arrivals"  # the arena slot of the counts (not a plan buffer)
-# The counts of the int8 matmuls whose last block runs the launch after them (the add + rmsnorm
-# after the output and down projections, gpu_fuse.NORM_IN_LAST_BLOCK; the rope + KV write after
-# q/k/v, gpu_fuse.ROPE_IN_LAST_BLOCK): one int a token block, zeroed once like ATTENTION_ARRIVALS
-# and left at zero by each launch; one launch at a time uses them (each waits for the one before).
-MATMUL_ARRIVALS = "matmul.arrivals"
 # Tiled prefill attention: steps of more than ATTENTION_SPLIT_ROWS rows (the split kernels'
 # bound, so every step takes exactly one of the two paths) run tiles of up to
 # ATTENTION_TILE_ROWS rows of one sequence x a kv head's query heads, at most
@@ -917,7 +912,6 @@ def plan_step_arena(
     scratch_floats: int = 0,
     q8_bytes: int = 0,
     arrival_ints: int = 0,
-    matmul_arrival_ints: int = 0,
     split_bytes: int = 0,
 ) -> Arena:
     """Plan buffers packed by liveness: a buffer's bytes are reused once its last reader has
@@ -964,11 +958,10 @@ def plan_step_arena(
         slots.append(ArenaSlot(SPLIT_SCRATCH, total, split_bytes))
         total += _round_up(split_bytes, ARENA_ALIGNMENT)
     zeroed: tuple[str, ...] = ()
-    for name, ints in ((ATTENTION_ARRIVALS, arrival_ints), (MATMUL_ARRIVALS, matmul_arrival_ints)):
-        if ints:
-            slots.append(ArenaSlot(name, total, 4 * ints))
-            total += _round_up(4 * ints, ARENA_ALIGNMENT)
-            zeroed += (name,)
+    if arrival_ints:
+        slots.append(ArenaSlot(ATTENTION_ARRIVALS, total, 4 * arrival_ints))
+        total += _round_up(4 * arrival_ints, ARENA_ALIGNMENT)
+        zeroed += (ATTENTION_ARRIVALS,)
     return Arena(PROGRAM_MAX_TOKENS, PROGRAM_MAX_ROWS, PROGRAM_MAX_SEQS, ARENA_ALIGNMENT, tuple(slots), total, zeroed)
 
 
@@ -986,14 +979,14 @@ def plan_program(
     if prefill_fusions is not None:
         _decode, prefill, more = _launch_lists(target, plan, specs, op_kernels, prefill_fusions)
         sizes = tuple(max(a, b) for a, b in zip(sizes, more))
-    scratch, arrivals, q8_bytes, matmul_arrivals, split_bytes = sizes
+    scratch, arrivals, q8_bytes, split_bytes = sizes
     # a list of its own where an op has a prefill kernel (the q8 hand-off's plain twins alone make
     # no second list: without one, the decode list takes every step)
     by_name = {s.name: s for s in specs}
     has_prefill = any(by_name[k].prefill is not None for k in op_kernels) and prefill != launches
     return StepProgram(
         target.name,
-        plan_step_arena(plan, scratch, q8_bytes, arrivals, matmul_arrivals, split_bytes),
+        plan_step_arena(plan, scratch, q8_bytes, arrivals, split_bytes),
         launches=tuple(launches),
         prefill_launches=tuple(prefill) if has_prefill else (),
         prefill_min_tokens=PREFILL_MIN_TOKENS if has_prefill else 0,
@@ -1098,7 +1091,6 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
     scratch = 0
     arrivals = 0
     q8_bytes = 0
-    matmul_arrivals = 0
     split_bytes = 0
     rounded = None  # (input buffer, k) whose int8 rounding Q8_SCRATCH holds at this point of the prefill list
 
@@ -1140,10 +1132,6 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
                     scratch = max(scratch, attention_scratch_floats(f.spec))
                 if any(n == "arrivals" for n, _k in f.spec.args):
                     arrivals = max(arrivals, attention_arrival_ints(f.spec))
-            if f.spec.params.get("last_norm") or f.spec.params.get("last_rope"):  # a count a token block
-                matmul_arrivals = PROGRAM_MAX_TOKENS
-                if f.spec.params.get("norm_q8"):
-                    q8_bytes = max(q8_bytes, f.spec.params["norm_q8_bytes"])
             if f.prefill is not None:  # one launch over the first ops' prefill kernels, the rest one by one
                 pre, n = f.prefill.spec, f.prefill.count
                 own_prefill = [s.prefill for s in own[:n]]
@@ -1178,15 +1166,14 @@ def _launch_lists(target: Target, plan: Plan, specs: list[KernelSpec], op_kernel
             if any(n == "arrivals" for n, _k in s.args):
                 arrivals = max(arrivals, attention_arrival_ints(s))
         i += 1
-    return launches, prefill, (scratch, arrivals, q8_bytes, matmul_arrivals, split_bytes)
+    return launches, prefill, (scratch, arrivals, q8_bytes, split_bytes)
 
 
 def fused_launch(plan: Plan, ops, spec: KernelSpec, sources, op_specs: list[KernelSpec]) -> Launch:
     """One launch of fused kernel `spec` for the run `ops`: argument i is the slot its source
-    op's own launch passes for that argument (sources named q8, matmul_arrivals, scratch and
-    arrivals: the arena's Q8_SCRATCH, MATMUL_ARRIVALS, ATTENTION_SCRATCH and ATTENTION_ARRIVALS
-    slots: an attention's split kernel takes the last two, its own kernel not); the grid counts
-    the first op's rows."""
+    op's own launch passes for that argument (sources named q8, scratch and arrivals: the
+    arena's Q8_SCRATCH, ATTENTION_SCRATCH and ATTENTION_ARRIVALS slots: an attention's split
+    kernel takes the last two, its own kernel not); the grid counts the first op's rows."""
     own = [dict(zip((n for n, _k in s.args), op_launch(plan, op, s).args)) for op, s in zip(ops, op_specs)]
     rows = _row_count(plan, (ops[0].outputs or ops[0].inputs)[0])
     grid = tuple(GridDim(rows if c == "n_rows" else c, t) for c, t in spec.grid)
@@ -1197,8 +1184,6 @@ def fused_launch(plan: Plan, ops, spec: KernelSpec, sources, op_specs: list[Kern
         tuple(
             _q8_slot()
             if n == "q8"
-            else ArgSlot(ArgKind.ARENA, MATMUL_ARRIVALS)
-            if n == "matmul_arrivals"
             else ArgSlot(ArgKind.ARENA, ATTENTION_SCRATCH)
             if n == "scratch"
             else ArgSlot(ArgKind.ARENA, ATTENTION_ARRIVALS)

@@ -164,11 +164,8 @@ LLAMA_LAYER_FUSED = (
 def test_a_llama_decode_layer_is_eight_launches(model, gpu_bundle):
     """The per-op path launches 15 kernels a layer; the step program 8: q/k/v as one matmul, rope
     with the KV write, attention as one launch (the split kernel's last block merges), gate/up
-    with the SwiGLU, each residual add with the next norm. Six with the adds and norms in the last
-    blocks of the matmuls before them (gpu_fuse.NORM_IN_LAST_BLOCK, off: measured slower on a
-    card; tests/unit/test_gpu_fuse.py, and bit for bit below), five with the rope + KV write in
-    the q/k/v launch's too (ROPE_IN_LAST_BLOCK). The one-token list is the same launches, its
-    matmuls' twins taking one token a block."""
+    with the SwiGLU, each residual add with the next norm. The one-token list is the same
+    launches, its matmuls' twins taking one token a block."""
     bundle = open_bundle(gpu_bundle(model, TARGET))
     entry = next(t for t in bundle.manifest["targets"] if t["name"] == TARGET)
     program = unpack_program(bundle.file(entry["program"]).read_bytes())
@@ -291,8 +288,6 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
         got, want = twins.forward([ScheduledChunk(1, lens[0], (tokens[0],)), ScheduledChunk(2, lens[1], (tokens[1],))])
         assert np.array_equal(got, want), f"decode step {step}: max |step - op| {np.abs(got - want).max():.3e}"
         lens = [lens[0] + 1, lens[1] + 1]
-    # (the matmuls' counts only with gpu_fuse.NORM_IN_LAST_BLOCK or ROPE_IN_LAST_BLOCK, off: the
-    # A/B test below reads them back too)
     assert program.arena.zeroed == ("attention.arrivals",)
     for slot in program.arena.zeroed:
         counts = program.arena.slot(slot)
@@ -724,41 +719,6 @@ def test_the_norms_in_the_matmuls_replay_the_per_op_path_bit_for_bit(
     assert "rfc_matmul_q4_kp_256_q4_kp_64_q6_kp_64x256_fused_norm_t1" in {x.kernel for x in program.single_launches}
     _decode(twins, steps=3)
     # one sequence: the one-token list
-    got, want = twins.forward([ScheduledChunk(3, 0, (5, 17, 33))])
-    for i in range(2):
-        got, want = twins.forward([ScheduledChunk(3, 3 + i, (int(want[-1].argmax()),))])
-        assert np.array_equal(got, want), f"one-token step {i}"
-
-
-@pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
-@pytest.mark.parametrize("switch", ["NORM_IN_LAST_BLOCK", "ROPE_IN_LAST_BLOCK"])
-def test_the_launches_after_the_matmuls_replay_the_per_op_path_bit_for_bit(
-    model, switch, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
-):
-    """The other setting of an A/B switch the tests above run at its default:
-    gpu_fuse.NORM_IN_LAST_BLOCK on (each residual add with the next rmsnorm in the last blocks of
-    the output or down projection before it) and ROPE_IN_LAST_BLOCK on (the rope + KV write in the
-    last blocks of the q/k/v launch, llama-Q4_K_M's of two formats' segments): the per-op path's
-    bits too, on the decode list and the one-token list, every count left at zero."""
-    from rfc.compiler.codegen import gpu_fuse
-    from rfc.compiler.pipeline import CompileOptions, compile_model
-    from tests.kernels.gpu_support import model_path
-
-    monkeypatch.setattr(gpu_fuse, switch, not getattr(gpu_fuse, switch))
-    compile_model(
-        CompileOptions(model=model_path(model), out_dir=tmp_path / "ab", targets=(TARGET,), cache_dir=gpu_build_cache)
-    )
-    twins = Twins(tmp_path / "ab", shared_basetemp(tmp_path_factory) / "gpu-emu")
-    program = twins.step.runner.program
-    single = {launch.kernel for launch in program.single_launches}
-    if switch == "NORM_IN_LAST_BLOCK":
-        assert "rfc_add_rmsnorm_256_q8" not in single
-        assert "rfc_matmul_q4_kp_256x256_add_rmsnorm_256_q8_t1" in single, sorted(single)
-    else:
-        assert f"rfc_{ROPE}" not in single
-        assert f"rfc_matmul_q4_kp_256_q4_kp_64_q6_kp_64x256_fused_q8_{ROPE}_t1" in single, sorted(single)
-    assert program.arena.zeroed == ("attention.arrivals", "matmul.arrivals")
-    _decode(twins, steps=3)
     got, want = twins.forward([ScheduledChunk(3, 0, (5, 17, 33))])
     for i in range(2):
         got, want = twins.forward([ScheduledChunk(3, 3 + i, (int(want[-1].argmax()),))])

@@ -57,12 +57,9 @@ def llama():
 
 @pytest.fixture
 def separate_norms(monkeypatch):
-    """The norms and the ropes in launches of their own (gpu_fuse.NORM_IN_MATMULS,
-    NORM_IN_LAST_BLOCK and ROPE_IN_LAST_BLOCK off): the runs the tests of the matmul runs, the
-    add + rmsnorm and its q8 hand-off were written for."""
+    """The norms in launches of their own (gpu_fuse.NORM_IN_MATMULS off): the runs the tests of
+    the matmul runs, the add + rmsnorm and its q8 hand-off were written for."""
     monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", False)
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", False)
-    monkeypatch.setattr(gpu_fuse, "ROPE_IN_LAST_BLOCK", False)
 
 
 FUSED = [("matmul",) * 3, ("rope", "kv_write"), ("add", "rmsnorm"), ("matmul", "matmul", "swiglu"), ("add", "rmsnorm")]
@@ -222,55 +219,6 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     fusions, program = _hand_offs(plan, layout)
     assert not any(f.spec.name.endswith("_q8") or f.plain for f in fusions)
     assert all(f.count > 1 for f in fusions)
-
-
-def test_the_add_and_norm_run_in_the_last_blocks_of_the_matmul_before_them(llama, monkeypatch):
-    """gpu_fuse.NORM_IN_LAST_BLOCK (off by default: measured slower on a card): the output and
-    down projections take the residual add and the next norm (its q8 hand-off included) into
-    their launch; the prefill list keeps its add + rmsnorm launches. An op between the matmul and
-    the add keeps the three apart; the switch off gives the default lists, launch for launch."""
-    spec, plan, layout = llama
-    monkeypatch.setattr(gpu_fuse, "ROPE_IN_LAST_BLOCK", False)  # (its own test below)
-    monkeypatch.setattr(
-        gpu_fuse, "RMSNORM_Q8", False
-    )  # (made with the norms' own launches alone: pinned off to compare)
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", True)
-    built, program = _prefill(plan, layout)
-    fusions, prefill = step_fusions(plan, *plan_kernels(TARGET, plan, layout))
-    assert _layer0_runs(plan, fusions) == [
-        ("matmul",) * 3,
-        ("rope", "kv_write"),
-        ("matmul", "add", "rmsnorm"),
-        ("matmul", "matmul", "swiglu"),
-        ("matmul", "add", "rmsnorm"),
-    ]
-    assert len(program.launches) == len(plan.ops) - sum(f.count - 1 for f in fusions)
-    assert ("add", "rmsnorm") in [tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count]) for f in prefill]
-    o = next(launch for launch in program.launches if launch.kernel.startswith("rfc_matmul_q8_0_256x256_"))
-    assert o.kernel == "rfc_matmul_q8_0_256x256_add_rmsnorm_256_q8"
-    # the matmul's own arguments (h = o(att)), then the add + rmsnorm's (x = x + h, normed into h and rounded
-    # into the q8 slot), the counts
-    assert [a.ref for a in o.args] == [
-        "h", "att", "blk.0.attn_output.weight", "n_tokens",
-        "x", "h", "matmul.q8", "x", "h", "blk.0.ffn_norm.weight", "matmul.arrivals",
-    ]  # fmt: skip
-    p = {s.name: s for s in built}[o.kernel].params
-    assert p["last_norm"] and p["norm_q8"] and p["norm_blocks"] == -(-256 // p["rows_per_block"])
-    counts = next(s for s in program.arena.slots if s.buffer == "matmul.arrivals")
-    assert counts.nbytes >= 4 * PROGRAM_MAX_TOKENS and "matmul.arrivals" in program.arena.zeroed
-    assert not any("_add_rmsnorm" in launch.kernel for launch in program.prefill_launches if "matmul" in launch.kernel)
-    # a scale of the projection's output before the add: the add + rmsnorm launch stays
-    out = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.attn_output.weight",))
-    h = plan.ops[out].outputs[0]
-    scaled = _insert(plan, out, Op("scale", (h,), (h,), attrs={"factor": 0.5}))
-    apart, _pre = step_fusions(scaled, *plan_kernels(TARGET, scaled, layout))
-    assert not any(f.first == out and f.count > 1 for f in apart)
-    assert any(f.first == out + 2 and f.spec.template == "gpu_add_rmsnorm.hip.j2" for f in apart)
-    # the switch off: the add + rmsnorm launches in the decode list too, no counts
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", False)
-    _built_off, off = _prefill(plan, layout)
-    assert off.prefill_launches == program.prefill_launches and "matmul.arrivals" not in off.arena.zeroed
-    assert len(off.launches) == len(program.launches) + 2 * spec.hparams.n_layers - 1
 
 
 @pytest.mark.usefixtures("separate_norms")
@@ -600,45 +548,3 @@ def test_no_norm_in_matmuls_that_write_its_input(llama, monkeypatch):
     fusions = plan_fusions(wrote, *plan_kernels(TARGET, wrote, layout))
     assert not any(f.first == k - 2 for f in fusions)
     assert any(f.first == k - 2 for f in plan_fusions(plan, *plan_kernels(TARGET, plan, layout)))
-
-
-def test_the_rope_and_kv_write_run_in_the_last_blocks_of_q_k_and_v(llama, monkeypatch):
-    """gpu_fuse.ROPE_IN_LAST_BLOCK on (off by default: an A/B switch): the q/k/v launch takes the
-    rope + KV write after it, a llama layer five launches with the norms' (q/k/v + rope + KV
-    write, attention, output + add + norm, gate/up/SwiGLU, down + add + norm); the prefill list
-    keeps its rope + KV write launches. An op between them keeps them apart; the switch off gives
-    the previous lists. (NORM_IN_LAST_BLOCK on too, off by default: the five-launch layer.)"""
-    spec, plan, layout = llama
-    monkeypatch.setattr(gpu_fuse, "ROPE_IN_LAST_BLOCK", True)
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_LAST_BLOCK", True)
-    built, program = _prefill(plan, layout)
-    fusions, prefill = step_fusions(plan, *plan_kernels(TARGET, plan, layout))
-    assert _layer0_runs(plan, fusions) == [
-        ("matmul", "matmul", "matmul", "rope", "kv_write"),
-        ("matmul", "add", "rmsnorm"),
-        ("matmul", "matmul", "swiglu"),
-        ("matmul", "add", "rmsnorm"),
-    ]
-    assert len(program.launches) == len(plan.ops) - sum(f.count - 1 for f in fusions)
-    assert ("rope", "kv_write") in [
-        tuple(op.kind.value for op in plan.ops[f.first : f.first + f.count]) for f in prefill
-    ]
-    qkv = program.launches[2]
-    assert qkv.kernel == "rfc_matmul_q8_0_256_64_64x256_fused_rope_adjacent_8x2x32_32_kv_write_f16_64"
-    assert [a.ref for a in qkv.args] == [
-        "q", "k", "v", "h", "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "n_tokens",
-        "positions", "k", "v", "slots", "k_type", "v_type", "matmul.arrivals",
-    ]  # fmt: skip
-    p = {s.name: s for s in built}[qkv.kernel].params
-    assert p["last_rope"] and p["rope_blocks"] == -(-384 // p["rows_per_block"]) and p["rope_batch"] >= 1
-    assert "matmul.arrivals" in program.arena.zeroed
-    # a scale of k between the matmuls and the rope: the launches stay apart
-    k = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.attn_k.weight",))
-    scaled = _insert(plan, k + 1, Op("scale", ("k",), ("k",), attrs={"factor": 0.5}))
-    apart, _pre = step_fusions(scaled, *plan_kernels(TARGET, scaled, layout))
-    assert not any(f.first == k - 1 and f.count > 3 for f in apart)
-    # the switch off: the rope + KV write launches in the decode list too
-    monkeypatch.setattr(gpu_fuse, "ROPE_IN_LAST_BLOCK", False)
-    _built_off, off = _prefill(plan, layout)
-    assert off.prefill_launches == program.prefill_launches
-    assert len(off.launches) == len(program.launches) + spec.hparams.n_layers
