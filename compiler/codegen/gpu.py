@@ -93,14 +93,14 @@ def plan_target(
     target: the program marked for overlapped launches where the target has them and every
     kernel waits as they require (gpu_overlap.py)."""
     specs, op_kernels = plan_kernels(target, plan, layout, weights)
-    fusions, prefill_fusions = step_fusions(plan, specs, op_kernels)
+    fusions = step_fusions(plan, specs, op_kernels)
     sample = plan_sample_kernel(target, plan.vocab_size)
     # the kernels either list launches (a fused kernel of the prefill list's runs that it launches
     # op by op there is not built)
-    fused = fused_specs(fusions, prefill_fusions)
+    fused = fused_specs(fusions)
     # the one-token twins of the decode list's matmuls, for the list a one-token step runs
     twins = [t for t in map(one_token_twin, [*specs, *fused]) if t is not None]
-    program = plan_program(target, plan, [*specs, *fused, *twins], op_kernels, fusions, prefill_fusions)
+    program = plan_program(target, plan, [*specs, *fused, *twins], op_kernels, fusions)
     launched = {launch.kernel for launch in program.every_launch()}
     built = [s for s in (*fused, *twins) if s.name in launched]
     specs = [*specs, *built, sample]

@@ -16,20 +16,11 @@ with the same arithmetic, recognized by the op sequence alone (no architecture n
 - a rope and the kv_write of its k: one launch that rotates the token's q and k rows, then
   stores k and v in the cache.
 
-And the norms into the matmuls (NORM_IN_MATMULS), where a layer's add and rmsnorm sit between
-int8 matmuls:
-- a matmul and the add of its output to another row (the residual add after the attention's
-  output projection and after the FFN's down projection): one launch whose epilogue writes the
-  sum (the matmul's own output is not written);
-- an rmsnorm and the int8 matmuls that read its output (q, k and v, gate and up, the output
-  head), when nothing else reads it: one launch of those matmuls whose blocks each compute
-  their tokens' 1 / rms from the norm's input, as the rmsnorm kernel sums it, and round the
-  normalized values as they would have rounded the norm's output. A llama layer is then six
-  launches: norm + q/k/v, rope + KV write, attention, output + add, norm + gate/up/SwiGLU,
-  down + add. The prefill list keeps the runs it had (step_fusions): the add + rmsnorm launch,
-  then the matmuls on their tensor-core kernels. Off by default (measured slower: the switch);
-  without it a llama layer is eight launches: q/k/v, rope + KV write, attention, output,
-  add + rmsnorm, gate/up/SwiGLU, down, add + rmsnorm.
+A llama layer is then eight launches: q/k/v, rope + KV write, attention, output, add + rmsnorm,
+gate/up/SwiGLU, down, add + rmsnorm. (Folding each rmsnorm into the matmuls after it and each
+residual add into the matmul before it, six launches a layer, and running the add + rmsnorm in
+the last blocks of the matmul before it were built and measured slower on an H100:
+docs/benchmarks.md.)
 
 And one hand-off between launches (DECODE_Q8): an add + rmsnorm whose normalized rows the next
 int8 matmuls read also writes them rounded to int8 (the matmuls' own rounding, rfc_quantize32,
@@ -91,9 +82,8 @@ DECODE_Q8 = True
 # (docs/benchmarks.md, 2026-11-27) an 8B's one-token output projection, rounding its float
 # input in each of its 512 blocks, took 12.3 us at 771 GB/s, a third of its stalls at the barriers
 # around the rounding, where the gate/up matmul reading a rounded input ran at 2.0 TB/s.
-# Unmeasured on a card as a whole: an A/B switch. The same bits either way. Only with the norms in
-# launches of their own (NORM_IN_MATMULS off, the default), and on targets
-# of 32-lane waves: on gfx90a (64) the attention kernels' tiled path already takes 148 registers a
+# Unmeasured on a card as a whole: an A/B switch. The same bits either way. Only on targets of
+# 32-lane waves: on gfx90a (64) the attention kernels' tiled path already takes 148 registers a
 # thread at gpt-oss's 4 x 2 x 64 heads, and the twin's rounding after it spilled 24-40 bytes
 # (tests/kernels/test_gpu_resources.py).
 ATTENTION_Q8 = True
@@ -102,16 +92,9 @@ ATTENTION_Q8 = True
 # q/k/v, and the final norm before the LM head. That head is the biggest matmul of a step (an
 # 8B's 128256 x 4096 Q6_K: 431 MB, 9% of its weights), and its 16032 blocks each rounded the same
 # 4096 floats behind two barriers (16 KB from L2 each, 263 MB in all). The same bits;
-# unmeasured on a card: an A/B switch (docs/benchmarks.md). False: those matmuls round it. Only
-# with the norms in launches of their own, as ATTENTION_Q8.
+# unmeasured on a card: an A/B switch (docs/benchmarks.md). False: those matmuls round it.
 RMSNORM_Q8 = True
 RMSNORM_TEMPLATE = "gpu_rmsnorm.hip.j2"
-# The residual add in the matmul before it and the rmsnorm in the matmuls after it (module doc);
-# False: the add + rmsnorm launch between them. Off: on an H100 (docs/benchmarks.md) a
-# TinyLlama-1.1B-shaped Q4_0 model's graph decode step took 1,053 us with it and 1,000 us
-# without at batch 1, and 5,565 against 3,441 us at batch 16: each matmul block re-reads and
-# sums its tokens' rows before its first weight load, which costs more than the launch it saves.
-NORM_IN_MATMULS = False
 
 
 @dataclass(frozen=True)
@@ -132,39 +115,29 @@ class Fusion:
     prefill: "Fusion | None" = None
 
 
-def step_fusions(
-    plan: Plan, specs: list[KernelSpec], op_kernels: list[str]
-) -> tuple[list[Fusion], list[Fusion] | None]:
-    """The runs of the step program's decode list and those of its prefill list (None: the same
-    runs). The prefill list keeps its norms and adds apart (NORM_IN_MATMULS folds them into
-    matmuls whose tensor-core twins round their input themselves, once a step): its runs are
-    those without. One naming of kernels for both lists."""
-    taken = {s.name: s for s in specs}
-    decode = plan_fusions(plan, specs, op_kernels, NORM_IN_MATMULS, taken)
-    return decode, plan_fusions(plan, specs, op_kernels, False, taken) if NORM_IN_MATMULS else None
+def step_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> list[Fusion]:
+    """The runs of the step program's decode list (the prefill list launches the same runs, or
+    their ops one by one on their tensor-core kernels: gpu_plan.plan_program)."""
+    return plan_fusions(plan, specs, op_kernels, {s.name: s for s in specs})
 
 
 def plan_fusions(
     plan: Plan,
     specs: list[KernelSpec],
     op_kernels: list[str],
-    norms_in: bool | None = None,
     taken: dict[str, KernelSpec] | None = None,
 ) -> list[Fusion]:
     """The runs of plan ops the decode list launches as one kernel, in op order, not overlapping
-    (`norms_in`: NORM_IN_MATMULS unless given; `taken`: the kernel names given out already)."""
+    (`taken`: the kernel names given out already)."""
     by_name = {s.name: s for s in specs}
     op_specs = [by_name[k] for k in op_kernels]
-    norms_in = NORM_IN_MATMULS if norms_in is None else norms_in
     fusions: list[Fusion] = []
     taken = dict(by_name) if taken is None else taken
     i = 0
     while i < len(plan.ops):
         fusion = (
-            (norms_in and _norm_first(plan, op_specs, i))
-            or _glu(plan, op_specs, i)
+            _glu(plan, op_specs, i)
             or _segments(plan, op_specs, i)
-            or (norms_in and _matmul_add(plan, op_specs, i))
             or _add_rmsnorm(plan, op_specs, i)
             or _rope_kv_write(plan, op_specs, i)
         )
@@ -181,12 +154,12 @@ def _names_taken(f: Fusion, taken: dict[str, KernelSpec]) -> Fusion:
     return replace(f, spec=_taken(f.spec, taken), prefill=None if f.prefill is None else _names_taken(f.prefill, taken))
 
 
-def fused_specs(fusions: list[Fusion], prefill: list[Fusion] | None = None) -> list[KernelSpec]:
+def fused_specs(fusions: list[Fusion]) -> list[KernelSpec]:
     """The fused kernels to build, each once, in first-use order (the prefill list's plain
-    twins of fused runs and its segmented matmuls too, and the kernels of the prefill list's
-    own runs where it has them; a lone op's plain kernel is its own, built already)."""
+    twins of fused runs and its segmented matmuls too; a lone op's plain kernel is its own,
+    built already)."""
     specs = {}
-    for f in [*fusions, *(prefill or ())]:
+    for f in fusions:
         specs.setdefault(f.spec.name, f.spec)
         if f.plain is not None and f.plain.count > 1:
             specs.setdefault(f.plain.spec.name, f.plain.spec)
@@ -350,81 +323,6 @@ def _segmented(run: list[KernelSpec], i: int) -> Fusion:
     return Fusion(i, n, spec, sources, prefill=_imma_segments(run, i))
 
 
-def _matmul_add(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
-    """An int8 matmul and the add of its output to another row of its width (the residual add):
-    one launch whose epilogue writes the add's output. Not where the add's output is then normed
-    by an rmsnorm that cannot fold into the matmuls after it: there the add + rmsnorm launch
-    takes the add (the same count of launches, and its q8 hand-off)."""
-    if i + 1 >= len(plan.ops):
-        return None
-    run = _matmul_run(plan, op_specs, i, 1)
-    add = plan.ops[i + 1]
-    if not run or add.kind != "add":
-        return None
-    h = plan.ops[i].outputs[0]
-    if list(add.inputs).count(h) != 1 or read_later(plan, i + 1, h):
-        return None
-    res = add.inputs[1] if add.inputs[0] == h else add.inputs[0]
-    shape = plan.buffer(h).shape
-    if plan.buffer(res).shape != shape or plan.buffer(add.outputs[0]).shape != shape or res == plan.ops[i].inputs[0]:
-        return None
-    if (
-        i + 2 < len(plan.ops)
-        and _add_rmsnorm(plan, op_specs, i + 1) is not None
-        and _norm_first(plan, op_specs, i + 2) is None
-    ):
-        return None
-    base = _segmented(run, i)
-    side = "left" if add.inputs[1] == h else "right"  # the add sums res + h, or h + res
-    name = f"{base.spec.name.removesuffix('_fused')}_add"
-    args = (base.spec.args[0], ("res", PTR), *base.spec.args[1:])
-    sources = ((1, "out"), (1, "a" if side == "left" else "b"), *base.sources[1:])
-    params = {**base.spec.params, "name": name, "residual": side}
-    spec = KernelSpec(name, FUSED_MATMUL_TEMPLATE, params, args, base.spec.threads, base.spec.grid)
-    return Fusion(i, 2, spec, sources)
-
-
-def _norm_first(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | None:
-    """An rmsnorm (one segment, a weight) and the int8 matmuls after it that read its output,
-    when nothing after them does: one launch of those matmuls (a run of one input, gate/up with
-    their SwiGLU, or one matmul, with its residual add or without) whose blocks compute the
-    norm themselves (module doc). The norm's threads must be the matmul's: the same sums."""
-    if plan.ops[i].kind != "rmsnorm" or i + 1 >= len(plan.ops):
-        return None
-    norm, p = plan.ops[i], op_specs[i].params
-    if p["heads"] != 1 or not p["has_weight"] or p["per_seg"]:
-        return None
-    inner = (
-        _glu(plan, op_specs, i + 1)
-        or _segments(plan, op_specs, i + 1)
-        or _matmul_add(plan, op_specs, i + 1)
-        or (_segmented(run, i + 1) if (run := _matmul_run(plan, op_specs, i + 1, 1)) else None)
-    )
-    h, x = norm.outputs[0], norm.inputs[0]
-    if (
-        inner is None
-        or inner.spec.template != FUSED_MATMUL_TEMPLATE
-        or inner.spec.params["k"] != p["width"]
-        or inner.spec.threads != op_specs[i].threads
-        or plan.ops[i + 1].inputs[0] != h
-        or x == h
-        or plan.buffer(x).shape != plan.buffer(h).shape
-    ):  # (apart in the arena: plan_fusions checks the whole run)
-        return None
-    ops = plan.ops[i + 1 : i + 1 + inner.count]
-    # the blocks read whole rows of x while others write their outputs: none may be x
-    if any(x in op.outputs for op in ops) or read_later(plan, i + inner.count, h):
-        return None
-    name = f"{inner.spec.name}_norm"
-    at = [n for n, _k in inner.spec.args].index("x") + 1
-    args = (*inner.spec.args[:at], ("norm_weight", PTR), *inner.spec.args[at:])
-    shifted = tuple((0, "x") if n == "x" else (o + 1, n) for o, n in inner.sources)
-    sources = (*shifted[:at], (0, "weight"), *shifted[at:])
-    params = {**inner.spec.params, "name": name, "norm": True, "eps": p["eps"]}
-    spec = KernelSpec(name, FUSED_MATMUL_TEMPLATE, params, args, inner.spec.threads, inner.spec.grid)
-    return Fusion(i, 1 + inner.count, spec, sources)
-
-
 def _imma_segments(run: list[KernelSpec], i: int) -> Fusion | None:
     """The prefill list's one launch for the first matmuls of run `run` (from op i): the
     segmented tensor-core matmul over the longest prefix of at least two whose prefill kernels
@@ -551,8 +449,6 @@ def _q8_reader(spec: KernelSpec, x: str, width: int, ops) -> bool:
     whose sub-blocks a row's lanes share out evenly (the same order of sums)."""
     if spec.template not in (MATMUL_TEMPLATE, FUSED_MATMUL_TEMPLATE) or ops[0].inputs[0] != x:
         return False
-    if spec.params.get("norm"):  # (its ops[0] is the norm: never x's reader)
-        return False
     p = spec.params
     return p["k"] == width and (p["chunk"] >= p["k"] or (p["chunk"] // 32) % p["lanes_per_row"] == 0)
 
@@ -601,11 +497,8 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
         changed[f.first] = _q8_variant(f, {"q8": True, **layout})
         _q8_readers_take(readers, layout, changed)
         spans.append((f.first, readers[-1].first))
-    # (with the norms folded into the matmuls around the output projection (NORM_IN_MATMULS: off,
-    # measured slower) the projection's launch would round the next norm's rows into the scratch
-    # it reads: the attention keeps its plain launch then)
     covered = {j for f in fusions for j in range(f.first, f.first + f.count)}  # ops in runs of several
-    if ATTENTION_Q8 and not NORM_IN_MATMULS:
+    if ATTENTION_Q8:
         for i, spec in enumerate(op_specs):
             kernel = _attention_writer(spec)
             if i in covered or kernel is None or kernel.params["head_dim"] % 32 or kernel.threads % 32:
@@ -623,7 +516,7 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
             changed[i] = _q8_variant(own, {"q8": True, "q8_width": width, **layout})
             _q8_readers_take(readers, layout, changed)
             spans.append((i, readers[-1].first))
-    if RMSNORM_Q8 and not NORM_IN_MATMULS:  # (as ATTENTION_Q8: the norms' own launches)
+    if RMSNORM_Q8:
         for i, spec in enumerate(op_specs):
             p = spec.params
             if i in covered or i in changed or spec.template != RMSNORM_TEMPLATE:

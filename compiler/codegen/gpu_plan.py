@@ -965,20 +965,14 @@ def plan_step_arena(
     return Arena(PROGRAM_MAX_TOKENS, PROGRAM_MAX_ROWS, PROGRAM_MAX_SEQS, ARENA_ALIGNMENT, tuple(slots), total, zeroed)
 
 
-def plan_program(
-    target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str], fusions=(), prefill_fusions=None
-) -> StepProgram:
+def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str], fusions=()) -> StepProgram:
     """The launch list: one launch per plan op, grids counted in STEP_ARGS scalars, but one
     launch for each run of ops in `fusions` (compiler/codegen/gpu_fuse.py). Where an op has a
     prefill kernel (tensor-core matmuls), a second list for steps of at least
     PREFILL_MIN_TOKENS tokens: that kernel in its place, every other launch the same (a fused
     run holding such an op launches its ops one by one there, or its Fusion.prefill: the
-    segmented tensor-core matmul). The prefill list takes the runs of `prefill_fusions` where
-    given (gpu_fuse.step_fusions), the decode list those of `fusions`."""
+    segmented tensor-core matmul)."""
     launches, prefill, sizes = _launch_lists(target, plan, specs, op_kernels, fusions)
-    if prefill_fusions is not None:
-        _decode, prefill, more = _launch_lists(target, plan, specs, op_kernels, prefill_fusions)
-        sizes = tuple(max(a, b) for a, b in zip(sizes, more))
     scratch, arrivals, q8_bytes, split_bytes = sizes
     # a list of its own where an op has a prefill kernel (the q8 hand-off's plain twins alone make
     # no second list: without one, the decode list takes every step)

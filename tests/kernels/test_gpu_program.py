@@ -73,7 +73,7 @@ def _fusions(bundle) -> list:
 
     entry = target_entry(bundle.manifest, TARGET)
     weights = unpack_program(bundle.file(entry.program).read_bytes()).weights
-    return step_fusions(bundle.plan, *plan_kernels(parse_target(TARGET), bundle.plan, bundle.layout, weights))[0]
+    return step_fusions(bundle.plan, *plan_kernels(parse_target(TARGET), bundle.plan, bundle.layout, weights))
 
 
 def _decode(twins: Twins, steps: int) -> list[tuple]:
@@ -691,35 +691,3 @@ def plain_index(program, launch) -> int:
         for i, other in enumerate(program.prefill_launches)
         if other.kernel == name and other.args[1:] == launch.args[1:]
     )
-
-
-@pytest.mark.parametrize("model", [pytest.param("llama-Q4_K_M", marks=toolchain_marks(TARGET))])
-def test_the_norms_in_the_matmuls_replay_the_per_op_path_bit_for_bit(
-    model, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
-):
-    """With gpu_fuse.NORM_IN_MATMULS on (off by default: measured slower) each rmsnorm runs inside
-    the int8 matmuls that read its output and each residual add in the epilogue of the matmul
-    whose output it adds, llama-Q4_K_M's layers whose v is Q6_K launching q, k and v as one kernel
-    of two formats' segments with the norm: the per-op path's bits too, on the decode list and on
-    the one-token list (with the switch off, test_step_program_replays_the_per_op_path_bit_for_bit
-    and test_one_token_steps_run_the_one_token_list_bit_for_bit)."""
-    from rfc.compiler.codegen import gpu_fuse
-    from rfc.compiler.pipeline import CompileOptions, compile_model
-    from tests.kernels.gpu_support import model_path
-
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", True)
-    compile_model(
-        CompileOptions(model=model_path(model), out_dir=tmp_path / "on", targets=(TARGET,), cache_dir=gpu_build_cache)
-    )
-    twins = Twins(tmp_path / "on", shared_basetemp(tmp_path_factory) / "gpu-emu")
-    program = twins.step.runner.program
-    kernels = {launch.kernel for launch in program.launches}
-    assert "rfc_add_rmsnorm_256_q8" not in kernels
-    assert "rfc_matmul_q4_kp_256_q4_kp_64_q6_kp_64x256_fused_norm" in kernels, sorted(kernels)
-    assert "rfc_matmul_q4_kp_256_q4_kp_64_q6_kp_64x256_fused_norm_t1" in {x.kernel for x in program.single_launches}
-    _decode(twins, steps=3)
-    # one sequence: the one-token list
-    got, want = twins.forward([ScheduledChunk(3, 0, (5, 17, 33))])
-    for i in range(2):
-        got, want = twins.forward([ScheduledChunk(3, 3 + i, (int(want[-1].argmax()),))])
-        assert np.array_equal(got, want), f"one-token step {i}"

@@ -101,8 +101,7 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     # the plain twins of the decode list's q8 hand-off (gpu_fuse.DECODE_Q8: the fused add + rmsnorm)
     twins = {k for k in prefill_only if f"{k}_q8" in {launch.kernel for launch in program.launches}}
     assert all(not usage[k].uses_local_memory for k in twins)
-    # the prefill list's own runs where the decode list folds the norms into its matmuls
-    # (gpu_fuse.step_fusions): the add + rmsnorm launches
+    # any add + rmsnorm kernel only the prefill list launches
     own_runs = {k for k in prefill_only if k.startswith("rfc_add_rmsnorm_")}
     assert all(not usage[k].uses_local_memory for k in own_runs)
     # the activations that round their output for the down matmul (gpu_plan.GLU_Q8)

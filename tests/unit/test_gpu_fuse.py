@@ -55,17 +55,9 @@ def llama():
     return spec, spec.plan, _layout(spec)
 
 
-@pytest.fixture
-def separate_norms(monkeypatch):
-    """The norms in launches of their own (gpu_fuse.NORM_IN_MATMULS off): the runs the tests of
-    the matmul runs, the add + rmsnorm and its q8 hand-off were written for."""
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", False)
-
-
 FUSED = [("matmul",) * 3, ("rope", "kv_write"), ("add", "rmsnorm"), ("matmul", "matmul", "swiglu"), ("add", "rmsnorm")]
 
 
-@pytest.mark.usefixtures("separate_norms")
 def test_a_llama_layer_fuses_four_kinds_of_runs(llama):
     spec, plan, layout = llama
     assert _runs(plan, layout) == FUSED
@@ -93,7 +85,6 @@ def _insert(plan, after: int, op: Op, buffers=()):
     )
 
 
-@pytest.mark.usefixtures("separate_norms")
 def test_an_op_between_the_matmuls_keeps_them_apart(llama):
     _spec, plan, layout = llama
     q = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.0.attn_q.weight",))
@@ -104,7 +95,6 @@ def test_an_op_between_the_matmuls_keeps_them_apart(llama):
     assert ("matmul", "matmul", "swiglu") not in _runs(biased, layout)
 
 
-@pytest.mark.usefixtures("separate_norms")
 def test_other_formats_make_segments_and_other_activations_keep_their_launches(llama):
     spec, plan, _layout_ = llama
     mixed = _layout(spec, {"blk.0.attn_v.weight": "Q4_0", "blk.0.ffn_up.weight": "Q4_0"})
@@ -132,7 +122,6 @@ def test_other_formats_make_segments_and_other_activations_keep_their_launches(l
     assert ("matmul", "matmul") in _runs(gelu, _layout_)  # gate and up: still one launch over one input
 
 
-@pytest.mark.usefixtures("separate_norms")
 def test_a_pre_activation_read_later_or_a_fresh_output_keeps_the_launches(llama):
     _spec, plan, layout = llama
     act = next(i for i, op in enumerate(plan.ops) if op.kind.value == "swiglu")
@@ -161,12 +150,11 @@ def test_a_pre_activation_read_later_or_a_fresh_output_keeps_the_launches(llama)
 
 def _hand_offs(plan, layout) -> tuple[list, object]:
     specs, op_kernels = plan_kernels(TARGET, plan, layout)
-    fusions, prefill = step_fusions(plan, specs, op_kernels)
-    program = plan_program(TARGET, plan, [*specs, *fused_specs(fusions, prefill)], op_kernels, fusions, prefill)
+    fusions = step_fusions(plan, specs, op_kernels)
+    program = plan_program(TARGET, plan, [*specs, *fused_specs(fusions)], op_kernels, fusions)
     return fusions, program
 
 
-@pytest.mark.usefixtures("separate_norms")
 def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     spec, plan, _layout_ = llama
     # v and up in another format: q, k and v one launch of two formats' segments, gate and up one
@@ -221,7 +209,6 @@ def test_the_norm_hands_its_rounded_rows_on(llama, monkeypatch):
     assert all(f.count > 1 for f in fusions)
 
 
-@pytest.mark.usefixtures("separate_norms")
 def test_no_hand_off_past_a_write_of_the_rows(llama):
     _spec, plan, layout = llama
     gate = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.ffn_gate.weight",))
@@ -234,7 +221,6 @@ def test_no_hand_off_past_a_write_of_the_rows(llama):
     assert not any(f.first >= gate and f.spec.name.endswith("_q8") for f in fusions if f.first < gate + 4)
 
 
-@pytest.mark.usefixtures("separate_norms")
 def test_the_attention_hands_its_rounded_rows_to_the_output_projection(llama, monkeypatch):
     """gpu_fuse.ATTENTION_Q8: the launch that writes the attention's output (its split kernel,
     whose last block merges, or whose blocks run a long step's tiles) becomes a twin that also
@@ -272,7 +258,6 @@ def test_the_attention_hands_its_rounded_rows_to_the_output_projection(llama, mo
     assert any(k.endswith("_split") for k in (x.kernel for x in program.launches))
 
 
-@pytest.mark.usefixtures("separate_norms")
 def test_the_first_and_the_last_norm_hand_their_rounded_rows_on(llama, monkeypatch):
     """gpu_fuse.RMSNORM_Q8: the plain rmsnorms whose rows int8 matmuls read (the first layer's,
     of the embeddings, and the final one, of the logit rows) become twins that also round them
@@ -316,10 +301,10 @@ def _prefill(plan, layout) -> tuple[list, object]:
     """The kernels built (as compiler/codegen/gpu.py builds them: those either list launches) and
     the step program."""
     specs, op_kernels = plan_kernels(TARGET, plan, layout)
-    fusions, prefill = step_fusions(plan, specs, op_kernels)
-    program = plan_program(TARGET, plan, [*specs, *fused_specs(fusions, prefill)], op_kernels, fusions, prefill)
+    fusions = step_fusions(plan, specs, op_kernels)
+    program = plan_program(TARGET, plan, [*specs, *fused_specs(fusions)], op_kernels, fusions)
     launched = {launch.kernel for launch in (*program.launches, *program.prefill_launches)}
-    return [*specs, *(s for s in fused_specs(fusions, prefill) if s.name in launched)], program
+    return [*specs, *(s for s in fused_specs(fusions) if s.name in launched)], program
 
 
 def test_the_prefill_list_launches_q_k_and_v_once(llama, monkeypatch):
@@ -465,86 +450,3 @@ def test_segments_take_kernels_that_differ_in_rows_alone():
     assert imma_segments_spec(kernels(("Q4_K", 4096, 4096), ("Q4_K", 1024, 4096))) is None
     assert imma_segments_spec(kernels(("Q4_K", 256, 2048), ("Q4_0", 256, 2048))) is None
     assert imma_segments_spec(kernels(("Q4_K", 256, 2048), ("Q4_K", 256, 4096))) is None
-
-
-# -- the norms in the matmuls (gpu_fuse.NORM_IN_MATMULS) ---------------------------------------------
-
-NORMS_IN = [
-    ("rmsnorm", "matmul", "matmul", "matmul"),
-    ("rope", "kv_write"),
-    ("matmul", "add"),
-    ("rmsnorm", "matmul", "matmul", "swiglu"),
-    ("matmul", "add"),
-]
-
-
-def test_a_llama_layer_folds_its_norms_into_the_matmuls(llama, monkeypatch):
-    """With the switch on (off by default: measured slower), six launches a layer: each rmsnorm
-    inside the int8 matmuls that read its output, each residual add in the epilogue of the matmul
-    whose output it adds; the prefill list as it was without them (each add + rmsnorm one launch,
-    the matmuls on their tensor-core kernels)."""
-    spec, plan, layout = llama
-    # (the first and last norms' hand-off is made with the norms in launches of their own alone, so
-    # the prefill lists compared below would differ by it: pinned off)
-    monkeypatch.setattr(gpu_fuse, "RMSNORM_Q8", False)
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", True)
-    assert _runs(plan, layout) == NORMS_IN
-    built, program = _prefill(plan, layout)
-    fusions = plan_fusions(plan, *plan_kernels(TARGET, plan, layout))
-    assert len(program.launches) == len(plan.ops) - sum(f.count - 1 for f in fusions)
-    qkv, o = program.launches[1], program.launches[4]
-    assert [a.ref for a in qkv.args] == [
-        "q",
-        "k",
-        "v",
-        "x",  # the norm's input, and its weight
-        "blk.0.attn_norm.weight",
-        "blk.0.attn_q.weight",
-        "blk.0.attn_k.weight",
-        "blk.0.attn_v.weight",
-        "n_tokens",
-    ]
-    assert [a.ref for a in o.args] == ["x", "x", "att", "blk.0.attn_output.weight", "n_tokens"]  # x = x + o(att)
-    by_name = {s.name: s for s in built}
-    assert by_name[qkv.kernel].params["norm"] and by_name[o.kernel].params["residual"] == "left"
-    # the prefill list: its runs without the norms in the matmuls, launch for launch
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", False)
-    built_off, off = _prefill(plan, layout)
-    assert program.prefill_launches == off.prefill_launches and off.launches != program.launches
-    names = [launch.kernel for launch in program.prefill_launches]
-    assert names.count("rfc_add_rmsnorm_256_q8") == 2 * spec.hparams.n_layers - 1
-    # only kernels a list launches are built: not the q/k/v matmul without the norm, nor the
-    # q8 hand-off's matmuls (the decode list has no add + rmsnorm left), nor the add + rmsnorm
-    # without the hand-off (the prefill list's leaves its output rounded for its int8 matmuls);
-    # the SwiGLU's rounding twin is the prefill list's (gpu_plan.GLU_Q8)
-    assert not any(
-        n.endswith("_fused") or (n.endswith("_q8") and not n.startswith(("rfc_add_rmsnorm", "rfc_swiglu")))
-        for n in by_name
-    )
-    assert "rfc_add_rmsnorm_256_q8" in by_name and "rfc_add_rmsnorm_256" not in by_name
-
-
-def test_a_norm_output_read_after_the_matmuls_keeps_the_norm_apart(llama, monkeypatch):
-    """Another op reads layer 1's attention norm output after q, k and v: that norm keeps its
-    launch (with the add before it, as an add + rmsnorm), and the down matmul before it its own."""
-    _spec, plan, layout = llama
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", True)
-    v = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.attn_v.weight",))
-    h = plan.ops[v].inputs[0]
-    reread = _insert(plan, v, Op("add", ("q", h), ("q",)))
-    assert _runs(reread, layout) == [*NORMS_IN[:4], ("add", "rmsnorm")]
-
-
-def test_no_norm_in_matmuls_that_write_its_input(llama, monkeypatch):
-    """A matmul of the run writing the norm's input: its blocks would read rows others write."""
-    _spec, plan, layout = llama
-    monkeypatch.setattr(gpu_fuse, "NORM_IN_MATMULS", True)
-    k = next(i for i, op in enumerate(plan.ops) if op.weights == ("blk.1.attn_k.weight",))
-    x = plan.ops[k - 2].inputs[0]
-    assert plan.ops[k - 2].kind.value == "rmsnorm"
-    wrote = dataclasses.replace(
-        plan, ops=tuple(dataclasses.replace(op, outputs=(x,)) if i == k else op for i, op in enumerate(plan.ops))
-    )
-    fusions = plan_fusions(wrote, *plan_kernels(TARGET, wrote, layout))
-    assert not any(f.first == k - 2 for f in fusions)
-    assert any(f.first == k - 2 for f in plan_fusions(plan, *plan_kernels(TARGET, plan, layout)))
