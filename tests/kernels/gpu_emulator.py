@@ -11,10 +11,13 @@ a one-launch program) drive the emulated kernels.
 import ctypes
 import hashlib
 import os
+import platform
+import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.codeobject import KernelInfo
@@ -27,6 +30,10 @@ from tests import testdata
 from tests.kernels.kit.gpu import GpuOpDevice
 
 EMU_HEADER = Path(__file__).with_name("gpu_emu.h")
+# The mark of the tests that run kernels here: gpu_emu.h's fibers are x86-64 (and g++ builds them).
+needs_emulator = pytest.mark.skipif(
+    shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
+)
 # g++'s flags for an emulator library. -O1: a bundle's source builds in half the time -O2 takes
 # (2.2 against 4.1 s for a 500 KB one) and its kernels run about as fast here; the float
 # results are the same bits (no fast-math at either level, and x86-64's baseline has no FMA to

@@ -13,9 +13,7 @@ several values each). Tolerance 1e-5 relative + 2e-6: float32 block sums against
 from __future__ import annotations
 
 import ctypes
-import platform
 import shlex
-import shutil
 
 import numpy as np
 import pytest
@@ -26,7 +24,7 @@ from rfc.compiler.codegen.gpu_plan import KERNEL_ARGS, plan_kernels
 from rfc.compiler.codegen.gpu_usage import cuda_usage, hip_usage
 from rfc.compiler.targets import parse_target
 from rfc.runtime.devices import altup as ref
-from tests.kernels.gpu_emulator import build_source_emulator
+from tests.kernels.gpu_emulator import build_source_emulator, needs_emulator
 from tests.kernels.gpu_support import toolchain_marks
 from tests.kernels.kit.state_ops import _zero_weights, assert_close, state_plan
 
@@ -71,9 +69,7 @@ def _want(arrays: dict, op: Op) -> list[np.ndarray]:
     return [ref.gaussian_topk(ins[0], a["std_mul"])]
 
 
-@pytest.mark.skipif(
-    shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-)
+@needs_emulator
 @pytest.mark.parametrize("target", ["gfx90a", "sm_90"])
 @pytest.mark.parametrize("active", [0, 2])
 def test_kernels_match_the_reference_in_the_emulator(target, active, tmp_path):

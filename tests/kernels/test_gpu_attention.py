@@ -16,8 +16,6 @@ prefix and decode rows in one step. No GPU toolchain is needed.
 
 import ctypes
 import dataclasses
-import platform
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -42,14 +40,12 @@ from rfc.compiler.codegen.gpu_plan import (
 from rfc.compiler.targets import parse_target
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices.reference import ReferenceDevice
-from tests.kernels.gpu_emulator import EmulatedDriver, build_source_emulator
+from tests.kernels.gpu_emulator import EmulatedDriver, build_source_emulator, needs_emulator
 from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 BLOCK_SIZE, NUM_BLOCKS = 16, 128

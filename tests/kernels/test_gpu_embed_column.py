@@ -11,8 +11,6 @@ Tolerance 1e-6 relative: the same float32 decoding and scale on both sides."""
 from __future__ import annotations
 
 import ctypes
-import platform
-import shutil
 
 import numpy as np
 import pytest
@@ -25,7 +23,7 @@ from rfc.compiler.codegen.gpu_plan import KERNEL_ARGS, plan_kernels
 from rfc.compiler.targets import parse_target
 from rfc.runtime.model.quants import dequantize
 from tests import testdata
-from tests.kernels.gpu_emulator import build_source_emulator
+from tests.kernels.gpu_emulator import build_source_emulator, needs_emulator
 
 V, C, W, COLUMN, SCALE = 16, 1024, 256, 512, 16.0
 TOKENS = np.array([3, 0, 15, 7, 9], dtype=np.int32)
@@ -46,9 +44,7 @@ def _plan(column: int) -> Plan:
                 context_length=64)  # fmt: skip
 
 
-@pytest.mark.skipif(
-    shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-)
+@needs_emulator
 @pytest.mark.parametrize("target", ["gfx90a", "sm_90"])
 @pytest.mark.parametrize("fmt", ["Q8_0", "Q4_K"])
 def test_sliced_rows_match_the_reference_in_the_emulator(fmt, target, tmp_path):

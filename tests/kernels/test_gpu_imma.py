@@ -19,8 +19,6 @@ the 128 x 128 tile with and without prefetch, the 64 x 64 one with it, the first
 """
 
 import ctypes
-import platform
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +37,13 @@ from rfc.runtime.model import quants
 from rfc.runtime.model.quants import dequantize
 
 from tests.conftest import shared_basetemp
-from tests.kernels.gpu_emulator import build_source_emulator
+from tests.kernels.gpu_emulator import build_source_emulator, needs_emulator
 from tests.kernels.gpu_support import round_activations
 from tests.kernels.test_gpu_mma import random_weight
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 REL_TOL = 2e-5

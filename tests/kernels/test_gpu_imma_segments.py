@@ -7,8 +7,6 @@ with and without offsets b, and with each tile rounding its own activations (IMM
 """
 
 import ctypes
-import platform
-import shutil
 
 import numpy as np
 import pytest
@@ -19,14 +17,12 @@ from rfc.compiler.codegen.gpu_imma import imma_matmul_spec, imma_segments_spec, 
 from rfc.compiler.codegen.gpu_plan import weight_geometry
 from rfc.compiler.targets import parse_target
 from tests.conftest import shared_basetemp
-from tests.kernels.gpu_emulator import build_source_emulator
+from tests.kernels.gpu_emulator import build_source_emulator, needs_emulator
 from tests.kernels.test_gpu_mma import random_weight
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 # (format, rows of each segment, cols): q, k and v of a model with a quarter of the kv heads

@@ -14,9 +14,7 @@ The default run leaves out (`exhaustive`) the whole-model cases whose every feat
 case runs on the same kind of target: they say which beside them.
 """
 
-import platform
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.bounds import FLOAT_MAX, device_bounds
 from tests.faults import scale_outputs
-from tests.kernels.gpu_emulator import emulated_device
+from tests.kernels.gpu_emulator import emulated_device, needs_emulator
 from tests.kernels.gpu_support import (  # noqa: F401
     assert_teacher_forced_within_bounds,
     gpu_build_cache,
@@ -45,9 +43,7 @@ from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 NUM_BLOCKS, BLOCK_SIZE = 48, 16

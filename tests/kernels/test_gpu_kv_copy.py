@@ -4,8 +4,6 @@ the source's bytes exactly, the rows around them are untouched, and the copy is 
 driver copies on the step stream only (no launch)."""
 
 import ctypes
-import platform
-import shutil
 
 import numpy as np
 import pytest
@@ -15,14 +13,12 @@ from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager, KvCopy, kv_copy_slots
 from tests.conftest import shared_basetemp
-from tests.kernels.gpu_emulator import emulated_step_device
+from tests.kernels.gpu_emulator import emulated_step_device, needs_emulator
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 NUM_BLOCKS, BLOCK_SIZE, TARGET = 8, 16, "gfx1100"

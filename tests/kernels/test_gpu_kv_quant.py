@@ -12,8 +12,6 @@ ReferenceDevice.op_attention (Q turned with K, the output turned back with V in 
 float64 in the reference) and the split and per-op kernels bit for bit alike.
 """
 
-import platform
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -32,15 +30,13 @@ from rfc.runtime.engine.kv_budget import token_bytes
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.bounds import KV_CPU_SHARE
 from tests.conftest import shared_basetemp
-from tests.kernels.gpu_emulator import EmulatedDriver, build_source_emulator, emulated_step_device
+from tests.kernels.gpu_emulator import EmulatedDriver, build_source_emulator, emulated_step_device, needs_emulator
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 from tests.kernels.test_gpu_attention import BLOCK_SIZE, NUM_BLOCKS, Case, _check
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 F16, Q8, Q4 = CacheType.F16, CacheType.Q8_0, CacheType.Q4_0

@@ -17,8 +17,6 @@ bounds test_gpu_kernels holds every fixture to.
 
 import ctypes
 import math
-import platform
-import shutil
 
 import numpy as np
 import pytest
@@ -32,7 +30,7 @@ from rfc.compiler.targets import parse_target
 from rfc.runtime.model.quants import dequantize
 from tests import testdata
 from tests.conftest import shared_basetemp
-from tests.kernels.gpu_emulator import build_source_emulator
+from tests.kernels.gpu_emulator import build_source_emulator, needs_emulator
 from tests.kernels.gpu_support import (  # noqa: F401
     assert_teacher_forced_within_bounds,
     gpu_build_cache,
@@ -43,9 +41,7 @@ from tests.kernels.gpu_support import (  # noqa: F401
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 GENERATOR = testdata._generator()

@@ -4,8 +4,6 @@ it finds every matmul kernel of the decode list, fused ones included, and counts
 every weight each reads."""
 
 import importlib.util
-import platform
-import shutil
 
 import pytest
 
@@ -13,14 +11,12 @@ from rfc.artifacts.bundle import open_bundle
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.conftest import ROOT, shared_basetemp
-from tests.kernels.gpu_emulator import emulated_step_device
+from tests.kernels.gpu_emulator import emulated_step_device, needs_emulator
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 TARGET = "gfx1100"

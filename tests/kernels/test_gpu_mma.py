@@ -10,8 +10,6 @@ off (half rounding: ~3e-4 of max |ref| on these sizes), which is what the model 
 """
 
 import ctypes
-import platform
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +25,12 @@ from rfc.compiler.weights_planar import pack_planar
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.model.quants import dequantize
 from tests import testdata
-from tests.kernels.gpu_emulator import build_source_emulator
+from tests.kernels.gpu_emulator import build_source_emulator, needs_emulator
 from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 REL_TOL = 2e-4

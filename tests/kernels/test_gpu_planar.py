@@ -11,9 +11,6 @@ entries; its step program names them, and the emulated GPU reading them still ma
 sm_90 is the target (nvcc builds the cubin the device checks; the emulator runs the source).
 """
 
-import platform
-import shutil
-
 import numpy as np
 import pytest
 
@@ -28,7 +25,7 @@ from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.bounds import device_bounds, llama_cpp_bounds
-from tests.kernels.gpu_emulator import emulated_device, emulated_step_device
+from tests.kernels.gpu_emulator import emulated_device, emulated_step_device, needs_emulator
 from tests.kernels.gpu_support import (  # noqa: F401
     gpu_build_cache,
     gpu_bundle,
@@ -41,9 +38,7 @@ from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 TARGET = "sm_90"

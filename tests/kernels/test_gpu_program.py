@@ -7,9 +7,7 @@ host-to-device copy, one graph launch (decode) and one device-to-host copy, then
 """
 
 import dataclasses
-import platform
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -20,15 +18,13 @@ from rfc.compiler.targets import parse_target
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
-from tests.kernels.gpu_emulator import emulated_device, emulated_step_device
+from tests.kernels.gpu_emulator import emulated_device, emulated_step_device, needs_emulator
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, make_gguf, toolchain_marks  # noqa: F401
 from tests.conftest import shared_basetemp
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 NUM_BLOCKS, BLOCK_SIZE = 48, 16

@@ -6,7 +6,6 @@ rows without the device flag left untouched for the host. No GPU needed; g++ bui
 
 import ctypes
 import hashlib
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,11 +21,11 @@ from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.devices.gpu_program import write_sample_row
 from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
-from tests.kernels.gpu_emulator import EMU_CXX_FLAGS, EMU_HEADER, emulated_step_device
+from tests.kernels.gpu_emulator import EMU_CXX_FLAGS, EMU_HEADER, emulated_step_device, needs_emulator
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 from tests.conftest import shared_basetemp
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ builds the GPU emulator")
+pytestmark = needs_emulator
 
 W = len(SAMPLE_WORDS)
 

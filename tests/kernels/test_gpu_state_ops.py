@@ -14,9 +14,6 @@ prefill and decode (lfm2's short_conv, the routed experts that the MoE fixtures 
 test_gpu_kernels check) and nemotron_h's (its Mamba2 mixers are nemotron_h_moe's, whose run
 adds the experts), and the builds of AS_CHECKED and the sm_90 ones of SM90_EXHAUSTIVE."""
 
-import platform
-import shutil
-
 import numpy as np
 import pytest
 
@@ -28,15 +25,13 @@ from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.bounds import device_bounds
 from tests.conftest import FIXTURES, shared_basetemp
-from tests.kernels.gpu_emulator import emulated_step_device
+from tests.kernels.gpu_emulator import emulated_step_device, needs_emulator
 from tests.kernels.test_gpu_kernels import _assert_same_greedy_token
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, gpu_rounding, toolchain_marks  # noqa: F401
 
 pytestmark = [
     pytest.mark.shared,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-    ),
+    needs_emulator,
 ]
 
 # each fixture and the kernels its state ops compile to (one each, shared by the layers)

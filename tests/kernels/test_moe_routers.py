@@ -11,7 +11,6 @@ the reference, and on gfx90a, emulated, the router kernel exact and the logits w
 the GPU's router also in gpt-oss's variant (softmax over the chosen logits, not renormalized).
 """
 
-import platform
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.bounds import device_bounds, oracle_bounds, rounding_kinds
 from tests.conftest import FIXTURES, shared_basetemp
 from tests.e2e.test_reference_oracle import teacher_forced_logits
 from tests.gguf_edit import rewrite_gguf
+from tests.kernels.gpu_emulator import needs_emulator
 from tests.kernels.gpu_support import gpu_build_cache, gpu_rounding_kinds, toolchain_marks  # noqa: F401
 from tests.oracle import Oracle
 
@@ -104,9 +104,7 @@ def test_cpu_router_within_its_bounds(tmp_path):
     assert ok, summary
 
 
-@pytest.mark.skipif(
-    shutil.which("g++") is None or platform.machine() != "x86_64", reason="the GPU emulator needs g++ on x86-64"
-)
+@needs_emulator
 @pytest.mark.parametrize("router", [pytest.param(ROUTER, id="deepseek"), pytest.param(GPT_OSS_ROUTER, id="gpt-oss")])
 @pytest.mark.parametrize("target", [pytest.param("gfx90a", marks=toolchain_marks("gfx90a"))])
 def test_gpu_router_is_the_reference(router, target, tmp_path, tmp_path_factory, gpu_build_cache):
