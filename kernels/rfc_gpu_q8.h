@@ -217,20 +217,6 @@ RFC_DEVICE_FN void rfc_quantize32(const float *x, int *xq, float *xd, int *xs) {
     rfc_round32(v, xq, xd, xs);
 }
 
-/* rfc_quantize32 of 32 elements of an rmsnorm's output, made here from its input x (16-byte
- * aligned), the row's 1 / rms `inv` and the norm's weight w (16-byte aligned): each value
- * x * inv * w, as the rmsnorm kernels compute it (the same float, so the same int8). */
-RFC_DEVICE_FN void rfc_quantize32_norm(const float *x, const float *w, float inv, int *xq, float *xd, int *xs) {
-    float v[32];
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const rfc_f4 f = ((const rfc_f4 *)x)[i], g = ((const rfc_f4 *)w)[i];
-        v[4 * i] = f.x * inv * g.x, v[4 * i + 1] = f.y * inv * g.y;
-        v[4 * i + 2] = f.z * inv * g.z, v[4 * i + 3] = f.w * inv * g.w;
-    }
-    rfc_round32(v, xq, xd, xs);
-}
-
 /* rfc_quantize32 by 32 adjacent lanes at once, each holding one of the sub-block's values (v,
  * element `lane` = its lane in the group of 32): the same scale, integers and half sums
  * (max and integer sums are exact in any order), for a kernel that has the values in registers
