@@ -398,7 +398,7 @@ def _add_rmsnorm(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | Non
     params = {"name": name, "threads": n.threads, "width": p["width"], "eps": p["eps"], "add": a.name, "norm": n.name}
     args = (("sum", PTR), ("out", PTR), ("a", PTR), ("b", PTR), ("weight", PTR), ("n_rows", I32))
     sources = ((0, "out"), (1, "out"), (0, "a"), (0, "b"), (1, "weight"), (0, "n_rows"))
-    spec = KernelSpec(name, "gpu_add_rmsnorm.hip.j2", params, args, n.threads, (("n_rows", 1),))
+    spec = KernelSpec(name, ADD_RMSNORM_TEMPLATE, params, args, n.threads, (("n_rows", 1),))
     return Fusion(i, 2, spec, sources)
 
 
@@ -425,7 +425,7 @@ def _rope_kv_write(plan: Plan, op_specs: list[KernelSpec], i: int) -> Fusion | N
     kinds = {**{n: k for n, k in w.args}, **{n: k for n, k in r.args}}
     sources = (*rope_args, *kv_args)
     args = tuple((n, kinds[n]) for _o, n in sources)
-    spec = KernelSpec(name, "gpu_rope_kv_write.hip.j2", params, args, threads, (("n_rows", 1),))
+    spec = KernelSpec(name, ROPE_KV_TEMPLATE, params, args, threads, (("n_rows", 1),))
     return Fusion(i, 2, spec, sources)
 
 
