@@ -17,6 +17,7 @@ from pathlib import Path
 from rfc.compiler.codegen import CodegenInput
 from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.format_table import format_params
+from rfc.compiler.codegen.gpu_bmma import BMMA_TEMPLATE, batch_list
 from rfc.compiler.codegen.gpu_fuse import fused_specs, step_fusions
 from rfc.compiler.codegen.gpu_attention import MMA_ATTENTION_TEMPLATE
 from rfc.compiler.codegen.gpu_imma import IMMA_TEMPLATE
@@ -101,8 +102,11 @@ def plan_target(
     # the one-token twins of the decode list's matmuls, for the list a one-token step runs
     twins = [t for t in map(one_token_twin, [*specs, *fused]) if t is not None]
     program = plan_program(target, plan, [*specs, *fused, *twins], op_kernels, fusions)
+    # the decode list's int8 matmuls on their batch twins (gpu_bmma.BATCH_MMA)
+    by_name = {s.name: s for s in (*specs, *fused, *twins)}
+    program, batch = batch_list(target, plan, program, by_name, op_kernels, fusions)
     launched = {launch.kernel for launch in program.every_launch()}
-    built = [s for s in (*fused, *twins) if s.name in launched]
+    built = [s for s in (*fused, *twins, *batch) if s.name in launched]
     specs = [*specs, *built, sample]
     if programmatic(target):
         check_overlap(specs, program, sample)
@@ -143,9 +147,11 @@ def render_source(target: Target, specs: list[KernelSpec]) -> str:
     # the tensor-core header only where a kernel uses it: HIP has no nvcuda::wmma
     mma = any(s.template in (MMA_TEMPLATE, MMA_ATTENTION_TEMPLATE) for s in specs)
     # the int8 one where a kernel uses it, for the target's instruction (Target.imma)
-    imma = target.imma if any(s.template == IMMA_TEMPLATE for s in specs) else False
+    imma = target.imma if any(s.template in (IMMA_TEMPLATE, BMMA_TEMPLATE) for s in specs) else False
     overlap = programmatic(target)
     prelude = {"wave": target.wave_size, "mma": mma, "imma": imma, "programmatic": overlap}
+    if any(s.template == BMMA_TEMPLATE for s in specs):  # (a key only then: other sources stay as they were)
+        prelude["bmma"] = True
     parts = [render(PRELUDE_TEMPLATE, {**prelude, **format_params(Kernels.GPU)})]
     parts += [render_kernel(s, overlap) for s in specs]
     return "\n".join(parts)

@@ -442,3 +442,37 @@ def test_one_token_matmuls_at_real_model_sizes_use_no_local_memory(target, real_
     usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
     assert set(twins) <= {n for n, u in usage.items() if u.is_hot}
     _check("one-token twins at real model sizes", target, usage)
+
+
+# (gfx1100 has none: gpu_bmma.BMMA_INSTRUCTIONS)
+@pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx90a")])
+def test_batch_twins_at_real_model_sizes_use_no_local_memory(target, real_twin_models, monkeypatch):
+    """The decode list's batch twins (gpu_bmma.BATCH_MMA, off by default) of real models, planned
+    as the compiler plans them and built in one source per target: no stack frame, no spills
+    (its fragments, a chunk's decodes and the accumulators of 32 rows x 16 tokens a lane)."""
+    from rfc.artifacts.layout import TensorEntry, WeightLayout
+    from rfc.compiler.codegen import gpu_bmma
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, plan_target, render_source
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.spec import build_spec
+    from rfc.compiler.targets import parse_target
+    from rfc.compiler.weight_plan import plan_weights
+
+    monkeypatch.setattr(gpu_bmma, "BATCH_MMA", True)
+    t = parse_target(target)
+    twins = {}
+    for path in real_twin_models:
+        spec = build_spec(read_gguf(path))
+        weights = plan_weights(spec, [t])
+        layout = WeightLayout(
+            256, tuple(TensorEntry(u.name, u.role, u.stored_format, u.shape, 0, 0, "") for u in weights.uses)
+        )
+        for s in plan_target(t, spec.plan, layout, weights.weight_maps[t])[0]:
+            if s.template == gpu_bmma.BMMA_TEMPLATE:
+                assert twins.setdefault(s.name, s) == s, f"two models' {s.name} differ"
+    # (BATCH_MMA_GLU's gate/up twin is left out: 255 registers and a stack frame on sm_90, gpu_bmma.py)
+    assert any(n.endswith("_segments") for n in twins) and any(n.endswith("x4096") for n in twins), sorted(twins)
+    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, list(twins.values())))
+    usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
+    assert set(twins) <= {n for n, u in usage.items() if u.is_hot}
+    _check("batch twins at real model sizes", target, usage)

@@ -1,0 +1,243 @@
+"""Batch steps on int8 tensor cores (BATCH_MMA): the decode list's int8 matmuls, whose blocks of
+MATMUL_TOKENS tokens decode each weight sub-block once per 8 tokens and dot it with dp4a (an 8B's
+batch-16 graph step took 20.3 ms on an H100 where reading its weights twice takes ~3.3 ms:
+docs/benchmarks.md), as launches of templates/gpu_matmul_bmma.hip.j2. A block there owns 16
+tokens and 32 weight rows: it decodes each sub-block of its rows once into shared memory, and its
+waves share out K, each multiplying the 16 tokens' int8 sub-blocks with the rows' on the int8
+matrix instructions (rfc_gpu_imma.h: one instruction for what takes dp4a 16 x 32 lane
+operations). A step of up to 16 tokens reads each weight once.
+
+The batch twins replace, in the decode list only (steps of 2 to PREFILL_MIN_TOKENS - 1 tokens; the
+one-token list keeps its dp4a twins, the prefill list its tensor-core tiles):
+  - a matmul over rounded activations (the q8 hand-off: gpu_fuse's RMSNORM_Q8, ATTENTION_Q8, the
+    add + rmsnorm's),
+  - a segmented launch over several such weights (q, k and v) where the segments share a format,
+  - a gate/up + SwiGLU launch, which also rounds its output per 32 rows into its output slot for
+    the down matmul after it (that matmul's twin reads it there, not the float row).
+Other launches stay. Another order of float sums than the dp4a kernels' (K shared out over waves,
+added in wave order), deterministic; GPU targets are not batch invariant anyway
+(docs/determinism.md). Off by default: unmeasured on a card (docs/benchmarks.md, the next card's
+call)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict, deque
+
+from rfc.artifacts.program import GridDim, Launch, StepProgram
+from rfc.compiler.codegen.gpu_imma import (
+    _NO_MIN,
+    IMMA_BIASED_SUMS,
+    IMMA_FORMATS,
+    IMMA_HALVES,
+    IMMA_PAD,
+    IMMA_SUM_BIAS,
+    SIGNED_HALVES,
+    SUB_BLOCK,
+    q8_layout,
+)
+from rfc.artifacts.formats import PLANAR_FORMATS
+from rfc.artifacts.ops import I32, PTR
+from rfc.compiler.codegen.gpu_kernel import KernelSpec
+from rfc.compiler.targets import Target
+
+BATCH_MMA = False
+# The instructions it takes (Target.imma): not gfx11's WMMA, whose 32-byte A and B fragments a lane
+# spilled 136-440 bytes at an 8B's sizes (hipcc's 128 VGPRs; tests/kernels/test_gpu_resources.py).
+BMMA_INSTRUCTIONS = ("mma_m16n8k32", "mfma_16x16x16")
+BMMA_TEMPLATE = "gpu_matmul_bmma.hip.j2"
+TILE_M = 16  # tokens a block
+TILE_N = 32  # weight rows a block (a gate/up launch: of each); 32 lets its rounding see a whole sub-block
+BMMA_THREADS = 256
+# The gate/up + SwiGLU twin (and the down matmul's, which reads its rounding) too: on sm_90 at an 8B's
+# and a 1.1B's sizes it takes 255 registers and a 16-88 byte stack frame (tests/kernels/
+# test_gpu_resources.py; capped at 128 registers for two blocks, more stack), so it is a switch of its
+# own until its epilogue is reworked; the other twins take 94-119 registers and no stack.
+BATCH_MMA_GLU = False
+# resident blocks a multiprocessor asked of the compiler (RFC_KERNEL_BLOCKS): 1 leaves registers to ptxas
+MIN_BLOCKS = 1
+WAVE_SUBS = 2  # sub-blocks a wave multiplies per chunk (a gate/up launch: half, for its two weights)
+SHARED_LIMIT = 48 * 1024
+
+
+def weight_of(spec: KernelSpec) -> dict:
+    """The weight geometry (gpu_plan.weight_geometry) of a matmul kernel's weight."""
+    from rfc.compiler.codegen.gpu_plan import weight_geometry
+
+    p = spec.params
+    return weight_geometry(p["fmt_upper"], p["n"], p["k"])
+
+
+def bmma_spec(
+    target: Target, weights: list[dict], x_layout: dict, *, glu: bool = False, q8out: dict | None = None
+) -> KernelSpec | None:
+    """The batch twin over `weights` (one; segments of one input; gate and up with `glu`), its
+    input rounded in `x_layout` (q8_layout's offsets), or None where the target has no int8 matrix
+    instruction or the weights do not fit the template (formats outside gpu_imma.IMMA_FORMATS,
+    segments of several formats or not whole tiles). `q8out`: the q8_layout a gate/up twin rounds
+    its output into (its output slot) instead of writing floats."""
+    first = weights[0]
+    fmt, k = first["fmt_upper"], first["cols"]
+    if target.imma not in BMMA_INSTRUCTIONS or fmt not in IMMA_FORMATS or k % SUB_BLOCK:
+        return None
+    if any(w["fmt_upper"] != fmt or w["cols"] != k for w in weights):
+        return None
+    if glu and (len(weights) != 2 or weights[0]["rows"] != weights[1]["rows"]):
+        return None
+    if len(weights) > 1 and not glu and any(w["rows"] % TILE_N for w in weights):
+        return None
+    if q8out is not None and (not glu or TILE_N != SUB_BLOCK or first["rows"] % SUB_BLOCK):
+        return None
+    base = PLANAR_FORMATS[fmt].base if fmt in PLANAR_FORMATS else fmt
+    halves = SIGNED_HALVES.get(base, 0)
+    if halves and not IMMA_HALVES:
+        return None
+    has_min = fmt not in _NO_MIN and not halves
+    wave = target.wave_size
+    waves = BMMA_THREADS // wave
+    rows = TILE_N * (2 if glu else 1)  # row items a sub-block
+    wave_subs = max(1, WAVE_SUBS // (2 if glu else 1))
+    chunk_subs = waves * wave_subs
+    lds = SUB_BLOCK + IMMA_PAD
+    items, rem = divmod(chunk_subs * rows, BMMA_THREADS)
+    floats = (2 if has_min or halves else 1) * chunk_subs * rows + TILE_M * rows
+    if rem or not items or chunk_subs * rows * lds + 4 * floats > SHARED_LIMIT:
+        return None
+    total = sum(w["rows"] for w in weights) if not glu else first["rows"]
+    segs = []
+    if len(weights) > 1 and not glu:
+        start = 0
+        for w in weights:
+            segs.append({"start": start, "end": start + w["rows"], "rows": w["rows"]})
+            start += w["rows"]
+    shape = "_".join(str(w["rows"]) for w in weights) if segs else str(total)
+    kind = "_swiglu" if glu else "_segments" if segs else ""
+    name = f"rfc_matmul_bmma_{first['fmt']}_{shape}x{k}{kind}" + ("_q8out" if q8out else "")
+    params = {
+        **first,
+        "name": name,
+        "threads": BMMA_THREADS,
+        "wave": wave,
+        "waves": waves,
+        "n": total,
+        "k": k,
+        "subs_k": k // SUB_BLOCK,
+        "tile_m": TILE_M,
+        "tile_n": TILE_N,
+        "lds": lds,
+        "wave_subs": wave_subs,
+        "chunk_subs": chunk_subs,
+        "w_items": items,
+        "min_blocks": MIN_BLOCKS,
+        "has_min": has_min,
+        "halves": halves,
+        "sum_bias": IMMA_SUM_BIAS if IMMA_BIASED_SUMS else 0,
+        "subs_per_block": max(1, first["qk"] // SUB_BLOCK),
+        "xd_offset": x_layout["xd_offset"],
+        "xs_offset": x_layout["xs_offset"],
+        "segs": segs,
+        "glu": glu,
+        "q8out": q8out is not None,
+    }
+    if q8out is not None:
+        params.update(out_xd_offset=q8out["xd_offset"], out_xs_offset=q8out["xs_offset"])
+    if glu:
+        args = (("out", PTR), ("q8", PTR), ("gate", PTR), ("up", PTR), ("n_rows", I32))
+    elif segs:
+        n = len(segs)
+        args = (
+            *((f"out{i}", PTR) for i in range(n)),
+            ("q8", PTR),
+            *((f"weight{i}", PTR) for i in range(n)),
+            ("n_rows", I32),
+        )
+    else:
+        args = (("out", PTR), ("q8", PTR), ("weight", PTR), ("n_rows", I32))
+    return KernelSpec(name, BMMA_TEMPLATE, params, args, BMMA_THREADS, ((total, TILE_N), ("n_rows", TILE_M)))
+
+
+def _twin_launch(launch: Launch, spec: KernelSpec) -> Launch:
+    """`launch` (a decode-list matmul's: the same arguments in the same places) on `spec`."""
+    (rows, tile_n), (_count, tile_m) = spec.grid
+    return Launch(spec.name, spec.threads, (GridDim(rows, tile_n), GridDim(launch.grid[1].count, tile_m)), launch.args)
+
+
+def batch_list(
+    target: Target, plan, program: StepProgram, by_name: dict, op_kernels: list[str], fusions
+) -> tuple[StepProgram, list[KernelSpec]]:
+    """`program` with its decode list's int8 matmuls on their batch twins (BATCH_MMA), and those
+    twins' kernels; `program` as it is where the switch is off or nothing has a twin."""
+    from rfc.compiler.codegen.gpu_plan import FUSED_MATMUL_TEMPLATE, MATMUL_TEMPLATE, read_later
+
+    if not BATCH_MMA or target.imma not in BMMA_INSTRUCTIONS:
+        return program, []
+    pending: dict[str, deque] = defaultdict(deque)  # the fusions of each fused kernel, in list order
+    for f in sorted(fusions, key=lambda f: f.first):
+        pending[f.spec.name].append(f)
+    launches = list(program.launches)
+    built: dict[str, KernelSpec] = {}
+    down_at: dict[int, KernelSpec] = {}  # launch index -> the twin reading a gate/up twin's rounding
+
+    def twin(i: int, spec: KernelSpec | None) -> None:
+        if spec is not None:
+            built.setdefault(spec.name, spec)
+            launches[i] = _twin_launch(launches[i], spec)
+
+    for i, launch in enumerate(program.launches):
+        spec = by_name[launch.kernel]
+        if i in down_at:
+            twin(i, down_at.pop(i))
+            continue
+        f = pending[launch.kernel].popleft() if pending.get(launch.kernel) else None
+        if f is not None and spec.template == FUSED_MATMUL_TEMPLATE and spec.params.get("q8in"):
+            own = [by_name[op_kernels[j]] for j in range(f.first, f.first + f.count)]
+            x = {"xd_offset": spec.params["xd_offset"], "xs_offset": spec.params["xs_offset"]}
+            if not spec.params.get("glu"):
+                twin(i, bmma_spec(target, [weight_of(s) for s in own[: len(spec.params["segs"])]], x))
+                continue
+            if not BATCH_MMA_GLU:
+                continue
+            gate_up = [weight_of(own[0]), weight_of(own[1])]
+            down = _down_twin(target, plan, program, f, launches, i, by_name, op_kernels, read_later, MATMUL_TEMPLATE)
+            glu = bmma_spec(target, gate_up, x, glu=True, q8out=down[1] if down else None) if down else None
+            if glu is not None and down is not None:
+                down_at[i + 1] = down[0]
+                twin(i, glu)
+            else:
+                twin(i, bmma_spec(target, gate_up, x, glu=True))
+            continue
+        if spec.template == MATMUL_TEMPLATE and spec.params.get("q8in"):
+            x = {"xd_offset": spec.params["xd_offset"], "xs_offset": spec.params["xs_offset"]}
+            twin(i, bmma_spec(target, [weight_of(spec)], x))
+    if not built:
+        return program, []
+    return dataclasses.replace(program, launches=tuple(launches)), list(built.values())
+
+
+def _down_twin(target, plan, program, f, launches, i, by_name, op_kernels, read_later, matmul_template):
+    """(the batch twin of the down matmul launched right after gate/up + SwiGLU run `f` (launch i),
+    reading that run's output rounded in its own slot, and that rounding's layout), or None: the
+    next launch is not that matmul on float input, something later reads the float output, or the
+    slot is too small for the rounding."""
+    j = f.first + f.count
+    if i + 1 >= len(launches) or j >= len(plan.ops):
+        return None
+    nxt, op, act = launches[i + 1], plan.ops[j], plan.ops[f.first + f.count - 1]
+    spec = by_name[nxt.kernel]
+    if (
+        nxt.kernel != op_kernels[j]
+        or spec.template != matmul_template
+        or spec.params.get("q8in")
+        or op.kind != "matmul"
+        or op.inputs[0] != act.outputs[0]
+        or read_later(plan, j, act.outputs[0])
+        or nxt.args[1] != launches[i].args[0]
+    ):
+        return None
+    w = weight_of(spec)
+    layout = q8_layout(w["cols"], program.arena.max_tokens)
+    slot = next((s for s in program.arena.slots if s.buffer == launches[i].args[0].ref), None)
+    if slot is None or slot.nbytes < layout["q8_bytes"]:
+        return None
+    down = bmma_spec(target, [w], layout)
+    return (down, layout) if down is not None else None

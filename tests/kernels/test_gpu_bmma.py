@@ -1,0 +1,103 @@
+"""The decode list's int8 matmuls on their batch twins (compiler/codegen/gpu_bmma.py, BATCH_MMA):
+blocks of 16 tokens x 32 weight rows on the int8 matrix instructions, K shared out over the
+block's waves. On the emulator (the instructions' fragment layouts, tests/kernels/gpu_emu.h),
+against the reference device within the bounds of int8 activations."""
+
+import re
+
+import numpy as np
+import pytest
+
+from rfc.artifacts.bundle import open_bundle
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.executor import Executor
+from rfc.runtime.engine.kv_cache import BlockManager
+from tests.conftest import shared_basetemp
+from tests.kernels.gpu_emulator import emulated_step_device, needs_emulator
+from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, model_path, toolchain_marks  # noqa: F401
+
+pytestmark = [pytest.mark.shared, needs_emulator]
+
+NUM_BLOCKS, BLOCK_SIZE = 48, 16
+
+
+def _compile(model: str, target: str, out_dir, cache_dir) -> None:
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+
+    compile_model(CompileOptions(model=model_path(model), out_dir=out_dir, targets=(target,), cache_dir=cache_dir))
+
+
+@pytest.mark.parametrize(
+    "model,target",
+    [
+        pytest.param("llama-Q4_K_M", "sm_90", marks=toolchain_marks("sm_90")),  # mma.sync; Q4_K with b, Q6_K halves
+        pytest.param("llama-Q8_0", "gfx90a", marks=toolchain_marks("gfx90a")),  # MFMA, waves of 64; no b
+        pytest.param("llama-Q5_1", "sm_90", marks=toolchain_marks("sm_90") + [pytest.mark.exhaustive]),
+    ],
+)
+def test_batch_steps_on_the_batch_twins_stay_within_bounds(
+    model, target, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+):
+    """With the switch on, the decode list's q8-input matmuls, q/k/v segments of one format and
+    gate/up + SwiGLU (rounding its output for the down matmul, whose twin reads it) launch the
+    batch twins; the one-token and prefill lists are the plain bundle's. Every step runs the
+    decode list here: a 40-token prompt (three tiles of tokens, the last partial; every row's
+    logits), then one token from each of four sequences of different lengths; each row within
+    the bounds of its sequence teacher-forced on the reference device for int8 activations. A
+    wrong fragment, scale, wave sum or rounding is off by far more."""
+    from rfc.compiler.codegen import gpu_bmma
+    from rfc.runtime.devices.reference import ReferenceDevice
+    from tests.bounds import device_bounds
+    from tests.conftest import FIXTURES
+    from tests.kernels.gpu_support import prefill_rounding
+
+    plain = open_bundle(gpu_bundle(model, target))
+    monkeypatch.setattr(gpu_bmma, "BATCH_MMA", True)
+    monkeypatch.setattr(gpu_bmma, "BATCH_MMA_GLU", True)
+    _compile(model, target, tmp_path / "bm", gpu_build_cache)
+    bundle = open_bundle(tmp_path / "bm")
+    device = emulated_step_device(
+        bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu"
+    )
+    program = device.runner.program
+    plain_program = emulated_step_device(
+        plain, target, plain.plan.kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu"
+    ).runner.program
+    names = [launch.kernel for launch in program.launches]
+    twins = [n for n in names if n.startswith("rfc_matmul_bmma_")]
+    layers = sum(n.startswith("rfc_attention_") for n in names)
+    assert any(n.endswith("_swiglu_q8out") for n in twins) and len(twins) >= 3 * layers, names
+    for i, launch in enumerate(program.launches):  # each rounded gate/up output is read by the twin after it
+        if launch.kernel.endswith("_swiglu_q8out"):
+            down = program.launches[i + 1]
+            assert re.fullmatch(r"rfc_matmul_bmma_\w+_\d+x\d+", down.kernel) and down.args[1] == launch.args[0]
+    assert program.single_launches == plain_program.single_launches
+    assert program.prefill_launches == plain_program.prefill_launches
+    assert len(program.launches) == len(plain_program.launches)
+
+    device.runner.prefill_min_tokens = None  # every step on the decode list
+    kv = bundle.plan.kv
+    formats = {t.format for t in bundle.layout.tensors}
+    tokens = [int(t) for t in np.load(FIXTURES / f"tiny-{model}.logits.npz")["tokens"]]
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+    gpu = Executor(bundle.plan, device)
+    ref = Executor(bundle.plan, ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE))
+
+    def step(chunks):
+        for c in chunks:
+            blocks.allocate(c.seq_id, c.start + len(c.tokens))
+        batch = build_batch(chunks, blocks)
+        return gpu.forward(batch), ref.forward(batch)
+
+    prompt = tuple(tokens[:40])
+    got, want = step([ScheduledChunk(9, 0, prompt, all_logits=True)])
+    ok, msg = device_bounds(model, got, want, rounding=prefill_rounding(model, formats, prompt, target))
+    print(msg)
+    assert ok, msg
+    seqs = [tokens[3 * i : 3 * i + n] for i, n in enumerate((9, 17, 5, 30))]
+    step([ScheduledChunk(s, 0, tuple(seq[:-1])) for s, seq in enumerate(seqs)])  # one step of four prompts
+    got, want = step([ScheduledChunk(s, len(seq) - 1, (seq[-1],)) for s, seq in enumerate(seqs)])
+    rounding = np.stack([prefill_rounding(model, formats, seq, target)[-1] for seq in seqs])
+    ok, msg = device_bounds(model, got, want, rounding=rounding)
+    print(msg)
+    assert ok, msg
