@@ -2,10 +2,10 @@
 MATMUL_TOKENS tokens decode each weight sub-block once per 8 tokens and dot it with dp4a (an 8B's
 batch-16 graph step took 20.3 ms on an H100 where reading its weights twice takes ~3.3 ms:
 docs/benchmarks.md), as launches of templates/gpu_matmul_bmma.hip.j2. A block there owns 16
-tokens and 32 weight rows: it decodes each sub-block of its rows once into shared memory, and its
-waves share out K, each multiplying the 16 tokens' int8 sub-blocks with the rows' on the int8
-matrix instructions (rfc_gpu_imma.h: one instruction for what takes dp4a 16 x 32 lane
-operations). A step of up to 16 tokens reads each weight once.
+tokens and 32 weight rows (16 where a matrix has too few rows for BMMA_MIN_BLOCKS blocks): it
+decodes each sub-block of its rows once into shared memory, and its waves share out K, each
+multiplying the 16 tokens' int8 sub-blocks with the rows' on the int8 matrix instructions
+(rfc_gpu_imma.h). A step of up to 16 tokens reads each weight once.
 
 The batch twins replace, in the decode list only (steps of 2 to PREFILL_MIN_TOKENS - 1 tokens; the
 one-token list keeps its dp4a twins, the prefill list its tensor-core tiles):
@@ -43,17 +43,16 @@ from rfc.compiler.targets import Target
 
 BATCH_MMA = False
 # The instructions it takes (Target.imma): not gfx11's WMMA, whose 32-byte A and B fragments a lane
-# spilled 136-440 bytes at an 8B's sizes (hipcc's 128 VGPRs; tests/kernels/test_gpu_resources.py).
+# spilled 200-420 bytes at an 8B's sizes (hipcc keeps a lane to 128 VGPRs; blocks of 4 waves too).
 BMMA_INSTRUCTIONS = ("mma_m16n8k32", "mfma_16x16x16")
 BMMA_TEMPLATE = "gpu_matmul_bmma.hip.j2"
 TILE_M = 16  # tokens a block
 TILE_N = 32  # weight rows a block (a gate/up launch: of each); 32 lets its rounding see a whole sub-block
-BMMA_THREADS = 256
-# The gate/up + SwiGLU twin (and the down matmul's, which reads its rounding) too: on sm_90 at an 8B's
-# and a 1.1B's sizes it takes 255 registers and a 16-88 byte stack frame (tests/kernels/
-# test_gpu_resources.py; capped at 128 registers for two blocks, more stack), so it is a switch of its
-# own until its epilogue is reworked; the other twins take 94-119 registers and no stack.
-BATCH_MMA_GLU = False
+# A matrix whose 32-row tiles make fewer blocks than this (about two a multiprocessor of an H100's 132:
+# an 8B's 4096-row projections make 128) takes tiles of 16 rows, twice the blocks, each reading its
+# rows' K alone (a gate/up launch keeps 32: its rounding needs them).
+BMMA_MIN_BLOCKS = 256
+BMMA_THREADS = 256  # 8 waves of 32 (NVIDIA), 4 of 64 (CDNA)
 # resident blocks a multiprocessor asked of the compiler (RFC_KERNEL_BLOCKS): 1 leaves registers to ptxas
 MIN_BLOCKS = 1
 WAVE_SUBS = 2  # sub-blocks a wave multiplies per chunk (a gate/up launch: half, for its two weights)
@@ -84,9 +83,11 @@ def bmma_spec(
         return None
     if glu and (len(weights) != 2 or weights[0]["rows"] != weights[1]["rows"]):
         return None
-    if len(weights) > 1 and not glu and any(w["rows"] % TILE_N for w in weights):
+    total = sum(w["rows"] for w in weights) if not glu else first["rows"]
+    tile_n = TILE_N if glu or -(-total // TILE_N) >= BMMA_MIN_BLOCKS else TILE_N // 2
+    if len(weights) > 1 and not glu and any(w["rows"] % tile_n for w in weights):
         return None
-    if q8out is not None and (not glu or TILE_N != SUB_BLOCK or first["rows"] % SUB_BLOCK):
+    if q8out is not None and (not glu or tile_n != SUB_BLOCK or first["rows"] % SUB_BLOCK):
         return None
     base = PLANAR_FORMATS[fmt].base if fmt in PLANAR_FORMATS else fmt
     halves = SIGNED_HALVES.get(base, 0)
@@ -94,16 +95,17 @@ def bmma_spec(
         return None
     has_min = fmt not in _NO_MIN and not halves
     wave = target.wave_size
-    waves = BMMA_THREADS // wave
-    rows = TILE_N * (2 if glu else 1)  # row items a sub-block
-    wave_subs = max(1, WAVE_SUBS // (2 if glu else 1))
+    threads = BMMA_THREADS
+    waves = threads // wave
+    rows = tile_n * (2 if glu else 1)  # row items a sub-block
+    # (at least a decode a thread per chunk: 16-row tiles on waves of 64 take 4 sub-blocks a wave)
+    wave_subs = max(1, WAVE_SUBS // (2 if glu else 1), threads // (waves * rows))
     chunk_subs = waves * wave_subs
     lds = SUB_BLOCK + IMMA_PAD
-    items, rem = divmod(chunk_subs * rows, BMMA_THREADS)
+    items, rem = divmod(chunk_subs * rows, threads)
     floats = (2 if has_min or halves else 1) * chunk_subs * rows + TILE_M * rows
     if rem or not items or chunk_subs * rows * lds + 4 * floats > SHARED_LIMIT:
         return None
-    total = sum(w["rows"] for w in weights) if not glu else first["rows"]
     segs = []
     if len(weights) > 1 and not glu:
         start = 0
@@ -116,14 +118,14 @@ def bmma_spec(
     params = {
         **first,
         "name": name,
-        "threads": BMMA_THREADS,
+        "threads": threads,
         "wave": wave,
         "waves": waves,
         "n": total,
         "k": k,
         "subs_k": k // SUB_BLOCK,
         "tile_m": TILE_M,
-        "tile_n": TILE_N,
+        "tile_n": tile_n,
         "lds": lds,
         "wave_subs": wave_subs,
         "chunk_subs": chunk_subs,
@@ -153,7 +155,7 @@ def bmma_spec(
         )
     else:
         args = (("out", PTR), ("q8", PTR), ("weight", PTR), ("n_rows", I32))
-    return KernelSpec(name, BMMA_TEMPLATE, params, args, BMMA_THREADS, ((total, TILE_N), ("n_rows", TILE_M)))
+    return KernelSpec(name, BMMA_TEMPLATE, params, args, threads, ((total, tile_n), ("n_rows", TILE_M)))
 
 
 def _twin_launch(launch: Launch, spec: KernelSpec) -> Launch:
@@ -194,8 +196,6 @@ def batch_list(
             x = {"xd_offset": spec.params["xd_offset"], "xs_offset": spec.params["xs_offset"]}
             if not spec.params.get("glu"):
                 twin(i, bmma_spec(target, [weight_of(s) for s in own[: len(spec.params["segs"])]], x))
-                continue
-            if not BATCH_MMA_GLU:
                 continue
             gate_up = [weight_of(own[0]), weight_of(own[1])]
             down = _down_twin(target, plan, program, f, launches, i, by_name, op_kernels, read_later, MATMUL_TEMPLATE)

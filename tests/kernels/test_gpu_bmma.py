@@ -28,15 +28,17 @@ def _compile(model: str, target: str, out_dir, cache_dir) -> None:
 
 
 @pytest.mark.parametrize(
-    "model,target",
+    "model,target,min_blocks",
     [
-        pytest.param("llama-Q4_K_M", "sm_90", marks=toolchain_marks("sm_90")),  # mma.sync; Q4_K with b, Q6_K halves
-        pytest.param("llama-Q8_0", "gfx90a", marks=toolchain_marks("gfx90a")),  # MFMA, waves of 64; no b
-        pytest.param("llama-Q5_1", "sm_90", marks=toolchain_marks("sm_90") + [pytest.mark.exhaustive]),
+        # mma.sync; Q4_K with b, Q6_K halves; the fixture's small matrices on tiles of 16 rows
+        pytest.param("llama-Q4_K_M", "sm_90", None, marks=toolchain_marks("sm_90")),
+        # MFMA, waves of 64; no b; every matrix on tiles of 32 rows
+        pytest.param("llama-Q8_0", "gfx90a", 0, marks=toolchain_marks("gfx90a")),
+        pytest.param("llama-Q5_1", "sm_90", 0, marks=toolchain_marks("sm_90") + [pytest.mark.exhaustive]),
     ],
 )
 def test_batch_steps_on_the_batch_twins_stay_within_bounds(
-    model, target, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+    model, target, min_blocks, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
 ):
     """With the switch on, the decode list's q8-input matmuls, q/k/v segments of one format and
     gate/up + SwiGLU (rounding its output for the down matmul, whose twin reads it) launch the
@@ -53,7 +55,8 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
 
     plain = open_bundle(gpu_bundle(model, target))
     monkeypatch.setattr(gpu_bmma, "BATCH_MMA", True)
-    monkeypatch.setattr(gpu_bmma, "BATCH_MMA_GLU", True)
+    if min_blocks is not None:
+        monkeypatch.setattr(gpu_bmma, "BMMA_MIN_BLOCKS", min_blocks)
     _compile(model, target, tmp_path / "bm", gpu_build_cache)
     bundle = open_bundle(tmp_path / "bm")
     device = emulated_step_device(
@@ -66,6 +69,8 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
     names = [launch.kernel for launch in program.launches]
     twins = [n for n in names if n.startswith("rfc_matmul_bmma_")]
     layers = sum(n.startswith("rfc_attention_") for n in names)
+    tiles = {launch.grid[0].tile for launch in program.launches if launch.kernel.startswith("rfc_matmul_bmma_")}
+    assert tiles == ({16, 32} if min_blocks is None else {32}), tiles  # (gate/up keeps 32 rows)
     assert any(n.endswith("_swiglu_q8out") for n in twins) and len(twins) >= 3 * layers, names
     for i, launch in enumerate(program.launches):  # each rounded gate/up output is read by the twin after it
         if launch.kernel.endswith("_swiglu_q8out"):
