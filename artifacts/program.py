@@ -20,7 +20,9 @@ as `kernels/<target>/program.msgpack` and named in the manifest's target entry (
   field came without a version bump.) A third list, `single_launches`, is what a step of
   exactly one token runs (a batch-1 decode step): the decode list with its matmuls' blocks
   sized for one token; absent or empty, such a step runs `launches` (again correct for an
-  older reader).
+  older reader). A fourth, `batch_launches`, is what a step of `batch_min_tokens` tokens or
+  more runs, short of `prefill_min_tokens`: the decode list with its int8 matmuls on kernels
+  for many tokens a block; absent or empty, such steps run `launches`.
 
 The arena may name slots the runtime must zero once, right after allocating it (`zeroed`:
 counters that kernels leave at zero when they finish, such as split attention's arrival
@@ -45,7 +47,7 @@ PROGRAM_FILE = "program.msgpack"
 # names (LIST_NAMES; `true`: every list) may overlap (programmatic dependent launch); a reader that
 # ignores it launches them one after another
 EXTRA_PROGRAMMATIC = "programmatic"
-LIST_NAMES = ("launches", "prefill_launches", "single_launches")
+LIST_NAMES = ("launches", "prefill_launches", "single_launches", "batch_launches")
 PROGRAM_VERSION = 1
 ZEROED_VERSION = 2  # the arena's `zeroed` slots
 READ_VERSIONS = (PROGRAM_VERSION, ZEROED_VERSION)
@@ -172,10 +174,14 @@ class StepProgram:
     weights: dict[str, str] = field(default_factory=dict)
     version: int = PROGRAM_VERSION
     extra: dict = field(default_factory=dict)  # target-specific facts (workspace sizes, ...)
+    # gpu targets: what a step of at least batch_min_tokens tokens, and fewer than
+    # prefill_min_tokens, runs instead of `launches` (empty: `launches`)
+    batch_launches: tuple[Launch, ...] = ()
+    batch_min_tokens: int = 0
 
     def every_launch(self) -> tuple[Launch, ...]:
         """The launches of every list, in list order (a launch two lists hold appears twice)."""
-        return (*self.launches, *self.prefill_launches, *self.single_launches)
+        return (*self.launches, *self.prefill_launches, *self.single_launches, *self.batch_launches)
 
     def overlapped_lists(self) -> frozenset[str]:
         """The names (LIST_NAMES) of the lists whose launches may overlap (EXTRA_PROGRAMMATIC)."""
@@ -223,6 +229,8 @@ def pack_program(p: StepProgram) -> bytes:
         "prefill_min_tokens": p.prefill_min_tokens,
         # absent when empty: a program without one is the bytes it was before the field
         **({"single_launches": [_pack_launch(launch) for launch in p.single_launches]} if p.single_launches else {}),
+        **({"batch_launches": [_pack_launch(launch) for launch in p.batch_launches],
+            "batch_min_tokens": p.batch_min_tokens} if p.batch_launches else {}),
         "weights": dict(sorted(p.weights.items())),
         "extra": dict(sorted(p.extra.items())),
     })  # fmt: skip
@@ -275,6 +283,11 @@ def unpack_program(data: bytes) -> StepProgram:
             raise BundleError(f"{PROGRAM_FILE}: prefill_min_tokens {min_tokens} is outside 1..{arena.max_tokens}")
         # absent in programs written before the one-token list: such steps run `launches`
         single = tuple(_unpack_launch(launch) for launch in raw.get("single_launches") or [])
+        # absent in programs written before the batch list: such steps run `launches`
+        batch = tuple(_unpack_launch(launch) for launch in raw.get("batch_launches") or [])
+        batch_min = _nat(raw.get("batch_min_tokens", 0), 0)
+        if batch and not 2 <= batch_min <= arena.max_tokens:
+            raise BundleError(f"{PROGRAM_FILE}: batch_min_tokens {batch_min} is outside 2..{arena.max_tokens}")
         entry = raw["entry"]
         if entry is not None:
             entry = _name(entry)
@@ -290,6 +303,8 @@ def unpack_program(data: bytes) -> StepProgram:
             weights,
             raw["version"],
             dict(raw.get("extra") or {}),
+            batch,
+            batch_min if batch else 0,
         )
     except BundleError:
         raise

@@ -435,7 +435,8 @@ def launch_summary(lm: LoadedModel) -> str:
     overlap = f"lists marked: {marked}; driver: {'yes' if runner._driver.overlaps else 'no'}"
     return (
         f"decode list {len(program.launches)}, one-token list {len(program.single_launches)}, prefill list "
-        f"{len(program.prefill_launches)}; overlapped launches: {overlap}"
+        f"{len(program.prefill_launches)}, batch list {len(program.batch_launches)} (from "
+        f"{program.batch_min_tokens} tokens); overlapped launches: {overlap}"
     )
 
 

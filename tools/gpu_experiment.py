@@ -23,8 +23,8 @@ OUT/BUNDLE-ncu-detail.txt and printed.
 `variants`: compiles GGUF for the target once as it is and once per `--variant` (assignments to
 constants of rfc.compiler.codegen modules, set in every codegen module that imported them),
 and times each bundle's graph-replayed batch-1 decode step (median of 100 after a 33-token
-context), a 512-token prefill step (median of 3) and a graph-replayed decode step of 16
-sequences (median of 50). Kernels come from the build cache where an earlier compile made them (`tools/gpu_session.py prepare --kernels` fills it here, off the card's
+context), a 512-token prefill step (median of 3) and graph-replayed decode steps of 8 and of 16
+sequences (medians of 50). Kernels come from the build cache where an earlier compile made them (`tools/gpu_session.py prepare --kernels` fills it here, off the card's
 time, for the plain bundle; a variant's kernels are compiled there). A variant whose weights are
 the plain bundle's, tensor for tensor, links its weights.bin instead of packing the GGUF again.
 """
@@ -289,9 +289,9 @@ def graph_replays(runner, graph, n: int) -> list[float]:
     return times
 
 
-def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float]:
+def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float, float]:
     """(graph decode step seconds at batch 1, median of 100; 512-token prefill seconds, median of 3;
-    graph decode step seconds at batch 16, median of 50)."""
+    graph decode step seconds at batch 8 and at batch 16, medians of 50)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -311,10 +311,12 @@ def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float]:
     for q in seqs:
         blocks.allocate(q, 40)
     lm.executor.forward(_batch([(q, 0, tuple(rng.integers(2, lm.vocab_size, size=32).tolist())) for q in seqs], blocks))
-    scalars = runner._forward(_batch([(q, 32, (5,)) for q in seqs], blocks), runner.stage["tokens"][0])
-    runner._driver.stream_synchronize(runner.stream)
-    batched = graph_replays(runner, runner._graph(scalars, False), 50)
-    return statistics.median(decode), statistics.median(prefill[1:]), statistics.median(batched)
+    batched = []
+    for n in (BATCH // 2, BATCH):  # (the first half of the sequences: where gpu_bmma's batch list starts)
+        scalars = runner._forward(_batch([(q, 32, (5,)) for q in seqs[:n]], blocks), runner.stage["tokens"][0])
+        runner._driver.stream_synchronize(runner.stream)
+        batched.append(statistics.median(graph_replays(runner, runner._graph(scalars, False), 50)))
+    return statistics.median(decode), statistics.median(prefill[1:]), *batched
 
 
 def interleaved(bundles: list[Path], device: str, rounds: int, reps: int = 100) -> int:
@@ -338,7 +340,8 @@ def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
     print(
-        f"{'variant':<70} {'decode step':>12} {'tok/s':>7} {'prefill 512':>12} {'tok/s':>8} {'b16 step':>10} {'tok/s':>7}"
+        f"{'variant':<70} {'decode step':>12} {'tok/s':>7} {'prefill 512':>12} {'tok/s':>8} {'b8 step':>10} "
+        f"{'b16 step':>10} {'tok/s':>7}"
     )
     plain = None
     for spec in ["", *specs]:
@@ -352,10 +355,10 @@ def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
             for (mod, name), value in old.items():
                 setattr(sys.modules[mod], name, value)
         if target.startswith("sm_") or target.startswith("gfx"):
-            dec, pre, b16 = _time_bundle(bundle, "cuda" if target.startswith("sm_") else "hip")
+            dec, pre, b8, b16 = _time_bundle(bundle, "cuda" if target.startswith("sm_") else "hip")
             print(
                 f"{spec or '(as compiled today)':<70} {dec * 1e6:>9.0f} us {1 / dec:>7.0f} {pre * 1e3:>9.2f} ms "
-                f"{PREFILL_TOKENS / pre:>8.0f} {b16 * 1e6:>7.0f} us {BATCH / b16:>7.0f}",
+                f"{PREFILL_TOKENS / pre:>8.0f} {b8 * 1e6:>7.0f} us {b16 * 1e6:>7.0f} us {BATCH / b16:>7.0f}",
                 flush=True,
             )
         else:

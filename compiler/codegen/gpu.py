@@ -110,7 +110,9 @@ def plan_target(
     specs = [*specs, *built, sample]
     if programmatic(target):
         check_overlap(specs, program, sample)
-        program = replace(program, extra={**program.extra, PROGRAM_FLAG: list(OVERLAPPED_LISTS)})
+        # (the batch list named only where there is one: other programs keep their bytes)
+        lists = [n for n in OVERLAPPED_LISTS if n != "batch_launches" or program.batch_launches]
+        program = replace(program, extra={**program.extra, PROGRAM_FLAG: lists})
     return specs, op_kernels, program, sample
 
 

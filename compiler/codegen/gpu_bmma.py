@@ -7,8 +7,11 @@ decodes each sub-block of its rows once into shared memory, and its waves share 
 multiplying the 16 tokens' int8 sub-blocks with the rows' on the int8 matrix instructions
 (rfc_gpu_imma.h). A step of up to 16 tokens reads each weight once.
 
-The batch twins replace, in the decode list only (steps of 2 to PREFILL_MIN_TOKENS - 1 tokens; the
-one-token list keeps its dp4a twins, the prefill list its tensor-core tiles):
+The program gets a list of its own for them (StepProgram.batch_launches), which steps of
+BATCH_MMA_MIN_TOKENS up to PREFILL_MIN_TOKENS - 1 tokens run: the decode list with these launches
+on their batch twins. Smaller steps keep the decode list's blocks of 8 (a block of 16 multiplies
+16 tokens whatever the step has: by instruction count the twins pay off from about 8), one-token
+steps the one-token list, prompts the prefill list. Twinned are:
   - a matmul over rounded activations (the q8 hand-off: gpu_fuse's RMSNORM_Q8, ATTENTION_Q8, the
     add + rmsnorm's),
   - a segmented launch over several such weights (q, k and v) where the segments share a format,
@@ -42,6 +45,7 @@ from rfc.compiler.codegen.gpu_kernel import KernelSpec
 from rfc.compiler.targets import Target
 
 BATCH_MMA = False
+BATCH_MMA_MIN_TOKENS = 8
 # The instructions it takes (Target.imma): not gfx11's WMMA, whose 32-byte A and B fragments a lane
 # spilled 200-420 bytes at an 8B's sizes (hipcc keeps a lane to 128 VGPRs; blocks of 4 waves too).
 BMMA_INSTRUCTIONS = ("mma_m16n8k32", "mfma_16x16x16")
@@ -167,8 +171,9 @@ def _twin_launch(launch: Launch, spec: KernelSpec) -> Launch:
 def batch_list(
     target: Target, plan, program: StepProgram, by_name: dict, op_kernels: list[str], fusions
 ) -> tuple[StepProgram, list[KernelSpec]]:
-    """`program` with its decode list's int8 matmuls on their batch twins (BATCH_MMA), and those
-    twins' kernels; `program` as it is where the switch is off or nothing has a twin."""
+    """`program` with a batch list (BATCH_MMA): its decode list with the int8 matmuls on their
+    batch twins, from BATCH_MMA_MIN_TOKENS tokens on; and those twins' kernels. `program` as it
+    is where the switch is off or nothing has a twin."""
     from rfc.compiler.codegen.gpu_plan import FUSED_MATMUL_TEMPLATE, MATMUL_TEMPLATE, read_later
 
     if not BATCH_MMA or target.imma not in BMMA_INSTRUCTIONS:
@@ -211,7 +216,8 @@ def batch_list(
             twin(i, bmma_spec(target, [weight_of(spec)], x))
     if not built:
         return program, []
-    return dataclasses.replace(program, launches=tuple(launches)), list(built.values())
+    batch = dataclasses.replace(program, batch_launches=tuple(launches), batch_min_tokens=BATCH_MMA_MIN_TOKENS)
+    return batch, list(built.values())
 
 
 def _down_twin(target, plan, program, f, launches, i, by_name, op_kernels, read_later, matmul_template):

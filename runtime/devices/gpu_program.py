@@ -10,7 +10,8 @@ decode batch size, replayed; other steps launch the bound list directly), copies
 logits back into pinned memory and synchronizes the one stream once. A program with a
 prefill list (tensor-core matmuls) has it bound as well, sharing the bindings of the
 launches both lists hold; a step of at least prefill_min_tokens tokens runs it instead. So does
-a one-token list (matmul blocks of one token): a step of exactly one token runs it.
+a one-token list (matmul blocks of one token): a step of exactly one token runs it; and a batch
+list (matmul blocks of many tokens): a step of batch_min_tokens up to prefill_min_tokens runs it.
 
 With a sampling kernel in the bundle (program.extra["sample"]) a step can also sample on the
 device (`run_sampled`): the rows' parameters and penalty lists sit in the same staging, ahead
@@ -209,6 +210,7 @@ class StepRunner:
         self.has_state = any(b.state_offsets for b in bound.values())
         self.state_slots = 0
         self.prefill_min_tokens = program.prefill_min_tokens if program.prefill_launches else None
+        self.batch_min_tokens = program.batch_min_tokens if program.batch_launches else None
         if self.sampling is not None:
             self.sampling.bind()
         # (n_tokens, n_rows, sampled) -> graph: `run` must not replay the sampling kernel
@@ -305,11 +307,14 @@ class StepRunner:
 
     def list_name(self, n_tokens: int) -> str:
         """The list (its StepProgram field) a step of n_tokens runs: the prefill list from
-        prefill_min_tokens on, the one-token list for one token, else the decode list."""
+        prefill_min_tokens on, the one-token list for one token, the batch list from
+        batch_min_tokens on, else the decode list."""
         if self.prefill_min_tokens is not None and n_tokens >= self.prefill_min_tokens:
             return "prefill_launches"
         if n_tokens == 1 and self._lists["single_launches"]:
             return "single_launches"
+        if self.batch_min_tokens is not None and n_tokens >= self.batch_min_tokens:
+            return "batch_launches"
         return "launches"
 
     def launch_list(self, n_tokens: int) -> list[BoundLaunch]:

@@ -40,13 +40,14 @@ def _compile(model: str, target: str, out_dir, cache_dir) -> None:
 def test_batch_steps_on_the_batch_twins_stay_within_bounds(
     model, target, min_blocks, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
 ):
-    """With the switch on, the decode list's q8-input matmuls, q/k/v segments of one format and
-    gate/up + SwiGLU (rounding its output for the down matmul, whose twin reads it) launch the
-    batch twins; the one-token and prefill lists are the plain bundle's. Every step runs the
-    decode list here: a 40-token prompt (three tiles of tokens, the last partial; every row's
-    logits), then one token from each of four sequences of different lengths; each row within
-    the bounds of its sequence teacher-forced on the reference device for int8 activations. A
-    wrong fragment, scale, wave sum or rounding is off by far more."""
+    """With the switch on, the program gets a batch list: the decode list with its q8-input
+    matmuls, q/k/v segments of one format and gate/up + SwiGLU (rounding its output for the
+    down matmul, whose twin reads it) on the batch twins; the other lists are the plain
+    bundle's. Every step of several tokens runs the batch list here: a 40-token prompt (three
+    tiles of tokens, the last partial; every row's logits), then one token from each of four
+    sequences of different lengths; each row within the bounds of its sequence teacher-forced
+    on the reference device for int8 activations. A wrong fragment, scale, wave sum or
+    rounding is off by far more."""
     from rfc.compiler.codegen import gpu_bmma
     from rfc.runtime.devices.reference import ReferenceDevice
     from tests.bounds import device_bounds
@@ -66,21 +67,31 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
     plain_program = emulated_step_device(
         plain, target, plain.plan.kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu"
     ).runner.program
-    names = [launch.kernel for launch in program.launches]
+    assert program.batch_min_tokens == gpu_bmma.BATCH_MMA_MIN_TOKENS
+    names = [launch.kernel for launch in program.batch_launches]
     twins = [n for n in names if n.startswith("rfc_matmul_bmma_")]
     layers = sum(n.startswith("rfc_attention_") for n in names)
-    tiles = {launch.grid[0].tile for launch in program.launches if launch.kernel.startswith("rfc_matmul_bmma_")}
+    tiles = {launch.grid[0].tile for launch in program.batch_launches if launch.kernel.startswith("rfc_matmul_bmma_")}
     assert tiles == ({16, 32} if min_blocks is None else {32}), tiles  # (gate/up keeps 32 rows)
     assert any(n.endswith("_swiglu_q8out") for n in twins) and len(twins) >= 3 * layers, names
-    for i, launch in enumerate(program.launches):  # each rounded gate/up output is read by the twin after it
+    for i, launch in enumerate(program.batch_launches):  # each rounded gate/up output is read by the twin after it
         if launch.kernel.endswith("_swiglu_q8out"):
-            down = program.launches[i + 1]
+            down = program.batch_launches[i + 1]
             assert re.fullmatch(r"rfc_matmul_bmma_\w+_\d+x\d+", down.kernel) and down.args[1] == launch.args[0]
+    # the other lists are the plain bundle's; the batch list is the decode list launch for launch
+    assert program.launches == plain_program.launches and not plain_program.batch_launches
     assert program.single_launches == plain_program.single_launches
     assert program.prefill_launches == plain_program.prefill_launches
-    assert len(program.launches) == len(plain_program.launches)
+    assert len(program.batch_launches) == len(program.launches)
+    assert all(
+        b == d or (b.kernel.startswith("rfc_matmul_bmma_") and b.args == d.args)
+        for b, d in zip(program.batch_launches, program.launches)
+    )
 
-    device.runner.prefill_min_tokens = None  # every step on the decode list
+    runner = device.runner
+    runner.prefill_min_tokens = None  # every step of 2 tokens or more on the batch list
+    runner.batch_min_tokens = 2
+    assert [runner.list_name(n) for n in (1, 2, 40)] == ["single_launches", "batch_launches", "batch_launches"]
     kv = bundle.plan.kv
     formats = {t.format for t in bundle.layout.tensors}
     tokens = [int(t) for t in np.load(FIXTURES / f"tiny-{model}.logits.npz")["tokens"]]

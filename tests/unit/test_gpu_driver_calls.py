@@ -593,13 +593,38 @@ def test_the_one_token_list_round_trips_and_an_older_program_keeps_its_bytes():
     assert "single_launches" not in msgpack.unpackb(pack_program(plain))
     assert program.every_launch() == (launch, one)
     for flag, lists in (
-        (True, {"launches", "prefill_launches", "single_launches"}),
+        (True, {"launches", "prefill_launches", "single_launches", "batch_launches"}),
         (["launches", "single_launches"], {"launches", "single_launches"}),
         (["other"], set()),
         ("launches", set()),
     ):
         marked = StepProgram("sm_90", arena, launches=(launch,), extra={EXTRA_PROGRAMMATIC: flag})
         assert unpack_program(pack_program(marked)).overlapped_lists() == lists
+
+
+def test_the_batch_list_round_trips_and_is_checked():
+    """batch_launches packs with batch_min_tokens when there is one and is absent otherwise (a
+    program without it is the bytes it was before the field, and a reader runs such steps on
+    `launches`); a batch_min_tokens below 2 or past the arena is refused."""
+    from rfc.artifacts.errors import BundleError
+    from rfc.artifacts.program import Arena, GridDim, Launch, StepProgram, pack_program, unpack_program
+
+    import msgpack
+
+    arena = Arena(2048, 512, 256, 256, (), 0)
+    launch = Launch("k", 128, (GridDim("n_tokens", 8),), ())
+    many = Launch("k_bm", 256, (GridDim("n_tokens", 16),), ())
+    program = StepProgram("sm_90", arena, launches=(launch,), batch_launches=(many,), batch_min_tokens=8)
+    assert unpack_program(pack_program(program)) == program
+    assert program.every_launch() == (launch, many)
+    plain = StepProgram("sm_90", arena, launches=(launch,))
+    assert not {"batch_launches", "batch_min_tokens"} & set(msgpack.unpackb(pack_program(plain)))
+    raw = msgpack.unpackb(pack_program(program))
+    for bad in (0, 1, 4096, -1, "8", True):
+        with pytest.raises(BundleError, match="batch_min_tokens|malformed"):
+            unpack_program(msgpack.packb({**raw, "batch_min_tokens": bad}))
+    old = {k: v for k, v in raw.items() if not k.startswith("batch_")}
+    assert unpack_program(msgpack.packb(old)) == plain
 
 
 # -- attention in one launch a layer (the split kernel's last block merges) --------------------------
