@@ -59,7 +59,11 @@ BMMA_MIN_BLOCKS = 256
 BMMA_THREADS = 256  # 8 waves of 32 (NVIDIA), 4 of 64 (CDNA)
 # resident blocks a multiprocessor asked of the compiler (RFC_KERNEL_BLOCKS): 1 leaves registers to ptxas
 MIN_BLOCKS = 1
-WAVE_SUBS = 2  # sub-blocks a wave multiplies per chunk (a gate/up launch: half, for its two weights)
+# sub-blocks a wave multiplies per chunk (a gate/up launch: half, for its two weights): the chunk a
+# block decodes into shared memory and, a chunk ahead, holds in registers, so the bytes it has in
+# flight (an 8B's Q4_K rows: 4.6 KB a block on 16-row tiles, 9.2 KB on gate/up's; two blocks a
+# multiprocessor on sm_90)
+WAVE_SUBS = 2
 SHARED_LIMIT = 48 * 1024
 
 
@@ -102,13 +106,21 @@ def bmma_spec(
     threads = BMMA_THREADS
     waves = threads // wave
     rows = tile_n * (2 if glu else 1)  # row items a sub-block
-    # (at least a decode a thread per chunk: 16-row tiles on waves of 64 take 4 sub-blocks a wave)
-    wave_subs = max(1, WAVE_SUBS // (2 if glu else 1), threads // (waves * rows))
-    chunk_subs = waves * wave_subs
     lds = SUB_BLOCK + IMMA_PAD
+
+    def shared_bytes(wave_subs: int) -> int:
+        chunk_rows = waves * wave_subs * rows
+        return chunk_rows * lds + 4 * ((2 if has_min or halves else 1) * chunk_rows + TILE_M * rows)
+
+    # sub-blocks a wave multiplies per chunk: WAVE_SUBS (a gate/up launch: half), at least a decode a
+    # thread per chunk (16-row tiles on waves of 64 take 4), at most what the shared memory holds
+    least = max(1, -(-threads // (waves * rows)))
+    wave_subs = max(least, WAVE_SUBS // (2 if glu else 1))
+    while wave_subs > least and (shared_bytes(wave_subs) > SHARED_LIMIT or waves * wave_subs * rows % threads):
+        wave_subs -= 1
+    chunk_subs = waves * wave_subs
     items, rem = divmod(chunk_subs * rows, threads)
-    floats = (2 if has_min or halves else 1) * chunk_subs * rows + TILE_M * rows
-    if rem or not items or chunk_subs * rows * lds + 4 * floats > SHARED_LIMIT:
+    if rem or not items or shared_bytes(wave_subs) > SHARED_LIMIT:
         return None
     segs = []
     if len(weights) > 1 and not glu:

@@ -19,6 +19,7 @@ from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, model_path, t
 pytestmark = [pytest.mark.shared, needs_emulator]
 
 NUM_BLOCKS, BLOCK_SIZE = 48, 16
+WAVE = {"sm_90": 32, "gfx90a": 64}
 
 
 def _compile(model: str, target: str, out_dir, cache_dir) -> None:
@@ -28,17 +29,18 @@ def _compile(model: str, target: str, out_dir, cache_dir) -> None:
 
 
 @pytest.mark.parametrize(
-    "model,target,min_blocks",
+    "model,target,min_blocks,wave_subs",
     [
         # mma.sync; Q4_K with b, Q6_K halves; the fixture's small matrices on tiles of 16 rows
-        pytest.param("llama-Q4_K_M", "sm_90", None, marks=toolchain_marks("sm_90")),
+        pytest.param("llama-Q4_K_M", "sm_90", None, None, marks=toolchain_marks("sm_90")),
         # MFMA, waves of 64; no b; every matrix on tiles of 32 rows
-        pytest.param("llama-Q8_0", "gfx90a", 0, marks=toolchain_marks("gfx90a")),
-        pytest.param("llama-Q5_1", "sm_90", 0, marks=toolchain_marks("sm_90") + [pytest.mark.exhaustive]),
+        pytest.param("llama-Q8_0", "gfx90a", 0, None, marks=toolchain_marks("gfx90a")),
+        # chunks of 4 sub-blocks a wave (gpu_bmma.WAVE_SUBS; gate/up's 2): two decodes a thread
+        pytest.param("llama-Q5_1", "sm_90", None, 4, marks=toolchain_marks("sm_90") + [pytest.mark.exhaustive]),
     ],
 )
 def test_batch_steps_on_the_batch_twins_stay_within_bounds(
-    model, target, min_blocks, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+    model, target, min_blocks, wave_subs, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
 ):
     """With the switch on, the program gets a batch list: the decode list with its q8-input
     matmuls, q/k/v segments of one format and gate/up + SwiGLU (rounding its output for the
@@ -58,6 +60,8 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
     monkeypatch.setattr(gpu_bmma, "BATCH_MMA", True)
     if min_blocks is not None:
         monkeypatch.setattr(gpu_bmma, "BMMA_MIN_BLOCKS", min_blocks)
+    if wave_subs is not None:
+        monkeypatch.setattr(gpu_bmma, "WAVE_SUBS", wave_subs)
     _compile(model, target, tmp_path / "bm", gpu_build_cache)
     bundle = open_bundle(tmp_path / "bm")
     device = emulated_step_device(
@@ -73,6 +77,11 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
     layers = sum(n.startswith("rfc_attention_") for n in names)
     tiles = {launch.grid[0].tile for launch in program.batch_launches if launch.kernel.startswith("rfc_matmul_bmma_")}
     assert tiles == ({16, 32} if min_blocks is None else {32}), tiles  # (gate/up keeps 32 rows)
+    # each twin's chunk (its parameters as the generated source records them)
+    source = next(p for p in (tmp_path / "bm" / "kernels" / target).iterdir() if p.suffix in (".cu", ".hip"))
+    source = source.read_text()
+    chunks = {int(c) for c in re.findall(r'"chunk_subs": (\d+)[^\n]*"name": "rfc_matmul_bmma_', source)}
+    assert max(chunks) == (4 if wave_subs else 2) * 256 // WAVE[target], chunks
     assert any(n.endswith("_swiglu_q8out") for n in twins) and len(twins) >= 3 * layers, names
     for i, launch in enumerate(program.batch_launches):  # each rounded gate/up output is read by the twin after it
         if launch.kernel.endswith("_swiglu_q8out"):
