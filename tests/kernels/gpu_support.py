@@ -132,6 +132,28 @@ def prefill_rounding(model: str, formats, tokens, target: str = "sm_90") -> "np.
     return Oracle(path, act_rounding=kinds).logits(list(tokens)) - Oracle(path).logits(list(tokens))
 
 
+class BesideReference:
+    """A device and the reference device over one bundle, run on the same batches: step(chunks)
+    allocates each chunk's KV blocks and gives (the device's logits, the reference's)."""
+
+    def __init__(self, bundle, device, num_blocks: int, block_size: int):
+        from rfc.runtime.devices.reference import ReferenceDevice
+        from rfc.runtime.engine.executor import Executor
+        from rfc.runtime.engine.kv_cache import BlockManager
+
+        self.blocks = BlockManager(num_blocks, block_size)
+        self.run = Executor(bundle.plan, device)
+        self.run_ref = Executor(bundle.plan, ReferenceDevice(bundle, bundle.plan.kv, num_blocks, block_size))
+
+    def step(self, chunks) -> tuple[np.ndarray, np.ndarray]:
+        from rfc.runtime.engine.batch import build_batch
+
+        for c in chunks:
+            self.blocks.allocate(c.seq_id, c.start + len(c.tokens))
+        batch = build_batch(chunks, self.blocks)
+        return self.run.forward(batch), self.run_ref.forward(batch)
+
+
 def assert_teacher_forced_within_bounds(pair, model: str, n: int = 40) -> None:
     """The fixture's first n tokens teacher-forced through `pair` (test_gpu_kernels.Pair: a GPU
     device beside the reference): within tests/bounds.py's bounds of the reference for the GPU's

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.runtime.engine.batch import ScheduledChunk, build_batch
-from rfc.runtime.engine.executor import Executor
-from rfc.runtime.engine.kv_cache import BlockManager
+from rfc.runtime.engine.batch import ScheduledChunk
 from tests.conftest import shared_basetemp
 from tests.kernels.gpu_emulator import emulated_step_device, needs_emulator
-from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, model_path, toolchain_marks  # noqa: F401
+from tests.kernels.gpu_support import BesideReference, gpu_build_cache, gpu_bundle, model_path, toolchain_marks  # noqa: F401
 
 pytestmark = [pytest.mark.shared, needs_emulator]
 
@@ -51,7 +49,6 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
     on the reference device for int8 activations. A wrong fragment, scale, wave sum or
     rounding is off by far more."""
     from rfc.compiler.codegen import gpu_bmma
-    from rfc.runtime.devices.reference import ReferenceDevice
     from tests.bounds import device_bounds
     from tests.conftest import FIXTURES
     from tests.kernels.gpu_support import prefill_rounding
@@ -101,19 +98,9 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
     runner.prefill_min_tokens = None  # every step of 2 tokens or more on the batch list
     runner.batch_min_tokens = 2
     assert [runner.list_name(n) for n in (1, 2, 40)] == ["single_launches", "batch_launches", "batch_launches"]
-    kv = bundle.plan.kv
     formats = {t.format for t in bundle.layout.tensors}
     tokens = [int(t) for t in np.load(FIXTURES / f"tiny-{model}.logits.npz")["tokens"]]
-    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
-    gpu = Executor(bundle.plan, device)
-    ref = Executor(bundle.plan, ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE))
-
-    def step(chunks):
-        for c in chunks:
-            blocks.allocate(c.seq_id, c.start + len(c.tokens))
-        batch = build_batch(chunks, blocks)
-        return gpu.forward(batch), ref.forward(batch)
-
+    step = BesideReference(bundle, device, NUM_BLOCKS, BLOCK_SIZE).step
     prompt = tuple(tokens[:40])
     got, want = step([ScheduledChunk(9, 0, prompt, all_logits=True)])
     ok, msg = device_bounds(model, got, want, rounding=prefill_rounding(model, formats, prompt, target))

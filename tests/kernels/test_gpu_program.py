@@ -19,7 +19,7 @@ from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.kernels.gpu_emulator import emulated_device, emulated_step_device, needs_emulator
-from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, make_gguf, toolchain_marks  # noqa: F401
+from tests.kernels.gpu_support import BesideReference, gpu_build_cache, gpu_bundle, make_gguf, toolchain_marks  # noqa: F401
 from tests.conftest import shared_basetemp
 
 pytestmark = [
@@ -458,7 +458,6 @@ def test_decode_rows_of_several_sequences_on_the_prefill_list_stay_within_bounds
     from tests.bounds import device_bounds
     from tests.conftest import FIXTURES
     from tests.kernels.gpu_support import prefill_rounding
-    from rfc.runtime.devices.reference import ReferenceDevice
 
     bundle = open_bundle(gpu_bundle(model, target))
     kv = bundle.plan.kv
@@ -469,16 +468,7 @@ def test_decode_rows_of_several_sequences_on_the_prefill_list_stay_within_bounds
     device.runner.prefill_min_tokens = 4  # what the compiled switch sets in the program
     tokens = [int(t) for t in np.load(FIXTURES / f"tiny-{model}.logits.npz")["tokens"]]
     seqs = [tokens[3 * i : 3 * i + n] for i, n in enumerate((9, 17, 5, 30))]
-    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
-    gpu = Executor(bundle.plan, device)
-    ref = Executor(bundle.plan, ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE))
-
-    def step(chunks):
-        for c in chunks:
-            blocks.allocate(c.seq_id, c.start + len(c.tokens))
-        batch = build_batch(chunks, blocks)
-        return gpu.forward(batch), ref.forward(batch)
-
+    step = BesideReference(bundle, device, NUM_BLOCKS, BLOCK_SIZE).step
     for s, seq in enumerate(seqs):  # each prompt but its last token
         step([ScheduledChunk(s, 0, tuple(seq[:-1]))])
     device._driver.calls.clear()

@@ -416,32 +416,47 @@ def test_one_token_matmuls_at_real_model_sizes_use_no_local_memory(target, real_
     compiler plans them (weights planned, not written) and built in one source per target: no
     stack frame, no spills. On sm_90 three blocks (80 registers) spilled the Q5_K and Q8_0
     gate/up twins, and two (128) the i-quants' (which keep the blocks of 8's walk)."""
-    from rfc.artifacts.layout import TensorEntry, WeightLayout
-    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, plan_target, render_source
     from rfc.compiler.codegen.gpu_plan import ONE_TOKEN_SUFFIX
-    from rfc.compiler.gguf_reader import read_gguf
-    from rfc.compiler.spec import build_spec
     from rfc.compiler.targets import parse_target
-    from rfc.compiler.weight_plan import plan_weights
 
     t = parse_target(target)
-    twins = {}
-    for path in real_twin_models:
+    twins = _planned_kernels(t, real_twin_models, lambda s: s.name.endswith(ONE_TOKEN_SUFFIX))
+    assert {"rfc_matmul_q6_kp_4096x14336_t1", "rfc_matmul_q4_0p_2048x5632_t1"} <= set(twins)
+    if t.wave_size == 32:  # the q8 hand-off's readers: the gate/up with its SwiGLU, the output projection
+        assert {"rfc_matmul_swiglu_q8_0p_14336x4096_q8_t1", "rfc_matmul_q5_kp_4096x4096_q8_t1"} <= set(twins)
+    _check_built("one-token twins at real model sizes", t, twins)
+
+
+def _planned_kernels(t, paths, keep) -> dict:
+    """The kernels `keep` picks among those the compiler plans for target `t` from each GGUF of
+    `paths` (weights planned, not written), by name: one spec a name."""
+    from rfc.artifacts.layout import TensorEntry, WeightLayout
+    from rfc.compiler.codegen.gpu import plan_target
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.spec import build_spec
+    from rfc.compiler.weight_plan import plan_weights
+
+    kept = {}
+    for path in paths:
         spec = build_spec(read_gguf(path))
         weights = plan_weights(spec, [t])
         layout = WeightLayout(
             256, tuple(TensorEntry(u.name, u.role, u.stored_format, u.shape, 0, 0, "") for u in weights.uses)
         )
         for s in plan_target(t, spec.plan, layout, weights.weight_maps[t])[0]:
-            if s.name.endswith(ONE_TOKEN_SUFFIX):
-                assert twins.setdefault(s.name, s) == s, f"two models' {s.name} differ"
-    assert {"rfc_matmul_q6_kp_4096x14336_t1", "rfc_matmul_q4_0p_2048x5632_t1"} <= set(twins)
-    if t.wave_size == 32:  # the q8 hand-off's readers: the gate/up with its SwiGLU, the output projection
-        assert {"rfc_matmul_swiglu_q8_0p_14336x4096_q8_t1", "rfc_matmul_q5_kp_4096x4096_q8_t1"} <= set(twins)
-    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, list(twins.values())))
-    usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
-    assert set(twins) <= {n for n, u in usage.items() if u.is_hot}
-    _check("one-token twins at real model sizes", target, usage)
+            if keep(s):
+                assert kept.setdefault(s.name, s) == s, f"two models' {s.name} differ"
+    return kept
+
+
+def _check_built(label: str, t, specs: dict) -> None:
+    """`specs` built in one source for target `t`: each a hot kernel, none with local memory."""
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, render_source
+
+    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, list(specs.values())))
+    usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, t.name)
+    assert set(specs) <= {n for n, u in usage.items() if u.is_hot}
+    _check(label, t.name, usage)
 
 
 # (gfx1100 has none: gpu_bmma.BMMA_INSTRUCTIONS)
@@ -453,28 +468,11 @@ def test_batch_twins_at_real_model_sizes_use_no_local_memory(target, real_twin_m
     gate/up twin took 255 registers and a stack frame on sm_90 while the next chunk's loads sat
     behind a test of the chunk (ptxas copied the loop around it); they run unconditionally now,
     loading nothing past K."""
-    from rfc.artifacts.layout import TensorEntry, WeightLayout
     from rfc.compiler.codegen import gpu_bmma
-    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, plan_target, render_source
-    from rfc.compiler.gguf_reader import read_gguf
-    from rfc.compiler.spec import build_spec
     from rfc.compiler.targets import parse_target
-    from rfc.compiler.weight_plan import plan_weights
 
     monkeypatch.setattr(gpu_bmma, "BATCH_MMA", True)
     t = parse_target(target)
-    twins = {}
-    for path in real_twin_models:
-        spec = build_spec(read_gguf(path))
-        weights = plan_weights(spec, [t])
-        layout = WeightLayout(
-            256, tuple(TensorEntry(u.name, u.role, u.stored_format, u.shape, 0, 0, "") for u in weights.uses)
-        )
-        for s in plan_target(t, spec.plan, layout, weights.weight_maps[t])[0]:
-            if s.template == gpu_bmma.BMMA_TEMPLATE:
-                assert twins.setdefault(s.name, s) == s, f"two models' {s.name} differ"
+    twins = _planned_kernels(t, real_twin_models, lambda s: s.template == gpu_bmma.BMMA_TEMPLATE)
     assert any(n.endswith("_swiglu_q8out") for n in twins) and any("x14336" in n for n in twins), sorted(twins)
-    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, list(twins.values())))
-    usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
-    assert set(twins) <= {n for n, u in usage.items() if u.is_hot}
-    _check("batch twins at real model sizes", target, usage)
+    _check_built("batch twins at real model sizes", t, twins)
