@@ -47,7 +47,8 @@ from rfc.compiler.targets import Target
 BATCH_MMA = False
 BATCH_MMA_MIN_TOKENS = 8
 # The instructions it takes (Target.imma): not gfx11's WMMA, whose 32-byte A and B fragments a lane
-# spilled 200-420 bytes at an 8B's sizes (hipcc keeps a lane to 128 VGPRs; blocks of 4 waves too).
+# spilled at an 8B's sizes: stack frames of 112-220 bytes, spills of up to 408 (hipcc keeps a lane to 128
+# VGPRs; blocks of 4 waves instead of 8: 64-220 and up to 424).
 BMMA_INSTRUCTIONS = ("mma_m16n8k32", "mfma_16x16x16")
 BMMA_TEMPLATE = "gpu_matmul_bmma.hip.j2"
 TILE_M = 16  # tokens a block

@@ -278,7 +278,9 @@ def test_no_response_holds_the_servers_directories(served, demo_bundle):
 
 
 def _stream(url: str, out: list, i: int) -> None:
-    body = {"prompt": "Once upon a time", "max_tokens": 480, "temperature": 0, "stream": True}
+    # (ignore_eos: every stream runs its 480 tokens, so all 16 are still running when the signal
+    # comes; a greedy story that ended early had the server drain nothing and exit at once)
+    body = {"prompt": "Once upon a time", "max_tokens": 480, "temperature": 0, "stream": True, "ignore_eos": True}
     try:
         with requests.post(url + "/v1/completions", json=body, stream=True, timeout=120) as r:
             events = list(sse_events(r))
