@@ -42,6 +42,7 @@ from rfc.compiler.codegen.gpu_imma import (
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.artifacts.ops import I32, PTR
 from rfc.compiler.codegen.gpu_kernel import KernelSpec
+from rfc.compiler.codegen.gpu_plan import FUSED_MATMUL_TEMPLATE, MATMUL_TEMPLATE, read_later, weight_geometry
 from rfc.compiler.targets import Target
 
 BATCH_MMA = False
@@ -70,8 +71,6 @@ SHARED_LIMIT = 48 * 1024
 
 def weight_of(spec: KernelSpec) -> dict:
     """The weight geometry (gpu_plan.weight_geometry) of a matmul kernel's weight."""
-    from rfc.compiler.codegen.gpu_plan import weight_geometry
-
     p = spec.params
     return weight_geometry(p["fmt_upper"], p["n"], p["k"])
 
@@ -187,8 +186,6 @@ def batch_list(
     """`program` with a batch list (BATCH_MMA): its decode list with the int8 matmuls on their
     batch twins, from BATCH_MMA_MIN_TOKENS tokens on; and those twins' kernels. `program` as it
     is where the switch is off or nothing has a twin."""
-    from rfc.compiler.codegen.gpu_plan import FUSED_MATMUL_TEMPLATE, MATMUL_TEMPLATE, read_later
-
     if not BATCH_MMA or target.imma not in BMMA_INSTRUCTIONS:
         return program, []
     pending: dict[str, deque] = defaultdict(deque)  # the fusions of each fused kernel, in list order
@@ -216,7 +213,7 @@ def batch_list(
                 twin(i, bmma_spec(target, [weight_of(s) for s in own[: len(spec.params["segs"])]], x))
                 continue
             gate_up = [weight_of(own[0]), weight_of(own[1])]
-            down = _down_twin(target, plan, program, f, launches, i, by_name, op_kernels, read_later, MATMUL_TEMPLATE)
+            down = _down_twin(target, plan, program, f, launches, i, by_name, op_kernels)
             glu = bmma_spec(target, gate_up, x, glu=True, q8out=down[1] if down else None) if down else None
             if glu is not None and down is not None:
                 down_at[i + 1] = down[0]
@@ -233,7 +230,7 @@ def batch_list(
     return batch, list(built.values())
 
 
-def _down_twin(target, plan, program, f, launches, i, by_name, op_kernels, read_later, matmul_template):
+def _down_twin(target, plan, program, f, launches, i, by_name, op_kernels):
     """(the batch twin of the down matmul launched right after gate/up + SwiGLU run `f` (launch i),
     reading that run's output rounded in its own slot, and that rounding's layout), or None: the
     next launch is not that matmul on float input, something later reads the float output, or the
@@ -245,7 +242,7 @@ def _down_twin(target, plan, program, f, launches, i, by_name, op_kernels, read_
     spec = by_name[nxt.kernel]
     if (
         nxt.kernel != op_kernels[j]
-        or spec.template != matmul_template
+        or spec.template != MATMUL_TEMPLATE
         or spec.params.get("q8in")
         or op.kind != "matmul"
         or op.inputs[0] != act.outputs[0]
