@@ -174,6 +174,11 @@ def bmma_spec(
     return KernelSpec(name, BMMA_TEMPLATE, params, args, threads, ((total, tile_n), ("n_rows", TILE_M)))
 
 
+def _rounded_input(spec: KernelSpec) -> dict:
+    """Where a q8-input matmul kernel's rounded input keeps its scales and sums (gpu_imma.q8_layout's)."""
+    return {"xd_offset": spec.params["xd_offset"], "xs_offset": spec.params["xs_offset"]}
+
+
 def _twin_launch(launch: Launch, spec: KernelSpec) -> Launch:
     """`launch` (a decode-list matmul's: the same arguments in the same places) on `spec`."""
     (rows, tile_n), (_count, tile_m) = spec.grid
@@ -208,7 +213,7 @@ def batch_list(
         f = pending[launch.kernel].popleft() if pending.get(launch.kernel) else None
         if f is not None and spec.template == FUSED_MATMUL_TEMPLATE and spec.params.get("q8in"):
             own = [by_name[op_kernels[j]] for j in range(f.first, f.first + f.count)]
-            x = {"xd_offset": spec.params["xd_offset"], "xs_offset": spec.params["xs_offset"]}
+            x = _rounded_input(spec)
             if not spec.params.get("glu"):
                 twin(i, bmma_spec(target, [weight_of(s) for s in own[: len(spec.params["segs"])]], x))
                 continue
@@ -222,8 +227,7 @@ def batch_list(
                 twin(i, bmma_spec(target, gate_up, x, glu=True))
             continue
         if spec.template == MATMUL_TEMPLATE and spec.params.get("q8in"):
-            x = {"xd_offset": spec.params["xd_offset"], "xs_offset": spec.params["xs_offset"]}
-            twin(i, bmma_spec(target, [weight_of(spec)], x))
+            twin(i, bmma_spec(target, [weight_of(spec)], _rounded_input(spec)))
     if not built:
         return program, []
     batch = dataclasses.replace(program, batch_launches=tuple(launches), batch_min_tokens=BATCH_MMA_MIN_TOKENS)
