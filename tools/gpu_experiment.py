@@ -24,7 +24,9 @@ OUT/BUNDLE-ncu-detail.txt and printed.
 constants of rfc.compiler.codegen modules, set in every codegen module that imported them),
 and times each bundle's graph-replayed batch-1 decode step (median of 100 after a 33-token
 context), a 512-token prefill step (median of 3) and graph-replayed decode steps of 8 and of 16
-sequences (medians of 50). Kernels come from the build cache where an earlier compile made them (`tools/gpu_session.py prepare --kernels` fills it here, off the card's
+sequences (medians of 50). Each variant's logits of the prefill's last token and of the
+16-sequence step are compared with the plain bundle's (largest difference against the logits'
+spread, and how many rows pick the same argmax): a variant timed fast but wrong says so. Kernels come from the build cache where an earlier compile made them (`tools/gpu_session.py prepare --kernels` fills it here, off the card's
 time, for the plain bundle; a variant's kernels are compiled there). A variant whose weights are
 the plain bundle's, tensor for tensor, links its weights.bin instead of packing the GGUF again.
 """
@@ -289,9 +291,10 @@ def graph_replays(runner, graph, n: int) -> list[float]:
     return times
 
 
-def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float, float]:
+def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float, float, object]:
     """(graph decode step seconds at batch 1, median of 100; 512-token prefill seconds, median of 3;
-    graph decode step seconds at batch 8 and at batch 16, medians of 50)."""
+    graph decode step seconds at batch 8 and at batch 16, medians of 50; the logits of the prefill's
+    last token and of each of the 16 sequences' step, as one float64 array)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -302,7 +305,7 @@ def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float, float]
     for i in range(4):
         blocks.allocate(1, PREFILL_TOKENS)
         t = time.perf_counter()
-        lm.executor.forward(_batch([(1, 0, prompt)], blocks))
+        prefill_logits = lm.executor.forward(_batch([(1, 0, prompt)], blocks))
         prefill.append(time.perf_counter() - t)
         blocks.free(1)
     # 16 sequences of a 32-token prompt each (one prefill step), then a step of one token each: the
@@ -316,7 +319,22 @@ def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float, float]
         scalars = runner._forward(_batch([(q, 32, (5,)) for q in seqs[:n]], blocks), runner.stage["tokens"][0])
         runner._driver.stream_synchronize(runner.stream)
         batched.append(statistics.median(graph_replays(runner, runner._graph(scalars, False), 50)))
-    return statistics.median(decode), statistics.median(prefill[1:]), *batched
+    # the same 16-token step again, its logits read back (the batch list's kernels at 16 tokens)
+    step_logits = lm.executor.forward(_batch([(q, 32, (5,)) for q in seqs], blocks))
+    logits = np.vstack([np.asarray(prefill_logits, np.float64)[-1:], np.asarray(step_logits, np.float64)])
+    return statistics.median(decode), statistics.median(prefill[1:]), *batched, logits
+
+
+def logits_agreement(plain, other) -> str:
+    """How far a variant's logits are from the plain bundle's: the largest difference over the
+    plain logits' standard deviation, and the rows whose argmax is the same."""
+    import numpy as np
+
+    if plain.shape != other.shape:
+        return f"shape {other.shape} against {plain.shape}"
+    worst = float(np.max(np.abs(plain - other))) / max(float(np.std(plain)), 1e-30)
+    same = int(np.sum(np.argmax(plain, axis=1) == np.argmax(other, axis=1)))
+    return f"max diff {worst:.4f} sd, argmax {same}/{plain.shape[0]}"
 
 
 def interleaved(bundles: list[Path], device: str, rounds: int, reps: int = 100) -> int:
@@ -343,7 +361,7 @@ def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
         f"{'variant':<70} {'decode step':>12} {'tok/s':>7} {'prefill 512':>12} {'tok/s':>8} {'b8 step':>10} "
         f"{'b16 step':>10} {'tok/s':>7}"
     )
-    plain = None
+    plain, plain_logits = None, None
     for spec in ["", *specs]:
         old = _override(spec)
         try:
@@ -355,10 +373,12 @@ def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
             for (mod, name), value in old.items():
                 setattr(sys.modules[mod], name, value)
         if target.startswith("sm_") or target.startswith("gfx"):
-            dec, pre, b8, b16 = _time_bundle(bundle, "cuda" if target.startswith("sm_") else "hip")
+            dec, pre, b8, b16, logits = _time_bundle(bundle, "cuda" if target.startswith("sm_") else "hip")
+            plain_logits = logits if plain_logits is None else plain_logits
+            agreement = logits_agreement(plain_logits, logits) if spec else "(the logits compared against)"
             print(
                 f"{spec or '(as compiled today)':<70} {dec * 1e6:>9.0f} us {1 / dec:>7.0f} {pre * 1e3:>9.2f} ms "
-                f"{PREFILL_TOKENS / pre:>8.0f} {b8 * 1e6:>7.0f} us {b16 * 1e6:>7.0f} us {BATCH / b16:>7.0f}",
+                f"{PREFILL_TOKENS / pre:>8.0f} {b8 * 1e6:>7.0f} us {b16 * 1e6:>7.0f} us {BATCH / b16:>7.0f}  {agreement}",
                 flush=True,
             )
         else:

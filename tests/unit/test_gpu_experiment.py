@@ -79,3 +79,14 @@ def test_a_variant_links_the_plain_bundles_weights_where_they_are_the_same(tmp_p
     assert (other / "weights.bin").stat().st_ino != (plain / "weights.bin").stat().st_ino
     assert open_bundle(linked).manifest == open_bundle(plain).manifest
     assert open_bundle(other).layout != open_bundle(plain).layout  # packed, and verified on opening
+
+
+def test_a_variants_logits_are_compared_with_the_plain_bundles():
+    import numpy as np
+
+    plain = np.array([[0.0, 1.0, 2.0], [3.0, 1.0, 0.0]])
+    assert tool.logits_agreement(plain, plain) == "max diff 0.0000 sd, argmax 2/2"
+    moved = plain.copy()
+    moved[1, 1] = 4.0  # the second row's argmax changes, by 3 against a spread of ~1.1
+    assert tool.logits_agreement(plain, moved) == f"max diff {3 / np.std(plain):.4f} sd, argmax 1/2"
+    assert tool.logits_agreement(plain, plain[:1]).startswith("shape (1, 3)")
