@@ -40,7 +40,7 @@ def _compile(model: str, target: str, out_dir, cache_dir) -> None:
 def test_batch_steps_on_the_batch_twins_stay_within_bounds(
     model, target, min_blocks, wave_subs, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
 ):
-    """With the switch on, the program gets a batch list: the decode list with its q8-input
+    """With the switch on (the default), the program gets a batch list: the decode list with its q8-input
     matmuls, q/k/v segments of one format and gate/up + SwiGLU (rounding its output for the
     down matmul, whose twin reads it) on the batch twins; the other lists are the plain
     bundle's. Every step of several tokens runs the batch list here: a 40-token prompt (three
@@ -84,8 +84,9 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
         if launch.kernel.endswith("_swiglu_q8out"):
             down = program.batch_launches[i + 1]
             assert re.fullmatch(r"rfc_matmul_bmma_\w+_\d+x\d+", down.kernel) and down.args[1] == launch.args[0]
-    # the other lists are the plain bundle's; the batch list is the decode list launch for launch
-    assert program.launches == plain_program.launches and not plain_program.batch_launches
+    # the other lists are the default bundle's (which has a batch list of its own: the switch is on
+    # by default); the batch list is the decode list launch for launch
+    assert program.launches == plain_program.launches and plain_program.batch_launches
     assert program.single_launches == plain_program.single_launches
     assert program.prefill_launches == plain_program.prefill_launches
     assert len(program.batch_launches) == len(program.launches)

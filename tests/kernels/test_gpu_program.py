@@ -339,7 +339,9 @@ def test_one_token_steps_run_the_one_token_list_bit_for_bit(model, target, gpu_b
         batch = build_batch(chunks, blocks)
         return run_step.forward(batch), run_op.forward(batch)
 
-    prompt = (5, 17, 33, 2, 9, 41, 7, 300, 12, 8, 19)
+    # (fewer than gpu_bmma.BATCH_MMA_MIN_TOKENS: a longer prompt runs the batch list, whose sums are
+    # in another order, and the KV it writes would differ in the last bits)
+    prompt = (5, 17, 33, 2, 9, 41, 7)
     got, want = forward([ScheduledChunk(1, 0, prompt)])
     assert np.array_equal(got, want)
     step._driver.calls.clear()

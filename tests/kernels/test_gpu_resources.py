@@ -462,7 +462,7 @@ def _check_built(label: str, t, specs: dict) -> None:
 # (gfx1100 has none: gpu_bmma.BMMA_INSTRUCTIONS)
 @pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx90a")])
 def test_batch_twins_at_real_model_sizes_use_no_local_memory(target, real_twin_models, monkeypatch):
-    """The decode list's batch twins (gpu_bmma.BATCH_MMA, off by default) of real models, planned
+    """The decode list's batch twins (gpu_bmma.BATCH_MMA) of real models, planned
     as the compiler plans them and built in one source per target: no stack frame, no spills
     (its fragments, a chunk's decodes and the accumulators of 32 rows x 16 tokens a lane). The
     gate/up twin took 255 registers and a stack frame on sm_90 while the next chunk's loads sat
