@@ -23,7 +23,7 @@ OUT/BUNDLE-ncu-detail.txt and printed.
 `variants`: compiles GGUF for the target once as it is and once per `--variant` (assignments to
 constants of rfc.compiler.codegen modules, set in every codegen module that imported them),
 and times each bundle's graph-replayed batch-1 decode step (median of 100 after a 33-token
-context), a 512-token prefill step (median of 3) and graph-replayed decode steps of 8 and of 16
+context), a 512-token prefill step (median of 3) and graph-replayed decode steps of 2, 4, 8 and 16
 sequences (medians of 50). Each variant's logits of the prefill's last token and of the
 16-sequence step are compared with the plain bundle's (largest difference against the logits'
 spread, and how many rows pick the same argmax): a variant timed fast but wrong says so. Kernels come from the build cache where an earlier compile made them (`tools/gpu_session.py prepare --kernels` fills it here, off the card's
@@ -52,6 +52,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PREFILL_TOKENS = 512
 BATCH = 16  # sequences of the batched decode step `variants` times
+# the batched steps `variants` times, BATCH last: 2 and 4 below gpu_bmma's BATCH_MMA_MIN_TOKENS (8), 8
+# where its batch list starts
+BATCHED = (2, 4, 8, BATCH)
 
 
 def _load(bundle: Path, device: str = "cuda"):
@@ -291,10 +294,10 @@ def graph_replays(runner, graph, n: int) -> list[float]:
     return times
 
 
-def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float, float, object]:
+def _time_bundle(bundle: Path, device: str) -> tuple[float, float, list[float], object]:
     """(graph decode step seconds at batch 1, median of 100; 512-token prefill seconds, median of 3;
-    graph decode step seconds at batch 8 and at batch 16, medians of 50; the logits of the prefill's
-    last token and of each of the 16 sequences' step, as one float64 array)."""
+    graph decode step seconds at each of BATCHED sequences, medians of 50; the logits of the
+    prefill's last token and of each of the 16 sequences' step, as one float64 array)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -315,14 +318,14 @@ def _time_bundle(bundle: Path, device: str) -> tuple[float, float, float, float,
         blocks.allocate(q, 40)
     lm.executor.forward(_batch([(q, 0, tuple(rng.integers(2, lm.vocab_size, size=32).tolist())) for q in seqs], blocks))
     batched = []
-    for n in (BATCH // 2, BATCH):  # (the first half of the sequences: where gpu_bmma's batch list starts)
+    for n in BATCHED:
         scalars = runner._forward(_batch([(q, 32, (5,)) for q in seqs[:n]], blocks), runner.stage["tokens"][0])
         runner._driver.stream_synchronize(runner.stream)
         batched.append(statistics.median(graph_replays(runner, runner._graph(scalars, False), 50)))
     # the same 16-token step again, its logits read back (the batch list's kernels at 16 tokens)
     step_logits = lm.executor.forward(_batch([(q, 32, (5,)) for q in seqs], blocks))
     logits = np.vstack([np.asarray(prefill_logits, np.float64)[-1:], np.asarray(step_logits, np.float64)])
-    return statistics.median(decode), statistics.median(prefill[1:]), *batched, logits
+    return statistics.median(decode), statistics.median(prefill[1:]), batched, logits
 
 
 def logits_agreement(plain, other) -> str:
@@ -354,13 +357,24 @@ def interleaved(bundles: list[Path], device: str, rounds: int, reps: int = 100) 
     return 0
 
 
+def variant_header() -> str:
+    batched = "".join(f"{f'b{n} step':>10}" for n in BATCHED)
+    return f"{'variant':<70} {'decode step':>12} {'tok/s':>7} {'prefill 512':>12} {'tok/s':>8}{batched} {'tok/s':>7}"
+
+
+def variant_row(name: str, decode: float, prefill: float, steps: list[float], agreement: str) -> str:
+    """One bundle's line under variant_header (seconds in; the last tok/s is the BATCH-sequence step's)."""
+    batched = "".join(f"{t * 1e6:>7.0f} us" for t in steps)
+    return (
+        f"{name:<70} {decode * 1e6:>9.0f} us {1 / decode:>7.0f} {prefill * 1e3:>9.2f} ms "
+        f"{PREFILL_TOKENS / prefill:>8.0f}{batched} {BATCH / steps[-1]:>7.0f}  {agreement}"
+    )
+
+
 def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
-    print(
-        f"{'variant':<70} {'decode step':>12} {'tok/s':>7} {'prefill 512':>12} {'tok/s':>8} {'b8 step':>10} "
-        f"{'b16 step':>10} {'tok/s':>7}"
-    )
+    print(variant_header())
     plain, plain_logits = None, None
     for spec in ["", *specs]:
         old = _override(spec)
@@ -373,14 +387,10 @@ def variants(gguf: Path, target: str, specs: list[str], out: Path) -> int:
             for (mod, name), value in old.items():
                 setattr(sys.modules[mod], name, value)
         if target.startswith("sm_") or target.startswith("gfx"):
-            dec, pre, b8, b16, logits = _time_bundle(bundle, "cuda" if target.startswith("sm_") else "hip")
+            dec, pre, steps, logits = _time_bundle(bundle, "cuda" if target.startswith("sm_") else "hip")
             plain_logits = logits if plain_logits is None else plain_logits
             agreement = logits_agreement(plain_logits, logits) if spec else "(the logits compared against)"
-            print(
-                f"{spec or '(as compiled today)':<70} {dec * 1e6:>9.0f} us {1 / dec:>7.0f} {pre * 1e3:>9.2f} ms "
-                f"{PREFILL_TOKENS / pre:>8.0f} {b8 * 1e6:>7.0f} us {b16 * 1e6:>7.0f} us {BATCH / b16:>7.0f}  {agreement}",
-                flush=True,
-            )
+            print(variant_row(spec or "(as compiled today)", dec, pre, steps, agreement), flush=True)
         else:
             print(f"{spec or '(as compiled today)':<70} compiled (no GPU target: not timed)", flush=True)
     return 0

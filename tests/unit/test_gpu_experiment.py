@@ -90,3 +90,15 @@ def test_a_variants_logits_are_compared_with_the_plain_bundles():
     moved[1, 1] = 4.0  # the second row's argmax changes, by 3 against a spread of ~1.1
     assert tool.logits_agreement(plain, moved) == f"max diff {3 / np.std(plain):.4f} sd, argmax 1/2"
     assert tool.logits_agreement(plain, plain[:1]).startswith("shape (1, 3)")
+
+
+def test_a_variants_line_has_a_column_under_each_heading():
+    """Each batched step's time under its own heading (the steps BATCHED lists), the last tok/s the
+    BATCH-sequence step's."""
+    header = tool.variant_header()
+    row = tool.variant_row("(as compiled today)", 0.003191, 0.07204, [0.004, 0.005, 0.010042, 0.018309], "ok")
+    assert [h for h in header.split() if h.startswith("b")] == [f"b{n}" for n in tool.BATCHED]
+    for heading, value in (("b8 step", "10042 us"), ("b16 step", "18309 us"), ("decode step", "3191 us")):
+        end = header.index(heading) + len(heading)
+        assert row[:end].endswith(value), (heading, row)
+    assert row.split()[-2:] == [f"{16 / 0.018309:.0f}", "ok"]
