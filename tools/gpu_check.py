@@ -10,7 +10,9 @@
 2. Correctness, per model: compile for --target, load with the GPU device (the bound step
    program, graphs), compare teacher-forced logits with the fixture's llama.cpp logits
    (tests/bounds.py's llama.cpp bounds) and with the numpy reference device (tests/bounds.py's
-   per-format bounds, the GPU's int8 activation rounding measured by the float64 oracle). For
+   per-format bounds, the GPU's int8 activation rounding measured by the float64 oracle); where
+   the program has a batch list (gpu_bmma's twins), the same tokens once more in one step on it
+   (the fixture's step takes the prefill list, steps of 8 to 63 tokens the batch list). For
    stories260K also greedy text against the llama.cpp goldens (`rfc run --device <gpu>`); for
    the real SmolLM2-135M-Instruct (fetched as the tests fetch it, tests/testdata.py) its lighthouse
    logits against llama.cpp's at the vocabulary ids the golden keeps (top-1 wherever llama.cpp's
@@ -226,6 +228,31 @@ def q8_cache_check(
     )
 
 
+def batch_list_check(
+    name: str, lm: LoadedModel, tokens: list[int], expected: np.ndarray, ref: np.ndarray, rounding
+) -> tuple[bool, str]:
+    """The fixture's tokens in one step on the batch list (gpu_bmma's twins on the int8 matrix
+    instructions), against llama.cpp's logits and within the decode list's rounding bounds of the
+    reference device's: the fixture's own step takes the prefill list, and steps of 8 to 63 tokens,
+    which take the batch list, would otherwise go unchecked on the card."""
+    from tests.bounds import device_bounds, llama_cpp_bounds
+
+    runner = lm.device.runner
+    saved, runner.prefill_min_tokens = runner.prefill_min_tokens, None
+    try:
+        if runner.list_name(len(tokens)) != "batch_launches":
+            return False, f"batch list: a {len(tokens)}-token step takes {runner.list_name(len(tokens))} FAIL"
+        got = forward(lm, 2, 0, tokens, all_logits=True)
+    finally:
+        runner.prefill_min_tokens = saved
+        blocks_of(lm).free(2)
+    ok_cpp, cpp = llama_cpp_bounds(name, got, expected)
+    ok_ref, vs_ref = device_bounds(name, got, ref, rounding)
+    return ok_cpp and ok_ref, (
+        f"batch list: llama.cpp {cpp}{'' if ok_cpp else ' FAIL'}; vs ref {vs_ref}{'' if ok_ref else ' FAIL'}"
+    )
+
+
 def smollm2_checks(bundle: Path, device: str) -> tuple[bool, list[str]]:
     """SmolLM2 against llama.cpp: teacher-forced lighthouse logits and the greedy prefixes."""
     import json
@@ -288,7 +315,12 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
         tokens = expected["tokens"].tolist()
         from rfc.artifacts.bundle import open_bundle
         from tests.bounds import device_bounds, llama_cpp_bounds
-        from tests.kernels.gpu_support import gpu_rounding, prefill_rounding
+        from tests.kernels.gpu_support import (
+            gpu_rounding,
+            gpu_rounding_kinds,
+            prefill_rounding,
+            prefill_rounding_kinds,
+        )
 
         lm = load_model(bundle, LoadOptions(device=device))
         gpu = forward(lm, 0, 0, tokens, all_logits=True)
@@ -311,6 +343,14 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
         ok, summary = device_bounds(name, gpu, ref, rounded)
         row["ok"] &= ok
         row["notes"].append(f"vs ref {summary}{'' if ok else ' FAIL'}")
+        if runner is not None and runner.program.batch_launches:
+            # the batch list rounds as the decode list does (no half tensor cores)
+            same = rounding is gpu_rounding or prefill_rounding_kinds(formats, target) == gpu_rounding_kinds(formats)
+            ok, summary = batch_list_check(
+                name, lm, tokens, expected["logits"], ref, rounded if same else gpu_rounding(name, formats, tokens)
+            )
+            row["ok"] &= ok
+            row["notes"].append(summary)
         if name in Q8_CACHE_MODELS:
             ok, summary = q8_cache_check(name, bundle, device, tokens, rounded, ref)
             row["ok"] &= ok

@@ -118,18 +118,24 @@ def prefill_rounding(model: str, formats, tokens, target: str = "sm_90") -> "np.
     "f16") where the target has half tensor cores (Target.wmma_f16: elsewhere they keep the
     decode list's float kernels)."""
     from tests.oracle import Oracle
+
+    kinds = prefill_rounding_kinds(formats, target)
+    if not kinds:
+        return None
+    path = model_path(model)
+    return Oracle(path, act_rounding=kinds).logits(list(tokens)) - Oracle(path).logits(list(tokens))
+
+
+def prefill_rounding_kinds(formats, target: str) -> dict[str, str]:
+    """The prefill list's rounding kinds on `target` (prefill_rounding)."""
     from rfc.compiler.codegen.gpu_mma import MMA_FORMATS
     from rfc.compiler.codegen.gpu_plan import is_int8
     from rfc.compiler.targets import parse_target
 
     half = parse_target(target).wmma_f16
-    kinds = _by_gguf_format(
+    return _by_gguf_format(
         formats, lambda f: GPU_ROUNDING_KIND if is_int8(f) else "f16" if half and f in MMA_FORMATS else None
     )
-    if not kinds:
-        return None
-    path = model_path(model)
-    return Oracle(path, act_rounding=kinds).logits(list(tokens)) - Oracle(path).logits(list(tokens))
 
 
 class BesideReference:

@@ -114,3 +114,63 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
     ok, msg = device_bounds(model, got, want, rounding=rounding)
     print(msg)
     assert ok, msg
+
+
+@pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
+def test_gpu_checks_batch_list_check_runs_the_twins(target, gpu_bundle, tmp_path_factory, monkeypatch):
+    """tools/gpu_check.py's check of the batch list (the fixtures' own 64-token step takes the
+    prefill list, so without it the twins go unchecked on a card): the real loader over the
+    emulated kernels, the fixture's tokens in one step whose launches are the batch list's, within
+    llama.cpp's bounds and the reference device's; the bounds without the activation rounding are
+    too tight for it, so the check can fail."""
+    import importlib.util
+    from pathlib import Path
+
+    import rfc.runtime.devices as devices
+    from rfc.runtime.devices.cuda import CudaDriver
+    from tests.conftest import FIXTURES
+    from tests.kernels.gpu_emulator import EmulatedDriver, build_emulator
+    from tests.kernels.gpu_support import gpu_rounding
+
+    model = "llama-Q4_K_M"
+    bundle_dir = gpu_bundle(model, target)
+    bundle = open_bundle(bundle_dir)
+    lib = build_emulator(bundle, target, shared_basetemp(tmp_path_factory) / "gpu-emu")
+    launched: list[str] = []
+
+    class Driver(EmulatedDriver):
+        dialect = CudaDriver.dialect
+
+        def __init__(self, name: str):
+            super().__init__(lib)
+
+        @staticmethod
+        def probe(name: str) -> None:
+            return None
+
+        def memory_info(self) -> tuple[int, int]:
+            return 1 << 30, 1 << 30
+
+        def graph_launch(self, graph, stream) -> None:
+            launched.extend(fn.__name__.removeprefix("rfc_emu_launch_") for fn, *_ in graph)
+            super().graph_launch(graph, stream)
+
+    monkeypatch.setattr(devices, "gpu_driver_class", lambda family: Driver)
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[2] / "tools" / "gpu_check.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
+    tokens = expected["tokens"].tolist()
+    lm = tool.load_model(bundle_dir, tool.LoadOptions(device="cuda"))
+    ref = tool.teacher_forced(bundle_dir, "ref", tokens)
+    formats = {t.format for t in bundle.layout.tensors}
+    ok, summary = tool.batch_list_check(
+        model, lm, tokens, expected["logits"], ref, gpu_rounding(model, formats, tokens)
+    )
+    print(summary)
+    assert ok, summary
+    twins = [launch.kernel for launch in lm.device.runner.program.batch_launches if "bmma" in launch.kernel]
+    assert twins and set(twins) <= set(launched), (twins, launched)
+    assert lm.device.runner.prefill_min_tokens is not None  # put back
+    ok, summary = tool.batch_list_check(model, lm, tokens, expected["logits"], ref, None)
+    assert not ok and "FAIL" in summary, summary
