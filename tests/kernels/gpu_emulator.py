@@ -227,3 +227,34 @@ def emulated_step_device(
     entry, code = _code(bundle, target)
     driver = EmulatedDriver(build_emulator(bundle, target, build_dir))
     return GpuDevice(driver, bundle, entry, code, b"", kv, num_blocks, block_size, context_length, cache_types)
+
+
+def loader_driver_class(lib: Path, graphs: list) -> type:
+    """A CUDA-dialect driver class over the emulated kernels of `lib` for the real loader
+    (rfc.runtime.devices.gpu_driver_class patched to return it: load_model then builds its
+    GpuDevice on the emulator); every graph it replays is appended to `graphs`."""
+    from rfc.runtime.devices.cuda import CudaDriver
+
+    class Driver(EmulatedDriver):
+        dialect = CudaDriver.dialect
+
+        def __init__(self, name: str):
+            super().__init__(lib)
+
+        @staticmethod
+        def probe(name: str) -> None:
+            return None
+
+        def memory_info(self) -> tuple[int, int]:
+            return 1 << 30, 1 << 30
+
+        def graph_launch(self, graph, stream) -> None:
+            graphs.append(graph)
+            super().graph_launch(graph, stream)
+
+    return Driver
+
+
+def graph_kernels(graph) -> list[str]:
+    """The kernel names of an emulated graph's launches, in order."""
+    return [fn.__name__.removeprefix("rfc_emu_launch_") for fn, *_ in graph]

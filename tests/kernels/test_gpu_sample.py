@@ -370,30 +370,12 @@ def test_the_profiled_steps_end_with_a_step_sampled_on_the_device(
     import importlib.util
 
     import rfc.runtime.devices as devices
-    from rfc.runtime.devices.cuda import CudaDriver
-    from tests.kernels.gpu_emulator import EmulatedDriver, build_emulator
+    from tests.kernels.gpu_emulator import build_emulator, graph_kernels, loader_driver_class
 
     bundle_dir = gpu_bundle("stories260K", target)
     lib = build_emulator(open_bundle(bundle_dir), target, shared_basetemp(tmp_path_factory) / "gpu-emu")
     graphs: list = []
-
-    class Driver(EmulatedDriver):
-        dialect = CudaDriver.dialect
-
-        def __init__(self, name: str):
-            super().__init__(lib)
-
-        @staticmethod
-        def probe(name: str) -> None:
-            return None
-
-        def memory_info(self) -> tuple[int, int]:
-            return 1 << 30, 1 << 30
-
-        def graph_launch(self, graph, stream) -> None:
-            graphs.append(graph)
-            super().graph_launch(graph, stream)
-
+    Driver = loader_driver_class(lib, graphs)
     monkeypatch.setattr(devices, "gpu_driver_class", lambda family: Driver)
     spec = importlib.util.spec_from_file_location(
         "gpu_experiment", Path(__file__).parents[2] / "tools" / "gpu_experiment.py"
@@ -401,7 +383,7 @@ def test_the_profiled_steps_end_with_a_step_sampled_on_the_device(
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     tool.run_steps(bundle_dir, tmp_path / "lists.json")
-    names = [[fn.__name__.removeprefix("rfc_emu_launch_") for fn, *_ in graph] for graph in graphs]
+    names = [graph_kernels(graph) for graph in graphs]
     assert len(names) == 2, "the profiled steps: one plain graph decode step, one sampled"
     assert names[1][-1].startswith("rfc_sample_") and names[1][:-1] == names[0]
     assert not any(k.startswith("rfc_sample_") for k in names[0])
