@@ -1,0 +1,82 @@
+"""The host's own time in a served GPU step, without a GPU: a bundle's sm_* step program loaded
+by the real loader over the emulated kernels (tests/kernels/gpu_emulator.py), the graph replay
+made a no-op, and batch-1 steps sampled on the device (`forward_sampled`, greedy) timed.
+
+    python tools/host_step_time.py BUNDLE [--target sm_90] [--steps 2000]
+
+What it leaves out is what a card adds: the driver's copy, graph-launch and synchronize calls
+and their wake-ups (gpu_profile.py's "outside the graph" line on a card is this time plus those).
+Prints the median and the cProfile of the steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.kernels.gpu_emulator
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--target", default="sm_90")
+    ap.add_argument("--steps", type=int, default=2000)
+    args = ap.parse_args()
+
+    import rfc.runtime.devices as devices
+    from rfc.artifacts.bundle import open_bundle
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
+    from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+    from rfc.runtime.sampling.sampler import Sampler, SamplingParams
+    from tests.kernels.gpu_emulator import build_emulator, loader_driver_class
+
+    lib = build_emulator(open_bundle(args.bundle), args.target, Path(tempfile.gettempdir()) / "rfc-host-step")
+    base = loader_driver_class(lib, [])
+
+    class Driver(base):
+        def graph_launch(self, graph, stream) -> None:  # the GPU's work skipped: the host's alone
+            return None
+
+    devices.gpu_driver_class = lambda family: Driver
+    lm = load_model(args.bundle, LoadOptions(device="cuda"))
+    blocks = lm.kv_pool.manager()
+    blocks.allocate(0, 8)
+    lm.executor.forward(build_batch([ScheduledChunk(0, 0, (5, 6, 7))], blocks))
+    rows = [(Sampler(SamplingParams(temperature=0.0), [1], lm.vocab_size), False)]
+    batch = build_batch([ScheduledChunk(0, 3, (9,))], blocks)
+
+    def steps(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            lm.executor.forward_sampled(batch, rows)
+            times.append(time.perf_counter() - t)
+        return times
+
+    steps(20)  # the graph's capture, first calls
+    times = steps(args.steps)
+    print(
+        f"{args.bundle.name}: host time of a served batch-1 step, the graph replay skipped: median "
+        f"{statistics.median(times) * 1e6:.1f} us, min {min(times) * 1e6:.1f} us ({args.steps} steps)"
+    )
+    prof = cProfile.Profile()
+    prof.enable()
+    steps(args.steps)
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
+    print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
