@@ -147,9 +147,11 @@ class BesideReference:
         from rfc.runtime.engine.executor import Executor
         from rfc.runtime.engine.kv_cache import BlockManager
 
+        self.bundle, self.device = bundle, device
+        self.ref = ReferenceDevice(bundle, bundle.plan.kv, num_blocks, block_size)
         self.blocks = BlockManager(num_blocks, block_size)
         self.run = Executor(bundle.plan, device)
-        self.run_ref = Executor(bundle.plan, ReferenceDevice(bundle, bundle.plan.kv, num_blocks, block_size))
+        self.run_ref = Executor(bundle.plan, self.ref)
 
     def step(self, chunks) -> tuple[np.ndarray, np.ndarray]:
         from rfc.runtime.engine.batch import build_batch

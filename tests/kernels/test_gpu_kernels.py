@@ -24,13 +24,13 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from rfc.artifacts.bundle import open_bundle
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.core.step import StepBatch
-from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.bounds import FLOAT_MAX, device_bounds
 from tests.faults import scale_outputs
 from tests.kernels.gpu_emulator import emulated_device, needs_emulator
 from tests.kernels.gpu_support import (  # noqa: F401
+    BesideReference,
     assert_teacher_forced_within_bounds,
     gpu_build_cache,
     gpu_bundle,
@@ -56,24 +56,14 @@ def _close(got: np.ndarray, want: np.ndarray) -> tuple[bool, str]:
     return d <= bound, f"max |gpu - ref| {d:.2e} > {bound:.2e}"
 
 
-class Pair:
-    """The emulated GPU device and the reference device over one bundle, same batches."""
+class Pair(BesideReference):
+    """The emulated GPU device (the kit's op by op) and the reference device over one bundle, same batches."""
 
     def __init__(self, bundle_dir, target: str, build_dir):
-        self.bundle = open_bundle(bundle_dir)
-        kv = self.bundle.plan.kv
-        self.gpu = emulated_device(self.bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
-        self.ref = ReferenceDevice(self.bundle, kv, NUM_BLOCKS, BLOCK_SIZE)
-        self.blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
-        self.run_gpu = Executor(self.bundle.plan, self.gpu)
-        self.run_ref = Executor(self.bundle.plan, self.ref)
-        self.formats = {t.format for t in self.bundle.layout.tensors}
-
-    def step(self, chunks: list[ScheduledChunk]) -> tuple[np.ndarray, np.ndarray]:
-        for c in chunks:
-            self.blocks.allocate(c.seq_id, c.start + len(c.tokens))
-        batch = build_batch(chunks, self.blocks)
-        return self.run_gpu.forward(batch), self.run_ref.forward(batch)
+        bundle = open_bundle(bundle_dir)
+        self.gpu = emulated_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
+        super().__init__(bundle, self.gpu, NUM_BLOCKS, BLOCK_SIZE)
+        self.formats = {t.format for t in bundle.layout.tensors}
 
 
 def _gpu_param(model: str, target: str, exhaustive: bool = False):

@@ -18,15 +18,14 @@ from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.artifacts.program import unpack_program
 from rfc.artifacts.targets import target_entry
-from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.batch import ScheduledChunk
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices.gpu import device_weight_bytes
 from rfc.runtime.devices.reference import ReferenceDevice
-from rfc.runtime.engine.executor import Executor
-from rfc.runtime.engine.kv_cache import BlockManager
 from tests.bounds import device_bounds, llama_cpp_bounds
 from tests.kernels.gpu_emulator import emulated_device, emulated_step_device, needs_emulator
 from tests.kernels.gpu_support import (  # noqa: F401
+    BesideReference,
     gpu_build_cache,
     gpu_bundle,
     gpu_rounding,
@@ -112,26 +111,14 @@ def test_planar_matmuls_match_the_reference(model, gpu_bundle, tmp_path_factory)
         assert d <= bound, f"{op.weights[0]} ({e.format} {list(e.shape)}): max |gpu - ref| {d:.2e} > {bound:.2e}"
 
 
-class _StepPair:
+def _step_pair(bundle_dir, build_dir) -> BesideReference:
     """The emulated GPU step program and the reference over one bundle, same batches."""
-
-    def __init__(self, bundle_dir, build_dir):
-        self.bundle = open_bundle(bundle_dir)
-        kv = self.bundle.plan.kv
-        self.gpu = Executor(
-            self.bundle.plan, emulated_step_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
-        )
-        self.ref = Executor(self.bundle.plan, ReferenceDevice(self.bundle, kv, NUM_BLOCKS, BLOCK_SIZE))
-        self.blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
-
-    def step(self, chunks):
-        for c in chunks:
-            self.blocks.allocate(c.seq_id, c.start + len(c.tokens))
-        batch = build_batch(chunks, self.blocks)
-        return self.gpu.forward(batch), self.ref.forward(batch)
+    bundle = open_bundle(bundle_dir)
+    device = emulated_step_device(bundle, TARGET, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
+    return BesideReference(bundle, device, NUM_BLOCKS, BLOCK_SIZE)
 
 
-def _teacher_forced(model: str, pair: _StepPair, formats) -> None:
+def _teacher_forced(model: str, pair: BesideReference, formats) -> None:
     from tests.conftest import FIXTURES
 
     expected = np.load(FIXTURES / f"tiny-{model}.logits.npz")
@@ -146,7 +133,7 @@ def _teacher_forced(model: str, pair: _StepPair, formats) -> None:
 @pytest.mark.parametrize("model", [_param(m) for m in MODELS])
 def test_step_program_over_planar_weights_matches_reference(model, gpu_bundle, tmp_path_factory):
     """40 tokens teacher-forced through the bound step program (the engine's path)."""
-    pair = _StepPair(gpu_bundle(model, TARGET), shared_basetemp(tmp_path_factory) / "gpu-emu")
+    pair = _step_pair(gpu_bundle(model, TARGET), shared_basetemp(tmp_path_factory) / "gpu-emu")
     formats = {t.format for t in pair.bundle.layout.tensors}
     assert formats & set(PLANAR_FORMATS), formats
     _teacher_forced(model, pair, formats)
@@ -175,5 +162,5 @@ def test_bundle_with_cpu_and_gpu_targets_reads_variants(model, gpu_build_cache, 
     assert device_weight_bytes(bundle, entry) < 0.6 * len(bundle.weights)
     cpu_entry = target_entry(bundle.manifest, "cpu")
     assert not unpack_program(bundle.file(cpu_entry.program).read_bytes()).weights
-    pair = _StepPair(out, tmp_path / "emu")
+    pair = _step_pair(out, tmp_path / "emu")
     _teacher_forced(model, pair, {entries[w].format for w in weights.values()})
