@@ -26,7 +26,6 @@ took 18.3, its batch-8 step 9.3 where they took 10.0, with the same argmax in ev
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict, deque
 
 from rfc.artifacts.program import GridDim, Launch, StepProgram
 from rfc.compiler.codegen.gpu_imma import (
@@ -43,7 +42,8 @@ from rfc.compiler.codegen.gpu_imma import (
 from rfc.artifacts.formats import PLANAR_FORMATS
 from rfc.artifacts.ops import I32, PTR
 from rfc.compiler.codegen.gpu_kernel import KernelSpec
-from rfc.compiler.codegen.gpu_plan import FUSED_MATMUL_TEMPLATE, MATMUL_TEMPLATE, read_later, weight_geometry
+from rfc.compiler.codegen.gpu_glu_handoff import glu_down, launch_fusions
+from rfc.compiler.codegen.gpu_plan import FUSED_MATMUL_TEMPLATE, MATMUL_TEMPLATE, weight_geometry
 from rfc.compiler.targets import Target
 
 BATCH_MMA = True
@@ -194,9 +194,7 @@ def batch_list(
     is where the switch is off or nothing has a twin."""
     if not BATCH_MMA or target.imma not in BMMA_INSTRUCTIONS:
         return program, []
-    pending: dict[str, deque] = defaultdict(deque)  # the fusions of each fused kernel, in list order
-    for f in sorted(fusions, key=lambda f: f.first):
-        pending[f.spec.name].append(f)
+    fusion_at = launch_fusions(program.launches, fusions)
     launches = list(program.launches)
     built: dict[str, KernelSpec] = {}
     down_at: dict[int, KernelSpec] = {}  # launch index -> the twin reading a gate/up twin's rounding
@@ -211,7 +209,7 @@ def batch_list(
         if i in down_at:
             twin(i, down_at.pop(i))
             continue
-        f = pending[launch.kernel].popleft() if pending.get(launch.kernel) else None
+        f = fusion_at.get(i)
         if f is not None and spec.template == FUSED_MATMUL_TEMPLATE and spec.params.get("q8in"):
             own = [by_name[op_kernels[j]] for j in range(f.first, f.first + f.count)]
             x = _rounded_input(spec)
@@ -240,20 +238,8 @@ def _down_twin(target, plan, program, f, launches, i, by_name, op_kernels):
     reading that run's output rounded in its own slot, and that rounding's layout), or None: the
     next launch is not that matmul on float input, something later reads the float output, or the
     slot is too small for the rounding."""
-    j = f.first + f.count
-    if i + 1 >= len(launches) or j >= len(plan.ops):
-        return None
-    nxt, op, act = launches[i + 1], plan.ops[j], plan.ops[f.first + f.count - 1]
-    spec = by_name[nxt.kernel]
-    if (
-        nxt.kernel != op_kernels[j]
-        or spec.template != MATMUL_TEMPLATE
-        or spec.params.get("q8in")
-        or op.kind != "matmul"
-        or op.inputs[0] != act.outputs[0]
-        or read_later(plan, j, act.outputs[0])
-        or nxt.args[1] != launches[i].args[0]
-    ):
+    spec = glu_down(plan, launches, f, i, by_name, op_kernels)
+    if spec is None:
         return None
     w = weight_of(spec)
     layout = q8_layout(w["cols"], program.arena.max_tokens)

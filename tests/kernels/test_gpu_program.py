@@ -32,17 +32,17 @@ TARGET = "gfx1100"
 
 
 class Twins:
-    def __init__(self, bundle_dir, build_dir, mutate=None, context_length=None):
+    def __init__(self, bundle_dir, build_dir, mutate=None, context_length=None, target=TARGET):
         self.bundle = open_bundle(bundle_dir)
         kv = self.bundle.plan.kv
-        self.op = emulated_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
+        self.op = emulated_device(self.bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
         if mutate is not None:
             import rfc.runtime.devices.gpu as gp
 
             real = gp.unpack_program
             gp.unpack_program = lambda data: mutate(real(data))  # noqa: E731
         try:
-            self.step = emulated_step_device(self.bundle, TARGET, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir, context_length)
+            self.step = emulated_step_device(self.bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, build_dir, context_length)
         finally:
             if mutate is not None:
                 gp.unpack_program = real
@@ -189,9 +189,12 @@ def test_a_llama_decode_layer_is_eight_launches(model, gpu_bundle):
             "matmul_q8_0p_512x256_q8",
         ]
     )
+    # the one-token list: the matmuls' twins, gate/up + SwiGLU's also rounding its output for the down
+    # matmul's, which reads it rounded (gpu_glu_handoff.py)
     single = [launch.kernel.removeprefix("rfc_") for launch in program.single_launches]
-    assert single == [k + "_t1" if k.startswith("matmul_") else k for k in kernels]
+    assert single == [_one_token_kernel(k) for k in kernels]
     assert program.arena.zeroed == ("attention.arrivals",)
+    assert [s.buffer for s in program.arena.slots[-2:]] == ["glu.q8", "attention.arrivals"]
     # the prefill list keeps its runs (gpu_fuse.step_fusions): each residual add with the next
     # norm, which also leaves its output rounded for the int8 tensor-core matmuls after it (the
     # decode list's q8 hand-off: no rounding launch there; the first norm's too), and the SwiGLU
@@ -271,7 +274,7 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
     program = twins.step.runner.program
     assert any(launch.kernel.endswith(("_split", "_split_q8")) for launch in program.launches)
     # slots of no plan buffer: after every buffer's
-    reserved = ("attention.scratch", "matmul.q8", "attention.arrivals", "matmul.arrivals")
+    reserved = ("attention.scratch", "matmul.q8", "glu.q8", "attention.arrivals", "matmul.arrivals")
     assert program.arena.slot("attention.scratch").offset >= max(
         s.offset + s.nbytes for s in program.arena.slots if s.buffer not in reserved
     )
@@ -293,6 +296,16 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
 
 
 # -- the one-token list ------------------------------------------------------------------------------
+
+
+def _one_token_kernel(kernel: str) -> str:
+    """The one-token list's kernel in place of the decode list's `kernel` (an llama layer's int8
+    kernels, without rfc_): gate/up + SwiGLU's twin rounds its output for the down matmul's twin."""
+    if kernel.startswith("matmul_swiglu_"):
+        return kernel + "_t1_q8out"
+    if re.fullmatch(r"matmul_\w+_\d+x\d+", kernel) and not kernel.endswith("_q8"):  # the down matmul
+        return kernel + "_t1_q8"
+    return kernel + "_t1" if kernel.startswith("matmul_") else kernel
 
 
 @pytest.mark.parametrize(
@@ -326,9 +339,14 @@ def test_one_token_steps_run_the_one_token_list_bit_for_bit(model, target, gpu_b
     single, decode = program.single_launches, program.launches
     assert len(single) == len(decode)
     twinned = [(d.kernel, s.kernel) for d, s in zip(decode, single) if d != s]
-    # every matmul of the decode list but MoE's (whose blocks walk expert slots) has its twin
+    # every matmul of the decode list but MoE's (whose blocks walk expert slots) has its twin; an int8
+    # gate/up + SwiGLU's rounds its output for the down matmul's twin (gpu_glu_handoff.py)
     matmuls = [d.kernel for d in decode if d.kernel.startswith("rfc_matmul_")]
-    assert [d for d, _s in twinned] == matmuls and all(s == d + ONE_TOKEN_SUFFIX for d, s in twinned)
+    assert [d for d, _s in twinned] == matmuls and all(s.startswith(d + ONE_TOKEN_SUFFIX) for d, s in twinned)
+    int8 = "BF16" not in model
+    assert sum(s.endswith("_q8out") for _d, s in twinned) == (bundle.plan.kv.n_layers if int8 else 0)
+    if int8:
+        assert all("rfc_" + _one_token_kernel(d.removeprefix("rfc_")) == s for d, s in twinned)
     assert runner.launches_for(1) == single and runner.launches_for(2) == decode
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     run_step, run_op = Executor(bundle.plan, step), Executor(bundle.plan, op)
@@ -492,10 +510,13 @@ def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, wide, 
     lane walks the same sub-blocks in the same order either way, so one-token steps (the one-token
     list) give the per-op path's logits (blocks of 8) bit for bit; a twin whose lanes walked them
     in another order would not (2.4e-7 off with chunks of 2560)."""
-    from rfc.compiler.codegen import gpu_plan
+    from rfc.compiler.codegen import gpu_glu_handoff, gpu_plan
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
     monkeypatch.setattr(gpu_plan, "ONE_TOKEN_WIDE_CHUNK", wide)
+    # (the one-token list's down matmul reads its input rounded by gate/up where that hand-off is on:
+    # test_one_token_gate_up_rounds_for_the_down_matmul_bit_for_bit; here it rounds its float input)
+    monkeypatch.setattr(gpu_glu_handoff, "GLU_Q8_ONE_TOKEN", False)
 
     gguf = tmp_path / "wide-down.gguf"
     make_gguf(gguf, "--format", "Q4_0", "--dim", "256", "--layers", "1", "--ffn", "4608",
@@ -519,6 +540,51 @@ def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, wide, 
     for i in range(3):
         got, want = twins.forward([ScheduledChunk(1, len(prompt) + i, (int(want[-1].argmax()),))])
         assert np.array_equal(got, want), f"decode step {i}: max |step - op| {np.abs(got - want).max():.3e}"
+
+
+@pytest.mark.parametrize(
+    "target,dim,per_group",
+    [
+        pytest.param(t, d, g, marks=toolchain_marks(t))
+        for t, d, g in (("sm_90", 512, 2), ("sm_90", 1024, 4), ("gfx90a", 2048, 8), ("gfx1100", 256, 1))
+    ],
+)  # gate/up rows a block: 256 threads over lanes of min(wave, sub-blocks a row) (gpu_plan._int8_tiling)
+def test_one_token_gate_up_rounds_for_the_down_matmul_bit_for_bit(target, dim, per_group, tmp_path, monkeypatch):
+    """The one-token list's gate/up + SwiGLU twin rounds its outputs per 32 rows for the down
+    matmul, whose twin reads them rounded (gpu_glu_handoff.py). Where a block holds fewer than 32
+    rows the last of the `per_group` blocks of each 32 to arrive rounds them, the others having
+    written theirs: one-token steps still give the per-op path's logits (the down matmul rounding
+    its float input in every block) bit for bit, step after step, and the counts are left at zero.
+    A count that let an earlier block round would read rows not yet written (the emulator runs a
+    launch's blocks in order over NaN-filled memory)."""
+    from rfc.compiler.codegen import gpu_glu_handoff
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+
+    gguf = tmp_path / "glu.gguf"
+    make_gguf(gguf, "--format", "Q4_K", "--dim", str(dim), "--layers", "2", "--ffn", "1024",
+              "--heads", "4", "--kv-heads", "2", "--vocab", "512")  # fmt: skip
+    out = tmp_path / "bundle"
+    compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
+    source = next((out / "kernels" / target).glob("rfc.*[pu]")).read_text()  # rfc.hip, rfc.cu
+    twins = Twins(out, tmp_path / "emu", target=target)
+    program = twins.step.runner.program
+    single = twins.step.runner.launches_for(1)
+    rounding = [i for i, x in enumerate(single) if x.kernel.endswith(gpu_glu_handoff.PRODUCER_SUFFIX)]
+    assert len(rounding) == 2 and all(single[i + 1].kernel.endswith("_t1_q8") for i in rounding)
+    assert all(single[i + 1].args[1].ref == gpu_glu_handoff.GLU_Q8_SCRATCH for i in rounding)
+    producer = source[source.index(f"void {single[rounding[0]].kernel}(") :]
+    producer = producer[: producer.index("// generated by")]
+    assert ("RFC_DEVICE_ATOMIC_ADD(count, 1) == " + str(per_group - 1) in producer) == (per_group > 1)
+    prompt = (5, 17, 33, 2, 9, 41, 7)
+    got, want = twins.forward([ScheduledChunk(1, 0, prompt)])
+    assert np.array_equal(got, want)
+    for i in range(3):
+        got, want = twins.forward([ScheduledChunk(1, len(prompt) + i, (int(want[-1].argmax()),))])
+        assert np.array_equal(got, want), f"decode step {i}: max |step - op| {np.abs(got - want).max():.3e}"
+    counts = program.arena.slot("attention.arrivals")
+    left = np.empty(counts.nbytes // 4, np.int32)
+    twins.step._driver.copy_to_host(left, twins.step.runner.arena + counts.offset)
+    assert not left.any(), "a launch left counts behind"
 
 
 def _compile(model: str, target: str, out_dir, cache_dir) -> None:

@@ -416,14 +416,21 @@ def test_one_token_matmuls_at_real_model_sizes_use_no_local_memory(target, real_
     compiler plans them (weights planned, not written) and built in one source per target: no
     stack frame, no spills. On sm_90 three blocks (80 registers) spilled the Q5_K and Q8_0
     gate/up twins, and two (128) the i-quants' (which keep the blocks of 8's walk)."""
+    from rfc.compiler.codegen.gpu_glu_handoff import PRODUCER_SUFFIX, READER_SUFFIX
     from rfc.compiler.codegen.gpu_plan import ONE_TOKEN_SUFFIX
     from rfc.compiler.targets import parse_target
 
     t = parse_target(target)
-    twins = _planned_kernels(t, real_twin_models, lambda s: s.name.endswith(ONE_TOKEN_SUFFIX))
-    assert {"rfc_matmul_q6_kp_4096x14336_t1", "rfc_matmul_q4_0p_2048x5632_t1"} <= set(twins)
+    one_token = (ONE_TOKEN_SUFFIX, ONE_TOKEN_SUFFIX + PRODUCER_SUFFIX, ONE_TOKEN_SUFFIX + READER_SUFFIX)
+    twins = _planned_kernels(t, real_twin_models, lambda s: s.name.endswith(one_token))
+    # the FFN's hand-off (gpu_glu_handoff.py): gate/up + SwiGLU rounding its output for the down matmul,
+    # which reads it rounded (an 8B's 14336-wide row: its walk unrolled by 7)
+    assert {"rfc_matmul_q6_kp_4096x14336_t1_q8", "rfc_matmul_q4_0p_2048x5632_t1_q8"} <= set(twins)
+    assert {"rfc_matmul_swiglu_q4_kp_14336x4096_q8_t1_q8out", "rfc_matmul_swiglu_iq4_xs_14336x4096_q8_t1_q8out"} <= set(
+        twins
+    )
     if t.wave_size == 32:  # the q8 hand-off's readers: the gate/up with its SwiGLU, the output projection
-        assert {"rfc_matmul_swiglu_q8_0p_14336x4096_q8_t1", "rfc_matmul_q5_kp_4096x4096_q8_t1"} <= set(twins)
+        assert {"rfc_matmul_q5_kp_4096x4096_q8_t1"} <= set(twins)
     _check_built("one-token twins at real model sizes", t, twins)
 
 

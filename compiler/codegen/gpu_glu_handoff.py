@@ -1,0 +1,211 @@
+"""The one-token list's FFN hand-off: gate/up + SwiGLU rounds its output for the down matmul.
+
+In the decode list an FFN's down projection reads the SwiGLU's float output and each of its
+blocks rounds that whole row to int8 itself (an 8B's 14336 columns, in each of its 512 blocks,
+behind two barriers): on an H100 the 8B's one-token down projections read their weights at
+1.3-1.6 TB/s where its gate/up launch, which reads an input rounded once (gpu_fuse's q8
+hand-off), read 2.5 TB/s (docs/benchmarks.md). Here the one-token list's gate/up + SwiGLU twin
+also rounds its outputs per 32 rows, as the down matmul's blocks would round them
+(rfc_quantize32_lanes: the same scale, integers and half sums), into an arena slot of its own
+(GLU_Q8_SCRATCH: Q8_SCRATCH still holds the gate/up launch's own rounded input while it runs),
+and the down matmul's twin reads the int8 rows from there: the same bits, a lane's sums in the
+same order.
+
+A gate/up block holds 8 rows of an 8B's (256 threads, 32 lanes a row), so a sub-block of 32 rows
+is four blocks' outputs: each block counts its arrival (a device-scope atomic after a release
+fence, in the arena's zeroed ATTENTION_ARRIVALS, as the split attention's last-block merge does)
+and the last of the four rounds the 32 values of each token. The slot and the counts are sized
+for one token: the list runs steps of exactly one token (StepRunner.list_name), and a block of
+another token rounds nothing.
+
+Only where the down matmul is the launch right after the run, reads its output as its input
+and nothing later reads the float output; the decode, batch and prefill lists keep theirs
+(the batch list's gate/up twin rounds for its down twin already: gpu_bmma).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict, deque
+
+from rfc.artifacts.ops import PTR
+from rfc.artifacts.plan import Plan
+from rfc.artifacts.program import ArgKind, ArgSlot, Arena, ArenaSlot, Launch, StepProgram
+from rfc.compiler.codegen.gpu_imma import SUB_BLOCK, q8_layout
+from rfc.compiler.codegen.gpu_kernel import KernelSpec
+from rfc.compiler.codegen.gpu_plan import (
+    ARENA_ALIGNMENT,
+    ATTENTION_ARRIVALS,
+    FUSED_MATMUL_TEMPLATE,
+    MATMUL_TEMPLATE,
+    read_later,
+)
+
+# On by default; unmeasured on a card: an A/B switch (the next card call's variant VG). False:
+# the one-token list's down matmuls round their float input in every block, as before.
+GLU_Q8_ONE_TOKEN = True
+GLU_Q8_SCRATCH = "glu.q8"  # the arena slot of the rounded SwiGLU outputs (not a plan buffer)
+ROUNDED_TOKENS = 1  # tokens the slot holds: the one-token list's
+PRODUCER_SUFFIX = "_q8out"
+# The down twin's walk over a lane's sub-blocks is unrolled whole up to this many (as the other q8
+# readers': 4 at a 4096-wide row), else by a divisor near it: an 8B's 14336-wide row is 14 a lane,
+# whose whole unroll spilled 28-32 bytes of loads on sm_90 under the one-token twins' 128-register
+# cap (ONE_TOKEN_MIN_BLOCKS); by 7: 128 registers (Q6_K) and 93 (Q4_K), no spill.
+Q8_WALK_UNROLL = 7
+READER_SUFFIX = "_q8"
+
+
+def launch_fusions(launches, fusions) -> dict[int, object]:
+    """The fusion (gpu_fuse.Fusion) each launch of a decode list runs, by launch index: a fused
+    kernel's launches take its fusions in list order."""
+    pending: dict[str, deque] = defaultdict(deque)
+    for f in sorted(fusions, key=lambda f: f.first):
+        pending[f.spec.name].append(f)
+    return {i: pending[launch.kernel].popleft() for i, launch in enumerate(launches) if pending.get(launch.kernel)}
+
+
+def glu_down(plan: Plan, launches, f, i: int, by_name: dict, op_kernels: list[str]) -> KernelSpec | None:
+    """The kernel of the down matmul launched right after gate/up + SwiGLU run `f` (launch i of
+    the decode list `launches`) over that run's float output, where nothing after it reads that
+    output; None otherwise (another launch between, a rounded input, another reader)."""
+    j = f.first + f.count
+    if i + 1 >= len(launches) or j >= len(plan.ops):
+        return None
+    nxt, op, act = launches[i + 1], plan.ops[j], plan.ops[f.first + f.count - 1]
+    spec = by_name[nxt.kernel]
+    if (
+        nxt.kernel != op_kernels[j]
+        or spec.template != MATMUL_TEMPLATE
+        or spec.params.get("q8in")
+        or op.kind != "matmul"
+        or op.inputs[0] != act.outputs[0]
+        or read_later(plan, j, act.outputs[0])
+        or nxt.args[1] != launches[i].args[0]
+    ):
+        return None
+    return spec
+
+
+def one_token_glu_q8(
+    plan: Plan, program: StepProgram, by_name: dict, op_kernels: list[str], fusions
+) -> tuple[StepProgram, list[KernelSpec]]:
+    """`program` with each one-token gate/up + SwiGLU launch whose down matmul qualifies (the
+    module doc) on its rounding twin and that down matmul on its q8 twin, the arena grown by
+    GLU_Q8_SCRATCH and the counts; and the twins' kernels. `program` as it is where none does."""
+    if not GLU_Q8_ONE_TOKEN or not program.single_launches:
+        return program, []
+    single = list(program.single_launches)
+    built: dict[str, KernelSpec] = {}
+    q8_bytes = arrival_ints = 0
+    for i, f in launch_fusions(program.launches, fusions).items():
+        if not by_name[program.launches[i].kernel].params.get("glu") or f.spec.template != FUSED_MATMUL_TEMPLATE:
+            continue
+        if glu_down(plan, program.launches, f, i, by_name, op_kernels) is None:
+            continue
+        glu, down = by_name[single[i].kernel], by_name[single[i + 1].kernel]
+        pair = _twins(glu, down)
+        if pair is None:
+            continue
+        producer, reader, layout = pair
+        built.setdefault(producer.name, producer)
+        built.setdefault(reader.name, reader)
+        single[i] = _producer_launch(single[i], glu, producer)
+        single[i + 1] = _reader_launch(single[i + 1], down, reader)
+        q8_bytes = max(q8_bytes, layout["q8_bytes"])
+        arrival_ints = max(arrival_ints, ROUNDED_TOKENS * glu.params["n"] // SUB_BLOCK)
+    if not built:
+        return program, []
+    arena = arena_with(program.arena, GLU_Q8_SCRATCH, q8_bytes, arrival_ints)
+    return dataclasses.replace(program, single_launches=tuple(single), arena=arena), list(built.values())
+
+
+def _twins(glu: KernelSpec, down: KernelSpec) -> tuple[KernelSpec, KernelSpec, dict] | None:
+    """(the gate/up twin rounding its output, the down twin reading it, the rounding's layout) of
+    one-token kernels `glu` and `down`, or None: not one-token kernels, rows that do not make
+    whole sub-blocks, or a down whose lanes walk the row's sub-blocks in another order than its
+    q8 walk would."""
+    p, d = glu.params, down.params
+    n, rows = p["n"], p["rows_per_block"]
+    if p.get("tokens_per_block") != 1 or d.get("tokens_per_block") != 1:
+        return None
+    if n % SUB_BLOCK or glu.threads % SUB_BLOCK or (SUB_BLOCK % rows and rows % SUB_BLOCK) or d["k"] != n:
+        return None
+    if d["chunk"] < d["k"] and (d["chunk"] // SUB_BLOCK) % d["lanes_per_row"]:
+        return None
+    layout = q8_layout(n, ROUNDED_TOKENS)
+    at = [a for a, _k in glu.args].index("n_rows")
+    producer = KernelSpec(
+        glu.name + PRODUCER_SUFFIX,
+        glu.template,
+        {
+            **p,
+            "name": glu.name + PRODUCER_SUFFIX,
+            "rounded": True,
+            "rounded_tokens": ROUNDED_TOKENS,
+            "out_xd_offset": layout["xd_offset"],
+            "out_xs_offset": layout["xs_offset"],
+        },
+        (*glu.args[:at], ("rounded", PTR), ("arrivals", PTR), *glu.args[at:]),
+        glu.threads,
+        glu.grid,
+    )
+    steps = -(-(n // SUB_BLOCK) // d["lanes_per_row"])
+    unroll = {"q8_unroll": _walk_unroll(steps)} if steps > Q8_WALK_UNROLL else {}
+    reader = KernelSpec(
+        down.name + READER_SUFFIX,
+        down.template,
+        {
+            **d,
+            "name": down.name + READER_SUFFIX,
+            "q8in": True,
+            "q8_steps": steps,
+            "xd_offset": layout["xd_offset"],
+            "xs_offset": layout["xs_offset"],
+            **unroll,
+        },
+        tuple(("q8", k) if a == "x" else (a, k) for a, k in down.args),
+        down.threads,
+        down.grid,
+    )
+    return producer, reader, layout
+
+
+def _walk_unroll(steps: int) -> int:
+    """The unroll of a q8 walk of `steps` sub-blocks a lane: the largest divisor up to
+    Q8_WALK_UNROLL where there is one of at least half that, else Q8_WALK_UNROLL."""
+    best = max(d for d in range(1, Q8_WALK_UNROLL + 1) if steps % d == 0)
+    return best if 2 * best >= Q8_WALK_UNROLL else Q8_WALK_UNROLL
+
+
+def _producer_launch(launch: Launch, glu: KernelSpec, producer: KernelSpec) -> Launch:
+    at = [a for a, _k in glu.args].index("n_rows")
+    extra = (ArgSlot(ArgKind.ARENA, GLU_Q8_SCRATCH), ArgSlot(ArgKind.ARENA, ATTENTION_ARRIVALS))
+    return dataclasses.replace(launch, kernel=producer.name, args=(*launch.args[:at], *extra, *launch.args[at:]))
+
+
+def _reader_launch(launch: Launch, down: KernelSpec, reader: KernelSpec) -> Launch:
+    at = [a for a, _k in down.args].index("x")
+    args = list(launch.args)
+    args[at] = ArgSlot(ArgKind.ARENA, GLU_Q8_SCRATCH)
+    return dataclasses.replace(launch, kernel=reader.name, args=tuple(args))
+
+
+def arena_with(arena: Arena, name: str, nbytes: int, arrival_ints: int) -> Arena:
+    """`arena` with a slot `name` of `nbytes` after its others, and its ATTENTION_ARRIVALS (the
+    last slot, zeroed once) holding at least `arrival_ints` counts."""
+    counts = next((s for s in arena.slots if s.buffer == ATTENTION_ARRIVALS), None)
+    slots = [s for s in arena.slots if s is not counts]
+    total = counts.offset if counts is not None else arena.total_bytes
+    slots.append(ArenaSlot(name, total, nbytes))
+    total += _round_up(nbytes)
+    ints = max(arrival_ints, counts.nbytes // 4 if counts is not None else 0)
+    zeroed = arena.zeroed
+    if ints:
+        slots.append(ArenaSlot(ATTENTION_ARRIVALS, total, 4 * ints))
+        total += _round_up(4 * ints)
+        zeroed = zeroed if ATTENTION_ARRIVALS in zeroed else (*zeroed, ATTENTION_ARRIVALS)
+    return dataclasses.replace(arena, slots=tuple(slots), total_bytes=total, zeroed=zeroed)
+
+
+def _round_up(n: int) -> int:
+    return -(-n // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
