@@ -19,7 +19,7 @@ from rfc.compiler.codegen.cache import cached_build
 from rfc.compiler.codegen.format_table import format_params
 from rfc.compiler.codegen.gpu_bmma import BMMA_TEMPLATE, batch_list
 from rfc.compiler.codegen.gpu_fuse import fused_specs, step_fusions
-from rfc.compiler.codegen.gpu_glu_handoff import one_token_glu_q8
+from rfc.compiler.codegen.gpu_glu_handoff import glu_q8_handoffs
 from rfc.compiler.codegen.gpu_attention import MMA_ATTENTION_TEMPLATE
 from rfc.compiler.codegen.gpu_imma import IMMA_TEMPLATE
 from rfc.compiler.codegen.gpu_mma import MMA_TEMPLATE
@@ -106,8 +106,8 @@ def plan_target(
     # the decode list's int8 matmuls on their batch twins (gpu_bmma.BATCH_MMA)
     by_name = {s.name: s for s in (*specs, *fused, *twins)}
     program, batch = batch_list(target, plan, program, by_name, op_kernels, fusions)
-    # the one-token list's gate/up + SwiGLU rounding its output for the down matmul (gpu_glu_handoff.py)
-    program, handoff = one_token_glu_q8(plan, program, by_name, op_kernels, fusions)
+    # the decode lists' gate/up + SwiGLU rounding its output for the down matmul (gpu_glu_handoff.py)
+    program, handoff = glu_q8_handoffs(plan, program, by_name, op_kernels, fusions)
     launched = {launch.kernel for launch in program.every_launch()}
     built = [s for s in (*fused, *twins, *batch, *handoff) if s.name in launched]
     specs = [*specs, *built, sample]

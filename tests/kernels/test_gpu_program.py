@@ -150,8 +150,8 @@ LLAMA_LAYER_FUSED = (
     "attention_f16_8x2x32_split_q8",
     "matmul_q8_0p_256x256_q8",
     "add_rmsnorm_256_q8",
-    "matmul_swiglu_q8_0p_768x256_q8",
-    "matmul_q8_0p_256x768",
+    "matmul_swiglu_q8_0p_768x256_q8_q8out",  # it rounds its output for the down matmul (gpu_glu_handoff.py)
+    "matmul_q8_0p_256x768_q8in",
     "add_rmsnorm_256_q8",
 )
 
@@ -299,12 +299,11 @@ def test_split_attention_replays_the_per_op_path_bit_for_bit(model, gpu_bundle, 
 
 
 def _one_token_kernel(kernel: str) -> str:
-    """The one-token list's kernel in place of the decode list's `kernel` (an llama layer's int8
-    kernels, without rfc_): gate/up + SwiGLU's twin rounds its output for the down matmul's twin."""
-    if kernel.startswith("matmul_swiglu_"):
-        return kernel + "_t1_q8out"
-    if re.fullmatch(r"matmul_\w+_\d+x\d+", kernel) and not kernel.endswith("_q8"):  # the down matmul
-        return kernel + "_t1_q8"
+    """The one-token list's kernel in place of the decode list's `kernel` (without rfc_): the
+    matmuls' twins, the FFN's hand-off suffixes (gpu_glu_handoff.py) after the twin's."""
+    for suffix in ("_q8out", "_q8in"):
+        if kernel.endswith(suffix):
+            return kernel.removesuffix(suffix) + "_t1" + suffix
     return kernel + "_t1" if kernel.startswith("matmul_") else kernel
 
 
@@ -342,11 +341,11 @@ def test_one_token_steps_run_the_one_token_list_bit_for_bit(model, target, gpu_b
     # every matmul of the decode list but MoE's (whose blocks walk expert slots) has its twin; an int8
     # gate/up + SwiGLU's rounds its output for the down matmul's twin (gpu_glu_handoff.py)
     matmuls = [d.kernel for d in decode if d.kernel.startswith("rfc_matmul_")]
-    assert [d for d, _s in twinned] == matmuls and all(s.startswith(d + ONE_TOKEN_SUFFIX) for d, s in twinned)
+    assert [d for d, _s in twinned] == matmuls
+    assert all(s == "rfc_" + _one_token_kernel(d.removeprefix("rfc_")) for d, s in twinned)
+    assert all(ONE_TOKEN_SUFFIX in s for _d, s in twinned)
     int8 = "BF16" not in model
-    assert sum(s.endswith("_q8out") for _d, s in twinned) == (bundle.plan.kv.n_layers if int8 else 0)
-    if int8:
-        assert all("rfc_" + _one_token_kernel(d.removeprefix("rfc_")) == s for d, s in twinned)
+    assert sum(s.endswith("_t1_q8out") for _d, s in twinned) == (bundle.plan.kv.n_layers if int8 else 0)
     assert runner.launches_for(1) == single and runner.launches_for(2) == decode
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
     run_step, run_op = Executor(bundle.plan, step), Executor(bundle.plan, op)
@@ -516,7 +515,7 @@ def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, wide, 
     monkeypatch.setattr(gpu_plan, "ONE_TOKEN_WIDE_CHUNK", wide)
     # (the one-token list's down matmul reads its input rounded by gate/up where that hand-off is on:
     # test_one_token_gate_up_rounds_for_the_down_matmul_bit_for_bit; here it rounds its float input)
-    monkeypatch.setattr(gpu_glu_handoff, "GLU_Q8_ONE_TOKEN", False)
+    monkeypatch.setattr(gpu_glu_handoff, "GLU_Q8_DOWN", False)
 
     gguf = tmp_path / "wide-down.gguf"
     make_gguf(gguf, "--format", "Q4_0", "--dim", "256", "--layers", "1", "--ffn", "4608",
@@ -544,19 +543,17 @@ def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, wide, 
 
 @pytest.mark.parametrize(
     "target,dim,per_group",
-    [
-        pytest.param(t, d, g, marks=toolchain_marks(t))
-        for t, d, g in (("sm_90", 1024, 4), ("gfx90a", 2048, 8))
-    ],
+    [pytest.param(t, d, g, marks=toolchain_marks(t)) for t, d, g in (("sm_90", 1024, 4), ("gfx90a", 2048, 8))],
 )  # gate/up rows a block: 256 threads over lanes of min(wave, sub-blocks a row) (gpu_plan._int8_tiling); the
-# fixtures' (256 wide: 32 rows a block, each block rounds its own) in test_one_token_steps_run_the_one_token_list_bit_for_bit
-def test_one_token_gate_up_rounds_for_the_down_matmul_bit_for_bit(target, dim, per_group, tmp_path, monkeypatch):
-    """The one-token list's gate/up + SwiGLU twin rounds its outputs per 32 rows for the down
-    matmul, whose twin reads them rounded (gpu_glu_handoff.py). Where a block holds fewer than 32
-    rows the last of the `per_group` blocks of each 32 to arrive rounds them, the others having
-    written theirs: one-token steps still give the per-op path's logits (the down matmul rounding
-    its float input in every block) bit for bit, step after step, and the counts are left at zero.
-    A count that let an earlier block round would read rows not yet written (the emulator runs a
+# fixtures' (256 wide: 32 rows a block, each rounding its own): test_one_token_steps_run_the_one_token_list_bit_for_bit
+def test_gate_up_rounds_for_the_down_matmul_bit_for_bit(target, dim, per_group, tmp_path):
+    """The decode and one-token lists' gate/up + SwiGLU launch rounds its outputs per 32 rows for
+    the down matmul, whose launch reads them rounded (gpu_glu_handoff.py). Where a block holds
+    fewer than 32 rows the last of the `per_group` blocks of each 32 to arrive rounds them, the
+    others having written theirs. A 7-token prompt and steps of two sequences (the decode list's
+    blocks of 8 tokens) and one-token steps still give the per-op path's logits (the down matmul
+    rounding its float input in every block) bit for bit, and the counts are left at zero. A
+    count that let an earlier block round would read rows not yet written (the emulator runs a
     launch's blocks in order over NaN-filled memory)."""
     from rfc.compiler.codegen import gpu_glu_handoff
     from rfc.compiler.pipeline import CompileOptions, compile_model
@@ -568,23 +565,30 @@ def test_one_token_gate_up_rounds_for_the_down_matmul_bit_for_bit(target, dim, p
     compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
     source = next((out / "kernels" / target).glob("rfc.*[pu]")).read_text()  # rfc.hip, rfc.cu
     twins = Twins(out, tmp_path / "emu", target=target)
-    program = twins.step.runner.program
-    single = twins.step.runner.launches_for(1)
-    rounding = [i for i, x in enumerate(single) if x.kernel.endswith(gpu_glu_handoff.PRODUCER_SUFFIX)]
-    assert len(rounding) == 2 and all(single[i + 1].kernel.endswith("_t1_q8") for i in rounding)
-    assert all(single[i + 1].args[1].ref == gpu_glu_handoff.GLU_Q8_SCRATCH for i in rounding)
-    producer = source[source.index(f"void {single[rounding[0]].kernel}(") :]
-    producer = producer[: producer.index("// generated by")]
-    assert ("RFC_DEVICE_ATOMIC_ADD(count, 1) == " + str(per_group - 1) in producer) == (per_group > 1)
-    prompt = (5, 17, 33, 2, 9, 41, 7)
-    got, want = twins.forward([ScheduledChunk(1, 0, prompt)])
+    runner = twins.step.runner
+    for tokens, reader in ((1, "_t1_q8in"), (2, "_q8in")):
+        launches = runner.launches_for(tokens)
+        rounding = [i for i, x in enumerate(launches) if x.kernel.endswith(gpu_glu_handoff.PRODUCER_SUFFIX)]
+        assert len(rounding) == 2 and all(launches[i + 1].kernel.endswith(reader) for i in rounding)
+        assert all(launches[i + 1].args[1].ref == gpu_glu_handoff.GLU_Q8_SCRATCH for i in rounding)
+        producer = source[source.index(f"void {launches[rounding[0]].kernel}(") :]
+        producer = producer[: producer.index("// generated by")]
+        assert ("RFC_DEVICE_ATOMIC_ADD(count, 1) == " + str(per_group - 1) in producer) == (per_group > 1)
+    a, b = (5, 17, 33, 2, 9, 41, 7), (100, 3, 77)
+    got, want = twins.forward([ScheduledChunk(1, 0, a)])
     assert np.array_equal(got, want)
-    for i in range(3):
-        got, want = twins.forward([ScheduledChunk(1, len(prompt) + i, (int(want[-1].argmax()),))])
-        assert np.array_equal(got, want), f"decode step {i}: max |step - op| {np.abs(got - want).max():.3e}"
-    counts = program.arena.slot("attention.arrivals")
+    got, want = twins.forward([ScheduledChunk(2, 0, b)])
+    assert np.array_equal(got, want)
+    n, m = len(a), len(b)
+    for i in range(2):  # one token, then two sequences' tokens
+        got, want = twins.forward([ScheduledChunk(1, n, (int(want[-1].argmax()),))])
+        assert np.array_equal(got, want), f"one-token step {i}: max |step - op| {np.abs(got - want).max():.3e}"
+        got, want = twins.forward([ScheduledChunk(1, n + 1, (3 + i,)), ScheduledChunk(2, m, (9 + i,))])
+        assert np.array_equal(got, want), f"two-token step {i}: max |step - op| {np.abs(got - want).max():.3e}"
+        n, m = n + 2, m + 1
+    counts = runner.program.arena.slot("attention.arrivals")
     left = np.empty(counts.nbytes // 4, np.int32)
-    twins.step._driver.copy_to_host(left, twins.step.runner.arena + counts.offset)
+    twins.step._driver.copy_to_host(left, runner.arena + counts.offset)
     assert not left.any(), "a launch left counts behind"
 
 
