@@ -90,8 +90,14 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
     assert program.single_launches == plain_program.single_launches
     assert program.prefill_launches == plain_program.prefill_launches
     assert len(program.batch_launches) == len(program.launches)
+    # (the decode list's gate/up + SwiGLU also takes the slot it rounds its output into and the counts,
+    # and its down matmul reads that slot: gpu_glu_handoff.py; their twins keep the arguments before it)
+    handoff = ("glu.q8", "attention.arrivals")
     assert all(
-        b == d or (b.kernel.startswith("rfc_matmul_bmma_") and b.args == d.args)
+        b == d
+        or (b.kernel.startswith("rfc_matmul_bmma_") and b.args == d.args)
+        or (d.kernel.endswith("_q8out") and b.args == tuple(a for a in d.args if a.ref not in handoff))
+        or (d.kernel.endswith("_q8in") and b.args[0] == d.args[0] and b.args[2:] == d.args[2:])
         for b, d in zip(program.batch_launches, program.launches)
     )
 

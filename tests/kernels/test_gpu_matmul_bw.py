@@ -54,10 +54,10 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
     assert launched == runner.program.single_launches
     qkv = by_kernel["rfc_matmul_q8_0p_256_64_64x256_fused_q8_t1"]  # (the first norm rounds its rows: RMSNORM_Q8)
     assert qkv["bytes"] == nbytes("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
-    assert by_kernel["rfc_matmul_swiglu_q8_0p_768x256_q8_t1"]["bytes"] == nbytes(
+    assert by_kernel["rfc_matmul_swiglu_q8_0p_768x256_q8_t1_q8out"]["bytes"] == nbytes(
         "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"
     )
-    assert by_kernel["rfc_matmul_q8_0p_256x768_t1"]["bytes"] == nbytes("blk.0.ffn_down.weight")
+    assert by_kernel["rfc_matmul_q8_0p_256x768_t1_q8in"]["bytes"] == nbytes("blk.0.ffn_down.weight")
     assert set(by_kernel) == {launch.kernel for launch in launched if launch.kernel.startswith("rfc_matmul_")}
     assert all(r["us"] > 0 and r["gbps"] > 0 for r in rows)
     every = tool.matmul_rates(runner, bundle.layout, scalars, tool.WallTimer(runner._driver), repeat=1, every=True)
