@@ -10,7 +10,9 @@ sequence:
    plus one launch;
 3. the step as the server runs it where the device samples (greedy: the sampling kernel in the
    graph, only the token ids back), median of `--steps`, beside the graph with the sampling
-   kernel replayed alone: what the step costs outside the graph (staging, copies, the host);
+   kernel replayed alone: what the step costs outside the graph (staging, copies, the host),
+   and the time spent in each driver call of such a step (the copies' and the graph's enqueue
+   calls, the synchronize that waits for the card) against the step's rest (the host's Python);
 4. the host's share: cProfile of the whole steps, the functions with the most own time;
 5. each launch of the decode list run on its own (launch, synchronize), summed by kernel:
    per-kernel time with one launch latency each (a kernel far above that latency is where the
@@ -165,6 +167,60 @@ def served_breakdown(lm, runner, batch, steps: int, graph_alone: float) -> None:
         f"(the sampling kernel {(sampled - graph_alone) * 1e6:.1f} us); outside the graph "
         f"{(whole - sampled) * 1e6:.1f} us a step"
     )
+    with DriverCallTimes(d, SERVED_CALLS) as calls:
+        timed = [served() for _ in range(steps)]
+    print(calls.summary(timed))
+
+
+# the driver calls of a served decode step (gpu_program.StepRunner.run_sampled)
+SERVED_CALLS = ("copy_to_device_async", "graph_launch", "copy_to_host_async", "stream_synchronize")
+
+
+class DriverCallTimes:
+    """Within a `with`, each call of `names` on `driver` (an instance: its methods wrapped on it,
+    restored after) timed, by name in call order: where a served step's time outside the graph
+    goes, between the driver's calls (their enqueueing, and the synchronize's wait for the card)
+    and the host's own code around them."""
+
+    def __init__(self, driver, names: tuple[str, ...]):
+        self.driver, self.names = driver, names
+        self.times: dict[str, list[float]] = {name: [] for name in names}
+
+    def __enter__(self) -> "DriverCallTimes":
+        for name in self.names:
+            real = getattr(self.driver, name)
+
+            def timed(*args, _real=real, _times=self.times[name], **kwargs):
+                t = time.perf_counter()
+                try:
+                    return _real(*args, **kwargs)
+                finally:
+                    _times.append(time.perf_counter() - t)
+
+            setattr(self.driver, name, timed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.names:
+            vars(self.driver).pop(name, None)  # the class's method again
+
+    def summary(self, steps: list[float]) -> str:
+        """One line: per step (medians over `steps`, the steps' own times), each call's time
+        (summed where a step makes several), and the step's rest (its time less its calls')."""
+        n = len(steps)
+        per_step = {}
+        for name, ts in self.times.items():
+            if ts and len(ts) % n == 0:  # the same count every step: summed per step
+                k = len(ts) // n
+                per_step[name] = [sum(ts[i * k : (i + 1) * k]) for i in range(n)]
+        rest = [steps[i] - sum(v[i] for v in per_step.values()) for i in range(n)]
+        parts = [f"{name} {statistics.median(v) * 1e6:.1f}" for name, v in per_step.items()]
+        odd = [f"{name} x{len(ts)}" for name, ts in self.times.items() if name not in per_step]
+        return (
+            f"a served step's driver calls, us (median of {n}): {', '.join(parts)}"
+            + (f" (uneven: {', '.join(odd)})" if odd else "")
+            + f"; the rest of the step (the host's code) {statistics.median(rest) * 1e6:.1f}"
+        )
 
 
 if __name__ == "__main__":
