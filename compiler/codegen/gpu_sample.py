@@ -24,6 +24,12 @@ SAMPLE_ARGS: tuple[tuple[str, str], ...] = (
     ("n_rows", I32),
 )
 SAMPLE_MAX_THREADS = 256
+# Logits a thread loads ahead in a pass over its row (RFC_SAMPLE_AHEAD: the same ids in the same
+# order, the same bits), by target family. With 8 an H100 took 39.7 us for a greedy 128256-token
+# row (65.5 with one load at a time, docs/benchmarks.md): 8 KB in flight a block, one round trip to
+# L2 after another. NVIDIA 32 (unmeasured on a card: sm_90 80 registers a thread where 8 take 56,
+# no local memory); AMD keeps 8: hipcc spilled gfx1100's 32000-token kernel at 16 and at 32.
+SAMPLE_AHEAD = {"cuda": 32, "hip": 8}
 # Fixed-point weights are 2^40 each at most: 2^22 tokens stay below 2^63 in a 64-bit sum.
 SAMPLE_MAX_VOCAB = 1 << 22
 
@@ -50,6 +56,7 @@ def plan_sample_kernel(target: Target, vocab: int) -> KernelSpec:
         "flag_device": SAMPLE_FLAG_DEVICE,
         "flag_greedy": SAMPLE_FLAG_GREEDY,
         "flag_logprob": SAMPLE_FLAG_LOGPROB,
+        "ahead": SAMPLE_AHEAD[target.family],
     }
     return KernelSpec(name, SAMPLE_TEMPLATE, params, SAMPLE_ARGS, threads, (("n_rows", 1),))
 
