@@ -3,10 +3,16 @@ by the real loader over the emulated kernels (tests/kernels/gpu_emulator.py), th
 made a no-op, and batch-1 steps sampled on the device (`forward_sampled`, greedy) timed.
 
     python tools/host_step_time.py BUNDLE [--target sm_90] [--steps 2000]
+    python tools/host_step_time.py BUNDLE --engine       # Engine.step() of a batch-1 greedy decode
+    python tools/host_step_time.py BUNDLE --serve 8080   # `rfc serve` over it (a card that takes no time)
 
 What it leaves out is what a card adds: the driver's copy, graph-launch and synchronize calls
 and their wake-ups (gpu_profile.py's "outside the graph" line on a card is this time plus those).
-Prints the median and the cProfile of the steps.
+Prints the median and the cProfile of the steps. With --engine the steps are the engine's (the
+scheduler, the sampled step, the output stage's detokenizing in the same thread); with --serve the
+server runs on the port until stopped, for tools/bench_serve.py --url or any streaming client: the
+decode rate it streams is what its host side allows a card whose steps took no time (prompts run
+the emulated kernels on the CPU: its time to first token means nothing).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ def main() -> int:
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--target", default="sm_90")
     ap.add_argument("--steps", type=int, default=2000)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--engine", action="store_true", help="time Engine.step() instead of the sampled step")
+    mode.add_argument("--serve", type=int, metavar="PORT", help="run `rfc serve` over it on PORT")
     args = ap.parse_args()
 
     import rfc.runtime.devices as devices
@@ -47,7 +56,15 @@ def main() -> int:
             return None
 
     devices.gpu_driver_class = lambda family: Driver
+    if args.serve is not None:
+        from rfc.cli.main import main as rfc_main
+
+        sys.argv = ["rfc", "serve", str(args.bundle), "--port", str(args.serve), "--device", "cuda"]
+        rfc_main()
+        return 0
     lm = load_model(args.bundle, LoadOptions(device="cuda"))
+    if args.engine:
+        return engine_steps(lm, args)
     blocks = lm.kv_pool.manager()
     blocks.allocate(0, 8)
     lm.executor.forward(build_batch([ScheduledChunk(0, 0, (5, 6, 7))], blocks))
@@ -71,6 +88,36 @@ def main() -> int:
     prof = cProfile.Profile()
     prof.enable()
     steps(args.steps)
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
+    print(out.getvalue())
+    return 0
+
+
+def engine_steps(lm, args) -> int:
+    """--engine: Engine.step() of one request's greedy decode, stepped in this thread."""
+    from rfc.runtime.engine.engine import Engine, GenerationRequest
+    from rfc.runtime.sampling.sampler import SamplingParams
+
+    engine = Engine(lm)
+    n = min(args.steps, lm.context_length - 16)
+    engine.submit(GenerationRequest([5, 6, 7, 8], SamplingParams(temperature=0.0), max_tokens=n + 20, ignore_eos=True))
+    for _ in range(10):  # the prompt, the graph's capture
+        engine.step()
+    times = []
+    for _ in range(n // 2):
+        t = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t)
+    print(
+        f"{args.bundle.name}: Engine.step() of a batch-1 decode, the graph replay skipped: median "
+        f"{statistics.median(times) * 1e6:.1f} us, min {min(times) * 1e6:.1f} us ({len(times)} steps)"
+    )
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n // 2 - 2):
+        engine.step()
     prof.disable()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
