@@ -543,12 +543,15 @@ def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, wide, 
 
 @pytest.mark.parametrize(
     "target,dim,per_group",
-    [pytest.param(t, d, g, marks=toolchain_marks(t)) for t, d, g in (("gfx90a", 2048, 8),)],
+    [
+        pytest.param("gfx90a", 2048, 8, marks=toolchain_marks("gfx90a")),
+        pytest.param("sm_90", 1024, 4, marks=toolchain_marks("sm_90") + [pytest.mark.exhaustive]),
+    ],
 )  # gate/up rows a block: 256 threads over lanes of min(wave, sub-blocks a row) (gpu_plan._int8_tiling): 4 on
 # gfx90a's 64-lane waves at 2048 columns, a wave's two 32-lane groups rounding different tokens. The fixtures'
 # (256 wide: 32 rows a block, each rounding its own) on sm_90 and gfx1100 in
-# test_one_token_steps_run_the_one_token_list_bit_for_bit; sm_90 at 1024 columns (4 blocks a sub-block) passed
-# too when run here (the same template code; 14 s a run)
+# test_one_token_steps_run_the_one_token_list_bit_for_bit; exhaustive: sm_90 at 1024 columns (8 rows a block, the
+# same template code; 14 s a run)
 def test_gate_up_rounds_for_the_down_matmul_bit_for_bit(target, dim, per_group, tmp_path):
     """The decode and one-token lists' gate/up + SwiGLU launch rounds its outputs per 32 rows for
     the down matmul, whose launch reads them rounded (gpu_glu_handoff.py). Where a block holds
