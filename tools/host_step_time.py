@@ -85,13 +85,7 @@ def main() -> int:
         f"{args.bundle.name}: host time of a served batch-1 step, the graph replay skipped: median "
         f"{statistics.median(times) * 1e6:.1f} us, min {min(times) * 1e6:.1f} us ({args.steps} steps)"
     )
-    prof = cProfile.Profile()
-    prof.enable()
-    steps(args.steps)
-    prof.disable()
-    out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
-    print(out.getvalue())
+    print_profile(lambda: steps(args.steps))
     return 0
 
 
@@ -114,15 +108,19 @@ def engine_steps(lm, args) -> int:
         f"{args.bundle.name}: Engine.step() of a batch-1 decode, the graph replay skipped: median "
         f"{statistics.median(times) * 1e6:.1f} us, min {min(times) * 1e6:.1f} us ({len(times)} steps)"
     )
+    print_profile(lambda: [engine.step() for _ in range(n // 2 - 2)])
+    return 0
+
+
+def print_profile(run) -> None:
+    """The cProfile of `run()`: the 12 functions with the most own time."""
     prof = cProfile.Profile()
     prof.enable()
-    for _ in range(n // 2 - 2):
-        engine.step()
+    run()
     prof.disable()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
     print(out.getvalue())
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,14 +29,14 @@ from collections import defaultdict, deque
 
 from rfc.artifacts.ops import PTR
 from rfc.artifacts.plan import Plan
-from rfc.artifacts.program import ArgKind, ArgSlot, Arena, ArenaSlot, Launch, StepProgram
+from rfc.artifacts.program import ArgKind, ArgSlot, Launch, StepProgram
 from rfc.compiler.codegen.gpu_imma import SUB_BLOCK, q8_layout
 from rfc.compiler.codegen.gpu_kernel import KernelSpec
 from rfc.compiler.codegen.gpu_plan import (
-    ARENA_ALIGNMENT,
     ATTENTION_ARRIVALS,
     FUSED_MATMUL_TEMPLATE,
     MATMUL_TEMPLATE,
+    arena_with,
     read_later,
 )
 
@@ -189,9 +189,10 @@ def _walk_unroll(steps: int, most: int) -> int:
 
 
 def _producer_launch(launch: Launch, glu: KernelSpec, producer: KernelSpec) -> Launch:
-    at = [a for a, _k in glu.args].index("n_rows")
-    extra = (ArgSlot(ArgKind.ARENA, GLU_Q8_SCRATCH), ArgSlot(ArgKind.ARENA, ATTENTION_ARRIVALS))
-    return dataclasses.replace(launch, kernel=producer.name, args=(*launch.args[:at], *extra, *launch.args[at:]))
+    """`launch` on `producer`: its arguments, and the slot and the counts where the kernel takes them."""
+    own = dict(zip((a for a, _k in glu.args), launch.args))
+    own["rounded"], own["arrivals"] = ArgSlot(ArgKind.ARENA, GLU_Q8_SCRATCH), ArgSlot(ArgKind.ARENA, ATTENTION_ARRIVALS)
+    return dataclasses.replace(launch, kernel=producer.name, args=tuple(own[a] for a, _k in producer.args))
 
 
 def _reader_launch(launch: Launch, down: KernelSpec, reader: KernelSpec) -> Launch:
@@ -199,24 +200,3 @@ def _reader_launch(launch: Launch, down: KernelSpec, reader: KernelSpec) -> Laun
     args = list(launch.args)
     args[at] = ArgSlot(ArgKind.ARENA, GLU_Q8_SCRATCH)
     return dataclasses.replace(launch, kernel=reader.name, args=tuple(args))
-
-
-def arena_with(arena: Arena, name: str, nbytes: int, arrival_ints: int) -> Arena:
-    """`arena` with a slot `name` of `nbytes` after its others, and its ATTENTION_ARRIVALS (the
-    last slot, zeroed once) holding at least `arrival_ints` counts."""
-    counts = next((s for s in arena.slots if s.buffer == ATTENTION_ARRIVALS), None)
-    slots = [s for s in arena.slots if s is not counts]
-    total = counts.offset if counts is not None else arena.total_bytes
-    slots.append(ArenaSlot(name, total, nbytes))
-    total += _round_up(nbytes)
-    ints = max(arrival_ints, counts.nbytes // 4 if counts is not None else 0)
-    zeroed = arena.zeroed
-    if ints:
-        slots.append(ArenaSlot(ATTENTION_ARRIVALS, total, 4 * ints))
-        total += _round_up(4 * ints)
-        zeroed = zeroed if ATTENTION_ARRIVALS in zeroed else (*zeroed, ATTENTION_ARRIVALS)
-    return dataclasses.replace(arena, slots=tuple(slots), total_bytes=total, zeroed=zeroed)
-
-
-def _round_up(n: int) -> int:
-    return -(-n // ARENA_ALIGNMENT) * ARENA_ALIGNMENT

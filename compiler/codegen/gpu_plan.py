@@ -965,6 +965,23 @@ def plan_step_arena(
     return Arena(PROGRAM_MAX_TOKENS, PROGRAM_MAX_ROWS, PROGRAM_MAX_SEQS, ARENA_ALIGNMENT, tuple(slots), total, zeroed)
 
 
+def arena_with(arena: Arena, name: str, nbytes: int, arrival_ints: int) -> Arena:
+    """`arena` with a slot `name` of `nbytes` after its others, and its ATTENTION_ARRIVALS (the
+    last slot, zeroed once) holding at least `arrival_ints` counts."""
+    counts = next((s for s in arena.slots if s.buffer == ATTENTION_ARRIVALS), None)
+    slots = [s for s in arena.slots if s is not counts]
+    total = counts.offset if counts is not None else arena.total_bytes
+    slots.append(ArenaSlot(name, total, nbytes))
+    total += _round_up(nbytes, ARENA_ALIGNMENT)
+    ints = max(arrival_ints, counts.nbytes // 4 if counts is not None else 0)
+    zeroed = arena.zeroed
+    if ints:
+        slots.append(ArenaSlot(ATTENTION_ARRIVALS, total, 4 * ints))
+        total += _round_up(4 * ints, ARENA_ALIGNMENT)
+        zeroed = zeroed if ATTENTION_ARRIVALS in zeroed else (*zeroed, ATTENTION_ARRIVALS)
+    return dataclasses.replace(arena, slots=tuple(slots), total_bytes=total, zeroed=zeroed)
+
+
 def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels: list[str], fusions=()) -> StepProgram:
     """The launch list: one launch per plan op, grids counted in STEP_ARGS scalars, but one
     launch for each run of ops in `fusions` (compiler/codegen/gpu_fuse.py). Where an op has a
