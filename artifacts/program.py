@@ -362,3 +362,7 @@ SAMPLE_WORDS: tuple[str, ...] = (
 SAMPLE_FLAG_DEVICE = 1  # the kernel samples this row
 SAMPLE_FLAG_GREEDY = 2  # argmax, ties to the lowest id
 SAMPLE_FLAG_LOGPROB = 4  # also write the chosen token's log-probability
+# StepProgram.extra["sample"]["out"] of a kernel that writes a step's R token ids (-1: none),
+# then their R logprobs' bits, then R ids a next step may be fed on the device (0 for none), each
+# an int32 array; a bundle without it wrote (token, logprob) pairs
+SAMPLE_OUT_PLANAR = "ids, logprobs, fed ids"

@@ -379,8 +379,10 @@ def check_model(path: Path, target: str, device: str, out: Path, args) -> dict:
 def decode_batch(lm: LoadedModel, batch: int, steps: int, logits: bool = False) -> float:
     """Aggregate decode tok/s with `batch` sequences of 32-token prompts, after a warm-up: greedy,
     each step's tokens chosen on the device as the engine serves them (only the token ids come
-    back) where the device samples; with `logits` (or where it does not) every step's logits
-    come back to the host instead, and the next tokens are random."""
+    back; where the device queues steps ahead, each step launched before the one before is read
+    and fed its tokens on the device, as the engine runs decode: runtime/engine/ahead.py) where
+    the device samples; with `logits` (or where it does not) every step's logits come back to
+    the host instead, and the next tokens are random."""
     from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 
     rng = np.random.default_rng(1)
@@ -392,12 +394,17 @@ def decode_batch(lm: LoadedModel, batch: int, steps: int, logits: bool = False) 
     samplers = [Sampler(SamplingParams(temperature=0.0), list(p), lm.vocab_size) for p in prompts]
     tokens = [int(rng.integers(2, lm.vocab_size)) for _ in range(batch)]
 
-    def step():
-        nonlocal pos, tokens
+    def next_batch():
+        nonlocal pos
         chunks = [ScheduledChunk(100 + s, pos, (tokens[s],)) for s in range(batch)]
         for c in chunks:
             blocks_of(lm).allocate(c.seq_id, pos + 1)
-        built = build_batch(chunks, blocks_of(lm))
+        pos += 1
+        return build_batch(chunks, blocks_of(lm))
+
+    def step():
+        nonlocal tokens
+        built = next_batch()
         if on_device:
             out = lm.executor.forward_sampled(built, [(sampler, False) for sampler in samplers])
             tokens = [int(t) for t in out.tokens]
@@ -406,10 +413,13 @@ def decode_batch(lm: LoadedModel, batch: int, steps: int, logits: bool = False) 
         else:
             lm.executor.forward(built)
             tokens = [int(rng.integers(2, lm.vocab_size)) for _ in range(batch)]
-        pos += 1
 
     try:
         step()  # graph capture for this batch size
+        if on_device and lm.executor.runs_ahead:
+            from gpu_experiment import queued_decode  # a sibling script
+
+            return batch * steps / queued_decode(lm.executor, next_batch, samplers, steps)
         t = time.perf_counter()
         for _ in range(steps):
             step()

@@ -294,6 +294,28 @@ def graph_replays(runner, graph, n: int) -> list[float]:
     return times
 
 
+def queued_decode(executor, batch, samplers: list, steps: int) -> float:
+    """Seconds of `steps` decode steps run as the engine runs them where the device queues steps
+    ahead (runtime/engine/ahead.py): each step launched before the one before is read, its
+    tokens fed on the device from that step's ids (row i feeds token i). `batch()` gives each
+    step's StepBatch (its staged tokens are ignored but the first's); `samplers` one per row."""
+    rows = [(sampler, False) for sampler in samplers]
+    feed = tuple((i, i) for i in range(len(samplers)))
+
+    def read(pending) -> None:
+        for sampler, token in zip(samplers, pending.result().tokens):
+            sampler.record(int(token))
+
+    t = time.perf_counter()
+    pending = executor.launch_sampled(batch(), rows)
+    for _ in range(steps - 1):
+        queued = executor.launch_sampled(batch(), rows, feed)
+        read(pending)
+        pending = queued
+    read(pending)
+    return time.perf_counter() - t
+
+
 def _time_bundle(bundle: Path, device: str) -> tuple[float, float, list[float], object]:
     """(graph decode step seconds at batch 1, median of 100; 512-token prefill seconds, median of 3;
     graph decode step seconds at each of BATCHED sequences, medians of 50; the logits of the

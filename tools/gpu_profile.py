@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_experiment import graph_replays  # a sibling script (tools/ is this script's path)
+from gpu_experiment import graph_replays, queued_decode  # a sibling script (tools/ is this script's path)
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.assemble import LoadOptions, load_model
 
@@ -170,10 +170,17 @@ def served_breakdown(lm, runner, batch, steps: int, graph_alone: float) -> None:
     with DriverCallTimes(d, SERVED_CALLS) as calls:
         timed = [served() for _ in range(steps)]
     print(calls.summary(timed))
+    if lm.executor.runs_ahead:
+        queued = statistics.median([queued_decode(lm.executor, batch, samplers, steps) / steps for _ in range(3)])
+        print(
+            f"served steps queued ahead (each fed the ids of the step before, as the engine queues decode): "
+            f"{queued * 1e3:.3f} ms a step, {n / queued:.1f} tok/s; {(queued - sampled) * 1e6:.1f} us a step "
+            f"beyond the graph replayed alone (median of 3 runs of {steps})"
+        )
 
 
 # the driver calls of a served decode step (gpu_program.StepRunner.run_sampled)
-SERVED_CALLS = ("copy_to_device_async", "graph_launch", "copy_to_host_async", "stream_synchronize")
+SERVED_CALLS = ("copy_to_device_async", "event_record", "graph_launch", "copy_to_host_async", "stream_synchronize")
 
 
 class DriverCallTimes:

@@ -8,7 +8,13 @@ penalty lists' capacity is the runtime's (it sizes the staging at bind time) and
 kernel as an argument, which clamps every row's list to it.
 """
 
-from rfc.artifacts.program import SAMPLE_FLAG_DEVICE, SAMPLE_FLAG_GREEDY, SAMPLE_FLAG_LOGPROB, SAMPLE_WORDS
+from rfc.artifacts.program import (
+    SAMPLE_FLAG_DEVICE,
+    SAMPLE_FLAG_GREEDY,
+    SAMPLE_FLAG_LOGPROB,
+    SAMPLE_OUT_PLANAR,
+    SAMPLE_WORDS,
+)
 from rfc.compiler.codegen.gpu_plan import I32, PTR, KernelSpec
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
@@ -63,4 +69,4 @@ def plan_sample_kernel(target: Target, vocab: int) -> KernelSpec:
 
 def sample_program_extra(spec: KernelSpec) -> dict:
     """What the runtime needs to bind the kernel (StepProgram.extra["sample"])."""
-    return {"kernel": spec.name, "threads": spec.threads, "words": len(SAMPLE_WORDS)}
+    return {"kernel": spec.name, "threads": spec.threads, "words": len(SAMPLE_WORDS), "out": SAMPLE_OUT_PLANAR}

@@ -47,6 +47,12 @@ class SampledRows:
         return found if found is not None else DeviceToken(int(self.tokens[i]), float(self.logprobs[i]))
 
 
+class PendingRows(Protocol):
+    """A step queued by launch_sampled."""
+
+    def result(self) -> SampledRows: ...
+
+
 class Device(Protocol):
     """One step at a time on a model's device: what the engine reads. Every device declares
     every member; those it lacks a use for keep their stated defaults."""
@@ -72,6 +78,17 @@ class Device(Protocol):
         """One step on a `samples_on_device` device; rows[i] is (Sampler, wants its logprob)
         for a row the device may sample, None for a row the host must (grammar, logit_bias,
         top logprobs)."""
+        ...
+
+    @property
+    def runs_ahead(self) -> bool:  # False: launch_sampled refuses (DeviceError)
+        ...
+
+    def launch_sampled(self, batch: StepBatch, rows: list, feed: tuple[tuple[int, int], ...] = ()) -> "PendingRows":
+        """forward_sampled queued: returns before the step has run, its result() waits. With
+        `feed`, (token index, row) pairs, the step may be queued while the last one runs, each
+        of those tokens being the token the last step sampled for that row (decode queued
+        ahead: runtime/devices/gpu_program.py StepRunner.launch_sampled)."""
         ...
 
     @property
@@ -129,6 +146,11 @@ class InterpretedDevice:
 
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         raise DeviceError(f"the {type(self).__name__} does not sample: the host samples every row")
+
+    runs_ahead = False
+
+    def launch_sampled(self, batch: StepBatch, rows: list, feed: tuple[tuple[int, int], ...] = ()) -> PendingRows:
+        raise DeviceError(f"the {type(self).__name__} queues no step ahead")
 
     def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
         raise DeviceError(f"the {type(self).__name__} does not copy KV slots")

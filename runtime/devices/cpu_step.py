@@ -25,7 +25,7 @@ from rfc.artifacts.program import STEP_ABI_VERSION, STEP_ARGS, plan_arena, unpac
 from rfc.artifacts.targets import TargetEntry
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
-from rfc.runtime.core.device import SampledRows
+from rfc.runtime.core.device import PendingRows, SampledRows
 from rfc.runtime.devices.state import HostState
 from rfc.runtime.core.sampling_kernels import SamplingKernels
 
@@ -132,6 +132,11 @@ class CpuStepDevice(HostState):
 
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         raise DeviceError("the cpu step program does not sample: the host samples every row")
+
+    runs_ahead = False  # a step is one call that returns when it has run
+
+    def launch_sampled(self, batch: StepBatch, rows: list, feed: tuple[tuple[int, int], ...] = ()) -> PendingRows:
+        raise DeviceError("the cpu step program queues no step ahead")
 
     copies_kv = True  # the KV cache is host memory: a copy is a numpy copy
 

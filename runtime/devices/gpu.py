@@ -23,7 +23,7 @@ from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
 from rfc.runtime.devices.gpu_driver import Driver, GpuDriver
 from rfc.runtime.devices.gpu_program import StepRunner
-from rfc.runtime.core.device import SampledRows
+from rfc.runtime.core.device import PendingRows, SampledRows
 
 _KV_ITEMSIZE = {"f16": 2, "f32": 4}
 _WEIGHT_ALIGNMENT = 256  # device offsets of uploaded weights: 128-bit loads and more
@@ -119,6 +119,7 @@ class GpuDevice:
         )
         self._plan = plan
         self.samples_on_device = self.runner.sampling is not None
+        self.runs_ahead = self.samples_on_device and self.runner.sampling.runs_ahead
 
     def forward(self, batch: StepBatch) -> np.ndarray:
         return self.runner.run(batch, self._plan.output_logits)
@@ -129,11 +130,14 @@ class GpuDevice:
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         return self.runner.run_sampled(batch, rows)
 
-    # KV rows are copied through one pinned host buffer on the step stream (the driver has no
-    # device-to-device copy): a run of consecutive slots per layer, K and V, in stream order,
-    # so the staging buffer is reused safely and the next step sees the copies.
+    runs_ahead = False
+
+    def launch_sampled(self, batch: StepBatch, rows: list, feed: tuple[tuple[int, int], ...] = ()) -> PendingRows:
+        return self.runner.launch_sampled(batch, rows, feed)
+
+    # KV rows are copied on the device, on the step stream: a run of consecutive slots per layer,
+    # K and V, in stream order, so the next step sees the copies.
     copies_kv = True
-    _kv_host, _kv_host_bytes = 0, 0
 
     def copy_kv(self, src: np.ndarray, dst: np.ndarray) -> None:
         kv = self._plan.kv
@@ -154,19 +158,12 @@ class GpuDevice:
             i = j
         if not runs:
             return
-        need = max(n for _, _, n in runs) * max(self._memory.row_bytes.values())
-        if self._kv_host_bytes < need:
-            if self._kv_host:
-                self._driver.free_host(self._kv_host)
-            self._kv_host, self._kv_host_bytes = self._driver.malloc_host(need), need
         stream = self.runner.stream
         for layer in range(kv.n_layers):
             for which in ("k", "v"):
                 base, row = self._memory.kv_address(which, layer), self._memory.row_bytes[which]
                 for s0, d0, n in runs:
-                    self._driver.copy_to_host_async(self._kv_host, base + s0 * row, n * row, stream)
-                    self._driver.copy_to_device_async(base + d0 * row, self._kv_host, n * row, stream)
-        self._driver.stream_synchronize(stream)
+                    self._driver.copy_on_device_async(base + d0 * row, base + s0 * row, n * row, stream)
 
     # -- recurrent state: a pool of slots in device memory; the launches that read it get its base
     state_pool = None  # no host view: the state lives on the device
@@ -193,8 +190,6 @@ class GpuDevice:
         self._driver.synchronize()
         self.runner.close()
         self._memory.close()
-        if self._kv_host:
-            self._driver.free_host(self._kv_host)
 
 
 class GpuMemory:

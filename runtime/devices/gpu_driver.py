@@ -50,6 +50,17 @@ class Driver(Protocol):
 
     def copy_to_host_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None: ...
 
+    def copy_on_device_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None: ...
+
+    # an event marks a point in a stream; the host waits for it while what was queued after it runs
+    def event_create(self) -> Any: ...
+
+    def event_record(self, event: Any, stream: Any) -> None: ...
+
+    def event_synchronize(self, event: Any) -> None: ...
+
+    def event_destroy(self, event: Any) -> None: ...
+
     # whether launch_on(overlap=True) overlaps: the kernel may start while the kernel before it in
     # the stream runs (its code waits for it: compiler/codegen/gpu_overlap.py); where not, the
     # launch is plain
@@ -94,6 +105,11 @@ class Calls:
     stream_create: str
     copy_to_device_async: str
     copy_to_host_async: str
+    copy_on_device_async: str
+    event_create: str
+    event_record: str
+    event_synchronize: str
+    event_destroy: str
     launch: str
     capture_begin: str
     capture_end: str
@@ -124,6 +140,11 @@ _CALL_NAMES = (
     ("stream_create",        "hipStreamCreateWithFlags",  "cuStreamCreate"),
     ("copy_to_device_async", "hipMemcpyAsync",            "cuMemcpyHtoDAsync_v2"),
     ("copy_to_host_async",   "hipMemcpyAsync",            "cuMemcpyDtoHAsync_v2"),
+    ("copy_on_device_async", "hipMemcpyAsync",            "cuMemcpyDtoDAsync_v2"),
+    ("event_create",         "hipEventCreateWithFlags",   "cuEventCreate"),
+    ("event_record",         "hipEventRecord",            "cuEventRecord"),
+    ("event_synchronize",    "hipEventSynchronize",       "cuEventSynchronize"),
+    ("event_destroy",        "hipEventDestroy",           "cuEventDestroy_v2"),
     ("launch",               "hipModuleLaunchKernel",     "cuLaunchKernel"),
     ("capture_begin",        "hipStreamBeginCapture",     "cuStreamBeginCapture_v2"),
     ("capture_end",          "hipStreamEndCapture",       "cuStreamEndCapture"),
@@ -158,8 +179,10 @@ class Dialect:
     malloc_host_flags: tuple = ()  # after (pointer, bytes)
     to_device_kind: tuple = ()  # before the stream of an async copy
     to_host_kind: tuple = ()
+    on_device_kind: tuple = ()
     instantiate_flags: tuple = ()  # after (graph exec, graph)
     stream_flags: int = 1  # a non-blocking stream: no implicit sync with the legacy stream
+    event_flags: int = 2  # CU_EVENT_DISABLE_TIMING / hipEventDisableTiming: a marker, no clock read
     capture_mode: int = 1  # thread-local stream capture
     # the launch with attributes that overlaps a kernel with the one before it (CUDA's
     # cuLaunchKernelEx with programmatic stream serialization), its signature, and the function
@@ -295,6 +318,24 @@ class GpuDriver:
 
     def copy_to_host_async(self, dst: int, src: int, nbytes: int, stream) -> None:
         self._call(self.dialect.calls.copy_to_host_async, dst, src, nbytes, *self.dialect.to_host_kind, stream)
+
+    def copy_on_device_async(self, dst: int, src: int, nbytes: int, stream) -> None:
+        self._call(self.dialect.calls.copy_on_device_async, dst, src, nbytes, *self.dialect.on_device_kind, stream)
+
+    # events: a point in a stream that the host can wait for while the work queued after it runs
+    def event_create(self) -> ctypes.c_void_p:
+        event = ctypes.c_void_p()
+        self._call(self.dialect.calls.event_create, ctypes.byref(event), self.dialect.event_flags)
+        return event
+
+    def event_record(self, event, stream) -> None:
+        self._call(self.dialect.calls.event_record, event, stream)
+
+    def event_synchronize(self, event) -> None:
+        self._call(self.dialect.calls.event_synchronize, event)
+
+    def event_destroy(self, event) -> None:
+        self._call(self.dialect.calls.event_destroy, event)
 
     def launch_on(self, fn, grid, block, params, stream, overlap: bool = False) -> None:
         if overlap and self.overlaps:

@@ -35,6 +35,7 @@ import numpy as np
 
 from rfc.artifacts.program import (
     LIST_NAMES,
+    SAMPLE_OUT_PLANAR,
     SAMPLE_FLAG_DEVICE,
     SAMPLE_FLAG_GREEDY,
     SAMPLE_FLAG_LOGPROB,
@@ -213,6 +214,9 @@ class StepRunner:
         self.batch_min_tokens = program.batch_min_tokens if program.batch_launches else None
         if self.sampling is not None:
             self.sampling.bind()
+        # sampled steps launched whose results were not read, oldest first (launch_sampled)
+        self._queued: list[PendingStep] = []
+        self._staged = driver.event_create() if self.sampling is not None and self.sampling.runs_ahead else None
         # (n_tokens, n_rows, sampled) -> graph: `run` must not replay the sampling kernel
         self._graphs: dict[tuple[int, int, bool], Any] = {}
         self._max_graphs = max_graphs
@@ -347,14 +351,24 @@ class StepRunner:
             self._graphs[key] = graph
         return graph
 
-    def _forward(self, batch: StepBatch, first: int, sampled: bool = False) -> dict[str, int]:
+    def _forward(
+        self, batch: StepBatch, first: int, sampled: bool = False, feed: tuple[tuple[int, int], ...] = ()
+    ) -> dict[str, int]:
         """Stages the batch, copies the staging in from byte `first` (what is staged ahead of
-        the batch arrays is the caller's) and queues the step's launches, with the sampling
-        kernel last when `sampled`; returns the step's scalars."""
+        the batch arrays is the caller's), copies each fed token in from the step before
+        (`feed`: (token index, that step's row) pairs) and queues the step's launches, with the
+        sampling kernel last when `sampled`; returns the step's scalars."""
         scalars = self._write_batch(batch)
         d = self._driver
         end = self.stage["block_tables"][0] + len(batch.context_lens) * self.table_width * 4
         d.copy_to_device_async(self._dev_in + first, self._host_in + first, end - first, self.stream)
+        if feed:
+            tokens, ids = self._dev_in + self.stage["tokens"][0], self.sampling.fed_ids()
+            for token, row, n in _pair_runs(feed):
+                d.copy_on_device_async(tokens + 4 * token, ids + 4 * row, 4 * n, self.stream)
+        if self.sampling is not None and self.sampling.runs_ahead:
+            # the staging may be written again once this point is passed (launch_sampled)
+            d.event_record(self._staged, self.stream)
         # decode steps (one token per row) repeat shapes: those are the graph buckets (each
         # captures the list its token count picks)
         if scalars["n_tokens"] == scalars["n_rows"]:
@@ -365,6 +379,7 @@ class StepRunner:
 
     def run(self, batch: StepBatch, output: str) -> np.ndarray:
         """Runs one step; returns float32[R, width] of `output` (logits or hidden)."""
+        self._check_idle()
         scalars = self._forward(batch, self.stage[_STAGED[0]][0])
         d = self._driver
         R, width = scalars["n_rows"], self._out[output]
@@ -377,22 +392,49 @@ class StepRunner:
     def run_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         """Runs one step and samples its rows on the device where `rows` allows (see
         Executor.forward_sampled); only token ids, and the logits of host rows, come back."""
+        self._check_idle()
+        return self.launch_sampled(batch, rows).result()
+
+    def launch_sampled(self, batch: StepBatch, rows: list, feed: tuple[tuple[int, int], ...] = ()) -> "PendingStep":
+        """Queues a step sampled as run_sampled samples it and returns at once; its result()
+        waits for it. With `feed` ((token index, row) pairs) the step is queued behind the last
+        sampled step, which may still be running: each of those tokens is that step's token of
+        that row, copied on the device (its staged value is ignored), and the row of the
+        sequence it continues counts that step's draw as made. One step may be queued behind
+        another that has not been read; it must take its tokens so and sample every row on the
+        device (docs/design.md: decode queued ahead)."""
         if self.sampling is None:
             raise DeviceError("this bundle's step program has no sampling kernel: recompile the model")
         R = batch.num_rows
         if len(rows) != R:
             raise DeviceError(f"{len(rows)} sampling rows for {R} logit rows")
         s = self.sampling
-        host_rows, first = s.stage(rows, self._vocab)  # before the step: it may raise
+        if feed or self._queued:
+            s.check_feed(batch, rows, feed, len(self._queued))
+            if self._queued:  # the step before still reads the staging it copies in: wait for that copy
+                self._driver.event_synchronize(self._staged)
+        fed_rows = {r for r in range(R) if int(batch.logit_rows[r]) in {t for t, _ in feed}} if feed else set()
+        host_rows, first = s.stage(rows, self._vocab, fed_rows)  # before the step: it may raise
+        if self._queued:  # the step before ends where this one starts: its ids can be waited for
+            self._queued[-1].mark()
         # a step whose rows all go to the host needs no kernel, except inside a graph: there
         # it finds no row flagged for the device and returns
-        self._forward(batch, first, sampled=len(host_rows) < R or batch.num_tokens == R)
-        return s.finish(R, host_rows, self.arena + self._out_offset[self._logits], self._host_out)
+        self._forward(batch, first, sampled=len(host_rows) < R or batch.num_tokens == R, feed=feed)
+        pending = s.copy_out(R, host_rows, self.arena + self._out_offset[self._logits], self._host_out)
+        self._queued.append(pending)
+        return pending
+
+    def _check_idle(self) -> None:
+        if self._queued:
+            raise DeviceError("a step is queued whose result was not read: read it before running another")
 
     def close(self) -> None:
         for g in self._graphs.values():
             self._driver.graph_destroy(g)
         self._graphs.clear()
+        if self._staged is not None:
+            self._driver.event_destroy(self._staged)
+            self._staged = None
         if self.sampling is not None:
             self.sampling.close()
         self._driver.free_host(self._host_in)
@@ -479,7 +521,14 @@ class DeviceSampling:
     "sample_params" (SAMPLE_WORDS per row) begins. Both are written through views made at
     bind time and reach the device in the step's one copy; the kernel's pointers never move,
     so the graph captured with it stays valid. Token ids and logprobs come back, and the
-    logits of host rows only."""
+    logits of host rows only.
+
+    The kernel writes the step's token ids as one int32 array, then the logprobs' bits (a bundle
+    compiled before that wrote (token, logprob) pairs: it runs, and no step is queued ahead
+    on it). The next step's inputs can then be copied from the ids on the device, so a step can
+    be queued before the one before it is read (StepRunner.launch_sampled); the ids come back
+    into two pinned buffers in turn, so a step's copy out never overwrites the ids the host is
+    reading of the step before."""
 
     def __init__(self, runner: StepRunner, fn: Any, kernel_args: dict, extra: dict, pen_per_row: int):
         name, words = extra.get("kernel"), extra.get("words")
@@ -494,12 +543,15 @@ class DeviceSampling:
             raise DeviceError(f"the bundle's sampling kernel has {self.threads!r} threads (at most 1024)")
         if not _is_count(pen_per_row, _MAX_PEN_CAPACITY):
             raise DeviceError(f"{pen_per_row!r} penalty entries per row: 1 to {_MAX_PEN_CAPACITY}")
+        # the ids one array, then the logprobs (compiler/codegen/gpu_sample.py); else pairs
+        self.runs_ahead = extra.get("out") == SAMPLE_OUT_PLANAR
         # every row's budget, unless the program's rows are so many that the total is capped:
         # then a row that finds the step's pairs taken is sampled on the host
         self.capacity = min(runner.max_rows * pen_per_row, _MAX_PEN_CAPACITY)
         self.per_row = pen_per_row
         self._runner, self._driver = runner, runner._driver
         self._fn, self._layout = fn, layout
+        self._last: tuple[int, frozenset[int]] | None = None  # the last sampled step's rows and host rows
 
     def regions(self) -> list[tuple[str, int]]:
         """The staging regions ahead of the batch arrays: (name, int32 words)."""
@@ -513,9 +565,13 @@ class DeviceSampling:
         pairs = r._views["sample_pen"].reshape(C, 2)
         self._pen_tokens, self._pen_counts = pairs[:, 0], pairs.view(np.float32)[:, 1]
         self._pen_off = r.stage["sample_pen"][0]
-        self._host_out = d.malloc_host(8 * R)
-        self._out = _view(self._host_out, 2 * R).reshape(R, 2)
-        self._dev_out = r._alloc(8 * R)
+        # (pinned buffer, its int32 view, an event marking the end of the step it holds), in turn
+        self._outs = []
+        for _ in range(2 if self.runs_ahead else 1):
+            host = d.malloc_host(8 * R)
+            self._outs.append((host, _view(host, 2 * R), d.event_create() if self.runs_ahead else None))
+        self._turn = 0
+        self._dev_out = r._alloc((12 if self.runs_ahead else 8) * R)
         pointers = {
             "out": self._dev_out,
             "logits": r.arena + r._out_offset[r._logits],
@@ -533,10 +589,40 @@ class DeviceSampling:
                 struct.pack_into(_PACK[nbytes], buffer, offset, pointers[name])
         self.bound = BoundLaunch(self._fn, self.threads, [("n_rows", 1)], buffer, params, scalars)
 
-    def stage(self, rows: list, vocab: int) -> tuple[list[int], int]:
+    def fed_ids(self) -> int:
+        """The device address of the last sampled step's ids to feed a next step (runs_ahead)."""
+        assert self._last is not None
+        return self._dev_out + 8 * self._last[0]
+
+    def check_feed(self, batch: StepBatch, rows: list, feed: tuple[tuple[int, int], ...], queued: int) -> None:
+        """A step fed from the last sampled step, or queued behind one not yet read: what
+        StepRunner.launch_sampled allows (DeviceError otherwise)."""
+        if not self.runs_ahead:
+            raise DeviceError("this bundle's sampling kernel cannot feed the next step: recompile the model")
+        if queued > 1 or (queued and not feed):
+            raise DeviceError("a step queued behind one not yet read must take its tokens from it, one step ahead")
+        if queued and any(row is None for row in rows):
+            raise DeviceError("a step queued behind one not yet read samples every row on the device")
+        last_rows, last_host = self._last or (0, frozenset())
+        row_of = {int(t): r for r, t in enumerate(batch.logit_rows)}
+        tokens = [t for t, _ in feed]
+        if len(set(tokens)) != len(tokens):
+            raise DeviceError("a token fed twice")
+        for token, row in feed:
+            if token not in row_of or not 0 <= row < last_rows or row in last_host:
+                raise DeviceError(
+                    f"token {token} fed from row {row}: it must be a logit row's token, fed from a row the "
+                    f"last step ({last_rows} rows) sampled on the device"
+                )
+            mine = rows[row_of[token]]
+            if mine is not None and mine[0].penalty_counts() is not None:
+                raise DeviceError("a row with penalties cannot follow a token not yet read (its window lacks it)")
+
+    def stage(self, rows: list, vocab: int, fed: set[int] = frozenset()) -> tuple[list[int], int]:
         """Writes the rows' parameters and penalty lists; returns the rows the host samples (a
         None row, or one whose list holds more than pen_per_row entries or no longer fits) and
-        the staging byte the step's copy starts at (its first penalty pair)."""
+        the staging byte the step's copy starts at (its first penalty pair). The rows of `fed`
+        follow a draw of their sampler's not yet recorded (a step queued ahead)."""
         if len(rows) > self._params.shape[0]:
             raise DeviceError(f"{len(rows)} sampling rows, the program has {self._params.shape[0]}")
         host_rows: list[int] = []
@@ -550,9 +636,8 @@ class DeviceSampling:
                 continue
             sampler, logprob = row
             start = end - n
-            write_sample_row(
-                self._params[r], sampler.params, vocab, sampler.device_seed, sampler.drawn, start, n, bool(logprob)
-            )
+            step = sampler.drawn + (r in fed)
+            write_sample_row(self._params[r], sampler.params, vocab, sampler.device_seed, step, start, n, bool(logprob))
             if n:
                 # the window is the Sampler's dict: one array of each from it, into the views
                 self._pen_tokens[start:end] = np.fromiter(counts.keys(), dtype=np.int32, count=n)
@@ -560,25 +645,81 @@ class DeviceSampling:
             end = start
         return host_rows, self._pen_off + 8 * end
 
-    def finish(self, n_rows: int, host_rows: list[int], logits_ptr: int, host_logits: int) -> SampledRows:
-        """After the step's launches: token ids and logprobs back (when a row was the
-        device's), each run of host rows' logits back, one sync."""
+    def copy_out(self, n_rows: int, host_rows: list[int], logits_ptr: int, host_logits: int) -> "PendingStep":
+        """After the step's launches: its token ids and logprobs (when a row was the device's)
+        and each run of host rows' logits queued back; the step, to be read."""
         d, stream = self._driver, self._runner.stream
         row_bytes = self._runner._vocab * 4
+        host, view, event = self._outs[self._turn]
+        self._turn = (self._turn + 1) % len(self._outs)
         if len(host_rows) < n_rows:
-            d.copy_to_host_async(self._host_out, self._dev_out, 8 * n_rows, stream)
+            d.copy_to_host_async(host, self._dev_out, 8 * n_rows, stream)
         for start, stop in _runs(host_rows):
             d.copy_to_host_async(
                 host_logits + start * row_bytes, logits_ptr + start * row_bytes, (stop - start) * row_bytes, stream
             )
-        d.stream_synchronize(stream)
-        vocab = self._runner._vocab
-        rows = _view(host_logits, n_rows * vocab, np.float32).reshape(n_rows, vocab) if host_rows else None
-        return SampledRows(
-            tokens=self._out[:n_rows, 0].copy(),
-            logprobs=self._out[:n_rows, 1].view(np.float32).copy(),
-            logits={r: rows[r].copy() for r in host_rows},
-        )
+        self._last = (n_rows, frozenset(host_rows))
+        return PendingStep(self, n_rows, host_rows, host_logits, view, event)
 
     def close(self) -> None:
-        self._driver.free_host(self._host_out)
+        for host, _view, event in self._outs:
+            self._driver.free_host(host)
+            if event is not None:
+                self._driver.event_destroy(event)
+        self._outs = []
+
+
+class PendingStep:
+    """A sampled step queued on the runner's stream (StepRunner.launch_sampled); result()
+    waits for it and reads its tokens, once, in the order the steps were queued."""
+
+    def __init__(self, sampling: DeviceSampling, n_rows: int, host_rows: list[int], host_logits: int, out, event):
+        self._sampling, self._n_rows, self._host_rows = sampling, n_rows, host_rows
+        self._host_logits, self._out, self._event = host_logits, out, event
+        self._marked = False
+        self._result: SampledRows | None = None
+
+    def mark(self) -> None:
+        """Marks the stream's end as this step's end: a step is about to be queued behind it,
+        and result() then waits for this one alone."""
+        self._sampling._driver.event_record(self._event, self._sampling._runner.stream)
+        self._marked = True
+
+    def result(self) -> SampledRows:
+        if self._result is not None:
+            return self._result
+        runner = self._sampling._runner
+        if not runner._queued or runner._queued[0] is not self:
+            raise DeviceError("steps are read in the order they were queued")
+        d = self._sampling._driver
+        try:
+            if self._marked:
+                d.event_synchronize(self._event)
+            else:
+                d.stream_synchronize(runner.stream)
+        finally:
+            runner._queued.pop(0)
+        R, vocab = self._n_rows, runner._vocab
+        rows = _view(self._host_logits, R * vocab, np.float32).reshape(R, vocab) if self._host_rows else None
+        if self._sampling.runs_ahead:  # the ids, then the logprobs
+            tokens, logprobs = self._out[:R], self._out[R : 2 * R]
+        else:  # (token, logprob) pairs
+            pairs = self._out[: 2 * R].reshape(R, 2)
+            tokens, logprobs = pairs[:, 0], pairs[:, 1]
+        self._result = SampledRows(
+            tokens=tokens.copy(),
+            logprobs=logprobs.view(np.float32).copy(),
+            logits={r: rows[r].copy() for r in self._host_rows},
+        )
+        return self._result
+
+
+def _pair_runs(feed: tuple[tuple[int, int], ...]) -> list[tuple[int, int, int]]:
+    """(token index, row) pairs as (first token, first row, count) runs in which both count up."""
+    runs: list[list[int]] = []
+    for token, row in sorted(feed):
+        if runs and runs[-1][0] + runs[-1][2] == token and runs[-1][1] + runs[-1][2] == row:
+            runs[-1][2] += 1
+        else:
+            runs.append([token, row, 1])
+    return [(t, r, n) for t, r, n in runs]

@@ -33,6 +33,10 @@ SIGNATURES: dict[str, list] = {
     "hipHostFree": [_P],
     "hipStreamCreateWithFlags": [_P, _U],
     "hipMemcpyAsync": [_P, _P, _S, _I, _P],
+    "hipEventCreateWithFlags": [_P, _U],
+    "hipEventRecord": [_P, _P],
+    "hipEventSynchronize": [_P],
+    "hipEventDestroy": [_P],
     "hipStreamBeginCapture": [_P, _I],
     "hipStreamEndCapture": [_P, _P],
     "hipGraphInstantiate": [_P, _P, _P, _P, _S],
@@ -42,7 +46,7 @@ SIGNATURES: dict[str, list] = {
     "hipStreamSynchronize": [_P],
     "hipMemGetInfo": [_P, _P],
 }
-_HOST_TO_DEVICE, _DEVICE_TO_HOST = 1, 2  # hipMemcpyKind
+_HOST_TO_DEVICE, _DEVICE_TO_HOST, _DEVICE_TO_DEVICE = 1, 2, 3  # hipMemcpyKind
 
 
 def _open_device(driver: GpuDriver, target: str) -> str:
@@ -86,6 +90,7 @@ HIP = Dialect(
     malloc_host_flags=(0,),  # hipHostMallocDefault
     to_device_kind=(_HOST_TO_DEVICE,),
     to_host_kind=(_DEVICE_TO_HOST,),
+    on_device_kind=(_DEVICE_TO_DEVICE,),
     instantiate_flags=(None, None, 0),  # no error node, no log
 )
 

@@ -15,6 +15,10 @@ with the lock released), the scheduler extends the chunks, and the engine thread
 chunk's rows in order while each draws its draft (`_verify`); the scheduler keeps the KV of
 what was accepted.
 
+On a device that queues steps ahead (a GPU), a decode step's successor is queued before the
+step is read, its tokens fed on the device (runtime/engine/ahead.py): the card runs it while
+this thread reads and delivers the step before.
+
 HTTP threads only `submit`, `cancel` and read state; the model runs in the thread that calls
 `step` (the engine thread of `rfc serve`, or the caller itself in `rfc run`, where each step
 also delivers its output before it returns).
@@ -36,10 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from rfc.runtime.engine.ahead import next_chunks
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.text.detokenize import IncrementalDetokenizer
-from rfc.runtime.core.device import DeviceToken, SampledRows
+from rfc.runtime.core.device import DeviceToken, PendingRows, SampledRows
 from rfc.runtime.engine.jobs import MAX_JOBS, EngineJob, JobExpired, JobQueue
 from rfc.runtime.engine.kv_cache import KvCopy, kv_copy_slots
 from rfc.runtime.engine.assemble import LoadedModel
@@ -156,6 +161,10 @@ class Engine:
         self._jobs = JobQueue()  # work beside generation, in pieces between steps (runtime/engine/jobs.py)
         self._spec = Speculator(config.spec, DraftModel(model.draft) if model.draft is not None else None)
         self.steps = 0
+        # decode queued ahead (runtime/engine/ahead.py): where the device can, and not for a plan
+        # with recurrent state (a step queued for a sequence that ends would be one to roll back)
+        self._running_ahead = bool(getattr(model.executor, "runs_ahead", False)) and not stateful
+        self._queued: tuple[_Work, PendingRows, float] | None = None  # launched, not read: the next step
 
     # -- requests (any thread) -------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> RequestState:
@@ -312,13 +321,24 @@ class Engine:
 
     # -- the loop (engine thread) ----------------------------------------------------------
     def step(self) -> bool:
-        """One batch: schedule -> run -> postprocess. False when there was nothing to do."""
+        """One batch: schedule -> run -> postprocess. False when there was nothing to do.
+        Where the device queues steps ahead, a decode step's successor is queued before this
+        step is read (runtime/engine/ahead.py) and is the next call's step."""
         self._output.wait_for_room()
-        work = self._schedule()
-        if work is None:
-            return False
-        started = time.perf_counter()
-        out = self._run(work)
+        queued, self._queued = self._queued, None
+        if queued is not None:
+            work, run, started = queued
+        else:
+            work = self._schedule()
+            if work is None:
+                return False
+            started = time.perf_counter()
+            run = self._launch(work)
+        if run is not None and not isinstance(run, (np.ndarray, SampledRows)):
+            self._queued = self._queue_ahead(work)  # behind this step, which still runs
+            out = self._read(work, run)
+        else:
+            out = run
         elapsed = time.perf_counter() - started
         picks = []
         if out is not None:
@@ -327,6 +347,11 @@ class Engine:
             with self._lock:
                 self._output.put(self._postprocess(work, picks))
                 self.steps += 1
+        elif self._queued is not None:  # this step failed: the one queued behind it took garbage
+            ahead, pending, _ = self._queued
+            self._queued = None
+            self._read(ahead, pending)  # waited for, and dropped
+            self._end_all(FAILED, "the step before this request's queued step failed", ahead.states)
         if not self._output.is_running:  # no output thread: this step's output is delivered now
             self._output.flush()
         if out is not None:
@@ -337,6 +362,24 @@ class Engine:
             sampled = sum(1 for p in picks if p.error is None and p.state.request_id in decoding)
             self.observer.on_step(work.batch.num_tokens - sum(decoding.values()), sampled, elapsed)
         return True
+
+    def _queue_ahead(self, work: _Work) -> "tuple[_Work, PendingRows, float] | None":
+        """Queues the step that follows `work` (launched, not read) where one may be
+        (runtime/engine/ahead.py); that step, its pending result and when it was queued."""
+        with self._lock:
+            if self._jobs or not self._running_ahead:
+                return None
+            nxt = next_chunks(work.chunks, work.states, self.scheduler, self.blocks)
+            if nxt is None:
+                return None
+            ahead = _Work(nxt.chunks, nxt.states, build_batch(nxt.chunks, self.blocks))
+        try:
+            rows = [(state.sampler, state.request.logprobs is not None) for state in ahead.states]
+            return ahead, self.model.executor.launch_sampled(ahead.batch, rows, nxt.feed), time.perf_counter()
+        except Exception as e:  # the device refused it: nothing was queued, the step runs as usual
+            log.warning("a decode step could not be queued ahead (%s: %s); stepping one at a time", type(e).__name__, e)
+            self._running_ahead = False
+            return None
 
     def _schedule(self) -> _Work | None:
         """This step's chunks, with the drafts of the sequences that speculate, and its device
@@ -366,8 +409,9 @@ class Engine:
             chunks = self.scheduler.add_drafts([c for c, _ in live], drafts) if drafts else [c for c, _ in live]
             return _Work(chunks, [s for _, s in live], build_batch(chunks, self.blocks), copies, state_copies)
 
-    def _run(self, work: _Work) -> "np.ndarray | SampledRows | None":
-        """The forward pass (lock released: HTTP threads may submit and cancel meanwhile).
+    def _launch(self, work: _Work) -> "np.ndarray | SampledRows | PendingRows | None":
+        """The forward pass (lock released: HTTP threads may submit and cancel meanwhile):
+        its result, or, where the device queues steps, the step queued (`_read` waits for it).
         A failing step fails its requests, never the engine: None then."""
         try:
             executor = self.model.executor
@@ -375,9 +419,19 @@ class Engine:
                 executor.copy_kv(*kv_copy_slots(work.copies, self.blocks.block_size))
             if work.state_copies:  # prefix caching with state: checkpoints taken, then restored (in order)
                 executor.copy_state([src for src, _ in work.state_copies], [dst for _, dst in work.state_copies])
+            if self._running_ahead:
+                return executor.launch_sampled(work.batch, self._device_rows(work))
             if getattr(executor, "samples_on_device", False):
                 return executor.forward_sampled(work.batch, self._device_rows(work))
             return executor.forward(work.batch)
+        except Exception as e:
+            self._end_all(FAILED, f"{type(e).__name__}: {e}", work.states)
+            return None
+
+    def _read(self, work: _Work, pending: "PendingRows") -> SampledRows | None:
+        """A queued step's result, once it has run; None (its requests failed) if it failed."""
+        try:
+            return pending.result()
         except Exception as e:
             self._end_all(FAILED, f"{type(e).__name__}: {e}", work.states)
             return None
@@ -571,7 +625,8 @@ class Engine:
                     self._wake.wait()
                 if not self._running:
                     break
-            self._run_job()
+            if self._queued is None:  # a job's own forward passes run with no step queued
+                self._run_job()
             try:
                 self.step()
             except Exception as e:  # a bug outside the forward pass: fail what is in flight

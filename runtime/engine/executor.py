@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rfc.artifacts.plan import Plan
-from rfc.runtime.core.device import Device, SampledRows
+from rfc.runtime.core.device import Device, PendingRows, SampledRows
 from rfc.runtime.core.step import StepBatch
 
 if TYPE_CHECKING:
@@ -36,6 +36,13 @@ class Executor:
 
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         return self.device.forward_sampled(batch, rows)
+
+    @property
+    def runs_ahead(self) -> bool:
+        return self.device.runs_ahead
+
+    def launch_sampled(self, batch: StepBatch, rows: list, feed: tuple[tuple[int, int], ...] = ()) -> PendingRows:
+        return self.device.launch_sampled(batch, rows, feed)
 
     @property
     def copies_kv(self) -> bool:

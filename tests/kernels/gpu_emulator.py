@@ -90,6 +90,7 @@ class EmulatedDriver:
         self.overlapped = 0  # launches made with overlap=True
         self.calls: list[tuple] = []  # step-program driver calls, in order
         self._capture: list | None = None
+        self._pending: list = []  # what the stream has queued and not run (deferred)
 
     def malloc(self, nbytes: int) -> int:
         buf = np.full(nbytes, 0xFF, dtype=np.uint8)  # NaN-filled: reads of unwritten memory show
@@ -135,7 +136,7 @@ class EmulatedDriver:
                 )
 
     def synchronize(self) -> None:
-        pass
+        self._run_until()
 
     # -- the GraphDriver protocol (rfc.runtime.devices.gpu_program): one in-order "stream";
     # a captured graph is the list of launches made during capture, replayed in order.
@@ -149,13 +150,50 @@ class EmulatedDriver:
     def stream_create(self):
         return "stream"
 
+    # `deferred`: the stream runs what was queued on it only when the host waits (a sync, an
+    # event's sync), as a card may: a host buffer rewritten before its copy ran shows then
+    deferred = False
+
+    def _queue(self, op) -> None:
+        if self.deferred:
+            self._pending.append(op)
+        else:
+            op()
+
+    def _run_until(self, mark=None) -> None:
+        while self._pending:
+            op = self._pending.pop(0)
+            if op is mark:
+                return
+            op()
+
     def copy_to_device_async(self, dst: int, src: int, nbytes: int, stream) -> None:
         self.calls.append(("h2d", nbytes))
-        ctypes.memmove(dst, src, nbytes)
+        self._queue(lambda: ctypes.memmove(dst, src, nbytes))
 
     def copy_to_host_async(self, dst: int, src: int, nbytes: int, stream) -> None:
         self.calls.append(("d2h", nbytes))
-        ctypes.memmove(dst, src, nbytes)
+        self._queue(lambda: ctypes.memmove(dst, src, nbytes))
+
+    def copy_on_device_async(self, dst: int, src: int, nbytes: int, stream) -> None:
+        self.calls.append(("d2d", nbytes))
+        self._queue(lambda: ctypes.memmove(dst, src, nbytes))
+
+    def event_create(self):
+        return [None]  # the mark last recorded
+
+    def event_record(self, event, stream) -> None:
+        self.calls.append(("record",))
+        event[0] = mark = lambda: None  # noqa: E731  a no-op in the queue, found by identity
+        self._queue(mark)
+
+    def event_synchronize(self, event) -> None:
+        self.calls.append(("event_sync",))
+        if event[0] is not None and any(op is event[0] for op in self._pending):
+            self._run_until(event[0])
+
+    def event_destroy(self, event) -> None:
+        event[0] = None
 
     def launch_on(self, fn, grid, block, params, stream, overlap: bool = False) -> None:
         assert stream == "stream"
@@ -165,7 +203,11 @@ class EmulatedDriver:
             self._capture.append((fn, grid, block, values, overlap))
             return
         self.calls.append(("launch",))
-        self.launch(fn, grid, block, params, overlap)
+        if self.deferred:  # the parameter values as they are now
+            values = [ctypes.string_at(params[i], 8) for i in range(len(params))]
+            self._queue(lambda: self._replay([(fn, grid, block, values, overlap)]))
+        else:
+            self.launch(fn, grid, block, params, overlap)
 
     def capture_begin(self, stream) -> None:
         assert self._capture is None
@@ -178,7 +220,10 @@ class EmulatedDriver:
 
     def graph_launch(self, graph, stream) -> None:
         self.calls.append(("graph_launch", len(graph)))
-        for fn, grid, block, values, overlap in graph:
+        self._queue(lambda: self._replay(graph))
+
+    def _replay(self, nodes) -> None:
+        for fn, grid, block, values, overlap in nodes:
             bufs = [ctypes.create_string_buffer(v, 8) for v in values]
             params = (ctypes.c_void_p * len(bufs))(*[ctypes.addressof(b) for b in bufs])
             self.launch(fn, grid, block, params, overlap)
@@ -188,6 +233,7 @@ class EmulatedDriver:
 
     def stream_synchronize(self, stream) -> None:
         self.calls.append(("sync",))
+        self._run_until()
 
 
 def _code(bundle: Bundle, target: str) -> tuple[TargetEntry, dict[str, KernelInfo]]:

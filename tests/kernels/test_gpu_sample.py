@@ -82,9 +82,11 @@ class SampleKernel:
             if r in host_rows:
                 params[r, 0] = 0
             start += n
-        out = np.full((rows, 2), -7, dtype=np.int32)
+        out = np.full((3, rows), -7, dtype=np.int32)  # the tokens, the logprobs' bits, the fed ids
         self._launch(rows, capacity, out, logits, params, pen, pen_raw)
-        return out[:, 0].copy(), out[:, 1].view(np.float32).copy()
+        device = [r for r in range(rows) if r not in host_rows]
+        assert (out[2, device] == np.maximum(out[0, device], 0)).all()  # what a next step may be fed
+        return out[0].copy(), out[1].view(np.float32).copy()
 
     def _launch(self, rows, capacity, *arrays):
         values = [ctypes.c_void_p(a.ctypes.data) for a in arrays] + [ctypes.c_int(capacity), ctypes.c_int(rows)]
@@ -306,7 +308,8 @@ def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path
     equals the host's greedy token over the same step's logits, a host row's logits come back
     bit for bit, and per decode step the driver sees one copy in, one graph launch (the
     forward pass and the sampling kernel), the token ids back (and the host row's logits),
-    one sync: no other launch, no allocation."""
+    one sync: no other launch, no allocation. (The event recorded after the copy in marks when
+    the staging may be written again, for a step queued ahead.)"""
     bundle = open_bundle(gpu_bundle(model, GPU_TARGET))
     dev = emulated_step_device(
         bundle, GPU_TARGET, bundle.plan.kv, 48, 16, shared_basetemp(tmp_path_factory) / "gpu-emu"
@@ -349,6 +352,7 @@ def test_step_device_samples_like_the_host(model, host_row, gpu_bundle, tmp_path
             assert graphs in ([], [("capture", n_launches)]), calls  # the first decode step captures
             assert [c for c in calls if c[0] != "capture"] == [
                 ("h2d", calls[0][1]),
+                ("record",),
                 ("graph_launch", n_launches),
                 *d2h,
                 ("sync",),

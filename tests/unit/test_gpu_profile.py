@@ -24,6 +24,9 @@ class FakeDriver:
     def copy_to_device_async(self, dst, src, nbytes, stream):
         self.calls.append("h2d")
 
+    def event_record(self, event, stream):
+        self.calls.append("record")
+
     def graph_launch(self, graph, stream):
         self.calls.append("graph")
         time.sleep(0.002)
@@ -43,6 +46,7 @@ def test_driver_call_times_split_a_step_between_the_calls_and_the_rest(gpu_profi
         t = time.perf_counter()
         for _ in range(copies):
             driver.copy_to_device_async(0, 0, 8, None)
+        driver.event_record(None, None)
         driver.graph_launch(None, None)
         driver.copy_to_host_async(0, 0, 8, None)
         time.sleep(0.003)  # the host's own code
@@ -51,7 +55,7 @@ def test_driver_call_times_split_a_step_between_the_calls_and_the_rest(gpu_profi
 
     with gpu_profile.DriverCallTimes(driver, names) as calls:
         steps = [step(2) for _ in range(5)]
-    assert driver.calls == ["h2d", "h2d", "graph", "d2h", "sync"] * 5  # the real methods ran
+    assert driver.calls == ["h2d", "h2d", "record", "graph", "d2h", "sync"] * 5  # the real methods ran
     assert not vars(driver).keys() & set(names)  # restored: the class's methods again
     line = calls.summary(steps)
     assert line.startswith("a served step's driver calls, us (median of 5): copy_to_device_async ")

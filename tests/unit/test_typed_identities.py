@@ -102,6 +102,8 @@ def test_every_device_declares_what_the_engine_reads(cls):
         "forward",
         "forward_hidden",
         "forward_sampled",
+        "runs_ahead",
+        "launch_sampled",
         "copies_kv",
         "copy_kv",
         "copies_state",

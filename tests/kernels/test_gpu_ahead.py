@@ -1,0 +1,198 @@
+"""Decode queued ahead (runtime/engine/ahead.py, StepRunner.launch_sampled): the engine queues
+a decode step before it reads the step before, each next token copied on the device from the
+ids the step before samples. The real loader, GpuDevice and Engine over the emulated kernels
+of stories260K's sm_90 bundle, on two streams as a card may run them: one that runs what was
+queued only when the host waits (EmulatedDriver.deferred: a staging buffer rewritten before its
+copy ran shows), and one that runs everything as it is queued (ids of a step overwritten by the
+step queued behind it before the host read them show). The oracle is the same engine stepping
+one step at a time on the same device: the same tokens, bit for bit."""
+
+import pytest
+
+import rfc.runtime.devices as devices
+from rfc.artifacts.bundle import open_bundle
+from rfc.runtime.devices import DeviceError
+from rfc.runtime.engine.assemble import LoadOptions, load_model
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.engine import Engine, GenerationRequest
+from rfc.runtime.sampling.sampler import Sampler, SamplingParams
+from tests.conftest import shared_basetemp
+from tests.kernels.gpu_emulator import build_emulator, loader_driver_class, needs_emulator
+from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
+
+TARGET = "sm_90"
+pytestmark = [*toolchain_marks(TARGET), needs_emulator]
+
+
+@pytest.fixture(scope="module", params=["deferred", "eager"])
+def model(request, gpu_bundle, tmp_path_factory):  # noqa: F811
+    """stories260K loaded on the emulated device, its stream deferred or eager."""
+    bundle_dir = gpu_bundle("stories260K", TARGET)
+    lib = build_emulator(open_bundle(bundle_dir), TARGET, shared_basetemp(tmp_path_factory) / "gpu-emu")
+    base = loader_driver_class(lib, [])
+
+    class Deferred(base):
+        deferred = request.param == "deferred"
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(devices, "gpu_driver_class", lambda family: Deferred)
+    try:
+        lm = load_model(bundle_dir, LoadOptions(device="cuda"))
+    finally:
+        mp.undo()
+    assert lm.executor.runs_ahead
+    yield lm
+    lm.executor.device.close()
+
+
+class Feeds:
+    """Counts the steps the engine queued with fed tokens."""
+
+    def __init__(self, executor):
+        self.steps, self.tokens = 0, 0
+        self._launch = executor.launch_sampled
+
+    def __call__(self, batch, rows, feed=()):
+        if feed:
+            self.steps += 1
+            self.tokens += len(feed)
+        return self._launch(batch, rows, feed)
+
+
+def _run(lm, requests, ahead: bool, monkeypatch, between=None) -> tuple[list, Engine, Feeds]:
+    """Submits `requests`, steps the engine in this thread until it is idle; `between(engine,
+    step, states)` may act after each step. Returns the states, the engine and its feeds."""
+    engine = Engine(lm)
+    engine._running_ahead = ahead
+    feeds = Feeds(lm.executor)
+    monkeypatch.setattr(lm.executor, "launch_sampled", feeds)
+    states = [engine.submit(r) for r in requests]
+    step = 0
+    while engine.step() or engine._queued is not None:
+        step += 1
+        if between is not None:
+            between(engine, step, states)
+        assert step < 500
+    monkeypatch.undo()
+    assert engine._queued is None and engine.blocks.num_sequences() == 0  # every KV page given back
+    return states, engine, feeds
+
+
+def _request(prompt, n, **params) -> GenerationRequest:
+    params.setdefault("temperature", 0.0)
+    return GenerationRequest(list(prompt), SamplingParams(**params), max_tokens=n, ignore_eos=True)
+
+
+def test_queued_decode_steps_give_the_tokens_of_steps_one_at_a_time(model, monkeypatch):
+    """Four requests of 3 to 17 tokens (greedy; one seeded draw at temperature 0.9, whose
+    draws count the token not yet read): each ends at its max_tokens, the step after drops it,
+    and the others go on fed from the rows they hold then."""
+    requests = [
+        _request([1, 400, 29], 17),
+        _request([1, 52, 12, 9], 3),
+        _request([1, 7], 9, temperature=0.9, seed=11),
+        _request([1, 300, 301, 302, 303], 12),
+    ]
+    want, _, none = _run(model, requests, False, monkeypatch)
+    got, engine, feeds = _run(model, requests, True, monkeypatch)
+    assert none.steps == 0
+    assert [s.tokens for s in got] == [s.tokens for s in want]
+    assert [len(s.tokens) for s in got] == [17, 3, 9, 12]
+    assert all(s.finish_reason == "length" for s in got)
+    # every step after the prompts' was queued ahead, a request's token fed in each step up to
+    # its max_tokens: 16 steps, 16 + 2 + 8 + 11 tokens
+    assert feeds.steps == 16 and feeds.tokens == 16 + 2 + 8 + 11
+    calls = model.executor.device.runner._driver.calls
+    assert ("d2d", 4 * 4) in calls  # four fed tokens, one run
+
+
+def test_a_stopped_or_cancelled_request_drops_its_queued_row(model, monkeypatch):
+    """A stop string (the output stage's) and a cancel end requests while their next step is
+    queued: that row is computed and dropped, the text and tokens stop where they did one step
+    at a time, and the pages come back."""
+    alone = _run(model, [_request([1, 400, 29], 20)], False, monkeypatch)[0][0]
+    stop = model.tokenizer.decode(alone.tokens[5:7]).strip()
+    assert stop
+    requests = [GenerationRequest([1, 400, 29], SamplingParams(temperature=0.0), max_tokens=20, stop=[stop])]
+    want = _run(model, requests, False, monkeypatch)[0][0]
+    got, _engine, feeds = _run(model, requests, True, monkeypatch)
+    assert got[0].finish_reason == want.finish_reason == "stop" and got[0].text == want.text
+    assert got[0].tokens == want.tokens and feeds.steps > 0
+
+    def cancel(engine, step, states):
+        if step == 6:
+            engine.cancel(states[0].request_id)
+
+    got = _run(model, [_request([1, 400, 29], 20)], True, monkeypatch, cancel)[0][0]
+    assert got.finish_reason == "cancelled" and got.tokens == alone.tokens[: len(got.tokens)]
+
+
+def test_a_request_that_cannot_follow_on_the_device_steps_one_at_a_time(model, monkeypatch):
+    """Penalties (the window would lack the token) keep their steps unqueued, and so does a
+    prompt waiting: the newcomer is admitted at the next step, and queuing resumes after."""
+    penalized = [_request([1, 400, 29], 8, repetition_penalty=1.3)]
+    want = _run(model, penalized, False, monkeypatch)[0]
+    got, _, feeds = _run(model, penalized, True, monkeypatch)
+    assert feeds.steps == 0 and got[0].tokens == want[0].tokens
+
+    late = _request([1, 52, 12], 6)
+
+    def arrive(engine, step, states):
+        if step == 4:
+            states.append(engine.submit(late))
+
+    got, _, feeds = _run(model, [_request([1, 400, 29], 14)], True, monkeypatch, arrive)
+    assert len(got) == 2 and [len(s.tokens) for s in got] == [14, 6]
+    alone = _run(model, [late], False, monkeypatch)[0][0]
+    assert got[1].tokens == alone.tokens
+    assert feeds.steps > 8
+
+
+def test_the_runner_refuses_what_it_cannot_queue(model):
+    """Straight at the runner: a step queued behind an unread one must take its tokens from
+    it, sample every row on the device, and read the steps in order."""
+    runner = model.executor.device.runner
+    blocks = model.kv_pool.manager()
+    blocks.allocate(5, 8)
+    sampler = Sampler(SamplingParams(temperature=0.0), [1], model.vocab_size)
+    first = runner.launch_sampled(build_batch([ScheduledChunk(5, 0, (1,))], blocks), [(sampler, False)])
+    batch = build_batch([ScheduledChunk(5, 1, (0,))], blocks)
+    with pytest.raises(DeviceError, match="must take its tokens"):
+        runner.launch_sampled(batch, [(sampler, False)])
+    with pytest.raises(DeviceError, match="every row on the device"):
+        runner.launch_sampled(batch, [None], ((0, 0),))
+    with pytest.raises(DeviceError, match="fed from row 1"):
+        runner.launch_sampled(batch, [(sampler, False)], ((0, 1),))
+    second = runner.launch_sampled(batch, [(sampler, False)], ((0, 0),))
+    with pytest.raises(DeviceError, match="order"):
+        second.result()
+    with pytest.raises(DeviceError, match="not read"):
+        runner.run(batch, model.bundle.plan.output_logits)
+    token = int(first.result().tokens[0])
+    sampler.record(token)
+    second.result()
+    # the fed step ran on the token the first one sampled: the same as staging it
+    again = runner.run_sampled(build_batch([ScheduledChunk(5, 1, (token,))], blocks), [(sampler, False)])
+    assert int(second.result().tokens[0]) == int(again.tokens[0])
+    blocks.free(5)
+
+
+def test_gpu_checks_decode_rate_queues_its_steps_ahead(model, monkeypatch):
+    """tools/gpu_check.py's decode rate (the table's rfc column) runs decode as the engine does
+    on a device that queues ahead: every timed step but the first fed on the device."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    tools = Path(__file__).parents[2] / "tools"
+    monkeypatch.syspath_prepend(str(tools))  # its sibling gpu_experiment
+    spec = importlib.util.spec_from_file_location("gpu_check", tools / "gpu_check.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    feeds = Feeds(model.executor)
+    monkeypatch.setattr(model.executor, "launch_sampled", feeds)
+    try:
+        assert tool.decode_batch(model, 3, 6) > 0
+    finally:
+        sys.modules.pop("gpu_experiment", None)
+    assert (feeds.steps, feeds.tokens) == (5, 15)
