@@ -362,6 +362,9 @@ SAMPLE_WORDS: tuple[str, ...] = (
 SAMPLE_FLAG_DEVICE = 1  # the kernel samples this row
 SAMPLE_FLAG_GREEDY = 2  # argmax, ties to the lowest id
 SAMPLE_FLAG_LOGPROB = 4  # also write the chosen token's log-probability
+# the row's last penalty pair is the token it follows, its token word copied in on the device from
+# the ids of the step before (not yet read): that token counts once more (a step queued ahead)
+SAMPLE_FLAG_FED = 8
 # StepProgram.extra["sample"]["out"] of a kernel that writes a step's R token ids (-1: none),
 # then their R logprobs' bits, then R ids a next step may be fed on the device (0 for none), each
 # an int32 array; a bundle without it wrote (token, logprob) pairs

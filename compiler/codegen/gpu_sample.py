@@ -10,6 +10,7 @@ kernel as an argument, which clamps every row's list to it.
 
 from rfc.artifacts.program import (
     SAMPLE_FLAG_DEVICE,
+    SAMPLE_FLAG_FED,
     SAMPLE_FLAG_GREEDY,
     SAMPLE_FLAG_LOGPROB,
     SAMPLE_OUT_PLANAR,
@@ -62,6 +63,7 @@ def plan_sample_kernel(target: Target, vocab: int) -> KernelSpec:
         "flag_device": SAMPLE_FLAG_DEVICE,
         "flag_greedy": SAMPLE_FLAG_GREEDY,
         "flag_logprob": SAMPLE_FLAG_LOGPROB,
+        "flag_fed": SAMPLE_FLAG_FED,
         "ahead": SAMPLE_AHEAD[target.family],
     }
     return KernelSpec(name, SAMPLE_TEMPLATE, params, SAMPLE_ARGS, threads, (("n_rows", 1),))

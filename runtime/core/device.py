@@ -25,6 +25,11 @@ class DeviceError(Exception):
     """No usable device, or a device failed; the message names what was looked for."""
 
 
+class StepRefused(DeviceError):
+    """launch_sampled declined to queue a step ahead for what this step holds (nothing was
+    queued): the caller runs it after reading the step before instead."""
+
+
 @dataclass(frozen=True)
 class DeviceToken:
     """A token the device drew for a logit row; token < 0: the row had no finite largest logit."""

@@ -37,6 +37,7 @@ from rfc.artifacts.program import (
     LIST_NAMES,
     SAMPLE_OUT_PLANAR,
     SAMPLE_FLAG_DEVICE,
+    SAMPLE_FLAG_FED,
     SAMPLE_FLAG_GREEDY,
     SAMPLE_FLAG_LOGPROB,
     SAMPLE_WORDS,
@@ -49,7 +50,7 @@ from rfc.artifacts.targets import KernelArg
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.gpu_driver import Driver
-from rfc.runtime.core.device import SampledRows
+from rfc.runtime.core.device import SampledRows, StepRefused
 from rfc.runtime.sampling.sampler import SamplingParams
 
 _PACK = {8: "<Q", 4: "<i"}
@@ -366,6 +367,9 @@ class StepRunner:
             tokens, ids = self._dev_in + self.stage["tokens"][0], self.sampling.fed_ids()
             for token, row, n in _pair_runs(feed):
                 d.copy_on_device_async(tokens + 4 * token, ids + 4 * row, 4 * n, self.stream)
+            pairs = self._dev_in + self.stage["sample_pen"][0]
+            for pair, row in self.sampling.fed_pairs:  # into the penalty pair's token word
+                d.copy_on_device_async(pairs + 8 * pair, ids + 4 * row, 4, self.stream)
         if self.sampling is not None and self.sampling.runs_ahead:
             # the staging may be written again once this point is passed (launch_sampled)
             d.event_record(self._staged, self.stream)
@@ -413,8 +417,13 @@ class StepRunner:
             s.check_feed(batch, rows, feed, len(self._queued))
             if self._queued:  # the step before still reads the staging it copies in: wait for that copy
                 self._driver.event_synchronize(self._staged)
-        fed_rows = {r for r in range(R) if int(batch.logit_rows[r]) in {t for t, _ in feed}} if feed else set()
-        host_rows, first = s.stage(rows, self._vocab, fed_rows)  # before the step: it may raise
+        row_of = {int(t): r for r, t in enumerate(batch.logit_rows)}
+        host_rows, first = s.stage(rows, self._vocab, {row_of[t]: src for t, src in feed})  # before the step
+        if self._queued and host_rows:
+            raise StepRefused(
+                f"rows {host_rows} of a step queued ahead would be sampled on the host (penalty lists over "
+                f"{s.per_row} entries, or over the step's {s.capacity})"
+            )
         if self._queued:  # the step before ends where this one starts: its ids can be waited for
             self._queued[-1].mark()
         # a step whose rows all go to the host needs no kernel, except inside a graph: there
@@ -609,39 +618,56 @@ class DeviceSampling:
         if len(set(tokens)) != len(tokens):
             raise DeviceError("a token fed twice")
         for token, row in feed:
-            if token not in row_of or not 0 <= row < last_rows or row in last_host:
+            if token in row_of and row in last_host:  # the host samples that row: its token comes later
+                raise StepRefused(f"token {token} would be fed from row {row}, which the host samples")
+            if token not in row_of or not 0 <= row < last_rows:
                 raise DeviceError(
                     f"token {token} fed from row {row}: it must be a logit row's token, fed from a row the "
                     f"last step ({last_rows} rows) sampled on the device"
                 )
-            mine = rows[row_of[token]]
-            if mine is not None and mine[0].penalty_counts() is not None:
-                raise DeviceError("a row with penalties cannot follow a token not yet read (its window lacks it)")
 
-    def stage(self, rows: list, vocab: int, fed: set[int] = frozenset()) -> tuple[list[int], int]:
+    def stage(self, rows: list, vocab: int, fed: dict[int, int] | None = None) -> tuple[list[int], int]:
         """Writes the rows' parameters and penalty lists; returns the rows the host samples (a
         None row, or one whose list holds more than pen_per_row entries or no longer fits) and
-        the staging byte the step's copy starts at (its first penalty pair). The rows of `fed`
-        follow a draw of their sampler's not yet recorded (a step queued ahead)."""
+        the staging byte the step's copy starts at (its first penalty pair). A row of `fed` (row
+        -> the row of the step before that samples the token it follows, not yet read) counts
+        that draw as made, and its penalty list ends with that token's pair, for the device to
+        fill in (`fed_pairs`: (pair index, row of the step before))."""
         if len(rows) > self._params.shape[0]:
             raise DeviceError(f"{len(rows)} sampling rows, the program has {self._params.shape[0]}")
+        fed = fed or {}
         host_rows: list[int] = []
+        self.fed_pairs: list[tuple[int, int]] = []
         flags, end = _WORD["flags"], self.capacity
         for r, row in enumerate(rows):
-            counts = None if row is None else row[0].penalty_counts()
-            n = len(counts) if counts else 0
+            ahead = r in fed
+            counts = None if row is None else (row[0].penalty_counts_ahead() if ahead else row[0].penalty_counts())
+            n = len(counts) + ahead if counts is not None else 0
             if row is None or n > self.per_row or n > end:
                 self._params[r, flags] = 0
                 host_rows.append(r)
                 continue
             sampler, logprob = row
             start = end - n
-            step = sampler.drawn + (r in fed)
-            write_sample_row(self._params[r], sampler.params, vocab, sampler.device_seed, step, start, n, bool(logprob))
+            write_sample_row(
+                self._params[r],
+                sampler.params,
+                vocab,
+                sampler.device_seed,
+                sampler.drawn + ahead,
+                start,
+                n,
+                bool(logprob),
+            )
             if n:
                 # the window is the Sampler's dict: one array of each from it, into the views
-                self._pen_tokens[start:end] = np.fromiter(counts.keys(), dtype=np.int32, count=n)
-                self._pen_counts[start:end] = np.fromiter(counts.values(), dtype=np.float32, count=n)
+                listed = n - ahead if counts is not None else 0
+                self._pen_tokens[start : start + listed] = np.fromiter(counts.keys(), dtype=np.int32, count=listed)
+                self._pen_counts[start : start + listed] = np.fromiter(counts.values(), dtype=np.float32, count=listed)
+                if ahead:  # the token it follows: counted once more, its id copied in on the device
+                    self._pen_tokens[end - 1], self._pen_counts[end - 1] = 0, 1.0
+                    self._params[r, flags] |= SAMPLE_FLAG_FED
+                    self.fed_pairs.append((end - 1, fed[r]))
             end = start
         return host_rows, self._pen_off + 8 * end
 

@@ -10,7 +10,9 @@ step to the next while the host reads and delivers the one before.
 
 `next_chunks` decides whether and what: only when the step before is all device-sampled rows
 of sequences that the scheduler runs alone (no prompt waiting, no prefill left, no drafts),
-with no grammar, penalty window or speculation needing the token on the host first. A
+with no grammar, logit bias, top logprobs or speculation needing the token on the host first.
+A penalty window (Ollama's default repeat_penalty) follows: the device counts the fed token
+in it. A
 sequence the step ends (an end-of-generation token, a stop string, a cancel) has its queued
 row computed and dropped; one that max_tokens ends is left out, as is one whose next KV slot
 does not fit without preempting.
@@ -41,16 +43,9 @@ class AheadChunks:
 
 def can_follow(state: RequestState) -> bool:
     """Whether a request's next token may be fed on the device: its row is sampled there
-    (no grammar, logit_bias or top logprobs), with no penalty window (it would lack the token)
-    and no speculation (drafts are proposed from the token on the host)."""
-    sampler = state.sampler
-    return (
-        state.matcher is None
-        and state.spec is None
-        and not sampler.needs_host
-        and not state.request.logprobs
-        and sampler.penalty_counts() is None
-    )
+    (no grammar, logit_bias or top logprobs) and it does not speculate (drafts are proposed
+    from the token on the host). A penalty window follows: the device counts the fed token."""
+    return state.matcher is None and state.spec is None and not state.sampler.needs_host and not state.request.logprobs
 
 
 def next_chunks(

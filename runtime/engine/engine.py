@@ -44,7 +44,7 @@ from rfc.runtime.engine.ahead import next_chunks
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.text.detokenize import IncrementalDetokenizer
-from rfc.runtime.core.device import DeviceToken, PendingRows, SampledRows
+from rfc.runtime.core.device import DeviceToken, PendingRows, SampledRows, StepRefused
 from rfc.runtime.engine.jobs import MAX_JOBS, EngineJob, JobExpired, JobQueue
 from rfc.runtime.engine.kv_cache import KvCopy, kv_copy_slots
 from rfc.runtime.engine.assemble import LoadedModel
@@ -376,7 +376,9 @@ class Engine:
         try:
             rows = [(state.sampler, state.request.logprobs is not None) for state in ahead.states]
             return ahead, self.model.executor.launch_sampled(ahead.batch, rows, nxt.feed), time.perf_counter()
-        except Exception as e:  # the device refused it: nothing was queued, the step runs as usual
+        except StepRefused:  # not this step (a penalty list too long to stage): it runs after the read
+            return None  # (the KV slots next_chunks took are the ones the scheduler gives it then)
+        except Exception as e:  # the device cannot: nothing was queued, steps run one at a time from now
             log.warning("a decode step could not be queued ahead (%s: %s); stepping one at a time", type(e).__name__, e)
             self._running_ahead = False
             return None

@@ -176,6 +176,21 @@ class Sampler:
         """The penalty window's token counts (None: penalties off); not to be modified."""
         return self._counts if self._penalized else None
 
+    def penalty_counts_ahead(self) -> dict[int, int] | None:
+        """The window's counts as recording one more token leaves them, that token itself not
+        counted: what a step queued before its last token is read stages, the device counting
+        the token it feeds (None: penalties off); not to be modified."""
+        if not self._penalized:
+            return None
+        if self.params.penalty_last_n < 0 or len(self._window) < self.params.penalty_last_n:
+            return self._counts
+        old = self._window[0]  # the token the next one pushes out of the window
+        counts = dict(self._counts)
+        counts[old] -= 1
+        if counts[old] == 0:
+            del counts[old]
+        return counts
+
     def processed_logits(self, logits: np.ndarray) -> np.ndarray:
         """A float32 copy of `logits` with logit_bias and the penalties applied."""
         return self._processed(logits, copy=True)

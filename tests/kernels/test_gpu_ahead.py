@@ -53,10 +53,11 @@ class Feeds:
         self._launch = executor.launch_sampled
 
     def __call__(self, batch, rows, feed=()):
+        pending = self._launch(batch, rows, feed)
         if feed:
             self.steps += 1
             self.tokens += len(feed)
-        return self._launch(batch, rows, feed)
+        return pending
 
 
 def _run(lm, requests, ahead: bool, monkeypatch, between=None) -> tuple[list, Engine, Feeds]:
@@ -127,13 +128,46 @@ def test_a_stopped_or_cancelled_request_drops_its_queued_row(model, monkeypatch)
     assert got.finish_reason == "cancelled" and got.tokens == alone.tokens[: len(got.tokens)]
 
 
+def test_penalty_windows_follow_the_fed_token(model, monkeypatch):
+    """A penalized request's queued row lists its window as the token not yet read leaves it
+    (the oldest pushed out) and the device counts that token in: the same tokens as one step at
+    a time: windows of one and two tokens (a penalty under 1 makes the last token a candidate,
+    so a window that misses the fed token, or keeps the one it pushes out, changes the draws)
+    and the whole context (test_gpu_sample.py holds the merge itself to the host's bits)."""
+    requests = [
+        _request([1, 400, 29], 14, repetition_penalty=0.7, penalty_last_n=1),
+        _request([1, 52, 12, 9], 14, repetition_penalty=0.85, frequency_penalty=-0.5, penalty_last_n=-1),
+        _request([1, 400, 29], 14, temperature=1.5, seed=4, repetition_penalty=0.8, penalty_last_n=1),
+        _request(
+            [1, 400, 29], 14, temperature=1.5, seed=4, repetition_penalty=0.8, frequency_penalty=-0.4, penalty_last_n=2
+        ),
+    ]
+    want, _, _ = _run(model, requests, False, monkeypatch)
+    got, _, feeds = _run(model, requests, True, monkeypatch)
+    print("WANT", [s.tokens for s in want])
+    print("GOT", [s.tokens for s in got])
+    print("PAIRS", model.executor.device.runner.sampling.fed_pairs)
+    assert [s.tokens for s in got] == [s.tokens for s in want]
+    assert feeds.steps == 13 and feeds.tokens == 4 * 13
+    # the penalties changed the tokens: the same requests without them go elsewhere
+    plain = _run(model, [_request(r.prompt_ids, r.max_tokens) for r in requests[:2]], True, monkeypatch)[0]
+    assert [s.tokens for s in plain] != [s.tokens for s in got[:2]], [s.tokens for s in plain]
+
+
 def test_a_request_that_cannot_follow_on_the_device_steps_one_at_a_time(model, monkeypatch):
-    """Penalties (the window would lack the token) keep their steps unqueued, and so does a
-    prompt waiting: the newcomer is admitted at the next step, and queuing resumes after."""
-    penalized = [_request([1, 400, 29], 8, repetition_penalty=1.3)]
-    want = _run(model, penalized, False, monkeypatch)[0]
-    got, _, feeds = _run(model, penalized, True, monkeypatch)
+    """logit_bias (the host samples its row) keeps its steps unqueued, and so does a prompt
+    waiting: the newcomer is admitted at the next step, and queuing resumes after."""
+    biased = [_request([1, 400, 29], 8, logit_bias={5: 2.0})]
+    want = _run(model, biased, False, monkeypatch)[0]
+    got, _, feeds = _run(model, biased, True, monkeypatch)
     assert feeds.steps == 0 and got[0].tokens == want[0].tokens
+
+    # a window of 300 distinct tokens is over a row's 256 staged pairs: the device refuses to
+    # queue it (StepRefused), the step runs after the read, and the engine keeps queuing
+    long = [_request([1, *range(100, 400)], 6, frequency_penalty=0.2, penalty_last_n=-1)]
+    want = _run(model, long, False, monkeypatch)[0]
+    got, engine, feeds = _run(model, long, True, monkeypatch)
+    assert feeds.steps == 0 and got[0].tokens == want[0].tokens and engine._running_ahead
 
     late = _request([1, 52, 12], 6)
 

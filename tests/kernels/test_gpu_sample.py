@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.artifacts.program import SAMPLE_WORDS
+from rfc.artifacts.program import SAMPLE_FLAG_FED, SAMPLE_WORDS
 from rfc.compiler.codegen.gpu import render_source
 from rfc.compiler.codegen.gpu_sample import plan_sample_kernel
 from rfc.compiler.targets import parse_target
@@ -62,23 +62,33 @@ class SampleKernel:
         self.lib = ctypes.CDLL(str(lib))
         self.lib.launch.argtypes = [ctypes.c_int, ctypes.c_void_p]
 
-    def run(self, logits: np.ndarray, samplers: list, steps=None, logprob: bool = False, host_rows=()):
+    def run(self, logits: np.ndarray, samplers: list, steps=None, logprob: bool = False, host_rows=(), fed=None):
         """Samples every row of `logits` (modified in place, as on the device) with its
-        Sampler's parameters and penalty window; returns (tokens, logprobs)."""
+        Sampler's parameters and penalty window; returns (tokens, logprobs). `fed` (row -> a
+        token): rows queued behind the step that samples that token, their lists staged as
+        StepRunner stages them (penalty_counts_ahead, then the token's pair, its id already
+        copied in) and flagged SAMPLE_FLAG_FED."""
+        fed = fed or {}
         rows = logits.shape[0]
         assert logits.dtype == np.float32 and logits.flags.c_contiguous
         params = np.zeros((rows, W), dtype=np.int32)
-        capacity = max(1, sum(len(s.penalty_counts() or {}) for s in samplers))  # staged exactly
+        lists = [s.penalty_counts_ahead() if r in fed else s.penalty_counts() for r, s in enumerate(samplers)]
+        capacity = max(1, sum(len(c or {}) + (r in fed) for r, c in enumerate(lists)))  # staged exactly
         pen = np.zeros((capacity, 2), dtype=np.int32)  # (token, f32 count bits) pairs
         pen_raw = np.zeros(capacity, dtype=np.float32)
         start = 0
         for r, s in enumerate(samplers):
-            counts = s.penalty_counts() or {}
+            counts = lists[r] or {}
             n = len(counts)
             pen[start : start + n, 0] = list(counts.keys())
             pen.view(np.float32)[start : start + n, 1] = list(counts.values())
+            if r in fed:
+                pen[start + n, 0], pen.view(np.float32)[start + n, 1] = fed[r], 1.0
+                n += 1
             step = s.drawn if steps is None else steps[r]
             write_sample_row(params[r], s.params, self.vocab, s.device_seed, step, start, n, logprob)
+            if r in fed:
+                params[r, 0] |= SAMPLE_FLAG_FED
             if r in host_rows:
                 params[r, 0] = 0
             start += n
@@ -139,6 +149,32 @@ def test_penalties_change_logits_exactly_as_the_host(k128):
     tokens, _ = k128.run(x, samplers)
     assert np.array_equal(x.view(np.int32), processed.view(np.int32))
     assert tokens.tolist() == want
+
+
+def test_a_fed_token_counts_in_the_window_as_the_host_records_it(k128):
+    """A row queued behind the step that samples its last token: the window as recording that
+    token leaves it (penalty_counts_ahead) plus the token's pair, merged on the device, give
+    the logits the host gives after recording it, bit for bit: the token already in the window
+    (its count merged) or not, pushing the oldest token out of a full window (itself, or
+    another) or over the whole context."""
+    rng = np.random.default_rng(2)
+    cases = [  # (penalties, prompt, the fed token)
+        (dict(frequency_penalty=1.7, penalty_last_n=8), [3, 9, 3, 40, 41, 42], 3),  # in the window, not full
+        (dict(frequency_penalty=0.9, presence_penalty=0.3, penalty_last_n=5), [7, 8, 9, 10, 11], 9),  # full: 7 out
+        (dict(frequency_penalty=1.1, penalty_last_n=5), [7, 8, 9, 10, 11], 7),  # full: pushes its own copy out
+        (dict(repetition_penalty=1.4, frequency_penalty=0.6, penalty_last_n=4), [5, 5, 6, 7], 5),  # 5 out, 5 in
+        (dict(repetition_penalty=0.7, penalty_last_n=3), [20, 21, 22], 99),  # new: its own pair
+        (dict(frequency_penalty=2.5, penalty_last_n=-1), [1, 2, 2, 3, 2], 2),  # the whole context
+    ]
+    logits = rng.normal(0, 4, (len(cases), 128)).astype(np.float32)
+    samplers = [_sampler(128, prompt, temperature=0.0, **kw) for kw, prompt, _ in cases]
+    x = logits.copy()
+    tokens, _ = k128.run(x, samplers, fed={r: token for r, (_, _, token) in enumerate(cases)})
+    for s, (_, _, token) in zip(samplers, cases):
+        s.record(token)
+    processed = np.stack([s.processed_logits(row) for s, row in zip(samplers, logits)])
+    assert np.array_equal(x.view(np.int32), processed.view(np.int32))
+    assert tokens.tolist() == [int(np.argmax(p)) for p in processed]
 
 
 def _support(kernel, logits_row, sampler, draws: int) -> set[int]:
