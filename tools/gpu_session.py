@@ -328,15 +328,19 @@ def served_rates(logs: Path, llama: list[dict]) -> str:
     }
     lines = []
     for log in sorted(logs.glob("step-profile-*.log")):
-        m = re.search(
-            r"served step \(tokens chosen on the device\): median ([0-9.]+) ms, ([0-9.]+) tok/s", log.read_text()
-        )
+        text = log.read_text()
+        m = re.search(r"served step \(tokens chosen on the device\): median ([0-9.]+) ms, ([0-9.]+) tok/s", text)
         if not m:
             continue
         bundle = log.stem.removeprefix("step-profile-")
         model = next((name for name in tg if bundle.startswith(name + "-")), None)
         ratio = f", **{float(m[2]) / tg[model]:.2f}x** llama.cpp's tg128" if model else ""
-        lines.append(f"- {bundle}: the served batch-1 step alone {float(m[2]):,.1f} tok/s ({m[1]} ms){ratio}")
+        line = f"- {bundle}: the served batch-1 step alone {float(m[2]):,.1f} tok/s ({m[1]} ms){ratio}"
+        queued = re.search(r"served steps queued ahead \(.*?\): ([0-9.]+) ms a step, ([0-9.]+) tok/s", text)
+        if queued:  # the engine's decode where the device queues steps ahead (runtime/engine/ahead.py)
+            ratio = f", **{float(queued[2]) / tg[model]:.2f}x**" if model else ""
+            line += f"; queued ahead as the engine serves decode {float(queued[2]):,.1f} tok/s ({queued[1]} ms){ratio}"
+        lines.append(line)
     if not lines:
         return ""
     head = "\nrfc's batch-1 step as served, timed with nothing else running (gpu_profile.py, median of 50, 33-token context):\n"

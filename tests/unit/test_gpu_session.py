@@ -214,11 +214,13 @@ def test_each_benchmark_bundle_gets_a_batch_1_step_profile(tmp_path):
 
 def test_the_served_step_of_each_profile_goes_under_the_table_with_its_ratio(tmp_path):
     """served_rates reads each step profile's served batch-1 step (gpu_profile.py's line) and
-    divides it by llama-bench's tg128 on the same GGUF; a profile without the line (it failed)
+    divides it by llama-bench's tg128 on the same GGUF, and the steps queued ahead beside it where
+    the profile timed them; a profile without the line (it failed)
     and a model llama-bench did not run give no ratio."""
     line = "served step (tokens chosen on the device): median {ms} ms, {rate} tok/s; its graph with ..."
+    queued = "served steps queued ahead (each fed the ids of the step before, ...): 0.900 ms a step, 1111.1 tok/s; ..."
     (tmp_path / "step-profile-bench-tinyllama-1.1b-Q4_0-sm_90.log").write_text(
-        "loading\n" + line.format(ms="1.000", rate="1000.0") + "\n"
+        "loading\n" + line.format(ms="1.000", rate="1000.0") + "\n" + queued + "\n"
     )
     (tmp_path / "step-profile-bench-llama3-8b-Q4_K_M-sm_90.log").write_text(line.format(ms="4.000", rate="250.0"))
     (tmp_path / "step-profile-other-sm_90.log").write_text("Traceback: out of memory\n")
@@ -231,7 +233,7 @@ def test_the_served_step_of_each_profile_goes_under_the_table_with_its_ratio(tmp
     assert lines == [
         "- bench-llama3-8b-Q4_K_M-sm_90: the served batch-1 step alone 250.0 tok/s (4.000 ms)",
         "- bench-tinyllama-1.1b-Q4_0-sm_90: the served batch-1 step alone 1,000.0 tok/s (1.000 ms), "
-        "**1.25x** llama.cpp's tg128",
+        "**1.25x** llama.cpp's tg128; queued ahead as the engine serves decode 1,111.1 tok/s (0.900 ms), **1.39x**",
     ]
     assert gpu_session.served_rates(tmp_path / "absent", llama) == ""
 
