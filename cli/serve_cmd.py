@@ -68,6 +68,14 @@ from rfc.cli.threads import apply_threads, threads_option
     help="Requests waiting at most; more get 503.",
 )
 @click.option(
+    "--decode-ahead/--no-decode-ahead",
+    envvar="RFC_DECODE_AHEAD",
+    default=True,
+    show_default=True,
+    help="On a GPU, queue each decode step before the one before is read, its tokens fed on the device "
+    "(the host's work hides behind the card's); off: one step at a time.",
+)
+@click.option(
     "--kv-pages",
     envvar="RFC_KV_PAGES",
     multiple=True,
@@ -411,6 +419,7 @@ def serve_cmd(
     device,
     max_batch,
     max_queue,
+    decode_ahead,
     kv_pages,
     gpu_memory_utilization,
     kv_memory,
@@ -546,7 +555,11 @@ def serve_cmd(
             port=port,
             threads=http_threads,
             scheduler=SchedulerConfig(
-                max_batch=max_batch, max_queue=max_queue, max_batch_tokens=max(STEP_TOKENS, max_batch), spec=spec
+                max_batch=max_batch,
+                max_queue=max_queue,
+                max_batch_tokens=max(STEP_TOKENS, max_batch),
+                spec=spec,
+                decode_ahead=decode_ahead,
             ),
             server=ServerConfig(
                 api_keys=tuple(k for k in keys if k),

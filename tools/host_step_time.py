@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--target", default="sm_90")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--card-us", type=float, default=0.0, help="a graph replay takes this long on a modelled card")
-    ap.add_argument("--one-at-a-time", action="store_true", help="the engine queues no step ahead")
+    ap.add_argument("--one-at-a-time", action="store_true", help="the engine queues no step ahead (--no-decode-ahead)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--engine", action="store_true", help="time Engine.step() instead of the sampled step")
     mode.add_argument("--serve", type=int, metavar="PORT", help="run `rfc serve` over it on PORT")
@@ -83,14 +83,11 @@ def main() -> int:
             _wait_until(self.busy)
 
     devices.gpu_driver_class = lambda family: Driver
-    if args.one_at_a_time:
-        import rfc.runtime.engine.engine as engine_module
-
-        engine_module.next_chunks = lambda *a: None
     if args.serve is not None:
         from rfc.cli.main import main as rfc_main
 
         sys.argv = ["rfc", "serve", str(args.bundle), "--port", str(args.serve), "--device", "cuda"]
+        sys.argv += ["--no-decode-ahead"] if args.one_at_a_time else []
         rfc_main()
         return 0
     lm = load_model(args.bundle, LoadOptions(device="cuda"))
@@ -123,9 +120,10 @@ def main() -> int:
 def engine_steps(lm, args) -> int:
     """--engine: Engine.step() of one request's greedy decode, stepped in this thread."""
     from rfc.runtime.engine.engine import Engine, GenerationRequest
+    from rfc.runtime.engine.scheduler import SchedulerConfig
     from rfc.runtime.sampling.sampler import SamplingParams
 
-    engine = Engine(lm)
+    engine = Engine(lm, SchedulerConfig(decode_ahead=not args.one_at_a_time))
     n = min(args.steps, lm.context_length - 32)
     engine.submit(GenerationRequest([5, 6, 7, 8], SamplingParams(temperature=0.0), max_tokens=n + 20, ignore_eos=True))
     for _ in range(10):  # the prompt, the graph's capture

@@ -163,7 +163,9 @@ class Engine:
         self.steps = 0
         # decode queued ahead (runtime/engine/ahead.py): where the device can, and not for a plan
         # with recurrent state (a step queued for a sequence that ends would be one to roll back)
-        self._running_ahead = bool(getattr(model.executor, "runs_ahead", False)) and not stateful
+        self._running_ahead = (
+            config.decode_ahead and bool(getattr(model.executor, "runs_ahead", False)) and not stateful
+        )
         self._queued: tuple[_Work, PendingRows, float] | None = None  # launched, not read: the next step
 
     # -- requests (any thread) -------------------------------------------------------------

@@ -81,6 +81,8 @@ class SchedulerConfig:
     max_queue: int = 64  # waiting sequences at most (preempted ones may exceed it)
     # speculative decoding: drafts carried by decode steps (runtime/engine/speculative.py)
     spec: SpecConfig = SpecConfig()
+    # decode queued ahead where the device can (runtime/engine/ahead.py); off: one step at a time
+    decode_ahead: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1:

@@ -15,6 +15,7 @@ from rfc.runtime.devices import DeviceError
 from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.engine import Engine, GenerationRequest
+from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 from tests.conftest import shared_basetemp
 from tests.kernels.gpu_emulator import build_emulator, loader_driver_class, needs_emulator
@@ -63,8 +64,7 @@ class Feeds:
 def _run(lm, requests, ahead: bool, monkeypatch, between=None) -> tuple[list, Engine, Feeds]:
     """Submits `requests`, steps the engine in this thread until it is idle; `between(engine,
     step, states)` may act after each step. Returns the states, the engine and its feeds."""
-    engine = Engine(lm)
-    engine._running_ahead = ahead
+    engine = Engine(lm, SchedulerConfig(decode_ahead=ahead))
     feeds = Feeds(lm.executor)
     monkeypatch.setattr(lm.executor, "launch_sampled", feeds)
     states = [engine.submit(r) for r in requests]
