@@ -479,14 +479,23 @@ FIRST_FIXTURES = (
 def serve_commands(bundle: Path, gguf: Path, device: str, bins: Path | None, logs: Path) -> list[tuple[str, list[str]]]:
     """tools/bench_serve.py against `rfc serve` on the card and, where llama-server was built,
     against llama-server with 16 slots on the same GGUF: streamed completions of SERVE_TOKENS
-    tokens, 1 then 16 clients at once, SERVE_REQUESTS each; each server's own output in
-    `logs` (serve-NAME-server.log)."""
+    tokens, 1 then 16 clients at once, SERVE_REQUESTS each; rfc also with --no-decode-ahead and 1
+    client (the queuing's A/B); each server's own output in `logs` (serve-NAME-server.log)."""
     common = ["--clients", "1,16", "--requests", str(SERVE_REQUESTS), "--max-tokens", str(SERVE_TOKENS), "--json"]
     bench = [sys.executable, str(ROOT / "tools" / "bench_serve.py")]
     cmds = [("rfc", [*bench, "--bundle", str(bundle), "--serve-args", f"--device {device}", *common])]
     if bins is not None and (bins / "llama-server").is_file():
         server = f"{bins / 'llama-server'} -m {gguf} -ngl 99 -np 16 -c {16 * 1024} --port {{port}}"
         cmds.append(("llama", [*bench, "--server-cmd", server, "--ready-path", "/health", *common]))
+    # last (the phase's time goes first to the comparison): the same server stepping one step at
+    # a time, 1 client, what decode queued ahead is worth served
+    one = ["--clients", "1", *common[2:]]
+    cmds.append(
+        (
+            "rfc-one-at-a-time",
+            [*bench, "--bundle", str(bundle), "--serve-args", f"--device {device} --no-decode-ahead", *one],
+        )
+    )
     return [(name, [*cmd, "--server-log", str(logs / f"serve-{name}-server.log")]) for name, cmd in cmds]
 
 

@@ -98,7 +98,7 @@ def test_the_serving_phase_runs_both_servers_under_the_same_load(tmp_path):
     (tmp_path / "llama-server").write_text("")
     logs = tmp_path / "logs"
     cmds = dict(gpu_session.serve_commands(Path("/b/bench-x-sm_90"), Path("/g/bench-x.gguf"), "cuda", tmp_path, logs))
-    assert set(cmds) == {"rfc", "llama"}
+    assert list(cmds) == ["rfc", "llama", "rfc-one-at-a-time"]
     assert cmds["rfc"][cmds["rfc"].index("--bundle") + 1] == "/b/bench-x-sm_90"
     assert "--device cuda" in cmds["rfc"]
     server = cmds["llama"][cmds["llama"].index("--server-cmd") + 1]
@@ -108,10 +108,13 @@ def test_the_serving_phase_runs_both_servers_under_the_same_load(tmp_path):
         return cmd[cmd.index("--clients") : cmd.index("--json") + 1]
 
     assert load(cmds["llama"]) == load(cmds["rfc"]) and load(cmds["rfc"])[1] == "1,16"
+    one = cmds["rfc-one-at-a-time"]  # the same server and load, one client, the queuing off
+    assert "--device cuda --no-decode-ahead" in one and load(one) == ["--clients", "1", *load(cmds["rfc"])[2:]]
     # each server's own output kept beside the client's (the 16-client shortfall on the H100 left none)
     for name, cmd in cmds.items():
         assert cmd[-2:] == ["--server-log", str(logs / f"serve-{name}-server.log")]
-    assert [name for name, _ in gpu_session.serve_commands(Path("/b"), Path("/g.gguf"), "hip", None, logs)] == ["rfc"]
+    names = [name for name, _ in gpu_session.serve_commands(Path("/b"), Path("/g.gguf"), "hip", None, logs)]
+    assert names == ["rfc", "rfc-one-at-a-time"]
 
 
 def test_memcheck_covers_a_dense_a_moe_and_a_hybrid_fixture_and_the_big_tiles(tmp_path):
