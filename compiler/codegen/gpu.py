@@ -95,7 +95,7 @@ def plan_target(
     target: the program marked for overlapped launches where the target has them and every
     kernel waits as they require (gpu_overlap.py)."""
     specs, op_kernels = plan_kernels(target, plan, layout, weights)
-    fusions = step_fusions(plan, specs, op_kernels)
+    fusions = step_fusions(plan, specs, op_kernels, target.family)
     sample = plan_sample_kernel(target, plan.vocab_size)
     # the kernels either list launches (a fused kernel of the prefill list's runs that it launches
     # op by op there is not built)

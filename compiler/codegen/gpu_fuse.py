@@ -95,6 +95,12 @@ ATTENTION_Q8 = True
 # unmeasured on a card: an A/B switch (docs/benchmarks.md). False: those matmuls round it.
 RMSNORM_Q8 = True
 RMSNORM_TEMPLATE = "gpu_rmsnorm.hip.j2"
+# The decode list's gate/up + SwiGLU reading the rounded row, 8 tokens a block, over the formats
+# whose decode looks values up in a 16-entry table (IQ4_NL, IQ4_XS): its walk over the row's
+# sub-blocks, unrolled whole (4 steps at an 8B's 4096 columns), took 255 registers on sm_80 and
+# sm_90 and spilled 104-144 bytes (tests/kernels/test_gpu_resources.py); unrolled by this much, it
+# does not. (family, format) -> unroll; hipcc kept the whole walk in 60-77 registers.
+GLU_Q8_UNROLL: dict[tuple[str, str], int] = {("cuda", "iq4_nl"): 2, ("cuda", "iq4_xs"): 2}
 
 
 @dataclass(frozen=True)
@@ -115,10 +121,11 @@ class Fusion:
     prefill: "Fusion | None" = None
 
 
-def step_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str]) -> list[Fusion]:
+def step_fusions(plan: Plan, specs: list[KernelSpec], op_kernels: list[str], family: str = "") -> list[Fusion]:
     """The runs of the step program's decode list (the prefill list launches the same runs, or
-    their ops one by one on their tensor-core kernels: gpu_plan.plan_program)."""
-    return plan_fusions(plan, specs, op_kernels, {s.name: s for s in specs})
+    their ops one by one on their tensor-core kernels: gpu_plan.plan_program); `family`: the
+    target's ("cuda", "hip")."""
+    return plan_fusions(plan, specs, op_kernels, {s.name: s for s in specs}, family)
 
 
 def plan_fusions(
@@ -126,9 +133,10 @@ def plan_fusions(
     specs: list[KernelSpec],
     op_kernels: list[str],
     taken: dict[str, KernelSpec] | None = None,
+    family: str = "",
 ) -> list[Fusion]:
     """The runs of plan ops the decode list launches as one kernel, in op order, not overlapping
-    (`taken`: the kernel names given out already)."""
+    (`taken`: the kernel names given out already; `family`: the target's, for GLU_Q8_UNROLL)."""
     by_name = {s.name: s for s in specs}
     op_specs = [by_name[k] for k in op_kernels]
     fusions: list[Fusion] = []
@@ -146,7 +154,7 @@ def plan_fusions(
             continue
         fusions.append(_names_taken(fusion, taken))
         i += fusion.count
-    return _q8_hand_offs(plan, op_specs, fusions, taken) if DECODE_Q8 else fusions
+    return _q8_hand_offs(plan, op_specs, fusions, taken, family) if DECODE_Q8 else fusions
 
 
 def _names_taken(f: Fusion, taken: dict[str, KernelSpec]) -> Fusion:
@@ -475,7 +483,9 @@ def _q8_variant(f: Fusion, extra: dict, suffix: str = "_q8", reads_q8: bool = Tr
     return Fusion(f.first, f.count, q8, sources, plain=f, prefill=f.prefill)
 
 
-def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion], taken: dict) -> list[Fusion]:
+def _q8_hand_offs(
+    plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion], taken: dict, family: str = ""
+) -> list[Fusion]:
     """Each add + rmsnorm whose output later int8 matmuls read (before anything writes it again
     or another add + rmsnorm runs) becomes its q8 twin, and those matmuls theirs; likewise each
     attention launch whose output the output projection reads (ATTENTION_Q8), where no earlier
@@ -495,7 +505,7 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
             continue
         layout = q8_decode_layout(width)
         changed[f.first] = _q8_variant(f, {"q8": True, **layout})
-        _q8_readers_take(readers, layout, changed)
+        _q8_readers_take(readers, layout, changed, family)
         spans.append((f.first, readers[-1].first))
     covered = {j for f in fusions for j in range(f.first, f.first + f.count)}  # ops in runs of several
     if ATTENTION_Q8:
@@ -514,7 +524,7 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
             layout = q8_decode_layout(width)
             own = Fusion(i, 1, kernel, tuple((0, n) for n, _k in kernel.args))
             changed[i] = _q8_variant(own, {"q8": True, "q8_width": width, **layout})
-            _q8_readers_take(readers, layout, changed)
+            _q8_readers_take(readers, layout, changed, family)
             spans.append((i, readers[-1].first))
     if RMSNORM_Q8:
         for i, spec in enumerate(op_specs):
@@ -533,7 +543,7 @@ def _q8_hand_offs(plan: Plan, op_specs: list[KernelSpec], fusions: list[Fusion],
             layout = q8_decode_layout(width)
             own = Fusion(i, 1, spec, tuple((0, n) for n, _k in spec.args))
             changed[i] = _q8_variant(own, {"q8": True, **layout}, reads_q8=False)
-            _q8_readers_take(readers, layout, changed)
+            _q8_readers_take(readers, layout, changed, family)
             spans.append((i, readers[-1].first))
     out = [changed.pop(f.first, f) for f in fusions]
     out += changed.values()  # lone ops: fusions of one op
@@ -558,12 +568,14 @@ def _q8_readers(
     return readers
 
 
-def _q8_readers_take(readers: list[Fusion], layout: dict, changed: dict[int, Fusion]) -> None:
+def _q8_readers_take(readers: list[Fusion], layout: dict, changed: dict[int, Fusion], family: str = "") -> None:
     """Each reader's q8 twin into `changed`: its input read rounded from Q8_SCRATCH."""
     for r in readers:
         p = r.spec.params
         steps = -(-(p["k"] // 32) // p["lanes_per_row"])
-        changed[r.first] = _q8_variant(r, {"q8in": True, "q8_steps": steps, **layout})
+        unroll = GLU_Q8_UNROLL.get((family, p["fmt"])) if p.get("glu") and p["tokens_per_block"] > 1 else None
+        extra = {"q8_unroll": unroll} if unroll and unroll < steps else {}
+        changed[r.first] = _q8_variant(r, {"q8in": True, "q8_steps": steps, **layout, **extra})
 
 
 def _attention_writer(spec: KernelSpec) -> KernelSpec | None:
