@@ -353,7 +353,12 @@ class StepRunner:
         return graph
 
     def _forward(
-        self, batch: StepBatch, first: int, sampled: bool = False, feed: tuple[tuple[int, int], ...] = ()
+        self,
+        batch: StepBatch,
+        first: int,
+        sampled: bool = False,
+        feed: tuple[tuple[int, int], ...] = (),
+        mark_staged: bool = False,
     ) -> dict[str, int]:
         """Stages the batch, copies the staging in from byte `first` (what is staged ahead of
         the batch arrays is the caller's), copies each fed token in from the step before
@@ -370,8 +375,9 @@ class StepRunner:
             pairs = self._dev_in + self.stage["sample_pen"][0]
             for pair, row in self.sampling.fed_pairs:  # into the penalty pair's token word
                 d.copy_on_device_async(pairs + 8 * pair, ids + 4 * row, 4, self.stream)
-        if self.sampling is not None and self.sampling.runs_ahead:
-            # the staging may be written again once this point is passed (launch_sampled)
+        if mark_staged and self._staged is not None:
+            # the staging may be written again once this point is passed (launch_sampled's steps;
+            # a run() step waits for itself, and no step is queued behind it)
             d.event_record(self._staged, self.stream)
         # decode steps (one token per row) repeat shapes: those are the graph buckets (each
         # captures the list its token count picks)
@@ -428,7 +434,7 @@ class StepRunner:
             self._queued[-1].mark()
         # a step whose rows all go to the host needs no kernel, except inside a graph: there
         # it finds no row flagged for the device and returns
-        self._forward(batch, first, sampled=len(host_rows) < R or batch.num_tokens == R, feed=feed)
+        self._forward(batch, first, sampled=len(host_rows) < R or batch.num_tokens == R, feed=feed, mark_staged=True)
         pending = s.copy_out(R, host_rows, self.arena + self._out_offset[self._logits], self._host_out)
         self._queued.append(pending)
         return pending
