@@ -22,7 +22,7 @@ from rfc.artifacts.validate import check_weight_map
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
 from rfc.runtime.devices.gpu_driver import Driver, GpuDriver
-from rfc.runtime.devices.gpu_program import StepRunner
+from rfc.runtime.devices.gpu_program import StepRunner, paired_runs
 from rfc.runtime.core.device import PendingRows, SampledRows
 
 _KV_ITEMSIZE = {"f16": 2, "f32": 4}
@@ -149,13 +149,7 @@ class GpuDevice:
             or (len(src) and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= slots))
         ):
             raise DeviceError(f"a KV copy names slots outside the {slots} of this device")
-        runs, i = [], 0  # (first source slot, first destination slot, slots)
-        while i < len(src):
-            j = i + 1
-            while j < len(src) and src[j] == src[j - 1] + 1 and dst[j] == dst[j - 1] + 1:
-                j += 1
-            runs.append((int(src[i]), int(dst[i]), j - i))
-            i = j
+        runs = paired_runs(zip(src.tolist(), dst.tolist()))  # (first source slot, first destination slot, slots)
         if not runs:
             return
         stream = self.runner.stream

@@ -357,24 +357,19 @@ class StepRunner:
         batch: StepBatch,
         first: int,
         sampled: bool = False,
-        feed: tuple[tuple[int, int], ...] = (),
+        copies: tuple[tuple[int, int, int], ...] = (),
         mark_staged: bool = False,
     ) -> dict[str, int]:
         """Stages the batch, copies the staging in from byte `first` (what is staged ahead of
-        the batch arrays is the caller's), copies each fed token in from the step before
-        (`feed`: (token index, that step's row) pairs) and queues the step's launches, with the
-        sampling kernel last when `sampled`; returns the step's scalars."""
+        the batch arrays is the caller's), makes the device-to-device `copies` ((destination,
+        source, bytes): a step's fed tokens) and queues the step's launches, with the sampling
+        kernel last when `sampled`; returns the step's scalars."""
         scalars = self._write_batch(batch)
         d = self._driver
         end = self.stage["block_tables"][0] + len(batch.context_lens) * self.table_width * 4
         d.copy_to_device_async(self._dev_in + first, self._host_in + first, end - first, self.stream)
-        if feed:
-            tokens, ids = self._dev_in + self.stage["tokens"][0], self.sampling.fed_ids()
-            for token, row, n in _pair_runs(feed):
-                d.copy_on_device_async(tokens + 4 * token, ids + 4 * row, 4 * n, self.stream)
-            pairs = self._dev_in + self.stage["sample_pen"][0]
-            for pair, row in self.sampling.fed_pairs:  # into the penalty pair's token word
-                d.copy_on_device_async(pairs + 8 * pair, ids + 4 * row, 4, self.stream)
+        for dst, src, nbytes in copies:
+            d.copy_on_device_async(dst, src, nbytes, self.stream)
         if mark_staged and self._staged is not None:
             # the staging may be written again once this point is passed (launch_sampled's steps;
             # a run() step waits for itself, and no step is queued behind it)
@@ -419,22 +414,30 @@ class StepRunner:
         if len(rows) != R:
             raise DeviceError(f"{len(rows)} sampling rows for {R} logit rows")
         s = self.sampling
+        row_of = {int(t): r for r, t in enumerate(batch.logit_rows)} if feed else {}
         if feed or self._queued:
-            s.check_feed(batch, rows, feed, len(self._queued))
+            s.check_feed(row_of, rows, feed, len(self._queued))
             if self._queued:  # the step before still reads the staging it copies in: wait for that copy
                 self._driver.event_synchronize(self._staged)
-        row_of = {int(t): r for r, t in enumerate(batch.logit_rows)}
-        host_rows, first = s.stage(rows, self._vocab, {row_of[t]: src for t, src in feed})  # before the step
+        # before the step: it may raise
+        host_rows, first, fed_pairs = s.stage(rows, self._vocab, {row_of[t]: src for t, src in feed})
         if self._queued and host_rows:
             raise StepRefused(
                 f"rows {host_rows} of a step queued ahead would be sampled on the host (penalty lists over "
                 f"{s.per_row} entries, or over the step's {s.capacity})"
             )
+        copies: list[tuple[int, int, int]] = []
+        if feed:  # each fed token, and each fed penalty pair's token word, from the last step's ids
+            tokens, ids = self._dev_in + self.stage["tokens"][0], s.fed_ids()
+            pairs = self._dev_in + self.stage["sample_pen"][0]
+            copies += [(tokens + 4 * token, ids + 4 * row, 4 * n) for token, row, n in paired_runs(feed)]
+            copies += [(pairs + 8 * pair, ids + 4 * row, 4) for pair, row in fed_pairs]
         if self._queued:  # the step before ends where this one starts: its ids can be waited for
             self._queued[-1].mark()
         # a step whose rows all go to the host needs no kernel, except inside a graph: there
         # it finds no row flagged for the device and returns
-        self._forward(batch, first, sampled=len(host_rows) < R or batch.num_tokens == R, feed=feed, mark_staged=True)
+        sampled = len(host_rows) < R or batch.num_tokens == R
+        self._forward(batch, first, sampled=sampled, copies=tuple(copies), mark_staged=True)
         pending = s.copy_out(R, host_rows, self.arena + self._out_offset[self._logits], self._host_out)
         self._queued.append(pending)
         return pending
@@ -609,9 +612,10 @@ class DeviceSampling:
         assert self._last is not None
         return self._dev_out + 8 * self._last[0]
 
-    def check_feed(self, batch: StepBatch, rows: list, feed: tuple[tuple[int, int], ...], queued: int) -> None:
+    def check_feed(self, row_of: dict[int, int], rows: list, feed: tuple[tuple[int, int], ...], queued: int) -> None:
         """A step fed from the last sampled step, or queued behind one not yet read: what
-        StepRunner.launch_sampled allows (DeviceError otherwise)."""
+        StepRunner.launch_sampled allows (DeviceError otherwise; `row_of`: the step's logit row
+        of each token that has one)."""
         if not self.runs_ahead:
             raise DeviceError("this bundle's sampling kernel cannot feed the next step: recompile the model")
         if queued > 1 or (queued and not feed):
@@ -619,7 +623,6 @@ class DeviceSampling:
         if queued and any(row is None for row in rows):
             raise DeviceError("a step queued behind one not yet read samples every row on the device")
         last_rows, last_host = self._last or (0, frozenset())
-        row_of = {int(t): r for r, t in enumerate(batch.logit_rows)}
         tokens = [t for t, _ in feed]
         if len(set(tokens)) != len(tokens):
             raise DeviceError("a token fed twice")
@@ -632,18 +635,20 @@ class DeviceSampling:
                     f"last step ({last_rows} rows) sampled on the device"
                 )
 
-    def stage(self, rows: list, vocab: int, fed: dict[int, int] | None = None) -> tuple[list[int], int]:
+    def stage(
+        self, rows: list, vocab: int, fed: dict[int, int] | None = None
+    ) -> tuple[list[int], int, list[tuple[int, int]]]:
         """Writes the rows' parameters and penalty lists; returns the rows the host samples (a
         None row, or one whose list holds more than pen_per_row entries or no longer fits) and
         the staging byte the step's copy starts at (its first penalty pair). A row of `fed` (row
         -> the row of the step before that samples the token it follows, not yet read) counts
         that draw as made, and its penalty list ends with that token's pair, for the device to
-        fill in (`fed_pairs`: (pair index, row of the step before))."""
+        fill in: returned as (pair index, row of the step before)."""
         if len(rows) > self._params.shape[0]:
             raise DeviceError(f"{len(rows)} sampling rows, the program has {self._params.shape[0]}")
         fed = fed or {}
         host_rows: list[int] = []
-        self.fed_pairs: list[tuple[int, int]] = []
+        fed_pairs: list[tuple[int, int]] = []
         flags, end = _WORD["flags"], self.capacity
         for r, row in enumerate(rows):
             ahead = r in fed
@@ -673,9 +678,9 @@ class DeviceSampling:
                 if ahead:  # the token it follows: counted once more, its id copied in on the device
                     self._pen_tokens[end - 1], self._pen_counts[end - 1] = 0, 1.0
                     self._params[r, flags] |= SAMPLE_FLAG_FED
-                    self.fed_pairs.append((end - 1, fed[r]))
+                    fed_pairs.append((end - 1, fed[r]))
             end = start
-        return host_rows, self._pen_off + 8 * end
+        return host_rows, self._pen_off + 8 * end, fed_pairs
 
     def copy_out(self, n_rows: int, host_rows: list[int], logits_ptr: int, host_logits: int) -> "PendingStep":
         """After the step's launches: its token ids and logprobs (when a row was the device's)
@@ -746,12 +751,13 @@ class PendingStep:
         return self._result
 
 
-def _pair_runs(feed: tuple[tuple[int, int], ...]) -> list[tuple[int, int, int]]:
-    """(token index, row) pairs as (first token, first row, count) runs in which both count up."""
+def paired_runs(pairs) -> list[tuple[int, int, int]]:
+    """(a, b) index pairs as (first a, first b, count) runs in which both count up, by a: one
+    copy a run (fed tokens from a step's ids; KV slots into others, GpuDevice.copy_kv)."""
     runs: list[list[int]] = []
-    for token, row in sorted(feed):
-        if runs and runs[-1][0] + runs[-1][2] == token and runs[-1][1] + runs[-1][2] == row:
+    for a, b in sorted(pairs):
+        if runs and runs[-1][0] + runs[-1][2] == a and runs[-1][1] + runs[-1][2] == b:
             runs[-1][2] += 1
         else:
-            runs.append([token, row, 1])
-    return [(t, r, n) for t, r, n in runs]
+            runs.append([a, b, 1])
+    return [(a, b, n) for a, b, n in runs]

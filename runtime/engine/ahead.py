@@ -45,7 +45,7 @@ def can_follow(state: RequestState) -> bool:
     """Whether a request's next token may be fed on the device: its row is sampled there
     (no grammar, logit_bias or top logprobs) and it does not speculate (drafts are proposed
     from the token on the host). A penalty window follows: the device counts the fed token."""
-    return state.matcher is None and state.spec is None and not state.sampler.needs_host and not state.request.logprobs
+    return not state.samples_on_host and state.spec is None
 
 
 def next_chunks(

@@ -446,7 +446,7 @@ class Engine:
         grammar mask, logit_bias, or top logprobs)."""
         rows = []
         for chunk, state in zip(work.chunks, work.states):
-            host = state.matcher is not None or state.sampler.needs_host or bool(state.request.logprobs)
+            host = state.samples_on_host
             if chunk.num_drafts:
                 # a verify row after an accepted draft needs the penalty window and the random
                 # stream as they are after that draft; and a greedy row's near-tie check its logits

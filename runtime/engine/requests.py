@@ -128,6 +128,12 @@ class RequestState:
         return len(self.seq.prompt_ids)
 
     @property
+    def samples_on_host(self) -> bool:
+        """Whether its logit rows need the host's logits: a grammar mask, logit_bias, or top
+        logprobs (the engine's device rows; decode queued ahead, runtime/engine/ahead.py)."""
+        return self.matcher is not None or self.sampler.needs_host or bool(self.request.logprobs)
+
+    @property
     def cached_tokens(self) -> int:
         """Prompt tokens whose KV came from the prefix cache."""
         return self.seq.num_cached

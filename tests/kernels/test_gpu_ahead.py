@@ -150,9 +150,6 @@ def test_penalty_windows_follow_the_fed_token(model, monkeypatch):
     ]
     want, _, _ = _run(model, requests, False, monkeypatch)
     got, _, feeds = _run(model, requests, True, monkeypatch)
-    print("WANT", [s.tokens for s in want])
-    print("GOT", [s.tokens for s in got])
-    print("PAIRS", model.executor.device.runner.sampling.fed_pairs)
     assert [s.tokens for s in got] == [s.tokens for s in want]
     assert feeds.steps == 13 and feeds.tokens == 4 * 13
     # the penalties changed the tokens: the same requests without them go elsewhere
