@@ -58,9 +58,11 @@ RFC_DEVICE_FN float rfc_shfl_xor(float v, int mask) {
 #define RFC_FLOAT_TO_HALF(f) __builtin_bit_cast(unsigned short, (_Float16)(f))
 #define RFC_BITS_TO_FLOAT(u) __builtin_bit_cast(float, (unsigned)(u))
 
-/* 128-bit vectors (one global_load_dwordx4 when the address is 16-byte aligned) */
+/* 128-bit vectors (one global_load_dwordx4 when the address is 16-byte aligned), and 64-bit ones */
 typedef int rfc_i4 __attribute__((ext_vector_type(4)));
 typedef float rfc_f4 __attribute__((ext_vector_type(4)));
+typedef int rfc_i2 __attribute__((ext_vector_type(2)));
+typedef float rfc_f2 __attribute__((ext_vector_type(2)));
 
 /* c + the dot product of four signed bytes of a and b. gfx11 has v_dot4_i32_iu8 (dot8-insts),
  * gfx906/908/90a/94x and gfx1011/1012/103x v_dot4(c)_i32_i8 (dot1-insts); clang 15 accepts
@@ -122,9 +124,11 @@ RFC_DEVICE_FN unsigned short rfc_float_to_half(float f) {
 #define RFC_FLOAT_TO_HALF(f) rfc_float_to_half(f)
 #define RFC_BITS_TO_FLOAT(u) __uint_as_float((unsigned)(u))
 
-/* 128-bit vectors (ld.global.v4 when the address is 16-byte aligned) */
+/* 128-bit vectors (ld.global.v4 when the address is 16-byte aligned), and 64-bit ones (v2) */
 typedef int4 rfc_i4;
 typedef float4 rfc_f4;
+typedef int2 rfc_i2;
+typedef float2 rfc_f2;
 
 /* c + the dot product of four signed bytes of a and b (dp4a, sm_61 and later) */
 #define RFC_DP4A(a, b, c) __dp4a((a), (b), (c))

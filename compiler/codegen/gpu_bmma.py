@@ -129,6 +129,10 @@ def bmma_spec(
         for w in weights:
             segs.append({"start": start, "end": start + w["rows"], "rows": w["rows"]})
             start += w["rows"]
+    # the tokens' scales and sums of a wave's sub-blocks in one load a row each (the template's
+    # scale_vec): where they lie aligned for it
+    vec = wave_subs in (1, 2) and not (k // SUB_BLOCK) % wave_subs
+    vec = vec and not x_layout["xd_offset"] % (4 * wave_subs) and not x_layout["xs_offset"] % (8 * wave_subs)
     shape = "_".join(str(w["rows"]) for w in weights) if segs else str(total)
     kind = "_swiglu" if glu else "_segments" if segs else ""
     name = f"rfc_matmul_bmma_{first['fmt']}_{shape}x{k}{kind}" + ("_q8out" if q8out else "")
@@ -150,6 +154,10 @@ def bmma_spec(
         "min_blocks": MIN_BLOCKS,
         "has_min": has_min,
         "halves": halves,
+        # the tokens' k order (rfc_gpu_bmma.h): paired, one 8-byte load a row and lane, where no
+        # instruction runs on a k-half alone
+        "paired": not halves,
+        "scale_vec": wave_subs if vec else 0,
         "sum_bias": IMMA_SUM_BIAS if IMMA_BIASED_SUMS else 0,
         "subs_per_block": max(1, first["qk"] // SUB_BLOCK),
         "xd_offset": x_layout["xd_offset"],

@@ -45,9 +45,11 @@
 #define RFC_HALF_TO_FLOAT(h) ((float)__builtin_bit_cast(_Float16, (unsigned short)(h)))
 #define RFC_FLOAT_TO_HALF(f) __builtin_bit_cast(unsigned short, (_Float16)(f))
 #define RFC_BITS_TO_FLOAT(u) __builtin_bit_cast(float, (unsigned)(u))
-/* 128-bit vectors: plain structs (x86-64 loads them unaligned as well) */
+/* 128-bit and 64-bit vectors: plain structs (x86-64 loads them unaligned as well) */
 struct rfc_i4 { int x, y, z, w; };
 struct rfc_f4 { float x, y, z, w; };
+struct rfc_i2 { int x, y; };
+struct rfc_f2 { float x, y; };
 /* dp4a as the GPUs define it: c + four sign-extended byte products */
 static inline int rfc_emu_dp4a(int a, int b, int c) {
     for (int i = 0; i < 32; i += 8) c += (int)(signed char)(a >> i) * (int)(signed char)(b >> i);
