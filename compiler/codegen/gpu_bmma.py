@@ -68,6 +68,11 @@ MIN_BLOCKS = 1
 # multiprocessor on sm_90)
 WAVE_SUBS = 2
 SHARED_LIMIT = 48 * 1024
+# The tokens' int8 sub-blocks in the paired k order (one 8-byte load a row and lane) and a wave's token
+# scales and sums in one vector load a row: on the H200 the 8B's twins were bound by L1 (80-91% of its
+# throughput, DRAM 4-15% busy), their activations read with 4-byte loads over 8 rows each
+# (docs/benchmarks.md). Off: the loads before, for a card's A/B.
+VECTOR_LOADS = True
 
 
 def weight_of(spec: KernelSpec) -> dict:
@@ -131,7 +136,7 @@ def bmma_spec(
             start += w["rows"]
     # the tokens' scales and sums of a wave's sub-blocks in one load a row each (the template's
     # scale_vec): where they lie aligned for it
-    vec = wave_subs in (1, 2) and not (k // SUB_BLOCK) % wave_subs
+    vec = VECTOR_LOADS and wave_subs in (1, 2) and not (k // SUB_BLOCK) % wave_subs
     vec = vec and not x_layout["xd_offset"] % (4 * wave_subs) and not x_layout["xs_offset"] % (8 * wave_subs)
     shape = "_".join(str(w["rows"]) for w in weights) if segs else str(total)
     kind = "_swiglu" if glu else "_segments" if segs else ""
@@ -156,7 +161,7 @@ def bmma_spec(
         "halves": halves,
         # the tokens' k order (rfc_gpu_bmma.h): paired, one 8-byte load a row and lane, where no
         # instruction runs on a k-half alone
-        "paired": not halves,
+        "paired": VECTOR_LOADS and not halves,
         "scale_vec": wave_subs if vec else 0,
         "sum_bias": IMMA_SUM_BIAS if IMMA_BIASED_SUMS else 0,
         "subs_per_block": max(1, first["qk"] // SUB_BLOCK),
