@@ -74,6 +74,8 @@ GOLDENS = (  # (prompt or None for BOS alone, tokens, golden file)
     ("Once upon a time, there was a dragon", 100, "stories260K.greedy-dragon.txt"),
 )
 PREFILL_BENCH_TOKENS = 512
+# the batch step matmul_table profiles by kernel: the table's batch-16 rate, launch group by group
+BATCH_PROFILE_SEQS = 16
 BENCH_MODELS = (  # (file name, make_gguf.py arguments)
     (
         "bench-tinyllama-1.1b-Q4_0.gguf",
@@ -542,6 +544,14 @@ def matmul_table(lm: LoadedModel) -> str:
         text += "\n\nthe decode step by kernel, batch 1:\n" + bw.step_profile(runner, scalars, timer, 50)
     except Exception as e:  # the matmul table stands without it
         text += f"\n(step profile failed: {type(e).__name__}: {e})"
+    try:  # a step of 16 sequences' tokens (the batch list: each weight read once for all of them)
+        seqs = BATCH_PROFILE_SEQS
+        scalars = bw.batch_decode_step(runner, lm.executor, lm.vocab_size, blocks, seqs)
+        text += f"\n\nthe decode step by kernel, batch {seqs}:\n" + bw.step_profile(runner, scalars, timer, 20)
+        for s in range(2, 2 + seqs):
+            blocks.free(s)
+    except Exception as e:
+        text += f"\n(batch step profile failed: {type(e).__name__}: {e})"
     try:  # and a 512-token prompt's step (the prefill list: tensor-core matmuls, tiled attention)
         scalars = bw.prefill_step(runner, lm.vocab_size, blocks, PREFILL_BENCH_TOKENS)
         text += f"\n\na {PREFILL_BENCH_TOKENS}-token prefill step by kernel:\n" + bw.step_profile(

@@ -123,6 +123,25 @@ def decode_step(runner, executor, vocab: int, blocks, context: int = 32) -> dict
     return scalars
 
 
+def batch_decode_step(
+    runner, executor, vocab: int, blocks, seqs: int, context: int = 32, first: int = 2
+) -> dict[str, int]:
+    """Sequences `first`.. (`seqs` of them), each a `context`-token prompt through `executor`, then
+    one decode step of a token each staged and run on the runner (the batch list from the
+    runner's batch_min_tokens on): the step's scalars, for step_profile. The caller frees the
+    sequences' blocks."""
+    rng = np.random.default_rng(2)
+    ids = range(first, first + seqs)
+    for s in ids:
+        blocks.allocate(s, context + 1)
+        prompt = tuple(int(t) for t in rng.integers(2, vocab, size=context))
+        executor.forward(build_batch([ScheduledChunk(s, 0, prompt)], blocks))
+    batch = build_batch([ScheduledChunk(s, context, (int(rng.integers(2, vocab)),)) for s in ids], blocks)
+    scalars = runner._forward(batch, runner.stage["tokens"][0])
+    runner._driver.stream_synchronize(runner.stream)
+    return scalars
+
+
 def prefill_step(runner, vocab: int, blocks, tokens: int = 512, seq: int = 1) -> dict[str, int]:
     """One `tokens`-token prompt staged and run on the runner (the prefill list from the
     runner's prefill_min_tokens on): the step's scalars, for step_profile."""

@@ -77,3 +77,29 @@ def test_each_matmul_of_the_decode_list_with_its_weight_bytes(model, gpu_bundle,
     assert any(launch.kernel.startswith("rfc_matmul_imma_") for launch in runner.program.prefill_launches)
     # the prefill list's own kernels, by name
     assert all(launch.kernel[:56] in text for launch in runner.program.prefill_launches)
+
+
+@pytest.mark.parametrize("model,target", [pytest.param("llama-Q4_K_M", "sm_90", marks=toolchain_marks("sm_90"))])
+def test_a_batch_steps_profile_runs_the_batch_list(model, target, gpu_bundle, tmp_path_factory):
+    """gpu_check's profile of a batch step by kernel (batch_decode_step: sequences of their own, a
+    token each): the step runs the batch list (its twins on the int8 matrix instructions), and
+    every kernel of that list has its row."""
+    tool = _tool()
+    bundle = open_bundle(gpu_bundle(model, target))
+    device = emulated_step_device(bundle, target, bundle.plan.kv, 8, 16, shared_basetemp(tmp_path_factory) / "gpu-emu")
+    runner = device.runner
+    runner.batch_min_tokens = 2  # a step of 4 on the batch list (16 on a card)
+    blocks = BlockManager(8, 16)
+    scalars = tool.batch_decode_step(
+        runner, Executor(bundle.plan, device), bundle.plan.vocab_size, blocks, seqs=4, context=5
+    )
+    assert scalars["n_tokens"] == 4
+    launched = runner.launches_for(4)
+    assert launched == runner.program.batch_launches
+    text = tool.step_profile(runner, scalars, tool.WallTimer(runner._driver), 1)
+    assert f"{len(launched)} launches; the whole list queued back to back" in text
+    assert any(launch.kernel.startswith("rfc_matmul_bmma_") for launch in launched)
+    assert all(launch.kernel[:56] in text for launch in launched)
+    for s in range(2, 6):
+        blocks.free(s)
+    assert blocks.num_free() == 8
