@@ -3,8 +3,9 @@ decode tokens per second) plus what serving needs (batched decode, time to first
 and without a cached prefix, load time, peak memory, the machine's read bandwidth).
 
 Prefill and decode drive the executor directly, like llama-bench drives llama.cpp (no
-sampler, no scheduler: their own BlockManager over the KV pool); TTFT goes through the Engine,
-as a request would.
+scheduler: their own BlockManager over the KV pool); TTFT goes through the Engine, as a request
+would. Decode feeds each sequence its greedy token: chosen on the device where the device
+samples (a GPU: only the ids come back, as the engine serves), else the argmax of the logits.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.engine.assemble import LoadedModel
-from rfc.runtime.sampling.sampler import SamplingParams
+from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,27 @@ def prefill_tps(model: LoadedModel, blocks: BlockManager, n: int, rng: np.random
 
 def decode_tps(model: LoadedModel, blocks: BlockManager, batch: int, gen: int, rng: np.random.Generator) -> float:
     """Aggregate tokens per second of `batch` sequences decoding one token each per step,
-    after a 16-token prompt each (greedy, the argmax fed back)."""
+    after a 16-token prompt each (greedy: the token fed back chosen on the device where it
+    samples, the logits' argmax on the host otherwise)."""
     prompts = [rng.integers(1, model.vocab_size, size=16).tolist() for _ in range(batch)]
+    executor = model.executor
     logits = _forward(model, blocks, [(s, 0, p) for s, p in enumerate(prompts)])
+    tokens = [int(logits[s].argmax()) for s in range(batch)]
+    samplers = None
+    if executor.samples_on_device:
+        greedy = SamplingParams(temperature=0.0)
+        samplers = [Sampler(greedy, p, model.vocab_size, executor.host_sampling) for p in prompts]
     started = time.perf_counter()
     for step in range(gen):
-        chunks = [(s, 16 + step, [int(logits[s].argmax())]) for s in range(batch)]
-        logits = _forward(model, blocks, chunks)
+        chunks = [(s, 16 + step, [tokens[s]]) for s in range(batch)]
+        if samplers is None:
+            logits = _forward(model, blocks, chunks)
+            tokens = [int(logits[s].argmax()) for s in range(batch)]
+            continue
+        out = executor.forward_sampled(_batch(blocks, chunks), [(sampler, False) for sampler in samplers])
+        tokens = [int(t) for t in out.tokens]
+        for sampler, t in zip(samplers, tokens):
+            sampler.record(t)
     seconds = time.perf_counter() - started
     for s in range(batch):
         blocks.free(s)
@@ -115,11 +130,14 @@ def run_once(model: LoadedModel, config: BenchConfig, result: BenchResult, progr
     progress(f"ttft: {result.figures['ttft'][-1]:.3f} s, repeated prompt {result.figures['ttft_cached'][-1]:.3f} s")
 
 
-def _forward(model: LoadedModel, blocks: BlockManager, chunks: list[tuple[int, int, list[int]]]) -> np.ndarray:
+def _batch(blocks: BlockManager, chunks: list[tuple[int, int, list[int]]]):
     for seq, start, tokens in chunks:
         blocks.allocate(seq, start + len(tokens))
-    batch = build_batch([ScheduledChunk(seq, start, tuple(tokens)) for seq, start, tokens in chunks], blocks)
-    return model.executor.forward(batch)
+    return build_batch([ScheduledChunk(seq, start, tuple(tokens)) for seq, start, tokens in chunks], blocks)
+
+
+def _forward(model: LoadedModel, blocks: BlockManager, chunks: list[tuple[int, int, list[int]]]) -> np.ndarray:
+    return model.executor.forward(_batch(blocks, chunks))
 
 
 def _timed(model: LoadedModel, blocks: BlockManager, chunks: list[tuple[int, int, list[int]]]) -> float:

@@ -235,3 +235,44 @@ def test_gpu_checks_decode_rate_queues_its_steps_ahead(model, monkeypatch):
     finally:
         sys.modules.pop("gpu_experiment", None)
     assert (feeds.steps, feeds.tokens) == (5, 15)
+
+
+@DEFERRED_ONLY
+def test_rfc_bench_decodes_with_tokens_chosen_on_the_device(model, monkeypatch):
+    """`rfc bench`'s decode (runtime/engine/bench.py) on a device that samples: every timed step
+    runs forward_sampled (only ids come back, as the engine serves), and the tokens it feeds are
+    those the host's argmax of the logits feeds on the same device."""
+    import numpy as np
+
+    from rfc.runtime.engine import bench
+    from rfc.runtime.engine.executor import Executor
+
+    ex = model.executor
+    real_forward, real_sampled = ex.forward, ex.forward_sampled
+
+    def run(on_device: bool) -> tuple[list, int]:
+        fed, sampled = [], [0]
+
+        def forward(batch):
+            fed.append(batch.tokens.tolist())
+            return real_forward(batch)
+
+        def forward_sampled(batch, rows):
+            fed.append(batch.tokens.tolist())
+            sampled[0] += 1
+            return real_sampled(batch, rows)
+
+        with monkeypatch.context() as m:
+            m.setattr(ex, "forward", forward)
+            m.setattr(ex, "forward_sampled", forward_sampled)
+            if not on_device:
+                m.setattr(Executor, "samples_on_device", property(lambda self: False))
+            assert bench.decode_tps(model, model.kv_pool.manager(), 3, 6, np.random.default_rng(5)) > 0
+        return fed, sampled[0]
+
+    device_fed, device_steps = run(True)
+    host_fed, host_steps = run(False)
+    assert (device_steps, host_steps) == (6, 0)
+    assert len(device_fed) == len(host_fed) == 7  # the prompts' step, then 6 decode steps
+    assert device_fed == host_fed
+    assert len(set(map(tuple, device_fed[1:]))) > 1  # the fed tokens move
