@@ -545,10 +545,10 @@ def matmul_table(lm: LoadedModel) -> str:
     except Exception as e:  # the matmul table stands without it
         text += f"\n(step profile failed: {type(e).__name__}: {e})"
     try:  # a step of 16 sequences' tokens (the batch list: each weight read once for all of them)
-        seqs = BATCH_PROFILE_SEQS
-        scalars = bw.batch_decode_step(runner, lm.executor, lm.vocab_size, blocks, seqs)
+        seqs, first = BATCH_PROFILE_SEQS, 2  # (sequence 0: the batch-1 step's, 1: the prefill's)
+        scalars = bw.batch_decode_step(runner, lm.executor, lm.vocab_size, blocks, seqs, first=first)
         text += f"\n\nthe decode step by kernel, batch {seqs}:\n" + bw.step_profile(runner, scalars, timer, 20)
-        for s in range(2, 2 + seqs):
+        for s in range(first, first + seqs):
             blocks.free(s)
     except Exception as e:
         text += f"\n(batch step profile failed: {type(e).__name__}: {e})"

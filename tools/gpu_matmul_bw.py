@@ -112,15 +112,8 @@ class WallTimer:
 
 def decode_step(runner, executor, vocab: int, blocks, context: int = 32) -> dict[str, int]:
     """A `context`-token prompt through `executor` (over the runner's device), then one decode
-    step's batch staged and run on the runner: the step's scalars."""
-    rng = np.random.default_rng(0)
-    prompt = tuple(int(t) for t in rng.integers(2, vocab, size=context))
-    blocks.allocate(0, context + 1)
-    executor.forward(build_batch([ScheduledChunk(0, 0, prompt)], blocks))
-    batch = build_batch([ScheduledChunk(0, context, (int(rng.integers(2, vocab)),))], blocks)
-    scalars = runner._forward(batch, runner.stage["tokens"][0])
-    runner._driver.stream_synchronize(runner.stream)
-    return scalars
+    step's batch staged and run on the runner: the step's scalars (sequence 0)."""
+    return batch_decode_step(runner, executor, vocab, blocks, 1, context, first=0)
 
 
 def batch_decode_step(
@@ -130,7 +123,7 @@ def batch_decode_step(
     one decode step of a token each staged and run on the runner (the batch list from the
     runner's batch_min_tokens on): the step's scalars, for step_profile. The caller frees the
     sequences' blocks."""
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(0)
     ids = range(first, first + seqs)
     for s in ids:
         blocks.allocate(s, context + 1)

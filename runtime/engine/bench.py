@@ -71,11 +71,11 @@ def decode_tps(model: LoadedModel, blocks: BlockManager, batch: int, gen: int, r
         if samplers is None:
             logits = _forward(model, blocks, chunks)
             tokens = [int(logits[s].argmax()) for s in range(batch)]
-            continue
-        out = executor.forward_sampled(_batch(blocks, chunks), [(sampler, False) for sampler in samplers])
-        tokens = [int(t) for t in out.tokens]
-        for sampler, t in zip(samplers, tokens):
-            sampler.record(t)
+        else:
+            out = executor.forward_sampled(_batch(blocks, chunks), [(sampler, False) for sampler in samplers])
+            tokens = [int(t) for t in out.tokens]
+            for sampler, t in zip(samplers, tokens):
+                sampler.record(t)
     seconds = time.perf_counter() - started
     for s in range(batch):
         blocks.free(s)
