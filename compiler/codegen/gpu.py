@@ -20,6 +20,7 @@ from rfc.compiler.codegen.format_table import format_params
 from rfc.compiler.codegen.gpu_bmma import BMMA_TEMPLATE, batch_list
 from rfc.compiler.codegen.gpu_fuse import fused_specs, step_fusions
 from rfc.compiler.codegen.gpu_glu_handoff import glu_q8_handoffs
+from rfc.compiler.codegen.gpu_rope_attention import rope_in_attention
 from rfc.compiler.codegen.gpu_attention import MMA_ATTENTION_TEMPLATE
 from rfc.compiler.codegen.gpu_imma import IMMA_TEMPLATE
 from rfc.compiler.codegen.gpu_mma import MMA_TEMPLATE
@@ -108,8 +109,10 @@ def plan_target(
     program, batch = batch_list(target, plan, program, by_name, op_kernels, fusions)
     # the decode lists' gate/up + SwiGLU rounding its output for the down matmul (gpu_glu_handoff.py)
     program, handoff = glu_q8_handoffs(plan, program, by_name, op_kernels, fusions)
+    # the one-token list's rope + KV write in its attention launch (gpu_rope_attention.py)
+    program, roped = rope_in_attention(plan, program, {**by_name, **{s.name: s for s in (*specs, *handoff)}}, fusions)
     launched = {launch.kernel for launch in program.every_launch()}
-    built = [s for s in (*fused, *twins, *batch, *handoff) if s.name in launched]
+    built = [s for s in (*fused, *twins, *batch, *handoff, *roped) if s.name in launched]
     specs = [*specs, *built, sample]
     if programmatic(target):
         check_overlap(specs, program, sample)

@@ -185,6 +185,38 @@ def test_the_step_program_serves_quantized_caches(target, prompt, gpu_bundle, tm
         assert (got.argmax(axis=1) == ref.argmax(axis=1)).mean() >= 0.9
 
 
+@pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
+def test_one_token_steps_store_quantized_rows_as_the_kv_write_kernel(target, gpu_bundle, tmp_path_factory):
+    """The one-token list's attention rotates k and stores a kv head's k and v rows itself
+    (gpu_rope_attention.py), through the KV write kernel's per-head code: with a q4_0 K and a q8_0
+    V cache (both rotations at head_dim 64) and with a q8_0 K beside an f16 V, its decode steps'
+    logits are the per-op path's (rope, then the KV write's whole rows, then attention) bit for bit,
+    step after step, so every row it stored reads back as that kernel's bytes."""
+    from rfc.compiler.codegen.gpu_rope_attention import SUFFIX
+    from tests.kernels.gpu_emulator import emulated_device
+
+    bundle = open_bundle(gpu_bundle("qwen3-F16", target))
+    plan, build_dir = bundle.plan, shared_basetemp(tmp_path_factory) / "gpu-emu"
+    prompt, steps = (1, 40, 41, 42, 43), 5
+    for types in (KvCacheTypes(Q4, Q8), KvCacheTypes(Q8, F16)):
+        step = emulated_step_device(bundle, target, plan.kv, NUM_BLOCKS, BLOCK_SIZE, build_dir, cache_types=types)
+        op = emulated_device(bundle, target, plan.kv, NUM_BLOCKS, BLOCK_SIZE, build_dir, cache_types=types)
+        single = step.runner.program.single_launches
+        assert sum(launch.kernel.endswith(SUFFIX) for launch in single) == plan.kv.n_layers
+        blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+        run_step, run_op = Executor(plan, step), Executor(plan, op)
+        blocks.allocate(0, len(prompt) + steps)
+        batch = build_batch([ScheduledChunk(0, 0, prompt)], blocks)
+        got, want = run_step.forward(batch), run_op.forward(batch)
+        assert np.array_equal(got, want)
+        for i in range(steps):
+            batch = build_batch([ScheduledChunk(0, len(prompt) + i, (int(want[-1].argmax()),))], blocks)
+            got, want = run_step.forward(batch), run_op.forward(batch)
+            assert np.array_equal(got, want), (
+                f"{types.describe()} step {i}: max |step - op| {np.abs(got - want).max():.3e}"
+            )
+
+
 def test_kernels_without_the_types_refuse_a_quantized_cache():
     """A bundle compiled before GPU kernels took k_type / v_type has F16-only kernels: a
     quantized cache is refused at load (GpuDevice), an f16 one still served."""

@@ -15,6 +15,7 @@ import pytest
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.program import ArgKind, ArgSlot, unpack_program
 from rfc.compiler.targets import parse_target
+from rfc.compiler.codegen.gpu_rope_attention import ROPE_IN_ATTENTION
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
@@ -161,7 +162,8 @@ def test_a_llama_decode_layer_is_eight_launches(model, gpu_bundle):
     """The per-op path launches 15 kernels a layer; the step program 8: q/k/v as one matmul, rope
     with the KV write, attention as one launch (the split kernel's last block merges), gate/up
     with the SwiGLU, each residual add with the next norm. The one-token list is the same
-    launches, its matmuls' twins taking one token a block."""
+    launches, its matmuls' twins taking one token a block, but for the rope + KV write, which its
+    attention launch does: seven a layer."""
     bundle = open_bundle(gpu_bundle(model, TARGET))
     entry = next(t for t in bundle.manifest["targets"] if t["name"] == TARGET)
     program = unpack_program(bundle.file(entry["program"]).read_bytes())
@@ -191,8 +193,17 @@ def test_a_llama_decode_layer_is_eight_launches(model, gpu_bundle):
     )
     # the one-token list: the matmuls' twins, gate/up + SwiGLU's also rounding its output for the down
     # matmul's, which reads it rounded (gpu_glu_handoff.py)
+    # and its attention launches each taking the rope + KV write before them (gpu_rope_attention.py)
     single = [launch.kernel.removeprefix("rfc_") for launch in program.single_launches]
-    assert single == [_one_token_kernel(k) for k in kernels]
+    expected, i = [], 0
+    while i < len(kernels):
+        if kernels[i] == ROPE:
+            expected.append(_one_token_kernel(kernels[i + 1]) + "_rope")
+            i += 2
+            continue
+        expected.append(_one_token_kernel(kernels[i]))
+        i += 1
+    assert single == expected and len(single) == len(kernels) - layers
     assert program.arena.zeroed == ("attention.arrivals",)
     assert [s.buffer for s in program.arena.slots[-2:]] == ["glu.q8", "attention.arrivals"]
     # the prefill list keeps its runs (gpu_fuse.step_fusions): each residual add with the next
@@ -307,6 +318,29 @@ def _one_token_kernel(kernel: str) -> str:
     return kernel + "_t1" if kernel.startswith("matmul_") else kernel
 
 
+def _fold_rope_attention(decode, single) -> tuple[list, int]:
+    """(the decode list's launches beside the one-token list's, each rope + KV write launch and
+    the attention after it beside that attention's twin taking both; the number of such)."""
+    from rfc.compiler.codegen.gpu_rope_attention import SUFFIX
+
+    aligned, folded, i = [], 0, 0
+    for s in single:
+        d = decode[i]
+        if s.kernel.endswith(SUFFIX) and "_kv_write_" in d.kernel and s.kernel == decode[i + 1].kernel + SUFFIX:
+            aligned.append(
+                (
+                    decode[i + 1],
+                    dataclasses.replace(s, kernel=decode[i + 1].kernel, args=s.args[: len(decode[i + 1].args)]),
+                )
+            )
+            folded, i = folded + 1, i + 2
+            continue
+        aligned.append((d, s))
+        i += 1
+    assert i == len(decode)
+    return aligned, folded
+
+
 @pytest.mark.parametrize(
     "model,target",
     [
@@ -336,8 +370,10 @@ def test_one_token_steps_run_the_one_token_list_bit_for_bit(model, target, gpu_b
     op = emulated_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, build)
     runner, program = step.runner, step.runner.program
     single, decode = program.single_launches, program.launches
-    assert len(single) == len(decode)
-    twinned = [(d.kernel, s.kernel) for d, s in zip(decode, single) if d != s]
+    # each layer's rope + KV write launch folded into its attention launch's twin (gpu_rope_attention.py)
+    aligned, folded = _fold_rope_attention(decode, single)
+    assert folded == (bundle.plan.kv.n_layers if ROPE_IN_ATTENTION else 0)
+    twinned = [(d.kernel, s.kernel) for d, s in aligned if d != s]
     # every matmul of the decode list but MoE's (whose blocks walk expert slots) has its twin; an int8
     # gate/up + SwiGLU's rounds its output for the down matmul's twin (gpu_glu_handoff.py)
     matmuls = [d.kernel for d in decode if d.kernel.startswith("rfc_matmul_")]
