@@ -110,7 +110,7 @@ def plan_target(
     # the decode lists' gate/up + SwiGLU rounding its output for the down matmul (gpu_glu_handoff.py)
     program, handoff = glu_q8_handoffs(plan, program, by_name, op_kernels, fusions)
     # the one-token list's rope + KV write in its attention launch (gpu_rope_attention.py)
-    program, roped = rope_in_attention(plan, program, {**by_name, **{s.name: s for s in (*specs, *handoff)}}, fusions)
+    program, roped = rope_in_attention(plan, program, {**by_name, **{s.name: s for s in handoff}}, fusions)
     launched = {launch.kernel for launch in program.every_launch()}
     built = [s for s in (*fused, *twins, *batch, *handoff, *roped) if s.name in launched]
     specs = [*specs, *built, sample]

@@ -27,6 +27,7 @@ import dataclasses
 from rfc.artifacts.ops import PTR
 from rfc.artifacts.plan import Plan
 from rfc.artifacts.program import ArgKind, Launch, StepProgram
+from rfc.compiler.codegen.gpu_fuse import ROPE_KV_TEMPLATE
 from rfc.compiler.codegen.gpu_glu_handoff import launch_fusions
 from rfc.compiler.codegen.gpu_kernel import KernelSpec
 from rfc.compiler.codegen.gpu_plan import ATTENTION_TEMPLATE, read_later
@@ -39,7 +40,6 @@ SUFFIX = "_rope"
 # (32 x 8 x 128 heads) took 118 registers and spilled 136 bytes, where sm_90's took 116 and gfx1100's
 # 96 without spilling (the kernel alone: 96, 118 and 94).
 WAVE = 32
-ROPE_KV_TEMPLATE = "gpu_rope_kv_write.hip.j2"  # (gpu_fuse's; not imported: gpu_fuse imports gpu_plan's kin)
 
 
 def rope_in_attention(
