@@ -331,6 +331,40 @@ def test_large_vocabulary(build_dir):
     assert int(tokens[1]) in want_kept
 
 
+@pytest.mark.parametrize("vocab", [1000, 20000])
+def test_rows_that_end_inside_a_pass(build_dir, vocab):
+    """A thread loads its ids ahead, as many as it has up to gpu_sample.SAMPLE_AHEAD: 1,000
+    logits over 256 threads take 4 a pass, the row ending inside it; 20,000 take 32 over three
+    passes, the last one partial. Greedy with its maximum in the last thread's last ids, a
+    penalized row, a filtered draw and the raw log-probability, each as the host computes them."""
+    from rfc.compiler.codegen.gpu_sample import SAMPLE_AHEAD
+
+    kernel = SampleKernel(vocab, build_dir)
+    ahead = min(SAMPLE_AHEAD["cuda"], -(-vocab // kernel.threads))
+    assert vocab % (kernel.threads * ahead) != 0
+    rng = np.random.default_rng(vocab)
+    logits = rng.normal(0, 2, (4, vocab)).astype(np.float32)
+    logits[0, vocab - 1] = 40.0  # the last id of the row
+    logits[1, vocab - 3] = 40.0
+    samplers = [
+        _sampler(vocab, temperature=0.0),
+        _sampler(vocab, [vocab - 3, 5, 5], temperature=0.0, repetition_penalty=8.0, frequency_penalty=3.0),
+        _sampler(vocab, temperature=1e4, top_k=30, top_p=0.95, seed=4),
+        _sampler(vocab, temperature=0.0),
+    ]
+    processed = [s.processed_logits(row) for s, row in zip(samplers, logits)]
+    x = logits.copy()
+    tokens, logprobs = kernel.run(x, samplers, logprob=True)
+    assert tokens[0] == vocab - 1
+    assert np.array_equal(x[1].view(np.int32), processed[1].view(np.int32))
+    assert tokens[1] == int(np.argmax(processed[1])) != vocab - 3
+    assert int(tokens[2]) in _kept(samplers[2], logits[2])
+    assert tokens[3] == int(np.argmax(logits[3]))
+    for r in (0, 3):
+        want, _ = samplers[r].logprobs(logits[r], int(tokens[r]), 0)
+        assert logprobs[r] == pytest.approx(want, abs=2e-5)
+
+
 # -- the step device: sampling after the step program, over the emulated kernels --------------------
 
 GPU_TARGET = "gfx1100"
