@@ -215,12 +215,23 @@ def _checked_layout(spec: KernelSpec, kernels: dict[str, KernelInfo]) -> list[li
 
 
 def toolchain_version(tc: Toolchain) -> str:
+    """The toolchain's own version lines (part of the build cache key). Asked once a process for
+    the same program file and environment: `hipcc --version` is a Perl script that starts clang,
+    0.2 s each time, and a compile asks once a target."""
     exe = _executable(tc)
-    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, env=_env(tc))
-    if proc.returncode != 0:
-        raise CompileError(f"`{tc.program} --version` failed ({proc.returncode}): {proc.stderr.strip()}")
-    lines = [ln.strip() for ln in proc.stdout.splitlines() if "version" in ln.lower() or "release" in ln.lower()]
-    return f"{tc.program}: " + "; ".join(lines or [proc.stdout.strip()])
+    st = os.stat(exe)
+    env = _env(tc)
+    key = (exe, st.st_ino, st.st_size, st.st_mtime_ns, tuple(sorted(env.items())))
+    if key not in _VERSIONS:
+        proc = subprocess.run([exe, "--version"], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise CompileError(f"`{tc.program} --version` failed ({proc.returncode}): {proc.stderr.strip()}")
+        lines = [ln.strip() for ln in proc.stdout.splitlines() if "version" in ln.lower() or "release" in ln.lower()]
+        _VERSIONS[key] = f"{tc.program}: " + "; ".join(lines or [proc.stdout.strip()])
+    return _VERSIONS[key]
+
+
+_VERSIONS: dict[tuple, str] = {}  # toolchain_version's answers in this process
 
 
 def _executable(tc: Toolchain) -> str:

@@ -128,6 +128,30 @@ def test_missing_toolchain_is_a_compile_error(tmp_path, monkeypatch):
         assert not (tmp_path / target).exists()
 
 
+def test_the_toolchain_version_is_asked_once_until_its_program_changes(tmp_path, monkeypatch):
+    """The build cache's key holds the toolchain's version lines: asked once a process, and
+    again when the program file (or the environment it runs in) is not the same."""
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, toolchain_version
+
+    asked = tmp_path / "asked"
+    nvcc = tmp_path / "nvcc"
+
+    def install(release: str) -> None:
+        nvcc.write_text(f"#!/bin/sh\necho x >> {asked}\necho 'Cuda compilation tools, release {release}'\n")
+        nvcc.chmod(0o755)
+
+    install("13.0, V13.0.48")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    tc = TOOLCHAINS["cuda"]
+    assert toolchain_version(tc) == toolchain_version(tc) == "nvcc: Cuda compilation tools, release 13.0, V13.0.48"
+    assert asked.read_text().count("x") == 1
+    install("13.1, V13.1.115")  # an upgrade in place
+    assert toolchain_version(tc) == "nvcc: Cuda compilation tools, release 13.1, V13.1.115"
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))  # another environment
+    toolchain_version(tc)
+    assert asked.read_text().count("x") == 3
+
+
 @pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
 def test_failing_build_reports_the_command_and_the_compiler_output(target, tmp_path, monkeypatch):
     from rfc.compiler.codegen import gpu
