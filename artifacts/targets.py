@@ -156,7 +156,9 @@ class TargetEntry:
     compile_command: str = ""
     abi_version: int | None = None  # cpu: the ABI of the library's per-op exports (compiler/codegen/cpu.py)
     kernel_args: dict[str, tuple[KernelArg, ...]] = field(default_factory=dict)  # gpu: per kernel, in order
-    op_kernels: tuple[str, ...] = ()  # gpu: the kernel that runs each plan op alone
+    # gpu: the kernel that runs each plan op alone, as planned; in the code object only where a
+    # step program list launches it (the runtime runs the lists alone)
+    op_kernels: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

@@ -42,9 +42,12 @@ EMU_CXX_FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC")
 
 
 def build_emulator(bundle: Bundle, target: str, build_dir: Path) -> Path:
-    """A shared library with `rfc_emu_launch_<kernel>` for every kernel of the target."""
+    """A shared library with `rfc_emu_launch_<kernel>` for every kernel of the target, and for
+    the op kernels that no list launches, which the source holds as device functions on a GPU
+    (compiler/codegen/gpu.py op_only_kernels) and as kernels here: the kit's per-op path runs them."""
     entry = target_entry(bundle.manifest, target)
-    return build_source_emulator(bundle.read_text(entry.sources[0]), sorted(entry.kernel_args), build_dir)
+    kernels = sorted(set(entry.kernel_args) | set(entry.op_kernels))
+    return build_source_emulator(bundle.read_text(entry.sources[0]), kernels, build_dir)
 
 
 def build_source_emulator(source: str, kernels, build_dir: Path) -> Path:
