@@ -92,9 +92,11 @@ TOOLCHAINS = {
 def plan_target(
     target: Target, plan, layout, weights=None
 ) -> tuple[list[KernelSpec], list[str], StepProgram, KernelSpec]:
-    """(every kernel to build, the op kernels, the step program, the sampling kernel) of a GPU
-    target: the program marked for overlapped launches where the target has them and every
-    kernel waits as they require (gpu_overlap.py)."""
+    """(every kernel planned: each op's own, the lists' fused kernels and twins, the sampling
+    kernel; the op kernels' names; the step program; the sampling kernel) of a GPU target
+    (build() builds those the program launches: op_only_kernels): the program marked for
+    overlapped launches where the target has them and every kernel waits as they require
+    (gpu_overlap.py)."""
     specs, op_kernels = plan_kernels(target, plan, layout, weights)
     fusions = step_fusions(plan, specs, op_kernels, target.family)
     sample = plan_sample_kernel(target, plan.vocab_size)
