@@ -82,7 +82,7 @@ def test_compiles_with_every_plan_kernel_and_its_argument_layout(model, target, 
     for name in launched:
         layout = [(a.size, a.offset) for a in code[name].args]
         assert layout == [(size, offset) for _n, size, offset in entry.kernel_args[name]]
-        assert layout == [(size, offset) for _n, size, offset in declared_layout(specs[name])]
+        assert layout == [(size, offset) for _n, size, offset in declared_layout(specs[name].args)]
         if suffix == "hsaco":
             assert [a.name for a in code[name].args] == [n for n, _s, _o in entry.kernel_args[name]]
     # the planned kernels that no list launches (op kernels, and their prefill tiles) are in the

@@ -37,6 +37,7 @@ from rfc.runtime.devices.gpu_program import StepRunner
 from rfc.runtime.engine.kv_cache import BlockManager
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 from tests.conftest import FIXTURES
+from tests.kernels.kit.gpu import declared_layout
 
 CONFIG_BYTES, ATTR_BYTES = 56, 72  # sizeof(CUlaunchConfig), sizeof(CUlaunchAttribute) on x86-64
 
@@ -145,26 +146,8 @@ def program_and_bundle(tmp_path_factory):
     target = parse_target("sm_90")
     specs, op_kernels = plan_kernels(target, bundle.plan, bundle.layout)
     # argument offsets as a cubin lays them out: each argument at its natural alignment
-    kernel_args = {}
-    for s in specs:
-        offset, layout = 0, []
-        for name, kind in s.args:
-            size = 8 if kind == "ptr" else 4
-            offset = -(-offset // size) * size
-            layout.append([name, size, offset])
-            offset += size
-        kernel_args[s.name] = layout
+    kernel_args = {s.name: declared_layout(s.args) for s in specs}
     return plan_program(target, bundle.plan, specs, op_kernels), kernel_args, bundle
-
-
-def _natural_layout(args) -> list:
-    offset, layout = 0, []
-    for name, kind in args:
-        size = 8 if kind == "ptr" else 4
-        offset = -(-offset // size) * size
-        layout.append([name, size, offset])
-        offset += size
-    return layout
 
 
 def _runner(fake, program, kernel_args, bundle, sample=None, pen_per_row=256, overlaps=False):
@@ -302,7 +285,7 @@ def test_every_driver_function_called_has_a_declared_signature():
 def _sampling_runner(fake, program_and_bundle):
     program, kernel_args, bundle = program_and_bundle
     spec = plan_sample_kernel(parse_target("sm_90"), bundle.plan.vocab_size)
-    args = {**kernel_args, spec.name: _natural_layout(spec.args)}
+    args = {**kernel_args, spec.name: declared_layout(spec.args)}
     return _runner(fake, program, args, bundle, sample=(0x9999, sample_program_extra(spec))), spec
 
 
@@ -430,7 +413,7 @@ def test_a_penalty_list_over_the_row_budget_goes_to_the_host(program_and_bundle)
     runner = _runner(
         fake,
         program,
-        {**kernel_args, spec.name: _natural_layout(spec.args)},
+        {**kernel_args, spec.name: declared_layout(spec.args)},
         bundle,
         sample=(0x9999, sample_program_extra(spec)),
         pen_per_row=2,
@@ -454,7 +437,7 @@ def test_rows_past_a_capped_penalty_region_go_to_the_host(program_and_bundle, mo
     runner = _runner(
         FakeCuda(),
         program,
-        {**kernel_args, spec.name: _natural_layout(spec.args)},
+        {**kernel_args, spec.name: declared_layout(spec.args)},
         bundle,
         sample=(0x9999, sample_program_extra(spec)),
         pen_per_row=2,

@@ -92,7 +92,7 @@ class GpuOpDevice(InterpretedDevice):
         self._driver = driver
         # an op kernel that no list launches is not in the code object (op_only_kernels): its
         # arguments laid out as the code objects lay out the others'
-        self._layouts = {**{n: declared_layout(specs[n]) for n in entry.op_kernels}, **entry.kernel_args}
+        self._layouts = {**{n: declared_layout(specs[n].args) for n in entry.op_kernels}, **entry.kernel_args}
         module = driver.load_module(image)
         self._functions = {name: driver.function(module, name) for name in set(entry.op_kernels)}
         self._memory = GpuMemory(driver, bundle, entry, kv, num_blocks, block_size, cache_types)
@@ -194,11 +194,12 @@ def check_kernels(bundle: Bundle, entry: TargetEntry, code: dict[str, KernelInfo
     return by_name
 
 
-def declared_layout(spec: KernelSpec) -> tuple[KernelArg, ...]:
-    """A kernel's arguments at the offsets a code object gives them: each at the next multiple
-    of its size (test_gpu_codegen holds every built kernel's layout to that)."""
+def declared_layout(args) -> tuple[KernelArg, ...]:
+    """A kernel's arguments (KernelSpec.args: name, kind) at the offsets a code object gives them:
+    each at the next multiple of its size (test_gpu_codegen holds every built kernel's layout to
+    that)."""
     layout, offset = [], 0
-    for name, kind in spec.args:
+    for name, kind in args:
         size = ARG_SIZES[kind]
         offset = -(-offset // size) * size
         layout.append(KernelArg(name, size, offset))
