@@ -161,11 +161,12 @@ class Engine:
         self._jobs = JobQueue()  # work beside generation, in pieces between steps (runtime/engine/jobs.py)
         self._spec = Speculator(config.spec, DraftModel(model.draft) if model.draft is not None else None)
         self.steps = 0
-        # decode queued ahead (runtime/engine/ahead.py): where the device can, and not for a plan
-        # with recurrent state (a step queued for a sequence that ends would be one to roll back)
-        self._running_ahead = (
-            config.decode_ahead and bool(getattr(model.executor, "runs_ahead", False)) and not stateful
-        )
+        # decode queued ahead (runtime/engine/ahead.py) where the device can. A plan with recurrent
+        # state too: the queued row of a sequence that ends advances only that sequence's slot,
+        # which nothing reads again (its next holder starts at position 0, where the state
+        # kernels start from zeros, in the stream's order), and no state is checkpointed after
+        # a step that is followed (prefix caching's points end prefill chunks before the last)
+        self._running_ahead = config.decode_ahead and bool(getattr(model.executor, "runs_ahead", False))
         self._queued: tuple[_Work, PendingRows, float] | None = None  # launched, not read: the next step
 
     # -- requests (any thread) -------------------------------------------------------------

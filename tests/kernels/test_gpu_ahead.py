@@ -1,11 +1,12 @@
-"""Decode queued ahead (runtime/engine/ahead.py, StepRunner.launch_sampled): the engine queues
-a decode step before it reads the step before, each next token copied on the device from the
-ids the step before samples. The real loader, GpuDevice and Engine over the emulated kernels
-of stories260K's sm_90 bundle, on two streams as a card may run them: one that runs what was
-queued only when the host waits (EmulatedDriver.deferred: a staging buffer rewritten before its
-copy ran shows), and one that runs everything as it is queued (ids of a step overwritten by the
-step queued behind it before the host read them show). The oracle is the same engine stepping
-one step at a time on the same device: the same tokens, bit for bit."""
+"""Decode queued ahead (runtime/engine/ahead.py, StepRunner.launch_sampled): the engine queues a
+decode step before it reads the step before, each next token copied on the device from the ids
+the step before samples. The real loader, GpuDevice and Engine over the emulated kernels of
+stories260K's sm_90 bundle (and qwen35's, for a model with recurrent state), on two streams as a
+card may run them: one that runs what was queued only when the host waits
+(EmulatedDriver.deferred: a staging buffer rewritten before its copy ran shows), and one that
+runs everything as it is queued (ids of a step overwritten by the step queued behind it before
+the host read them show). The oracle is the same engine stepping one step at a time on the same
+device: the same tokens, bit for bit."""
 
 import pytest
 
@@ -25,23 +26,28 @@ TARGET = "sm_90"
 pytestmark = [*toolchain_marks(TARGET), needs_emulator]
 
 
-@pytest.fixture(scope="module", params=["deferred", "eager"])
-def model(request, gpu_bundle, tmp_path_factory):  # noqa: F811
-    """stories260K loaded on the emulated device, its stream deferred or eager."""
-    bundle_dir = gpu_bundle("stories260K", TARGET)
+def _load(bundle_dir, deferred: bool, tmp_path_factory, **options):
+    """The bundle loaded by the real loader on the emulated device, its stream deferred or eager."""
     lib = build_emulator(open_bundle(bundle_dir), TARGET, shared_basetemp(tmp_path_factory) / "gpu-emu")
-    base = loader_driver_class(lib, [])
 
-    class Deferred(base):
-        deferred = request.param == "deferred"
+    class Driver(loader_driver_class(lib, [])):
+        pass
 
+    Driver.deferred = deferred
     mp = pytest.MonkeyPatch()
-    mp.setattr(devices, "gpu_driver_class", lambda family: Deferred)
+    mp.setattr(devices, "gpu_driver_class", lambda family: Driver)
     try:
-        lm = load_model(bundle_dir, LoadOptions(device="cuda"))
+        lm = load_model(bundle_dir, LoadOptions(device="cuda", **options))
     finally:
         mp.undo()
     assert lm.executor.runs_ahead
+    return lm
+
+
+@pytest.fixture(scope="module", params=["deferred", "eager"])
+def model(request, gpu_bundle, tmp_path_factory):  # noqa: F811
+    """stories260K loaded on the emulated device, its stream deferred or eager."""
+    lm = _load(gpu_bundle("stories260K", TARGET), request.param == "deferred", tmp_path_factory)
     yield lm
     lm.executor.device.close()
 
@@ -276,3 +282,45 @@ def test_rfc_bench_decodes_with_tokens_chosen_on_the_device(model, monkeypatch):
     assert len(device_fed) == len(host_fed) == 7  # the prompts' step, then 6 decode steps
     assert device_fed == host_fed
     assert len(set(map(tuple, device_fed[1:]))) > 1  # the fed tokens move
+
+
+def test_a_model_with_recurrent_state_queues_its_decode_steps(gpu_bundle, tmp_path_factory, monkeypatch):  # noqa: F811
+    """qwen35 (Gated DeltaNet layers beside attention: a state slot per sequence) queues its
+    decode steps as an attention-only model does: the tokens of steps run one at a time. Two
+    slots: a request cancelled while its next step is queued has that row computed (its slot
+    advanced one token past what it delivered) and dropped; the request that arrives meanwhile
+    takes the freed slot and gives the tokens it gives alone, and so does the one that ran beside
+    them throughout."""
+    lm = _load(gpu_bundle("qwen35-Q8_0", TARGET), True, tmp_path_factory, kv_max_sequences=2)
+    assert lm.bundle.plan.state.tensors
+    try:
+        requests = [
+            _request([1, 400, 29], 9),
+            _request([1, 52, 12, 9], 4),
+            _request([1, 7], 7, temperature=0.9, seed=3),
+        ]
+        want, _, none = _run(lm, requests, False, monkeypatch)
+        got, _, feeds = _run(lm, requests, True, monkeypatch)
+        assert none.steps == 0 and feeds.steps > 0
+        assert [s.tokens for s in got] == [s.tokens for s in want]
+
+        first, beside, late = _request([1, 400, 29], 12), _request([1, 300, 301], 12), _request([1, 52, 12], 6)
+        slots = {}
+
+        def cancel_and_arrive(engine, step, states):
+            for s in states:
+                if s.seq.seq_id in engine.blocks._state_of:
+                    slots.setdefault(s.request_id, engine.blocks.state_slot(s.seq.seq_id))
+            if step == 4:
+                assert engine._queued is not None  # the first request's next step is queued
+                engine.cancel(states[0].request_id)
+                states.append(engine.submit(late))
+
+        got, _, feeds = _run(lm, [first, beside], True, monkeypatch, cancel_and_arrive)
+        assert got[0].finish_reason == "cancelled" and feeds.steps > 4
+        assert slots[got[2].request_id] == slots[got[0].request_id]  # the late request took the cancelled one's slot
+        alone = [_run(lm, [r], False, monkeypatch)[0][0] for r in (beside, late)]
+        assert [got[1].tokens, got[2].tokens] == [a.tokens for a in alone]
+        assert got[0].tokens == _run(lm, [first], False, monkeypatch)[0][0].tokens[: len(got[0].tokens)]
+    finally:
+        lm.executor.device.close()
