@@ -162,19 +162,31 @@ class GpuDevice:
     # -- recurrent state: a pool of slots in device memory; the launches that read it get its base
     state_pool = None  # no host view: the state lives on the device
 
+    _state: tuple[int, int] | None = None  # the pool's address and slots, once allocated
+
     def alloc_state(self, slots: int) -> None:
         nbytes = slots * self._plan.state.slot_bytes
         ptr = self._memory._alloc(max(4, nbytes))
         # a slot's first chunk zeroes it anyway
         self._driver.copy_to_device(ptr, np.zeros(max(1, nbytes // 4), np.float32))
         self.runner.set_state(ptr, slots)
+        self._state = (ptr, slots)
 
-    # No state copy yet: the engine keeps no state checkpoints on a GPU, so a plan with state
-    # takes no cached prefix there
-    copies_state = False
+    # State slots are copied on the device, on the step stream, in order (prefix caching's
+    # checkpoints and their restores: runtime/engine/state_cache.py), so the next step sees them
+    copies_state = True
 
     def copy_state(self, src: list[int], dst: list[int]) -> None:
-        raise DeviceError(f"the {self.name} device does not copy recurrent-state slots")
+        """Slot src[i]'s whole state into slot dst[i], in order."""
+        if self._state is None:
+            raise DeviceError(f"the {self.name} device holds no recurrent-state slots")
+        base, slots = self._state
+        if len(src) != len(dst) or any(not (0 <= s < slots and 0 <= d < slots) for s, d in zip(src, dst)):
+            raise DeviceError(f"a state copy names slots outside the {slots} of this device")
+        size = self._plan.state.slot_bytes
+        for s, d in zip(src, dst):
+            if s != d:
+                self._driver.copy_on_device_async(base + d * size, base + s * size, size, self.runner.stream)
 
     def memory_info(self) -> tuple[int, int]:
         """(free, total) bytes of device memory, from the driver (/health's gpu.memory)."""

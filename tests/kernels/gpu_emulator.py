@@ -304,6 +304,25 @@ def loader_driver_class(lib: Path, graphs: list) -> type:
     return Driver
 
 
+def load_emulated(bundle_dir: Path, target: str, build_dir: Path, deferred: bool = False, **options):
+    """The bundle loaded by the real loader (load_model, LoadOptions(device="cuda", **options))
+    with its GpuDevice over the emulated kernels of `target`, the stream deferred or eager."""
+    import rfc.runtime.devices as devices
+    from rfc.artifacts.bundle import open_bundle
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
+
+    class Driver(loader_driver_class(build_emulator(open_bundle(bundle_dir), target, build_dir), [])):
+        pass
+
+    Driver.deferred = deferred
+    mp = pytest.MonkeyPatch()
+    mp.setattr(devices, "gpu_driver_class", lambda family: Driver)
+    try:
+        return load_model(bundle_dir, LoadOptions(device="cuda", **options))
+    finally:
+        mp.undo()
+
+
 def graph_kernels(graph) -> list[str]:
     """The kernel names of an emulated graph's launches, in order."""
     return [fn.__name__.removeprefix("rfc_emu_launch_") for fn, *_ in graph]

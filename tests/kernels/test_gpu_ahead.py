@@ -10,16 +10,13 @@ device: the same tokens, bit for bit."""
 
 import pytest
 
-import rfc.runtime.devices as devices
-from rfc.artifacts.bundle import open_bundle
 from rfc.runtime.devices import DeviceError
-from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.engine.scheduler import SchedulerConfig
 from rfc.runtime.sampling.sampler import Sampler, SamplingParams
 from tests.conftest import shared_basetemp
-from tests.kernels.gpu_emulator import build_emulator, loader_driver_class, needs_emulator
+from tests.kernels.gpu_emulator import load_emulated, needs_emulator
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, toolchain_marks  # noqa: F401
 
 TARGET = "sm_90"
@@ -28,18 +25,7 @@ pytestmark = [*toolchain_marks(TARGET), needs_emulator]
 
 def _load(bundle_dir, deferred: bool, tmp_path_factory, **options):
     """The bundle loaded by the real loader on the emulated device, its stream deferred or eager."""
-    lib = build_emulator(open_bundle(bundle_dir), TARGET, shared_basetemp(tmp_path_factory) / "gpu-emu")
-
-    class Driver(loader_driver_class(lib, [])):
-        pass
-
-    Driver.deferred = deferred
-    mp = pytest.MonkeyPatch()
-    mp.setattr(devices, "gpu_driver_class", lambda family: Driver)
-    try:
-        lm = load_model(bundle_dir, LoadOptions(device="cuda", **options))
-    finally:
-        mp.undo()
+    lm = load_emulated(bundle_dir, TARGET, shared_basetemp(tmp_path_factory) / "gpu-emu", deferred, **options)
     assert lm.executor.runs_ahead
     return lm
 

@@ -20,12 +20,13 @@ import pytest
 from rfc.artifacts.bundle import open_bundle
 from rfc.artifacts.targets import target_entry
 from rfc.compiler.codegen.gpu_usage import bundle_usage
+from rfc.runtime.devices import DeviceError
 from rfc.runtime.devices.reference import ReferenceDevice
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.bounds import device_bounds
 from tests.conftest import FIXTURES, shared_basetemp
-from tests.kernels.gpu_emulator import emulated_step_device, needs_emulator
+from tests.kernels.gpu_emulator import emulated_step_device, load_emulated, needs_emulator
 from tests.kernels.test_gpu_kernels import _assert_same_greedy_token
 from tests.kernels.gpu_support import gpu_build_cache, gpu_bundle, gpu_rounding, toolchain_marks  # noqa: F401
 
@@ -130,3 +131,62 @@ def test_state_kernels_use_no_local_memory(model, target, gpu_bundle):
     assert len({n.removesuffix("_q8") for n in ours}) == len(STATE_KERNELS[model]), sorted(usage)
     bad = [u.local_memory() for u in ours.values() if u.uses_local_memory]
     assert not bad, bad
+
+
+def _greedy_with_logprobs(engine, prompt: list[int], n: int = 6) -> list[tuple[int, float]]:
+    """`prompt`'s greedy tokens on `engine`, each with its logprob (sampled on the device)."""
+    from rfc.runtime.engine.engine import GenerationRequest
+    from rfc.runtime.sampling.sampler import SamplingParams
+
+    state = engine.submit(
+        GenerationRequest(prompt, SamplingParams(temperature=0.0), max_tokens=n, ignore_eos=True, logprobs=0)
+    )
+    while engine.step() or engine._queued is not None:
+        pass
+    assert state.finish_reason == "length", state.error
+    events = []
+    while not state.events.empty():
+        events.append(state.events.get())
+    return [(e.token, e.logprob) for e in events if e.token is not None]
+
+
+@pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
+def test_a_repeated_prefix_resumes_from_its_state_checkpoint_on_the_device(target, gpu_bundle, tmp_path_factory):
+    """Prefix caching with state on the GPU (GpuDevice.copy_state: slot copies on the step
+    stream): qwen35's second prompt shares 41 tokens with the first, takes the two cached blocks
+    of 16 and the Gated DeltaNet and conv state checkpointed after them (copied into its slot,
+    which still holds the first request's state), prefills 15 tokens instead of 47, and its greedy
+    tokens and their logprobs are those of the same prompt on a fresh engine, bit for bit (which
+    also ends a chunk at 32)."""
+    from rfc.runtime.engine.engine import Engine
+    from rfc.runtime.engine.scheduler import SchedulerConfig
+
+    bundle_dir = gpu_bundle("qwen35-Q8_0", target)
+    build_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
+    rng = np.random.default_rng(11)
+    system = [1, *rng.integers(3, 512, size=40).tolist()]
+    first, second = system + [5, 9], system + [17, 4, 8, 30, 2, 6]
+    config = SchedulerConfig(max_batch=2, max_batch_tokens=64)
+    models = [load_emulated(bundle_dir, target, build_dir, block_size=BLOCK_SIZE) for _ in range(2)]
+    try:
+        fresh, model = (Engine(m, config) for m in models)
+        assert model.blocks.checkpoints is not None  # the device copies state: checkpoints kept
+        want = _greedy_with_logprobs(fresh, second)
+        _greedy_with_logprobs(model, first)
+        fed = []
+        forward = models[1].executor.launch_sampled
+
+        def recording(batch, rows, feed=()):
+            fed.append(batch.num_tokens)
+            return forward(batch, rows, feed)
+
+        models[1].executor.launch_sampled = recording
+        assert _greedy_with_logprobs(model, second) == want
+        assert model.blocks.cache.hit_tokens == 32 and model.blocks.checkpoints.restored == 1
+        assert fed[0] == len(second) - 32
+        slots = models[1].executor.device.runner.state_slots  # the sequences' and the checkpoints'
+        with pytest.raises(DeviceError, match=f"outside the {slots} "):
+            models[1].executor.device.copy_state([0], [slots])
+    finally:
+        for m in models:
+            m.executor.device.close()
