@@ -277,8 +277,9 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
 # avx512: the cpu-avx512 target (AVX-512 + VNNI paths), run where this CPU has that ISA.
 BUILDS = [("native", "adjacent"), ("portable", "adjacent"), ("avx512", "adjacent")]
 # The rope style is a constant of the rope kernel alone (cpu_rope.c.j2): the neox library is
-# built for test_rope only, not for every kernel test again (~24 s of cc and ~15 s of tests in CI).
+# built for test_rope only, of the plan's rope ops alone (the whole model's library took ~24 s of cc).
 ROPE_BUILDS = [*BUILDS, ("native", "neox")]
+ROPE_ONLY_STYLES = {"neox"}
 BUILD_TARGETS = {"native": "cpu", "portable": "cpu-generic", "avx512": "cpu-avx512"}
 # A token chunk of 8-11: T = 17 spans several. Formats with a multi-token dot (Q6_K) take it
 # for T = 3 and 8 (full and partial tiles of RFC_DOTN_TT) and pack rows from 12 tokens on, so
@@ -286,12 +287,22 @@ BUILD_TARGETS = {"native": "cpu", "portable": "cpu-generic", "avx512": "cpu-avx5
 TUNING = cpu.CpuTuning(act_budget_bytes=4096, dotn_gemm_min_tokens=12)
 
 
+def kit_plan(rope_style: str) -> Plan:
+    """The plan a kit of this rope style tests: the model's, or its rope ops alone (ROPE_ONLY_STYLES)."""
+    plan = build_model(rope_style)[1]
+    if rope_style in ROPE_ONLY_STYLES:
+        return dataclasses.replace(plan, ops=tuple(op for op in plan.ops if op.kind == "rope"))
+    return plan
+
+
 def render_library(build: str, rope_style: str, plan: Plan | None = None) -> str:
     """The test library's source for a build and rope style (`plan`: another plan over the same
     weights and hyperparameters)."""
-    hp, model_plan, layout, _ = build_model(rope_style)
+    hp, _, layout, _ = build_model(rope_style)
     return cpu.render_source(
-        CodegenInput(parse_target(BUILD_TARGETS[build]), hp, plan or model_plan, layout, None, None), TUNING, step=False
+        CodegenInput(parse_target(BUILD_TARGETS[build]), hp, plan or kit_plan(rope_style), layout, None, None),
+        TUNING,
+        step=False,
     )
 
 
@@ -308,7 +319,8 @@ class Kit:
     """A compiled test library behind both devices."""
 
     def __init__(self, root: Path, build: str, rope_style: str):
-        hp, plan, layout, weights = build_model(rope_style)
+        hp, _, layout, weights = build_model(rope_style)
+        plan = kit_plan(rope_style)
         target = parse_target(BUILD_TARGETS[build])
         isa = list(target.isa)
         lib = root / "kernels" / "cpu" / cpu.LIBRARY
