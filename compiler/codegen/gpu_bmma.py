@@ -73,6 +73,29 @@ SHARED_LIMIT = 48 * 1024
 # throughput, DRAM 4-15% busy), their activations read with 4-byte loads over 8 rows each
 # (docs/benchmarks.md). Off: the loads before, for a card's A/B.
 VECTOR_LOADS = True
+# A thread's decode of a chunk takes one sub-block of one row. Lanes along the rows (off) put each
+# lane of a warp on its own row, so each of its weight loads (the scales' bytes, d and dmin, 16
+# bytes of quants) touches as many cache lines as the warp has rows; on the H200 the 8B's twins
+# ran with L1 91% busy and DRAM 4%. Lanes along a row's sub-blocks (on) touch a few lines an
+# instruction; the shared rows then go a sub-block's stride plus 16 bytes apart (and the floats a
+# stride that puts the lanes of a store on distinct banks). The same bits either way.
+ROW_LOADS = True
+
+
+def _strides(chunk_subs: int, rows: int, lds: int) -> tuple[bool, int, int]:
+    """(lanes along a row's sub-blocks, a sub-block's stride in wq_v's 16-byte units, in wa_s's
+    floats). A 16-byte store phase is 8 lanes of one row, consecutive sub-blocks: an odd quants
+    stride puts them on distinct 4-bank groups. A 4-byte store is 32 lanes, 32 / chunk_subs rows
+    (L) of chunk_subs sub-blocks: a float stride of L times an odd number puts them on 32 banks."""
+    row_loads = ROW_LOADS and 8 <= chunk_subs <= 32 and not 32 % chunk_subs
+    if not row_loads:
+        return False, rows * lds // 16, rows
+    rows_a_store = 32 // chunk_subs
+    q_stride = rows * lds // 16 | 1
+    a_stride = -(-rows // rows_a_store) * rows_a_store
+    if (a_stride // rows_a_store) % 2 == 0:
+        a_stride += rows_a_store
+    return True, q_stride, a_stride
 
 
 def weight_of(spec: KernelSpec) -> dict:
@@ -115,8 +138,10 @@ def bmma_spec(
     lds = SUB_BLOCK + IMMA_PAD
 
     def shared_bytes(wave_subs: int) -> int:
-        chunk_rows = waves * wave_subs * rows
-        return chunk_rows * lds + 4 * ((2 if has_min or halves else 1) * chunk_rows + TILE_M * rows)
+        chunk_subs = waves * wave_subs
+        _, q_stride, a_stride = _strides(chunk_subs, rows, lds)
+        floats = (2 if has_min or halves else 1) * chunk_subs * a_stride
+        return chunk_subs * q_stride * 16 + 4 * (floats + TILE_M * rows)
 
     # sub-blocks a wave multiplies per chunk: WAVE_SUBS (a gate/up launch: half), at least a decode a
     # thread per chunk (16-row tiles on waves of 64 take 4), at most what the shared memory holds
@@ -125,6 +150,7 @@ def bmma_spec(
     while wave_subs > least and (shared_bytes(wave_subs) > SHARED_LIMIT or waves * wave_subs * rows % threads):
         wave_subs -= 1
     chunk_subs = waves * wave_subs
+    row_loads, q_stride, a_stride = _strides(chunk_subs, rows, lds)
     items, rem = divmod(chunk_subs * rows, threads)
     if rem or not items or shared_bytes(wave_subs) > SHARED_LIMIT:
         return None
@@ -156,6 +182,9 @@ def bmma_spec(
         "wave_subs": wave_subs,
         "chunk_subs": chunk_subs,
         "w_items": items,
+        "row_loads": row_loads,
+        "q_stride": q_stride,
+        "a_stride": a_stride,
         "min_blocks": MIN_BLOCKS,
         "has_min": has_min,
         "halves": halves,

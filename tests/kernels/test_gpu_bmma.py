@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rfc.artifacts.bundle import open_bundle
-from rfc.runtime.engine.batch import ScheduledChunk
+from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.kv_cache import BlockManager
 from tests.conftest import shared_basetemp
 from tests.kernels.gpu_emulator import emulated_step_device, needs_emulator
 from tests.kernels.gpu_support import BesideReference, gpu_build_cache, gpu_bundle, model_path, toolchain_marks  # noqa: F401
@@ -163,3 +164,63 @@ def test_gpu_checks_batch_list_check_runs_the_twins(target, gpu_bundle, tmp_path
     assert lm.device.runner.prefill_min_tokens is not None  # put back
     ok, summary = tool.batch_list_check(model, lm, tokens, expected["logits"], ref, None)
     assert not ok and "FAIL" in summary, summary
+
+
+def _batch_logits(bundle_dir, target: str, tokens: list[int], build_dir) -> np.ndarray:
+    """A 40-token prompt and a step of one token from each of four sequences, every step on the
+    batch list (every row's logits of both)."""
+    bundle = open_bundle(bundle_dir)
+    device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, build_dir)
+    device.runner.prefill_min_tokens = None
+    device.runner.batch_min_tokens = 2
+    step = BesideReference(bundle, device, NUM_BLOCKS, BLOCK_SIZE).run.forward
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+    out = []
+    seqs = [tokens[:40], *(tokens[3 * i : 3 * i + n] for i, n in enumerate((9, 17, 5, 30)))]
+    for chunks in (
+        [ScheduledChunk(0, 0, tuple(seqs[0]), all_logits=True)],
+        [ScheduledChunk(s, 0, tuple(seq[:-1])) for s, seq in enumerate(seqs[1:], 1)],
+        [ScheduledChunk(s, len(seq) - 1, (seq[-1],)) for s, seq in enumerate(seqs[1:], 1)],
+    ):
+        for c in chunks:
+            blocks.allocate(c.seq_id, c.start + len(c.tokens))
+        out.append(step(build_batch(chunks, blocks)))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize(
+    "model,target,min_blocks",
+    [
+        # tiles of 16 rows (16 sub-blocks a chunk, 2 rows a warp) and gate/up's 32 (8 a chunk, 4 rows)
+        pytest.param("llama-Q4_K_M", "sm_90", None, marks=toolchain_marks("sm_90")),
+        # MFMA's 64-lane waves: 8 sub-blocks a chunk, 8 rows a wave; Q8_0 has no b
+        pytest.param("llama-Q8_0", "gfx90a", 0, marks=toolchain_marks("gfx90a")),
+    ],
+)
+def test_lanes_along_a_row_give_the_lanes_along_the_rows_bits(
+    model, target, min_blocks, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+):
+    """gpu_bmma.ROW_LOADS (on) has a chunk's decodes taken by lanes along a row's sub-blocks and
+    stored at padded strides: the shared rows the matrix instructions read are the same, so the
+    batch list's logits are those of the twins with lanes along the rows (off), bit for bit."""
+    from rfc.compiler.codegen import gpu_bmma
+    from tests.conftest import FIXTURES
+
+    tokens = [int(t) for t in np.load(FIXTURES / f"tiny-{model}.logits.npz")["tokens"]]
+    build_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
+    logits, sources = [], []
+    for on in (True, False):
+        if min_blocks is None and on:
+            bundle_dir = gpu_bundle(model, target)  # the default build
+        else:
+            monkeypatch.setattr(gpu_bmma, "ROW_LOADS", on)
+            if min_blocks is not None:
+                monkeypatch.setattr(gpu_bmma, "BMMA_MIN_BLOCKS", min_blocks)
+            bundle_dir = tmp_path / f"on-{on}"
+            _compile(model, target, bundle_dir, gpu_build_cache)
+        source = next(p for p in (bundle_dir / "kernels" / target).iterdir() if p.suffix in (".cu", ".hip"))
+        sources.append(set(re.findall(r'"row_loads": (\w+)', source.read_text())))
+        logits.append(_batch_logits(bundle_dir, target, tokens, build_dir))
+    # on: every twin whose chunk is 8 to 32 sub-blocks (gfx90a's gate/up, 4 a chunk, keeps lanes along rows)
+    assert "true" in sources[0] and sources[1] == {"false"}, sources
+    assert np.array_equal(logits[0], logits[1]), f"max diff {np.abs(logits[0] - logits[1]).max():.3e}"
