@@ -162,7 +162,7 @@ class GpuDevice:
     # -- recurrent state: a pool of slots in device memory; the launches that read it get its base
     state_pool = None  # no host view: the state lives on the device
 
-    _state: tuple[int, int] | None = None  # the pool's address and slots, once allocated
+    _state_pool: int | None = None  # the pool's device address, once allocated (its slots: runner.state_slots)
 
     def alloc_state(self, slots: int) -> None:
         nbytes = slots * self._plan.state.slot_bytes
@@ -170,7 +170,7 @@ class GpuDevice:
         # a slot's first chunk zeroes it anyway
         self._driver.copy_to_device(ptr, np.zeros(max(1, nbytes // 4), np.float32))
         self.runner.set_state(ptr, slots)
-        self._state = (ptr, slots)
+        self._state_pool = ptr
 
     # State slots are copied on the device, on the step stream, in order (prefix caching's
     # checkpoints and their restores: runtime/engine/state_cache.py), so the next step sees them
@@ -178,9 +178,9 @@ class GpuDevice:
 
     def copy_state(self, src: list[int], dst: list[int]) -> None:
         """Slot src[i]'s whole state into slot dst[i], in order."""
-        if self._state is None:
+        if self._state_pool is None:
             raise DeviceError(f"the {self.name} device holds no recurrent-state slots")
-        base, slots = self._state
+        base, slots = self._state_pool, self.runner.state_slots
         if len(src) != len(dst) or any(not (0 <= s < slots and 0 <= d < slots) for s, d in zip(src, dst)):
             raise DeviceError(f"a state copy names slots outside the {slots} of this device")
         size = self._plan.state.slot_bytes
