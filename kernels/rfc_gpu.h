@@ -173,6 +173,23 @@ RFC_DEVICE_FN int rfc_dp4a_portable(int a, int b, int c) {
 #define RFC_PREFETCH_L2(p) ((void)(p))
 #endif
 
+/* Copies of 16 bytes from global to shared memory that hold no register on their way (cp.async,
+ * NVIDIA sm_80 and later): rfc_copy16_async(dst, src) issues one (both 16-byte aligned),
+ * rfc_copy_wait() waits until every copy this thread issued has landed; a barrier after it makes
+ * every thread's visible to the block. The planner uses them where the target has them
+ * (compiler/codegen/gpu_bmma.py ASYNC_COPY_INSTRUCTIONS); elsewhere a load and a store, done when
+ * issued. The emulator defines its own (tests/kernels/gpu_emu.h). */
+#if defined(RFC_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+RFC_DEVICE_FN void rfc_copy16_async(void *dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src)
+                 : "memory");
+}
+RFC_DEVICE_FN void rfc_copy_wait(void) { asm volatile("cp.async.wait_all;" ::: "memory"); }
+#elif !defined(RFC_GPU_EMULATED)
+RFC_DEVICE_FN void rfc_copy16_async(void *dst, const void *src) { *(rfc_i4 *)dst = *(const rfc_i4 *)src; }
+RFC_DEVICE_FN void rfc_copy_wait(void) {}
+#endif
+
 /* ---- for the sampling kernel: log, bit casts, shared-memory atomics, an unfused multiply ---- */
 #if defined(RFC_CUDA)
 #define RFC_LOGF(x) logf(x)

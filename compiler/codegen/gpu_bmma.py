@@ -60,8 +60,11 @@ TILE_N = 32  # weight rows a block (a gate/up launch: of each); 32 lets its roun
 # rows' K alone (a gate/up launch keeps 32: its rounding needs them).
 BMMA_MIN_BLOCKS = 256
 BMMA_THREADS = 256  # 8 waves of 32 (NVIDIA), 4 of 64 (CDNA)
-# resident blocks a multiprocessor asked of the compiler (RFC_KERNEL_BLOCKS): 1 leaves registers to ptxas
+# resident blocks a multiprocessor asked of the compiler (RFC_KERNEL_BLOCKS): 1 leaves registers to ptxas;
+# a twin that stages its tokens (STAGE_TOKENS) asks for 2, the blocks the unstaged ones get (an 8B's
+# staged 4096 x 4096 twin: 104 registers that way, 109 left free; no stack either way)
 MIN_BLOCKS = 1
+STAGED_MIN_BLOCKS = 2
 # sub-blocks a wave multiplies per chunk (a gate/up launch: half, for its two weights): the chunk a
 # block decodes into shared memory and, a chunk ahead, holds in registers, so the bytes it has in
 # flight (an 8B's Q4_K rows: 4.6 KB a block on 16-row tiles, 9.2 KB on gate/up's; two blocks a
@@ -80,6 +83,22 @@ VECTOR_LOADS = True
 # instruction; the shared rows then go a sub-block's stride plus 16 bytes apart (and the floats a
 # stride that puts the lanes of a store on distinct banks). The same bits either way.
 ROW_LOADS = True
+# A wave read its sub-blocks' token rows (A) and their scales and sums straight from global memory:
+# each load instruction 8 token rows, so 8 cache lines; with lanes along a row (ROW_LOADS) those were
+# 64 of the 76 line lookups a wave made a chunk in an 8B's 4096 x 4096 twin (counted from the sm_90
+# build's addresses). Staged (on): the block copies the chunk's token rows, scales and sums once, 16
+# contiguous bytes a lane (a token's row of a chunk of 16 sub-blocks is 512 contiguous bytes), into
+# shared memory with copies that hold no register (cp.async: rfc_gpu.h rfc_copy16_async), the next
+# chunk's into a second buffer while this one's are read, and the waves read their fragments there:
+# 96 lookups a block and chunk where its waves made 512. The same products and sums, so the same
+# bits. Only on targets with such copies (ASYNC_COPY_INSTRUCTIONS: AMD's gfx90a has none, and a
+# chunk ahead in registers took gate/up's twin from 92 to 128 VGPRs there, unmeasured), not in a
+# gate/up twin (below), where the pieces tile the chunk (4 sub-blocks a scale piece, the offsets
+# 16-byte aligned) and the shared memory holds both buffers.
+STAGE_TOKENS = True
+# The int8 instructions of targets that copy global to shared memory without registers: NVIDIA's
+# mma.sync m16n8k32 is sm_80 and later, which have cp.async.
+ASYNC_COPY_INSTRUCTIONS = ("mma_m16n8k32",)
 
 
 def _strides(chunk_subs: int, rows: int, lds: int) -> tuple[bool, int, int]:
@@ -96,6 +115,38 @@ def _strides(chunk_subs: int, rows: int, lds: int) -> tuple[bool, int, int]:
     if (a_stride // rows_a_store) % 2 == 0:
         a_stride += rows_a_store
     return True, q_stride, a_stride
+
+
+def _staging(target: Target, chunk_subs: int, subs_k: int, x_layout: dict, has_min: bool, threads: int) -> dict | None:
+    """The template parameters of a chunk's staged token rows, scales and sums (STAGE_TOKENS), or
+    None where they do not tile: 16-byte pieces, a row's half sub-block (x_pieces_a of them), 4
+    scales (x_pieces_d) or 2 sub-blocks' half sums (the rest), taken by threads tid, tid + threads,
+    ... in that order, two buffers of them."""
+    if not STAGE_TOKENS or target.imma not in ASYNC_COPY_INSTRUCTIONS or chunk_subs % 4 or subs_k % 4:
+        return None
+    if x_layout["xd_offset"] % 16 or x_layout["xs_offset"] % 16:
+        return None
+    pa, pd = TILE_M * chunk_subs * 2, TILE_M * chunk_subs // 4
+    ps = TILE_M * chunk_subs // 2 if has_min else 0
+    return {
+        "stage": True,
+        "x_pieces_a": pa,
+        "x_pieces_d": pd,
+        "x_pieces": pa + pd + ps,
+        "x_items": -(-(pa + pd + ps) // threads),
+        # row strides: a token's quants the chunk's bytes and 32 more, so a half wave's 8-byte fragment
+        # loads (4 rows x 32 bytes) fall on 32 distinct banks; its scales and sums 4 words more than
+        # theirs, so 8 tokens' fall on distinct banks, and 16-byte pieces stay aligned
+        "x_pitch": chunk_subs * SUB_BLOCK + 32,
+        "d_pitch": chunk_subs + 4,
+        "s_pitch": 2 * chunk_subs + 4,
+    }
+
+
+def _staged_bytes(stage: dict | None, has_min: bool) -> int:
+    if stage is None:
+        return 0
+    return 2 * TILE_M * (stage["x_pitch"] + 4 * stage["d_pitch"] + (4 * stage["s_pitch"] if has_min else 0))
 
 
 def weight_of(spec: KernelSpec) -> dict:
@@ -137,7 +188,7 @@ def bmma_spec(
     rows = tile_n * (2 if glu else 1)  # row items a sub-block
     lds = SUB_BLOCK + IMMA_PAD
 
-    def shared_bytes(wave_subs: int) -> int:
+    def shared_bytes(wave_subs: int) -> int:  # unstaged
         chunk_subs = waves * wave_subs
         _, q_stride, a_stride = _strides(chunk_subs, rows, lds)
         floats = (2 if has_min or halves else 1) * chunk_subs * a_stride
@@ -151,6 +202,11 @@ def bmma_spec(
         wave_subs -= 1
     chunk_subs = waves * wave_subs
     row_loads, q_stride, a_stride = _strides(chunk_subs, rows, lds)
+    # not a gate/up twin: staged, ptxas took 149-152 registers for an 8B's on sm_90 where it takes 122
+    # (one block a multiprocessor instead of two), and capped at 128 it spilled 40-56 bytes
+    stage = None if glu else _staging(target, chunk_subs, k // SUB_BLOCK, x_layout, has_min, threads)
+    if stage is not None and shared_bytes(wave_subs) + _staged_bytes(stage, has_min) > SHARED_LIMIT:
+        stage = None
     items, rem = divmod(chunk_subs * rows, threads)
     if rem or not items or shared_bytes(wave_subs) > SHARED_LIMIT:
         return None
@@ -162,7 +218,7 @@ def bmma_spec(
             start += w["rows"]
     # the tokens' scales and sums of a wave's sub-blocks in one load a row each (the template's
     # scale_vec): where they lie aligned for it
-    vec = VECTOR_LOADS and wave_subs in (1, 2) and not (k // SUB_BLOCK) % wave_subs
+    vec = VECTOR_LOADS and stage is None and wave_subs in (1, 2) and not (k // SUB_BLOCK) % wave_subs
     vec = vec and not x_layout["xd_offset"] % (4 * wave_subs) and not x_layout["xs_offset"] % (8 * wave_subs)
     shape = "_".join(str(w["rows"]) for w in weights) if segs else str(total)
     kind = "_swiglu" if glu else "_segments" if segs else ""
@@ -185,13 +241,15 @@ def bmma_spec(
         "row_loads": row_loads,
         "q_stride": q_stride,
         "a_stride": a_stride,
-        "min_blocks": MIN_BLOCKS,
+        "min_blocks": STAGED_MIN_BLOCKS if stage else MIN_BLOCKS,
         "has_min": has_min,
         "halves": halves,
         # the tokens' k order (rfc_gpu_bmma.h): paired, one 8-byte load a row and lane, where no
         # instruction runs on a k-half alone
         "paired": VECTOR_LOADS and not halves,
         "scale_vec": wave_subs if vec else 0,
+        "stage": False,
+        **(stage or {}),
         "sum_bias": IMMA_SUM_BIAS if IMMA_BIASED_SUMS else 0,
         "subs_per_block": max(1, first["qk"] // SUB_BLOCK),
         "xd_offset": x_layout["xd_offset"],

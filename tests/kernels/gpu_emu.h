@@ -20,6 +20,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -85,6 +86,14 @@ static bool done[kMaxThreads];
 static char *stacks;
 static float exchange[kMaxThreads];
 static std::function<void()> body;
+/* rfc_copy16_async's copies a thread has issued and not waited for (below) */
+constexpr int kMaxCopies = 16;
+struct Copy {
+    void *dst;
+    unsigned char bytes[16];
+};
+static Copy copies[kMaxThreads][kMaxCopies];
+static int n_copies[kMaxThreads];
 
 /* Suspends the current fiber (at a barrier, or finished) and runs the next live fiber of
  * this pass, or returns to the scheduler when the pass is complete. */
@@ -102,6 +111,10 @@ static void yield_to_scheduler() {
 
 [[noreturn]] static void fiber_main() {
     body();
+    if (n_copies[cur]) {
+        fprintf(stderr, "rfc_emu: thread %d ended with %d asynchronous copies not waited for\n", cur, n_copies[cur]);
+        abort();
+    }
     done[cur] = true;
     yield_to_scheduler();
     abort();  // a finished fiber is never resumed
@@ -164,6 +177,26 @@ extern "C" long rfc_emu_grid_waits(void) {
 }
 
 static inline void rfc_sync(void) { rfc_emu::yield_to_scheduler(); }
+
+/* rfc_gpu.h's asynchronous 16-byte copies to shared memory: the source is read when the copy is
+ * issued, the destination filled with 0xff bytes then (a read before the wait, or a copy into a
+ * buffer other threads still read, goes wrong: a NaN scale, a -1 quant) and with the source's
+ * bytes at the issuing thread's rfc_copy_wait */
+static inline void rfc_copy16_async(void *dst, const void *src) {
+    if (((uintptr_t)dst | (uintptr_t)src) % 16 || rfc_emu::n_copies[rfc_emu::cur] == rfc_emu::kMaxCopies) {
+        fprintf(stderr, "rfc_emu: an unaligned copy, or more than %d copies before a wait\n", rfc_emu::kMaxCopies);
+        abort();
+    }
+    rfc_emu::Copy &c = rfc_emu::copies[rfc_emu::cur][rfc_emu::n_copies[rfc_emu::cur]++];
+    c.dst = dst;
+    memcpy(c.bytes, src, 16);
+    memset(dst, 0xff, 16);
+}
+static inline void rfc_copy_wait(void) {
+    for (int i = 0; i < rfc_emu::n_copies[rfc_emu::cur]; i++)
+        memcpy(rfc_emu::copies[rfc_emu::cur][i].dst, rfc_emu::copies[rfc_emu::cur][i].bytes, 16);
+    rfc_emu::n_copies[rfc_emu::cur] = 0;
+}
 
 static inline float rfc_shfl_xor(float v, int mask) {
     rfc_emu::exchange[rfc_emu::cur] = v;

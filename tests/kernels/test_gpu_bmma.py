@@ -189,38 +189,76 @@ def _batch_logits(bundle_dir, target: str, tokens: list[int], build_dir) -> np.n
 
 
 @pytest.mark.parametrize(
-    "model,target,min_blocks",
+    "model,target,switch,settings",
     [
-        # tiles of 16 rows (16 sub-blocks a chunk, 2 rows a warp) and gate/up's 32 (8 a chunk, 4 rows)
-        pytest.param("llama-Q4_K_M", "sm_90", None, marks=toolchain_marks("sm_90")),
+        # ROW_LOADS: tiles of 16 rows (16 sub-blocks a chunk, 2 rows a warp) and gate/up's 32 (8 a chunk, 4 rows)
+        pytest.param("llama-Q4_K_M", "sm_90", "ROW_LOADS", {}, marks=toolchain_marks("sm_90")),
         # MFMA's 64-lane waves: 8 sub-blocks a chunk, 8 rows a wave; Q8_0 has no b
-        pytest.param("llama-Q8_0", "gfx90a", 0, marks=toolchain_marks("gfx90a")),
+        pytest.param("llama-Q8_0", "gfx90a", "ROW_LOADS", {"BMMA_MIN_BLOCKS": 0}, marks=toolchain_marks("gfx90a")),
+        # STAGE_TOKENS: chunks of 16 sub-blocks over rows of 8 and 24 (one chunk, and two, each running past K:
+        # the clamped copies), Q4_K's sums and Q6_K's halves
+        pytest.param("llama-Q4_K_M", "sm_90", "STAGE_TOKENS", {}, marks=toolchain_marks("sm_90")),
+        # chunks of 8: a row of 24 is three, the third chunk's copies into the first's buffer, none past K
+        pytest.param("llama-Q4_K_M", "sm_90", "STAGE_TOKENS", {"WAVE_SUBS": 1}, marks=toolchain_marks("sm_90")),
     ],
 )
-def test_lanes_along_a_row_give_the_lanes_along_the_rows_bits(
-    model, target, min_blocks, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+def test_a_batch_twin_switch_gives_the_same_bits(
+    model, target, switch, settings, gpu_bundle, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
 ):
-    """gpu_bmma.ROW_LOADS (on) has a chunk's decodes taken by lanes along a row's sub-blocks and
-    stored at padded strides: the shared rows the matrix instructions read are the same, so the
-    batch list's logits are those of the twins with lanes along the rows (off), bit for bit."""
+    """Switches that change how a batch twin moves its operands, not what it multiplies or in which
+    order it adds: on (the default), the batch list's logits are the switch's off, bit for bit.
+    gpu_bmma.ROW_LOADS has a chunk's decodes taken by lanes along a row's sub-blocks and stored at
+    padded strides (the shared rows the matrix instructions read are the same); STAGE_TOKENS
+    copies a chunk's token rows, scales and sums into shared memory (two buffers, the emulator's
+    copies landing only at the issuing thread's wait, 0xff bytes until then) where each wave read
+    its own from global memory."""
     from rfc.compiler.codegen import gpu_bmma
     from tests.conftest import FIXTURES
 
     tokens = [int(t) for t in np.load(FIXTURES / f"tiny-{model}.logits.npz")["tokens"]]
     build_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
+    param = {"ROW_LOADS": "row_loads", "STAGE_TOKENS": "stage"}[switch]
+    for name, value in settings.items():
+        monkeypatch.setattr(gpu_bmma, name, value)
     logits, sources = [], []
     for on in (True, False):
-        if min_blocks is None and on:
+        if not settings and on:
             bundle_dir = gpu_bundle(model, target)  # the default build
         else:
-            monkeypatch.setattr(gpu_bmma, "ROW_LOADS", on)
-            if min_blocks is not None:
-                monkeypatch.setattr(gpu_bmma, "BMMA_MIN_BLOCKS", min_blocks)
+            monkeypatch.setattr(gpu_bmma, switch, on)
             bundle_dir = tmp_path / f"on-{on}"
             _compile(model, target, bundle_dir, gpu_build_cache)
         source = next(p for p in (bundle_dir / "kernels" / target).iterdir() if p.suffix in (".cu", ".hip"))
-        sources.append(set(re.findall(r'"row_loads": (\w+)', source.read_text())))
+        sources.append(set(re.findall(rf'"{param}": (\w+)', source.read_text())))
         logits.append(_batch_logits(bundle_dir, target, tokens, build_dir))
-    # on: every twin whose chunk is 8 to 32 sub-blocks (gfx90a's gate/up, 4 a chunk, keeps lanes along rows)
+    # on: some twin takes it (ROW_LOADS: chunks of 8 to 32 sub-blocks, so not gfx90a's gate/up of 4;
+    # STAGE_TOKENS: not a gate/up twin)
     assert "true" in sources[0] and sources[1] == {"false"}, sources
     assert np.array_equal(logits[0], logits[1]), f"max diff {np.abs(logits[0] - logits[1]).max():.3e}"
+
+
+def test_the_twins_that_stage_their_tokens(monkeypatch):
+    """STAGE_TOKENS as planned at an 8B's sizes: the 4096-row, Q6_K and segmented twins on sm_80 and
+    later copy their tokens into two shared buffers within the 48 KiB a block has; gate/up twins
+    (ptxas spilled them staged), AMD's (no asynchronous copies) and the switch off do not."""
+    from rfc.compiler.codegen import gpu_bmma
+    from rfc.compiler.codegen.gpu_imma import q8_layout
+    from rfc.compiler.codegen.gpu_plan import weight_geometry
+    from rfc.compiler.targets import parse_target
+
+    x = q8_layout(4096, 2048)
+    sm90, sm80, gfx = parse_target("sm_90"), parse_target("sm_80"), parse_target("gfx90a")
+    o, v = weight_geometry("Q4_Kp", 4096, 4096), weight_geometry("Q6_Kp", 1024, 4096)
+    gate = weight_geometry("Q4_Kp", 14336, 4096)
+
+    def staged(target, weights, **kw):
+        spec = gpu_bmma.bmma_spec(target, weights, x, **kw)
+        return spec.params["stage"], spec.params.get("x_pieces", 0)
+
+    assert staged(sm90, [o]) == (True, 16 * 16 * 2 + 16 * 16 // 4 + 16 * 16 // 2)  # quants, scales, sums
+    assert staged(sm80, [v]) == (True, 16 * 16 * 2 + 16 * 16 // 4)  # Q6_K halves: no sums
+    assert staged(sm90, [o, weight_geometry("Q4_Kp", 1024, 4096)])[0]  # segments
+    assert staged(sm90, [gate, gate], glu=True) == (False, 0)
+    assert staged(gfx, [o]) == (False, 0)
+    monkeypatch.setattr(gpu_bmma, "STAGE_TOKENS", False)
+    assert staged(sm90, [o]) == (False, 0)
