@@ -202,8 +202,9 @@ def bmma_spec(
         wave_subs -= 1
     chunk_subs = waves * wave_subs
     row_loads, q_stride, a_stride = _strides(chunk_subs, rows, lds)
-    # not a gate/up twin: staged, ptxas took 149-152 registers for an 8B's on sm_90 where it takes 122
-    # (one block a multiprocessor instead of two), and capped at 128 it spilled 40-56 bytes
+    # not a gate/up twin: staged, ptxas took 149-254 registers for an 8B's on sm_90 where it takes 122
+    # (one block a multiprocessor instead of two; at 254 it had unrolled the chunk loop), and capped at
+    # 128 it spilled 8-56 bytes
     stage = None if glu else _staging(target, chunk_subs, k // SUB_BLOCK, x_layout, has_min, threads)
     if stage is not None and shared_bytes(wave_subs) + _staged_bytes(stage, has_min) > SHARED_LIMIT:
         stage = None

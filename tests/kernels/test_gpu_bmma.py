@@ -198,7 +198,8 @@ def _batch_logits(bundle_dir, target: str, tokens: list[int], build_dir) -> np.n
         # STAGE_TOKENS: chunks of 16 sub-blocks over rows of 8 and 24 (one chunk, and two, each running past K:
         # the clamped copies), Q4_K's sums and Q6_K's halves
         pytest.param("llama-Q4_K_M", "sm_90", "STAGE_TOKENS", {}, marks=toolchain_marks("sm_90")),
-        # chunks of 8: a row of 24 is three, the third chunk's copies into the first's buffer, none past K
+        # chunks of 8: a row of 24 is three, the third chunk's copies into the first's buffer, none past K but
+        # the copies after the last chunk
         pytest.param("llama-Q4_K_M", "sm_90", "STAGE_TOKENS", {"WAVE_SUBS": 1}, marks=toolchain_marks("sm_90")),
     ],
 )
