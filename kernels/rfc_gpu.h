@@ -190,6 +190,18 @@ RFC_DEVICE_FN void rfc_copy16_async(void *dst, const void *src) { *(rfc_i4 *)dst
 RFC_DEVICE_FN void rfc_copy_wait(void) {}
 #endif
 
+/* x, which the compiler cannot see through: a loop bounded by it is never unrolled whole (cicc
+ * unrolled some loops whole past their `#pragma unroll 1`). */
+#if defined(RFC_CUDA)
+RFC_DEVICE_FN int rfc_opaque(int x) {
+    int y;
+    asm("mov.b32 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+}
+#elif !defined(RFC_GPU_EMULATED)
+RFC_DEVICE_FN int rfc_opaque(int x) { return x; }
+#endif
+
 /* ---- for the sampling kernel: log, bit casts, shared-memory atomics, an unfused multiply ---- */
 #if defined(RFC_CUDA)
 #define RFC_LOGF(x) logf(x)

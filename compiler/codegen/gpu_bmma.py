@@ -61,8 +61,9 @@ TILE_N = 32  # weight rows a block (a gate/up launch: of each); 32 lets its roun
 BMMA_MIN_BLOCKS = 256
 BMMA_THREADS = 256  # 8 waves of 32 (NVIDIA), 4 of 64 (CDNA)
 # resident blocks a multiprocessor asked of the compiler (RFC_KERNEL_BLOCKS): 1 leaves registers to ptxas;
-# a twin that stages its tokens (STAGE_TOKENS) asks for 2, the blocks the unstaged ones get (an 8B's
-# staged 4096 x 4096 twin: 104 registers that way, 109 left free; no stack either way)
+# a twin that stages its tokens (STAGE_TOKENS) asks for 2, the blocks the unstaged ones get: left free,
+# ptxas took 140 registers for an 8B's staged gate/up twin (one block a multiprocessor), capped 128
+# and no stack
 MIN_BLOCKS = 1
 STAGED_MIN_BLOCKS = 2
 # sub-blocks a wave multiplies per chunk (a gate/up launch: half, for its two weights): the chunk a
@@ -92,9 +93,9 @@ ROW_LOADS = True
 # chunk's into a second buffer while this one's are read, and the waves read their fragments there:
 # 96 lookups a block and chunk where its waves made 512. The same products and sums, so the same
 # bits. Only on targets with such copies (ASYNC_COPY_INSTRUCTIONS: AMD's gfx90a has none, and a
-# chunk ahead in registers took gate/up's twin from 92 to 128 VGPRs there, unmeasured), not in a
-# gate/up twin (below), where the pieces tile the chunk (4 sub-blocks a scale piece, the offsets
-# 16-byte aligned) and the shared memory holds both buffers.
+# chunk ahead in registers took gate/up's twin from 92 to 128 VGPRs there, unmeasured), where the
+# pieces tile the chunk (4 sub-blocks a scale piece, the offsets 16-byte aligned) and the shared
+# memory holds both buffers.
 STAGE_TOKENS = True
 # The int8 instructions of targets that copy global to shared memory without registers: NVIDIA's
 # mma.sync m16n8k32 is sm_80 and later, which have cp.async.
@@ -202,10 +203,7 @@ def bmma_spec(
         wave_subs -= 1
     chunk_subs = waves * wave_subs
     row_loads, q_stride, a_stride = _strides(chunk_subs, rows, lds)
-    # not a gate/up twin: staged, ptxas took 149-254 registers for an 8B's on sm_90 where it takes 122
-    # (one block a multiprocessor instead of two; at 254 it had unrolled the chunk loop), and capped at
-    # 128 it spilled 8-56 bytes
-    stage = None if glu else _staging(target, chunk_subs, k // SUB_BLOCK, x_layout, has_min, threads)
+    stage = _staging(target, chunk_subs, k // SUB_BLOCK, x_layout, has_min, threads)
     if stage is not None and shared_bytes(wave_subs) + _staged_bytes(stage, has_min) > SHARED_LIMIT:
         stage = None
     items, rem = divmod(chunk_subs * rows, threads)

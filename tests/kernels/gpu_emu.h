@@ -192,6 +192,7 @@ static inline void rfc_copy16_async(void *dst, const void *src) {
     memcpy(c.bytes, src, 16);
     memset(dst, 0xff, 16);
 }
+static inline int rfc_opaque(int x) { return x; }
 static inline void rfc_copy_wait(void) {
     for (int i = 0; i < rfc_emu::n_copies[rfc_emu::cur]; i++)
         memcpy(rfc_emu::copies[rfc_emu::cur][i].dst, rfc_emu::copies[rfc_emu::cur][i].bytes, 16);

@@ -232,16 +232,16 @@ def test_a_batch_twin_switch_gives_the_same_bits(
         source = next(p for p in (bundle_dir / "kernels" / target).iterdir() if p.suffix in (".cu", ".hip"))
         sources.append(set(re.findall(rf'"{param}": (\w+)', source.read_text())))
         logits.append(_batch_logits(bundle_dir, target, tokens, build_dir))
-    # on: some twin takes it (ROW_LOADS: chunks of 8 to 32 sub-blocks, so not gfx90a's gate/up of 4;
-    # STAGE_TOKENS: not a gate/up twin)
+    # on: some twin takes it (ROW_LOADS: chunks of 8 to 32 sub-blocks, so not gfx90a's gate/up of 4)
     assert "true" in sources[0] and sources[1] == {"false"}, sources
     assert np.array_equal(logits[0], logits[1]), f"max diff {np.abs(logits[0] - logits[1]).max():.3e}"
 
 
 def test_the_twins_that_stage_their_tokens(monkeypatch):
-    """STAGE_TOKENS as planned at an 8B's sizes: the 4096-row, Q6_K and segmented twins on sm_80 and
-    later copy their tokens into two shared buffers within the 48 KiB a block has; gate/up twins
-    (ptxas spilled them staged), AMD's (no asynchronous copies) and the switch off do not."""
+    """STAGE_TOKENS as planned at an 8B's sizes: the twins on sm_80 and later copy their tokens into
+    two shared buffers within the 48 KiB a block has (gate/up's too, and they ask for two blocks a
+    multiprocessor); AMD's (no asynchronous copies), 32-row tiles of 4096 rows (too little shared
+    memory left) and the switch off do not."""
     from rfc.compiler.codegen import gpu_bmma
     from rfc.compiler.codegen.gpu_imma import q8_layout
     from rfc.compiler.codegen.gpu_plan import weight_geometry
@@ -254,12 +254,16 @@ def test_the_twins_that_stage_their_tokens(monkeypatch):
 
     def staged(target, weights, **kw):
         spec = gpu_bmma.bmma_spec(target, weights, x, **kw)
+        assert spec.params["min_blocks"] == (2 if spec.params["stage"] else 1)
         return spec.params["stage"], spec.params.get("x_pieces", 0)
 
     assert staged(sm90, [o]) == (True, 16 * 16 * 2 + 16 * 16 // 4 + 16 * 16 // 2)  # quants, scales, sums
     assert staged(sm80, [v]) == (True, 16 * 16 * 2 + 16 * 16 // 4)  # Q6_K halves: no sums
     assert staged(sm90, [o, weight_geometry("Q4_Kp", 1024, 4096)])[0]  # segments
-    assert staged(sm90, [gate, gate], glu=True) == (False, 0)
+    assert staged(sm90, [gate, gate], glu=True) == (True, 16 * 8 * 2 + 16 * 8 // 4 + 16 * 8 // 2)  # chunks of 8
     assert staged(gfx, [o]) == (False, 0)
+    monkeypatch.setattr(gpu_bmma, "BMMA_MIN_BLOCKS", 128)
+    assert staged(sm90, [o]) == (False, 0)
+    monkeypatch.setattr(gpu_bmma, "BMMA_MIN_BLOCKS", 256)
     monkeypatch.setattr(gpu_bmma, "STAGE_TOKENS", False)
     assert staged(sm90, [o]) == (False, 0)
