@@ -4,6 +4,7 @@ block's waves. On the emulator (the instructions' fragment layouts, tests/kernel
 against the reference device within the bounds of int8 activations."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +19,16 @@ from tests.kernels.gpu_support import BesideReference, gpu_build_cache, gpu_bund
 pytestmark = [pytest.mark.shared, needs_emulator]
 
 NUM_BLOCKS, BLOCK_SIZE = 48, 16
+WIDE = "wide-Q4_K_M"  # a GGUF the test writes (test_a_batch_twin_switch_gives_the_same_bits)
 WAVE = {"sm_90": 32, "gfx90a": 64}
 
 
-def _compile(model: str, target: str, out_dir, cache_dir) -> None:
+def _compile(model, target: str, out_dir, cache_dir) -> None:
+    """`model`: a fixture's name or a GGUF's path."""
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
-    compile_model(CompileOptions(model=model_path(model), out_dir=out_dir, targets=(target,), cache_dir=cache_dir))
+    path = model if isinstance(model, Path) else model_path(model)
+    compile_model(CompileOptions(model=path, out_dir=out_dir, targets=(target,), cache_dir=cache_dir))
 
 
 @pytest.mark.parametrize(
@@ -201,6 +205,9 @@ def _batch_logits(bundle_dir, target: str, tokens: list[int], build_dir) -> np.n
         # chunks of 8: a row of 24 is three, the third chunk's copies into the first's buffer, none past K but
         # the copies after the last chunk
         pytest.param("llama-Q4_K_M", "sm_90", "STAGE_TOKENS", {"WAVE_SUBS": 1}, marks=toolchain_marks("sm_90")),
+        # a model of 1024 x 1024 (tools/make_gguf.py, one layer): gate/up's twin over four chunks of 8, the others
+        # over two of 16, none past K
+        pytest.param(WIDE, "sm_90", "STAGE_TOKENS", {}, marks=toolchain_marks("sm_90")),
     ],
 )
 def test_a_batch_twin_switch_gives_the_same_bits(
@@ -216,14 +223,22 @@ def test_a_batch_twin_switch_gives_the_same_bits(
     from rfc.compiler.codegen import gpu_bmma
     from tests.conftest import FIXTURES
 
-    tokens = [int(t) for t in np.load(FIXTURES / f"tiny-{model}.logits.npz")["tokens"]]
+    if model == WIDE:
+        from tests.kernels.gpu_support import make_gguf
+
+        model = tmp_path / "wide.gguf"
+        make_gguf(model, "--dim", "1024", "--ffn", "1024", "--heads", "8", "--kv-heads", "2", "--layers", "1",
+                  "--vocab", "512", "--format", "Q4_K_M")  # fmt: skip
+        tokens = [(7 * i + 3) % 500 + 2 for i in range(60)]
+    else:
+        tokens = [int(t) for t in np.load(FIXTURES / f"tiny-{model}.logits.npz")["tokens"]]
     build_dir = shared_basetemp(tmp_path_factory) / "gpu-emu"
     param = {"ROW_LOADS": "row_loads", "STAGE_TOKENS": "stage"}[switch]
     for name, value in settings.items():
         monkeypatch.setattr(gpu_bmma, name, value)
     logits, sources = [], []
     for on in (True, False):
-        if not settings and on:
+        if not settings and on and not isinstance(model, Path):
             bundle_dir = gpu_bundle(model, target)  # the default build
         else:
             monkeypatch.setattr(gpu_bmma, switch, on)
