@@ -38,7 +38,9 @@ is left of `--budget` seconds:
 7. with `--sanitize`: `compute-sanitizer --tool memcheck` over a dense, a MoE and a hybrid
    fixture's checks (SANITIZE_FIXTURES: the prefill list, the decode graphs, the recurrent state)
    and the smaller benchmark bundle's steps (the big int8 tiles and the tensor-core prefill
-   attention at a 512-token prompt); a phase fails on any error the tool reports;
+   attention at a 512-token prompt), and `--tool racecheck` over the dense fixture's checks
+   (shared-memory hazards: the batch twins' double-buffered copies); a phase fails on any error
+   the tool reports;
 8. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
    until the budget runs out.
 Every phase's output lands in `--logs` as it is written. Exit status: the checks' (1 when one
@@ -99,6 +101,9 @@ SERVE_TOKENS, SERVE_REQUESTS = 128, 2  # the serving phase: tokens a completion,
 # A dense, a MoE and a hybrid (recurrent) model for compute-sanitizer's memcheck
 SANITIZE_FIXTURES = ("llama-Q4_K_M", "qwen3moe-Q4_K_M", "qwen35-Q4_K_M")
 SANITIZE_SHARE = 0.5  # of the time left before the fixtures' checks, what --sanitize may take
+# racecheck's model (shared-memory hazards between a block's threads): its checks run every list, the
+# batch twins' double-buffered token copies (gpu_bmma.STAGE_TOKENS) among them
+RACECHECK_FIXTURE = "llama-Q4_K_M"
 # After the table, llama-server's build (started once llama-bench's is done) may take up to
 # SERVER_BUILD_WAIT more seconds, while SERVER_BUILD_RESERVE of the budget stays for the serving
 # phase and what follows; a build stopped there is resumed by a follow-up call (--follow-up).
@@ -557,14 +562,20 @@ def _cuda_tool(name: str) -> str:
 
 
 def sanitize_commands(fixtures: Path, bench_bundle: Path | None, gpu_check: list[str]) -> list[tuple[str, list[str]]]:
-    """compute-sanitizer memcheck over SANITIZE_FIXTURES' checks and the benchmark bundle's steps:
-    (log name, command); memcheck's error exit is 9, apart from the checked program's own."""
-    tool = [_cuda_tool("compute-sanitizer"), "--tool", "memcheck", "--error-exitcode", "9"]
+    """compute-sanitizer memcheck over SANITIZE_FIXTURES' checks and the benchmark bundle's steps,
+    and racecheck over the dense fixture's (RACECHECK_FIXTURE): (log name, command); the tool's
+    error exit is 9, apart from the checked program's own."""
+    sanitizer = _cuda_tool("compute-sanitizer")
+    tool = [sanitizer, "--tool", "memcheck", "--error-exitcode", "9"]
     models = [str(p) for name in SANITIZE_FIXTURES if (p := fixtures / f"tiny-{name}.gguf").is_file()]
     cmds = [("fixtures", [*tool, *gpu_check, "--decode", "8", *models])]
     if bench_bundle is not None and bench_bundle.is_dir():
         steps = [sys.executable, str(ROOT / "tools" / "gpu_experiment.py"), "_steps", str(bench_bundle)]
         cmds.append((bench_bundle.name, [*tool, *steps, str(bench_bundle) + "-lists.json"]))
+    dense = fixtures / f"tiny-{RACECHECK_FIXTURE}.gguf"
+    if dense.is_file():
+        race = [sanitizer, "--tool", "racecheck", "--error-exitcode", "9"]
+        cmds.append(("racecheck", [*race, *gpu_check, "--decode", "8", str(dense)]))
     return cmds
 
 
@@ -806,8 +817,10 @@ def _extra_phases(
         left = _phase("compute-sanitizer memcheck: a dense, a MoE and a hybrid model, the big tiles", deadline)
         share = max(left - 60, 1) * SANITIZE_SHARE
         small = bench_bundles[0] if bench_bundles else None
-        for name, cmd in sanitize_commands(fixtures, small, gpu_check):
-            status = _checked_run(cmd, env, logs / f"memcheck-{name}.log", share / 2) or status
+        cmds = sanitize_commands(fixtures, small, gpu_check)
+        for name, cmd in cmds:
+            log = logs / (f"{name}.log" if name == "racecheck" else f"memcheck-{name}.log")
+            status = _checked_run(cmd, env, log, share / len(cmds)) or status
     left = _phase("rfc: the fixtures' checks on the card", deadline)
     ordered = fixture_order(sorted(fixtures.glob("tiny-*.gguf")))
     if follow_up:

@@ -117,23 +117,27 @@ def test_the_serving_phase_runs_both_servers_under_the_same_load(tmp_path):
     assert names == ["rfc", "rfc-one-at-a-time"]
 
 
-def test_memcheck_covers_a_dense_a_moe_and_a_hybrid_fixture_and_the_big_tiles(tmp_path):
+def test_memcheck_covers_a_dense_a_moe_and_a_hybrid_fixture_and_the_big_tiles_racecheck_the_dense(tmp_path):
     for name in gpu_session.SANITIZE_FIXTURES + ("gemma3-Q8_0",):
         (tmp_path / f"tiny-{name}.gguf").write_bytes(b"")
     bundle = tmp_path / "bench-tinyllama-1.1b-Q4_0-sm_90"
     bundle.mkdir()
     check = ["python", "gpu_check.py", "--target", "sm_90"]
     cmds = dict(gpu_session.sanitize_commands(tmp_path, bundle, check))
-    assert set(cmds) == {"fixtures", bundle.name}
-    for cmd in cmds.values():
+    assert set(cmds) == {"fixtures", bundle.name, "racecheck"}
+    for name, cmd in cmds.items():
         assert Path(cmd[0]).name == "compute-sanitizer"
-        assert cmd[1:5] == ["--tool", "memcheck", "--error-exitcode", "9"]
+        tool = "racecheck" if name == "racecheck" else "memcheck"
+        assert cmd[1:5] == ["--tool", tool, "--error-exitcode", "9"]
+    # racecheck (shared memory between a block's threads) over the dense fixture's checks alone
+    assert cmds["racecheck"][5:] == [*check, "--decode", "8", str(tmp_path / "tiny-llama-Q4_K_M.gguf")]
     models = [Path(a).stem.removeprefix("tiny-") for a in cmds["fixtures"] if a.endswith(".gguf")]
     assert models == list(gpu_session.SANITIZE_FIXTURES)  # the three kinds, not every fixture
     assert cmds["fixtures"][5:9] == check
     assert cmds[bundle.name][-3:-1] == ["_steps", str(bundle)]  # a 512-token prefill and a graph step
     # no benchmark bundle (its phase failed): the fixtures alone
-    assert [n for n, _ in gpu_session.sanitize_commands(tmp_path, tmp_path / "absent", check)] == ["fixtures"]
+    names = [n for n, _ in gpu_session.sanitize_commands(tmp_path, tmp_path / "absent", check)]
+    assert names == ["fixtures", "racecheck"]
 
 
 def test_the_logs_come_back_as_one_tarball_even_when_the_run_fails(tmp_path, monkeypatch):
