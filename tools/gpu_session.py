@@ -814,7 +814,9 @@ def _extra_phases(
         env_ncu = env | {"PATH": f"{Path(_cuda_tool('ncu')).parent}:{env.get('PATH', os.environ['PATH'])}"}
         _checked_run(cmd, env_ncu, logs / f"ncu-detail-{i}-{bundle.name}.log", share + 20)
     if sanitize and target.startswith("sm_"):
-        left = _phase("compute-sanitizer memcheck: a dense, a MoE and a hybrid model, the big tiles", deadline)
+        left = _phase(
+            "compute-sanitizer: memcheck on a dense, a MoE and a hybrid model and the big tiles; racecheck", deadline
+        )
         share = max(left - 60, 1) * SANITIZE_SHARE
         small = bench_bundles[0] if bench_bundles else None
         cmds = sanitize_commands(fixtures, small, gpu_check)

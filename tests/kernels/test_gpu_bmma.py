@@ -277,8 +277,9 @@ def test_the_twins_that_stage_their_tokens(monkeypatch):
     assert staged(sm90, [o, weight_geometry("Q4_Kp", 1024, 4096)])[0]  # segments
     assert staged(sm90, [gate, gate], glu=True) == (True, 16 * 8 * 2 + 16 * 8 // 4 + 16 * 8 // 2)  # chunks of 8
     assert staged(gfx, [o]) == (False, 0)
+    default_min_blocks = gpu_bmma.BMMA_MIN_BLOCKS
     monkeypatch.setattr(gpu_bmma, "BMMA_MIN_BLOCKS", 128)
     assert staged(sm90, [o]) == (False, 0)
-    monkeypatch.setattr(gpu_bmma, "BMMA_MIN_BLOCKS", 256)
+    monkeypatch.setattr(gpu_bmma, "BMMA_MIN_BLOCKS", default_min_blocks)
     monkeypatch.setattr(gpu_bmma, "STAGE_TOKENS", False)
     assert staged(sm90, [o]) == (False, 0)
