@@ -2,9 +2,11 @@
  *
  * Each GPU thread of a block runs as a fiber (its own stack, switched by a few lines of
  * x86-64 assembly: glibc's swapcontext makes a syscall per switch, far too slow here).
- * Blocks run one after another; a barrier suspends the calling fiber until every live
- * fiber of the block has reached it. Shuffles are barrier + exchange through a table, so
- * they assume, like CUDA's full-mask shuffles, that the whole block calls them.
+ * Blocks run one after another, and a block's threads one after another up to a barrier:
+ * rfc_sync suspends the calling fiber until every live fiber of the block has reached it;
+ * the wave-level ones (a shuffle's partners, a matrix instruction's wave, rfc_sync_wave)
+ * until the lanes concerned have, so a missing block barrier shows wherever the hardware
+ * gives no other. Run in reverse (rfc_emu_set_order), a racing kernel gives other bits.
  * Shared memory is `static` (one block at a time), constant memory `static const`.
  *
  * Usage: g++ -std=c++17 -include gpu_emu.h -DRFC_GPU_EMULATED generated.hip launchers.cpp
@@ -82,7 +84,9 @@ static int cur, bid_x, bid_y, bid_z;
 static int n_threads;
 static void *sched_sp;
 static void *sp[kMaxThreads];
-static bool done[kMaxThreads];
+/* where a fiber is: running (or runnable), waiting at a barrier of its wave or of its block, ended */
+enum State : char { kRun, kAtWave, kAtBlock, kDone };
+static State state[kMaxThreads];
 static char *stacks;
 static float exchange[kMaxThreads];
 static std::function<void()> body;
@@ -95,27 +99,64 @@ struct Copy {
 static Copy copies[kMaxThreads][kMaxCopies];
 static int n_copies[kMaxThreads];
 
-/* Suspends the current fiber (at a barrier, or finished) and runs the next live fiber of
- * this pass, or returns to the scheduler when the pass is complete. */
-static void yield_to_scheduler() {
-    const int from = cur;
-    int next = from + 1;
-    while (next < n_threads && done[next]) next++;
-    if (next < n_threads) {
-        cur = next;
-        rfc_emu_switch(&sp[from], sp[next]);
-    } else {
-        rfc_emu_switch(&sp[from], sched_sp);
+/* +1: blocks run in index order, and a block's threads in index order between barriers; -1: both
+ * reversed (rfc_emu_set_order). A kernel whose result depends on the order has a race: a thread
+ * that reads what another writes between the same two barriers (or overwrites what another
+ * still reads), or a block that reads what another block of the launch writes. */
+static int order = 1;
+
+[[noreturn]] static void fail(const char *what) {
+    fprintf(stderr, "rfc_emu: block (%d, %d, %d) thread %d: %s\n", bid_x, bid_y, bid_z, cur, what);
+    abort();
+}
+
+/* the first fiber of [lo, hi) in this pass's order that is in state `s`, or -1 */
+static int first_in(int lo, int hi, State s) {
+    for (int k = 0; k < hi - lo; k++) {
+        const int i = order > 0 ? lo + k : hi - 1 - k;
+        if (state[i] == s) return i;
     }
+    return -1;
+}
+
+static void switch_to(int next) {
+    const int from = cur;
+    if (next == from) return;
+    cur = next;
+    rfc_emu_switch(&sp[from], next < 0 ? sched_sp : sp[next]);
+}
+
+/* The current fiber has stopped (state[cur] says why): runs the next runnable fiber. A wave's
+ * lanes all at its barrier go on together, from its first lane in order; the block's threads
+ * all at its barrier (or ended) end the pass: the scheduler starts the next one. A fiber
+ * resumes after its barrier when it is switched back to. */
+static void yield_to_scheduler() {
+    const int me = cur;
+    const int after = order > 0 ? me + 1 : me;  // the fibers after this one in order: [after, n) or [0, after)
+    int next = order > 0 ? first_in(after, n_threads, kRun) : first_in(0, after, kRun);
+    if (next < 0) next = first_in(0, n_threads, kRun);  // a wave released mid-pass may have some before
+    if (next >= 0) return switch_to(next);
+    if (first_in(0, n_threads, kAtWave) >= 0) fail("a wave's barrier that lanes of the wave never reach");
+    switch_to(-1);  // every thread at the block's barrier or ended
+}
+
+/* a barrier of the `wave` lanes holding the current thread (aligned: a wave, or the lanes a
+ * shuffle trades between; matrix instructions' register trades, rfc_sync_wave): they wait for
+ * each other, not for the rest of the block */
+static void wave_sync(int wave) {
+    const int lo = cur - cur % wave, hi = lo + wave < n_threads ? lo + wave : n_threads;
+    state[cur] = kAtWave;
+    if (first_in(lo, hi, kRun) >= 0) return yield_to_scheduler();  // a lane of the wave has yet to arrive
+    if (first_in(lo, hi, kAtBlock) >= 0 || first_in(lo, hi, kDone) >= 0)
+        fail("a wave's barrier (a shuffle, a matrix instruction) with some lanes elsewhere");
+    for (int i = lo; i < hi; i++) state[i] = kRun;
+    switch_to(first_in(lo, hi, kRun));  // the wave goes on from its first lane
 }
 
 [[noreturn]] static void fiber_main() {
     body();
-    if (n_copies[cur]) {
-        fprintf(stderr, "rfc_emu: thread %d ended with %d asynchronous copies not waited for\n", cur, n_copies[cur]);
-        abort();
-    }
-    done[cur] = true;
+    if (n_copies[cur]) fail("ended with asynchronous copies not waited for");
+    state[cur] = kDone;
     yield_to_scheduler();
     abort();  // a finished fiber is never resumed
 }
@@ -129,17 +170,18 @@ static void start_fiber(int i) {
     s -= 6;
     for (int r = 0; r < 6; r++) s[r] = nullptr;
     sp[i] = s;
-    done[i] = false;
+    state[i] = kRun;
 }
 
 static void run_block(int threads) {
     n_threads = threads;
     for (int i = 0; i < threads; i++) start_fiber(i);
-    // Each pass runs every live fiber to its next barrier or its end, in order.
+    // Each pass runs every live fiber to the block's next barrier or its end, in order.
     for (;;) {
-        int first = 0;
-        while (first < threads && done[first]) first++;
-        if (first == threads) break;
+        for (int i = 0; i < threads; i++)
+            if (state[i] == kAtBlock) state[i] = kRun;
+        const int first = first_in(0, threads, kRun);
+        if (first < 0) break;
         cur = first;
         rfc_emu_switch(&sched_sp, sp[first]);
     }
@@ -158,9 +200,14 @@ static void launch(void (*kernel)(A...), int grid_x, int grid_y, int grid_z, int
     }
     if (stacks == nullptr) stacks = (char *)malloc(kStack * kMaxThreads);
     body = [&] { call(kernel, params, std::index_sequence_for<A...>{}); };
-    for (bid_z = 0; bid_z < grid_z; bid_z++)
-        for (bid_y = 0; bid_y < grid_y; bid_y++)
-            for (bid_x = 0; bid_x < grid_x; bid_x++) run_block(threads);
+    const long blocks = (long)grid_x * grid_y * grid_z;
+    for (long i = 0; i < blocks; i++) {
+        const long b = order > 0 ? i : blocks - 1 - i;
+        bid_x = (int)(b % grid_x);
+        bid_y = (int)(b / grid_x % grid_y);
+        bid_z = (int)(b / ((long)grid_x * grid_y));
+        run_block(threads);
+    }
 }
 
 /* RFC_GRID_WAIT (rfc_gpu.h) counted: an overlapped launch's every thread must pass it once
@@ -170,13 +217,18 @@ static long grid_waits;
 }  // namespace rfc_emu
 
 #define RFC_GRID_WAIT() ((void)++rfc_emu::grid_waits)
+/* 1: threads and blocks in index order (the default); -1: reversed */
+extern "C" void rfc_emu_set_order(int order) { rfc_emu::order = order < 0 ? -1 : 1; }
 extern "C" long rfc_emu_grid_waits(void) {
     const long n = rfc_emu::grid_waits;
     rfc_emu::grid_waits = 0;
     return n;
 }
 
-static inline void rfc_sync(void) { rfc_emu::yield_to_scheduler(); }
+static inline void rfc_sync(void) {
+    rfc_emu::state[rfc_emu::cur] = rfc_emu::kAtBlock;
+    rfc_emu::yield_to_scheduler();
+}
 
 /* rfc_gpu.h's asynchronous 16-byte copies to shared memory: the source is read when the copy is
  * issued, the destination filled with 0xff bytes then (a read before the wait, or a copy into a
@@ -199,11 +251,14 @@ static inline void rfc_copy_wait(void) {
     rfc_emu::n_copies[rfc_emu::cur] = 0;
 }
 
+/* the value of `v` in lane (this lane ^ mask) of the wave: a trade through a table between two
+ * barriers of the 2 x mask lanes that trade with each other (an AMD wave's lanes may shuffle
+ * in groups narrower than the wave while the others skip it; a shuffle orders no memory) */
 static inline float rfc_shfl_xor(float v, int mask) {
     rfc_emu::exchange[rfc_emu::cur] = v;
-    rfc_sync();
+    rfc_emu::wave_sync(2 * mask);
     const float r = rfc_emu::exchange[rfc_emu::cur ^ mask];
-    rfc_sync();
+    rfc_emu::wave_sync(2 * mask);
     return r;
 }
 
@@ -221,7 +276,7 @@ static inline int trade_registers(const int *a, int na, const int *b, int nb, in
     int *mine = mma_regs[cur];
     for (int i = 0; i < na; i++) mine[i] = a[i];
     for (int i = 0; i < nb; i++) mine[8 + i] = b[i];
-    rfc_sync();
+    wave_sync(wave);
     return cur - cur % wave;
 }
 
@@ -246,7 +301,7 @@ static inline void rfc_emu_mma_m16n8k32_s8(int *d, const int *a, const int *b) {
         for (int k = 0; k < 32; k++) s += a_at(row, k) * b_at(k, col);
         out[i] = d[i] + s;
     }
-    rfc_sync();  // every lane has read the table before the next call writes it
+    wave_sync(32);  // every lane has read the table before the next call writes it
     for (int i = 0; i < 4; i++) d[i] = out[i];
 }
 
@@ -265,7 +320,7 @@ static inline void rfc_emu_mfma_i32_16x16x16i8(int *d, const int *a, const int *
                 s += byte_of(mma_regs[w0 + i + 16 * (k / 4)][h], k % 4) * byte_of(mma_regs[w0 + j + 16 * (k / 4)][8 + h], k % 4);
         out[e] = d[e] + s;
     }
-    rfc_sync();
+    wave_sync(64);
     for (int e = 0; e < 4; e++) d[e] = out[e];
 }
 
@@ -291,7 +346,7 @@ static inline void rfc_emu_wmma_i32_16x16x16_iu8_w32(int *d, const int *a, const
                 s += byte_of(mma_regs[w0 + i][4 * h + k / 4], k % 4) * byte_of(mma_regs[w0 + j][8 + 4 * h + k / 4], k % 4);
         out[e] = d[e] + s;
     }
-    rfc_sync();
+    wave_sync(32);
     for (int e = 0; e < 8; e++) d[e] = out[e];
 }
 
@@ -305,9 +360,9 @@ static inline void rfc_emu_wmma_i32_16x16x16_iu8_w32(int *d, const int *a, const
  * that sum are its own; the difference is float rounding noise.) */
 typedef _Float16 rfc_mma_half;
 #define RFC_MMA_HALF(f) ((_Float16)(float)(f))
-/* a barrier of the whole block: fibers run one after another, so lanes that trade values through
- * shared memory (rfc_wmma_scale_rows) need one; kernels call it uniformly across the block */
-static inline void rfc_sync_wave(void) { rfc_sync(); }
+/* a barrier of the calling wave (__syncwarp): lanes that trade values through shared memory
+ * (rfc_wmma_scale_rows) need one; a macro, as rfc_shfl_xor */
+#define rfc_sync_wave() rfc_emu::wave_sync(RFC_WAVE)
 
 namespace rfc_wmma {
 struct matrix_a {};

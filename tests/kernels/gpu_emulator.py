@@ -88,6 +88,8 @@ class EmulatedDriver:
         self.lib = ctypes.CDLL(str(library))
         self._grid_waits = self.lib.rfc_emu_grid_waits  # RFC_GRID_WAIT calls since the last call (gpu_emu.h)
         self._grid_waits.restype = ctypes.c_long
+        self._set_order = self.lib.rfc_emu_set_order
+        self._set_order.argtypes = [ctypes.c_int]
         self.memory: dict[int, np.ndarray] = {}
         self.launches = 0
         self.overlapped = 0  # launches made with overlap=True
@@ -123,11 +125,15 @@ class EmulatedDriver:
     # one after another anyway, and checks that every thread of an overlapped launch passed
     # RFC_GRID_WAIT once, as the overlap requires (compiler/codegen/gpu_overlap.py)
     overlaps = True
+    # -1 runs each launch's blocks, and each pass of a block's threads between two barriers, in
+    # reverse index order (gpu_emu.h rfc_emu_set_order): a kernel that races gives other bits
+    order = 1
 
     def launch(self, fn, grid, block, params, overlap: bool = False) -> None:
         assert block[1] == block[2] == 1
         self.launches += 1
         self._grid_waits()  # zeroed
+        self._set_order(self.order)  # libraries are shared between drivers: set it every launch
         fn(grid[0], grid[1], grid[2], block[0], ctypes.cast(params, ctypes.c_void_p))
         n = self._grid_waits()
         if overlap:

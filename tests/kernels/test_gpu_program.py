@@ -51,6 +51,9 @@ class Twins:
         # tensor-core matmuls round otherwise and are held to bounds instead
         # (test_prefill_list_keeps_teacher_forced_logits_within_bounds)
         self.step.runner.prefill_min_tokens = None
+        # the step device's blocks and threads in reverse order, the per-op path's in order: the same
+        # bits also say that no kernel of the program races (tests/kernels/test_gpu_order.py)
+        self.step._driver.order = -1
         self.blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
         self.run_op = Executor(self.bundle.plan, self.op)
         self.run_step = Executor(self.bundle.plan, self.step)
@@ -368,6 +371,7 @@ def test_one_token_steps_run_the_one_token_list_bit_for_bit(model, target, gpu_b
     kv = bundle.plan.kv
     step = emulated_step_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, build)
     op = emulated_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, build)
+    step._driver.order = -1  # reversed, the per-op path's in order: as Twins
     runner, program = step.runner, step.runner.program
     single, decode = program.single_launches, program.launches
     # each layer's rope + KV write launch folded into its attention launch's twin (gpu_rope_attention.py)

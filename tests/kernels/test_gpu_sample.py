@@ -61,6 +61,7 @@ class SampleKernel:
             assert proc.returncode == 0, proc.stderr[-4000:]
         self.lib = ctypes.CDLL(str(lib))
         self.lib.launch.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        self.lib.rfc_emu_set_order.argtypes = [ctypes.c_int]
 
     def run(self, logits: np.ndarray, samplers: list, steps=None, logprob: bool = False, host_rows=(), fed=None):
         """Samples every row of `logits` (modified in place, as on the device) with its
@@ -307,6 +308,39 @@ def test_host_rows_are_left_alone(k128):
     tokens, _ = k128.run(x, samplers, host_rows=(1,))
     assert tokens[1] == -7  # untouched output
     assert np.array_equal(x[1], logits[1])
+
+
+@pytest.mark.parametrize("vocab", [128, 1000])
+def test_reversed_thread_and_block_order_gives_the_same_results(build_dir, vocab):
+    """Rows of every kind (greedy, penalized, filtered draws, a kept set larger than the block)
+    with the emulator's blocks and threads in reverse order (tests/kernels/test_gpu_order.py says
+    what that finds): the same tokens, log-probabilities and processed logits, bit for bit."""
+    kernel = SampleKernel(vocab, build_dir)
+    rng = np.random.default_rng(17)
+    logits = rng.normal(0, 2, (6, vocab)).astype(np.float32)
+    logits[0, [3, 9]] = 9.0  # a greedy tie: the lowest id
+    prompt = rng.integers(0, vocab, 30)
+    samplers = [
+        _sampler(vocab, prompt, temperature=0.0),
+        _sampler(vocab, prompt, temperature=0.0, repetition_penalty=1.3, presence_penalty=0.4),
+        _sampler(vocab, prompt, top_k=20, top_p=0.9, seed=4),
+        _sampler(vocab, prompt, min_p=0.05, temperature=0.8, seed=5),
+        _sampler(vocab, prompt, top_k=vocab // 2, temperature=1e4, seed=6),  # kept > the block's threads
+        _sampler(vocab, prompt, frequency_penalty=0.3, seed=7),
+    ]
+    runs = []
+    try:
+        for order in (1, -1):
+            kernel.lib.rfc_emu_set_order(order)
+            x = logits.copy()
+            tokens, logprobs = kernel.run(x, samplers, steps=[2] * 6, logprob=True)
+            runs.append((tokens, logprobs, x))
+    finally:
+        kernel.lib.rfc_emu_set_order(1)  # the library is the module's other tests' too
+    (t0, l0, x0), (t1, l1, x1) = runs
+    assert t0.tolist() == t1.tolist() and t0[0] == 3
+    assert np.array_equal(l0.view(np.int32), l1.view(np.int32))
+    assert np.array_equal(x0.view(np.int32), x1.view(np.int32))
 
 
 def test_non_finite_logits_fail_the_row(k128):
