@@ -32,7 +32,10 @@
 #define RFC_KERNEL(threads) extern "C"
 #define RFC_KERNEL_BLOCKS(threads, blocks) extern "C"
 #define RFC_DEVICE_FN static inline
-#define RFC_SHARED static
+/* every kernel's shared arrays in one section, which each block starts with 0xff bytes in (NaN as floats,
+ * -1 as ints), as a GPU's shared memory holds what an earlier block left: a read of what the block has
+ * not written shows */
+#define RFC_SHARED static __attribute__((section("rfc_emu_shared"), aligned(16)))
 #define RFC_CONSTANT static const
 #define RFC_TABLE static const /* the formats' lookup tables (templates/rfc_tables.h.j2) */
 #define RFC_TID (rfc_emu::cur)
@@ -173,7 +176,14 @@ static void start_fiber(int i) {
     state[i] = kRun;
 }
 
+}  // namespace rfc_emu
+/* the linker's bounds of the section (null where a library has no shared arrays) */
+extern "C" char __start_rfc_emu_shared[] __attribute__((weak));
+extern "C" char __stop_rfc_emu_shared[] __attribute__((weak));
+namespace rfc_emu {
+
 static void run_block(int threads) {
+    if (__start_rfc_emu_shared != nullptr) memset(__start_rfc_emu_shared, 0xff, __stop_rfc_emu_shared - __start_rfc_emu_shared);
     n_threads = threads;
     for (int i = 0; i < threads; i++) start_fiber(i);
     // Each pass runs every live fiber to the block's next barrier or its end, in order.
