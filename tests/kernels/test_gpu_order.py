@@ -61,14 +61,15 @@ def _steps(bundle, device) -> list[np.ndarray]:
 
 # llama-Q4_K_M on sm_90: cp.async token copies, int8 and half tensor cores, the rope folded into the
 # one-token attention, overlapped launches; llama-Q8_0 on gfx90a: MFMA, wave 64; qwen35 (Gated
-# DeltaNet and conv state kernels) and qwen3moe (expert routing and MoE matmuls) on sm_90.
+# DeltaNet and conv state kernels) and gemma4moe (expert routing and MoE matmuls, sliding-window
+# layers) on sm_90: bundles other tests build too.
 # (tests/kernels/test_gpu_program.py's Twins run the decode lists reversed against the per-op
 # path in order, gfx1100's among them.)
 CASES = (
     ("llama-Q4_K_M", "sm_90"),
     ("llama-Q8_0", "gfx90a"),
-    ("qwen35-Q4_K_M", "sm_90"),
-    ("qwen3moe-Q8_0", "sm_90"),
+    ("qwen35-Q8_0", "sm_90"),
+    ("gemma4moe-Q4_K_M", "sm_90"),
 )
 
 
