@@ -7,7 +7,8 @@
  * the wave-level ones (a shuffle's partners, a matrix instruction's wave, rfc_sync_wave)
  * until the lanes concerned have, so a missing block barrier shows wherever the hardware
  * gives no other. Run in reverse (rfc_emu_set_order), a racing kernel gives other bits.
- * Shared memory is `static` (one block at a time), constant memory `static const`.
+ * Shared memory is `static` (one block at a time, 0xff bytes as each block starts: RFC_SHARED),
+ * constant memory `static const`.
  *
  * Usage: g++ -std=c++17 -include gpu_emu.h -DRFC_GPU_EMULATED generated.hip launchers.cpp
  * where each launcher calls rfc_emu::launch(kernel, grid_x, grid_y, grid_z, threads, params).
