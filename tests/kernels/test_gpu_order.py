@@ -45,13 +45,14 @@ def _steps(bundle, device) -> list[np.ndarray]:
 
     long = tuple((7 * i) % 250 + 1 for i in range(150))
     out = [forward([ScheduledChunk(1, 0, long[:64], all_logits=True)])]  # the prefill list
-    out.append(forward([ScheduledChunk(1, 64, long[64:150])]))  # prefill list again: 86 rows
+    out.append(forward([ScheduledChunk(1, 64, long[64:150])]))  # the prefill list again: 86 tokens
     short = tuple((11 * i) % 200 + 3 for i in range(12))
     out.append(forward([ScheduledChunk(2, 0, short, all_logits=True), ScheduledChunk(1, 150, (5,))]))  # batch list
     lens = {1: 151, 2: 12}
-    for _ in range(2):  # decode list
-        tokens = {s: int(out[-1][i].argmax()) for i, s in enumerate((1, 2))} if out[-1].shape[0] == 2 else {1: 9, 2: 4}
+    tokens = {1: int(out[-1][-1].argmax()), 2: int(out[-1][-2].argmax())}  # each sequence's last row
+    for _ in range(2):  # the decode list
         out.append(forward([ScheduledChunk(s, lens[s], (tokens[s],)) for s in (1, 2)]))
+        tokens = {1: int(out[-1][0].argmax()), 2: int(out[-1][1].argmax())}
         lens = {s: n + 1 for s, n in lens.items()}
     for _ in range(2):  # the one-token list: a capture, then a replay
         out.append(forward([ScheduledChunk(1, lens[1], (int(out[-1][0].argmax()),))]))

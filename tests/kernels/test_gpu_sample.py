@@ -312,9 +312,10 @@ def test_host_rows_are_left_alone(k128):
 
 @pytest.mark.parametrize("vocab", [128, 1000])
 def test_reversed_thread_and_block_order_gives_the_same_results(build_dir, vocab):
-    """Rows of every kind (greedy, penalized, filtered draws, a kept set larger than the block)
-    with the emulator's blocks and threads in reverse order (tests/kernels/test_gpu_order.py says
-    what that finds): the same tokens, log-probabilities and processed logits, bit for bit."""
+    """Rows of every kind (greedy, penalized, filtered draws; of 1,000 ids, a kept set larger than
+    the block's 256 threads) with the emulator's blocks and threads in reverse order
+    (tests/kernels/test_gpu_order.py says what that finds): the same tokens, log-probabilities
+    and processed logits, bit for bit."""
     kernel = SampleKernel(vocab, build_dir)
     rng = np.random.default_rng(17)
     logits = rng.normal(0, 2, (6, vocab)).astype(np.float32)
@@ -325,7 +326,7 @@ def test_reversed_thread_and_block_order_gives_the_same_results(build_dir, vocab
         _sampler(vocab, prompt, temperature=0.0, repetition_penalty=1.3, presence_penalty=0.4),
         _sampler(vocab, prompt, top_k=20, top_p=0.9, seed=4),
         _sampler(vocab, prompt, min_p=0.05, temperature=0.8, seed=5),
-        _sampler(vocab, prompt, top_k=vocab // 2, temperature=1e4, seed=6),  # kept > the block's threads
+        _sampler(vocab, prompt, top_k=vocab // 2, temperature=1e4, seed=6),  # 500 kept of 1,000: over 256 threads
         _sampler(vocab, prompt, frequency_penalty=0.3, seed=7),
     ]
     runs = []
