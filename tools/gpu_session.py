@@ -566,16 +566,18 @@ def sanitize_commands(fixtures: Path, bench_bundle: Path | None, gpu_check: list
     and racecheck over the dense fixture's (RACECHECK_FIXTURE): (log name, command); the tool's
     error exit is 9, apart from the checked program's own."""
     sanitizer = _cuda_tool("compute-sanitizer")
-    tool = [sanitizer, "--tool", "memcheck", "--error-exitcode", "9"]
+
+    def tool(name: str) -> list[str]:
+        return [sanitizer, "--tool", name, "--error-exitcode", "9"]
+
     models = [str(p) for name in SANITIZE_FIXTURES if (p := fixtures / f"tiny-{name}.gguf").is_file()]
-    cmds = [("fixtures", [*tool, *gpu_check, "--decode", "8", *models])]
+    cmds = [("fixtures", [*tool("memcheck"), *gpu_check, "--decode", "8", *models])]
     if bench_bundle is not None and bench_bundle.is_dir():
         steps = [sys.executable, str(ROOT / "tools" / "gpu_experiment.py"), "_steps", str(bench_bundle)]
-        cmds.append((bench_bundle.name, [*tool, *steps, str(bench_bundle) + "-lists.json"]))
+        cmds.append((bench_bundle.name, [*tool("memcheck"), *steps, str(bench_bundle) + "-lists.json"]))
     dense = fixtures / f"tiny-{RACECHECK_FIXTURE}.gguf"
     if dense.is_file():
-        race = [sanitizer, "--tool", "racecheck", "--error-exitcode", "9"]
-        cmds.append(("racecheck", [*race, *gpu_check, "--decode", "8", str(dense)]))
+        cmds.append(("racecheck", [*tool("racecheck"), *gpu_check, "--decode", "8", str(dense)]))
     return cmds
 
 
