@@ -144,17 +144,25 @@ static void yield_to_scheduler() {
     switch_to(-1);  // every thread at the block's barrier or ended
 }
 
+/* the lanes waiting at a barrier of an aligned group of 2^w lanes, by w and the group's first
+ * lane (a group of each width has its own count: lanes 0-1 may wait at a shuffle's barrier of
+ * two lanes while lanes 2-3 wait at one of four) */
+constexpr int kWidths = 11;  // 2^10 = kMaxThreads
+static short arrived[kWidths][kMaxThreads];
+
 /* a barrier of the `wave` lanes holding the current thread (aligned: a wave, or the lanes a
  * shuffle trades between; matrix instructions' register trades, rfc_sync_wave): they wait for
- * each other, not for the rest of the block */
+ * each other, not for the rest of the block. A group with a lane at the block's barrier or
+ * ended never fills: yield_to_scheduler fails when nothing else can run. */
 static void wave_sync(int wave) {
+    if (wave <= 0 || wave > kMaxThreads || (wave & (wave - 1))) fail("a wave's barrier of a width not a power of two");
     const int lo = cur - cur % wave, hi = lo + wave < n_threads ? lo + wave : n_threads;
+    short &waiting = arrived[__builtin_ctz(wave)][lo];
     state[cur] = kAtWave;
-    if (first_in(lo, hi, kRun) >= 0) return yield_to_scheduler();  // a lane of the wave has yet to arrive
-    if (first_in(lo, hi, kAtBlock) >= 0 || first_in(lo, hi, kDone) >= 0)
-        fail("a wave's barrier (a shuffle, a matrix instruction) with some lanes elsewhere");
+    if (++waiting < hi - lo) return yield_to_scheduler();  // a lane of the group has yet to arrive
+    waiting = 0;
     for (int i = lo; i < hi; i++) state[i] = kRun;
-    switch_to(first_in(lo, hi, kRun));  // the wave goes on from its first lane
+    switch_to(order > 0 ? lo : hi - 1);  // the group goes on from its first lane in order
 }
 
 [[noreturn]] static void fiber_main() {
@@ -291,7 +299,6 @@ static inline int trade_registers(const int *a, int na, const int *b, int nb, in
     return cur - cur % wave;
 }
 
-static inline int byte_of(int v, int i) { return (int)(signed char)(v >> (8 * i)); }
 }  // namespace rfc_emu
 
 /* mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (PTX ISA): g = lane / 4, t = lane % 4; A
@@ -300,16 +307,18 @@ static inline int byte_of(int v, int i) { return (int)(signed char)(v >> (8 * i)
  * (register 1); bytes in element order; D rows g, g + 8 (elements 0-1, 2-3), columns 2t, 2t + 1. */
 static inline void rfc_emu_mma_m16n8k32_s8(int *d, const int *a, const int *b) {
     using namespace rfc_emu;
-    const int w0 = trade_registers(a, 4, b, 2, 32), lane = cur - w0;
-    auto a_at = [&](int row, int col) {
-        return byte_of(mma_regs[w0 + 4 * (row % 8) + (col % 16) / 4][(row >= 8) + 2 * (col >= 16)], col % 4);
-    };
-    auto b_at = [&](int k, int n) { return byte_of(mma_regs[w0 + 4 * n + (k % 16) / 4][8 + (k >= 16)], k % 4); };
+    const int w0 = trade_registers(a, 4, b, 2, 32), lane = cur - w0, g = lane / 4, t = lane % 4;
+    // the four bytes at k = 4q..4q+3 of A's rows g and g + 8 and of B's columns 2t and 2t + 1: one
+    // register of one lane each, bytes in element order, so that a dp4a sums their products
+    int arow[2][8], bcol[2][8];
+    for (int q = 0; q < 8; q++) {
+        for (int r = 0; r < 2; r++) arow[r][q] = mma_regs[w0 + 4 * g + q % 4][r + 2 * (q >= 4)];
+        for (int c = 0; c < 2; c++) bcol[c][q] = mma_regs[w0 + 4 * (2 * t + c) + q % 4][8 + (q >= 4)];
+    }
     int out[4];
     for (int i = 0; i < 4; i++) {
-        const int row = lane / 4 + 8 * (i / 2), col = 2 * (lane % 4) + i % 2;
         int s = 0;
-        for (int k = 0; k < 32; k++) s += a_at(row, k) * b_at(k, col);
+        for (int q = 0; q < 8; q++) s = rfc_emu_dp4a(arow[i / 2][q], bcol[i % 2][q], s);
         out[i] = d[i] + s;
     }
     wave_sync(32);  // every lane has read the table before the next call writes it
@@ -327,8 +336,7 @@ static inline void rfc_emu_mfma_i32_16x16x16i8(int *d, const int *a, const int *
         const int i = 4 * (lane / 16) + e, j = lane % 16;
         int s = 0;
         for (int h = 0; h < 2; h++)
-            for (int k = 0; k < 16; k++)
-                s += byte_of(mma_regs[w0 + i + 16 * (k / 4)][h], k % 4) * byte_of(mma_regs[w0 + j + 16 * (k / 4)][8 + h], k % 4);
+            for (int q = 0; q < 4; q++) s = rfc_emu_dp4a(mma_regs[w0 + i + 16 * q][h], mma_regs[w0 + j + 16 * q][8 + h], s);
         out[e] = d[e] + s;
     }
     wave_sync(64);
@@ -342,7 +350,7 @@ static inline void rfc_emu_mfma_i32_16x16x16i8(int *d, const int *a, const int *
 static inline void rfc_emu_wmma_i32_16x16x16_iu8_w32(int *d, const int *a, const int *b) {
     using namespace rfc_emu;
     const int w0 = trade_registers(a, 8, b, 8, 32), lane = cur - w0;
-    for (int l = 0; l < 16; l++)
+    for (int l = 0; l < 16 && lane == 0; l++)  // the wave's first lane checks for all
         for (int r = 0; r < 16; r++)
             if (mma_regs[w0 + l][r] != mma_regs[w0 + l + 16][r]) {
                 fprintf(stderr, "rfc_emu: v_wmma_i32_16x16x16_iu8: lanes %d and %d hold different operands\n", l, l + 16);
@@ -353,8 +361,7 @@ static inline void rfc_emu_wmma_i32_16x16x16_iu8_w32(int *d, const int *a, const
         const int i = 2 * e + lane / 16, j = lane % 16;
         int s = 0;
         for (int h = 0; h < 2; h++)
-            for (int k = 0; k < 16; k++)
-                s += byte_of(mma_regs[w0 + i][4 * h + k / 4], k % 4) * byte_of(mma_regs[w0 + j][8 + 4 * h + k / 4], k % 4);
+            for (int q = 0; q < 4; q++) s = rfc_emu_dp4a(mma_regs[w0 + i][4 * h + q], mma_regs[w0 + j][8 + 4 * h + q], s);
         out[e] = d[e] + s;
     }
     wave_sync(32);
