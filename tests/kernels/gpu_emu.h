@@ -30,8 +30,9 @@
 #include <functional>
 #include <utility>
 
-#define RFC_KERNEL(threads) extern "C"
-#define RFC_KERNEL_BLOCKS(threads, blocks) extern "C"
+/* internal: g++ builds only the kernels a library's launchers name (gpu_emulator.py) */
+#define RFC_KERNEL(threads) static
+#define RFC_KERNEL_BLOCKS(threads, blocks) static
 #define RFC_DEVICE_FN static inline
 /* every kernel's shared arrays in one section, which each block starts with 0xff bytes in (NaN as floats,
  * -1 as ints), as a GPU's shared memory holds what an earlier block left: a read of what the block has
