@@ -10,8 +10,9 @@
  * Shared memory is `static` (one block at a time, 0xff bytes as each block starts: RFC_SHARED),
  * constant memory `static const`.
  *
- * Usage: g++ -std=c++17 -include gpu_emu.h -DRFC_GPU_EMULATED generated.hip launchers.cpp
- * where each launcher calls rfc_emu::launch(kernel, grid_x, grid_y, grid_z, threads, params).
+ * Usage: one translation unit of `#define RFC_GPU_EMULATED 1`, `#include "gpu_emu.h"`, the generated
+ * source and a launcher per kernel that calls rfc_emu::launch(kernel, grid_x, grid_y, grid_z,
+ * threads, params) (kernels are internal functions: tests/kernels/gpu_emulator.py builds it).
  */
 #ifndef RFC_GPU_EMU_H
 #define RFC_GPU_EMU_H
@@ -451,9 +452,9 @@ static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
     // The lanes of a wave hold the same tiles and so multiply them one after another: the last
     // operands' bytes and product are kept, and a lane whose operands are the same bytes takes
     // that product (the same bits as multiplying again).
+    // (all zero at first: zero operands, whose product is zero)
     static float last_a[256], last_b[256], last_c[256], last_d[256];
-    static bool any;
-    if (any && !memcmp(a.x, last_a, sizeof last_a) && !memcmp(b.x, last_b, sizeof last_b) &&
+    if (!memcmp(a.x, last_a, sizeof last_a) && !memcmp(b.x, last_b, sizeof last_b) &&
         !memcmp(c.x, last_c, sizeof last_c)) {
         memcpy(d.x, last_d, sizeof last_d);
         return;
@@ -469,7 +470,6 @@ static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
     memcpy(last_b, b.x, sizeof last_b);
     memcpy(last_c, c.x, sizeof last_c);
     memcpy(last_d, t, sizeof last_d);
-    any = true;
     for (int i = 0; i < 256; i++) d.x[i] = t[i];
 }
 

@@ -89,3 +89,51 @@ def test_reversed_thread_and_block_order_gives_the_same_bits(model, target, gpu_
     for i, (a, b) in enumerate(zip(*runs, strict=True)):
         assert np.isfinite(a).all(), f"step {i}: non-finite logits"
         assert np.array_equal(a, b), f"step {i}: max |forward - reversed| {np.abs(a - b).max():.3e}"
+
+
+# 64 threads; those below n_rows trade with the lane 16 away (a group of 32 lanes), the rest keep
+# their own index
+SHUFFLE_SOURCE = """
+RFC_KERNEL(64) void rfc_some_lanes_shuffle(float *out, int n_rows) {
+    float v = (float)RFC_TID;
+    if ((int)RFC_TID < n_rows) v = rfc_shfl_xor(v, 16);
+    out[RFC_TID] = v;
+}
+"""
+
+_LAUNCH = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+out, n = (ctypes.c_float * 64)(), ctypes.c_int(int(sys.argv[2]))
+ptr = ctypes.c_void_p(ctypes.addressof(out))
+params = (ctypes.c_void_p * 2)(ctypes.addressof(ptr), ctypes.addressof(n))
+lib.rfc_emu_set_order(int(sys.argv[3]))
+lib.rfc_emu_launch_rfc_some_lanes_shuffle(1, 1, 1, 64, params)
+print(" ".join(str(int(x)) for x in out))
+"""
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_a_shuffle_waits_for_its_lanes_and_fails_when_some_never_come(order, tmp_path_factory):
+    """gpu_emu.h's wave barriers: a shuffle's 32-lane group goes on once every lane of it has
+    arrived, in either order, and a group that some of its lanes never reach (they skipped the
+    shuffle) aborts the launch with the reason instead of hanging or trading stale values."""
+    import subprocess
+    import sys
+
+    from tests.kernels.gpu_emulator import build_source_emulator
+
+    lib = build_source_emulator(
+        SHUFFLE_SOURCE, ["rfc_some_lanes_shuffle"], shared_basetemp(tmp_path_factory) / "gpu-emu"
+    )
+
+    def launch(n_rows: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-c", _LAUNCH, str(lib), str(n_rows), str(order)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    whole = launch(32)  # lanes 0-31: one whole group
+    assert whole.returncode == 0, whole.stderr
+    assert [int(x) for x in whole.stdout.split()] == [i ^ 16 for i in range(32)] + list(range(32, 64))
+    partial = launch(8)  # lanes 0-7 of the group 0-31 shuffle, 8-31 skip it
+    assert partial.returncode != 0
+    assert "a wave's barrier that lanes of the wave never reach" in partial.stderr, partial.stderr
