@@ -20,7 +20,7 @@ from pathlib import Path
 from rfc.artifacts import FORMAT_VERSION, RFC_VERSION
 from rfc.artifacts.bundle import MANIFEST_FILE
 from rfc.artifacts.hashing import sha256_file
-from rfc.compiler.codegen.cache import check_private_dir
+from rfc.compiler.codegen.cache import cache_root, check_private_dir
 
 GGUF_MAGIC = b"GGUF"
 _DIGESTS = "digests.json"
@@ -31,15 +31,6 @@ class CompileRequest:
     gguf: Path
     targets: tuple[str, ...] = ("cpu",)
     chat_template: Path | None = None
-
-
-def cache_root(cache_dir: Path | None = None) -> Path:
-    """rfc's cache: `--cache-dir`/RFC_CACHE_DIR, else $XDG_CACHE_HOME/rfc or ~/.cache/rfc.
-    Compiled kernels live in <root>/kernels, bundles compiled from GGUFs in <root>/bundles."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "rfc"
 
 
 def default_cache_dir() -> Path:

@@ -22,8 +22,21 @@ from rfc.compiler.errors import CompileError
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """rfc's cache: `cache_dir` (the CLI's `--cache-dir`), else $RFC_CACHE_DIR, else
+    $XDG_CACHE_HOME/rfc, else ~/.cache/rfc. Compiled kernels live in <root>/kernels, bundles
+    compiled from GGUFs in <root>/bundles, pulled OCI bundles in <root>/oci."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("RFC_CACHE_DIR"):
+        return Path(os.environ["RFC_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rfc"
+
+
 def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "rfc" / "kernels"
+    """The build cache of in-process compiles: the same directory `rfc compile` uses."""
+    return cache_root() / "kernels"
 
 
 class BuildCache:
