@@ -73,7 +73,7 @@ def check_grammar(source: str, syntax: str, field: str, limits: GrammarLimits) -
         raise GrammarError(
             field, f"'{field}' nests (through rules naming rules) {depth} levels deep; the limit is {limits.max_depth}"
         )
-    product = repetition_product(source, square_groups=syntax == "lark")
+    product = repetition_product(source, syntax)
     if product > limits.max_repeat:
         raise GrammarError(
             field, f"'{field}' repeats {product} times in nested counted repetitions; the limit is {limits.max_repeat}"
@@ -268,11 +268,16 @@ def _bracket_depth(source: str, syntax: str) -> int:
 _COUNT = re.compile(r"\{\s*(\d{1,12})\s*(?:,\s*(\d{0,12})\s*)?\}|~\s*(\d{1,12})(?:\s*\.\.\s*(\d{1,12}))?")
 
 
-def repetition_product(text: str, square_groups: bool = False) -> int:
-    """The largest product of counted repetitions nested in `text` (a regex or a grammar):
-    `(x{1000}){100}` -> 100,000. `*`, `+` and `?` count 1 (a loop is one automaton state);
-    `{m,}` counts m. A linear scan over groups; escapes and character classes are skipped
-    (`square_groups`: `[...]` is an optional group, as in Lark, not a class)."""
+def repetition_product(text: str, syntax: str = "regex") -> int:
+    """The largest product of counted repetitions nested in `text`, a regex or a grammar
+    (`syntax`: "regex", "gbnf" or "lark"): `(x{1000}){100}` -> 100,000. `*`, `+` and `?` count
+    1 (a loop is one automaton state); `{m,}` counts m. A linear scan over groups. Escapes are
+    skipped everywhere; a regex's and GBNF's `[...]` are character classes, skipped; Lark's
+    `[...]` is an optional group. In a grammar, "quoted" literals (which end at their line) and
+    comments (GBNF `#`, Lark `//`) are skipped, and a Lark /regex/ is measured as a regex whose
+    product the repetition after it multiplies. In a regex, quotes and `#` are characters."""
+    grammar, lark = syntax != "regex", syntax == "lark"
+    comment = "//" if lark else "#"
     # Each open group keeps the largest product found inside it; closing it multiplies that
     # by the group's own count (if one follows) into the enclosing group.
     stack = [1]
@@ -285,7 +290,11 @@ def repetition_product(text: str, square_groups: bool = False) -> int:
             i += 2
             last_atom = 1
             continue
-        if c == "[" and not square_groups:
+        if grammar and text.startswith(comment, i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c == "[" and not lark:
             j = i + 1
             if j < n and text[j] == "^":
                 j += 1
@@ -296,18 +305,20 @@ def repetition_product(text: str, square_groups: bool = False) -> int:
             i = j + 1
             last_atom = 1
             continue
-        if c in "\"'":
+        if grammar and (c == '"' or (lark and c == "/")):
             j = i + 1
-            while j < n and text[j] != c:
+            while j < n and text[j] != c and text[j] != "\n":
                 j += 2 if text[j] == "\\" else 1
+            last_atom = repetition_product(text[i + 1 : j]) if c == "/" else 1
+            stack[-1] = max(stack[-1], last_atom)
+            best = max(best, last_atom)
             i = j + 1
-            last_atom = 1
             continue
-        if c == "(" or (c == "[" and square_groups):
+        if c == "(" or (c == "[" and lark):
             stack.append(1)
             i += 1
             continue
-        if c == ")" or (c == "]" and square_groups):
+        if c == ")" or (c == "]" and lark):
             inner = stack.pop() if len(stack) > 1 else 1
             stack[-1] = max(stack[-1], inner)
             last_atom = inner

@@ -35,15 +35,32 @@ def _rules(n: int) -> str:
         ("x*y+z?", 1),
         (r"\{5\}", 1),
         ("((a{10}){10}){10}", 1000),
-        ('"{9999}" x{2}', 2),
+        # in a regex a quote, an apostrophe or a # is a character, not a literal or a comment
+        ('^"(x{1000}){100}"$', 100_000),
+        ("'(x{1000}){100}", 100_000),
+        ("# (x{1000}){100}", 100_000),
     ],
 )
 def test_repetition_product(text, product):
     assert repetition_product(text) == product
 
 
-def test_lark_optional_groups_nest_repetitions():
-    assert repetition_product("[ x ~ 1000 ] ~ 100", square_groups=True) == 100_000
+@pytest.mark.parametrize(
+    "text, syntax, product",
+    [
+        ('"{9999}" x{2}', "gbnf", 2),  # a literal's text is not structure
+        ("# don't\nroot ::= (\"x\"{100}){1000}", "gbnf", 100_000),  # an apostrophe hides nothing
+        ("root ::= \"a\" # {9999}\n", "gbnf", 1),
+        ('root ::= "unclosed\nr ::= ("x"{100}){1000}', "gbnf", 100_000),  # a literal ends at its line
+        ("[ x ~ 1000 ] ~ 100", "lark", 100_000),  # Lark's [...] is an optional group
+        ('start: /"(x{1000}){100}"/', "lark", 100_000),  # a /regex/ is measured as one
+        ("start: (/x{100}/)~1000", "lark", 100_000),
+        ("// don't\nstart: (\"x\"~100)~1000", "lark", 100_000),
+        ("start: a // ~9999\n", "lark", 1),
+    ],
+)
+def test_grammar_repetition_product(text, syntax, product):
+    assert repetition_product(text, syntax) == product
 
 
 def test_ref_chains_are_measured_through_their_links():
