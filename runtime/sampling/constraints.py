@@ -1,4 +1,4 @@
-"""Constrained decoding: a grammar (JSON schema, Lark, GBNF) restricts which tokens a request
+"""Constrained decoding: a grammar (JSON schema, Lark, GBNF, a regex, a list of choices) restricts which tokens a request
 may sample next, through llguidance (the Rust engine llama.cpp and vLLM use; no deep-learning
 framework needed).
 
@@ -37,7 +37,14 @@ from dataclasses import dataclass, field
 import llguidance
 import numpy as np
 
-from rfc.runtime.sampling.grammar_limits import GrammarError, GrammarLimits, check_grammar, check_schema
+from rfc.runtime.sampling.grammar_limits import (
+    GrammarError,
+    GrammarLimits,
+    check_choice,
+    check_grammar,
+    check_regex,
+    check_schema,
+)
 from rfc.runtime.sampling.schema_lenient import lenient
 from rfc.runtime.core.work_pool import Busy, WorkPool
 
@@ -160,6 +167,26 @@ class Grammars:
                 ) from None
 
         return self._compiled(key, build, field_name)
+
+    def regex(self, source: str, field_name: str) -> Grammar:
+        """Output that matches a regex whole (vLLM's `regex`; Rust regex syntax)."""
+        check_regex(source, field_name, self.limits)
+        key = _key("regex", source)
+        hit = self._cached(key)
+        return (
+            hit
+            if hit is not None
+            else self._compiled(key, lambda: llguidance.grammar_from("regex", source), field_name)
+        )
+
+    def choice(self, options: object, field_name: str) -> Grammar:
+        """Output that is exactly one of a list of strings (vLLM's `choice`)."""
+        text = json.dumps(check_choice(options, field_name, self.limits))
+        key = _key("choice", text)
+        hit = self._cached(key)
+        return (
+            hit if hit is not None else self._compiled(key, lambda: llguidance.grammar_from("choice", text), field_name)
+        )
 
     def _cached(self, key: bytes) -> Grammar | None:
         with self._lock:

@@ -80,6 +80,57 @@ def check_grammar(source: str, syntax: str, field: str, limits: GrammarLimits) -
         )
 
 
+def check_regex(source: str, field: str, limits: GrammarLimits) -> None:
+    """A regex the whole output must match (vLLM's `regex`) within the limits: bytes, nesting
+    of groups, and the product of nested counted repetitions its automaton would unroll."""
+    size = len(source.encode("utf-8", "surrogatepass"))
+    if size > limits.max_bytes:
+        raise GrammarError(field, f"'{field}' is {size} bytes; the limit is {limits.max_bytes}")
+    depth = _regex_depth(source)
+    if depth > limits.max_depth:
+        raise GrammarError(field, f"'{field}' nests groups {depth} levels deep; the limit is {limits.max_depth}")
+    _check_pattern(source, "regex", field, limits)
+
+
+def check_choice(options: object, field: str, limits: GrammarLimits) -> list[str]:
+    """vLLM's `choice`: a non-empty list of strings, the output exactly one of them; as many
+    as a grammar may have rules, and as many bytes in all as a grammar's text."""
+    if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
+        raise GrammarError(field, f"'{field}' must be a non-empty list of strings")
+    if len(options) > limits.max_rules:
+        raise GrammarError(field, f"'{field}' has {len(options)} choices; the limit is {limits.max_rules}")
+    size = sum(len(o.encode("utf-8", "surrogatepass")) for o in options)
+    if size > limits.max_bytes:
+        raise GrammarError(field, f"'{field}' is {size} bytes; the limit is {limits.max_bytes}")
+    return options
+
+
+def _regex_depth(source: str) -> int:
+    """How deep a regex's groups nest (escapes and character classes skipped)."""
+    depth = best = i = 0
+    n = len(source)
+    while i < n:
+        c = source[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            i += 1
+            if i < n and source[i] == "^":
+                i += 1
+            if i < n and source[i] == "]":
+                i += 1
+            while i < n and source[i] != "]":
+                i += 2 if source[i] == "\\" else 1
+        elif c == "(":
+            depth += 1
+            best = max(best, depth)
+        elif c == ")" and depth:
+            depth -= 1
+        i += 1
+    return best
+
+
 # -- JSON schemas -------------------------------------------------------------------------------
 
 
@@ -116,7 +167,7 @@ def _check_pattern(pattern: str, what: str, field: str, limits: GrammarLimits) -
     if product > limits.max_repeat:
         raise GrammarError(
             field,
-            f"'{field}': a {what} repeats {product} times in nested counted repetitions; "
+            f"'{field}': the {what} repeats {product} times in nested counted repetitions; "
             f"the limit is {limits.max_repeat}",
         )
 

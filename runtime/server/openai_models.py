@@ -29,6 +29,7 @@ from rfc.runtime.server.api_fields import (
 )
 from rfc.runtime.server.fields import Field, Kind, RequestModel
 from rfc.runtime.server.structured import MAX_TOOLS
+from rfc.runtime.server.vllm_structured import FIELDS as VLLM_STRUCTURED_FIELDS
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 MAX_CHOICES = 64  # prompts x n in one request: each choice is a request of its own in the engine
@@ -84,6 +85,7 @@ _SHARED = (
     Field("response_format", Kind.JSON, schema=RESPONSE_FORMAT),
     Field("json_schema", Kind.JSON, schema=JSON_SCHEMA, description="llama.cpp's: constrain the output to this schema"),
     Field("grammar", Kind.STRING, description="llama.cpp's: constrain the output to this GBNF grammar"),
+    *VLLM_STRUCTURED_FIELDS,
     SPECULATIVE_TYPE,
     SPECULATIVE_N_MAX,
 )

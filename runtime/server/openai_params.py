@@ -5,7 +5,8 @@ silently ignored (best_of > 1); unknown fields are ignored. `echo` shows the pro
 choice (and its tokens' logprobs, computed by one forward pass), `suffix` fills in the middle
 with the model's FIM tokens (runtime/server/infill.py).
 llama.cpp/vLLM extras are accepted: top_k, min_p, repetition_penalty, ignore_eos,
-chat_template_kwargs, json_schema, grammar (GBNF), reasoning_format.
+chat_template_kwargs, json_schema, grammar (GBNF), reasoning_format, and vLLM's structured
+outputs (`structured_outputs`, the older `guided_*`).
 
 Structured output: `response_format` (`text`, `json_object`, `json_schema`), `tools`,
 `tool_choice`, `parallel_tool_calls` and the legacy `functions` / `function_call`
@@ -26,6 +27,7 @@ from rfc.runtime.server.served_models import ServedModel
 from rfc.runtime.server.infill import fim_prompt
 from rfc.runtime.server.prompt_logprobs import prompt_logprobs
 from rfc.runtime.server.openai_models import MAX_CHOICES
+from rfc.runtime.server.vllm_structured import vllm_constraints
 from rfc.runtime.server.structured import (
     OutputPlan,
     grammar,
@@ -146,7 +148,8 @@ def _tools(f: RequestFields) -> OutputPlan:
 
 
 def _response_format(f: RequestFields, served: ServedModel, plan: OutputPlan) -> None:
-    """response_format, or llama.cpp's json_schema / grammar: at most one of them."""
+    """response_format, llama.cpp's json_schema / grammar, or vLLM's structured outputs
+    (runtime/server/vllm_structured.py): at most one of them."""
     asked = []
     response_format = f.raw("response_format")
     if response_format is not None:
@@ -175,6 +178,7 @@ def _response_format(f: RequestFields, served: ServedModel, plan: OutputPlan) ->
     if f.has("grammar"):
         source = f.string("grammar")
         asked.append(("grammar", lambda g: g.gbnf(source, "grammar")))
+    asked += vllm_constraints(f)
     if len(asked) > 1:
         raise bad_request(f"send one of {', '.join(a[0] for a in asked)}, not several", asked[1][0])
     if asked:

@@ -3,6 +3,7 @@ logits sampled through the mask always give text the schema accepts; unsupported
 features are refused by name."""
 
 import json
+import re
 
 import jsonschema
 import numpy as np
@@ -98,6 +99,34 @@ def test_gbnf(smol):
     assert texts and all("yes".startswith(t) or "no".startswith(t) for t in texts)
     with pytest.raises(GrammarError):
         smol.gbnf("root ::= (", "grammar")
+
+
+def _sampled(grammar, seed: int, steps: int = 60) -> str:
+    """Random logits through the grammar's mask until it ends: the text it let through."""
+    rng, m, tokens = np.random.default_rng(seed), grammar.matcher(), []
+    for _ in range(steps):
+        token = int(np.argmax(m.mask(rng.standard_normal(49152).astype(np.float32) * 3)))
+        m.accept(token)
+        if token == 2:
+            break
+        tokens.append(token)
+    assert m.is_done, "the grammar did not end within the steps"
+    return grammar.grammars.tokenizer.decode_str(tokens)
+
+
+def test_regex_and_choice(smol):
+    """vLLM's regex (the whole output matches it) and choice (exactly one of the strings)."""
+    pattern = r"[a-z]{2,6}@[a-z]{3}\.(com|org)"
+    grammar = smol.regex(pattern, "guided_regex")
+    for seed in range(3):
+        assert re.fullmatch(pattern, _sampled(grammar, seed))
+    options = ["positive", "negative", 'a "quoted"\nline', "neutral / unsure"]
+    grammar = smol.choice(options, "structured_outputs.choice")
+    assert {_sampled(grammar, seed) for seed in range(12)} <= set(options)
+    assert smol.choice(list(options), "other field") is grammar  # cached by the choices
+    with pytest.raises(GrammarError, match="unclosed group") as e:
+        smol.regex("a(b", "structured_outputs.regex")
+    assert e.value.field == "structured_outputs.regex"
 
 
 def _accepts(grammar, text: str) -> bool:

@@ -6,7 +6,9 @@ import pytest
 from rfc.runtime.sampling.grammar_limits import (
     GrammarError,
     GrammarLimits,
+    check_choice,
     check_grammar,
+    check_regex,
     check_schema,
     repetition_product,
 )
@@ -49,13 +51,13 @@ def test_repetition_product(text, product):
     "text, syntax, product",
     [
         ('"{9999}" x{2}', "gbnf", 2),  # a literal's text is not structure
-        ("# don't\nroot ::= (\"x\"{100}){1000}", "gbnf", 100_000),  # an apostrophe hides nothing
-        ("root ::= \"a\" # {9999}\n", "gbnf", 1),
+        ('# don\'t\nroot ::= ("x"{100}){1000}', "gbnf", 100_000),  # an apostrophe hides nothing
+        ('root ::= "a" # {9999}\n', "gbnf", 1),
         ('root ::= "unclosed\nr ::= ("x"{100}){1000}', "gbnf", 100_000),  # a literal ends at its line
         ("[ x ~ 1000 ] ~ 100", "lark", 100_000),  # Lark's [...] is an optional group
         ('start: /"(x{1000}){100}"/', "lark", 100_000),  # a /regex/ is measured as one
         ("start: (/x{100}/)~1000", "lark", 100_000),
-        ("// don't\nstart: (\"x\"~100)~1000", "lark", 100_000),
+        ('// don\'t\nstart: ("x"~100)~1000', "lark", 100_000),
         ("start: a // ~9999\n", "lark", 1),
     ],
 )
@@ -143,3 +145,23 @@ def test_matchers_are_released_when_their_request_ends(tmp_path):
     while not state.finished:
         engine.step()
     assert state.matcher is None and engine.get(state.request_id) is state
+
+
+def test_regexes_and_choices_within_the_limits():
+    check_regex(r"[a-z]+@[a-z]+\.com", "guided_regex", LIMITS)
+    with pytest.raises(GrammarError, match="regex repeats 100000") as e:
+        check_regex('"(x{1000}){100}"', "guided_regex", LIMITS)
+    assert e.value.field == "guided_regex"
+    with pytest.raises(GrammarError, match="600 levels deep"):
+        check_regex("(" * 600 + "a" + ")" * 600, "f", LIMITS)
+    check_regex(r"[(]{3}\(" * 200, "f", LIMITS)  # classes and escapes are not groups
+    with pytest.raises(GrammarError, match="bytes"):
+        check_regex("a" * (LIMITS.max_bytes + 1), "f", LIMITS)
+    assert check_choice(["yes", "no"], "f", LIMITS) == ["yes", "no"]
+    for bad in ([], "yes", ["a", 1], None):
+        with pytest.raises(GrammarError, match="non-empty list of strings"):
+            check_choice(bad, "structured_outputs.choice", LIMITS)
+    with pytest.raises(GrammarError, match="2001 choices"):
+        check_choice(["x"] * 2001, "f", LIMITS)
+    with pytest.raises(GrammarError, match="bytes"):
+        check_choice(["x" * 1000] * 200, "f", LIMITS)

@@ -7,6 +7,7 @@ Greedy decoding: a 135M model sampled at temperature 0.7 writes numbers of hundr
 digits (valid JSON, cut off by max_tokens); the schemas vary instead."""
 
 import json
+import re
 
 import jsonschema
 import ollama
@@ -249,6 +250,68 @@ def test_completions_and_llama_cpp_extras(client, url):
     }
     out = requests.post(url + "/v1/chat/completions", json=body, timeout=60).json()
     assert isinstance(json.loads(out["choices"][0]["message"]["content"])["n"], int)
+
+
+VLLM_SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+@pytest.mark.parametrize(
+    "extra, check",
+    [
+        ({"guided_choice": ["positive", "negative"]}, lambda text: text in ("positive", "negative")),
+        ({"structured_outputs": {"choice": ["yes", "no"]}}, lambda text: text in ("yes", "no")),
+        (
+            {"guided_regex": r"[a-z]{1,8}@[a-z]{1,8}\.com"},
+            lambda text: re.fullmatch(r"[a-z]{1,8}@[a-z]{1,8}\.com", text),
+        ),
+        ({"structured_outputs": {"regex": r"\d{3}-\d{4}"}}, lambda text: re.fullmatch(r"\d{3}-\d{4}", text)),
+        ({"guided_json": VLLM_SCHEMA}, lambda text: isinstance(json.loads(text)["n"], int)),
+        ({"guided_json": json.dumps(VLLM_SCHEMA)}, lambda text: isinstance(json.loads(text)["n"], int)),
+        (
+            {"structured_outputs": {"json": VLLM_SCHEMA, "disable_any_whitespace": True}},
+            lambda text: isinstance(json.loads(text)["n"], int),
+        ),
+        ({"structured_outputs": {"json_object": True}}, lambda text: isinstance(json.loads(text), dict)),
+        ({"guided_grammar": 'root ::= "red" | "green" | "blue"'}, lambda text: text in ("red", "green", "blue")),
+        ({"structured_outputs": {"grammar": 'root ::= "up" | "down"'}}, lambda text: text in ("up", "down")),
+    ],
+)
+def test_vllm_structured_outputs(client, extra, check):
+    """vLLM's fields, as its clients send them (`extra_body`): each constrains the answer."""
+    reply = client.chat.completions.create(
+        model=CHAT,
+        messages=[{"role": "user", "content": "Classify the mood of 'what a day' and give a number."}],
+        max_tokens=60,
+        temperature=0,
+        extra_body=extra,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop" and check(choice.message.content), choice.message.content
+
+
+def test_vllm_completions_and_refusals(client):
+    reply = client.completions.create(
+        model=CHAT, prompt="Colour:", max_tokens=10, temperature=0, extra_body={"guided_choice": [" red", " blue"]}
+    )
+    assert reply.choices[0].text in (" red", " blue")
+    refused = [
+        ({"guided_whitespace_pattern": "[ ]?"}, "guided_whitespace_pattern", "without free whitespace"),
+        ({"structured_outputs": {"json": {}, "whitespace_pattern": " "}}, "structured_outputs.whitespace_pattern", ""),
+        ({"structural_tag": {"structures": []}}, "structural_tag", "not supported"),
+        ({"structured_outputs": {"choice": ["a"], "regex": "a"}}, "structured_outputs", "exactly one"),
+        ({"structured_outputs": {"jsn": {}}}, "structured_outputs", "jsn"),
+        ({"guided_choice": ["a"], "response_format": {"type": "json_object"}}, "guided_choice", "not several"),
+        ({"guided_json": "{not json"}, "guided_json", "JSON text"),
+        ({"guided_regex": "a(b"}, "guided_regex", "unclosed group"),
+        ({"guided_regex": "(x{1000}){100}"}, "guided_regex", "repeats 100000"),
+        ({"structured_outputs": {"choice": []}}, "structured_outputs.choice", "non-empty list"),
+    ]
+    for extra, param, words in refused:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(
+                model=CHAT, messages=[{"role": "user", "content": "x"}], max_tokens=5, extra_body=extra
+            )
+        assert e.value.body["param"] == param and words in e.value.body["message"], (extra, e.value.body)
 
 
 @pytest.mark.parametrize(
