@@ -1,6 +1,6 @@
-"""Constrained decoding: a grammar (JSON schema, Lark, GBNF, a regex, a list of choices) restricts which tokens a request
-may sample next, through llguidance (the Rust engine llama.cpp and vLLM use; no deep-learning
-framework needed).
+"""Constrained decoding: a grammar (JSON schema, Lark, GBNF, a regex, a list of choices)
+restricts which tokens a request may sample next, through llguidance (the Rust engine
+llama.cpp and vLLM use; no deep-learning framework needed).
 
 - `Grammars` is built once per model, at load: llguidance's view of the bundle's tokenizer
   (tokenizer.json, ~0.4 s for a 49k vocabulary) and a cache of compiled grammars keyed by their

@@ -100,10 +100,28 @@ HEALTH = obj(
 )
 READY = obj({"ready": {"const": True}, "service": STRING})
 TRACES = obj({"resource_spans": array(obj({"resource": OBJECT, "scope_spans": array(obj({"spans": array(OBJECT)}))}))})
-TOKENIZE = obj(
-    {"tokens": {"anyOf": [array(INTEGER), array(obj({"id": INTEGER, "piece": {"anyOf": [STRING, array(INTEGER)]}}))]}}
-)
-DETOKENIZE = obj({"content": STRING})
+TOKENIZE = {
+    "anyOf": [
+        # llama.cpp's
+        obj(
+            {
+                "tokens": {
+                    "anyOf": [array(INTEGER), array(obj({"id": INTEGER, "piece": {"anyOf": [STRING, array(INTEGER)]}}))]
+                }
+            }
+        ),
+        # vLLM's, for `prompt` or `messages`
+        obj(
+            {
+                "count": INTEGER,
+                "max_model_len": INTEGER,
+                "tokens": array(INTEGER),
+                "token_strs": {"anyOf": [array(STRING), {"type": "null"}]},
+            }
+        ),
+    ]
+}
+DETOKENIZE = obj({"content": STRING, "prompt": STRING})
 APPLY_TEMPLATE = obj({"prompt": STRING})
 
 # -- OpenAI ----------------------------------------------------------------------------------

@@ -1,7 +1,13 @@
 """Routes beside generation: OpenAI's /v1/embeddings, llama.cpp's /tokenize, /detokenize,
 /apply-template (same request and reply shapes) and /infill (runtime/server/infill.py), and
 the /v1/integrations routes. Each takes
-an optional `model` (the default model when absent)."""
+an optional `model` (the default model when absent).
+
+/tokenize and /detokenize take vLLM's forms too: `prompt` (the tokens /v1/completions would
+feed) or `messages` (the chat prompt /v1/chat/completions would feed), BOS as those routes add
+it unless `add_special_tokens` is false, answered as vLLM answers them (`count`, `max_model_len`,
+`tokens`, `token_strs` with `return_token_strs`); /detokenize's reply has both llama.cpp's
+`content` and vLLM's `prompt`."""
 
 import base64
 
@@ -43,11 +49,23 @@ EMBEDDINGS = RequestModel(
     example={"input": "The sky is blue"},
     closed=True,
 )  # OpenAI's document forbids other fields
+_TOKENIZED = ("content", "prompt", "messages")  # what a /tokenize body tokenizes: one of them
 TOKENIZE = RequestModel(
     "TokenizeRequest",
     (
         MODEL,
-        Field("content", Kind.STRING, required=True),
+        Field("content", Kind.STRING, description="llama.cpp's: the text"),
+        Field("prompt", Kind.STRING, description="vLLM's: the text, as /v1/completions tokenizes it"),
+        CHAT_MESSAGES_FIELD.but(required=False, description="vLLM's: a chat, as /v1/chat/completions renders it"),
+        Field(
+            "add_special_tokens",
+            Kind.BOOLEAN,
+            description="vLLM's: BOS as the generation routes add it (default true)",
+        ),
+        Field("add_generation_prompt", Kind.BOOLEAN, True, description="vLLM's, with messages"),
+        CHAT_TEMPLATE_KWARGS,
+        OPENAI_TOOLS_FIELD,
+        Field("return_token_strs", Kind.BOOLEAN, False, description="vLLM's: each token's vocabulary string"),
         Field("add_special", Kind.BOOLEAN, False, description="add the BOS token"),
         Field("with_pieces", Kind.BOOLEAN, False, description="each token's text with its id"),
         Field(
@@ -108,6 +126,14 @@ class TokenizeResource(BodyResource):
     operations = {"post": Operation("Tokenize text", TOKENIZE, {replies.JSON: replies.TOKENIZE}, MODEL_ERRORS)}
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
+        sent = [name for name in _TOKENIZED if f.has(name)]
+        if len(sent) != 1:
+            if not sent:
+                raise bad_request("'content' is required (or vLLM's 'prompt' or 'messages')", "content")
+            raise bad_request(f"send one of {', '.join(sent)}, not several", sent[1])
+        if sent[0] != "content":
+            resp.media = _vllm_tokens(f, served)
+            return
         content = f.string("content")
         if not f.boolean("parse_special"):
             raise bad_request(
@@ -119,6 +145,31 @@ class TokenizeResource(BodyResource):
             return
         pieces = TokenPieces(served.model.tokenizer)
         resp.media = {"tokens": [{"id": i, "piece": _piece(pieces, i)} for i in ids]}
+
+
+def _vllm_tokens(f: RequestFields, served: ServedModel) -> dict:
+    """vLLM's /tokenize: the ids the generation routes would feed for `prompt` or `messages`."""
+    special = f.boolean("add_special_tokens") if f.has("add_special_tokens") else True
+    if f.has("prompt"):
+        text, field = f.string("prompt"), "prompt"
+    else:
+        extra = f.raw("chat_template_kwargs")
+        if not isinstance(extra, dict):
+            raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
+        plan = tool_plan(f.raw("tools"), None)  # as /v1/chat/completions renders them
+        args = plan.prompt_args(served)
+        text = render_chat(
+            served, f.raw("messages"), extra, add_generation_prompt=f.boolean("add_generation_prompt"), **args
+        )
+        field = "messages"
+    # with special tokens: the ids the generation routes feed (BOS as the model adds it, never doubled)
+    ids = (
+        served.prompts.encode(text, field)
+        if special
+        else served.model.tokenizer.encode(text, add_special_tokens=False).ids
+    )
+    strs = [served.model.tokenizer.id_to_token(i) for i in ids] if f.boolean("return_token_strs") else None
+    return {"count": len(ids), "max_model_len": served.model.context_length, "tokens": ids, "token_strs": strs}
 
 
 def _piece(pieces: TokenPieces, token: int) -> str | list[int]:
@@ -141,7 +192,8 @@ class DetokenizeResource(BodyResource):
         if not isinstance(tokens, list):
             raise bad_request("'tokens' must be a list of token ids", "tokens")
         ids = check_token_ids(served, tokens, "tokens")
-        resp.media = {"content": served.model.tokenizer.decode(ids, skip_special_tokens=False)}
+        text = served.model.tokenizer.decode(ids, skip_special_tokens=False)
+        resp.media = {"content": text, "prompt": text}  # llama.cpp's name and vLLM's
 
 
 class ApplyTemplateResource(BodyResource):

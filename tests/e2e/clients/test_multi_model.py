@@ -81,7 +81,8 @@ def test_tokenize_detokenize_apply_template(url):
     ).json()
     assert "".join(p["piece"] for p in pieces["tokens"]) == "Hello world"
     assert requests.post(url + "/detokenize", json={"model": CHAT, "tokens": tokens}, timeout=10).json() == {
-        "content": "Hello world"
+        "content": "Hello world",  # llama.cpp's name
+        "prompt": "Hello world",  # vLLM's
     }
     prompt = requests.post(
         url + "/apply-template", json={"model": CHAT, "messages": [{"role": "user", "content": "Hi"}]}, timeout=10
