@@ -10,16 +10,15 @@ from dataclasses import dataclass
 
 import falcon
 
-from rfc.runtime.engine.budget import BudgetRule, PastContext
-from rfc.runtime.engine.engine import EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
+from rfc.runtime.engine.engine import GenerationRequest
 from rfc.runtime.sampling.sampler import SamplingParams
-from rfc.runtime.server.api_fields import MAX_STOP_STRINGS, MODEL, SEED, TEMPERATURE, TOP_K, TOP_P
+from rfc.runtime.server.api_fields import MODEL
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
-from rfc.runtime.server.generation import Answer, BodyResource, budget, generation_operations, run
+from rfc.runtime.server.generation import BodyResource, generation_operations, run
+from rfc.runtime.server.llama_completion import SAMPLING, answer_with, max_tokens, sampling, stop_strings
 from rfc.runtime.server.served_models import ServedModel
-from rfc.runtime.server.response_schemas import INFILL_EVENT, INFILL_REPLY, streamed
-from rfc.runtime.server.streaming import SseRenderer, sse
+from rfc.runtime.server.response_schemas import LLAMA_COMPLETION_EVENT, LLAMA_COMPLETION_REPLY, streamed
 
 # (prefix, suffix, middle) token names, one row per family, as llama.cpp's vocabulary loader knows them
 FIM_NAMES = (
@@ -91,25 +90,10 @@ INFILL = RequestModel(
         Field("input_suffix", Kind.STRING, "", description="the code after the hole"),
         Field("input_extra", Kind.JSON, [], schema=_EXTRA, description="other files' text, before the prefix"),
         Field("prompt", Kind.STRING, "", description="the start of the middle"),
-        Field("n_predict", Kind.INTEGER, -1, -1, description="tokens to generate; -1: until the context is full"),
-        TEMPERATURE.but(default=0.8, maximum=1e4),
-        TOP_K.but(default=40, minimum=0),
-        TOP_P.but(default=0.95),
-        Field("min_p", Kind.NUMBER, 0.05, 0.0, 1.0),
-        SEED,
-        Field(
-            "stop",
-            Kind.JSON,
-            [],
-            schema={"type": "array", "maxItems": MAX_STOP_STRINGS, "items": {"type": "string", "minLength": 1}},
-        ),
-        Field("stream", Kind.BOOLEAN, False, description="SSE: one {content, stop} event per piece"),
+        *SAMPLING,
     ),
     example={"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 16},
 )
-# n_predict past the context stops at it, as llama-server's does
-BUDGET = BudgetRule(past_context=PastContext.CLAMP)
-STOP_TYPES = {EOS: "eos", STOP: "word", LENGTH: "limit"}
 
 
 def infill_request(f: RequestFields, served: ServedModel) -> GenerationRequest:
@@ -122,76 +106,21 @@ def infill_request(f: RequestFields, served: ServedModel) -> GenerationRequest:
     ids = fim_prompt(
         served, context + f.string("input_prefix"), f.string("input_suffix"), f.string("prompt"), "input_prefix"
     )
-    stops = f.raw("stop")
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_STRINGS:
-        raise bad_request(f"'stop' must be a list of at most {MAX_STOP_STRINGS} non-empty strings", "stop")
-    n = f.integer("n_predict")
-    params = SamplingParams(
-        temperature=f.number("temperature"),
-        top_k=f.integer("top_k"),
-        top_p=f.number("top_p"),
-        min_p=f.number("min_p"),
-        seed=f.integer("seed"),
-    )
     return GenerationRequest(
-        prompt_ids=ids, params=params, max_tokens=budget(served, BUDGET, n if n > 0 else None, ids), stop=tuple(stops)
+        prompt_ids=ids,
+        params=SamplingParams(**sampling(f)),
+        max_tokens=max_tokens(f, served, ids),
+        stop=stop_strings(f),
     )
-
-
-class InfillReply:
-    """llama-server's completion objects: `content`, `stop`, and at the end the counts."""
-
-    def __init__(self, model_id: str, state: RequestState):
-        self.model_id = model_id
-        self.state = state
-
-    def final(self, content: str) -> dict:
-        s = self.state
-        matched = s.stopper.matched if s.stopper is not None and s.finish_reason == STOP else ""
-        return {
-            "content": content,
-            "stop": True,
-            "model": self.model_id,
-            "tokens_predicted": len(s.tokens),
-            "tokens_evaluated": s.prompt_tokens,
-            "stop_type": STOP_TYPES.get(s.finish_reason, "none"),
-            "stopping_word": matched or "",
-            "truncated": False,
-        }
-
-
-class InfillStreamRenderer(SseRenderer):
-    def __init__(self, reply: InfillReply):
-        self._reply = reply
-
-    def event(self, event: TokenEvent) -> list[bytes]:
-        if event.finish_reason == FAILED:
-            return [
-                sse(
-                    {
-                        "error": {
-                            "code": 500,
-                            "message": f"generation failed: {self._reply.state.error}",
-                            "type": "server_error",
-                        }
-                    }
-                )
-            ]
-        out = [sse({"content": event.text, "stop": False})] if event.text else []
-        if event.finished:
-            out.append(sse(self._reply.final("")))
-        return out
 
 
 class InfillResource(BodyResource):
     """llama-server's /infill: code completion between `input_prefix` and `input_suffix`."""
 
     model = INFILL
-    operations = generation_operations("Fill in the middle", INFILL, streamed(INFILL_REPLY, INFILL_EVENT))
+    operations = generation_operations(
+        "Fill in the middle", INFILL, streamed(LLAMA_COMPLETION_REPLY, LLAMA_COMPLETION_EVENT)
+    )
 
     def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
-        def answer(state: RequestState) -> Answer:
-            reply = InfillReply(served.model_id, state)
-            return Answer(whole=lambda _events: reply.final(state.text), stream=InfillStreamRenderer(reply))
-
-        run(served, infill_request(f, served), req, resp, f.boolean("stream"), answer)
+        run(served, infill_request(f, served), req, resp, f.boolean("stream"), answer_with(served, f))

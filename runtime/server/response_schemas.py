@@ -199,17 +199,48 @@ RESPONSE = obj(
     }
 )
 RESPONSE_EVENT = events(obj({"type": STRING, "sequence_number": INTEGER}))
-INFILL_REPLY = obj(
+# llama-server's /completion and /infill
+_LLAMA_TOKEN = {"id": INTEGER, "token": STRING, "bytes": array(INTEGER), "logprob": NUMBER}
+_LLAMA_PROBABILITIES = array(obj({**_LLAMA_TOKEN, "top_logprobs": array(obj(_LLAMA_TOKEN))}))
+_LLAMA_TIMINGS = obj(
+    {
+        name: NUMBER
+        for name in (
+            "cache_n",
+            "prompt_n",
+            "prompt_ms",
+            "prompt_per_token_ms",
+            "prompt_per_second",
+            "predicted_n",
+            "predicted_ms",
+            "predicted_per_token_ms",
+            "predicted_per_second",
+        )
+    }
+)
+LLAMA_COMPLETION_REPLY = obj(
     {
         "content": STRING,
-        "stop": BOOLEAN,
+        "tokens": array(INTEGER),
+        "stop": {"const": True},
         "model": STRING,
         "tokens_predicted": INTEGER,
         "tokens_evaluated": INTEGER,
-        "stop_type": STRING,
-    }
+        "generation_settings": OBJECT,
+        "prompt": STRING,
+        "stop_type": {"enum": ["eos", "word", "limit", "none"]},
+        "stopping_word": STRING,
+        "tokens_cached": INTEGER,
+        "timings": _LLAMA_TIMINGS,
+    },
+    {"completion_probabilities": _LLAMA_PROBABILITIES},
 )
-INFILL_EVENT = events(obj({"stop": BOOLEAN}, {"content": STRING}))
+LLAMA_COMPLETION_EVENT = events(
+    obj(
+        {"stop": BOOLEAN},
+        {"content": STRING, "tokens": array(INTEGER), "completion_probabilities": _LLAMA_PROBABILITIES},
+    )
+)
 RESPONSE_DELETED = obj({"id": STRING, "object": {"const": "response"}, "deleted": {"const": True}})
 RESPONSE_ITEMS = obj({"object": {"const": "list"}, "data": array(OBJECT), "has_more": BOOLEAN})
 _EMBEDDING = obj({"object": {"const": "embedding"}, "index": INTEGER, "embedding": {"anyOf": [array(NUMBER), STRING]}})

@@ -177,6 +177,27 @@ def test_greedy_through_generate(case, device, servers):
 
 
 @pytest.mark.parametrize("device", FRONT_END_DEVICES)
+@pytest.mark.parametrize("case", [c for c in CASE_PARAMS if c.values[0]["kind"] == "raw"])
+def test_greedy_through_llama_servers_completion(case, device, servers, tokenizer):
+    """llama-server's own /completion, whole and streamed: llama.cpp's greedy tokens."""
+    prefix = _prefix(case)
+    body = {"prompt": case["prompt"], "n_predict": len(prefix), "temperature": 0, "return_tokens": True}
+    url = servers(device).url + "/completion"
+    reply = requests.post(url, json=body, timeout=300).json()
+    assert reply["tokens"] == prefix and reply["content"] == tokenizer.decode(prefix), reply
+    assert (reply["stop"], reply["stop_type"], reply["tokens_evaluated"]) == (True, "limit", len(case["prompt_ids"]))
+    events = [
+        json.loads(line[6:])
+        for line in requests.post(url, json={**body, "stream": True}, timeout=300).iter_lines()
+        if line
+    ]
+    assert [t for e in events for t in e["tokens"]] == prefix and "".join(e["content"] for e in events) == reply[
+        "content"
+    ]
+    assert [e["stop"] for e in events] == [False] * (len(events) - 1) + [True]
+
+
+@pytest.mark.parametrize("device", FRONT_END_DEVICES)
 @pytest.mark.parametrize("case", [c for c in CASE_PARAMS if c.values[0]["kind"] == "chat"])
 def test_greedy_through_chat_completions(case, device, servers, tokenizer):
     prefix = _prefix(case)
