@@ -1,5 +1,6 @@
-"""llama-server's own completion API: `POST /completion` (and its alias `/completions`), and the
-reply objects it shares with `/infill` (runtime/server/infill.py).
+"""llama-server's own completion API: `POST /completion` (and its alias `/completions`), the
+reply objects it shares with `/infill` (runtime/server/infill.py), and `GET /props`, which
+llama-server's clients read for the context size, the chat template and /completion's defaults.
 
 The request is llama-server's: `prompt` (text, token ids, or ids and text mixed: one prompt),
 `n_predict` (-1: until the context is full), its sampling defaults (temperature 0.8, top_k 40,
@@ -30,11 +31,21 @@ from rfc.runtime.engine.engine import EOS, FAILED, LENGTH, STOP, GenerationReque
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.api_fields import JSON_SCHEMA, MAX_STOP_STRINGS, MODEL, SEED, TEMPERATURE, TOP_K, TOP_P
 from rfc.runtime.server.errors import bad_request
-from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
+from rfc.artifacts import RFC_VERSION
+from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel, read_query
 from rfc.runtime.server.generation import Answer, BodyResource, budget, check_token_ids, generation_operations, run
 from rfc.runtime.server.openai_format import TokenPieces, output_events
-from rfc.runtime.server.response_schemas import LLAMA_COMPLETION_EVENT, LLAMA_COMPLETION_REPLY, streamed
-from rfc.runtime.server.served_models import ServedModel
+from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.model_info import has_chat_template
+from rfc.runtime.server.openapi import Operation
+from rfc.runtime.server.response_schemas import (
+    JSON,
+    LLAMA_COMPLETION_EVENT,
+    LLAMA_COMPLETION_REPLY,
+    LLAMA_PROPS,
+    streamed,
+)
+from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.streaming import SseRenderer, sse
 from rfc.runtime.server.structured import grammar
 from rfc.runtime.text.values import shown
@@ -368,3 +379,38 @@ class CompletionResource(BodyResource):
         prompt = f.raw("prompt")
         text = prompt if isinstance(prompt, str) else served.model.tokenizer.decode(request.prompt_ids)
         run(served, request, req, resp, f.boolean("stream"), answer_with(served, f, text))
+
+
+_MODEL_QUERY = Field("model", Kind.STRING, description="a served model's id; absent: the first one")
+
+
+class PropsResource:
+    """llama-server's GET /props: the context size, /completion's defaults, the chat template."""
+
+    operations = {
+        "get": Operation(
+            "Server properties (llama-server's)", reply={JSON: LLAMA_PROPS}, errors=(404, 503), query=(_MODEL_QUERY,)
+        )
+    }
+
+    def __init__(self, handle: EngineHandle, config: ServerConfig):
+        self._handle = handle
+        self._config = config
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        served = self._handle.require(read_query(req, _MODEL_QUERY))
+        defaults = {f.name: f.default for f in COMPLETION.fields if f.default is not None}
+        defaults["seed"] = -1
+        resp.media = {
+            "default_generation_settings": {
+                "n_ctx": served.model.context_length,
+                "model": served.model_id,
+                "params": defaults,
+            },
+            "total_slots": served.engine.scheduler.config.max_batch,  # sequences decoded at once
+            "model_path": served.model.manifest.get("source", {}).get("file", ""),
+            "chat_template": served.chat.source if has_chat_template(served) else "",
+            "modalities": {"vision": False, "audio": False},
+            "build_info": f"rfc {RFC_VERSION}",
+            "is_sleeping": False,
+        }

@@ -235,6 +235,16 @@ LLAMA_COMPLETION_REPLY = obj(
     },
     {"completion_probabilities": _LLAMA_PROBABILITIES},
 )
+LLAMA_PROPS = obj(
+    {
+        "default_generation_settings": obj({"n_ctx": INTEGER, "model": STRING, "params": OBJECT}),
+        "total_slots": INTEGER,
+        "model_path": STRING,
+        "chat_template": STRING,
+        "modalities": OBJECT,
+        "build_info": STRING,
+    }
+)
 LLAMA_COMPLETION_EVENT = events(
     obj(
         {"stop": BOOLEAN},

@@ -1,6 +1,6 @@
 """Routes beside generation: OpenAI's /v1/embeddings, llama.cpp's /tokenize, /detokenize,
 /apply-template (same request and reply shapes), /infill (runtime/server/infill.py) and
-/completion (runtime/server/llama_completion.py), and
+/completion and /props (runtime/server/llama_completion.py), and
 the /v1/integrations routes. Each takes
 an optional `model` (the default model when absent).
 
@@ -32,7 +32,7 @@ from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel
 from rfc.runtime.server.generation import BodyResource, check_token_ids
 from rfc.runtime.server.served_models import EngineHandle, ServedModel
 from rfc.runtime.server.infill import InfillResource
-from rfc.runtime.server.llama_completion import CompletionResource
+from rfc.runtime.server.llama_completion import CompletionResource, PropsResource
 from rfc.runtime.server.openai_format import TokenPieces
 from rfc.runtime.server.openapi import MODEL_ERRORS, Operation, Routes
 from rfc.runtime.server.structured import tool_plan
@@ -96,6 +96,7 @@ def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> No
     routes.add("/infill", InfillResource(handle, config))
     routes.add("/completion", CompletionResource(handle, config))
     routes.add("/completions", CompletionResource(handle, config))
+    routes.add("/props", PropsResource(handle, config))
     integrations.add_routes(routes, handle)
 
 

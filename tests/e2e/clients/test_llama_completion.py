@@ -90,3 +90,21 @@ def test_streamed_pieces_carry_their_tokens_and_probabilities(url):
 def test_what_it_cannot_honour_is_a_400_naming_the_field(url, body, param):
     reply = _complete(url, **body)
     assert reply.status_code == 400 and param in reply.json()["error"], reply.text
+
+
+def test_props_give_the_context_defaults_and_template(url):
+    props = requests.get(url + "/props", params={"model": CHAT}, timeout=10).json()
+    settings = props["default_generation_settings"]
+    ctx = requests.post(url + "/tokenize", json={"model": CHAT, "prompt": "x"}, timeout=10).json()["max_model_len"]
+    assert settings["n_ctx"] == ctx and settings["model"] == CHAT
+    assert {k: settings["params"][k] for k in ("temperature", "top_k", "top_p", "min_p", "n_predict", "seed")} == {
+        "temperature": 0.8,
+        "top_k": 40,
+        "top_p": 0.95,
+        "min_p": 0.05,
+        "n_predict": -1,
+        "seed": -1,
+    }
+    assert "<|im_start|>" in props["chat_template"] and props["model_path"].endswith(".gguf")
+    assert props["total_slots"] >= 1 and props["modalities"] == {"vision": False, "audio": False}
+    assert requests.get(url + "/props", params={"model": "no-such-model"}, timeout=10).status_code == 404
