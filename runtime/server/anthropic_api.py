@@ -51,7 +51,10 @@ def prompt(f: RequestFields, served: ServedModel, plan: OutputPlan) -> str:
         raise bad_request(str(e), e.field) from None
     messages = chat_messages(f.raw("messages"))
     extra = {"enable_thinking": plan.thinking} if plan.thinking is not None else {}
-    return render_chat(served, system_and_turns(system, messages), extra, **plan.prompt_args(served))
+    # a final assistant message is prefill: the reply goes on from its text
+    final_is_prefill = isinstance(messages, list) and bool(messages) and messages[-1].get("role") == "assistant"
+    turns = system_and_turns(system, messages)
+    return render_chat(served, turns, extra, continue_final=final_is_prefill, **plan.prompt_args(served))
 
 
 def prompt_ids(f: RequestFields, served: ServedModel) -> list[int]:

@@ -90,6 +90,11 @@ CHAT_MESSAGES_FIELD = Field("messages", Kind.JSON, required=True, schema=CHAT_ME
 CHAT_TEMPLATE_KWARGS = Field(
     "chat_template_kwargs", Kind.JSON, {}, schema=OBJECT, description="variables for the chat template"
 )
+# vLLM's: a chat that ends in an assistant message the model goes on with (prefill), or none opened
+ADD_GENERATION_PROMPT = Field("add_generation_prompt", Kind.BOOLEAN, True, description="open the assistant's turn")
+CONTINUE_FINAL_MESSAGE = Field(
+    "continue_final_message", Kind.BOOLEAN, False, description="go on with the final assistant message's text"
+)
 OPENAI_TOOLS_FIELD = Field("tools", Kind.JSON, schema=OPENAI_TOOLS)
 TOOL_CHOICE = Field("tool_choice", Kind.JSON, schema=OPENAI_TOOL_CHOICE)
 LOGPROBS = Field("logprobs", Kind.BOOLEAN, False)

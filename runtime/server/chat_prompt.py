@@ -21,10 +21,15 @@ def render_chat(
     add_generation_prompt: bool = True,
     tools: list[dict] | None = None,
     note: str | None = None,
+    continue_final: bool = False,
 ) -> str:
     """Prompt text for `messages`; `extra` holds template variables (chat_template_kwargs);
     `tools` the OpenAI-shaped tools the template renders (None: no tools); `note` system text
-    added after the request's own system message (generic tool calling's instructions)."""
+    added after the request's own system message (generic tool calling's instructions).
+    `continue_final`: the final message, an assistant's, is left open for the model to go on
+    with (Anthropic's prefill, vLLM's continue_final_message)."""
+    if continue_final:
+        return _continued(served, messages, extra, field, tools, note)
     if served.chat is None:
         raise ApiError(falcon.HTTP_500, served.chat_error or "the bundle has no usable chat template")
     try:
@@ -50,6 +55,48 @@ def render_chat(
         raise bad_request(f"the chat template failed on these messages: {e}", field) from None
     except TypeError as e:  # a chat_template_kwargs key that collides with render's own arguments
         raise bad_request(f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
+
+
+def continuation(f) -> dict:
+    """render_chat's `add_generation_prompt` and `continue_final` from vLLM's two fields of a
+    body (ADD_GENERATION_PROMPT, CONTINUE_FINAL_MESSAGE): continuing a message opens no turn."""
+    if not f.boolean("continue_final_message"):
+        return {"add_generation_prompt": f.boolean("add_generation_prompt"), "continue_final": False}
+    if f.has("add_generation_prompt") and f.boolean("add_generation_prompt"):
+        raise bad_request(
+            "continue_final_message continues the final message: add_generation_prompt must be false",
+            "add_generation_prompt",
+        )
+    return {"add_generation_prompt": False, "continue_final": True}
+
+
+def _continued(served, messages, extra, field, tools, note) -> str:
+    """The chat rendered up to the end of its final assistant message's text, as transformers'
+    continue_final_message cuts it: the template closes that turn (its end-of-turn tokens, the
+    next turn's header), and the prompt must stop where the text does. A final message without
+    text opens a fresh turn."""
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return render_chat(served, messages, extra, field, False, tools, note)  # its own 400
+    if messages[-1].get("role") != "assistant":
+        raise bad_request("the final message must be the assistant's to be continued", f"{field}[{len(messages) - 1}]")
+    rendered = render_chat(served, messages, extra, field, False, tools, note)
+    try:
+        last = normalize_messages(messages, served.chat.source, field)[-1]
+    except MessageError as e:
+        raise bad_request(str(e), e.field) from None
+    final = last["content"]
+    if not final.strip():  # nothing to go on with: a turn that only called tools is history, an empty one none
+        kept = messages if last.get("tool_calls") else messages[:-1]
+        return render_chat(served, kept, extra, field, True, tools, note)
+    at = rendered.rfind(final.strip())
+    if at < 0:
+        raise bad_request(
+            "the chat template does not write the final assistant message's text as sent, so it cannot be continued",
+            f"{field}[{len(messages) - 1}].content",
+        )
+    # the text as sent where the template kept its spacing, else as the template trimmed it
+    whole = final.lstrip()
+    return rendered[: at + (len(whole) if rendered.startswith(whole, at) else len(final.strip()))]
 
 
 def with_system_note(turns: list[dict], note: str) -> list[dict]:

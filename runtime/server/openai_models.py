@@ -2,7 +2,9 @@
 vLLM extras rfc takes (runtime/server/openai_params.py reads them)."""
 
 from rfc.runtime.server.api_fields import (
+    ADD_GENERATION_PROMPT,
     CHAT_MESSAGES_FIELD,
+    CONTINUE_FINAL_MESSAGE,
     CHAT_TEMPLATE_KWARGS,
     FREQUENCY_PENALTY,
     JSON_SCHEMA,
@@ -139,6 +141,8 @@ CHAT = RequestModel(
         ),
         Field("function_call", Kind.JSON, schema=OPENAI_TOOL_CHOICE, description="deprecated: tool_choice"),
         CHAT_TEMPLATE_KWARGS,
+        ADD_GENERATION_PROMPT,
+        CONTINUE_FINAL_MESSAGE,
         Field(
             "reasoning_format",
             Kind.STRING,

@@ -18,7 +18,7 @@ from rfc.runtime.text.assistant_output import OutputSpec
 from rfc.runtime.engine.budget import BudgetRule
 from rfc.runtime.engine.engine import GenerationRequest
 from rfc.runtime.sampling.sampler import SamplingParams
-from rfc.runtime.server.chat_prompt import render_chat
+from rfc.runtime.server.chat_prompt import continuation, render_chat
 from rfc.runtime.server.api_fields import MAX_STOP_STRINGS, speculative_request
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
@@ -262,7 +262,7 @@ def _render_chat(
     extra = f.raw("chat_template_kwargs")
     if not isinstance(extra, dict):
         raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
-    return render_chat(served, f.raw("messages"), extra, tools=tools, note=note)
+    return render_chat(served, f.raw("messages"), extra, tools=tools, note=note, **continuation(f))
 
 
 def _stop(f: RequestFields) -> tuple[str, ...]:

@@ -17,14 +17,16 @@ import falcon
 from rfc.runtime.server import integrations
 from rfc.runtime.server import response_schemas as replies
 from rfc.runtime.server.api_fields import (
+    ADD_GENERATION_PROMPT,
     CHAT_MESSAGES_FIELD,
+    CONTINUE_FINAL_MESSAGE,
     CHAT_TEMPLATE_KWARGS,
     MODEL,
     OPENAI_TOOLS_FIELD,
     TOKEN_IDS,
     TOOL_CHOICE,
 )
-from rfc.runtime.server.chat_prompt import render_chat
+from rfc.runtime.server.chat_prompt import continuation, render_chat
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.embeddings import INPUTS, embed, encode_inputs, shorten
 from rfc.runtime.server.errors import bad_request
@@ -64,7 +66,8 @@ TOKENIZE = RequestModel(
             Kind.BOOLEAN,
             description="vLLM's: BOS as the generation routes add it (default true)",
         ),
-        Field("add_generation_prompt", Kind.BOOLEAN, True, description="vLLM's, with messages"),
+        ADD_GENERATION_PROMPT.but(description="vLLM's, with messages"),
+        CONTINUE_FINAL_MESSAGE.but(description="vLLM's, with messages"),
         CHAT_TEMPLATE_KWARGS,
         OPENAI_TOOLS_FIELD,
         Field("return_token_strs", Kind.BOOLEAN, False, description="vLLM's: each token's vocabulary string"),
@@ -163,9 +166,7 @@ def _vllm_tokens(f: RequestFields, served: ServedModel) -> dict:
             raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
         plan = tool_plan(f.raw("tools"), None)  # as /v1/chat/completions renders them
         args = plan.prompt_args(served)
-        text = render_chat(
-            served, f.raw("messages"), extra, add_generation_prompt=f.boolean("add_generation_prompt"), **args
-        )
+        text = render_chat(served, f.raw("messages"), extra, **args, **continuation(f))
         field = "messages"
     # with special tokens: the ids the generation routes feed (BOS as the model adds it, never doubled)
     ids = (

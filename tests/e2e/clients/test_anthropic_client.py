@@ -2,6 +2,7 @@
 (The SDK no longer takes sampling parameters as arguments; `extra_body` carries them.)"""
 
 import anthropic
+import requests
 import openai
 import pytest
 
@@ -95,3 +96,38 @@ def test_x_api_key_is_accepted(demo_bundle):
         assert e.value.body["error"]["type"] == "authentication_error"
     finally:
         proc.stop()
+
+
+def test_a_final_assistant_message_is_prefill(client, url):
+    """Anthropic's prefill: the reply goes on from the final assistant message's text, as the
+    same prompt text completed through /v1/completions does (and vLLM's continue_final_message)."""
+    prefill = [*MESSAGES, {"role": "assistant", "content": "My name is"}]
+    reply = client.messages.create(model=CHAT, system=SYSTEM, messages=prefill, max_tokens=8, extra_body=GREEDY)
+    fresh = requests.post(
+        url + "/apply-template",
+        json={"model": CHAT, "messages": [{"role": "system", "content": SYSTEM}, *MESSAGES]},
+        timeout=30,
+    ).json()["prompt"]
+    raw = openai.OpenAI(base_url=url + "/v1", api_key="unused").completions.create(
+        model=CHAT, prompt=fresh + "My name is", max_tokens=8, temperature=0
+    )
+    assert reply.content[0].text == raw.choices[0].text and reply.content[0].text.strip()
+    assert reply.usage.input_tokens == raw.usage.prompt_tokens
+    counted = client.messages.count_tokens(model=CHAT, system=SYSTEM, messages=prefill)
+    assert counted.input_tokens == reply.usage.input_tokens
+    chat = openai.OpenAI(base_url=url + "/v1", api_key="unused").chat.completions.create(
+        model=CHAT,
+        messages=[{"role": "system", "content": SYSTEM}, *prefill],
+        max_tokens=8,
+        temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )
+    assert chat.choices[0].message.content == reply.content[0].text
+    with pytest.raises(openai.BadRequestError) as e:  # vLLM refuses the two together too
+        openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0).chat.completions.create(
+            model=CHAT,
+            messages=prefill,
+            max_tokens=1,
+            extra_body={"continue_final_message": True, "add_generation_prompt": True},
+        )
+    assert e.value.body["param"] == "add_generation_prompt"
