@@ -186,6 +186,12 @@ class Engine:
                 request.max_tokens,
             )
         request.params.validate(self.model.vocab_size)
+        if any(not isinstance(t, int) or not 0 <= t < self.model.vocab_size for t in request.stop_ids):
+            raise RequestError("stop_token_ids", f"token ids must be integers in [0, {self.model.vocab_size})")
+        if request.params.min_tokens > request.max_tokens:
+            raise RequestError(
+                "min_tokens", f"min_tokens {request.params.min_tokens} exceeds max_tokens {request.max_tokens}"
+            )
         if (problem := stop_problem(request.stop)) is not None:
             raise RequestError("stop", problem)
         if (
@@ -205,14 +211,16 @@ class Engine:
             seq_id=request_id,
             prompt_ids=list(request.prompt_ids),
             max_tokens=request.max_tokens,
-            end_ids=frozenset() if request.ignore_eos else self.eog_ids,
+            end_ids=(frozenset() if request.ignore_eos else self.eog_ids) | frozenset(request.stop_ids),
         )
         state = RequestState(request_id=request_id, request=request, seq=seq)
         state.sampler = Sampler(
-            request.params, request.prompt_ids, self.model.vocab_size, self.model.executor.host_sampling
+            request.params, request.prompt_ids, self.model.vocab_size, self.model.executor.host_sampling, seq.end_ids
         )
-        state.detok = IncrementalDetokenizer(self.model.tokenizer, request.prompt_ids, keep_leading_space=True)
-        state.stopper = StopChecker(list(request.stop))
+        state.detok = IncrementalDetokenizer(
+            self.model.tokenizer, request.prompt_ids, request.skip_special_tokens, keep_leading_space=True
+        )
+        state.stopper = StopChecker(list(request.stop), request.include_stop)
         state.matcher = request.constraint.matcher() if request.constraint is not None else None
         state.spec = spec
         with self._lock:

@@ -59,6 +59,9 @@ class GenerationRequest:
     constraint: Any = None  # a runtime.constraints.Grammar: only the tokens it allows are sampled
     owner: str | None = None  # the API client that asked (server: a key's digest); None: anonymous
     speculative: SpecRequest | None = None  # speculative decoding: None takes the engine's own setting
+    stop_ids: tuple[int, ...] = ()  # tokens that end it as the model's end-of-generation tokens do (vLLM's)
+    include_stop: bool = False  # the matched stop string stays in the text (vLLM's include_stop_str_in_output)
+    skip_special_tokens: bool = True  # special tokens' text left out of the output (vLLM's)
 
 
 @dataclass(frozen=True)

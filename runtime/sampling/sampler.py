@@ -12,7 +12,7 @@ for presence and frequency; we keep one window so one knob bounds all three).
 import math
 import secrets
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +53,7 @@ class SamplingParams:
     penalty_last_n: int = 64  # window of recent tokens for penalties; 0 off, -1 whole context
     logit_bias: Mapping[int, float] = field(default_factory=dict)  # -100 effectively bans
     seed: int | None = None  # None -> OS entropy
+    min_tokens: int = 0  # the end tokens are banned until this many have been drawn (vLLM's)
 
     @property
     def is_greedy(self) -> bool:
@@ -89,6 +90,7 @@ class SamplingParams:
                 f"bias for token {token} must be in [-10000, 10000]",
             )
         _require(self.seed is None or _is_int(self.seed), "seed", "must be an integer or None")
+        _require(_is_int(self.min_tokens) and self.min_tokens >= 0, "min_tokens", "must be an integer >= 0")
 
 
 class Sampler:
@@ -101,7 +103,9 @@ class Sampler:
     gives the same tokens run after run on one of them, not across the two."""
 
     def __init__(self, params: SamplingParams, prompt_tokens: Sequence[int], vocab_size: int,
-                 kernels: SamplingKernels | None = None):  # fmt: skip
+                 kernels: SamplingKernels | None = None, end_ids: Iterable[int] = ()):  # fmt: skip
+        """`end_ids`: the tokens that would end the request, banned while fewer than
+        params.min_tokens have been drawn."""
         params.validate(vocab_size)
         self.params = params
         self._kernels = kernels
@@ -112,6 +116,7 @@ class Sampler:
         self._rng = np.random.default_rng(seed)
         self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
         self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32)
+        self._end_ids = np.array(sorted(end_ids) if params.min_tokens else [], dtype=np.int64)
         self._penalized = params.penalty_last_n != 0 and (
             params.repetition_penalty != 1 or params.presence_penalty != 0 or params.frequency_penalty != 0
         )
@@ -169,8 +174,8 @@ class Sampler:
 
     @property
     def needs_host(self) -> bool:
-        """Whether this request's sampling needs the host's logits (logit_bias)."""
-        return bool(self._bias_ids.size)
+        """Whether this request's sampling needs the host's logits (logit_bias, min_tokens)."""
+        return bool(self._bias_ids.size) or bool(self._end_ids.size)
 
     def penalty_counts(self) -> dict[int, int] | None:
         """The penalty window's token counts (None: penalties off); not to be modified."""
@@ -201,10 +206,13 @@ class Sampler:
         caller must not write to the result."""
         if logits.shape != (self.vocab_size,):
             raise SamplingError("logits", f"shape {logits.shape} != ({self.vocab_size},)")
-        changes = bool(self._bias_ids.size) or (self._penalized and bool(self._counts))
+        banned = bool(self._end_ids.size) and self.drawn < self.params.min_tokens
+        changes = bool(self._bias_ids.size) or (self._penalized and bool(self._counts)) or banned
         x = logits.astype(np.float32, copy=copy or changes)
         if self._bias_ids.size:
             x[self._bias_ids] += self._bias_values  # dict keys: no repeated ids
+        if banned:
+            x[self._end_ids] = -np.inf
         if self._penalized and self._counts:
             self._apply_penalties(x)
         return x

@@ -31,6 +31,8 @@ from rfc.runtime.server.api_fields import (
 )
 from rfc.runtime.server.fields import Field, Kind, RequestModel
 from rfc.runtime.server.structured import MAX_TOOLS
+from rfc.runtime.server.vllm_sampling import CHAT_ECHO
+from rfc.runtime.server.vllm_sampling import FIELDS as VLLM_SAMPLING_FIELDS
 from rfc.runtime.server.vllm_structured import FIELDS as VLLM_STRUCTURED_FIELDS
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
@@ -88,6 +90,7 @@ _SHARED = (
     Field("json_schema", Kind.JSON, schema=JSON_SCHEMA, description="llama.cpp's: constrain the output to this schema"),
     Field("grammar", Kind.STRING, description="llama.cpp's: constrain the output to this GBNF grammar"),
     *VLLM_STRUCTURED_FIELDS,
+    *VLLM_SAMPLING_FIELDS,
     SPECULATIVE_TYPE,
     SPECULATIVE_N_MAX,
 )
@@ -143,6 +146,7 @@ CHAT = RequestModel(
         CHAT_TEMPLATE_KWARGS,
         ADD_GENERATION_PROMPT,
         CONTINUE_FINAL_MESSAGE,
+        CHAT_ECHO,
         Field(
             "reasoning_format",
             Kind.STRING,

@@ -27,6 +27,7 @@ from rfc.runtime.server.served_models import ServedModel
 from rfc.runtime.server.infill import fim_prompt
 from rfc.runtime.server.prompt_logprobs import prompt_logprobs
 from rfc.runtime.server.openai_models import MAX_CHOICES
+from rfc.runtime.server import vllm_sampling
 from rfc.runtime.server.vllm_structured import vllm_constraints
 from rfc.runtime.server.structured import (
     OutputPlan,
@@ -89,6 +90,7 @@ def completion_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
         prompt_ids, text = prompt.ids, prompt.text
         if suffix:  # fill in the middle: the prompt is the prefix, laid out in the model's FIM tokens
             prompt_ids = fim_prompt(served, text, suffix)
+        prompt_ids = vllm_sampling.truncated(f, prompt_ids, served.model.context_length)
         max_tokens = budget(served, COMPLETION_BUDGET, f.integer("max_tokens"), prompt_ids)
         built.append(_build(f, served, prompt_ids, max_tokens, logprobs, constraint))
         if f.boolean("echo"):
@@ -109,11 +111,13 @@ def chat_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
         raise bad_request("only text output is supported: 'modalities' may hold \"text\" alone", "modalities")
     if f.raw("audio") is not None:
         raise bad_request("audio output is not supported: the models answer in text", "audio")
+    if f.boolean("echo"):
+        raise bad_request("'echo' on chat completions is not supported (vLLM's)", "echo")
     plan = _tools(f)
     _response_format(f, served, plan)
     plan.split_reasoning = f.string("reasoning_format") != "none"
     prompt = _render_chat(f, served, **plan.prompt_args(served))
-    prompt_ids = served.prompts.encode(prompt, "messages")
+    prompt_ids = vllm_sampling.truncated(f, served.prompts.encode(prompt, "messages"), served.model.context_length)
     top = f.integer("top_logprobs")
     logprobs = (top or 0) if f.boolean("logprobs") else None
     if top is not None and logprobs is None:
@@ -194,11 +198,10 @@ def _build(
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
     include_usage = options.get("include_usage") is True
-    if constraint is not None and f.boolean("ignore_eos"):
-        # a finished grammar allows only the end token: generating past it would break the grammar
-        raise bad_request(
-            "ignore_eos cannot be combined with a response format, grammar or forced tool call", "ignore_eos"
-        )
+    for name in ("ignore_eos", "min_tokens"):
+        if constraint is not None and (f.integer(name) if name == "min_tokens" else f.boolean(name)):
+            # a finished grammar allows only the end token: generating past it would break the grammar
+            raise bad_request(f"{name} cannot be combined with a response format, grammar or forced tool call", name)
     generation = GenerationRequest(
         prompt_ids=prompt_ids,
         params=_sampling(f, served),
@@ -208,6 +211,9 @@ def _build(
         logprobs=logprobs,
         constraint=constraint,
         speculative=speculative_request(f),
+        stop_ids=vllm_sampling.stop_token_ids(f),
+        include_stop=f.boolean("include_stop_str_in_output"),
+        skip_special_tokens=f.boolean("skip_special_tokens"),
     )
     return OpenAIRequest(generation=generation, stream=stream, include_usage=stream and include_usage)
 
@@ -223,12 +229,14 @@ def _sampling(f: RequestFields, served: ServedModel) -> SamplingParams:
         frequency_penalty=f.number("frequency_penalty"),
         logit_bias=_logit_bias(f.raw("logit_bias"), served.model.vocab_size),
         seed=f.integer("seed"),
+        min_tokens=f.integer("min_tokens"),
     )
 
 
 def _refuse_unsupported(f: RequestFields) -> None:
     if f.integer("best_of") != 1:
         raise bad_request("best_of > 1 is not supported", "best_of")
+    vllm_sampling.refuse_unsupported(f)
 
 
 @dataclass(frozen=True)

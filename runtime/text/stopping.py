@@ -21,12 +21,13 @@ def stop_problem(stop: Sequence[str]) -> str | None:
 
 class StopChecker:
     """Incremental stop-string matching over streamed text. Holds back text that might be the
-    start of a stop string, never returns the stop string itself.
+    start of a stop string, and returns the stop string itself only with `include`.
 
     Empty stop strings are ignored (they would stop before the first character)."""
 
-    def __init__(self, stop: Sequence[str]):
+    def __init__(self, stop: Sequence[str], include: bool = False):
         self._stops = tuple(s for s in dict.fromkeys(stop) if s)
+        self._include = include  # the matched stop string ends the text too (vLLM's include_stop_str_in_output)
         self._fails = [_failure(s) for s in self._stops]  # once per request, not per piece
         self._held = ""
         self.matched: str | None = None  # the stop string that ended the text, once one has
@@ -48,7 +49,7 @@ class StopChecker:
         if matched is not None:
             self._held = ""
             self.matched = matched
-            return buffer[:start], True
+            return buffer[: start + (len(matched) if self._include else 0)], True
         keep = _longest_stop_prefix_tail(buffer, self._stops, self._fails)
         self._held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep], False

@@ -295,3 +295,15 @@ def test_bad_logits_are_refused():
         make().sample(np.full(VOCAB, np.nan, dtype=np.float32))
     with pytest.raises(SamplingError, match="logits"):
         make(temperature=0.0).sample(np.full(VOCAB, -np.inf, dtype=np.float32))
+
+
+def test_min_tokens_bans_the_end_tokens_until_enough_are_drawn():
+    logits = random_logits(21)
+    end = int(np.argmax(logits))  # greedy would end at once
+    sampler = Sampler(SamplingParams(temperature=0, min_tokens=3), [], VOCAB, end_ids={end, 5})
+    assert sampler.needs_host
+    drawn = [sampler.sample(logits) for _ in range(4)]
+    assert end not in drawn[:3] and 5 not in drawn[:3] and drawn[3] == end
+    assert not Sampler(SamplingParams(min_tokens=0), [], VOCAB, end_ids={end}).needs_host
+    with pytest.raises(SamplingError, match="min_tokens"):
+        SamplingParams(min_tokens=-1).validate(VOCAB)

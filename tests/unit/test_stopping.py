@@ -120,3 +120,10 @@ def test_stop_strings_longer_than_the_bound_are_refused():
 
     assert stop_problem(["x" * MAX_STOP_CHARS, "y"]) is None
     assert str(MAX_STOP_CHARS) in stop_problem(["y", "x" * (MAX_STOP_CHARS + 1)])
+
+
+def test_include_keeps_the_matched_stop_string():
+    checker = StopChecker(["STOP"], include=True)
+    assert checker.push("abc ST") == ("abc ", False)
+    assert checker.push("OP and more") == ("STOP", True)
+    assert checker.matched == "STOP"
