@@ -230,6 +230,13 @@ class RequestFields:
         return self._values[name]
 
 
+def at_default(value: object, *defaults: object) -> bool:
+    """Whether a field another server defines, which this one does not implement, was left
+    unset (null) or at one of its defaults: those are accepted, any other value refused. A
+    boolean matches only a boolean default (True == 1 in Python)."""
+    return value is None or any(value == d and isinstance(value, bool) == isinstance(d, bool) for d in defaults)
+
+
 def read_query(req, f: Field):
     """A query parameter (falcon parses it: a wrong value is its 400, naming the parameter)."""
     if f.kind is Kind.INTEGER:

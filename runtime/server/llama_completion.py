@@ -26,17 +26,17 @@ import time
 
 import falcon
 
+from rfc.artifacts import RFC_VERSION
 from rfc.runtime.engine.budget import BudgetRule, PastContext
 from rfc.runtime.engine.engine import EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.api_fields import JSON_SCHEMA, MAX_STOP_STRINGS, MODEL, SEED, TEMPERATURE, TOP_K, TOP_P
-from rfc.runtime.server.errors import bad_request
-from rfc.artifacts import RFC_VERSION
-from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel, read_query
-from rfc.runtime.server.generation import Answer, BodyResource, budget, check_token_ids, generation_operations, run
-from rfc.runtime.server.openai_format import TokenPieces, output_events
 from rfc.runtime.server.config import ServerConfig
+from rfc.runtime.server.errors import bad_request
+from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel, at_default, read_query
+from rfc.runtime.server.generation import Answer, BodyResource, budget, check_token_ids, generation_operations, run
 from rfc.runtime.server.model_info import has_chat_template
+from rfc.runtime.server.openai_format import TokenPieces, output_events
 from rfc.runtime.server.openapi import Operation
 from rfc.runtime.server.response_schemas import (
     JSON,
@@ -123,8 +123,7 @@ COMPLETION = RequestModel(
 
 def completion_request(f: RequestFields, served: ServedModel) -> GenerationRequest:
     for name, off in _OFF.items():
-        value = f.raw(name)
-        if value is not None and value != off:
+        if not at_default(f.raw(name), off):
             raise bad_request(f"'{name}' is not supported (only {str(off).lower()}, its off value)", name)
     for name in _ABSENT:
         if f.raw(name) is not None:

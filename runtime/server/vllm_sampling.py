@@ -17,7 +17,7 @@ chat's `echo`. Never silently ignored: each changes what vLLM answers."""
 
 from rfc.runtime.server.api_fields import MAX_STOP_STRINGS
 from rfc.runtime.server.errors import bad_request
-from rfc.runtime.server.fields import Field, Kind, RequestFields
+from rfc.runtime.server.fields import Field, Kind, RequestFields, at_default
 
 MAX_STOP_TOKEN_IDS = 4 * MAX_STOP_STRINGS  # the set is checked at every sampled token
 
@@ -53,11 +53,7 @@ CHAT_ECHO = Field("echo", Kind.BOOLEAN, False, description="vLLM's: refused unle
 
 def refuse_unsupported(f: RequestFields) -> None:
     for name, defaults in _DEFAULTS.items():
-        value = f.raw(name)
-        # True == 1 in Python: a boolean is a default only where the default is one
-        if value is not None and not any(
-            value == d and isinstance(value, bool) == isinstance(d, bool) for d in defaults
-        ):
+        if not at_default(f.raw(name), *defaults):
             raise bad_request(f"'{name}' is not supported (vLLM's; leave it at its default)", name)
 
 
