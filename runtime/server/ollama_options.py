@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.api_fields import MAX_STOP_STRINGS
 from rfc.runtime.server.errors import bad_request
-from rfc.runtime.server.fields import Field, Kind, RequestModel
+from rfc.runtime.server.fields import Field, Kind, RequestModel, at_default
 
 # Samplers rfc does not have, with the value that turns each off.
 UNSUPPORTED_UNLESS = {"mirostat": 0, "typical_p": 1.0, "tfs_z": 1.0}
@@ -64,8 +64,7 @@ def parse_options(raw: object) -> OllamaOptions:
         raise bad_request("'options' must be an object", "options")
     f = OPTIONS.read(raw, "options.")
     for name, off in UNSUPPORTED_UNLESS.items():
-        value = f.number(name)
-        if value is not None and value != off:
+        if not at_default(f.number(name), off):
             raise bad_request(f"options.{name} is not supported (only {off}, which turns it off)", f"options.{name}")
     seed = f.integer("seed")
     params = SamplingParams(
