@@ -264,7 +264,7 @@ class Matcher:
     def __init__(self, grammars: Grammars, text: str):
         self._m = llguidance.LLMatcher(grammars.tokenizer, text, log_level=0, limits=grammars.parser_limits)
         if self._m.is_error():
-            raise GrammarError("grammar", self._m.get_error())
+            raise self._error("")
         self._vocab = grammars.vocab_size
         self._words = np.empty((self._vocab + 31) // 32, dtype=np.int32)
 
@@ -272,13 +272,20 @@ class Matcher:
         """A copy of `logits` with the tokens the grammar forbids next at -inf."""
         self._m.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
         if self._m.is_error():
-            raise GrammarError("grammar", self._m.get_error())
+            raise self._error("")
         allowed = np.unpackbits(self._words.view(np.uint8), bitorder="little", count=self._vocab).view(bool)
         return np.where(allowed, logits, np.float32(-np.inf)).astype(np.float32, copy=False)
 
     def accept(self, token: int) -> None:
         if not self._m.consume_token(token):
-            raise GrammarError("grammar", f"token {token} breaks the grammar: {self._m.get_error()}")
+            raise self._error(f"token {token} breaks the grammar: ")
+
+    def _error(self, what: str) -> GrammarError:
+        """llguidance's error, its first line for the client; the rest (the parser's state, the
+        grammar's text) goes to the log only."""
+        full = self._m.get_error()
+        log.warning("constrained decoding failed: %s%s", what, full)
+        return GrammarError("grammar", what + (full.splitlines() or [""])[0])
 
     @property
     def is_done(self) -> bool:

@@ -9,7 +9,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from rfc.runtime.sampling.constraints import GrammarError, Grammars
+from rfc.runtime.sampling.constraints import GrammarError, GrammarLimits, Grammars
 from tests.conftest import skip_reason, smollm2
 
 pytestmark = pytest.mark.shared
@@ -43,14 +43,20 @@ SCHEMAS = [
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory):
+def smol_tokenizer(tmp_path_factory) -> str:
+    """SmolLM2's tokenizer.json, as its bundle holds it."""
     if not SMOLLM2.is_file():
         pytest.skip(skip_reason(SMOLLM2))
     from tests.conftest import rfc
 
     out = tmp_path_factory.mktemp("constraints") / "smol"
     rfc("compile", SMOLLM2, "-o", out, "-q", "--reference-only", check=True)
-    return Grammars((out / "tokenizer.json").read_text(encoding="utf-8"), 49152, [2])
+    return (out / "tokenizer.json").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def smol(smol_tokenizer):
+    return Grammars(smol_tokenizer, 49152, [2])
 
 
 @pytest.mark.parametrize("schema", SCHEMAS)
@@ -167,3 +173,15 @@ def test_open_numbers_have_at_most_16_integral_digits(smol):
     assert _accepts(g, '{"i":-9999999999999998,"x":9999999999999999.25}')
     assert not _accepts(g, '{"i":10000000000000000}') and not _accepts(g, '{"x":-10000000000000000}')
     assert _accepts(g, '{"big":100000000000000000}')  # a bound the schema sets is its own
+
+
+def test_a_failure_while_decoding_tells_the_client_one_line(smol_tokenizer, caplog):
+    """llguidance's error carries its parser state and the grammar's text: the client gets its
+    first line, the log the rest. (Its item limit, reached with the repetition bound lifted.)"""
+    lifted = Grammars(smol_tokenizer, 49152, [2], limits=GrammarLimits(max_repeat=10**7))
+    m = lifted.lark('start: (("x"~100)~100)~100', "grammar").matcher()
+    with caplog.at_level("WARNING", logger="rfc.grammar"), pytest.raises(GrammarError) as e:
+        for _ in range(8):
+            m.accept(int(np.argmax(m.mask(np.zeros(49152, dtype=np.float32)))))
+    assert "\n" not in str(e.value) and "Too many items" in str(e.value)
+    assert "<grammar>" in caplog.text and "<grammar>" not in str(e.value)
