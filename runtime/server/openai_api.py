@@ -83,7 +83,8 @@ class _GenerationResource(BodyResource):
             for fmt in formats:
                 fmt.fingerprint = served.fingerprint
             choices = Choices(formats, request.prompts)
-            return Answer(whole=choices.reply, stream=OpenAIStreamRenderer(choices, request.include_usage, req.path))
+            stream = OpenAIStreamRenderer(choices, request.include_usage, req.path, request.continuous_usage)
+            return Answer(whole=choices.reply, stream=stream)
 
         run_all(served, request.choices or (request.generation,), req, resp, request.stream, answer)
 

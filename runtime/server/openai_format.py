@@ -296,11 +296,13 @@ class ChatFormat(CompletionFormat):
 class OpenAIStreamRenderer(SseRenderer):
     """SSE chunks for one request's choices: each choice's first chunks (chat: the role) at
     the start, one chunk per event with text (or logprobs) naming its choice's index, an
-    error object if generation failed, the usage chunk when asked, [DONE]."""
+    error object if generation failed, the usage chunk when asked, [DONE]. With `continuous`
+    (vLLM's continuous_usage_stats) every chunk carries the usage so far, not null."""
 
-    def __init__(self, choices: Choices, include_usage: bool, path: str):
+    def __init__(self, choices: Choices, include_usage: bool, path: str, continuous: bool = False):
         self._choices = choices
         self._include_usage = include_usage
+        self._continuous = continuous
         self._path = path
         self._started = False
 
@@ -324,5 +326,5 @@ class OpenAIStreamRenderer(SseRenderer):
 
     def _sse(self, chunk: dict) -> bytes:
         if self._include_usage:
-            chunk["usage"] = None
+            chunk["usage"] = self._choices.usage() if self._continuous else None
         return sse(chunk)

@@ -66,7 +66,13 @@ _LOGIT_BIAS = {"type": "object", "additionalProperties": {"type": "number", "min
 _SHARED = (
     MODEL,
     STREAM,
-    Field("stream_options", Kind.JSON, {}, schema=OBJECT, description="include_usage: a last chunk with the usage"),
+    Field(
+        "stream_options",
+        Kind.JSON,
+        {},
+        schema=OBJECT,
+        description="include_usage: a last chunk with the usage; with vLLM's continuous_usage_stats, in every chunk",
+    ),
     TEMPERATURE,
     TOP_P,
     TOP_K,

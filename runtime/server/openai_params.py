@@ -49,6 +49,7 @@ class OpenAIRequest:
     choices: tuple[GenerationRequest, ...] = ()  # every choice: `n` per prompt, prompt after prompt
     prompts: int = 1
     echo: tuple["Echo", ...] = ()  # per prompt: what `echo` shows before its choices' text
+    continuous_usage: bool = False  # vLLM's stream_options.continuous_usage_stats: usage in every chunk
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def chat_request(f: RequestFields, served: ServedModel) -> OpenAIRequest:
         built.include_usage,
         plan.output_spec(served, prompt),
         legacy_functions=f.raw("functions") is not None and f.raw("tools") is None,
+        continuous_usage=built.continuous_usage,
     )
     return with_choices(request, [request.generation], f.integer("n"))
 
@@ -198,6 +200,7 @@ def _build(
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
     include_usage = options.get("include_usage") is True
+    continuous = include_usage and options.get("continuous_usage_stats") is True
     for name in ("ignore_eos", "min_tokens"):
         if constraint is not None and (f.integer(name) if name == "min_tokens" else f.boolean(name)):
             # a finished grammar allows only the end token: generating past it would break the grammar
@@ -215,7 +218,12 @@ def _build(
         include_stop=f.boolean("include_stop_str_in_output"),
         skip_special_tokens=f.boolean("skip_special_tokens"),
     )
-    return OpenAIRequest(generation=generation, stream=stream, include_usage=stream and include_usage)
+    return OpenAIRequest(
+        generation=generation,
+        stream=stream,
+        include_usage=stream and include_usage,
+        continuous_usage=stream and continuous,
+    )
 
 
 def _sampling(f: RequestFields, served: ServedModel) -> SamplingParams:

@@ -6,7 +6,8 @@ do: finish_reason "stop", the token's text left out), `min_tokens` (the end toke
 `stop_token_ids` banned until that many tokens are out), `include_stop_str_in_output` (a matched
 stop string stays at the end of the text), `skip_special_tokens` (false: special tokens' text in
 the output), `truncate_prompt_tokens` (the prompt's last N tokens; -1: as many as the context
-holds with room for one generated token). Accepted, without effect on the output: `priority` and
+holds with room for one generated token), and in `stream_options` `continuous_usage_stats` (the
+usage so far in every chunk: runtime/server/openai_format.py). Accepted, without effect on the output: `priority` and
 `request_id` (scheduling and bookkeeping; rfc schedules first come, first served, and answers
 with ids of its own).
 

@@ -86,3 +86,30 @@ def test_defaults_and_scheduling_hints_are_accepted(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(messages=[{"role": "user", "content": "x"}], extra_body={"echo": True}, **GREEDY)
     assert e.value.body["param"] == "echo"
+
+
+def test_continuous_usage_stats_put_the_usage_in_every_chunk(client):
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = list(
+        client.chat.completions.create(
+            messages=[{"role": "user", "content": "Say hi"}],
+            max_tokens=8,
+            stream=True,
+            stream_options=options,
+            **GREEDY,
+        )
+    )
+    counts = [c.usage.completion_tokens for c in chunks]
+    assert all(c.usage is not None for c in chunks) and counts == sorted(counts) and counts[-1] == 8
+    assert len({c.usage.prompt_tokens for c in chunks}) == 1
+    plain = list(
+        client.chat.completions.create(
+            messages=[{"role": "user", "content": "Say hi"}],
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+            **GREEDY,
+        )
+    )
+    # OpenAI's: null in every chunk but the last, which has the whole usage
+    assert all(c.usage is None for c in plain[:-1]) and plain[-1].usage.completion_tokens == 8
