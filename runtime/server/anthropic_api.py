@@ -23,7 +23,7 @@ from rfc.runtime.text.reasoning import template_thinks
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.anthropic_blocks import chat_messages, content_blocks, output_plan, tool_use
 from rfc.runtime.server.anthropic_models import COUNT_TOKENS, MAX_STOP_STRINGS, MESSAGES
-from rfc.runtime.server.chat_prompt import render_chat
+from rfc.runtime.server.chat_prompt import ends_with_assistant, render_chat
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
@@ -51,10 +51,9 @@ def prompt(f: RequestFields, served: ServedModel, plan: OutputPlan) -> str:
         raise bad_request(str(e), e.field) from None
     messages = chat_messages(f.raw("messages"))
     extra = {"enable_thinking": plan.thinking} if plan.thinking is not None else {}
-    # a final assistant message is prefill: the reply goes on from its text
-    final_is_prefill = isinstance(messages, list) and bool(messages) and messages[-1].get("role") == "assistant"
     turns = system_and_turns(system, messages)
-    return render_chat(served, turns, extra, continue_final=final_is_prefill, **plan.prompt_args(served))
+    # a final assistant message is prefill: the reply goes on from its text
+    return render_chat(served, turns, extra, continue_final=ends_with_assistant(messages), **plan.prompt_args(served))
 
 
 def prompt_ids(f: RequestFields, served: ServedModel) -> list[int]:

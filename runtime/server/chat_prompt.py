@@ -57,10 +57,27 @@ def render_chat(
         raise bad_request(f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
 
 
+def ends_with_assistant(messages: object) -> bool:
+    """Whether a chat's final message is the assistant's: prefill, which llama-server, Ollama and
+    Anthropic's API continue."""
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and isinstance(messages[-1], dict)
+        and (messages[-1].get("role") == "assistant")
+    )
+
+
 def continuation(f) -> dict:
-    """render_chat's `add_generation_prompt` and `continue_final` from vLLM's two fields of a
-    body (ADD_GENERATION_PROMPT, CONTINUE_FINAL_MESSAGE): continuing a message opens no turn."""
-    if not f.boolean("continue_final_message"):
+    """render_chat's `add_generation_prompt` and `continue_final` for an OpenAI-shaped body with
+    vLLM's two fields (ADD_GENERATION_PROMPT, CONTINUE_FINAL_MESSAGE). Sent, they decide, as in
+    vLLM (continuing a message opens no turn: both true is a 400). Neither sent, a chat that ends
+    with the assistant's message is continued, as llama-server continues it."""
+    if f.has("continue_final_message"):
+        continue_final = f.boolean("continue_final_message")
+    else:
+        continue_final = not f.has("add_generation_prompt") and ends_with_assistant(f.raw("messages"))
+    if not continue_final:
         return {"add_generation_prompt": f.boolean("add_generation_prompt"), "continue_final": False}
     if f.has("add_generation_prompt") and f.boolean("add_generation_prompt"):
         raise bad_request(

@@ -11,7 +11,7 @@ from rfc.runtime.engine.budget import BudgetRule, PastContext
 from rfc.runtime.engine.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, GenerationRequest, RequestState, TokenEvent
 from rfc.runtime.text.messages import system_and_turns
 from rfc.runtime.server.anthropic_blocks import call_input
-from rfc.runtime.server.chat_prompt import render_chat
+from rfc.runtime.server.chat_prompt import ends_with_assistant, render_chat
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import budget, check_token_ids
@@ -120,6 +120,8 @@ def chat_prompt(served: ServedModel, f: RequestFields, plan: OutputPlan | None =
     args = plan.prompt_args(served) if plan is not None else {}
     if not isinstance(messages, list):  # the renderer names what is wrong with them
         return render_chat(served, messages, extra, **args), []
+    # a final assistant message is continued, as Ollama continues it
+    args["continue_final"] = ends_with_assistant(messages)
     return fitted_chat(served, messages, lambda kept: render_chat(served, kept, extra, **args))
 
 

@@ -26,7 +26,7 @@ from rfc.runtime.server.api_fields import (
     TOKEN_IDS,
     TOOL_CHOICE,
 )
-from rfc.runtime.server.chat_prompt import continuation, render_chat
+from rfc.runtime.server.chat_prompt import continuation, ends_with_assistant, render_chat
 from rfc.runtime.server.config import ServerConfig
 from rfc.runtime.server.embeddings import INPUTS, embed, encode_inputs, shorten
 from rfc.runtime.server.errors import bad_request
@@ -217,4 +217,9 @@ class ApplyTemplateResource(BodyResource):
         if not isinstance(extra, dict):
             raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs")
         plan = tool_plan(f.raw("tools"), f.raw("tool_choice"))  # as /v1/chat/completions renders them
-        resp.media = {"prompt": render_chat(served, f.raw("messages"), extra, **plan.prompt_args(served))}
+        # a final assistant message is continued, as llama-server's /apply-template shows it
+        continue_final = ends_with_assistant(f.raw("messages"))
+        prompt = render_chat(
+            served, f.raw("messages"), extra, continue_final=continue_final, **plan.prompt_args(served)
+        )
+        resp.media = {"prompt": prompt}

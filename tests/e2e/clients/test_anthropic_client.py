@@ -2,6 +2,7 @@
 (The SDK no longer takes sampling parameters as arguments; `extra_body` carries them.)"""
 
 import anthropic
+import ollama
 import requests
 import openai
 import pytest
@@ -123,6 +124,22 @@ def test_a_final_assistant_message_is_prefill(client, url):
         extra_body={"continue_final_message": True, "add_generation_prompt": False},
     )
     assert chat.choices[0].message.content == reply.content[0].text
+    # without the flags, as llama-server: the final assistant message is continued; an explicit
+    # add_generation_prompt (vLLM's default, sent) opens a new turn instead
+    oai = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "system", "content": SYSTEM}, *prefill]
+    plain = oai.chat.completions.create(model=CHAT, messages=messages, max_tokens=8, temperature=0)
+    assert plain.choices[0].message.content == reply.content[0].text
+    fresh_turn = oai.chat.completions.create(
+        model=CHAT, messages=messages, max_tokens=8, temperature=0, extra_body={"add_generation_prompt": True}
+    )
+    assert fresh_turn.usage.prompt_tokens > plain.usage.prompt_tokens  # the closed turn and a new header
+    ollama_reply = ollama.Client(host=url).chat(
+        model=CHAT, messages=messages, options={"temperature": 0, "num_predict": 8, "repeat_penalty": 1.0}
+    )
+    assert ollama_reply.message.content == reply.content[0].text
+    template = requests.post(url + "/apply-template", json={"model": CHAT, "messages": messages}, timeout=30).json()
+    assert template["prompt"] == fresh + "My name is"
     with pytest.raises(openai.BadRequestError) as e:  # vLLM refuses the two together too
         openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0).chat.completions.create(
             model=CHAT,
