@@ -91,7 +91,7 @@ def _continued(served, messages, extra, field, tools, note) -> str:
     """The chat rendered up to the end of its final assistant message's text, as transformers'
     continue_final_message cuts it: the template closes that turn (its end-of-turn tokens, the
     next turn's header), and the prompt must stop where the text does. A final message without
-    text opens a fresh turn."""
+    text opens a fresh turn; one with tool calls is history, answered in a new turn."""
     if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
         return render_chat(served, messages, extra, field, False, tools, note)  # its own 400
     if messages[-1].get("role") != "assistant":
@@ -102,9 +102,10 @@ def _continued(served, messages, extra, field, tools, note) -> str:
     except MessageError as e:
         raise bad_request(str(e), e.field) from None
     final = last["content"]
-    if not final.strip():  # nothing to go on with: a turn that only called tools is history, an empty one none
-        kept = messages if last.get("tool_calls") else messages[:-1]
-        return render_chat(served, kept, extra, field, True, tools, note)
+    if last.get("tool_calls"):  # a turn that called tools is history: its calls come after its text
+        return render_chat(served, messages, extra, field, True, tools, note)
+    if not final.strip():  # nothing to go on with
+        return render_chat(served, messages[:-1], extra, field, True, tools, note)
     at = rendered.rfind(final.strip())
     if at < 0:
         raise bad_request(

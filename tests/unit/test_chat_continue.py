@@ -74,9 +74,13 @@ def test_what_cannot_be_continued():
     with pytest.raises(ApiError) as e:
         render_chat(served, CONVERSATION, continue_final=True)
     assert "must be the assistant's" in e.value.message and e.value.param == "messages[3]"
-    # a final message without text opens a fresh turn, as if it were not there
+    # a final message without text opens a fresh turn, as if it were not there; one with tool
+    # calls (its text would be cut from its calls) is answered in a new turn after it
     empty = [*CONVERSATION, {"role": "assistant", "content": ""}]
     assert render_chat(served, empty, continue_final=True) == render_chat(served, CONVERSATION)
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    called = [*CONVERSATION, {"role": "assistant", "content": "Let me look.", "tool_calls": [call]}]
+    assert render_chat(served, called, continue_final=True) == render_chat(served, called)
     drops = SimpleNamespace(
         chat=ChatTemplate(
             "{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}{% endif %}{% endfor %}",
