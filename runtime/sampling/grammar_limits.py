@@ -105,6 +105,20 @@ def check_choice(options: object, field: str, limits: GrammarLimits) -> list[str
     return options
 
 
+def _class_end(text: str, i: int) -> int:
+    """The index just past the character class that opens at text[i] ("["): a leading "^" and
+    a "]" right after it belong to the class, escapes are skipped."""
+    n = len(text)
+    j = i + 1
+    if j < n and text[j] == "^":
+        j += 1
+    if j < n and text[j] == "]":
+        j += 1
+    while j < n and text[j] != "]":
+        j += 2 if text[j] == "\\" else 1
+    return j + 1
+
+
 def _regex_depth(source: str) -> int:
     """How deep a regex's groups nest (escapes and character classes skipped)."""
     depth = best = i = 0
@@ -115,14 +129,9 @@ def _regex_depth(source: str) -> int:
             i += 2
             continue
         if c == "[":
-            i += 1
-            if i < n and source[i] == "^":
-                i += 1
-            if i < n and source[i] == "]":
-                i += 1
-            while i < n and source[i] != "]":
-                i += 2 if source[i] == "\\" else 1
-        elif c == "(":
+            i = _class_end(source, i)
+            continue
+        if c == "(":
             depth += 1
             best = max(best, depth)
         elif c == ")" and depth:
@@ -346,14 +355,7 @@ def repetition_product(text: str, syntax: str = "regex") -> int:
             i = n if j < 0 else j
             continue
         if c == "[" and not lark:
-            j = i + 1
-            if j < n and text[j] == "^":
-                j += 1
-            if j < n and text[j] == "]":
-                j += 1
-            while j < n and text[j] != "]":
-                j += 2 if text[j] == "\\" else 1
-            i = j + 1
+            i = _class_end(text, i)
             last_atom = 1
             continue
         if grammar and (c == '"' or (lark and c == "/")):
