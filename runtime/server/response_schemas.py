@@ -262,6 +262,8 @@ EMBEDDINGS = obj(
         "usage": obj({"prompt_tokens": INTEGER, "total_tokens": INTEGER}),
     }
 )
+# llama-server's /embedding and /embeddings: one entry per input, its pooled vector as one row
+LLAMA_EMBEDDINGS = array(obj({"index": INTEGER, "embedding": array(array(NUMBER))}))
 _BACKEND = obj(
     {
         "available": BOOLEAN,

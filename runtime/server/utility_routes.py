@@ -84,6 +84,16 @@ DETOKENIZE = RequestModel(
     (MODEL, Field("tokens", Kind.JSON, required=True, schema=TOKEN_IDS)),
     example={"tokens": [1, 2, 3]},
 )
+LLAMA_EMBEDDING = RequestModel(
+    "LlamaEmbeddingRequest",
+    (
+        MODEL,
+        Field("content", Kind.JSON, schema=INPUTS, description="the text (or texts, or token ids) to embed"),
+        Field("input", Kind.JSON, schema=INPUTS, description="the same as content"),
+        Field("embd_normalize", Kind.INTEGER, 2, description="only 2 (Euclidean): rfc pools and normalizes"),
+    ),
+    example={"content": "The sky is blue"},
+)
 APPLY_TEMPLATE = RequestModel(
     "ApplyTemplateRequest",
     (MODEL, CHAT_MESSAGES_FIELD, CHAT_TEMPLATE_KWARGS, OPENAI_TOOLS_FIELD, TOOL_CHOICE),
@@ -100,6 +110,8 @@ def add_routes(routes: Routes, handle: EngineHandle, config: ServerConfig) -> No
     routes.add("/completion", CompletionResource(handle, config))
     routes.add("/completions", CompletionResource(handle, config))
     routes.add("/props", PropsResource(handle, config))
+    routes.add("/embedding", LlamaEmbeddingResource(handle, config))
+    routes.add("/embeddings", LlamaEmbeddingResource(handle, config))
     integrations.add_routes(routes, handle)
 
 
@@ -125,6 +137,30 @@ class EmbeddingsResource(BodyResource):
             data.append({"object": "embedding", "index": i, "embedding": value})
         usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
         resp.media = {"object": "list", "data": data, "model": served.model_id, "usage": usage}
+
+
+class LlamaEmbeddingResource(BodyResource):
+    """llama-server's /embedding and /embeddings (not OpenAI's shape): `content` or `input`, one
+    `{"index", "embedding": [vector]}` per input, the model's pooled and normalized vector as
+    its one row. llama-server's other normalizations (`embd_normalize` other than 2) and its
+    per-token rows (`--pooling none`) are not what rfc computes: a 400."""
+
+    model = LLAMA_EMBEDDING
+    operations = {
+        "post": Operation(
+            "Embed text (llama-server's)", LLAMA_EMBEDDING, {replies.JSON: replies.LLAMA_EMBEDDINGS}, MODEL_ERRORS
+        )
+    }
+
+    def post(self, f: RequestFields, served: ServedModel, req: falcon.Request, resp: falcon.Response) -> None:
+        if f.integer("embd_normalize") != 2:
+            raise bad_request("only embd_normalize 2 (Euclidean) is supported", "embd_normalize")
+        sent = [name for name in ("content", "input") if f.raw(name) is not None]
+        if len(sent) != 1:
+            raise bad_request("send 'content' (or 'input'), one of them", "content")
+        inputs = encode_inputs(served, f.raw(sent[0]), sent[0])
+        result = embed(served, inputs, self._config.pooling, False, sent[0])
+        resp.media = [{"index": i, "embedding": [v.tolist()]} for i, v in enumerate(result.vectors)]
 
 
 class TokenizeResource(BodyResource):

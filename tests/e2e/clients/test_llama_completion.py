@@ -108,3 +108,14 @@ def test_props_give_the_context_defaults_and_template(url):
     assert "<|im_start|>" in props["chat_template"] and props["model_path"].endswith(".gguf")
     assert props["total_slots"] >= 1 and props["modalities"] == {"vision": False, "audio": False}
     assert requests.get(url + "/props", params={"model": "no-such-model"}, timeout=10).status_code == 404
+
+
+def test_llama_servers_embedding_is_the_openai_routes_vector(url):
+    texts = ["The sky is blue", "Grass is green"]
+    openai_reply = requests.post(url + "/v1/embeddings", json={"model": CHAT, "input": texts}, timeout=60).json()
+    for route, body in (("/embedding", {"content": texts}), ("/embeddings", {"input": texts})):
+        reply = requests.post(url + route, json={"model": CHAT, **body}, timeout=60).json()
+        assert [r["index"] for r in reply] == [0, 1]
+        assert [r["embedding"] for r in reply] == [[d["embedding"]] for d in openai_reply["data"]]
+    refused = requests.post(url + "/embedding", json={"model": CHAT, "content": "x", "embd_normalize": -1}, timeout=10)
+    assert refused.status_code == 400 and "embd_normalize" in refused.json()["error"]
