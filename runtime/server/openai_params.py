@@ -201,9 +201,10 @@ def _build(
         raise bad_request("'stream_options' must be an object", "stream_options")
     include_usage = options.get("include_usage") is True
     continuous = include_usage and options.get("continuous_usage_stats") is True
-    for name in ("ignore_eos", "min_tokens"):
-        if constraint is not None and (f.integer(name) if name == "min_tokens" else f.boolean(name)):
-            # a finished grammar allows only the end token: generating past it would break the grammar
+    # a finished grammar allows only the end token: generating past it, or banning it, would break the grammar
+    holds_off_the_end = {"ignore_eos": f.boolean("ignore_eos"), "min_tokens": f.integer("min_tokens") > 0}
+    for name, asked in holds_off_the_end.items():
+        if constraint is not None and asked:
             raise bad_request(f"{name} cannot be combined with a response format, grammar or forced tool call", name)
     generation = GenerationRequest(
         prompt_ids=prompt_ids,
