@@ -98,7 +98,7 @@ def _continued(served, messages, extra, field, tools, note) -> str:
         raise bad_request("the final message must be the assistant's to be continued", f"{field}[{len(messages) - 1}]")
     rendered = render_chat(served, messages, extra, field, False, tools, note)
     try:
-        last = normalize_messages(messages, served.chat.source, field)[-1]
+        last = normalize_messages(messages[-1:], served.chat.source, field)[0]  # render_chat checked the rest
     except MessageError as e:
         raise bad_request(str(e), e.field) from None
     final = last["content"]

@@ -113,3 +113,15 @@ def test_continuous_usage_stats_put_the_usage_in_every_chunk(client):
     )
     # OpenAI's: null in every chunk but the last, which has the whole usage
     assert all(c.usage is None for c in plain[:-1]) and plain[-1].usage.completion_tokens == 8
+
+
+def test_skip_special_tokens_false_keeps_their_text(client):
+    """<|im_start|> (id 1, special, not an end token) forced by logit_bias: its text is left out
+    of the output by default, and kept with skip_special_tokens false."""
+    forced = {"logit_bias": {"1": 100}}
+    skipped = client.completions.create(prompt=PROMPT, max_tokens=2, **forced, **GREEDY)
+    kept = client.completions.create(
+        prompt=PROMPT, max_tokens=2, extra_body={"skip_special_tokens": False}, **forced, **GREEDY
+    )
+    assert skipped.usage.completion_tokens == kept.usage.completion_tokens == 2
+    assert skipped.choices[0].text == "" and kept.choices[0].text == "<|im_start|><|im_start|>"
