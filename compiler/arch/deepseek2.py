@@ -1,4 +1,5 @@
-"""`deepseek2` (DeepSeek-V2 / V2-Lite / V3 / R1, Kimi-K2, GLM-4.7-Flash), as llama.cpp builds it
+"""`deepseek2` (DeepSeek-V2 / V2-Lite / V3 / R1, Kimi-K2, GLM-4.7-Flash) and `mistral4` (the same loader
+and graph in llama.cpp), as llama.cpp builds it
 (src/models/deepseek2.cpp and its load_hparams):
 - multi-head latent attention, absorbed: Q from `attn_q` or through the q_lora_rank bottleneck
   (`attn_q_a`, its norm, `attn_q_b`), each head's Q [nope, rope]; `attn_kv_a_mqa` makes one latent
@@ -215,7 +216,16 @@ def mla_attention(
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    md = Metadata(model, ARCH)
+    return _build(model, ARCH)
+
+
+def build_mistral4(model: GGUFModel) -> ModelSpec:
+    """`mistral4` (Mistral Small 4): llama.cpp's mistral4 is deepseek2's loader and graph under its own name."""
+    return _build(model, "mistral4")
+
+
+def _build(model: GGUFModel, arch: str) -> ModelSpec:
+    md = Metadata(model, arch)
     sizes, q_lora, kv_lora, nope, v_dim = _sizes(md)
     rope = read_rope(md, sizes, "adjacent")
     rope, scale = _scales(md, rope, nope + rope.n_rot)

@@ -12,7 +12,13 @@ router, top expert_used_count renormalized, no weight scale: llama.cpp passes no
 `feed_forward_length` wide) plus, when `expert_shared_feed_forward_length` is set (Granite MoE
 Shared), a shared SwiGLU expert of that width added to the routed ones before the residual
 multiplier; without `expert_count` its loader builds granite's dense FFN (and so does this
-recipe). Its loader does not read rope.scaling.finetuned: RoPE is always on."""
+recipe). Its loader does not read rope.scaling.finetuned: RoPE is always on.
+
+`minicpm` (MiniCPM 1B/2B, MiniCPM4): llama.cpp runs it through granite's graph with its own
+loader: the multipliers default to embedding 12, residual 1.4/sqrt(block_count) and logit
+256/n_embd (the logits divided by it, as for granite), the file's keys where present; no
+attention.scale; RoPE always on (with LongRoPE's long/short factors under the "longrope"
+scaling type, else `rope_freqs`); experts as granitemoe's, without a shared one."""
 
 import math
 from dataclasses import dataclass
@@ -42,6 +48,10 @@ def build_moe(model: GGUFModel) -> ModelSpec:
     return _build(model, "granitemoe")
 
 
+def build_minicpm(model: GGUFModel) -> ModelSpec:
+    return _build(model, "minicpm")
+
+
 @dataclass(frozen=True)
 class Multipliers:
     """granite's four multipliers (0: none), float32 as llama.cpp keeps them."""
@@ -61,6 +71,16 @@ class Multipliers:
                            _f32(md.float("embedding_scale", 0.0, 1e6, default=0.0)),
                            _f32(md.float("attention.scale", 0.0, 1e6, default=0.0)))  # fmt: skip
 
+    @staticmethod
+    def read_minicpm(md: Metadata, n_layers: int, n_embd: int) -> "Multipliers":
+        """minicpm's loader: embedding 12, residual 1.4 / sqrtf(n_layer), logit 256 / n_embd (float32)
+        unless the file says otherwise; no attention.scale (1/sqrt(head_dim))."""
+        f32 = np.float32
+        residual = f32(1.4) / np.sqrt(f32(n_layers))
+        return Multipliers(_f32(md.float("logit_scale", 0.0, 1e6, default=f32(256.0) / f32(n_embd), open_lo=True)),
+                           _f32(md.float("residual_scale", 0.0, 1e6, default=residual)),
+                           _f32(md.float("embedding_scale", 0.0, 1e6, default=12.0)), 0.0)  # fmt: skip
+
     def extra(self) -> dict:
         return {"logit_scale": self.logit, "residual_scale": self.residual, "embedding_scale": self.embedding,
                 "attention_scale": self.attention}  # fmt: skip
@@ -78,7 +98,8 @@ class Ffn:
 
     @staticmethod
     def read(md: Metadata, n_expert: int, n_used: int) -> "Ffn":
-        n_ff_shexp = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) if n_expert else 0
+        shared = n_expert and md.arch != "minicpm"  # minicpm's loader reads no shared expert width
+        n_ff_shexp = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) if shared else 0
         return Ffn(md.int("feed_forward_length", 1, MAX_FF), n_expert, n_used, n_ff_shexp)
 
     def declare_shared_expert(self, b: ModelBuilder, n_embd: int) -> None:
@@ -139,7 +160,10 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     n_expert, n_used = read_experts(md)
     ffn = Ffn.read(md, n_expert, n_used)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    mult = Multipliers.read(md, logit_required=True)
+    if arch == "minicpm":
+        mult = Multipliers.read_minicpm(md, sizes.n_layers, sizes.n_embd)
+    else:
+        mult = Multipliers.read(md, logit_required=True)
     use_rope = md.bool("rope.scaling.finetuned", default=True) if arch == "granite" else True
     b = ModelBuilder(model)
     declare_buffers(b, sizes, ffn.n_ff, ffn.n_used, ffn.n_expert)

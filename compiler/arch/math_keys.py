@@ -42,7 +42,8 @@ MATH_KEYS: dict[str, tuple[float, ...]] = {
 }
 
 # key (after `<arch>.`) -> the architectures (general.architecture) whose llama.cpp loader reads it
-# (src/models/<arch>.cpp, load_arch_hparams); llama_model_base::load_hparams reads none of them.
+# (src/models/<arch>.cpp, load_arch_hparams; mistral4 runs deepseek2's); llama_model_base::load_hparams reads
+# none of them.
 _GRANITES = ("granite", "granitemoe", "granitehybrid", "graniteswitch", "granite_swa")
 READ_BY: dict[str, frozenset[str]] = {
     "final_logit_softcapping": frozenset(("gemma2", "gemma3", "gemma4", "grok", "dflash", "muse-glimmer")),
@@ -50,7 +51,7 @@ READ_BY: dict[str, frozenset[str]] = {
     "router_logit_softcapping": frozenset(("grok",)),
     "attention.clamp_kqv": frozenset(("dbrx", "mpt", "olmo")),
     "attention.scale": frozenset((*_GRANITES, "dflash")),
-    "attention.temperature_scale": frozenset(("deepseek2", "mistral3")),
+    "attention.temperature_scale": frozenset(("deepseek2", "mistral3", "mistral4")),
     "attention.max_alibi_bias": frozenset(("jais", "mpt")),
     "logit_scale": frozenset(
         (*_GRANITES, "cohere2", "cohere2moe", "command-r", "dflash", "grok", "minicpm", "muse-glimmer", "talkie")
@@ -59,7 +60,7 @@ READ_BY: dict[str, frozenset[str]] = {
     "embedding_scale": frozenset((*_GRANITES, "dflash", "grok", "hrm_text", "minicpm")),
     "swiglu_clamp_exp": frozenset(("bailingmoe3", "deepseek4", "dflash", "glm5-next", "hy_v4", "maple", "step35")),
     "swiglu_clamp_shexp": frozenset(("bailingmoe3", "deepseek4", "dflash", "glm5-next", "step35")),
-    "rope.scaling.yarn_log_multiplier": frozenset(("deepseek2", "deepseek32", "mistral3")),
+    "rope.scaling.yarn_log_multiplier": frozenset(("deepseek2", "deepseek32", "mistral3", "mistral4")),
     "rope.scaling.yarn_beta_fast": frozenset(("grok", "mistral3")),
     "rope.scaling.yarn_beta_slow": frozenset(("grok", "mistral3")),
 }

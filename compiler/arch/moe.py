@@ -16,9 +16,9 @@ from rfc.artifacts.plan import OPS, OpKind
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     UNUSED_SCALE, Attention, Sizes, attention, expert_scales, glu_ffn, hparams, kv_spec, linear, output_head,
-    read_experts, read_rope, read_sizes, stack_widths,
+    read_experts, read_rope, read_sizes, rope_factors, stack_widths,
 )  # fmt: skip
-from rfc.compiler.arch.metadata import MAX_FF, Metadata
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -84,12 +84,13 @@ class Experts:
         return extra
 
 
-def read_experts_of(md: Metadata, *, n_ff: int | None) -> tuple[int, int, int, int, int]:
+def read_experts_of(md: Metadata, *, n_ff: int | None, expert_ff: bool = True) -> tuple[int, int, int, int, int]:
     """(count, used, n_ff, groups, groups_used) as llama.cpp's load_hparams reads them for every
     MoE architecture: both counts required here, the group counts optional (llama.cpp asserts
     groups < count, count % groups == 0 and 0 < groups_used < groups), the expert FFN width from
     `expert_feed_forward_length`, else n_ff / used (qwen3moe, glm4moe pass feed_forward_length;
-    None: the key is required). The chosen experts must fit in the groups kept. (llama.cpp also takes
+    None: the key is required; `expert_ff` False: the loader never reads the key and the experts are
+    n_ff wide, olmoe). The chosen experts must fit in the groups kept. (llama.cpp also takes
     per-layer arrays for the used count and the expert width; Metadata.int refuses them by name.)"""
     count, used = read_experts(md)
     if not count:
@@ -110,7 +111,9 @@ def read_experts_of(md: Metadata, *, n_ff: int | None) -> tuple[int, int, int, i
             )
     else:
         groups = 1
-    if n_ff is None or n_ff < used:
+    if not expert_ff and n_ff is not None:
+        n_ff_exp = n_ff
+    elif n_ff is None or n_ff < used:
         n_ff_exp = md.int("expert_feed_forward_length", 1, MAX_FF)
     else:
         n_ff_exp = md.int("expert_feed_forward_length", 1, MAX_FF, default=n_ff // used)
@@ -247,6 +250,10 @@ def moe_transformer(
     ffn_norm: str = "ffn_norm",
     full_rotary: bool = False,
     scales: bool = False,
+    rope_style: str = "neox",
+    factors: bool = False,
+    qk_norm_rows: bool = False,
+    output_required: bool = False,
 ) -> ModelSpec:
     """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
     Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
@@ -254,14 +261,16 @@ def moe_transformer(
     layers). `experts(md)` reads the family's expert hyperparameters: (Experts, the dense FFN
     width). `full_rotary`: the family asserts rope.dimension_count == head_dim (qwen3moe).
     `scales`: the graph applies the FFNs' weight scales (moe_block's; qwen3moe), else they are
-    known and unused (glm4moe, bailingmoe2, qwen3vlmoe)."""
+    known and unused (glm4moe, bailingmoe2, qwen3vlmoe). `rope_style` "adjacent" and `factors`
+    (`rope_freqs` where the file has it): deepseek; `qk_norm_rows`: Q and K RMS-normed over their
+    whole rows before RoPE, required (olmoe); `output_required`: no tied fallback in the loader."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
     # are multi-token-prediction blocks (GLM-4.5's), which its forward pass skips; so does this one.
     nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0)
     sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
-    rope = read_rope(md, sizes, "neox")
+    rope = read_rope(md, sizes, rope_style)
     if full_rotary and rope.n_rot != sizes.head_dim:
         raise CompileError(
             f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
@@ -270,6 +279,8 @@ def moe_transformer(
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     e, n_ff = experts(md)
     b = ModelBuilder(model)
+    if output_required and not b.has("output.weight"):
+        raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (
         *stack_widths(sizes),
@@ -283,8 +294,10 @@ def moe_transformer(
         b.buffer("gate", "T", n_ff)
         b.buffer("up", "T", n_ff)
     embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
-    qk_norm = b.has("blk.0.attn_q_norm.weight")
-    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=qk_norm)
+    qk_norm = qk_norm_rows or b.has("blk.0.attn_q_norm.weight")
+    rope_freqs = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if factors else None
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=qk_norm, qk_norm_rows=qk_norm_rows,
+                    factors=rope_freqs)  # fmt: skip
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
@@ -305,6 +318,6 @@ def moe_transformer(
         "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too",
     )
     hp = hparams(md, sizes, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
-                 rope_freq_factors=False,
+                 rope_freq_factors=rope_freqs is not None,
                  extra=e.hparams() | ({"nextn_predict_layers": nextn} if nextn else {}))  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

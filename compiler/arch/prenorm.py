@@ -1,5 +1,6 @@
 """The plain pre-norm decoder block several families share with small differences (seed_oss,
-ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2), as their llama.cpp graphs build it:
+ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2, internlm2, xverse, exaone, orion,
+arcee), as their llama.cpp graphs build it:
 
     x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (biases, weight scales where present)
     x += FFN(<ffn_norm>(x))                                              (SwiGLU, or the family's experts)
@@ -7,7 +8,8 @@ ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2), as their llama.
 with a final RMS norm and `output.weight` (else the tied embedding). What differs is a Block: the
 RoPE pairing, whether `rope_freqs` factors apply, the FFN norm's name, per-head Q/K RMS norms after
 RoPE (hunyuan) or whole-row ones before it (minimax-m2), partial rotary, and the FFN itself (a
-hook for the mixtures of experts), and whether attn_output's bias is added (ernie4_5's graph leaves it out).
+hook for the mixtures of experts), whether attn_output's bias is added (ernie4_5's graph leaves it out)
+or exists at all, and LayerNorms with biases instead of RMS norms (orion).
 Every matmul takes its `.scale` and `.bias` where the file has them (common.qkv_projections, linear).
 """
 
@@ -15,6 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, head_norms, hparams, kv_spec, linear, output_head,
@@ -40,6 +43,11 @@ class Block:
     full_rotary: bool = True  # the graph asserts n_rot == head_dim
     output_required: bool = False  # the loader requires output.weight (no tied fallback)
     out_bias: bool = True  # False: llama.cpp loads attn_output.bias and its graph does not add it (ernie4_5)
+    # False: the loader has no attn_output.bias at all (xverse, orion), so a file with one is refused
+    out_bias_loaded: bool = True
+    layer_norm: bool = (
+        False  # LayerNorms with weight and bias (LLM_NORM, layer_norm_epsilon) for every RMS norm (orion)
+    )
 
 
 def build(
@@ -65,11 +73,15 @@ def build(
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rp.n_rot} != head size {sizes.head_dim} "
                            f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
-    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    eps_key = "attention.layer_norm_epsilon" if block.layer_norm else "attention.layer_norm_rms_epsilon"
+    eps = md.float(eps_key, 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
     if block.output_required and not b.has("output.weight"):
         raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
     declare_buffers(b, sizes, n_ff)
+    if block.layer_norm:
+        layernorm.declare(b, sizes.n_embd, "T")
+        layernorm.declare(b, sizes.n_embd, "R")
     if declare is not None:
         declare(b, sizes)
     embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
@@ -84,32 +96,51 @@ def build(
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
-        if not block.out_bias:
+        _norm(b, block, "x", "h", p + "attn_norm", sizes.n_embd, eps)
+        if not block.out_bias and block.out_bias_loaded:
             b.unused(p + "attn_output.bias", f"llama.cpp's {arch} loader reads it and its graph does not add it")
         if block.qk_norm_after_rope:
             _attention_norm_after_rope(b, i, sizes, eps, cfg, out_bias=block.out_bias)
         else:
             attention(b, i, sizes, eps, cfg, out_bias=block.out_bias)
         b.op("add", ("x", "h"), ("x",))
-        b.op(
-            "rmsnorm",
-            ("x",),
-            ("h",),
-            (b.tensor(f"{p}{block.ffn_norm}.weight", block.ffn_norm, (sizes.n_embd,)),),
-            eps=eps,
-        )
+        _norm(b, block, "x", "h", p + block.ffn_norm, sizes.n_embd, eps)
         if ffn is None:
             # seed_oss, ernie4_5, hunyuan: build_ffn(up, NULL, NULL, ...)
             glu_ffn(b, i, sizes.n_embd, n_ff, bias=False, scale=False)
         elif ffn(b, i, sizes, n_ff):
             continue  # the experts added their output to x themselves
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, sizes, eps)
-    more = dict(extra or {}) | ({"nextn_predict_layers": nextn} if nextn else {})
+    if block.layer_norm:
+        b.op("gather_rows", ("x",), ("xr",))
+        _norm(b, block, "xr", "hr", "output_norm", sizes.n_embd, eps, rows="R")
+        tied = not b.has("output.weight")
+        if tied:
+            b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
+        else:  # no output.bias in a LayerNorm family's loader (orion)
+            linear(b, "hr", "logits", "output", (sizes.vocab_size, sizes.n_embd), bias=False)
+    else:
+        tied = output_head(b, sizes, eps)
+    more = (
+        dict(extra or {})
+        | ({"norm": "layernorm"} if block.layer_norm else {})
+        | ({"nextn_predict_layers": nextn} if nextn else {})
+    )
     hp = hparams(md, sizes, rp, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=more)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))
+
+
+def _norm(b: ModelBuilder, block: Block, src: str, dst: str, name: str, n: int, eps: float, rows: str = "T") -> None:
+    """dst = the block's norm of src: RMS with `name.weight`, or LayerNorm with its weight and bias."""
+    role = name.rsplit(".", 1)[-1]
+    weight = b.tensor(name + ".weight", role, (n,))
+    if block.layer_norm:
+        layernorm.layer_norm(
+            b, src, dst, n, eps, weight, rows=rows, bias=b.tensor(name + ".bias", role + "_bias", (n,))
+        )
+    else:
+        b.op("rmsnorm", (src,), (dst,), (weight,), eps=eps)
 
 
 def _attention_norm_after_rope(

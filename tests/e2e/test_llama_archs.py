@@ -57,6 +57,22 @@ CLOSE = (
     "falcon-h1-dense",
     "nemotron_h_moe-dense",
     "apertus-dense",
+    # The recipes added on 2026-11-29 match llama.cpp at mean |d| <= 1.8e-4 on ref and cpu; held to
+    # it, a dropped bias, weight scale, rope_freqs factor, shared-expert gate or multiplier fails.
+    "arcee-dense",
+    "deepseek-moe",
+    "dots1-moe",
+    "exaone-dense",
+    "gemma-dense",
+    "internlm2-dense",
+    "maincoder-dense",
+    "minicpm-dense",
+    "minicpm-moe",
+    "mistral4-moe",
+    "olmoe-moe",
+    "orion-dense",
+    "qwen2moe-moe",
+    "xverse-dense",
 )
 CLOSE_MEAN = 1e-3
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.

@@ -1,0 +1,29 @@
+"""`deepseek` (DeepSeek-MoE 16B, DeepSeek-V1 MoE models), as llama.cpp's src/models/deepseek.cpp
+builds it: llama's attention (adjacent-pair RoPE over whole heads, `rope_freqs` factors where the
+file has them, Q/K/V and attn_output biases where present), then the first
+`leading_dense_block_count` layers a dense SwiGLU FFN `feed_forward_length` wide and the others
+`expert_count` SwiGLU experts `expert_feed_forward_length` wide, softmax-routed, the chosen weights
+not renormalized and times `expert_weights_scale` (0 or absent: none), plus `expert_shared_count`
+shared experts (one SwiGLU FFN of that many times the expert width) that every token runs; no weight
+scales (its graph passes none). `output.weight`, else the tied embedding. (DeepSeek-V2/V3 with
+multi-head latent attention are `deepseek2`.)"""
+
+from rfc.compiler.arch.metadata import MAX_EXPERTS, MAX_FF, Metadata
+from rfc.compiler.arch.moe import Experts, moe_transformer, read_experts_of, read_weights_scale
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+
+def _experts(md: Metadata) -> tuple[Experts, int]:
+    n_layers = md.int("block_count", 1, 1 << 16)  # read_sizes bounded it already
+    count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
+    dense_lead = md.int("leading_dense_block_count", 0, n_layers, default=0)
+    n_ff = md.int("feed_forward_length", 1 if dense_lead else 0, MAX_FF, default=0)
+    shared = md.int("expert_shared_count", 0, MAX_EXPERTS)
+    e = Experts(count, used, n_ff_exp, norm=False, scale=read_weights_scale(md), groups=groups,
+                groups_used=groups_used, shared=shared, dense_lead=dense_lead)  # fmt: skip
+    return e, n_ff
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    return moe_transformer(model, "deepseek", _experts, full_rotary=True, rope_style="adjacent", factors=True)

@@ -1,0 +1,125 @@
+"""The recipes written against llama.cpp's saver files (tests/e2e/test_llama_archs.py holds each to
+llama.cpp's logits): what those files cannot show. Their MoE files route every token to all of
+their 2 experts, so renormalizing the chosen weights changes nothing there; they hold every
+multiplier key, so minicpm's defaults never apply; and what each loader would refuse (a tensor it
+does not read, a tensor it requires) is refused here too, in one line."""
+
+import numpy as np
+import pytest
+
+from rfc.compiler.errors import CompileError
+from tests.e2e.test_llama_archs import _model, archs
+from tests.gguf_edit import spec_of
+
+pytestmark = pytest.mark.shared
+
+
+def _edited(name, tmp_path, *, drop_keys=(), keys=None, drop_tensors=(), add_tensors=()):
+    """The saver file `name` written from its description with keys and tensors dropped, keys set
+    (key -> (GGUF type, value)) and F32 tensors added ((name, numpy shape)); seeded weights."""
+    desc = archs.load(name)
+    meta = [m for m in desc["metadata"] if m[0] not in drop_keys and m[0] not in (keys or {})]
+    meta += [[k, t, v] for k, (t, v) in (keys or {}).items()]
+    tensors = [t for t in desc["tensors"] if t[0] not in drop_tensors] + [[n, list(s), "F32"] for n, s in add_tensors]
+    path = tmp_path / f"{name}-edited.gguf"
+    archs.write_model({**desc, "metadata": meta, "tensors": tensors}, path, name)
+    return path
+
+
+def _refused(path, message: str) -> None:
+    with pytest.raises(CompileError) as e:
+        spec_of(path)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def _routes(spec) -> list[dict]:
+    return [op.attrs for op in spec.plan.ops if op.kind == "moe_route"]
+
+
+@pytest.mark.parametrize(
+    "name,attrs",
+    [
+        # build_moe_ffn(..., norm_w false, no scale, softmax): the chosen weights as the softmax gave them
+        ("qwen2moe-moe", {"n_used": 2, "norm": False}),
+        ("olmoe-moe", {"n_used": 2, "norm": False}),
+        ("deepseek-moe", {"n_used": 2, "norm": False}),
+        # the file's expert_gating_func 2 (sigmoid) and expert_weights_norm false
+        ("dots1-moe", {"n_used": 2, "norm": False, "gating": "sigmoid"}),
+    ],
+)
+def test_expert_weights_as_each_graph_makes_them(name, attrs, tmp_path):
+    routes = _routes(spec_of(_model(name, tmp_path)))
+    assert routes and all(r == attrs for r in routes), routes
+
+
+def test_deepseek_and_dots1_keep_their_leading_dense_layer(tmp_path):
+    for name in ("deepseek-moe", "dots1-moe"):
+        spec = spec_of(_model(name, tmp_path))
+        assert len(_routes(spec)) == spec.hparams.n_layers - 1
+        assert any(w == "blk.0.ffn_gate.weight" for op in spec.plan.ops for w in op.weights)
+
+
+def test_qwen2moe_gates_its_shared_expert_by_a_sigmoid(tmp_path):
+    ops = spec_of(_model("qwen2moe-moe", tmp_path)).plan.ops
+    gates = [op for op in ops if op.kind == "swiglu" and op.attrs.get("activation") == "sigmoid"]
+    assert [op.inputs for op in gates] == [("shexp_logit", "shexp_up")] * 2
+
+
+def test_minicpm_multipliers_default_as_its_loader_sets_them(tmp_path):
+    """Without the keys: embedding 12, residual 1.4 / sqrtf(n_layer), logits / (256 / n_embd)."""
+    keys = tuple(f"minicpm.{k}" for k in ("embedding_scale", "residual_scale", "logit_scale"))
+    spec = spec_of(_edited("minicpm-dense", tmp_path, drop_keys=keys))
+    n_layers, n_embd = spec.hparams.n_layers, spec.hparams.n_embd
+    residual = np.float32(1.4) / np.sqrt(np.float32(n_layers))
+    logit = np.float32(256.0) / np.float32(n_embd)
+    ops = spec.plan.ops
+    assert ops[0].kind == "embed" and ops[0].attrs["scale"] == 12.0
+    # each sublayer's output before its residual add (the file's weight scales are scale ops too)
+    residuals = [op for op, nxt in zip(ops, ops[1:]) if op.kind == "scale" and nxt.inputs == ("x", "h")]
+    assert [op.attrs["factor"] for op in residuals] == [float(residual)] * (2 * n_layers)
+    assert ops[-1].kind == "scale" and ops[-1].attrs["factor"] == pytest.approx(float(1 / logit), rel=1e-6)
+    # and the file's own keys win over the defaults
+    assert spec_of(_model("minicpm-dense", tmp_path)).hparams.extra["residual_scale"] == pytest.approx(
+        3.556558847427368
+    )
+
+
+def test_minicpm_reads_no_attention_scale(tmp_path):
+    """Only granite's loaders read attention.scale; minicpm's scores are scaled 1/sqrt(head_dim)."""
+    spec = spec_of(_edited("minicpm-dense", tmp_path, keys={"minicpm.attention.scale": (6, 0.5)}))
+    head_dim = spec.hparams.head_dim
+    assert {op.attrs["scale"] for op in spec.plan.ops if op.kind == "attention"} == {1.0 / np.sqrt(head_dim)}
+
+
+@pytest.mark.parametrize("name", ["xverse-dense", "orion-dense", "gemma-dense"])
+def test_an_attn_output_bias_their_loader_has_no_place_for_is_refused(name, tmp_path):
+    n_embd = spec_of(_model(name, tmp_path)).hparams.n_embd
+    _refused(_edited(name, tmp_path, add_tensors=[("blk.0.attn_output.bias", (n_embd,))]), "blk.0.attn_output.bias")
+
+
+@pytest.mark.parametrize(
+    "name", ["internlm2-dense", "xverse-dense", "orion-dense", "qwen2moe-moe", "olmoe-moe", "dots1-moe"]
+)
+def test_a_tied_output_their_loader_refuses_is_refused(name, tmp_path):
+    _refused(_edited(name, tmp_path, drop_tensors=("output.weight",)), "output.weight")
+
+
+def test_gemma_always_ties_its_output(tmp_path):
+    """gemma's loader reads no output.weight: a file with one is refused rather than run without it."""
+    hp = spec_of(_model("gemma-dense", tmp_path)).hparams
+    assert hp.tied_embeddings
+    _refused(
+        _edited("gemma-dense", tmp_path, add_tensors=[("output.weight", (hp.vocab_size, hp.n_embd))]), "output.weight"
+    )
+
+
+def test_dots1_needs_its_gating_function(tmp_path):
+    """llama.cpp's build_moe_ffn aborts on gating function 0 (none), dots1's default."""
+    _refused(_edited("dots1-moe", tmp_path, drop_keys=("dots1.expert_gating_func",)), "expert_gating_func")
+
+
+def test_mistral4_runs_deepseek2s_recipe_under_its_own_keys(tmp_path):
+    """llama.cpp's mistral4 is deepseek2's loader and graph: its keys under its own prefix."""
+    spec = spec_of(_model("mistral4-moe", tmp_path))
+    assert spec.hparams.architecture == "mistral4" and _routes(spec)
+    assert any("attn_kv_a_mqa" in w for op in spec.plan.ops for w in op.weights)  # MLA
