@@ -36,9 +36,11 @@ from rfc.compiler.arch import (
     gemma,
     internlm2,
     maincoder,
+    nemotron,
     olmoe,
     orion,
     qwen2moe,
+    stablelm,
     xverse,
 )
 from rfc.compiler.arch import catalog
@@ -85,6 +87,7 @@ RECIPES: dict[str, Recipe] = {
     "minimax-m2": minimax_m2.build,
     "mistral3": mistral3.build,
     "mistral4": deepseek2.build_mistral4,
+    "nemotron": nemotron.build,
     "nemotron_h": nemotron_h.build,
     "nemotron_h_moe": nemotron_h_moe.build,
     "olmo2": olmo2.build,
@@ -102,6 +105,7 @@ RECIPES: dict[str, Recipe] = {
     "qwen3vlmoe": qwen3vl.build_moe,
     "seed_oss": seed_oss.build,
     "smollm3": smollm3.build,
+    "stablelm": stablelm.build,
     "xverse": xverse.build,
 }
 

@@ -418,6 +418,16 @@ def glu_ffn(
     linear(b, "gate", dst, p + "ffn_down", (e, n_ff), bias=bias, scale=scale, bias_first=True)
 
 
+def relu_sqr_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, *, bias: bool, src: str = "h", dst: str = "h") -> None:
+    """dst = ffn_down(relu(ffn_up src)^2), build_ffn's ungated RELU_SQR (arcee, nemotron): each matmul
+    plus its bias where the graph passes one (`bias`), no weight scales (neither graph passes them:
+    known and unused). relu(u)^2 is swiglu with activation "relu" of (u, u): max(u, 0) u."""
+    p = f"blk.{i}."
+    linear(b, src, "up", p + "ffn_up", (n_ff, e), bias=bias, scale=False, bias_first=True)
+    b.op("swiglu", ("up", "up"), ("up",), activation="relu")
+    linear(b, "up", dst, p + "ffn_down", (e, n_ff), bias=bias, scale=False, bias_first=True)
+
+
 def expert_scales(b: ModelBuilder, i: int, n_expert: int, gate: str, up: str, *, fused: bool = False) -> None:
     """Layer i's `ffn_gate_exps.scale` and `ffn_up_exps.scale` [n_expert], where the file has
     them, as llama.cpp's build_moe_ffn applies them (build_lora_mm_id's w_s): each chosen

@@ -73,6 +73,9 @@ CLOSE = (
     "orion-dense",
     "qwen2moe-moe",
     "xverse-dense",
+    "nemotron-dense",
+    "stablelm-dense",
+    "stablelm-parallel",
 )
 CLOSE_MEAN = 1e-3
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
