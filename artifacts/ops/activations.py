@@ -1,5 +1,5 @@
 """Elementwise ops some architectures add to the backbone: gemma's final-logit soft-capping,
-granite's and gemma4's scalar multipliers, apertus's xIELU activation.
+granite's and gemma4's scalar multipliers, apertus's xIELU activation, the ungated FFNs' GELU.
 """
 
 from rfc.artifacts.ops.core import same_shape
@@ -28,6 +28,21 @@ def _softcap(v: OpView) -> None:
 
 
 DEFS = (
+    OpDef(
+        kind="gelu",
+        schema=OpSchema(
+            1,
+            1,
+            (0, 0),
+            (),
+            doc="out = gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))), ggml_gelu's formula "
+            "(the ungated FFNs of phi2, starcoder2, gptneox, falcon; llama.cpp's CPU reads it from an fp16 table)",
+        ),
+        check=same_shape,
+        reference="op_gelu",
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_gelu"),
+        gpu=GpuPart(("gpu_gelu.hip.j2",), lower="_gelu", args=(("out", PTR), ("x", PTR), ("n_rows", I32))),
+    ),
     OpDef(
         kind="softcap",
         schema=OpSchema(1, 1, (0, 0), ("cap",), doc="out = cap * tanh(x / cap) (gemma's final-logit soft-capping)"),

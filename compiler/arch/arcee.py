@@ -6,13 +6,13 @@ ffn_down(relu(ffn_up h)^2) (build_ffn's RELU_SQR, sequential; no biases or weigh
 
 from rfc.compiler.arch import prenorm
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Sizes, relu_sqr_ffn
+from rfc.compiler.arch.common import Sizes, ungated_ffn
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 
 def _ffn(b: ModelBuilder, i: int, sizes: Sizes, n_ff: int) -> bool:
-    relu_sqr_ffn(b, i, sizes.n_embd, n_ff, bias=False)
+    ungated_ffn(b, i, sizes.n_embd, n_ff, "relu_sqr", bias=False)
     return False
 
 

@@ -268,8 +268,6 @@ def qkv_weights(b: ModelBuilder, p: str, sizes: Sizes) -> tuple[str, str, str]:
     fused = p + "attn_qkv.weight"
     if not b.has(fused):
         return tuple(b.tensor(f"{p}attn_{x}.weight", f"attn_{x}", (w, e)) for x, w in (("q", q), ("k", kv), ("v", kv)))
-    if b.has(p + "attn_qkv.bias"):
-        raise CompileError(f"{b.path}: a fused {p}attn_qkv.bias is not supported")
     shape = (q + 2 * kv, e)
     return (
         b.rows(fused + ":q", "attn_q", fused, shape, 0, q),
@@ -328,14 +326,22 @@ def head_norms(b: ModelBuilder, p: str, sizes: Sizes, eps: float, q: str = "q", 
 def qkv_projections(b: ModelBuilder, p: str, sizes: Sizes, src: str = "h") -> None:
     """q, k, v = the layer's Q, K and V projections of src (prefix `p`), each times its weight
     scale and plus its bias where the file has them (llama.cpp's build_qkv: a fused attn_qkv's
-    scale scales all three). Every recipe that builds its own attention starts from here."""
+    scale scales all three, its attn_qkv.bias adds to all three; with it the separate biases are
+    not read, as llama.cpp's loader does not). Every recipe that builds its own attention starts
+    from here."""
     fused_scale = weight_scale(b, p + "attn_qkv")
-    for proj, w, width in zip("qkv", qkv_weights(b, p, sizes), (sizes.q_width, sizes.kv_width, sizes.kv_width)):
+    fused_bias = p + "attn_qkv.bias"  # with a fused attn_qkv only: Q's, K's and V's entries in turn
+    q, kv = sizes.q_width, sizes.kv_width
+    spans = {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
+    for proj, w, width in zip("qkv", qkv_weights(b, p, sizes), (q, kv, kv)):
         b.op("matmul", (src,), (proj,), (w,))
         scale = fused_scale if fused_scale is not None else weight_scale(b, f"{p}attn_{proj}")
         if scale is not None and scale != 1.0:
             b.op("scale", (proj,), (proj,), factor=scale)
-        bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
+        if b.has(fused_bias) and b.has(p + "attn_qkv.weight"):
+            bias = b.vector_ranges(f"{fused_bias}:{proj}", f"attn_{proj}_bias", fused_bias, q + 2 * kv, [spans[proj]])
+        else:
+            bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
         if bias:
             b.op("add_bias", (proj,), (proj,), (bias,))
 
@@ -418,13 +424,21 @@ def glu_ffn(
     linear(b, "gate", dst, p + "ffn_down", (e, n_ff), bias=bias, scale=scale, bias_first=True)
 
 
-def relu_sqr_ffn(b: ModelBuilder, i: int, e: int, n_ff: int, *, bias: bool, src: str = "h", dst: str = "h") -> None:
-    """dst = ffn_down(relu(ffn_up src)^2), build_ffn's ungated RELU_SQR (arcee, nemotron): each matmul
-    plus its bias where the graph passes one (`bias`), no weight scales (neither graph passes them:
-    known and unused). relu(u)^2 is swiglu with activation "relu" of (u, u): max(u, 0) u."""
+def ungated_ffn(
+    b: ModelBuilder, i: int, e: int, n_ff: int, activation: str, *, bias: bool, src: str = "h", dst: str = "h"
+) -> None:
+    """dst = ffn_down(act(ffn_up src)), build_ffn without a gate (LLM_FFN_SEQ): activation
+    "relu_sqr" (arcee, nemotron: relu(u)^2, computed as swiglu "relu" of (u, u) = max(u, 0) u) or
+    "gelu" (phi2, starcoder2, gptneox, falcon); each matmul plus its bias where the graph passes
+    one (`bias`), no weight scales (none of these graphs passes them: known and unused)."""
     p = f"blk.{i}."
     linear(b, src, "up", p + "ffn_up", (n_ff, e), bias=bias, scale=False, bias_first=True)
-    b.op("swiglu", ("up", "up"), ("up",), activation="relu")
+    if activation == "relu_sqr":
+        b.op("swiglu", ("up", "up"), ("up",), activation="relu")
+    elif activation == "gelu":
+        b.op("gelu", ("up",), ("up",))
+    else:
+        raise ValueError(f"unknown ungated FFN activation {activation!r}")  # a recipe bug
     linear(b, "up", dst, p + "ffn_down", (e, n_ff), bias=bias, scale=False, bias_first=True)
 
 

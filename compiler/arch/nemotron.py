@@ -8,7 +8,7 @@ Nemotron-H is `nemotron_h`.)"""
 
 from rfc.compiler.arch import prenorm
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Sizes, relu_sqr_ffn
+from rfc.compiler.arch.common import Sizes, ungated_ffn
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -16,7 +16,7 @@ BLOCK = prenorm.Block("neox", full_rotary=False, output_required=True, layer_nor
 
 
 def _ffn(b: ModelBuilder, i: int, sizes: Sizes, n_ff: int) -> bool:
-    relu_sqr_ffn(b, i, sizes.n_embd, n_ff, bias=True)
+    ungated_ffn(b, i, sizes.n_embd, n_ff, "relu_sqr", bias=True)
     return False
 
 

@@ -817,6 +817,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "softcap": ("out",),
         "scale": ("out",),
         "xielu": ("out",),
+        "gelu": ("out",),
         "moe_route": ("ids", "weights"),
         "moe_matmul": ("out",),
         "moe_combine": ("out",),

@@ -136,6 +136,13 @@ class ReferenceDevice(HostState, InterpretedDevice):
     def op_scale(self, outs, ins, weights, attrs, batch):
         outs[0][...] = ins[0] * np.float32(attrs["factor"])
 
+    def op_gelu(self, outs, ins, weights, attrs, batch):
+        x = ins[0]
+        c = np.float32(np.sqrt(2.0 / np.pi))
+        outs[0][...] = (
+            np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * x * (np.float32(1.0) + np.float32(0.044715) * x * x)))
+        )
+
     def op_xielu(self, outs, ins, weights, attrs, batch):
         x = ins[0]
         a_n, a_p, beta, eps = (np.float32(attrs[k]) for k in ("alpha_n", "alpha_p", "beta", "eps"))

@@ -78,6 +78,11 @@ CLOSE = (
     "stablelm-parallel",
 )
 CLOSE_MEAN = 1e-3
+# llama.cpp's CPU GELU reads an fp16 table (each input and output rounded to fp16); rfc computes
+# ggml_gelu's formula in float32, as llama.cpp's GPU backends do. With the table emulated in the
+# reference these files match at mean |d| <= 3.2e-5; as they are, 5.8e-4 to 8.3e-4: held to 2e-3.
+GELU_TABLE = ("phi2-dense", "starcoder2-dense", "gptneox-dense", "gptneox-parallel", "falcon-dense", "falcon-7b")
+GELU_TABLE_MEAN = 2e-3
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
 CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 
@@ -118,6 +123,7 @@ def _check(name, tmp_path, device, targets):
     ok, stats = archs.bounds(teacher_forced_logits(bundle, device, golden["tokens"].tolist()), golden["logits"])
     assert ok, f"{name} on {device}: {stats}"
     assert name not in CLOSE or stats["mean"] <= CLOSE_MEAN, f"{name} on {device}: mean |d| above {CLOSE_MEAN}: {stats}"
+    assert name not in GELU_TABLE or stats["mean"] <= GELU_TABLE_MEAN, f"{name} on {device}: {stats}"
 
 
 def test_every_supported_architecture_has_its_file():

@@ -578,6 +578,30 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
 
 
 @pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
+def test_gptneox_gelu_and_fused_qkv_bias(target, gpu_build_cache, tmp_path):
+    """The ungated FFNs' GELU and a fused attn_qkv whose bias is split with it, in Pythia's layout
+    (tests/e2e/test_llama_archs.py's gptneox-parallel: attention and FFN from two LayerNorms of the
+    same x), the whole model against the reference."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.e2e.test_llama_archs import _model
+
+    out = tmp_path / "bundle"
+    compile_model(
+        CompileOptions(
+            model=_model("gptneox-parallel", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache
+        )
+    )
+    pair = Pair(out, target, tmp_path / "emu")
+    assert any(o.kind == "gelu" for o in pair.bundle.plan.ops)
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
+    ok, msg = _close(gpu, ref)
+    assert ok, msg
+    gpu, ref = pair.step([ScheduledChunk(0, 13, (7,), all_logits=True)])  # a decode step after the prompt
+    ok, msg = _close(gpu, ref)
+    assert ok, msg
+
+
+@pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
 def test_apertus_xielu(target, gpu_build_cache, tmp_path):
     """apertus's FFN activation (xielu: its four constants compiled in, different per layer, one
     with an eps that clips part of the negative side) in the file tests/e2e/test_llama_archs.py

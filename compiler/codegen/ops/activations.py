@@ -1,5 +1,6 @@
 """The lowerings of the activations family (artifacts/ops/activations.py): gemma's final-logit
-soft-capping, the scalar multipliers, apertus's xIELU. Each is a row-wise kernel on both targets.
+soft-capping, the scalar multipliers, apertus's xIELU, the ungated FFNs' GELU. Each is a row-wise
+kernel on both targets.
 
 The classes are mixins of the cpu step program's lowering (compiler/codegen/cpu_step.py
 _Lowering) and of the GPU planner (compiler/codegen/gpu_plan.py _Planner): their methods are the
@@ -27,6 +28,11 @@ class CpuLowering:
                       "factor": f32_literal(op.attrs["factor"], "scale factor", signed=True)}, {x},
                      set(op.outputs))  # fmt: skip
 
+    def _gelu(self, op: Op) -> Phase:
+        x = op.inputs[0]
+        return Phase("gelu", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x),
+                              "rows": self.rows(x)}, {x}, set(op.outputs))  # fmt: skip
+
     def _xielu(self, op: Op) -> Phase:
         x = op.inputs[0]
         # validate_plan bounded the four to finite float32s of magnitude <= 1e6; C literals of them
@@ -50,6 +56,10 @@ class GpuLowering:
         # the factor is compiled in: one kernel per (width, factor), its bits in the name
         name = f"rfc_scale_{width}_" + f"{factor:.9g}".replace(".", "p").replace("-", "m").replace("+", "")
         return self._rowwise(op, "gpu_scale.hip.j2", name, width, factor=factor)
+
+    def _gelu(self, op: Op) -> KernelSpec:
+        width = self._width(op.inputs[0])
+        return self._rowwise(op, "gpu_gelu.hip.j2", f"rfc_gelu_{width}", width)
 
     def _xielu(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])

@@ -195,6 +195,7 @@ class CpuOpDevice(InterpretedDevice):
                     "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float],
                     "rfc_scale": [_P, _P, c_size_t, c_float],
                     "rfc_xielu": [_P, _P, c_size_t, c_float, c_float, c_float, c_float],
+                    "rfc_gelu": [_P, _P, c_size_t],
                     "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_moe_scale": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_slot_scale": [_P, _P, c_int, c_int, c_int, _P],
@@ -533,6 +534,9 @@ _P]}  # fmt: skip
 
     def _op_scale(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_scale", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["factor"])
+
+    def _op_gelu(self, op, outs, ins, weights, batch):
+        return self._arch_kernel("rfc_gelu", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size)
 
     def _op_xielu(self, op, outs, ins, weights, batch):
         consts = (op.attrs[k] for k in ("alpha_n", "alpha_p", "beta", "eps"))

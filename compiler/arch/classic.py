@@ -1,0 +1,101 @@
+"""The LayerNorm families of 2023 (phi2, starcoder2, gptneox, falcon), as their llama.cpp graphs
+build them: LayerNorms with weight and bias (`attention.layer_norm_epsilon`), NeoX RoPE (over the
+first `rope.dimension_count` dims of each head where the family allows it), Q/K/V from separate
+tensors or one fused `attn_qkv` (its bias split the same way), and an ungated GELU FFN. What
+differs is a Classic: how attention and FFN meet the residual, which biases the loader reads, and
+the output head.
+
+    sequential:  x += attn(LN1 x);          x += FFN(LN2 x)           (starcoder2; gptneox by default)
+    shared:      n = LN1 x;  x += attn(n) + FFN(n)                      (phi2, falcon)
+    two norms:   x += attn(LN1 x) + FFN(LN2 x), both of the same x      (gptneox with use_parallel_residual)
+
+falcon's 40B layers LayerNorm attention's input apart (`attn_norm_2`, where a layer has it); the
+FFN still reads attn_norm's output."""
+
+import math
+from dataclasses import dataclass
+
+from rfc.compiler.arch import layernorm
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import (
+    Attention, attention, declare_buffers, hparams, kv_spec, linear, read_rope, read_sizes, ungated_ffn,
+)  # fmt: skip
+from rfc.compiler.arch.metadata import MAX_FF, Metadata
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Classic:
+    residual: str  # "sequential", "shared" or "two_norms" (the module docstring); "key": gptneox's file says
+    full_rotary: bool  # the graph asserts rope.dimension_count == head_dim
+    out_bias: bool  # attn_output.bias: the loader reads it (required) and the graph adds it
+    ffn_bias: bool  # ffn_up.bias and ffn_down.bias: required and added
+    output_bias: bool = False  # output.bias: required and added (phi2)
+    output_required: bool = True  # False: the tied embedding when the file has no output.weight
+    attn_norm_2: bool = False  # falcon: attention reads LN(x) by attn_norm_2 where the layer has it
+
+
+def _layer_norm(b: ModelBuilder, src: str, dst: str, name: str, n: int, eps: float, rows: str = "T") -> None:
+    role = name.rsplit(".", 1)[-1]
+    weight = b.tensor(name + ".weight", role, (n,))
+    layernorm.layer_norm(b, src, dst, n, eps, weight, rows=rows, bias=b.tensor(name + ".bias", role + "_bias", (n,)))
+
+
+def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
+    md = Metadata(model, arch)
+    sizes = read_sizes(md)
+    rope = read_rope(md, sizes, "neox")
+    if c.full_rotary and rope.n_rot != sizes.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
+                           f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    eps = md.float("attention.layer_norm_epsilon", 0.0, 1.0, open_lo=True)
+    residual = c.residual
+    if residual == "key":  # gptneox: required, as its loader reads it
+        residual = "two_norms" if md.bool("use_parallel_residual") else "sequential"
+    b = ModelBuilder(model)
+    if c.output_required and not b.has("output.weight"):
+        raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
+    e = sizes.n_embd
+    declare_buffers(b, sizes, n_ff)
+    b.buffer("a", "T", e)
+    layernorm.declare(b, e, "T")
+    layernorm.declare(b, e, "R")
+    norm_2 = c.attn_norm_2 and any(b.has(f"blk.{i}.attn_norm_2.weight") for i in range(sizes.n_layers))
+    if norm_2:
+        b.buffer("n2", "T", e)
+    b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, e)),))
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim))
+    for i in range(sizes.n_layers):
+        p = f"blk.{i}."
+        _layer_norm(b, "x", "h", p + "attn_norm", e, eps)
+        src = "h"
+        if norm_2 and b.has(p + "attn_norm_2.weight"):
+            _layer_norm(b, "x", "n2", p + "attn_norm_2", e, eps)
+            src = "n2"
+        attention(b, i, sizes, eps, cfg, src=src, dst="a", out_bias=c.out_bias)
+        if residual == "sequential":
+            b.op("add", ("x", "a"), ("x",))
+            _layer_norm(b, "x", "h", p + "ffn_norm", e, eps)
+        elif residual == "two_norms":
+            _layer_norm(b, "x", "h", p + "ffn_norm", e, eps)
+        # "shared": the FFN reads h, attn_norm's output
+        ungated_ffn(b, i, e, n_ff, "gelu", bias=c.ffn_bias)
+        if residual != "sequential":
+            b.op("add", ("x", "a"), ("x",))
+        b.op("add", ("x", "h"), ("x",))
+    b.op("gather_rows", ("x",), ("xr",))
+    _layer_norm(b, "xr", "hr", "output_norm", e, eps, rows="R")
+    tied = not b.has("output.weight")
+    if tied:
+        b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
+    else:
+        linear(b, "hr", "logits", "output", (sizes.vocab_size, e), bias=c.output_bias)
+    if c.output_bias and not b.has("output.bias"):
+        raise CompileError(f"{b.path}: missing tensor output.bias ({arch}'s loader requires it)")
+    extra = {"norm": "layernorm", "residual": residual, "ffn": "gelu"}
+    hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias")
+                 or b.has("blk.0.attn_qkv.bias"), rope_freq_factors=False, extra=extra)  # fmt: skip
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))
