@@ -1,9 +1,9 @@
-"""The LayerNorm families of 2023 (phi2, starcoder2, gptneox, falcon), as their llama.cpp graphs
-build them: LayerNorms with weight and bias (`attention.layer_norm_epsilon`), NeoX RoPE (over the
-first `rope.dimension_count` dims of each head where the family allows it), Q/K/V from separate
-tensors or one fused `attn_qkv` (its bias split the same way), and an ungated GELU FFN. What
-differs is a Classic: how attention and FFN meet the residual, which biases the loader reads, and
-the output head.
+"""The LayerNorm families (phi2, starcoder2, gptneox, falcon, codeshell, jais2), as their llama.cpp
+graphs build them: LayerNorms with weight and bias (`attention.layer_norm_epsilon`), NeoX RoPE (over
+the first `rope.dimension_count` dims of each head where the family allows it), Q/K/V from separate
+tensors or one fused `attn_qkv` (its bias split the same way), and an ungated FFN (GELU, or jais2's
+squared ReLU). What differs is a Classic: how attention and FFN meet the residual, which biases
+the loader reads, the activation, and the output head.
 
     sequential:  x += attn(LN1 x);          x += FFN(LN2 x)           (starcoder2; gptneox by default)
     shared:      n = LN1 x;  x += attn(n) + FFN(n)                      (phi2, falcon)
@@ -35,6 +35,8 @@ class Classic:
     output_bias: bool = False  # output.bias: required and added (phi2)
     output_required: bool = True  # False: the tied embedding when the file has no output.weight
     attn_norm_2: bool = False  # falcon: attention reads LN(x) by attn_norm_2 where the layer has it
+    activation: str = "gelu"  # the ungated FFN's (common.ungated_ffn): "gelu" or "relu_sqr" (jais2)
+    embd_from_output: bool = False  # codeshell: without token_embd.weight, the embedding is output.weight
 
 
 def _layer_norm(b: ModelBuilder, src: str, dst: str, name: str, n: int, eps: float, rows: str = "T") -> None:
@@ -45,7 +47,8 @@ def _layer_norm(b: ModelBuilder, src: str, dst: str, name: str, n: int, eps: flo
 
 def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
     md = Metadata(model, arch)
-    sizes = read_sizes(md)
+    embd = "output.weight" if c.embd_from_output and "token_embd.weight" not in model.tensors else "token_embd.weight"
+    sizes = read_sizes(md, embd)
     rope = read_rope(md, sizes, "neox")
     if c.full_rotary and rope.n_rot != sizes.head_dim:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
@@ -66,7 +69,7 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
     norm_2 = c.attn_norm_2 and any(b.has(f"blk.{i}.attn_norm_2.weight") for i in range(sizes.n_layers))
     if norm_2:
         b.buffer("n2", "T", e)
-    b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, e)),))
+    b.op("embed", ("tokens",), ("x",), (b.tensor(embd, embd.split(".")[0], (sizes.vocab_size, e)),))
     cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim))
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
@@ -82,7 +85,7 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
         elif residual == "two_norms":
             _layer_norm(b, "x", "h", p + "ffn_norm", e, eps)
         # "shared": the FFN reads h, attn_norm's output
-        ungated_ffn(b, i, e, n_ff, "gelu", bias=c.ffn_bias)
+        ungated_ffn(b, i, e, n_ff, c.activation, bias=c.ffn_bias)
         if residual != "sequential":
             b.op("add", ("x", "a"), ("x",))
         b.op("add", ("x", "h"), ("x",))
@@ -95,7 +98,7 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
         linear(b, "hr", "logits", "output", (sizes.vocab_size, e), bias=c.output_bias)
     if c.output_bias and not b.has("output.bias"):
         raise CompileError(f"{b.path}: missing tensor output.bias ({arch}'s loader requires it)")
-    extra = {"norm": "layernorm", "residual": residual, "ffn": "gelu"}
+    extra = {"norm": "layernorm", "residual": residual, "ffn": c.activation}
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias")
                  or b.has("blk.0.attn_qkv.bias"), rope_freq_factors=False, extra=extra)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

@@ -41,7 +41,9 @@ class Sizes:
         return self.n_kv_heads * self.head_dim
 
 
-def read_sizes(md: Metadata) -> Sizes:
+def read_sizes(md: Metadata, embd_name: str = "token_embd.weight") -> Sizes:
+    """The stack's sizes, the vocabulary's from the embedding's rows (`embd_name`: codeshell's loader
+    takes output.weight when the file has no token_embd.weight)."""
     model = md.model
     n_embd = md.int("embedding_length", 1, MAX_EMBD)
     # Every layer has tensors of its own: a file cannot hold more layers than tensors.
@@ -54,17 +56,15 @@ def read_sizes(md: Metadata) -> Sizes:
     value_dim = md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim)
     if value_dim != head_dim:
         raise CompileError(f"{md.path}: attention.value_length {value_dim} != key_length {head_dim} is not supported")
-    embd = model.tensors.get("token_embd.weight")
+    embd = model.tensors.get(embd_name)
     if embd is None:
-        raise CompileError(f"{md.path}: missing tensor token_embd.weight")
+        raise CompileError(f"{md.path}: missing tensor {embd_name}")
     if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(
-            f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]"
-        )
+        raise CompileError(f"{md.path}: {embd_name} has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]")
     vocab_size = embd.shape[0]
     declared = md.int("vocab_size", 1, MAX_VOCAB, default=vocab_size)
     if declared != vocab_size:
-        raise CompileError(f"{md.path}: {md.key('vocab_size')} {declared} != token_embd rows {vocab_size}")
+        raise CompileError(f"{md.path}: {md.key('vocab_size')} {declared} != {embd_name} rows {vocab_size}")
     return Sizes(n_embd, n_layers, n_heads, n_kv_heads, head_dim, vocab_size)
 
 

@@ -1,6 +1,6 @@
 """The plain pre-norm decoder block several families share with small differences (seed_oss,
 ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2, internlm2, xverse, exaone, orion,
-arcee), as their llama.cpp graphs build it:
+arcee, nemotron, maincoder, qwen), as their llama.cpp graphs build it:
 
     x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (biases, weight scales where present)
     x += FFN(<ffn_norm>(x))                                              (SwiGLU, or the family's experts)
@@ -45,9 +45,9 @@ class Block:
     out_bias: bool = True  # False: llama.cpp loads attn_output.bias and its graph does not add it (ernie4_5)
     # False: the loader has no attn_output.bias at all (xverse, orion), so a file with one is refused
     out_bias_loaded: bool = True
-    layer_norm: bool = (
-        False  # LayerNorms with weight and bias (LLM_NORM, layer_norm_epsilon) for every RMS norm (orion)
-    )
+    # LayerNorms with weight and bias (LLM_NORM, layer_norm_epsilon) for every RMS norm (orion, nemotron)
+    layer_norm: bool = False
+    halved_ff: bool = False  # the FFN is feed_forward_length / 2 wide (qwen's loader)
 
 
 def build(
@@ -72,7 +72,11 @@ def build(
     if block.full_rotary and rp.n_rot != sizes.head_dim:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rp.n_rot} != head size {sizes.head_dim} "
                            f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
-    n_ff = md.int("feed_forward_length", 1, MAX_FF)
+    n_ff = md.int("feed_forward_length", 2 if block.halved_ff else 1, MAX_FF)
+    if block.halved_ff:
+        if n_ff % 2:
+            raise CompileError(f"{md.path}: {md.key('feed_forward_length')} {n_ff} is odd ({arch}'s FFN is half of it)")
+        n_ff //= 2
     eps_key = "attention.layer_norm_epsilon" if block.layer_norm else "attention.layer_norm_rms_epsilon"
     eps = md.float(eps_key, 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)

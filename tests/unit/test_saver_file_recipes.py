@@ -123,3 +123,17 @@ def test_mistral4_runs_deepseek2s_recipe_under_its_own_keys(tmp_path):
     spec = spec_of(_model("mistral4-moe", tmp_path))
     assert spec.hparams.architecture == "mistral4" and _routes(spec)
     assert any("attn_kv_a_mqa" in w for op in spec.plan.ops for w in op.weights)  # MLA
+
+
+def test_codeshell_embeds_with_its_output_weight_when_the_file_has_no_token_embd(tmp_path):
+    """codeshell's loader: token_embd.weight optional, output.weight the embedding without it."""
+    spec = spec_of(_edited("codeshell-dense", tmp_path, drop_tensors=("token_embd.weight",)))
+    embed = next(op for op in spec.plan.ops if op.kind == "embed")
+    assert embed.weights == ("output.weight",)
+    _refused(_edited("jais2-dense", tmp_path, drop_tensors=("token_embd.weight",)), "token_embd.weight")
+
+
+def test_qwen_halves_its_ffn_width(tmp_path):
+    spec = spec_of(_model("qwen-dense", tmp_path))
+    gate = next(op for op in spec.plan.ops if op.kind == "matmul" and op.weights[0].endswith("ffn_gate.weight"))
+    assert spec.plan.buffer(gate.outputs[0]).shape[-1] * 2 == 384  # the file's feed_forward_length
