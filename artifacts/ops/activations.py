@@ -1,5 +1,5 @@
 """Elementwise ops some architectures add to the backbone: gemma's final-logit soft-capping,
-granite's and gemma4's scalar multipliers, apertus's xIELU activation, the ungated FFNs' GELU.
+granite's and gemma4's scalar multipliers, apertus's xIELU activation, the ungated FFNs' GELU, olmo's Q/K/V clamp.
 """
 
 from rfc.artifacts.ops.core import same_shape
@@ -22,12 +22,32 @@ def _xielu(v: OpView) -> None:
         v.real_attr(name, -1e6, 1e6)
 
 
+def _clamp(v: OpView) -> None:
+    same_shape(v)
+    v.real_attr("limit", 0.0, 1e6, open_lo=True)
+
+
 def _softcap(v: OpView) -> None:
     same_shape(v)
     v.real_attr("cap", 0.0, 1e6, open_lo=True)
 
 
 DEFS = (
+    OpDef(
+        kind="clamp",
+        schema=OpSchema(
+            1,
+            1,
+            (0, 0),
+            ("limit",),
+            doc="out = min(max(x, -limit), limit), limit a float32 > 0 (olmo's, dbrx's and mpt's "
+            "attention.clamp_kqv on Q, K and V after their matmuls, as ggml_clamp)",
+        ),
+        check=_clamp,
+        reference="op_clamp",
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_clamp"),
+        gpu=GpuPart(("gpu_clamp.hip.j2",), lower="_clamp", args=(("out", PTR), ("x", PTR), ("n_rows", I32))),
+    ),
     OpDef(
         kind="gelu",
         schema=OpSchema(

@@ -220,6 +220,7 @@ class Attention:
     qk_norm_rows: bool = False
     factors: str | None = None  # RoPE frequency factors (a weight of the plan)
     sinks: bool = False  # a learned sink logit per query head, `attn_sinks` (gpt-oss)
+    clamp: float | None = None  # Q, K and V clamped to [-c, c] after their biases (attention.clamp_kqv: olmo)
 
     def with_rope(self, **changes) -> "Attention":
         return replace(self, rope=replace(self.rope, **changes))
@@ -295,7 +296,7 @@ def attention(
     is refused by the builder). Without `rope` the layer's queries and keys keep no positions
     (smollm3's NoPE layers)."""
     p = f"blk.{i}."
-    qkv_projections(b, p, sizes, src)
+    qkv_projections(b, p, sizes, src, cfg.clamp)
     if cfg.qk_norm and cfg.qk_norm_rows:
         b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (sizes.q_width,)),), eps=eps)
         b.op(
@@ -323,12 +324,12 @@ def head_norms(b: ModelBuilder, p: str, sizes: Sizes, eps: float, q: str = "q", 
         b.op("rmsnorm", (k,), (k,), (norm,), eps=eps, heads=sizes.n_kv_heads)
 
 
-def qkv_projections(b: ModelBuilder, p: str, sizes: Sizes, src: str = "h") -> None:
+def qkv_projections(b: ModelBuilder, p: str, sizes: Sizes, src: str = "h", clamp: float | None = None) -> None:
     """q, k, v = the layer's Q, K and V projections of src (prefix `p`), each times its weight
     scale and plus its bias where the file has them (llama.cpp's build_qkv: a fused attn_qkv's
     scale scales all three, its attn_qkv.bias adds to all three; with it the separate biases are
-    not read, as llama.cpp's loader does not). Every recipe that builds its own attention starts
-    from here."""
+    not read, as llama.cpp's loader does not); with `clamp` each is then clamped to [-clamp, clamp]
+    (build_qkv's f_clamp_kqv). Every recipe that builds its own attention starts from here."""
     fused_scale = weight_scale(b, p + "attn_qkv")
     fused_bias = p + "attn_qkv.bias"  # with a fused attn_qkv only: Q's, K's and V's entries in turn
     q, kv = sizes.q_width, sizes.kv_width
@@ -344,6 +345,8 @@ def qkv_projections(b: ModelBuilder, p: str, sizes: Sizes, src: str = "h") -> No
             bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
         if bias:
             b.op("add_bias", (proj,), (proj,), (bias,))
+        if clamp:
+            b.op("clamp", (proj,), (proj,), limit=clamp)
 
 
 def weight_scale(b: ModelBuilder, name: str) -> float | None:

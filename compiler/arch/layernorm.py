@@ -24,15 +24,24 @@ def declare(b: ModelBuilder, n: int, rows: str = "T") -> None:
 
 
 def layer_norm(
-    b: ModelBuilder, src: str, dst: str, n: int, eps: float, weight: str, *, rows: str = "T", bias: str | None = None
+    b: ModelBuilder,
+    src: str,
+    dst: str,
+    n: int,
+    eps: float,
+    weight: str | None,
+    *,
+    rows: str = "T",
+    bias: str | None = None,
 ) -> None:
-    """dst = LayerNorm(src) * weight (+ bias) over rows of n values (declare(b, n, rows) first)."""
+    """dst = LayerNorm(src) (* weight) (+ bias) over rows of n values (declare(b, n, rows) first); no
+    weight: the plain normalization (olmo's LayerNorms have neither weight nor bias)."""
     part = b.constant(f"rfc.layernorm.mean.{n}", "layernorm_mean", (MEAN_SLOTS, n), -1.0 / (MEAN_SLOTS * n))
     spread = b.constant(f"rfc.layernorm.spread.{n}", "layernorm_spread", (n, MEAN_SLOTS), 1.0)
     b.op("matmul", (src,), (f"ln_part_{rows}",), (part,))
     b.op("matmul", (f"ln_part_{rows}",), (f"ln_mean_{rows}",), (spread,))
     b.op("add", (src, f"ln_mean_{rows}"), (dst,))
-    b.op("rmsnorm", (dst,), (dst,), (weight,), eps=eps)
+    b.op("rmsnorm", (dst,), (dst,), (weight,) if weight else (), eps=eps)
     if bias:
         b.op("add_bias", (dst,), (dst,), (bias,))
 

@@ -12,7 +12,7 @@ from rfc.compiler.arch.common import Sizes, ungated_ffn
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
-BLOCK = prenorm.Block("neox", full_rotary=False, output_required=True, layer_norm=True)
+BLOCK = prenorm.Block("neox", full_rotary=False, output_required=True, norm="layer")
 
 
 def _ffn(b: ModelBuilder, i: int, sizes: Sizes, n_ff: int) -> bool:

@@ -8,7 +8,7 @@ from rfc.compiler.arch import prenorm
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
-BLOCK = prenorm.Block("neox", out_bias=False, out_bias_loaded=False, output_required=True, layer_norm=True)
+BLOCK = prenorm.Block("neox", out_bias=False, out_bias_loaded=False, output_required=True, norm="layer")
 
 
 def build(model: GGUFModel) -> ModelSpec:

@@ -1,6 +1,6 @@
 """The plain pre-norm decoder block several families share with small differences (seed_oss,
 ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2, internlm2, xverse, exaone, orion,
-arcee, nemotron, maincoder, qwen), as their llama.cpp graphs build it:
+arcee, nemotron, maincoder, qwen, olmo, plamo), as their llama.cpp graphs build it:
 
     x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (biases, weight scales where present)
     x += FFN(<ffn_norm>(x))                                              (SwiGLU, or the family's experts)
@@ -9,7 +9,8 @@ with a final RMS norm and `output.weight` (else the tied embedding). What differ
 RoPE pairing, whether `rope_freqs` factors apply, the FFN norm's name, per-head Q/K RMS norms after
 RoPE (hunyuan) or whole-row ones before it (minimax-m2), partial rotary, and the FFN itself (a
 hook for the mixtures of experts), whether attn_output's bias is added (ernie4_5's graph leaves it out)
-or exists at all, and LayerNorms with biases instead of RMS norms (orion).
+or exists at all, LayerNorms (with weight and bias: orion; without: olmo) instead of RMS norms, and
+attention and FFN in parallel from the same normed input (plamo).
 Every matmul takes its `.scale` and `.bias` where the file has them (common.qkv_projections, linear).
 """
 
@@ -45,8 +46,11 @@ class Block:
     out_bias: bool = True  # False: llama.cpp loads attn_output.bias and its graph does not add it (ernie4_5)
     # False: the loader has no attn_output.bias at all (xverse, orion), so a file with one is refused
     out_bias_loaded: bool = True
-    # LayerNorms with weight and bias (LLM_NORM, layer_norm_epsilon) for every RMS norm (orion, nemotron)
-    layer_norm: bool = False
+    # "rms"; "layer": LayerNorms with weight and bias (LLM_NORM, layer_norm_epsilon: orion, nemotron);
+    # "plain": LayerNorms without either (olmo)
+    norm: str = "rms"
+    parallel: bool = False  # the FFN reads attn_norm's output too, and both add to x (plamo)
+    clamp_kqv: bool = False  # the loader reads attention.clamp_kqv: Q, K and V clamped to [-c, c] (olmo)
     halved_ff: bool = False  # the FFN is feed_forward_length / 2 wide (qwen's loader)
 
 
@@ -77,25 +81,29 @@ def build(
         if n_ff % 2:
             raise CompileError(f"{md.path}: {md.key('feed_forward_length')} {n_ff} is odd ({arch}'s FFN is half of it)")
         n_ff //= 2
-    eps_key = "attention.layer_norm_epsilon" if block.layer_norm else "attention.layer_norm_rms_epsilon"
+    eps_key = "attention.layer_norm_rms_epsilon" if block.norm == "rms" else "attention.layer_norm_epsilon"
     eps = md.float(eps_key, 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
     if block.output_required and not b.has("output.weight"):
         raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
     declare_buffers(b, sizes, n_ff)
-    if block.layer_norm:
+    if block.parallel:
+        b.buffer("a", "T", sizes.n_embd)
+    if block.norm != "rms":
         layernorm.declare(b, sizes.n_embd, "T")
         layernorm.declare(b, sizes.n_embd, "R")
     if declare is not None:
         declare(b, sizes)
     embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     factors = rope_factors(b, rp, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if block.factors else None
+    clamp = md.float("attention.clamp_kqv", 0.0, 1e6, default=0.0) if block.clamp_kqv else 0.0
     cfg = Attention(
         rp,
         scale=1.0 / math.sqrt(sizes.head_dim),
         factors=factors,
         qk_norm=block.qk_norm_rows,
         qk_norm_rows=block.qk_norm_rows,
+        clamp=clamp or None,
     )
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(sizes.n_layers):
@@ -106,16 +114,19 @@ def build(
         if block.qk_norm_after_rope:
             _attention_norm_after_rope(b, i, sizes, eps, cfg, out_bias=block.out_bias)
         else:
-            attention(b, i, sizes, eps, cfg, out_bias=block.out_bias)
-        b.op("add", ("x", "h"), ("x",))
-        _norm(b, block, "x", "h", p + block.ffn_norm, sizes.n_embd, eps)
+            attention(b, i, sizes, eps, cfg, out_bias=block.out_bias, dst="a" if block.parallel else "h")
+        if block.parallel:  # x += attn(h) + FFN(h): the attention's output waits in a
+            b.op("add", ("x", "a"), ("x",))
+        else:
+            b.op("add", ("x", "h"), ("x",))
+            _norm(b, block, "x", "h", p + block.ffn_norm, sizes.n_embd, eps)
         if ffn is None:
             # seed_oss, ernie4_5, hunyuan: build_ffn(up, NULL, NULL, ...)
             glu_ffn(b, i, sizes.n_embd, n_ff, bias=False, scale=False)
         elif ffn(b, i, sizes, n_ff):
             continue  # the experts added their output to x themselves
         b.op("add", ("x", "h"), ("x",))
-    if block.layer_norm:
+    if block.norm != "rms":
         b.op("gather_rows", ("x",), ("xr",))
         _norm(b, block, "xr", "hr", "output_norm", sizes.n_embd, eps, rows="R")
         tied = not b.has("output.weight")
@@ -127,7 +138,8 @@ def build(
         tied = output_head(b, sizes, eps)
     more = (
         dict(extra or {})
-        | ({"norm": "layernorm"} if block.layer_norm else {})
+        | ({"norm": "layernorm"} if block.norm != "rms" else {})
+        | ({"parallel_blocks": True} if block.parallel else {})
         | ({"nextn_predict_layers": nextn} if nextn else {})
     )
     hp = hparams(md, sizes, rp, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
@@ -136,10 +148,14 @@ def build(
 
 
 def _norm(b: ModelBuilder, block: Block, src: str, dst: str, name: str, n: int, eps: float, rows: str = "T") -> None:
-    """dst = the block's norm of src: RMS with `name.weight`, or LayerNorm with its weight and bias."""
+    """dst = the block's norm of src: RMS with `name.weight`, LayerNorm with its weight and bias, or a
+    plain LayerNorm (`name` unused)."""
     role = name.rsplit(".", 1)[-1]
+    if block.norm == "plain":
+        layernorm.layer_norm(b, src, dst, n, eps, None, rows=rows)
+        return
     weight = b.tensor(name + ".weight", role, (n,))
-    if block.layer_norm:
+    if block.norm == "layer":
         layernorm.layer_norm(
             b, src, dst, n, eps, weight, rows=rows, bias=b.tensor(name + ".bias", role + "_bias", (n,))
         )

@@ -818,6 +818,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "scale": ("out",),
         "xielu": ("out",),
         "gelu": ("out",),
+        "clamp": ("out",),
         "moe_route": ("ids", "weights"),
         "moe_matmul": ("out",),
         "moe_combine": ("out",),

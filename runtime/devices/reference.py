@@ -136,6 +136,10 @@ class ReferenceDevice(HostState, InterpretedDevice):
     def op_scale(self, outs, ins, weights, attrs, batch):
         outs[0][...] = ins[0] * np.float32(attrs["factor"])
 
+    def op_clamp(self, outs, ins, weights, attrs, batch):
+        limit = np.float32(attrs["limit"])
+        outs[0][...] = np.minimum(np.maximum(ins[0], -limit), limit)
+
     def op_gelu(self, outs, ins, weights, attrs, batch):
         x = ins[0]
         c = np.float32(np.sqrt(2.0 / np.pi))

@@ -78,6 +78,9 @@ CLOSE = (
     "stablelm-parallel",
     "jais2-dense",
     "qwen-dense",
+    "olmo-dense",
+    "olmo-unclipped",
+    "plamo-dense",
 )
 CLOSE_MEAN = 1e-3
 # llama.cpp's CPU GELU reads an fp16 table (each input and output rounded to fp16); rfc computes

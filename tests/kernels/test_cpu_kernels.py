@@ -625,6 +625,8 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     assert_close(got[0], want[0], 1e-5, 1e-6)
     got, want = run_both(kit, Op("scale", ("g",), ("g",), (), {"factor": 0.6}), [np.zeros_like(g)], [g], [], None)
     assert_close(got[0], want[0], 1e-6, 0)
+    got, want = run_both(kit, Op("clamp", ("g",), ("g",), (), {"limit": 0.75}), [np.zeros_like(g)], [g], [], None)
+    assert_close(got[0], want[0], 0, 0)
     # the ungated FFNs' GELU, over both tails (|x| up to ~12)
     got, want = run_both(kit, Op("gelu", ("g",), ("g",)), [np.zeros_like(g)], [3 * g], [], None)
     assert_close(got[0], want[0], 1e-5, 1e-6)

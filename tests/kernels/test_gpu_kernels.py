@@ -577,22 +577,29 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
     assert ok, msg
 
 
-@pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
-def test_gptneox_gelu_and_fused_qkv_bias(target, gpu_build_cache, tmp_path):
-    """The ungated FFNs' GELU and a fused attn_qkv whose bias is split with it, in Pythia's layout
-    (tests/e2e/test_llama_archs.py's gptneox-parallel: attention and FFN from two LayerNorms of the
-    same x), the whole model against the reference."""
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        # the ungated FFNs' GELU and a fused attn_qkv whose bias is split with it, in Pythia's layout
+        # (attention and FFN from two LayerNorms of the same x)
+        pytest.param("gptneox-parallel", "gelu", marks=toolchain_marks("gfx1100")),
+        # OLMo 1.7's Q/K/V clamp and its LayerNorms without weight or bias
+        pytest.param("olmo-dense", "clamp", marks=toolchain_marks("sm_90")),
+    ],
+)
+def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
+    """The ops the saver files of tests/e2e/test_llama_archs.py brought, in those files, the whole
+    model against the reference."""
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.e2e.test_llama_archs import _model
 
+    target = "gfx1100" if kind == "gelu" else "sm_90"
     out = tmp_path / "bundle"
     compile_model(
-        CompileOptions(
-            model=_model("gptneox-parallel", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache
-        )
+        CompileOptions(model=_model(name, tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
     )
     pair = Pair(out, target, tmp_path / "emu")
-    assert any(o.kind == "gelu" for o in pair.bundle.plan.ops)
+    assert any(o.kind == kind for o in pair.bundle.plan.ops)
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
     ok, msg = _close(gpu, ref)
     assert ok, msg

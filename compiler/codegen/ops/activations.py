@@ -1,5 +1,5 @@
 """The lowerings of the activations family (artifacts/ops/activations.py): gemma's final-logit
-soft-capping, the scalar multipliers, apertus's xIELU, the ungated FFNs' GELU. Each is a row-wise
+soft-capping, the scalar multipliers, apertus's xIELU, the ungated FFNs' GELU, the Q/K/V clamp. Each is a row-wise
 kernel on both targets.
 
 The classes are mixins of the cpu step program's lowering (compiler/codegen/cpu_step.py
@@ -27,6 +27,12 @@ class CpuLowering:
                      {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
                       "factor": f32_literal(op.attrs["factor"], "scale factor", signed=True)}, {x},
                      set(op.outputs))  # fmt: skip
+
+    def _clamp(self, op: Op) -> Phase:
+        x = op.inputs[0]
+        return Phase("clamp",
+                     {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x), "rows": self.rows(x),
+                      "limit": f32_literal(op.attrs["limit"], "clamp limit")}, {x}, set(op.outputs))  # fmt: skip
 
     def _gelu(self, op: Op) -> Phase:
         x = op.inputs[0]
@@ -56,6 +62,12 @@ class GpuLowering:
         # the factor is compiled in: one kernel per (width, factor), its bits in the name
         name = f"rfc_scale_{width}_" + f"{factor:.9g}".replace(".", "p").replace("-", "m").replace("+", "")
         return self._rowwise(op, "gpu_scale.hip.j2", name, width, factor=factor)
+
+    def _clamp(self, op: Op) -> KernelSpec:
+        width, limit = self._width(op.inputs[0]), np.float32(op.attrs["limit"])
+        # the limit is compiled in: one kernel per (width, limit), its bits in the name
+        name = f"rfc_clamp_{width}_{int(limit.view(np.uint32)):08x}"
+        return self._rowwise(op, "gpu_clamp.hip.j2", name, width, limit=float(limit))
 
     def _gelu(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])

@@ -196,6 +196,7 @@ class CpuOpDevice(InterpretedDevice):
                     "rfc_scale": [_P, _P, c_size_t, c_float],
                     "rfc_xielu": [_P, _P, c_size_t, c_float, c_float, c_float, c_float],
                     "rfc_gelu": [_P, _P, c_size_t],
+                    "rfc_clamp": [_P, _P, c_size_t, c_float],
                     "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_moe_scale": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_slot_scale": [_P, _P, c_int, c_int, c_int, _P],
@@ -534,6 +535,9 @@ _P]}  # fmt: skip
 
     def _op_scale(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_scale", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["factor"])
+
+    def _op_clamp(self, op, outs, ins, weights, batch):
+        return self._arch_kernel("rfc_clamp", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["limit"])
 
     def _op_gelu(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_gelu", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size)
