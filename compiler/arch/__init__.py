@@ -30,7 +30,9 @@ from rfc.compiler.arch import falcon_h1
 from rfc.compiler.arch import apertus
 from rfc.compiler.arch import (
     arcee,
+    bailingmoe,
     codeshell,
+    dbrx,
     deepseek,
     dots1,
     exaone,
@@ -62,10 +64,12 @@ Recipe = Callable[[GGUFModel], ModelSpec]
 RECIPES: dict[str, Recipe] = {
     "apertus": apertus.build,
     "arcee": arcee.build,
+    "bailingmoe": bailingmoe.build,
     "bailingmoe2": bailingmoe2.build,
     "codeshell": codeshell.build,
     "cohere2": command_r.build_cohere2,
     "command-r": command_r.build,
+    "dbrx": dbrx.build,
     "deepseek": deepseek.build,
     "deepseek2": deepseek2.build,
     "dots1": dots1.build,

@@ -1,6 +1,6 @@
 """The plain pre-norm decoder block several families share with small differences (seed_oss,
 ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2, internlm2, xverse, exaone, orion,
-arcee, nemotron, maincoder, qwen, olmo, plamo), as their llama.cpp graphs build it:
+arcee, nemotron, maincoder, qwen, olmo, plamo, dbrx), as their llama.cpp graphs build it:
 
     x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (biases, weight scales where present)
     x += FFN(<ffn_norm>(x))                                              (SwiGLU, or the family's experts)
@@ -9,7 +9,7 @@ with a final RMS norm and `output.weight` (else the tied embedding). What differ
 RoPE pairing, whether `rope_freqs` factors apply, the FFN norm's name, per-head Q/K RMS norms after
 RoPE (hunyuan) or whole-row ones before it (minimax-m2), partial rotary, and the FFN itself (a
 hook for the mixtures of experts), whether attn_output's bias is added (ernie4_5's graph leaves it out)
-or exists at all, LayerNorms (with weight and bias: orion; without: olmo) instead of RMS norms, and
+or exists at all, LayerNorms (with weight and bias: orion; weight only: dbrx; neither: olmo) instead of RMS norms, and
 attention and FFN in parallel from the same normed input (plamo).
 Every matmul takes its `.scale` and `.bias` where the file has them (common.qkv_projections, linear).
 """
@@ -47,7 +47,7 @@ class Block:
     # False: the loader has no attn_output.bias at all (xverse, orion), so a file with one is refused
     out_bias_loaded: bool = True
     # "rms"; "layer": LayerNorms with weight and bias (LLM_NORM, layer_norm_epsilon: orion, nemotron);
-    # "plain": LayerNorms without either (olmo)
+    # "layer_weight": with a weight and no bias (dbrx); "plain": with neither (olmo)
     norm: str = "rms"
     parallel: bool = False  # the FFN reads attn_norm's output too, and both add to x (plamo)
     clamp_kqv: bool = False  # the loader reads attention.clamp_kqv: Q, K and V clamped to [-c, c] (olmo)
@@ -159,6 +159,8 @@ def _norm(b: ModelBuilder, block: Block, src: str, dst: str, name: str, n: int, 
         layernorm.layer_norm(
             b, src, dst, n, eps, weight, rows=rows, bias=b.tensor(name + ".bias", role + "_bias", (n,))
         )
+    elif block.norm == "layer_weight":
+        layernorm.layer_norm(b, src, dst, n, eps, weight, rows=rows)
     else:
         b.op("rmsnorm", (src,), (dst,), (weight,), eps=eps)
 

@@ -81,6 +81,8 @@ CLOSE = (
     "olmo-dense",
     "olmo-unclipped",
     "plamo-dense",
+    "bailingmoe-moe",
+    "dbrx-moe",
 )
 CLOSE_MEAN = 1e-3
 # llama.cpp's CPU GELU reads an fp16 table (each input and output rounded to fp16); rfc computes
