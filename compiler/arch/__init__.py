@@ -30,7 +30,9 @@ from rfc.compiler.arch import falcon_h1
 from rfc.compiler.arch import apertus
 from rfc.compiler.arch import (
     arcee,
+    baichuan,
     bailingmoe,
+    chatglm,
     codeshell,
     dbrx,
     deepseek,
@@ -64,8 +66,10 @@ Recipe = Callable[[GGUFModel], ModelSpec]
 RECIPES: dict[str, Recipe] = {
     "apertus": apertus.build,
     "arcee": arcee.build,
+    "baichuan": baichuan.build,
     "bailingmoe": bailingmoe.build,
     "bailingmoe2": bailingmoe2.build,
+    "chatglm": chatglm.build,
     "codeshell": codeshell.build,
     "cohere2": command_r.build_cohere2,
     "command-r": command_r.build,

@@ -1,6 +1,7 @@
 """The plain pre-norm decoder block several families share with small differences (seed_oss,
 ernie4_5, ernie4_5-moe, hunyuan-dense, hunyuan-moe, minimax-m2, internlm2, xverse, exaone, orion,
-arcee, nemotron, maincoder, qwen, olmo, plamo, dbrx), as their llama.cpp graphs build it:
+arcee, nemotron, maincoder, qwen, olmo, plamo, dbrx, baichuan, chatglm), as their llama.cpp graphs
+build it:
 
     x += attn_output(attention(rope(Q), rope(K), V of attn_norm(x)))     (biases, weight scales where present)
     x += FFN(<ffn_norm>(x))                                              (SwiGLU, or the family's experts)
@@ -51,6 +52,7 @@ class Block:
     norm: str = "rms"
     parallel: bool = False  # the FFN reads attn_norm's output too, and both add to x (plamo)
     clamp_kqv: bool = False  # the loader reads attention.clamp_kqv: Q, K and V clamped to [-c, c] (olmo)
+    rope: bool = True  # False: no positions at all (baichuan's graph for sizes it does not know)
     halved_ff: bool = False  # the FFN is feed_forward_length / 2 wide (qwen's loader)
 
 
@@ -114,7 +116,9 @@ def build(
         if block.qk_norm_after_rope:
             _attention_norm_after_rope(b, i, sizes, eps, cfg, out_bias=block.out_bias)
         else:
-            attention(b, i, sizes, eps, cfg, out_bias=block.out_bias, dst="a" if block.parallel else "h")
+            attention(
+                b, i, sizes, eps, cfg, out_bias=block.out_bias, dst="a" if block.parallel else "h", rope=block.rope
+            )
         if block.parallel:  # x += attn(h) + FFN(h): the attention's output waits in a
             b.op("add", ("x", "a"), ("x",))
         else:

@@ -83,6 +83,8 @@ CLOSE = (
     "plamo-dense",
     "bailingmoe-moe",
     "dbrx-moe",
+    "baichuan-dense",
+    "chatglm-dense",
 )
 CLOSE_MEAN = 1e-3
 # llama.cpp's CPU GELU reads an fp16 table (each input and output rounded to fp16); rfc computes

@@ -137,3 +137,17 @@ def test_qwen_halves_its_ffn_width(tmp_path):
     spec = spec_of(_model("qwen-dense", tmp_path))
     gate = next(op for op in spec.plan.ops if op.kind == "matmul" and op.weights[0].endswith("ffn_gate.weight"))
     assert spec.plan.buffer(gate.outputs[0]).shape[-1] * 2 == 384  # the file's feed_forward_length
+
+
+def test_baichuan_positions_follow_llama_cpps_size_switch(tmp_path):
+    """baichuan's graph: RoPE for 32 layers, ALiBi for 40 (refused: no op), none for other counts
+    (the saver's 2-layer file, which matches llama.cpp without positions)."""
+    spec = spec_of(_model("baichuan-dense", tmp_path))
+    assert not any(op.kind == "rope" for op in spec.plan.ops) and spec.hparams.extra["positions"] == "none"
+    _refused(_edited("baichuan-dense", tmp_path, keys={"baichuan.block_count": (4, 40)}), "ALiBi")
+
+
+def test_chatglm_splits_its_fused_gate_and_up(tmp_path):
+    ops = spec_of(_model("chatglm-dense", tmp_path)).plan.ops
+    halves = [op.weights[0] for op in ops if op.kind == "matmul" and "ffn_up.weight:" in op.weights[0]]
+    assert halves[:2] == ["blk.0.ffn_up.weight:gate", "blk.0.ffn_up.weight:up"]
