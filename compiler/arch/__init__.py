@@ -30,6 +30,7 @@ from rfc.compiler.arch import falcon_h1
 from rfc.compiler.arch import apertus
 from rfc.compiler.arch import (
     arcee,
+    arctic,
     baichuan,
     bailingmoe,
     chatglm,
@@ -66,6 +67,7 @@ Recipe = Callable[[GGUFModel], ModelSpec]
 RECIPES: dict[str, Recipe] = {
     "apertus": apertus.build,
     "arcee": arcee.build,
+    "arctic": arctic.build,
     "baichuan": baichuan.build,
     "bailingmoe": bailingmoe.build,
     "bailingmoe2": bailingmoe2.build,

@@ -85,6 +85,7 @@ CLOSE = (
     "dbrx-moe",
     "baichuan-dense",
     "chatglm-dense",
+    "arctic-moe",
 )
 CLOSE_MEAN = 1e-3
 # llama.cpp's CPU GELU reads an fp16 table (each input and output rounded to fp16); rfc computes
