@@ -86,6 +86,8 @@ CLOSE = (
     "baichuan-dense",
     "chatglm-dense",
     "arctic-moe",
+    "mellum-moe",
+    "mellum-swa",
 )
 CLOSE_MEAN = 1e-3
 # llama.cpp's CPU GELU reads an fp16 table (each input and output rounded to fp16); rfc computes
