@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, hparams, kv_spec, linear, read_rope, read_sizes, ungated_ffn,
+    Attention, attention, declare_buffers, hparams, kv_spec, linear, read_rope, read_sizes, require_output, ungated_ffn,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -59,8 +59,8 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
     if residual == "key":  # gptneox: required, as its loader reads it
         residual = "two_norms" if md.bool("use_parallel_residual") else "sequential"
     b = ModelBuilder(model)
-    if c.output_required and not b.has("output.weight"):
-        raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
+    if c.output_required:
+        require_output(b, arch)
     e = sizes.n_embd
     declare_buffers(b, sizes, n_ff)
     b.buffer("a", "T", e)

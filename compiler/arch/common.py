@@ -538,6 +538,13 @@ def output_head(
     return tied
 
 
+def require_output(b: ModelBuilder, arch: str) -> None:
+    """Refuses a file without `output.weight` for an architecture whose loader requires one (no tied
+    fallback): llama.cpp refuses it too."""
+    if not b.has("output.weight"):
+        raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
+
+
 def read_experts(md: Metadata) -> tuple[int, int]:
     """(expert_count, expert_used_count); (0, 0) for a dense model. llama.cpp reads both for
     every architecture and asserts 0 < used <= count when there are experts."""

@@ -8,18 +8,15 @@ shared experts (one SwiGLU FFN of that many times the expert width) that every t
 scales (its graph passes none). `output.weight`, else the tied embedding. (DeepSeek-V2/V3 with
 multi-head latent attention are `deepseek2`.)"""
 
-from rfc.compiler.arch.metadata import MAX_EXPERTS, MAX_FF, Metadata
-from rfc.compiler.arch.moe import Experts, moe_transformer, read_experts_of, read_weights_scale
+from rfc.compiler.arch.metadata import Metadata
+from rfc.compiler.arch.moe import Experts, moe_transformer, read_experts_of, read_leading_dense, read_weights_scale
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 
 def _experts(md: Metadata) -> tuple[Experts, int]:
-    n_layers = md.int("block_count", 1, 1 << 16)  # read_sizes bounded it already
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
-    dense_lead = md.int("leading_dense_block_count", 0, n_layers, default=0)
-    n_ff = md.int("feed_forward_length", 1 if dense_lead else 0, MAX_FF, default=0)
-    shared = md.int("expert_shared_count", 0, MAX_EXPERTS)
+    dense_lead, n_ff, shared = read_leading_dense(md)
     e = Experts(count, used, n_ff_exp, norm=False, scale=read_weights_scale(md), groups=groups,
                 groups_used=groups_used, shared=shared, dense_lead=dense_lead)  # fmt: skip
     return e, n_ff

@@ -7,23 +7,27 @@ without one), chosen with the selection bias `exp_probs_b.bias` where present, r
 `expert_weights_norm` and times `expert_weights_scale`, plus `expert_shared_count` shared experts;
 no weight scales (its graph passes none). `output.weight` is required."""
 
-from rfc.compiler.arch.metadata import MAX_EXPERTS, MAX_FF, Metadata
-from rfc.compiler.arch.moe import GATING_FUNCS, Experts, moe_transformer, read_experts_of, read_weights_scale
+from rfc.compiler.arch.metadata import Metadata
+from rfc.compiler.arch.moe import (
+    GATING_FUNCS,
+    Experts,
+    moe_transformer,
+    read_experts_of,
+    read_leading_dense,
+    read_weights_scale,
+)
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 
 def _experts(md: Metadata) -> tuple[Experts, int]:
-    n_layers = md.int("block_count", 1, 1 << 16)  # read_sizes bounded it already
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
-    dense_lead = md.int("leading_dense_block_count", 0, n_layers, default=0)
-    n_ff = md.int("feed_forward_length", 1 if dense_lead else 0, MAX_FF, default=0)
+    dense_lead, n_ff, shared = read_leading_dense(md)
     code = md.int("expert_gating_func", 0, 16, default=0)
     if code not in GATING_FUNCS:
         raise CompileError(f"{md.path}: metadata {md.key('expert_gating_func')} = {code} is not supported "
                            f"(supported: {', '.join(f'{k} ({v})' for k, v in GATING_FUNCS.items())})")  # fmt: skip
-    shared = md.int("expert_shared_count", 0, MAX_EXPERTS)
     e = Experts(count, used, n_ff_exp, gating=GATING_FUNCS[code], norm=md.bool("expert_weights_norm", default=False),
                 scale=read_weights_scale(md), groups=groups, groups_used=groups_used, shared=shared,
                 dense_lead=dense_lead)  # fmt: skip

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, hparams, kv_spec, output_head, read_rope, read_sizes,
+    Attention, attention, declare_buffers, hparams, kv_spec, output_head, read_rope, read_sizes, require_output,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, Metadata
@@ -38,8 +38,7 @@ def build(model: GGUFModel) -> ModelSpec:
     if window:
         md.float("rope.freq_base_swa", 0.0, 1e12, default=rope.freq_base, open_lo=True)  # read, never applied
     b = ModelBuilder(model)
-    if not b.has("output.weight"):
-        raise CompileError(f"{b.path}: missing tensor output.weight (mellum's loader requires it: no tied output)")
+    require_output(b, "mellum")
     declare_buffers(b, sizes, n_ff_exp)
     declare_expert_buffers(b, sizes.n_embd, e)
     b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd)),))

@@ -16,9 +16,9 @@ from rfc.artifacts.plan import OPS, OpKind
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     UNUSED_SCALE, Attention, Sizes, attention, expert_scales, glu_ffn, hparams, kv_spec, linear, output_head,
-    read_experts, read_rope, read_sizes, rope_factors, stack_widths,
+    read_experts, read_rope, read_sizes, require_output, rope_factors, stack_widths,
 )  # fmt: skip
-from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EXPERTS, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -118,6 +118,16 @@ def read_experts_of(md: Metadata, *, n_ff: int | None, expert_ff: bool = True) -
     else:
         n_ff_exp = md.int("expert_feed_forward_length", 1, MAX_FF, default=n_ff // used)
     return count, used, n_ff_exp, groups, groups_used
+
+
+def read_leading_dense(md: Metadata) -> tuple[int, int, int]:
+    """(leading_dense_block_count, the dense FFN width, expert_shared_count) as the DeepSeek-style
+    loaders read them (deepseek, dots1, glm4moe): the dense width required when there are dense
+    layers, the shared count required."""
+    n_layers = md.int("block_count", 1, 1 << 16)  # read_sizes bounded it already
+    dense_lead = md.int("leading_dense_block_count", 0, n_layers, default=0)
+    n_ff = md.int("feed_forward_length", 1 if dense_lead else 0, MAX_FF, default=0)
+    return dense_lead, n_ff, md.int("expert_shared_count", 0, MAX_EXPERTS)
 
 
 def read_gating(md: Metadata, default: str) -> str:
@@ -279,8 +289,8 @@ def moe_transformer(
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     e, n_ff = experts(md)
     b = ModelBuilder(model)
-    if output_required and not b.has("output.weight"):
-        raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
+    if output_required:
+        require_output(b, arch)
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (
         *stack_widths(sizes),

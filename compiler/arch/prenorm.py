@@ -23,7 +23,7 @@ from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, head_norms, hparams, kv_spec, linear, output_head,
-    qkv_projections, read_rope, read_sizes, rope_factors,
+    qkv_projections, read_rope, read_sizes, require_output, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -86,8 +86,8 @@ def build(
     eps_key = "attention.layer_norm_rms_epsilon" if block.norm == "rms" else "attention.layer_norm_epsilon"
     eps = md.float(eps_key, 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
-    if block.output_required and not b.has("output.weight"):
-        raise CompileError(f"{b.path}: missing tensor output.weight ({arch}'s loader requires it: no tied output)")
+    if block.output_required:
+        require_output(b, arch)
     declare_buffers(b, sizes, n_ff)
     if block.parallel:
         b.buffer("a", "T", sizes.n_embd)

@@ -16,7 +16,7 @@ import math
 from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Sizes, declare_buffers, glu_ffn, hparams, kv_spec, linear, qkv_projections, read_rope, read_sizes,
+    Sizes, declare_buffers, glu_ffn, hparams, kv_spec, linear, qkv_projections, read_rope, read_sizes, require_output,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -45,8 +45,7 @@ def build(model: GGUFModel) -> ModelSpec:
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_epsilon", 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
-    if not b.has("output.weight"):
-        raise CompileError(f"{b.path}: missing tensor output.weight (stablelm's loader requires it: no tied output)")
+    require_output(b, "stablelm")
     e = sizes.n_embd
     declare_buffers(b, sizes, n_ff)
     b.buffer("a", "T", e)
