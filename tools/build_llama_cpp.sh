@@ -12,7 +12,7 @@
 #        JOBS                      parallel build jobs (default 2)
 #        LLAMA_EXTRA_TARGETS       more cmake targets, e.g. "llama-quantize llama-imatrix
 #                                  test-llama-archs" for the fixture tools in tools/fixtures/
-#                                  (test-* targets switch LLAMA_BUILD_TESTS on)
+#                                  (test-* targets here or in LLAMA_TARGETS switch LLAMA_BUILD_TESTS on)
 #        LLAMA_PORTABLE=1          build for x86-64-v3 (AVX2, FMA, F16C; no AVX-512, no AMX)
 #                                  into BUILD_DIR/build-portable instead of -march=native: the
 #                                  test goldens (tools/fixtures/record_goldens.py) come from it,
@@ -91,7 +91,7 @@ fi
 #    to download its web UI from Hugging Face (no network but PyPI here); the
 #    server is built without the embedded UI, which the benchmarks don't need.
 BUILD_TESTS=OFF
-[[ " ${LLAMA_EXTRA_TARGETS:-} " == *" test-"* ]] && BUILD_TESTS=ON
+[[ " ${LLAMA_TARGETS:-} ${LLAMA_EXTRA_TARGETS:-} " == *" test-"* ]] && BUILD_TESTS=ON
 if [[ -f "$BIN_BUILD/CMakeCache.txt" ]] && ! grep -q "^LLAMA_BUILD_TESTS:BOOL=$BUILD_TESTS" "$BIN_BUILD/CMakeCache.txt" \
         && [[ $BUILD_TESTS == ON ]]; then
     log "reconfiguring $BIN_BUILD with LLAMA_BUILD_TESTS=ON"
