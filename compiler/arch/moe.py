@@ -189,7 +189,16 @@ def expert_gate_up(b: ModelBuilder, i: int, e: Experts, n_embd: int) -> tuple[st
 
 
 def moe_block(
-    b: ModelBuilder, i: int, sizes: Sizes, e: Experts, *, src: str = "h", residual: str = "x", scales: bool = False
+    b: ModelBuilder,
+    i: int,
+    sizes: Sizes,
+    e: Experts,
+    *,
+    src: str = "h",
+    residual: str = "x",
+    scales: bool = False,
+    routed: bool = False,
+    activation: str = "silu",
 ) -> None:
     """residual += routed experts(src) (+ shared experts(src)), for layer i.
 
@@ -210,12 +219,17 @@ def moe_block(
     output (moe_scale, gate's inside the activation), down's its weight in the sum
     (expert_scales). Without, every one of them is known and unused (llama.cpp's loader reads
     them for every architecture, most graphs never apply them). The shared experts' biases are
-    never read: no graph adds one."""
+    never read: no graph adds one.
+
+    `routed`: the recipe already wrote the router's logits into `router` from another input
+    (smallthinker routes the layer's input before attention); `activation`: the experts' gate
+    activation, swiglu's ("relu": smallthinker's ReLU-gated experts)."""
     p, n = f"blk.{i}.", sizes.n_embd
     if not scales:
         for name in ("gate_exps", "up_exps", "down_exps", "gate_up_exps", "gate_shexp", "up_shexp", "down_shexp"):
             b.unused(f"{p}ffn_{name}.scale", UNUSED_SCALE)
-    b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (e.count, n)),))
+    if not routed:
+        b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (e.count, n)),))
     bias = b.optional_tensor(p + "exp_probs_b.bias", "exp_probs_b", (e.count,))
     # ffn_down_exps.scale [n_expert]: llama.cpp scales each chosen expert's down output by it
     # (build_lora_mm_id's w_s), a factor of the expert's weight in the sum (moe_route's expert_scale)
@@ -234,7 +248,9 @@ def moe_block(
         expert_scales(
             b, i, e.count, "exp_gate", "exp_up", fused=e.fused_gate_up and b.has(p + "ffn_gate_up_exps.weight")
         )
-    b.op("swiglu", ("exp_gate", "exp_up"), ("exp_gate",))
+    b.op(
+        "swiglu", ("exp_gate", "exp_up"), ("exp_gate",), **({} if activation == "silu" else {"activation": activation})
+    )
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (e.count, n, e.n_ff))
     b.op("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",), (down,))
     b.op("moe_combine", ("experts_out", "expert_weights"), ("moe_out",))

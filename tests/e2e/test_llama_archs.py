@@ -88,6 +88,7 @@ CLOSE = (
     "arctic-moe",
     "mellum-moe",
     "mellum-swa",
+    "smallthinker-moe",
 )
 CLOSE_MEAN = 1e-3
 # llama.cpp's CPU GELU reads an fp16 table (each input and output rounded to fp16); rfc computes
