@@ -20,7 +20,8 @@ import numpy as np
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, hparams, kv_spec, linear, output_head, read_rope, read_sizes, rope_factors,
+    Attention, attention, declare_buffers, hparams, kv_spec, linear, output_head, read_rope, read_sizes,
+    require_whole_heads, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -77,9 +78,7 @@ def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "apertus")
     sizes = read_sizes(md)
     rope = read_rope(md, sizes, "neox")
-    if rope.n_rot != sizes.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
-                           "(apertus rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    require_whole_heads(md, rope, sizes, "apertus")
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     xielu = read_xielu(model, sizes.n_layers)

@@ -14,10 +14,10 @@ import math
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
+    require_whole_heads,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of
-from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -26,9 +26,7 @@ def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "arctic")
     sizes = read_sizes(md)
     rope = read_rope(md, sizes, "adjacent")
-    if rope.n_rot != sizes.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
-                           "(arctic rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    require_whole_heads(md, rope, sizes, "arctic")
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     count, used, _, groups, groups_used = read_experts_of(md, n_ff=n_ff, expert_ff=False)
     e = Experts(count, used, n_ff, groups=groups, groups_used=groups_used)

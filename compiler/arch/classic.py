@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, hparams, kv_spec, linear, read_rope, read_sizes, require_output, ungated_ffn,
+    Attention, attention, declare_buffers, hparams, kv_spec, linear, read_rope, read_sizes, require_output,
+    require_whole_heads, ungated_ffn,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -50,9 +51,8 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
     embd = "output.weight" if c.embd_from_output and "token_embd.weight" not in model.tensors else "token_embd.weight"
     sizes = read_sizes(md, embd)
     rope = read_rope(md, sizes, "neox")
-    if c.full_rotary and rope.n_rot != sizes.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
-                           f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    if c.full_rotary:
+        require_whole_heads(md, rope, sizes, arch)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_epsilon", 0.0, 1.0, open_lo=True)
     residual = c.residual

@@ -538,6 +538,14 @@ def output_head(
     return tied
 
 
+def require_whole_heads(md: Metadata, rope: Rope, sizes: Sizes, arch: str) -> None:
+    """Refuses rope.dimension_count != head_dim for an architecture whose llama.cpp graph asserts
+    n_rot == head_dim (llama.cpp refuses the file too)."""
+    if rope.n_rot != sizes.head_dim:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
+                           f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+
+
 def require_output(b: ModelBuilder, arch: str) -> None:
     """Refuses a file without `output.weight` for an architecture whose loader requires one (no tied
     fallback): llama.cpp refuses it too."""

@@ -17,11 +17,11 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes, rope_factors,
+    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
+    require_whole_heads, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
-from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -34,9 +34,7 @@ def build(model: GGUFModel) -> ModelSpec:
     nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0)
     sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
     rope = read_rope(md, sizes, "neox")
-    if rope.n_rot != sizes.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
-                           "(exaone4 rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    require_whole_heads(md, rope, sizes, "exaone4")
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     swa = sizes.n_layers == SWA_LAYERS

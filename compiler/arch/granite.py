@@ -28,10 +28,9 @@ import numpy as np
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, linear, moe_ffn, output_head, read_experts,
-    read_rope, read_sizes, rope_factors,
+    read_rope, read_sizes, require_whole_heads, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
-from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -154,9 +153,7 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     rope = read_rope(md, sizes, "adjacent")
-    if rope.n_rot != sizes.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
-                           f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    require_whole_heads(md, rope, sizes, arch)
     n_expert, n_used = read_experts(md)
     ffn = Ffn.read(md, n_expert, n_used)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)

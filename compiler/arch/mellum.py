@@ -14,11 +14,11 @@ from dataclasses import replace
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, attention, declare_buffers, hparams, kv_spec, output_head, read_rope, read_sizes, require_output,
+    require_whole_heads,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, Metadata
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of
-from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -27,9 +27,7 @@ def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "mellum")
     sizes = read_sizes(md)
     rope = read_rope(md, sizes, "neox")
-    if rope.n_rot != sizes.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
-                           "(mellum rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    require_whole_heads(md, rope, sizes, "mellum")
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
     e = Experts(count, used, n_ff_exp, groups=groups, groups_used=groups_used)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)

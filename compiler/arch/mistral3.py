@@ -12,9 +12,8 @@ a shared expert width, so its graph runs exactly that."""
 
 import numpy as np
 
-from rfc.compiler.arch.common import llama_like
+from rfc.compiler.arch.common import llama_like, require_whole_heads
 from rfc.compiler.arch.metadata import Metadata
-from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -25,7 +24,5 @@ def build(model: GGUFModel) -> ModelSpec:
     temp = float(np.float32(md.float("attention.temperature_scale", -1e3, 1e3, default=0.0)))
     spec = llama_like(model, "mistral3", rope_style="adjacent", yarn_keys=True, temp_scale=temp)
     hp = spec.hparams
-    if hp.n_rot != hp.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {hp.n_rot} != head size {hp.head_dim} "
-                           "(mistral3 rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    require_whole_heads(md, hp, hp, "mistral3")
     return spec

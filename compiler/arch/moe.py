@@ -16,7 +16,7 @@ from rfc.artifacts.plan import OPS, OpKind
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     UNUSED_SCALE, Attention, Sizes, attention, expert_scales, glu_ffn, hparams, kv_spec, linear, output_head,
-    read_experts, read_rope, read_sizes, require_output, rope_factors, stack_widths,
+    read_experts, read_rope, read_sizes, require_output, require_whole_heads, rope_factors, stack_widths,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EXPERTS, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -297,11 +297,8 @@ def moe_transformer(
     nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0)
     sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
     rope = read_rope(md, sizes, rope_style)
-    if full_rotary and rope.n_rot != sizes.head_dim:
-        raise CompileError(
-            f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
-            f"({arch} rotates whole heads; llama.cpp refuses this file too)"
-        )
+    if full_rotary:
+        require_whole_heads(md, rope, sizes, arch)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     e, n_ff = experts(md)
     b = ModelBuilder(model)

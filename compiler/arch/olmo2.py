@@ -15,6 +15,7 @@ from dataclasses import replace
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
+    require_whole_heads,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
@@ -29,9 +30,7 @@ def build(model: GGUFModel) -> ModelSpec:
     window = md.int("attention.sliding_window", 0, MAX_CONTEXT, default=0)
     local = sliding_window_layers(md, sizes.n_layers, 4) if window else (False,) * sizes.n_layers
     rope = read_rope(md, sizes, "neox")
-    if rope.n_rot != sizes.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
-                           "(olmo2 rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    require_whole_heads(md, rope, sizes, "olmo2")
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)

@@ -23,7 +23,7 @@ from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, head_norms, hparams, kv_spec, linear, output_head,
-    qkv_projections, read_rope, read_sizes, require_output, rope_factors,
+    qkv_projections, read_rope, read_sizes, require_output, require_whole_heads, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -75,9 +75,8 @@ def build(
     rp = read_rope(md, sizes, block.rope_style)
     if rope is not None:
         rp = rope(md, sizes, rp)
-    if block.full_rotary and rp.n_rot != sizes.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rp.n_rot} != head size {sizes.head_dim} "
-                           f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    if block.full_rotary:
+        require_whole_heads(md, rp, sizes, arch)
     n_ff = md.int("feed_forward_length", 2 if block.halved_ff else 1, MAX_FF)
     if block.halved_ff:
         if n_ff % 2:

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, hparams, kv_spec, output_head, read_rope, read_sizes,
+    Attention, attention, declare_buffers, hparams, kv_spec, output_head, read_rope, read_sizes, require_whole_heads,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import PATTERN_KEY
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_LAYERS, Metadata
@@ -47,9 +47,7 @@ def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "smallthinker")
     sizes = read_sizes(md)
     rope = read_rope(md, sizes, "neox")
-    if rope.n_rot != sizes.head_dim:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {rope.n_rot} != head size {sizes.head_dim} "
-                           "(smallthinker rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
+    require_whole_heads(md, rope, sizes, "smallthinker")
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
     code = md.int("expert_gating_func", 0, 16, default=0)
     if code not in GATING_FUNCS:
