@@ -11,7 +11,7 @@ plus `expert_shared_count` (required, at least 1: the graph always adds them) sh
 """
 
 from rfc.compiler.arch.metadata import MAX_EXPERTS, MAX_FF, Metadata
-from rfc.compiler.arch.moe import GATING_FUNCS, Experts, moe_transformer, read_experts_of, read_weights_scale
+from rfc.compiler.arch.moe import Experts, moe_transformer, read_experts_of, read_gating, read_weights_scale
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -24,13 +24,10 @@ def _experts(md: Metadata) -> tuple[Experts, int]:
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
     dense_lead = md.int("leading_dense_block_count", 0, n_layers, default=0)
     n_ff = md.int("feed_forward_length", 1 if dense_lead else 0, MAX_FF, default=0)
-    code = md.int("expert_gating_func", 0, 16)
-    if code not in GATING_FUNCS:
-        raise CompileError(f"{md.path}: metadata {md.key('expert_gating_func')} = {code} is not supported "
-                           f"(supported: {', '.join(f'{k} ({v})' for k, v in GATING_FUNCS.items())})")  # fmt: skip
+    gating = read_gating(md, None, required=True)
     shared = md.int("expert_shared_count", 1, MAX_EXPERTS)
     shared_ff = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) or n_ff_exp
-    e = Experts(count, used, n_ff_exp, gating=GATING_FUNCS[code], norm=md.bool("expert_weights_norm", default=False),
+    e = Experts(count, used, n_ff_exp, gating=gating, norm=md.bool("expert_weights_norm", default=False),
                 scale=read_weights_scale(md), groups=groups, groups_used=groups_used, shared=shared,
                 shared_ff=shared * shared_ff, dense_lead=dense_lead)  # fmt: skip
     return e, n_ff

@@ -40,12 +40,6 @@ class Classic:
     embd_from_output: bool = False  # codeshell: without token_embd.weight, the embedding is output.weight
 
 
-def _layer_norm(b: ModelBuilder, src: str, dst: str, name: str, n: int, eps: float, rows: str = "T") -> None:
-    role = name.rsplit(".", 1)[-1]
-    weight = b.tensor(name + ".weight", role, (n,))
-    layernorm.layer_norm(b, src, dst, n, eps, weight, rows=rows, bias=b.tensor(name + ".bias", role + "_bias", (n,)))
-
-
 def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
     md = Metadata(model, arch)
     embd = "output.weight" if c.embd_from_output and "token_embd.weight" not in model.tensors else "token_embd.weight"
@@ -73,24 +67,24 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
     cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim))
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        _layer_norm(b, "x", "h", p + "attn_norm", e, eps)
+        layernorm.named_layer_norm(b, "x", "h", p + "attn_norm", e, eps, bias="required")
         src = "h"
         if norm_2 and b.has(p + "attn_norm_2.weight"):
-            _layer_norm(b, "x", "n2", p + "attn_norm_2", e, eps)
+            layernorm.named_layer_norm(b, "x", "n2", p + "attn_norm_2", e, eps, bias="required")
             src = "n2"
         attention(b, i, sizes, eps, cfg, src=src, dst="a", out_bias=c.out_bias)
         if residual == "sequential":
             b.op("add", ("x", "a"), ("x",))
-            _layer_norm(b, "x", "h", p + "ffn_norm", e, eps)
+            layernorm.named_layer_norm(b, "x", "h", p + "ffn_norm", e, eps, bias="required")
         elif residual == "two_norms":
-            _layer_norm(b, "x", "h", p + "ffn_norm", e, eps)
+            layernorm.named_layer_norm(b, "x", "h", p + "ffn_norm", e, eps, bias="required")
         # "shared": the FFN reads h, attn_norm's output
         ungated_ffn(b, i, e, n_ff, c.activation, bias=c.ffn_bias)
         if residual != "sequential":
             b.op("add", ("x", "a"), ("x",))
         b.op("add", ("x", "h"), ("x",))
     b.op("gather_rows", ("x",), ("xr",))
-    _layer_norm(b, "xr", "hr", "output_norm", e, eps, rows="R")
+    layernorm.named_layer_norm(b, "xr", "hr", "output_norm", e, eps, bias="required", rows="R")
     tied = not b.has("output.weight")
     if tied:
         b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))

@@ -9,14 +9,13 @@ no weight scales (its graph passes none). `output.weight` is required."""
 
 from rfc.compiler.arch.metadata import Metadata
 from rfc.compiler.arch.moe import (
-    GATING_FUNCS,
     Experts,
     moe_transformer,
     read_experts_of,
+    read_gating,
     read_leading_dense,
     read_weights_scale,
 )
-from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -24,11 +23,8 @@ from rfc.compiler.spec import ModelSpec
 def _experts(md: Metadata) -> tuple[Experts, int]:
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
     dense_lead, n_ff, shared = read_leading_dense(md)
-    code = md.int("expert_gating_func", 0, 16, default=0)
-    if code not in GATING_FUNCS:
-        raise CompileError(f"{md.path}: metadata {md.key('expert_gating_func')} = {code} is not supported "
-                           f"(supported: {', '.join(f'{k} ({v})' for k, v in GATING_FUNCS.items())})")  # fmt: skip
-    e = Experts(count, used, n_ff_exp, gating=GATING_FUNCS[code], norm=md.bool("expert_weights_norm", default=False),
+    gating = read_gating(md, None)
+    e = Experts(count, used, n_ff_exp, gating=gating, norm=md.bool("expert_weights_norm", default=False),
                 scale=read_weights_scale(md), groups=groups, groups_used=groups_used, shared=shared,
                 dense_lead=dense_lead)  # fmt: skip
     return e, n_ff

@@ -41,15 +41,17 @@ class GemmaLayers:
     final_softcap: float | None
 
 
-def sliding_window_layers(md: Metadata, n_layers: int, default_period: int) -> tuple[bool, ...]:
-    """llama.cpp's load_swa_pattern(dense_first = false): per-layer flags when the key is an
-    array (missing entries: global), else a period n whose layers i with i % n < n - 1 are
-    sliding-window (n = 0: every layer)."""
+def sliding_window_layers(
+    md: Metadata, n_layers: int, default_period: int, *, dense_first: bool = False
+) -> tuple[bool, ...]:
+    """llama.cpp's load_swa_pattern: per-layer flags when the key is an array (missing entries:
+    global), else a period n whose layers i with i % n < n - 1 are sliding-window (with
+    `dense_first`: i % n != 0, the first of each period global; n = 0: every layer)."""
     if md.is_list(PATTERN_KEY):
         flags = md.flags(PATTERN_KEY, MAX_LAYERS)
         return tuple(i < len(flags) and flags[i] for i in range(n_layers))
     n = md.int(PATTERN_KEY, 0, MAX_LAYERS, default=default_period)
-    return tuple(n == 0 or i % n < n - 1 for i in range(n_layers))
+    return tuple(n == 0 or (i % n != 0 if dense_first else i % n < n - 1) for i in range(n_layers))
 
 
 def query_scale(sizes: Sizes, big: bool) -> float:

@@ -46,6 +46,21 @@ def layer_norm(
         b.op("add_bias", (dst,), (dst,), (bias,))
 
 
+def named_layer_norm(
+    b: ModelBuilder, src: str, dst: str, name: str, n: int, eps: float, *, bias: str, rows: str = "T"
+) -> None:
+    """dst = LayerNorm(src) with the file's `name.weight` [n] and `name.bias` as the loader reads it:
+    `bias` "required", "optional" or "none" (a file's bias is then left unread: the builder refuses it)."""
+    role = name.rsplit(".", 1)[-1]
+    weight = b.tensor(name + ".weight", role, (n,))
+    shift = None
+    if bias == "required":
+        shift = b.tensor(name + ".bias", role + "_bias", (n,))
+    elif bias == "optional":
+        shift = b.optional_tensor(name + ".bias", role + "_bias", (n,))
+    layer_norm(b, src, dst, n, eps, weight, rows=rows, bias=shift)
+
+
 def head_slots(heads: int) -> int:
     """Mean slots per head for a per-head LayerNorm: the fewest that make heads x slots a multiple of
     8 (the float32 matmul's unit), so the block-diagonal weights stay small ([heads x slots, heads x D])."""

@@ -13,8 +13,7 @@ from rfc.compiler.arch import prenorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Sizes
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
-from rfc.compiler.arch.moe import GATING_FUNCS, Experts, declare_expert_buffers, moe_block, read_experts_of
-from rfc.compiler.errors import CompileError
+from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of, read_gating
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -25,11 +24,8 @@ def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "minimax-m2")
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     count, used, _, groups, groups_used = read_experts_of(md, n_ff=None)  # expert_feed_forward_length required
-    code = md.int("expert_gating_func", 0, 16)
-    if code not in GATING_FUNCS:
-        raise CompileError(f"{md.path}: metadata {md.key('expert_gating_func')} = {code} is not supported "
-                           f"(supported: {', '.join(f'{k} ({v})' for k, v in GATING_FUNCS.items())})")  # fmt: skip
-    e = Experts(count, used, n_ff, gating=GATING_FUNCS[code], groups=groups, groups_used=groups_used)
+    gating = read_gating(md, None, required=True)
+    e = Experts(count, used, n_ff, gating=gating, groups=groups, groups_used=groups_used)
 
     def ffn(b: ModelBuilder, i: int, sizes: Sizes, _: int) -> bool:
         b.tensor(f"blk.{i}.exp_probs_b.bias", "exp_probs_b", (count,))  # required by the loader (moe_block reads it)

@@ -130,10 +130,12 @@ def read_leading_dense(md: Metadata) -> tuple[int, int, int]:
     return dense_lead, n_ff, md.int("expert_shared_count", 0, MAX_EXPERTS)
 
 
-def read_gating(md: Metadata, default: str) -> str:
-    """`expert_gating_func` (llama.cpp: 0 or absent means the architecture's default)."""
-    code = md.int("expert_gating_func", 0, 16, default=0)
-    if code == 0:
+def read_gating(md: Metadata, default: str | None, *, required: bool = False) -> str:
+    """`expert_gating_func` (llama.cpp: 0 or absent means the architecture's default). `default`
+    None: the graph has none (llama.cpp aborts on 0), so 0 or an absent key is refused; `required`:
+    the loader requires the key itself."""
+    code = md.int("expert_gating_func", 0, 16) if required else md.int("expert_gating_func", 0, 16, default=0)
+    if code == 0 and default is not None:
         return default
     if code not in GATING_FUNCS:
         raise CompileError(

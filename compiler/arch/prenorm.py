@@ -151,21 +151,15 @@ def build(
 
 
 def _norm(b: ModelBuilder, block: Block, src: str, dst: str, name: str, n: int, eps: float, rows: str = "T") -> None:
-    """dst = the block's norm of src: RMS with `name.weight`, LayerNorm with its weight and bias, or a
+    """dst = the block's norm of src: RMS with `name.weight`, LayerNorm with its weight (and bias), or a
     plain LayerNorm (`name` unused)."""
-    role = name.rsplit(".", 1)[-1]
     if block.norm == "plain":
         layernorm.layer_norm(b, src, dst, n, eps, None, rows=rows)
-        return
-    weight = b.tensor(name + ".weight", role, (n,))
-    if block.norm == "layer":
-        layernorm.layer_norm(
-            b, src, dst, n, eps, weight, rows=rows, bias=b.tensor(name + ".bias", role + "_bias", (n,))
-        )
-    elif block.norm == "layer_weight":
-        layernorm.layer_norm(b, src, dst, n, eps, weight, rows=rows)
+    elif block.norm in ("layer", "layer_weight"):
+        bias = "required" if block.norm == "layer" else "none"
+        layernorm.named_layer_norm(b, src, dst, name, n, eps, bias=bias, rows=rows)
     else:
-        b.op("rmsnorm", (src,), (dst,), (weight,), eps=eps)
+        b.op("rmsnorm", (src,), (dst,), (b.tensor(name + ".weight", name.rsplit(".", 1)[-1], (n,)),), eps=eps)
 
 
 def _attention_norm_after_rope(

@@ -22,25 +22,14 @@ from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, attention, declare_buffers, hparams, kv_spec, output_head, read_rope, read_sizes, require_whole_heads,
 )  # fmt: skip
-from rfc.compiler.arch.gemma2 import PATTERN_KEY
-from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_LAYERS, Metadata
-from rfc.compiler.arch.moe import GATING_FUNCS, Experts, declare_expert_buffers, moe_block, read_experts_of
-from rfc.compiler.errors import CompileError
+from rfc.compiler.arch.gemma2 import sliding_window_layers
+from rfc.compiler.arch.metadata import MAX_CONTEXT, Metadata
+from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of, read_gating
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 WINDOW = 4096  # llama.cpp's smallthinker loader: hparams.n_swa = 4096 once the key is present and > 0
 NO_ROPE_STEP = 4  # llama_hparams.n_no_rope_layer_step's default
-
-
-def _local_layers(md: Metadata, n_layers: int) -> tuple[bool, ...]:
-    """load_swa_pattern(ml, 4, dense_first = true): flags from an array, else a period n whose
-    layers i with i % n != 0 slide (n = 0: every layer)."""
-    if md.is_list(PATTERN_KEY):
-        flags = md.flags(PATTERN_KEY, MAX_LAYERS)
-        return tuple(i < len(flags) and flags[i] for i in range(n_layers))
-    n = md.int(PATTERN_KEY, 0, MAX_LAYERS, default=4)
-    return tuple(n == 0 or i % n != 0 for i in range(n_layers))
 
 
 def build(model: GGUFModel) -> ModelSpec:
@@ -49,15 +38,12 @@ def build(model: GGUFModel) -> ModelSpec:
     rope = read_rope(md, sizes, "neox")
     require_whole_heads(md, rope, sizes, "smallthinker")
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
-    code = md.int("expert_gating_func", 0, 16, default=0)
-    if code not in GATING_FUNCS:
-        raise CompileError(f"{md.path}: metadata {md.key('expert_gating_func')} = {code} is not supported "
-                           f"(supported: {', '.join(f'{k} ({v})' for k, v in GATING_FUNCS.items())})")  # fmt: skip
-    e = Experts(count, used, n_ff_exp, gating=GATING_FUNCS[code], groups=groups, groups_used=groups_used)
+    gating = read_gating(md, None)
+    e = Experts(count, used, n_ff_exp, gating=gating, groups=groups, groups_used=groups_used)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     swa = md.int("attention.sliding_window", 0, MAX_CONTEXT, default=0) > 0
     n = sizes.n_layers
-    local = _local_layers(md, n) if swa else (False,) * n
+    local = sliding_window_layers(md, n, 4, dense_first=True) if swa else (False,) * n
     use_rope = [not swa or NO_ROPE_STEP == n or i % NO_ROPE_STEP != 0 for i in range(n)]
     full = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim))
     slide = full

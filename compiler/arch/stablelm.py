@@ -24,13 +24,6 @@ from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 
-def _layer_norm(b: ModelBuilder, src: str, dst: str, name: str, n: int, eps: float, rows: str = "T") -> None:
-    role = name.rsplit(".", 1)[-1]
-    weight = b.tensor(name + ".weight", role, (n,))
-    bias = b.optional_tensor(name + ".bias", role + "_bias", (n,))
-    layernorm.layer_norm(b, src, dst, n, eps, weight, rows=rows, bias=bias)
-
-
 def _head_norm(b: ModelBuilder, p: str, buf: str, heads: int, head_dim: int, eps: float) -> None:
     name = f"{p}attn_{buf}_norm.weight"
     if b.has(name):  # LLM_NORM of [head_dim, heads]: a weight per head, no bias
@@ -60,7 +53,7 @@ def build(model: GGUFModel) -> ModelSpec:
     scale = 1.0 / math.sqrt(sizes.head_dim)
     for i in layers:
         p = f"blk.{i}."
-        _layer_norm(b, "x", "h", p + "attn_norm", e, eps)
+        layernorm.named_layer_norm(b, "x", "h", p + "attn_norm", e, eps, bias="optional")
         qkv_projections(b, p, sizes, "h")
         _head_norm(b, p, "q", sizes.n_heads, sizes.head_dim, eps)
         _head_norm(b, p, "k", sizes.n_kv_heads, sizes.head_dim, eps)
@@ -71,14 +64,14 @@ def build(model: GGUFModel) -> ModelSpec:
         linear(b, "att", "a", p + "attn_output", (e, sizes.q_width), bias=False)  # build_attn(wo, NULL, wo_s)
         b.op("add", ("x", "a"), ("x",))
         if b.has(p + "ffn_norm.weight"):
-            _layer_norm(b, "x", "h", p + "ffn_norm", e, eps)
+            layernorm.named_layer_norm(b, "x", "h", p + "ffn_norm", e, eps, bias="optional")
         elif b.has(p + "ffn_norm.bias"):
             raise CompileError(f"{b.path}: {p}ffn_norm.bias without {p}ffn_norm.weight")
         # else: the parallel residual, the FFN reads h, attention's normed input
         glu_ffn(b, i, e, n_ff, bias=False, scale=False)
         b.op("add", ("x", "h"), ("x",))
     b.op("gather_rows", ("x",), ("xr",))
-    _layer_norm(b, "xr", "hr", "output_norm", e, eps, rows="R")
+    layernorm.named_layer_norm(b, "xr", "hr", "output_norm", e, eps, bias="optional", rows="R")
     linear(b, "hr", "logits", "output", (sizes.vocab_size, e), bias=False)
     extra = {"norm": "layernorm", "parallel_blocks": not b.has("blk.0.ffn_norm.weight")}
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"),
