@@ -115,6 +115,14 @@ class _Pick:
     error: Exception | None = None
 
 
+def _failure(state: RequestState, error: Exception) -> SampledToken:
+    """The end of a request whose row could not be sampled; a RequestError (its grammar asked
+    for what the vocabulary cannot write) names the field the client sent it in."""
+    if isinstance(error, RequestError):
+        return SampledToken(state, None, 0, FAILED, error=str(error), error_field=error.field)
+    return SampledToken(state, None, 0, FAILED, error=f"{type(error).__name__}: {error}")
+
+
 class Engine:
     def __init__(
         self,
@@ -529,9 +537,13 @@ class Engine:
             logits = matcher.mask(logits)
         if tie_margin and state.sampler.near_tie(logits, tie_margin):
             return None
-        token = state.sampler.sample(logits, state.request.logprobs)
+        token = state.sampler.draw(logits, state.request.logprobs)
         if matcher is not None:
+            while not matcher.allows(token):  # the mask let through a token the grammar refuses
+                logits = matcher.refuse(logits, token)
+                token = state.sampler.draw(logits, state.request.logprobs)
             matcher.accept(token)
+        state.sampler.record(token)
         if state.request.logprobs is None:
             return _Pick(state, token)
         logprob, top = state.sampler.logprobs(logits, token, state.request.logprobs)
@@ -558,7 +570,7 @@ class Engine:
             error = next((p.error for p in mine if p.error is not None), None)
             if error is not None:
                 if self._finish_sequence_locked(state):
-                    outputs.append(SampledToken(state, None, 0, FAILED, error=f"{type(error).__name__}: {error}"))
+                    outputs.append(_failure(state, error))
                 continue
             if seq.seq_id not in tokens:
                 continue  # ended while the step ran

@@ -47,6 +47,7 @@ class SampledToken:
     top: tuple[tuple[int, float], ...] = ()
     first: bool = False  # the request's first sampled token
     error: str | None = None  # why it failed (finish FAILED)
+    error_field: str | None = None  # the request field that made it fail (a grammar): the client's mistake
 
 
 class OutputStage:
@@ -159,7 +160,7 @@ class OutputStage:
     def _emit(self, out: SampledToken) -> None:
         state, token = out.state, out.token
         if token is None:
-            self._end(state, out.finish or FinishReason.FAILED, None, error=out.error)
+            self._end(state, out.finish or FinishReason.FAILED, None, error=out.error, error_field=out.error_field)
             return
         if out.finish is FinishReason.EOS:
             self._end(state, FinishReason.EOS, token, _flush(state), out.logprob, out.top)
@@ -183,12 +184,14 @@ class OutputStage:
         logprob: float | None = None,
         top: tuple = (),
         error: str | None = None,
+        error_field: str | None = None,
     ) -> None:
         """The final event; `finish_reason` is set last of the state, so a reader that sees it
         finished sees its final text."""
         state.text += text
         if error is not None:
             state.error = error
+            state.error_field = error_field
         state.finished_at = time.time()
         state.finish_reason = reason
         # metrics and traces first: a client that has its last event may ask /traces or

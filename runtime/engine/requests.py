@@ -103,6 +103,7 @@ class RequestState:
     text: str = ""
     finish_reason: FinishReason | None = None
     error: str | None = None
+    error_field: str | None = None  # set when the request itself made it fail (its grammar): a 4xx
     created_at: float = field(default_factory=time.time)
     admitted_at: float | None = None  # first scheduled: queueing ends, prefill starts
     first_token_at: float | None = None

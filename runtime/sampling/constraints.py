@@ -8,14 +8,17 @@ llama.cpp and vLLM use; no deep-learning framework needed).
 - `Grammar` is a validated, compiled grammar; `Grammar.matcher()` starts one request's state.
 - `Matcher.mask(logits)` returns the logits with every token the grammar forbids at -inf, and
   `accept(token)` advances it. Only constrained rows call them: requests without a grammar
-  pay nothing.
+  pay nothing. `allows(token)` checks a drawn token first: where the mask allowed one the
+  grammar refuses, `refuse` masks it and the engine draws again.
 
 A JSON schema is read leniently first, as llama.cpp reads it (runtime/sampling/schema_lenient.py:
 `uniqueItems` and unknown `format` values ignored and logged, open numbers bounded to 16
 integral digits). Every grammar problem is a `GrammarError` raised before the request is queued, naming what
 the engine refuses (a schema keyword it does not implement, a syntax error, a limit of
 runtime/sampling/grammar_limits.py): a constraint the client asked for is never silently dropped (what
-the lenient reading ignores is logged).
+the lenient reading ignores is logged). A grammar that turns out, while decoding, to need text
+the vocabulary cannot write (or that exhausts llguidance's lexer limits) fails its request with
+a `GrammarError` too: the servers answer it as a 400 naming the field, never as a 500.
 
 Compiling runs in llguidance's native code, which recurses as deep as the grammar nests and
 may take a while: it happens on `GrammarWorkers` threads, with a stack sized for the deepest
@@ -32,7 +35,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import llguidance
 import numpy as np
@@ -54,6 +57,9 @@ __all__ = ["Busy", "Grammar", "GrammarError", "GrammarLimits", "GrammarWorkers",
 
 # Compiled grammars kept per model; each entry is the grammar text, a few KB at most.
 _CACHE_ENTRIES = 256
+# Tokens a request may draw that the mask allowed and the grammar then refused (Matcher.refuse):
+# each costs a draw over the vocabulary, so a grammar that keeps doing so fails instead.
+MAX_REFUSALS = 64
 # JSON as clients expect it from an API: compact, no whitespace freedom for the model to loop in.
 _JSON_OPTIONS = {"whitespace_flexible": False, "coerce_one_of": True}
 # llguidance recurses ~3 KiB of native stack per level of nesting (an 8 MiB thread stack
@@ -77,9 +83,10 @@ class Grammar:
     grammars: Grammars
     text: str  # llguidance's own serialized grammar
     schema: object = field(default=None, compare=False)  # the JSON schema it came from (None: Lark or GBNF)
+    source: str = field(default="grammar", compare=False)  # the request field it came from, for errors
 
     def matcher(self) -> Matcher:
-        return self.grammars.workers.run(lambda: Matcher(self.grammars, self.text))
+        return self.grammars.workers.run(lambda: Matcher(self.grammars, self.text, self.source))
 
 
 class Grammars:
@@ -113,7 +120,7 @@ class Grammars:
             raise GrammarError(field_name, f"'{field_name}' must be a JSON schema object")
         check_schema(schema, field_name, self.limits)
         key = _key("json", json.dumps(schema, sort_keys=True))
-        hit = self._cached(key)
+        hit = self._cached(key, field_name)
         if hit is not None:
             return hit
 
@@ -136,7 +143,7 @@ class Grammars:
     def lark(self, source: str, field_name: str) -> Grammar:
         check_grammar(source, "lark", field_name, self.limits)
         key = _key("lark", source)
-        hit = self._cached(key)
+        hit = self._cached(key, field_name)
         if hit is not None:
             return hit
 
@@ -154,7 +161,7 @@ class Grammars:
         """A llama.cpp GBNF grammar, through llguidance's converter to Lark."""
         check_grammar(source, "gbnf", field_name, self.limits)
         key = _key("gbnf", source)
-        hit = self._cached(key)
+        hit = self._cached(key, field_name)
         if hit is not None:
             return hit
 
@@ -172,7 +179,7 @@ class Grammars:
         """Output that matches a regex whole (vLLM's `regex`; Rust regex syntax)."""
         check_regex(source, field_name, self.limits)
         key = _key("regex", source)
-        hit = self._cached(key)
+        hit = self._cached(key, field_name)
         return (
             hit
             if hit is not None
@@ -183,17 +190,17 @@ class Grammars:
         """Output that is exactly one of a list of strings (vLLM's `choice`)."""
         text = json.dumps(check_choice(options, field_name, self.limits))
         key = _key("choice", text)
-        hit = self._cached(key)
+        hit = self._cached(key, field_name)
         return (
             hit if hit is not None else self._compiled(key, lambda: llguidance.grammar_from("choice", text), field_name)
         )
 
-    def _cached(self, key: bytes) -> Grammar | None:
+    def _cached(self, key: bytes, field_name: str) -> Grammar | None:
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-            return hit
+        return None if hit is None else replace(hit, source=field_name)
 
     def _compiled(self, key: bytes, build: Callable[[], str], field_name: str, schema: object = None) -> Grammar:
         """Converts and validates on a grammar worker; caches the result."""
@@ -214,7 +221,7 @@ class Grammars:
             raise GrammarError(
                 field_name, f"'{field_name}' uses what constrained decoding does not support: {'; '.join(messages)}"
             )
-        grammar = Grammar(self, text, schema)
+        grammar = Grammar(self, text, schema, field_name)
         with self._lock:
             self._cache[key] = grammar
             while len(self._cache) > _CACHE_ENTRIES:
@@ -261,11 +268,13 @@ def closed_objects(schema: object, under_all_of: bool = False) -> object:
 class Matcher:
     """One request's position in its grammar."""
 
-    def __init__(self, grammars: Grammars, text: str):
+    def __init__(self, grammars: Grammars, text: str, source: str = "grammar"):
+        self._source = source
         self._m = llguidance.LLMatcher(grammars.tokenizer, text, log_level=0, limits=grammars.parser_limits)
         if self._m.is_error():
             raise self._error("")
         self._vocab = grammars.vocab_size
+        self._refusals = 0
         self._words = np.empty((self._vocab + 31) // 32, dtype=np.int32)
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
@@ -276,6 +285,28 @@ class Matcher:
         allowed = np.unpackbits(self._words.view(np.uint8), bitorder="little", count=self._vocab).view(bool)
         return np.where(allowed, logits, np.float32(-np.inf)).astype(np.float32, copy=False)
 
+    def allows(self, token: int) -> bool:
+        """Whether the grammar takes `token` next. The mask can allow a token the grammar then
+        refuses: llguidance 1.9 does so where the grammar needs a byte the vocabulary has no
+        token for (SmolLM2 has none for 0xF1, the lead byte of U+51D52)."""
+        if self._m.is_stopped():  # the grammar is complete: its mask allows the end of generation alone,
+            return True  # which validate_tokens counts as invalid, and accept takes
+        return self._m.validate_tokens([token]) == 1
+
+    def refuse(self, logits: np.ndarray, token: int) -> np.ndarray:
+        """`logits` (masked already) with `token` at -inf too, after `allows` said no; a
+        GrammarError when no token is left, or after MAX_REFUSALS (each refusal is a draw)."""
+        self._refusals += 1
+        out = logits.copy()
+        out[token] = -np.inf
+        if self._refusals > MAX_REFUSALS or not np.isfinite(out).any():
+            raise GrammarError(
+                self._source,
+                f"'{self._source}' asks for text this model's vocabulary cannot write: "
+                "no token it allows can follow here",
+            )
+        return out
+
     def accept(self, token: int) -> None:
         if not self._m.consume_token(token):
             raise self._error(f"token {token} breaks the grammar: ")
@@ -285,7 +316,7 @@ class Matcher:
         grammar's text) goes to the log only."""
         full = self._m.get_error()
         log.warning("constrained decoding failed: %s%s", what, full)
-        return GrammarError("grammar", what + (full.splitlines() or [""])[0])
+        return GrammarError(self._source, what + (full.splitlines() or [""])[0])
 
     @property
     def is_done(self) -> bool:

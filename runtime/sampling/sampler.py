@@ -131,7 +131,14 @@ class Sampler:
                 self._record(int(token))
 
     def sample(self, logits: np.ndarray, top_logprobs: int | None = None) -> int:
-        """Draw the next token from float logits [vocab] and record it for the penalties.
+        """Draw the next token from float logits [vocab] and record it for the penalties."""
+        token = self.draw(logits, top_logprobs)
+        self.record(token)
+        return token
+
+    def draw(self, logits: np.ndarray, top_logprobs: int | None = None) -> int:
+        """Draw the next token from float logits [vocab], recording nothing (a grammar may
+        still refuse it: the caller then draws again and records the one it keeps).
 
         With top_logprobs (the logprobs() call to follow on the same row), the kernels work
         out the row's normalizer and top ids in the same passes when bias and penalties
@@ -155,7 +162,6 @@ class Sampler:
                 self._joint = (logits, top_logprobs, found)
         else:
             token = self._draw(*self._candidates(x))
-        self.record(token)
         return token
 
     def near_tie(self, logits: np.ndarray, margin: float) -> bool:

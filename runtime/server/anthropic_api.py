@@ -25,7 +25,7 @@ from rfc.runtime.server.anthropic_blocks import chat_messages, content_blocks, o
 from rfc.runtime.server.anthropic_models import COUNT_TOKENS, MAX_STOP_STRINGS, MESSAGES
 from rfc.runtime.server.chat_prompt import ends_with_assistant, render_chat
 from rfc.runtime.server.config import ServerConfig
-from rfc.runtime.server.errors import bad_request
+from rfc.runtime.server.errors import ANTHROPIC_PREFIX, bad_request, generation_error
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import Answer, BodyResource, budget, generation_operations, run
 from rfc.runtime.server.served_models import EngineHandle, ServedModel
@@ -159,8 +159,7 @@ class MessagesStreamRenderer(SseRenderer):
                 sse_event("ping", {"type": "ping"}),
             ]
         if event.finish_reason == FAILED:
-            error = {"type": "api_error", "message": f"generation failed: {self._s.state.error}"}
-            return out + [sse_event("error", {"type": "error", "error": error})]
+            return out + [sse_event("error", generation_error(ANTHROPIC_PREFIX, self._s.state))]
         parts = self._s.parser.push(event.text) if event.text else Delta()
         if event.finished:
             end = self._s.parser.finish()

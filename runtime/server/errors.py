@@ -77,6 +77,21 @@ def dialect_of(path: str) -> Dialect:
     return Dialect.OPENAI if path.startswith(OPENAI_PREFIX) else Dialect.NATIVE
 
 
+def generation_failure(state) -> tuple[int, str]:
+    """A failed generation's HTTP status and message (`state` a RequestState that finished
+    FAILED): a 400 when the request caused it (a grammar that needs text the vocabulary cannot
+    write; `state.error_field` names the field), a 500 otherwise."""
+    if state.error_field is not None:
+        return 400, state.error
+    return 500, f"generation failed: {state.error}"
+
+
+def generation_error(path: str, state) -> dict:
+    """`error_body` for a failed generation (an event in a stream that has started)."""
+    status, message = generation_failure(state)
+    return error_body(path, status, message, param=state.error_field)
+
+
 def error_body(path: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     dialect = dialect_of(path)
     if dialect is Dialect.OLLAMA:

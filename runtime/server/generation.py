@@ -23,7 +23,7 @@ from rfc.runtime.engine.engine import (
 )
 from rfc.runtime.sampling.sampler import SamplingError
 from rfc.runtime.server.config import ServerConfig
-from rfc.runtime.server.errors import ApiError, bad_request, read_json, unavailable
+from rfc.runtime.server.errors import ApiError, bad_request, generation_failure, read_json, unavailable
 from rfc.runtime.server.context_errors import context_error
 from rfc.runtime.server.fields import RequestFields, RequestModel
 from rfc.runtime.server.served_models import EngineHandle, ServedModel
@@ -131,7 +131,8 @@ def run_all(
         return
     failed = next((s for s in states if s.finish_reason == FAILED), None)
     if failed is not None:
-        raise ApiError(falcon.HTTP_500, f"generation failed: {failed.error}")
+        status, message = generation_failure(failed)
+        raise ApiError(falcon.code_to_http_status(status), message, param=failed.error_field)
     resp.media = reply.whole(events)
 
 

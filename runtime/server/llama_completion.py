@@ -32,7 +32,7 @@ from rfc.runtime.engine.engine import EOS, FAILED, LENGTH, STOP, GenerationReque
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.api_fields import JSON_SCHEMA, MAX_STOP_STRINGS, MODEL, SEED, TEMPERATURE, TOP_K, TOP_P
 from rfc.runtime.server.config import ServerConfig
-from rfc.runtime.server.errors import bad_request
+from rfc.runtime.server.errors import bad_request, generation_failure
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel, at_default, read_query
 from rfc.runtime.server.generation import Answer, BodyResource, budget, check_token_ids, generation_operations, run
 from rfc.runtime.server.model_info import has_chat_template
@@ -345,8 +345,9 @@ class LlamaStreamRenderer(SseRenderer):
 
     def event(self, event: TokenEvent) -> list[bytes]:
         if event.finish_reason == FAILED:
-            message = f"generation failed: {self._reply.state.error}"
-            return [sse({"error": {"code": 500, "message": message, "type": "server_error"}})]
+            status, message = generation_failure(self._reply.state)
+            kind = "invalid_request_error" if status < 500 else "server_error"
+            return [sse({"error": {"code": status, "message": message, "type": kind}})]
         reply = self._reply
         wanted = event.text or output_events(event)
         out = [sse(reply.piece(event))] if wanted else []

@@ -12,7 +12,7 @@ from rfc.runtime.engine.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, Gene
 from rfc.runtime.text.messages import system_and_turns
 from rfc.runtime.server.anthropic_blocks import call_input
 from rfc.runtime.server.chat_prompt import ends_with_assistant, render_chat
-from rfc.runtime.server.errors import bad_request
+from rfc.runtime.server.errors import bad_request, generation_failure
 from rfc.runtime.server.fields import RequestFields
 from rfc.runtime.server.generation import budget, check_token_ids
 from rfc.runtime.server.served_models import ServedModel
@@ -238,7 +238,7 @@ class OllamaStreamRenderer(SseRenderer):
 
     def event(self, event: TokenEvent) -> list[bytes]:
         if event.finish_reason == FAILED:
-            return [ndjson({"error": f"generation failed: {self._reply.state.error}"})]
+            return [ndjson({"error": generation_failure(self._reply.state)[1]})]
         out = []
         delta = self._reply.parser.push(event.text) if event.text else Delta()
         if event.finished:

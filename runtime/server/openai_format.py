@@ -8,7 +8,7 @@ import time
 from rfc.runtime.text.assistant_output import AssistantMessage, Delta, OutputParser, OutputSpec
 from rfc.runtime.text.call_ids import CallIdForm, in_form
 from rfc.runtime.engine.engine import CANCELLED, EOS, FAILED, LENGTH, STOP, RequestState, TokenEvent
-from rfc.runtime.server.errors import error_body
+from rfc.runtime.server.errors import generation_error
 from rfc.runtime.server.streaming import SseRenderer, sse
 
 # The engine's finish reasons in OpenAI's words ("abort": vLLM's name for a cancelled request).
@@ -313,7 +313,7 @@ class OpenAIStreamRenderer(SseRenderer):
             out += [self._sse(c) for f in self._choices.formats for c in f.first_chunks()]
         fmt = self._choices.of(event)
         if event.finish_reason == FAILED:
-            out.append(sse(error_body(self._path, 500, f"generation failed: {fmt.state.error}")))
+            out.append(sse(generation_error(self._path, fmt.state)))
         elif event.finished or event.text or (fmt.logprobs and output_events(event)):
             chunk = fmt.chunk(event)
             if chunk is not None:  # None: the text is held back (a tool call may be starting)

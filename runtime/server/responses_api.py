@@ -23,7 +23,7 @@ from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.server.api_fields import CONTENT, MODEL, SEED, STREAM, TEMPERATURE, TOP_K, TOP_P, refused
 from rfc.runtime.server.chat_prompt import render_chat
 from rfc.runtime.server.config import ServerConfig
-from rfc.runtime.server.errors import bad_request, not_found
+from rfc.runtime.server.errors import bad_request, generation_failure, not_found
 from rfc.runtime.server.fields import Field, Kind, RequestFields, RequestModel, read_query
 from rfc.runtime.server.generation import BY_REQUEST_ID, GENERATION_ERRORS, Answer, BodyResource, budget, run
 from rfc.runtime.server.served_models import EngineHandle, ServedModel
@@ -236,7 +236,8 @@ class ResponseShapes:
         if done:
             status = self.status()
             if state.finish_reason == FAILED:
-                error = {"code": "server_error", "message": f"generation failed: {state.error}"}
+                status, message = generation_failure(state)
+                error = {"code": "server_error" if status >= 500 else "invalid_request", "message": message}
             if state.finish_reason == LENGTH:
                 incomplete = {"reason": "max_output_tokens"}
         return {

@@ -81,7 +81,8 @@ def test_random_logits_follow_the_schema(smol, schema):
 
 def test_grammar_cache(smol):
     a = smol.json_schema({"type": "object"}, "f")
-    assert smol.json_schema({"type": "object"}, "g") is a
+    b = smol.json_schema({"type": "object"}, "g")
+    assert b.text is a.text and (a.source, b.source) == ("f", "g")  # one compilation; each its field
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,7 @@ def test_regex_and_choice(smol):
     options = ["positive", "negative", 'a "quoted"\nline', "neutral / unsure"]
     grammar = smol.choice(options, "structured_outputs.choice")
     assert {_sampled(grammar, seed) for seed in range(12)} <= set(options)
-    assert smol.choice(list(options), "other field") is grammar  # cached by the choices
+    assert smol.choice(list(options), "other field").text is grammar.text  # cached by the choices
     with pytest.raises(GrammarError, match="unclosed group") as e:
         smol.regex("a(b", "structured_outputs.regex")
     assert e.value.field == "structured_outputs.regex"
@@ -185,3 +186,25 @@ def test_a_failure_while_decoding_tells_the_client_one_line(smol_tokenizer, capl
             m.accept(int(np.argmax(m.mask(np.zeros(49152, dtype=np.float32)))))
     assert "\n" not in str(e.value) and "Too many items" in str(e.value)
     assert "<grammar>" in caplog.text and "<grammar>" not in str(e.value)
+
+
+def test_a_token_the_mask_allows_and_the_grammar_refuses(smol):
+    """SmolLM2 has no token for the byte 0xF1, so no output spells U+51D52; llguidance 1.9's
+    mask still allows one token (0x91, its second byte) that its matcher then refuses. The
+    engine asks `allows` before `accept`, and `refuse` ends in a GrammarError naming the field
+    the request sent the grammar in, not an internal error."""
+    for field_name in ("guided_regex", "structured_outputs.regex"):  # the second is a cache hit
+        m = smol.regex("\U00051d52", field_name).matcher()
+        logits = m.mask(np.zeros(49152, dtype=np.float32))
+        allowed = np.flatnonzero(np.isfinite(logits))
+        assert [m.allows(int(t)) for t in allowed] == [False] * len(allowed)
+        with pytest.raises(GrammarError) as e:
+            for t in allowed:
+                logits = m.refuse(logits, int(t))
+        assert e.value.field == field_name and "cannot write" in str(e.value)
+    m = smol.choice([" red"], "guided_choice").matcher()
+    for _ in range(2):  # " red", then the end of generation once the grammar is complete
+        token = int(np.argmax(m.mask(np.zeros(49152, dtype=np.float32))))
+        assert m.allows(token)
+        m.accept(token)  # allows() consumed nothing
+    assert m.is_done and token == 2

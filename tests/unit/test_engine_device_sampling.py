@@ -60,6 +60,9 @@ class AllowAll:
     def mask(self, logits):
         return logits
 
+    def allows(self, token):
+        return True
+
     def accept(self, token):
         pass
 

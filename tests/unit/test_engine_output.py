@@ -10,11 +10,13 @@ from dataclasses import replace
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from rfc.runtime.engine.engine import LENGTH, Engine, FinishReason, GenerationRequest
+from rfc.runtime.engine.engine import FAILED, LENGTH, Engine, FinishReason, GenerationRequest
 from rfc.runtime.engine.assemble import LoadOptions, load_model
 from rfc.runtime.engine.output import MAX_LAG
+from rfc.runtime.sampling.grammar_limits import GrammarError
 from rfc.runtime.sampling.sampler import SamplingParams
 from rfc.runtime.engine.scheduler import SchedulerConfig, SequenceStatus
 from tests.conftest import DEMO_MODEL
@@ -188,6 +190,9 @@ class RecordingGrammar:
         self.thread.add(threading.current_thread().name)
         return logits
 
+    def allows(self, token):
+        return True
+
     def accept(self, token):
         self.accepted.append(token)
 
@@ -203,6 +208,58 @@ def test_a_grammar_advances_on_the_engine_thread_with_every_sampled_token(model)
         assert grammar.thread == {"rfc-engine"} and state.matcher is None
     finally:
         engine.stop()
+
+
+class RefusingGrammar(RecordingGrammar):
+    """A mask that lets everything through and a parser that refuses `refused` (as llguidance's
+    mask can allow a token its parser refuses), or every token."""
+
+    def __init__(self, refused: int | None):
+        super().__init__()
+        self.refused = refused
+
+    def allows(self, token):
+        return self.refused is not None and token != self.refused
+
+    def refuse(self, logits, token):
+        if self.refused is None:
+            raise GrammarError("guided_regex", "'guided_regex' asks for text this model's vocabulary cannot write")
+        out = logits.copy()
+        out[token] = -np.inf
+        return out
+
+
+class BannedGrammar(RecordingGrammar):
+    def __init__(self, banned: int):
+        super().__init__()
+        self.banned = banned
+
+    def mask(self, logits):
+        out = logits.copy()
+        out[self.banned] = -np.inf
+        return out
+
+
+def test_a_token_the_grammar_refuses_after_its_mask_is_drawn_again(model):
+    """The engine checks each drawn token with the grammar: one the mask let through and the
+    parser refuses is masked and another drawn, as if the mask had left it out; none left
+    fails the request with the grammar's field, which the servers answer with a 400."""
+    free = _stepped(model, [GenerationRequest(PROMPTS[1], GREEDY, max_tokens=12, ignore_eos=True)])[1][0]
+    first = free.tokens[0]
+    want = _stepped(
+        model, [GenerationRequest(PROMPTS[1], GREEDY, max_tokens=12, ignore_eos=True, constraint=BannedGrammar(first))]
+    )[1][0]
+    grammar = RefusingGrammar(first)
+    _, (got,) = _stepped(
+        model, [GenerationRequest(PROMPTS[1], GREEDY, max_tokens=12, ignore_eos=True, constraint=grammar)]
+    )
+    assert got.tokens == want.tokens == grammar.accepted and first not in got.tokens
+    assert got.tokens != free.tokens and got.sampler.drawn == 12  # a refused draw is not counted
+    _, (failed,) = _stepped(
+        model, [GenerationRequest(PROMPTS[1], GREEDY, max_tokens=12, constraint=RefusingGrammar(None))]
+    )
+    assert failed.finish_reason == FAILED and failed.tokens == []
+    assert failed.error_field == "guided_regex" and failed.error.startswith("'guided_regex' asks")
 
 
 def test_logprobs_and_events_are_those_of_a_stepped_run(model):

@@ -176,6 +176,9 @@ class RecordingGrammar:
         out[self.banned] = -np.inf
         return out
 
+    def allows(self, token):
+        return token != self.banned
+
     def accept(self, token):
         assert token != self.banned
         self.accepted.append(token)

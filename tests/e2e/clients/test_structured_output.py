@@ -333,3 +333,19 @@ def test_unsupported_schema_is_a_400_naming_it(client, url, schema, named):
     with pytest.raises(ollama.ResponseError) as e2:
         ollama.Client(host=url).chat(model=CHAT, messages=[{"role": "user", "content": "x"}], format=schema)
     assert e2.value.status_code == 400 and named in e2.value.error
+
+
+def test_a_grammar_the_vocabulary_cannot_write_is_a_400(client, url):
+    """SmolLM2's vocabulary has no token for the byte 0xF1, so no output can hold U+51D52
+    (llguidance's mask still lets one wrong byte through): the client learns that its field
+    asked for the impossible, as a 400 before any output or as the stream's error event."""
+    ask = {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 5}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**ask, extra_body={"guided_regex": "\U00051d52"})
+    assert e.value.body["param"] == "guided_regex" and "cannot write" in e.value.body["message"]
+    with pytest.raises(openai.APIError) as e:
+        list(client.chat.completions.create(**ask, stream=True, extra_body={"guided_regex": "\U00051d52"}))
+    assert "cannot write" in e.value.message
+    with pytest.raises(ollama.ResponseError) as e2:
+        ollama.Client(host=url).chat(model=CHAT, messages=ask["messages"], format={"const": "\U00051d52"})
+    assert e2.value.status_code == 400 and "cannot write" in e2.value.error
