@@ -1,4 +1,4 @@
-"""The ops every transformer plan is made of: the embedding, norms, matmuls and biases, RoPE,
+"""The ops every transformer plan is made of: the embedding (and learned positions), norms, matmuls and biases, RoPE,
 the paged KV cache's write and attention over it, the gated linear unit, the residual add and
 the gather of the rows whose logits are wanted. Their cpu and GPU lowerings are the step's
 backbone (the matmul fusions of compiler/codegen/cpu_step.py and gpu_fuse.py start from them).
@@ -33,6 +33,18 @@ def _embed(v: OpView) -> None:
             f"columns {column}..{column + width} are not whole {block}-value blocks",
         )
     v.real_attr("scale", 0.0, 1e6, open_lo=True)
+
+
+def _pos_embed(v: OpView) -> None:
+    (x,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(x, out)
+    v.need(v.shape(x) == v.shape(out) and v.rows(x) == "T", "input and output are not the same [T, width]")
+    w = v.weight_shape(0)
+    # a row per position the runtime can reach: it serves at most the plan's context
+    v.need(
+        w is None or (len(w) == 2 and w[1] == v.width(x) and w[0] >= v.plan.context_length),
+        f"table {w} has not a row of {v.width(x)} for each of {v.plan.context_length} positions",
+    )
 
 
 def _rmsnorm(v: OpView) -> None:
@@ -189,6 +201,24 @@ DEFS = (
             ("gpu_embed.hip.j2",),
             lower="_embed",
             args=(("out", PTR), ("tokens", PTR), ("weight", PTR), ("n_rows", I32)),
+        ),
+    ),
+    OpDef(
+        kind="pos_embed",
+        schema=OpSchema(
+            1,
+            1,
+            (1, 1),
+            doc="out[T, n] = x + dequant(weight)[positions] (learned absolute position embeddings: gpt2, "
+            "starcoder); the table [rows, n] has a row for every position below the plan's context_length",
+        ),
+        check=_pos_embed,
+        reference="op_pos_embed",
+        cpu=CpuPart(("cpu_pos_embed.c.j2",), lower="_pos_embed"),
+        gpu=GpuPart(
+            ("gpu_pos_embed.hip.j2",),
+            lower="_pos_embed",
+            args=(("out", PTR), ("x", PTR), ("positions", PTR), ("weight", PTR), ("n_rows", I32)),
         ),
     ),
     OpDef(

@@ -41,6 +41,7 @@ from rfc.compiler.arch import (
     exaone,
     falcon,
     gemma,
+    gpt2,
     gptneox,
     internlm2,
     jais2,
@@ -56,6 +57,7 @@ from rfc.compiler.arch import (
     qwen2moe,
     smallthinker,
     stablelm,
+    starcoder,
     starcoder2,
     xverse,
 )
@@ -95,6 +97,7 @@ RECIPES: dict[str, Recipe] = {
     "glm4": glm4.build,
     "glm4moe": glm4moe.build,
     "gpt-oss": gpt_oss.build,
+    "gpt2": gpt2.build,
     "gptneox": gptneox.build,
     "granite": granite.build,
     "granitehybrid": granitehybrid.build,
@@ -137,6 +140,7 @@ RECIPES: dict[str, Recipe] = {
     "smallthinker": smallthinker.build,
     "smollm3": smollm3.build,
     "stablelm": stablelm.build,
+    "starcoder": starcoder.build,
     "starcoder2": starcoder2.build,
     "xverse": xverse.build,
 }

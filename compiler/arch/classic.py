@@ -1,6 +1,7 @@
-"""The LayerNorm families (phi2, starcoder2, gptneox, falcon, codeshell, jais2), as their llama.cpp
-graphs build them: LayerNorms with weight and bias (`attention.layer_norm_epsilon`), NeoX RoPE (over
-the first `rope.dimension_count` dims of each head where the family allows it), Q/K/V from separate
+"""The LayerNorm families (phi2, starcoder2, gptneox, falcon, codeshell, jais2, gpt2, starcoder), as
+their llama.cpp graphs build them: LayerNorms with weight and bias (`attention.layer_norm_epsilon`),
+NeoX RoPE (over the first `rope.dimension_count` dims of each head where the family allows it) or
+learned absolute positions (gpt2, starcoder: `position_embd` added to the embedding), Q/K/V from separate
 tensors or one fused `attn_qkv` (its bias split the same way), and an ungated FFN (GELU, or jais2's
 squared ReLU). What differs is a Classic: how attention and FFN meet the residual, which biases
 the loader reads, the activation, and the output head.
@@ -21,7 +22,7 @@ from rfc.compiler.arch.common import (
     Attention, attention, declare_buffers, hparams, kv_spec, linear, read_rope, read_sizes, require_output,
     require_whole_heads, ungated_ffn,
 )  # fmt: skip
-from rfc.compiler.arch.metadata import MAX_FF, Metadata
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -38,6 +39,7 @@ class Classic:
     attn_norm_2: bool = False  # falcon: attention reads LN(x) by attn_norm_2 where the layer has it
     activation: str = "gelu"  # the ungated FFN's (common.ungated_ffn): "gelu" or "relu_sqr" (jais2)
     embd_from_output: bool = False  # codeshell: without token_embd.weight, the embedding is output.weight
+    positions: str = "rope"  # or "learned": position_embd.weight [context_length, n_embd] added to the embedding
 
 
 def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
@@ -64,6 +66,10 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
     if norm_2:
         b.buffer("n2", "T", e)
     b.op("embed", ("tokens",), ("x",), (b.tensor(embd, embd.split(".")[0], (sizes.vocab_size, e)),))
+    learned = c.positions == "learned"
+    if learned:  # gpt2, starcoder: a row of the table per position, added once to the embedding
+        table = b.tensor("position_embd.weight", "position_embd", (md.int("context_length", 1, MAX_CONTEXT), e))
+        b.op("pos_embed", ("x",), ("x",), (table,))
     cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim))
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
@@ -72,7 +78,7 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
         if norm_2 and b.has(p + "attn_norm_2.weight"):
             layernorm.named_layer_norm(b, "x", "n2", p + "attn_norm_2", e, eps, bias="required")
             src = "n2"
-        attention(b, i, sizes, eps, cfg, src=src, dst="a", out_bias=c.out_bias)
+        attention(b, i, sizes, eps, cfg, src=src, dst="a", out_bias=c.out_bias, rope=not learned)
         if residual == "sequential":
             b.op("add", ("x", "a"), ("x",))
             layernorm.named_layer_norm(b, "x", "h", p + "ffn_norm", e, eps, bias="required")
@@ -92,7 +98,7 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
         linear(b, "hr", "logits", "output", (sizes.vocab_size, e), bias=c.output_bias)
     if c.output_bias and not b.has("output.bias"):
         raise CompileError(f"{b.path}: missing tensor output.bias ({arch}'s loader requires it)")
-    extra = {"norm": "layernorm", "residual": residual, "ffn": c.activation}
+    extra = {"norm": "layernorm", "residual": residual, "ffn": c.activation, "positions": c.positions}
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias")
                  or b.has("blk.0.attn_qkv.bias"), rope_freq_factors=False, extra=extra)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

@@ -198,6 +198,8 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         parts.append(part("cpu_dequant.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
     for fmt in embed_formats:
         parts.append(part("cpu_embed.c.j2", _embed_params(fmt, hp)))
+    for fmt in sorted({entries[op.weights[0]].format for op in ops.get("pos_embed", [])}):
+        parts.append(part("cpu_pos_embed.c.j2", {"fmt": fmt.lower(), "FMT": fmt, "n": hp.n_embd}))
     for fmt in matmul_formats:
         if FORMATS[fmt].is_packed:
             parts.append(part("cpu_matmul_x8.c.j2", _x8_params(fmt, tuning)))
@@ -364,6 +366,10 @@ def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
             raise CompileError(
                 f"{e.name}: the cpu target reads expert biases as F32 [n_expert, N], it is {e.format} {list(e.shape)}"
             )
+    for op in ops.get("pos_embed", []):
+        e = entries[op.weights[0]]
+        if not FORMATS[e.format].is_gguf or FORMATS[e.format].is_packed or e.shape[-1] != hp.n_embd:
+            raise CompileError(f"{e.name}: the cpu target reads position tables as GGUF rows of n_embd")
     for op in ops.get("embed", []):
         e = entries[op.weights[0]]
         if e.shape[0] != hp.vocab_size or (e.shape[1] != hp.n_embd and not FORMATS[e.format].is_gguf):

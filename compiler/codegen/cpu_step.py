@@ -337,6 +337,12 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
             params["slice"] = {"bytes": row_nbytes(e.format, column), "width": width}
         return Phase("embed", params, {"@tokens"}, {op.outputs[0]})
 
+    def _pos_embed(self, op: Op) -> Phase:
+        e, x = self.entries[op.weights[0]], op.inputs[0]
+        params = {"fmt": e.format.lower(), "w": e.offset, "row_bytes": row_nbytes(e.format, e.shape[-1]),
+                  "x": self.buf(x), "out": self.buf(op.outputs[0])}  # fmt: skip
+        return Phase("pos_embed", params, {x}, {op.outputs[0]})
+
     def _rmsnorm(self, op: Op) -> Phase:
         x, heads, width = op.inputs[0], int(op.attr("heads")), self.width(op.inputs[0])
         if heads != 1 or width != self.plan.n_embd or not op.weights:  # per-head Q/K norms (qwen3, gemma3), a row of

@@ -362,6 +362,16 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
         }
         return KernelSpec(name, "gpu_embed.hip.j2", params, KERNEL_ARGS["embed"], threads, (("n_rows", 1),))
 
+    def _pos_embed(self, op: Op) -> KernelSpec:
+        w = self._weight(op, op.weights[0])
+        if w["planar"]:
+            raise CompileError(f"the GPU position kernel gathers GGUF rows; {op.weights[0]} is {w['fmt_upper']}")
+        blocks = w["cols"] // w["qk"]
+        threads = self._row_threads(blocks)
+        name = f"rfc_pos_embed_{w['fmt']}_{w['cols']}"
+        params = {**w, "name": name, "threads": threads, "blocks_per_row": blocks}
+        return KernelSpec(name, "gpu_pos_embed.hip.j2", params, KERNEL_ARGS["pos_embed"], threads, (("n_rows", 1),))
+
     def _matmul(self, op: Op) -> KernelSpec:
         spec = self._matmul_simt(op)
         if self.plan.buffer(op.outputs[0]).shape[0] == "T":  # logit rows (R) are few in a prefill step
@@ -806,6 +816,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     # the rest are the op's buffers and weights, in declaration order
     outs = {
         "embed": ("out",),
+        "pos_embed": ("out",),
         "rmsnorm": ("out",),
         "matmul": ("out",),
         "add_bias": ("out",),
@@ -841,6 +852,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     }[op.kind]
     weights = {
         "embed": ("weight",),
+        "pos_embed": ("weight",),
         "rmsnorm": ("weight",),
         "matmul": ("weight",),
         "add_bias": ("bias",),

@@ -99,6 +99,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
         column, width = attrs["column"], outs[0].shape[1]  # a slice of wider rows: Gemma 4's per-layer table
         outs[0][...] = weights[0][ins[0], column : column + width] * attrs["scale"]
 
+    def op_pos_embed(self, outs, ins, weights, attrs, batch):
+        outs[0][...] = ins[0] + weights[0][batch.positions]
+
     def op_rmsnorm(self, outs, ins, weights, attrs, batch):
         rows, width = ins[0].shape
         x = ins[0].reshape(rows, attrs["heads"], width // attrs["heads"])

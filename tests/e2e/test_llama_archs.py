@@ -98,7 +98,7 @@ CLOSE_MEAN = 1e-3
 # ggml_gelu's formula in float32, as llama.cpp's GPU backends do. With the table emulated in the
 # reference these files match at mean |d| <= 3.2e-5; as they are, 5.8e-4 to 8.3e-4: held to 2e-3.
 GELU_TABLE = ("phi2-dense", "starcoder2-dense", "gptneox-dense", "gptneox-parallel", "falcon-dense", "falcon-7b",
-              "codeshell-dense")  # fmt: skip
+              "codeshell-dense", "gpt2-dense", "starcoder-dense")  # fmt: skip
 GELU_TABLE_MEAN = 2e-3
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
 CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
@@ -107,10 +107,10 @@ CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 # mean |d| to two digits). The default run keeps these, which hold every op and block shape those files
 # brought to the cpu step program (gelu, clamp, plain and per-head LayerNorms, both parallel residuals,
 # a fused QKV bias, pre-attention routing, ReLU experts, a dense residual FFN beside experts, a shared
-# expert's gate, fused gate/up with partial adjacent RoPE); the others are `exhaustive`.
+# expert's gate, fused gate/up with partial adjacent RoPE, learned positions); the others are `exhaustive`.
 CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
-    "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense",
+    "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

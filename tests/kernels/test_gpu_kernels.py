@@ -585,6 +585,8 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
         pytest.param("gptneox-parallel", "gelu", marks=toolchain_marks("gfx1100")),
         # OLMo 1.7's Q/K/V clamp and its LayerNorms without weight or bias
         pytest.param("olmo-dense", "clamp", marks=toolchain_marks("sm_90")),
+        # gpt2's learned positions: a prompt at positions 0..12, then a decode step at 13
+        pytest.param("gpt2-dense", "pos_embed", marks=toolchain_marks("gfx90a")),
     ],
 )
 def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
@@ -593,7 +595,7 @@ def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.e2e.test_llama_archs import _model
 
-    target = "gfx1100" if kind == "gelu" else "sm_90"
+    target = {"gelu": "gfx1100", "clamp": "sm_90", "pos_embed": "gfx90a"}[kind]
     out = tmp_path / "bundle"
     compile_model(
         CompileOptions(model=_model(name, tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)

@@ -168,3 +168,28 @@ def test_smallthinker_routes_the_layer_input_and_skips_rope_every_fourth_layer(t
     assert len([op for op in ops if op.kind == "rope"]) == 1
     plain = _edited("smallthinker-moe", tmp_path, drop_keys=("smallthinker.attention.sliding_window",))
     assert len([op for op in spec_of(plain).plan.ops if op.kind == "rope"]) == 2
+
+
+def test_gpt2_learned_positions_cover_the_context(tmp_path):
+    """gpt2 and starcoder add position_embd's row of each token's position: the table must hold
+    one per position of the context a bundle serves (llama.cpp's loader requires [n_ctx_train])."""
+    spec = spec_of(_model("gpt2-dense", tmp_path))
+    ops = [op for op in spec.plan.ops if op.kind == "pos_embed"]
+    assert len(ops) == 1 and ops[0].weights == ("position_embd.weight",) and spec.plan.ops[1] is ops[0]
+    assert not any(op.kind == "rope" for op in spec.plan.ops)
+    longer = _edited("gpt2-dense", tmp_path, keys={"gpt2.context_length": (4, 1024)})
+    _refused(longer, "position_embd.weight")
+    # a bundle's plan is checked against its weights on load: a table short of the context is refused
+    from dataclasses import replace
+
+    from rfc.artifacts.layout import TensorEntry, WeightLayout
+    from rfc.artifacts.validate import check_plan_weights
+
+    def layout(rows: int) -> WeightLayout:
+        shape = {"position_embd.weight": (rows, spec.plan.n_embd)}
+        return WeightLayout(64, tuple(TensorEntry(w.name, w.role, w.format, shape.get(w.name, w.shape), 0, 0, "")
+                                      for w in spec.weights))  # fmt: skip
+
+    check_plan_weights(spec.plan, layout(spec.plan.context_length))
+    with pytest.raises(Exception, match="has not a row of 256 for each of 257 positions"):
+        check_plan_weights(replace(spec.plan, context_length=spec.plan.context_length + 1), layout(256))

@@ -317,6 +317,11 @@ _P]}  # fmt: skip
             return w.embed_scaled, (w.ptr, w.row_bytes, tokens.ptr, tokens.array.shape[0], outs[0].ptr, scale)
         return w.embed, (w.ptr, w.row_bytes, tokens.ptr, tokens.array.shape[0], outs[0].ptr)
 
+    def _op_pos_embed(self, op, outs, ins, weights, batch):
+        w = weights[0]
+        fn = _declare(self._lib, f"rfc_pos_embed_{w.format.lower()}", [_P, c_size_t, _P, c_int, _P, _P])
+        return fn, (w.ptr, w.row_bytes, batch.positions.ptr, batch.num_tokens, ins[0].ptr, outs[0].ptr)
+
     def _op_rmsnorm(self, op, outs, ins, weights, batch):
         rows, width = ins[0].array.shape
         if op.attr("heads") != 1 or width != self._bundle.plan.n_embd or not weights:
