@@ -1,5 +1,6 @@
 """Elementwise ops some architectures add to the backbone: gemma's final-logit soft-capping,
-granite's and gemma4's scalar multipliers, apertus's xIELU activation, the ungated FFNs' GELU, olmo's Q/K/V clamp.
+granite's and gemma4's scalar multipliers, apertus's xIELU activation, the ungated FFNs' GELU, olmo's Q/K/V clamp,
+mpt's per-channel activation scales.
 """
 
 from rfc.artifacts.ops.core import same_shape
@@ -25,6 +26,12 @@ def _xielu(v: OpView) -> None:
 def _clamp(v: OpView) -> None:
     same_shape(v)
     v.real_attr("limit", 0.0, 1e6, open_lo=True)
+
+
+def _channel_div(v: OpView) -> None:
+    same_shape(v)
+    w = v.weight_shape(0)
+    v.need(w is None or w == (v.width(v.op.inputs[0]),), f"divisors {w} are not [{v.width(v.op.inputs[0])}]")
 
 
 def _softcap(v: OpView) -> None:
@@ -62,6 +69,24 @@ DEFS = (
         reference="op_gelu",
         cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_gelu"),
         gpu=GpuPart(("gpu_gelu.hip.j2",), lower="_gelu", args=(("out", PTR), ("x", PTR), ("n_rows", I32))),
+    ),
+    OpDef(
+        kind="channel_div",
+        schema=OpSchema(
+            1,
+            1,
+            (1, 1),
+            doc="out[T, N] = x / weight[N], an IEEE division per channel (ggml_div by a vector: mpt's AWQ "
+            "activation scales, ffn_act.scales, after its FFN's GELU)",
+        ),
+        check=_channel_div,
+        reference="op_channel_div",
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_channel_div"),
+        gpu=GpuPart(
+            ("gpu_channel_div.hip.j2",),
+            lower="_channel_div",
+            args=(("out", PTR), ("x", PTR), ("scales", PTR), ("n_rows", I32)),
+        ),
     ),
     OpDef(
         kind="softcap",

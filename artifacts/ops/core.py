@@ -4,6 +4,8 @@ the gather of the rows whose logits are wanted. Their cpu and GPU lowerings are 
 backbone (the matmul fusions of compiler/codegen/cpu_step.py and gpu_fuse.py start from them).
 """
 
+import struct
+
 from rfc.artifacts.formats import weight_format
 from rfc.artifacts.limits import MAX_CONTEXT, MAX_HEAD_DIM, MAX_HEADS
 from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSchema
@@ -149,10 +151,34 @@ def _attention(v: OpView) -> None:
         v.int_attr("window", 1, MAX_CONTEXT)
     if v.op.attr("softcap") is not None:
         v.real_attr("softcap", 0.0, 1e6, open_lo=True)
+    if v.op.attr("alibi") is not None:
+        v.real_attr("alibi", 0.0, MAX_ALIBI_BIAS, open_lo=True)
     v.need(v.shape(q) == ("T", nh * hd) == v.shape(out), "q/output are not [T, n_heads * head_dim]")
     if v.op.weights:
         w = v.weight_shape(0)
         v.need(w is None or w == (nh,), f"attention sinks {w} are not [{nh}] (one per query head)")
+
+
+MAX_ALIBI_BIAS = 64.0  # ALiBi's maximum bias (8 in every released model)
+
+
+def alibi_bases(n_heads: int, max_bias: float) -> tuple[int, float, float]:
+    """ALiBi's slope bases as ggml's soft_max_ext computes them in float32: n_head_log2 (the largest
+    power of two <= n_heads), m0 = 2^(-max_bias / n_head_log2), m1 = 2^(-max_bias / 2 / n_head_log2)."""
+    nlog2 = 1 << (n_heads.bit_length() - 1)
+    bias = _f32(max_bias)
+    return nlog2, _f32(2.0 ** _f32(-bias / nlog2)), _f32(2.0 ** _f32(-(bias / 2.0) / nlog2))
+
+
+def alibi_slopes(n_heads: int, max_bias: float) -> list[float]:
+    """Query head h's slope: m0^(h + 1) for the first n_head_log2 heads, m1^(2 (h - n_head_log2) + 1)
+    after them (float32 values)."""
+    nlog2, m0, m1 = alibi_bases(n_heads, max_bias)
+    return [_f32(m0 ** (h + 1)) if h < nlog2 else _f32(m1 ** (2 * (h - nlog2) + 1)) for h in range(n_heads)]
+
+
+def _f32(x: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
 def same_shape(v: OpView) -> None:
@@ -332,19 +358,24 @@ DEFS = (
             1,
             (0, 1),
             ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
-            optional=(("window", None), ("softcap", None)),
+            optional=(("window", None), ("softcap", None), ("alibi", None)),
             doc="causal attention of q over the paged cache of layer `layer` (positions <= the token's own): its own, "
             "or an earlier layer's that it shares (Gemma 4 E2B/E4B: no kv_write of its own; the validator "
             "requires that layer's kv_write before it, the same KV heads x head_dim and the same window); query "
             "head h reads kv head h // (n_heads / n_kv_heads); score = scale * q.k, then softcap * tanh(score / "
             "softcap) with a softcap; with a window only keys at positions > pos - window take part (sliding "
-            "window). The optional weight is a sink logit per query head [n_heads] (gpt-oss): one more score in "
+            "window); with alibi (the maximum bias, ALiBi: bloom, mpt, jais, refact) query head h's scores gain "
+            "slope_h * (key position - query position), slope_h as ggml's soft_max_ext makes it (alibi_slopes). "
+            "The optional weight is a sink logit per query head [n_heads] (gpt-oss): one more score in "
             "the softmax with no value, p_j = exp(s_j) / (sum_i exp(s_i) + exp(sink_h))",
         ),
         check=_attention,
         reference="op_attention",
         cpu=CpuPart(
-            ("cpu_attention.c.j2",), lower="_attention", attrs=("window", "softcap"), per_op=("window", "softcap")
+            ("cpu_attention.c.j2",),
+            lower="_attention",
+            attrs=("window", "softcap", "alibi"),
+            per_op=("window", "softcap"),
         ),
         gpu=GpuPart(
             ("gpu_attention.hip.j2",),

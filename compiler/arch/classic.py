@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
+from rfc.artifacts.ops.core import MAX_ALIBI_BIAS
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, hparams, kv_spec, linear, read_rope, read_sizes, require_output,
-    require_whole_heads, ungated_ffn,
+    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, linear, qkv_projections, read_rope, read_sizes,
+    require_output, require_whole_heads, ungated_ffn,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -37,9 +38,25 @@ class Classic:
     output_bias: bool = False  # output.bias: required and added (phi2)
     output_required: bool = True  # False: the tied embedding when the file has no output.weight
     attn_norm_2: bool = False  # falcon: attention reads LN(x) by attn_norm_2 where the layer has it
-    activation: str = "gelu"  # the ungated FFN's (common.ungated_ffn): "gelu" or "relu_sqr" (jais2)
+    # the FFN: ungated (common.ungated_ffn) "gelu" or "relu_sqr" (jais2); "swiglu": gated, SiLU (jais)
+    activation: str = "gelu"
     embd_from_output: bool = False  # codeshell: without token_embd.weight, the embedding is output.weight
-    positions: str = "rope"  # or "learned": position_embd.weight [context_length, n_embd] added to the embedding
+    # Positions. rope: NeoX RoPE; learned: position_embd [context_length, n_embd] added to the embedding,
+    # "required" (gpt2, starcoder) or "optional" (mpt: where the file has it); alibi: ALiBi's bias on the
+    # scores, "fixed" (ALIBI_BIAS: bloom) or "key" (attention.max_alibi_bias; 0 or absent: none)
+    rope: bool = True
+    learned: str = "none"
+    alibi: str = "none"
+    embd_norm: bool = False  # bloom: token_embd_norm (weight and bias) LayerNorms the embedding
+    norm_bias: str = "required"  # the LayerNorms' biases, "required" or "optional" (mpt)
+    scale_by_head_dim: bool = False  # the scores are q.k / head_dim (jais), not q.k / sqrt(head_dim)
+    qk_norm: bool = False  # mpt: attn_q_norm / attn_k_norm LayerNorm the whole Q and K rows, where present
+    clamp_kqv: bool = False  # mpt: attention.clamp_kqv clamps Q, K and V
+    act_scales: bool = False  # mpt: the GELU's output divided by ffn.act.scales where a layer has it (AWQ)
+
+
+# llama.cpp's f_max_alibi_bias where its loader fixes it (bloom, refact, baichuan 13B: "TODO: become GGUF KV")
+ALIBI_BIAS = 8.0
 
 
 def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
@@ -66,31 +83,51 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
     if norm_2:
         b.buffer("n2", "T", e)
     b.op("embed", ("tokens",), ("x",), (b.tensor(embd, embd.split(".")[0], (sizes.vocab_size, e)),))
-    learned = c.positions == "learned"
-    if learned:  # gpt2, starcoder: a row of the table per position, added once to the embedding
+    learned = c.learned == "required" or (c.learned == "optional" and b.has("position_embd.weight"))
+    if learned:  # a row of the table per position, added once to the embedding
         table = b.tensor("position_embd.weight", "position_embd", (md.int("context_length", 1, MAX_CONTEXT), e))
         b.op("pos_embed", ("x",), ("x",), (table,))
-    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim))
+    if c.embd_norm:
+        layernorm.named_layer_norm(b, "x", "x", "token_embd_norm", e, eps, bias="required")
+    alibi = ALIBI_BIAS if c.alibi == "fixed" else None
+    if c.alibi == "key":
+        alibi = md.float("attention.max_alibi_bias", 0.0, MAX_ALIBI_BIAS, default=0.0) or None
+    clamp = md.float("attention.clamp_kqv", 0.0, 1e6, default=0.0) if c.clamp_kqv else 0.0
+    scale = 1.0 / sizes.head_dim if c.scale_by_head_dim else 1.0 / math.sqrt(sizes.head_dim)
+    cfg = Attention(rope, scale=scale, alibi=alibi, clamp=clamp or None)
+    qk_norm = c.qk_norm and b.has("blk.0.attn_q_norm.weight")
+    if qk_norm and not sizes.q_width == sizes.kv_width == e:  # the LayerNorm buffers are n_embd wide
+        raise CompileError(f"{b.path}: Q/K LayerNorms need q and k rows of n_embd ({e}) values")
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        layernorm.named_layer_norm(b, "x", "h", p + "attn_norm", e, eps, bias="required")
+        layernorm.named_layer_norm(b, "x", "h", p + "attn_norm", e, eps, bias=c.norm_bias)
         src = "h"
         if norm_2 and b.has(p + "attn_norm_2.weight"):
             layernorm.named_layer_norm(b, "x", "n2", p + "attn_norm_2", e, eps, bias="required")
             src = "n2"
-        attention(b, i, sizes, eps, cfg, src=src, dst="a", out_bias=c.out_bias, rope=not learned)
+        if qk_norm:
+            _qk_layer_norm_attention(b, i, sizes, eps, cfg, src, c)
+        elif c.qk_norm:  # mpt's graph norms Q and K only when attn_q_norm is there: a K norm alone is not applied
+            for part in ("weight", "bias"):
+                b.unused(f"{p}attn_k_norm.{part}", "llama.cpp's mpt graph applies it only beside an attn_q_norm")
+            attention(b, i, sizes, eps, cfg, src=src, dst="a", out_bias=c.out_bias, rope=c.rope)
+        else:
+            attention(b, i, sizes, eps, cfg, src=src, dst="a", out_bias=c.out_bias, rope=c.rope)
         if residual == "sequential":
             b.op("add", ("x", "a"), ("x",))
-            layernorm.named_layer_norm(b, "x", "h", p + "ffn_norm", e, eps, bias="required")
+            layernorm.named_layer_norm(b, "x", "h", p + "ffn_norm", e, eps, bias=c.norm_bias)
         elif residual == "two_norms":
             layernorm.named_layer_norm(b, "x", "h", p + "ffn_norm", e, eps, bias="required")
         # "shared": the FFN reads h, attn_norm's output
-        ungated_ffn(b, i, e, n_ff, c.activation, bias=c.ffn_bias)
+        if c.activation == "swiglu":
+            glu_ffn(b, i, e, n_ff, bias=c.ffn_bias, scale=False)
+        else:
+            ungated_ffn(b, i, e, n_ff, c.activation, bias=c.ffn_bias, act_scales=c.act_scales)
         if residual != "sequential":
             b.op("add", ("x", "a"), ("x",))
         b.op("add", ("x", "h"), ("x",))
     b.op("gather_rows", ("x",), ("xr",))
-    layernorm.named_layer_norm(b, "xr", "hr", "output_norm", e, eps, bias="required", rows="R")
+    layernorm.named_layer_norm(b, "xr", "hr", "output_norm", e, eps, bias=c.norm_bias, rows="R")
     tied = not b.has("output.weight")
     if tied:
         b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
@@ -98,7 +135,24 @@ def build(model: GGUFModel, arch: str, c: Classic) -> ModelSpec:
         linear(b, "hr", "logits", "output", (sizes.vocab_size, e), bias=c.output_bias)
     if c.output_bias and not b.has("output.bias"):
         raise CompileError(f"{b.path}: missing tensor output.bias ({arch}'s loader requires it)")
-    extra = {"norm": "layernorm", "residual": residual, "ffn": c.activation, "positions": c.positions}
+    kinds = ["rope"] * c.rope + ["learned"] * learned + ([f"alibi {alibi:g}"] if alibi is not None else [])
+    extra = {"norm": "layernorm", "residual": residual, "ffn": c.activation, "positions": ", ".join(kinds) or "none"}
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias")
                  or b.has("blk.0.attn_qkv.bias"), rope_freq_factors=False, extra=extra)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))
+
+
+def _qk_layer_norm_attention(b: ModelBuilder, i: int, sizes, eps: float, cfg: Attention, src: str, c: Classic) -> None:
+    """mpt's attention with qk_ln: Q and K LayerNormed over their whole rows (weight, optional bias)
+    after build_qkv (its clamp included) and before the cache."""
+    p = f"blk.{i}."
+    qkv_projections(b, p, sizes, src, cfg.clamp)
+    for proj in ("q", "k"):
+        layernorm.named_layer_norm(b, proj, proj, f"{p}attn_{proj}_norm", sizes.n_embd, eps, bias="optional")
+    if c.rope:
+        raise ValueError("qk_norm with RoPE is not a classic layout")  # a recipe bug
+    b.op("kv_write", ("k", "v"), (), layer=i)
+    extra = {k: v for k, v in (("alibi", cfg.alibi),) if v is not None}
+    b.op("attention", ("q",), ("att",), (), layer=i, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
+         head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
+    linear(b, "att", "a", p + "attn_output", (sizes.n_embd, sizes.q_width), bias=c.out_bias)

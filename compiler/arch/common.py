@@ -221,6 +221,7 @@ class Attention:
     factors: str | None = None  # RoPE frequency factors (a weight of the plan)
     sinks: bool = False  # a learned sink logit per query head, `attn_sinks` (gpt-oss)
     clamp: float | None = None  # Q, K and V clamped to [-c, c] after their biases (attention.clamp_kqv: olmo)
+    alibi: float | None = None  # ALiBi's maximum bias (bloom, mpt, jais, refact: then no RoPE)
 
     def with_rope(self, **changes) -> "Attention":
         return replace(self, rope=replace(self.rope, **changes))
@@ -307,7 +308,7 @@ def attention(
     if rope:
         b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
     b.op("kv_write", ("k", "v"), (), layer=i)
-    extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap)) if v is not None}
+    extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap), ("alibi", cfg.alibi)) if v is not None}
     sinks = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (sizes.n_heads,)),) if cfg.sinks else ()
     b.op("attention", ("q",), ("att",), sinks, layer=i, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
          head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
@@ -428,18 +429,30 @@ def glu_ffn(
 
 
 def ungated_ffn(
-    b: ModelBuilder, i: int, e: int, n_ff: int, activation: str, *, bias: bool, src: str = "h", dst: str = "h"
+    b: ModelBuilder,
+    i: int,
+    e: int,
+    n_ff: int,
+    activation: str,
+    *,
+    bias: bool,
+    src: str = "h",
+    dst: str = "h",
+    act_scales: bool = False,
 ) -> None:
     """dst = ffn_down(act(ffn_up src)), build_ffn without a gate (LLM_FFN_SEQ): activation
     "relu_sqr" (arcee, nemotron: relu(u)^2, computed as swiglu "relu" of (u, u) = max(u, 0) u) or
     "gelu" (phi2, starcoder2, gptneox, falcon); each matmul plus its bias where the graph passes
-    one (`bias`), no weight scales (none of these graphs passes them: known and unused)."""
+    one (`bias`), no weight scales (none of these graphs passes them: known and unused). With
+    `act_scales` (mpt) the GELU's output is divided by `ffn.act.scales` [n_ff] where the layer has it."""
     p = f"blk.{i}."
     linear(b, src, "up", p + "ffn_up", (n_ff, e), bias=bias, scale=False, bias_first=True)
     if activation == "relu_sqr":
         b.op("swiglu", ("up", "up"), ("up",), activation="relu")
     elif activation == "gelu":
         b.op("gelu", ("up",), ("up",))
+        if act_scales and b.has(p + "ffn.act.scales"):  # build_ffn: ggml_div after the GELU
+            b.op("channel_div", ("up",), ("up",), (b.tensor(p + "ffn.act.scales", "ffn_act", (n_ff,)),))
     else:
         raise ValueError(f"unknown ungated FFN activation {activation!r}")  # a recipe bug
     linear(b, "up", dst, p + "ffn_down", (e, n_ff), bias=bias, scale=False, bias_first=True)

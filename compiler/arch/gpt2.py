@@ -9,7 +9,7 @@ from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 STYLE = classic.Classic(
-    "sequential", full_rotary=False, out_bias=True, ffn_bias=True, output_required=False, positions="learned"
+    "sequential", full_rotary=False, out_bias=True, ffn_bias=True, output_required=False, rope=False, learned="required"
 )
 
 

@@ -52,7 +52,8 @@ class Block:
     norm: str = "rms"
     parallel: bool = False  # the FFN reads attn_norm's output too, and both add to x (plamo)
     clamp_kqv: bool = False  # the loader reads attention.clamp_kqv: Q, K and V clamped to [-c, c] (olmo)
-    rope: bool = True  # False: no positions at all (baichuan's graph for sizes it does not know)
+    rope: bool = True  # False: no RoPE (baichuan's graph for sizes it does not know: no positions at all)
+    alibi: float | None = None  # ALiBi's maximum bias, with rope False (refact, baichuan 13B)
     halved_ff: bool = False  # the FFN is feed_forward_length / 2 wide (qwen's loader)
 
 
@@ -105,6 +106,7 @@ def build(
         qk_norm=block.qk_norm_rows,
         qk_norm_rows=block.qk_norm_rows,
         clamp=clamp or None,
+        alibi=block.alibi,
     )
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(sizes.n_layers):

@@ -17,6 +17,7 @@ from rfc.artifacts.formats import FORMATS, Kernels
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_EXPERTS, STEP_SEQS, STEP_TOKENS
 from rfc.artifacts.ops import OP_DEFS, OPS
 from rfc.artifacts.ops import altup as altup_ops
+from rfc.artifacts.ops.core import alibi_slopes
 from rfc.artifacts.plan import Plan, rope_inv_freq
 from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
 from rfc.compiler.codegen import CodegenInput
@@ -462,7 +463,10 @@ def _attention_params(kv, attrs: dict, tuning: CpuTuning) -> dict:
     assert tuning.attention_chunk % 8 == 0, "attention chunks are whole vectors"
     assert tuning.attention_segment % tuning.attention_chunk == 0, "attention segments are whole chunks"
     group = nh // nkv
+    alibi = attrs.get("alibi")
     return {
+        # ALiBi: each query head's slope, compiled in (float32 values, >= 2^-64 within the op's bounds)
+        "alibi": alibi_slopes(nh, alibi) if alibi is not None else [],
         "n_heads": nh,
         "n_kv_heads": nkv,
         "head_dim": hd,

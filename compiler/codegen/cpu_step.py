@@ -478,12 +478,13 @@ def lower(plan: Plan, entries: dict, vectors: dict[str, list], output: str) -> L
 
 def vector_weights(plan: Plan, entries: dict) -> list[str]:
     """The 1-D weights the phases read as float vectors (norms, biases, rope factors, attention
-    sinks, routers' selection biases, experts' scales), in plan order."""
+    sinks, routers' selection biases, experts' scales, channel divisors), in plan order."""
     seen: list[str] = []
     for op in plan.ops:
         if op.kind in (
             "rmsnorm",
             "add_bias",
+            "channel_div",
             "rope",
             "attention",
             "moe_route",

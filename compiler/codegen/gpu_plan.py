@@ -14,6 +14,7 @@ an op's kernel alone as the launch `op_launch` lowers it to.
 
 import dataclasses
 import math
+import struct
 
 
 from rfc.artifacts.formats import FORMATS, FormatError, Kernels, plane_offsets, row_nbytes, weight_format
@@ -21,6 +22,7 @@ from rfc.artifacts.kv_cache_type import BLOCK_VALUES, CacheType, KvCacheTypes
 from rfc.artifacts.layout import TensorEntry, WeightLayout
 from rfc.artifacts.limits import STEP_TOKENS
 from rfc.artifacts.ops import I32, OP_DEFS, PTR
+from rfc.artifacts.ops.core import alibi_slopes
 from rfc.artifacts.plan import Op, Plan, rope_freqs
 from rfc.artifacts.program import Arena, ArenaSlot, ArgKind, ArgSlot, GridDim, Launch, StepProgram
 from rfc.compiler.codegen import weight_entries
@@ -625,6 +627,9 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             f"_r{row}" if row != n_kv_heads * head_dim else ""
         )
         name += (f"_w{window}" if window is not None else "") + ("_capped" if softcap is not None else "")
+        alibi = op.attr("alibi")
+        if alibi is not None:  # the slopes are compiled in: the maximum bias's bits in the name
+            name += f"_alibi{struct.unpack('<I', struct.pack('<f', alibi))[0]:08x}"
         has_sinks = bool(op.weights)  # gpt-oss: a logit per query head, F32
         if has_sinks:
             self._f32_vector(op, op.weights[0])
@@ -659,6 +664,8 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             "batched_softmax": ATTENTION_BATCHED_SOFTMAX,
             "wave": self.wave,  # (the template reads RFC_WAVE; gpu_fuse.ATTENTION_Q8 reads this)
         }
+        if alibi is not None:  # only then: the other kernels' parameters (and so their cache keys) stay as they were
+            params.update(has_alibi=True, alibi=alibi_slopes(n_heads, alibi))
         tile = _attention_tile(head_dim, group, threads)
         params.update(tile)
         params["smem_floats"] = max(group * head_dim + params["p_floats"], _tile_floats(tile, head_dim))
@@ -830,6 +837,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "xielu": ("out",),
         "gelu": ("out",),
         "clamp": ("out",),
+        "channel_div": ("out",),
         "moe_route": ("ids", "weights"),
         "moe_matmul": ("out",),
         "moe_combine": ("out",),
@@ -856,6 +864,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "rmsnorm": ("weight",),
         "matmul": ("weight",),
         "add_bias": ("bias",),
+        "channel_div": ("scales",),
         "rope": ("freq_factors",),
         "moe_matmul": ("weight",),
         "attention": ("sinks",),

@@ -15,6 +15,7 @@ import numpy as np
 from rfc.artifacts.bundle import Bundle
 from rfc.artifacts.kv_cache_type import CacheType, KvCacheTypes
 from rfc.artifacts.ops import OP_DEFS
+from rfc.artifacts.ops.core import alibi_slopes
 from rfc.artifacts.plan import OPS, KVSpec, Op, OpKind, StateSpec, rope_freqs
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceKind
@@ -143,6 +144,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
         limit = np.float32(attrs["limit"])
         outs[0][...] = np.minimum(np.maximum(ins[0], -limit), limit)
 
+    def op_channel_div(self, outs, ins, weights, attrs, batch):
+        outs[0][...] = ins[0] / weights[0].astype(np.float32)
+
     def op_gelu(self, outs, ins, weights, attrs, batch):
         x = ins[0]
         c = np.float32(np.sqrt(2.0 / np.pi))
@@ -212,6 +216,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
             if attrs["softcap"] is not None:
                 cap = np.float32(attrs["softcap"])
                 scores = cap * np.tanh(scores / cap)
+            if attrs.get("alibi") is not None:  # ALiBi: slope_h * (key position - query position), in float32
+                slopes = np.array(alibi_slopes(nh, attrs["alibi"]), np.float32)[:, None, None]
+                scores = scores + slopes * (pos[None, :] - batch.positions[lo:hi, None]).astype(np.float32)[None]
             causal = pos[None, :] <= batch.positions[lo:hi, None]  # [n, ctx]
             if attrs["window"] is not None:
                 causal &= pos[None, :] > batch.positions[lo:hi, None] - attrs["window"]

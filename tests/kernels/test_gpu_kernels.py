@@ -587,6 +587,8 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
         pytest.param("olmo-dense", "clamp", marks=toolchain_marks("sm_90")),
         # gpt2's learned positions: a prompt at positions 0..12, then a decode step at 13
         pytest.param("gpt2-dense", "pos_embed", marks=toolchain_marks("gfx90a")),
+        # mpt's AWQ activation scales (a division per channel after the GELU), its ALiBi and clamp
+        pytest.param("mpt-dense", "channel_div", marks=toolchain_marks("gfx1100")),
     ],
 )
 def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
@@ -595,7 +597,7 @@ def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.e2e.test_llama_archs import _model
 
-    target = {"gelu": "gfx1100", "clamp": "sm_90", "pos_embed": "gfx90a"}[kind]
+    target = {"gelu": "gfx1100", "clamp": "sm_90", "pos_embed": "gfx90a", "channel_div": "gfx1100"}[kind]
     out = tmp_path / "bundle"
     compile_model(
         CompileOptions(model=_model(name, tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
@@ -606,6 +608,39 @@ def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
     ok, msg = _close(gpu, ref)
     assert ok, msg
     gpu, ref = pair.step([ScheduledChunk(0, 13, (7,), all_logits=True)])  # a decode step after the prompt
+    ok, msg = _close(gpu, ref)
+    assert ok, msg
+
+
+@pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
+def test_alibi_on_each_attention_path(target, gpu_build_cache, tmp_path):
+    """ALiBi (jais-steep: slopes 0.71 and 0.5, which dominate the scores) on each attention kernel,
+    the whole model against the reference: the per-op kernel's one-token path (a decode step) and
+    its tiled path (a 70-token prompt, over ATTENTION_SPLIT_ROWS), and the step program's prefill
+    list, whose attention runs on half tensor cores on sm_90 (gpu_attention_mma.hip.j2)."""
+    from rfc.compiler.codegen.gpu_plan import ATTENTION_SPLIT_ROWS
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.kernels.gpu_emulator import emulated_step_device
+    from tests.kernels.gpu_support import BesideReference
+    from tests.e2e.test_llama_archs import _model
+
+    out = tmp_path / "bundle"
+    compile_model(
+        CompileOptions(model=_model("jais-steep", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
+    )
+    prompt = tuple(range(5, 5 + 3 * 70, 3))
+    assert len(prompt) > ATTENTION_SPLIT_ROWS
+    pair = Pair(out, target, tmp_path / "emu")
+    assert any(o.kind == "attention" and o.attr("alibi") == 1.0 for o in pair.bundle.plan.ops)
+    for chunk in (ScheduledChunk(0, 0, prompt, all_logits=True), ScheduledChunk(0, len(prompt), (7,), all_logits=True)):
+        ok, msg = _close(*pair.step([chunk]))
+        assert ok, msg
+    bundle = open_bundle(out)
+    device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, tmp_path / "emu-step")
+    assert any(k.kernel.endswith("_mma") for k in device.runner.program.prefill_launches)
+    gpu, ref = BesideReference(bundle, device, NUM_BLOCKS, BLOCK_SIZE).step(
+        [ScheduledChunk(0, 0, prompt, all_logits=True)]
+    )
     ok, msg = _close(gpu, ref)
     assert ok, msg
 

@@ -139,12 +139,48 @@ def test_qwen_halves_its_ffn_width(tmp_path):
     assert spec.plan.buffer(gate.outputs[0]).shape[-1] * 2 == 384  # the file's feed_forward_length
 
 
-def test_baichuan_positions_follow_llama_cpps_size_switch(tmp_path):
-    """baichuan's graph: RoPE for 32 layers, ALiBi for 40 (refused: no op), none for other counts
-    (the saver's 2-layer file, which matches llama.cpp without positions)."""
+def test_baichuan_positions_follow_llama_cpps_size_switch(tmp_path, monkeypatch):
+    """baichuan's graph: RoPE for 32 layers, ALiBi (maximum bias 8) for 40, none for other counts
+    (the saver's 2-layer file, which matches llama.cpp without positions). The 40-layer branch is
+    taken here by the 2-layer file, with the switch's count lowered to 2."""
+    from rfc.compiler.arch import baichuan
+
     spec = spec_of(_model("baichuan-dense", tmp_path))
     assert not any(op.kind == "rope" for op in spec.plan.ops) and spec.hparams.extra["positions"] == "none"
-    _refused(_edited("baichuan-dense", tmp_path, keys={"baichuan.block_count": (4, 40)}), "ALiBi")
+    assert all(op.attr("alibi") is None for op in spec.plan.ops if op.kind == "attention")
+    monkeypatch.setattr(baichuan, "ALIBI_LAYERS", 2)
+    spec = spec_of(_model("baichuan-dense", tmp_path))
+    attention = [op for op in spec.plan.ops if op.kind == "attention"]
+    assert len(attention) == 2 and all(op.attr("alibi") == 8.0 for op in attention)
+    assert not any(op.kind == "rope" for op in spec.plan.ops) and spec.hparams.extra["positions"] == "alibi 8"
+
+
+def test_alibi_recipes_take_the_bias_as_llama_cpp_does(tmp_path):
+    """bloom and refact: 8 whatever the file says (llama.cpp's loaders fix it); jais and mpt: the
+    file's attention.max_alibi_bias, none without it. No RoPE in any of them."""
+
+    def alibi(spec):
+        assert not any(op.kind == "rope" for op in spec.plan.ops)
+        return {op.attr("alibi") for op in spec.plan.ops if op.kind == "attention"}
+
+    for name in ("bloom-dense", "refact-dense"):
+        assert alibi(spec_of(_model(name, tmp_path))) == {8.0}
+    assert alibi(spec_of(_model("jais-steep", tmp_path))) == {1.0}
+    assert alibi(spec_of(_edited("jais-dense", tmp_path, drop_keys=("jais.attention.max_alibi_bias",)))) == {None}
+    assert alibi(spec_of(_edited("jais-dense", tmp_path, keys={"jais.attention.max_alibi_bias": (6, 0.0)}))) == {None}
+    _refused(_edited("jais-dense", tmp_path, keys={"jais.attention.max_alibi_bias": (6, 100.0)}), "max_alibi_bias")
+
+
+def test_refact_leaves_what_its_graph_does_not_apply(tmp_path):
+    """refact's loader reads attn_output and FFN biases and RoPE factors its graph never adds: the
+    plan has none of them; its expert branch is refused."""
+    spec = spec_of(_model("refact-dense", tmp_path))
+    weights = {w for op in spec.plan.ops for w in op.weights}
+    assert not any(
+        w.endswith((".attn_output.bias", ".ffn_up.bias", ".ffn_down.bias", ".ffn_gate.bias")) for w in weights
+    )
+    assert not any(w.startswith("rope_") for w in weights)
+    _refused(_model("refact-moe", tmp_path), "refact file with experts")
 
 
 def test_chatglm_splits_its_fused_gate_and_up(tmp_path):

@@ -1,5 +1,6 @@
 """The lowerings of the activations family (artifacts/ops/activations.py): gemma's final-logit
-soft-capping, the scalar multipliers, apertus's xIELU, the ungated FFNs' GELU, the Q/K/V clamp. Each is a row-wise
+soft-capping, the scalar multipliers, apertus's xIELU, the ungated FFNs' GELU, the Q/K/V clamp,
+mpt's per-channel division. Each is a row-wise
 kernel on both targets.
 
 The classes are mixins of the cpu step program's lowering (compiler/codegen/cpu_step.py
@@ -39,6 +40,11 @@ class CpuLowering:
         return Phase("gelu", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x),
                               "rows": self.rows(x)}, {x}, set(op.outputs))  # fmt: skip
 
+    def _channel_div(self, op: Op) -> Phase:
+        x = op.inputs[0]
+        return Phase("channel_div", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
+                                     "width": self.width(x), "rows": self.rows(x)}, {x}, set(op.outputs))  # fmt: skip
+
     def _xielu(self, op: Op) -> Phase:
         x = op.inputs[0]
         # validate_plan bounded the four to finite float32s of magnitude <= 1e6; C literals of them
@@ -72,6 +78,11 @@ class GpuLowering:
     def _gelu(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
         return self._rowwise(op, "gpu_gelu.hip.j2", f"rfc_gelu_{width}", width)
+
+    def _channel_div(self, op: Op) -> KernelSpec:
+        self._f32_vector(op, op.weights[0])
+        width = self._width(op.inputs[0])
+        return self._rowwise(op, "gpu_channel_div.hip.j2", f"rfc_channel_div_{width}", width)
 
     def _xielu(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])

@@ -195,7 +195,7 @@ class CpuOpDevice(InterpretedDevice):
                     "rfc_geglu": [_P, _P, _P, c_size_t], "rfc_softcap": [_P, _P, c_size_t, c_float],
                     "rfc_scale": [_P, _P, c_size_t, c_float],
                     "rfc_xielu": [_P, _P, c_size_t, c_float, c_float, c_float, c_float],
-                    "rfc_gelu": [_P, _P, c_size_t],
+                    "rfc_gelu": [_P, _P, c_size_t], "rfc_channel_div": [_P, _P, _P, c_int, c_int],
                     "rfc_clamp": [_P, _P, c_size_t, c_float],
                     "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_moe_scale": [_P, _P, _P, c_int, c_int, c_int, _P],
@@ -543,6 +543,10 @@ _P]}  # fmt: skip
 
     def _op_clamp(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_clamp", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["limit"])
+
+    def _op_channel_div(self, op, outs, ins, weights, batch):
+        rows, width = ins[0].array.shape
+        return self._arch_kernel("rfc_channel_div", op), (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows, width)
 
     def _op_gelu(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_gelu", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size)
