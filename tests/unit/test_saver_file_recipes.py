@@ -229,3 +229,30 @@ def test_gpt2_learned_positions_cover_the_context(tmp_path):
     check_plan_weights(spec.plan, layout(spec.plan.context_length))
     with pytest.raises(Exception, match="has not a row of 256 for each of 257 positions"):
         check_plan_weights(replace(spec.plan, context_length=spec.plan.context_length + 1), layout(256))
+
+
+def test_mpt_norms_q_and_k_only_beside_an_attn_q_norm(tmp_path):
+    """mpt's graph LayerNorms Q and K over their rows when a layer has attn_q_norm; the saver's file has
+    attn_k_norm alone, which llama.cpp loads and leaves unapplied, and so does the plan. With both
+    (MPT's qk_ln) the norms come after the clamp and before the cache. llama.cpp 0.3.36 aborts on
+    such a file (ggml_is_contiguous in the norm of the fused QKV's view), so it has no golden."""
+
+    def norms(spec):
+        return [w for op in spec.plan.ops if op.kind == "rmsnorm" for w in op.weights if "_norm." in w and "attn_" in w
+                and not w.endswith("attn_norm.weight")]  # fmt: skip
+
+    assert norms(spec_of(_model("mpt-dense", tmp_path))) == []
+    desc = archs.load("mpt-dense")
+    tensors = []
+    for t in desc["tensors"]:
+        if ".attn_k_norm." in t[0]:
+            tensors.append([t[0].replace(".attn_k_norm.", ".attn_q_norm."), t[1], t[2]])
+        tensors.append(t)
+    path = tmp_path / "mpt-qk-ln.gguf"
+    archs.write_model({**desc, "tensors": tensors}, path, "mpt-qk-ln")
+    ops = spec_of(path).plan.ops
+    assert norms(spec_of(path)) == [f"blk.{i}.attn_{x}_norm.weight" for i in (0, 1) for x in "qk"]
+    at = {w: i for i, op in enumerate(ops) for w in op.weights}
+    write = next(i for i, op in enumerate(ops) if op.kind == "kv_write")
+    clamps = [i for i, op in enumerate(ops[:write]) if op.kind == "clamp"]
+    assert len(clamps) == 3 and max(clamps) < at["blk.0.attn_q_norm.weight"] < at["blk.0.attn_k_norm.weight"] < write
