@@ -534,13 +534,15 @@ def output_head(
     final_softcap: float | None = None,
     always_tied: bool = False,
     bias: bool = True,
+    norm_bias: bool = False,
 ) -> bool:
     """logits = output(norm(x)) for the logit rows (`output.weight`, else the tied token
     embedding; always the embedding with `always_tied`), soft-capped with a final_softcap;
     returns whether the embedding is tied. `bias` False: `output.bias` is not read (a file that
-    has one is refused: the architecture's llama.cpp graph does not add one)."""
+    has one is refused: the architecture's llama.cpp graph does not add one); `norm_bias`: the output
+    norm adds its required `output_norm.bias` (phimoe)."""
     b.op("gather_rows", ("x",), ("xr",))
-    b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (sizes.n_embd,)),), eps=eps)
+    _rms_norm(b, "xr", "hr", "output_norm", sizes.n_embd, eps, norm_bias)
     tied = always_tied or not b.has("output.weight")
     if tied:
         b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
@@ -549,6 +551,14 @@ def output_head(
     if final_softcap is not None:
         b.op("softcap", ("logits",), ("logits",), cap=final_softcap)
     return tied
+
+
+def _rms_norm(b: ModelBuilder, src: str, dst: str, name: str, n: int, eps: float, bias: bool) -> None:
+    """dst = RMSNorm(src) * name.weight (+ name.bias, required, with `bias`: build_norm's LLM_NORM_RMS
+    given a bias)."""
+    b.op("rmsnorm", (src,), (dst,), (b.tensor(name + ".weight", name.rsplit(".", 1)[-1], (n,)),), eps=eps)
+    if bias:
+        b.op("add_bias", (dst,), (dst,), (b.tensor(name + ".bias", name.rsplit(".", 1)[-1] + "_bias", (n,)),))
 
 
 def require_whole_heads(md: Metadata, rope: Rope, sizes: Sizes, arch: str) -> None:
@@ -593,6 +603,8 @@ def llama_like(
     ffn_bias: bool = True,
     ffn_scale: bool = True,
     output_bias: bool = False,
+    norm_bias: bool = False,
+    expert_scales: bool = True,
 ) -> ModelSpec:
     """llama and its close relatives: pre-norm blocks of GQA attention with rotary positions
     and a SwiGLU FFN (or a Mixtral-style mixture of SwiGLU experts), RMS norms, optional
@@ -603,7 +615,10 @@ def llama_like(
     `no_rope_step`-th layer without RoPE (smollm3: layers 3, 7, 11, ...; llama.cpp's
     n_no_rope_layer_step), the YaRN keys the loader reads (read_rope's `yarn_keys`); the FFN's
     biases and weight scales where the architecture's graph passes them to build_ffn (`ffn_bias`,
-    `ffn_scale`: glu_ffn), and `output.bias` only where it adds one (`output_bias`: qwen2, phi3)."""
+    `ffn_scale`: glu_ffn), and `output.bias` only where it adds one (`output_bias`: qwen2, phi3). With
+    `norm_bias` (phimoe) every RMS norm adds its required `.bias` after its weight (build_norm's
+    LLM_NORM_RMS with a bias); `expert_scales` False: the experts' `.scale` tensors are known and
+    unused (moe_ffn's `scales`)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     rope = replace(read_rope(md, sizes, rope_style, yarn_keys=yarn_keys), temp_scale=temp_scale)
@@ -623,16 +638,16 @@ def llama_like(
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
+        _rms_norm(b, "x", "h", p + "attn_norm", sizes.n_embd, eps, norm_bias)
         attention(b, i, sizes, eps, cfg, rope=not no_rope_step or (i + 1) % no_rope_step != 0)
         b.op("add", ("x", "h"), ("x",))
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (sizes.n_embd,)),), eps=eps)
+        _rms_norm(b, "x", "h", p + "ffn_norm", sizes.n_embd, eps, norm_bias)
         if n_expert:
-            moe_ffn(b, i, sizes.n_embd, n_ff, n_expert, n_used, scales=True)
+            moe_ffn(b, i, sizes.n_embd, n_ff, n_expert, n_used, scales=expert_scales)
         else:
             glu_ffn(b, i, sizes.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=ffn_bias, scale=ffn_scale)
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, sizes, eps, bias=output_bias)
+    tied = output_head(b, sizes, eps, bias=output_bias, norm_bias=norm_bias)
     extra = {"expert_count": n_expert, "expert_used_count": n_used} if n_expert else {}
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=extra)  # fmt: skip

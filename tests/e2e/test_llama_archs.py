@@ -99,6 +99,7 @@ ADDED = (
     "jais-dense",
     "jais-steep",
     "refact-dense",
+    "phimoe-moe",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3

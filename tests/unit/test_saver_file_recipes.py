@@ -256,3 +256,12 @@ def test_mpt_norms_q_and_k_only_beside_an_attn_q_norm(tmp_path):
     write = next(i for i, op in enumerate(ops) if op.kind == "kv_write")
     clamps = [i for i, op in enumerate(ops[:write]) if op.kind == "clamp"]
     assert len(clamps) == 3 and max(clamps) < at["blk.0.attn_q_norm.weight"] < at["blk.0.attn_k_norm.weight"] < write
+
+
+def test_phimoe_norms_add_their_biases_and_its_experts_are_renormalized(tmp_path):
+    """phi3's graph with phimoe's loader: build_norm(LLM_NORM_RMS) adds attn_norm.bias, ffn_norm.bias and
+    output_norm.bias after the weight; build_moe_ffn renormalizes the chosen weights, with no scale."""
+    spec = spec_of(_model("phimoe-moe", tmp_path))
+    biases = {op.weights[0] for op in spec.plan.ops if op.kind == "add_bias"}
+    assert {"blk.0.attn_norm.bias", "blk.1.ffn_norm.bias", "output_norm.bias", "output.bias"} <= biases
+    assert _routes(spec) == [{"n_used": 2}] * 2
