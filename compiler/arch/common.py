@@ -289,14 +289,17 @@ def attention(
     dst: str = "h",
     out_bias: bool = True,
     rope: bool = True,
+    layer: int | None = None,
 ) -> None:
     """dst = attn_output(attention(rope(norm?(Q src)), rope(norm?(K src)), V src)) for layer i.
     Every projection's weight scale and bias are applied where the file has them (llama.cpp's
     build_qkv and build_attn: matmul, times `.scale`, plus `.bias`; a fused attn_qkv's scale
     scales all three; `out_bias` False: attn_output's bias is not read, and a file that has one
     is refused by the builder). Without `rope` the layer's queries and keys keep no positions
-    (smollm3's NoPE layers)."""
+    (smollm3's NoPE layers). `layer`: the KV cache layer, when it is not i (a looped stack runs
+    block i's weights again, each pass with a cache of its own: nanbeige)."""
     p = f"blk.{i}."
+    kv = i if layer is None else layer
     qkv_projections(b, p, sizes, src, cfg.clamp)
     if cfg.qk_norm and cfg.qk_norm_rows:
         b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (sizes.q_width,)),), eps=eps)
@@ -307,10 +310,10 @@ def attention(
         head_norms(b, p, sizes, eps)
     if rope:
         b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
-    b.op("kv_write", ("k", "v"), (), layer=i)
+    b.op("kv_write", ("k", "v"), (), layer=kv)
     extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap), ("alibi", cfg.alibi)) if v is not None}
     sinks = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (sizes.n_heads,)),) if cfg.sinks else ()
-    b.op("attention", ("q",), ("att",), sinks, layer=i, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
+    b.op("attention", ("q",), ("att",), sinks, layer=kv, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
          head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
     linear(b, "att", dst, p + "attn_output", (sizes.n_embd, sizes.q_width), bias=out_bias)
 

@@ -66,9 +66,14 @@ def build(
     declare: Callable | None = None,
     rope: Callable[[Metadata, Sizes, Rope], Rope] | None = None,
     extra: dict | None = None,
+    loops: int = 1,
+    loop_norm: bool = True,
 ) -> ModelSpec:
     """The model: `ffn` replaces the dense SwiGLU FFN (declare(b, s) declares its buffers); `rope`
-    adjusts the file's RoPE (hunyuan's NTK alpha)."""
+    adjusts the file's RoPE (hunyuan's NTK alpha). With `loops` > 1 the stack runs its layers that
+    many times over (nanbeige's looped stacks): pass j's layer i reads block i's weights and KV
+    cache layer j * n_layers + i, and between passes `output_norm` RMS-norms x (unless not
+    `loop_norm`)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0) if block.nextn else 0
@@ -109,7 +114,13 @@ def build(
         alibi=block.alibi,
     )
     b.op("embed", ("tokens",), ("x",), (embd,))
-    for i in range(sizes.n_layers):
+    n_phys = sizes.n_layers
+    if loops > 1 and (block.qk_norm_after_rope or block.norm != "rms"):
+        raise ValueError("looped stacks are planned for RMS-normed blocks only")  # a recipe bug
+    for layer in range(n_phys * loops):
+        i = layer % n_phys  # the block whose weights this pass's layer reads
+        if loops > 1 and loop_norm and layer and i == 0:  # a pass begins: x RMS-normed by output_norm
+            b.op("rmsnorm", ("x",), ("x",), (b.tensor("output_norm.weight", "output_norm", (sizes.n_embd,)),), eps=eps)
         p = f"blk.{i}."
         _norm(b, block, "x", "h", p + "attn_norm", sizes.n_embd, eps)
         if not block.out_bias and block.out_bias_loaded:
@@ -117,9 +128,8 @@ def build(
         if block.qk_norm_after_rope:
             _attention_norm_after_rope(b, i, sizes, eps, cfg, out_bias=block.out_bias)
         else:
-            attention(
-                b, i, sizes, eps, cfg, out_bias=block.out_bias, dst="a" if block.parallel else "h", rope=block.rope
-            )
+            attention(b, i, sizes, eps, cfg, out_bias=block.out_bias, dst="a" if block.parallel else "h",
+                      rope=block.rope, layer=layer)  # fmt: skip
         if block.parallel:  # x += attn(h) + FFN(h): the attention's output waits in a
             b.op("add", ("x", "a"), ("x",))
         else:
@@ -146,7 +156,9 @@ def build(
         | ({"norm": "layernorm"} if block.norm != "rms" else {})
         | ({"parallel_blocks": True} if block.parallel else {})
         | ({"nextn_predict_layers": nextn} if nextn else {})
+        | ({"num_loops": loops, "physical_layers": n_phys} if loops > 1 else {})
     )
+    sizes = replace(sizes, n_layers=n_phys * loops)  # the layers that run, each with its KV
     hp = hparams(md, sizes, rp, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=more)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

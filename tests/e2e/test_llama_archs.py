@@ -100,6 +100,10 @@ ADDED = (
     "jais-steep",
     "refact-dense",
     "phimoe-moe",
+    "nanbeige-dense",
+    # three passes over two blocks amplify float32 rounding: 5.8e-4 on ref, 5.4e-4 on cpu (the two
+    # devices differ by as much); without the output norm between passes 3.7
+    "nanbeige-looped",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3

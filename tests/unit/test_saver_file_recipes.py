@@ -265,3 +265,18 @@ def test_phimoe_norms_add_their_biases_and_its_experts_are_renormalized(tmp_path
     biases = {op.weights[0] for op in spec.plan.ops if op.kind == "add_bias"}
     assert {"blk.0.attn_norm.bias", "blk.1.ffn_norm.bias", "output_norm.bias", "output.bias"} <= biases
     assert _routes(spec) == [{"n_used": 2}] * 2
+
+
+def test_nanbeige_loops_reuse_the_weights_with_a_cache_per_pass(tmp_path):
+    """num_loops 3 over 2 blocks: 6 attention layers with caches 0..5 reading blocks 0, 1, 0, 1, 0, 1,
+    output_norm between passes; a looped file with weight .scale tensors is refused (llama.cpp loads
+    them by logical layer and runs its later passes without them)."""
+    spec = spec_of(_model("nanbeige-looped", tmp_path))
+    attention = [op for op in spec.plan.ops if op.kind == "attention"]
+    assert [op.attrs["layer"] for op in attention] == list(range(6)) and spec.plan.kv.n_layers == 6
+    q = [op.weights[0] for op in spec.plan.ops if op.kind == "matmul" and op.weights[0].endswith("attn_q.weight")]
+    assert q == [f"blk.{i % 2}.attn_q.weight" for i in range(6)]
+    between = [op for op in spec.plan.ops if op.kind == "rmsnorm" and op.inputs == op.outputs == ("x",)]
+    assert [op.weights for op in between] == [("output_norm.weight",)] * 2
+    scaled = _edited("nanbeige-dense", tmp_path, keys={"nanbeige.num_loops": (4, 3)})
+    _refused(scaled, "looped nanbeige with weight .scale tensors")
