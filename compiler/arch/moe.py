@@ -197,7 +197,7 @@ def moe_block(
     e: Experts,
     *,
     src: str = "h",
-    residual: str = "x",
+    residual: str | None = "x",
     scales: bool = False,
     routed: bool = False,
     activation: str = "silu",
@@ -225,7 +225,8 @@ def moe_block(
 
     `routed`: the recipe already wrote the router's logits into `router` from another input
     (smallthinker routes the layer's input before attention); `activation`: the experts' gate
-    activation, swiglu's ("relu": smallthinker's ReLU-gated experts)."""
+    activation, swiglu's ("relu": smallthinker's ReLU-gated experts); `residual` None: the routed
+    experts' sum stays in `moe_out` (grok norms it first; no shared experts then)."""
     p, n = f"blk.{i}.", sizes.n_embd
     if not scales:
         for name in ("gate_exps", "up_exps", "down_exps", "gate_up_exps", "gate_shexp", "up_shexp", "down_shexp"):
@@ -256,6 +257,10 @@ def moe_block(
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (e.count, n, e.n_ff))
     b.op("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",), (down,))
     b.op("moe_combine", ("experts_out", "expert_weights"), ("moe_out",))
+    if residual is None:
+        if e.shared:
+            raise ValueError("shared experts add to a residual")  # a recipe bug
+        return
     b.op("add", (residual, "moe_out"), (residual,))
     if e.shared:
         width = e.shared_width

@@ -280,3 +280,18 @@ def test_nanbeige_loops_reuse_the_weights_with_a_cache_per_pass(tmp_path):
     assert [op.weights for op in between] == [("output_norm.weight",)] * 2
     scaled = _edited("nanbeige-dense", tmp_path, keys={"nanbeige.num_loops": (4, 3)})
     _refused(scaled, "looped nanbeige with weight .scale tensors")
+
+
+def test_grok_takes_old_grok_1_defaults_and_refuses_yarn(tmp_path):
+    """Without the keys (old Grok-1 files) llama.cpp's defaults: the embedding x 78.38367, scores
+    30 tanh(q.k x 0.0883883 / 30), logits x 0.57735; the saver's file has a dense FFN beside the
+    experts (their sum x sqrt(2)/2). YaRN scaling is refused."""
+    keys = ("grok.embedding_scale", "grok.attention.output_scale", "grok.attn_logit_softcapping", "grok.logit_scale")
+    ops = spec_of(_edited("grok-moe", tmp_path, drop_keys=keys)).plan.ops
+    assert next(op for op in ops if op.kind == "embed").attrs["scale"] == pytest.approx(78.38367176906169, rel=1e-7)
+    att = next(op for op in ops if op.kind == "attention").attrs
+    assert (att["scale"], att["softcap"]) == (pytest.approx(0.08838834764831845, rel=1e-7), 30.0)
+    scales = [op.attrs["factor"] for op in ops if op.kind == "scale" and op.inputs[0] in ("a", "logits")]
+    assert scales == [pytest.approx(0.70710677)] * 2 + [pytest.approx(0.5773502691896257, rel=1e-7)]
+    _refused(_edited("grok-moe", tmp_path, keys={"grok.rope.scaling.type": (8, "yarn"),
+                                                 "grok.rope.scaling.factor": (6, 4.0)}), "YaRN")  # fmt: skip
