@@ -91,6 +91,8 @@ REFUSED: dict[str, str] = {
     **dict.fromkeys(("dream", "llada", "llada-moe", "rnd1"), _DIFFUSION),
     **dict.fromkeys(("eagle3", "dflash", "gemma4-assistant"), _DRAFT),
     "t5": "an encoder-decoder model: rfc runs decoder-only models",
+    "gptj": "llama.cpp 0.3.36 names it and builds no model for it (its loader has no case for gptj): no reference "
+    "to match",
 }
 NO_RECIPE = "no recipe yet"
 

@@ -287,6 +287,7 @@ def moe_transformer(
     factors: bool = False,
     qk_norm_rows: bool = False,
     output_required: bool = False,
+    windows: Callable[[Metadata, int], tuple[int, tuple[bool, ...]]] | None = None,
 ) -> ModelSpec:
     """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
     Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
@@ -296,7 +297,9 @@ def moe_transformer(
     `scales`: the graph applies the FFNs' weight scales (moe_block's; qwen3moe), else they are
     known and unused (glm4moe, bailingmoe2, qwen3vlmoe). `rope_style` "adjacent" and `factors`
     (`rope_freqs` where the file has it): deepseek; `qk_norm_rows`: Q and K RMS-normed over their
-    whole rows before RoPE, required (olmoe); `output_required`: no tied fallback in the loader."""
+    whole rows before RoPE, required (olmoe); `output_required`: no tied fallback in the loader;
+    `windows(md, n_layers)`: (the window, a flag per layer) for the sliding-window layers, which alone
+    rotate Q and K: the global layers attend without positions (exaone-moe)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
@@ -328,13 +331,17 @@ def moe_transformer(
     rope_freqs = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if factors else None
     cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=qk_norm, qk_norm_rows=qk_norm_rows,
                     factors=rope_freqs)  # fmt: skip
+    window, local = windows(md, sizes.n_layers) if windows else (None, ())
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
         if b.has(p + "attn_q_norm.weight") != qk_norm:
             raise CompileError(f"{md.path}: attn_q_norm is in some layers and not in others")
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
-        attention(b, i, sizes, eps, cfg)
+        if windows:  # RoPE on the sliding-window layers only
+            attention(b, i, sizes, eps, replace(cfg, window=window) if local[i] else cfg, rope=local[i])
+        else:
+            attention(b, i, sizes, eps, cfg)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{ffn_norm}.weight", ffn_norm, (sizes.n_embd,)),), eps=eps)
         if e.is_moe(i):
@@ -349,5 +356,7 @@ def moe_transformer(
     )
     hp = hparams(md, sizes, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=rope_freqs is not None,
-                 extra=e.hparams() | ({"nextn_predict_layers": nextn} if nextn else {}))  # fmt: skip
+                 extra=e.hparams() | ({"nextn_predict_layers": nextn} if nextn else {})
+                 | ({"sliding_window": window, "sliding_window_layers": [i for i, on in enumerate(local) if on]}
+                    if windows else {}))  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

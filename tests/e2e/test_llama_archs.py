@@ -108,6 +108,9 @@ ADDED = (
     # grok-capped: scores 30 q.k capped at 1 (without the cap 2.2e-3); grok-moe's own settings leave it idle
     "grok-moe",
     "grok-capped",
+    # exaone-moe-swa: a window of 4 on layer 0 (without the window and layer 1's NoPE 6.4e-3)
+    "exaone-moe-moe",
+    "exaone-moe-swa",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
