@@ -64,6 +64,7 @@ def _rmsnorm(v: OpView) -> None:
 def _matmul(v: OpView) -> None:
     (x,), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(x, out)
+    v.need(x != out, "a matmul cannot write its own input (the kernels read x while they write out)")
     v.need(v.rows(x) == v.rows(out), "input and output rows differ")
     w = v.weight_shape(0)
     v.need(w is None or w == (v.width(out), v.width(x)), f"weight {w} is not [{v.width(out)}, {v.width(x)}]")

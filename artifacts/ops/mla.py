@@ -10,6 +10,7 @@ from rfc.artifacts.ops.view import MAX_WIDTH, OpView
 def _head_matmul(v: OpView) -> None:
     (x,), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(x, out)
+    v.need(x != out, "a head_matmul cannot write its own input")
     v.need(v.rows(x) == v.rows(out), "input and output rows differ")
     heads = v.int_attr("heads", 1, MAX_HEADS)
     stride = v.int_attr("stride", 0, MAX_WIDTH)

@@ -51,6 +51,7 @@ def _routed(v: OpView, ids: str) -> tuple[int, int]:
 def _moe_matmul(v: OpView) -> None:
     (x, ids), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(x, out)
+    v.need(x != out, "a moe_matmul cannot write its own input")
     n_expert, k = _routed(v, ids)
     v.need(v.rows(x) == v.rows(ids) == v.rows(out) == "T", "buffers are not [T, width]")
     v.need(v.width(out) % k == 0, f"output width {v.width(out)} is not {k} segments")

@@ -290,6 +290,7 @@ def attention(
     out_bias: bool = True,
     rope: bool = True,
     layer: int | None = None,
+    sfx: str = "",
 ) -> None:
     """dst = attn_output(attention(rope(norm?(Q src)), rope(norm?(K src)), V src)) for layer i.
     Every projection's weight scale and bias are applied where the file has them (llama.cpp's
@@ -297,10 +298,14 @@ def attention(
     scales all three; `out_bias` False: attn_output's bias is not read, and a file that has one
     is refused by the builder). Without `rope` the layer's queries and keys keep no positions
     (smollm3's NoPE layers). `layer`: the KV cache layer, when it is not i (a looped stack runs
-    block i's weights again, each pass with a cache of its own: nanbeige)."""
+    block i's weights again, each pass with a cache of its own: nanbeige). `sfx`: the layer's q, k, v
+    and att buffers are q{sfx}, ... (a layer of another head geometry than the model's: deci)."""
     p = f"blk.{i}."
     kv = i if layer is None else layer
-    qkv_projections(b, p, sizes, src, cfg.clamp)
+    q, k, v, att = (name + sfx for name in ("q", "k", "v", "att"))
+    qkv_projections(b, p, sizes, src, cfg.clamp, sfx=sfx)
+    if sfx and cfg.qk_norm:
+        raise ValueError("Q/K norms in another geometry's buffers are not planned")  # a recipe bug
     if cfg.qk_norm and cfg.qk_norm_rows:
         b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (sizes.q_width,)),), eps=eps)
         b.op(
@@ -309,13 +314,13 @@ def attention(
     elif cfg.qk_norm:
         head_norms(b, p, sizes, eps)
     if rope:
-        b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
-    b.op("kv_write", ("k", "v"), (), layer=kv)
+        b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
+    b.op("kv_write", (k, v), (), layer=kv)
     extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap), ("alibi", cfg.alibi)) if v is not None}
     sinks = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (sizes.n_heads,)),) if cfg.sinks else ()
-    b.op("attention", ("q",), ("att",), sinks, layer=kv, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
+    b.op("attention", (q,), (att,), sinks, layer=kv, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
          head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
-    linear(b, "att", dst, p + "attn_output", (sizes.n_embd, sizes.q_width), bias=out_bias)
+    linear(b, att, dst, p + "attn_output", (sizes.n_embd, sizes.q_width), bias=out_bias)
 
 
 def head_norms(b: ModelBuilder, p: str, sizes: Sizes, eps: float, q: str = "q", k: str | None = "k") -> None:
@@ -328,29 +333,33 @@ def head_norms(b: ModelBuilder, p: str, sizes: Sizes, eps: float, q: str = "q", 
         b.op("rmsnorm", (k,), (k,), (norm,), eps=eps, heads=sizes.n_kv_heads)
 
 
-def qkv_projections(b: ModelBuilder, p: str, sizes: Sizes, src: str = "h", clamp: float | None = None) -> None:
+def qkv_projections(
+    b: ModelBuilder, p: str, sizes: Sizes, src: str = "h", clamp: float | None = None, *, sfx: str = ""
+) -> None:
     """q, k, v = the layer's Q, K and V projections of src (prefix `p`), each times its weight
     scale and plus its bias where the file has them (llama.cpp's build_qkv: a fused attn_qkv's
     scale scales all three, its attn_qkv.bias adds to all three; with it the separate biases are
     not read, as llama.cpp's loader does not); with `clamp` each is then clamped to [-clamp, clamp]
-    (build_qkv's f_clamp_kqv). Every recipe that builds its own attention starts from here."""
+    (build_qkv's f_clamp_kqv). Every recipe that builds its own attention starts from here. `sfx`:
+    into q{sfx}, k{sfx}, v{sfx}."""
     fused_scale = weight_scale(b, p + "attn_qkv")
     fused_bias = p + "attn_qkv.bias"  # with a fused attn_qkv only: Q's, K's and V's entries in turn
     q, kv = sizes.q_width, sizes.kv_width
     spans = {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
     for proj, w, width in zip("qkv", qkv_weights(b, p, sizes), (q, kv, kv)):
-        b.op("matmul", (src,), (proj,), (w,))
+        buf = proj + sfx
+        b.op("matmul", (src,), (buf,), (w,))
         scale = fused_scale if fused_scale is not None else weight_scale(b, f"{p}attn_{proj}")
         if scale is not None and scale != 1.0:
-            b.op("scale", (proj,), (proj,), factor=scale)
+            b.op("scale", (buf,), (buf,), factor=scale)
         if b.has(fused_bias) and b.has(p + "attn_qkv.weight"):
             bias = b.vector_ranges(f"{fused_bias}:{proj}", f"attn_{proj}_bias", fused_bias, q + 2 * kv, [spans[proj]])
         else:
             bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
         if bias:
-            b.op("add_bias", (proj,), (proj,), (bias,))
+            b.op("add_bias", (buf,), (buf,), (bias,))
         if clamp:
-            b.op("clamp", (proj,), (proj,), limit=clamp)
+            b.op("clamp", (buf,), (buf,), limit=clamp)
 
 
 def weight_scale(b: ModelBuilder, name: str) -> float | None:
@@ -407,28 +416,31 @@ def glu_ffn(
     fused_gate_up: bool = False,
     bias: bool = True,
     scale: bool = True,
+    bufs: tuple[str, str] = ("gate", "up"),
 ) -> None:
     """dst = ffn_down(act(ffn_gate src) * ffn_up src), as llama.cpp's build_ffn: each matmul,
     plus its bias, times its weight scale (linear's `bias_first`). Each architecture's graph passes
     build_ffn its own subset: `bias` False, the biases are not read (a file with one is refused);
     `scale` False, the `.scale` tensors are known and unused. With `fused_gate_up` (phi3)
     `ffn_up` holds 2 n_ff rows, gate first: they are split into two weights like a fused QKV, its
-    scale scaling both."""
+    scale scaling both. `bufs`: the gate and up buffers (deci's layers of other FFN widths)."""
+    g, u = bufs
     p = f"blk.{i}."
     if fused_gate_up:
         fused, shape = p + "ffn_up.weight", (2 * n_ff, e)
         factor = weight_scale(b, p + "ffn_up") if scale else None
         if not scale:
             b.unused(p + "ffn_up.scale", UNUSED_SCALE)
-        for buf, start in (("gate", 0), ("up", n_ff)):
-            b.op("matmul", (src,), (buf,), (b.rows(f"{fused}:{buf}", f"ffn_{buf}", fused, shape, start, start + n_ff),))
+        for buf, half, start in ((g, "gate", 0), (u, "up", n_ff)):
+            w = b.rows(f"{fused}:{half}", f"ffn_{half}", fused, shape, start, start + n_ff)
+            b.op("matmul", (src,), (buf,), (w,))
             if factor is not None and factor != 1.0:
                 b.op("scale", (buf,), (buf,), factor=factor)
     else:
-        linear(b, src, "gate", p + "ffn_gate", (n_ff, e), bias=bias, scale=scale, bias_first=True)
-        linear(b, src, "up", p + "ffn_up", (n_ff, e), bias=bias, scale=scale, bias_first=True)
-    b.op("swiglu", ("gate", "up"), ("gate",), **({} if activation == "silu" else {"activation": activation}))
-    linear(b, "gate", dst, p + "ffn_down", (e, n_ff), bias=bias, scale=scale, bias_first=True)
+        linear(b, src, g, p + "ffn_gate", (n_ff, e), bias=bias, scale=scale, bias_first=True)
+        linear(b, src, u, p + "ffn_up", (n_ff, e), bias=bias, scale=scale, bias_first=True)
+    b.op("swiglu", (g, u), (g,), **({} if activation == "silu" else {"activation": activation}))
+    linear(b, g, dst, p + "ffn_down", (e, n_ff), bias=bias, scale=scale, bias_first=True)
 
 
 def ungated_ffn(

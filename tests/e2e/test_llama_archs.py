@@ -111,6 +111,8 @@ ADDED = (
     # exaone-moe-swa: a window of 4 on layer 0 (without the window and layer 1's NoPE 6.4e-3)
     "exaone-moe-moe",
     "exaone-moe-swa",
+    "deci-dense",
+    "deci-varied",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -128,10 +130,12 @@ CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 # brought to the cpu step program (gelu, clamp, plain and per-head LayerNorms, both parallel residuals,
 # a fused QKV bias, pre-attention routing, ReLU experts, a dense residual FFN beside experts, a shared
 # expert's gate, fused gate/up with partial adjacent RoPE, learned positions, ALiBi, a per-channel
-# division, Q/K/V clamps without RoPE); the others are `exhaustive`.
+# division, Q/K/V clamps without RoPE, per-layer head geometries and a linear attention, a looped stack,
+# capped scores with GELU experts); the others are `exhaustive`.
 CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
+    "deci-varied", "nanbeige-looped", "grok-capped",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

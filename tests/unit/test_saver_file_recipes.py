@@ -295,3 +295,43 @@ def test_grok_takes_old_grok_1_defaults_and_refuses_yarn(tmp_path):
     assert scales == [pytest.approx(0.70710677)] * 2 + [pytest.approx(0.5773502691896257, rel=1e-7)]
     _refused(_edited("grok-moe", tmp_path, keys={"grok.rope.scaling.type": (8, "yarn"),
                                                  "grok.rope.scaling.factor": (6, 4.0)}), "YaRN")  # fmt: skip
+
+
+def test_deci_plans_each_layers_own_shape(tmp_path):
+    """deci-varied's layers: attention of 2 heads over 2 and over 1 KV heads (buffers per geometry, the
+    cache row the widest layer's), a linear attention (attn_output on the normed input, its bias and
+    scale unapplied), a layer without attention; FFNs 384 and 256 wide. A layer with attention and no
+    FFN is refused (llama.cpp drops its attention output)."""
+    spec = spec_of(_model("deci-varied", tmp_path))
+    attention = [op.attrs for op in spec.plan.ops if op.kind == "attention"]
+    assert [(a["layer"], a["n_heads"], a["n_kv_heads"]) for a in attention] == [(0, 2, 2), (1, 2, 1)]
+    assert spec.plan.kv.row == 256
+    linear = [op for op in spec.plan.ops if op.kind == "matmul" and op.weights == ("blk.2.attn_output.weight",)]
+    assert [(op.inputs, op.outputs) for op in linear] == [(("h",), ("lin",))]
+    weights = {w for op in spec.plan.ops for w in op.weights}
+    assert "blk.2.attn_output.bias" not in weights and not any(w.startswith("blk.3.attn") for w in weights)
+    assert {op.outputs[0] for op in spec.plan.ops if op.kind == "matmul" and "ffn_up" in op.weights[0]} == {
+        "up_384", "up_256"}  # fmt: skip
+    heads = {
+        "deci.attention.head_count": (9, [4, [2, 2, 2, 2]]),
+        "deci.feed_forward_length": (9, [4, [384, 0, 384, 384]]),
+    }
+    _refused(_edited("deci-varied", tmp_path, keys=heads), "attention and no FFN")
+
+
+def test_a_matmul_cannot_write_its_own_input():
+    """The cpu and GPU matmul kernels read x while they write out: an in-place matmul would be
+    silently wrong on them (deci's linear attention was, on the cpu device, before it had a buffer
+    of its own), so the plan validator refuses one."""
+    from dataclasses import replace
+
+    from rfc.artifacts.plan import Op, validate_plan
+    from tests.conftest import FIXTURES
+    from tests.gguf_edit import spec_of as spec_of_file
+
+    spec = spec_of_file(FIXTURES / "tiny-llama-Q8_0.gguf")
+    i = next(i for i, op in enumerate(spec.plan.ops) if op.kind == "matmul" and op.inputs == ("h",))
+    ops = list(spec.plan.ops)
+    ops[i] = Op("matmul", ("h",), ("h",), ops[i].weights, ops[i].attrs)
+    with pytest.raises(Exception, match="cannot write its own input"):
+        validate_plan(replace(spec.plan, ops=tuple(ops)))
