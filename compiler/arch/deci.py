@@ -19,19 +19,10 @@ import math
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, Sizes, attention, glu_ffn, hparams, kv_spec, output_head, read_rope,
-    rope_factors,
+    UNUSED_SCALE, Attention, attention, glu_ffn, hparams, kv_spec, output_head, read_rope, rope_factors,
 )  # fmt: skip
-from rfc.compiler.arch.metadata import (
-    MAX_CONTEXT,
-    MAX_EMBD,
-    MAX_FF,
-    MAX_HEAD_DIM,
-    MAX_HEADS,
-    MAX_LAYERS,
-    MAX_VOCAB,
-    Metadata,
-)
+from rfc.compiler.arch.layer_shapes import declare_layer_buffers, read_layer_shapes
+from rfc.compiler.arch.metadata import MAX_CONTEXT, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -39,64 +30,22 @@ from rfc.compiler.spec import ModelSpec
 UNAPPLIED = "llama.cpp's deci graph does not apply it on a linear-attention layer"
 
 
-def _layers(md: Metadata) -> tuple[Sizes, tuple[Sizes, ...], tuple[int, ...]]:
-    """(the model's sizes: those of the layer with the widest KV row, each layer's sizes, each
-    layer's FFN width), the counts bounded before anything is sized."""
-    model = md.model
-    n_embd = md.int("embedding_length", 1, MAX_EMBD)
-    n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
-    heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
-    kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS, default=list(heads))
-    n_ff = md.per_layer("feed_forward_length", n_layers, 0, MAX_FF)
-    first = next((h for h in heads if h), 0)
-    if not first:
-        raise CompileError(f"{md.path}: no layer has attention heads")
-    head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // heads[0] if heads[0] else 1))
-    if md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim) != head_dim:
-        raise CompileError(f"{md.path}: attention.value_length != key_length is not supported")
-    embd = model.tensors.get("token_embd.weight")
-    if embd is None or len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(f"{md.path}: token_embd.weight is missing or not [vocab <= {MAX_VOCAB}, n_embd]")
-    layers = []
-    for i in range(n_layers):
-        if kv_heads[i] and heads[i] % kv_heads[i]:
-            raise CompileError(f"{md.path}: layer {i}'s head_count {heads[i]} is not a multiple of its KV heads")
-        if heads[i] and not n_ff[i]:
-            raise CompileError(f"{md.path}: layer {i} has attention and no FFN: llama.cpp drops such a layer's "
-                               "attention output; refused rather than computed either way")  # fmt: skip
-        layers.append(Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim, embd.shape[0]))
-    widest = max((ls for ls in layers if ls.n_kv_heads), key=lambda ls: ls.kv_width, default=None)
-    if widest is None:
-        raise CompileError(f"{md.path}: no layer has KV heads (a plan needs at least one attention layer)")
-    return widest, tuple(layers), n_ff
-
-
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, "deci")
-    sizes, layers, n_ffs = _layers(md)
+    sizes, layers, n_ffs = read_layer_shapes(md, sublayers_optional=True)
+    for i, ls in enumerate(layers):
+        if ls.n_heads and not n_ffs[i]:
+            raise CompileError(f"{md.path}: layer {i} has attention and no FFN: llama.cpp drops such a layer's "
+                               "attention output; refused rather than computed either way")  # fmt: skip
     rope = read_rope(md, sizes, "adjacent")
     if rope.n_rot != sizes.head_dim:  # llama.cpp asserts n_embd_head == n_rot
         raise CompileError(f"{md.path}: rope.dimension_count {rope.n_rot} != head_dim {sizes.head_dim}")
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
     n = sizes.n_embd
-    b.buffer("tokens", "T", dtype="i32")
-    b.buffer("x", "T", n)
-    b.buffer("h", "T", n)
+    sfx = declare_layer_buffers(b, sizes, layers, n_ffs)
     if any(ls.n_heads and not ls.n_kv_heads for ls in layers):
         b.buffer("lin", "T", n)  # the linear attention's output
-    for name, width in (("xr", n), ("hr", n), ("logits", sizes.vocab_size)):
-        b.buffer(name, "R", width)
-    sfx = {}
-    for ls in layers:  # q/k/v/att per head geometry
-        g = (ls.n_heads, ls.n_kv_heads)
-        if ls.n_kv_heads and g not in sfx:
-            sfx[g] = "_{}x{}".format(*g)
-            for name, width in (("q", ls.q_width), ("k", ls.kv_width), ("v", ls.kv_width), ("att", ls.q_width)):
-                b.buffer(name + sfx[g], "T", width)
-    for width in sorted({f for f in n_ffs if f}):  # gate/up per FFN width
-        b.buffer(f"gate_{width}", "T", width)
-        b.buffer(f"up_{width}", "T", width)
     embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, n))
     long_short = rope.scaling_type == "longrope"
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=long_short)

@@ -113,6 +113,8 @@ ADDED = (
     "exaone-moe-swa",
     "deci-dense",
     "deci-varied",
+    "openelm-dense",
+    "openelm-varied",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3

@@ -1,0 +1,59 @@
+"""Stacks whose layers differ in shape (deci, openelm): every layer's head count, KV head count and
+FFN width from per-layer arrays (a scalar applies to all), and the buffers of each geometry."""
+
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import Sizes
+from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
+from rfc.compiler.errors import CompileError
+
+
+def read_layer_shapes(md: Metadata, *, sublayers_optional: bool) -> tuple[Sizes, tuple[Sizes, ...], tuple[int, ...]]:
+    """(the model's sizes: those of the layer with the widest KV row, each layer's sizes, each layer's
+    FFN width), every count bounded before anything is sized. `sublayers_optional` (deci): a layer
+    may have no heads, no KV heads or no FFN (0); else each has all three."""
+    model = md.model
+    lo = 0 if sublayers_optional else 1
+    n_embd = md.int("embedding_length", 1, MAX_EMBD)
+    n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
+    heads = md.per_layer("attention.head_count", n_layers, lo, MAX_HEADS)
+    kv_heads = md.per_layer("attention.head_count_kv", n_layers, lo, MAX_HEADS, default=list(heads))
+    n_ff = md.per_layer("feed_forward_length", n_layers, lo, MAX_FF)
+    if not any(heads):
+        raise CompileError(f"{md.path}: no layer has attention heads")
+    head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // max(1, heads[0])))
+    if md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim) != head_dim:
+        raise CompileError(f"{md.path}: attention.value_length != key_length is not supported")
+    embd = model.tensors.get("token_embd.weight")
+    if embd is None or len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
+        raise CompileError(f"{md.path}: token_embd.weight is missing or not [vocab <= {MAX_VOCAB}, n_embd]")
+    layers = []
+    for i in range(n_layers):
+        if kv_heads[i] > heads[i] or (kv_heads[i] and heads[i] % kv_heads[i]):
+            raise CompileError(f"{md.path}: layer {i}'s head_count {heads[i]} is not a multiple of its KV heads")
+        layers.append(Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim, embd.shape[0]))
+    widest = max((ls for ls in layers if ls.n_kv_heads), key=lambda ls: ls.kv_width, default=None)
+    if widest is None:
+        raise CompileError(f"{md.path}: no layer has KV heads (a plan needs at least one attention layer)")
+    return widest, tuple(layers), n_ff
+
+
+def declare_layer_buffers(b: ModelBuilder, sizes: Sizes, layers: tuple[Sizes, ...], n_ff: tuple[int, ...]) -> dict:
+    """tokens, x, h and the logit rows' buffers; q/k/v/att per head geometry (suffix _{H}x{KV}) and
+    gate/up per FFN width (gate_{N}, up_{N}). Returns the suffix of each (heads, KV heads)."""
+    n = sizes.n_embd
+    b.buffer("tokens", "T", dtype="i32")
+    b.buffer("x", "T", n)
+    b.buffer("h", "T", n)
+    for name, width in (("xr", n), ("hr", n), ("logits", sizes.vocab_size)):
+        b.buffer(name, "R", width)
+    sfx = {}
+    for ls in layers:
+        g = (ls.n_heads, ls.n_kv_heads)
+        if ls.n_kv_heads and g not in sfx:
+            sfx[g] = "_{}x{}".format(*g)
+            for name, width in (("q", ls.q_width), ("k", ls.kv_width), ("v", ls.kv_width), ("att", ls.q_width)):
+                b.buffer(name + sfx[g], "T", width)
+    for width in sorted({f for f in n_ff if f}):
+        b.buffer(f"gate_{width}", "T", width)
+        b.buffer(f"up_{width}", "T", width)
+    return sfx
