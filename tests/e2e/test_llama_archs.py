@@ -115,6 +115,7 @@ ADDED = (
     "deci-varied",
     "openelm-dense",
     "openelm-varied",
+    "bitnet-dense",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
