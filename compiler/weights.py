@@ -38,8 +38,9 @@ class RowRange:
 
 @dataclass(frozen=True)
 class ElementRange:
-    """Elements [start, stop) of a 1-D GGUF tensor of one element per block (F32, F16, BF16): a
-    slice of a vector (qwen35's attn_q.bias, its query and gate entries interleaved per head)."""
+    """Elements [start, stop) of a 1-D GGUF tensor (or a column [n, 1]) of one element per block (F32,
+    F16, BF16): a slice of a vector (qwen35's attn_q.bias, its query and gate entries interleaved per
+    head), or one element repeated (talkie's per-head gains, spread over each head's values)."""
 
     tensor: str
     start: int
@@ -199,7 +200,7 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
         t = model.tensors[part.tensor]
         if isinstance(part, ElementRange):
             if (
-                len(t.shape) != 1
+                not (len(t.shape) == 1 or (len(t.shape) == 2 and t.shape[1] == 1))  # a vector, or a column [n, 1]
                 or len(use.shape) != 1
                 or t.format != use.format
                 or FORMATS[t.format].block_elems != 1

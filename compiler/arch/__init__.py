@@ -70,6 +70,7 @@ from rfc.compiler.arch import (
     smallthinker,
     stablelm,
     starcoder,
+    talkie,
     starcoder2,
     xverse,
 )
@@ -166,6 +167,7 @@ RECIPES: dict[str, Recipe] = {
     "stablelm": stablelm.build,
     "starcoder": starcoder.build,
     "starcoder2": starcoder2.build,
+    "talkie": talkie.build,
     "xverse": xverse.build,
 }
 

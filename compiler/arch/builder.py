@@ -188,6 +188,21 @@ class ModelBuilder:
         )
         return name
 
+    def head_gains(self, name: str, role: str, source: str, n_heads: int, head_dim: int) -> str:
+        """A vector [n_heads * head_dim] of a GGUF per-head scalar (shape [n_heads] or [n_heads, 1]:
+        talkie's attn_q_norm), each head's value repeated over its head_dim entries: what a per-head
+        scalar gain is as the weight of an RMS norm per head."""
+        t = self.model.tensors.get(source)
+        if t is None:
+            raise CompileError(f"{self.path}: missing tensor {source}")
+        shape = (n_heads,) if len(t.shape) == 1 else (n_heads, 1)
+        t = self.source(source, shape)
+        if t.format not in ("F32", "F16", "BF16"):
+            raise CompileError(f"{self.path}: {source} is {t.format}, not one element per block")
+        parts = tuple(ElementRange(source, h, h + 1) for h in range(n_heads) for _ in range(head_dim))
+        self._add(WeightUse(name, role, t.format, (n_heads * head_dim,), parts))
+        return name
+
     def expert_rows(
         self, name: str, role: str, source: str, source_shape: tuple[int, int, int], start: int, stop: int
     ) -> str:
