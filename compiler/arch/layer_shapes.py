@@ -1,8 +1,10 @@
 """Stacks whose layers differ in shape (deci, openelm): every layer's head count, KV head count and
 FFN width from per-layer arrays (a scalar applies to all), and the buffers of each geometry."""
 
+import math
+
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Sizes
+from rfc.compiler.arch.common import UNUSED_SCALE, Rope, Sizes, head_norms, linear, qkv_weights
 from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
 from rfc.compiler.errors import CompileError
 
@@ -57,3 +59,24 @@ def declare_layer_buffers(b: ModelBuilder, sizes: Sizes, layers: tuple[Sizes, ..
         b.buffer(f"gate_{width}", "T", width)
         b.buffer(f"up_{width}", "T", width)
     return sfx
+
+
+def fused_qkv_attention(
+    b: ModelBuilder, i: int, ls: Sizes, eps: float, rope: Rope, sfx: str, window: int | None = None
+) -> None:
+    """h = attn_output(attention(...)) of layer i in its geometry's buffers (q{sfx}, ...): the fused
+    `attn_qkv` split by the layer's heads, with no weight scale (openelm's and plamo3's graphs call
+    build_lora_mm(wqkv, cur) without one), Q and K RMS-normed per head, then RoPE, the KV write,
+    attention (within `window` where given) and `attn_output` with its weight scale."""
+    p = f"blk.{i}."
+    q, k, v, att = (name + sfx for name in ("q", "k", "v", "att"))
+    b.unused(p + "attn_qkv.scale", UNUSED_SCALE)
+    for buf, w in zip((q, k, v), qkv_weights(b, p, ls)):
+        b.op("matmul", ("h",), (buf,), (w,))
+    head_norms(b, p, ls, eps, q, k)
+    b.op("rope", (q, k), (q, k), (), **rope.attrs(ls))
+    b.op("kv_write", (k, v), (), layer=i)
+    extra = {"window": window} if window is not None else {}
+    b.op("attention", (q,), (att,), (), layer=i, n_heads=ls.n_heads, n_kv_heads=ls.n_kv_heads,
+         head_dim=ls.head_dim, scale=1.0 / math.sqrt(ls.head_dim), **extra)  # fmt: skip
+    linear(b, att, "h", p + "attn_output", (ls.n_embd, ls.q_width), bias=False)

@@ -5,13 +5,11 @@ compiler/arch/layer_shapes.py); each layer's fused `attn_qkv` holds its Q, K and
 K RMS-normed per head, NeoX RoPE, `attn_output` with its weight scale, a SwiGLU FFN without biases
 or scales; the output is always the tied embedding (the loader reads no output.weight)."""
 
-import math
-
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, glu_ffn, head_norms, hparams, kv_spec, linear, output_head, qkv_weights, read_rope,
+    glu_ffn, hparams, kv_spec, output_head, read_rope,
 )  # fmt: skip
-from rfc.compiler.arch.layer_shapes import declare_layer_buffers, read_layer_shapes
+from rfc.compiler.arch.layer_shapes import declare_layer_buffers, fused_qkv_attention, read_layer_shapes
 from rfc.compiler.arch.metadata import Metadata
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -29,17 +27,8 @@ def build(model: GGUFModel) -> ModelSpec:
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i, ls in enumerate(layers):
         p = f"blk.{i}."
-        q, k, v, att = (name + sfx[(ls.n_heads, ls.n_kv_heads)] for name in ("q", "k", "v", "att"))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (n,)),), eps=eps)
-        b.unused(p + "attn_qkv.scale", UNUSED_SCALE)  # build_lora_mm(wqkv, cur): no scale
-        for buf, w in zip((q, k, v), qkv_weights(b, p, ls)):
-            b.op("matmul", ("h",), (buf,), (w,))
-        head_norms(b, p, ls, eps, q, k)
-        b.op("rope", (q, k), (q, k), (), **rope.attrs(ls))
-        b.op("kv_write", (k, v), (), layer=i)
-        b.op("attention", (q,), (att,), (), layer=i, n_heads=ls.n_heads, n_kv_heads=ls.n_kv_heads,
-             head_dim=ls.head_dim, scale=1.0 / math.sqrt(ls.head_dim))  # fmt: skip
-        linear(b, att, "h", p + "attn_output", (n, ls.q_width), bias=False)
+        fused_qkv_attention(b, i, ls, eps, rope, sfx[(ls.n_heads, ls.n_kv_heads)])
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (n,)),), eps=eps)
         glu_ffn(b, i, n, n_ffs[i], bias=False, scale=False, bufs=(f"gate_{n_ffs[i]}", f"up_{n_ffs[i]}"))

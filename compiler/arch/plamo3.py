@@ -9,16 +9,15 @@ With `attention.sliding_window` > 0, the layers `attention.sliding_window_patter
 period, default 8) attend within the window and rotate with `rope.freq_base_swa` (llama.cpp's default
 10000 when the key is absent, whatever rope.freq_base is) and no frequency scaling."""
 
-import math
 from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, glu_ffn, head_norms, hparams, kv_spec, linear, output_head, qkv_weights, read_rope,
+    glu_ffn, hparams, kv_spec, output_head, read_rope,
     require_whole_heads,
 )  # fmt: skip
 from rfc.compiler.arch.gemma2 import sliding_window_layers
-from rfc.compiler.arch.layer_shapes import declare_layer_buffers, read_layer_shapes
+from rfc.compiler.arch.layer_shapes import declare_layer_buffers, fused_qkv_attention, read_layer_shapes
 from rfc.compiler.arch.metadata import MAX_CONTEXT, Metadata
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -46,18 +45,9 @@ def build(model: GGUFModel) -> ModelSpec:
     b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, n)),))
     for i, ls in enumerate(layers):
         p = f"blk.{i}."
-        q, k, v, att = (name + sfx[(ls.n_heads, ls.n_kv_heads)] for name in ("q", "k", "v", "att"))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (n,)),), eps=eps)
-        b.unused(p + "attn_qkv.scale", UNUSED_SCALE)  # build_lora_mm(wqkv, cur): no scale
-        for buf, w in zip((q, k, v), qkv_weights(b, p, ls)):
-            b.op("matmul", ("h",), (buf,), (w,))
-        head_norms(b, p, ls, eps, q, k)
-        b.op("rope", (q, k), (q, k), (), **(rope_swa if local[i] else rope).attrs(ls))
-        b.op("kv_write", (k, v), (), layer=i)
-        extra = {"window": window} if local[i] else {}
-        b.op("attention", (q,), (att,), (), layer=i, n_heads=ls.n_heads, n_kv_heads=ls.n_kv_heads,
-             head_dim=ls.head_dim, scale=1.0 / math.sqrt(ls.head_dim), **extra)  # fmt: skip
-        linear(b, att, "h", p + "attn_output", (n, ls.q_width), bias=False)
+        g = sfx[(ls.n_heads, ls.n_kv_heads)]
+        fused_qkv_attention(b, i, ls, eps, rope_swa if local[i] else rope, g, window if local[i] else None)
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_attention_norm", "post_attention_norm", (n,)),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (n,)),), eps=eps)
