@@ -11,7 +11,7 @@ from rfc.artifacts.limits import MAX_CONTEXT, MAX_HEAD_DIM, MAX_HEADS
 from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSchema
 from rfc.artifacts.ops.view import OpView
 
-GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu")  # swiglu's `activation`
+GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu", "silu_clamp")  # swiglu's `activation`
 ROPE_STYLES = ("adjacent", "neox")
 # rope's optional attributes that shape a variant's frequency table (YaRN: rope_inv_freq)
 ROPE_TABLE = ("ext_factor", "beta_fast", "beta_slow", "orig_ctx")
@@ -199,6 +199,7 @@ def _swiglu(v: OpView) -> None:
     same_shape(v)
     if activation == "swiglu_oai":
         v.real_attr("alpha", 0.0, 1e6, open_lo=True)
+    if activation in ("swiglu_oai", "silu_clamp"):
         v.real_attr("limit", 0.0, 1e6, open_lo=True)
 
 
@@ -411,7 +412,8 @@ DEFS = (
             "exp(-alpha g')) * (u' + 1) (alpha and limit are read by it alone); 'sigmoid' (qwen35's attention "
             "output gate): out = u / (1 + exp(-g)), its gate possibly one column [T, 1] that gates every value of "
             "the row (qwen35moe's shared-expert gate); 'relu': out = max(g, 0) * u (with u = g: nemotron_h's "
-            "squared ReLU)",
+            "squared ReLU); 'silu_clamp' (maple's experts, ggml_swiglu_clamp): out = g' / (1 + exp(-g')) * u' with "
+            "g' = min(g, limit), u' = clamp(u, -limit, limit)",
         ),
         check=_swiglu,
         reference="op_swiglu",

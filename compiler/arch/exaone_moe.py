@@ -9,6 +9,7 @@ The first `leading_dense_block_count` layers a dense SwiGLU FFN, the others expe
 plus a shared SwiGLU expert `expert_shared_feed_forward_length` wide (required); no weight scales;
 `output.weight` required; the MTP blocks (`nextn_predict_layers`) are not run."""
 
+from rfc.compiler.arch.common import Rope
 from rfc.compiler.arch.gemma2 import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.arch.moe import Experts, moe_transformer, read_experts_of, read_gating, read_weights_scale
@@ -29,9 +30,9 @@ def _experts(md: Metadata) -> tuple[Experts, int]:
     return e, n_ff
 
 
-def _windows(md: Metadata, n_layers: int) -> tuple[int, tuple[bool, ...]]:
+def _windows(md: Metadata, n_layers: int, rope: Rope) -> tuple[int, tuple[bool, ...], Rope]:
     md.ignored("rope.freq_base_swa", "llama.cpp's exaone-moe loader reads it and its graph rotates with rope.freq_base")
-    return md.int("attention.sliding_window", 1, MAX_CONTEXT), sliding_window_layers(md, n_layers, 4)
+    return md.int("attention.sliding_window", 1, MAX_CONTEXT), sliding_window_layers(md, n_layers, 4), rope
 
 
 def build(model: GGUFModel) -> ModelSpec:

@@ -24,7 +24,8 @@ MAX_VOCAB = 1 << 22
 _REQUIRED = object()
 # Keys llama.cpp reads for every architecture as a scalar or a per-layer array (get_key_or_arr):
 # Metadata.int reads an array of them when its layers agree.
-UNIFORM_PER_LAYER = frozenset({"attention.head_count", "attention.head_count_kv", "feed_forward_length"})
+UNIFORM_PER_LAYER = frozenset({"attention.head_count", "attention.head_count_kv", "feed_forward_length",
+                               "swiglu_clamp_exp", "swiglu_clamp_shexp"})  # fmt: skip
 
 
 class Metadata:
@@ -90,6 +91,8 @@ class Metadata:
     def float(self, key: str, lo: float, hi: float, default: Any = _REQUIRED, *, open_lo: bool = False) -> float:
         """A finite real in [lo, hi] ((lo, hi] with open_lo)."""
         value = self._raw(key, default)
+        if key in UNIFORM_PER_LAYER and isinstance(value, (list, tuple)):
+            value = self._uniform(key, value)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise CompileError(f"{self.path}: metadata {self.key(key)} must be a number, got {_show(value)}")
         value = float(value)

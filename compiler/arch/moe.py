@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 from rfc.artifacts.plan import OPS, OpKind
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, Sizes, attention, expert_scales, glu_ffn, hparams, kv_spec, linear, output_head,
+    UNUSED_SCALE, Attention, Rope, Sizes, attention, expert_scales, glu_ffn, hparams, kv_spec, linear, output_head,
     read_experts, read_rope, read_sizes, require_output, require_whole_heads, rope_factors, stack_widths,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EXPERTS, MAX_FF, Metadata
@@ -201,6 +201,7 @@ def moe_block(
     scales: bool = False,
     routed: bool = False,
     activation: str = "silu",
+    limit: float | None = None,
 ) -> None:
     """residual += routed experts(src) (+ shared experts(src)), for layer i.
 
@@ -226,7 +227,8 @@ def moe_block(
     `routed`: the recipe already wrote the router's logits into `router` from another input
     (smallthinker routes the layer's input before attention); `activation`: the experts' gate
     activation, swiglu's ("relu": smallthinker's ReLU-gated experts); `residual` None: the routed
-    experts' sum stays in `moe_out` (grok norms it first; no shared experts then)."""
+    experts' sum stays in `moe_out` (grok norms it first; no shared experts then); `limit`: the
+    activation's limit ("silu_clamp": maple's swiglu_clamp_exp)."""
     p, n = f"blk.{i}.", sizes.n_embd
     if not scales:
         for name in ("gate_exps", "up_exps", "down_exps", "gate_up_exps", "gate_shexp", "up_shexp", "down_shexp"):
@@ -251,9 +253,8 @@ def moe_block(
         expert_scales(
             b, i, e.count, "exp_gate", "exp_up", fused=e.fused_gate_up and b.has(p + "ffn_gate_up_exps.weight")
         )
-    b.op(
-        "swiglu", ("exp_gate", "exp_up"), ("exp_gate",), **({} if activation == "silu" else {"activation": activation})
-    )
+    glu = ({} if activation == "silu" else {"activation": activation}) | ({"limit": limit} if limit else {})
+    b.op("swiglu", ("exp_gate", "exp_up"), ("exp_gate",), **glu)
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (e.count, n, e.n_ff))
     b.op("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",), (down,))
     b.op("moe_combine", ("experts_out", "expert_weights"), ("moe_out",))
@@ -287,7 +288,8 @@ def moe_transformer(
     factors: bool = False,
     qk_norm_rows: bool = False,
     output_required: bool = False,
-    windows: Callable[[Metadata, int], tuple[int, tuple[bool, ...]]] | None = None,
+    windows: Callable[[Metadata, int, Rope], tuple[int, tuple[bool, ...], Rope]] | None = None,
+    expert_glu: Callable[[Metadata], dict] | None = None,
 ) -> ModelSpec:
     """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
     Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
@@ -298,8 +300,9 @@ def moe_transformer(
     known and unused (glm4moe, bailingmoe2, qwen3vlmoe). `rope_style` "adjacent" and `factors`
     (`rope_freqs` where the file has it): deepseek; `qk_norm_rows`: Q and K RMS-normed over their
     whole rows before RoPE, required (olmoe); `output_required`: no tied fallback in the loader;
-    `windows(md, n_layers)`: (the window, a flag per layer) for the sliding-window layers, which alone
-    rotate Q and K: the global layers attend without positions (exaone-moe)."""
+    `windows(md, n_layers, rope)`: (the window, a flag per layer, the sliding-window layers' RoPE) for
+    the sliding-window layers, which alone rotate Q and K: the global layers attend without positions
+    (exaone-moe, maple); `expert_glu(md)`: moe_block's activation and limit for the experts (maple)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
@@ -331,7 +334,8 @@ def moe_transformer(
     rope_freqs = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=False) if factors else None
     cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=qk_norm, qk_norm_rows=qk_norm_rows,
                     factors=rope_freqs)  # fmt: skip
-    window, local = windows(md, sizes.n_layers) if windows else (None, ())
+    window, local, local_rope = windows(md, sizes.n_layers, rope) if windows else (None, (), rope)
+    glu = expert_glu(md) if expert_glu else {}
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
@@ -339,13 +343,14 @@ def moe_transformer(
             raise CompileError(f"{md.path}: attn_q_norm is in some layers and not in others")
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
         if windows:  # RoPE on the sliding-window layers only
-            attention(b, i, sizes, eps, replace(cfg, window=window) if local[i] else cfg, rope=local[i])
+            local_cfg = replace(cfg, rope=local_rope, window=window)
+            attention(b, i, sizes, eps, local_cfg if local[i] else cfg, rope=local[i])
         else:
             attention(b, i, sizes, eps, cfg)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{ffn_norm}.weight", ffn_norm, (sizes.n_embd,)),), eps=eps)
         if e.is_moe(i):
-            moe_block(b, i, sizes, e, scales=scales)
+            moe_block(b, i, sizes, e, scales=scales, **glu)
         else:
             glu_ffn(b, i, sizes.n_embd, n_ff, bias=False, scale=scales)
             b.op("add", ("x", "h"), ("x",))

@@ -47,6 +47,7 @@ GLU_SPANS = {
     "swiglu_oai": "rfc_swiglu_oai_span",
     "sigmoid": "rfc_sigmoid_glu_span",
     "relu": "rfc_relu_glu_span",
+    "silu_clamp": "rfc_swiglu_clamp_span",
 }
 
 

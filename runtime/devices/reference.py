@@ -130,6 +130,10 @@ class ReferenceDevice(HostState, InterpretedDevice):
             outs[0][...] = u / (np.float32(1.0) + np.exp(-g))
         elif attrs["activation"] == "relu":  # nemotron_h's relu^2 as relu(g) * g
             outs[0][...] = np.maximum(g, np.float32(0.0)) * u
+        elif attrs["activation"] == "silu_clamp":  # ggml_swiglu_clamp (maple's experts)
+            limit = np.float32(attrs["limit"])
+            x = np.minimum(g, limit)
+            outs[0][...] = x / (np.float32(1.0) + np.exp(-x)) * np.clip(u, -limit, limit)
         elif attrs["activation"] == "swiglu_oai":
             limit, alpha = np.float32(attrs["limit"]), np.float32(attrs["alpha"])
             x = np.minimum(g, limit)

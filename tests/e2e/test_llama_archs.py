@@ -122,6 +122,9 @@ ADDED = (
     # the global RoPE base on its sliding-window layer 2.4e-3
     "plamo3-dense",
     "plamo3-swa",
+    # maple-tight: the experts' clamp at 0.5 (without it 0.019), a window of 4
+    "maple-moe",
+    "maple-tight",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3

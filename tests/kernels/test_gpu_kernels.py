@@ -589,6 +589,8 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
         pytest.param("gpt2-dense", "pos_embed", marks=toolchain_marks("gfx90a")),
         # mpt's AWQ activation scales (a division per channel after the GELU), its ALiBi and clamp
         pytest.param("mpt-dense", "channel_div", marks=toolchain_marks("gfx1100")),
+        # maple's clamped SwiGLU experts (clamp 0.5, biting) and RoPE on its sliding-window layer alone
+        pytest.param("maple-tight", "silu_clamp", marks=toolchain_marks("sm_90")),
     ],
 )
 def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
@@ -597,13 +599,19 @@ def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.e2e.test_llama_archs import _model
 
-    target = {"gelu": "gfx1100", "clamp": "sm_90", "pos_embed": "gfx90a", "channel_div": "gfx1100"}[kind]
+    target = {
+        "gelu": "gfx1100",
+        "clamp": "sm_90",
+        "pos_embed": "gfx90a",
+        "channel_div": "gfx1100",
+        "silu_clamp": "sm_90",
+    }[kind]
     out = tmp_path / "bundle"
     compile_model(
         CompileOptions(model=_model(name, tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
     )
     pair = Pair(out, target, tmp_path / "emu")
-    assert any(o.kind == kind for o in pair.bundle.plan.ops)
+    assert any(o.kind == kind or o.attrs.get("activation") == kind for o in pair.bundle.plan.ops)
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
     ok, msg = _close(gpu, ref)
     assert ok, msg

@@ -197,7 +197,8 @@ class CpuOpDevice(InterpretedDevice):
                     "rfc_xielu": [_P, _P, c_size_t, c_float, c_float, c_float, c_float],
                     "rfc_gelu": [_P, _P, c_size_t], "rfc_channel_div": [_P, _P, _P, c_int, c_int],
                     "rfc_clamp": [_P, _P, c_size_t, c_float],
-                    "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
+                    "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_swiglu_clamp": [_P, _P, _P, c_size_t],
+                    "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_moe_scale": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_slot_scale": [_P, _P, c_int, c_int, c_int, _P],
                     "rfc_attention_sinks": [_P, _P, _P, _P, _P, _P, c_int, _P, c_int, c_int, c_int, c_float,
@@ -531,7 +532,13 @@ _P]}  # fmt: skip
         act = op.attr("activation")
         fn = (
             self._arch_kernel(
-                {"gelu_tanh": "rfc_geglu", "swiglu_oai": "rfc_swiglu_oai", "relu": "rfc_reluglu"}[act], op
+                {
+                    "gelu_tanh": "rfc_geglu",
+                    "swiglu_oai": "rfc_swiglu_oai",
+                    "relu": "rfc_reluglu",
+                    "silu_clamp": "rfc_swiglu_clamp",
+                }[act],
+                op,
             )
             if act != "silu"
             else self._swiglu
