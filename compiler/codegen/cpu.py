@@ -447,10 +447,11 @@ def _oai_params(swiglus: list) -> dict:
         OPS["swiglu"].optional
     )
     clamp = _uniform([op for op in swiglus if op.attr("activation") == "silu_clamp"], "swiglu")
-    return {"oai_alpha": cpu_step.f32_literal(oai["alpha"], "swiglu_oai alpha"),
-            "oai_limit": cpu_step.f32_literal(oai["limit"], "swiglu_oai limit"),
-            # silu_clamp's limit, compiled in (0: none in the plan, nothing rendered)
-            "clamp_limit": cpu_step.f32_literal(clamp["limit"], "silu_clamp limit") if clamp else 0}  # fmt: skip
+    params = {"oai_alpha": cpu_step.f32_literal(oai["alpha"], "swiglu_oai alpha"),
+              "oai_limit": cpu_step.f32_literal(oai["limit"], "swiglu_oai limit")}  # fmt: skip
+    if clamp:  # silu_clamp's limit, compiled in; only then (every other library's source stays as it was)
+        params["clamp_limit"] = cpu_step.f32_literal(clamp["limit"], "silu_clamp limit")
+    return params
 
 
 ATTENTION_GROUP_FLOATS = 2048  # a query block's accumulators per (group x head_dim) float: stack bound
