@@ -9,6 +9,8 @@ differs in structure (gemma's extra norms) arranges the same parts in its own bl
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.metadata import (
@@ -41,6 +43,21 @@ class Sizes:
         return self.n_kv_heads * self.head_dim
 
 
+def embedding_rows(md: Metadata, embd_name: str = "token_embd.weight") -> int:
+    """The vocabulary size as the embedding's rows: the tensor present, 2-D, at most MAX_VOCAB rows."""
+    embd = md.model.tensors.get(embd_name)
+    if embd is None:
+        raise CompileError(f"{md.path}: missing tensor {embd_name}")
+    if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
+        raise CompileError(f"{md.path}: {embd_name} has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]")
+    return embd.shape[0]
+
+
+def f32(x: float) -> float:
+    """x rounded to float32 (llama.cpp keeps its multipliers and scales as float32)."""
+    return float(np.float32(x))
+
+
 def read_sizes(md: Metadata, embd_name: str = "token_embd.weight") -> Sizes:
     """The stack's sizes, the vocabulary's from the embedding's rows (`embd_name`: codeshell's loader
     takes output.weight when the file has no token_embd.weight)."""
@@ -56,12 +73,7 @@ def read_sizes(md: Metadata, embd_name: str = "token_embd.weight") -> Sizes:
     value_dim = md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim)
     if value_dim != head_dim:
         raise CompileError(f"{md.path}: attention.value_length {value_dim} != key_length {head_dim} is not supported")
-    embd = model.tensors.get(embd_name)
-    if embd is None:
-        raise CompileError(f"{md.path}: missing tensor {embd_name}")
-    if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(f"{md.path}: {embd_name} has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]")
-    vocab_size = embd.shape[0]
+    vocab_size = embedding_rows(md, embd_name)
     declared = md.int("vocab_size", 1, MAX_VOCAB, default=vocab_size)
     if declared != vocab_size:
         raise CompileError(f"{md.path}: {md.key('vocab_size')} {declared} != {embd_name} rows {vocab_size}")

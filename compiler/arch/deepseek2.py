@@ -30,7 +30,7 @@ import numpy as np
 
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Sizes, glu_ffn, hparams, linear, output_head, read_rope
+from rfc.compiler.arch.common import Sizes, embedding_rows, glu_ffn, hparams, linear, output_head, read_rope
 from rfc.compiler.arch.metadata import (
     MAX_CONTEXT,
     MAX_EMBD,
@@ -38,7 +38,6 @@ from rfc.compiler.arch.metadata import (
     MAX_HEAD_DIM,
     MAX_HEADS,
     MAX_LAYERS,
-    MAX_VOCAB,
     Metadata,
 )
 from rfc.compiler.arch.moe import (
@@ -90,14 +89,8 @@ def _sizes(md: Metadata) -> tuple[Sizes, int, int, int, int]:
         raise CompileError(
             f"{md.path}: {md.key('attention.temperature_scale')} (attention temperature tuning) is not supported"
         )
-    embd = model.tensors.get("token_embd.weight")
-    if embd is None:
-        raise CompileError(f"{md.path}: missing tensor token_embd.weight")
-    if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(
-            f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]"
-        )
-    sizes = Sizes(n_embd, n_layers - nextn, n_heads, 1, kv_lora + n_rot, embd.shape[0])
+    vocab = embedding_rows(md)
+    sizes = Sizes(n_embd, n_layers - nextn, n_heads, 1, kv_lora + n_rot, vocab)
     return sizes, q_lora, kv_lora, key_mla - n_rot, v_dim
 
 

@@ -37,8 +37,8 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, declare_buffers, glu_ffn, head_norms, hparams, kv_spec, linear, output_head, qkv_weights,
-    read_rope,
+    Attention, Sizes, declare_buffers, embedding_rows, glu_ffn, head_norms, hparams, kv_spec, linear, output_head,
+    qkv_weights, read_rope,
 )  # fmt: skip
 from rfc.compiler.arch import ple as per_layer
 from rfc.compiler.arch import gemma4_moe
@@ -51,7 +51,6 @@ from rfc.compiler.arch.metadata import (
     MAX_HEAD_DIM,
     MAX_HEADS,
     MAX_LAYERS,
-    MAX_VOCAB,
     Metadata,
 )
 from rfc.compiler.errors import CompileError
@@ -106,22 +105,14 @@ def _read_sizes(md: Metadata) -> tuple[Sizes, tuple[Sizes, ...], tuple[bool, ...
         value = md.int(key, 1, MAX_HEAD_DIM, default=want)
         if value != want:  # llama.cpp: "Gemma 4 requires n_embd_head_k == n_embd_head_v" (and _swa)
             raise CompileError(f"{md.path}: gemma4 needs {md.key(key)} == its key length ({value} != {want})")
-    embd = model.tensors.get("token_embd.weight")
-    if embd is None:
-        raise CompileError(f"{md.path}: missing tensor token_embd.weight")
-    if len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(
-            f"{md.path}: token_embd.weight has shape {list(embd.shape)}, not [vocab <= {MAX_VOCAB}, n_embd]"
-        )
+    vocab = embedding_rows(md)
     layers = []
     for i in range(n_layers):
         if heads[i] % kv_heads[i]:
             raise CompileError(
                 f"{md.path}: layer {i}'s head_count {heads[i]} is not a multiple of its head_count_kv {kv_heads[i]}"
             )
-        layers.append(
-            Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim_swa if is_local[i] else head_dim, embd.shape[0])
-        )
+        layers.append(Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim_swa if is_local[i] else head_dim, vocab))
     widest = max(layers, key=lambda ls: ls.kv_width)  # the first of the widest
     return widest, tuple(layers), is_local, head_dim
 

@@ -27,16 +27,12 @@ import numpy as np
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, linear, moe_ffn, output_head, read_experts,
-    read_rope, read_sizes, require_whole_heads, rope_factors,
+    Attention, attention, declare_buffers, f32, glu_ffn, hparams, kv_spec, linear, moe_ffn, output_head,
+    read_experts, read_rope, read_sizes, require_whole_heads, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
-
-
-def _f32(x: float) -> float:
-    return float(np.float32(x))  # llama.cpp keeps the multipliers as float32
 
 
 def build(model: GGUFModel) -> ModelSpec:
@@ -66,19 +62,19 @@ class Multipliers:
             logit = md.float("logit_scale", 0.0, 1e6, open_lo=True)
         else:
             logit = md.float("logit_scale", 0.0, 1e6, default=0.0)
-        return Multipliers(_f32(logit), _f32(md.float("residual_scale", 0.0, 1e6, default=0.0)),
-                           _f32(md.float("embedding_scale", 0.0, 1e6, default=0.0)),
-                           _f32(md.float("attention.scale", 0.0, 1e6, default=0.0)))  # fmt: skip
+        return Multipliers(f32(logit), f32(md.float("residual_scale", 0.0, 1e6, default=0.0)),
+                           f32(md.float("embedding_scale", 0.0, 1e6, default=0.0)),
+                           f32(md.float("attention.scale", 0.0, 1e6, default=0.0)))  # fmt: skip
 
     @staticmethod
     def read_minicpm(md: Metadata, n_layers: int, n_embd: int) -> "Multipliers":
         """minicpm's loader: embedding 12, residual 1.4 / sqrtf(n_layer), logit 256 / n_embd (float32)
         unless the file says otherwise; no attention.scale (1/sqrt(head_dim))."""
-        f32 = np.float32
-        residual = f32(1.4) / np.sqrt(f32(n_layers))
-        return Multipliers(_f32(md.float("logit_scale", 0.0, 1e6, default=f32(256.0) / f32(n_embd), open_lo=True)),
-                           _f32(md.float("residual_scale", 0.0, 1e6, default=residual)),
-                           _f32(md.float("embedding_scale", 0.0, 1e6, default=12.0)), 0.0)  # fmt: skip
+        n32 = np.float32
+        residual = n32(1.4) / np.sqrt(n32(n_layers))
+        return Multipliers(f32(md.float("logit_scale", 0.0, 1e6, default=n32(256.0) / n32(n_embd), open_lo=True)),
+                           f32(md.float("residual_scale", 0.0, 1e6, default=residual)),
+                           f32(md.float("embedding_scale", 0.0, 1e6, default=12.0)), 0.0)  # fmt: skip
 
     def extra(self) -> dict:
         return {"logit_scale": self.logit, "residual_scale": self.residual, "embedding_scale": self.embedding,
@@ -179,7 +175,7 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         attention(b, i, sizes, eps, cfg, out_bias=True, rope=use_rope)
         ffn_sublayer(b, i, sizes.n_embd, eps, ffn, mult.residual)
     tied = output_head(b, sizes, eps)
-    b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / mult.logit))
+    b.op("scale", ("logits",), ("logits",), factor=f32(1.0 / mult.logit))
     hp = hparams(md, sizes, rope, ffn.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None and use_rope, extra={**mult.extra(), **ffn.extra()})  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

@@ -20,10 +20,11 @@ from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch import mamba2
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, declare_buffers, hparams, linear, output_head, read_experts, read_rope, rope_factors,
+    Attention, Sizes, declare_buffers, embedding_rows, f32, hparams, linear, output_head, read_experts, read_rope,
+    rope_factors,
 )  # fmt: skip
-from rfc.compiler.arch.granite import Ffn, Multipliers, _f32, ffn_sublayer
-from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
+from rfc.compiler.arch.granite import Ffn, Multipliers, ffn_sublayer
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_HEADS, MAX_LAYERS, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -32,7 +33,6 @@ from rfc.compiler.spec import ModelSpec
 def read_layers(md: Metadata, b: ModelBuilder, n_layers: int, n_embd: int) -> tuple[Sizes, list[int]]:
     """The attention layers (head_count_kv > 0) and their one head shape; every layer's tensors
     must say the same kind as the counts."""
-    model = md.model
     heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
     kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS)
     if not heads[0]:  # llama.cpp takes the head sizes from layer 0's count: none for attention layers
@@ -48,10 +48,7 @@ def read_layers(md: Metadata, b: ModelBuilder, n_layers: int, n_embd: int) -> tu
             kind = "an attention" if kv_heads[i] else "a Mamba2"
             raise CompileError(f"{md.path}: layer {i} is {kind} layer by {md.key('attention.head_count_kv')}, "
                                "but its tensors say otherwise")  # fmt: skip
-    embd = model.tensors.get("token_embd.weight")
-    if embd is None or len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(f"{md.path}: token_embd.weight is missing or not [vocab <= {MAX_VOCAB}, n_embd]")
-    return Sizes(n_embd, n_layers, nh, nkv, head_dim, embd.shape[0]), attn
+    return Sizes(n_embd, n_layers, nh, nkv, head_dim, embedding_rows(md)), attn
 
 
 def build(model: GGUFModel) -> ModelSpec:
@@ -85,7 +82,7 @@ def build(model: GGUFModel) -> ModelSpec:
         ffn_sublayer(b, i, sizes.n_embd, eps, ffn, mult.residual)
     tied = output_head(b, sizes, eps)
     if mult.logit:
-        b.op("scale", ("logits",), ("logits",), factor=_f32(1.0 / mult.logit))
+        b.op("scale", ("logits",), ("logits",), factor=f32(1.0 / mult.logit))
     extra = {**mult.extra(), "attention_layers": len(attn_layers), "ssm_conv_kernel": m.kernel,
              "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state, "ssm_time_step_rank": m.n_heads,
              "ssm_group_count": m.n_groups, **ffn.extra()}  # fmt: skip

@@ -19,14 +19,13 @@ attention.output_scale 0.08838834764831845, attn_logit_softcapping 30, logit_sca
 
 import math
 
-import numpy as np
 
 from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, Rope, attention, declare_buffers, glu_ffn, hparams, kv_spec, linear, read_rope, read_sizes,
-    require_whole_heads,
+    UNUSED_SCALE, Attention, Rope, attention, declare_buffers, f32, glu_ffn, hparams, kv_spec, linear, read_rope,
+    read_sizes, require_whole_heads,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of
@@ -43,10 +42,6 @@ EMBEDDING_SCALE, ATTN_OUT_SCALE, ATTN_SOFTCAP, LOGIT_SCALE = (
 HALF_SQRT2 = math.sqrt(2) / 2  # the dense FFN and the experts' sum scaled by it (std::sqrt(2) / 2)
 
 
-def _f32(x: float) -> float:
-    return float(np.float32(x))  # llama.cpp keeps these multipliers as float32
-
-
 def _rope(md: Metadata, sizes) -> Rope:
     """NeoX RoPE as grok's loader sets it up: it reads YaRN's ext and attn factors and betas for any
     scaling type. Without YaRN (no scaling type "yarn", no yarn_ext_factor above 0) the betas do
@@ -60,7 +55,7 @@ def _rope(md: Metadata, sizes) -> Rope:
     for key in ("rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow"):
         md.ignored(key, "YaRN's ramp: nothing without YaRN (yarn_ext_factor 0)")
     yarn_attn = md.float("rope.scaling.yarn_attn_factor", 0.0, 1e6, default=1.0, open_lo=True)
-    return replace(rope, attn_factor=_f32(_f32(yarn_attn) * _f32(rope.attn_factor)))
+    return replace(rope, attn_factor=f32(f32(yarn_attn) * f32(rope.attn_factor)))
 
 
 def build(model: GGUFModel) -> ModelSpec:
@@ -74,10 +69,10 @@ def build(model: GGUFModel) -> ModelSpec:
         raise CompileError(f"{md.path}: a grok model cannot have zero experts (llama.cpp's loader refuses it)")
     e = Experts(count, used, n_ff_exp)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    embedding_scale = _f32(md.float("embedding_scale", 0.0, 1e6, default=EMBEDDING_SCALE))
-    attn_scale = _f32(md.float("attention.output_scale", 0.0, 1e6, default=ATTN_OUT_SCALE, open_lo=True))
-    softcap = _f32(md.float("attn_logit_softcapping", 0.0, 1e6, default=ATTN_SOFTCAP, open_lo=True))
-    logit_scale = _f32(md.float("logit_scale", 0.0, 1e6, default=LOGIT_SCALE, open_lo=True))
+    embedding_scale = f32(md.float("embedding_scale", 0.0, 1e6, default=EMBEDDING_SCALE))
+    attn_scale = f32(md.float("attention.output_scale", 0.0, 1e6, default=ATTN_OUT_SCALE, open_lo=True))
+    softcap = f32(md.float("attn_logit_softcapping", 0.0, 1e6, default=ATTN_SOFTCAP, open_lo=True))
+    logit_scale = f32(md.float("logit_scale", 0.0, 1e6, default=LOGIT_SCALE, open_lo=True))
     final_softcap = md.float("final_logit_softcapping", 0.0, 1e6, default=0.0)
     md.ignored("router_logit_softcapping", "llama.cpp's grok loader reads it and its graph applies it nowhere")
     n = sizes.n_embd

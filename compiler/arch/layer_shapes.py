@@ -4,8 +4,8 @@ FFN width from per-layer arrays (a scalar applies to all), and the buffers of ea
 import math
 
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import UNUSED_SCALE, Rope, Sizes, head_norms, linear, qkv_weights
-from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata
+from rfc.compiler.arch.common import UNUSED_SCALE, Rope, Sizes, embedding_rows, head_norms, linear, qkv_weights
+from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, Metadata
 from rfc.compiler.errors import CompileError
 
 
@@ -25,14 +25,12 @@ def read_layer_shapes(md: Metadata, *, sublayers_optional: bool) -> tuple[Sizes,
     head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // max(1, heads[0])))
     if md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim) != head_dim:
         raise CompileError(f"{md.path}: attention.value_length != key_length is not supported")
-    embd = model.tensors.get("token_embd.weight")
-    if embd is None or len(embd.shape) != 2 or not 1 <= embd.shape[0] <= MAX_VOCAB:
-        raise CompileError(f"{md.path}: token_embd.weight is missing or not [vocab <= {MAX_VOCAB}, n_embd]")
+    vocab = embedding_rows(md)
     layers = []
     for i in range(n_layers):
         if kv_heads[i] > heads[i] or (kv_heads[i] and heads[i] % kv_heads[i]):
             raise CompileError(f"{md.path}: layer {i}'s head_count {heads[i]} is not a multiple of its KV heads")
-        layers.append(Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim, embd.shape[0]))
+        layers.append(Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim, vocab))
     widest = max((ls for ls in layers if ls.n_kv_heads), key=lambda ls: ls.kv_width, default=None)
     if widest is None:
         raise CompileError(f"{md.path}: no layer has KV heads (a plan needs at least one attention layer)")
