@@ -20,6 +20,7 @@ import numpy as np
 
 from rfc.artifacts.formats import FORMATS, PACKED_FORMATS, Q4_KX8_COLUMN_BYTES, row_nbytes, tensor_nbytes
 from rfc.artifacts.layout import ALIGNMENT, TensorEntry, WeightLayout, align_up
+from rfc.artifacts.limits import MAX_HEAD_DIM
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
 from rfc.compiler.weights_planar import pack_planar
@@ -40,11 +41,13 @@ class RowRange:
 class ElementRange:
     """Elements [start, stop) of a 1-D GGUF tensor (or a column [n, 1]) of one element per block (F32,
     F16, BF16): a slice of a vector (qwen35's attn_q.bias, its query and gate entries interleaved per
-    head), or one element repeated (talkie's per-head gains, spread over each head's values)."""
+    head); with `repeat` the range's bytes stand that many times in a row (talkie's per-head gains:
+    one element per head, spread over the head's values)."""
 
     tensor: str
     start: int
     stop: int
+    repeat: int = 1
 
 
 @dataclass(frozen=True)
@@ -205,11 +208,12 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
                 or t.format != use.format
                 or FORMATS[t.format].block_elems != 1
                 or not 0 <= part.start < part.stop <= t.shape[0]
+                or not 1 <= part.repeat <= MAX_HEAD_DIM
             ):
                 raise CompileError(
                     f"{model.path.name}: {use.name} cannot be made from elements {part.start}..{part.stop} of {t.name}"
                 )
-            total += part_bytes(t, part)[1]
+            total += part_bytes(t, part)[1] * part.repeat
             continue
         rows = prod(t.shape[:-1]) if len(t.shape) > 1 else 1
         # a vector read from a whole [n, 1] tensor (ModelBuilder.flat: Mamba2's ssm_a, ssm_d)
@@ -239,6 +243,12 @@ def _read_parts(src, model: GGUFModel, use: WeightUse, chunk: int) -> Iterator[b
             continue
         start, remaining = part_bytes(model.tensors[part.tensor], part)
         src.seek(start)
+        if isinstance(part, ElementRange) and part.repeat > 1:  # a few elements, repeated
+            data = src.read(remaining)
+            if len(data) != remaining:
+                raise CompileError(f"{model.path}: unexpected end of file in tensor {part.tensor}")
+            yield data * part.repeat
+            continue
         while remaining:
             data = src.read(min(chunk, remaining))
             if not data:

@@ -199,7 +199,7 @@ class ModelBuilder:
         t = self.source(source, shape)
         if t.format not in ("F32", "F16", "BF16"):
             raise CompileError(f"{self.path}: {source} is {t.format}, not one element per block")
-        parts = tuple(ElementRange(source, h, h + 1) for h in range(n_heads) for _ in range(head_dim))
+        parts = tuple(ElementRange(source, h, h + 1, repeat=head_dim) for h in range(n_heads))
         self._add(WeightUse(name, role, t.format, (n_heads * head_dim,), parts))
         return name
 
