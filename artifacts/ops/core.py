@@ -191,9 +191,13 @@ def same_shape(v: OpView) -> None:
 def _swiglu(v: OpView) -> None:
     activation = v.choice_attr("activation", GLU_ACTIVATIONS)
     g, u = v.op.inputs
-    if activation == "sigmoid" and v.shape(g) != v.shape(u):  # one gate per row (qwen35moe's shared expert)
+    if activation == "sigmoid" and v.shape(g) != v.shape(u):
+        # k gates per row, gate j over the row's j-th of k equal segments: one (qwen35moe's shared
+        # expert), one per attention head (spark2_5's output gate)
         v.float_rows(g, u, *v.op.outputs)
-        v.need(v.shape(g) == (v.rows(u), 1), f"gate {g} is neither {u}'s shape nor one column of its rows")
+        k = v.width(g)
+        v.need(v.rows(g) == v.rows(u) and k >= 1 and v.width(u) % k == 0,
+               f"gate {g} is neither {u}'s shape nor [rows, k] with k dividing its width")  # fmt: skip
         v.need(v.shape(v.op.outputs[0]) == v.shape(u), "output and up differ in shape")
         return
     same_shape(v)
@@ -264,7 +268,7 @@ DEFS = (
         ),
         check=_rmsnorm,
         reference="op_rmsnorm",
-        cpu=CpuPart(("cpu_rmsnorm.c.j2",), lower="_rmsnorm", attrs=("heads",), per_op=("heads",)),
+        cpu=CpuPart(("cpu_rmsnorm.c.j2",), lower="_rmsnorm", attrs=("heads",), per_op=("heads", "eps")),
         gpu=GpuPart(
             ("gpu_rmsnorm.hip.j2",), lower="_rmsnorm", args=(("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32))
         ),
@@ -410,8 +414,9 @@ DEFS = (
             "(GeGLU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))); 'swiglu_oai' (gpt-oss, llama.cpp's "
             "swiglu_oai) clamps and shifts: g' = min(g, limit), u' = clamp(u, -limit, limit), out = g' / (1 + "
             "exp(-alpha g')) * (u' + 1) (alpha and limit are read by it alone); 'sigmoid' (qwen35's attention "
-            "output gate): out = u / (1 + exp(-g)), its gate possibly one column [T, 1] that gates every value of "
-            "the row (qwen35moe's shared-expert gate); 'relu': out = max(g, 0) * u (with u = g: nemotron_h's "
+            "output gate): out = u / (1 + exp(-g)), its gate possibly k columns [T, k] that gate the k equal "
+            "segments of the row (k = 1: qwen35moe's shared-expert gate; one per head: spark2_5's); 'relu': "
+            "out = max(g, 0) * u (with u = g: nemotron_h's "
             "squared ReLU); 'silu_clamp' (maple's experts, ggml_swiglu_clamp): out = g' / (1 + exp(-g')) * u' with "
             "g' = min(g, limit), u' = clamp(u, -limit, limit)",
         ),

@@ -26,7 +26,7 @@ from rfc.compiler.arch.common import (
     Attention, Sizes, attention, glu_ffn, hparams, kv_spec, linear, qkv_projections, read_rope, read_sizes,
     rope_factors,
 )  # fmt: skip
-from rfc.compiler.arch.gemma2 import sliding_window_layers
+from rfc.compiler.arch.swa import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel

@@ -303,6 +303,7 @@ def attention(
     rope: bool = True,
     layer: int | None = None,
     sfx: str = "",
+    gate: str | None = None,
 ) -> None:
     """dst = attn_output(attention(rope(norm?(Q src)), rope(norm?(K src)), V src)) for layer i.
     Every projection's weight scale and bias are applied where the file has them (llama.cpp's
@@ -311,7 +312,10 @@ def attention(
     is refused by the builder). Without `rope` the layer's queries and keys keep no positions
     (smollm3's NoPE layers). `layer`: the KV cache layer, when it is not i (a looped stack runs
     block i's weights again, each pass with a cache of its own: nanbeige). `sfx`: the layer's q, k, v
-    and att buffers are q{sfx}, ... (a layer of another head geometry than the model's: deci)."""
+    and att buffers are q{sfx}, ... (a layer of another head geometry than the model's: deci).
+    `gate`: the attention's output times sigmoid(`attn_gate` src) before attn_output (build_lora_mm:
+    no scale), into buffer `attn_gate` the recipe declares: "head", one gate per head ([n_heads, n_embd]:
+    spark2_5), or "value", one per value ([q_width, n_embd]: muse-glimmer)."""
     p = f"blk.{i}."
     kv = i if layer is None else layer
     q, k, v, att = (name + sfx for name in ("q", "k", "v", "att"))
@@ -332,6 +336,11 @@ def attention(
     sinks = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (sizes.n_heads,)),) if cfg.sinks else ()
     b.op("attention", (q,), (att,), sinks, layer=kv, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
          head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
+    if gate is not None:
+        rows = {"head": sizes.n_heads, "value": sizes.q_width}[gate]
+        b.unused(p + "attn_gate.scale", UNUSED_SCALE)
+        b.op("matmul", (src,), ("attn_gate",), (b.tensor(p + "attn_gate.weight", "attn_gate", (rows, sizes.n_embd)),))
+        b.op("swiglu", ("attn_gate", att), (att,), activation="sigmoid")
     linear(b, att, dst, p + "attn_output", (sizes.n_embd, sizes.q_width), bias=out_bias)
 
 
@@ -519,16 +528,19 @@ def moe_ffn(
     src: str = "h",
     dst: str = "h",
     scales: bool = False,
+    gate_up: tuple[str, str] | None = None,
 ) -> None:
     """Mixtral-style mixture of experts (llama.cpp's build_moe_ffn with softmax gating and
     normalized top-k weights): route each token to n_used of n_expert SwiGLU experts and add
     their outputs weighted by the renormalized router probabilities. `scales`: the graph passes
     build_moe_ffn the experts' `.scale` tensors (llama, mistral3): gate's and up's scale each
     chosen expert's matmul output (expert_scales), down's its weight in the sum; without,
-    they are known and unused (granite, gpt-oss)."""
+    they are known and unused (granite, gpt-oss). `gate_up`: the gate and up expert weights the
+    recipe made (the halves of a fused ffn_gate_up_exps: moe.expert_gate_up), instead of
+    ffn_gate_exps and ffn_up_exps."""
     p = f"blk.{i}."
     if not scales:
-        for name in ("gate_exps", "up_exps", "down_exps"):
+        for name in ("gate_exps", "up_exps", "gate_up_exps", "down_exps"):
             b.unused(f"{p}ffn_{name}.scale", UNUSED_SCALE)
     b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (n_expert, e)),))
     # ffn_down_exps.scale [n_expert] (llama.cpp scales each chosen expert's down output by it):
@@ -542,8 +554,10 @@ def moe_ffn(
         n_used=n_used,
         **({"expert_scale": True} if escale else {}),
     )
-    for name, buf in (("gate", "gate"), ("up", "up")):
-        w = b.tensor(f"{p}ffn_{name}_exps.weight", f"ffn_{name}_exps", (n_expert, n_ff, e))
+    if gate_up is None:
+        shape = (n_expert, n_ff, e)
+        gate_up = tuple(b.tensor(f"{p}ffn_{x}_exps.weight", f"ffn_{x}_exps", shape) for x in ("gate", "up"))
+    for w, buf in zip(gate_up, ("gate", "up")):
         b.op("moe_matmul", (src, "expert_ids"), (buf,), (w,))
     if scales:
         expert_scales(b, i, n_expert, "gate", "up")

@@ -10,7 +10,7 @@ plus a shared SwiGLU expert `expert_shared_feed_forward_length` wide (required);
 `output.weight` required; the MTP blocks (`nextn_predict_layers`) are not run."""
 
 from rfc.compiler.arch.common import Rope
-from rfc.compiler.arch.gemma2 import sliding_window_layers
+from rfc.compiler.arch.swa import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.arch.moe import Experts, moe_transformer, read_experts_of, read_gating, read_weights_scale
 from rfc.compiler.gguf_reader import GGUFModel

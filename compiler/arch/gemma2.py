@@ -24,11 +24,10 @@ from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
 )  # fmt: skip
-from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, MAX_LAYERS, Metadata
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
+from rfc.compiler.arch.swa import sliding_window_layers
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
-
-PATTERN_KEY = "attention.sliding_window_pattern"
 
 
 @dataclass(frozen=True)
@@ -39,19 +38,6 @@ class GemmaLayers:
     local_attention: Attention  # the sliding-window layers
     is_local: tuple[bool, ...]  # per layer
     final_softcap: float | None
-
-
-def sliding_window_layers(
-    md: Metadata, n_layers: int, default_period: int, *, dense_first: bool = False
-) -> tuple[bool, ...]:
-    """llama.cpp's load_swa_pattern: per-layer flags when the key is an array (missing entries:
-    global), else a period n whose layers i with i % n < n - 1 are sliding-window (with
-    `dense_first`: i % n != 0, the first of each period global; n = 0: every layer)."""
-    if md.is_list(PATTERN_KEY):
-        flags = md.flags(PATTERN_KEY, MAX_LAYERS)
-        return tuple(i < len(flags) and flags[i] for i in range(n_layers))
-    n = md.int(PATTERN_KEY, 0, MAX_LAYERS, default=default_period)
-    return tuple(n == 0 or (i % n != 0 if dense_first else i % n < n - 1) for i in range(n_layers))
 
 
 def query_scale(sizes: Sizes, big: bool) -> float:

@@ -13,7 +13,8 @@ src/models/gemma3.cpp reads it:
 from dataclasses import replace
 
 from rfc.compiler.arch.common import Attention, Rope, Sizes
-from rfc.compiler.arch.gemma2 import GemmaLayers, build_gemma, query_scale, sliding_window_layers
+from rfc.compiler.arch.gemma2 import GemmaLayers, build_gemma, query_scale
+from rfc.compiler.arch.swa import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, Metadata
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec

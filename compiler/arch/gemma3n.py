@@ -50,7 +50,8 @@ from rfc.compiler.arch.common import (
     read_rope,
     read_sizes,
 )
-from rfc.compiler.arch.gemma2 import embedding_scale, sliding_window_layers
+from rfc.compiler.arch.gemma2 import embedding_scale
+from rfc.compiler.arch.swa import sliding_window_layers
 from rfc.compiler.arch.gemma4 import TOWER_PREFIXES, _attention
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError

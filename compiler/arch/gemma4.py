@@ -42,7 +42,8 @@ from rfc.compiler.arch.common import (
 )  # fmt: skip
 from rfc.compiler.arch import ple as per_layer
 from rfc.compiler.arch import gemma4_moe
-from rfc.compiler.arch.gemma2 import PATTERN_KEY, embedding_scale
+from rfc.compiler.arch.gemma2 import embedding_scale
+from rfc.compiler.arch.swa import pattern_array
 from rfc.compiler.arch.ple import PerLayerEmbedding
 from rfc.compiler.arch.metadata import (
     MAX_CONTEXT,
@@ -92,13 +93,7 @@ def _read_sizes(md: Metadata) -> tuple[Sizes, tuple[Sizes, ...], tuple[bool, ...
     kv_heads = (
         md.per_layer("attention.head_count_kv", n_layers, 1, MAX_HEADS) if md.has("attention.head_count_kv") else heads
     )
-    if not md.is_list(PATTERN_KEY):
-        raise CompileError(
-            f"{md.path}: metadata {md.key(PATTERN_KEY)} must be a per-layer array (llama.cpp reads no "
-            f"period for gemma4)"
-        )
-    flags = md.flags(PATTERN_KEY, MAX_LAYERS)
-    is_local = tuple(i < len(flags) and flags[i] for i in range(n_layers))
+    is_local = pattern_array(md, n_layers)
     head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // heads[0]))
     head_dim_swa = md.int("attention.key_length_swa", 1, MAX_HEAD_DIM)
     for key, want in (("attention.value_length", head_dim), ("attention.value_length_swa", head_dim_swa)):

@@ -22,7 +22,7 @@ from rfc.compiler.arch.common import (
     UNUSED_SCALE, Attention, Sizes, attention, declare_buffers, hparams, kv_spec, output_head, read_experts, read_rope,
     read_sizes,
 )  # fmt: skip
-from rfc.compiler.arch.gemma2 import sliding_window_layers
+from rfc.compiler.arch.swa import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel

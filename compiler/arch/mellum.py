@@ -16,7 +16,7 @@ from rfc.compiler.arch.common import (
     Attention, attention, declare_buffers, hparams, kv_spec, output_head, read_rope, read_sizes, require_output,
     require_whole_heads,
 )  # fmt: skip
-from rfc.compiler.arch.gemma2 import sliding_window_layers
+from rfc.compiler.arch.swa import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, Metadata
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of
 from rfc.compiler.gguf_reader import GGUFModel

@@ -202,6 +202,7 @@ def moe_block(
     routed: bool = False,
     activation: str = "silu",
     limit: float | None = None,
+    mix: float = 1.0,
 ) -> None:
     """residual += routed experts(src) (+ shared experts(src)), for layer i.
 
@@ -226,9 +227,10 @@ def moe_block(
 
     `routed`: the recipe already wrote the router's logits into `router` from another input
     (smallthinker routes the layer's input before attention); `activation`: the experts' gate
-    activation, swiglu's ("relu": smallthinker's ReLU-gated experts); `residual` None: the routed
-    experts' sum stays in `moe_out` (grok norms it first; no shared experts then); `limit`: the
-    activation's limit ("silu_clamp": maple's swiglu_clamp_exp)."""
+    activation, swiglu's ("relu": smallthinker's ReLU-gated experts); `residual` None: the experts'
+    sum, routed and shared, stays in `moe_out` (grok and afmoe norm it first); `limit`: the
+    activation's limit ("silu_clamp": maple's swiglu_clamp_exp); `mix`: both sums times this factor
+    before they are added (cohere2moe: (routed + shared) x 0.5, the same in float32 for a power of two)."""
     p, n = f"blk.{i}.", sizes.n_embd
     if not scales:
         for name in ("gate_exps", "up_exps", "down_exps", "gate_up_exps", "gate_shexp", "up_shexp", "down_shexp"):
@@ -258,11 +260,12 @@ def moe_block(
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (e.count, n, e.n_ff))
     b.op("moe_matmul", ("exp_gate", "expert_ids"), ("experts_out",), (down,))
     b.op("moe_combine", ("experts_out", "expert_weights"), ("moe_out",))
-    if residual is None:
-        if e.shared:
-            raise ValueError("shared experts add to a residual")  # a recipe bug
+    if mix != 1.0:
+        b.op("scale", ("moe_out",), ("moe_out",), factor=mix)
+    if residual is None and not e.shared:
         return
-    b.op("add", (residual, "moe_out"), (residual,))
+    if residual is not None:
+        b.op("add", (residual, "moe_out"), (residual,))
     if e.shared:
         width = e.shared_width
         linear(b, src, "shexp_gate", p + "ffn_gate_shexp", (width, n), bias=False, scale=scales)
@@ -273,7 +276,9 @@ def moe_block(
             b.op("swiglu", ("shexp_logit", "shexp_up"), ("shexp_up",), activation="sigmoid")
         b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))
         linear(b, "shexp_gate", src, p + "ffn_down_shexp", (n, width), bias=False, scale=scales)
-        b.op("add", (residual, src), (residual,))
+        if mix != 1.0:
+            b.op("scale", (src,), (src,), factor=mix)
+        b.op("add", (residual or "moe_out", src), (residual or "moe_out",))
 
 
 def moe_transformer(

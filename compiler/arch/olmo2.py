@@ -17,7 +17,7 @@ from rfc.compiler.arch.common import (
     Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
     require_whole_heads,
 )  # fmt: skip
-from rfc.compiler.arch.gemma2 import sliding_window_layers
+from rfc.compiler.arch.swa import sliding_window_layers
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel

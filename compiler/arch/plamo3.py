@@ -16,7 +16,7 @@ from rfc.compiler.arch.common import (
     glu_ffn, hparams, kv_spec, output_head, read_rope,
     require_whole_heads,
 )  # fmt: skip
-from rfc.compiler.arch.gemma2 import sliding_window_layers
+from rfc.compiler.arch.swa import sliding_window_layers
 from rfc.compiler.arch.layer_shapes import declare_layer_buffers, fused_qkv_attention, read_layer_shapes
 from rfc.compiler.arch.metadata import MAX_CONTEXT, Metadata
 from rfc.compiler.gguf_reader import GGUFModel

@@ -55,6 +55,7 @@ class Block:
     rope: bool = True  # False: no RoPE (baichuan's graph for sizes it does not know: no positions at all)
     alibi: float | None = None  # ALiBi's maximum bias, with rope False (refact, baichuan 13B)
     halved_ff: bool = False  # the FFN is feed_forward_length / 2 wide (qwen's loader)
+    gate: str | None = None  # the attention's output times sigmoid(attn_gate h): common.attention's `gate`
 
 
 def build(
@@ -68,12 +69,14 @@ def build(
     extra: dict | None = None,
     loops: int = 1,
     loop_norm: bool = True,
+    windows: Callable[[Metadata, Sizes, Rope], tuple[int, tuple[bool, ...], Rope]] | None = None,
 ) -> ModelSpec:
     """The model: `ffn` replaces the dense SwiGLU FFN (declare(b, s) declares its buffers); `rope`
     adjusts the file's RoPE (hunyuan's NTK alpha). With `loops` > 1 the stack runs its layers that
     many times over (nanbeige's looped stacks): pass j's layer i reads block i's weights and KV
     cache layer j * n_layers + i, and between passes `output_norm` RMS-norms x (unless not
-    `loop_norm`)."""
+    `loop_norm`). `windows(md, sizes, rope)`: (the window, a flag per layer, the sliding layers'
+    RoPE) for the layers that attend over a sliding window (spark2_5)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0) if block.nextn else 0
@@ -113,6 +116,9 @@ def build(
         clamp=clamp or None,
         alibi=block.alibi,
     )
+    window, sliding, swa_rope = windows(md, sizes, rp) if windows else (None, (False,) * sizes.n_layers, rp)
+    if block.gate is not None:
+        b.buffer("attn_gate", "T", sizes.n_heads if block.gate == "head" else sizes.q_width)
     b.op("embed", ("tokens",), ("x",), (embd,))
     n_phys = sizes.n_layers
     if loops > 1 and (block.qk_norm_after_rope or block.norm != "rms"):
@@ -128,8 +134,9 @@ def build(
         if block.qk_norm_after_rope:
             _attention_norm_after_rope(b, i, sizes, eps, cfg, out_bias=block.out_bias)
         else:
-            attention(b, i, sizes, eps, cfg, out_bias=block.out_bias, dst="a" if block.parallel else "h",
-                      rope=block.rope, layer=layer)  # fmt: skip
+            layer_cfg = replace(cfg, rope=swa_rope, window=window) if sliding[i] else cfg
+            attention(b, i, sizes, eps, layer_cfg, out_bias=block.out_bias, dst="a" if block.parallel else "h",
+                      rope=block.rope, layer=layer, gate=block.gate)  # fmt: skip
         if block.parallel:  # x += attn(h) + FFN(h): the attention's output waits in a
             b.op("add", ("x", "a"), ("x",))
         else:
@@ -157,6 +164,7 @@ def build(
         | ({"parallel_blocks": True} if block.parallel else {})
         | ({"nextn_predict_layers": nextn} if nextn else {})
         | ({"num_loops": loops, "physical_layers": n_phys} if loops > 1 else {})
+        | ({"sliding_window": window} if window is not None else {})
     )
     sizes = replace(sizes, n_layers=n_phys * loops)  # the layers that run, each with its KV
     hp = hparams(md, sizes, rp, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),

@@ -208,7 +208,10 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
             parts.append(part("cpu_matmul.c.j2", _matmul_params(fmt, tuning)))
     norm = _uniform(ops.get("rmsnorm", []), "rmsnorm")
     if norm is not None:
-        parts.append(part("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": float(norm["eps"])}))
+        eps = cpu_step.norm_eps(plan)
+        parts.append(
+            part("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": eps[0], **({"extra_eps": eps[1:]} if eps[1:] else {})})
+        )
     # rope and attention: one rendering per geometry of their ops (layers may differ in heads and
     # head_dim: Gemma 4), the rest of their attributes shared (_uniform)
     for geometry, sfx in cpu_step.geometries(plan, "rope").items():

@@ -80,6 +80,17 @@ def head_geometry(op: Op) -> tuple[int, ...]:
     return (*g, int(op.attrs["n_rot"])) if op.kind == "rope" else g
 
 
+def norm_eps(plan: Plan) -> list[float]:
+    """The rmsnorm ops' epsilons, each once, in plan order: the first is compiled into the norm
+    kernels (cpu_rmsnorm.c.j2's eps), each other into a row function of its own (extra_eps: a model
+    whose norms differ in epsilon, muse-glimmer's post-norms)."""
+    seen: list[float] = []
+    for op in plan.ops:
+        if op.kind == "rmsnorm" and float(op.attr("eps")) not in seen:
+            seen.append(float(op.attr("eps")))
+    return seen
+
+
 def geometries(plan: Plan, kind: str) -> dict[tuple[int, ...], str]:
     """The geometries of a kind's ops in plan order, each with the suffix of its functions: ""
     for the first (the per-op exports the kernel tests call), then _{H}x{KV}x{D}[r{n_rot}]."""
@@ -117,6 +128,7 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
         self.rope_geometries = geometries(plan, "rope")
         self.attention_geometries = geometries(plan, "attention")
         self.rope_variants = {g: rope_variants(plan, g) for g in self.rope_geometries}
+        self.norm_eps = norm_eps(plan)
         self.moe_ids: str | None = None  # the ids buffer of the last moe_route (its grouping is current)
 
     def buf(self, name: str) -> int:
@@ -236,7 +248,12 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
         q_reads, q_writes = {src}, {"@act"}
         if prologue is not None:
             if prologue.kind == "rmsnorm":
-                pro = {"kind": "rmsnorm", "x": self.buf(prologue.inputs[0]), "w": self.vec(prologue.weights[0])}
+                pro = {
+                    "kind": "rmsnorm",
+                    "x": self.buf(prologue.inputs[0]),
+                    "w": self.vec(prologue.weights[0]),
+                    **self._eps(prologue),
+                }
             else:
                 pro = {"kind": "swiglu", "gate": self.buf(prologue.inputs[0]), "up": self.buf(prologue.inputs[1]),
                        "width": self.width(src), "fn": GLU_SPANS[prologue.attr("activation")]}  # fmt: skip
@@ -344,10 +361,18 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
                   "x": self.buf(x), "out": self.buf(op.outputs[0])}  # fmt: skip
         return Phase("pos_embed", params, {x}, {op.outputs[0]})
 
+    def _eps(self, op: Op) -> dict:
+        """{"e": i} for a norm at the plan's i-th epsilon (its own row function), {} at the first."""
+        i = self.norm_eps.index(float(op.attr("eps")))
+        return {"e": i} if i else {}
+
     def _rmsnorm(self, op: Op) -> Phase:
         x, heads, width = op.inputs[0], int(op.attr("heads")), self.width(op.inputs[0])
-        if heads != 1 or width != self.plan.n_embd or not op.weights:  # per-head Q/K norms (qwen3, gemma3), a row of
-            if heads < 1 or width % heads or (width // heads) % 8:  # another width, or no weight (gemma4's V: NULL)
+        # per-head Q/K norms (qwen3, gemma3), a row of another width, or no weight (gemma4's V: NULL)
+        if heads != 1 or width != self.plan.n_embd or not op.weights:
+            if self._eps(op):
+                raise CompileError(f"rmsnorm of {x}: the cpu target norms heads at the plan's first epsilon only")
+            if heads < 1 or width % heads or (width // heads) % 8:
                 raise CompileError(f"rmsnorm of {x}: {heads} heads do not split a row of {width} into multiples of 8")
             w = self.vec(op.weights[0]) if op.weights else []  # the template writes NULL
             if op.weights and heads > 1 and tuple(self.entries[op.weights[0]].shape) == (width,):  # Mamba2's groups
@@ -360,7 +385,7 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
                          set(op.inputs), set(op.outputs))  # fmt: skip
         return Phase("rmsnorm",
                      {"x": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
-                      "rows": self.rows(op.inputs[0])}, set(op.inputs), set(op.outputs))  # fmt: skip
+                      "rows": self.rows(op.inputs[0]), **self._eps(op)}, set(op.inputs), set(op.outputs))  # fmt: skip
 
     def _rope(self, op: Op, kv: Op | None = None) -> Phase:
         q, k = op.outputs
@@ -415,10 +440,13 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
 
     def _swiglu(self, op: Op) -> Phase:
         g, u = op.inputs
-        if self.width(g) != self.width(u):  # 'sigmoid' with one gate per row (validate.py allows nothing else)
+        if self.width(g) != self.width(u):  # 'sigmoid' with k gates per row (validate.py allows nothing else)
+            # gate j of row t over segment j: the rows seen as rows x k rows of width / k, one gate each
+            k = self.width(g)
+            segs = {"segs": k} if k > 1 else {}
             return Phase("glu_row", {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]),
-                                     "width": self.width(u), "rows": self.rows(u)}, {g, u},
-                         set(op.outputs))  # fmt: skip
+                                     "width": self.width(u) // k, "rows": self.rows(u), **segs},
+                         {g, u}, set(op.outputs))  # fmt: skip
         return Phase("swiglu",
                      {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]), "width": self.width(g),
                       "rows": self.rows(g), "fn": GLU_SPANS[op.attr("activation")]}, {g, u},

@@ -126,8 +126,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
             c = np.float32(np.sqrt(2.0 / np.pi))
             tanh = np.tanh(c * (g + np.float32(0.044715) * g * g * g))
             outs[0][...] = np.float32(0.5) * g * (np.float32(1.0) + tanh) * u
-        elif attrs["activation"] == "sigmoid":
-            outs[0][...] = u / (np.float32(1.0) + np.exp(-g))
+        elif attrs["activation"] == "sigmoid":  # g [T, k]: gate j over the j-th of k segments of u's row
+            seg = u.reshape(u.shape[0], g.shape[-1], -1)
+            outs[0][...] = (seg / (np.float32(1.0) + np.exp(-g))[..., None]).reshape(u.shape)
         elif attrs["activation"] == "relu":  # nemotron_h's relu^2 as relu(g) * g
             outs[0][...] = np.maximum(g, np.float32(0.0)) * u
         elif attrs["activation"] == "silu_clamp":  # ggml_swiglu_clamp (maple's experts)
