@@ -14,6 +14,16 @@ Shared), a shared SwiGLU expert of that width added to the routed ones before th
 multiplier; without `expert_count` its loader builds granite's dense FFN (and so does this
 recipe). Its loader does not read rope.scaling.finetuned: RoPE is always on.
 
+`granite_swa` (llama.cpp's granite-swa.cpp): granite's block and multipliers (the logit scale
+required) with interleaved sliding-window attention (the layers `attention.sliding_window_pattern`
+flags, a per-layer array, required, slide over `attention.sliding_window` positions), a learned sink
+logit per query head in every layer (`attn_sinks`, required), RoPE on the layers
+`attention.rope_pattern` flags (optional: every layer; no `rope.scaling.finetuned` switch), and
+granitemoe's experts, whose gate and up may come fused in `ffn_gate_up_exps` and whose shared expert
+keeps its gate and up fused in `ffn_up_shexp` [2 n_ff_shexp, n_embd] (gate rows first, as
+ggml_swiglu splits it). Granite Vision's deepstack inputs (`deepstack_mapping` with a layer >= 0)
+are refused: they add the vision projector's streams, which a text-only server does not have.
+
 `minicpm` (MiniCPM 1B/2B, MiniCPM4): llama.cpp runs it through granite's graph with its own
 loader: the multipliers default to embedding 12, residual 1.4/sqrt(block_count) and logit
 256/n_embd (the logits divided by it, as for granite), the file's keys where present; no
@@ -21,16 +31,19 @@ attention.scale; RoPE always on (with LongRoPE's long/short factors under the "l
 scaling type, else `rope_freqs`); experts as granitemoe's, without a shared one."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, attention, declare_buffers, f32, glu_ffn, hparams, kv_spec, linear, moe_ffn, output_head,
-    read_experts, read_rope, read_sizes, require_whole_heads, rope_factors,
+    UNUSED_SCALE, Attention, Rope, Sizes, attention, declare_buffers, f32, glu_ffn, hparams, kv_spec, linear, moe_ffn,
+    output_head, read_experts, read_rope, read_sizes, require_whole_heads, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
+from rfc.compiler.arch.moe import Experts, expert_gate_up
+from rfc.compiler.arch.swa import require_one_head_size, sliding_layers
+from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -45,6 +58,49 @@ def build_moe(model: GGUFModel) -> ModelSpec:
 
 def build_minicpm(model: GGUFModel) -> ModelSpec:
     return _build(model, "minicpm")
+
+
+def build_swa(model: GGUFModel) -> ModelSpec:
+    return _build(model, "granite_swa")
+
+
+@dataclass(frozen=True)
+class Layers:
+    """granite_swa's per-layer switches: which layers slide (and over how many positions), which
+    rotate Q and K. granite and granitemoe: every layer global and rotated (or none, by granite's
+    rope.scaling.finetuned switch)."""
+
+    window: int | None
+    sliding: tuple[bool, ...]
+    rope: tuple[bool, ...]
+
+    @staticmethod
+    def read(md: Metadata, sizes: Sizes, rope: Rope, use_rope: bool) -> "Layers":
+        n_layers = sizes.n_layers
+        if md.arch != "granite_swa":
+            return Layers(None, (False,) * n_layers, (use_rope,) * n_layers)
+        window, sliding = sliding_layers(md, n_layers)
+        require_one_head_size(md, sizes, rope.n_rot)
+        # get_arr: a scalar is not read at all, and entries past the array keep the loader's fill (rotated)
+        rope_on = (True,) * n_layers
+        if md.is_list("attention.rope_pattern"):
+            on = md.flags("attention.rope_pattern", n_layers)
+            rope_on = tuple(i >= len(on) or on[i] for i in range(n_layers))
+        mapping = md.raw("deepstack_mapping", ()) if md.is_list("deepstack_mapping") else ()
+        if any(not isinstance(v, int) or v >= 0 for v in mapping):
+            raise CompileError(f"{md.path}: metadata {md.key('deepstack_mapping')} feeds layers from a vision "
+                               "projector (Granite Vision's deepstack): rfc runs the text model only")  # fmt: skip
+        return Layers(window, sliding, rope_on)
+
+    def extra(self) -> dict:
+        if self.window is None:
+            return {}
+        return {"sliding_window": self.window, "attention_sinks": True}
+
+    def attention(self, cfg: Attention, i: int) -> Attention:
+        if self.window is None:
+            return cfg
+        return replace(cfg, window=self.window if self.sliding[i] else None, sinks=True)
 
 
 @dataclass(frozen=True)
@@ -90,12 +146,13 @@ class Ffn:
     n_expert: int
     n_used: int
     n_ff_shexp: int
+    fused: bool = False  # granite_swa: gate and up experts possibly fused, the shared expert's always
 
     @staticmethod
     def read(md: Metadata, n_expert: int, n_used: int) -> "Ffn":
         shared = n_expert and md.arch != "minicpm"  # minicpm's loader reads no shared expert width
         n_ff_shexp = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) if shared else 0
-        return Ffn(md.int("feed_forward_length", 1, MAX_FF), n_expert, n_used, n_ff_shexp)
+        return Ffn(md.int("feed_forward_length", 1, MAX_FF), n_expert, n_used, n_ff_shexp, md.arch == "granite_swa")
 
     def declare_shared_expert(self, b: ModelBuilder, n_embd: int) -> None:
         if self.n_ff_shexp:
@@ -113,14 +170,23 @@ class Ffn:
 
 def _moe_ffn(b: ModelBuilder, i: int, n_embd: int, ffn: Ffn) -> None:
     """h = routed experts(h) (+ the shared expert(h)), as llama.cpp's granite build_layer_ffn."""
+    gate_up = None
+    if ffn.fused:
+        gate_up = expert_gate_up(b, i, Experts(ffn.n_expert, ffn.n_used, ffn.n_ff, fused_gate_up=True), n_embd)
     if not ffn.n_ff_shexp:
-        moe_ffn(b, i, n_embd, ffn.n_ff, ffn.n_expert, ffn.n_used)
+        moe_ffn(b, i, n_embd, ffn.n_ff, ffn.n_expert, ffn.n_used, gate_up=gate_up)
         return
-    moe_ffn(b, i, n_embd, ffn.n_ff, ffn.n_expert, ffn.n_used, dst="moe_out")
-    p = f"blk.{i}."
-    # granite's graph passes build_ffn no bias and no scale for its shared expert
-    linear(b, "h", "shexp_gate", p + "ffn_gate_shexp", (ffn.n_ff_shexp, n_embd), bias=False, scale=False)
-    linear(b, "h", "shexp_up", p + "ffn_up_shexp", (ffn.n_ff_shexp, n_embd), bias=False, scale=False)
+    moe_ffn(b, i, n_embd, ffn.n_ff, ffn.n_expert, ffn.n_used, dst="moe_out", gate_up=gate_up)
+    p, width = f"blk.{i}.", ffn.n_ff_shexp
+    if ffn.fused:  # ffn_up_shexp [2 width, n_embd]: ggml_swiglu's gate half first, then up
+        fused = p + "ffn_up_shexp.weight"
+        for buf, lo in (("shexp_gate", 0), ("shexp_up", width)):
+            w = b.rows(f"{fused}:{buf[6:]}", f"ffn_{buf[6:]}_shexp", fused, (2 * width, n_embd), lo, lo + width)
+            b.op("matmul", ("h",), (buf,), (w,))
+        b.unused(p + "ffn_up_shexp.scale", UNUSED_SCALE)
+    else:  # granite's graph passes build_ffn no bias and no scale for its shared expert
+        linear(b, "h", "shexp_gate", p + "ffn_gate_shexp", (width, n_embd), bias=False, scale=False)
+        linear(b, "h", "shexp_up", p + "ffn_up_shexp", (width, n_embd), bias=False, scale=False)
     b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))
     linear(b, "shexp_gate", "h", p + "ffn_down_shexp", (n_embd, ffn.n_ff_shexp), bias=False, scale=False)
     b.op("add", ("h", "moe_out"), ("h",))
@@ -158,6 +224,7 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     else:
         mult = Multipliers.read(md, logit_required=True)
     use_rope = md.bool("rope.scaling.finetuned", default=True) if arch == "granite" else True
+    layers = Layers.read(md, sizes, rope, use_rope)
     b = ModelBuilder(model)
     declare_buffers(b, sizes, ffn.n_ff, ffn.n_used, ffn.n_expert)
     ffn.declare_shared_expert(b, sizes.n_embd)
@@ -172,10 +239,11 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (sizes.n_embd,)),), eps=eps)
-        attention(b, i, sizes, eps, cfg, out_bias=True, rope=use_rope)
+        attention(b, i, sizes, eps, layers.attention(cfg, i), out_bias=True, rope=layers.rope[i])
         ffn_sublayer(b, i, sizes.n_embd, eps, ffn, mult.residual)
     tied = output_head(b, sizes, eps)
     b.op("scale", ("logits",), ("logits",), factor=f32(1.0 / mult.logit))
     hp = hparams(md, sizes, rope, ffn.n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
-                 rope_freq_factors=factors is not None and use_rope, extra={**mult.extra(), **ffn.extra()})  # fmt: skip
+                 rope_freq_factors=factors is not None and any(layers.rope),
+                 extra={**mult.extra(), **ffn.extra(), **layers.extra()})  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))

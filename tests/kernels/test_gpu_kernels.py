@@ -591,6 +591,10 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
         pytest.param("mpt-dense", "channel_div", marks=toolchain_marks("gfx1100")),
         # maple's clamped SwiGLU experts (clamp 0.5, biting) and RoPE on its sliding-window layer alone
         pytest.param("maple-tight", "silu_clamp", marks=toolchain_marks("sm_90")),
+        # spark2_5's sigmoid gate per attention head ([T, n_heads] over [T, n_heads x head_dim])
+        pytest.param("spark2_5-swa", "sigmoid", marks=toolchain_marks("sm_90")),
+        # muse-glimmer's post-norms at eps 1e-8 beside its other norms at 1e-5, its value-wise gate
+        pytest.param("muse-glimmer-swa", "rmsnorm", marks=toolchain_marks("gfx1100")),
     ],
 )
 def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
@@ -605,6 +609,8 @@ def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
         "pos_embed": "gfx90a",
         "channel_div": "gfx1100",
         "silu_clamp": "sm_90",
+        "sigmoid": "sm_90",
+        "rmsnorm": "gfx1100",
     }[kind]
     out = tmp_path / "bundle"
     compile_model(

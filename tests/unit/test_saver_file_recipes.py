@@ -335,3 +335,58 @@ def test_a_matmul_cannot_write_its_own_input():
     ops[i] = Op("matmul", ("h",), ("h",), ops[i].weights, ops[i].attrs)
     with pytest.raises(Exception, match="cannot write its own input"):
         validate_plan(replace(spec.plan, ops=tuple(ops)))
+
+
+def test_granite_swa_reads_its_pattern_arrays_as_llama_cpp_does(tmp_path):
+    """The sliding pattern must be an array (get_arr, required); a scalar rope_pattern is not read at
+    all (every layer rotates); Granite Vision's deepstack inputs and sliding layers of another head
+    size are refused."""
+    a = "granite_swa"
+    _refused(_edited(f"{a}-dense", tmp_path, keys={f"{a}.attention.sliding_window_pattern": (4, 2)}), "per-layer array")
+    ops = spec_of(_edited(f"{a}-dense", tmp_path, keys={f"{a}.attention.rope_pattern": (4, 0)})).plan.ops
+    assert sum(op.kind == "rope" for op in ops) == 2
+    ops = spec_of(_edited(f"{a}-dense", tmp_path, keys={f"{a}.attention.rope_pattern": (9, [4, [0, 1]])})).plan.ops
+    assert sum(op.kind == "rope" for op in ops) == 1
+    windows = [op.attrs.get("window") for op in ops if op.kind == "attention"]
+    assert windows == [None, 32] and all(len(op.weights) == 1 for op in ops if op.kind == "attention")  # sinks
+    _refused(_edited(f"{a}-dense", tmp_path, keys={f"{a}.deepstack_mapping": (9, [5, [-1, 0]])}), "deepstack")
+    _refused(_edited(f"{a}-dense", tmp_path, keys={f"{a}.attention.key_length_swa": (4, 64)}), "one head size")
+
+
+def test_granite_swa_refuses_fused_and_split_experts_together(tmp_path):
+    name = "granite_swa-moe"
+    _refused(_edited(name, tmp_path, add_tensors=[("blk.0.ffn_gate_exps.weight", (4, 384, 256))]),
+             "has both")  # fmt: skip
+
+
+def test_spark2_5_gates_each_head(tmp_path):
+    """One sigmoid gate per head, [T, n_heads], over the attention output before attn_output; the cpu
+    step program runs it as rows x heads segments (tests/e2e/test_llama_archs.py holds the result)."""
+    ops = spec_of(_model("spark2_5-swa", tmp_path)).plan.ops
+    gates = [op for op in ops if op.kind == "swiglu" and op.attrs.get("activation") == "sigmoid"]
+    assert [g.inputs for g in gates] == [("attn_gate", "att")] * 2
+    rotations = [(op.attrs["n_rot"], op.attrs["freq_base"]) for op in ops if op.kind == "rope"]
+    assert rotations == [(128, 10000.0), (64, 1000.0)]
+
+
+def test_muse_glimmer_norms_at_two_epsilons_and_refuses_yarn(tmp_path):
+    ops = spec_of(_model("muse-glimmer-swa", tmp_path)).plan.ops
+    eps = sorted({op.attrs["eps"] for op in ops if op.kind == "rmsnorm"})
+    assert eps == [pytest.approx(1e-8), pytest.approx(1e-5)]
+    a = "muse-glimmer"
+    _refused(_edited(f"{a}-dense", tmp_path, keys={f"{a}.rope.scaling.type": (8, "yarn"),
+                                                   f"{a}.rope.scaling.factor": (6, 4.0)}), "YaRN")  # fmt: skip
+    _refused(_edited(f"{a}-dense", tmp_path, drop_tensors=("output.weight",)), "output.weight")
+
+
+def test_afmoe_requires_the_selection_bias(tmp_path):
+    _refused(_edited("afmoe-moe", tmp_path, drop_tensors=("blk.1.exp_probs_b.bias",)), "exp_probs_b")
+
+
+def test_cohere2moe_layer_norms_without_an_rms_epsilon(tmp_path):
+    """No attention.layer_norm_rms_epsilon: LayerNorms at attention.layer_norm_epsilon (llama.cpp's LLM_NORM)."""
+    a = "cohere2moe"
+    spec = spec_of(_edited(f"{a}-moe", tmp_path, drop_keys=(f"{a}.attention.layer_norm_rms_epsilon",),
+                           keys={f"{a}.attention.layer_norm_epsilon": (6, 1e-5)}))  # fmt: skip
+    assert spec.hparams.extra["norm"] == "layernorm"
+    assert "norm" not in spec_of(_model(f"{a}-moe", tmp_path)).hparams.extra
