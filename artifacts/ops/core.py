@@ -11,7 +11,9 @@ from rfc.artifacts.limits import MAX_CONTEXT, MAX_HEAD_DIM, MAX_HEADS
 from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSchema
 from rfc.artifacts.ops.view import OpView
 
-GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu", "silu_clamp")  # swiglu's `activation`
+# swiglu's `activation`
+GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu", "silu_clamp", "softplus")
+ROW_GATED = ("sigmoid", "softplus")  # the activations whose gate may be [rows, k] over k segments of up's row
 ROPE_STYLES = ("adjacent", "neox")
 # rope's optional attributes that shape a variant's frequency table (YaRN: rope_inv_freq)
 ROPE_TABLE = ("ext_factor", "beta_fast", "beta_slow", "orig_ctx")
@@ -191,9 +193,9 @@ def same_shape(v: OpView) -> None:
 def _swiglu(v: OpView) -> None:
     activation = v.choice_attr("activation", GLU_ACTIVATIONS)
     g, u = v.op.inputs
-    if activation == "sigmoid" and v.shape(g) != v.shape(u):
+    if activation in ROW_GATED and v.shape(g) != v.shape(u):
         # k gates per row, gate j over the row's j-th of k equal segments: one (qwen35moe's shared
-        # expert), one per attention head (spark2_5's output gate)
+        # expert), one per attention head (spark2_5's and laguna's output gates)
         v.float_rows(g, u, *v.op.outputs)
         k = v.width(g)
         v.need(v.rows(g) == v.rows(u) and k >= 1 and v.width(u) % k == 0,
@@ -418,7 +420,9 @@ DEFS = (
             "segments of the row (k = 1: qwen35moe's shared-expert gate; one per head: spark2_5's); 'relu': "
             "out = max(g, 0) * u (with u = g: nemotron_h's "
             "squared ReLU); 'silu_clamp' (maple's experts, ggml_swiglu_clamp): out = g' / (1 + exp(-g')) * u' with "
-            "g' = min(g, limit), u' = clamp(u, -limit, limit)",
+            "g' = min(g, limit), u' = clamp(u, -limit, limit); 'softplus' (laguna's attention output gate): "
+            "out = u * softplus(g), softplus(g) = g above 20, else log(1 + exp(g)) (ggml's), its gate possibly "
+            "k columns as 'sigmoid''s",
         ),
         check=_swiglu,
         reference="op_swiglu",

@@ -304,6 +304,7 @@ def attention(
     layer: int | None = None,
     sfx: str = "",
     gate: str | None = None,
+    gate_fn: str = "sigmoid",
 ) -> None:
     """dst = attn_output(attention(rope(norm?(Q src)), rope(norm?(K src)), V src)) for layer i.
     Every projection's weight scale and bias are applied where the file has them (llama.cpp's
@@ -313,22 +314,23 @@ def attention(
     (smollm3's NoPE layers). `layer`: the KV cache layer, when it is not i (a looped stack runs
     block i's weights again, each pass with a cache of its own: nanbeige). `sfx`: the layer's q, k, v
     and att buffers are q{sfx}, ... (a layer of another head geometry than the model's: deci).
-    `gate`: the attention's output times sigmoid(`attn_gate` src) before attn_output (build_lora_mm:
-    no scale), into buffer `attn_gate` the recipe declares: "head", one gate per head ([n_heads, n_embd]:
-    spark2_5), or "value", one per value ([q_width, n_embd]: muse-glimmer)."""
+    `gate`: the attention's output times `gate_fn`(`attn_gate` src) before attn_output (build_lora_mm:
+    no scale), into buffer `attn_gate{sfx}` the recipe declares: "head", one gate per head ([n_heads,
+    n_embd]: spark2_5), or "value", one per value ([q_width, n_embd]: muse-glimmer); `gate_fn` sigmoid,
+    or softplus (laguna)."""
     p = f"blk.{i}."
     kv = i if layer is None else layer
     q, k, v, att = (name + sfx for name in ("q", "k", "v", "att"))
     qkv_projections(b, p, sizes, src, cfg.clamp, sfx=sfx)
-    if sfx and cfg.qk_norm:
-        raise ValueError("Q/K norms in another geometry's buffers are not planned")  # a recipe bug
+    if sfx and cfg.qk_norm_rows:
+        raise ValueError("whole-row Q/K norms in another geometry's buffers are not planned")  # a recipe bug
     if cfg.qk_norm and cfg.qk_norm_rows:
         b.op("rmsnorm", ("q",), ("q",), (b.tensor(p + "attn_q_norm.weight", "attn_q_norm", (sizes.q_width,)),), eps=eps)
         b.op(
             "rmsnorm", ("k",), ("k",), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (sizes.kv_width,)),), eps=eps
         )
     elif cfg.qk_norm:
-        head_norms(b, p, sizes, eps)
+        head_norms(b, p, sizes, eps, q, k)
     if rope:
         b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
     b.op("kv_write", (k, v), (), layer=kv)
@@ -337,10 +339,10 @@ def attention(
     b.op("attention", (q,), (att,), sinks, layer=kv, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
          head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
     if gate is not None:
-        rows = {"head": sizes.n_heads, "value": sizes.q_width}[gate]
+        rows, buf = {"head": sizes.n_heads, "value": sizes.q_width}[gate], "attn_gate" + sfx
         b.unused(p + "attn_gate.scale", UNUSED_SCALE)
-        b.op("matmul", (src,), ("attn_gate",), (b.tensor(p + "attn_gate.weight", "attn_gate", (rows, sizes.n_embd)),))
-        b.op("swiglu", ("attn_gate", att), (att,), activation="sigmoid")
+        b.op("matmul", (src,), (buf,), (b.tensor(p + "attn_gate.weight", "attn_gate", (rows, sizes.n_embd)),))
+        b.op("swiglu", (buf, att), (att,), activation=gate_fn)
     linear(b, att, dst, p + "attn_output", (sizes.n_embd, sizes.q_width), bias=out_bias)
 
 

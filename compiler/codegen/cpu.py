@@ -454,6 +454,8 @@ def _oai_params(swiglus: list) -> dict:
               "oai_limit": cpu_step.f32_literal(oai["limit"], "swiglu_oai limit")}  # fmt: skip
     if clamp:  # silu_clamp's limit, compiled in; only then (every other library's source stays as it was)
         params["clamp_limit"] = cpu_step.f32_literal(clamp["limit"], "silu_clamp limit")
+    if any(op.attr("activation") == "softplus" for op in swiglus):  # likewise
+        params["softplus"] = True
     return params
 
 

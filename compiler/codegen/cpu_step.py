@@ -48,6 +48,7 @@ GLU_SPANS = {
     "sigmoid": "rfc_sigmoid_glu_span",
     "relu": "rfc_relu_glu_span",
     "silu_clamp": "rfc_swiglu_clamp_span",
+    "softplus": "rfc_softplus_glu_span",
 }
 
 
@@ -444,6 +445,8 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
             # gate j of row t over segment j: the rows seen as rows x k rows of width / k, one gate each
             k = self.width(g)
             segs = {"segs": k} if k > 1 else {}
+            if op.attr("activation") != "sigmoid":  # sigmoid's phase renders as it always has
+                segs["fn"] = "rfc_softplus_row_span"
             return Phase("glu_row", {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]),
                                      "width": self.width(u) // k, "rows": self.rows(u), **segs},
                          {g, u}, set(op.outputs))  # fmt: skip

@@ -464,11 +464,11 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
     def _swiglu(self, op: Op) -> KernelSpec:
         width, activation = self._width(op.inputs[1]), op.attr("activation")
         gates = self._width(op.inputs[0])
-        if gates != width:  # 'sigmoid' with k gates per row, one per segment (validate.py allows nothing else)
+        if gates != width:  # sigmoid/softplus with k gates per row, one per segment (validate.py allows nothing else)
             if gates == 1:
-                return self._rowwise(op, GLU_TEMPLATE, f"rfc_glu_sigmoid_row_{width}", width, activation=activation,
-                                     row_gate=True)  # fmt: skip
-            return self._rowwise(op, GLU_TEMPLATE, f"rfc_glu_sigmoid_rows{gates}_{width}", width,
+                return self._rowwise(op, GLU_TEMPLATE, f"rfc_glu_{activation}_row_{width}", width,
+                                     activation=activation, row_gate=True)  # fmt: skip
+            return self._rowwise(op, GLU_TEMPLATE, f"rfc_glu_{activation}_rows{gates}_{width}", width,
                                  activation=activation, row_gate=True, gates=gates)  # fmt: skip
         name = f"rfc_swiglu_{width}" if activation == "silu" else f"rfc_glu_{activation}_{width}"
         oai = {}

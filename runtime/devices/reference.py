@@ -129,6 +129,10 @@ class ReferenceDevice(HostState, InterpretedDevice):
         elif attrs["activation"] == "sigmoid":  # g [T, k]: gate j over the j-th of k segments of u's row
             seg = u.reshape(u.shape[0], g.shape[-1], -1)
             outs[0][...] = (seg / (np.float32(1.0) + np.exp(-g))[..., None]).reshape(u.shape)
+        elif attrs["activation"] == "softplus":  # ggml's softplus (linear above 20); g [T, k] as sigmoid's
+            sp = np.where(g > 20.0, g, np.log(np.float32(1.0) + np.exp(np.minimum(g, np.float32(20.0)))))
+            seg = u.reshape(u.shape[0], g.shape[-1], -1)
+            outs[0][...] = (seg * sp.astype(np.float32)[..., None]).reshape(u.shape)
         elif attrs["activation"] == "relu":  # nemotron_h's relu^2 as relu(g) * g
             outs[0][...] = np.maximum(g, np.float32(0.0)) * u
         elif attrs["activation"] == "silu_clamp":  # ggml_swiglu_clamp (maple's experts)

@@ -140,6 +140,10 @@ ADDED = (
     # cohere2moe-swa: the routed and shared sums not halved 0.030, layer 1 rotated 0.017, no window 0.012
     "cohere2moe-moe",
     "cohere2moe-swa",
+    # laguna-xs (per-layer heads, both gate shapes, YaRN beside plain sliding RoPE): the gates as sigmoids
+    # 0.51, YaRN left off the global layer 0.11, the sliding layer at the global RoPE 5.9e-3, no window 0.082
+    "laguna-moe",
+    "laguna-xs",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -165,6 +169,7 @@ CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
     "deci-varied", "nanbeige-looped", "grok-capped", "muse-glimmer-swa", "spark2_5-swa", "granite_swa-moe",
+    "laguna-xs",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

@@ -595,6 +595,8 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
         pytest.param("spark2_5-swa", "sigmoid", marks=toolchain_marks("sm_90")),
         # muse-glimmer's post-norms at eps 1e-8 beside its other norms at 1e-5, its value-wise gate
         pytest.param("muse-glimmer-swa", "rmsnorm", marks=toolchain_marks("gfx1100")),
+        # laguna's softplus gates, one per head on layer 0 and one per value on layer 1 (of another head count)
+        pytest.param("laguna-xs", "softplus", marks=toolchain_marks("gfx90a")),
     ],
 )
 def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
@@ -611,6 +613,7 @@ def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
         "silu_clamp": "sm_90",
         "sigmoid": "sm_90",
         "rmsnorm": "gfx1100",
+        "softplus": "gfx90a",
     }[kind]
     out = tmp_path / "bundle"
     compile_model(

@@ -390,3 +390,14 @@ def test_cohere2moe_layer_norms_without_an_rms_epsilon(tmp_path):
                            keys={f"{a}.attention.layer_norm_epsilon": (6, 1e-5)}))  # fmt: skip
     assert spec.hparams.extra["norm"] == "layernorm"
     assert "norm" not in spec_of(_model(f"{a}-moe", tmp_path)).hparams.extra
+
+
+def test_laguna_reads_its_gate_shape_from_the_tensor(tmp_path):
+    """One gate per head or one per value, by attn_gate's rows (laguna-xs has both); any other width is
+    refused, as llama.cpp aborts on it; the selection bias is required."""
+    ops = spec_of(_model("laguna-xs", tmp_path)).plan.ops
+    gates = [op for op in ops if op.kind == "swiglu" and op.attrs.get("activation") == "softplus"]
+    assert [g.inputs[0] for g in gates] == ["attn_gate_2x2", "attn_gate_4x2"]
+    _refused(_edited("laguna-moe", tmp_path, drop_tensors=("blk.0.attn_gate.weight",),
+                     add_tensors=[("blk.0.attn_gate.weight", (3, 160))]), "one per head")  # fmt: skip
+    _refused(_edited("laguna-moe", tmp_path, drop_tensors=("blk.1.exp_probs_b.bias",)), "exp_probs_b")
