@@ -32,4 +32,4 @@ def _glu(md: Metadata) -> dict:
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    return moe_transformer(model, "maple", _experts, output_required=True, windows=_windows, expert_glu=_glu)
+    return moe_transformer(model, "maple", _experts, output_required=True, windows=_windows, moe_args=_glu)

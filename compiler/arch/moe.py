@@ -203,6 +203,7 @@ def moe_block(
     activation: str = "silu",
     limit: float | None = None,
     mix: float = 1.0,
+    probs_bias: str = "exp_probs_b.bias",
 ) -> None:
     """residual += routed experts(src) (+ shared experts(src)), for layer i.
 
@@ -230,14 +231,15 @@ def moe_block(
     activation, swiglu's ("relu": smallthinker's ReLU-gated experts); `residual` None: the experts'
     sum, routed and shared, stays in `moe_out` (grok and afmoe norm it first); `limit`: the
     activation's limit ("silu_clamp": maple's swiglu_clamp_exp); `mix`: both sums times this factor
-    before they are added (cohere2moe: (routed + shared) x 0.5, the same in float32 for a power of two)."""
+    before they are added (cohere2moe: (routed + shared) x 0.5, the same in float32 for a power of two);
+    `probs_bias`: the selection bias's tensor name in the layer (hy_v3's has no `.bias` suffix)."""
     p, n = f"blk.{i}.", sizes.n_embd
     if not scales:
         for name in ("gate_exps", "up_exps", "down_exps", "gate_up_exps", "gate_shexp", "up_shexp", "down_shexp"):
             b.unused(f"{p}ffn_{name}.scale", UNUSED_SCALE)
     if not routed:
         b.op("matmul", (src,), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (e.count, n)),))
-    bias = b.optional_tensor(p + "exp_probs_b.bias", "exp_probs_b", (e.count,))
+    bias = b.optional_tensor(p + probs_bias, "exp_probs_b", (e.count,))
     # ffn_down_exps.scale [n_expert]: llama.cpp scales each chosen expert's down output by it
     # (build_lora_mm_id's w_s), a factor of the expert's weight in the sum (moe_route's expert_scale)
     escale = b.optional_tensor(p + "ffn_down_exps.scale", "ffn_down_exps_scale", (e.count,)) if scales else None
@@ -294,7 +296,9 @@ def moe_transformer(
     qk_norm_rows: bool = False,
     output_required: bool = False,
     windows: Callable[[Metadata, int, Rope], tuple[int, tuple[bool, ...], Rope]] | None = None,
-    expert_glu: Callable[[Metadata], dict] | None = None,
+    moe_args: Callable[[Metadata], dict] | None = None,
+    ffn_bias: bool = False,
+    unused: Callable[[ModelBuilder, int], None] | None = None,
 ) -> ModelSpec:
     """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
     Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
@@ -307,7 +311,10 @@ def moe_transformer(
     whole rows before RoPE, required (olmoe); `output_required`: no tied fallback in the loader;
     `windows(md, n_layers, rope)`: (the window, a flag per layer, the sliding-window layers' RoPE) for
     the sliding-window layers, which alone rotate Q and K: the global layers attend without positions
-    (exaone-moe, maple); `expert_glu(md)`: moe_block's activation and limit for the experts (maple)."""
+    (exaone-moe, maple); `moe_args(md)`: more of moe_block's arguments (the experts' activation and limit:
+    maple; the selection bias's name: hy_v3); `ffn_bias`: the dense FFNs add their biases where present
+    (hy_v3); `unused(b, n_layers)`: declares the tensors the family's loader reads and its graph leaves
+    unused (hy_v3's dense FFN tensors in its expert layers)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
@@ -340,7 +347,9 @@ def moe_transformer(
     cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=qk_norm, qk_norm_rows=qk_norm_rows,
                     factors=rope_freqs)  # fmt: skip
     window, local, local_rope = windows(md, sizes.n_layers, rope) if windows else (None, (), rope)
-    glu = expert_glu(md) if expert_glu else {}
+    glu = moe_args(md) if moe_args else {}
+    if unused is not None:
+        unused(b, sizes.n_layers)
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
@@ -357,7 +366,7 @@ def moe_transformer(
         if e.is_moe(i):
             moe_block(b, i, sizes, e, scales=scales, **glu)
         else:
-            glu_ffn(b, i, sizes.n_embd, n_ff, bias=False, scale=scales)
+            glu_ffn(b, i, sizes.n_embd, n_ff, bias=ffn_bias, scale=scales)
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, sizes, eps)
     b.unused_layers(

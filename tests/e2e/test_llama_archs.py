@@ -144,6 +144,10 @@ ADDED = (
     # 0.51, YaRN left off the global layer 0.11, the sliding layer at the global RoPE 5.9e-3, no window 0.082
     "laguna-moe",
     "laguna-xs",
+    # hy_v3: without the weight scales 1.0 (-moe), 1.4 (-lead: a leading dense layer); without its selection
+    # bias (named without `.bias`) refused
+    "hy_v3-moe",
+    "hy_v3-lead",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3

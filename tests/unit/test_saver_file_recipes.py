@@ -401,3 +401,12 @@ def test_laguna_reads_its_gate_shape_from_the_tensor(tmp_path):
     _refused(_edited("laguna-moe", tmp_path, drop_tensors=("blk.0.attn_gate.weight",),
                      add_tensors=[("blk.0.attn_gate.weight", (3, 160))]), "one per head")  # fmt: skip
     _refused(_edited("laguna-moe", tmp_path, drop_tensors=("blk.1.exp_probs_b.bias",)), "exp_probs_b")
+
+
+def test_hy_v3_runs_experts_where_a_router_is(tmp_path):
+    """Its layers' kinds come from the tensors: expert layers only after the dense ones (first_k_dense_replace),
+    and the dense tensors llama.cpp loads in expert layers known and unused."""
+    spec = spec_of(_model("hy_v3-lead", tmp_path))
+    assert len(_routes(spec)) == 1 and spec.hparams.extra["expert_shared_count"] == 1
+    assert not any("blk.1.ffn_gate.weight" in op.weights for op in spec.plan.ops)
+    _refused(_edited("hy_v3-moe", tmp_path, drop_tensors=("blk.1.ffn_gate_inp.weight",)), "must follow")
