@@ -148,6 +148,9 @@ ADDED = (
     # bias (named without `.bias`) refused
     "hy_v3-moe",
     "hy_v3-lead",
+    # hrm_text: 6 cache slots over 2 blocks; without the learned initial low state 1.7; with each block's
+    # weight scales on the slots that reuse it refused (llama.cpp reads them per slot)
+    "hrm_text-dense",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3

@@ -410,3 +410,11 @@ def test_hy_v3_runs_experts_where_a_router_is(tmp_path):
     assert len(_routes(spec)) == 1 and spec.hparams.extra["expert_shared_count"] == 1
     assert not any("blk.1.ffn_gate.weight" in op.weights for op in spec.plan.ops)
     _refused(_edited("hy_v3-moe", tmp_path, drop_tensors=("blk.1.ffn_gate_inp.weight",)), "must follow")
+
+
+def test_hrm_text_checks_its_cycles_and_refuses_prefix_lm(tmp_path):
+    a = "hrm_text"
+    spec = spec_of(_model(f"{a}-dense", tmp_path))
+    assert sorted({op.attrs["layer"] for op in spec.plan.ops if op.kind == "attention"}) == list(range(6))
+    _refused(_edited(f"{a}-dense", tmp_path, keys={f"{a}.hrm.h_cycles": (4, 3)}), "is not layers_per_stack")
+    _refused(_edited(f"{a}-dense", tmp_path, keys={f"{a}.hrm.prefix_lm": (7, True)}), "prefix-LM")
