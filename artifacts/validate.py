@@ -34,7 +34,8 @@ def check_plan(plan: Plan) -> None:
     )
     kv = plan.kv
     need(kv.dtype in ("f16", "f32"), f"plan KV cache dtype {kv.dtype!r} is not f16 or f32")
-    need(bounded_int(kv.n_layers, 1, MAX_LAYERS), f"plan KV n_layers {kv.n_layers!r} is out of range")
+    # 0: a model without attention (mamba2), whose ops may then neither write nor read a KV layer
+    need(bounded_int(kv.n_layers, 0, MAX_LAYERS), f"plan KV n_layers {kv.n_layers!r} is out of range")
     need(bounded_int(kv.n_kv_heads, 1, MAX_HEADS), f"plan KV n_kv_heads {kv.n_kv_heads!r} is out of range")
     need(bounded_int(kv.head_dim, 1, MAX_HEAD_DIM), f"plan KV head_dim {kv.head_dim!r} is out of range")
     check_state(plan)

@@ -34,7 +34,6 @@ _MAMBA1_SCAN = (
     "Mamba-1's selective scan decays each channel and state by its own A [d_inner, d_state] "
     "(ssm_scan takes one A per head, as Mamba2 does)"
 )
-_NO_KV = "it has no attention layer, so no KV cache, and a plan needs at least one KV layer (artifacts/validate.py)"
 _RWKV = "RWKV's time mixing (the WKV recurrence and token shift, ggml's rwkv_wkv6 / rwkv_wkv7) has no op yet"
 _ENCODER = "encoder-only (embeddings, reranking): not a text generator; rfc serves decoder models"
 _MODALITY = "a vision, audio or speech model: rfc has no tower for it (text-only server)"
@@ -43,9 +42,7 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 
 # Why a name without a recipe is refused; a name not listed here has no recipe yet.
 REFUSED: dict[str, str] = {
-    "mamba": f"{_MAMBA1_SCAN}, and {_NO_KV}",
-    "mamba2": f"no recipe yet: the Mamba2 mixer exists (compiler/arch/mamba2.py, as granitehybrid and nemotron_h use "
-    f"it), but {_NO_KV}",
+    "mamba": _MAMBA1_SCAN,
     "jamba": f"its Mamba-1 layers: {_MAMBA1_SCAN}",
     **dict.fromkeys(("rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"), _RWKV),
     "plamo2": (

@@ -33,7 +33,7 @@ def read_layer_shapes(md: Metadata, *, sublayers_optional: bool) -> tuple[Sizes,
         layers.append(Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim, vocab))
     widest = max((ls for ls in layers if ls.n_kv_heads), key=lambda ls: ls.kv_width, default=None)
     if widest is None:
-        raise CompileError(f"{md.path}: no layer has KV heads (a plan needs at least one attention layer)")
+        raise CompileError(f"{md.path}: no layer has KV heads (a layer-shaped stack needs an attention layer)")
     return widest, tuple(layers), n_ff
 
 

@@ -182,7 +182,7 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         "n_heads": hp.n_heads,
         "n_kv_heads": hp.n_kv_heads,
         "head_dim": hp.head_dim,
-        "group": hp.n_heads // hp.n_kv_heads,
+        "group": hp.n_heads // max(1, hp.n_kv_heads),  # 0 heads: a model without attention (mamba2)
         "q_width": hp.n_heads * hp.head_dim,
         "kv_width": plan.kv.row,  # the KV cache's row: the widest layer's kv heads x head_dim
         "kv_piece": kv_piece(plan),

@@ -138,6 +138,8 @@ def blocks_within(
             f"{fmt_bytes(need)} ({need} bytes), the budget is {fmt_bytes(max(budget, 0))} "
             f"({max(budget, 0)} bytes); {hint}"
         )
+    if per_block == 0:  # no attention layer (mamba2): the blocks only count positions, at no cost
+        return cap_contexts * context_blocks
     return max(context_blocks, min(budget // per_block, cap_contexts * context_blocks))
 
 

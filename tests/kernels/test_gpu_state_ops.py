@@ -190,3 +190,32 @@ def test_a_repeated_prefix_resumes_from_its_state_checkpoint_on_the_device(targe
     finally:
         for m in models:
             m.executor.device.close()
+
+
+@pytest.mark.parametrize("target", [pytest.param("gfx90a", marks=toolchain_marks("gfx90a"))])
+def test_a_model_without_attention(target, gpu_build_cache, tmp_path):
+    """mamba2 (llama.cpp's saver file, tests/e2e/test_llama_archs.py): a plan whose KV cache has no
+    layers, its whole context in the state. The step program binds, a prompt and a decode step
+    continuing from the slot's state match the reference (the file's weights are F32: no activation
+    rounding, the single-op bound of test_gpu_kernels)."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.e2e.test_llama_archs import _model
+    from tests.kernels.test_gpu_kernels import _close
+
+    out = tmp_path / "bundle"
+    model = _model("mamba2-dense", tmp_path)
+    compile_model(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+    bundle = open_bundle(out)
+    kv = bundle.plan.kv
+    assert kv.n_layers == 0
+    gpu = emulated_step_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, tmp_path / "gpu-emu")
+    ref = ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE)
+    gpu.alloc_state(SLOTS)
+    ref.alloc_state(SLOTS)
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE, prefix_caching=False, state_slots=SLOTS)
+    for chunk in (ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True), ScheduledChunk(0, 13, (7,))):
+        blocks.allocate(chunk.seq_id, chunk.start + len(chunk.tokens))
+        batch = build_batch([chunk], blocks)
+        ok, msg = _close(gpu.forward(batch), ref.forward(batch))
+        assert ok, msg
+    gpu.close()

@@ -418,3 +418,17 @@ def test_hrm_text_checks_its_cycles_and_refuses_prefix_lm(tmp_path):
     assert sorted({op.attrs["layer"] for op in spec.plan.ops if op.kind == "attention"}) == list(range(6))
     _refused(_edited(f"{a}-dense", tmp_path, keys={f"{a}.hrm.h_cycles": (4, 3)}), "is not layers_per_stack")
     _refused(_edited(f"{a}-dense", tmp_path, keys={f"{a}.hrm.prefix_lm": (7, True)}), "prefix-LM")
+
+
+def test_mamba2_plans_no_kv_layer_and_refuses_attention_in_one(tmp_path):
+    """A plan with a KV cache of no layers: no op may write or read one (the plan validator's layer range)."""
+    from dataclasses import replace
+
+    from rfc.artifacts import BundleError
+    from rfc.artifacts.plan import Op, validate_plan
+
+    spec = spec_of(_model("mamba2-dense", tmp_path))
+    assert spec.plan.kv.n_layers == 0 and not any(op.kind in ("attention", "kv_write") for op in spec.plan.ops)
+    write = Op("kv_write", ("x", "x"), (), (), {"layer": 0})
+    with pytest.raises(BundleError, match="layer"):
+        validate_plan(replace(spec.plan, ops=(*spec.plan.ops, write)))
