@@ -161,6 +161,8 @@ RECIPES: dict[str, Recipe] = {
     "minimax-m2": minimax_m2.build,
     "mistral3": mistral3.build,
     "mistral4": deepseek2.build_mistral4,
+    "deepseek32": deepseek2.build_deepseek32,
+    "glm-dsa": deepseek2.build_glm_dsa,
     "nemotron": nemotron.build,
     "nemotron_h": nemotron_h.build,
     "nemotron_h_moe": nemotron_h_moe.build,

@@ -94,6 +94,9 @@ def _sizes(md: Metadata) -> tuple[Sizes, int, int, int, int]:
     return sizes, q_lora, kv_lora, key_mla - n_rot, v_dim
 
 
+GATING_DEFAULTS = {"deepseek32": (None, True), "glm-dsa": ("sigmoid", False)}  # read_gating's default, required
+
+
 def _experts(md: Metadata, n_layers: int) -> tuple[Experts, int]:
     dense_lead = md.int("leading_dense_block_count", 0, n_layers, default=0)
     n_ff = md.int("feed_forward_length", 1, MAX_FF) if dense_lead else 0
@@ -105,7 +108,12 @@ def _experts(md: Metadata, n_layers: int) -> tuple[Experts, int]:
         count,
         used,
         n_ff_exp,
-        gating=read_gating(md, "softmax"),
+        # deepseek2's default softmax; deepseek32's loader requires the key, glm-dsa's defaults to sigmoid
+        gating=read_gating(
+            md,
+            GATING_DEFAULTS.get(md.arch, ("softmax", False))[0],
+            required=GATING_DEFAULTS.get(md.arch, ("softmax", False))[1],
+        ),
         norm=md.bool("expert_weights_norm", default=False),
         scale=read_weights_scale(md),
         groups=groups,
@@ -217,15 +225,41 @@ def build_mistral4(model: GGUFModel) -> ModelSpec:
     return _build(model, "mistral4")
 
 
-def _build(model: GGUFModel, arch: str) -> ModelSpec:
+def build_deepseek32(model: GGUFModel) -> ModelSpec:
+    """`deepseek32` (DeepSeek-V3.2): deepseek2's model with DeepSeek Sparse Attention, whose lightning indexer
+    lets each query attend to its `attention.indexer.top_k` best-scoring keys only; unlike deepseek2's graph,
+    its FFNs and experts take their weight scales. While a sequence holds at
+    most top_k tokens every key is among them (llama.cpp takes the top min(top_k, cache cells), the masked
+    cells scoring -inf), so the attention is the dense one exactly: the indexer's tensors are left unused and
+    the served context is capped at top_k (`rfc inspect` shows the file's own as context_length_of_file).
+    Beyond it the selection would change which keys count, which rfc does not compute: refused, not approximated."""
+    return _build(model, "deepseek32", sparse=True)
+
+
+def build_glm_dsa(model: GGUFModel) -> ModelSpec:
+    """`glm-dsa` (GLM-5.x): deepseek32's graph with the indexer's choice shared by the layers `attention.indexer.types`
+    marks as shared; dense while a sequence holds at most top_k tokens, as deepseek32's; sigmoid routing by default."""
+    return _build(model, "glm-dsa", sparse=True)
+
+
+INDEXER_TENSORS = ("indexer.k_norm.weight", "indexer.k_norm.bias", "indexer.proj.weight", "indexer.attn_k.weight",
+                   "indexer.attn_q_b.weight")  # fmt: skip
+
+
+def _build(model: GGUFModel, arch: str, *, sparse: bool = False) -> ModelSpec:
     md = Metadata(model, arch)
     sizes, q_lora, kv_lora, nope, v_dim = _sizes(md)
     rope = read_rope(md, sizes, "adjacent")
     rope, scale = _scales(md, rope, nope + rope.n_rot)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     e, n_ff = _experts(md, sizes.n_layers)
-    md.int("context_length", 1, MAX_CONTEXT)
+    n_ctx = md.int("context_length", 1, MAX_CONTEXT)
+    top_k = md.int("attention.indexer.top_k", 1, MAX_CONTEXT) if sparse else n_ctx
     b = ModelBuilder(model)
+    if sparse:  # the indexer chooses every key while a sequence holds at most top_k tokens
+        for i in range(sizes.n_layers):
+            for name in INDEXER_TENSORS:
+                b.unused(f"blk.{i}.{name}", f"DSA's indexer: every key is chosen within the served {top_k} tokens")
     rot, nh = rope.n_rot, sizes.n_heads
     b.buffer("tokens", "T", dtype="i32")
     for name, width in (("x", sizes.n_embd), ("h", sizes.n_embd), ("q_nope", nh * nope), ("q_pe", nh * rot),
@@ -250,9 +284,9 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (sizes.n_embd,)),), eps=eps)
         if e.count and e.is_moe(i):
-            moe_block(b, i, sizes, e)
-        else:
-            glu_ffn(b, i, sizes.n_embd, n_ff, bias=False, scale=False)  # as deepseek2.cpp calls build_ffn
+            moe_block(b, i, sizes, e, scales=sparse)
+        else:  # as deepseek2.cpp calls build_ffn; deepseek32.cpp passes the weight scales
+            glu_ffn(b, i, sizes.n_embd, n_ff, bias=False, scale=sparse)
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, sizes, eps)
     b.unused_layers(
@@ -261,9 +295,12 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     extra = (e.hparams() if e.count else {"leading_dense_block_count": e.dense_lead}) | {
         "q_lora_rank": q_lora, "kv_lora_rank": kv_lora, "key_length_mla": nope + rot, "value_length_mla": v_dim,
         "attention_scale": scale}  # fmt: skip
+    if sparse:
+        extra |= {"indexer_top_k": top_k, "context_length_of_file": n_ctx}
     hp = hparams(
         md, sizes, rope, n_ff or e.n_ff, eps, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False, extra=extra
     )
+    hp = replace(hp, context_length=min(n_ctx, top_k))
     return b.finish(
         hp,
         input_tokens="tokens",

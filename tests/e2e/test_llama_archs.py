@@ -153,6 +153,10 @@ ADDED = (
     "hrm_text-dense",
     # mamba2: no attention, a KV cache of no layers (3.9e-7 on ref, 1.4e-7 on cpu)
     "mamba2-dense",
+    # DeepSeek Sparse Attention as the dense one within top_k tokens; deepseek32's FFN weight scales (without
+    # them 0.43)
+    "deepseek32-moe",
+    "glm-dsa-moe",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3

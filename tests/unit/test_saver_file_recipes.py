@@ -432,3 +432,13 @@ def test_mamba2_plans_no_kv_layer_and_refuses_attention_in_one(tmp_path):
     write = Op("kv_write", ("x", "x"), (), (), {"layer": 0})
     with pytest.raises(BundleError, match="layer"):
         validate_plan(replace(spec.plan, ops=(*spec.plan.ops, write)))
+
+
+@pytest.mark.parametrize("name", ["deepseek32-moe", "glm-dsa-moe"])
+def test_sparse_attention_serves_at_most_top_k_tokens(name, tmp_path):
+    """DSA's indexer chooses every key while a sequence holds at most attention.indexer.top_k tokens: the
+    dense attention is exact there, and the served context stops at top_k (the file's own is shown)."""
+    a = name.rsplit("-", 1)[0]
+    spec = spec_of(_edited(name, tmp_path, keys={f"{a}.attention.indexer.top_k": (4, 8)}))
+    assert spec.hparams.context_length == 8 and spec.hparams.extra["context_length_of_file"] == 256
+    assert spec.plan.context_length == 8
