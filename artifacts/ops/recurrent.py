@@ -83,7 +83,12 @@ def _ssm_scan(v: OpView) -> None:
     v.need(v.shape(dt) == ("T", h), f"dt is not [T, {h}]")
     v.need(v.shape(out) == ("T", h * p), f"output is not [T, {h * p}]")
     v.need(tuple(state_tensor(v)) == (h, p, n), f"state tensor {v.op.attr('state')} is not [{h}, {p}, {n}]")
-    for i in range(3):
+    # a: one decay per head (Mamba2), or with decay 'state' one per head and state (Mamba-1: [H N], flat)
+    per_state = v.choice_attr("decay", ("head", "state")) == "state"
+    w = v.weight_shape(0)
+    v.need(w is None or w == ((h * n,) if per_state else (h,)), f"weight 0 {w} is not [{h * n if per_state else h}]")
+    v.need(not per_state or p == 1, "a decay per state (Mamba-1) is planned for heads of one row")
+    for i in (1, 2):
         w = v.weight_shape(i)
         v.need(w is None or w == (h,), f"weight {i} {w} is not [{h}]")
 
@@ -197,18 +202,21 @@ DEFS = (
             1,
             (3, 3),
             ("state", "n_heads", "head_dim", "n_groups", "state_size"),
+            optional=(("decay", "head"),),
             doc="Mamba2 selective scan (llama.cpp's ggml_ssm_scan with a scalar A per head, then y + x D): inputs "
             "xbc[T, H P + 2 G N] (x: H heads of P = head_dim, then B: G groups of N = state_size, then C: G "
-            "groups of N), dt[T, H]; weights a[H] (ssm_a = -exp(A_log)), d[H] (ssm_d), dt_bias[H] -> out[T, H P]. "
+            "groups of N), dt[T, H]; weights a[H] (ssm_a = -exp(A_log)), or with `decay` 'state' a[H N] and P = 1 "
+            "(Mamba-1: a decay per channel and state, exp(dt' a[h, j]) for state j), d[H] (ssm_d), dt_bias[H] -> "
+            "out[T, H P]. "
             "Per token and head h (group g = h / (H / G)): dt' = softplus(dt + dt_bias) (linear above 20), with "
             "the head's state M [P, N] M = M exp(dt' a) + dt' x_h B_g^T, out_h = M C_g + d x_h. `state` is the "
             "index of its StateTensor ([H, P, N])",
         ),
         check=_ssm_scan,
         reference="op_ssm_scan",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_ssm_scan"),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_ssm_scan", attrs=("decay",)),
         gpu=GpuPart(
-            ("gpu_ssm_scan.hip.j2",),
+            ("gpu_ssm_scan.hip.j2", "gpu_ssm_scan1.hip.j2"),
             lower="_ssm_scan",
             args=(
                 ("out", PTR),

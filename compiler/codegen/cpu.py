@@ -259,9 +259,11 @@ def _arch_ops_params(ops: dict[str, list]) -> dict | None:
     groups = {
         "delta_net": "gated_delta_net" in ops or "ssm_conv" in ops,  # ssm_conv: qwen35's and Mamba2's conv
         "short_conv": "short_conv" in ops,
-        "ssm_scan": "ssm_scan" in ops,
+        "ssm_scan": any(not cpu_step.per_state_decay(op) for op in ops.get("ssm_scan", [])),
         "altup": any(kind in ops for kind in ALTUP_OPS),
     }
+    if any(cpu_step.per_state_decay(op) for op in ops.get("ssm_scan", [])):  # Mamba-1's (only then: the others'
+        groups["ssm_scan1"] = True  # sources stay as they were)
     if not any(groups.values()):
         return None
     return {**groups, "max_conv_kernel": MAX_CONV_KERNEL, "max_delta_state": MAX_DELTA_STATE}

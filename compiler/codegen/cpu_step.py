@@ -81,6 +81,11 @@ def head_geometry(op: Op) -> tuple[int, ...]:
     return (*g, int(op.attrs["n_rot"])) if op.kind == "rope" else g
 
 
+def per_state_decay(op: Op) -> bool:
+    """An ssm_scan whose decay is per channel and state (Mamba-1: a weight of n_heads x state_size values)."""
+    return op.kind == "ssm_scan" and op.attr("decay") == "state"
+
+
 def norm_eps(plan: Plan) -> list[float]:
     """The rmsnorm ops' epsilons, each once, in plan order: the first is compiled into the norm
     kernels (cpu_rmsnorm.c.j2's eps), each other into a row function of its own (extra_eps: a model

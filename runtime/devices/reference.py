@@ -429,7 +429,8 @@ def gated_delta_net_chunk(qkv, alpha, beta, a, dt_bias, state, hk: int, hv: int,
 
 def ssm_scan_chunk(xbc, dt, a, d, dt_bias, state, h: int, p: int, g: int, n_state: int):
     """One sequence's chunk through ssm_scan, token by token, in float64: xbc [n, h p + 2 g N],
-    dt [n, h], a/d/dt_bias [h], state [h, p, N] -> (out [n, h p] float32, the new state float32).
+    dt [n, h], a [h] (or [h N]: Mamba-1's per state), d/dt_bias [h], state [h, p, N] -> (out [n, h p] float32,
+    the new state float32).
     Head h reads group h // (h / g) of B and C (ggml's repeat_interleave)."""
     n = len(xbc)
     v = xbc.astype(np.float64)
@@ -439,11 +440,15 @@ def ssm_scan_chunk(xbc, dt, a, d, dt_bias, state, h: int, p: int, g: int, n_stat
     cm = v[:, h * p + g * n_state :].reshape(n, g, n_state)[:, groups]
     z = dt.astype(np.float64) + dt_bias
     dts = np.where(z > 20.0, z, np.log1p(np.exp(np.minimum(z, 20.0))))  # softplus, as ggml's (linear above 20)
-    decay = np.exp(dts * np.asarray(a, np.float64))  # [n, h]
+    a = np.asarray(a, np.float64)
+    if a.size == h * n_state and a.size != h:  # Mamba-1: a decay per head (channel) and state: [n, h, 1, N]
+        decay = np.exp(dts[:, :, None] * a.reshape(h, n_state)[None])[:, :, None, :]
+    else:
+        decay = np.exp(dts * a)[:, :, None, None]  # [n, h, 1, 1]
     m = state.astype(np.float64).copy()
     out = np.empty((n, h, p))
     for t in range(n):
-        m = m * decay[t][:, None, None] + (x[t] * dts[t][:, None])[:, :, None] * bm[t][:, None, :]
+        m = m * decay[t] + (x[t] * dts[t][:, None])[:, :, None] * bm[t][:, None, :]
         out[t] = np.einsum("hpn,hn->hp", m, cm[t]) + x[t] * np.asarray(d, np.float64)[:, None]
     return out.reshape(n, h * p).astype(np.float32), m.astype(np.float32)
 

@@ -151,8 +151,11 @@ ADDED = (
     # hrm_text: 6 cache slots over 2 blocks; without the learned initial low state 1.7; with each block's
     # weight scales on the slots that reuse it refused (llama.cpp reads them per slot)
     "hrm_text-dense",
-    # mamba2: no attention, a KV cache of no layers (3.9e-7 on ref, 1.4e-7 on cpu)
+    # mamba2: no attention, a KV cache of no layers (3.9e-7 on ref, 1.4e-7 on cpu); mamba (Mamba-1: a decay per
+    # channel and state; mamba-falcon with every channel decaying at its first state's rate 0.034)
     "mamba2-dense",
+    "mamba-dense",
+    "mamba-falcon",
     # DeepSeek Sparse Attention as the dense one within top_k tokens; deepseek32's FFN weight scales (without
     # them 0.43)
     "deepseek32-moe",
@@ -182,7 +185,7 @@ CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
     "deci-varied", "nanbeige-looped", "grok-capped", "muse-glimmer-swa", "spark2_5-swa", "granite_swa-moe",
-    "laguna-xs",
+    "laguna-xs", "mamba-falcon",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

@@ -192,18 +192,25 @@ def test_a_repeated_prefix_resumes_from_its_state_checkpoint_on_the_device(targe
             m.executor.device.close()
 
 
-@pytest.mark.parametrize("target", [pytest.param("gfx90a", marks=toolchain_marks("gfx90a"))])
-def test_a_model_without_attention(target, gpu_build_cache, tmp_path):
-    """mamba2 (llama.cpp's saver file, tests/e2e/test_llama_archs.py): a plan whose KV cache has no
-    layers, its whole context in the state. The step program binds, a prompt and a decode step
-    continuing from the slot's state match the reference (the file's weights are F32: no activation
+@pytest.mark.parametrize(
+    "name,target",
+    [
+        pytest.param("mamba2-dense", "gfx90a", marks=toolchain_marks("gfx90a")),
+        # Mamba-1's scan with a decay per channel and state (gpu_ssm_scan1.hip.j2), Falcon-Mamba's dt/B/C norms
+        pytest.param("mamba-falcon", "sm_90", marks=toolchain_marks("sm_90")),
+    ],
+)
+def test_a_model_without_attention(name, target, gpu_build_cache, tmp_path):
+    """mamba2 and mamba (llama.cpp's saver files, tests/e2e/test_llama_archs.py): plans whose KV cache has
+    no layers, their whole context in the state. The step program binds, a prompt and a decode step
+    continuing from the slot's state match the reference (the files' weights are F32: no activation
     rounding, the single-op bound of test_gpu_kernels)."""
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.e2e.test_llama_archs import _model
     from tests.kernels.test_gpu_kernels import _close
 
     out = tmp_path / "bundle"
-    model = _model("mamba2-dense", tmp_path)
+    model = _model(name, tmp_path)
     compile_model(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
     bundle = open_bundle(out)
     kv = bundle.plan.kv

@@ -30,7 +30,7 @@ class _Named:
         self.path = type("P", (), {"name": "m.gguf"})()
 
 
-@pytest.mark.parametrize("arch", ["mamba", "bert", "minicpm3", "not-an-architecture"])
+@pytest.mark.parametrize("arch", ["rwkv7", "bert", "minicpm3", "not-an-architecture"])
 def test_a_refusal_names_the_architecture_its_reason_and_the_table(arch):
     with pytest.raises(CompileError) as e:
         recipe_for(_Named(arch))

@@ -442,3 +442,13 @@ def test_sparse_attention_serves_at_most_top_k_tokens(name, tmp_path):
     spec = spec_of(_edited(name, tmp_path, keys={f"{a}.attention.indexer.top_k": (4, 8)}))
     assert spec.hparams.context_length == 8 and spec.hparams.extra["context_length_of_file"] == 256
     assert spec.plan.context_length == 8
+
+
+def test_mamba_scans_with_a_decay_per_state(tmp_path):
+    """Mamba-1's scan: one head of one row per channel, A flattened [d_inner N] (decay 'state'); a file with
+    some of jamba's dt/B/C norm weights and not all is refused."""
+    spec = spec_of(_model("mamba-falcon", tmp_path))
+    scans = [op for op in spec.plan.ops if op.kind == "ssm_scan"]
+    assert [(op.attrs["n_heads"], op.attrs["head_dim"], op.attrs["decay"]) for op in scans] == [(512, 1, "state")] * 2
+    assert sum(op.kind == "rmsnorm" and not op.weights for op in spec.plan.ops) == 6  # dt, B, C of 2 layers
+    _refused(_edited("mamba-dense", tmp_path, add_tensors=[("blk.0.ssm_dt_norm.weight", (2,))]), "not all three")

@@ -18,6 +18,8 @@ from rfc.compiler.codegen.cpu_phase import Phase
 from rfc.compiler.codegen.gpu_kernel import GPU_MAX_CONV_KERNEL, KERNEL_ARGS, MAX_THREADS, KernelSpec
 from rfc.compiler.errors import CompileError
 
+GPU_MAX_SSM1_SHARED = 4096  # floats of B and C the GPU Mamba-1 scan holds in shared memory (16 KiB)
+
 
 class CpuLowering:
     # -- LFM2's short conv (kernels/cpu_short_conv.h): channels split among the team, the state
@@ -53,7 +55,8 @@ class CpuLowering:
     def _ssm_scan(self, op: Op) -> Phase:
         (xbc, dt), (out,) = op.inputs, op.outputs
         index, a = int(op.attrs["state"]), op.attrs
-        return Phase("ssm_scan",
+        # Mamba-1's decay per channel and state: cpu_ssm_scan1.h (heads of one row)
+        return Phase("ssm_scan1" if op.attr("decay") == "state" else "ssm_scan",
                      {"xbc": self.buf(xbc), "dt": self.buf(dt), "out": self.buf(out), "h": int(a["n_heads"]),
                       "p": int(a["head_dim"]), "g": int(a["n_groups"]), "n": int(a["state_size"]),
                       "a": self.vec(op.weights[0]), "d": self.vec(op.weights[1]),
@@ -136,11 +139,22 @@ class GpuLowering:
         )
 
     def _ssm_scan(self, op: Op) -> KernelSpec:
-        """Mamba2's scan: a block per sequence and head, a thread per row of the head's state."""
+        """Mamba2's scan: a block per sequence and head, a thread per row of the head's state; Mamba-1's
+        (a decay per channel and state): a block per sequence and {threads} channels, a thread per channel."""
         for w in op.weights:
             self._f32_vector(op, w)
         a = op.attrs
         h, p, g, n = int(a["n_heads"]), int(a["head_dim"]), int(a["n_groups"]), int(a["state_size"])
+        if op.attr("decay") == "state":
+            if 2 * g * n > GPU_MAX_SSM1_SHARED:
+                raise CompileError(f"the GPU Mamba-1 scan keeps B and C in shared memory: {2 * g * n} floats "
+                                   f"are over {GPU_MAX_SSM1_SHARED}")  # fmt: skip
+            threads = 64
+            name = f"rfc_ssm_scan1_{h}x{g}x{n}"
+            params = {"name": name, "threads": threads, "h": h, "g": g, "n": n, **self._state_params(op)}
+            return KernelSpec(
+                name, "gpu_ssm_scan1.hip.j2", params, KERNEL_ARGS["ssm_scan"], threads, (("n_seqs", 1), (h, threads))
+            )
         if p > MAX_THREADS:
             raise CompileError(
                 f"the GPU ssm_scan runs a thread per state row: a head size of {p} is over {MAX_THREADS}"
