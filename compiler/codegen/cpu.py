@@ -209,9 +209,10 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     norm = _uniform(ops.get("rmsnorm", []), "rmsnorm")
     if norm is not None:
         eps = cpu_step.norm_eps(plan)
-        parts.append(
-            part("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": eps[0], **({"extra_eps": eps[1:]} if eps[1:] else {})})
-        )
+        extra = {"extra_eps": eps[1:]} if eps[1:] else {}
+        if cpu_step.short_norms(plan):  # only then (every other library's source stays as it was)
+            extra["short_rows"] = True
+        parts.append(part("cpu_rmsnorm.c.j2", {"n": hp.n_embd, "eps": eps[0], **extra}))
     # rope and attention: one rendering per geometry of their ops (layers may differ in heads and
     # head_dim: Gemma 4), the rest of their attributes shared (_uniform)
     for geometry, sfx in cpu_step.geometries(plan, "rope").items():

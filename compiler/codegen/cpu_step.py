@@ -86,6 +86,13 @@ def per_state_decay(op: Op) -> bool:
     return op.kind == "ssm_scan" and op.attr("decay") == "state"
 
 
+def short_norms(plan: Plan) -> bool:
+    """Whether a one-head rmsnorm of the plan has a row that is not whole vectors of 8 (rmsnorm_short)."""
+    widths = {b.name: b.shape[1] for b in plan.buffers if len(b.shape) == 2}
+    return any(op.kind == "rmsnorm" and int(op.attr("heads")) == 1 and widths.get(op.inputs[0], 0) % 8
+               for op in plan.ops)  # fmt: skip
+
+
 def norm_eps(plan: Plan) -> list[float]:
     """The rmsnorm ops' epsilons, each once, in plan order: the first is compiled into the norm
     kernels (cpu_rmsnorm.c.j2's eps), each other into a row function of its own (extra_eps: a model
@@ -378,6 +385,11 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
         if heads != 1 or width != self.plan.n_embd or not op.weights:
             if self._eps(op):
                 raise CompileError(f"rmsnorm of {x}: the cpu target norms heads at the plan's first epsilon only")
+            if heads == 1 and width % 8:  # a short row (jamba's dt of rank 2): rfc_rmsnorm_short_row, scalar
+                return Phase("rmsnorm_short", {"x": self.buf(x), "out": self.buf(op.outputs[0]),
+                                               "w": self.vec(op.weights[0]) if op.weights else [],
+                                               "rows": self.rows(x), "width": width},
+                             set(op.inputs), set(op.outputs))  # fmt: skip
             if heads < 1 or width % heads or (width // heads) % 8:
                 raise CompileError(f"rmsnorm of {x}: {heads} heads do not split a row of {width} into multiples of 8")
             w = self.vec(op.weights[0]) if op.weights else []  # the template writes NULL

@@ -156,6 +156,10 @@ ADDED = (
     "mamba2-dense",
     "mamba-dense",
     "mamba-falcon",
+    # jamba: Mamba-1 and attention layers (the KV cache holds the attention ones); jamba-moe's experts
+    # renormalized 0.24
+    "jamba-dense",
+    "jamba-moe",
     # DeepSeek Sparse Attention as the dense one within top_k tokens; deepseek32's FFN weight scales (without
     # them 0.43)
     "deepseek32-moe",

@@ -452,3 +452,11 @@ def test_mamba_scans_with_a_decay_per_state(tmp_path):
     assert [(op.attrs["n_heads"], op.attrs["head_dim"], op.attrs["decay"]) for op in scans] == [(512, 1, "state")] * 2
     assert sum(op.kind == "rmsnorm" and not op.weights for op in spec.plan.ops) == 6  # dt, B, C of 2 layers
     _refused(_edited("mamba-dense", tmp_path, add_tensors=[("blk.0.ssm_dt_norm.weight", (2,))]), "not all three")
+
+
+def test_jamba_caches_its_attention_layers_only(tmp_path):
+    spec = spec_of(_model("jamba-moe", tmp_path))
+    assert spec.plan.kv.n_layers == 1 and spec.hparams.extra["attention_layers"] == [0]
+    assert _routes(spec) == [{"n_used": 2, "norm": False}]
+    a = "jamba"
+    _refused(_edited(f"{a}-dense", tmp_path, keys={f"{a}.ssm.inner_size": (4, 256)}), "2 x n_embd")
