@@ -184,7 +184,9 @@ CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 # a fused QKV bias, pre-attention routing, ReLU experts, a dense residual FFN beside experts, a shared
 # expert's gate, fused gate/up with partial adjacent RoPE, learned positions, ALiBi, a per-channel
 # division, Q/K/V clamps without RoPE, per-layer head geometries and a linear attention, a looped stack,
-# capped scores with GELU experts); the others are `exhaustive`.
+# capped scores with GELU experts, per-head sigmoid and softplus gates, norms at two epsilons, fused
+# experts beside a fused shared expert, layers of two head counts, Mamba-1's per-state decay); the others
+# are `exhaustive`.
 CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
