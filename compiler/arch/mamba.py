@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_SSM_STATE
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Sizes, embedding_rows, linear, output_head, weight_scale
-from rfc.compiler.arch.mamba2 import NO_KV
-from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_LAYERS, Metadata
+from rfc.compiler.arch.common import linear, weight_scale
+from rfc.compiler.arch.mamba2 import attention_free
+from rfc.compiler.arch.metadata import MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
-from rfc.compiler.spec import HParams, ModelSpec
+from rfc.compiler.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -102,32 +102,6 @@ def mamba1_layer(b: ModelBuilder, i: int, e: int, m: Mamba1, eps: float, *, src:
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    md = Metadata(model, "mamba")
-    n_embd = md.int("embedding_length", 1, MAX_EMBD)
-    n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
-    sizes = Sizes(n_embd, n_layers, 1, 1, 1, embedding_rows(md))
-    m = read_mamba1(md)
-    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    b = ModelBuilder(model)
-    b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", n_embd), ("h", n_embd)):
-        b.buffer(name, "T", width)
-    for name, width in (("xr", n_embd), ("hr", n_embd), ("logits", sizes.vocab_size)):
-        b.buffer(name, "R", width)
-    declare(b, m)
-    embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, n_embd))
-    b.op("embed", ("tokens",), ("x",), (embd,))
-    for i in range(n_layers):
-        b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"blk.{i}.attn_norm.weight", "attn_norm", (n_embd,)),), eps=eps)
-        mamba1_layer(b, i, n_embd, m, eps)
-        b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, sizes, eps, bias=False)
-    extra = {"ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state, "ssm_time_step_rank": m.dt_rank,
-             "ssm_conv_kernel": m.kernel, "ssm_dt_b_c_rms": m.dt_b_c_rms, "attention_layers": 0}  # fmt: skip
-    hp = HParams(architecture="mamba", name=md.text("general.name", default=model.path.stem),
-                 context_length=md.int("context_length", 1, MAX_CONTEXT, default=MAX_CONTEXT), n_embd=n_embd, n_ff=0,
-                 n_layers=n_layers, n_heads=0, n_kv_heads=0, head_dim=0, n_rot=0, rope_style="none",
-                 rope_freq_base=0.0, rope_freq_scale=1.0, rope_scaling_type="none", rms_eps=eps,
-                 vocab_size=sizes.vocab_size, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False,
-                 extra=extra)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=NO_KV)
+    return attention_free(model, "mamba", read_mamba1, declare, mamba1_layer, lambda m: {
+        "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state, "ssm_time_step_rank": m.dt_rank,
+        "ssm_conv_kernel": m.kernel, "ssm_dt_b_c_rms": m.dt_b_c_rms})  # fmt: skip

@@ -13,7 +13,9 @@ build_mamba2_layer (src/models/mamba-base.cpp) builds it:
 State per sequence and layer: (kernel - 1) x (d_inner + 2 G N) + H x P x N floats.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_SSM_STATE
 from rfc.artifacts.plan import KVSpec
@@ -142,14 +144,29 @@ NO_KV = KVSpec(n_layers=0, n_kv_heads=1, head_dim=1, dtype="f16")
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    """`mamba2` (Mamba-2, Mamba-Codestral), as llama.cpp's src/models/mamba.cpp builds it: x + mixer(RMS norm(x))
-    in every layer, the mixer above; the final RMS norm, `output.weight` (times its scale), else tied. It has
-    no attention layer: the plan's KV cache has no layers, and a sequence's whole context is its state."""
-    md = Metadata(model, "mamba2")
+    """`mamba2` (Mamba-2, Mamba-Codestral), as llama.cpp's src/models/mamba.cpp builds it (attention_free)."""
+    return attention_free(model, "mamba2", read_mamba2, declare, mamba2_layer, lambda m: {
+        "ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state, "ssm_heads": m.n_heads, "ssm_groups": m.n_groups,
+        "ssm_conv_kernel": m.kernel})  # fmt: skip
+
+
+def attention_free(
+    model: GGUFModel,
+    arch: str,
+    read: Callable[[Metadata], Any],
+    declare_mixer: Callable[[ModelBuilder, Any], None],
+    mixer: Callable[..., None],
+    extra: Callable[[Any], dict],
+) -> ModelSpec:
+    """The stacks of llama.cpp's mamba.cpp (mamba2, and mamba's Mamba-1): x + mixer(RMS norm(x)) in every layer,
+    the final RMS norm, `output.weight` (times its scale), else tied. No attention layer: the plan's KV cache
+    has no layers, and a sequence's whole context is its state. `read(md)` reads the mixer's sizes,
+    `declare_mixer(b, m)` its buffers, `mixer(b, i, n_embd, m, eps)` writes layer i's into h."""
+    md = Metadata(model, arch)
     n_embd = md.int("embedding_length", 1, MAX_EMBD)
     n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
     sizes = Sizes(n_embd, n_layers, 1, 1, 1, embedding_rows(md))
-    m = read_mamba2(md)
+    m = read(md)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)
     b.buffer("tokens", "T", dtype="i32")
@@ -157,20 +174,18 @@ def build(model: GGUFModel) -> ModelSpec:
         b.buffer(name, "T", width)
     for name, width in (("xr", n_embd), ("hr", n_embd), ("logits", sizes.vocab_size)):
         b.buffer(name, "R", width)
-    declare(b, m)
+    declare_mixer(b, m)
     embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, n_embd))
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(n_layers):
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"blk.{i}.attn_norm.weight", "attn_norm", (n_embd,)),), eps=eps)
-        mamba2_layer(b, i, n_embd, m, eps)
+        mixer(b, i, n_embd, m, eps)
         b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, sizes, eps, bias=False)
-    extra = {"ssm_inner_size": m.d_inner, "ssm_state_size": m.n_state, "ssm_heads": m.n_heads,
-             "ssm_groups": m.n_groups, "ssm_conv_kernel": m.kernel, "attention_layers": 0}  # fmt: skip
-    hp = HParams(architecture="mamba2", name=md.text("general.name", default=model.path.stem),
+    hp = HParams(architecture=arch, name=md.text("general.name", default=model.path.stem),
                  context_length=md.int("context_length", 1, MAX_CONTEXT, default=MAX_CONTEXT), n_embd=n_embd, n_ff=0,
                  n_layers=n_layers, n_heads=0, n_kv_heads=0, head_dim=0, n_rot=0, rope_style="none",
                  rope_freq_base=0.0, rope_freq_scale=1.0, rope_scaling_type="none", rms_eps=eps,
                  vocab_size=sizes.vocab_size, tied_embeddings=tied, qkv_bias=False, rope_freq_factors=False,
-                 extra=extra)  # fmt: skip
+                 extra={**extra(m), "attention_layers": 0})  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=NO_KV)
