@@ -61,7 +61,7 @@ CLOSE = (
     "nemotron_h_moe-dense",
     "apertus-dense",
 )
-# The recipes added on 2026-11-29 match llama.cpp at mean |d| <= 2.2e-4 on ref and cpu; held to
+# The recipes added on 2026-11-29 match llama.cpp at mean |d| <= 3.0e-4 on ref and cpu; held to
 # it, a dropped bias, weight scale, rope_freqs factor, shared-expert gate or multiplier fails.
 ADDED = (
     "arcee-dense",
