@@ -104,16 +104,13 @@ def _experts(md: Metadata, n_layers: int) -> tuple[Experts, int]:
         return Experts(0, 0, 0, dense_lead=dense_lead), n_ff
     count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
     shared = md.int("expert_shared_count", 0, 64, default=0)
+    # deepseek2's default softmax; deepseek32's loader requires the key, glm-dsa's defaults to sigmoid
+    default, required = GATING_DEFAULTS.get(md.arch, ("softmax", False))
     e = Experts(
         count,
         used,
         n_ff_exp,
-        # deepseek2's default softmax; deepseek32's loader requires the key, glm-dsa's defaults to sigmoid
-        gating=read_gating(
-            md,
-            GATING_DEFAULTS.get(md.arch, ("softmax", False))[0],
-            required=GATING_DEFAULTS.get(md.arch, ("softmax", False))[1],
-        ),
+        gating=read_gating(md, default, required=required),
         norm=md.bool("expert_weights_norm", default=False),
         scale=read_weights_scale(md),
         groups=groups,

@@ -373,6 +373,7 @@ class ReferenceDevice(HostState, InterpretedDevice):
                 attrs["head_dim"],
                 attrs["n_groups"],
                 attrs["state_size"],
+                attrs["decay"] == "state",
             )
 
 
@@ -427,10 +428,10 @@ def gated_delta_net_chunk(qkv, alpha, beta, a, dt_bias, state, hk: int, hv: int,
     return out.reshape(n, hv * s).astype(np.float32), m.astype(np.float32)
 
 
-def ssm_scan_chunk(xbc, dt, a, d, dt_bias, state, h: int, p: int, g: int, n_state: int):
+def ssm_scan_chunk(xbc, dt, a, d, dt_bias, state, h: int, p: int, g: int, n_state: int, per_state: bool = False):
     """One sequence's chunk through ssm_scan, token by token, in float64: xbc [n, h p + 2 g N],
-    dt [n, h], a [h] (or [h N]: Mamba-1's per state), d/dt_bias [h], state [h, p, N] -> (out [n, h p] float32,
-    the new state float32).
+    dt [n, h], a [h] (`per_state`: [h N], Mamba-1's decay per channel and state), d/dt_bias [h], state [h, p, N]
+    -> (out [n, h p] float32, the new state float32).
     Head h reads group h // (h / g) of B and C (ggml's repeat_interleave)."""
     n = len(xbc)
     v = xbc.astype(np.float64)
@@ -441,7 +442,7 @@ def ssm_scan_chunk(xbc, dt, a, d, dt_bias, state, h: int, p: int, g: int, n_stat
     z = dt.astype(np.float64) + dt_bias
     dts = np.where(z > 20.0, z, np.log1p(np.exp(np.minimum(z, 20.0))))  # softplus, as ggml's (linear above 20)
     a = np.asarray(a, np.float64)
-    if a.size == h * n_state and a.size != h:  # Mamba-1: a decay per head (channel) and state: [n, h, 1, N]
+    if per_state:  # Mamba-1: a decay per head (channel) and state: [n, h, 1, N]
         decay = np.exp(dts[:, :, None] * a.reshape(h, n_state)[None])[:, :, None, :]
     else:
         decay = np.exp(dts * a)[:, :, None, None]  # [n, h, 1, 1]
