@@ -60,6 +60,23 @@ class Fill:
 
 
 @dataclass(frozen=True)
+class ZeroRows:
+    """`rows` rows of zeros in the weight's own format and row width (elements, for a vector of
+    one element per block): all-zero bytes are a block of zeros in every GGML format (its scales
+    are 0). Rows the file does not hold that must not change the math: value rows padded to the
+    key's head size (attention with narrower values: minicpm3, mimo2)."""
+
+    rows: int
+
+
+def zero_rows_bytes(use: "WeightUse", rows: int) -> int:
+    """The bytes of `rows` zero rows of `use` (zero elements of a vector)."""
+    if len(use.shape) == 1:
+        return rows * FORMATS[use.format].block_bytes
+    return rows * row_nbytes(use.format, use.shape[-1])
+
+
+@dataclass(frozen=True)
 class WeightUse:
     """One weight of the bundle: its name in the plan, what it is, and where its bytes come from."""
 
@@ -67,7 +84,7 @@ class WeightUse:
     role: str
     format: str
     shape: tuple[int, ...]
-    parts: tuple[RowRange | ElementRange | Fill, ...]
+    parts: tuple[RowRange | ElementRange | Fill | ZeroRows, ...]
     packed: str | None = None  # a packed or planar layout (artifacts/formats.py) to repack `format`'s rows into
 
     @property
@@ -200,6 +217,11 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
                 raise CompileError(f"{use.name}: a filled weight is plain F32")
             total += 4 * part.count
             continue
+        if isinstance(part, ZeroRows):
+            if part.rows < 1 or (len(use.shape) == 1 and FORMATS[use.format].block_elems != 1):
+                raise CompileError(f"{use.name}: cannot pad it with {part.rows} zero rows")
+            total += zero_rows_bytes(use, part.rows)
+            continue
         t = model.tensors[part.tensor]
         if isinstance(part, ElementRange):
             if (
@@ -240,6 +262,9 @@ def _read_parts(src, model: GGUFModel, use: WeightUse, chunk: int) -> Iterator[b
     for part in use.parts:
         if isinstance(part, Fill):
             yield np.full(part.count, part.value, dtype="<f4").tobytes()
+            continue
+        if isinstance(part, ZeroRows):
+            yield bytes(zero_rows_bytes(use, part.rows))
             continue
         start, remaining = part_bytes(model.tensors[part.tensor], part)
         src.seek(start)

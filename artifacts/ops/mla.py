@@ -1,5 +1,7 @@
-"""Multi-head latent attention (deepseek2): a matmul per head over the latent, and the per-head
-concatenation of the latent and RoPE parts of the query and key.
+"""Per-head views of activations: multi-head latent attention's matmul per head over the latent
+and the per-head concatenation of the latent and RoPE parts of the query and key (deepseek2),
+and the first values of each head (slice_heads: attention whose values are narrower than its
+keys, run over value rows padded to the key's head size).
 """
 
 from rfc.artifacts.limits import MAX_HEADS
@@ -36,6 +38,18 @@ def _concat_heads(v: OpView) -> None:
     v.need(v.rows(a) == v.rows(b) == v.rows(out), "buffers differ in rows")
     v.need(v.width(a) % heads == 0 and v.width(b) % heads == 0, f"inputs are not {heads} heads")
     v.need(v.width(out) == v.width(a) + v.width(b), f"output width {v.width(out)} is not {v.width(a)} + {v.width(b)}")
+
+
+def _slice_heads(v: OpView) -> None:
+    (x,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(x, out)
+    v.need(x != out, "a slice_heads cannot write its own input")
+    v.need(v.rows(x) == v.rows(out), "input and output rows differ")
+    heads = v.int_attr("heads", 1, MAX_HEADS)
+    width = v.int_attr("width", 1, MAX_WIDTH)
+    v.need(v.width(x) % heads == 0, f"input width {v.width(x)} is not {heads} heads")
+    v.need(width <= v.width(x) // heads, f"width {width} exceeds the input's heads of {v.width(x) // heads}")
+    v.need(v.width(out) == heads * width, f"output width {v.width(out)} is not {heads} x {width}")
 
 
 DEFS = (
@@ -77,6 +91,26 @@ DEFS = (
             ("gpu_concat_heads.hip.j2",),
             lower="_concat_heads",
             args=(("out", PTR), ("a", PTR), ("b", PTR), ("n_rows", I32)),
+        ),
+    ),
+    OpDef(
+        kind="slice_heads",
+        schema=OpSchema(
+            1,
+            1,
+            (0, 0),
+            ("heads", "width"),
+            doc="x[T, heads * S] -> out[T, heads * width], head h = the first `width` values of x's head h (attention "
+            "whose values are narrower than its keys: minicpm3, mimo2; the values are zero-padded to the key's head "
+            "size in the KV cache, and the output's padding is dropped here before attn_output)",
+        ),
+        check=_slice_heads,
+        reference="op_slice_heads",
+        cpu=CpuPart(("cpu_mla.c.j2",), lower="_slice_heads"),
+        gpu=GpuPart(
+            ("gpu_slice_heads.hip.j2",),
+            lower="_slice_heads",
+            args=(("out", PTR), ("x", PTR), ("n_rows", I32)),
         ),
     ),
 )

@@ -21,7 +21,7 @@ from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan, StateSpec, StateTensor
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
 from rfc.compiler.spec import HParams, ModelSpec
-from rfc.compiler.weights import ElementRange, Fill, RowRange, WeightUse, whole
+from rfc.compiler.weights import ElementRange, Fill, RowRange, WeightUse, ZeroRows, whole
 
 # Tensors llama.cpp loads for every architecture and never applies, by the end of their name.
 KNOWN_UNUSED_SUFFIXES = {
@@ -159,33 +159,39 @@ class ModelBuilder:
         return name
 
     def row_ranges(
-        self, name: str, role: str, source: str, source_shape: tuple[int, ...], ranges: list[tuple[int, int]]
+        self,
+        name: str,
+        role: str,
+        source: str,
+        source_shape: tuple[int, ...],
+        ranges: list[tuple[int, int]],
+        *,
+        pad: int = 0,
     ) -> str:
         """A weight made of several row ranges of one 2-D GGUF tensor, in order (qwen35's query
-        rows of each head, apart from the output gate's rows interleaved with them)."""
+        rows of each head, apart from the output gate's rows interleaved with them); with `pad`,
+        each range followed by that many zero rows (values narrower than the keys, padded to the
+        key's head size: Sizes.v_dim)."""
         t = self.source(source, source_shape)
         if len(t.shape) != 2 or not ranges or any(not 0 <= a < z <= t.shape[0] for a, z in ranges):
             raise CompileError(f"{self.path}: cannot take rows {ranges[:2]}... of {source} {list(t.shape)}")
-        rows = sum(z - a for a, z in ranges)
-        self._add(WeightUse(name, role, t.format, (rows, t.shape[1]), tuple(RowRange(source, a, z) for a, z in ranges)))
+        rows = sum(z - a + pad for a, z in ranges)
+        parts = tuple(p for a, z in ranges for p in (RowRange(source, a, z), *((ZeroRows(pad),) if pad else ())))
+        self._add(WeightUse(name, role, t.format, (rows, t.shape[1]), parts))
         return name
 
-    def vector_ranges(self, name: str, role: str, source: str, n: int, ranges: list[tuple[int, int]]) -> str:
+    def vector_ranges(
+        self, name: str, role: str, source: str, n: int, ranges: list[tuple[int, int]], *, pad: int = 0
+    ) -> str:
         """A vector made of several element ranges of one GGUF vector [n], in order (qwen35's
         attn_q.bias: each head's query entries, apart from the output gate's interleaved with
-        them); the vector must be stored one element per block (F32, F16, BF16)."""
+        them); the vector must be stored one element per block (F32, F16, BF16). With `pad`, each
+        range followed by that many zeros (row_ranges)."""
         t = self.source(source, (n,))
         if t.format not in ("F32", "F16", "BF16") or not ranges or any(not 0 <= a < z <= n for a, z in ranges):
             raise CompileError(f"{self.path}: cannot take elements {ranges[:2]}... of {source} ({t.format} [{n}])")
-        self._add(
-            WeightUse(
-                name,
-                role,
-                t.format,
-                (sum(z - a for a, z in ranges),),
-                tuple(ElementRange(source, a, z) for a, z in ranges),
-            )
-        )
+        parts = tuple(p for a, z in ranges for p in (ElementRange(source, a, z), *((ZeroRows(pad),) if pad else ())))
+        self._add(WeightUse(name, role, t.format, (sum(z - a + pad for a, z in ranges),), parts))
         return name
 
     def head_gains(self, name: str, role: str, source: str, n_heads: int, head_dim: int) -> str:

@@ -33,10 +33,28 @@ class Sizes:
     n_kv_heads: int
     head_dim: int
     vocab_size: int
+    # values narrower than the keys (attention.value_length < key_length: minicpm3, mimo2); 0: head_dim.
+    # The V projection is zero-padded to head_dim per KV head (the KV cache's rows have one head
+    # size), and the attention's output is cut back to v_dim per head before attn_output.
+    v_dim: int = 0
 
     @property
     def q_width(self) -> int:
         return self.n_heads * self.head_dim
+
+    @property
+    def v_head(self) -> int:
+        """The values' head size (the keys' unless narrower)."""
+        return self.v_dim or self.head_dim
+
+    @property
+    def narrow_values(self) -> bool:
+        return self.v_head < self.head_dim
+
+    @property
+    def att_width(self) -> int:
+        """The width attn_output reads: every query head's values."""
+        return self.n_heads * self.v_head
 
     @property
     def kv_width(self) -> int:
@@ -280,14 +298,33 @@ def qkv_weights(b: ModelBuilder, p: str, sizes: Sizes) -> tuple[str, str, str]:
     gains from one fused matmul concatenates them again in its lowering (ModelBuilder.concat)."""
     e, q, kv = sizes.n_embd, sizes.q_width, sizes.kv_width
     fused = p + "attn_qkv.weight"
+    vw = sizes.n_kv_heads * sizes.v_head  # V's rows in the file
     if not b.has(fused):
-        return tuple(b.tensor(f"{p}attn_{x}.weight", f"attn_{x}", (w, e)) for x, w in (("q", q), ("k", kv), ("v", kv)))
-    shape = (q + 2 * kv, e)
+        qk = tuple(b.tensor(f"{p}attn_{x}.weight", f"attn_{x}", (w, e)) for x, w in (("q", q), ("k", kv)))
+        if not sizes.narrow_values:
+            return (*qk, b.tensor(p + "attn_v.weight", "attn_v", (kv, e)))
+        return (*qk, padded_values(b, p + "attn_v.weight", "attn_v", p + "attn_v.weight", (vw, e), 0, sizes))
+    shape = (q + kv + vw, e)
+    v = (
+        padded_values(b, fused + ":v", "attn_v", fused, shape, q + kv, sizes)
+        if sizes.narrow_values
+        else b.rows(fused + ":v", "attn_v", fused, shape, q + kv, q + 2 * kv)
+    )
     return (
         b.rows(fused + ":q", "attn_q", fused, shape, 0, q),
         b.rows(fused + ":k", "attn_k", fused, shape, q, q + kv),
-        b.rows(fused + ":v", "attn_v", fused, shape, q + kv, q + 2 * kv),
+        v,
     )
+
+
+def padded_values(
+    b: ModelBuilder, name: str, role: str, source: str, shape: tuple[int, int], start: int, sizes: Sizes
+) -> str:
+    """The V projection of narrower values as a weight of head_dim rows per KV head: each head's
+    v_dim rows of `source` from row `start`, then zero rows (sizes.v_dim)."""
+    vd, hd = sizes.v_head, sizes.head_dim
+    ranges = [(start + h * vd, start + (h + 1) * vd) for h in range(sizes.n_kv_heads)]
+    return b.row_ranges(name + ":padded", role, source, shape, ranges, pad=hd - vd)
 
 
 def attention(
@@ -339,11 +376,24 @@ def attention(
     b.op("attention", (q,), (att,), sinks, layer=kv, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
          head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
     if gate is not None:
+        if sizes.narrow_values:
+            raise ValueError("an output gate over narrower values is not planned")  # a recipe bug
         rows, buf = {"head": sizes.n_heads, "value": sizes.q_width}[gate], "attn_gate" + sfx
         b.unused(p + "attn_gate.scale", UNUSED_SCALE)
         b.op("matmul", (src,), (buf,), (b.tensor(p + "attn_gate.weight", "attn_gate", (rows, sizes.n_embd)),))
         b.op("swiglu", (buf, att), (att,), activation=gate_fn)
-    linear(b, att, dst, p + "attn_output", (sizes.n_embd, sizes.q_width), bias=out_bias)
+    att = narrow(b, att, sizes)
+    linear(b, att, dst, p + "attn_output", (sizes.n_embd, sizes.att_width), bias=out_bias)
+
+
+def narrow(b: ModelBuilder, att: str, sizes: Sizes) -> str:
+    """The attention output `att` (head_dim per query head) cut to the values' v_dim per head, into
+    buffer att{...}_v, when the values are narrower (their zero padding dropped); else `att`."""
+    if not sizes.narrow_values:
+        return att
+    out = b.buffer(att + "_v", "T", sizes.att_width)
+    b.op("slice_heads", (att,), (out,), heads=sizes.n_heads, width=sizes.v_head)
+    return out
 
 
 def head_norms(b: ModelBuilder, p: str, sizes: Sizes, eps: float, q: str = "q", k: str | None = "k") -> None:
@@ -367,16 +417,30 @@ def qkv_projections(
     into q{sfx}, k{sfx}, v{sfx}."""
     fused_scale = weight_scale(b, p + "attn_qkv")
     fused_bias = p + "attn_qkv.bias"  # with a fused attn_qkv only: Q's, K's and V's entries in turn
-    q, kv = sizes.q_width, sizes.kv_width
-    spans = {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
-    for proj, w, width in zip("qkv", qkv_weights(b, p, sizes), (q, kv, kv)):
+    q, kv, vw = sizes.q_width, sizes.kv_width, sizes.n_kv_heads * sizes.v_head
+    spans = {"q": [(0, q)], "k": [(q, q + kv)], "v": [(q + kv, q + kv + vw)]}
+    pads = {"q": 0, "k": 0, "v": 0}
+    if sizes.narrow_values:  # each KV head's values, then zeros up to head_dim (padded_values)
+        vd = sizes.v_head
+        spans["v"] = [(q + kv + h * vd, q + kv + (h + 1) * vd) for h in range(sizes.n_kv_heads)]
+        pads["v"] = sizes.head_dim - vd
+    for proj, w, width in zip("qkv", qkv_weights(b, p, sizes), (q, kv, vw)):
         buf = proj + sfx
         b.op("matmul", (src,), (buf,), (w,))
         scale = fused_scale if fused_scale is not None else weight_scale(b, f"{p}attn_{proj}")
         if scale is not None and scale != 1.0:
             b.op("scale", (buf,), (buf,), factor=scale)
         if b.has(fused_bias) and b.has(p + "attn_qkv.weight"):
-            bias = b.vector_ranges(f"{fused_bias}:{proj}", f"attn_{proj}_bias", fused_bias, q + 2 * kv, [spans[proj]])
+            bias = b.vector_ranges(
+                f"{fused_bias}:{proj}", f"attn_{proj}_bias", fused_bias, q + kv + vw, spans[proj], pad=pads[proj]
+            )
+        elif pads[proj] and b.has(f"{p}attn_{proj}.bias"):
+            name = f"{p}attn_{proj}.bias"
+            off = -spans[proj][0][0]
+            bias = b.vector_ranges(
+                name + ":padded", f"attn_{proj}_bias", name, width, [(a + off, z + off) for a, z in spans[proj]],
+                pad=pads[proj],
+            )  # fmt: skip
         else:
             bias = b.optional_tensor(f"{p}attn_{proj}.bias", f"attn_{proj}_bias", (width,))
         if bias:

@@ -239,7 +239,7 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
     arch_ops = _arch_ops_params(ops)
     if arch_ops is not None:
         parts.append(part("cpu_arch_ops.c.j2", arch_ops))
-    if "head_matmul" in ops or "concat_heads" in ops:
+    if "head_matmul" in ops or "concat_heads" in ops or "slice_heads" in ops:
         parts.append(part("cpu_mla.c.j2", _mla_params(entries, ops.get("head_matmul", []))))
     if moe is not None:
         parts.append(part("cpu_moe.c.j2", moe))

@@ -491,6 +491,13 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
                                       "heads": heads, "wa": self.width(a) // heads, "wb": self.width(b) // heads},
                      {a, b}, {out})  # fmt: skip
 
+    def _slice_heads(self, op: Op) -> Phase:
+        (x,), (out,) = op.inputs, op.outputs
+        heads = int(op.attrs["heads"])
+        return Phase("slice_heads", {"x": self.buf(x), "out": self.buf(out), "rows": self.rows(x), "heads": heads,
+                                     "stride": self.width(x) // heads, "width": int(op.attrs["width"])},
+                     {x}, {out})  # fmt: skip
+
     def _gather_rows(self, op: Op) -> Phase:
         x = op.inputs[0]
         return Phase(

@@ -550,6 +550,19 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
             wb=wb,
         )
 
+    def _slice_heads(self, op: Op) -> KernelSpec:
+        heads, width = int(op.attrs["heads"]), int(op.attrs["width"])
+        stride = self._width(op.inputs[0]) // heads
+        return self._rowwise(
+            op,
+            "gpu_slice_heads.hip.j2",
+            f"rfc_slice_heads_{heads}x{stride}x{width}",
+            heads * width,
+            heads=heads,
+            stride=stride,
+            part=width,
+        )
+
     def _gather_rows(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
         return self._rowwise(op, "gpu_gather_rows.hip.j2", f"rfc_gather_rows_{width}", width)
@@ -857,6 +870,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "slot_scale": ("out",),
         "head_matmul": ("out",),
         "concat_heads": ("out",),
+        "slice_heads": ("out",),
         "ssm_conv": ("out",),
         "gated_delta_net": ("out",),
         "short_conv": ("out",),

@@ -318,6 +318,11 @@ class ReferenceDevice(HostState, InterpretedDevice):
             len(a), -1
         )
 
+    def op_slice_heads(self, outs, ins, weights, attrs, batch):
+        (x,) = ins
+        heads, width = attrs["heads"], attrs["width"]
+        outs[0][...] = x.reshape(len(x), heads, -1)[:, :, :width].reshape(len(x), -1)
+
     # -- recurrent state (runtime/devices/state.py: HostState, sized by the loader) ---------------
     @property
     def state_spec(self) -> StateSpec:

@@ -164,6 +164,11 @@ ADDED = (
     # them 0.43)
     "deepseek32-moe",
     "glm-dsa-moe",
+    # the recipes of 2026-11-29's third session. minicpm3-narrow (MiniCPM3's keys of 64 + 32 and values of 64:
+    # padded in the cache, cut after attention): with the values taken from the key rows 2.2, with RoPE on each
+    # query head's first dims 0.21, without the residual multiplier 0.017 (the dense file 1.1e-3)
+    "minicpm3-dense",
+    "minicpm3-narrow",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -185,13 +190,14 @@ CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 # expert's gate, fused gate/up with partial adjacent RoPE, learned positions, ALiBi, a per-channel
 # division, Q/K/V clamps without RoPE, per-layer head geometries and a linear attention, a looped stack,
 # capped scores with GELU experts, per-head sigmoid and softplus gates, norms at two epsilons, fused
-# experts beside a fused shared expert, layers of two head counts, Mamba-1's per-state decay); the others
+# experts beside a fused shared expert, layers of two head counts, Mamba-1's per-state decay, values narrower
+# than keys); the others
 # are `exhaustive`.
 CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
     "deci-varied", "nanbeige-looped", "grok-capped", "muse-glimmer-swa", "spark2_5-swa", "granite_swa-moe",
-    "laguna-xs", "mamba-falcon",
+    "laguna-xs", "mamba-falcon", "minicpm3-narrow",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

@@ -199,6 +199,7 @@ def build_model(rope_style: str) -> tuple[HParams, Plan, WeightLayout, bytes]:
         blob.add(f"heads.{fmt}", fmt, (MLA_HEADS, 24, k), weight_bytes(fmt, MLA_HEADS * 24, k, rng))
         ops.append(Op("head_matmul", ("hx",), ("hy",), (f"heads.{fmt}",), {"heads": MLA_HEADS}))
     ops.append(Op("concat_heads", ("hx", "hy"), ("hxy",), (), {"heads": MLA_HEADS}))
+    ops.append(Op("slice_heads", ("hxy",), ("hs",), (), {"heads": MLA_HEADS, "width": 8}))
     blob.add("norm", "F32", (N_EMBD,), f32(1.0 + 0.1 * rng.standard_normal(N_EMBD)))
     blob.add("norm16", "F16", (N_EMBD,), (1.0 + 0.1 * rng.standard_normal(N_EMBD)).astype(np.float16).tobytes())
     blob.add("bias", "F32", (N_ROWS,), f32(rng.standard_normal(N_ROWS)))
@@ -606,6 +607,11 @@ def test_head_matmul_and_concat_heads(kit: Kit, fmt: str, pad: int):
     got, want = run_both(kit, op, [np.zeros((5, x.shape[1] + want[0].shape[1]), np.float32)], [x, want[0]], [], None)
     np.testing.assert_array_equal(got[0], want[0])
     assert np.array_equal(want[0].reshape(5, MLA_HEADS, -1)[:, 1, : k + pad], x.reshape(5, MLA_HEADS, -1)[:, 1])
+    # and back: each head's first k + pad values (minicpm3's and mimo2's narrower values, cut after attention)
+    op = Op("slice_heads", ("hxy",), ("hs",), (), {"heads": MLA_HEADS, "width": k + pad})
+    got, want = run_both(kit, op, [np.full_like(x, np.nan)], [want[0]], [], None)
+    np.testing.assert_array_equal(got[0], x)
+    np.testing.assert_array_equal(want[0], x)
 
 
 def test_swiglu_add_add_bias_gather(kit: Kit):

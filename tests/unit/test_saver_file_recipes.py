@@ -460,3 +460,39 @@ def test_jamba_caches_its_attention_layers_only(tmp_path):
     assert _routes(spec) == [{"n_used": 2, "norm": False}]
     a = "jamba"
     _refused(_edited(f"{a}-dense", tmp_path, keys={f"{a}.ssm.inner_size": (4, 256)}), "2 x n_embd")
+
+
+def test_zero_bytes_are_zeros_in_every_gguf_format():
+    """Values narrower than the keys are padded with zero rows in the weight's own format
+    (compiler/weights.py ZeroRows): all-zero bytes must decode to zeros in every format a GGUF holds."""
+    from rfc.artifacts.formats import FORMATS
+    from rfc.runtime.model.quants import dequantize
+
+    for name, f in FORMATS.items():
+        if f.base is None:  # a format of the file, not a repacked layout
+            x = dequantize(np.zeros(3 * f.block_bytes, np.uint8), name, (3 * f.block_elems,))
+            assert not np.any(x), name
+
+
+def test_minicpm3_pads_its_values_to_the_keys_head_size_and_cuts_them_after_attention(tmp_path):
+    """minicpm3-narrow: keys of 64 + 32, values of 64. Each head's value rows of attn_kv_b, then 32
+    zero rows (the KV cache's rows have one head size); the attention's output cut back to 64 per
+    head before attn_output; one rope key per token, repeated per head."""
+    from rfc.compiler.weights import RowRange, ZeroRows
+
+    spec = spec_of(_model("minicpm3-narrow", tmp_path))
+    uses = {w.name: w for w in spec.weights}
+    values = uses["blk.0.attn_kv_b.weight:v"]
+    assert values.shape == (2 * 96, 512)
+    assert values.parts == (RowRange("blk.0.attn_kv_b.weight", 64, 128), ZeroRows(32),
+                            RowRange("blk.0.attn_kv_b.weight", 192, 256), ZeroRows(32))  # fmt: skip
+    keys = uses["blk.0.attn_kv_b.weight:k"]
+    assert keys.parts == (RowRange("blk.0.attn_kv_b.weight", 0, 64), RowRange("blk.0.attn_kv_b.weight", 128, 192))
+    assert uses["blk.0.attn_kv_a_mqa.weight:rope"].parts == (RowRange("blk.0.attn_kv_a_mqa.weight", 512, 544),) * 2
+    cut = [op for op in spec.plan.ops if op.kind == "slice_heads"]
+    assert len(cut) == 2 and cut[0].attrs == {"heads": 2, "width": 64}
+    att = next(op for op in spec.plan.ops if op.kind == "attention")
+    assert (att.attrs["n_kv_heads"], att.attrs["head_dim"], spec.plan.kv.head_dim) == (2, 96, 96)
+    assert att.attrs["scale"] == pytest.approx(96**-0.5)
+    out = next(op for op in spec.plan.ops if op.kind == "matmul" and op.weights[0] == "blk.0.attn_output.weight")
+    assert out.inputs == cut[0].outputs

@@ -508,6 +508,11 @@ _P]}  # fmt: skip
         )
         return fn, (w.ptr, w.row_bytes, x.ptr, x.array.shape[0], heads, op.attr("stride") or k, n, k, outs[0].ptr)
 
+    def _op_slice_heads(self, op, outs, ins, weights, batch):
+        (x,), heads = ins, op.attrs["heads"]
+        fn = _declare(self._lib, "rfc_slice_heads", [_P, _P, c_int, c_int, c_int, c_int])
+        return fn, (x.ptr, outs[0].ptr, x.array.shape[0], heads, x.array.shape[1] // heads, op.attrs["width"])
+
     def _op_concat_heads(self, op, outs, ins, weights, batch):
         (a, b), heads = ins, op.attrs["heads"]
         fn = _declare(self._lib, "rfc_concat_heads", [_P, _P, _P, c_int, c_int, c_int, c_int])
