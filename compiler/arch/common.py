@@ -342,6 +342,7 @@ def attention(
     sfx: str = "",
     gate: str | None = None,
     gate_fn: str = "sigmoid",
+    qkv_extras: bool = True,
 ) -> None:
     """dst = attn_output(attention(rope(norm?(Q src)), rope(norm?(K src)), V src)) for layer i.
     Every projection's weight scale and bias are applied where the file has them (llama.cpp's
@@ -354,11 +355,13 @@ def attention(
     `gate`: the attention's output times `gate_fn`(`attn_gate` src) before attn_output (build_lora_mm:
     no scale), into buffer `attn_gate{sfx}` the recipe declares: "head", one gate per head ([n_heads,
     n_embd]: spark2_5), or "value", one per value ([q_width, n_embd]: muse-glimmer); `gate_fn` sigmoid,
-    or softplus (laguna)."""
+    or softplus (laguna). `qkv_extras` False: the graph multiplies by Q, K and V alone (build_lora_mm
+    without scale or bias: mimo2), their `.scale` and `.bias` known and unused.
+    Values narrower than the keys (sizes.v_dim) are cut back after attention (narrow)."""
     p = f"blk.{i}."
     kv = i if layer is None else layer
     q, k, v, att = (name + sfx for name in ("q", "k", "v", "att"))
-    qkv_projections(b, p, sizes, src, cfg.clamp, sfx=sfx)
+    qkv_projections(b, p, sizes, src, cfg.clamp, sfx=sfx, extras=qkv_extras)
     if sfx and cfg.qk_norm_rows:
         raise ValueError("whole-row Q/K norms in another geometry's buffers are not planned")  # a recipe bug
     if cfg.qk_norm and cfg.qk_norm_rows:
@@ -407,14 +410,31 @@ def head_norms(b: ModelBuilder, p: str, sizes: Sizes, eps: float, q: str = "q", 
 
 
 def qkv_projections(
-    b: ModelBuilder, p: str, sizes: Sizes, src: str = "h", clamp: float | None = None, *, sfx: str = ""
+    b: ModelBuilder,
+    p: str,
+    sizes: Sizes,
+    src: str = "h",
+    clamp: float | None = None,
+    *,
+    sfx: str = "",
+    extras: bool = True,
 ) -> None:
     """q, k, v = the layer's Q, K and V projections of src (prefix `p`), each times its weight
     scale and plus its bias where the file has them (llama.cpp's build_qkv: a fused attn_qkv's
     scale scales all three, its attn_qkv.bias adds to all three; with it the separate biases are
     not read, as llama.cpp's loader does not); with `clamp` each is then clamped to [-clamp, clamp]
     (build_qkv's f_clamp_kqv). Every recipe that builds its own attention starts from here. `sfx`:
-    into q{sfx}, k{sfx}, v{sfx}."""
+    into q{sfx}, k{sfx}, v{sfx}. `extras` False: the matmuls alone, every `.scale` and `.bias` of
+    them known and unused (the graph calls build_lora_mm(w, cur) on each)."""
+    if not extras:
+        for name in ("attn_qkv", "attn_q", "attn_k", "attn_v"):
+            b.unused(f"{p}{name}.scale", UNUSED_SCALE)
+            b.unused(f"{p}{name}.bias", UNUSED_BIAS)
+        for proj, w in zip("qkv", qkv_weights(b, p, sizes)):
+            b.op("matmul", (src,), (proj + sfx,), (w,))
+            if clamp:
+                b.op("clamp", (proj + sfx,), (proj + sfx,), limit=clamp)
+        return
     fused_scale = weight_scale(b, p + "attn_qkv")
     fused_bias = p + "attn_qkv.bias"  # with a fused attn_qkv only: Q's, K's and V's entries in turn
     q, kv, vw = sizes.q_width, sizes.kv_width, sizes.n_kv_heads * sizes.v_head
@@ -489,6 +509,8 @@ def linear(
 
 # Why a `.scale` that the graph does not apply is known and unused.
 UNUSED_SCALE = "llama.cpp's loader reads every weight's .scale and this architecture's graph does not apply it"
+# Why a Q/K/V `.bias` that the graph does not add is known and unused (create_tensor_qkv loads them).
+UNUSED_BIAS = "llama.cpp's loader reads the Q/K/V biases and this architecture's graph does not add them"
 
 
 def glu_ffn(

@@ -9,10 +9,13 @@ from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS
 from rfc.compiler.errors import CompileError
 
 
-def read_layer_shapes(md: Metadata, *, sublayers_optional: bool) -> tuple[Sizes, tuple[Sizes, ...], tuple[int, ...]]:
+def read_layer_shapes(
+    md: Metadata, *, sublayers_optional: bool, narrow_values: bool = False
+) -> tuple[Sizes, tuple[Sizes, ...], tuple[int, ...]]:
     """(the model's sizes: those of the layer with the widest KV row, each layer's sizes, each layer's
     FFN width), every count bounded before anything is sized. `sublayers_optional` (deci): a layer
-    may have no heads, no KV heads or no FFN (0); else each has all three."""
+    may have no heads, no KV heads or no FFN (0); else each has all three. `narrow_values` (mimo2):
+    `attention.value_length` may be below key_length (Sizes.v_dim); else it must equal it."""
     model = md.model
     lo = 0 if sublayers_optional else 1
     n_embd = md.int("embedding_length", 1, MAX_EMBD)
@@ -23,14 +26,16 @@ def read_layer_shapes(md: Metadata, *, sublayers_optional: bool) -> tuple[Sizes,
     if not any(heads):
         raise CompileError(f"{md.path}: no layer has attention heads")
     head_dim = md.int("attention.key_length", 1, MAX_HEAD_DIM, default=max(1, n_embd // max(1, heads[0])))
-    if md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim) != head_dim:
-        raise CompileError(f"{md.path}: attention.value_length != key_length is not supported")
+    v_dim = md.int("attention.value_length", 1, MAX_HEAD_DIM, default=head_dim)
+    if v_dim > head_dim or (v_dim < head_dim and not narrow_values):
+        raise CompileError(f"{md.path}: attention.value_length {v_dim} != key_length {head_dim} is not supported")
+    v_dim = 0 if v_dim == head_dim else v_dim
     vocab = embedding_rows(md)
     layers = []
     for i in range(n_layers):
         if kv_heads[i] > heads[i] or (kv_heads[i] and heads[i] % kv_heads[i]):
             raise CompileError(f"{md.path}: layer {i}'s head_count {heads[i]} is not a multiple of its KV heads")
-        layers.append(Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim, vocab))
+        layers.append(Sizes(n_embd, n_layers, heads[i], kv_heads[i], head_dim, vocab, v_dim=v_dim))
     widest = max((ls for ls in layers if ls.n_kv_heads), key=lambda ls: ls.kv_width, default=None)
     if widest is None:
         raise CompileError(f"{md.path}: no layer has KV heads (a layer-shaped stack needs an attention layer)")

@@ -60,7 +60,7 @@ def sliding_rope(md: Metadata, rope: Rope) -> Rope:
 def require_one_head_size(md: Metadata, sizes: Sizes, n_rot: int | None) -> None:
     """Refuses sliding layers of another head size than the model's, or (`n_rot` not None) another
     RoPE width than n_rot, which the architecture's graph does not build."""
-    want = {"attention.key_length_swa": sizes.head_dim, "attention.value_length_swa": sizes.head_dim}
+    want = {"attention.key_length_swa": sizes.head_dim, "attention.value_length_swa": sizes.v_head}
     if n_rot is not None:
         want["rope.dimension_count_swa"] = n_rot
     for key, size in want.items():

@@ -578,46 +578,37 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name,kind",
+    "name,kind,target",
     [
         # the ungated FFNs' GELU and a fused attn_qkv whose bias is split with it, in Pythia's layout
         # (attention and FFN from two LayerNorms of the same x)
-        pytest.param("gptneox-parallel", "gelu", marks=toolchain_marks("gfx1100")),
+        pytest.param("gptneox-parallel", "gelu", "gfx1100", marks=toolchain_marks("gfx1100")),
         # OLMo 1.7's Q/K/V clamp and its LayerNorms without weight or bias
-        pytest.param("olmo-dense", "clamp", marks=toolchain_marks("sm_90")),
+        pytest.param("olmo-dense", "clamp", "sm_90", marks=toolchain_marks("sm_90")),
         # gpt2's learned positions: a prompt at positions 0..12, then a decode step at 13
-        pytest.param("gpt2-dense", "pos_embed", marks=toolchain_marks("gfx90a")),
+        pytest.param("gpt2-dense", "pos_embed", "gfx90a", marks=toolchain_marks("gfx90a")),
         # mpt's AWQ activation scales (a division per channel after the GELU), its ALiBi and clamp
-        pytest.param("mpt-dense", "channel_div", marks=toolchain_marks("gfx1100")),
+        pytest.param("mpt-dense", "channel_div", "gfx1100", marks=toolchain_marks("gfx1100")),
         # maple's clamped SwiGLU experts (clamp 0.5, biting) and RoPE on its sliding-window layer alone
-        pytest.param("maple-tight", "silu_clamp", marks=toolchain_marks("sm_90")),
+        pytest.param("maple-tight", "silu_clamp", "sm_90", marks=toolchain_marks("sm_90")),
         # spark2_5's sigmoid gate per attention head ([T, n_heads] over [T, n_heads x head_dim])
-        pytest.param("spark2_5-swa", "sigmoid", marks=toolchain_marks("sm_90")),
+        pytest.param("spark2_5-swa", "sigmoid", "sm_90", marks=toolchain_marks("sm_90")),
         # muse-glimmer's post-norms at eps 1e-8 beside its other norms at 1e-5, its value-wise gate
-        pytest.param("muse-glimmer-swa", "rmsnorm", marks=toolchain_marks("gfx1100")),
+        pytest.param("muse-glimmer-swa", "rmsnorm", "gfx1100", marks=toolchain_marks("gfx1100")),
         # laguna's softplus gates, one per head on layer 0 and one per value on layer 1 (of another head count)
-        pytest.param("laguna-xs", "softplus", marks=toolchain_marks("gfx90a")),
+        pytest.param("laguna-xs", "softplus", "gfx90a", marks=toolchain_marks("gfx90a")),
         # minicpm3's values narrower than its keys: zero-padded in the KV cache, cut per head after attention
-        pytest.param("minicpm3-narrow", "slice_heads", marks=toolchain_marks("sm_90")),
+        pytest.param("minicpm3-narrow", "slice_heads", "sm_90", marks=toolchain_marks("sm_90")),
+        # mimo2's too, with layers of 1 and 2 KV heads (the KV rows the wider one's), sinks on the sliding layer
+        pytest.param("mimo2-flash", "slice_heads", "gfx90a", marks=toolchain_marks("gfx90a")),
     ],
 )
-def test_saver_files_new_ops(name, kind, gpu_build_cache, tmp_path):
+def test_saver_files_new_ops(name, kind, target, gpu_build_cache, tmp_path):
     """The ops the saver files of tests/e2e/test_llama_archs.py brought, in those files, the whole
     model against the reference."""
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.e2e.test_llama_archs import _model
 
-    target = {
-        "gelu": "gfx1100",
-        "clamp": "sm_90",
-        "pos_embed": "gfx90a",
-        "channel_div": "gfx1100",
-        "silu_clamp": "sm_90",
-        "sigmoid": "sm_90",
-        "rmsnorm": "gfx1100",
-        "softplus": "gfx90a",
-        "slice_heads": "sm_90",
-    }[kind]
     out = tmp_path / "bundle"
     compile_model(
         CompileOptions(model=_model(name, tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)

@@ -496,3 +496,23 @@ def test_minicpm3_pads_its_values_to_the_keys_head_size_and_cuts_them_after_atte
     assert att.attrs["scale"] == pytest.approx(96**-0.5)
     out = next(op for op in spec.plan.ops if op.kind == "matmul" and op.weights[0] == "blk.0.attn_output.weight")
     assert out.inputs == cut[0].outputs
+
+
+def test_mimo2_runs_the_biases_and_scales_its_graph_does(tmp_path):
+    """mimo2's graph multiplies by Q, K and V alone (their biases and scales known and unused) and
+    applies attn_output's scale; the value scale after attn_output; the sliding layer at its own base
+    and scale 1; a dense FFN's tensors in a layer with a router are known and unused."""
+    spec = spec_of(_model("mimo2-flash", tmp_path))
+    ops = spec.plan.ops
+    for proj in "qkv":
+        assert not any(o.kind == "add_bias" and o.weights[0].startswith(f"blk.0.attn_{proj}") for o in ops)
+    rope = [o.attrs for o in ops if o.kind == "rope"]
+    assert [(r["freq_base"], r["freq_scale"], r["n_rot"], r["n_kv_heads"]) for r in rope] == [
+        (10000.0, 1.0, 32, 1), (1000.0, 1.0, 32, 2)]  # fmt: skip
+    att = [o for o in ops if o.kind == "attention"]
+    assert [o.attrs.get("window") for o in att] == [None, 4] and [len(o.weights) for o in att] == [0, 1]
+    assert spec.plan.kv.n_kv_heads * spec.plan.kv.head_dim == 2 * 96
+    scales = [o.attrs["factor"] for o in ops if o.kind == "scale"]
+    assert scales.count(pytest.approx(0.707)) == 2
+    with pytest.raises(CompileError, match="attention.value_length 128 != key_length 96"):
+        spec_of(_edited("mimo2-flash", tmp_path, keys={"mimo2.attention.value_length": (4, 128)}))
