@@ -165,6 +165,7 @@ RECIPES: dict[str, Recipe] = {
     "mellum": mellum.build,
     "minicpm": granite.build_minicpm,
     "minicpm3": minicpm3.build,
+    "plm": minicpm3.build_plm,
     "mimo2": mimo2.build,
     "minimax-m2": minimax_m2.build,
     "mistral3": mistral3.build,

@@ -169,6 +169,9 @@ ADDED = (
     # query head's first dims 0.21, without the residual multiplier 0.017 (the dense file 1.1e-3)
     "minicpm3-dense",
     "minicpm3-narrow",
+    # plm (no saver file: minicpm3-narrow's sizes with plm's tensors, tools/fixtures/llama_archs.py): 7.7e-4; with
+    # NeoX pairs 0.19, with the values taken from the key rows 4.3
+    "plm-dense",
     # mimo2-flash (keys 96, values 64; layers of 1 and 2 KV heads; a window of 4 at its own base; sinks on the
     # sliding layer; value_scale 0.707): without the value scale 0.42, without the window 0.39, the sliding layer
     # at the global base 0.024, the weights not renormalized 0.025, with the Q/K/V biases the graph leaves out
