@@ -12,7 +12,7 @@ from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSc
 from rfc.artifacts.ops.view import OpView
 
 # swiglu's `activation`
-GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu", "silu_clamp", "softplus")
+GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu", "silu_clamp", "softplus", "silu_cap")
 ROW_GATED = ("sigmoid", "softplus")  # the activations whose gate may be [rows, k] over k segments of up's row
 ROPE_STYLES = ("adjacent", "neox")
 # rope's optional attributes that shape a variant's frequency table (YaRN: rope_inv_freq)
@@ -205,7 +205,7 @@ def _swiglu(v: OpView) -> None:
     same_shape(v)
     if activation == "swiglu_oai":
         v.real_attr("alpha", 0.0, 1e6, open_lo=True)
-    if activation in ("swiglu_oai", "silu_clamp"):
+    if activation in ("swiglu_oai", "silu_clamp", "silu_cap"):
         v.real_attr("limit", 0.0, 1e6, open_lo=True)
 
 
@@ -420,7 +420,9 @@ DEFS = (
             "segments of the row (k = 1: qwen35moe's shared-expert gate; one per head: spark2_5's); 'relu': "
             "out = max(g, 0) * u (with u = g: nemotron_h's "
             "squared ReLU); 'silu_clamp' (maple's experts, ggml_swiglu_clamp): out = g' / (1 + exp(-g')) * u' with "
-            "g' = min(g, limit), u' = clamp(u, -limit, limit); 'softplus' (laguna's attention output gate): "
+            "g' = min(g, limit), u' = clamp(u, -limit, limit); 'silu_cap' (step35, llama.cpp's clamped SwiGLU of the "
+            "other architectures): out = min(g / (1 + exp(-g)), limit) * clamp(u, -limit, limit); 'softplus' "
+            "(laguna's attention output gate): "
             "out = u * softplus(g), softplus(g) = g above 20, else log(1 + exp(g)) (ggml's), its gate possibly "
             "k columns as 'sigmoid''s",
         ),

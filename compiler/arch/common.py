@@ -379,8 +379,8 @@ def attention(
     b.op("attention", (q,), (att,), sinks, layer=kv, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
          head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip
     if gate is not None:
-        if sizes.narrow_values:
-            raise ValueError("an output gate over narrower values is not planned")  # a recipe bug
+        if sizes.narrow_values and gate == "value":  # a gate per head gates the padded heads alike
+            raise ValueError("a gate per value over narrower values is not planned")  # a recipe bug
         rows, buf = {"head": sizes.n_heads, "value": sizes.q_width}[gate], "attn_gate" + sfx
         b.unused(p + "attn_gate.scale", UNUSED_SCALE)
         b.op("matmul", (src,), (buf,), (b.tensor(p + "attn_gate.weight", "attn_gate", (rows, sizes.n_embd)),))
@@ -526,13 +526,15 @@ def glu_ffn(
     bias: bool = True,
     scale: bool = True,
     bufs: tuple[str, str] = ("gate", "up"),
+    limit: float | None = None,
 ) -> None:
     """dst = ffn_down(act(ffn_gate src) * ffn_up src), as llama.cpp's build_ffn: each matmul,
     plus its bias, times its weight scale (linear's `bias_first`). Each architecture's graph passes
     build_ffn its own subset: `bias` False, the biases are not read (a file with one is refused);
     `scale` False, the `.scale` tensors are known and unused. With `fused_gate_up` (phi3)
     `ffn_up` holds 2 n_ff rows, gate first: they are split into two weights like a fused QKV, its
-    scale scaling both. `bufs`: the gate and up buffers (deci's layers of other FFN widths)."""
+    scale scaling both. `bufs`: the gate and up buffers (deci's layers of other FFN widths). `limit`:
+    the activation's limit (swiglu's `limit`: step35's "silu_cap")."""
     g, u = bufs
     p = f"blk.{i}."
     if fused_gate_up:
@@ -548,7 +550,8 @@ def glu_ffn(
     else:
         linear(b, src, g, p + "ffn_gate", (n_ff, e), bias=bias, scale=scale, bias_first=True)
         linear(b, src, u, p + "ffn_up", (n_ff, e), bias=bias, scale=scale, bias_first=True)
-    b.op("swiglu", (g, u), (g,), **({} if activation == "silu" else {"activation": activation}))
+    glu = ({} if activation == "silu" else {"activation": activation}) | ({"limit": limit} if limit else {})
+    b.op("swiglu", (g, u), (g,), **glu)
     linear(b, g, dst, p + "ffn_down", (e, n_ff), bias=bias, scale=scale, bias_first=True)
 
 

@@ -146,6 +146,25 @@ class Metadata:
             raise CompileError(f"{self.path}: metadata {self.key(key)} is not an array of integers in [{lo}, {hi}]")
         return tuple(int(v) for v in value)
 
+    def per_layer_float(
+        self, key: str, n_layers: int, lo: float, hi: float, default: Any = _REQUIRED
+    ) -> tuple[float, ...]:
+        """A finite real in [lo, hi] for every layer: one for all (a scalar) or an array of at
+        least n_layers entries, of which the first n_layers are read (get_key_or_arr: step35's
+        per-layer SwiGLU clamps)."""
+        value = self._raw(key, default)
+        if not isinstance(value, (list, tuple)):
+            return (self.float(key, lo, hi, default),) * n_layers
+        if len(value) < n_layers:
+            raise CompileError(f"{self.path}: metadata {self.key(key)} has {len(value)} entries for {n_layers} layers")
+        value = value[:n_layers]
+        if not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+            for v in value
+        ):
+            raise CompileError(f"{self.path}: metadata {self.key(key)} is not an array of numbers in [{lo}, {hi}]")
+        return tuple(float(v) for v in value)
+
     def text(self, key: str, default: Any = _REQUIRED, max_len: int = 256) -> str:
         """A string shown to people (a model's name): data only, never put into source."""
         value = self._raw(key, default)

@@ -204,6 +204,7 @@ def moe_block(
     limit: float | None = None,
     mix: float = 1.0,
     probs_bias: str = "exp_probs_b.bias",
+    shared_glu: dict | None = None,
 ) -> None:
     """residual += routed experts(src) (+ shared experts(src)), for layer i.
 
@@ -232,7 +233,8 @@ def moe_block(
     sum, routed and shared, stays in `moe_out` (grok and afmoe norm it first); `limit`: the
     activation's limit ("silu_clamp": maple's swiglu_clamp_exp); `mix`: both sums times this factor
     before they are added (cohere2moe: (routed + shared) x 0.5, the same in float32 for a power of two);
-    `probs_bias`: the selection bias's tensor name in the layer (hy_v3's has no `.bias` suffix)."""
+    `probs_bias`: the selection bias's tensor name in the layer (hy_v3's has no `.bias` suffix);
+    `shared_glu`: the shared experts' swiglu attributes (step35's clamp: activation and limit)."""
     p, n = f"blk.{i}.", sizes.n_embd
     if not scales:
         for name in ("gate_exps", "up_exps", "down_exps", "gate_up_exps", "gate_shexp", "up_shexp", "down_shexp"):
@@ -276,7 +278,7 @@ def moe_block(
             gate = b.vector_row(p + "ffn_gate_inp_shexp.weight", "ffn_gate_inp_shexp", n)
             b.op("matmul", (src,), ("shexp_logit",), (gate,))
             b.op("swiglu", ("shexp_logit", "shexp_up"), ("shexp_up",), activation="sigmoid")
-        b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",))
+        b.op("swiglu", ("shexp_gate", "shexp_up"), ("shexp_gate",), **(shared_glu or {}))
         linear(b, "shexp_gate", src, p + "ffn_down_shexp", (n, width), bias=False, scale=scales)
         if mix != 1.0:
             b.op("scale", (src,), (src,), factor=mix)

@@ -457,6 +457,9 @@ def _oai_params(swiglus: list) -> dict:
               "oai_limit": cpu_step.f32_literal(oai["limit"], "swiglu_oai limit")}  # fmt: skip
     if clamp:  # silu_clamp's limit, compiled in; only then (every other library's source stays as it was)
         params["clamp_limit"] = cpu_step.f32_literal(clamp["limit"], "silu_clamp limit")
+    cap = _uniform([op for op in swiglus if op.attr("activation") == "silu_cap"], "swiglu")
+    if cap:  # likewise silu_cap's
+        params["cap_limit"] = cpu_step.f32_literal(cap["limit"], "silu_cap limit")
     if any(op.attr("activation") == "softplus" for op in swiglus):  # likewise
         params["softplus"] = True
     return params

@@ -49,6 +49,7 @@ GLU_SPANS = {
     "relu": "rfc_relu_glu_span",
     "silu_clamp": "rfc_swiglu_clamp_span",
     "softplus": "rfc_softplus_glu_span",
+    "silu_cap": "rfc_swiglu_cap_span",
 }
 
 

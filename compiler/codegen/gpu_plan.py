@@ -472,10 +472,10 @@ class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, 
                                  activation=activation, row_gate=True, gates=gates)  # fmt: skip
         name = f"rfc_swiglu_{width}" if activation == "silu" else f"rfc_glu_{activation}_{width}"
         oai = {}
-        if activation == "silu_clamp":  # the limit, in the kernel's name too (one kernel per limit)
+        if activation in ("silu_clamp", "silu_cap"):  # the limit, in the kernel's name too (one kernel per limit)
             limit = float(op.attr("limit"))
             if not (math.isfinite(limit) and 0.0 < limit <= 1e6):
-                raise CompileError(f"silu_clamp limit {limit} is out of range")
+                raise CompileError(f"{activation} limit {limit} is out of range")
             name += f"_l{struct.unpack('<I', struct.pack('<f', limit))[0]:08x}"
             return self._rowwise(op, GLU_TEMPLATE, name, width, activation=activation, limit=limit)
         if activation == "swiglu_oai":  # its constants, in the kernel's name too (one kernel per pair)

@@ -139,6 +139,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
             limit = np.float32(attrs["limit"])
             x = np.minimum(g, limit)
             outs[0][...] = x / (np.float32(1.0) + np.exp(-x)) * np.clip(u, -limit, limit)
+        elif attrs["activation"] == "silu_cap":  # build_ffn / build_moe_ffn's clamped SwiGLU (step35)
+            limit = np.float32(attrs["limit"])
+            outs[0][...] = np.minimum(g / (np.float32(1.0) + np.exp(-g)), limit) * np.clip(u, -limit, limit)
         elif attrs["activation"] == "swiglu_oai":
             limit, alpha = np.float32(attrs["limit"]), np.float32(attrs["alpha"])
             x = np.minimum(g, limit)

@@ -601,6 +601,8 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
         pytest.param("minicpm3-narrow", "slice_heads", "sm_90", marks=toolchain_marks("sm_90")),
         # mimo2's too, with layers of 1 and 2 KV heads (the KV rows the wider one's), sinks on the sliding layer
         pytest.param("mimo2-flash", "slice_heads", "gfx90a", marks=toolchain_marks("gfx90a")),
+        # step35's capped SwiGLUs (dense FFN, experts, shared expert) and its per-head gates over narrower values
+        pytest.param("step35-dense", "silu_cap", "gfx1100", marks=toolchain_marks("gfx1100")),
     ],
 )
 def test_saver_files_new_ops(name, kind, target, gpu_build_cache, tmp_path):

@@ -516,3 +516,17 @@ def test_mimo2_runs_the_biases_and_scales_its_graph_does(tmp_path):
     assert scales.count(pytest.approx(0.707)) == 2
     with pytest.raises(CompileError, match="attention.value_length 128 != key_length 96"):
         spec_of(_edited("mimo2-flash", tmp_path, keys={"mimo2.attention.value_length": (4, 128)}))
+
+
+def test_step35_rotates_half_its_rope_dims_on_global_layers_and_caps_its_swiglus(tmp_path):
+    """step35's loader halves rope.dimension_count for the global layers (64 -> 32) and leaves the
+    sliding layers' rope.dimension_count_swa (96) whole; its clamps are min(silu(g), c) x clamp(u),
+    the experts' by swiglu_clamp_exp, the shared expert's and the dense FFN's by swiglu_clamp_shexp."""
+    spec = spec_of(_model("step35-dense", tmp_path))
+    ops = spec.plan.ops
+    assert [(o.attrs["n_rot"], o.attrs["freq_base"]) for o in ops if o.kind == "rope"] == [(32, 10000.0), (96, 1000.0)]
+    glus = [o.attrs for o in ops if o.kind == "swiglu" and o.attrs.get("activation") == "silu_cap"]
+    assert len(glus) == 3 and [g["limit"] for g in glus] == pytest.approx([0.4] * 3)
+    assert sum(o.kind == "swiglu" and o.attrs.get("activation") == "sigmoid" for o in ops) == 2  # the per-head gates
+    path = _edited("step35-dense", tmp_path, keys={"step35.rope.dimension_count": (4, 6)})
+    _refused(path, "rotate half of it, which must be even")

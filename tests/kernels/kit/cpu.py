@@ -542,6 +542,7 @@ _P]}  # fmt: skip
                     "swiglu_oai": "rfc_swiglu_oai",
                     "relu": "rfc_reluglu",
                     "silu_clamp": "rfc_swiglu_clamp",
+                    "silu_cap": "rfc_swiglu_cap",
                 }[act],
                 op,
             )
