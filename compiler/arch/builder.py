@@ -83,23 +83,32 @@ class ModelBuilder:
         """The value of a one-element F32 tensor (a learned scalar: a matmul's weight scale, a
         layer's output scale), read now for an op attribute; None when the file has no such
         tensor. Finite and at most MAX_SCALAR in magnitude, like any number of a plan."""
+        if name not in self.model.tensors:
+            return None
+        return self.scalars(name, 1)[0]
+
+    def scalars(self, name: str, n: int) -> tuple[float, ...]:
+        """The n values of an F32 tensor [n] (hy_v4's hyper-connection scales, [2]), read now for
+        op attributes; each finite and at most MAX_SCALAR in magnitude (scalar's rule)."""
         t = self.model.tensors.get(name)
         if t is None:
-            return None
-        if t.shape != (1,) or t.format != "F32":
-            raise CompileError(f"{self.path}: {name} is {t.format} {list(t.shape)}, not one F32 value")
+            raise CompileError(f"{self.path}: missing tensor {name}")
+        if t.shape != (n,) or t.format != "F32":
+            what = "one F32 value" if n == 1 else f"{n} F32 values"
+            raise CompileError(f"{self.path}: {name} is {t.format} {list(t.shape)}, not {what}")
         with open(self.model.path, "rb") as f:
             f.seek(t.offset)
-            raw = f.read(4)
-        if len(raw) != 4:
+            raw = f.read(4 * n)
+        if len(raw) != 4 * n:
             raise CompileError(f"{self.path}: {name} lies past the end of the file")
-        value = struct.unpack("<f", raw)[0]
-        if not math.isfinite(value) or abs(value) > MAX_SCALAR:
-            raise CompileError(
-                f"{self.path}: {name} = {value} is not a finite number in [-{MAX_SCALAR:g}, {MAX_SCALAR:g}]"
-            )
+        values = struct.unpack(f"<{n}f", raw)
+        for value in values:
+            if not math.isfinite(value) or abs(value) > MAX_SCALAR:
+                raise CompileError(
+                    f"{self.path}: {name} = {value} is not a finite number in [-{MAX_SCALAR:g}, {MAX_SCALAR:g}]"
+                )
         self._read.add(name)
-        return value
+        return values
 
     def unused(self, name: str, why: str) -> None:
         """Declares a tensor of the file known and not needed by the plan (llama.cpp loads it

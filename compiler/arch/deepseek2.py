@@ -30,7 +30,9 @@ import numpy as np
 
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import Sizes, embedding_rows, glu_ffn, hparams, linear, output_head, read_rope
+from rfc.compiler.arch.common import (
+    UNUSED_SCALE, Sizes, embedding_rows, glu_ffn, hparams, linear, output_head, read_rope,
+)  # fmt: skip
 from rfc.compiler.arch.metadata import (
     MAX_CONTEXT,
     MAX_EMBD,
@@ -168,8 +170,15 @@ def mla_attention(
     nope: int,
     v_dim: int,
     scale: float,
+    *,
+    sinks: bool = False,
+    gate: bool = False,
+    out_scale: bool = True,
 ) -> None:
-    """h = attn_output(MLA(h)) for layer i, absorbed (the module docstring)."""
+    """h = attn_output(MLA(h)) for layer i, absorbed (the module docstring). `sinks`: a sink logit
+    per head (`attn_sinks`); `gate`: the heads' values times sigmoid(`attn_gate` h) (no scale) before
+    attn_output, into buffer `attn_gate` [T, heads x v_dim] (hy_v4's gated MLA); `out_scale` False:
+    attn_output's `.scale` known and unused (hy_v4's graph passes none)."""
     p, e, nh, rot = f"blk.{i}.", sizes.n_embd, sizes.n_heads, rope.n_rot
     head = nope + rot
     if q_lora:
@@ -207,10 +216,16 @@ def mla_attention(
     b.op("concat_heads", ("q_latent", "q_pe"), ("q",), heads=nh)
     b.op("concat_heads", ("latent", "k_pe"), ("k",), heads=1)
     b.op("kv_write", ("k", "k"), (), layer=i)
-    b.op("attention", ("q",), ("att",), layer=i, n_heads=nh, n_kv_heads=1, head_dim=sizes.head_dim, scale=scale)
+    sink = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (nh,)),) if sinks else ()
+    b.op("attention", ("q",), ("att",), sink, layer=i, n_heads=nh, n_kv_heads=1, head_dim=sizes.head_dim, scale=scale)
     wv_b = b.tensor_as(p + "attn_v_b.weight", "attn_v_b", (nh, v_dim, kv_lora))
     b.op("head_matmul", ("att",), ("att_v",), (wv_b,), heads=nh, stride=sizes.head_dim)
-    linear(b, "att_v", "h", p + "attn_output", (e, nh * v_dim), bias=False)  # build_attn: wo with wo_s, no wo_b
+    if gate:
+        b.unused(p + "attn_gate.scale", UNUSED_SCALE)
+        b.op("matmul", ("h",), ("attn_gate",), (b.tensor(p + "attn_gate.weight", "attn_gate", (nh * v_dim, e)),))
+        b.op("swiglu", ("attn_gate", "att_v"), ("att_v",), activation="sigmoid")
+    # build_attn: wo with wo_s, no wo_b
+    linear(b, "att_v", "h", p + "attn_output", (e, nh * v_dim), bias=False, scale=out_scale)
 
 
 def build(model: GGUFModel) -> ModelSpec:

@@ -17,6 +17,7 @@ from rfc.artifacts.formats import FORMATS, Kernels
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_EXPERTS, STEP_SEQS, STEP_TOKENS
 from rfc.artifacts.ops import OP_DEFS, OPS
 from rfc.artifacts.ops import altup as altup_ops
+from rfc.artifacts.ops import hc as hc_ops
 from rfc.artifacts.ops.core import alibi_slopes
 from rfc.artifacts.plan import Plan, rope_inv_freq
 from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
@@ -42,6 +43,8 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 
 # gemma3n's AltUp ops and activation sparsity: row functions of kernels/cpu_altup.h (cpu_step.py's row_op phase)
 ALTUP_OPS = tuple(d.kind for d in altup_ops.DEFS)
+# hy_v4's hyper-connection ops: row functions of kernels/cpu_hc.h
+HC_OPS = tuple(d.kind for d in hc_ops.DEFS)
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ def _arch_ops_params(ops: dict[str, list]) -> dict | None:
         "short_conv": "short_conv" in ops,
         "ssm_scan": any(not cpu_step.per_state_decay(op) for op in ops.get("ssm_scan", [])),
         "altup": any(kind in ops for kind in ALTUP_OPS),
+        "hc": any(kind in ops for kind in HC_OPS),
     }
     if any(cpu_step.per_state_decay(op) for op in ops.get("ssm_scan", [])):  # Mamba-1's (only then: the others'
         groups["ssm_scan1"] = True  # sources stay as they were)

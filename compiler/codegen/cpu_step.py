@@ -36,7 +36,7 @@ from rfc.artifacts.formats import FORMATS, row_nbytes
 from rfc.artifacts.ops import OP_DEFS
 from rfc.artifacts.plan import Buffer, Op, Plan
 from rfc.compiler.codegen.cpu_phase import Phase, f32_literal  # noqa: F401 (f32_literal: read as cpu_step.f32_literal)
-from rfc.compiler.codegen.ops import activations, altup, moe, recurrent
+from rfc.compiler.codegen.ops import activations, altup, hc, moe, recurrent
 from rfc.compiler.errors import CompileError
 
 MAX_SEGMENTS = 8  # rfc_mm_run's per-call segment arrays
@@ -131,7 +131,7 @@ class Lowered:
     barriers: int
 
 
-class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering, altup.CpuLowering):
+class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering, altup.CpuLowering, hc.CpuLowering):
     def __init__(self, plan: Plan, entries: dict, vectors: dict[str, list]):
         self.plan = plan
         self.entries = entries
@@ -550,6 +550,7 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
             "ssm_scan",
             "ssm_conv",
             "altup_correct",
+            "hc_gates",
         ):
             # ssm_conv: its bias (the kernel is read in place)
             for w in op.weights[1:] if op.kind == "ssm_conv" else op.weights:

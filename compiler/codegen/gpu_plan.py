@@ -33,7 +33,7 @@ from rfc.compiler.codegen.gpu_kernel import (  # noqa: F401 (ARG_SIZES, GPU_MAX_
     MAX_THREADS,
     KernelSpec,
 )
-from rfc.compiler.codegen.ops import activations, altup, moe, recurrent
+from rfc.compiler.codegen.ops import activations, altup, hc, moe, recurrent
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 
@@ -291,7 +291,7 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, altup.GpuLowering):
+class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, altup.GpuLowering, hc.GpuLowering):
     def __init__(self, target: Target, plan: Plan, tensors: dict[str, TensorEntry]):
         self.target = target
         self.wave = target.wave_size
@@ -881,6 +881,9 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "altup_add": ("out", "sub"),
         "altup_merge": ("out",),
         "gaussian_topk": ("out",),
+        "hc_gates": ("gates",),
+        "hc_reduce": ("out",),
+        "hc_post": ("out",),
     }[op.kind]
     weights = {
         "embed": ("weight",),
@@ -901,6 +904,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "short_conv": ("weight",),
         "ssm_scan": ("a", "d", "dt_bias"),
         "altup_correct": ("scale",),
+        "hc_gates": ("base",),
     }.get(op.kind, ())
     if op.kind == "moe_route" and op.attr("expert_scale"):  # the experts' output scales: the last weight
         weights = ("bias", "escale")[2 - len(op.weights) :]

@@ -462,6 +462,40 @@ def ssm_scan_chunk(xbc, dt, a, d, dt_bias, state, h: int, p: int, g: int, n_stat
     return out.reshape(n, h * p).astype(np.float32), m.astype(np.float32)
 
 
+def op_hc_gates(self, outs, ins, weights, attrs, batch):
+    """hy_v4's hyper-connection weights and gates, float32 in ggml's order (mul, add, sigmoid, scale, + eps)."""
+    mixes, base = ins[0], weights[0].astype(np.float32)
+    n, f = attrs["streams"], np.float32
+    s = np.empty_like(mixes)
+    s[:, :n] = mixes[:, :n] * f(attrs["scale_pre"]) + base[:n]
+    s[:, n:] = mixes[:, n:] * f(attrs["scale_post"]) + base[n:]
+    g = f(1.0) / (f(1.0) + np.exp(-s))
+    g[:, n:] = g[:, n:] * f(attrs["magnitude"])
+    outs[0][...] = g * f(1.0) + f(attrs["eps"])
+
+
+def op_hc_reduce(self, outs, ins, weights, attrs, batch):
+    hs, gates = ins
+    n = attrs["streams"]
+    e = hs.shape[1] // n
+    acc = hs[:, :e] * gates[:, :1]
+    for i in range(1, n):
+        acc = acc + hs[:, i * e : (i + 1) * e] * gates[:, i : i + 1]
+    outs[0][...] = acc
+
+
+def op_hc_post(self, outs, ins, weights, attrs, batch):
+    y, residual, gates = ins
+    n = attrs["streams"]
+    e = y.shape[1]
+    out = np.concatenate([residual[:, i * e : (i + 1) * e] + y * gates[:, n + i : n + i + 1] for i in range(n)], axis=1)
+    outs[0][...] = out
+
+
+for _fn in (op_hc_gates, op_hc_reduce, op_hc_post):
+    setattr(ReferenceDevice, _fn.__name__, _fn)
+
+
 # gemma3n's ops, in their own module (runtime/devices/altup.py), as methods like the rest
 for _name in ("op_altup_stack", "op_altup_predict", "op_altup_correct", "op_altup_add", "op_altup_merge",
               "op_gaussian_topk"):  # fmt: skip

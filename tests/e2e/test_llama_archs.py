@@ -183,6 +183,11 @@ ADDED = (
     # without the per-head gate 2.7, the experts' weights not renormalized 0.51; its sliding layer rotating 32
     # dims instead of 96 moves it by 3.5e-4 only (inside the bound: not made to bite)
     "step35-dense",
+    # hy_v4 (hyper-connections, gated MLA with sinks; hy_v4-heads: 2 heads, the experts' clamp at 0.3 biting):
+    # the post gates at magnitude 1 1.1, the mixes unscaled 0.68, without sinks 0.53 (0.66), without the gate 1.7
+    # (1.8), the final mix unscaled 0.047, attn_output scaled 1.9, without the clamp 1.9, the clamp as silu_cap 0.049
+    "hy_v4-moe",
+    "hy_v4-heads",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -205,13 +210,13 @@ CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 # division, Q/K/V clamps without RoPE, per-layer head geometries and a linear attention, a looped stack,
 # capped scores with GELU experts, per-head sigmoid and softplus gates, norms at two epsilons, fused
 # experts beside a fused shared expert, layers of two head counts, Mamba-1's per-state decay, values narrower
-# than keys, capped SwiGLUs); the others
+# than keys, capped SwiGLUs, hyper-connections); the others
 # are `exhaustive`.
 CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
     "deci-varied", "nanbeige-looped", "grok-capped", "muse-glimmer-swa", "spark2_5-swa", "granite_swa-moe",
-    "laguna-xs", "mamba-falcon", "minicpm3-narrow", "mimo2-flash", "step35-dense",
+    "laguna-xs", "mamba-falcon", "minicpm3-narrow", "mimo2-flash", "step35-dense", "hy_v4-heads",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

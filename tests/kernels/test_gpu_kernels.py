@@ -603,6 +603,9 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
         pytest.param("mimo2-flash", "slice_heads", "gfx90a", marks=toolchain_marks("gfx90a")),
         # step35's capped SwiGLUs (dense FFN, experts, shared expert) and its per-head gates over narrower values
         pytest.param("step35-dense", "silu_cap", "gfx1100", marks=toolchain_marks("gfx1100")),
+        # hy_v4's hyper-connections (4 streams mixed before and spread after each sublayer, mixed once more for
+        # the logit rows), its gated latent attention with sinks and its clamped experts
+        pytest.param("hy_v4-heads", "hc_gates", "sm_90", marks=toolchain_marks("sm_90")),
     ],
 )
 def test_saver_files_new_ops(name, kind, target, gpu_build_cache, tmp_path):

@@ -530,3 +530,28 @@ def test_step35_rotates_half_its_rope_dims_on_global_layers_and_caps_its_swiglus
     assert sum(o.kind == "swiglu" and o.attrs.get("activation") == "sigmoid" for o in ops) == 2  # the per-head gates
     path = _edited("step35-dense", tmp_path, keys={"step35.rope.dimension_count": (4, 6)})
     _refused(path, "rotate half of it, which must be even")
+
+
+def test_hy_v4_mixes_its_streams_around_every_sublayer(tmp_path):
+    """hy_v4: the embedding repeated over 4 streams, each sublayer between hc_gates / hc_reduce and
+    hc_post with its two scales read at compile time, the final mix of the logit rows; a gates op over
+    streams that do not fit its mixes is refused by the validator."""
+    import dataclasses
+
+    from rfc.artifacts.ops.view import PlanError
+    from rfc.artifacts.validate import check_plan
+
+    spec = spec_of(_model("hy_v4-heads", tmp_path))
+    ops = spec.plan.ops
+    kinds = [o.kind for o in ops]
+    assert kinds.count("concat_heads") == 3 + 2 * 2  # the streams' start (x2, x3, x4), MLA's q and k per layer
+    assert kinds.count("hc_gates") == 2 * 2 + 1 and kinds.count("hc_reduce") == 5 and kinds.count("hc_post") == 4
+    gates = [o for o in ops if o.kind == "hc_gates"]
+    assert gates[0].attrs["streams"] == 4 and gates[0].attrs["magnitude"] == pytest.approx(2.0)
+    assert "scale_post" not in gates[-1].attrs  # the final mix: weights only
+    att = next(o for o in ops if o.kind == "attention")
+    assert att.weights == ("blk.0.attn_sinks.weight",)
+    broken = [o if o is not gates[0] else type(o)(o.kind, o.inputs, o.outputs, o.weights, {**o.attrs, "streams": 3})
+              for o in ops]  # fmt: skip
+    with pytest.raises(PlanError, match="mixes/gates"):
+        check_plan(dataclasses.replace(spec.plan, ops=tuple(broken)))

@@ -1,0 +1,111 @@
+"""Hyper-connections (hy_v4's iHC: llama.cpp's hy-v4.cpp): the residual as n streams of E side by
+side in one row, hs[T, n E] (stream i at columns i E .. (i + 1) E). Before each sublayer the
+streams are mixed into its input by per-token weights, after it the sublayer's output is spread
+back over them by per-token gates; the weights and gates come from a matmul of the RMS-normed
+streams (plain ops) through `hc_gates`.
+"""
+
+from rfc.artifacts.limits import MAX_HC_STREAMS
+from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSchema
+from rfc.artifacts.ops.view import OpView
+
+
+def _streams(v: OpView) -> int:
+    names = (*v.op.inputs, *v.op.outputs)
+    v.float_rows(*names)
+    v.need(all(v.rows(b) == v.rows(names[0]) for b in names), "buffers differ in rows")
+    return v.int_attr("streams", 1, MAX_HC_STREAMS)
+
+
+def _hc_gates(v: OpView) -> None:
+    (mixes,), (gates,) = v.op.inputs, v.op.outputs
+    n = _streams(v)
+    m = v.width(mixes)
+    v.need(m in (n, 2 * n) and v.width(gates) == m, f"mixes/gates are not [rows, {n}] or [rows, {2 * n}]")
+    for name in ("scale_pre", "scale_post", "magnitude"):
+        v.real_attr(name, -1e6, 1e6)
+    v.real_attr("eps", 0.0, 1.0)
+    w = v.weight_shape(0)
+    v.need(w is None or w == (m,), f"base {w} is not [{m}]")
+
+
+def _hc_reduce(v: OpView) -> None:
+    (hs, gates), (out,) = v.op.inputs, v.op.outputs
+    n = _streams(v)
+    v.need(v.width(hs) == n * v.width(out), f"hs width {v.width(hs)} is not {n} x out's {v.width(out)}")
+    v.need(v.width(gates) in (n, 2 * n), f"gates width {v.width(gates)} is not {n} or {2 * n}")
+    v.need(out not in (hs, gates), "out is an input")
+
+
+def _hc_post(v: OpView) -> None:
+    (y, residual, gates), (out,) = v.op.inputs, v.op.outputs
+    n = _streams(v)
+    v.need(v.width(residual) == n * v.width(y), f"residual width {v.width(residual)} is not {n} x y's {v.width(y)}")
+    v.need(
+        v.width(gates) == 2 * n and v.shape(out) == v.shape(residual), f"not gates[rows, {2 * n}] -> residual's shape"
+    )
+    v.need(out not in (y, gates), "out is y or the gates")
+
+
+DEFS = (
+    OpDef(
+        kind="hc_gates",
+        schema=OpSchema(
+            1,
+            1,
+            (1, 1),
+            ("streams", "eps"),
+            optional=(("scale_pre", 1.0), ("scale_post", 1.0), ("magnitude", 1.0)),
+            doc="mixes[rows, m] (m = n: the final mix; m = 2 n: a sublayer's), base[m] -> gates[rows, m]: for j < n "
+            "g_j = sigmoid(mixes_j * scale_pre + base_j) + eps (the streams' mixing weights), for j >= n g_j = "
+            "sigmoid(mixes_j * scale_post + base_j) * magnitude + eps (the output's gate per stream); float32 in "
+            "ggml's order",
+        ),
+        check=_hc_gates,
+        reference="op_hc_gates",
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row", attrs=("scale_pre", "scale_post", "magnitude")),
+        gpu=GpuPart(
+            ("gpu_hc_gates.hip.j2",),
+            lower="_hc_gates",
+            args=(("gates", PTR), ("mixes", PTR), ("base", PTR), ("n_rows", I32)),
+        ),
+    ),
+    OpDef(
+        kind="hc_reduce",
+        schema=OpSchema(
+            2,
+            1,
+            (0, 0),
+            ("streams",),
+            doc="hs[rows, n E], gates[rows, n or 2 n] -> out[rows, E] = sum_i hs_i * gates_i, added in order i = "
+            "0 .. n - 1 in float32 (the sublayer's input)",
+        ),
+        check=_hc_reduce,
+        reference="op_hc_reduce",
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row"),
+        gpu=GpuPart(
+            ("gpu_hc_reduce.hip.j2",),
+            lower="_hc_reduce",
+            args=(("out", PTR), ("hs", PTR), ("gates", PTR), ("n_rows", I32)),
+        ),
+    ),
+    OpDef(
+        kind="hc_post",
+        schema=OpSchema(
+            3,
+            1,
+            (0, 0),
+            ("streams",),
+            doc="y[rows, E], residual[rows, n E], gates[rows, 2 n] -> out[rows, n E], stream i = residual_i + y * "
+            "gates_{n + i} (out may be residual)",
+        ),
+        check=_hc_post,
+        reference="op_hc_post",
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row"),
+        gpu=GpuPart(
+            ("gpu_hc_post.hip.j2",),
+            lower="_hc_post",
+            args=(("out", PTR), ("y", PTR), ("residual", PTR), ("gates", PTR), ("n_rows", I32)),
+        ),
+    ),
+)

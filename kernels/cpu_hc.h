@@ -1,0 +1,83 @@
+/* hy_v4's hyper-connections (artifacts/ops/hc.py; numpy reference: runtime/devices/reference.py
+ * op_hc_*). n streams of E values side by side in a row: stream i of a token at i * E. Each op is a
+ * row function the step program calls per token (rfc_<op>_row: input rows, output rows, a weight
+ * vector or NULL, then the op's constants), float32 in ggml's order. */
+#ifndef RFC_CPU_HC_H
+#define RFC_CPU_HC_H
+
+/* No fma may fuse a product with the add after it: ggml multiplies and adds in separate ops. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+/* gates_j = sigmoid(mixes_j * scale + base_j) (x magnitude for j >= n) + eps; m = n or 2 n */
+static __attribute__((noinline)) void rfc_hc_gates_row(const float *mixes, float *gates, const float *base, int n, int m,
+                                                       float scale_pre, float scale_post, float magnitude, float eps) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int j = 0; j < m; j++) {
+        const float s = mixes[j] * (j < n ? scale_pre : scale_post) + base[j];
+        float g = 1.0f / (1.0f + expf(-s));
+        if (j >= n) g = g * magnitude;
+        gates[j] = g * 1.0f + eps;
+    }
+}
+
+/* out = sum_i hs_i * gates_i, added in order (gw: the gates' row width, n or 2 n) */
+static __attribute__((noinline)) void rfc_hc_reduce_row(const float *hs, const float *gates, float *out, const float *w, int n, int e,
+                                                        int gw) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    (void)w;
+    (void)gw;
+    for (int j = 0; j < e; j++) {
+        float acc = hs[j] * gates[0];
+        for (int i = 1; i < n; i++) {
+            const float p = hs[(size_t)i * e + j] * gates[i];
+            acc = acc + p;
+        }
+        out[j] = acc;
+    }
+}
+
+/* out_i = residual_i + y * gates_{n + i} (out may be residual) */
+static __attribute__((noinline)) void rfc_hc_post_row(const float *y, const float *residual, const float *gates, float *out,
+                                                      const float *w, int n, int e) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    (void)w;
+    for (int i = 0; i < n; i++) {
+        const float g = gates[n + i];
+        for (int j = 0; j < e; j++) {
+            const float p = y[j] * g;
+            out[(size_t)i * e + j] = residual[(size_t)i * e + j] + p;
+        }
+    }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+/* the same over T rows (the kernel tests) */
+RFC_EXPORT void rfc_hc_gates(int T, const float *mixes, float *gates, const float *base, int n, int m, float scale_pre,
+                             float scale_post, float magnitude, float eps) {
+    for (int t = 0; t < T; t++)
+        rfc_hc_gates_row(mixes + (size_t)t * m, gates + (size_t)t * m, base, n, m, scale_pre, scale_post, magnitude, eps);
+}
+
+RFC_EXPORT void rfc_hc_reduce(int T, const float *hs, const float *gates, float *out, const float *w, int n, int e, int gw) {
+    for (int t = 0; t < T; t++) rfc_hc_reduce_row(hs + (size_t)t * n * e, gates + (size_t)t * gw, out + (size_t)t * e, w, n, e, gw);
+}
+
+RFC_EXPORT void rfc_hc_post(int T, const float *y, const float *residual, const float *gates, float *out, const float *w, int n,
+                            int e) {
+    for (int t = 0; t < T; t++)
+        rfc_hc_post_row(y + (size_t)t * e, residual + (size_t)t * n * e, gates + (size_t)t * 2 * n, out + (size_t)t * n * e, w, n, e);
+}
+
+#endif

@@ -1,0 +1,92 @@
+"""hy_v4's hyper-connection ops: the cpu kernels (kernels/cpu_hc.h, called through their exports)
+against the reference device's handlers (runtime/devices/reference.py op_hc_*), and those against
+the ops' definitions in float64 (artifacts/ops/hc.py). Native (AVX2) and portable builds.
+
+Sizes: n = 4 streams (hy_v4's) of E = 72 (not a multiple of a vector step), T = 5 rows; the gates of
+a sublayer (2 n) and of the final mix (n). Tolerances: the kernels compute in float32 in the
+reference's order (exp apart): 1e-6 relative + 1e-7; against float64 1e-5 relative + 1e-6.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+
+import numpy as np
+import pytest
+
+from rfc.artifacts.plan import Op
+from rfc.compiler.codegen import cpu
+from rfc.runtime.devices.reference import ReferenceDevice
+from tests.kernels.kit.state_ops import BUILDS, assert_close, open_library, ptr, state_plan
+
+pytestmark = [
+    pytest.mark.toolchain,
+    pytest.mark.skipif(
+        shutil.which(cpu.CC) is None, reason=f"the cpu kernels need a C compiler ('{cpu.CC}' not found)"
+    ),
+]
+
+N, E, T = 4, 72, 5
+GATES = {"scale_pre": 0.7, "scale_post": -1.3, "magnitude": 2.0, "eps": 1e-6}
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+PLAN = state_plan(
+    {"mix": 2 * N, "gates": 2 * N, "hs": N * E, "h": E},
+    (Op("hc_gates", ("mix",), ("gates",), ("base",), {"streams": N, **GATES}),
+     Op("hc_reduce", ("hs", "gates"), ("h",), (), {"streams": N}),
+     Op("hc_post", ("h", "hs", "gates"), ("hs",), (), {"streams": N})),
+    states=(), output="h", hidden="h")  # fmt: skip
+ARGTYPES = {
+    "rfc_hc_gates": [_I, _P, _P, _P, _I, _I, _F, _F, _F, _F],
+    "rfc_hc_reduce": [_I, _P, _P, _P, _P, _I, _I, _I],
+    "rfc_hc_post": [_I, _P, _P, _P, _P, _P, _I, _I],
+}
+
+
+@pytest.fixture(scope="module", params=BUILDS)
+def lib(request, tmp_path_factory):
+    return open_library(request.param, tmp_path_factory, "hy_v4", PLAN, {"base": (2 * N,)}, ARGTYPES)
+
+
+def _ref(kind: str, ins: list, weights: list, attrs: dict, out_shape) -> np.ndarray:
+    out = np.zeros(out_shape, np.float32)
+    getattr(ReferenceDevice, f"op_{kind}")(None, [out], ins, weights, attrs, None)
+    return out
+
+
+@pytest.mark.parametrize("m", [2 * N, N])
+def test_gates(lib, m: int):
+    """A sublayer's 2 n gates (weights, then the output's gates at the magnitude) and the final mix's n."""
+    rng = np.random.default_rng(m)
+    mix, base = (rng.standard_normal((T, m)) * 3).astype(np.float32), rng.standard_normal(m).astype(np.float32)
+    got = np.zeros_like(mix)
+    lib.rfc_hc_gates(T, ptr(mix), ptr(got), ptr(base), N, m, *GATES.values())
+    want = _ref("hc_gates", [mix], [base], {"streams": N, **GATES}, mix.shape)
+    assert_close(got, want, 1e-6, 1e-7)
+    mix64, base64 = mix.astype(np.float64), base.astype(np.float64)
+    scale = np.where(np.arange(m) < N, GATES["scale_pre"], GATES["scale_post"])
+    sig = 1.0 / (1.0 + np.exp(-(mix64 * scale + base64)))
+    exact = np.where(np.arange(m) < N, sig, sig * GATES["magnitude"]) + GATES["eps"]
+    assert_close(want, exact, 1e-5, 1e-6)
+
+
+def test_reduce_and_post(lib):
+    """The sublayer's input as the streams' weighted sum (gates of 2 n and of n a row), then its
+    output spread back over the streams in place (out = residual)."""
+    rng = np.random.default_rng(7)
+    hs = (rng.standard_normal((T, N * E)) * 2).astype(np.float32)
+    for gw in (2 * N, N):
+        gates = rng.random((T, gw)).astype(np.float32) * 2
+        got = np.zeros((T, E), np.float32)
+        lib.rfc_hc_reduce(T, ptr(hs), ptr(gates), ptr(got), None, N, E, gw)
+        want = _ref("hc_reduce", [hs, gates], [], {"streams": N}, (T, E))
+        np.testing.assert_array_equal(got, want)
+        exact = np.einsum("tne,tn->te", hs.reshape(T, N, E).astype(np.float64), gates[:, :N].astype(np.float64))
+        assert_close(want, exact, 1e-5, 1e-6)
+    y, gates = rng.standard_normal((T, E)).astype(np.float32), rng.random((T, 2 * N)).astype(np.float32)
+    want = _ref("hc_post", [y, hs, gates], [], {"streams": N}, hs.shape)
+    got = hs.copy()
+    lib.rfc_hc_post(T, ptr(y), ptr(got), ptr(gates), ptr(got), None, N, E)  # in place
+    np.testing.assert_array_equal(got, want)
+    exact = hs.reshape(T, N, E) + y[:, None, :].astype(np.float64) * gates[:, N:, None]
+    assert_close(want, exact.reshape(T, N * E), 1e-6, 1e-6)
