@@ -63,12 +63,16 @@ def _gated_delta_net(v: OpView) -> None:
     v.real_attr("eps", 0.0, 1.0)
     v.need(hv % hk == 0, "n_v_heads is not a multiple of n_k_heads")
     v.need(v.shape(qkv) == ("T", (2 * hk + hv) * s), f"qkv is not [T, {(2 * hk + hv) * s}]")
-    v.need(v.shape(alpha) == ("T", hv) == v.shape(beta), f"alpha/beta are not [T, {hv}]")
+    # the decay per value head (qwen35's GDN), or per value head and key channel (Kimi's KDA)
+    per_key = v.choice_attr("decay", ("head", "key")) == "key"
+    g = hv * s if per_key else hv
+    v.need(v.shape(alpha) == ("T", g), f"alpha is not [T, {g}]")
+    v.need(v.shape(beta) == ("T", hv), f"beta is not [T, {hv}]")
     v.need(v.shape(out) == ("T", hv * s), f"output is not [T, {hv * s}]")
     v.need(tuple(state_tensor(v)) == (hv, s, s), f"state tensor {v.op.attr('state')} is not [{hv}, {s}, {s}]")
-    for i in range(2):
+    for i, width in enumerate((hv, g)):
         w = v.weight_shape(i)
-        v.need(w is None or w == (hv,), f"gate weight {i} {w} is not [{hv}]")
+        v.need(w is None or w == (width,), f"gate weight {i} {w} is not [{width}]")
 
 
 def _ssm_scan(v: OpView) -> None:
@@ -170,17 +174,20 @@ DEFS = (
             1,
             (2, 2),
             ("state", "n_k_heads", "n_v_heads", "head_dim", "eps"),
+            optional=(("decay", "head"),),
             doc="Gated DeltaNet recurrence (llama.cpp's ggml_gated_delta_net with qwen35's gating): inputs qkv[T, (2 "
             "Hk + Hv) S] (q heads, then k heads, then v heads, S = head_dim), alpha[T, Hv], beta[T, Hv]; weights "
             "a[Hv] (ssm_a = -exp(A_log)) and dt_bias[Hv] -> out[T, Hv S]. Per token and v head h (k head h % Hk): "
             "q, k scaled to unit length (x / sqrt(sum x^2 + eps)), g = softplus(alpha + dt_bias) * a, b = "
             "sigmoid(beta); with the head's state M (S x S: M[j][i], v index j, k index i) M *= exp(g); d_j = b "
             "(v_j - sum_i M[j][i] k_i); M[j][i] += d_j k_i; out_j = sum_i M[j][i] q_i / sqrt(S). `state` is the "
-            "index of its StateTensor ([Hv, S, S])",
+            "index of its StateTensor ([Hv, S, S]). With `decay` 'key' (Kimi Delta Attention: ggml_gated_delta_net "
+            "with g [S, Hv]) alpha is [T, Hv S] and dt_bias [Hv S]: g_i = softplus(alpha_{h S + i} + dt_bias_{h S + "
+            "i}) * a_h per key index i, and M[j][i] *= exp(g_i)",
         ),
         check=_gated_delta_net,
         reference="op_gated_delta_net",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_gated_delta_net"),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_gated_delta_net", attrs=("decay",)),
         gpu=GpuPart(
             ("gpu_gated_delta_net.hip.j2",),
             lower="_gated_delta_net",

@@ -256,6 +256,18 @@ class ModelBuilder:
         self._add(WeightUse(name, role, ts[0].format, shape, tuple(whole(t) for t in ts)))
         return name
 
+    def stacked(self, name: str, role: str, sources: list[tuple[str, tuple[int, ...]]], width: int) -> str:
+        """One [rows, width] weight of GGUF tensors of one format stacked by rows, each flattened
+        to rows of its last dimension `width` (kimi-linear's three conv kernels [C, 1, K] -> [3 C, K])."""
+        ts = [self.source(n, shape) for n, shape in sources]
+        if len({t.format for t in ts}) != 1 or any(t.shape[-1] != width for t in ts):
+            raise CompileError(
+                f"{self.path}: cannot stack {', '.join(n for n, _ in sources)} (formats or widths differ)"
+            )
+        rows = sum(prod(t.shape[:-1]) for t in ts)
+        self._add(WeightUse(name, role, ts[0].format, (rows, width), tuple(whole(t) for t in ts)))
+        return name
+
     def _add(self, use: WeightUse) -> None:
         if use.name in self._weights:
             raise CompileError(f"{self.path}: weight {use.name} is defined twice")

@@ -43,10 +43,6 @@ REFUSED: dict[str, str] = {
         "its Mamba layers step each channel by its own dt (ssm_scan takes one dt per head), after RMS norms on "
         "dt, B and C; no recipe yet"
     ),
-    "kimi-linear": (
-        "Kimi Delta Attention decays the state channel by channel (gated_delta_net decays each head by one "
-        "scalar); no recipe yet"
-    ),
     "minimax-01": "lightning attention (linear attention with a decay per head) has no op yet",
     **dict.fromkeys(
         (

@@ -174,11 +174,15 @@ def mla_attention(
     sinks: bool = False,
     gate: bool = False,
     out_scale: bool = True,
+    rotate: bool = True,
+    layer: int | None = None,
 ) -> None:
     """h = attn_output(MLA(h)) for layer i, absorbed (the module docstring). `sinks`: a sink logit
     per head (`attn_sinks`); `gate`: the heads' values times sigmoid(`attn_gate` h) (no scale) before
     attn_output, into buffer `attn_gate` [T, heads x v_dim] (hy_v4's gated MLA); `out_scale` False:
-    attn_output's `.scale` known and unused (hy_v4's graph passes none)."""
+    attn_output's `.scale` known and unused (hy_v4's graph passes none); `rotate` False: no RoPE on the
+    rope parts (kimi-linear's rope type is none); `layer`: the KV cache layer when it is not i (a
+    hybrid stack's cache holds its attention layers only)."""
     p, e, nh, rot = f"blk.{i}.", sizes.n_embd, sizes.n_heads, rope.n_rot
     head = nope + rot
     if q_lora:
@@ -210,14 +214,16 @@ def mla_attention(
         (b.tensor(p + "attn_kv_a_norm.weight", "attn_kv_a_norm", (kv_lora,)),),
         eps=eps,
     )
-    b.op("rope", ("q_pe", "k_pe"), ("q_pe", "k_pe"), **rope.attrs(replace(sizes, n_kv_heads=1, head_dim=rot)))
+    if rotate:
+        b.op("rope", ("q_pe", "k_pe"), ("q_pe", "k_pe"), **rope.attrs(replace(sizes, n_kv_heads=1, head_dim=rot)))
     wk_b = b.tensor_as(p + "attn_k_b.weight", "attn_k_b", (nh, kv_lora, nope))  # one head: 2-D in the file
     b.op("head_matmul", ("q_nope",), ("q_latent",), (wk_b,), heads=nh)
     b.op("concat_heads", ("q_latent", "q_pe"), ("q",), heads=nh)
     b.op("concat_heads", ("latent", "k_pe"), ("k",), heads=1)
-    b.op("kv_write", ("k", "k"), (), layer=i)
+    kv = i if layer is None else layer
+    b.op("kv_write", ("k", "k"), (), layer=kv)
     sink = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (nh,)),) if sinks else ()
-    b.op("attention", ("q",), ("att",), sink, layer=i, n_heads=nh, n_kv_heads=1, head_dim=sizes.head_dim, scale=scale)
+    b.op("attention", ("q",), ("att",), sink, layer=kv, n_heads=nh, n_kv_heads=1, head_dim=sizes.head_dim, scale=scale)
     wv_b = b.tensor_as(p + "attn_v_b.weight", "attn_v_b", (nh, v_dim, kv_lora))
     b.op("head_matmul", ("att",), ("att_v",), (wv_b,), heads=nh, stride=sizes.head_dim)
     if gate:

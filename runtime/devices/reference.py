@@ -362,6 +362,7 @@ class ReferenceDevice(HostState, InterpretedDevice):
                 attrs["n_v_heads"],
                 attrs["head_dim"],
                 attrs["eps"],
+                per_key=attrs.get("decay", "head") == "key",
             )
 
     # -- recurrent layers (Mamba2) --------------------------------------------------------------
@@ -410,10 +411,13 @@ def ssm_conv_chunk(
     return out, window[n:].astype(np.float32)
 
 
-def gated_delta_net_chunk(qkv, alpha, beta, a, dt_bias, state, hk: int, hv: int, s: int, eps: float):
+def gated_delta_net_chunk(
+    qkv, alpha, beta, a, dt_bias, state, hk: int, hv: int, s: int, eps: float, *, per_key: bool = False
+):
     """One sequence's chunk through gated_delta_net, token by token (the recurrent form), in
     float64: qkv [n, (2 hk + hv) s], alpha/beta [n, hv], a/dt_bias [hv], state [hv, s, s]
-    (M[h][j][i]: v index j, k index i) -> (out [n, hv s] float32, the new state float32)."""
+    (M[h][j][i]: v index j, k index i) -> (out [n, hv s] float32, the new state float32).
+    `per_key` (KDA): alpha [n, hv s] and dt_bias [hv s], a decay per key index."""
     n = len(qkv)
     x = qkv.astype(np.float64)
     q = x[:, : hk * s].reshape(n, hk, s)
@@ -424,12 +428,14 @@ def gated_delta_net_chunk(qkv, alpha, beta, a, dt_bias, state, hk: int, hv: int,
     heads = np.arange(hv) % hk  # v head h reads k head h % hk (ggml's broadcast)
     q, k = q[:, heads], k[:, heads]
     z = alpha.astype(np.float64) + dt_bias
-    g = np.where(z > 20.0, z, np.log1p(np.exp(np.minimum(z, 20.0)))) * a  # softplus, as ggml's (linear above 20)
+    sp = np.where(z > 20.0, z, np.log1p(np.exp(np.minimum(z, 20.0))))  # softplus, as ggml's (linear above 20)
+    a = np.asarray(a, np.float64)
+    g = sp.reshape(n, hv, s) * a[None, :, None] if per_key else sp * a  # [n, hv, s] or [n, hv]
     b = 1.0 / (1.0 + np.exp(-beta.astype(np.float64)))
     m = state.astype(np.float64).copy()
     out = np.empty((n, hv, s))
     for t in range(n):
-        m *= np.exp(g[t])[:, None, None]
+        m *= np.exp(g[t])[:, None, :] if per_key else np.exp(g[t])[:, None, None]
         d = b[t][:, None] * (v[t] - np.einsum("hji,hi->hj", m, k[t]))
         m += d[:, :, None] * k[t][:, None, :]
         out[t] = np.einsum("hji,hi->hj", m, q[t]) / np.sqrt(s)

@@ -188,6 +188,11 @@ ADDED = (
     # (1.8), the final mix unscaled 0.047, attn_output scaled 1.9, without the clamp 1.9, the clamp as silu_cap 0.049
     "hy_v4-moe",
     "hy_v4-heads",
+    # kimi-linear (KDA layers beside RoPE-less MLA ones; -heads: 2 heads, the decays per key channel apart, sharp
+    # MLA scores): every key channel at its head's first channel's decay 0.013, the MLA layer rotated 0.026,
+    # without the KDA output gate 0.032, the experts' weights not renormalized 6.6e-3, without the convs 0.40
+    "kimi-linear-moe",
+    "kimi-linear-heads",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -210,13 +215,14 @@ CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 # division, Q/K/V clamps without RoPE, per-layer head geometries and a linear attention, a looped stack,
 # capped scores with GELU experts, per-head sigmoid and softplus gates, norms at two epsilons, fused
 # experts beside a fused shared expert, layers of two head counts, Mamba-1's per-state decay, values narrower
-# than keys, capped SwiGLUs, hyper-connections); the others
+# than keys, capped SwiGLUs, hyper-connections, a delta rule decaying per key channel); the others
 # are `exhaustive`.
 CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
     "deci-varied", "nanbeige-looped", "grok-capped", "muse-glimmer-swa", "spark2_5-swa", "granite_swa-moe",
     "laguna-xs", "mamba-falcon", "minicpm3-narrow", "mimo2-flash", "step35-dense", "hy_v4-heads",
+    "kimi-linear-heads",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

@@ -42,18 +42,27 @@ PLAN = state_plan({"x": C, "y": C}, (
     Op("ssm_conv", ("x",), ("y",), ("conv",), {"state": 0}),
     Op("gated_delta_net", ("qkv", "alpha", "beta"), ("o",), ("a", "dt"),
        {"state": 1, "n_k_heads": HK, "n_v_heads": HV, "head_dim": S, "eps": EPS}),
-), states=((K - 1, C), (HV, S, S)), output="y", hidden="x")  # fmt: skip
+    Op("gated_delta_net", ("qkv", "alpha_k", "beta"), ("o",), ("a", "dt_k"),
+       {"state": 2, "n_k_heads": HK, "n_v_heads": HV, "head_dim": S, "eps": EPS, "decay": "key"}),
+), states=((K - 1, C), (HV, S, S), (HV, S, S)), output="y", hidden="x")  # fmt: skip
 ARGTYPES = {
     "rfc_ssm_conv": [_P, _P, _P, _P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P],
     "rfc_gated_delta_net": [_P, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _P,
                             ctypes.c_float, _P],
+    "rfc_kda": [_P, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _P, ctypes.c_float,
+                _P],
 }  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=BUILDS)
 def lib(request, tmp_path_factory):
     return open_library(
-        request.param, tmp_path_factory, "qwen35", PLAN, {"conv": (C, K), "a": (HV,), "dt": (HV,)}, ARGTYPES
+        request.param,
+        tmp_path_factory,
+        "qwen35",
+        PLAN,
+        {"conv": (C, K), "a": (HV,), "dt": (HV,), "dt_k": (HV * S,)},
+        ARGTYPES,
     )
 
 
@@ -107,6 +116,33 @@ def test_gated_delta_net_matches_reference(lib):
         assert_close(out[lo:hi], want, 0, 2e-5)
         if s < 3:
             assert_close(states[s], after, 0, 2e-5)
+
+
+def test_kda_matches_reference(lib):
+    """Kimi Delta Attention: gated_delta_net with a decay per value head and key channel (alpha [T, Hv S],
+    dt_bias [Hv S]; kernels/cpu_kda.h), the same sequences and states."""
+    rng = np.random.default_rng(5)
+    positions, seq_start = layout(STARTS, LENGTHS)
+    qkv, _, beta = _gdn_inputs(rng, len(positions))
+    alpha = (2 * rng.standard_normal((len(positions), HV * S))).astype(np.float32)  # channels decaying apart
+    dt = rng.standard_normal(HV * S).astype(np.float32)
+    states = [(0.3 * rng.standard_normal((HV, S, S))).astype(np.float32) for _ in range(3)] + [None]
+    starts = [np.zeros((HV, S, S), np.float32) if STARTS[s] == 0 or s == 3 else states[s].copy() for s in range(4)]
+    out = np.full((len(qkv), HV * S), np.nan, np.float32)
+    lib.rfc_kda(ptr(qkv), ptr(alpha), ptr(beta), ptr(out), ptr(positions), ptr(seq_start), len(STARTS), HK, HV, S,
+                ptr(A), ptr(dt), EPS, slot_ptrs(states))  # fmt: skip
+    for s in range(len(STARTS)):
+        lo, hi = seq_start[s], seq_start[s + 1]
+        want, after = gated_delta_net_chunk(qkv[lo:hi], alpha[lo:hi], beta[lo:hi], A.astype(np.float64),
+                                            dt.astype(np.float64), starts[s], HK, HV, S, EPS, per_key=True)  # fmt: skip
+        assert_close(out[lo:hi], want, 0, 2e-5)
+        if s < 3:
+            assert_close(states[s], after, 0, 2e-5)
+    # a decay per head (every channel at its head's first) is another recurrence
+    flat = np.repeat(alpha.reshape(-1, HV, S)[:, :, :1], S, axis=2).reshape(len(alpha), -1)
+    other, _ = gated_delta_net_chunk(qkv[:5], flat[:5], beta[:5], A.astype(np.float64), dt.astype(np.float64),
+                                     np.zeros((HV, S, S)), HK, HV, S, EPS, per_key=True)  # fmt: skip
+    assert np.abs(other - out[:5]).max() > 1e-2
 
 
 def test_a_chunk_continues_from_the_state_the_last_one_left(lib):

@@ -72,7 +72,8 @@ class CpuLowering:
                                          "hv": int(op.attrs["n_v_heads"]), "s": int(op.attrs["head_dim"]),
                                          "a": self.vec(op.weights[0]), "dt": self.vec(op.weights[1]),
                                          "eps": float(op.attrs["eps"]), "state": self.plan.state.offset(index),
-                                         "counter": self.counter()},
+                                         "counter": self.counter(),
+                                         **({"kda": True} if op.attr("decay") == "key" else {})},
                      {qkv, alpha, beta, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
 
 
@@ -126,9 +127,10 @@ class GpuLowering:
                 f"the GPU gated_delta_net runs a thread per state row: a head size of {s} is over {MAX_THREADS}"
             )
         threads = self._row_threads(s)
-        name = f"rfc_gated_delta_net_{hk}x{hv}x{s}"
+        kda = op.attr("decay") == "key"
+        name = f"rfc_gated_delta_net_{hk}x{hv}x{s}" + ("_kda" if kda else "")
         params = {"name": name, "threads": threads, "hk": hk, "hv": hv, "s": s, "eps": float(op.attrs["eps"]),
-                  "scale": 1.0 / math.sqrt(s), **self._state_params(op)}  # fmt: skip
+                  "scale": 1.0 / math.sqrt(s), **self._state_params(op), **({"kda": True} if kda else {})}  # fmt: skip
         return KernelSpec(
             name,
             "gpu_gated_delta_net.hip.j2",

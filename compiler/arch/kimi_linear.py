@@ -1,0 +1,185 @@
+"""`kimi-linear` (Moonshot Kimi-Linear-48B-A3B), as llama.cpp 0.3.36 builds it
+(src/models/kimi-linear.cpp): a hybrid stack of Kimi Delta Attention (KDA) layers, the layers whose
+`attention.head_count_kv` entry is 0, and multi-head latent attention layers.
+
+- KDA layer (n = `attention.head_count` of layer 0 heads of S = `kda.head_dim`): Q, K and V by their
+  weights alone (the loader's biases and scales of them are known and unused, as the graph's
+  ggml_mul_mat leaves them), each through its own causal conv of `ssm.conv_kernel` taps + SiLU
+  (`ssm_conv1d_q/k/v`, stacked into one ssm_conv over [q, k, v]: its state the three convs'
+  (kernel - 1) inputs), the delta rule with a decay per head and key channel (gated_delta_net
+  `decay` 'key': g = softplus(`ssm_f_b`(`ssm_f_a` h) + `ssm_dt.bias`) * `ssm_a` per head, beta =
+  sigmoid(`ssm_beta` h), Q and K L2-normalized), its output RMS-normed per head (`ssm_norm`) times
+  sigmoid(`ssm_g_b`(`ssm_g_a` h)), then `attn_output` (no scale).
+- MLA layer: deepseek2's absorbed latent attention (`attn_q` or the q_lora bottleneck,
+  `attn_kv_a_mqa`, `attn_k_b` / `attn_v_b`) WITHOUT RoPE (llama.cpp's rope type for this
+  architecture is none: the rope key is used as computed), scores x 1/sqrt(key_length_mla),
+  `attn_output` with its scale. A file with the combined `attn_kv_b` (llama.cpp's MHA fallback) is
+  refused.
+- FFN: `leading_dense_block_count` SwiGLU layers, then `expert_count` experts (`expert_gating_func`
+  required, the selection bias `exp_probs_b` required, weights always renormalized, x
+  `expert_weights_scale`) plus a shared expert of `expert_shared_count` x the experts' width; no FFN
+  weight scales. `output.weight` required, no scale.
+
+State per sequence and KDA layer: (kernel - 1) x 3 n S + n S^2 floats; the KV cache holds the MLA
+layers only: their [latent, rope key] row as deepseek2's.
+"""
+
+import math
+from dataclasses import replace
+
+from rfc.artifacts.plan import KVSpec
+from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.common import UNUSED_SCALE, Sizes, embedding_rows, glu_ffn, hparams, read_rope
+from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK, mla_attention
+from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE
+from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, Metadata
+from rfc.compiler.arch.moe import (
+    Experts, declare_expert_buffers, moe_block, read_experts_of, read_gating, read_weights_scale,
+)  # fmt: skip
+from rfc.compiler.errors import CompileError
+from rfc.compiler.gguf_reader import GGUFModel
+from rfc.compiler.spec import ModelSpec
+
+UNUSED_QKV = "kimi-linear's KDA graph multiplies by Q, K and V alone (ggml_mul_mat): llama.cpp loads it and leaves it"
+
+
+def build(model: GGUFModel) -> ModelSpec:
+    md = Metadata(model, "kimi-linear")
+    n_embd = md.int("embedding_length", 1, MAX_EMBD)
+    n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
+    heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
+    kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS, default=list(heads))
+    nh = heads[0]  # llama.cpp's n_head(): layer 0's, for both kinds of layer
+    if not nh:
+        raise CompileError(f"{md.path}: layer 0 has no attention heads (kimi-linear sizes every layer by them)")
+    kda_layers = [i for i in range(n_layers) if kv_heads[i] == 0]
+    mla_layers = [i for i in range(n_layers) if kv_heads[i] != 0]
+    s = md.int("kda.head_dim", 1, MAX_DELTA_STATE)
+    kernel = md.int("ssm.conv_kernel", 2, MAX_CONV_KERNEL)
+    kv_lora = md.int("attention.kv_lora_rank", 1, MAX_LORA_RANK)
+    q_lora = md.int("attention.q_lora_rank", 0, MAX_LORA_RANK, default=0)
+    key_mla = md.int("attention.key_length_mla", 2, MAX_HEAD_DIM)
+    v_dim = md.int("attention.value_length_mla", 1, MAX_HEAD_DIM)
+    sizes = Sizes(n_embd, n_layers, nh, 1, 2, embedding_rows(md))  # the head size is set from n_rot below
+    rope = read_rope(md, replace(sizes, head_dim=MAX_HEAD_DIM), "neox")  # its n_rot alone: no RoPE is applied
+    rot = rope.n_rot
+    if rot >= key_mla:
+        raise CompileError(f"{md.path}: rope.dimension_count {rot} leaves no nope part of key_length_mla {key_mla}")
+    nope = key_mla - rot
+    sizes = replace(sizes, head_dim=kv_lora + rot)
+    for key, want in (("attention.key_length", kv_lora + rot), ("attention.value_length", kv_lora)):
+        got = md.int(key, 1, MAX_LORA_RANK + MAX_HEAD_DIM, default=want)
+        if got != want:
+            raise CompileError(f"{md.path}: {md.key(key)} {got} != {want}: an MLA file's attention sizes disagree")
+    eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
+    dense_lead = md.int("leading_dense_block_count", 0, n_layers, default=0)
+    n_ff = md.int("feed_forward_length", 1, MAX_FF) if dense_lead else 0
+    e = None
+    if dense_lead < n_layers:
+        count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
+        shared = md.int("expert_shared_count", 0, 64)
+        e = Experts(count, used, n_ff_exp, gating=read_gating(md, None, required=True), norm=True,
+                    scale=read_weights_scale(md), groups=groups, groups_used=groups_used,
+                    shared_ff=n_ff_exp * max(1, shared), shared=1, dense_lead=dense_lead)  # fmt: skip
+    md.ignored("expert_weights_norm", "kimi-linear's graph always renormalizes the experts' weights")
+    scale = float(1.0 / math.sqrt(key_mla))
+    b = ModelBuilder(model)
+    d = nh * s
+    b.buffer("tokens", "T", dtype="i32")
+    widths = {"x": n_embd, "h": n_embd}
+    if mla_layers:
+        widths |= {
+            "q_nope": nh * nope,
+            "q_pe": nh * rot,
+            "q_latent": nh * kv_lora,
+            "latent": kv_lora,
+            "k_pe": rot,
+            "q": nh * sizes.head_dim,
+            "k": sizes.head_dim,
+            "att": nh * sizes.head_dim,
+            "att_v": nh * v_dim,
+        }
+        if q_lora:
+            widths["q_a"] = q_lora
+    if kda_layers:
+        widths |= {"kq": d, "kk": d, "kv": d, "kqk": 2 * d, "mixed": 3 * d, "conv": 3 * d, "f_a": s, "alpha": d,
+                   "beta": nh, "dn": d, "g_a": s, "g": d}  # fmt: skip
+    for name, width in widths.items():
+        b.buffer(name, "T", width)
+    if n_ff:
+        b.buffer("gate", "T", n_ff)
+        b.buffer("up", "T", n_ff)
+    if e is not None:
+        declare_expert_buffers(b, n_embd, e)
+    for name, width in (("xr", n_embd), ("hr", n_embd), ("logits", sizes.vocab_size)):
+        b.buffer(name, "R", width)
+
+    b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, n_embd)),))
+    for i in range(n_layers):
+        p = f"blk.{i}."
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (n_embd,)),), eps=eps)
+        if i in kda_layers:
+            _kda(b, i, n_embd, nh, s, kernel, eps)
+        else:
+            if b.has(p + "attn_kv_b.weight"):
+                raise CompileError(f"{b.path}: {p}attn_kv_b.weight: kimi-linear's MHA fallback (no attn_k_b / "
+                                   "attn_v_b) is not supported")  # fmt: skip
+            b.unused(p + "attn_q.scale", "kimi-linear's MLA multiplies by attn_q without its scale (ggml_mul_mat)")
+            mla_attention(b, i, sizes, rope, eps, q_lora, kv_lora, nope, v_dim, scale, rotate=False,
+                          layer=mla_layers.index(i))  # fmt: skip
+        b.op("add", ("x", "h"), ("x",))
+        b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (n_embd,)),), eps=eps)
+        if e is not None and e.is_moe(i):
+            if not b.has(p + "exp_probs_b.bias"):
+                raise CompileError(f"{b.path}: missing tensor {p}exp_probs_b.bias (kimi-linear's loader requires it)")
+            moe_block(b, i, sizes, e)
+        else:
+            glu_ffn(b, i, n_embd, n_ff, bias=False, scale=False)
+            b.op("add", ("x", "h"), ("x",))
+    b.op("gather_rows", ("x",), ("xr",))
+    b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (n_embd,)),), eps=eps)
+    b.unused("output.scale", "kimi-linear's graph multiplies by output without its scale")
+    b.op("matmul", ("hr",), ("logits",), (b.tensor("output.weight", "output", (sizes.vocab_size, n_embd)),))
+    extra = {"kda_layers": kda_layers, "kda_head_dim": s, "ssm_conv_kernel": kernel, "kv_lora_rank": kv_lora,
+             "key_length_mla": key_mla, "value_length_mla": v_dim}  # fmt: skip
+    if e is not None:
+        extra |= e.hparams()
+    hp = hparams(md, sizes, rope, n_ff or (e.n_ff if e else 0), eps, tied_embeddings=False, qkv_bias=False,
+                 rope_freq_factors=False, extra=extra)  # fmt: skip
+    kv = KVSpec(n_layers=len(mla_layers), n_kv_heads=1, head_dim=sizes.head_dim, dtype="f16")  # the MLA layers' only
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
+
+
+def _kda(b: ModelBuilder, i: int, e: int, nh: int, s: int, kernel: int, eps: float) -> None:
+    """h = attn_output(rmsnorm_heads(KDA(conv(q), conv(k), conv(v))) * sigmoid(ssm_g_b(ssm_g_a h)))."""
+    p, d = f"blk.{i}.", nh * s
+    for proj, buf in (("q", "kq"), ("k", "kk"), ("v", "kv")):
+        b.op("matmul", ("h",), (buf,), (b.tensor(f"{p}attn_{proj}.weight", f"attn_{proj}", (d, e)),))
+        b.unused(f"{p}attn_{proj}.bias", UNUSED_QKV)
+        b.unused(f"{p}attn_{proj}.scale", UNUSED_QKV)
+    b.op("concat_heads", ("kq", "kk"), ("kqk",), heads=1)
+    b.op("concat_heads", ("kqk", "kv"), ("mixed",), heads=1)
+    convs = [f"{p}ssm_conv1d_{x}.weight" for x in "qkv"]
+    conv_w = b.stacked(p + "ssm_conv1d_qkv", "ssm_conv1d", [(n, _conv_shape(b, n, d, kernel)) for n in convs], kernel)
+    b.op("ssm_conv", ("mixed",), ("conv",), (conv_w,), state=b.state(i, (kernel - 1, 3 * d)))
+    b.op("matmul", ("h",), ("f_a",), (b.tensor(p + "ssm_f_a.weight", "ssm_f_a", (s, e)),))
+    b.op("matmul", ("f_a",), ("alpha",), (b.tensor(p + "ssm_f_b.weight", "ssm_f_b", (d, s)),))
+    b.op("matmul", ("h",), ("beta",), (b.tensor_as(p + "ssm_beta.weight", "ssm_beta", (nh, e)),))
+    b.unused(p + "ssm_beta.scale", UNUSED_SCALE)
+    a_name = p + "ssm_a"
+    a_shape = (nh, 1) if a_name in b.model.tensors and len(b.model.tensors[a_name].shape) == 2 else (nh,)
+    gates = (b.flat(a_name, "ssm_a", a_shape), b.tensor(p + "ssm_dt.bias", "ssm_dt", (d,)))
+    b.op("gated_delta_net", ("conv", "alpha", "beta"), ("dn",), gates, state=b.state(i, (nh, s, s)), n_k_heads=nh,
+         n_v_heads=nh, head_dim=s, eps=eps, decay="key")  # fmt: skip
+    b.op("rmsnorm", ("dn",), ("dn",), (b.tensor(p + "ssm_norm.weight", "ssm_norm", (s,)),), eps=eps, heads=nh)
+    b.op("matmul", ("h",), ("g_a",), (b.tensor(p + "ssm_g_a.weight", "ssm_g_a", (s, e)),))
+    b.op("matmul", ("g_a",), ("g",), (b.tensor(p + "ssm_g_b.weight", "ssm_g_b", (d, s)),))
+    b.op("swiglu", ("g", "dn"), ("dn",), activation="sigmoid")
+    b.unused(p + "attn_output.scale", "kimi-linear's KDA layer multiplies by attn_output without its scale")
+    b.op("matmul", ("dn",), ("h",), (b.tensor(p + "attn_output.weight", "attn_output", (e, d)),))
+
+
+def _conv_shape(b: ModelBuilder, name: str, d: int, kernel: int) -> tuple[int, ...]:
+    """A KDA conv kernel's shape in the file: [d, 1, kernel] or [d, kernel] (the loader takes either)."""
+    t = b.model.tensors.get(name)
+    return (d, 1, kernel) if t is not None and len(t.shape) == 3 else (d, kernel)
