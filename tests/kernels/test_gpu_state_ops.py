@@ -200,13 +200,16 @@ def test_a_repeated_prefix_resumes_from_its_state_checkpoint_on_the_device(targe
         pytest.param("mamba-falcon", "sm_90", marks=toolchain_marks("sm_90")),
         # Kimi Delta Attention (gated_delta_net with a decay per key channel) beside RoPE-less MLA layers
         pytest.param("kimi-linear-heads", "gfx1100", marks=toolchain_marks("gfx1100")),
+        # PLaMo 2's Mamba layers (one group, normed B, C and dt) beside attention layers normed per head
+        pytest.param("plamo2-dense", "sm_90", marks=toolchain_marks("sm_90")),
     ],
 )
-def test_a_model_without_attention(name, target, gpu_build_cache, tmp_path):
-    """mamba2 and mamba (llama.cpp's saver files, tests/e2e/test_llama_archs.py): plans whose KV cache has
-    no layers, their whole context in the state; kimi-linear's recurrent layers beside its MLA ones. The
-    step program binds, a prompt and a decode step continuing from the slot's state match the reference
-    (the files' weights are F32: no activation rounding, the single-op bound of test_gpu_kernels)."""
+def test_recurrent_saver_files(name, target, gpu_build_cache, tmp_path):
+    """Recurrent layers in llama.cpp's saver files (tests/e2e/test_llama_archs.py): mamba2's and mamba's,
+    plans whose KV cache has no layers (their whole context in the state), and kimi-linear's and plamo2's
+    beside attention layers. The step program binds, a prompt and a decode step continuing from the
+    slot's state match the reference (the files' weights are F32: no activation rounding, the single-op
+    bound of test_gpu_kernels)."""
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.e2e.test_llama_archs import _model
     from tests.kernels.test_gpu_kernels import _close
