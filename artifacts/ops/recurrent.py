@@ -75,6 +75,18 @@ def _gated_delta_net(v: OpView) -> None:
         v.need(w is None or w == (width,), f"gate weight {i} {w} is not [{width}]")
 
 
+def _lightning_attention(v: OpView) -> None:
+    (qkv,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(qkv, out)
+    h = v.int_attr("n_heads", 1, MAX_HEADS)
+    d = v.int_attr("head_dim", 1, MAX_DELTA_STATE)  # the state is D x D per head
+    v.need(v.shape(qkv) == ("T", 3 * h * d), f"qkv is not [T, {3 * h * d}]")
+    v.need(v.shape(out) == ("T", h * d), f"output is not [T, {h * d}]")
+    v.need(tuple(state_tensor(v)) == (h, d, d), f"state tensor {v.op.attr('state')} is not [{h}, {d}, {d}]")
+    w = v.weight_shape(0)
+    v.need(w is None or w == (h,), f"decay {w} is not [{h}]")
+
+
 def _ssm_scan(v: OpView) -> None:
     (xbc, dt), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(xbc, dt, out)
@@ -200,6 +212,28 @@ DEFS = (
                 ("dt", PTR),
                 *STATE_ARGS,
             ),
+        ),
+    ),
+    OpDef(
+        kind="lightning_attention",
+        schema=OpSchema(
+            1,
+            1,
+            (1, 1),
+            ("state", "n_heads", "head_dim"),
+            doc="MiniMax-01's lightning attention, the recurrent form of its chunked linear attention: input qkv[T, "
+            "3 H D] (head h's q, k and v side by side at 3 h D), weight decay[H] (the per-step log decay s_h >= "
+            "0) -> out[T, H D]. Per token and head, with the head's state M (D x D: M[j][i], v index j, k index "
+            "i) M = exp(-s_h) M + v k^T, out_j = sum_i M[j][i] q_i. `state` is the index of its StateTensor "
+            "([H, D, D])",
+        ),
+        check=_lightning_attention,
+        reference="op_lightning_attention",
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_lightning_attention"),
+        gpu=GpuPart(
+            ("gpu_lightning_attention.hip.j2",),
+            lower="_lightning_attention",
+            args=(("out", PTR), ("qkv", PTR), ("decay", PTR), *STATE_ARGS),
         ),
     ),
     OpDef(

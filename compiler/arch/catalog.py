@@ -39,7 +39,6 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 # Why a name without a recipe is refused; a name not listed here has no recipe yet.
 REFUSED: dict[str, str] = {
     **dict.fromkeys(("rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"), _RWKV),
-    "minimax-01": "lightning attention (linear attention with a decay per head) has no op yet",
     **dict.fromkeys(
         (
             "bert",

@@ -271,6 +271,8 @@ def _arch_ops_params(ops: dict[str, list]) -> dict | None:
         groups["ssm_scan1"] = True  # sources stay as they were)
     if any(op.attr("decay") == "key" for op in ops.get("gated_delta_net", [])):  # Kimi's KDA, likewise
         groups["kda"] = True
+    if "lightning_attention" in ops:  # MiniMax-01's, likewise
+        groups["lightning"] = True
     if not any(groups.values()):
         return None
     return {**groups, "max_conv_kernel": MAX_CONV_KERNEL, "max_delta_state": MAX_DELTA_STATE}

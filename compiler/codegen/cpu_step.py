@@ -551,6 +551,7 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
             "ssm_conv",
             "altup_correct",
             "hc_gates",
+            "lightning_attention",
         ):
             # ssm_conv: its bias (the kernel is read in place)
             for w in op.weights[1:] if op.kind == "ssm_conv" else op.weights:

@@ -884,6 +884,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "hc_gates": ("gates",),
         "hc_reduce": ("out",),
         "hc_post": ("out",),
+        "lightning_attention": ("out",),
     }[op.kind]
     weights = {
         "embed": ("weight",),
@@ -905,6 +906,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "ssm_scan": ("a", "d", "dt_bias"),
         "altup_correct": ("scale",),
         "hc_gates": ("base",),
+        "lightning_attention": ("decay",),
     }.get(op.kind, ())
     if op.kind == "moe_route" and op.attr("expert_scale"):  # the experts' output scales: the last weight
         weights = ("bias", "escale")[2 - len(op.weights) :]

@@ -365,6 +365,15 @@ class ReferenceDevice(HostState, InterpretedDevice):
                 per_key=attrs.get("decay", "head") == "key",
             )
 
+    def op_lightning_attention(self, outs, ins, weights, attrs, batch):
+        (qkv,) = ins
+        for s in range(len(batch.seq_start) - 1):
+            lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
+            state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
+            outs[0][lo:hi], state[...] = lightning_chunk(
+                qkv[lo:hi], weights[0], state, attrs["n_heads"], attrs["head_dim"]
+            )
+
     # -- recurrent layers (Mamba2) --------------------------------------------------------------
     def op_ssm_scan(self, outs, ins, weights, attrs, batch):
         xbc, dt = ins
@@ -440,6 +449,22 @@ def gated_delta_net_chunk(
         m += d[:, :, None] * k[t][:, None, :]
         out[t] = np.einsum("hji,hi->hj", m, q[t]) / np.sqrt(s)
     return out.reshape(n, hv * s).astype(np.float32), m.astype(np.float32)
+
+
+def lightning_chunk(qkv, decay, state, h: int, d: int):
+    """One sequence's chunk through lightning_attention, token by token, in float64: qkv [n, 3 h d]
+    (head h's q, k, v at 3 h d), decay [h] (log decays), state [h, d, d] (M[h][j][i]: v index j, k
+    index i) -> (out [n, h d] float32, the new state float32)."""
+    n = len(qkv)
+    x = qkv.astype(np.float64).reshape(n, h, 3, d)
+    lam = np.exp(-np.asarray(decay, np.float64))[:, None, None]
+    m = state.astype(np.float64).copy()
+    out = np.empty((n, h, d))
+    for t in range(n):
+        q, k, v = x[t, :, 0], x[t, :, 1], x[t, :, 2]
+        m = m * lam + v[:, :, None] * k[:, None, :]
+        out[t] = np.einsum("hji,hi->hj", m, q)
+    return out.reshape(n, h * d).astype(np.float32), m.astype(np.float32)
 
 
 def ssm_scan_chunk(xbc, dt, a, d, dt_bias, state, h: int, p: int, g: int, n_state: int, per_state: bool = False):

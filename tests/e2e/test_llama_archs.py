@@ -196,6 +196,11 @@ ADDED = (
     # plamo2 (Mamba layers with normed B, C and dt beside attention layers): z and x rows swapped 0.40, dt's norm
     # left out 9.7e-3, without the FFN's post-norm 2.7, without the Mamba output's SiLU(z) gate 1.4
     "plamo2-dense",
+    # minimax-01 (lightning attention, the normed input as each sublayer's residual): without the decays 0.093
+    # (-deep 0.12), -deep's layer 1 without its slope scale 0.058, the residual unscaled 1.9, without the output
+    # gate 0.78, without the SiLU on qkv 0.20
+    "minimax-01-moe",
+    "minimax-01-deep",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -218,14 +223,14 @@ CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 # division, Q/K/V clamps without RoPE, per-layer head geometries and a linear attention, a looped stack,
 # capped scores with GELU experts, per-head sigmoid and softplus gates, norms at two epsilons, fused
 # experts beside a fused shared expert, layers of two head counts, Mamba-1's per-state decay, values narrower
-# than keys, capped SwiGLUs, hyper-connections, a delta rule decaying per key channel); the others
+# than keys, capped SwiGLUs, hyper-connections, a delta rule decaying per key channel, lightning attention); the others
 # are `exhaustive`.
 CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
     "deci-varied", "nanbeige-looped", "grok-capped", "muse-glimmer-swa", "spark2_5-swa", "granite_swa-moe",
     "laguna-xs", "mamba-falcon", "minicpm3-narrow", "mimo2-flash", "step35-dense", "hy_v4-heads",
-    "kimi-linear-heads",
+    "kimi-linear-heads", "minimax-01-deep",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

@@ -21,7 +21,7 @@ import pytest
 
 from rfc.artifacts.plan import Op
 from rfc.compiler.codegen import cpu
-from rfc.runtime.devices.reference import gated_delta_net_chunk, ssm_conv_chunk
+from rfc.runtime.devices.reference import gated_delta_net_chunk, lightning_chunk, ssm_conv_chunk
 from tests.kernels.kit.state_ops import (
     BUILDS, LENGTHS, STARTS, assert_close, layout, open_library, ptr, slot_ptrs, state_plan,
 )  # fmt: skip
@@ -44,11 +44,13 @@ PLAN = state_plan({"x": C, "y": C}, (
        {"state": 1, "n_k_heads": HK, "n_v_heads": HV, "head_dim": S, "eps": EPS}),
     Op("gated_delta_net", ("qkv", "alpha_k", "beta"), ("o",), ("a", "dt_k"),
        {"state": 2, "n_k_heads": HK, "n_v_heads": HV, "head_dim": S, "eps": EPS, "decay": "key"}),
-), states=((K - 1, C), (HV, S, S), (HV, S, S)), output="y", hidden="x")  # fmt: skip
+    Op("lightning_attention", ("lqkv",), ("o",), ("decay",), {"state": 3, "n_heads": HV, "head_dim": S}),
+), states=((K - 1, C), (HV, S, S), (HV, S, S), (HV, S, S)), output="y", hidden="x")  # fmt: skip
 ARGTYPES = {
     "rfc_ssm_conv": [_P, _P, _P, _P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, _P],
     "rfc_gated_delta_net": [_P, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _P,
                             ctypes.c_float, _P],
+    "rfc_lightning_attention": [_P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _P],
     "rfc_kda": [_P, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _P, ctypes.c_float,
                 _P],
 }  # fmt: skip
@@ -61,7 +63,7 @@ def lib(request, tmp_path_factory):
         tmp_path_factory,
         "qwen35",
         PLAN,
-        {"conv": (C, K), "a": (HV,), "dt": (HV,), "dt_k": (HV * S,)},
+        {"conv": (C, K), "a": (HV,), "dt": (HV,), "dt_k": (HV * S,), "decay": (HV,)},
         ARGTYPES,
     )
 
@@ -143,6 +145,26 @@ def test_kda_matches_reference(lib):
     other, _ = gated_delta_net_chunk(qkv[:5], flat[:5], beta[:5], A.astype(np.float64), dt.astype(np.float64),
                                      np.zeros((HV, S, S)), HK, HV, S, EPS, per_key=True)  # fmt: skip
     assert np.abs(other - out[:5]).max() > 1e-2
+
+
+def test_lightning_attention_matches_reference(lib):
+    """MiniMax-01's lightning attention (kernels/cpu_lightning.h): linear attention decaying per head, the same
+    sequences and states; the decays from 0.9 to 0.2 a step."""
+    rng = np.random.default_rng(6)
+    positions, seq_start = layout(STARTS, LENGTHS)
+    qkv = rng.standard_normal((len(positions), 3 * HV * S)).astype(np.float32)
+    decay = np.array([0.1, 0.5, 1.0, 1.6], np.float32)
+    states = [(0.3 * rng.standard_normal((HV, S, S))).astype(np.float32) for _ in range(3)] + [None]
+    starts = [np.zeros((HV, S, S), np.float32) if STARTS[s] == 0 or s == 3 else states[s].copy() for s in range(4)]
+    out = np.full((len(qkv), HV * S), np.nan, np.float32)
+    lib.rfc_lightning_attention(ptr(qkv), ptr(out), ptr(positions), ptr(seq_start), len(STARTS), HV, S, ptr(decay),
+                                slot_ptrs(states))  # fmt: skip
+    for s in range(len(STARTS)):
+        lo, hi = seq_start[s], seq_start[s + 1]
+        want, after = lightning_chunk(qkv[lo:hi], decay.astype(np.float64), starts[s], HV, S)
+        assert_close(out[lo:hi], want, 1e-5, 1e-4)
+        if s < 3:
+            assert_close(states[s], after, 1e-5, 1e-4)
 
 
 def test_a_chunk_continues_from_the_state_the_last_one_left(lib):

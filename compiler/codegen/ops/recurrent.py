@@ -76,6 +76,14 @@ class CpuLowering:
                                          **({"kda": True} if op.attr("decay") == "key" else {})},
                      {qkv, alpha, beta, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
 
+    def _lightning_attention(self, op: Op) -> Phase:
+        (qkv,), (out,) = op.inputs, op.outputs
+        index = int(op.attrs["state"])
+        return Phase("lightning_attention", {"qkv": self.buf(qkv), "out": self.buf(out), "h": int(op.attrs["n_heads"]),
+                                             "d": int(op.attrs["head_dim"]), "decay": self.vec(op.weights[0]),
+                                             "state": self.plan.state.offset(index), "counter": self.counter()},
+                     {qkv, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
+
 
 class GpuLowering:
     # -- recurrent layers (qwen35): a block per sequence (and channel tile / value head) ---------
@@ -138,6 +146,24 @@ class GpuLowering:
             KERNEL_ARGS["gated_delta_net"],
             threads,
             (("n_seqs", 1), (hv, 1)),
+        )
+
+    def _lightning_attention(self, op: Op) -> KernelSpec:
+        self._f32_vector(op, op.weights[0])
+        h, d = int(op.attrs["n_heads"]), int(op.attrs["head_dim"])
+        if d > MAX_THREADS:
+            raise CompileError(f"the GPU lightning_attention runs a thread per state row: a head size of {d} is over "
+                               f"{MAX_THREADS}")  # fmt: skip
+        threads = self._row_threads(d)
+        name = f"rfc_lightning_attention_{h}x{d}"
+        params = {"name": name, "threads": threads, "h_count": h, "d": d, **self._state_params(op)}
+        return KernelSpec(
+            name,
+            "gpu_lightning_attention.hip.j2",
+            params,
+            KERNEL_ARGS["lightning_attention"],
+            threads,
+            (("n_seqs", 1), (h, 1)),
         )
 
     def _ssm_scan(self, op: Op) -> KernelSpec:

@@ -473,9 +473,18 @@ _P]}  # fmt: skip
             states.ctypes.data,
         )
 
+    def _op_lightning_attention(self, op, outs, ins, weights, batch):
+        fn = _declare(self._lib, "rfc_lightning_attention", [_P, _P, _P, _P, c_int, c_int, c_int, _P, _P])
+        states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
+        a = op.attrs
+        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs, a["n_heads"],
+                    a["head_dim"], weights[0].ptr, states.ctypes.data)  # fmt: skip
+
     def _op_gated_delta_net(self, op, outs, ins, weights, batch):
         fn = _declare(
-            self._lib, "rfc_gated_delta_net", [_P, _P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, _P, _P, c_float, _P]
+            self._lib,
+            "rfc_kda" if op.attr("decay") == "key" else "rfc_gated_delta_net",
+            [_P, _P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, _P, _P, c_float, _P],
         )
         states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
         a = op.attrs
