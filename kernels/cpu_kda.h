@@ -1,5 +1,6 @@
-/* Kimi Delta Attention (kimi-linear): gated_delta_net with `decay` 'key', a decay per value head and
- * key channel: g_i = softplus(alpha[h S + i] + dt[h S + i]) * a[h], M[j][i] *= exp(g_i) (M[j][i]:
+/* Kimi Delta Attention (kimi-linear, bailingmoe3): gated_delta_net with `decay` 'key', a decay per value
+ * head and key channel: g_i = softplus(alpha[h S + i] + dt[h S + i]) * a[h] (or with 'key_sigmoid' and
+ * lb = lower_bound != 0: lb * sigmoid((alpha + dt) * a[h])), M[j][i] *= exp(g_i) (M[j][i]:
  * value index j, key index i), as artifacts/ops/recurrent.py says and runtime/devices/reference.py
  * computes; otherwise rfc_gdn_head's pass (cpu_delta_net.h, which this header follows). */
 #ifndef RFC_CPU_KDA_H
@@ -8,7 +9,8 @@
 /* value head h of one chunk: qkv [n, (2 hk + hv) S], alpha [n, hv S], beta [n, hv], out [n, hv S];
  * scratch [3 S]: q, k and the token's decays */
 static void rfc_kda_head(const float *qkv, const float *alpha, const float *beta, float *out, int n, int hk, int hv,
-                         int S, int h, float a, const float *dt, float eps, float *RFC_RESTRICT M, float *RFC_RESTRICT qk) {
+                         int S, int h, float a, const float *dt, float eps, float lb, float *RFC_RESTRICT M,
+                         float *RFC_RESTRICT qk) {
     const size_t W = (size_t)(2 * hk + hv) * S;
     const int kh = h % hk;
     const float scale = 1.0f / sqrtf((float)S);
@@ -19,7 +21,10 @@ static void rfc_kda_head(const float *qkv, const float *alpha, const float *beta
         rfc_l2_norm(row + (size_t)(hk + kh) * S, k, S, eps);
         const float *v = row + (size_t)(2 * hk + h) * S;
         const float *al = alpha + (size_t)t * hv * S + (size_t)h * S;
-        for (int i = 0; i < S; i++) dec[i] = expf(rfc_softplus(al[i] + dt[i]) * a);
+        if (lb != 0.0f) /* bailingmoe3's safe gate: lb * sigmoid((alpha + dt) * a) */
+            for (int i = 0; i < S; i++) dec[i] = expf(lb / (1.0f + expf(-((al[i] + dt[i]) * a))));
+        else
+            for (int i = 0; i < S; i++) dec[i] = expf(rfc_softplus(al[i] + dt[i]) * a);
         const float b = 1.0f / (1.0f + expf(-beta[(size_t)t * hv + h]));
         float *o = out + (size_t)t * hv * S + (size_t)h * S;
         for (int j = 0; j < S; j++) {
@@ -42,7 +47,7 @@ static void rfc_kda_head(const float *qkv, const float *alpha, const float *beta
 /* the team's share of one KDA op: items (sequence, value head) from a counter */
 static void rfc_kda_team(const float *qkv, const float *alpha, const float *beta, float *out, const int32_t *positions,
                          const int32_t *seq_start, int S_seqs, int hk, int hv, int S, const float *a, const float *dt,
-                         float eps, float *const *states, int *counter) {
+                         float eps, float lb, float *const *states, int *counter) {
     const int items = S_seqs * hv;
     float qk[3 * RFC_MAX_DELTA_STATE];
     for (int it = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); it < items; it = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED)) {
@@ -53,16 +58,16 @@ static void rfc_kda_team(const float *qkv, const float *alpha, const float *beta
         if (!M) continue; /* out of memory: the output rows stay as they were */
         if (own || positions[lo] == 0) memset(M, 0, (size_t)S * S * sizeof(float));
         rfc_kda_head(qkv + (size_t)lo * (2 * hk + hv) * S, alpha + (size_t)lo * hv * S, beta + (size_t)lo * hv,
-                     out + (size_t)lo * hv * S, n, hk, hv, S, h, a[h], dt + (size_t)h * S, eps, M, qk);
+                     out + (size_t)lo * hv * S, n, hk, hv, S, h, a[h], dt + (size_t)h * S, eps, lb, M, qk);
         free(own);
     }
 }
 
 RFC_EXPORT void rfc_kda(const float *qkv, const float *alpha, const float *beta, float *out, const int32_t *positions,
                         const int32_t *seq_start, int S, int hk, int hv, int s_dim, const float *a, const float *dt, float eps,
-                        float *const *states) {
+                        float lb, float *const *states) {
     int counter = 0;
-    rfc_kda_team(qkv, alpha, beta, out, positions, seq_start, S, hk, hv, s_dim, a, dt, eps, states, &counter);
+    rfc_kda_team(qkv, alpha, beta, out, positions, seq_start, S, hk, hv, s_dim, a, dt, eps, lb, states, &counter);
 }
 
 #endif

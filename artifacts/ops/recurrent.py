@@ -64,7 +64,10 @@ def _gated_delta_net(v: OpView) -> None:
     v.need(hv % hk == 0, "n_v_heads is not a multiple of n_k_heads")
     v.need(v.shape(qkv) == ("T", (2 * hk + hv) * s), f"qkv is not [T, {(2 * hk + hv) * s}]")
     # the decay per value head (qwen35's GDN), or per value head and key channel (Kimi's KDA)
-    per_key = v.choice_attr("decay", ("head", "key")) == "key"
+    decay = v.choice_attr("decay", ("head", "key", "key_sigmoid"))
+    per_key = decay != "head"
+    if decay == "key_sigmoid":
+        v.real_attr("lower_bound", -1e6, 0.0)
     g = hv * s if per_key else hv
     v.need(v.shape(alpha) == ("T", g), f"alpha is not [T, {g}]")
     v.need(v.shape(beta) == ("T", hv), f"beta is not [T, {hv}]")
@@ -186,7 +189,7 @@ DEFS = (
             1,
             (2, 2),
             ("state", "n_k_heads", "n_v_heads", "head_dim", "eps"),
-            optional=(("decay", "head"),),
+            optional=(("decay", "head"), ("lower_bound", 0.0)),
             doc="Gated DeltaNet recurrence (llama.cpp's ggml_gated_delta_net with qwen35's gating): inputs qkv[T, (2 "
             "Hk + Hv) S] (q heads, then k heads, then v heads, S = head_dim), alpha[T, Hv], beta[T, Hv]; weights "
             "a[Hv] (ssm_a = -exp(A_log)) and dt_bias[Hv] -> out[T, Hv S]. Per token and v head h (k head h % Hk): "
@@ -195,11 +198,12 @@ DEFS = (
             "(v_j - sum_i M[j][i] k_i); M[j][i] += d_j k_i; out_j = sum_i M[j][i] q_i / sqrt(S). `state` is the "
             "index of its StateTensor ([Hv, S, S]). With `decay` 'key' (Kimi Delta Attention: ggml_gated_delta_net "
             "with g [S, Hv]) alpha is [T, Hv S] and dt_bias [Hv S]: g_i = softplus(alpha_{h S + i} + dt_bias_{h S + "
-            "i}) * a_h per key index i, and M[j][i] *= exp(g_i)",
+            "i}) * a_h per key index i, and M[j][i] *= exp(g_i); with `decay` 'key_sigmoid' (bailingmoe3's safe "
+            "gate) g_i = lower_bound * sigmoid((alpha_{h S + i} + dt_bias_{h S + i}) * a_h)",
         ),
         check=_gated_delta_net,
         reference="op_gated_delta_net",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_gated_delta_net", attrs=("decay",)),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_gated_delta_net", attrs=("decay", "lower_bound")),
         gpu=GpuPart(
             ("gpu_gated_delta_net.hip.j2",),
             lower="_gated_delta_net",

@@ -106,6 +106,7 @@ RECIPES: dict[str, Recipe] = {
     "baichuan": baichuan.build,
     "bailingmoe": bailingmoe.build,
     "bailingmoe2": bailingmoe2.build,
+    "bailingmoe3": kimi_linear.build_bailingmoe3,
     "chatglm": chatglm.build,
     "codeshell": codeshell.build,
     "cohere2": command_r.build_cohere2,

@@ -172,7 +172,7 @@ def mla_attention(
     scale: float,
     *,
     sinks: bool = False,
-    gate: bool = False,
+    gate: bool | str = False,
     out_scale: bool = True,
     rotate: bool = True,
     layer: int | None = None,
@@ -226,9 +226,10 @@ def mla_attention(
     b.op("attention", ("q",), ("att",), sink, layer=kv, n_heads=nh, n_kv_heads=1, head_dim=sizes.head_dim, scale=scale)
     wv_b = b.tensor_as(p + "attn_v_b.weight", "attn_v_b", (nh, v_dim, kv_lora))
     b.op("head_matmul", ("att",), ("att_v",), (wv_b,), heads=nh, stride=sizes.head_dim)
-    if gate:
+    if gate:  # True: a gate per value (hy_v4); "head": one per head (bailingmoe3), tensor_as: [n_embd] for one head
+        rows = nh if gate == "head" else nh * v_dim
         b.unused(p + "attn_gate.scale", UNUSED_SCALE)
-        b.op("matmul", ("h",), ("attn_gate",), (b.tensor(p + "attn_gate.weight", "attn_gate", (nh * v_dim, e)),))
+        b.op("matmul", ("h",), ("attn_gate",), (b.tensor_as(p + "attn_gate.weight", "attn_gate", (rows, e)),))
         b.op("swiglu", ("attn_gate", "att_v"), ("att_v",), activation="sigmoid")
     # build_attn: wo with wo_s, no wo_b
     linear(b, "att_v", "h", p + "attn_output", (e, nh * v_dim), bias=False, scale=out_scale)

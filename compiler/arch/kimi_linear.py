@@ -20,6 +20,17 @@
   `expert_weights_scale`) plus a shared expert of `expert_shared_count` x the experts' width; no FFN
   weight scales. `output.weight` required, no scale.
 
+`bailingmoe3` (inclusionAI's Ling 3, llama.cpp's bailingmoe3.cpp): the same hybrid with its KDA
+decay the "safe gate" `kda.gate_lower_bound` (< 0, required) x sigmoid((`ssm_f_a` h + `ssm_dt.bias`) x
+`ssm_a`) and its output gate sigmoid(`ssm_g_a` h) (one matmul each); its MLA layers rotate the rope
+parts (NeoX when `rope.dimension_sections` is set, its M-RoPE on text; else adjacent pairs; sections
+not covering the rope dims refused), gate each head's output by sigmoid(`attn_gate` h) [heads, n_embd]
+and multiply by `attn_output` without its scale; the experts' weights renormalized by
+`expert_weights_norm`, a shared expert `expert_shared_feed_forward_length` wide (default the experts'
+width x `expert_shared_count`), llama.cpp's clamps (`swiglu_clamp_exp` on the experts,
+`swiglu_clamp_shexp` on the shared expert and the dense FFN: swiglu 'silu_cap'); `nextn_predict_layers`
+MTP blocks not run.
+
 State per sequence and KDA layer: (kernel - 1) x 3 n S + n S^2 floats; the KV cache holds the MLA
 layers only: their [latent, rope key] row as deepseek2's.
 """
@@ -43,15 +54,28 @@ from rfc.compiler.spec import ModelSpec
 UNUSED_QKV = "kimi-linear's KDA graph multiplies by Q, K and V alone (ggml_mul_mat): llama.cpp loads it and leaves it"
 
 
+CLAMP_EPS = 1e-6  # build_ffn / build_moe_ffn clamp only above it
+
+
 def build(model: GGUFModel) -> ModelSpec:
-    md = Metadata(model, "kimi-linear")
+    return _build(model, "kimi-linear")
+
+
+def build_bailingmoe3(model: GGUFModel) -> ModelSpec:
+    return _build(model, "bailingmoe3")
+
+
+def _build(model: GGUFModel, arch: str) -> ModelSpec:
+    md = Metadata(model, arch)
+    ling = arch == "bailingmoe3"
     n_embd = md.int("embedding_length", 1, MAX_EMBD)
-    n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
+    n_all = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
+    n_layers = n_all - (md.int("nextn_predict_layers", 0, n_all - 1, default=0) if ling else 0)
     heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
     kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS, default=list(heads))
     nh = heads[0]  # llama.cpp's n_head(): layer 0's, for both kinds of layer
     if not nh:
-        raise CompileError(f"{md.path}: layer 0 has no attention heads (kimi-linear sizes every layer by them)")
+        raise CompileError(f"{md.path}: layer 0 has no attention heads ({arch} sizes every layer by them)")
     kda_layers = [i for i in range(n_layers) if kv_heads[i] == 0]
     mla_layers = [i for i in range(n_layers) if kv_heads[i] != 0]
     s = md.int("kda.head_dim", 1, MAX_DELTA_STATE)
@@ -61,8 +85,21 @@ def build(model: GGUFModel) -> ModelSpec:
     key_mla = md.int("attention.key_length_mla", 2, MAX_HEAD_DIM)
     v_dim = md.int("attention.value_length_mla", 1, MAX_HEAD_DIM)
     sizes = Sizes(n_embd, n_layers, nh, 1, 2, embedding_rows(md))  # the head size is set from n_rot below
-    rope = read_rope(md, replace(sizes, head_dim=MAX_HEAD_DIM), "neox")  # its n_rot alone: no RoPE is applied
+    sections = md.raw("rope.dimension_sections", [0, 0, 0, 0]) if ling else [0]
+    mrope = len(sections) >= 2 and sections[0] > 0 and sections[1] > 0  # llama.cpp's use_mrope()
+    # kimi-linear: its n_rot alone (no RoPE is applied); bailingmoe3: NeoX pairs under M-RoPE, else adjacent
+    rope = read_rope(md, replace(sizes, head_dim=MAX_HEAD_DIM), "neox" if mrope or not ling else "adjacent")
     rot = rope.n_rot
+    if mrope and sum(int(x) for x in sections[:3]) != rot // 2:
+        raise CompileError(f"{md.path}: {md.key('rope.dimension_sections')} {list(sections)[:4]} do not cover the "
+                           f"{rot // 2} rope pairs: text positions would not turn as NeoX RoPE")  # fmt: skip
+    lower_bound = None
+    if ling:
+        if not md.bool("kda.safe_gate", default=True):
+            raise CompileError(f"{md.path}: {md.key('kda.safe_gate')} false (llama.cpp asserts it)")
+        lower_bound = md.float("kda.gate_lower_bound", -1e6, 0.0)
+        if lower_bound >= 0.0:
+            raise CompileError(f"{md.path}: {md.key('kda.gate_lower_bound')} must be below 0 (llama.cpp asserts it)")
     if rot >= key_mla:
         raise CompileError(f"{md.path}: rope.dimension_count {rot} leaves no nope part of key_length_mla {key_mla}")
     nope = key_mla - rot
@@ -78,12 +115,24 @@ def build(model: GGUFModel) -> ModelSpec:
     if dense_lead < n_layers:
         count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
         shared = md.int("expert_shared_count", 0, 64)
-        e = Experts(count, used, n_ff_exp, gating=read_gating(md, None, required=True), norm=True,
+        shared_ff = n_ff_exp * max(1, shared)
+        if ling:
+            shared_ff = md.int("expert_shared_feed_forward_length", 0, MAX_FF, default=0) or shared_ff
+        norm = md.bool("expert_weights_norm", default=False) if ling else True
+        e = Experts(count, used, n_ff_exp, gating=read_gating(md, None, required=True), norm=norm,
                     scale=read_weights_scale(md), groups=groups, groups_used=groups_used,
-                    shared_ff=n_ff_exp * max(1, shared), shared=1, dense_lead=dense_lead)  # fmt: skip
-    md.ignored("expert_weights_norm", "kimi-linear's graph always renormalizes the experts' weights")
+                    shared_ff=shared_ff, shared=1, dense_lead=dense_lead)  # fmt: skip
+    if not ling:
+        md.ignored("expert_weights_norm", "kimi-linear's graph always renormalizes the experts' weights")
+    zero = [0.0] * n_all
+    clamp_exp = md.per_layer_float("swiglu_clamp_exp", n_all, 0.0, 1e6, default=0.0) if ling else zero
+    clamp_shexp = md.per_layer_float("swiglu_clamp_shexp", n_all, 0.0, 1e6, default=0.0) if ling else zero
     scale = float(1.0 / math.sqrt(key_mla))
     b = ModelBuilder(model)
+    if ling:
+        b.unused_layers(
+            range(n_layers, 1 << 16), "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it"
+        )
     d = nh * s
     b.buffer("tokens", "T", dtype="i32")
     widths = {"x": n_embd, "h": n_embd}
@@ -101,6 +150,8 @@ def build(model: GGUFModel) -> ModelSpec:
         }
         if q_lora:
             widths["q_a"] = q_lora
+        if ling:
+            widths["attn_gate"] = nh
     if kda_layers:
         widths |= {"kq": d, "kk": d, "kv": d, "kqk": 2 * d, "mixed": 3 * d, "conv": 3 * d, "f_a": s, "alpha": d,
                    "beta": nh, "dn": d, "g_a": s, "g": d}  # fmt: skip
@@ -119,39 +170,48 @@ def build(model: GGUFModel) -> ModelSpec:
         p = f"blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (n_embd,)),), eps=eps)
         if i in kda_layers:
-            _kda(b, i, n_embd, nh, s, kernel, eps)
+            kda_layer(b, i, n_embd, nh, s, kernel, eps, lower_bound=lower_bound)
         else:
             if b.has(p + "attn_kv_b.weight"):
-                raise CompileError(f"{b.path}: {p}attn_kv_b.weight: kimi-linear's MHA fallback (no attn_k_b / "
+                raise CompileError(f"{b.path}: {p}attn_kv_b.weight: {arch}'s MHA fallback (no attn_k_b / "
                                    "attn_v_b) is not supported")  # fmt: skip
-            b.unused(p + "attn_q.scale", "kimi-linear's MLA multiplies by attn_q without its scale (ggml_mul_mat)")
-            mla_attention(b, i, sizes, rope, eps, q_lora, kv_lora, nope, v_dim, scale, rotate=False,
-                          layer=mla_layers.index(i))  # fmt: skip
+            for name in ("attn_q", "attn_q_a", "attn_q_b"):
+                b.unused(f"{p}{name}.scale", f"{arch}'s MLA multiplies by {name} without its scale (ggml_mul_mat)")
+            mla_attention(b, i, sizes, rope, eps, q_lora, kv_lora, nope, v_dim, scale, rotate=ling,
+                          layer=mla_layers.index(i), gate="head" if ling else False, out_scale=not ling)  # fmt: skip
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (n_embd,)),), eps=eps)
+        shexp = {"activation": "silu_cap", "limit": clamp_shexp[i]} if clamp_shexp[i] > CLAMP_EPS else {}
         if e is not None and e.is_moe(i):
             if not b.has(p + "exp_probs_b.bias"):
-                raise CompileError(f"{b.path}: missing tensor {p}exp_probs_b.bias (kimi-linear's loader requires it)")
-            moe_block(b, i, sizes, e)
+                raise CompileError(f"{b.path}: missing tensor {p}exp_probs_b.bias ({arch}'s loader requires it)")
+            routed = {"activation": "silu_cap", "limit": clamp_exp[i]} if clamp_exp[i] > CLAMP_EPS else {}
+            moe_block(b, i, sizes, e, shared_glu=shexp, **routed)
         else:
-            glu_ffn(b, i, n_embd, n_ff, bias=False, scale=False)
+            glu_ffn(b, i, n_embd, n_ff, bias=False, scale=False, activation=shexp.get("activation", "silu"),
+                    limit=shexp.get("limit"))  # fmt: skip
             b.op("add", ("x", "h"), ("x",))
     b.op("gather_rows", ("x",), ("xr",))
     b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (n_embd,)),), eps=eps)
-    b.unused("output.scale", "kimi-linear's graph multiplies by output without its scale")
+    b.unused("output.scale", f"{arch}'s graph multiplies by output without its scale")
     b.op("matmul", ("hr",), ("logits",), (b.tensor("output.weight", "output", (sizes.vocab_size, n_embd)),))
     extra = {"kda_layers": kda_layers, "kda_head_dim": s, "ssm_conv_kernel": kernel, "kv_lora_rank": kv_lora,
              "key_length_mla": key_mla, "value_length_mla": v_dim}  # fmt: skip
     if e is not None:
         extra |= e.hparams()
-    hp = hparams(md, sizes, rope, n_ff or (e.n_ff if e else 0), eps, tied_embeddings=False, qkv_bias=False,
+    trunk = replace(sizes, n_layers=n_layers)
+    hp = hparams(md, trunk, rope, n_ff or (e.n_ff if e else 0), eps, tied_embeddings=False, qkv_bias=False,
                  rope_freq_factors=False, extra=extra)  # fmt: skip
     kv = KVSpec(n_layers=len(mla_layers), n_kv_heads=1, head_dim=sizes.head_dim, dtype="f16")  # the MLA layers' only
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
 
 
-def _kda(b: ModelBuilder, i: int, e: int, nh: int, s: int, kernel: int, eps: float) -> None:
-    """h = attn_output(rmsnorm_heads(KDA(conv(q), conv(k), conv(v))) * sigmoid(ssm_g_b(ssm_g_a h)))."""
+def kda_layer(
+    b: ModelBuilder, i: int, e: int, nh: int, s: int, kernel: int, eps: float, *, lower_bound: float | None = None
+) -> None:
+    """h = attn_output(rmsnorm_heads(KDA(conv(q), conv(k), conv(v))) * sigmoid(ssm_g_b(ssm_g_a h))).
+    With `lower_bound` (bailingmoe3): the decay lower_bound * sigmoid((ssm_f_a h + ssm_dt.bias) * ssm_a) and
+    the gate sigmoid(ssm_g_a h), each from one matmul."""
     p, d = f"blk.{i}.", nh * s
     for proj, buf in (("q", "kq"), ("k", "kk"), ("v", "kv")):
         b.op("matmul", ("h",), (buf,), (b.tensor(f"{p}attn_{proj}.weight", f"attn_{proj}", (d, e)),))
@@ -162,20 +222,27 @@ def _kda(b: ModelBuilder, i: int, e: int, nh: int, s: int, kernel: int, eps: flo
     convs = [f"{p}ssm_conv1d_{x}.weight" for x in "qkv"]
     conv_w = b.stacked(p + "ssm_conv1d_qkv", "ssm_conv1d", [(n, _conv_shape(b, n, d, kernel)) for n in convs], kernel)
     b.op("ssm_conv", ("mixed",), ("conv",), (conv_w,), state=b.state(i, (kernel - 1, 3 * d)))
-    b.op("matmul", ("h",), ("f_a",), (b.tensor(p + "ssm_f_a.weight", "ssm_f_a", (s, e)),))
-    b.op("matmul", ("f_a",), ("alpha",), (b.tensor(p + "ssm_f_b.weight", "ssm_f_b", (d, s)),))
+    if lower_bound is None:
+        b.op("matmul", ("h",), ("f_a",), (b.tensor(p + "ssm_f_a.weight", "ssm_f_a", (s, e)),))
+        b.op("matmul", ("f_a",), ("alpha",), (b.tensor(p + "ssm_f_b.weight", "ssm_f_b", (d, s)),))
+    else:
+        b.op("matmul", ("h",), ("alpha",), (b.tensor(p + "ssm_f_a.weight", "ssm_f_a", (d, e)),))
     b.op("matmul", ("h",), ("beta",), (b.tensor_as(p + "ssm_beta.weight", "ssm_beta", (nh, e)),))
     b.unused(p + "ssm_beta.scale", UNUSED_SCALE)
     a_name = p + "ssm_a"
     a_shape = (nh, 1) if a_name in b.model.tensors and len(b.model.tensors[a_name].shape) == 2 else (nh,)
     gates = (b.flat(a_name, "ssm_a", a_shape), b.tensor(p + "ssm_dt.bias", "ssm_dt", (d,)))
+    decay = {"decay": "key"} if lower_bound is None else {"decay": "key_sigmoid", "lower_bound": lower_bound}
     b.op("gated_delta_net", ("conv", "alpha", "beta"), ("dn",), gates, state=b.state(i, (nh, s, s)), n_k_heads=nh,
-         n_v_heads=nh, head_dim=s, eps=eps, decay="key")  # fmt: skip
+         n_v_heads=nh, head_dim=s, eps=eps, **decay)  # fmt: skip
     b.op("rmsnorm", ("dn",), ("dn",), (b.tensor(p + "ssm_norm.weight", "ssm_norm", (s,)),), eps=eps, heads=nh)
-    b.op("matmul", ("h",), ("g_a",), (b.tensor(p + "ssm_g_a.weight", "ssm_g_a", (s, e)),))
-    b.op("matmul", ("g_a",), ("g",), (b.tensor(p + "ssm_g_b.weight", "ssm_g_b", (d, s)),))
+    if lower_bound is None:
+        b.op("matmul", ("h",), ("g_a",), (b.tensor(p + "ssm_g_a.weight", "ssm_g_a", (s, e)),))
+        b.op("matmul", ("g_a",), ("g",), (b.tensor(p + "ssm_g_b.weight", "ssm_g_b", (d, s)),))
+    else:
+        b.op("matmul", ("h",), ("g",), (b.tensor(p + "ssm_g_a.weight", "ssm_g_a", (d, e)),))
     b.op("swiglu", ("g", "dn"), ("dn",), activation="sigmoid")
-    b.unused(p + "attn_output.scale", "kimi-linear's KDA layer multiplies by attn_output without its scale")
+    b.unused(p + "attn_output.scale", "the KDA layer multiplies by attn_output without its scale")
     b.op("matmul", ("dn",), ("h",), (b.tensor(p + "attn_output.weight", "attn_output", (e, d)),))
 
 

@@ -21,8 +21,7 @@
   a shared SwiGLU expert `expert_shared_feed_forward_length` wide. No FFN weight scales (the graph
   passes none). Clamps as llama.cpp's build_ffn and build_moe_ffn make them for this architecture:
   with a layer's `swiglu_clamp_exp` > 1e-6 its experts, with its `swiglu_clamp_shexp` its shared
-  expert and its dense FFN, compute min(silu(gate), c) x clamp(up, -c, c) (swiglu 'silu_cap'; the
-  cpu target compiles one limit in, so the layers' limits must agree there).
+  expert and its dense FFN, compute min(silu(gate), c) x clamp(up, -c, c) (swiglu 'silu_cap').
 - `output.weight` required; the last `nextn_predict_layers` blocks (MTP) are not run.
 
 llama.cpp's saver does not write step35: tests/data/llama-archs/step35-dense.json is described in

@@ -269,7 +269,7 @@ def _arch_ops_params(ops: dict[str, list]) -> dict | None:
     }
     if any(cpu_step.per_state_decay(op) for op in ops.get("ssm_scan", [])):  # Mamba-1's (only then: the others'
         groups["ssm_scan1"] = True  # sources stay as they were)
-    if any(op.attr("decay") == "key" for op in ops.get("gated_delta_net", [])):  # Kimi's KDA, likewise
+    if any(op.attr("decay") != "head" for op in ops.get("gated_delta_net", [])):  # Kimi's KDA, likewise
         groups["kda"] = True
     if "lightning_attention" in ops:  # MiniMax-01's, likewise
         groups["lightning"] = True
@@ -465,9 +465,9 @@ def _oai_params(swiglus: list) -> dict:
               "oai_limit": cpu_step.f32_literal(oai["limit"], "swiglu_oai limit")}  # fmt: skip
     if clamp:  # silu_clamp's limit, compiled in; only then (every other library's source stays as it was)
         params["clamp_limit"] = cpu_step.f32_literal(clamp["limit"], "silu_clamp limit")
-    cap = _uniform([op for op in swiglus if op.attr("activation") == "silu_cap"], "swiglu")
-    if cap:  # likewise silu_cap's
-        params["cap_limit"] = cpu_step.f32_literal(cap["limit"], "silu_cap limit")
+    caps = cpu_step.cap_limits(swiglus)
+    if caps:  # likewise silu_cap's: a span function per distinct limit (layers and FFN kinds may differ)
+        params["cap_limits"] = [cpu_step.f32_literal(c, "silu_cap limit") for c in caps]
     if any(op.attr("activation") == "softplus" for op in swiglus):  # likewise
         params["softplus"] = True
     return params

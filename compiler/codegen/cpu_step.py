@@ -49,8 +49,22 @@ GLU_SPANS = {
     "relu": "rfc_relu_glu_span",
     "silu_clamp": "rfc_swiglu_clamp_span",
     "softplus": "rfc_softplus_glu_span",
-    "silu_cap": "rfc_swiglu_cap_span",
 }
+
+
+def cap_limits(ops) -> list[float]:
+    """The distinct limits of the plan's swiglu 'silu_cap' ops, in order: each has a span function
+    of its own (rfc_swiglu_cap<k>_span, its limit compiled in)."""
+    return sorted(
+        {float(op.attr("limit")) for op in ops if op.kind == "swiglu" and op.attr("activation") == "silu_cap"}
+    )
+
+
+def glu_span(op: Op, ops) -> str:
+    """The C row function of a swiglu op (its plan's `ops`: silu_cap's by its limit)."""
+    if op.attr("activation") == "silu_cap":
+        return f"rfc_swiglu_cap{cap_limits(ops).index(float(op.attr('limit')))}_span"
+    return GLU_SPANS[op.attr("activation")]
 
 
 # The attributes a rope op's frequency table is made of: rope_inv_freq's arguments after n_rot.
@@ -270,7 +284,7 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
                 }
             else:
                 pro = {"kind": "swiglu", "gate": self.buf(prologue.inputs[0]), "up": self.buf(prologue.inputs[1]),
-                       "width": self.width(src), "fn": GLU_SPANS[prologue.attr("activation")]}  # fmt: skip
+                       "width": self.width(src), "fn": glu_span(prologue, self.plan.ops)}  # fmt: skip
             q_reads = set(prologue.inputs)
             q_writes = {src, "@act"}
         phases.append(Phase("mm_quantize", {"fmt": fmt.lower(), "k": k, "x": self.buf(src), "rows": rows, "pro": pro},
@@ -470,7 +484,7 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
                          {g, u}, set(op.outputs))  # fmt: skip
         return Phase("swiglu",
                      {"gate": self.buf(g), "up": self.buf(u), "out": self.buf(op.outputs[0]), "width": self.width(g),
-                      "rows": self.rows(g), "fn": GLU_SPANS[op.attr("activation")]}, {g, u},
+                      "rows": self.rows(g), "fn": glu_span(op, self.plan.ops)}, {g, u},
                      set(op.outputs))  # fmt: skip
 
     # -- multi-head latent attention (cpu_mla.c.j2) ----------------------------------------------

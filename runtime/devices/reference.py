@@ -362,7 +362,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
                 attrs["n_v_heads"],
                 attrs["head_dim"],
                 attrs["eps"],
-                per_key=attrs.get("decay", "head") == "key",
+                per_key=attrs.get("decay", "head") != "head",
+                lower_bound=attrs.get("lower_bound", 0.0) if attrs.get("decay") == "key_sigmoid" else None,
             )
 
     def op_lightning_attention(self, outs, ins, weights, attrs, batch):
@@ -421,12 +422,25 @@ def ssm_conv_chunk(
 
 
 def gated_delta_net_chunk(
-    qkv, alpha, beta, a, dt_bias, state, hk: int, hv: int, s: int, eps: float, *, per_key: bool = False
+    qkv,
+    alpha,
+    beta,
+    a,
+    dt_bias,
+    state,
+    hk: int,
+    hv: int,
+    s: int,
+    eps: float,
+    *,
+    per_key: bool = False,
+    lower_bound: float | None = None,
 ):
     """One sequence's chunk through gated_delta_net, token by token (the recurrent form), in
     float64: qkv [n, (2 hk + hv) s], alpha/beta [n, hv], a/dt_bias [hv], state [hv, s, s]
     (M[h][j][i]: v index j, k index i) -> (out [n, hv s] float32, the new state float32).
-    `per_key` (KDA): alpha [n, hv s] and dt_bias [hv s], a decay per key index."""
+    `per_key` (KDA): alpha [n, hv s] and dt_bias [hv s], a decay per key index; with `lower_bound`
+    (bailingmoe3) the decay lower_bound * sigmoid((alpha + dt_bias) * a) instead of softplus(...) * a."""
     n = len(qkv)
     x = qkv.astype(np.float64)
     q = x[:, : hk * s].reshape(n, hk, s)
@@ -437,9 +451,12 @@ def gated_delta_net_chunk(
     heads = np.arange(hv) % hk  # v head h reads k head h % hk (ggml's broadcast)
     q, k = q[:, heads], k[:, heads]
     z = alpha.astype(np.float64) + dt_bias
-    sp = np.where(z > 20.0, z, np.log1p(np.exp(np.minimum(z, 20.0))))  # softplus, as ggml's (linear above 20)
     a = np.asarray(a, np.float64)
-    g = sp.reshape(n, hv, s) * a[None, :, None] if per_key else sp * a  # [n, hv, s] or [n, hv]
+    if lower_bound is not None:
+        g = lower_bound / (1.0 + np.exp(-(z.reshape(n, hv, s) * a[None, :, None])))
+    else:
+        sp = np.where(z > 20.0, z, np.log1p(np.exp(np.minimum(z, 20.0))))  # softplus, as ggml's (linear above 20)
+        g = sp.reshape(n, hv, s) * a[None, :, None] if per_key else sp * a  # [n, hv, s] or [n, hv]
     b = 1.0 / (1.0 + np.exp(-beta.astype(np.float64)))
     m = state.astype(np.float64).copy()
     out = np.empty((n, hv, s))

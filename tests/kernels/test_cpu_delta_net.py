@@ -52,7 +52,7 @@ ARGTYPES = {
                             ctypes.c_float, _P],
     "rfc_lightning_attention": [_P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _P],
     "rfc_kda": [_P, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _P, ctypes.c_float,
-                _P],
+                ctypes.c_float, _P],
 }  # fmt: skip
 
 
@@ -120,9 +120,11 @@ def test_gated_delta_net_matches_reference(lib):
             assert_close(states[s], after, 0, 2e-5)
 
 
-def test_kda_matches_reference(lib):
+@pytest.mark.parametrize("lower_bound", [None, -5.0])
+def test_kda_matches_reference(lib, lower_bound):
     """Kimi Delta Attention: gated_delta_net with a decay per value head and key channel (alpha [T, Hv S],
-    dt_bias [Hv S]; kernels/cpu_kda.h), the same sequences and states."""
+    dt_bias [Hv S]; kernels/cpu_kda.h), the same sequences and states; softplus(z) * a (kimi-linear), or with
+    a lower bound lb * sigmoid(z * a) (bailingmoe3)."""
     rng = np.random.default_rng(5)
     positions, seq_start = layout(STARTS, LENGTHS)
     qkv, _, beta = _gdn_inputs(rng, len(positions))
@@ -132,18 +134,20 @@ def test_kda_matches_reference(lib):
     starts = [np.zeros((HV, S, S), np.float32) if STARTS[s] == 0 or s == 3 else states[s].copy() for s in range(4)]
     out = np.full((len(qkv), HV * S), np.nan, np.float32)
     lib.rfc_kda(ptr(qkv), ptr(alpha), ptr(beta), ptr(out), ptr(positions), ptr(seq_start), len(STARTS), HK, HV, S,
-                ptr(A), ptr(dt), EPS, slot_ptrs(states))  # fmt: skip
+                ptr(A), ptr(dt), EPS, lower_bound or 0.0, slot_ptrs(states))  # fmt: skip
     for s in range(len(STARTS)):
         lo, hi = seq_start[s], seq_start[s + 1]
         want, after = gated_delta_net_chunk(qkv[lo:hi], alpha[lo:hi], beta[lo:hi], A.astype(np.float64),
-                                            dt.astype(np.float64), starts[s], HK, HV, S, EPS, per_key=True)  # fmt: skip
+                                            dt.astype(np.float64), starts[s], HK, HV, S, EPS, per_key=True,
+                                            lower_bound=lower_bound)  # fmt: skip
         assert_close(out[lo:hi], want, 0, 2e-5)
         if s < 3:
             assert_close(states[s], after, 0, 2e-5)
     # a decay per head (every channel at its head's first) is another recurrence
     flat = np.repeat(alpha.reshape(-1, HV, S)[:, :, :1], S, axis=2).reshape(len(alpha), -1)
     other, _ = gated_delta_net_chunk(qkv[:5], flat[:5], beta[:5], A.astype(np.float64), dt.astype(np.float64),
-                                     np.zeros((HV, S, S)), HK, HV, S, EPS, per_key=True)  # fmt: skip
+                                     np.zeros((HV, S, S)), HK, HV, S, EPS, per_key=True,
+                                     lower_bound=lower_bound)  # fmt: skip
     assert np.abs(other - out[:5]).max() > 1e-2
 
 

@@ -204,14 +204,16 @@ def test_a_repeated_prefix_resumes_from_its_state_checkpoint_on_the_device(targe
         pytest.param("plamo2-dense", "sm_90", marks=toolchain_marks("sm_90")),
         # MiniMax-01's lightning attention (linear attention decaying per head) in two layers of two slope scales
         pytest.param("minimax-01-deep", "gfx90a", marks=toolchain_marks("gfx90a")),
+        # Ling 3's KDA safe gate (a lower-bounded sigmoid decay) beside rotated, head-gated MLA layers
+        pytest.param("bailingmoe3-tight", "sm_90", marks=toolchain_marks("sm_90")),
     ],
 )
 def test_recurrent_saver_files(name, target, gpu_build_cache, tmp_path):
     """Recurrent layers in llama.cpp's saver files (tests/e2e/test_llama_archs.py): mamba2's and mamba's,
-    plans whose KV cache has no layers (their whole context in the state), and kimi-linear's, plamo2's
-    and minimax-01's beside attention layers. The step program binds, a prompt and a decode step continuing from the
-    slot's state match the reference (the files' weights are F32: no activation rounding, the single-op
-    bound of test_gpu_kernels)."""
+    plans whose KV cache has no layers (their whole context in the state), and kimi-linear's, bailingmoe3's,
+    plamo2's and minimax-01's beside attention layers. The step program binds, a prompt and a decode step
+    continuing from the slot's state match the reference (the files' weights are F32: no activation
+    rounding, the single-op bound of test_gpu_kernels)."""
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.e2e.test_llama_archs import _model
     from tests.kernels.test_gpu_kernels import _close

@@ -12,6 +12,7 @@ classes (buffer indices and widths, weight vectors, row-wise kernel specs).
 from __future__ import annotations
 
 import math
+import struct
 
 from rfc.artifacts.plan import Op
 from rfc.compiler.codegen.cpu_phase import Phase
@@ -73,7 +74,8 @@ class CpuLowering:
                                          "a": self.vec(op.weights[0]), "dt": self.vec(op.weights[1]),
                                          "eps": float(op.attrs["eps"]), "state": self.plan.state.offset(index),
                                          "counter": self.counter(),
-                                         **({"kda": True} if op.attr("decay") == "key" else {})},
+                                         **({"kda": True, "lb": float(op.attr("lower_bound"))}
+                                            if op.attr("decay") != "head" else {})},
                      {qkv, alpha, beta, f"@state{index}"}, {out, f"@state{index}"})  # fmt: skip
 
     def _lightning_attention(self, op: Op) -> Phase:
@@ -135,10 +137,16 @@ class GpuLowering:
                 f"the GPU gated_delta_net runs a thread per state row: a head size of {s} is over {MAX_THREADS}"
             )
         threads = self._row_threads(s)
-        kda = op.attr("decay") == "key"
-        name = f"rfc_gated_delta_net_{hk}x{hv}x{s}" + ("_kda" if kda else "")
+        kda = op.attr("decay") != "head"
+        lb = float(op.attr("lower_bound")) if op.attr("decay") == "key_sigmoid" else 0.0
+        name = (
+            f"rfc_gated_delta_net_{hk}x{hv}x{s}"
+            + ("_kda" if kda else "")
+            + (f"_lb{struct.unpack('<I', struct.pack('<f', lb))[0]:08x}" if lb else "")
+        )
         params = {"name": name, "threads": threads, "hk": hk, "hv": hv, "s": s, "eps": float(op.attrs["eps"]),
-                  "scale": 1.0 / math.sqrt(s), **self._state_params(op), **({"kda": True} if kda else {})}  # fmt: skip
+                  "scale": 1.0 / math.sqrt(s), **self._state_params(op), **({"kda": True} if kda else {}),
+                  **({"lb": lb} if lb else {})}  # fmt: skip
         return KernelSpec(
             name,
             "gpu_gated_delta_net.hip.j2",

@@ -483,8 +483,24 @@ _P]}  # fmt: skip
     def _op_gated_delta_net(self, op, outs, ins, weights, batch):
         fn = _declare(
             self._lib,
-            "rfc_kda" if op.attr("decay") == "key" else "rfc_gated_delta_net",
-            [_P, _P, _P, _P, _P, _P, c_int, c_int, c_int, c_int, _P, _P, c_float, _P],
+            "rfc_gated_delta_net" if op.attr("decay") == "head" else "rfc_kda",
+            [
+                _P,
+                _P,
+                _P,
+                _P,
+                _P,
+                _P,
+                c_int,
+                c_int,
+                c_int,
+                c_int,
+                _P,
+                _P,
+                c_float,
+                *([c_float] * (op.attr("decay") != "head")),
+                _P,
+            ],
         )
         states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
         a = op.attrs
@@ -502,6 +518,7 @@ _P]}  # fmt: skip
             weights[0].ptr,
             weights[1].ptr,
             a["eps"],
+            *([op.attr("lower_bound")] if op.attr("decay") != "head" else []),
             states.ctypes.data,
         )
 
@@ -553,7 +570,7 @@ _P]}  # fmt: skip
                     "swiglu_oai": "rfc_swiglu_oai",
                     "relu": "rfc_reluglu",
                     "silu_clamp": "rfc_swiglu_clamp",
-                    "silu_cap": "rfc_swiglu_cap",
+                    "silu_cap": "rfc_swiglu_cap0",  # the plan's first limit (a kit plan has at most one)
                 }[act],
                 op,
             )
