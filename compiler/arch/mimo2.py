@@ -5,10 +5,10 @@
 
 - Attention: Q, K and V by their weights alone (llama.cpp's graph passes no scale or bias: the
   loader's `.scale` and `.bias` of them are known and unused), each layer with its own head and KV
-  head counts (per-layer `attention.head_count` / `head_count_kv`: the released model has 8 KV
-  heads on its sliding layers and 4 on the others), keys of `attention.key_length` and values of
-  `attention.value_length`, which may be narrower (MiMo-V2-Flash: 192 and 128; Sizes.v_dim: the
-  values zero-padded to the key's head size in the KV cache, cut back after attention). NeoX RoPE
+  head counts (per-layer `attention.head_count` / `head_count_kv`), keys of `attention.key_length`
+  and values of `attention.value_length`, which may be narrower (MiMo-V2-Flash's config gives 192
+  and 128; Sizes.v_dim: the values zero-padded to the key's head size in the KV cache, cut back after
+  attention). NeoX RoPE
   over `rope.dimension_count` dims; scores x 1/sqrt(key_length); a learned sink logit per query head
   where the layer has `attn_sinks`; `attn_output` with its `.scale`, no bias.
 - Sliding windows on the layers `attention.sliding_window_pattern` (an array, required) marks over

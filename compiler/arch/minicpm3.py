@@ -5,8 +5,8 @@
   `attn_kv_a_norm`) and one rope key per token; the combined `attn_kv_b` [heads x (nope + v),
   kv_lora] turns the latent into each head's nope key and its value (`attention.value_length`).
   Each head's key is [its nope key, the shared rope key], so the KV cache holds per-head keys and
-  values, as llama.cpp's does; values narrower than the keys (the released model: keys 96, values
-  64) are zero-padded to the key's head size in the cache (Sizes.v_dim), 1.5x llama.cpp's V bytes.
+  values, as llama.cpp's does; values narrower than the keys (MiniCPM3-4B's config gives keys of 96
+  and values of 64) are zero-padded to the key's head size in the cache (Sizes.v_dim), 1.5x llama.cpp's V bytes.
   NeoX RoPE on the rope parts only (the last rope.dimension_count of each query head, and the rope
   key), with LongRoPE's `rope_factors_long` / `_short`: the bundle serves the file's context, which
   picks one (common.rope_factors). Scores x 1/sqrt(key_length).
