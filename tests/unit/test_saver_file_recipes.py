@@ -555,3 +555,26 @@ def test_hy_v4_mixes_its_streams_around_every_sublayer(tmp_path):
               for o in ops]  # fmt: skip
     with pytest.raises(PlanError, match="mixes/gates"):
         check_plan(dataclasses.replace(spec.plan, ops=tuple(broken)))
+
+
+def test_malformed_narrow_value_and_state_ops_are_refused(tmp_path):
+    """The validator refuses slice_heads wider than its input's heads, and a gated_delta_net taking its
+    per-head decay form over a KDA layer's alpha of one value per key channel."""
+    import dataclasses
+
+    from rfc.artifacts.ops.view import PlanError
+    from rfc.artifacts.validate import check_plan
+
+    def broken(spec, kind, **changes):
+        op = next(o for o in spec.plan.ops if o.kind == kind)
+        new = dataclasses.replace(op, **changes)
+        return dataclasses.replace(spec.plan, ops=tuple(new if o is op else o for o in spec.plan.ops))
+
+    spec = spec_of(_model("minicpm3-narrow", tmp_path))
+    op = next(o for o in spec.plan.ops if o.kind == "slice_heads")
+    with pytest.raises(PlanError, match="exceeds the input's heads"):
+        check_plan(broken(spec, "slice_heads", attrs={**op.attrs, "width": 97}))
+    spec = spec_of(_model("kimi-linear-heads", tmp_path))
+    op = next(o for o in spec.plan.ops if o.kind == "gated_delta_net")
+    with pytest.raises(PlanError, match="alpha is not"):
+        check_plan(broken(spec, "gated_delta_net", attrs={**op.attrs, "decay": "head"}))
