@@ -75,6 +75,19 @@ REFUSED: dict[str, str] = {
     "t5": "an encoder-decoder model: rfc runs decoder-only models",
     "gptj": "llama.cpp 0.3.36 names it and builds no model for it (its loader has no case for gptj): no reference "
     "to match",
+    "grovemoe": "its adjugate experts take the routed experts' ids divided by experts_per_group and the softmax "
+    "weights at those divided ids (llama.cpp's build_moe_ffn for it): no router op does that; no recipe yet",
+    "graniteswitch": "token-activated LoRA adapters (adapter.token_ids_activate) switch its weights within a "
+    "request; no recipe yet",
+    "dots3note": "latent attention in two geometries (its sliding layers' own kv_lora_rank and head sizes) with "
+    "DSA's indexer on the others; no recipe yet",
+    "deepseek4": "hyper-connections mixed by Sinkhorn iterations and compressed attention (build_hc_sinkhorn, "
+    "build_hca_attention); no recipe yet",
+    "glm5-next": "hyper-connections mixed by Sinkhorn iterations beside KDA and DSA layers; no recipe yet",
+    "kimi-k3": "DeepSeek-V4's hyper-connections (ggml_dsv4_hc_pre) beside KDA and MLA layers and a latent MoE; no "
+    "recipe yet",
+    "qwen4exp": "hyper-connection mixing and query-sparse attention (build_attn_qsa); no recipe yet",
+    "minimax-m3": "sparse attention over pooled key blocks (build_attn_msa_fa); no recipe yet",
 }
 NO_RECIPE = "no recipe yet"
 
