@@ -667,19 +667,21 @@ def output_head(
     always_tied: bool = False,
     bias: bool = True,
     norm_bias: bool = False,
+    scale: bool = True,
 ) -> bool:
     """logits = output(norm(x)) for the logit rows (`output.weight`, else the tied token
     embedding; always the embedding with `always_tied`), soft-capped with a final_softcap;
     returns whether the embedding is tied. `bias` False: `output.bias` is not read (a file that
     has one is refused: the architecture's llama.cpp graph does not add one); `norm_bias`: the output
-    norm adds its required `output_norm.bias` (phimoe)."""
+    norm adds its required `output_norm.bias` (phimoe); `scale` False: `output.scale` known and unused (the
+    graph multiplies by output alone: kimi-linear, bailingmoe3)."""
     b.op("gather_rows", ("x",), ("xr",))
     _rms_norm(b, "xr", "hr", "output_norm", sizes.n_embd, eps, norm_bias)
     tied = always_tied or not b.has("output.weight")
     if tied:
         b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
     else:  # with output.scale and output.bias where the file has them
-        linear(b, "hr", "logits", "output", (sizes.vocab_size, sizes.n_embd), bias=bias)
+        linear(b, "hr", "logits", "output", (sizes.vocab_size, sizes.n_embd), bias=bias, scale=scale)
     if final_softcap is not None:
         b.op("softcap", ("logits",), ("logits",), cap=final_softcap)
     return tied

@@ -53,7 +53,6 @@ from rfc.compiler.arch.moe import (
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
-from rfc.compiler.weights import RowRange, WeightUse
 
 ARCH = "deepseek2"
 MAX_LORA_RANK = 1 << 16  # q_lora_rank, kv_lora_rank (DeepSeek-V3: 1536 and 512)
@@ -141,24 +140,6 @@ def _scales(md: Metadata, rope, key_mla: int):
     return rope, float(np.float32(mscale * mscale / math.sqrt(key_mla)))
 
 
-def _row_ranges(
-    b: ModelBuilder, name: str, role: str, source: str, shape: tuple[int, int], ranges: list[tuple[int, int]]
-) -> str:
-    """A weight of several row ranges of one 2-D tensor, in order (each head's nope rows of Q,
-    or its rope rows): byte copies of whole rows, like ModelBuilder.rows."""
-    t = b.source(source, shape)
-    b._add(
-        WeightUse(
-            name,
-            role,
-            t.format,
-            (sum(z - a for a, z in ranges), shape[1]),
-            tuple(RowRange(source, a, z) for a, z in ranges),
-        )
-    )
-    return name
-
-
 def mla_attention(
     b: ModelBuilder,
     i: int,
@@ -205,8 +186,8 @@ def mla_attention(
     role = q_name.split(".", 2)[-1].removesuffix(".weight")
     nope_rows = [(h * head, h * head + nope) for h in range(nh)]
     rope_rows = [(h * head + nope, (h + 1) * head) for h in range(nh)]
-    b.op("matmul", (q_src,), ("q_nope",), (_row_ranges(b, q_name + ":nope", role, q_name, q_shape, nope_rows),))
-    b.op("matmul", (q_src,), ("q_pe",), (_row_ranges(b, q_name + ":rope", role, q_name, q_shape, rope_rows),))
+    b.op("matmul", (q_src,), ("q_nope",), (b.row_ranges(q_name + ":nope", role, q_name, q_shape, nope_rows),))
+    b.op("matmul", (q_src,), ("q_pe",), (b.row_ranges(q_name + ":rope", role, q_name, q_shape, rope_rows),))
     b.op(
         "rmsnorm",
         ("latent",),

@@ -33,13 +33,11 @@ from rfc.compiler.arch.common import glu_ffn, hparams, read_rope
 from rfc.compiler.arch.deepseek2 import INDEXER_TENSORS, _sizes, mla_attention
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.arch.moe import (
-    Experts, declare_expert_buffers, moe_block, read_experts_of, read_gating, read_weights_scale,
+    Experts, clamped, declare_expert_buffers, moe_block, read_experts_of, read_gating, read_weights_scale,
 )  # fmt: skip
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
-
-CLAMP_EPS = 1e-6  # build_ffn / build_moe_ffn clamp only above it
 
 
 def build(model: GGUFModel) -> ModelSpec:
@@ -115,7 +113,7 @@ def build(model: GGUFModel) -> ModelSpec:
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (n,)),), eps=eps)
         out = "h"
         if e is not None and e.is_moe(i):
-            routed = {"activation": "silu_clamp", "limit": clamp_exp[i]} if clamp_exp[i] > CLAMP_EPS else {}
+            routed = clamped("silu_clamp", clamp_exp[i])
             moe_block(b, i, sizes, e, residual=None, **routed)  # routed + shared into moe_out
             out = "moe_out"
         else:

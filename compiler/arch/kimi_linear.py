@@ -40,21 +40,20 @@ from dataclasses import replace
 
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
-from rfc.compiler.arch.common import UNUSED_SCALE, Sizes, embedding_rows, glu_ffn, hparams, read_rope
+from rfc.compiler.arch.common import (
+    UNUSED_SCALE, Sizes, embedding_rows, glu_ffn, hparams, output_head, read_rope, require_output,
+)  # fmt: skip
 from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK, mla_attention
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE
 from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, Metadata
 from rfc.compiler.arch.moe import (
-    Experts, declare_expert_buffers, moe_block, read_experts_of, read_gating, read_weights_scale,
+    Experts, clamped, declare_expert_buffers, moe_block, read_experts_of, read_gating, read_weights_scale,
 )  # fmt: skip
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 UNUSED_QKV = "kimi-linear's KDA graph multiplies by Q, K and V alone (ggml_mul_mat): llama.cpp loads it and leaves it"
-
-
-CLAMP_EPS = 1e-6  # build_ffn / build_moe_ffn clamp only above it
 
 
 def build(model: GGUFModel) -> ModelSpec:
@@ -181,20 +180,18 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
                           layer=mla_layers.index(i), gate="head" if ling else False, out_scale=not ling)  # fmt: skip
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (n_embd,)),), eps=eps)
-        shexp = {"activation": "silu_cap", "limit": clamp_shexp[i]} if clamp_shexp[i] > CLAMP_EPS else {}
+        shexp = clamped("silu_cap", clamp_shexp[i])
         if e is not None and e.is_moe(i):
             if not b.has(p + "exp_probs_b.bias"):
                 raise CompileError(f"{b.path}: missing tensor {p}exp_probs_b.bias ({arch}'s loader requires it)")
-            routed = {"activation": "silu_cap", "limit": clamp_exp[i]} if clamp_exp[i] > CLAMP_EPS else {}
+            routed = clamped("silu_cap", clamp_exp[i])
             moe_block(b, i, sizes, e, shared_glu=shexp, **routed)
         else:
             glu_ffn(b, i, n_embd, n_ff, bias=False, scale=False, activation=shexp.get("activation", "silu"),
                     limit=shexp.get("limit"))  # fmt: skip
             b.op("add", ("x", "h"), ("x",))
-    b.op("gather_rows", ("x",), ("xr",))
-    b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (n_embd,)),), eps=eps)
-    b.unused("output.scale", f"{arch}'s graph multiplies by output without its scale")
-    b.op("matmul", ("hr",), ("logits",), (b.tensor("output.weight", "output", (sizes.vocab_size, n_embd)),))
+    require_output(b, arch)
+    output_head(b, sizes, eps, bias=False, scale=False)
     extra = {"kda_layers": kda_layers, "kda_head_dim": s, "ssm_conv_kernel": kernel, "kv_lora_rank": kv_lora,
              "key_length_mla": key_mla, "value_length_mla": v_dim}  # fmt: skip
     if e is not None:

@@ -9,7 +9,7 @@ for every layer; 0: plain SwiGLU); no weight scales; `output.weight` required.""
 
 from rfc.compiler.arch.common import Rope
 from rfc.compiler.arch.metadata import Metadata
-from rfc.compiler.arch.moe import Experts, moe_transformer, read_experts_of
+from rfc.compiler.arch.moe import Experts, clamped, moe_transformer, read_experts_of
 from rfc.compiler.arch.swa import sliding_layers, sliding_rope
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -28,7 +28,7 @@ def _windows(md: Metadata, n_layers: int, rope: Rope) -> tuple[int, tuple[bool, 
 def _glu(md: Metadata) -> dict:
     limit = md.float("swiglu_clamp_exp", 0.0, 1e6, default=0.0)
     md.ignored("swiglu_clamp_shexp", "maple has no shared experts")
-    return {"activation": "silu_clamp", "limit": limit} if limit > 1e-6 else {}
+    return clamped("silu_clamp", limit)
 
 
 def build(model: GGUFModel) -> ModelSpec:

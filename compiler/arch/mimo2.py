@@ -31,19 +31,12 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE,
-    Attention,
-    attention,
-    glu_ffn,
-    hparams,
-    kv_spec,
-    output_head,
-    read_rope,
-)
+    UNUSED_SCALE, Attention, attention, glu_ffn, hparams, kv_spec, output_head, read_rope, require_output,
+)  # fmt: skip
 from rfc.compiler.arch.layer_shapes import declare_layer_buffers, read_layer_shapes
 from rfc.compiler.arch.metadata import MAX_CONTEXT, Metadata
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of, read_weights_scale
-from rfc.compiler.arch.swa import pattern_array, require_one_head_size
+from rfc.compiler.arch.swa import SWA_BASE_DEFAULT, pattern_array, require_one_head_size
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -52,7 +45,6 @@ DENSE = tuple(f"ffn_{m}.{t}" for m in ("gate", "up", "down") for t in ("weight",
 EXPERTS = tuple(f"ffn_{m}_exps.{t}" for m in ("gate", "up", "down") for t in ("weight", "scale")) + (
     "exp_probs_b.bias",
 )
-SWA_BASE_DEFAULT = 10000.0  # llama_hparams' rope_freq_base_train_swa when the file has no freq_base_swa
 
 
 def build(model: GGUFModel) -> ModelSpec:
@@ -109,8 +101,7 @@ def build(model: GGUFModel) -> ModelSpec:
                 b.unused(p + name, "experts in a layer without a router: llama.cpp's graph runs the dense FFN")
             glu_ffn(b, i, sizes.n_embd, n_ffs[i], bias=False, scale=False, bufs=(f"gate_{n_ffs[i]}", f"up_{n_ffs[i]}"))
             b.op("add", ("x", "h"), ("x",))
-    if not b.has("output.weight"):
-        raise CompileError(f"{b.path}: missing tensor output.weight (mimo2's loader requires it)")
+    require_output(b, "mimo2")
     output_head(b, sizes, eps, bias=False)
     extra = {"sliding_window": window, "sliding_window_layers": [i for i in range(n_layers) if sliding[i]],
              "value_length": sizes.v_head, "rope_freq_base_swa": base_swa}  # fmt: skip

@@ -31,7 +31,7 @@ from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Sizes, embedding_rows, f32, glu_ffn, hparams, linear, narrow, read_rope, rope_factors, ungated_ffn,
 )  # fmt: skip
-from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK, _row_ranges
+from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK
 from rfc.compiler.arch.metadata import (
     MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, Metadata,
 )  # fmt: skip
@@ -172,12 +172,12 @@ def _attention(
     values = b.row_ranges(kvb_name + ":v", "attn_kv_b", kvb_name, kvb_shape, value_rows, pad=head - vd)
     b.op("matmul", ("latent",), ("v",), (values,))
     rows = [(h * head + nope, (h + 1) * head) for h in range(nh)]
-    b.op("matmul", (q_src,), ("q_pe",), (_row_ranges(b, q_name + ":rope", role, q_name, q_shape, rows),))
+    b.op("matmul", (q_src,), ("q_pe",), (b.row_ranges(q_name + ":rope", role, q_name, q_shape, rows),))
     b.op("rope", ("q_pe", "k_pe"), ("q_pe", "k_pe"), (factors,) if factors else (),
          **rope.attrs(Sizes(e, sizes.n_layers, nh, nh, rot, sizes.vocab_size)))  # fmt: skip
     if nope:
         rows = [(h * head, h * head + nope) for h in range(nh)]
-        b.op("matmul", (q_src,), ("q_nope",), (_row_ranges(b, q_name + ":nope", role, q_name, q_shape, rows),))
+        b.op("matmul", (q_src,), ("q_nope",), (b.row_ranges(q_name + ":nope", role, q_name, q_shape, rows),))
         keys = b.row_ranges(kvb_name + ":k", "attn_kv_b", kvb_name, kvb_shape,
                             [(h * (nope + vd), h * (nope + vd) + nope) for h in range(nh)])  # fmt: skip
         b.op("matmul", ("latent",), ("k_nope",), (keys,))

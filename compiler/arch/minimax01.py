@@ -30,7 +30,7 @@ import numpy as np
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, attention, declare_buffers, hparams, linear, read_rope, read_sizes,
+    UNUSED_SCALE, Attention, attention, declare_buffers, hparams, output_head, read_rope, read_sizes,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import Metadata
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of, read_weights_scale
@@ -93,13 +93,7 @@ def build(model: GGUFModel) -> ModelSpec:
         b.op("rmsnorm", ("x",), ("hn",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (n,)),), eps=eps)
         moe_block(b, i, sizes, e, src="hn", residual=None)
         _residual(b, residual_scale, out="moe_out")
-    b.op("gather_rows", ("x",), ("xr",))
-    b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (n,)),), eps=eps)
-    tied = not b.has("output.weight")
-    if tied:
-        b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
-    else:
-        linear(b, "hr", "logits", "output", (sizes.vocab_size, n), bias=False)
+    tied = output_head(b, sizes, eps, bias=False)
     extra = {"recurrent_layers": recurrent, "residual_scale": residual_scale} | e.hparams()
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has(f"blk.{full[0]}.attn_q.bias")
                  if full else False, rope_freq_factors=False, extra=extra)  # fmt: skip

@@ -145,6 +145,17 @@ def read_gating(md: Metadata, default: str | None, *, required: bool = False) ->
     return GATING_FUNCS[code]
 
 
+# llama.cpp's build_ffn / build_moe_ffn clamp a SwiGLU only at a limit above this
+CLAMP_EPS = 1e-6
+
+
+def clamped(activation: str, limit: float) -> dict:
+    """swiglu's attributes for llama.cpp's SwiGLU clamp at `limit`: `activation` 'silu_clamp' where it calls
+    ggml_swiglu_clamp (maple's, hy_v4's experts), 'silu_cap' where it clamps silu(gate) and up apart (the other
+    architectures); {} (no clamp) at a limit of CLAMP_EPS or less."""
+    return {"activation": activation, "limit": limit} if limit > CLAMP_EPS else {}
+
+
 def read_weights_scale(md: Metadata) -> float:
     """`expert_weights_scale`: llama.cpp scales the expert weights unless it is 0 or 1."""
     scale = md.float("expert_weights_scale", 0.0, 1e6, default=0.0)

@@ -27,7 +27,7 @@ import math
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, Sizes, glu_ffn, hparams, linear, narrow, qkv_weights, read_rope,
+    UNUSED_SCALE, Attention, Sizes, glu_ffn, hparams, linear, narrow, output_head, qkv_weights, read_rope,
 )  # fmt: skip
 from rfc.compiler.arch.layer_shapes import read_layer_shapes
 from rfc.compiler.arch.metadata import MAX_EMBD, MAX_HEADS, Metadata
@@ -94,13 +94,7 @@ def build(model: GGUFModel) -> ModelSpec:
         glu_ffn(b, i, n, f, fused_gate_up=True, bias=False, scale=False, bufs=(f"gate_{f}", f"up_{f}"))
         b.op("rmsnorm", ("h",), ("h",), (b.tensor(p + "post_ffw_norm", "post_ffw_norm", (n,)),), eps=eps)
         b.op("add", ("x", "h"), ("x",))
-    b.op("gather_rows", ("x",), ("xr",))
-    b.op("rmsnorm", ("xr",), ("hr",), (b.tensor("output_norm.weight", "output_norm", (n,)),), eps=eps)
-    tied = not b.has("output.weight")
-    if tied:
-        b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
-    else:
-        linear(b, "hr", "logits", "output", (sizes.vocab_size, n), bias=False)
+    tied = output_head(b, sizes, eps, bias=False)
     extra = {"mamba_layers": mamba}
     if mamba:
         extra |= {"ssm_inner_size": d_inner, "ssm_state_size": n_state, "ssm_conv_kernel": kernel, "ssm_heads": heads}

@@ -33,20 +33,17 @@ from dataclasses import replace
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Attention, attention, glu_ffn, hparams, kv_spec, output_head, read_rope, rope_factors,
+    UNUSED_SCALE, Attention, attention, glu_ffn, hparams, kv_spec, output_head, read_rope, require_output, rope_factors,
 )  # fmt: skip
 from rfc.compiler.arch.layer_shapes import declare_layer_buffers, read_layer_shapes
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, MAX_HEAD_DIM, Metadata
 from rfc.compiler.arch.moe import (
-    Experts, declare_expert_buffers, moe_block, read_experts_of, read_gating, read_weights_scale,
+    Experts, clamped, declare_expert_buffers, moe_block, read_experts_of, read_gating, read_weights_scale,
 )  # fmt: skip
-from rfc.compiler.arch.swa import pattern_array, require_one_head_size
+from rfc.compiler.arch.swa import SWA_BASE_DEFAULT, pattern_array, require_one_head_size
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
-
-SWA_BASE_DEFAULT = 10000.0  # llama_hparams' rope_freq_base_train_swa when the file has no freq_base_swa
-CLAMP_EPS = 1e-6  # build_ffn / build_moe_ffn clamp only above it
 
 
 def build(model: GGUFModel) -> ModelSpec:
@@ -106,21 +103,20 @@ def build(model: GGUFModel) -> ModelSpec:
         attention(b, i, ls, eps, cfg, out_bias=False, sfx=sfx[(ls.n_heads, ls.n_kv_heads)], gate=gate)
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", n),), eps=eps)
-        shexp = {"activation": "silu_cap", "limit": clamp_shexp[i]} if clamp_shexp[i] > CLAMP_EPS else {}
+        shexp = clamped("silu_cap", clamp_shexp[i])
         if i in moe_layers:
             for name in ("ffn_gate", "ffn_up", "ffn_down"):  # loaded where present, not run beside the experts
                 b.unused(
                     f"{p}{name}.weight", "a dense FFN in a layer with a router: llama.cpp's graph runs the experts"
                 )
                 b.unused(f"{p}{name}.scale", UNUSED_SCALE)
-            routed = {"activation": "silu_cap", "limit": clamp_exp[i]} if clamp_exp[i] > CLAMP_EPS else {}
+            routed = clamped("silu_cap", clamp_exp[i])
             moe_block(b, i, ls, e, shared_glu=shexp, **routed)
         else:
             glu_ffn(b, i, sizes.n_embd, n_ffs[i], bias=False, scale=False, bufs=(f"gate_{n_ffs[i]}", f"up_{n_ffs[i]}"),
                     activation=shexp.get("activation", "silu"), limit=shexp.get("limit"))  # fmt: skip
             b.op("add", ("x", "h"), ("x",))
-    if not b.has("output.weight"):
-        raise CompileError(f"{b.path}: missing tensor output.weight (step35's loader requires it)")
+    require_output(b, "step35")
     output_head(b, sizes, eps, bias=False)
     extra = {"sliding_window": window, "sliding_window_layers": [i for i in range(n_layers) if sliding[i]],
              "value_length": sizes.v_head, "rope_freq_base_swa": base_swa, "n_rot_swa": n_rot_swa}  # fmt: skip

@@ -18,6 +18,11 @@ from rfc.compiler.errors import CompileError
 PATTERN_KEY = "attention.sliding_window_pattern"
 
 
+# llama_hparams' rope_freq_base_train_swa where a loader reads rope.freq_base_swa and the file has none (not
+# the model's base: mimo2, step35)
+SWA_BASE_DEFAULT = 10000.0
+
+
 def sliding_window_layers(
     md: Metadata, n_layers: int, default_period: int, *, dense_first: bool = False
 ) -> tuple[bool, ...]:
