@@ -238,11 +238,12 @@ def check_use(model: GGUFModel, use: WeightUse) -> None:
             total += part_bytes(t, part)[1] * part.repeat
             continue
         rows = prod(t.shape[:-1]) if len(t.shape) > 1 else 1
-        # a vector read from a whole [n, 1] tensor (ModelBuilder.flat: Mamba2's ssm_a, ssm_d)
+        # a vector read from whole tensors of one element per block, whatever their shapes (ModelBuilder.flat:
+        # Mamba2's ssm_a [n, 1]; ModelBuilder.vectors: rwkv6's lerps [1, 1, n] end to end)
         flat = (
             len(use.shape) == 1
-            and len(use.parts) == 1
-            and prod(t.shape) == use.shape[0]
+            and (part.start, part.stop) == (0, rows)
+            and prod(t.shape) <= use.shape[0]
             and FORMATS[t.format].block_elems == 1
         )
         if (

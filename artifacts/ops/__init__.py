@@ -9,13 +9,13 @@ templates, and its tests (docs/design.md, "Adding an op", has the list).
 
 from enum import Enum
 
-from rfc.artifacts.ops import activations, altup, core, hc, mla, moe, recurrent
+from rfc.artifacts.ops import activations, altup, core, hc, mla, moe, recurrent, rwkv
 from rfc.artifacts.ops.core import GLU_ACTIVATIONS, ROPE_STYLES, ROPE_TABLE, same_shape
 from rfc.artifacts.ops.descriptor import I32, PTR, Args, CpuPart, GpuPart, OpDef, OpSchema
 from rfc.artifacts.ops.moe import MOE_GATINGS
 from rfc.artifacts.ops.view import MAX_WIDTH, OpView, PlanError
 
-_FAMILIES = (core, activations, moe, mla, recurrent, altup, hc)
+_FAMILIES = (core, activations, moe, mla, recurrent, altup, hc, rwkv)
 
 OP_DEFS: dict[str, OpDef] = {}
 for _family in _FAMILIES:

@@ -1,6 +1,6 @@
 """Elementwise ops some architectures add to the backbone: gemma's final-logit soft-capping,
 granite's and gemma4's scalar multipliers, apertus's xIELU activation, the ungated FFNs' GELU, olmo's Q/K/V clamp,
-mpt's per-channel activation scales.
+mpt's per-channel activation scales, RWKV-7's sigmoid.
 """
 
 from rfc.artifacts.ops.core import same_shape
@@ -40,6 +40,16 @@ def _softcap(v: OpView) -> None:
 
 
 DEFS = (
+    OpDef(
+        kind="sigmoid",
+        schema=OpSchema(
+            1, 1, (0, 0), doc="out = 1 / (1 + exp(-x)) (ggml_sigmoid: RWKV-7's gate and value-residual LoRAs)"
+        ),
+        check=same_shape,
+        reference="op_sigmoid",
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_sigmoid"),
+        gpu=GpuPart(("gpu_sigmoid.hip.j2",), lower="_sigmoid", args=(("out", PTR), ("x", PTR), ("n_rows", I32))),
+    ),
     OpDef(
         kind="clamp",
         schema=OpSchema(

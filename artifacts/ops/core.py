@@ -12,7 +12,9 @@ from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSc
 from rfc.artifacts.ops.view import OpView
 
 # swiglu's `activation`
-GLU_ACTIVATIONS = ("silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu", "silu_clamp", "softplus", "silu_cap")
+GLU_ACTIVATIONS = (
+    "silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu", "silu_clamp", "softplus", "silu_cap", "linear",
+)  # fmt: skip
 ROW_GATED = ("sigmoid", "softplus")  # the activations whose gate may be [rows, k] over k segments of up's row
 ROPE_STYLES = ("adjacent", "neox")
 # rope's optional attributes that shape a variant's frequency table (YaRN: rope_inv_freq)
@@ -424,7 +426,7 @@ DEFS = (
             "other architectures): out = min(g / (1 + exp(-g)), limit) * clamp(u, -limit, limit); 'softplus' "
             "(laguna's attention output gate): "
             "out = u * softplus(g), softplus(g) = g above 20, else log(1 + exp(g)) (ggml's), its gate possibly "
-            "k columns as 'sigmoid''s",
+            "k columns as 'sigmoid''s; 'linear' (RWKV-7's output gate): out = g * u",
         ),
         check=_swiglu,
         reference="op_swiglu",

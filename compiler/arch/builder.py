@@ -268,6 +268,16 @@ class ModelBuilder:
         self._add(WeightUse(name, role, ts[0].format, (rows, width), tuple(whole(t) for t in ts)))
         return name
 
+    def vectors(self, name: str, role: str, sources: list[tuple[str, tuple[int, ...]]]) -> str:
+        """One vector of GGUF vectors of one format and one element per block (F32, F16, BF16), end to
+        end, each of the shape given (unit dimensions allowed): rwkv6's five lerps as its fused one."""
+        ts = [self.source(n, shape) for n, shape in sources]
+        if len({t.format for t in ts}) != 1 or ts[0].format not in ("F32", "F16", "BF16"):
+            raise CompileError(f"{self.path}: cannot join {', '.join(n for n, _ in sources)} (formats differ or "
+                               "are not one element per block)")  # fmt: skip
+        self._add(WeightUse(name, role, ts[0].format, (sum(prod(t.shape) for t in ts),), tuple(whole(t) for t in ts)))
+        return name
+
     def _add(self, use: WeightUse) -> None:
         if use.name in self._weights:
             raise CompileError(f"{self.path}: weight {use.name} is defined twice")

@@ -30,7 +30,6 @@ LLAMA_CPP_ARCHITECTURES: tuple[str, ...] = (
 
 # Recurrent layers: per-sequence state and the ops ssm_conv, ssm_scan (Mamba2, one decay per head),
 # gated_delta_net and short_conv exist; what each of these still lacks is said in its own words.
-_RWKV = "RWKV's time mixing (the WKV recurrence and token shift, ggml's rwkv_wkv6 / rwkv_wkv7) has no op yet"
 _ENCODER = "encoder-only (embeddings, reranking): not a text generator; rfc serves decoder models"
 _MODALITY = "a vision, audio or speech model: rfc has no tower for it (text-only server)"
 _DIFFUSION = "a diffusion language model: not decoded token by token"
@@ -38,7 +37,6 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 
 # Why a name without a recipe is refused; a name not listed here has no recipe yet.
 REFUSED: dict[str, str] = {
-    **dict.fromkeys(("rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"), _RWKV),
     **dict.fromkeys(
         (
             "bert",

@@ -39,6 +39,7 @@ MATH_KEYS: dict[str, tuple[float, ...]] = {
     "rope.scaling.yarn_log_multiplier": (0.0,),  # YaRN's magnitude correction
     "rope.scaling.yarn_beta_fast": (32.0,),  # YaRN's ramp
     "rope.scaling.yarn_beta_slow": (1.0,),
+    "rescale_every_n_layers": (0.0,),  # the residual halved after every n-th layer
 }
 
 # key (after `<arch>.`) -> the architectures (general.architecture) whose llama.cpp loader reads it
@@ -63,6 +64,7 @@ READ_BY: dict[str, frozenset[str]] = {
     "rope.scaling.yarn_log_multiplier": frozenset(("deepseek2", "deepseek32", "mistral3", "mistral4")),
     "rope.scaling.yarn_beta_fast": frozenset(("grok", "mistral3")),
     "rope.scaling.yarn_beta_slow": frozenset(("grok", "mistral3")),
+    "rescale_every_n_layers": frozenset(("rwkv6",)),
 }
 
 

@@ -18,6 +18,7 @@ from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_EXPERTS, 
 from rfc.artifacts.ops import OP_DEFS, OPS
 from rfc.artifacts.ops import altup as altup_ops
 from rfc.artifacts.ops import hc as hc_ops
+from rfc.artifacts.ops import rwkv as rwkv_ops
 from rfc.artifacts.ops.core import alibi_slopes
 from rfc.artifacts.plan import Plan, rope_inv_freq
 from rfc.artifacts.program import PROGRAM_FILE, STEP_ABI_VERSION, STEP_ARGS, StepProgram, pack_program, plan_arena
@@ -43,6 +44,7 @@ BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fn
 
 # gemma3n's AltUp ops and activation sparsity: row functions of kernels/cpu_altup.h (cpu_step.py's row_op phase)
 ALTUP_OPS = tuple(d.kind for d in altup_ops.DEFS)
+RWKV_OPS = tuple(d.kind for d in rwkv_ops.DEFS)
 # hy_v4's hyper-connection ops: row functions of kernels/cpu_hc.h
 HC_OPS = tuple(d.kind for d in hc_ops.DEFS)
 
@@ -273,6 +275,8 @@ def _arch_ops_params(ops: dict[str, list]) -> dict | None:
         groups["kda"] = True
     if "lightning_attention" in ops:  # MiniMax-01's, likewise
         groups["lightning"] = True
+    if any(kind in ops for kind in RWKV_OPS):  # the RWKVs', likewise
+        groups["rwkv"] = True
     if not any(groups.values()):
         return None
     return {**groups, "max_conv_kernel": MAX_CONV_KERNEL, "max_delta_state": MAX_DELTA_STATE}

@@ -36,7 +36,7 @@ from rfc.artifacts.formats import FORMATS, row_nbytes
 from rfc.artifacts.ops import OP_DEFS
 from rfc.artifacts.plan import Buffer, Op, Plan
 from rfc.compiler.codegen.cpu_phase import Phase, f32_literal  # noqa: F401 (f32_literal: read as cpu_step.f32_literal)
-from rfc.compiler.codegen.ops import activations, altup, hc, moe, recurrent
+from rfc.compiler.codegen.ops import activations, altup, hc, moe, recurrent, rwkv
 from rfc.compiler.errors import CompileError
 
 MAX_SEGMENTS = 8  # rfc_mm_run's per-call segment arrays
@@ -49,6 +49,7 @@ GLU_SPANS = {
     "relu": "rfc_relu_glu_span",
     "silu_clamp": "rfc_swiglu_clamp_span",
     "softplus": "rfc_softplus_glu_span",
+    "linear": "rfc_mul_glu_span",
 }
 
 
@@ -145,7 +146,9 @@ class Lowered:
     barriers: int
 
 
-class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering, altup.CpuLowering, hc.CpuLowering):
+class _Lowering(
+    activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering, altup.CpuLowering, hc.CpuLowering, rwkv.CpuLowering
+):
     def __init__(self, plan: Plan, entries: dict, vectors: dict[str, list]):
         self.plan = plan
         self.entries = entries
@@ -398,8 +401,11 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
         x, heads, width = op.inputs[0], int(op.attr("heads")), self.width(op.inputs[0])
         # per-head Q/K norms (qwen3, gemma3), a row of another width, or no weight (gemma4's V: NULL)
         if heads != 1 or width != self.plan.n_embd or not op.weights:
-            if self._eps(op):
-                raise CompileError(f"rmsnorm of {x}: the cpu target norms heads at the plan's first epsilon only")
+            eps = self._eps(op)  # a segment norm at another epsilon: rfc_rmsnorm_segs_row_e<i> (RWKV's group norm)
+            if eps and heads == 1:
+                raise CompileError(
+                    f"rmsnorm of {x}: the cpu target norms a row of {width} at the plan's first epsilon only"
+                )
             if heads == 1 and width % 8:  # a short row (jamba's dt of rank 2): rfc_rmsnorm_short_row, scalar
                 return Phase("rmsnorm_short", {"x": self.buf(x), "out": self.buf(op.outputs[0]),
                                                "w": self.vec(op.weights[0]) if op.weights else [],
@@ -411,10 +417,10 @@ class _Lowering(activations.CpuLowering, moe.CpuLowering, recurrent.CpuLowering,
             if op.weights and heads > 1 and tuple(self.entries[op.weights[0]].shape) == (width,):  # Mamba2's groups
                 return Phase("rmsnorm_segs",
                              {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": w, "rows": self.rows(x),
-                              "width": width, "heads": heads}, set(op.inputs),
+                              "width": width, "heads": heads, **eps}, set(op.inputs),
                              set(op.outputs))  # fmt: skip
             return Phase("rmsnorm_heads", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": w,
-                                           "rows": self.rows(x), "width": width, "heads": heads},
+                                           "rows": self.rows(x), "width": width, "heads": heads, **eps},
                          set(op.inputs), set(op.outputs))  # fmt: skip
         return Phase("rmsnorm",
                      {"x": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
@@ -566,6 +572,9 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
             "altup_correct",
             "hc_gates",
             "lightning_attention",
+            "lerp",
+            "wkv6",
+            "wkv7",
         ):
             # ssm_conv: its bias (the kernel is read in place)
             for w in op.weights[1:] if op.kind == "ssm_conv" else op.weights:

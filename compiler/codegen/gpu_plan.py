@@ -33,7 +33,7 @@ from rfc.compiler.codegen.gpu_kernel import (  # noqa: F401 (ARG_SIZES, GPU_MAX_
     MAX_THREADS,
     KernelSpec,
 )
-from rfc.compiler.codegen.ops import activations, altup, hc, moe, recurrent
+from rfc.compiler.codegen.ops import activations, altup, hc, moe, recurrent, rwkv
 from rfc.compiler.errors import CompileError
 from rfc.compiler.targets import Target
 
@@ -291,7 +291,9 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-class _Planner(activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, altup.GpuLowering, hc.GpuLowering):
+class _Planner(
+    activations.GpuLowering, moe.GpuLowering, recurrent.GpuLowering, altup.GpuLowering, hc.GpuLowering, rwkv.GpuLowering
+):
     def __init__(self, target: Target, plan: Plan, tensors: dict[str, TensorEntry]):
         self.target = target
         self.wave = target.wave_size
@@ -885,6 +887,12 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "hc_reduce": ("out",),
         "hc_post": ("out",),
         "lightning_attention": ("out",),
+        "sigmoid": ("out",),
+        "token_shift": ("out",),
+        "lerp": ("out",),
+        "lerp_data": ("out",),
+        "wkv6": ("out",),
+        "wkv7": ("out", "bonus"),
     }[op.kind]
     weights = {
         "embed": ("weight",),
@@ -907,6 +915,9 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "altup_correct": ("scale",),
         "hc_gates": ("base",),
         "lightning_attention": ("decay",),
+        "lerp": ("mu",),
+        "wkv6": ("decay",) if op.kind == "wkv6" and op.attr("mode") == "gla" else ("u", "decay"),  # gla: no u
+        "wkv7": ("w0", "a0", "k_k", "k_a", "r_k"),
     }.get(op.kind, ())
     if op.kind == "moe_route" and op.attr("expert_scale"):  # the experts' output scales: the last weight
         weights = ("bias", "escale")[2 - len(op.weights) :]

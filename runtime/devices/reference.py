@@ -146,8 +146,54 @@ class ReferenceDevice(HostState, InterpretedDevice):
             limit, alpha = np.float32(attrs["limit"]), np.float32(attrs["alpha"])
             x = np.minimum(g, limit)
             outs[0][...] = x / (np.float32(1.0) + np.exp(-alpha * x)) * (np.clip(u, -limit, limit) + np.float32(1.0))
+        elif attrs["activation"] == "linear":  # RWKV-7's output gate
+            outs[0][...] = g * u
         else:
             outs[0][...] = g / (1.0 + np.exp(-g)) * u
+
+    def op_sigmoid(self, outs, ins, weights, attrs, batch):
+        outs[0][...] = np.float32(1.0) / (np.float32(1.0) + np.exp(-ins[0]))
+
+    # -- RWKV: lerps (float32, each operation rounded as ggml's), the token shift, the WKVs -------
+    def op_lerp(self, outs, ins, weights, attrs, batch):
+        a, b = ins
+        c, p = a.shape[1], attrs.get("part", 0)
+        outs[0][...] = (b - a) * weights[0].astype(np.float32)[p * c : (p + 1) * c] + a
+
+    def op_lerp_data(self, outs, ins, weights, attrs, batch):
+        a, b, m = ins
+        c, p = a.shape[1], attrs.get("part", 0)
+        outs[0][...] = (b - a) * m[:, p * c : (p + 1) * c] + a
+
+    def op_token_shift(self, outs, ins, weights, attrs, batch):
+        (x,) = ins
+        for s in range(len(batch.seq_start) - 1):
+            lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
+            state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
+            prev = state[0].copy()
+            outs[0][lo + 1 : hi] = x[lo : hi - 1]
+            outs[0][lo] = prev
+            state[0] = x[hi - 1]
+
+    def op_wkv6(self, outs, ins, weights, attrs, batch):
+        r, k, v, w = ins
+        gla = attrs.get("mode", "wkv6") == "gla"
+        u, decay = (None, weights[0]) if gla else (weights[0], weights[1])
+        for s in range(len(batch.seq_start) - 1):
+            lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
+            state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
+            outs[0][lo:hi], state[...] = wkv6_chunk(
+                r[lo:hi], k[lo:hi], v[lo:hi], w[lo:hi], u, decay, state, attrs["n_heads"], attrs["n_kv_heads"],
+                attrs["head_dim"], scale=attrs.get("scale", 1.0) if gla else None,
+            )  # fmt: skip
+
+    def op_wkv7(self, outs, ins, weights, attrs, batch):
+        for s in range(len(batch.seq_start) - 1):
+            lo, hi = batch.seq_start[s], batch.seq_start[s + 1]
+            state = seq_state(self.state, self._plan.state, attrs["state"], batch, s)
+            outs[0][lo:hi], outs[1][lo:hi], state[...] = wkv7_chunk(
+                *(x[lo:hi] for x in ins), *weights, state, attrs["n_heads"], attrs["head_dim"]
+            )
 
     def op_scale(self, outs, ins, weights, attrs, batch):
         outs[0][...] = ins[0] * np.float32(attrs["factor"])
@@ -482,6 +528,61 @@ def lightning_chunk(qkv, decay, state, h: int, d: int):
         m = m * lam + v[:, :, None] * k[:, None, :]
         out[t] = np.einsum("hji,hi->hj", m, q)
     return out.reshape(n, h * d).astype(np.float32), m.astype(np.float32)
+
+
+def wkv6_chunk(r, k, v, w, u, decay, state, h: int, hkv: int, s: int, scale: float | None = None):
+    """One sequence's chunk through wkv6, token by token, in float64: r, w [n, h s], k, v [n, hkv s] (head
+    j reads kv head j // (h // hkv)), u (None: gla) and decay [h s], state [h, s, s] (M[h][j][i]: value
+    index j, key index i) -> (out [n, h s] float32, the new state float32). `scale`: gla's query scale."""
+    n, rep = len(r), h // hkv
+    f = np.float64
+    rr = r.astype(f).reshape(n, h, s)
+    kk = np.repeat(k.astype(f).reshape(n, hkv, s), rep, axis=1)
+    vv = np.repeat(v.astype(f).reshape(n, hkv, s), rep, axis=1)
+    ww = np.exp(-np.exp(w.astype(f) + np.asarray(decay, f))).reshape(n, h, s)
+    m = state.astype(f).copy()
+    out = np.empty((n, h, s))
+    for t in range(n):
+        kv = vv[t][:, :, None] * kk[t][:, None, :]  # [h, j, i]
+        if scale is None:
+            uu = np.asarray(u, f).reshape(h, s)
+            out[t] = np.einsum("hji,hi->hj", m + uu[:, None, :] * kv, rr[t])
+            m = m * ww[t][:, None, :] + kv
+        else:
+            kv = vv[t][:, :, None] * (kk[t] - kk[t] * ww[t])[:, None, :]
+            m = m * ww[t][:, None, :] + kv
+            out[t] = np.einsum("hji,hi->hj", m, rr[t] * scale)
+    return out.reshape(n, h * s).astype(np.float32), m.astype(np.float32)
+
+
+def wkv7_chunk(r, w, k, v, a, w0, a0, k_k, k_a, r_k, state, h: int, s: int):
+    """One sequence's chunk through wkv7, token by token, in float64: r, w, k, v, a [n, h s], the five
+    weights [h s], state [h, s, s] (M[h][j][i]: value index j, key index i) -> (out, bonus [n, h s]
+    float32, the new state float32)."""
+    n = len(r)
+    f = np.float64
+
+    def heads(x):
+        return x.astype(f).reshape(n, h, s)
+
+    def vec(x):
+        return np.asarray(x, f).reshape(h, s)
+
+    rr, kk, vv = heads(r), heads(k), heads(v)
+    wd = np.exp(-0.606531 * (1.0 / (1.0 + np.exp(-(heads(w) + vec(w0))))))
+    aa = 1.0 / (1.0 + np.exp(-(heads(a) + vec(a0))))
+    kn = kk * vec(k_k)
+    kn = kn / np.maximum(np.sqrt((kn * kn).sum(-1, keepdims=True)), 1e-12)
+    ka = kk * vec(k_a)
+    k2 = kk + (aa * ka - ka)
+    m = state.astype(f).copy()
+    out = np.empty((n, h, s))
+    for t in range(n):
+        sa = -np.einsum("hji,hi->hj", m, kn[t])
+        m = m * wd[t][:, None, :] + vv[t][:, :, None] * k2[t][:, None, :] + sa[:, :, None] * (kn[t] * aa[t])[:, None, :]
+        out[t] = np.einsum("hji,hi->hj", m, rr[t])
+    bonus = vv * (k2 * rr * vec(r_k)).sum(-1, keepdims=True)
+    return out.reshape(n, h * s).astype(np.float32), bonus.reshape(n, h * s).astype(np.float32), m.astype(np.float32)
 
 
 def ssm_scan_chunk(xbc, dt, a, d, dt_bias, state, h: int, p: int, g: int, n_state: int, per_state: bool = False):

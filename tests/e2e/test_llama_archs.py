@@ -206,6 +206,20 @@ ADDED = (
     # experts' clamp 3.5, without the shared expert's and dense FFN's 3.8
     "bailingmoe3-moe",
     "bailingmoe3-tight",
+    # rwkv6 (no saver file: described from its loader; -split: the five lerps apart): without the token shift 2.7
+    # (2.6), without the bonus time_mix_first 0.82, without the decay vector 0.17, without the group norm 3.3, the
+    # residual not halved 0.77, the mixes swapped 1.7 (1.5)
+    "rwkv6-dense",
+    "rwkv6-split",
+    # rwkv6qwen2 (gated linear attention, K/V of 2 heads under 4): without the token shift 3.0, the query unscaled
+    # 1.7, receptance head h reading K/V head h % 2 instead of h / 2 2.8
+    "rwkv6qwen2-dense",
+    # rwkv7 / arwkv7 (RWKV-7's time mix; -plain: no gate, no group norm, five lerps): without w0 0.018 (arwkv7-plain
+    # 1.3), without a0 0.089 (0.19), without k_a 0.26 (0.28), without the bonus 2.9 (4.5), without the value residual
+    # 0.39 (1.6), without the output gate 3.1 (4.7), without the group norm 3.2 (4.5), the mixes swapped 1.8 (3.1)
+    "rwkv7-dense",
+    "arwkv7-dense",
+    "arwkv7-plain",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -228,14 +242,14 @@ CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 # division, Q/K/V clamps without RoPE, per-layer head geometries and a linear attention, a looped stack,
 # capped scores with GELU experts, per-head sigmoid and softplus gates, norms at two epsilons, fused
 # experts beside a fused shared expert, layers of two head counts, Mamba-1's per-state decay, values narrower
-# than keys, capped SwiGLUs, hyper-connections, a delta rule decaying per key channel, lightning attention); the others
-# are `exhaustive`.
+# than keys, capped SwiGLUs, hyper-connections, a delta rule decaying per key channel, lightning attention, RWKV's
+# token shifts, lerps, WKVs and group norms at a second epsilon); the others are `exhaustive`.
 CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
     "deci-varied", "nanbeige-looped", "grok-capped", "muse-glimmer-swa", "spark2_5-swa", "granite_swa-moe",
     "laguna-xs", "mamba-falcon", "minicpm3-narrow", "step35-dense", "hy_v4-heads", "kimi-linear-heads",
-    "minimax-01-deep", "bailingmoe3-tight",
+    "minimax-01-deep", "bailingmoe3-tight", "rwkv6-dense", "rwkv6qwen2-dense", "rwkv7-dense",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

@@ -206,6 +206,12 @@ def test_a_repeated_prefix_resumes_from_its_state_checkpoint_on_the_device(targe
         pytest.param("minimax-01-deep", "gfx90a", marks=toolchain_marks("gfx90a")),
         # Ling 3's KDA safe gate (a lower-bounded sigmoid decay) beside rotated, head-gated MLA layers
         pytest.param("bailingmoe3-tight", "sm_90", marks=toolchain_marks("sm_90")),
+        # RWKV-6's WKV (a bonus, decays per key channel) and token shifts, its data-dependent lerps, group norms
+        pytest.param("rwkv6-dense", "gfx1100", marks=toolchain_marks("gfx1100")),
+        # QRWKV6's gated linear attention over K/V heads shared by two receptance heads, RMS norms, one shift
+        pytest.param("rwkv6qwen2-dense", "sm_90", marks=toolchain_marks("sm_90")),
+        # RWKV-7's time mix (kk, k', a', the bonus), the value residual, sigmoid and bilinear gates
+        pytest.param("rwkv7-dense", "gfx90a", marks=toolchain_marks("gfx90a")),
     ],
 )
 def test_recurrent_saver_files(name, target, gpu_build_cache, tmp_path):
@@ -223,7 +229,7 @@ def test_recurrent_saver_files(name, target, gpu_build_cache, tmp_path):
     compile_model(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
     bundle = open_bundle(out)
     kv = bundle.plan.kv
-    assert (kv.n_layers == 0) == name.startswith("mamba")
+    assert (kv.n_layers == 0) == name.startswith(("mamba", "rwkv"))
     gpu = emulated_step_device(bundle, target, kv, NUM_BLOCKS, BLOCK_SIZE, tmp_path / "gpu-emu")
     ref = ReferenceDevice(bundle, kv, NUM_BLOCKS, BLOCK_SIZE)
     gpu.alloc_state(SLOTS)

@@ -578,3 +578,61 @@ def test_malformed_narrow_value_and_state_ops_are_refused(tmp_path):
     op = next(o for o in spec.plan.ops if o.kind == "gated_delta_net")
     with pytest.raises(PlanError, match="alpha is not"):
         check_plan(broken(spec, "gated_delta_net", attrs={**op.attrs, "decay": "head"}))
+
+
+def test_rwkv_files_llama_cpp_cannot_run_are_refused(tmp_path):
+    """What llama.cpp asserts or would read as a null tensor: a token-shift count other than its stack's (two
+    for rwkv6 / rwkv7, one for the Qwen-based), rwkv6's K/V of fewer heads (only rwkv6qwen2 repeats them), an
+    rwkv6qwen2 layer with time_mix_first (its graph would group-norm by a time_mix_ln its loader does not read),
+    rwkv7 without its gate, and arwkv7's gate beside five lerps (the gate's mix is the sixth)."""
+    _refused(_edited("rwkv6-dense", tmp_path, keys={"rwkv6.token_shift_count": (4, 1)}), "token_shift_count")
+    _refused(_edited("rwkv6qwen2-dense", tmp_path, drop_keys=["rwkv6qwen2.token_shift_count"]), "token_shift_count")
+    _refused(_edited("rwkv6-dense", tmp_path, keys={"rwkv6.attention.head_count_kv": (4, 2)}), "does not divide")
+    first = ("blk.0.time_mix_first.weight", (4, 64))
+    _refused(_edited("rwkv6qwen2-dense", tmp_path, add_tensors=[first]), "time_mix_ln")
+    _refused(_edited("rwkv7-dense", tmp_path, drop_tensors=["blk.1.time_mix_g1.weight", "blk.1.time_mix_g2.weight"]),
+             "rwkv7 requires both")  # fmt: skip
+    fused = [f"blk.{i}.time_mix_lerp_fused.weight" for i in (0, 1)]
+    five = [(n, (5, 1, 1, 256)) for n in fused]
+    _refused(_edited("arwkv7-dense", tmp_path, drop_tensors=fused, add_tensors=five), "6 with the gate")
+
+
+def test_rwkv_plans_their_state_and_no_kv_layer(tmp_path):
+    """Per layer the token shifts' [1, n_embd] (two in rwkv6 / rwkv7, one in the Qwen-based stacks) and the WKV's
+    [heads, S, S]; no KV cache layer; QRWKV6's K/V of 2 heads under 4 and its query scale 64^-0.5 as float32."""
+    for name, shifts in (("rwkv6-dense", 2), ("rwkv6qwen2-dense", 1), ("rwkv7-dense", 2), ("arwkv7-plain", 1)):
+        spec = spec_of(_model(name, tmp_path))
+        assert spec.plan.kv.n_layers == 0
+        shapes = [t.shape for t in spec.plan.state.tensors if t.layer == 1]
+        assert shapes.count((1, 256)) == shifts and shapes.count((4, 64, 64)) == 1, (name, shapes)
+    wkv = next(op for op in spec_of(_model("rwkv6qwen2-dense", tmp_path)).plan.ops if op.kind == "wkv6")
+    assert (wkv.attrs["mode"], wkv.attrs["n_kv_heads"], wkv.attrs["scale"]) == ("gla", 2, 0.125)
+
+
+def test_malformed_rwkv_ops_are_refused(tmp_path):
+    """The validator refuses a lerp_data naming a mix past its rows' (a lerp's `part` outside any weight's), a
+    wkv6 whose K/V heads do not divide its heads, and a wkv7 whose two outputs are one buffer."""
+    import dataclasses
+
+    from rfc.artifacts.ops.view import PlanError
+    from rfc.artifacts.validate import check_plan
+
+    def broken(spec, kind, **changes):
+        op = next(o for o in spec.plan.ops if o.kind == kind)
+        new = dataclasses.replace(op, **changes)
+        return dataclasses.replace(spec.plan, ops=tuple(new if o is op else o for o in spec.plan.ops))
+
+    spec = spec_of(_model("rwkv7-dense", tmp_path))
+    op = next(o for o in spec.plan.ops if o.kind == "lerp_data")  # the value residual's, over [T, n_embd]
+    with pytest.raises(PlanError, match="part"):
+        check_plan(broken(spec, "lerp_data", attrs={**op.attrs, "part": 1}))
+    op = next(o for o in spec.plan.ops if o.kind == "lerp")
+    with pytest.raises(PlanError, match="part"):
+        check_plan(broken(spec, "lerp", attrs={**op.attrs, "part": 1 << 40}))
+    op = next(o for o in spec.plan.ops if o.kind == "wkv7")
+    with pytest.raises(PlanError, match="one buffer"):
+        check_plan(broken(spec, "wkv7", outputs=(op.outputs[0], op.outputs[0])))
+    spec = spec_of(_model("rwkv6qwen2-dense", tmp_path))
+    op = next(o for o in spec.plan.ops if o.kind == "wkv6")
+    with pytest.raises(PlanError, match="n_kv_heads|multiple"):
+        check_plan(broken(spec, "wkv6", attrs={**op.attrs, "n_kv_heads": 3}))

@@ -198,7 +198,8 @@ class CpuOpDevice(InterpretedDevice):
                     "rfc_scale": [_P, _P, c_size_t, c_float],
                     "rfc_xielu": [_P, _P, c_size_t, c_float, c_float, c_float, c_float],
                     "rfc_gelu": [_P, _P, c_size_t], "rfc_channel_div": [_P, _P, _P, c_int, c_int],
-                    "rfc_clamp": [_P, _P, c_size_t, c_float],
+                    "rfc_clamp": [_P, _P, c_size_t, c_float], "rfc_sigmoid": [_P, _P, c_size_t],
+                    "rfc_mulglu": [_P, _P, _P, c_size_t],
                     "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_swiglu_clamp": [_P, _P, _P, c_size_t],
                     "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
                     "rfc_moe_scale": [_P, _P, _P, c_int, c_int, c_int, _P],
@@ -571,6 +572,7 @@ _P]}  # fmt: skip
                     "relu": "rfc_reluglu",
                     "silu_clamp": "rfc_swiglu_clamp",
                     "silu_cap": "rfc_swiglu_cap0",  # the plan's first limit (a kit plan has at most one)
+                    "linear": "rfc_mulglu",
                 }[act],
                 op,
             )
@@ -588,6 +590,42 @@ _P]}  # fmt: skip
     def _op_channel_div(self, op, outs, ins, weights, batch):
         rows, width = ins[0].array.shape
         return self._arch_kernel("rfc_channel_div", op), (ins[0].ptr, weights[0].ptr, outs[0].ptr, rows, width)
+
+    def _op_sigmoid(self, op, outs, ins, weights, batch):
+        return self._arch_kernel("rfc_sigmoid", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size)
+
+    # -- RWKV (kernels/cpu_rwkv.h): each sequence's chunk from zeros, as _op_short_conv's ---------------
+    def _op_token_shift(self, op, outs, ins, weights, batch):
+        fn = _declare(self._lib, "rfc_token_shift", [_P, _P, _P, _P, c_int, c_int, _P])
+        states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
+        return fn, (ins[0].ptr, outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
+                    ins[0].array.shape[1], states.ctypes.data)  # fmt: skip
+
+    def _op_lerp(self, op, outs, ins, weights, batch):
+        fn = _declare(self._lib, "rfc_lerp", [_P, _P, _P, _P, c_int, c_int, c_int])
+        rows, c = ins[0].array.shape
+        return fn, (ins[0].ptr, ins[1].ptr, outs[0].ptr, weights[0].ptr, rows, c, op.attr("part"))
+
+    def _op_lerp_data(self, op, outs, ins, weights, batch):
+        fn = _declare(self._lib, "rfc_lerp_data", [_P, _P, _P, _P, c_int, c_int, c_int, c_int])
+        rows, c = ins[0].array.shape
+        return fn, (ins[0].ptr, ins[1].ptr, ins[2].ptr, outs[0].ptr, rows, c, ins[2].array.shape[1], op.attr("part"))
+
+    def _op_wkv6(self, op, outs, ins, weights, batch):
+        fn = _declare(self._lib, "rfc_wkv6", [_P] * 7 + [c_int] * 4 + [_P, _P, c_int, c_float, _P])
+        states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
+        a, gla = op.attrs, op.attr("mode") == "gla"
+        u, decay = (None, weights[0].ptr) if gla else (weights[0].ptr, weights[1].ptr)
+        return fn, (*(x.ptr for x in ins), outs[0].ptr, batch.positions.ptr, batch.seq_start.ptr, batch.num_seqs,
+                    a["n_heads"], a["n_kv_heads"], a["head_dim"], u, decay, int(gla), op.attr("scale"),
+                    states.ctypes.data)  # fmt: skip
+
+    def _op_wkv7(self, op, outs, ins, weights, batch):
+        fn = _declare(self._lib, "rfc_wkv7", [_P] * 9 + [c_int] * 3 + [_P] * 6)
+        states = self._keep.setdefault(("states", batch.num_seqs), np.zeros(batch.num_seqs, np.uintp))
+        return fn, (*(x.ptr for x in ins), outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.seq_start.ptr,
+                    batch.num_seqs, op.attrs["n_heads"], op.attrs["head_dim"], *(w.ptr for w in weights),
+                    states.ctypes.data)  # fmt: skip
 
     def _op_gelu(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_gelu", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size)
