@@ -57,7 +57,8 @@ static inline int rfc_moe_take_best(const double *s, unsigned char *taken, int n
  * which scales the expert's output: the same product). The planner validated every argument
  * (artifacts/validate.py _moe_route). */
 static void rfc_moe_route_row(const float *logits, const float *bias, const float *escale, int n_expert, int n_used,
-                              int gating, int norm, double scale, int groups, int groups_used, int32_t *ids, float *w) {
+                              int gating, int norm, double scale, int groups, int groups_used, int id_div, int32_t *ids,
+                              float *w) {
     double p[RFC_MOE_EXPERTS], s[RFC_MOE_EXPERTS], wj[RFC_MOE_EXPERTS];
     unsigned char taken[RFC_MOE_EXPERTS]; /* chosen, or in a group left out */
     if (gating == RFC_GATE_SOFTMAX) {
@@ -99,6 +100,8 @@ static void rfc_moe_route_row(const float *logits, const float *bias, const floa
     double mx = -INFINITY, sum = 0.0;
     for (int j = 0; j < n_used; j++) {
         ids[j] = rfc_moe_take_best(s, taken, n_expert);
+        if (id_div > 1) /* grovemoe's adjugate experts: llama.cpp scales the id by 1 / d in float, then truncates */
+            ids[j] = (int32_t)((float)ids[j] * (1.0f / (float)id_div));
         wj[j] = p[ids[j]];
         mx = wj[j] > mx ? wj[j] : mx;
     }
@@ -141,7 +144,9 @@ static inline void rfc_moe_combine_row(const float *y, const float *w, int n_use
 
 /* The kernel tests' entry: moe_route over T tokens, its attributes as arguments (checked). */
 RFC_EXPORT int rfc_moe_route(const float *logits, const float *bias, const float *escale, int T, int n_expert, int n_used,
-                             int gating, int norm, double scale, int groups, int groups_used, int32_t *ids, float *w) {
+                             int gating, int norm, double scale, int groups, int groups_used, int id_div, int32_t *ids,
+                             float *w) {
+    if (id_div < 1 || n_expert % id_div || (id_div > 1 && escale)) return -1;
     if (n_expert < 1 || n_expert > RFC_MOE_EXPERTS || n_used < 1 || n_used > n_expert) return -1;
     if (gating < RFC_GATE_SOFTMAX || gating > RFC_GATE_SOFTMAX_WEIGHT || !(scale > 0.0)) return -1;
     if (groups < 1 || n_expert % groups || groups_used < 1 || groups_used > groups ||
@@ -149,7 +154,7 @@ RFC_EXPORT int rfc_moe_route(const float *logits, const float *bias, const float
         return -1;
     for (int t = 0; t < T; t++)
         rfc_moe_route_row(logits + (size_t)t * n_expert, bias, escale, n_expert, n_used, gating, norm, scale, groups, groups_used,
-                          ids + (size_t)t * n_used, w + (size_t)t * n_used);
+                          id_div, ids + (size_t)t * n_used, w + (size_t)t * n_used);
     return 0;
 }
 

@@ -5,7 +5,7 @@ that some files carry.
 
 from rfc.artifacts.limits import MAX_EXPERTS
 from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSchema
-from rfc.artifacts.ops.view import OpView
+from rfc.artifacts.ops.view import OpView, bounded_int
 
 MOE_GATINGS = ("softmax", "sigmoid", "softmax_weight")  # moe_route's `gating`
 
@@ -29,7 +29,10 @@ def _moe_route(v: OpView) -> None:
             f"{n_expert} experts are not {groups} groups of 2 or more",
         )
         v.need(k <= used * (n_expert // groups), f"{used} of {groups} groups hold fewer than n_used = {k} experts")
+    div = v.int_attr("id_div", 1, n_expert)  # grovemoe: ids / d address n_expert / d adjugate experts
+    v.need(n_expert % div == 0, f"{n_expert} experts are not groups of id_div = {div}")
     scaled = v.op.attr("expert_scale")
+    v.need(not (scaled and div > 1), "expert_scale with id_div: no router has both")
     v.need(isinstance(scaled, bool), f"attribute expert_scale = {str(scaled)[:20]!r} is not a boolean")
     v.need(not scaled or bool(v.op.weights), "expert_scale without its weight [n_expert]")
     v.need(len(v.op.weights) <= int(scaled) + 1, "more weights than a selection bias and an expert scale")
@@ -41,11 +44,13 @@ def _moe_route(v: OpView) -> None:
 def _routed(v: OpView, ids: str) -> tuple[int, int]:
     """(n_expert, n_used) of the expert ids an op reads: i32 rows the moe_route op last writing
     `ids` before this one wrote (expert ids come from a router, so they index the experts the
-    router scored: n_expert is its logits' width); anything else is refused."""
+    router scored: n_expert is its logits' width, divided by its id_div); anything else is refused."""
     v.i32_rows(ids)
     writer = next((op for op in reversed(v.plan.ops[: v.index]) if ids in op.outputs), None)
     v.need(writer is not None and writer.kind == "moe_route", f"{ids} is not written by a moe_route op before it")
-    return v.width(writer.inputs[0]), v.width(ids)
+    div = writer.attr("id_div")
+    v.need(bounded_int(div, 1, MAX_EXPERTS), f"{ids}'s router has id_div {str(div)[:20]!r}")
+    return v.width(writer.inputs[0]) // div, v.width(ids)
 
 
 def _moe_matmul(v: OpView) -> None:
@@ -115,6 +120,7 @@ DEFS = (
                 ("groups", 1),
                 ("groups_used", 1),
                 ("expert_scale", False),
+                ("id_div", 1),
             ),
             doc="router of a mixture of experts: logits[T, n_expert] -> ids i32[T, n_used], weights[T, n_used] "
             "(llama.cpp's build_moe_ffn). Scores p = softmax(logits) (gating 'softmax'), sigmoid(logits) "
@@ -125,14 +131,16 @@ DEFS = (
             "first (equal: lower index first); weights = p[ids] ('softmax_weight': softmax over the chosen "
             "logits), with norm divided by max(sum, 2^-14), then times scale; with expert_scale, each times its "
             "expert's factor: the last weight [n_expert] (gemma4's ffn_down_exps.scale, which llama.cpp applies "
-            "to the expert's output)",
+            "to the expert's output). With id_div d > 1 (grovemoe's adjugate experts, n_expert / d of them) each "
+            "chosen id becomes trunc(id x float32(1 / d)) (llama.cpp's float scale and cast) and its weight p at "
+            "that id, before norm and scale",
         ),
         check=_moe_route,
         reference="op_moe_route",
         cpu=CpuPart(
             ("cpu_moe.c.j2",),
             lower="_moe_route",
-            attrs=("gating", "norm", "scale", "groups", "groups_used", "expert_scale"),
+            attrs=("gating", "norm", "scale", "groups", "groups_used", "expert_scale", "id_div"),
         ),
         gpu=GpuPart(
             ("gpu_moe_route.hip.j2",),

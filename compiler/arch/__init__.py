@@ -29,6 +29,7 @@ from rfc.compiler.arch import bailingmoe2
 from rfc.compiler.arch import falcon_h1
 from rfc.compiler.arch import apertus
 from rfc.compiler.arch import (
+    grovemoe,
     arcee,
     arctic,
     baichuan,
@@ -176,6 +177,7 @@ RECIPES: dict[str, Recipe] = {
     "minicpm": granite.build_minicpm,
     "minicpm3": minicpm3.build,
     "minimax-01": minimax01.build,
+    "grovemoe": grovemoe.build,
     "rwkv6": rwkv.build_rwkv6,
     "rwkv6qwen2": rwkv.build_rwkv6qwen2,
     "rwkv7": rwkv.build_rwkv7,

@@ -73,8 +73,6 @@ REFUSED: dict[str, str] = {
     "t5": "an encoder-decoder model: rfc runs decoder-only models",
     "gptj": "llama.cpp 0.3.36 names it and builds no model for it (its loader has no case for gptj): no reference "
     "to match",
-    "grovemoe": "its adjugate experts take the routed experts' ids divided by experts_per_group and the softmax "
-    "weights at those divided ids (llama.cpp's build_moe_ffn for it): no router op does that; no recipe yet",
     "graniteswitch": "token-activated LoRA adapters (adapter.token_ids_activate) switch its weights within a "
     "request; no recipe yet",
     "dots3note": "latent attention in two geometries (its sliding layers' own kv_lora_rank and head sizes) with "

@@ -312,6 +312,7 @@ def moe_transformer(
     moe_args: Callable[[Metadata], dict] | None = None,
     ffn_bias: bool = False,
     unused: Callable[[ModelBuilder, int], None] | None = None,
+    after_moe: Callable[[ModelBuilder, int, Sizes], None] | None = None,
 ) -> ModelSpec:
     """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
     Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
@@ -327,7 +328,8 @@ def moe_transformer(
     (exaone-moe, maple); `moe_args(md)`: more of moe_block's arguments (the experts' activation and limit:
     maple; the selection bias's name: hy_v3); `ffn_bias`: the dense FFNs add their biases where present
     (hy_v3); `unused(b, n_layers)`: declares the tensors the family's loader reads and its graph leaves
-    unused (hy_v3's dense FFN tensors in its expert layers)."""
+    unused (hy_v3's dense FFN tensors in its expert layers); `after_moe(b, i, sizes)`: what follows the
+    experts of layer i (grovemoe's adjugate experts over their sum, with moe_args' residual None)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
@@ -378,6 +380,8 @@ def moe_transformer(
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(f"{p}{ffn_norm}.weight", ffn_norm, (sizes.n_embd,)),), eps=eps)
         if e.is_moe(i):
             moe_block(b, i, sizes, e, scales=scales, **glu)
+            if after_moe is not None:
+                after_moe(b, i, sizes)
         else:
             glu_ffn(b, i, sizes.n_embd, n_ff, bias=ffn_bias, scale=scales)
             b.op("add", ("x", "h"), ("x",))

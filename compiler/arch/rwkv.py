@@ -20,7 +20,8 @@ RWKV-7's: six mixes (r, w, k, v, a, g) by the fused lerps; r, k, v; the decay Lo
 layer 1 on v = lerp(v, v_first, sigmoid(v2(v1 x_v) + v0)) (v_first: layer 0's v); g = g2(sigmoid(g1 x_g));
 a = a2(a1 x_a); op wkv7 (w0, a0, k_k, k_a, r_k); the group norm; + the bonus; x g; time_mix_output.
 
-No projection's `.scale` applies (llama.cpp loads none: a file with one is refused). State per sequence and
+The time and channel mixes' projections take no `.scale` (llama.cpp loads none for them: a file with one is
+refused); the Qwen-based FFNs' are loaded and not applied, as llama.cpp; `output.scale` applies. State per sequence and
 layer: the token shifts ((1 or 2) x n_embd floats) and the WKV matrices (n_embd x head_size floats): RWKV-7
 World 2.9B's 32 layers of 2560 in heads of 64: 32 x (2 x 2560 + 2560 x 64) x 4 B = 21 MiB per sequence.
 """

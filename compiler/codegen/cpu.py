@@ -402,23 +402,24 @@ def _check_supported(hp, entries: dict, ops: dict[str, list]) -> None:
 
 def _moe_params(plan: Plan, entries: dict, ops: dict[str, list]) -> dict | None:
     """The mixture-of-experts constants (cpu_moe.c.j2), bounded before they size anything:
-    1 <= n_used <= n_expert <= MAX_EXPERTS, the same for every layer; expert tensors in a GGUF
-    format or an x8 layout (cpu_moe_matmul.c.j2 runs either format's dense tiles per expert)."""
+    1 <= n_used <= n_expert <= MAX_EXPERTS for every router (the constants: the largest of them, which size
+    the grouping and its scratch; grovemoe's adjugate router scores the same experts for fewer tensors and
+    slots); expert tensors of at most n_expert experts in a GGUF format or an x8 layout (cpu_moe_matmul.c.j2
+    runs either format's dense tiles per expert)."""
     if not ops.get("moe_route"):
         return None
     widths = {b.name: b.shape[-1] for b in plan.buffers}
     routes = {(int(widths[op.inputs[0]]), int(op.attrs["n_used"])) for op in ops["moe_route"]}
-    if len(routes) != 1:
-        raise CompileError("the cpu target needs every moe_route to share its expert counts (layers differ)")
-    ((n_expert, n_used),) = routes
-    if not 1 <= n_used <= n_expert <= MAX_EXPERTS:
-        raise CompileError(f"expert counts out of range: {n_used} used of {n_expert} (at most {MAX_EXPERTS})")
+    for count, used in routes:
+        if not 1 <= used <= count <= MAX_EXPERTS:
+            raise CompileError(f"expert counts out of range: {used} used of {count} (at most {MAX_EXPERTS})")
+    n_expert, n_used = max(c for c, _ in routes), max(u for _, u in routes)
     shapes = [entries[op.weights[0]] for op in ops.get("moe_matmul", [])]
     for e in shapes:
         f = FORMATS[e.format]  # a GGUF format, or an x8 layout of experts of whole groups (weight_plan.groups_fit)
         if (
             len(e.shape) != 3
-            or e.shape[0] != n_expert
+            or e.shape[0] > n_expert
             or not (f.is_gguf or "moe_matmul" in f.ops and e.shape[1] % f.group_rows == 0)
         ):
             raise CompileError(

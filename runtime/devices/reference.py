@@ -311,6 +311,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
             np.put_along_axis(mask, keep, True, axis=-1)
             s = np.where(mask[..., None], by_group, -np.inf).reshape(s.shape)
         ids = np.argsort(-s, axis=-1, kind="stable")[:, : attrs["n_used"]]  # equal: lower index first
+        if (div := attrs.get("id_div", 1)) > 1:  # grovemoe's adjugate experts: llama.cpp's float scale, then cast
+            ids = (ids.astype(np.float32) * np.float32(1.0 / np.float32(div))).astype(np.int64)
         w = np.take_along_axis(p, ids, axis=-1)
         if attrs["gating"] == "softmax_weight":
             w = np.exp(w - w.max(axis=-1, keepdims=True))

@@ -606,6 +606,9 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
         # hy_v4's hyper-connections (4 streams mixed before and spread after each sublayer, mixed once more for
         # the logit rows), its gated latent attention with sinks and its clamped experts
         pytest.param("hy_v4-heads", "hc_gates", "sm_90", marks=toolchain_marks("sm_90")),
+        # grovemoe's adjugate experts: a second router over the same logits, its ids halved (moe_route id_div),
+        # two chunk experts over the first experts' sum
+        pytest.param("grovemoe-groups", "moe_route", "gfx1100", marks=toolchain_marks("gfx1100")),
     ],
 )
 def test_saver_files_new_ops(name, kind, target, gpu_build_cache, tmp_path):

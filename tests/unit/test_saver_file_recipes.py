@@ -636,3 +636,19 @@ def test_malformed_rwkv_ops_are_refused(tmp_path):
     op = next(o for o in spec.plan.ops if o.kind == "wkv6")
     with pytest.raises(PlanError, match="n_kv_heads|multiple"):
         check_plan(broken(spec, "wkv6", attrs={**op.attrs, "n_kv_heads": 3}))
+
+
+def test_grovemoe_routes_its_adjugate_experts_by_divided_ids(tmp_path):
+    """A second router over the same logits, min(used, chunk experts) ids divided by experts_per_group, over the
+    first experts' sum; llama.cpp's failures refused: experts_per_group not dividing expert_count, expert groups,
+    a selection bias."""
+    spec = spec_of(_model("grovemoe-groups", tmp_path))
+    routes = [op for op in spec.plan.ops if op.kind == "moe_route"]
+    got = [(op.inputs, op.attrs["n_used"], op.attr("id_div")) for op in routes[:2]]
+    assert got == [(("router",), 2, 1), (("router",), 2, 2)]
+    adjugate = [op for op in spec.plan.ops if op.kind == "moe_matmul" and op.inputs[1] == "adj_ids"]
+    assert adjugate[0].inputs[0] == "moe_out" and spec.hparams.extra["expert_count"] == 4
+    _refused(_edited("grovemoe-groups", tmp_path, keys={"grovemoe.experts_per_group": (4, 3)}), "does not divide")
+    groups = {"grovemoe.expert_group_count": (4, 2), "grovemoe.expert_group_used_count": (4, 1)}
+    _refused(_edited("grovemoe-groups", tmp_path, keys=groups), "expert groups")
+    _refused(_edited("grovemoe-moe", tmp_path, add_tensors=[("blk.0.exp_probs_b.bias", (2,))]), "selection bias")

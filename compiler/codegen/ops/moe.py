@@ -32,7 +32,7 @@ class CpuLowering:
                                    # the router's variant (cpu_moe.c.j2 numbers the gatings as MOE_GATINGS lists them)
                                    "gating": MOE_GATINGS.index(op.attr("gating")), "norm": int(bool(op.attr("norm"))),
                                    "scale": float(op.attr("scale")), "groups": int(op.attr("groups")),
-                                   "groups_used": int(op.attr("groups_used")),
+                                   "groups_used": int(op.attr("groups_used")), "id_div": int(op.attr("id_div")),
                                    # the selection bias, the experts' output scales (expert_scale: the last weight)
                                    "bias": self.vec(op.weights[0])
                                    if len(op.weights) > int(bool(op.attr("expert_scale"))) else [],
@@ -76,6 +76,7 @@ class GpuLowering:
         n_expert, n_used = self._width(op.inputs[0]), int(op.attrs["n_used"])
         gating, norm, scale = op.attr("gating"), bool(op.attr("norm")), float(op.attr("scale"))
         groups, groups_used = int(op.attr("groups")), int(op.attr("groups_used"))
+        id_div = int(op.attr("id_div"))  # grovemoe's adjugate experts: the chosen ids divided
         if gating not in MOE_GATINGS or not math.isfinite(scale) or groups < 1 or n_expert % groups:
             raise CompileError(f"no GPU kernel for moe_route with gating {gating!r}, scale {scale}, {groups} groups")
         has_escale = bool(op.attr("expert_scale"))  # the experts' output scales: the last weight (gemma4)
@@ -90,10 +91,12 @@ class GpuLowering:
             + (f"_g{groups}x{groups_used}" if groups > 1 else "")
             + ("" if norm else "_raw")
             + ("" if scale == 1.0 else "_scaled")
+            + (f"_div{id_div}" if id_div > 1 else "")
         )
         spec = self._rowwise(op, "gpu_moe_route.hip.j2", name, n_expert, n_expert=n_expert, n_used=n_used,
                              gating=gating, norm=norm, scale=scale, groups=groups, groups_used=groups_used,
-                             per_group=n_expert // groups, has_bias=has_bias, has_escale=has_escale)  # fmt: skip
+                             per_group=n_expert // groups, has_bias=has_bias, has_escale=has_escale,
+                             id_div=id_div)  # fmt: skip
         absent = {arg for arg, on in (("bias", has_bias), ("escale", has_escale)) if not on}
         return dataclasses.replace(spec, args=tuple(a for a in spec.args if a[0] not in absent))
 

@@ -212,7 +212,7 @@ _P]}  # fmt: skip
         if hasattr(lib, "rfc_moe_route"):  # a plan with experts (cpu_moe.c.j2)
             self._moe_route = _declare(lib, "rfc_moe_route",
                                        [_P, _P, _P, c_int, c_int, c_int, c_int, c_int, c_double, c_int,
-                                        c_int, _P, _P], c_int)  # fmt: skip
+                                        c_int, c_int, _P, _P], c_int)  # fmt: skip
             self._moe_combine = _declare(lib, "rfc_moe_combine", [_P, _P, c_int, c_int, c_int, _P])
             self._moe_scratch_bytes = _declare(lib, "rfc_moe_scratch_bytes_kernel", [c_int], c_size_t)
 
@@ -363,7 +363,7 @@ _P]}  # fmt: skip
         return _checked(self._moe_route, "moe_route"), (logits.ptr, bias, escale, t, n_expert, op.attrs["n_used"],
                                                          MOE_GATINGS.index(op.attr("gating")), int(op.attr("norm")),
                                                          float(op.attr("scale")), op.attr("groups"),
-                                                        op.attr("groups_used"),
+                                                        op.attr("groups_used"), op.attr("id_div"),
                                                          ids.ptr, w.ptr)  # fmt: skip
 
     def _op_moe_matmul(self, op, outs, ins, weights, batch):
