@@ -29,6 +29,7 @@ from rfc.compiler.arch import bailingmoe2
 from rfc.compiler.arch import falcon_h1
 from rfc.compiler.arch import apertus
 from rfc.compiler.arch import (
+    dots3note,
     grovemoe,
     arcee,
     arctic,
@@ -178,6 +179,7 @@ RECIPES: dict[str, Recipe] = {
     "minicpm3": minicpm3.build,
     "minimax-01": minimax01.build,
     "grovemoe": grovemoe.build,
+    "dots3note": dots3note.build,
     "rwkv6": rwkv.build_rwkv6,
     "rwkv6qwen2": rwkv.build_rwkv6qwen2,
     "rwkv7": rwkv.build_rwkv7,

@@ -75,8 +75,6 @@ REFUSED: dict[str, str] = {
     "to match",
     "graniteswitch": "token-activated LoRA adapters (adapter.token_ids_activate) switch its weights within a "
     "request; no recipe yet",
-    "dots3note": "latent attention in two geometries (its sliding layers' own kv_lora_rank and head sizes) with "
-    "DSA's indexer on the others; no recipe yet",
     "deepseek4": "hyper-connections mixed by Sinkhorn iterations and compressed attention (build_hc_sinkhorn, "
     "build_hca_attention); no recipe yet",
     "glm5-next": "hyper-connections mixed by Sinkhorn iterations beside KDA and DSA layers; no recipe yet",

@@ -157,63 +157,83 @@ def mla_attention(
     out_scale: bool = True,
     rotate: bool = True,
     layer: int | None = None,
+    sfx: str = "",
+    k_pe_norm: bool = False,
+    window: int | None = None,
 ) -> None:
     """h = attn_output(MLA(h)) for layer i, absorbed (the module docstring). `sinks`: a sink logit
     per head (`attn_sinks`); `gate`: the heads' values times sigmoid(`attn_gate` h) (no scale) before
     attn_output, into buffer `attn_gate` [T, heads x v_dim] (hy_v4's gated MLA); `out_scale` False:
     attn_output's `.scale` known and unused (hy_v4's graph passes none); `rotate` False: no RoPE on the
     rope parts (kimi-linear's rope type is none); `layer`: the KV cache layer when it is not i (a
-    hybrid stack's cache holds its attention layers only)."""
+    hybrid stack's cache holds its attention layers only); `sfx`: appended to every buffer's name (a
+    stack of two MLA geometries: dots3note's sliding layers); `k_pe_norm`: the rope key RMS-normed by
+    `attn_k_norm` [n_rot] before RoPE (dots3note); `window`: a sliding window on the attention."""
     p, e, nh, rot = f"blk.{i}.", sizes.n_embd, sizes.n_heads, rope.n_rot
     head = nope + rot
+    q_a, latent, k_pe, q_nope, q_pe = (name + sfx for name in ("q_a", "latent", "k_pe", "q_nope", "q_pe"))
+    q_latent, q, k, att, att_v, g = (name + sfx for name in ("q_latent", "q", "k", "att", "att_v", "attn_gate"))
     if q_lora:
-        q_src, q_name, q_shape = "q_a", p + "attn_q_b.weight", (nh * head, q_lora)
-        b.op("matmul", ("h",), ("q_a",), (b.tensor(p + "attn_q_a.weight", "attn_q_a", (q_lora, e)),))
+        q_src, q_name, q_shape = q_a, p + "attn_q_b.weight", (nh * head, q_lora)
+        b.op("matmul", ("h",), (q_a,), (b.tensor(p + "attn_q_a.weight", "attn_q_a", (q_lora, e)),))
     else:
         q_src, q_name, q_shape = "h", p + "attn_q.weight", (nh * head, e)
     kv_name, kv_shape = p + "attn_kv_a_mqa.weight", (kv_lora + rot, e)
-    b.op("matmul", ("h",), ("latent",), (b.rows(kv_name + ":latent", "attn_kv_a_mqa", kv_name, kv_shape, 0, kv_lora),))
+    b.op("matmul", ("h",), (latent,), (b.rows(kv_name + ":latent", "attn_kv_a_mqa", kv_name, kv_shape, 0, kv_lora),))
     b.op(
         "matmul",
         ("h",),
-        ("k_pe",),
+        (k_pe,),
         (b.rows(kv_name + ":rope", "attn_kv_a_mqa", kv_name, kv_shape, kv_lora, kv_lora + rot),),
     )
     if q_lora:
-        b.op(
-            "rmsnorm", ("q_a",), ("q_a",), (b.tensor(p + "attn_q_a_norm.weight", "attn_q_a_norm", (q_lora,)),), eps=eps
-        )
+        b.op("rmsnorm", (q_a,), (q_a,), (b.tensor(p + "attn_q_a_norm.weight", "attn_q_a_norm", (q_lora,)),), eps=eps)
     role = q_name.split(".", 2)[-1].removesuffix(".weight")
     nope_rows = [(h * head, h * head + nope) for h in range(nh)]
     rope_rows = [(h * head + nope, (h + 1) * head) for h in range(nh)]
-    b.op("matmul", (q_src,), ("q_nope",), (b.row_ranges(q_name + ":nope", role, q_name, q_shape, nope_rows),))
-    b.op("matmul", (q_src,), ("q_pe",), (b.row_ranges(q_name + ":rope", role, q_name, q_shape, rope_rows),))
+    b.op("matmul", (q_src,), (q_nope,), (b.row_ranges(q_name + ":nope", role, q_name, q_shape, nope_rows),))
+    b.op("matmul", (q_src,), (q_pe,), (b.row_ranges(q_name + ":rope", role, q_name, q_shape, rope_rows),))
     b.op(
         "rmsnorm",
-        ("latent",),
-        ("latent",),
+        (latent,),
+        (latent,),
         (b.tensor(p + "attn_kv_a_norm.weight", "attn_kv_a_norm", (kv_lora,)),),
         eps=eps,
     )
+    if k_pe_norm:
+        b.op("rmsnorm", (k_pe,), (k_pe,), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (rot,)),), eps=eps)
     if rotate:
-        b.op("rope", ("q_pe", "k_pe"), ("q_pe", "k_pe"), **rope.attrs(replace(sizes, n_kv_heads=1, head_dim=rot)))
+        b.op("rope", (q_pe, k_pe), (q_pe, k_pe), **rope.attrs(replace(sizes, n_kv_heads=1, head_dim=rot)))
     wk_b = b.tensor_as(p + "attn_k_b.weight", "attn_k_b", (nh, kv_lora, nope))  # one head: 2-D in the file
-    b.op("head_matmul", ("q_nope",), ("q_latent",), (wk_b,), heads=nh)
-    b.op("concat_heads", ("q_latent", "q_pe"), ("q",), heads=nh)
-    b.op("concat_heads", ("latent", "k_pe"), ("k",), heads=1)
+    b.op("head_matmul", (q_nope,), (q_latent,), (wk_b,), heads=nh)
+    b.op("concat_heads", (q_latent, q_pe), (q,), heads=nh)
+    b.op("concat_heads", (latent, k_pe), (k,), heads=1)
     kv = i if layer is None else layer
-    b.op("kv_write", ("k", "k"), (), layer=kv)
+    b.op("kv_write", (k, k), (), layer=kv)
     sink = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (nh,)),) if sinks else ()
-    b.op("attention", ("q",), ("att",), sink, layer=kv, n_heads=nh, n_kv_heads=1, head_dim=sizes.head_dim, scale=scale)
+    windowed = {"window": window} if window is not None else {}
+    b.op("attention", (q,), (att,), sink, layer=kv, n_heads=nh, n_kv_heads=1, head_dim=sizes.head_dim, scale=scale,
+         **windowed)  # fmt: skip
     wv_b = b.tensor_as(p + "attn_v_b.weight", "attn_v_b", (nh, v_dim, kv_lora))
-    b.op("head_matmul", ("att",), ("att_v",), (wv_b,), heads=nh, stride=sizes.head_dim)
+    b.op("head_matmul", (att,), (att_v,), (wv_b,), heads=nh, stride=sizes.head_dim)
     if gate:  # True: a gate per value (hy_v4); "head": one per head (bailingmoe3), tensor_as: [n_embd] for one head
         rows = nh if gate == "head" else nh * v_dim
         b.unused(p + "attn_gate.scale", UNUSED_SCALE)
-        b.op("matmul", ("h",), ("attn_gate",), (b.tensor_as(p + "attn_gate.weight", "attn_gate", (rows, e)),))
-        b.op("swiglu", ("attn_gate", "att_v"), ("att_v",), activation="sigmoid")
+        b.op("matmul", ("h",), (g,), (b.tensor_as(p + "attn_gate.weight", "attn_gate", (rows, e)),))
+        b.op("swiglu", (g, att_v), (att_v,), activation="sigmoid")
     # build_attn: wo with wo_s, no wo_b
-    linear(b, "att_v", "h", p + "attn_output", (e, nh * v_dim), bias=False, scale=out_scale)
+    linear(b, att_v, "h", p + "attn_output", (e, nh * v_dim), bias=False, scale=out_scale)
+
+
+def mla_buffers(b: ModelBuilder, nh: int, q_lora: int, kv_lora: int, nope: int, rot: int, v_dim: int,
+                sfx: str = "", gate: int = 0) -> None:  # fmt: skip
+    """The token buffers of mla_attention with suffix `sfx` (gate: attn_gate's width, 0: none)."""
+    head = kv_lora + rot
+    widths = {"q_nope": nh * nope, "q_pe": nh * rot, "q_latent": nh * kv_lora, "latent": kv_lora, "k_pe": rot,
+              "q": nh * head, "k": head, "att": nh * head, "att_v": nh * v_dim}  # fmt: skip
+    widths |= ({"q_a": q_lora} if q_lora else {}) | ({"attn_gate": gate} if gate else {})
+    for name, width in widths.items():
+        b.buffer(name + sfx, "T", width)
 
 
 def build(model: GGUFModel) -> ModelSpec:

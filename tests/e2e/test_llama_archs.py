@@ -225,6 +225,12 @@ ADDED = (
     # group scale left out 0.013, their weights at the undivided ids 6.7e-3
     "grovemoe-moe",
     "grovemoe-groups",
+    # dots3note (MLA in two geometries, normed rope keys, per-head gates; -geoms: the sliding layer's own kv_lora,
+    # key and value sizes, 2 heads, a window of 4 at base 1000, sharp scores): without the window 0.25, the sliding
+    # layer at the global base 0.011, without the rope key's norm 0.45, without the gates 1.2 (the saver's 0.15),
+    # the sliding layer's scores scaled by the full layers' key size 0.037, without the experts' scales 0.36
+    "dots3note-moe",
+    "dots3note-geoms",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -248,14 +254,15 @@ CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 # capped scores with GELU experts, per-head sigmoid and softplus gates, norms at two epsilons, fused
 # experts beside a fused shared expert, layers of two head counts, Mamba-1's per-state decay, values narrower
 # than keys, capped SwiGLUs, hyper-connections, a delta rule decaying per key channel, lightning attention, RWKV's
-# token shifts, lerps, WKVs and group norms at a second epsilon, a router whose ids are divided); the others are
-# `exhaustive`.
+# token shifts, lerps, WKVs and group norms at a second epsilon, a router whose ids are divided, latent attention in two
+# geometries); the others are `exhaustive`.
 CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
     "deci-varied", "nanbeige-looped", "grok-capped", "muse-glimmer-swa", "spark2_5-swa", "granite_swa-moe",
     "laguna-xs", "mamba-falcon", "minicpm3-narrow", "step35-dense", "hy_v4-heads", "kimi-linear-heads",
     "minimax-01-deep", "bailingmoe3-tight", "rwkv6-dense", "rwkv6qwen2-dense", "rwkv7-dense", "grovemoe-groups",
+    "dots3note-geoms",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

@@ -609,6 +609,9 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
         # grovemoe's adjugate experts: a second router over the same logits, its ids halved (moe_route id_div),
         # two chunk experts over the first experts' sum
         pytest.param("grovemoe-groups", "moe_route", "gfx1100", marks=toolchain_marks("gfx1100")),
+        # dots3note's latent attention in two geometries (a sliding layer of its own kv_lora, key and value sizes
+        # reads the first values of the wider rows), normed rope keys, per-head gates
+        pytest.param("dots3note-geoms", "concat_heads", "sm_90", marks=toolchain_marks("sm_90")),
     ],
 )
 def test_saver_files_new_ops(name, kind, target, gpu_build_cache, tmp_path):

@@ -30,7 +30,7 @@ class _Named:
         self.path = type("P", (), {"name": "m.gguf"})()
 
 
-@pytest.mark.parametrize("arch", ["graniteswitch", "bert", "dots3note", "not-an-architecture"])
+@pytest.mark.parametrize("arch", ["graniteswitch", "bert", "qwen4exp", "not-an-architecture"])
 def test_a_refusal_names_the_architecture_its_reason_and_the_table(arch):
     with pytest.raises(CompileError) as e:
         recipe_for(_Named(arch))
@@ -38,5 +38,5 @@ def test_a_refusal_names_the_architecture_its_reason_and_the_table(arch):
     assert f"unsupported architecture '{arch}'" in message and "docs/architectures.md" in message
     want = status(arch, RECIPES)[1] if arch in LLAMA_CPP_ARCHITECTURES else "not an architecture llama.cpp knows"
     assert want in message and "\n" not in message
-    if arch == "dots3note":
+    if arch == "qwen4exp":
         assert NO_RECIPE in message

@@ -652,3 +652,14 @@ def test_grovemoe_routes_its_adjugate_experts_by_divided_ids(tmp_path):
     groups = {"grovemoe.expert_group_count": (4, 2), "grovemoe.expert_group_used_count": (4, 1)}
     _refused(_edited("grovemoe-groups", tmp_path, keys=groups), "expert groups")
     _refused(_edited("grovemoe-moe", tmp_path, add_tensors=[("blk.0.exp_probs_b.bias", (2,))]), "selection bias")
+
+
+def test_dots3note_plans_each_mla_geometry_apart(tmp_path):
+    """The sliding layer's latent attention in its own buffers and attention width (256 + 64), windowed, in rows
+    of the full layers' 512 + 64; a layer without its selection bias refused (llama.cpp requires it)."""
+    spec = spec_of(_model("dots3note-geoms", tmp_path))
+    atts = [op for op in spec.plan.ops if op.kind == "attention"]
+    got = [(op.inputs, op.attrs["head_dim"], op.attrs.get("window")) for op in atts]
+    assert got == [(("q",), 576, None), (("q_g1",), 320, 4)]
+    assert spec.plan.kv.head_dim == 576 and spec.hparams.extra["sliding_window_layers"] == [1]
+    _refused(_edited("dots3note-moe", tmp_path, drop_tensors=["blk.1.exp_probs_b.bias"]), "exp_probs_b")
