@@ -8,6 +8,7 @@ from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSc
 from rfc.artifacts.ops.view import OpView, bounded_int
 
 MOE_GATINGS = ("softmax", "sigmoid", "softmax_weight")  # moe_route's `gating`
+MOE_PICKS = ("top", "index")  # moe_route's `pick`: the top scores, or the expert a number names
 
 
 def _moe_route(v: OpView) -> None:
@@ -29,6 +30,8 @@ def _moe_route(v: OpView) -> None:
             f"{n_expert} experts are not {groups} groups of 2 or more",
         )
         v.need(k <= used * (n_expert // groups), f"{used} of {groups} groups hold fewer than n_used = {k} experts")
+    if v.choice_attr("pick", MOE_PICKS) == "index":
+        v.need(k == 1 and not v.op.weights, "pick 'index' chooses one expert and takes no weights")
     div = v.int_attr("id_div", 1, n_expert)  # grovemoe: ids / d address n_expert / d adjugate experts
     v.need(n_expert % div == 0, f"{n_expert} experts are not groups of id_div = {div}")
     scaled = v.op.attr("expert_scale")
@@ -121,6 +124,7 @@ DEFS = (
                 ("groups_used", 1),
                 ("expert_scale", False),
                 ("id_div", 1),
+                ("pick", "top"),
             ),
             doc="router of a mixture of experts: logits[T, n_expert] -> ids i32[T, n_used], weights[T, n_used] "
             "(llama.cpp's build_moe_ffn). Scores p = softmax(logits) (gating 'softmax'), sigmoid(logits) "
@@ -133,17 +137,19 @@ DEFS = (
             "expert's factor: the last weight [n_expert] (gemma4's ffn_down_exps.scale, which llama.cpp applies "
             "to the expert's output). With id_div d > 1 (grovemoe's adjugate experts, n_expert / d of them) each "
             "chosen id becomes trunc(id x float32(1 / d)) (llama.cpp's float scale and cast) and its weight p at "
-            "that id, before norm and scale",
+            "that id, before norm and scale. With pick 'index' (graniteswitch's in-graph adapter index) n_used is 1 "
+            "and the one expert is the first logit rounded half away from zero (roundf) and clamped to [0, "
+            "n_expert - 1], its weight 1: the other attributes are unused",
         ),
         check=_moe_route,
         reference="op_moe_route",
         cpu=CpuPart(
             ("cpu_moe.c.j2",),
             lower="_moe_route",
-            attrs=("gating", "norm", "scale", "groups", "groups_used", "expert_scale", "id_div"),
+            attrs=("gating", "norm", "scale", "groups", "groups_used", "expert_scale", "id_div", "pick"),
         ),
         gpu=GpuPart(
-            ("gpu_moe_route.hip.j2",),
+            ("gpu_moe_route.hip.j2", "gpu_moe_route_index.hip.j2"),
             lower="_moe_route",
             args=(
                 ("ids", PTR),

@@ -30,6 +30,7 @@ from rfc.compiler.arch import falcon_h1
 from rfc.compiler.arch import apertus
 from rfc.compiler.arch import (
     dots3note,
+    granite_switch,
     grovemoe,
     arcee,
     arctic,
@@ -180,6 +181,7 @@ RECIPES: dict[str, Recipe] = {
     "minimax-01": minimax01.build,
     "grovemoe": grovemoe.build,
     "dots3note": dots3note.build,
+    "graniteswitch": granite_switch.build,
     "rwkv6": rwkv.build_rwkv6,
     "rwkv6qwen2": rwkv.build_rwkv6qwen2,
     "rwkv7": rwkv.build_rwkv7,

@@ -73,8 +73,6 @@ REFUSED: dict[str, str] = {
     "t5": "an encoder-decoder model: rfc runs decoder-only models",
     "gptj": "llama.cpp 0.3.36 names it and builds no model for it (its loader has no case for gptj): no reference "
     "to match",
-    "graniteswitch": "token-activated LoRA adapters (adapter.token_ids_activate) switch its weights within a "
-    "request; no recipe yet",
     "deepseek4": "hyper-connections mixed by Sinkhorn iterations and compressed attention (build_hc_sinkhorn, "
     "build_hca_attention); no recipe yet",
     "glm5-next": "hyper-connections mixed by Sinkhorn iterations beside KDA and DSA layers; no recipe yet",

@@ -291,6 +291,11 @@ class ReferenceDevice(HostState, InterpretedDevice):
 
     # -- mixture of experts ----------------------------------------------------------------
     def op_moe_route(self, outs, ins, weights, attrs, batch):
+        if attrs.get("pick", "top") == "index":  # the expert the first logit names: roundf, clamped (graniteswitch)
+            x = ins[0][:, 0].astype(np.float64)
+            outs[0][:, 0] = np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), 0, ins[0].shape[1] - 1)
+            outs[1][...] = 1.0
+            return
         logits = ins[0].astype(np.float64)
         if attrs["gating"] == "softmax":
             p = np.exp(logits - logits.max(axis=-1, keepdims=True))

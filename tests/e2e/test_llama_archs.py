@@ -231,6 +231,11 @@ ADDED = (
     # the sliding layer's scores scaled by the full layers' key size 0.037, without the experts' scales 0.36
     "dots3note-moe",
     "dots3note-geoms",
+    # graniteswitch (no saver file: described from its loader; adapters turned on by tokens 4 and 8 of the recorded
+    # 16): the activation tokens embedded as themselves 1.7, without the deltas 4.3, the router never leaving the
+    # base slot 3.2 (tokens 4 on), the slot floored instead of rounded 2.3 (tokens 8 on: two adapters in view read
+    # 1.5), without the residual scale 0.53, without the embedding scale 0.70
+    "graniteswitch-dense",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3

@@ -634,6 +634,31 @@ def test_saver_files_new_ops(name, kind, target, gpu_build_cache, tmp_path):
     assert ok, msg
 
 
+@pytest.mark.parametrize("target", [pytest.param("gfx90a", marks=toolchain_marks("gfx90a"))])
+def test_switched_adapters(target, gpu_build_cache, tmp_path):
+    """graniteswitch's adapters on the GPU: the router's single-head attention over its own KV layer, the slot it
+    names (moe_route pick 'index': rounded, so two adapters in view at 1.5 take the second), the per-token LoRA
+    deltas as one-expert matmuls; over the recorded tokens, which turn adapter 1 on at position 4 and adapter 2 at
+    8, then a decode step; the whole model against the reference."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from tests.e2e.test_llama_archs import _model, archs
+
+    out = tmp_path / "bundle"
+    name = "graniteswitch-dense"
+    compile_model(
+        CompileOptions(model=_model(name, tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
+    )
+    tokens = tuple(np.load(archs.DATA / f"{name}.logits.npz")["tokens"].tolist())
+    assert set(archs.SWITCH_TOKENS) <= set(tokens)
+    pair = Pair(out, target, tmp_path / "emu")
+    gpu, ref = pair.step([ScheduledChunk(0, 0, tokens, all_logits=True)])
+    ok, msg = _close(gpu, ref)
+    assert ok, msg
+    gpu, ref = pair.step([ScheduledChunk(0, len(tokens), (7,), all_logits=True)])
+    ok, msg = _close(gpu, ref)
+    assert ok, msg
+
+
 @pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
 def test_alibi_on_each_attention_path(target, gpu_build_cache, tmp_path):
     """ALiBi (jais-steep: slopes 0.71 and 0.5, which dominate the scores) on each attention kernel,

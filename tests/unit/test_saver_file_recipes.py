@@ -663,3 +663,27 @@ def test_dots3note_plans_each_mla_geometry_apart(tmp_path):
     assert got == [(("q",), 576, None), (("q_g1",), 320, 4)]
     assert spec.plan.kv.head_dim == 576 and spec.hparams.extra["sliding_window_layers"] == [1]
     _refused(_edited("dots3note-moe", tmp_path, drop_tensors=["blk.1.exp_probs_b.bias"]), "exp_probs_b")
+
+
+def test_graniteswitch_routes_adapters_in_the_graph_and_refuses_what_llama_cpp_does(tmp_path):
+    """The router attends over its own KV layer (n_layer) with one head of 8, its slot picked by rounding; a logit
+    scale of 0, an activation token outside the vocabulary and one named twice are refused; a router that picks
+    by index more than one expert is refused by the validator."""
+    import dataclasses
+
+    from rfc.artifacts.ops.view import PlanError
+    from rfc.artifacts.validate import check_plan
+
+    name, a = "graniteswitch-dense", "graniteswitch"
+    spec = spec_of(_model(name, tmp_path))
+    router = next(op for op in spec.plan.ops if op.kind == "attention")
+    assert (router.attrs["layer"], router.attrs["head_dim"], spec.plan.kv.n_layers) == (2, 8, 3)
+    route = next(op for op in spec.plan.ops if op.kind == "moe_route")
+    assert route.attr("pick") == "index" and route.attrs["n_used"] == 1
+    _refused(_edited(name, tmp_path, keys={f"{a}.logit_scale": (6, 0.0)}), "logit_scale")
+    _refused(_edited(name, tmp_path, keys={f"{a}.adapters.token_ids_activate": (9, [5, [459, 4096]])}), "outside")
+    _refused(_edited(name, tmp_path, keys={f"{a}.adapters.token_ids_activate": (9, [5, [459, 459]])}), "twice")
+    twice = dataclasses.replace(route, outputs=route.outputs, attrs={**route.attrs, "n_used": 2})
+    plan = dataclasses.replace(spec.plan, ops=tuple(twice if o is route else o for o in spec.plan.ops))
+    with pytest.raises(PlanError, match="pick 'index'|ids/weights"):
+        check_plan(plan)

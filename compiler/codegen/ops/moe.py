@@ -33,6 +33,7 @@ class CpuLowering:
                                    "gating": MOE_GATINGS.index(op.attr("gating")), "norm": int(bool(op.attr("norm"))),
                                    "scale": float(op.attr("scale")), "groups": int(op.attr("groups")),
                                    "groups_used": int(op.attr("groups_used")), "id_div": int(op.attr("id_div")),
+                                   "pick": op.attr("pick"),
                                    # the selection bias, the experts' output scales (expert_scale: the last weight)
                                    "bias": self.vec(op.weights[0])
                                    if len(op.weights) > int(bool(op.attr("expert_scale"))) else [],
@@ -77,6 +78,10 @@ class GpuLowering:
         gating, norm, scale = op.attr("gating"), bool(op.attr("norm")), float(op.attr("scale"))
         groups, groups_used = int(op.attr("groups")), int(op.attr("groups_used"))
         id_div = int(op.attr("id_div"))  # grovemoe's adjugate experts: the chosen ids divided
+        if op.attr("pick") == "index":  # graniteswitch: the expert the first logit names
+            spec = self._rowwise(op, "gpu_moe_route_index.hip.j2", f"rfc_moe_route_{n_expert}_index", 1,
+                                 n_expert=n_expert)  # fmt: skip
+            return dataclasses.replace(spec, args=tuple(a for a in spec.args if a[0] not in ("bias", "escale")))
         if gating not in MOE_GATINGS or not math.isfinite(scale) or groups < 1 or n_expert % groups:
             raise CompileError(f"no GPU kernel for moe_route with gating {gating!r}, scale {scale}, {groups} groups")
         has_escale = bool(op.attr("expert_scale"))  # the experts' output scales: the last weight (gemma4)
