@@ -30,6 +30,7 @@ from rfc.compiler.arch import falcon_h1
 from rfc.compiler.arch import apertus
 from rfc.compiler.arch import (
     dots3note,
+    minimax_m3,
     granite_switch,
     grovemoe,
     arcee,
@@ -182,6 +183,7 @@ RECIPES: dict[str, Recipe] = {
     "grovemoe": grovemoe.build,
     "dots3note": dots3note.build,
     "graniteswitch": granite_switch.build,
+    "minimax-m3": minimax_m3.build,
     "rwkv6": rwkv.build_rwkv6,
     "rwkv6qwen2": rwkv.build_rwkv6qwen2,
     "rwkv7": rwkv.build_rwkv7,

@@ -79,7 +79,6 @@ REFUSED: dict[str, str] = {
     "kimi-k3": "DeepSeek-V4's hyper-connections (ggml_dsv4_hc_pre) beside KDA and MLA layers and a latent MoE; no "
     "recipe yet",
     "qwen4exp": "hyper-connection mixing and query-sparse attention (build_attn_qsa); no recipe yet",
-    "minimax-m3": "sparse attention over pooled key blocks (build_attn_msa_fa); no recipe yet",
 }
 NO_RECIPE = "no recipe yet"
 

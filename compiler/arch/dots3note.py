@@ -26,9 +26,8 @@ from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Sizes, embedding_rows, glu_ffn, hparams, output_head, read_rope
 from rfc.compiler.arch.deepseek2 import INDEXER_TENSORS, MAX_LORA_RANK, mla_attention, mla_buffers
-from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, Metadata
-from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block, read_experts_of, read_gating
-from rfc.compiler.arch.moe import read_weights_scale
+from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_EMBD, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, Metadata
+from rfc.compiler.arch.moe import declare_expert_buffers, experts_after_dense, moe_block
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
@@ -71,7 +70,7 @@ def build(model: GGUFModel) -> ModelSpec:
     md.int("attention.indexer.head_count", 1, MAX_HEADS)  # read as llama.cpp reads them: the indexer is unused
     md.int("attention.indexer.key_length", 1, MAX_HEAD_DIM)
     md.flags("attention.indexer.types", n_layers)
-    e, n_ff = _experts(md, n_layers)
+    e, n_ff = experts_after_dense(md, n_layers)
     b = ModelBuilder(model)
     for i in range(n_layers):
         for name in INDEXER_TENSORS:
@@ -123,18 +122,3 @@ def build(model: GGUFModel) -> ModelSpec:
     hp = replace(hp, context_length=min(n_ctx, top_k))
     kv = KVSpec(n_layers=n_layers, n_kv_heads=1, head_dim=row, dtype="f16")
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
-
-
-def _experts(md: Metadata, n_layers: int) -> tuple[Experts, int]:
-    dense_lead = md.int("leading_dense_block_count", 0, n_layers)
-    n_ff = md.int("feed_forward_length", 1, MAX_FF) if dense_lead else 0
-    if dense_lead == n_layers:
-        return Experts(0, 0, 0, dense_lead=dense_lead), n_ff
-    count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
-    shared = md.int("expert_shared_count", 0, 64)
-    e = Experts(count, used, n_ff_exp, gating=read_gating(md, None, required=True),
-                norm=md.bool("expert_weights_norm", default=False), scale=read_weights_scale(md), groups=groups,
-                groups_used=groups_used, shared=shared, dense_lead=dense_lead)  # fmt: skip
-    if e.gating == "softmax_weight":
-        raise CompileError(f"{md.path}: {md.key('expert_gating_func')} softmax_weight is not a dots3note router")
-    return e, n_ff

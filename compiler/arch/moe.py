@@ -162,6 +162,26 @@ def read_weights_scale(md: Metadata) -> float:
     return 1.0 if scale == 0.0 else scale
 
 
+def experts_after_dense(md: Metadata, n_layers: int, *, dense_required: bool = True) -> tuple[Experts, int]:
+    """(Experts, the dense FFN width) of a stack whose first `leading_dense_block_count` layers (required, or 0
+    by default) are dense and the rest routed experts with a required gating function (not softmax_weight),
+    `expert_weights_norm` and `_scale` where set, expert groups and `expert_shared_count` shared experts
+    (dots3note, minimax-m3)."""
+    key = "leading_dense_block_count"
+    dense_lead = md.int(key, 0, n_layers) if dense_required else md.int(key, 0, n_layers, default=0)
+    n_ff = md.int("feed_forward_length", 1, MAX_FF) if dense_lead else 0
+    if dense_lead == n_layers:
+        return Experts(0, 0, 0, dense_lead=dense_lead), n_ff
+    count, used, n_ff_exp, groups, groups_used = read_experts_of(md, n_ff=None)
+    shared = md.int("expert_shared_count", 0, 64)
+    e = Experts(count, used, n_ff_exp, gating=read_gating(md, None, required=True),
+                norm=md.bool("expert_weights_norm", default=False), scale=read_weights_scale(md), groups=groups,
+                groups_used=groups_used, shared=shared, dense_lead=dense_lead)  # fmt: skip
+    if e.gating == "softmax_weight":
+        raise CompileError(f"{md.path}: {md.key('expert_gating_func')} softmax_weight is not a {md.arch} router")
+    return e, n_ff
+
+
 def declare_expert_buffers(b: ModelBuilder, n_embd: int, e: Experts) -> None:
     """The router's and the experts' activations: logits, ids and weights per token, the
     routed experts' gate/up/out per slot, their weighted sum, the shared experts' gate/up."""
@@ -313,6 +333,7 @@ def moe_transformer(
     ffn_bias: bool = False,
     unused: Callable[[ModelBuilder, int], None] | None = None,
     after_moe: Callable[[ModelBuilder, int, Sizes], None] | None = None,
+    dense_activation: str = "silu",
 ) -> ModelSpec:
     """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
     Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
@@ -329,7 +350,8 @@ def moe_transformer(
     maple; the selection bias's name: hy_v3); `ffn_bias`: the dense FFNs add their biases where present
     (hy_v3); `unused(b, n_layers)`: declares the tensors the family's loader reads and its graph leaves
     unused (hy_v3's dense FFN tensors in its expert layers); `after_moe(b, i, sizes)`: what follows the
-    experts of layer i (grovemoe's adjugate experts over their sum, with moe_args' residual None)."""
+    experts of layer i (grovemoe's adjugate experts over their sum, with moe_args' residual None);
+    `dense_activation`: the dense FFNs' gate activation (minimax-m3's swiglu_oai)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
@@ -383,7 +405,7 @@ def moe_transformer(
             if after_moe is not None:
                 after_moe(b, i, sizes)
         else:
-            glu_ffn(b, i, sizes.n_embd, n_ff, bias=ffn_bias, scale=scales)
+            glu_ffn(b, i, sizes.n_embd, n_ff, bias=ffn_bias, scale=scales, activation=dense_activation)
             b.op("add", ("x", "h"), ("x",))
     tied = output_head(b, sizes, eps)
     b.unused_layers(

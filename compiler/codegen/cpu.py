@@ -462,8 +462,9 @@ def _mla_params(entries: dict, head_matmuls: list) -> dict:
 def _oai_params(swiglus: list) -> dict:
     """swiglu_oai's alpha and limit, compiled in (llama.cpp's are constants): the same for every
     such op, finite and positive (validate.py bounds them)."""
-    oai = _uniform([op for op in swiglus if op.attr("activation") == "swiglu_oai"], "swiglu") or dict(
-        OPS["swiglu"].optional
+    # attributes at their defaults are absent from an op (minimax-m3's swiglu_oai: gpt-oss's constants)
+    oai = dict(OPS["swiglu"].optional) | (
+        _uniform([op for op in swiglus if op.attr("activation") == "swiglu_oai"], "swiglu") or {}
     )
     clamp = _uniform([op for op in swiglus if op.attr("activation") == "silu_clamp"], "swiglu")
     params = {"oai_alpha": cpu_step.f32_literal(oai["alpha"], "swiglu_oai alpha"),

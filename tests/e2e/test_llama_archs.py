@@ -236,6 +236,9 @@ ADDED = (
     # base slot 3.2 (tokens 4 on), the slot floored instead of rounded 2.3 (tokens 8 on: two adapters in view read
     # 1.5), without the residual scale 0.53, without the embedding scale 0.70
     "graniteswitch-dense",
+    # minimax-m3 (swiglu_oai everywhere, sparse attention dense within its budget): the experts' SiLU-gated 1.4, the
+    # shared expert's 1.9, the dense FFN's 3.3
+    "minimax-m3-moe",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3

@@ -687,3 +687,16 @@ def test_graniteswitch_routes_adapters_in_the_graph_and_refuses_what_llama_cpp_d
     plan = dataclasses.replace(spec.plan, ops=tuple(twice if o is route else o for o in spec.plan.ops))
     with pytest.raises(PlanError, match="pick 'index'|ids/weights"):
         check_plan(plan)
+
+
+def test_minimax_m3_serves_its_sparse_attention_budget_densely(tmp_path):
+    """While a sequence holds at most top_k blocks of block_size tokens every block is chosen: the served context
+    is capped there; every FFN is swiglu_oai; an indexer head count other than head_count_kv is refused."""
+    a = "minimax-m3"
+    keys = {f"{a}.attention.indexer.top_k": (4, 8), f"{a}.attention.indexer.block_size": (4, 4)}
+    spec = spec_of(_edited(f"{a}-moe", tmp_path, keys=keys))
+    assert spec.hparams.context_length == spec.plan.context_length == 32
+    assert spec.hparams.extra["context_length_of_file"] == 256
+    glus = {op.attr("activation") for op in spec.plan.ops if op.kind == "swiglu"}
+    assert glus == {"swiglu_oai"}
+    _refused(_edited(f"{a}-moe", tmp_path, keys={f"{a}.attention.indexer.head_count": (4, 1)}), "indexer")
