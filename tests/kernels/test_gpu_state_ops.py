@@ -215,11 +215,12 @@ def test_a_repeated_prefix_resumes_from_its_state_checkpoint_on_the_device(targe
     ],
 )
 def test_recurrent_saver_files(name, target, gpu_build_cache, tmp_path):
-    """Recurrent layers in llama.cpp's saver files (tests/e2e/test_llama_archs.py): mamba2's and mamba's,
-    plans whose KV cache has no layers (their whole context in the state), and kimi-linear's, bailingmoe3's,
-    plamo2's and minimax-01's beside attention layers. The step program binds, a prompt and a decode step
-    continuing from the slot's state match the reference (the files' weights are F32: no activation
-    rounding, the single-op bound of test_gpu_kernels)."""
+    """Recurrent layers in llama.cpp's saver files (tests/e2e/test_llama_archs.py): mamba2's, mamba's and the
+    RWKVs', plans whose KV cache has no layers (their whole context in the state), and kimi-linear's,
+    bailingmoe3's, plamo2's and minimax-01's beside attention layers. The step program binds, and a prompt, a
+    decode step continuing from the slot's state and a step of two sequences (a second prompt beside the first
+    sequence's next token) match the reference (the files' weights are F32: no activation rounding, the
+    single-op bound of test_gpu_kernels)."""
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.e2e.test_llama_archs import _model
     from tests.kernels.test_gpu_kernels import _close
@@ -235,9 +236,14 @@ def test_recurrent_saver_files(name, target, gpu_build_cache, tmp_path):
     gpu.alloc_state(SLOTS)
     ref.alloc_state(SLOTS)
     blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE, prefix_caching=False, state_slots=SLOTS)
-    for chunk in (ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True), ScheduledChunk(0, 13, (7,))):
-        blocks.allocate(chunk.seq_id, chunk.start + len(chunk.tokens))
-        batch = build_batch([chunk], blocks)
+    # a prompt, a decode step continuing from the slot's state, then a step of two sequences: a second prompt
+    # beside the first sequence's next token (each sequence's rows and state its own)
+    steps = ([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)], [ScheduledChunk(0, 13, (7,))],
+             [ScheduledChunk(1, 0, (5, 9, 2, 31, 8), all_logits=True), ScheduledChunk(0, 14, (11,))])  # fmt: skip
+    for chunks in steps:
+        for chunk in chunks:
+            blocks.allocate(chunk.seq_id, chunk.start + len(chunk.tokens))
+        batch = build_batch(chunks, blocks)
         ok, msg = _close(gpu.forward(batch), ref.forward(batch))
         assert ok, msg
     gpu.close()
