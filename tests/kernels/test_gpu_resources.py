@@ -309,6 +309,49 @@ def test_attention_at_real_model_sizes_uses_no_local_memory(target):
     _check("real model sizes", target, usage)
 
 
+@pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx1100", "gfx90a")])
+def test_rwkv_kernels_at_real_model_sizes_use_no_local_memory(target):
+    """RWKV's kernels at RWKV-7 World 2.9B's sizes (2560 channels, 40 heads of 64) and QRWKV6's K/V of 8 heads,
+    in one source per target: token_shift, the lerps, wkv6 and its gla mode, wkv7, sigmoid: no stack frame, no
+    spills (a thread per state row: the wkv kernels keep the head's vectors in shared memory)."""
+    from rfc.artifacts.layout import TensorEntry, WeightLayout
+    from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan, StateSpec, StateTensor
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, render_source
+    from rfc.compiler.codegen.gpu_plan import plan_kernels
+    from rfc.compiler.targets import parse_target
+
+    heads, size = 40, 64
+    c = heads * size
+    widths = {"x": c, "xp": c, "r": c, "k": c, "kv": 8 * size, "v": c, "w": c, "a": c, "o": c, "b": c, "m": 6 * c}
+    heads_attrs = {"n_heads": heads, "head_dim": size}
+    ops = (
+        Op("token_shift", ("x",), ("xp",), (), {"state": 0}),
+        Op("lerp", ("x", "xp"), ("r",), ("mu",), {"part": 3}),
+        Op("lerp_data", ("x", "xp", "m"), ("k",), (), {"part": 4}),
+        Op("wkv6", ("r", "k", "v", "w"), ("o",), ("u", "d"), {"state": 1, "n_kv_heads": heads, **heads_attrs}),
+        Op("wkv6", ("r", "kv", "kv", "w"), ("o",), ("d",),
+           {"state": 1, "n_kv_heads": 8, "mode": "gla", "scale": 0.125, **heads_attrs}),
+        Op("wkv7", ("r", "w", "k", "v", "a"), ("o", "b"), ("u",) * 5, {"state": 2, **heads_attrs}),
+        Op("sigmoid", ("o",), ("o",), (), {}),
+    )  # fmt: skip
+    state = StateSpec(
+        (StateTensor(0, (1, c)), StateTensor(0, (heads, size, size)), StateTensor(0, (heads, size, size)))
+    )
+    plan = Plan(buffers=tuple(Buffer(n, ("T", w)) for n, w in widths.items()), ops=ops, kv=KVSpec(0, 1, 1),
+                input_tokens="tokens", output_logits="o", output_hidden="x", vocab_size=8, n_embd=c, context_length=64,
+                state=state)  # fmt: skip
+    layout = WeightLayout(256, tuple(TensorEntry(n, n, "F32", (k * c,), i * 6 * 4 * c, 4 * k * c, "")
+                                     for i, (n, k) in enumerate((("mu", 6), ("u", 1), ("d", 1)))))  # fmt: skip
+    t = parse_target(target)
+    specs = plan_kernels(t, plan, layout)[0]
+    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, specs))
+    usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
+    names = {s.name for s in specs}
+    assert {"rfc_wkv7_40x64", "rfc_wkv6_40x40x64", "rfc_token_shift_2560"} <= names <= set(usage)
+    bad = [usage[n].local_memory() for n in sorted(names) if usage[n].uses_local_memory]
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.parametrize("vocab", [pytest.param(v, marks=toolchain_marks("sm_90")) for v in (32000, 262144)])
 def test_sm90_sampling_kernel_uses_no_local_memory(vocab):
     """The sampling kernel (templates/gpu_sample.hip.j2), alone, at the largest vocabulary
