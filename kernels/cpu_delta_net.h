@@ -109,11 +109,9 @@ static void rfc_gdn_team(const float *qkv, const float *alpha, const float *beta
     for (int it = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); it < items; it = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED)) {
         const int s = it / hv, h = it % hv;
         const int lo = seq_start[s], n = seq_start[s + 1] - lo;
-        /* no slot (kernel tests, teacher forcing without a pool): a zero state of its own, dropped after */
-        float *own = states[s] ? NULL : (float *)malloc((size_t)S * S * sizeof(float));
-        float *M = own ? own : states[s] + (size_t)h * S * S;
-        if (!M) continue; /* out of memory: the output rows stay as they were */
-        if (own || positions[lo] == 0) memset(M, 0, (size_t)S * S * sizeof(float));
+        float *own;
+        float *M = rfc_item_state(states[s], (size_t)S * S, h, positions[lo] == 0, &own);
+        if (!M) continue;
         rfc_gdn_head(qkv + (size_t)lo * (2 * hk + hv) * S, alpha + (size_t)lo * hv, beta + (size_t)lo * hv,
                      out + (size_t)lo * hv * S, n, hk, hv, S, h, a[h], dt[h], eps, M, qk);
         free(own);

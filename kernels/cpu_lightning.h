@@ -31,10 +31,9 @@ static void rfc_lightning_team(const float *qkv, float *out, const int32_t *posi
     for (int it = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); it < items; it = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED)) {
         const int s = it / H, h = it % H;
         const int lo = seq_start[s], n = seq_start[s + 1] - lo;
-        float *own = states[s] ? NULL : (float *)malloc((size_t)D * D * sizeof(float));
-        float *M = own ? own : states[s] + (size_t)h * D * D;
-        if (!M) continue; /* out of memory: the output rows stay as they were */
-        if (own || positions[lo] == 0) memset(M, 0, (size_t)D * D * sizeof(float));
+        float *own;
+        float *M = rfc_item_state(states[s], (size_t)D * D, h, positions[lo] == 0, &own);
+        if (!M) continue;
         rfc_lightning_head(qkv + (size_t)lo * 3 * H * D, out + (size_t)lo * H * D, n, H, D, h, expf(-decay[h]), M);
         free(own);
     }

@@ -129,14 +129,6 @@ static void rfc_wkv7_head(const float *r, const float *w, const float *k, const 
     }
 }
 
-/* a sequence's head state: the slot's, or a scratch one without a slot (NULL when out of memory) */
-static float *rfc_rwkv_state(float *slot, int S, int h, int fresh, float **own) {
-    *own = slot ? NULL : (float *)malloc((size_t)S * S * sizeof(float));
-    float *M = *own ? *own : slot ? slot + (size_t)h * S * S : NULL;
-    if (M && (*own || fresh)) memset(M, 0, (size_t)S * S * sizeof(float));
-    return M;
-}
-
 /* the team's share of one wkv6 op: items (sequence, head) from a counter */
 static void rfc_wkv6_team(const float *r, const float *k, const float *v, const float *w, float *out,
                           const int32_t *positions, const int32_t *seq_start, int S_seqs, int H, int Hkv, int S,
@@ -146,7 +138,7 @@ static void rfc_wkv6_team(const float *r, const float *k, const float *v, const 
         const int s = it / H, h = it % H;
         const int lo = seq_start[s], n = seq_start[s + 1] - lo;
         float *own;
-        float *M = rfc_rwkv_state(states[s], S, h, positions[lo] == 0, &own);
+        float *M = rfc_item_state(states[s], (size_t)S * S, h, positions[lo] == 0, &own);
         if (!M) continue; /* out of memory: the output rows stay as they were */
         rfc_wkv6_head(r + (size_t)lo * H * S, k + (size_t)lo * Hkv * S, v + (size_t)lo * Hkv * S, w + (size_t)lo * H * S,
                       out + (size_t)lo * H * S, n, H, Hkv, S, h, u, decay, gla, scale, M);
@@ -165,7 +157,7 @@ static void rfc_wkv7_team(const float *r, const float *w, const float *k, const 
         const int lo = seq_start[s], n = seq_start[s + 1] - lo;
         const size_t at = (size_t)lo * H * S;
         float *own;
-        float *M = rfc_rwkv_state(states[s], S, h, positions[lo] == 0, &own);
+        float *M = rfc_item_state(states[s], (size_t)S * S, h, positions[lo] == 0, &own);
         if (!M) continue;
         rfc_wkv7_head(r + at, w + at, k + at, v + at, a + at, out + at, bonus + at, n, H, S, h, w0, a0, k_k, k_a, r_k, M);
         free(own);

@@ -58,11 +58,9 @@ static void rfc_ssm_scan_team(const float *xbc, const float *dt, float *out, con
     for (int it = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); it < items; it = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED)) {
         const int s = it / H, h = it % H;
         const int lo = seq_start[s], n = seq_start[s + 1] - lo;
-        /* no slot (kernel tests, teacher forcing without a pool): a zero state of its own, dropped after */
-        float *own = states[s] ? NULL : (float *)malloc((size_t)P * N * sizeof(float));
-        float *M = own ? own : states[s] + (size_t)h * P * N;
-        if (!M) continue; /* out of memory: the output rows stay as they were */
-        if (own || positions[lo] == 0) memset(M, 0, (size_t)P * N * sizeof(float));
+        float *own;
+        float *M = rfc_item_state(states[s], (size_t)P * N, h, positions[lo] == 0, &own);
+        if (!M) continue;
         rfc_ssm_scan_head(xbc + (size_t)lo * W, dt + (size_t)lo * H, out + (size_t)lo * H * P, n, H, P, G, N, h, a[h], d[h],
                           dt_bias[h], M);
         free(own);

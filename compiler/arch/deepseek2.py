@@ -225,14 +225,19 @@ def mla_attention(
     linear(b, att_v, "h", p + "attn_output", (e, nh * v_dim), bias=False, scale=out_scale)
 
 
-def mla_buffers(b: ModelBuilder, nh: int, q_lora: int, kv_lora: int, nope: int, rot: int, v_dim: int,
-                sfx: str = "", gate: int = 0) -> None:  # fmt: skip
-    """The token buffers of mla_attention with suffix `sfx` (gate: attn_gate's width, 0: none)."""
+def mla_widths(nh: int, q_lora: int, kv_lora: int, nope: int, rot: int, v_dim: int, gate: int = 0) -> dict[str, int]:
+    """The token buffers mla_attention uses and their widths, in declaration order (gate: attn_gate's width,
+    0: none; q_a only with a q_lora bottleneck)."""
     head = kv_lora + rot
     widths = {"q_nope": nh * nope, "q_pe": nh * rot, "q_latent": nh * kv_lora, "latent": kv_lora, "k_pe": rot,
               "q": nh * head, "k": head, "att": nh * head, "att_v": nh * v_dim}  # fmt: skip
-    widths |= ({"q_a": q_lora} if q_lora else {}) | ({"attn_gate": gate} if gate else {})
-    for name, width in widths.items():
+    return widths | ({"q_a": q_lora} if q_lora else {}) | ({"attn_gate": gate} if gate else {})
+
+
+def mla_buffers(b: ModelBuilder, nh: int, q_lora: int, kv_lora: int, nope: int, rot: int, v_dim: int,
+                sfx: str = "", gate: int = 0) -> None:  # fmt: skip
+    """The token buffers of mla_attention with suffix `sfx` (a stack of two geometries: dots3note)."""
+    for name, width in mla_widths(nh, q_lora, kv_lora, nope, rot, v_dim, gate).items():
         b.buffer(name + sfx, "T", width)
 
 
@@ -282,12 +287,9 @@ def _build(model: GGUFModel, arch: str, *, sparse: bool = False) -> ModelSpec:
                 b.unused(f"blk.{i}.{name}", f"DSA's indexer: every key is chosen within the served {top_k} tokens")
     rot, nh = rope.n_rot, sizes.n_heads
     b.buffer("tokens", "T", dtype="i32")
-    for name, width in (("x", sizes.n_embd), ("h", sizes.n_embd), ("q_nope", nh * nope), ("q_pe", nh * rot),
-                        ("q_latent", nh * kv_lora), ("latent", kv_lora), ("k_pe", rot), ("q", nh * sizes.head_dim),
-                        ("k", sizes.head_dim), ("att", nh * sizes.head_dim), ("att_v", nh * v_dim)):  # fmt: skip
-        b.buffer(name, "T", width)
-    if q_lora:
-        b.buffer("q_a", "T", q_lora)
+    b.buffer("x", "T", sizes.n_embd)
+    b.buffer("h", "T", sizes.n_embd)
+    mla_buffers(b, nh, q_lora, kv_lora, nope, rot, v_dim)
     for name, width in (("xr", sizes.n_embd), ("hr", sizes.n_embd), ("logits", sizes.vocab_size)):
         b.buffer(name, "R", width)
     if e.count:

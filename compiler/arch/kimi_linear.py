@@ -43,7 +43,7 @@ from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     UNUSED_SCALE, Sizes, embedding_rows, glu_ffn, hparams, output_head, read_rope, require_output,
 )  # fmt: skip
-from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK, mla_attention
+from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK, mla_attention, mla_widths
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE
 from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, Metadata
 from rfc.compiler.arch.moe import (
@@ -136,21 +136,7 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     b.buffer("tokens", "T", dtype="i32")
     widths = {"x": n_embd, "h": n_embd}
     if mla_layers:
-        widths |= {
-            "q_nope": nh * nope,
-            "q_pe": nh * rot,
-            "q_latent": nh * kv_lora,
-            "latent": kv_lora,
-            "k_pe": rot,
-            "q": nh * sizes.head_dim,
-            "k": sizes.head_dim,
-            "att": nh * sizes.head_dim,
-            "att_v": nh * v_dim,
-        }
-        if q_lora:
-            widths["q_a"] = q_lora
-        if ling:
-            widths["attn_gate"] = nh
+        widths |= mla_widths(nh, q_lora, kv_lora, nope, rot, v_dim, gate=nh if ling else 0)
     if kda_layers:
         widths |= {"kq": d, "kk": d, "kv": d, "kqk": 2 * d, "mixed": 3 * d, "conv": 3 * d, "f_a": s, "alpha": d,
                    "beta": nh, "dn": d, "g_a": s, "g": d}  # fmt: skip
