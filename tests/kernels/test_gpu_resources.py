@@ -20,6 +20,7 @@ gfx target and each gfx target on several formats.
 """
 
 import shlex
+import shutil
 
 import pytest
 
@@ -448,7 +449,8 @@ def real_twin_models(tmp_path_factory):
             path = root / f"{shape}-{fmt}.gguf"
             make_gguf(path, *args, "--layers", "1", "--vocab", "512", "--format", fmt)
             paths.append(path)
-    return paths
+    yield paths
+    shutil.rmtree(root, ignore_errors=True)  # ~1 GB of GGUFs: CI's disk is shared
 
 
 @pytest.mark.parametrize(
