@@ -42,12 +42,14 @@ class ElementRange:
     """Elements [start, stop) of a 1-D GGUF tensor (or a column [n, 1]) of one element per block (F32,
     F16, BF16): a slice of a vector (qwen35's attn_q.bias, its query and gate entries interleaved per
     head); with `repeat` the range's bytes stand that many times in a row (talkie's per-head gains:
-    one element per head, spread over the head's values)."""
+    one element per head, spread over the head's values); with `negate` each element's sign bit flipped, an
+    exact negation (Kimi-K3's KDA decay reads -ssm_a where bailingmoe3's reads ssm_a)."""
 
     tensor: str
     start: int
     stop: int
     repeat: int = 1
+    negate: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,10 +271,15 @@ def _read_parts(src, model: GGUFModel, use: WeightUse, chunk: int) -> Iterator[b
             continue
         start, remaining = part_bytes(model.tensors[part.tensor], part)
         src.seek(start)
-        if isinstance(part, ElementRange) and part.repeat > 1:  # a few elements, repeated
+        if isinstance(part, ElementRange) and (part.repeat > 1 or part.negate):  # a few elements
             data = src.read(remaining)
             if len(data) != remaining:
                 raise CompileError(f"{model.path}: unexpected end of file in tensor {part.tensor}")
+            if part.negate:  # the sign bit: the last byte of each little-endian element
+                size = FORMATS[use.format].block_bytes
+                flipped = np.frombuffer(data, np.uint8).copy()
+                flipped[size - 1 :: size] ^= 0x80
+                data = flipped.tobytes()
             yield data * part.repeat
             continue
         while remaining:

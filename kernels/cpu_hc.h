@@ -1,9 +1,14 @@
-/* hy_v4's hyper-connections (artifacts/ops/hc.py; numpy reference: runtime/devices/reference.py
+/* hy_v4's hyper-connections and Kimi-K3's cross-layer residual attention (artifacts/ops/hc.py; numpy reference: runtime/devices/reference.py
  * op_hc_*). n streams of E values side by side in a row: stream i of a token at i * E. Each op is a
  * row function the step program calls per token (rfc_<op>_row: input rows, output rows, a weight
  * vector or NULL, then the op's constants), float32 in ggml's order. */
 #ifndef RFC_CPU_HC_H
 #define RFC_CPU_HC_H
+
+#include <math.h>
+#include <string.h>
+
+#define RFC_MAX_RES_STREAMS 256 /* artifacts/limits.py MAX_RES_STREAMS */
 
 /* No fma may fuse a product with the add after it: ggml multiplies and adds in separate ops. */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -59,6 +64,51 @@ static __attribute__((noinline)) void rfc_hc_post_row(const float *y, const floa
     }
 }
 
+/* Kimi-K3's res_mix: the first n streams of a stack row scored (rmsnorm(stream) . w, the squares and the
+ * sum added in double as ggml's rms_norm and sum_rows), softmaxed, and added in order times their weights */
+static __attribute__((noinline)) void rfc_res_mix_row(const float *stack, float *out, const float *w, int n, int e,
+                                                      float eps) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    float p[RFC_MAX_RES_STREAMS];
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        const float *x = stack + (size_t)i * e;
+        double ss = 0.0;
+        for (int j = 0; j < e; j++) ss += (double)(x[j] * x[j]);
+        const float scale = 1.0f / sqrtf((float)(ss / e) + eps);
+        double dot = 0.0;
+        for (int j = 0; j < e; j++) {
+            const float y = x[j] * scale;
+            dot += (double)(y * w[j]);
+        }
+        p[i] = (float)dot;
+        mx = p[i] > mx ? p[i] : mx;
+    }
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        p[i] = expf(p[i] - mx);
+        sum += (double)p[i];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) p[i] = p[i] * inv;
+    for (int j = 0; j < e; j++) {
+        float acc = stack[j] * p[0];
+        for (int i = 1; i < n; i++) {
+            const float q = stack[(size_t)i * e + j] * p[i];
+            acc = acc + q;
+        }
+        out[j] = acc;
+    }
+}
+
+/* out[offset .. offset + W) = x (a residual banked into its slot of res_mix's stack) */
+static void rfc_put_cols_row(const float *x, float *out, const float *w, int width, int offset) {
+    (void)w;
+    memcpy(out + offset, x, (size_t)width * sizeof(float));
+}
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
@@ -72,6 +122,14 @@ RFC_EXPORT void rfc_hc_gates(int T, const float *mixes, float *gates, const floa
 
 RFC_EXPORT void rfc_hc_reduce(int T, const float *hs, const float *gates, float *out, const float *w, int n, int e, int gw) {
     for (int t = 0; t < T; t++) rfc_hc_reduce_row(hs + (size_t)t * n * e, gates + (size_t)t * gw, out + (size_t)t * e, w, n, e, gw);
+}
+
+RFC_EXPORT void rfc_res_mix(int T, const float *stack, float *out, const float *w, int stride, int n, int e, float eps) {
+    for (int t = 0; t < T; t++) rfc_res_mix_row(stack + (size_t)t * stride, out + (size_t)t * e, w, n, e, eps);
+}
+
+RFC_EXPORT void rfc_put_cols(int T, const float *x, float *out, int width, int n_out, int offset) {
+    for (int t = 0; t < T; t++) rfc_put_cols_row(x + (size_t)t * width, out + (size_t)t * n_out, NULL, width, offset);
 }
 
 RFC_EXPORT void rfc_hc_post(int T, const float *y, const float *residual, const float *gates, float *out, const float *w, int n,

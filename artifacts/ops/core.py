@@ -13,7 +13,7 @@ from rfc.artifacts.ops.view import OpView
 
 # swiglu's `activation`
 GLU_ACTIVATIONS = (
-    "silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu", "silu_clamp", "softplus", "silu_cap", "linear",
+    "silu", "gelu_tanh", "swiglu_oai", "sigmoid", "relu", "silu_clamp", "softplus", "silu_cap", "linear", "situ",
 )  # fmt: skip
 ROW_GATED = ("sigmoid", "softplus")  # the activations whose gate may be [rows, k] over k segments of up's row
 ROPE_STYLES = ("adjacent", "neox")
@@ -209,6 +209,10 @@ def _swiglu(v: OpView) -> None:
         v.real_attr("alpha", 0.0, 1e6, open_lo=True)
     if activation in ("swiglu_oai", "silu_clamp", "silu_cap"):
         v.real_attr("limit", 0.0, 1e6, open_lo=True)
+    if activation == "situ":
+        v.real_attr("alpha", 1e-6, 1e6)
+        limit = v.real_attr("limit", 0.0, 1e6)
+        v.need(limit == 0.0 or limit >= 1e-6, f"situ's limit {limit} is neither 0 (none) nor at least 1e-6")
 
 
 def _gather_rows(v: OpView) -> None:
@@ -426,7 +430,9 @@ DEFS = (
             "other architectures): out = min(g / (1 + exp(-g)), limit) * clamp(u, -limit, limit); 'softplus' "
             "(laguna's attention output gate): "
             "out = u * softplus(g), softplus(g) = g above 20, else log(1 + exp(g)) (ggml's), its gate possibly "
-            "k columns as 'sigmoid''s; 'linear' (RWKV-7's output gate): out = g * u",
+            "k columns as 'sigmoid''s; 'linear' (RWKV-7's output gate): out = g * u; 'situ' (Kimi-K3): out = alpha "
+            "tanh(g / alpha) sigmoid(g) * limit tanh(u / limit) (limit 0: * u), float32 in ggml's order (the "
+            "divisions as products by 1 / alpha and 1 / limit rounded to float32)",
         ),
         check=_swiglu,
         reference="op_swiglu",

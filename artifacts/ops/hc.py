@@ -3,9 +3,13 @@ side in one row, hs[T, n E] (stream i at columns i E .. (i + 1) E). Before each 
 streams are mixed into its input by per-token weights, after it the sublayer's output is spread
 back over them by per-token gates; the weights and gates come from a matmul of the RMS-normed
 streams (plain ops) through `hc_gates`.
+
+Kimi-K3's cross-layer residual attention (llama.cpp's kimi-k3.cpp res_mix) keeps its banked
+residuals side by side the same way, in one stack[T, S E]: `put_cols` copies a row into its slot
+and `res_mix` mixes the first n streams by a softmax of their scores.
 """
 
-from rfc.artifacts.limits import MAX_HC_STREAMS
+from rfc.artifacts.limits import MAX_HC_STREAMS, MAX_RES_STREAMS
 from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSchema
 from rfc.artifacts.ops.view import OpView
 
@@ -45,6 +49,27 @@ def _hc_post(v: OpView) -> None:
         v.width(gates) == 2 * n and v.shape(out) == v.shape(residual), f"not gates[rows, {2 * n}] -> residual's shape"
     )
     v.need(out not in (y, gates), "out is y or the gates")
+
+
+def _res_mix(v: OpView) -> None:
+    (stack,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(stack, out)
+    v.need(v.rows(stack) == v.rows(out), "buffers differ in rows")
+    n, e = v.int_attr("streams", 2, MAX_RES_STREAMS), v.width(out)
+    v.need(
+        v.width(stack) % e == 0 and n * e <= v.width(stack), f"stack width {v.width(stack)} holds no {n} streams of {e}"
+    )
+    v.real_attr("eps", 0.0, 1.0, open_lo=True)
+    w = v.weight_shape(0)
+    v.need(w is None or w == (e,), f"score weight {w} is not [{e}]")
+
+
+def _put_cols(v: OpView) -> None:
+    (x,), (out,) = v.op.inputs, v.op.outputs
+    v.float_rows(x, out)
+    v.need(v.rows(x) == v.rows(out) and x != out, "not x[rows, W] -> another buffer of its rows")
+    offset = v.int_attr("offset", 0, v.width(out))
+    v.need(offset + v.width(x) <= v.width(out), f"columns {offset}..{offset + v.width(x)} overrun {out}")
 
 
 DEFS = (
@@ -107,5 +132,39 @@ DEFS = (
             lower="_hc_post",
             args=(("out", PTR), ("y", PTR), ("residual", PTR), ("gates", PTR), ("n_rows", I32)),
         ),
+    ),
+    OpDef(
+        kind="res_mix",
+        schema=OpSchema(
+            1,
+            1,
+            (1, 1),
+            ("streams", "eps"),
+            doc="stack[rows, S E], w[E] -> out[rows, E]: Kimi-K3's cross-layer residual attention over the first n "
+            "streams (the banked residuals, the current one last): score_i = sum_e rmsnorm(stream_i)_e w_e (eps; "
+            "the squares and the sum added in float64 as ggml's rms_norm and sum_rows), p = softmax(scores), out = "
+            "sum_i p_i stream_i added in order in float32 (ggml_dsv4_hc_pre, then the current stream's product)",
+        ),
+        check=_res_mix,
+        reference="op_res_mix",
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row", per_op=("streams",)),
+        gpu=GpuPart(
+            ("gpu_res_mix.hip.j2",), lower="_res_mix", args=(("out", PTR), ("stack", PTR), ("w", PTR), ("n_rows", I32))
+        ),
+    ),
+    OpDef(
+        kind="put_cols",
+        schema=OpSchema(
+            1,
+            1,
+            (0, 0),
+            ("offset",),
+            doc="x[rows, W] -> out[rows, N]: out's columns [offset, offset + W) of every row become x's, its others "
+            "stay as they are (a residual banked into its slot of res_mix's stack)",
+        ),
+        check=_put_cols,
+        reference="op_put_cols",
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row", per_op=("offset",)),
+        gpu=GpuPart(("gpu_put_cols.hip.j2",), lower="_put_cols", args=(("out", PTR), ("x", PTR), ("n_rows", I32))),
     ),
 )

@@ -203,6 +203,17 @@ class ModelBuilder:
         self._add(WeightUse(name, role, t.format, (sum(z - a + pad for a, z in ranges),), parts))
         return name
 
+    def negated(self, name: str, role: str, source: str, shape: tuple[int, ...]) -> str:
+        """A GGUF vector of one element per block (F32, F16, BF16; shape [n] or a column [n, 1]) with
+        every element negated (its sign bit flipped: exact), as a vector [n] named `name`."""
+        t = self.source(source, shape)
+        if t.format not in ("F32", "F16", "BF16") or not (len(shape) == 1 or shape[1:] == (1,)):
+            raise CompileError(
+                f"{self.path}: {source} is {t.format} {list(t.shape)}, not a vector of one element per block"
+            )
+        self._add(WeightUse(name, role, t.format, (shape[0],), (ElementRange(source, 0, shape[0], negate=True),)))
+        return name
+
     def head_gains(self, name: str, role: str, source: str, n_heads: int, head_dim: int) -> str:
         """A vector [n_heads * head_dim] of a GGUF per-head scalar (shape [n_heads] or [n_heads, 1]:
         talkie's attn_q_norm), each head's value repeated over its head_dim entries: what a per-head

@@ -76,8 +76,6 @@ REFUSED: dict[str, str] = {
     "deepseek4": "hyper-connections mixed by Sinkhorn iterations and compressed attention (build_hc_sinkhorn, "
     "build_hca_attention); no recipe yet",
     "glm5-next": "hyper-connections mixed by Sinkhorn iterations beside KDA and DSA layers; no recipe yet",
-    "kimi-k3": "DeepSeek-V4's hyper-connections (ggml_dsv4_hc_pre) beside KDA and MLA layers and a latent MoE; no "
-    "recipe yet",
     "qwen4exp": "hyper-connection mixing and query-sparse attention (build_attn_qsa); no recipe yet",
 }
 NO_RECIPE = "no recipe yet"

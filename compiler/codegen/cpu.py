@@ -474,6 +474,12 @@ def _oai_params(swiglus: list) -> dict:
     caps = cpu_step.cap_limits(swiglus)
     if caps:  # likewise silu_cap's: a span function per distinct limit (layers and FFN kinds may differ)
         params["cap_limits"] = [cpu_step.f32_literal(c, "silu_cap limit") for c in caps]
+    situ = cpu_step.situ_pairs(swiglus)
+    if situ:  # likewise situ's: a span function per (alpha, limit)
+        params["situ"] = [
+            (cpu_step.f32_literal(a, "situ alpha"), cpu_step.f32_literal(lim, "situ limit") if lim else 0)
+            for a, lim in situ
+        ]
     if any(op.attr("activation") == "softplus" for op in swiglus):  # likewise
         params["softplus"] = True
     return params

@@ -61,10 +61,20 @@ def cap_limits(ops) -> list[float]:
     )
 
 
+def situ_pairs(ops) -> list[tuple[float, float]]:
+    """The distinct (alpha, limit) of the plan's swiglu 'situ' ops, in order: each has a span function
+    of its own (rfc_swiglu_situ<k>_span, its constants compiled in)."""
+    pairs = {(float(op.attr("alpha")), float(op.attr("limit"))) for op in ops
+             if op.kind == "swiglu" and op.attr("activation") == "situ"}  # fmt: skip
+    return sorted(pairs)
+
+
 def glu_span(op: Op, ops) -> str:
-    """The C row function of a swiglu op (its plan's `ops`: silu_cap's by its limit)."""
+    """The C row function of a swiglu op (its plan's `ops`: silu_cap's by its limit, situ's by its pair)."""
     if op.attr("activation") == "silu_cap":
         return f"rfc_swiglu_cap{cap_limits(ops).index(float(op.attr('limit')))}_span"
+    if op.attr("activation") == "situ":
+        return f"rfc_swiglu_situ{situ_pairs(ops).index((float(op.attr('alpha')), float(op.attr('limit'))))}_span"
     return GLU_SPANS[op.attr("activation")]
 
 
@@ -571,6 +581,7 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
             "ssm_conv",
             "altup_correct",
             "hc_gates",
+            "res_mix",
             "lightning_attention",
             "lerp",
             "wkv6",

@@ -480,6 +480,12 @@ class _Planner(
                 raise CompileError(f"{activation} limit {limit} is out of range")
             name += f"_l{struct.unpack('<I', struct.pack('<f', limit))[0]:08x}"
             return self._rowwise(op, GLU_TEMPLATE, name, width, activation=activation, limit=limit)
+        if activation == "situ":  # its constants, in the kernel's name too (one kernel per pair)
+            situ = {"alpha": float(op.attr("alpha")), "limit": float(op.attr("limit"))}
+            if not (math.isfinite(situ["alpha"]) and 1e-6 <= situ["alpha"] <= 1e6 and 0.0 <= situ["limit"] <= 1e6):
+                raise CompileError(f"situ alpha/limit {situ} are out of range")
+            name += "_a{}_l{}".format(*(f"{struct.unpack('<I', struct.pack('<f', v))[0]:08x}" for v in situ.values()))
+            return self._rowwise(op, GLU_TEMPLATE, name, width, activation=activation, **situ)
         if activation == "swiglu_oai":  # its constants, in the kernel's name too (one kernel per pair)
             oai = {"alpha": float(op.attr("alpha")), "limit": float(op.attr("limit"))}
             if not all(math.isfinite(v) and 0.0 < v <= 1e6 for v in oai.values()):
@@ -886,6 +892,8 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "hc_gates": ("gates",),
         "hc_reduce": ("out",),
         "hc_post": ("out",),
+        "res_mix": ("out",),
+        "put_cols": ("out",),
         "lightning_attention": ("out",),
         "sigmoid": ("out",),
         "token_shift": ("out",),
@@ -914,6 +922,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "ssm_scan": ("a", "d", "dt_bias"),
         "altup_correct": ("scale",),
         "hc_gates": ("base",),
+        "res_mix": ("w",),
         "lightning_attention": ("decay",),
         "lerp": ("mu",),
         "wkv6": ("decay",) if op.kind == "wkv6" and op.attr("mode") == "gla" else ("u", "decay"),  # gla: no u

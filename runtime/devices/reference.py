@@ -148,6 +148,10 @@ class ReferenceDevice(HostState, InterpretedDevice):
             outs[0][...] = x / (np.float32(1.0) + np.exp(-alpha * x)) * (np.clip(u, -limit, limit) + np.float32(1.0))
         elif attrs["activation"] == "linear":  # RWKV-7's output gate
             outs[0][...] = g * u
+        elif attrs["activation"] == "situ":  # Kimi-K3's: ggml's scale, tanh, scale, sigmoid, mul (twice)
+            f, beta, lb = np.float32, np.float32(attrs["alpha"]), np.float32(attrs["limit"])
+            a = np.tanh(g * (f(1.0) / beta)) * beta * (f(1.0) / (f(1.0) + np.exp(-g)))
+            outs[0][...] = a * (np.tanh(u * (f(1.0) / lb)) * lb if lb > 0 else u)
         else:
             outs[0][...] = g / (1.0 + np.exp(-g)) * u
 
@@ -648,7 +652,33 @@ def op_hc_post(self, outs, ins, weights, attrs, batch):
     outs[0][...] = out
 
 
-for _fn in (op_hc_gates, op_hc_reduce, op_hc_post):
+def op_res_mix(self, outs, ins, weights, attrs, batch):
+    """Kimi-K3's res_mix over the stack's first n streams, float32 in ggml's order: each stream
+    RMS-normed (its squares added in float64), times w, summed in float64; their softmax; the
+    streams times their weights added in order."""
+    (stack,), n, f = ins, attrs["streams"], np.float32
+    e = outs[0].shape[1]
+    w = weights[0].astype(f)
+    streams = [stack[:, i * e : (i + 1) * e] for i in range(n)]
+    scores = np.empty((len(stack), n), f)
+    for i, x in enumerate(streams):
+        ms = (np.sum(x.astype(np.float64) * x, axis=1) / e).astype(f)  # float products, added in float64
+        y = x * (f(1.0) / np.sqrt(ms + f(attrs["eps"])))[:, None]
+        scores[:, i] = np.sum((y * w).astype(np.float64), axis=1).astype(f)
+    z = np.exp((scores - scores.max(axis=1, keepdims=True)).astype(f))
+    p = (z * (1.0 / np.sum(z.astype(np.float64), axis=1))[:, None].astype(f)).astype(f)
+    acc = streams[0] * p[:, :1]
+    for i in range(1, n):
+        acc = acc + streams[i] * p[:, i : i + 1]
+    outs[0][...] = acc
+
+
+def op_put_cols(self, outs, ins, weights, attrs, batch):
+    (x,), off = ins, attrs["offset"]
+    outs[0][:, off : off + x.shape[1]] = x
+
+
+for _fn in (op_hc_gates, op_hc_reduce, op_hc_post, op_res_mix, op_put_cols):
     setattr(ReferenceDevice, _fn.__name__, _fn)
 
 

@@ -212,7 +212,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
     truncated.write_bytes(DEMO_MODEL.read_bytes()[: DEMO_MODEL.stat().st_size * 2 // 3])
     header_cut = tmp / "header-cut.gguf"
     header_cut.write_bytes(DEMO_MODEL.read_bytes()[:3000])
-    arch = rewrite_gguf(DEMO_MODEL, tmp / "arch.gguf", metadata={"general.architecture": "kimi-k3"})
+    arch = rewrite_gguf(DEMO_MODEL, tmp / "arch.gguf", metadata={"general.architecture": "deepseek4"})
     qtype = rewrite_gguf(FIXTURES / "tiny-llama-Q4_0.gguf", tmp / "qtype.gguf", tensor_fn=_q4_0_to_q8_1)
     missing = rewrite_gguf(DEMO_MODEL, tmp / "missing.gguf", drop_tensors=("blk.2.ffn_up.weight",))
     shape = rewrite_gguf(
@@ -227,7 +227,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
         "not a GGUF": ([not_gguf], "not a GGUF file"),
         "truncated file": ([truncated], "truncated"),
         "truncated header": ([header_cut], "truncated"),
-        "unsupported architecture": ([arch], "unsupported architecture 'kimi-k3'"),
+        "unsupported architecture": ([arch], "unsupported architecture 'deepseek4'"),
         "unsupported tensor type": ([qtype], "unsupported tensor type Q8_1"),
         "missing tensor": ([missing], "missing tensor blk.2.ffn_up.weight"),
         "shape mismatch": ([shape], "shape mismatch for blk.1.attn_q.weight"),

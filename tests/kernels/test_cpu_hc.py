@@ -1,10 +1,12 @@
-"""hy_v4's hyper-connection ops: the cpu kernels (kernels/cpu_hc.h, called through their exports)
-against the reference device's handlers (runtime/devices/reference.py op_hc_*), and those against
-the ops' definitions in float64 (artifacts/ops/hc.py). Native (AVX2) and portable builds.
+"""hy_v4's hyper-connection ops and Kimi-K3's residual mixes (res_mix, put_cols): the cpu kernels
+(kernels/cpu_hc.h, called through their exports) against the reference device's handlers
+(runtime/devices/reference.py op_hc_*, op_res_mix, op_put_cols), and those against the ops' definitions
+in float64 (artifacts/ops/hc.py). Native (AVX2) and portable builds.
 
 Sizes: n = 4 streams (hy_v4's) of E = 72 (not a multiple of a vector step), T = 5 rows; the gates of
-a sublayer (2 n) and of the final mix (n). Tolerances: the kernels compute in float32 in the
-reference's order (exp apart): 1e-6 relative + 1e-7; against float64 1e-5 relative + 1e-6.
+a sublayer (2 n) and of the final mix (n); res_mix over the first 2 and all 4 streams of a stack of 4.
+Tolerances: the kernels compute in float32 in the reference's order (exp apart): 1e-6 relative + 1e-7
+(res_mix: + 1e-6); against float64 1e-5 relative + 1e-6.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ ARGTYPES = {
     "rfc_hc_gates": [_I, _P, _P, _P, _I, _I, _F, _F, _F, _F],
     "rfc_hc_reduce": [_I, _P, _P, _P, _P, _I, _I, _I],
     "rfc_hc_post": [_I, _P, _P, _P, _P, _P, _I, _I],
+    "rfc_res_mix": [_I, _P, _P, _P, _I, _I, _I, _F],
+    "rfc_put_cols": [_I, _P, _P, _I, _I, _I],
 }
 
 
@@ -90,3 +94,40 @@ def test_reduce_and_post(lib):
     np.testing.assert_array_equal(got, want)
     exact = hs.reshape(T, N, E) + y[:, None, :].astype(np.float64) * gates[:, N:, None]
     assert_close(want, exact.reshape(T, N * E), 1e-6, 1e-6)
+
+
+@pytest.mark.parametrize("n", [2, N])
+def test_res_mix(lib, n: int):
+    """Kimi-K3's mix of the stack's first n streams (the banks, the current residual last), its scores
+    apart enough (w x 0.15: scores about 1 apart) that the softmax weighs them unevenly: the kernel against
+    the reference, both against the definition in float64."""
+    rng = np.random.default_rng(n)
+    stack = (rng.standard_normal((T, N * E)) * rng.uniform(0.5, 3.0, (T, N * E))).astype(np.float32)
+    w = (rng.standard_normal(E) * 0.15).astype(np.float32)
+    eps = 1e-5
+    got = np.zeros((T, E), np.float32)
+    lib.rfc_res_mix(T, ptr(stack), ptr(got), ptr(w), N * E, n, E, eps)
+    want = _ref("res_mix", [stack], [w], {"streams": n, "eps": eps}, (T, E))
+    assert_close(got, want, 1e-6, 1e-6)  # expf and numpy's exp may differ in the last place
+    x = stack.reshape(T, N, E)[:, :n].astype(np.float64)
+    scores = np.sum(x / np.sqrt(np.mean(x * x, axis=2, keepdims=True) + eps) * w, axis=2)
+    p = np.exp(scores - scores.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    assert p.max() < 0.99 and p.min() > 1e-4  # every stream counts
+    assert_close(want, np.einsum("tne,tn->te", x, p), 1e-5, 1e-6)
+
+
+def test_put_cols(lib):
+    """A row copied into its slot of the stack, the other columns kept."""
+    rng = np.random.default_rng(3)
+    stack = rng.standard_normal((T, N * E)).astype(np.float32)
+    x = rng.standard_normal((T, E)).astype(np.float32)
+    got = stack.copy()
+    lib.rfc_put_cols(T, ptr(x), ptr(got), E, N * E, 2 * E)
+    want = stack.copy()
+    getattr(ReferenceDevice, "op_put_cols")(None, [want], [x], [], {"offset": 2 * E}, None)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[:, 2 * E : 3 * E], x)
+    np.testing.assert_array_equal(
+        np.delete(got, np.s_[2 * E : 3 * E], axis=1), np.delete(stack, np.s_[2 * E : 3 * E], axis=1)
+    )

@@ -700,3 +700,90 @@ def test_minimax_m3_serves_its_sparse_attention_budget_densely(tmp_path):
     glus = {op.attr("activation") for op in spec.plan.ops if op.kind == "swiglu"}
     assert glus == {"swiglu_oai"}
     _refused(_edited(f"{a}-moe", tmp_path, keys={f"{a}.attention.indexer.head_count": (4, 1)}), "indexer")
+
+
+def test_kimi_k3_banks_its_residuals_and_mixes_them_before_every_sublayer(tmp_path):
+    """kimi-k3-deep (5 layers banked every 2): layers 0, 2 and 4 bank their raw residual (put_cols into slots 0, 1,
+    2) and restart it from the attention output (a copy, not an add); every mix puts the current residual after
+    the banks and mixes banks + 1 streams (none before the first bank: layer 0's attention reads x); situ with
+    the file's betas everywhere a SwiGLU would be; KDA's decay reads -ssm_a (its sign bits flipped) where
+    kda.gate_lower_bound is set, ssm_a as it is where not."""
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.weights import ElementRange
+
+    spec = spec_of(_model("kimi-k3-deep", tmp_path))
+    ops = spec.plan.ops
+    mixes = [o.attrs["streams"] for o in ops if o.kind == "res_mix"]
+    # layer 0: ffn 2; layer 1: 2, 2; layer 2: 2 (before its bank), 3; layer 3: 3, 3; layer 4: 3, 4; the output: 4
+    assert mixes == [2, 2, 2, 2, 3, 3, 3, 3, 4, 4]
+    puts = [o.attrs["offset"] // 128 for o in ops if o.kind == "put_cols"]
+    assert puts == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3]  # layers 2 and 4 bank what their attention's mix put there
+    assert spec.plan.buffer("stack").shape == ("T", 4 * 128)
+    copies = [o for o in ops if o.kind == "scale" and o.outputs == ("x",)]
+    assert len(copies) == 3 and all(o.inputs == ("h",) and o.attrs["factor"] == 1.0 for o in copies)
+    glus = {(o.attrs.get("activation"), o.attrs.get("alpha"), o.attrs.get("limit")) for o in ops if o.kind == "swiglu"}
+    assert glus == {("situ", 0.5, float(np.float32(0.4))), ("sigmoid", None, None)}
+    decays = [o for o in ops if o.kind == "gated_delta_net"]
+    assert [o.attrs["decay"] for o in decays] == ["key_sigmoid"] * 3 and decays[0].weights[0] == "blk.1.ssm_a:negated"
+    use = next(w for w in spec.weights if w.name == "blk.1.ssm_a:negated")
+    assert use.parts == (ElementRange("blk.1.ssm_a", 0, 1, negate=True),)
+    path = _edited("kimi-k3-deep", tmp_path, drop_keys=["kimi-k3.kda.gate_lower_bound"])
+    plain = spec_of(path)
+    decays = [o for o in plain.plan.ops if o.kind == "gated_delta_net"]
+    assert [o.attrs["decay"] for o in decays] == ["key"] * 3 and decays[0].weights[0] == "blk.1.ssm_a"
+    assert read_gguf(path).tensors["blk.1.ssm_a"].format == "F32"
+
+
+def test_negated_vectors_flip_every_sign_exactly(tmp_path):
+    """ModelBuilder.negated's bytes: each element of an F32, F16 or BF16 vector negated (zeros to -0), nothing else."""
+    import io
+
+    from rfc.compiler.weights import ElementRange, WeightUse, _read_parts
+
+    values = np.array([1.5, -2.25, 0.0, 3e-8, -7.0, 65504.0], np.float32)
+    for fmt, dtype in (("F32", np.float32), ("F16", np.float16)):
+        data = values.astype(dtype).tobytes()
+        t = type("T", (), {"offset": 0, "shape": (6,), "format": fmt, "nbytes": len(data)})()
+        model = type("M", (), {"tensors": {"v": t}, "path": tmp_path / "m.gguf"})()
+        use = WeightUse("v:negated", "v", fmt, (6,), (ElementRange("v", 0, 6, negate=True),))
+        got = np.frombuffer(b"".join(_read_parts(io.BytesIO(data), model, use, 1 << 20)), dtype)
+        np.testing.assert_array_equal(got, -values.astype(dtype))
+        assert np.signbit(got[2])
+    bf16 = (values.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+    t = type("T", (), {"offset": 0, "shape": (6,), "format": "BF16", "nbytes": len(bf16)})()
+    model = type("M", (), {"tensors": {"v": t}, "path": tmp_path / "m.gguf"})()
+    use = WeightUse("v:negated", "v", "BF16", (6,), (ElementRange("v", 0, 6, negate=True),))
+    got = np.frombuffer(b"".join(_read_parts(io.BytesIO(bf16), model, use, 1 << 20)), np.uint16)
+    np.testing.assert_array_equal(got, np.frombuffer(bf16, np.uint16) ^ 0x8000)
+
+
+def test_kimi_k3_refuses_what_it_cannot_compute_exactly(tmp_path):
+    """A lower bound of 0 or above (a decay over 1), a situ beta of 0 (a division by zero), a linear beta too
+    small to divide by, MLA layers disagreeing on the q_lora bottleneck or the output gate, the MHA fallback
+    (attn_kv_b), the selection bias missing; and the validator refuses a mix of more streams than the stack
+    holds and a put_cols past its stack's width."""
+    import dataclasses
+
+    from rfc.artifacts.ops.view import PlanError
+    from rfc.artifacts.validate import check_plan
+
+    a = "kimi-k3"
+    _refused(_edited(f"{a}-deep", tmp_path, keys={f"{a}.kda.gate_lower_bound": (6, 0.5)}), "gate_lower_bound")
+    _refused(_edited(f"{a}-deep", tmp_path, keys={f"{a}.activation.situ_beta": (6, 0.0)}), "situ_beta")
+    _refused(_edited(f"{a}-deep", tmp_path, keys={f"{a}.activation.situ_linear_beta": (6, 1e-8)}), "too small")
+    _refused(_edited(f"{a}-deep", tmp_path, drop_tensors=["blk.3.attn_q_a_norm.weight"]), "attn_q_a_norm")
+    _refused(_edited(f"{a}-deep", tmp_path, drop_tensors=["blk.3.attn_gate.weight"]), "output gate")
+    _refused(_edited(f"{a}-moe", tmp_path, add_tensors=[("blk.0.attn_kv_b.weight", (256, 512))]), "MHA fallback")
+    _refused(_edited(f"{a}-moe", tmp_path, drop_tensors=["blk.1.exp_probs_b.bias"]), "exp_probs_b")
+
+    def broken(spec, kind, index, **attrs):
+        op = [o for o in spec.plan.ops if o.kind == kind][index]
+        new = dataclasses.replace(op, attrs={**op.attrs, **attrs})
+        return dataclasses.replace(spec.plan, ops=tuple(new if o is op else o for o in spec.plan.ops))
+
+    spec = spec_of(_model(f"{a}-deep", tmp_path))
+    check_plan(spec.plan)
+    with pytest.raises(PlanError, match="holds no 5 streams"):
+        check_plan(broken(spec, "res_mix", -1, streams=5))
+    with pytest.raises(PlanError, match="overrun"):
+        check_plan(broken(spec, "put_cols", 0, offset=4 * 128 - 1))

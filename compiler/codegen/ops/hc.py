@@ -30,12 +30,22 @@ def _hex(x: float) -> str:
 def hc_consts(op: Op, width) -> list:
     """The constants after a kernels/cpu_hc.h row function's buffers and weight: (n, m and the four
     gate constants as float32) for hc_gates, (n, E, the gates' width) for hc_reduce, (n, E) for hc_post."""
+    if op.kind in ("res_mix", "put_cols"):
+        return res_consts(op, width)
     n = int(op.attrs["streams"])
     if op.kind == "hc_gates":
         return [n, width(op.inputs[0]), *(_f32(op, c) for c in GATE_CONSTS)]
     if op.kind == "hc_reduce":
         return [n, width(op.outputs[0]), width(op.inputs[1])]
     return [n, width(op.inputs[0])]
+
+
+def res_consts(op: Op, width) -> list:
+    """The constants after a res_mix / put_cols row function's buffers and weight: (n, E, eps as
+    float32) for res_mix, (W, offset) for put_cols."""
+    if op.kind == "res_mix":
+        return [int(op.attrs["streams"]), width(op.outputs[0]), _f32(op, "eps")]
+    return [width(op.inputs[0]), int(op.attrs["offset"])]
 
 
 class CpuLowering:
@@ -62,3 +72,14 @@ class GpuLowering:
     def _hc_post(self, op: Op) -> KernelSpec:
         n, e = int(op.attrs["streams"]), self._width(op.inputs[0])
         return self._rowwise(op, "gpu_hc_post.hip.j2", f"rfc_hc_post_{n}x{e}", e, n=n, e=e)
+
+    def _res_mix(self, op: Op) -> KernelSpec:
+        self._f32_vector(op, op.weights[0])
+        n, e, s = int(op.attrs["streams"]), self._width(op.outputs[0]), self._width(op.inputs[0])
+        eps = _f32(op, "eps")
+        name = f"rfc_res_mix_{n}of{s // e}x{e}_e{_hex(eps)}"
+        return self._rowwise(op, "gpu_res_mix.hip.j2", name, e, n=n, e=e, stride=s, eps=eps)
+
+    def _put_cols(self, op: Op) -> KernelSpec:
+        w, n, off = self._width(op.inputs[0]), self._width(op.outputs[0]), int(op.attrs["offset"])
+        return self._rowwise(op, "gpu_put_cols.hip.j2", f"rfc_put_cols_{w}_at{off}of{n}", w, w=w, n=n, offset=off)

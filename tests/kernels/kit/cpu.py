@@ -572,6 +572,7 @@ _P]}  # fmt: skip
                     "relu": "rfc_reluglu",
                     "silu_clamp": "rfc_swiglu_clamp",
                     "silu_cap": "rfc_swiglu_cap0",  # the plan's first limit (a kit plan has at most one)
+                    "situ": "rfc_swiglu_situ0",  # likewise its first (alpha, limit)
                     "linear": "rfc_mulglu",
                 }[act],
                 op,
