@@ -353,6 +353,40 @@ def test_rwkv_kernels_at_real_model_sizes_use_no_local_memory(target):
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx1100", "gfx90a")])
+def test_residual_mixes_at_kimi_k3s_sizes_use_no_local_memory(target):
+    """Kimi-K3's residual mixes at its sizes (n_embd 7168, 93 layers banked every 12: a stack of 9 streams) and a
+    stack of MAX_RES_STREAMS, put_cols into the last slot, situ over the experts' 2048: no stack frame, no spills
+    (res_mix keeps its scores in shared memory)."""
+    from rfc.artifacts.layout import TensorEntry, WeightLayout
+    from rfc.artifacts.limits import MAX_RES_STREAMS
+    from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, render_source
+    from rfc.compiler.codegen.gpu_plan import plan_kernels
+    from rfc.compiler.targets import parse_target
+
+    e = 7168
+    widths = {"x": e, "s": 9 * e, "big": MAX_RES_STREAMS * e, "g": 2048, "u": 2048}
+    ops = (
+        Op("put_cols", ("x",), ("s",), (), {"offset": 8 * e}),
+        Op("res_mix", ("s",), ("x",), ("w",), {"streams": 9, "eps": 1e-5}),
+        Op("res_mix", ("big",), ("x",), ("w",), {"streams": MAX_RES_STREAMS, "eps": 1e-5}),
+        Op("swiglu", ("g", "u"), ("g",), (), {"activation": "situ", "alpha": 4.0, "limit": 25.0}),
+    )
+    plan = Plan(buffers=tuple(Buffer(n, ("T", w)) for n, w in widths.items()), ops=ops, kv=KVSpec(0, 1, 1),
+                input_tokens="tokens", output_logits="g", output_hidden="x", vocab_size=8, n_embd=e,
+                context_length=64)  # fmt: skip
+    layout = WeightLayout(256, (TensorEntry("w", "w", "F32", (e,), 0, 4 * e, ""),))
+    t = parse_target(target)
+    specs = plan_kernels(t, plan, layout)[0]
+    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, specs))
+    usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
+    names = {s.name for s in specs}
+    assert len(names) == 4 and names <= set(usage)
+    bad = [usage[n].local_memory() for n in sorted(names) if usage[n].uses_local_memory]
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.parametrize("vocab", [pytest.param(v, marks=toolchain_marks("sm_90")) for v in (32000, 262144)])
 def test_sm90_sampling_kernel_uses_no_local_memory(vocab):
     """The sampling kernel (templates/gpu_sample.hip.j2), alone, at the largest vocabulary
