@@ -30,6 +30,7 @@ MAX_CONV_KERNEL = 64
 MAX_DELTA_STATE = 1024
 MAX_SSM_STATE = 1024  # ssm_scan's state size N, its state [heads, head_dim, N] (Granite 4.0-H, Nemotron-H: 128)
 MAX_HC_STREAMS = 16  # hyper-connection streams (hy_v4: 4)
+MAX_SINKHORN_ITERS = 64  # mHC's Sinkhorn normalizations (DeepSeek-V4, GLM5-Next: 20 and 2)
 MAX_RES_STREAMS = 256  # res_mix's banked residuals + the current one (Kimi-K3: 93 layers banked every 12: 9)
 MAX_ALTUP = 16  # gemma3n's AltUp streams (gemma3n: 4); the kernels keep one token's n x n coefficients in registers
 

@@ -18,7 +18,8 @@
 
 /* gates_j = sigmoid(mixes_j * scale + base_j) (x magnitude for j >= n) + eps; m = n or 2 n */
 static __attribute__((noinline)) void rfc_hc_gates_row(const float *mixes, float *gates, const float *base, int n, int m,
-                                                       float scale_pre, float scale_post, float magnitude, float eps) {
+                                                       float scale_pre, float scale_post, float magnitude, float eps,
+                                                       int post_eps) {
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #endif
@@ -26,7 +27,7 @@ static __attribute__((noinline)) void rfc_hc_gates_row(const float *mixes, float
         const float s = mixes[j] * (j < n ? scale_pre : scale_post) + base[j];
         float g = 1.0f / (1.0f + expf(-s));
         if (j >= n) g = g * magnitude;
-        gates[j] = g * 1.0f + eps;
+        gates[j] = j >= n && !post_eps ? g : g * 1.0f + eps;
     }
 }
 
@@ -61,6 +62,75 @@ static __attribute__((noinline)) void rfc_hc_post_row(const float *y, const floa
             const float p = y[j] * g;
             out[(size_t)i * e + j] = residual[(size_t)i * e + j] + p;
         }
+    }
+}
+
+/* mHC's mixing matrix (comb[s n + d]: from stream s to d): c = mix * scale + base, a softmax over d per s, + eps,
+ * the columns (each d over s) normalized, then iters - 1 times the rows (each s over d) and the columns; every sum
+ * added in double and rounded, as ggml_soft_max and ggml_sum_rows */
+static __attribute__((noinline)) void rfc_hc_comb_row(const float *mix, float *comb, const float *base, int n,
+                                                      float scale, float eps, int iters) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int s = 0; s < n; s++) {
+        float *c = comb + (size_t)s * n;
+        float mx = -INFINITY;
+        for (int d = 0; d < n; d++) {
+            c[d] = mix[s * n + d] * scale + base[s * n + d];
+            mx = c[d] > mx ? c[d] : mx;
+        }
+        double sum = 0.0;
+        for (int d = 0; d < n; d++) {
+            c[d] = expf(c[d] - mx);
+            sum += (double)c[d];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int d = 0; d < n; d++) c[d] = c[d] * inv + eps;
+    }
+    for (int it = 0; it < iters; it++) {
+        if (it > 0)
+            for (int s = 0; s < n; s++) { /* the rows: each source over its destinations */
+                double sum = 0.0;
+                for (int d = 0; d < n; d++) sum += (double)comb[s * n + d];
+                const float div = (float)sum + eps;
+                for (int d = 0; d < n; d++) comb[s * n + d] = comb[s * n + d] / div;
+            }
+        for (int d = 0; d < n; d++) { /* the columns: each destination over its sources */
+            double sum = 0.0;
+            for (int s = 0; s < n; s++) sum += (double)comb[s * n + d];
+            const float div = (float)sum + eps;
+            for (int s = 0; s < n; s++) comb[s * n + d] = comb[s * n + d] / div;
+        }
+    }
+}
+
+/* mHC's post: stream d = y * gates_{n + d} + sum_s residual_s * comb[s n + d], added in order */
+static __attribute__((noinline)) void rfc_hc_mix_post_row(const float *y, const float *residual, const float *gates,
+                                                          const float *comb, float *out, const float *w, int n, int e) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    (void)w;
+    for (int d = 0; d < n; d++)
+        for (int j = 0; j < e; j++) {
+            float acc = y[j] * gates[n + d];
+            for (int s = 0; s < n; s++) {
+                const float p = residual[(size_t)s * e + j] * comb[s * n + d];
+                acc = acc + p;
+            }
+            out[(size_t)d * e + j] = acc;
+        }
+}
+
+/* out = (hs_0 + ... + hs_{n-1}) * (1 / n), added in order (mHC's final collapse) */
+static __attribute__((noinline)) void rfc_hc_mean_row(const float *hs, float *out, const float *w, int n, int e) {
+    (void)w;
+    const float inv = 1.0f / (float)n;
+    for (int j = 0; j < e; j++) {
+        float acc = hs[j];
+        for (int i = 1; i < n; i++) acc = acc + hs[(size_t)i * e + j];
+        out[j] = acc * inv;
     }
 }
 
@@ -115,13 +185,30 @@ static void rfc_put_cols_row(const float *x, float *out, const float *w, int wid
 
 /* the same over T rows (the kernel tests) */
 RFC_EXPORT void rfc_hc_gates(int T, const float *mixes, float *gates, const float *base, int n, int m, float scale_pre,
-                             float scale_post, float magnitude, float eps) {
+                             float scale_post, float magnitude, float eps, int post_eps) {
     for (int t = 0; t < T; t++)
-        rfc_hc_gates_row(mixes + (size_t)t * m, gates + (size_t)t * m, base, n, m, scale_pre, scale_post, magnitude, eps);
+        rfc_hc_gates_row(mixes + (size_t)t * m, gates + (size_t)t * m, base, n, m, scale_pre, scale_post, magnitude, eps,
+                         post_eps);
 }
 
 RFC_EXPORT void rfc_hc_reduce(int T, const float *hs, const float *gates, float *out, const float *w, int n, int e, int gw) {
     for (int t = 0; t < T; t++) rfc_hc_reduce_row(hs + (size_t)t * n * e, gates + (size_t)t * gw, out + (size_t)t * e, w, n, e, gw);
+}
+
+RFC_EXPORT void rfc_hc_comb(int T, const float *mix, float *comb, const float *base, int n, float scale, float eps,
+                            int iters) {
+    for (int t = 0; t < T; t++) rfc_hc_comb_row(mix + (size_t)t * n * n, comb + (size_t)t * n * n, base, n, scale, eps, iters);
+}
+
+RFC_EXPORT void rfc_hc_mix_post(int T, const float *y, const float *residual, const float *gates, const float *comb,
+                                float *out, int n, int e) {
+    for (int t = 0; t < T; t++)
+        rfc_hc_mix_post_row(y + (size_t)t * e, residual + (size_t)t * n * e, gates + (size_t)t * 2 * n,
+                            comb + (size_t)t * n * n, out + (size_t)t * n * e, NULL, n, e);
+}
+
+RFC_EXPORT void rfc_hc_mean(int T, const float *hs, float *out, int n, int e) {
+    for (int t = 0; t < T; t++) rfc_hc_mean_row(hs + (size_t)t * n * e, out + (size_t)t * e, NULL, n, e);
 }
 
 RFC_EXPORT void rfc_res_mix(int T, const float *stack, float *out, const float *w, int stride, int n, int e, float eps) {

@@ -9,7 +9,7 @@ residuals side by side the same way, in one stack[T, S E]: `put_cols` copies a r
 and `res_mix` mixes the first n streams by a softmax of their scores.
 """
 
-from rfc.artifacts.limits import MAX_HC_STREAMS, MAX_RES_STREAMS
+from rfc.artifacts.limits import MAX_HC_STREAMS, MAX_RES_STREAMS, MAX_SINKHORN_ITERS
 from rfc.artifacts.ops.descriptor import I32, PTR, CpuPart, GpuPart, OpDef, OpSchema
 from rfc.artifacts.ops.view import OpView
 
@@ -29,6 +29,7 @@ def _hc_gates(v: OpView) -> None:
     for name in ("scale_pre", "scale_post", "magnitude"):
         v.real_attr(name, -1e6, 1e6)
     v.real_attr("eps", 0.0, 1.0)
+    v.need(isinstance(v.op.attr("post_eps"), bool), f"attribute post_eps = {v.op.attr('post_eps')!r} is not a boolean")
     w = v.weight_shape(0)
     v.need(w is None or w == (m,), f"base {w} is not [{m}]")
 
@@ -49,6 +50,31 @@ def _hc_post(v: OpView) -> None:
         v.width(gates) == 2 * n and v.shape(out) == v.shape(residual), f"not gates[rows, {2 * n}] -> residual's shape"
     )
     v.need(out not in (y, gates), "out is y or the gates")
+
+
+def _hc_comb(v: OpView) -> None:
+    (mix,), (comb,) = v.op.inputs, v.op.outputs
+    n = _streams(v)
+    v.need(v.width(mix) == n * n and v.width(comb) == n * n, f"mix/comb are not [rows, {n * n}]")
+    v.real_attr("scale", -1e6, 1e6)
+    v.real_attr("eps", 0.0, 1.0)
+    v.int_attr("iters", 1, MAX_SINKHORN_ITERS)
+    w = v.weight_shape(0)
+    v.need(w is None or w == (n * n,), f"base {w} is not [{n * n}]")
+
+
+def _hc_mix_post(v: OpView) -> None:
+    (y, residual, gates, comb), (out,) = v.op.inputs, v.op.outputs
+    n = _streams(v)
+    v.need(v.width(residual) == n * v.width(y), f"residual width {v.width(residual)} is not {n} x y's {v.width(y)}")
+    v.need(v.width(gates) == 2 * n and v.width(comb) == n * n, f"not gates[rows, {2 * n}], comb[rows, {n * n}]")
+    v.need(v.shape(out) == v.shape(residual) and out not in v.op.inputs, "out is not a new buffer of residual's shape")
+
+
+def _hc_mean(v: OpView) -> None:
+    (hs,), (out,) = v.op.inputs, v.op.outputs
+    n = _streams(v)
+    v.need(v.width(hs) == n * v.width(out) and out != hs, f"hs width {v.width(hs)} is not {n} x out's {v.width(out)}")
 
 
 def _res_mix(v: OpView) -> None:
@@ -80,15 +106,17 @@ DEFS = (
             1,
             (1, 1),
             ("streams", "eps"),
-            optional=(("scale_pre", 1.0), ("scale_post", 1.0), ("magnitude", 1.0)),
+            optional=(("scale_pre", 1.0), ("scale_post", 1.0), ("magnitude", 1.0), ("post_eps", True)),
             doc="mixes[rows, m] (m = n: the final mix; m = 2 n: a sublayer's), base[m] -> gates[rows, m]: for j < n "
             "g_j = sigmoid(mixes_j * scale_pre + base_j) + eps (the streams' mixing weights), for j >= n g_j = "
-            "sigmoid(mixes_j * scale_post + base_j) * magnitude + eps (the output's gate per stream); float32 in "
-            "ggml's order",
+            "sigmoid(mixes_j * scale_post + base_j) * magnitude + eps (the output's gate per stream; without the eps "
+            "where post_eps is false: DeepSeek-V4's mHC); float32 in ggml's order",
         ),
         check=_hc_gates,
         reference="op_hc_gates",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row", attrs=("scale_pre", "scale_post", "magnitude")),
+        cpu=CpuPart(
+            ("cpu_arch_ops.c.j2",), lower="_hc_row", attrs=("scale_pre", "scale_post", "magnitude", "post_eps")
+        ),
         gpu=GpuPart(
             ("gpu_hc_gates.hip.j2",),
             lower="_hc_gates",
@@ -132,6 +160,62 @@ DEFS = (
             lower="_hc_post",
             args=(("out", PTR), ("y", PTR), ("residual", PTR), ("gates", PTR), ("n_rows", I32)),
         ),
+    ),
+    OpDef(
+        kind="hc_comb",
+        schema=OpSchema(
+            1,
+            1,
+            (1, 1),
+            ("streams", "scale", "eps", "iters"),
+            doc="mix[rows, n n], base[n n] -> comb[rows, n n], DeepSeek-V4's mHC stream mixing matrix (comb[s n + d]: "
+            "from stream s to stream d): c = mix * scale + base; per source s a softmax over d, + eps; the columns "
+            "normalized (each d divided by eps + its sum over s), then iters - 1 times the rows (each s by eps + its "
+            "sum over d) and the columns again: ggml's ops in float32, the sums in float64",
+        ),
+        check=_hc_comb,
+        reference="op_hc_comb",
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row", per_op=("scale",)),
+        gpu=GpuPart(
+            ("gpu_hc_comb.hip.j2",),
+            lower="_hc_comb",
+            args=(("comb", PTR), ("mix", PTR), ("base", PTR), ("n_rows", I32)),
+        ),
+    ),
+    OpDef(
+        kind="hc_mix_post",
+        schema=OpSchema(
+            4,
+            1,
+            (0, 0),
+            ("streams",),
+            doc="y[rows, E], residual[rows, n E], gates[rows, 2 n], comb[rows, n n] -> out[rows, n E], stream d = y * "
+            "gates_{n + d} + sum_s residual_s * comb[s n + d], added in order s = 0 .. n - 1 (DeepSeek-V4's mHC "
+            "post; out a buffer of its own)",
+        ),
+        check=_hc_mix_post,
+        reference="op_hc_mix_post",
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row"),
+        gpu=GpuPart(
+            ("gpu_hc_mix_post.hip.j2",),
+            lower="_hc_mix_post",
+            args=(("out", PTR), ("y", PTR), ("residual", PTR), ("gates", PTR), ("comb", PTR), ("n_rows", I32)),
+        ),
+    ),
+    OpDef(
+        kind="hc_mean",
+        schema=OpSchema(
+            1,
+            1,
+            (0, 0),
+            ("streams",),
+            doc="hs[rows, n E] -> out[rows, E] = (hs_0 + hs_1 + ... + hs_{n - 1}) * (1 / n), added in order in "
+            "float32 (mHC's final collapse of the streams)",
+        ),
+        check=_hc_mean,
+        reference="op_hc_mean",
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row"),
+        gpu=GpuPart(("gpu_hc_mean.hip.j2",), lower="_hc_mean", args=(("out", PTR), ("hs", PTR), ("n_rows", I32))),
     ),
     OpDef(
         kind="res_mix",

@@ -75,7 +75,6 @@ REFUSED: dict[str, str] = {
     "to match",
     "deepseek4": "hyper-connections mixed by Sinkhorn iterations and compressed attention (build_hc_sinkhorn, "
     "build_hca_attention); no recipe yet",
-    "glm5-next": "hyper-connections mixed by Sinkhorn iterations beside KDA and DSA layers; no recipe yet",
     "qwen4exp": "hyper-connection mixing and query-sparse attention (build_attn_qsa); no recipe yet",
 }
 NO_RECIPE = "no recipe yet"

@@ -180,19 +180,21 @@ def mla_attention(
         q_src, q_name, q_shape = "h", p + "attn_q.weight", (nh * head, e)
     kv_name, kv_shape = p + "attn_kv_a_mqa.weight", (kv_lora + rot, e)
     b.op("matmul", ("h",), (latent,), (b.rows(kv_name + ":latent", "attn_kv_a_mqa", kv_name, kv_shape, 0, kv_lora),))
-    b.op(
-        "matmul",
-        ("h",),
-        (k_pe,),
-        (b.rows(kv_name + ":rope", "attn_kv_a_mqa", kv_name, kv_shape, kv_lora, kv_lora + rot),),
-    )
+    if rot:
+        b.op(
+            "matmul",
+            ("h",),
+            (k_pe,),
+            (b.rows(kv_name + ":rope", "attn_kv_a_mqa", kv_name, kv_shape, kv_lora, kv_lora + rot),),
+        )
     if q_lora:
         b.op("rmsnorm", (q_a,), (q_a,), (b.tensor(p + "attn_q_a_norm.weight", "attn_q_a_norm", (q_lora,)),), eps=eps)
     role = q_name.split(".", 2)[-1].removesuffix(".weight")
     nope_rows = [(h * head, h * head + nope) for h in range(nh)]
     rope_rows = [(h * head + nope, (h + 1) * head) for h in range(nh)]
     b.op("matmul", (q_src,), (q_nope,), (b.row_ranges(q_name + ":nope", role, q_name, q_shape, nope_rows),))
-    b.op("matmul", (q_src,), (q_pe,), (b.row_ranges(q_name + ":rope", role, q_name, q_shape, rope_rows),))
+    if rot:
+        b.op("matmul", (q_src,), (q_pe,), (b.row_ranges(q_name + ":rope", role, q_name, q_shape, rope_rows),))
     b.op(
         "rmsnorm",
         (latent,),
@@ -202,12 +204,15 @@ def mla_attention(
     )
     if k_pe_norm:
         b.op("rmsnorm", (k_pe,), (k_pe,), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (rot,)),), eps=eps)
-    if rotate:
+    if rotate and rot:
         b.op("rope", (q_pe, k_pe), (q_pe, k_pe), **rope.attrs(replace(sizes, n_kv_heads=1, head_dim=rot)))
     wk_b = b.tensor_as(p + "attn_k_b.weight", "attn_k_b", (nh, kv_lora, nope))  # one head: 2-D in the file
     b.op("head_matmul", (q_nope,), (q_latent,), (wk_b,), heads=nh)
-    b.op("concat_heads", (q_latent, q_pe), (q,), heads=nh)
-    b.op("concat_heads", (latent, k_pe), (k,), heads=1)
+    if rot:
+        b.op("concat_heads", (q_latent, q_pe), (q,), heads=nh)
+        b.op("concat_heads", (latent, k_pe), (k,), heads=1)
+    else:  # no rope part (glm5-next's nope-only MLA): the query is the absorbed one, the key the latent
+        q, k = q_latent, latent
     kv = i if layer is None else layer
     b.op("kv_write", (k, k), (), layer=kv)
     sink = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (nh,)),) if sinks else ()
@@ -231,6 +236,8 @@ def mla_widths(nh: int, q_lora: int, kv_lora: int, nope: int, rot: int, v_dim: i
     head = kv_lora + rot
     widths = {"q_nope": nh * nope, "q_pe": nh * rot, "q_latent": nh * kv_lora, "latent": kv_lora, "k_pe": rot,
               "q": nh * head, "k": head, "att": nh * head, "att_v": nh * v_dim}  # fmt: skip
+    if not rot:  # nope-only: the absorbed query and the latent are q and k
+        widths = {k: w for k, w in widths.items() if k not in ("q_pe", "k_pe", "q", "k")}
     return widths | ({"q_a": q_lora} if q_lora else {}) | ({"attn_gate": gate} if gate else {})
 
 

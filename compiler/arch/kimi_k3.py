@@ -137,7 +137,7 @@ def build(model: GGUFModel) -> ModelSpec:
         if banked:
             mix.bank()
         if i in kda_layers:
-            kda_layer(b, i, n_embd, nh, s, kernel, eps, lower_bound=lower_bound, k3=True)
+            kda_layer(b, i, n_embd, nh, s, kernel, eps, lower_bound=lower_bound, style="kimi-k3")
         else:
             if b.has(p + "attn_kv_b.weight"):
                 raise CompileError(f"{b.path}: {p}attn_kv_b.weight: {ARCH}'s MHA fallback (no attn_k_b / attn_v_b) "

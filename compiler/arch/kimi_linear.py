@@ -199,13 +199,20 @@ def kda_layer(
     eps: float,
     *,
     lower_bound: float | None = None,
-    k3: bool = False,
+    style: str | None = None,
+    l2_eps: float | None = None,
 ) -> None:
-    """h = attn_output(rmsnorm_heads(KDA(conv(q), conv(k), conv(v))) * sigmoid(ssm_g_b(ssm_g_a h))).
-    With `lower_bound` (bailingmoe3): the decay lower_bound * sigmoid((ssm_f_a h + ssm_dt.bias) * ssm_a) and
-    the gate sigmoid(ssm_g_a h), each from one matmul. `k3` (kimi-k3, with its lower_bound): the decay's
-    input through ssm_f_a and ssm_f_b as kimi-linear's, lower_bound * sigmoid(-((... + ssm_dt.bias) * ssm_a))
-    (ssm_a negated at compile time: the same float32 product, sign apart) and the gate sigmoid(ssm_g h)."""
+    """h = attn_output(rmsnorm_heads(KDA(conv(q), conv(k), conv(v))) * sigmoid(ssm_g_b(ssm_g_a h))), in the
+    `style` of one architecture's graph (default: bailingmoe3's with a lower_bound, else kimi-linear's):
+    - kimi-linear: the decay softplus(ssm_f_b(ssm_f_a h) + ssm_dt.bias) * ssm_a, the gate through ssm_g_a, ssm_g_b;
+    - bailingmoe3: the decay lower_bound * sigmoid((ssm_f_a h + ssm_dt.bias) * ssm_a) and the gate
+      sigmoid(ssm_g_a h), each from one matmul;
+    - kimi-k3 and glm5-next: the decay's input through ssm_f_a and ssm_f_b, with a lower_bound
+      lower_bound * sigmoid(-(... + ssm_dt.bias) * ssm_a) (ssm_a negated at compile time: the same float32
+      product, sign apart), without one kimi-linear's softplus; kimi-k3's gate sigmoid(ssm_g h), glm5-next's
+      through ssm_g_a, ssm_g_b.
+    Q and K are L2-normalized at `l2_eps` (default eps: glm5-next's 1e-6 is its own)."""
+    style = style or ("bailingmoe3" if lower_bound is not None else "kimi-linear")
     p, d = f"blk.{i}.", nh * s
     for proj, buf in (("q", "kq"), ("k", "kk"), ("v", "kv")):
         b.op("matmul", ("h",), (buf,), (b.tensor(f"{p}attn_{proj}.weight", f"attn_{proj}", (d, e)),))
@@ -216,7 +223,7 @@ def kda_layer(
     convs = [f"{p}ssm_conv1d_{x}.weight" for x in "qkv"]
     conv_w = b.stacked(p + "ssm_conv1d_qkv", "ssm_conv1d", [(n, _conv_shape(b, n, d, kernel)) for n in convs], kernel)
     b.op("ssm_conv", ("mixed",), ("conv",), (conv_w,), state=b.state(i, (kernel - 1, 3 * d)))
-    if lower_bound is None or k3:
+    if style != "bailingmoe3":
         b.op("matmul", ("h",), ("f_a",), (b.tensor(p + "ssm_f_a.weight", "ssm_f_a", (s, e)),))
         b.op("matmul", ("f_a",), ("alpha",), (b.tensor(p + "ssm_f_b.weight", "ssm_f_b", (d, s)),))
     else:
@@ -225,16 +232,16 @@ def kda_layer(
     b.unused(p + "ssm_beta.scale", UNUSED_SCALE)
     a_name = p + "ssm_a"
     a_shape = (nh, 1) if a_name in b.model.tensors and len(b.model.tensors[a_name].shape) == 2 else (nh,)
-    negate = k3 and lower_bound is not None
+    negate = style in ("kimi-k3", "glm5-next") and lower_bound is not None
     a = b.negated(a_name + ":negated", "ssm_a", a_name, a_shape) if negate else b.flat(a_name, "ssm_a", a_shape)
     gates = (a, b.tensor(p + "ssm_dt.bias", "ssm_dt", (d,)))
     decay = {"decay": "key"} if lower_bound is None else {"decay": "key_sigmoid", "lower_bound": lower_bound}
     b.op("gated_delta_net", ("conv", "alpha", "beta"), ("dn",), gates, state=b.state(i, (nh, s, s)), n_k_heads=nh,
-         n_v_heads=nh, head_dim=s, eps=eps, **decay)  # fmt: skip
+         n_v_heads=nh, head_dim=s, eps=eps if l2_eps is None else l2_eps, **decay)  # fmt: skip
     b.op("rmsnorm", ("dn",), ("dn",), (b.tensor(p + "ssm_norm.weight", "ssm_norm", (s,)),), eps=eps, heads=nh)
-    if k3:
+    if style == "kimi-k3":
         b.op("matmul", ("h",), ("g",), (b.tensor(p + "ssm_g.weight", "ssm_g", (d, e)),))
-    elif lower_bound is None:
+    elif style != "bailingmoe3":
         b.op("matmul", ("h",), ("g_a",), (b.tensor(p + "ssm_g_a.weight", "ssm_g_a", (s, e)),))
         b.op("matmul", ("g_a",), ("g",), (b.tensor(p + "ssm_g_b.weight", "ssm_g_b", (d, s)),))
     else:

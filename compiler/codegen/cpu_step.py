@@ -581,6 +581,7 @@ def vector_weights(plan: Plan, entries: dict) -> list[str]:
             "ssm_conv",
             "altup_correct",
             "hc_gates",
+            "hc_comb",
             "res_mix",
             "lightning_attention",
             "lerp",

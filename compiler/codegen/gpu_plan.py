@@ -894,6 +894,9 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "hc_post": ("out",),
         "res_mix": ("out",),
         "put_cols": ("out",),
+        "hc_comb": ("comb",),
+        "hc_mix_post": ("out",),
+        "hc_mean": ("out",),
         "lightning_attention": ("out",),
         "sigmoid": ("out",),
         "token_shift": ("out",),
@@ -923,6 +926,7 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         "altup_correct": ("scale",),
         "hc_gates": ("base",),
         "res_mix": ("w",),
+        "hc_comb": ("base",),
         "lightning_attention": ("decay",),
         "lerp": ("mu",),
         "wkv6": ("decay",) if op.kind == "wkv6" and op.attr("mode") == "gla" else ("u", "decay"),  # gla: no u

@@ -631,7 +631,10 @@ def op_hc_gates(self, outs, ins, weights, attrs, batch):
     s[:, n:] = mixes[:, n:] * f(attrs["scale_post"]) + base[n:]
     g = f(1.0) / (f(1.0) + np.exp(-s))
     g[:, n:] = g[:, n:] * f(attrs["magnitude"])
-    outs[0][...] = g * f(1.0) + f(attrs["eps"])
+    out = g * f(1.0) + f(attrs["eps"])
+    if not attrs["post_eps"]:  # DeepSeek-V4's mHC: its post gates without the eps
+        out[:, n:] = g[:, n:]
+    outs[0][...] = out
 
 
 def op_hc_reduce(self, outs, ins, weights, attrs, batch):
@@ -650,6 +653,44 @@ def op_hc_post(self, outs, ins, weights, attrs, batch):
     e = y.shape[1]
     out = np.concatenate([residual[:, i * e : (i + 1) * e] + y * gates[:, n + i : n + i + 1] for i in range(n)], axis=1)
     outs[0][...] = out
+
+
+def op_hc_comb(self, outs, ins, weights, attrs, batch):
+    """mHC's Sinkhorn-normalized mixing matrix per row, as ggml's ops compute it: float32 values, each
+    sum added in float64 and rounded (ggml_soft_max, ggml_sum_rows), divisions in float32."""
+    (mix,), n, f = ins, attrs["streams"], np.float32
+    eps = f(attrs["eps"])
+    c = (mix * f(attrs["scale"]) + weights[0].astype(f)).reshape(-1, n, n)  # [rows, source s, destination d]
+    z = np.exp((c - c.max(axis=2, keepdims=True)).astype(f))
+    c = z * (1.0 / np.sum(z.astype(np.float64), axis=2, keepdims=True)).astype(f)
+    c = (c + eps).astype(f)
+
+    def norm(c, axis):  # divide by eps + the sum over `axis`
+        return (c / (np.sum(c.astype(np.float64), axis=axis, keepdims=True).astype(f) + eps)).astype(f)
+
+    c = norm(c, 1)  # over the sources: ggml's norm_cols
+    for _ in range(attrs["iters"] - 1):
+        c = norm(norm(c, 2), 1)
+    outs[0][...] = c.reshape(len(mix), n * n)
+
+
+def op_hc_mix_post(self, outs, ins, weights, attrs, batch):
+    y, residual, gates, comb = ins
+    n, e = attrs["streams"], y.shape[1]
+    for d in range(n):
+        acc = y * gates[:, n + d : n + d + 1]
+        for s in range(n):
+            acc = acc + residual[:, s * e : (s + 1) * e] * comb[:, s * n + d : s * n + d + 1]
+        outs[0][:, d * e : (d + 1) * e] = acc
+
+
+def op_hc_mean(self, outs, ins, weights, attrs, batch):
+    (hs,), n = ins, attrs["streams"]
+    e = hs.shape[1] // n
+    acc = hs[:, :e]
+    for i in range(1, n):
+        acc = acc + hs[:, i * e : (i + 1) * e]
+    outs[0][...] = acc * np.float32(1.0 / n)
 
 
 def op_res_mix(self, outs, ins, weights, attrs, batch):
@@ -678,7 +719,7 @@ def op_put_cols(self, outs, ins, weights, attrs, batch):
     outs[0][:, off : off + x.shape[1]] = x
 
 
-for _fn in (op_hc_gates, op_hc_reduce, op_hc_post, op_res_mix, op_put_cols):
+for _fn in (op_hc_gates, op_hc_reduce, op_hc_post, op_hc_comb, op_hc_mix_post, op_hc_mean, op_res_mix, op_put_cols):
     setattr(ReferenceDevice, _fn.__name__, _fn)
 
 

@@ -246,6 +246,13 @@ ADDED = (
     # situ's up branch as is (-deep) 0.41, the decay of ssm_a unnegated (-deep) 0.46, kimi-linear's softplus decay
     # 0.032 (0.28), without the routed norm 1.9, without the shared experts 0.15 (2.3)
     "kimi-k3-moe",
+    # glm5-next (mHC streams around KDA and nope-only latent attention layers; -sharp: the mixes sharpened, 3
+    # Sinkhorn iterations, eps 0.01, sharp decays): the post gates at magnitude 1 1.05 (-sharp 1.03), one Sinkhorn
+    # iteration (-sharp) 0.10, four 0.011, the post gates with the eps (-sharp) 0.014, the streams each kept with
+    # the output added (no mixing matrix, -sharp) 0.068, the decay of ssm_a unnegated (-sharp) 5.5e-3, the
+    # softplus decay 0.024, the scores scaled by the latent's width 0.031
+    "glm5-next-moe",
+    "glm5-next-sharp",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -273,14 +280,14 @@ CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe")
 # experts beside a fused shared expert, layers of two head counts, Mamba-1's per-state decay, values narrower
 # than keys, capped SwiGLUs, hyper-connections, a delta rule decaying per key channel, lightning attention, RWKV's
 # token shifts, lerps, WKVs and group norms at a second epsilon, a router whose ids are divided, latent attention in two
-# geometries, cross-layer residual mixes with situ); the others are `exhaustive`.
+# geometries, cross-layer residual mixes with situ, Sinkhorn-mixed streams); the others are `exhaustive`.
 CPU_SAMPLED = {
     "phi2-dense", "gptneox-parallel", "olmo-dense", "stablelm-parallel", "dbrx-moe", "smallthinker-moe",
     "arctic-moe", "qwen2moe-moe", "chatglm-dense", "falcon-dense", "gpt2-dense", "jais-steep", "mpt-dense",
     "deci-varied", "nanbeige-looped", "grok-capped", "muse-glimmer-swa", "spark2_5-swa", "granite_swa-moe",
     "laguna-xs", "mamba-falcon", "minicpm3-narrow", "step35-dense", "hy_v4-heads", "kimi-linear-heads",
     "minimax-01-deep", "bailingmoe3-tight", "rwkv6-dense", "rwkv6qwen2-dense", "rwkv7-dense", "grovemoe-groups",
-    "dots3note-geoms", "kimi-k3-deep",
+    "dots3note-geoms", "kimi-k3-deep", "glm5-next-sharp",
 }  # fmt: skip
 CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
 

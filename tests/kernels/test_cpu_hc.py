@@ -1,5 +1,5 @@
-"""hy_v4's hyper-connection ops and Kimi-K3's residual mixes (res_mix, put_cols): the cpu kernels
-(kernels/cpu_hc.h, called through their exports) against the reference device's handlers
+"""hy_v4's hyper-connection ops, mHC's (hc_comb, hc_mix_post, hc_mean) and Kimi-K3's residual mixes (res_mix,
+put_cols): the cpu kernels (kernels/cpu_hc.h, called through their exports) against the reference device's handlers
 (runtime/devices/reference.py op_hc_*, op_res_mix, op_put_cols), and those against the ops' definitions
 in float64 (artifacts/ops/hc.py). Native (AVX2) and portable builds.
 
@@ -39,9 +39,12 @@ PLAN = state_plan(
      Op("hc_post", ("h", "hs", "gates"), ("hs",), (), {"streams": N})),
     states=(), output="h", hidden="h")  # fmt: skip
 ARGTYPES = {
-    "rfc_hc_gates": [_I, _P, _P, _P, _I, _I, _F, _F, _F, _F],
+    "rfc_hc_gates": [_I, _P, _P, _P, _I, _I, _F, _F, _F, _F, _I],
     "rfc_hc_reduce": [_I, _P, _P, _P, _P, _I, _I, _I],
     "rfc_hc_post": [_I, _P, _P, _P, _P, _P, _I, _I],
+    "rfc_hc_comb": [_I, _P, _P, _P, _I, _F, _F, _I],
+    "rfc_hc_mix_post": [_I, _P, _P, _P, _P, _P, _I, _I],
+    "rfc_hc_mean": [_I, _P, _P, _I, _I],
     "rfc_res_mix": [_I, _P, _P, _P, _I, _I, _I, _F],
     "rfc_put_cols": [_I, _P, _P, _I, _I, _I],
 }
@@ -58,19 +61,21 @@ def _ref(kind: str, ins: list, weights: list, attrs: dict, out_shape) -> np.ndar
     return out
 
 
-@pytest.mark.parametrize("m", [2 * N, N])
-def test_gates(lib, m: int):
-    """A sublayer's 2 n gates (weights, then the output's gates at the magnitude) and the final mix's n."""
+@pytest.mark.parametrize("m,post_eps", [(2 * N, True), (N, True), (2 * N, False)])
+def test_gates(lib, m: int, post_eps: bool):
+    """A sublayer's 2 n gates (weights, then the output's gates at the magnitude), the final mix's n, and mHC's
+    post gates without the eps (an eps of 0.01 here, so that its absence shows)."""
     rng = np.random.default_rng(m)
     mix, base = (rng.standard_normal((T, m)) * 3).astype(np.float32), rng.standard_normal(m).astype(np.float32)
+    gates = GATES | ({} if post_eps else {"eps": 0.01})
     got = np.zeros_like(mix)
-    lib.rfc_hc_gates(T, ptr(mix), ptr(got), ptr(base), N, m, *GATES.values())
-    want = _ref("hc_gates", [mix], [base], {"streams": N, **GATES}, mix.shape)
+    lib.rfc_hc_gates(T, ptr(mix), ptr(got), ptr(base), N, m, *gates.values(), int(post_eps))
+    want = _ref("hc_gates", [mix], [base], {"streams": N, **gates, "post_eps": post_eps}, mix.shape)
     assert_close(got, want, 1e-6, 1e-7)
     mix64, base64 = mix.astype(np.float64), base.astype(np.float64)
-    scale = np.where(np.arange(m) < N, GATES["scale_pre"], GATES["scale_post"])
+    scale = np.where(np.arange(m) < N, gates["scale_pre"], gates["scale_post"])
     sig = 1.0 / (1.0 + np.exp(-(mix64 * scale + base64)))
-    exact = np.where(np.arange(m) < N, sig, sig * GATES["magnitude"]) + GATES["eps"]
+    exact = np.where(np.arange(m) < N, sig + gates["eps"], sig * gates["magnitude"] + (gates["eps"] if post_eps else 0))
     assert_close(want, exact, 1e-5, 1e-6)
 
 
@@ -131,3 +136,54 @@ def test_put_cols(lib):
     np.testing.assert_array_equal(
         np.delete(got, np.s_[2 * E : 3 * E], axis=1), np.delete(stack, np.s_[2 * E : 3 * E], axis=1)
     )
+
+
+def _sinkhorn(mix, base, scale, eps, iters):
+    """mHC's mixing matrices in float64 ([rows, source, destination])."""
+    c = (mix.astype(np.float64) * scale + base).reshape(-1, N, N)
+    c = np.exp(c - c.max(axis=2, keepdims=True))
+    c = c / c.sum(axis=2, keepdims=True) + eps
+    c = c / (c.sum(axis=1, keepdims=True) + eps)
+    for _ in range(iters - 1):
+        c = c / (c.sum(axis=2, keepdims=True) + eps)
+        c = c / (c.sum(axis=1, keepdims=True) + eps)
+    return c
+
+
+@pytest.mark.parametrize("iters", [1, 3, 20])
+def test_hc_comb(lib, iters: int):
+    """mHC's Sinkhorn-normalized 4 x 4 matrix per row (DeepSeek-V4 runs 20 iterations, GLM5-Next 2) from mixes
+    spread enough (x 3) that the softmax is far from uniform; after 20 iterations its columns sum to 1 and its
+    rows nearly so."""
+    rng = np.random.default_rng(iters)
+    mix, base = (rng.standard_normal((T, N * N)) * 3).astype(np.float32), rng.standard_normal(N * N).astype(np.float32)
+    scale, eps = 0.7, 1e-6
+    got = np.zeros_like(mix)
+    lib.rfc_hc_comb(T, ptr(mix), ptr(got), ptr(base), N, scale, eps, iters)
+    want = _ref("hc_comb", [mix], [base], {"streams": N, "scale": scale, "eps": eps, "iters": iters}, mix.shape)
+    assert_close(got, want, 1e-6, 1e-7)
+    assert_close(want, _sinkhorn(mix, base, np.float32(scale), eps, iters).reshape(T, N * N), 1e-5, 1e-6)
+    if iters == 20:
+        c = want.reshape(T, N, N)
+        assert_close(c.sum(axis=1), np.ones((T, N)), 1e-5, 0)  # each destination's column: normalized last
+        assert_close(c.sum(axis=2), np.ones((T, N)), 1e-2, 0)  # each source's row: converging
+
+
+def test_hc_mix_post_and_mean(lib):
+    """The streams after a sublayer (stream d = y gate_d + sum_s stream_s comb[s][d]) and their final mean."""
+    rng = np.random.default_rng(11)
+    hs = (rng.standard_normal((T, N * E)) * 2).astype(np.float32)
+    y, gates = rng.standard_normal((T, E)).astype(np.float32), rng.random((T, 2 * N)).astype(np.float32)
+    comb = rng.random((T, N * N)).astype(np.float32)
+    got = np.zeros_like(hs)
+    lib.rfc_hc_mix_post(T, ptr(y), ptr(hs), ptr(gates), ptr(comb), ptr(got), N, E)
+    want = _ref("hc_mix_post", [y, hs, gates, comb], [], {"streams": N}, hs.shape)
+    np.testing.assert_array_equal(got, want)
+    h64 = hs.reshape(T, N, E).astype(np.float64)
+    exact = y[:, None, :] * gates[:, N:, None] + np.einsum("tse,tsd->tde", h64, comb.reshape(T, N, N))
+    assert_close(want, exact.reshape(T, N * E), 1e-5, 1e-6)
+    got = np.zeros((T, E), np.float32)
+    lib.rfc_hc_mean(T, ptr(hs), ptr(got), N, E)
+    want = _ref("hc_mean", [hs], [], {"streams": N}, (T, E))
+    np.testing.assert_array_equal(got, want)
+    assert_close(want, h64.mean(axis=1), 1e-6, 1e-6)

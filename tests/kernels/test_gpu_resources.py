@@ -354,10 +354,11 @@ def test_rwkv_kernels_at_real_model_sizes_use_no_local_memory(target):
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx1100", "gfx90a")])
-def test_residual_mixes_at_kimi_k3s_sizes_use_no_local_memory(target):
+def test_residual_and_stream_mixes_at_real_sizes_use_no_local_memory(target):
     """Kimi-K3's residual mixes at its sizes (n_embd 7168, 93 layers banked every 12: a stack of 9 streams) and a
-    stack of MAX_RES_STREAMS, put_cols into the last slot, situ over the experts' 2048: no stack frame, no spills
-    (res_mix keeps its scores in shared memory)."""
+    stack of MAX_RES_STREAMS, put_cols into the last slot, situ over the experts' 2048; mHC's kernels at
+    DeepSeek-V4's (4 streams of 7168, 20 Sinkhorn iterations): no stack frame, no spills (res_mix keeps its
+    scores in shared memory, hc_comb its 16 values in registers)."""
     from rfc.artifacts.layout import TensorEntry, WeightLayout
     from rfc.artifacts.limits import MAX_RES_STREAMS
     from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan
@@ -366,23 +367,30 @@ def test_residual_mixes_at_kimi_k3s_sizes_use_no_local_memory(target):
     from rfc.compiler.targets import parse_target
 
     e = 7168
-    widths = {"x": e, "s": 9 * e, "big": MAX_RES_STREAMS * e, "g": 2048, "u": 2048}
+    widths = {"x": e, "s": 9 * e, "big": MAX_RES_STREAMS * e, "g": 2048, "u": 2048, "hs": 4 * e, "hs2": 4 * e,
+              "mix": 8, "gates": 8, "cmix": 16, "comb": 16}  # fmt: skip
     ops = (
         Op("put_cols", ("x",), ("s",), (), {"offset": 8 * e}),
         Op("res_mix", ("s",), ("x",), ("w",), {"streams": 9, "eps": 1e-5}),
         Op("res_mix", ("big",), ("x",), ("w",), {"streams": MAX_RES_STREAMS, "eps": 1e-5}),
         Op("swiglu", ("g", "u"), ("g",), (), {"activation": "situ", "alpha": 4.0, "limit": 25.0}),
+        Op("hc_gates", ("mix",), ("gates",), ("b8",), {"streams": 4, "eps": 1e-6, "magnitude": 2.0, "post_eps": False}),
+        Op("hc_comb", ("cmix",), ("comb",), ("b16",), {"streams": 4, "scale": 0.5, "eps": 1e-6, "iters": 20}),
+        Op("hc_mix_post", ("x", "hs", "gates", "comb"), ("hs2",), (), {"streams": 4}),
+        Op("hc_mean", ("hs2",), ("x",), (), {"streams": 4}),
     )
     plan = Plan(buffers=tuple(Buffer(n, ("T", w)) for n, w in widths.items()), ops=ops, kv=KVSpec(0, 1, 1),
                 input_tokens="tokens", output_logits="g", output_hidden="x", vocab_size=8, n_embd=e,
                 context_length=64)  # fmt: skip
-    layout = WeightLayout(256, (TensorEntry("w", "w", "F32", (e,), 0, 4 * e, ""),))
+    layout = WeightLayout(256, (TensorEntry("w", "w", "F32", (e,), 0, 4 * e, ""),
+                                TensorEntry("b8", "b8", "F32", (8,), 4 * e, 32, ""),
+                                TensorEntry("b16", "b16", "F32", (16,), 4 * e + 256, 64, "")))  # fmt: skip
     t = parse_target(target)
     specs = plan_kernels(t, plan, layout)[0]
     binary = _compile(TOOLCHAINS[t.family], t, render_source(t, specs))
     usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
     names = {s.name for s in specs}
-    assert len(names) == 4 and names <= set(usage)
+    assert len(names) == 8 and names <= set(usage)
     bad = [usage[n].local_memory() for n in sorted(names) if usage[n].uses_local_memory]
     assert not bad, "\n".join(bad)
 

@@ -217,15 +217,18 @@ def test_a_repeated_prefix_resumes_from_its_state_checkpoint_on_the_device(targe
         pytest.param("kimi-k3-deep", "gfx1100", marks=toolchain_marks("gfx1100")),
         # its saver file: the latent experts (routed down, normed sum, up) on the other vendor's kernels
         pytest.param("kimi-k3-moe", "sm_90", marks=toolchain_marks("sm_90")),
+        # GLM5-Next's mHC streams (sharpened mixes: hc_gates without the post eps, hc_comb's Sinkhorn iterations,
+        # hc_mix_post, hc_mean) around a KDA layer and a nope-only latent attention layer
+        pytest.param("glm5-next-sharp", "gfx90a", marks=toolchain_marks("gfx90a")),
     ],
 )
 def test_recurrent_saver_files(name, target, gpu_build_cache, tmp_path):
     """Recurrent layers in llama.cpp's saver files (tests/e2e/test_llama_archs.py): mamba2's, mamba's and the
     RWKVs', plans whose KV cache has no layers (their whole context in the state), and kimi-linear's,
-    bailingmoe3's, kimi-k3's, plamo2's and minimax-01's beside attention layers. The step program binds, and a prompt, a
-    decode step continuing from the slot's state and a step of two sequences (a second prompt beside the first
-    sequence's next token) match the reference (the files' weights are F32: no activation rounding, the
-    single-op bound of test_gpu_kernels)."""
+    bailingmoe3's, kimi-k3's, glm5-next's, plamo2's and minimax-01's beside attention layers. The step program
+    binds, and a prompt, a decode step continuing from the slot's state and a step of two sequences (a second
+    prompt beside the first sequence's next token) match the reference (the files' weights are F32: no
+    activation rounding, the single-op bound of test_gpu_kernels)."""
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.e2e.test_llama_archs import _model
     from tests.kernels.test_gpu_kernels import _close

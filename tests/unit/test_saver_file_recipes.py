@@ -787,3 +787,53 @@ def test_kimi_k3_refuses_what_it_cannot_compute_exactly(tmp_path):
         check_plan(broken(spec, "res_mix", -1, streams=5))
     with pytest.raises(PlanError, match="overrun"):
         check_plan(broken(spec, "put_cols", 0, offset=4 * 128 - 1))
+
+
+def test_glm5_next_mixes_its_streams_by_sinkhorn_matrices(tmp_path):
+    """glm5-next: the embedding repeated over 4 streams; around each sublayer the 24 mixes split into the gates'
+    8 rows and the matrix's 16 (hc_*_fn and hc_*_base sliced), hc_gates with magnitude 2 and no post eps, hc_comb
+    with the file's iterations and scale[2], hc_mix_post into the other stream buffer; hc_mean for the logit rows;
+    nope-only latent attention over a latent-only cache, the served context capped at the indexer's top_k; the
+    KDA's Q/K L2 norm at 1e-6."""
+    spec = spec_of(_model("glm5-next-sharp", tmp_path))
+    ops = spec.plan.ops
+    kinds = [o.kind for o in ops]
+    assert kinds.count("hc_gates") == kinds.count("hc_comb") == kinds.count("hc_mix_post") == 4
+    assert kinds.count("hc_mean") == 1 and "hc_post" not in kinds and "rope" not in kinds
+    gates = [o for o in ops if o.kind == "hc_gates"]
+    assert all(o.attrs["magnitude"] == 2.0 and o.attrs["post_eps"] is False for o in gates)
+    combs = [o for o in ops if o.kind == "hc_comb"]
+    assert all(o.attrs["iters"] == 3 and o.attrs["eps"] == pytest.approx(0.01) for o in combs)
+    assert combs[0].weights == ("blk.0.hc_attn_base.weight:comb",)
+    posts = [o for o in ops if o.kind == "hc_mix_post"]
+    assert [(o.inputs[1], o.outputs[0]) for o in posts] == [("hs", "hs_b"), ("hs_b", "hs")] * 2
+    att = next(o for o in ops if o.kind == "attention")
+    assert att.inputs == ("q_latent",) and att.attrs["head_dim"] == 512
+    assert spec.plan.kv.head_dim == 512 and spec.plan.kv.n_layers == 1
+    assert next(o for o in ops if o.kind == "gated_delta_net").attrs["eps"] == 1e-6
+    assert spec.hparams.context_length == 256 and spec.hparams.extra["indexer_top_k"] == 131072
+
+
+def test_glm5_next_refuses_what_llama_cpp_asserts_or_rfc_cannot_compute(tmp_path):
+    """Streams other than 4, RoPE on its latent attention, top_k not a multiple of kpool (llama.cpp asserts each),
+    the k-pool indexer without the tail (each query would skip its newest keys); the validator refuses an
+    hc_mix_post writing its residual in place and an hc_comb whose matrix is not n x n."""
+    import dataclasses
+
+    from rfc.artifacts.ops.view import PlanError
+    from rfc.artifacts.validate import check_plan
+
+    a = "glm5-next"
+    _refused(_edited(f"{a}-moe", tmp_path, keys={f"{a}.hyper_connection.count": (4, 2)}), "must be 4")
+    _refused(_edited(f"{a}-moe", tmp_path, keys={f"{a}.rope.dimension_count": (4, 64)}), "nope-only")
+    _refused(_edited(f"{a}-moe", tmp_path, keys={f"{a}.attention.indexer.top_k": (4, 130)}), "multiple of kpool")
+    _refused(_edited(f"{a}-moe", tmp_path, keys={f"{a}.attention.indexer.kpool_select_tail": (7, False)}), "newest")
+    spec = spec_of(_model(f"{a}-moe", tmp_path))
+    post = next(o for o in spec.plan.ops if o.kind == "hc_mix_post")
+    broken = dataclasses.replace(post, outputs=(post.inputs[1],))
+    with pytest.raises(PlanError, match="new buffer"):
+        check_plan(dataclasses.replace(spec.plan, ops=tuple(broken if o is post else o for o in spec.plan.ops)))
+    comb = next(o for o in spec.plan.ops if o.kind == "hc_comb")
+    broken = dataclasses.replace(comb, attrs={**comb.attrs, "streams": 3})
+    with pytest.raises(PlanError, match="mix/comb"):
+        check_plan(dataclasses.replace(spec.plan, ops=tuple(broken if o is comb else o for o in spec.plan.ops)))

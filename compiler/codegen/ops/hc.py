@@ -28,13 +28,18 @@ def _hex(x: float) -> str:
 
 
 def hc_consts(op: Op, width) -> list:
-    """The constants after a kernels/cpu_hc.h row function's buffers and weight: (n, m and the four
-    gate constants as float32) for hc_gates, (n, E, the gates' width) for hc_reduce, (n, E) for hc_post."""
+    """The constants after a kernels/cpu_hc.h row function's buffers and weight: (n, m, the four gate
+    constants as float32 and post_eps as 0 or 1) for hc_gates, (n, E, the gates' width) for hc_reduce, (n,
+    scale, eps, iters) for hc_comb, (n, E) for hc_post, hc_mix_post and hc_mean."""
     if op.kind in ("res_mix", "put_cols"):
         return res_consts(op, width)
     n = int(op.attrs["streams"])
     if op.kind == "hc_gates":
-        return [n, width(op.inputs[0]), *(_f32(op, c) for c in GATE_CONSTS)]
+        return [n, width(op.inputs[0]), *(_f32(op, c) for c in GATE_CONSTS), int(bool(op.attr("post_eps")))]
+    if op.kind == "hc_comb":
+        return [n, _f32(op, "scale"), _f32(op, "eps"), int(op.attrs["iters"])]
+    if op.kind == "hc_mean":
+        return [n, width(op.outputs[0])]
     if op.kind == "hc_reduce":
         return [n, width(op.outputs[0]), width(op.inputs[1])]
     return [n, width(op.inputs[0])]
@@ -63,6 +68,8 @@ class GpuLowering:
         n, m = int(op.attrs["streams"]), self._width(op.inputs[0])
         consts = {c: _f32(op, c) for c in GATE_CONSTS}
         name = f"rfc_hc_gates_{n}x{m}_" + "_".join(_hex(v) for v in consts.values())
+        if not op.attr("post_eps"):  # mHC's post gates without the eps
+            return self._rowwise(op, "gpu_hc_gates.hip.j2", name + "_np", m, n=n, m=m, no_post_eps=True, **consts)
         return self._rowwise(op, "gpu_hc_gates.hip.j2", name, m, n=n, m=m, **consts)
 
     def _hc_reduce(self, op: Op) -> KernelSpec:
@@ -72,6 +79,21 @@ class GpuLowering:
     def _hc_post(self, op: Op) -> KernelSpec:
         n, e = int(op.attrs["streams"]), self._width(op.inputs[0])
         return self._rowwise(op, "gpu_hc_post.hip.j2", f"rfc_hc_post_{n}x{e}", e, n=n, e=e)
+
+    def _hc_comb(self, op: Op) -> KernelSpec:
+        self._f32_vector(op, op.weights[0])
+        n, iters = int(op.attrs["streams"]), int(op.attrs["iters"])
+        scale, eps = _f32(op, "scale"), _f32(op, "eps")
+        name = f"rfc_hc_comb_{n}_i{iters}_s{_hex(scale)}_e{_hex(eps)}"
+        return self._rowwise(op, "gpu_hc_comb.hip.j2", name, n * n, n=n, iters=iters, scale=scale, eps=eps)
+
+    def _hc_mix_post(self, op: Op) -> KernelSpec:
+        n, e = int(op.attrs["streams"]), self._width(op.inputs[0])
+        return self._rowwise(op, "gpu_hc_mix_post.hip.j2", f"rfc_hc_mix_post_{n}x{e}", e, n=n, e=e)
+
+    def _hc_mean(self, op: Op) -> KernelSpec:
+        n, e = int(op.attrs["streams"]), self._width(op.outputs[0])
+        return self._rowwise(op, "gpu_hc_mean.hip.j2", f"rfc_hc_mean_{n}x{e}", e, n=n, e=e)
 
     def _res_mix(self, op: Op) -> KernelSpec:
         self._f32_vector(op, op.weights[0])
