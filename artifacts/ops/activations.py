@@ -91,11 +91,12 @@ DEFS = (
         ),
         check=_channel_div,
         reference="op_channel_div",
-        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_channel_div"),
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_channel_div", vectors_from=0),
         gpu=GpuPart(
             ("gpu_channel_div.hip.j2",),
             lower="_channel_div",
             args=(("out", PTR), ("x", PTR), ("scales", PTR), ("n_rows", I32)),
+            weights=("scales",),
         ),
     ),
     OpDef(

@@ -111,6 +111,7 @@ DEFS = (
             ("gpu_altup_predict.hip.j2",),
             lower="_altup_predict",
             args=(("pred", PTR), ("act", PTR), ("hs", PTR), ("coefs", PTR), ("n_rows", I32)),
+            outputs=("pred", "act"),
         ),
     ),
     OpDef(
@@ -126,7 +127,7 @@ DEFS = (
         ),
         check=_altup_correct,
         reference="op_altup_correct",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_altup_correct"),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_altup_correct", vectors_from=0),
         gpu=GpuPart(
             ("gpu_altup_correct.hip.j2",),
             lower="_altup_correct",
@@ -139,6 +140,8 @@ DEFS = (
                 ("scale", PTR),
                 ("n_rows", I32),
             ),
+            outputs=("out", "gate"),
+            weights=("scale",),
         ),
     ),
     OpDef(
@@ -160,6 +163,7 @@ DEFS = (
             ("gpu_altup_add.hip.j2",),
             lower="_altup_add",
             args=(("out", PTR), ("sub", PTR), ("hs", PTR), ("x", PTR), ("n_rows", I32)),
+            outputs=("out", "sub"),
         ),
     ),
     OpDef(

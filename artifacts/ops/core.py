@@ -241,6 +241,7 @@ DEFS = (
             ("gpu_embed.hip.j2",),
             lower="_embed",
             args=(("out", PTR), ("tokens", PTR), ("weight", PTR), ("n_rows", I32)),
+            weights=("weight",),
         ),
     ),
     OpDef(
@@ -259,6 +260,7 @@ DEFS = (
             ("gpu_pos_embed.hip.j2",),
             lower="_pos_embed",
             args=(("out", PTR), ("x", PTR), ("positions", PTR), ("weight", PTR), ("n_rows", I32)),
+            weights=("weight",),
         ),
     ),
     OpDef(
@@ -276,9 +278,12 @@ DEFS = (
         ),
         check=_rmsnorm,
         reference="op_rmsnorm",
-        cpu=CpuPart(("cpu_rmsnorm.c.j2",), lower="_rmsnorm", attrs=("heads",), per_op=("heads", "eps")),
+        cpu=CpuPart(("cpu_rmsnorm.c.j2",), lower="_rmsnorm", attrs=("heads",), per_op=("heads", "eps"), vectors_from=0),
         gpu=GpuPart(
-            ("gpu_rmsnorm.hip.j2",), lower="_rmsnorm", args=(("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32))
+            ("gpu_rmsnorm.hip.j2",),
+            lower="_rmsnorm",
+            args=(("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
+            weights=("weight",),
         ),
     ),
     OpDef(
@@ -291,6 +296,7 @@ DEFS = (
             ("gpu_matmul.hip.j2", "gpu_matmul_float.hip.j2"),
             lower="_matmul",
             args=(("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
+            weights=("weight",),
         ),
     ),
     OpDef(
@@ -298,9 +304,12 @@ DEFS = (
         schema=OpSchema(1, 1, (1, 1), doc="x[M, N] += bias[N]"),
         check=_add_bias,
         reference="op_add_bias",
-        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_add_bias"),
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_add_bias", vectors_from=0),
         gpu=GpuPart(
-            ("gpu_add_bias.hip.j2",), lower="_add_bias", args=(("out", PTR), ("x", PTR), ("bias", PTR), ("n_rows", I32))
+            ("gpu_add_bias.hip.j2",),
+            lower="_add_bias",
+            args=(("out", PTR), ("x", PTR), ("bias", PTR), ("n_rows", I32)),
+            weights=("bias",),
         ),
     ),
     OpDef(
@@ -335,11 +344,14 @@ DEFS = (
             lower="_rope",
             attrs=("attn_factor", "temp_scale", "temp_floor", *ROPE_TABLE),
             per_op=("freq_base", "freq_scale", "attn_factor", "temp_scale", "temp_floor", *ROPE_TABLE),
+            vectors_from=0,
         ),
         gpu=GpuPart(
             ("gpu_rope.hip.j2",),
             lower="_rope",
             args=(("q", PTR), ("k", PTR), ("positions", PTR), ("freq_factors", PTR), ("n_rows", I32)),
+            outputs=("q", "k"),
+            weights=("freq_factors",),
         ),
     ),
     OpDef(
@@ -363,6 +375,7 @@ DEFS = (
                 ("k_type", I32),
                 ("v_type", I32),
             ),
+            outputs=(),
         ),
     ),
     OpDef(
@@ -390,6 +403,7 @@ DEFS = (
             lower="_attention",
             attrs=("window", "softcap", "alibi"),
             per_op=("window", "softcap"),
+            vectors_from=0,
         ),
         gpu=GpuPart(
             ("gpu_attention.hip.j2",),
@@ -409,6 +423,7 @@ DEFS = (
                 ("k_type", I32),
                 ("v_type", I32),
             ),
+            weights=("sinks",),
         ),
     ),
     OpDef(

@@ -8,11 +8,11 @@ An op's descriptor holds its whole contract and names every part that implements
   before any kernel does (artifacts/validate.py);
 - `reference`: the numpy handler, a method of runtime/devices/reference.py's ReferenceDevice
   (the oracle every kernel is tested against);
-- `cpu`: the templates whose rendering holds its cpu kernel, the step program's lowering of it
-  and the optional attributes the cpu kernel takes;
+- `cpu`: the templates whose rendering holds its cpu kernel, the step program's lowering of it,
+  the optional attributes the cpu kernel takes and which weights it reads as float vectors;
 - `gpu`: the templates of its GPU kernel, the GPU planner's lowering of it and the kernel's
   argument list, which is part of the bundle contract: the runtime binds a launch's arguments
-  by these names.
+  by these names, the planner the op's outputs and weights to the parameters named for them.
 
 Both lowerings of a family's ops are in compiler/codegen/ops/<family>.py (mixins of the cpu
 step program's _Lowering and the GPU planner's _Planner); the core family's and the matmul-like
@@ -55,6 +55,9 @@ class CpuPart:
     # those of `attrs` (and of the required ones) that may differ between ops of this kind in one
     # plan: arguments in the step program; every other attribute must be the same for all of them
     per_op: tuple[str, ...] = ()
+    # the step program reads the op's weights from this index on as float vectors (norms, biases,
+    # decays: compiler/codegen/cpu_step.py vector_weights); None: it reads none of them so
+    vectors_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class GpuPart:
     templates: tuple[str, ...]  # templates/ files of the op's own kernel, the first the usual one
     lower: str  # the planner's lowering: a method of compiler/codegen/gpu_plan.py's _Planner (or its mixins)
     args: Args  # the kernel's declared parameters, in order (a lowering may leave out optional ones)
+    # the parameters that take the op's outputs and its weights, in the op's order (the others of
+    # `args` that are buffers take its inputs): how the planner binds a launch (gpu_plan._arg_slot)
+    outputs: tuple[str, ...] = ("out",)
+    weights: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

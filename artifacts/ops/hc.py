@@ -115,12 +115,17 @@ DEFS = (
         check=_hc_gates,
         reference="op_hc_gates",
         cpu=CpuPart(
-            ("cpu_arch_ops.c.j2",), lower="_hc_row", attrs=("scale_pre", "scale_post", "magnitude", "post_eps")
+            ("cpu_arch_ops.c.j2",),
+            lower="_hc_row",
+            attrs=("scale_pre", "scale_post", "magnitude", "post_eps"),
+            vectors_from=0,
         ),
         gpu=GpuPart(
             ("gpu_hc_gates.hip.j2",),
             lower="_hc_gates",
             args=(("gates", PTR), ("mixes", PTR), ("base", PTR), ("n_rows", I32)),
+            outputs=("gates",),
+            weights=("base",),
         ),
     ),
     OpDef(
@@ -175,11 +180,13 @@ DEFS = (
         ),
         check=_hc_comb,
         reference="op_hc_comb",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row", per_op=("scale",)),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row", per_op=("scale",), vectors_from=0),
         gpu=GpuPart(
             ("gpu_hc_comb.hip.j2",),
             lower="_hc_comb",
             args=(("comb", PTR), ("mix", PTR), ("base", PTR), ("n_rows", I32)),
+            outputs=("comb",),
+            weights=("base",),
         ),
     ),
     OpDef(
@@ -231,9 +238,12 @@ DEFS = (
         ),
         check=_res_mix,
         reference="op_res_mix",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row", per_op=("streams",)),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_hc_row", per_op=("streams",), vectors_from=0),
         gpu=GpuPart(
-            ("gpu_res_mix.hip.j2",), lower="_res_mix", args=(("out", PTR), ("stack", PTR), ("w", PTR), ("n_rows", I32))
+            ("gpu_res_mix.hip.j2",),
+            lower="_res_mix",
+            args=(("out", PTR), ("stack", PTR), ("w", PTR), ("n_rows", I32)),
+            weights=("w",),
         ),
     ),
     OpDef(

@@ -72,6 +72,7 @@ DEFS = (
             ("gpu_head_matmul.hip.j2",),
             lower="_head_matmul",
             args=(("out", PTR), ("x", PTR), ("weight", PTR), ("n_rows", I32)),
+            weights=("weight",),
         ),
     ),
     OpDef(

@@ -147,6 +147,7 @@ DEFS = (
             ("cpu_moe.c.j2",),
             lower="_moe_route",
             attrs=("gating", "norm", "scale", "groups", "groups_used", "expert_scale", "id_div", "pick"),
+            vectors_from=0,
         ),
         gpu=GpuPart(
             ("gpu_moe_route.hip.j2", "gpu_moe_route_index.hip.j2"),
@@ -159,6 +160,8 @@ DEFS = (
                 ("escale", PTR),
                 ("n_rows", I32),
             ),
+            outputs=("ids", "weights"),
+            weights=("bias", "escale"),
         ),
     ),
     OpDef(
@@ -178,6 +181,7 @@ DEFS = (
             ("gpu_moe_matmul.hip.j2", "gpu_moe_matmul_float.hip.j2"),
             lower="_moe_matmul",
             args=(("out", PTR), ("x", PTR), ("ids", PTR), ("weight", PTR), ("n_rows", I32)),
+            weights=("weight",),
         ),
     ),
     OpDef(
@@ -213,6 +217,7 @@ DEFS = (
             ("gpu_moe_add_bias.hip.j2",),
             lower="_moe_add_bias",
             args=(("out", PTR), ("y", PTR), ("ids", PTR), ("bias", PTR), ("n_rows", I32)),
+            weights=("bias",),
         ),
     ),
     OpDef(
@@ -227,11 +232,12 @@ DEFS = (
         ),
         check=_moe_scale,
         reference="op_moe_scale",
-        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_moe_scale"),
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_moe_scale", vectors_from=0),
         gpu=GpuPart(
             ("gpu_moe_scale.hip.j2",),
             lower="_moe_scale",
             args=(("out", PTR), ("y", PTR), ("ids", PTR), ("scale", PTR), ("n_rows", I32)),
+            weights=("scale",),
         ),
     ),
     OpDef(

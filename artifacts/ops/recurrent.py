@@ -152,6 +152,7 @@ DEFS = (
                 ("weight", PTR),
                 *STATE_ARGS,
             ),
+            weights=("weight",),
         ),
     ),
     OpDef(
@@ -169,7 +170,7 @@ DEFS = (
         ),
         check=_ssm_conv,
         reference="op_ssm_conv",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_ssm_conv"),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_ssm_conv", vectors_from=1),
         gpu=GpuPart(
             ("gpu_ssm_conv.hip.j2",),
             lower="_ssm_conv",
@@ -180,6 +181,7 @@ DEFS = (
                 ("bias", PTR),
                 *STATE_ARGS,
             ),
+            weights=("weight", "bias"),
         ),
     ),
     OpDef(
@@ -203,7 +205,7 @@ DEFS = (
         ),
         check=_gated_delta_net,
         reference="op_gated_delta_net",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_gated_delta_net", attrs=("decay", "lower_bound")),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_gated_delta_net", attrs=("decay", "lower_bound"), vectors_from=0),
         gpu=GpuPart(
             ("gpu_gated_delta_net.hip.j2",),
             lower="_gated_delta_net",
@@ -216,6 +218,7 @@ DEFS = (
                 ("dt", PTR),
                 *STATE_ARGS,
             ),
+            weights=("a", "dt"),
         ),
     ),
     OpDef(
@@ -233,11 +236,12 @@ DEFS = (
         ),
         check=_lightning_attention,
         reference="op_lightning_attention",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_lightning_attention"),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_lightning_attention", vectors_from=0),
         gpu=GpuPart(
             ("gpu_lightning_attention.hip.j2",),
             lower="_lightning_attention",
             args=(("out", PTR), ("qkv", PTR), ("decay", PTR), *STATE_ARGS),
+            weights=("decay",),
         ),
     ),
     OpDef(
@@ -259,7 +263,7 @@ DEFS = (
         ),
         check=_ssm_scan,
         reference="op_ssm_scan",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_ssm_scan", attrs=("decay",)),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_ssm_scan", attrs=("decay",), vectors_from=0),
         gpu=GpuPart(
             ("gpu_ssm_scan.hip.j2", "gpu_ssm_scan1.hip.j2"),
             lower="_ssm_scan",
@@ -272,6 +276,7 @@ DEFS = (
                 ("dt_bias", PTR),
                 *STATE_ARGS,
             ),
+            weights=("a", "d", "dt_bias"),
         ),
     ),
 )

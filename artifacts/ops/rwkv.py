@@ -111,11 +111,12 @@ DEFS = (
         ),
         check=_lerp,
         reference="op_lerp",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_lerp", attrs=("part",), per_op=("part",)),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_lerp", attrs=("part",), per_op=("part",), vectors_from=0),
         gpu=GpuPart(
             ("gpu_lerp.hip.j2",),
             lower="_lerp",
             args=(("out", PTR), ("a", PTR), ("b", PTR), ("mu", PTR), ("n_rows", I32)),
+            weights=("mu",),
         ),
     ),
     OpDef(
@@ -156,7 +157,9 @@ DEFS = (
         ),
         check=_wkv6,
         reference="op_wkv6",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_wkv6", attrs=("mode", "scale"), per_op=("mode", "scale")),
+        cpu=CpuPart(
+            ("cpu_arch_ops.c.j2",), lower="_wkv6", attrs=("mode", "scale"), per_op=("mode", "scale"), vectors_from=0
+        ),
         gpu=GpuPart(
             ("gpu_wkv.hip.j2",),
             lower="_wkv6",
@@ -170,6 +173,7 @@ DEFS = (
                 ("decay", PTR),
                 *STATE_ARGS,
             ),
+            weights=("u", "decay"),
         ),
     ),
     OpDef(
@@ -190,7 +194,7 @@ DEFS = (
         ),
         check=_wkv7,
         reference="op_wkv7",
-        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_wkv7"),
+        cpu=CpuPart(("cpu_arch_ops.c.j2",), lower="_wkv7", vectors_from=0),
         gpu=GpuPart(
             ("gpu_wkv.hip.j2",),
             lower="_wkv7",
@@ -209,6 +213,8 @@ DEFS = (
                 ("r_k", PTR),
                 *STATE_ARGS,
             ),
+            outputs=("out", "bonus"),
+            weights=("w0", "a0", "k_k", "k_a", "r_k"),
         ),
     ),
 )

@@ -565,31 +565,13 @@ def lower(plan: Plan, entries: dict, vectors: dict[str, list], output: str) -> L
 
 def vector_weights(plan: Plan, entries: dict) -> list[str]:
     """The 1-D weights the phases read as float vectors (norms, biases, rope factors, attention
-    sinks, routers' selection biases, experts' scales, channel divisors), in plan order."""
+    sinks, routers' selection biases, experts' scales, channel divisors: each op kind's
+    CpuPart.vectors_from), in plan order."""
     seen: list[str] = []
     for op in plan.ops:
-        if op.kind in (
-            "rmsnorm",
-            "add_bias",
-            "channel_div",
-            "rope",
-            "attention",
-            "moe_route",
-            "moe_scale",
-            "gated_delta_net",
-            "ssm_scan",
-            "ssm_conv",
-            "altup_correct",
-            "hc_gates",
-            "hc_comb",
-            "res_mix",
-            "lightning_attention",
-            "lerp",
-            "wkv6",
-            "wkv7",
-        ):
-            # ssm_conv: its bias (the kernel is read in place)
-            for w in op.weights[1:] if op.kind == "ssm_conv" else op.weights:
+        start = OP_DEFS[op.kind].cpu.vectors_from
+        if start is not None:
+            for w in op.weights[start:]:
                 if w not in seen:
                     e = entries[w]
                     if (

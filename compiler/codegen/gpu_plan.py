@@ -851,89 +851,14 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
         return ArgSlot(ArgKind.BATCH, "logit_rows" if name == "rows" else name)
     if name in ("k_cache", "v_cache"):
         return ArgSlot(ArgKind.KV, name[0], value=int(op.attrs.get("layer", 0)))
-    # the rest are the op's buffers and weights, in declaration order
-    outs = {
-        "embed": ("out",),
-        "pos_embed": ("out",),
-        "rmsnorm": ("out",),
-        "matmul": ("out",),
-        "add_bias": ("out",),
-        "rope": ("q", "k"),
-        "attention": ("out",),
-        "swiglu": ("out",),
-        "add": ("out",),
-        "gather_rows": ("out",),
-        "softcap": ("out",),
-        "scale": ("out",),
-        "xielu": ("out",),
-        "gelu": ("out",),
-        "clamp": ("out",),
-        "channel_div": ("out",),
-        "moe_route": ("ids", "weights"),
-        "moe_matmul": ("out",),
-        "moe_combine": ("out",),
-        "kv_write": (),
-        "moe_add_bias": ("out",),
-        "moe_scale": ("out",),
-        "slot_scale": ("out",),
-        "head_matmul": ("out",),
-        "concat_heads": ("out",),
-        "slice_heads": ("out",),
-        "ssm_conv": ("out",),
-        "gated_delta_net": ("out",),
-        "short_conv": ("out",),
-        "ssm_scan": ("out",),
-        "altup_stack": ("out",),
-        "altup_predict": ("pred", "act"),
-        "altup_correct": ("out", "gate"),
-        "altup_add": ("out", "sub"),
-        "altup_merge": ("out",),
-        "gaussian_topk": ("out",),
-        "hc_gates": ("gates",),
-        "hc_reduce": ("out",),
-        "hc_post": ("out",),
-        "res_mix": ("out",),
-        "put_cols": ("out",),
-        "hc_comb": ("comb",),
-        "hc_mix_post": ("out",),
-        "hc_mean": ("out",),
-        "lightning_attention": ("out",),
-        "sigmoid": ("out",),
-        "token_shift": ("out",),
-        "lerp": ("out",),
-        "lerp_data": ("out",),
-        "wkv6": ("out",),
-        "wkv7": ("out", "bonus"),
-    }[op.kind]
-    weights = {
-        "embed": ("weight",),
-        "pos_embed": ("weight",),
-        "rmsnorm": ("weight",),
-        "matmul": ("weight",),
-        "add_bias": ("bias",),
-        "channel_div": ("scales",),
-        "rope": ("freq_factors",),
-        "moe_matmul": ("weight",),
-        "attention": ("sinks",),
-        "moe_add_bias": ("bias",),
-        "moe_scale": ("scale",),
-        "moe_route": ("bias",),
-        "head_matmul": ("weight",),
-        "ssm_conv": ("weight", "bias"),
-        "gated_delta_net": ("a", "dt"),
-        "short_conv": ("weight",),
-        "ssm_scan": ("a", "d", "dt_bias"),
-        "altup_correct": ("scale",),
-        "hc_gates": ("base",),
-        "res_mix": ("w",),
-        "hc_comb": ("base",),
-        "lightning_attention": ("decay",),
-        "lerp": ("mu",),
-        "wkv6": ("decay",) if op.kind == "wkv6" and op.attr("mode") == "gla" else ("u", "decay"),  # gla: no u
-        "wkv7": ("w0", "a0", "k_k", "k_a", "r_k"),
-    }.get(op.kind, ())
-    if op.kind == "moe_route" and op.attr("expert_scale"):  # the experts' output scales: the last weight
-        weights = ("bias", "escale")[2 - len(op.weights) :]
+    # the rest are the op's buffers and weights: the parameters its descriptor names for its outputs and
+    # weights (GpuPart.outputs, .weights), its inputs the other buffers in declaration order
+    gpu = OP_DEFS[op.kind].gpu
+    outs, weights = gpu.outputs, gpu.weights
+    if op.kind == "wkv6" and op.attr("mode") == "gla":  # gla: no bonus u
+        weights = ("decay",)
+    if op.kind == "moe_route":  # the experts' output scales only with expert_scale: the last weight
+        weights = ("bias", "escale")[2 - len(op.weights) :] if op.attr("expert_scale") else ("bias",)
     if name in outs:
         return ArgSlot(ArgKind.ARENA, op.outputs[outs.index(name)])
     if name in weights:

@@ -45,6 +45,8 @@ def problems(d: OpDef) -> list[str]:
             found.append(f"cpu attrs among the optional attributes ({sorted(set(d.cpu.attrs) - optional)})")
         if not set(d.cpu.per_op) <= optional | required:
             found.append(f"per-op attrs among the attributes ({sorted(set(d.cpu.per_op) - optional - required)})")
+        if d.cpu.vectors_from is not None and isinstance(s, OpSchema) and not 0 <= d.cpu.vectors_from < s.weights[1]:
+            found.append(f"vector weights from one of its weights (vectors_from {d.cpu.vectors_from})")
     if not isinstance(d.gpu, GpuPart):
         found.append("a GPU part")
     else:
@@ -57,6 +59,12 @@ def problems(d: OpDef) -> list[str]:
             found.append("a GPU argument list of distinct names, each a ptr or an i32")
         elif ("n_rows", I32) not in d.gpu.args and ("n_seqs", I32) not in d.gpu.args:
             found.append("a GPU argument for the launch's count (n_rows or n_seqs)")
+        if isinstance(s, OpSchema) and (
+            len(d.gpu.outputs) != s.outputs or not set(d.gpu.outputs) | set(d.gpu.weights) <= set(names)
+        ):
+            found.append(f"GPU parameters for its {s.outputs} outputs and its weights among its arguments")
+        if isinstance(s, OpSchema) and len(d.gpu.weights) > s.weights[1]:
+            found.append(f"at most {s.weights[1]} GPU weight parameters")
     if OpKind(d.kind) not in KIT_CALLS:
         found.append("a runner in the kernel test kit (tests/kernels/kit/cpu.py)")
     return found
@@ -98,6 +106,9 @@ def test_a_new_kind_with_no_handlers_fails_the_check():
         (dict(cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_scale", attrs=("factor2",))), "cpu attrs"),
         (dict(gpu=GpuPart(("gpu_scale.hip.j2",), lower="_scale", args=(("out", PTR), ("x", "f64")))), "argument"),
         (dict(gpu=GpuPart(("gpu_scale.hip.j2",), lower="_scale", args=(("out", PTR), ("x", PTR)))), "count"),
+        (dict(gpu=dataclasses.replace(OP_DEFS["scale"].gpu, outputs=("y",))), "outputs"),
+        (dict(gpu=dataclasses.replace(OP_DEFS["scale"].gpu, weights=("w",))), "weight parameters"),
+        (dict(cpu=dataclasses.replace(OP_DEFS["scale"].cpu, vectors_from=0)), "vector weights"),
     ],
 )
 def test_a_descriptor_lacking_a_part_fails_the_check(change, part):
