@@ -137,10 +137,11 @@ static __attribute__((noinline)) void rfc_hc_mean_row(const float *hs, float *ou
 /* Kimi-K3's res_mix: the first n streams of a stack row scored (rmsnorm(stream) . w, the squares and the
  * sum added in double as ggml's rms_norm and sum_rows), softmaxed, and added in order times their weights */
 static __attribute__((noinline)) void rfc_res_mix_row(const float *stack, float *out, const float *w, int n, int e,
-                                                      float eps) {
+                                                      float eps, int stride) {
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #endif
+    (void)stride; /* the stack's row width: the T-row export's step */
     float p[RFC_MAX_RES_STREAMS];
     float mx = -INFINITY;
     for (int i = 0; i < n; i++) {
@@ -174,8 +175,9 @@ static __attribute__((noinline)) void rfc_res_mix_row(const float *stack, float 
 }
 
 /* out[offset .. offset + W) = x (a residual banked into its slot of res_mix's stack) */
-static void rfc_put_cols_row(const float *x, float *out, const float *w, int width, int offset) {
+static void rfc_put_cols_row(const float *x, float *out, const float *w, int width, int offset, int n_out) {
     (void)w;
+    (void)n_out; /* out's row width: the T-row export's step */
     memcpy(out + offset, x, (size_t)width * sizeof(float));
 }
 
@@ -201,22 +203,22 @@ RFC_EXPORT void rfc_hc_comb(int T, const float *mix, float *comb, const float *b
 }
 
 RFC_EXPORT void rfc_hc_mix_post(int T, const float *y, const float *residual, const float *gates, const float *comb,
-                                float *out, int n, int e) {
+                                float *out, const float *w, int n, int e) {
     for (int t = 0; t < T; t++)
         rfc_hc_mix_post_row(y + (size_t)t * e, residual + (size_t)t * n * e, gates + (size_t)t * 2 * n,
-                            comb + (size_t)t * n * n, out + (size_t)t * n * e, NULL, n, e);
+                            comb + (size_t)t * n * n, out + (size_t)t * n * e, w, n, e);
 }
 
-RFC_EXPORT void rfc_hc_mean(int T, const float *hs, float *out, int n, int e) {
-    for (int t = 0; t < T; t++) rfc_hc_mean_row(hs + (size_t)t * n * e, out + (size_t)t * e, NULL, n, e);
+RFC_EXPORT void rfc_hc_mean(int T, const float *hs, float *out, const float *w, int n, int e) {
+    for (int t = 0; t < T; t++) rfc_hc_mean_row(hs + (size_t)t * n * e, out + (size_t)t * e, w, n, e);
 }
 
-RFC_EXPORT void rfc_res_mix(int T, const float *stack, float *out, const float *w, int stride, int n, int e, float eps) {
-    for (int t = 0; t < T; t++) rfc_res_mix_row(stack + (size_t)t * stride, out + (size_t)t * e, w, n, e, eps);
+RFC_EXPORT void rfc_res_mix(int T, const float *stack, float *out, const float *w, int n, int e, float eps, int stride) {
+    for (int t = 0; t < T; t++) rfc_res_mix_row(stack + (size_t)t * stride, out + (size_t)t * e, w, n, e, eps, stride);
 }
 
-RFC_EXPORT void rfc_put_cols(int T, const float *x, float *out, int width, int n_out, int offset) {
-    for (int t = 0; t < T; t++) rfc_put_cols_row(x + (size_t)t * width, out + (size_t)t * n_out, NULL, width, offset);
+RFC_EXPORT void rfc_put_cols(int T, const float *x, float *out, const float *w, int width, int offset, int n_out) {
+    for (int t = 0; t < T; t++) rfc_put_cols_row(x + (size_t)t * width, out + (size_t)t * n_out, w, width, offset, n_out);
 }
 
 RFC_EXPORT void rfc_hc_post(int T, const float *y, const float *residual, const float *gates, float *out, const float *w, int n,

@@ -43,10 +43,10 @@ ARGTYPES = {
     "rfc_hc_reduce": [_I, _P, _P, _P, _P, _I, _I, _I],
     "rfc_hc_post": [_I, _P, _P, _P, _P, _P, _I, _I],
     "rfc_hc_comb": [_I, _P, _P, _P, _I, _F, _F, _I],
-    "rfc_hc_mix_post": [_I, _P, _P, _P, _P, _P, _I, _I],
-    "rfc_hc_mean": [_I, _P, _P, _I, _I],
-    "rfc_res_mix": [_I, _P, _P, _P, _I, _I, _I, _F],
-    "rfc_put_cols": [_I, _P, _P, _I, _I, _I],
+    "rfc_hc_mix_post": [_I, _P, _P, _P, _P, _P, _P, _I, _I],
+    "rfc_hc_mean": [_I, _P, _P, _P, _I, _I],
+    "rfc_res_mix": [_I, _P, _P, _P, _I, _I, _F, _I],
+    "rfc_put_cols": [_I, _P, _P, _P, _I, _I, _I],
 }
 
 
@@ -111,7 +111,7 @@ def test_res_mix(lib, n: int):
     w = (rng.standard_normal(E) * 0.15).astype(np.float32)
     eps = 1e-5
     got = np.zeros((T, E), np.float32)
-    lib.rfc_res_mix(T, ptr(stack), ptr(got), ptr(w), N * E, n, E, eps)
+    lib.rfc_res_mix(T, ptr(stack), ptr(got), ptr(w), n, E, eps, N * E)
     want = _ref("res_mix", [stack], [w], {"streams": n, "eps": eps}, (T, E))
     assert_close(got, want, 1e-6, 1e-6)  # expf and numpy's exp may differ in the last place
     x = stack.reshape(T, N, E)[:, :n].astype(np.float64)
@@ -128,7 +128,7 @@ def test_put_cols(lib):
     stack = rng.standard_normal((T, N * E)).astype(np.float32)
     x = rng.standard_normal((T, E)).astype(np.float32)
     got = stack.copy()
-    lib.rfc_put_cols(T, ptr(x), ptr(got), E, N * E, 2 * E)
+    lib.rfc_put_cols(T, ptr(x), ptr(got), None, E, 2 * E, N * E)
     want = stack.copy()
     getattr(ReferenceDevice, "op_put_cols")(None, [want], [x], [], {"offset": 2 * E}, None)
     np.testing.assert_array_equal(got, want)
@@ -176,14 +176,14 @@ def test_hc_mix_post_and_mean(lib):
     y, gates = rng.standard_normal((T, E)).astype(np.float32), rng.random((T, 2 * N)).astype(np.float32)
     comb = rng.random((T, N * N)).astype(np.float32)
     got = np.zeros_like(hs)
-    lib.rfc_hc_mix_post(T, ptr(y), ptr(hs), ptr(gates), ptr(comb), ptr(got), N, E)
+    lib.rfc_hc_mix_post(T, ptr(y), ptr(hs), ptr(gates), ptr(comb), ptr(got), None, N, E)
     want = _ref("hc_mix_post", [y, hs, gates, comb], [], {"streams": N}, hs.shape)
     np.testing.assert_array_equal(got, want)
     h64 = hs.reshape(T, N, E).astype(np.float64)
     exact = y[:, None, :] * gates[:, N:, None] + np.einsum("tse,tsd->tde", h64, comb.reshape(T, N, N))
     assert_close(want, exact.reshape(T, N * E), 1e-5, 1e-6)
     got = np.zeros((T, E), np.float32)
-    lib.rfc_hc_mean(T, ptr(hs), ptr(got), N, E)
+    lib.rfc_hc_mean(T, ptr(hs), ptr(got), None, N, E)
     want = _ref("hc_mean", [hs], [], {"streams": N}, (T, E))
     np.testing.assert_array_equal(got, want)
     assert_close(want, h64.mean(axis=1), 1e-6, 1e-6)

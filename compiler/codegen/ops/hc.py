@@ -47,10 +47,11 @@ def hc_consts(op: Op, width) -> list:
 
 def res_consts(op: Op, width) -> list:
     """The constants after a res_mix / put_cols row function's buffers and weight: (n, E, eps as
-    float32) for res_mix, (W, offset) for put_cols."""
+    float32, the stack's width) for res_mix, (W, offset, out's width) for put_cols (the widths the
+    T-row exports step by)."""
     if op.kind == "res_mix":
-        return [int(op.attrs["streams"]), width(op.outputs[0]), _f32(op, "eps")]
-    return [width(op.inputs[0]), int(op.attrs["offset"])]
+        return [int(op.attrs["streams"]), width(op.outputs[0]), _f32(op, "eps"), width(op.inputs[0])]
+    return [width(op.inputs[0]), int(op.attrs["offset"]), width(op.outputs[0])]
 
 
 class CpuLowering:

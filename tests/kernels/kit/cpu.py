@@ -639,10 +639,10 @@ _P]}  # fmt: skip
         return self._arch_kernel("rfc_softcap", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size, op.attrs["cap"])
 
     def _op_altup(self, op, outs, ins, weights, batch):
-        """gemma3n's and hy_v4's row ops (kernels/cpu_altup.h, cpu_hc.h): rfc_<kind>(T, inputs, outputs, weight or
-        NULL, constants)."""
+        """gemma3n's and the hyper-connections' row ops (kernels/cpu_altup.h, cpu_hc.h): rfc_<kind>(T, inputs,
+        outputs, weight or NULL, constants)."""
         widths = {name: b.array.shape[1] for name, b in zip((*op.inputs, *op.outputs), (*ins, *outs))}
-        consts = (hc_consts if op.kind.startswith("hc_") else altup_consts)(op, widths.__getitem__)
+        consts = (hc_consts if op.kind in _HC else altup_consts)(op, widths.__getitem__)
         types = [c_float if isinstance(c, float) else c_int for c in consts]
         fn = _declare(self._lib, f"rfc_{op.kind}", [c_int] + [_P] * (len(ins) + len(outs) + 1) + types)
         w = weights[0].ptr if weights else None
@@ -730,7 +730,8 @@ def _fusions(ops: tuple[Op, ...]) -> tuple[dict[tuple, str], set[tuple]]:
 
 # Each op kind's method: the kernel and its arguments for one op. The kit runs every kind of
 # the registry (artifacts/ops), gemma3n's AltUp family and hy_v4's hyper-connections through one method.
-_ALTUP = {d.kind for d in (*altup_ops.DEFS, *hc_ops.DEFS)}
+_HC = {d.kind for d in hc_ops.DEFS}
+_ALTUP = {d.kind for d in altup_ops.DEFS} | _HC
 _CALLS: dict[OpKind, Callable] = {
     OpKind(kind): getattr(CpuOpDevice, "_op_altup" if kind in _ALTUP else f"_op_{kind}") for kind in OP_DEFS
 }
