@@ -32,13 +32,13 @@ State per sequence and KDA layer as kimi-linear's; the KV cache holds the attent
 
 from dataclasses import replace
 
-from rfc.artifacts.limits import MAX_CONTEXT, MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_SINKHORN_ITERS
+from rfc.artifacts.limits import MAX_CONTEXT, MAX_SINKHORN_ITERS
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Rope, Sizes, embedding_rows, glu_ffn, hparams
 from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK, mla_attention, mla_widths
-from rfc.compiler.arch.kimi_linear import kda_layer
-from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, Metadata
+from rfc.compiler.arch.kimi_linear import kda_layer, optional_lower_bound, read_hybrid
+from rfc.compiler.arch.metadata import MAX_FF, MAX_HEAD_DIM, MAX_LAYERS, Metadata
 from rfc.compiler.arch.moe import Experts, clamped, declare_expert_buffers, moe_block, read_experts_of
 from rfc.compiler.arch.moe import read_gating, read_weights_scale
 from rfc.compiler.errors import CompileError
@@ -53,22 +53,12 @@ INDEXER_UNUSED = "DSA's k-pool indexer: every pool is chosen within the served t
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, ARCH)
-    n = md.int("embedding_length", 1, MAX_EMBD)
     n_all = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
     n_layers = n_all - md.int("nextn_predict_layers", 0, n_all - 1, default=0)
-    heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
-    kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS, default=list(heads))
-    nh = heads[0]
-    if not nh:
-        raise CompileError(f"{md.path}: layer 0 has no attention heads ({ARCH} sizes every layer by them)")
-    kda_layers = [i for i in range(n_layers) if kv_heads[i] == 0]
-    mla_layers = [i for i in range(n_layers) if kv_heads[i] != 0]
-    s = md.int("kda.head_dim", 1, MAX_DELTA_STATE)
-    kernel = md.int("ssm.conv_kernel", 2, MAX_CONV_KERNEL)
-    kv_lora = md.int("attention.kv_lora_rank", 1, MAX_LORA_RANK)
+    hy = read_hybrid(md, n_layers, min_key=1)  # nope-only: the key is the nope part alone
+    n, nh, kda_layers, mla_layers = hy.n_embd, hy.n_heads, hy.kda_layers, hy.mla_layers
+    s, kernel, kv_lora, key_mla, v_dim = hy.head_dim, hy.kernel, hy.kv_lora, hy.key_mla, hy.v_dim
     q_lora = md.int("attention.q_lora_rank", 1, MAX_LORA_RANK)
-    key_mla = md.int("attention.key_length_mla", 1, MAX_HEAD_DIM)
-    v_dim = md.int("attention.value_length_mla", 1, MAX_HEAD_DIM)
     sizes = Sizes(n, n_layers, nh, 1, kv_lora, embedding_rows(md))
     n_rot = md.int("rope.dimension_count", 0, MAX_HEAD_DIM, default=0)
     if n_rot:
@@ -76,7 +66,7 @@ def build(model: GGUFModel) -> ModelSpec:
                            "nope-only (llama.cpp asserts n_rot 0)")  # fmt: skip
     rope = Rope(0, "none", 10000.0, 1.0, "none")  # never rotates
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    lower_bound = _lower_bound(md)
+    lower_bound = optional_lower_bound(md)
     if md.int("hyper_connection.count", 1, 64) != HC:
         raise CompileError(f"{md.path}: {md.key('hyper_connection.count')} must be {HC} (llama.cpp asserts it)")
     iters = md.int("hyper_connection.sinkhorn_iterations", 1, MAX_SINKHORN_ITERS)
@@ -182,18 +172,6 @@ def build(model: GGUFModel) -> ModelSpec:
     hp = replace(hp, context_length=min(n_ctx, top_k))
     kv = KVSpec(n_layers=len(mla_layers), n_kv_heads=1, head_dim=kv_lora, dtype="f16")  # the latent rows only
     return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv)
-
-
-def _lower_bound(md: Metadata) -> float | None:
-    """`kda.gate_lower_bound`: set (finite), the sigmoid decay; absent or -inf (llama.cpp's unset), softplus."""
-    raw = md.raw("kda.gate_lower_bound")
-    if raw is None or (isinstance(raw, float) and raw == float("-inf")):
-        return None
-    value = md.float("kda.gate_lower_bound", -1e6, 0.0)
-    if value >= 0.0:
-        raise CompileError(f"{md.path}: {md.key('kda.gate_lower_bound')} {value} is not below 0: a decay above 1 "
-                           "(rfc's KDA takes lower bounds below 0)")  # fmt: skip
-    return value
 
 
 def _hc_pre(b: ModelBuilder, name: str, hs: str, n: int, eps: float, hc_eps: float, iters: int) -> None:

@@ -26,13 +26,13 @@ No weight `.scale` is applied by this graph (ggml_mul_mat throughout): each is k
 import math
 from dataclasses import replace
 
-from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_RES_STREAMS
+from rfc.artifacts.limits import MAX_RES_STREAMS
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import UNUSED_SCALE, Sizes, embedding_rows, hparams, linear, output_head, read_rope
 from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK, mla_attention, mla_widths
-from rfc.compiler.arch.kimi_linear import kda_layer
-from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, Metadata
+from rfc.compiler.arch.kimi_linear import kda_layer, optional_lower_bound, read_hybrid
+from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_LAYERS, Metadata
 from rfc.compiler.arch.moe import Experts, read_experts_of, read_gating, read_weights_scale
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
@@ -43,20 +43,10 @@ ARCH = "kimi-k3"
 
 def build(model: GGUFModel) -> ModelSpec:
     md = Metadata(model, ARCH)
-    n_embd = md.int("embedding_length", 1, MAX_EMBD)
     n_layers = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
-    heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
-    kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS, default=list(heads))
-    nh = heads[0]  # llama.cpp's n_head(): layer 0's, for both kinds of layer
-    if not nh:
-        raise CompileError(f"{md.path}: layer 0 has no attention heads ({ARCH} sizes every layer by them)")
-    kda_layers = [i for i in range(n_layers) if kv_heads[i] == 0]
-    mla_layers = [i for i in range(n_layers) if kv_heads[i] != 0]
-    s = md.int("kda.head_dim", 1, MAX_DELTA_STATE)
-    kernel = md.int("ssm.conv_kernel", 2, MAX_CONV_KERNEL)
-    kv_lora = md.int("attention.kv_lora_rank", 1, MAX_LORA_RANK)
-    key_mla = md.int("attention.key_length_mla", 2, MAX_HEAD_DIM)
-    v_dim = md.int("attention.value_length_mla", 1, MAX_HEAD_DIM)
+    hy = read_hybrid(md, n_layers)
+    n_embd, nh, kda_layers, mla_layers = hy.n_embd, hy.n_heads, hy.kda_layers, hy.mla_layers
+    s, kernel, kv_lora, key_mla, v_dim = hy.head_dim, hy.kernel, hy.kv_lora, hy.key_mla, hy.v_dim
     sizes = Sizes(n_embd, n_layers, nh, 1, 2, embedding_rows(md))  # the head size is set from n_rot below
     rope = read_rope(md, replace(sizes, head_dim=MAX_HEAD_DIM), "neox")  # its n_rot alone: no RoPE is applied
     rot = rope.n_rot
@@ -69,7 +59,7 @@ def build(model: GGUFModel) -> ModelSpec:
         if got != want:
             raise CompileError(f"{md.path}: {md.key(key)} {got} != {want}: an MLA file's attention sizes disagree")
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
-    lower_bound = _lower_bound(md)
+    lower_bound = optional_lower_bound(md)
     beta = md.float("activation.situ_beta", 1e-6, 1e6)
     linear_beta = md.float("activation.situ_linear_beta", -1e6, 1e6)
     situ = {"activation": "situ", "alpha": beta, "limit": linear_beta if linear_beta >= 1e-6 else 0.0}
@@ -207,18 +197,6 @@ class _Mixer:
             self.b.op("put_cols", ("x",), ("stack",), offset=self.banks * self.n_embd)
         self.banks += 1
         self.placed = False
-
-
-def _lower_bound(md: Metadata) -> float | None:
-    """`kda.gate_lower_bound`: set (finite), the sigmoid decay; absent or -inf (llama.cpp's unset), softplus."""
-    raw = md.raw("kda.gate_lower_bound")
-    if raw is None or (isinstance(raw, float) and raw == -math.inf):
-        return None
-    value = md.float("kda.gate_lower_bound", -1e6, 0.0)
-    if value >= 0.0:
-        raise CompileError(f"{md.path}: {md.key('kda.gate_lower_bound')} {value} is not below 0: a decay above 1 "
-                           "(rfc's KDA takes lower bounds below 0)")  # fmt: skip
-    return value
 
 
 def _q_lora(md: Metadata, b: ModelBuilder, mla_layers: list[int]) -> int:

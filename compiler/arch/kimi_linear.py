@@ -36,7 +36,7 @@ layers only: their [latent, rope key] row as deepseek2's.
 """
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
@@ -64,25 +64,59 @@ def build_bailingmoe3(model: GGUFModel) -> ModelSpec:
     return _build(model, "bailingmoe3")
 
 
+@dataclass(frozen=True)
+class Hybrid:
+    """The sizes of a KDA + latent-attention stack, as the kimi-linear family's loaders read them."""
+
+    n_embd: int
+    n_layers: int
+    n_heads: int  # llama.cpp's n_head(): layer 0's, for both kinds of layer
+    kda_layers: list[int]  # the layers whose attention.head_count_kv entry is 0
+    mla_layers: list[int]
+    head_dim: int  # kda.head_dim
+    kernel: int  # ssm.conv_kernel
+    kv_lora: int
+    key_mla: int
+    v_dim: int
+
+
+def read_hybrid(md: Metadata, n_layers: int, *, min_key: int = 2) -> Hybrid:
+    """The hybrid's sizes for its first n_layers layers (`min_key`: the smallest key_length_mla, 1 for a
+    nope-only stack)."""
+    n_embd = md.int("embedding_length", 1, MAX_EMBD)
+    heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
+    kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS, default=list(heads))
+    if not heads[0]:
+        raise CompileError(f"{md.path}: layer 0 has no attention heads ({md.arch} sizes every layer by them)")
+    return Hybrid(n_embd, n_layers, heads[0], [i for i in range(n_layers) if kv_heads[i] == 0],
+                  [i for i in range(n_layers) if kv_heads[i] != 0], md.int("kda.head_dim", 1, MAX_DELTA_STATE),
+                  md.int("ssm.conv_kernel", 2, MAX_CONV_KERNEL), md.int("attention.kv_lora_rank", 1, MAX_LORA_RANK),
+                  md.int("attention.key_length_mla", min_key, MAX_HEAD_DIM),
+                  md.int("attention.value_length_mla", 1, MAX_HEAD_DIM))  # fmt: skip
+
+
+def optional_lower_bound(md: Metadata) -> float | None:
+    """`kda.gate_lower_bound` where the loader reads it optionally (kimi-k3, glm5-next): set (finite), the
+    sigmoid decay; absent or -inf (llama.cpp's unset), None: the softplus decay."""
+    raw = md.raw("kda.gate_lower_bound")
+    if raw is None or (isinstance(raw, float) and raw == -math.inf):
+        return None
+    value = md.float("kda.gate_lower_bound", -1e6, 0.0)
+    if value >= 0.0:
+        raise CompileError(f"{md.path}: {md.key('kda.gate_lower_bound')} {value} is not below 0: a decay above 1 "
+                           "(rfc's KDA takes lower bounds below 0)")  # fmt: skip
+    return value
+
+
 def _build(model: GGUFModel, arch: str) -> ModelSpec:
     md = Metadata(model, arch)
     ling = arch == "bailingmoe3"
-    n_embd = md.int("embedding_length", 1, MAX_EMBD)
     n_all = md.int("block_count", 1, min(MAX_LAYERS, max(1, len(model.tensors))))
     n_layers = n_all - (md.int("nextn_predict_layers", 0, n_all - 1, default=0) if ling else 0)
-    heads = md.per_layer("attention.head_count", n_layers, 0, MAX_HEADS)
-    kv_heads = md.per_layer("attention.head_count_kv", n_layers, 0, MAX_HEADS, default=list(heads))
-    nh = heads[0]  # llama.cpp's n_head(): layer 0's, for both kinds of layer
-    if not nh:
-        raise CompileError(f"{md.path}: layer 0 has no attention heads ({arch} sizes every layer by them)")
-    kda_layers = [i for i in range(n_layers) if kv_heads[i] == 0]
-    mla_layers = [i for i in range(n_layers) if kv_heads[i] != 0]
-    s = md.int("kda.head_dim", 1, MAX_DELTA_STATE)
-    kernel = md.int("ssm.conv_kernel", 2, MAX_CONV_KERNEL)
-    kv_lora = md.int("attention.kv_lora_rank", 1, MAX_LORA_RANK)
+    hy = read_hybrid(md, n_layers)
+    n_embd, nh, kda_layers, mla_layers = hy.n_embd, hy.n_heads, hy.kda_layers, hy.mla_layers
+    s, kernel, kv_lora, key_mla, v_dim = hy.head_dim, hy.kernel, hy.kv_lora, hy.key_mla, hy.v_dim
     q_lora = md.int("attention.q_lora_rank", 0, MAX_LORA_RANK, default=0)
-    key_mla = md.int("attention.key_length_mla", 2, MAX_HEAD_DIM)
-    v_dim = md.int("attention.value_length_mla", 1, MAX_HEAD_DIM)
     sizes = Sizes(n_embd, n_layers, nh, 1, 2, embedding_rows(md))  # the head size is set from n_rot below
     sections = md.raw("rope.dimension_sections", [0, 0, 0, 0]) if ling else [0]
     mrope = len(sections) >= 2 and sections[0] > 0 and sections[1] > 0  # llama.cpp's use_mrope()
