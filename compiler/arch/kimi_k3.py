@@ -31,7 +31,7 @@ from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import UNUSED_SCALE, Sizes, embedding_rows, hparams, linear, output_head, read_rope
 from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK, mla_attention, mla_widths
-from rfc.compiler.arch.kimi_linear import kda_layer, optional_lower_bound, read_hybrid
+from rfc.compiler.arch.kimi_linear import kda_layer, latent_head, optional_lower_bound, read_hybrid
 from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_LAYERS, Metadata
 from rfc.compiler.arch.moe import Experts, read_experts_of, read_gating, read_weights_scale
 from rfc.compiler.errors import CompileError
@@ -50,14 +50,7 @@ def build(model: GGUFModel) -> ModelSpec:
     sizes = Sizes(n_embd, n_layers, nh, 1, 2, embedding_rows(md))  # the head size is set from n_rot below
     rope = read_rope(md, replace(sizes, head_dim=MAX_HEAD_DIM), "neox")  # its n_rot alone: no RoPE is applied
     rot = rope.n_rot
-    if rot >= key_mla:
-        raise CompileError(f"{md.path}: rope.dimension_count {rot} leaves no nope part of key_length_mla {key_mla}")
-    nope = key_mla - rot
-    sizes = replace(sizes, head_dim=kv_lora + rot)
-    for key, want in (("attention.key_length", kv_lora + rot), ("attention.value_length", kv_lora)):
-        got = md.int(key, 1, MAX_LORA_RANK + MAX_HEAD_DIM, default=want)
-        if got != want:
-            raise CompileError(f"{md.path}: {md.key(key)} {got} != {want}: an MLA file's attention sizes disagree")
+    nope, sizes = latent_head(md, sizes, kv_lora, key_mla, rot)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     lower_bound = optional_lower_bound(md)
     beta = md.float("activation.situ_beta", 1e-6, 1e6)

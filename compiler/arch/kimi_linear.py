@@ -95,6 +95,18 @@ def read_hybrid(md: Metadata, n_layers: int, *, min_key: int = 2) -> Hybrid:
                   md.int("attention.value_length_mla", 1, MAX_HEAD_DIM))  # fmt: skip
 
 
+def latent_head(md: Metadata, sizes: Sizes, kv_lora: int, key_mla: int, rot: int) -> tuple[int, Sizes]:
+    """(the nope part of key_length_mla, sizes with the cache row's head size kv_lora + rot): the
+    attention's key and value lengths, where the file has them, must be the cached row's."""
+    if rot >= key_mla:
+        raise CompileError(f"{md.path}: rope.dimension_count {rot} leaves no nope part of key_length_mla {key_mla}")
+    for key, want in (("attention.key_length", kv_lora + rot), ("attention.value_length", kv_lora)):
+        got = md.int(key, 1, MAX_LORA_RANK + MAX_HEAD_DIM, default=want)
+        if got != want:
+            raise CompileError(f"{md.path}: {md.key(key)} {got} != {want}: an MLA file's attention sizes disagree")
+    return key_mla - rot, replace(sizes, head_dim=kv_lora + rot)
+
+
 def optional_lower_bound(md: Metadata) -> float | None:
     """`kda.gate_lower_bound` where the loader reads it optionally (kimi-k3, glm5-next): set (finite), the
     sigmoid decay; absent or -inf (llama.cpp's unset), None: the softplus decay."""
@@ -133,14 +145,7 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         lower_bound = md.float("kda.gate_lower_bound", -1e6, 0.0)
         if lower_bound >= 0.0:
             raise CompileError(f"{md.path}: {md.key('kda.gate_lower_bound')} must be below 0 (llama.cpp asserts it)")
-    if rot >= key_mla:
-        raise CompileError(f"{md.path}: rope.dimension_count {rot} leaves no nope part of key_length_mla {key_mla}")
-    nope = key_mla - rot
-    sizes = replace(sizes, head_dim=kv_lora + rot)
-    for key, want in (("attention.key_length", kv_lora + rot), ("attention.value_length", kv_lora)):
-        got = md.int(key, 1, MAX_LORA_RANK + MAX_HEAD_DIM, default=want)
-        if got != want:
-            raise CompileError(f"{md.path}: {md.key(key)} {got} != {want}: an MLA file's attention sizes disagree")
+    nope, sizes = latent_head(md, sizes, kv_lora, key_mla, rot)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     dense_lead = md.int("leading_dense_block_count", 0, n_layers, default=0)
     n_ff = md.int("feed_forward_length", 1, MAX_FF) if dense_lead else 0
