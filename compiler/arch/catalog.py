@@ -73,9 +73,12 @@ REFUSED: dict[str, str] = {
     "t5": "an encoder-decoder model: rfc runs decoder-only models",
     "gptj": "llama.cpp 0.3.36 names it and builds no model for it (its loader has no case for gptj): no reference "
     "to match",
-    "deepseek4": "hyper-connections mixed by Sinkhorn iterations and compressed attention (build_hc_sinkhorn, "
-    "build_hca_attention); no recipe yet",
-    "qwen4exp": "hyper-connection mixing and query-sparse attention (build_attn_qsa); no recipe yet",
+    "deepseek4": "compressed attention (build_hca_attention: keys pooled every compress_ratio tokens, 4 with a "
+    "lightning indexer's top-k or 128, kept in a per-sequence state beside a sliding window), grouped low-rank "
+    "output projections and hash-routed layers; its mHC streams rfc has (glm5-next's); no recipe yet",
+    "qwen4exp": "llama.cpp 0.3.36 marks its graph as pending complete reimplementation (\"do not use it as a "
+    "reference\"): no reference to match; low-rank hyper-connection mixing, PLE n-gram hash embeddings and "
+    "query-sparse attention (build_attn_qsa) besides",
 }
 NO_RECIPE = "no recipe yet"
 

@@ -38,5 +38,5 @@ def test_a_refusal_names_the_architecture_its_reason_and_the_table(arch):
     assert f"unsupported architecture '{arch}'" in message and "docs/architectures.md" in message
     want = status(arch, RECIPES)[1] if arch in LLAMA_CPP_ARCHITECTURES else "not an architecture llama.cpp knows"
     assert want in message and "\n" not in message
-    if arch == "qwen4exp":
+    if arch == "deepseek4":
         assert NO_RECIPE in message
