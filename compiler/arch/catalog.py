@@ -76,8 +76,8 @@ REFUSED: dict[str, str] = {
     "deepseek4": "compressed attention (build_hca_attention: keys pooled every compress_ratio tokens, 4 with a "
     "lightning indexer's top-k or 128, kept in a per-sequence state beside a sliding window), grouped low-rank "
     "output projections and hash-routed layers; its mHC streams rfc has (glm5-next's); no recipe yet",
-    "qwen4exp": "llama.cpp 0.3.36 marks its graph as pending complete reimplementation (\"do not use it as a "
-    "reference\"): no reference to match; low-rank hyper-connection mixing, PLE n-gram hash embeddings and "
+    "qwen4exp": 'llama.cpp 0.3.36 marks its graph as pending complete reimplementation ("do not use it as a '
+    'reference"): no reference to match; low-rank hyper-connection mixing, PLE n-gram hash embeddings and '
     "query-sparse attention (build_attn_qsa) besides",
 }
 NO_RECIPE = "no recipe yet"
