@@ -8,8 +8,6 @@
 #include <math.h>
 #include <string.h>
 
-#define RFC_MAX_RES_STREAMS 256 /* artifacts/limits.py MAX_RES_STREAMS */
-
 /* No fma may fuse a product with the add after it: ggml multiplies and adds in separate ops. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rfc.artifacts.formats import FORMATS, Kernels
-from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_EXPERTS, STEP_SEQS, STEP_TOKENS
+from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_EXPERTS, MAX_RES_STREAMS, STEP_SEQS, STEP_TOKENS
 from rfc.artifacts.ops import OP_DEFS, OPS
 from rfc.artifacts.ops import altup as altup_ops
 from rfc.artifacts.ops import hc as hc_ops
@@ -279,7 +279,10 @@ def _arch_ops_params(ops: dict[str, list]) -> dict | None:
         groups["rwkv"] = True
     if not any(groups.values()):
         return None
-    return {**groups, "max_conv_kernel": MAX_CONV_KERNEL, "max_delta_state": MAX_DELTA_STATE}
+    bounds = {"max_conv_kernel": MAX_CONV_KERNEL, "max_delta_state": MAX_DELTA_STATE}
+    if groups["hc"]:  # res_mix's scores (only then: the others' sources stay as they were)
+        bounds["max_res_streams"] = MAX_RES_STREAMS
+    return {**groups, **bounds}
 
 
 # -- the step program ------------------------------------------------------------------------
