@@ -101,6 +101,36 @@ def bundle_cache(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
+# A passing test's tmp_path is emptied after its teardown (tests/conftest.py below): the suite writes
+# ~6 GB of per-test bundles and GGUFs, and CI's disk is shared (a full run once ended in "No space
+# left on device"). The directory itself stays, so that pytest never numbers a later test's tmp_path
+# the same: a library a worker loaded from one path is the one dlopen hands back for that path
+# again (pytest's tmp_path_retention_policy "failed" deletes the directory, and a later test
+# with the same name prefix got the earlier one's unrolled.so, so its own code never ran).
+_CALL_PASSED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_PASSED] = report.passed
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    path = (getattr(item, "funcargs", None) or {}).get("tmp_path")
+    result = yield  # the test's fixtures torn down first: its servers stopped, its files closed
+    if isinstance(path, Path) and item.stash.get(_CALL_PASSED, False):
+        for child in path.iterdir() if path.is_dir() else ():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+    return result
+
+
 def pytest_sessionstart(session):
     try:
         testdata.make_fixtures()
