@@ -30,8 +30,8 @@ from rfc.artifacts.limits import MAX_RES_STREAMS
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import UNUSED_SCALE, Sizes, embedding_rows, hparams, linear, output_head, read_rope
-from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK, mla_attention, mla_widths
-from rfc.compiler.arch.kimi_linear import kda_layer, latent_head, optional_lower_bound, read_hybrid
+from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK, mla_widths
+from rfc.compiler.arch.kimi_linear import kda_layer, latent_head, latent_layer, optional_lower_bound, read_hybrid
 from rfc.compiler.arch.metadata import MAX_EMBD, MAX_FF, MAX_HEAD_DIM, MAX_LAYERS, Metadata
 from rfc.compiler.arch.moe import Experts, read_experts_of, read_gating, read_weights_scale
 from rfc.compiler.errors import CompileError
@@ -122,13 +122,8 @@ def build(model: GGUFModel) -> ModelSpec:
         if i in kda_layers:
             kda_layer(b, i, n_embd, nh, s, kernel, eps, lower_bound=lower_bound, style="kimi-k3")
         else:
-            if b.has(p + "attn_kv_b.weight"):
-                raise CompileError(f"{b.path}: {p}attn_kv_b.weight: {ARCH}'s MHA fallback (no attn_k_b / attn_v_b) "
-                                   "is not supported")  # fmt: skip
-            for name in ("attn_q", "attn_q_a", "attn_q_b"):
-                b.unused(f"{p}{name}.scale", f"{ARCH}'s MLA multiplies by {name} without its scale (ggml_mul_mat)")
-            mla_attention(b, i, sizes, rope, eps, q_lora, kv_lora, nope, v_dim, scale, rotate=False,
-                          layer=mla_layers.index(i), gate=gate, out_scale=False)  # fmt: skip
+            latent_layer(b, i, ARCH, sizes, rope, eps, q_lora, kv_lora, nope, v_dim, scale, rotate=False,
+                         layer=mla_layers.index(i), gate=gate, out_scale=False)  # fmt: skip
         if banked:  # the residual restarts from the attention output alone
             b.op("scale", ("h",), ("x",), factor=1.0)
         else:

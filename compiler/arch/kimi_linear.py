@@ -107,6 +107,18 @@ def latent_head(md: Metadata, sizes: Sizes, kv_lora: int, key_mla: int, rot: int
     return key_mla - rot, replace(sizes, head_dim=kv_lora + rot)
 
 
+def latent_layer(b: ModelBuilder, i: int, arch: str, *args, **kwargs) -> None:
+    """deepseek2.mla_attention (its arguments after `arch`) for the family's latent-attention layer i: the
+    combined `attn_kv_b` (llama.cpp's MHA fallback) refused, the query projections' `.scale` known and unused."""
+    p = f"blk.{i}."
+    if b.has(p + "attn_kv_b.weight"):
+        raise CompileError(f"{b.path}: {p}attn_kv_b.weight: {arch}'s MHA fallback (no attn_k_b / attn_v_b) is not "
+                           "supported")  # fmt: skip
+    for name in ("attn_q", "attn_q_a", "attn_q_b"):
+        b.unused(f"{p}{name}.scale", f"{arch}'s MLA multiplies by {name} without its scale (ggml_mul_mat)")
+    mla_attention(b, i, *args, **kwargs)
+
+
 def optional_lower_bound(md: Metadata) -> float | None:
     """`kda.gate_lower_bound` where the loader reads it optionally (kimi-k3, glm5-next): set (finite), the
     sigmoid decay; absent or -inf (llama.cpp's unset), None: the softplus decay."""
@@ -196,13 +208,8 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         if i in kda_layers:
             kda_layer(b, i, n_embd, nh, s, kernel, eps, lower_bound=lower_bound)
         else:
-            if b.has(p + "attn_kv_b.weight"):
-                raise CompileError(f"{b.path}: {p}attn_kv_b.weight: {arch}'s MHA fallback (no attn_k_b / "
-                                   "attn_v_b) is not supported")  # fmt: skip
-            for name in ("attn_q", "attn_q_a", "attn_q_b"):
-                b.unused(f"{p}{name}.scale", f"{arch}'s MLA multiplies by {name} without its scale (ggml_mul_mat)")
-            mla_attention(b, i, sizes, rope, eps, q_lora, kv_lora, nope, v_dim, scale, rotate=ling,
-                          layer=mla_layers.index(i), gate="head" if ling else False, out_scale=not ling)  # fmt: skip
+            latent_layer(b, i, arch, sizes, rope, eps, q_lora, kv_lora, nope, v_dim, scale, rotate=ling,
+                         layer=mla_layers.index(i), gate="head" if ling else False, out_scale=not ling)  # fmt: skip
         b.op("add", ("x", "h"), ("x",))
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "ffn_norm.weight", "ffn_norm", (n_embd,)),), eps=eps)
         shexp = clamped("silu_cap", clamp_shexp[i])
