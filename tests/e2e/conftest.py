@@ -1,12 +1,14 @@
 """Fixtures for the server tests: the demo bundle compiled once, `rfc serve` in a subprocess
-on a free 127.0.0.1 port, and `rfc run` as the reference for greedy text."""
+on a 127.0.0.1 port of the kernel's choosing, and `rfc run` as the reference for greedy text."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +21,8 @@ READY_TIMEOUT_S = 60.0
 # The shared server's admin key: /traces is the admin's (docs/security.md).
 ADMIN_KEY = "test-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+# The server's line once bound (plain or JSON logs alike): the port it got.
+LISTENING = re.compile(r"listening on http://(?:\[[^\]]*\]|[^:/\s]+):(\d+)")
 
 
 def free_port() -> int:
@@ -31,11 +35,15 @@ class ServerProcess:
     """`rfc serve BUNDLE` as a user starts it; `url` once the port accepts connections."""
 
     def __init__(self, bundle: Path | None, *args: str, env: dict[str, str] | None = None, log_dir: Path | None = None):
-        """`bundle` None: the models come from `args` alone (`--models-dir`)."""
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = (log_dir or bundle.parent) / f"serve-{self.port}.log"
+        """`bundle` None: the models come from `args` alone (`--models-dir`). The server binds
+        a port of the kernel's choosing (`--port 0`) and says which in its log: a port picked
+        here and passed on could be taken meanwhile by another test's server (one compiling a
+        GGUF first binds seconds later), and then that server would answer this test."""
+        fd, log_name = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=log_dir or bundle.parent)
+        os.close(fd)
+        self.log_path = Path(log_name)
         self._log = open(self.log_path, "wb")
+        self._port: int | None = None
         cmd = [
             sys.executable,
             "-c",
@@ -43,20 +51,39 @@ class ServerProcess:
             "serve",
             *([str(bundle)] if bundle else []),
             "--port",
-            str(self.port),
+            "0",
             "--device",
             "auto",
             *args,
         ]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
+    @property
+    def port(self) -> int:
+        """The port the server bound, once it says so (waits for it)."""
+        if self._port is None:
+            self.wait_listening()
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def wait_listening(self, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self._port is None:
+                bound = LISTENING.search(self.log())
+                if bound is None:
+                    if self.proc.poll() is not None:
+                        raise AssertionError(f"rfc serve exited with {self.proc.returncode}:\n{self.log()}")
+                    time.sleep(0.01)
+                    continue
+                self._port = int(bound.group(1))
             if self.proc.poll() is not None:
                 raise AssertionError(f"rfc serve exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                with socket.create_connection(("127.0.0.1", self._port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.01)
