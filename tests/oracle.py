@@ -211,7 +211,7 @@ def read_config(md: dict, tensors: dict) -> Config:
             c.rope_factors = f"rope_factors_{which}.weight"
     elif arch in LONG_SHORT_LOADERS and "rope_freqs.weight" in tensors:
         c.rope_factors = "rope_freqs.weight"
-    if arch in ("qwen3", "qwen3moe", "qwen3vl", "qwen3vlmoe"):  # qwen3vl*: M-RoPE on text turns as NeoX
+    if arch in ("qwen3", "qwen3moe", "qwen3vl", "qwen3vlmoe"):  # qwen3vl*: M-RoPE's sections below
         c.qk_norm = True
     if arch in ("granite", "granitemoe"):  # src/models/granite.cpp: the four multipliers, float32
         c.embed_scale = _f32(k("embedding_scale", 0.0)) or 1.0
@@ -383,7 +383,7 @@ def read_config(md: dict, tensors: dict) -> Config:
             interval = k("full_attention_interval", 4)
             flags = [(i + 1) % interval != 0 for i in range(c.n_layers)]
         c.recurrent = tuple(i for i in range(c.n_layers) if flags[i])
-    if arch in ("qwen35", "qwen35moe"):  # IMROPE sections (qwen3next: plain NeoX)
+    if arch in ("qwen35", "qwen35moe", "qwen3vl", "qwen3vlmoe"):  # IMROPE sections (qwen3next: plain NeoX)
         sec = list(k("rope.dimension_sections", [0, 0, 0, 0])) + [0] * 4
         total = sum(sec[:4])
         sector = np.arange(c.n_rot // 2) % total

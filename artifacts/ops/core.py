@@ -57,7 +57,7 @@ def _rmsnorm(v: OpView) -> None:
     (x,), (out,) = v.op.inputs, v.op.outputs
     v.float_rows(x, out)
     v.need(v.shape(x) == v.shape(out), "input and output shapes differ")
-    v.real_attr("eps", 0.0, 1.0, open_lo=True)
+    v.real_attr("eps", 0.0, 1.0)  # 0 as llama.cpp runs it (qwen2vl's loader reads none): an all-zero row gives NaN
     heads = v.int_attr("heads", 1, v.width(x))
     v.need(v.width(x) % heads == 0, f"a row of {v.width(x)} is not {heads} equal segments")
     w = v.weight_shape(0) if v.op.weights else None  # no weight: the norm alone (gemma4's V)

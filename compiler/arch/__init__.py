@@ -23,7 +23,7 @@ from rfc.compiler.arch import command_r
 from rfc.compiler.arch import glm4
 from rfc.compiler.arch import exaone4
 from rfc.compiler.arch import ernie4_5, hunyuan, seed_oss
-from rfc.compiler.arch import qwen3vl
+from rfc.compiler.arch import qwen2vl, qwen3vl
 from rfc.compiler.arch import minimax_m2
 from rfc.compiler.arch import bailingmoe2
 from rfc.compiler.arch import falcon_h1
@@ -172,6 +172,7 @@ RECIPES: dict[str, Recipe] = {
     "granite_swa": granite.build_swa,
     "hunyuan-dense": hunyuan.build_dense,
     "hunyuan-moe": hunyuan.build_moe,
+    "hunyuan_vl": hunyuan.build_vl,
     "internlm2": internlm2.build,
     "jais2": jais2.build,
     "lfm2": lfm2.build,
@@ -218,6 +219,8 @@ RECIPES: dict[str, Recipe] = {
     "qwen35moe": qwen35moe.build,
     "qwen3moe": qwen3moe.build,
     "qwen3next": qwen3next.build,
+    "qwen2vl": qwen2vl.build,
+    "paddleocr": qwen2vl.build_paddleocr,
     "qwen3vl": qwen3vl.build,
     "qwen3vlmoe": qwen3vl.build_moe,
     "seed_oss": seed_oss.build,

@@ -56,10 +56,7 @@ REFUSED: dict[str, str] = {
     **dict.fromkeys(
         (
             "clip",
-            "qwen2vl",
             "cogvlm",
-            "hunyuan_vl",
-            "paddleocr",
             "deepseek2-ocr",
             "wavtokenizer-dec",
             "qwen3tts",

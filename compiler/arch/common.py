@@ -7,6 +7,7 @@ differs in structure (gemma's extra norms) arranges the same parts in its own bl
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -114,6 +115,9 @@ class Rope:
     orig_ctx: int = 0  # n_ctx_orig_yarn: rope.scaling.original_context_length, else context_length
     # attention temperature tuning (mistral3): q times 1 + temp_scale ln(floor(pos / orig_ctx) + 1)
     temp_scale: float = 0.0
+    # the rotary pairs a text token leaves unturned (M-RoPE's extra section, at position 0 for text:
+    # compiler/arch/mrope.py); rope_weights plans them as frequency factors that stop them
+    unturned: tuple[int, ...] = ()
 
     @property
     def magnitude(self) -> float:
@@ -190,6 +194,29 @@ def read_rope(md: Metadata, sizes: Sizes, style: str, *, yarn_keys: bool = False
         log_mul = md.float("rope.scaling.yarn_log_multiplier", 0.0, 1e3, default=0.0)
     return replace(rope, attn_factor=yarn_attn_factor(freq_scale, log_mul) * attn_factor, ext_factor=1.0,
                    beta_fast=beta_fast, beta_slow=beta_slow)  # fmt: skip
+
+
+# divides an unturned pair's frequency: at most 2^24 / 1e30 rad at any position, so cos is 1 and sin
+# below 2e-23 in float32 (ggml turns such a pair by angle 0: the same values)
+UNTURNED_FACTOR = 1e30
+
+
+def rope_weights(b: ModelBuilder, rope: Rope, factors: str | None) -> tuple[str, ...]:
+    """The rope op's weights: the frequency factors (`factors`, a weight of the plan) or, for a rope
+    with unturned pairs, a constant of 1 per pair and UNTURNED_FACTOR for those."""
+    if not rope.unturned:
+        return (factors,) if factors else ()
+    if factors:  # no loader of an M-RoPE family reads rope_freqs
+        raise CompileError(f"{b.path}: RoPE frequency factors with M-RoPE sections that leave pairs unturned")
+    runs: list[tuple[float, int]] = []
+    for pair in range(rope.n_rot // 2):
+        value = UNTURNED_FACTOR if pair in rope.unturned else 1.0
+        if runs and runs[-1][0] == value:
+            runs[-1] = (value, runs[-1][1] + 1)
+        else:
+            runs.append((value, 1))
+    name = f"rope_unturned.{rope.n_rot}." + ".".join(map(str, rope.unturned))
+    return (b.filled(name, "rope_freqs", (rope.n_rot // 2,), runs),)
 
 
 def rope_factors(b: ModelBuilder, rope: Rope, n_ctx: int, *, long_short: bool) -> str | None:
@@ -372,7 +399,7 @@ def attention(
     elif cfg.qk_norm:
         head_norms(b, p, sizes, eps, q, k)
     if rope:
-        b.op("rope", (q, k), (q, k), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
+        b.op("rope", (q, k), (q, k), rope_weights(b, cfg.rope, cfg.factors), **cfg.rope.attrs(sizes))
     b.op("kv_write", (k, v), (), layer=kv)
     extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap), ("alibi", cfg.alibi)) if v is not None}
     sinks = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (sizes.n_heads,)),) if cfg.sinks else ()
@@ -739,6 +766,7 @@ def llama_like(
     output_bias: bool = False,
     norm_bias: bool = False,
     expert_scales: bool = True,
+    rope: Callable[[Metadata, Sizes, Rope], Rope] | None = None,
 ) -> ModelSpec:
     """llama and its close relatives: pre-norm blocks of GQA attention with rotary positions
     and a SwiGLU FFN (or a Mixtral-style mixture of SwiGLU experts), RMS norms, optional
@@ -752,10 +780,13 @@ def llama_like(
     `ffn_scale`: glu_ffn), and `output.bias` only where it adds one (`output_bias`: qwen2, phi3). With
     `norm_bias` (phimoe) every RMS norm adds its required `.bias` after its weight (build_norm's
     LLM_NORM_RMS with a bias); `expert_scales` False: the experts' `.scale` tensors are known and
-    unused (moe_ffn's `scales`)."""
+    unused (moe_ffn's `scales`); `rope(md, sizes, rope)` adjusts the file's RoPE (M-RoPE's sections: qwen3vl)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
+    hook = rope
     rope = replace(read_rope(md, sizes, rope_style, yarn_keys=yarn_keys), temp_scale=temp_scale)
+    if hook is not None:
+        rope = hook(md, sizes, rope)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)

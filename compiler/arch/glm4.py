@@ -5,19 +5,20 @@ attn_norm(x))), then x += post_ffw_norm(FFN(ffn_norm(x))); GQA attention with ad
 half), Q/K/V biases where the file has them, no output bias; the FFN SwiGLU from one `ffn_up`
 of 2 n_ff rows, gate first (split at compile time, as phi3's); `output.weight`, else the tied
 embedding. The last `nextn_predict_layers` blocks (MTP) are not run, as llama.cpp does not run
-them. With `rope.dimension_sections` (GLM-4V's, GLM-OCR's text stack) llama.cpp's rope type is M-RoPE,
-which for text tokens (llama.cpp gives every section the token's position) turns the pairs as
-NeoX RoPE does: planned so."""
+them. When `rope.dimension_sections` sets the t and h counts (GLM-4V's, GLM-OCR's text stack)
+llama.cpp's rope type is M-RoPE, which for text tokens turns the pairs as NeoX RoPE does where the
+sections give each a text position (compiler/arch/mrope.py): planned so; other sections leave it
+NORM."""
 
 import math
 from dataclasses import replace
 
+from rfc.compiler.arch import mrope
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, attention, declare_buffers, glu_ffn, hparams, kv_spec, output_head, read_rope, read_sizes,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
-from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -27,13 +28,12 @@ def build(model: GGUFModel) -> ModelSpec:
     sizes = read_sizes(md)
     nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0)
     sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
-    # get_key_or_arr(rope.dimension_sections, 4): any nonzero makes llama.cpp's rope type M-RoPE
-    # (GLM-4V's text stack), which on text (every section at the token's position) is NeoX RoPE
-    sections = md.per_layer("rope.dimension_sections", 4, 0, 1 << 16, default=0)
-    if sum(sections) > sizes.head_dim:  # ggml_mrope_cache_init asserts it
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_sections')} {list(sections)} add up to more than the "
-                           f"head size {sizes.head_dim}")  # fmt: skip
-    rope = read_rope(md, sizes, "neox" if any(sections) else "adjacent")
+    # M-RoPE when the sections set t and h (use_mrope: GLM-4V's text stack), which on text is NeoX
+    # RoPE where they give every rotary pair a text position; else adjacent pairs (NORM)
+    sections = mrope.read(md, required=False)
+    rope = read_rope(md, sizes, "neox" if mrope.used(sections) else "adjacent")
+    if mrope.used(sections):
+        rope = mrope.text_rope(md, sections, rope, sizes.head_dim, interleaved=False)
     n_ff = md.int("feed_forward_length", 1, MAX_FF)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     b = ModelBuilder(model)

@@ -11,12 +11,12 @@ moe.py's MoE stack with
   `expert_weights_scale`, beside `expert_shared_count` shared experts (required);
 - the last `nextn_predict_layers` blocks are multi-token prediction (MTP) heads, not part of the
   forward pass: skipped, as llama.cpp skips them (moe_transformer).
-With `rope.dimension_sections` (GLM-4.5V's text stack) llama.cpp's rope type is M-RoPE, which for
-text tokens (llama.cpp gives every section the token's position) turns the pairs as NeoX RoPE
-does: planned as without them."""
+When `rope.dimension_sections` sets the t and h counts (GLM-4.5V's text stack) llama.cpp's rope
+type is M-RoPE, which for text tokens turns the pairs as NeoX RoPE does where the sections give each
+a text position (compiler/arch/mrope.py): planned as without them."""
 
-import numbers
-
+from rfc.compiler.arch import mrope
+from rfc.compiler.arch.common import Rope, Sizes
 from rfc.compiler.arch.metadata import Metadata
 from rfc.compiler.arch.moe import (
     Experts,
@@ -49,13 +49,9 @@ def _experts(md: Metadata) -> tuple[Experts, int]:
 
 
 def build(model: GGUFModel) -> ModelSpec:
-    md = Metadata(model, ARCH)
-    if md.has("rope.dimension_sections"):
-        sections = md.raw("rope.dimension_sections")
-        if (
-            not isinstance(sections, (list, tuple))
-            or len(sections) > 4
-            or any(not isinstance(v, numbers.Integral) for v in sections)
-        ):
-            raise CompileError(f"{md.path}: metadata {md.key('rope.dimension_sections')} is not an array of 4 integers")
-    return moe_transformer(model, ARCH, _experts, ffn_norm="post_attention_norm")
+    return moe_transformer(model, ARCH, _experts, ffn_norm="post_attention_norm", rope=_rope)
+
+
+def _rope(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
+    sections = mrope.read(md, required=False)
+    return mrope.text_rope(md, sections, rope, sizes.head_dim, interleaved=False) if mrope.used(sections) else rope

@@ -1,13 +1,19 @@
-"""`hunyuan-dense` (Tencent Hunyuan 0.5B-7B dense) and `hunyuan-moe` (Hunyuan-A13B), as llama.cpp's
-src/models/hunyuan-vl.cpp (whose loader and graph hunyuan-dense reuses) and hunyuan-moe.cpp build
-them: llama's pre-norm block (compiler/arch/prenorm.py) with NeoX RoPE over whole heads (no
-factors: the loaders create no rope_freqs), Q and K RMS-normed per head AFTER RoPE (`attn_q_norm`,
-`attn_k_norm` [head_dim]), Q/K/V biases where present; `output.weight`, else tied.
+"""`hunyuan-dense` (Tencent Hunyuan 0.5B-7B dense), `hunyuan_vl` (HunyuanOCR's text stack) and
+`hunyuan-moe` (Hunyuan-A13B), as llama.cpp's src/models/hunyuan-vl.cpp (whose loader and graph
+hunyuan-dense reuses) and hunyuan-moe.cpp build them: llama's pre-norm block
+(compiler/arch/prenorm.py) with NeoX RoPE over whole heads (no factors: the loaders create no
+rope_freqs), Q and K RMS-normed per head AFTER RoPE (`attn_q_norm`, `attn_k_norm` [head_dim]), Q/K/V
+biases where present; `output.weight`, else tied.
 
 hunyuan-dense: with `rope.scaling.alpha` > 0 (XDRoPE's NTK-aware scaling) the RoPE base is
 rope.freq_base × alpha^(head_dim / (head_dim − 2)), in float32 as its loader computes it. With
 `rope.dimension_sections` its graph calls ggml_rope_multi with the NeoX rope type, which without
 the M-RoPE mode bit rotates by the token's position alone: plain NeoX RoPE, as planned.
+
+hunyuan_vl: the same loader and graph; its rope type is M-RoPE when the sections set the t and h
+counts (use_mrope), which for a text token is NeoX RoPE where the sections give every rotary pair a
+text position (compiler/arch/mrope.py refuses the others), else NeoX. Images are the vision
+tower's (a separate mmproj file rfc does not run): this serves the text part.
 
 hunyuan-moe: every FFN is `expert_count` routed SwiGLU experts `feed_forward_length` wide (the
 loader sizes them so; `expert_feed_forward_length` is required, as llama.cpp requires it, and
@@ -21,7 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from rfc.compiler.arch import prenorm
+from rfc.compiler.arch import mrope, prenorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import Rope, Sizes, read_experts
 from rfc.compiler.arch.metadata import MAX_FF, Metadata
@@ -35,7 +41,7 @@ BLOCK = prenorm.Block("neox", qk_norm_after_rope=True)
 
 def _alpha_base(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
     """llama_model_hunyuan_vl::load_arch_hparams: base * powf(alpha, dim / (dim - 2)) when alpha > 0."""
-    md.per_layer("rope.dimension_sections", 4, 0, 1 << 16, default=0)  # read, bounded; no effect on text
+    mrope.read(md, required=False)  # read, bounded; no effect on hunyuan-dense's text (see above)
     alpha = md.float("rope.scaling.alpha", 0.0, 1e9, default=0.0)
     if alpha <= 0.0 or sizes.head_dim <= 2:
         return rope
@@ -48,6 +54,17 @@ def _alpha_base(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
 
 def build_dense(model: GGUFModel) -> ModelSpec:
     return prenorm.build(model, "hunyuan-dense", BLOCK, rope=_alpha_base)
+
+
+def _vl_rope(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
+    sections = mrope.read(md, required=False)
+    if mrope.used(sections):
+        rope = mrope.text_rope(md, sections, rope, sizes.head_dim, interleaved=False)
+    return _alpha_base(md, sizes, rope)
+
+
+def build_vl(model: GGUFModel) -> ModelSpec:
+    return prenorm.build(model, "hunyuan_vl", BLOCK, rope=_vl_rope)
 
 
 def build_moe(model: GGUFModel) -> ModelSpec:

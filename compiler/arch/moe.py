@@ -334,6 +334,7 @@ def moe_transformer(
     unused: Callable[[ModelBuilder, int], None] | None = None,
     after_moe: Callable[[ModelBuilder, int, Sizes], None] | None = None,
     dense_activation: str = "silu",
+    rope: Callable[[Metadata, Sizes, Rope], Rope] | None = None,
 ) -> ModelSpec:
     """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
     Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
@@ -351,14 +352,18 @@ def moe_transformer(
     (hy_v3); `unused(b, n_layers)`: declares the tensors the family's loader reads and its graph leaves
     unused (hy_v3's dense FFN tensors in its expert layers); `after_moe(b, i, sizes)`: what follows the
     experts of layer i (grovemoe's adjugate experts over their sum, with moe_args' residual None);
-    `dense_activation`: the dense FFNs' gate activation (minimax-m3's swiglu_oai)."""
+    `dense_activation`: the dense FFNs' gate activation (minimax-m3's swiglu_oai); `rope(md, sizes,
+    rope)` adjusts the file's RoPE (M-RoPE's sections: glm4moe, qwen3vlmoe)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
     # are multi-token-prediction blocks (GLM-4.5's), which its forward pass skips; so does this one.
     nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0)
     sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
+    hook = rope
     rope = read_rope(md, sizes, rope_style)
+    if hook is not None:
+        rope = hook(md, sizes, rope)
     if full_rotary:
         require_whole_heads(md, rope, sizes, arch)
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)

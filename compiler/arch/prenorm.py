@@ -23,7 +23,7 @@ from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, head_norms, hparams, kv_spec, linear, output_head,
-    qkv_projections, read_rope, read_sizes, require_output, require_whole_heads, rope_factors,
+    qkv_projections, read_rope, read_sizes, require_output, require_whole_heads, rope_factors, rope_weights,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -56,6 +56,8 @@ class Block:
     alibi: float | None = None  # ALiBi's maximum bias, with rope False (refact, baichuan 13B)
     halved_ff: bool = False  # the FFN is feed_forward_length / 2 wide (qwen's loader)
     gate: str | None = None  # the attention's output times sigmoid(attn_gate h): common.attention's `gate`
+    output_bias: bool = True  # False: llama.cpp loads output.bias and its graph does not add it (qwen2vl)
+    zero_eps: bool = False  # an RMS epsilon of 0 is taken as written (qwen2vl: llama.cpp's saver writes 0)
 
 
 def build(
@@ -92,7 +94,7 @@ def build(
             raise CompileError(f"{md.path}: {md.key('feed_forward_length')} {n_ff} is odd ({arch}'s FFN is half of it)")
         n_ff //= 2
     eps_key = "attention.layer_norm_rms_epsilon" if block.norm == "rms" else "attention.layer_norm_epsilon"
-    eps = md.float(eps_key, 0.0, 1.0, open_lo=True)
+    eps = md.float(eps_key, 0.0, 1.0, open_lo=not block.zero_eps)
     b = ModelBuilder(model)
     if block.output_required:
         require_output(b, arch)
@@ -157,7 +159,9 @@ def build(
         else:  # no output.bias in a LayerNorm family's loader (orion)
             linear(b, "hr", "logits", "output", (sizes.vocab_size, sizes.n_embd), bias=False)
     else:
-        tied = output_head(b, sizes, eps)
+        if not block.output_bias:
+            b.unused("output.bias", f"llama.cpp's {arch} loader reads it and its graph does not add it")
+        tied = output_head(b, sizes, eps, bias=block.output_bias)
     more = (
         dict(extra or {})
         | ({"norm": "layernorm"} if block.norm != "rms" else {})
@@ -191,7 +195,7 @@ def _attention_norm_after_rope(
     every matmul with its weight scale and bias where the file has them, as attention's."""
     p = f"blk.{i}."
     qkv_projections(b, p, sizes, "h")
-    b.op("rope", ("q", "k"), ("q", "k"), (cfg.factors,) if cfg.factors else (), **cfg.rope.attrs(sizes))
+    b.op("rope", ("q", "k"), ("q", "k"), rope_weights(b, cfg.rope, cfg.factors), **cfg.rope.attrs(sizes))
     head_norms(b, p, sizes, eps)
     b.op("kv_write", ("k", "v"), (), layer=i)
     b.op("attention", ("q",), ("att",), layer=i, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,

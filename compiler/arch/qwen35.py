@@ -20,46 +20,21 @@ The KV cache holds the attention layers only; the recurrent layers' state is per
 """
 
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import replace
 
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE
 from rfc.artifacts.plan import KVSpec
+from rfc.compiler.arch import mrope as mrope_sections
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Attention, Sizes, glu_ffn, hparams, linear, output_head, read_rope, read_sizes, weight_scale,
+    Attention, Sizes, glu_ffn, hparams, linear, output_head, read_rope, read_sizes, rope_weights, weight_scale,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_FF, MAX_HEADS, MAX_LAYERS, Metadata
 from rfc.compiler.arch.moe import Experts, declare_expert_buffers, moe_block
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
-
-
-def read_sections(md: Metadata, n_rot: int) -> None:
-    """rope.dimension_sections (4 counts, required as llama.cpp requires it): interleaved M-RoPE.
-    For text all positions but the 4th are the token's; a pair the sections leave to the 4th
-    would stay unturned, which this recipe does not plan: refused."""
-    key = "rope.dimension_sections"
-    value = md.raw(key)
-    if (
-        not isinstance(value, (list, tuple))
-        or not 1 <= len(value) <= 4
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= n_rot for v in value)
-    ):
-        raise CompileError(f"{md.path}: metadata {md.key(key)} is not an array of up to 4 counts in [0, {n_rot}]")
-    sec = [int(v) for v in value] + [0] * (4 - len(value))
-    total = sum(sec)
-    if total == 0:
-        raise CompileError(f"{md.path}: metadata {md.key(key)} is all zeros")
-    for pair in range(n_rot // 2):
-        sector = pair % total
-        if not any(sector % 3 == j and sector < 3 * sec[j] for j in range(3)):
-            raise CompileError(
-                f"{md.path}: {md.key(key)} {sec} leaves rotary pair {pair} to the 4th (vision) "
-                "position; only text sections are supported"
-            )
 
 
 def recurrent_layers(md: Metadata, n_layers: int) -> tuple[bool, ...]:
@@ -98,8 +73,9 @@ def hybrid(
     nextn = md.int("nextn_predict_layers", 0, sizes.n_layers - 1, default=0)
     sizes = replace(sizes, n_layers=sizes.n_layers - nextn)
     rope = read_rope(md, sizes, "neox")
-    if mrope:
-        read_sections(md, rope.n_rot)
+    if mrope:  # interleaved M-RoPE (required, as llama.cpp requires it)
+        rope = mrope_sections.text_rope(md, mrope_sections.read(md, required=True), rope, sizes.head_dim,
+                                        interleaved=True)  # fmt: skip
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     e, n_ff = experts(md) if experts else (None, md.int("feed_forward_length", 1, MAX_FF))
     b = ModelBuilder(model)
@@ -291,7 +267,7 @@ def gated_attention(b: ModelBuilder, i: int, kv_layer: int, sizes: Sizes, eps: f
         eps=eps,
         heads=sizes.n_kv_heads,
     )
-    b.op("rope", ("q", "k"), ("q", "k"), **cfg.rope.attrs(sizes))
+    b.op("rope", ("q", "k"), ("q", "k"), rope_weights(b, cfg.rope, cfg.factors), **cfg.rope.attrs(sizes))
     b.op("kv_write", ("k", "v"), (), layer=kv_layer)
     b.op(
         "attention",

@@ -253,6 +253,16 @@ ADDED = (
     # softplus decay 0.024, the scores scaled by the latent's width 0.031
     "glm5-next-moe",
     "glm5-next-sharp",
+    # the vision models' text stacks under M-RoPE (compiler/arch/mrope.py): qwen2vl with output.bias added 0.08
+    # (-wrapped 0.079); -wrapped (sections [4, 4, 4, 4]: a quarter of the pairs at the 4th position, 0 for text)
+    # with those pairs turned 3.0e-3 (planned: 3.6e-4); qwen3vl-sections is Qwen3-VL's own layout (pairs 61
+    # and 62 unturned, too slow to show in 16 tokens: the same 2.5e-4 either way), kept as the released shape;
+    # paddleocr without attn_output.bias 2.8
+    "qwen2vl-dense",
+    "qwen2vl-wrapped",
+    "qwen3vl-sections",
+    "paddleocr-moe",
+    "hunyuan_vl-dense",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3

@@ -35,8 +35,9 @@ CASES = {
     "no state size": ({"drop_keys": ("qwen35.ssm.state_size",)}, "qwen35.ssm.state_size"),
     "every layer recurrent": ({"metadata": {"qwen35.full_attention_interval": 5}}, "no full-attention layer"),
     "attention interval 0": ({"metadata": {"qwen35.full_attention_interval": 0}}, "qwen35.full_attention_interval"),
-    "sections leaving pairs to the 4th position": ({"metadata": {"qwen35.rope.dimension_sections": [2, 2, 2, 10]}},
-                                                   "rotary pair 6"),
+    "sections without a text count": ({"metadata": {"qwen35.rope.dimension_sections": [0, 0, 0, 10]}},
+                                      "has no temporal, height or width count"),
+    "three sections": ({"metadata": {"qwen35.rope.dimension_sections": [8, 8, 8]}}, "llama.cpp reads exactly 4"),
     "no rope sections": ({"drop_keys": ("qwen35.rope.dimension_sections",)}, "qwen35.rope.dimension_sections"),
 }  # fmt: skip
 

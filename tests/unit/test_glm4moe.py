@@ -58,5 +58,5 @@ def test_glm4moe_with_m_rope_sections_turns_text_as_neox(tmp_path):
     """GLM-4.5V's text stack (M-RoPE sections, as test-llama-archs writes glm4moe): for text every
     section holds the token's position, so the plan is the one without sections."""
     plain = spec_of(SRC)
-    mrope = spec_of(SRC, tmp_path, metadata={"glm4moe.rope.dimension_sections": [True, True, False, False]})
+    mrope = spec_of(SRC, tmp_path, metadata={"glm4moe.rope.dimension_sections": [4, 4, 4, 0]})
     assert mrope.plan.ops == plain.plan.ops
