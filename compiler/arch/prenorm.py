@@ -58,6 +58,7 @@ class Block:
     gate: str | None = None  # the attention's output times sigmoid(attn_gate h): common.attention's `gate`
     output_bias: bool = True  # False: llama.cpp loads output.bias and its graph does not add it (qwen2vl)
     zero_eps: bool = False  # an RMS epsilon of 0 is taken as written (qwen2vl: llama.cpp's saver writes 0)
+    qkv_extras: bool = True  # False: Q, K and V are the matmuls alone, their .scale / .bias known and unused (cogvlm)
 
 
 def build(
@@ -138,7 +139,7 @@ def build(
         else:
             layer_cfg = replace(cfg, rope=swa_rope, window=window) if sliding[i] else cfg
             attention(b, i, sizes, eps, layer_cfg, out_bias=block.out_bias, dst="a" if block.parallel else "h",
-                      rope=block.rope, layer=layer, gate=block.gate)  # fmt: skip
+                      rope=block.rope, layer=layer, gate=block.gate, qkv_extras=block.qkv_extras)  # fmt: skip
         if block.parallel:  # x += attn(h) + FFN(h): the attention's output waits in a
             b.op("add", ("x", "a"), ("x",))
         else:

@@ -263,6 +263,10 @@ ADDED = (
     "qwen3vl-sections",
     "paddleocr-moe",
     "hunyuan_vl-dense",
+    # cogvlm: attn_qkv's scale applied 0.52 (-keys 3.5); the file's RoPE keys applied (-keys: base 1e6, linear
+    # scaling by 4, which ggml_rope never reads) 0.019
+    "cogvlm-dense",
+    "cogvlm-keys",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -367,3 +371,14 @@ def test_reference_matches_llama_cpp(name, tmp_path):
 @pytest.mark.parametrize("name", _params(CPU_FAST))
 def test_cpu_matches_llama_cpp(name, tmp_path):
     _check(name, tmp_path, "cpu", ("cpu",))
+
+
+def test_cogvlm_with_grouped_kv_heads_is_refused(tmp_path):
+    """llama.cpp slices K and V out of cogvlm's attn_qkv at n_embd and 2 n_embd with head_count_kv heads each:
+    with fewer KV heads than heads those are not the rows the plan's split reads."""
+    desc = archs.load("cogvlm-dense")
+    meta = [[k, t, 1 if k == "cogvlm.attention.head_count_kv" else v] for k, t, v in desc["metadata"]]
+    path = tmp_path / "gqa.gguf"
+    archs.write_model({**desc, "metadata": meta}, path, "cogvlm-gqa")
+    with pytest.raises(CompileError, match=r"head_count_kv = head_count"):
+        compile_model(CompileOptions(model=path, out_dir=tmp_path / "bundle", targets=()))
