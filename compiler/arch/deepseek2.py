@@ -31,7 +31,7 @@ import numpy as np
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    UNUSED_SCALE, Sizes, embedding_rows, glu_ffn, hparams, linear, output_head, read_rope,
+    UNUSED_SCALE, Sizes, embedding_rows, glu_ffn, hparams, linear, output_head, read_rope, rope_weights,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import (
     MAX_CONTEXT,
@@ -205,7 +205,8 @@ def mla_attention(
     if k_pe_norm:
         b.op("rmsnorm", (k_pe,), (k_pe,), (b.tensor(p + "attn_k_norm.weight", "attn_k_norm", (rot,)),), eps=eps)
     if rotate and rot:
-        b.op("rope", (q_pe, k_pe), (q_pe, k_pe), **rope.attrs(replace(sizes, n_kv_heads=1, head_dim=rot)))
+        b.op("rope", (q_pe, k_pe), (q_pe, k_pe), rope_weights(b, rope, None),
+             **rope.attrs(replace(sizes, n_kv_heads=1, head_dim=rot)))  # fmt: skip
     wk_b = b.tensor_as(p + "attn_k_b.weight", "attn_k_b", (nh, kv_lora, nope))  # one head: 2-D in the file
     b.op("head_matmul", (q_nope,), (q_latent,), (wk_b,), heads=nh)
     if rot:

@@ -23,13 +23,13 @@
 `bailingmoe3` (inclusionAI's Ling 3, llama.cpp's bailingmoe3.cpp): the same hybrid with its KDA
 decay the "safe gate" `kda.gate_lower_bound` (< 0, required) x sigmoid((`ssm_f_a` h + `ssm_dt.bias`) x
 `ssm_a`) and its output gate sigmoid(`ssm_g_a` h) (one matmul each); its MLA layers rotate the rope
-parts (NeoX when `rope.dimension_sections` is set, its M-RoPE on text; else adjacent pairs; sections
-not covering the rope dims refused), gate each head's output by sigmoid(`attn_gate` h) [heads, n_embd]
-and multiply by `attn_output` without its scale; the experts' weights renormalized by
-`expert_weights_norm`, a shared expert `expert_shared_feed_forward_length` wide (default the experts'
-width x `expert_shared_count`), llama.cpp's clamps (`swiglu_clamp_exp` on the experts,
-`swiglu_clamp_shexp` on the shared expert and the dense FFN: swiglu 'silu_cap'); `nextn_predict_layers`
-MTP blocks not run.
+parts (NeoX when `rope.dimension_sections` sets t and h, its M-RoPE on text, with the pairs of the 4th
+section unturned: compiler/arch/mrope.py; else adjacent pairs), gate each head's output by
+sigmoid(`attn_gate` h) [heads, n_embd] and multiply by `attn_output` without its scale; the experts'
+weights renormalized by `expert_weights_norm`, a shared expert `expert_shared_feed_forward_length`
+wide (default the experts' width x `expert_shared_count`), llama.cpp's clamps (`swiglu_clamp_exp` on
+the experts, `swiglu_clamp_shexp` on the shared expert and the dense FFN: swiglu 'silu_cap');
+`nextn_predict_layers` MTP blocks not run.
 
 State per sequence and KDA layer: (kernel - 1) x 3 n S + n S^2 floats; the KV cache holds the MLA
 layers only: their [latent, rope key] row as deepseek2's.
@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 
 from rfc.artifacts.plan import KVSpec
 from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch import mrope
 from rfc.compiler.arch.common import (
     UNUSED_SCALE, Sizes, embedding_rows, glu_ffn, hparams, output_head, read_rope, require_output,
 )  # fmt: skip
@@ -142,14 +143,14 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     s, kernel, kv_lora, key_mla, v_dim = hy.head_dim, hy.kernel, hy.kv_lora, hy.key_mla, hy.v_dim
     q_lora = md.int("attention.q_lora_rank", 0, MAX_LORA_RANK, default=0)
     sizes = Sizes(n_embd, n_layers, nh, 1, 2, embedding_rows(md))  # the head size is set from n_rot below
-    sections = md.raw("rope.dimension_sections", [0, 0, 0, 0]) if ling else [0]
-    mrope = len(sections) >= 2 and sections[0] > 0 and sections[1] > 0  # llama.cpp's use_mrope()
+    sections = mrope.read(md, required=False) if ling else (0, 0, 0, 0)
     # kimi-linear: its n_rot alone (no RoPE is applied); bailingmoe3: NeoX pairs under M-RoPE, else adjacent
-    rope = read_rope(md, replace(sizes, head_dim=MAX_HEAD_DIM), "neox" if mrope or not ling else "adjacent")
+    rope = read_rope(
+        md, replace(sizes, head_dim=MAX_HEAD_DIM), "neox" if mrope.used(sections) or not ling else "adjacent"
+    )
     rot = rope.n_rot
-    if mrope and sum(int(x) for x in sections[:3]) != rot // 2:
-        raise CompileError(f"{md.path}: {md.key('rope.dimension_sections')} {list(sections)[:4]} do not cover the "
-                           f"{rot // 2} rope pairs: text positions would not turn as NeoX RoPE")  # fmt: skip
+    if mrope.used(sections):  # over the rope part of each head (ggml's ne0 there: rot)
+        rope = mrope.text_rope(md, sections, rope, rot, interleaved=False)
     lower_bound = None
     if ling:
         if not md.bool("kda.safe_gate", default=True):

@@ -204,9 +204,11 @@ ADDED = (
     "minimax-01-deep",
     # bailingmoe3 (kimi-linear's hybrid with the KDA safe gate, rotated and head-gated MLA, clamps): the lower
     # bound halved 3.4e-3, the MLA layer unrotated 8.4e-3, without the KDA output gate 0.013; -tight without the
-    # experts' clamp 3.5, without the shared expert's and dense FFN's 3.8
+    # experts' clamp 3.5, without the shared expert's and dense FFN's 3.8; -wrapped (M-RoPE sections [4, 4, 4, 4]:
+    # 8 of the 32 rope pairs unturned for text) with those pairs turned 0.13 (planned: 5.9e-4)
     "bailingmoe3-moe",
     "bailingmoe3-tight",
+    "bailingmoe3-wrapped",
     # rwkv6 (no saver file: described from its loader; -split: the five lerps apart): without the token shift 2.7
     # (2.6), without the bonus time_mix_first 0.82, without the decay vector 0.17, without the group norm 3.3, the
     # residual not halved 0.77, the mixes swapped 1.7 (1.5)
