@@ -23,7 +23,7 @@ from rfc.compiler.arch import command_r
 from rfc.compiler.arch import glm4
 from rfc.compiler.arch import exaone4
 from rfc.compiler.arch import ernie4_5, hunyuan, seed_oss
-from rfc.compiler.arch import cogvlm, qwen2vl, qwen3vl
+from rfc.compiler.arch import cogvlm, deepseek2_ocr, qwen2vl, qwen3vl
 from rfc.compiler.arch import minimax_m2
 from rfc.compiler.arch import bailingmoe2
 from rfc.compiler.arch import falcon_h1
@@ -222,6 +222,7 @@ RECIPES: dict[str, Recipe] = {
     "qwen2vl": qwen2vl.build,
     "paddleocr": qwen2vl.build_paddleocr,
     "cogvlm": cogvlm.build,
+    "deepseek2-ocr": deepseek2_ocr.build,
     "qwen3vl": qwen3vl.build,
     "qwen3vlmoe": qwen3vl.build_moe,
     "seed_oss": seed_oss.build,

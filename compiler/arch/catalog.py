@@ -56,7 +56,6 @@ REFUSED: dict[str, str] = {
     **dict.fromkeys(
         (
             "clip",
-            "deepseek2-ocr",
             "wavtokenizer-dec",
             "qwen3tts",
             "pockettts",

@@ -335,6 +335,7 @@ def moe_transformer(
     after_moe: Callable[[ModelBuilder, int, Sizes], None] | None = None,
     dense_activation: str = "silu",
     rope: Callable[[Metadata, Sizes, Rope], Rope] | None = None,
+    output_scale: bool = True,
 ) -> ModelSpec:
     """The llama-style MoE stacks (qwen3moe, glm4moe): pre-norm GQA attention with NeoX RoPE,
     Q/K biases and per-head Q/K norms where the file has them, then the FFN's norm (`ffn_norm`:
@@ -353,7 +354,8 @@ def moe_transformer(
     unused (hy_v3's dense FFN tensors in its expert layers); `after_moe(b, i, sizes)`: what follows the
     experts of layer i (grovemoe's adjugate experts over their sum, with moe_args' residual None);
     `dense_activation`: the dense FFNs' gate activation (minimax-m3's swiglu_oai); `rope(md, sizes,
-    rope)` adjusts the file's RoPE (M-RoPE's sections: glm4moe, qwen3vlmoe)."""
+    rope)` adjusts the file's RoPE (M-RoPE's sections: glm4moe, qwen3vlmoe); `output_scale` False:
+    `output.scale` known and unused (deepseek2-ocr's plain ggml_mul_mat)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     # llama.cpp reads nextn_predict_layers for every architecture: the last ones of block_count
@@ -412,7 +414,7 @@ def moe_transformer(
         else:
             glu_ffn(b, i, sizes.n_embd, n_ff, bias=ffn_bias, scale=scales, activation=dense_activation)
             b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, sizes, eps)
+    tied = output_head(b, sizes, eps, scale=output_scale)
     b.unused_layers(
         range(sizes.n_layers, sizes.n_layers + nextn),
         "a multi-token prediction (MTP) block: llama.cpp's forward pass skips it too",

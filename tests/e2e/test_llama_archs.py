@@ -269,6 +269,9 @@ ADDED = (
     # scaling by 4, which ggml_rope never reads) 0.019
     "cogvlm-dense",
     "cogvlm-keys",
+    # deepseek2-ocr (no saver file: deepseek-moe's layout under its name, which its loader reads as is): the
+    # experts' scales applied 1.2, sigmoid routing for gating 0 instead of softmax 0.036
+    "deepseek2-ocr-dense",
 )
 CLOSE += ADDED
 CLOSE_MEAN = 1e-3
@@ -375,12 +378,22 @@ def test_cpu_matches_llama_cpp(name, tmp_path):
     _check(name, tmp_path, "cpu", ("cpu",))
 
 
-def test_cogvlm_with_grouped_kv_heads_is_refused(tmp_path):
-    """llama.cpp slices K and V out of cogvlm's attn_qkv at n_embd and 2 n_embd with head_count_kv heads each:
-    with fewer KV heads than heads those are not the rows the plan's split reads."""
-    desc = archs.load("cogvlm-dense")
-    meta = [[k, t, 1 if k == "cogvlm.attention.head_count_kv" else v] for k, t, v in desc["metadata"]]
-    path = tmp_path / "gqa.gguf"
-    archs.write_model({**desc, "metadata": meta}, path, "cogvlm-gqa")
-    with pytest.raises(CompileError, match=r"head_count_kv = head_count"):
+@pytest.mark.parametrize(
+    ("name", "key", "value", "message"),
+    [
+        # llama.cpp slices K and V out of cogvlm's attn_qkv at n_embd and 2 n_embd with head_count_kv heads each
+        ("cogvlm-dense", "cogvlm.attention.head_count_kv", 1, r"head_count_kv = head_count"),
+        # deepseek2-ocr's loader makes K and V n_embd x n_embd and its graph attends with head_count KV heads
+        ("deepseek2-ocr-dense", "deepseek2-ocr.attention.head_count_kv", 1, r"K and V of head_count heads"),
+        ("deepseek2-ocr-dense", "deepseek2-ocr.rope.freq_base", 5e5, r"graph asserts 10000"),
+        ("deepseek2-ocr-dense", "deepseek2-ocr.rope.scaling.factor", 4.0, r"RoPE scaling in a deepseek2-ocr file"),
+    ],
+)
+def test_what_llama_cpp_computes_otherwise_is_refused(name, key, value, message, tmp_path):
+    desc = archs.load(name)
+    meta = [[k, t, value if k == key else v] for k, t, v in desc["metadata"]]
+    assert meta != desc["metadata"]
+    path = tmp_path / "edited.gguf"
+    archs.write_model({**desc, "metadata": meta}, path, name + "-edited")
+    with pytest.raises(CompileError, match=message):
         compile_model(CompileOptions(model=path, out_dir=tmp_path / "bundle", targets=()))
