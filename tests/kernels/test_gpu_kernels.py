@@ -612,6 +612,8 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
         # dots3note's latent attention in two geometries (a sliding layer of its own kv_lora, key and value sizes
         # reads the first values of the wider rows), normed rope keys, per-head gates
         pytest.param("dots3note-geoms", "concat_heads", "sm_90", marks=toolchain_marks("sm_90")),
+        # M-RoPE's 4th section on text: a quarter of the pairs stopped by frequency factors of 1e30
+        pytest.param("qwen2vl-wrapped", "rope", "sm_90", marks=toolchain_marks("sm_90")),
     ],
 )
 def test_saver_files_new_ops(name, kind, target, gpu_build_cache, tmp_path):
