@@ -26,12 +26,11 @@ import numbers
 from dataclasses import replace
 
 from rfc.compiler.arch.common import Rope
-from rfc.compiler.arch.metadata import Metadata
+from rfc.compiler.arch.metadata import MAX_HEAD_DIM, Metadata
 from rfc.compiler.errors import CompileError
 
 KEY = "rope.dimension_sections"
 N_SECTIONS = 4
-MAX_SECTION = 1 << 16
 
 Sections = tuple[int, int, int, int]
 
@@ -42,11 +41,11 @@ def read(md: Metadata, *, required: bool) -> Sections:
         return (0, 0, 0, 0)
     value = md.raw(KEY)
     if not isinstance(value, (list, tuple)):
-        return (md.int(KEY, 0, MAX_SECTION),) * N_SECTIONS
+        return (md.int(KEY, 0, MAX_HEAD_DIM),) * N_SECTIONS
     if len(value) != N_SECTIONS or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= MAX_SECTION for v in value
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= MAX_HEAD_DIM for v in value
     ):
-        raise CompileError(f"{md.path}: metadata {md.key(KEY)} is not {N_SECTIONS} counts in [0, {MAX_SECTION}] "
+        raise CompileError(f"{md.path}: metadata {md.key(KEY)} is not {N_SECTIONS} counts in [0, {MAX_HEAD_DIM}] "
                            "(llama.cpp reads exactly 4)")  # fmt: skip
     return tuple(int(v) for v in value)  # type: ignore[return-value]
 
