@@ -6,6 +6,7 @@ A recipe that differs in a detail passes options (rope style, biases, a window);
 differs in structure (gemma's extra norms) arranges the same parts in its own block.
 """
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -215,8 +216,8 @@ def rope_weights(b: ModelBuilder, rope: Rope, factors: str | None) -> tuple[str,
             runs[-1] = (value, runs[-1][1] + 1)
         else:
             runs.append((value, 1))
-    name = f"rope_unturned.{rope.n_rot}." + ".".join(map(str, rope.unturned))
-    return (b.filled(name, "rope_freqs", (rope.n_rot // 2,), runs),)
+    pattern = hashlib.sha256(repr(runs).encode()).hexdigest()[:12]  # one weight per pattern, a short name
+    return (b.filled(f"rope_unturned.{rope.n_rot}.{pattern}", "rope_freqs", (rope.n_rot // 2,), runs),)
 
 
 def rope_factors(b: ModelBuilder, rope: Rope, n_ctx: int, *, long_short: bool) -> str | None:
