@@ -7,6 +7,7 @@ differs in structure (gemma's extra norms) arranges the same parts in its own bl
 """
 
 import hashlib
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -209,13 +210,9 @@ def rope_weights(b: ModelBuilder, rope: Rope, factors: str | None) -> tuple[str,
         return (factors,) if factors else ()
     if factors:  # no loader of an M-RoPE family reads rope_freqs
         raise CompileError(f"{b.path}: RoPE frequency factors with M-RoPE sections that leave pairs unturned")
-    runs: list[tuple[float, int]] = []
-    for pair in range(rope.n_rot // 2):
-        value = UNTURNED_FACTOR if pair in rope.unturned else 1.0
-        if runs and runs[-1][0] == value:
-            runs[-1] = (value, runs[-1][1] + 1)
-        else:
-            runs.append((value, 1))
+    stopped = set(rope.unturned)
+    values = (UNTURNED_FACTOR if pair in stopped else 1.0 for pair in range(rope.n_rot // 2))
+    runs = [(value, len(list(run))) for value, run in itertools.groupby(values)]
     pattern = hashlib.sha256(repr(runs).encode()).hexdigest()[:12]  # one weight per pattern, a short name
     return (b.filled(f"rope_unturned.{rope.n_rot}.{pattern}", "rope_freqs", (rope.n_rot // 2,), runs),)
 

@@ -16,7 +16,6 @@ type is M-RoPE, which for text tokens turns the pairs as NeoX RoPE does where th
 a text position (compiler/arch/mrope.py): planned as without them."""
 
 from rfc.compiler.arch import mrope
-from rfc.compiler.arch.common import Rope, Sizes
 from rfc.compiler.arch.metadata import Metadata
 from rfc.compiler.arch.moe import (
     Experts,
@@ -48,10 +47,8 @@ def _experts(md: Metadata) -> tuple[Experts, int]:
     return e, n_ff
 
 
+_ROPE = mrope.rope_hook(required=False, interleaved=False, when_used=True)  # M-RoPE where use_mrope()
+
+
 def build(model: GGUFModel) -> ModelSpec:
-    return moe_transformer(model, ARCH, _experts, ffn_norm="post_attention_norm", rope=_rope)
-
-
-def _rope(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
-    sections = mrope.read(md, required=False)
-    return mrope.text_rope(md, sections, rope, sizes.head_dim, interleaved=False) if mrope.used(sections) else rope
+    return moe_transformer(model, ARCH, _experts, ffn_norm="post_attention_norm", rope=_ROPE)

@@ -41,7 +41,6 @@ BLOCK = prenorm.Block("neox", qk_norm_after_rope=True)
 
 def _alpha_base(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
     """llama_model_hunyuan_vl::load_arch_hparams: base * powf(alpha, dim / (dim - 2)) when alpha > 0."""
-    mrope.read(md, required=False)  # read, bounded; no effect on hunyuan-dense's text (see above)
     alpha = md.float("rope.scaling.alpha", 0.0, 1e9, default=0.0)
     if alpha <= 0.0 or sizes.head_dim <= 2:
         return rope
@@ -52,15 +51,20 @@ def _alpha_base(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
     return replace(rope, freq_base=float(base))
 
 
+def _dense_rope(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
+    mrope.read(md, required=False)  # read, bounded; no effect on hunyuan-dense's text (see above)
+    return _alpha_base(md, sizes, rope)
+
+
 def build_dense(model: GGUFModel) -> ModelSpec:
-    return prenorm.build(model, "hunyuan-dense", BLOCK, rope=_alpha_base)
+    return prenorm.build(model, "hunyuan-dense", BLOCK, rope=_dense_rope)
+
+
+_VL_MROPE = mrope.rope_hook(required=False, interleaved=False, when_used=True)
 
 
 def _vl_rope(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
-    sections = mrope.read(md, required=False)
-    if mrope.used(sections):
-        rope = mrope.text_rope(md, sections, rope, sizes.head_dim, interleaved=False)
-    return _alpha_base(md, sizes, rope)
+    return _alpha_base(md, sizes, _VL_MROPE(md, sizes, rope))
 
 
 def build_vl(model: GGUFModel) -> ModelSpec:

@@ -23,9 +23,10 @@ to more than the head (ggml_mrope_cache_init asserts it).
 """
 
 import numbers
+from collections.abc import Callable
 from dataclasses import replace
 
-from rfc.compiler.arch.common import Rope
+from rfc.compiler.arch.common import Rope, Sizes
 from rfc.compiler.arch.metadata import MAX_HEAD_DIM, Metadata
 from rfc.compiler.errors import CompileError
 
@@ -79,3 +80,17 @@ def text_rope(md: Metadata, sections: Sections, rope: Rope, head_dim: int, *, in
         raise ValueError("M-RoPE pairs dims as NeoX RoPE does")  # a recipe bug
     unturned = tuple(p for p in range(rope.n_rot // 2) if not text_sector(sections, p, interleaved=interleaved))
     return replace(rope, unturned=unturned)
+
+
+def rope_hook(*, required: bool, interleaved: bool, when_used: bool = False) -> Callable[[Metadata, Sizes, Rope], Rope]:
+    """A recipe's RoPE hook (`rope=` of prenorm.build, llama_like, moe_transformer): the file's RoPE as a
+    text token turns under the file's sections; with `when_used`, only where use_mrope() holds (a family
+    whose rope type depends on the file: glm4moe, hunyuan_vl), the file's RoPE unchanged otherwise."""
+
+    def hook(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
+        sections = read(md, required=required)
+        if when_used and not used(sections):
+            return rope
+        return text_rope(md, sections, rope, sizes.head_dim, interleaved=interleaved)
+
+    return hook

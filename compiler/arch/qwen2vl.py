@@ -18,8 +18,6 @@ asserts a count).
 """
 
 from rfc.compiler.arch import mrope, prenorm
-from rfc.compiler.arch.common import Rope, Sizes
-from rfc.compiler.arch.metadata import Metadata
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
@@ -27,16 +25,9 @@ QWEN2VL = prenorm.Block("neox", out_bias=False, out_bias_loaded=False, output_bi
 PADDLEOCR = prenorm.Block("neox")
 
 
-def _text_rope(required: bool):
-    def check(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
-        return mrope.text_rope(md, mrope.read(md, required=required), rope, sizes.head_dim, interleaved=False)
-
-    return check
-
-
 def build(model: GGUFModel) -> ModelSpec:
-    return prenorm.build(model, "qwen2vl", QWEN2VL, rope=_text_rope(True))
+    return prenorm.build(model, "qwen2vl", QWEN2VL, rope=mrope.rope_hook(required=True, interleaved=False))
 
 
 def build_paddleocr(model: GGUFModel) -> ModelSpec:
-    return prenorm.build(model, "paddleocr", PADDLEOCR, rope=_text_rope(False))
+    return prenorm.build(model, "paddleocr", PADDLEOCR, rope=mrope.rope_hook(required=False, interleaved=False))

@@ -11,36 +11,33 @@ run): this serves the text part.
 """
 
 from rfc.compiler.arch import mrope, qwen3moe
-from rfc.compiler.arch.common import Rope, Sizes, llama_like, read_sizes
+from rfc.compiler.arch.common import llama_like, read_sizes
 from rfc.compiler.arch.metadata import Metadata
 from rfc.compiler.arch.moe import moe_transformer
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
+_ROPE = mrope.rope_hook(required=True, interleaved=True)  # interleaved M-RoPE (IMROPE)
+
 
 def _check(model: GGUFModel, arch: str) -> None:
-    """The M-RoPE sections (4, required) within the head, whole-head RoPE, the deepstack count bounded."""
+    """Whole-head RoPE, the deepstack count bounded (the M-RoPE sections, required: _ROPE)."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     n_rot = md.int("rope.dimension_count", 2, sizes.head_dim, default=sizes.head_dim)
     if n_rot != sizes.head_dim:
         raise CompileError(f"{md.path}: {md.key('rope.dimension_count')} {n_rot} != head size {sizes.head_dim} "
                            f"({arch} rotates whole heads; llama.cpp refuses this file too)")  # fmt: skip
-    mrope.read(md, required=True)  # required by llama.cpp's loader; _rope plans it
     md.int("n_deepstack_layers", 0, sizes.n_layers, default=0)
 
 
 def build(model: GGUFModel) -> ModelSpec:
     _check(model, "qwen3vl")
     # build_ffn(up, NULL, NULL, ...)
-    return llama_like(model, "qwen3vl", rope_style="neox", qk_norm=True, ffn_bias=False, ffn_scale=False, rope=_rope)
+    return llama_like(model, "qwen3vl", rope_style="neox", qk_norm=True, ffn_bias=False, ffn_scale=False, rope=_ROPE)
 
 
 def build_moe(model: GGUFModel) -> ModelSpec:
     _check(model, "qwen3vlmoe")
-    return moe_transformer(model, "qwen3vlmoe", qwen3moe._experts, full_rotary=True, rope=_rope)
-
-
-def _rope(md: Metadata, sizes: Sizes, rope: Rope) -> Rope:
-    return mrope.text_rope(md, mrope.read(md, required=True), rope, sizes.head_dim, interleaved=True)
+    return moe_transformer(model, "qwen3vlmoe", qwen3moe._experts, full_rotary=True, rope=_ROPE)
