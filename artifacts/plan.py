@@ -175,12 +175,23 @@ class Plan:
     ops: tuple[Op, ...]
     kv: KVSpec
     input_tokens: str
-    output_logits: str
+    output_logits: str  # "" for an encoder (embeddings only: no logits, nothing generated)
     output_hidden: str  # the final normalized hidden state [R, n_embd] (embeddings)
     vocab_size: int
     n_embd: int
     context_length: int
     state: StateSpec = StateSpec()  # per-sequence recurrent state (hybrid models); empty: none
+
+    @property
+    def generates(self) -> bool:
+        """False for an encoder's plan: hidden states only (embeddings), no logits."""
+        return bool(self.output_logits)
+
+    @property
+    def causal(self) -> bool:
+        """False when an attention sees the tokens after its own (an encoder): the engine must
+        run each sequence whole in one step, and no cached prefix is reusable."""
+        return all(op.attr("causal") for op in self.ops if op.kind == OpKind.ATTENTION)
 
     def kv_geometries(self) -> set[tuple[int, int]]:
         """The (n_kv_heads, head_dim) of the plan's attention ops: more than one where layers

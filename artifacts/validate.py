@@ -55,7 +55,7 @@ def check_plan(plan: Plan) -> None:
     need(per_row_bytes <= MAX_TOKEN_BYTES, "plan buffers need too much memory per token")
     need(_is(buffers, plan.input_tokens, ("T",), "i32"), f"plan input {plan.input_tokens!r} is not an i32 [T] buffer")
     need(
-        _is(buffers, plan.output_logits, ("R", plan.vocab_size)),
+        not plan.output_logits or _is(buffers, plan.output_logits, ("R", plan.vocab_size)),
         f"plan output {plan.output_logits!r} is not [R, vocab_size]",
     )
     need(_is(buffers, plan.output_hidden, ("R", plan.n_embd)), f"plan output {plan.output_hidden!r} is not [R, n_embd]")

@@ -158,6 +158,13 @@ def _attention(v: OpView) -> None:
         v.real_attr("softcap", 0.0, 1e6, open_lo=True)
     if v.op.attr("alibi") is not None:
         v.real_attr("alibi", 0.0, MAX_ALIBI_BIAS, open_lo=True)
+    causal = v.op.attr("causal")
+    v.need(isinstance(causal, bool), f"attribute causal = {str(causal)[:20]!r} is not a boolean")
+    if not causal:  # an encoder's: every key of the sequence, no position-dependent mask or bias
+        v.need(
+            v.op.attr("window") is None and v.op.attr("alibi") is None,
+            "a non-causal attention takes no window or alibi",
+        )
     v.need(v.shape(q) == ("T", nh * hd) == v.shape(out), "q/output are not [T, n_heads * head_dim]")
     if v.op.weights:
         w = v.weight_shape(0)
@@ -385,7 +392,7 @@ DEFS = (
             1,
             (0, 1),
             ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
-            optional=(("window", None), ("softcap", None), ("alibi", None)),
+            optional=(("window", None), ("softcap", None), ("alibi", None), ("causal", True)),
             doc="causal attention of q over the paged cache of layer `layer` (positions <= the token's own): its own, "
             "or an earlier layer's that it shares (Gemma 4 E2B/E4B: no kv_write of its own; the validator "
             "requires that layer's kv_write before it, the same KV heads x head_dim and the same window); query "
@@ -394,15 +401,17 @@ DEFS = (
             "window); with alibi (the maximum bias, ALiBi: bloom, mpt, jais, refact) query head h's scores gain "
             "slope_h * (key position - query position), slope_h as ggml's soft_max_ext makes it (alibi_slopes). "
             "The optional weight is a sink logit per query head [n_heads] (gpt-oss): one more score in "
-            "the softmax with no value, p_j = exp(s_j) / (sum_i exp(s_i) + exp(sink_h))",
+            "the softmax with no value, p_j = exp(s_j) / (sum_i exp(s_i) + exp(sink_h)). causal = false (an "
+            "encoder: BERT) attends every position of the token's sequence, those after it in the step included "
+            "(no window or alibi then); the engine runs such a plan's sequences whole, one step each",
         ),
         check=_attention,
         reference="op_attention",
         cpu=CpuPart(
             ("cpu_attention.c.j2",),
             lower="_attention",
-            attrs=("window", "softcap", "alibi"),
-            per_op=("window", "softcap"),
+            attrs=("window", "softcap", "alibi", "causal"),
+            per_op=("window", "softcap", "causal"),
             vectors_from=0,
         ),
         gpu=GpuPart(

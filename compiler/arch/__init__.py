@@ -23,7 +23,7 @@ from rfc.compiler.arch import command_r
 from rfc.compiler.arch import glm4
 from rfc.compiler.arch import exaone4
 from rfc.compiler.arch import ernie4_5, hunyuan, seed_oss
-from rfc.compiler.arch import cogvlm, deepseek2_ocr, qwen2vl, qwen3vl
+from rfc.compiler.arch import bert, cogvlm, deepseek2_ocr, qwen2vl, qwen3vl
 from rfc.compiler.arch import minimax_m2
 from rfc.compiler.arch import bailingmoe2
 from rfc.compiler.arch import falcon_h1
@@ -105,6 +105,9 @@ from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 Recipe = Callable[[GGUFModel], ModelSpec]
+# Architectures whose plans are an encoder's (non-causal attention, no logits): embeddings only,
+# cpu targets only (the GPU kernels mask causally)
+ENCODERS = frozenset({"bert", "nomic-bert"})
 
 RECIPES: dict[str, Recipe] = {
     "apertus": apertus.build,
@@ -222,6 +225,8 @@ RECIPES: dict[str, Recipe] = {
     "qwen2vl": qwen2vl.build,
     "paddleocr": qwen2vl.build_paddleocr,
     "cogvlm": cogvlm.build,
+    "bert": bert.build,
+    "nomic-bert": bert.build_nomic,
     "deepseek2-ocr": deepseek2_ocr.build,
     "qwen3vl": qwen3vl.build,
     "qwen3vlmoe": qwen3vl.build_moe,

@@ -244,6 +244,17 @@ class ModelBuilder:
         self._add(WeightUse(name, role, t.format, (n_expert, stop - start, source_shape[2]), parts))
         return name
 
+    def row_vector(self, name: str, role: str, source: str, source_shape: tuple[int, int], row: int) -> str:
+        """Row `row` of a 2-D GGUF tensor of one element per block (F32, F16, BF16) as a vector
+        [source_shape[1]] (bert's token type 0: one row of `token_types`, added to every token)."""
+        t = self.source(source, source_shape)
+        if t.format not in ("F32", "F16", "BF16") or not 0 <= row < source_shape[0]:
+            raise CompileError(
+                f"{self.path}: cannot take row {row} of {source} ({t.format} {list(t.shape)}) as a vector"
+            )
+        self._add(WeightUse(name, role, t.format, (source_shape[1],), (RowRange(source, row, row + 1),)))
+        return name
+
     def vector_row(self, name: str, role: str, n: int) -> str:
         """A GGUF vector [n] (or [1, n]) used as the [1, n] weight of a matmul to one column:
         qwen35moe's shared-expert gate, one logit per token (llama.cpp multiplies by it as a matrix)."""

@@ -30,7 +30,7 @@ LLAMA_CPP_ARCHITECTURES: tuple[str, ...] = (
 
 # Recurrent layers: per-sequence state and the ops ssm_conv, ssm_scan (Mamba2, one decay per head),
 # gated_delta_net and short_conv exist; what each of these still lacks is said in its own words.
-_ENCODER = "encoder-only (embeddings, reranking): not a text generator; rfc serves decoder models"
+_ENCODER = "an encoder (embeddings, reranking) without a recipe yet: rfc serves bert and nomic-bert"
 _MODALITY = "a vision, audio or speech model: rfc has no tower for it (text-only server)"
 _DIFFUSION = "a diffusion language model: not decoded token by token"
 _DRAFT = "a speculative-decoding head that runs beside its target model, not a model of its own"
@@ -39,9 +39,7 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 REFUSED: dict[str, str] = {
     **dict.fromkeys(
         (
-            "bert",
             "modern-bert",
-            "nomic-bert",
             "nomic-bert-moe",
             "neo-bert",
             "jina-bert-v2",

@@ -277,6 +277,7 @@ class Attention:
     sinks: bool = False  # a learned sink logit per query head, `attn_sinks` (gpt-oss)
     clamp: float | None = None  # Q, K and V clamped to [-c, c] after their biases (attention.clamp_kqv: olmo)
     alibi: float | None = None  # ALiBi's maximum bias (bloom, mpt, jais, refact: then no RoPE)
+    causal: bool = True  # False: every key of the sequence (an encoder: bert)
 
     def with_rope(self, **changes) -> "Attention":
         return replace(self, rope=replace(self.rope, **changes))
@@ -400,6 +401,8 @@ def attention(
         b.op("rope", (q, k), (q, k), rope_weights(b, cfg.rope, cfg.factors), **cfg.rope.attrs(sizes))
     b.op("kv_write", (k, v), (), layer=kv)
     extra = {k: v for k, v in (("window", cfg.window), ("softcap", cfg.softcap), ("alibi", cfg.alibi)) if v is not None}
+    if not cfg.causal:  # only then: every causal plan's bytes stay as they were
+        extra["causal"] = False
     sinks = (b.tensor(p + "attn_sinks.weight", "attn_sinks", (sizes.n_heads,)),) if cfg.sinks else ()
     b.op("attention", (q,), (att,), sinks, layer=kv, n_heads=sizes.n_heads, n_kv_heads=sizes.n_kv_heads,
          head_dim=sizes.head_dim, scale=cfg.scale, **extra)  # fmt: skip

@@ -29,7 +29,8 @@ UNIFORM_PER_LAYER = frozenset({"attention.head_count", "attention.head_count_kv"
 
 
 class Metadata:
-    """The `<arch>.*` keys of one model (and `general.*`), read with bounds."""
+    """The `<arch>.*` keys of one model (and `general.*`, `tokenizer.*` by their full names), read
+    with bounds."""
 
     def __init__(self, model: GGUFModel, arch: str):
         self.model = model
@@ -37,7 +38,7 @@ class Metadata:
         self.path = model.path.name
 
     def key(self, key: str) -> str:
-        return key if key.startswith("general.") else f"{self.arch}.{key}"
+        return key if key.startswith(("general.", "tokenizer.")) else f"{self.arch}.{key}"
 
     def has(self, key: str) -> bool:
         full = self.key(key)

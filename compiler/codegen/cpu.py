@@ -320,7 +320,9 @@ def step_params(inp: CodegenInput, loop_layers: bool = True) -> dict:
         first = b.shape[0]
         code = {"T": 1, "R": 2}.get(first, 0) if isinstance(first, str) else 0
         buffers.append([code, width * 4 * (1 if isinstance(first, str) else first)])
-    lowered = [(STEP_ENTRY, cpu_step.lower(plan, entries, refs, plan.output_logits)),
+    # an encoder's plan has no logits: its step entry computes the hidden states too (the runtime
+    # refuses a logits step of it before the call)
+    lowered = [(STEP_ENTRY, cpu_step.lower(plan, entries, refs, plan.output_logits or plan.output_hidden)),
                (HIDDEN_ENTRY, cpu_step.lower(plan, entries, refs, plan.output_hidden))]  # fmt: skip
     return {
         "fields": [[name, kind] for name, kind, _ in STEP_ARGS],
@@ -330,6 +332,7 @@ def step_params(inp: CodegenInput, loop_layers: bool = True) -> dict:
         "const_floats": n_floats,
         "moe": any(op.kind == "moe_route" for op in plan.ops),
         "attention": any(op.kind == "attention" for op in plan.ops),
+        "key_ends": any(op.kind == "attention" and not op.attr("causal") for op in plan.ops),
         "state_floats": plan.state.slot_floats,
         "consts": consts,
         "entries": [
@@ -349,7 +352,9 @@ def step_program(inp: CodegenInput) -> StepProgram:
     sizes, the entries, and the step's shape (phases and barriers) for `rfc inspect`."""
     arena = plan_arena(inp.plan.buffers, ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS, ARENA_ALIGNMENT)
     entries = inp.weight_entries()
-    low = cpu_step.lower(inp.plan, entries, vector_refs(inp.plan, entries)[0], inp.plan.output_logits)
+    low = cpu_step.lower(
+        inp.plan, entries, vector_refs(inp.plan, entries)[0], inp.plan.output_logits or inp.plan.output_hidden
+    )
     return StepProgram(
         target=inp.target.name, arena=arena, entry=STEP_ENTRY, weights=inp.weights,
         extra={"hidden_entry": HIDDEN_ENTRY, "step_abi": STEP_ABI_VERSION, "barriers": low.barriers,

@@ -474,7 +474,8 @@ class _Lowering(
         sinks = self.vec(op.weights[0]) if op.weights else []  # gpt-oss: a logit per query head
         return Phase("attention", {"q": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "layer": layer,
                                    "counter": self.counter(), "window": int(window or 0), "softcap": softcap,
-                                   "sinks": sinks, "sfx": _suffix(self.attention_geometries[head_geometry(op)])},
+                                   "sinks": sinks, "sfx": _suffix(self.attention_geometries[head_geometry(op)]),
+                                   "causal": bool(op.attr("causal"))},
                      {op.inputs[0], f"@kv{layer}"}, {op.outputs[0]})  # fmt: skip
 
     def _add(self, op: Op) -> Phase:

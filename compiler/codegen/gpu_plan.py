@@ -638,6 +638,11 @@ class _Planner(
         split kernels both hold the tiled prefill path (gpu_attention_tile.hip.j2) that steps
         of more than ATTENTION_SPLIT_ROWS rows take, in their z = 0 blocks: one code for both
         paths, so they agree bit for bit, and no launch more in the program."""
+        if not op.attr("causal"):
+            raise CompileError(
+                "an encoder's attention (non-causal: embedding models such as BERT) compiles for cpu targets "
+                "only; the GPU kernels mask causally"
+            )
         a = op.attrs
         head_dim, n_heads, n_kv_heads = a["head_dim"], a["n_heads"], a["n_kv_heads"]
         threads = max(ATTENTION_THREADS, _round_up(head_dim, self.wave))

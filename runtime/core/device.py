@@ -132,6 +132,12 @@ class OpDevice(Protocol):
     def download(self, buf, rows: int) -> np.ndarray: ...
 
 
+def require_logits(plan: Plan) -> None:
+    """Refuses a logits step of an encoder's plan (embeddings only)."""
+    if not plan.generates:
+        raise DeviceError("this model is an encoder: it computes embeddings, not logits")
+
+
 class InterpretedDevice:
     """A Device whose step interprets its plan op by op: subclasses implement OpDevice."""
 
@@ -144,6 +150,7 @@ class InterpretedDevice:
         self._ops: list[tuple[Op, list]] | None = None  # weight handles resolved on the first step
 
     def forward(self, batch: StepBatch) -> np.ndarray:
+        require_logits(self._plan)
         return self._interpret(batch, self._plan.output_logits)
 
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:

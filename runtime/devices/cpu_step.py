@@ -25,7 +25,7 @@ from rfc.artifacts.program import STEP_ABI_VERSION, STEP_ARGS, plan_arena, unpac
 from rfc.artifacts.targets import TargetEntry
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
-from rfc.runtime.core.device import PendingRows, SampledRows
+from rfc.runtime.core.device import PendingRows, SampledRows, require_logits
 from rfc.runtime.devices.state import HostState
 from rfc.runtime.core.sampling_kernels import SamplingKernels
 
@@ -125,6 +125,7 @@ class CpuStepDevice(HostState):
         self._args.state, self._args.n_state_slots = self.state.data.ctypes.data, slots
 
     def forward(self, batch: StepBatch) -> np.ndarray:
+        require_logits(self.plan)
         return self._run(batch, self._entry, self.plan.output_logits)
 
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:
@@ -194,6 +195,8 @@ class CpuStepDevice(HostState):
         if status > 0:
             token = int(keep[0][status - 1])
             raise DeviceError(f"token id {token} is outside the vocabulary (0..{self.plan.vocab_size - 1})")
+        if status == -3:
+            raise DeviceError("the cpu step program could not allocate the step's key bounds (out of memory)")
         if status < 0:
             raise DeviceError(f"the cpu step program refused the step (status {status}): batch arrays out of range")
         width = next(b for b in self.plan.buffers if b.name == output).shape[-1]

@@ -281,7 +281,8 @@ class ReferenceDevice(HostState, InterpretedDevice):
             if attrs.get("alibi") is not None:  # ALiBi: slope_h * (key position - query position), in float32
                 slopes = np.array(alibi_slopes(nh, attrs["alibi"]), np.float32)[:, None, None]
                 scores = scores + slopes * (pos[None, :] - batch.positions[lo:hi, None]).astype(np.float32)[None]
-            causal = pos[None, :] <= batch.positions[lo:hi, None]  # [n, ctx]
+            # [n, ctx]; an encoder's attention sees the whole sequence (the engine runs it in one step)
+            causal = pos[None, :] <= (batch.positions[lo:hi, None] if attrs.get("causal", True) else ctx - 1)
             if attrs["window"] is not None:
                 causal &= pos[None, :] > batch.positions[lo:hi, None] - attrs["window"]
             scores = np.where(causal[None], scores, -np.inf)

@@ -60,6 +60,16 @@ class LoadedModel:
         return self.bundle.manifest
 
     @property
+    def generates(self) -> bool:
+        """False for an encoder (bert): embeddings only, every generation refused."""
+        return self.bundle.plan.generates
+
+    @property
+    def whole_inputs(self) -> bool:
+        """An encoder's attention sees the tokens after its own: an input runs in one step."""
+        return not self.bundle.plan.causal
+
+    @property
     def kv_bytes_per_token(self) -> int:
         """Bytes one cached token takes in this model's pool: K and V of every layer, stored in
         its cache types (--cache-type-k/-v)."""

@@ -123,6 +123,11 @@ def _failure(state: RequestState, error: Exception) -> SampledToken:
     return SampledToken(state, None, 0, FAILED, error=f"{type(error).__name__}: {error}")
 
 
+ENCODER_REFUSAL = (
+    "this model is an embedding model (an encoder): it serves /v1/embeddings and /api/embed, not text generation"
+)
+
+
 class Engine:
     def __init__(
         self,
@@ -179,6 +184,8 @@ class Engine:
 
     # -- requests (any thread) -------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> RequestState:
+        if not self.model.generates:
+            raise RequestError("model", ENCODER_REFUSAL)
         ctx = self.model.context_length
         n = len(request.prompt_ids)
         if n == 0:

@@ -67,13 +67,15 @@ def embed(
     inputs = [ids[:ctx] for ids in inputs]
     chosen = model_pooling(served.model.manifest, pooling)
     engine = served.engine
+    whole = served.model.whole_inputs
     vectors: list[np.ndarray] = []
     deadline = Deadline(_TIMEOUT_S, f"the embedding of {len(inputs)} input{'s' if len(inputs) > 1 else ''}")
     for ids in inputs:  # one job per input: a request past its deadline stops asking for more
         vectors.append(
             run_job(
                 engine,
-                lambda ids=ids: pooled_embedding(engine, ids, chosen, JOB_TOKENS),
+                # an encoder sees its whole input at once: one piece, no generation step between
+                lambda ids=ids: pooled_embedding(engine, ids, chosen, len(ids) if whole else JOB_TOKENS),
                 deadline,
                 lambda: f"{len(vectors)} of {len(inputs)} embedded",
             )

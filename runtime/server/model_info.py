@@ -83,21 +83,22 @@ def has_chat_template(served: ServedModel) -> bool:
 
 
 def capabilities(served: ServedModel) -> dict:
-    """What the server does with this model. `chat` needs the model's own template (any model
-    can be chatted with through the ChatML fallback, but only one with a template was
-    trained for it); `tools` needs a template whose tool-call format has a parser
-    (`tool_call_format` names it; "generic": the template has none, and /v1 takes tools through
+    """What the server does with this model (an encoder, bert, nothing but embeddings). `chat`
+    needs the model's own template (any model can be chatted with through the ChatML fallback,
+    but only one with a template was trained for it); `tools` needs a template whose tool-call
+    format has a parser (`tool_call_format` names it; "generic": the template has none, and /v1 takes tools through
     llama-server's generic JSON tool calling); `thinking` a template that writes `<think>` blocks."""
     source = served.chat.source if served.chat is not None else ""
+    gen = served.model.generates  # an encoder (bert) serves embeddings alone
     return {
-        "completion": True,
-        "chat": has_chat_template(served),
+        "completion": gen,
+        "chat": gen and has_chat_template(served),
         "embeddings": True,
-        "tools": served.tool_format is not None,
+        "tools": gen and served.tool_format is not None,
         "tool_call_format": served.tool_format.name if served.tool_format else "generic",
-        "json_schema": served.grammars is not None,
-        "grammar": served.grammars is not None,
-        "thinking": template_thinks(source) and has_chat_template(served),
+        "json_schema": gen and served.grammars is not None,
+        "grammar": gen and served.grammars is not None,
+        "thinking": gen and template_thinks(source) and has_chat_template(served),
     }
 
 

@@ -242,8 +242,8 @@ class ShowResource:
         model = manifest["model"]
         info = {**model.get("gguf_metadata", {}), "general.parameter_count": model["parameter_count"]}
         flags = model_info.capabilities(served)
-        flags["tools"] = flags["tools"] or self._config.ollama_generic_tools  # as /api/chat answers tools
-        caps = ["completion"] + [
+        flags["tools"] = flags["tools"] or (flags["completion"] and self._config.ollama_generic_tools)
+        caps = ["completion"] * flags["completion"] + [
             name
             for name, key in (("embedding", "embeddings"), ("tools", "tools"), ("thinking", "thinking"))
             if flags[key]

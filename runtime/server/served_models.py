@@ -17,6 +17,7 @@ from rfc.artifacts.bundle import TOKENIZER_FILE
 from rfc.runtime.text.call_ids import CallIdForm, call_id_form
 from rfc.runtime.text.chat import ChatTemplate, ChatTemplateError
 from rfc.runtime.sampling.constraints import GrammarLimits, Grammars, GrammarWorkers
+from rfc.runtime.engine.embedding import Pooling, pooled_embedding
 from rfc.runtime.engine.engine import Engine, GenerationRequest
 from rfc.runtime.engine.generate import generate
 from rfc.runtime.engine.fingerprint import system_fingerprint
@@ -321,6 +322,12 @@ def warm_up(model: LoadedModel) -> None:
     preparation and kernel loading, so the first client does not. The serving engine is
     separate so its request ids and metrics start clean."""
     bos = model.tokenizer_info.get("bos_id")
+    if not model.generates:  # an encoder: one embedding instead
+        engine = Engine(model)
+        job = pooled_embedding(engine, [bos if bos is not None else 0], Pooling.MEAN, 1)
+        for _ in job:
+            pass
+        return
     request = GenerationRequest(
         prompt_ids=[bos if bos is not None else 0], params=SamplingParams(temperature=0.0), max_tokens=1
     )
