@@ -107,7 +107,7 @@ from rfc.compiler.spec import ModelSpec
 Recipe = Callable[[GGUFModel], ModelSpec]
 # Architectures whose plans are an encoder's (non-causal attention, no logits): embeddings only,
 # cpu targets only (the GPU kernels mask causally)
-ENCODERS = frozenset({"bert", "nomic-bert"})
+ENCODERS = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v3"})
 
 RECIPES: dict[str, Recipe] = {
     "apertus": apertus.build,
@@ -227,6 +227,8 @@ RECIPES: dict[str, Recipe] = {
     "cogvlm": cogvlm.build,
     "bert": bert.build,
     "nomic-bert": bert.build_nomic,
+    "nomic-bert-moe": bert.build_nomic_moe,
+    "jina-bert-v3": bert.build_jina_v3,
     "deepseek2-ocr": deepseek2_ocr.build,
     "qwen3vl": qwen3vl.build,
     "qwen3vlmoe": qwen3vl.build_moe,

@@ -1,5 +1,6 @@
-"""`bert` and `nomic-bert`: encoders that serve embeddings (all-MiniLM, BGE, mxbai-embed, Snowflake
-Arctic Embed; nomic-embed-text), as llama.cpp's src/models/bert.cpp builds them.
+"""`bert`, `nomic-bert`, `nomic-bert-moe`, `jina-bert-v3`: encoders that serve embeddings (all-MiniLM,
+BGE, mxbai-embed, Snowflake Arctic Embed; nomic-embed-text v1 and v2-moe; jina-embeddings-v3), as
+llama.cpp's src/models/bert.cpp builds them.
 
     x = LN(token_embd[t] + token_types[0] (+ position_embd[pos]: bert))    token_embd_norm
     per layer:  x = LN(x + attn_output(attention(Q x, K x, V x)))          attn_output_norm
@@ -8,10 +9,14 @@ Arctic Embed; nomic-embed-text), as llama.cpp's src/models/bert.cpp builds them.
 Post-norm blocks of LayerNorms with weight and bias (`attention.layer_norm_epsilon`); the token
 type is always 0 ("sentence A", llama.cpp's hardcoded row 0 of `token_types`, where the file has it);
 Q, K and V from separate tensors or a fused `attn_qkv`, with their biases and scales (build_qkv),
-scores x 1/sqrt(head_dim), `attn_output`'s bias where present. bert: learned absolute positions and
-an ungated GELU FFN with its biases where present. nomic-bert: NeoX RoPE on Q and K, no position
-table, a SwiGLU FFN (ffn_gate, ffn_up, ffn_down) whose biases the loader reads and the graph does
-not add (known and unused, as llama.cpp).
+scores x 1/sqrt(head_dim), `attn_output`'s bias where present. bert: learned absolute positions;
+the others NeoX RoPE on Q and K and no position table. The FFN: an ungated GELU with its biases
+where present (bert, jina-bert-v3, nomic-bert-moe's dense layers); nomic-bert's SwiGLU (ffn_gate,
+ffn_up, ffn_down) whose biases the loader reads and the graph does not add (known and unused, as
+llama.cpp); nomic-bert-moe's layers i with i % `moe_every_n_layers` == 1 routed GELU experts
+without gate (`ffn_up_exps`, `ffn_down_exps`, router `ffn_gate_inp`: softmax over all, the top
+`expert_used_count` weighed by their probabilities, not renormalized or scaled, as its loader
+reads no expert_weights_scale).
 
 The attention sees the whole input (`attention.causal`, which the converters write false; llama.cpp
 masks causally where a file says true or nothing) and nothing follows the last layer: the plan has
@@ -24,8 +29,9 @@ import math
 
 from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
+from rfc.compiler.arch.moe import Experts
 from rfc.compiler.arch.common import (
-    Attention, attention, glu_ffn, hparams, kv_spec, read_rope, read_sizes, stack_widths, ungated_ffn,
+    Attention, attention, glu_ffn, hparams, kv_spec, read_experts, read_rope, read_sizes, stack_widths, ungated_ffn,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -44,6 +50,14 @@ def build_nomic(model: GGUFModel) -> ModelSpec:
     return _build(model, "nomic-bert")
 
 
+def build_nomic_moe(model: GGUFModel) -> ModelSpec:
+    return _build(model, "nomic-bert-moe")
+
+
+def build_jina_v3(model: GGUFModel) -> ModelSpec:
+    return _build(model, "jina-bert-v3")
+
+
 def _build(model: GGUFModel, arch: str) -> ModelSpec:
     md = Metadata(model, arch)
     sizes = read_sizes(md)
@@ -58,16 +72,24 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     ):
         raise CompileError(f"{md.path}: a reranker (a classifier head, rank pooling): rfc serves no reranking")
     causal = md.bool("attention.causal", default=True)
-    nomic = arch == "nomic-bert"
+    rotary, swiglu = arch != "bert", arch == "nomic-bert"
     rope = read_rope(md, sizes, "neox")
+    experts = _experts(md, n_ff) if arch == "nomic-bert-moe" else None
+    every = md.int("moe_every_n_layers", 0, sizes.n_layers, default=0) if experts else 0
     b = ModelBuilder(model)
     b.buffer("tokens", "T", dtype="i32")
     for name, width in stack_widths(sizes):
         b.buffer(name, "T", width)
     b.buffer("a", "T", e)
     b.buffer("up", "T", n_ff)
-    if nomic:
+    if swiglu:
         b.buffer("gate", "T", n_ff)
+    if experts:
+        b.buffer("router", "T", experts.count)
+        b.buffer("expert_ids", "T", experts.used, dtype="i32")
+        b.buffer("expert_weights", "T", experts.used)
+        b.buffer("exp_up", "T", experts.used * n_ff)
+        b.buffer("experts_out", "T", experts.used * e)
     b.buffer("hr", "R", e)
     layernorm.declare(b, e, "T")
 
@@ -75,17 +97,19 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     if b.has("token_types.weight"):  # sentence A's row, added to every token
         types = b.row_vector("token_types.row0", "token_types", "token_types.weight", (n_types, e), 0)
         b.op("add_bias", ("x",), ("x",), (types,))
-    if not nomic:
+    if not rotary:
         table = b.tensor("position_embd.weight", "position_embd", (md.int("context_length", 1, MAX_CONTEXT), e))
         b.op("pos_embed", ("x",), ("x",), (table,))
     layernorm.named_layer_norm(b, "x", "x", "token_embd_norm", e, eps, bias="required")
     cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), causal=causal)
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
-        attention(b, i, sizes, eps, cfg, src="x", dst="a", rope=nomic)
+        attention(b, i, sizes, eps, cfg, src="x", dst="a", rope=rotary)
         b.op("add", ("a", "x"), ("a",))
         layernorm.named_layer_norm(b, "a", "x", p + "attn_output_norm", e, eps, bias="required")
-        if nomic:  # build_ffn(up, gate, down) without the biases the loader reads
+        if experts and every and i % every == 1:
+            _gelu_experts(b, i, e, n_ff, experts)
+        elif swiglu:  # build_ffn(up, gate, down) without the biases the loader reads
             for proj in ("ffn_up", "ffn_down"):
                 b.unused(f"{p}{proj}.bias", "nomic-bert's graph adds no FFN bias (llama.cpp loads and ignores it)")
             glu_ffn(b, i, e, n_ff, bias=False, scale=False, src="x", dst="a")
@@ -94,7 +118,35 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         b.op("add", ("a", "x"), ("a",))
         layernorm.named_layer_norm(b, "a", "x", p + "layer_output_norm", e, eps, bias="required")
     b.op("gather_rows", ("x",), ("hr",))
-    extra = {"norm": "layernorm (post)", "positions": "rope" if nomic else "learned", "causal": causal}
+    extra = {"norm": "layernorm (post)", "positions": "rope" if rotary else "learned", "causal": causal}
+    if experts:
+        extra.update(experts.hparams(), moe_every_n_layers=every)
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias")
                  or b.has("blk.0.attn_qkv.bias"), rope_freq_factors=False, extra=extra)  # fmt: skip
     return b.finish(hp, input_tokens="tokens", output_logits="", output_hidden="hr", kv=kv_spec(sizes))
+
+
+def _experts(md: Metadata, n_ff: int) -> Experts | None:
+    """nomic-bert-moe's experts: `n_ff` wide as its dense FFN (the loader sizes them so), softmax
+    routing, the chosen probabilities neither renormalized nor scaled (build_moe_ffn's norm_w false,
+    and its loader reads no expert_weights_scale: a file's is left unread); None without experts
+    (every layer dense)."""
+    count, used = read_experts(md)
+    md.ignored("expert_weights_scale", "nomic-bert-moe's loader does not read it: llama.cpp scales by 0 (none)")
+    return Experts(count=count, used=used, n_ff=n_ff, gating="softmax", norm=False) if count else None
+
+
+def _gelu_experts(b: ModelBuilder, i: int, e: int, n_ff: int, experts: Experts) -> None:
+    """a = the routed GELU experts of x (build_moe_ffn with LLM_FFN_GELU and no gate: up, GELU,
+    down, summed by the router's weights)."""
+    p = f"blk.{i}."
+    for name in ("up_exps", "down_exps"):
+        b.unused(f"{p}ffn_{name}.scale", "nomic-bert-moe's graph passes build_moe_ffn no weight scales")
+    b.op("matmul", ("x",), ("router",), (b.tensor(p + "ffn_gate_inp.weight", "ffn_gate_inp", (experts.count, e)),))
+    b.op("moe_route", ("router",), ("expert_ids", "expert_weights"), (), **experts.route_attrs())
+    up = b.tensor(p + "ffn_up_exps.weight", "ffn_up_exps", (experts.count, n_ff, e))
+    b.op("moe_matmul", ("x", "expert_ids"), ("exp_up",), (up,))
+    b.op("gelu", ("exp_up",), ("exp_up",))
+    down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (experts.count, e, n_ff))
+    b.op("moe_matmul", ("exp_up", "expert_ids"), ("experts_out",), (down,))
+    b.op("moe_combine", ("experts_out", "expert_weights"), ("a",))
