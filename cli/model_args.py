@@ -41,30 +41,14 @@ def bundle_paths(
         if not targets and host is None:
             host = host_targets()
         why = "--arch" if targets else host.describe()
-        chosen = tuple(targets) or host.targets
-        if not targets and host.gpus and _is_encoder(path):
-            chosen, why = (host.cpu,), f"{why}; an encoder (embeddings) builds for the CPU alone"
         out.append(
             _compiled(
-                CompileRequest(path, chosen, chat_template),
+                CompileRequest(path, tuple(targets) or host.targets, chat_template),
                 cache_root(cache_dir) / "bundles",
                 why,
             )
         )
     return out
-
-
-def _is_encoder(path: Path) -> bool:
-    """Whether the GGUF is an encoder's (bert): its attention is not causal, which the GPU kernels
-    do not compile, so a host's GPUs are left out of its targets."""
-    from rfc.compiler.arch import ENCODERS
-    from rfc.compiler.gguf_metadata import ARCHITECTURE_KEY
-    from rfc.compiler.gguf_reader import read_gguf
-
-    try:
-        return read_gguf(path).metadata.get(ARCHITECTURE_KEY) in ENCODERS
-    except Exception:  # noqa: BLE001 - the compile that follows says what is wrong with the file
-        return False
 
 
 def model_names(paths: Sequence[Path | str]) -> list[str | None]:

@@ -316,6 +316,15 @@ RFC_DEVICE_FN bool rfc_attention_tile_starts(const int *positions, const int *se
            positions[r] % tile_rows == 0;
 }
 
+/* An encoder's attention (non-causal): the last position of row r's sequence in the step, up to
+ * which every row of it attends. A step holds a sequence's rows together and in order (the
+ * engine runs an encoder's input whole), so they end where seq_of_token changes. */
+RFC_DEVICE_FN int rfc_attention_seq_last(const int *positions, const int *seq_of_token, int r, int n_rows) {
+    int e = r;
+    while (e + 1 < n_rows && seq_of_token[e + 1] == seq_of_token[r]) e++;
+    return positions[e];
+}
+
 /* Folds one softmax partial (its max m, sum l and weighted value a) into the running (M, L, O):
  * the exact log-sum-exp merge. The reduction kernel and the per-op kernel merge the same
  * partials in the same order with it, so the two agree bit for bit. */

@@ -105,9 +105,6 @@ from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 Recipe = Callable[[GGUFModel], ModelSpec]
-# Architectures whose plans are an encoder's (non-causal attention, no logits): embeddings only,
-# cpu targets only (the GPU kernels mask causally)
-ENCODERS = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v3"})
 
 RECIPES: dict[str, Recipe] = {
     "apertus": apertus.build,

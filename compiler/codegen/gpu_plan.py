@@ -638,12 +638,8 @@ class _Planner(
         split kernels both hold the tiled prefill path (gpu_attention_tile.hip.j2) that steps
         of more than ATTENTION_SPLIT_ROWS rows take, in their z = 0 blocks: one code for both
         paths, so they agree bit for bit, and no launch more in the program."""
-        if not op.attr("causal"):
-            raise CompileError(
-                "an encoder's attention (non-causal: embedding models such as BERT) compiles for cpu targets "
-                "only; the GPU kernels mask causally"
-            )
         a = op.attrs
+        causal = op.attr("causal")
         head_dim, n_heads, n_kv_heads = a["head_dim"], a["n_heads"], a["n_kv_heads"]
         threads = max(ATTENTION_THREADS, _round_up(head_dim, self.wave))
         dtype = self._kv_dtype()
@@ -652,6 +648,8 @@ class _Planner(
         # no more slices than the longest row (the context, or the window) can fill
         keys = min(self.plan.context_length, int(window)) if window is not None else self.plan.context_length
         splits = max(1, min(ATTENTION_SPLITS, -(-keys // ATTENTION_SPLIT_KEYS)))
+        if not causal:  # an encoder's rows run in prefill steps, never split: one slice (no reduce kernel)
+            splits = 1
         item = 2 if dtype == "f16" else 4
         widths = [n for n in (8, 4, 2, 1) if n * item <= VECTOR_BYTES and head_dim % n == 0]
         k_vec = next(n for n in widths if n * group <= ATTENTION_SCORE_MAX or n == 1)  # one thread reads a key's row
@@ -663,6 +661,7 @@ class _Planner(
             f"_r{row}" if row != n_kv_heads * head_dim else ""
         )
         name += (f"_w{window}" if window is not None else "") + ("_capped" if softcap is not None else "")
+        name += "" if causal else "_bidir"
         alibi = op.attr("alibi")
         if alibi is not None:  # the slopes are compiled in: the maximum bias's bits in the name
             name += f"_alibi{struct.unpack('<I', struct.pack('<f', alibi))[0]:08x}"
@@ -702,6 +701,8 @@ class _Planner(
         }
         if alibi is not None:  # only then: the other kernels' parameters (and so their cache keys) stay as they were
             params.update(has_alibi=True, alibi=alibi_slopes(n_heads, alibi))
+        if not causal:  # likewise: each row attends its sequence's last position in the step (rfc_attention_seq_last)
+            params["noncausal"] = True
         tile = _attention_tile(head_dim, group, threads)
         params.update(tile)
         params["smem_floats"] = max(group * head_dim + params["p_floats"], _tile_floats(tile, head_dim))

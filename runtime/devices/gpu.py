@@ -23,7 +23,7 @@ from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
 from rfc.runtime.devices.gpu_driver import Driver, GpuDriver
 from rfc.runtime.devices.gpu_program import StepRunner, paired_runs
-from rfc.runtime.core.device import PendingRows, SampledRows
+from rfc.runtime.core.device import PendingRows, SampledRows, require_logits
 
 _KV_ITEMSIZE = {"f16": 2, "f32": 4}
 _WEIGHT_ALIGNMENT = 256  # device offsets of uploaded weights: 128-bit loads and more
@@ -84,7 +84,8 @@ class GpuDevice:
             )
         self.cache_types = cache_types
         sample = program.extra.get("sample")
-        sample = sample if isinstance(sample, dict) and "kernel" in sample else None
+        # an encoder (no logits) samples nothing, whatever its program holds
+        sample = sample if isinstance(sample, dict) and "kernel" in sample and bundle.plan.generates else None
         launched = {launch.kernel: launch for launch in program.every_launch()}
         check_kernels(entry, launched.values(), code)
         if sample is not None:
@@ -122,6 +123,7 @@ class GpuDevice:
         self.runs_ahead = self.samples_on_device and self.runner.sampling.runs_ahead
 
     def forward(self, batch: StepBatch) -> np.ndarray:
+        require_logits(self._plan)
         return self.runner.run(batch, self._plan.output_logits)
 
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:

@@ -184,7 +184,8 @@ class StepRunner:
         for name in a.zeroed:  # counts kernels leave at zero (the program's checked slots): once, now
             slot = a.slot(name)
             driver.copy_to_device(self.arena + slot.offset, np.zeros(slot.nbytes, np.uint8))
-        self._out = {logits: vocab, hidden: n_embd}
+        # an encoder's plan has no logits ("": runtime/core/device.py require_logits refuses the step)
+        self._out = {**({logits: vocab} if logits else {}), hidden: n_embd}
         self._out_offset = {name: a.slot(name).offset for name in self._out}
         self.stream = driver.stream_create()
         self._logits = logits

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import requests
 
-from rfc.cli import model_args
-from rfc.cli.host_targets import HostTargets
 from rfc.compiler.errors import CompileError
 from rfc.compiler.pipeline import CompileOptions, compile_model
 from tests import testdata
@@ -108,23 +106,6 @@ def test_generation_is_refused_naming_the_model(servers, route, body):
     assert "embedding model" in r.text
     if route.startswith("/v1/chat") or route == "/v1/completions":
         assert r.json()["error"]["param"] == "model"
-
-
-def test_an_encoder_does_not_compile_for_a_gpu(tmp_path):
-    with pytest.raises(CompileError, match="cpu targets only"):
-        compile_model(CompileOptions(model=_gguf("bert-dense", tmp_path), out_dir=tmp_path / "b", targets=("sm_90",)))
-
-
-def test_a_gpu_host_compiles_an_encoder_for_its_cpu(tmp_path, monkeypatch):
-    gguf = _gguf("bert-dense", tmp_path)
-    host = HostTargets(targets=("sm_90", "cpu-avx512"), cpu="cpu-avx512", gpus=("sm_90",))
-    monkeypatch.setattr(model_args, "host_targets", lambda: host)
-    asked = []
-    monkeypatch.setattr(model_args, "_compiled", lambda request, cache, why: asked.append((request, why)) or cache)
-    model_args.bundle_paths([gguf, _gguf("llama-dense", tmp_path)], cache_dir=tmp_path / "cache")
-    (bert, why), (llama, _) = asked
-    assert bert.targets == ("cpu-avx512",) and "an encoder (embeddings) builds for the CPU alone" in why
-    assert llama.targets == ("sm_90", "cpu-avx512")
 
 
 @pytest.mark.parametrize(

@@ -153,12 +153,15 @@ class BesideReference:
         self.run = Executor(bundle.plan, device)
         self.run_ref = Executor(bundle.plan, self.ref)
 
-    def step(self, chunks) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, chunks, hidden: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The two devices' logits, or with `hidden` their final hidden states (an encoder's output)."""
         from rfc.runtime.engine.batch import build_batch
 
         for c in chunks:
             self.blocks.allocate(c.seq_id, c.start + len(c.tokens))
         batch = build_batch(chunks, self.blocks)
+        if hidden:
+            return self.run.forward_hidden(batch), self.run_ref.forward_hidden(batch)
         return self.run.forward(batch), self.run_ref.forward(batch)
 
 
