@@ -181,6 +181,8 @@ class Plan:
     n_embd: int
     context_length: int
     state: StateSpec = StateSpec()  # per-sequence recurrent state (hybrid models); empty: none
+    # a reranker's classifier output [R, labels] (its first label is a pair's relevance score); "": none
+    output_scores: str = ""
 
     @property
     def generates(self) -> bool:
@@ -218,6 +220,8 @@ def pack_plan(plan: Plan) -> bytes:
     validate_plan(plan)
     # "state" only when there is some: a stateless plan's bytes (and its bundle's hashes) stay as they were
     state = {"state": [[t.layer, list(t.shape)] for t in plan.state.tensors]} if plan.state.tensors else {}
+    if plan.output_scores:  # likewise only a reranker's plan has the key
+        state["output_scores"] = plan.output_scores
     return msgpack.packb(
         {
             **state,
@@ -327,6 +331,7 @@ def unpack_plan(data: bytes) -> Plan:
             n_embd=_int(raw["n_embd"], "n_embd"),
             context_length=_int(raw["context_length"], "context_length"),
             state=state,
+            output_scores=_strs([raw.get("output_scores", "")], "output_scores")[0],
         )
     except KeyError as e:
         raise BundleError(f"{PLAN_FILE} lacks {e}") from None

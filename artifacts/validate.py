@@ -59,6 +59,12 @@ def check_plan(plan: Plan) -> None:
         f"plan output {plan.output_logits!r} is not [R, vocab_size]",
     )
     need(_is(buffers, plan.output_hidden, ("R", plan.n_embd)), f"plan output {plan.output_hidden!r} is not [R, n_embd]")
+    scores = buffers.get(plan.output_scores)
+    need(
+        not plan.output_scores
+        or (scores is not None and scores.dtype == "f32" and len(scores.shape) == 2 and scores.shape[0] == "R"),
+        f"plan output {plan.output_scores!r} is not a float [R, labels] buffer",
+    )
     for i, op in enumerate(plan.ops):
         check_op(plan, buffers, i, op)
 

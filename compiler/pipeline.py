@@ -96,7 +96,8 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
             "source": {"file": model.path.name, "sha256": sha256_file(model.path), "size": model.size},
             "model": _model_section(model, spec),
             "targets": target_entries,
-            "tokenizer": {"file": TOKENIZER_FILE, **_jsonable(asdict(tok_info))},
+            # sep_id only where there is one (a reranker's pair separator): other manifests keep their bytes
+            "tokenizer": {"file": TOKENIZER_FILE, **_jsonable(_without_none(asdict(tok_info), "sep_id"))},
             "chat_template": CHAT_TEMPLATE_FILE if chat_template else None,
         }
         files = writer.file_map()
@@ -173,3 +174,7 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
+
+
+def _without_none(info: dict, key: str) -> dict:
+    return {k: v for k, v in info.items() if k != key or v is not None}

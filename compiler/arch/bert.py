@@ -21,17 +21,21 @@ reads no expert_weights_scale).
 The attention sees the whole input (`attention.causal`, which the converters write false; llama.cpp
 masks causally where a file says true or nothing) and nothing follows the last layer: the plan has
 no logits, its hidden states are the model's output (`output_hidden`), pooled by `pooling_type`
-(runtime/engine/embedding.py). The classifier heads of rerankers (`cls`, `cls.output`, pooling
-type 4, rank) are refused: rfc serves no reranking.
+(runtime/engine/embedding.py). A reranker (bge-reranker's layout: pooling type 4, rank) adds its
+classifier head after them, the plan's `output_scores`: tanh(`cls` h + bias) where the file has
+`cls`, then `cls.output` (+ bias), whose first output at the first token is a pair's relevance score
+(runtime/server/rerank.py). Without rank pooling the head is loaded and unused, as llama.cpp.
 """
 
 import math
+from dataclasses import replace
 
 from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.moe import Experts
 from rfc.compiler.arch.common import (
-    Attention, attention, glu_ffn, hparams, kv_spec, read_experts, read_rope, read_sizes, stack_widths, ungated_ffn,
+    Attention, attention, glu_ffn, hparams, kv_spec, linear, read_experts, read_rope, read_sizes, stack_widths,
+    ungated_ffn,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -39,6 +43,8 @@ from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
 RANK_POOLING = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK: a reranker's score from its classifier head
+CLASSIFIER = ("cls.weight", "cls.bias", "cls.output.weight", "cls.output.bias")
+MAX_LABELS = 1 << 12  # a classifier's outputs (a reranker's: 1)
 MAX_TOKEN_TYPES = 1 << 16  # tokenizer.ggml.token_type_count: BERT's 2, XLM-R's 1; bounds the read
 
 
@@ -67,10 +73,7 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     n_types = md.int("tokenizer.ggml.token_type_count", 0, MAX_TOKEN_TYPES, default=0)
     if n_types == 0:  # llama.cpp: "model needs to define token type count"
         raise CompileError(f"{md.path}: {arch} needs tokenizer.ggml.token_type_count (llama.cpp's loader requires it)")
-    if md.raw("pooling_type") == RANK_POOLING or any(
-        model.tensors.get(n) is not None for n in ("cls.weight", "cls.bias", "cls.output.weight", "cls.output.bias")
-    ):
-        raise CompileError(f"{md.path}: a reranker (a classifier head, rank pooling): rfc serves no reranking")
+    rank = md.raw("pooling_type") == RANK_POOLING
     causal = md.bool("attention.causal", default=True)
     rotary, swiglu = arch != "bert", arch == "nomic-bert"
     rope = read_rope(md, sizes, "neox")
@@ -118,12 +121,17 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         b.op("add", ("a", "x"), ("a",))
         layernorm.named_layer_norm(b, "a", "x", p + "layer_output_norm", e, eps, bias="required")
     b.op("gather_rows", ("x",), ("hr",))
+    scores = _classifier(b, md, e) if rank else ""
+    if not rank:
+        for name in CLASSIFIER:
+            b.unused(name, "the classifier head of a file without rank pooling (llama.cpp loads it and embeds)")
     extra = {"norm": "layernorm (post)", "positions": "rope" if rotary else "learned", "causal": causal}
     if experts:
         extra.update(experts.hparams(), moe_every_n_layers=every)
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias")
                  or b.has("blk.0.attn_qkv.bias"), rope_freq_factors=False, extra=extra)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="", output_hidden="hr", kv=kv_spec(sizes))
+    spec = b.finish(hp, input_tokens="tokens", output_logits="", output_hidden="hr", kv=kv_spec(sizes))
+    return replace(spec, plan=replace(spec.plan, output_scores=scores)) if scores else spec
 
 
 def _experts(md: Metadata, n_ff: int) -> Experts | None:
@@ -150,3 +158,30 @@ def _gelu_experts(b: ModelBuilder, i: int, e: int, n_ff: int, experts: Experts) 
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (experts.count, e, n_ff))
     b.op("moe_matmul", ("exp_up", "expert_ids"), ("experts_out",), (down,))
     b.op("moe_combine", ("experts_out", "expert_weights"), ("a",))
+
+
+def _classifier(b: ModelBuilder, md: Metadata, e: int) -> str:
+    """A reranker's head over the final hidden rows (llama.cpp's build_pooling, rank): tanh(`cls` h +
+    `cls.bias`) where the file has `cls`, then `cls.output` (+ its bias) to the labels, the first of
+    which is a pair's relevance score; returns the scores buffer. The rows the engine reads are the
+    first token's (llama.cpp's CLS row: classifier.pooling_type mean is modern-bert's)."""
+    src = "hr"
+    if b.has("cls.weight"):
+        b.buffer("cls_h", "R", e)
+        linear(b, src, "cls_h", "cls", (e, e), scale=False, bias_first=True)
+        b.op("softcap", ("cls_h",), ("cls_h",), cap=1.0)  # 1 * tanh(x / 1): tanh exactly
+        src = "cls_h"
+    elif b.has("cls.bias"):
+        raise CompileError(f"{b.path}: cls.bias without cls.weight")
+    out = b.model.tensors.get("cls.output.weight")
+    if out is None:  # jina-reranker-v1-tiny's single head: the score is the hidden row's first value
+        raise CompileError(f"{b.path}: a reranker without cls.output.weight: not served yet")
+    labels = out.shape[0] if len(out.shape) == 2 else 0
+    if not 1 <= labels <= MAX_LABELS:
+        raise CompileError(f"{b.path}: cls.output.weight {list(out.shape)} is not [labels, {e}]")
+    named = md.raw("classifier.output_labels")
+    if isinstance(named, list) and named and len(named) != labels:
+        raise CompileError(f"{b.path}: {len(named)} classifier.output_labels for {labels} cls.output rows")
+    b.buffer("scores", "R", labels)
+    linear(b, src, "scores", "cls.output", (labels, e), scale=False, bias_first=True)
+    return "scores"

@@ -33,6 +33,7 @@ from rfc.compiler.targets import Target
 ABI_VERSION = 2  # bump with any change to an exported function's signature
 STEP_ENTRY = "rfc_step"  # the step program's entry: logits for the logit rows
 HIDDEN_ENTRY = "rfc_step_hidden"  # the same step up to the final norm (embeddings)
+SCORES_ENTRY = "rfc_step_scores"  # a reranker's: the same step up to its classifier's output
 ARENA_ALIGNMENT = 256
 # The arena the program records (what the engine's default step budget needs); the entry
 # computes the same layout for any T and R, and the runtime sizes the arena per step.
@@ -324,6 +325,8 @@ def step_params(inp: CodegenInput, loop_layers: bool = True) -> dict:
     # refuses a logits step of it before the call)
     lowered = [(STEP_ENTRY, cpu_step.lower(plan, entries, refs, plan.output_logits or plan.output_hidden)),
                (HIDDEN_ENTRY, cpu_step.lower(plan, entries, refs, plan.output_hidden))]  # fmt: skip
+    if plan.output_scores:
+        lowered.append((SCORES_ENTRY, cpu_step.lower(plan, entries, refs, plan.output_scores)))
     return {
         "fields": [[name, kind] for name, kind, _ in STEP_ARGS],
         "step_abi": STEP_ABI_VERSION,
@@ -357,7 +360,8 @@ def step_program(inp: CodegenInput) -> StepProgram:
     )
     return StepProgram(
         target=inp.target.name, arena=arena, entry=STEP_ENTRY, weights=inp.weights,
-        extra={"hidden_entry": HIDDEN_ENTRY, "step_abi": STEP_ABI_VERSION, "barriers": low.barriers,
+        extra={"hidden_entry": HIDDEN_ENTRY, **({"scores_entry": SCORES_ENTRY} if inp.plan.output_scores else {}),
+               "step_abi": STEP_ABI_VERSION, "barriers": low.barriers,
                "phases": sum(1 for p in low.phases if p["kind"] != "barrier"), "plan_ops": len(inp.plan.ops)},
     )  # fmt: skip
 

@@ -905,7 +905,7 @@ def buffer_uses(plan: Plan) -> tuple[dict[str, int], dict[str, int]]:
 
 def read_later(plan: Plan, after: int, buffer: str) -> bool:
     """Whether an op after `after` reads `buffer` before one writes it (or it is a step output)."""
-    if buffer in (plan.output_logits, plan.output_hidden):
+    if buffer in (plan.output_logits, plan.output_hidden, plan.output_scores):
         return True
     for op in plan.ops[after + 1 :]:
         if buffer in op.inputs:
@@ -931,7 +931,7 @@ def plan_step_arena(
     sizes = {"T": PROGRAM_MAX_TOKENS, "R": PROGRAM_MAX_ROWS}
     first, last = buffer_uses(plan)
     end = len(plan.ops)
-    for b in (plan.output_logits, plan.output_hidden):
+    for b in (plan.output_logits, plan.output_hidden, plan.output_scores):
         last[b] = end
     live: list[tuple[int, int, int]] = []  # (offset, nbytes, last use)
     slots, total = [], 0

@@ -77,6 +77,10 @@ class TokenizerError(CompileError):
     """The GGUF's tokenizer is of an unsupported kind or its vocabulary is malformed."""
 
 
+# tokenizer.ggml.pre values whose vocabularies llama.cpp gives add_sep (RoBERTa-style rerankers)
+SEP_PRES = frozenset({"jina-v1-en", "jina-v2-code", "roberta-bpe"})
+
+
 @dataclass(frozen=True)
 class TokenizerInfo:
     model: str  # tokenizer.ggml.model: "llama" (SentencePiece), "gpt2" or "gemma4" (BPE), "bert" (WordPiece)
@@ -89,6 +93,10 @@ class TokenizerInfo:
     add_eos: bool
     eog_ids: tuple[int, ...]  # end-of-generation ids, sorted
     vocab_size: int
+    # the separator llama.cpp puts between a rerank pair's texts (its add_sep: WordPiece and the
+    # RoBERTa-style BPEs by default, tokenizer.ggml.add_sep_token otherwise); None: none (and then
+    # the manifest has no such key, so every other bundle's stays as it was)
+    sep_id: int | None = None
 
 
 # --- the vocabulary as GGUF stores it ---------------------------------------------------
@@ -362,9 +370,10 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
         add_bos = True  # llama.cpp overrides add_bos_token for Gemma 4
     add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
 
+    sep_id = _token_id(metadata, "tokenizer.ggml.seperator_token_id", n, 102 if is_wpm else None)
+    add_sep = bool(metadata.get("tokenizer.ggml.add_sep_token", is_wpm or pre in SEP_PRES))
     if is_wpm:
         # llama.cpp wraps WordPiece text in BOS (CLS) and SEP whatever the add_* flags say.
-        sep_id = _token_id(metadata, "tokenizer.ggml.seperator_token_id", n, 102)
         add_bos, add_eos = True, False
         parts = _wpm_json(metadata, vocab, unk_id)
         post_processor = _wrap(vocab, [bos_id], [sep_id])
@@ -385,5 +394,6 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
     info = TokenizerInfo(
         model=model, pre=pre, bos_id=bos_id, eos_id=eos_id, unk_id=unk_id, pad_id=pad_id,
         add_bos=add_bos, add_eos=add_eos, eog_ids=_eog_ids(metadata, vocab, eos_id), vocab_size=n,
+        sep_id=sep_id if add_sep else None,
     )  # fmt: skip
     return json.dumps(document, ensure_ascii=False), info

@@ -79,6 +79,11 @@ class Device(Protocol):
         (what the output norm writes: llama.cpp's embeddings)."""
         ...
 
+    def forward_scores(self, batch: StepBatch) -> np.ndarray:
+        """A reranker's classifier outputs float32[R, labels] for the batch's logit rows (the
+        plan's output_scores)."""
+        ...
+
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         """One step on a `samples_on_device` device; rows[i] is (Sampler, wants its logprob)
         for a row the device may sample, None for a row the host must (grammar, logit_bias,
@@ -132,6 +137,12 @@ class OpDevice(Protocol):
     def download(self, buf, rows: int) -> np.ndarray: ...
 
 
+def require_scores(plan: Plan) -> None:
+    """Refuses a scores step of a plan without a classifier (not a reranker)."""
+    if not plan.output_scores:
+        raise DeviceError("this model is not a reranker: it has no classifier head")
+
+
 def require_logits(plan: Plan) -> None:
     """Refuses a logits step of an encoder's plan (embeddings only)."""
     if not plan.generates:
@@ -155,6 +166,10 @@ class InterpretedDevice:
 
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:
         return self._interpret(batch, self._plan.output_hidden)
+
+    def forward_scores(self, batch: StepBatch) -> np.ndarray:
+        require_scores(self._plan)
+        return self._interpret(batch, self._plan.output_scores)
 
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         raise DeviceError(f"the {type(self).__name__} does not sample: the host samples every row")

@@ -25,7 +25,7 @@ from rfc.artifacts.program import STEP_ABI_VERSION, STEP_ARGS, plan_arena, unpac
 from rfc.artifacts.targets import TargetEntry
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
-from rfc.runtime.core.device import PendingRows, SampledRows, require_logits
+from rfc.runtime.core.device import PendingRows, SampledRows, require_logits, require_scores
 from rfc.runtime.devices.state import HostState
 from rfc.runtime.core.sampling_kernels import SamplingKernels
 
@@ -90,6 +90,8 @@ class CpuStepDevice(HostState):
         self._hidden_entry = _fn(
             lib, str(self.program.extra.get("hidden_entry", "")), [ctypes.POINTER(StepArgs)], c_int
         )
+        scores = str(self.program.extra.get("scores_entry", ""))  # a reranker's classifier step
+        self._scores_entry = _fn(lib, scores, [ctypes.POINTER(StepArgs)], c_int) if scores else None
         self._arena_bytes = _fn(lib, "rfc_step_arena_bytes", [c_int64, c_int64, c_int64], c_size_t)
         # the library's sampling functions, for the engine's host sampling (None: older bundle)
         self.host_sampling = SamplingKernels.from_library(lib)
@@ -130,6 +132,10 @@ class CpuStepDevice(HostState):
 
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:
         return self._run(batch, self._hidden_entry, self.plan.output_hidden)
+
+    def forward_scores(self, batch: StepBatch) -> np.ndarray:
+        require_scores(self.plan)
+        return self._run(batch, self._scores_entry, self.plan.output_scores)
 
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         raise DeviceError("the cpu step program does not sample: the host samples every row")

@@ -23,7 +23,7 @@ from rfc.runtime.core.step import StepBatch
 from rfc.runtime.devices import DeviceError, DeviceKind
 from rfc.runtime.devices.gpu_driver import Driver, GpuDriver
 from rfc.runtime.devices.gpu_program import StepRunner, paired_runs
-from rfc.runtime.core.device import PendingRows, SampledRows, require_logits
+from rfc.runtime.core.device import PendingRows, SampledRows, require_logits, require_scores
 
 _KV_ITEMSIZE = {"f16": 2, "f32": 4}
 _WEIGHT_ALIGNMENT = 256  # device offsets of uploaded weights: 128-bit loads and more
@@ -113,6 +113,7 @@ class GpuDevice:
             n_embd=plan.n_embd,
             logits=plan.output_logits,
             hidden=plan.output_hidden,
+            scores=(plan.output_scores, plan.buffer(plan.output_scores).shape[1]) if plan.output_scores else None,
             block_size=block_size,
             table_width=width,
             sample=(driver.function(module, sample["kernel"]), sample) if sample is not None else None,
@@ -128,6 +129,10 @@ class GpuDevice:
 
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:
         return self.runner.run(batch, self._plan.output_hidden)
+
+    def forward_scores(self, batch: StepBatch) -> np.ndarray:
+        require_scores(self._plan)
+        return self.runner.run(batch, self._plan.output_scores)
 
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         return self.runner.run_sampled(batch, rows)

@@ -171,6 +171,7 @@ class StepRunner:
         sample: "tuple[Any, dict] | None" = None,
         pen_per_row: int = PEN_PER_ROW,
         kv_types: tuple[int, int] = (0, 0),
+        scores: tuple[str, int] | None = None,  # a reranker's classifier output: (buffer, labels)
     ):
         self._driver = driver
         self.program = program
@@ -185,14 +186,14 @@ class StepRunner:
             slot = a.slot(name)
             driver.copy_to_device(self.arena + slot.offset, np.zeros(slot.nbytes, np.uint8))
         # an encoder's plan has no logits ("": runtime/core/device.py require_logits refuses the step)
-        self._out = {**({logits: vocab} if logits else {}), hidden: n_embd}
+        self._out = {**({logits: vocab} if logits else {}), hidden: n_embd, **dict([scores] if scores else [])}
         self._out_offset = {name: a.slot(name).offset for name in self._out}
         self.stream = driver.stream_create()
         self._logits = logits
         # the sampling kernel (fn, the program's extra["sample"]), when the bundle has one
         self.sampling = DeviceSampling(self, sample[0], kernel_args, sample[1], pen_per_row) if sample else None
         self._stage_layout()
-        out_bytes = max(vocab, n_embd) * 4 * self.max_rows
+        out_bytes = max(self._out.values()) * 4 * self.max_rows
         self._host_out = driver.malloc_host(out_bytes)
         self._host_in = driver.malloc_host(self.stage_bytes)
         self._dev_in = self._alloc(self.stage_bytes)

@@ -65,6 +65,11 @@ class LoadedModel:
         return self.bundle.plan.generates
 
     @property
+    def ranks(self) -> bool:
+        """A reranker: its plan has a classifier's scores (runtime/server/rerank.py)."""
+        return bool(self.bundle.plan.output_scores)
+
+    @property
     def whole_inputs(self) -> bool:
         """An encoder's attention sees the tokens after its own: an input runs in one step."""
         return not self.bundle.plan.causal

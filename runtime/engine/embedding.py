@@ -70,3 +70,28 @@ def pooled_embedding(
     vector = total / len(token_ids) if pooling is Pooling.MEAN else total
     norm = float(np.linalg.norm(vector))
     return (vector / norm if norm > 0 else vector).astype(np.float32)
+
+
+def rerank_tokens(info: dict, query: list[int], document: list[int]) -> list[int]:
+    """A rerank pair as llama-server's format_prompt_rerank lays it out for a model without a
+    rerank template: BOS (when the tokenizer adds one), the query, EOS (SEP where there is no EOS)
+    when it adds EOS, the separator when it adds one (`sep_id`: WordPiece's [SEP]), the document,
+    EOS again. `info` is the bundle's tokenizer info; the texts are tokenized without specials."""
+    eos = info.get("eos_id") if info.get("eos_id") is not None else info.get("sep_id")
+    end = [eos] if info.get("add_eos") and eos is not None else []
+    bos = [info["bos_id"]] if info.get("add_bos") and info.get("bos_id") is not None else []
+    sep = [info["sep_id"]] if info.get("sep_id") is not None else []
+    return bos + query + end + sep + document + end
+
+
+def rank_score(engine: Engine, token_ids: list[int]) -> Generator[None, None, float]:
+    """A job (Engine.start_job) whose result is a reranker's relevance score of `token_ids` (a
+    pair: rerank_tokens): its classifier's first output at the first token (llama.cpp's CLS row),
+    the input run whole in one step, as an encoder's is."""
+    if not token_ids:
+        raise ValueError("nothing to score")
+    with engine.reserved_kv(len(token_ids)) as seq_id:
+        batch = build_batch([ScheduledChunk(seq_id, 0, tuple(token_ids), all_logits=True)], engine.blocks)
+        scores = engine.model.executor.forward_scores(batch)
+    return float(scores[0, 0])
+    yield  # a generator, as the engine's jobs are: the pair runs in one piece

@@ -34,6 +34,9 @@ class Executor:
     def forward_hidden(self, batch: StepBatch) -> np.ndarray:
         return self.device.forward_hidden(batch)
 
+    def forward_scores(self, batch: StepBatch) -> np.ndarray:
+        return self.device.forward_scores(batch)
+
     def forward_sampled(self, batch: StepBatch, rows: list) -> SampledRows:
         return self.device.forward_sampled(batch, rows)
 

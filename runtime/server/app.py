@@ -13,6 +13,7 @@ from rfc.runtime.server import (
     openai_api,
     responses_api,
     service_routes,
+    rerank,
     utility_routes,
 )
 from rfc.runtime.server.config import ServerConfig
@@ -81,6 +82,7 @@ def create_app(
     if webui is not None:  # the page itself is at /, for browsers (ollama_api.RootResource)
         routes.add(WEBUI_ROUTE, WebUiAssetResource(webui))
     utility_routes.add_routes(routes, handle, config)
+    rerank.add_routes(routes, handle, config)
     # the document of all the routes above, and of itself
     routes.add(OPENAPI_PATH, OpenApiResource(routes.all, config))
     return app

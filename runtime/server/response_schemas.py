@@ -262,6 +262,22 @@ EMBEDDINGS = obj(
         "usage": obj({"prompt_tokens": INTEGER, "total_tokens": INTEGER}),
     }
 )
+# /rerank: Jina's object, or (with TEI's `texts`) TEI's list
+RERANK = {
+    "anyOf": [
+        obj(
+            {
+                "model": STRING,
+                "object": {"const": "list"},
+                "usage": obj({"prompt_tokens": INTEGER, "total_tokens": INTEGER}),
+                "results": array(
+                    obj({"index": INTEGER, "relevance_score": NUMBER}, {"document": obj({"text": STRING})})
+                ),
+            }
+        ),
+        array(obj({"index": INTEGER, "score": NUMBER}, {"text": STRING})),
+    ]
+}
 # llama-server's /embedding and /embeddings: one entry per input, its pooled vector as one row
 LLAMA_EMBEDDINGS = array(obj({"index": INTEGER, "embedding": array(array(NUMBER))}))
 _BACKEND = obj(

@@ -44,14 +44,22 @@ def _gguf(name: str, where) -> object:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """One server per encoder, each on its cpu bundle."""
+def bundles(tmp_path_factory):
+    """Each encoder's cpu bundle."""
     work = tmp_path_factory.mktemp("encoders")
+    out = {}
+    for name in ("bert-dense", "nomic-bert-dense", "bert-rank"):
+        out[name] = work / name
+        compile_model(CompileOptions(model=_gguf(name, work), out_dir=out[name], targets=("cpu",)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def servers(bundles):
+    """One server per encoder."""
     procs = {}
     try:
-        for name in ("bert-dense", "nomic-bert-dense"):
-            bundle = work / name
-            compile_model(CompileOptions(model=_gguf(name, work), out_dir=bundle, targets=("cpu",)))
+        for name, bundle in bundles.items():
             procs[name] = ServerProcess(bundle, "--ctx-size", "256")
         yield {name: p.wait_ready() for name, p in procs.items()}
     finally:
@@ -135,3 +143,69 @@ def test_a_file_that_says_causal_is_planned_causal(tmp_path):
     compile_model(CompileOptions(model=path, out_dir=tmp_path / "b", targets=()))
     plan = open_bundle(tmp_path / "b").plan
     assert plan.causal and not plan.generates
+
+
+@pytest.mark.parametrize("device", ["ref", "cpu"])
+def test_rerank_scores_are_llama_cpps(bundles, device):
+    """A reranker's classifier (tanh(cls h + b), then cls.output) at the first token's row of each
+    input, against llama.cpp's rank pooling over the same tokens (scores of 0.003 to 0.027 here,
+    llama.cpp's own from its hidden states to 1e-7; rfc's hidden states differ from its by ~1e-5,
+    which the classifier's 256-wide dot products carry to ~4e-4)."""
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
+    from rfc.runtime.engine.embedding import rank_score
+    from rfc.runtime.engine.engine import Engine
+
+    golden = np.load(archs.DATA / "bert-rank.hidden.npz")
+    tokens = golden["tokens"].tolist()
+    engine = Engine(load_model(bundles["bert-rank"], LoadOptions(device=device)))
+    got = []
+    for lo, hi in archs.RANK_SLICES:
+        job = rank_score(engine, tokens[lo:hi])
+        with pytest.raises(StopIteration) as done:
+            next(job)
+        got.append(done.value.value)
+    want = golden["scores"][:, 0]
+    assert np.abs(np.asarray(got) - want).max() < 1e-3, (got, want)
+    assert np.argsort(got).tolist() == np.argsort(want).tolist()
+
+
+def test_rerank_routes(servers, bundles):
+    """Jina's shape on /v1/rerank (sorted, top_n, documents as strings or {text}), TEI's on /rerank,
+    each score the one the engine gives the pair laid out as llama-server lays it."""
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
+    from rfc.runtime.engine.embedding import rank_score, rerank_tokens
+    from rfc.runtime.engine.engine import Engine
+
+    url = servers["bert-rank"].url
+    docs = ["there was a cat", "the dog ran home", {"text": "a little girl named Lily"}]
+    body = {"query": "once upon a time", "documents": docs, "top_n": 2, "return_documents": True}
+    r = requests.post(url + "/v1/rerank", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    engine = Engine(load_model(bundles["bert-rank"], LoadOptions(device="cpu")))
+    tok, info = engine.model.tokenizer, engine.model.tokenizer_info
+    ids = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
+    want = []
+    for doc in docs:
+        pair = rerank_tokens(info, ids("once upon a time"), ids(doc if isinstance(doc, str) else doc["text"]))
+        job = rank_score(engine, pair)
+        with pytest.raises(StopIteration) as done:
+            next(job)
+        want.append(done.value.value)
+    best = sorted(range(3), key=lambda i: -want[i])[:2]
+    assert [x["index"] for x in reply["results"]] == best
+    assert [x["relevance_score"] for x in reply["results"]] == pytest.approx([want[i] for i in best], abs=1e-6)
+    assert reply["results"][0]["document"]["text"] in (
+        "there was a cat",
+        "the dog ran home",
+        "a little girl named Lily",
+    )
+    tei = requests.post(url + "/rerank", json={"query": "once upon a time", "texts": ["a", "b c"]}, timeout=60).json()
+    assert isinstance(tei, list) and {x["index"] for x in tei} == {0, 1} and "score" in tei[0]
+    for bad, field in (({"query": "q", "documents": []}, "documents"), ({"query": "q"}, "documents"),
+                       ({"query": "q", "documents": [3]}, "documents[0]"),
+                       ({"query": "q", "documents": ["a"], "top_n": 0}, "top_n")):  # fmt: skip
+        r = requests.post(url + "/v1/rerank", json=bad, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    r = requests.post(servers["bert-dense"].url + "/v1/rerank", json={"query": "q", "documents": ["a"]}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model" and "not a reranker" in r.text

@@ -291,7 +291,13 @@ GELU_TABLE_MEAN = 2e-3
 # attention 3.2e-3, without the token type row 9e-3); nomic-bert-dense 1.6e-6 (causal 2.3e-3, without RoPE
 # 3.6e-5); jina-bert-v3-dense 1.6e-5 (causal 3.3e-3, without RoPE 3.8e-5); nomic-bert-moe-dense 1.7e-5
 # (its experts' weights renormalized 4.9e-3, without RoPE 5e-5, without the token type row 0.018).
-ENCODED = {"bert-dense": 3e-5, "nomic-bert-dense": 1e-5, "jina-bert-v3-dense": 3e-5, "nomic-bert-moe-dense": 3e-5}
+ENCODED = {
+    "bert-dense": 3e-5,
+    "bert-rank": 3e-5,
+    "nomic-bert-dense": 1e-5,
+    "jina-bert-v3-dense": 3e-5,
+    "nomic-bert-moe-dense": 3e-5,
+}
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
 CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe", "bert-dense", "nomic-bert-moe-dense")
 # The files added on 2026-11-29 cost ~3.7 s each on the cpu device with a cold kernel cache (as on a

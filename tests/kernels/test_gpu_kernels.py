@@ -48,8 +48,8 @@ pytestmark = [
 
 NUM_BLOCKS, BLOCK_SIZE = 48, 16
 REL_TOL = 2e-4
-# an encoder's hidden states on the emulator: within 3.5e-5 of the reference on every path (bert-dense's
-# one-token step on sm_90; the others within 8e-6); with the kernels masking causally 0.034 to 0.089
+# an encoder's hidden states on the emulator: within 3.5e-5 of the reference on every path (bert's one-token
+# step on sm_90; the others within 8e-6); with the kernels masking causally 0.034 to 0.089
 ENCODER_TOL = 2e-4
 
 
@@ -700,7 +700,7 @@ def test_alibi_on_each_attention_path(target, gpu_build_cache, tmp_path):
 @pytest.mark.parametrize(
     ("name", "target"),
     [
-        pytest.param("bert-dense", "sm_90", marks=toolchain_marks("sm_90")),
+        pytest.param("bert-rank", "sm_90", marks=toolchain_marks("sm_90")),  # bert with a reranker's classifier
         pytest.param("nomic-bert-moe-dense", "gfx90a", marks=toolchain_marks("gfx90a")),
     ],
 )
@@ -736,10 +736,16 @@ def test_encoder_attention_on_each_path(name, target, gpu_build_cache, tmp_path)
     device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, tmp_path / "emu-step")
     if target == "sm_90":
         assert any(k.kernel.endswith("_mma") for k in device.runner.program.prefill_launches)
-    gpu, ref = BesideReference(bundle, device, NUM_BLOCKS, BLOCK_SIZE).step(
-        [ScheduledChunk(0, 0, long, all_logits=True)], hidden=True
-    )
+    beside = BesideReference(bundle, device, NUM_BLOCKS, BLOCK_SIZE)
+    gpu, ref = beside.step([ScheduledChunk(0, 0, long, all_logits=True)], hidden=True)
     assert np.abs(gpu - ref).max() < ENCODER_TOL, np.abs(gpu - ref).max()
+    if bundle.plan.output_scores:  # the classifier's scores, a step of their own
+        from rfc.runtime.engine.batch import build_batch
+
+        beside.blocks.allocate(5, 20)
+        batch = build_batch([ScheduledChunk(5, 0, long[:20], all_logits=True)], beside.blocks)
+        gpu, ref = beside.run.forward_scores(batch), beside.run_ref.forward_scores(batch)
+        assert gpu.shape == ref.shape == (20, 1) and np.abs(gpu - ref).max() < 1e-3, np.abs(gpu - ref).max()
 
 
 @pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
