@@ -21,7 +21,7 @@ from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, read_gguf
 from rfc.compiler.spec import ModelSpec, build_spec
 from rfc.compiler.targets import Target, parse_targets
-from rfc.compiler.tokenizer import TokenizerError, build_tokenizer
+from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, rerank_layout
 from rfc.compiler.weight_plan import WeightPlan, plan_weights
 from rfc.compiler.weights import write_weights
 
@@ -73,6 +73,8 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
     plan = spec.plan
     try:
         tokenizer_json, tok_info = build_tokenizer(model.metadata)
+        # a reranker's pair layout (runtime/server/rerank.py); only theirs: other manifests keep their bytes
+        rerank = {"rerank": rerank_layout(model.metadata)} if plan.output_scores else {}
     except TokenizerError as e:
         raise CompileError(f"{model.path.name}: {e}") from e
     try:
@@ -96,8 +98,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
             "source": {"file": model.path.name, "sha256": sha256_file(model.path), "size": model.size},
             "model": _model_section(model, spec),
             "targets": target_entries,
-            # sep_id only where there is one (a reranker's pair separator): other manifests keep their bytes
-            "tokenizer": {"file": TOKENIZER_FILE, **_jsonable(_without_none(asdict(tok_info), "sep_id"))},
+            "tokenizer": {"file": TOKENIZER_FILE, **_jsonable(asdict(tok_info)), **rerank},
             "chat_template": CHAT_TEMPLATE_FILE if chat_template else None,
         }
         files = writer.file_map()
@@ -174,7 +175,3 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
-
-
-def _without_none(info: dict, key: str) -> dict:
-    return {k: v for k, v in info.items() if k != key or v is not None}

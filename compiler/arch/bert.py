@@ -1,6 +1,8 @@
 """`bert`, `nomic-bert`, `nomic-bert-moe`, `jina-bert-v3`: encoders that serve embeddings (all-MiniLM,
-BGE, mxbai-embed, Snowflake Arctic Embed; nomic-embed-text v1 and v2-moe; jina-embeddings-v3), as
-llama.cpp's src/models/bert.cpp builds them.
+BGE-en, mxbai-embed, Snowflake Arctic Embed, nomic-embed-text v1: WordPiece vocabularies), as
+llama.cpp's src/models/bert.cpp builds them. The released nomic-embed-text-v2-moe and
+jina-embeddings-v3 files (and XLM-R's, bge-m3's) carry a Unigram ("t5") vocabulary, which
+compiler/tokenizer refuses: their graphs are here, their files are refused at the tokenizer.
 
     x = LN(token_embd[t] + token_types[0] (+ position_embd[pos]: bert))    token_embd_norm
     per layer:  x = LN(x + attn_output(attention(Q x, K x, V x)))          attn_output_norm
@@ -21,7 +23,7 @@ reads no expert_weights_scale).
 The attention sees the whole input (`attention.causal`, which the converters write false; llama.cpp
 masks causally where a file says true or nothing) and nothing follows the last layer: the plan has
 no logits, its hidden states are the model's output (`output_hidden`), pooled by `pooling_type`
-(runtime/engine/embedding.py). A reranker (bge-reranker's layout: pooling type 4, rank) adds its
+(runtime/engine/embedding.py). A reranker (a cross-encoder: pooling type 4, rank) adds its
 classifier head after them, the plan's `output_scores`: tanh(`cls` h + bias) where the file has
 `cls`, then `cls.output` (+ bias), whose first output at the first token is a pair's relevance score
 (runtime/server/rerank.py). Without rank pooling the head is loaded and unused, as llama.cpp.

@@ -1,5 +1,5 @@
 """GGUF vocabularies to Hugging Face tokenizer.json files that tokenize as llama.cpp does."""
 
-from rfc.compiler.tokenizer.build import TokenizerError, TokenizerInfo, build_tokenizer
+from rfc.compiler.tokenizer.build import TokenizerError, TokenizerInfo, build_tokenizer, rerank_layout
 
-__all__ = ["TokenizerError", "TokenizerInfo", "build_tokenizer"]
+__all__ = ["TokenizerError", "TokenizerInfo", "build_tokenizer", "rerank_layout"]

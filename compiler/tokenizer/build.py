@@ -77,10 +77,6 @@ class TokenizerError(CompileError):
     """The GGUF's tokenizer is of an unsupported kind or its vocabulary is malformed."""
 
 
-# tokenizer.ggml.pre values whose vocabularies llama.cpp gives add_sep (RoBERTa-style rerankers)
-SEP_PRES = frozenset({"jina-v1-en", "jina-v2-code", "roberta-bpe"})
-
-
 @dataclass(frozen=True)
 class TokenizerInfo:
     model: str  # tokenizer.ggml.model: "llama" (SentencePiece), "gpt2" or "gemma4" (BPE), "bert" (WordPiece)
@@ -93,10 +89,6 @@ class TokenizerInfo:
     add_eos: bool
     eog_ids: tuple[int, ...]  # end-of-generation ids, sorted
     vocab_size: int
-    # the separator llama.cpp puts between a rerank pair's texts (its add_sep: WordPiece and the
-    # RoBERTa-style BPEs by default, tokenizer.ggml.add_sep_token otherwise); None: none (and then
-    # the manifest has no such key, so every other bundle's stays as it was)
-    sep_id: int | None = None
 
 
 # --- the vocabulary as GGUF stores it ---------------------------------------------------
@@ -370,10 +362,9 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
         add_bos = True  # llama.cpp overrides add_bos_token for Gemma 4
     add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
 
-    sep_id = _token_id(metadata, "tokenizer.ggml.seperator_token_id", n, 102 if is_wpm else None)
-    add_sep = bool(metadata.get("tokenizer.ggml.add_sep_token", is_wpm or pre in SEP_PRES))
     if is_wpm:
         # llama.cpp wraps WordPiece text in BOS (CLS) and SEP whatever the add_* flags say.
+        sep_id = _token_id(metadata, "tokenizer.ggml.seperator_token_id", n, 102)
         add_bos, add_eos = True, False
         parts = _wpm_json(metadata, vocab, unk_id)
         post_processor = _wrap(vocab, [bos_id], [sep_id])
@@ -394,6 +385,37 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
     info = TokenizerInfo(
         model=model, pre=pre, bos_id=bos_id, eos_id=eos_id, unk_id=unk_id, pad_id=pad_id,
         add_bos=add_bos, add_eos=add_eos, eog_ids=_eog_ids(metadata, vocab, eos_id), vocab_size=n,
-        sep_id=sep_id if add_sep else None,
     )  # fmt: skip
     return json.dumps(document, ensure_ascii=False), info
+
+
+def rerank_layout(metadata: Mapping[str, object]) -> dict[str, list[int]]:
+    """How llama-server lays out a rerank pair for a model without a rerank template
+    (format_prompt_rerank): prefix + query + between + document + suffix, with the special ids and
+    add_* flags as llama.cpp's vocabulary resolves them (its defaults per vocabulary type, then the
+    file's keys): BOS when add_bos; EOS (SEP where there is no EOS) after each text when add_eos;
+    SEP between them when add_sep. SentencePiece ("llama") and WordPiece ("bert") vocabularies;
+    another is refused (TokenizerError)."""
+    model = metadata.get("tokenizer.ggml.model")
+    if model not in ("llama", "bert"):
+        raise TokenizerError(f"a reranker's pair layout for a {str(model)[:20]!r} vocabulary is not implemented")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    n = len(tokens) if isinstance(tokens, Sequence) else 0
+    wpm = model == "bert"
+    bos = _token_id(metadata, "tokenizer.ggml.bos_token_id", n, 101 if wpm else 1)
+    eos = _token_id(metadata, "tokenizer.ggml.eos_token_id", n, None if wpm else 2)
+    sep = _token_id(metadata, "tokenizer.ggml.seperator_token_id", n, 102 if wpm else None)
+    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", True))
+    add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
+    add_sep = bool(metadata.get("tokenizer.ggml.add_sep_token", wpm))
+    end = eos if eos is not None else sep
+    if add_eos and end is None:
+        raise TokenizerError("tokenizer.ggml.add_eos_token is set but there is neither an EOS nor a SEP token")
+    if add_bos and bos is None:
+        raise TokenizerError("tokenizer.ggml.add_bos_token is set but there is no BOS token")
+    ends = [end] if add_eos else []
+    return {
+        "prefix": [bos] if add_bos else [],
+        "between": ends + ([sep] if add_sep and sep is not None else []),
+        "suffix": ends,
+    }

@@ -74,14 +74,11 @@ def pooled_embedding(
 
 def rerank_tokens(info: dict, query: list[int], document: list[int]) -> list[int]:
     """A rerank pair as llama-server's format_prompt_rerank lays it out for a model without a
-    rerank template: BOS (when the tokenizer adds one), the query, EOS (SEP where there is no EOS)
-    when it adds EOS, the separator when it adds one (`sep_id`: WordPiece's [SEP]), the document,
-    EOS again. `info` is the bundle's tokenizer info; the texts are tokenized without specials."""
-    eos = info.get("eos_id") if info.get("eos_id") is not None else info.get("sep_id")
-    end = [eos] if info.get("add_eos") and eos is not None else []
-    bos = [info["bos_id"]] if info.get("add_bos") and info.get("bos_id") is not None else []
-    sep = [info["sep_id"]] if info.get("sep_id") is not None else []
-    return bos + query + end + sep + document + end
+    rerank template: the bundle's tokenizer info's `rerank` layout (compiler/tokenizer/build.py
+    rerank_layout: BOS, EOS / SEP as llama.cpp's vocabulary adds them) around the two texts, each
+    tokenized without specials."""
+    layout = info.get("rerank") or {}
+    return [*layout.get("prefix", []), *query, *layout.get("between", []), *document, *layout.get("suffix", [])]
 
 
 def rank_score(engine: Engine, token_ids: list[int]) -> Generator[None, None, float]:

@@ -184,6 +184,7 @@ def test_rerank_routes(servers, bundles):
     reply = r.json()
     engine = Engine(load_model(bundles["bert-rank"], LoadOptions(device="cpu")))
     tok, info = engine.model.tokenizer, engine.model.tokenizer_info
+    assert info["rerank"] == {"prefix": [1], "between": [], "suffix": []}  # the stories vocabulary's: BOS alone
     ids = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
     want = []
     for doc in docs:

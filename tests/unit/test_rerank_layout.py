@@ -1,0 +1,52 @@
+"""A rerank pair's layout (compiler/tokenizer/build.py rerank_layout) as llama.cpp 0.3.36 resolves
+its vocabulary: the expected special ids and add_* flags below are what llama_vocab_bos / _eos /
+_sep and llama_vocab_get_add_bos / _eos / _sep returned for llama.cpp's own ggml-vocab-bert-bge.gguf
+(bos 101, eos none, sep 102; add_bos, add_sep) and ggml-vocab-llama-spm.gguf (bos 1, eos 2; add_bos),
+whose tokenizer keys these dicts copy; llama-server's format_prompt_rerank puts BOS, the query,
+EOS-or-SEP when add_eos, SEP when add_sep, the document, EOS-or-SEP when add_eos."""
+
+import pytest
+
+from rfc.compiler.tokenizer import TokenizerError, rerank_layout
+
+BERT_BGE = {  # ggml-vocab-bert-bge.gguf's keys (no add_* key, no BOS/EOS id: WordPiece's defaults)
+    "tokenizer.ggml.model": "bert",
+    "tokenizer.ggml.tokens": ["t"] * 30522,
+    "tokenizer.ggml.unknown_token_id": 100,
+    "tokenizer.ggml.seperator_token_id": 102,
+    "tokenizer.ggml.padding_token_id": 0,
+    "tokenizer.ggml.cls_token_id": 101,
+    "tokenizer.ggml.mask_token_id": 103,
+}
+LLAMA_SPM = {  # ggml-vocab-llama-spm.gguf's
+    "tokenizer.ggml.model": "llama",
+    "tokenizer.ggml.tokens": ["t"] * 32000,
+    "tokenizer.ggml.bos_token_id": 1,
+    "tokenizer.ggml.eos_token_id": 2,
+    "tokenizer.ggml.unknown_token_id": 0,
+    "tokenizer.ggml.add_bos_token": True,
+    "tokenizer.ggml.add_eos_token": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "want"),
+    [
+        (BERT_BGE, {"prefix": [101], "between": [102], "suffix": []}),  # [CLS] q [SEP] d
+        (LLAMA_SPM, {"prefix": [1], "between": [], "suffix": []}),
+        # a WordPiece file that asks for EOS: SEP stands in for it after each text, then add_sep's SEP
+        (BERT_BGE | {"tokenizer.ggml.add_eos_token": True}, {"prefix": [101], "between": [102, 102], "suffix": [102]}),
+        (BERT_BGE | {"tokenizer.ggml.add_sep_token": False}, {"prefix": [101], "between": [], "suffix": []}),
+        (LLAMA_SPM | {"tokenizer.ggml.add_eos_token": True}, {"prefix": [1], "between": [2], "suffix": [2]}),
+    ],
+    ids=["bert-bge", "llama-spm", "bert-eos", "bert-no-sep", "spm-eos"],
+)
+def test_layout_is_llama_cpps(metadata, want):
+    assert rerank_layout(metadata) == want
+
+
+def test_a_vocabulary_without_a_layout_is_refused():
+    with pytest.raises(TokenizerError, match="'t5'"):
+        rerank_layout({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["t"] * 4})
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        rerank_layout(BERT_BGE | {"tokenizer.ggml.tokens": ["t"] * 50})
