@@ -164,8 +164,9 @@ def _gelu_experts(b: ModelBuilder, i: int, e: int, n_ff: int, experts: Experts) 
 
 def _classifier(b: ModelBuilder, md: Metadata, e: int) -> str:
     """A reranker's head over the final hidden rows (llama.cpp's build_pooling, rank): tanh(`cls` h +
-    `cls.bias`) where the file has `cls`, then `cls.output` (+ its bias) to the labels, the first of
-    which is a pair's relevance score; returns the scores buffer. The rows the engine reads are the
+    `cls.bias`) where the file has `cls`, then `cls.output` (+ its bias) to the labels where it has
+    that (without, the tanh's outputs are the labels), the first of which is a pair's relevance
+    score; returns the scores buffer. The rows the engine reads are the
     first token's (llama.cpp's CLS row: classifier.pooling_type mean is modern-bert's)."""
     src = "hr"
     if b.has("cls.weight"):
@@ -176,8 +177,10 @@ def _classifier(b: ModelBuilder, md: Metadata, e: int) -> str:
     elif b.has("cls.bias"):
         raise CompileError(f"{b.path}: cls.bias without cls.weight")
     out = b.model.tensors.get("cls.output.weight")
-    if out is None:  # jina-reranker-v1-tiny's single head: the score is the hidden row's first value
-        raise CompileError(f"{b.path}: a reranker without cls.output.weight: not served yet")
+    if out is None:  # jina-reranker-v1-tiny's one layer: tanh(cls h + b) is the output, its first value the score
+        if src != "cls_h" or b.has("cls.output.bias"):
+            raise CompileError(f"{b.path}: rank pooling needs cls.weight or cls.output.weight (a classifier head)")
+        return src
     labels = out.shape[0] if len(out.shape) == 2 else 0
     if not 1 <= labels <= MAX_LABELS:
         raise CompileError(f"{b.path}: cls.output.weight {list(out.shape)} is not [labels, {e}]")
