@@ -294,6 +294,7 @@ GELU_TABLE_MEAN = 2e-3
 ENCODED = {
     "bert-dense": 3e-5,
     "bert-rank": 3e-5,
+    "bert-rank-tanh": 3e-5,
     "nomic-bert-dense": 1e-5,
     "jina-bert-v3-dense": 3e-5,
     "nomic-bert-moe-dense": 3e-5,
