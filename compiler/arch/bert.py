@@ -127,7 +127,8 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     if not rank:
         for name in CLASSIFIER:
             b.unused(name, "the classifier head of a file without rank pooling (llama.cpp loads it and embeds)")
-    extra = {"norm": "layernorm (post)", "positions": "rope" if rotary else "learned", "causal": causal}
+    extra = {"norm": "layernorm (post)", "positions": "rope" if rotary else "learned", "causal": causal,
+             "serves": "embeddings, reranking" if rank else "embeddings"}  # fmt: skip
     if experts:
         extra.update(experts.hparams(), moe_every_n_layers=every)
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias")
