@@ -30,7 +30,6 @@ classifier head after them, the plan's `output_scores`: tanh(`cls` h + bias) whe
 """
 
 import math
-from dataclasses import replace
 
 from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
@@ -133,8 +132,9 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         extra.update(experts.hparams(), moe_every_n_layers=every)
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias")
                  or b.has("blk.0.attn_qkv.bias"), rope_freq_factors=False, extra=extra)  # fmt: skip
-    spec = b.finish(hp, input_tokens="tokens", output_logits="", output_hidden="hr", kv=kv_spec(sizes))
-    return replace(spec, plan=replace(spec.plan, output_scores=scores)) if scores else spec
+    return b.finish(
+        hp, input_tokens="tokens", output_logits="", output_hidden="hr", kv=kv_spec(sizes), output_scores=scores
+    )
 
 
 def _experts(md: Metadata, n_ff: int) -> Experts | None:

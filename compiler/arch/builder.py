@@ -324,7 +324,14 @@ class ModelBuilder:
         self._ops.append(Op(kind, tuple(inputs), tuple(outputs), tuple(weights), dict(attrs)))
 
     def finish(
-        self, hparams: HParams, *, input_tokens: str, output_logits: str, output_hidden: str, kv: KVSpec
+        self,
+        hparams: HParams,
+        *,
+        input_tokens: str,
+        output_logits: str,
+        output_hidden: str,
+        kv: KVSpec,
+        output_scores: str = "",
     ) -> ModelSpec:
         left = self.unaccounted()
         if left:
@@ -345,6 +352,7 @@ class ModelBuilder:
             n_embd=hparams.n_embd,
             context_length=hparams.context_length,
             state=StateSpec(tuple(self._state)),
+            output_scores=output_scores,
         )
         return ModelSpec(hparams=hparams, plan=plan, weights=tuple(self._weights.values()), sources=dict(self._sources))
 
