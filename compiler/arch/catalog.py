@@ -44,7 +44,6 @@ REFUSED: dict[str, str] = {
             "jina-bert-v2",
             "eurobert",
             "t5encoder",
-            "gemma-embedding",
             "llama-embed",
         ),
         _ENCODER,

@@ -296,9 +296,12 @@ def stack_widths(sizes: Sizes) -> tuple[tuple[str, int], ...]:
     )
 
 
-def declare_buffers(b: ModelBuilder, sizes: Sizes, n_ff: int, n_used: int = 0, n_expert: int = 0) -> None:
+def declare_buffers(
+    b: ModelBuilder, sizes: Sizes, n_ff: int, n_used: int = 0, n_expert: int = 0, *, logits: bool = True
+) -> None:
     """The activations of a llama-style stack: x (residual), h (sublayer in/out), q/k/v/att, the
-    FFN's gate/up, and for MoE the router's and the experts' buffers."""
+    FFN's gate/up, and for MoE the router's and the experts' buffers; `logits` False: no logits
+    buffer (an encoder's plan)."""
     b.buffer("tokens", "T", dtype="i32")
     for name, width in stack_widths(sizes):
         b.buffer(name, "T", width)
@@ -314,7 +317,8 @@ def declare_buffers(b: ModelBuilder, sizes: Sizes, n_ff: int, n_used: int = 0, n
         b.buffer("up", "T", n_ff)
     b.buffer("xr", "R", sizes.n_embd)
     b.buffer("hr", "R", sizes.n_embd)
-    b.buffer("logits", "R", sizes.vocab_size)
+    if logits:
+        b.buffer("logits", "R", sizes.vocab_size)
 
 
 def qkv_weights(b: ModelBuilder, p: str, sizes: Sizes) -> tuple[str, str, str]:

@@ -65,11 +65,17 @@ def gemma_block(b: ModelBuilder, i: int, sizes: Sizes, eps: float, attn: Attenti
 
 
 def build_gemma(
-    model: GGUFModel, arch: str, layers_of: Callable[[Metadata, Sizes, Rope], GemmaLayers], *, tied_output: bool
+    model: GGUFModel,
+    arch: str,
+    layers_of: Callable[[Metadata, Sizes, Rope], GemmaLayers],
+    *,
+    tied_output: bool,
+    encoder_head: Callable[[ModelBuilder, Metadata, Sizes, float], str] | None = None,
 ) -> ModelSpec:
     """A Gemma model; `layers_of(md, sizes, rope)` says what differs between versions;
     `tied_output`: the output is the token embedding even if the file has an output.weight
-    (llama.cpp's gemma2 loader)."""
+    (llama.cpp's gemma2 loader). `encoder_head(b, md, sizes, eps)`: an encoder's (EmbeddingGemma)
+    tail after the last layer, returning its hidden output; the plan then has no logits."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     rope = read_rope(md, sizes, "neox")
@@ -77,12 +83,16 @@ def build_gemma(
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     layers: GemmaLayers = layers_of(md, sizes, rope)
     b = ModelBuilder(model)
-    declare_buffers(b, sizes, n_ff)
+    declare_buffers(b, sizes, n_ff, logits=encoder_head is None)
     embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     b.op("embed", ("tokens",), ("x",), (embd,), scale=embedding_scale(sizes))
     for i in range(sizes.n_layers):
         gemma_block(b, i, sizes, eps, layers.local_attention if layers.is_local[i] else layers.global_attention, n_ff)
-    tied = output_head(b, sizes, eps, final_softcap=layers.final_softcap, always_tied=tied_output)
+    if encoder_head is None:
+        tied = output_head(b, sizes, eps, final_softcap=layers.final_softcap, always_tied=tied_output)
+        logits, hidden = "logits", "hr"
+    else:
+        tied, logits, hidden = False, "", encoder_head(b, md, sizes, eps)
     local = layers.local_attention
     extra = {
         "sliding_window": local.window,
@@ -96,7 +106,7 @@ def build_gemma(
     }
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=False, extra=extra)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))
+    return b.finish(hp, input_tokens="tokens", output_logits=logits, output_hidden=hidden, kv=kv_spec(sizes))
 
 
 def _gemma2_layers(md: Metadata, sizes: Sizes, rope: Rope) -> GemmaLayers:
