@@ -8,6 +8,7 @@ server refuses /v1/embeddings for such a model unless started with `--pooling`; 
 """
 
 from collections.abc import Generator
+from contextlib import ExitStack
 from enum import Enum
 
 import numpy as np
@@ -67,9 +68,40 @@ def pooled_embedding(
             elif pooling is Pooling.LAST:
                 total = hidden[-1]
             yield  # the engine runs a generation step before the next chunk
-    vector = total / len(token_ids) if pooling is Pooling.MEAN else total
+    return _normalized(total / len(token_ids) if pooling is Pooling.MEAN else total)
+
+
+def _normalized(vector: np.ndarray) -> np.ndarray:
     norm = float(np.linalg.norm(vector))
     return (vector / norm if norm > 0 else vector).astype(np.float32)
+
+
+def whole_embeddings(
+    engine: Engine, inputs: list[list[int]], pooling: Pooling, step_tokens: int
+) -> Generator[None, None, list[np.ndarray]]:
+    """A job whose result is the normalized embeddings of `inputs` for an encoder (its attention
+    sees each input whole): consecutive inputs share a step, each a sequence of its own, up to
+    `step_tokens` tokens (an input longer than that runs alone), as an embedding server batches
+    them; generation steps (none on an encoder) and other jobs run between the steps."""
+    out: list[np.ndarray] = []
+    i = 0
+    while i < len(inputs):
+        group, n = [inputs[i]], len(inputs[i])
+        while i + len(group) < len(inputs) and n + len(inputs[i + len(group)]) <= step_tokens:
+            n += len(inputs[i + len(group)])
+            group.append(inputs[i + len(group)])
+        i += len(group)
+        with ExitStack() as stack:
+            ids = [stack.enter_context(engine.reserved_kv(len(g))) for g in group]
+            chunks = [ScheduledChunk(s, 0, tuple(g), all_logits=True) for s, g in zip(ids, group)]
+            hidden = engine.model.executor.forward_hidden(build_batch(chunks, engine.blocks)).astype(np.float64)
+        row = 0
+        for g in group:
+            rows, row = hidden[row : row + len(g)], row + len(g)
+            pooled = rows.mean(axis=0) if pooling is Pooling.MEAN else rows[0] if pooling is Pooling.CLS else rows[-1]
+            out.append(_normalized(pooled))
+        yield  # the next step's inputs after whatever else the engine has to run
+    return out
 
 
 def rerank_tokens(info: dict, query: list[int], document: list[int]) -> list[int]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfc.runtime.engine.embedding import Pooling, model_pooling, pooled_embedding
+from rfc.runtime.engine.embedding import Pooling, model_pooling, pooled_embedding, whole_embeddings
 from rfc.runtime.engine.jobs import JOB_TOKENS
 from rfc.runtime.server.errors import bad_request
 from rfc.runtime.server.generation import check_token_ids
@@ -67,15 +67,21 @@ def embed(
     inputs = [ids[:ctx] for ids in inputs]
     chosen = model_pooling(served.model.manifest, pooling)
     engine = served.engine
-    whole = served.model.whole_inputs
     vectors: list[np.ndarray] = []
     deadline = Deadline(_TIMEOUT_S, f"the embedding of {len(inputs)} input{'s' if len(inputs) > 1 else ''}")
+    if served.model.whole_inputs:  # an encoder: inputs whole, several to a step
+        vectors = run_job(
+            engine,
+            lambda: whole_embeddings(engine, inputs, chosen, JOB_TOKENS),
+            deadline,
+            lambda: f"{len(inputs)} inputs, batched",
+        )
+        return Embeddings(vectors, sum(len(ids) for ids in inputs))
     for ids in inputs:  # one job per input: a request past its deadline stops asking for more
         vectors.append(
             run_job(
                 engine,
-                # an encoder sees its whole input at once: one piece, no generation step between
-                lambda ids=ids: pooled_embedding(engine, ids, chosen, len(ids) if whole else JOB_TOKENS),
+                lambda ids=ids: pooled_embedding(engine, ids, chosen, JOB_TOKENS),
                 deadline,
                 lambda: f"{len(vectors)} of {len(inputs)} embedded",
             )

@@ -120,9 +120,9 @@ def test_generation_is_refused_naming_the_model(servers, route, body):
     ("edit", "message"),
     [
         (lambda meta: [m for m in meta if m[0] != "tokenizer.ggml.token_type_count"], "token_type_count"),
-        (lambda meta: [[k, t, 4 if k == "bert.pooling_type" else v] for k, t, v in meta], "reranker"),
+        (lambda meta: [[k, t, 4 if k == "bert.pooling_type" else v] for k, t, v in meta], "rank pooling needs cls"),
     ],
-    ids=["no token type count", "rank pooling"],
+    ids=["no token type count", "rank pooling without a head"],
 )
 def test_what_llama_cpp_refuses_or_rfc_does_not_serve_is_refused(edit, message, tmp_path):
     desc = archs.load("bert-dense")
@@ -216,3 +216,31 @@ def test_rerank_routes(servers, bundles):
         assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
     r = requests.post(servers["bert-dense"].url + "/v1/rerank", json={"query": "q", "documents": ["a"]}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "model" and "not a reranker" in r.text
+
+
+@pytest.mark.parametrize("device", ["ref", "cpu"])
+def test_inputs_batched_in_a_step_embed_as_alone(bundles, device):
+    """An encoder's inputs share steps (whole_embeddings: several sequences a step, each attending
+    its own keys alone): the same vectors as each input in a step of its own."""
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
+    from rfc.runtime.engine.embedding import Pooling, whole_embeddings
+    from rfc.runtime.engine.engine import Engine
+
+    engine = Engine(load_model(bundles["bert-dense"], LoadOptions(device=device)))
+    rng = np.random.default_rng(3)
+    inputs = [rng.integers(3, 500, n).tolist() for n in (16, 3, 8, 1, 200, 40)]
+
+    def run(step_tokens: int) -> list[np.ndarray]:
+        job = whole_embeddings(engine, inputs, Pooling.MEAN, step_tokens)
+        steps = 0
+        with pytest.raises(StopIteration) as done:
+            while True:
+                next(job)
+                steps += 1
+        return done.value.value, steps
+
+    together, steps = run(256)
+    alone, one_each = run(1)
+    assert (steps, one_each) == (2, 6)  # 16 + 3 + 8 + 1, then 200 + 40
+    for a, b in zip(together, alone):
+        assert np.abs(a - b).max() < 1e-6
