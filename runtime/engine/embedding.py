@@ -76,14 +76,12 @@ def _normalized(vector: np.ndarray) -> np.ndarray:
     return (vector / norm if norm > 0 else vector).astype(np.float32)
 
 
-def whole_embeddings(
-    engine: Engine, inputs: list[list[int]], pooling: Pooling, step_tokens: int
-) -> Generator[None, None, list[np.ndarray]]:
-    """A job whose result is the normalized embeddings of `inputs` for an encoder (its attention
-    sees each input whole): consecutive inputs share a step, each a sequence of its own, up to
-    `step_tokens` tokens (an input longer than that runs alone), as an embedding server batches
-    them; generation steps (none on an encoder) and other jobs run between the steps."""
-    out: list[np.ndarray] = []
+def _whole_steps(
+    engine: Engine, inputs: list[list[int]], step_tokens: int, forward
+) -> Generator[list[np.ndarray], None, None]:
+    """An encoder's inputs run whole: consecutive inputs share a step, each a sequence of its own,
+    up to `step_tokens` tokens (an input longer than that runs alone), as embedding servers batch
+    them. Yields, per step, each of its inputs' rows of `forward(batch)` (every token a row)."""
     i = 0
     while i < len(inputs):
         group, n = [inputs[i]], len(inputs[i])
@@ -94,10 +92,20 @@ def whole_embeddings(
         with ExitStack() as stack:
             ids = [stack.enter_context(engine.reserved_kv(len(g))) for g in group]
             chunks = [ScheduledChunk(s, 0, tuple(g), all_logits=True) for s, g in zip(ids, group)]
-            hidden = engine.model.executor.forward_hidden(build_batch(chunks, engine.blocks)).astype(np.float64)
-        row = 0
-        for g in group:
-            rows, row = hidden[row : row + len(g)], row + len(g)
+            rows = forward(build_batch(chunks, engine.blocks))
+        ends = np.cumsum([len(g) for g in group])
+        yield [rows[end - len(g) : end] for g, end in zip(group, ends)]
+
+
+def whole_embeddings(
+    engine: Engine, inputs: list[list[int]], pooling: Pooling, step_tokens: int
+) -> Generator[None, None, list[np.ndarray]]:
+    """A job whose result is the normalized embeddings of `inputs` for an encoder (its attention
+    sees each input whole), several inputs a step (_whole_steps); other jobs run between the steps."""
+    out: list[np.ndarray] = []
+    for step in _whole_steps(engine, inputs, step_tokens, engine.model.executor.forward_hidden):
+        for rows in step:
+            rows = rows.astype(np.float64)
             pooled = rows.mean(axis=0) if pooling is Pooling.MEAN else rows[0] if pooling is Pooling.CLS else rows[-1]
             out.append(_normalized(pooled))
         yield  # the next step's inputs after whatever else the engine has to run
@@ -113,14 +121,12 @@ def rerank_tokens(info: dict, query: list[int], document: list[int]) -> list[int
     return [*layout.get("prefix", []), *query, *layout.get("between", []), *document, *layout.get("suffix", [])]
 
 
-def rank_score(engine: Engine, token_ids: list[int]) -> Generator[None, None, float]:
-    """A job (Engine.start_job) whose result is a reranker's relevance score of `token_ids` (a
-    pair: rerank_tokens): its classifier's first output at the first token (llama.cpp's CLS row),
-    the input run whole in one step, as an encoder's is."""
-    if not token_ids:
-        raise ValueError("nothing to score")
-    with engine.reserved_kv(len(token_ids)) as seq_id:
-        batch = build_batch([ScheduledChunk(seq_id, 0, tuple(token_ids), all_logits=True)], engine.blocks)
-        scores = engine.model.executor.forward_scores(batch)
-    return float(scores[0, 0])
-    yield  # a generator, as the engine's jobs are: the pair runs in one piece
+def rank_scores(engine: Engine, pairs: list[list[int]], step_tokens: int) -> Generator[None, None, list[float]]:
+    """A job whose result is a reranker's relevance score of each pair (rerank_tokens): its
+    classifier's first output at the pair's first token (llama.cpp's CLS row), several pairs a
+    step (_whole_steps), as an encoder's inputs run."""
+    out: list[float] = []
+    for step in _whole_steps(engine, pairs, step_tokens, engine.model.executor.forward_scores):
+        out.extend(float(rows[0, 0]) for rows in step)
+        yield
+    return out

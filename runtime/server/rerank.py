@@ -8,7 +8,8 @@ is a 400 naming `model`."""
 
 import falcon
 
-from rfc.runtime.engine.embedding import rank_score, rerank_tokens
+from rfc.runtime.engine.embedding import rank_scores, rerank_tokens
+from rfc.runtime.engine.jobs import JOB_TOKENS
 from rfc.runtime.server import response_schemas as replies
 from rfc.runtime.server.api_fields import MODEL
 from rfc.runtime.server.embeddings import MAX_INPUTS
@@ -87,11 +88,7 @@ class RerankResource(BodyResource):
                 )
         engine = served.engine
         deadline = Deadline(_TIMEOUT_S, f"the reranking of {len(pairs)} document{'s' if len(pairs) > 1 else ''}")
-        scores: list[float] = []
-        for ids in pairs:
-            scores.append(
-                run_job(engine, lambda ids=ids: rank_score(engine, ids), deadline, lambda: f"{len(scores)} scored")
-            )
+        scores = run_job(engine, lambda: rank_scores(engine, pairs, JOB_TOKENS), deadline, lambda: "pairs batched")
         order = sorted(range(len(scores)), key=lambda i: -scores[i])[: top_n or len(scores)]
         if tei:
             text = f.boolean("return_text")

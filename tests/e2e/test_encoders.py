@@ -154,7 +154,7 @@ def test_rerank_scores_are_llama_cpps(name, device, tmp_path):
     which the classifier's 256-wide dot products carry to ~4e-4). bert-rank-tanh: jina-reranker-v1-tiny's
     head, `cls` without `cls.output`, the tanh's first output the score (0.706 to 0.719)."""
     from rfc.runtime.engine.assemble import LoadOptions, load_model
-    from rfc.runtime.engine.embedding import rank_score
+    from rfc.runtime.engine.embedding import rank_scores
     from rfc.runtime.engine.engine import Engine
 
     golden = np.load(archs.DATA / f"{name}.hidden.npz")
@@ -164,12 +164,7 @@ def test_rerank_scores_are_llama_cpps(name, device, tmp_path):
         CompileOptions(model=_gguf(name, tmp_path), out_dir=bundle, targets=("cpu",) if device == "cpu" else ())
     )
     engine = Engine(load_model(bundle, LoadOptions(device=device)))
-    got = []
-    for lo, hi in archs.RANK_SLICES:
-        job = rank_score(engine, tokens[lo:hi])
-        with pytest.raises(StopIteration) as done:
-            next(job)
-        got.append(done.value.value)
+    got = _finish(rank_scores(engine, [tokens[lo:hi] for lo, hi in archs.RANK_SLICES], 256))
     want = golden["scores"][:, 0]
     assert np.abs(np.asarray(got) - want).max() < 1e-3, (got, want)
     assert np.argsort(got).tolist() == np.argsort(want).tolist()
@@ -179,7 +174,7 @@ def test_rerank_routes(servers, bundles):
     """Jina's shape on /v1/rerank (sorted, top_n, documents as strings or {text}), TEI's on /rerank,
     each score the one the engine gives the pair laid out as llama-server lays it."""
     from rfc.runtime.engine.assemble import LoadOptions, load_model
-    from rfc.runtime.engine.embedding import rank_score, rerank_tokens
+    from rfc.runtime.engine.embedding import rank_scores, rerank_tokens
     from rfc.runtime.engine.engine import Engine
 
     url = servers["bert-rank"].url
@@ -192,13 +187,8 @@ def test_rerank_routes(servers, bundles):
     tok, info = engine.model.tokenizer, engine.model.tokenizer_info
     assert info["rerank"] == {"prefix": [1], "between": [], "suffix": []}  # the stories vocabulary's: BOS alone
     ids = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
-    want = []
-    for doc in docs:
-        pair = rerank_tokens(info, ids("once upon a time"), ids(doc if isinstance(doc, str) else doc["text"]))
-        job = rank_score(engine, pair)
-        with pytest.raises(StopIteration) as done:
-            next(job)
-        want.append(done.value.value)
+    pairs = [rerank_tokens(info, ids("once upon a time"), ids(d if isinstance(d, str) else d["text"])) for d in docs]
+    want = [_finish(rank_scores(engine, [pair], 1))[0] for pair in pairs]  # each pair alone: the server batches them
     best = sorted(range(3), key=lambda i: -want[i])[:2]
     assert [x["index"] for x in reply["results"]] == best
     assert [x["relevance_score"] for x in reply["results"]] == pytest.approx([want[i] for i in best], abs=1e-6)
@@ -244,3 +234,11 @@ def test_inputs_batched_in_a_step_embed_as_alone(bundles, device):
     assert (steps, one_each) == (2, 6)  # 16 + 3 + 8 + 1, then 200 + 40
     for a, b in zip(together, alone):
         assert np.abs(a - b).max() < 1e-6
+
+
+def _finish(job):
+    """Runs an engine job (a generator) to its end; its result."""
+    with pytest.raises(StopIteration) as done:
+        while True:
+            next(job)
+    return done.value.value
