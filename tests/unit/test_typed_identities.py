@@ -101,6 +101,7 @@ def test_every_device_declares_what_the_engine_reads(cls):
         "host_sampling",
         "forward",
         "forward_hidden",
+        "forward_scores",
         "forward_sampled",
         "runs_ahead",
         "launch_sampled",
