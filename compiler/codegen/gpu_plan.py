@@ -932,7 +932,8 @@ def plan_step_arena(
     first, last = buffer_uses(plan)
     end = len(plan.ops)
     for b in (plan.output_logits, plan.output_hidden, plan.output_scores):
-        last[b] = end
+        if b:  # "": an encoder's absent logits, a plan without scores
+            last[b] = end
     live: list[tuple[int, int, int]] = []  # (offset, nbytes, last use)
     slots, total = [], 0
     for b in sorted(

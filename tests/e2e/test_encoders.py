@@ -4,9 +4,7 @@ tools/fixtures/llama_archs.py writes, whose embeddings are llama.cpp's final hid
 llama-server's /v1/embeddings computes them; every generation route refuses such a model with a
 400 naming `model`."""
 
-import importlib.util
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -14,33 +12,13 @@ import requests
 
 from rfc.compiler.errors import CompileError
 from rfc.compiler.pipeline import CompileOptions, compile_model
-from tests import testdata
 from tests.e2e.conftest import ServerProcess
+from tests.e2e.test_llama_archs import _model as _gguf, archs  # the saver-layout files and their goldens
 
 pytestmark = [
     pytest.mark.toolchain,
     pytest.mark.skipif(shutil.which("cc") is None, reason="the cpu target needs a C compiler ('cc' not found)"),
 ]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "llama_archs", testdata.ROOT / "tools" / "fixtures" / "llama_archs.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["llama_archs"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-archs = _tool()
-
-
-def _gguf(name: str, where) -> object:
-    path = where / f"{name}.gguf"
-    archs.write_model(archs.load(name), path, name)
-    assert testdata.sha256(path) == archs.manifest()["fixtures"][name]["sha256"]
-    return path
 
 
 @pytest.fixture(scope="module")
