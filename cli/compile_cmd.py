@@ -142,7 +142,12 @@ def tokenizer_cmd(model: Path, out: Path) -> None:
     from rfc.compiler.tokenizer import TokenizerError, build_tokenizer
 
     try:
-        text, _ = build_tokenizer(read_gguf(model).metadata)
+        metadata = read_gguf(model).metadata
+        if metadata.get("tokenizer.ggml.model") == "t5":
+            fail("a Unigram ('t5') vocabulary tokenizes as llama.cpp does only with rfc's runtime, which "
+                 "searches it as llama.cpp does (a tokenizer.json alone cannot say how): compile a bundle "
+                 "with `rfc compile`")  # fmt: skip
+        text, _ = build_tokenizer(metadata)
     except (CompileError, TokenizerError) as e:
         fail(str(e))
     out.write_text(text, encoding="utf-8")

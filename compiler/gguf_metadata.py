@@ -15,11 +15,13 @@ only for what rfc can use:
   LLAMA_MAX_LAYERS (512) entries, or the layer count when that is larger (llama.cpp's model
   saver writes every per-layer array at 512 entries whatever the layer count; recipes read the
   first block_count); so are the per-layer arrays llama.cpp names without the prefix
-  (UNPREFIXED_PER_LAYER: apertus's `xielu.*`).
+  (UNPREFIXED_PER_LAYER: apertus's `xielu.*`);
+- `tokenizer.ggml.precompiled_charsmap` (a Unigram vocabulary's normalization map) by
+  MAX_CHARSMAP bytes.
 
-Any other array (general.tags, tokenizer.ggml.precompiled_charsmap, keys rfc does not know) is
-left unread however long it is, and so is an over-long string under a key rfc does not read.
-A vocabulary or merges array over its bound is a CompileError naming the key and the bound; an
+Any other array (general.tags, keys rfc does not know) is left unread however long it is, and
+so is an over-long string under a key rfc does not read. A vocabulary, merges or charsmap array
+over its bound is a CompileError naming the key and the bound; an
 `<arch>.*` array over its bound is left unread too, and refused (the same one line) only when a
 recipe reads that key (`unread`, which Metadata consults): a key the recipe does not read is
 never materialized, whatever its length.
@@ -33,6 +35,7 @@ import numpy as np
 
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_check import ARRAY, STRING, GGUFIndex, MetadataEntry
+from rfc.compiler.tokenizer.unigram import CHARSMAP_KEY, MAX_CHARSMAP
 
 MAX_TEXT = 1 << 16  # bytes in a string (a model's name, the tokenizer's model and pre-tokenizer names)
 MAX_CHAT_TEMPLATE = 1 << 20  # bytes (real templates: a few to a few tens of KiB)
@@ -90,6 +93,8 @@ class _ArrayBounds:
             return self.vocab
         if key == MERGES_KEY:
             return self.merges
+        if key == CHARSMAP_KEY:
+            return _Bound(MAX_CHARSMAP, "rfc's bound on a precompiled charsmap")
         if self.arch_prefix is not None and key.startswith(self.arch_prefix):
             fixed = FIXED_ARRAYS.get(key[len(self.arch_prefix) :])
             return _Bound(*fixed) if fixed else self.per_layer

@@ -17,8 +17,9 @@ def rewrite_gguf(
     add_tensors: dict[str, np.ndarray] | None = None,
     tensor_fn: Callable[[str, np.ndarray, GGMLQuantizationType], tuple[np.ndarray, GGMLQuantizationType]] | None = None,
 ) -> Path:
-    """Copies src to dst; `metadata` overrides or adds values (strings, ints; floats, lists of
-    booleans and lists of ints (int32) are added as such), `drop_keys` removes keys; tensor_fn may replace tensors,
+    """Copies src to dst; `metadata` overrides or adds values (strings, ints; booleans, floats, bytes
+    (uint8 arrays), lists of booleans and lists of ints (int32) are added as such; an existing key
+    keeps its type), `drop_keys` removes keys; tensor_fn may replace tensors,
     `add_tensors` adds float32 ones."""
     reader = GGUFReader(src)
     arch = (
@@ -36,7 +37,11 @@ def rewrite_gguf(
         sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
         writer.add_key_value(key, value, vtype, sub_type=sub)
     for key, value in overrides.items():
-        if isinstance(value, list):
+        if isinstance(value, bytes):  # an array of uint8 (a precompiled charsmap)
+            writer.add_key_value(key, list(value), GGUFValueType.ARRAY, sub_type=GGUFValueType.UINT8)
+        elif isinstance(value, bool):
+            writer.add_key_value(key, value, GGUFValueType.BOOL)
+        elif isinstance(value, list):
             ints = value and not any(isinstance(v, bool) for v in value) and all(isinstance(v, int) for v in value)
             writer.add_key_value(
                 key, value, GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32 if ints else GGUFValueType.BOOL

@@ -131,9 +131,9 @@ def split(exe: Path, regexes: list[str], byte_encode: bool, texts: list[str]) ->
     return words if words is not None else [(run([t]) or [None])[0] for t in texts]
 
 
-def _build_oracle(llama_cpp: Path, workdir: Path) -> Path:
+def _build_oracle(llama_cpp: Path, workdir: Path, build: Path | None = None) -> Path:
     exe = workdir / "llama_tokenize_batch"
-    build = llama_cpp / "build"
+    build = build or llama_cpp / "build"
     subprocess.run(
         ["g++", "-O1", "-std=c++17", f"-I{llama_cpp / 'src/include'}", f"-I{llama_cpp / 'src/src'}",
          f"-I{llama_cpp / 'src/ggml/include'}", str(ROOT / "tools" / "llama_tokenize_batch.cpp"),
@@ -144,13 +144,15 @@ def _build_oracle(llama_cpp: Path, workdir: Path) -> Path:
     return exe
 
 
-def tokenize(exe: Path, vocab: Path, overrides: dict[str, str], texts: list[str]) -> list[list[int] | None] | str:
+def tokenize(exe: Path, vocab: Path, overrides: dict[str, str], texts: list[str],
+             typed: bool = False) -> list[list[int] | None] | str:  # fmt: skip
     """llama.cpp's ids per text (None where llama.cpp aborts on that text), or the loader's
-    error when it refuses the vocabulary."""
+    error when it refuses the vocabulary. The overrides' values are strings, or with `typed`
+    already "TYPE:VALUE"."""
 
     def run(batch: list[str]) -> subprocess.CompletedProcess:
         records = b"".join(struct.pack("<I", len(b)) + b for b in (t.encode("utf-8") for t in batch))
-        args = [f"{k}=str:{v}" for k, v in overrides.items()]
+        args = [f"{k}={v}" if typed else f"{k}=str:{v}" for k, v in overrides.items()]
         return subprocess.run([str(exe), str(vocab), *args], input=records, capture_output=True, timeout=600)
 
     def parse(proc: subprocess.CompletedProcess, n: int) -> list[list[int]]:
@@ -171,19 +173,125 @@ def tokenize(exe: Path, vocab: Path, overrides: dict[str, str], texts: list[str]
     return results
 
 
+# The Unigram (`t5`) vocabulary llama.cpp ships, under each setting of the two options that
+# change its normalization, and inputs for what only Unigram does: the charsmap's longest match
+# (composition sequences, compatibility forms, marks after a mapped letter), runs of unknown
+# characters, whitespace merging, and the LSTRIP "<mask>".
+UNIGRAM_VOCAB = "ggml-vocab-nomic-bert-moe.gguf"
+UNIGRAM_FLAGS = ("tokenizer.ggml.add_space_prefix", "tokenizer.ggml.remove_extra_whitespaces")
+UNIGRAM_INPUTS = [
+    "A\u0300 a\u0301 e\u0301\u0301 \uff21\u0301 o\u0308\u0304",
+    "\u1100\u1161\u11a8 \u1112\u1161",
+    "\ufb01\ufb02 \u337f \u2121 \u216b",
+    "\u2460\u2461 \u2474 \u2488",
+    "\uff28\uff45\uff4c\uff4c\uff4f\u3000\uff57\uff4f\uff52\uff4c\uff44",
+    "\ue000\ue001 \U000f0000\U000f0001x",
+    "\U00020000\U0002a6d6 \U0001fae8\U0001fae9",
+    "\u0000a\u0000",
+    "a\u00a0\u00a0b\u2003c\u3000\u3000d",
+    "\t\ta\n\nb\r\n",
+    " <mask>",
+    "a <mask> b",
+    "\u00a0<mask>",
+    "\u3000<mask>",
+    "\n<mask>",
+    "x<mask>y",
+    "<mask><mask>",
+    "<s> x </s><pad><unk>",
+    "\u200b\u200c\u200d\u2060\ufeff",
+    "\u0001\u0002\u001f\u007f\u0080\u009f",
+    "\ufffd\ufffe\uffff",
+    "\u0301leading mark",
+    "\u00c5\u212b\u0041\u030a",
+    "\u01c4\u01c5\u01c6 \u1e9e\u00df",
+    "\u2215\u2044 \u2024\u2025\u2026",
+    "\u0e01\u0e33 \u0e4d\u0e32",
+    "\u0915\u094d\u0937 \u0958",
+    "\u05d1\u05bc \ufb31",
+    "\u0627\u0644\u0644\u0647 \ufdf2",
+    "\uff76\uff9e \uff8a\uff9f \u30ab\u3099",
+    "\u2070\u00b9\u00b2\u2080\u2081",
+    "\u33a1\u33c8\u3398",
+]
+
+
+def unigram_inputs(count: int = 400, seed: int = 7) -> list[str]:
+    """UNIGRAM_INPUTS, then `count` random strings drawn from the kinds of text above."""
+    import random
+
+    pools = [
+        " ", "  ", "\t", "\n", "\u00a0", "\u3000", "\u2003", "<mask>", "<s>", "</s>",
+        *"abcxyzAEIOUKT0123456789.,;:!?'\"-()[]{}/\\@#$%^&*_+=~`|",
+        *map(chr, range(0x300, 0x370)), *map(chr, range(0xFF01, 0xFF5F)), *map(chr, range(0xFB00, 0xFB07)),
+        *map(chr, range(0x2460, 0x2474)), *map(chr, range(0x1100, 0x1113)), *map(chr, range(0x1161, 0x1176)),
+        *map(chr, range(0xAC00, 0xAC40)), *map(chr, range(0x4E00, 0x4E40)), *map(chr, range(0x3040, 0x30A0)),
+        *map(chr, range(0x0400, 0x0450)), *map(chr, range(0x0370, 0x03D0)), *map(chr, range(0x0600, 0x0660)),
+        *map(chr, range(0x0900, 0x0970)), *map(chr, range(0x0E00, 0x0E5C)), *map(chr, range(0x3300, 0x3358)),
+        *map(chr, range(0x2150, 0x2190)), *map(chr, range(0xE000, 0xE010)), *map(chr, range(0x1F600, 0x1F650)),
+        *map(chr, range(0x20000, 0x20010)), "\u200b", "\u200d", "\ufeff", "\u0001", "\u007f", "\ufffd",
+    ]  # fmt: skip
+    rng = random.Random(seed)
+    return UNIGRAM_INPUTS + ["".join(rng.choice(pools) for _ in range(rng.randint(1, 40))) for _ in range(count)]
+
+
+def unigram_vectors(exe: Path, models: Path) -> dict:
+    texts = unigram_inputs()
+    settings = []
+    for prefix in (False, True):
+        for merge in (False, True):
+            overrides = {UNIGRAM_FLAGS[0]: prefix, UNIGRAM_FLAGS[1]: merge}
+            args = {k: f"bool:{'true' if v else 'false'}" for k, v in overrides.items()}
+            ids = tokenize(exe, models / UNIGRAM_VOCAB, args, texts, typed=True)
+            assert not isinstance(ids, str), ids
+            settings.append({"overrides": overrides, "ids": [_joined(x) for x in ids]})
+    return {"vocab": UNIGRAM_VOCAB, "inputs": texts, "settings": settings, "small": _small_unigram(exe, models, texts)}
+
+
+def _small_unigram(exe: Path, models: Path, texts: list[str]) -> dict:
+    """llama.cpp's ids for the first 64 inputs in the bert-dense fixture with tests/unigram_vocab.py's
+    512-piece `t5` vocabulary (the file tests/e2e/test_encoders.py serves)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))  # the tests package
+    from tests.unigram_vocab import with_small_t5_vocab
+
+    sys.path.insert(0, str(ROOT / "tools" / "fixtures"))
+    import llama_archs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plain, small = Path(tmp) / "bert-dense.gguf", Path(tmp) / "bert-dense-t5.gguf"
+        llama_archs.write_model(llama_archs.load("bert-dense"), plain, "bert-dense")
+        with_small_t5_vocab(plain, small, models)
+        ids = tokenize(exe, small, {}, texts[:64])
+    assert not isinstance(ids, str), ids
+    return {"fixture": "bert-dense", "pieces": 512, "ids": [_joined(x) for x in ids]}
+
+
+def _joined(ids: list[int] | None) -> str | None:
+    return None if ids is None else " ".join(map(str, ids))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama-cpp", type=Path, default=Path("/tmp/llama.cpp-build"))
+    parser.add_argument("--build", type=Path, help="llama.cpp's build folder (default: LLAMA_CPP/build)")
+    parser.add_argument("--unigram-only", action="store_true", help="write unigram.json alone")
     args = parser.parse_args()
     models = args.llama_cpp / "src" / "models"
     vocab_cpp = args.llama_cpp / "src" / "src" / "llama-vocab.cpp"
+    if args.unigram_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            exe = _build_oracle(args.llama_cpp, Path(tmp), args.build)
+            _write(OUT / "unigram.json", unigram_vectors(exe, models))
+        return
     texts = inputs(models)
     OUT.mkdir(parents=True, exist_ok=True)
     for old in OUT.glob("*.json"):
         old.unlink()
     _write(OUT / "inputs.json", texts)
     with tempfile.TemporaryDirectory() as tmp:
-        exe = _build_oracle(args.llama_cpp, Path(tmp))
+        exe = _build_oracle(args.llama_cpp, Path(tmp), args.build)
+        _write(OUT / "unigram.json", unigram_vectors(exe, models))
         for name, vocab_file, overrides in cases(models):
             vocab = models / vocab_file
             result = tokenize(exe, vocab, overrides, texts)

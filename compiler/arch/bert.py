@@ -1,8 +1,8 @@
 """`bert`, `nomic-bert`, `nomic-bert-moe`, `jina-bert-v3`: encoders that serve embeddings (all-MiniLM,
-BGE-en, mxbai-embed, Snowflake Arctic Embed, nomic-embed-text v1: WordPiece vocabularies), as
-llama.cpp's src/models/bert.cpp builds them. The released nomic-embed-text-v2-moe and
-jina-embeddings-v3 files (and XLM-R's, bge-m3's) carry a Unigram ("t5") vocabulary, which
-compiler/tokenizer refuses: their graphs are here, their files are refused at the tokenizer.
+BGE-en, mxbai-embed, Snowflake Arctic Embed, nomic-embed-text v1: WordPiece vocabularies;
+XLM-R's as `bert` (bge-m3, bge-reranker-v2-m3), nomic-embed-text v2 and jina-embeddings-v3: a
+Unigram "t5" vocabulary, which the runtime searches as llama.cpp does), as llama.cpp's
+src/models/bert.cpp builds them.
 
     x = LN(token_embd[t] + token_types[0] (+ position_embd[pos]: bert))    token_embd_norm
     per layer:  x = LN(x + attn_output(attention(Q x, K x, V x)))          attn_output_norm

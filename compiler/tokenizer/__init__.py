@@ -1,5 +1,5 @@
 """GGUF vocabularies to Hugging Face tokenizer.json files that tokenize as llama.cpp does."""
 
-from rfc.compiler.tokenizer.build import TokenizerError, TokenizerInfo, build_tokenizer, rerank_layout
+from rfc.compiler.tokenizer.build import TokenizerError, TokenizerInfo, build_tokenizer, rerank_layout, unigram_spec
 
-__all__ = ["TokenizerError", "TokenizerInfo", "build_tokenizer", "rerank_layout"]
+__all__ = ["TokenizerError", "TokenizerInfo", "build_tokenizer", "rerank_layout", "unigram_spec"]

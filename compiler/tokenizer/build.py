@@ -12,6 +12,9 @@ so that `tokenizers` encodes text to the ids llama.cpp produces:
 - "gemma4": "gpt2" with the gemma4 pre-tokenizer, as llama.cpp treats it.
 - "bert" (WordPiece): llama.cpp's "▁"-prefixed vocabulary, preprocessing and greedy longest match
   (wpm.py), wrapped in the CLS and SEP tokens as llama.cpp always does for it.
+- "t5" (Unigram): the pieces, their scores and the precompiled charsmap (unigram.py), which the
+  runtime searches as llama.cpp does (runtime/text/ugm.py) from the manifest's
+  `tokenizer.unigram` (`unigram_spec`).
 
 Every other model llama.cpp knows is refused by name with what is missing (UNSUPPORTED_MODELS),
 as is any pre-tokenizer without an exact equivalent: never a silently different tokenization.
@@ -24,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rfc.compiler.errors import CompileError
-from rfc.compiler.tokenizer import wpm
+from rfc.compiler.tokenizer import unigram, wpm
 from rfc.compiler.tokenizer.pretokenizers import PRE_NAMES, PRE_TYPES, UNSUPPORTED_TYPES, pre_tokenizers
 
 SPM_SPACE = "\u2581"  # "▁", SentencePiece's visible space
@@ -59,10 +62,6 @@ CONTROL_TEXTS = END_MARKERS | _FIM_END | frozenset({
 
 # Models llama.cpp's loader knows that rfc cannot reproduce exactly, and why.
 UNSUPPORTED_MODELS: dict[str, str] = {
-    "t5": "Unigram (llama.cpp's UGM) is not supported: llama.cpp applies the precompiled charsmap by "
-          "longest byte-prefix match at each position, while the Precompiled normalizer of tokenizers "
-          "replaces a whole grapheme cluster under 6 bytes by its first matching prefix (dropping the "
-          "rest, e.g. the second accent of 'e\\u0301\\u0301') and longer clusters character by character",
     "rwkv": "RWKV's greedy byte-trie tokenizer has no tokenizers equivalent",
     "plamo2": "PLaMo-2's Aho-Corasick tokenizer has no tokenizers equivalent",
     "hybriddna": "the HybriDNA k-mer tokenizer has no tokenizers equivalent",
@@ -171,6 +170,10 @@ def _added_tokens(vocab: _Vocab, unk_id: int | None) -> list[dict]:
                 "normalized": False, "special": special,
             })  # fmt: skip
     return added
+
+
+# Architectures whose "<mask>" llama.cpp's loader marks LSTRIP (the XLM-R vocabularies in them).
+_MASK_LSTRIP_ARCHS = ("nomic-bert-moe", "jina-bert-v3")
 
 
 def _spm_merges(vocab: _Vocab) -> list[list[str]]:
@@ -291,6 +294,39 @@ def _wpm_json(metadata: Mapping[str, object], vocab: _Vocab, unk_id: int | None)
     }  # fmt: skip
 
 
+def _ugm_json(metadata: Mapping[str, object], vocab: _Vocab, unk_id: int | None) -> dict:
+    if unk_id is None:
+        raise TokenizerError("t5 tokenizer without an unknown token (tokenizer.ggml.unknown_token_id)")
+    try:
+        charsmap = unigram.charsmap_bytes(metadata)
+    except unigram.CharsmapError as e:
+        raise TokenizerError(str(e)) from None
+    return unigram.unigram_parts(vocab.tokens, vocab.scores, _llama_cpp_types(vocab), unk_id,
+                                 *_ugm_flags(metadata), charsmap)  # fmt: skip
+
+
+def _ugm_flags(metadata: Mapping[str, object]) -> tuple[bool, bool]:
+    """llama.cpp's add_space_prefix and remove_extra_whitespaces for a Unigram vocabulary (both
+    default off for it)."""
+    return (bool(metadata.get("tokenizer.ggml.add_space_prefix", False)),
+            bool(metadata.get("tokenizer.ggml.remove_extra_whitespaces", False)))  # fmt: skip
+
+
+def unigram_spec(metadata: Mapping[str, object]) -> dict | None:
+    """The manifest's tokenizer.unigram for a `t5` vocabulary (runtime/text/ugm.py runs it); None
+    for every other one, whose tokenizer.json alone tokenizes as llama.cpp does."""
+    if metadata.get("tokenizer.ggml.model") != "t5":
+        return None
+    vocab = _read_vocab(metadata, "t5")
+    unk_id = _token_id(metadata, "tokenizer.ggml.unknown_token_id", len(vocab.tokens), 2)
+    if unk_id is None:
+        raise TokenizerError("t5 tokenizer without an unknown token (tokenizer.ggml.unknown_token_id)")
+    arch = str(metadata.get("general.architecture", ""))
+    mask = vocab.ids.get("<mask>")
+    lstrip = [mask] if mask is not None and any(a in arch for a in _MASK_LSTRIP_ARCHS) else []
+    return unigram.unigram_spec(vocab.scores, _llama_cpp_types(vocab), unk_id, *_ugm_flags(metadata), lstrip)
+
+
 def _pre_name(model: str, pre: str | None) -> str:
     if model == "gemma4":
         return "gemma4"  # llama.cpp ignores tokenizer.ggml.pre for this model
@@ -341,26 +377,28 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
         raise TokenizerError("the GGUF has no tokenizer (tokenizer.ggml.model is missing)")
     if model in UNSUPPORTED_MODELS:
         raise TokenizerError(f"unsupported tokenizer model '{model}': {UNSUPPORTED_MODELS[model]}")
-    if model not in ("llama", "gpt2", "gemma4", "bert"):
+    if model not in ("llama", "gpt2", "gemma4", "bert", "t5"):
         raise TokenizerError(f"unsupported tokenizer model '{model}': llama.cpp does not know it")
     pre = metadata.get("tokenizer.ggml.pre")
     pre = str(pre) if pre is not None else None
-    # llama.cpp ignores tokenizer.ggml.pre for SentencePiece and WordPiece vocabularies.
-    pre_name = None if model in ("llama", "bert") else _pre_name(str(model), pre)
+    # llama.cpp ignores tokenizer.ggml.pre for SentencePiece, WordPiece and Unigram vocabularies.
+    pre_name = None if model in ("llama", "bert", "t5") else _pre_name(str(model), pre)
     vocab = _read_vocab(metadata, model)
     n = len(vocab.tokens)
-    is_spm, is_wpm = model == "llama", model == "bert"
+    is_spm, is_wpm, is_ugm = model == "llama", model == "bert", model == "t5"
     # llama.cpp's defaults for the special ids a vocabulary omits.
-    default_bos, default_eos, default_unk = (1, 2, 0) if is_spm else (101, None, 100) if is_wpm else (None,) * 3
+    default_bos, default_eos, default_unk, default_pad = (
+        (1, 2, 0, None) if is_spm else (101, None, 100, 0) if is_wpm else (None, 1, 2, 0) if is_ugm else (None,) * 4
+    )
     bos_id = _token_id(metadata, "tokenizer.ggml.bos_token_id", n, default_bos)
     eos_id = _token_id(metadata, "tokenizer.ggml.eos_token_id", n, default_eos)
     unk_id = _token_id(metadata, "tokenizer.ggml.unknown_token_id", n, default_unk)
-    pad_id = _token_id(metadata, "tokenizer.ggml.padding_token_id", n, 0 if is_wpm else None)
+    pad_id = _token_id(metadata, "tokenizer.ggml.padding_token_id", n, default_pad)
     add_bos_default = is_spm or (pre_name is not None and PRE_NAMES[pre_name].add_bos)
     add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos_default))
     if pre_name is not None and PRE_NAMES[pre_name].pre_type == "GEMMA4":
         add_bos = True  # llama.cpp overrides add_bos_token for Gemma 4
-    add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
+    add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", is_ugm))
 
     if is_wpm:
         # llama.cpp wraps WordPiece text in BOS (CLS) and SEP whatever the add_* flags say.
@@ -369,7 +407,12 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
         parts = _wpm_json(metadata, vocab, unk_id)
         post_processor = _wrap(vocab, [bos_id], [sep_id])
     else:
-        parts = _spm_json(metadata, vocab, unk_id) if pre_name is None else _bpe_json(metadata, vocab, pre_name)
+        if is_ugm:
+            parts = _ugm_json(metadata, vocab, unk_id)
+        elif pre_name is None:
+            parts = _spm_json(metadata, vocab, unk_id)
+        else:
+            parts = _bpe_json(metadata, vocab, pre_name)
         post_processor = _template(vocab, bos_id, eos_id, add_bos, add_eos)
     document = {
         "version": "1.0",
@@ -389,25 +432,34 @@ def build_tokenizer(metadata: Mapping[str, object]) -> tuple[str, TokenizerInfo]
     return json.dumps(document, ensure_ascii=False), info
 
 
+# llama.cpp's defaults per vocabulary type for what a file does not say: BOS, EOS and SEP ids, then
+# add_bos, add_eos and add_sep
+_RERANK_DEFAULTS = {
+    "llama": (1, 2, None, True, False, False),
+    "bert": (101, None, 102, True, False, True),
+    "t5": (None, 1, None, False, True, False),
+}
+
+
 def rerank_layout(metadata: Mapping[str, object]) -> dict[str, list[int]]:
     """How llama-server lays out a rerank pair for a model without a rerank template
     (format_prompt_rerank): prefix + query + between + document + suffix, with the special ids and
     add_* flags as llama.cpp's vocabulary resolves them (its defaults per vocabulary type, then the
     file's keys): BOS when add_bos; EOS (SEP where there is no EOS) after each text when add_eos;
-    SEP between them when add_sep. SentencePiece ("llama") and WordPiece ("bert") vocabularies;
-    another is refused (TokenizerError)."""
+    SEP between them when add_sep. SentencePiece ("llama"), WordPiece ("bert") and Unigram ("t5",
+    XLM-R's cross-encoders) vocabularies; another is refused (TokenizerError)."""
     model = metadata.get("tokenizer.ggml.model")
-    if model not in ("llama", "bert"):
+    if model not in _RERANK_DEFAULTS:
         raise TokenizerError(f"a reranker's pair layout for a {str(model)[:20]!r} vocabulary is not implemented")
     tokens = metadata.get("tokenizer.ggml.tokens")
     n = len(tokens) if isinstance(tokens, Sequence) else 0
-    wpm = model == "bert"
-    bos = _token_id(metadata, "tokenizer.ggml.bos_token_id", n, 101 if wpm else 1)
-    eos = _token_id(metadata, "tokenizer.ggml.eos_token_id", n, None if wpm else 2)
-    sep = _token_id(metadata, "tokenizer.ggml.seperator_token_id", n, 102 if wpm else None)
-    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", True))
-    add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
-    add_sep = bool(metadata.get("tokenizer.ggml.add_sep_token", wpm))
+    default_bos, default_eos, default_sep, default_add_bos, default_add_eos, default_add_sep = _RERANK_DEFAULTS[model]
+    bos = _token_id(metadata, "tokenizer.ggml.bos_token_id", n, default_bos)
+    eos = _token_id(metadata, "tokenizer.ggml.eos_token_id", n, default_eos)
+    sep = _token_id(metadata, "tokenizer.ggml.seperator_token_id", n, default_sep)
+    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", default_add_bos))
+    add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", default_add_eos))
+    add_sep = bool(metadata.get("tokenizer.ggml.add_sep_token", default_add_sep))
     end = eos if eos is not None else sep
     if add_eos and end is None:
         raise TokenizerError("tokenizer.ggml.add_eos_token is set but there is neither an EOS nor a SEP token")

@@ -1,10 +1,13 @@
 """Loads a bundle's own parts: its tokenizer, and the context a sequence may be served
 (assembling a loaded model, device and KV pool included, is runtime/engine/assemble.py)."""
 
+import json
+
 from tokenizers import Tokenizer
 
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle
+from rfc.runtime.text import ugm
 
 
 class ContextSizeError(ValueError):
@@ -35,6 +38,14 @@ def check_ctx_size(ctx_size: int | None, trained: dict[str, int]) -> None:
 def load_tokenizer(bundle: Bundle) -> Tokenizer:
     path = bundle.file(TOKENIZER_FILE)
     try:
-        return Tokenizer.from_file(str(path))
+        text = path.read_text(encoding="utf-8")
+        tokenizer = Tokenizer.from_str(text)
     except Exception as e:  # `tokenizers` raises a bare Exception for any file it cannot read or parse
         raise BundleError(f"{path}: damaged, not a tokenizer ({' '.join(str(e).split())[:120]})") from None
+    spec = bundle.manifest.get("tokenizer", {}).get("unigram")
+    if spec is not None:  # a Unigram vocabulary: llama.cpp's search, which tokenizer.json cannot say
+        try:
+            ugm.attach(tokenizer, json.loads(text), spec)
+        except ugm.UnigramError as e:
+            raise BundleError(f"{path}: {e}") from None
+    return tokenizer

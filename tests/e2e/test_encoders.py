@@ -4,6 +4,7 @@ tools/fixtures/llama_archs.py writes, whose embeddings are llama.cpp's final hid
 llama-server's /v1/embeddings computes them; every generation route refuses such a model with a
 400 naming `model`."""
 
+import json
 import shutil
 
 import numpy as np
@@ -12,8 +13,10 @@ import requests
 
 from rfc.compiler.errors import CompileError
 from rfc.compiler.pipeline import CompileOptions, compile_model
+from tests.conftest import ROOT, VOCAB
 from tests.e2e.conftest import ServerProcess
 from tests.e2e.test_llama_archs import _model as _gguf, archs  # the saver-layout files and their goldens
+from tests.unigram_vocab import with_small_t5_vocab
 
 pytestmark = [
     pytest.mark.toolchain,
@@ -23,12 +26,15 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    """Each encoder's cpu bundle."""
+    """Each encoder's cpu bundle, and bert-dense with a Unigram (`t5`) vocabulary."""
     work = tmp_path_factory.mktemp("encoders")
     out = {}
     for name in ("bert-dense", "nomic-bert-dense", "bert-rank"):
         out[name] = work / name
         compile_model(CompileOptions(model=_gguf(name, work), out_dir=out[name], targets=("cpu",)))
+    t5 = with_small_t5_vocab(_gguf("bert-dense", work), work / "bert-dense-t5.gguf", VOCAB)
+    out["bert-dense-t5"] = work / "bert-dense-t5"
+    compile_model(CompileOptions(model=t5, out_dir=out["bert-dense-t5"], targets=("cpu",)))
     return out
 
 
@@ -184,6 +190,23 @@ def test_rerank_routes(servers, bundles):
         assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
     r = requests.post(servers["bert-dense"].url + "/v1/rerank", json={"query": "q", "documents": ["a"]}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "model" and "not a reranker" in r.text
+
+
+def test_a_unigram_vocabulary_is_served_with_llama_cpps_ids(servers):
+    """bert-dense with a 512-piece `t5` vocabulary (XLM-R's first pieces and its charsmap:
+    tests/unigram_vocab.py): /tokenize gives the ids llama.cpp gave for that file
+    (tests/fixtures/tokenizer/unigram.json, "small"), and an embedding wraps them in <s> and </s>
+    (the file's add_bos and add_eos)."""
+    record = json.loads((ROOT / "tests" / "fixtures" / "tokenizer" / "unigram.json").read_text(encoding="utf-8"))
+    url = servers["bert-dense-t5"].url
+    for text, ids in zip(record["inputs"], record["small"]["ids"], strict=False):
+        r = requests.post(url + "/tokenize", json={"content": text}, timeout=30)
+        assert r.status_code == 200 and r.json()["tokens"] == [int(i) for i in ids.split()], (text, r.text)
+    text = record["inputs"][0]
+    r = requests.post(url + "/tokenize", json={"content": text, "add_special": True}, timeout=30)
+    assert r.json()["tokens"] == [0, *map(int, record["small"]["ids"][0].split()), 2]
+    r = requests.post(url + "/v1/embeddings", json={"input": text}, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(record["small"]["ids"][0].split()) + 2
 
 
 @pytest.mark.parametrize("device", ["ref", "cpu"])

@@ -1,8 +1,9 @@
 """A rerank pair's layout (compiler/tokenizer/build.py rerank_layout) as llama.cpp 0.3.36 resolves
 its vocabulary: the expected special ids and add_* flags below are what llama_vocab_bos / _eos /
 _sep and llama_vocab_get_add_bos / _eos / _sep returned for llama.cpp's own ggml-vocab-bert-bge.gguf
-(bos 101, eos none, sep 102; add_bos, add_sep) and ggml-vocab-llama-spm.gguf (bos 1, eos 2; add_bos),
-whose tokenizer keys these dicts copy; llama-server's format_prompt_rerank puts BOS, the query,
+(bos 101, eos none, sep 102; add_bos, add_sep), ggml-vocab-llama-spm.gguf (bos 1, eos 2; add_bos)
+and ggml-vocab-nomic-bert-moe.gguf (XLM-R's: bos 0, eos 2, sep 2; add_bos, add_eos), whose tokenizer
+keys these dicts copy; llama-server's format_prompt_rerank puts BOS, the query,
 EOS-or-SEP when add_eos, SEP when add_sep, the document, EOS-or-SEP when add_eos."""
 
 import pytest
@@ -28,6 +29,20 @@ LLAMA_SPM = {  # ggml-vocab-llama-spm.gguf's
     "tokenizer.ggml.add_eos_token": False,
 }
 
+XLMR = {  # ggml-vocab-nomic-bert-moe.gguf's (a `t5` vocabulary, as bge-reranker-v2-m3's converts)
+    "tokenizer.ggml.model": "t5",
+    "tokenizer.ggml.tokens": ["t"] * 250048,
+    "tokenizer.ggml.bos_token_id": 0,
+    "tokenizer.ggml.eos_token_id": 2,
+    "tokenizer.ggml.unknown_token_id": 3,
+    "tokenizer.ggml.seperator_token_id": 2,
+    "tokenizer.ggml.padding_token_id": 1,
+    "tokenizer.ggml.mask_token_id": 250001,
+    "tokenizer.ggml.add_bos_token": True,
+    "tokenizer.ggml.add_eos_token": True,
+}
+T5_DEFAULTS = {"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["t"] * 32100}  # no keys: UGM's defaults
+
 
 @pytest.mark.parametrize(
     ("metadata", "want"),
@@ -38,15 +53,17 @@ LLAMA_SPM = {  # ggml-vocab-llama-spm.gguf's
         (BERT_BGE | {"tokenizer.ggml.add_eos_token": True}, {"prefix": [101], "between": [102, 102], "suffix": [102]}),
         (BERT_BGE | {"tokenizer.ggml.add_sep_token": False}, {"prefix": [101], "between": [], "suffix": []}),
         (LLAMA_SPM | {"tokenizer.ggml.add_eos_token": True}, {"prefix": [1], "between": [2], "suffix": [2]}),
+        (XLMR, {"prefix": [0], "between": [2], "suffix": [2]}),  # <s> q </s> d </s>
+        (T5_DEFAULTS, {"prefix": [], "between": [1], "suffix": [1]}),  # no BOS, EOS id 1 after each
     ],
-    ids=["bert-bge", "llama-spm", "bert-eos", "bert-no-sep", "spm-eos"],
+    ids=["bert-bge", "llama-spm", "bert-eos", "bert-no-sep", "spm-eos", "xlm-r", "t5-defaults"],
 )
 def test_layout_is_llama_cpps(metadata, want):
     assert rerank_layout(metadata) == want
 
 
 def test_a_vocabulary_without_a_layout_is_refused():
-    with pytest.raises(TokenizerError, match="'t5'"):
-        rerank_layout({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["t"] * 4})
+    with pytest.raises(TokenizerError, match="'gpt2'"):
+        rerank_layout({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["t"] * 4})
     with pytest.raises(TokenizerError, match="outside the vocabulary"):
         rerank_layout(BERT_BGE | {"tokenizer.ggml.tokens": ["t"] * 50})

@@ -240,7 +240,7 @@ def test_json_is_a_tokenizer_file():
 # --- errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["t5", "rwkv", "plamo2", "hybriddna", "none", "no-such-model"])
+@pytest.mark.parametrize("model", ["rwkv", "plamo2", "hybriddna", "none", "no-such-model"])
 def test_unsupported_model_is_refused(model):
     metadata = stories_metadata() | {"tokenizer.ggml.model": model}
     with pytest.raises(TokenizerError, match=f"^unsupported tokenizer model '{model}': "):

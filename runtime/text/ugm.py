@@ -1,0 +1,289 @@
+"""llama.cpp's Unigram tokenizer (its UGM: `t5` vocabularies, such as T5's, XLM-R's in bge-m3 and
+bge-reranker-v2-m3, nomic-embed-text v2's), run as llama.cpp's llm_tokenizer_ugm runs it.
+
+`tokenizers` has a Unigram model and a `Precompiled` normalizer, but neither does what llama.cpp
+does: `Precompiled` looks a grapheme cluster up by its shortest matching prefix where llama.cpp
+takes the longest byte-prefix match at each position, and the Unigram model's unknown-token
+score counts every piece's score where llama.cpp's counts the normal pieces' alone (XLM-R's
+unused pieces score -10000). So the bundle's tokenizer.json carries the vocabulary, the
+charsmap and the special tokens, and `attach` gives the loaded tokenizer this module's
+normalizer (the charsmap by longest match, then llama.cpp's whitespace rules) and Viterbi
+search, as a pre-tokenizer that cuts the normalized text into the pieces llama.cpp chooses,
+which a WordLevel model maps to their ids. `tokenizers` still splits off special tokens first and
+adds BOS/EOS after, as llama.cpp does around each stretch of text.
+
+The compiler validates the charsmap (compiler/tokenizer/unigram.py); the walk here still checks
+every index, so a damaged one ends a match instead of reading outside the array.
+"""
+
+import base64
+import sys
+from array import array
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tokenizers import NormalizedString, PreTokenizedString, Tokenizer, pre_tokenizers
+from tokenizers.models import WordLevel
+
+ESCAPED_SPACE = "\u2581"  # what a space becomes (llama.cpp's escape_whitespaces, on for UGM)
+_NOT_PREFIX = 0  # `_Pieces.get` default: the text is not the start of any piece
+_SPEC_FLAGS = ("add_space_prefix", "remove_extra_whitespaces")
+
+
+class UnigramError(ValueError):
+    """The bundle's Unigram tokenizer data is malformed."""
+
+
+class Charsmap:
+    """A SentencePiece precompiled charsmap: a little-endian u32 byte size, that many bytes of
+    XOR-compressed double array (each u32 node: BASE in bits 10-30, shifted by bit 9; LCHECK in
+    bits 0-7 and 31; LEAF in bit 8; a value node's offset in bits 0-30), then NUL-terminated
+    replacement strings."""
+
+    def __init__(self, blob: bytes):
+        if len(blob) < 4:
+            raise UnigramError("the precompiled charsmap is shorter than its size header")
+        size = int.from_bytes(blob[:4], "little")
+        if size % 4 or size + 4 >= len(blob):
+            raise UnigramError(f"the precompiled charsmap's array ({size} bytes) does not fit in its {len(blob)}")
+        self._nodes = array("I", blob[4 : 4 + size])
+        if sys.byteorder == "big":
+            self._nodes.byteswap()
+        self._strings = bytes(blob[4 + size :])
+        self._replacements: dict[int, bytes] = {}
+        self._root = _base(self._nodes[0]) if self._nodes else 0
+
+    def longest_match(self, data: bytes, start: int) -> tuple[int, bytes]:
+        """(bytes matched, replacement) for the longest key that data[start:] starts with;
+        (0, b"") where none does. A NUL byte ends every key, as in llama.cpp."""
+        nodes, count = self._nodes, len(self._nodes)
+        node, matched, value = self._root, 0, -1
+        for pos in range(start, len(data)):
+            c = data[pos]
+            if c == 0:
+                break
+            node ^= c
+            if node >= count:  # llama.cpp throws here; a validated charsmap never gets here
+                break
+            packed = nodes[node]
+            if packed & 0x800000FF != c:
+                break
+            node ^= _base(packed)
+            if packed & 0x100:
+                if node >= count:
+                    break
+                matched, value = pos - start + 1, nodes[node] & 0x7FFFFFFF
+        return (matched, self.replacement(value)) if matched else (0, b"")
+
+    def replacement(self, offset: int) -> bytes:
+        found = self._replacements.get(offset)
+        if found is None:
+            end = self._strings.find(b"\0", offset)
+            if offset >= len(self._strings) or end < 0:
+                raise UnigramError(f"the precompiled charsmap's replacement at {offset} is outside it or unterminated")
+            found = self._replacements[offset] = self._strings[offset:end]
+        return found
+
+
+def _base(packed: int) -> int:
+    return (packed >> 10) << ((packed & 0x200) >> 6)
+
+
+class UnigramTokenizer:
+    """llama.cpp's UGM normalization and Viterbi search over one stretch of text."""
+
+    def __init__(self, pieces: Sequence[str], scores: Sequence[float], spec: Mapping[str, Any],
+                 charsmap: Charsmap | None):  # fmt: skip
+        n = len(pieces)
+        unmatched = _ids(spec, "unmatched", n)
+        user_defined = _ids(spec, "user_defined", n)
+        self.unk_id = _ids(spec, "unknown_id", n, single=True)
+        self.unknown_score = float(spec["unknown_score"])
+        self.add_space_prefix, self.remove_extra_whitespaces = (bool(spec[k]) for k in _SPEC_FLAGS)
+        self.charsmap = charsmap
+        # Every piece llama.cpp's token matcher holds (normal, user-defined and unused ones: a
+        # later duplicate wins, as its trie's insert does), and each proper prefix of one
+        # (None), so that a walk stops at the first text no piece starts with.
+        self._pieces: dict[str, tuple[int, float] | None] = {}
+        self.piece_ids: dict[str, int] = {}
+        for i, piece in enumerate(pieces):
+            if i in unmatched or not piece:
+                continue
+            for k in range(1, len(piece)):
+                self._pieces.setdefault(piece[:k], None)
+            # llama.cpp scores a user-defined piece 0 (normal pieces' log probabilities are negative)
+            self._pieces[piece] = (i, 0.0 if i in user_defined else float(scores[i]))
+            self.piece_ids[piece] = i
+        self._user_defined = sorted({pieces[i].encode() for i in user_defined if pieces[i]}, key=len, reverse=True)
+
+    # -- normalization: llama_tokenizer_ugm_session::normalize ----------------------------
+
+    def normalize(self, text: str) -> str:
+        space = ESCAPED_SPACE.encode()
+        out = bytearray()
+        data = text.encode()
+        prepend, merge = self.add_space_prefix, self.remove_extra_whitespaces
+        space_prepended = in_word = False
+        at = 0
+        while at < len(data):
+            replacement, consumed = self._normalize_prefix(data, at)
+            for c in replacement:
+                if c != 0x20:
+                    if not in_word:
+                        in_word = True
+                        if (prepend and not space_prepended) or merge:
+                            out += space
+                            space_prepended = True
+                    out.append(c)
+                else:
+                    in_word = False
+                    if not merge:
+                        out += space
+            at += consumed
+        return out.decode("utf-8", "replace")
+
+    def _normalize_prefix(self, data: bytes, at: int) -> tuple[bytes, int]:
+        for token in self._user_defined:  # copied unchanged, the longest first
+            if data.startswith(token, at):
+                return token, len(token)
+        if self.charsmap is not None:
+            matched, replacement = self.charsmap.longest_match(data, at)
+            if matched:
+                return replacement, matched
+        width = _utf8_width(data, at)
+        if width:
+            return data[at : at + width], width
+        return "\ufffd".encode(), 1  # an invalid byte: U+FFFD for it alone
+
+    # -- the Viterbi search: llama_tokenizer_ugm_session::tokenize -------------------------
+
+    def pieces_of(self, normalized: str) -> list[tuple[int, int]]:
+        """The (start, end) character spans of the tokens llama.cpp chooses for `normalized`,
+        a run of unknown characters as one span."""
+        n = len(normalized)
+        if not n:
+            return []
+        score = [float("-inf")] * (n + 1)
+        score[0] = 0.0
+        start, token = [0] * (n + 1), [self.unk_id] * (n + 1)
+        get, unknown = self._pieces.get, self.unknown_score
+        for i in range(n):
+            best, single, j = score[i], False, i + 1
+            while j <= n:
+                found = get(normalized[i:j], _NOT_PREFIX)
+                if found is _NOT_PREFIX:
+                    break
+                if found is not None:
+                    single = single or j == i + 1
+                    challenger = best + found[1]
+                    if challenger > score[j]:
+                        score[j], start[j], token[j] = challenger, i, found[0]
+                j += 1
+            if not single:  # no piece is this character alone: the unknown token, penalized
+                challenger = best + unknown
+                if challenger > score[i + 1]:
+                    score[i + 1], start[i + 1], token[i + 1] = challenger, i, self.unk_id
+        spans: list[tuple[int, int]] = []
+        end, previous_unknown = n, False
+        while True:
+            unknown_here = token[end] == self.unk_id
+            if previous_unknown and unknown_here:  # consecutive unknown tokens become one
+                spans[-1] = (start[end], spans[-1][1])
+            else:
+                spans.append((start[end], end))
+            if start[end] == 0:
+                break
+            previous_unknown, end = unknown_here, start[end]
+        spans.reverse()
+        return spans
+
+
+def _utf8_width(data: bytes, at: int) -> int:
+    """The length of the valid UTF-8 character at data[at], 0 if it is not one."""
+    lead = data[at]
+    width = 1 if lead < 0x80 else 2 if lead >> 5 == 6 else 3 if lead >> 4 == 14 else 4 if lead >> 3 == 30 else 0
+    if not width or at + width > len(data):
+        return 0
+    try:
+        data[at : at + width].decode("utf-8")
+    except UnicodeDecodeError:
+        return 0
+    return width
+
+
+def _ids(spec: Mapping[str, Any], key: str, n: int, single: bool = False):
+    value = spec.get(key)
+    values = [value] if single else value
+    if not isinstance(values, list) or not all(type(i) is int and 0 <= i < n for i in values):
+        raise UnigramError(f"the tokenizer's unigram.{key} is not {'a token id' if single else 'a list of token ids'}")
+    return value if single else frozenset(values)
+
+
+_ASCII_SPACE = " \t\n\v\f\r"  # C's isspace, which llama.cpp's LSTRIP strips
+
+
+class _Search:
+    """The pre-tokenizer: each stretch of text between special tokens normalized and cut into
+    the pieces llama.cpp chooses. Normalizing here rather than in a normalizer sees the token after
+    the stretch: before an LSTRIP one ("<mask>" in XLM-R's vocabularies) llama.cpp drops the
+    stretch's trailing ASCII whitespace first, where `tokenizers`' lstrip drops any whitespace."""
+
+    def __init__(self, model: UnigramTokenizer, lstrip: frozenset[int]):
+        self._model, self._lstrip = model, lstrip
+
+    def pre_tokenize(self, pretokenized: PreTokenizedString) -> None:
+        splits = pretokenized.get_splits()
+        stripped = {i for i in range(len(splits) - 1)
+                    if splits[i + 1][2] and splits[i + 1][2][0].id in self._lstrip}  # fmt: skip
+
+        def cut(index: int, normalized: NormalizedString) -> list[NormalizedString]:
+            text = normalized.normalized
+            text = self._model.normalize(text.rstrip(_ASCII_SPACE) if index in stripped else text)
+            normalized.clear()  # offsets into the original text are not kept (nothing reads them)
+            if not text:
+                return []
+            normalized.append(text)
+            return [normalized[a:b] for a, b in self._model.pieces_of(text)]
+
+        pretokenized.split(cut)
+
+
+def attach(tokenizer: Tokenizer, document: Mapping[str, Any], spec: Mapping[str, Any]) -> UnigramTokenizer:
+    """Gives `tokenizer` (loaded from `document`, a tokenizer.json with a Unigram model) llama.cpp's
+    normalization and search, as `spec` (the manifest's tokenizer.unigram) describes them."""
+    model = document.get("model")
+    vocab = model.get("vocab") if isinstance(model, Mapping) and model.get("type") == "Unigram" else None
+    if not isinstance(vocab, list) or not all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int | float) for e in vocab
+    ):
+        raise UnigramError("the tokenizer's unigram spec needs a tokenizer.json with a Unigram model")
+    if not isinstance(spec, Mapping) or not all(isinstance(spec.get(k), bool) for k in _SPEC_FLAGS):
+        raise UnigramError(f"the tokenizer's unigram spec lacks {' or '.join(_SPEC_FLAGS)}")
+    if not isinstance(spec.get("unknown_score"), int | float):
+        raise UnigramError("the tokenizer's unigram spec lacks unknown_score")
+    ugm = UnigramTokenizer([e[0] for e in vocab], [e[1] for e in vocab], spec, _charsmap(document))
+    word_ids = dict(ugm.piece_ids)
+    unk = vocab[ugm.unk_id][0]
+    word_ids.setdefault(unk, ugm.unk_id)
+    if word_ids[unk] != ugm.unk_id:  # a piece's text is the unknown token's: it cannot name both
+        raise UnigramError(f"the unknown token's text {unk[:20]!r} is also a piece's")
+    tokenizer.normalizer = None
+    tokenizer.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(_Search(ugm, _ids(spec, "lstrip", len(vocab))))
+    tokenizer.model = WordLevel(word_ids, unk)
+    return ugm
+
+
+def _charsmap(document: Mapping[str, Any]) -> Charsmap | None:
+    """The charsmap of the document's `Precompiled` normalizer (alone or in a Sequence)."""
+    normalizer = document.get("normalizer")
+    found = [normalizer] if isinstance(normalizer, Mapping) else []
+    if found and found[0].get("type") == "Sequence":
+        found = [n for n in found[0].get("normalizers") or [] if isinstance(n, Mapping)]
+    blobs = [n.get("precompiled_charsmap") for n in found if n.get("type") == "Precompiled"]
+    if not blobs:
+        return None
+    try:
+        blob = base64.b64decode(str(blobs[0]), validate=True)
+    except ValueError as e:
+        raise UnigramError(f"the tokenizer's precompiled charsmap is not base64: {e}") from None
+    return Charsmap(blob)
