@@ -75,7 +75,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         tokenizer_json, tok_info = build_tokenizer(model.metadata)
         # a reranker's pair layout (runtime/server/rerank.py); only theirs: other manifests keep their bytes
         rerank = {"rerank": rerank_layout(model.metadata)} if plan.output_scores else {}
-        # a Unigram vocabulary's search (runtime/text/ugm.py); likewise only theirs
+        # a Unigram vocabulary's search (runtime/model/ugm.py); likewise only theirs
         unigram = {"unigram": ugm} if (ugm := unigram_spec(model.metadata)) else {}
     except TokenizerError as e:
         raise CompileError(f"{model.path.name}: {e}") from e

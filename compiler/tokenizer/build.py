@@ -13,7 +13,7 @@ so that `tokenizers` encodes text to the ids llama.cpp produces:
 - "bert" (WordPiece): llama.cpp's "▁"-prefixed vocabulary, preprocessing and greedy longest match
   (wpm.py), wrapped in the CLS and SEP tokens as llama.cpp always does for it.
 - "t5" (Unigram): the pieces, their scores and the precompiled charsmap (unigram.py), which the
-  runtime searches as llama.cpp does (runtime/text/ugm.py) from the manifest's
+  runtime searches as llama.cpp does (runtime/model/ugm.py) from the manifest's
   `tokenizer.unigram` (`unigram_spec`).
 
 Every other model llama.cpp knows is refused by name with what is missing (UNSUPPORTED_MODELS),
@@ -313,7 +313,7 @@ def _ugm_flags(metadata: Mapping[str, object]) -> tuple[bool, bool]:
 
 
 def unigram_spec(metadata: Mapping[str, object]) -> dict | None:
-    """The manifest's tokenizer.unigram for a `t5` vocabulary (runtime/text/ugm.py runs it); None
+    """The manifest's tokenizer.unigram for a `t5` vocabulary (runtime/model/ugm.py runs it); None
     for every other one, whose tokenizer.json alone tokenizes as llama.cpp does."""
     if metadata.get("tokenizer.ggml.model") != "t5":
         return None

@@ -1,7 +1,7 @@
 """The `t5` vocabulary (a SentencePiece Unigram model, llama.cpp's UGM: T5, XLM-R's in bge-m3 and
 bge-reranker-v2-m3, nomic-embed-text v2, jina-embeddings v3).
 
-`tokenizers` cannot run it as llama.cpp does (runtime/text/ugm.py says where its Unigram model
+`tokenizers` cannot run it as llama.cpp does (runtime/model/ugm.py says where its Unigram model
 and `Precompiled` normalizer differ), so the runtime runs llama.cpp's algorithm itself, from:
 
 - the tokenizer.json this module's parts make: the pieces with the scores llama.cpp searches with,
@@ -121,7 +121,7 @@ def unigram_parts(tokens: Sequence[str], scores: Sequence[float], types: Sequenc
 
 def unigram_spec(scores: Sequence[float], types: Sequence[int], unk_id: int, add_space_prefix: bool,
                  remove_extra_whitespaces: bool, lstrip: Sequence[int]) -> dict:  # fmt: skip
-    """The manifest's tokenizer.unigram (runtime/text/ugm.py reads it); `lstrip`: the special
+    """The manifest's tokenizer.unigram (runtime/model/ugm.py reads it); `lstrip`: the special
     tokens llama.cpp strips the ASCII whitespace before."""
     normal = [s for s, k in zip(scores, types, strict=True) if k == _NORMAL]
     # float arithmetic as llama.cpp's: the lowest normal score (FLT_MAX without one) less the penalty

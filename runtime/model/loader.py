@@ -7,7 +7,7 @@ from tokenizers import Tokenizer
 
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle
-from rfc.runtime.text import ugm
+from rfc.runtime.model import ugm
 
 
 class ContextSizeError(ValueError):

@@ -2,7 +2,7 @@
 builds and by llama.cpp (ids in tests/fixtures/tokenizer/vocab-*.json, made by
 tools/make_tokenizer_vectors.py over tests/fixtures/tokenizer/inputs.json). Vocabularies of a
 model rfc refuses must be refused, naming why. A Unigram (`t5`) vocabulary is tokenized as the
-runtime loads it (runtime/text/ugm.py on the manifest's tokenizer.unigram), and also checked on
+runtime loads it (runtime/model/ugm.py on the manifest's tokenizer.unigram), and also checked on
 unigram.json: inputs for what only Unigram does, under each setting of its two whitespace
 options. The GGUFs are in tests/data/vocab."""
 
@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, unigram_spec
-from rfc.runtime.text import ugm
+from rfc.runtime.model import ugm
 from tests.conftest import VOCAB
 from tests.unit.test_tokenizer import metadata_of
 

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, unigram_spec
 from rfc.compiler.tokenizer.charsmap import build_charsmap
 from rfc.compiler.tokenizer.unigram import CHARSMAP_KEY, CharsmapError, check_charsmap
-from rfc.runtime.text import ugm
+from rfc.runtime.model import ugm
 
 SPACE = "\u2581"
 
