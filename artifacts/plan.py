@@ -183,6 +183,9 @@ class Plan:
     state: StateSpec = StateSpec()  # per-sequence recurrent state (hybrid models); empty: none
     # a reranker's classifier output [R, labels] (its first label is a pair's relevance score); "": none
     output_scores: str = ""
+    # the relevance score is softmax(labels)[0] rather than the first label itself (llama.cpp's
+    # Qwen3 rerankers: P("yes") of their "yes"/"no" head)
+    scores_softmax: bool = False
 
     @property
     def generates(self) -> bool:
@@ -222,6 +225,8 @@ def pack_plan(plan: Plan) -> bytes:
     state = {"state": [[t.layer, list(t.shape)] for t in plan.state.tensors]} if plan.state.tensors else {}
     if plan.output_scores:  # likewise only a reranker's plan has the key
         state["output_scores"] = plan.output_scores
+    if plan.scores_softmax:
+        state["scores_softmax"] = True
     return msgpack.packb(
         {
             **state,
@@ -252,6 +257,12 @@ def _strs(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BundleError(f"{PLAN_FILE}: {what} is not a list of names")
     return tuple(value)
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise BundleError(f"{PLAN_FILE}: {what} is not true or false")
+    return value
 
 
 def _int(value: Any, what: str) -> int:
@@ -332,6 +343,7 @@ def unpack_plan(data: bytes) -> Plan:
             context_length=_int(raw["context_length"], "context_length"),
             state=state,
             output_scores=_strs([raw.get("output_scores", "")], "output_scores")[0],
+            scores_softmax=_bool(raw.get("scores_softmax", False), "scores_softmax"),
         )
     except KeyError as e:
         raise BundleError(f"{PLAN_FILE} lacks {e}") from None

@@ -65,6 +65,7 @@ def check_plan(plan: Plan) -> None:
         or (scores is not None and scores.dtype == "f32" and len(scores.shape) == 2 and scores.shape[0] == "R"),
         f"plan output {plan.output_scores!r} is not a float [R, labels] buffer",
     )
+    need(not plan.scores_softmax or plan.output_scores != "", "scores_softmax without output_scores")
     for i, op in enumerate(plan.ops):
         check_op(plan, buffers, i, op)
 

@@ -35,17 +35,14 @@ from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.moe import Experts
 from rfc.compiler.arch.common import (
-    Attention, attention, glu_ffn, hparams, kv_spec, linear, read_experts, read_rope, read_sizes, stack_widths,
-    ungated_ffn,
+    CLASSIFIER, RANK_POOLING, Attention, attention, classifier_head, glu_ffn, hparams, kv_spec, read_experts,
+    read_rope, read_sizes, stack_widths, ungated_ffn,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel
 from rfc.compiler.spec import ModelSpec
 
-RANK_POOLING = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK: a reranker's score from its classifier head
-CLASSIFIER = ("cls.weight", "cls.bias", "cls.output.weight", "cls.output.bias")
-MAX_LABELS = 1 << 12  # a classifier's outputs (a reranker's: 1)
 MAX_TOKEN_TYPES = 1 << 16  # tokenizer.ggml.token_type_count: BERT's 2, XLM-R's 1; bounds the read
 
 
@@ -122,7 +119,7 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         b.op("add", ("a", "x"), ("a",))
         layernorm.named_layer_norm(b, "a", "x", p + "layer_output_norm", e, eps, bias="required")
     b.op("gather_rows", ("x",), ("hr",))
-    scores = _classifier(b, md, e) if rank else ""
+    scores = classifier_head(b, md, e) if rank else ""
     if not rank:
         for name in CLASSIFIER:
             b.unused(name, "the classifier head of a file without rank pooling (llama.cpp loads it and embeds)")
@@ -161,33 +158,3 @@ def _gelu_experts(b: ModelBuilder, i: int, e: int, n_ff: int, experts: Experts) 
     down = b.tensor(p + "ffn_down_exps.weight", "ffn_down_exps", (experts.count, e, n_ff))
     b.op("moe_matmul", ("exp_up", "expert_ids"), ("experts_out",), (down,))
     b.op("moe_combine", ("experts_out", "expert_weights"), ("a",))
-
-
-def _classifier(b: ModelBuilder, md: Metadata, e: int) -> str:
-    """A reranker's head over the final hidden rows (llama.cpp's build_pooling, rank): tanh(`cls` h +
-    `cls.bias`) where the file has `cls`, then `cls.output` (+ its bias) to the labels where it has
-    that (without, the tanh's outputs are the labels), the first of which is a pair's relevance
-    score; returns the scores buffer. The rows the engine reads are the
-    first token's (llama.cpp's CLS row: classifier.pooling_type mean is modern-bert's)."""
-    src = "hr"
-    if b.has("cls.weight"):
-        b.buffer("cls_h", "R", e)
-        linear(b, src, "cls_h", "cls", (e, e), scale=False, bias_first=True)
-        b.op("softcap", ("cls_h",), ("cls_h",), cap=1.0)  # 1 * tanh(x / 1): tanh exactly
-        src = "cls_h"
-    elif b.has("cls.bias"):
-        raise CompileError(f"{b.path}: cls.bias without cls.weight")
-    out = b.model.tensors.get("cls.output.weight")
-    if out is None:  # jina-reranker-v1-tiny's one layer: tanh(cls h + b) is the output, its first value the score
-        if src != "cls_h" or b.has("cls.output.bias"):
-            raise CompileError(f"{b.path}: rank pooling needs cls.weight or cls.output.weight (a classifier head)")
-        return src
-    labels = out.shape[0] if len(out.shape) == 2 else 0
-    if not 1 <= labels <= MAX_LABELS:
-        raise CompileError(f"{b.path}: cls.output.weight {list(out.shape)} is not [labels, {e}]")
-    named = md.raw("classifier.output_labels")
-    if isinstance(named, list) and named and len(named) != labels:
-        raise CompileError(f"{b.path}: {len(named)} classifier.output_labels for {labels} cls.output rows")
-    b.buffer("scores", "R", labels)
-    linear(b, src, "scores", "cls.output", (labels, e), scale=False, bias_first=True)
-    return "scores"

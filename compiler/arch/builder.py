@@ -332,6 +332,7 @@ class ModelBuilder:
         output_hidden: str,
         kv: KVSpec,
         output_scores: str = "",
+        scores_softmax: bool = False,
     ) -> ModelSpec:
         left = self.unaccounted()
         if left:
@@ -353,6 +354,7 @@ class ModelBuilder:
             context_length=hparams.context_length,
             state=StateSpec(tuple(self._state)),
             output_scores=output_scores,
+            scores_softmax=scores_softmax,
         )
         return ModelSpec(hparams=hparams, plan=plan, weights=tuple(self._weights.values()), sources=dict(self._sources))
 

@@ -690,6 +690,11 @@ def moe_ffn(
     b.op("moe_combine", ("experts_out", "expert_weights"), (dst,))
 
 
+RANK_POOLING = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK: a reranker's score from its classifier head
+CLASSIFIER = ("cls.weight", "cls.bias", "cls.output.weight", "cls.output.bias")
+MAX_LABELS = 1 << 12  # a classifier's outputs (a cross-encoder's: 1; Qwen3-Reranker's "yes" and "no": 2)
+
+
 def output_head(
     b: ModelBuilder,
     sizes: Sizes,
@@ -700,15 +705,21 @@ def output_head(
     bias: bool = True,
     norm_bias: bool = False,
     scale: bool = True,
+    classifier: Metadata | None = None,
 ) -> bool:
     """logits = output(norm(x)) for the logit rows (`output.weight`, else the tied token
     embedding; always the embedding with `always_tied`), soft-capped with a final_softcap;
     returns whether the embedding is tied. `bias` False: `output.bias` is not read (a file that
     has one is refused: the architecture's llama.cpp graph does not add one); `norm_bias`: the output
     norm adds its required `output_norm.bias` (phimoe); `scale` False: `output.scale` known and unused (the
-    graph multiplies by output alone: kimi-linear, bailingmoe3)."""
+    graph multiplies by output alone: kimi-linear, bailingmoe3). With `classifier` (a decoder
+    reranker's metadata) its `cls.output` head reads the normalized rows into "scores" before the
+    logits, so that a step that only ranks stops there (the cpu scores entry runs the plan up to the
+    last op writing its output)."""
     b.op("gather_rows", ("x",), ("xr",))
     _rms_norm(b, "xr", "hr", "output_norm", sizes.n_embd, eps, norm_bias)
+    if classifier is not None:
+        classifier_head(b, classifier, sizes.n_embd, dense=False)
     tied = always_tied or not b.has("output.weight")
     if tied:
         b.op("matmul", ("hr",), ("logits",), ("token_embd.weight",))
@@ -717,6 +728,37 @@ def output_head(
     if final_softcap is not None:
         b.op("softcap", ("logits",), ("logits",), cap=final_softcap)
     return tied
+
+
+def classifier_head(b: ModelBuilder, md: Metadata, e: int, dense: bool = True) -> str:
+    """A reranker's head over the final hidden rows "hr" (llama.cpp's build_pooling, rank): tanh(`cls`
+    h + `cls.bias`) where the file has `cls` (`dense`: an encoder's; a decoder's loader reads no
+    `cls`, so there it is left unaccounted and refused), then `cls.output` (+ its bias) to the labels
+    where it has that (without, the tanh's outputs are the labels), the first of which is a pair's
+    relevance score; returns the scores buffer. The engine reads an encoder's first row (llama.cpp's
+    CLS row: classifier.pooling_type mean is modern-bert's) and a decoder's last."""
+    src = "hr"
+    if dense and b.has("cls.weight"):
+        b.buffer("cls_h", "R", e)
+        linear(b, src, "cls_h", "cls", (e, e), scale=False, bias_first=True)
+        b.op("softcap", ("cls_h",), ("cls_h",), cap=1.0)  # 1 * tanh(x / 1): tanh exactly
+        src = "cls_h"
+    elif dense and b.has("cls.bias"):
+        raise CompileError(f"{b.path}: cls.bias without cls.weight")
+    out = b.model.tensors.get("cls.output.weight")
+    if out is None:  # jina-reranker-v1-tiny's one layer: tanh(cls h + b) is the output, its first value the score
+        if src != "cls_h" or b.has("cls.output.bias"):
+            raise CompileError(f"{b.path}: rank pooling needs cls.weight or cls.output.weight (a classifier head)")
+        return src
+    labels = out.shape[0] if len(out.shape) == 2 else 0
+    if not 1 <= labels <= MAX_LABELS:
+        raise CompileError(f"{b.path}: cls.output.weight {list(out.shape)} is not [labels, {e}]")
+    named = md.raw("classifier.output_labels")
+    if isinstance(named, list) and named and len(named) != labels:
+        raise CompileError(f"{b.path}: {len(named)} classifier.output_labels for {labels} cls.output rows")
+    b.buffer("scores", "R", labels)
+    linear(b, src, "scores", "cls.output", (labels, e), scale=False, bias_first=True)
+    return "scores"
 
 
 def _rms_norm(b: ModelBuilder, src: str, dst: str, name: str, n: int, eps: float, bias: bool) -> None:
@@ -796,7 +838,9 @@ def llama_like(
     eps = md.float("attention.layer_norm_rms_epsilon", 0.0, 1.0, open_lo=True)
     n_expert, n_used = read_experts(md)
     b = ModelBuilder(model)
-    if arch in ("qwen3", "qwen3vl"):  # llama.cpp's loaders read it; only the rerank pooling runs it
+    # Qwen3-Reranker: rank pooling over a "yes"/"no" head (llama.cpp's loaders read cls.output for these two)
+    rank = arch in ("qwen3", "qwen3vl") and md.raw("pooling_type") == RANK_POOLING
+    if arch in ("qwen3", "qwen3vl") and not rank:
         b.unused("cls.output.weight", "the reranker's classifier head: llama.cpp runs it only to rank, never for text")
     if qkv_bias and not b.has("blk.0.attn_q.bias"):
         raise CompileError(f"{b.path}: missing tensor blk.0.attn_q.bias ({arch} has Q/K/V biases)")
@@ -817,8 +861,12 @@ def llama_like(
         else:
             glu_ffn(b, i, sizes.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=ffn_bias, scale=ffn_scale)
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, sizes, eps, bias=output_bias, norm_bias=norm_bias)
+    tied = output_head(b, sizes, eps, bias=output_bias, norm_bias=norm_bias, classifier=md if rank else None)
     extra = {"expert_count": n_expert, "expert_used_count": n_used} if n_expert else {}
+    if rank:
+        extra["serves"] = "text, reranking"
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=extra)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))
+    # a reranker's score: softmax over its labels, the first ("yes"), as llama.cpp's build_pooling for qwen3
+    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes),
+                    output_scores="scores" if rank else "", scores_softmax=rank)  # fmt: skip

@@ -441,13 +441,23 @@ _RERANK_DEFAULTS = {
 }
 
 
-def rerank_layout(metadata: Mapping[str, object]) -> dict[str, list[int]]:
-    """How llama-server lays out a rerank pair for a model without a rerank template
-    (format_prompt_rerank): prefix + query + between + document + suffix, with the special ids and
+RERANK_TEMPLATE_KEY = "tokenizer.chat_template.rerank"
+
+
+def rerank_layout(metadata: Mapping[str, object]) -> dict:
+    """How llama-server lays out a rerank pair (format_prompt_rerank). A file with a rerank template
+    (Qwen3-Reranker's) gives {"template": text}: its "{query}" and then its "{document}" replaced by
+    the texts, the whole tokenized with special tokens parsed. Without one: prefix + query + between
+    + document + suffix, with the special ids and
     add_* flags as llama.cpp's vocabulary resolves them (its defaults per vocabulary type, then the
     file's keys): BOS when add_bos; EOS (SEP where there is no EOS) after each text when add_eos;
     SEP between them when add_sep. SentencePiece ("llama"), WordPiece ("bert") and Unigram ("t5",
     XLM-R's cross-encoders) vocabularies; another is refused (TokenizerError)."""
+    template = metadata.get(RERANK_TEMPLATE_KEY)
+    if template is not None:
+        if not isinstance(template, str) or not template:
+            raise TokenizerError(f"{RERANK_TEMPLATE_KEY} is not a template text")
+        return {"template": template}
     model = metadata.get("tokenizer.ggml.model")
     if model not in _RERANK_DEFAULTS:
         raise TokenizerError(f"a reranker's pair layout for a {str(model)[:20]!r} vocabulary is not implemented")

@@ -121,12 +121,31 @@ def rerank_tokens(info: dict, query: list[int], document: list[int]) -> list[int
     return [*layout.get("prefix", []), *query, *layout.get("between", []), *document, *layout.get("suffix", [])]
 
 
+def rerank_prompt(template: str, query: str, document: str) -> str:
+    """A rerank pair through a model's rerank template, as llama-server's format_prompt_rerank
+    makes it: every "{query}" replaced by the query, then every "{document}" by the document."""
+    return template.replace("{query}", query).replace("{document}", document)
+
+
 def rank_scores(engine: Engine, pairs: list[list[int]], step_tokens: int) -> Generator[None, None, list[float]]:
-    """A job whose result is a reranker's relevance score of each pair (rerank_tokens): its
-    classifier's first output at the pair's first token (llama.cpp's CLS row), several pairs a
-    step (_whole_steps), as an encoder's inputs run."""
+    """A job whose result is a reranker's relevance score of each pair (rerank_tokens or
+    rerank_prompt): its classifier's first output at the pair's first token for an encoder
+    (llama.cpp's CLS row) and at its last for a decoder (llama.cpp's rank pooling of a causal
+    model), after a softmax over the labels where the plan says so (Qwen3-Reranker's P("yes")),
+    several pairs a step (_whole_steps), as an encoder's inputs run."""
+    plan = engine.model.bundle.plan
+    row = -1 if plan.causal else 0
     out: list[float] = []
     for step in _whole_steps(engine, pairs, step_tokens, engine.model.executor.forward_scores):
-        out.extend(float(rows[0, 0]) for rows in step)
+        out.extend(_score(rows[row], plan.scores_softmax) for rows in step)
         yield
     return out
+
+
+def _score(labels: np.ndarray, softmax: bool) -> float:
+    """The first label, or its softmax probability in float32 as ggml_soft_max computes it."""
+    if not softmax:
+        return float(labels[0])
+    x = labels.astype(np.float32)
+    e = np.exp(x - x.max())
+    return float(e[0] / e.sum(dtype=np.float32))

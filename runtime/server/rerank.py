@@ -1,14 +1,15 @@
 """Reranking, as llama-server `--reranking` answers it: POST /rerank, /reranking, /v1/rerank and
 /v1/reranking. A `query` and `documents` (Jina's and Cohere's shape) or `texts` (Hugging Face TEI's);
-each pair laid out as llama-server lays it (runtime/engine/embedding.py rerank_tokens) and scored by
-the model's classifier head (a reranker: a bert with `cls` / `cls.output` and rank pooling), the
-raw score, sorted best first and cut to `top_n`. Jina's reply: {model, object, usage, results:
+each pair laid out as llama-server lays it (runtime/engine/embedding.py: rerank_prompt through the
+model's rerank template where it has one, else rerank_tokens) and scored by the model's classifier
+head (a reranker: a bert with `cls` / `cls.output` and rank pooling, the raw score; a Qwen3-Reranker,
+its "yes"/"no" head's P("yes")), sorted best first and cut to `top_n`. Jina's reply: {model, object, usage, results:
 [{index, relevance_score, document?}]}; TEI's: [{index, score, text?}]. A model without a classifier
 is a 400 naming `model`."""
 
 import falcon
 
-from rfc.runtime.engine.embedding import rank_scores, rerank_tokens
+from rfc.runtime.engine.embedding import rank_scores, rerank_prompt, rerank_tokens
 from rfc.runtime.engine.jobs import JOB_TOKENS
 from rfc.runtime.server import response_schemas as replies
 from rfc.runtime.server.api_fields import MODEL
@@ -77,8 +78,12 @@ class RerankResource(BodyResource):
         if top_n is not None and top_n < 1:
             raise bad_request("'top_n' must be at least 1", "top_n")
         tokenizer, info = served.model.tokenizer, served.model.tokenizer_info
-        query = _encode(tokenizer, f.string("query"))
-        pairs = [rerank_tokens(info, query, _encode(tokenizer, text)) for text in texts]
+        template = (info.get("rerank") or {}).get("template")
+        if template is not None:  # the model's own prompt around the two texts (Qwen3-Reranker)
+            pairs = [_encode(tokenizer, rerank_prompt(template, f.string("query"), text)) for text in texts]
+        else:
+            query = _encode(tokenizer, f.string("query"))
+            pairs = [rerank_tokens(info, query, _encode(tokenizer, text)) for text in texts]
         ctx = served.model.context_length
         for i, ids in enumerate(pairs):
             if len(ids) > ctx:

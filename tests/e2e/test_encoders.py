@@ -130,18 +130,19 @@ def test_a_file_that_says_causal_is_planned_causal(tmp_path):
 
 
 @pytest.mark.parametrize("device", ["ref", "cpu"])
-@pytest.mark.parametrize("name", ["bert-rank", "bert-rank-tanh"])
+@pytest.mark.parametrize("name", ["bert-rank", "bert-rank-tanh", "qwen3-rank"])
 def test_rerank_scores_are_llama_cpps(name, device, tmp_path):
     """A reranker's classifier (tanh(cls h + b), then cls.output) at the first token's row of each
     input, against llama.cpp's rank pooling over the same tokens (scores of 0.003 to 0.027 here,
     llama.cpp's own from its hidden states to 1e-7; rfc's hidden states differ from its by ~1e-5,
     which the classifier's 256-wide dot products carry to ~4e-4). bert-rank-tanh: jina-reranker-v1-tiny's
-    head, `cls` without `cls.output`, the tanh's first output the score (0.706 to 0.719)."""
+    head, `cls` without `cls.output`, the tanh's first output the score (0.706 to 0.719). qwen3-rank:
+    Qwen3-Reranker's "yes"/"no" head at each input's last token, softmaxed (0.13 to 0.65)."""
     from rfc.runtime.engine.assemble import LoadOptions, load_model
     from rfc.runtime.engine.embedding import rank_scores
     from rfc.runtime.engine.engine import Engine
 
-    golden = np.load(archs.DATA / f"{name}.hidden.npz")
+    golden = np.load(archs.DATA / f"{name}.{'logits' if name == 'qwen3-rank' else 'hidden'}.npz")
     tokens = golden["tokens"].tolist()
     bundle = tmp_path / "bundle"
     compile_model(
@@ -190,6 +191,50 @@ def test_rerank_routes(servers, bundles):
         assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
     r = requests.post(servers["bert-dense"].url + "/v1/rerank", json={"query": "q", "documents": ["a"]}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "model" and "not a reranker" in r.text
+
+
+RERANK_TEMPLATE = "<|im_start|>Judge: <Query>: {query}\n<Document>: {document}<|im_end|>\nyes or no?"
+
+
+def test_a_decoder_reranker_is_served_through_its_rerank_template(tmp_path):
+    """qwen3-rank (Qwen3-Reranker's layout) with a rerank template, as llama.cpp's converter writes
+    one (tokenizer.chat_template.rerank): /v1/rerank lays each pair out through it ({query}, then
+    {document}, replaced; special tokens parsed) and scores it as the engine does alone, P("yes") at
+    the pair's last token; the model still generates with its LM head."""
+    from gguf import GGUFReader
+
+    from rfc.runtime.engine.assemble import LoadOptions, load_model
+    from rfc.runtime.engine.embedding import rank_scores, rerank_prompt
+    from rfc.runtime.engine.engine import Engine
+    from tests.gguf_edit import rewrite_gguf
+
+    plain = _gguf("qwen3-rank", tmp_path)
+    empty = tuple(k for k, f in GGUFReader(plain).fields.items() if f.contents() == [])
+    template = {"tokenizer.chat_template.rerank": RERANK_TEMPLATE}
+    model = rewrite_gguf(plain, tmp_path / "templated.gguf", metadata=template, drop_keys=empty)
+    bundle = tmp_path / "bundle"
+    compile_model(CompileOptions(model=model, out_dir=bundle, targets=("cpu",)))
+    engine = Engine(load_model(bundle, LoadOptions(device="cpu")))
+    assert engine.model.tokenizer_info["rerank"] == {"template": RERANK_TEMPLATE}
+    docs = ["there was a cat", "the dog ran home {query}", "a little girl named Lily"]
+    tok = engine.model.tokenizer
+    pairs = [tok.encode(rerank_prompt(RERANK_TEMPLATE, "once upon a time", d), add_special_tokens=False).ids
+             for d in docs]  # fmt: skip
+    assert len({tuple(p) for p in pairs}) == 3
+    assert rerank_prompt(RERANK_TEMPLATE, "q", docs[1]).count("{query}") == 1  # a document's own stays as it is
+    want = [_finish(rank_scores(engine, [pair], 1))[0] for pair in pairs]
+    assert all(0.0 < w < 1.0 for w in want)
+    server = ServerProcess(bundle, "--ctx-size", "256")
+    try:
+        url = server.wait_ready().url
+        r = requests.post(url + "/v1/rerank", json={"query": "once upon a time", "documents": docs}, timeout=60)
+        assert r.status_code == 200, r.text
+        got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        assert [got[i] for i in range(3)] == pytest.approx(want, abs=1e-6)
+        r = requests.post(url + "/v1/completions", json={"prompt": "once upon", "max_tokens": 2}, timeout=60)
+        assert r.status_code == 200, r.text
+    finally:
+        server.stop()
 
 
 def test_a_unigram_vocabulary_is_served_with_llama_cpps_ids(servers):

@@ -67,3 +67,36 @@ def test_a_vocabulary_without_a_layout_is_refused():
         rerank_layout({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["t"] * 4})
     with pytest.raises(TokenizerError, match="outside the vocabulary"):
         rerank_layout(BERT_BGE | {"tokenizer.ggml.tokens": ["t"] * 50})
+
+
+def test_a_rerank_template_is_the_layout():
+    """A file with llama.cpp's rerank template (Qwen3-Reranker's converter writes one) is laid out
+    through it, whatever its vocabulary; an empty or non-text one is refused."""
+    template = "<Query>: {query}\n<Document>: {document}"
+    gpt2 = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["t"] * 4}
+    assert rerank_layout(gpt2 | {"tokenizer.chat_template.rerank": template}) == {"template": template}
+    for bad in ("", 3):
+        with pytest.raises(TokenizerError, match="chat_template.rerank"):
+            rerank_layout(gpt2 | {"tokenizer.chat_template.rerank": bad})
+
+
+def test_a_plans_score_softmax_round_trips_and_is_checked():
+    """scores_softmax is packed only where set (every other plan's bytes unchanged), read back, and
+    refused when it is not a boolean or there are no scores."""
+    import dataclasses
+
+    import msgpack
+
+    from rfc.artifacts import BundleError
+    from rfc.artifacts.plan import pack_plan, unpack_plan
+    from tests.conftest import FIXTURES
+    from rfc.compiler.gguf_reader import read_gguf
+    from rfc.compiler.spec import build_spec
+
+    plan = build_spec(read_gguf(FIXTURES / "tiny-llama-Q8_0.gguf")).plan
+    assert b"scores_softmax" not in pack_plan(plan)
+    with pytest.raises(BundleError, match="scores_softmax without output_scores"):
+        pack_plan(dataclasses.replace(plan, scores_softmax=True))
+    raw = msgpack.unpackb(pack_plan(plan))
+    with pytest.raises(BundleError, match="scores_softmax"):
+        unpack_plan(msgpack.packb({**raw, "scores_softmax": 1}))
