@@ -752,6 +752,33 @@ def test_encoder_attention_on_each_path(name, target, gpu_build_cache, tmp_path)
         assert gpu.shape == ref.shape == (20, 1) and np.abs(gpu - ref).max() < 1e-3, np.abs(gpu - ref).max()
 
 
+@pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
+def test_a_decoder_rerankers_scores_on_the_gpu(target, gpu_build_cache, tmp_path):
+    """qwen3-rank (Qwen3-Reranker's "yes"/"no" head before its LM head): the step program's scores
+    step, every row, against the reference (what rank_scores reads at a pair's last row), for one
+    token, several and a longer input."""
+    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.runtime.engine.batch import build_batch
+    from tests.e2e.test_llama_archs import _model
+    from tests.kernels.gpu_emulator import emulated_step_device
+    from tests.kernels.gpu_support import BesideReference
+
+    out = tmp_path / "bundle"
+    compile_model(
+        CompileOptions(model=_model("qwen3-rank", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
+    )
+    bundle = open_bundle(out)
+    assert bundle.plan.causal and bundle.plan.scores_softmax
+    device = emulated_step_device(bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, tmp_path / "emu-step")
+    beside = BesideReference(bundle, device, NUM_BLOCKS, BLOCK_SIZE)
+    tokens = tuple(range(5, 5 + 3 * 20, 3))
+    for seq, n in enumerate((1, 9, 20)):
+        beside.blocks.allocate(seq, n)
+        batch = build_batch([ScheduledChunk(seq, 0, tokens[:n], all_logits=True)], beside.blocks)
+        gpu, ref = beside.run.forward_scores(batch), beside.run_ref.forward_scores(batch)
+        assert gpu.shape == ref.shape == (n, 2) and np.abs(gpu - ref).max() < 1e-3, np.abs(gpu - ref).max()
+
+
 @pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
 def test_apertus_xielu(target, gpu_build_cache, tmp_path):
     """apertus's FFN activation (xielu: its four constants compiled in, different per layer, one
