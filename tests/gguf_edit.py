@@ -34,6 +34,8 @@ def rewrite_gguf(
             continue
         value = overrides.pop(key, field.contents())
         vtype = field.types[0]
+        if vtype == GGUFValueType.ARRAY and not value:  # the gguf package writes no empty array (the
+            continue  # saver's classifier.output_labels): left out
         sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
         writer.add_key_value(key, value, vtype, sub_type=sub)
     for key, value in overrides.items():

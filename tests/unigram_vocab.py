@@ -37,9 +37,6 @@ def small_t5_metadata(vocab_dir: Path, size: int) -> dict[str, object]:
 
 
 def with_small_t5_vocab(model: Path, out: Path, vocab_dir: Path) -> Path:
-    """`model` (a fixture GGUF) with the small vocabulary, as many pieces as its token_embd has rows.
-    Its empty arrays are left out (the gguf package writes none: the saver's classifier.output_labels)."""
-    reader = GGUFReader(model)
-    rows = next(int(t.shape[1]) for t in reader.tensors if t.name == "token_embd.weight")
-    empty = tuple(k for k, f in reader.fields.items() if f.contents() == [])
-    return rewrite_gguf(model, out, metadata=small_t5_metadata(vocab_dir, rows), drop_keys=empty)
+    """`model` (a fixture GGUF) with the small vocabulary, as many pieces as its token_embd has rows."""
+    rows = next(int(t.shape[1]) for t in GGUFReader(model).tensors if t.name == "token_embd.weight")
+    return rewrite_gguf(model, out, metadata=small_t5_metadata(vocab_dir, rows))

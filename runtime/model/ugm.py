@@ -26,7 +26,7 @@ from tokenizers import NormalizedString, PreTokenizedString, Tokenizer, pre_toke
 from tokenizers.models import WordLevel
 
 ESCAPED_SPACE = "\u2581"  # what a space becomes (llama.cpp's escape_whitespaces, on for UGM)
-_NOT_PREFIX = 0  # `_Pieces.get` default: the text is not the start of any piece
+_NOT_PREFIX = object()  # the pieces' lookup default: the text is not the start of any piece
 _SPEC_FLAGS = ("add_space_prefix", "remove_extra_whitespaces")
 
 

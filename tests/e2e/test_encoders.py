@@ -201,17 +201,13 @@ def test_a_decoder_reranker_is_served_through_its_rerank_template(tmp_path):
     one (tokenizer.chat_template.rerank): /v1/rerank lays each pair out through it ({query}, then
     {document}, replaced; special tokens parsed) and scores it as the engine does alone, P("yes") at
     the pair's last token; the model still generates with its LM head."""
-    from gguf import GGUFReader
-
     from rfc.runtime.engine.assemble import LoadOptions, load_model
     from rfc.runtime.engine.embedding import rank_scores, rerank_prompt
     from rfc.runtime.engine.engine import Engine
     from tests.gguf_edit import rewrite_gguf
 
-    plain = _gguf("qwen3-rank", tmp_path)
-    empty = tuple(k for k, f in GGUFReader(plain).fields.items() if f.contents() == [])
     template = {"tokenizer.chat_template.rerank": RERANK_TEMPLATE}
-    model = rewrite_gguf(plain, tmp_path / "templated.gguf", metadata=template, drop_keys=empty)
+    model = rewrite_gguf(_gguf("qwen3-rank", tmp_path), tmp_path / "templated.gguf", metadata=template)
     bundle = tmp_path / "bundle"
     compile_model(CompileOptions(model=model, out_dir=bundle, targets=("cpu",)))
     engine = Engine(load_model(bundle, LoadOptions(device="cpu")))
