@@ -22,6 +22,9 @@ from rfc.runtime.server.openapi import MODEL_ERRORS, Operation, Routes
 from rfc.runtime.server.served_models import EngineHandle, ServedModel
 
 _TIMEOUT_S = 300.0  # one request's pairs, all together
+# The text one request's pairs put through a rerank template, the query once per document: a long
+# query with many short documents would otherwise ask for the body's size times 2048 of tokenizing.
+MAX_TEMPLATED_CHARS = 1 << 24
 _DOCUMENT = {"anyOf": [{"type": "string"}, {"type": "object", "properties": {"text": {"type": "string"}}}]}
 _DOCUMENTS = {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS, "items": _DOCUMENT}
 RERANK = RequestModel(
@@ -80,7 +83,15 @@ class RerankResource(BodyResource):
         tokenizer, info = served.model.tokenizer, served.model.tokenizer_info
         template = (info.get("rerank") or {}).get("template")
         if template is not None:  # the model's own prompt around the two texts (Qwen3-Reranker)
-            pairs = [_encode(tokenizer, rerank_prompt(template, f.string("query"), text)) for text in texts]
+            query = f.string("query")
+            size = len(texts) * (len(template) + len(query)) + sum(map(len, texts))
+            if size > MAX_TEMPLATED_CHARS:
+                raise bad_request(
+                    f"the query in each of the {len(texts)} pairs makes {size} characters to tokenize, more than "
+                    f"{MAX_TEMPLATED_CHARS}: send a shorter query or fewer documents",
+                    "query",
+                )
+            pairs = [_encode(tokenizer, rerank_prompt(template, query, text)) for text in texts]
         else:
             query = _encode(tokenizer, f.string("query"))
             pairs = [rerank_tokens(info, query, _encode(tokenizer, text)) for text in texts]

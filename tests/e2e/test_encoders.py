@@ -229,6 +229,10 @@ def test_a_decoder_reranker_is_served_through_its_rerank_template(tmp_path):
         assert [got[i] for i in range(3)] == pytest.approx(want, abs=1e-6)
         r = requests.post(url + "/v1/completions", json={"prompt": "once upon", "max_tokens": 2}, timeout=60)
         assert r.status_code == 200, r.text
+        # the query repeated in 2048 pairs: 2048 x 10,000 characters to tokenize, over MAX_TEMPLATED_CHARS
+        heavy = {"query": "a" * 10_000, "documents": ["b"] * 2048}
+        r = requests.post(url + "/v1/rerank", json=heavy, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "query", r.text
     finally:
         server.stop()
 
