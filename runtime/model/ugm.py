@@ -17,6 +17,7 @@ every index, so a damaged one ends a match instead of reading outside the array.
 """
 
 import base64
+import itertools
 import sys
 from array import array
 from collections.abc import Mapping, Sequence
@@ -157,9 +158,9 @@ class UnigramTokenizer:
 
     # -- the Viterbi search: llama_tokenizer_ugm_session::tokenize -------------------------
 
-    def pieces_of(self, normalized: str) -> list[tuple[int, int]]:
-        """The (start, end) character spans of the tokens llama.cpp chooses for `normalized`,
-        a run of unknown characters as one span."""
+    def pieces_of(self, normalized: str) -> list[tuple[int, int, int]]:
+        """The (start, end, token id) of each token llama.cpp chooses for `normalized`, a run of
+        unknown characters as one."""
         n = len(normalized)
         if not n:
             return []
@@ -183,14 +184,14 @@ class UnigramTokenizer:
                 challenger = best + unknown
                 if challenger > score[i + 1]:
                     score[i + 1], start[i + 1], token[i + 1] = challenger, i, self.unk_id
-        spans: list[tuple[int, int]] = []
+        spans: list[tuple[int, int, int]] = []
         end, previous_unknown = n, False
         while True:
             unknown_here = token[end] == self.unk_id
             if previous_unknown and unknown_here:  # consecutive unknown tokens become one
-                spans[-1] = (start[end], spans[-1][1])
+                spans[-1] = (start[end], spans[-1][1], self.unk_id)
             else:
-                spans.append((start[end], end))
+                spans.append((start[end], end, token[end]))
             if start[end] == 0:
                 break
             previous_unknown, end = unknown_here, start[end]
@@ -226,10 +227,14 @@ class _Search:
     """The pre-tokenizer: each stretch of text between special tokens normalized and cut into
     the pieces llama.cpp chooses. Normalizing here rather than in a normalizer sees the token after
     the stretch: before an LSTRIP one ("<mask>" in XLM-R's vocabularies) llama.cpp drops the
-    stretch's trailing ASCII whitespace first, where `tokenizers`' lstrip drops any whitespace."""
+    stretch's trailing ASCII whitespace first, where `tokenizers`' lstrip drops any whitespace.
+    The pieces come back joined by `separator`, a character no piece holds (inside a run of
+    unknown characters, where it may occur, it becomes `stand_in`, another), and `tokenizers`' own
+    Split cuts them apart: one string back to it per stretch rather than a slice per token."""
 
-    def __init__(self, model: UnigramTokenizer, lstrip: frozenset[int]):
+    def __init__(self, model: UnigramTokenizer, lstrip: frozenset[int], separator: str, stand_in: str):
         self._model, self._lstrip = model, lstrip
+        self._separator, self._stand_in = separator, stand_in
 
     def pre_tokenize(self, pretokenized: PreTokenizedString) -> None:
         splits = pretokenized.get_splits()
@@ -242,10 +247,17 @@ class _Search:
             normalized.clear()  # offsets into the original text are not kept (nothing reads them)
             if not text:
                 return []
-            normalized.append(text)
-            return [normalized[a:b] for a, b in self._model.pieces_of(text)]
+            unk, sep = self._model.unk_id, self._separator
+            pieces = [text[a:b].replace(sep, self._stand_in) if t == unk else text[a:b]
+                      for a, b, t in self._model.pieces_of(text)]  # fmt: skip
+            normalized.append(sep.join(pieces))
+            return [normalized]
 
         pretokenized.split(cut)
+
+
+# Characters that split the joined pieces (Unicode noncharacters first): the first two no piece holds
+_SEPARATORS = [chr(c) for c in range(0xFDD0, 0xFDF0)] + [chr(0x10FFFE), chr(0x10FFFF)]
 
 
 def attach(tokenizer: Tokenizer, document: Mapping[str, Any], spec: Mapping[str, Any]) -> UnigramTokenizer:
@@ -267,8 +279,14 @@ def attach(tokenizer: Tokenizer, document: Mapping[str, Any], spec: Mapping[str,
     word_ids.setdefault(unk, ugm.unk_id)
     if word_ids[unk] != ugm.unk_id:  # a piece's text is the unknown token's: it cannot name both
         raise UnigramError(f"the unknown token's text {unk[:20]!r} is also a piece's")
+    free = list(itertools.islice((c for c in _SEPARATORS if not any(c in piece for piece in ugm.piece_ids)), 2))
+    if len(free) < 2:
+        raise UnigramError("every separator character rfc could use is inside some piece of the vocabulary")
+    search = _Search(ugm, _ids(spec, "lstrip", len(vocab)), *free)
     tokenizer.normalizer = None
-    tokenizer.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(_Search(ugm, _ids(spec, "lstrip", len(vocab))))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.PreTokenizer.custom(search), pre_tokenizers.Split(free[0], "removed")]
+    )
     tokenizer.model = WordLevel(word_ids, unk)
     return ugm
 

@@ -134,3 +134,14 @@ def test_a_damaged_spec_or_charsmap_is_refused_at_load():
     document["normalizer"]["normalizers"][0]["precompiled_charsmap"] = base64.b64encode(b"\1\0\0\0").decode()
     with pytest.raises(ugm.UnigramError, match="does not fit"):
         ugm.attach(Tokenizer.from_str(text), document, spec)
+
+
+def test_text_holding_the_separator_is_tokenized_as_any_unknown_text():
+    """The search hands its pieces to `tokenizers` joined by a character no piece holds (U+FDD0
+    here); the same character in the text is an unknown character like any other, one unknown
+    token for a run of them."""
+    meta = _vocab([("a", -1.0, 1), ("b", -1.0, 1)])
+    assert _ids(meta, "a\ufdd0b") == [3, 2, 4]
+    assert _ids(meta, "\ufdd0\ufdd0\ufdd1b\ufdd0") == [2, 4, 2]
+    meta = _vocab([("a", -1.0, 1), ("\ufdd0x", -1.0, 1)])  # a piece holds U+FDD0: the next one separates
+    assert _ids(meta, "\ufdd0xa\ufdd1") == [4, 3, 2]
