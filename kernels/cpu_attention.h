@@ -245,6 +245,18 @@ static inline float rfc_exp_shift(float *x, int n, float m) {
     return s;
 }
 
+/* Token i's keys: positions lo..hi of its sequence. pos[i] is the last one it may see (its own
+ * position; an encoder's: its sequence's last in the step); `lows` (NULL: pos) the positions a
+ * window is measured from. A window keeps the keys less than `window` positions before that (and,
+ * where `lows` is given, the encoder's symmetric window, as many after it). */
+static inline int rfc_att_hi(const int32_t *pos, const int32_t *lows, int i, int window) {
+    return lows && window > 0 && lows[i] + window - 1 < pos[i] ? lows[i] + window - 1 : pos[i];
+}
+static inline int rfc_att_lo(const int32_t *pos, const int32_t *lows, int i, int window) {
+    const int lo = window > 0 ? (lows ? lows[i] : pos[i]) - window + 1 : 0;
+    return lo > 0 ? lo : 0;
+}
+
 /* the largest of m and x[0:n] (exact in any order; a NaN score is passed over, as m stays) */
 static inline float rfc_max_span(const float *x, int n, float m) {
     int i = 0;

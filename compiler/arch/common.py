@@ -268,7 +268,7 @@ class Attention:
 
     rope: Rope
     scale: float  # applied to q.k (gemma's query pre-scaling folds in here)
-    window: int | None = None  # sliding window: keys more than window - 1 positions back are masked
+    window: int | None = None  # sliding window: keys more than window - 1 positions back (non-causal: or ahead) masked
     softcap: float | None = None  # attention-logit soft-capping
     qk_norm: bool = False  # per-head RMS norms attn_q_norm / attn_k_norm before RoPE (qwen3, gemma3)
     # with qk_norm: one norm over the whole Q (K) row instead, [q_width] / [kv_width] (olmo2)

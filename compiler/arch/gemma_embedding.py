@@ -10,10 +10,9 @@ with --sentence-transformers-dense-modules), pooled by `pooling_type` (mean).
   commutes with mean, CLS and last-token pooling, so the embedding is the same up to float32
   rounding.
 - Sliding-window layers (`attention.sliding_window`, required, on the layers the pattern marks,
-  period 6) mask symmetrically in llama.cpp: keys more than n_swa / 2 positions away either side.
-  rfc serves at most n_swa / 2 + 1 tokens (257 for EmbeddingGemma's 512), where that mask never
-  bites, and runs those layers unmasked with their own RoPE base (`rope.freq_base_swa`, default
-  10000, unscaled); `rfc inspect` shows the file's context as context_length_of_file.
+  period 6) mask symmetrically, as llama.cpp's LLAMA_SWA_TYPE_SYMMETRIC: keys more than n_swa / 2
+  positions away either side are out (the op's non-causal window n_swa / 2 + 1: keys less than
+  that away), with their own RoPE base (`rope.freq_base_swa`, default 10000, unscaled).
 """
 
 from dataclasses import replace
@@ -32,9 +31,9 @@ ARCH = "gemma-embedding"
 
 def _layers(md: Metadata, sizes: Sizes, rope: Rope) -> GemmaLayers:
     full = Attention(rope, scale=query_scale(sizes, big=False), qk_norm=True, causal=False)
-    md.int("attention.sliding_window", 1, MAX_CONTEXT)  # required (llama.cpp's get_key): the served cap's
+    n_swa = md.int("attention.sliding_window", 1, MAX_CONTEXT)  # required (llama.cpp's get_key)
     base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=10000.0, open_lo=True)
-    local = full.with_rope(freq_base=base_swa, freq_scale=1.0)
+    local = replace(full.with_rope(freq_base=base_swa, freq_scale=1.0), window=n_swa // 2 + 1)
     return GemmaLayers(full, local, sliding_window_layers(md, sizes.n_layers, 6), None)
 
 
@@ -61,12 +60,5 @@ def _dense_head(b: ModelBuilder, md: Metadata, sizes: Sizes, eps: float) -> str:
 
 def build(model: GGUFModel) -> ModelSpec:
     spec = build_gemma(model, ARCH, _layers, tied_output=False, encoder_head=_dense_head)
-    md = Metadata(model, ARCH)
-    n_ctx = md.int("context_length", 1, MAX_CONTEXT)
-    cap = min(n_ctx, md.int("attention.sliding_window", 1, MAX_CONTEXT) // 2 + 1)
-    extra = {**spec.hparams.extra, "context_length_of_file": n_ctx, "causal": False, "serves": "embeddings"}
-    return replace(
-        spec,
-        hparams=replace(spec.hparams, context_length=cap, extra=extra),
-        plan=replace(spec.plan, context_length=cap),
-    )
+    extra = {**spec.hparams.extra, "causal": False, "serves": "embeddings"}
+    return replace(spec, hparams=replace(spec.hparams, extra=extra))

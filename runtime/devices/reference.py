@@ -283,8 +283,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
                 scores = scores + slopes * (pos[None, :] - batch.positions[lo:hi, None]).astype(np.float32)[None]
             # [n, ctx]; an encoder's attention sees the whole sequence (the engine runs it in one step)
             causal = pos[None, :] <= (batch.positions[lo:hi, None] if attrs.get("causal", True) else ctx - 1)
-            if attrs["window"] is not None:
-                causal &= pos[None, :] > batch.positions[lo:hi, None] - attrs["window"]
+            if attrs["window"] is not None:  # keys less than window positions back (and ahead: non-causal)
+                near = np.abs(pos[None, :] - batch.positions[lo:hi, None]) < attrs["window"]
+                causal = causal & near
             scores = np.where(causal[None], scores, -np.inf)
             if weights:  # a sink logit per head: a column of the softmax that weighs no value
                 sink = np.broadcast_to(weights[0].astype(np.float32)[:, None, None], (*scores.shape[:2], 1))

@@ -704,6 +704,8 @@ def test_alibi_on_each_attention_path(target, gpu_build_cache, tmp_path):
         pytest.param("nomic-bert-moe-dense", "gfx90a", marks=toolchain_marks("gfx90a")),
         # EmbeddingGemma's block (Q/K norms, GeGLU) and its dense projections on the gfx11 path
         pytest.param("gemma-embedding-dense", "gfx1100", marks=toolchain_marks("gfx1100")),
+        # its symmetric sliding window (4 positions either side over layer 0) on every sm_90 path
+        pytest.param("gemma-embedding-swa", "sm_90", marks=toolchain_marks("sm_90")),
     ],
 )
 def test_encoder_attention_on_each_path(name, target, gpu_build_cache, tmp_path):
