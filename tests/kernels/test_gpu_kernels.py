@@ -709,12 +709,12 @@ def test_alibi_on_each_attention_path(target, gpu_build_cache, tmp_path):
     ],
 )
 def test_encoder_attention_on_each_path(name, target, gpu_build_cache, tmp_path):
-    """An encoder's attention (non-causal: every row attends its whole sequence) on each attention
-    kernel, the final hidden states against the reference: the per-op kernel's one-token and
-    several-row paths, its tiled path (70 rows, over ATTENTION_SPLIT_ROWS) and the step program's
-    prefill list (its tensor-core kernel on sm_90); two sequences in one step keep to their own keys.
-    A model that serves fewer tokens (EmbeddingGemma's cap: gemma_embedding.py) takes the steps that
-    fit its context: the paths it runs."""
+    """An encoder's attention (non-causal: every row attends its whole sequence, or with a window the
+    keys less than it away either side) on each attention kernel, the final hidden states against the
+    reference: the per-op kernel's one-token and several-row paths, its tiled path (70 rows, over
+    ATTENTION_SPLIT_ROWS) and the step program's prefill list (its tensor-core kernel on sm_90); two
+    sequences in one step keep to their own keys. A model that serves fewer tokens takes the steps
+    that fit its context: the paths it runs."""
     from rfc.compiler.codegen.gpu_plan import ATTENTION_SPLIT_ROWS
     from rfc.compiler.pipeline import CompileOptions, compile_model
     from tests.kernels.gpu_emulator import emulated_step_device
