@@ -23,7 +23,7 @@ from rfc.compiler.arch import command_r
 from rfc.compiler.arch import glm4
 from rfc.compiler.arch import exaone4
 from rfc.compiler.arch import ernie4_5, hunyuan, seed_oss
-from rfc.compiler.arch import bert, cogvlm, deepseek2_ocr, gemma_embedding, qwen2vl, qwen3vl
+from rfc.compiler.arch import bert, cogvlm, deepseek2_ocr, gemma_embedding, modern_bert, qwen2vl, qwen3vl
 from rfc.compiler.arch import minimax_m2
 from rfc.compiler.arch import bailingmoe2
 from rfc.compiler.arch import falcon_h1
@@ -226,6 +226,7 @@ RECIPES: dict[str, Recipe] = {
     "nomic-bert": bert.build_nomic,
     "nomic-bert-moe": bert.build_nomic_moe,
     "jina-bert-v3": bert.build_jina_v3,
+    "modern-bert": modern_bert.build,
     "gemma-embedding": gemma_embedding.build,
     "deepseek2-ocr": deepseek2_ocr.build,
     "qwen3vl": qwen3vl.build,

@@ -30,7 +30,10 @@ LLAMA_CPP_ARCHITECTURES: tuple[str, ...] = (
 
 # Recurrent layers: per-sequence state and the ops ssm_conv, ssm_scan (Mamba2, one decay per head),
 # gated_delta_net and short_conv exist; what each of these still lacks is said in its own words.
-_ENCODER = "an encoder (embeddings, reranking) without a recipe yet: rfc serves bert, nomic-bert(-moe) and jina-bert-v3"
+_ENCODER = (
+    "an encoder (embeddings, reranking) without a recipe yet: rfc serves bert, nomic-bert(-moe), jina-bert-v3, "
+    "modern-bert and gemma-embedding"
+)
 _MODALITY = "a vision, audio or speech model: rfc has no tower for it (text-only server)"
 _DIFFUSION = "a diffusion language model: not decoded token by token"
 _DRAFT = "a speculative-decoding head that runs beside its target model, not a model of its own"
@@ -39,7 +42,6 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 REFUSED: dict[str, str] = {
     **dict.fromkeys(
         (
-            "modern-bert",
             "neo-bert",
             "jina-bert-v2",
             "eurobert",

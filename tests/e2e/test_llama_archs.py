@@ -303,9 +303,14 @@ ENCODED = {
     # gemma-embedding-swa (a symmetric window of 4 either side over 16 tokens): 7.3e-6 on ref and cpu (without
     # the window 1.4e-3, a window of one less 1.1e-3, the cpu's keys not clipped after the token 8.1e-4)
     "gemma-embedding-swa": 3e-5,
+    # modern-bert-dense (pre-norm LayerNorms without biases, a fused QKV, GeGLU, layer 1's symmetric window of 4
+    # either side at its own RoPE base): 1.9e-5 on ref and cpu (without the window 0.03, the window at the
+    # global layer's base 4.9e-3, SwiGLU for GeGLU 1.7e-3, every layer global 0.03)
+    "modern-bert-dense": 5e-5,
 }
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
-CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe", "bert-dense", "nomic-bert-moe-dense", "gemma-embedding-swa")
+CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe", "bert-dense", "nomic-bert-moe-dense", "gemma-embedding-swa",
+            "modern-bert-dense")  # fmt: skip
 # The files added on 2026-11-29 cost ~3.7 s each on the cpu device with a cold kernel cache (as on a
 # fresh CI machine), and every one matched llama.cpp there as on ref when they were recorded (the same
 # mean |d| to two digits). The default run keeps these, which hold every op and block shape those files

@@ -706,6 +706,8 @@ def test_alibi_on_each_attention_path(target, gpu_build_cache, tmp_path):
         pytest.param("gemma-embedding-dense", "gfx1100", marks=toolchain_marks("gfx1100")),
         # its symmetric sliding window (4 positions either side over layer 0) on every sm_90 path
         pytest.param("gemma-embedding-swa", "sm_90", marks=toolchain_marks("sm_90")),
+        # ModernBERT: pre-norm blocks, a fused QKV, GeGLU, a symmetric window on layer 1, on 64-lane waves
+        pytest.param("modern-bert-dense", "gfx90a", marks=toolchain_marks("gfx90a")),
     ],
 )
 def test_encoder_attention_on_each_path(name, target, gpu_build_cache, tmp_path):
