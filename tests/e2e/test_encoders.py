@@ -151,7 +151,7 @@ def test_rerank_scores_are_llama_cpps(name, device, tmp_path):
     engine = Engine(load_model(bundle, LoadOptions(device=device)))
     got = _finish(rank_scores(engine, [tokens[lo:hi] for lo, hi in archs.RANK_SLICES], 256))
     want = golden["scores"][:, 0]
-    bound = 1e-4 if name == "qwen3-rank" else 1e-3  # qwen3-rank: 8.2e-6 on ref and cpu (its softmax left out 0.5)
+    bound = 1e-4 if name == "qwen3-rank" else 1e-3  # qwen3-rank: 8.2e-6 on ref and cpu
     assert np.abs(np.asarray(got) - want).max() < bound, (got, want)
     assert np.argsort(got).tolist() == np.argsort(want).tolist()
 
