@@ -62,6 +62,15 @@ def build_jina_v3(model: GGUFModel) -> ModelSpec:
     return _build(model, "jina-bert-v3")
 
 
+def declare_encoder_buffers(b: ModelBuilder, sizes) -> None:
+    """What every encoder's block reads and writes first: the token ids, the stack's activations (x,
+    q, k, v, att) and "a", the sublayer output a residual adds (bert.py and modern_bert.py)."""
+    b.buffer("tokens", "T", dtype="i32")
+    for name, width in stack_widths(sizes):
+        b.buffer(name, "T", width)
+    b.buffer("a", "T", sizes.n_embd)
+
+
 def _build(model: GGUFModel, arch: str) -> ModelSpec:
     md = Metadata(model, arch)
     sizes = read_sizes(md)
@@ -78,10 +87,7 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     experts = _experts(md, n_ff) if arch == "nomic-bert-moe" else None
     every = md.int("moe_every_n_layers", 0, sizes.n_layers, default=0) if experts else 0
     b = ModelBuilder(model)
-    b.buffer("tokens", "T", dtype="i32")
-    for name, width in stack_widths(sizes):
-        b.buffer(name, "T", width)
-    b.buffer("a", "T", e)
+    declare_encoder_buffers(b, sizes)
     b.buffer("up", "T", n_ff)
     if swiglu:
         b.buffer("gate", "T", n_ff)

@@ -22,9 +22,10 @@ import math
 from dataclasses import replace
 
 from rfc.compiler.arch import layernorm
+from rfc.compiler.arch.bert import declare_encoder_buffers
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    CLASSIFIER, RANK_POOLING, Attention, attention, glu_ffn, hparams, kv_spec, read_rope, read_sizes, stack_widths,
+    CLASSIFIER, RANK_POOLING, Attention, attention, glu_ffn, hparams, kv_spec, read_rope, read_sizes,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.arch.swa import sliding_window_layers
@@ -63,10 +64,7 @@ def build(model: GGUFModel) -> ModelSpec:
         base_swa = md.float("rope.freq_base_swa", 0.0, 1e12, default=10000.0, open_lo=True)
         local = replace(cfg.with_rope(freq_base=base_swa), window=n_swa // 2 + 1)
     b = ModelBuilder(model)
-    b.buffer("tokens", "T", dtype="i32")
-    for buf, width in stack_widths(sizes):
-        b.buffer(buf, "T", width)
-    b.buffer("a", "T", e)
+    declare_encoder_buffers(b, sizes)
     b.buffer("gate", "T", n_ff)
     b.buffer("up", "T", n_ff)
     b.buffer("xr", "R", e)

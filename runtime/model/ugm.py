@@ -106,7 +106,6 @@ class UnigramTokenizer:
         # later duplicate wins, as its trie's insert does), and each proper prefix of one
         # (None), so that a walk stops at the first text no piece starts with.
         self._pieces: dict[str, tuple[int, float] | None] = {}
-        self.piece_ids: dict[str, int] = {}
         for i, piece in enumerate(pieces):
             if i in unmatched or not piece:
                 continue
@@ -114,8 +113,10 @@ class UnigramTokenizer:
                 self._pieces.setdefault(piece[:k], None)
             # llama.cpp scores a user-defined piece 0 (normal pieces' log probabilities are negative)
             self._pieces[piece] = (i, 0.0 if i in user_defined else float(scores[i]))
-            self.piece_ids[piece] = i
-        self._user_defined = sorted({pieces[i].encode() for i in user_defined if pieces[i]}, key=len, reverse=True)
+
+    def piece_ids(self) -> dict[str, int]:
+        """Each piece the search can choose and its id."""
+        return {piece: found[0] for piece, found in self._pieces.items() if found is not None}
 
     # -- normalization: llama_tokenizer_ugm_session::normalize ----------------------------
 
@@ -144,9 +145,8 @@ class UnigramTokenizer:
         return out.decode("utf-8", "replace")
 
     def _normalize_prefix(self, data: bytes, at: int) -> tuple[bytes, int]:
-        for token in self._user_defined:  # copied unchanged, the longest first
-            if data.startswith(token, at):
-                return token, len(token)
+        # llama.cpp first copies a user-defined token's text unchanged; here, as there, such a text
+        # never reaches the normalizer: it was split off as a token of its own (an added token)
         if self.charsmap is not None:
             matched, replacement = self.charsmap.longest_match(data, at)
             if matched:
@@ -274,12 +274,12 @@ def attach(tokenizer: Tokenizer, document: Mapping[str, Any], spec: Mapping[str,
     if not isinstance(spec.get("unknown_score"), int | float):
         raise UnigramError("the tokenizer's unigram spec lacks unknown_score")
     ugm = UnigramTokenizer([e[0] for e in vocab], [e[1] for e in vocab], spec, _charsmap(document))
-    word_ids = dict(ugm.piece_ids)
+    word_ids = ugm.piece_ids()
     unk = vocab[ugm.unk_id][0]
     word_ids.setdefault(unk, ugm.unk_id)
     if word_ids[unk] != ugm.unk_id:  # a piece's text is the unknown token's: it cannot name both
         raise UnigramError(f"the unknown token's text {unk[:20]!r} is also a piece's")
-    free = list(itertools.islice((c for c in _SEPARATORS if not any(c in piece for piece in ugm.piece_ids)), 2))
+    free = list(itertools.islice((c for c in _SEPARATORS if not any(c in piece for piece in word_ids)), 2))
     if len(free) < 2:
         raise UnigramError("every separator character rfc could use is inside some piece of the vocabulary")
     search = _Search(ugm, _ids(spec, "lstrip", len(vocab)), *free)
