@@ -94,7 +94,6 @@ static void *sp[kMaxThreads];
 enum State : char { kRun, kAtWave, kAtBlock, kDone };
 static State state[kMaxThreads];
 static char *stacks;
-static float exchange[kMaxThreads];
 static std::function<void()> body;
 /* rfc_copy16_async's copies a thread has issued and not waited for (below) */
 constexpr int kMaxCopies = 16;
@@ -151,18 +150,37 @@ static void yield_to_scheduler() {
  * two lanes while lanes 2-3 wait at one of four) */
 constexpr int kWidths = 11;  // 2^10 = kMaxThreads
 static short arrived[kWidths][kMaxThreads];
+/* how many times each group has filled (its barriers passed), by the same index: a trade
+ * through a table between lanes of a group uses the table of this count's parity (below) */
+static unsigned char generation[kWidths][kMaxThreads];
 
 /* a barrier of the `wave` lanes holding the current thread (aligned: a wave, or the lanes a
  * shuffle trades between; matrix instructions' register trades, rfc_sync_wave): they wait for
  * each other, not for the rest of the block. A group with a lane at the block's barrier or
  * ended never fills: yield_to_scheduler fails when nothing else can run. */
-static void wave_sync(int wave) {
+static inline int wave_width(int wave) {
     if (wave <= 0 || wave > kMaxThreads || (wave & (wave - 1))) fail("a wave's barrier of a width not a power of two");
-    const int lo = cur - cur % wave, hi = lo + wave < n_threads ? lo + wave : n_threads;
-    short &waiting = arrived[__builtin_ctz(wave)][lo];
+    return __builtin_ctz(wave);
+}
+
+/* The table of a trade between the `wave` lanes holding the current thread: each lane writes its
+ * own entry, passes the group's barrier, then reads its partners'. One barrier is enough: a lane
+ * writes the same table again only two barriers of its group later, when every lane of the
+ * group has passed the one between (and read what it traded before it); groups of another width
+ * have their own tables. */
+template <typename T, size_t N>
+static inline T *trade_table(T (&tables)[kWidths][2][N], int wave) {
+    const int w = wave_width(wave);
+    return tables[w][generation[w][cur & -wave] & 1];
+}
+
+static void wave_sync(int wave) {
+    const int w = wave_width(wave), lo = cur & -wave, hi = lo + wave < n_threads ? lo + wave : n_threads;
+    short &waiting = arrived[w][lo];
     state[cur] = kAtWave;
     if (++waiting < hi - lo) return yield_to_scheduler();  // a lane of the group has yet to arrive
     waiting = 0;
+    generation[w][lo]++;
     for (int i = lo; i < hi; i++) state[i] = kRun;
     switch_to(order > 0 ? lo : hi - 1);  // the group goes on from its first lane in order
 }
@@ -178,7 +196,9 @@ static void wave_sync(int wave) {
 static void start_fiber(int i) {
     // Stack top: the six callee-saved registers rfc_emu_switch pops, then fiber_main as
     // its return address, 16-byte aligned so fiber_main starts like a called function.
-    char *top = stacks + (size_t)(i + 1) * kStack;
+    // Staggered by a few cache lines and pages per fiber: stack tops a power of two apart fall
+    // in the same cache sets, and a switch from one to the next would evict the last.
+    char *top = stacks + (size_t)(i + 1) * kStack - (size_t)(i % 64) * 64 - (size_t)(i / 64 % 4) * 4096;
     void **s = (void **)((uintptr_t)top & ~(uintptr_t)15) - 2;
     s[0] = (void *)&fiber_main;
     s -= 6;
@@ -272,33 +292,40 @@ static inline void rfc_copy_wait(void) {
     rfc_emu::n_copies[rfc_emu::cur] = 0;
 }
 
-/* the value of `v` in lane (this lane ^ mask) of the wave: a trade through a table between two
- * barriers of the 2 x mask lanes that trade with each other (an AMD wave's lanes may shuffle
+namespace rfc_emu {
+static float exchange[kWidths][2][kMaxThreads];
+}  // namespace rfc_emu
+
+/* the value of `v` in lane (this lane ^ mask) of the wave: a trade through a table (trade_table)
+ * at a barrier of the 2 x mask lanes that trade with each other (an AMD wave's lanes may shuffle
  * in groups narrower than the wave while the others skip it; a shuffle orders no memory) */
 static inline float rfc_shfl_xor(float v, int mask) {
-    rfc_emu::exchange[rfc_emu::cur] = v;
-    rfc_emu::wave_sync(2 * mask);
-    const float r = rfc_emu::exchange[rfc_emu::cur ^ mask];
-    rfc_emu::wave_sync(2 * mask);
-    return r;
+    using namespace rfc_emu;
+    const int me = cur;
+    float *table = trade_table(exchange, 2 * mask);
+    table[me] = v;
+    wave_sync(2 * mask);
+    return table[me ^ mask];
 }
 
 /* ---- int8 matrix instructions (kernels/rfc_gpu_imma.h) ----------------------------------------
  * Each as its ISA lays out its fragments, over the lanes of the calling wave, each lane passing
- * its own registers: the lanes trade them through a table between two barriers (every lane of
+ * its own registers: the lanes trade them through a table at a barrier (trade_table; every lane of
  * the block calls, as every lane of a wave must), then each lane sums its own D elements
  * exactly in int32 (the hardware's result). The emulator reads the operands where the hardware
  * would, so the kernel's fragment loads and its reading of D are what this checks. */
 namespace rfc_emu {
-static int mma_regs[kMaxThreads][16];
+using Regs = int[16];  // a lane's A registers, then from 8 its B registers
+static Regs mma_tables[kWidths][2][kMaxThreads];
 
-/* the wave's registers in the table, after the barrier; returns the wave's first thread */
-static inline int trade_registers(const int *a, int na, const int *b, int nb, int wave) {
-    int *mine = mma_regs[cur];
+/* the wave's registers in `regs` (a trade_table), after the barrier; returns the wave's first thread */
+static inline int trade_registers(const int *a, int na, const int *b, int nb, int wave, Regs *&regs) {
+    regs = trade_table(mma_tables, wave);
+    int *mine = regs[cur];
     for (int i = 0; i < na; i++) mine[i] = a[i];
     for (int i = 0; i < nb; i++) mine[8 + i] = b[i];
     wave_sync(wave);
-    return cur - cur % wave;
+    return cur & -wave;
 }
 
 }  // namespace rfc_emu
@@ -309,7 +336,8 @@ static inline int trade_registers(const int *a, int na, const int *b, int nb, in
  * (register 1); bytes in element order; D rows g, g + 8 (elements 0-1, 2-3), columns 2t, 2t + 1. */
 static inline void rfc_emu_mma_m16n8k32_s8(int *d, const int *a, const int *b) {
     using namespace rfc_emu;
-    const int w0 = trade_registers(a, 4, b, 2, 32), lane = cur - w0, g = lane / 4, t = lane % 4;
+    Regs *mma_regs;
+    const int w0 = trade_registers(a, 4, b, 2, 32, mma_regs), lane = cur - w0, g = lane / 4, t = lane % 4;
     // the four bytes at k = 4q..4q+3 of A's rows g and g + 8 and of B's columns 2t and 2t + 1: one
     // register of one lane each, bytes in element order, so that a dp4a sums their products
     int arow[2][8], bcol[2][8];
@@ -323,7 +351,6 @@ static inline void rfc_emu_mma_m16n8k32_s8(int *d, const int *a, const int *b) {
         for (int q = 0; q < 8; q++) s = rfc_emu_dp4a(arow[i / 2][q], bcol[i % 2][q], s);
         out[i] = d[i] + s;
     }
-    wave_sync(32);  // every lane has read the table before the next call writes it
     for (int i = 0; i < 4; i++) d[i] = out[i];
 }
 
@@ -332,7 +359,8 @@ static inline void rfc_emu_mma_m16n8k32_s8(int *d, const int *a, const int *b) {
  * k % 4; D element (i, j) in lane j + 16 * (i / 4), element i % 4. */
 static inline void rfc_emu_mfma_i32_16x16x16i8(int *d, const int *a, const int *b) {
     using namespace rfc_emu;
-    const int w0 = trade_registers(a, 2, b, 2, 64), lane = cur - w0;
+    Regs *mma_regs;
+    const int w0 = trade_registers(a, 2, b, 2, 64, mma_regs), lane = cur - w0;
     int out[4];
     for (int e = 0; e < 4; e++) {
         const int i = 4 * (lane / 16) + e, j = lane % 16;
@@ -341,7 +369,6 @@ static inline void rfc_emu_mfma_i32_16x16x16i8(int *d, const int *a, const int *
             for (int q = 0; q < 4; q++) s = rfc_emu_dp4a(mma_regs[w0 + i + 16 * q][h], mma_regs[w0 + j + 16 * q][8 + h], s);
         out[e] = d[e] + s;
     }
-    wave_sync(64);
     for (int e = 0; e < 4; e++) d[e] = out[e];
 }
 
@@ -351,7 +378,8 @@ static inline void rfc_emu_mfma_i32_16x16x16i8(int *d, const int *a, const int *
  * element i / 2. */
 static inline void rfc_emu_wmma_i32_16x16x16_iu8_w32(int *d, const int *a, const int *b) {
     using namespace rfc_emu;
-    const int w0 = trade_registers(a, 8, b, 8, 32), lane = cur - w0;
+    Regs *mma_regs;
+    const int w0 = trade_registers(a, 8, b, 8, 32, mma_regs), lane = cur - w0;
     for (int l = 0; l < 16 && lane == 0; l++)  // the wave's first lane checks for all
         for (int r = 0; r < 16; r++)
             if (mma_regs[w0 + l][r] != mma_regs[w0 + l + 16][r]) {
@@ -366,7 +394,6 @@ static inline void rfc_emu_wmma_i32_16x16x16_iu8_w32(int *d, const int *a, const
             for (int q = 0; q < 4; q++) s = rfc_emu_dp4a(mma_regs[w0 + i][4 * h + q], mma_regs[w0 + j][8 + 4 * h + q], s);
         out[e] = d[e] + s;
     }
-    wave_sync(32);
     for (int e = 0; e < 8; e++) d[e] = out[e];
 }
 
