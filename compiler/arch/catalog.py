@@ -32,7 +32,7 @@ LLAMA_CPP_ARCHITECTURES: tuple[str, ...] = (
 # gated_delta_net and short_conv exist; what each of these still lacks is said in its own words.
 _ENCODER = (
     "an encoder (embeddings, reranking) without a recipe yet: rfc serves bert, nomic-bert(-moe), jina-bert-v3, "
-    "modern-bert and gemma-embedding"
+    "modern-bert, neo-bert, eurobert, llama-embed and gemma-embedding"
 )
 _MODALITY = "a vision, audio or speech model: rfc has no tower for it (text-only server)"
 _DIFFUSION = "a diffusion language model: not decoded token by token"
@@ -42,11 +42,8 @@ _DRAFT = "a speculative-decoding head that runs beside its target model, not a m
 REFUSED: dict[str, str] = {
     **dict.fromkeys(
         (
-            "neo-bert",
             "jina-bert-v2",
-            "eurobert",
             "t5encoder",
-            "llama-embed",
         ),
         _ENCODER,
     ),  # fmt: skip

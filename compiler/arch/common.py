@@ -761,6 +761,33 @@ def classifier_head(b: ModelBuilder, md: Metadata, e: int, dense: bool = True) -
     return "scores"
 
 
+def rms_encoder_head(
+    b: ModelBuilder, md: Metadata, sizes: Sizes, eps: float, *, norm: str = "output_norm", classifier: bool = False
+) -> tuple[str, dict]:
+    """The tail of an encoder of RMS-normed pre-norm blocks (llama-embed, eurobert, neo-bert): the last
+    layer's rows RMS-normed by `norm` into "hr", the model's hidden output (pooled by `pooling_type`).
+    With rank pooling the classifier head over them (`classifier`: the architecture's loader reads
+    `cls` / `cls.output`; one that does not leaves llama.cpp nothing to rank with, so the file is
+    refused), else those tensors are known and unused. Returns (the scores buffer or "", what the
+    plan's hparams add: `causal` from `attention.causal`, as the converters write it, and `serves`)."""
+    rank = md.raw("pooling_type") == RANK_POOLING
+    if rank and not classifier:
+        raise CompileError(
+            f"{b.path}: rank pooling without a classifier head: llama.cpp's {md.arch} loader reads no cls "
+            "or cls.output (llama.cpp aborts on such a file)"
+        )
+    b.op("gather_rows", ("x",), ("xr",))
+    _rms_norm(b, "xr", "hr", norm, sizes.n_embd, eps, False)
+    for name in CLASSIFIER if classifier and not rank else ():
+        b.unused(name, "the classifier head of a file without rank pooling (llama.cpp loads it and embeds)")
+    scores = classifier_head(b, md, sizes.n_embd) if rank else ""
+    extra = {
+        "causal": md.bool("attention.causal", default=True),
+        "serves": "embeddings, reranking" if rank else "embeddings",
+    }
+    return scores, extra
+
+
 def _rms_norm(b: ModelBuilder, src: str, dst: str, name: str, n: int, eps: float, bias: bool) -> None:
     """dst = RMSNorm(src) * name.weight (+ name.bias, required, with `bias`: build_norm's LLM_NORM_RMS
     given a bias)."""
@@ -814,6 +841,7 @@ def llama_like(
     norm_bias: bool = False,
     expert_scales: bool = True,
     rope: Callable[[Metadata, Sizes, Rope], Rope] | None = None,
+    encoder: bool = False,
 ) -> ModelSpec:
     """llama and its close relatives: pre-norm blocks of GQA attention with rotary positions
     and a SwiGLU FFN (or a Mixtral-style mixture of SwiGLU experts), RMS norms, optional
@@ -827,7 +855,10 @@ def llama_like(
     `ffn_scale`: glu_ffn), and `output.bias` only where it adds one (`output_bias`: qwen2, phi3). With
     `norm_bias` (phimoe) every RMS norm adds its required `.bias` after its weight (build_norm's
     LLM_NORM_RMS with a bias); `expert_scales` False: the experts' `.scale` tensors are known and
-    unused (moe_ffn's `scales`); `rope(md, sizes, rope)` adjusts the file's RoPE (M-RoPE's sections: qwen3vl)."""
+    unused (moe_ffn's `scales`); `rope(md, sizes, rope)` adjusts the file's RoPE (M-RoPE's sections: qwen3vl).
+    With `encoder` (llama-embed: llama.cpp's llama graph without a KV cache or an LM head) the attention
+    is causal only as `attention.causal` says and the normed rows are the model's output
+    (rms_encoder_head); `output.weight`, which llama's loader reads, is unused."""
     md = Metadata(model, arch)
     sizes = read_sizes(md)
     hook = rope
@@ -844,11 +875,12 @@ def llama_like(
         b.unused("cls.output.weight", "the reranker's classifier head: llama.cpp runs it only to rank, never for text")
     if qkv_bias and not b.has("blk.0.attn_q.bias"):
         raise CompileError(f"{b.path}: missing tensor blk.0.attn_q.bias ({arch} has Q/K/V biases)")
-    declare_buffers(b, sizes, n_ff, n_used, n_expert)
+    declare_buffers(b, sizes, n_ff, n_used, n_expert, logits=not encoder)
     embd = b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, sizes.n_embd))
     long_short = rope.scaling_type == "longrope" if long_short_factors is None else long_short_factors
     factors = rope_factors(b, rope, md.int("context_length", 1, MAX_CONTEXT), long_short=long_short)
-    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=qk_norm, factors=factors)
+    causal = not encoder or md.bool("attention.causal", default=True)
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), qk_norm=qk_norm, factors=factors, causal=causal)
     b.op("embed", ("tokens",), ("x",), (embd,))
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
@@ -861,8 +893,15 @@ def llama_like(
         else:
             glu_ffn(b, i, sizes.n_embd, n_ff, fused_gate_up=fused_gate_up, bias=ffn_bias, scale=ffn_scale)
         b.op("add", ("x", "h"), ("x",))
-    tied = output_head(b, sizes, eps, bias=output_bias, norm_bias=norm_bias, classifier=md if rank else None)
     extra = {"expert_count": n_expert, "expert_used_count": n_used} if n_expert else {}
+    if encoder:
+        b.unused("output.weight", "an embedding model's output head: llama.cpp loads it and never runs it")
+        scores, more = rms_encoder_head(b, md, sizes, eps)
+        hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"),
+                     rope_freq_factors=factors is not None, extra=extra | more)  # fmt: skip
+        return b.finish(hp, input_tokens="tokens", output_logits="", output_hidden="hr", kv=kv_spec(sizes),
+                        output_scores=scores)  # fmt: skip
+    tied = output_head(b, sizes, eps, bias=output_bias, norm_bias=norm_bias, classifier=md if rank else None)
     if rank:
         extra["serves"] = "text, reranking"
     hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),

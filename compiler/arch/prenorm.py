@@ -23,7 +23,8 @@ from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
     Attention, Rope, Sizes, attention, declare_buffers, glu_ffn, head_norms, hparams, kv_spec, linear, output_head,
-    qkv_projections, read_rope, read_sizes, require_output, require_whole_heads, rope_factors, rope_weights,
+    qkv_projections, read_rope, read_sizes, require_output, require_whole_heads, rms_encoder_head, rope_factors,
+    rope_weights,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -59,6 +60,15 @@ class Block:
     output_bias: bool = True  # False: llama.cpp loads output.bias and its graph does not add it (qwen2vl)
     zero_eps: bool = False  # an RMS epsilon of 0 is taken as written (qwen2vl: llama.cpp's saver writes 0)
     qkv_extras: bool = True  # False: Q, K and V are the matmuls alone, their .scale / .bias known and unused (cogvlm)
+    # An encoder (eurobert, neo-bert): attention causal only as `attention.causal` says, no LM head;
+    # the rows RMS-normed by `output_norm` are the output, ranked by the `cls` head with `classifier`
+    # (common.rms_encoder_head)
+    encoder: bool = False
+    output_norm: str = "output_norm"
+    classifier: bool = False
+    # name endings of the layers' tensors the loader never reads, refused even where rfc would apply
+    # them (eurobert's graph passes no weight scales, and its loader creates none: llama.cpp refuses them)
+    refused: tuple[str, ...] = ()
 
 
 def build(
@@ -99,7 +109,14 @@ def build(
     b = ModelBuilder(model)
     if block.output_required:
         require_output(b, arch)
-    declare_buffers(b, sizes, n_ff)
+    unread = [t for t in model.tensors if t.startswith("blk.") and t.endswith(block.refused)] if block.refused else []
+    if unread:
+        raise CompileError(
+            f"{b.path}: tensor {unread[0][:80]} is not read by llama.cpp's {arch} loader (it refuses the file too)"
+        )
+    if block.encoder and (block.norm != "rms" or loops > 1):
+        raise ValueError("encoders are planned for RMS-normed blocks run once")  # a recipe bug
+    declare_buffers(b, sizes, n_ff, logits=not block.encoder)
     if block.parallel:
         b.buffer("a", "T", sizes.n_embd)
     if block.norm != "rms":
@@ -118,6 +135,7 @@ def build(
         qk_norm_rows=block.qk_norm_rows,
         clamp=clamp or None,
         alibi=block.alibi,
+        causal=not block.encoder or md.bool("attention.causal", default=True),
     )
     window, sliding, swa_rope = windows(md, sizes, rp) if windows else (None, (False,) * sizes.n_layers, rp)
     if block.gate is not None:
@@ -151,7 +169,11 @@ def build(
         elif ffn(b, i, sizes, n_ff):
             continue  # the experts added their output to x themselves
         b.op("add", ("x", "h"), ("x",))
-    if block.norm != "rms":
+    scores = ""
+    if block.encoder:
+        scores, encoded = rms_encoder_head(b, md, sizes, eps, norm=block.output_norm, classifier=block.classifier)
+        extra, tied = {**(extra or {}), **encoded}, False
+    elif block.norm != "rms":
         b.op("gather_rows", ("x",), ("xr",))
         _norm(b, block, "xr", "hr", "output_norm", sizes.n_embd, eps, rows="R")
         tied = not b.has("output.weight")
@@ -174,7 +196,9 @@ def build(
     sizes = replace(sizes, n_layers=n_phys * loops)  # the layers that run, each with its KV
     hp = hparams(md, sizes, rp, n_ff, eps, tied_embeddings=tied, qkv_bias=b.has("blk.0.attn_q.bias"),
                  rope_freq_factors=factors is not None, extra=more)  # fmt: skip
-    return b.finish(hp, input_tokens="tokens", output_logits="logits", output_hidden="hr", kv=kv_spec(sizes))
+    logits = "" if block.encoder else "logits"
+    return b.finish(hp, input_tokens="tokens", output_logits=logits, output_hidden="hr", kv=kv_spec(sizes),
+                    output_scores=scores)  # fmt: skip
 
 
 def _norm(b: ModelBuilder, block: Block, src: str, dst: str, name: str, n: int, eps: float, rows: str = "T") -> None:

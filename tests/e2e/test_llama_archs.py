@@ -307,6 +307,14 @@ ENCODED = {
     # either side at its own RoPE base): 1.9e-5 on ref and cpu (without the window 0.03, the window at the
     # global layer's base 4.9e-3, SwiGLU for GeGLU 1.7e-3, every layer global 0.03)
     "modern-bert-dense": 5e-5,
+    # llama-embed-dense (llama-dense as an encoder, its biases, weight scales and rope_freqs kept): 4.1e-7 on ref
+    # and cpu (causal 5.6e-4); eurobert-dense (1 KV head of 2, NeoX RoPE over 64 of 128): 5.9e-6 (adjacent pairs
+    # 3.3e-4); neo-bert-dense / -rank (fused QKV, SwiGLU over one ffn_up, enc.output_norm): 1.2e-5 (adjacent pairs
+    # as NeoX 7.2e-4, GELU(tanh) for SiLU 1.1e-3)
+    "llama-embed-dense": 3e-5,
+    "eurobert-dense": 3e-5,
+    "neo-bert-dense": 3e-5,
+    "neo-bert-rank": 3e-5,
 }
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
 CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe", "bert-dense", "nomic-bert-moe-dense", "gemma-embedding-swa",
@@ -331,7 +339,9 @@ CPU_SAMPLED = {
     "minimax-01-deep", "bailingmoe3-tight", "rwkv6-dense", "rwkv6qwen2-dense", "rwkv7-dense", "grovemoe-groups",
     "dots3note-geoms", "kimi-k3-deep", "glm5-next-sharp",
 }  # fmt: skip
-CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE)) - CPU_SAMPLED
+# The encoders of 2026-11-30 (each matched on cpu as on ref when recorded): eurobert-dense stands for them on cpu
+# (grouped-query non-causal attention, partial NeoX RoPE), neo-bert-rank's scores run on cpu in test_encoders.py.
+CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE) | {"llama-embed-dense", "neo-bert-dense", "neo-bert-rank"}) - CPU_SAMPLED
 
 
 def _params(fast: tuple[str, ...] = ()):
@@ -424,5 +434,30 @@ def test_what_llama_cpp_computes_otherwise_is_refused(name, key, value, message,
     assert meta != desc["metadata"]
     path = tmp_path / "edited.gguf"
     archs.write_model({**desc, "metadata": meta}, path, name + "-edited")
+    with pytest.raises(CompileError, match=message):
+        compile_model(CompileOptions(model=path, out_dir=tmp_path / "bundle", targets=()))
+
+
+@pytest.mark.parametrize(
+    ("name", "tensor", "pooling", "message"),
+    [
+        # eurobert's loader creates no weight scales, attn_output bias or output head (llama.cpp refuses such files)
+        ("eurobert-dense", ["blk.0.attn_output.scale", [1], "F32"], None, r"attn_output.scale is not read by llama"),
+        ("eurobert-dense", ["blk.1.attn_output.bias", [256], "F32"], None, r"attn_output.bias .*is not used by rfc"),
+        ("eurobert-dense", ["output.weight", [128, 256], "F32"], None, r"output.weight .*is not used by rfc"),
+        # neo-bert's reads attn_qkv alone, without a bias
+        ("neo-bert-dense", ["blk.0.attn_qkv.bias", [768], "F32"], None, r"attn_qkv.bias is not read by llama"),
+        ("neo-bert-dense", ["blk.1.attn_q.weight", [256, 256], "F32"], None, r"reads one fused attn_qkv only"),
+        # rank pooling needs a classifier head, which neither loader reads (llama.cpp aborts)
+        ("eurobert-dense", None, 4, r"rank pooling without a classifier head"),
+        ("llama-embed-dense", None, 4, r"rank pooling without a classifier head"),
+    ],
+)
+def test_what_an_encoders_loader_does_not_read_is_refused(name, tensor, pooling, message, tmp_path):
+    desc = archs.load(name)
+    arch = archs.arch_of(desc)
+    meta = [[k, t, pooling if k == f"{arch}.pooling_type" and pooling else v] for k, t, v in desc["metadata"]]
+    path = tmp_path / "edited.gguf"
+    archs.write_model({**desc, "metadata": meta, "tensors": desc["tensors"] + ([tensor] if tensor else [])}, path, name)
     with pytest.raises(CompileError, match=message):
         compile_model(CompileOptions(model=path, out_dir=tmp_path / "bundle", targets=()))

@@ -708,6 +708,9 @@ def test_alibi_on_each_attention_path(target, gpu_build_cache, tmp_path):
         pytest.param("gemma-embedding-swa", "sm_90", marks=toolchain_marks("sm_90")),
         # ModernBERT: pre-norm blocks, a fused QKV, GeGLU, a symmetric window on layer 1, on 64-lane waves
         pytest.param("modern-bert-dense", "gfx90a", marks=toolchain_marks("gfx90a")),
+        # EuroBERT: grouped-query attention over the whole input (1 KV head of 2), NeoX RoPE over half of each
+        # head, on every sm_90 path
+        pytest.param("eurobert-dense", "sm_90", marks=toolchain_marks("sm_90")),
     ],
 )
 def test_encoder_attention_on_each_path(name, target, gpu_build_cache, tmp_path):
