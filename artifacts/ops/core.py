@@ -160,8 +160,6 @@ def _attention(v: OpView) -> None:
         v.real_attr("alibi", 0.0, MAX_ALIBI_BIAS, open_lo=True)
     causal = v.op.attr("causal")
     v.need(isinstance(causal, bool), f"attribute causal = {str(causal)[:20]!r} is not a boolean")
-    if not causal:  # an encoder's: the keys of the sequence, within a symmetric window if any; no bias
-        v.need(v.op.attr("alibi") is None, "a non-causal attention takes no alibi")
     v.need(v.shape(q) == ("T", nh * hd) == v.shape(out), "q/output are not [T, n_heads * head_dim]")
     if v.op.weights:
         w = v.weight_shape(0)
@@ -395,13 +393,15 @@ DEFS = (
             "requires that layer's kv_write before it, the same KV heads x head_dim and the same window); query "
             "head h reads kv head h // (n_heads / n_kv_heads); score = scale * q.k, then softcap * tanh(score / "
             "softcap) with a softcap; with a window only keys at positions > pos - window take part (sliding "
-            "window); with alibi (the maximum bias, ALiBi: bloom, mpt, jais, refact) query head h's scores gain "
-            "slope_h * (key position - query position), slope_h as ggml's soft_max_ext makes it (alibi_slopes). "
+            "window); with alibi (the maximum bias, ALiBi: bloom, mpt, jais, refact, jina-bert-v2) query head h's "
+            "scores gain -slope_h * |key position - query position| (llama.cpp's mask -|p0 - p1| times the slope; a "
+            "causal attention's keys are never after the query), slope_h as ggml's soft_max_ext makes it "
+            "(alibi_slopes). "
             "The optional weight is a sink logit per query head [n_heads] (gpt-oss): one more score in "
             "the softmax with no value, p_j = exp(s_j) / (sum_i exp(s_i) + exp(sink_h)). causal = false (an "
             "encoder: BERT) attends every position of the token's sequence, those after it in the step included, "
             "with a window only those less than window positions away either side (llama.cpp's symmetric "
-            "window of n_swa / 2: EmbeddingGemma's); no alibi then; the engine runs such a plan's sequences "
+            "window of n_swa / 2: EmbeddingGemma's); the engine runs such a plan's sequences "
             "whole, one step each",
         ),
         check=_attention,

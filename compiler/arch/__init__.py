@@ -227,6 +227,7 @@ RECIPES: dict[str, Recipe] = {
     "nomic-bert": bert.build_nomic,
     "nomic-bert-moe": bert.build_nomic_moe,
     "jina-bert-v3": bert.build_jina_v3,
+    "jina-bert-v2": bert.build_jina_v2,
     "modern-bert": modern_bert.build,
     "eurobert": eurobert.build,
     "neo-bert": neo_bert.build,

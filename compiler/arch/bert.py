@@ -1,8 +1,8 @@
-"""`bert`, `nomic-bert`, `nomic-bert-moe`, `jina-bert-v3`: encoders that serve embeddings (all-MiniLM,
-BGE-en, mxbai-embed, Snowflake Arctic Embed, nomic-embed-text v1: WordPiece vocabularies;
+"""`bert`, `nomic-bert`, `nomic-bert-moe`, `jina-bert-v3`, `jina-bert-v2`: encoders that serve embeddings
+(all-MiniLM, BGE-en, mxbai-embed, Snowflake Arctic Embed, nomic-embed-text v1: WordPiece vocabularies;
 XLM-R's as `bert` (bge-m3, bge-reranker-v2-m3), nomic-embed-text v2 and jina-embeddings-v3: a
-Unigram "t5" vocabulary, which the runtime searches as llama.cpp does), as llama.cpp's
-src/models/bert.cpp builds them.
+Unigram "t5" vocabulary, which the runtime searches as llama.cpp does; jina-embeddings-v2 and
+jina-reranker-v1), as llama.cpp's src/models/bert.cpp builds them.
 
     x = LN(token_embd[t] + token_types[0] (+ position_embd[pos]: bert))    token_embd_norm
     per layer:  x = LN(x + attn_output(attention(Q x, K x, V x)))          attn_output_norm
@@ -20,6 +20,12 @@ without gate (`ffn_up_exps`, `ffn_down_exps`, router `ffn_gate_inp`: softmax ove
 `expert_used_count` weighed by their probabilities, not renormalized or scaled, as its loader
 reads no expert_weights_scale).
 
+jina-bert-v2: no positions but ALiBi over the whole input (-slope_h |key - query| with llama.cpp's fixed
+maximum bias 8); Q and K LayerNormed over their rows (weight, optional bias) where a layer has
+`attn_q_norm` / `attn_k_norm`; with `attn_norm_2` a second residual and LayerNorm after the first,
+LN2(LN(x + attention) + x); the FFN per layer as its graph picks it (_jina_v2_ffn); a reranker's
+head `cls` [1, n_embd] alone, tanh(cls h + b) the score (jina-reranker-v1).
+
 The attention sees the whole input (`attention.causal`, which the converters write false; llama.cpp
 masks causally where a file says true or nothing) and nothing follows the last layer: the plan has
 no logits, its hidden states are the model's output (`output_hidden`), pooled by `pooling_type`
@@ -35,8 +41,8 @@ from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.moe import Experts
 from rfc.compiler.arch.common import (
-    CLASSIFIER, RANK_POOLING, Attention, attention, classifier_head, glu_ffn, hparams, kv_spec, read_experts,
-    read_rope, read_sizes, stack_widths, ungated_ffn,
+    CLASSIFIER, RANK_POOLING, UNUSED_SCALE, Attention, attention, classifier_head, glu_ffn, hparams, kv_spec, linear,
+    read_experts, read_rope, read_sizes, stack_widths, ungated_ffn,
 )  # fmt: skip
 from rfc.compiler.arch.metadata import MAX_CONTEXT, MAX_FF, Metadata
 from rfc.compiler.errors import CompileError
@@ -62,6 +68,13 @@ def build_jina_v3(model: GGUFModel) -> ModelSpec:
     return _build(model, "jina-bert-v3")
 
 
+def build_jina_v2(model: GGUFModel) -> ModelSpec:
+    return _build(model, "jina-bert-v2")
+
+
+JINA_V2_ALIBI = 8.0  # llama.cpp's jina-bert-v2 loader sets f_max_alibi_bias to 8 whatever the file says
+
+
 def declare_encoder_buffers(b: ModelBuilder, sizes) -> None:
     """What every encoder's block reads and writes first: the token ids, the stack's activations (x,
     q, k, v, att) and "a", the sublayer output a residual adds (bert.py and modern_bert.py)."""
@@ -82,14 +95,15 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         raise CompileError(f"{md.path}: {arch} needs tokenizer.ggml.token_type_count (llama.cpp's loader requires it)")
     rank = md.raw("pooling_type") == RANK_POOLING
     causal = md.bool("attention.causal", default=True)
-    rotary, swiglu = arch != "bert", arch == "nomic-bert"
+    jina2 = arch == "jina-bert-v2"
+    rotary, swiglu = arch not in ("bert", "jina-bert-v2"), arch == "nomic-bert"
     rope = read_rope(md, sizes, "neox")
     experts = _experts(md, n_ff) if arch == "nomic-bert-moe" else None
     every = md.int("moe_every_n_layers", 0, sizes.n_layers, default=0) if experts else 0
     b = ModelBuilder(model)
     declare_encoder_buffers(b, sizes)
     b.buffer("up", "T", n_ff)
-    if swiglu:
+    if swiglu or jina2:
         b.buffer("gate", "T", n_ff)
     if experts:
         b.buffer("router", "T", experts.count)
@@ -101,20 +115,30 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     layernorm.declare(b, e, "T")
 
     b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, e)),))
-    if b.has("token_types.weight"):  # sentence A's row, added to every token
+    if b.has("token_types.weight") or jina2:  # sentence A's row, added to every token (jina-bert-v2's loader: required)
         types = b.row_vector("token_types.row0", "token_types", "token_types.weight", (n_types, e), 0)
         b.op("add_bias", ("x",), ("x",), (types,))
-    if not rotary:
+    if arch == "bert":
         table = b.tensor("position_embd.weight", "position_embd", (md.int("context_length", 1, MAX_CONTEXT), e))
         b.op("pos_embed", ("x",), ("x",), (table,))
     layernorm.named_layer_norm(b, "x", "x", "token_embd_norm", e, eps, bias="required")
     cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), causal=causal)
+    if jina2:  # ALiBi instead of positions; Q and K LayerNormed over their rows where a layer has the norms
+        _jina_v2_checks(b, sizes)
+        cfg = Attention(rope, scale=cfg.scale, causal=causal, alibi=JINA_V2_ALIBI, qk_layer_norm=True)
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
         attention(b, i, sizes, eps, cfg, src="x", dst="a", rope=rotary)
         b.op("add", ("a", "x"), ("a",))
-        layernorm.named_layer_norm(b, "a", "x", p + "attn_output_norm", e, eps, bias="required")
-        if experts and every and i % every == 1:
+        if jina2 and b.has(p + "attn_norm_2.weight"):  # LN2(LN(x + attention) + x)
+            layernorm.named_layer_norm(b, "a", "a", p + "attn_output_norm", e, eps, bias="required")
+            b.op("add", ("a", "x"), ("a",))
+            layernorm.named_layer_norm(b, "a", "x", p + "attn_norm_2", e, eps, bias="optional")
+        else:
+            layernorm.named_layer_norm(b, "a", "x", p + "attn_output_norm", e, eps, bias="required")
+        if jina2:
+            _jina_v2_ffn(b, i, e, n_ff)
+        elif experts and every and i % every == 1:
             _gelu_experts(b, i, e, n_ff, experts)
         elif swiglu:  # build_ffn(up, gate, down) without the biases the loader reads
             for proj in ("ffn_up", "ffn_down"):
@@ -125,11 +149,12 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         b.op("add", ("a", "x"), ("a",))
         layernorm.named_layer_norm(b, "a", "x", p + "layer_output_norm", e, eps, bias="required")
     b.op("gather_rows", ("x",), ("hr",))
-    scores = classifier_head(b, md, e) if rank else ""
+    scores = classifier_head(b, md, e, cls_rows=1 if jina2 else None) if rank else ""
     if not rank:
-        for name in CLASSIFIER:
+        for name in CLASSIFIER[:2] if jina2 else CLASSIFIER:  # jina-bert-v2's loader reads no cls.output
             b.unused(name, "the classifier head of a file without rank pooling (llama.cpp loads it and embeds)")
-    extra = {"norm": "layernorm (post)", "positions": "rope" if rotary else "learned", "causal": causal,
+    positions = "rope" if rotary else "alibi" if jina2 else "learned"
+    extra = {"norm": "layernorm (post)", "positions": positions, "causal": causal,
              "serves": "embeddings, reranking" if rank else "embeddings"}  # fmt: skip
     if experts:
         extra.update(experts.hparams(), moe_every_n_layers=every)
@@ -138,6 +163,50 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
     return b.finish(
         hp, input_tokens="tokens", output_logits="", output_hidden="hr", kv=kv_spec(sizes), output_scores=scores
     )
+
+
+def _jina_v2_checks(b: ModelBuilder, sizes) -> None:
+    """What llama.cpp's jina-bert-v2 graph cannot take: a K norm of another width than n_embd (its
+    loader reads it as [n_embd]); Q/K norms of a fused attn_qkv's views (ggml asserts they are
+    contiguous: llama.cpp aborts)."""
+    for i in range(sizes.n_layers):
+        p = f"blk.{i}."
+        if b.has(p + "attn_qkv.weight") and (b.has(p + "attn_q_norm.weight") or b.has(p + "attn_k_norm.weight")):
+            raise CompileError(f"{b.path}: {p}attn_qkv with Q/K norms (llama.cpp's jina-bert-v2 graph aborts on them)")
+    if sizes.kv_width != sizes.n_embd and any(b.has(f"blk.{i}.attn_k_norm.weight") for i in range(sizes.n_layers)):
+        raise CompileError(f"{b.path}: attn_k_norm with {sizes.n_kv_heads} KV heads (jina-bert-v2 norms K as [n_embd])")
+
+
+def _jina_v2_ffn(b: ModelBuilder, i: int, e: int, n_ff: int) -> None:
+    """a = jina-bert-v2's FFN of x, as its graph picks it per layer: with `ffn_gate`, GELU(gate x) * (up x
+    + bias); with `ffn_up` of 2 n_ff rows and no gate, GEGLU over its halves (gate first, the bias split
+    with them: jina-embeddings-v2's gated_layers); else an ungated GELU. Then `ffn_down` with its bias.
+    The FFN's weight scales are known and unused (build_ffn gets none)."""
+    p = f"blk.{i}."
+    up = b.model.tensors.get(p + "ffn_up.weight")
+    if b.has(p + "ffn_gate.weight"):
+        linear(b, "x", "gate", p + "ffn_gate", (n_ff, e), bias=False, scale=False)
+        b.op("gelu", ("gate",), ("gate",))
+        linear(b, "x", "up", p + "ffn_up", (n_ff, e), scale=False, bias_first=True)
+        b.op("swiglu", ("gate", "up"), ("gate",), activation="linear")
+    elif up is not None and len(up.shape) == 2 and up.shape[0] == 2 * n_ff:
+        fused, bias = p + "ffn_up.weight", p + "ffn_up.bias"
+        b.unused(p + "ffn_up.scale", UNUSED_SCALE)
+        for buf, half, start in (("gate", "gate", 0), ("up", "up", n_ff)):
+            b.op(
+                "matmul",
+                ("x",),
+                (buf,),
+                (b.rows(f"{fused}:{half}", f"ffn_{half}", fused, (2 * n_ff, e), start, start + n_ff),),
+            )
+            if b.has(bias):
+                part = b.vector_ranges(f"{bias}:{half}", f"ffn_{half}_bias", bias, 2 * n_ff, [(start, start + n_ff)])
+                b.op("add_bias", (buf,), (buf,), (part,))
+        b.op("swiglu", ("gate", "up"), ("gate",), activation="gelu_tanh")
+    else:
+        ungated_ffn(b, i, e, n_ff, "gelu", bias=True, src="x", dst="a")
+        return
+    linear(b, "gate", "a", p + "ffn_down", (e, n_ff), scale=False, bias_first=True)
 
 
 def _experts(md: Metadata, n_ff: int) -> Experts | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from rfc.artifacts.plan import KVSpec
+from rfc.compiler.arch import layernorm
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.metadata import (
     MAX_CONTEXT, MAX_EMBD, MAX_EXPERTS, MAX_FF, MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Metadata,
@@ -273,6 +274,9 @@ class Attention:
     qk_norm: bool = False  # per-head RMS norms attn_q_norm / attn_k_norm before RoPE (qwen3, gemma3)
     # with qk_norm: one norm over the whole Q (K) row instead, [q_width] / [kv_width] (olmo2)
     qk_norm_rows: bool = False
+    # LayerNorms attn_q_norm / attn_k_norm (weight, optional bias) over the whole Q and K rows where the
+    # layer has them (jina-bert-v2); the recipe declares the LayerNorm buffers at those widths
+    qk_layer_norm: bool = False
     factors: str | None = None  # RoPE frequency factors (a weight of the plan)
     sinks: bool = False  # a learned sink logit per query head, `attn_sinks` (gpt-oss)
     clamp: float | None = None  # Q, K and V clamped to [-c, c] after their biases (attention.clamp_kqv: olmo)
@@ -401,6 +405,10 @@ def attention(
         )
     elif cfg.qk_norm:
         head_norms(b, p, sizes, eps, q, k)
+    elif cfg.qk_layer_norm:
+        for buf, norm, width in ((q, "attn_q_norm", sizes.q_width), (k, "attn_k_norm", sizes.kv_width)):
+            if b.has(p + norm + ".weight"):
+                layernorm.named_layer_norm(b, buf, buf, p + norm, width, eps, bias="optional")
     if rope:
         b.op("rope", (q, k), (q, k), rope_weights(b, cfg.rope, cfg.factors), **cfg.rope.attrs(sizes))
     b.op("kv_write", (k, v), (), layer=kv)
@@ -730,14 +738,21 @@ def output_head(
     return tied
 
 
-def classifier_head(b: ModelBuilder, md: Metadata, e: int, dense: bool = True) -> str:
+def classifier_head(b: ModelBuilder, md: Metadata, e: int, dense: bool = True, cls_rows: int | None = None) -> str:
     """A reranker's head over the final hidden rows "hr" (llama.cpp's build_pooling, rank): tanh(`cls`
     h + `cls.bias`) where the file has `cls` (`dense`: an encoder's; a decoder's loader reads no
     `cls`, so there it is left unaccounted and refused), then `cls.output` (+ its bias) to the labels
     where it has that (without, the tanh's outputs are the labels), the first of which is a pair's
     relevance score; returns the scores buffer. The engine reads an encoder's first row (llama.cpp's
-    CLS row: classifier.pooling_type mean is modern-bert's) and a decoder's last."""
+    CLS row: classifier.pooling_type mean is modern-bert's) and a decoder's last. `cls_rows`: the
+    loader reads `cls` as [cls_rows, n_embd] and no `cls.output` (jina-bert-v2's: [1, n_embd], the
+    tanh its score: jina-reranker-v1)."""
     src = "hr"
+    if cls_rows is not None:
+        b.buffer("cls_h", "R", cls_rows)
+        linear(b, src, "cls_h", "cls", (cls_rows, e), scale=False, bias_first=True)
+        b.op("softcap", ("cls_h",), ("cls_h",), cap=1.0)
+        return "cls_h"
     if dense and b.has("cls.weight"):
         b.buffer("cls_h", "R", e)
         linear(b, src, "cls_h", "cls", (e, e), scale=False, bias_first=True)

@@ -5,8 +5,9 @@ attention over the whole input unless `attention.causal` says otherwise; `attn_o
 the FFN ffn_down(SwiGLU(ffn_up h)) with `ffn_up` holding 2 n_ff rows, the gate's first (LLM_FFN_SWIGLU
 over one matmul), no biases; the rows RMS-normed by `enc.output_norm` are the model's output, pooled by
 `pooling_type`, or with rank pooling scored by the `cls` / `cls.output` head over the first row (the
-loader reads both, optional). No weight scales and no projection biases are read: a file with one is
-refused, as llama.cpp refuses it."""
+loader reads both, optional). Weight scales as llama.cpp's generic loading takes them: the attention's
+applied, the FFN's known and unused; no projection bias is read (a file with one is refused, as
+llama.cpp refuses it)."""
 
 from rfc.compiler.arch import prenorm
 from rfc.compiler.arch.builder import ModelBuilder
@@ -23,7 +24,7 @@ BLOCK = prenorm.Block(
     encoder=True,
     output_norm="enc.output_norm",
     classifier=True,
-    refused=(".scale", ".input_scale", ".bias"),
+    refused=(".bias",),
 )
 
 

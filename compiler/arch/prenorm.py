@@ -67,7 +67,7 @@ class Block:
     output_norm: str = "output_norm"
     classifier: bool = False
     # name endings of the layers' tensors the loader never reads, refused even where rfc would apply
-    # them (eurobert's graph passes no weight scales, and its loader creates none: llama.cpp refuses them)
+    # them (neo-bert's loader creates no bias: llama.cpp refuses a file with one)
     refused: tuple[str, ...] = ()
 
 

@@ -278,9 +278,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
             if attrs["softcap"] is not None:
                 cap = np.float32(attrs["softcap"])
                 scores = cap * np.tanh(scores / cap)
-            if attrs.get("alibi") is not None:  # ALiBi: slope_h * (key position - query position), in float32
+            if attrs.get("alibi") is not None:  # ALiBi: slope_h * -|key position - query position|, in float32
                 slopes = np.array(alibi_slopes(nh, attrs["alibi"]), np.float32)[:, None, None]
-                scores = scores + slopes * (pos[None, :] - batch.positions[lo:hi, None]).astype(np.float32)[None]
+                scores = scores + slopes * -np.abs(pos[None, :] - batch.positions[lo:hi, None]).astype(np.float32)[None]
             # [n, ctx]; an encoder's attention sees the whole sequence (the engine runs it in one step)
             causal = pos[None, :] <= (batch.positions[lo:hi, None] if attrs.get("causal", True) else ctx - 1)
             if attrs["window"] is not None:  # keys less than window positions back (and ahead: non-causal)

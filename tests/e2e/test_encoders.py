@@ -130,7 +130,7 @@ def test_a_file_that_says_causal_is_planned_causal(tmp_path):
 
 
 @pytest.mark.parametrize("device", ["ref", "cpu"])
-@pytest.mark.parametrize("name", ["bert-rank", "bert-rank-tanh", "qwen3-rank", "neo-bert-rank"])
+@pytest.mark.parametrize("name", ["bert-rank", "bert-rank-tanh", "qwen3-rank", "neo-bert-rank", "jina-bert-v2-rank"])
 def test_rerank_scores_are_llama_cpps(name, device, tmp_path):
     """A reranker's classifier (tanh(cls h + b), then cls.output) at the first token's row of each
     input, against llama.cpp's rank pooling over the same tokens (scores of 0.003 to 0.027 here,
@@ -138,7 +138,8 @@ def test_rerank_scores_are_llama_cpps(name, device, tmp_path):
     which the classifier's 256-wide dot products carry to ~4e-4). bert-rank-tanh: jina-reranker-v1-tiny's
     head, `cls` without `cls.output`, the tanh's first output the score (0.706 to 0.719). qwen3-rank:
     Qwen3-Reranker's "yes"/"no" head at each input's last token, softmaxed (0.13 to 0.65). neo-bert-rank:
-    NeoBERT's RMS-normed pre-norm blocks under bert's classifier head."""
+    NeoBERT's RMS-normed pre-norm blocks under bert's classifier head. jina-bert-v2-rank: jina-reranker-v1's
+    `cls` [1, n_embd] alone, tanh(cls h + b) the score."""
     from rfc.runtime.engine.assemble import LoadOptions, load_model
     from rfc.runtime.engine.embedding import rank_scores
     from rfc.runtime.engine.engine import Engine

@@ -311,6 +311,11 @@ ENCODED = {
     # and cpu (causal 5.6e-4); eurobert-dense (1 KV head of 2, NeoX RoPE over 64 of 128): 5.9e-6 (adjacent pairs
     # 3.3e-4); neo-bert-dense / -rank (fused QKV, SwiGLU over one ffn_up, enc.output_norm): 1.2e-5 (adjacent pairs
     # as NeoX 7.2e-4, GELU(tanh) for SiLU 1.1e-3)
+    # jina-bert-v2-dense / -rank (ALiBi over the whole input, GEGLU, GELU(gate) * up, attn_norm_2, Q/K LayerNorms):
+    # 6.9e-6 / 6.3e-6 on ref and cpu (ALiBi as a causal model's, slope * (key - query): 4.6e-4; without ALiBi 2.4e-4;
+    # GEGLU's halves swapped 3.1e-3)
+    "jina-bert-v2-dense": 3e-5,
+    "jina-bert-v2-rank": 3e-5,
     "llama-embed-dense": 3e-5,
     "eurobert-dense": 3e-5,
     "neo-bert-dense": 3e-5,
@@ -339,9 +344,12 @@ CPU_SAMPLED = {
     "minimax-01-deep", "bailingmoe3-tight", "rwkv6-dense", "rwkv6qwen2-dense", "rwkv7-dense", "grovemoe-groups",
     "dots3note-geoms", "kimi-k3-deep", "glm5-next-sharp",
 }  # fmt: skip
-# The encoders of 2026-11-30 (each matched on cpu as on ref when recorded): eurobert-dense stands for them on cpu
-# (grouped-query non-causal attention, partial NeoX RoPE), neo-bert-rank's scores run on cpu in test_encoders.py.
-CPU_EXHAUSTIVE = (set(ADDED) | set(GELU_TABLE) | {"llama-embed-dense", "neo-bert-dense", "neo-bert-rank"}) - CPU_SAMPLED
+# The encoders of 2026-11-30 (each matched on cpu as on ref when recorded): eurobert-dense (grouped-query non-causal
+# attention, partial NeoX RoPE) and jina-bert-v2-dense (symmetric ALiBi) stand for them on cpu; the rerankers'
+# scores run on cpu in test_encoders.py.
+CPU_EXHAUSTIVE = (
+    set(ADDED) | set(GELU_TABLE) | {"llama-embed-dense", "neo-bert-dense", "neo-bert-rank", "jina-bert-v2-rank"}
+) - CPU_SAMPLED
 
 
 def _params(fast: tuple[str, ...] = ()):
@@ -441,13 +449,15 @@ def test_what_llama_cpp_computes_otherwise_is_refused(name, key, value, message,
 @pytest.mark.parametrize(
     ("name", "tensor", "pooling", "message"),
     [
-        # eurobert's loader creates no weight scales, attn_output bias or output head (llama.cpp refuses such files)
-        ("eurobert-dense", ["blk.0.attn_output.scale", [1], "F32"], None, r"attn_output.scale is not read by llama"),
+        # eurobert's loader creates no attn_output bias or output head (llama.cpp refuses such files)
         ("eurobert-dense", ["blk.1.attn_output.bias", [256], "F32"], None, r"attn_output.bias .*is not used by rfc"),
         ("eurobert-dense", ["output.weight", [128, 256], "F32"], None, r"output.weight .*is not used by rfc"),
-        # neo-bert's reads attn_qkv alone, without a bias
+        # neo-bert's reads attn_qkv alone, without a bias (its weight scales, loaded generically, are applied)
         ("neo-bert-dense", ["blk.0.attn_qkv.bias", [768], "F32"], None, r"attn_qkv.bias is not read by llama"),
+        ("neo-bert-dense", ["blk.1.ffn_down.bias", [256], "F32"], None, r"ffn_down.bias is not read by llama"),
         ("neo-bert-dense", ["blk.1.attn_q.weight", [256, 256], "F32"], None, r"reads one fused attn_qkv only"),
+        # ggml asserts on LayerNorms of a fused QKV's views (llama.cpp aborts)
+        ("jina-bert-v2-dense", ["blk.0.attn_q_norm.weight", [256], "F32"], None, r"attn_qkv with Q/K norms"),
         # rank pooling needs a classifier head, which neither loader reads (llama.cpp aborts)
         ("eurobert-dense", None, 4, r"rank pooling without a classifier head"),
         ("llama-embed-dense", None, 4, r"rank pooling without a classifier head"),

@@ -711,6 +711,8 @@ def test_alibi_on_each_attention_path(target, gpu_build_cache, tmp_path):
         # EuroBERT: grouped-query attention over the whole input (1 KV head of 2), NeoX RoPE over half of each
         # head, on every sm_90 path
         pytest.param("eurobert-dense", "sm_90", marks=toolchain_marks("sm_90")),
+        # jina-bert-v2: ALiBi over the whole input (-slope |key - query|), Q/K LayerNorms, GEGLU, on every sm_90 path
+        pytest.param("jina-bert-v2-dense", "sm_90", marks=toolchain_marks("sm_90")),
     ],
 )
 def test_encoder_attention_on_each_path(name, target, gpu_build_cache, tmp_path):
