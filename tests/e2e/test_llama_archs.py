@@ -308,9 +308,10 @@ ENCODED = {
     # global layer's base 4.9e-3, SwiGLU for GeGLU 1.7e-3, every layer global 0.03)
     "modern-bert-dense": 5e-5,
     # llama-embed-dense (llama-dense as an encoder, its biases, weight scales and rope_freqs kept): 4.1e-7 on ref
-    # and cpu (causal 5.6e-4); eurobert-dense (1 KV head of 2, NeoX RoPE over 64 of 128): 5.9e-6 (adjacent pairs
-    # 3.3e-4); neo-bert-dense / -rank (fused QKV, SwiGLU over one ffn_up, enc.output_norm): 1.2e-5 (adjacent pairs
-    # as NeoX 7.2e-4, GELU(tanh) for SiLU 1.1e-3)
+    # and cpu (causal 5.6e-4); eurobert-dense (1 KV head of 2, NeoX RoPE over 64 of 128, layer 0's weight scales):
+    # 6.1e-6 (adjacent pairs 3.8e-4, the attention's scales left out 0.079); neo-bert-dense / -rank (fused QKV,
+    # SwiGLU over one ffn_up, enc.output_norm, layer 0's weight scales): 8.6e-6 / 7.9e-6 (adjacent pairs as NeoX
+    # 8.0e-4, GELU(tanh) for SiLU 1.4e-3, the QKV scale left out 0.069)
     # jina-bert-v2-dense / -rank (ALiBi over the whole input, GEGLU, GELU(gate) * up, attn_norm_2, Q/K LayerNorms):
     # 6.9e-6 / 6.3e-6 on ref and cpu (ALiBi as a causal model's, slope * (key - query): 4.6e-4; without ALiBi 2.4e-4;
     # GEGLU's halves swapped 3.1e-3)
