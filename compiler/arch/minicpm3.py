@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from rfc.compiler.arch.builder import ModelBuilder
 from rfc.compiler.arch.common import (
-    Sizes, embedding_rows, f32, glu_ffn, hparams, linear, narrow, read_rope, rope_factors, ungated_ffn,
+    UNUSED_SCALE, Sizes, embedding_rows, f32, glu_ffn, hparams, linear, narrow, read_rope, rope_factors,
+    ungated_ffn,
 )  # fmt: skip
 from rfc.compiler.arch.deepseek2 import MAX_LORA_RANK
 from rfc.compiler.arch.metadata import (
@@ -159,6 +160,8 @@ def _attention(
         q_src, q_name, q_shape = "q_a", p + "attn_q_b.weight", (nh * head, q_lora)
     else:
         q_src, q_name, q_shape = "h", p + "attn_q.weight", (nh * head, e)
+        # llama.cpp's generic loading reads attn_q's .scale; plm's graph multiplies by attn_q alone
+        b.unused(p + "attn_q.scale", UNUSED_SCALE)
     role = q_name.split(".", 2)[-1].removesuffix(".weight")
     kv_name, kv_shape = p + "attn_kv_a_mqa.weight", (kv_lora + rot, e)
     b.op("matmul", ("h",), ("latent",), (b.rows(kv_name + ":latent", "attn_kv_a_mqa", kv_name, kv_shape, 0, kv_lora),))

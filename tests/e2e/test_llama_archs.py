@@ -171,7 +171,7 @@ ADDED = (
     "minicpm3-dense",
     "minicpm3-narrow",
     # plm (no saver file: minicpm3-narrow's sizes with plm's tensors, tools/fixtures/llama_archs.py): 7.7e-4; with
-    # NeoX pairs 0.19, with the values taken from the key rows 4.3
+    # NeoX pairs 0.19, with the values taken from the key rows 4.3, attn_q's scale (read, not applied) applied 0.17
     "plm-dense",
     # mimo2-flash (keys 96, values 64; layers of 1 and 2 KV heads; a window of 4 at its own base; sinks on the
     # sliding layer; value_scale 0.707): without the value scale 0.42, without the window 0.39, the sliding layer
