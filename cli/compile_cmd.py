@@ -1,6 +1,7 @@
 """`rfc compile` and `rfc tokenizer`."""
 
 import os
+import json
 import sys
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def tokenizer_cmd(model: Path, out: Path) -> None:
     """Write the Hugging Face tokenizer.json built from MODEL's vocabulary."""
     from rfc.compiler.errors import CompileError
     from rfc.compiler.gguf_reader import read_gguf
-    from rfc.compiler.tokenizer import TokenizerError, build_tokenizer
+    from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, strip_spec
 
     try:
         metadata = read_gguf(model).metadata
@@ -148,8 +149,20 @@ def tokenizer_cmd(model: Path, out: Path) -> None:
                  "searches it as llama.cpp does (a tokenizer.json alone cannot say how): compile a bundle "
                  "with `rfc compile`")  # fmt: skip
         text, _ = build_tokenizer(metadata)
+        strip = strip_spec(metadata)
     except (CompileError, TokenizerError) as e:
         fail(str(e))
+    if strip is not None:  # the nearest tokenizer.json can say: its lstrip / rstrip drop any whitespace
+        document = json.loads(text)
+        for token in document["added_tokens"]:
+            token["lstrip"], token["rstrip"] = token["id"] in strip["lstrip"], token["id"] in strip["rstrip"]
+        text = json.dumps(document, ensure_ascii=False)
+        click.echo(
+            "note: llama.cpp drops the ASCII whitespace beside some of this vocabulary's special tokens; "
+            "tokenizer.json's lstrip / rstrip drop any whitespace (a no-break space too): a bundle "
+            "tokenizes exactly",
+            err=True,
+        )
     out.write_text(text, encoding="utf-8")
 
 

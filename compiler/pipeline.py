@@ -21,7 +21,7 @@ from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, read_gguf
 from rfc.compiler.spec import ModelSpec, build_spec
 from rfc.compiler.targets import Target, parse_targets
-from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, rerank_layout, unigram_spec
+from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, rerank_layout, strip_spec, unigram_spec
 from rfc.compiler.weight_plan import WeightPlan, plan_weights
 from rfc.compiler.weights import write_weights
 
@@ -77,6 +77,8 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         rerank = {"rerank": rerank_layout(model.metadata)} if plan.output_scores else {}
         # a Unigram vocabulary's search (runtime/model/ugm.py); likewise only theirs
         unigram = {"unigram": ugm} if (ugm := unigram_spec(model.metadata)) else {}
+        # special tokens llama.cpp strips ASCII whitespace beside (runtime/model/special_strip.py); only theirs
+        strip = {"strip": strips} if (strips := strip_spec(model.metadata)) else {}
     except TokenizerError as e:
         raise CompileError(f"{model.path.name}: {e}") from e
     try:
@@ -100,7 +102,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
             "source": {"file": model.path.name, "sha256": sha256_file(model.path), "size": model.size},
             "model": _model_section(model, spec),
             "targets": target_entries,
-            "tokenizer": {"file": TOKENIZER_FILE, **_jsonable(asdict(tok_info)), **rerank, **unigram},
+            "tokenizer": {"file": TOKENIZER_FILE, **_jsonable(asdict(tok_info)), **rerank, **unigram, **strip},
             "chat_template": CHAT_TEMPLATE_FILE if chat_template else None,
         }
         files = writer.file_map()

@@ -42,6 +42,10 @@ EXTRA_INPUTS = [
     "a/b/c \\d\\e", "$100 + 5% = ~€105 ^_^ |pipe| `tick`", "...!!!???;;;", "— – - ‐ ‑",
     "\u0001\u001c\u007f", "x\u0000y", "<s>hi</s>", "<|endoftext|>after", "<|im_start|>user\nhi<|im_end|>",
     "<unk> <pad> [CLS] [SEP] [MASK]", "▁already▁escaped", "Ġspecial Ċchars",
+    # whitespace beside special tokens that llama.cpp marks LSTRIP / RSTRIP by the file's names (Phi-3's, a
+    # modern-bert's [MASK]): ASCII whitespace alone is dropped, a no-break or ideographic space stays
+    "<|user|>\nHello world<|end|>\n<|assistant|>\n", "a </s> b\n\n</s>  \t c", "<|end|>\u00a0after <s> kept",
+    "<|end|><|end|> \u3000 z", "x [MASK] y\u00a0[MASK]\t\n[MASK]z", "<|user|>\n<|end|>",
 ]  # fmt: skip
 
 
@@ -102,14 +106,19 @@ def pre_types(vocab_cpp: Path) -> dict[str, dict]:
 
 
 def cases(models: Path) -> list[tuple[str, str, dict[str, str]]]:
-    """(case name, vocabulary file name, metadata overrides): every vocabulary as it is, and
-    the Gemma 4 vocabulary under the other pre-tokenizers that tokenize raw UTF-8 with "▁"
-    for spaces (no vocabulary of their own is at hand)."""
+    """(case name, vocabulary file name, metadata overrides): every vocabulary as it is, the
+    Gemma 4 vocabulary under the other pre-tokenizers that tokenize raw UTF-8 with "▁" for
+    spaces (no vocabulary of their own is at hand), and two under names that make llama.cpp strip
+    whitespace beside special tokens."""
     found = [p.name for p in sorted(models.glob("ggml-vocab-*.gguf"))]
     result = [(name[len("ggml-vocab-") : -len(".gguf")], name, {}) for name in found]
     for pre in ("sarvam-moe", "granite-embed-multi-311m"):
         overrides = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre}
         result.append((f"gemma-4-as-{pre}", "ggml-vocab-gemma-4.gguf", overrides))
+    # llama.cpp's loader marks special tokens LSTRIP / RSTRIP by general.name: a BPE vocabulary named as a
+    # Phi-3 (its special tokens RSTRIP), a WordPiece one as a ModernBERT ([MASK] LSTRIP)
+    result.append(("qwen2-as-phi3", "ggml-vocab-qwen2.gguf", {"general.name": "Phi3 test"}))
+    result.append(("bert-bge-as-modern-bert", "ggml-vocab-bert-bge.gguf", {"general.name": "modern-bert-base"}))
     return result
 
 

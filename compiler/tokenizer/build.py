@@ -16,6 +16,10 @@ so that `tokenizers` encodes text to the ids llama.cpp produces:
   runtime searches as llama.cpp does (runtime/model/ugm.py) from the manifest's
   `tokenizer.unigram` (`unigram_spec`).
 
+Special tokens beside which llama.cpp drops whitespace (LSTRIP / RSTRIP, which its loader sets by the
+file's names: Phi-3's, "<mask>" of XLM-R's vocabularies) are listed in the manifest's
+`tokenizer.strip` (`strip_spec`), which the runtime applies (runtime/model/special_strip.py).
+
 Every other model llama.cpp knows is refused by name with what is missing (UNSUPPORTED_MODELS),
 as is any pre-tokenizer without an exact equivalent: never a silently different tokenization.
 Control and user-defined tokens become added tokens so that they match as whole tokens.
@@ -172,8 +176,52 @@ def _added_tokens(vocab: _Vocab, unk_id: int | None) -> list[dict]:
     return added
 
 
-# Architectures whose "<mask>" llama.cpp's loader marks LSTRIP (the XLM-R vocabularies in them).
+def _strip_attributes(metadata: Mapping[str, object], vocab: _Vocab) -> tuple[list[int], list[int]]:
+    """(LSTRIP ids, RSTRIP ids): the special tokens beside which llama.cpp's tokenizer drops the
+    ASCII whitespace (C's isspace) of the text around them, as its loader marks them by the
+    file's names (llama-vocab.cpp, "set attributes by model/tokenizer/architecture name"):
+    "<mask>" LSTRIP for the jina-v2-de/es/code pre-tokenizers and the nomic-bert-moe and
+    jina-bert-v3 architectures (XLM-R's vocabularies); every special token RSTRIP but "<unk>",
+    "<s>" and "<|endoftext|>", and "</s>" too, where general.name says phi-3 or phi3 (any case); else
+    "[MASK]" LSTRIP where it says modern-bert. A named token the vocabulary lacks makes llama.cpp's
+    loader fail (for "<mask>" and "[MASK]" it only warns): refused alike."""
+    pre = str(metadata.get("tokenizer.ggml.pre", ""))
+    arch = str(metadata.get("general.architecture", ""))
+    name = str(metadata.get("general.name", "")).lower()
+    ids = vocab.ids
+    if any(p in pre for p in _MASK_LSTRIP_PRE) or any(a in arch for a in _MASK_LSTRIP_ARCHS):
+        return ([ids["<mask>"]] if "<mask>" in ids else []), []
+    if "phi-3" in name or "phi3" in name:
+        if missing := [t for t in ("</s>", *_PHI3_KEPT) if t not in ids]:
+            raise TokenizerError(
+                f"a Phi-3 vocabulary (general.name) without {missing[0]!r}: llama.cpp's loader fails on it"
+            )
+        kept = {ids[t] for t in _PHI3_KEPT}
+        special = {
+            i
+            for i, kind in enumerate(_llama_cpp_types(vocab))
+            if kind in (TYPE_CONTROL, TYPE_USER_DEFINED, TYPE_UNKNOWN)
+        }
+        return [], sorted((special | {ids["</s>"]}) - kept)
+    if "modern-bert" in name:
+        return ([ids["[MASK]"]] if "[MASK]" in ids else []), []
+    return [], []
+
+
+_MASK_LSTRIP_PRE = ("jina-v2-de", "jina-v2-es", "jina-v2-code")
 _MASK_LSTRIP_ARCHS = ("nomic-bert-moe", "jina-bert-v3")
+_PHI3_KEPT = ("<unk>", "<s>", "<|endoftext|>")  # RSTRIP cleared again after every special token's
+
+
+def strip_spec(metadata: Mapping[str, object]) -> dict | None:
+    """The manifest's tokenizer.strip for a vocabulary with LSTRIP or RSTRIP special tokens other
+    than a `t5` one (runtime/model/special_strip.py: `tokenizers`' own lstrip/rstrip drop any
+    Unicode whitespace, llama.cpp ASCII whitespace alone); None for every other one."""
+    model = metadata.get("tokenizer.ggml.model")
+    if model == "t5" or not isinstance(model, str):
+        return None
+    lstrip, rstrip = _strip_attributes(metadata, _read_vocab(metadata, model))
+    return {"lstrip": lstrip, "rstrip": rstrip} if lstrip or rstrip else None
 
 
 def _spm_merges(vocab: _Vocab) -> list[list[str]]:
@@ -321,9 +369,9 @@ def unigram_spec(metadata: Mapping[str, object]) -> dict | None:
     unk_id = _token_id(metadata, "tokenizer.ggml.unknown_token_id", len(vocab.tokens), 2)
     if unk_id is None:
         raise TokenizerError("t5 tokenizer without an unknown token (tokenizer.ggml.unknown_token_id)")
-    arch = str(metadata.get("general.architecture", ""))
-    mask = vocab.ids.get("<mask>")
-    lstrip = [mask] if mask is not None and any(a in arch for a in _MASK_LSTRIP_ARCHS) else []
+    lstrip, rstrip = _strip_attributes(metadata, vocab)
+    if rstrip:
+        raise TokenizerError("a t5 vocabulary with RSTRIP special tokens (a Phi-3 general.name) is not built")
     return unigram.unigram_spec(vocab.scores, _llama_cpp_types(vocab), unk_id, *_ugm_flags(metadata), lstrip)
 
 

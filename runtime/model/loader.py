@@ -7,7 +7,7 @@ from tokenizers import Tokenizer
 
 from rfc.artifacts import BundleError
 from rfc.artifacts.bundle import TOKENIZER_FILE, Bundle
-from rfc.runtime.model import ugm
+from rfc.runtime.model import special_strip, ugm
 
 
 class ContextSizeError(ValueError):
@@ -47,5 +47,11 @@ def load_tokenizer(bundle: Bundle) -> Tokenizer:
         try:
             ugm.attach(tokenizer, json.loads(text), spec)
         except ugm.UnigramError as e:
+            raise BundleError(f"{path}: {e}") from None
+    strip = bundle.manifest.get("tokenizer", {}).get("strip")
+    if strip is not None:  # special tokens that eat the ASCII whitespace beside them, as llama.cpp's
+        try:
+            special_strip.attach(tokenizer, strip)
+        except special_strip.StripError as e:
             raise BundleError(f"{path}: {e}") from None
     return tokenizer

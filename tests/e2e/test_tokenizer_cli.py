@@ -55,3 +55,17 @@ def test_rfc_tokenizer_refuses_what_a_tokenizer_json_cannot_say(model, words, tm
     proc = rfc("tokenizer", model, "-o", tmp_path / "t.json")
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "t.json").exists()
+
+
+def test_rfc_tokenizer_marks_the_special_tokens_llama_cpp_strips_beside(tmp_path):
+    """llama.cpp's own phi-3 vocabulary (its special tokens RSTRIP by name): the written tokenizer.json
+    says rstrip for them, the nearest `tokenizers` can say, and the command says where it differs."""
+    import json
+
+    out = tmp_path / "tokenizer.json"
+    proc = rfc("tokenizer", VOCAB / "ggml-vocab-phi-3.gguf", "-o", out, check=True)
+    assert "ASCII whitespace" in proc.stderr
+    rstrip = {t["content"] for t in json.loads(out.read_text())["added_tokens"] if t["rstrip"]}
+    assert {"</s>", "<|user|>", "<|end|>"} <= rstrip and not rstrip & {"<s>", "<unk>", "<|endoftext|>"}
+    tok = Tokenizer.from_file(str(out))
+    assert tok.encode("<|user|>\nHello<|end|>", add_special_tokens=False).ids == [32010, 15043, 32007]  # llama.cpp's

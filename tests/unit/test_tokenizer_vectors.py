@@ -2,7 +2,8 @@
 builds and by llama.cpp (ids in tests/fixtures/tokenizer/vocab-*.json, made by
 tools/make_tokenizer_vectors.py over tests/fixtures/tokenizer/inputs.json). Vocabularies of a
 model rfc refuses must be refused, naming why. A Unigram (`t5`) vocabulary is tokenized as the
-runtime loads it (runtime/model/ugm.py on the manifest's tokenizer.unigram), and also checked on
+runtime loads it (runtime/model/ugm.py on the manifest's tokenizer.unigram; special tokens that eat
+the whitespace beside them, runtime/model/special_strip.py on tokenizer.strip), and also checked on
 unigram.json: inputs for what only Unigram does, under each setting of its two whitespace
 options. The GGUFs are in tests/data/vocab."""
 
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, unigram_spec
-from rfc.runtime.model import ugm
+from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, strip_spec, unigram_spec
+from rfc.runtime.model import special_strip, ugm
 from tests.conftest import VOCAB
 from tests.unit.test_tokenizer import metadata_of
 
@@ -59,6 +60,8 @@ def runtime_tokenizer(metadata: dict) -> Tokenizer:
     tokenizer = Tokenizer.from_str(text)
     if (spec := unigram_spec(metadata)) is not None:
         ugm.attach(tokenizer, json.loads(text), spec)
+    if (strip := strip_spec(metadata)) is not None:
+        special_strip.attach(tokenizer, strip)
     return tokenizer
 
 
