@@ -26,6 +26,8 @@ from typing import Any
 from tokenizers import NormalizedString, PreTokenizedString, Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 
+from rfc.runtime.model.special_strip import ASCII_SPACE  # C's isspace, which llama.cpp's LSTRIP strips
+
 ESCAPED_SPACE = "\u2581"  # what a space becomes (llama.cpp's escape_whitespaces, on for UGM)
 _NOT_PREFIX = object()  # the pieces' lookup default: the text is not the start of any piece
 _SPEC_FLAGS = ("add_space_prefix", "remove_extra_whitespaces")
@@ -220,9 +222,6 @@ def _ids(spec: Mapping[str, Any], key: str, n: int, single: bool = False):
     return value if single else frozenset(values)
 
 
-_ASCII_SPACE = " \t\n\v\f\r"  # C's isspace, which llama.cpp's LSTRIP strips
-
-
 class _Search:
     """The pre-tokenizer: each stretch of text between special tokens normalized and cut into
     the pieces llama.cpp chooses. Normalizing here rather than in a normalizer sees the token after
@@ -243,7 +242,7 @@ class _Search:
 
         def cut(index: int, normalized: NormalizedString) -> list[NormalizedString]:
             text = normalized.normalized
-            text = self._model.normalize(text.rstrip(_ASCII_SPACE) if index in stripped else text)
+            text = self._model.normalize(text.rstrip(ASCII_SPACE) if index in stripped else text)
             normalized.clear()  # offsets into the original text are not kept (nothing reads them)
             if not text:
                 return []
