@@ -122,10 +122,11 @@ def _build(model: GGUFModel, arch: str) -> ModelSpec:
         table = b.tensor("position_embd.weight", "position_embd", (md.int("context_length", 1, MAX_CONTEXT), e))
         b.op("pos_embed", ("x",), ("x",), (table,))
     layernorm.named_layer_norm(b, "x", "x", "token_embd_norm", e, eps, bias="required")
-    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), causal=causal)
-    if jina2:  # ALiBi instead of positions; Q and K LayerNormed over their rows where a layer has the norms
+    if jina2:
         _jina_v2_checks(b, sizes)
-        cfg = Attention(rope, scale=cfg.scale, causal=causal, alibi=JINA_V2_ALIBI, qk_layer_norm=True)
+    # jina-bert-v2: ALiBi instead of positions; Q and K LayerNormed over their rows where a layer has the norms
+    cfg = Attention(rope, scale=1.0 / math.sqrt(sizes.head_dim), causal=causal,
+                    alibi=JINA_V2_ALIBI if jina2 else None, qk_layer_norm=jina2)  # fmt: skip
     for i in range(sizes.n_layers):
         p = f"blk.{i}."
         attention(b, i, sizes, eps, cfg, src="x", dst="a", rope=rotary)
@@ -173,8 +174,10 @@ def _jina_v2_checks(b: ModelBuilder, sizes) -> None:
         p = f"blk.{i}."
         if b.has(p + "attn_qkv.weight") and (b.has(p + "attn_q_norm.weight") or b.has(p + "attn_k_norm.weight")):
             raise CompileError(f"{b.path}: {p}attn_qkv with Q/K norms (llama.cpp's jina-bert-v2 graph aborts on them)")
-    if sizes.kv_width != sizes.n_embd and any(b.has(f"blk.{i}.attn_k_norm.weight") for i in range(sizes.n_layers)):
-        raise CompileError(f"{b.path}: attn_k_norm with {sizes.n_kv_heads} KV heads (jina-bert-v2 norms K as [n_embd])")
+        if sizes.kv_width != sizes.n_embd and b.has(p + "attn_k_norm.weight"):
+            raise CompileError(
+                f"{b.path}: attn_k_norm with {sizes.n_kv_heads} KV heads (jina-bert-v2 norms K as [n_embd])"
+            )
 
 
 def _jina_v2_ffn(b: ModelBuilder, i: int, e: int, n_ff: int) -> None:

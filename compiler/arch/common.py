@@ -748,16 +748,14 @@ def classifier_head(b: ModelBuilder, md: Metadata, e: int, dense: bool = True, c
     loader reads `cls` as [cls_rows, n_embd] and no `cls.output` (jina-bert-v2's: [1, n_embd], the
     tanh its score: jina-reranker-v1)."""
     src = "hr"
-    if cls_rows is not None:
-        b.buffer("cls_h", "R", cls_rows)
-        linear(b, src, "cls_h", "cls", (cls_rows, e), scale=False, bias_first=True)
-        b.op("softcap", ("cls_h",), ("cls_h",), cap=1.0)
-        return "cls_h"
-    if dense and b.has("cls.weight"):
-        b.buffer("cls_h", "R", e)
-        linear(b, src, "cls_h", "cls", (e, e), scale=False, bias_first=True)
+    if cls_rows is not None or (dense and b.has("cls.weight")):
+        rows = e if cls_rows is None else cls_rows
+        b.buffer("cls_h", "R", rows)
+        linear(b, src, "cls_h", "cls", (rows, e), scale=False, bias_first=True)
         b.op("softcap", ("cls_h",), ("cls_h",), cap=1.0)  # 1 * tanh(x / 1): tanh exactly
         src = "cls_h"
+        if cls_rows is not None:
+            return src
     elif dense and b.has("cls.bias"):
         raise CompileError(f"{b.path}: cls.bias without cls.weight")
     out = b.model.tensors.get("cls.output.weight")
@@ -777,14 +775,21 @@ def classifier_head(b: ModelBuilder, md: Metadata, e: int, dense: bool = True, c
 
 
 def rms_encoder_head(
-    b: ModelBuilder, md: Metadata, sizes: Sizes, eps: float, *, norm: str = "output_norm", classifier: bool = False
+    b: ModelBuilder,
+    md: Metadata,
+    sizes: Sizes,
+    eps: float,
+    causal: bool,
+    *,
+    norm: str = "output_norm",
+    classifier: bool = False,
 ) -> tuple[str, dict]:
     """The tail of an encoder of RMS-normed pre-norm blocks (llama-embed, eurobert, neo-bert): the last
     layer's rows RMS-normed by `norm` into "hr", the model's hidden output (pooled by `pooling_type`).
     With rank pooling the classifier head over them (`classifier`: the architecture's loader reads
     `cls` / `cls.output`; one that does not leaves llama.cpp nothing to rank with, so the file is
     refused), else those tensors are known and unused. Returns (the scores buffer or "", what the
-    plan's hparams add: `causal` from `attention.causal`, as the converters write it, and `serves`)."""
+    plan's hparams add: `causal`, the recipe's attention's, and `serves`)."""
     rank = md.raw("pooling_type") == RANK_POOLING
     if rank and not classifier:
         raise CompileError(
@@ -796,11 +801,7 @@ def rms_encoder_head(
     for name in CLASSIFIER if classifier and not rank else ():
         b.unused(name, "the classifier head of a file without rank pooling (llama.cpp loads it and embeds)")
     scores = classifier_head(b, md, sizes.n_embd) if rank else ""
-    extra = {
-        "causal": md.bool("attention.causal", default=True),
-        "serves": "embeddings, reranking" if rank else "embeddings",
-    }
-    return scores, extra
+    return scores, {"causal": causal, "serves": "embeddings, reranking" if rank else "embeddings"}
 
 
 def _rms_norm(b: ModelBuilder, src: str, dst: str, name: str, n: int, eps: float, bias: bool) -> None:
@@ -911,7 +912,7 @@ def llama_like(
     extra = {"expert_count": n_expert, "expert_used_count": n_used} if n_expert else {}
     if encoder:
         b.unused("output.weight", "an embedding model's output head: llama.cpp loads it and never runs it")
-        scores, more = rms_encoder_head(b, md, sizes, eps)
+        scores, more = rms_encoder_head(b, md, sizes, eps, causal)
         hp = hparams(md, sizes, rope, n_ff, eps, tied_embeddings=False, qkv_bias=b.has("blk.0.attn_q.bias"),
                      rope_freq_factors=factors is not None, extra=extra | more)  # fmt: skip
         return b.finish(hp, input_tokens="tokens", output_logits="", output_hidden="hr", kv=kv_spec(sizes),

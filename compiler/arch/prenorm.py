@@ -106,10 +106,11 @@ def build(
         n_ff //= 2
     eps_key = "attention.layer_norm_rms_epsilon" if block.norm == "rms" else "attention.layer_norm_epsilon"
     eps = md.float(eps_key, 0.0, 1.0, open_lo=not block.zero_eps)
+    causal = not block.encoder or md.bool("attention.causal", default=True)
     b = ModelBuilder(model)
     if block.output_required:
         require_output(b, arch)
-    unread = [t for t in model.tensors if t.startswith("blk.") and t.endswith(block.refused)] if block.refused else []
+    unread = [t for t in model.tensors if t.startswith("blk.") and t.endswith(block.refused)]
     if unread:
         raise CompileError(
             f"{b.path}: tensor {unread[0][:80]} is not read by llama.cpp's {arch} loader (it refuses the file too)"
@@ -135,7 +136,7 @@ def build(
         qk_norm_rows=block.qk_norm_rows,
         clamp=clamp or None,
         alibi=block.alibi,
-        causal=not block.encoder or md.bool("attention.causal", default=True),
+        causal=causal,
     )
     window, sliding, swa_rope = windows(md, sizes, rp) if windows else (None, (False,) * sizes.n_layers, rp)
     if block.gate is not None:
@@ -171,7 +172,9 @@ def build(
         b.op("add", ("x", "h"), ("x",))
     scores = ""
     if block.encoder:
-        scores, encoded = rms_encoder_head(b, md, sizes, eps, norm=block.output_norm, classifier=block.classifier)
+        scores, encoded = rms_encoder_head(
+            b, md, sizes, eps, causal, norm=block.output_norm, classifier=block.classifier
+        )
         extra, tied = {**(extra or {}), **encoded}, False
     elif block.norm != "rms":
         b.op("gather_rows", ("x",), ("xr",))

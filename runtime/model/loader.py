@@ -2,6 +2,8 @@
 (assembling a loaded model, device and KV pool included, is runtime/engine/assemble.py)."""
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -42,16 +44,18 @@ def load_tokenizer(bundle: Bundle) -> Tokenizer:
         tokenizer = Tokenizer.from_str(text)
     except Exception as e:  # `tokenizers` raises a bare Exception for any file it cannot read or parse
         raise BundleError(f"{path}: damaged, not a tokenizer ({' '.join(str(e).split())[:120]})") from None
-    spec = bundle.manifest.get("tokenizer", {}).get("unigram")
-    if spec is not None:  # a Unigram vocabulary: llama.cpp's search, which tokenizer.json cannot say
-        try:
-            ugm.attach(tokenizer, json.loads(text), spec)
-        except ugm.UnigramError as e:
-            raise BundleError(f"{path}: {e}") from None
-    strip = bundle.manifest.get("tokenizer", {}).get("strip")
-    if strip is not None:  # special tokens that eat the ASCII whitespace beside them, as llama.cpp's
-        try:
-            special_strip.attach(tokenizer, strip)
-        except special_strip.StripError as e:
-            raise BundleError(f"{path}: {e}") from None
+    try:
+        attach_manifest(tokenizer, text, bundle.manifest.get("tokenizer", {}))
+    except (ugm.UnigramError, special_strip.StripError) as e:
+        raise BundleError(f"{path}: {e}") from None
     return tokenizer
+
+
+def attach_manifest(tokenizer: Tokenizer, text: str, entry: Mapping[str, Any]) -> None:
+    """Gives `tokenizer` (loaded from tokenizer.json `text`) what the manifest's tokenizer `entry` adds
+    to it: a Unigram vocabulary's search (`unigram`: llama.cpp's, which tokenizer.json cannot say),
+    special tokens that eat the ASCII whitespace beside them (`strip`)."""
+    if (spec := entry.get("unigram")) is not None:
+        ugm.attach(tokenizer, json.loads(text), spec)
+    if (strip := entry.get("strip")) is not None:
+        special_strip.attach(tokenizer, strip)

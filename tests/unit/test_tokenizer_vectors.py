@@ -14,7 +14,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, strip_spec, unigram_spec
-from rfc.runtime.model import special_strip, ugm
+from rfc.runtime.model.loader import attach_manifest
 from tests.conftest import VOCAB
 from tests.unit.test_tokenizer import metadata_of
 
@@ -58,10 +58,8 @@ def runtime_tokenizer(metadata: dict) -> Tokenizer:
     """The tokenizer the runtime loads from a bundle compiled from `metadata`."""
     text = build_tokenizer(metadata)[0]
     tokenizer = Tokenizer.from_str(text)
-    if (spec := unigram_spec(metadata)) is not None:
-        ugm.attach(tokenizer, json.loads(text), spec)
-    if (strip := strip_spec(metadata)) is not None:
-        special_strip.attach(tokenizer, strip)
+    entry = {"unigram": unigram_spec(metadata), "strip": strip_spec(metadata)}
+    attach_manifest(tokenizer, text, {k: v for k, v in entry.items() if v is not None})
     return tokenizer
 
 
