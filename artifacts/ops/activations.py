@@ -51,6 +51,14 @@ DEFS = (
         gpu=GpuPart(("gpu_sigmoid.hip.j2",), lower="_sigmoid", args=(("out", PTR), ("x", PTR), ("n_rows", I32))),
     ),
     OpDef(
+        kind="relu",
+        schema=OpSchema(1, 1, (0, 0), doc="out = x > 0 ? x : 0 (ggml_relu: the original T5's FFN)"),
+        check=same_shape,
+        reference="op_relu",
+        cpu=CpuPart(("cpu_elementwise.c.j2",), lower="_relu"),
+        gpu=GpuPart(("gpu_relu.hip.j2",), lower="_relu", args=(("out", PTR), ("x", PTR), ("n_rows", I32))),
+    ),
+    OpDef(
         kind="clamp",
         schema=OpSchema(
             1,

@@ -161,12 +161,23 @@ def _attention(v: OpView) -> None:
     causal = v.op.attr("causal")
     v.need(isinstance(causal, bool), f"attribute causal = {str(causal)[:20]!r} is not a boolean")
     v.need(v.shape(q) == ("T", nh * hd) == v.shape(out), "q/output are not [T, n_heads * head_dim]")
-    if v.op.weights:
+    reach = v.op.attr("pos_bias")
+    if reach is not None:  # T5's relative-position bias: the weight is its table, for an encoder's attention
+        reach = v.int_attr("pos_bias", 1, MAX_POS_BIAS_REACH)
+        v.need(not causal, "pos_bias is an encoder's (causal = false)")
+        v.need(v.op.attr("alibi") is None, "pos_bias and alibi both bias the scores: one at most")
+        v.need(len(v.op.weights) == 1, "pos_bias needs its table as the weight")
+        w = v.weight_shape(0)
+        size = (2 * reach + 1) * nh
+        v.need(w is None or w == (size,), f"the position-bias table {w} is not [{size}] ((2 pos_bias + 1) x n_heads)")
+    elif v.op.weights:
         w = v.weight_shape(0)
         v.need(w is None or w == (nh,), f"attention sinks {w} are not [{nh}] (one per query head)")
 
 
 MAX_ALIBI_BIAS = 64.0  # ALiBi's maximum bias (8 in every released model)
+# The farthest key distance a position-bias table tells apart (T5: 128, where its buckets end)
+MAX_POS_BIAS_REACH = 4096
 
 
 def alibi_bases(n_heads: int, max_bias: float) -> tuple[int, float, float]:
@@ -387,7 +398,7 @@ DEFS = (
             1,
             (0, 1),
             ("layer", "n_heads", "n_kv_heads", "head_dim", "scale"),
-            optional=(("window", None), ("softcap", None), ("alibi", None), ("causal", True)),
+            optional=(("window", None), ("softcap", None), ("alibi", None), ("causal", True), ("pos_bias", None)),
             doc="causal attention of q over the paged cache of layer `layer` (positions <= the token's own): its own, "
             "or an earlier layer's that it shares (Gemma 4 E2B/E4B: no kv_write of its own; the validator "
             "requires that layer's kv_write before it, the same KV heads x head_dim and the same window); query "
@@ -398,7 +409,11 @@ DEFS = (
             "causal attention's keys are never after the query), slope_h as ggml's soft_max_ext makes it "
             "(alibi_slopes). "
             "The optional weight is a sink logit per query head [n_heads] (gpt-oss): one more score in "
-            "the softmax with no value, p_j = exp(s_j) / (sum_i exp(s_i) + exp(sink_h)). causal = false (an "
+            "the softmax with no value, p_j = exp(s_j) / (sum_i exp(s_i) + exp(sink_h)); or, with pos_bias = R "
+            "(an encoder's alone: T5's relative-position bias), a table [(2 R + 1) x n_heads] of float32 biases: "
+            "query head h's score of a key d = key position - query position away gains "
+            "table[(clamp(d, -R, R) + R) n_heads + h] (the compiler fills it from the model's buckets). "
+            "causal = false (an "
             "encoder: BERT) attends every position of the token's sequence, those after it in the step included, "
             "with a window only those less than window positions away either side (llama.cpp's symmetric "
             "window of n_swa / 2: EmbeddingGemma's); the engine runs such a plan's sequences "
@@ -409,7 +424,7 @@ DEFS = (
         cpu=CpuPart(
             ("cpu_attention.c.j2",),
             lower="_attention",
-            attrs=("window", "softcap", "alibi", "causal"),
+            attrs=("window", "softcap", "alibi", "causal", "pos_bias"),
             per_op=("window", "softcap", "causal"),
             vectors_from=0,
         ),

@@ -24,7 +24,7 @@ from rfc.compiler.arch import glm4
 from rfc.compiler.arch import exaone4
 from rfc.compiler.arch import ernie4_5, hunyuan, seed_oss
 from rfc.compiler.arch import bert, cogvlm, deepseek2_ocr, gemma_embedding, modern_bert, qwen2vl, qwen3vl
-from rfc.compiler.arch import eurobert, neo_bert
+from rfc.compiler.arch import eurobert, neo_bert, t5encoder
 from rfc.compiler.arch import minimax_m2
 from rfc.compiler.arch import bailingmoe2
 from rfc.compiler.arch import falcon_h1
@@ -231,6 +231,7 @@ RECIPES: dict[str, Recipe] = {
     "modern-bert": modern_bert.build,
     "eurobert": eurobert.build,
     "neo-bert": neo_bert.build,
+    "t5encoder": t5encoder.build,
     "llama-embed": llama.build_embed,
     "gemma-embedding": gemma_embedding.build,
     "deepseek2-ocr": deepseek2_ocr.build,

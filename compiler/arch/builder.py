@@ -17,6 +17,8 @@ import math
 import struct
 from math import prod
 
+import numpy as np
+
 from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan, StateSpec, StateTensor
 from rfc.compiler.errors import CompileError
 from rfc.compiler.gguf_reader import GGUFModel, SourceTensor
@@ -28,6 +30,8 @@ KNOWN_UNUSED_SUFFIXES = {
     ".input_scale": "a matmul's activation scale (FP8 / NVFP4 checkpoints): llama.cpp loads it and never applies it",
 }
 MAX_SCALAR = 1e6  # |value| of a scalar read into the plan (an op attribute's bound)
+MAX_SMALL_VALUES = 1 << 20  # elements of a tensor read at compile time (small_values)
+SMALL_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 
 
 class ModelBuilder:
@@ -109,6 +113,31 @@ class ModelBuilder:
                 )
         self._read.add(name)
         return values
+
+    def small_values(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The values of a small GGUF tensor of `shape` stored one element per block (F32, F16, BF16;
+        at most MAX_SMALL_VALUES of them), read now as float32 (exact) for a weight the recipe computes
+        from them at compile time (T5's position-bias table); each finite and at most MAX_SCALAR in
+        magnitude (scalar's rule)."""
+        t = self.source(name, shape)
+        n = prod(shape)
+        if t.format not in SMALL_DTYPES or n > MAX_SMALL_VALUES:
+            raise CompileError(f"{self.path}: {name} is {t.format} {list(t.shape)}, not a small F32, F16 or BF16 table")
+        with open(self.model.path, "rb") as f:
+            f.seek(t.offset)
+            raw = f.read(2 * n if t.format != "F32" else 4 * n)
+        if len(raw) != (2 * n if t.format != "F32" else 4 * n):
+            raise CompileError(f"{self.path}: {name} lies past the end of the file")
+        if t.format == "BF16":  # the high half of a float32
+            values = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            values = np.frombuffer(raw, SMALL_DTYPES[t.format]).astype(np.float32)
+        bad = ~np.isfinite(values) | (np.abs(values) > MAX_SCALAR)
+        if bad.any():
+            raise CompileError(f"{self.path}: {name} holds {values[bad][0]}, not a finite number in "
+                               f"[-{MAX_SCALAR:g}, {MAX_SCALAR:g}]")  # fmt: skip
+        self._read.add(name)
+        return values.reshape(shape)
 
     def unused(self, name: str, why: str) -> None:
         """Declares a tensor of the file known and not needed by the plan (llama.cpp loads it

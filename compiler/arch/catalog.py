@@ -30,20 +30,12 @@ LLAMA_CPP_ARCHITECTURES: tuple[str, ...] = (
 
 # Recurrent layers: per-sequence state and the ops ssm_conv, ssm_scan (Mamba2, one decay per head),
 # gated_delta_net and short_conv exist; what each of these still lacks is said in its own words.
-_ENCODER = (
-    "an encoder (embeddings, reranking) without a recipe yet: rfc serves bert, nomic-bert(-moe), jina-bert-v2/v3, "
-    "modern-bert, neo-bert, eurobert, llama-embed and gemma-embedding"
-)
 _MODALITY = "a vision, audio or speech model: rfc has no tower for it (text-only server)"
 _DIFFUSION = "a diffusion language model: not decoded token by token"
 _DRAFT = "a speculative-decoding head that runs beside its target model, not a model of its own"
 
 # Why a name without a recipe is refused; a name not listed here has no recipe yet.
 REFUSED: dict[str, str] = {
-    **dict.fromkeys(
-        ("t5encoder",),
-        _ENCODER,
-    ),  # fmt: skip
     **dict.fromkeys(
         (
             "clip",

@@ -514,6 +514,8 @@ def _attention_params(kv, attrs: dict, tuning: CpuTuning) -> dict:
     return {
         # ALiBi: each query head's slope, compiled in (float32 values, >= 2^-64 within the op's bounds)
         "alibi": alibi_slopes(nh, alibi) if alibi is not None else [],
+        # T5's relative-position bias: the reach of the table the step passes (0: none)
+        "pos_bias": int(attrs.get("pos_bias") or 0),
         "n_heads": nh,
         "n_kv_heads": nkv,
         "head_dim": hd,

@@ -471,10 +471,12 @@ class _Lowering(
         if window is not None and not 1 <= int(window) < 2**31:
             raise CompileError(f"attention window {window} is out of range")
         softcap = 0.0 if softcap is None else f32_literal(softcap, "attention softcap")  # 0: no soft-capping
-        sinks = self.vec(op.weights[0]) if op.weights else []  # gpt-oss: a logit per query head
+        table = self.vec(op.weights[0]) if op.weights else []
+        biased = op.attr("pos_bias") is not None  # the weight: T5's position-bias table, else gpt-oss's sinks
+        weight = {"pos_bias": table, "sinks": []} if biased else {"sinks": table}
         return Phase("attention", {"q": self.buf(op.inputs[0]), "out": self.buf(op.outputs[0]), "layer": layer,
                                    "counter": self.counter(), "window": int(window or 0), "softcap": softcap,
-                                   "sinks": sinks, "sfx": _suffix(self.attention_geometries[head_geometry(op)]),
+                                   **weight, "sfx": _suffix(self.attention_geometries[head_geometry(op)]),
                                    "causal": bool(op.attr("causal"))},
                      {op.inputs[0], f"@kv{layer}"}, {op.outputs[0]})  # fmt: skip
 

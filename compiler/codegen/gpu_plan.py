@@ -665,10 +665,12 @@ class _Planner(
         alibi = op.attr("alibi")
         if alibi is not None:  # the slopes are compiled in: the maximum bias's bits in the name
             name += f"_alibi{struct.unpack('<I', struct.pack('<f', alibi))[0]:08x}"
-        has_sinks = bool(op.weights)  # gpt-oss: a logit per query head, F32
-        if has_sinks:
+        pos_bias = op.attr("pos_bias")  # T5: the weight is a bias table, not sinks
+        has_sinks = bool(op.weights) and pos_bias is None  # gpt-oss: a logit per query head, F32
+        table = ("sinks" if has_sinks else "pos_bias") if op.weights else None  # the weight's kernel argument
+        if op.weights:
             self._f32_vector(op, op.weights[0])
-            name += "_sinks"
+            name += "_sinks" if has_sinks else f"_pb{pos_bias}"
         params = {
             "name": name,
             "threads": threads,
@@ -701,6 +703,8 @@ class _Planner(
         }
         if alibi is not None:  # only then: the other kernels' parameters (and so their cache keys) stay as they were
             params.update(has_alibi=True, alibi=alibi_slopes(n_heads, alibi))
+        if pos_bias is not None:  # likewise
+            params.update(has_pos_bias=True, pos_bias=int(pos_bias))
         if not causal:  # likewise: each row attends its sequence's last position in the step (rfc_attention_seq_last)
             params["noncausal"] = True
         tile = _attention_tile(head_dim, group, threads)
@@ -712,7 +716,7 @@ class _Planner(
                 f"{name}_split",
                 ATTENTION_TEMPLATE,
                 dict(params, name=f"{name}_split", split=True, merge=True),
-                _args("attention_split_merge", has_sinks),
+                _args("attention_split_merge", table),
                 threads,
                 (("n_rows", 1), (n_kv_heads, 1), (splits, 1)),
             )
@@ -722,7 +726,7 @@ class _Planner(
                 f"{name}_split",
                 ATTENTION_TEMPLATE,
                 dict(params, name=f"{name}_split", split=True),
-                _args("attention_split", has_sinks),
+                _args("attention_split", table),
                 threads,
                 (("n_rows", 1), (n_kv_heads, 1), (splits, 1)),
             )
@@ -731,13 +735,13 @@ class _Planner(
                 f"{name}_reduce",
                 "gpu_attention_reduce.hip.j2",
                 dict(params, name=f"{name}_reduce", threads=reduce_threads),
-                _args("attention_reduce", has_sinks),
+                _args("attention_reduce", table),
                 reduce_threads,
                 (("n_rows", 1), (n_kv_heads, 1)),
             )
             steps = (split, reduce)
         grid = (("n_rows", 1), (n_kv_heads, 1))  # one block per kv head and its query heads
-        spec = KernelSpec(name, ATTENTION_TEMPLATE, params, _args("attention", has_sinks), threads, grid, steps)
+        spec = KernelSpec(name, ATTENTION_TEMPLATE, params, _args("attention", table), threads, grid, steps)
         from rfc.compiler.codegen.gpu_attention import mma_attention_spec  # the prefill list's, on tensor cores
 
         return dataclasses.replace(spec, prefill=mma_attention_spec(self.target, spec))
@@ -763,10 +767,11 @@ def _kv_quant(plan: Plan, head_dim: int) -> dict:
     }
 
 
-def _args(kernel: str, with_sinks: bool) -> tuple[tuple[str, str], ...]:
-    """An attention kernel's arguments, `sinks` only where the op has them."""
+def _args(kernel: str, table: str | None) -> tuple[tuple[str, str], ...]:
+    """An attention kernel's arguments, its weight's where the op has one: named `table`, "sinks"
+    (gpt-oss) or "pos_bias" (T5's position-bias table, in the sinks' place)."""
     args = KERNEL_ARGS[kernel] if kernel in KERNEL_ARGS else STEP_KERNEL_ARGS[kernel]
-    return tuple(a for a in args if with_sinks or a[0] != "sinks")
+    return tuple((table, kind) if name == "sinks" else (name, kind) for name, kind in args if table or name != "sinks")
 
 
 def _tile_floats(tile: dict, head_dim: int) -> int:
@@ -863,6 +868,8 @@ def _arg_slot(plan: Plan, op: Op, name: str, kind: str) -> ArgSlot:
     outs, weights = gpu.outputs, gpu.weights
     if op.kind == "wkv6" and op.attr("mode") == "gla":  # gla: no bonus u
         weights = ("decay",)
+    if op.kind == "attention" and op.attr("pos_bias") is not None:  # T5's table in the sinks' place
+        weights = ("pos_bias",)
     if op.kind == "moe_route":  # the experts' output scales only with expert_scale: the last weight
         weights = ("bias", "escale")[2 - len(op.weights) :] if op.attr("expert_scale") else ("bias",)
     if name in outs:

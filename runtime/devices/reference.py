@@ -155,6 +155,9 @@ class ReferenceDevice(HostState, InterpretedDevice):
         else:
             outs[0][...] = g / (1.0 + np.exp(-g)) * u
 
+    def op_relu(self, outs, ins, weights, attrs, batch):
+        outs[0][...] = np.where(ins[0] > 0, ins[0], np.float32(0.0))
+
     def op_sigmoid(self, outs, ins, weights, attrs, batch):
         outs[0][...] = np.float32(1.0) / (np.float32(1.0) + np.exp(-ins[0]))
 
@@ -281,13 +284,18 @@ class ReferenceDevice(HostState, InterpretedDevice):
             if attrs.get("alibi") is not None:  # ALiBi: slope_h * -|key position - query position|, in float32
                 slopes = np.array(alibi_slopes(nh, attrs["alibi"]), np.float32)[:, None, None]
                 scores = scores + slopes * -np.abs(pos[None, :] - batch.positions[lo:hi, None]).astype(np.float32)[None]
+            if attrs.get("pos_bias") is not None:  # a bias per head and key distance, clamped to the table's reach
+                reach = attrs["pos_bias"]
+                d = np.clip(pos[None, :] - batch.positions[lo:hi, None], -reach, reach) + reach  # [n, ctx]
+                biases = weights[0].astype(np.float32).reshape(2 * reach + 1, nh)
+                scores = scores + np.moveaxis(biases[d], -1, 0)
             # [n, ctx]; an encoder's attention sees the whole sequence (the engine runs it in one step)
             causal = pos[None, :] <= (batch.positions[lo:hi, None] if attrs.get("causal", True) else ctx - 1)
             if attrs["window"] is not None:  # keys less than window positions back (and ahead: non-causal)
                 near = np.abs(pos[None, :] - batch.positions[lo:hi, None]) < attrs["window"]
                 causal = causal & near
             scores = np.where(causal[None], scores, -np.inf)
-            if weights:  # a sink logit per head: a column of the softmax that weighs no value
+            if weights and attrs.get("pos_bias") is None:  # a sink logit per head: a softmax column weighing no value
                 sink = np.broadcast_to(weights[0].astype(np.float32)[:, None, None], (*scores.shape[:2], 1))
                 scores = np.concatenate([scores, sink], axis=-1)
             scores -= scores.max(axis=-1, keepdims=True)

@@ -321,6 +321,14 @@ ENCODED = {
     "eurobert-dense": 3e-5,
     "neo-bert-dense": 3e-5,
     "neo-bert-rank": 3e-5,
+    # t5encoder-dense / -near (unscaled scores plus T5's position-bias table, 32 buckets from layer 0's table /
+    # 6 buckets, distances from 12 on clamped, a table per layer; Q/K/V 128 wide of n_embd 256): 1.2e-5 / 1.3e-5
+    # on ref and cpu (llama.cpp against a float64 T5 4e-6 / 6e-6; without the bias 0.038 / 0.040, the distance
+    # as query - key 0.047 / 0.057, layer 1 reading layer 0's table 0.024 in -near); t5encoder-relu (the original
+    # T5's ReLU FFN, no ffn_gate): 9.1e-6 (llama.cpp against a float64 T5 1.4e-8; GELU for ReLU 0.040)
+    "t5encoder-dense": 3e-5,
+    "t5encoder-near": 3e-5,
+    "t5encoder-relu": 3e-5,
 }
 # The cpu device compiles kernels per file: a few files of different kinds stand for the rest in the fast suite.
 CPU_FAST = ("llama-dense", "qwen2-dense", "qwen3moe-moe", "bert-dense", "nomic-bert-moe-dense", "gemma-embedding-swa",
@@ -346,10 +354,12 @@ CPU_SAMPLED = {
     "dots3note-geoms", "kimi-k3-deep", "glm5-next-sharp",
 }  # fmt: skip
 # The encoders of 2026-11-30 (each matched on cpu as on ref when recorded): eurobert-dense (grouped-query non-causal
-# attention, partial NeoX RoPE) and jina-bert-v2-dense (symmetric ALiBi) stand for them on cpu; the rerankers'
-# scores run on cpu in test_encoders.py.
+# attention, partial NeoX RoPE), jina-bert-v2-dense (symmetric ALiBi), t5encoder-dense (a position-bias table) and
+# t5encoder-relu (ReLU) stand for them on cpu; the rerankers' scores run on cpu in test_encoders.py.
 CPU_EXHAUSTIVE = (
-    set(ADDED) | set(GELU_TABLE) | {"llama-embed-dense", "neo-bert-dense", "neo-bert-rank", "jina-bert-v2-rank"}
+    set(ADDED)
+    | set(GELU_TABLE)
+    | {"llama-embed-dense", "neo-bert-dense", "neo-bert-rank", "jina-bert-v2-rank", "t5encoder-near"}
 ) - CPU_SAMPLED
 
 
@@ -470,5 +480,29 @@ def test_what_an_encoders_loader_does_not_read_is_refused(name, tensor, pooling,
     meta = [[k, t, pooling if k == f"{arch}.pooling_type" and pooling else v] for k, t, v in desc["metadata"]]
     path = tmp_path / "edited.gguf"
     archs.write_model({**desc, "metadata": meta, "tensors": desc["tensors"] + ([tensor] if tensor else [])}, path, name)
+    with pytest.raises(CompileError, match=message):
+        compile_model(CompileOptions(model=path, out_dir=tmp_path / "bundle", targets=()))
+
+
+@pytest.mark.parametrize(
+    ("drop", "add", "key", "value", "message"),
+    [
+        # every layer without a table of its own reads layer 0's: llama.cpp would read a null one
+        ("enc.blk.0.attn_rel_b.weight", None, None, None, r"missing tensor enc.blk.0.attn_rel_b"),
+        # its loader reads no bias or weight scale
+        (None, ["enc.blk.0.attn_q.bias", [128], "F32"], None, None, r"attn_q.bias is not read by llama.cpp"),
+        (None, ["enc.blk.1.ffn_up.scale", [1], "F32"], None, None, r"ffn_up.scale is not read by llama.cpp"),
+        # llama.cpp's bucket formula divides by log(128 / (count / 4)): 512 buckets divide by zero
+        (None, None, "t5encoder.attention.relative_buckets_count", 512, r"relative_buckets_count = 512"),
+        (None, None, "t5encoder.pooling_type", 4, r"rank pooling without a classifier head"),
+    ],
+)
+def test_what_t5encoder_cannot_compute_is_refused(drop, add, key, value, message, tmp_path):
+    desc = archs.load("t5encoder-dense")
+    meta = [[k, t, value if k == key else v] for k, t, v in desc["metadata"]]
+    tensors = [t for t in desc["tensors"] if t[0] != drop] + ([add] if add else [])
+    assert (meta, tensors) != (desc["metadata"], desc["tensors"])
+    path = tmp_path / "edited.gguf"
+    archs.write_model({**desc, "metadata": meta, "tensors": tensors}, path, "t5encoder-edited")
     with pytest.raises(CompileError, match=message):
         compile_model(CompileOptions(model=path, out_dir=tmp_path / "bundle", targets=()))

@@ -636,6 +636,10 @@ def test_swiglu_add_add_bias_gather(kit: Kit):
     # the ungated FFNs' GELU, over both tails (|x| up to ~12)
     got, want = run_both(kit, Op("gelu", ("g",), ("g",)), [np.zeros_like(g)], [3 * g], [], None)
     assert_close(got[0], want[0], 1e-5, 1e-6)
+    # the original T5's ReLU: exact
+    got, want = run_both(kit, Op("relu", ("g",), ("g",)), [np.zeros_like(g)], [g], [], None)
+    assert_close(got[0], want[0], 0, 0)
+    assert (want[0] == 0).mean() > 0.3 and (want[0] > 0).mean() > 0.3
     # apertus's xIELU: both branches, an eps that clips part of the negative side (-0.05) and a real one
     for consts in (
         {"alpha_n": 1.6, "alpha_p": 1.17, "beta": 0.5, "eps": -1e-6},

@@ -713,6 +713,11 @@ def test_alibi_on_each_attention_path(target, gpu_build_cache, tmp_path):
         pytest.param("eurobert-dense", "sm_90", marks=toolchain_marks("sm_90")),
         # jina-bert-v2: ALiBi over the whole input (-slope |key - query|), Q/K LayerNorms, GEGLU, on every sm_90 path
         pytest.param("jina-bert-v2-dense", "sm_90", marks=toolchain_marks("sm_90")),
+        # T5's encoder: unscaled scores plus a position-bias table, Q/K/V narrower than n_embd, on every sm_90 path;
+        # 6 buckets (distances from 12 on clamped into the table) on 64-lane waves; the original T5's ReLU FFN on gfx11
+        pytest.param("t5encoder-dense", "sm_90", marks=toolchain_marks("sm_90")),
+        pytest.param("t5encoder-near", "gfx90a", marks=toolchain_marks("gfx90a")),
+        pytest.param("t5encoder-relu", "gfx1100", marks=toolchain_marks("gfx1100")),
     ],
 )
 def test_encoder_attention_on_each_path(name, target, gpu_build_cache, tmp_path):

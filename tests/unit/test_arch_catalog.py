@@ -30,7 +30,7 @@ class _Named:
         self.path = type("P", (), {"name": "m.gguf"})()
 
 
-@pytest.mark.parametrize("arch", ["deepseek4", "t5encoder", "qwen4exp", "not-an-architecture"])
+@pytest.mark.parametrize("arch", ["deepseek4", "t5", "qwen4exp", "not-an-architecture"])
 def test_a_refusal_names_the_architecture_its_reason_and_the_table(arch):
     with pytest.raises(CompileError) as e:
         recipe_for(_Named(arch))

@@ -1,5 +1,5 @@
 """The lowerings of the activations family (artifacts/ops/activations.py): gemma's final-logit
-soft-capping, the scalar multipliers, apertus's xIELU, the ungated FFNs' GELU, the Q/K/V clamp,
+soft-capping, the scalar multipliers, apertus's xIELU, the ungated FFNs' GELU and ReLU, the Q/K/V clamp,
 mpt's per-channel division. Each is a row-wise
 kernel on both targets.
 
@@ -40,6 +40,11 @@ class CpuLowering:
         return Phase("gelu", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x),
                               "rows": self.rows(x)}, {x}, set(op.outputs))  # fmt: skip
 
+    def _relu(self, op: Op) -> Phase:
+        x = op.inputs[0]
+        return Phase("relu", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "width": self.width(x),
+                              "rows": self.rows(x)}, {x}, set(op.outputs))  # fmt: skip
+
     def _channel_div(self, op: Op) -> Phase:
         x = op.inputs[0]
         return Phase("channel_div", {"x": self.buf(x), "out": self.buf(op.outputs[0]), "w": self.vec(op.weights[0]),
@@ -78,6 +83,10 @@ class GpuLowering:
     def _gelu(self, op: Op) -> KernelSpec:
         width = self._width(op.inputs[0])
         return self._rowwise(op, "gpu_gelu.hip.j2", f"rfc_gelu_{width}", width)
+
+    def _relu(self, op: Op) -> KernelSpec:
+        width = self._width(op.inputs[0])
+        return self._rowwise(op, "gpu_relu.hip.j2", f"rfc_relu_{width}", width)
 
     def _channel_div(self, op: Op) -> KernelSpec:
         self._f32_vector(op, op.weights[0])

@@ -199,6 +199,7 @@ class CpuOpDevice(InterpretedDevice):
                     "rfc_xielu": [_P, _P, c_size_t, c_float, c_float, c_float, c_float],
                     "rfc_gelu": [_P, _P, c_size_t], "rfc_channel_div": [_P, _P, _P, c_int, c_int],
                     "rfc_clamp": [_P, _P, c_size_t, c_float], "rfc_sigmoid": [_P, _P, c_size_t],
+                    "rfc_relu": [_P, _P, c_size_t],
                     "rfc_mulglu": [_P, _P, _P, c_size_t],
                     "rfc_swiglu_oai": [_P, _P, _P, c_size_t], "rfc_swiglu_clamp": [_P, _P, _P, c_size_t],
                     "rfc_moe_add_bias": [_P, _P, _P, c_int, c_int, c_int, _P],
@@ -627,6 +628,9 @@ _P]}  # fmt: skip
         return fn, (*(x.ptr for x in ins), outs[0].ptr, outs[1].ptr, batch.positions.ptr, batch.seq_start.ptr,
                     batch.num_seqs, op.attrs["n_heads"], op.attrs["head_dim"], *(w.ptr for w in weights),
                     states.ctypes.data)  # fmt: skip
+
+    def _op_relu(self, op, outs, ins, weights, batch):
+        return self._arch_kernel("rfc_relu", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size)
 
     def _op_gelu(self, op, outs, ins, weights, batch):
         return self._arch_kernel("rfc_gelu", op), (ins[0].ptr, outs[0].ptr, ins[0].array.size)
