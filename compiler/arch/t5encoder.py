@@ -68,11 +68,8 @@ def bucket_reach(n_buckets: int) -> int:
 
 def position_bias(b: ModelBuilder, i: int, n_heads: int, n_buckets: int, reach: int) -> str:
     """Layer i's table [(2 reach + 1) x n_heads]: row d + reach holds each head's bias for distance d,
-    from the layer's attn_rel_b [n_buckets, n_heads] (else layer 0's), made at compile time."""
-    p = f"enc.blk.{i}.attn_rel_b.weight"
-    if not b.has(p):
-        return position_bias(b, 0, n_heads, n_buckets, reach)
-    rel = b.small_values(p, (n_buckets, n_heads))
+    from its attn_rel_b [n_buckets, n_heads], made at compile time."""
+    rel = b.small_values(f"enc.blk.{i}.attn_rel_b.weight", (n_buckets, n_heads))
     rows = rel[[bucket(d, n_buckets) for d in range(-reach, reach + 1)]].reshape(-1)
     runs: list[tuple[float, int]] = []
     for value in rows.tolist():  # runs of equal values (the saturated distances repeat their bucket's row)
@@ -105,6 +102,7 @@ def build(model: GGUFModel) -> ModelSpec:
     b.buffer("xr", "R", e)
     b.buffer("hr", "R", e)
     b.op("embed", ("tokens",), ("x",), (b.tensor("token_embd.weight", "token_embd", (sizes.vocab_size, e)),))
+    tables: dict[int, str] = {}  # each position-bias table by the layer whose attn_rel_b it holds
     for i in range(sizes.n_layers):
         p = f"enc.blk.{i}."
         b.op("rmsnorm", ("x",), ("h",), (b.tensor(p + "attn_norm.weight", "attn_norm", (e,)),), eps=eps)
@@ -112,8 +110,10 @@ def build(model: GGUFModel) -> ModelSpec:
                                 ("v", "attn_v", sizes.kv_width)):  # fmt: skip
             b.op("matmul", ("h",), (buf,), (b.tensor(p + name + ".weight", name, (rows, e)),))
         b.op("kv_write", ("k", "v"), (), layer=i)
-        table = position_bias(b, i, nh, n_buckets, reach)
-        b.op("attention", ("q",), ("att",), (table,), layer=i, n_heads=nh, n_kv_heads=sizes.n_kv_heads,
+        own = i if b.has(p + "attn_rel_b.weight") else 0  # a layer without a table reads layer 0's
+        if own not in tables:
+            tables[own] = position_bias(b, own, nh, n_buckets, reach)
+        b.op("attention", ("q",), ("att",), (tables[own],), layer=i, n_heads=nh, n_kv_heads=sizes.n_kv_heads,
              head_dim=sizes.head_dim, scale=1.0, causal=False, pos_bias=reach)  # fmt: skip
         b.op("matmul", ("att",), ("h",), (b.tensor(p + "attn_o.weight", "attn_output", (e, sizes.q_width)),))
         b.op("add", ("x", "h"), ("x",))
