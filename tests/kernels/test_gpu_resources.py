@@ -310,6 +310,71 @@ def test_attention_at_real_model_sizes_uses_no_local_memory(target):
     _check("real model sizes", target, usage)
 
 
+# Encoders' attention at their real sizes (non-causal: every key of the sequence): (query heads, head_dim,
+# extra attributes), the context. T5-XXL's encoder (Flux's, SD3's text encoder; UMT5-XXL's alike) adds its
+# position-bias table (32 buckets: reach 91); BERT-large's plain.
+REAL_ENCODERS = {
+    "t5-xxl": (64, 64, {"pos_bias": 91}, 512),
+    "bert-large": (16, 64, {}, 512),
+}
+
+
+@pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx1100", "gfx90a")])
+def test_encoder_attention_at_real_model_sizes_uses_no_local_memory(target):
+    """REAL_ENCODERS' attention kernels (the per-op one and, on sm_90, the prefill list's tensor-core
+    one) in one source per target: no stack frame, no spills."""
+    from rfc.artifacts.layout import TensorEntry, WeightLayout
+    from rfc.artifacts.plan import Buffer, KVSpec, Op, Plan
+    from rfc.compiler.codegen.gpu import TOOLCHAINS, _compile, render_source
+    from rfc.compiler.codegen.gpu_plan import plan_kernels
+    from rfc.compiler.targets import parse_target
+
+    t = parse_target(target)
+    specs = {}
+    for name, (heads, head_dim, extra, context) in REAL_ENCODERS.items():
+        width = heads * head_dim
+        weights = ()
+        if "pos_bias" in extra:
+            size = (2 * extra["pos_bias"] + 1) * heads
+            weights = (TensorEntry(f"{name}.pb", "attn_pos_bias", "F32", (size,), 0, 4 * size, ""),)
+        plan = Plan(
+            buffers=tuple(Buffer(b, ("T", width)) for b in "qkvo"),
+            ops=(
+                Op("kv_write", ("k", "v"), (), (), {"layer": 0}),
+                Op(
+                    "attention",
+                    ("q",),
+                    ("o",),
+                    tuple(w.name for w in weights),
+                    {
+                        "layer": 0,
+                        "n_heads": heads,
+                        "n_kv_heads": heads,
+                        "head_dim": head_dim,
+                        "scale": 1.0,
+                        "causal": False,
+                        **extra,
+                    },
+                ),  # fmt: skip
+            ),
+            kv=KVSpec(1, heads, head_dim),
+            input_tokens="tokens",
+            output_logits="",
+            output_hidden="o",
+            vocab_size=32000,
+            n_embd=width,
+            context_length=context,
+        )
+        specs |= {spec.name: spec for spec in plan_kernels(t, plan, WeightLayout(256, weights))[0]}
+    assert "rfc_attention_f16_64x64x64_bidir_pb91" in specs and (
+        t.family != "cuda" or any(n.endswith("_pb91_mma") for n in specs)
+    )
+    binary = _compile(TOOLCHAINS[t.family], t, render_source(t, list(specs.values())))
+    usage = cubin_usage(binary) if t.family == "cuda" else hip_usage(binary, target)
+    assert {n for n in specs if n.startswith("rfc_attention_")} <= {n for n, u in usage.items() if u.is_hot}
+    _check("encoders' real sizes", target, usage)
+
+
 @pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in ("sm_90", "gfx1100", "gfx90a")])
 def test_rwkv_kernels_at_real_model_sizes_use_no_local_memory(target):
     """RWKV's kernels at RWKV-7 World 2.9B's sizes (2560 channels, 40 heads of 64) and QRWKV6's K/V of 8 heads,
