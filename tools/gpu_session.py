@@ -41,7 +41,11 @@ is left of `--budget` seconds:
    attention at a 512-token prompt), and `--tool racecheck` over the dense fixture's checks
    (shared-memory hazards: the batch twins' double-buffered copies); a phase fails on any error
    the tool reports;
-8. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
+8. the encoders' files of tests/data/llama-archs (ENCODER_ARCHS: BERT's family, jina-bert-v2/v3,
+   ModernBERT, EmbeddingGemma, EuroBERT, NeoBERT, llama-embed, T5's encoder) built for the card and
+   run there, each file's hidden states against llama.cpp's (`tools/fixtures/llama_archs.py
+   --devices cuda@sm_XY`), a fifth of what is left at most;
+9. `tools/gpu_check.py` on the fixtures (llama's formats first, then one file per architecture)
    until the budget runs out.
 Every phase's output lands in `--logs` as it is written. Exit status: the checks' (1 when one
 failed), or 3 when llama-bench could not run.
@@ -104,6 +108,11 @@ SANITIZE_SHARE = 0.5  # of the time left before the fixtures' checks, what --san
 # racecheck's model (shared-memory hazards between a block's threads): its checks run every list, the
 # batch twins' double-buffered token copies (gpu_bmma.STAGE_TOKENS) among them
 RACECHECK_FIXTURE = "llama-Q4_K_M"
+# The encoders' files of tests/data/llama-archs (llama.cpp's hidden states recorded), built for the card and
+# run there before the fixtures' checks: gpu_check.py's fixtures are decoders, and the emulator is not the card
+ENCODER_ARCHS = ("bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert",
+                 "gemma-embedding", "eurobert", "neo-bert", "llama-embed", "t5encoder")  # fmt: skip
+ENCODER_SHARE = 0.2  # of the time left before the fixtures' checks, what the encoders may take
 # After the table, llama-server's build (started once llama-bench's is done) may take up to
 # SERVER_BUILD_WAIT more seconds, while SERVER_BUILD_RESERVE of the budget stays for the serving
 # phase and what follows; a build stopped there is resumed by a follow-up call (--follow-up).
@@ -581,6 +590,16 @@ def sanitize_commands(fixtures: Path, bench_bundle: Path | None, gpu_check: list
     return cmds
 
 
+def encoder_command(target: str, logs: Path, seconds: float) -> list[str]:
+    """tools/fixtures/llama_archs.py over ENCODER_ARCHS' files on the card: built for `target`, run on its
+    device (cuda or hip), each file's hidden states against llama.cpp's; no file started after `seconds`,
+    exit 1 unless every one run matched."""
+    device = ("cuda" if target.startswith("sm_") else "hip") + "@" + target
+    cmd = [sys.executable, str(ROOT / "tools" / "fixtures" / "llama_archs.py"), "--devices", device, "--strict"]
+    cmd += ["--time-limit", str(max(seconds, 1)), "--json", str(logs / "encoders.json")]
+    return cmd + [a for arch in ENCODER_ARCHS for a in ("--arch", arch)]
+
+
 def fixture_order(fixtures: list[Path]) -> list[Path]:
     """llama's weight formats and the archs seen on a card before first, then one file per
     architecture (Q8_0 where there is one), then the rest."""
@@ -825,6 +844,9 @@ def _extra_phases(
         for name, cmd in cmds:
             log = logs / (f"{name}.log" if name == "racecheck" else f"memcheck-{name}.log")
             status = _checked_run(cmd, env, log, share / len(cmds)) or status
+    left = _phase("rfc: the encoders' llama.cpp files on the card", deadline)
+    share = max(left * ENCODER_SHARE, 1)
+    status = _checked_run(encoder_command(target, logs, share - 30), env, logs / "encoders.log", share) or status
     left = _phase("rfc: the fixtures' checks on the card", deadline)
     ordered = fixture_order(sorted(fixtures.glob("tiny-*.gguf")))
     if follow_up:

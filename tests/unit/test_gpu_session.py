@@ -258,3 +258,17 @@ def test_a_follow_up_finds_the_first_calls_llama_build(tmp_path):
         (build / "bench.done").touch()
         os.utime(build / "bench.done", (1000 + i, 1000 + i))
     assert gpu_session.previous_llama_build(tmp_path) == new
+
+
+def test_the_encoder_phase_runs_every_encoders_llama_cpp_files_on_the_card(tmp_path):
+    """Every architecture whose tests/data/llama-archs files are encoders (hidden states recorded) is
+    in ENCODER_ARCHS, and the phase's command builds them for the card and runs them on its device."""
+    from tests.e2e.test_llama_archs import archs as llama_archs
+
+    encoders = {llama_archs.arch_of(d) for d in map(llama_archs.load, llama_archs.names()) if d.get("encoder")}
+    assert set(gpu_session.ENCODER_ARCHS) == encoders
+    cmd = gpu_session.encoder_command("sm_90", tmp_path, 100.0)
+    assert Path(cmd[1]).name == "llama_archs.py" and cmd[2:5] == ["--devices", "cuda@sm_90", "--strict"]
+    assert cmd[cmd.index("--time-limit") + 1] == "100.0"
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--arch"] == list(gpu_session.ENCODER_ARCHS)
+    assert gpu_session.encoder_command("gfx90a", tmp_path, 0)[3] == "hip@gfx90a"
