@@ -71,9 +71,35 @@ def replicas(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def router(replicas, tmp_path_factory):
+    """vllm-router in front of the replicas. It binds the ports it is given (no port 0): should another
+    process take one first, the router exits on the bind and starts again on others (up to 3 times)."""
     servers, _ = replicas
-    port = free_port()
     log_path = tmp_path_factory.mktemp("router-log") / "router.log"
+    for _attempt in range(3):
+        proc, url = _start_router(servers, log_path)
+        if _router_answers(proc, url):
+            break
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if "already in use" not in log_path.read_text(errors="replace"):
+            break
+    else:
+        raise AssertionError("the router did not answer:\n" + log_path.read_text(errors="replace"))
+    assert proc.poll() is None, "the router did not answer:\n" + log_path.read_text(errors="replace")
+    try:
+        yield url
+    finally:
+        proc.terminate()  # stopped by its own PID
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _start_router(servers, log_path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [
@@ -93,26 +119,20 @@ def router(replicas, tmp_path_factory):
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text(errors="replace")
-            try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "the router did not answer:\n" + log_path.read_text(errors="replace")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()  # stopped by its own PID
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _router_answers(proc: subprocess.Popen, url: str) -> bool:
+    """Whether the router answers /health within 60 s (False once its process has ended)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 def complete(url: str, prefix: int, n: int, max_tokens: int = 4) -> tuple[int, int, str | None]:
