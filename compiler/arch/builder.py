@@ -13,8 +13,6 @@ tensor the recipe does not know may change the math (a bias, a weight scale): co
 it would give wrong logits without a word.
 """
 
-import math
-import struct
 from math import prod
 
 import numpy as np
@@ -93,36 +91,28 @@ class ModelBuilder:
 
     def scalars(self, name: str, n: int) -> tuple[float, ...]:
         """The n values of an F32 tensor [n] (hy_v4's hyper-connection scales, [2]), read now for
-        op attributes; each finite and at most MAX_SCALAR in magnitude (scalar's rule)."""
+        op attributes; each finite and at most MAX_SCALAR in magnitude (small_values' rule)."""
         t = self.model.tensors.get(name)
         if t is None:
             raise CompileError(f"{self.path}: missing tensor {name}")
         if t.shape != (n,) or t.format != "F32":
             what = "one F32 value" if n == 1 else f"{n} F32 values"
             raise CompileError(f"{self.path}: {name} is {t.format} {list(t.shape)}, not {what}")
-        with open(self.model.path, "rb") as f:
-            f.seek(t.offset)
-            raw = f.read(4 * n)
-        if len(raw) != 4 * n:
-            raise CompileError(f"{self.path}: {name} lies past the end of the file")
-        values = struct.unpack(f"<{n}f", raw)
-        for value in values:
-            if not math.isfinite(value) or abs(value) > MAX_SCALAR:
-                raise CompileError(
-                    f"{self.path}: {name} = {value} is not a finite number in [-{MAX_SCALAR:g}, {MAX_SCALAR:g}]"
-                )
-        self._read.add(name)
-        return values
+        return tuple(self._values(t).tolist())
 
     def small_values(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """The values of a small GGUF tensor of `shape` stored one element per block (F32, F16, BF16;
-        at most MAX_SMALL_VALUES of them), read now as float32 (exact) for a weight the recipe computes
-        from them at compile time (T5's position-bias table); each finite and at most MAX_SCALAR in
-        magnitude (scalar's rule)."""
-        t = self.source(name, shape)
-        n = prod(shape)
-        if t.format not in SMALL_DTYPES or n > MAX_SMALL_VALUES:
+        at most MAX_SMALL_VALUES of them), read now as float32 (exact) for op attributes (scalars) or a
+        weight the recipe computes from them at compile time (T5's position-bias table); each finite
+        and at most MAX_SCALAR in magnitude, like any number of a plan."""
+        t = self.source(name, shape)  # a source of the plan's weights (the manifest counts its parameters)
+        if t.format not in SMALL_DTYPES or prod(shape) > MAX_SMALL_VALUES:
             raise CompileError(f"{self.path}: {name} is {t.format} {list(t.shape)}, not a small F32, F16 or BF16 table")
+        return self._values(t).reshape(shape)
+
+    def _values(self, t: SourceTensor) -> np.ndarray:
+        """Tensor t's values (SMALL_DTYPES), bounded as small_values says; t counts as read."""
+        n, name = prod(t.shape), t.name
         with open(self.model.path, "rb") as f:
             f.seek(t.offset)
             raw = f.read(2 * n if t.format != "F32" else 4 * n)
@@ -134,10 +124,10 @@ class ModelBuilder:
             values = np.frombuffer(raw, SMALL_DTYPES[t.format]).astype(np.float32)
         bad = ~np.isfinite(values) | (np.abs(values) > MAX_SCALAR)
         if bad.any():
-            raise CompileError(f"{self.path}: {name} holds {values[bad][0]}, not a finite number in "
+            raise CompileError(f"{self.path}: {name} = {values[bad][0]} is not a finite number in "
                                f"[-{MAX_SCALAR:g}, {MAX_SCALAR:g}]")  # fmt: skip
         self._read.add(name)
-        return values.reshape(shape)
+        return values
 
     def unused(self, name: str, why: str) -> None:
         """Declares a tensor of the file known and not needed by the plan (llama.cpp loads it
