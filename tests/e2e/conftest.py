@@ -31,6 +31,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+BIND_ATTEMPTS = 3  # starts of a program given ports from free_port(), should another process take them first
+
+
+def start_on_free_ports(start, answers, log, what: str) -> subprocess.Popen:
+    """A program that binds the ports it is given (no port 0: docker-registry, vllm-router), up:
+    start() launches it on ports from free_port(); answers(proc) waits for it to answer (False once
+    it has ended); log() its output. Should another process take a port first, the program exits
+    saying so ("address already in use") and starts again, BIND_ATTEMPTS times at most; one up but
+    silent is stopped. Raises with the log when it never answers."""
+    for _attempt in range(BIND_ATTEMPTS):
+        proc = start()
+        if answers(proc):
+            return proc
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if "already in use" not in log().lower():
+            break
+    raise AssertionError(f"{what} did not answer:\n" + log())
+
+
+def answers_within(proc: subprocess.Popen, url: str, statuses: tuple[int, ...], seconds: float) -> bool:
+    """Whether GET url answers one of `statuses` within `seconds` while proc runs."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if requests.get(url, timeout=1).status_code in statuses:
+                return True
+        except requests.RequestException:  # not up yet, or another process's socket that says nothing
+            pass
+        time.sleep(0.05)
+    return False
+
+
 class ServerProcess:
     """`rfc serve BUNDLE` as a user starts it; `url` once the port accepts connections."""
 

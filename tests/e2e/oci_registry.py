@@ -6,27 +6,25 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-import requests
 
 from tests.conftest import rfc
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import answers_within, free_port, start_on_free_ports
 
 REGISTRY = shutil.which("docker-registry")
-BIND_ATTEMPTS = 3  # ports tried when another process takes the one picked before the registry binds it
 
 
 class Registry:
     """docker-registry serving a fresh storage directory on 127.0.0.1:PORT, its access log kept."""
 
     def __init__(self, root: Path, htpasswd: Path | None = None):
-        """The port is picked here and handed to the registry's config (it binds no port 0): should
-        another process take it first, the registry exits on the bind and starts again on another."""
+        """The port is picked here and handed to the registry's config (it binds no port 0)."""
         self.storage = root / "storage"
         self.log_path = root / "registry.log"
-        for _attempt in range(BIND_ATTEMPTS):
+        self._log = None
+
+        def start() -> subprocess.Popen:
             self.port = free_port()
             self.host = f"127.0.0.1:{self.port}"
             config = root / "config.yml"
@@ -36,29 +34,15 @@ class Registry:
                 f"http:\n  addr: {self.host}\n"
                 + (f"auth:\n  htpasswd:\n    realm: rfc-test\n    path: {htpasswd}\n" if htpasswd else "")
             )
+            if self._log is not None:
+                self._log.close()
             self._log = open(self.log_path, "wb")
-            self.proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=self._log, stderr=subprocess.STDOUT)
-            if self._answers():
-                return
-            if self.proc.poll() is None:  # up but silent: no other port would help
-                self.proc.kill()
-                self.proc.wait()
-            if "address already in use" not in self.log():
-                break
-            self._log.close()
-        raise AssertionError("docker-registry did not answer:\n" + self.log())
+            return subprocess.Popen([REGISTRY, "serve", str(config)], stdout=self._log, stderr=subprocess.STDOUT)
 
-    def _answers(self) -> bool:
-        """Whether the registry answers /v2/ within 30 s (False once its process has ended)."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if requests.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
-                    return True
-            except requests.RequestException:  # not up yet, or another process's socket that says nothing
-                pass
-            time.sleep(0.05)
-        return False
+        def answers(proc: subprocess.Popen) -> bool:
+            return answers_within(proc, f"http://{self.host}/v2/", (200, 401), 30)
+
+        self.proc = start_on_free_ports(start, answers, self.log, "docker-registry")
 
     def log(self) -> str:
         self._log.flush()

@@ -297,3 +297,24 @@ def test_credentials_come_from_the_docker_config(tmp_path, bundles):
         assert files_of(tmp_path / "out") == files_of(bundles["a"])
     finally:
         reg.stop()
+
+
+def test_the_registry_starts_again_when_its_port_was_taken(tmp_path, monkeypatch):
+    """docker-registry binds the port it is given: another process holding the first one picked makes
+    it exit on the bind, and the fixture starts it again on another port."""
+    import socket
+
+    import tests.e2e.oci_registry as oci
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        ports = iter([taken])
+        monkeypatch.setattr(oci, "free_port", lambda: next(ports, None) or free_port())
+        registry = oci.Registry(tmp_path)
+        try:
+            assert registry.port != taken
+            assert requests.get(f"http://{registry.host}/v2/", timeout=5).status_code == 200
+        finally:
+            registry.stop()

@@ -17,14 +17,13 @@ import random
 import re
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from tests.conftest import DEMO_MODEL, rfc
-from tests.e2e.conftest import ServerProcess, free_port
+from tests.e2e.conftest import ServerProcess, answers_within, free_port, start_on_free_ports
 
 # sglang-router's own command, run by this interpreter (its script may not be on PATH in a venv)
 ROUTER = [sys.executable, "-c", "import sys; from sglang_router.cli import main; sys.exit(main())"]
@@ -75,18 +74,20 @@ def router(replicas, tmp_path_factory):
     process take one first, the router exits on the bind and starts again on others (up to 3 times)."""
     servers, _ = replicas
     log_path = tmp_path_factory.mktemp("router-log") / "router.log"
-    for _attempt in range(3):
+    urls = []
+
+    def start() -> subprocess.Popen:
         proc, url = _start_router(servers, log_path)
-        if _router_answers(proc, url):
-            break
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if "already in use" not in log_path.read_text(errors="replace"):
-            break
-    else:
-        raise AssertionError("the router did not answer:\n" + log_path.read_text(errors="replace"))
-    assert proc.poll() is None, "the router did not answer:\n" + log_path.read_text(errors="replace")
+        urls.append(url)
+        return proc
+
+    proc = start_on_free_ports(
+        start,
+        lambda p: answers_within(p, urls[-1] + "/health", (200,), 60),
+        lambda: log_path.read_text(errors="replace"),
+        "the router",
+    )
+    url = urls[-1]
     try:
         yield url
     finally:
@@ -120,19 +121,6 @@ def _start_router(servers, log_path) -> tuple[subprocess.Popen, str]:
             stderr=subprocess.STDOUT,
         )
     return proc, f"http://127.0.0.1:{port}"
-
-
-def _router_answers(proc: subprocess.Popen, url: str) -> bool:
-    """Whether the router answers /health within 60 s (False once its process has ended)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return True
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    return False
 
 
 def complete(url: str, prefix: int, n: int, max_tokens: int = 4) -> tuple[int, int, str | None]:
