@@ -120,3 +120,55 @@ def test_the_op_refuses_what_its_kernels_do_not_compute(attrs, message):
 
     with pytest.raises(BundleError, match=message):
         validate_plan(_plan(**attrs))
+
+
+def _file(tmp_path, tensors):
+    """A GGUF holding `tensors` (name -> array, or (raw uint16 array, its GGML type)) and nothing else."""
+    from gguf import GGUFWriter
+
+    path = tmp_path / "values.gguf"
+    w = GGUFWriter(str(path), "t5encoder")
+    for name, value in tensors.items():
+        if isinstance(value, tuple):
+            w.add_tensor(name, value[0], raw_dtype=value[1])
+        else:
+            w.add_tensor(name, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_small_values_reads_f32_f16_and_bf16_exactly(tmp_path):
+    from gguf import GGMLQuantizationType
+
+    from rfc.compiler.arch.builder import ModelBuilder
+    from rfc.compiler.gguf_reader import read_gguf
+
+    want = np.array([[0.5, -1.25, 3.0], [7.75, -0.0625, 100.0]], np.float32)  # exact in all three
+    bf16 = (want.view(np.uint32) >> 16).astype(np.uint16)
+    path = _file(tmp_path, {"a": want, "b": want.astype(np.float16), "c": (bf16, GGMLQuantizationType.BF16)})
+    b = ModelBuilder(read_gguf(path))
+    for name in "abc":
+        got = b.small_values(name, (2, 3))
+        assert got.dtype == np.float32 and np.array_equal(got, want), name
+    assert b.unaccounted() == []  # each one read counts as consumed
+
+
+@pytest.mark.parametrize(
+    ("value", "shape", "message"),
+    [
+        (np.array([1.0, np.inf], np.float32), (2,), r"a = inf is not a finite number"),
+        (np.array([2e6, 1.0], np.float32), (2,), r"a = 2000000.0 is not a finite number"),
+        (np.array([1.0, 2.0], np.float32), (3,), r"shape mismatch for a"),
+    ],
+)
+def test_small_values_refuses_what_no_plan_may_hold(tmp_path, value, shape, message):
+    from rfc.compiler.arch.builder import ModelBuilder
+    from rfc.compiler.errors import CompileError
+    from rfc.compiler.gguf_reader import read_gguf
+
+    b = ModelBuilder(read_gguf(_file(tmp_path, {"a": value})))
+    with pytest.raises(CompileError, match=message):
+        b.small_values("a", shape)
