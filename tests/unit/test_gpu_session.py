@@ -272,3 +272,13 @@ def test_the_encoder_phase_runs_every_encoders_llama_cpp_files_on_the_card(tmp_p
     assert cmd[cmd.index("--time-limit") + 1] == "100.0"
     assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--arch"] == list(gpu_session.ENCODER_ARCHS)
     assert gpu_session.encoder_command("gfx90a", tmp_path, 0)[3] == "hip@gfx90a"
+
+
+def test_the_encoder_phase_fails_unless_every_file_matches():
+    """llama_archs.py --strict, the phase's exit status: 0 when every file run matches llama.cpp on the
+    devices asked for, 1 when one does not run there (here a device that does not exist)."""
+    tool = [sys.executable, str(ROOT / "tools" / "fixtures" / "llama_archs.py"), "--arch", "t5encoder", "--strict"]
+    ok = subprocess.run([*tool, "--devices", "ref"], capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0 and ok.stdout.count("| match |") == 6, ok.stdout + ok.stderr  # rows, then the table
+    bad = subprocess.run([*tool, "--devices", "nowhere@ref"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1 and "| match |" not in bad.stdout, bad.stdout + bad.stderr
