@@ -40,6 +40,9 @@ class CompileOptions:
     chat_template: Path | None = None
     # SOURCE_DATE_EPOCH of the build, read by the CLI: recorded in the provenance, nothing else.
     source_date_epoch: int | None = None
+    # The cpu library also exports each op's kernel alone, for the kernel tests' op-by-op device
+    # (tests/kernels/kit/cpu.py); a bundle's library exports what the runtime calls, nothing else.
+    op_exports: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         progress.finish()
         writer.write_bytes(LAYOUT_FILE, pack_layout(layout))
         cache = BuildCache(options.cache_dir) if options.cache_dir is not None else None
-        target_entries = [_build_target(t, spec, weights, layout, writer, cache) for t in targets]
+        target_entries = [_build_target(t, spec, weights, layout, writer, cache, options.op_exports) for t in targets]
         body = {
             "source": {"file": model.path.name, "sha256": sha256_file(model.path), "size": model.size},
             "model": _model_section(model, spec),
@@ -133,10 +136,16 @@ def _chat_template(options: CompileOptions, model: GGUFModel) -> str | None:
 
 
 def _build_target(
-    target: Target, spec: ModelSpec, weights: WeightPlan, layout, writer: BundleWriter, cache: BuildCache | None
+    target: Target,
+    spec: ModelSpec,
+    weights: WeightPlan,
+    layout,
+    writer: BundleWriter,
+    cache: BuildCache | None,
+    op_exports: bool,
 ) -> dict[str, Any]:
     entry = build_target(
-        CodegenInput(target, spec.hparams, spec.plan, layout, writer, cache, weights.weight_maps[target])
+        CodegenInput(target, spec.hparams, spec.plan, layout, writer, cache, weights.weight_maps[target], op_exports)
     )
     return {"name": target.name, "family": target.family.value, "wave_size": target.wave_size, **entry}
 

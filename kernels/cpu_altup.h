@@ -6,7 +6,7 @@
  * functions are not inlined: a gemma3n step calls them at five places in each of its layers, and
  * one copy of each keeps the single step function, which the compiler optimizes whole, smaller.
  *
- * Requires the prelude's RFC_EXPORT. */
+ * Requires the prelude's RFC_OP_EXPORT. */
 #ifndef RFC_CPU_ALTUP_H
 #define RFC_CPU_ALTUP_H
 
@@ -91,37 +91,37 @@ static __attribute__((noinline)) void rfc_gaussian_topk_row(const float *x, floa
     for (int i = 0; i < width; i++) out[i] = x[i] - cutoff > 0.0f ? x[i] - cutoff : 0.0f;
 }
 
-RFC_EXPORT void rfc_altup_stack(int T, const float *x, const float *y, float *out, const float *w, int n, int e) {
+RFC_OP_EXPORT void rfc_altup_stack(int T, const float *x, const float *y, float *out, const float *w, int n, int e) {
     for (int t = 0; t < T; t++)
         rfc_altup_stack_row(x + (size_t)t * e, y + (size_t)t * (n - 1) * e, out + (size_t)t * n * e, w, n, e);
 }
 
-RFC_EXPORT void rfc_altup_predict(int T, const float *hs, const float *coefs, float *pred, float *act, const float *w, int n, int e,
+RFC_OP_EXPORT void rfc_altup_predict(int T, const float *hs, const float *coefs, float *pred, float *act, const float *w, int n, int e,
                                   int active) {
     for (int t = 0; t < T; t++)
         rfc_altup_predict_row(hs + (size_t)t * n * e, coefs + (size_t)t * n * n, pred + (size_t)t * n * e, act + (size_t)t * e, w, n,
                               e, active);
 }
 
-RFC_EXPORT void rfc_altup_correct(int T, const float *pred, const float *x, const float *coefs, float *out, float *gate,
+RFC_OP_EXPORT void rfc_altup_correct(int T, const float *pred, const float *x, const float *coefs, float *out, float *gate,
                                   const float *scale, int n, int e, int active) {
     for (int t = 0; t < T; t++)
         rfc_altup_correct_row(pred + (size_t)t * n * e, x + (size_t)t * e, coefs + (size_t)t * n, out + (size_t)t * n * e,
                               gate + (size_t)t * e, scale, n, e, active);
 }
 
-RFC_EXPORT void rfc_altup_add(int T, const float *hs, const float *x, float *out, float *sub, const float *w, int n, int e, int first,
+RFC_OP_EXPORT void rfc_altup_add(int T, const float *hs, const float *x, float *out, float *sub, const float *w, int n, int e, int first,
                               int m) {
     for (int t = 0; t < T; t++)
         rfc_altup_add_row(hs + (size_t)t * n * e, x + (size_t)t * e, out + (size_t)t * n * e, sub + (size_t)t * m * e, w, n, e, first, m);
 }
 
-RFC_EXPORT void rfc_altup_merge(int T, const float *hs, const float *u, float *out, const float *w, int n, int e, int active) {
+RFC_OP_EXPORT void rfc_altup_merge(int T, const float *hs, const float *u, float *out, const float *w, int n, int e, int active) {
     for (int t = 0; t < T; t++)
         rfc_altup_merge_row(hs + (size_t)t * n * e, u + (size_t)t * (n - 1) * e, out + (size_t)t * e, w, n, e, active);
 }
 
-RFC_EXPORT void rfc_gaussian_topk(int T, const float *x, float *out, const float *w, int width, float std_mul) {
+RFC_OP_EXPORT void rfc_gaussian_topk(int T, const float *x, float *out, const float *w, int width, float std_mul) {
     for (int t = 0; t < T; t++) rfc_gaussian_topk_row(x + (size_t)t * width, out + (size_t)t * width, w, width, std_mul);
 }
 

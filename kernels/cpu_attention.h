@@ -284,7 +284,7 @@ static inline void rfc_kv_write_token(const float *k, const float *v, rfc_kv c, 
 }
 
 /* the per-op export (kernel tests): F16 caches of one layer, blocks of block_size slots */
-RFC_EXPORT void rfc_kv_write(const float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
+RFC_OP_EXPORT void rfc_kv_write(const float *k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
         const int32_t *slots, int T, int block_size) {
     const rfc_kv c = rfc_kv_layer(k_cache, v_cache, RFC_KV_F16, RFC_KV_F16, 0, block_size, 0);
 #pragma omp parallel for schedule(static) if (T >= 64)

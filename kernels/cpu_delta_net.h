@@ -5,7 +5,7 @@
  * slot (it then starts from zeros and its end state is not kept); `fresh` (the chunk starts at
  * position 0) starts from zeros whatever the slot held.
  *
- * Requires cpu_simd.h, the prelude's RFC_EXPORT, and RFC_MAX_CONV_KERNEL and RFC_MAX_DELTA_STATE
+ * Requires cpu_simd.h, the prelude's RFC_OP_EXPORT, and RFC_MAX_CONV_KERNEL and RFC_MAX_DELTA_STATE
  * (bounds of artifacts/limits.py that templates/cpu_arch_ops.c.j2 defines). */
 #ifndef RFC_CPU_DELTA_NET_H
 #define RFC_CPU_DELTA_NET_H
@@ -120,7 +120,7 @@ static void rfc_gdn_team(const float *qkv, const float *alpha, const float *beta
 
 /* The ops on their own (tests/kernels/test_cpu_delta_net.py): `states[s]` is sequence s's
  * state tensor (NULL: none), as the step program passes them. */
-RFC_EXPORT void rfc_ssm_conv(const float *x, float *out, const int32_t *positions, const int32_t *seq_start, int S, int C,
+RFC_OP_EXPORT void rfc_ssm_conv(const float *x, float *out, const int32_t *positions, const int32_t *seq_start, int S, int C,
                              const float *w, int K, float *const *states) {
     for (int s = 0; s < S; s++) {
         const int lo = seq_start[s];
@@ -130,7 +130,7 @@ RFC_EXPORT void rfc_ssm_conv(const float *x, float *out, const int32_t *position
 }
 
 /* ssm_conv with its bias (Mamba2's conv1d bias) */
-RFC_EXPORT void rfc_ssm_conv_bias(const float *x, float *out, const int32_t *positions, const int32_t *seq_start, int S,
+RFC_OP_EXPORT void rfc_ssm_conv_bias(const float *x, float *out, const int32_t *positions, const int32_t *seq_start, int S,
                                   int C, const float *w, int K, const float *bias, float *const *states) {
     for (int s = 0; s < S; s++) {
         const int lo = seq_start[s];
@@ -139,7 +139,7 @@ RFC_EXPORT void rfc_ssm_conv_bias(const float *x, float *out, const int32_t *pos
     }
 }
 
-RFC_EXPORT void rfc_gated_delta_net(const float *qkv, const float *alpha, const float *beta, float *out,
+RFC_OP_EXPORT void rfc_gated_delta_net(const float *qkv, const float *alpha, const float *beta, float *out,
                                     const int32_t *positions, const int32_t *seq_start, int S, int hk, int hv, int s_dim,
                                     const float *a, const float *dt, float eps, float *const *states) {
     int counter = 0;

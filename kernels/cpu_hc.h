@@ -184,42 +184,42 @@ static void rfc_put_cols_row(const float *x, float *out, const float *w, int wid
 #endif
 
 /* the same over T rows (the kernel tests) */
-RFC_EXPORT void rfc_hc_gates(int T, const float *mixes, float *gates, const float *base, int n, int m, float scale_pre,
+RFC_OP_EXPORT void rfc_hc_gates(int T, const float *mixes, float *gates, const float *base, int n, int m, float scale_pre,
                              float scale_post, float magnitude, float eps, int post_eps) {
     for (int t = 0; t < T; t++)
         rfc_hc_gates_row(mixes + (size_t)t * m, gates + (size_t)t * m, base, n, m, scale_pre, scale_post, magnitude, eps,
                          post_eps);
 }
 
-RFC_EXPORT void rfc_hc_reduce(int T, const float *hs, const float *gates, float *out, const float *w, int n, int e, int gw) {
+RFC_OP_EXPORT void rfc_hc_reduce(int T, const float *hs, const float *gates, float *out, const float *w, int n, int e, int gw) {
     for (int t = 0; t < T; t++) rfc_hc_reduce_row(hs + (size_t)t * n * e, gates + (size_t)t * gw, out + (size_t)t * e, w, n, e, gw);
 }
 
-RFC_EXPORT void rfc_hc_comb(int T, const float *mix, float *comb, const float *base, int n, float scale, float eps,
+RFC_OP_EXPORT void rfc_hc_comb(int T, const float *mix, float *comb, const float *base, int n, float scale, float eps,
                             int iters) {
     for (int t = 0; t < T; t++) rfc_hc_comb_row(mix + (size_t)t * n * n, comb + (size_t)t * n * n, base, n, scale, eps, iters);
 }
 
-RFC_EXPORT void rfc_hc_mix_post(int T, const float *y, const float *residual, const float *gates, const float *comb,
+RFC_OP_EXPORT void rfc_hc_mix_post(int T, const float *y, const float *residual, const float *gates, const float *comb,
                                 float *out, const float *w, int n, int e) {
     for (int t = 0; t < T; t++)
         rfc_hc_mix_post_row(y + (size_t)t * e, residual + (size_t)t * n * e, gates + (size_t)t * 2 * n,
                             comb + (size_t)t * n * n, out + (size_t)t * n * e, w, n, e);
 }
 
-RFC_EXPORT void rfc_hc_mean(int T, const float *hs, float *out, const float *w, int n, int e) {
+RFC_OP_EXPORT void rfc_hc_mean(int T, const float *hs, float *out, const float *w, int n, int e) {
     for (int t = 0; t < T; t++) rfc_hc_mean_row(hs + (size_t)t * n * e, out + (size_t)t * e, w, n, e);
 }
 
-RFC_EXPORT void rfc_res_mix(int T, const float *stack, float *out, const float *w, int n, int e, float eps, int stride) {
+RFC_OP_EXPORT void rfc_res_mix(int T, const float *stack, float *out, const float *w, int n, int e, float eps, int stride) {
     for (int t = 0; t < T; t++) rfc_res_mix_row(stack + (size_t)t * stride, out + (size_t)t * e, w, n, e, eps, stride);
 }
 
-RFC_EXPORT void rfc_put_cols(int T, const float *x, float *out, const float *w, int width, int offset, int n_out) {
+RFC_OP_EXPORT void rfc_put_cols(int T, const float *x, float *out, const float *w, int width, int offset, int n_out) {
     for (int t = 0; t < T; t++) rfc_put_cols_row(x + (size_t)t * width, out + (size_t)t * n_out, w, width, offset, n_out);
 }
 
-RFC_EXPORT void rfc_hc_post(int T, const float *y, const float *residual, const float *gates, float *out, const float *w, int n,
+RFC_OP_EXPORT void rfc_hc_post(int T, const float *y, const float *residual, const float *gates, float *out, const float *w, int n,
                             int e) {
     for (int t = 0; t < T; t++)
         rfc_hc_post_row(y + (size_t)t * e, residual + (size_t)t * n * e, gates + (size_t)t * 2 * n, out + (size_t)t * n * e, w, n, e);

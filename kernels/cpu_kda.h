@@ -62,7 +62,7 @@ static void rfc_kda_team(const float *qkv, const float *alpha, const float *beta
     }
 }
 
-RFC_EXPORT void rfc_kda(const float *qkv, const float *alpha, const float *beta, float *out, const int32_t *positions,
+RFC_OP_EXPORT void rfc_kda(const float *qkv, const float *alpha, const float *beta, float *out, const int32_t *positions,
                         const int32_t *seq_start, int S, int hk, int hv, int s_dim, const float *a, const float *dt, float eps,
                         float lb, float *const *states) {
     int counter = 0;

@@ -39,7 +39,7 @@ static void rfc_lightning_team(const float *qkv, float *out, const int32_t *posi
     }
 }
 
-RFC_EXPORT void rfc_lightning_attention(const float *qkv, float *out, const int32_t *positions, const int32_t *seq_start,
+RFC_OP_EXPORT void rfc_lightning_attention(const float *qkv, float *out, const int32_t *positions, const int32_t *seq_start,
                                         int S, int H, int D, const float *decay, float *const *states) {
     int counter = 0;
     rfc_lightning_team(qkv, out, positions, seq_start, S, H, D, decay, states, &counter);

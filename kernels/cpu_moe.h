@@ -143,7 +143,7 @@ static inline void rfc_moe_combine_row(const float *y, const float *w, int n_use
 }
 
 /* The kernel tests' entry: moe_route over T tokens, its attributes as arguments (checked). */
-RFC_EXPORT int rfc_moe_route(const float *logits, const float *bias, const float *escale, int T, int n_expert, int n_used,
+RFC_OP_EXPORT int rfc_moe_route(const float *logits, const float *bias, const float *escale, int T, int n_expert, int n_used,
                              int gating, int norm, double scale, int groups, int groups_used, int id_div, int32_t *ids,
                              float *w) {
     if (id_div < 1 || n_expert % id_div || (id_div > 1 && escale)) return -1;
@@ -158,14 +158,14 @@ RFC_EXPORT int rfc_moe_route(const float *logits, const float *bias, const float
     return 0;
 }
 
-RFC_EXPORT void rfc_moe_combine(const float *y, const float *w, int T, int n_used, int N, float *out) {
+RFC_OP_EXPORT void rfc_moe_combine(const float *y, const float *w, int T, int n_used, int N, float *out) {
 #pragma omp parallel for schedule(static) if (T >= 16)
     for (int t = 0; t < T; t++)
         rfc_moe_combine_row(y + (size_t)t * n_used * N, w + (size_t)t * n_used, n_used, N, out + (size_t)t * N);
 }
 
 /* Scratch of rfc_moe_matmul_<fmt>: the grouping and activations, then a weight pack per thread. */
-RFC_EXPORT size_t rfc_moe_scratch_bytes_kernel(int T) {
+RFC_OP_EXPORT size_t rfc_moe_scratch_bytes_kernel(int T) {
 #ifdef _OPENMP
     const int n = omp_get_max_threads();
 #else

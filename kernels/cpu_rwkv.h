@@ -165,14 +165,14 @@ static void rfc_wkv7_team(const float *r, const float *w, const float *k, const 
 }
 
 /* Whole-op entry points for the kernel tests (tests/kernels/kit/cpu.py): one thread does all. */
-RFC_EXPORT void rfc_wkv6(const float *r, const float *k, const float *v, const float *w, float *out, const int32_t *positions,
+RFC_OP_EXPORT void rfc_wkv6(const float *r, const float *k, const float *v, const float *w, float *out, const int32_t *positions,
                          const int32_t *seq_start, int S_seqs, int H, int Hkv, int S, const float *u, const float *decay,
                          int gla, float scale, float *const *states) {
     int counter = 0;
     rfc_wkv6_team(r, k, v, w, out, positions, seq_start, S_seqs, H, Hkv, S, u, decay, gla, scale, states, &counter);
 }
 
-RFC_EXPORT void rfc_wkv7(const float *r, const float *w, const float *k, const float *v, const float *a, float *out,
+RFC_OP_EXPORT void rfc_wkv7(const float *r, const float *w, const float *k, const float *v, const float *a, float *out,
                          float *bonus, const int32_t *positions, const int32_t *seq_start, int S_seqs, int H, int S,
                          const float *w0, const float *a0, const float *k_k, const float *k_a, const float *r_k,
                          float *const *states) {
@@ -180,7 +180,7 @@ RFC_EXPORT void rfc_wkv7(const float *r, const float *w, const float *k, const f
     rfc_wkv7_team(r, w, k, v, a, out, bonus, positions, seq_start, S_seqs, H, S, w0, a0, k_k, k_a, r_k, states, &counter);
 }
 
-RFC_EXPORT void rfc_token_shift(const float *x, float *out, const int32_t *positions, const int32_t *seq_start, int S_seqs,
+RFC_OP_EXPORT void rfc_token_shift(const float *x, float *out, const int32_t *positions, const int32_t *seq_start, int S_seqs,
                                 int C, float *const *states) {
     for (int s = 0; s < S_seqs; s++) {
         const int lo = seq_start[s];
@@ -189,11 +189,11 @@ RFC_EXPORT void rfc_token_shift(const float *x, float *out, const int32_t *posit
     }
 }
 
-RFC_EXPORT void rfc_lerp(const float *a, const float *b, float *out, const float *mu, int rows, int c, int part) {
+RFC_OP_EXPORT void rfc_lerp(const float *a, const float *b, float *out, const float *mu, int rows, int c, int part) {
     for (int t = 0; t < rows; t++) rfc_lerp_row(a + (size_t)t * c, b + (size_t)t * c, out + (size_t)t * c, mu, c, part);
 }
 
-RFC_EXPORT void rfc_lerp_data(const float *a, const float *b, const float *m, float *out, int rows, int c, int mw, int part) {
+RFC_OP_EXPORT void rfc_lerp_data(const float *a, const float *b, const float *m, float *out, int rows, int c, int mw, int part) {
     for (int t = 0; t < rows; t++)
         rfc_lerp_data_row(a + (size_t)t * c, b + (size_t)t * c, m + (size_t)t * mw, out + (size_t)t * c, NULL, c, part);
 }

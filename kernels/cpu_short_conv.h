@@ -6,7 +6,7 @@
  * at position 0) starts from zeros whatever the slot held. Sums in float, taps in order (as
  * ggml_ssm_conv).
  *
- * Requires cpu_simd.h, the prelude's RFC_EXPORT, and RFC_MAX_CONV_KERNEL (a bound of
+ * Requires cpu_simd.h, the prelude's RFC_OP_EXPORT, and RFC_MAX_CONV_KERNEL (a bound of
  * artifacts/limits.py that templates/cpu_arch_ops.c.j2 defines). */
 #ifndef RFC_CPU_SHORT_CONV_H
 #define RFC_CPU_SHORT_CONV_H
@@ -34,7 +34,7 @@ static void rfc_short_conv_chunk(const float *bcx, float *out, int n, int C, con
 }
 
 /* The op on its own (tests/kernels/kit/cpu.py): `states[s]` is sequence s's state tensor (NULL: none). */
-RFC_EXPORT void rfc_short_conv(const float *bcx, float *out, const int32_t *positions, const int32_t *seq_start, int S,
+RFC_OP_EXPORT void rfc_short_conv(const float *bcx, float *out, const int32_t *positions, const int32_t *seq_start, int S,
                                int C, const float *w, int K, float *const *states) {
     if (K < 1 || K > RFC_MAX_CONV_KERNEL) return;
     for (int s = 0; s < S; s++) {

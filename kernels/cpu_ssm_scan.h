@@ -5,7 +5,7 @@
  * or NULL for a chunk with no slot (zeros, its end state dropped); `fresh` (the chunk starts at
  * position 0) starts from zeros whatever the slot held.
  *
- * Requires cpu_simd.h and the prelude's RFC_EXPORT. */
+ * Requires cpu_simd.h and the prelude's RFC_OP_EXPORT. */
 #ifndef RFC_CPU_SSM_SCAN_H
 #define RFC_CPU_SSM_SCAN_H
 
@@ -69,7 +69,7 @@ static void rfc_ssm_scan_team(const float *xbc, const float *dt, float *out, con
 
 /* The op on its own (tests/kernels/test_cpu_ssm_scan.py, the kernel kit): `states[s]` is
  * sequence s's state tensor (NULL: none), as the step program passes them. */
-RFC_EXPORT void rfc_ssm_scan(const float *xbc, const float *dt, float *out, const int32_t *positions, const int32_t *seq_start,
+RFC_OP_EXPORT void rfc_ssm_scan(const float *xbc, const float *dt, float *out, const int32_t *positions, const int32_t *seq_start,
                              int S, int H, int P, int G, int N, const float *a, const float *d, const float *dt_bias,
                              float *const *states) {
     int counter = 0;

@@ -3,7 +3,7 @@
  * runtime/devices/reference.py ssm_scan_chunk computes. Each channel is a head of one row (P = 1); its
  * state is a row of N. `state`, `fresh` and the team as cpu_ssm_scan.h's.
  *
- * Requires the prelude's RFC_EXPORT. */
+ * Requires the prelude's RFC_OP_EXPORT. */
 #ifndef RFC_CPU_SSM_SCAN1_H
 #define RFC_CPU_SSM_SCAN1_H
 
@@ -52,7 +52,7 @@ static void rfc_ssm_scan1_team(const float *xbc, const float *dt, float *out, co
     }
 }
 
-RFC_EXPORT void rfc_ssm_scan1(const float *xbc, const float *dt, float *out, const int32_t *positions,
+RFC_OP_EXPORT void rfc_ssm_scan1(const float *xbc, const float *dt, float *out, const int32_t *positions,
                               const int32_t *seq_start, int S, int H, int G, int N, const float *a, const float *d,
                               const float *dt_bias, float *const *states) {
     int counter = 0;

@@ -85,15 +85,17 @@ def bundle_cache(tmp_path_factory):
     locks = shared_basetemp(tmp_path_factory) / "bundle-locks"
     built: dict[tuple[str, tuple[str, ...]], Path] = {}
 
-    def get(model: Path, targets: tuple[str, ...] = ("cpu",)) -> Path:
-        key = (str(model), targets)
+    def get(model: Path, targets: tuple[str, ...] = ("cpu",), op_exports: bool = False) -> Path:
+        """`op_exports`: the cpu library exports each op's kernel too (the kit's CpuOpDevice)."""
+        key = (str(model), targets, op_exports)
         if key not in built:
             from rfc.compiler.pipeline import CompileOptions, compile_model
 
-            out = root / f"{Path(model).stem}-{'-'.join(targets)}"
+            name = f"{Path(model).stem}-{'-'.join(targets)}{'-ops' if op_exports else ''}"
+            out = root / name
             # one worker at a time per bundle: the other waits, then takes the kernels from the build cache
-            with testdata._locked(locks / f"{Path(model).stem}-{'-'.join(targets)}"):
-                compile_model(CompileOptions(model=Path(model), out_dir=out, targets=targets))
+            with testdata._locked(locks / name):
+                compile_model(CompileOptions(model=Path(model), out_dir=out, targets=targets, op_exports=op_exports))
             built[key] = out
         return built[key]
 

@@ -47,7 +47,7 @@ def x8_library(fmts: list[str], target: str, tuning=None) -> bytes:
     tuning = tuning or cpu.CpuTuning()
     prelude = {"abi_version": cpu.ABI_VERSION, "n_embd": 576, "n_ff": 5632, "vocab_size": 32, "n_heads": 1,
                "n_kv_heads": 1, "head_dim": 32, "group": 1, "q_width": 32, "kv_width": 32, "kv_piece": 32,
-               "max_k": 5632}  # fmt: skip
+               "max_k": 5632, "op_exports": True}  # fmt: skip
     src = render("cpu_prelude.c.j2", {**prelude, **format_params(Kernels.CPU)})
     src += "".join(render("cpu_matmul_x8.c.j2", cpu._x8_params(f, tuning)) for f in fmts)
     return cpu.compile_source(src, cpu.compile_command(parse_target(target)))

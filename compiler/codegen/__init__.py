@@ -26,6 +26,8 @@ class CodegenInput:
     # plan weight -> the layout entry this target reads, where not the plan's own name (the
     # weight planner's map: compiler/weight_plan.py); the step program records it
     weights: dict[str, str] = field(default_factory=dict)
+    # the cpu library also exports each op's kernel alone (CompileOptions.op_exports)
+    op_exports: bool = False
 
     @property
     def bundle_dir(self) -> str:

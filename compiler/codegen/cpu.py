@@ -200,7 +200,9 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
         rendered.add(template)
         return render(template, params)
 
-    parts = [part("cpu_prelude.c.j2", {**common, **format_params(Kernels.CPU)})]
+    # a library without the step program is there for its per-op kernels
+    exports = inp.op_exports or not step
+    parts = [part("cpu_prelude.c.j2", {**common, **format_params(Kernels.CPU), "op_exports": exports})]
     for fmt in sorted(f for f in {e.format for e in entries.values()} if FORMATS[f].is_gguf):
         parts.append(part("cpu_dequant.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
     for fmt in embed_formats:

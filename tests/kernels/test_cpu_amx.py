@@ -36,7 +36,8 @@ FORMATS = ("Q8_0x8", "Q4_0x8", "Q4_1x8", "Q4_Kx8", "Q5_Kx8")
 N, K, K_SUPER = 264, 352, 768
 TUNING = cpu.CpuTuning()
 PRELUDE = {"abi_version": cpu.ABI_VERSION, "n_embd": K, "n_ff": K, "vocab_size": 32, "n_heads": 1, "n_kv_heads": 1,
-           "head_dim": 32, "group": 1, "q_width": 32, "kv_width": 32, "kv_piece": 32, "max_k": K_SUPER}  # fmt: skip
+           "head_dim": 32, "group": 1, "q_width": 32, "kv_width": 32, "kv_piece": 32, "max_k": K_SUPER,
+           "op_exports": True}  # fmt: skip
 
 
 def source() -> str:

@@ -44,19 +44,46 @@ MODEL = FIXTURES / "tiny-llama-Q4_0.gguf"
 
 @pytest.fixture(scope="module")
 def bundle(bundle_cache) -> Path:
+    """MODEL's bundle, its cpu library with the per-op exports the kit's CpuOpDevice calls."""
+    if not MODEL.exists():
+        pytest.skip(f"fixture {MODEL} missing")
+    return bundle_cache(MODEL, op_exports=True)
+
+
+@pytest.fixture(scope="module")
+def shipped(bundle_cache) -> Path:
+    """MODEL's bundle as `rfc compile` writes it."""
     if not MODEL.exists():
         pytest.skip(f"fixture {MODEL} missing")
     return bundle_cache(MODEL)
 
 
-def test_generated_source_compiles_without_warnings(bundle, tmp_path):
+def test_a_bundle_exports_what_the_runtime_calls_alone(shipped, bundle):
+    """A bundle's library exports the step entries, their sizes and ABI and the sampler (each op's
+    kernel is static there, built only as the step inlines it); with op_exports, the kernels too."""
+    runtime = {"rfc_step", "rfc_step_hidden", "rfc_step_abi_version", "rfc_step_arena_alignment",
+               "rfc_step_args_bytes", "rfc_step_arena_bytes", "rfc_sample_row", "rfc_sample_logprobs",
+               "rfc_kernels_init", "rfc_abi_version"}  # fmt: skip
+    exported = _exports(shipped / "kernels/cpu" / cpu.LIBRARY)
+    assert exported == runtime
+    kit = _exports(bundle / "kernels/cpu" / cpu.LIBRARY)
+    assert runtime < kit and {"rfc_add", "rfc_rmsnorm", "rfc_matmul_q4_0", "rfc_attention", "rfc_rope"} <= kit
+
+
+def _exports(library: Path) -> set[str]:
+    """The functions a shared library's dynamic symbol table defines (`nm -D --defined-only`)."""
+    proc = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
+    return {line.split()[-1] for line in proc.stdout.splitlines() if line.split()[1:2] == ["T"]}
+
+
+def test_generated_source_compiles_without_warnings(shipped, tmp_path):
     """The bundle's C source, built with the command its manifest records, draws no warning
     from the compiler (gcc flagged the in-place SwiGLU's scalar tail with "iteration ...
     invokes undefined behavior" until its vector loop was bounded by n - n % 8)."""
-    b = open_bundle(bundle)
+    b = open_bundle(shipped)
     entry = next(t for t in b.manifest["targets"] if t["name"] == "cpu")
     command = shlex.split(entry["compile_command"])
-    shutil.copy(bundle / entry["sources"][0], tmp_path / cpu.SOURCE)
+    shutil.copy(shipped / entry["sources"][0], tmp_path / cpu.SOURCE)
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning" not in proc.stderr, proc.stderr[-2000:]
@@ -215,7 +242,7 @@ def test_step_program_equals_the_per_op_kernels_for(name, bundle_cache):
     path = FIXTURES / f"{name}.gguf"
     if not path.exists():
         pytest.skip(f"fixture {path} missing")
-    lm = load_model(bundle_cache(path), LoadOptions(device="cpu"))
+    lm = load_model(bundle_cache(path, op_exports=True), LoadOptions(device="cpu"))
     blocks = lm.kv_pool.manager()
     ops = CpuOpDevice(lm.bundle, lm.executor.device.target, lm.bundle.plan.kv, blocks.num_blocks, blocks.block_size)
     op_exec = Executor(lm.bundle.plan, ops)
@@ -262,7 +289,7 @@ MOE_MODEL = FIXTURES / "tiny-mixtral-Q4_K_M.gguf"
 def moe_bundle(bundle_cache) -> Path:
     if not MOE_MODEL.exists():
         pytest.skip(f"fixture {MOE_MODEL} missing")
-    return bundle_cache(MOE_MODEL)
+    return bundle_cache(MOE_MODEL, op_exports=True)
 
 
 def test_moe_lowering_groups_and_fuses(moe_bundle):

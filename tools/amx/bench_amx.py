@@ -26,7 +26,8 @@ from rfc.artifacts.targets import CPU_TARGETS
 HERE = Path(__file__).resolve().parent
 # the prelude's model constants: only RFC_MAX_K matters here (the activation scratch)
 PRELUDE = {"abi_version": 0, "n_embd": 576, "n_ff": 1536, "vocab_size": 32, "n_heads": 9, "n_kv_heads": 3,
-           "head_dim": 64, "group": 3, "q_width": 576, "kv_width": 192, "kv_piece": 64, "max_k": 5632}  # fmt: skip
+           "head_dim": 64, "group": 3, "q_width": 576, "kv_width": 192, "kv_piece": 64, "max_k": 5632,
+           "op_exports": True}  # fmt: skip
 
 
 def host_has_amx() -> bool:

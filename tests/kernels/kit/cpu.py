@@ -133,7 +133,10 @@ def _declare(lib: ctypes.CDLL, name: str, argtypes: list, restype=None):
     try:
         fn = getattr(lib, name)
     except AttributeError:
-        raise DeviceError(f"the bundle's cpu kernels lack {name}; recompile the model with this rfc") from None
+        raise DeviceError(
+            f"the bundle's cpu kernels lack {name}: compile it with CompileOptions(op_exports=True) "
+            "(a bundle exports the step entries alone), with this rfc"
+        ) from None
     fn.argtypes = argtypes
     fn.restype = restype
     return fn
