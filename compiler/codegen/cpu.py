@@ -41,6 +41,12 @@ ARENA_MAX_TOKENS, ARENA_MAX_ROWS, ARENA_MAX_SEQS = STEP_TOKENS, STEP_TOKENS, STE
 CC = "cc"
 SOURCE = "rfc_cpu.c"
 LIBRARY = "librfc_cpu.so"
+# A bundle's library is two translation units: the model's kernels and step (SOURCE) and the
+# host sampler (cpu_sampler.c.j2), which is the same for every model of a target: its object is
+# built once per target and toolchain (the build cache) and linked in, the same bytes as
+# `library_command` building both sources at once. It was a quarter of a tiny model's C compile.
+SAMPLER_SOURCE = "rfc_sample.c"
+SAMPLER_OBJECT = "rfc_sample.o"
 BASE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-math-errno")
 
 # gemma3n's AltUp ops and activation sparsity: row functions of kernels/cpu_altup.h (cpu_step.py's row_op phase)
@@ -87,17 +93,30 @@ class CpuTuning:
 
 def build(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> dict:
     check_host_machine(inp.target)
-    source = render_source(inp, tuning)
-    command = compile_command(inp.target)
+    source = render_source(inp, tuning, sampler=False)
+    sampler = render("cpu_sampler.c.j2", {})
+    command = library_command(inp.target)
     version = toolchain_version()
-    library = cached_build(inp.cache, [source, " ".join(command), version], lambda: compile_source(source, command))
+    obj_command = object_command(inp.target)
+    sampler_object = cached_build(
+        inp.cache,
+        [sampler, " ".join(obj_command), version],
+        lambda: compile_files({SAMPLER_SOURCE: sampler.encode()}, obj_command, SAMPLER_OBJECT),
+    )
+    link = [*compile_command(inp.target), SAMPLER_OBJECT]
+    library = cached_build(
+        inp.cache,
+        [source, sampler, " ".join(command), version],
+        lambda: compile_files({SOURCE: source.encode(), SAMPLER_OBJECT: sampler_object}, link, LIBRARY),
+    )
     inp.writer.write_bytes(f"{inp.bundle_dir}/{SOURCE}", source.encode())
+    inp.writer.write_bytes(f"{inp.bundle_dir}/{SAMPLER_SOURCE}", sampler.encode())
     inp.writer.write_bytes(f"{inp.bundle_dir}/{LIBRARY}", library)
     inp.writer.write_bytes(f"{inp.bundle_dir}/{PROGRAM_FILE}", pack_program(step_program(inp)))
     return {
         "kernels": f"{inp.bundle_dir}/{LIBRARY}",
         "program": f"{inp.bundle_dir}/{PROGRAM_FILE}",
-        "sources": [f"{inp.bundle_dir}/{SOURCE}"],
+        "sources": [f"{inp.bundle_dir}/{SOURCE}", f"{inp.bundle_dir}/{SAMPLER_SOURCE}"],
         "isa": list(inp.target.isa),
         "machine": inp.target.machine,
         "toolchain": version.splitlines()[0],
@@ -117,8 +136,20 @@ def check_host_machine(target: Target) -> None:
 
 
 def compile_command(target: Target) -> list[str]:
-    """The build command: its ISA flags come from the target, never from this machine."""
+    """The build command of a one-unit library (SOURCE -> LIBRARY): its ISA flags come from the
+    target, never from this machine."""
     return [CC, *BASE_FLAGS, *target.cflags, "-o", LIBRARY, SOURCE]
+
+
+def library_command(target: Target) -> list[str]:
+    """The command that builds a bundle's library from its two sources (what the manifest records)."""
+    return [*compile_command(target), SAMPLER_SOURCE]
+
+
+def object_command(target: Target) -> list[str]:
+    """The sampler's object, compiled with the library's flags."""
+    flags = [f for f in BASE_FLAGS if f != "-shared"]
+    return [CC, *flags, *target.cflags, "-c", "-o", SAMPLER_OBJECT, SAMPLER_SOURCE]
 
 
 def toolchain_version() -> str:
@@ -133,8 +164,14 @@ def toolchain_version() -> str:
 
 def compile_source(source: str, command: list[str]) -> bytes:
     """Builds `source` with `command` (relative names SOURCE -> LIBRARY) in a scratch folder."""
+    return compile_files({SOURCE: source.encode()}, command, LIBRARY)
+
+
+def compile_files(files: dict[str, bytes], command: list[str], output: str) -> bytes:
+    """Runs `command` in a scratch folder holding `files` (by relative name); returns `output`."""
     with tempfile.TemporaryDirectory(prefix="rfc-cpu-") as tmp:
-        (Path(tmp) / SOURCE).write_text(source)
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
         try:
             proc = subprocess.run(command, cwd=tmp, capture_output=True, text=True, check=False)
         except OSError as e:
@@ -144,7 +181,7 @@ def compile_source(source: str, command: list[str]) -> bytes:
                 f"C compiler failed (exit {proc.returncode}) on the generated cpu kernels\n"
                 f"command: {' '.join(command)}\n{_head(proc.stderr or proc.stdout)}"
             )
-        return (Path(tmp) / LIBRARY).read_bytes()
+        return (Path(tmp) / output).read_bytes()
 
 
 def _head(text: str, lines: int = 20) -> str:
@@ -161,9 +198,10 @@ def kv_piece(plan) -> int:
     return math.gcd(*dims) if dims else plan.kv.row
 
 
-def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool = True) -> str:
+def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool = True, sampler: bool = True) -> str:
     """The whole library: the prelude, one rendering of a template per op (per format), then
-    the step program (`step`: the kernel tests build the kernels of a plan that is not a model)."""
+    the step program (`step`: the kernel tests build the kernels of a plan that is not a model);
+    without `sampler`, the prelude leaves the sampler to its own unit (a bundle's build)."""
     hp, plan = inp.hparams, inp.plan
     check_ops(plan, hp.architecture)
     # the plan's weights, as this target reads them (the weight planner's map)
@@ -202,7 +240,8 @@ def render_source(inp: CodegenInput, tuning: CpuTuning = CpuTuning(), step: bool
 
     # a library without the step program is there for its per-op kernels
     exports = inp.op_exports or not step
-    parts = [part("cpu_prelude.c.j2", {**common, **format_params(Kernels.CPU), "op_exports": exports})]
+    prelude = {**common, **format_params(Kernels.CPU), "op_exports": exports, "sampler": sampler}
+    parts = [part("cpu_prelude.c.j2", prelude)]
     for fmt in sorted(f for f in {e.format for e in entries.values()} if FORMATS[f].is_gguf):
         parts.append(part("cpu_dequant.c.j2", {"fmt": fmt.lower(), "FMT": fmt}))
     for fmt in embed_formats:

@@ -175,6 +175,7 @@ SIGNED_FILES = [
     "kernels/cpu/librfc_cpu.so",
     "kernels/cpu/program.msgpack",
     "kernels/cpu/rfc_cpu.c",
+    "kernels/cpu/rfc_sample.c",
 ]
 
 

@@ -77,16 +77,21 @@ def _exports(library: Path) -> set[str]:
 
 
 def test_generated_source_compiles_without_warnings(shipped, tmp_path):
-    """The bundle's C source, built with the command its manifest records, draws no warning
-    from the compiler (gcc flagged the in-place SwiGLU's scalar tail with "iteration ...
-    invokes undefined behavior" until its vector loop was bounded by n - n % 8)."""
+    """The bundle's C sources (the model's and the sampler's), built with the command its
+    manifest records, draw no warning from the compiler (gcc flagged the in-place SwiGLU's
+    scalar tail with "iteration ... invokes undefined behavior" until its vector loop was
+    bounded by n - n % 8) and give the bundle's library byte for byte (the compiler links the
+    sampler's object, built once per target, into each model's library)."""
     b = open_bundle(shipped)
     entry = next(t for t in b.manifest["targets"] if t["name"] == "cpu")
     command = shlex.split(entry["compile_command"])
-    shutil.copy(shipped / entry["sources"][0], tmp_path / cpu.SOURCE)
+    assert [Path(s).name for s in entry["sources"]] == [cpu.SOURCE, cpu.SAMPLER_SOURCE]
+    for source in entry["sources"]:
+        shutil.copy(shipped / source, tmp_path / Path(source).name)
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning" not in proc.stderr, proc.stderr[-2000:]
+    assert (tmp_path / cpu.LIBRARY).read_bytes() == (shipped / entry["kernels"]).read_bytes()
 
 
 # -- the lowering ------------------------------------------------------------------------------
