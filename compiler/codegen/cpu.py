@@ -94,7 +94,7 @@ class CpuTuning:
 def build(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> dict:
     check_host_machine(inp.target)
     source = render_source(inp, tuning, sampler=False)
-    sampler = render("cpu_sampler.c.j2", {})
+    sampler = render("cpu_sampler.c.j2", {"abi_version": ABI_VERSION})
     command = library_command(inp.target)
     version = toolchain_version()
     obj_command = object_command(inp.target)
