@@ -15,7 +15,7 @@ PATH = FIXTURES / "tiny-mistral3temp-Q8_0.gguf"
 
 
 def test_rope_temperature_kernels_op_by_op(bundle_cache, oracle):  # noqa: F811
-    bundle = bundle_cache(PATH)
+    bundle = bundle_cache(PATH, op_exports=True)  # the kit calls each op's kernel
     ok, summary = _cpu_check(PATH, bundle, oracle, fault=lambda op: False)  # the kit, nothing scaled
     assert ok, summary
     ok, summary = _cpu_check(PATH, bundle, oracle, fault=lambda op: op.kind == "rope")
