@@ -70,6 +70,26 @@ def test_a_bundle_exports_what_the_runtime_calls_alone(shipped, bundle):
     assert runtime < kit and {"rfc_add", "rfc_rmsnorm", "rfc_matmul_q4_0x8", "rfc_attention", "rfc_rope"} <= kit
 
 
+def test_the_entries_share_one_copy_of_the_layers(shipped):
+    """rfc_step and rfc_step_hidden part after the last layer: the source holds one OpenMP team
+    of the step (rfc_step_run), the layers' loop once, and each entry its own case and a
+    one-line wrapper (a whole copy per entry doubled the C compile)."""
+    source = (shipped / "kernels/cpu" / cpu.SOURCE).read_text()
+    assert source.count("#pragma omp parallel num_threads(n_threads)") == 1
+    assert source.count("for (int L = 0; L <") == 1
+    for i, entry in enumerate((cpu.STEP_ENTRY, cpu.HIDDEN_ENTRY)):
+        assert f"RFC_EXPORT int {entry}(const rfc_step_args *a) {{ return rfc_step_run(a, {i}); }}" in source
+        assert f"        case {i}: /* {entry}: " in source
+
+
+def test_shared_prefix_is_where_the_entries_part():
+    a, b, c = {"kind": "a"}, {"kind": "b"}, {"kind": "c"}
+    assert cpu._shared_prefix([[a, b, c], [a, b]]) == 2
+    assert cpu._shared_prefix([[a, b, c], [a, c, c], [a, b]]) == 1
+    assert cpu._shared_prefix([[a, b], [a, b]]) == 2  # an encoder's entries: the same phases
+    assert cpu._shared_prefix([[b], [a]]) == 0
+
+
 def _exports(library: Path) -> set[str]:
     """The functions a shared library's dynamic symbol table defines (`nm -D --defined-only`)."""
     proc = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
