@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rfc.artifacts.formats import FORMATS, Kernels
+from rfc.artifacts.hashing import sha256_bytes
 from rfc.artifacts.limits import MAX_CONV_KERNEL, MAX_DELTA_STATE, MAX_EXPERTS, MAX_RES_STREAMS, STEP_SEQS, STEP_TOKENS
 from rfc.artifacts.ops import OP_DEFS, OPS
 from rfc.artifacts.ops import altup as altup_ops
@@ -104,9 +105,10 @@ def build(inp: CodegenInput, tuning: CpuTuning = CpuTuning()) -> dict:
         lambda: compile_files({SAMPLER_SOURCE: sampler.encode()}, obj_command, SAMPLER_OBJECT),
     )
     link = [*compile_command(inp.target), SAMPLER_OBJECT]
+    # keyed by the object's bytes, not by how it was made: a library never links a stale object
     library = cached_build(
         inp.cache,
-        [source, sampler, " ".join(command), version],
+        [source, sha256_bytes(sampler_object), " ".join(link), version],
         lambda: compile_files({SOURCE: source.encode(), SAMPLER_OBJECT: sampler_object}, link, LIBRARY),
     )
     inp.writer.write_bytes(f"{inp.bundle_dir}/{SOURCE}", source.encode())
