@@ -25,10 +25,11 @@ WAVE = {"sm_90": 32, "gfx90a": 64}
 
 def _compile(model, target: str, out_dir, cache_dir) -> None:
     """`model`: a fixture's name or a GGUF's path."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
 
     path = model if isinstance(model, Path) else model_path(model)
-    compile_model(CompileOptions(model=path, out_dir=out_dir, targets=(target,), cache_dir=cache_dir))
+    emulator_compile(CompileOptions(model=path, out_dir=out_dir, targets=(target,), cache_dir=cache_dir))
 
 
 @pytest.mark.parametrize(

@@ -309,14 +309,15 @@ def test_the_prefill_list_rounds_each_matmul_input_once():
     before down); the decode list has none."""
     import tests.kernels.gpu_support  # noqa: F401  the fixtures (made by the conftest)
     from rfc.compiler.codegen.gpu_imma import Q8_SCRATCH
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from rfc.artifacts.program import unpack_program
     from tests.conftest import FIXTURES
 
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        compile_model(
+        emulator_compile(
             CompileOptions(model=FIXTURES / "tiny-llama-Q4_0.gguf", out_dir=Path(tmp) / "b", targets=("sm_90",))
         )
         program = unpack_program((Path(tmp) / "b" / "kernels" / "sm_90" / "program.msgpack").read_bytes())
@@ -440,11 +441,12 @@ def test_the_add_rmsnorm_hand_off_rounds_as_the_rounding_launch_does(target, tmp
     prefill list's logits are the rounding launch's bit for bit."""
     from rfc.artifacts.bundle import open_bundle
     from rfc.compiler.codegen.gpu import plan_target
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.conftest import FIXTURES
 
     out = tmp_path_factory.mktemp("handoff") / "b"
-    compile_model(CompileOptions(model=FIXTURES / "tiny-llama-Q4_0.gguf", out_dir=out, targets=(), cache_dir=None))
+    emulator_compile(CompileOptions(model=FIXTURES / "tiny-llama-Q4_0.gguf", out_dir=out, targets=(), cache_dir=None))
     bundle = open_bundle(out)
     t = parse_target(target)
     specs = {s.name: s for s in plan_target(t, bundle.plan, bundle.layout)[0]}

@@ -275,11 +275,12 @@ def _with_rope_freqs(src, dst):
 
 @pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
 def test_rope_with_frequency_factors(target, gpu_build_cache, tmp_path):
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
 
     model = _with_rope_freqs(model_path("llama-F32"), tmp_path / "freqs.gguf")
     out = tmp_path / "bundle"
-    compile_model(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+    emulator_compile(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
     pair = Pair(out, target, tmp_path / "emu")
     rope = next(o for o in pair.bundle.plan.ops if o.kind == "rope")
     assert rope.weights == ("rope_freqs.weight",)
@@ -296,7 +297,8 @@ def test_rope_pairs_loaded_in_batches_give_the_same_bits(target, tmp_path, monke
     rope + KV write (the step program, prompt and one-token steps) give the same bits, and
     those logits stay within the reference's bounds."""
     from rfc.compiler.codegen import gpu_plan
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.kernels.gpu_emulator import emulated_step_device
     from tests.kernels.gpu_support import make_gguf
 
@@ -308,7 +310,7 @@ def test_rope_pairs_loaded_in_batches_give_the_same_bits(target, tmp_path, monke
     for batch in (3, 8):
         monkeypatch.setattr(gpu_plan, "ROPE_LOAD_BATCH", batch)
         out = tmp_path / f"bundle-{batch}"
-        compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
+        emulator_compile(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
         source = (out / "kernels" / target / "rfc.hip").read_text()
         assert f"template <int THREADS, int BATCH = {batch}>" in source and "rfc_rope_adjacent_16x16x64_64(" in source
         pair = Pair(out, target, tmp_path / "emu")
@@ -446,13 +448,14 @@ def test_moe_kernels_route_and_group_tokens_per_expert(target, gpu_bundle, tmp_p
 def test_sliding_window_attention_over_long_contexts(target, gpu_build_cache, tmp_path):
     """A window of 300 over 601 keys: the kernel starts mid-sequence and crosses chunks of
     256; soft-capped scores; shuffled block tables."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.gguf_edit import rewrite_gguf
 
     model = rewrite_gguf(
         model_path("gemma2-F16"), tmp_path / "window.gguf", metadata={"gemma2.attention.sliding_window": 300}
     )
-    compile_model(
+    emulator_compile(
         CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,), cache_dir=gpu_build_cache)
     )
     pair = Pair(tmp_path / "bundle", target, tmp_path / "emu")
@@ -496,7 +499,8 @@ def test_sliding_window_attention_over_long_contexts(target, gpu_build_cache, tm
 @pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
 def test_long_context_rope_with_attn_factor(target, gpu_build_cache, tmp_path):
     """Phi-3 LongRoPE: frequency factors and rope.scaling.attn_factor scaling the rotated pairs."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.gguf_edit import rewrite_gguf
 
     factors = 1.0 + 3.0 * np.random.default_rng(3).random(16)
@@ -506,7 +510,7 @@ def test_long_context_rope_with_attn_factor(target, gpu_build_cache, tmp_path):
         metadata={"phi3.context_length": 8192, "phi3.rope.scaling.attn_factor": 1.19},
         add_tensors={"rope_factors_long.weight": factors, "rope_factors_short.weight": np.ones(16)},
     )
-    compile_model(
+    emulator_compile(
         CompileOptions(model=model, out_dir=tmp_path / "bundle", targets=(target,), cache_dir=gpu_build_cache)
     )
     pair = Pair(tmp_path / "bundle", target, tmp_path / "emu")
@@ -521,13 +525,14 @@ def test_long_context_rope_with_attn_factor(target, gpu_build_cache, tmp_path):
 def test_optional_biases_and_weight_scales(target, gpu_build_cache, tmp_path):
     """A file with biases on every matmul kind and per-tensor weight scales (a negative one
     among them: the scale kernel's factor is compiled in), as tests/e2e/test_optional_tensors.py."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.e2e.test_optional_tensors import _extras
     from tests.gguf_edit import rewrite_gguf
 
     model = rewrite_gguf(model_path("llama-F32"), tmp_path / "extras.gguf", add_tensors=_extras())  # its NAME
     out = tmp_path / "bundle"
-    compile_model(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+    emulator_compile(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
     pair = Pair(out, target, tmp_path / "emu")
     assert -1.25 in [o.attrs["factor"] for o in pair.bundle.plan.ops if o.kind == "scale"]
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
@@ -540,7 +545,8 @@ def test_expert_weight_scales(target, gpu_build_cache, tmp_path, monkeypatch):
     """qwen3moe's experts with `.scale` tensors on gate, up and down, in the layout llama.cpp's
     saver writes (tests/e2e/test_llama_archs.py), the scales made large and unequal (0.5 to 2.5
     per expert) so that each one moves the logits: moe_scale's kernel against the reference."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.e2e.test_llama_archs import archs
 
     seeded = archs.weights
@@ -554,7 +560,7 @@ def test_expert_weight_scales(target, gpu_build_cache, tmp_path, monkeypatch):
     model = tmp_path / "scaled.gguf"
     archs.write_model(archs.load("qwen3moe-moe"), model, "qwen3moe-moe")
     out = tmp_path / "bundle"
-    compile_model(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+    emulator_compile(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
     pair = Pair(out, target, tmp_path / "emu")
     assert sum(o.kind == "moe_scale" for o in pair.bundle.plan.ops) == 4  # gate and up of both layers
     gpu, ref = pair.step([ScheduledChunk(0, 0, tuple(range(3, 40, 3)), all_logits=True)])
@@ -566,11 +572,12 @@ def test_expert_weight_scales(target, gpu_build_cache, tmp_path, monkeypatch):
 def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
     """llama4 with expert_used_count 2 as llama.cpp's saver writes it (tests/e2e/test_llama_archs.py):
     each slot's gate output times its sigmoid weight (slot_scale's kernel) against the reference."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.e2e.test_llama_archs import _model
 
     out = tmp_path / "bundle"
-    compile_model(
+    emulator_compile(
         CompileOptions(model=_model("llama4-moe", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
     )
     pair = Pair(out, target, tmp_path / "emu")
@@ -622,11 +629,12 @@ def test_llama4_two_experts_per_token(target, gpu_build_cache, tmp_path):
 def test_saver_files_new_ops(name, kind, target, gpu_build_cache, tmp_path):
     """The ops the saver files of tests/e2e/test_llama_archs.py brought, in those files, the whole
     model against the reference."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.e2e.test_llama_archs import _model
 
     out = tmp_path / "bundle"
-    compile_model(
+    emulator_compile(
         CompileOptions(model=_model(name, tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
     )
     pair = Pair(out, target, tmp_path / "emu")
@@ -645,12 +653,13 @@ def test_switched_adapters(target, gpu_build_cache, tmp_path):
     names (moe_route pick 'index': rounded, so two adapters in view at 1.5 take the second), the per-token LoRA
     deltas as one-expert matmuls; over the recorded tokens, which turn adapter 1 on at position 4 and adapter 2 at
     8, then a decode step; the whole model against the reference."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.e2e.test_llama_archs import _model, archs
 
     out = tmp_path / "bundle"
     name = "graniteswitch-dense"
-    compile_model(
+    emulator_compile(
         CompileOptions(model=_model(name, tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
     )
     tokens = tuple(np.load(archs.DATA / f"{name}.logits.npz")["tokens"].tolist())
@@ -671,13 +680,14 @@ def test_alibi_on_each_attention_path(target, gpu_build_cache, tmp_path):
     its tiled path (a 70-token prompt, over ATTENTION_SPLIT_ROWS), and the step program's prefill
     list, whose attention runs on half tensor cores on sm_90 (gpu_attention_mma.hip.j2)."""
     from rfc.compiler.codegen.gpu_plan import ATTENTION_SPLIT_ROWS
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.kernels.gpu_emulator import emulated_step_device
     from tests.kernels.gpu_support import BesideReference
     from tests.e2e.test_llama_archs import _model
 
     out = tmp_path / "bundle"
-    compile_model(
+    emulator_compile(
         CompileOptions(model=_model("jais-steep", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
     )
     prompt = tuple(range(5, 5 + 3 * 70, 3))
@@ -728,13 +738,14 @@ def test_encoder_attention_on_each_path(name, target, gpu_build_cache, tmp_path)
     sequences in one step keep to their own keys. A model that serves fewer tokens takes the steps
     that fit its context: the paths it runs."""
     from rfc.compiler.codegen.gpu_plan import ATTENTION_SPLIT_ROWS
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.kernels.gpu_emulator import emulated_step_device
     from tests.kernels.gpu_support import BesideReference
     from tests.e2e.test_llama_archs import _model
 
     out = tmp_path / "bundle"
-    compile_model(
+    emulator_compile(
         CompileOptions(model=_model(name, tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
     )
     pair = Pair(out, target, tmp_path / "emu")
@@ -771,14 +782,15 @@ def test_a_decoder_rerankers_scores_on_the_gpu(target, gpu_build_cache, tmp_path
     """qwen3-rank (Qwen3-Reranker's "yes"/"no" head before its LM head): the step program's scores
     step, every row, against the reference (what rank_scores reads at a pair's last row), for one
     token, several and a longer input."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from rfc.runtime.engine.batch import build_batch
     from tests.e2e.test_llama_archs import _model
     from tests.kernels.gpu_emulator import emulated_step_device
     from tests.kernels.gpu_support import BesideReference
 
     out = tmp_path / "bundle"
-    compile_model(
+    emulator_compile(
         CompileOptions(model=_model("qwen3-rank", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
     )
     bundle = open_bundle(out)
@@ -798,11 +810,12 @@ def test_apertus_xielu(target, gpu_build_cache, tmp_path):
     """apertus's FFN activation (xielu: its four constants compiled in, different per layer, one
     with an eps that clips part of the negative side) in the file tests/e2e/test_llama_archs.py
     checks against llama.cpp, the whole model against the reference."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.e2e.test_llama_archs import _model
 
     out = tmp_path / "bundle"
-    compile_model(
+    emulator_compile(
         CompileOptions(
             model=_model("apertus-dense", tmp_path), out_dir=out, targets=(target,), cache_dir=gpu_build_cache
         )

@@ -143,10 +143,11 @@ def test_step_program_over_planar_weights_matches_reference(model, gpu_bundle, t
 def test_bundle_with_cpu_and_gpu_targets_reads_variants(model, gpu_build_cache, tmp_path):
     """cpu + sm_90: the plan's weights in the cpu layout (Q4_0x8), the GPU layouts as variant
     entries written once each, which the sm_90 program maps and its kernels read."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
 
     out = tmp_path / "bundle"
-    compile_model(
+    emulator_compile(
         CompileOptions(model=model_path(model), out_dir=out, targets=("cpu", TARGET), cache_dir=gpu_build_cache)
     )
     bundle = open_bundle(out)

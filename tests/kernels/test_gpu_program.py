@@ -550,7 +550,8 @@ def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, wide, 
     list) give the per-op path's logits (blocks of 8) bit for bit; a twin whose lanes walked them
     in another order would not (2.4e-7 off with chunks of 2560)."""
     from rfc.compiler.codegen import gpu_glu_handoff, gpu_plan
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
 
     monkeypatch.setattr(gpu_plan, "ONE_TOKEN_WIDE_CHUNK", wide)
     # (the one-token list's down matmul reads its input rounded by gate/up where that hand-off is on:
@@ -561,7 +562,7 @@ def test_one_token_twins_round_a_wide_row_in_one_pass_bit_for_bit(target, wide, 
     make_gguf(gguf, "--format", "Q4_0", "--dim", "256", "--layers", "1", "--ffn", "4608",
                "--heads", "4", "--kv-heads", "2", "--vocab", "512")  # fmt: skip
     out = tmp_path / "bundle"
-    compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
+    emulator_compile(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
     source = (out / "kernels" / target / "rfc.hip").read_text()
     twins = Twins(out, tmp_path / "emu")
     single = twins.step.runner.launches_for(1)
@@ -605,14 +606,15 @@ def test_gate_up_rounds_for_the_down_matmul_bit_for_bit(target, dim, per_group, 
     count that let an earlier block round would read rows not yet written (the emulator runs a
     launch's blocks in order over NaN-filled memory)."""
     from rfc.compiler.codegen import gpu_glu_handoff
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
 
     gguf = tmp_path / "glu.gguf"
     fmt, ffn = ("Q4_K", "256") if dim % 256 == 0 else ("Q8_0", "352")
     make_gguf(gguf, "--format", fmt, "--dim", str(dim), "--layers", "2", "--ffn", ffn,
               "--heads", "4", "--kv-heads", "2", "--vocab", "512")  # fmt: skip
     out = tmp_path / "bundle"
-    compile_model(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
+    emulator_compile(CompileOptions(model=gguf, out_dir=out, targets=(target,), cache_dir=tmp_path / "cache"))
     source = next((out / "kernels" / target).glob("rfc.*[pu]")).read_text()  # rfc.hip, rfc.cu
     twins = Twins(out, tmp_path / "emu", target=target)
     runner = twins.step.runner
@@ -644,10 +646,11 @@ def test_gate_up_rounds_for_the_down_matmul_bit_for_bit(target, dim, per_group, 
 
 def _compile(model: str, target: str, out_dir, cache_dir) -> None:
     """Compiles fixture `model` for `target` into out_dir with the codegen constants as they are set now."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.kernels.gpu_support import model_path
 
-    compile_model(CompileOptions(model=model_path(model), out_dir=out_dir, targets=(target,), cache_dir=cache_dir))
+    emulator_compile(CompileOptions(model=model_path(model), out_dir=out_dir, targets=(target,), cache_dir=cache_dir))
 
 
 def _prompt_on_each(bundle_dirs, target: str, tokens: tuple, tmp_path_factory):

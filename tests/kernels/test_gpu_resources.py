@@ -82,9 +82,9 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     from rfc.artifacts.program import unpack_program
     from rfc.compiler.codegen.gpu_mma import MMA_FORMATS
 
-    usage = _usage(gpu_bundle(model, "sm_90"), "sm_90")
+    usage = _usage(gpu_bundle(model, "sm_90", release=True), "sm_90")
     _check(model, "sm_90", usage)
-    bundle = open_bundle(gpu_bundle(model, "sm_90"))
+    bundle = open_bundle(gpu_bundle(model, "sm_90", release=True))
     program = unpack_program(bundle.file(target_entry(bundle.manifest, "sm_90").program).read_bytes())
     prefill_only = {launch.kernel for launch in program.prefill_launches} - {
         launch.kernel for launch in program.launches
@@ -121,7 +121,7 @@ def test_cubin_usage_is_what_ptxas_reports(model, gpu_bundle):
     """The bundle's cubin read as the checks above read it, against `-Xptxas -v` on the
     bundle's own source and command (one more nvcc run, on the smallest fixture): the same
     kernels, registers, stack and shared memory; the report's spills inside the stack."""
-    bundle = open_bundle(gpu_bundle(model, "sm_90"))
+    bundle = open_bundle(gpu_bundle(model, "sm_90", release=True))
     entry = target_entry(bundle.manifest, "sm_90")
     _assert_same_usage(
         cubin_usage(bundle.file(entry.kernels).read_bytes()),
@@ -209,7 +209,7 @@ def test_cubin_usage_catches_stack_frames_and_spills(target):
     ],
 )
 def test_gfx_hot_kernels_use_no_private_memory(model, target, gpu_bundle):
-    _check(model, target, _usage(gpu_bundle(model, target), target))
+    _check(model, target, _usage(gpu_bundle(model, target, release=True), target))
 
 
 def test_ptxas_report_parsing():

@@ -123,7 +123,7 @@ def _usage_exhaustive(model: str, target: str) -> bool:
     ],
 )
 def test_state_kernels_use_no_local_memory(model, target, gpu_bundle):
-    bundle = open_bundle(gpu_bundle(model, target))
+    bundle = open_bundle(gpu_bundle(model, target, release=True))
     usage = bundle_usage(bundle, target_entry(bundle.manifest, target))
     ours = {n: u for n, u in usage.items() if n.startswith(STATE_KERNELS[model])}
     # one kernel each, shared by the layers; a gated activation before an int8 tensor-core matmul also
@@ -229,13 +229,14 @@ def test_recurrent_saver_files(name, target, gpu_build_cache, tmp_path):
     binds, and a prompt, a decode step continuing from the slot's state and a step of two sequences (a second
     prompt beside the first sequence's next token) match the reference (the files' weights are F32: no
     activation rounding, the single-op bound of test_gpu_kernels)."""
-    from rfc.compiler.pipeline import CompileOptions, compile_model
+    from rfc.compiler.pipeline import CompileOptions
+    from tests.kernels.gpu_support import emulator_compile
     from tests.e2e.test_llama_archs import _model
     from tests.kernels.test_gpu_kernels import _close
 
     out = tmp_path / "bundle"
     model = _model(name, tmp_path)
-    compile_model(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
+    emulator_compile(CompileOptions(model=model, out_dir=out, targets=(target,), cache_dir=gpu_build_cache))
     bundle = open_bundle(out)
     kv = bundle.plan.kv
     assert (kv.n_layers == 0) == name.startswith(("mamba", "rwkv"))

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from rfc.artifacts.targets import parse_target
-from rfc.compiler.pipeline import CompileOptions, compile_model
+from rfc.compiler.pipeline import CompileOptions
+from tests.kernels.gpu_support import emulator_compile
 from rfc.runtime.engine.batch import ScheduledChunk
 from rfc.runtime.core.step import StepBatch
 from rfc.runtime.engine.assemble import LoadOptions, load_model
@@ -59,7 +60,7 @@ def _compile(path: Path, out: Path, targets: tuple[str, ...], router: dict, cach
 
     pipeline.build_spec = build
     try:
-        compile_model(CompileOptions(model=path, out_dir=out, targets=targets, cache_dir=cache_dir))
+        emulator_compile(CompileOptions(model=path, out_dir=out, targets=targets, cache_dir=cache_dir))
     finally:
         pipeline.build_spec = real
     return out
