@@ -18,6 +18,7 @@ every index, so a damaged one ends a match instead of reading outside the array.
 
 import base64
 import itertools
+import re
 import sys
 from array import array
 from collections.abc import Mapping, Sequence
@@ -78,6 +79,29 @@ class Charsmap:
                 matched, value = pos - start + 1, nodes[node] & 0x7FFFFFFF
         return (matched, self.replacement(value)) if matched else (0, b"")
 
+    def plain_runs(self) -> "re.Pattern[bytes]":
+        """A pattern that matches, at a character's start in valid UTF-8, a run of characters other
+        than a space whose longest match here is none, each of which `normalize` copies as it is.
+        A character qualifies when no key starts with its first byte, or (ASCII alone, the bulk of
+        most text) when that byte alone is no key and the next byte continues none that does: an
+        `A` begins composition keys such as `A\u0300`, but not before `b`."""
+        firsts: dict[int, tuple[bool, frozenset[int]]] = {}  # lead byte -> (a key alone, next bytes that continue one)
+        for c in range(1, 256):
+            node, leaf = self._step(self._root, c)
+            if node is not None:
+                firsts[c] = (leaf, frozenset(d for d in range(1, 256) if self._step(node, d)[0] is not None))
+        return _plain_pattern(firsts)
+
+    def _step(self, node: int, c: int) -> tuple[int | None, bool]:
+        """(the node after byte c from `node`, whether a key ends there), (None, False) where no key goes on."""
+        nodes, count = self._nodes, len(self._nodes)
+        node ^= c
+        if node >= count or nodes[node] & 0x800000FF != c:
+            return None, False
+        packed = nodes[node]
+        node ^= _base(packed)
+        return (node, bool(packed & 0x100)) if node < count else (None, False)
+
     def replacement(self, offset: int) -> bytes:
         found = self._replacements.get(offset)
         if found is None:
@@ -92,6 +116,29 @@ def _base(packed: int) -> int:
     return (packed >> 10) << ((packed & 0x200) >> 6)
 
 
+def _byte_class(values) -> bytes:
+    return b"[" + b"".join(re.escape(bytes([v])) for v in sorted(values)) + b"]"
+
+
+def _plain_pattern(firsts: Mapping[int, tuple[bool, frozenset[int]]]) -> "re.Pattern[bytes]":
+    """Charsmap.plain_runs's pattern from its first bytes (none for no charsmap: every character
+    but a space is copied)."""
+    plain_ascii = [b for b in range(0x80) if b != 0x20 and b not in firsts]  # NUL ends every walk: plain
+    # ASCII bytes that start keys but are none alone, grouped by the bytes that continue them
+    groups: dict[frozenset[int], list[int]] = {}
+    for b, (leaf, follow) in sorted(firsts.items()):
+        if b < 0x80 and b != 0x20 and not leaf:
+            groups.setdefault(follow, []).append(b)
+    cont = rb"[\x80-\xbf]"
+    alternatives = [_byte_class(plain_ascii)] if plain_ascii else []
+    alternatives += [_byte_class(bs) + (b"(?!" + _byte_class(f) + b")" if f else b"") for f, bs in groups.items()]
+    for lo, hi, n in ((0xC2, 0xDF, 1), (0xE0, 0xEF, 2), (0xF0, 0xF4, 3)):
+        leads = [b for b in range(lo, hi + 1) if b not in firsts]
+        if leads:
+            alternatives.append(_byte_class(leads) + cont + b"{%d}" % n)
+    return re.compile(b"(?:" + b"|".join(alternatives) + b")+")
+
+
 class UnigramTokenizer:
     """llama.cpp's UGM normalization and Viterbi search over one stretch of text."""
 
@@ -104,15 +151,15 @@ class UnigramTokenizer:
         self.unknown_score = float(spec["unknown_score"])
         self.add_space_prefix, self.remove_extra_whitespaces = (bool(spec[k]) for k in _SPEC_FLAGS)
         self.charsmap = charsmap
+        self._plain = charsmap.plain_runs() if charsmap is not None else _plain_pattern({})
         # Every piece llama.cpp's token matcher holds (normal, user-defined and unused ones: a
         # later duplicate wins, as its trie's insert does), and each proper prefix of one
         # (None), so that a walk stops at the first text no piece starts with.
-        self._pieces: dict[str, tuple[int, float] | None] = {}
-        for i, piece in enumerate(pieces):
-            if i in unmatched or not piece:
-                continue
-            for k in range(1, len(piece)):
-                self._pieces.setdefault(piece[:k], None)
+        held = [(i, piece) for i, piece in enumerate(pieces) if piece and i not in unmatched]
+        self._pieces: dict[str, tuple[int, float] | None] = dict.fromkeys(
+            {piece[:k] for _, piece in held for k in range(1, len(piece))}
+        )
+        for i, piece in held:  # a piece that is also a longer one's prefix is a piece
             # llama.cpp scores a user-defined piece 0 (normal pieces' log probabilities are negative)
             self._pieces[piece] = (i, 0.0 if i in user_defined else float(scores[i]))
 
@@ -128,8 +175,18 @@ class UnigramTokenizer:
         data = text.encode()
         prepend, merge = self.add_space_prefix, self.remove_extra_whitespaces
         space_prepended = in_word = False
-        at = 0
+        at, plain = 0, self._plain.match
         while at < len(data):
+            run = plain(data, at)
+            if run:  # characters copied as they are (none a space): what the loop below does to each
+                if not in_word:
+                    in_word = True
+                    if (prepend and not space_prepended) or merge:
+                        out += space
+                        space_prepended = True
+                out += run.group()
+                at = run.end()
+                continue
             replacement, consumed = self._normalize_prefix(data, at)
             for c in replacement:
                 if c != 0x20:

@@ -145,3 +145,42 @@ def test_text_holding_the_separator_is_tokenized_as_any_unknown_text():
     assert _ids(meta, "\ufdd0\ufdd0\ufdd1b\ufdd0") == [2, 4, 2]
     meta = _vocab([("a", -1.0, 1), ("\ufdd0x", -1.0, 1)])  # a piece holds U+FDD0: the next one separates
     assert _ids(meta, "\ufdd0xa\ufdd1") == [4, 3, 2]
+
+
+@pytest.mark.shared
+def test_copied_runs_normalize_as_the_walk_at_each_character_does():
+    """normalize copies runs of characters that begin no key of the charsmap (ASCII that begins a
+    composition key, `A` of `A\\u0300`, where the next byte continues none) without walking the
+    charsmap at each: over XLM-R's charsmap (nomic-bert-moe's vocabulary: composition keys,
+    control characters mapped alone) and random text of such characters, letters before combining
+    marks, spaces, NUL, CJK and emoji, the same text as the walk at every character gives."""
+    import copy
+    import random
+    import re
+
+    from rfc.compiler.gguf_reader import read_gguf
+    from tests.conftest import VOCAB
+
+    path = VOCAB / "ggml-vocab-nomic-bert-moe.gguf"
+    if not path.is_file():
+        pytest.skip(f"{path.name} is not in {VOCAB}")
+    meta = read_gguf(path).metadata
+    document = json.loads(build_tokenizer(meta)[0])
+    vocab = document["model"]["vocab"]
+    fast = ugm.UnigramTokenizer(
+        [e[0] for e in vocab], [e[1] for e in vocab], unigram_spec(meta), ugm._charsmap(document)
+    )
+    walk = copy.copy(fast)  # the same pieces (only normalize is compared)
+    walk._plain = re.compile(b"(?!)")  # never matches: every character through the charsmap walk
+    marks = ["\u0300", "\u0301", "\u0306", "\u0345", "\u3099"]  # combining: keys after a letter
+    alphabet = [*"AaBbQq<=>09 .,\t\n\x00\x7f\x01", *marks, *"éй\u00a0ﬁＡ東か😀\u2581ß"]
+    rng = random.Random(5)
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40)))
+        for flags in ((True, True), (False, False), (True, False)):
+            fast.add_space_prefix, fast.remove_extra_whitespaces = (
+                walk.add_space_prefix,
+                walk.remove_extra_whitespaces,
+            ) = flags
+            assert fast.normalize(text) == walk.normalize(text), (text, flags)
+    assert fast.normalize("A\u0300bc") == walk.normalize("A\u0300bc") != walk.normalize("Abc")  # a key was taken
