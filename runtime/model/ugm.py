@@ -31,6 +31,8 @@ from rfc.runtime.model.special_strip import ASCII_SPACE  # C's isspace, which ll
 
 ESCAPED_SPACE = "\u2581"  # what a space becomes (llama.cpp's escape_whitespaces, on for UGM)
 _NOT_PREFIX = object()  # the pieces' lookup default: the text is not the start of any piece
+_WORDS = re.compile(f"{ESCAPED_SPACE}?[^{ESCAPED_SPACE}]*")  # an escaped space and the text up to the next
+_CACHED_WORD, _WORD_CACHE = 64, 1 << 16  # the longest word kept, the most words (then the cache restarts)
 _SPEC_FLAGS = ("add_space_prefix", "remove_extra_whitespaces")
 
 
@@ -162,6 +164,8 @@ class UnigramTokenizer:
         for i, piece in held:  # a piece that is also a longer one's prefix is a piece
             # llama.cpp scores a user-defined piece 0 (normal pieces' log probabilities are negative)
             self._pieces[piece] = (i, 0.0 if i in user_defined else float(scores[i]))
+        self._words_cut = not any(ESCAPED_SPACE in piece[1:] for _, piece in held)
+        self._word_cache: dict[str, list] = {}
 
     def piece_ids(self) -> dict[str, int]:
         """Each piece the search can choose and its id."""
@@ -226,19 +230,14 @@ class UnigramTokenizer:
         score = [float("-inf")] * (n + 1)
         score[0] = 0.0
         start, token = [0] * (n + 1), [self.unk_id] * (n + 1)
-        get, unknown = self._pieces.get, self.unknown_score
-        for i in range(n):
-            best, single, j = score[i], False, i + 1
-            while j <= n:
-                found = get(normalized[i:j], _NOT_PREFIX)
-                if found is _NOT_PREFIX:
-                    break
-                if found is not None:
-                    single = single or j == i + 1
-                    challenger = best + found[1]
-                    if challenger > score[j]:
-                        score[j], start[j], token[j] = challenger, i, found[0]
-                j += 1
+        unknown = self.unknown_score
+        for i, (matches, single) in enumerate(self._matches(normalized)):
+            best = score[i]
+            for length, found, piece_score in matches:  # by length, as llama.cpp's trie walk finds them
+                j = i + length
+                challenger = best + piece_score
+                if challenger > score[j]:
+                    score[j], start[j], token[j] = challenger, i, found
             if not single:  # no piece is this character alone: the unknown token, penalized
                 challenger = best + unknown
                 if challenger > score[i + 1]:
@@ -256,6 +255,39 @@ class UnigramTokenizer:
             previous_unknown, end = unknown_here, start[end]
         spans.reverse()
         return spans
+
+    def _matches(self, text: str):
+        """For each position of `text`: ((length, id, score) of each piece that starts there, by
+        length), whether one is that character alone. Where no piece holds an escaped space past its
+        first character, no piece crosses the start of a word (a space and what follows up to the
+        next), so a word's matches are its own: a repeated word is walked once (_word_matches)."""
+        if not self._words_cut:
+            return self._walk(text)
+        return itertools.chain.from_iterable(map(self._word_matches, _WORDS.findall(text)))
+
+    def _word_matches(self, word: str) -> list[tuple[tuple[tuple[int, int, float], ...], bool]]:
+        found = self._word_cache.get(word)
+        if found is None:
+            found = self._walk(word)
+            if len(word) <= _CACHED_WORD:
+                if len(self._word_cache) >= _WORD_CACHE:
+                    self._word_cache.clear()
+                self._word_cache[word] = found
+        return found
+
+    def _walk(self, text: str) -> list[tuple[tuple[tuple[int, int, float], ...], bool]]:
+        get, n, out = self._pieces.get, len(text), []
+        for i in range(n):
+            matches, j = [], i + 1
+            while j <= n:
+                found = get(text[i:j], _NOT_PREFIX)
+                if found is _NOT_PREFIX:
+                    break
+                if found is not None:
+                    matches.append((j - i, found[0], found[1]))
+                j += 1
+            out.append((tuple(matches), bool(matches) and matches[0][0] == 1))
+        return out
 
 
 def _utf8_width(data: bytes, at: int) -> int:

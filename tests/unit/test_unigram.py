@@ -148,12 +148,13 @@ def test_text_holding_the_separator_is_tokenized_as_any_unknown_text():
 
 
 @pytest.mark.shared
-def test_copied_runs_normalize_as_the_walk_at_each_character_does():
+def test_copied_runs_and_kept_words_give_what_the_walk_at_each_character_does():
     """normalize copies runs of characters that begin no key of the charsmap (ASCII that begins a
     composition key, `A` of `A\\u0300`, where the next byte continues none) without walking the
-    charsmap at each: over XLM-R's charsmap (nomic-bert-moe's vocabulary: composition keys,
-    control characters mapped alone) and random text of such characters, letters before combining
-    marks, spaces, NUL, CJK and emoji, the same text as the walk at every character gives."""
+    charsmap at each, and the search walks the pieces of a repeated word once: over XLM-R's
+    vocabulary (nomic-bert-moe's: composition keys, control characters mapped alone) and random
+    text of such characters, letters before combining marks, spaces, NUL, CJK and emoji (and of
+    its pieces), the same text and tokens as the walk at every character gives."""
     import copy
     import random
     import re
@@ -184,3 +185,23 @@ def test_copied_runs_normalize_as_the_walk_at_each_character_does():
             ) = flags
             assert fast.normalize(text) == walk.normalize(text), (text, flags)
     assert fast.normalize("A\u0300bc") == walk.normalize("A\u0300bc") != walk.normalize("Abc")  # a key was taken
+    # the search: each word's matches walked once and kept (no XLM-R piece holds a space past its
+    # first character) against the walk at every position of the whole text
+    assert fast._words_cut
+    walk._words_cut = False
+    pieces = [e[0] for e in vocab[1000:]]
+    for _ in range(300):
+        parts = [
+            rng.choice(pieces) if rng.random() < 0.8 else rng.choice(alphabet) for _ in range(rng.randrange(1, 30))
+        ]
+        normalized = fast.normalize("".join(parts).replace(SPACE, " "))
+        assert fast.pieces_of(normalized) == walk.pieces_of(normalized), normalized
+    assert fast._word_cache and not walk._words_cut
+
+
+def test_a_piece_holding_a_space_past_its_start_is_searched_across_words():
+    """Where a piece holds an escaped space after its first character, words are not searched
+    apart: the piece that spans two of them is found."""
+    meta = _vocab([(SPACE + "a", -1.0, 1), (SPACE + "b", -1.0, 1), ("a" + SPACE + "b", -0.5, 1), (SPACE, -3.0, 1)])
+    tokenizer = _tokenizer(meta)
+    assert tokenizer.encode("a b", add_special_tokens=False).tokens == ["a" + SPACE + "b"]  # not <unk>, "▁b"
