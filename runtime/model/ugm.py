@@ -32,7 +32,9 @@ from rfc.runtime.model.special_strip import ASCII_SPACE  # C's isspace, which ll
 ESCAPED_SPACE = "\u2581"  # what a space becomes (llama.cpp's escape_whitespaces, on for UGM)
 _NOT_PREFIX = object()  # the pieces' lookup default: the text is not the start of any piece
 _WORDS = re.compile(f"{ESCAPED_SPACE}?[^{ESCAPED_SPACE}]*")  # an escaped space and the text up to the next
-_CACHED_WORD, _WORD_CACHE = 64, 1 << 16  # the longest word kept, the most words (then the cache restarts)
+# The longest word kept and the most characters of kept words (then the cache starts over): a
+# character's matches take ~240 bytes, so at most ~16 MiB a tokenizer
+_CACHED_WORD, _CACHED_CHARS = 32, 1 << 16
 _SPEC_FLAGS = ("add_space_prefix", "remove_extra_whitespaces")
 
 
@@ -166,6 +168,7 @@ class UnigramTokenizer:
             self._pieces[piece] = (i, 0.0 if i in user_defined else float(scores[i]))
         self._words_cut = not any(ESCAPED_SPACE in piece[1:] for _, piece in held)
         self._word_cache: dict[str, list] = {}
+        self._cached_chars = 0
 
     def piece_ids(self) -> dict[str, int]:
         """Each piece the search can choose and its id."""
@@ -260,7 +263,8 @@ class UnigramTokenizer:
         """For each position of `text`: ((length, id, score) of each piece that starts there, by
         length), whether one is that character alone. Where no piece holds an escaped space past its
         first character, no piece crosses the start of a word (a space and what follows up to the
-        next), so a word's matches are its own: a repeated word is walked once (_word_matches)."""
+        next), so a word's matches are its own: a repeated word is walked once while it stays in
+        the cache (_word_matches)."""
         if not self._words_cut:
             return self._walk(text)
         return itertools.chain.from_iterable(map(self._word_matches, _WORDS.findall(text)))
@@ -270,8 +274,10 @@ class UnigramTokenizer:
         if found is None:
             found = self._walk(word)
             if len(word) <= _CACHED_WORD:
-                if len(self._word_cache) >= _WORD_CACHE:
+                self._cached_chars += len(word)
+                if self._cached_chars > _CACHED_CHARS:
                     self._word_cache.clear()
+                    self._cached_chars = len(word)
                 self._word_cache[word] = found
         return found
 
