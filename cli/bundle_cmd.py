@@ -26,6 +26,7 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         summary["signed"] = (bundle / SIGNATURE_FILE).is_file()
         summary["recurrent_state"] = _state_summary(bundle, m)
         summary["kv_bytes_per_token"] = _kv_bytes(bundle)
+        summary["rope"] = _rotates(bundle, m)
     except BundleError as e:
         fail(str(e))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
@@ -43,7 +44,9 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     click.echo(f"source      {summary['source'].get('file')}  sha256 {summary['source'].get('sha256', '')[:16]}…")
     click.echo("formats     " + ", ".join(f"{k}×{v}" for k, v in summary["formats"].items()))
     click.echo("targets     " + ", ".join(summary["targets"]))
-    click.echo("hparams     " + ", ".join(f"{k}={v}" for k, v in summary["hparams"].items()))
+    # a model whose plan rotates nothing (ALiBi, learned or no positions) shows no RoPE settings
+    shown = {k: v for k, v in summary["hparams"].items() if summary["rope"] is not False or k not in _ROPE_FIELDS}
+    click.echo("hparams     " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     click.echo(f"size        {summary['total_size']:,} bytes")
     state = summary["recurrent_state"]
     if state:
@@ -75,6 +78,21 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         click.echo("provenance  none")
     for name, size in sorted(summary["files"].items()):
         click.echo(f"  {size:>14,}  {name}")
+
+
+_ROPE_FIELDS = frozenset(("n_rot", "rope_style", "rope_freq_base", "rope_freq_scale", "rope_scaling_type",
+                          "rope_freq_factors"))  # fmt: skip
+
+
+def _rotates(bundle: Path, m: dict) -> bool | None:
+    """Whether the plan has a RoPE op (None where the plan does not read: verify says why)."""
+    from rfc.artifacts.bundle import read_plan
+
+    try:
+        plan = read_plan(bundle, m)
+    except BundleError:
+        return None
+    return any(op.kind == "rope" for op in plan.ops)
 
 
 def _kv_bytes(bundle: Path) -> dict[str, int]:

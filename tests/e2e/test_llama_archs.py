@@ -506,3 +506,19 @@ def test_what_t5encoder_cannot_compute_is_refused(drop, add, key, value, message
     archs.write_model({**desc, "metadata": meta, "tensors": tensors}, path, "t5encoder-edited")
     with pytest.raises(CompileError, match=message):
         compile_model(CompileOptions(model=path, out_dir=tmp_path / "bundle", targets=()))
+
+
+def test_inspect_shows_rope_settings_only_where_the_plan_rotates(tmp_path):
+    """rfc inspect of refact (ALiBi, no RoPE op in its plan) shows no rope_* hparams and says
+    `"rope": false` in JSON; of llama (RoPE) it shows them."""
+    import json
+
+    from tests.conftest import rfc
+
+    for name, rotates in (("refact-dense", False), ("llama-dense", True)):
+        out = tmp_path / name
+        rfc("compile", _model(name, tmp_path), "-o", out, "-q", "--reference-only", check=True)
+        text = rfc("inspect", out, check=True).stdout
+        hparams = next(line for line in text.splitlines() if line.startswith("hparams"))
+        assert ("rope_freq_base=" in hparams and "n_rot=" in hparams) == rotates, hparams
+        assert json.loads(rfc("inspect", out, "--json", check=True).stdout)["rope"] is rotates
