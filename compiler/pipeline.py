@@ -3,7 +3,9 @@
 `compile_model` is the one entry point; each stage is a module of its own.
 """
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -100,7 +102,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         progress.finish()
         writer.write_bytes(LAYOUT_FILE, pack_layout(layout))
         cache = BuildCache(options.cache_dir) if options.cache_dir is not None else None
-        target_entries = [_build_target(t, spec, weights, layout, writer, cache, options.op_exports) for t in targets]
+        target_entries = _build_targets(targets, spec, weights, layout, writer, cache, options.op_exports)
         body = {
             "source": {"file": model.path.name, "sha256": sha256_file(model.path), "size": model.size},
             "model": _model_section(model, spec),
@@ -133,6 +135,23 @@ def _chat_template(options: CompileOptions, model: GGUFModel) -> str | None:
         return options.chat_template.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise CompileError(f"cannot read the chat template {options.chat_template}: {e}") from None
+
+
+def _build_targets(targets: list[Target], *args) -> list[dict[str, Any]]:
+    """Each target's manifest entry, in the given order. Several targets build at once, one
+    thread each up to the host's cores: most of a build is its toolchain's process (cc, nvcc,
+    hipcc), which runs beside the others; each target writes its own files (kernels/<target>/),
+    so the bundle holds the same bytes as built one after another."""
+    if len(targets) < 2:
+        return [_build_target(t, *args) for t in targets]
+    with ThreadPoolExecutor(max_workers=min(len(targets), os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(_build_target, t, *args) for t in targets]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:  # a failed target ends the compile: the ones not started never start
+                f.cancel()
+            raise
 
 
 def _build_target(

@@ -112,6 +112,59 @@ def test_builds_are_byte_identical(target, gpu_bundle, tmp_path):
     assert manifest(first)["bundle_id"] == manifest(again)["bundle_id"]
 
 
+@pytest.mark.parametrize("target", [pytest.param("gfx90a", marks=toolchain_marks("gfx90a"))])
+def test_targets_built_at_once_give_the_bundle_built_one_after_another(target, tmp_path, monkeypatch):
+    """rfc compile builds its targets in threads of their own (the toolchains' processes side by
+    side): the demo for cpu + a GPU target gives the bytes a build of one target at a time gives,
+    the targets in the order asked."""
+    import threading
+
+    from rfc.compiler import pipeline
+
+    threads = set()
+    build = pipeline._build_target
+
+    def recorded(*args):
+        threads.add(threading.get_ident())
+        return build(*args)
+
+    monkeypatch.setattr(pipeline, "_build_target", recorded)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    targets = ("cpu", target)
+    at_once = tmp_path / "at-once"
+    compile_model(CompileOptions(model_path("stories260K"), at_once, targets=targets, cache_dir=tmp_path / "cache"))
+    assert len(threads) == 2 and threading.get_ident() not in threads
+    threads.clear()
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 1)
+    apart = tmp_path / "apart"
+    compile_model(CompileOptions(model_path("stories260K"), apart, targets=targets, cache_dir=None))
+    assert len(threads) == 1
+    manifest = lambda d: json.loads((d / "manifest.json").read_text())  # noqa: E731
+    assert [t["name"] for t in manifest(at_once)["targets"]] == list(targets)
+    assert manifest(at_once)["files"] == manifest(apart)["files"]
+    assert manifest(at_once)["bundle_id"] == manifest(apart)["bundle_id"]
+
+
+def test_a_target_that_fails_ends_a_compile_of_several(tmp_path, monkeypatch):
+    """One target's build failing while another builds: the compile raises that error and writes
+    no bundle."""
+    from rfc.compiler import pipeline
+
+    build = pipeline._build_target
+
+    def failing(target, *args):
+        if target.name == "cpu-generic":
+            raise CompileError("cpu-generic: the toolchain failed")
+        return build(target, *args)
+
+    monkeypatch.setattr(pipeline, "_build_target", failing)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    out = tmp_path / "bundle"
+    with pytest.raises(CompileError, match="cpu-generic: the toolchain failed"):
+        compile_model(CompileOptions(model_path("stories260K"), out, targets=("cpu", "cpu-generic"), cache_dir=None))
+    assert list(tmp_path.iterdir()) == []  # neither the bundle nor the writer's temporary directory
+
+
 @pytest.mark.parametrize("target", [pytest.param("gfx1100", marks=toolchain_marks("gfx1100"))])
 def test_load_refuses_a_manifest_that_disagrees_with_the_code_object(target, gpu_bundle):
     bundle = open_bundle(gpu_bundle("llama-Q8_0", target))
