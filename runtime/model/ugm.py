@@ -86,15 +86,46 @@ class Charsmap:
     def plain_runs(self) -> "re.Pattern[bytes]":
         """A pattern that matches, at a character's start in valid UTF-8, a run of characters other
         than a space whose longest match here is none, each of which `normalize` copies as it is.
-        A character qualifies when no key starts with its first byte, or (ASCII alone, the bulk of
-        most text) when that byte alone is no key and the next byte continues none that does: an
-        `A` begins composition keys such as `A\u0300`, but not before `b`."""
-        firsts: dict[int, tuple[bool, frozenset[int]]] = {}  # lead byte -> (a key alone, next bytes that continue one)
-        for c in range(1, 256):
-            node, leaf = self._step(self._root, c)
-            if node is not None:
-                firsts[c] = (leaf, frozenset(d for d in range(1, 256) if self._step(node, d)[0] is not None))
-        return _plain_pattern(firsts)
+        A character qualifies when the walk of its bytes ends inside it, or when it reaches the
+        character's end where no key ends and the next byte continues none: `A` begins
+        composition keys such as `A\u0300`, but not before `b`; `и` begins `й` (`и\u0306`). Each
+        character of up to three bytes is walked once here (~25,000 of them for XLM-R's charsmap);
+        four-byte ones whose first byte begins a key are left to the walk at each."""
+        alternatives = []
+        for lead in range(0xF5):
+            width = 1 if lead < 0x80 else 0 if lead < 0xC2 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+            if not width or lead == 0x20:
+                continue
+            node, leaf = self._step(self._root, lead) if lead else (None, False)  # NUL ends every walk
+            if node is None:
+                alternatives.append((b"", lead, width - 1, None))
+            elif not leaf and width == 1:
+                alternatives.append((b"", lead, 0, self._follow(node)))
+            elif not leaf and width < 4:
+                sub = self._char_alternatives(node, width - 1)
+                if sub:
+                    alternatives.append((bytes([lead]), None, 0, sub))
+        return re.compile(b"(?:" + _alternation(alternatives) + b")+")
+
+    def _char_alternatives(self, node: int, remaining: int) -> bytes:
+        """The alternatives for the rest of a character (`remaining` continuation bytes) from
+        `node` of the walk."""
+        out = []
+        for c in range(0x80, 0xC0):
+            after, leaf = self._step(node, c)
+            if after is None:
+                out.append((b"", c, remaining - 1, None))
+            elif not leaf and remaining == 1:
+                out.append((b"", c, 0, self._follow(after)))
+            elif not leaf:
+                sub = self._char_alternatives(after, remaining - 1)
+                if sub:
+                    out.append((bytes([c]), None, 0, sub))
+        return _alternation(out)
+
+    def _follow(self, node: int) -> frozenset[int]:
+        """The bytes that continue some key from `node`."""
+        return frozenset(d for d in range(1, 256) if self._step(node, d)[0] is not None)
 
     def _step(self, node: int, c: int) -> tuple[int | None, bool]:
         """(the node after byte c from `node`, whether a key ends there), (None, False) where no key goes on."""
@@ -124,23 +155,30 @@ def _byte_class(values) -> bytes:
     return b"[" + b"".join(re.escape(bytes([v])) for v in sorted(values)) + b"]"
 
 
-def _plain_pattern(firsts: Mapping[int, tuple[bool, frozenset[int]]]) -> "re.Pattern[bytes]":
-    """Charsmap.plain_runs's pattern from its first bytes (none for no charsmap: every character
-    but a space is copied)."""
-    plain_ascii = [b for b in range(0x80) if b != 0x20 and b not in firsts]  # NUL ends every walk: plain
-    # ASCII bytes that start keys but are none alone, grouped by the bytes that continue them
-    groups: dict[frozenset[int], list[int]] = {}
-    for b, (leaf, follow) in sorted(firsts.items()):
-        if b < 0x80 and b != 0x20 and not leaf:
-            groups.setdefault(follow, []).append(b)
-    cont = rb"[\x80-\xbf]"
-    alternatives = [_byte_class(plain_ascii)] if plain_ascii else []
-    alternatives += [_byte_class(bs) + (b"(?!" + _byte_class(f) + b")" if f else b"") for f, bs in groups.items()]
-    for lo, hi, n in ((0xC2, 0xDF, 1), (0xE0, 0xEF, 2), (0xF0, 0xF4, 3)):
-        leads = [b for b in range(lo, hi + 1) if b not in firsts]
-        if leads:
-            alternatives.append(_byte_class(leads) + cont + b"{%d}" % n)
-    return re.compile(b"(?:" + b"|".join(alternatives) + b")+")
+def _alternation(items) -> bytes:
+    """A regex alternation over bytes: items (prefix, byte, continuation bytes after it, follow)
+    with byte None for `prefix(?:follow)` (follow a nested alternation), else the byte followed by
+    that many continuation bytes and, where `follow` is a set, not by one of its bytes. Bytes
+    alike are gathered into one class."""
+    classes: dict[tuple, list[int]] = {}
+    nested = []
+    for prefix, byte, tail, follow in items:
+        if byte is None:
+            nested.append(re.escape(prefix) + b"(?:" + follow + b")")
+        else:
+            classes.setdefault((tail, follow), []).append(byte)
+    parts = []
+    for (tail, follow), bs in classes.items():
+        part = _byte_class(bs) + (rb"[\x80-\xbf]{%d}" % tail if tail else b"")
+        parts.append(part + (b"(?!" + _byte_class(follow) + b")" if follow else b""))
+    return b"|".join(parts + nested)
+
+
+def _no_charsmap_pattern() -> "re.Pattern[bytes]":
+    """Without a charsmap every character but a space is copied as it is."""
+    return re.compile(
+        rb"(?:[\x00-\x1f\x21-\x7f]|[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3})+"
+    )
 
 
 class UnigramTokenizer:
@@ -155,7 +193,7 @@ class UnigramTokenizer:
         self.unknown_score = float(spec["unknown_score"])
         self.add_space_prefix, self.remove_extra_whitespaces = (bool(spec[k]) for k in _SPEC_FLAGS)
         self.charsmap = charsmap
-        self._plain = charsmap.plain_runs() if charsmap is not None else _plain_pattern({})
+        self._plain = charsmap.plain_runs() if charsmap is not None else _no_charsmap_pattern()
         # Every piece llama.cpp's token matcher holds (normal, user-defined and unused ones: a
         # later duplicate wins, as its trie's insert does), and each proper prefix of one
         # (None), so that a walk stops at the first text no piece starts with.

@@ -174,7 +174,7 @@ def test_copied_runs_and_kept_words_give_what_the_walk_at_each_character_does():
     walk = copy.copy(fast)  # the same pieces (only normalize is compared)
     walk._plain = re.compile(b"(?!)")  # never matches: every character through the charsmap walk
     marks = ["\u0300", "\u0301", "\u0306", "\u0345", "\u3099"]  # combining: keys after a letter
-    alphabet = [*"AaBbQq<=>09 .,\t\n\x00\x7f\x01", *marks, *"éй\u00a0ﬁＡ東か😀\u2581ß"]
+    alphabet = [*"AaBbQq<=>09 .,\t\n\x00\x7f\x01", *marks, *"éй\u00a0ﬁＡ東か😀\u2581ßиάαب한ㄱक“—…ｶ①"]
     rng = random.Random(5)
     for _ in range(400):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40)))
