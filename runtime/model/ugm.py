@@ -264,25 +264,52 @@ class UnigramTokenizer:
 
     def pieces_of(self, normalized: str) -> list[tuple[int, int, int]]:
         """The (start, end, token id) of each token llama.cpp chooses for `normalized`, a run of
-        unknown characters as one."""
+        unknown characters as one.
+
+        Where no piece holds an escaped space past its first character, no piece crosses the start
+        of a word (a space and what follows up to the next): a word's piece matches are its own,
+        so a short word's are walked once and kept while they stay in the cache (_word_matches);
+        a long word (CJK text has no spaces), or any text of a vocabulary without that property,
+        is walked position by position as the search goes."""
         n = len(normalized)
         if not n:
             return []
         score = [float("-inf")] * (n + 1)
         score[0] = 0.0
         start, token = [0] * (n + 1), [self.unk_id] * (n + 1)
-        unknown = self.unknown_score
-        for i, (matches, single) in enumerate(self._matches(normalized)):
-            best = score[i]
-            for length, found, piece_score in matches:  # by length, as llama.cpp's trie walk finds them
-                j = i + length
-                challenger = best + piece_score
-                if challenger > score[j]:
-                    score[j], start[j], token[j] = challenger, i, found
-            if not single:  # no piece is this character alone: the unknown token, penalized
-                challenger = best + unknown
-                if challenger > score[i + 1]:
-                    score[i + 1], start[i + 1], token[i + 1] = challenger, i, self.unk_id
+        get, unknown, unk = self._pieces.get, self.unknown_score, self.unk_id
+        at = 0
+        for word in _WORDS.findall(normalized) if self._words_cut else (normalized,):
+            if len(word) <= _CACHED_WORD and self._words_cut:
+                for i, (matches, single) in enumerate(self._word_matches(word), at):
+                    best = score[i]
+                    for length, found, piece_score in matches:  # by length, as llama.cpp's trie walk finds them
+                        j = i + length
+                        challenger = best + piece_score
+                        if challenger > score[j]:
+                            score[j], start[j], token[j] = challenger, i, found
+                    if not single:  # no piece is this character alone: the unknown token, penalized
+                        challenger = best + unknown
+                        if challenger > score[i + 1]:
+                            score[i + 1], start[i + 1], token[i + 1] = challenger, i, unk
+            else:  # the same search, each position's pieces found as it goes
+                for i in range(at, at + len(word)):
+                    best, single, j = score[i], False, i + 1
+                    while j <= n:
+                        found = get(normalized[i:j], _NOT_PREFIX)
+                        if found is _NOT_PREFIX:
+                            break
+                        if found is not None:
+                            single = single or j == i + 1
+                            challenger = best + found[1]
+                            if challenger > score[j]:
+                                score[j], start[j], token[j] = challenger, i, found[0]
+                        j += 1
+                    if not single:
+                        challenger = best + unknown
+                        if challenger > score[i + 1]:
+                            score[i + 1], start[i + 1], token[i + 1] = challenger, i, unk
+            at += len(word)
         spans: list[tuple[int, int, int]] = []
         end, previous_unknown = n, False
         while True:
@@ -297,41 +324,28 @@ class UnigramTokenizer:
         spans.reverse()
         return spans
 
-    def _matches(self, text: str):
-        """For each position of `text`: ((length, id, score) of each piece that starts there, by
-        length), whether one is that character alone. Where no piece holds an escaped space past its
-        first character, no piece crosses the start of a word (a space and what follows up to the
-        next), so a word's matches are its own: a repeated word is walked once while it stays in
-        the cache (_word_matches)."""
-        if not self._words_cut:
-            return self._walk(text)
-        return itertools.chain.from_iterable(map(self._word_matches, _WORDS.findall(text)))
-
     def _word_matches(self, word: str) -> list[tuple[tuple[tuple[int, int, float], ...], bool]]:
+        """For each position of a short word: ((length, id, score) of each piece that starts there,
+        by length), whether one is that character alone; kept in the cache."""
         found = self._word_cache.get(word)
         if found is None:
-            found = self._walk(word)
-            if len(word) <= _CACHED_WORD:
-                self._cached_chars += len(word)
-                if self._cached_chars > _CACHED_CHARS:
-                    self._word_cache.clear()
-                    self._cached_chars = len(word)
-                self._word_cache[word] = found
+            get, n, found = self._pieces.get, len(word), []
+            for i in range(n):
+                matches, j = [], i + 1
+                while j <= n:
+                    piece = get(word[i:j], _NOT_PREFIX)
+                    if piece is _NOT_PREFIX:
+                        break
+                    if piece is not None:
+                        matches.append((j - i, piece[0], piece[1]))
+                    j += 1
+                found.append((tuple(matches), bool(matches) and matches[0][0] == 1))
+            self._cached_chars += n
+            if self._cached_chars > _CACHED_CHARS:
+                self._word_cache.clear()
+                self._cached_chars = n
+            self._word_cache[word] = found
         return found
-
-    def _walk(self, text: str) -> list[tuple[tuple[tuple[int, int, float], ...], bool]]:
-        get, n, out = self._pieces.get, len(text), []
-        for i in range(n):
-            matches, j = [], i + 1
-            while j <= n:
-                found = get(text[i:j], _NOT_PREFIX)
-                if found is _NOT_PREFIX:
-                    break
-                if found is not None:
-                    matches.append((j - i, found[0], found[1]))
-                j += 1
-            out.append((tuple(matches), bool(matches) and matches[0][0] == 1))
-        return out
 
 
 def _utf8_width(data: bytes, at: int) -> int:
