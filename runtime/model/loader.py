@@ -40,22 +40,24 @@ def check_ctx_size(ctx_size: int | None, trained: dict[str, int]) -> None:
 def load_tokenizer(bundle: Bundle) -> Tokenizer:
     path = bundle.file(TOKENIZER_FILE)
     try:
-        text = path.read_text(encoding="utf-8")
-        tokenizer = Tokenizer.from_str(text)
-    except Exception as e:  # `tokenizers` raises a bare Exception for any file it cannot read or parse
-        raise BundleError(f"{path}: damaged, not a tokenizer ({' '.join(str(e).split())[:120]})") from None
-    try:
-        attach_manifest(tokenizer, text, bundle.manifest.get("tokenizer", {}))
+        return tokenizer_from_json(path.read_text(encoding="utf-8"), bundle.manifest.get("tokenizer", {}))
     except (ugm.UnigramError, special_strip.StripError) as e:
         raise BundleError(f"{path}: {e}") from None
-    return tokenizer
+    except Exception as e:  # `tokenizers` raises a bare Exception for any file it cannot read or parse
+        raise BundleError(f"{path}: damaged, not a tokenizer ({' '.join(str(e).split())[:120]})") from None
 
 
-def attach_manifest(tokenizer: Tokenizer, text: str, entry: Mapping[str, Any]) -> None:
-    """Gives `tokenizer` (loaded from tokenizer.json `text`) what the manifest's tokenizer `entry` adds
-    to it: a Unigram vocabulary's search (`unigram`: llama.cpp's, which tokenizer.json cannot say),
-    special tokens that eat the ASCII whitespace beside them (`strip`)."""
+def tokenizer_from_json(text: str, entry: Mapping[str, Any]) -> Tokenizer:
+    """The tokenizer of tokenizer.json `text` with what the manifest's tokenizer `entry` adds to
+    it: a Unigram vocabulary's search (`unigram`: llama.cpp's, which tokenizer.json cannot say;
+    `tokenizers` then loads the document without the model and normalizer that the search
+    replaces, ugm.shell), special tokens that eat the ASCII whitespace beside them (`strip`)."""
     if (spec := entry.get("unigram")) is not None:
-        ugm.attach(tokenizer, json.loads(text), spec)
+        document = json.loads(text)
+        tokenizer = Tokenizer.from_str(json.dumps(ugm.shell(document)))
+        ugm.attach(tokenizer, document, spec)
+    else:
+        tokenizer = Tokenizer.from_str(text)
     if (strip := entry.get("strip")) is not None:
         special_strip.attach(tokenizer, strip)
+    return tokenizer

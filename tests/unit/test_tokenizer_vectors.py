@@ -14,7 +14,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, strip_spec, unigram_spec
-from rfc.runtime.model.loader import attach_manifest
+from rfc.runtime.model.loader import tokenizer_from_json
 from tests.conftest import VOCAB
 from tests.unit.test_tokenizer import metadata_of
 
@@ -57,10 +57,8 @@ def test_vocabulary_tokenizes_like_llama_cpp(case):
 def runtime_tokenizer(metadata: dict) -> Tokenizer:
     """The tokenizer the runtime loads from a bundle compiled from `metadata`."""
     text = build_tokenizer(metadata)[0]
-    tokenizer = Tokenizer.from_str(text)
     entry = {"unigram": unigram_spec(metadata), "strip": strip_spec(metadata)}
-    attach_manifest(tokenizer, text, {k: v for k, v in entry.items() if v is not None})
-    return tokenizer
+    return tokenizer_from_json(text, {k: v for k, v in entry.items() if v is not None})
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from rfc.compiler.tokenizer import TokenizerError, build_tokenizer, unigram_spec
 from rfc.compiler.tokenizer.charsmap import build_charsmap
 from rfc.compiler.tokenizer.unigram import CHARSMAP_KEY, CharsmapError, check_charsmap
 from rfc.runtime.model import ugm
+from rfc.runtime.model.loader import tokenizer_from_json
 
 SPACE = "\u2581"
 
@@ -134,6 +135,20 @@ def test_a_damaged_spec_or_charsmap_is_refused_at_load():
     document["normalizer"]["normalizers"][0]["precompiled_charsmap"] = base64.b64encode(b"\1\0\0\0").decode()
     with pytest.raises(ugm.UnigramError, match="does not fit"):
         ugm.attach(Tokenizer.from_str(text), document, spec)
+    # the runtime's loader: the document without the model and normalizer the search replaces
+    with pytest.raises(ugm.UnigramError, match="added tokens"):
+        tokenizer_from_json(json.dumps({**json.loads(text), "added_tokens": "x"}), {"unigram": spec})
+
+
+def test_the_loader_gives_the_search_the_added_tokens_ids():
+    """The runtime loads a Unigram tokenizer.json without its Unigram model (ugm.shell): the
+    special tokens keep their ids, the text its pieces, decoding its spaces."""
+    meta = _vocab([(SPACE + "a", -1.0, 1), ("<mask>", 0.0, 4), (SPACE + "b", -2.0, 1)], add_space_prefix=True)
+    tokenizer = tokenizer_from_json(build_tokenizer(meta)[0], {"unigram": unigram_spec(meta)})
+    encoding = tokenizer.encode("a<mask>b", add_special_tokens=False)  # each stretch gets its space prefix
+    assert encoding.ids == [3, 4, 5], encoding.ids
+    assert tokenizer.decode(encoding.ids, skip_special_tokens=False) == "a<mask> b"
+    assert tokenizer.token_to_id("<mask>") == 4 and tokenizer.id_to_token(5) == SPACE + "b"
 
 
 def test_text_holding_the_separator_is_tokenized_as_any_unknown_text():
