@@ -62,6 +62,7 @@ def _code_object(bundle, target: str) -> dict:
 
 
 @pytest.mark.parametrize("model,target", list(_cases()))
+@pytest.mark.release_build
 def test_compiles_with_every_plan_kernel_and_its_argument_layout(model, target, gpu_bundle):
     bundle = open_bundle(gpu_bundle(model, target, release=True))
     entry = target_entry(bundle.manifest, target)
@@ -98,6 +99,7 @@ def test_compiles_with_every_plan_kernel_and_its_argument_layout(model, target, 
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in TARGETS])
+@pytest.mark.release_build(model="llama-Q4_K_M")
 def test_builds_are_byte_identical(target, gpu_bundle, tmp_path):
     first = gpu_bundle("llama-Q4_K_M", target, release=True)  # a release build earlier this session
     again = tmp_path / "again"

@@ -75,6 +75,7 @@ def _check(model: str, target: str, usage: dict[str, KernelUsage]) -> None:
 @pytest.mark.parametrize(
     "model", [pytest.param(m, marks=toolchain_marks("sm_90") + _exhaustive_unless(m in SM_DEFAULT)) for m in SM_MODELS]
 )
+@pytest.mark.release_build(target="sm_90")
 def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     """Including the prefill list's tensor-core matmuls, which every model with a matmul in a
     format they take has (F32-only models, stories260K among them, have none), and its
@@ -117,6 +118,7 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
 
 
 @pytest.mark.parametrize("model", [pytest.param("stories260K", marks=toolchain_marks("sm_90"))])
+@pytest.mark.release_build(target="sm_90")
 def test_cubin_usage_is_what_ptxas_reports(model, gpu_bundle):
     """The bundle's cubin read as the checks above read it, against `-Xptxas -v` on the
     bundle's own source and command (one more nvcc run, on the smallest fixture): the same
@@ -208,6 +210,7 @@ def test_cubin_usage_catches_stack_frames_and_spills(target):
         for m in GFX_MODELS
     ],
 )
+@pytest.mark.release_build
 def test_gfx_hot_kernels_use_no_private_memory(model, target, gpu_bundle):
     _check(model, target, _usage(gpu_bundle(model, target, release=True), target))
 

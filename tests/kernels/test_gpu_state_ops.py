@@ -122,6 +122,7 @@ def _usage_exhaustive(model: str, target: str) -> bool:
         for m in sorted(STATE_KERNELS)
     ],
 )
+@pytest.mark.release_build
 def test_state_kernels_use_no_local_memory(model, target, gpu_bundle):
     bundle = open_bundle(gpu_bundle(model, target, release=True))
     usage = bundle_usage(bundle, target_entry(bundle.manifest, target))
