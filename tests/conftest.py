@@ -157,28 +157,6 @@ def pytest_collection_modifyitems(config, items):
     items[:] = _heaviest_first(items, DURATIONS)
 
 
-class _ReleaseBuilds:
-    """The (model, target) pairs whose release build a selected test reads (`release_build`):
-    an emulator test of the same pair reads that build rather than make a quick one beside it
-    (tests/kernels/gpu_support.py). A plugin of its own, to run after every deselection."""
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items):
-        pairs = set()
-        for item in items:
-            if (mark := item.get_closest_marker("release_build")) is not None:
-                params = item.callspec.params if hasattr(item, "callspec") else {}
-                pairs.add((mark.kwargs.get("model") or params["model"], mark.kwargs.get("target") or params["target"]))
-        if pairs:
-            from tests.kernels import gpu_support
-
-            gpu_support.RELEASE_BUILDS.update(pairs)
-
-
-def pytest_configure(config):
-    config.pluginmanager.register(_ReleaseBuilds(), "rfc-release-builds")
-
-
 # Seconds each test file took in a measured run (tools/test_durations.py writes it from a JUnit
 # XML). .ci/run hands whole files to its workers in collection order (--dist loadfile
 # --no-loadscope-reorder): the heaviest first, so that the last files taken up are short ones

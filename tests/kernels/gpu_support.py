@@ -5,15 +5,16 @@ import the fixtures. Each module gets its own fixture instance, but all share on
 build cache under the session's base temp dir, so a model's source is built once per
 target per session.
 
-Two kinds of build. The emulator (gpu_emulator.py) runs a bundle's generated source, built by
-g++; of the code object it reads only what the runtime checks at load (each kernel's argument
-layout, its block size, the wave size), which the toolchain's optimization level does not
-change. So the bundles the emulator runs are built quickly (`emulator_compile`, `gpu_bundle`):
-nvcc's device front end and ptxas at -O0, hipcc at -O0, about half the time of -O3 (a tiny
-llama: nvcc 16.9 -> 8.9 s, hipcc 9.1 -> 3.7 s on a 2-core VM); their manifests record that
-command. What the tests check of the toolchain's own output (registers, local memory, byte
-identical rebuilds, the argument layouts the product ships) is checked on release builds,
-the product's own flags (`gpu_bundle(..., release=True)`, test_gpu_resources, test_gpu_codegen).
+Two kinds of build. `gpu_bundle`'s are the product's own (-O3): the emulator tests share them
+with the tests that read what the toolchain decided (registers, local memory, argument layouts,
+byte-identical rebuilds: test_gpu_resources, test_gpu_codegen). A test that compiles a model of
+its own for the emulator alone (a saver file, a switched variant) uses `emulator_compile`: the
+emulator (gpu_emulator.py) runs the generated source, built by g++, and of the code object reads
+only what the runtime checks at load (each kernel's argument layout, its block size, the wave
+size), which the toolchain's optimization level does not change. So those are built with the
+device optimizations off: nvcc's front end and ptxas at -O0, hipcc at -O0, about half the time
+(a tiny llama: nvcc 16.9 -> 8.9 s, hipcc 9.1 -> 3.7 s on a 2-core VM); their manifests record
+that command.
 """
 
 import shutil
@@ -68,12 +69,6 @@ def gpu_build_cache(tmp_path_factory) -> Path:
     return path
 
 
-# The (model, target) pairs some selected test reads a release build of (the `release_build`
-# marker, gathered by tests/conftest.py after collection): the emulator reads those builds too,
-# rather than make a quick one as well (every worker collects every test, so both workers agree,
-# and the second takes the first one's kernels from the shared build cache).
-RELEASE_BUILDS: set[tuple[str, str]] = set()
-
 # Each family's release flag and what a quick build passes in its place (the emulator's bundles)
 _QUICK_FLAGS = {"cuda": ("-Xcicc", "-O0", "-Xptxas", "-O0"), "hip": ("-O0",)}
 _RELEASE_FLAG = "-O3"
@@ -106,26 +101,22 @@ def emulator_compile(options):
 
 @pytest.fixture(scope="session")
 def gpu_bundle(tmp_path_factory, gpu_build_cache):
-    """gpu_bundle(model_name, target) -> bundle dir, compiled at most once per session: a quick
-    build for the emulator, or with `release=True` the product's build (whose code object a test
-    reads for what the toolchain decided), which the emulator reads too where a selected test
-    needs it (RELEASE_BUILDS)."""
+    """gpu_bundle(model_name, target) -> bundle dir, compiled at most once per session."""
     root = tmp_path_factory.mktemp("gpu-bundles")
-    built: dict[tuple[str, str, bool], Path] = {}
+    built: dict[tuple[str, str], Path] = {}
 
-    def get(name: str, target: str, release: bool = False) -> Path:
-        release = release or (name, target) in RELEASE_BUILDS
-        if (name, target, release) not in built:
+    def get(name: str, target: str) -> Path:
+        if (name, target) not in built:
             from rfc.compiler.pipeline import CompileOptions, compile_model
 
-            kind = "release" if release else "quick"
-            out = root / f"{name}-{target}-{kind}"
-            options = CompileOptions(model=model_path(name), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
+            out = root / f"{name}-{target}"
             # one worker at a time per bundle: the other waits, then takes the kernels from the cache
-            with testdata._locked(gpu_build_cache / "locks" / f"{name}-{target}-{kind}"):
-                (compile_model if release else emulator_compile)(options)
-            built[name, target, release] = out
-        return built[name, target, release]
+            with testdata._locked(gpu_build_cache / "locks" / f"{name}-{target}"):
+                compile_model(
+                    CompileOptions(model=model_path(name), out_dir=out, targets=(target,), cache_dir=gpu_build_cache)
+                )
+            built[name, target] = out
+        return built[name, target]
 
     return get
 

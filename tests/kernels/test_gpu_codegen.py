@@ -62,9 +62,8 @@ def _code_object(bundle, target: str) -> dict:
 
 
 @pytest.mark.parametrize("model,target", list(_cases()))
-@pytest.mark.release_build
 def test_compiles_with_every_plan_kernel_and_its_argument_layout(model, target, gpu_bundle):
-    bundle = open_bundle(gpu_bundle(model, target, release=True))
+    bundle = open_bundle(gpu_bundle(model, target))
     entry = target_entry(bundle.manifest, target)
     suffix = "hsaco" if target.startswith("gfx") else "cubin"
     assert entry.kernels == f"kernels/{target}/rfc.{suffix}"
@@ -99,9 +98,8 @@ def test_compiles_with_every_plan_kernel_and_its_argument_layout(model, target, 
 
 
 @pytest.mark.parametrize("target", [pytest.param(t, marks=toolchain_marks(t)) for t in TARGETS])
-@pytest.mark.release_build(model="llama-Q4_K_M")
 def test_builds_are_byte_identical(target, gpu_bundle, tmp_path):
-    first = gpu_bundle("llama-Q4_K_M", target, release=True)  # a release build earlier this session
+    first = gpu_bundle("llama-Q4_K_M", target)  # a release build earlier this session
     again = tmp_path / "again"
     compile_model(CompileOptions(model_path("llama-Q4_K_M"), again, targets=(target,), cache_dir=None))
     files = sorted(p.relative_to(first).as_posix() for p in (first / "kernels").rglob("*") if p.is_file())

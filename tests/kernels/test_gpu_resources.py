@@ -75,7 +75,6 @@ def _check(model: str, target: str, usage: dict[str, KernelUsage]) -> None:
 @pytest.mark.parametrize(
     "model", [pytest.param(m, marks=toolchain_marks("sm_90") + _exhaustive_unless(m in SM_DEFAULT)) for m in SM_MODELS]
 )
-@pytest.mark.release_build(target="sm_90")
 def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     """Including the prefill list's tensor-core matmuls, which every model with a matmul in a
     format they take has (F32-only models, stories260K among them, have none), and its
@@ -83,9 +82,9 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
     from rfc.artifacts.program import unpack_program
     from rfc.compiler.codegen.gpu_mma import MMA_FORMATS
 
-    usage = _usage(gpu_bundle(model, "sm_90", release=True), "sm_90")
+    usage = _usage(gpu_bundle(model, "sm_90"), "sm_90")
     _check(model, "sm_90", usage)
-    bundle = open_bundle(gpu_bundle(model, "sm_90", release=True))
+    bundle = open_bundle(gpu_bundle(model, "sm_90"))
     program = unpack_program(bundle.file(target_entry(bundle.manifest, "sm_90").program).read_bytes())
     prefill_only = {launch.kernel for launch in program.prefill_launches} - {
         launch.kernel for launch in program.launches
@@ -118,12 +117,11 @@ def test_sm90_hot_kernels_use_no_local_memory(model, gpu_bundle):
 
 
 @pytest.mark.parametrize("model", [pytest.param("stories260K", marks=toolchain_marks("sm_90"))])
-@pytest.mark.release_build(target="sm_90")
 def test_cubin_usage_is_what_ptxas_reports(model, gpu_bundle):
     """The bundle's cubin read as the checks above read it, against `-Xptxas -v` on the
     bundle's own source and command (one more nvcc run, on the smallest fixture): the same
     kernels, registers, stack and shared memory; the report's spills inside the stack."""
-    bundle = open_bundle(gpu_bundle(model, "sm_90", release=True))
+    bundle = open_bundle(gpu_bundle(model, "sm_90"))
     entry = target_entry(bundle.manifest, "sm_90")
     _assert_same_usage(
         cubin_usage(bundle.file(entry.kernels).read_bytes()),
@@ -210,9 +208,8 @@ def test_cubin_usage_catches_stack_frames_and_spills(target):
         for m in GFX_MODELS
     ],
 )
-@pytest.mark.release_build
 def test_gfx_hot_kernels_use_no_private_memory(model, target, gpu_bundle):
-    _check(model, target, _usage(gpu_bundle(model, target, release=True), target))
+    _check(model, target, _usage(gpu_bundle(model, target), target))
 
 
 def test_ptxas_report_parsing():

@@ -122,9 +122,8 @@ def _usage_exhaustive(model: str, target: str) -> bool:
         for m in sorted(STATE_KERNELS)
     ],
 )
-@pytest.mark.release_build
 def test_state_kernels_use_no_local_memory(model, target, gpu_bundle):
-    bundle = open_bundle(gpu_bundle(model, target, release=True))
+    bundle = open_bundle(gpu_bundle(model, target))
     usage = bundle_usage(bundle, target_entry(bundle.manifest, target))
     ours = {n: u for n, u in usage.items() if n.startswith(STATE_KERNELS[model])}
     # one kernel each, shared by the layers; a gated activation before an int8 tensor-core matmul also
