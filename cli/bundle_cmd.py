@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from rfc.artifacts import BundleError
-from rfc.artifacts.bundle import open_bundle, read_manifest, verify_files
+from rfc.artifacts.bundle import open_bundle, read_manifest, read_plan, verify_files
 from rfc.artifacts.provenance import provenance_summary, read_provenance
 from rfc.artifacts.signature import SIGNATURE_FILE, unlisted_files
 from rfc.cli.errors import CHECK_FAILED, fail
@@ -24,9 +24,10 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         statement = read_provenance(bundle, m)
         summary["provenance"] = provenance_summary(statement) if statement else None
         summary["signed"] = (bundle / SIGNATURE_FILE).is_file()
-        summary["recurrent_state"] = _state_summary(bundle, m)
-        summary["kv_bytes_per_token"] = _kv_bytes(bundle)
-        summary["rope"] = _rotates(bundle, m)
+        plan = read_plan(bundle, m)
+        summary["recurrent_state"] = _state_summary(plan)
+        summary["kv_bytes_per_token"] = _kv_bytes(plan)
+        summary["rope"] = any(op.kind == "rope" for op in plan.ops)
     except BundleError as e:
         fail(str(e))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
@@ -45,7 +46,7 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     click.echo("formats     " + ", ".join(f"{k}×{v}" for k, v in summary["formats"].items()))
     click.echo("targets     " + ", ".join(summary["targets"]))
     # a model whose plan rotates nothing (ALiBi, learned or no positions) shows no RoPE settings
-    shown = {k: v for k, v in summary["hparams"].items() if summary["rope"] is not False or k not in _ROPE_FIELDS}
+    shown = {k: v for k, v in summary["hparams"].items() if summary["rope"] or k not in _ROPE_FIELDS}
     click.echo("hparams     " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     click.echo(f"size        {summary['total_size']:,} bytes")
     state = summary["recurrent_state"]
@@ -84,26 +85,9 @@ _ROPE_FIELDS = frozenset(("n_rot", "rope_style", "rope_freq_base", "rope_freq_sc
                           "rope_freq_factors"))  # fmt: skip
 
 
-def _rotates(bundle: Path, m: dict) -> bool | None:
-    """Whether the plan has a RoPE op (None where the plan does not read: verify says why)."""
-    from rfc.artifacts.bundle import read_plan
-
-    try:
-        plan = read_plan(bundle, m)
-    except BundleError:
-        return None
-    return any(op.kind == "rope" for op in plan.ops)
-
-
-def _kv_bytes(bundle: Path) -> dict[str, int]:
+def _kv_bytes(plan) -> dict[str, int]:
     """Bytes a cached token takes per KV-cache type (K and V alike; {} where no type fits)."""
-    from rfc.artifacts.bundle import read_plan
     from rfc.artifacts.kv_cache_type import CacheType, CacheTypeError, KvCacheTypes
-
-    try:
-        plan = read_plan(bundle)
-    except BundleError:  # inspect still describes a bundle whose plan does not read (verify says why)
-        return {}
 
     def serves(t: CacheType) -> bool:  # what the loader accepts (KvCacheTypes.check: whole blocks, one geometry)
         try:
@@ -115,11 +99,9 @@ def _kv_bytes(bundle: Path) -> dict[str, int]:
     return {t.value: KvCacheTypes(t, t).token_bytes(plan.kv) for t in CacheType if serves(t)}
 
 
-def _state_summary(bundle: Path, m: dict) -> dict | None:
+def _state_summary(plan) -> dict | None:
     """A hybrid model's recurrent state per sequence (the plan's StateSpec); None without."""
-    from rfc.artifacts.bundle import read_plan
-
-    state = read_plan(bundle, m).state
+    state = plan.state
     if not state.tensors:
         return None
     return {

@@ -64,23 +64,16 @@ class Charsmap:
     def longest_match(self, data: bytes, start: int) -> tuple[int, bytes]:
         """(bytes matched, replacement) for the longest key that data[start:] starts with;
         (0, b"") where none does. A NUL byte ends every key, as in llama.cpp."""
-        nodes, count = self._nodes, len(self._nodes)
         node, matched, value = self._root, 0, -1
         for pos in range(start, len(data)):
             c = data[pos]
             if c == 0:
                 break
-            node ^= c
-            if node >= count:  # llama.cpp throws here; a validated charsmap never gets here
+            node, leaf = self._step(node, c)
+            if node is None:  # (an index outside the array: llama.cpp throws; a validated charsmap never gets here)
                 break
-            packed = nodes[node]
-            if packed & 0x800000FF != c:
-                break
-            node ^= _base(packed)
-            if packed & 0x100:
-                if node >= count:
-                    break
-                matched, value = pos - start + 1, nodes[node] & 0x7FFFFFFF
+            if leaf:
+                matched, value = pos - start + 1, self._nodes[node] & 0x7FFFFFFF
         return (matched, self.replacement(value)) if matched else (0, b"")
 
     def plain_runs(self) -> "re.Pattern[bytes]":
@@ -174,11 +167,10 @@ def _alternation(items) -> bytes:
     return b"|".join(parts + nested)
 
 
-def _no_charsmap_pattern() -> "re.Pattern[bytes]":
-    """Without a charsmap every character but a space is copied as it is."""
-    return re.compile(
-        rb"(?:[\x00-\x1f\x21-\x7f]|[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3})+"
-    )
+# Without a charsmap every character but a space is copied as it is
+_ALL_BUT_SPACES = re.compile(
+    rb"(?:[\x00-\x1f\x21-\x7f]|[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3})+"
+)
 
 
 class UnigramTokenizer:
@@ -193,7 +185,7 @@ class UnigramTokenizer:
         self.unknown_score = float(spec["unknown_score"])
         self.add_space_prefix, self.remove_extra_whitespaces = (bool(spec[k]) for k in _SPEC_FLAGS)
         self.charsmap = charsmap
-        self._plain = charsmap.plain_runs() if charsmap is not None else _no_charsmap_pattern()
+        self._plain = charsmap.plain_runs() if charsmap is not None else _ALL_BUT_SPACES
         # Every piece llama.cpp's token matcher holds (normal, user-defined and unused ones: a
         # later duplicate wins, as its trie's insert does), and each proper prefix of one
         # (None), so that a walk stops at the first text no piece starts with.
@@ -277,39 +269,18 @@ class UnigramTokenizer:
         score = [float("-inf")] * (n + 1)
         score[0] = 0.0
         start, token = [0] * (n + 1), [self.unk_id] * (n + 1)
-        get, unknown, unk = self._pieces.get, self.unknown_score, self.unk_id
-        at = 0
-        for word in _WORDS.findall(normalized) if self._words_cut else (normalized,):
-            if len(word) <= _CACHED_WORD and self._words_cut:
-                for i, (matches, single) in enumerate(self._word_matches(word), at):
-                    best = score[i]
-                    for length, found, piece_score in matches:  # by length, as llama.cpp's trie walk finds them
-                        j = i + length
-                        challenger = best + piece_score
-                        if challenger > score[j]:
-                            score[j], start[j], token[j] = challenger, i, found
-                    if not single:  # no piece is this character alone: the unknown token, penalized
-                        challenger = best + unknown
-                        if challenger > score[i + 1]:
-                            score[i + 1], start[i + 1], token[i + 1] = challenger, i, unk
-            else:  # the same search, each position's pieces found as it goes
-                for i in range(at, at + len(word)):
-                    best, single, j = score[i], False, i + 1
-                    while j <= n:
-                        found = get(normalized[i:j], _NOT_PREFIX)
-                        if found is _NOT_PREFIX:
-                            break
-                        if found is not None:
-                            single = single or j == i + 1
-                            challenger = best + found[1]
-                            if challenger > score[j]:
-                                score[j], start[j], token[j] = challenger, i, found[0]
-                        j += 1
-                    if not single:
-                        challenger = best + unknown
-                        if challenger > score[i + 1]:
-                            score[i + 1], start[i + 1], token[i + 1] = challenger, i, unk
-            at += len(word)
+        unknown, unk = self.unknown_score, self.unk_id
+        for i, (matches, single) in enumerate(self._matches(normalized)):
+            best = score[i]
+            for length, found, piece_score in matches:  # by length, as llama.cpp's trie walk finds them
+                j = i + length
+                challenger = best + piece_score
+                if challenger > score[j]:
+                    score[j], start[j], token[j] = challenger, i, found
+            if not single:  # no piece is this character alone: the unknown token, penalized
+                challenger = best + unknown
+                if challenger > score[i + 1]:
+                    score[i + 1], start[i + 1], token[i + 1] = challenger, i, unk
         spans: list[tuple[int, int, int]] = []
         end, previous_unknown = n, False
         while True:
@@ -324,28 +295,40 @@ class UnigramTokenizer:
         spans.reverse()
         return spans
 
+    def _matches(self, text: str):
+        """For each position of `text`: ((length, id, score) of each piece that starts there, by
+        length), whether one is that character alone: a short word's from the cache, the rest
+        walked as the search reaches them."""
+        if not self._words_cut:
+            return self._walk(text)
+        return itertools.chain.from_iterable(
+            self._word_matches(word) if len(word) <= _CACHED_WORD else self._walk(word) for word in _WORDS.findall(text)
+        )
+
     def _word_matches(self, word: str) -> list[tuple[tuple[tuple[int, int, float], ...], bool]]:
-        """For each position of a short word: ((length, id, score) of each piece that starts there,
-        by length), whether one is that character alone; kept in the cache."""
+        """_matches of a short word, kept in the cache."""
         found = self._word_cache.get(word)
         if found is None:
-            get, n, found = self._pieces.get, len(word), []
-            for i in range(n):
-                matches, j = [], i + 1
-                while j <= n:
-                    piece = get(word[i:j], _NOT_PREFIX)
-                    if piece is _NOT_PREFIX:
-                        break
-                    if piece is not None:
-                        matches.append((j - i, piece[0], piece[1]))
-                    j += 1
-                found.append((tuple(matches), bool(matches) and matches[0][0] == 1))
-            self._cached_chars += n
+            found = list(self._walk(word))
+            self._cached_chars += len(word)
             if self._cached_chars > _CACHED_CHARS:
                 self._word_cache.clear()
-                self._cached_chars = n
+                self._cached_chars = len(word)
             self._word_cache[word] = found
         return found
+
+    def _walk(self, text: str):
+        get, n = self._pieces.get, len(text)
+        for i in range(n):
+            matches, j = [], i + 1
+            while j <= n:
+                piece = get(text[i:j], _NOT_PREFIX)
+                if piece is _NOT_PREFIX:
+                    break
+                if piece is not None:
+                    matches.append((j - i, piece[0], piece[1]))
+                j += 1
+            yield tuple(matches), bool(matches) and matches[0][0] == 1
 
 
 def _utf8_width(data: bytes, at: int) -> int:

@@ -103,8 +103,9 @@ def test_a_quantized_kv_cache_is_refused_for_mixed_head_sizes():
 
 def test_inspect_lists_only_the_cache_types_it_serves(tmp_path):
     """`rfc inspect`'s bytes per token: f16 alone, the one type the loader accepts for this model."""
+    from rfc.artifacts.bundle import read_plan
     from rfc.cli.bundle_cmd import _kv_bytes
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
     compile_model(CompileOptions(model=SRC, out_dir=tmp_path / "b", targets=(), cache_dir=None))
-    assert _kv_bytes(tmp_path / "b") == {"f16": 4 * 2 * 128 * 2}  # 4 layers, K and V rows of 128 f16 values
+    assert _kv_bytes(read_plan(tmp_path / "b")) == {"f16": 4 * 2 * 128 * 2}  # 4 layers, K and V rows of 128 f16 values

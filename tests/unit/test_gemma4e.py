@@ -113,8 +113,10 @@ def test_refusal_is_one_line_exit_2(case, tmp_path):
 
 def test_inspect_counts_only_the_layers_that_store_kv(tmp_path):
     """`rfc inspect`'s bytes per token (and the KV budget, from the same KVSpec): 4 layers of 6."""
+    from rfc.artifacts.bundle import read_plan
     from rfc.cli.bundle_cmd import _kv_bytes
     from rfc.compiler.pipeline import CompileOptions, compile_model
 
     compile_model(CompileOptions(model=SRC, out_dir=tmp_path / "b", targets=(), cache_dir=None))
-    assert _kv_bytes(tmp_path / "b") == {"f16": 4 * 2 * 128 * 2}  # 4 layers, K and V rows of 2 x 64 f16 values
+    # 4 layers, K and V rows of 2 x 64 f16 values
+    assert _kv_bytes(read_plan(tmp_path / "b")) == {"f16": 4 * 2 * 128 * 2}
