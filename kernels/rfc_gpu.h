@@ -41,6 +41,10 @@ RFC_DEVICE_FN void rfc_sync(void) {
     __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "workgroup");
 }
 
+/* A wave's lanes see each other's shared-memory accesses before what follows: a wave runs in
+ * lockstep on AMD, so this only keeps the compiler from moving loads and stores across it. */
+RFC_DEVICE_FN void rfc_sync_wave(void) { __builtin_amdgcn_wave_barrier(); }
+
 /* Value of `v` in lane (this lane ^ mask) of the wave (ds_bpermute addresses bytes). */
 RFC_DEVICE_FN float rfc_shfl_xor(float v, int mask) {
     const int lane = RFC_TID & (RFC_WAVE - 1);
@@ -100,6 +104,10 @@ typedef float rfc_f2 __attribute__((ext_vector_type(2)));
 #define RFC_BID_Z ((int)blockIdx.z)
 
 RFC_DEVICE_FN void rfc_sync(void) { __syncthreads(); }
+/* A warp's lanes see each other's shared-memory accesses before what follows: lanes of one warp
+ * are scheduled independently (sm_70 and later), so a shuffle between a lane's read and
+ * another lane's write of the same word does not order them; this does. */
+RFC_DEVICE_FN void rfc_sync_wave(void) { __syncwarp(); }
 
 RFC_DEVICE_FN float rfc_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
 

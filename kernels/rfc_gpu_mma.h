@@ -9,8 +9,6 @@
  *                                                        accumulators load and store as floats)
  *   rfc_mma_half, RFC_MMA_HALF(f)                       a half in shared memory; float -> half
  *                                                        rounded to nearest even
- *   rfc_sync_wave()                                      a warp's lanes see each other's
- *                                                        shared-memory writes
  *   rfc_wmma_scale_rows(acc, alpha, stage, lane)         row r of an accumulator times alpha[r]
  *
  * Which lane holds which element of a fragment is left opaque, as WMMA leaves it: the
@@ -27,10 +25,8 @@
 namespace rfc_wmma = nvcuda::wmma;
 typedef __half rfc_mma_half;
 #define RFC_MMA_HALF(f) __float2half_rn(f)
-/* fragments are stored and read back through shared memory by all lanes of a warp */
-RFC_DEVICE_FN void rfc_sync_wave(void) { __syncwarp(); }
 #elif defined(RFC_GPU_EMULATED)
-/* gpu_emu.h defines rfc_wmma, rfc_mma_half, RFC_MMA_HALF and rfc_sync_wave */
+/* gpu_emu.h defines rfc_wmma, rfc_mma_half and RFC_MMA_HALF */
 #else
 #error "rfc_gpu_mma.h: tensor-core kernels are built for sm_70 and newer only"
 #endif

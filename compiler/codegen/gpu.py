@@ -104,7 +104,7 @@ def plan_target(
     # op by op there is not built)
     fused = fused_specs(fusions)
     # the one-token twins of the decode list's matmuls, for the list a one-token step runs
-    twins = [t for t in map(one_token_twin, [*specs, *fused]) if t is not None]
+    twins = [t for t in (one_token_twin(s, target) for s in (*specs, *fused)) if t is not None]
     program = plan_program(target, plan, [*specs, *fused, *twins], op_kernels, fusions)
     # the decode list's int8 matmuls on their batch twins (gpu_bmma.BATCH_MMA)
     by_name = {s.name: s for s in (*specs, *fused, *twins)}

@@ -14,6 +14,7 @@ an op's kernel alone as the launch `op_launch` lowers it to.
 
 import dataclasses
 import math
+import re
 import struct
 
 
@@ -1021,10 +1022,10 @@ def plan_program(target: Target, plan: Plan, specs: list[KernelSpec], op_kernels
     )
 
 
-def one_token_twin(spec: KernelSpec) -> KernelSpec | None:
+def one_token_twin(spec: KernelSpec, target: Target | None = None) -> KernelSpec | None:
     """The twin of a matmul kernel whose blocks take MATMUL_TOKENS tokens (its grid's token
-    dimension tiled by them) with blocks of one token, for the one-token list; None for other
-    kernels."""
+    dimension tiled by them) with blocks of one token, for the one-token list of `target`'s
+    program (its resident blocks: _one_token_blocks); None for other kernels."""
     tokens = spec.params.get("tokens_per_block")
     if not SINGLE_TOKEN_LIST or not tokens or tokens == 1 or ("n_rows", tokens) not in spec.grid:
         return None
@@ -1032,7 +1033,7 @@ def one_token_twin(spec: KernelSpec) -> KernelSpec | None:
     grid = tuple((c, 1) if c == "n_rows" else (c, t) for c, t in spec.grid)
     params = {**spec.params, "name": name, "tokens_per_block": 1, **_one_token_chunk(spec.params, tokens)}
     if ONE_TOKEN_LOADS_AHEAD and spec.template in INT8_ROW_TEMPLATES and _planar(params):
-        params.update(_loads_ahead(params))
+        params.update(_loads_ahead(params, target))
     return dataclasses.replace(spec, name=name, params=params, grid=grid, steps=(), prefill=None)
 
 
@@ -1042,15 +1043,21 @@ def one_token_twin(spec: KernelSpec) -> KernelSpec | None:
 # flight a lane, each waiting out its round trip), and the loop over a lane's sub-blocks of a
 # chunk of float activations is unrolled ONE_TOKEN_LANE_LOADS at a time (as many as a 4096-wide
 # row's q8 loop has a lane; the q8 loop is unrolled whole). Those loads take registers, which
-# RFC_KERNEL_BLOCKS caps for ONE_TOKEN_MIN_BLOCKS resident blocks a multiprocessor: on sm_90 two
-# (128 registers) leave the planar formats' twins at an 8B's sizes without spills (the 8B's Q4_K
-# gate/up twin takes 127, where its blocks-of-8 walk took 80: three blocks); three (80) spill in
-# the Q5_K and Q8_0 ones. Only weights in planar layouts: the i-quants' decodes (grids, tables)
-# spilled at 128 (IQ4_NL, IQ4_XS, IQ3_S gate/up at an 8B's sizes), so they keep the walk of the
-# blocks of 8. The same sums in the same order; on by default, unmeasured on a card: the A/B is
-# the next card call's (docs/benchmarks.md).
+# RFC_KERNEL_BLOCKS caps for ONE_TOKEN_MIN_BLOCKS resident blocks a multiprocessor: two (128
+# registers) leave the planar formats' twins at an 8B's sizes without spills (the 8B's Q4_K gate/up
+# twin takes 127). On Hopper (sm_90 and newer) three (80 registers), ONE_TOKEN_HOPPER_BLOCKS, took
+# the 8B's batch-1 graph step from 2,869 to 2,732 us on an H200 (2026-11-30, every twin at three,
+# its Q4_K gate/up spilling 8 bytes); at an 8B's sizes three spill 8 bytes on sm_90 in the gate/up
+# twins of Q4_K and Q5_K, the Q5_K output projection and the Q8_0 q/k/v, so there the gate/up
+# twins and any twin of ONE_TOKEN_TWO_BLOCKS' formats keep two (sm_80 spilled in the Q4_K output
+# and q/k/v at three too: it keeps two). Only weights in planar layouts: the i-quants' decodes
+# (grids, tables) spilled at 128 (IQ4_NL, IQ4_XS, IQ3_S gate/up at an 8B's sizes), so they keep
+# the walk of the blocks of 8. The same sums in the same order.
 ONE_TOKEN_LOADS_AHEAD = True
 ONE_TOKEN_MIN_BLOCKS = 2
+ONE_TOKEN_HOPPER_BLOCKS = 3
+ONE_TOKEN_HOPPER_SM = 90
+ONE_TOKEN_TWO_BLOCKS = ("Q5_K", "Q8_0")  # weight formats (by base) whose twins keep two blocks
 ONE_TOKEN_LANE_LOADS = 4
 INT8_ROW_TEMPLATES = (MATMUL_TEMPLATE, FUSED_MATMUL_TEMPLATE)
 
@@ -1060,9 +1067,23 @@ def _planar(params: dict) -> bool:
     return all(g.get("planar") for g in params.get("fmt_groups") or [params])
 
 
-def _loads_ahead(params: dict) -> dict:
+def _one_token_blocks(params: dict, target: Target | None) -> int:
+    """The resident blocks a multiprocessor a one-token twin asks for: ONE_TOKEN_HOPPER_BLOCKS on
+    sm_90 and newer but for the gate/up twins (two weight rows a lane) and those of
+    ONE_TOKEN_TWO_BLOCKS' formats, ONE_TOKEN_MIN_BLOCKS elsewhere."""
+    sm = re.fullmatch(r"sm_([0-9]+)a?", target.name) if target is not None else None
+    if sm is None or int(sm.group(1)) < ONE_TOKEN_HOPPER_SM:
+        return ONE_TOKEN_MIN_BLOCKS
+    groups = params.get("fmt_groups") or [params]
+    bases = {FORMATS[g["fmt_upper"]].base for g in groups if g.get("fmt_upper") in FORMATS}
+    if params.get("glu") or bases & set(ONE_TOKEN_TWO_BLOCKS):
+        return ONE_TOKEN_MIN_BLOCKS
+    return ONE_TOKEN_HOPPER_BLOCKS
+
+
+def _loads_ahead(params: dict, target: Target | None) -> dict:
     """The loads-ahead parameters of a one-token int8 twin's template (ONE_TOKEN_LOADS_AHEAD)."""
-    out = {"loads_ahead": True, "min_blocks": ONE_TOKEN_MIN_BLOCKS}
+    out = {"loads_ahead": True, "min_blocks": _one_token_blocks(params, target)}
     chunk, lanes = params.get("chunk"), params.get("lanes_per_row")
     if params.get("q8in") or not chunk or not lanes:
         return out  # the q8 walk is unrolled whole
