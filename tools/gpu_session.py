@@ -846,7 +846,11 @@ def _extra_phases(
             status = _checked_run(cmd, env, log, share / len(cmds)) or status
     left = _phase("rfc: the encoders' llama.cpp files on the card", deadline)
     share = max(left * ENCODER_SHARE, 1)
-    status = _checked_run(encoder_command(target, logs, share - 30), env, logs / "encoders.log", share) or status
+    # no file starts in the share's last 30 s (one file's build and run), or in its second half where it is short
+    status = (
+        _checked_run(encoder_command(target, logs, max(share - 30, share / 2)), env, logs / "encoders.log", share)
+        or status
+    )
     left = _phase("rfc: the fixtures' checks on the card", deadline)
     ordered = fixture_order(sorted(fixtures.glob("tiny-*.gguf")))
     if follow_up:

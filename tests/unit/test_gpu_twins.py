@@ -71,7 +71,11 @@ def test_a_planar_int8_twin_takes_its_loads_ahead(k, q8in, lane_loads):
     [
         ("sm_90", {"fmt_upper": "Q4_Kp"}, gpu_plan.ONE_TOKEN_HOPPER_BLOCKS),  # the 8B's output projection
         ("sm_90a", {"fmt_upper": "Q6_Kp"}, gpu_plan.ONE_TOKEN_HOPPER_BLOCKS),  # its Q6_K down, LM head
-        ("sm_90", {"fmt_groups": [{"fmt_upper": "Q4_Kp", "planar": True}, {"fmt_upper": "Q6_Kp", "planar": True}]}, gpu_plan.ONE_TOKEN_HOPPER_BLOCKS),
+        (
+            "sm_90",
+            {"fmt_groups": [{"fmt_upper": "Q4_Kp", "planar": True}, {"fmt_upper": "Q6_Kp", "planar": True}]},
+            gpu_plan.ONE_TOKEN_HOPPER_BLOCKS,
+        ),
         ("sm_90", {"fmt_upper": "Q4_Kp", "glu": True}, gpu_plan.ONE_TOKEN_MIN_BLOCKS),  # gate/up: spilled at three
         ("sm_90", {"fmt_upper": "Q5_Kp"}, gpu_plan.ONE_TOKEN_MIN_BLOCKS),  # spilled at three
         ("sm_90", {"fmt_groups": [{"fmt_upper": "Q8_0p", "planar": True}] * 2}, gpu_plan.ONE_TOKEN_MIN_BLOCKS),
