@@ -15,6 +15,8 @@ steps the one-token list, prompts the prefill list. Twinned are:
   - a matmul over rounded activations (the q8 hand-off: gpu_fuse's RMSNORM_Q8, ATTENTION_Q8, the
     add + rmsnorm's),
   - a segmented launch over several such weights (q, k and v) where the segments share a format,
+    and where they do not (an 8B Q4_K_M's Q4_K q and k with a Q6_K v) one twin a run of segments
+    of one format (_format_runs: two launches where the dp4a kernel had one),
   - a gate/up + SwiGLU launch, which also rounds its output per 32 rows into its output slot for
     the down matmul after it (that matmul's twin reads it there, not the float row).
 Other launches stay. Another order of float sums than the dp4a kernels' (K shared out over waves,
@@ -298,6 +300,8 @@ def batch_list(
     built: dict[str, KernelSpec] = {}
     down_at: dict[int, KernelSpec] = {}  # launch index -> the twin reading a gate/up twin's rounding
 
+    split: dict[int, tuple[Launch, ...]] = {}  # launch index -> the twins of its runs of one format
+
     def twin(i: int, spec: KernelSpec | None) -> None:
         if spec is not None:
             built.setdefault(spec.name, spec)
@@ -313,7 +317,16 @@ def batch_list(
             own = [by_name[op_kernels[j]] for j in range(f.first, f.first + f.count)]
             x = _rounded_input(spec)
             if not spec.params.get("glu"):
-                twin(i, bmma_spec(target, [weight_of(s) for s in own[: len(spec.params["segs"])]], x))
+                weights = [weight_of(s) for s in own[: len(spec.params["segs"])]]
+                one = bmma_spec(target, weights, x)
+                if one is not None:
+                    twin(i, one)
+                elif len(weights) > 1:
+                    runs = _format_runs(target, launch, weights, x)
+                    if runs is not None:
+                        split[i] = tuple(run for run, _ in runs)
+                        for _, run_spec in runs:
+                            built.setdefault(run_spec.name, run_spec)
                 continue
             gate_up = [weight_of(own[0]), weight_of(own[1])]
             down = _down_twin(target, plan, program, f, launches, i, by_name, op_kernels)
@@ -328,8 +341,29 @@ def batch_list(
             twin(i, bmma_spec(target, [weight_of(spec)], _rounded_input(spec)))
     if not built:
         return program, []
-    batch = dataclasses.replace(program, batch_launches=tuple(launches), batch_min_tokens=BATCH_MMA_MIN_TOKENS)
+    flat = tuple(run for i, launch in enumerate(launches) for run in split.get(i, (launch,)))
+    batch = dataclasses.replace(program, batch_launches=flat, batch_min_tokens=BATCH_MMA_MIN_TOKENS)
     return batch, list(built.values())
+
+
+def _format_runs(target: Target, launch: Launch, weights: list[dict], x: dict) -> list | None:
+    """(launch, twin) for each run of consecutive segments of one format of a segmented launch
+    whose segments differ in format (its arguments: each segment's output, the rounded input, each
+    segment's weight, the row count), or None where a run has no twin. The runs' outputs are the
+    launch's, each written by one of them; they read the same rounded input."""
+    n = len(weights)
+    outs, q8, ws, rest = launch.args[:n], launch.args[n], launch.args[n + 1 : 2 * n + 1], launch.args[2 * n + 1 :]
+    runs, start = [], 0
+    for end in range(1, n + 1):
+        if end < n and weights[end]["fmt_upper"] == weights[start]["fmt_upper"]:
+            continue
+        spec = bmma_spec(target, weights[start:end], x)
+        if spec is None:
+            return None
+        args = (*outs[start:end], q8, *ws[start:end], *rest)
+        runs.append((_twin_launch(dataclasses.replace(launch, args=args), spec), spec))
+        start = end
+    return runs
 
 
 def _down_twin(target, plan, program, f, launches, i, by_name, op_kernels):

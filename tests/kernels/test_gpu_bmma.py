@@ -91,11 +91,28 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
             down = program.batch_launches[i + 1]
             assert re.fullmatch(r"rfc_matmul_bmma_\w+_\d+x\d+", down.kernel) and down.args[1] == launch.args[0]
     # the other lists are the default bundle's (which has a batch list of its own: the switch is on
-    # by default); the batch list is the decode list launch for launch
+    # by default); the batch list is the decode list launch for launch, but for a q/k/v launch whose
+    # segments differ in format (the Q4_K_M fixture's Q6_K v layers): one twin a run of one format
+    # (gpu_bmma._format_runs), together the launch's outputs and weights, each reading its input
     assert program.launches == plain_program.launches and plain_program.batch_launches
     assert program.single_launches == plain_program.single_launches
     assert program.prefill_launches == plain_program.prefill_launches
-    assert len(program.batch_launches) == len(program.launches)
+    batch, pairs, split = iter(program.batch_launches), [], 0
+    for d in program.launches:
+        b = next(batch)
+        if not (d.kernel.endswith("_fused_q8") and len(b.args) < len(d.args)):
+            pairs.append((b, d))
+            continue
+        runs, n = [b], (len(d.args) - 2) // 2
+        while sum((len(r.args) - 2) // 2 for r in runs) < n:
+            runs.append(next(batch))
+        halves = [(len(r.args) - 2) // 2 for r in runs]
+        assert [a for r, h in zip(runs, halves) for a in r.args[:h]] == list(d.args[:n])
+        assert [a for r, h in zip(runs, halves) for a in r.args[h + 1 : 2 * h + 1]] == list(d.args[n + 1 : 2 * n + 1])
+        assert all(r.args[h] == d.args[n] and r.kernel.startswith("rfc_matmul_bmma_") for r, h in zip(runs, halves))
+        split += 1
+    assert next(batch, None) is None
+    assert split == (layers // 2 if model == "llama-Q4_K_M" else 0), split  # Q4_K_M: Q6_K v in half the layers
     # (the decode list's gate/up + SwiGLU also takes the slot it rounds its output into and the counts,
     # and its down matmul reads that slot: gpu_glu_handoff.py; their twins keep the arguments before it)
     handoff = ("glu.q8", "attention.arrivals")
@@ -104,7 +121,7 @@ def test_batch_steps_on_the_batch_twins_stay_within_bounds(
         or (b.kernel.startswith("rfc_matmul_bmma_") and b.args == d.args)
         or (d.kernel.endswith("_q8out") and b.args == tuple(a for a in d.args if a.ref not in handoff))
         or (d.kernel.endswith("_q8in") and b.args[0] == d.args[0] and b.args[2:] == d.args[2:])
-        for b, d in zip(program.batch_launches, program.launches)
+        for b, d in pairs
     )
 
     runner = device.runner
