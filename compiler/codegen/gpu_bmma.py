@@ -50,6 +50,10 @@ from rfc.compiler.targets import Target
 
 BATCH_MMA = True
 BATCH_MMA_MIN_TOKENS = 8
+# A q/k/v launch of several formats on one twin a run of one format (_format_runs); False: it stays on
+# the dp4a kernel. On since 2026-11-30, not yet timed on a card (the dp4a launch took 836 of the 8B's
+# 7,352 us batch-16 step on the H200, 52 us a launch where the one-format layers' twin took 26).
+BMMA_FORMAT_RUNS = True
 # The instructions it takes (Target.imma): not gfx11's WMMA, whose 32-byte A and B fragments a lane
 # spilled at an 8B's sizes: stack frames of 112-220 bytes, spills of up to 408 (hipcc keeps a lane to 128
 # VGPRs; blocks of 4 waves instead of 8: 64-220 and up to 424).
@@ -321,7 +325,7 @@ def batch_list(
                 one = bmma_spec(target, weights, x)
                 if one is not None:
                     twin(i, one)
-                elif len(weights) > 1:
+                elif len(weights) > 1 and BMMA_FORMAT_RUNS:
                     runs = _format_runs(target, launch, weights, x)
                     if runs is not None:
                         split[i] = tuple(run for run, _ in runs)
