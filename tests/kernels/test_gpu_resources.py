@@ -565,7 +565,8 @@ def real_twin_models(tmp_path_factory):
 )
 def test_one_token_matmuls_at_real_model_sizes_use_no_local_memory(target, real_twin_models):
     """The one-token list's matmul twins of real models (gpu_plan.one_token_twin: loads ahead,
-    registers capped by RFC_KERNEL_BLOCKS for ONE_TOKEN_MIN_BLOCKS blocks), and the kernels of the
+    registers capped by RFC_KERNEL_BLOCKS for ONE_TOKEN_MIN_BLOCKS blocks, ONE_TOKEN_HOPPER_BLOCKS on
+    sm_90 but for the twins that spilled there at three), and the kernels of the
     FFN's hand-off in both decode lists (gpu_glu_handoff.py), planned as the
     compiler plans them (weights planned, not written) and built in one source per target: no
     stack frame, no spills. On sm_90 three blocks (80 registers) spilled the Q5_K and Q8_0
