@@ -147,7 +147,9 @@ VARIANT_COMPILE = (
 )
 
 
-def prepare(out: Path, kernels: list[str], python_version: str, without: list[str], variants: tuple = ()) -> None:
+def prepare(
+    out: Path, kernels: list[str], python_version: str, without: list[str], variants: tuple = (), variants_on: str = ""
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     wheels = out / "wheels"
     skip = {w.lower().replace("_", "-") for w in without}
@@ -222,7 +224,7 @@ def prepare(out: Path, kernels: list[str], python_version: str, without: list[st
                     stdout=subprocess.DEVNULL,
                 )
                 models.append(Path(ggufs) / name)
-            bench = [Path(ggufs) / name for name, _ in BENCH_MODELS]
+            bench = [Path(ggufs) / name for name, _ in BENCH_MODELS if variants_on in name]  # run's --variants-on
             for target in kernels:
                 # every model as it is; the benchmark shapes also with each variant `run --variant` will time
                 for gguf, variant in [*((m, "") for m in models), *((b, v) for v in variants for b in bench)]:
@@ -899,6 +901,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar='"module.NAME=value ..."',
         help="with --kernels: the benchmark shapes' kernels with these codegen constants too (run --variant)",
     )
+    p.add_argument(
+        "--variants-on",
+        default="",
+        metavar="TEXT",
+        help="the variants' kernels of the benchmark GGUFs whose file name holds TEXT only (run --variants-on: "
+        "each variant's 1.1B build costs this machine about a minute)",
+    )
     r = sub.add_parser("run", help="on the GPU machine: rfc's checks and benchmarks and llama-bench, one table")
     r.add_argument("dir", type=Path)
     r.add_argument("--target", default="sm_90")
@@ -978,7 +987,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
-        prepare(args.dir, args.kernels, args.python_version, args.without, tuple(args.variant))
+        prepare(args.dir, args.kernels, args.python_version, args.without, tuple(args.variant), args.variants_on)
         return 0
     # `timeout`'s SIGTERM ends the run through `finally` (the logs still packed)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
