@@ -905,8 +905,8 @@ def main(argv: list[str] | None = None) -> int:
         "--variants-on",
         default="",
         metavar="TEXT",
-        help="the variants' kernels of the benchmark GGUFs whose file name holds TEXT only (run --variants-on: "
-        "each variant's 1.1B build costs this machine about a minute)",
+        help="the variants' kernels of the benchmark GGUFs whose file name holds TEXT only (as run --variants-on "
+        "will time them: each build left out is one compile of a whole benchmark model fewer here)",
     )
     r = sub.add_parser("run", help="on the GPU machine: rfc's checks and benchmarks and llama-bench, one table")
     r.add_argument("dir", type=Path)
