@@ -59,6 +59,8 @@ class Target:
     # programmatic dependent launch (griddepcontrol, sm_90 and newer): a kernel of the step program
     # may start while the one before it runs, waiting for it where it first reads what it wrote
     grid_dependency: bool = False
+    # NVIDIA: the compute capability as one number (90 for sm_90 and sm_90a); 0 for other families
+    sm: int = 0
 
     @property
     def arch(self) -> str:
@@ -121,6 +123,7 @@ def parse_target(name: str) -> Target:
             wmma_f16=sm >= _WMMA_F16_SM,
             imma="mma_m16n8k32" if sm >= _IMMA_SM else "",
             grid_dependency=sm >= _GRID_DEPENDENCY_SM,
+            sm=sm,
         )
     cpus = ", ".join(CPU_TARGETS)
     raise TargetError(f"unknown target '{name[:40]}' (expected {cpus}, gfx* such as gfx1100, or sm_* such as sm_90)")

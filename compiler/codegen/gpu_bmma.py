@@ -303,7 +303,6 @@ def batch_list(
     launches = list(program.launches)
     built: dict[str, KernelSpec] = {}
     down_at: dict[int, KernelSpec] = {}  # launch index -> the twin reading a gate/up twin's rounding
-
     split: dict[int, tuple[Launch, ...]] = {}  # launch index -> the twins of its runs of one format
 
     def twin(i: int, spec: KernelSpec | None) -> None:

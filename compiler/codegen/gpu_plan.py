@@ -14,7 +14,6 @@ an op's kernel alone as the launch `op_launch` lowers it to.
 
 import dataclasses
 import math
-import re
 import struct
 
 
@@ -1071,8 +1070,7 @@ def _one_token_blocks(params: dict, target: Target | None) -> int:
     """The resident blocks a multiprocessor a one-token twin asks for: ONE_TOKEN_HOPPER_BLOCKS on
     sm_90 and newer but for the gate/up twins (two weight rows a lane) and those of
     ONE_TOKEN_TWO_BLOCKS' formats, ONE_TOKEN_MIN_BLOCKS elsewhere."""
-    sm = re.fullmatch(r"sm_([0-9]+)a?", target.name) if target is not None else None
-    if sm is None or int(sm.group(1)) < ONE_TOKEN_HOPPER_SM:
+    if target is None or target.sm < ONE_TOKEN_HOPPER_SM:
         return ONE_TOKEN_MIN_BLOCKS
     groups = params.get("fmt_groups") or [params]
     bases = {FORMATS[g["fmt_upper"]].base for g in groups if g.get("fmt_upper") in FORMATS}
