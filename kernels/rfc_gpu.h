@@ -177,7 +177,7 @@ RFC_DEVICE_FN int rfc_dp4a_portable(int a, int b, int c) {
 
 #if defined(RFC_CUDA)
 #define RFC_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"((const void *)(p)))
-#else
+#elif !defined(RFC_PREFETCH_L2) /* (the emulator records them: tests/kernels/gpu_emu.h) */
 #define RFC_PREFETCH_L2(p) ((void)(p))
 #endif
 

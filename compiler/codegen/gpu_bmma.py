@@ -106,6 +106,26 @@ STAGE_TOKENS = True
 # The int8 instructions of targets that copy global to shared memory without registers: NVIDIA's
 # mma.sync m16n8k32 is sm_80 and later, which have cp.async.
 ASYNC_COPY_INSTRUCTIONS = ("mma_m16n8k32",)
+# A block holds one chunk of its weights in flight, in registers (w_items sub-blocks a thread: an 8B's
+# Q4_K rows 4.6 KB a block on 16-row tiles, 9.2 KB on gate/up's), and multiplies each in far less
+# time than its loads take: on the H200 (2026-11-30) the 8B's 4096 x 4096 twin read its weights at
+# 0.09 of the copy rate with DRAM 8% and L1 51% busy, and the gate/up twin at 0.19, so the chunks'
+# round trips to memory, one after another, set its time. On (untimed on a card: the next call's
+# variant VT): each block also asks its rows' bytes into L2 ahead (prefetch.global.L2, which holds no
+# register; nothing on AMD), the first chunks' before it waits for the kernel before it (overlapped
+# launches), then at each chunk the chunk some BMMA_PREFETCH_BYTES of its rows beyond the one it
+# loads, so that a chunk's loads find their bytes in L2. Hints only: the same instructions otherwise, the same bits.
+BMMA_PREFETCH_L2 = True
+# Only on NVIDIA sm_90 and newer (Target.sm; AMD has no such hint): the card it is for, whose
+# launches overlap; on sm_80 the gate/up twins' prefetch spilled 8 bytes at their 128 registers.
+BMMA_PREFETCH_SM = 90
+# Bytes of its rows a block asks ahead, in whole chunks (at least 1, at most BMMA_PREFETCH_CHUNKS): two
+# blocks a multiprocessor of an H200's 132 then ask ahead some 10 MB, a fifth of an H100's 50 MB L2.
+BMMA_PREFETCH_BYTES = 32 * 1024
+BMMA_PREFETCH_CHUNKS = 8
+# A plane of a row this small (a K-quant's d and scales: 64 and 192 bytes of an 8B's 4096-wide Q4_K row)
+# is asked whole at the start, not a chunk's share at a time (the same line over and over)
+BMMA_PREFETCH_WHOLE = 512
 
 
 def _strides(chunk_subs: int, rows: int, lds: int) -> tuple[bool, int, int]:
@@ -263,6 +283,7 @@ def bmma_spec(
         "glu": glu,
         "q8out": q8out is not None,
     }
+    params.update(_prefetch(target, first, rows, chunk_subs, k // SUB_BLOCK))
     if q8out is not None:
         params.update(out_xd_offset=q8out["xd_offset"], out_xs_offset=q8out["xs_offset"])
     if glu:
@@ -278,6 +299,21 @@ def bmma_spec(
     else:
         args = (("out", PTR), ("q8", PTR), ("weight", PTR), ("n_rows", I32))
     return KernelSpec(name, BMMA_TEMPLATE, params, args, threads, ((total, tile_n), ("n_rows", TILE_M)))
+
+
+def _prefetch(target: Target, weight: dict, rows: int, chunk_subs: int, subs_k: int) -> dict:
+    """The template parameters of a twin's L2 prefetch (BMMA_PREFETCH_L2): the chunks it asks
+    ahead (pf_ahead; 0: none) and its weight row's planes as (first byte, bytes, whether asked
+    whole at the start) triples, each plane linear in the row's sub-blocks (a GGUF row of blocks
+    is one such plane)."""
+    if not BMMA_PREFETCH_L2 or target.sm < BMMA_PREFETCH_SM:
+        return {"pf_ahead": 0, "pf_planes": []}
+    row_bytes = weight["row_bytes"]
+    starts = [0, *weight["plane_offsets"]] if weight["planar"] else [0]
+    planes = [[a, b - a, b - a <= BMMA_PREFETCH_WHOLE] for a, b in zip(starts, [*starts[1:], row_bytes])]
+    chunk_bytes = rows * row_bytes * chunk_subs // subs_k
+    ahead = max(1, min(BMMA_PREFETCH_CHUNKS, BMMA_PREFETCH_BYTES // max(1, chunk_bytes)))
+    return {"pf_ahead": ahead, "pf_planes": planes}
 
 
 def _rounded_input(spec: KernelSpec) -> dict:

@@ -258,6 +258,35 @@ static long grid_waits;
 }  // namespace rfc_emu
 
 #define RFC_GRID_WAIT() ((void)++rfc_emu::grid_waits)
+
+/* RFC_PREFETCH_L2 (rfc_gpu.h: a hint, nothing here) recorded while rfc_emu_record_prefetches(1):
+ * the addresses asked, in order, up to kMaxPrefetches of them */
+namespace rfc_emu {
+constexpr long kMaxPrefetches = 1L << 22;
+static unsigned long long *prefetched;
+static long n_prefetched, prefetches_dropped;
+static bool recording;
+static inline void prefetch(const void *p) {
+    if (!recording) return;
+    if (n_prefetched < kMaxPrefetches) prefetched[n_prefetched++] = (unsigned long long)p;
+    else prefetches_dropped++;
+}
+}  // namespace rfc_emu
+#define RFC_PREFETCH_L2(p) rfc_emu::prefetch((const void *)(p))
+extern "C" void rfc_emu_record_prefetches(int on) {
+    if (on && rfc_emu::prefetched == nullptr)
+        rfc_emu::prefetched = (unsigned long long *)malloc(sizeof(unsigned long long) * rfc_emu::kMaxPrefetches);
+    rfc_emu::recording = on != 0;
+    rfc_emu::n_prefetched = rfc_emu::prefetches_dropped = 0;
+}
+/* the addresses recorded (at most `cap` into `out`), then none; -1 if some were dropped */
+extern "C" long rfc_emu_prefetches(unsigned long long *out, long cap) {
+    const long n = rfc_emu::n_prefetched < cap ? rfc_emu::n_prefetched : cap;
+    for (long i = 0; i < n; i++) out[i] = rfc_emu::prefetched[i];
+    const long r = rfc_emu::prefetches_dropped ? -1 : n;
+    rfc_emu::n_prefetched = rfc_emu::prefetches_dropped = 0;
+    return r;
+}
 /* 1: threads and blocks in index order (the default); -1: reversed */
 extern "C" void rfc_emu_set_order(int order) { rfc_emu::order = order < 0 ? -1 : 1; }
 extern "C" long rfc_emu_grid_waits(void) {

@@ -100,6 +100,23 @@ class EmulatedDriver:
         self._capture: list | None = None
         self._pending: list = []  # what the stream has queued and not run (deferred)
 
+    def record_prefetches(self, on: bool) -> None:
+        """Whether the kernels' RFC_PREFETCH_L2 addresses are recorded from now on (gpu_emu.h: the
+        record is the library's, shared by the drivers that load it); the record emptied."""
+        fn = self.lib.rfc_emu_record_prefetches
+        fn.argtypes = [ctypes.c_int]
+        fn(1 if on else 0)
+
+    def prefetches(self) -> np.ndarray:
+        """The addresses recorded since the last call (or record_prefetches), in order; then none."""
+        fn = self.lib.rfc_emu_prefetches
+        fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_long], ctypes.c_long
+        out = np.zeros(1 << 22, dtype=np.uint64)
+        n = fn(out.ctypes.data, out.size)
+        if n < 0:
+            raise AssertionError("more prefetches than the emulator records")
+        return out[:n].copy()
+
     def malloc(self, nbytes: int) -> int:
         buf = np.full(nbytes, 0xFF, dtype=np.uint8)  # NaN-filled: reads of unwritten memory show
         ptr = buf.ctypes.data

@@ -11,6 +11,7 @@ import pytest
 
 from rfc.artifacts.bundle import open_bundle
 from rfc.runtime.engine.batch import ScheduledChunk, build_batch
+from rfc.runtime.engine.executor import Executor
 from rfc.runtime.engine.kv_cache import BlockManager
 from tests.conftest import shared_basetemp
 from tests.kernels.gpu_emulator import emulated_step_device, needs_emulator
@@ -301,3 +302,67 @@ def test_the_twins_that_stage_their_tokens(monkeypatch):
     monkeypatch.setattr(gpu_bmma, "BMMA_MIN_BLOCKS", default_min_blocks)
     monkeypatch.setattr(gpu_bmma, "STAGE_TOKENS", False)
     assert staged(sm90, [o]) == (False, 0)
+
+
+@pytest.mark.parametrize("target", [pytest.param("sm_90", marks=toolchain_marks("sm_90"))])
+def test_the_twins_ask_each_line_of_their_weights_into_l2_once_ahead(
+    target, gpu_build_cache, tmp_path, tmp_path_factory, monkeypatch
+):
+    """gpu_bmma.BMMA_PREFETCH_L2 on sm_90: each batch twin asks every 128-byte line of the weights
+    it reads into L2 (prefetch.global.L2; the emulator records the addresses) and none outside
+    them, a line at most twice (a chunk's window and the next one's meet in a line). A model of
+    2048 x 2048 with a chunk asked ahead (BMMA_PREFETCH_BYTES below one chunk's bytes): gate/up's
+    eight chunks of 8 sub-blocks, the others' four of 16 (a window of quants 2-3 lines a row), so
+    the chunk loop asks what the start did not; Q4_K and Q6_K rows in planes (their d and scales
+    asked whole at the start). A window a chunk off, a plane left out or a row's offset wrong
+    leaves lines unasked or asks outside the weights."""
+    from rfc.compiler.codegen import gpu_bmma
+    from rfc.artifacts.program import ArgKind
+    from tests.kernels.gpu_support import make_gguf
+
+    model = tmp_path / "wider.gguf"
+    make_gguf(model, "--dim", "2048", "--ffn", "2048", "--heads", "16", "--kv-heads", "4", "--layers", "1",
+              "--vocab", "512", "--format", "Q4_K_M")  # fmt: skip
+    monkeypatch.setattr(gpu_bmma, "BMMA_PREFETCH_BYTES", 1)
+    _compile(model, target, tmp_path / "pf", gpu_build_cache)
+    bundle = open_bundle(tmp_path / "pf")
+    source = next(p for p in (tmp_path / "pf" / "kernels" / target).iterdir() if p.suffix == ".cu").read_text()
+    assert set(re.findall(r'"name": "rfc_matmul_bmma_[^\n]*"pf_ahead": (\d+)', source)) == {"1"}
+    device = emulated_step_device(
+        bundle, target, bundle.plan.kv, NUM_BLOCKS, BLOCK_SIZE, shared_basetemp(tmp_path_factory) / "gpu-emu"
+    )
+    runner, driver = device.runner, device._driver
+    runner.prefill_min_tokens = None
+    runner.batch_min_tokens = 2
+    asked: list[tuple[str, np.ndarray]] = []
+    launch = driver.launch
+
+    def recording(fn, grid, block, params, overlap=False):
+        driver.record_prefetches(True)
+        launch(fn, grid, block, params, overlap)
+        asked.append((fn.__name__.removeprefix("rfc_emu_launch_"), driver.prefetches()))
+        driver.record_prefetches(False)
+
+    monkeypatch.setattr(driver, "launch", recording)
+    sizes = {t.name: t.nbytes for t in bundle.layout.tensors}
+    program = runner.program
+    twins = {}  # launch index -> the lines of the weights it reads
+    for i, b in enumerate(program.batch_launches):
+        if b.kernel.startswith("rfc_matmul_bmma_"):
+            for slot in b.args:
+                if slot.kind is ArgKind.WEIGHT:
+                    entry = program.weights.get(slot.ref, slot.ref)
+                    at = device._memory.weight_address(entry)
+                    twins.setdefault(i, set()).update(range(at // 128, (at + sizes[entry] - 1) // 128 + 1))
+    kernels = {program.batch_launches[i].kernel for i in twins}
+    assert any(k.endswith("_swiglu_q8out") for k in kernels) and len(kernels) >= 4, sorted(kernels)
+    tokens = [(7 * i + 3) % 500 + 2 for i in range(16)]
+    blocks = BlockManager(NUM_BLOCKS, BLOCK_SIZE)
+    blocks.allocate(0, len(tokens))
+    Executor(bundle.plan, device).forward(build_batch([ScheduledChunk(0, 0, tuple(tokens))], blocks))
+    assert [k for k, _a in asked] == [b.kernel for b in program.batch_launches]
+    for i, lines in twins.items():
+        got = asked[i][1] // 128
+        kernel = program.batch_launches[i].kernel
+        assert set(got.tolist()) == lines, (kernel, len(lines - set(got.tolist())), len(set(got.tolist()) - lines))
+        assert len(got) <= 2 * len(lines), (kernel, len(got), len(lines))
