@@ -20,7 +20,7 @@
  * RFC_IMMA_MMA_M16N8K32 (sm_80 and newer): two `mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32`
  *   per tile (columns 0..7, 8..15). With g = lane / 4, t = lane % 4: A's rows g and g + 8 at
  *   columns 4t..4t+3 and 16+4t..16+4t+3, B's column g at the same k, C's rows g and g + 8 at
- *   columns 2t and 2t + 1 of each half.
+ *   columns 2t and 2t + 1 of each half. A k-half alone: two m16n8k16 on that half's registers.
  * RFC_IMMA_MFMA_16X16X16 (gfx908, gfx90a; wave 64): two `v_mfma_i32_16x16x16i8` (k 0..15, 16..31).
  *   With q = lane / 16: A's row lane % 16 and B's column lane % 16 at k 4q..4q+3 of each
  *   half; C's rows 4q..4q+3 at column lane % 16.
@@ -84,12 +84,26 @@ RFC_DEVICE_FN void rfc_imma_mma(int *c, const rfc_imma_a &a, const rfc_imma_b &b
     }
 }
 
-/* the k32 instruction with A's other half zeroed */
+/* one k-half: `mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32` per 8 columns, its A the k32
+ * fragment's registers of that half (rows g and g + 8 at k 4t..4t+3 of it: the k16 layout) and its
+ * B the half's register of those columns; the products of the other half are not computed (the
+ * k32 instruction with A's other half zeroed gave the same integers for twice the work) */
 RFC_DEVICE_FN void rfc_imma_mma_half(int *c, const rfc_imma_a &a, const rfc_imma_b &b, int half) {
-    rfc_imma_a h;
-    h.r[0] = half ? 0 : a.r[0], h.r[1] = half ? 0 : a.r[1];
-    h.r[2] = half ? a.r[2] : 0, h.r[3] = half ? a.r[3] : 0;
-    rfc_imma_mma(c, h, b);
+    const int a0 = half ? a.r[2] : a.r[0], a1 = half ? a.r[3] : a.r[1];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int b0 = half ? b.r[2 * h + 1] : b.r[2 * h];
+#if defined(RFC_CUDA)
+        asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 { %0, %1, %2, %3 }, { %4, %5 }, { %6 }, { %0, %1, %2, %3 };"
+            : "+r"(c[4 * h]), "+r"(c[4 * h + 1]), "+r"(c[4 * h + 2]), "+r"(c[4 * h + 3])
+            : "r"(a0), "r"(a1), "r"(b0));
+#elif defined(RFC_GPU_EMULATED)
+        const int ah[2] = {a0, a1};
+        rfc_emu_mma_m16n8k16_s8(&c[4 * h], ah, &b0);
+#else
+#error "rfc_gpu_imma.h: mma.sync is an NVIDIA instruction"
+#endif
+    }
 }
 
 #elif defined(RFC_IMMA_MFMA_16X16X16)

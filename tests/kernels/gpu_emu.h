@@ -383,6 +383,24 @@ static inline void rfc_emu_mma_m16n8k32_s8(int *d, const int *a, const int *b) {
     for (int i = 0; i < 4; i++) d[i] = out[i];
 }
 
+/* mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 (PTX ISA): g = lane / 4, t = lane % 4; A
+ * (16 x 16, row-major) rows g, g + 8 at columns 4t..4t+3 (registers 0, 1); B (16 x 8) column g at
+ * rows 4t..4t+3 (register 0); bytes in element order; D as m16n8k32's. */
+static inline void rfc_emu_mma_m16n8k16_s8(int *d, const int *a, const int *b) {
+    using namespace rfc_emu;
+    Regs *mma_regs;
+    const int w0 = trade_registers(a, 2, b, 1, 32, mma_regs), lane = cur - w0, g = lane / 4, t = lane % 4;
+    int out[4];
+    for (int i = 0; i < 4; i++) {
+        // k = 4q..4q+3: A's row in register i / 2 of lane 4g + q, B's column 2t + i % 2 in register 0 of
+        // lane 4 (2t + i % 2) + q
+        int s = 0;
+        for (int q = 0; q < 4; q++) s = rfc_emu_dp4a(mma_regs[w0 + 4 * g + q][i / 2], mma_regs[w0 + 4 * (2 * t + i % 2) + q][8], s);
+        out[i] = d[i] + s;
+    }
+    for (int i = 0; i < 4; i++) d[i] = out[i];
+}
+
 /* two v_mfma_i32_16x16x16i8 (CDNA, wave 64), register h the h-th: A (16 x 16) element (i, k) in
  * lane i + 16 * (k / 4), byte k % 4; B (16 x 16) element (k, j) in lane j + 16 * (k / 4), byte
  * k % 4; D element (i, j) in lane j + 16 * (i / 4), element i % 4. */
