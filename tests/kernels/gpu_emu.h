@@ -279,8 +279,10 @@ extern "C" void rfc_emu_record_prefetches(int on) {
     rfc_emu::recording = on != 0;
     rfc_emu::n_prefetched = rfc_emu::prefetches_dropped = 0;
 }
-/* the addresses recorded (at most `cap` into `out`), then none; -1 if some were dropped */
+/* the addresses recorded (at most `cap` into `out`), then none; -1 if some were dropped. With no
+ * `out`: how many there are, the record kept */
 extern "C" long rfc_emu_prefetches(unsigned long long *out, long cap) {
+    if (out == nullptr) return rfc_emu::n_prefetched;
     const long n = rfc_emu::n_prefetched < cap ? rfc_emu::n_prefetched : cap;
     for (long i = 0; i < n; i++) out[i] = rfc_emu::prefetched[i];
     const long r = rfc_emu::prefetches_dropped ? -1 : n;

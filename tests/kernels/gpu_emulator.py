@@ -111,11 +111,11 @@ class EmulatedDriver:
         """The addresses recorded since the last call (or record_prefetches), in order; then none."""
         fn = self.lib.rfc_emu_prefetches
         fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_long], ctypes.c_long
-        out = np.zeros(1 << 22, dtype=np.uint64)
+        out = np.zeros(fn(None, 0), dtype=np.uint64)
         n = fn(out.ctypes.data, out.size)
         if n < 0:
             raise AssertionError("more prefetches than the emulator records")
-        return out[:n].copy()
+        return out[:n]
 
     def malloc(self, nbytes: int) -> int:
         buf = np.full(nbytes, 0xFF, dtype=np.uint8)  # NaN-filled: reads of unwritten memory show
